@@ -1,0 +1,130 @@
+//! Messages between the agent and a sandbox's init over their private socket pair:
+//! `[length: u32 big-endian][JSON]`, one message at a time.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::plan::SandboxPlan;
+
+/// The init finds its control socket here.
+pub const CONTROL_FD: i32 = 3;
+
+/// No message comes near this; a longer one means a confused or hostile peer.
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToInit {
+    Prepare(Box<SandboxPlan>),
+    Go(GoOrder),
+}
+
+/// What to run, sent when a prepared sandbox is claimed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GoOrder {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub files: Vec<PlacedFile>,
+}
+
+/// A file the init writes into the sandbox before the code starts. Paths were validated by the
+/// agent: absolute, under /workspace or /tmp, no `..`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlacedFile {
+    pub path: String,
+    pub content_base64: String,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromInit {
+    /// The sandbox is built and waits for `Go`.
+    Ready,
+    /// The code was started.
+    Running,
+    /// The code could not be executed; `errno` from execve.
+    ExecFailed { errno: i32 },
+    /// The code ended.
+    Exited { exit_code: Option<i32>, signal: Option<i32>, disk_used_bytes: u64, disk_full: bool },
+    /// Building the sandbox failed at `stage`.
+    Failed { stage: String, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("control message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("control message of {0} bytes is too long")]
+    TooLong(usize),
+}
+
+pub fn write_blocking<T: Serialize>(stream: &mut impl Write, message: &T) -> Result<(), ControlError> {
+    let body = serde_json::to_vec(message)?;
+    let len = u32::try_from(body.len()).map_err(|_| ControlError::TooLong(body.len()))?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame)?;
+    Ok(())
+}
+
+pub fn read_blocking<T: DeserializeOwned>(stream: &mut impl Read) -> Result<T, ControlError> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(ControlError::TooLong(len));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+pub async fn write_async<T: Serialize>(
+    stream: &mut (impl AsyncWriteExt + Unpin),
+    message: &T,
+) -> Result<(), ControlError> {
+    let body = serde_json::to_vec(message)?;
+    let len = u32::try_from(body.len()).map_err(|_| ControlError::TooLong(body.len()))?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).await?;
+    Ok(())
+}
+
+pub async fn read_async<T: DeserializeOwned>(stream: &mut (impl AsyncReadExt + Unpin)) -> Result<T, ControlError> {
+    let len = stream.read_u32().await? as usize;
+    if len > MAX_MESSAGE {
+        return Err(ControlError::TooLong(len));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_over_a_byte_stream() {
+        let mut wire = Vec::new();
+        let sent = FromInit::Exited { exit_code: Some(3), signal: None, disk_used_bytes: 4096, disk_full: false };
+        write_blocking(&mut wire, &sent).unwrap_or_default();
+        let received: FromInit = read_blocking(&mut wire.as_slice()).unwrap_or(FromInit::Ready);
+        assert_eq!(received, sent);
+    }
+
+    #[test]
+    fn a_truncated_message_is_an_error() {
+        let mut wire = Vec::new();
+        write_blocking(&mut wire, &FromInit::Running).unwrap_or_default();
+        wire.pop();
+        assert!(read_blocking::<FromInit>(&mut wire.as_slice()).is_err());
+    }
+}

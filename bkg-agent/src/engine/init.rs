@@ -1,0 +1,533 @@
+//! The sandbox's init: the agent binary re-executed as `bkg-agent __sandbox-init`. It applies a
+//! `SandboxPlan` without making decisions of its own, waits for a `GoOrder`, runs the code as an
+//! unprivileged user in its own user namespace, and reports how it ended.
+//!
+//! Process tree: the agent spawns this (the "outer" init, in the host pid namespace), which joins
+//! the run's cgroups, unshares every namespace but the user one and forks the sandbox's pid 1.
+//! Pid 1 builds the root, waits for the order, forks the code (pid 2) and reaps. When pid 1 exits
+//! the kernel kills everything left in the pid namespace, so no daemon outlives a run.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{PermissionsExt, chown, symlink};
+use std::os::unix::net::UnixStream;
+use std::path::{Component, Path, PathBuf};
+
+use base64::Engine as _;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
+
+use super::control::{self, CONTROL_FD, FromInit, GoOrder, ToInit};
+use super::plan::{INNER_ID, MountStep, SandboxPlan};
+use super::{landlock, loopdev, seccomp};
+
+/// A failed step of building or starting the sandbox.
+#[derive(Debug)]
+struct StageError {
+    stage: String,
+    message: String,
+}
+
+impl StageError {
+    fn new(stage: impl Into<String>, error: impl std::fmt::Display) -> Self {
+        Self { stage: stage.into(), message: error.to_string() }
+    }
+}
+
+trait Stage<T> {
+    fn stage(self, stage: &str) -> Result<T, StageError>;
+}
+
+impl<T, E: std::fmt::Display> Stage<T> for Result<T, E> {
+    fn stage(self, stage: &str) -> Result<T, StageError> {
+        self.map_err(|error| StageError::new(stage, error))
+    }
+}
+
+/// Entry point of `bkg-agent __sandbox-init`. Never returns.
+pub fn main() -> ! {
+    // SAFETY: the agent placed our end of the control socket pair at CONTROL_FD before exec, and
+    // nothing else in this process owns that descriptor.
+    let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
+    let outcome = match control::read_blocking::<ToInit>(&mut control) {
+        Ok(ToInit::Prepare(plan)) => outer(&plan, &mut control),
+        Ok(ToInit::Go(_)) => Err(StageError::new("handshake", "expected a plan first")),
+        Err(error) => Err(StageError::new("handshake", error)),
+    };
+    if let Err(error) = outcome {
+        // The agent may be gone already; nothing more can be done then.
+        let _ = control::write_blocking(&mut control, &FromInit::Failed { stage: error.stage, message: error.message });
+    }
+    std::process::exit(1)
+}
+
+fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).stage("set parent-death signal")?;
+    if nix::unistd::getppid().as_raw() as u32 != plan.agent_pid {
+        return Err(StageError::new("check parent", "the agent that started this sandbox is gone"));
+    }
+    let own_pid = std::process::id().to_string();
+    for procs in &plan.cgroup_procs {
+        fs::write(procs, &own_pid).stage(&format!("join cgroup {}", procs.display()))?;
+    }
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .stage("create namespaces")?;
+
+    // SAFETY: this process is single-threaded (a freshly exec'd init), so fork is sound.
+    match unsafe { fork() }.stage("fork pid 1")? {
+        ForkResult::Child => {
+            let result = pid_one(plan, control);
+            if let Err(error) = result {
+                let _ = control::write_blocking(control, &FromInit::Failed { stage: error.stage, message: error.message });
+            }
+            std::process::exit(0)
+        }
+        ForkResult::Parent { child } => {
+            // Only pid 1 speaks for the sandbox now; holding the pipes or the socket open here
+            // would hide the end of the run from the agent.
+            close_all_from(0);
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => std::process::exit(0),
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => std::process::exit(1),
+                }
+            }
+        }
+    }
+}
+
+fn pid_one(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).stage("set parent-death signal")?;
+    build_root(plan)?;
+    nix::unistd::sethostname(&plan.hostname).stage("set hostname")?;
+    bring_up_loopback().stage("bring up loopback")?;
+    control::write_blocking(control, &FromInit::Ready).stage("report ready")?;
+
+    let order = match control::read_blocking::<ToInit>(control) {
+        Ok(ToInit::Go(order)) => order,
+        Ok(ToInit::Prepare(_)) => return Err(StageError::new("wait for order", "unexpected second plan")),
+        // The agent dropped this prepared sandbox (shutdown, pool trimmed): end quietly.
+        Err(_) => std::process::exit(0),
+    };
+    place_files(&order, plan.ids.sandbox)?;
+    run_code(plan, &order, control)
+}
+
+fn build_root(plan: &SandboxPlan) -> Result<(), StageError> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .stage("make mounts private")?;
+
+    let device = loopdev::attach(&plan.disk_image).stage("attach disk image")?;
+    mount(
+        Some(&device.path),
+        &plan.disk_mount_dir,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
+        None::<&str>,
+    )
+    .stage("mount disk image")?;
+    drop(device);
+
+    let root = &plan.root_dir;
+    let tmpfs_options = format!("size={},mode=0755", plan.root_tmpfs_bytes);
+    mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(tmpfs_options.as_str()),
+    )
+    .stage("mount root tmpfs")?;
+
+    for step in &plan.steps {
+        apply_step(plan, step)?;
+    }
+
+    mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .stage("make root read-only")?;
+
+    nix::unistd::chdir(root).stage("enter new root")?;
+    // Stacking the old root under the new one and detaching it leaves no path back to the host.
+    nix::unistd::pivot_root(".", ".").stage("pivot root")?;
+    umount2(".", MntFlags::MNT_DETACH).stage("detach old root")?;
+    nix::unistd::chdir("/").stage("enter /")?;
+    Ok(())
+}
+
+/// The sandbox's network namespace has only `lo`, down; up, code can serve and connect on its
+/// own private loopback, which is not the host's.
+fn bring_up_loopback() -> std::io::Result<()> {
+    // SAFETY: a plain datagram socket, used only for the interface-flag ioctls below.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `socket` is a descriptor we just opened and own.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills the flags of the interface named in `request`.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: after SIOCGIFFLAGS the union holds the flags.
+    unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the name and flags from `request`.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `path` (absolute, inside the sandbox) under the root being built.
+fn inside(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
+    let root = &plan.root_dir;
+    match step {
+        MountStep::BindReadOnly { source, target } => {
+            let target = inside(root, target);
+            make_mount_point(source, &target)?;
+            bind(source, &target, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+        }
+        MountStep::BindDevice { source, target } => {
+            let target = inside(root, target);
+            make_mount_point(source, &target)?;
+            bind(source, &target, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
+        }
+        MountStep::DiskDir { name, target, mode } => {
+            let source = plan.disk_mount_dir.join(name);
+            fs::create_dir_all(&source).stage(&format!("create disk directory {name}"))?;
+            chown(&source, Some(plan.ids.sandbox), Some(plan.ids.sandbox)).stage("hand the disk directory to the sandbox")?;
+            fs::set_permissions(&source, fs::Permissions::from_mode(*mode)).stage("set disk directory mode")?;
+            let target = inside(root, target);
+            fs::create_dir_all(&target).stage(&format!("create {}", target.display()))?;
+            bind(&source, &target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+        }
+        MountStep::Symlink { link, points_to } => {
+            let link = inside(root, link);
+            if let Some(parent) = link.parent() {
+                fs::create_dir_all(parent).stage("create symlink parent")?;
+            }
+            symlink(points_to, &link).stage(&format!("create symlink {}", link.display()))
+        }
+        MountStep::Dir { path, mode } => {
+            let path = inside(root, path);
+            fs::create_dir_all(&path).stage(&format!("create {}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).stage("set directory mode")
+        }
+        MountStep::File { path, contents, mode } => {
+            let path = inside(root, path);
+            fs::write(&path, contents).stage(&format!("write {}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).stage("set file mode")
+        }
+        MountStep::Proc { target } => {
+            let target = inside(root, target);
+            fs::create_dir_all(&target).stage("create /proc")?;
+            mount(
+                Some("proc"),
+                &target,
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .stage("mount proc")?;
+            // Kernel knobs stay read-only even for a process that somehow regains privilege.
+            for knob in ["sys", "sysrq-trigger", "irq", "bus"] {
+                let knob = target.join(knob);
+                if knob.exists() {
+                    bind(&knob, &knob, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn make_mount_point(source: &Path, target: &Path) -> Result<(), StageError> {
+    let is_dir = fs::metadata(source).stage(&format!("inspect {}", source.display()))?.is_dir();
+    if is_dir {
+        fs::create_dir_all(target).stage(&format!("create {}", target.display()))
+    } else {
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).stage(&format!("create {}", parent.display()))?;
+        }
+        File::create(target).map(drop).stage(&format!("create {}", target.display()))
+    }
+}
+
+/// Bind-mounts `source` on `target`, then applies `flags` (a bind takes them only on remount).
+fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<(), StageError> {
+    let stage = format!("bind {} on {}", source.display(), target.display());
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).stage(&stage)?;
+    mount(None::<&str>, target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None::<&str>)
+        .stage(&stage)
+}
+
+/// Writes the script and uploads. Runs as root before the code exists, in a workspace that is
+/// still empty, so no path in it can be a planted link.
+fn place_files(order: &GoOrder, sandbox_id: u32) -> Result<(), StageError> {
+    for file in &order.files {
+        let path = Path::new(&file.path);
+        if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(StageError::new("place files", format!("refusing path {}", file.path)));
+        }
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(&file.content_base64)
+            .stage(&format!("decode {}", file.path))?;
+        if let Some(parent) = path.parent() {
+            create_owned_dirs(parent, sandbox_id)?;
+        }
+        fs::write(path, content).stage(&format!("write {}", file.path))?;
+        chown(path, Some(sandbox_id), Some(sandbox_id)).stage(&format!("chown {}", file.path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(file.mode)).stage(&format!("chmod {}", file.path))?;
+    }
+    Ok(())
+}
+
+fn create_owned_dirs(dir: &Path, owner: u32) -> Result<(), StageError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_owned_dirs(parent, owner)?;
+    }
+    fs::create_dir(dir).stage(&format!("create {}", dir.display()))?;
+    chown(dir, Some(owner), Some(owner)).stage(&format!("chown {}", dir.display()))
+}
+
+/// Everything the code's process needs, made before fork so the child only makes system calls.
+struct Launch {
+    program: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: CString,
+    seccomp: Vec<seccompiler::BpfProgram>,
+}
+
+impl Launch {
+    fn new(order: &GoOrder) -> Result<Self, StageError> {
+        let cstring = |text: &str| CString::new(text).stage("argument with a NUL byte");
+        let argv = order.argv.iter().map(|arg| cstring(arg)).collect::<Result<Vec<_>, _>>()?;
+        let program = argv.first().cloned().ok_or_else(|| StageError::new("start code", "empty command"))?;
+        let env = order
+            .env
+            .iter()
+            .map(|(key, value)| cstring(&format!("{key}={value}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let seccomp = seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
+        Ok(Self { program, argv, env, cwd: cstring(&order.cwd)?, seccomp })
+    }
+}
+
+fn run_code(plan: &SandboxPlan, order: &GoOrder, control: &mut UnixStream) -> Result<(), StageError> {
+    let launch = Launch::new(order)?;
+    let (exec_error_read, exec_error_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create exec-error pipe")?;
+
+    // SAFETY: pid 1 is single-threaded, so the child may run arbitrary code after fork.
+    match unsafe { fork() }.stage("fork code")? {
+        ForkResult::Child => {
+            drop(exec_error_read);
+            let error = become_code(plan, &launch);
+            let errno = match &error {
+                CodeError::Exec(errno) => *errno,
+                CodeError::Setup(..) => -1,
+            };
+            let mut pipe = File::from(exec_error_write);
+            let message = match error {
+                CodeError::Exec(_) => String::new(),
+                CodeError::Setup(stage, message) => format!("{stage}: {message}"),
+            };
+            let _ = pipe.write_all(&errno.to_be_bytes());
+            let _ = pipe.write_all(message.as_bytes());
+            // SAFETY: _exit ends this forked child without running the parent's atexit handlers.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            drop(exec_error_write);
+            // The code holds the stdio pipes now; ours would keep them open past its end.
+            redirect_stdio_to_null();
+            let mut report = Vec::new();
+            let _ = File::from(exec_error_read).read_to_end(&mut report);
+            if report.len() >= 4 {
+                let errno = i32::from_be_bytes([report[0], report[1], report[2], report[3]]);
+                reap(child);
+                if errno >= 0 {
+                    return control::write_blocking(control, &FromInit::ExecFailed { errno }).stage("report exec failure");
+                }
+                let message = String::from_utf8_lossy(&report[4..]).into_owned();
+                return Err(StageError::new("start code", message));
+            }
+            drop_privileges(plan.ids.init)?;
+            control::write_blocking(control, &FromInit::Running).stage("report running")?;
+            let (exit_code, signal) = reap(child);
+            let (disk_used_bytes, disk_full) = disk_usage();
+            control::write_blocking(control, &FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full })
+                .stage("report exit")
+        }
+    }
+}
+
+/// Waits for the code's process, reaping every orphan that pid 1 inherits meanwhile.
+fn reap(code: Pid) -> (Option<i32>, Option<i32>) {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code_value)) if pid == code => return (Some(code_value), None),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == code => return (None, Some(signal as i32)),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return (None, None),
+        }
+    }
+}
+
+fn disk_usage() -> (u64, bool) {
+    match nix::sys::statvfs::statvfs(super::plan::WORKSPACE) {
+        Ok(stats) => {
+            let block = stats.fragment_size();
+            let used = (stats.blocks() - stats.blocks_free()) * block;
+            (used, stats.blocks_available() == 0)
+        }
+        Err(_) => (0, false),
+    }
+}
+
+fn drop_privileges(id: u32) -> Result<(), StageError> {
+    nix::unistd::setgroups(&[]).stage("drop groups")?;
+    nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)).stage("drop gid")?;
+    nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)).stage("drop uid")?;
+    nix::sys::prctl::set_dumpable(false).stage("forbid tracing")
+}
+
+fn redirect_stdio_to_null() {
+    if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors; `null` stays open for the call.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn close_all_from(first: u32) {
+    // SAFETY: close_range only closes descriptors; nothing in this process uses them afterwards.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+}
+
+enum CodeError {
+    Exec(i32),
+    Setup(&'static str, String),
+}
+
+/// In the forked child: become the unprivileged sandbox user in a fresh user namespace, lock
+/// everything down, and exec the code. Returns only on failure.
+fn become_code(plan: &SandboxPlan, launch: &Launch) -> CodeError {
+    match lock_down(plan, launch) {
+        Ok(()) => {}
+        Err((stage, error)) => return CodeError::Setup(stage, error),
+    }
+    let error = nix::unistd::execve(&launch.program, &launch.argv, &launch.env);
+    CodeError::Exec(error.map_or_else(|errno| errno as i32, |never| match never {}))
+}
+
+fn lock_down(plan: &SandboxPlan, launch: &Launch) -> Result<(), (&'static str, String)> {
+    fn step<T, E: std::fmt::Display>(stage: &'static str, result: Result<T, E>) -> Result<T, (&'static str, String)> {
+        result.map_err(|error| (stage, error.to_string()))
+    }
+    step("new session", nix::unistd::setsid())?;
+    // Everything but stdio closes at exec; the exec-error pipe must stay open until then.
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    // The OOM killer must pick the code, never the init that reports on it. Raising the score
+    // needs no privilege (lowering the init's would need CAP_SYS_RESOURCE, which root may lack).
+    step("raise OOM score", fs::write("/proc/self/oom_score_adj", "1000"))?;
+    let limits = plan.process_limits;
+    step("limit open files", nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limits.open_files, limits.open_files))?;
+    step("limit core dumps", nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, limits.core_bytes, limits.core_bytes))?;
+    step("enter working directory", nix::unistd::chdir(launch.cwd.as_c_str()))?;
+
+    let id = plan.ids.sandbox;
+    step("drop groups", nix::unistd::setgroups(&[]))?;
+    step("drop gid", nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)))?;
+    step("drop uid", nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)))?;
+    // Changing uid made us non-dumpable, which leaves /proc/self owned by root and our own
+    // uid_map unwritable.
+    step("own /proc/self", nix::sys::prctl::set_dumpable(true))?;
+    // Unprivileged now: the new user namespace may map only our own ids, to INNER_ID.
+    step("create user namespace", unshare(CloneFlags::CLONE_NEWUSER))?;
+    step("map uid", fs::write("/proc/self/uid_map", format!("{INNER_ID} {id} 1\n")))?;
+    step("deny setgroups", fs::write("/proc/self/setgroups", "deny"))?;
+    step("map gid", fs::write("/proc/self/gid_map", format!("{INNER_ID} {id} 1\n")))?;
+
+    step("set no_new_privs", nix::sys::prctl::set_no_new_privs())?;
+    drop_capabilities().map_err(|error| ("drop capabilities", error.to_string()))?;
+    step(
+        "apply landlock",
+        landlock::restrict_self(&landlock::LandlockPaths {
+            read_exec: plan.landlock_read_exec.clone(),
+            read_write: plan.landlock_read_write.clone(),
+        }),
+    )?;
+    step("apply seccomp", seccomp::install(&launch.seccomp))?;
+    Ok(())
+}
+
+/// Empties the bounding, ambient, effective, permitted and inheritable sets: the code has no
+/// capability even inside its own user namespace.
+fn drop_capabilities() -> std::io::Result<()> {
+    let last_cap: u64 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(40);
+    for cap in 0..=last_cap {
+        // SAFETY: PR_CAPBSET_DROP takes a capability number; unknown ones fail harmlessly.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    }
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointer arguments.
+    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) };
+
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: capset reads a v3 header and two data structs, both valid for the call.
+    let result = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Loop devices for the sandbox disk images. Each is attached with auto-clear, so it is released
+//! by the kernel as soon as the sandbox's mount namespace (its only user) is gone.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
+const LO_NAME_SIZE: usize = 64;
+
+/// `struct loop_info64` from linux/loop.h.
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; LO_NAME_SIZE],
+    lo_crypt_name: [u8; LO_NAME_SIZE],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+/// `struct loop_config` from linux/loop.h.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("{action}: {source}")]
+    Io { action: String, source: std::io::Error },
+    #[error("no free loop device after {0} attempts")]
+    Exhausted(u32),
+}
+
+fn io_error(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> LoopError {
+    let action = action.into();
+    move |source| LoopError::Io { action, source }
+}
+
+/// An attached loop device. Dropping it closes our handle; with auto-clear the device is freed
+/// once it is also unmounted.
+pub struct LoopDevice {
+    pub path: PathBuf,
+    _device: File,
+}
+
+/// Attaches `image` to a free loop device with auto-clear and direct I/O (so the image's page
+/// cache is not charged twice to the sandbox's memory limit).
+pub fn attach(image: &Path) -> Result<LoopDevice, LoopError> {
+    let control = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
+        .map_err(io_error("open /dev/loop-control"))?;
+    let backing = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .map_err(io_error(format!("open {}", image.display())))?;
+
+    const ATTEMPTS: u32 = 32;
+    for _ in 0..ATTEMPTS {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
+        let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if number < 0 {
+            return Err(io_error("find a free loop device")(std::io::Error::last_os_error()));
+        }
+        let path = PathBuf::from(format!("/dev/loop{number}"));
+        let device = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(device) => device,
+            // Another agent may have taken it and udev may not have made the node yet.
+            Err(_) => continue,
+        };
+        let mut config = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 0,
+            info: LoopInfo64 {
+                lo_device: 0,
+                lo_inode: 0,
+                lo_rdevice: 0,
+                lo_offset: 0,
+                lo_sizelimit: 0,
+                lo_number: 0,
+                lo_encrypt_type: 0,
+                lo_encrypt_key_size: 0,
+                lo_flags: LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO,
+                lo_file_name: [0; LO_NAME_SIZE],
+                lo_crypt_name: [0; LO_NAME_SIZE],
+                lo_encrypt_key: [0; 32],
+                lo_init: [0; 2],
+            },
+            reserved: [0; 8],
+        };
+        let name = image.as_os_str().as_encoded_bytes();
+        let copied = name.len().min(LO_NAME_SIZE - 1);
+        config.info.lo_file_name[..copied].copy_from_slice(&name[..copied]);
+        // SAFETY: `config` is a properly initialised `struct loop_config` that outlives the call.
+        let result = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &mut config as *mut LoopConfig) };
+        if result == 0 {
+            return Ok(LoopDevice { path, _device: device });
+        }
+        let error = std::io::Error::last_os_error();
+        // EBUSY: another process configured this device between GET_FREE and CONFIGURE.
+        if error.raw_os_error() != Some(libc::EBUSY) {
+            return Err(io_error(format!("attach {} to {}", image.display(), path.display()))(error));
+        }
+    }
+    Err(LoopError::Exhausted(ATTEMPTS))
+}
+
+/// Loop devices whose backing file lies under `dir` (from /sys/block/loop*/loop/backing_file).
+pub fn devices_backed_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("loop"))
+        .filter_map(|entry| {
+            let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+            let backing = backing.trim_end().trim_end_matches(" (deleted)");
+            Path::new(backing).starts_with(dir).then(|| PathBuf::from("/dev").join(entry.file_name()))
+        })
+        .collect()
+}
+
+/// Detaches a loop device left behind by a killed agent. Only called for devices backed by files
+/// in this agent's own state directory.
+pub fn detach(device: &Path) -> Result<(), LoopError> {
+    let file = OpenOptions::new().read(true).open(device).map_err(io_error(format!("open {}", device.display())))?;
+    // SAFETY: LOOP_CLR_FD takes no argument.
+    let result = unsafe { libc::ioctl(file.as_raw_fd(), LOOP_CLR_FD) };
+    if result != 0 {
+        return Err(io_error(format!("detach {}", device.display()))(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! The sandbox plan: every mount, id and limit of one sandbox as a value. It is computed here,
+//! unit-tested here, and applied by `init` inside the new namespaces without further decisions.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The uid and gid the sandboxed code has inside its user namespace.
+pub const INNER_ID: u32 = 1000;
+
+/// Directories of the new root that are writable, backed by the sandbox's own disk image.
+pub const WORKSPACE: &str = "/workspace";
+pub const TMP: &str = "/tmp";
+
+/// Size of the tmpfs that holds the new root's skeleton (directories, symlinks, /etc files).
+const ROOT_TMPFS_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Host directories of runtime files, bound read-only when they are directories and recreated
+/// when they are symlinks (as on merged-/usr systems).
+const RUNTIME_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+
+/// Host files and directories under /etc that interpreters and common libraries read.
+const ETC_ENTRIES: &[&str] = &[
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/alternatives",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/mime.types",
+    "/etc/python3",
+    "/etc/python3.11",
+    "/etc/nsswitch.conf",
+];
+
+/// The only device nodes a sandbox gets.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+
+/// One step of building the new root. Paths named `target`/`path`/`link` are inside the new root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MountStep {
+    /// Bind a host path read-only, without setuid or device files.
+    BindReadOnly { source: PathBuf, target: PathBuf },
+    /// Bind one host device node (read-write, no exec).
+    BindDevice { source: PathBuf, target: PathBuf },
+    /// Create a directory of the sandbox's disk image and bind it writable at `target`.
+    DiskDir { name: String, target: PathBuf, mode: u32 },
+    Symlink { link: PathBuf, points_to: PathBuf },
+    Dir { path: PathBuf, mode: u32 },
+    File { path: PathBuf, contents: String, mode: u32 },
+    /// A fresh procfs for the sandbox's pid namespace, with kernel knobs read-only.
+    Proc { target: PathBuf },
+}
+
+/// Host ids the sandbox runs under; unique per live sandbox so sandboxes cannot signal each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostIds {
+    /// The code's uid and gid on the host (mapped to `INNER_ID` inside).
+    pub sandbox: u32,
+    /// What the sandbox's pid 1 drops to once the code runs: not the code's uid, so the code
+    /// cannot signal or trace it.
+    pub init: u32,
+}
+
+/// Resource limits applied with setrlimit, beside the cgroup limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessLimits {
+    pub open_files: u64,
+    pub core_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxPlan {
+    /// The agent's pid: the init refuses to go on when its parent is anything else.
+    pub agent_pid: u32,
+    /// Host path where the new root is assembled (inside the sandbox's own mount namespace).
+    pub root_dir: PathBuf,
+    pub root_tmpfs_bytes: u64,
+    pub disk_image: PathBuf,
+    /// Host path where the disk image is mounted before its directories are bound in.
+    pub disk_mount_dir: PathBuf,
+    pub hostname: String,
+    pub ids: HostIds,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub steps: Vec<MountStep>,
+    /// Paths (inside) the code may read and execute, and those it may also write (Landlock).
+    pub landlock_read_exec: Vec<PathBuf>,
+    pub landlock_read_write: Vec<PathBuf>,
+    pub process_limits: ProcessLimits,
+}
+
+/// What the host offers, discovered once; kept apart so the plan is a pure function of it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HostLayout {
+    /// Runtime directories that exist, with their symlink target when they are symlinks.
+    pub runtime_dirs: Vec<(PathBuf, Option<PathBuf>)>,
+    /// /etc entries that exist.
+    pub etc_entries: Vec<PathBuf>,
+}
+
+impl HostLayout {
+    pub fn discover() -> Self {
+        let runtime_dirs = RUNTIME_DIRS
+            .iter()
+            .map(Path::new)
+            .filter_map(|dir| {
+                let meta = std::fs::symlink_metadata(dir).ok()?;
+                if meta.file_type().is_symlink() {
+                    Some((dir.to_path_buf(), Some(std::fs::read_link(dir).ok()?)))
+                } else if meta.is_dir() {
+                    Some((dir.to_path_buf(), None))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let etc_entries =
+            ETC_ENTRIES.iter().map(PathBuf::from).filter(|path| path.exists()).collect();
+        Self { runtime_dirs, etc_entries }
+    }
+}
+
+/// The per-sandbox facts the agent decides before the plan is made.
+#[derive(Debug, Clone)]
+pub struct PlanInputs {
+    pub agent_pid: u32,
+    pub run_dir: PathBuf,
+    pub hostname: String,
+    pub ids: HostIds,
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+impl SandboxPlan {
+    pub fn new(host: &HostLayout, inputs: PlanInputs) -> Self {
+        let mut steps = Vec::new();
+        let mut read_exec = Vec::new();
+        for (dir, symlink_target) in &host.runtime_dirs {
+            match symlink_target {
+                Some(points_to) => steps.push(MountStep::Symlink { link: dir.clone(), points_to: points_to.clone() }),
+                None => {
+                    steps.push(MountStep::BindReadOnly { source: dir.clone(), target: dir.clone() });
+                    read_exec.push(dir.clone());
+                }
+            }
+        }
+
+        steps.push(MountStep::Dir { path: "/etc".into(), mode: 0o755 });
+        for entry in &host.etc_entries {
+            steps.push(MountStep::BindReadOnly { source: entry.clone(), target: entry.clone() });
+        }
+        read_exec.push("/etc".into());
+        steps.extend(generated_etc_files(&inputs.hostname));
+
+        steps.push(MountStep::Dir { path: "/dev".into(), mode: 0o755 });
+        for device in DEVICES {
+            let path = Path::new("/dev").join(device);
+            steps.push(MountStep::BindDevice { source: path.clone(), target: path });
+        }
+        for (name, points_to) in
+            [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
+        {
+            steps.push(MountStep::Symlink { link: Path::new("/dev").join(name), points_to: points_to.into() });
+        }
+        steps.push(MountStep::DiskDir { name: "shm".into(), target: "/dev/shm".into(), mode: 0o1777 });
+        steps.push(MountStep::DiskDir { name: "tmp".into(), target: TMP.into(), mode: 0o1777 });
+        steps.push(MountStep::DiskDir { name: "workspace".into(), target: WORKSPACE.into(), mode: 0o755 });
+        steps.push(MountStep::Proc { target: "/proc".into() });
+
+        let read_write = vec![WORKSPACE.into(), TMP.into(), "/dev".into()];
+        read_exec.push("/proc".into());
+
+        SandboxPlan {
+            agent_pid: inputs.agent_pid,
+            root_dir: inputs.run_dir.join("root"),
+            root_tmpfs_bytes: ROOT_TMPFS_BYTES,
+            disk_image: inputs.run_dir.join("disk.img"),
+            disk_mount_dir: inputs.run_dir.join("disk"),
+            hostname: inputs.hostname,
+            ids: inputs.ids,
+            cgroup_procs: inputs.cgroup_procs,
+            steps,
+            landlock_read_exec: read_exec,
+            landlock_read_write: read_write,
+            process_limits: ProcessLimits { open_files: 4096, core_bytes: 0 },
+        }
+    }
+}
+
+/// The sandbox's own passwd, group and hosts: the host's are never shown.
+fn generated_etc_files(hostname: &str) -> Vec<MountStep> {
+    let passwd = format!(
+        "root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{INNER_ID}:{INNER_ID}:bkg sandbox:{WORKSPACE}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    );
+    let group = format!("root:x:0:\nsandbox:x:{INNER_ID}:\nnogroup:x:65534:\n");
+    let hosts = format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    vec![
+        MountStep::File { path: "/etc/passwd".into(), contents: passwd, mode: 0o644 },
+        MountStep::File { path: "/etc/group".into(), contents: group, mode: 0o644 },
+        MountStep::File { path: "/etc/hosts".into(), contents: hosts, mode: 0o644 },
+        MountStep::File { path: "/etc/hostname".into(), contents: format!("{hostname}\n"), mode: 0o644 },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn debian_host() -> HostLayout {
+        HostLayout {
+            runtime_dirs: vec![
+                ("/usr".into(), None),
+                ("/bin".into(), Some("usr/bin".into())),
+                ("/lib".into(), Some("usr/lib".into())),
+                ("/lib64".into(), Some("usr/lib64".into())),
+                ("/sbin".into(), Some("usr/sbin".into())),
+            ],
+            etc_entries: vec!["/etc/ld.so.cache".into(), "/etc/ssl".into(), "/etc/alternatives".into()],
+        }
+    }
+
+    fn plan() -> SandboxPlan {
+        SandboxPlan::new(
+            &debian_host(),
+            PlanInputs {
+                agent_pid: 42,
+                run_dir: "/var/lib/bkg/runs/r1".into(),
+                hostname: "bkg".into(),
+                ids: HostIds { sandbox: 200_000, init: 200_001 },
+                cgroup_procs: vec![],
+            },
+        )
+    }
+
+    fn bound_sources(plan: &SandboxPlan) -> Vec<&Path> {
+        plan.steps
+            .iter()
+            .filter_map(|step| match step {
+                MountStep::BindReadOnly { source, .. } | MountStep::BindDevice { source, .. } => Some(source.as_path()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runtime_files_are_read_only_and_symlinks_are_recreated() {
+        let plan = plan();
+        assert!(plan.steps.contains(&MountStep::BindReadOnly { source: "/usr".into(), target: "/usr".into() }));
+        assert!(plan.steps.contains(&MountStep::Symlink { link: "/bin".into(), points_to: "usr/bin".into() }));
+        assert!(plan.landlock_read_exec.contains(&PathBuf::from("/usr")));
+        assert!(!plan.landlock_read_write.contains(&PathBuf::from("/usr")));
+    }
+
+    #[test]
+    fn no_host_secret_or_home_is_bound() {
+        let plan = plan();
+        for source in bound_sources(&plan) {
+            for forbidden in ["/root", "/home", "/etc/shadow", "/etc/passwd", "/var", "/run", "/proc", "/sys"] {
+                assert!(!source.starts_with(forbidden), "{} must not be bound", source.display());
+            }
+            assert_ne!(source, Path::new("/etc"), "all of /etc must not be bound");
+        }
+    }
+
+    #[test]
+    fn only_harmless_devices() {
+        let plan = plan();
+        let devices: Vec<_> = plan
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                MountStep::BindDevice { source, .. } => Some(source.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(devices, ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]);
+    }
+
+    #[test]
+    fn writable_places_are_on_the_disk_image() {
+        let plan = plan();
+        for target in ["/workspace", "/tmp", "/dev/shm"] {
+            assert!(
+                plan.steps.iter().any(|step| matches!(step, MountStep::DiskDir { target: t, .. } if t == Path::new(target))),
+                "{target} must be on the disk image"
+            );
+        }
+        assert_eq!(plan.disk_image, PathBuf::from("/var/lib/bkg/runs/r1/disk.img"));
+        assert_eq!(plan.landlock_read_write, [PathBuf::from("/workspace"), "/tmp".into(), "/dev".into()]);
+    }
+
+    #[test]
+    fn generated_passwd_names_only_the_sandbox_user() {
+        let plan = plan();
+        let passwd = plan.steps.iter().find_map(|step| match step {
+            MountStep::File { path, contents, .. } if path == Path::new("/etc/passwd") => Some(contents.clone()),
+            _ => None,
+        });
+        let passwd = passwd.unwrap_or_default();
+        assert!(passwd.contains("sandbox:x:1000:1000"));
+        assert_eq!(passwd.lines().count(), 3);
+    }
+
+    #[test]
+    fn proc_comes_after_every_bind_so_it_is_not_shadowed() {
+        let plan = plan();
+        assert!(matches!(plan.steps.last(), Some(MountStep::Proc { .. })));
+    }
+}

@@ -1,0 +1,249 @@
+//! One sandbox seen from the agent: prepared ahead (disk image, cgroup, init waiting in its
+//! namespaces), then given code once, then disposed of with proof that nothing is left.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use tokio::net::UnixStream;
+use tokio::net::unix::pipe;
+
+use super::cgroup::{CgroupLimits, RunCgroup};
+use super::control::{self, CONTROL_FD, FromInit, ToInit};
+use super::plan::{PlanInputs, SandboxPlan};
+use super::{Engine, EngineError, IdSlot};
+use crate::ids::new_id;
+
+/// How long building a sandbox may take before the agent gives up on it.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct PreparedSandbox {
+    pub id: String,
+    pub disk_bytes: u64,
+    run_dir: PathBuf,
+    pub cgroup: Box<dyn RunCgroup>,
+    init: tokio::process::Child,
+    pub control: UnixStream,
+    pub stdin: Option<pipe::Sender>,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+    _ids: IdSlot,
+}
+
+pub fn cgroup_limits(limits: &bkg_schema::Limits) -> CgroupLimits {
+    CgroupLimits { cpu_millis: limits.cpu_millis, memory_bytes: limits.memory_bytes, pids_max: limits.pids }
+}
+
+fn nonblocking_pipe() -> Result<(OwnedFd, OwnedFd), EngineError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|errno| EngineError::io("create pipe")(errno.into()))
+}
+
+impl PreparedSandbox {
+    pub async fn prepare(engine: &Arc<Engine>, disk_bytes: u64) -> Result<Self, EngineError> {
+        let id = new_id("sbx");
+        let run_dir = engine.runs_dir().join(&id);
+        let ids = engine.ids.allocate()?;
+        let result = Self::build(engine, &id, &run_dir, disk_bytes, ids).await;
+        if result.is_err() {
+            // Whatever was made for the failed attempt goes; the cgroup was removed by `build`.
+            let _ = tokio::fs::remove_dir_all(&run_dir).await;
+        }
+        result
+    }
+
+    async fn build(
+        engine: &Arc<Engine>,
+        id: &str,
+        run_dir: &Path,
+        disk_bytes: u64,
+        ids: IdSlot,
+    ) -> Result<Self, EngineError> {
+        for dir in [run_dir.join("root"), run_dir.join("disk")] {
+            tokio::fs::create_dir_all(&dir).await.map_err(EngineError::io(format!("create {}", dir.display())))?;
+        }
+        make_disk_image(&run_dir.join("disk.img"), disk_bytes, ids.ids().sandbox).await?;
+
+        let cgroup = engine.cgroups.create(id, &cgroup_limits(&engine.config.default_limits))?;
+        let plan = SandboxPlan::new(
+            &engine.host,
+            PlanInputs {
+                agent_pid: engine.agent_pid,
+                run_dir: run_dir.to_path_buf(),
+                hostname: "bkg".into(),
+                ids: ids.ids(),
+                cgroup_procs: cgroup.procs_paths(),
+            },
+        );
+        match spawn_init(plan).await {
+            Ok((init, control, stdin, stdout, stderr)) => Ok(Self {
+                id: id.to_owned(),
+                disk_bytes,
+                run_dir: run_dir.to_path_buf(),
+                cgroup,
+                init,
+                control,
+                stdin: Some(stdin),
+                stdout,
+                stderr,
+                _ids: ids,
+            }),
+            Err(error) => {
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = cgroup.kill_all();
+                    cgroup.remove()
+                })
+                .await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Ends every process of the sandbox now.
+    pub async fn kill(&self) {
+        // kill_all may wait for a freezer; keep it off the async workers.
+        let cgroup_pids = self.cgroup.pids().unwrap_or_default();
+        if cgroup_pids.is_empty() {
+            return;
+        }
+        let result = tokio::task::block_in_place(|| self.cgroup.kill_all());
+        if let Err(error) = result {
+            tracing::warn!(sandbox = %self.id, %error, "could not kill the sandbox's processes");
+        }
+    }
+
+    /// Kills what is left, removes the cgroup, waits for the loop device to be released and
+    /// deletes the sandbox's directory. Returns whether all of it is confirmed gone.
+    pub async fn dispose(mut self) -> bool {
+        self.kill().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.init.wait()).await;
+        drop(self.control);
+        let id = self.id.clone();
+        let cgroup = self.cgroup;
+        let cgroup_removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+        let cgroup_removed = match cgroup_removed {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::warn!(sandbox = %id, %error, "cgroup not removed");
+                false
+            }
+            Err(_) => false,
+        };
+
+        let mut loop_released = false;
+        for _ in 0..200 {
+            if super::loopdev::devices_backed_under(&self.run_dir).is_empty() {
+                loop_released = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !loop_released {
+            tracing::warn!(sandbox = %id, "loop device still attached");
+        }
+        let dir_removed = match tokio::fs::remove_dir_all(&self.run_dir).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(sandbox = %id, %error, "sandbox directory not removed");
+                false
+            }
+        };
+        cgroup_removed && loop_released && dir_removed
+    }
+}
+
+/// A sparse file with an ext4 filesystem owned by the sandbox user: the sandbox's whole disk.
+/// Disk-backed, so filling it ends in ENOSPC, not in a memory kill as tmpfs would.
+async fn make_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), EngineError> {
+    let file = tokio::fs::File::create(path).await.map_err(EngineError::io(format!("create {}", path.display())))?;
+    file.set_len(bytes).await.map_err(EngineError::io("size the disk image"))?;
+    drop(file);
+    let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+        .into_iter()
+        .find(|candidate| Path::new(candidate).exists())
+        .ok_or_else(|| EngineError::DiskImage("mkfs.ext4 not found: install e2fsprogs".into()))?;
+    let output = tokio::process::Command::new(mkfs)
+        .args(["-q", "-F", "-T", "default", "-m", "0", "-O", "^has_journal,^resize_inode"])
+        .arg("-E")
+        .arg(format!("lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={owner}:{owner}"))
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(EngineError::io("run mkfs.ext4"))?;
+    if !output.status.success() {
+        return Err(EngineError::DiskImage(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
+    }
+    Ok(())
+}
+
+type Spawned = (tokio::process::Child, UnixStream, pipe::Sender, pipe::Receiver, pipe::Receiver);
+
+async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
+    let (stdin_read, stdin_write) = nonblocking_pipe()?;
+    let (stdout_read, stdout_write) = nonblocking_pipe()?;
+    let (stderr_read, stderr_write) = nonblocking_pipe()?;
+    let (agent_end, init_end) = std::os::unix::net::UnixStream::pair().map_err(EngineError::io("create control socket"))?;
+    let init_fd = init_end.as_raw_fd();
+
+    let mut command = std::process::Command::new("/proc/self/exe");
+    command
+        .arg("__sandbox-init")
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::from(stdin_read))
+        .stdout(Stdio::from(stdout_write))
+        .stderr(Stdio::from(stderr_write));
+    // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl, which are
+    // async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            let result = if init_fd == CONTROL_FD {
+                libc::fcntl(init_fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(init_fd, CONTROL_FD)
+            };
+            if result < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+    let mut init = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(EngineError::io("start the sandbox init"))?;
+    drop(init_end);
+
+    agent_end.set_nonblocking(true).map_err(EngineError::io("control socket"))?;
+    let mut control = UnixStream::from_std(agent_end).map_err(EngineError::io("control socket"))?;
+    let handshake = async {
+        control::write_async(&mut control, &ToInit::Prepare(Box::new(plan))).await?;
+        control::read_async::<FromInit>(&mut control).await
+    };
+    let reply = tokio::time::timeout(PREPARE_TIMEOUT, handshake).await;
+    let failure = match reply {
+        Ok(Ok(FromInit::Ready)) => None,
+        Ok(Ok(FromInit::Failed { stage, message })) => Some(EngineError::Prepare { stage, message }),
+        Ok(Ok(other)) => Some(EngineError::Prepare { stage: "handshake".into(), message: format!("unexpected {other:?}") }),
+        Ok(Err(error)) => Some(EngineError::Prepare { stage: "handshake".into(), message: error.to_string() }),
+        Err(_) => Some(EngineError::Prepare { stage: "handshake".into(), message: "timed out".into() }),
+    };
+    if let Some(error) = failure {
+        let _ = init.start_kill();
+        let _ = init.wait().await;
+        return Err(error);
+    }
+
+    let stdin = pipe::Sender::from_owned_fd(set_nonblocking(stdin_write)?).map_err(EngineError::io("stdin pipe"))?;
+    let stdout = pipe::Receiver::from_owned_fd(set_nonblocking(stdout_read)?).map_err(EngineError::io("stdout pipe"))?;
+    let stderr = pipe::Receiver::from_owned_fd(set_nonblocking(stderr_read)?).map_err(EngineError::io("stderr pipe"))?;
+    Ok((init, control, stdin, stdout, stderr))
+}
+
+fn set_nonblocking(fd: OwnedFd) -> Result<OwnedFd, EngineError> {
+    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| EngineError::io("pipe flags")(e.into()))?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|e| EngineError::io("pipe flags")(e.into()))?;
+    Ok(fd)
+}

@@ -1,0 +1,302 @@
+//! The HTTP/JSON API on the agent's unix socket. Callers are checked by their peer credentials:
+//! only root and the agent's own user may connect.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bkg_schema::frame::{self, FrameKind, STREAM_PROTOCOL};
+use bkg_schema::{AgentInfo, ApiError, ErrorCode, RunRequest};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Notify, mpsc};
+
+use crate::engine::Engine;
+use crate::engine::run::{RunError, RunInput, RunOutput};
+use crate::ids::{new_id, now_ms};
+use crate::store::Store;
+
+/// Largest request body: the code and its uploads, base64.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub store: Store,
+    pub socket: PathBuf,
+    pub shutdown: Arc<Notify>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/agent", get(agent_info))
+        .route("/api/v1/agent/shutdown", post(shutdown))
+        .route("/api/v1/runs", post(create_run).get(list_runs))
+        .route("/api/v1/runs/{id}", get(get_run))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    (status, Json(ApiError::new(code, message))).into_response()
+}
+
+fn run_error_response(error: &RunError) -> Response {
+    let status = match error {
+        RunError::BadRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        RunError::LimitAboveMaximum { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        RunError::RuntimeNotExecutable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        RunError::Engine(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error_response(status, error.code(), error.to_string())
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint")
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    if let Err(error) = state.store.check_writable().await {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Internal, format!("store not writable: {error}"));
+    }
+    (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response()
+}
+
+async fn agent_info(State(state): State<AppState>) -> Json<AgentInfo> {
+    let engine = &state.engine;
+    Json(AgentInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        socket: state.socket.display().to_string(),
+        state_dir: engine.config.state_dir.display().to_string(),
+        cgroup_version: engine.cgroup_version(),
+        warm_sandboxes: engine.warm_count(),
+        active_runs: engine.active_runs(),
+        pending_cleanups: engine.cleanups_pending(),
+        default_limits: engine.config.default_limits,
+        max_limits: engine.config.max_limits,
+    })
+}
+
+async fn shutdown(State(state): State<AppState>) -> StatusCode {
+    state.shutdown.notify_one();
+    StatusCode::ACCEPTED
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<u32>,
+}
+
+async fn list_runs(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Response {
+    match state.store.list_runs(query.limit.unwrap_or(50).min(1000)).await {
+        Ok(runs) => Json(runs).into_response(),
+        Err(error) => error_response(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, error.to_string()),
+    }
+}
+
+async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.store.get_run(&id).await {
+        Ok(Some(run)) => Json(run).into_response(),
+        Ok(None) => error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("no run {id}")),
+        Err(error) => error_response(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, error.to_string()),
+    }
+}
+
+fn wants_stream(headers: &HeaderMap) -> bool {
+    headers.get(header::UPGRADE).and_then(|value| value.to_str().ok()) == Some(STREAM_PROTOCOL)
+}
+
+/// `POST /api/v1/runs`: a plain JSON request returns the result when the run ends; with
+/// `Upgrade: bkg-stream/1` the connection switches to frames (stdin in, output out, live).
+async fn create_run(State(state): State<AppState>, request: Request) -> Response {
+    let stream = wants_stream(request.headers());
+    let (mut parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                format!("request body is over {} MiB", MAX_BODY_BYTES >> 20),
+            );
+        }
+    };
+    let run_request: RunRequest = match serde_json::from_slice(&bytes) {
+        Ok(request) => request,
+        Err(error) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("invalid run request: {error}")),
+    };
+    let validated = match state.engine.validate(run_request) {
+        Ok(validated) => validated,
+        Err(error) => return run_error_response(&error),
+    };
+    let run_id = new_id("run");
+
+    if !stream {
+        let (input_tx, input_rx) = mpsc::channel(1);
+        drop(input_tx);
+        // The run is its own task: a caller that hangs up must not leave a sandbox half-done.
+        let task = tokio::spawn(execute(state, run_id, validated, input_rx, None));
+        return match task.await {
+            Ok(Ok(result)) => Json(result).into_response(),
+            Ok(Err(error)) => run_error_response(&error),
+            Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "run task failed"),
+        };
+    }
+
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "this connection cannot be upgraded");
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => stream_run(state, run_id, validated, TokioIo::new(upgraded)).await,
+            Err(error) => tracing::warn!(%error, "stream upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(STREAM_PROTOCOL));
+    response
+}
+
+/// Runs and records a run: the store hears of its start, its end, and its cleanup.
+async fn execute(
+    state: AppState,
+    run_id: String,
+    validated: crate::engine::run::ValidatedRun,
+    input: mpsc::Receiver<RunInput>,
+    output: Option<mpsc::Sender<RunOutput>>,
+) -> Result<bkg_schema::RunResult, RunError> {
+    if let Err(error) = state.store.run_started(&run_id, validated.language, validated.limits, now_ms()).await {
+        tracing::error!(%error, run = %run_id, "could not record the run's start");
+    }
+    let outcome = state.engine.run(run_id.clone(), validated, input, output).await;
+    let recorded = match &outcome {
+        Ok(result) => state.store.run_finished(result, now_ms()).await,
+        Err(error) => state.store.run_failed(&run_id, &error.to_string(), now_ms()).await,
+    };
+    if let Err(error) = recorded {
+        tracing::error!(%error, run = %run_id, "could not record the run's end");
+    }
+    outcome
+}
+
+async fn write_frame(writer: &mut (impl AsyncWriteExt + Unpin), kind: FrameKind, payload: &[u8]) -> std::io::Result<()> {
+    for chunk in payload.chunks(frame::MAX_FRAME_PAYLOAD).chain(payload.is_empty().then_some(&[][..])) {
+        let header = frame::encode_header(kind, chunk.len()).map_err(std::io::Error::other)?;
+        writer.write_all(&header).await?;
+        writer.write_all(chunk).await?;
+    }
+    Ok(())
+}
+
+async fn stream_run<S>(state: AppState, run_id: String, validated: crate::engine::run::ValidatedRun, connection: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(connection);
+    let (input_tx, input_rx) = mpsc::channel::<RunInput>(16);
+    let (output_tx, mut output_rx) = mpsc::channel::<RunOutput>(64);
+
+    // Frames from the caller: stdin, its end, or cancellation. A caller that goes away cancels.
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let mut header = [0u8; frame::HEADER_LEN];
+            if reader.read_exact(&mut header).await.is_err() {
+                let _ = input_tx.send(RunInput::Cancel).await;
+                return;
+            }
+            let Ok((kind, len)) = frame::decode_header(header) else {
+                let _ = input_tx.send(RunInput::Cancel).await;
+                return;
+            };
+            let mut payload = vec![0u8; len];
+            if reader.read_exact(&mut payload).await.is_err() {
+                let _ = input_tx.send(RunInput::Cancel).await;
+                return;
+            }
+            let event = match kind {
+                FrameKind::Stdin => RunInput::Stdin(payload),
+                FrameKind::StdinEnd => RunInput::StdinEnd,
+                _ => RunInput::Cancel,
+            };
+            let cancel = matches!(event, RunInput::Cancel);
+            if input_tx.send(event).await.is_err() || cancel {
+                return;
+            }
+        }
+    });
+
+    let run = tokio::spawn(execute(state, run_id, validated, input_rx, Some(output_tx)));
+    let mut caller_gone = false;
+    while let Some(event) = output_rx.recv().await {
+        if caller_gone {
+            continue;
+        }
+        let written = match event {
+            RunOutput::Started(id) => write_frame(&mut writer, FrameKind::Started, id.as_bytes()).await,
+            RunOutput::Stdout(bytes) => write_frame(&mut writer, FrameKind::Stdout, &bytes).await,
+            RunOutput::Stderr(bytes) => write_frame(&mut writer, FrameKind::Stderr, &bytes).await,
+        };
+        // Keep draining so the run is never blocked by a caller that stopped reading.
+        caller_gone = written.is_err();
+    }
+    let (kind, payload) = match run.await {
+        Ok(Ok(result)) => (FrameKind::Result, serde_json::to_vec(&result)),
+        Ok(Err(error)) => (FrameKind::Error, serde_json::to_vec(&ApiError::new(error.code(), error.to_string()))),
+        Err(_) => (FrameKind::Error, serde_json::to_vec(&ApiError::new(ErrorCode::Internal, "run task failed"))),
+    };
+    if let Ok(payload) = payload {
+        let _ = write_frame(&mut writer, kind, &payload).await;
+    }
+    let _ = writer.shutdown().await;
+    reader_task.abort();
+}
+
+/// A unix listener that hands axum only connections from root or the agent's own user.
+pub struct PeerCheckedListener {
+    listener: UnixListener,
+    agent_uid: u32,
+}
+
+impl PeerCheckedListener {
+    pub fn new(listener: UnixListener) -> Self {
+        Self { listener, agent_uid: nix::unistd::geteuid().as_raw() }
+    }
+}
+
+impl axum::serve::Listener for PeerCheckedListener {
+    type Io = UnixStream;
+    type Addr = u32;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => match stream.peer_cred() {
+                    Ok(credentials) if credentials.uid() == 0 || credentials.uid() == self.agent_uid => {
+                        return (stream, credentials.uid());
+                    }
+                    Ok(credentials) => tracing::warn!(uid = credentials.uid(), "refused a connection from another user"),
+                    Err(error) => tracing::warn!(%error, "refused a connection without peer credentials"),
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.agent_uid)
+    }
+}

@@ -1,0 +1,96 @@
+//! The command-line grammar.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// bkg runs untrusted Python and Node.js code in sandboxes with hard limits.
+#[derive(Debug, Parser)]
+#[command(name = "bkg", version, propagate_version = true, arg_required_else_help = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The agent's unix socket [default: /run/bkg/agent.sock as root]
+    #[arg(long, global = true, env = "BKG_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a script once in a temporary sandbox and return its output and exit code.
+    #[command(after_help = "Exit codes: the script's own; 124 timeout; 137 killed by the memory or process limit; \
+130 cancelled; 125 bkg failed (bad input, agent unreachable); 126 runtime not executable; 127 script not found.")]
+    Exe(ExeArgs),
+    /// Start, stop or inspect the local agent.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExeArgs {
+    /// The script to run, or `-` to read the code from stdin.
+    #[arg(value_name = "SCRIPT", required_unless_present = "code")]
+    pub script: Option<String>,
+    /// Arguments passed to the script (after `--`).
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+    /// Run this code instead of a file (needs --type).
+    #[arg(short = 'c', long = "code", value_name = "CODE", conflicts_with = "script")]
+    pub code: Option<String>,
+    /// The language: python or node [default: from the file extension]
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    pub language: Option<String>,
+    /// CPU limit in CPUs, e.g. 0.5 [default: 1]
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Memory limit, e.g. 256MiB [default: 512MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Wall-clock limit, e.g. 10s [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Disk limit for /workspace and /tmp together, e.g. 1GiB [default: 500MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
+    /// Set an environment variable in the sandbox (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Copy a host file into the sandbox, to /workspace/NAME or DEST (repeatable).
+    #[arg(short = 'f', long = "file", value_name = "SRC[:DEST]")]
+    pub files: Vec<String>,
+    /// Print one JSON object with the result and accounting instead of the output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub action: AgentAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentAction {
+    /// Start the agent in the background (needs root).
+    Start {
+        /// Stay in the foreground and log to stderr.
+        #[arg(long)]
+        foreground: bool,
+        /// The agent's state directory [default: /var/lib/bkg as root]
+        #[arg(long, env = "BKG_STATE_DIR", value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Stop the running agent; warm sandboxes are removed, running ones finish first.
+    Stop,
+    /// Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,57 @@
+//! Exit codes and the one-line errors that go with them (documented in docs/cli.md).
+
+use std::process::ExitCode;
+
+/// bkg itself failed: bad input, agent unreachable, agent refused.
+pub const BKG_FAILED: i32 = 125;
+/// The runtime (python3, node) could not be executed.
+pub const RUNTIME_NOT_EXECUTABLE: i32 = 126;
+/// The script file does not exist.
+pub const SCRIPT_NOT_FOUND: i32 = 127;
+
+/// An error that ends the command: one line on stderr and an exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(BKG_FAILED, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(BKG_FAILED, message)
+    }
+
+    pub fn report(&self) -> ExitCode {
+        eprintln!("bkg: {}", self.message);
+        code(self.code)
+    }
+}
+
+pub fn code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX))
+}
+
+/// Clap's own errors: help and version print as usual; a usage error becomes one line, exit 125.
+pub fn clap_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { code(2) } else { ExitCode::SUCCESS }
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            CliError::usage(format!("{first} (see --help)")).report()
+        }
+    }
+}

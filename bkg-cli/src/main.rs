@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    bkg_cli::main()
+}

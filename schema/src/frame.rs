@@ -1,0 +1,101 @@
+//! Framing of a streamed run. After `POST /api/v1/runs` with `Upgrade: bkg-stream/1` the
+//! connection carries frames both ways: `[kind: u8][length: u32 big-endian][payload]`.
+
+use thiserror::Error;
+
+/// The value of the `Upgrade` header that asks for a streamed run.
+pub const STREAM_PROTOCOL: &str = "bkg-stream/1";
+
+/// Largest payload one frame may carry; longer output is split over several frames.
+pub const MAX_FRAME_PAYLOAD: usize = 1024 * 1024;
+
+pub const HEADER_LEN: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// client → agent: bytes for the script's stdin.
+    Stdin = 1,
+    /// client → agent: the script's stdin is at its end.
+    StdinEnd = 2,
+    /// client → agent: stop the run now (Ctrl-C).
+    Cancel = 3,
+    /// agent → client: the run started; payload is its id.
+    Started = 10,
+    /// agent → client: bytes the script wrote to stdout.
+    Stdout = 11,
+    /// agent → client: bytes the script wrote to stderr.
+    Stderr = 12,
+    /// agent → client: the run's `RunResult` as JSON; the last frame.
+    Result = 13,
+    /// agent → client: the run failed before it had a result; `ApiError` JSON; the last frame.
+    Error = 14,
+}
+
+impl FrameKind {
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => Self::Stdin,
+            2 => Self::StdinEnd,
+            3 => Self::Cancel,
+            10 => Self::Started,
+            11 => Self::Stdout,
+            12 => Self::Stderr,
+            13 => Self::Result,
+            14 => Self::Error,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("frame of {0} bytes is over the {MAX_FRAME_PAYLOAD}-byte limit")]
+    TooLong(usize),
+}
+
+/// Encodes one frame's header; the payload follows it on the wire.
+pub fn encode_header(kind: FrameKind, payload_len: usize) -> Result<[u8; HEADER_LEN], FrameError> {
+    if payload_len > MAX_FRAME_PAYLOAD {
+        return Err(FrameError::TooLong(payload_len));
+    }
+    let mut header = [0u8; HEADER_LEN];
+    header[0] = kind as u8;
+    // The bound above keeps the length within u32.
+    header[1..].copy_from_slice(&(payload_len as u32).to_be_bytes());
+    Ok(header)
+}
+
+/// Decodes a frame header into its kind and payload length.
+pub fn decode_header(header: [u8; HEADER_LEN]) -> Result<(FrameKind, usize), FrameError> {
+    let kind = FrameKind::from_byte(header[0]).ok_or(FrameError::UnknownKind(header[0]))?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > MAX_FRAME_PAYLOAD {
+        return Err(FrameError::TooLong(len));
+    }
+    Ok((kind, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip() {
+        for kind in [FrameKind::Stdin, FrameKind::StdinEnd, FrameKind::Cancel, FrameKind::Started,
+            FrameKind::Stdout, FrameKind::Stderr, FrameKind::Result, FrameKind::Error]
+        {
+            let header = encode_header(kind, 1234).unwrap_or_default();
+            assert_eq!(decode_header(header), Ok((kind, 1234)));
+        }
+    }
+
+    #[test]
+    fn oversized_and_unknown_frames_are_refused() {
+        assert_eq!(encode_header(FrameKind::Stdout, MAX_FRAME_PAYLOAD + 1), Err(FrameError::TooLong(MAX_FRAME_PAYLOAD + 1)));
+        assert_eq!(decode_header([99, 0, 0, 0, 0]), Err(FrameError::UnknownKind(99)));
+        assert_eq!(decode_header([11, 0xff, 0xff, 0xff, 0xff]), Err(FrameError::TooLong(u32::MAX as usize)));
+    }
+}

@@ -1,0 +1,291 @@
+//! The contract between bkg processes: what the CLI sends the agent, what comes back, and the
+//! framing of a streamed run. Everything here is plain data so both sides agree by construction.
+
+pub mod frame;
+pub mod paths;
+pub mod units;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{UnitError, parse_cpus, parse_duration_ms, parse_size};
+
+/// The interpreters a sandbox can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Python,
+    Node,
+}
+
+impl Language {
+    /// Picks the language from a script's file name, as `bkg exe FILE` does without `--type`.
+    pub fn from_file_name(name: &str) -> Option<Self> {
+        let extension = name.rsplit_once('.')?.1;
+        match extension {
+            "py" => Some(Self::Python),
+            "js" | "mjs" | "cjs" => Some(Self::Node),
+            _ => None,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "python" | "python3" | "py" => Some(Self::Python),
+            "node" | "nodejs" | "js" => Some(Self::Node),
+            _ => None,
+        }
+    }
+
+    /// The script name used when the code has no file name of its own (`-c`, stdin).
+    pub fn default_script_name(self) -> &'static str {
+        match self {
+            Self::Python => "main.py",
+            Self::Node => "main.js",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Python => "python",
+            Self::Node => "node",
+        }
+    }
+}
+
+/// Resource limits of one run, fully resolved (no defaults left to apply).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// CPU bandwidth in thousandths of a CPU: 1000 is one vCPU.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub timeout_ms: u64,
+    pub disk_bytes: u64,
+    /// Most processes and threads alive at once.
+    pub pids: u64,
+}
+
+impl Limits {
+    /// The product's defaults: 1 vCPU, 512 MiB memory, 60 s, 500 MiB disk.
+    pub const DEFAULT: Limits = Limits {
+        cpu_millis: 1000,
+        memory_bytes: 512 * MIB,
+        timeout_ms: 60_000,
+        disk_bytes: 500 * MIB,
+        pids: 256,
+    };
+
+    /// Applies the caller's overrides on top of `self`.
+    pub fn with(self, overrides: &LimitOverrides) -> Limits {
+        Limits {
+            cpu_millis: overrides.cpu_millis.unwrap_or(self.cpu_millis),
+            memory_bytes: overrides.memory_bytes.unwrap_or(self.memory_bytes),
+            timeout_ms: overrides.timeout_ms.unwrap_or(self.timeout_ms),
+            disk_bytes: overrides.disk_bytes.unwrap_or(self.disk_bytes),
+            pids: overrides.pids.unwrap_or(self.pids),
+        }
+    }
+
+    /// Names the first limit of `self` that is above `max`, for a refusal message.
+    pub fn first_above(&self, max: &Limits) -> Option<(&'static str, String, String)> {
+        let checks = [
+            ("cpus", self.cpu_millis, max.cpu_millis, units::format_cpus as fn(u64) -> String),
+            ("memory", self.memory_bytes, max.memory_bytes, units::format_size),
+            ("timeout", self.timeout_ms, max.timeout_ms, units::format_duration_ms),
+            ("disk", self.disk_bytes, max.disk_bytes, units::format_size),
+            ("pids", self.pids, max.pids, |n: u64| n.to_string()),
+        ];
+        checks
+            .into_iter()
+            .find(|(_, asked, allowed, _)| asked > allowed)
+            .map(|(name, asked, allowed, format)| (name, format(asked), format(allowed)))
+    }
+}
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// Limits a caller asks for; the agent fills the gaps with its defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimitOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+/// A file placed in the sandbox before the code starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileUpload {
+    /// Where it goes: relative to /workspace, or absolute under /workspace or /tmp.
+    pub path: String,
+    /// The content, base64 (standard alphabet, padded).
+    pub content_base64: String,
+    #[serde(default)]
+    pub executable: bool,
+}
+
+/// `POST /api/v1/runs`: run code once in a temporary sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    pub language: Language,
+    /// The script's source.
+    pub code: String,
+    /// The script's file name inside /workspace (defaults to main.py / main.js).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileUpload>,
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    /// Standard input for a non-streamed run, base64. A streamed run sends stdin as frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_base64: Option<String>,
+}
+
+/// Which limit ended a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KilledBy {
+    Timeout,
+    Memory,
+    Pids,
+    /// The script failed while its disk was full.
+    Disk,
+    /// The caller cancelled the run (Ctrl-C, a closed connection).
+    Cancelled,
+}
+
+impl KilledBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Memory => "memory",
+            Self::Pids => "pids",
+            Self::Disk => "disk",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The outcome and accounting of one run. Stable: `bkg exe --json` prints it as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub id: String,
+    pub language: Language,
+    /// The script's exit code; absent when a signal ended it.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub killed_by: Option<KilledBy>,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+    pub peak_memory_bytes: u64,
+    /// Bytes in use on the sandbox's disk when it ended.
+    pub disk_bytes_used: u64,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// True when stdout or stderr was longer than the retained cap (see `OUTPUT_CAP_BYTES`).
+    pub truncated: bool,
+    pub limits: Limits,
+}
+
+impl RunResult {
+    /// The exit code `bkg exe` returns for this result (SPEC section 3).
+    pub fn cli_exit_code(&self) -> i32 {
+        match self.killed_by {
+            Some(KilledBy::Timeout) => 124,
+            Some(KilledBy::Memory | KilledBy::Pids) => 137,
+            Some(KilledBy::Cancelled) => 130,
+            Some(KilledBy::Disk) | None => match (self.exit_code, self.signal) {
+                (Some(code), _) => code,
+                (None, Some(signal)) => 128 + signal,
+                (None, None) => 125,
+            },
+        }
+    }
+}
+
+/// How much of each output stream a result keeps; the rest is streamed live but not retained.
+pub const OUTPUT_CAP_BYTES: usize = 1024 * 1024;
+
+/// Every API error has this shape: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: ApiErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Machine-readable error codes; the CLI maps them to exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    LimitAboveMaximum,
+    RuntimeNotExecutable,
+    NotFound,
+    Forbidden,
+    PayloadTooLarge,
+    SandboxFailed,
+    Internal,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { error: ApiErrorBody { code, message: message.into() } }
+    }
+}
+
+/// One run as the agent's store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub language: Language,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub limits: Limits,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub killed_by: Option<KilledBy>,
+    pub wall_ms: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    pub peak_memory_bytes: Option<u64>,
+    pub stdout_bytes: Option<u64>,
+    pub stderr_bytes: Option<u64>,
+    /// Set once the agent has confirmed nothing of the run is left on the host.
+    pub cleaned_up: bool,
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/agent`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub version: String,
+    pub pid: u32,
+    pub socket: String,
+    pub state_dir: String,
+    pub cgroup_version: String,
+    pub warm_sandboxes: usize,
+    pub active_runs: usize,
+    /// Sandboxes whose cleanup is still under way.
+    pub pending_cleanups: usize,
+    pub default_limits: Limits,
+    pub max_limits: Limits,
+}

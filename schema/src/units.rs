@@ -1,0 +1,182 @@
+//! Sizes (`512MiB`), durations (`60s`) and CPU counts (`0.5`) as users write them.
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum UnitError {
+    #[error("`{0}` is not a size: use a number with an optional unit, like 256MiB, 1GiB or 500M")]
+    Size(String),
+    #[error("`{0}` is not a duration: use a number with an optional unit, like 500ms, 10s, 2m or 1h")]
+    Duration(String),
+    #[error("`{0}` is not a CPU count: use a positive number like 0.5, 1 or 2")]
+    Cpus(String),
+    #[error("`{0}` must be greater than zero")]
+    Zero(String),
+}
+
+/// Parses a size in bytes. Binary units (KiB, MiB, GiB, and the single letters K, M, G as docker
+/// reads them) are powers of 1024; decimal units (KB, MB, GB) are powers of 1000.
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
+    let trimmed = text.trim();
+    let (number, unit) = split_number(trimmed);
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(UnitError::Size(text.to_owned())),
+    };
+    let value: f64 = number.parse().map_err(|_| UnitError::Size(text.to_owned()))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(UnitError::Size(text.to_owned()));
+    }
+    let bytes = value * multiplier as f64;
+    if bytes > u64::MAX as f64 {
+        return Err(UnitError::Size(text.to_owned()));
+    }
+    let bytes = bytes.round() as u64;
+    if bytes == 0 {
+        return Err(UnitError::Zero(text.to_owned()));
+    }
+    Ok(bytes)
+}
+
+/// Parses a duration into milliseconds; a bare number is seconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
+    let trimmed = text.trim();
+    let (number, unit) = split_number(trimmed);
+    let multiplier: f64 = match unit {
+        "ms" => 1.0,
+        "" | "s" | "sec" => 1_000.0,
+        "m" | "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return Err(UnitError::Duration(text.to_owned())),
+    };
+    let value: f64 = number.parse().map_err(|_| UnitError::Duration(text.to_owned()))?;
+    if !value.is_finite() || value < 0.0 || value * multiplier > u64::MAX as f64 {
+        return Err(UnitError::Duration(text.to_owned()));
+    }
+    let millis = (value * multiplier).round() as u64;
+    if millis == 0 {
+        return Err(UnitError::Zero(text.to_owned()));
+    }
+    Ok(millis)
+}
+
+/// Parses a CPU count into thousandths of a CPU.
+pub fn parse_cpus(text: &str) -> Result<u64, UnitError> {
+    let value: f64 = text.trim().parse().map_err(|_| UnitError::Cpus(text.to_owned()))?;
+    if !value.is_finite() || value < 0.0 || value > 4096.0 {
+        return Err(UnitError::Cpus(text.to_owned()));
+    }
+    let millis = (value * 1000.0).round() as u64;
+    if millis == 0 {
+        return Err(UnitError::Zero(text.to_owned()));
+    }
+    Ok(millis)
+}
+
+fn split_number(text: &str) -> (&str, &str) {
+    let end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(end);
+    (number, unit.trim())
+}
+
+/// Formats bytes the way users write them back: exact binary units where they fit.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, name) in UNITS {
+        if bytes >= size && bytes % size == 0 {
+            return format!("{}{name}", bytes / size);
+        }
+    }
+    if bytes >= 1 << 20 {
+        return format!("{:.1}MiB", bytes as f64 / (1u64 << 20) as f64);
+    }
+    format!("{bytes}B")
+}
+
+pub fn format_duration_ms(millis: u64) -> String {
+    if millis % 3_600_000 == 0 {
+        format!("{}h", millis / 3_600_000)
+    } else if millis % 60_000 == 0 {
+        format!("{}m", millis / 60_000)
+    } else if millis % 1_000 == 0 {
+        format!("{}s", millis / 1_000)
+    } else {
+        format!("{millis}ms")
+    }
+}
+
+pub fn format_cpus(millis: u64) -> String {
+    if millis % 1000 == 0 { (millis / 1000).to_string() } else { format!("{}", millis as f64 / 1000.0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size(" 64 MiB "), Ok(64 << 20));
+    }
+
+    #[test]
+    fn bad_sizes_are_refused() {
+        assert_eq!(parse_size("0"), Err(UnitError::Zero("0".into())));
+        assert_eq!(parse_size("0MiB"), Err(UnitError::Zero("0MiB".into())));
+        assert!(matches!(parse_size("-1MiB"), Err(UnitError::Size(_))));
+        assert!(matches!(parse_size("lots"), Err(UnitError::Size(_))));
+        assert!(matches!(parse_size("12parsecs"), Err(UnitError::Size(_))));
+        assert!(matches!(parse_size(""), Err(UnitError::Size(_))));
+        assert!(matches!(parse_size("99999999999TiB"), Err(UnitError::Size(_))));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("60s"), Ok(60_000));
+        assert_eq!(parse_duration_ms("10"), Ok(10_000));
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("1.5s"), Ok(1_500));
+        assert!(matches!(parse_duration_ms("-1"), Err(UnitError::Duration(_))));
+        assert!(matches!(parse_duration_ms("0s"), Err(UnitError::Zero(_))));
+        assert!(matches!(parse_duration_ms("soon"), Err(UnitError::Duration(_))));
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(parse_cpus("1"), Ok(1000));
+        assert_eq!(parse_cpus("0.5"), Ok(500));
+        assert!(matches!(parse_cpus("0"), Err(UnitError::Zero(_))));
+        assert!(matches!(parse_cpus("-2"), Err(UnitError::Cpus(_))));
+        assert!(matches!(parse_cpus("many"), Err(UnitError::Cpus(_))));
+    }
+
+    #[test]
+    fn formatting_round_trips() {
+        for text in ["512MiB", "1GiB", "4KiB"] {
+            assert_eq!(format_size(parse_size(text).unwrap_or_default()), text);
+        }
+        for text in ["45s", "2m", "1h", "1500ms"] {
+            assert_eq!(format_duration_ms(parse_duration_ms(text).unwrap_or_default()), text);
+        }
+        assert_eq!(format_cpus(500), "0.5");
+        assert_eq!(format_cpus(2000), "2");
+    }
+}
