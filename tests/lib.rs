@@ -1,0 +1,323 @@
+//! Test harness: each test starts its own real agent (temp socket, temp state dir, its own
+//! cgroup directory and uid range) and drives it with the real `bkg` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where cargo put the workspace binaries: next to the directory of this test executable.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    let dir = if deps.ends_with("deps") { deps.parent().expect("target profile dir").to_path_buf() } else { deps.to_path_buf() };
+    for binary in ["bkg", "bkg-agent"] {
+        assert!(
+            dir.join(binary).exists(),
+            "{} is missing: build the binaries first (`cargo build --workspace`)",
+            dir.join(binary).display()
+        );
+    }
+    dir
+}
+
+pub fn bkg_bin() -> PathBuf {
+    bin_dir().join("bkg")
+}
+
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").join("examples")
+}
+
+static NEXT_AGENT: AtomicU32 = AtomicU32::new(0);
+
+/// A running agent owned by one test; stopped (and checked for leftovers) when dropped.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub cgroup_dir: String,
+    pub uid_base: u32,
+    child: Option<Child>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub warm_pool: usize,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self { warm_pool: 1, extra_args: Vec::new() }
+    }
+}
+
+impl Agent {
+    pub fn start() -> Self {
+        Self::start_with(AgentOptions::default())
+    }
+
+    pub fn start_with(options: AgentOptions) -> Self {
+        let dir = tempfile::Builder::new().prefix("bkg-e2e-").tempdir().expect("temp dir");
+        let serial = NEXT_AGENT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}-{serial}", std::process::id());
+        // A uid range of our own: sandboxes of parallel test agents never share a uid.
+        let uid_base = 0x4000_0000 + ((std::process::id() * 8 + serial) % 8192) * 65_536;
+        let mut agent = Agent {
+            socket: dir.path().join("agent.sock"),
+            state_dir: dir.path().join("state"),
+            cgroup_dir: format!("bkg-test-{tag}"),
+            uid_base,
+            dir,
+            child: None,
+        };
+        agent.spawn(&options);
+        agent
+    }
+
+    /// Starts (or restarts) the agent process with the same socket, state and cgroup dir.
+    pub fn spawn(&mut self, options: &AgentOptions) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(bin_dir().join("bkg-agent"))
+            .arg("--foreground")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--cgroup-dir")
+            .arg(&self.cgroup_dir)
+            .arg("--uid-base")
+            .arg(self.uid_base.to_string())
+            .arg("--warm-pool")
+            .arg(options.warm_pool.to_string())
+            .args(&options.extra_args)
+            .env("BKG_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start bkg-agent");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("agent exited during start-up ({status}):\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "agent did not come up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("agent running")
+    }
+
+    /// `bkg` talking to this agent, never starting another.
+    pub fn bkg(&self) -> Command {
+        let mut command = Command::new(bkg_bin());
+        command.env("BKG_SOCKET", &self.socket).env("BKG_NO_AUTOSTART", "1").env_remove("BKG_STATE_DIR");
+        command
+    }
+
+    /// Runs `bkg exe ARGS` with an empty stdin.
+    pub fn exe(&self, args: &[&str]) -> Output {
+        self.bkg().arg("exe").args(args).stdin(Stdio::null()).output().expect("run bkg exe")
+    }
+
+    /// Runs `bkg exe --json ARGS` and parses the result.
+    pub fn exe_json(&self, args: &[&str]) -> (serde_json::Value, Output) {
+        let output = self.bkg().arg("exe").arg("--json").args(args).stdin(Stdio::null()).output().expect("run bkg exe");
+        let value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "bkg exe --json printed no JSON ({error}); status {:?}\nstdout: {}\nstderr: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        (value, output)
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let output = self.bkg().args(["agent", "status", "--json"]).output().expect("bkg agent status");
+        serde_json::from_slice(&output.stdout).expect("status JSON")
+    }
+
+    /// Waits until no cleanup is pending and no run is active.
+    pub fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status_json();
+            if status["pending_cleanups"] == 0 && status["active_runs"] == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent never became idle: {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent with SIGTERM (it is our child) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY-free: kill(2) through the libc crate on our own child.
+            unsafe_kill(child.id(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILLs the agent (our child), as a crash would.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Everything of this agent still on the host.
+    pub fn leftovers(&self) -> Leftovers {
+        Leftovers {
+            cgroups: cgroup_dirs_named(&self.cgroup_dir),
+            mounts: std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| line.contains(self.state_dir.to_str().unwrap_or("?")))
+                .map(str::to_owned)
+                .collect(),
+            loop_devices: loop_devices_under(&self.state_dir),
+            processes: processes_with_uid_in(self.uid_base, self.uid_base + 65_536),
+            sandbox_dirs: std::fs::read_dir(self.state_dir.join("sandboxes"))
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        // A cgroup dir of a test agent is removed by the agent itself when empty, but a failed
+        // test may have crashed it: remove empty leftovers so they don't pile up.
+        for dir in cgroup_dirs_named(&self.cgroup_dir) {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory effects; the pid is a child this test spawned.
+    unsafe { libc::kill(pid as i32, signal) };
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Leftovers {
+    pub cgroups: Vec<PathBuf>,
+    pub mounts: Vec<String>,
+    pub loop_devices: Vec<String>,
+    pub processes: Vec<u32>,
+    pub sandbox_dirs: Vec<PathBuf>,
+}
+
+impl Leftovers {
+    /// Only empty per-agent directories may remain; no run cgroup, mount, device, process or dir.
+    pub fn is_clean(&self) -> bool {
+        self.mounts.is_empty()
+            && self.loop_devices.is_empty()
+            && self.processes.is_empty()
+            && self.sandbox_dirs.is_empty()
+            && self.cgroups.iter().all(|dir| run_cgroups_in(dir).is_empty())
+    }
+}
+
+/// Every `<mount>/.../NAME` directory in the cgroup hierarchies.
+pub fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return found };
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(separator) = fields.iter().position(|f| *f == "-") else { continue };
+        let fstype = fields.get(separator + 1).copied().unwrap_or("");
+        if fstype != "cgroup" && fstype != "cgroup2" {
+            continue;
+        }
+        let mount_point = PathBuf::from(fields[4]);
+        find_dirs_named(&mount_point, name, 4, &mut found);
+    }
+    found
+}
+
+fn find_dirs_named(dir: &Path, name: &str, depth: u32, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        if entry.file_name().to_string_lossy() == name {
+            found.push(entry.path());
+        } else if depth > 0 {
+            find_dirs_named(&entry.path(), name, depth - 1, found);
+        }
+    }
+}
+
+pub fn run_cgroups_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()).collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn loop_devices_under(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+            Path::new(backing.trim()).starts_with(dir).then(|| entry.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// Pids of host processes whose real uid is in `[low, high)`.
+pub fn processes_with_uid_in(low: u32, high: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let uid: u32 = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()?;
+            (low..high).contains(&uid).then_some(pid)
+        })
+        .collect()
+}
+
+/// stdout of a finished command as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn code(output: &Output) -> i32 {
+    output.status.code().unwrap_or(-1)
+}

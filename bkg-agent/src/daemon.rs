@@ -199,6 +199,7 @@ async fn serve(config: EngineConfig, socket: PathBuf) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    engine.remove_cgroup_dirs();
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

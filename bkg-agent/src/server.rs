@@ -191,12 +191,9 @@ async fn execute(
 }
 
 async fn write_frame(writer: &mut (impl AsyncWriteExt + Unpin), kind: FrameKind, payload: &[u8]) -> std::io::Result<()> {
-    for chunk in payload.chunks(frame::MAX_FRAME_PAYLOAD).chain(payload.is_empty().then_some(&[][..])) {
-        let header = frame::encode_header(kind, chunk.len()).map_err(std::io::Error::other)?;
-        writer.write_all(&header).await?;
-        writer.write_all(chunk).await?;
-    }
-    Ok(())
+    let header = frame::encode_header(kind, payload.len()).map_err(std::io::Error::other)?;
+    writer.write_all(&header).await?;
+    writer.write_all(payload).await
 }
 
 async fn stream_run<S>(state: AppState, run_id: String, validated: crate::engine::run::ValidatedRun, connection: S)

@@ -6,8 +6,9 @@ use thiserror::Error;
 /// The value of the `Upgrade` header that asks for a streamed run.
 pub const STREAM_PROTOCOL: &str = "bkg-stream/1";
 
-/// Largest payload one frame may carry; longer output is split over several frames.
-pub const MAX_FRAME_PAYLOAD: usize = 1024 * 1024;
+/// Largest payload one frame may carry. Output frames are far smaller; a `Result` frame holds
+/// up to two capped streams, JSON-escaped (at worst six bytes per byte), in one frame.
+pub const MAX_FRAME_PAYLOAD: usize = 16 * 1024 * 1024;
 
 pub const HEADER_LEN: usize = 5;
 

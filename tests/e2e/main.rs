@@ -1,1 +1,7 @@
+//! End-to-end tests of `bkg exe` against a real agent, as root. Each test starts its own agent.
 
+mod exe_basics;
+mod inputs;
+mod isolation;
+mod lifecycle;
+mod limits;

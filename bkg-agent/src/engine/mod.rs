@@ -116,6 +116,7 @@ pub struct Engine {
     ids: Arc<IdSlots>,
     warm: Mutex<Vec<PreparedSandbox>>,
     refilling: AtomicBool,
+    closing: AtomicBool,
     active_runs: AtomicUsize,
     cleanups_pending: AtomicUsize,
     /// Told `(run id, confirmed)` when a run's sandbox has been cleaned up.
@@ -134,6 +135,7 @@ impl Engine {
             ids: Arc::new(IdSlots::new(config.uid_base)),
             warm: Mutex::new(Vec::new()),
             refilling: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             active_runs: AtomicUsize::new(0),
             cleanups_pending: AtomicUsize::new(0),
             cleanup_listener: OnceLock::new(),
@@ -221,7 +223,7 @@ impl Engine {
         }
         let engine = Arc::clone(self);
         tokio::spawn(async move {
-            while engine.warm_count() < engine.config.warm_pool {
+            while engine.warm_count() < engine.config.warm_pool && !engine.closing.load(Ordering::Acquire) {
                 match PreparedSandbox::prepare(&engine, engine.config.default_limits.disk_bytes).await {
                     Ok(sandbox) => match engine.warm.lock() {
                         Ok(mut warm) => warm.push(sandbox),
@@ -237,8 +239,19 @@ impl Engine {
         });
     }
 
-    /// Disposes of every warm sandbox (agent shutdown).
+    /// Removes the agent's own cgroup directories; the last step of a clean shutdown.
+    pub fn remove_cgroup_dirs(&self) {
+        if let Err(error) = self.cgroups.remove_agent_dirs() {
+            tracing::warn!(%error, "could not remove the agent's cgroup directories");
+        }
+    }
+
+    /// Stops refilling and disposes of every warm sandbox (agent shutdown).
     pub async fn drain(&self) {
+        self.closing.store(true, Ordering::Release);
+        while self.refilling.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let warm: Vec<_> = self.warm.lock().map(|mut warm| warm.drain(..).collect()).unwrap_or_default();
         for sandbox in warm {
             sandbox.dispose().await;

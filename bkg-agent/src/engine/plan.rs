@@ -134,14 +134,10 @@ pub struct PlanInputs {
 impl SandboxPlan {
     pub fn new(host: &HostLayout, inputs: PlanInputs) -> Self {
         let mut steps = Vec::new();
-        let mut read_exec = Vec::new();
         for (dir, symlink_target) in &host.runtime_dirs {
             match symlink_target {
                 Some(points_to) => steps.push(MountStep::Symlink { link: dir.clone(), points_to: points_to.clone() }),
-                None => {
-                    steps.push(MountStep::BindReadOnly { source: dir.clone(), target: dir.clone() });
-                    read_exec.push(dir.clone());
-                }
+                None => steps.push(MountStep::BindReadOnly { source: dir.clone(), target: dir.clone() }),
             }
         }
 
@@ -149,7 +145,6 @@ impl SandboxPlan {
         for entry in &host.etc_entries {
             steps.push(MountStep::BindReadOnly { source: entry.clone(), target: entry.clone() });
         }
-        read_exec.push("/etc".into());
         steps.extend(generated_etc_files(&inputs.hostname));
 
         steps.push(MountStep::Dir { path: "/dev".into(), mode: 0o755 });
@@ -167,8 +162,10 @@ impl SandboxPlan {
         steps.push(MountStep::DiskDir { name: "workspace".into(), target: WORKSPACE.into(), mode: 0o755 });
         steps.push(MountStep::Proc { target: "/proc".into() });
 
+        // The new root holds only what the steps above put there, so all of it may be read;
+        // Landlock's part is to keep every write inside the disk image and /dev.
+        let read_exec = vec!["/".into()];
         let read_write = vec![WORKSPACE.into(), TMP.into(), "/dev".into()];
-        read_exec.push("/proc".into());
 
         SandboxPlan {
             agent_pid: inputs.agent_pid,
@@ -247,8 +244,8 @@ mod tests {
         let plan = plan();
         assert!(plan.steps.contains(&MountStep::BindReadOnly { source: "/usr".into(), target: "/usr".into() }));
         assert!(plan.steps.contains(&MountStep::Symlink { link: "/bin".into(), points_to: "usr/bin".into() }));
-        assert!(plan.landlock_read_exec.contains(&PathBuf::from("/usr")));
-        assert!(!plan.landlock_read_write.contains(&PathBuf::from("/usr")));
+        assert_eq!(plan.landlock_read_exec, [PathBuf::from("/")]);
+        assert!(!plan.landlock_read_write.iter().any(|path| path.starts_with("/usr") || path == Path::new("/")));
     }
 
     #[test]

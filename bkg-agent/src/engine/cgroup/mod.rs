@@ -129,6 +129,8 @@ pub trait CgroupDriver: Send + Sync {
     /// Removes leftovers of a previous agent under `<own cgroup>/<agent_dir>/`: kills their
     /// processes, then removes the directories. Returns how many run cgroups were removed.
     fn remove_stale(&self) -> Result<usize, CgroupError>;
+    /// Removes the agent's own directories (at shutdown, once every run cgroup is gone).
+    fn remove_agent_dirs(&self) -> Result<(), CgroupError>;
     fn version(&self) -> CgroupVersion;
 }
 

@@ -107,6 +107,15 @@ impl CgroupDriver for V1Driver {
         Ok(Box::new(run))
     }
 
+    fn remove_agent_dirs(&self) -> Result<(), CgroupError> {
+        for dir in &self.agent_dirs {
+            if dir.exists() {
+                remove_cgroup_tree(dir)?;
+            }
+        }
+        Ok(())
+    }
+
     fn remove_stale(&self) -> Result<usize, CgroupError> {
         let mut names = Vec::new();
         for dir in &self.agent_dirs {

@@ -120,6 +120,13 @@ impl CgroupDriver for V2Driver {
         Ok(Box::new(run))
     }
 
+    fn remove_agent_dirs(&self) -> Result<(), CgroupError> {
+        if self.agent_dir.exists() {
+            remove_cgroup_tree(&self.agent_dir)?;
+        }
+        Ok(())
+    }
+
     fn remove_stale(&self) -> Result<usize, CgroupError> {
         remove_stale_runs(child_dirs(&self.agent_dir)?, |name| Box::new(self.run_cgroup(name)))
     }

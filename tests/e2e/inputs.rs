@@ -1,0 +1,75 @@
+//! Bad input gets one clear line on stderr and a documented exit code, never a panic.
+
+use bkg_tests::{Agent, AgentOptions, code, examples_dir, stderr};
+
+fn assert_one_line_error(output: &std::process::Output, expected_code: i32, needle: &str) {
+    let err = stderr(output);
+    assert_eq!(code(output), expected_code, "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "expected one line, got: {err}");
+    assert!(err.starts_with("bkg: "), "got: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "got: {err}");
+}
+
+#[test]
+fn a_missing_script_is_127() {
+    let agent = Agent::start();
+    assert_one_line_error(&agent.exe(&["/nonexistent/script.py"]), 127, "script not found: /nonexistent/script.py");
+}
+
+#[test]
+fn bad_flags_and_limits_are_125() {
+    let agent = Agent::start();
+    let hello = examples_dir().join("hello.py");
+    let hello = hello.to_str().unwrap_or_default();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--type", "ruby", "-c", "puts 1"], "unknown type `ruby`"),
+        (&["-c", "print(1)"], "need --type"),
+        (&["--memory", "0", hello], "--memory: `0` must be greater than zero"),
+        (&["--memory", "lots", hello], "--memory: `lots` is not a size"),
+        (&["--timeout", "-1", hello], "--timeout: `-1` is not a duration"),
+        (&["--cpus", "0", hello], "--cpus"),
+        (&["--memory", "1TiB", hello], "memory 1TiB is above this agent's maximum of 8GiB"),
+        (&["--timeout", "2h", hello], "timeout 2h is above this agent's maximum of 1h"),
+        (&["--env", "NOEQUALS", hello], "--env `NOEQUALS` must be KEY=VALUE"),
+        (&["--file", "/nonexistent/data", hello], "--file /nonexistent/data"),
+        (&["--file", "/etc/hostname:../escape", hello], "must be inside /workspace or /tmp"),
+        (&["--no-such-flag", hello], "unexpected argument"),
+    ];
+    for (args, needle) in cases {
+        assert_one_line_error(&agent.exe(args), 125, needle);
+    }
+}
+
+#[test]
+fn a_file_without_a_known_extension_needs_a_type() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("job.rb");
+    std::fs::write(&script, "print(1)").expect("write");
+    assert_one_line_error(&agent.exe(&[script.to_str().unwrap_or_default()]), 125, "cannot tell the language of `job.rb`");
+    let output = agent.exe(&["--type", "python", script.to_str().unwrap_or_default()]);
+    assert_eq!(code(&output), 0, "stderr: {}", stderr(&output));
+}
+
+#[test]
+fn no_agent_is_125_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(bkg_tests::bkg_bin())
+        .args(["exe", examples_dir().join("hello.py").to_str().unwrap_or_default()])
+        .env("BKG_SOCKET", dir.path().join("nobody.sock"))
+        .env("BKG_NO_AUTOSTART", "1")
+        .output()
+        .expect("run bkg");
+    assert_one_line_error(&output, 125, "no agent is running at");
+    assert!(stderr(&output).contains("bkg agent start"));
+}
+
+#[test]
+fn a_runtime_that_cannot_be_executed_is_126() {
+    let agent = Agent::start_with(AgentOptions {
+        extra_args: vec!["--python".into(), "/nonexistent/python3".into()],
+        ..AgentOptions::default()
+    });
+    assert_one_line_error(&agent.exe(&[examples_dir().join("hello.py").to_str().unwrap_or_default()]), 126, "/nonexistent/python3");
+}

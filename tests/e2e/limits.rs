@@ -1,0 +1,122 @@
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bkg_tests::{Agent, code, stderr};
+
+#[test]
+fn timeout_returns_124_within_two_seconds() {
+    let agent = Agent::start();
+    let started = Instant::now();
+    let (result, output) = agent.exe_json(&["--timeout", "1s", "--type", "python", "-c", "import time; time.sleep(30)"]);
+    let elapsed = started.elapsed();
+    assert_eq!(code(&output), 124);
+    assert_eq!(result["killed_by"], "timeout");
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    assert!(stderr(&output).contains("timed out after 1s"), "stderr: {}", stderr(&output));
+}
+
+#[test]
+fn a_process_that_ignores_sigterm_still_dies_at_the_timeout() {
+    let agent = Agent::start();
+    let (result, output) = agent.exe_json(&[
+        "--timeout",
+        "1s",
+        "--type",
+        "python",
+        "-c",
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(1)",
+    ]);
+    assert_eq!(code(&output), 124);
+    assert_eq!(result["killed_by"], "timeout");
+}
+
+#[test]
+fn allocating_1gib_under_256mib_is_killed_by_memory() {
+    let agent = Agent::start();
+    let (result, output) = agent.exe_json(&[
+        "--memory",
+        "256MiB",
+        "--type",
+        "python",
+        "-c",
+        "x = bytearray(1024 * 1024 * 1024)\nprint('allocated', len(x))",
+    ]);
+    assert_eq!(code(&output), 137, "result: {result}");
+    assert_eq!(result["killed_by"], "memory");
+    assert_eq!(result["stdout"], "");
+    assert!(result["peak_memory_bytes"].as_u64().unwrap_or(0) <= 256 * 1024 * 1024 + 4096 * 1024);
+    assert!(stderr(&output).contains("memory limit of 256MiB"), "stderr: {}", stderr(&output));
+}
+
+#[test]
+fn a_fork_bomb_is_contained_and_the_host_stays_responsive() {
+    let agent = Agent::start();
+    let bomb = std::thread::spawn({
+        let args: Vec<String> = ["--timeout", "20s", "--type", "python", "-c", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut command = agent.bkg();
+        command.arg("exe").arg("--json").args(args).stdin(Stdio::null());
+        move || command.output().expect("run fork bomb")
+    });
+    // While the bomb runs, the host still starts processes promptly.
+    for _ in 0..20 {
+        let status = Command::new("/bin/true").status().expect("host can still fork");
+        assert!(status.success());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = bomb.join().expect("bomb thread");
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(code(&output), 137, "result: {result}");
+    assert_eq!(result["killed_by"], "pids");
+    assert!(result["wall_ms"].as_u64().unwrap_or(u64::MAX) < 20_000, "the bomb was not stopped early: {result}");
+}
+
+#[test]
+fn writing_600mib_ends_in_enospc_not_a_kill() {
+    let agent = Agent::start();
+    let (result, output) = agent.exe_json(&[
+        "--type",
+        "python",
+        "-c",
+        "import errno\ntry:\n    with open('/workspace/fill', 'wb') as f:\n        for _ in range(600):\n            f.write(b'x' * 1048576)\n            f.flush()\n    print('no error')\nexcept OSError as e:\n    print('ENOSPC' if e.errno == errno.ENOSPC else e)",
+    ]);
+    assert_eq!(code(&output), 0, "result: {result}");
+    assert_eq!(result["stdout"], "ENOSPC\n");
+    assert_eq!(result["killed_by"], serde_json::Value::Null);
+    let used = result["disk_bytes_used"].as_u64().unwrap_or(0);
+    assert!(used > 400 * 1024 * 1024 && used <= 500 * 1024 * 1024, "disk used {used}");
+}
+
+#[test]
+fn two_busy_threads_get_at_most_about_one_cpu() {
+    let agent = Agent::start();
+    let (result, output) = agent.exe_json(&[
+        "--type",
+        "node",
+        "-c",
+        "const { Worker } = require('worker_threads');\nconst spin = 'const end = Date.now() + 3000; while (Date.now() < end) {}';\nfor (let i = 0; i < 2; i++) new Worker(spin, { eval: true });",
+    ]);
+    assert_eq!(code(&output), 0, "result: {result}");
+    let cpu = result["cpu_ms"].as_u64().unwrap_or(0) as f64;
+    let wall = result["wall_ms"].as_u64().unwrap_or(1) as f64;
+    assert!(wall >= 2900.0, "{result}");
+    assert!(cpu / wall < 1.15, "two threads used {:.2} CPUs under a 1 CPU limit: {result}", cpu / wall);
+    assert!(cpu / wall > 0.6, "the threads barely ran: {result}");
+}
+
+#[test]
+fn half_a_cpu_is_half_a_cpu() {
+    let agent = Agent::start();
+    let (result, _) = agent.exe_json(&[
+        "--cpus",
+        "0.5",
+        "--type",
+        "python",
+        "-c",
+        "import time\nend = time.time() + 2\nwhile time.time() < end: pass",
+    ]);
+    let ratio = result["cpu_ms"].as_u64().unwrap_or(0) as f64 / result["wall_ms"].as_u64().unwrap_or(1) as f64;
+    assert!(ratio < 0.65, "used {ratio:.2} CPUs under --cpus 0.5: {result}");
+}
