@@ -295,7 +295,9 @@ pub fn loop_devices_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Pids of host processes whose real uid is in `[low, high)`.
+/// Pids of live host processes whose real uid is in `[low, high)`. Zombies are left out: they
+/// run nothing, and one whose parent died (a crashed agent's) waits for the host's init to
+/// reap it, which a test cannot hurry.
 pub fn processes_with_uid_in(low: u32, high: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
@@ -304,7 +306,8 @@ pub fn processes_with_uid_in(low: u32, high: u32) -> Vec<u32> {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
             let uid: u32 = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()?;
-            (low..high).contains(&uid).then_some(pid)
+            let zombie = status.lines().find_map(|l| l.strip_prefix("State:")).is_some_and(|s| s.trim_start().starts_with('Z'));
+            ((low..high).contains(&uid) && !zombie).then_some(pid)
         })
         .collect()
 }

@@ -46,16 +46,16 @@ pub struct ExeArgs {
     #[arg(short = 't', long = "type", value_name = "TYPE")]
     pub language: Option<String>,
     /// CPU limit in CPUs, e.g. 0.5 [default: 1]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub cpus: Option<String>,
     /// Memory limit, e.g. 256MiB [default: 512MiB]
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory: Option<String>,
     /// Wall-clock limit, e.g. 10s [default: 60s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Option<String>,
     /// Disk limit for /workspace and /tmp together, e.g. 1GiB [default: 500MiB]
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub disk: Option<String>,
     /// Set an environment variable in the sandbox (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]

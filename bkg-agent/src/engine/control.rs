@@ -40,6 +40,8 @@ pub struct PlacedFile {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromInit {
+    /// The sandbox's pid 1 exists, as the agent's child, with this host pid.
+    Forked { pid: i32 },
     /// The sandbox is built and waits for `Go`.
     Ready,
     /// The code was started.

@@ -3,9 +3,10 @@
 //! unprivileged user in its own user namespace, and reports how it ended.
 //!
 //! Process tree: the agent spawns this (the "outer" init, in the host pid namespace), which joins
-//! the run's cgroups, unshares every namespace but the user one and forks the sandbox's pid 1.
-//! Pid 1 builds the root, waits for the order, forks the code (pid 2) and reaps. When pid 1 exits
-//! the kernel kills everything left in the pid namespace, so no daemon outlives a run.
+//! the run's cgroups, unshares every namespace but the user one, starts the sandbox's pid 1 as
+//! the agent's own child, reports its pid and exits. Pid 1 builds the root, waits for the order,
+//! forks the code (pid 2) and reaps. When pid 1 exits the kernel kills everything left in the
+//! pid namespace, so no daemon outlives a run.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -77,7 +78,6 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
     }
     unshare(
         CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWIPC
@@ -85,26 +85,32 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
     )
     .stage("create namespaces")?;
 
-    // SAFETY: this process is single-threaded (a freshly exec'd init), so fork is sound.
-    match unsafe { fork() }.stage("fork pid 1")? {
-        ForkResult::Child => {
-            let result = pid_one(plan, control);
-            if let Err(error) = result {
+    // Pid 1 waits on this pipe until its host pid has been reported, so that report is always
+    // the first message the agent reads.
+    let (go_ahead_read, go_ahead_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create start pipe")?;
+    // Pid 1 becomes the agent's own child (CLONE_PARENT): the agent reaps it, so its pid stays
+    // reserved until then and the agent can always kill it safely, whatever becomes of us.
+    let flags = (libc::CLONE_PARENT | libc::CLONE_NEWPID) as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: clone without CLONE_VM and a null stack duplicates this single-threaded process
+    // like fork does; the child only runs code of this function before exiting.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match pid {
+        -1 => Err(StageError::new("start pid 1", std::io::Error::last_os_error())),
+        0 => {
+            drop(go_ahead_write);
+            let mut wait = [0u8; 1];
+            let _ = File::from(go_ahead_read).read(&mut wait);
+            if let Err(error) = pid_one(plan, control) {
                 let _ = control::write_blocking(control, &FromInit::Failed { stage: error.stage, message: error.message });
             }
             std::process::exit(0)
         }
-        ForkResult::Parent { child } => {
-            // Only pid 1 speaks for the sandbox now; holding the pipes or the socket open here
-            // would hide the end of the run from the agent.
-            close_all_from(0);
-            loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => std::process::exit(0),
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => std::process::exit(1),
-                }
-            }
+        pid => {
+            let reported = control::write_blocking(control, &FromInit::Forked { pid: pid as i32 });
+            drop(go_ahead_write);
+            reported.stage("report pid 1")?;
+            std::process::exit(0)
         }
     }
 }
@@ -430,11 +436,6 @@ fn redirect_stdio_to_null() {
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
     }
-}
-
-fn close_all_from(first: u32) {
-    // SAFETY: close_range only closes descriptors; nothing in this process uses them afterwards.
-    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
 }
 
 enum CodeError {

@@ -256,7 +256,7 @@ impl Engine {
             tokio::select! {
                 message = control::read_async::<FromInit>(&mut sandbox.control), if control_open => {
                     match message {
-                        Ok(FromInit::Running | FromInit::Ready) => {}
+                        Ok(FromInit::Running | FromInit::Ready | FromInit::Forked { .. }) => {}
                         Ok(FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full }) => {
                             wall.get_or_insert(started.elapsed());
                             exit = Some((exit_code, signal, disk_used_bytes, disk_full));
@@ -310,7 +310,7 @@ impl Engine {
                         wall.get_or_insert(started.elapsed());
                         killed_by.get_or_insert(KilledBy::Timeout);
                     }
-                    sandbox.kill().await;
+                    sandbox.kill();
                     control_open = false;
                     stdout_open = false;
                     stderr_open = false;
@@ -318,14 +318,14 @@ impl Engine {
                 Some(()) = cancel_rx.recv() => {
                     wall.get_or_insert(started.elapsed());
                     killed_by.get_or_insert(KilledBy::Cancelled);
-                    sandbox.kill().await;
+                    sandbox.kill();
                 }
                 _ = limit_poll.tick(), if control_open => {
                     let hits = sandbox.cgroup.usage().map(|usage| usage.pids_limit_hits).unwrap_or(0);
                     if hits > pids_hits_before {
                         wall.get_or_insert(started.elapsed());
                         killed_by.get_or_insert(KilledBy::Pids);
-                        sandbox.kill().await;
+                        sandbox.kill();
                     }
                 }
             }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
+use nix::unistd::Pid;
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 
@@ -26,7 +27,11 @@ pub struct PreparedSandbox {
     pub disk_bytes: u64,
     run_dir: PathBuf,
     pub cgroup: Box<dyn RunCgroup>,
+    /// The outer init; it exits as soon as pid 1 exists.
     init: tokio::process::Child,
+    /// Host pid of the sandbox's pid 1: our child until `dispose` reaps it, so the pid cannot
+    /// be reused before then and killing it is always safe.
+    pid_one: Pid,
     pub control: UnixStream,
     pub stdin: Option<pipe::Sender>,
     pub stdout: pipe::Receiver,
@@ -79,12 +84,13 @@ impl PreparedSandbox {
             },
         );
         match spawn_init(plan).await {
-            Ok((init, control, stdin, stdout, stderr)) => Ok(Self {
+            Ok(Spawned { init, pid_one, control, stdin, stdout, stderr }) => Ok(Self {
                 id: id.to_owned(),
                 disk_bytes,
                 run_dir: run_dir.to_path_buf(),
                 cgroup,
                 init,
+                pid_one,
                 control,
                 stdin: Some(stdin),
                 stdout,
@@ -102,28 +108,39 @@ impl PreparedSandbox {
         }
     }
 
-    /// Ends every process of the sandbox now.
-    pub async fn kill(&self) {
-        // kill_all may wait for a freezer; keep it off the async workers.
-        let cgroup_pids = self.cgroup.pids().unwrap_or_default();
-        if cgroup_pids.is_empty() {
-            return;
-        }
-        let result = tokio::task::block_in_place(|| self.cgroup.kill_all());
-        if let Err(error) = result {
-            tracing::warn!(sandbox = %self.id, %error, "could not kill the sandbox's processes");
+    /// Ends every process of the sandbox now: killing pid 1 makes the kernel kill the rest of
+    /// its pid namespace.
+    pub fn kill(&self) {
+        if let Err(errno) = nix::sys::signal::kill(self.pid_one, nix::sys::signal::Signal::SIGKILL) {
+            tracing::warn!(sandbox = %self.id, %errno, "could not kill pid 1");
         }
     }
 
-    /// Kills what is left, removes the cgroup, waits for the loop device to be released and
-    /// deletes the sandbox's directory. Returns whether all of it is confirmed gone.
+    /// Kills what is left, reaps pid 1, removes the cgroup, waits for the loop device to be
+    /// released and deletes the sandbox's directory. Returns whether all of it is confirmed gone.
     pub async fn dispose(mut self) -> bool {
-        self.kill().await;
+        self.kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.init.wait()).await;
         drop(self.control);
+        let pid_one = self.pid_one;
+        let _ = tokio::task::spawn_blocking(move || loop {
+            match nix::sys::wait::waitpid(pid_one, None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => break,
+            }
+        })
+        .await;
         let id = self.id.clone();
         let cgroup = self.cgroup;
-        let cgroup_removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+        // Nothing should be left once pid 1 is gone; kill_all is the safety net for anything
+        // that is (it waits for the freezer, so it stays off the async workers).
+        let cgroup_removed = tokio::task::spawn_blocking(move || {
+            if !cgroup.pids().unwrap_or_default().is_empty() {
+                cgroup.kill_all()?;
+            }
+            cgroup.remove()
+        })
+        .await;
         let cgroup_removed = match cgroup_removed {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {
@@ -180,7 +197,14 @@ async fn make_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), Engi
     Ok(())
 }
 
-type Spawned = (tokio::process::Child, UnixStream, pipe::Sender, pipe::Receiver, pipe::Receiver);
+struct Spawned {
+    init: tokio::process::Child,
+    pid_one: Pid,
+    control: UnixStream,
+    stdin: pipe::Sender,
+    stdout: pipe::Receiver,
+    stderr: pipe::Receiver,
+}
 
 async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     let (stdin_read, stdin_write) = nonblocking_pipe()?;
@@ -217,13 +241,17 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
 
     agent_end.set_nonblocking(true).map_err(EngineError::io("control socket"))?;
     let mut control = UnixStream::from_std(agent_end).map_err(EngineError::io("control socket"))?;
+    let mut pid_one = None;
     let handshake = async {
         control::write_async(&mut control, &ToInit::Prepare(Box::new(plan))).await?;
+        let first = control::read_async::<FromInit>(&mut control).await?;
+        let FromInit::Forked { pid } = first else { return Ok(first) };
+        pid_one = Some(Pid::from_raw(pid));
         control::read_async::<FromInit>(&mut control).await
     };
     let reply = tokio::time::timeout(PREPARE_TIMEOUT, handshake).await;
     let failure = match reply {
-        Ok(Ok(FromInit::Ready)) => None,
+        Ok(Ok(FromInit::Ready)) if pid_one.is_some() => None,
         Ok(Ok(FromInit::Failed { stage, message })) => Some(EngineError::Prepare { stage, message }),
         Ok(Ok(other)) => Some(EngineError::Prepare { stage: "handshake".into(), message: format!("unexpected {other:?}") }),
         Ok(Err(error)) => Some(EngineError::Prepare { stage: "handshake".into(), message: error.to_string() }),
@@ -232,13 +260,20 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     if let Some(error) = failure {
         let _ = init.start_kill();
         let _ = init.wait().await;
+        if let Some(pid) = pid_one {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)).await;
+        }
         return Err(error);
     }
+    let Some(pid_one) = pid_one else {
+        return Err(EngineError::Prepare { stage: "handshake".into(), message: "pid 1 was not reported".into() });
+    };
 
     let stdin = pipe::Sender::from_owned_fd(set_nonblocking(stdin_write)?).map_err(EngineError::io("stdin pipe"))?;
     let stdout = pipe::Receiver::from_owned_fd(set_nonblocking(stdout_read)?).map_err(EngineError::io("stdout pipe"))?;
     let stderr = pipe::Receiver::from_owned_fd(set_nonblocking(stderr_read)?).map_err(EngineError::io("stderr pipe"))?;
-    Ok((init, control, stdin, stdout, stderr))
+    Ok(Spawned { init, pid_one, control, stdin, stdout, stderr })
 }
 
 fn set_nonblocking(fd: OwnedFd) -> Result<OwnedFd, EngineError> {
