@@ -152,9 +152,14 @@ fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
 
 async fn serve(config: EngineConfig, socket: PathBuf) -> anyhow::Result<()> {
     let state_dir = config.state_dir.clone();
-    let listener = bind_socket(&socket)?;
+    // Refuse early if another agent serves this socket: its sandboxes are not ours to clean.
+    if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        bail!("another agent is already listening on {}", socket.display());
+    }
     let store = Store::open(&state_dir.join("state.db")).context("open the run store")?;
     let engine = Engine::new(config).context("start the sandbox engine")?;
+    // Bound last: a socket that accepts means an agent that has cleaned up and can run.
+    let listener = bind_socket(&socket)?;
 
     let (cleanup_tx, mut cleanup_rx) = tokio::sync::mpsc::unbounded_channel::<(String, bool)>();
     engine.on_cleanup(cleanup_tx);
