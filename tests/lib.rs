@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let deps = exe.parent().expect("deps dir");
-    let dir = if deps.ends_with("deps") { deps.parent().expect("target profile dir").to_path_buf() } else { deps.to_path_buf() };
+    let dir = if deps.ends_with("deps") {
+        deps.parent().expect("target profile dir").to_path_buf()
+    } else {
+        deps.to_path_buf()
+    };
     for binary in ["bkg", "bkg-agent"] {
         assert!(
             dir.join(binary).exists(),
@@ -26,7 +30,10 @@ pub fn bkg_bin() -> PathBuf {
 }
 
 pub fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").join("examples")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("examples")
 }
 
 static NEXT_AGENT: AtomicU32 = AtomicU32::new(0);
@@ -49,7 +56,10 @@ pub struct AgentOptions {
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { warm_pool: 1, extra_args: Vec::new() }
+        Self {
+            warm_pool: 1,
+            extra_args: Vec::new(),
+        }
     }
 }
 
@@ -59,7 +69,10 @@ impl Agent {
     }
 
     pub fn start_with(options: AgentOptions) -> Self {
-        let dir = tempfile::Builder::new().prefix("bkg-e2e-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("bkg-e2e-")
+            .tempdir()
+            .expect("temp dir");
         let serial = NEXT_AGENT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{serial}", std::process::id());
         // A uid range of our own: sandboxes of parallel test agents never share a uid.
@@ -105,10 +118,18 @@ impl Agent {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("agent exited during start-up ({status}):\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "agent did not come up:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not come up:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -124,18 +145,33 @@ impl Agent {
     /// `bkg` talking to this agent, never starting another.
     pub fn bkg(&self) -> Command {
         let mut command = Command::new(bkg_bin());
-        command.env("BKG_SOCKET", &self.socket).env("BKG_NO_AUTOSTART", "1").env_remove("BKG_STATE_DIR");
+        command
+            .env("BKG_SOCKET", &self.socket)
+            .env("BKG_NO_AUTOSTART", "1")
+            .env_remove("BKG_STATE_DIR");
         command
     }
 
     /// Runs `bkg exe ARGS` with an empty stdin.
     pub fn exe(&self, args: &[&str]) -> Output {
-        self.bkg().arg("exe").args(args).stdin(Stdio::null()).output().expect("run bkg exe")
+        self.bkg()
+            .arg("exe")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bkg exe")
     }
 
     /// Runs `bkg exe --json ARGS` and parses the result.
     pub fn exe_json(&self, args: &[&str]) -> (serde_json::Value, Output) {
-        let output = self.bkg().arg("exe").arg("--json").args(args).stdin(Stdio::null()).output().expect("run bkg exe");
+        let output = self
+            .bkg()
+            .arg("exe")
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bkg exe");
         let value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
             panic!(
                 "bkg exe --json printed no JSON ({error}); status {:?}\nstdout: {}\nstderr: {}",
@@ -148,7 +184,11 @@ impl Agent {
     }
 
     pub fn status_json(&self) -> serde_json::Value {
-        let output = self.bkg().args(["agent", "status", "--json"]).output().expect("bkg agent status");
+        let output = self
+            .bkg()
+            .args(["agent", "status", "--json"])
+            .output()
+            .expect("bkg agent status");
         serde_json::from_slice(&output.stdout).expect("status JSON")
     }
 
@@ -160,7 +200,10 @@ impl Agent {
             if status["pending_cleanups"] == 0 && status["active_runs"] == 0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "agent never became idle: {status}");
+            assert!(
+                Instant::now() < deadline,
+                "agent never became idle: {status}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -241,17 +284,24 @@ impl Leftovers {
             && self.loop_devices.is_empty()
             && self.processes.is_empty()
             && self.sandbox_dirs.is_empty()
-            && self.cgroups.iter().all(|dir| run_cgroups_in(dir).is_empty())
+            && self
+                .cgroups
+                .iter()
+                .all(|dir| run_cgroups_in(dir).is_empty())
     }
 }
 
 /// Every `<mount>/.../NAME` directory in the cgroup hierarchies.
 pub fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return found };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return found;
+    };
     for line in mounts.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
-        let Some(separator) = fields.iter().position(|f| *f == "-") else { continue };
+        let Some(separator) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
         let fstype = fields.get(separator + 1).copied().unwrap_or("");
         if fstype != "cgroup" && fstype != "cgroup2" {
             continue;
@@ -263,7 +313,9 @@ pub fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
 }
 
 fn find_dirs_named(dir: &Path, name: &str, depth: u32, found: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             continue;
@@ -279,18 +331,26 @@ fn find_dirs_named(dir: &Path, name: &str, depth: u32, found: &mut Vec<PathBuf>)
 pub fn run_cgroups_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|entries| {
-            entries.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()).collect()
+            entries
+                .flatten()
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .map(|e| e.path())
+                .collect()
         })
         .unwrap_or_default()
 }
 
 pub fn loop_devices_under(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|entry| {
             let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
-            Path::new(backing.trim()).starts_with(dir).then(|| entry.file_name().to_string_lossy().into_owned())
+            Path::new(backing.trim())
+                .starts_with(dir)
+                .then(|| entry.file_name().to_string_lossy().into_owned())
         })
         .collect()
 }
@@ -299,14 +359,25 @@ pub fn loop_devices_under(dir: &Path) -> Vec<String> {
 /// run nothing, and one whose parent died (a crashed agent's) waits for the host's init to
 /// reap it, which a test cannot hurry.
 pub fn processes_with_uid_in(low: u32, high: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            let uid: u32 = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()?;
-            let zombie = status.lines().find_map(|l| l.strip_prefix("State:")).is_some_and(|s| s.trim_start().starts_with('Z'));
+            let uid: u32 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            let zombie = status
+                .lines()
+                .find_map(|l| l.strip_prefix("State:"))
+                .is_some_and(|s| s.trim_start().starts_with('Z'));
             ((low..high).contains(&uid) && !zombie).then_some(pid)
         })
         .collect()

@@ -60,12 +60,20 @@ fn run_error_response(error: &RunError) -> Response {
 }
 
 async fn not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint")
+    error_response(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such endpoint",
+    )
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
     if let Err(error) = state.store.check_writable().await {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Internal, format!("store not writable: {error}"));
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            format!("store not writable: {error}"),
+        );
     }
     (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response()
 }
@@ -97,22 +105,41 @@ struct ListQuery {
 }
 
 async fn list_runs(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Response {
-    match state.store.list_runs(query.limit.unwrap_or(50).min(1000)).await {
+    match state
+        .store
+        .list_runs(query.limit.unwrap_or(50).min(1000))
+        .await
+    {
         Ok(runs) => Json(runs).into_response(),
-        Err(error) => error_response(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, error.to_string()),
+        Err(error) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            error.to_string(),
+        ),
     }
 }
 
 async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.store.get_run(&id).await {
         Ok(Some(run)) => Json(run).into_response(),
-        Ok(None) => error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("no run {id}")),
-        Err(error) => error_response(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, error.to_string()),
+        Ok(None) => error_response(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("no run {id}"),
+        ),
+        Err(error) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            error.to_string(),
+        ),
     }
 }
 
 fn wants_stream(headers: &HeaderMap) -> bool {
-    headers.get(header::UPGRADE).and_then(|value| value.to_str().ok()) == Some(STREAM_PROTOCOL)
+    headers
+        .get(header::UPGRADE)
+        .and_then(|value| value.to_str().ok())
+        == Some(STREAM_PROTOCOL)
 }
 
 /// `POST /api/v1/runs`: a plain JSON request returns the result when the run ends; with
@@ -132,7 +159,13 @@ async fn create_run(State(state): State<AppState>, request: Request) -> Response
     };
     let run_request: RunRequest = match serde_json::from_slice(&bytes) {
         Ok(request) => request,
-        Err(error) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("invalid run request: {error}")),
+        Err(error) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                format!("invalid run request: {error}"),
+            );
+        }
     };
     let validated = match state.engine.validate(run_request) {
         Ok(validated) => validated,
@@ -148,12 +181,20 @@ async fn create_run(State(state): State<AppState>, request: Request) -> Response
         return match task.await {
             Ok(Ok(result)) => Json(result).into_response(),
             Ok(Err(error)) => run_error_response(&error),
-            Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "run task failed"),
+            Err(_) => error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "run task failed",
+            ),
         };
     }
 
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
-        return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "this connection cannot be upgraded");
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "this connection cannot be upgraded",
+        );
     };
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -163,8 +204,12 @@ async fn create_run(State(state): State<AppState>, request: Request) -> Response
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(STREAM_PROTOCOL));
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    response
+        .headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(STREAM_PROTOCOL));
     response
 }
 
@@ -176,13 +221,25 @@ async fn execute(
     input: mpsc::Receiver<RunInput>,
     output: Option<mpsc::Sender<RunOutput>>,
 ) -> Result<bkg_schema::RunResult, RunError> {
-    if let Err(error) = state.store.run_started(&run_id, validated.language, validated.limits, now_ms()).await {
+    if let Err(error) = state
+        .store
+        .run_started(&run_id, validated.language, validated.limits, now_ms())
+        .await
+    {
         tracing::error!(%error, run = %run_id, "could not record the run's start");
     }
-    let outcome = state.engine.run(run_id.clone(), validated, input, output).await;
+    let outcome = state
+        .engine
+        .run(run_id.clone(), validated, input, output)
+        .await;
     let recorded = match &outcome {
         Ok(result) => state.store.run_finished(result, now_ms()).await,
-        Err(error) => state.store.run_failed(&run_id, &error.to_string(), now_ms()).await,
+        Err(error) => {
+            state
+                .store
+                .run_failed(&run_id, &error.to_string(), now_ms())
+                .await
+        }
     };
     if let Err(error) = recorded {
         tracing::error!(%error, run = %run_id, "could not record the run's end");
@@ -190,14 +247,22 @@ async fn execute(
     outcome
 }
 
-async fn write_frame(writer: &mut (impl AsyncWriteExt + Unpin), kind: FrameKind, payload: &[u8]) -> std::io::Result<()> {
+async fn write_frame(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    kind: FrameKind,
+    payload: &[u8],
+) -> std::io::Result<()> {
     let header = frame::encode_header(kind, payload.len()).map_err(std::io::Error::other)?;
     writer.write_all(&header).await?;
     writer.write_all(payload).await
 }
 
-async fn stream_run<S>(state: AppState, run_id: String, validated: crate::engine::run::ValidatedRun, connection: S)
-where
+async fn stream_run<S>(
+    state: AppState,
+    run_id: String,
+    validated: crate::engine::run::ValidatedRun,
+    connection: S,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(connection);
@@ -240,7 +305,9 @@ where
             continue;
         }
         let written = match event {
-            RunOutput::Started(id) => write_frame(&mut writer, FrameKind::Started, id.as_bytes()).await,
+            RunOutput::Started(id) => {
+                write_frame(&mut writer, FrameKind::Started, id.as_bytes()).await
+            }
             RunOutput::Stdout(bytes) => write_frame(&mut writer, FrameKind::Stdout, &bytes).await,
             RunOutput::Stderr(bytes) => write_frame(&mut writer, FrameKind::Stderr, &bytes).await,
         };
@@ -249,8 +316,14 @@ where
     }
     let (kind, payload) = match run.await {
         Ok(Ok(result)) => (FrameKind::Result, serde_json::to_vec(&result)),
-        Ok(Err(error)) => (FrameKind::Error, serde_json::to_vec(&ApiError::new(error.code(), error.to_string()))),
-        Err(_) => (FrameKind::Error, serde_json::to_vec(&ApiError::new(ErrorCode::Internal, "run task failed"))),
+        Ok(Err(error)) => (
+            FrameKind::Error,
+            serde_json::to_vec(&ApiError::new(error.code(), error.to_string())),
+        ),
+        Err(_) => (
+            FrameKind::Error,
+            serde_json::to_vec(&ApiError::new(ErrorCode::Internal, "run task failed")),
+        ),
     };
     if let Ok(payload) = payload {
         let _ = write_frame(&mut writer, kind, &payload).await;
@@ -267,7 +340,10 @@ pub struct PeerCheckedListener {
 
 impl PeerCheckedListener {
     pub fn new(listener: UnixListener) -> Self {
-        Self { listener, agent_uid: nix::unistd::geteuid().as_raw() }
+        Self {
+            listener,
+            agent_uid: nix::unistd::geteuid().as_raw(),
+        }
     }
 }
 
@@ -279,11 +355,18 @@ impl axum::serve::Listener for PeerCheckedListener {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => match stream.peer_cred() {
-                    Ok(credentials) if credentials.uid() == 0 || credentials.uid() == self.agent_uid => {
+                    Ok(credentials)
+                        if credentials.uid() == 0 || credentials.uid() == self.agent_uid =>
+                    {
                         return (stream, credentials.uid());
                     }
-                    Ok(credentials) => tracing::warn!(uid = credentials.uid(), "refused a connection from another user"),
-                    Err(error) => tracing::warn!(%error, "refused a connection without peer credentials"),
+                    Ok(credentials) => tracing::warn!(
+                        uid = credentials.uid(),
+                        "refused a connection from another user"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, "refused a connection without peer credentials")
+                    }
                 },
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");

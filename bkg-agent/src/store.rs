@@ -8,8 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 /// Each entry upgrades the schema by one version; `PRAGMA user_version` records how far a
 /// database has come. Never edit a released entry: add a new one.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE runs (
+const MIGRATIONS: &[&str] = &["CREATE TABLE runs (
         id TEXT PRIMARY KEY,
         language TEXT NOT NULL,
         started_at_ms INTEGER NOT NULL,
@@ -26,8 +25,7 @@ const MIGRATIONS: &[&str] = &[
         cleaned_up INTEGER NOT NULL DEFAULT 0,
         error TEXT
     );
-    CREATE INDEX runs_started ON runs (started_at_ms);",
-];
+    CREATE INDEX runs_started ON runs (started_at_ms);"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,7 +51,9 @@ impl Store {
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut connection)?;
-        Ok(Self { connection: Arc::new(Mutex::new(connection)) })
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+        })
     }
 
     async fn with<T: Send + 'static>(
@@ -62,14 +62,22 @@ impl Store {
     ) -> Result<T, StoreError> {
         let connection = Arc::clone(&self.connection);
         tokio::task::spawn_blocking(move || {
-            let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut connection = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             work(&mut connection)
         })
         .await
         .map_err(|_| StoreError::Task)?
     }
 
-    pub async fn run_started(&self, id: &str, language: Language, limits: Limits, started_at_ms: u64) -> Result<(), StoreError> {
+    pub async fn run_started(
+        &self,
+        id: &str,
+        language: Language,
+        limits: Limits,
+        started_at_ms: u64,
+    ) -> Result<(), StoreError> {
         let id = id.to_owned();
         let limits = serde_json::to_string(&limits)?;
         self.with(move |db| {
@@ -82,7 +90,11 @@ impl Store {
         .await
     }
 
-    pub async fn run_finished(&self, result: &RunResult, finished_at_ms: u64) -> Result<(), StoreError> {
+    pub async fn run_finished(
+        &self,
+        result: &RunResult,
+        finished_at_ms: u64,
+    ) -> Result<(), StoreError> {
         let result = result.clone();
         self.with(move |db| {
             db.execute(
@@ -106,10 +118,18 @@ impl Store {
         .await
     }
 
-    pub async fn run_failed(&self, id: &str, error: &str, finished_at_ms: u64) -> Result<(), StoreError> {
+    pub async fn run_failed(
+        &self,
+        id: &str,
+        error: &str,
+        finished_at_ms: u64,
+    ) -> Result<(), StoreError> {
         let (id, error) = (id.to_owned(), error.to_owned());
         self.with(move |db| {
-            db.execute("UPDATE runs SET finished_at_ms = ?2, error = ?3 WHERE id = ?1", params![id, finished_at_ms as i64, error])?;
+            db.execute(
+                "UPDATE runs SET finished_at_ms = ?2, error = ?3 WHERE id = ?1",
+                params![id, finished_at_ms as i64, error],
+            )?;
             Ok(())
         })
         .await
@@ -118,7 +138,10 @@ impl Store {
     pub async fn run_cleaned_up(&self, id: &str, confirmed: bool) -> Result<(), StoreError> {
         let id = id.to_owned();
         self.with(move |db| {
-            db.execute("UPDATE runs SET cleaned_up = ?2 WHERE id = ?1", params![id, confirmed])?;
+            db.execute(
+                "UPDATE runs SET cleaned_up = ?2 WHERE id = ?1",
+                params![id, confirmed],
+            )?;
             Ok(())
         })
         .await
@@ -128,7 +151,11 @@ impl Store {
         let id = id.to_owned();
         self.with(move |db| {
             let row = db
-                .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), params![id], raw_record)
+                .query_row(
+                    &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+                    params![id],
+                    raw_record,
+                )
                 .optional()?;
             row.map(RawRecord::into_record).transpose()
         })
@@ -137,10 +164,15 @@ impl Store {
 
     pub async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
         self.with(move |db| {
-            let mut statement =
-                db.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at_ms DESC, id DESC LIMIT ?1"))?;
+            let mut statement = db.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at_ms DESC, id DESC LIMIT ?1"
+            ))?;
             let rows = statement.query_map(params![limit], raw_record)?;
-            rows.map(|row| row.map_err(StoreError::from).and_then(RawRecord::into_record)).collect()
+            rows.map(|row| {
+                row.map_err(StoreError::from)
+                    .and_then(RawRecord::into_record)
+            })
+            .collect()
         })
         .await
     }
@@ -148,7 +180,8 @@ impl Store {
     /// Proves the store is writable (for /healthz) without changing it.
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         self.with(|db| {
-            let transaction = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let transaction =
+                db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             transaction.rollback()?;
             Ok(())
         })
@@ -160,7 +193,10 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as i64;
     let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if version > known {
-        return Err(StoreError::TooNew { found: version, known });
+        return Err(StoreError::TooNew {
+            found: version,
+            known,
+        });
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let transaction = connection.transaction()?;
@@ -217,7 +253,10 @@ impl RawRecord {
         let to_u64 = |value: Option<i64>| value.map(|v| v.max(0) as u64);
         Ok(RunRecord {
             language: serde_json::from_value(serde_json::Value::String(self.language))?,
-            killed_by: self.killed_by.map(|k| serde_json::from_value(serde_json::Value::String(k))).transpose()?,
+            killed_by: self
+                .killed_by
+                .map(|k| serde_json::from_value(serde_json::Value::String(k)))
+                .transpose()?,
             limits: serde_json::from_str(&self.limits)?,
             id: self.id,
             started_at_ms: self.started_at_ms.max(0) as u64,
@@ -244,7 +283,9 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|_| StoreError::Task)?;
         let path = dir.path().join("state.db");
         let store = Store::open(&path)?;
-        store.run_started("run_1", Language::Python, Limits::DEFAULT, 10).await?;
+        store
+            .run_started("run_1", Language::Python, Limits::DEFAULT, 10)
+            .await?;
         let record = store.get_run("run_1").await?;
         assert_eq!(record.as_ref().map(|r| r.finished_at_ms), Some(None));
         store.run_cleaned_up("run_1", true).await?;
@@ -264,7 +305,10 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|_| StoreError::Task)?;
         let path = dir.path().join("state.db");
         Connection::open(&path)?.pragma_update(None, "user_version", 99)?;
-        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
         Ok(())
     }
 }

@@ -18,13 +18,18 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return exit::clap_error(error),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
-        Err(error) => return CliError::internal(format!("cannot start the async runtime: {error}")).report(),
+        Err(error) => {
+            return CliError::internal(format!("cannot start the async runtime: {error}")).report();
+        }
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Exe(args) => exe::run(&cli.global, args).await,
+            Command::Exe(args) => exe::run(&cli.global, *args).await,
             Command::Agent(args) => agent_cmd::run(&cli.global, args).await,
         }
     });

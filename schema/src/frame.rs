@@ -85,9 +85,16 @@ mod tests {
 
     #[test]
     fn headers_round_trip() {
-        for kind in [FrameKind::Stdin, FrameKind::StdinEnd, FrameKind::Cancel, FrameKind::Started,
-            FrameKind::Stdout, FrameKind::Stderr, FrameKind::Result, FrameKind::Error]
-        {
+        for kind in [
+            FrameKind::Stdin,
+            FrameKind::StdinEnd,
+            FrameKind::Cancel,
+            FrameKind::Started,
+            FrameKind::Stdout,
+            FrameKind::Stderr,
+            FrameKind::Result,
+            FrameKind::Error,
+        ] {
             let header = encode_header(kind, 1234).unwrap_or_default();
             assert_eq!(decode_header(header), Ok((kind, 1234)));
         }
@@ -95,8 +102,17 @@ mod tests {
 
     #[test]
     fn oversized_and_unknown_frames_are_refused() {
-        assert_eq!(encode_header(FrameKind::Stdout, MAX_FRAME_PAYLOAD + 1), Err(FrameError::TooLong(MAX_FRAME_PAYLOAD + 1)));
-        assert_eq!(decode_header([99, 0, 0, 0, 0]), Err(FrameError::UnknownKind(99)));
-        assert_eq!(decode_header([11, 0xff, 0xff, 0xff, 0xff]), Err(FrameError::TooLong(u32::MAX as usize)));
+        assert_eq!(
+            encode_header(FrameKind::Stdout, MAX_FRAME_PAYLOAD + 1),
+            Err(FrameError::TooLong(MAX_FRAME_PAYLOAD + 1))
+        );
+        assert_eq!(
+            decode_header([99, 0, 0, 0, 0]),
+            Err(FrameError::UnknownKind(99))
+        );
+        assert_eq!(
+            decode_header([11, 0xff, 0xff, 0xff, 0xff]),
+            Err(FrameError::TooLong(u32::MAX as usize))
+        );
     }
 }

@@ -90,9 +90,24 @@ impl Limits {
     /// Names the first limit of `self` that is above `max`, for a refusal message.
     pub fn first_above(&self, max: &Limits) -> Option<(&'static str, String, String)> {
         let checks = [
-            ("cpus", self.cpu_millis, max.cpu_millis, units::format_cpus as fn(u64) -> String),
-            ("memory", self.memory_bytes, max.memory_bytes, units::format_size),
-            ("timeout", self.timeout_ms, max.timeout_ms, units::format_duration_ms),
+            (
+                "cpus",
+                self.cpu_millis,
+                max.cpu_millis,
+                units::format_cpus as fn(u64) -> String,
+            ),
+            (
+                "memory",
+                self.memory_bytes,
+                max.memory_bytes,
+                units::format_size,
+            ),
+            (
+                "timeout",
+                self.timeout_ms,
+                max.timeout_ms,
+                units::format_duration_ms,
+            ),
             ("disk", self.disk_bytes, max.disk_bytes, units::format_size),
             ("pids", self.pids, max.pids, |n: u64| n.to_string()),
         ];
@@ -249,7 +264,12 @@ pub enum ErrorCode {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { error: ApiErrorBody { code, message: message.into() } }
+        Self {
+            error: ApiErrorBody {
+                code,
+                message: message.into(),
+            },
+        }
     }
 }
 

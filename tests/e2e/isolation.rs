@@ -16,7 +16,10 @@ fn a_double_forked_daemon_is_gone_when_the_run_ends() {
     assert_eq!(result["stdout"], "parent done\n");
     agent.wait_idle();
     let survivors = processes_with_uid_in(agent.uid_base, agent.uid_base + 65_536);
-    assert!(survivors.is_empty(), "sandbox processes outlived the run: {survivors:?}");
+    assert!(
+        survivors.is_empty(),
+        "sandbox processes outlived the run: {survivors:?}"
+    );
 }
 
 #[test]
@@ -30,9 +33,16 @@ fn the_hosts_loopback_is_unreachable() {
     );
     let output = agent.exe(&["--type", "python", "-c", &script]);
     assert_eq!(code(&output), 0);
-    assert!(stdout(&output).starts_with("refused"), "got {}", stdout(&output));
+    assert!(
+        stdout(&output).starts_with("refused"),
+        "got {}",
+        stdout(&output)
+    );
     std::thread::sleep(Duration::from_millis(100));
-    assert!(listener.accept().is_err(), "the host listener saw a connection from the sandbox");
+    assert!(
+        listener.accept().is_err(),
+        "the host listener saw a connection from the sandbox"
+    );
 }
 
 #[test]
@@ -75,8 +85,18 @@ fn the_code_runs_unprivileged_in_its_own_namespaces() {
     assert_eq!(lines.len(), 4, "got {}", stdout(&output));
     assert_eq!(lines[0], "1000 1000 True");
     assert_eq!(lines[1], "0000000000000000 0000000000000000 1 2");
-    assert_eq!(lines[2], format!("['1000', '{}', '1']", lines[2].split('\'').nth(3).unwrap_or("")));
-    assert!(!lines[2].contains("'0'"), "uid 0 must not be mapped: {}", lines[2]);
+    assert_eq!(
+        lines[2],
+        format!(
+            "['1000', '{}', '1']",
+            lines[2].split('\'').nth(3).unwrap_or("")
+        )
+    );
+    assert!(
+        !lines[2].contains("'0'"),
+        "uid 0 must not be mapped: {}",
+        lines[2]
+    );
     assert_eq!(lines[3], "bkg True");
 }
 
@@ -98,8 +118,18 @@ fn only_workspace_and_tmp_are_writable() {
 #[test]
 fn nothing_of_one_run_is_visible_to_the_next() {
     let agent = Agent::start();
-    let first = agent.exe(&["--type", "python", "-c", "open('/workspace/marker', 'w').write('x'); open('/tmp/marker', 'w').write('x')"]);
+    let first = agent.exe(&[
+        "--type",
+        "python",
+        "-c",
+        "open('/workspace/marker', 'w').write('x'); open('/tmp/marker', 'w').write('x')",
+    ]);
     assert_eq!(code(&first), 0);
-    let second = agent.exe(&["--type", "python", "-c", "import os; print(os.listdir('/workspace'), os.path.exists('/tmp/marker'))"]);
+    let second = agent.exe(&[
+        "--type",
+        "python",
+        "-c",
+        "import os; print(os.listdir('/workspace'), os.path.exists('/tmp/marker'))",
+    ]);
     assert_eq!(stdout(&second), "['main.py'] False\n");
 }

@@ -36,7 +36,10 @@ struct StageError {
 
 impl StageError {
     fn new(stage: impl Into<String>, error: impl std::fmt::Display) -> Self {
-        Self { stage: stage.into(), message: error.to_string() }
+        Self {
+            stage: stage.into(),
+            message: error.to_string(),
+        }
     }
 }
 
@@ -62,7 +65,13 @@ pub fn main() -> ! {
     };
     if let Err(error) = outcome {
         // The agent may be gone already; nothing more can be done then.
-        let _ = control::write_blocking(&mut control, &FromInit::Failed { stage: error.stage, message: error.message });
+        let _ = control::write_blocking(
+            &mut control,
+            &FromInit::Failed {
+                stage: error.stage,
+                message: error.message,
+            },
+        );
     }
     std::process::exit(1)
 }
@@ -70,7 +79,10 @@ pub fn main() -> ! {
 fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).stage("set parent-death signal")?;
     if nix::unistd::getppid().as_raw() as u32 != plan.agent_pid {
-        return Err(StageError::new("check parent", "the agent that started this sandbox is gone"));
+        return Err(StageError::new(
+            "check parent",
+            "the agent that started this sandbox is gone",
+        ));
     }
     let own_pid = std::process::id().to_string();
     for procs in &plan.cgroup_procs {
@@ -91,18 +103,28 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create start pipe")?;
     // Pid 1 becomes the agent's own child (CLONE_PARENT): the agent reaps it, so its pid stays
     // reserved until then and the agent can always kill it safely, whatever becomes of us.
-    let flags = (libc::CLONE_PARENT | libc::CLONE_NEWPID) as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    let flags =
+        (libc::CLONE_PARENT | libc::CLONE_NEWPID) as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
     // SAFETY: clone without CLONE_VM and a null stack duplicates this single-threaded process
     // like fork does; the child only runs code of this function before exiting.
     let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     match pid {
-        -1 => Err(StageError::new("start pid 1", std::io::Error::last_os_error())),
+        -1 => Err(StageError::new(
+            "start pid 1",
+            std::io::Error::last_os_error(),
+        )),
         0 => {
             drop(go_ahead_write);
             let mut wait = [0u8; 1];
             let _ = File::from(go_ahead_read).read(&mut wait);
             if let Err(error) = pid_one(plan, control) {
-                let _ = control::write_blocking(control, &FromInit::Failed { stage: error.stage, message: error.message });
+                let _ = control::write_blocking(
+                    control,
+                    &FromInit::Failed {
+                        stage: error.stage,
+                        message: error.message,
+                    },
+                );
             }
             std::process::exit(0)
         }
@@ -124,7 +146,9 @@ fn pid_one(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageErro
 
     let order = match control::read_blocking::<ToInit>(control) {
         Ok(ToInit::Go(order)) => order,
-        Ok(ToInit::Prepare(_)) => return Err(StageError::new("wait for order", "unexpected second plan")),
+        Ok(ToInit::Prepare(_)) => {
+            return Err(StageError::new("wait for order", "unexpected second plan"));
+        }
         // The agent dropped this prepared sandbox (shutdown, pool trimmed): end quietly.
         Err(_) => std::process::exit(0),
     };
@@ -133,8 +157,14 @@ fn pid_one(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageErro
 }
 
 fn build_root(plan: &SandboxPlan) -> Result<(), StageError> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .stage("make mounts private")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .stage("make mounts private")?;
 
     let device = loopdev::attach(&plan.disk_image).stage("attach disk image")?;
     mount(
@@ -218,7 +248,11 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
         MountStep::BindReadOnly { source, target } => {
             let target = inside(root, target);
             make_mount_point(source, &target)?;
-            bind(source, &target, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+            bind(
+                source,
+                &target,
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            )
         }
         MountStep::BindDevice { source, target } => {
             let target = inside(root, target);
@@ -228,8 +262,10 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
         MountStep::DiskDir { name, target, mode } => {
             let source = plan.disk_mount_dir.join(name);
             fs::create_dir_all(&source).stage(&format!("create disk directory {name}"))?;
-            chown(&source, Some(plan.ids.sandbox), Some(plan.ids.sandbox)).stage("hand the disk directory to the sandbox")?;
-            fs::set_permissions(&source, fs::Permissions::from_mode(*mode)).stage("set disk directory mode")?;
+            chown(&source, Some(plan.ids.sandbox), Some(plan.ids.sandbox))
+                .stage("hand the disk directory to the sandbox")?;
+            fs::set_permissions(&source, fs::Permissions::from_mode(*mode))
+                .stage("set disk directory mode")?;
             let target = inside(root, target);
             fs::create_dir_all(&target).stage(&format!("create {}", target.display()))?;
             bind(&source, &target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
@@ -244,9 +280,14 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
         MountStep::Dir { path, mode } => {
             let path = inside(root, path);
             fs::create_dir_all(&path).stage(&format!("create {}", path.display()))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).stage("set directory mode")
+            fs::set_permissions(&path, fs::Permissions::from_mode(*mode))
+                .stage("set directory mode")
         }
-        MountStep::File { path, contents, mode } => {
+        MountStep::File {
+            path,
+            contents,
+            mode,
+        } => {
             let path = inside(root, path);
             fs::write(&path, contents).stage(&format!("write {}", path.display()))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).stage("set file mode")
@@ -266,7 +307,14 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
             for knob in ["sys", "sysrq-trigger", "irq", "bus"] {
                 let knob = target.join(knob);
                 if knob.exists() {
-                    bind(&knob, &knob, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+                    bind(
+                        &knob,
+                        &knob,
+                        MsFlags::MS_RDONLY
+                            | MsFlags::MS_NOSUID
+                            | MsFlags::MS_NODEV
+                            | MsFlags::MS_NOEXEC,
+                    )?;
                 }
             }
             Ok(())
@@ -275,23 +323,40 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
 }
 
 fn make_mount_point(source: &Path, target: &Path) -> Result<(), StageError> {
-    let is_dir = fs::metadata(source).stage(&format!("inspect {}", source.display()))?.is_dir();
+    let is_dir = fs::metadata(source)
+        .stage(&format!("inspect {}", source.display()))?
+        .is_dir();
     if is_dir {
         fs::create_dir_all(target).stage(&format!("create {}", target.display()))
     } else {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).stage(&format!("create {}", parent.display()))?;
         }
-        File::create(target).map(drop).stage(&format!("create {}", target.display()))
+        File::create(target)
+            .map(drop)
+            .stage(&format!("create {}", target.display()))
     }
 }
 
 /// Bind-mounts `source` on `target`, then applies `flags` (a bind takes them only on remount).
 fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<(), StageError> {
     let stage = format!("bind {} on {}", source.display(), target.display());
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).stage(&stage)?;
-    mount(None::<&str>, target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None::<&str>)
-        .stage(&stage)
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .stage(&stage)?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+        None::<&str>,
+    )
+    .stage(&stage)
 }
 
 /// Writes the script and uploads. Runs as root before the code exists, in a workspace that is
@@ -300,7 +365,10 @@ fn place_files(order: &GoOrder, sandbox_id: u32) -> Result<(), StageError> {
     for file in &order.files {
         let path = Path::new(&file.path);
         if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(StageError::new("place files", format!("refusing path {}", file.path)));
+            return Err(StageError::new(
+                "place files",
+                format!("refusing path {}", file.path),
+            ));
         }
         let content = base64::engine::general_purpose::STANDARD
             .decode(&file.content_base64)
@@ -310,7 +378,8 @@ fn place_files(order: &GoOrder, sandbox_id: u32) -> Result<(), StageError> {
         }
         fs::write(path, content).stage(&format!("write {}", file.path))?;
         chown(path, Some(sandbox_id), Some(sandbox_id)).stage(&format!("chown {}", file.path))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(file.mode)).stage(&format!("chmod {}", file.path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(file.mode))
+            .stage(&format!("chmod {}", file.path))?;
     }
     Ok(())
 }
@@ -338,19 +407,37 @@ struct Launch {
 impl Launch {
     fn new(order: &GoOrder) -> Result<Self, StageError> {
         let cstring = |text: &str| CString::new(text).stage("argument with a NUL byte");
-        let argv = order.argv.iter().map(|arg| cstring(arg)).collect::<Result<Vec<_>, _>>()?;
-        let program = argv.first().cloned().ok_or_else(|| StageError::new("start code", "empty command"))?;
+        let argv = order
+            .argv
+            .iter()
+            .map(|arg| cstring(arg))
+            .collect::<Result<Vec<_>, _>>()?;
+        let program = argv
+            .first()
+            .cloned()
+            .ok_or_else(|| StageError::new("start code", "empty command"))?;
         let env = order
             .env
             .iter()
             .map(|(key, value)| cstring(&format!("{key}={value}")))
             .collect::<Result<Vec<_>, _>>()?;
-        let seccomp = seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
-        Ok(Self { program, argv, env, cwd: cstring(&order.cwd)?, seccomp })
+        let seccomp =
+            seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
+        Ok(Self {
+            program,
+            argv,
+            env,
+            cwd: cstring(&order.cwd)?,
+            seccomp,
+        })
     }
 }
 
-fn run_code(plan: &SandboxPlan, order: &GoOrder, control: &mut UnixStream) -> Result<(), StageError> {
+fn run_code(
+    plan: &SandboxPlan,
+    order: &GoOrder,
+    control: &mut UnixStream,
+) -> Result<(), StageError> {
     let launch = Launch::new(order)?;
     let (exec_error_read, exec_error_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create exec-error pipe")?;
@@ -384,7 +471,8 @@ fn run_code(plan: &SandboxPlan, order: &GoOrder, control: &mut UnixStream) -> Re
                 let errno = i32::from_be_bytes([report[0], report[1], report[2], report[3]]);
                 reap(child);
                 if errno >= 0 {
-                    return control::write_blocking(control, &FromInit::ExecFailed { errno }).stage("report exec failure");
+                    return control::write_blocking(control, &FromInit::ExecFailed { errno })
+                        .stage("report exec failure");
                 }
                 let message = String::from_utf8_lossy(&report[4..]).into_owned();
                 return Err(StageError::new("start code", message));
@@ -393,8 +481,16 @@ fn run_code(plan: &SandboxPlan, order: &GoOrder, control: &mut UnixStream) -> Re
             control::write_blocking(control, &FromInit::Running).stage("report running")?;
             let (exit_code, signal) = reap(child);
             let (disk_used_bytes, disk_full) = disk_usage();
-            control::write_blocking(control, &FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full })
-                .stage("report exit")
+            control::write_blocking(
+                control,
+                &FromInit::Exited {
+                    exit_code,
+                    signal,
+                    disk_used_bytes,
+                    disk_full,
+                },
+            )
+            .stage("report exit")
         }
     }
 }
@@ -403,8 +499,12 @@ fn run_code(plan: &SandboxPlan, order: &GoOrder, control: &mut UnixStream) -> Re
 fn reap(code: Pid) -> (Option<i32>, Option<i32>) {
     loop {
         match waitpid(None, None) {
-            Ok(WaitStatus::Exited(pid, code_value)) if pid == code => return (Some(code_value), None),
-            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == code => return (None, Some(signal as i32)),
+            Ok(WaitStatus::Exited(pid, code_value)) if pid == code => {
+                return (Some(code_value), None);
+            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == code => {
+                return (None, Some(signal as i32));
+            }
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return (None, None),
         }
@@ -424,8 +524,10 @@ fn disk_usage() -> (u64, bool) {
 
 fn drop_privileges(id: u32) -> Result<(), StageError> {
     nix::unistd::setgroups(&[]).stage("drop groups")?;
-    nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)).stage("drop gid")?;
-    nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)).stage("drop uid")?;
+    nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id))
+        .stage("drop gid")?;
+    nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id))
+        .stage("drop uid")?;
     nix::sys::prctl::set_dumpable(false).stage("forbid tracing")
 }
 
@@ -455,33 +557,75 @@ fn become_code(plan: &SandboxPlan, launch: &Launch) -> CodeError {
 }
 
 fn lock_down(plan: &SandboxPlan, launch: &Launch) -> Result<(), (&'static str, String)> {
-    fn step<T, E: std::fmt::Display>(stage: &'static str, result: Result<T, E>) -> Result<T, (&'static str, String)> {
+    fn step<T, E: std::fmt::Display>(
+        stage: &'static str,
+        result: Result<T, E>,
+    ) -> Result<T, (&'static str, String)> {
         result.map_err(|error| (stage, error.to_string()))
     }
     step("new session", nix::unistd::setsid())?;
     // Everything but stdio closes at exec; the exec-error pipe must stay open until then.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     // The OOM killer must pick the code, never the init that reports on it. Raising the score
     // needs no privilege (lowering the init's would need CAP_SYS_RESOURCE, which root may lack).
-    step("raise OOM score", fs::write("/proc/self/oom_score_adj", "1000"))?;
+    step(
+        "raise OOM score",
+        fs::write("/proc/self/oom_score_adj", "1000"),
+    )?;
     let limits = plan.process_limits;
-    step("limit open files", nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limits.open_files, limits.open_files))?;
-    step("limit core dumps", nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, limits.core_bytes, limits.core_bytes))?;
-    step("enter working directory", nix::unistd::chdir(launch.cwd.as_c_str()))?;
+    step(
+        "limit open files",
+        nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            limits.open_files,
+            limits.open_files,
+        ),
+    )?;
+    step(
+        "limit core dumps",
+        nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_CORE,
+            limits.core_bytes,
+            limits.core_bytes,
+        ),
+    )?;
+    step(
+        "enter working directory",
+        nix::unistd::chdir(launch.cwd.as_c_str()),
+    )?;
 
     let id = plan.ids.sandbox;
     step("drop groups", nix::unistd::setgroups(&[]))?;
-    step("drop gid", nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)))?;
-    step("drop uid", nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)))?;
+    step(
+        "drop gid",
+        nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)),
+    )?;
+    step(
+        "drop uid",
+        nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)),
+    )?;
     // Changing uid made us non-dumpable, which leaves /proc/self owned by root and our own
     // uid_map unwritable.
     step("own /proc/self", nix::sys::prctl::set_dumpable(true))?;
     // Unprivileged now: the new user namespace may map only our own ids, to INNER_ID.
     step("create user namespace", unshare(CloneFlags::CLONE_NEWUSER))?;
-    step("map uid", fs::write("/proc/self/uid_map", format!("{INNER_ID} {id} 1\n")))?;
+    step(
+        "map uid",
+        fs::write("/proc/self/uid_map", format!("{INNER_ID} {id} 1\n")),
+    )?;
     step("deny setgroups", fs::write("/proc/self/setgroups", "deny"))?;
-    step("map gid", fs::write("/proc/self/gid_map", format!("{INNER_ID} {id} 1\n")))?;
+    step(
+        "map gid",
+        fs::write("/proc/self/gid_map", format!("{INNER_ID} {id} 1\n")),
+    )?;
 
     step("set no_new_privs", nix::sys::prctl::set_no_new_privs())?;
     drop_capabilities().map_err(|error| ("drop capabilities", error.to_string()))?;
@@ -508,7 +652,15 @@ fn drop_capabilities() -> std::io::Result<()> {
         unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
     }
     // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointer arguments.
-    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) };
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
 
     #[repr(C)]
     struct CapHeader {
@@ -523,10 +675,23 @@ fn drop_capabilities() -> std::io::Result<()> {
         inheritable: u32,
     }
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
     // SAFETY: capset reads a v3 header and two data structs, both valid for the call.
-    let result = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
     if result != 0 {
         return Err(std::io::Error::last_os_error());
     }

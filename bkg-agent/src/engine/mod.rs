@@ -44,7 +44,10 @@ pub enum EngineError {
     #[error("cgroups: {0}")]
     Cgroup(#[from] cgroup::CgroupError),
     #[error("{action}: {source}")]
-    Io { action: String, source: std::io::Error },
+    Io {
+        action: String,
+        source: std::io::Error,
+    },
     #[error("all {0} sandbox user ids are in use")]
     NoFreeIds(u32),
     #[error("preparing the sandbox failed at `{stage}`: {message}")]
@@ -74,15 +77,25 @@ const ID_SLOTS: u32 = 32_768;
 
 impl IdSlots {
     fn new(base: u32) -> Self {
-        Self { base, in_use: Mutex::new(BTreeSet::new()), next: AtomicUsize::new(0) }
+        Self {
+            base,
+            in_use: Mutex::new(BTreeSet::new()),
+            next: AtomicUsize::new(0),
+        }
     }
 
     fn allocate(self: &Arc<Self>) -> Result<IdSlot, EngineError> {
-        let mut in_use = self.in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut in_use = self
+            .in_use
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for _ in 0..ID_SLOTS {
             let slot = (self.next.fetch_add(1, Ordering::Relaxed) % ID_SLOTS as usize) as u32;
             if in_use.insert(slot) {
-                return Ok(IdSlot { slots: Arc::clone(self), slot });
+                return Ok(IdSlot {
+                    slots: Arc::clone(self),
+                    slot,
+                });
             }
         }
         Err(EngineError::NoFreeIds(ID_SLOTS))
@@ -98,13 +111,20 @@ pub struct IdSlot {
 impl IdSlot {
     pub fn ids(&self) -> plan::HostIds {
         let sandbox = self.slots.base + 2 * self.slot;
-        plan::HostIds { sandbox, init: sandbox + 1 }
+        plan::HostIds {
+            sandbox,
+            init: sandbox + 1,
+        }
     }
 }
 
 impl Drop for IdSlot {
     fn drop(&mut self) {
-        let mut in_use = self.slots.in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut in_use = self
+            .slots
+            .in_use
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         in_use.remove(&self.slot);
     }
 }
@@ -192,14 +212,26 @@ impl Engine {
         }
         let mut dirs = 0;
         if runs_dir.exists() {
-            for entry in std::fs::read_dir(&runs_dir).map_err(EngineError::io("read sandboxes directory"))?.flatten() {
-                std::fs::remove_dir_all(entry.path()).map_err(EngineError::io(format!("remove {}", entry.path().display())))?;
+            for entry in std::fs::read_dir(&runs_dir)
+                .map_err(EngineError::io("read sandboxes directory"))?
+                .flatten()
+            {
+                std::fs::remove_dir_all(entry.path()).map_err(EngineError::io(format!(
+                    "remove {}",
+                    entry.path().display()
+                )))?;
                 dirs += 1;
             }
         }
-        std::fs::create_dir_all(&runs_dir).map_err(EngineError::io("create sandboxes directory"))?;
+        std::fs::create_dir_all(&runs_dir)
+            .map_err(EngineError::io("create sandboxes directory"))?;
         if removed + dirs + devices.len() > 0 {
-            tracing::info!(cgroups = removed, directories = dirs, loop_devices = devices.len(), "removed what a previous agent left behind");
+            tracing::info!(
+                cgroups = removed,
+                directories = dirs,
+                loop_devices = devices.len(),
+                "removed what a previous agent left behind"
+            );
         }
         Ok(())
     }
@@ -223,8 +255,12 @@ impl Engine {
         }
         let engine = Arc::clone(self);
         tokio::spawn(async move {
-            while engine.warm_count() < engine.config.warm_pool && !engine.closing.load(Ordering::Acquire) {
-                match PreparedSandbox::prepare(&engine, engine.config.default_limits.disk_bytes).await {
+            while engine.warm_count() < engine.config.warm_pool
+                && !engine.closing.load(Ordering::Acquire)
+            {
+                match PreparedSandbox::prepare(&engine, engine.config.default_limits.disk_bytes)
+                    .await
+                {
                     Ok(sandbox) => match engine.warm.lock() {
                         Ok(mut warm) => warm.push(sandbox),
                         Err(_) => break,
@@ -252,7 +288,11 @@ impl Engine {
         while self.refilling.load(Ordering::Acquire) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let warm: Vec<_> = self.warm.lock().map(|mut warm| warm.drain(..).collect()).unwrap_or_default();
+        let warm: Vec<_> = self
+            .warm
+            .lock()
+            .map(|mut warm| warm.drain(..).collect())
+            .unwrap_or_default();
         for sandbox in warm {
             sandbox.dispose().await;
         }

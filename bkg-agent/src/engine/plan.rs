@@ -17,7 +17,9 @@ const ROOT_TMPFS_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Host directories of runtime files, bound read-only when they are directories and recreated
 /// when they are symlinks (as on merged-/usr systems).
-const RUNTIME_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+const RUNTIME_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
+];
 
 /// Host files and directories under /etc that interpreters and common libraries read.
 const ETC_ENTRIES: &[&str] = &[
@@ -41,16 +43,38 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MountStep {
     /// Bind a host path read-only, without setuid or device files.
-    BindReadOnly { source: PathBuf, target: PathBuf },
+    BindReadOnly {
+        source: PathBuf,
+        target: PathBuf,
+    },
     /// Bind one host device node (read-write, no exec).
-    BindDevice { source: PathBuf, target: PathBuf },
+    BindDevice {
+        source: PathBuf,
+        target: PathBuf,
+    },
     /// Create a directory of the sandbox's disk image and bind it writable at `target`.
-    DiskDir { name: String, target: PathBuf, mode: u32 },
-    Symlink { link: PathBuf, points_to: PathBuf },
-    Dir { path: PathBuf, mode: u32 },
-    File { path: PathBuf, contents: String, mode: u32 },
+    DiskDir {
+        name: String,
+        target: PathBuf,
+        mode: u32,
+    },
+    Symlink {
+        link: PathBuf,
+        points_to: PathBuf,
+    },
+    Dir {
+        path: PathBuf,
+        mode: u32,
+    },
+    File {
+        path: PathBuf,
+        contents: String,
+        mode: u32,
+    },
     /// A fresh procfs for the sandbox's pid namespace, with kernel knobs read-only.
-    Proc { target: PathBuf },
+    Proc {
+        target: PathBuf,
+    },
 }
 
 /// Host ids the sandbox runs under; unique per live sandbox so sandboxes cannot signal each other.
@@ -115,9 +139,15 @@ impl HostLayout {
                 }
             })
             .collect();
-        let etc_entries =
-            ETC_ENTRIES.iter().map(PathBuf::from).filter(|path| path.exists()).collect();
-        Self { runtime_dirs, etc_entries }
+        let etc_entries = ETC_ENTRIES
+            .iter()
+            .map(PathBuf::from)
+            .filter(|path| path.exists())
+            .collect();
+        Self {
+            runtime_dirs,
+            etc_entries,
+        }
     }
 }
 
@@ -136,31 +166,69 @@ impl SandboxPlan {
         let mut steps = Vec::new();
         for (dir, symlink_target) in &host.runtime_dirs {
             match symlink_target {
-                Some(points_to) => steps.push(MountStep::Symlink { link: dir.clone(), points_to: points_to.clone() }),
-                None => steps.push(MountStep::BindReadOnly { source: dir.clone(), target: dir.clone() }),
+                Some(points_to) => steps.push(MountStep::Symlink {
+                    link: dir.clone(),
+                    points_to: points_to.clone(),
+                }),
+                None => steps.push(MountStep::BindReadOnly {
+                    source: dir.clone(),
+                    target: dir.clone(),
+                }),
             }
         }
 
-        steps.push(MountStep::Dir { path: "/etc".into(), mode: 0o755 });
+        steps.push(MountStep::Dir {
+            path: "/etc".into(),
+            mode: 0o755,
+        });
         for entry in &host.etc_entries {
-            steps.push(MountStep::BindReadOnly { source: entry.clone(), target: entry.clone() });
+            steps.push(MountStep::BindReadOnly {
+                source: entry.clone(),
+                target: entry.clone(),
+            });
         }
         steps.extend(generated_etc_files(&inputs.hostname));
 
-        steps.push(MountStep::Dir { path: "/dev".into(), mode: 0o755 });
+        steps.push(MountStep::Dir {
+            path: "/dev".into(),
+            mode: 0o755,
+        });
         for device in DEVICES {
             let path = Path::new("/dev").join(device);
-            steps.push(MountStep::BindDevice { source: path.clone(), target: path });
+            steps.push(MountStep::BindDevice {
+                source: path.clone(),
+                target: path,
+            });
         }
-        for (name, points_to) in
-            [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
-        {
-            steps.push(MountStep::Symlink { link: Path::new("/dev").join(name), points_to: points_to.into() });
+        for (name, points_to) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            steps.push(MountStep::Symlink {
+                link: Path::new("/dev").join(name),
+                points_to: points_to.into(),
+            });
         }
-        steps.push(MountStep::DiskDir { name: "shm".into(), target: "/dev/shm".into(), mode: 0o1777 });
-        steps.push(MountStep::DiskDir { name: "tmp".into(), target: TMP.into(), mode: 0o1777 });
-        steps.push(MountStep::DiskDir { name: "workspace".into(), target: WORKSPACE.into(), mode: 0o755 });
-        steps.push(MountStep::Proc { target: "/proc".into() });
+        steps.push(MountStep::DiskDir {
+            name: "shm".into(),
+            target: "/dev/shm".into(),
+            mode: 0o1777,
+        });
+        steps.push(MountStep::DiskDir {
+            name: "tmp".into(),
+            target: TMP.into(),
+            mode: 0o1777,
+        });
+        steps.push(MountStep::DiskDir {
+            name: "workspace".into(),
+            target: WORKSPACE.into(),
+            mode: 0o755,
+        });
+        steps.push(MountStep::Proc {
+            target: "/proc".into(),
+        });
 
         // The new root holds only what the steps above put there, so all of it may be read;
         // Landlock's part is to keep every write inside the disk image and /dev.
@@ -179,7 +247,10 @@ impl SandboxPlan {
             steps,
             landlock_read_exec: read_exec,
             landlock_read_write: read_write,
-            process_limits: ProcessLimits { open_files: 4096, core_bytes: 0 },
+            process_limits: ProcessLimits {
+                open_files: 4096,
+                core_bytes: 0,
+            },
         }
     }
 }
@@ -190,12 +261,29 @@ fn generated_etc_files(hostname: &str) -> Vec<MountStep> {
         "root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{INNER_ID}:{INNER_ID}:bkg sandbox:{WORKSPACE}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
     );
     let group = format!("root:x:0:\nsandbox:x:{INNER_ID}:\nnogroup:x:65534:\n");
-    let hosts = format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let hosts =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     vec![
-        MountStep::File { path: "/etc/passwd".into(), contents: passwd, mode: 0o644 },
-        MountStep::File { path: "/etc/group".into(), contents: group, mode: 0o644 },
-        MountStep::File { path: "/etc/hosts".into(), contents: hosts, mode: 0o644 },
-        MountStep::File { path: "/etc/hostname".into(), contents: format!("{hostname}\n"), mode: 0o644 },
+        MountStep::File {
+            path: "/etc/passwd".into(),
+            contents: passwd,
+            mode: 0o644,
+        },
+        MountStep::File {
+            path: "/etc/group".into(),
+            contents: group,
+            mode: 0o644,
+        },
+        MountStep::File {
+            path: "/etc/hosts".into(),
+            contents: hosts,
+            mode: 0o644,
+        },
+        MountStep::File {
+            path: "/etc/hostname".into(),
+            contents: format!("{hostname}\n"),
+            mode: 0o644,
+        },
     ]
 }
 
@@ -212,7 +300,11 @@ mod tests {
                 ("/lib64".into(), Some("usr/lib64".into())),
                 ("/sbin".into(), Some("usr/sbin".into())),
             ],
-            etc_entries: vec!["/etc/ld.so.cache".into(), "/etc/ssl".into(), "/etc/alternatives".into()],
+            etc_entries: vec![
+                "/etc/ld.so.cache".into(),
+                "/etc/ssl".into(),
+                "/etc/alternatives".into(),
+            ],
         }
     }
 
@@ -223,7 +315,10 @@ mod tests {
                 agent_pid: 42,
                 run_dir: "/var/lib/bkg/runs/r1".into(),
                 hostname: "bkg".into(),
-                ids: HostIds { sandbox: 200_000, init: 200_001 },
+                ids: HostIds {
+                    sandbox: 200_000,
+                    init: 200_001,
+                },
                 cgroup_procs: vec![],
             },
         )
@@ -233,7 +328,9 @@ mod tests {
         plan.steps
             .iter()
             .filter_map(|step| match step {
-                MountStep::BindReadOnly { source, .. } | MountStep::BindDevice { source, .. } => Some(source.as_path()),
+                MountStep::BindReadOnly { source, .. } | MountStep::BindDevice { source, .. } => {
+                    Some(source.as_path())
+                }
                 _ => None,
             })
             .collect()
@@ -242,18 +339,42 @@ mod tests {
     #[test]
     fn runtime_files_are_read_only_and_symlinks_are_recreated() {
         let plan = plan();
-        assert!(plan.steps.contains(&MountStep::BindReadOnly { source: "/usr".into(), target: "/usr".into() }));
-        assert!(plan.steps.contains(&MountStep::Symlink { link: "/bin".into(), points_to: "usr/bin".into() }));
+        assert!(plan.steps.contains(&MountStep::BindReadOnly {
+            source: "/usr".into(),
+            target: "/usr".into()
+        }));
+        assert!(plan.steps.contains(&MountStep::Symlink {
+            link: "/bin".into(),
+            points_to: "usr/bin".into()
+        }));
         assert_eq!(plan.landlock_read_exec, [PathBuf::from("/")]);
-        assert!(!plan.landlock_read_write.iter().any(|path| path.starts_with("/usr") || path == Path::new("/")));
+        assert!(
+            !plan
+                .landlock_read_write
+                .iter()
+                .any(|path| path.starts_with("/usr") || path == Path::new("/"))
+        );
     }
 
     #[test]
     fn no_host_secret_or_home_is_bound() {
         let plan = plan();
         for source in bound_sources(&plan) {
-            for forbidden in ["/root", "/home", "/etc/shadow", "/etc/passwd", "/var", "/run", "/proc", "/sys"] {
-                assert!(!source.starts_with(forbidden), "{} must not be bound", source.display());
+            for forbidden in [
+                "/root",
+                "/home",
+                "/etc/shadow",
+                "/etc/passwd",
+                "/var",
+                "/run",
+                "/proc",
+                "/sys",
+            ] {
+                assert!(
+                    !source.starts_with(forbidden),
+                    "{} must not be bound",
+                    source.display()
+                );
             }
             assert_ne!(source, Path::new("/etc"), "all of /etc must not be bound");
         }
@@ -270,7 +391,16 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(devices, ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]);
+        assert_eq!(
+            devices,
+            [
+                "/dev/null",
+                "/dev/zero",
+                "/dev/full",
+                "/dev/random",
+                "/dev/urandom"
+            ]
+        );
     }
 
     #[test]
@@ -282,15 +412,23 @@ mod tests {
                 "{target} must be on the disk image"
             );
         }
-        assert_eq!(plan.disk_image, PathBuf::from("/var/lib/bkg/runs/r1/disk.img"));
-        assert_eq!(plan.landlock_read_write, [PathBuf::from("/workspace"), "/tmp".into(), "/dev".into()]);
+        assert_eq!(
+            plan.disk_image,
+            PathBuf::from("/var/lib/bkg/runs/r1/disk.img")
+        );
+        assert_eq!(
+            plan.landlock_read_write,
+            [PathBuf::from("/workspace"), "/tmp".into(), "/dev".into()]
+        );
     }
 
     #[test]
     fn generated_passwd_names_only_the_sandbox_user() {
         let plan = plan();
         let passwd = plan.steps.iter().find_map(|step| match step {
-            MountStep::File { path, contents, .. } if path == Path::new("/etc/passwd") => Some(contents.clone()),
+            MountStep::File { path, contents, .. } if path == Path::new("/etc/passwd") => {
+                Some(contents.clone())
+            }
             _ => None,
         });
         let passwd = passwd.unwrap_or_default();

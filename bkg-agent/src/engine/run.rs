@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use bkg_schema::{ErrorCode, FileUpload, KilledBy, Limits, OUTPUT_CAP_BYTES, RunRequest, RunResult};
+use bkg_schema::{
+    ErrorCode, FileUpload, KilledBy, Limits, OUTPUT_CAP_BYTES, RunRequest, RunResult,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -37,7 +39,11 @@ pub enum RunError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{name} {asked} is above this agent's maximum of {allowed}")]
-    LimitAboveMaximum { name: &'static str, asked: String, allowed: String },
+    LimitAboveMaximum {
+        name: &'static str,
+        asked: String,
+        allowed: String,
+    },
     #[error("{0}")]
     RuntimeNotExecutable(String),
     #[error(transparent)]
@@ -78,18 +84,28 @@ impl Engine {
             ("pids", limits.pids),
         ] {
             if value == 0 {
-                return Err(RunError::BadRequest(format!("{name} limit must be greater than zero")));
+                return Err(RunError::BadRequest(format!(
+                    "{name} limit must be greater than zero"
+                )));
             }
         }
         if let Some((name, asked, allowed)) = limits.first_above(&self.config.max_limits) {
-            return Err(RunError::LimitAboveMaximum { name, asked, allowed });
+            return Err(RunError::LimitAboveMaximum {
+                name,
+                asked,
+                allowed,
+            });
         }
         // ext4 needs room for its own metadata.
         if limits.disk_bytes < 16 * bkg_schema::MIB {
-            return Err(RunError::BadRequest("disk limit must be at least 16MiB".into()));
+            return Err(RunError::BadRequest(
+                "disk limit must be at least 16MiB".into(),
+            ));
         }
         if limits.memory_bytes < 16 * bkg_schema::MIB {
-            return Err(RunError::BadRequest("memory limit must be at least 16MiB".into()));
+            return Err(RunError::BadRequest(
+                "memory limit must be at least 16MiB".into(),
+            ));
         }
 
         let interpreter = match request.language {
@@ -104,33 +120,51 @@ impl Engine {
             )));
         }
 
-        let script_name = request.script_name.clone().unwrap_or_else(|| request.language.default_script_name().to_owned());
-        if script_name.is_empty() || script_name.contains('/') || script_name == "." || script_name == ".." || script_name.contains('\0') {
-            return Err(RunError::BadRequest(format!("script name `{script_name}` must be a plain file name")));
+        let script_name = request
+            .script_name
+            .clone()
+            .unwrap_or_else(|| request.language.default_script_name().to_owned());
+        if script_name.is_empty()
+            || script_name.contains('/')
+            || script_name == "."
+            || script_name == ".."
+            || script_name.contains('\0')
+        {
+            return Err(RunError::BadRequest(format!(
+                "script name `{script_name}` must be a plain file name"
+            )));
         }
         let script_path = format!("{WORKSPACE}/{script_name}");
         let mut files = vec![PlacedFile {
             path: script_path.clone(),
-            content_base64: base64::engine::general_purpose::STANDARD.encode(request.code.as_bytes()),
+            content_base64: base64::engine::general_purpose::STANDARD
+                .encode(request.code.as_bytes()),
             mode: 0o644,
         }];
         let mut upload_bytes = request.code.len() as u64;
         for upload in &request.files {
             let (file, size) = place_upload(upload)?;
             if file.path == script_path {
-                return Err(RunError::BadRequest(format!("file {} would replace the script", file.path)));
+                return Err(RunError::BadRequest(format!(
+                    "file {} would replace the script",
+                    file.path
+                )));
             }
             upload_bytes += size;
             files.push(file);
         }
         if upload_bytes > MAX_UPLOAD_BYTES.min(limits.disk_bytes) {
-            return Err(RunError::BadRequest("uploaded files do not fit the sandbox's disk".into()));
+            return Err(RunError::BadRequest(
+                "uploaded files do not fit the sandbox's disk".into(),
+            ));
         }
 
         let mut argv = vec![interpreter.to_string_lossy().into_owned(), script_path];
         for arg in &request.args {
             if arg.contains('\0') {
-                return Err(RunError::BadRequest("arguments cannot contain NUL bytes".into()));
+                return Err(RunError::BadRequest(
+                    "arguments cannot contain NUL bytes".into(),
+                ));
             }
             argv.push(arg.clone());
         }
@@ -151,7 +185,9 @@ impl Engine {
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !key.starts_with(|c: char| c.is_ascii_digit());
             if !valid_key || value.contains('\0') {
-                return Err(RunError::BadRequest(format!("environment variable `{key}` is not a valid NAME=VALUE")));
+                return Err(RunError::BadRequest(format!(
+                    "environment variable `{key}` is not a valid NAME=VALUE"
+                )));
             }
             env.retain(|(existing, _)| existing != key);
             env.push((key.clone(), value.clone()));
@@ -169,7 +205,12 @@ impl Engine {
         Ok(ValidatedRun {
             language: request.language,
             limits,
-            order: GoOrder { argv, env, cwd: WORKSPACE.into(), files },
+            order: GoOrder {
+                argv,
+                env,
+                cwd: WORKSPACE.into(),
+                files,
+            },
             stdin,
         })
     }
@@ -193,14 +234,23 @@ impl Engine {
             self.dispose_later(&run_id, sandbox);
             return Err(EngineError::from(error).into());
         }
-        let cpu_before = sandbox.cgroup.usage().map(|usage| usage.cpu_nanos).unwrap_or(0);
-        let pids_hits_before = sandbox.cgroup.usage().map(|usage| usage.pids_limit_hits).unwrap_or(0);
+        let cpu_before = sandbox
+            .cgroup
+            .usage()
+            .map(|usage| usage.cpu_nanos)
+            .unwrap_or(0);
+        let pids_hits_before = sandbox
+            .cgroup
+            .usage()
+            .map(|usage| usage.pids_limit_hits)
+            .unwrap_or(0);
 
         if let Some(output) = &output {
             let _ = output.send(RunOutput::Started(run_id.clone())).await;
         }
         let started = Instant::now();
-        if let Err(error) = control::write_async(&mut sandbox.control, &ToInit::Go(run.order)).await {
+        if let Err(error) = control::write_async(&mut sandbox.control, &ToInit::Go(run.order)).await
+        {
             self.dispose_later(&run_id, sandbox);
             return Err(EngineError::from(error).into());
         }
@@ -219,10 +269,10 @@ impl Engine {
             while let Some(event) = input.recv().await {
                 match event {
                     RunInput::Stdin(bytes) => {
-                        if let Some(pipe) = stdin_pipe.as_mut() {
-                            if pipe.write_all(&bytes).await.is_err() {
-                                stdin_pipe = None;
-                            }
+                        if let Some(pipe) = stdin_pipe.as_mut()
+                            && pipe.write_all(&bytes).await.is_err()
+                        {
+                            stdin_pipe = None;
                         }
                     }
                     RunInput::StdinEnd => stdin_pipe = None,
@@ -334,15 +384,23 @@ impl Engine {
         let wall = wall.unwrap_or_else(|| started.elapsed());
 
         let usage = sandbox.cgroup.usage().unwrap_or_default();
-        let (exit_code, signal, disk_used_bytes, disk_full) = exit.unwrap_or((None, None, 0, false));
-        if killed_by.is_none() && usage.oom_kills > 0 && (signal == Some(libc::SIGKILL) || exit.is_none()) {
+        let (exit_code, signal, disk_used_bytes, disk_full) =
+            exit.unwrap_or((None, None, 0, false));
+        if killed_by.is_none()
+            && usage.oom_kills > 0
+            && (signal == Some(libc::SIGKILL) || exit.is_none())
+        {
             killed_by = Some(KilledBy::Memory);
         }
         if killed_by.is_none() && disk_full && exit_code.is_some_and(|code| code != 0) {
             killed_by = Some(KilledBy::Disk);
         }
         // A pid 1 killed by the OOM killer or a kill from outside leaves no exit report.
-        let signal = if exit.is_none() && killed_by.is_some() { Some(libc::SIGKILL) } else { signal };
+        let signal = if exit.is_none() && killed_by.is_some() {
+            Some(libc::SIGKILL)
+        } else {
+            signal
+        };
         self.dispose_later(&run_id, sandbox);
 
         if let Some(errno) = exec_errno {
@@ -353,7 +411,11 @@ impl Engine {
             )));
         }
         if let Some(failure) = init_failure {
-            return Err(EngineError::Prepare { stage: "start".into(), message: failure }.into());
+            return Err(EngineError::Prepare {
+                stage: "start".into(),
+                message: failure,
+            }
+            .into());
         }
 
         Ok(RunResult {
@@ -426,9 +488,17 @@ impl Captured {
 /// Checks an upload's destination and content; returns where it goes and its size.
 fn place_upload(upload: &FileUpload) -> Result<(PlacedFile, u64), RunError> {
     let requested = Path::new(&upload.path);
-    let absolute = if requested.is_absolute() { requested.to_path_buf() } else { Path::new(WORKSPACE).join(requested) };
-    let escapes = absolute.components().any(|component| matches!(component, Component::ParentDir));
-    let allowed_root = [WORKSPACE, TMP].iter().any(|root| absolute.starts_with(root) && absolute != Path::new(root));
+    let absolute = if requested.is_absolute() {
+        requested.to_path_buf()
+    } else {
+        Path::new(WORKSPACE).join(requested)
+    };
+    let escapes = absolute
+        .components()
+        .any(|component| matches!(component, Component::ParentDir));
+    let allowed_root = [WORKSPACE, TMP]
+        .iter()
+        .any(|root| absolute.starts_with(root) && absolute != Path::new(root));
     if escapes || !allowed_root || upload.path.contains('\0') {
         return Err(RunError::BadRequest(format!(
             "file destination `{}` must be inside /workspace or /tmp, without `..`",
@@ -437,10 +507,16 @@ fn place_upload(upload: &FileUpload) -> Result<(PlacedFile, u64), RunError> {
     }
     let content = base64::engine::general_purpose::STANDARD
         .decode(&upload.content_base64)
-        .map_err(|_| RunError::BadRequest(format!("content of `{}` is not valid base64", upload.path)))?;
+        .map_err(|_| {
+            RunError::BadRequest(format!("content of `{}` is not valid base64", upload.path))
+        })?;
     let mode = if upload.executable { 0o755 } else { 0o644 };
     Ok((
-        PlacedFile { path: absolute.to_string_lossy().into_owned(), content_base64: upload.content_base64.clone(), mode },
+        PlacedFile {
+            path: absolute.to_string_lossy().into_owned(),
+            content_base64: upload.content_base64.clone(),
+            mode,
+        },
         content.len() as u64,
     ))
 }
@@ -450,23 +526,42 @@ mod tests {
     use super::*;
 
     fn upload(path: &str) -> FileUpload {
-        FileUpload { path: path.into(), content_base64: "aGk=".into(), executable: false }
+        FileUpload {
+            path: path.into(),
+            content_base64: "aGk=".into(),
+            executable: false,
+        }
     }
 
     #[test]
     fn uploads_land_in_workspace_or_tmp_only() {
-        let placed = place_upload(&upload("data/in.csv")).map(|(file, _)| file.path).ok();
+        let placed = place_upload(&upload("data/in.csv"))
+            .map(|(file, _)| file.path)
+            .ok();
         assert_eq!(placed.as_deref(), Some("/workspace/data/in.csv"));
-        let placed = place_upload(&upload("/tmp/x")).map(|(file, _)| file.path).ok();
+        let placed = place_upload(&upload("/tmp/x"))
+            .map(|(file, _)| file.path)
+            .ok();
         assert_eq!(placed.as_deref(), Some("/tmp/x"));
-        for bad in ["../etc/passwd", "/etc/passwd", "/workspace/../etc/x", "/workspace", "/tmpfoo/x", "a/../../b"] {
+        for bad in [
+            "../etc/passwd",
+            "/etc/passwd",
+            "/workspace/../etc/x",
+            "/workspace",
+            "/tmpfoo/x",
+            "a/../../b",
+        ] {
             assert!(place_upload(&upload(bad)).is_err(), "{bad} must be refused");
         }
     }
 
     #[test]
     fn bad_base64_is_refused() {
-        let bad = FileUpload { path: "x".into(), content_base64: "!!".into(), executable: false };
+        let bad = FileUpload {
+            path: "x".into(),
+            content_base64: "!!".into(),
+            executable: false,
+        };
         assert!(place_upload(&bad).is_err());
     }
 

@@ -40,11 +40,16 @@ pub struct PreparedSandbox {
 }
 
 pub fn cgroup_limits(limits: &bkg_schema::Limits) -> CgroupLimits {
-    CgroupLimits { cpu_millis: limits.cpu_millis, memory_bytes: limits.memory_bytes, pids_max: limits.pids }
+    CgroupLimits {
+        cpu_millis: limits.cpu_millis,
+        memory_bytes: limits.memory_bytes,
+        pids_max: limits.pids,
+    }
 }
 
 fn nonblocking_pipe() -> Result<(OwnedFd, OwnedFd), EngineError> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|errno| EngineError::io("create pipe")(errno.into()))
+    nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|errno| EngineError::io("create pipe")(errno.into()))
 }
 
 impl PreparedSandbox {
@@ -68,11 +73,15 @@ impl PreparedSandbox {
         ids: IdSlot,
     ) -> Result<Self, EngineError> {
         for dir in [run_dir.join("root"), run_dir.join("disk")] {
-            tokio::fs::create_dir_all(&dir).await.map_err(EngineError::io(format!("create {}", dir.display())))?;
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(EngineError::io(format!("create {}", dir.display())))?;
         }
         make_disk_image(&run_dir.join("disk.img"), disk_bytes, ids.ids().sandbox).await?;
 
-        let cgroup = engine.cgroups.create(id, &cgroup_limits(&engine.config.default_limits))?;
+        let cgroup = engine
+            .cgroups
+            .create(id, &cgroup_limits(&engine.config.default_limits))?;
         let plan = SandboxPlan::new(
             &engine.host,
             PlanInputs {
@@ -84,7 +93,14 @@ impl PreparedSandbox {
             },
         );
         match spawn_init(plan).await {
-            Ok(Spawned { init, pid_one, control, stdin, stdout, stderr }) => Ok(Self {
+            Ok(Spawned {
+                init,
+                pid_one,
+                control,
+                stdin,
+                stdout,
+                stderr,
+            }) => Ok(Self {
                 id: id.to_owned(),
                 disk_bytes,
                 run_dir: run_dir.to_path_buf(),
@@ -111,7 +127,8 @@ impl PreparedSandbox {
     /// Ends every process of the sandbox now: killing pid 1 makes the kernel kill the rest of
     /// its pid namespace.
     pub fn kill(&self) {
-        if let Err(errno) = nix::sys::signal::kill(self.pid_one, nix::sys::signal::Signal::SIGKILL) {
+        if let Err(errno) = nix::sys::signal::kill(self.pid_one, nix::sys::signal::Signal::SIGKILL)
+        {
             tracing::warn!(sandbox = %self.id, %errno, "could not kill pid 1");
         }
     }
@@ -123,11 +140,8 @@ impl PreparedSandbox {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.init.wait()).await;
         drop(self.control);
         let pid_one = self.pid_one;
-        let _ = tokio::task::spawn_blocking(move || loop {
-            match nix::sys::wait::waitpid(pid_one, None) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => break,
-            }
+        let _ = tokio::task::spawn_blocking(move || {
+            while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid_one, None) {}
         })
         .await;
         let id = self.id.clone();
@@ -175,24 +189,41 @@ impl PreparedSandbox {
 /// A sparse file with an ext4 filesystem owned by the sandbox user: the sandbox's whole disk.
 /// Disk-backed, so filling it ends in ENOSPC, not in a memory kill as tmpfs would.
 async fn make_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), EngineError> {
-    let file = tokio::fs::File::create(path).await.map_err(EngineError::io(format!("create {}", path.display())))?;
-    file.set_len(bytes).await.map_err(EngineError::io("size the disk image"))?;
+    let file = tokio::fs::File::create(path)
+        .await
+        .map_err(EngineError::io(format!("create {}", path.display())))?;
+    file.set_len(bytes)
+        .await
+        .map_err(EngineError::io("size the disk image"))?;
     drop(file);
     let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
         .into_iter()
         .find(|candidate| Path::new(candidate).exists())
         .ok_or_else(|| EngineError::DiskImage("mkfs.ext4 not found: install e2fsprogs".into()))?;
     let output = tokio::process::Command::new(mkfs)
-        .args(["-q", "-F", "-T", "default", "-m", "0", "-O", "^has_journal,^resize_inode"])
+        .args([
+            "-q",
+            "-F",
+            "-T",
+            "default",
+            "-m",
+            "0",
+            "-O",
+            "^has_journal,^resize_inode",
+        ])
         .arg("-E")
-        .arg(format!("lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={owner}:{owner}"))
+        .arg(format!(
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={owner}:{owner}"
+        ))
         .arg(path)
         .stdin(Stdio::null())
         .output()
         .await
         .map_err(EngineError::io("run mkfs.ext4"))?;
     if !output.status.success() {
-        return Err(EngineError::DiskImage(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
+        return Err(EngineError::DiskImage(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
     }
     Ok(())
 }
@@ -210,7 +241,8 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     let (stdin_read, stdin_write) = nonblocking_pipe()?;
     let (stdout_read, stdout_write) = nonblocking_pipe()?;
     let (stderr_read, stderr_write) = nonblocking_pipe()?;
-    let (agent_end, init_end) = std::os::unix::net::UnixStream::pair().map_err(EngineError::io("create control socket"))?;
+    let (agent_end, init_end) =
+        std::os::unix::net::UnixStream::pair().map_err(EngineError::io("create control socket"))?;
     let init_fd = init_end.as_raw_fd();
 
     let mut command = std::process::Command::new("/proc/self/exe");
@@ -230,7 +262,11 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
             } else {
                 libc::dup2(init_fd, CONTROL_FD)
             };
-            if result < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            if result < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
         });
     }
     let mut init = tokio::process::Command::from(command)
@@ -239,23 +275,38 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
         .map_err(EngineError::io("start the sandbox init"))?;
     drop(init_end);
 
-    agent_end.set_nonblocking(true).map_err(EngineError::io("control socket"))?;
+    agent_end
+        .set_nonblocking(true)
+        .map_err(EngineError::io("control socket"))?;
     let mut control = UnixStream::from_std(agent_end).map_err(EngineError::io("control socket"))?;
     let mut pid_one = None;
     let handshake = async {
         control::write_async(&mut control, &ToInit::Prepare(Box::new(plan))).await?;
         let first = control::read_async::<FromInit>(&mut control).await?;
-        let FromInit::Forked { pid } = first else { return Ok(first) };
+        let FromInit::Forked { pid } = first else {
+            return Ok(first);
+        };
         pid_one = Some(Pid::from_raw(pid));
         control::read_async::<FromInit>(&mut control).await
     };
     let reply = tokio::time::timeout(PREPARE_TIMEOUT, handshake).await;
     let failure = match reply {
         Ok(Ok(FromInit::Ready)) if pid_one.is_some() => None,
-        Ok(Ok(FromInit::Failed { stage, message })) => Some(EngineError::Prepare { stage, message }),
-        Ok(Ok(other)) => Some(EngineError::Prepare { stage: "handshake".into(), message: format!("unexpected {other:?}") }),
-        Ok(Err(error)) => Some(EngineError::Prepare { stage: "handshake".into(), message: error.to_string() }),
-        Err(_) => Some(EngineError::Prepare { stage: "handshake".into(), message: "timed out".into() }),
+        Ok(Ok(FromInit::Failed { stage, message })) => {
+            Some(EngineError::Prepare { stage, message })
+        }
+        Ok(Ok(other)) => Some(EngineError::Prepare {
+            stage: "handshake".into(),
+            message: format!("unexpected {other:?}"),
+        }),
+        Ok(Err(error)) => Some(EngineError::Prepare {
+            stage: "handshake".into(),
+            message: error.to_string(),
+        }),
+        Err(_) => Some(EngineError::Prepare {
+            stage: "handshake".into(),
+            message: "timed out".into(),
+        }),
     };
     if let Some(error) = failure {
         let _ = init.start_kill();
@@ -267,18 +318,33 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
         return Err(error);
     }
     let Some(pid_one) = pid_one else {
-        return Err(EngineError::Prepare { stage: "handshake".into(), message: "pid 1 was not reported".into() });
+        return Err(EngineError::Prepare {
+            stage: "handshake".into(),
+            message: "pid 1 was not reported".into(),
+        });
     };
 
-    let stdin = pipe::Sender::from_owned_fd(set_nonblocking(stdin_write)?).map_err(EngineError::io("stdin pipe"))?;
-    let stdout = pipe::Receiver::from_owned_fd(set_nonblocking(stdout_read)?).map_err(EngineError::io("stdout pipe"))?;
-    let stderr = pipe::Receiver::from_owned_fd(set_nonblocking(stderr_read)?).map_err(EngineError::io("stderr pipe"))?;
-    Ok(Spawned { init, pid_one, control, stdin, stdout, stderr })
+    let stdin = pipe::Sender::from_owned_fd(set_nonblocking(stdin_write)?)
+        .map_err(EngineError::io("stdin pipe"))?;
+    let stdout = pipe::Receiver::from_owned_fd(set_nonblocking(stdout_read)?)
+        .map_err(EngineError::io("stdout pipe"))?;
+    let stderr = pipe::Receiver::from_owned_fd(set_nonblocking(stderr_read)?)
+        .map_err(EngineError::io("stderr pipe"))?;
+    Ok(Spawned {
+        init,
+        pid_one,
+        control,
+        stdin,
+        stdout,
+        stderr,
+    })
 }
 
 fn set_nonblocking(fd: OwnedFd) -> Result<OwnedFd, EngineError> {
-    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| EngineError::io("pipe flags")(e.into()))?;
+    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| EngineError::io("pipe flags")(e.into()))?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|e| EngineError::io("pipe flags")(e.into()))?;
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))
+        .map_err(|e| EngineError::io("pipe flags")(e.into()))?;
     Ok(fd)
 }
