@@ -1,0 +1,41 @@
+# bkg — build, test and release tasks. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+
+.PHONY: help setup build release test unit e2e lint fmt demo bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+setup: ## Install the system packages bkg and its tests need (idempotent; Debian, as root)
+	@bash scripts/setup.sh
+
+build: ## Debug build of every binary
+	$(CARGO) build --workspace --locked
+
+release: ## Optimised build: target/release/{bkg,bkgr,bkg-agent}
+	$(CARGO) build --workspace --release --locked
+
+test: setup build ## Every test: unit, integration and end-to-end against a real agent (as root)
+ifeq ($(NEXTEST),yes)
+	$(CARGO) nextest run --workspace --locked --no-fail-fast
+else
+	$(CARGO) test --workspace --locked --no-fail-fast
+endif
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+demo: setup release ## Run examples/hello.py in a sandbox (starts an agent if none runs)
+	./target/release/bkg exe examples/hello.py
+
+bench: setup ## Startup, throughput and memory benchmarks (see bench/README.md)
+	bash bench/run.sh
+
+clean: ## Remove build output
+	$(CARGO) clean
