@@ -70,9 +70,7 @@ pub fn main() -> ExitCode {
 
 fn max_limits(args: &AgentArgs) -> anyhow::Result<Limits> {
     let cpus = if args.max_cpus == "available CPUs" {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u64 * 1000)
-            .unwrap_or(1000)
+        std::thread::available_parallelism().map(|n| n.get() as u64 * 1000).unwrap_or(1000)
     } else {
         parse_cpus(&args.max_cpus).context("--max-cpus")?
     };
@@ -87,26 +85,17 @@ fn max_limits(args: &AgentArgs) -> anyhow::Result<Limits> {
 
 fn start(args: AgentArgs) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "the agent needs root to create namespaces, cgroups and loop devices; start it with sudo"
-        );
+        bail!("the agent needs root to create namespaces, cgroups and loop devices; start it with sudo");
     }
-    let socket = args
-        .socket
-        .clone()
-        .unwrap_or_else(bkg_schema::paths::default_socket);
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(bkg_schema::paths::default_state_dir);
+    let socket = args.socket.clone().unwrap_or_else(bkg_schema::paths::default_socket);
+    let state_dir = args.state_dir.clone().unwrap_or_else(bkg_schema::paths::default_state_dir);
     let max = max_limits(&args)?;
     let mut defaults = Limits::DEFAULT;
     defaults.cpu_millis = defaults.cpu_millis.min(max.cpu_millis);
     if let Some((name, default, allowed)) = defaults.first_above(&max) {
         bail!("the default {name} limit {default} is above the configured maximum {allowed}");
     }
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("create state directory {}", state_dir.display()))?;
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("create state directory {}", state_dir.display()))?;
 
     if !args.foreground {
         return detach(&state_dir, &socket);
@@ -114,10 +103,7 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
 
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(
-            std::env::var_os("NO_COLOR").is_none()
-                && nix::unistd::isatty(std::io::stderr()).unwrap_or(false),
-        )
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && nix::unistd::isatty(std::io::stderr()).unwrap_or(false))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BKG_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -134,10 +120,8 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         uid_base: args.uid_base,
         cgroup_dir: args.cgroup_dir,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
     runtime.block_on(serve(config, socket))
 }
 
@@ -151,35 +135,21 @@ fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
         .open(&log_path)
         .with_context(|| format!("open {}", log_path.display()))?;
     let mut command = std::process::Command::new("/proc/self/exe");
-    command
-        .args(std::env::args_os().skip(1))
-        .arg("--foreground");
-    command
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    command.args(std::env::args_os().skip(1)).arg("--foreground");
+    command.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let mut child = command
-        .spawn()
-        .context("start the agent in the background")?;
+    let mut child = command.spawn().context("start the agent in the background")?;
     for _ in 0..200 {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             println!("{}", child.id());
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            bail!(
-                "the agent exited ({status}) during start-up; see {}",
-                log_path.display()
-            );
+            bail!("the agent exited ({status}) during start-up; see {}", log_path.display());
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    bail!(
-        "the agent did not answer on {} within 5 s; see {}",
-        socket.display(),
-        log_path.display()
-    )
+    bail!("the agent did not answer on {} within 5 s; see {}", socket.display(), log_path.display())
 }
 
 async fn serve(config: EngineConfig, socket: PathBuf) -> anyhow::Result<()> {
@@ -206,19 +176,13 @@ async fn serve(config: EngineConfig, socket: PathBuf) -> anyhow::Result<()> {
     engine.refill();
 
     let shutdown = Arc::new(Notify::new());
-    let state = AppState {
-        engine: Arc::clone(&engine),
-        store,
-        socket: socket.clone(),
-        shutdown: Arc::clone(&shutdown),
-    };
+    let state =
+        AppState { engine: Arc::clone(&engine), store, socket: socket.clone(), shutdown: Arc::clone(&shutdown) };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), cgroups = %engine.cgroup_version(), "agent ready");
 
     let signals = async move {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut interrupt =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
@@ -257,8 +221,7 @@ fn bind_socket(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             bail!("another agent is already listening on {}", socket.display());
         }
-        std::fs::remove_file(socket)
-            .with_context(|| format!("remove stale socket {}", socket.display()))?;
+        std::fs::remove_file(socket).with_context(|| format!("remove stale socket {}", socket.display()))?;
     }
     // The socket must never exist with a wider mode, not even for a moment.
     let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));

@@ -3,10 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
 }
 
 pub fn new_id(prefix: &str) -> String {
@@ -29,9 +26,6 @@ mod tests {
     fn ids_are_unique_and_prefixed() {
         let ids: std::collections::BTreeSet<_> = (0..1000).map(|_| new_id("run")).collect();
         assert_eq!(ids.len(), 1000);
-        assert!(
-            ids.iter()
-                .all(|id| id.starts_with("run_") && id.len() == 4 + 11 + 12)
-        );
+        assert!(ids.iter().all(|id| id.starts_with("run_") && id.len() == 4 + 11 + 12));
     }
 }

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use bkg_schema::sandbox::SandboxDefinition;
 use bkg_schema::{KilledBy, Language, Limits, RunRecord, RunResult};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -25,7 +26,26 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE runs (
         cleaned_up INTEGER NOT NULL DEFAULT 0,
         error TEXT
     );
-    CREATE INDEX runs_started ON runs (started_at_ms);"];
+    CREATE INDEX runs_started ON runs (started_at_ms);",
+    "CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        project_dir TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN sandbox_id TEXT;
+    CREATE INDEX runs_sandbox ON runs (sandbox_id, started_at_ms);",
+];
+
+/// A persistent sandbox as stored: its definition and when it was first defined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSandbox {
+    pub definition: SandboxDefinition,
+    pub created_at_ms: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,9 +71,7 @@ impl Store {
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut connection)?;
-        Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
-        })
+        Ok(Self { connection: Arc::new(Mutex::new(connection)) })
     }
 
     async fn with<T: Send + 'static>(
@@ -62,9 +80,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         let connection = Arc::clone(&self.connection);
         tokio::task::spawn_blocking(move || {
-            let mut connection = connection
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             work(&mut connection)
         })
         .await
@@ -74,27 +90,104 @@ impl Store {
     pub async fn run_started(
         &self,
         id: &str,
+        sandbox_id: Option<&str>,
         language: Language,
         limits: Limits,
         started_at_ms: u64,
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
+        let sandbox_id = sandbox_id.map(str::to_owned);
         let limits = serde_json::to_string(&limits)?;
         self.with(move |db| {
             db.execute(
-                "INSERT INTO runs (id, language, started_at_ms, limits) VALUES (?1, ?2, ?3, ?4)",
-                params![id, language.as_str(), started_at_ms as i64, limits],
+                "INSERT INTO runs (id, sandbox_id, language, started_at_ms, limits) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, sandbox_id, language.as_str(), started_at_ms as i64, limits],
             )?;
             Ok(())
         })
         .await
     }
 
-    pub async fn run_finished(
+    pub async fn put_sandbox(
         &self,
-        result: &RunResult,
-        finished_at_ms: u64,
-    ) -> Result<(), StoreError> {
+        id: &str,
+        definition: &SandboxDefinition,
+        now_ms: u64,
+    ) -> Result<StoredSandbox, StoreError> {
+        let id = id.to_owned();
+        let definition = definition.clone();
+        self.with(move |db| {
+            let json = serde_json::to_string(&definition)?;
+            db.execute(
+                "INSERT INTO sandboxes (id, name, namespace, project_dir, definition, created_at_ms, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                 ON CONFLICT (id) DO UPDATE SET namespace = ?3, definition = ?5, updated_at_ms = ?6",
+                params![id, definition.name, definition.namespace, definition.project_dir, json, now_ms as i64],
+            )?;
+            let created: i64 =
+                db.query_row("SELECT created_at_ms FROM sandboxes WHERE id = ?1", params![id], |row| row.get(0))?;
+            Ok(StoredSandbox { definition, created_at_ms: created.max(0) as u64 })
+        })
+        .await
+    }
+
+    pub async fn get_sandbox(&self, id: &str) -> Result<Option<StoredSandbox>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |db| {
+            let row = db
+                .query_row("SELECT definition, created_at_ms FROM sandboxes WHERE id = ?1", params![id], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            row.map(|(json, created)| {
+                Ok(StoredSandbox { definition: serde_json::from_str(&json)?, created_at_ms: created.max(0) as u64 })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    /// Every persistent sandbox, or those of one project.
+    pub async fn list_sandboxes(&self, project_dir: Option<String>) -> Result<Vec<StoredSandbox>, StoreError> {
+        self.with(move |db| {
+            let mut statement = db.prepare(
+                "SELECT definition, created_at_ms FROM sandboxes WHERE ?1 IS NULL OR project_dir = ?1 ORDER BY project_dir, name",
+            )?;
+            let rows = statement
+                .query_map(params![project_dir], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+            rows.map(|row| {
+                let (json, created) = row?;
+                Ok(StoredSandbox { definition: serde_json::from_str(&json)?, created_at_ms: created.max(0) as u64 })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    pub async fn delete_sandbox(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.with(move |db| Ok(db.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)).await
+    }
+
+    /// The newest run of a persistent sandbox.
+    pub async fn last_run_of(&self, sandbox_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let sandbox_id = sandbox_id.to_owned();
+        self.with(move |db| {
+            let row = db
+                .query_row(
+                    &format!(
+                        "SELECT {RUN_COLUMNS} FROM runs WHERE sandbox_id = ?1 ORDER BY started_at_ms DESC, id DESC LIMIT 1"
+                    ),
+                    params![sandbox_id],
+                    raw_record,
+                )
+                .optional()?;
+            row.map(RawRecord::into_record).transpose()
+        })
+        .await
+    }
+
+    pub async fn run_finished(&self, result: &RunResult, finished_at_ms: u64) -> Result<(), StoreError> {
         let result = result.clone();
         self.with(move |db| {
             db.execute(
@@ -118,12 +211,7 @@ impl Store {
         .await
     }
 
-    pub async fn run_failed(
-        &self,
-        id: &str,
-        error: &str,
-        finished_at_ms: u64,
-    ) -> Result<(), StoreError> {
+    pub async fn run_failed(&self, id: &str, error: &str, finished_at_ms: u64) -> Result<(), StoreError> {
         let (id, error) = (id.to_owned(), error.to_owned());
         self.with(move |db| {
             db.execute(
@@ -138,10 +226,7 @@ impl Store {
     pub async fn run_cleaned_up(&self, id: &str, confirmed: bool) -> Result<(), StoreError> {
         let id = id.to_owned();
         self.with(move |db| {
-            db.execute(
-                "UPDATE runs SET cleaned_up = ?2 WHERE id = ?1",
-                params![id, confirmed],
-            )?;
+            db.execute("UPDATE runs SET cleaned_up = ?2 WHERE id = ?1", params![id, confirmed])?;
             Ok(())
         })
         .await
@@ -151,11 +236,7 @@ impl Store {
         let id = id.to_owned();
         self.with(move |db| {
             let row = db
-                .query_row(
-                    &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
-                    params![id],
-                    raw_record,
-                )
+                .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), params![id], raw_record)
                 .optional()?;
             row.map(RawRecord::into_record).transpose()
         })
@@ -164,15 +245,10 @@ impl Store {
 
     pub async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
         self.with(move |db| {
-            let mut statement = db.prepare(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at_ms DESC, id DESC LIMIT ?1"
-            ))?;
+            let mut statement =
+                db.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at_ms DESC, id DESC LIMIT ?1"))?;
             let rows = statement.query_map(params![limit], raw_record)?;
-            rows.map(|row| {
-                row.map_err(StoreError::from)
-                    .and_then(RawRecord::into_record)
-            })
-            .collect()
+            rows.map(|row| row.map_err(StoreError::from).and_then(RawRecord::into_record)).collect()
         })
         .await
     }
@@ -180,8 +256,7 @@ impl Store {
     /// Proves the store is writable (for /healthz) without changing it.
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         self.with(|db| {
-            let transaction =
-                db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let transaction = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             transaction.rollback()?;
             Ok(())
         })
@@ -193,10 +268,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as i64;
     let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if version > known {
-        return Err(StoreError::TooNew {
-            found: version,
-            known,
-        });
+        return Err(StoreError::TooNew { found: version, known });
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let transaction = connection.transaction()?;
@@ -253,10 +325,7 @@ impl RawRecord {
         let to_u64 = |value: Option<i64>| value.map(|v| v.max(0) as u64);
         Ok(RunRecord {
             language: serde_json::from_value(serde_json::Value::String(self.language))?,
-            killed_by: self
-                .killed_by
-                .map(|k| serde_json::from_value(serde_json::Value::String(k)))
-                .transpose()?,
+            killed_by: self.killed_by.map(|k| serde_json::from_value(serde_json::Value::String(k))).transpose()?,
             limits: serde_json::from_str(&self.limits)?,
             id: self.id,
             started_at_ms: self.started_at_ms.max(0) as u64,
@@ -283,9 +352,7 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|_| StoreError::Task)?;
         let path = dir.path().join("state.db");
         let store = Store::open(&path)?;
-        store
-            .run_started("run_1", Language::Python, Limits::DEFAULT, 10)
-            .await?;
+        store.run_started("run_1", None, Language::Python, Limits::DEFAULT, 10).await?;
         let record = store.get_run("run_1").await?;
         assert_eq!(record.as_ref().map(|r| r.finished_at_ms), Some(None));
         store.run_cleaned_up("run_1", true).await?;
@@ -305,10 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|_| StoreError::Task)?;
         let path = dir.path().join("state.db");
         Connection::open(&path)?.pragma_update(None, "user_version", 99)?;
-        assert!(matches!(
-            Store::open(&path),
-            Err(StoreError::TooNew { found: 99, .. })
-        ));
+        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99, .. })));
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod frame;
 pub mod paths;
+pub mod sandbox;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -68,13 +69,8 @@ pub struct Limits {
 
 impl Limits {
     /// The product's defaults: 1 vCPU, 512 MiB memory, 60 s, 500 MiB disk.
-    pub const DEFAULT: Limits = Limits {
-        cpu_millis: 1000,
-        memory_bytes: 512 * MIB,
-        timeout_ms: 60_000,
-        disk_bytes: 500 * MIB,
-        pids: 256,
-    };
+    pub const DEFAULT: Limits =
+        Limits { cpu_millis: 1000, memory_bytes: 512 * MIB, timeout_ms: 60_000, disk_bytes: 500 * MIB, pids: 256 };
 
     /// Applies the caller's overrides on top of `self`.
     pub fn with(self, overrides: &LimitOverrides) -> Limits {
@@ -90,24 +86,9 @@ impl Limits {
     /// Names the first limit of `self` that is above `max`, for a refusal message.
     pub fn first_above(&self, max: &Limits) -> Option<(&'static str, String, String)> {
         let checks = [
-            (
-                "cpus",
-                self.cpu_millis,
-                max.cpu_millis,
-                units::format_cpus as fn(u64) -> String,
-            ),
-            (
-                "memory",
-                self.memory_bytes,
-                max.memory_bytes,
-                units::format_size,
-            ),
-            (
-                "timeout",
-                self.timeout_ms,
-                max.timeout_ms,
-                units::format_duration_ms,
-            ),
+            ("cpus", self.cpu_millis, max.cpu_millis, units::format_cpus as fn(u64) -> String),
+            ("memory", self.memory_bytes, max.memory_bytes, units::format_size),
+            ("timeout", self.timeout_ms, max.timeout_ms, units::format_duration_ms),
             ("disk", self.disk_bytes, max.disk_bytes, units::format_size),
             ("pids", self.pids, max.pids, |n: u64| n.to_string()),
         ];
@@ -258,18 +239,15 @@ pub enum ErrorCode {
     NotFound,
     Forbidden,
     PayloadTooLarge,
+    /// The target is busy: a persistent sandbox that is already running.
+    Conflict,
     SandboxFailed,
     Internal,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            error: ApiErrorBody {
-                code,
-                message: message.into(),
-            },
-        }
+        Self { error: ApiErrorBody { code, message: message.into() } }
     }
 }
 

@@ -27,6 +27,10 @@ pub struct GoOrder {
     pub env: Vec<(String, String)>,
     pub cwd: String,
     pub files: Vec<PlacedFile>,
+    /// Directories to empty before the code starts.
+    pub clear: Vec<String>,
+    /// Directories whose files are handed to this run's sandbox uid first (persistent state).
+    pub reown: Vec<String>,
 }
 
 /// A file the init writes into the sandbox before the code starts. Paths were validated by the
@@ -49,12 +53,7 @@ pub enum FromInit {
     /// The code could not be executed; `errno` from execve.
     ExecFailed { errno: i32 },
     /// The code ended.
-    Exited {
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-        disk_used_bytes: u64,
-        disk_full: bool,
-    },
+    Exited { exit_code: Option<i32>, signal: Option<i32>, disk_used_bytes: u64, disk_full: bool },
     /// Building the sandbox failed at `stage`.
     Failed { stage: String, message: String },
 }
@@ -69,10 +68,7 @@ pub enum ControlError {
     TooLong(usize),
 }
 
-pub fn write_blocking<T: Serialize>(
-    stream: &mut impl Write,
-    message: &T,
-) -> Result<(), ControlError> {
+pub fn write_blocking<T: Serialize>(stream: &mut impl Write, message: &T) -> Result<(), ControlError> {
     let body = serde_json::to_vec(message)?;
     let len = u32::try_from(body.len()).map_err(|_| ControlError::TooLong(body.len()))?;
     let mut frame = Vec::with_capacity(4 + body.len());
@@ -107,9 +103,7 @@ pub async fn write_async<T: Serialize>(
     Ok(())
 }
 
-pub async fn read_async<T: DeserializeOwned>(
-    stream: &mut (impl AsyncReadExt + Unpin),
-) -> Result<T, ControlError> {
+pub async fn read_async<T: DeserializeOwned>(stream: &mut (impl AsyncReadExt + Unpin)) -> Result<T, ControlError> {
     let len = stream.read_u32().await? as usize;
     if len > MAX_MESSAGE {
         return Err(ControlError::TooLong(len));
@@ -126,12 +120,7 @@ mod tests {
     #[test]
     fn messages_round_trip_over_a_byte_stream() {
         let mut wire = Vec::new();
-        let sent = FromInit::Exited {
-            exit_code: Some(3),
-            signal: None,
-            disk_used_bytes: 4096,
-            disk_full: false,
-        };
+        let sent = FromInit::Exited { exit_code: Some(3), signal: None, disk_used_bytes: 4096, disk_full: false };
         write_blocking(&mut wire, &sent).unwrap_or_default();
         let received: FromInit = read_blocking(&mut wire.as_slice()).unwrap_or(FromInit::Ready);
         assert_eq!(received, sent);

@@ -36,10 +36,7 @@ struct StageError {
 
 impl StageError {
     fn new(stage: impl Into<String>, error: impl std::fmt::Display) -> Self {
-        Self {
-            stage: stage.into(),
-            message: error.to_string(),
-        }
+        Self { stage: stage.into(), message: error.to_string() }
     }
 }
 
@@ -65,13 +62,7 @@ pub fn main() -> ! {
     };
     if let Err(error) = outcome {
         // The agent may be gone already; nothing more can be done then.
-        let _ = control::write_blocking(
-            &mut control,
-            &FromInit::Failed {
-                stage: error.stage,
-                message: error.message,
-            },
-        );
+        let _ = control::write_blocking(&mut control, &FromInit::Failed { stage: error.stage, message: error.message });
     }
     std::process::exit(1)
 }
@@ -79,10 +70,7 @@ pub fn main() -> ! {
 fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).stage("set parent-death signal")?;
     if nix::unistd::getppid().as_raw() as u32 != plan.agent_pid {
-        return Err(StageError::new(
-            "check parent",
-            "the agent that started this sandbox is gone",
-        ));
+        return Err(StageError::new("check parent", "the agent that started this sandbox is gone"));
     }
     let own_pid = std::process::id().to_string();
     for procs in &plan.cgroup_procs {
@@ -103,28 +91,19 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create start pipe")?;
     // Pid 1 becomes the agent's own child (CLONE_PARENT): the agent reaps it, so its pid stays
     // reserved until then and the agent can always kill it safely, whatever becomes of us.
-    let flags =
-        (libc::CLONE_PARENT | libc::CLONE_NEWPID) as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    let flags = (libc::CLONE_PARENT | libc::CLONE_NEWPID) as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
     // SAFETY: clone without CLONE_VM and a null stack duplicates this single-threaded process
     // like fork does; the child only runs code of this function before exiting.
     let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     match pid {
-        -1 => Err(StageError::new(
-            "start pid 1",
-            std::io::Error::last_os_error(),
-        )),
+        -1 => Err(StageError::new("start pid 1", std::io::Error::last_os_error())),
         0 => {
             drop(go_ahead_write);
             let mut wait = [0u8; 1];
             let _ = File::from(go_ahead_read).read(&mut wait);
             if let Err(error) = pid_one(plan, control) {
-                let _ = control::write_blocking(
-                    control,
-                    &FromInit::Failed {
-                        stage: error.stage,
-                        message: error.message,
-                    },
-                );
+                let _ =
+                    control::write_blocking(control, &FromInit::Failed { stage: error.stage, message: error.message });
             }
             std::process::exit(0)
         }
@@ -152,19 +131,19 @@ fn pid_one(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageErro
         // The agent dropped this prepared sandbox (shutdown, pool trimmed): end quietly.
         Err(_) => std::process::exit(0),
     };
+    for dir in &order.clear {
+        empty_dir(Path::new(dir)).stage(&format!("empty {dir}"))?;
+    }
+    for dir in &order.reown {
+        reown_tree(Path::new(dir), plan.ids.sandbox).stage(&format!("hand {dir} to the sandbox user"))?;
+    }
     place_files(&order, plan.ids.sandbox)?;
     run_code(plan, &order, control)
 }
 
 fn build_root(plan: &SandboxPlan) -> Result<(), StageError> {
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .stage("make mounts private")?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .stage("make mounts private")?;
 
     let device = loopdev::attach(&plan.disk_image).stage("attach disk image")?;
     mount(
@@ -179,14 +158,8 @@ fn build_root(plan: &SandboxPlan) -> Result<(), StageError> {
 
     let root = &plan.root_dir;
     let tmpfs_options = format!("size={},mode=0755", plan.root_tmpfs_bytes);
-    mount(
-        Some("tmpfs"),
-        root,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(tmpfs_options.as_str()),
-    )
-    .stage("mount root tmpfs")?;
+    mount(Some("tmpfs"), root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(tmpfs_options.as_str()))
+        .stage("mount root tmpfs")?;
 
     for step in &plan.steps {
         apply_step(plan, step)?;
@@ -248,11 +221,7 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
         MountStep::BindReadOnly { source, target } => {
             let target = inside(root, target);
             make_mount_point(source, &target)?;
-            bind(
-                source,
-                &target,
-                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            )
+            bind(source, &target, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
         }
         MountStep::BindDevice { source, target } => {
             let target = inside(root, target);
@@ -264,8 +233,7 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
             fs::create_dir_all(&source).stage(&format!("create disk directory {name}"))?;
             chown(&source, Some(plan.ids.sandbox), Some(plan.ids.sandbox))
                 .stage("hand the disk directory to the sandbox")?;
-            fs::set_permissions(&source, fs::Permissions::from_mode(*mode))
-                .stage("set disk directory mode")?;
+            fs::set_permissions(&source, fs::Permissions::from_mode(*mode)).stage("set disk directory mode")?;
             let target = inside(root, target);
             fs::create_dir_all(&target).stage(&format!("create {}", target.display()))?;
             bind(&source, &target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
@@ -280,17 +248,32 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
         MountStep::Dir { path, mode } => {
             let path = inside(root, path);
             fs::create_dir_all(&path).stage(&format!("create {}", path.display()))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(*mode))
-                .stage("set directory mode")
+            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).stage("set directory mode")
         }
-        MountStep::File {
-            path,
-            contents,
-            mode,
-        } => {
+        MountStep::File { path, contents, mode } => {
             let path = inside(root, path);
             fs::write(&path, contents).stage(&format!("write {}", path.display()))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).stage("set file mode")
+        }
+        MountStep::BindVolume { source, target, read_only } => {
+            let target = inside(root, target);
+            make_mount_point(source, &target)?;
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            bind(source, &target, if *read_only { flags | MsFlags::MS_RDONLY } else { flags })
+        }
+        MountStep::Mask { target } => {
+            let target = inside(root, target);
+            if !target.exists() {
+                return Ok(());
+            }
+            mount(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=4k,mode=0555"),
+            )
+            .stage(&format!("hide {}", target.display()))
         }
         MountStep::Proc { target } => {
             let target = inside(root, target);
@@ -310,10 +293,7 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
                     bind(
                         &knob,
                         &knob,
-                        MsFlags::MS_RDONLY
-                            | MsFlags::MS_NOSUID
-                            | MsFlags::MS_NODEV
-                            | MsFlags::MS_NOEXEC,
+                        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
                     )?;
                 }
             }
@@ -323,40 +303,58 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
 }
 
 fn make_mount_point(source: &Path, target: &Path) -> Result<(), StageError> {
-    let is_dir = fs::metadata(source)
-        .stage(&format!("inspect {}", source.display()))?
-        .is_dir();
+    let is_dir = fs::metadata(source).stage(&format!("inspect {}", source.display()))?.is_dir();
     if is_dir {
         fs::create_dir_all(target).stage(&format!("create {}", target.display()))
     } else {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).stage(&format!("create {}", parent.display()))?;
         }
-        File::create(target)
-            .map(drop)
-            .stage(&format!("create {}", target.display()))
+        File::create(target).map(drop).stage(&format!("create {}", target.display()))
     }
 }
 
 /// Bind-mounts `source` on `target`, then applies `flags` (a bind takes them only on remount).
 fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<(), StageError> {
     let stage = format!("bind {} on {}", source.display(), target.display());
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .stage(&stage)?;
-    mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
-        None::<&str>,
-    )
-    .stage(&stage)
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).stage(&stage)?;
+    mount(None::<&str>, target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None::<&str>)
+        .stage(&stage)
+}
+
+/// Removes everything in `dir` (a persistent sandbox's /tmp from its previous run).
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if fs::symlink_metadata(&path)?.is_dir() {
+            fs::remove_dir_all(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives every file of a persistent workspace to this run's sandbox uid (each run has its own).
+/// It never follows a symlink nor crosses into another filesystem, so volumes bound inside the
+/// workspace keep their host owners.
+fn reown_tree(dir: &Path, owner: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let device = fs::symlink_metadata(dir)?.dev();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = fs::symlink_metadata(&path)?;
+        if meta.dev() != device {
+            continue;
+        }
+        std::os::unix::fs::lchown(&path, Some(owner), Some(owner))?;
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes the script and uploads. Runs as root before the code exists, in a workspace that is
@@ -365,10 +363,7 @@ fn place_files(order: &GoOrder, sandbox_id: u32) -> Result<(), StageError> {
     for file in &order.files {
         let path = Path::new(&file.path);
         if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(StageError::new(
-                "place files",
-                format!("refusing path {}", file.path),
-            ));
+            return Err(StageError::new("place files", format!("refusing path {}", file.path)));
         }
         let content = base64::engine::general_purpose::STANDARD
             .decode(&file.content_base64)
@@ -378,8 +373,7 @@ fn place_files(order: &GoOrder, sandbox_id: u32) -> Result<(), StageError> {
         }
         fs::write(path, content).stage(&format!("write {}", file.path))?;
         chown(path, Some(sandbox_id), Some(sandbox_id)).stage(&format!("chown {}", file.path))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(file.mode))
-            .stage(&format!("chmod {}", file.path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(file.mode)).stage(&format!("chmod {}", file.path))?;
     }
     Ok(())
 }
@@ -407,37 +401,16 @@ struct Launch {
 impl Launch {
     fn new(order: &GoOrder) -> Result<Self, StageError> {
         let cstring = |text: &str| CString::new(text).stage("argument with a NUL byte");
-        let argv = order
-            .argv
-            .iter()
-            .map(|arg| cstring(arg))
-            .collect::<Result<Vec<_>, _>>()?;
-        let program = argv
-            .first()
-            .cloned()
-            .ok_or_else(|| StageError::new("start code", "empty command"))?;
-        let env = order
-            .env
-            .iter()
-            .map(|(key, value)| cstring(&format!("{key}={value}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let seccomp =
-            seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
-        Ok(Self {
-            program,
-            argv,
-            env,
-            cwd: cstring(&order.cwd)?,
-            seccomp,
-        })
+        let argv = order.argv.iter().map(|arg| cstring(arg)).collect::<Result<Vec<_>, _>>()?;
+        let program = argv.first().cloned().ok_or_else(|| StageError::new("start code", "empty command"))?;
+        let env =
+            order.env.iter().map(|(key, value)| cstring(&format!("{key}={value}"))).collect::<Result<Vec<_>, _>>()?;
+        let seccomp = seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
+        Ok(Self { program, argv, env, cwd: cstring(&order.cwd)?, seccomp })
     }
 }
 
-fn run_code(
-    plan: &SandboxPlan,
-    order: &GoOrder,
-    control: &mut UnixStream,
-) -> Result<(), StageError> {
+fn run_code(plan: &SandboxPlan, order: &GoOrder, control: &mut UnixStream) -> Result<(), StageError> {
     let launch = Launch::new(order)?;
     let (exec_error_read, exec_error_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create exec-error pipe")?;
@@ -481,16 +454,8 @@ fn run_code(
             control::write_blocking(control, &FromInit::Running).stage("report running")?;
             let (exit_code, signal) = reap(child);
             let (disk_used_bytes, disk_full) = disk_usage();
-            control::write_blocking(
-                control,
-                &FromInit::Exited {
-                    exit_code,
-                    signal,
-                    disk_used_bytes,
-                    disk_full,
-                },
-            )
-            .stage("report exit")
+            control::write_blocking(control, &FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full })
+                .stage("report exit")
         }
     }
 }
@@ -524,10 +489,8 @@ fn disk_usage() -> (u64, bool) {
 
 fn drop_privileges(id: u32) -> Result<(), StageError> {
     nix::unistd::setgroups(&[]).stage("drop groups")?;
-    nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id))
-        .stage("drop gid")?;
-    nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id))
-        .stage("drop uid")?;
+    nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)).stage("drop gid")?;
+    nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)).stage("drop uid")?;
     nix::sys::prctl::set_dumpable(false).stage("forbid tracing")
 }
 
@@ -557,29 +520,16 @@ fn become_code(plan: &SandboxPlan, launch: &Launch) -> CodeError {
 }
 
 fn lock_down(plan: &SandboxPlan, launch: &Launch) -> Result<(), (&'static str, String)> {
-    fn step<T, E: std::fmt::Display>(
-        stage: &'static str,
-        result: Result<T, E>,
-    ) -> Result<T, (&'static str, String)> {
+    fn step<T, E: std::fmt::Display>(stage: &'static str, result: Result<T, E>) -> Result<T, (&'static str, String)> {
         result.map_err(|error| (stage, error.to_string()))
     }
     step("new session", nix::unistd::setsid())?;
     // Everything but stdio closes at exec; the exec-error pipe must stay open until then.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     // The OOM killer must pick the code, never the init that reports on it. Raising the score
     // needs no privilege (lowering the init's would need CAP_SYS_RESOURCE, which root may lack).
-    step(
-        "raise OOM score",
-        fs::write("/proc/self/oom_score_adj", "1000"),
-    )?;
+    step("raise OOM score", fs::write("/proc/self/oom_score_adj", "1000"))?;
     let limits = plan.process_limits;
     step(
         "limit open files",
@@ -591,41 +541,22 @@ fn lock_down(plan: &SandboxPlan, launch: &Launch) -> Result<(), (&'static str, S
     )?;
     step(
         "limit core dumps",
-        nix::sys::resource::setrlimit(
-            nix::sys::resource::Resource::RLIMIT_CORE,
-            limits.core_bytes,
-            limits.core_bytes,
-        ),
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, limits.core_bytes, limits.core_bytes),
     )?;
-    step(
-        "enter working directory",
-        nix::unistd::chdir(launch.cwd.as_c_str()),
-    )?;
+    step("enter working directory", nix::unistd::chdir(launch.cwd.as_c_str()))?;
 
     let id = plan.ids.sandbox;
     step("drop groups", nix::unistd::setgroups(&[]))?;
-    step(
-        "drop gid",
-        nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)),
-    )?;
-    step(
-        "drop uid",
-        nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)),
-    )?;
+    step("drop gid", nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)))?;
+    step("drop uid", nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)))?;
     // Changing uid made us non-dumpable, which leaves /proc/self owned by root and our own
     // uid_map unwritable.
     step("own /proc/self", nix::sys::prctl::set_dumpable(true))?;
     // Unprivileged now: the new user namespace may map only our own ids, to INNER_ID.
     step("create user namespace", unshare(CloneFlags::CLONE_NEWUSER))?;
-    step(
-        "map uid",
-        fs::write("/proc/self/uid_map", format!("{INNER_ID} {id} 1\n")),
-    )?;
+    step("map uid", fs::write("/proc/self/uid_map", format!("{INNER_ID} {id} 1\n")))?;
     step("deny setgroups", fs::write("/proc/self/setgroups", "deny"))?;
-    step(
-        "map gid",
-        fs::write("/proc/self/gid_map", format!("{INNER_ID} {id} 1\n")),
-    )?;
+    step("map gid", fs::write("/proc/self/gid_map", format!("{INNER_ID} {id} 1\n")))?;
 
     step("set no_new_privs", nix::sys::prctl::set_no_new_privs())?;
     drop_capabilities().map_err(|error| ("drop capabilities", error.to_string()))?;
@@ -652,15 +583,7 @@ fn drop_capabilities() -> std::io::Result<()> {
         unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
     }
     // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointer arguments.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
+    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) };
 
     #[repr(C)]
     struct CapHeader {
@@ -675,23 +598,10 @@ fn drop_capabilities() -> std::io::Result<()> {
         inheritable: u32,
     }
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
     // SAFETY: capset reads a v3 header and two data structs, both valid for the call.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    };
+    let result = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
     if result != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -11,8 +11,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ::landlock::{
-    ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope,
 };
 
 /// The newest ABI the crate knows. Requesting its rights lets newer kernels enforce more
@@ -77,10 +77,8 @@ pub fn restrict_self(paths: &LandlockPaths) -> Result<LandlockStatus, LandlockEr
         .create()?;
 
     let mut skipped = Vec::new();
-    let grants = [
-        (&paths.read_exec, AccessFs::from_read(TARGET_ABI)),
-        (&paths.read_write, AccessFs::from_all(TARGET_ABI)),
-    ];
+    let grants =
+        [(&paths.read_exec, AccessFs::from_read(TARGET_ABI)), (&paths.read_write, AccessFs::from_all(TARGET_ABI))];
     for (list, access) in grants {
         for path in list {
             match path_rule(path, access)? {
@@ -96,47 +94,25 @@ pub fn restrict_self(paths: &LandlockPaths) -> Result<LandlockStatus, LandlockEr
         RulesetStatus::PartiallyEnforced => Enforcement::Partial,
         RulesetStatus::NotEnforced => Enforcement::NotEnforced,
     };
-    Ok(LandlockStatus {
-        enforcement,
-        kernel_support: status.landlock,
-        skipped,
-    })
+    Ok(LandlockStatus { enforcement, kernel_support: status.landlock, skipped })
 }
 
 /// A rule granting `access` beneath `path`, or `None` if the path does not exist.
-fn path_rule(
-    path: &Path,
-    access: BitFlags<AccessFs>,
-) -> Result<Option<PathBeneath<File>>, LandlockError> {
-    let open_error = |source| LandlockError::Open {
-        path: path.to_owned(),
-        source,
-    };
+fn path_rule(path: &Path, access: BitFlags<AccessFs>) -> Result<Option<PathBeneath<File>>, LandlockError> {
+    let open_error = |source| LandlockError::Open { path: path.to_owned(), source };
     // O_PATH needs no read permission on the target and never triggers device open side
     // effects; it is all Landlock needs to name the inode.
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-        .open(path)
-    {
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(path) {
         Ok(file) => file,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
             return Ok(None);
         }
         Err(e) => return Err(open_error(e)),
     };
     // Directory-only rights on a file would be dropped by the crate and reported as partial
     // enforcement, hiding real kernel gaps in the status.
-    let access = if file.metadata().map_err(open_error)?.is_dir() {
-        access
-    } else {
-        access & AccessFs::from_file(TARGET_ABI)
-    };
+    let access =
+        if file.metadata().map_err(open_error)?.is_dir() { access } else { access & AccessFs::from_file(TARGET_ABI) };
     Ok(Some(PathBeneath::new(file, access)))
 }
 
@@ -182,11 +158,7 @@ mod tests {
             ::landlock::LandlockStatus::Available { effective_abi, .. } if effective_abi >= abi)
     }
 
-    fn expect_denied<T: std::fmt::Debug>(
-        what: &str,
-        result: io::Result<T>,
-        kind: ErrorKind,
-    ) -> Result<(), String> {
+    fn expect_denied<T: std::fmt::Debug>(what: &str, result: io::Result<T>, kind: ErrorKind) -> Result<(), String> {
         match result {
             Err(e) if e.kind() == kind => Ok(()),
             other => Err(format!("{what}: expected {kind:?}, got {other:?}")),
@@ -216,25 +188,14 @@ mod tests {
                 return Err(format!("skipped: {:?}", status.skipped));
             }
 
-            expect_denied(
-                "read /etc/hostname",
-                std::fs::read("/etc/hostname"),
-                ErrorKind::PermissionDenied,
-            )?;
+            expect_denied("read /etc/hostname", std::fs::read("/etc/hostname"), ErrorKind::PermissionDenied)?;
             std::fs::read("/usr/bin/env").map_err(|e| format!("read /usr/bin/env: {e}"))?;
             let inside = dir_path.join("file");
             std::fs::write(&inside, b"hi").map_err(|e| format!("write tempdir: {e}"))?;
             std::fs::create_dir(dir_path.join("sub")).map_err(|e| format!("mkdir tempdir: {e}"))?;
             std::fs::remove_file(&inside).map_err(|e| format!("unlink tempdir: {e}"))?;
-            expect_denied(
-                "write /usr",
-                std::fs::write(&usr_probe, b"x"),
-                ErrorKind::PermissionDenied,
-            )?;
-            OpenOptions::new()
-                .write(true)
-                .open("/dev/null")
-                .map_err(|e| format!("open /dev/null for writing: {e}"))?;
+            expect_denied("write /usr", std::fs::write(&usr_probe, b"x"), ErrorKind::PermissionDenied)?;
+            OpenOptions::new().write(true).open("/dev/null").map_err(|e| format!("open /dev/null for writing: {e}"))?;
 
             // Loopback TCP is the network namespace's business, not Landlock's.
             expect_denied(
@@ -244,11 +205,7 @@ mod tests {
             )?;
             if abi_at_least(&status, ABI::V6) {
                 let connect = UnixStream::connect_addr(&addr);
-                expect_denied(
-                    "abstract unix connect",
-                    connect,
-                    ErrorKind::PermissionDenied,
-                )?;
+                expect_denied("abstract unix connect", connect, ErrorKind::PermissionDenied)?;
                 // SAFETY: signal 0 only checks permission; nothing is delivered.
                 let ret = unsafe { libc::kill(libc::getppid(), 0) };
                 let err = io::Error::last_os_error();
@@ -260,10 +217,7 @@ mod tests {
         });
         // A broken sandbox running as root could have written here; never leave it behind.
         let leaked = std::fs::remove_file(&usr_probe).is_ok();
-        assert!(
-            matches!(status, WaitStatus::Exited(_, 0)),
-            "child ended with {status:?}"
-        );
+        assert!(matches!(status, WaitStatus::Exited(_, 0)), "child ended with {status:?}");
         assert!(!leaked, "the child wrote under /usr");
     }
 
@@ -273,18 +227,12 @@ mod tests {
         let looping = dir.path().join("loop");
         std::os::unix::fs::symlink(&looping, &looping).expect("symlink");
         let status = in_child(|| {
-            let paths = LandlockPaths {
-                read_exec: vec![looping.clone()],
-                read_write: vec![],
-            };
+            let paths = LandlockPaths { read_exec: vec![looping.clone()], read_write: vec![] };
             match restrict_self(&paths) {
                 Err(LandlockError::Open { path, .. }) if path == looping => Ok(()),
                 other => Err(format!("expected an open error, got {other:?}")),
             }
         });
-        assert!(
-            matches!(status, WaitStatus::Exited(_, 0)),
-            "child ended with {status:?}"
-        );
+        assert!(matches!(status, WaitStatus::Exited(_, 0)), "child ended with {status:?}");
     }
 }

@@ -42,10 +42,7 @@ struct LoopConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
     #[error("{action}: {source}")]
-    Io {
-        action: String,
-        source: std::io::Error,
-    },
+    Io { action: String, source: std::io::Error },
     #[error("no free loop device after {0} attempts")]
     Exhausted(u32),
 }
@@ -70,20 +67,15 @@ pub fn attach(image: &Path) -> Result<LoopDevice, LoopError> {
         .write(true)
         .open("/dev/loop-control")
         .map_err(io_error("open /dev/loop-control"))?;
-    let backing = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(image)
-        .map_err(io_error(format!("open {}", image.display())))?;
+    let backing =
+        OpenOptions::new().read(true).write(true).open(image).map_err(io_error(format!("open {}", image.display())))?;
 
     const ATTEMPTS: u32 = 32;
     for _ in 0..ATTEMPTS {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
         let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
         if number < 0 {
-            return Err(io_error("find a free loop device")(
-                std::io::Error::last_os_error(),
-            ));
+            return Err(io_error("find a free loop device")(std::io::Error::last_os_error()));
         }
         let path = PathBuf::from(format!("/dev/loop{number}"));
         let device = match OpenOptions::new().read(true).write(true).open(&path) {
@@ -115,27 +107,14 @@ pub fn attach(image: &Path) -> Result<LoopDevice, LoopError> {
         let copied = name.len().min(LO_NAME_SIZE - 1);
         config.info.lo_file_name[..copied].copy_from_slice(&name[..copied]);
         // SAFETY: `config` is a properly initialised `struct loop_config` that outlives the call.
-        let result = unsafe {
-            libc::ioctl(
-                device.as_raw_fd(),
-                LOOP_CONFIGURE,
-                &mut config as *mut LoopConfig,
-            )
-        };
+        let result = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &mut config as *mut LoopConfig) };
         if result == 0 {
-            return Ok(LoopDevice {
-                path,
-                _device: device,
-            });
+            return Ok(LoopDevice { path, _device: device });
         }
         let error = std::io::Error::last_os_error();
         // EBUSY: another process configured this device between GET_FREE and CONFIGURE.
         if error.raw_os_error() != Some(libc::EBUSY) {
-            return Err(io_error(format!(
-                "attach {} to {}",
-                image.display(),
-                path.display()
-            ))(error));
+            return Err(io_error(format!("attach {} to {}", image.display(), path.display()))(error));
         }
     }
     Err(LoopError::Exhausted(ATTEMPTS))
@@ -152,9 +131,7 @@ pub fn devices_backed_under(dir: &Path) -> Vec<PathBuf> {
         .filter_map(|entry| {
             let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
             let backing = backing.trim_end().trim_end_matches(" (deleted)");
-            Path::new(backing)
-                .starts_with(dir)
-                .then(|| PathBuf::from("/dev").join(entry.file_name()))
+            Path::new(backing).starts_with(dir).then(|| PathBuf::from("/dev").join(entry.file_name()))
         })
         .collect()
 }
@@ -162,16 +139,11 @@ pub fn devices_backed_under(dir: &Path) -> Vec<PathBuf> {
 /// Detaches a loop device left behind by a killed agent. Only called for devices backed by files
 /// in this agent's own state directory.
 pub fn detach(device: &Path) -> Result<(), LoopError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .open(device)
-        .map_err(io_error(format!("open {}", device.display())))?;
+    let file = OpenOptions::new().read(true).open(device).map_err(io_error(format!("open {}", device.display())))?;
     // SAFETY: LOOP_CLR_FD takes no argument.
     let result = unsafe { libc::ioctl(file.as_raw_fd(), LOOP_CLR_FD) };
     if result != 0 {
-        return Err(io_error(format!("detach {}", device.display()))(
-            std::io::Error::last_os_error(),
-        ));
+        return Err(io_error(format!("detach {}", device.display()))(std::io::Error::last_os_error()));
     }
     Ok(())
 }

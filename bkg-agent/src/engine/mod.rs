@@ -11,7 +11,7 @@ pub mod run;
 pub mod sandbox;
 pub mod seccomp;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -44,10 +44,7 @@ pub enum EngineError {
     #[error("cgroups: {0}")]
     Cgroup(#[from] cgroup::CgroupError),
     #[error("{action}: {source}")]
-    Io {
-        action: String,
-        source: std::io::Error,
-    },
+    Io { action: String, source: std::io::Error },
     #[error("all {0} sandbox user ids are in use")]
     NoFreeIds(u32),
     #[error("preparing the sandbox failed at `{stage}`: {message}")]
@@ -77,25 +74,15 @@ const ID_SLOTS: u32 = 32_768;
 
 impl IdSlots {
     fn new(base: u32) -> Self {
-        Self {
-            base,
-            in_use: Mutex::new(BTreeSet::new()),
-            next: AtomicUsize::new(0),
-        }
+        Self { base, in_use: Mutex::new(BTreeSet::new()), next: AtomicUsize::new(0) }
     }
 
     fn allocate(self: &Arc<Self>) -> Result<IdSlot, EngineError> {
-        let mut in_use = self
-            .in_use
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut in_use = self.in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for _ in 0..ID_SLOTS {
             let slot = (self.next.fetch_add(1, Ordering::Relaxed) % ID_SLOTS as usize) as u32;
             if in_use.insert(slot) {
-                return Ok(IdSlot {
-                    slots: Arc::clone(self),
-                    slot,
-                });
+                return Ok(IdSlot { slots: Arc::clone(self), slot });
             }
         }
         Err(EngineError::NoFreeIds(ID_SLOTS))
@@ -111,20 +98,13 @@ pub struct IdSlot {
 impl IdSlot {
     pub fn ids(&self) -> plan::HostIds {
         let sandbox = self.slots.base + 2 * self.slot;
-        plan::HostIds {
-            sandbox,
-            init: sandbox + 1,
-        }
+        plan::HostIds { sandbox, init: sandbox + 1 }
     }
 }
 
 impl Drop for IdSlot {
     fn drop(&mut self) {
-        let mut in_use = self
-            .slots
-            .in_use
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut in_use = self.slots.in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         in_use.remove(&self.slot);
     }
 }
@@ -139,6 +119,8 @@ pub struct Engine {
     closing: AtomicBool,
     active_runs: AtomicUsize,
     cleanups_pending: AtomicUsize,
+    /// Persistent sandboxes with a run going on: sandbox id → (run id, stop signal).
+    persistent_runs: Mutex<HashMap<String, (String, Arc<tokio::sync::Notify>)>>,
     /// Told `(run id, confirmed)` when a run's sandbox has been cleaned up.
     cleanup_listener: OnceLock<mpsc::UnboundedSender<(String, bool)>>,
     agent_pid: u32,
@@ -158,6 +140,7 @@ impl Engine {
             closing: AtomicBool::new(false),
             active_runs: AtomicUsize::new(0),
             cleanups_pending: AtomicUsize::new(0),
+            persistent_runs: Mutex::new(HashMap::new()),
             cleanup_listener: OnceLock::new(),
             agent_pid: std::process::id(),
             config,
@@ -212,19 +195,13 @@ impl Engine {
         }
         let mut dirs = 0;
         if runs_dir.exists() {
-            for entry in std::fs::read_dir(&runs_dir)
-                .map_err(EngineError::io("read sandboxes directory"))?
-                .flatten()
-            {
-                std::fs::remove_dir_all(entry.path()).map_err(EngineError::io(format!(
-                    "remove {}",
-                    entry.path().display()
-                )))?;
+            for entry in std::fs::read_dir(&runs_dir).map_err(EngineError::io("read sandboxes directory"))?.flatten() {
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(EngineError::io(format!("remove {}", entry.path().display())))?;
                 dirs += 1;
             }
         }
-        std::fs::create_dir_all(&runs_dir)
-            .map_err(EngineError::io("create sandboxes directory"))?;
+        std::fs::create_dir_all(&runs_dir).map_err(EngineError::io("create sandboxes directory"))?;
         if removed + dirs + devices.len() > 0 {
             tracing::info!(
                 cgroups = removed,
@@ -237,7 +214,14 @@ impl Engine {
     }
 
     /// A prepared sandbox with room for `disk_bytes`: from the warm pool when it fits, else new.
-    pub async fn claim(self: &Arc<Self>, disk_bytes: u64) -> Result<PreparedSandbox, EngineError> {
+    pub async fn claim(
+        self: &Arc<Self>,
+        disk_bytes: u64,
+        persistent: Option<&sandbox::PersistentDisk>,
+    ) -> Result<PreparedSandbox, EngineError> {
+        if persistent.is_some() {
+            return PreparedSandbox::prepare(self, disk_bytes, persistent).await;
+        }
         if disk_bytes == self.config.default_limits.disk_bytes {
             let warm = self.warm.lock().ok().and_then(|mut warm| warm.pop());
             self.refill();
@@ -245,7 +229,7 @@ impl Engine {
                 return Ok(sandbox);
             }
         }
-        PreparedSandbox::prepare(self, disk_bytes).await
+        PreparedSandbox::prepare(self, disk_bytes, None).await
     }
 
     /// Tops the warm pool up in the background.
@@ -255,12 +239,8 @@ impl Engine {
         }
         let engine = Arc::clone(self);
         tokio::spawn(async move {
-            while engine.warm_count() < engine.config.warm_pool
-                && !engine.closing.load(Ordering::Acquire)
-            {
-                match PreparedSandbox::prepare(&engine, engine.config.default_limits.disk_bytes)
-                    .await
-                {
+            while engine.warm_count() < engine.config.warm_pool && !engine.closing.load(Ordering::Acquire) {
+                match PreparedSandbox::prepare(&engine, engine.config.default_limits.disk_bytes, None).await {
                     Ok(sandbox) => match engine.warm.lock() {
                         Ok(mut warm) => warm.push(sandbox),
                         Err(_) => break,
@@ -288,11 +268,7 @@ impl Engine {
         while self.refilling.load(Ordering::Acquire) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let warm: Vec<_> = self
-            .warm
-            .lock()
-            .map(|mut warm| warm.drain(..).collect())
-            .unwrap_or_default();
+        let warm: Vec<_> = self.warm.lock().map(|mut warm| warm.drain(..).collect()).unwrap_or_default();
         for sandbox in warm {
             sandbox.dispose().await;
         }

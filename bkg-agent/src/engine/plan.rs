@@ -17,9 +17,7 @@ const ROOT_TMPFS_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Host directories of runtime files, bound read-only when they are directories and recreated
 /// when they are symlinks (as on merged-/usr systems).
-const RUNTIME_DIRS: &[&str] = &[
-    "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
-];
+const RUNTIME_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
 
 /// Host files and directories under /etc that interpreters and common libraries read.
 const ETC_ENTRIES: &[&str] = &[
@@ -71,10 +69,41 @@ pub enum MountStep {
         contents: String,
         mode: u32,
     },
+    /// A host directory bound under /workspace, as a project's `volumes` declare.
+    BindVolume { source: PathBuf, target: PathBuf, read_only: bool },
+    /// An empty read-only tmpfs over `target`, hiding what is beneath.
+    Mask { target: PathBuf },
     /// A fresh procfs for the sandbox's pid namespace, with kernel knobs read-only.
-    Proc {
-        target: PathBuf,
-    },
+    Proc { target: PathBuf },
+}
+
+/// Where the interpreters' short names (`python`, `node`) are linked, first on PATH.
+pub const SHIM_DIR: &str = "/opt/bkg/bin";
+
+/// Where a persistent sandbox sees its project, read-only.
+pub const PROJECT: &str = "/project";
+
+/// The interpreters a sandbox offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtimes {
+    pub python: PathBuf,
+    pub node: PathBuf,
+}
+
+/// What a persistent sandbox adds: its project, read-only, and the project's volumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectMounts {
+    pub dir: PathBuf,
+    /// The project's state folder, hidden from the sandbox (it holds every sandbox's disk).
+    pub state_dir: PathBuf,
+    pub volumes: Vec<Volume>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub host: PathBuf,
+    pub guest: PathBuf,
+    pub read_only: bool,
 }
 
 /// Host ids the sandbox runs under; unique per live sandbox so sandboxes cannot signal each other.
@@ -139,15 +168,8 @@ impl HostLayout {
                 }
             })
             .collect();
-        let etc_entries = ETC_ENTRIES
-            .iter()
-            .map(PathBuf::from)
-            .filter(|path| path.exists())
-            .collect();
-        Self {
-            runtime_dirs,
-            etc_entries,
-        }
+        let etc_entries = ETC_ENTRIES.iter().map(PathBuf::from).filter(|path| path.exists()).collect();
+        Self { runtime_dirs, etc_entries }
     }
 }
 
@@ -156,6 +178,9 @@ impl HostLayout {
 pub struct PlanInputs {
     pub agent_pid: u32,
     pub run_dir: PathBuf,
+    pub disk_image: PathBuf,
+    pub runtimes: Runtimes,
+    pub project: Option<ProjectMounts>,
     pub hostname: String,
     pub ids: HostIds,
     pub cgroup_procs: Vec<PathBuf>,
@@ -166,39 +191,21 @@ impl SandboxPlan {
         let mut steps = Vec::new();
         for (dir, symlink_target) in &host.runtime_dirs {
             match symlink_target {
-                Some(points_to) => steps.push(MountStep::Symlink {
-                    link: dir.clone(),
-                    points_to: points_to.clone(),
-                }),
-                None => steps.push(MountStep::BindReadOnly {
-                    source: dir.clone(),
-                    target: dir.clone(),
-                }),
+                Some(points_to) => steps.push(MountStep::Symlink { link: dir.clone(), points_to: points_to.clone() }),
+                None => steps.push(MountStep::BindReadOnly { source: dir.clone(), target: dir.clone() }),
             }
         }
 
-        steps.push(MountStep::Dir {
-            path: "/etc".into(),
-            mode: 0o755,
-        });
+        steps.push(MountStep::Dir { path: "/etc".into(), mode: 0o755 });
         for entry in &host.etc_entries {
-            steps.push(MountStep::BindReadOnly {
-                source: entry.clone(),
-                target: entry.clone(),
-            });
+            steps.push(MountStep::BindReadOnly { source: entry.clone(), target: entry.clone() });
         }
         steps.extend(generated_etc_files(&inputs.hostname));
 
-        steps.push(MountStep::Dir {
-            path: "/dev".into(),
-            mode: 0o755,
-        });
+        steps.push(MountStep::Dir { path: "/dev".into(), mode: 0o755 });
         for device in DEVICES {
             let path = Path::new("/dev").join(device);
-            steps.push(MountStep::BindDevice {
-                source: path.clone(),
-                target: path,
-            });
+            steps.push(MountStep::BindDevice { source: path.clone(), target: path });
         }
         for (name, points_to) in [
             ("fd", "/proc/self/fd"),
@@ -206,29 +213,36 @@ impl SandboxPlan {
             ("stdout", "/proc/self/fd/1"),
             ("stderr", "/proc/self/fd/2"),
         ] {
-            steps.push(MountStep::Symlink {
-                link: Path::new("/dev").join(name),
-                points_to: points_to.into(),
-            });
+            steps.push(MountStep::Symlink { link: Path::new("/dev").join(name), points_to: points_to.into() });
         }
-        steps.push(MountStep::DiskDir {
-            name: "shm".into(),
-            target: "/dev/shm".into(),
-            mode: 0o1777,
-        });
-        steps.push(MountStep::DiskDir {
-            name: "tmp".into(),
-            target: TMP.into(),
-            mode: 0o1777,
-        });
-        steps.push(MountStep::DiskDir {
-            name: "workspace".into(),
-            target: WORKSPACE.into(),
-            mode: 0o755,
-        });
-        steps.push(MountStep::Proc {
-            target: "/proc".into(),
-        });
+        steps.push(MountStep::DiskDir { name: "shm".into(), target: "/dev/shm".into(), mode: 0o1777 });
+        steps.push(MountStep::DiskDir { name: "tmp".into(), target: TMP.into(), mode: 0o1777 });
+        steps.push(MountStep::DiskDir { name: "workspace".into(), target: WORKSPACE.into(), mode: 0o755 });
+
+        steps.push(MountStep::Dir { path: SHIM_DIR.into(), mode: 0o755 });
+        for (name, runtime) in [
+            ("python", &inputs.runtimes.python),
+            ("python3", &inputs.runtimes.python),
+            ("node", &inputs.runtimes.node),
+            ("nodejs", &inputs.runtimes.node),
+        ] {
+            steps.push(MountStep::Symlink { link: Path::new(SHIM_DIR).join(name), points_to: runtime.clone() });
+        }
+
+        if let Some(project) = &inputs.project {
+            steps.push(MountStep::BindReadOnly { source: project.dir.clone(), target: PROJECT.into() });
+            if let Ok(hidden) = project.state_dir.strip_prefix(&project.dir) {
+                steps.push(MountStep::Mask { target: Path::new(PROJECT).join(hidden) });
+            }
+            for volume in &project.volumes {
+                steps.push(MountStep::BindVolume {
+                    source: volume.host.clone(),
+                    target: volume.guest.clone(),
+                    read_only: volume.read_only,
+                });
+            }
+        }
+        steps.push(MountStep::Proc { target: "/proc".into() });
 
         // The new root holds only what the steps above put there, so all of it may be read;
         // Landlock's part is to keep every write inside the disk image and /dev.
@@ -239,7 +253,7 @@ impl SandboxPlan {
             agent_pid: inputs.agent_pid,
             root_dir: inputs.run_dir.join("root"),
             root_tmpfs_bytes: ROOT_TMPFS_BYTES,
-            disk_image: inputs.run_dir.join("disk.img"),
+            disk_image: inputs.disk_image,
             disk_mount_dir: inputs.run_dir.join("disk"),
             hostname: inputs.hostname,
             ids: inputs.ids,
@@ -247,10 +261,7 @@ impl SandboxPlan {
             steps,
             landlock_read_exec: read_exec,
             landlock_read_write: read_write,
-            process_limits: ProcessLimits {
-                open_files: 4096,
-                core_bytes: 0,
-            },
+            process_limits: ProcessLimits { open_files: 4096, core_bytes: 0 },
         }
     }
 }
@@ -261,29 +272,12 @@ fn generated_etc_files(hostname: &str) -> Vec<MountStep> {
         "root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{INNER_ID}:{INNER_ID}:bkg sandbox:{WORKSPACE}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
     );
     let group = format!("root:x:0:\nsandbox:x:{INNER_ID}:\nnogroup:x:65534:\n");
-    let hosts =
-        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let hosts = format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     vec![
-        MountStep::File {
-            path: "/etc/passwd".into(),
-            contents: passwd,
-            mode: 0o644,
-        },
-        MountStep::File {
-            path: "/etc/group".into(),
-            contents: group,
-            mode: 0o644,
-        },
-        MountStep::File {
-            path: "/etc/hosts".into(),
-            contents: hosts,
-            mode: 0o644,
-        },
-        MountStep::File {
-            path: "/etc/hostname".into(),
-            contents: format!("{hostname}\n"),
-            mode: 0o644,
-        },
+        MountStep::File { path: "/etc/passwd".into(), contents: passwd, mode: 0o644 },
+        MountStep::File { path: "/etc/group".into(), contents: group, mode: 0o644 },
+        MountStep::File { path: "/etc/hosts".into(), contents: hosts, mode: 0o644 },
+        MountStep::File { path: "/etc/hostname".into(), contents: format!("{hostname}\n"), mode: 0o644 },
     ]
 }
 
@@ -300,11 +294,7 @@ mod tests {
                 ("/lib64".into(), Some("usr/lib64".into())),
                 ("/sbin".into(), Some("usr/sbin".into())),
             ],
-            etc_entries: vec![
-                "/etc/ld.so.cache".into(),
-                "/etc/ssl".into(),
-                "/etc/alternatives".into(),
-            ],
+            etc_entries: vec!["/etc/ld.so.cache".into(), "/etc/ssl".into(), "/etc/alternatives".into()],
         }
     }
 
@@ -314,11 +304,11 @@ mod tests {
             PlanInputs {
                 agent_pid: 42,
                 run_dir: "/var/lib/bkg/runs/r1".into(),
+                disk_image: "/var/lib/bkg/runs/r1/disk.img".into(),
+                runtimes: Runtimes { python: "/usr/bin/python3".into(), node: "/usr/bin/node".into() },
+                project: None,
                 hostname: "bkg".into(),
-                ids: HostIds {
-                    sandbox: 200_000,
-                    init: 200_001,
-                },
+                ids: HostIds { sandbox: 200_000, init: 200_001 },
                 cgroup_procs: vec![],
             },
         )
@@ -328,9 +318,7 @@ mod tests {
         plan.steps
             .iter()
             .filter_map(|step| match step {
-                MountStep::BindReadOnly { source, .. } | MountStep::BindDevice { source, .. } => {
-                    Some(source.as_path())
-                }
+                MountStep::BindReadOnly { source, .. } | MountStep::BindDevice { source, .. } => Some(source.as_path()),
                 _ => None,
             })
             .collect()
@@ -339,42 +327,18 @@ mod tests {
     #[test]
     fn runtime_files_are_read_only_and_symlinks_are_recreated() {
         let plan = plan();
-        assert!(plan.steps.contains(&MountStep::BindReadOnly {
-            source: "/usr".into(),
-            target: "/usr".into()
-        }));
-        assert!(plan.steps.contains(&MountStep::Symlink {
-            link: "/bin".into(),
-            points_to: "usr/bin".into()
-        }));
+        assert!(plan.steps.contains(&MountStep::BindReadOnly { source: "/usr".into(), target: "/usr".into() }));
+        assert!(plan.steps.contains(&MountStep::Symlink { link: "/bin".into(), points_to: "usr/bin".into() }));
         assert_eq!(plan.landlock_read_exec, [PathBuf::from("/")]);
-        assert!(
-            !plan
-                .landlock_read_write
-                .iter()
-                .any(|path| path.starts_with("/usr") || path == Path::new("/"))
-        );
+        assert!(!plan.landlock_read_write.iter().any(|path| path.starts_with("/usr") || path == Path::new("/")));
     }
 
     #[test]
     fn no_host_secret_or_home_is_bound() {
         let plan = plan();
         for source in bound_sources(&plan) {
-            for forbidden in [
-                "/root",
-                "/home",
-                "/etc/shadow",
-                "/etc/passwd",
-                "/var",
-                "/run",
-                "/proc",
-                "/sys",
-            ] {
-                assert!(
-                    !source.starts_with(forbidden),
-                    "{} must not be bound",
-                    source.display()
-                );
+            for forbidden in ["/root", "/home", "/etc/shadow", "/etc/passwd", "/var", "/run", "/proc", "/sys"] {
+                assert!(!source.starts_with(forbidden), "{} must not be bound", source.display());
             }
             assert_ne!(source, Path::new("/etc"), "all of /etc must not be bound");
         }
@@ -391,16 +355,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(
-            devices,
-            [
-                "/dev/null",
-                "/dev/zero",
-                "/dev/full",
-                "/dev/random",
-                "/dev/urandom"
-            ]
-        );
+        assert_eq!(devices, ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]);
     }
 
     #[test]
@@ -408,32 +363,71 @@ mod tests {
         let plan = plan();
         for target in ["/workspace", "/tmp", "/dev/shm"] {
             assert!(
-                plan.steps.iter().any(|step| matches!(step, MountStep::DiskDir { target: t, .. } if t == Path::new(target))),
+                plan.steps
+                    .iter()
+                    .any(|step| matches!(step, MountStep::DiskDir { target: t, .. } if t == Path::new(target))),
                 "{target} must be on the disk image"
             );
         }
-        assert_eq!(
-            plan.disk_image,
-            PathBuf::from("/var/lib/bkg/runs/r1/disk.img")
-        );
-        assert_eq!(
-            plan.landlock_read_write,
-            [PathBuf::from("/workspace"), "/tmp".into(), "/dev".into()]
-        );
+        assert_eq!(plan.disk_image, PathBuf::from("/var/lib/bkg/runs/r1/disk.img"));
+        assert_eq!(plan.landlock_read_write, [PathBuf::from("/workspace"), "/tmp".into(), "/dev".into()]);
     }
 
     #[test]
     fn generated_passwd_names_only_the_sandbox_user() {
         let plan = plan();
         let passwd = plan.steps.iter().find_map(|step| match step {
-            MountStep::File { path, contents, .. } if path == Path::new("/etc/passwd") => {
-                Some(contents.clone())
-            }
+            MountStep::File { path, contents, .. } if path == Path::new("/etc/passwd") => Some(contents.clone()),
             _ => None,
         });
         let passwd = passwd.unwrap_or_default();
         assert!(passwd.contains("sandbox:x:1000:1000"));
         assert_eq!(passwd.lines().count(), 3);
+    }
+
+    #[test]
+    fn interpreters_have_their_short_names_on_path() {
+        let plan = plan();
+        assert!(plan.steps.contains(&MountStep::Symlink {
+            link: "/opt/bkg/bin/python".into(),
+            points_to: "/usr/bin/python3".into()
+        }));
+        assert!(
+            plan.steps
+                .contains(&MountStep::Symlink { link: "/opt/bkg/bin/node".into(), points_to: "/usr/bin/node".into() })
+        );
+    }
+
+    #[test]
+    fn a_project_is_read_only_its_state_hidden_and_its_volumes_bound_after_the_workspace() {
+        let mut inputs = PlanInputs {
+            agent_pid: 42,
+            run_dir: "/var/lib/bkg/sandboxes/s1".into(),
+            disk_image: "/srv/app/.bkg/sandboxes/api/disk.img".into(),
+            runtimes: Runtimes { python: "/usr/bin/python3".into(), node: "/usr/bin/node".into() },
+            project: None,
+            hostname: "bkg".into(),
+            ids: HostIds { sandbox: 200_000, init: 200_001 },
+            cgroup_procs: vec![],
+        };
+        inputs.project = Some(ProjectMounts {
+            dir: "/srv/app".into(),
+            state_dir: "/srv/app/.bkg".into(),
+            volumes: vec![Volume { host: "/srv/app/src".into(), guest: "/workspace/src".into(), read_only: true }],
+        });
+        let plan = SandboxPlan::new(&debian_host(), inputs);
+        let position = |wanted: &MountStep| plan.steps.iter().position(|step| step == wanted);
+        let project = position(&MountStep::BindReadOnly { source: "/srv/app".into(), target: "/project".into() });
+        let mask = position(&MountStep::Mask { target: "/project/.bkg".into() });
+        let volume = position(&MountStep::BindVolume {
+            source: "/srv/app/src".into(),
+            target: "/workspace/src".into(),
+            read_only: true,
+        });
+        let workspace =
+            plan.steps.iter().position(|step| matches!(step, MountStep::DiskDir { name, .. } if name == "workspace"));
+        assert!(project.is_some() && mask > project && volume > workspace && workspace.is_some(), "{:#?}", plan.steps);
+        assert_eq!(plan.disk_image, PathBuf::from("/srv/app/.bkg/sandboxes/api/disk.img"));
     }
 
     #[test]

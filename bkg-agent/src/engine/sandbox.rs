@@ -15,17 +15,25 @@ use tokio::net::unix::pipe;
 
 use super::cgroup::{CgroupLimits, RunCgroup};
 use super::control::{self, CONTROL_FD, FromInit, ToInit};
-use super::plan::{PlanInputs, SandboxPlan};
+use super::plan::{PlanInputs, ProjectMounts, Runtimes, SandboxPlan};
 use super::{Engine, EngineError, IdSlot};
 use crate::ids::new_id;
 
 /// How long building a sandbox may take before the agent gives up on it.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A persistent sandbox's disk and project, as opposed to a fresh disk thrown away after the run.
+#[derive(Debug, Clone)]
+pub struct PersistentDisk {
+    pub image: PathBuf,
+    pub project: ProjectMounts,
+}
+
 pub struct PreparedSandbox {
     pub id: String,
     pub disk_bytes: u64,
     run_dir: PathBuf,
+    disk_image: PathBuf,
     pub cgroup: Box<dyn RunCgroup>,
     /// The outer init; it exits as soon as pid 1 exists.
     init: tokio::process::Child,
@@ -40,24 +48,23 @@ pub struct PreparedSandbox {
 }
 
 pub fn cgroup_limits(limits: &bkg_schema::Limits) -> CgroupLimits {
-    CgroupLimits {
-        cpu_millis: limits.cpu_millis,
-        memory_bytes: limits.memory_bytes,
-        pids_max: limits.pids,
-    }
+    CgroupLimits { cpu_millis: limits.cpu_millis, memory_bytes: limits.memory_bytes, pids_max: limits.pids }
 }
 
 fn nonblocking_pipe() -> Result<(OwnedFd, OwnedFd), EngineError> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC)
-        .map_err(|errno| EngineError::io("create pipe")(errno.into()))
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|errno| EngineError::io("create pipe")(errno.into()))
 }
 
 impl PreparedSandbox {
-    pub async fn prepare(engine: &Arc<Engine>, disk_bytes: u64) -> Result<Self, EngineError> {
+    pub async fn prepare(
+        engine: &Arc<Engine>,
+        disk_bytes: u64,
+        persistent: Option<&PersistentDisk>,
+    ) -> Result<Self, EngineError> {
         let id = new_id("sbx");
         let run_dir = engine.runs_dir().join(&id);
         let ids = engine.ids.allocate()?;
-        let result = Self::build(engine, &id, &run_dir, disk_bytes, ids).await;
+        let result = Self::build(engine, &id, &run_dir, disk_bytes, persistent, ids).await;
         if result.is_err() {
             // Whatever was made for the failed attempt goes; the cgroup was removed by `build`.
             let _ = tokio::fs::remove_dir_all(&run_dir).await;
@@ -70,40 +77,44 @@ impl PreparedSandbox {
         id: &str,
         run_dir: &Path,
         disk_bytes: u64,
+        persistent: Option<&PersistentDisk>,
         ids: IdSlot,
     ) -> Result<Self, EngineError> {
         for dir in [run_dir.join("root"), run_dir.join("disk")] {
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(EngineError::io(format!("create {}", dir.display())))?;
+            tokio::fs::create_dir_all(&dir).await.map_err(EngineError::io(format!("create {}", dir.display())))?;
         }
-        make_disk_image(&run_dir.join("disk.img"), disk_bytes, ids.ids().sandbox).await?;
+        let disk_image = match persistent {
+            Some(persistent) => {
+                ensure_disk_image(&persistent.image, disk_bytes, ids.ids().sandbox).await?;
+                persistent.image.clone()
+            }
+            None => {
+                let image = run_dir.join("disk.img");
+                make_disk_image(&image, disk_bytes, ids.ids().sandbox).await?;
+                image
+            }
+        };
 
-        let cgroup = engine
-            .cgroups
-            .create(id, &cgroup_limits(&engine.config.default_limits))?;
+        let cgroup = engine.cgroups.create(id, &cgroup_limits(&engine.config.default_limits))?;
         let plan = SandboxPlan::new(
             &engine.host,
             PlanInputs {
                 agent_pid: engine.agent_pid,
                 run_dir: run_dir.to_path_buf(),
+                disk_image: disk_image.clone(),
+                runtimes: Runtimes { python: engine.config.python.clone(), node: engine.config.node.clone() },
+                project: persistent.map(|p| p.project.clone()),
                 hostname: "bkg".into(),
                 ids: ids.ids(),
                 cgroup_procs: cgroup.procs_paths(),
             },
         );
         match spawn_init(plan).await {
-            Ok(Spawned {
-                init,
-                pid_one,
-                control,
-                stdin,
-                stdout,
-                stderr,
-            }) => Ok(Self {
+            Ok(Spawned { init, pid_one, control, stdin, stdout, stderr }) => Ok(Self {
                 id: id.to_owned(),
                 disk_bytes,
                 run_dir: run_dir.to_path_buf(),
+                disk_image,
                 cgroup,
                 init,
                 pid_one,
@@ -127,8 +138,7 @@ impl PreparedSandbox {
     /// Ends every process of the sandbox now: killing pid 1 makes the kernel kill the rest of
     /// its pid namespace.
     pub fn kill(&self) {
-        if let Err(errno) = nix::sys::signal::kill(self.pid_one, nix::sys::signal::Signal::SIGKILL)
-        {
+        if let Err(errno) = nix::sys::signal::kill(self.pid_one, nix::sys::signal::Signal::SIGKILL) {
             tracing::warn!(sandbox = %self.id, %errno, "could not kill pid 1");
         }
     }
@@ -166,7 +176,7 @@ impl PreparedSandbox {
 
         let mut loop_released = false;
         for _ in 0..200 {
-            if super::loopdev::devices_backed_under(&self.run_dir).is_empty() {
+            if super::loopdev::devices_backed_under(&self.disk_image).is_empty() {
                 loop_released = true;
                 break;
             }
@@ -186,44 +196,75 @@ impl PreparedSandbox {
     }
 }
 
+/// A persistent sandbox's disk: made on its first run, grown when its limit grows. Shrinking
+/// could lose the user's files, so it is refused.
+async fn ensure_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), EngineError> {
+    let current = match tokio::fs::metadata(path).await {
+        Ok(meta) => meta.len(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(EngineError::io(format!("create {}", parent.display())))?;
+            }
+            return make_disk_image(path, bytes, owner).await;
+        }
+        Err(error) => return Err(EngineError::io(format!("inspect {}", path.display()))(error)),
+    };
+    if bytes < current {
+        return Err(EngineError::DiskImage(format!(
+            "the disk limit {} is below the {} this sandbox's disk already has; shrinking could lose files (remove the sandbox to start over)",
+            bkg_schema::units::format_size(bytes),
+            bkg_schema::units::format_size(current)
+        )));
+    }
+    if bytes > current {
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .await
+            .map_err(EngineError::io(format!("open {}", path.display())))?;
+        file.set_len(bytes).await.map_err(EngineError::io("grow the disk image"))?;
+        drop(file);
+        let resize = ["/usr/sbin/resize2fs", "/sbin/resize2fs"]
+            .into_iter()
+            .find(|candidate| Path::new(candidate).exists())
+            .ok_or_else(|| EngineError::DiskImage("resize2fs not found: install e2fsprogs".into()))?;
+        let output = tokio::process::Command::new(resize)
+            .arg("-f")
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(EngineError::io("run resize2fs"))?;
+        if !output.status.success() {
+            return Err(EngineError::DiskImage(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
+        }
+    }
+    Ok(())
+}
+
 /// A sparse file with an ext4 filesystem owned by the sandbox user: the sandbox's whole disk.
 /// Disk-backed, so filling it ends in ENOSPC, not in a memory kill as tmpfs would.
 async fn make_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), EngineError> {
-    let file = tokio::fs::File::create(path)
-        .await
-        .map_err(EngineError::io(format!("create {}", path.display())))?;
-    file.set_len(bytes)
-        .await
-        .map_err(EngineError::io("size the disk image"))?;
+    let file = tokio::fs::File::create(path).await.map_err(EngineError::io(format!("create {}", path.display())))?;
+    file.set_len(bytes).await.map_err(EngineError::io("size the disk image"))?;
     drop(file);
     let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
         .into_iter()
         .find(|candidate| Path::new(candidate).exists())
         .ok_or_else(|| EngineError::DiskImage("mkfs.ext4 not found: install e2fsprogs".into()))?;
     let output = tokio::process::Command::new(mkfs)
-        .args([
-            "-q",
-            "-F",
-            "-T",
-            "default",
-            "-m",
-            "0",
-            "-O",
-            "^has_journal,^resize_inode",
-        ])
+        .args(["-q", "-F", "-T", "default", "-m", "0", "-O", "^has_journal,^resize_inode"])
         .arg("-E")
-        .arg(format!(
-            "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={owner}:{owner}"
-        ))
+        .arg(format!("lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={owner}:{owner}"))
         .arg(path)
         .stdin(Stdio::null())
         .output()
         .await
         .map_err(EngineError::io("run mkfs.ext4"))?;
     if !output.status.success() {
-        return Err(EngineError::DiskImage(
-            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        ));
+        return Err(EngineError::DiskImage(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
     }
     Ok(())
 }
@@ -262,11 +303,7 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
             } else {
                 libc::dup2(init_fd, CONTROL_FD)
             };
-            if result < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
+            if result < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
         });
     }
     let mut init = tokio::process::Command::from(command)
@@ -275,9 +312,7 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
         .map_err(EngineError::io("start the sandbox init"))?;
     drop(init_end);
 
-    agent_end
-        .set_nonblocking(true)
-        .map_err(EngineError::io("control socket"))?;
+    agent_end.set_nonblocking(true).map_err(EngineError::io("control socket"))?;
     let mut control = UnixStream::from_std(agent_end).map_err(EngineError::io("control socket"))?;
     let mut pid_one = None;
     let handshake = async {
@@ -292,21 +327,12 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     let reply = tokio::time::timeout(PREPARE_TIMEOUT, handshake).await;
     let failure = match reply {
         Ok(Ok(FromInit::Ready)) if pid_one.is_some() => None,
-        Ok(Ok(FromInit::Failed { stage, message })) => {
-            Some(EngineError::Prepare { stage, message })
+        Ok(Ok(FromInit::Failed { stage, message })) => Some(EngineError::Prepare { stage, message }),
+        Ok(Ok(other)) => {
+            Some(EngineError::Prepare { stage: "handshake".into(), message: format!("unexpected {other:?}") })
         }
-        Ok(Ok(other)) => Some(EngineError::Prepare {
-            stage: "handshake".into(),
-            message: format!("unexpected {other:?}"),
-        }),
-        Ok(Err(error)) => Some(EngineError::Prepare {
-            stage: "handshake".into(),
-            message: error.to_string(),
-        }),
-        Err(_) => Some(EngineError::Prepare {
-            stage: "handshake".into(),
-            message: "timed out".into(),
-        }),
+        Ok(Err(error)) => Some(EngineError::Prepare { stage: "handshake".into(), message: error.to_string() }),
+        Err(_) => Some(EngineError::Prepare { stage: "handshake".into(), message: "timed out".into() }),
     };
     if let Some(error) = failure {
         let _ = init.start_kill();
@@ -318,31 +344,20 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
         return Err(error);
     }
     let Some(pid_one) = pid_one else {
-        return Err(EngineError::Prepare {
-            stage: "handshake".into(),
-            message: "pid 1 was not reported".into(),
-        });
+        return Err(EngineError::Prepare { stage: "handshake".into(), message: "pid 1 was not reported".into() });
     };
 
-    let stdin = pipe::Sender::from_owned_fd(set_nonblocking(stdin_write)?)
-        .map_err(EngineError::io("stdin pipe"))?;
-    let stdout = pipe::Receiver::from_owned_fd(set_nonblocking(stdout_read)?)
-        .map_err(EngineError::io("stdout pipe"))?;
-    let stderr = pipe::Receiver::from_owned_fd(set_nonblocking(stderr_read)?)
-        .map_err(EngineError::io("stderr pipe"))?;
-    Ok(Spawned {
-        init,
-        pid_one,
-        control,
-        stdin,
-        stdout,
-        stderr,
-    })
+    let stdin = pipe::Sender::from_owned_fd(set_nonblocking(stdin_write)?).map_err(EngineError::io("stdin pipe"))?;
+    let stdout =
+        pipe::Receiver::from_owned_fd(set_nonblocking(stdout_read)?).map_err(EngineError::io("stdout pipe"))?;
+    let stderr =
+        pipe::Receiver::from_owned_fd(set_nonblocking(stderr_read)?).map_err(EngineError::io("stderr pipe"))?;
+    Ok(Spawned { init, pid_one, control, stdin, stdout, stderr })
 }
 
 fn set_nonblocking(fd: OwnedFd) -> Result<OwnedFd, EngineError> {
-    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)
-        .map_err(|e| EngineError::io("pipe flags")(e.into()))?;
+    let flags =
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| EngineError::io("pipe flags")(e.into()))?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))
         .map_err(|e| EngineError::io("pipe flags")(e.into()))?;

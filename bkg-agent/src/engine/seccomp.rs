@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-    SeccompFilter, SeccompRule, TargetArch,
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -41,10 +41,9 @@ impl Verdict {
     /// `None` for an errno seccomp cannot carry, and for 0, which would fake success.
     fn action(self) -> Option<SeccompAction> {
         match self {
-            Verdict::Errno(errno) => u32::try_from(errno)
-                .ok()
-                .filter(|errno| (1..=MAX_ERRNO).contains(errno))
-                .map(SeccompAction::Errno),
+            Verdict::Errno(errno) => {
+                u32::try_from(errno).ok().filter(|errno| (1..=MAX_ERRNO).contains(errno)).map(SeccompAction::Errno)
+            }
             Verdict::KillProcess => Some(SeccompAction::KillProcess),
         }
     }
@@ -80,27 +79,15 @@ pub struct ArgCondition {
 
 impl ArgCondition {
     fn eq32(index: u8, value: u64) -> Self {
-        Self {
-            index,
-            width: ArgWidth::U32,
-            cmp: ArgCmp::Eq(value),
-        }
+        Self { index, width: ArgWidth::U32, cmp: ArgCmp::Eq(value) }
     }
 
     fn ne32(index: u8, value: u64) -> Self {
-        Self {
-            index,
-            width: ArgWidth::U32,
-            cmp: ArgCmp::Ne(value),
-        }
+        Self { index, width: ArgWidth::U32, cmp: ArgCmp::Ne(value) }
     }
 
     fn has_bits64(index: u8, bits: u64) -> Self {
-        Self {
-            index,
-            width: ArgWidth::U64,
-            cmp: ArgCmp::HasBits(bits),
-        }
+        Self { index, width: ArgWidth::U64, cmp: ArgCmp::HasBits(bits) }
     }
 
     fn to_seccompiler(self) -> Result<SeccompCondition, BackendError> {
@@ -135,13 +122,8 @@ pub struct SyscallRule {
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     #[error("seccomp rule for {syscall}: {verdict:?} needs an errno in 1..={MAX_ERRNO}")]
-    InvalidVerdict {
-        syscall: &'static str,
-        verdict: Verdict,
-    },
-    #[error(
-        "seccomp rules for {syscall} conflict (different verdicts, or a catch-all next to conditional rules)"
-    )]
+    InvalidVerdict { syscall: &'static str, verdict: Verdict },
+    #[error("seccomp rules for {syscall} conflict (different verdicts, or a catch-all next to conditional rules)")]
     AmbiguousRules { syscall: &'static str },
     #[error("cannot build the seccomp filter")]
     Build(#[from] BackendError),
@@ -187,22 +169,21 @@ macro_rules! rule {
 
 /// The syscall policy for sandboxed programs.
 pub fn sandbox_policy() -> Vec<SyscallRule> {
-    const KEYRING: &str =
-        "kernel keyrings are host-wide state outside every namespace; runtimes never use them";
-    const MOUNT: &str = "the filesystem view is fixed by the agent; remounting could undo bind mounts and Landlock's path assumptions";
+    const KEYRING: &str = "kernel keyrings are host-wide state outside every namespace; runtimes never use them";
+    const MOUNT: &str =
+        "the filesystem view is fixed by the agent; remounting could undo bind mounts and Landlock's path assumptions";
     const IO_URING: &str = "io_uring runs operations seccomp cannot see and has a long LPE record; libuv and asyncio fall back to epoll/threads";
     const MODULES: &str = "loading or removing kernel code is host administration";
     const KEXEC: &str = "replacing the running kernel is host administration";
-    const CROSS_PROCESS: &str = "reads or steers another process's memory or descriptors; nothing in the sandbox debugs others";
-    const HANDLES: &str =
-        "file handles bypass path-based confinement (the 'shocker' container escape)";
+    const CROSS_PROCESS: &str =
+        "reads or steers another process's memory or descriptors; nothing in the sandbox debugs others";
+    const HANDLES: &str = "file handles bypass path-based confinement (the 'shocker' container escape)";
     const SWAP: &str = "swap configuration is host administration";
     const QUOTA: &str = "disk quotas are host administration";
     const CLOCK: &str = "the system clock is shared with the host";
     const PORT_IO: &str = "raw x86 I/O-port access";
     const CLONE_NS: &str = "new namespaces (user ns above all) unlock CAP_*-gated kernel code such as nf_tables; the agent builds all namespaces itself";
-    const TTY: &str =
-        "fakes input on or reconfigures a terminal that may belong to someone outside the sandbox";
+    const TTY: &str = "fakes input on or reconfigures a terminal that may belong to someone outside the sandbox";
     const SOCKET_FAMILY: &str = "only unix, IPv4/IPv6 and route-netlink are needed; other families (packet, vsock, bluetooth, alg, rds, tipc...) are rarely exercised kernel code. EAFNOSUPPORT is what a kernel without the family returns, so callers fall back";
     const NETLINK: &str = "glibc getaddrinfo/getifaddrs and Node's os.networkInterfaces() read NETLINK_ROUTE (denying it makes networkInterfaces() throw; mutations still need CAP_NET_ADMIN, which the sandbox lacks); other netlink protocols (netfilter, generic, audit...) are attack surface only";
 
@@ -210,21 +191,9 @@ pub fn sandbox_policy() -> Vec<SyscallRule> {
         rule!(SYS_keyctl, EPERM, KEYRING),
         rule!(SYS_add_key, EPERM, KEYRING),
         rule!(SYS_request_key, EPERM, KEYRING),
-        rule!(
-            SYS_bpf,
-            EPERM,
-            "the eBPF verifier and JIT are a prime kernel attack surface"
-        ),
-        rule!(
-            SYS_perf_event_open,
-            EPERM,
-            "performance counters leak side channels and have many CVEs"
-        ),
-        rule!(
-            SYS_userfaultfd,
-            EPERM,
-            "lets an exploit stall kernel copies at will to win races"
-        ),
+        rule!(SYS_bpf, EPERM, "the eBPF verifier and JIT are a prime kernel attack surface"),
+        rule!(SYS_perf_event_open, EPERM, "performance counters leak side channels and have many CVEs"),
+        rule!(SYS_userfaultfd, EPERM, "lets an exploit stall kernel copies at will to win races"),
         rule!(SYS_io_uring_setup, EPERM, IO_URING),
         rule!(SYS_io_uring_enter, EPERM, IO_URING),
         rule!(SYS_io_uring_register, EPERM, IO_URING),
@@ -240,21 +209,13 @@ pub fn sandbox_policy() -> Vec<SyscallRule> {
         rule!(SYS_fspick, EPERM, MOUNT),
         rule!(SYS_mount_setattr, EPERM, MOUNT),
         rule!(SYS_unshare, EPERM, CLONE_NS),
-        rule!(
-            SYS_setns,
-            EPERM,
-            "joining a namespace via an inherited or /proc descriptor steps outside the sandbox's"
-        ),
+        rule!(SYS_setns, EPERM, "joining a namespace via an inherited or /proc descriptor steps outside the sandbox's"),
         rule!(SYS_ptrace, EPERM, CROSS_PROCESS),
         rule!(SYS_process_vm_readv, EPERM, CROSS_PROCESS),
         rule!(SYS_process_vm_writev, EPERM, CROSS_PROCESS),
         rule!(SYS_process_madvise, EPERM, CROSS_PROCESS),
         rule!(SYS_pidfd_getfd, EPERM, CROSS_PROCESS),
-        rule!(
-            SYS_kcmp,
-            EPERM,
-            "compares kernel objects across processes, an info leak and exploitation aid"
-        ),
+        rule!(SYS_kcmp, EPERM, "compares kernel objects across processes, an info leak and exploitation aid"),
         rule!(SYS_kexec_load, EPERM, KEXEC),
         rule!(SYS_kexec_file_load, EPERM, KEXEC),
         rule!(SYS_init_module, EPERM, MODULES),
@@ -268,47 +229,22 @@ pub fn sandbox_policy() -> Vec<SyscallRule> {
         rule!(SYS_acct, EPERM, "process accounting is host administration"),
         rule!(SYS_quotactl, EPERM, QUOTA),
         rule!(SYS_quotactl_fd, EPERM, QUOTA),
-        rule!(
-            SYS_syslog,
-            EPERM,
-            "the kernel log leaks host activity and kernel addresses"
-        ),
-        rule!(
-            SYS_lookup_dcookie,
-            EPERM,
-            "profiling interface that resolves kernel dentry cookies"
-        ),
+        rule!(SYS_syslog, EPERM, "the kernel log leaks host activity and kernel addresses"),
+        rule!(SYS_lookup_dcookie, EPERM, "profiling interface that resolves kernel dentry cookies"),
         rule!(SYS_settimeofday, EPERM, CLOCK),
         rule!(SYS_clock_settime, EPERM, CLOCK),
         rule!(SYS_clock_adjtime, EPERM, CLOCK),
         rule!(SYS_adjtimex, EPERM, CLOCK),
-        rule!(
-            SYS_vhangup,
-            EPERM,
-            "hangs up the controlling terminal, which may be shared"
-        ),
+        rule!(SYS_vhangup, EPERM, "hangs up the controlling terminal, which may be shared"),
         rule!(SYS_fanotify_init, EPERM, "filesystem-wide event monitoring"),
         rule!(
             SYS_personality,
             EPERM,
-            [
-                ArgCondition::ne32(0, 0),
-                ArgCondition::ne32(0, u64::from(u32::MAX))
-            ],
+            [ArgCondition::ne32(0, 0), ArgCondition::ne32(0, u64::from(u32::MAX))],
             "only the query (0xffffffff) and PER_LINUX are needed; other personas disable ASLR (ADDR_NO_RANDOMIZE) or make data executable (READ_IMPLIES_EXEC)"
         ),
-        rule!(
-            SYS_ioctl,
-            EPERM,
-            [ArgCondition::eq32(1, libc::TIOCSTI)],
-            TTY
-        ),
-        rule!(
-            SYS_ioctl,
-            EPERM,
-            [ArgCondition::eq32(1, libc::TIOCLINUX)],
-            TTY
-        ),
+        rule!(SYS_ioctl, EPERM, [ArgCondition::eq32(1, libc::TIOCSTI)], TTY),
+        rule!(SYS_ioctl, EPERM, [ArgCondition::eq32(1, libc::TIOCLINUX)], TTY),
         rule!(
             SYS_ioctl,
             EPERM,
@@ -334,10 +270,7 @@ pub fn sandbox_policy() -> Vec<SyscallRule> {
         rule!(
             SYS_socket,
             Verdict::Errno(libc::EAFNOSUPPORT),
-            [
-                ArgCondition::eq32(0, bits(libc::AF_NETLINK)),
-                ArgCondition::ne32(2, bits(libc::NETLINK_ROUTE)),
-            ],
+            [ArgCondition::eq32(0, bits(libc::AF_NETLINK)), ArgCondition::ne32(2, bits(libc::NETLINK_ROUTE)),],
             NETLINK
         ),
         rule!(
@@ -347,23 +280,16 @@ pub fn sandbox_policy() -> Vec<SyscallRule> {
             "only unix socket pairs exist in practice; other families would still instantiate their socket code"
         ),
     ];
-    rules.extend(NAMESPACE_CLONE_FLAGS.iter().map(|&flag| {
-        rule!(
-            SYS_clone,
-            EPERM,
-            [ArgCondition::has_bits64(0, bits(flag))],
-            CLONE_NS
-        )
-    }));
+    rules.extend(
+        NAMESPACE_CLONE_FLAGS
+            .iter()
+            .map(|&flag| rule!(SYS_clone, EPERM, [ArgCondition::has_bits64(0, bits(flag))], CLONE_NS)),
+    );
     #[cfg(target_arch = "x86_64")]
     rules.extend([
         rule!(SYS_iopl, EPERM, PORT_IO),
         rule!(SYS_ioperm, EPERM, PORT_IO),
-        rule!(
-            SYS_modify_ldt,
-            EPERM,
-            "segment-descriptor editing is for Wine/DOSEMU and has a CVE history"
-        ),
+        rule!(SYS_modify_ldt, EPERM, "segment-descriptor editing is for Wine/DOSEMU and has a CVE history"),
     ]);
     rules
 }
@@ -372,33 +298,23 @@ pub fn sandbox_policy() -> Vec<SyscallRule> {
 /// a single match action) plus, on x86_64, the ABI guard. Install all of them.
 pub fn compile(policy: &[SyscallRule]) -> Result<Vec<BpfProgram>, SeccompError> {
     let mut seen: BTreeMap<i64, (Verdict, bool)> = BTreeMap::new();
-    let mut by_verdict: BTreeMap<Verdict, (SeccompAction, BTreeMap<i64, Vec<SeccompRule>>)> =
-        BTreeMap::new();
+    let mut by_verdict: BTreeMap<Verdict, (SeccompAction, BTreeMap<i64, Vec<SeccompRule>>)> = BTreeMap::new();
     for rule in policy {
         let Some(action) = rule.verdict.action() else {
-            return Err(SeccompError::InvalidVerdict {
-                syscall: rule.name,
-                verdict: rule.verdict,
-            });
+            return Err(SeccompError::InvalidVerdict { syscall: rule.name, verdict: rule.verdict });
         };
         let unconditional = rule.when.is_empty();
-        if let Some((verdict, was_unconditional)) =
-            seen.insert(rule.nr, (rule.verdict, unconditional))
+        if let Some((verdict, was_unconditional)) = seen.insert(rule.nr, (rule.verdict, unconditional))
             && (verdict != rule.verdict || was_unconditional || unconditional)
         {
             return Err(SeccompError::AmbiguousRules { syscall: rule.name });
         }
         // seccompiler reads an empty chain as "match on the number alone".
-        let (_, chains) = by_verdict
-            .entry(rule.verdict)
-            .or_insert_with(|| (action, BTreeMap::new()));
+        let (_, chains) = by_verdict.entry(rule.verdict).or_insert_with(|| (action, BTreeMap::new()));
         let chain = chains.entry(rule.nr).or_default();
         if !unconditional {
-            let conditions = rule
-                .when
-                .iter()
-                .map(|condition| condition.to_seccompiler())
-                .collect::<Result<Vec<_>, _>>()?;
+            let conditions =
+                rule.when.iter().map(|condition| condition.to_seccompiler()).collect::<Result<Vec<_>, _>>()?;
             chain.push(SeccompRule::new(conditions)?);
         }
     }
@@ -468,12 +384,7 @@ fn x86_64_abi_guard() -> Result<BpfProgram, SeccompError> {
     Ok(vec![
         insn(LD_ABS_W, 0, 0, ARCH),
         insn(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
-        insn(
-            RET_K,
-            0,
-            0,
-            ret(FOREIGN_ARCH_VERDICT, "foreign-arch guard")?,
-        ),
+        insn(RET_K, 0, 0, ret(FOREIGN_ARCH_VERDICT, "foreign-arch guard")?),
         insn(LD_ABS_W, 0, 0, NR),
         insn(JGE_K, 0, 1, X32_SYSCALL_BIT),
         insn(RET_K, 0, 0, ret(X32_VERDICT, "x32 guard")?),
@@ -562,24 +473,14 @@ mod tests {
             "clone",
         ];
         let policy = sandbox_policy();
-        let verdict_of = |name: &str| {
-            policy
-                .iter()
-                .find(|rule| rule.name == name)
-                .map(|rule| rule.verdict)
-        };
+        let verdict_of = |name: &str| policy.iter().find(|rule| rule.name == name).map(|rule| rule.verdict);
         for name in eperm {
             assert_eq!(verdict_of(name), Some(EPERM), "{name}");
         }
         assert_eq!(verdict_of("clone3"), Some(Verdict::Errno(libc::ENOSYS)));
-        assert_eq!(
-            verdict_of("socket"),
-            Some(Verdict::Errno(libc::EAFNOSUPPORT))
-        );
+        assert_eq!(verdict_of("socket"), Some(Verdict::Errno(libc::EAFNOSUPPORT)));
         for allowed in ["landlock_create_ruleset", "seccomp", "execve", "clone"] {
-            let unconditional = policy
-                .iter()
-                .any(|r| r.name == allowed && r.when.is_empty());
+            let unconditional = policy.iter().any(|r| r.name == allowed && r.when.is_empty());
             assert!(!unconditional, "{allowed} must stay usable");
         }
     }
@@ -590,16 +491,8 @@ mod tests {
         let mut rules = HashSet::new();
         let mut names = BTreeMap::new();
         for rule in &policy {
-            assert!(
-                rules.insert((rule.nr, format!("{:?}", rule.when))),
-                "duplicate {rule:?}"
-            );
-            assert_eq!(
-                *names.entry(rule.name).or_insert(rule.nr),
-                rule.nr,
-                "{}",
-                rule.name
-            );
+            assert!(rules.insert((rule.nr, format!("{:?}", rule.when))), "duplicate {rule:?}");
+            assert_eq!(*names.entry(rule.name).or_insert(rule.nr), rule.nr, "{}", rule.name);
             assert!(!rule.why.is_empty(), "{} has no reason", rule.name);
             assert!(rule.when.iter().all(|c| c.index <= 5), "{}", rule.name);
         }
@@ -612,11 +505,7 @@ mod tests {
         assert_eq!(programs.len(), 4);
         for program in &programs {
             assert!(!program.is_empty());
-            assert!(
-                program.len() < libc::BPF_MAXINSNS as usize,
-                "{} insns",
-                program.len()
-            );
+            assert!(program.len() < libc::BPF_MAXINSNS as usize, "{} insns", program.len());
         }
     }
 
@@ -652,33 +541,18 @@ mod tests {
         };
         let cond = ArgCondition::eq32(0, 1);
         for policy in [
-            vec![
-                base(EPERM, vec![]),
-                base(Verdict::Errno(libc::ENOSYS), vec![]),
-            ],
+            vec![base(EPERM, vec![]), base(Verdict::Errno(libc::ENOSYS), vec![])],
             vec![base(EPERM, vec![]), base(EPERM, vec![cond])],
-            vec![
-                base(EPERM, vec![cond]),
-                base(Verdict::KillProcess, vec![cond]),
-            ],
+            vec![base(EPERM, vec![cond]), base(Verdict::KillProcess, vec![cond])],
         ] {
-            assert!(matches!(
-                compile(&policy),
-                Err(SeccompError::AmbiguousRules { .. })
-            ));
+            assert!(matches!(compile(&policy), Err(SeccompError::AmbiguousRules { .. })));
         }
         for errno in [0, -1, 4096] {
             let policy = [base(Verdict::Errno(errno), vec![])];
-            assert!(matches!(
-                compile(&policy),
-                Err(SeccompError::InvalidVerdict { .. })
-            ));
+            assert!(matches!(compile(&policy), Err(SeccompError::InvalidVerdict { .. })));
         }
         let too_many_args = [base(EPERM, vec![ArgCondition::eq32(6, 0)])];
-        assert!(matches!(
-            compile(&too_many_args),
-            Err(SeccompError::Build(_))
-        ));
+        assert!(matches!(compile(&too_many_args), Err(SeccompError::Build(_))));
     }
 
     /// Runs a classic-BPF program the way the kernel does, for the opcodes the compiler emits.
@@ -709,20 +583,13 @@ mod tests {
     /// Combines the filters like the kernel: the most restrictive action wins, ties go to the
     /// most recently installed filter.
     fn evaluate(programs: &[BpfProgram], arch: u32, nr: i64, args: [u64; 6]) -> u32 {
-        let data = libc::seccomp_data {
-            nr: nr as i32,
-            arch,
-            instruction_pointer: 0,
-            args,
-        };
+        let data = libc::seccomp_data { nr: nr as i32, arch, instruction_pointer: 0, args };
         let rank = |ret: u32| (ret & libc::SECCOMP_RET_ACTION_FULL) as i32;
         programs
             .iter()
             .rev()
             .map(|p| run_bpf(p, &data))
-            .fold(libc::SECCOMP_RET_ALLOW, |a, b| {
-                if rank(b) < rank(a) { b } else { a }
-            })
+            .fold(libc::SECCOMP_RET_ALLOW, |a, b| if rank(b) < rank(a) { b } else { a })
     }
 
     fn errno(e: i32) -> u32 {
@@ -740,36 +607,17 @@ mod tests {
         assert_eq!(x86(libc::SYS_keyctl, [0; 6]), errno(libc::EPERM));
         assert_eq!(x86(libc::SYS_clone3, [0; 6]), errno(libc::ENOSYS));
         // x32 numbering and the i386 ABI.
-        assert_eq!(
-            x86(libc::SYS_keyctl | 0x4000_0000, [0; 6]),
-            errno(libc::ENOSYS)
-        );
-        assert_eq!(
-            x86(libc::SYS_getpid | 0x4000_0000, [0; 6]),
-            errno(libc::ENOSYS)
-        );
-        assert_eq!(
-            evaluate(&p, AUDIT_ARCH_I386, 20, [0; 6]),
-            libc::SECCOMP_RET_KILL_PROCESS
-        );
+        assert_eq!(x86(libc::SYS_keyctl | 0x4000_0000, [0; 6]), errno(libc::ENOSYS));
+        assert_eq!(x86(libc::SYS_getpid | 0x4000_0000, [0; 6]), errno(libc::ENOSYS));
+        assert_eq!(evaluate(&p, AUDIT_ARCH_I386, 20, [0; 6]), libc::SECCOMP_RET_KILL_PROCESS);
 
         let tiocsti = libc::TIOCSTI;
-        assert_eq!(
-            x86(libc::SYS_ioctl, args(0, tiocsti, 0)),
-            errno(libc::EPERM)
-        );
-        assert_eq!(
-            x86(libc::SYS_ioctl, args(0, tiocsti | 1 << 32, 0)),
-            errno(libc::EPERM)
-        );
-        assert_eq!(
-            x86(libc::SYS_ioctl, args(0, libc::TIOCLINUX, 0)),
-            errno(libc::EPERM)
-        );
+        assert_eq!(x86(libc::SYS_ioctl, args(0, tiocsti, 0)), errno(libc::EPERM));
+        assert_eq!(x86(libc::SYS_ioctl, args(0, tiocsti | 1 << 32, 0)), errno(libc::EPERM));
+        assert_eq!(x86(libc::SYS_ioctl, args(0, libc::TIOCLINUX, 0)), errno(libc::EPERM));
         assert_eq!(x86(libc::SYS_ioctl, args(0, libc::TCGETS, 0)), allow);
 
-        let fork_flags =
-            bits(libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD);
+        let fork_flags = bits(libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD);
         let thread_flags = bits(
             libc::CLONE_VM
                 | libc::CLONE_FS
@@ -785,57 +633,27 @@ mod tests {
         assert_eq!(x86(libc::SYS_clone, args(thread_flags, 0, 0)), allow);
         for flag in NAMESPACE_CLONE_FLAGS {
             let flags = fork_flags | bits(flag);
-            assert_eq!(
-                x86(libc::SYS_clone, args(flags, 0, 0)),
-                errno(libc::EPERM),
-                "{flag:#x}"
-            );
+            assert_eq!(x86(libc::SYS_clone, args(flags, 0, 0)), errno(libc::EPERM), "{flag:#x}");
         }
 
-        let socket =
-            |domain, protocol| x86(libc::SYS_socket, args(bits(domain), 1, bits(protocol)));
+        let socket = |domain, protocol| x86(libc::SYS_socket, args(bits(domain), 1, bits(protocol)));
         assert_eq!(socket(libc::AF_UNIX, 0), allow);
         assert_eq!(socket(libc::AF_INET, 0), allow);
         assert_eq!(socket(libc::AF_INET6, 0), allow);
         assert_eq!(socket(libc::AF_NETLINK, libc::NETLINK_ROUTE), allow);
-        assert_eq!(
-            socket(libc::AF_NETLINK, libc::NETLINK_NETFILTER),
-            errno(libc::EAFNOSUPPORT)
-        );
-        for family in [
-            libc::AF_PACKET,
-            libc::AF_VSOCK,
-            libc::AF_ALG,
-            libc::AF_KEY,
-            libc::AF_BLUETOOTH,
-        ] {
-            assert_eq!(
-                socket(family, 0),
-                errno(libc::EAFNOSUPPORT),
-                "family {family}"
-            );
+        assert_eq!(socket(libc::AF_NETLINK, libc::NETLINK_NETFILTER), errno(libc::EAFNOSUPPORT));
+        for family in [libc::AF_PACKET, libc::AF_VSOCK, libc::AF_ALG, libc::AF_KEY, libc::AF_BLUETOOTH] {
+            assert_eq!(socket(family, 0), errno(libc::EAFNOSUPPORT), "family {family}");
         }
         // Upper bits of an int argument are ignored by the kernel and must be by us too.
-        assert_eq!(
-            x86(libc::SYS_socket, args(1 << 32 | bits(libc::AF_INET), 1, 0)),
-            allow
-        );
-        assert_eq!(
-            x86(libc::SYS_socketpair, args(bits(libc::AF_UNIX), 1, 0)),
-            allow
-        );
-        assert_eq!(
-            x86(libc::SYS_socketpair, args(bits(libc::AF_INET), 1, 0)),
-            errno(libc::EAFNOSUPPORT)
-        );
+        assert_eq!(x86(libc::SYS_socket, args(1 << 32 | bits(libc::AF_INET), 1, 0)), allow);
+        assert_eq!(x86(libc::SYS_socketpair, args(bits(libc::AF_UNIX), 1, 0)), allow);
+        assert_eq!(x86(libc::SYS_socketpair, args(bits(libc::AF_INET), 1, 0)), errno(libc::EAFNOSUPPORT));
 
         assert_eq!(x86(libc::SYS_personality, args(0xffff_ffff, 0, 0)), allow);
         assert_eq!(x86(libc::SYS_personality, args(0, 0, 0)), allow);
         let no_aslr = bits(libc::ADDR_NO_RANDOMIZE);
-        assert_eq!(
-            x86(libc::SYS_personality, args(no_aslr, 0, 0)),
-            errno(libc::EPERM)
-        );
+        assert_eq!(x86(libc::SYS_personality, args(no_aslr, 0, 0)), errno(libc::EPERM));
     }
 
     // ---- behaviour tests in a forked, filtered child ---------------------------------
@@ -877,10 +695,7 @@ mod tests {
     }
 
     fn assert_exited_ok(status: WaitStatus) {
-        assert!(
-            matches!(status, WaitStatus::Exited(_, 0)),
-            "child ended with {status:?}"
-        );
+        assert!(matches!(status, WaitStatus::Exited(_, 0)), "child ended with {status:?}");
     }
 
     /// Checks that a raw syscall failed with `want`; errno is read before anything else runs.
@@ -889,18 +704,12 @@ mod tests {
         if ret == -1 && got == Some(want) {
             Ok(())
         } else {
-            Err(format!(
-                "{what}: returned {ret}, errno {got:?}, wanted errno {want}"
-            ))
+            Err(format!("{what}: returned {ret}, errno {got:?}, wanted errno {want}"))
         }
     }
 
     fn expect_ok(what: &str, ret: libc::c_long) -> Result<libc::c_long, String> {
-        if ret >= 0 {
-            Ok(ret)
-        } else {
-            Err(format!("{what}: {}", io::Error::last_os_error()))
-        }
+        if ret >= 0 { Ok(ret) } else { Err(format!("{what}: {}", io::Error::last_os_error())) }
     }
 
     // Every probe below is either refused by the filter or made harmless by its arguments
@@ -1001,11 +810,9 @@ mod tests {
     #[test]
     fn unwanted_socket_families_and_personas_are_refused() {
         assert_exited_ok(sandboxed(|| {
-            for (family, protocol) in [
-                (libc::AF_PACKET, 0),
-                (libc::AF_VSOCK, 0),
-                (libc::AF_NETLINK, libc::NETLINK_NETFILTER),
-            ] {
+            for (family, protocol) in
+                [(libc::AF_PACKET, 0), (libc::AF_VSOCK, 0), (libc::AF_NETLINK, libc::NETLINK_NETFILTER)]
+            {
                 // SAFETY: integer arguments; a created socket would just leak in the child.
                 let ret = unsafe { libc::socket(family, libc::SOCK_RAW, protocol) };
                 expect_errno("socket", ret.into(), libc::EAFNOSUPPORT)?;
@@ -1036,11 +843,7 @@ mod tests {
     fn i386_abi_kills_the_process() {
         let ia32_works = in_child(|| {
             let pid = i64::from(std::process::id());
-            if int80_getpid() == pid {
-                Ok(())
-            } else {
-                Err("no ia32 emulation".into())
-            }
+            if int80_getpid() == pid { Ok(()) } else { Err("no ia32 emulation".into()) }
         });
         if !matches!(ia32_works, WaitStatus::Exited(_, 0)) {
             eprintln!("kernel lacks ia32 emulation ({ia32_works:?}); nothing to check");
@@ -1050,10 +853,7 @@ mod tests {
             int80_getpid();
             Err("int 0x80 survived".into())
         });
-        assert!(
-            matches!(status, WaitStatus::Signaled(_, Signal::SIGSYS, _)),
-            "{status:?}"
-        );
+        assert!(matches!(status, WaitStatus::Signaled(_, Signal::SIGSYS, _)), "{status:?}");
     }
 
     #[test]
@@ -1078,36 +878,23 @@ mod tests {
             }
 
             // pthread_create tries clone3 first and must fall back to clone.
-            let answer = std::thread::spawn(|| 6 * 7)
-                .join()
-                .map_err(|_| "thread panicked")?;
+            let answer = std::thread::spawn(|| 6 * 7).join().map_err(|_| "thread panicked")?;
             if answer != 42 {
                 return Err("thread returned garbage".into());
             }
 
-            for (family, protocol) in [
-                (libc::AF_UNIX, 0),
-                (libc::AF_INET, 0),
-                (libc::AF_INET6, 0),
-                (libc::AF_NETLINK, libc::NETLINK_ROUTE),
-            ] {
-                let kind = if family == libc::AF_NETLINK {
-                    libc::SOCK_RAW
-                } else {
-                    libc::SOCK_STREAM
-                };
+            for (family, protocol) in
+                [(libc::AF_UNIX, 0), (libc::AF_INET, 0), (libc::AF_INET6, 0), (libc::AF_NETLINK, libc::NETLINK_ROUTE)]
+            {
+                let kind = if family == libc::AF_NETLINK { libc::SOCK_RAW } else { libc::SOCK_STREAM };
                 // SAFETY: creates and closes a socket we own.
-                let fd = expect_ok(
-                    "socket",
-                    unsafe { libc::socket(family, kind, protocol) }.into(),
-                )?;
+                let fd = expect_ok("socket", unsafe { libc::socket(family, kind, protocol) }.into())?;
                 // SAFETY: `fd` is ours and closed once.
                 unsafe { libc::close(fd as i32) };
             }
             let mut pair = [0; 2];
             // SAFETY: `pair` has room for the two descriptors.
-            let ret =
-                unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) };
+            let ret = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) };
             expect_ok("socketpair", ret.into())?;
 
             // SAFETY: the query persona changes nothing.
@@ -1128,10 +915,7 @@ mod tests {
             return;
         }
         assert_exited_ok(sandboxed(|| {
-            let out = Command::new(program)
-                .args(args)
-                .output()
-                .map_err(|e| e.to_string())?;
+            let out = Command::new(program).args(args).output().map_err(|e| e.to_string())?;
             if out.status.success() && out.stdout.ends_with(b"ok\n") {
                 Ok(())
             } else {

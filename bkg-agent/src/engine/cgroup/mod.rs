@@ -56,14 +56,10 @@ impl CgroupLimits {
             )));
         }
         if self.memory_bytes == 0 {
-            return Err(CgroupError::InvalidLimits(
-                "memory_bytes must be above zero".into(),
-            ));
+            return Err(CgroupError::InvalidLimits("memory_bytes must be above zero".into()));
         }
         if self.pids_max == 0 {
-            return Err(CgroupError::InvalidLimits(
-                "pids_max must be above zero".into(),
-            ));
+            return Err(CgroupError::InvalidLimits("pids_max must be above zero".into()));
         }
         Ok(())
     }
@@ -103,11 +99,7 @@ pub enum CgroupError {
     #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write {value:?} to {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        value: String,
-        source: io::Error,
-    },
+    Write { path: PathBuf, value: String, source: io::Error },
     #[error("cannot create cgroup {}: {source}", path.display())]
     Create { path: PathBuf, source: io::Error },
     #[error("cannot remove cgroup {}: {source}", path.display())]
@@ -179,16 +171,11 @@ pub fn detect(agent_dir: &str) -> Result<Box<dyn CgroupDriver>, CgroupError> {
             let driver = V2Driver::new(own_dir.clone(), agent_dir)?;
             let missing = driver.unavailable_controllers();
             if !missing.is_empty() {
-                return Err(CgroupError::ControllersUnavailable {
-                    dir: own_dir,
-                    missing: missing.join(", "),
-                });
+                return Err(CgroupError::ControllersUnavailable { dir: own_dir, missing: missing.join(", ") });
             }
             Ok(Box::new(driver))
         }
-        CgroupLayout::Legacy { hierarchies } => {
-            Ok(Box::new(V1Driver::new(hierarchies, agent_dir)?))
-        }
+        CgroupLayout::Legacy { hierarchies } => Ok(Box::new(V1Driver::new(hierarchies, agent_dir)?)),
     }
 }
 
@@ -198,21 +185,14 @@ pub fn detect_layout(proc_self_cgroup: &str, mountinfo: &str) -> Result<CgroupLa
     let memberships = parse_proc_cgroup(proc_self_cgroup)?;
 
     // Later mounts on the same point hide earlier ones (cgroup2 over the tmpfs, for one).
-    let root_mount = mounts
-        .iter()
-        .rev()
-        .find(|mount| mount.mount_point == Path::new(CGROUP_ROOT));
+    let root_mount = mounts.iter().rev().find(|mount| mount.mount_point == Path::new(CGROUP_ROOT));
     if let Some(mount) = root_mount
         && mount.fs_type == "cgroup2"
     {
         let membership = memberships
             .iter()
             .find(|membership| membership.hierarchy_id == 0)
-            .ok_or_else(|| {
-                CgroupError::Layout(
-                    "cgroup2 is mounted but /proc/self/cgroup has no `0::` line".into(),
-                )
-            })?;
+            .ok_or_else(|| CgroupError::Layout("cgroup2 is mounted but /proc/self/cgroup has no `0::` line".into()))?;
         let own_dir = own_dir_in_mount(mount, &membership.path).ok_or_else(|| {
             CgroupError::Layout(format!(
                 "our cgroup {} is not visible under the cgroup2 mount at {CGROUP_ROOT}",
@@ -230,16 +210,10 @@ pub fn detect_layout(proc_self_cgroup: &str, mountinfo: &str) -> Result<CgroupLa
                 .iter()
                 .filter(|mount| {
                     mount.fs_type == "cgroup"
-                        && membership
-                            .controllers
-                            .iter()
-                            .all(|controller| mount.super_options.contains(controller))
+                        && membership.controllers.iter().all(|controller| mount.super_options.contains(controller))
                 })
                 .find_map(|mount| own_dir_in_mount(mount, &membership.path))
-                .map(|own_dir| V1Hierarchy {
-                    controllers: membership.controllers.clone(),
-                    own_dir,
-                })
+                .map(|own_dir| V1Hierarchy { controllers: membership.controllers.clone(), own_dir })
         })
         .collect();
     if hierarchies.is_empty() {
@@ -267,18 +241,10 @@ fn parse_mountinfo(text: &str) -> Result<Vec<Mount>, CgroupError> {
             let malformed = || CgroupError::Layout(format!("malformed mountinfo line {line:?}"));
             let fields: Vec<&str> = line.split(' ').collect();
             // Optional fields (`shared:N`, ...) vary in number and end at a lone `-`.
-            let separator = fields
-                .iter()
-                .skip(6)
-                .position(|field| *field == "-")
-                .ok_or_else(malformed)?
-                + 6;
-            let (Some(root), Some(mount_point), Some(fs_type), Some(super_options)) = (
-                fields.get(3),
-                fields.get(4),
-                fields.get(separator + 1),
-                fields.get(separator + 3),
-            ) else {
+            let separator = fields.iter().skip(6).position(|field| *field == "-").ok_or_else(malformed)? + 6;
+            let (Some(root), Some(mount_point), Some(fs_type), Some(super_options)) =
+                (fields.get(3), fields.get(4), fields.get(separator + 1), fields.get(separator + 3))
+            else {
                 return Err(malformed());
             };
             Ok(Mount {
@@ -297,11 +263,10 @@ fn unescape_mountinfo(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;
     while index < bytes.len() {
-        let octal = bytes.get(index + 1..index + 4).filter(|digits| {
-            bytes[index] == b'\\' && digits.iter().all(|digit| (b'0'..=b'7').contains(digit))
-        });
-        match octal.and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok())
-        {
+        let octal = bytes
+            .get(index + 1..index + 4)
+            .filter(|digits| bytes[index] == b'\\' && digits.iter().all(|digit| (b'0'..=b'7').contains(digit)));
+        match octal.and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok()) {
             Some(byte) => {
                 out.push(byte);
                 index += 4;
@@ -326,22 +291,15 @@ fn parse_proc_cgroup(text: &str) -> Result<Vec<Membership>, CgroupError> {
     text.lines()
         .filter(|line| !line.trim().is_empty())
         .map(|line| {
-            let malformed =
-                || CgroupError::Layout(format!("malformed /proc/self/cgroup line {line:?}"));
+            let malformed = || CgroupError::Layout(format!("malformed /proc/self/cgroup line {line:?}"));
             // The path is last and may itself contain colons.
             let mut parts = line.splitn(3, ':');
-            let (Some(id), Some(controllers), Some(path)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
+            let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
                 return Err(malformed());
             };
             Ok(Membership {
                 hierarchy_id: id.parse().map_err(|_| malformed())?,
-                controllers: controllers
-                    .split(',')
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
+                controllers: controllers.split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect(),
                 path: PathBuf::from(path),
             })
         })
@@ -374,10 +332,7 @@ fn validate_component(name: &str) -> Result<(), CgroupError> {
 }
 
 fn read_text(path: &Path) -> Result<String, CgroupError> {
-    fs::read_to_string(path).map_err(|source| CgroupError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_owned(), source })
 }
 
 /// `None` when the file does not exist, i.e. the controller or kernel feature is absent.
@@ -385,18 +340,14 @@ fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
     match fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CgroupError::Read {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(CgroupError::Read { path: path.to_owned(), source }),
     }
 }
 
 fn parse_u64(path: &Path, text: &str) -> Result<u64, CgroupError> {
-    text.trim().parse().map_err(|_| CgroupError::Parse {
-        path: path.to_owned(),
-        detail: format!("{:?} is not a number", text.trim()),
-    })
+    text.trim()
+        .parse()
+        .map_err(|_| CgroupError::Parse { path: path.to_owned(), detail: format!("{:?} is not a number", text.trim()) })
 }
 
 fn read_u64(path: &Path) -> Result<u64, CgroupError> {
@@ -415,11 +366,7 @@ fn keyed_u64(path: &Path, text: &str, key: &str) -> Result<Option<u64>, CgroupEr
 /// Writes in a single write(2), as cgroup files require, and without O_CREAT so a missing
 /// control file is reported instead of silently created.
 fn write_raw(path: &Path, value: &str) -> io::Result<()> {
-    fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)?
-        .write_all(value.as_bytes())
+    fs::OpenOptions::new().write(true).truncate(true).open(path)?.write_all(value.as_bytes())
 }
 
 fn write_value(path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -435,11 +382,7 @@ fn write_if_present(path: &Path, value: &str) -> Result<bool, CgroupError> {
     match write_raw(path, value) {
         Ok(()) => Ok(true),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(CgroupError::Write {
-            path: path.to_owned(),
-            value: value.to_owned(),
-            source,
-        }),
+        Err(source) => Err(CgroupError::Write { path: path.to_owned(), value: value.to_owned(), source }),
     }
 }
 
@@ -448,26 +391,17 @@ fn ensure_dir(path: &Path) -> Result<(), CgroupError> {
     match fs::create_dir(path) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(CgroupError::Create {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(CgroupError::Create { path: path.to_owned(), source }),
     }
 }
 
 fn create_new_dir(path: &Path) -> Result<(), CgroupError> {
-    fs::create_dir(path).map_err(|source| CgroupError::Create {
-        path: path.to_owned(),
-        source,
-    })
+    fs::create_dir(path).map_err(|source| CgroupError::Create { path: path.to_owned(), source })
 }
 
 /// Names of the child directories; an absent directory has none.
 fn child_dirs(dir: &Path) -> Result<Vec<OsString>, CgroupError> {
-    let read_error = |source| CgroupError::Read {
-        path: dir.to_owned(),
-        source,
-    };
+    let read_error = |source| CgroupError::Read { path: dir.to_owned(), source };
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -492,10 +426,10 @@ fn pids_in(dirs: &[PathBuf]) -> Result<Vec<i32>, CgroupError> {
             return Ok(());
         };
         for line in text.lines().filter(|line| !line.trim().is_empty()) {
-            let pid = line.trim().parse().map_err(|_| CgroupError::Parse {
-                path: procs.clone(),
-                detail: format!("{line:?} is not a pid"),
-            })?;
+            let pid = line
+                .trim()
+                .parse()
+                .map_err(|_| CgroupError::Parse { path: procs.clone(), detail: format!("{line:?} is not a pid") })?;
             pids.push(pid);
         }
         for child in child_dirs(dir)? {
@@ -526,9 +460,7 @@ fn kill_members(dirs: &[PathBuf]) -> Result<(), CgroupError> {
             match pidfd_open(pid) {
                 Ok(pidfd) => pinned.push((pid, Some(pidfd))),
                 Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
-                Err(error) if error.raw_os_error() == Some(libc::ENOSYS) => {
-                    pinned.push((pid, None))
-                }
+                Err(error) if error.raw_os_error() == Some(libc::ENOSYS) => pinned.push((pid, None)),
                 Err(source) => return Err(CgroupError::Signal { pid, source }),
             }
         }
@@ -553,13 +485,7 @@ fn kill_members(dirs: &[PathBuf]) -> Result<(), CgroupError> {
 
 fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open(2) takes a pid and flags by value and touches none of our memory.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_open,
-            libc::c_long::from(pid),
-            0 as libc::c_long,
-        )
-    };
+    let result = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::c_long::from(pid), 0 as libc::c_long) };
     if result < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -580,20 +506,12 @@ fn pidfd_send_sigkill(pidfd: &OwnedFd) -> io::Result<()> {
             0 as libc::c_long,
         )
     };
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if result < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 fn kill_pid(pid: i32) -> io::Result<()> {
     // SAFETY: kill(2) takes plain integers and touches none of our memory.
-    if unsafe { libc::kill(pid, libc::SIGKILL) } < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if unsafe { libc::kill(pid, libc::SIGKILL) } < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Repeats `kill_round` until no process is left in `dirs`, for at most [`DRAIN_TIMEOUT`].
@@ -609,10 +527,7 @@ fn kill_until_empty(
         }
         if Instant::now() >= deadline {
             let path = dirs.first().cloned().unwrap_or_default();
-            return Err(CgroupError::KillTimeout {
-                path,
-                timeout: DRAIN_TIMEOUT,
-            });
+            return Err(CgroupError::KillTimeout { path, timeout: DRAIN_TIMEOUT });
         }
         thread::sleep(DRAIN_POLL);
     }
@@ -629,16 +544,11 @@ fn remove_cgroup_tree(dir: &Path) -> Result<(), CgroupError> {
             match fs::remove_dir(dir) {
                 Ok(()) => return Ok(()),
                 Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(error)
-                    if error.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
-                {
+                Err(error) if error.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
                     thread::sleep(DRAIN_POLL);
                 }
                 Err(source) => {
-                    return Err(CgroupError::Remove {
-                        path: dir.to_owned(),
-                        source,
-                    });
+                    return Err(CgroupError::Remove { path: dir.to_owned(), source });
                 }
             }
         }
@@ -648,10 +558,7 @@ fn remove_cgroup_tree(dir: &Path) -> Result<(), CgroupError> {
 
 /// Kills and removes every run cgroup in `names`, continuing past failures so one stuck cgroup
 /// does not keep the others around. Returns how many were removed, or the first failure.
-fn remove_stale_runs(
-    names: Vec<OsString>,
-    open: impl Fn(&OsStr) -> Box<dyn RunCgroup>,
-) -> Result<usize, CgroupError> {
+fn remove_stale_runs(names: Vec<OsString>, open: impl Fn(&OsStr) -> Box<dyn RunCgroup>) -> Result<usize, CgroupError> {
     let mut removed = 0;
     let mut first_error = None;
     for name in names {
@@ -720,32 +627,15 @@ mod tests {
 
     #[test]
     fn hybrid_layout_is_v1_and_ignores_the_unified_mount() -> TestResult {
-        let CgroupLayout::Legacy { hierarchies } = detect_layout(HYBRID_CGROUP, HYBRID_MOUNTINFO)?
-        else {
+        let CgroupLayout::Legacy { hierarchies } = detect_layout(HYBRID_CGROUP, HYBRID_MOUNTINFO)? else {
             return Err("hybrid layout detected as v2".into());
         };
         assert_eq!(hierarchies.len(), 9);
-        assert_eq!(
-            own_dir_of(&hierarchies, "memory"),
-            Some(Path::new("/sys/fs/cgroup/memory/process_api/8551b"))
-        );
-        assert_eq!(
-            own_dir_of(&hierarchies, "cpu"),
-            Some(Path::new("/sys/fs/cgroup/cpu"))
-        );
-        assert_eq!(
-            own_dir_of(&hierarchies, "cpuacct"),
-            Some(Path::new("/sys/fs/cgroup/cpuacct"))
-        );
-        assert_eq!(
-            own_dir_of(&hierarchies, "name=systemd"),
-            Some(Path::new("/sys/fs/cgroup/systemd"))
-        );
-        assert!(
-            hierarchies
-                .iter()
-                .all(|hierarchy| !hierarchy.own_dir.starts_with("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(own_dir_of(&hierarchies, "memory"), Some(Path::new("/sys/fs/cgroup/memory/process_api/8551b")));
+        assert_eq!(own_dir_of(&hierarchies, "cpu"), Some(Path::new("/sys/fs/cgroup/cpu")));
+        assert_eq!(own_dir_of(&hierarchies, "cpuacct"), Some(Path::new("/sys/fs/cgroup/cpuacct")));
+        assert_eq!(own_dir_of(&hierarchies, "name=systemd"), Some(Path::new("/sys/fs/cgroup/systemd")));
+        assert!(hierarchies.iter().all(|hierarchy| !hierarchy.own_dir.starts_with("/sys/fs/cgroup/unified")));
         V1Driver::new(hierarchies, "bkg")?;
         Ok(())
     }
@@ -758,10 +648,7 @@ mod tests {
 26 22 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
 ";
         let own_dir = PathBuf::from("/sys/fs/cgroup/system.slice/bkg.service");
-        assert_eq!(
-            detect_layout(cgroup, mountinfo)?,
-            CgroupLayout::Unified { own_dir }
-        );
+        assert_eq!(detect_layout(cgroup, mountinfo)?, CgroupLayout::Unified { own_dir });
         Ok(())
     }
 
@@ -772,10 +659,7 @@ mod tests {
 50 31 0:40 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw
 ";
         let own_dir = PathBuf::from("/sys/fs/cgroup/user.slice");
-        assert_eq!(
-            detect_layout("0::/user.slice\n", mountinfo)?,
-            CgroupLayout::Unified { own_dir }
-        );
+        assert_eq!(detect_layout("0::/user.slice\n", mountinfo)?, CgroupLayout::Unified { own_dir });
         Ok(())
     }
 
@@ -803,18 +687,9 @@ mod tests {
             return Err("v1 layout detected as v2".into());
         };
         let cpu = PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/job");
-        assert!(hierarchies.contains(&V1Hierarchy {
-            controllers: vec!["cpu".into(), "cpuacct".into()],
-            own_dir: cpu
-        }));
-        assert_eq!(
-            own_dir_of(&hierarchies, "memory"),
-            Some(Path::new("/sys/fs/cgroup/memory"))
-        );
-        assert_eq!(
-            own_dir_of(&hierarchies, "freezer"),
-            Some(Path::new("/srv/cgroup freezer"))
-        );
+        assert!(hierarchies.contains(&V1Hierarchy { controllers: vec!["cpu".into(), "cpuacct".into()], own_dir: cpu }));
+        assert_eq!(own_dir_of(&hierarchies, "memory"), Some(Path::new("/sys/fs/cgroup/memory")));
+        assert_eq!(own_dir_of(&hierarchies, "freezer"), Some(Path::new("/srv/cgroup freezer")));
         V1Driver::new(hierarchies, "bkg")?;
         Ok(())
     }
@@ -826,27 +701,15 @@ mod tests {
 35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
 39 31 0:36 /mine /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
 ";
-        assert!(matches!(
-            detect_layout(cgroup, mountinfo),
-            Err(CgroupError::Layout(_))
-        ));
+        assert!(matches!(detect_layout(cgroup, mountinfo), Err(CgroupError::Layout(_))));
         Ok(())
     }
 
     #[test]
     fn mountinfo_escapes_are_decoded() {
-        assert_eq!(
-            unescape_mountinfo(r"/a\040b\011c\134d\012e"),
-            PathBuf::from("/a b\tc\\d\ne")
-        );
-        assert_eq!(
-            unescape_mountinfo(r"/trailing\04"),
-            PathBuf::from(r"/trailing\04")
-        );
-        assert_eq!(
-            unescape_mountinfo(r"/not\999octal"),
-            PathBuf::from(r"/not\999octal")
-        );
+        assert_eq!(unescape_mountinfo(r"/a\040b\011c\134d\012e"), PathBuf::from("/a b\tc\\d\ne"));
+        assert_eq!(unescape_mountinfo(r"/trailing\04"), PathBuf::from(r"/trailing\04"));
+        assert_eq!(unescape_mountinfo(r"/not\999octal"), PathBuf::from(r"/not\999octal"));
     }
 
     #[test]
@@ -867,43 +730,20 @@ mod tests {
 
     #[test]
     fn limits_the_kernel_would_refuse_are_rejected() {
-        let valid = CgroupLimits {
-            cpu_millis: 10,
-            memory_bytes: 1,
-            pids_max: 1,
-        };
+        let valid = CgroupLimits { cpu_millis: 10, memory_bytes: 1, pids_max: 1 };
         assert!(valid.validate().is_ok());
         assert_eq!(valid.cpu_quota_us(), 1000);
         for invalid in [
-            CgroupLimits {
-                cpu_millis: 9,
-                ..valid
-            },
-            CgroupLimits {
-                cpu_millis: u64::MAX,
-                ..valid
-            },
-            CgroupLimits {
-                memory_bytes: 0,
-                ..valid
-            },
-            CgroupLimits {
-                pids_max: 0,
-                ..valid
-            },
+            CgroupLimits { cpu_millis: 9, ..valid },
+            CgroupLimits { cpu_millis: u64::MAX, ..valid },
+            CgroupLimits { memory_bytes: 0, ..valid },
+            CgroupLimits { pids_max: 0, ..valid },
         ] {
-            assert!(
-                matches!(invalid.validate(), Err(CgroupError::InvalidLimits(_))),
-                "{invalid:?}"
-            );
+            assert!(matches!(invalid.validate(), Err(CgroupError::InvalidLimits(_))), "{invalid:?}");
         }
     }
 
-    const REAL_LIMITS: CgroupLimits = CgroupLimits {
-        cpu_millis: 500,
-        memory_bytes: 256 << 20,
-        pids_max: 32,
-    };
+    const REAL_LIMITS: CgroupLimits = CgroupLimits { cpu_millis: 500, memory_bytes: 256 << 20, pids_max: 32 };
 
     /// Kills and removes a test agent's directories even when the test fails halfway.
     struct AgentDirCleanup {
@@ -912,16 +752,13 @@ mod tests {
 
     impl AgentDirCleanup {
         fn for_detected_layout(agent_dir: &str) -> Result<Self, Box<dyn Error>> {
-            let layout = detect_layout(
-                &fs::read_to_string("/proc/self/cgroup")?,
-                &fs::read_to_string("/proc/self/mountinfo")?,
-            )?;
+            let layout =
+                detect_layout(&fs::read_to_string("/proc/self/cgroup")?, &fs::read_to_string("/proc/self/mountinfo")?)?;
             let dirs = match layout {
                 CgroupLayout::Unified { own_dir } => vec![own_dir.join(agent_dir)],
-                CgroupLayout::Legacy { hierarchies } => hierarchies
-                    .into_iter()
-                    .map(|hierarchy| hierarchy.own_dir.join(agent_dir))
-                    .collect(),
+                CgroupLayout::Legacy { hierarchies } => {
+                    hierarchies.into_iter().map(|hierarchy| hierarchy.own_dir.join(agent_dir)).collect()
+                }
             };
             Ok(Self { dirs })
         }
@@ -930,9 +767,7 @@ mod tests {
     impl Drop for AgentDirCleanup {
         fn drop(&mut self) {
             for dir in &self.dirs {
-                if let Err(error) =
-                    kill_members(slice::from_ref(dir)).and_then(|()| remove_cgroup_tree(dir))
-                {
+                if let Err(error) = kill_members(slice::from_ref(dir)).and_then(|()| remove_cgroup_tree(dir)) {
                     eprintln!("cleanup of {} failed: {error}", dir.display());
                 }
             }
@@ -973,10 +808,7 @@ mod tests {
     }
 
     fn run_dirs(run: &dyn RunCgroup) -> Vec<PathBuf> {
-        run.procs_paths()
-            .iter()
-            .filter_map(|path| path.parent().map(Path::to_path_buf))
-            .collect()
+        run.procs_paths().iter().filter_map(|path| path.parent().map(Path::to_path_buf)).collect()
     }
 
     #[test]
@@ -987,10 +819,7 @@ mod tests {
         eprintln!("detected {}", driver.version());
         let run = driver.create("run-1", &REAL_LIMITS)?;
         let dirs = run_dirs(run.as_ref());
-        assert!(
-            dirs.iter()
-                .all(|dir| dir.is_dir() && cleanup.dirs.iter().any(|agent| dir.starts_with(agent)))
-        );
+        assert!(dirs.iter().all(|dir| dir.is_dir() && cleanup.dirs.iter().any(|agent| dir.starts_with(agent))));
 
         let mut child = TestChild::spawn_sleep()?;
         child.join(run.as_ref())?;
@@ -998,28 +827,18 @@ mod tests {
         let usage = run.usage()?;
         assert_eq!(usage.oom_kills, 0);
 
-        run.set_limits(&CgroupLimits {
-            memory_bytes: 64 << 20,
-            ..REAL_LIMITS
-        })?;
+        run.set_limits(&CgroupLimits { memory_bytes: 64 << 20, ..REAL_LIMITS })?;
         let memory_file = match driver.version() {
             CgroupVersion::V1 => "memory.limit_in_bytes",
             CgroupVersion::V2 => "memory.max",
         };
-        let limit = dirs
-            .iter()
-            .find_map(|dir| fs::read_to_string(dir.join(memory_file)).ok())
-            .ok_or("no memory limit file")?;
+        let limit =
+            dirs.iter().find_map(|dir| fs::read_to_string(dir.join(memory_file)).ok()).ok_or("no memory limit file")?;
         assert_eq!(limit.trim(), (64u64 << 20).to_string());
         // Raising takes the opposite write order to lowering on v1 (memsw before memory).
-        run.set_limits(&CgroupLimits {
-            memory_bytes: 512 << 20,
-            ..REAL_LIMITS
-        })?;
-        let limit = dirs
-            .iter()
-            .find_map(|dir| fs::read_to_string(dir.join(memory_file)).ok())
-            .ok_or("no memory limit file")?;
+        run.set_limits(&CgroupLimits { memory_bytes: 512 << 20, ..REAL_LIMITS })?;
+        let limit =
+            dirs.iter().find_map(|dir| fs::read_to_string(dir.join(memory_file)).ok()).ok_or("no memory limit file")?;
         assert_eq!(limit.trim(), (512u64 << 20).to_string());
 
         run.kill_all()?;
@@ -1041,10 +860,7 @@ mod tests {
         // The shell forks only after it has joined, so its children start inside the cgroup.
         let mut shell = TestChild(
             Command::new("sh")
-                .args([
-                    "-c",
-                    "read go; for i in 1 2 3 4 5; do sleep 30 & done; wait",
-                ])
+                .args(["-c", "read go; for i in 1 2 3 4 5; do sleep 30 & done; wait"])
                 .stdin(std::process::Stdio::piped())
                 .spawn()?,
         );
@@ -1091,28 +907,16 @@ mod tests {
     fn real_v2_without_controllers_on_the_hybrid_unified_mount() -> TestResult {
         let unified = Path::new("/sys/fs/cgroup/unified");
         let mounts = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo")?)?;
-        let Some(mount) = mounts
-            .iter()
-            .find(|mount| mount.fs_type == "cgroup2" && mount.mount_point == unified)
-        else {
-            eprintln!(
-                "skipped: no cgroup2 is mounted at {} on this host",
-                unified.display()
-            );
+        let Some(mount) = mounts.iter().find(|mount| mount.fs_type == "cgroup2" && mount.mount_point == unified) else {
+            eprintln!("skipped: no cgroup2 is mounted at {} on this host", unified.display());
             return Ok(());
         };
         let memberships = parse_proc_cgroup(&fs::read_to_string("/proc/self/cgroup")?)?;
-        let membership = memberships
-            .iter()
-            .find(|membership| membership.hierarchy_id == 0)
-            .ok_or("no 0:: line")?;
-        let own_dir =
-            own_dir_in_mount(mount, &membership.path).ok_or("our cgroup is not under the mount")?;
+        let membership = memberships.iter().find(|membership| membership.hierarchy_id == 0).ok_or("no 0:: line")?;
+        let own_dir = own_dir_in_mount(mount, &membership.path).ok_or("our cgroup is not under the mount")?;
 
         let agent_dir = format!("bkg-test-{}-unified", std::process::id());
-        let _cleanup = AgentDirCleanup {
-            dirs: vec![own_dir.join(&agent_dir)],
-        };
+        let _cleanup = AgentDirCleanup { dirs: vec![own_dir.join(&agent_dir)] };
         let driver = V2Driver::new(own_dir.clone(), &agent_dir)?;
         let run = driver.create("run-1", &REAL_LIMITS)?;
         let dir = own_dir.join(&agent_dir).join("run-1");

@@ -7,10 +7,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{
-    CFS_PERIOD_US, CgroupDriver, CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, DRAIN_POLL,
-    RunCgroup, child_dirs, create_new_dir, ensure_dir, keyed_u64, kill_members, kill_until_empty,
-    pids_in, read_optional, read_text, read_u64, remove_cgroup_tree, remove_stale_runs,
-    validate_component, write_if_present, write_value,
+    CFS_PERIOD_US, CgroupDriver, CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, DRAIN_POLL, RunCgroup,
+    child_dirs, create_new_dir, ensure_dir, keyed_u64, kill_members, kill_until_empty, pids_in, read_optional,
+    read_text, read_u64, remove_cgroup_tree, remove_stale_runs, validate_component, write_if_present, write_value,
 };
 
 const MEMORY_LIMIT: &str = "memory.limit_in_bytes";
@@ -54,9 +53,7 @@ impl V1Driver {
                 .iter()
                 .find(|hierarchy| hierarchy.controllers.iter().any(|name| name == controller))
                 .ok_or_else(|| {
-                    CgroupError::Layout(format!(
-                        "no cgroup v1 hierarchy with the {controller} controller is mounted"
-                    ))
+                    CgroupError::Layout(format!("no cgroup v1 hierarchy with the {controller} controller is mounted"))
                 })?;
             let dir = hierarchy.own_dir.join(agent_dir);
             Ok(match agent_dirs.iter().position(|known| *known == dir) {
@@ -78,10 +75,7 @@ impl V1Driver {
     }
 
     fn run_cgroup(&self, name: &OsStr) -> V1RunCgroup {
-        V1RunCgroup {
-            dirs: self.agent_dirs.iter().map(|dir| dir.join(name)).collect(),
-            index: self.index,
-        }
+        V1RunCgroup { dirs: self.agent_dirs.iter().map(|dir| dir.join(name)).collect(), index: self.index }
     }
 }
 
@@ -158,9 +152,7 @@ impl V1RunCgroup {
         }
         let deadline = Instant::now() + FREEZE_WAIT;
         // A failed read ends the wait rather than the kill, which must still thaw afterwards.
-        while Instant::now() < deadline
-            && matches!(read_optional(&state), Ok(Some(text)) if text.trim() != "FROZEN")
-        {
+        while Instant::now() < deadline && matches!(read_optional(&state), Ok(Some(text)) if text.trim() != "FROZEN") {
             thread::sleep(DRAIN_POLL);
         }
         Ok(true)
@@ -174,32 +166,19 @@ impl V1RunCgroup {
 /// The kernel keeps `memory.memsw.limit_in_bytes >= memory.limit_in_bytes` after every single
 /// write, so raising must lift memsw first and lowering must cut the memory limit first.
 fn memory_write_order(current_limit: u64, new_limit: u64) -> [&'static str; 2] {
-    if new_limit > current_limit {
-        [MEMSW_LIMIT, MEMORY_LIMIT]
-    } else {
-        [MEMORY_LIMIT, MEMSW_LIMIT]
-    }
+    if new_limit > current_limit { [MEMSW_LIMIT, MEMORY_LIMIT] } else { [MEMORY_LIMIT, MEMSW_LIMIT] }
 }
 
 impl RunCgroup for V1RunCgroup {
     fn procs_paths(&self) -> Vec<PathBuf> {
-        self.dirs
-            .iter()
-            .map(|dir| dir.join("cgroup.procs"))
-            .collect()
+        self.dirs.iter().map(|dir| dir.join("cgroup.procs")).collect()
     }
 
     fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         limits.validate()?;
         let quota = limits.cpu_quota_us();
-        write_value(
-            &self.file(self.index.cpu, "cpu.cfs_period_us"),
-            &CFS_PERIOD_US.to_string(),
-        )?;
-        write_value(
-            &self.file(self.index.cpu, "cpu.cfs_quota_us"),
-            &quota.to_string(),
-        )?;
+        write_value(&self.file(self.index.cpu, "cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+        write_value(&self.file(self.index.cpu, "cpu.cfs_quota_us"), &quota.to_string())?;
 
         let memory_bytes = limits.memory_bytes.to_string();
         // memsw exists only with swap accounting; setting it equal to the memory limit makes
@@ -213,10 +192,7 @@ impl RunCgroup for V1RunCgroup {
             write_value(&self.file(self.index.memory, MEMORY_LIMIT), &memory_bytes)?;
         }
 
-        write_value(
-            &self.file(self.index.pids, "pids.max"),
-            &limits.pids_max.to_string(),
-        )
+        write_value(&self.file(self.index.pids, "pids.max"), &limits.pids_max.to_string())
     }
 
     fn usage(&self) -> Result<CgroupUsage, CgroupError> {
@@ -234,9 +210,7 @@ impl RunCgroup for V1RunCgroup {
         };
         Ok(CgroupUsage {
             cpu_nanos: read_u64(&self.file(self.index.cpuacct, "cpuacct.usage"))?,
-            peak_memory_bytes: read_u64(
-                &self.file(self.index.memory, "memory.max_usage_in_bytes"),
-            )?,
+            peak_memory_bytes: read_u64(&self.file(self.index.memory, "memory.max_usage_in_bytes"))?,
             oom_kills,
             pids_limit_hits,
         })
@@ -280,21 +254,12 @@ mod tests {
 
     type TestResult = Result<(), Box<dyn Error>>;
 
-    const LIMITS: CgroupLimits = CgroupLimits {
-        cpu_millis: 1500,
-        memory_bytes: 256 << 20,
-        pids_max: 64,
-    };
+    const LIMITS: CgroupLimits = CgroupLimits { cpu_millis: 1500, memory_bytes: 256 << 20, pids_max: 64 };
     const UNLIMITED: &str = "9223372036854771712\n";
 
     /// A v1 layout under `root`, with cpu and cpuacct co-mounted or in hierarchies of their own.
     fn fake_hierarchies(root: &Path, co_mounted: bool) -> Result<Vec<V1Hierarchy>, Box<dyn Error>> {
-        let mut groups: Vec<Vec<&str>> = vec![
-            vec!["memory"],
-            vec!["pids"],
-            vec!["freezer"],
-            vec!["name=systemd"],
-        ];
+        let mut groups: Vec<Vec<&str>> = vec![vec!["memory"], vec!["pids"], vec!["freezer"], vec!["name=systemd"]];
         if co_mounted {
             groups.push(vec!["cpu", "cpuacct"]);
         } else {
@@ -305,10 +270,7 @@ mod tests {
         for controllers in groups {
             let own_dir = root.join(controllers.join(",")).join("agent.scope");
             fs::create_dir_all(&own_dir)?;
-            hierarchies.push(V1Hierarchy {
-                controllers: controllers.into_iter().map(String::from).collect(),
-                own_dir,
-            });
+            hierarchies.push(V1Hierarchy { controllers: controllers.into_iter().map(String::from).collect(), own_dir });
         }
         Ok(hierarchies)
     }
@@ -326,11 +288,7 @@ mod tests {
             (run.index.memory, MEMORY_LIMIT, UNLIMITED),
             (run.index.memory, MEMSW_LIMIT, UNLIMITED),
             (run.index.memory, "memory.max_usage_in_bytes", "0\n"),
-            (
-                run.index.memory,
-                "memory.oom_control",
-                "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
-            ),
+            (run.index.memory, "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n"),
             (run.index.memory, "memory.failcnt", "0\n"),
             (run.index.pids, "pids.max", "max\n"),
             (run.index.pids, "pids.events", "max 0\n"),
@@ -354,11 +312,7 @@ mod tests {
         let root = tempfile::tempdir()?;
         let run = fake_run(root.path(), false)?;
         assert_eq!(run.procs_paths().len(), 5);
-        assert!(
-            run.procs_paths()
-                .iter()
-                .all(|path| path.ends_with("bkg/run-1/cgroup.procs"))
-        );
+        assert!(run.procs_paths().iter().all(|path| path.ends_with("bkg/run-1/cgroup.procs")));
         run.set_limits(&LIMITS)?;
         let read = |hierarchy, name| fs::read_to_string(run.file(hierarchy, name));
         assert_eq!(read(run.index.cpu, "cpu.cfs_period_us")?, "100000");
@@ -377,10 +331,7 @@ mod tests {
         assert_eq!(run.procs_paths().len(), 4);
         run.set_limits(&LIMITS)?;
         fs::write(run.file(run.index.cpuacct, "cpuacct.usage"), "123456789\n")?;
-        assert_eq!(
-            fs::read_to_string(run.file(run.index.cpu, "cpu.cfs_quota_us"))?,
-            "150000"
-        );
+        assert_eq!(fs::read_to_string(run.file(run.index.cpu, "cpu.cfs_quota_us"))?, "150000");
         assert_eq!(run.usage()?.cpu_nanos, 123_456_789);
         Ok(())
     }
@@ -391,28 +342,16 @@ mod tests {
         let run = fake_run(root.path(), false)?;
         fs::remove_file(run.file(run.index.memory, MEMSW_LIMIT))?;
         run.set_limits(&LIMITS)?;
-        assert_eq!(
-            fs::read_to_string(run.file(run.index.memory, MEMORY_LIMIT))?,
-            "268435456"
-        );
+        assert_eq!(fs::read_to_string(run.file(run.index.memory, MEMORY_LIMIT))?, "268435456");
         assert!(!run.file(run.index.memory, MEMSW_LIMIT).exists());
         Ok(())
     }
 
     #[test]
     fn memsw_is_raised_first_and_lowered_last() {
-        assert_eq!(
-            memory_write_order(64 << 20, 128 << 20),
-            [MEMSW_LIMIT, MEMORY_LIMIT]
-        );
-        assert_eq!(
-            memory_write_order(128 << 20, 64 << 20),
-            [MEMORY_LIMIT, MEMSW_LIMIT]
-        );
-        assert_eq!(
-            memory_write_order(u64::MAX, 64 << 20),
-            [MEMORY_LIMIT, MEMSW_LIMIT]
-        );
+        assert_eq!(memory_write_order(64 << 20, 128 << 20), [MEMSW_LIMIT, MEMORY_LIMIT]);
+        assert_eq!(memory_write_order(128 << 20, 64 << 20), [MEMORY_LIMIT, MEMSW_LIMIT]);
+        assert_eq!(memory_write_order(u64::MAX, 64 << 20), [MEMORY_LIMIT, MEMSW_LIMIT]);
     }
 
     #[test]
@@ -420,22 +359,12 @@ mod tests {
         let root = tempfile::tempdir()?;
         let run = fake_run(root.path(), false)?;
         fs::write(run.file(run.index.cpuacct, "cpuacct.usage"), "987654321\n")?;
-        fs::write(
-            run.file(run.index.memory, "memory.max_usage_in_bytes"),
-            "4096000\n",
-        )?;
-        fs::write(
-            run.file(run.index.memory, "memory.oom_control"),
-            "oom_kill_disable 0\nunder_oom 1\noom_kill 3\n",
-        )?;
+        fs::write(run.file(run.index.memory, "memory.max_usage_in_bytes"), "4096000\n")?;
+        fs::write(run.file(run.index.memory, "memory.oom_control"), "oom_kill_disable 0\nunder_oom 1\noom_kill 3\n")?;
         fs::write(run.file(run.index.memory, "memory.failcnt"), "950\n")?;
         fs::write(run.file(run.index.pids, "pids.events"), "max 7\n")?;
-        let expected = CgroupUsage {
-            cpu_nanos: 987_654_321,
-            peak_memory_bytes: 4_096_000,
-            oom_kills: 3,
-            pids_limit_hits: 7,
-        };
+        let expected =
+            CgroupUsage { cpu_nanos: 987_654_321, peak_memory_bytes: 4_096_000, oom_kills: 3, pids_limit_hits: 7 };
         assert_eq!(run.usage()?, expected);
         Ok(())
     }
@@ -444,10 +373,7 @@ mod tests {
     fn usage_falls_back_to_failcnt_on_old_kernels() -> TestResult {
         let root = tempfile::tempdir()?;
         let run = fake_run(root.path(), false)?;
-        fs::write(
-            run.file(run.index.memory, "memory.oom_control"),
-            "oom_kill_disable 0\nunder_oom 0\n",
-        )?;
+        fs::write(run.file(run.index.memory, "memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\n")?;
         fs::write(run.file(run.index.memory, "memory.failcnt"), "5\n")?;
         assert_eq!(run.usage()?.oom_kills, 5);
         Ok(())
@@ -471,9 +397,7 @@ mod tests {
         let root = tempfile::tempdir()?;
         let mut hierarchies = fake_hierarchies(root.path(), true)?;
         hierarchies.retain(|hierarchy| !hierarchy.controllers.iter().any(|name| name == "freezer"));
-        let error = V1Driver::new(hierarchies, "bkg")
-            .err()
-            .ok_or("a driver without freezer was accepted")?;
+        let error = V1Driver::new(hierarchies, "bkg").err().ok_or("a driver without freezer was accepted")?;
         assert!(error.to_string().contains("freezer"), "{error}");
         Ok(())
     }
@@ -482,19 +406,10 @@ mod tests {
     fn names_that_could_leave_the_agent_dir_are_refused() -> TestResult {
         let root = tempfile::tempdir()?;
         let hierarchies = fake_hierarchies(root.path(), true)?;
-        assert!(matches!(
-            V1Driver::new(hierarchies.clone(), "../up"),
-            Err(CgroupError::InvalidName(_))
-        ));
+        assert!(matches!(V1Driver::new(hierarchies.clone(), "../up"), Err(CgroupError::InvalidName(_))));
         let driver = V1Driver::new(hierarchies, "bkg")?;
         for name in ["..", ".", "a/b", "", "/abs"] {
-            assert!(
-                matches!(
-                    driver.create(name, &LIMITS),
-                    Err(CgroupError::InvalidName(_))
-                ),
-                "{name:?}"
-            );
+            assert!(matches!(driver.create(name, &LIMITS), Err(CgroupError::InvalidName(_))), "{name:?}");
         }
         Ok(())
     }

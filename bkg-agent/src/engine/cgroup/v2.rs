@@ -6,10 +6,9 @@ use std::slice;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
-    CFS_PERIOD_US, CgroupDriver, CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, RunCgroup,
-    child_dirs, create_new_dir, ensure_dir, keyed_u64, kill_members, kill_until_empty, parse_u64,
-    pids_in, read_optional, read_text, remove_cgroup_tree, remove_stale_runs, validate_component,
-    write_if_present, write_raw, write_value,
+    CFS_PERIOD_US, CgroupDriver, CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, RunCgroup, child_dirs,
+    create_new_dir, ensure_dir, keyed_u64, kill_members, kill_until_empty, parse_u64, pids_in, read_optional,
+    read_text, remove_cgroup_tree, remove_stale_runs, validate_component, write_if_present, write_raw, write_value,
 };
 
 const WANTED_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
@@ -35,10 +34,7 @@ impl V2Driver {
         let driver = Self {
             agent_dir: own_dir.join(agent_dir),
             evacuation_dir: own_dir.join(format!("{agent_dir}-self")),
-            enabled: WANTED_CONTROLLERS
-                .into_iter()
-                .filter(|wanted| offered.contains(wanted))
-                .collect(),
+            enabled: WANTED_CONTROLLERS.into_iter().filter(|wanted| offered.contains(wanted)).collect(),
             own_dir,
         };
         driver.enable_in_own_cgroup()?;
@@ -48,10 +44,7 @@ impl V2Driver {
 
     /// Controllers this driver cannot limit with because our own cgroup does not offer them.
     pub fn unavailable_controllers(&self) -> Vec<&'static str> {
-        WANTED_CONTROLLERS
-            .into_iter()
-            .filter(|wanted| !self.enabled.contains(wanted))
-            .collect()
+        WANTED_CONTROLLERS.into_iter().filter(|wanted| !self.enabled.contains(wanted)).collect()
     }
 
     fn enable_in_own_cgroup(&self) -> Result<(), CgroupError> {
@@ -66,11 +59,7 @@ impl V2Driver {
                 self.evacuate_own_processes()?;
                 write_value(&control, &request)
             }
-            Err(source) => Err(CgroupError::Write {
-                path: control,
-                value: request,
-                source,
-            }),
+            Err(source) => Err(CgroupError::Write { path: control, value: request, source }),
         }
     }
 
@@ -78,20 +67,12 @@ impl V2Driver {
         ensure_dir(&self.evacuation_dir)?;
         let target = self.evacuation_dir.join("cgroup.procs");
         let own_procs = read_text(&self.own_dir.join("cgroup.procs"))?;
-        for pid in own_procs
-            .lines()
-            .map(str::trim)
-            .filter(|pid| !pid.is_empty())
-        {
+        for pid in own_procs.lines().map(str::trim).filter(|pid| !pid.is_empty()) {
             match write_raw(&target, pid) {
                 Ok(()) => {}
                 Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
                 Err(source) => {
-                    return Err(CgroupError::Write {
-                        path: target,
-                        value: pid.to_owned(),
-                        source,
-                    });
+                    return Err(CgroupError::Write { path: target, value: pid.to_owned(), source });
                 }
             }
         }
@@ -112,22 +93,15 @@ impl V2Driver {
     }
 
     fn run_cgroup(&self, name: &OsStr) -> V2RunCgroup {
-        V2RunCgroup {
-            dir: self.agent_dir.join(name),
-            enabled: self.enabled.clone(),
-            sampled_peak: AtomicU64::new(0),
-        }
+        V2RunCgroup { dir: self.agent_dir.join(name), enabled: self.enabled.clone(), sampled_peak: AtomicU64::new(0) }
     }
 }
 
 /// The `cgroup.subtree_control` write enabling what `wanted` lists beyond `active`, if anything.
 fn enable_request(active: &str, wanted: &[&str]) -> Option<String> {
     let active: Vec<&str> = active.split_whitespace().collect();
-    let missing: Vec<String> = wanted
-        .iter()
-        .filter(|name| !active.contains(name))
-        .map(|name| format!("+{name}"))
-        .collect();
+    let missing: Vec<String> =
+        wanted.iter().filter(|name| !active.contains(name)).map(|name| format!("+{name}")).collect();
     (!missing.is_empty()).then(|| missing.join(" "))
 }
 
@@ -156,9 +130,7 @@ impl CgroupDriver for V2Driver {
     }
 
     fn remove_stale(&self) -> Result<usize, CgroupError> {
-        remove_stale_runs(child_dirs(&self.agent_dir)?, |name| {
-            Box::new(self.run_cgroup(name))
-        })
+        remove_stale_runs(child_dirs(&self.agent_dir)?, |name| Box::new(self.run_cgroup(name)))
     }
 
     fn version(&self) -> CgroupVersion {
@@ -185,8 +157,7 @@ impl V2RunCgroup {
         }
         let current = self.dir.join("memory.current");
         if let Some(text) = read_optional(&current)? {
-            self.sampled_peak
-                .fetch_max(parse_u64(&current, &text)?, Ordering::Relaxed);
+            self.sampled_peak.fetch_max(parse_u64(&current, &text)?, Ordering::Relaxed);
         }
         Ok(self.sampled_peak.load(Ordering::Relaxed))
     }
@@ -210,16 +181,10 @@ impl RunCgroup for V2RunCgroup {
         limits.validate()?;
         let quota = limits.cpu_quota_us();
         if self.controls("cpu") {
-            write_value(
-                &self.dir.join("cpu.max"),
-                &format!("{quota} {CFS_PERIOD_US}"),
-            )?;
+            write_value(&self.dir.join("cpu.max"), &format!("{quota} {CFS_PERIOD_US}"))?;
         }
         if self.controls("memory") {
-            write_value(
-                &self.dir.join("memory.max"),
-                &limits.memory_bytes.to_string(),
-            )?;
+            write_value(&self.dir.join("memory.max"), &limits.memory_bytes.to_string())?;
             // Absent without swap accounting; where present, no swap keeps memory_bytes the
             // whole budget, as memsw does on v1.
             write_if_present(&self.dir.join("memory.swap.max"), "0")?;
@@ -233,13 +198,8 @@ impl RunCgroup for V2RunCgroup {
     fn usage(&self) -> Result<CgroupUsage, CgroupError> {
         // cpu.stat's usage_usec is kept for every cgroup, cpu controller or not.
         let cpu_stat = self.dir.join("cpu.stat");
-        let usage_usec =
-            keyed_u64(&cpu_stat, &read_text(&cpu_stat)?, "usage_usec")?.ok_or_else(|| {
-                CgroupError::Parse {
-                    path: cpu_stat.clone(),
-                    detail: "no usage_usec line".into(),
-                }
-            })?;
+        let usage_usec = keyed_u64(&cpu_stat, &read_text(&cpu_stat)?, "usage_usec")?
+            .ok_or_else(|| CgroupError::Parse { path: cpu_stat.clone(), detail: "no usage_usec line".into() })?;
         Ok(CgroupUsage {
             cpu_nanos: usage_usec.saturating_mul(1000),
             peak_memory_bytes: self.peak_memory()?,
@@ -286,11 +246,7 @@ mod tests {
 
     type TestResult = Result<(), Box<dyn Error>>;
 
-    const LIMITS: CgroupLimits = CgroupLimits {
-        cpu_millis: 1500,
-        memory_bytes: 256 << 20,
-        pids_max: 64,
-    };
+    const LIMITS: CgroupLimits = CgroupLimits { cpu_millis: 1500, memory_bytes: 256 << 20, pids_max: 64 };
 
     /// An own cgroup offering `controllers`, with the agent directory already made: mkdir in
     /// a tempdir does not produce the control files the driver reads.
@@ -314,10 +270,7 @@ mod tests {
             ("memory.swap.max", "max\n"),
             ("memory.current", "0\n"),
             ("memory.peak", "0\n"),
-            (
-                "memory.events",
-                "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
-            ),
+            ("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"),
             ("pids.max", "max\n"),
             ("pids.events", "max 0\n"),
         ];
@@ -333,27 +286,15 @@ mod tests {
         let own_dir = fake_own_cgroup(root.path(), "cpuset cpu io memory hugetlb pids rdma\n")?;
         let driver = V2Driver::new(own_dir.clone(), "bkg")?;
         assert!(driver.unavailable_controllers().is_empty());
-        assert_eq!(
-            fs::read_to_string(own_dir.join("cgroup.subtree_control"))?,
-            "+cpu +memory +pids"
-        );
-        assert_eq!(
-            fs::read_to_string(own_dir.join("bkg/cgroup.subtree_control"))?,
-            "+cpu +memory +pids"
-        );
+        assert_eq!(fs::read_to_string(own_dir.join("cgroup.subtree_control"))?, "+cpu +memory +pids");
+        assert_eq!(fs::read_to_string(own_dir.join("bkg/cgroup.subtree_control"))?, "+cpu +memory +pids");
         Ok(())
     }
 
     #[test]
     fn controllers_already_enabled_are_not_requested_again() {
-        assert_eq!(
-            enable_request("cpu io memory pids\n", &WANTED_CONTROLLERS),
-            None
-        );
-        assert_eq!(
-            enable_request("memory\n", &WANTED_CONTROLLERS).as_deref(),
-            Some("+cpu +pids")
-        );
+        assert_eq!(enable_request("cpu io memory pids\n", &WANTED_CONTROLLERS), None);
+        assert_eq!(enable_request("memory\n", &WANTED_CONTROLLERS).as_deref(), Some("+cpu +pids"));
     }
 
     #[test]
@@ -362,10 +303,7 @@ mod tests {
         let own_dir = fake_own_cgroup(root.path(), "cpu io\n")?;
         let driver = V2Driver::new(own_dir.clone(), "bkg")?;
         assert_eq!(driver.unavailable_controllers(), vec!["memory", "pids"]);
-        assert_eq!(
-            fs::read_to_string(own_dir.join("bkg/cgroup.subtree_control"))?,
-            "+cpu"
-        );
+        assert_eq!(fs::read_to_string(own_dir.join("bkg/cgroup.subtree_control"))?, "+cpu");
         Ok(())
     }
 
@@ -390,10 +328,7 @@ mod tests {
         let driver = V2Driver::new(fake_own_cgroup(root.path(), "cpu memory pids")?, "bkg")?;
         let run = fake_run(&driver)?;
         fs::remove_file(run.dir.join("pids.max"))?;
-        assert!(matches!(
-            run.set_limits(&LIMITS),
-            Err(CgroupError::Write { .. })
-        ));
+        assert!(matches!(run.set_limits(&LIMITS), Err(CgroupError::Write { .. })));
         Ok(())
     }
 
@@ -403,15 +338,9 @@ mod tests {
         let own_dir = fake_own_cgroup(root.path(), "")?;
         let driver = V2Driver::new(own_dir.clone(), "bkg")?;
         let run = driver.create("run-1", &LIMITS)?;
-        assert_eq!(
-            run.procs_paths(),
-            vec![own_dir.join("bkg/run-1/cgroup.procs")]
-        );
+        assert_eq!(run.procs_paths(), vec![own_dir.join("bkg/run-1/cgroup.procs")]);
         assert_eq!(fs::read_dir(own_dir.join("bkg/run-1"))?.count(), 0);
-        assert_eq!(
-            fs::read_to_string(own_dir.join("cgroup.subtree_control"))?,
-            ""
-        );
+        assert_eq!(fs::read_to_string(own_dir.join("cgroup.subtree_control"))?, "");
         Ok(())
     }
 
@@ -420,22 +349,12 @@ mod tests {
         let root = tempfile::tempdir()?;
         let driver = V2Driver::new(fake_own_cgroup(root.path(), "cpu memory pids")?, "bkg")?;
         let run = fake_run(&driver)?;
-        fs::write(
-            run.dir.join("cpu.stat"),
-            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
-        )?;
+        fs::write(run.dir.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")?;
         fs::write(run.dir.join("memory.peak"), "8388608\n")?;
-        fs::write(
-            run.dir.join("memory.events"),
-            "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n",
-        )?;
+        fs::write(run.dir.join("memory.events"), "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n")?;
         fs::write(run.dir.join("pids.events"), "max 9\n")?;
-        let expected = CgroupUsage {
-            cpu_nanos: 1_500_000,
-            peak_memory_bytes: 8_388_608,
-            oom_kills: 1,
-            pids_limit_hits: 9,
-        };
+        let expected =
+            CgroupUsage { cpu_nanos: 1_500_000, peak_memory_bytes: 8_388_608, oom_kills: 1, pids_limit_hits: 9 };
         assert_eq!(run.usage()?, expected);
         Ok(())
     }

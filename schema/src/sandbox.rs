@@ -1,0 +1,131 @@
+//! Persistent sandboxes: defined by a project (`cave.yaml`), kept by the agent, run many times,
+//! each keeping its `/workspace` between runs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Language, LimitOverrides, Limits, RunRecord};
+
+/// Whether `name` is a DNS label: 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// The id of sandbox `name` of the project in `project_dir`: stable, so every client computes
+/// the same one. `NAME-<16 hex digits of FNV-1a over the directory>`.
+pub fn sandbox_id(project_dir: &str, name: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in project_dir.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{name}-{hash:016x}")
+}
+
+/// A host directory bound into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// Absolute host path.
+    pub host: String,
+    /// Absolute path under /workspace.
+    pub guest: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// `PUT /api/v1/sandboxes/{id}`: create or update a persistent sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxDefinition {
+    pub name: String,
+    pub namespace: String,
+    /// Absolute host path of the project; mounted read-only at /project. The sandbox's state
+    /// lives in its `.bkg/` folder.
+    pub project_dir: String,
+    pub language: Language,
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Idle,
+    Running,
+}
+
+/// A persistent sandbox as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub project_dir: String,
+    pub language: Language,
+    pub limits: Limits,
+    pub state: SandboxState,
+    /// The run going on now, if any.
+    pub current_run: Option<String>,
+    /// The most recent run, finished or not.
+    pub last_run: Option<RunRecord>,
+    pub created_at_ms: u64,
+    /// Size of the sandbox's disk image on the host (sparse: what its files take).
+    pub disk_bytes_allocated: u64,
+}
+
+/// `POST /api/v1/sandboxes/{id}/exec`: run a command in a persistent sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// A shell command line, run with `/bin/sh -c` in /workspace.
+    pub command: String,
+    /// Return at once with the run's id; the run goes on under the agent, its output only in
+    /// the sandbox's log.
+    #[serde(default)]
+    pub detach: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Standard input for a non-streamed run, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_base64: Option<String>,
+}
+
+/// The answer to a detached exec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetachedRun {
+    pub sandbox_id: String,
+    pub run_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        for good in ["api", "a", "web-2", "x".repeat(63).as_str()] {
+            assert!(is_dns_label(good), "{good}");
+        }
+        for bad in ["", "Api", "-api", "api-", "a_b", "a.b", "x".repeat(64).as_str(), "é"] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_differ_by_project() {
+        assert_eq!(sandbox_id("/srv/app", "api"), sandbox_id("/srv/app", "api"));
+        assert_ne!(sandbox_id("/srv/app", "api"), sandbox_id("/srv/other", "api"));
+        assert!(sandbox_id("/srv/app", "api").starts_with("api-"));
+        assert_eq!(sandbox_id("/srv/app", "api").len(), "api-".len() + 16);
+    }
+}
