@@ -30,10 +30,7 @@ pub fn bkg_bin() -> PathBuf {
 }
 
 pub fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .join("examples")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").join("examples")
 }
 
 static NEXT_AGENT: AtomicU32 = AtomicU32::new(0);
@@ -56,10 +53,7 @@ pub struct AgentOptions {
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self {
-            warm_pool: 1,
-            extra_args: Vec::new(),
-        }
+        Self { warm_pool: 1, extra_args: Vec::new() }
     }
 }
 
@@ -69,10 +63,7 @@ impl Agent {
     }
 
     pub fn start_with(options: AgentOptions) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("bkg-e2e-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("bkg-e2e-").tempdir().expect("temp dir");
         let serial = NEXT_AGENT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{serial}", std::process::id());
         // A uid range of our own: sandboxes of parallel test agents never share a uid.
@@ -118,18 +109,10 @@ impl Agent {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("agent exited during start-up ({status}):\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not come up:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "agent did not come up:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -145,33 +128,18 @@ impl Agent {
     /// `bkg` talking to this agent, never starting another.
     pub fn bkg(&self) -> Command {
         let mut command = Command::new(bkg_bin());
-        command
-            .env("BKG_SOCKET", &self.socket)
-            .env("BKG_NO_AUTOSTART", "1")
-            .env_remove("BKG_STATE_DIR");
+        command.env("BKG_SOCKET", &self.socket).env("BKG_NO_AUTOSTART", "1").env_remove("BKG_STATE_DIR");
         command
     }
 
     /// Runs `bkg exe ARGS` with an empty stdin.
     pub fn exe(&self, args: &[&str]) -> Output {
-        self.bkg()
-            .arg("exe")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run bkg exe")
+        self.bkg().arg("exe").args(args).stdin(Stdio::null()).output().expect("run bkg exe")
     }
 
     /// Runs `bkg exe --json ARGS` and parses the result.
     pub fn exe_json(&self, args: &[&str]) -> (serde_json::Value, Output) {
-        let output = self
-            .bkg()
-            .arg("exe")
-            .arg("--json")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run bkg exe");
+        let output = self.bkg().arg("exe").arg("--json").args(args).stdin(Stdio::null()).output().expect("run bkg exe");
         let value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
             panic!(
                 "bkg exe --json printed no JSON ({error}); status {:?}\nstdout: {}\nstderr: {}",
@@ -184,11 +152,7 @@ impl Agent {
     }
 
     pub fn status_json(&self) -> serde_json::Value {
-        let output = self
-            .bkg()
-            .args(["agent", "status", "--json"])
-            .output()
-            .expect("bkg agent status");
+        let output = self.bkg().args(["agent", "status", "--json"]).output().expect("bkg agent status");
         serde_json::from_slice(&output.stdout).expect("status JSON")
     }
 
@@ -200,10 +164,7 @@ impl Agent {
             if status["pending_cleanups"] == 0 && status["active_runs"] == 0 {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent never became idle: {status}"
-            );
+            assert!(Instant::now() < deadline, "agent never became idle: {status}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -284,10 +245,7 @@ impl Leftovers {
             && self.loop_devices.is_empty()
             && self.processes.is_empty()
             && self.sandbox_dirs.is_empty()
-            && self
-                .cgroups
-                .iter()
-                .all(|dir| run_cgroups_in(dir).is_empty())
+            && self.cgroups.iter().all(|dir| run_cgroups_in(dir).is_empty())
     }
 }
 
@@ -331,11 +289,7 @@ fn find_dirs_named(dir: &Path, name: &str, depth: u32, found: &mut Vec<PathBuf>)
 pub fn run_cgroups_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                .map(|e| e.path())
-                .collect()
+            entries.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()).collect()
         })
         .unwrap_or_default()
 }
@@ -348,9 +302,7 @@ pub fn loop_devices_under(dir: &Path) -> Vec<String> {
         .flatten()
         .filter_map(|entry| {
             let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
-            Path::new(backing.trim())
-                .starts_with(dir)
-                .then(|| entry.file_name().to_string_lossy().into_owned())
+            Path::new(backing.trim()).starts_with(dir).then(|| entry.file_name().to_string_lossy().into_owned())
         })
         .collect()
 }
@@ -367,17 +319,10 @@ pub fn processes_with_uid_in(low: u32, high: u32) -> Vec<u32> {
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            let uid: u32 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()?;
-            let zombie = status
-                .lines()
-                .find_map(|l| l.strip_prefix("State:"))
-                .is_some_and(|s| s.trim_start().starts_with('Z'));
+            let uid: u32 =
+                status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()?;
+            let zombie =
+                status.lines().find_map(|l| l.strip_prefix("State:")).is_some_and(|s| s.trim_start().starts_with('Z'));
             ((low..high).contains(&uid) && !zombie).then_some(pid)
         })
         .collect()

@@ -12,40 +12,22 @@ use crate::exit::{BKG_FAILED, CliError};
 pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<i32, CliError> {
     let client = AgentClient::new(global)?;
     match args.action {
-        AgentAction::Start {
-            foreground,
-            state_dir,
-        } => {
+        AgentAction::Start { foreground, state_dir } => {
             if client.is_up() {
-                eprintln!(
-                    "bkg: an agent is already running on {}",
-                    client.socket.display()
-                );
+                eprintln!("bkg: an agent is already running on {}", client.socket.display());
                 return Ok(0);
             }
             if !nix::unistd::geteuid().is_root() {
-                return Err(CliError::new(
-                    BKG_FAILED,
-                    "the agent needs root: run `sudo bkg agent start`",
-                ));
+                return Err(CliError::new(BKG_FAILED, "the agent needs root: run `sudo bkg agent start`"));
             }
             let state_dir = state_dir.unwrap_or_else(bkg_schema::paths::default_state_dir);
             if foreground {
-                let error = std::os::unix::process::CommandExt::exec(&mut agent_command(
-                    &client.socket,
-                    &state_dir,
-                ));
-                return Err(CliError::new(
-                    BKG_FAILED,
-                    format!("cannot start bkg-agent: {error}"),
-                ));
+                let error = std::os::unix::process::CommandExt::exec(&mut agent_command(&client.socket, &state_dir));
+                return Err(CliError::new(BKG_FAILED, format!("cannot start bkg-agent: {error}")));
             }
             let pid = start_agent(&client.socket, &state_dir)?;
             client.wait_until_up(Duration::from_secs(15)).await?;
-            eprintln!(
-                "bkg: agent started (pid {pid}) on {}",
-                client.socket.display()
-            );
+            eprintln!("bkg: agent started (pid {pid}) on {}", client.socket.display());
             Ok(0)
         }
         AgentAction::Stop => {
@@ -57,10 +39,7 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<i32, CliError> 
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while client.is_up() {
                 if std::time::Instant::now() > deadline {
-                    return Err(CliError::new(
-                        BKG_FAILED,
-                        "the agent did not stop within 30 s",
-                    ));
+                    return Err(CliError::new(BKG_FAILED, "the agent did not stop within 30 s"));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -70,10 +49,7 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<i32, CliError> 
         AgentAction::Status { json } => {
             if !client.is_up() {
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({ "running": false, "socket": client.socket })
-                    );
+                    println!("{}", serde_json::json!({ "running": false, "socket": client.socket }));
                 } else {
                     eprintln!("bkg: no agent is running on {}", client.socket.display());
                 }
@@ -81,8 +57,7 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<i32, CliError> 
             }
             let info: AgentInfo = client.get("/api/v1/agent").await?;
             if json {
-                let mut value = serde_json::to_value(&info)
-                    .map_err(|error| CliError::internal(error.to_string()))?;
+                let mut value = serde_json::to_value(&info).map_err(|error| CliError::internal(error.to_string()))?;
                 value["running"] = serde_json::Value::Bool(true);
                 println!("{value}");
             } else {
@@ -104,10 +79,7 @@ fn print_status(info: &AgentInfo) {
             l.pids
         )
     };
-    println!(
-        "agent      running (pid {}, version {})",
-        info.pid, info.version
-    );
+    println!("agent      running (pid {}, version {})", info.pid, info.version);
     println!("socket     {}", info.socket);
     println!("state dir  {}", info.state_dir);
     println!("cgroups    {}", info.cgroup_version);

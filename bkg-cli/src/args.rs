@@ -6,12 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// bkg runs untrusted Python and Node.js code in sandboxes with hard limits.
 #[derive(Debug, Parser)]
-#[command(
-    name = "bkg",
-    version,
-    propagate_version = true,
-    arg_required_else_help = true
-)]
+#[command(name = "bkg", version, propagate_version = true, arg_required_else_help = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -29,10 +24,8 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a script once in a temporary sandbox and return its output and exit code.
-    #[command(
-        after_help = "Exit codes: the script's own; 124 timeout; 137 killed by the memory or process limit; \
-130 cancelled; 125 bkg failed (bad input, agent unreachable); 126 runtime not executable; 127 script not found."
-    )]
+    #[command(after_help = "Exit codes: the script's own; 124 timeout; 137 killed by the memory or process limit; \
+130 cancelled; 125 bkg failed (bad input, agent unreachable); 126 runtime not executable; 127 script not found.")]
     Exe(Box<ExeArgs>),
     /// Start, stop or inspect the local agent.
     Agent(AgentArgs),
@@ -47,12 +40,7 @@ pub struct ExeArgs {
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
     /// Run this code instead of a file (needs --type).
-    #[arg(
-        short = 'c',
-        long = "code",
-        value_name = "CODE",
-        conflicts_with = "script"
-    )]
+    #[arg(short = 'c', long = "code", value_name = "CODE", conflicts_with = "script")]
     pub code: Option<String>,
     /// The language: python or node [default: from the file extension]
     #[arg(short = 't', long = "type", value_name = "TYPE")]

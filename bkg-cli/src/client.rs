@@ -19,16 +19,11 @@ pub struct AgentClient {
 
 impl AgentClient {
     pub fn new(global: &GlobalArgs) -> Result<Self, CliError> {
-        let socket = global
-            .socket
-            .clone()
-            .unwrap_or_else(bkg_schema::paths::default_socket);
+        let socket = global.socket.clone().unwrap_or_else(bkg_schema::paths::default_socket);
         let http = reqwest::Client::builder()
             .unix_socket(socket.clone())
             .build()
-            .map_err(|error| {
-                CliError::internal(format!("cannot build the HTTP client: {error}"))
-            })?;
+            .map_err(|error| CliError::internal(format!("cannot build the HTTP client: {error}")))?;
         Ok(Self { socket, http })
     }
 
@@ -49,11 +44,7 @@ impl AgentClient {
     pub async fn ensure_running(&self) -> Result<(), CliError> {
         match std::os::unix::net::UnixStream::connect(&self.socket) {
             Ok(_) => return Ok(()),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    ErrorKind::NotFound | ErrorKind::ConnectionRefused
-                ) => {}
+            Err(error) if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {}
             Err(error) if error.kind() == ErrorKind::PermissionDenied => {
                 return Err(CliError::new(
                     BKG_FAILED,
@@ -66,10 +57,7 @@ impl AgentClient {
             Err(error) => {
                 return Err(CliError::new(
                     BKG_FAILED,
-                    format!(
-                        "cannot reach the agent at {}: {error}",
-                        self.socket.display()
-                    ),
+                    format!("cannot reach the agent at {}: {error}", self.socket.display()),
                 ));
             }
         }
@@ -95,10 +83,7 @@ impl AgentClient {
             .map(PathBuf::from)
             .unwrap_or_else(bkg_schema::paths::default_state_dir);
         let pid = start_agent(&self.socket, &state_dir)?;
-        eprintln!(
-            "bkg: started an agent (pid {pid}) on {}; stop it with `bkg agent stop`",
-            self.socket.display()
-        );
+        eprintln!("bkg: started an agent (pid {pid}) on {}; stop it with `bkg agent stop`", self.socket.display());
         self.wait_until_up(Duration::from_secs(15)).await
     }
 
@@ -110,32 +95,16 @@ impl AgentClient {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(CliError::new(
-            BKG_FAILED,
-            format!(
-                "the agent did not answer on {} in time",
-                self.socket.display()
-            ),
-        ))
+        Err(CliError::new(BKG_FAILED, format!("the agent did not answer on {} in time", self.socket.display())))
     }
 
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
-        let response = self
-            .http
-            .get(Self::url(path))
-            .send()
-            .await
-            .map_err(|error| self.unreachable(error))?;
+        let response = self.http.get(Self::url(path)).send().await.map_err(|error| self.unreachable(error))?;
         decode(response).await
     }
 
     pub async fn post_empty(&self, path: &str) -> Result<(), CliError> {
-        let response = self
-            .http
-            .post(Self::url(path))
-            .send()
-            .await
-            .map_err(|error| self.unreachable(error))?;
+        let response = self.http.post(Self::url(path)).send().await.map_err(|error| self.unreachable(error))?;
         if response.status().is_success() {
             return Ok(());
         }
@@ -143,26 +112,15 @@ impl AgentClient {
     }
 
     pub fn unreachable(&self, error: reqwest::Error) -> CliError {
-        CliError::new(
-            BKG_FAILED,
-            format!(
-                "cannot reach the agent at {}: {error}",
-                self.socket.display()
-            ),
-        )
+        CliError::new(BKG_FAILED, format!("cannot reach the agent at {}: {error}", self.socket.display()))
     }
 }
 
-async fn decode<T: serde::de::DeserializeOwned>(
-    response: reqwest::Response,
-) -> Result<T, CliError> {
+async fn decode<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, CliError> {
     if !response.status().is_success() {
         return Err(api_error(response).await);
     }
-    response
-        .json()
-        .await
-        .map_err(|error| CliError::internal(format!("unexpected answer from the agent: {error}")))
+    response.json().await.map_err(|error| CliError::internal(format!("unexpected answer from the agent: {error}")))
 }
 
 /// Turns an error response into the CLI error with its exit code.
@@ -185,53 +143,29 @@ pub fn from_api_error(error: &ApiError) -> CliError {
 /// The `bkg-agent --foreground` command for `socket` and `state_dir`; the binary is found
 /// beside this one, else on PATH.
 pub fn agent_command(socket: &Path, state_dir: &Path) -> std::process::Command {
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("bkg-agent")));
-    let program = beside
-        .filter(|path| path.exists())
-        .unwrap_or_else(|| PathBuf::from("bkg-agent"));
+    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("bkg-agent")));
+    let program = beside.filter(|path| path.exists()).unwrap_or_else(|| PathBuf::from("bkg-agent"));
     let mut command = std::process::Command::new(program);
-    command
-        .arg("--foreground")
-        .arg("--socket")
-        .arg(socket)
-        .arg("--state-dir")
-        .arg(state_dir);
+    command.arg("--foreground").arg("--socket").arg(socket).arg("--state-dir").arg(state_dir);
     command
 }
 
 /// Starts the agent in the background, in its own process group, logging to
 /// STATE_DIR/agent.log. Returns its pid.
 pub fn start_agent(socket: &Path, state_dir: &Path) -> Result<u32, CliError> {
-    std::fs::create_dir_all(state_dir).map_err(|error| {
-        CliError::new(
-            BKG_FAILED,
-            format!("cannot create {}: {error}", state_dir.display()),
-        )
-    })?;
+    std::fs::create_dir_all(state_dir)
+        .map_err(|error| CliError::new(BKG_FAILED, format!("cannot create {}: {error}", state_dir.display())))?;
     let mut command = agent_command(socket, state_dir);
     let log_path = state_dir.join("agent.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|error| {
-            CliError::new(
-                BKG_FAILED,
-                format!("cannot open {}: {error}", log_path.display()),
-            )
-        })?;
-    let log_err = log
-        .try_clone()
-        .map_err(|error| CliError::internal(error.to_string()))?;
-    command
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(log_err);
+        .map_err(|error| CliError::new(BKG_FAILED, format!("cannot open {}: {error}", log_path.display())))?;
+    let log_err = log.try_clone().map_err(|error| CliError::internal(error.to_string()))?;
+    command.stdin(std::process::Stdio::null()).stdout(log).stderr(log_err);
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let child = command
-        .spawn()
-        .map_err(|error| CliError::new(BKG_FAILED, format!("cannot start bkg-agent: {error}")))?;
+    let child =
+        command.spawn().map_err(|error| CliError::new(BKG_FAILED, format!("cannot start bkg-agent: {error}")))?;
     Ok(child.id())
 }

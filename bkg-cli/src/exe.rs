@@ -32,12 +32,10 @@ pub async fn run(global: &GlobalArgs, args: ExeArgs) -> Result<i32, CliError> {
     if response.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
         return Err(api_error(response).await);
     }
-    let upgraded = response.upgrade().await.map_err(|error| {
-        CliError::new(
-            BKG_FAILED,
-            format!("the agent did not open the run stream: {error}"),
-        )
-    })?;
+    let upgraded = response
+        .upgrade()
+        .await
+        .map_err(|error| CliError::new(BKG_FAILED, format!("the agent did not open the run stream: {error}")))?;
     let (mut reader, writer) = tokio::io::split(upgraded);
     let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
 
@@ -55,8 +53,7 @@ pub async fn run(global: &GlobalArgs, args: ExeArgs) -> Result<i32, CliError> {
     cancel_task.abort();
     let result = outcome?;
     if args.json {
-        let json = serde_json::to_string(&result)
-            .map_err(|error| CliError::internal(error.to_string()))?;
+        let json = serde_json::to_string(&result).map_err(|error| CliError::internal(error.to_string()))?;
         println!("{json}");
     }
     if let Some(reason) = reason_line(&result) {
@@ -69,31 +66,22 @@ pub async fn run(global: &GlobalArgs, args: ExeArgs) -> Result<i32, CliError> {
 fn reason_line(result: &RunResult) -> Option<String> {
     let limits = &result.limits;
     match result.killed_by {
-        Some(KilledBy::Timeout) => Some(format!(
-            "timed out after {} (--timeout)",
-            format_duration_ms(limits.timeout_ms)
-        )),
-        Some(KilledBy::Memory) => Some(format!(
-            "killed: memory limit of {} reached (--memory)",
-            format_size(limits.memory_bytes)
-        )),
+        Some(KilledBy::Timeout) => {
+            Some(format!("timed out after {} (--timeout)", format_duration_ms(limits.timeout_ms)))
+        }
+        Some(KilledBy::Memory) => {
+            Some(format!("killed: memory limit of {} reached (--memory)", format_size(limits.memory_bytes)))
+        }
         Some(KilledBy::Pids) => Some(format!("killed: process limit of {} reached", limits.pids)),
-        Some(KilledBy::Disk) => Some(format!(
-            "the script failed with its disk full ({} limit, --disk)",
-            format_size(limits.disk_bytes)
-        )),
+        Some(KilledBy::Disk) => {
+            Some(format!("the script failed with its disk full ({} limit, --disk)", format_size(limits.disk_bytes)))
+        }
         Some(KilledBy::Cancelled) => Some("cancelled".into()),
-        None => result
-            .signal
-            .map(|signal| format!("the script was killed by signal {signal}")),
+        None => result.signal.map(|signal| format!("the script was killed by signal {signal}")),
     }
 }
 
-async fn send_frame(
-    writer: &mut (impl AsyncWriteExt + Unpin),
-    kind: FrameKind,
-    payload: &[u8],
-) -> std::io::Result<()> {
+async fn send_frame(writer: &mut (impl AsyncWriteExt + Unpin), kind: FrameKind, payload: &[u8]) -> std::io::Result<()> {
     let header = frame::encode_header(kind, payload.len()).map_err(std::io::Error::other)?;
     writer.write_all(&header).await?;
     writer.write_all(payload).await?;
@@ -102,10 +90,7 @@ async fn send_frame(
 
 /// Our stdin becomes the script's, so pipes and `input()` work. With `bkg exe -` stdin held the
 /// code, so the script gets an empty stdin.
-async fn relay_stdin<W: AsyncWriteExt + Unpin>(
-    writer: std::sync::Arc<tokio::sync::Mutex<W>>,
-    stdin_is_code: bool,
-) {
+async fn relay_stdin<W: AsyncWriteExt + Unpin>(writer: std::sync::Arc<tokio::sync::Mutex<W>>, stdin_is_code: bool) {
     if !stdin_is_code {
         let mut stdin = tokio::io::stdin();
         let mut buffer = vec![0u8; 64 * 1024];
@@ -114,10 +99,7 @@ async fn relay_stdin<W: AsyncWriteExt + Unpin>(
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     let mut writer = writer.lock().await;
-                    if send_frame(&mut *writer, FrameKind::Stdin, &buffer[..n])
-                        .await
-                        .is_err()
-                    {
+                    if send_frame(&mut *writer, FrameKind::Stdin, &buffer[..n]).await.is_err() {
                         return;
                     }
                 }
@@ -128,45 +110,25 @@ async fn relay_stdin<W: AsyncWriteExt + Unpin>(
     let _ = send_frame(&mut *writer, FrameKind::StdinEnd, &[]).await;
 }
 
-async fn receive(
-    reader: &mut (impl AsyncReadExt + Unpin),
-    json: bool,
-) -> Result<RunResult, CliError> {
-    let lost = |_| {
-        CliError::new(
-            BKG_FAILED,
-            "the agent closed the connection before the run ended",
-        )
-    };
+async fn receive(reader: &mut (impl AsyncReadExt + Unpin), json: bool) -> Result<RunResult, CliError> {
+    let lost = |_| CliError::new(BKG_FAILED, "the agent closed the connection before the run ended");
     loop {
         let mut header = [0u8; frame::HEADER_LEN];
         reader.read_exact(&mut header).await.map_err(lost)?;
-        let (kind, len) = frame::decode_header(header).map_err(|error| {
-            CliError::new(
-                BKG_FAILED,
-                format!("garbled stream from the agent: {error}"),
-            )
-        })?;
+        let (kind, len) = frame::decode_header(header)
+            .map_err(|error| CliError::new(BKG_FAILED, format!("garbled stream from the agent: {error}")))?;
         let mut payload = vec![0u8; len];
         reader.read_exact(&mut payload).await.map_err(lost)?;
         match kind {
             FrameKind::Stdout if !json => write_through(&mut std::io::stdout().lock(), &payload),
             FrameKind::Stderr if !json => write_through(&mut std::io::stderr().lock(), &payload),
             FrameKind::Result => {
-                return serde_json::from_slice(&payload).map_err(|error| {
-                    CliError::new(
-                        BKG_FAILED,
-                        format!("unreadable result from the agent: {error}"),
-                    )
-                });
+                return serde_json::from_slice(&payload)
+                    .map_err(|error| CliError::new(BKG_FAILED, format!("unreadable result from the agent: {error}")));
             }
             FrameKind::Error => {
-                let error: ApiError = serde_json::from_slice(&payload).map_err(|error| {
-                    CliError::new(
-                        BKG_FAILED,
-                        format!("unreadable error from the agent: {error}"),
-                    )
-                })?;
+                let error: ApiError = serde_json::from_slice(&payload)
+                    .map_err(|error| CliError::new(BKG_FAILED, format!("unreadable error from the agent: {error}")))?;
                 return Err(from_api_error(&error));
             }
             _ => {}
@@ -183,11 +145,10 @@ fn write_through(out: &mut impl Write, bytes: &[u8]) {
 /// stdin was consumed as the code.
 fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
     let named_language = match &args.language {
-        Some(name) => Some(Language::parse(name).ok_or_else(|| {
-            CliError::usage(format!(
-                "unknown type `{name}`: use --type python or --type node"
-            ))
-        })?),
+        Some(name) => Some(
+            Language::parse(name)
+                .ok_or_else(|| CliError::usage(format!("unknown type `{name}`: use --type python or --type node")))?,
+        ),
         None => None,
     };
 
@@ -202,26 +163,20 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
             let mut code = String::new();
             std::io::stdin()
                 .read_to_string(&mut code)
-                .map_err(|error| {
-                    CliError::usage(format!("cannot read the code from stdin: {error}"))
-                })?;
+                .map_err(|error| CliError::usage(format!("cannot read the code from stdin: {error}")))?;
             (code, None, true)
         }
         (None, Some(path)) => {
             let code = match std::fs::read(path) {
-                Ok(bytes) => String::from_utf8(bytes)
-                    .map_err(|_| CliError::usage(format!("{path} is not UTF-8 text")))?,
+                Ok(bytes) => {
+                    String::from_utf8(bytes).map_err(|_| CliError::usage(format!("{path} is not UTF-8 text")))?
+                }
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(CliError::new(
-                        SCRIPT_NOT_FOUND,
-                        format!("script not found: {path}"),
-                    ));
+                    return Err(CliError::new(SCRIPT_NOT_FOUND, format!("script not found: {path}")));
                 }
                 Err(error) => return Err(CliError::usage(format!("cannot read {path}: {error}"))),
             };
-            let name = Path::new(path)
-                .file_name()
-                .map(|name| name.to_string_lossy().into_owned());
+            let name = Path::new(path).file_name().map(|name| name.to_string_lossy().into_owned());
             (code, name, false)
         }
         (None, None) => return Err(CliError::usage("give a script, `-` for stdin, or -c CODE")),
@@ -230,7 +185,9 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
     let language = match (named_language, script_name.as_deref()) {
         (Some(language), _) => language,
         (None, Some(name)) => Language::from_file_name(name).ok_or_else(|| {
-            CliError::usage(format!("cannot tell the language of `{name}` from its extension: add --type python or --type node"))
+            CliError::usage(format!(
+                "cannot tell the language of `{name}` from its extension: add --type python or --type node"
+            ))
         })?,
         (None, None) => return Err(CliError::usage("-c and - need --type python or --type node")),
     };
@@ -252,23 +209,10 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
         env.insert(key.to_owned(), value.to_owned());
     }
 
-    let files = args
-        .files
-        .iter()
-        .map(|spec| read_upload(spec))
-        .collect::<Result<Vec<_>, _>>()?;
+    let files = args.files.iter().map(|spec| read_upload(spec)).collect::<Result<Vec<_>, _>>()?;
 
     Ok((
-        RunRequest {
-            language,
-            code,
-            script_name,
-            args: args.args.clone(),
-            env,
-            files,
-            limits,
-            stdin_base64: None,
-        },
+        RunRequest { language, code, script_name, args: args.args.clone(), env, files, limits, stdin_base64: None },
         stdin_is_code,
     ))
 }
@@ -278,10 +222,7 @@ fn parse_flag(
     flag: &str,
     parse: fn(&str) -> Result<u64, bkg_schema::UnitError>,
 ) -> Result<Option<u64>, CliError> {
-    value
-        .as_deref()
-        .map(|text| parse(text).map_err(|error| CliError::usage(format!("{flag}: {error}"))))
-        .transpose()
+    value.as_deref().map(|text| parse(text).map_err(|error| CliError::usage(format!("{flag}: {error}")))).transpose()
 }
 
 /// `SRC[:DEST]`: a host file and where it goes (default: its name, in /workspace).
@@ -291,15 +232,11 @@ fn read_upload(spec: &str) -> Result<FileUpload, CliError> {
         _ => (spec, None),
     };
     let path = Path::new(source);
-    let metadata = std::fs::metadata(path)
-        .map_err(|error| CliError::usage(format!("--file {source}: {error}")))?;
+    let metadata = std::fs::metadata(path).map_err(|error| CliError::usage(format!("--file {source}: {error}")))?;
     if !metadata.is_file() {
-        return Err(CliError::usage(format!(
-            "--file {source}: not a regular file"
-        )));
+        return Err(CliError::usage(format!("--file {source}: not a regular file")));
     }
-    let content = std::fs::read(path)
-        .map_err(|error| CliError::usage(format!("--file {source}: {error}")))?;
+    let content = std::fs::read(path).map_err(|error| CliError::usage(format!("--file {source}: {error}")))?;
     let destination = match destination {
         Some(destination) => destination.to_owned(),
         None => path

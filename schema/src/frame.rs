@@ -106,13 +106,7 @@ mod tests {
             encode_header(FrameKind::Stdout, MAX_FRAME_PAYLOAD + 1),
             Err(FrameError::TooLong(MAX_FRAME_PAYLOAD + 1))
         );
-        assert_eq!(
-            decode_header([99, 0, 0, 0, 0]),
-            Err(FrameError::UnknownKind(99))
-        );
-        assert_eq!(
-            decode_header([11, 0xff, 0xff, 0xff, 0xff]),
-            Err(FrameError::TooLong(u32::MAX as usize))
-        );
+        assert_eq!(decode_header([99, 0, 0, 0, 0]), Err(FrameError::UnknownKind(99)));
+        assert_eq!(decode_header([11, 0xff, 0xff, 0xff, 0xff]), Err(FrameError::TooLong(u32::MAX as usize)));
     }
 }

@@ -20,9 +20,7 @@ fn is_root() -> bool {
 }
 
 fn runtime_dir() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
+    std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
 }
 
 /// `$BKG_SOCKET`, else `/run/bkg/agent.sock` for root, else `$XDG_RUNTIME_DIR/bkg/agent.sock`.
@@ -30,11 +28,7 @@ pub fn default_socket() -> PathBuf {
     if let Some(path) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
-    if is_root() {
-        PathBuf::from("/run/bkg/agent.sock")
-    } else {
-        runtime_dir().join("bkg/agent.sock")
-    }
+    if is_root() { PathBuf::from("/run/bkg/agent.sock") } else { runtime_dir().join("bkg/agent.sock") }
 }
 
 /// `$BKG_STATE_DIR`, else `/var/lib/bkg` for root, else `$XDG_STATE_HOME/bkg` (`~/.local/state/bkg`).

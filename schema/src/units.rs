@@ -6,9 +6,7 @@ use thiserror::Error;
 pub enum UnitError {
     #[error("`{0}` is not a size: use a number with an optional unit, like 256MiB, 1GiB or 500M")]
     Size(String),
-    #[error(
-        "`{0}` is not a duration: use a number with an optional unit, like 500ms, 10s, 2m or 1h"
-    )]
+    #[error("`{0}` is not a duration: use a number with an optional unit, like 500ms, 10s, 2m or 1h")]
     Duration(String),
     #[error("`{0}` is not a CPU count: use a positive number like 0.5, 1 or 2")]
     Cpus(String),
@@ -33,9 +31,7 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         "tb" => 1_000_000_000_000,
         _ => return Err(UnitError::Size(text.to_owned())),
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| UnitError::Size(text.to_owned()))?;
+    let value: f64 = number.parse().map_err(|_| UnitError::Size(text.to_owned()))?;
     if !value.is_finite() || value < 0.0 {
         return Err(UnitError::Size(text.to_owned()));
     }
@@ -61,9 +57,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
         "h" => 3_600_000.0,
         _ => return Err(UnitError::Duration(text.to_owned())),
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| UnitError::Duration(text.to_owned()))?;
+    let value: f64 = number.parse().map_err(|_| UnitError::Duration(text.to_owned()))?;
     if !value.is_finite() || value < 0.0 || value * multiplier > u64::MAX as f64 {
         return Err(UnitError::Duration(text.to_owned()));
     }
@@ -76,10 +70,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
 
 /// Parses a CPU count into thousandths of a CPU.
 pub fn parse_cpus(text: &str) -> Result<u64, UnitError> {
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| UnitError::Cpus(text.to_owned()))?;
+    let value: f64 = text.trim().parse().map_err(|_| UnitError::Cpus(text.to_owned()))?;
     if !value.is_finite() || !(0.0..=4096.0).contains(&value) {
         return Err(UnitError::Cpus(text.to_owned()));
     }
@@ -91,21 +82,14 @@ pub fn parse_cpus(text: &str) -> Result<u64, UnitError> {
 }
 
 fn split_number(text: &str) -> (&str, &str) {
-    let end = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(text.len());
+    let end = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+')).unwrap_or(text.len());
     let (number, unit) = text.split_at(end);
     (number, unit.trim())
 }
 
 /// Formats bytes the way users write them back: exact binary units where they fit.
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (1 << 40, "TiB"),
-        (1 << 30, "GiB"),
-        (1 << 20, "MiB"),
-        (1 << 10, "KiB"),
-    ];
+    const UNITS: [(u64, &str); 4] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (size, name) in UNITS {
         if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{name}", bytes / size);
@@ -130,11 +114,7 @@ pub fn format_duration_ms(millis: u64) -> String {
 }
 
 pub fn format_cpus(millis: u64) -> String {
-    if millis.is_multiple_of(1000) {
-        (millis / 1000).to_string()
-    } else {
-        format!("{}", millis as f64 / 1000.0)
-    }
+    if millis.is_multiple_of(1000) { (millis / 1000).to_string() } else { format!("{}", millis as f64 / 1000.0) }
 }
 
 #[cfg(test)]
@@ -161,10 +141,7 @@ mod tests {
         assert!(matches!(parse_size("lots"), Err(UnitError::Size(_))));
         assert!(matches!(parse_size("12parsecs"), Err(UnitError::Size(_))));
         assert!(matches!(parse_size(""), Err(UnitError::Size(_))));
-        assert!(matches!(
-            parse_size("99999999999TiB"),
-            Err(UnitError::Size(_))
-        ));
+        assert!(matches!(parse_size("99999999999TiB"), Err(UnitError::Size(_))));
     }
 
     #[test]
@@ -175,15 +152,9 @@ mod tests {
         assert_eq!(parse_duration_ms("2m"), Ok(120_000));
         assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
         assert_eq!(parse_duration_ms("1.5s"), Ok(1_500));
-        assert!(matches!(
-            parse_duration_ms("-1"),
-            Err(UnitError::Duration(_))
-        ));
+        assert!(matches!(parse_duration_ms("-1"), Err(UnitError::Duration(_))));
         assert!(matches!(parse_duration_ms("0s"), Err(UnitError::Zero(_))));
-        assert!(matches!(
-            parse_duration_ms("soon"),
-            Err(UnitError::Duration(_))
-        ));
+        assert!(matches!(parse_duration_ms("soon"), Err(UnitError::Duration(_))));
     }
 
     #[test]
@@ -201,10 +172,7 @@ mod tests {
             assert_eq!(format_size(parse_size(text).unwrap_or_default()), text);
         }
         for text in ["45s", "2m", "1h", "1500ms"] {
-            assert_eq!(
-                format_duration_ms(parse_duration_ms(text).unwrap_or_default()),
-                text
-            );
+            assert_eq!(format_duration_ms(parse_duration_ms(text).unwrap_or_default()), text);
         }
         assert_eq!(format_cpus(500), "0.5");
         assert_eq!(format_cpus(2000), "2");

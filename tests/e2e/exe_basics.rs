@@ -9,19 +9,11 @@ fn hello_py_and_hello_js_print_their_output() {
     let agent = Agent::start();
     let python = agent.exe(&[examples_dir().join("hello.py").to_str().unwrap_or_default()]);
     assert_eq!(code(&python), 0, "stderr: {}", stderr(&python));
-    assert!(
-        stdout(&python).starts_with("hello from python 3."),
-        "got {:?}",
-        stdout(&python)
-    );
+    assert!(stdout(&python).starts_with("hello from python 3."), "got {:?}", stdout(&python));
 
     let node = agent.exe(&[examples_dir().join("hello.js").to_str().unwrap_or_default()]);
     assert_eq!(code(&node), 0, "stderr: {}", stderr(&node));
-    assert!(
-        stdout(&node).starts_with("hello from node v"),
-        "got {:?}",
-        stdout(&node)
-    );
+    assert!(stdout(&node).starts_with("hello from node v"), "got {:?}", stdout(&node));
 }
 
 #[test]
@@ -35,11 +27,7 @@ fn the_scripts_exit_code_and_streams_come_back() {
     ]);
     assert_eq!(code(&output), 7);
     assert_eq!(stdout(&output), "to stdout\n");
-    assert_eq!(
-        stderr(&output),
-        "to stderr\n",
-        "no bkg line for the script's own exit code"
-    );
+    assert_eq!(stderr(&output), "to stderr\n", "no bkg line for the script's own exit code");
 
     let output = agent.exe(&["--type", "node", "-c", "process.exitCode = 3"]);
     assert_eq!(code(&output), 3);
@@ -48,21 +36,13 @@ fn the_scripts_exit_code_and_streams_come_back() {
 #[test]
 fn a_signal_that_kills_the_script_comes_back() {
     let agent = Agent::start();
-    let (result, output) = agent.exe_json(&[
-        "--type",
-        "python",
-        "-c",
-        "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
-    ]);
+    let (result, output) =
+        agent.exe_json(&["--type", "python", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]);
     assert_eq!(result["signal"], 11);
     assert_eq!(result["exit_code"], serde_json::Value::Null);
     assert_eq!(result["killed_by"], serde_json::Value::Null);
     assert_eq!(code(&output), 128 + 11);
-    assert!(
-        stderr(&output).contains("signal 11"),
-        "stderr: {}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("signal 11"), "stderr: {}", stderr(&output));
 }
 
 #[test]
@@ -93,12 +73,7 @@ fn json_output_has_the_documented_fields() {
     assert_eq!(result["truncated"], false);
     assert_eq!(result["limits"]["memory_bytes"], 512 * 1024 * 1024);
     assert!(result["peak_memory_bytes"].as_u64().unwrap_or(0) > 1024 * 1024);
-    assert_eq!(
-        stdout(&output).lines().count(),
-        1,
-        "--json prints one line: {}",
-        stdout(&output)
-    );
+    assert_eq!(stdout(&output).lines().count(), 1, "--json prints one line: {}", stdout(&output));
 }
 
 #[test]
@@ -117,12 +92,7 @@ fn stdin_reaches_the_script() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn bkg");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"world\nmore\nlines\n")
-        .expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(b"world\nmore\nlines\n").expect("write stdin");
     let output = child.wait_with_output().expect("wait");
     assert_eq!(code(&output), 0);
     assert_eq!(stdout(&output), "hello world 11\n");
@@ -138,12 +108,7 @@ fn code_from_stdin_with_a_dash() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn bkg");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"console.log(6 * 7)")
-        .expect("write code");
+    child.stdin.take().expect("stdin").write_all(b"console.log(6 * 7)").expect("write code");
     let output = child.wait_with_output().expect("wait");
     assert_eq!(code(&output), 0);
     assert_eq!(stdout(&output), "42\n");
@@ -155,13 +120,7 @@ fn output_is_streamed_while_the_script_runs() {
     let started = Instant::now();
     let mut child = agent
         .bkg()
-        .args([
-            "exe",
-            "--type",
-            "python",
-            "-c",
-            "import time\nprint('first')\ntime.sleep(3)\nprint('second')",
-        ])
+        .args(["exe", "--type", "python", "-c", "import time\nprint('first')\ntime.sleep(3)\nprint('second')"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -170,10 +129,7 @@ fn output_is_streamed_while_the_script_runs() {
     let first = lines.next().and_then(Result::ok);
     assert_eq!(first.as_deref(), Some("first"));
     // The first line arrived while the script was still sleeping: bkg has not exited yet.
-    assert!(
-        child.try_wait().expect("try_wait").is_none(),
-        "output was held back until the end"
-    );
+    assert!(child.try_wait().expect("try_wait").is_none(), "output was held back until the end");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("second"));
     assert!(child.wait().expect("wait").success());
@@ -206,21 +162,14 @@ fn arguments_env_and_files_reach_the_script() {
         .output()
         .expect("run");
     assert_eq!(code(&output), 0, "stderr: {}", stderr(&output));
-    assert_eq!(
-        stdout(&output),
-        "['one', 'two words']\nhi there\na,b\n1,2\n2\n/workspace False\n"
-    );
+    assert_eq!(stdout(&output), "['one', 'two words']\nhi there\na,b\n1,2\n2\n/workspace False\n");
 }
 
 #[test]
 fn retained_output_is_capped_and_marked_truncated() {
     let agent = Agent::start();
-    let (result, _) = agent.exe_json(&[
-        "--type",
-        "python",
-        "-c",
-        "import sys; sys.stdout.write('x' * (3 * 1024 * 1024))",
-    ]);
+    let (result, _) =
+        agent.exe_json(&["--type", "python", "-c", "import sys; sys.stdout.write('x' * (3 * 1024 * 1024))"]);
     assert_eq!(result["stdout_bytes"], 3 * 1024 * 1024);
     assert_eq!(result["stdout"].as_str().map(str::len), Some(1024 * 1024));
     assert_eq!(result["truncated"], true);

@@ -14,11 +14,7 @@ fn assert_one_line_error(output: &std::process::Output, expected_code: i32, need
 #[test]
 fn a_missing_script_is_127() {
     let agent = Agent::start();
-    assert_one_line_error(
-        &agent.exe(&["/nonexistent/script.py"]),
-        127,
-        "script not found: /nonexistent/script.py",
-    );
+    assert_one_line_error(&agent.exe(&["/nonexistent/script.py"]), 127, "script not found: /nonexistent/script.py");
 }
 
 #[test]
@@ -29,39 +25,15 @@ fn bad_flags_and_limits_are_125() {
     let cases: &[(&[&str], &str)] = &[
         (&["--type", "ruby", "-c", "puts 1"], "unknown type `ruby`"),
         (&["-c", "print(1)"], "need --type"),
-        (
-            &["--memory", "0", hello],
-            "--memory: `0` must be greater than zero",
-        ),
-        (
-            &["--memory", "lots", hello],
-            "--memory: `lots` is not a size",
-        ),
-        (
-            &["--timeout", "-1", hello],
-            "--timeout: `-1` is not a duration",
-        ),
+        (&["--memory", "0", hello], "--memory: `0` must be greater than zero"),
+        (&["--memory", "lots", hello], "--memory: `lots` is not a size"),
+        (&["--timeout", "-1", hello], "--timeout: `-1` is not a duration"),
         (&["--cpus", "0", hello], "--cpus"),
-        (
-            &["--memory", "1TiB", hello],
-            "memory 1TiB is above this agent's maximum of 8GiB",
-        ),
-        (
-            &["--timeout", "2h", hello],
-            "timeout 2h is above this agent's maximum of 1h",
-        ),
-        (
-            &["--env", "NOEQUALS", hello],
-            "--env `NOEQUALS` must be KEY=VALUE",
-        ),
-        (
-            &["--file", "/nonexistent/data", hello],
-            "--file /nonexistent/data",
-        ),
-        (
-            &["--file", "/etc/hostname:../escape", hello],
-            "must be inside /workspace or /tmp",
-        ),
+        (&["--memory", "1TiB", hello], "memory 1TiB is above this agent's maximum of 8GiB"),
+        (&["--timeout", "2h", hello], "timeout 2h is above this agent's maximum of 1h"),
+        (&["--env", "NOEQUALS", hello], "--env `NOEQUALS` must be KEY=VALUE"),
+        (&["--file", "/nonexistent/data", hello], "--file /nonexistent/data"),
+        (&["--file", "/etc/hostname:../escape", hello], "must be inside /workspace or /tmp"),
         (&["--no-such-flag", hello], "unexpected argument"),
     ];
     for (args, needle) in cases {
@@ -88,10 +60,7 @@ fn a_file_without_a_known_extension_needs_a_type() {
 fn no_agent_is_125_with_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = std::process::Command::new(bkg_tests::bkg_bin())
-        .args([
-            "exe",
-            examples_dir().join("hello.py").to_str().unwrap_or_default(),
-        ])
+        .args(["exe", examples_dir().join("hello.py").to_str().unwrap_or_default()])
         .env("BKG_SOCKET", dir.path().join("nobody.sock"))
         .env("BKG_NO_AUTOSTART", "1")
         .output()

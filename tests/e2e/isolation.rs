@@ -16,10 +16,7 @@ fn a_double_forked_daemon_is_gone_when_the_run_ends() {
     assert_eq!(result["stdout"], "parent done\n");
     agent.wait_idle();
     let survivors = processes_with_uid_in(agent.uid_base, agent.uid_base + 65_536);
-    assert!(
-        survivors.is_empty(),
-        "sandbox processes outlived the run: {survivors:?}"
-    );
+    assert!(survivors.is_empty(), "sandbox processes outlived the run: {survivors:?}");
 }
 
 #[test]
@@ -33,16 +30,9 @@ fn the_hosts_loopback_is_unreachable() {
     );
     let output = agent.exe(&["--type", "python", "-c", &script]);
     assert_eq!(code(&output), 0);
-    assert!(
-        stdout(&output).starts_with("refused"),
-        "got {}",
-        stdout(&output)
-    );
+    assert!(stdout(&output).starts_with("refused"), "got {}", stdout(&output));
     std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        listener.accept().is_err(),
-        "the host listener saw a connection from the sandbox"
-    );
+    assert!(listener.accept().is_err(), "the host listener saw a connection from the sandbox");
 }
 
 #[test]
@@ -66,10 +56,7 @@ fn host_secrets_are_not_readable() {
         "-c",
         "import os\nfor path in ['/etc/shadow', '/root', '/proc/1/root/etc/shadow', '/home']:\n    try:\n        if os.path.isdir(path):\n            os.listdir(path)\n        else:\n            open(path).read()\n        print(path, 'READABLE')\n    except OSError as e:\n        print(path, 'denied')",
     ]);
-    assert_eq!(
-        stdout(&output),
-        "/etc/shadow denied\n/root denied\n/proc/1/root/etc/shadow denied\n/home denied\n"
-    );
+    assert_eq!(stdout(&output), "/etc/shadow denied\n/root denied\n/proc/1/root/etc/shadow denied\n/home denied\n");
 }
 
 #[test]
@@ -85,18 +72,8 @@ fn the_code_runs_unprivileged_in_its_own_namespaces() {
     assert_eq!(lines.len(), 4, "got {}", stdout(&output));
     assert_eq!(lines[0], "1000 1000 True");
     assert_eq!(lines[1], "0000000000000000 0000000000000000 1 2");
-    assert_eq!(
-        lines[2],
-        format!(
-            "['1000', '{}', '1']",
-            lines[2].split('\'').nth(3).unwrap_or("")
-        )
-    );
-    assert!(
-        !lines[2].contains("'0'"),
-        "uid 0 must not be mapped: {}",
-        lines[2]
-    );
+    assert_eq!(lines[2], format!("['1000', '{}', '1']", lines[2].split('\'').nth(3).unwrap_or("")));
+    assert!(!lines[2].contains("'0'"), "uid 0 must not be mapped: {}", lines[2]);
     assert_eq!(lines[3], "bkg True");
 }
 

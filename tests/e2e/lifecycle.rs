@@ -5,30 +5,19 @@ use bkg_tests::{Agent, AgentOptions, code, examples_dir};
 
 #[test]
 fn nothing_is_left_behind_after_100_runs() {
-    let mut agent = Agent::start_with(AgentOptions {
-        warm_pool: 2,
-        ..AgentOptions::default()
-    });
+    let mut agent = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
     let hello = examples_dir().join("hello.py");
     let workers: Vec<_> = (0..4)
         .map(|_| {
             let mut commands: Vec<_> = (0..25)
                 .map(|_| {
                     let mut command = agent.bkg();
-                    command
-                        .arg("exe")
-                        .arg(&hello)
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null());
+                    command.arg("exe").arg(&hello).stdin(Stdio::null()).stdout(Stdio::null());
                     command
                 })
                 .collect();
             std::thread::spawn(move || {
-                commands
-                    .iter_mut()
-                    .map(|c| c.status().map(|s| s.success()).unwrap_or(false))
-                    .filter(|ok| *ok)
-                    .count()
+                commands.iter_mut().map(|c| c.status().map(|s| s.success()).unwrap_or(false)).filter(|ok| *ok).count()
             })
         })
         .collect();
@@ -36,63 +25,37 @@ fn nothing_is_left_behind_after_100_runs() {
     assert_eq!(succeeded, 100);
     agent.wait_idle();
 
-    let runs = agent
-        .bkg()
-        .args(["agent", "status", "--json"])
-        .output()
-        .expect("status");
+    let runs = agent.bkg().args(["agent", "status", "--json"]).output().expect("status");
     assert!(runs.status.success());
     agent.stop();
     let leftovers = agent.leftovers();
     assert!(leftovers.is_clean(), "left behind: {leftovers:#?}");
-    assert!(
-        leftovers.cgroups.is_empty(),
-        "the agent's cgroup directories remain: {:?}",
-        leftovers.cgroups
-    );
+    assert!(leftovers.cgroups.is_empty(), "the agent's cgroup directories remain: {:?}", leftovers.cgroups);
 }
 
 #[test]
 fn a_restarted_agent_cleans_what_a_killed_one_left() {
-    let mut agent = Agent::start_with(AgentOptions {
-        warm_pool: 2,
-        ..AgentOptions::default()
-    });
+    let mut agent = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
     let mut running = agent
         .bkg()
-        .args([
-            "exe",
-            "--type",
-            "python",
-            "-c",
-            "import time\nprint('up', flush=True)\ntime.sleep(60)",
-        ])
+        .args(["exe", "--type", "python", "-c", "import time\nprint('up', flush=True)\ntime.sleep(60)"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start a long run");
     let mut first_line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(running.stdout.take().expect("stdout")),
-        &mut first_line,
-    )
-    .expect("read");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(running.stdout.take().expect("stdout")), &mut first_line)
+        .expect("read");
     assert_eq!(first_line, "up\n");
 
     agent.crash();
     let exit = running.wait().expect("bkg exits when the agent dies");
     assert_eq!(exit.code(), Some(125));
 
-    agent.spawn(&AgentOptions {
-        warm_pool: 0,
-        ..AgentOptions::default()
-    });
+    agent.spawn(&AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     // Everything from before the crash is gone once the new agent answers.
     let leftovers = agent.leftovers();
-    assert!(
-        leftovers.is_clean(),
-        "the restarted agent left: {leftovers:#?}"
-    );
+    assert!(leftovers.is_clean(), "the restarted agent left: {leftovers:#?}");
 
     let output = agent.exe(&[examples_dir().join("hello.py").to_str().unwrap_or_default()]);
     assert_eq!(code(&output), 0);
@@ -104,20 +67,12 @@ fn agent_status_start_and_stop() {
     let status = agent.status_json();
     assert_eq!(status["running"], true);
     assert_eq!(status["default_limits"]["timeout_ms"], 60_000);
-    assert!(
-        status["cgroup_version"]
-            .as_str()
-            .is_some_and(|v| v.contains('v') || v.contains('V'))
-    );
+    assert!(status["cgroup_version"].as_str().is_some_and(|v| v.contains('v') || v.contains('V')));
 
     let stop = agent.bkg().args(["agent", "stop"]).output().expect("stop");
     assert!(stop.status.success());
     std::thread::sleep(Duration::from_millis(200));
-    let status = agent
-        .bkg()
-        .args(["agent", "status"])
-        .output()
-        .expect("status");
+    let status = agent.bkg().args(["agent", "status"]).output().expect("status");
     assert_eq!(code(&status), 1);
     agent.stop();
     assert!(agent.leftovers().is_clean());

@@ -7,23 +7,13 @@ use bkg_tests::{Agent, code, stderr};
 fn timeout_returns_124_within_two_seconds() {
     let agent = Agent::start();
     let started = Instant::now();
-    let (result, output) = agent.exe_json(&[
-        "--timeout",
-        "1s",
-        "--type",
-        "python",
-        "-c",
-        "import time; time.sleep(30)",
-    ]);
+    let (result, output) =
+        agent.exe_json(&["--timeout", "1s", "--type", "python", "-c", "import time; time.sleep(30)"]);
     let elapsed = started.elapsed();
     assert_eq!(code(&output), 124);
     assert_eq!(result["killed_by"], "timeout");
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
-    assert!(
-        stderr(&output).contains("timed out after 1s"),
-        "stderr: {}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("timed out after 1s"), "stderr: {}", stderr(&output));
 }
 
 #[test]
@@ -56,34 +46,31 @@ fn allocating_1gib_under_256mib_is_killed_by_memory() {
     assert_eq!(result["killed_by"], "memory");
     assert_eq!(result["stdout"], "");
     assert!(result["peak_memory_bytes"].as_u64().unwrap_or(0) <= 256 * 1024 * 1024 + 4096 * 1024);
-    assert!(
-        stderr(&output).contains("memory limit of 256MiB"),
-        "stderr: {}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("memory limit of 256MiB"), "stderr: {}", stderr(&output));
 }
 
 #[test]
 fn a_fork_bomb_is_contained_and_the_host_stays_responsive() {
     let agent = Agent::start();
     let bomb = std::thread::spawn({
-        let args: Vec<String> = ["--timeout", "20s", "--type", "python", "-c", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let args: Vec<String> = [
+            "--timeout",
+            "20s",
+            "--type",
+            "python",
+            "-c",
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let mut command = agent.bkg();
-        command
-            .arg("exe")
-            .arg("--json")
-            .args(args)
-            .stdin(Stdio::null());
+        command.arg("exe").arg("--json").args(args).stdin(Stdio::null());
         move || command.output().expect("run fork bomb")
     });
     // While the bomb runs, the host still starts processes promptly.
     for _ in 0..20 {
-        let status = Command::new("/bin/true")
-            .status()
-            .expect("host can still fork");
+        let status = Command::new("/bin/true").status().expect("host can still fork");
         assert!(status.success());
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -91,10 +78,7 @@ fn a_fork_bomb_is_contained_and_the_host_stays_responsive() {
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(code(&output), 137, "result: {result}");
     assert_eq!(result["killed_by"], "pids");
-    assert!(
-        result["wall_ms"].as_u64().unwrap_or(u64::MAX) < 20_000,
-        "the bomb was not stopped early: {result}"
-    );
+    assert!(result["wall_ms"].as_u64().unwrap_or(u64::MAX) < 20_000, "the bomb was not stopped early: {result}");
 }
 
 #[test]
@@ -110,10 +94,7 @@ fn writing_600mib_ends_in_enospc_not_a_kill() {
     assert_eq!(result["stdout"], "ENOSPC\n");
     assert_eq!(result["killed_by"], serde_json::Value::Null);
     let used = result["disk_bytes_used"].as_u64().unwrap_or(0);
-    assert!(
-        used > 400 * 1024 * 1024 && used <= 500 * 1024 * 1024,
-        "disk used {used}"
-    );
+    assert!(used > 400 * 1024 * 1024 && used <= 500 * 1024 * 1024, "disk used {used}");
 }
 
 #[test]
@@ -129,11 +110,7 @@ fn two_busy_threads_get_at_most_about_one_cpu() {
     let cpu = result["cpu_ms"].as_u64().unwrap_or(0) as f64;
     let wall = result["wall_ms"].as_u64().unwrap_or(1) as f64;
     assert!(wall >= 2900.0, "{result}");
-    assert!(
-        cpu / wall < 1.15,
-        "two threads used {:.2} CPUs under a 1 CPU limit: {result}",
-        cpu / wall
-    );
+    assert!(cpu / wall < 1.15, "two threads used {:.2} CPUs under a 1 CPU limit: {result}", cpu / wall);
     assert!(cpu / wall > 0.6, "the threads barely ran: {result}");
 }
 
@@ -148,10 +125,6 @@ fn half_a_cpu_is_half_a_cpu() {
         "-c",
         "import time\nend = time.time() + 2\nwhile time.time() < end: pass",
     ]);
-    let ratio = result["cpu_ms"].as_u64().unwrap_or(0) as f64
-        / result["wall_ms"].as_u64().unwrap_or(1) as f64;
-    assert!(
-        ratio < 0.65,
-        "used {ratio:.2} CPUs under --cpus 0.5: {result}"
-    );
+    let ratio = result["cpu_ms"].as_u64().unwrap_or(0) as f64 / result["wall_ms"].as_u64().unwrap_or(1) as f64;
+    assert!(ratio < 0.65, "used {ratio:.2} CPUs under --cpus 0.5: {result}");
 }
