@@ -19,7 +19,12 @@ pub struct AgentClient {
 
 impl AgentClient {
     pub fn new(global: &GlobalArgs) -> Result<Self, CliError> {
-        let socket = global.socket.clone().unwrap_or_else(bkg_schema::paths::default_socket);
+        Self::connect(global.socket.clone())
+    }
+
+    /// A client of the agent at `socket`, or at the default socket.
+    pub fn connect(socket: Option<PathBuf>) -> Result<Self, CliError> {
+        let socket = socket.unwrap_or_else(bkg_schema::paths::default_socket);
         let http = reqwest::Client::builder()
             .unix_socket(socket.clone())
             .build()

@@ -2,9 +2,10 @@
 
 mod agent_cmd;
 mod args;
-mod client;
+pub mod client;
 mod exe;
-mod exit;
+pub mod exit;
+pub mod stream;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,222 @@
+//! A streamed run: the request goes up, the connection is upgraded, stdin flows in as frames and
+//! output flows back live until the result frame. Shared by `bkg exe` and `bkgr`.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use bkg_schema::frame::{self, FrameKind, STREAM_PROTOCOL};
+use bkg_schema::units::{format_duration_ms, format_size};
+use bkg_schema::{ApiError, KilledBy, RunResult};
+use reqwest::header::{CONNECTION, UPGRADE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+
+use crate::client::{AgentClient, api_error, from_api_error};
+use crate::exit::{BKG_FAILED, CliError};
+
+/// Where the run's output goes.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Our stdout and stderr, byte for byte.
+    Raw,
+    /// Nowhere: the caller prints the result instead (`--json`, detached).
+    Quiet,
+    /// Line by line, each line after `PREFIX | ` (several sandboxes at once).
+    Prefixed(String),
+}
+
+/// What the run's stdin is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdin {
+    /// Our own stdin.
+    Relay,
+    /// Nothing: the script reads end-of-file at once.
+    Empty,
+}
+
+/// Runs `body` at `path` (which must accept `Upgrade: bkg-stream/1`) and returns its result.
+/// Ctrl-C cancels the run; the agent still answers with a result (`killed_by: cancelled`).
+pub async fn run(
+    client: &AgentClient,
+    path: &str,
+    body: &impl serde::Serialize,
+    output: Output,
+    stdin: Stdin,
+) -> Result<RunResult, CliError> {
+    let response = client
+        .http()
+        .post(AgentClient::url(path))
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, STREAM_PROTOCOL)
+        .json(body)
+        .send()
+        .await
+        .map_err(|error| client.unreachable(error))?;
+    if response.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(api_error(response).await);
+    }
+    let upgraded = response
+        .upgrade()
+        .await
+        .map_err(|error| CliError::new(BKG_FAILED, format!("the agent did not open the run stream: {error}")))?;
+    let (mut reader, writer) = tokio::io::split(upgraded);
+    let writer = Arc::new(Mutex::new(writer));
+
+    let stdin_task = tokio::spawn(relay_stdin(Arc::clone(&writer), stdin));
+    let cancel_writer = Arc::clone(&writer);
+    let cancel_task = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let mut writer = cancel_writer.lock().await;
+            let _ = send_frame(&mut *writer, FrameKind::Cancel, &[]).await;
+        }
+    });
+
+    let outcome = receive(&mut reader, output).await;
+    stdin_task.abort();
+    cancel_task.abort();
+    outcome
+}
+
+/// Why the run ended, when it was not the script's own doing.
+pub fn reason_line(result: &RunResult) -> Option<String> {
+    let limits = &result.limits;
+    match result.killed_by {
+        Some(KilledBy::Timeout) => {
+            Some(format!("timed out after {} (--timeout)", format_duration_ms(limits.timeout_ms)))
+        }
+        Some(KilledBy::Memory) => {
+            Some(format!("killed: memory limit of {} reached (--memory)", format_size(limits.memory_bytes)))
+        }
+        Some(KilledBy::Pids) => Some(format!("killed: process limit of {} reached", limits.pids)),
+        Some(KilledBy::Disk) => {
+            Some(format!("the script failed with its disk full ({} limit, --disk)", format_size(limits.disk_bytes)))
+        }
+        Some(KilledBy::Cancelled) => Some("cancelled".into()),
+        None => result.signal.map(|signal| format!("the script was killed by signal {signal}")),
+    }
+}
+
+async fn send_frame(writer: &mut (impl AsyncWriteExt + Unpin), kind: FrameKind, payload: &[u8]) -> std::io::Result<()> {
+    let header = frame::encode_header(kind, payload.len()).map_err(std::io::Error::other)?;
+    writer.write_all(&header).await?;
+    writer.write_all(payload).await?;
+    writer.flush().await
+}
+
+async fn relay_stdin<W: AsyncWriteExt + Unpin>(writer: Arc<Mutex<W>>, stdin: Stdin) {
+    if stdin == Stdin::Relay {
+        let mut source = tokio::io::stdin();
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match source.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut writer = writer.lock().await;
+                    if send_frame(&mut *writer, FrameKind::Stdin, &buffer[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let mut writer = writer.lock().await;
+    let _ = send_frame(&mut *writer, FrameKind::StdinEnd, &[]).await;
+}
+
+/// Splits output into lines for `Output::Prefixed`, keeping a partial line until it ends.
+#[derive(Default)]
+struct LineBuffer {
+    pending: Vec<u8>,
+}
+
+impl LineBuffer {
+    fn complete_lines(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        self.pending.extend_from_slice(bytes);
+        let mut lines = Vec::new();
+        while let Some(end) = self.pending.iter().position(|byte| *byte == b'\n') {
+            lines.push(self.pending.drain(..=end).collect());
+        }
+        lines
+    }
+
+    fn rest(&mut self) -> Option<Vec<u8>> {
+        (!self.pending.is_empty()).then(|| {
+            let mut rest = std::mem::take(&mut self.pending);
+            rest.push(b'\n');
+            rest
+        })
+    }
+}
+
+fn write_through(out: &mut impl Write, bytes: &[u8]) {
+    // A closed stdout (`bkg exe x.py | head`) must not end the run early; the bytes are dropped.
+    let _ = out.write_all(bytes).and_then(|()| out.flush());
+}
+
+fn write_prefixed(out: &mut impl Write, prefix: &str, line: &[u8]) {
+    let mut prefixed = Vec::with_capacity(prefix.len() + 3 + line.len());
+    prefixed.extend_from_slice(prefix.as_bytes());
+    prefixed.extend_from_slice(b" | ");
+    prefixed.extend_from_slice(line);
+    write_through(out, &prefixed);
+}
+
+async fn receive(reader: &mut (impl AsyncReadExt + Unpin), output: Output) -> Result<RunResult, CliError> {
+    let lost = |_| CliError::new(BKG_FAILED, "the agent closed the connection before the run ended");
+    let mut stdout_lines = LineBuffer::default();
+    let mut stderr_lines = LineBuffer::default();
+    loop {
+        let mut header = [0u8; frame::HEADER_LEN];
+        reader.read_exact(&mut header).await.map_err(lost)?;
+        let (kind, len) = frame::decode_header(header)
+            .map_err(|error| CliError::new(BKG_FAILED, format!("garbled stream from the agent: {error}")))?;
+        let mut payload = vec![0u8; len];
+        reader.read_exact(&mut payload).await.map_err(lost)?;
+        match (kind, &output) {
+            (FrameKind::Stdout, Output::Raw) => write_through(&mut std::io::stdout().lock(), &payload),
+            (FrameKind::Stderr, Output::Raw) => write_through(&mut std::io::stderr().lock(), &payload),
+            (FrameKind::Stdout, Output::Prefixed(prefix)) => {
+                for line in stdout_lines.complete_lines(&payload) {
+                    write_prefixed(&mut std::io::stdout().lock(), prefix, &line);
+                }
+            }
+            (FrameKind::Stderr, Output::Prefixed(prefix)) => {
+                for line in stderr_lines.complete_lines(&payload) {
+                    write_prefixed(&mut std::io::stderr().lock(), prefix, &line);
+                }
+            }
+            (FrameKind::Result, _) => {
+                if let Output::Prefixed(prefix) = &output {
+                    if let Some(rest) = stdout_lines.rest() {
+                        write_prefixed(&mut std::io::stdout().lock(), prefix, &rest);
+                    }
+                    if let Some(rest) = stderr_lines.rest() {
+                        write_prefixed(&mut std::io::stderr().lock(), prefix, &rest);
+                    }
+                }
+                return serde_json::from_slice(&payload)
+                    .map_err(|error| CliError::new(BKG_FAILED, format!("unreadable result from the agent: {error}")));
+            }
+            (FrameKind::Error, _) => {
+                let error: ApiError = serde_json::from_slice(&payload)
+                    .map_err(|error| CliError::new(BKG_FAILED, format!("unreadable error from the agent: {error}")))?;
+                return Err(from_api_error(&error));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_and_partial_lines_kept() {
+        let mut buffer = LineBuffer::default();
+        assert_eq!(buffer.complete_lines(b"one\ntw"), vec![b"one\n".to_vec()]);
+        assert_eq!(buffer.complete_lines(b"o\nthree\nfo"), vec![b"two\n".to_vec(), b"three\n".to_vec()]);
+        assert_eq!(buffer.rest(), Some(b"fo\n".to_vec()));
+        assert_eq!(buffer.rest(), None);
+    }
+}
