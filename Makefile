@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help setup build release test unit e2e lint fmt demo bench clean
+.PHONY: help setup build release test security lint fmt demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -17,12 +17,16 @@ build: ## Debug build of every binary
 release: ## Optimised build: target/release/{bkg,bkgr,bkg-agent}
 	$(CARGO) build --workspace --release --locked
 
-test: setup build ## Every test: unit, integration and end-to-end against a real agent (as root)
+test: setup build ## Every test: unit, integration, end-to-end and the security suite, against real agents (as root)
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 else
 	$(CARGO) test --workspace --locked --no-fail-fast
 endif
+	$(MAKE) security
+
+security: build ## The threat-matrix suite (docs/security.md); skips count as failures
+	BKG_SECURITY_STRICT=1 python3 -m pytest -q security/
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all --check

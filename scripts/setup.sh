@@ -28,6 +28,12 @@ if ((${#missing[@]})); then
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The security suite runs on pytest (the only Python package the tests need).
+if ! python3 -m pytest --version >/dev/null 2>&1; then
+  echo "setup: installing pytest" >&2
+  python3 -m pip install -q -r "$(dirname "$0")/../security/requirements.txt"
+fi
+
 # The sandbox runtimes are the host's: bkg runs /usr/bin/python3 and /usr/bin/node.
 for runtime in /usr/bin/python3 /usr/bin/node; do
   [[ -x $runtime ]] || { echo "setup: $runtime is missing" >&2; exit 1; }

@@ -95,7 +95,12 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     if let Some((name, default, allowed)) = defaults.first_above(&max) {
         bail!("the default {name} limit {default} is above the configured maximum {allowed}");
     }
+    // Disk images, logs and the store hold callers' code and output: nothing the agent makes
+    // is for other local users.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(&state_dir).with_context(|| format!("create state directory {}", state_dir.display()))?;
+    std::fs::set_permissions(&state_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("make {} private", state_dir.display()))?;
 
     if !args.foreground {
         return detach(&state_dir, &socket);

@@ -138,7 +138,12 @@ async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Resp
         )
     })?;
     serde_json::from_slice(&bytes).map_err(|error| {
-        error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("invalid request body: {error}"))
+        // Broken JSON is a bad request; well-formed JSON with wrong values cannot be processed.
+        let status = match error.classify() {
+            serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        error_response(status, ErrorCode::BadRequest, format!("invalid request body: {error}"))
     })
 }
 

@@ -29,6 +29,22 @@ pub enum Command {
     Exe(Box<ExeArgs>),
     /// Start, stop or inspect the local agent.
     Agent(AgentArgs),
+    /// Write a cave.yaml and the .bkg/ state folder (asks on a terminal; flags and defaults otherwise).
+    Init(crate::init::InitArgs),
+    /// Add a sandbox to cave.yaml, keeping its comments and order.
+    Add(Box<crate::add::AddArgs>),
+    /// Check a cave.yaml against its schema and list every problem.
+    Validate(crate::validate::ValidateArgs),
+    /// List the project's persistent sandboxes (`--all`: every project's).
+    Ls(crate::manage::LsArgs),
+    /// Show one persistent sandbox: state, last run, limits, disk.
+    Status(crate::manage::NameArgs),
+    /// Print the output of a sandbox's latest run (`-f` follows it).
+    Logs(crate::manage::LogsArgs),
+    /// Stop the run going on in a sandbox.
+    Stop(crate::manage::NameArgs),
+    /// Remove a sandbox: its workspace, logs and its entry in cave.yaml.
+    Rm(crate::manage::RmArgs),
 }
 
 #[derive(Debug, Args)]

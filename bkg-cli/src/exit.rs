@@ -30,7 +30,14 @@ impl CliError {
     }
 
     pub fn report(&self) -> ExitCode {
-        eprintln!("bkg: {}", self.message);
+        self.report_as("bkg")
+    }
+
+    /// Prints the error as `TOOL: message`, one line per line of the message.
+    pub fn report_as(&self, tool: &str) -> ExitCode {
+        for line in self.message.lines() {
+            eprintln!("{tool}: {line}");
+        }
         code(self.code)
     }
 }

@@ -1,9 +1,14 @@
 //! The `bkg` command line: a thin client of the agent's API.
 
+mod add;
 mod agent_cmd;
 mod args;
 pub mod client;
 mod exe;
+mod init;
+pub mod manage;
+mod project;
+mod validate;
 pub mod exit;
 pub mod stream;
 
@@ -29,8 +34,19 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Exe(args) => exe::run(&cli.global, *args).await,
             Command::Agent(args) => agent_cmd::run(&cli.global, args).await,
+            Command::Init(args) => init::run(args),
+            Command::Add(args) => add::run(*args),
+            Command::Validate(args) => validate::run(args),
+            Command::Ls(args) => manage::ls(&cli.global, args).await,
+            Command::Status(args) => manage::status(&cli.global, args).await,
+            Command::Logs(args) => manage::logs(&cli.global, args).await,
+            Command::Stop(args) => manage::stop(&cli.global, args).await,
+            Command::Rm(args) => manage::rm(&cli.global, args).await,
         }
     });
+    // A read of our stdin may still be pending on a blocking thread (stdin is a terminal or a
+    // pipe that stays open); it must not keep bkg alive after the run.
+    runtime.shutdown_background();
     match outcome {
         Ok(code) => exit::code(code),
         Err(error) => error.report(),

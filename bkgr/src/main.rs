@@ -1,23 +1,223 @@
-//! `bkgr`: runs the persistent sandboxes a project's `cave.yaml` declares.
+//! `bkgr`: runs the persistent sandboxes a project's `cave.yaml` declares, through the agent.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use bkg_cli::client::AgentClient;
+use bkg_cli::exit::{self, BKG_FAILED, CliError};
+use bkg_cli::manage::project_dir;
+use bkg_cli::stream::{self, Output, Stdin};
+use bkg_schema::cave::{CaveFile, SandboxSpec, Volume};
+use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, VolumeSpec, sandbox_id};
 use clap::Parser;
 
-/// Run the sandboxes of a bkg project (cave.yaml).
+/// Run the sandboxes of a bkg project (cave.yaml): SCRIPT of sandbox NAME, or the `start`
+/// script of every sandbox at once.
 #[derive(Debug, Parser)]
-#[command(name = "bkgr", version)]
+#[command(
+    name = "bkgr",
+    version,
+    after_help = "Exit codes: as `bkg exe` (the script's own, 124, 137, 125, 126); with several sandboxes, the first failure's."
+)]
 struct Args {
-    /// The sandbox to run [default: all of them]
+    /// The sandbox to run [default: every sandbox, each with its `start` script]
     name: Option<String>,
-    /// The script of the sandbox to run
+    /// The script of the sandbox to run.
     #[arg(default_value = "start")]
     script: String,
+    /// Leave the run(s) going under the agent and return at once (`bkg logs NAME -f` follows).
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// The project directory [default: the nearest with a cave.yaml, from the current one up]
+    #[arg(short = 'C', long = "dir", value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Allow volumes whose host path is outside the project.
+    #[arg(long)]
+    allow_outside: bool,
+    /// The agent's unix socket.
+    #[arg(long, env = "BKG_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let _ = (&args.name, &args.script);
-    eprintln!("bkgr: projects (cave.yaml) are not supported yet; use `bkg exe` for one-off runs");
-    ExitCode::from(125)
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => return exit::clap_error(error),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return CliError::internal(format!("cannot start the async runtime: {error}")).report_as("bkgr"),
+    };
+    let outcome = runtime.block_on(run(args));
+    // A pending read of our stdin must not keep bkgr alive after the run.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(code) => exit::code(code),
+        Err(error) => error.report_as("bkgr"),
+    }
+}
+
+async fn run(args: Args) -> Result<i32, CliError> {
+    let project = project_dir(args.dir.as_deref())?;
+    let cave = bkg_schema::cave::load(&project.join("cave.yaml")).map_err(|errors| {
+        CliError::new(BKG_FAILED, errors.to_string().trim_end().to_owned())
+    })?;
+    let selected: Vec<(&String, &SandboxSpec)> = match &args.name {
+        Some(name) => {
+            let spec = cave.sandboxes.get(name).ok_or_else(|| {
+                let known: Vec<&str> = cave.sandboxes.keys().map(String::as_str).collect();
+                CliError::usage(format!("no sandbox `{name}` in cave.yaml (it has: {})", known.join(", ")))
+            })?;
+            vec![(name, spec)]
+        }
+        None if cave.sandboxes.is_empty() => {
+            return Err(CliError::usage("cave.yaml declares no sandbox: `bkg add NAME --type python` adds one"));
+        }
+        None => cave.sandboxes.iter().collect(),
+    };
+
+    let mut runs = Vec::new();
+    for (name, spec) in &selected {
+        let command = spec.scripts.get(&args.script).ok_or_else(|| {
+            let known: Vec<&str> = spec.scripts.keys().map(String::as_str).collect();
+            CliError::usage(format!("sandbox `{name}` has no script `{}` (it has: {})", args.script, known.join(", ")))
+        })?;
+        let definition = definition(&cave, &project, name, spec, args.allow_outside)?;
+        runs.push((definition, command.clone()));
+    }
+
+    let client = AgentClient::connect(args.socket.clone())?;
+    client.ensure_running().await?;
+    for (definition, _) in &runs {
+        define(&client, definition).await?;
+    }
+
+    if args.detach {
+        for (definition, command) in runs {
+            let id = sandbox_id(&definition.project_dir, &definition.name);
+            let request = ExecRequest { command, detach: true, env: Default::default(), stdin_base64: None };
+            let response = client
+                .http()
+                .post(AgentClient::url(&format!("/api/v1/sandboxes/{id}/exec")))
+                .json(&request)
+                .send()
+                .await
+                .map_err(|error| client.unreachable(error))?;
+            if !response.status().is_success() {
+                return Err(bkg_cli::client::api_error(response).await);
+            }
+            let detached: DetachedRun =
+                response.json().await.map_err(|error| CliError::internal(format!("unexpected answer: {error}")))?;
+            println!("{}\t{}", definition.name, detached.run_id);
+        }
+        return Ok(0);
+    }
+
+    // One named sandbox runs in the foreground with our stdin; without a name every sandbox
+    // runs at once, like a Procfile runner, each line after its sandbox's name.
+    if let (Some(_), [(definition, command)]) = (&args.name, runs.as_slice()) {
+        let result = exec(&client, definition, command, Output::Raw, Stdin::Relay).await?;
+        if let Some(reason) = stream::reason_line(&result) {
+            eprintln!("bkgr: {}: {reason}", definition.name);
+        }
+        return Ok(result.cli_exit_code());
+    }
+
+    // The first failure decides the exit code.
+    let width = runs.iter().map(|(definition, _)| definition.name.len()).max().unwrap_or(0);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (definition, command) in runs {
+        let client = AgentClient::connect(args.socket.clone())?;
+        let prefix = format!("{:<width$}", definition.name);
+        tasks.spawn(async move {
+            let outcome = exec(&client, &definition, &command, Output::Prefixed(prefix), Stdin::Empty).await;
+            (definition.name, outcome)
+        });
+    }
+    let mut first_failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((name, outcome)) = joined else { continue };
+        let code = match outcome {
+            Ok(result) => {
+                if let Some(reason) = stream::reason_line(&result) {
+                    eprintln!("bkgr: {name}: {reason}");
+                }
+                result.cli_exit_code()
+            }
+            Err(error) => {
+                eprintln!("bkgr: {name}: {}", error.message);
+                error.code
+            }
+        };
+        if code != 0 && first_failure.is_none() {
+            first_failure = Some(code);
+        }
+    }
+    Ok(first_failure.unwrap_or(0))
+}
+
+/// What the agent needs to know of sandbox `name`, with volumes resolved against the project.
+fn definition(
+    cave: &CaveFile,
+    project: &Path,
+    name: &str,
+    spec: &SandboxSpec,
+    allow_outside: bool,
+) -> Result<SandboxDefinition, CliError> {
+    let limits = match &spec.limits {
+        Some(limits) => limits.to_overrides().map_err(|error| CliError::usage(format!("sandbox `{name}`: {error}")))?,
+        None => Default::default(),
+    };
+    let mut volumes = Vec::new();
+    for text in &spec.volumes {
+        let volume = Volume::parse(text).map_err(|error| CliError::usage(format!("sandbox `{name}`: {error}")))?;
+        let host = project.join(&volume.host);
+        let host = host
+            .canonicalize()
+            .map_err(|error| CliError::usage(format!("sandbox `{name}`: volume {}: {error}", host.display())))?;
+        if !allow_outside && !host.starts_with(project) {
+            return Err(CliError::usage(format!(
+                "sandbox `{name}`: volume {text} reaches outside the project ({}); add --allow-outside to allow it",
+                host.display()
+            )));
+        }
+        volumes.push(VolumeSpec { host: host.to_string_lossy().into_owned(), guest: volume.guest, read_only: volume.read_only });
+    }
+    Ok(SandboxDefinition {
+        name: name.to_owned(),
+        namespace: cave.namespace.clone(),
+        project_dir: project.to_string_lossy().into_owned(),
+        language: spec.r#type,
+        limits,
+        env: spec.env.clone(),
+        volumes,
+    })
+}
+
+async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Result<(), CliError> {
+    let id = sandbox_id(&definition.project_dir, &definition.name);
+    let response = client
+        .http()
+        .put(AgentClient::url(&format!("/api/v1/sandboxes/{id}")))
+        .json(definition)
+        .send()
+        .await
+        .map_err(|error| client.unreachable(error))?;
+    if !response.status().is_success() {
+        let error = bkg_cli::client::api_error(response).await;
+        return Err(CliError::new(error.code, format!("sandbox `{}`: {}", definition.name, error.message)));
+    }
+    Ok(())
+}
+
+async fn exec(
+    client: &AgentClient,
+    definition: &SandboxDefinition,
+    command: &str,
+    output: Output,
+    stdin: Stdin,
+) -> Result<bkg_schema::RunResult, CliError> {
+    let id = sandbox_id(&definition.project_dir, &definition.name);
+    let request = ExecRequest { command: command.to_owned(), detach: false, env: Default::default(), stdin_base64: None };
+    stream::run(client, &format!("/api/v1/sandboxes/{id}/exec"), &request, output, stdin).await
 }

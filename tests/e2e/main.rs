@@ -5,3 +5,4 @@ mod inputs;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod projects;

@@ -52,6 +52,9 @@ impl<T, E: std::fmt::Display> Stage<T> for Result<T, E> {
 
 /// Entry point of `bkg-agent __sandbox-init`. Never returns.
 pub fn main() -> ! {
+    // What the init makes in the new root (directories, mount points, files) is for the
+    // sandbox to read; the agent's private umask must not leak into it.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     // SAFETY: the agent placed our end of the control socket pair at CONTROL_FD before exec, and
     // nothing else in this process owns that descriptor.
     let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
@@ -452,10 +455,48 @@ fn run_code(plan: &SandboxPlan, order: &GoOrder, control: &mut UnixStream) -> Re
             }
             drop_privileges(plan.ids.init)?;
             control::write_blocking(control, &FromInit::Running).stage("report running")?;
-            let (exit_code, signal) = reap(child);
+            let (exit_code, signal) = reap_while_the_agent_lives(child, control)?;
             let (disk_used_bytes, disk_full) = disk_usage();
             control::write_blocking(control, &FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full })
                 .stage("report exit")
+        }
+    }
+}
+
+/// Waits for the code's process like `reap`, but gives up, ending the whole sandbox, as soon as
+/// the agent is gone (its end of the control socket hangs up): a run must never outlive the
+/// agent that enforces its timeout.
+fn reap_while_the_agent_lives(code: Pid, control: &UnixStream) -> Result<(Option<i32>, Option<i32>), StageError> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, code.as_raw(), 0) };
+    if pidfd < 0 {
+        return Err(StageError::new("watch the code", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the descriptor was just returned to us and nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    loop {
+        let mut watched = [
+            libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: control.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 },
+        ];
+        // Wake at least every second to reap orphans that pid 1 inherited.
+        // SAFETY: `watched` is a valid array of two pollfd structs for the duration of the call.
+        let ready = unsafe { libc::poll(watched.as_mut_ptr(), 2, 1000) };
+        if ready < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Err(StageError::new("watch the code", std::io::Error::last_os_error()));
+        }
+        if watched[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            // The agent is gone: ending pid 1 ends every process of the sandbox.
+            std::process::exit(1);
+        }
+        loop {
+            match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code_value)) if pid == code => return Ok((Some(code_value), None)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == code => return Ok((None, Some(signal as i32))),
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(error) => return Err(StageError::new("reap", error)),
+            }
         }
     }
 }
@@ -491,6 +532,9 @@ fn drop_privileges(id: u32) -> Result<(), StageError> {
     nix::unistd::setgroups(&[]).stage("drop groups")?;
     nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)).stage("drop gid")?;
     nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)).stage("drop uid")?;
+    // Changing credentials cleared the parent-death signal; the control socket covers the
+    // moment in between.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).stage("set parent-death signal")?;
     nix::sys::prctl::set_dumpable(false).stage("forbid tracing")
 }
 

@@ -1,0 +1,178 @@
+//! Persistent projects: `bkg init`, `bkg add`, `bkgr`, and managing the sandboxes.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use bkg_tests::{Agent, bin_dir, code, stderr, stdout};
+
+fn bkgr(agent: &Agent, project: &Path, args: &[&str]) -> Output {
+    Command::new(bin_dir().join("bkgr"))
+        .args(args)
+        .current_dir(project)
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bkgr")
+}
+
+fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
+    agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
+}
+
+fn write(path: &Path, text: &str) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(path, text).expect("write");
+}
+
+#[test]
+fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    let init = bkg_in(&agent, dir, &["init", "--yes"]);
+    assert_eq!(code(&init), 0, "init: {}", stderr(&init));
+    let add = bkg_in(&agent, dir, &["add", "api", "--type", "python", "--script", "start=python /project/main.py"]);
+    assert_eq!(code(&add), 0, "add: {}", stderr(&add));
+    write(
+        &dir.join("main.py"),
+        "import os\npath = '/workspace/count'\nn = int(open(path).read()) + 1 if os.path.exists(path) else 1\nopen(path, 'w').write(str(n))\nprint('run', n)\n",
+    );
+
+    let first = bkgr(&agent, dir, &[]);
+    assert_eq!(code(&first), 0, "stderr: {}", stderr(&first));
+    assert_eq!(stdout(&first), "api | run 1\n", "with no NAME every sandbox runs, prefixed");
+    let second = bkgr(&agent, dir, &["api"]);
+    assert_eq!(code(&second), 0, "stderr: {}", stderr(&second));
+    assert_eq!(stdout(&second), "run 2\n", "the workspace survived the first run");
+    assert!(dir.join(".bkg/sandboxes/api/disk.img").exists());
+
+    let ls = bkg_in(&agent, dir, &["ls", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).expect("ls json");
+    assert_eq!(listed[0]["name"], "api");
+    assert_eq!(listed[0]["last_run"]["exit_code"], 0);
+
+    let rm = bkg_in(&agent, dir, &["rm", "api", "--force"]);
+    assert_eq!(code(&rm), 0, "rm: {}", stderr(&rm));
+    assert!(!dir.join(".bkg/sandboxes/api").exists(), "its state is gone");
+    let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    assert!(!cave.contains("api:"), "it is gone from cave.yaml:\n{cave}");
+    let status = bkg_in(&agent, dir, &["status", "api"]);
+    assert_eq!(code(&status), 125);
+}
+
+#[test]
+fn rm_without_a_terminal_needs_force() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    write(&project.path().join("cave.yaml"), "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: python -c 'print(1)'\n");
+    let rm = bkg_in(&agent, project.path(), &["rm", "api"]);
+    assert_eq!(code(&rm), 125);
+    assert!(stderr(&rm).contains("--force"), "{}", stderr(&rm));
+    assert!(std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave").contains("api:"));
+}
+
+#[test]
+fn two_sandboxes_interleave_prefixed_output_and_the_failure_decides_the_exit_code() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    write(
+        &dir.join("cave.yaml"),
+        "version: 1\nnamespace: default\nsandboxes:\n  slow:\n    type: python\n    scripts:\n      start: python /project/slow.py\n  fails:\n    type: node\n    scripts:\n      start: node /project/fails.js\n",
+    );
+    write(&dir.join("slow.py"), "import time\nprint('slow 1')\ntime.sleep(1.5)\nprint('slow 2')\n");
+    write(
+        &dir.join("fails.js"),
+        "console.log('fails 1');\nsetTimeout(() => { console.log('fails 2'); process.exit(3); }, 500);\n",
+    );
+    let output = bkgr(&agent, dir, &[]);
+    assert_eq!(code(&output), 3, "stdout: {} stderr: {}", stdout(&output), stderr(&output));
+    let lines: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
+    let position = |wanted: &str| lines.iter().position(|line| line == wanted);
+    for line in ["slow  | slow 1", "slow  | slow 2", "fails | fails 1", "fails | fails 2"] {
+        assert!(position(line).is_some(), "missing {line:?} in {lines:?}");
+    }
+    assert!(position("fails | fails 2") < position("slow  | slow 2"), "output is interleaved live: {lines:?}");
+    assert!(position("slow  | slow 1") < position("fails | fails 2"), "output is interleaved live: {lines:?}");
+}
+
+#[test]
+fn detach_logs_and_stop() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    write(
+        &dir.join("cave.yaml"),
+        "version: 1\nnamespace: default\nsandboxes:\n  ticker:\n    type: python\n    limits: { timeout: 2m }\n    scripts:\n      start: python /project/ticker.py\n",
+    );
+    write(&dir.join("ticker.py"), "import time\nfor i in range(1000):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n");
+    let detached = bkgr(&agent, dir, &["-d", "ticker"]);
+    assert_eq!(code(&detached), 0, "stderr: {}", stderr(&detached));
+    assert!(stdout(&detached).starts_with("ticker\trun_"), "{}", stdout(&detached));
+    std::thread::sleep(std::time::Duration::from_millis(800));
+
+    let status = bkg_in(&agent, dir, &["status", "ticker", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["state"], "running");
+
+    let logs = bkg_in(&agent, dir, &["logs", "ticker"]);
+    assert!(stdout(&logs).starts_with("tick 0\ntick 1\n"), "logs: {}", stdout(&logs));
+
+    let busy = bkgr(&agent, dir, &["ticker"]);
+    assert_eq!(code(&busy), 125, "a second run of a running sandbox is refused");
+    assert!(stderr(&busy).contains("already running"), "{}", stderr(&busy));
+
+    let stop = bkg_in(&agent, dir, &["stop", "ticker"]);
+    assert_eq!(code(&stop), 0);
+    let status = bkg_in(&agent, dir, &["status", "ticker", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["state"], "idle");
+    assert_eq!(status["last_run"]["killed_by"], "cancelled");
+}
+
+#[test]
+fn volumes_are_bound_as_declared_and_may_not_leave_the_project() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    write(&dir.join("data/in.txt"), "from the host\n");
+    write(
+        &dir.join("cave.yaml"),
+        "version: 1\nnamespace: default\nsandboxes:\n  reader:\n    type: python\n    volumes: [ \"./data:/workspace/data:ro\" ]\n    scripts:\n      start: cat /workspace/data/in.txt && (echo x > /workspace/data/new 2>/dev/null || echo read-only)\n",
+    );
+    let output = bkgr(&agent, dir, &["reader"]);
+    assert_eq!(stdout(&output), "from the host\nread-only\n", "stderr: {}", stderr(&output));
+
+    let outside = tempfile::tempdir().expect("outside dir");
+    write(
+        &dir.join("cave.yaml"),
+        &format!(
+            "version: 1\nnamespace: default\nsandboxes:\n  reader:\n    type: python\n    volumes: [ \"{}:/workspace/data\" ]\n    scripts:\n      start: ls /workspace/data\n",
+            outside.path().display()
+        ),
+    );
+    let refused = bkgr(&agent, dir, &["reader"]);
+    assert_eq!(code(&refused), 125);
+    assert!(stderr(&refused).contains("--allow-outside"), "{}", stderr(&refused));
+    let allowed = bkgr(&agent, dir, &["reader", "--allow-outside"]);
+    assert_eq!(code(&allowed), 0, "stderr: {}", stderr(&allowed));
+}
+
+#[test]
+fn a_missing_sandbox_or_script_is_one_clear_line() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    write(&project.path().join("cave.yaml"), "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: python -V\n");
+    let missing = bkgr(&agent, project.path(), &["web"]);
+    assert_eq!(code(&missing), 125);
+    assert_eq!(stderr(&missing), "bkgr: no sandbox `web` in cave.yaml (it has: api)\n");
+    let no_script = bkgr(&agent, project.path(), &["api", "test"]);
+    assert_eq!(stderr(&no_script), "bkgr: sandbox `api` has no script `test` (it has: start)\n");
+    let nowhere = tempfile::tempdir().expect("empty dir");
+    let no_project = bkgr(&agent, nowhere.path(), &[]);
+    assert_eq!(code(&no_project), 125);
+    assert!(stderr(&no_project).contains("no cave.yaml"), "{}", stderr(&no_project));
+}
