@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help setup build release test security lint fmt demo bench clean
+.PHONY: help setup build release test schema-validate security lint fmt demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -23,7 +23,11 @@ ifeq ($(NEXTEST),yes)
 else
 	$(CARGO) test --workspace --locked --no-fail-fast
 endif
-	$(MAKE) security
+	$(MAKE) schema-validate security
+
+schema-validate: ## Validate examples/ against schema/cave.schema.json with ajv (independent of the CLI)
+	cd schema && npm ci --no-audit --no-fund --loglevel=error
+	bash schema/validate-examples.sh
 
 security: build ## The threat-matrix suite (docs/security.md); skips count as failures
 	BKG_SECURITY_STRICT=1 python3 -m pytest -q security/

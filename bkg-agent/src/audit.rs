@@ -136,7 +136,7 @@ impl AuditLog {
                 (1, path, file)
             }
         };
-        let (len, last_line, recovered) = recover_tail(&file, &path)?;
+        let FileEnd { len, last_line, torn } = recover_tail(&file, &path)?;
         let previous = files.iter().rev().nth(1);
         let (head, last_action) = match &last_line {
             Some(line) => {
@@ -169,7 +169,7 @@ impl AuditLog {
             // A new log, or a file whose header never made it (a crash while rotating).
             log.write_header(previous.map(|(index, _)| file_name(*index)).as_deref())?;
         }
-        if let Some(torn) = recovered {
+        if let Some(torn) = torn {
             tracing::warn!(file = %torn.file.display(), bytes = torn.bytes, saved_to = %torn.saved_to.display(),
                 "audit: discarded the torn last line a crash left");
             let name = |path: &Path| path.file_name().map(|name| name.to_string_lossy().into_owned());
@@ -255,9 +255,7 @@ impl AuditLog {
         self.len = 0;
         // Until the new file is durable and has its header, no record may go anywhere; reopening
         // the log writes the header that is missing.
-        sync_dir(&self.dir)
-            .and_then(|()| self.write_header(Some(&previous)))
-            .inspect_err(|_| self.poisoned = true)
+        sync_dir(&self.dir).and_then(|()| self.write_header(Some(&previous))).inspect_err(|_| self.poisoned = true)
     }
 
     fn write_header(&mut self, previous_file: Option<&str>) -> Result<(), AuditError> {
@@ -389,9 +387,16 @@ fn sync_dir(dir: &Path) -> Result<(), AuditError> {
     File::open(dir).and_then(|dir| dir.sync_all()).map_err(io_error("sync", dir))
 }
 
-/// Cuts a torn last line off `file` (saving it beside), and returns the length of its whole lines
-/// and its last whole line.
-fn recover_tail(file: &File, path: &Path) -> Result<(u64, Option<Vec<u8>>, Option<TornTail>), AuditError> {
+/// The end of the newest file once a torn line is cut off.
+struct FileEnd {
+    /// The bytes of its whole lines.
+    len: u64,
+    last_line: Option<Vec<u8>>,
+    torn: Option<TornTail>,
+}
+
+/// Cuts a torn last line off `file`, saving it beside.
+fn recover_tail(file: &File, path: &Path) -> Result<FileEnd, AuditError> {
     let len = file.metadata().map_err(io_error("inspect", path))?.len();
     let good_len = last_newline(file, len).map_err(io_error("read", path))?.map_or(0, |at| at + 1);
     let mut torn = None;
@@ -411,12 +416,12 @@ fn recover_tail(file: &File, path: &Path) -> Result<(u64, Option<Vec<u8>>, Optio
         torn = Some(TornTail { file: path.to_owned(), bytes: len - good_len, saved_to });
     }
     if good_len == 0 {
-        return Ok((0, None, torn));
+        return Ok(FileEnd { len: 0, last_line: None, torn });
     }
     let start = last_newline(file, good_len - 1).map_err(io_error("read", path))?.map_or(0, |at| at + 1);
     let mut line = vec![0; usize::try_from(good_len - 1 - start).unwrap_or(usize::MAX)];
     file.read_exact_at(&mut line, start).map_err(io_error("read", path))?;
-    Ok((good_len, Some(line), torn))
+    Ok(FileEnd { len: good_len, last_line: Some(line), torn })
 }
 
 /// Where the chain stands at the end of an earlier, complete file.
@@ -490,7 +495,10 @@ mod tests {
         std::fs::write(path, lines.iter().map(|line| format!("{line}\n")).collect::<String>())
     }
 
-    fn first_bad(files: &[PathBuf], key: &PublicKey) -> Result<Option<(PathBuf, u64, BadReason)>, Box<dyn Error>> {
+    /// Where verification stopped: file, line and reason.
+    type Found = Option<(PathBuf, u64, BadReason)>;
+
+    fn first_bad(files: &[PathBuf], key: &PublicKey) -> Result<Found, Box<dyn Error>> {
         Ok(verify(files, key)?.first_bad.map(|bad| (bad.file, bad.line, bad.reason)))
     }
 
@@ -602,10 +610,7 @@ mod tests {
         let current = files_of(state.path())?.pop().ok_or("no file")?;
         let fragment = b"{\"seq\":5,\"ts_ms\":17000";
         OpenOptions::new().append(true).open(&current)?.write_all(fragment)?;
-        assert_eq!(
-            first_bad(&files_of(state.path())?, &key)?,
-            Some((current.clone(), 5, BadReason::Truncated))
-        );
+        assert_eq!(first_bad(&files_of(state.path())?, &key)?, Some((current.clone(), 5, BadReason::Truncated)));
 
         let mut log = AuditLog::open(state.path())?;
         let torn = log.recovered().cloned().ok_or("nothing recovered")?;
@@ -614,7 +619,10 @@ mod tests {
         assert_eq!(log.append(&event(4))?.seq, 6);
         drop(log);
         let lines = lines_of(&current)?;
-        assert!(lines[4].contains("\"action\":\"log.recovered\"") && lines[4].contains(&format!("\"torn_bytes\":{}", fragment.len())));
+        assert!(
+            lines[4].contains("\"action\":\"log.recovered\"")
+                && lines[4].contains(&format!("\"torn_bytes\":{}", fragment.len()))
+        );
         assert_eq!(verify(&files_of(state.path())?, &key)?, VerifyReport { files: 1, records: 6, first_bad: None });
         Ok(())
     }

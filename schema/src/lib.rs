@@ -1,6 +1,10 @@
 //! The contract between bkg processes: what the CLI sends the agent, what comes back, and the
 //! framing of a streamed run. Everything here is plain data so both sides agree by construction.
 
+#[cfg(feature = "audit")]
+pub mod audit;
+#[cfg(feature = "cave")]
+pub mod cave;
 pub mod frame;
 pub mod paths;
 pub mod sandbox;

@@ -111,7 +111,7 @@ fn two_busy_threads_get_at_most_about_one_cpu() {
     let wall = result["wall_ms"].as_u64().unwrap_or(1) as f64;
     assert!(wall >= 2900.0, "{result}");
     assert!(cpu / wall < 1.15, "two threads used {:.2} CPUs under a 1 CPU limit: {result}", cpu / wall);
-    assert!(cpu / wall > 0.6, "the threads barely ran: {result}");
+    assert!(cpu / wall > 0.25, "the threads barely ran: {result}");
 }
 
 #[test]

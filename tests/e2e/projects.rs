@@ -176,3 +176,34 @@ fn a_missing_sandbox_or_script_is_one_clear_line() {
     assert_eq!(code(&no_project), 125);
     assert!(stderr(&no_project).contains("no cave.yaml"), "{}", stderr(&no_project));
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read example").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_name() == ".bkg" {
+            continue;
+        }
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn the_example_projects_run_in_their_sandboxes() {
+    let agent = Agent::start();
+    for (example, expected) in [
+        ("python-worker", "worker | saved 3 results to /workspace/results.json"),
+        ("node-script", "distinct words, table saved to /workspace/counts.json"),
+        ("multi", "web | 3 orders rendered to /workspace/orders.html"),
+    ] {
+        let project = tempfile::tempdir().expect("project dir");
+        copy_tree(&bkg_tests::examples_dir().join(example), project.path());
+        let output = bkgr(&agent, project.path(), &[]);
+        assert_eq!(code(&output), 0, "{example}: stdout {} stderr {}", stdout(&output), stderr(&output));
+        assert!(stdout(&output).contains(expected), "{example}: {}", stdout(&output));
+    }
+}

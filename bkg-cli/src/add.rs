@@ -1,0 +1,330 @@
+//! `bkg add`: adds a sandbox to cave.yaml. It is a text edit, not a re-serialisation, so the
+//! user's comments, order and layout survive; the edited text is checked before it replaces the
+//! file.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use bkg_schema::cave::{
+    self, CaveLimits, CpuCount, ENV_KEY_RULE, FILE_NAME, SCRIPT_NAME_RULE, Volume, is_command, is_env_key,
+    is_script_name, yaml_scalar,
+};
+use clap::Args;
+
+use crate::exit::CliError;
+use crate::project::{NewSandbox, checked_language, checked_name, print_errors, write_atomically};
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The sandbox's name: lowercase letters, digits and '-'.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The language: python or node.
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    pub language: String,
+    /// A script, NAME=COMMAND (repeatable) [default: start=python main.py or node main.js]
+    #[arg(short = 's', long = "script", value_name = "NAME=CMD", allow_hyphen_values = true)]
+    pub scripts: Vec<String>,
+    /// CPU limit in CPUs, e.g. 0.5
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub cpus: Option<String>,
+    /// Memory limit, e.g. 256MiB
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub memory: Option<String>,
+    /// Wall-clock limit of a run, e.g. 10s
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub timeout: Option<String>,
+    /// Disk limit, e.g. 1GiB
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub disk: Option<String>,
+    /// Set an environment variable in the sandbox (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Mount a project folder, read-only unless :rw (repeatable).
+    #[arg(long = "volume", value_name = "HOST:GUEST[:ro|:rw]")]
+    pub volumes: Vec<String>,
+    /// The cave.yaml to edit [default: ./cave.yaml]
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+}
+
+pub fn run(args: AddArgs) -> Result<i32, CliError> {
+    let name = checked_name(&args.name)?;
+    let sandbox = new_sandbox(&args)?;
+    let path = args.file.unwrap_or_else(|| PathBuf::from(FILE_NAME));
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            CliError::usage(format!("{file} does not exist: create it with `bkg init`"))
+        } else {
+            CliError::usage(format!("cannot read {file}: {error}"))
+        }
+    })?;
+    let before = cave::parse(&text, &file).map_err(|errors| {
+        print_errors(&errors);
+        CliError::usage(format!("{file} is not valid: fix the problems above first"))
+    })?;
+    if before.sandboxes.contains_key(&name) {
+        return Err(CliError::usage(format!("sandbox `{name}` already exists in {file}")));
+    }
+    let edited = insert(&text, &name, &sandbox)
+        .map_err(|reason| CliError::usage(format!("cannot add to {file}: {reason}; add the sandbox by hand")))?;
+    let after = cave::parse(&edited, &file).map_err(|errors| {
+        CliError::usage(format!(
+            "the new sandbox would make {file} invalid: {}",
+            errors.to_string().replace('\n', "; ")
+        ))
+    })?;
+    // The edit must add this one sandbox and change nothing else the file says.
+    let mut others = after.sandboxes.clone();
+    let added = others.remove(&name);
+    if added.is_none() || others != before.sandboxes || after.namespace != before.namespace {
+        return Err(CliError::internal(format!(
+            "cannot add to {file} without changing its other entries; add the sandbox by hand"
+        )));
+    }
+    write_atomically(&path, &edited)?;
+    eprintln!("bkg: added sandbox `{name}` ({}) to {file}", sandbox.language.as_str());
+    Ok(0)
+}
+
+/// A limit flag: its key in cave.yaml, its value, and how to check it as that limit.
+type LimitFlag<'a> = (&'static str, Option<&'a String>, fn(String) -> CaveLimits);
+
+/// Checks every flag before the file is touched: one line for the first bad one.
+fn new_sandbox(args: &AddArgs) -> Result<NewSandbox, CliError> {
+    let language = checked_language(&args.language)?;
+    let limit_flags: [LimitFlag<'_>; 4] = [
+        ("cpus", args.cpus.as_ref(), |value| CaveLimits { cpus: Some(CpuCount::Text(value)), ..CaveLimits::default() }),
+        ("memory", args.memory.as_ref(), |value| CaveLimits { memory: Some(value), ..CaveLimits::default() }),
+        ("timeout", args.timeout.as_ref(), |value| CaveLimits { timeout: Some(value), ..CaveLimits::default() }),
+        ("disk", args.disk.as_ref(), |value| CaveLimits { disk: Some(value), ..CaveLimits::default() }),
+    ];
+    let mut limits = Vec::new();
+    for (key, value, as_limits) in limit_flags {
+        if let Some(value) = value {
+            as_limits(value.clone()).to_overrides().map_err(|error| CliError::usage(format!("--{key}: {error}")))?;
+            // A checked CPU count is digits and a dot: written bare it is a YAML number.
+            let yaml = if key == "cpus" { value.clone() } else { yaml_scalar(value) };
+            limits.push((key, yaml));
+        }
+    }
+
+    let mut scripts = Vec::new();
+    for script in &args.scripts {
+        let Some((name, command)) = script.split_once('=') else {
+            return Err(CliError::usage(format!("--script `{script}` is not NAME=COMMAND")));
+        };
+        if !is_script_name(name) {
+            return Err(CliError::usage(format!(
+                "--script: `{name}` is not a valid script name: use {SCRIPT_NAME_RULE}"
+            )));
+        }
+        if !is_command(command) {
+            return Err(CliError::usage(format!("--script {name}: the command is empty")));
+        }
+        scripts.push((name.to_owned(), command.to_owned()));
+    }
+    if scripts.is_empty() {
+        scripts.push(("start".to_owned(), NewSandbox::default_start(language)));
+    }
+    once_each("--script", &scripts)?;
+
+    let mut env = Vec::new();
+    for pair in &args.env {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(CliError::usage(format!("--env `{pair}` is not KEY=VALUE")));
+        };
+        if !is_env_key(key) {
+            return Err(CliError::usage(format!("--env: `{key}` is not a valid variable name: use {ENV_KEY_RULE}")));
+        }
+        env.push((key.to_owned(), value.to_owned()));
+    }
+    once_each("--env", &env)?;
+
+    for volume in &args.volumes {
+        Volume::parse(volume).map_err(|error| CliError::usage(format!("--volume: {error}")))?;
+    }
+    Ok(NewSandbox { language, limits, scripts, env, volumes: args.volumes.clone() })
+}
+
+/// A key given twice would be a duplicate key in YAML.
+fn once_each(flag: &str, entries: &[(String, String)]) -> Result<(), CliError> {
+    let mut seen = BTreeSet::new();
+    match entries.iter().find(|(key, _)| !seen.insert(key)) {
+        Some((key, _)) => Err(CliError::usage(format!("{flag} `{key}` is given twice"))),
+        None => Ok(()),
+    }
+}
+
+/// The top-level `sandboxes:` line cut into its key and colon, its value, and its comment with
+/// the blanks before it. None for any other line.
+fn sandboxes_line(line: &str) -> Option<(&str, &str, &str)> {
+    let after_key = ["sandboxes", "\"sandboxes\"", "'sandboxes'"].iter().find_map(|key| line.strip_prefix(key))?;
+    let after_colon = after_key.trim_start_matches([' ', '\t']).strip_prefix(':')?;
+    if !(after_colon.is_empty() || after_colon.starts_with([' ', '\t'])) {
+        return None;
+    }
+    let key_len = line.len() - after_colon.len();
+    // A comment starts at a `#` after a blank; inside `{}` there is nothing to confuse it with.
+    let comment_at = after_colon
+        .char_indices()
+        .find(|&(index, c)| c == '#' && after_colon[..index].ends_with([' ', '\t']))
+        .map_or(after_colon.len(), |(index, _)| after_colon[..index].trim_end_matches([' ', '\t']).len());
+    let (value, comment) = after_colon.split_at(comment_at);
+    Some((&line[..key_len], value.trim(), comment))
+}
+
+fn indentation(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
+}
+
+fn is_blank(line: &str) -> bool {
+    line.trim().is_empty()
+}
+
+fn is_comment(line: &str) -> bool {
+    line.trim_start().starts_with('#')
+}
+
+/// Appends the sandbox to the end of the top-level `sandboxes:` block, in the file's own
+/// indentation, spacing and line endings; `sandboxes: {}` becomes a block first.
+fn insert(text: &str, name: &str, sandbox: &NewSandbox) -> Result<String, String> {
+    let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    // Each line without its ending, with the byte offsets where it starts and where the next
+    // one starts.
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for raw in text.split_inclusive('\n') {
+        lines.push((raw.trim_end_matches(['\n', '\r']), start, start + raw.len()));
+        start += raw.len();
+    }
+    let (key_index, (key, value, comment)) = lines
+        .iter()
+        .enumerate()
+        .find_map(|(index, (line, _, _))| sandboxes_line(line).map(|parts| (index, parts)))
+        .ok_or("it has no top-level `sandboxes:` line")?;
+    let (_, key_start, key_next) = lines[key_index];
+    let ends_with_newline = |offset: usize| text[..offset].ends_with('\n');
+
+    if value.split_whitespace().collect::<String>() == "{}" {
+        let mut out = text[..key_start].to_owned();
+        out.push_str(key);
+        out.push_str(comment);
+        out.push_str(newline);
+        out.push_str(&sandbox.render(name, "  ", "  ", newline));
+        out.push_str(&text[key_next..]);
+        return Ok(out);
+    }
+    if !value.is_empty() {
+        return Err(format!(
+            "its `sandboxes:` is written inline (`{value}`), and only a block of entries can be appended to"
+        ));
+    }
+
+    // The block runs to the next line that starts at column 0 and is not a comment.
+    let block: Vec<&(&str, usize, usize)> = lines[key_index + 1..]
+        .iter()
+        .take_while(|(line, _, _)| is_blank(line) || is_comment(line) || line.starts_with(' '))
+        .collect();
+    let entries: Vec<usize> = (0..block.len())
+        .filter(|&index| {
+            let line = block[index].0;
+            line.starts_with(' ') && !is_blank(line) && !is_comment(line)
+        })
+        .collect();
+    let (Some(&first), Some(&last)) = (entries.first(), entries.last()) else {
+        return Err("its `sandboxes:` block has no entries to follow".to_owned());
+    };
+    let indent = indentation(block[first].0);
+    let step = entries
+        .iter()
+        .map(|&index| indentation(block[index].0))
+        .find(|&child| child > indent)
+        .map_or(indent, |child| child - indent);
+    // Entries separated by blank lines get one before the new entry too.
+    let spaced = (1..block.len()).any(|index| {
+        is_blank(block[index - 1].0)
+            && !is_blank(block[index].0)
+            && !is_comment(block[index].0)
+            && indentation(block[index].0) == indent
+    });
+    // After the last indented line: a trailing comment at column 0 stays with what follows.
+    let last_indented = (first..block.len())
+        .rev()
+        .find(|&index| block[index].0.starts_with(' ') && !is_blank(block[index].0))
+        .unwrap_or(last);
+    let at = block[last_indented].2;
+    let mut out = text[..at].to_owned();
+    if !ends_with_newline(at) {
+        out.push_str(newline);
+    }
+    if spaced {
+        out.push_str(newline);
+    }
+    out.push_str(&sandbox.render(name, &" ".repeat(indent), &" ".repeat(step), newline));
+    out.push_str(&text[at..]);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use bkg_schema::Language;
+
+    use super::*;
+
+    fn python(start: &str) -> NewSandbox {
+        NewSandbox {
+            language: Language::Python,
+            limits: vec![("memory", "256MiB".to_owned())],
+            scripts: vec![("start".to_owned(), start.to_owned())],
+            env: Vec::new(),
+            volumes: Vec::new(),
+        }
+    }
+
+    fn added(text: &str) -> String {
+        insert(text, "new", &python("python new.py")).unwrap_or_else(|reason| panic!("{reason}"))
+    }
+
+    #[test]
+    fn an_empty_flow_mapping_becomes_a_block() {
+        assert_eq!(
+            added("version: 1\nsandboxes: {}  # none yet\nnamespace: x\n"),
+            "version: 1\nsandboxes:  # none yet\n  new:\n    type: python\n    limits:\n      memory: 256MiB\n    scripts:\n      start: python new.py\nnamespace: x\n"
+        );
+    }
+
+    #[test]
+    fn the_files_indentation_spacing_and_line_endings_are_kept() {
+        let text = "sandboxes:\r\n    a:\r\n        type: node\r\n\r\n    b:\r\n        type: node\r\n# about the version\r\nversion: 1";
+        assert_eq!(
+            added(text),
+            "sandboxes:\r\n    a:\r\n        type: node\r\n\r\n    b:\r\n        type: node\r\n\r\n    new:\r\n        type: python\r\n        limits:\r\n            memory: 256MiB\r\n        scripts:\r\n            start: python new.py\r\n# about the version\r\nversion: 1"
+        );
+    }
+
+    #[test]
+    fn a_file_without_a_final_newline_gets_one() {
+        assert_eq!(
+            added("version: 1\nsandboxes:\n  a: {type: node}"),
+            "version: 1\nsandboxes:\n  a: {type: node}\n  new:\n    type: python\n    limits:\n      memory: 256MiB\n    scripts:\n      start: python new.py\n"
+        );
+    }
+
+    #[test]
+    fn inline_mappings_are_not_rewritten() {
+        let refused = insert("version: 1\nsandboxes: {a: {type: node}}\n", "new", &python("x"));
+        assert!(refused.is_err());
+        assert!(insert("version: 1\n", "new", &python("x")).is_err());
+    }
+
+    #[test]
+    fn the_key_line_is_recognised_only_at_the_top_level() {
+        assert_eq!(sandboxes_line("sandboxes:"), Some(("sandboxes:", "", "")));
+        assert_eq!(sandboxes_line("'sandboxes' : {} # c"), Some(("'sandboxes' :", "{}", " # c")));
+        assert_eq!(sandboxes_line("  sandboxes:"), None);
+        assert_eq!(sandboxes_line("sandboxes2:"), None);
+        assert_eq!(sandboxes_line("sandboxes:x"), None);
+    }
+}

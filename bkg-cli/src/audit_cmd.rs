@@ -1,0 +1,285 @@
+//! `bkg audit verify` and `bkg audit tail`: read the agent's signed audit log straight from its state
+//! directory, so neither needs the agent running (nor trusts it: verification is the CLI's own).
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bkg_schema::audit::{self, PublicKey, SignedRecord, VerifyReport};
+use clap::Args;
+
+use crate::exit::CliError;
+
+/// The exit code of a log that fails verification.
+const VERIFY_FAILED: i32 = 1;
+/// How often `tail -f` looks for new records.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// Log files to verify, in this order [default: every file of STATE_DIR/audit/]
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The agent's public key: 64 hex digits or a file holding them [default: audit.pub beside the log's directory]
+    #[arg(long, value_name = "HEX|FILE")]
+    pub key: Option<String>,
+    /// The agent's state directory [default: /var/lib/bkg as root]
+    #[arg(long, env = "BKG_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of a line on stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditTailArgs {
+    /// How many of the last records to print.
+    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 10)]
+    pub lines: usize,
+    /// Keep printing records as they are written, across file rotation.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// The agent's state directory [default: /var/lib/bkg as root]
+    #[arg(long, env = "BKG_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print the records' JSON lines as written.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bkg audit verify`: 0 when the chain is intact, 1 at the first bad line, 125 on bad input.
+pub async fn verify(args: AuditVerifyArgs) -> Result<i32, CliError> {
+    verify_to(&args, &mut io::stdout().lock(), &mut io::stderr().lock())
+}
+
+pub(crate) fn verify_to(args: &AuditVerifyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, CliError> {
+    let (files, default_key) = match args.files.first() {
+        Some(first) => (args.files.clone(), key_beside(first)),
+        None => {
+            let state_dir = state_dir(args.state_dir.as_deref());
+            let files = list_log(&state_dir.join("audit"))?.into_iter().map(|(_, path)| path).collect();
+            (files, state_dir.join("audit.pub"))
+        }
+    };
+    let key = load_key(args.key.as_deref(), &default_key)?;
+    let report = audit::verify(&files, &key).map_err(|error| CliError::usage(error.to_string()))?;
+    let code = if report.first_bad.is_some() { VERIFY_FAILED } else { 0 };
+    if args.json {
+        emit(out, &report_json(&report).to_string())?;
+    } else {
+        emit(err, &report_line(&report))?;
+    }
+    Ok(code)
+}
+
+fn report_line(report: &VerifyReport) -> String {
+    match &report.first_bad {
+        None => format!("audit: ok, {} records in {} files, chain intact", report.records, report.files),
+        Some(bad) => format!("audit: {}:{}: {}: {}", bad.file.display(), bad.line, bad.reason, bad.detail),
+    }
+}
+
+fn report_json(report: &VerifyReport) -> serde_json::Value {
+    let first_bad = report.first_bad.as_ref().map(|bad| {
+        serde_json::json!({
+            "file": bad.file.display().to_string(),
+            "line": bad.line,
+            "reason": bad.reason.as_str(),
+            "detail": bad.detail,
+        })
+    });
+    serde_json::json!({
+        "ok": first_bad.is_none(),
+        "records": report.records,
+        "files": report.files,
+        "first_bad": first_bad,
+    })
+}
+
+/// Where `audit.pub` is for a log given as files: its directory sits in the state directory.
+fn key_beside(file: &Path) -> PathBuf {
+    let dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    dir.join("..").join("audit.pub")
+}
+
+/// `--key` as 64 hex digits, else as a file holding them; without it, `default`.
+fn load_key(given: Option<&str>, default: &Path) -> Result<PublicKey, CliError> {
+    if let Some(key) = given.and_then(|given| PublicKey::from_hex(given).ok()) {
+        return Ok(key);
+    }
+    let path = given.map_or(default, Path::new);
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        let hint = if given.is_none() { " (give the agent's public key with --key)" } else { "" };
+        CliError::usage(format!("cannot read the audit key {}: {error}{hint}", path.display()))
+    })?;
+    PublicKey::from_hex(text.trim())
+        .map_err(|error| CliError::usage(format!("bad audit key in {}: {error}", path.display())))
+}
+
+fn state_dir(given: Option<&Path>) -> PathBuf {
+    given.map_or_else(bkg_schema::paths::default_state_dir, Path::to_owned)
+}
+
+fn list_log(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CliError> {
+    let files = audit::log_files(dir)
+        .map_err(|error| CliError::usage(format!("cannot read the audit log {}: {error}", dir.display())))?;
+    if files.is_empty() {
+        return Err(CliError::usage(format!("no audit log in {}", dir.display())));
+    }
+    Ok(files)
+}
+
+fn emit(out: &mut dyn Write, text: &str) -> Result<(), CliError> {
+    writeln!(out, "{text}").map_err(|error| CliError::internal(format!("cannot write the output: {error}")))
+}
+
+/// `bkg audit tail`: the last records, then (with `-f`) new ones as they come, until interrupted.
+pub async fn tail(args: AuditTailArgs) -> Result<i32, CliError> {
+    let dir = state_dir(args.state_dir.as_deref()).join("audit");
+    let mut tail = Tail::start(&dir, args.lines, args.json, &mut io::stdout().lock())?;
+    if !args.follow {
+        return Ok(0);
+    }
+    loop {
+        tokio::time::sleep(FOLLOW_POLL).await;
+        tail.poll(&mut io::stdout().lock())?;
+    }
+}
+
+/// A reader of the log that has printed everything up to `offset` in file `index`.
+pub(crate) struct Tail {
+    dir: PathBuf,
+    index: u64,
+    /// Always at the end of a whole line: a line still being written waits for its `\n`.
+    offset: u64,
+    json: bool,
+}
+
+impl Tail {
+    /// Prints the last `count` records (and, in human form, the column names).
+    pub(crate) fn start(dir: &Path, count: usize, json: bool, out: &mut dyn Write) -> Result<Self, CliError> {
+        let files = list_log(dir)?;
+        let newest = files.last().map_or(0, |(index, _)| *index);
+        let mut tail = Tail { dir: dir.to_owned(), index: newest, offset: 0, json };
+        let mut last: Vec<Vec<u8>> = Vec::new();
+        for (index, path) in files.iter().rev() {
+            let bytes = read_from(path, 0)?;
+            let whole = whole_lines(&bytes);
+            if *index == newest {
+                tail.offset = whole.len() as u64;
+            }
+            let mut lines: Vec<Vec<u8>> = whole.split_inclusive(|&byte| byte == b'\n').map(<[u8]>::to_vec).collect();
+            let wanted = count - last.len();
+            lines.drain(..lines.len().saturating_sub(wanted));
+            lines.append(&mut last);
+            last = lines;
+            if last.len() >= count {
+                break;
+            }
+        }
+        if !json {
+            emit(
+                out,
+                &format!(
+                    "{:>6} {:<24} {:<16} {:<12} {:<28} {:<28} OUTCOME",
+                    "SEQ", "TIME", "ACTION", "NAMESPACE", "SANDBOX", "RUN"
+                ),
+            )?;
+        }
+        for line in &last {
+            tail.print(line, out)?;
+        }
+        Ok(tail)
+    }
+
+    /// Prints what was written since the last call, moving on to newer files as the log rotates.
+    pub(crate) fn poll(&mut self, out: &mut dyn Write) -> Result<(), CliError> {
+        loop {
+            // Looked at before reading: once the next file exists, this one takes no more lines.
+            let rotated = self.dir.join(audit::file_name(self.index + 1)).exists();
+            let bytes = read_from(&self.dir.join(audit::file_name(self.index)), self.offset)?;
+            let whole = whole_lines(&bytes);
+            for line in whole.split_inclusive(|&byte| byte == b'\n') {
+                self.print(line, out)?;
+            }
+            self.offset += whole.len() as u64;
+            if !rotated {
+                return Ok(());
+            }
+            (self.index, self.offset) = (self.index + 1, 0);
+        }
+    }
+
+    fn print(&self, line: &[u8], out: &mut dyn Write) -> Result<(), CliError> {
+        let line = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line));
+        if self.json {
+            return emit(out, &line);
+        }
+        match serde_json::from_str::<SignedRecord>(&line) {
+            Ok(record) => emit(out, &human_row(&record)),
+            // Not a record (the log is damaged): show it as it is, `bkg audit verify` says why.
+            Err(_) => emit(out, &line),
+        }
+    }
+}
+
+fn human_row(record: &SignedRecord) -> String {
+    let text = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
+    let outcome = record.outcome.as_ref().map_or_else(|| "-".to_owned(), serde_json::Value::to_string);
+    format!(
+        "{:>6} {:<24} {:<16} {:<12} {:<28} {:<28} {outcome}",
+        record.seq,
+        format_time(record.ts_ms),
+        record.action,
+        text(&record.namespace),
+        text(&record.sandbox),
+        text(&record.run),
+    )
+}
+
+/// The bytes of `path` from `offset` on.
+fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, CliError> {
+    let read = || -> io::Result<Vec<u8>> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    read().map_err(|error| CliError::usage(format!("cannot read {}: {error}", path.display())))
+}
+
+/// `bytes` up to and with its last `\n`.
+fn whole_lines(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().rposition(|&byte| byte == b'\n').map_or(0, |at| at + 1);
+    &bytes[..end]
+}
+
+/// `2024-05-01T12:00:00.000Z` from milliseconds since the epoch, in UTC.
+fn format_time(ts_ms: u64) -> String {
+    let seconds = ts_ms / 1000;
+    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60,
+        ts_ms % 1000
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let shifted = days + 719_468;
+    let era = shifted / 146_097;
+    let day_of_era = shifted % 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}

@@ -1,0 +1,200 @@
+//! `bkg init`: writes a project's cave.yaml and its `.bkg/` state folder.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use bkg_schema::Language;
+use bkg_schema::cave::{self, DEFAULT_NAMESPACE, FILE_NAME, NAME_RULE, is_command, is_dns_label, yaml_scalar};
+use clap::Args;
+use dialoguer::theme::ColorfulTheme;
+use dialoguer::{Input, Select};
+
+use crate::exit::CliError;
+use crate::project::{NewSandbox, checked_language, checked_name, write_atomically};
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The project folder, created if missing [default: .]
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Never ask: use the flags and defaults (also the case without a terminal or with CI set).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Overwrite an existing cave.yaml.
+    #[arg(long)]
+    pub force: bool,
+    /// The namespace [default: default]
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Add a first sandbox with this name [default: none without prompts]
+    #[arg(long, value_name = "NAME")]
+    pub sandbox: Option<String>,
+    /// The first sandbox's type: python or node [default: python]
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    pub language: Option<String>,
+    /// The first sandbox's start script [default: python main.py or node main.js]
+    #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
+    pub start: Option<String>,
+}
+
+/// What the new cave.yaml holds.
+struct Answers {
+    namespace: String,
+    first: Option<(String, NewSandbox)>,
+}
+
+const HEADER: &str = "\
+# cave.yaml: this project's sandboxes, run with `bkgr NAME [SCRIPT]`.
+# Each sandbox has a type (python or node) and may set limits, scripts, env and volumes.
+# `bkg add NAME --type python` adds one; `bkg validate` checks this file.
+# The format is described in bkg's docs/cave-yaml.md.
+";
+
+/// Typed at the sandbox prompt to start with no sandbox at all.
+const NO_SANDBOX: &str = "none";
+
+pub fn run(args: InitArgs) -> Result<i32, CliError> {
+    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let path = dir.join(FILE_NAME);
+    if path.symlink_metadata().is_ok() && !args.force {
+        return Err(CliError::usage(format!("{} already exists: use --force to overwrite it", path.display())));
+    }
+    let answers = if interactive(&args) { ask(&args)? } else { from_flags(&args)? };
+    let text = render(&answers);
+    // What init writes must pass `bkg validate`; a failure here is a bug, not bad input.
+    if let Err(errors) = cave::parse(&text, FILE_NAME) {
+        return Err(CliError::internal(format!(
+            "refusing to write an invalid cave.yaml: {}",
+            errors.to_string().replace('\n', "; ")
+        )));
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|error| CliError::usage(format!("cannot create {}: {error}", dir.display())))?;
+    write_atomically(&path, &text)?;
+    make_state_dir(&dir)?;
+    let first = match &answers.first {
+        Some((name, sandbox)) => format!(" with sandbox `{name}` ({})", sandbox.language.as_str()),
+        None => String::new(),
+    };
+    eprintln!("bkg: wrote {}{first}; add sandboxes with `bkg add NAME --type python|node`", path.display());
+    Ok(0)
+}
+
+/// Prompts only with someone to answer them: both ends on a terminal, and not asked to skip.
+fn interactive(args: &InitArgs) -> bool {
+    let ci = std::env::var_os("CI").is_some_and(|value| !value.is_empty());
+    !args.yes && !ci && std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// `.bkg/` holds the sandboxes' state; its own `.gitignore` keeps it out of git without
+/// touching the project's.
+fn make_state_dir(dir: &Path) -> Result<(), CliError> {
+    let state = dir.join(".bkg");
+    let failed = |error: std::io::Error| CliError::usage(format!("cannot create {}: {error}", state.display()));
+    std::fs::create_dir_all(&state).map_err(failed)?;
+    std::fs::write(state.join(".gitignore"), "*\n").map_err(failed)
+}
+
+fn from_flags(args: &InitArgs) -> Result<Answers, CliError> {
+    let namespace = checked_namespace(args.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))?;
+    let Some(name) = &args.sandbox else {
+        if args.language.is_some() || args.start.is_some() {
+            return Err(CliError::usage("--type and --start describe the first sandbox: add --sandbox NAME"));
+        }
+        return Ok(Answers { namespace, first: None });
+    };
+    let language = match &args.language {
+        Some(text) => checked_language(text)?,
+        None => Language::Python,
+    };
+    let start = match &args.start {
+        Some(command) => checked_start(command)?,
+        None => NewSandbox::default_start(language),
+    };
+    Ok(Answers { namespace, first: Some((checked_name(name)?, sandbox(language, start))) })
+}
+
+/// Asks for what the flags left open; a flag's value is not asked again.
+fn ask(args: &InitArgs) -> Result<Answers, CliError> {
+    let theme = ColorfulTheme::default();
+    let asked = |error: dialoguer::Error| CliError::usage(format!("cannot ask: {error}"));
+    let namespace = match &args.namespace {
+        Some(namespace) => checked_namespace(namespace)?,
+        None => Input::<String>::with_theme(&theme)
+            .with_prompt("Namespace")
+            .default(DEFAULT_NAMESPACE.to_owned())
+            .validate_with(|text: &String| if is_dns_label(text) { Ok(()) } else { Err(format!("use {NAME_RULE}")) })
+            .interact_text()
+            .map_err(asked)?,
+    };
+    let name = match &args.sandbox {
+        Some(name) => checked_name(name)?,
+        None => Input::<String>::with_theme(&theme)
+            .with_prompt(format!("First sandbox (a name, or `{NO_SANDBOX}`)"))
+            .default("app".to_owned())
+            .validate_with(|text: &String| if is_dns_label(text) { Ok(()) } else { Err(format!("use {NAME_RULE}")) })
+            .interact_text()
+            .map_err(asked)?,
+    };
+    if name == NO_SANDBOX && args.sandbox.is_none() {
+        return Ok(Answers { namespace, first: None });
+    }
+    let language = match &args.language {
+        Some(text) => checked_language(text)?,
+        None => {
+            let choices = [Language::Python, Language::Node];
+            let names = choices.map(Language::as_str);
+            let index =
+                Select::with_theme(&theme).with_prompt("Type").items(names).default(0).interact().map_err(asked)?;
+            choices.get(index).copied().unwrap_or(Language::Python)
+        }
+    };
+    let start = match &args.start {
+        Some(command) => checked_start(command)?,
+        None => Input::<String>::with_theme(&theme)
+            .with_prompt("Start script")
+            .default(NewSandbox::default_start(language))
+            .validate_with(|text: &String| if is_command(text) { Ok(()) } else { Err("the command must not be empty") })
+            .interact_text()
+            .map_err(asked)?,
+    };
+    Ok(Answers { namespace, first: Some((name, sandbox(language, start))) })
+}
+
+fn sandbox(language: Language, start: String) -> NewSandbox {
+    NewSandbox {
+        language,
+        limits: Vec::new(),
+        scripts: vec![("start".to_owned(), start)],
+        env: Vec::new(),
+        volumes: Vec::new(),
+    }
+}
+
+fn render(answers: &Answers) -> String {
+    let mut text = format!("{HEADER}version: 1\nnamespace: {}\n", yaml_scalar(&answers.namespace));
+    match &answers.first {
+        Some((name, sandbox)) => {
+            text.push_str("sandboxes:\n");
+            text.push_str(&sandbox.render(name, "  ", "  ", "\n"));
+        }
+        None => text.push_str("sandboxes: {}\n"),
+    }
+    text
+}
+
+fn checked_namespace(namespace: &str) -> Result<String, CliError> {
+    if is_dns_label(namespace) {
+        Ok(namespace.to_owned())
+    } else {
+        Err(CliError::usage(format!("`{namespace}` is not a valid namespace: use {NAME_RULE}")))
+    }
+}
+
+fn checked_start(command: &str) -> Result<String, CliError> {
+    if is_command(command) {
+        Ok(command.to_owned())
+    } else {
+        Err(CliError::usage("--start: the command must not be empty"))
+    }
+}

@@ -1,0 +1,101 @@
+//! What `bkg init` and `bkg add` share: the YAML they write and how they write it.
+
+use std::fs::Permissions;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use bkg_schema::Language;
+use bkg_schema::cave::{CaveErrors, NAME_RULE, is_dns_label, yaml_scalar as scalar};
+
+use crate::exit::CliError;
+
+/// A sandbox about to be written, its entries in the order the user gave them.
+#[derive(Debug)]
+pub struct NewSandbox {
+    pub language: Language,
+    /// (key, value as YAML), in the schema's order: cpus, memory, timeout, disk.
+    pub limits: Vec<(&'static str, String)>,
+    pub scripts: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
+    pub volumes: Vec<String>,
+}
+
+impl NewSandbox {
+    /// The start script every new sandbox gets unless it names its own.
+    pub fn default_start(language: Language) -> String {
+        format!("{} {}", language.as_str(), language.default_script_name())
+    }
+
+    /// The block-style YAML of `name: {...}`: the name at `indent`, each level `step` deeper.
+    pub fn render(&self, name: &str, indent: &str, step: &str, newline: &str) -> String {
+        let one = format!("{indent}{step}");
+        let two = format!("{one}{step}");
+        let mut out = format!("{indent}{}:{newline}", scalar(name));
+        out.push_str(&format!("{one}type: {}{newline}", self.language.as_str()));
+        let mut section = |key: &str, entries: Vec<(&str, String)>| {
+            if !entries.is_empty() {
+                out.push_str(&format!("{one}{key}:{newline}"));
+                for (name, value) in entries {
+                    out.push_str(&format!("{two}{}: {value}{newline}", scalar(name)));
+                }
+            }
+        };
+        section("limits", self.limits.iter().map(|(key, value)| (*key, value.clone())).collect());
+        section("scripts", quoted(&self.scripts));
+        section("env", quoted(&self.env));
+        if !self.volumes.is_empty() {
+            out.push_str(&format!("{one}volumes:{newline}"));
+            for volume in &self.volumes {
+                out.push_str(&format!("{two}- {}{newline}", scalar(volume)));
+            }
+        }
+        out
+    }
+}
+
+fn quoted(entries: &[(String, String)]) -> Vec<(&str, String)> {
+    entries.iter().map(|(name, value)| (name.as_str(), scalar(value))).collect()
+}
+
+/// Replaces `path` with `text` all at once: a reader sees the old file or the new one, never
+/// half of it. A replaced file keeps its permissions.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), CliError> {
+    let failed = |error: std::io::Error| CliError::usage(format!("cannot write {}: {error}", path.display()));
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let existing = std::fs::metadata(path).ok().map(|meta| meta.permissions());
+    let mut file = tempfile::Builder::new()
+        .prefix(".cave.yaml.")
+        .suffix(".tmp")
+        .permissions(Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(failed)?;
+    if let Some(permissions) = existing {
+        file.as_file().set_permissions(permissions).map_err(failed)?;
+    }
+    file.write_all(text.as_bytes()).map_err(failed)?;
+    file.as_file().sync_all().map_err(failed)?;
+    file.persist(path).map_err(|error| failed(error.error))?;
+    Ok(())
+}
+
+/// Validation errors are the one case of many lines: each problem, compiler style.
+pub fn print_errors(errors: &CaveErrors) {
+    eprintln!("{errors}");
+}
+
+pub fn checked_name(name: &str) -> Result<String, CliError> {
+    if is_dns_label(name) {
+        Ok(name.to_owned())
+    } else {
+        Err(CliError::usage(format!("`{name}` is not a valid sandbox name: use {NAME_RULE}")))
+    }
+}
+
+pub fn checked_language(text: &str) -> Result<Language, CliError> {
+    Language::parse(text)
+        .ok_or_else(|| CliError::usage(format!("unknown type `{text}`: use --type python or --type node")))
+}

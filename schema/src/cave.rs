@@ -1,0 +1,1055 @@
+//! cave.yaml: a project's persistent sandboxes (docs/cave-yaml.md).
+//!
+//! `cave.schema.json` is the contract, checked by ajv in CI as well as here; the types below mirror
+//! it, and [`CaveFile::check`] repeats every rule the types cannot carry, so a file that passes
+//! one side passes the other (a test in bkg-cli holds the examples to that).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::units::{UnitError, parse_cpus, parse_duration_ms, parse_size};
+use crate::{Language, LimitOverrides};
+
+/// The JSON Schema of cave.yaml (draft 2020-12).
+pub const SCHEMA: &str = include_str!("../cave.schema.json");
+
+/// The file `bkg` and `bkgr` look for in the current folder.
+pub const FILE_NAME: &str = "cave.yaml";
+
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// What a namespace or sandbox name may be, for messages.
+pub const NAME_RULE: &str =
+    "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
+pub const SCRIPT_NAME_RULE: &str =
+    "lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters";
+pub const ENV_KEY_RULE: &str = "letters, digits and '_', not starting with a digit";
+pub const VOLUME_RULE: &str = "HOST:GUEST[:ro|:rw], GUEST under /workspace";
+
+/// A whole cave.yaml.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaveFile {
+    /// The format version; only 1 exists.
+    #[serde(deserialize_with = "version_one")]
+    pub version: u32,
+    #[serde(default = "default_namespace", deserialize_with = "string")]
+    pub namespace: String,
+    #[serde(deserialize_with = "mapping")]
+    pub sandboxes: BTreeMap<String, SandboxSpec>,
+}
+
+/// One persistent sandbox.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    pub r#type: Language,
+    #[serde(default, deserialize_with = "some_mapping")]
+    pub limits: Option<CaveLimits>,
+    /// Script name -> command line, run by `bkgr NAME SCRIPT`.
+    #[serde(default, deserialize_with = "string_map")]
+    pub scripts: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "string_map")]
+    pub env: BTreeMap<String, String>,
+    /// `HOST:GUEST[:ro|:rw]`, see [`Volume::parse`].
+    #[serde(default, deserialize_with = "string_list")]
+    pub volumes: Vec<String>,
+}
+
+/// Limits as written in the file; [`CaveLimits::to_overrides`] turns them into numbers.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaveLimits {
+    #[serde(default, deserialize_with = "present")]
+    pub cpus: Option<CpuCount>,
+    #[serde(default, deserialize_with = "some_string")]
+    pub memory: Option<String>,
+    #[serde(default, deserialize_with = "some_string")]
+    pub timeout: Option<String>,
+    #[serde(default, deserialize_with = "some_string")]
+    pub disk: Option<String>,
+}
+
+/// `cpus: 0.5` and `cpus: "0.5"` are both allowed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum CpuCount {
+    Number(f64),
+    Text(String),
+}
+
+impl CpuCount {
+    /// Thousandths of a CPU, as [`LimitOverrides::cpu_millis`] wants them.
+    pub fn millis(&self) -> Result<u64, UnitError> {
+        match self {
+            // The schema's bounds; parse_cpus alone would round 0.0004 up to a valid 0.001.
+            Self::Number(cpus) if !(0.001..=4096.0).contains(cpus) => Err(UnitError::Cpus(cpus.to_string())),
+            Self::Number(cpus) => parse_cpus(&cpus.to_string()),
+            Self::Text(text) => quantity(text, parse_cpus, UnitError::Cpus),
+        }
+    }
+}
+
+impl CaveLimits {
+    pub fn to_overrides(&self) -> Result<LimitOverrides, UnitError> {
+        let [cpus, memory, timeout, disk] = self.parsed().map(|(_, value)| value.transpose());
+        Ok(LimitOverrides {
+            cpu_millis: cpus?,
+            memory_bytes: memory?,
+            timeout_ms: timeout?,
+            disk_bytes: disk?,
+            pids: None,
+        })
+    }
+
+    /// Each limit under its key, parsed where it is set.
+    fn parsed(&self) -> [(&'static str, Option<Result<u64, UnitError>>); 4] {
+        let size = |text: &String| quantity(text, parse_size, UnitError::Size);
+        [
+            ("cpus", self.cpus.as_ref().map(CpuCount::millis)),
+            ("memory", self.memory.as_ref().map(size)),
+            ("timeout", self.timeout.as_ref().map(|text| quantity(text, parse_duration_ms, UnitError::Duration))),
+            ("disk", self.disk.as_ref().map(size)),
+        ]
+    }
+}
+
+/// The unit parsers forgive surrounding spaces, signs and exponents, which the schema's patterns
+/// refuse; refusing them here too keeps both verdicts the same.
+fn quantity(
+    text: &str,
+    parse: fn(&str) -> Result<u64, UnitError>,
+    refuse: fn(String) -> UnitError,
+) -> Result<u64, UnitError> {
+    let number_end = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, rest) = text.split_at(number_end);
+    let unit = rest.strip_prefix(' ').unwrap_or(rest);
+    if number.is_empty() || !unit.chars().all(|c| c.is_ascii_alphabetic()) {
+        return Err(refuse(text.to_owned()));
+    }
+    parse(text)
+}
+
+/// A host folder mounted into a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// Relative to the folder that holds cave.yaml, or absolute.
+    pub host: PathBuf,
+    /// An absolute path strictly under /workspace.
+    pub guest: String,
+    /// True unless the volume says `:rw`: untrusted code gets write access only when asked.
+    pub read_only: bool,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum VolumeError {
+    #[error("`{0}` is not {VOLUME_RULE}")]
+    Shape(String),
+    #[error("the host path of a volume must not be empty")]
+    Host(String),
+    #[error("the guest path `{0}` must be under /workspace, without `.` or `..` parts or `//`")]
+    Guest(String),
+    #[error("`{0}` is not a volume mode: use ro or rw")]
+    Mode(String),
+}
+
+impl Volume {
+    /// Parses `HOST:GUEST[:ro|:rw]`.
+    pub fn parse(text: &str) -> Result<Self, VolumeError> {
+        let mut parts = text.split(':');
+        let (Some(host), Some(guest)) = (parts.next(), parts.next()) else {
+            return Err(VolumeError::Shape(text.to_owned()));
+        };
+        let mode = parts.next();
+        if parts.next().is_some() {
+            return Err(VolumeError::Shape(text.to_owned()));
+        }
+        // Whether the host path stays inside the project is bkgr's check when it runs the
+        // sandbox (`--allow-outside` lifts it): the file itself may name any folder.
+        if host.is_empty() {
+            return Err(VolumeError::Host(host.to_owned()));
+        }
+        let guest_ok = guest
+            .strip_prefix("/workspace/")
+            .is_some_and(|rest| rest.split('/').all(|segment| !matches!(segment, "" | "." | "..")));
+        if !guest_ok {
+            return Err(VolumeError::Guest(guest.to_owned()));
+        }
+        let read_only = match mode {
+            None | Some("ro") => true,
+            Some("rw") => false,
+            Some(other) => return Err(VolumeError::Mode(other.to_owned())),
+        };
+        Ok(Self { host: PathBuf::from(host), guest: guest.to_owned(), read_only })
+    }
+}
+
+pub fn is_dns_label(name: &str) -> bool {
+    let edge = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&name.len())
+        && name.starts_with(edge)
+        && name.ends_with(edge)
+        && name.chars().all(|c| edge(c) || c == '-')
+}
+
+pub fn is_script_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+pub fn is_env_key(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A command needs something besides blanks.
+pub fn is_command(command: &str) -> bool {
+    command.chars().any(|c| !matches!(c, ' ' | '\t' | '\n' | '\r'))
+}
+
+/// `text` as a YAML scalar that reads back as the same string: plain where YAML reads it so
+/// (`python main.py`), double-quoted otherwise (`"true"`, `"a: b"`, `" x"`). A JSON string is a
+/// valid YAML double-quoted scalar. For tools that edit cave.yaml as text.
+pub fn yaml_scalar(text: &str) -> String {
+    let plain_reads_back = !text.contains(['\n', '\r'])
+        && yaml_serde::from_str::<yaml_serde::Value>(text).is_ok_and(|value| value.as_str() == Some(text));
+    if plain_reads_back { text.to_owned() } else { serde_json::to_string(text).unwrap_or_else(|_| format!("{text:?}")) }
+}
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_owned()
+}
+
+/// `version: 1` and `version: 1.0` are the same number to the schema, so they are here too.
+fn version_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if number.as_u64() == Some(1) || number.as_f64() == Some(1.0) {
+        Ok(1)
+    } else {
+        Err(de::Error::custom(format!("version {number} is not supported: use 1")))
+    }
+}
+
+/// A key written with no value (`cpus:`) is null, which the schema refuses; plain `Option`
+/// would take it as absent.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+/// A string that was a string in the file. yaml_serde reads `true` or `512` into a `String` when
+/// asked for one, where the schema sees a boolean or a number; asking for "anything" and
+/// accepting only strings gives the schema's verdict.
+struct Strict(String);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl Visitor<'_> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Strict, E> {
+        Ok(Strict(text.to_owned()))
+    }
+}
+
+fn string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Strict::deserialize(deserializer).map(|text| text.0)
+}
+
+fn some_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    string(deserializer).map(Some)
+}
+
+fn string_map<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let map: BTreeMap<String, Strict> = mapping(deserializer)?;
+    Ok(map.into_iter().map(|(key, value)| (key, value.0)).collect())
+}
+
+fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let list: Vec<Strict> = deserializer.deserialize_any(Only(PhantomData))?;
+    Ok(list.into_iter().map(|text| text.0).collect())
+}
+
+/// A mapping that was a mapping in the file: yaml_serde reads a bare `limits:` (null) as an
+/// empty one, where the schema sees null.
+fn mapping<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<T, D::Error> {
+    deserializer.deserialize_any(Only(PhantomData))
+}
+
+fn some_mapping<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    mapping(deserializer).map(Some)
+}
+
+/// Deserializes `T` from a mapping or a sequence only, never from a scalar or null.
+struct Only<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Only<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping or a list")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(de::value::MapAccessDeserializer::new(map))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+        T::deserialize(de::value::SeqAccessDeserializer::new(seq))
+    }
+}
+
+/// One problem in a cave.yaml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CaveError {
+    /// 1-based line of the offending key or value, when the file has one.
+    pub line: Option<usize>,
+    /// JSON pointer of the offending value (`/sandboxes/api/limits/memory`); empty for the file.
+    pub pointer: String,
+    pub message: String,
+}
+
+impl CaveError {
+    fn new(pointer: String, message: String) -> Self {
+        Self { line: None, pointer, message }
+    }
+
+    /// `cave.yaml:7: /sandboxes/api/limits/memory: "lots" is not a valid size (...)`.
+    pub fn render(&self, file: &str) -> String {
+        let mut out = file.to_owned();
+        if let Some(line) = self.line {
+            out.push_str(&format!(":{line}"));
+        }
+        if !self.pointer.is_empty() {
+            out.push_str(&format!(": {}", self.pointer));
+        }
+        out.push_str(&format!(": {}", self.message));
+        out
+    }
+}
+
+/// Every problem found in one file, in line order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaveErrors {
+    /// The file as the user named it.
+    pub file: String,
+    pub errors: Vec<CaveError>,
+}
+
+impl fmt::Display for CaveErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, error) in self.errors.iter().enumerate() {
+            if index > 0 {
+                f.write_str("\n")?;
+            }
+            f.write_str(&error.render(&self.file))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CaveErrors {}
+
+/// Reads and checks a cave.yaml.
+pub fn load(path: &Path) -> Result<CaveFile, CaveErrors> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &file),
+        Err(error) => {
+            Err(CaveErrors { file, errors: vec![CaveError::new(String::new(), format!("cannot be read: {error}"))] })
+        }
+    }
+}
+
+/// Checks the text of a cave.yaml against the schema and the rules of the types; `file` names it
+/// in errors. Every problem is reported, each with its line where the text has one.
+pub fn parse(text: &str, file: &str) -> Result<CaveFile, CaveErrors> {
+    let fail = |errors| CaveErrors { file: file.to_owned(), errors };
+    let value = to_json(text).map_err(|error| fail(vec![error]))?;
+    if value.is_null() {
+        let empty = "the file is empty: it needs at least `version: 1` and `sandboxes: {}`";
+        return Err(fail(vec![CaveError::new(String::new(), empty.to_owned())]));
+    }
+    let mut errors = schema_errors(&value);
+    if errors.is_empty() {
+        match serde_json::from_value::<CaveFile>(value) {
+            Ok(cave) => {
+                errors = cave.check();
+                if errors.is_empty() {
+                    return Ok(cave);
+                }
+            }
+            // Only reachable if the types and the schema disagree, which the examples test guards.
+            Err(error) => {
+                errors.push(CaveError::new(String::new(), format!("accepted by the schema but not by bkg: {error}")))
+            }
+        }
+    }
+    for error in &mut errors {
+        error.line = line_of(text, &error.pointer);
+    }
+    errors.sort_by(|a, b| (a.line, &a.pointer).cmp(&(b.line, &b.pointer)));
+    errors.dedup();
+    Err(fail(errors))
+}
+
+/// Reads YAML into the JSON data model the schema speaks. Duplicate keys are refused here, since
+/// JSON objects would silently keep the last.
+pub fn to_json(text: &str) -> Result<Value, CaveError> {
+    if let Some(duplicate) = find_duplicate(text) {
+        return Err(duplicate);
+    }
+    let yaml: yaml_serde::Value = yaml_serde::from_str(text).map_err(|error| CaveError {
+        line: error.location().map(|location| location.line()),
+        pointer: String::new(),
+        message: format!("invalid YAML: {error}"),
+    })?;
+    serde_json::to_value(&yaml)
+        .map_err(|error| CaveError::new(String::new(), format!("cannot be read as JSON data: {error}")))
+}
+
+struct CompiledSchema {
+    document: Value,
+    validator: jsonschema::Validator,
+}
+
+static COMPILED: LazyLock<Result<CompiledSchema, String>> = LazyLock::new(|| {
+    let document: Value = serde_json::from_str(SCHEMA).map_err(|error| error.to_string())?;
+    let validator = jsonschema::draft202012::new(&document).map_err(|error| error.to_string())?;
+    Ok(CompiledSchema { document, validator })
+});
+
+/// What the JSON Schema alone says about a document (without lines: they need the text).
+pub fn schema_errors(value: &Value) -> Vec<CaveError> {
+    match &*COMPILED {
+        Ok(schema) => {
+            schema.validator.iter_errors(value).flat_map(|error| describe(&schema.document, &error)).collect()
+        }
+        Err(error) => {
+            vec![CaveError::new(String::new(), format!("bkg's own cave.schema.json does not compile: {error}"))]
+        }
+    }
+}
+
+/// The rules of the schema's `$defs`, named for messages: (def, what it is, how to write it).
+const RULES: [(&str, &str, &str); 8] = [
+    ("dnsLabel", "name", NAME_RULE),
+    ("size", "size", "a number with an optional unit, like 512MiB, 1GiB or 500M"),
+    ("duration", "duration", "a number with an optional unit, like 500ms, 60s, 2m or 1h"),
+    ("cpus", "CPU count", "a number from 0.001 to 4096, like 0.5, 1 or 2"),
+    ("scriptName", "script name", SCRIPT_NAME_RULE),
+    ("command", "command", "it must not be empty"),
+    ("envKey", "variable name", ENV_KEY_RULE),
+    ("volume", "volume", VOLUME_RULE),
+];
+
+fn rule_of(schema_path: &str) -> Option<(&'static str, &'static str)> {
+    let def = schema_path.strip_prefix("/$defs/")?.split('/').next()?;
+    RULES.iter().find(|(name, _, _)| *name == def).map(|(_, what, how)| (*what, *how))
+}
+
+fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<CaveError> {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let at = error.instance_path().as_str();
+    let schema_path = error.schema_path().as_str();
+    let instance = error.instance();
+    let message = match error.kind() {
+        Kind::AdditionalProperties { unexpected } => {
+            let known = known_keys(schema, schema_path);
+            return unexpected
+                .iter()
+                .map(|key| {
+                    CaveError::new(
+                        child(at, key),
+                        format!("additional property {key:?} is not allowed (known keys: {known})"),
+                    )
+                })
+                .collect();
+        }
+        Kind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            return vec![CaveError::new(child(at, name), format!("required key {property} is missing"))];
+        }
+        Kind::PropertyNames { error: inner } => {
+            let name = inner.instance();
+            let (what, how) = match rule_of(inner.schema_path().as_str()) {
+                Some(("name", how)) => ("sandbox name", how),
+                Some(rule) => rule,
+                None => ("key", ""),
+            };
+            return vec![CaveError::new(
+                child(at, name.as_str().unwrap_or_default()),
+                format!("{name} is not a valid {what} ({how}; {})", rule_text(inner)),
+            )];
+        }
+        Kind::Pattern { .. } => match rule_of(schema_path) {
+            Some(("name", how)) if at == "/namespace" => {
+                format!("{instance} is not a valid namespace ({how}; {})", rule_text(error))
+            }
+            Some((what, how)) => {
+                format!("{instance} is not a valid {what} ({how}; {})", rule_text(error))
+            }
+            None => error.to_string(),
+        },
+        Kind::Enum { options } => format!("{instance} is not one of {options}"),
+        Kind::Constant { expected_value } => {
+            format!("{instance} is not supported: it must be {expected_value}")
+        }
+        _ => match rule_of(schema_path) {
+            Some((what, how)) => format!("{error} (a {what}: {how})"),
+            None => error.to_string(),
+        },
+    };
+    vec![CaveError::new(at.to_owned(), message)]
+}
+
+/// The broken rule as the schema states it.
+fn rule_text(error: &jsonschema::ValidationError<'_>) -> String {
+    match error.kind() {
+        jsonschema::error::ValidationErrorKind::Pattern { pattern } => {
+            format!("pattern \"{pattern}\"")
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// The keys an object may have, from the `properties` beside the `additionalProperties: false`
+/// that refused one.
+fn known_keys(schema: &Value, schema_path: &str) -> String {
+    let parent = schema_path.strip_suffix("/additionalProperties").unwrap_or(schema_path);
+    schema
+        .pointer(&format!("{parent}/properties"))
+        .and_then(Value::as_object)
+        .map(|properties| properties.keys().cloned().collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+fn child(pointer: &str, key: &str) -> String {
+    format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"))
+}
+
+fn pointer_to(segments: &[&str]) -> String {
+    segments.iter().fold(String::new(), |pointer, segment| child(&pointer, segment))
+}
+
+impl CaveFile {
+    /// The rules of the schema that serde's types do not carry: names, limits, commands, volumes.
+    pub fn check(&self) -> Vec<CaveError> {
+        let mut errors = Vec::new();
+        let mut fail = |segments: &[&str], message: String| {
+            errors.push(CaveError::new(pointer_to(segments), message));
+        };
+        if !is_dns_label(&self.namespace) {
+            fail(&["namespace"], format!("`{}` is not a valid namespace ({NAME_RULE})", self.namespace));
+        }
+        for (name, sandbox) in &self.sandboxes {
+            if !is_dns_label(name) {
+                fail(&["sandboxes", name], format!("`{name}` is not a valid sandbox name ({NAME_RULE})"));
+            }
+            for (key, parsed) in sandbox.limits.iter().flat_map(CaveLimits::parsed) {
+                if let Some(Err(error)) = parsed {
+                    fail(&["sandboxes", name, "limits", key], error.to_string());
+                }
+            }
+            for (script, command) in &sandbox.scripts {
+                if !is_script_name(script) {
+                    fail(
+                        &["sandboxes", name, "scripts", script],
+                        format!("`{script}` is not a valid script name ({SCRIPT_NAME_RULE})"),
+                    );
+                }
+                if !is_command(command) {
+                    fail(&["sandboxes", name, "scripts", script], "the command is empty".to_owned());
+                }
+            }
+            for key in sandbox.env.keys() {
+                if !is_env_key(key) {
+                    fail(
+                        &["sandboxes", name, "env", key],
+                        format!("`{key}` is not a valid variable name ({ENV_KEY_RULE})"),
+                    );
+                }
+            }
+            for (index, volume) in sandbox.volumes.iter().enumerate() {
+                if let Err(error) = Volume::parse(volume) {
+                    fail(&["sandboxes", name, "volumes", &index.to_string()], error.to_string());
+                }
+            }
+        }
+        errors
+    }
+}
+
+/// Brackets the pointer of a repeated key in the error [`NoDuplicates`] raises.
+const DUPLICATE: &str = "bkg-cave-duplicate";
+
+/// yaml_serde refuses a repeated key too, but at the line of its mapping and without a pointer;
+/// this walk fails on the repeated key itself.
+fn find_duplicate(text: &str) -> Option<CaveError> {
+    let error =
+        (NoDuplicates { pointer: String::new() }).deserialize(yaml_serde::Deserializer::from_str(text)).err()?;
+    let message = error.to_string();
+    let (_, rest) = message.split_once(DUPLICATE)?;
+    let (pointer, _) = rest.split_once(DUPLICATE)?;
+    let key = pointer.rsplit('/').next().unwrap_or_default();
+    Some(CaveError {
+        line: error.location().map(|location| location.line()),
+        pointer: pointer.to_owned(),
+        message: format!(
+            "duplicate key \"{}\": the first one would be lost",
+            key.replace("~1", "/").replace("~0", "~")
+        ),
+    })
+}
+
+struct NoDuplicates {
+    pointer: String,
+}
+
+impl<'de> DeserializeSeed<'de> for NoDuplicates {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NoDuplicates {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("YAML")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(key) = map.next_key_seed(Unique { seen: &mut seen, pointer: &self.pointer })? {
+            map.next_value_seed(NoDuplicates { pointer: child(&self.pointer, &key) })?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0usize;
+        while seq.next_element_seed(NoDuplicates { pointer: child(&self.pointer, &index.to_string()) })?.is_some() {
+            index += 1;
+        }
+        Ok(())
+    }
+
+    // Scalars cannot hold a duplicate; anything else odd is left for the real parse to report.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// A mapping key that must not have been seen before in its mapping.
+struct Unique<'a> {
+    seen: &'a mut std::collections::BTreeSet<String>,
+    pointer: &'a str,
+}
+
+impl Unique<'_> {
+    fn insert<E: de::Error>(self, key: String) -> Result<String, E> {
+        if self.seen.insert(key.clone()) {
+            Ok(key)
+        } else {
+            Err(E::custom(format!("{DUPLICATE}{}{DUPLICATE}", child(self.pointer, &key))))
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Unique<'_> {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Unique<'_> {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<String, E> {
+        self.insert(key.to_owned())
+    }
+
+    fn visit_u64<E: de::Error>(self, key: u64) -> Result<String, E> {
+        self.insert(key.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, key: i64) -> Result<String, E> {
+        self.insert(key.to_string())
+    }
+
+    fn visit_bool<E: de::Error>(self, key: bool) -> Result<String, E> {
+        self.insert(key.to_string())
+    }
+}
+
+/// Marks the error [`Seek`] raises on purpose, to tell it from the file's own problems.
+const FOUND: &str = "bkg-cave-found";
+
+/// The line of the key (or, in a list, the item) a JSON pointer names. yaml_serde keeps no
+/// positions in its values, but an error raised while a node is deserialized carries that node's
+/// position, so [`Seek`] walks the document and fails on purpose where the pointer leads.
+fn line_of(text: &str, pointer: &str) -> Option<usize> {
+    let segments: Vec<String> =
+        pointer.split('/').skip(1).map(|segment| segment.replace("~1", "/").replace("~0", "~")).collect();
+    // A missing required key has no line: its nearest existing ancestor stands in.
+    (1..=segments.len()).rev().find_map(|len| {
+        match (Seek { path: &segments[..len] }).deserialize(yaml_serde::Deserializer::from_str(text)) {
+            Err(error) if error.to_string().contains(FOUND) => error.location().map(|location| location.line()),
+            _ => None,
+        }
+    })
+}
+
+/// Follows `path` through mappings and sequences; an empty path means "fail here".
+struct Seek<'a> {
+    path: &'a [String],
+}
+
+impl<'de> DeserializeSeed<'de> for Seek<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        if self.path.is_empty() { deserializer.deserialize_any(Here) } else { deserializer.deserialize_any(self) }
+    }
+}
+
+impl<'de> Visitor<'de> for Seek<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping or a sequence")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Some((first, rest)) = self.path.split_first() else {
+            return Ok(());
+        };
+        while let Some(found) = map.next_key_seed(Key { name: first, last: rest.is_empty() })? {
+            if found {
+                return map.next_value_seed(Seek { path: rest });
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Some((first, rest)) = self.path.split_first() else {
+            return Ok(());
+        };
+        let Ok(index) = first.parse::<usize>() else {
+            return Ok(());
+        };
+        for _ in 0..index {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(());
+            }
+        }
+        seq.next_element_seed(Seek { path: rest }).map(|_| ())
+    }
+}
+
+/// Fails on whatever node it is given: serde's default for every kind of node is an error that
+/// quotes `expecting`.
+struct Here;
+
+impl Visitor<'_> for Here {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(FOUND)
+    }
+}
+
+/// A mapping key compared with one pointer segment; the last segment fails on its key, so the
+/// line is the key's.
+struct Key<'a> {
+    name: &'a str,
+    last: bool,
+}
+
+impl Key<'_> {
+    fn matches<E: de::Error>(&self, key: &str) -> Result<bool, E> {
+        match (key == self.name, self.last) {
+            (true, true) => Err(E::custom(FOUND)),
+            (matched, _) => Ok(matched),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
+        self.matches(key)
+    }
+
+    // JSON has only string keys, so `1:` and `true:` became "1" and "true".
+    fn visit_u64<E: de::Error>(self, key: u64) -> Result<bool, E> {
+        self.matches(&key.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, key: i64) -> Result<bool, E> {
+        self.matches(&key.to_string())
+    }
+
+    fn visit_bool<E: de::Error>(self, key: bool) -> Result<bool, E> {
+        self.matches(&key.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+# a comment
+version: 1
+namespace: demo
+sandboxes:
+  api:
+    type: python
+    limits: { cpus: 0.5, memory: 256MiB, timeout: 30s, disk: 1GiB }
+    scripts:
+      start: python main.py
+    env: { MODE: dev }
+    volumes:
+      - ./src:/workspace/src:ro
+      - data:/workspace/data:rw
+  web:
+    type: node
+";
+
+    fn errors_of(text: &str) -> Vec<CaveError> {
+        match parse(text, "cave.yaml") {
+            Ok(cave) => panic!("accepted: {cave:?}"),
+            Err(errors) => errors.errors,
+        }
+    }
+
+    #[test]
+    fn the_schema_compiles() {
+        assert!(COMPILED.is_ok(), "{:?}", COMPILED.as_ref().err());
+    }
+
+    #[test]
+    fn a_good_file_loads_with_its_limits_and_volumes() {
+        let cave = parse(GOOD, "cave.yaml").unwrap_or_else(|errors| panic!("{errors}"));
+        assert_eq!(cave.namespace, "demo");
+        let api = &cave.sandboxes["api"];
+        assert_eq!(api.r#type, Language::Python);
+        let limits = api.limits.as_ref().map(CaveLimits::to_overrides);
+        assert_eq!(
+            limits,
+            Some(Ok(LimitOverrides {
+                cpu_millis: Some(500),
+                memory_bytes: Some(256 << 20),
+                timeout_ms: Some(30_000),
+                disk_bytes: Some(1 << 30),
+                pids: None,
+            }))
+        );
+        assert_eq!(
+            Volume::parse(&api.volumes[1]),
+            Ok(Volume { host: PathBuf::from("data"), guest: "/workspace/data".into(), read_only: false })
+        );
+        assert_eq!(cave.sandboxes["web"].scripts.len(), 0);
+    }
+
+    #[test]
+    fn the_namespace_defaults() {
+        let cave = parse("version: 1\nsandboxes: {}\n", "x.yaml");
+        assert_eq!(cave.map(|cave| cave.namespace), Ok("default".to_owned()));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_line_and_pointer() {
+        let text = GOOD.replace("memory: 256MiB", "memory: lots").replace("type: node", "type: ruby\n    colour: red");
+        let errors = errors_of(&text);
+        let found: Vec<(Option<usize>, &str)> =
+            errors.iter().map(|error| (error.line, error.pointer.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (Some(7), "/sandboxes/api/limits/memory"),
+                (Some(15), "/sandboxes/web/type"),
+                (Some(16), "/sandboxes/web/colour"),
+            ]
+        );
+        assert!(
+            errors[0]
+                .render("cave.yaml")
+                .starts_with("cave.yaml:7: /sandboxes/api/limits/memory: \"lots\" is not a valid size"),
+            "{}",
+            errors[0].render("cave.yaml")
+        );
+        assert!(errors[1].message.contains(r#"is not one of ["python","node"]"#));
+        assert!(errors[2].message.starts_with(r#"additional property "colour" is not allowed"#));
+    }
+
+    #[test]
+    fn names_items_and_missing_keys_have_lines() {
+        let text = "version: 1\nsandboxes:\n  Bad_Name:\n    type: python\n  ok:\n    volumes:\n      - ./a:/workspace/a\n      - ./b:/etc\n";
+        let errors = errors_of(text);
+        let found: Vec<(Option<usize>, &str)> =
+            errors.iter().map(|error| (error.line, error.pointer.as_str())).collect();
+        assert_eq!(
+            found,
+            [(Some(3), "/sandboxes/Bad_Name"), (Some(5), "/sandboxes/ok/type"), (Some(8), "/sandboxes/ok/volumes/1"),]
+        );
+        let missing = errors_of("sandboxes: {}\n");
+        assert_eq!(missing[0].pointer, "/version");
+        assert_eq!(missing[0].line, None);
+        assert_eq!(missing[0].render("c.yaml"), r#"c.yaml: /version: required key "version" is missing"#);
+    }
+
+    #[test]
+    fn bad_yaml_and_duplicate_keys_are_one_error_with_a_line() {
+        let errors = errors_of("version: 1\nsandboxes:\n  a: {type: python}\n  a: {type: node}\n");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, Some(4));
+        assert_eq!(errors[0].pointer, "/sandboxes/a");
+        assert_eq!(errors[0].message, "duplicate key \"a\": the first one would be lost");
+        let errors = errors_of("version: 1\nsandboxes: [\n");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.starts_with("invalid YAML"));
+    }
+
+    #[test]
+    fn limits_outside_the_patterns_are_refused_like_the_schema_does() {
+        for (text, ok) in [
+            ("512MiB", true),
+            ("512 MiB", true),
+            ("1.5g", true),
+            (" 512MiB", false),
+            ("+5MiB", false),
+            ("512  MiB", false),
+            ("0MiB", false),
+            ("lots", false),
+        ] {
+            assert_eq!(quantity(text, parse_size, UnitError::Size).is_ok(), ok, "{text}");
+        }
+        assert!(CpuCount::Number(0.0004).millis().is_err());
+        assert!(CpuCount::Number(5000.0).millis().is_err());
+        assert_eq!(CpuCount::Text("0.25".into()).millis(), Ok(250));
+        assert!(CpuCount::Text("1e3".into()).millis().is_err());
+    }
+
+    #[test]
+    fn volumes_land_under_the_workspace() {
+        assert_eq!(
+            Volume::parse("./src:/workspace/src"),
+            Ok(Volume { host: PathBuf::from("./src"), guest: "/workspace/src".into(), read_only: true })
+        );
+        for outside_the_project in ["/etc:/workspace/etc", "../up:/workspace/up:rw"] {
+            assert!(Volume::parse(outside_the_project).is_ok(), "bkgr, not the file, decides on {outside_the_project}");
+        }
+        for bad in [
+            "a:/workspace",
+            "a:/workspace/",
+            "a:/workspace/../etc",
+            "a:/tmp/a",
+            "a:/workspace/a:rx",
+            "a:/workspace/a:ro:x",
+            ":/workspace/a",
+            "a",
+        ] {
+            assert!(Volume::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scalars_read_back_as_written() {
+        for (text, written) in [
+            ("python main.py", "python main.py"),
+            ("python -m unittest", "python -m unittest"),
+            ("true", "\"true\""),
+            ("1", "\"1\""),
+            ("a: b", "\"a: b\""),
+            ("x # y", "\"x # y\""),
+            (" x", "\" x\""),
+            ("- x", "\"- x\""),
+            ("two\nlines", "\"two\\nlines\""),
+            ("", "\"\""),
+        ] {
+            assert_eq!(yaml_scalar(text), written);
+            let back: Result<String, _> =
+                yaml_serde::from_str(&format!("k: {written}")).map(|map: BTreeMap<String, String>| map["k"].clone());
+            assert_eq!(back.ok().as_deref(), Some(text));
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_dns_label("a"));
+        assert!(is_dns_label("api-2"));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label("a-"));
+        assert!(!is_dns_label("A"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(is_script_name("test_all"));
+        assert!(!is_script_name("_x"));
+        assert!(is_env_key("_X1"));
+        assert!(!is_env_key("1X"));
+        assert!(!is_command(" \t"));
+    }
+}
