@@ -5,5 +5,6 @@ pub mod audit;
 pub mod daemon;
 pub mod engine;
 pub mod ids;
+pub mod records;
 pub mod server;
 pub mod store;

@@ -449,7 +449,7 @@ async fn delete_sandbox(State(state): State<AppState>, Path(id): Path<String>) -
     }
 }
 
-/// Runs and records a run: the store hears of its start, its end, and its cleanup.
+/// Runs and records a run (see `records::execute`).
 async fn execute(
     state: AppState,
     run_id: String,
@@ -457,20 +457,7 @@ async fn execute(
     input: mpsc::Receiver<RunInput>,
     output: Option<mpsc::Sender<RunOutput>>,
 ) -> Result<bkg_schema::RunResult, RunError> {
-    if let Err(error) =
-        state.store.run_started(&run_id, validated.sandbox_id(), validated.language, validated.limits, now_ms()).await
-    {
-        tracing::error!(%error, run = %run_id, "could not record the run's start");
-    }
-    let outcome = state.engine.run(run_id.clone(), validated, input, output).await;
-    let recorded = match &outcome {
-        Ok(result) => state.store.run_finished(result, now_ms()).await,
-        Err(error) => state.store.run_failed(&run_id, &error.to_string(), now_ms()).await,
-    };
-    if let Err(error) = recorded {
-        tracing::error!(%error, run = %run_id, "could not record the run's end");
-    }
-    outcome
+    crate::records::execute(&state.engine, &state.store, run_id, validated, input, output).await
 }
 
 async fn write_frame(
