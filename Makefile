@@ -47,3 +47,19 @@ bench: setup ## Startup, throughput and memory benchmarks (see bench/README.md)
 
 clean: ## Remove build output
 	$(CARGO) clean
+
+# The agent's HTTP API: its OpenAPI document is generated from the code, checked in, validated by
+# an independent validator and fuzzed against a live agent.
+.PHONY: api-schema api-validate api-fuzz
+
+api-schema: ## Write schema/openapi.yaml from the code (bkg-agent --print-openapi)
+	$(CARGO) build -p bkg-agent --locked
+	./target/debug/bkg-agent --print-openapi > schema/openapi.yaml.new
+	mv schema/openapi.yaml.new schema/openapi.yaml
+
+api-validate: ## Validate schema/openapi.yaml as OpenAPI 3.1 with @seriousme/openapi-schema-validator (npm)
+	cd schema && npm ci --no-audit --no-fund --loglevel=error
+	cd schema && npx --no-install validate-api openapi.yaml
+
+api-fuzz: setup build ## schemathesis against a live agent on loopback TCP: no 5xx, every answer as documented (as root)
+	bash scripts/schemathesis.sh

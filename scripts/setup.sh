@@ -38,3 +38,47 @@ fi
 for runtime in /usr/bin/python3 /usr/bin/node; do
   [[ -x $runtime ]] || { echo "setup: $runtime is missing" >&2; exit 1; }
 done
+
+# bkg_db's tests start throwaway PostgreSQL clusters (scripts/postgres.sh). Debian keeps initdb
+# and pg_ctl in /usr/lib/postgresql/<version>/bin, outside PATH. The server package would also
+# create and start a default cluster on port 5432, which nothing here uses: postgresql-common goes
+# first so that it can be told not to (as the official postgres images do).
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  echo "setup: installing postgresql" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends postgresql-common >/dev/null
+  sed -ri 's/^#? *(create_main_cluster) .*$/\1 = false/' /etc/postgresql-common/createcluster.conf
+  apt-get install -y -q --no-install-recommends postgresql >/dev/null
+fi
+
+# The API tests and checks: curl and jq run docs/api.md's examples; the MCP TypeScript SDK
+# (tests/mcp) is the MCP client; prometheus_client parses /metrics and schemathesis fuzzes the API
+# (tests/api/requirements.txt, pinned); the OpenAPI validator comes with schema/'s npm packages
+# (`make api-validate` installs those).
+api_missing=()
+need_for_api() { # need_for_api COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 || api_missing+=("$2")
+}
+need_for_api curl curl
+need_for_api jq jq
+if ((${#api_missing[@]})); then
+  echo "setup: installing ${api_missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${api_missing[@]}" >/dev/null
+fi
+api_requirements="$(dirname "$0")/../tests/api/requirements.txt"
+installed=$(python3 -m pip freeze 2>/dev/null | tr '[:upper:]_' '[:lower:]-')
+for pin in $(grep -v '^#' "$api_requirements"); do
+  if ! grep -qxF "$(tr '[:upper:]_' '[:lower:]-' <<<"$pin")" <<<"$installed"; then
+    echo "setup: installing the API tests' Python packages" >&2
+    python3 -m pip install -q -r "$api_requirements"
+    break
+  fi
+done
+mcp_dir="$(dirname "$0")/../tests/mcp"
+if [[ ! -d $mcp_dir/node_modules/@modelcontextprotocol/sdk || $mcp_dir/package-lock.json -nt $mcp_dir/node_modules ]]; then
+  echo "setup: installing the MCP SDK for the tests" >&2
+  (cd "$mcp_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi

@@ -1,6 +1,8 @@
 //! Test harness: each test starts its own real agent (temp socket, temp state dir, its own
 //! cgroup directory and uid range) and drives it with the real `bkg` binary.
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -49,11 +51,13 @@ pub struct Agent {
 pub struct AgentOptions {
     pub warm_pool: usize,
     pub extra_args: Vec<String>,
+    /// Extra environment of the agent process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { warm_pool: 1, extra_args: Vec::new() }
+        Self { warm_pool: 1, extra_args: Vec::new(), env: Vec::new() }
     }
 }
 
@@ -100,6 +104,7 @@ impl Agent {
             .arg("--warm-pool")
             .arg(options.warm_pool.to_string())
             .args(&options.extra_args)
+            .envs(options.env.iter().map(|(name, value)| (name, value)))
             .env("BKG_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

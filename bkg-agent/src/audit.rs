@@ -88,6 +88,34 @@ pub struct TornTail {
     pub saved_to: PathBuf,
 }
 
+/// One line of the log with the fields the outbox indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenLine {
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub agent_id: String,
+    pub namespace: Option<String>,
+    pub action: String,
+    pub line: String,
+}
+
+impl WrittenLine {
+    fn of(signed: &SignedLine) -> Self {
+        Self::from_record(&signed.record, &String::from_utf8_lossy(signed.line()))
+    }
+
+    fn from_record(record: &SignedRecord, line: &str) -> Self {
+        Self {
+            seq: record.seq,
+            ts_ms: record.ts_ms,
+            agent_id: record.agent_id.clone(),
+            namespace: record.namespace.clone(),
+            action: record.action.clone(),
+            line: line.to_owned(),
+        }
+    }
+}
+
 /// The open, writable audit log of one agent.
 pub struct AuditLog {
     dir: PathBuf,
@@ -102,6 +130,8 @@ pub struct AuditLog {
     max_bytes: u64,
     poisoned: bool,
     recovered: Option<TornTail>,
+    /// Lines written since the last `take_written`, headers included: what the outbox must get.
+    written: Vec<WrittenLine>,
     /// Held, never read: the lock is what keeps a second writer out.
     _lock: Flock<File>,
 }
@@ -163,6 +193,7 @@ impl AuditLog {
             max_bytes,
             poisoned: false,
             recovered: None,
+            written: Vec::new(),
             _lock: lock,
         };
         if last_line.is_none() {
@@ -189,6 +220,37 @@ impl AuditLog {
 
     pub fn public_key(&self) -> &PublicKey {
         self.signer.public_key()
+    }
+
+    /// Every line written since the last call, in order: the agent puts them in its outbox in
+    /// the same transaction as the state change they describe.
+    pub fn take_written(&mut self) -> Vec<WrittenLine> {
+        std::mem::take(&mut self.written)
+    }
+
+    /// The lines on disk after `seq`, in order: what a crash between writing a line and
+    /// committing its state change kept out of the outbox.
+    pub fn lines_after(&self, seq: u64) -> Result<Vec<WrittenLine>, AuditError> {
+        let files = log_files(&self.dir).map_err(io_error("list", &self.dir))?;
+        let mut found = Vec::new();
+        // Newest file first; stop at the first file that starts at or before `seq`.
+        for (_, path) in files.iter().rev() {
+            let text = std::fs::read_to_string(path).map_err(io_error("read", path))?;
+            let mut lines: Vec<WrittenLine> = text
+                .lines()
+                .filter_map(|line| {
+                    let record: SignedRecord = serde_json::from_str(line).ok()?;
+                    Some(WrittenLine::from_record(&record, line))
+                })
+                .collect();
+            let reaches_back = lines.first().is_some_and(|first| first.seq <= seq + 1);
+            lines.retain(|line| line.seq > seq);
+            found.splice(0..0, lines);
+            if reaches_back {
+                break;
+            }
+        }
+        Ok(found)
     }
 
     /// The torn line this open discarded, if a crash had left one.
@@ -286,6 +348,7 @@ impl AuditLog {
         }
         self.len += buffer.len() as u64;
         self.head = rest.last().unwrap_or(first).next();
+        self.written.extend(std::iter::once(first).chain(rest).map(WrittenLine::of));
         Ok(())
     }
 }
@@ -312,8 +375,10 @@ fn load_or_create_key(path: &Path) -> Result<(Flock<File>, Zeroizing<[u8; 32]>),
     if metadata.len() != 32 {
         return Err(AuditError::KeyLength { path: path.to_owned(), len: metadata.len() });
     }
-    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|_| AuditError::Locked { path: path.parent().unwrap_or(path).to_owned() })?;
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => AuditError::Locked { path: path.parent().unwrap_or(path).to_owned() },
+        errno => io_error("lock", path)(errno.into()),
+    })?;
     let mut secret = Zeroizing::new([0u8; 32]);
     (&*lock).read_exact(&mut secret[..]).map_err(io_error("read", path))?;
     Ok((lock, secret))
@@ -594,6 +659,25 @@ mod tests {
         lines[2] = String::from_utf8(forged.line().to_vec())?;
         write_lines(&files[1], &lines)?;
         assert_eq!(first_bad(&files, &key)?, Some((files[1].clone(), 3, BadReason::Forged)));
+        Ok(())
+    }
+
+    #[test]
+    fn written_lines_reach_the_caller_once_and_can_be_read_back_after_a_seq() -> TestResult {
+        let state = tempfile::tempdir()?;
+        let mut log = AuditLog::open_with_max_bytes(state.path(), 600)?;
+        let header = log.take_written();
+        assert_eq!(header.iter().map(|line| line.action.as_str()).collect::<Vec<_>>(), ["log.opened"]);
+        for n in 1..=4 {
+            log.append(&event(n))?;
+        }
+        let written = log.take_written();
+        let seqs: Vec<u64> = written.iter().map(|line| line.seq).collect();
+        assert_eq!(seqs, (2..2 + written.len() as u64).collect::<Vec<_>>(), "no gaps, rotation headers included");
+        assert!(written.iter().filter(|line| line.action == "log.opened").count() >= 1, "the log rotated");
+        assert!(log.take_written().is_empty());
+        let tail = log.lines_after(3)?;
+        assert_eq!(tail, written.into_iter().filter(|line| line.seq > 3).collect::<Vec<_>>());
         Ok(())
     }
 

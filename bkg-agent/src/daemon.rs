@@ -10,9 +10,13 @@ use bkg_schema::{Limits, parse_cpus, parse_duration_ms, parse_size};
 use clap::Parser;
 use tokio::sync::Notify;
 
+use crate::auth::notice::{NoticeKey, Notifier};
+use crate::auth::{AuthPolicy, RoleTable};
 use crate::engine::{Engine, EngineConfig};
-use crate::server::{AppState, PeerCheckedListener, router};
+use crate::metrics::Metrics;
+use crate::server::{AppState, AuthState, HealthProbe, PeerCheckedListener, UnixPeer, router};
 use crate::store::Store;
+use crate::telemetry::Tracer;
 
 /// The bkg agent: runs sandboxes for `bkg` and `bkgr` over a unix socket. Needs root.
 #[derive(Debug, Parser)]
@@ -55,10 +59,62 @@ pub struct AgentArgs {
     /// First host uid given to sandboxes; each live sandbox takes two above it.
     #[arg(long, default_value_t = 0x7000_0000, env = "BKG_UID_BASE")]
     pub uid_base: u32,
+    /// Also serve the API on TCP at ADDR:PORT; every request there needs an API key.
+    #[arg(long, value_name = "ADDR:PORT", env = "BKG_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Write the TCP address actually bound (useful with port 0) to this file.
+    #[arg(long, value_name = "PATH", requires = "listen")]
+    pub listen_address_file: Option<PathBuf>,
+    /// POST a signed notice to this URL whenever a key rotates (repeatable; http:// only).
+    #[arg(long = "webhook", value_name = "URL", requires = "webhook_secret_file")]
+    pub webhooks: Vec<String>,
+    /// The shared secret (at least 32 bytes) that signs rotation notices sent to webhooks and
+    /// checks those peers send to /api/v1/auth/keys/rotated.
+    #[arg(long, value_name = "PATH", env = "BKG_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Lifetime of admin keys.
+    #[arg(long, value_name = "DURATION", default_value = "90d")]
+    pub admin_key_ttl: String,
+    /// Lifetime of namespace keys.
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub namespace_key_ttl: String,
+    /// Lifetime of session keys (login, refresh).
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub session_key_ttl: String,
+    /// Lifetime of model-access keys.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub model_access_key_ttl: String,
+    /// Requests per minute of each admin key on TCP.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_rate_limit: u32,
+    /// Requests per minute of each namespace key on TCP.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub namespace_rate_limit: u32,
+    /// Requests per minute of each session key on TCP.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub session_rate_limit: u32,
+    /// Requests per minute of each model-access key on TCP.
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub model_access_rate_limit: u32,
+    /// Print the API's OpenAPI document (YAML) and exit.
+    #[arg(long, hide = true)]
+    pub print_openapi: bool,
 }
 
 pub fn main() -> ExitCode {
     let args = AgentArgs::parse();
+    if args.print_openapi {
+        let written = crate::api_doc::yaml().map_err(anyhow::Error::from).and_then(|yaml| {
+            std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes()).context("write the document")
+        });
+        return match written {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("bkg-agent: {error:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -83,7 +139,65 @@ fn max_limits(args: &AgentArgs) -> anyhow::Result<Limits> {
     })
 }
 
+/// What the API needs from the flags and the environment, checked before anything starts.
+struct ApiOptions {
+    listen: Option<std::net::SocketAddr>,
+    listen_address_file: Option<PathBuf>,
+    policy: AuthPolicy,
+    webhooks: Vec<String>,
+    webhook_key: Option<NoticeKey>,
+    sampling_rate: f64,
+}
+
+fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
+    let sampling_rate =
+        crate::telemetry::sampling_rate_from(std::env::var(crate::telemetry::SAMPLING_RATE_ENV).ok().as_deref())?;
+    // A zero lifetime is refused by the parser itself.
+    let ttl = |flag: &str, text: &str| -> anyhow::Result<Duration> {
+        Ok(Duration::from_millis(parse_duration_ms(text).with_context(|| format!("--{flag}"))?))
+    };
+    let policy = AuthPolicy {
+        ttl: RoleTable {
+            admin: ttl("admin-key-ttl", &args.admin_key_ttl)?,
+            namespace: ttl("namespace-key-ttl", &args.namespace_key_ttl)?,
+            session: ttl("session-key-ttl", &args.session_key_ttl)?,
+            model_access: ttl("model-access-key-ttl", &args.model_access_key_ttl)?,
+        },
+        rate_per_minute: RoleTable {
+            admin: args.admin_rate_limit,
+            namespace: args.namespace_rate_limit,
+            session: args.session_rate_limit,
+            model_access: args.model_access_rate_limit,
+        },
+    };
+    for url in &args.webhooks {
+        let parsed = reqwest::Url::parse(url).with_context(|| format!("--webhook {url}"))?;
+        if parsed.scheme() != "http" {
+            bail!("--webhook {url}: only http:// URLs are supported (this build has no TLS client)");
+        }
+    }
+    let webhook_key = match &args.webhook_secret_file {
+        None => None,
+        Some(path) => {
+            let secret =
+                std::fs::read(path).with_context(|| format!("read --webhook-secret-file {}", path.display()))?;
+            let secret = secret.trim_ascii_end();
+            Some(NoticeKey::new(secret).with_context(|| format!("--webhook-secret-file {}", path.display()))?)
+        }
+    };
+    Ok(ApiOptions {
+        listen: args.listen,
+        listen_address_file: args.listen_address_file.clone(),
+        policy,
+        webhooks: args.webhooks.clone(),
+        webhook_key,
+        sampling_rate,
+    })
+}
+
 fn start(args: AgentArgs) -> anyhow::Result<()> {
+    // Configuration errors come first, before root or the state directory are looked at.
+    let api = api_options(&args)?;
     if !nix::unistd::geteuid().is_root() {
         bail!("the agent needs root to create namespaces, cgroups and loop devices; start it with sudo");
     }
@@ -127,7 +241,7 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
-    runtime.block_on(serve(config, socket))
+    runtime.block_on(serve(config, socket, api))
 }
 
 /// Starts `bkg-agent --foreground` in its own session, logging to STATE_DIR/agent.log, and
@@ -157,16 +271,29 @@ fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
     bail!("the agent did not answer on {} within 5 s; see {}", socket.display(), log_path.display())
 }
 
-async fn serve(config: EngineConfig, socket: PathBuf) -> anyhow::Result<()> {
+async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow::Result<()> {
     let state_dir = config.state_dir.clone();
     // Refuse early if another agent serves this socket: its sandboxes are not ours to clean.
     if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         bail!("another agent is already listening on {}", socket.display());
     }
-    let store = Store::open(&state_dir.join("state.db")).context("open the run store")?;
+    let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
+    let store = Store::open(&state_dir.join("state.db"), audit).context("open the run store")?;
     let engine = Engine::new(config).context("start the sandbox engine")?;
     // Bound last: a socket that accepts means an agent that has cleaned up and can run.
     let listener = bind_socket(&socket)?;
+    let tcp_listener = match api.listen {
+        Some(address) => {
+            let tcp = tokio::net::TcpListener::bind(address).await.with_context(|| format!("listen on {address}"))?;
+            let bound = tcp.local_addr().context("the TCP listener's address")?;
+            if let Some(path) = &api.listen_address_file {
+                std::fs::write(path, format!("{bound}\n")).with_context(|| format!("write {}", path.display()))?;
+            }
+            tracing::info!(address = %bound, "serving the API on TCP (API keys required)");
+            Some(tcp)
+        }
+        None => None,
+    };
 
     let (cleanup_tx, mut cleanup_rx) = tokio::sync::mpsc::unbounded_channel::<(String, bool)>();
     engine.on_cleanup(cleanup_tx);
@@ -181,8 +308,17 @@ async fn serve(config: EngineConfig, socket: PathBuf) -> anyhow::Result<()> {
     engine.refill();
 
     let shutdown = Arc::new(Notify::new());
-    let state =
-        AppState { engine: Arc::clone(&engine), store, socket: socket.clone(), shutdown: Arc::clone(&shutdown) };
+    let notifier = Notifier::new(api.webhooks, api.webhook_key).context("build the webhook client")?;
+    let state = AppState {
+        engine: Arc::clone(&engine),
+        store,
+        socket: socket.clone(),
+        shutdown: Arc::clone(&shutdown),
+        auth: Arc::new(AuthState::new(api.policy, notifier)),
+        metrics: Arc::new(Metrics::default()),
+        tracer: Tracer::from_env(api.sampling_rate),
+        health: Arc::new(HealthProbe::default()),
+    };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), cgroups = %engine.cgroup_version(), "agent ready");
 
     let signals = async move {
@@ -195,14 +331,34 @@ async fn serve(config: EngineConfig, socket: PathBuf) -> anyhow::Result<()> {
         }
         Ok::<(), std::io::Error>(())
     };
-    axum::serve(PeerCheckedListener::new(listener), router(state))
-        .with_graceful_shutdown(async move {
-            if let Err(error) = signals.await {
-                tracing::error!(%error, "signal handling failed");
-            }
-        })
+    // Both listeners stop on the same signal.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if let Err(error) = signals.await {
+            tracing::error!(%error, "signal handling failed");
+        }
+        let _ = stopping_tx.send(true);
+    });
+    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stopping| *stopping).await;
+    };
+    let app = router(state);
+    let tcp_server = tcp_listener.map(|tcp| {
+        let service = app.clone().into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let until = stopped(stopping_rx.clone());
+        tokio::spawn(async move { axum::serve(tcp, service).with_graceful_shutdown(until).await })
+    });
+    axum::serve(PeerCheckedListener::new(listener), app.into_make_service_with_connect_info::<UnixPeer>())
+        .with_graceful_shutdown(stopped(stopping_rx))
         .await
         .context("serve the API")?;
+    if let Some(tcp_server) = tcp_server {
+        match tcp_server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the TCP listener failed"),
+            Err(error) => tracing::error!(%error, "the TCP listener's task failed"),
+        }
+    }
 
     tracing::info!("shutting down");
     engine.drain().await;

@@ -1,10 +1,17 @@
 //! bkg-agent: the local privileged daemon that prepares and runs sandboxes, serves the API on a
 //! unix socket and keeps the run store.
 
+pub mod api_doc;
 pub mod audit;
+pub mod auth;
 pub mod daemon;
 pub mod engine;
+pub mod hex;
 pub mod ids;
+pub mod mcp;
+pub mod metrics;
 pub mod records;
 pub mod server;
 pub mod store;
+pub mod sync;
+pub mod telemetry;

@@ -9,27 +9,38 @@ use tokio::sync::mpsc;
 use crate::engine::Engine;
 use crate::engine::run::{RunError, RunInput, RunOutput, ValidatedRun};
 use crate::ids::now_ms;
-use crate::store::Store;
+use crate::store::{Caller, Store};
 
 /// Runs a validated run to its end and records it. Recording failures are logged, never turned
 /// into a failed run: the caller's code did run.
 pub async fn execute(
     engine: &Arc<Engine>,
     store: &Store,
+    caller: &Caller,
     run_id: String,
     validated: ValidatedRun,
     input: mpsc::Receiver<RunInput>,
     output: Option<mpsc::Sender<RunOutput>>,
 ) -> Result<RunResult, RunError> {
-    if let Err(error) =
-        store.run_started(&run_id, validated.sandbox_id(), validated.language, validated.limits, now_ms()).await
-    {
-        tracing::error!(%error, run = %run_id, "could not record the run's start");
-    }
+    let sandbox_id = validated.sandbox_id().map(str::to_owned);
+    // The start is recorded while the run begins: its durable write (an fsync) overlaps the
+    // interpreter's start-up instead of adding to it.
+    let started = {
+        let (store, caller, run_id, sandbox_id) = (store.clone(), caller.clone(), run_id.clone(), sandbox_id.clone());
+        let (language, limits) = (validated.language, validated.limits);
+        tokio::spawn(async move {
+            store.run_started(&caller, &run_id, sandbox_id.as_deref(), language, limits, now_ms()).await
+        })
+    };
     let outcome = engine.run(run_id.clone(), validated, input, output).await;
+    match started.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, run = %run_id, "could not record the run's start"),
+        Err(error) => tracing::error!(%error, run = %run_id, "could not record the run's start"),
+    }
     let recorded = match &outcome {
-        Ok(result) => store.run_finished(result, now_ms()).await,
-        Err(error) => store.run_failed(&run_id, &error.to_string(), now_ms()).await,
+        Ok(result) => store.run_finished(caller, sandbox_id.as_deref(), result, now_ms()).await,
+        Err(error) => store.run_failed(caller, sandbox_id.as_deref(), &run_id, &error.to_string(), now_ms()).await,
     };
     if let Err(error) = recorded {
         tracing::error!(%error, run = %run_id, "could not record the run's end");

@@ -3,13 +3,20 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use bkg_schema::audit::{AuditAction, AuditEvent};
 use bkg_schema::sandbox::SandboxDefinition;
 use bkg_schema::{KilledBy, Language, Limits, RunRecord, RunResult};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::audit::{AuditError, AuditLog, WrittenLine};
+
+mod auth_tables;
+pub use auth_tables::NewKey;
+
 /// Each entry upgrades the schema by one version; `PRAGMA user_version` records how far a
 /// database has come. Never edit a released entry: add a new one.
-const MIGRATIONS: &[&str] = &["CREATE TABLE runs (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE runs (
         id TEXT PRIMARY KEY,
         language TEXT NOT NULL,
         started_at_ms INTEGER NOT NULL,
@@ -38,6 +45,45 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE runs (
     );
     ALTER TABLE runs ADD COLUMN sandbox_id TEXT;
     CREATE INDEX runs_sandbox ON runs (sandbox_id, started_at_ms);",
+    "CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        namespace TEXT,
+        action TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        line TEXT NOT NULL,
+        synced INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX outbox_pending ON outbox (synced, seq);",
+    // The API's keys, users and the rotation notices already accepted (replay protection);
+    // every run belongs to a namespace.
+    "ALTER TABLE runs ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX runs_namespace ON runs (namespace, started_at_ms);
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        namespace TEXT,
+        name TEXT,
+        user TEXT,
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        rotated_at_ms INTEGER,
+        revoked_at_ms INTEGER,
+        last_used_at_ms INTEGER
+    );
+    CREATE INDEX api_keys_namespace ON api_keys (namespace, created_at_ms);
+    CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE rotation_notices (
+        signature TEXT PRIMARY KEY,
+        received_at_ms INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );",
 ];
 
 /// A persistent sandbox as stored: its definition and when it was first defined.
@@ -57,21 +103,144 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("store: background task failed")]
     Task,
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
 }
 
 #[derive(Clone)]
 pub struct Store {
     connection: Arc<Mutex<Connection>>,
+    audit: Arc<Mutex<AuditLog>>,
+    /// Told after every commit that added to the outbox, so the sync worker need not poll.
+    committed: Arc<tokio::sync::Notify>,
+}
+
+/// Who asked for a change, for the audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// `uid:<uid>` for a peer on the unix socket, `key:<id>` for an API key.
+    pub actor: String,
+    pub namespace: String,
+}
+
+/// One event of the outbox, waiting to be synced (or synced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub seq: u64,
+    pub agent_id: String,
+    pub namespace: Option<String>,
+    pub action: String,
+    pub ts_ms: u64,
+    pub line: String,
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens the store and brings its outbox level with the audit log: a line a crash wrote
+    /// without its state change still reaches the outbox.
+    pub fn open(path: &Path, audit: AuditLog) -> Result<Self, StoreError> {
         let mut connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut connection)?;
-        Ok(Self { connection: Arc::new(Mutex::new(connection)) })
+        let mut audit = audit;
+        let mut lines = audit.take_written();
+        let last: Option<i64> = connection.query_row("SELECT max(seq) FROM outbox", [], |row| row.get(0))?;
+        let last = last.map_or(0, |seq| seq.max(0) as u64);
+        lines.retain(|line| line.seq > last);
+        if lines.first().is_none_or(|first| first.seq > last + 1) {
+            lines = audit.lines_after(last)?;
+        }
+        let transaction = connection.transaction()?;
+        insert_outbox(&transaction, &lines)?;
+        transaction.commit()?;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+            audit: Arc::new(Mutex::new(audit)),
+            committed: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// Appends `event` to the audit log (durably, first), then makes `change` and puts every line
+    /// just written into the outbox, in one SQLite transaction. A crash in between leaves a line
+    /// without its change, never a change without its line; `open` moves such lines to the outbox.
+    async fn record<T: Send + 'static>(
+        &self,
+        event: AuditEvent,
+        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let connection = Arc::clone(&self.connection);
+        let audit = Arc::clone(&self.audit);
+        let value = tokio::task::spawn_blocking(move || {
+            let mut audit = audit.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            audit.append(&event)?;
+            let lines = audit.take_written();
+            let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let transaction = connection.transaction()?;
+            let value = change(&transaction)?;
+            insert_outbox(&transaction, &lines)?;
+            transaction.commit()?;
+            Ok::<_, StoreError>(value)
+        })
+        .await
+        .map_err(|_| StoreError::Task)??;
+        self.committed.notify_one();
+        Ok(value)
+    }
+
+    /// Resolves after the next commit that added events to the outbox.
+    pub async fn outbox_grew(&self) {
+        self.committed.notified().await;
+    }
+
+    /// Hands out again every synced event after `seq` (bkg_db was restored from an older backup).
+    pub async fn outbox_requeue_after(&self, seq: u64) -> Result<(), StoreError> {
+        self.with(move |db| {
+            db.execute("UPDATE outbox SET synced = 0 WHERE seq > ?1", params![seq as i64])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The oldest events not yet synced, in order.
+    pub async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        self.with(move |db| {
+            let mut statement = db.prepare(
+                "SELECT seq, agent_id, namespace, action, ts_ms, line FROM outbox WHERE synced = 0 ORDER BY seq LIMIT ?1",
+            )?;
+            let rows = statement.query_map(params![limit as i64], |row| {
+                Ok(OutboxRow {
+                    seq: row.get::<_, i64>(0)?.max(0) as u64,
+                    agent_id: row.get(1)?,
+                    namespace: row.get(2)?,
+                    action: row.get(3)?,
+                    ts_ms: row.get::<_, i64>(4)?.max(0) as u64,
+                    line: row.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn outbox_mark_synced(&self, through_seq: u64) -> Result<(), StoreError> {
+        self.with(move |db| {
+            db.execute("UPDATE outbox SET synced = 1 WHERE synced = 0 AND seq <= ?1", params![through_seq as i64])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// How many events wait to be synced, and the time of the oldest.
+    pub async fn outbox_backlog(&self) -> Result<(u64, Option<u64>), StoreError> {
+        self.with(|db| {
+            let (count, oldest): (i64, Option<i64>) =
+                db.query_row("SELECT count(*), min(ts_ms) FROM outbox WHERE synced = 0", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+            Ok((count.max(0) as u64, oldest.map(|ts| ts.max(0) as u64)))
+        })
+        .await
     }
 
     async fn with<T: Send + 'static>(
@@ -89,19 +258,30 @@ impl Store {
 
     pub async fn run_started(
         &self,
+        caller: &Caller,
         id: &str,
         sandbox_id: Option<&str>,
         language: Language,
         limits: Limits,
         started_at_ms: u64,
     ) -> Result<(), StoreError> {
+        let event = AuditEvent {
+            namespace: Some(caller.namespace.clone()),
+            sandbox: sandbox_id.map(str::to_owned),
+            run: Some(id.to_owned()),
+            limits: Some(limits),
+            details: Some(serde_json::json!({ "language": language, "started_at_ms": started_at_ms })),
+            ..AuditEvent::new(caller.actor.clone(), AuditAction::RunStarted)
+        };
         let id = id.to_owned();
         let sandbox_id = sandbox_id.map(str::to_owned);
         let limits = serde_json::to_string(&limits)?;
-        self.with(move |db| {
+        let namespace = caller.namespace.clone();
+        self.record(event, move |db| {
             db.execute(
-                "INSERT INTO runs (id, sandbox_id, language, started_at_ms, limits) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, sandbox_id, language.as_str(), started_at_ms as i64, limits],
+                "INSERT INTO runs (id, sandbox_id, language, started_at_ms, limits, namespace)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, sandbox_id, language.as_str(), started_at_ms as i64, limits, namespace],
             )?;
             Ok(())
         })
@@ -110,13 +290,20 @@ impl Store {
 
     pub async fn put_sandbox(
         &self,
+        caller: &Caller,
         id: &str,
         definition: &SandboxDefinition,
         now_ms: u64,
     ) -> Result<StoredSandbox, StoreError> {
+        let event = AuditEvent {
+            namespace: Some(definition.namespace.clone()),
+            sandbox: Some(id.to_owned()),
+            details: Some(serde_json::to_value(definition)?),
+            ..AuditEvent::new(caller.actor.clone(), AuditAction::SandboxCreated)
+        };
         let id = id.to_owned();
         let definition = definition.clone();
-        self.with(move |db| {
+        self.record(event, move |db| {
             let json = serde_json::to_string(&definition)?;
             db.execute(
                 "INSERT INTO sandboxes (id, name, namespace, project_dir, definition, created_at_ms, updated_at_ms)
@@ -164,9 +351,14 @@ impl Store {
         .await
     }
 
-    pub async fn delete_sandbox(&self, id: &str) -> Result<bool, StoreError> {
+    pub async fn delete_sandbox(&self, caller: &Caller, id: &str) -> Result<bool, StoreError> {
+        let event = AuditEvent {
+            namespace: Some(caller.namespace.clone()),
+            sandbox: Some(id.to_owned()),
+            ..AuditEvent::new(caller.actor.clone(), AuditAction::SandboxDeleted)
+        };
         let id = id.to_owned();
-        self.with(move |db| Ok(db.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)).await
+        self.record(event, move |db| Ok(db.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)).await
     }
 
     /// The newest run of a persistent sandbox.
@@ -187,9 +379,35 @@ impl Store {
         .await
     }
 
-    pub async fn run_finished(&self, result: &RunResult, finished_at_ms: u64) -> Result<(), StoreError> {
+    pub async fn run_finished(
+        &self,
+        caller: &Caller,
+        sandbox_id: Option<&str>,
+        result: &RunResult,
+        finished_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let event = AuditEvent {
+            namespace: Some(caller.namespace.clone()),
+            sandbox: sandbox_id.map(str::to_owned),
+            run: Some(result.id.clone()),
+            limits: Some(result.limits),
+            outcome: Some(serde_json::json!({
+                "exit_code": result.exit_code,
+                "signal": result.signal,
+                "killed_by": result.killed_by,
+                "wall_ms": result.wall_ms,
+                "cpu_ms": result.cpu_ms,
+                "peak_memory_bytes": result.peak_memory_bytes,
+                "disk_bytes_used": result.disk_bytes_used,
+                "stdout_bytes": result.stdout_bytes,
+                "stderr_bytes": result.stderr_bytes,
+                "truncated": result.truncated,
+            })),
+            details: Some(serde_json::json!({ "language": result.language, "finished_at_ms": finished_at_ms })),
+            ..AuditEvent::new(caller.actor.clone(), AuditAction::RunFinished)
+        };
         let result = result.clone();
-        self.with(move |db| {
+        self.record(event, move |db| {
             db.execute(
                 "UPDATE runs SET finished_at_ms = ?2, exit_code = ?3, signal = ?4, killed_by = ?5, wall_ms = ?6,
                  cpu_ms = ?7, peak_memory_bytes = ?8, stdout_bytes = ?9, stderr_bytes = ?10 WHERE id = ?1",
@@ -211,9 +429,24 @@ impl Store {
         .await
     }
 
-    pub async fn run_failed(&self, id: &str, error: &str, finished_at_ms: u64) -> Result<(), StoreError> {
+    pub async fn run_failed(
+        &self,
+        caller: &Caller,
+        sandbox_id: Option<&str>,
+        id: &str,
+        error: &str,
+        finished_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let event = AuditEvent {
+            namespace: Some(caller.namespace.clone()),
+            sandbox: sandbox_id.map(str::to_owned),
+            run: Some(id.to_owned()),
+            outcome: Some(serde_json::json!({ "error": error })),
+            details: Some(serde_json::json!({ "finished_at_ms": finished_at_ms })),
+            ..AuditEvent::new(caller.actor.clone(), AuditAction::RunFinished)
+        };
         let (id, error) = (id.to_owned(), error.to_owned());
-        self.with(move |db| {
+        self.record(event, move |db| {
             db.execute(
                 "UPDATE runs SET finished_at_ms = ?2, error = ?3 WHERE id = ?1",
                 params![id, finished_at_ms as i64, error],
@@ -243,11 +476,13 @@ impl Store {
         .await
     }
 
-    pub async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+    /// The newest runs, of every namespace or of one.
+    pub async fn list_runs(&self, namespace: Option<String>, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
         self.with(move |db| {
-            let mut statement =
-                db.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at_ms DESC, id DESC LIMIT ?1"))?;
-            let rows = statement.query_map(params![limit], raw_record)?;
+            let mut statement = db.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE ?2 IS NULL OR namespace = ?2 ORDER BY started_at_ms DESC, id DESC LIMIT ?1"
+            ))?;
+            let rows = statement.query_map(params![limit, namespace], raw_record)?;
             rows.map(|row| row.map_err(StoreError::from).and_then(RawRecord::into_record)).collect()
         })
         .await
@@ -256,12 +491,106 @@ impl Store {
     /// Proves the store is writable (for /healthz) without changing it.
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         self.with(|db| {
-            let transaction = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            transaction.rollback()?;
-            Ok(())
+            // A health check must answer quickly: a lock held by someone else for this long
+            // already means the store cannot take the agent's writes.
+            db.busy_timeout(std::time::Duration::from_millis(250))?;
+            let probe = db
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .and_then(|transaction| transaction.rollback());
+            db.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(probe?)
         })
         .await
     }
+}
+
+impl crate::sync::Outbox for Store {
+    async fn pending(&self, limit: usize) -> Result<Vec<crate::sync::OutboxEvent>, crate::sync::SyncError> {
+        let rows = self.outbox_pending(limit).await.map_err(outbox_error)?;
+        Ok(rows.into_iter().map(outbox_event).collect())
+    }
+
+    async fn mark_synced(&self, through_seq: u64) -> Result<(), crate::sync::SyncError> {
+        self.outbox_mark_synced(through_seq).await.map_err(outbox_error)
+    }
+
+    async fn backlog(&self) -> Result<crate::sync::Backlog, crate::sync::SyncError> {
+        let (events, oldest_ts_ms) = self.outbox_backlog().await.map_err(outbox_error)?;
+        Ok(crate::sync::Backlog { events, oldest_ts_ms })
+    }
+
+    async fn requeue_after(&self, seq: u64) -> Result<(), crate::sync::SyncError> {
+        self.outbox_requeue_after(seq).await.map_err(outbox_error)
+    }
+}
+
+fn outbox_error(error: StoreError) -> crate::sync::SyncError {
+    crate::sync::SyncError::Outbox(Box::new(error))
+}
+
+fn outbox_event(row: OutboxRow) -> crate::sync::OutboxEvent {
+    let record: serde_json::Value = serde_json::from_str(&row.line).unwrap_or(serde_json::Value::Null);
+    crate::sync::OutboxEvent {
+        payload: state_of(&row.action, &record),
+        seq: row.seq,
+        agent_id: row.agent_id,
+        namespace: row.namespace.unwrap_or_default(),
+        action: row.action,
+        ts_ms: row.ts_ms,
+        line: row.line,
+    }
+}
+
+/// The state an audit record carries, as the sync worker's upserts want it: the run, the
+/// sandbox or the key it is about, with its `id`, built only from the signed record itself.
+fn state_of(action: &str, record: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    let mut state = Map::new();
+    let mut merge = |value: &Value| {
+        if let Value::Object(fields) = value {
+            state.extend(fields.iter().map(|(key, value)| (key.clone(), value.clone())));
+        }
+    };
+    let id = match action.split('.').next() {
+        Some("run") => {
+            merge(&record["details"]);
+            merge(&record["outcome"]);
+            state.insert("sandbox_id".into(), record["sandbox"].clone());
+            state.insert("limits".into(), record["limits"].clone());
+            record["run"].clone()
+        }
+        Some("sandbox") => {
+            merge(&record["details"]);
+            record["sandbox"].clone()
+        }
+        Some("key") => {
+            merge(&record["details"]);
+            state.get("id").cloned().unwrap_or(Value::Null)
+        }
+        _ => return Value::Null,
+    };
+    if id.is_null() {
+        return Value::Null;
+    }
+    state.insert("id".into(), id);
+    Value::Object(state)
+}
+
+fn insert_outbox(transaction: &rusqlite::Transaction<'_>, lines: &[WrittenLine]) -> Result<(), StoreError> {
+    let mut statement = transaction.prepare(
+        "INSERT OR IGNORE INTO outbox (seq, agent_id, namespace, action, ts_ms, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for line in lines {
+        statement.execute(params![
+            line.seq as i64,
+            line.agent_id,
+            line.namespace,
+            line.action,
+            line.ts_ms as i64,
+            line.line
+        ])?;
+    }
+    Ok(())
 }
 
 fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
@@ -280,7 +609,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 }
 
 const RUN_COLUMNS: &str = "id, language, started_at_ms, finished_at_ms, limits, exit_code, signal, killed_by, wall_ms, \
-    cpu_ms, peak_memory_bytes, stdout_bytes, stderr_bytes, cleaned_up, error";
+    cpu_ms, peak_memory_bytes, stdout_bytes, stderr_bytes, cleaned_up, error, namespace";
 
 struct RawRecord {
     id: String,
@@ -298,6 +627,7 @@ struct RawRecord {
     stderr_bytes: Option<i64>,
     cleaned_up: bool,
     error: Option<String>,
+    namespace: String,
 }
 
 fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
@@ -317,6 +647,7 @@ fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         stderr_bytes: row.get(12)?,
         cleaned_up: row.get(13)?,
         error: row.get(14)?,
+        namespace: row.get(15)?,
     })
 }
 
@@ -328,6 +659,7 @@ impl RawRecord {
             killed_by: self.killed_by.map(|k| serde_json::from_value(serde_json::Value::String(k))).transpose()?,
             limits: serde_json::from_str(&self.limits)?,
             id: self.id,
+            namespace: self.namespace,
             started_at_ms: self.started_at_ms.max(0) as u64,
             finished_at_ms: to_u64(self.finished_at_ms),
             exit_code: self.exit_code,
@@ -347,19 +679,25 @@ impl RawRecord {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn caller() -> Caller {
+        Caller { actor: "uid:0".into(), namespace: "default".into() }
+    }
+
     #[tokio::test]
-    async fn runs_round_trip_and_migrations_are_idempotent() -> Result<(), StoreError> {
-        let dir = tempfile::tempdir().map_err(|_| StoreError::Task)?;
+    async fn runs_round_trip_and_migrations_are_idempotent() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("state.db");
-        let store = Store::open(&path)?;
-        store.run_started("run_1", None, Language::Python, Limits::DEFAULT, 10).await?;
+        let store = Store::open(&path, AuditLog::open(dir.path())?)?;
+        store.run_started(&caller(), "run_1", None, Language::Python, Limits::DEFAULT, 10).await?;
         let record = store.get_run("run_1").await?;
         assert_eq!(record.as_ref().map(|r| r.finished_at_ms), Some(None));
         store.run_cleaned_up("run_1", true).await?;
         drop(store);
 
-        let reopened = Store::open(&path)?;
-        let runs = reopened.list_runs(10).await?;
+        let reopened = Store::open(&path, AuditLog::open(dir.path())?)?;
+        let runs = reopened.list_runs(None, 10).await?;
         assert_eq!(runs.len(), 1);
         assert!(runs[0].cleaned_up);
         assert_eq!(runs[0].limits, Limits::DEFAULT);
@@ -367,12 +705,52 @@ mod tests {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn every_audit_line_reaches_the_outbox_in_order_even_after_a_crash() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path, AuditLog::open(dir.path())?)?;
+        store.run_started(&caller(), "run_1", None, Language::Python, Limits::DEFAULT, 10).await?;
+        drop(store);
+        // A crash between the audit line and its SQLite transaction: the line is on disk only.
+        let mut log = AuditLog::open(dir.path())?;
+        log.append(&AuditEvent::new("uid:0", AuditAction::ConfigChanged))?;
+        drop(log);
+
+        let store = Store::open(&path, AuditLog::open(dir.path())?)?;
+        let pending = store.outbox_pending(100).await?;
+        let seqs: Vec<u64> = pending.iter().map(|row| row.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap, no duplicate");
+        assert!(pending.iter().any(|row| row.action == "run.started"));
+        assert!(pending.iter().any(|row| row.action == "config.changed"), "the crash's line was recovered");
+        store.outbox_mark_synced(2).await?;
+        let (backlog, _) = store.outbox_backlog().await?;
+        assert_eq!(backlog, seqs.len() as u64 - 2);
+        Ok(())
+    }
+
     #[test]
-    fn a_newer_database_is_refused() -> Result<(), StoreError> {
-        let dir = tempfile::tempdir().map_err(|_| StoreError::Task)?;
+    fn outbox_payloads_come_from_the_signed_record_alone() {
+        let record = serde_json::json!({
+            "seq": 7, "action": "run.finished", "run": "run_1", "sandbox": "api-1", "limits": {"pids": 256},
+            "outcome": {"exit_code": 3, "wall_ms": 12}, "details": {"language": "python", "finished_at_ms": 99}
+        });
+        assert_eq!(
+            state_of("run.finished", &record),
+            serde_json::json!({"id": "run_1", "sandbox_id": "api-1", "limits": {"pids": 256}, "exit_code": 3,
+                "wall_ms": 12, "language": "python", "finished_at_ms": 99})
+        );
+        let sandbox = serde_json::json!({"action": "sandbox.created", "sandbox": "api-1", "details": {"name": "api"}});
+        assert_eq!(state_of("sandbox.created", &sandbox), serde_json::json!({"id": "api-1", "name": "api"}));
+        assert_eq!(state_of("config.changed", &serde_json::json!({})), serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("state.db");
         Connection::open(&path)?.pragma_update(None, "user_version", 99)?;
-        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(Store::open(&path, AuditLog::open(dir.path())?), Err(StoreError::TooNew { found: 99, .. })));
         Ok(())
     }
 }

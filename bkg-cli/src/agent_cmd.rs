@@ -13,6 +13,12 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<i32, CliError> 
     let client = AgentClient::new(global)?;
     match args.action {
         AgentAction::Start { foreground, state_dir } => {
+            if client.is_remote() {
+                return Err(CliError::usage(format!(
+                    "bkg agent start starts a local agent; it cannot start {}",
+                    client.endpoint()
+                )));
+            }
             if client.is_up() {
                 eprintln!("bkg: an agent is already running on {}", client.socket.display());
                 return Ok(0);
@@ -32,7 +38,7 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<i32, CliError> 
         }
         AgentAction::Stop => {
             if !client.is_up() {
-                eprintln!("bkg: no agent is running on {}", client.socket.display());
+                eprintln!("bkg: no agent is running on {}", client.endpoint());
                 return Ok(0);
             }
             client.post_empty("/api/v1/agent/shutdown").await?;
@@ -49,9 +55,9 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<i32, CliError> 
         AgentAction::Status { json } => {
             if !client.is_up() {
                 if json {
-                    println!("{}", serde_json::json!({ "running": false, "socket": client.socket }));
+                    println!("{}", serde_json::json!({ "running": false, "socket": client.endpoint() }));
                 } else {
-                    eprintln!("bkg: no agent is running on {}", client.socket.display());
+                    eprintln!("bkg: no agent is running on {}", client.endpoint());
                 }
                 return Ok(1);
             }

@@ -19,6 +19,9 @@ pub struct GlobalArgs {
     /// The agent's unix socket [default: /run/bkg/agent.sock as root]
     #[arg(long, global = true, env = "BKG_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Talk to the agent at this URL over TCP (http://HOST:PORT) with an API key instead of the socket
+    #[arg(long, global = true, env = "BKG_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +48,26 @@ pub enum Command {
     Stop(crate::manage::NameArgs),
     /// Remove a sandbox: its workspace, logs and its entry in cave.yaml.
     Rm(crate::manage::RmArgs),
+    /// Verify or follow the agent's signed audit log.
+    Audit(AuditArgs),
+    /// Keep an API key for a remote agent (--remote): log in with a password, or give a key.
+    Login(crate::login_cmd::LoginArgs),
+    /// Create, list, rotate and revoke API keys.
+    Keys(crate::keys_cmd::KeysArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub action: AuditAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Check the hash chain and signatures; name the first bad line. Exit 0 intact, 1 tampered.
+    Verify(crate::audit_cmd::AuditVerifyArgs),
+    /// Print the newest records (`-f` follows).
+    Tail(crate::audit_cmd::AuditTailArgs),
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bkg_schema::audit::{self, PublicKey, SignedRecord, VerifyReport};
 use clap::Args;
+use serde::Serialize;
 
 use crate::exit::CliError;
 
@@ -66,7 +67,7 @@ pub(crate) fn verify_to(args: &AuditVerifyArgs, out: &mut dyn Write, err: &mut d
     let report = audit::verify(&files, &key).map_err(|error| CliError::usage(error.to_string()))?;
     let code = if report.first_bad.is_some() { VERIFY_FAILED } else { 0 };
     if args.json {
-        emit(out, &report_json(&report).to_string())?;
+        emit(out, &report_json(&report)?)?;
     } else {
         emit(err, &report_line(&report))?;
     }
@@ -80,21 +81,32 @@ fn report_line(report: &VerifyReport) -> String {
     }
 }
 
-fn report_json(report: &VerifyReport) -> serde_json::Value {
-    let first_bad = report.first_bad.as_ref().map(|bad| {
-        serde_json::json!({
-            "file": bad.file.display().to_string(),
-            "line": bad.line,
-            "reason": bad.reason.as_str(),
-            "detail": bad.detail,
-        })
+/// `--json`: a struct, so the fields keep their documented order.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    ok: bool,
+    records: u64,
+    files: usize,
+    first_bad: Option<JsonBadLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonBadLine<'a> {
+    file: String,
+    line: u64,
+    reason: &'static str,
+    detail: &'a str,
+}
+
+fn report_json(report: &VerifyReport) -> Result<String, CliError> {
+    let first_bad = report.first_bad.as_ref().map(|bad| JsonBadLine {
+        file: bad.file.display().to_string(),
+        line: bad.line,
+        reason: bad.reason.as_str(),
+        detail: &bad.detail,
     });
-    serde_json::json!({
-        "ok": first_bad.is_none(),
-        "records": report.records,
-        "files": report.files,
-        "first_bad": first_bad,
-    })
+    let json = JsonReport { ok: first_bad.is_none(), records: report.records, files: report.files, first_bad };
+    serde_json::to_string(&json).map_err(|error| CliError::internal(format!("cannot print the report: {error}")))
 }
 
 /// Where `audit.pub` is for a log given as files: its directory sits in the state directory.
@@ -103,18 +115,20 @@ fn key_beside(file: &Path) -> PathBuf {
     dir.join("..").join("audit.pub")
 }
 
-/// `--key` as 64 hex digits, else as a file holding them; without it, `default`.
+/// `--key` as a file holding the key's hex, else as the hex itself; without it, `default`.
 fn load_key(given: Option<&str>, default: &Path) -> Result<PublicKey, CliError> {
-    if let Some(key) = given.and_then(|given| PublicKey::from_hex(given).ok()) {
-        return Ok(key);
-    }
-    let path = given.map_or(default, Path::new);
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        let hint = if given.is_none() { " (give the agent's public key with --key)" } else { "" };
-        CliError::usage(format!("cannot read the audit key {}: {error}{hint}", path.display()))
-    })?;
-    PublicKey::from_hex(text.trim())
-        .map_err(|error| CliError::usage(format!("bad audit key in {}: {error}", path.display())))
+    let (text, source) = match given {
+        Some(given) if !Path::new(given).exists() => (given.to_owned(), "--key".to_owned()),
+        _ => {
+            let path = given.map_or(default, Path::new);
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                let hint = if given.is_none() { " (give the agent's public key with --key)" } else { "" };
+                CliError::usage(format!("cannot read the audit key {}: {error}{hint}", path.display()))
+            })?;
+            (text, path.display().to_string())
+        }
+    };
+    PublicKey::from_hex(text.trim()).map_err(|error| CliError::usage(format!("bad audit key in {source}: {error}")))
 }
 
 fn state_dir(given: Option<&Path>) -> PathBuf {

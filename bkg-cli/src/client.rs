@@ -1,4 +1,5 @@
-//! Talking to the agent over its unix socket, starting one when none answers.
+//! Talking to the agent over its unix socket (starting one when none answers), or to a remote
+//! agent over TCP (`--remote URL`) with an API key.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -14,12 +15,50 @@ const BASE_URL: &str = "http://bkg-agent";
 
 pub struct AgentClient {
     pub socket: PathBuf,
+    /// The base URL of a remote agent; `None` on the unix socket.
+    remote: Option<reqwest::Url>,
     http: reqwest::Client,
 }
 
 impl AgentClient {
     pub fn new(global: &GlobalArgs) -> Result<Self, CliError> {
-        Self::connect(global.socket.clone())
+        match &global.remote {
+            Some(url) => {
+                let remote = crate::credentials::parse_remote(url)?;
+                let key = crate::credentials::key_for(&remote)?;
+                Self::remote(remote, Some(&key))
+            }
+            None => Self::connect(global.socket.clone()),
+        }
+    }
+
+    /// A client of the agent at `remote` (http://HOST:PORT) that sends `key` with every request
+    /// (none: only for the routes that take other credentials, like login).
+    pub fn remote(remote: reqwest::Url, key: Option<&str>) -> Result<Self, CliError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = key {
+            let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| CliError::usage("the API key contains characters a header cannot carry"))?;
+            bearer.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .map_err(|error| CliError::internal(format!("cannot build the HTTP client: {error}")))?;
+        Ok(Self { socket: bkg_schema::paths::default_socket(), remote: Some(remote), http })
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Where the agent is, for messages: its socket or its URL.
+    pub fn endpoint(&self) -> String {
+        match &self.remote {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => self.socket.display().to_string(),
+        }
     }
 
     /// A client of the agent at `socket`, or at the default socket.
@@ -29,24 +68,38 @@ impl AgentClient {
             .unix_socket(socket.clone())
             .build()
             .map_err(|error| CliError::internal(format!("cannot build the HTTP client: {error}")))?;
-        Ok(Self { socket, http })
+        Ok(Self { socket, remote: None, http })
     }
 
-    pub fn url(path: &str) -> String {
-        format!("{BASE_URL}{path}")
+    pub fn url(&self, path: &str) -> String {
+        match &self.remote {
+            Some(base) => format!("{}{path}", base.as_str().trim_end_matches('/')),
+            None => format!("{BASE_URL}{path}"),
+        }
     }
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
-    /// Whether something accepts connections on the socket.
+    /// Whether something accepts connections on the socket (or the remote address).
     pub fn is_up(&self) -> bool {
-        std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+        match &self.remote {
+            Some(url) => url
+                .socket_addrs(|| None)
+                .ok()
+                .and_then(|addrs| addrs.into_iter().next())
+                .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok()),
+            None => std::os::unix::net::UnixStream::connect(&self.socket).is_ok(),
+        }
     }
 
     /// Makes sure an agent answers, starting one in the background unless BKG_NO_AUTOSTART=1.
+    /// A remote agent is never started: an unreachable one shows in the first request.
     pub async fn ensure_running(&self) -> Result<(), CliError> {
+        if self.is_remote() {
+            return Ok(());
+        }
         match std::os::unix::net::UnixStream::connect(&self.socket) {
             Ok(_) => return Ok(()),
             Err(error) if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {}
@@ -104,20 +157,35 @@ impl AgentClient {
     }
 
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
-        let response = self.http.get(Self::url(path)).send().await.map_err(|error| self.unreachable(error))?;
+        let response = self.http.get(self.url(path)).send().await.map_err(|error| self.unreachable(error))?;
         decode(response).await
     }
 
     pub async fn post_empty(&self, path: &str) -> Result<(), CliError> {
-        let response = self.http.post(Self::url(path)).send().await.map_err(|error| self.unreachable(error))?;
+        let response = self.http.post(self.url(path)).send().await.map_err(|error| self.unreachable(error))?;
         if response.status().is_success() {
             return Ok(());
         }
         Err(api_error(response).await)
     }
 
+    /// Sends a JSON body and decodes the JSON answer.
+    pub async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, CliError> {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|error| self.unreachable(error))?;
+        decode(response).await
+    }
+
     pub fn unreachable(&self, error: reqwest::Error) -> CliError {
-        CliError::new(BKG_FAILED, format!("cannot reach the agent at {}: {error}", self.socket.display()))
+        CliError::new(BKG_FAILED, format!("cannot reach the agent at {}: {error}", self.endpoint()))
     }
 }
 

@@ -101,7 +101,17 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
     let files = args.files.iter().map(|spec| read_upload(spec)).collect::<Result<Vec<_>, _>>()?;
 
     Ok((
-        RunRequest { language, code, script_name, args: args.args.clone(), env, files, limits, stdin_base64: None },
+        RunRequest {
+            language,
+            code,
+            script_name,
+            args: args.args.clone(),
+            env,
+            files,
+            limits,
+            stdin_base64: None,
+            namespace: None,
+        },
         stdin_is_code,
     ))
 }

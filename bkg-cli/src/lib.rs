@@ -3,9 +3,13 @@
 mod add;
 mod agent_cmd;
 mod args;
+mod audit_cmd;
 pub mod client;
+mod credentials;
 mod exe;
 mod init;
+mod keys_cmd;
+mod login_cmd;
 pub mod manage;
 mod project;
 mod validate;
@@ -42,6 +46,12 @@ pub fn main() -> ExitCode {
             Command::Logs(args) => manage::logs(&cli.global, args).await,
             Command::Stop(args) => manage::stop(&cli.global, args).await,
             Command::Rm(args) => manage::rm(&cli.global, args).await,
+            Command::Audit(args) => match args.action {
+                args::AuditAction::Verify(args) => audit_cmd::verify(args).await,
+                args::AuditAction::Tail(args) => audit_cmd::tail(args).await,
+            },
+            Command::Login(args) => login_cmd::run(&cli.global, args).await,
+            Command::Keys(args) => keys_cmd::run(&cli.global, args).await,
         }
     });
     // A read of our stdin may still be pending on a blocking thread (stdin is a terminal or a

@@ -92,7 +92,7 @@ fn id_of(project: &Path, name: &str) -> String {
 async fn fetch(client: &AgentClient, id: &str) -> Result<Option<SandboxInfo>, CliError> {
     let response = client
         .http()
-        .get(AgentClient::url(&format!("/api/v1/sandboxes/{id}")))
+        .get(client.url(&format!("/api/v1/sandboxes/{id}")))
         .send()
         .await
         .map_err(|error| client.unreachable(error))?;
@@ -202,7 +202,7 @@ pub async fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<i32, CliError> 
     let id = id_of(&project, &args.name);
     let mut response = client
         .http()
-        .get(AgentClient::url(&format!("/api/v1/sandboxes/{id}/logs?follow={}", args.follow)))
+        .get(client.url(&format!("/api/v1/sandboxes/{id}/logs?follow={}", args.follow)))
         .send()
         .await
         .map_err(|error| client.unreachable(error))?;
@@ -225,7 +225,7 @@ pub async fn stop(global: &GlobalArgs, args: NameArgs) -> Result<i32, CliError> 
     let id = id_of(&project, &args.name);
     let response = client
         .http()
-        .post(AgentClient::url(&format!("/api/v1/sandboxes/{id}/stop")))
+        .post(client.url(&format!("/api/v1/sandboxes/{id}/stop")))
         .send()
         .await
         .map_err(|error| client.unreachable(error))?;
@@ -280,7 +280,7 @@ pub async fn rm(global: &GlobalArgs, args: RmArgs) -> Result<i32, CliError> {
     if known.is_some() {
         let response = client
             .http()
-            .delete(AgentClient::url(&format!("/api/v1/sandboxes/{id}")))
+            .delete(client.url(&format!("/api/v1/sandboxes/{id}")))
             .send()
             .await
             .map_err(|error| client.unreachable(error))?;

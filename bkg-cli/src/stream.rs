@@ -45,7 +45,7 @@ pub async fn run(
 ) -> Result<RunResult, CliError> {
     let response = client
         .http()
-        .post(AgentClient::url(path))
+        .post(client.url(path))
         .header(CONNECTION, "upgrade")
         .header(UPGRADE, STREAM_PROTOCOL)
         .json(body)

@@ -113,9 +113,8 @@ fn a_clean_log_is_ok_with_exit_0() -> TestResult {
     let (code, out, err) = run_verify(&log.verify_args()).map_err(message)?;
     assert_eq!((code, out.as_str(), err.as_str()), (0, "", "audit: ok, 13 records in 3 files, chain intact\n"));
     let (code, out, err) = run_verify(&AuditVerifyArgs { json: true, ..log.verify_args() }).map_err(message)?;
-    let json: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!((code, err.as_str()), (0, ""));
-    assert_eq!(json, serde_json::json!({ "ok": true, "records": 13, "files": 3, "first_bad": null }));
+    assert_eq!(out, "{\"ok\":true,\"records\":13,\"files\":3,\"first_bad\":null}\n");
     Ok(())
 }
 
@@ -171,7 +170,7 @@ fn bad_input_is_exit_125() -> TestResult {
     let bad_key = AuditVerifyArgs { key: Some("not-a-key".to_owned()), ..log.verify_args() };
     let error = run_verify(&bad_key).err().ok_or("a bad key was accepted")?;
     assert_eq!(error.code, exit::BKG_FAILED);
-    assert!(error.message.contains("not-a-key"), "{}", error.message);
+    assert_eq!(error.message, "bad audit key in --key: an audit public key is 64 hex digits");
     std::fs::write(log.state.path().join("audit.pub"), "00\n")?;
     let error = run_verify(&log.verify_args()).err().ok_or("a short key was accepted")?;
     assert!(error.message.contains("64 hex digits"), "{}", error.message);

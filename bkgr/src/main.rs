@@ -59,9 +59,8 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<i32, CliError> {
     let project = project_dir(args.dir.as_deref())?;
-    let cave = bkg_schema::cave::load(&project.join("cave.yaml")).map_err(|errors| {
-        CliError::new(BKG_FAILED, errors.to_string().trim_end().to_owned())
-    })?;
+    let cave = bkg_schema::cave::load(&project.join("cave.yaml"))
+        .map_err(|errors| CliError::new(BKG_FAILED, errors.to_string().trim_end().to_owned()))?;
     let selected: Vec<(&String, &SandboxSpec)> = match &args.name {
         Some(name) => {
             let spec = cave.sandboxes.get(name).ok_or_else(|| {
@@ -98,7 +97,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
             let request = ExecRequest { command, detach: true, env: Default::default(), stdin_base64: None };
             let response = client
                 .http()
-                .post(AgentClient::url(&format!("/api/v1/sandboxes/{id}/exec")))
+                .post(client.url(&format!("/api/v1/sandboxes/{id}/exec")))
                 .json(&request)
                 .send()
                 .await
@@ -181,7 +180,11 @@ fn definition(
                 host.display()
             )));
         }
-        volumes.push(VolumeSpec { host: host.to_string_lossy().into_owned(), guest: volume.guest, read_only: volume.read_only });
+        volumes.push(VolumeSpec {
+            host: host.to_string_lossy().into_owned(),
+            guest: volume.guest,
+            read_only: volume.read_only,
+        });
     }
     Ok(SandboxDefinition {
         name: name.to_owned(),
@@ -191,6 +194,7 @@ fn definition(
         limits,
         env: spec.env.clone(),
         volumes,
+        scripts: spec.scripts.clone(),
     })
 }
 
@@ -198,7 +202,7 @@ async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Result<
     let id = sandbox_id(&definition.project_dir, &definition.name);
     let response = client
         .http()
-        .put(AgentClient::url(&format!("/api/v1/sandboxes/{id}")))
+        .put(client.url(&format!("/api/v1/sandboxes/{id}")))
         .json(definition)
         .send()
         .await
@@ -218,6 +222,7 @@ async fn exec(
     stdin: Stdin,
 ) -> Result<bkg_schema::RunResult, CliError> {
     let id = sandbox_id(&definition.project_dir, &definition.name);
-    let request = ExecRequest { command: command.to_owned(), detach: false, env: Default::default(), stdin_base64: None };
+    let request =
+        ExecRequest { command: command.to_owned(), detach: false, env: Default::default(), stdin_base64: None };
     stream::run(client, &format!("/api/v1/sandboxes/{id}/exec"), &request, output, stdin).await
 }

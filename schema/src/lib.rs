@@ -3,11 +3,13 @@
 
 #[cfg(feature = "audit")]
 pub mod audit;
+pub mod auth;
 #[cfg(feature = "cave")]
 pub mod cave;
 pub mod frame;
 pub mod paths;
 pub mod sandbox;
+pub mod shape;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -18,6 +20,7 @@ pub use units::{UnitError, parse_cpus, parse_duration_ms, parse_size};
 
 /// The interpreters a sandbox can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
     Python,
@@ -61,6 +64,7 @@ impl Language {
 
 /// Resource limits of one run, fully resolved (no defaults left to apply).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Limits {
     /// CPU bandwidth in thousandths of a CPU: 1000 is one vCPU.
     pub cpu_millis: u64,
@@ -107,21 +111,32 @@ pub const MIB: u64 = 1024 * 1024;
 
 /// Limits a caller asks for; the agent fills the gaps with its defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LimitOverrides {
+    /// At least 10 (a hundredth of a CPU): the kernel's smallest CPU quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 10))]
     pub cpu_millis: Option<u64>,
+    /// At least 16 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 16777216))]
     pub memory_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub timeout_ms: Option<u64>,
+    /// At least 16 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 16777216))]
     pub disk_bytes: Option<u64>,
+    /// At least 3: the sandbox's own init takes two.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 3))]
     pub pids: Option<u64>,
 }
 
 /// A file placed in the sandbox before the code starts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileUpload {
     /// Where it goes: relative to /workspace, or absolute under /workspace or /tmp.
     pub path: String,
@@ -133,6 +148,7 @@ pub struct FileUpload {
 
 /// `POST /api/v1/runs`: run code once in a temporary sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     pub language: Language,
@@ -145,17 +161,23 @@ pub struct RunRequest {
     pub args: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "shape::objects")]
     pub files: Vec<FileUpload>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "shape::object")]
     pub limits: LimitOverrides,
     /// Standard input for a non-streamed run, base64. A streamed run sends stdin as frames.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin_base64: Option<String>,
+    /// The namespace the run belongs to. Only an admin may name one; a namespace or session
+    /// key's runs are always in its own namespace. Default: the key's namespace, or `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub namespace: Option<String>,
 }
 
 /// Which limit ended a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum KilledBy {
     Timeout,
@@ -181,6 +203,7 @@ impl KilledBy {
 
 /// The outcome and accounting of one run. Stable: `bkg exe --json` prints it as is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunResult {
     pub id: String,
     pub language: Language,
@@ -223,11 +246,13 @@ pub const OUTPUT_CAP_BYTES: usize = 1024 * 1024;
 
 /// Every API error has this shape: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub error: ApiErrorBody,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiErrorBody {
     pub code: ErrorCode,
     pub message: String,
@@ -235,6 +260,7 @@ pub struct ApiErrorBody {
 
 /// Machine-readable error codes; the CLI maps them to exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
@@ -247,6 +273,15 @@ pub enum ErrorCode {
     Conflict,
     SandboxFailed,
     Internal,
+    /// No credentials, or a key that is unknown, expired or revoked.
+    Unauthorized,
+    /// Over the key's request rate; retry after the `Retry-After` seconds.
+    RateLimited,
+    /// A signed notice that was already accepted once.
+    Replayed,
+    /// The agent cannot serve this now (see `/healthz`).
+    Unavailable,
+    MethodNotAllowed,
 }
 
 impl ApiError {
@@ -257,8 +292,12 @@ impl ApiError {
 
 /// One run as the agent's store keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunRecord {
     pub id: String,
+    /// The namespace of whoever asked for the run (or of its persistent sandbox).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
     pub language: Language,
     pub started_at_ms: u64,
     pub finished_at_ms: Option<u64>,
@@ -276,8 +315,16 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
+/// The namespace of everything made without naming one.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_owned()
+}
+
 /// `GET /api/v1/agent`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentInfo {
     pub version: String,
     pub pid: u32,

@@ -29,6 +29,7 @@ pub fn sandbox_id(project_dir: &str, name: &str) -> String {
 
 /// A host directory bound into the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
     /// Absolute host path.
@@ -41,23 +42,30 @@ pub struct VolumeSpec {
 
 /// `PUT /api/v1/sandboxes/{id}`: create or update a persistent sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SandboxDefinition {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
     pub namespace: String,
     /// Absolute host path of the project; mounted read-only at /project. The sandbox's state
     /// lives in its `.bkg/` folder.
     pub project_dir: String,
     pub language: Language,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::shape::object")]
     pub limits: LimitOverrides,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "crate::shape::objects")]
     pub volumes: Vec<VolumeSpec>,
+    /// Named command lines (`start`, `test`, …); `POST …/start` runs `start`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scripts: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxState {
     Idle,
@@ -66,6 +74,7 @@ pub enum SandboxState {
 
 /// A persistent sandbox as the agent reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxInfo {
     pub id: String,
     pub name: String,
@@ -85,6 +94,7 @@ pub struct SandboxInfo {
 
 /// `POST /api/v1/sandboxes/{id}/exec`: run a command in a persistent sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// A shell command line, run with `/bin/sh -c` in /workspace.
@@ -100,8 +110,58 @@ pub struct ExecRequest {
     pub stdin_base64: Option<String>,
 }
 
+/// `POST /api/v1/sandboxes`: a sandbox in the namespace's own project directory on the agent
+/// (for callers without a project on the agent's host: API keys, MCP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewSandbox {
+    /// A DNS label, unique in its namespace.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub name: String,
+    /// Default: the key's namespace (`default` for admins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub namespace: Option<String>,
+    pub language: Language,
+    #[serde(default, deserialize_with = "crate::shape::object")]
+    pub limits: LimitOverrides,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scripts: BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/sandboxes/{id}/start`: run one of the sandbox's scripts, detached.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// Which script (default `start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// The answer to `POST /api/v1/sandboxes/{id}/stop`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Stopped {
+    /// Whether a run was going on (and was stopped).
+    pub stopped: bool,
+}
+
+/// The answer to a delete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Deleted {
+    pub deleted: String,
+}
+
 /// The answer to a detached exec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DetachedRun {
     pub sandbox_id: String,
     pub run_id: String,

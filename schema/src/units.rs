@@ -55,6 +55,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
         "" | "s" | "sec" => 1_000.0,
         "m" | "min" => 60_000.0,
         "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
         _ => return Err(UnitError::Duration(text.to_owned())),
     };
     let value: f64 = number.parse().map_err(|_| UnitError::Duration(text.to_owned()))?;

@@ -124,6 +124,8 @@ fn pid_one(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageErro
     build_root(plan)?;
     nix::unistd::sethostname(&plan.hostname).stage("set hostname")?;
     bring_up_loopback().stage("bring up loopback")?;
+    // Compiled while the sandbox waits in the pool, not once the caller is waiting.
+    let seccomp = seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
     control::write_blocking(control, &FromInit::Ready).stage("report ready")?;
 
     let order = match control::read_blocking::<ToInit>(control) {
@@ -141,7 +143,7 @@ fn pid_one(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageErro
         reown_tree(Path::new(dir), plan.ids.sandbox).stage(&format!("hand {dir} to the sandbox user"))?;
     }
     place_files(&order, plan.ids.sandbox)?;
-    run_code(plan, &order, control)
+    run_code(plan, Launch::new(&order, seccomp)?, control)
 }
 
 fn build_root(plan: &SandboxPlan) -> Result<(), StageError> {
@@ -402,19 +404,17 @@ struct Launch {
 }
 
 impl Launch {
-    fn new(order: &GoOrder) -> Result<Self, StageError> {
+    fn new(order: &GoOrder, seccomp: Vec<seccompiler::BpfProgram>) -> Result<Self, StageError> {
         let cstring = |text: &str| CString::new(text).stage("argument with a NUL byte");
         let argv = order.argv.iter().map(|arg| cstring(arg)).collect::<Result<Vec<_>, _>>()?;
         let program = argv.first().cloned().ok_or_else(|| StageError::new("start code", "empty command"))?;
         let env =
             order.env.iter().map(|(key, value)| cstring(&format!("{key}={value}"))).collect::<Result<Vec<_>, _>>()?;
-        let seccomp = seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
         Ok(Self { program, argv, env, cwd: cstring(&order.cwd)?, seccomp })
     }
 }
 
-fn run_code(plan: &SandboxPlan, order: &GoOrder, control: &mut UnixStream) -> Result<(), StageError> {
-    let launch = Launch::new(order)?;
+fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Result<(), StageError> {
     let (exec_error_read, exec_error_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create exec-error pipe")?;
 

@@ -70,11 +70,19 @@ pub enum MountStep {
         mode: u32,
     },
     /// A host directory bound under /workspace, as a project's `volumes` declare.
-    BindVolume { source: PathBuf, target: PathBuf, read_only: bool },
+    BindVolume {
+        source: PathBuf,
+        target: PathBuf,
+        read_only: bool,
+    },
     /// An empty read-only tmpfs over `target`, hiding what is beneath.
-    Mask { target: PathBuf },
+    Mask {
+        target: PathBuf,
+    },
     /// A fresh procfs for the sandbox's pid namespace, with kernel knobs read-only.
-    Proc { target: PathBuf },
+    Proc {
+        target: PathBuf,
+    },
 }
 
 /// Where the interpreters' short names (`python`, `node`) are linked, first on PATH.

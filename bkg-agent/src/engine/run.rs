@@ -64,6 +64,8 @@ impl RunError {
 pub struct ValidatedRun {
     pub language: bkg_schema::Language,
     pub limits: Limits,
+    /// The namespace the run belongs to: its sandbox's, or `default` for a temporary run.
+    pub namespace: String,
     order: GoOrder,
     stdin: Option<Vec<u8>>,
     persistent: Option<PersistentRun>,
@@ -176,6 +178,7 @@ impl Engine {
         Ok(ValidatedRun {
             language: request.language,
             limits,
+            namespace: "default".into(),
             order: GoOrder {
                 argv,
                 env: sandbox_env(&request.env)?,
@@ -223,6 +226,7 @@ impl Engine {
         Ok(ValidatedRun {
             language: definition.language,
             limits,
+            namespace: definition.namespace.clone(),
             order: GoOrder {
                 argv: vec!["/bin/sh".into(), "-c".into(), exec.command],
                 env: sandbox_env(&env)?,

@@ -1,0 +1,153 @@
+//! The OpenAPI 3.1 document of the HTTP API, generated from the handlers and types
+//! (`bkg-agent --print-openapi`, `make api-schema` → schema/openapi.yaml). `/mcp` speaks
+//! JSON-RPC (MCP) and is described in docs/api.md instead.
+
+use utoipa::Modify;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
+
+use crate::server::{auth_api, runs, sandboxes, system};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "bkg agent API",
+        description = "Runs untrusted Python and Node.js code in sandboxes. On TCP every request needs \
+            `Authorization: Bearer <key>` except login (a password) and rotation notices (an HMAC signature); \
+            on the unix socket, root and the agent's user are admins. Errors are `{\"error\":{\"code\",\"message\"}}`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        system::healthz,
+        system::metrics,
+        system::agent_info,
+        system::shutdown,
+        runs::create_run,
+        runs::list_runs,
+        runs::get_run,
+        sandboxes::list_sandboxes,
+        sandboxes::create_sandbox,
+        sandboxes::get_sandbox,
+        sandboxes::put_sandbox,
+        sandboxes::delete_sandbox,
+        sandboxes::start_sandbox,
+        sandboxes::exec_sandbox,
+        sandboxes::stop_sandbox,
+        sandboxes::sandbox_logs,
+        auth_api::signup,
+        auth_api::login,
+        auth_api::refresh,
+        auth_api::whoami,
+        auth_api::create_key,
+        auth_api::list_keys,
+        auth_api::get_key,
+        auth_api::rotate_key,
+        auth_api::revoke_key,
+        auth_api::delete_key,
+        auth_api::rotation_notice,
+    ),
+    modifiers(&BearerAuth, &CommonErrors),
+    security(("bearer" = [])),
+    tags(
+        (name = "agent", description = "Health, metrics and the agent itself"),
+        (name = "runs", description = "Code run once in a temporary sandbox"),
+        (name = "sandboxes", description = "Persistent sandboxes"),
+        (name = "auth", description = "Users, login and the caller"),
+        (name = "keys", description = "API keys: create, rotate, revoke"),
+    ),
+)]
+pub struct ApiDoc;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the OpenAPI document as YAML: {0}")]
+pub struct YamlError(String);
+
+/// The document as YAML, as checked in at schema/openapi.yaml.
+pub fn yaml() -> Result<String, YamlError> {
+    ApiDoc::openapi().to_yaml().map_err(|error| YamlError(error.to_string()))
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some("An API key (bkg_admin_…, bkg_ns_…, bkg_sess_…, bkg_model_…)".into());
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The answers any operation may give besides its own: the gatekeeper's (401 no or bad key,
+/// 413 body too large, 429 over the rate) and the input checks' (400 unreadable, 422 invalid,
+/// 403 not allowed for this key, 404 not found or not visible to this key).
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let common = [
+            ("400", "The request cannot be read (bad JSON, bad query)"),
+            ("401", "No key, or a key that is unknown, expired or revoked"),
+            ("403", "This key's role or namespace does not allow it"),
+            ("404", "No such thing, or not in the key's namespace"),
+            ("413", "The body is over the size limit"),
+            ("422", "The request is well-formed but its values are refused"),
+            ("429", "Over the key's request rate; see Retry-After"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in common {
+                    if operation.responses.responses.contains_key(status) {
+                        continue;
+                    }
+                    let mut response = ResponseBuilder::new().description(description).content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(Ref::from_schema_name("ApiError"))).build(),
+                    );
+                    if status == "429" {
+                        let seconds = utoipa::openapi::ObjectBuilder::new()
+                            .schema_type(utoipa::openapi::schema::Type::Integer)
+                            .minimum(Some(0))
+                            .build();
+                        response = response.header(
+                            "Retry-After",
+                            HeaderBuilder::new().schema(Some(seconds)).description(Some("Seconds to wait")).build(),
+                        );
+                    }
+                    operation.responses.responses.insert(status.to_owned(), response.build().into());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_documents_the_gatekeepers_answers() -> Result<(), YamlError> {
+        let document = ApiDoc::openapi();
+        assert!(document.paths.paths.len() >= 20);
+        for item in document.paths.paths.values() {
+            for operation in [&item.get, &item.put, &item.post, &item.delete].into_iter().flatten() {
+                for status in ["401", "413", "429"] {
+                    assert!(operation.responses.responses.contains_key(status), "{:?}", operation.operation_id);
+                }
+            }
+        }
+        assert!(yaml()?.starts_with("openapi: 3.1"));
+        Ok(())
+    }
+
+    #[test]
+    fn the_checked_in_document_is_the_generated_one() -> Result<(), YamlError> {
+        let generated = yaml()?;
+        let checked_in = include_str!("../../schema/openapi.yaml");
+        // Not assert_eq: a diff of two 3000-line documents helps nobody; the fix is one command.
+        assert!(generated == checked_in, "schema/openapi.yaml differs from the code's API: run `make api-schema`");
+        Ok(())
+    }
+}

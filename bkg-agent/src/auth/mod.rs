@@ -1,0 +1,165 @@
+//! Who is calling and what they may do: API keys (roles, namespaces, TTLs), user passwords,
+//! per-key rate limits and signed key-rotation notices.
+
+pub mod keys;
+pub mod notice;
+pub mod password;
+pub mod rate;
+
+use std::time::Duration;
+
+use bkg_schema::auth::{KeyInfo, Principal as PrincipalInfo, Role};
+
+use crate::store::Caller;
+
+/// Lifetimes and request rates per role, from the agent's flags (whose defaults are SPEC
+/// section 6's: admin 90 d and 1000/min, namespace 30 d and 100/min, session 1 h and 50/min,
+/// model-access 1 h and 200/min).
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    pub ttl: RoleTable<Duration>,
+    /// Requests per minute.
+    pub rate_per_minute: RoleTable<u32>,
+}
+
+/// One value per role.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoleTable<T> {
+    pub admin: T,
+    pub namespace: T,
+    pub session: T,
+    pub model_access: T,
+}
+
+impl<T: Copy> RoleTable<T> {
+    pub fn get(&self, role: Role) -> T {
+        match role {
+            Role::Admin => self.admin,
+            Role::Namespace => self.namespace,
+            Role::Session => self.session,
+            Role::ModelAccess => self.model_access,
+        }
+    }
+}
+
+/// The caller of one request, once authenticated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Principal {
+    /// A peer on the unix socket (root or the agent's user): an admin, never rate limited.
+    Local { uid: u32 },
+    /// A valid (known, unexpired, unrevoked) API key.
+    Key(KeyInfo),
+}
+
+impl Principal {
+    pub fn role(&self) -> Role {
+        match self {
+            Self::Local { .. } => Role::Admin,
+            Self::Key(key) => key.role,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role() == Role::Admin
+    }
+
+    /// The one namespace this caller is confined to; `None` for admins, who reach them all.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Self::Key(key) if key.role != Role::Admin => key.namespace.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the caller may see and touch things of `namespace`.
+    pub fn reaches(&self, namespace: &str) -> bool {
+        self.is_admin() || self.namespace() == Some(namespace)
+    }
+
+    /// The namespace a new thing of this caller goes in: the one asked for (admins only may
+    /// ask for another than their own), else the caller's, else `default`.
+    pub fn namespace_for(&self, asked: Option<&str>) -> Result<String, String> {
+        match (self.namespace(), asked) {
+            (Some(own), Some(asked)) if own != asked => {
+                Err(format!("this key is confined to namespace `{own}`; it cannot act in `{asked}`"))
+            }
+            (Some(own), _) => Ok(own.to_owned()),
+            (None, Some(asked)) => Ok(asked.to_owned()),
+            (None, None) => Ok(bkg_schema::DEFAULT_NAMESPACE.to_owned()),
+        }
+    }
+
+    /// Who the audit log names: `uid:<uid>` or `key:<id>`.
+    pub fn actor(&self) -> String {
+        match self {
+            Self::Local { uid } => format!("uid:{uid}"),
+            Self::Key(key) => format!("key:{}", key.id),
+        }
+    }
+
+    /// The audit log's view of this caller acting in `namespace`.
+    pub fn audit_caller(&self, namespace: &str) -> Caller {
+        Caller { actor: self.actor(), namespace: namespace.to_owned() }
+    }
+
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            Self::Local { .. } => None,
+            Self::Key(key) => Some(&key.id),
+        }
+    }
+
+    pub fn describe(&self) -> PrincipalInfo {
+        match self {
+            Self::Local { .. } => PrincipalInfo {
+                role: Role::Admin,
+                namespace: None,
+                key_id: None,
+                expires_at_ms: None,
+                via: "unix".into(),
+            },
+            Self::Key(key) => PrincipalInfo {
+                role: key.role,
+                namespace: self.namespace().map(str::to_owned),
+                key_id: Some(key.id.clone()),
+                expires_at_ms: Some(key.expires_at_ms),
+                via: "key".into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(role: Role, namespace: Option<&str>) -> Principal {
+        Principal::Key(KeyInfo {
+            id: "key_1".into(),
+            role,
+            namespace: namespace.map(str::to_owned),
+            name: None,
+            user: None,
+            created_at_ms: 0,
+            expires_at_ms: 1,
+            rotated_at_ms: None,
+            revoked_at_ms: None,
+            last_used_at_ms: None,
+        })
+    }
+
+    #[test]
+    fn namespace_keys_are_confined_and_admins_are_not() {
+        let team = key(Role::Namespace, Some("team"));
+        assert!(team.reaches("team"));
+        assert!(!team.reaches("other"));
+        assert_eq!(team.namespace_for(None), Ok("team".into()));
+        assert!(team.namespace_for(Some("other")).is_err());
+
+        let admin = key(Role::Admin, None);
+        assert!(admin.reaches("anything"));
+        assert_eq!(admin.namespace_for(Some("other")), Ok("other".into()));
+        assert_eq!(Principal::Local { uid: 0 }.namespace_for(None), Ok("default".into()));
+        assert_eq!(Principal::Local { uid: 0 }.actor(), "uid:0");
+    }
+}

@@ -1,0 +1,287 @@
+//! `/mcp`: the Model Context Protocol over streamable HTTP, for AI agents. Its tools drive the
+//! same persistent sandboxes as the HTTP API, in the caller's namespace (its project directory
+//! on the agent), with the caller's rights: the gatekeeper has already authenticated the
+//! request and put its `Principal` in the request's extensions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::http::request::Parts;
+use base64::Engine as _;
+use bkg_schema::sandbox::{ExecRequest, NewSandbox};
+use bkg_schema::{Language, LimitOverrides, parse_duration_ms, parse_size};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::auth::Principal;
+use crate::ids::new_id;
+use crate::server::{AppState, Failure, MAX_BODY_BYTES};
+
+/// The service mounted at `/mcp`: stateless (every request stands alone, so any request may
+/// come on any connection), JSON answers where the protocol allows.
+pub fn service(state: AppState) -> StreamableHttpService<SandboxTools, NeverSessionManager> {
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_sse_keep_alive(None)
+        // Host checks guard servers that trust whoever reaches them; every request here is
+        // authenticated by peer credentials or an API key before it gets this far.
+        .disable_allowed_hosts()
+        .with_max_request_body_bytes(MAX_BODY_BYTES);
+    StreamableHttpService::new(
+        move || Ok(SandboxTools::new(state.clone())),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    )
+}
+
+#[derive(Clone)]
+pub struct SandboxTools {
+    state: AppState,
+    tool_router: ToolRouter<Self>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeLanguage {
+    #[default]
+    Python,
+    Node,
+}
+
+impl From<CodeLanguage> for Language {
+    fn from(language: CodeLanguage) -> Self {
+        match language {
+            CodeLanguage::Python => Language::Python,
+            CodeLanguage::Node => Language::Node,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct StartArgs {
+    /// The sandbox's main language (both python and node can run in it). Default: python.
+    #[serde(default)]
+    pub language: CodeLanguage,
+    /// A name for the sandbox (a-z, 0-9, -); default: a new unique one.
+    pub name: Option<String>,
+    /// Memory limit, e.g. "256MiB" (default 512MiB).
+    pub memory: Option<String>,
+    /// Wall-clock limit of each run, e.g. "30s" (default 60s).
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunCodeArgs {
+    /// The id `sandbox_start` returned.
+    pub sandbox_id: String,
+    /// The program's source.
+    pub code: String,
+    /// Its language; default: the sandbox's.
+    pub language: Option<CodeLanguage>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunCommandArgs {
+    /// The id `sandbox_start` returned.
+    pub sandbox_id: String,
+    /// A shell command line, run with /bin/sh -c in /workspace.
+    pub command: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SandboxArgs {
+    /// The id `sandbox_start` returned.
+    pub sandbox_id: String,
+}
+
+fn principal_of(parts: &Parts) -> Result<Principal, ErrorData> {
+    parts
+        .extensions
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| ErrorData::internal_error("the request reached MCP without an authenticated caller", None))
+}
+
+/// A refusal the model should read and act on, as a tool error rather than a protocol error.
+fn refused(failure: Failure) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(failure.message)])
+}
+
+fn structured<T: serde::Serialize>(value: &T) -> Result<CallToolResult, ErrorData> {
+    serde_json::to_value(value)
+        .map(CallToolResult::structured)
+        .map_err(|error| ErrorData::internal_error(format!("cannot encode the answer: {error}"), None))
+}
+
+#[tool_router]
+impl SandboxTools {
+    fn new(state: AppState) -> Self {
+        Self { state, tool_router: Self::tool_router() }
+    }
+
+    async fn exec(
+        &self,
+        principal: &Principal,
+        sandbox_id: &str,
+        exec: ExecRequest,
+    ) -> Result<CallToolResult, ErrorData> {
+        let stored = match crate::server::visible_sandbox(&self.state, principal, sandbox_id).await {
+            Ok(stored) => stored,
+            Err(failure) => return Ok(refused(failure)),
+        };
+        if self.state.engine.current_run(sandbox_id).is_some() {
+            return Ok(refused(Failure::conflict(format!("sandbox {sandbox_id} is running; stop it first"))));
+        }
+        let validated = match self.state.engine.validate_exec(&stored.definition, exec) {
+            Ok(validated) => validated,
+            Err(error) => return Ok(refused(Failure::from(&error))),
+        };
+        match crate::server::run_to_end(self.state.clone(), principal.clone(), validated).await {
+            Ok(result) => structured(&result),
+            Err(failure) => Ok(refused(failure)),
+        }
+    }
+
+    #[tool(
+        description = "Create a sandbox for running code: an isolated Linux box with python3 and node, no network, \
+        and a /workspace that persists between runs until sandbox_stop. Returns its sandbox_id."
+    )]
+    async fn sandbox_start(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<StartArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let principal = principal_of(&parts)?;
+        let mut limits = LimitOverrides::default();
+        if let Some(memory) = &args.memory {
+            match parse_size(memory) {
+                Ok(bytes) => limits.memory_bytes = Some(bytes),
+                Err(error) => return Ok(refused(Failure::invalid(format!("memory: {error}")))),
+            }
+        }
+        if let Some(timeout) = &args.timeout {
+            match parse_duration_ms(timeout) {
+                Ok(ms) => limits.timeout_ms = Some(ms),
+                Err(error) => return Ok(refused(Failure::invalid(format!("timeout: {error}")))),
+            }
+        }
+        let name = args.name.unwrap_or_else(|| new_id("mcp").replace('_', "-"));
+        let new = NewSandbox {
+            name,
+            namespace: None,
+            language: args.language.into(),
+            limits,
+            env: BTreeMap::new(),
+            scripts: BTreeMap::new(),
+        };
+        match crate::server::create_in_namespace(&self.state, &principal, new).await {
+            Ok(info) => structured(&serde_json::json!({
+                "sandbox_id": info.id,
+                "name": info.name,
+                "namespace": info.namespace,
+                "language": info.language,
+                "limits": info.limits,
+            })),
+            Err(failure) => Ok(refused(failure)),
+        }
+    }
+
+    #[tool(description = "Run a Python or Node.js program in a sandbox and return its stdout, stderr, exit code and \
+        resource use.")]
+    async fn sandbox_run_code(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<RunCodeArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let principal = principal_of(&parts)?;
+        let language = match args.language {
+            Some(language) => language.into(),
+            None => match crate::server::visible_sandbox(&self.state, &principal, &args.sandbox_id).await {
+                Ok(stored) => stored.definition.language,
+                Err(failure) => return Ok(refused(failure)),
+            },
+        };
+        // The program comes on stdin (`python3 -`, `node -`): no quoting, no size limit of argv.
+        let interpreter = match language {
+            Language::Python => "python3 -",
+            Language::Node => "node -",
+        };
+        let exec = ExecRequest {
+            command: interpreter.into(),
+            detach: false,
+            env: BTreeMap::new(),
+            stdin_base64: Some(base64::engine::general_purpose::STANDARD.encode(args.code.as_bytes())),
+        };
+        self.exec(&principal, &args.sandbox_id, exec).await
+    }
+
+    #[tool(
+        description = "Run a shell command (/bin/sh -c) in a sandbox's /workspace and return its output, exit code \
+        and resource use."
+    )]
+    async fn sandbox_run_command(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<RunCommandArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let principal = principal_of(&parts)?;
+        let exec = ExecRequest { command: args.command, detach: false, env: BTreeMap::new(), stdin_base64: None };
+        self.exec(&principal, &args.sandbox_id, exec).await
+    }
+
+    #[tool(description = "Stop a sandbox and delete it with its workspace.")]
+    async fn sandbox_stop(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<SandboxArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let principal = principal_of(&parts)?;
+        let removed = match crate::server::visible_sandbox(&self.state, &principal, &args.sandbox_id).await {
+            Ok(stored) => crate::server::remove(&self.state, &principal, &args.sandbox_id, stored).await,
+            Err(failure) => Err(failure),
+        };
+        match removed {
+            Ok(()) => structured(&serde_json::json!({ "stopped": true, "sandbox_id": args.sandbox_id })),
+            Err(failure) => Ok(refused(failure)),
+        }
+    }
+
+    #[tool(description = "The accounting of a sandbox's last run: exit code, wall and CPU time, peak memory, output \
+        sizes and which limit (if any) ended it.")]
+    async fn sandbox_get_metrics(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<SandboxArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let principal = principal_of(&parts)?;
+        if let Err(failure) = crate::server::visible_sandbox(&self.state, &principal, &args.sandbox_id).await {
+            return Ok(refused(failure));
+        }
+        match self.state.store.last_run_of(&args.sandbox_id).await {
+            Ok(Some(run)) => structured(&run),
+            Ok(None) => Ok(refused(Failure::not_found(format!("sandbox {} has not run yet", args.sandbox_id)))),
+            Err(error) => Err(ErrorData::internal_error(error.to_string(), None)),
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for SandboxTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("bkg-agent", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Run untrusted Python and Node.js code in isolated sandboxes: sandbox_start, then sandbox_run_code \
+                 or sandbox_run_command as often as needed, sandbox_get_metrics for the last run's resource use, \
+                 and sandbox_stop when done.",
+            )
+    }
+}

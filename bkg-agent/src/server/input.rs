@@ -1,0 +1,76 @@
+//! What a request brings: path parameters, query strings and bodies, each refused with the
+//! API's JSON error. Bodies are size-limited, then parsed; broken JSON is a 400, well-formed JSON
+//! with values that do not fit is a 422.
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::failure::Failure;
+
+/// Bodies of the auth endpoints: a few names and a password.
+pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+
+pub async fn json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, Failure> {
+    let bytes = bytes(body, limit).await?;
+    parse(&bytes)
+}
+
+/// A body that may be empty, which stands for `T::default()`.
+pub async fn optional_json<T: DeserializeOwned + Default>(body: Body, limit: usize) -> Result<T, Failure> {
+    let bytes = bytes(body, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse(&bytes)
+}
+
+pub async fn bytes(body: Body, limit: usize) -> Result<axum::body::Bytes, Failure> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| Failure::too_large(limit))
+}
+
+/// Every body of the API is a JSON object.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|error| Failure::bad_request(format!("invalid request body: {error}")))?;
+    if !value.is_object() {
+        return Err(Failure::invalid("the request body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|error| Failure::invalid(format!("invalid request body: {error}")))
+}
+
+/// A path parameter, refused as a 400 in the API's error shape when it cannot be read.
+pub struct PathParam<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for PathParam<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Self(value))
+            .map_err(|rejection| Failure::bad_request(rejection.body_text()))
+    }
+}
+
+/// A query string, refused as a 400 in the API's error shape when it does not parse.
+pub struct QueryParams<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection| Failure::bad_request(rejection.body_text()))
+    }
+}

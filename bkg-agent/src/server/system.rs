@@ -1,0 +1,152 @@
+//! The agent itself: health, metrics, its description and shutdown.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bkg_schema::{AgentInfo, ApiError};
+use serde::Serialize;
+
+use super::AppState;
+use super::failure::{ApiResult, Failure};
+use crate::auth::Principal;
+use crate::engine::Engine;
+use crate::engine::sandbox::PreparedSandbox;
+
+/// How long a sandbox-preparation probe's verdict stands: preparing one costs a disk image and
+/// an init, too much to do for every probe of a busy health checker.
+const PREPARE_PROBE_TTL: Duration = Duration::from_secs(15);
+
+/// Whether the agent can still make sandboxes, remembered between health checks.
+#[derive(Default)]
+pub struct HealthProbe {
+    prepared: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// Only one probe file at a time.
+    writing: Mutex<()>,
+}
+
+impl HealthProbe {
+    /// Writes and removes a file where the sandboxes' state lives.
+    fn check_sandbox_dir(&self, engine: &Engine) -> Result<(), String> {
+        let _one = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let probe = engine.runs_dir().join(format!(".healthz-{}", std::process::id()));
+        std::fs::write(&probe, b"ok")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|error| format!("cannot write the sandboxes' directory {}: {error}", engine.runs_dir().display()))
+    }
+
+    /// A warm sandbox proves one could be made; with none, one is prepared and thrown away.
+    async fn check_prepare(&self, engine: &std::sync::Arc<Engine>) -> Result<(), String> {
+        if engine.warm_count() > 0 {
+            return Ok(());
+        }
+        let mut cached = self.prepared.lock().await;
+        if let Some((at, verdict)) = cached.as_ref()
+            && at.elapsed() < PREPARE_PROBE_TTL
+        {
+            return verdict.clone();
+        }
+        let verdict = match PreparedSandbox::prepare(engine, engine.config.default_limits.disk_bytes, None).await {
+            Ok(sandbox) => {
+                sandbox.dispose().await;
+                Ok(())
+            }
+            Err(error) => Err(format!("cannot prepare a sandbox: {error}")),
+        };
+        *cached = Some((Instant::now(), verdict.clone()));
+        verdict
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok` (a sick agent answers 503 with the reason).
+    pub status: String,
+}
+
+/// 200 when the agent can make sandboxes and write its store; else 503 with the reason.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "agent",
+    responses(
+        (status = 200, description = "Healthy", body = Health),
+        (status = 503, description = "Not healthy; the message says why", body = ApiError),
+    ),
+)]
+pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
+    state.store.check_writable().await.map_err(|error| Failure::unavailable(format!("store not writable: {error}")))?;
+    state.health.check_sandbox_dir(&state.engine).map_err(Failure::unavailable)?;
+    state.health.check_prepare(&state.engine).await.map_err(Failure::unavailable)?;
+    Ok(Json(Health { status: "ok".into() }))
+}
+
+/// Prometheus metrics, OpenMetrics text (admins only).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "agent",
+    responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text", body = String)),
+)]
+pub async fn metrics(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> ApiResult<Response> {
+    if !principal.is_admin() {
+        return Err(Failure::forbidden("only an admin may read the metrics"));
+    }
+    let text = state
+        .metrics
+        .encode(state.engine.active_runs(), state.engine.warm_count())
+        .map_err(|_| Failure::internal("could not encode the metrics"))?;
+    let mut response = text.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+    Ok(response)
+}
+
+/// The agent: version, paths, load and limits (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/agent",
+    tag = "agent",
+    responses((status = 200, description = "The agent", body = AgentInfo)),
+)]
+pub async fn agent_info(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<Json<AgentInfo>> {
+    if !principal.is_admin() {
+        return Err(Failure::forbidden("only an admin may read the agent's configuration"));
+    }
+    let engine = &state.engine;
+    Ok(Json(AgentInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        socket: state.socket.display().to_string(),
+        state_dir: engine.config.state_dir.display().to_string(),
+        cgroup_version: engine.cgroup_version(),
+        warm_sandboxes: engine.warm_count(),
+        active_runs: engine.active_runs(),
+        pending_cleanups: engine.cleanups_pending(),
+        default_limits: engine.config.default_limits,
+        max_limits: engine.config.max_limits,
+    }))
+}
+
+/// Stop the agent: warm sandboxes are removed, running ones get 5 s (admins only).
+#[utoipa::path(
+    post,
+    path = "/api/v1/agent/shutdown",
+    tag = "agent",
+    responses((status = 202, description = "Shutting down")),
+)]
+pub async fn shutdown(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<StatusCode> {
+    if !principal.is_admin() {
+        return Err(Failure::forbidden("only an admin may stop the agent"));
+    }
+    state.shutdown.notify_one();
+    Ok(StatusCode::ACCEPTED)
+}

@@ -1,0 +1,158 @@
+//! Connecting to bkg_db: the URL, its `sslmode`, and rustls for remote servers.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::SyncError;
+
+/// A server that does not answer must not hold the worker (or `bkg db migrate`) forever.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens one connection to bkg_db and drives it on the current tokio runtime.
+///
+/// `db_url` is a libpq-style URL, `postgres://user:password@host:port/dbname?sslmode=…`.
+/// `sslmode=disable` is plain TCP (loopback); `prefer` (the default), `require`, `verify-ca` and
+/// `verify-full` use TLS whenever the server offers it (`require` and `verify-*` insist on it),
+/// and TLS always verifies the server's certificate and name, against the system's roots or the
+/// PEM file given as `sslrootcert=PATH`.
+pub async fn connect(db_url: &str) -> Result<Client, SyncError> {
+    let (config, root_cert) = parse_url(db_url)?;
+    let tls = tls_connector(config.get_ssl_mode(), root_cert.as_deref())?;
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "bkg_db connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Splits off what tokio-postgres does not parse itself (`sslrootcert`, the `verify-*` modes) and
+/// fills in the agent's defaults.
+fn parse_url(db_url: &str) -> Result<(Config, Option<String>), SyncError> {
+    let (base, query) = match db_url.split_once('?') {
+        Some((base, query)) => (base, query),
+        None => (db_url, ""),
+    };
+    if !(base.starts_with("postgres://") || base.starts_with("postgresql://")) {
+        return Err(SyncError::Config("expected postgres://user:password@host:port/dbname[?sslmode=…]".into()));
+    }
+    let mut kept = Vec::new();
+    let mut root_cert = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "sslrootcert" => root_cert = Some(percent_decode(value)?),
+            "sslmode" => {
+                let mode = match value {
+                    "disable" => "disable",
+                    "allow" | "prefer" => "prefer",
+                    "require" | "verify-ca" | "verify-full" => "require",
+                    other => return Err(SyncError::Config(format!("unknown sslmode {other:?}"))),
+                };
+                kept.push(format!("sslmode={mode}"));
+            }
+            _ => kept.push(pair.to_owned()),
+        }
+    }
+    let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+    let mut config = Config::from_str(&url).map_err(|error| SyncError::Config(super::describe(&error)))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("bkg-agent");
+    }
+    Ok((config, root_cert))
+}
+
+fn tls_connector(mode: SslMode, root_cert: Option<&str>) -> Result<MakeRustlsConnect, SyncError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // With sslmode=disable the connector is never asked for a handshake: no roots to load.
+    if mode != SslMode::Disable {
+        match root_cert {
+            Some(path) => {
+                for cert in
+                    CertificateDer::pem_file_iter(path).map_err(|error| SyncError::Tls(format!("{path}: {error}")))?
+                {
+                    let cert = cert.map_err(|error| SyncError::Tls(format!("{path}: {error}")))?;
+                    roots.add(cert).map_err(|error| SyncError::Tls(format!("{path}: {error}")))?;
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(native.certs);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| SyncError::Tls(error.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+fn percent_decode(value: &str) -> Result<String, SyncError> {
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = value.get(index + 1..index + 3).and_then(|hex| u8::from_str_radix(hex, 16).ok());
+            let byte = hex.ok_or_else(|| SyncError::Config(format!("bad percent-encoding in {value:?}")))?;
+            decoded.push(byte);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).map_err(|_| SyncError::Config(format!("{value:?} is not UTF-8 once decoded")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), SyncError>;
+
+    #[test]
+    fn libpq_modes_map_onto_verified_tls() -> TestResult {
+        let (config, root) =
+            parse_url("postgres://u:p@db.example:5433/bkg?sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem")?;
+        assert_eq!(config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(root.as_deref(), Some("/etc/ca x.pem"));
+        assert_eq!(config.get_dbname(), Some("bkg"));
+        assert_eq!(config.get_connect_timeout(), Some(&DEFAULT_CONNECT_TIMEOUT));
+
+        let (config, root) = parse_url("postgresql://u@127.0.0.1/bkg?sslmode=disable&connect_timeout=2")?;
+        assert_eq!(config.get_ssl_mode(), SslMode::Disable);
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        assert!(root.is_none());
+
+        assert_eq!(parse_url("postgres://h/db")?.0.get_ssl_mode(), SslMode::Prefer);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        assert!(matches!(parse_url("host=db user=x"), Err(SyncError::Config(_))));
+        assert!(matches!(parse_url("postgres://h/db?sslmode=sometimes"), Err(SyncError::Config(_))));
+        assert!(matches!(parse_url("postgres://h/db?sslrootcert=%zz"), Err(SyncError::Config(_))));
+        assert!(matches!(parse_url("postgres://h/db?nonsense=1"), Err(SyncError::Config(_))));
+    }
+
+    #[test]
+    fn a_missing_root_certificate_is_an_error() {
+        assert!(matches!(tls_connector(SslMode::Require, Some("/nonexistent/ca.pem")), Err(SyncError::Tls(_))));
+        assert!(tls_connector(SslMode::Disable, Some("/nonexistent/ca.pem")).is_ok());
+    }
+}

@@ -1,0 +1,97 @@
+//! The sync of the agent's outbox to a shared bkg_db on PostgreSQL.
+//!
+//! The agent writes every state change and its signed audit line into its SQLite outbox in one
+//! transaction; [`SyncWorker`] ships the outbox to PostgreSQL in seq order, one PostgreSQL
+//! transaction per batch, with idempotent upserts, and only then marks the batch synced. A crash
+//! between the commit and `mark_synced` replays the batch, which changes nothing. The worker keeps
+//! no state of its own: after a restart it resumes from whatever the outbox still holds.
+//!
+//! [`migrate`] creates the schema and its row-level security (see `docs/operations.md`), and
+//! [`ensure_namespace_role`] gives a namespace a login role that sees only its own rows.
+
+mod connect;
+mod schema;
+mod ship;
+mod worker;
+
+use std::future::Future;
+
+pub use connect::connect;
+pub use schema::{ensure_namespace_role, latest_version, migrate};
+pub use worker::{SyncConfig, SyncHandle, SyncStatus, SyncWorker};
+
+/// One event waiting in the agent's outbox, in seq order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxEvent {
+    /// The agent's audit sequence number: strictly increasing, no gaps.
+    pub seq: u64,
+    pub agent_id: String,
+    /// Empty for the agent's own records (`log.opened`, `config.changed`…): only `bkg_admin` and
+    /// `bkg_agent` see those rows.
+    pub namespace: String,
+    /// `run.started`, `run.finished`, `sandbox.created`, `sandbox.deleted`, `key.created`,
+    /// `key.rotated`, `key.revoked`, `login`, `config.changed`, `sync.error`, `log.opened`…
+    pub action: String,
+    pub ts_ms: u64,
+    /// The exact signed audit line (JSON), stored verbatim so the chain verifies from PostgreSQL.
+    pub line: String,
+    /// The state the event carries (the run record for `run.*`, the sandbox for `sandbox.*`, key
+    /// metadata for `key.*`), with at least its `id`; other actions may carry `null`.
+    pub payload: serde_json::Value,
+}
+
+/// How much of the outbox is waiting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Backlog {
+    pub events: u64,
+    /// `ts_ms` of the oldest unsynced event.
+    pub oldest_ts_ms: Option<u64>,
+}
+
+/// The agent's outbox as the worker sees it.
+pub trait Outbox: Send + Sync + 'static {
+    /// The oldest `limit` unsynced events, in seq order. Events already handed out come again
+    /// until `mark_synced` covers them.
+    fn pending(&self, limit: usize) -> impl Future<Output = Result<Vec<OutboxEvent>, SyncError>> + Send;
+    /// Every event with `seq <= through_seq` is in PostgreSQL.
+    fn mark_synced(&self, through_seq: u64) -> impl Future<Output = Result<(), SyncError>> + Send;
+    fn backlog(&self) -> impl Future<Output = Result<Backlog, SyncError>> + Send;
+    /// bkg_db holds this agent's events only up to `seq` (it was restored from an older backup):
+    /// hand out again, from `pending`, every event after `seq` the outbox still has. The worker
+    /// calls it when the next pending event does not follow what bkg_db holds.
+    fn requeue_after(&self, seq: u64) -> impl Future<Output = Result<(), SyncError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The outbox (the agent's store) failed; its error is the source.
+    #[error("outbox: {0}")]
+    Outbox(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("bkg_db: {}", describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("bkg_db: timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("bkg_db URL: {0}")]
+    Config(String),
+    #[error("bkg_db TLS: {0}")]
+    Tls(String),
+    /// An event the worker cannot store; it stays in the outbox (nothing is ever skipped).
+    #[error("outbox event {seq}: {reason}")]
+    Event { seq: u64, reason: String },
+    /// The outbox would leave a hole in an agent's history in PostgreSQL.
+    #[error("outbox of agent {agent_id}: event {found} follows {after}, events in between are missing")]
+    Gap { agent_id: String, after: u64, found: u64 },
+    #[error("namespace role: {0}")]
+    Namespace(String),
+}
+
+/// tokio-postgres keeps the server's message in the error's source, not in its `Display`.
+fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    match std::error::Error::source(error) {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
+    }
+}

@@ -1,0 +1,260 @@
+//! The sync worker: a tokio task that ships the outbox to bkg_db batch after batch, and backs off
+//! while bkg_db cannot be reached.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+use super::{Outbox, SyncError, connect, migrate, ship};
+use crate::ids::now_ms;
+
+/// Where and how to sync. Build it with [`SyncConfig::new`] and adjust the fields.
+#[derive(Clone)]
+pub struct SyncConfig {
+    /// `postgres://user:password@host:port/dbname?sslmode=…` (see [`connect`]).
+    pub db_url: String,
+    /// Events per PostgreSQL transaction.
+    pub batch: usize,
+    /// How long an empty outbox waits before it is asked again, unless [`SyncHandle::wake`] comes
+    /// first.
+    pub idle_poll: Duration,
+    /// The first pause after a failure; each further failure doubles it, up to `backoff_max`.
+    /// Each pause is drawn between half and all of that, so agents that lost the same server do
+    /// not come back in step.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// A connection (with its migrations) or a batch that takes longer is abandoned, its
+    /// connection dropped, and retried: a server that stopped answering must not stall the sync.
+    pub timeout: Duration,
+}
+
+impl SyncConfig {
+    pub fn new(db_url: impl Into<String>) -> Self {
+        Self {
+            db_url: db_url.into(),
+            batch: 500,
+            idle_poll: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What `bkg sync status` and `/metrics` show.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncStatus {
+    /// Events in the outbox not yet in bkg_db.
+    pub backlog: u64,
+    /// Now minus the time of the oldest unsynced event; `None` when nothing waits.
+    pub lag_ms: Option<u64>,
+    /// When a batch last reached bkg_db (and was marked synced).
+    pub last_success_ms: Option<u64>,
+    /// The most recent failure, kept after recovery; `failures` says whether it is current.
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+    /// Failed attempts since the last successful one: 0 when the sync is healthy.
+    pub failures: u32,
+}
+
+#[derive(Default)]
+struct Progress {
+    last_success_ms: Option<u64>,
+    last_error: Option<String>,
+    last_error_ms: Option<u64>,
+    failures: u32,
+}
+
+struct Shared {
+    progress: Mutex<Progress>,
+    wake: Notify,
+}
+
+impl Shared {
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+pub struct SyncWorker<O> {
+    outbox: Arc<O>,
+    config: SyncConfig,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    client: Option<Client>,
+    migrated: bool,
+}
+
+impl<O: Outbox> SyncWorker<O> {
+    /// Starts the worker on the current tokio runtime. It connects, applies the migrations, then
+    /// ships the outbox until [`SyncHandle::stop`] (or until the handle is dropped).
+    pub fn spawn(outbox: O, mut config: SyncConfig) -> SyncHandle<O> {
+        config.batch = config.batch.max(1);
+        config.backoff_max = config.backoff_max.max(config.backoff_min);
+        let outbox = Arc::new(outbox);
+        let shared = Arc::new(Shared { progress: Mutex::new(Progress::default()), wake: Notify::new() });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let worker = SyncWorker {
+            outbox: Arc::clone(&outbox),
+            config,
+            shared: Arc::clone(&shared),
+            stop: stop_rx,
+            client: None,
+            migrated: false,
+        };
+        let task = tokio::spawn(worker.run());
+        SyncHandle { outbox, shared, stop: stop_tx, task }
+    }
+
+    async fn run(mut self) {
+        let mut delay = self.config.backoff_min;
+        loop {
+            let pause = match self.step().await {
+                Ok(shipped) => {
+                    delay = self.config.backoff_min;
+                    let mut progress = self.shared.progress();
+                    if progress.failures > 0 {
+                        tracing::info!(failures = progress.failures, "bkg_db sync recovered");
+                    }
+                    progress.failures = 0;
+                    if shipped > 0 {
+                        progress.last_success_ms = Some(now_ms());
+                    }
+                    // A full batch means more is probably waiting: go on at once.
+                    if shipped == self.config.batch { None } else { Some(self.config.idle_poll) }
+                }
+                Err(error) => {
+                    if let SyncError::Gap { after, .. } = &error
+                        && let Err(requeue) = self.outbox.requeue_after(*after).await
+                    {
+                        tracing::warn!(error = %requeue, "could not requeue the outbox after a gap");
+                    }
+                    if self.client.as_ref().is_some_and(Client::is_closed) {
+                        self.client = None;
+                    }
+                    let pause = jitter(delay);
+                    delay = (delay * 2).min(self.config.backoff_max);
+                    let message = error.to_string();
+                    let mut progress = self.shared.progress();
+                    progress.failures = progress.failures.saturating_add(1);
+                    tracing::warn!(error = %message, failures = progress.failures, retry_in = ?pause, "bkg_db sync failed");
+                    progress.last_error = Some(message);
+                    progress.last_error_ms = Some(now_ms());
+                    Some(pause)
+                }
+            };
+            if *self.stop.borrow() {
+                break;
+            }
+            let Some(pause) = pause else { continue };
+            tokio::select! {
+                // A dropped handle stops the worker too.
+                _ = self.stop.changed() => break,
+                _ = self.shared.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// One attempt: make sure of a connection, then ship one batch. Returns how many events it
+    /// shipped.
+    async fn step(&mut self) -> Result<usize, SyncError> {
+        let limit = self.config.timeout;
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            let client = tokio::time::timeout(limit, connect(&self.config.db_url))
+                .await
+                .map_err(|_| SyncError::Timeout(limit))??;
+            self.client = Some(client);
+        }
+        let Some(client) = self.client.as_mut() else { return Ok(0) };
+        if !self.migrated {
+            let migrated = tokio::time::timeout(limit, migrate(client)).await;
+            match migrated {
+                Ok(result) => result?,
+                Err(_) => {
+                    self.client = None;
+                    return Err(SyncError::Timeout(limit));
+                }
+            };
+            self.migrated = true;
+        }
+
+        let events = self.outbox.pending(self.config.batch).await?;
+        let Some(last) = events.last().map(|event| event.seq) else { return Ok(0) };
+        match tokio::time::timeout(limit, ship::ship(client, &events)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                // The transaction may still be open on the server: only a new connection is sure
+                // to start clean.
+                self.client = None;
+                return Err(SyncError::Timeout(limit));
+            }
+        }
+        self.outbox.mark_synced(last).await?;
+        Ok(events.len())
+    }
+}
+
+/// Between half and all of `delay`.
+fn jitter(delay: Duration) -> Duration {
+    let random = RandomState::new().hash_one(now_ms());
+    let half = delay / 2;
+    half + half.mul_f64((random % 1024) as f64 / 1024.0)
+}
+
+/// The running worker, for status and shutdown.
+pub struct SyncHandle<O> {
+    outbox: Arc<O>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl<O: Outbox> SyncHandle<O> {
+    pub async fn status(&self) -> Result<SyncStatus, SyncError> {
+        let backlog = self.outbox.backlog().await?;
+        let progress = self.shared.progress();
+        Ok(SyncStatus {
+            backlog: backlog.events,
+            lag_ms: backlog.oldest_ts_ms.map(|oldest| now_ms().saturating_sub(oldest)),
+            last_success_ms: progress.last_success_ms,
+            last_error: progress.last_error.clone(),
+            last_error_ms: progress.last_error_ms,
+            failures: progress.failures,
+        })
+    }
+
+    /// Tells an idle worker that the outbox has news, so it ships now rather than at its next
+    /// poll. Call it after committing events; it never blocks.
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Stops the worker: a batch in flight is finished (within `timeout`), a pause cut short.
+    /// What is not shipped stays in the outbox for the next start.
+    pub async fn stop(self) {
+        // An error means the worker is gone already.
+        let _ = self.stop.send(true);
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "bkg_db sync worker ended abnormally");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_between_half_and_all() {
+        for _ in 0..100 {
+            let pause = jitter(Duration::from_millis(800));
+            assert!(pause >= Duration::from_millis(400) && pause <= Duration::from_millis(800), "{pause:?}");
+        }
+    }
+}

@@ -1,0 +1,822 @@
+//! The sync of an agent's outbox to bkg_db, against a real PostgreSQL: row-level security per
+//! namespace, idempotent replays, an outage and a restart, two agents at once, and concurrent
+//! migrations.
+//!
+//! The tests start their own throwaway clusters with `scripts/postgres.sh` (PostgreSQL must be
+//! installed: `scripts/setup.sh`): one shared by all test processes (one under `cargo test`, one
+//! per test under nextest), each test in a database of its own, and one more for the outage test,
+//! which stops and restarts its server. A watcher stops the clusters and deletes them once the
+//! processes using them have exited. The outbox is an in-memory stand-in for the agent's SQLite
+//! one.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bkg_agent::sync::{self, Backlog, Outbox, OutboxEvent, SyncConfig, SyncError, SyncHandle, SyncStatus, SyncWorker};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type TestResult = Result<(), BoxError>;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/postgres.sh");
+/// Login roles of the tests, members of the group roles the migration creates.
+const AGENT_ROLE: (&str, &str) = ("bkg_test_agent", "agent-secret");
+const ADMIN_ROLE: (&str, &str) = ("bkg_test_admin", "admin-secret");
+/// Every table a namespace's rows live in.
+const DATA_TABLES: &[&str] = &["namespaces", "agents", "sandboxes", "runs", "keys", "audit_events"];
+
+// ---------------------------------------------------------------------------------------------
+// Clusters and databases
+
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+    password: String,
+}
+
+impl Cluster {
+    /// Starts the cluster in the temp dir's `name` (or joins it, when another test process
+    /// started it); it is gone once every process that joined has exited.
+    fn start(name: &str) -> Result<Self, BoxError> {
+        let dir = std::env::temp_dir().join(name);
+        script("start", &dir)?;
+        let url = script("url", &dir)?;
+        let config = tokio_postgres::Config::from_str(&url)?;
+        let port = *config.get_ports().first().ok_or("no port in the cluster's URL")?;
+        let password = String::from_utf8(config.get_password().ok_or("no password in the cluster's URL")?.to_vec())?;
+        Ok(Self { dir, port, password })
+    }
+
+    fn url(&self, user: &str, password: &str, database: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{}?sslmode=disable", self.port, database_name(database))
+    }
+
+    fn superuser(&self, database: &str) -> String {
+        self.url("postgres", &self.password, database)
+    }
+
+    fn stop(&self) -> Result<(), BoxError> {
+        script("stop", &self.dir).map(drop)
+    }
+
+    fn restart(&self) -> Result<(), BoxError> {
+        script("start", &self.dir).map(drop)
+    }
+
+    /// Serializes, across test processes, what changes roles: roles belong to the cluster, and
+    /// the advisory locks of migrations and of `ensure_namespace_role` are per database. Held
+    /// until the returned connection is dropped.
+    async fn lock(&self) -> Result<Client, BoxError> {
+        let client = sync::connect(&self.superuser("postgres")).await?;
+        client.execute("SELECT pg_advisory_lock(7)", &[]).await?;
+        Ok(client)
+    }
+
+    /// Creates, once per cluster, the group roles (by migrating a database for the purpose) and
+    /// the login roles of the tests.
+    async fn create_test_roles(&self) -> TestResult {
+        let lock = self.lock().await?;
+        if count(&lock, "SELECT count(*) FROM pg_roles WHERE rolname = 'bkg_test_agent'").await? > 0 {
+            return Ok(());
+        }
+        let mut client = self.create_database("bkg_roles").await?;
+        sync::migrate(&mut client).await?;
+        for (role, password) in [AGENT_ROLE, ADMIN_ROLE] {
+            let group = if role == AGENT_ROLE.0 { "bkg_agent" } else { "bkg_admin" };
+            client.batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE {group}")).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates an empty database and returns a superuser connection to it.
+    async fn create_database(&self, name: &str) -> Result<Client, BoxError> {
+        let postgres = sync::connect(&self.superuser("postgres")).await?;
+        postgres.batch_execute(&format!("CREATE DATABASE {}", database_name(name))).await?;
+        Ok(sync::connect(&self.superuser(name)).await?)
+    }
+
+    /// A new database, migrated by the superuser.
+    async fn migrated_database(&self, name: &str) -> Result<Client, BoxError> {
+        let mut client = self.create_database(name).await?;
+        sync::migrate(&mut client).await?;
+        Ok(client)
+    }
+}
+
+/// Test processes share a cluster (nextest runs each test in a process of its own): each names
+/// its databases after itself.
+fn database_name(name: &str) -> String {
+    if name == "postgres" { name.to_owned() } else { format!("{name}_{}", std::process::id()) }
+}
+
+fn script(command: &str, dir: &std::path::Path) -> Result<String, BoxError> {
+    let output = Command::new("bash")
+        .arg(SCRIPT)
+        .arg(command)
+        .arg(dir)
+        .env("BKG_PG_OWNER_PID", std::process::id().to_string())
+        .output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "scripts/postgres.sh {command} failed (is PostgreSQL installed? scripts/setup.sh): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+static SHARED: OnceCell<Cluster> = OnceCell::const_new();
+
+/// The cluster most tests share, each in a database of its own.
+async fn shared() -> Result<&'static Cluster, BoxError> {
+    SHARED
+        .get_or_try_init(|| async {
+            let cluster = Cluster::start("bkg-sync-tests")?;
+            cluster.create_test_roles().await?;
+            Ok::<_, BoxError>(cluster)
+        })
+        .await
+}
+
+async fn count(client: &Client, sql: &str) -> Result<i64, BoxError> {
+    Ok(client.query_one(sql, &[]).await?.try_get(0)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// An in-memory outbox and the histories it holds
+
+#[derive(Default)]
+struct State {
+    events: Vec<OutboxEvent>,
+    synced: u64,
+    /// The next this many `mark_synced` calls fail, as if the agent's store had.
+    failing_marks: u32,
+    /// Every `through_seq` marked, in call order.
+    marks: Vec<u64>,
+}
+
+#[derive(Clone, Default)]
+struct MemOutbox(Arc<Mutex<State>>);
+
+impl MemOutbox {
+    fn with(events: Vec<OutboxEvent>) -> Self {
+        Self(Arc::new(Mutex::new(State { events, ..State::default() })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, events: Vec<OutboxEvent>) {
+        self.state().events.extend(events);
+    }
+}
+
+impl Outbox for MemOutbox {
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxEvent>, SyncError> {
+        let state = self.state();
+        Ok(state.events.iter().filter(|event| event.seq > state.synced).take(limit).cloned().collect())
+    }
+
+    async fn mark_synced(&self, through_seq: u64) -> Result<(), SyncError> {
+        let mut state = self.state();
+        if state.failing_marks > 0 {
+            state.failing_marks -= 1;
+            return Err(SyncError::Outbox("the store is busy (injected)".into()));
+        }
+        state.marks.push(through_seq);
+        state.synced = state.synced.max(through_seq);
+        Ok(())
+    }
+
+    async fn requeue_after(&self, seq: u64) -> Result<(), SyncError> {
+        let mut state = self.state();
+        state.synced = state.synced.min(seq);
+        Ok(())
+    }
+
+    async fn backlog(&self) -> Result<Backlog, SyncError> {
+        let state = self.state();
+        let pending: Vec<_> = state.events.iter().filter(|event| event.seq > state.synced).collect();
+        Ok(Backlog { events: pending.len() as u64, oldest_ts_ms: pending.first().map(|event| event.ts_ms) })
+    }
+}
+
+/// Events `first..` of an agent in the shape the agent writes them.
+struct History {
+    agent_id: String,
+    events: Vec<OutboxEvent>,
+}
+
+impl History {
+    fn new(agent_id: &str) -> Self {
+        let mut history = Self { agent_id: agent_id.to_owned(), events: Vec::new() };
+        history.push("", "log.opened", Value::Null);
+        history
+    }
+
+    fn push(&mut self, namespace: &str, action: &str, payload: Value) {
+        let seq = self.events.len() as u64 + 1;
+        // Recent, so that the lag the status reports is small but not zero.
+        let ts_ms = bkg_agent::ids::now_ms() - 60_000 + seq;
+        let line = json!({
+            "seq": seq, "ts_ms": ts_ms, "agent_id": self.agent_id, "namespace": namespace, "action": action,
+            "prev_hash": format!("{:064x}", seq - 1), "sig": format!("{seq:0128x}"),
+        })
+        .to_string();
+        let agent_id = self.agent_id.clone();
+        self.events.push(OutboxEvent {
+            seq,
+            agent_id,
+            namespace: namespace.into(),
+            action: action.into(),
+            ts_ms,
+            line,
+            payload,
+        });
+    }
+
+    /// A sandbox and a key per namespace, `runs` runs spread over the namespaces, then the keys
+    /// revoked and a login each.
+    fn with_runs(agent_id: &str, namespaces: &[&str], runs: usize) -> Self {
+        let mut history = Self::new(agent_id);
+        for namespace in namespaces {
+            history.push(
+                namespace,
+                "sandbox.created",
+                json!({"id": format!("sb-{namespace}"), "name": "api", "namespace": namespace,
+                       "project_dir": "/srv/app", "language": "python", "env": {"TOKEN": "do-not-ship"}}),
+            );
+            history.push(
+                namespace,
+                "key.created",
+                json!({"id": format!("key-{namespace}"), "role": "namespace", "namespace": namespace,
+                       "hash": "5e884898", "secret": "bkg_ns_do-not-ship", "created_at_ms": 1}),
+            );
+        }
+        history.add_runs(namespaces, 0..runs);
+        for namespace in namespaces {
+            history.push(namespace, "key.revoked", json!({"id": format!("key-{namespace}")}));
+            history.push(namespace, "login", Value::Null);
+        }
+        history
+    }
+
+    fn add_runs(&mut self, namespaces: &[&str], runs: std::ops::Range<usize>) {
+        for index in runs {
+            let namespace = namespaces[index % namespaces.len()];
+            let id = format!("run-{}-{index}", self.agent_id);
+            self.push(
+                namespace,
+                "run.started",
+                json!({"id": id, "sandbox_id": format!("sb-{namespace}"), "namespace": namespace, "language": "python",
+                       "limits": {"memory_bytes": 268435456}, "started_at_ms": index, "finished_at_ms": null}),
+            );
+            self.push(
+                namespace,
+                "run.finished",
+                json!({"id": id, "exit_code": 0, "signal": null, "killed_by": null, "wall_ms": 12, "cpu_ms": 5,
+                       "peak_memory_bytes": 1048576, "finished_at_ms": index + 12}),
+            );
+        }
+    }
+
+    fn runs(&self) -> i64 {
+        self.events.iter().filter(|event| event.action == "run.started").count() as i64
+    }
+}
+
+fn fast(db_url: String) -> SyncConfig {
+    SyncConfig {
+        batch: 25,
+        idle_poll: Duration::from_millis(50),
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(800),
+        timeout: Duration::from_secs(10),
+        ..SyncConfig::new(db_url)
+    }
+}
+
+/// Waits until `check` holds, at most `limit`.
+async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Result<bool, BoxError>) -> TestResult {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting until {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn drained(handle: &SyncHandle<MemOutbox>) -> TestResult {
+    eventually("the outbox is drained", Duration::from_secs(30), async || Ok(handle.status().await?.backlog == 0)).await
+}
+
+/// What bkg_db holds of an agent's audit trail: every `(seq, line)`, in seq order.
+async fn audit_trail(client: &Client, agent_id: &str) -> Result<Vec<(i64, String)>, BoxError> {
+    let rows =
+        client.query("SELECT seq, line FROM audit_events WHERE agent_id = $1 ORDER BY seq", &[&agent_id]).await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+fn expected_trail(events: &[OutboxEvent]) -> Vec<(i64, String)> {
+    events.iter().map(|event| (event.seq as i64, event.line.clone())).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row-level security: a database with the rows of two namespaces, and a role for each
+
+struct RlsDb {
+    superuser: String,
+    admin: String,
+    namespace_a: String,
+    namespace_b: String,
+}
+
+const NS_A: &str = "rls-a";
+const NS_B: &str = "rls-b";
+
+static RLS: OnceCell<RlsDb> = OnceCell::const_new();
+
+async fn rls_db() -> Result<&'static RlsDb, BoxError> {
+    RLS.get_or_try_init(|| async {
+        let cluster = shared().await?;
+        let mut superuser = cluster.migrated_database("t_rls").await?;
+        let history = History::with_runs("agent-rls", &[NS_A, NS_B], 6);
+        let handle =
+            SyncWorker::spawn(MemOutbox::with(history.events), fast(cluster.url(AGENT_ROLE.0, AGENT_ROLE.1, "t_rls")));
+        drained(&handle).await?;
+        handle.stop().await;
+        let lock = cluster.lock().await?;
+        let role_a = sync::ensure_namespace_role(&mut superuser, NS_A, "password-a").await?;
+        let role_b = sync::ensure_namespace_role(&mut superuser, NS_B, "password-b").await?;
+        drop(lock);
+        Ok::<_, BoxError>(RlsDb {
+            superuser: cluster.superuser("t_rls"),
+            admin: cluster.url(ADMIN_ROLE.0, ADMIN_ROLE.1, "t_rls"),
+            namespace_a: cluster.url(&role_a, "password-a", "t_rls"),
+            namespace_b: cluster.url(&role_b, "password-b", "t_rls"),
+        })
+    })
+    .await
+}
+
+/// A row of `table` in `namespace`, as an INSERT.
+fn insert_row(table: &str, namespace: &str) -> String {
+    match table {
+        // The namespace is the key: its own row exists, so this updates it; another's is refused
+        // before the conflict is looked at.
+        "namespaces" => {
+            format!(
+                "INSERT INTO namespaces VALUES ('{namespace}', 1, 1) ON CONFLICT (namespace) DO UPDATE SET first_seen_ms = 1"
+            )
+        }
+        "agents" => format!("INSERT INTO agents VALUES ('agent-new', '{namespace}', 1, 1, 1)"),
+        "sandboxes" => format!(
+            "INSERT INTO sandboxes (agent_id, id, namespace, seq, updated_at_ms, state) VALUES ('agent-new', 'x', '{namespace}', 1, 1, '{{}}')"
+        ),
+        "runs" => format!(
+            "INSERT INTO runs (agent_id, id, namespace, seq, state) VALUES ('agent-new', 'x', '{namespace}', 1, '{{}}')"
+        ),
+        "keys" => format!(
+            "INSERT INTO keys (agent_id, id, namespace, seq, metadata) VALUES ('agent-new', 'x', '{namespace}', 1, '{{}}')"
+        ),
+        _ => format!("INSERT INTO audit_events VALUES ('agent-new', 1, '{namespace}', 'login', 1, '{{}}')"),
+    }
+}
+
+fn is_denied(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+}
+
+#[tokio::test]
+async fn a_namespace_role_selects_only_its_own_rows_in_every_table() -> TestResult {
+    let db = rls_db().await?;
+    let superuser = sync::connect(&db.superuser).await?;
+    for (url, own, other) in [(&db.namespace_a, NS_A, NS_B), (&db.namespace_b, NS_B, NS_A)] {
+        let client = sync::connect(url).await?;
+        for table in DATA_TABLES {
+            let theirs = count(&client, &format!("SELECT count(*) FROM {table} WHERE namespace <> '{own}'")).await?;
+            assert_eq!(theirs, 0, "{own} sees rows of others in {table}");
+            let asked = count(&client, &format!("SELECT count(*) FROM {table} WHERE namespace = '{other}'")).await?;
+            assert_eq!(asked, 0, "{own} sees {other}'s rows in {table} when it asks for them");
+            let mine = count(&client, &format!("SELECT count(*) FROM {table}")).await?;
+            let all_mine =
+                count(&superuser, &format!("SELECT count(*) FROM {table} WHERE namespace = '{own}'")).await?;
+            assert!(mine > 0 && mine == all_mine, "{own} sees {mine} of its {all_mine} rows in {table}");
+        }
+        // The mapping table shows a role its own namespace only.
+        let mapped: Vec<String> = client
+            .query("SELECT namespace FROM bkg_namespace_roles", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(mapped, [own]);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_role_cannot_insert_rows_of_another_namespace() -> TestResult {
+    let db = rls_db().await?;
+    let mut client = sync::connect(&db.namespace_a).await?;
+    for table in DATA_TABLES {
+        let transaction = client.transaction().await?;
+        let result = transaction.execute(&insert_row(table, NS_B), &[]).await;
+        assert!(result.as_ref().is_err_and(is_denied), "insert into {table} as {NS_B}: {result:?}");
+    }
+    // Its own namespace it may write (the audit trail excepted): what stops it above is the
+    // namespace, not a blanket refusal.
+    for table in DATA_TABLES.iter().filter(|table| **table != "audit_events") {
+        let transaction = client.transaction().await?;
+        assert_eq!(transaction.execute(&insert_row(table, NS_A), &[]).await?, 1, "{table}");
+        transaction.rollback().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_role_cannot_update_rows_of_another_namespace() -> TestResult {
+    let db = rls_db().await?;
+    let mut client = sync::connect(&db.namespace_a).await?;
+    for table in DATA_TABLES.iter().filter(|table| **table != "audit_events") {
+        let transaction = client.transaction().await?;
+        let theirs = format!("UPDATE {table} SET namespace = namespace WHERE namespace = '{NS_B}'");
+        assert_eq!(transaction.execute(&theirs, &[]).await?, 0, "{table}: updated {NS_B}'s rows");
+        // Nor can it move its own rows over to the other namespace.
+        let moved = transaction.execute(&format!("UPDATE {table} SET namespace = '{NS_B}'"), &[]).await;
+        assert!(moved.as_ref().is_err_and(is_denied), "{table}: moved rows to {NS_B}: {moved:?}");
+        transaction.rollback().await?;
+    }
+    let result = client.execute("UPDATE audit_events SET line = '{}'", &[]).await;
+    assert!(result.as_ref().is_err_and(is_denied), "audit_events: {result:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_role_cannot_delete_rows_of_another_namespace() -> TestResult {
+    let db = rls_db().await?;
+    let mut client = sync::connect(&db.namespace_a).await?;
+    let superuser = sync::connect(&db.superuser).await?;
+    for table in DATA_TABLES.iter().filter(|table| **table != "audit_events") {
+        let before = count(&superuser, &format!("SELECT count(*) FROM {table} WHERE namespace = '{NS_B}'")).await?;
+        let transaction = client.transaction().await?;
+        let deleted = transaction.execute(&format!("DELETE FROM {table} WHERE namespace = '{NS_B}'"), &[]).await?;
+        // Unfiltered, it can only reach its own rows.
+        let all = transaction.execute(&format!("DELETE FROM {table}"), &[]).await?;
+        let own = count(&superuser, &format!("SELECT count(*) FROM {table} WHERE namespace = '{NS_A}'")).await?;
+        transaction.rollback().await?;
+        assert_eq!(deleted, 0, "{table}: deleted {NS_B}'s rows");
+        assert_eq!(all as i64, own, "{table}: an unfiltered delete reached beyond {NS_A}");
+        let after = count(&superuser, &format!("SELECT count(*) FROM {table} WHERE namespace = '{NS_B}'")).await?;
+        assert_eq!((before, after), (before, before), "{table}");
+    }
+    let result = client.execute(&format!("DELETE FROM audit_events WHERE namespace = '{NS_A}'"), &[]).await;
+    assert!(result.as_ref().is_err_and(is_denied), "audit_events: {result:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_role_cannot_pick_another_namespace() -> TestResult {
+    let db = rls_db().await?;
+    let client = sync::connect(&db.namespace_a).await?;
+    let remap = client.execute(&format!("UPDATE bkg_namespace_roles SET namespace = '{NS_B}'"), &[]).await;
+    assert!(remap.as_ref().is_err_and(is_denied), "remapped itself: {remap:?}");
+    let add =
+        client.execute(&format!("INSERT INTO bkg_namespace_roles VALUES ('bkg_ns_{NS_A}x', '{NS_B}')"), &[]).await;
+    assert!(add.as_ref().is_err_and(is_denied), "added a mapping: {add:?}");
+    let become_b = client.batch_execute(&format!("SET ROLE \"bkg_ns_{NS_B}\"")).await;
+    assert!(become_b.as_ref().is_err_and(is_denied), "became {NS_B}: {become_b:?}");
+    // A session setting means nothing to the policies.
+    client.batch_execute(&format!("SET bkg.namespace = '{NS_B}'")).await?;
+    assert_eq!(count(&client, &format!("SELECT count(*) FROM runs WHERE namespace = '{NS_B}'")).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_admin_role_sees_every_row() -> TestResult {
+    let db = rls_db().await?;
+    let admin = sync::connect(&db.admin).await?;
+    let superuser = sync::connect(&db.superuser).await?;
+    for table in DATA_TABLES {
+        let sql = format!("SELECT count(DISTINCT namespace) * 1000000 + count(*) FROM {table}");
+        let (seen, all) = (count(&admin, &sql).await?, count(&superuser, &sql).await?);
+        assert_eq!(seen, all, "{table}");
+    }
+    // Both namespaces and the agent's own records (namespace '').
+    let namespaces = count(&admin, "SELECT count(DISTINCT namespace) FROM audit_events").await?;
+    assert_eq!(namespaces, 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn namespace_role_passwords_rotate() -> TestResult {
+    let cluster = shared().await?;
+    let mut superuser = cluster.migrated_database("t_rotate").await?;
+    let namespace = format!("rotate-{}", std::process::id());
+    let role = sync::ensure_namespace_role(&mut superuser, &namespace, "first").await?;
+    assert_eq!(role, format!("bkg_ns_{namespace}"));
+    sync::connect(&cluster.url(&role, "first", "t_rotate")).await?;
+    assert_eq!(sync::ensure_namespace_role(&mut superuser, &namespace, "second").await?, role);
+    assert!(sync::connect(&cluster.url(&role, "first", "t_rotate")).await.is_err());
+    sync::connect(&cluster.url(&role, "second", "t_rotate")).await?;
+    // Still one mapping, still a plain login role.
+    let mapped = format!("SELECT count(*) FROM bkg_namespace_roles WHERE namespace = '{namespace}'");
+    assert_eq!(count(&superuser, &mapped).await?, 1);
+    let plain = format!(
+        "SELECT count(*) FROM pg_roles WHERE rolname = '{role}' AND NOT (rolsuper OR rolcreaterole OR rolbypassrls)"
+    );
+    assert_eq!(count(&superuser, &plain).await?, 1);
+
+    for bad in ["", &"n".repeat(60)] {
+        let result = sync::ensure_namespace_role(&mut superuser, bad, "x").await;
+        assert!(matches!(result, Err(SyncError::Namespace(_))), "{bad:?}: {result:?}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migrations
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_and_safe_to_run_at_once() -> TestResult {
+    let cluster = shared().await?;
+    let mut first = cluster.create_database("t_migrate").await?;
+    let mut second = sync::connect(&cluster.superuser("t_migrate")).await?;
+    let (one, two) = tokio::join!(sync::migrate(&mut first), sync::migrate(&mut second));
+    let (mut one, mut two) = (one?, two?);
+    let all: Vec<i32> = (1..=sync::latest_version()).collect();
+    one.append(&mut two);
+    one.sort_unstable();
+    assert_eq!(one, all, "every version applied exactly once between the two");
+    assert!(sync::migrate(&mut first).await?.is_empty());
+
+    let versions = count(&first, "SELECT count(*) * 1000 + max(version) FROM bkg_schema_migrations").await?;
+    assert_eq!(versions, all.len() as i64 * 1000 + i64::from(sync::latest_version()));
+    // Row-level security is enabled and forced on every table of the schema.
+    let unprotected: Vec<String> = first
+        .query(
+            "SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'
+             AND NOT (relrowsecurity AND relforcerowsecurity)",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(unprotected.is_empty(), "without forced RLS: {unprotected:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_database_owner_that_is_not_a_superuser_can_migrate() -> TestResult {
+    let cluster = shared().await?;
+    let (owner_role, namespace) = (database_name("bkg_test_owner"), database_name("owned"));
+    let lock = cluster.lock().await?;
+    lock.batch_execute(&format!("CREATE ROLE {owner_role} LOGIN CREATEROLE PASSWORD 'owner-secret'")).await?;
+    lock.batch_execute(&format!("CREATE DATABASE {} OWNER {owner_role}", database_name("t_owner"))).await?;
+    let mut owner = sync::connect(&cluster.url(&owner_role, "owner-secret", "t_owner")).await?;
+    assert_eq!(sync::migrate(&mut owner).await?, (1..=sync::latest_version()).collect::<Vec<_>>());
+    let role = sync::ensure_namespace_role(&mut owner, &namespace, "pw").await?;
+    drop(lock);
+    // An agent then ships through it, migrations already in place.
+    let history = History::with_runs("agent-owned", &[&namespace], 2);
+    let handle = SyncWorker::spawn(
+        MemOutbox::with(history.events.clone()),
+        fast(cluster.url(AGENT_ROLE.0, AGENT_ROLE.1, "t_owner")),
+    );
+    drained(&handle).await?;
+    handle.stop().await;
+    assert_eq!(audit_trail(&owner, "agent-owned").await?, expected_trail(&history.events));
+    let namespace = sync::connect(&cluster.url(&role, "pw", "t_owner")).await?;
+    assert_eq!(count(&namespace, "SELECT count(*) FROM runs").await?, 2);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shipping
+
+#[tokio::test]
+async fn replayed_events_create_no_duplicates_and_never_roll_state_back() -> TestResult {
+    let cluster = shared().await?;
+    let client = cluster.create_database("t_replay").await?;
+    let history = History::with_runs("agent-replay", &["alpha", "beta"], 20);
+    let outbox = MemOutbox::with(history.events.clone());
+    // mark_synced fails now and then, so batches already committed are shipped again.
+    outbox.state().failing_marks = 3;
+    // As a superuser the worker migrates the empty database itself.
+    let handle = SyncWorker::spawn(outbox.clone(), SyncConfig { batch: 7, ..fast(cluster.superuser("t_replay")) });
+    drained(&handle).await?;
+    let status = handle.status().await?;
+    assert_eq!(status.failures, 0);
+    assert!(status.last_error.as_deref().is_some_and(|error| error.contains("injected")), "{status:?}");
+    handle.stop().await;
+    assert_eq!(
+        count(&client, "SELECT max(version)::bigint FROM bkg_schema_migrations").await?,
+        i64::from(sync::latest_version())
+    );
+
+    // And the whole outbox once more, as after a restore of the agent's state.
+    outbox.state().synced = 0;
+    let handle = SyncWorker::spawn(outbox.clone(), fast(cluster.superuser("t_replay")));
+    drained(&handle).await?;
+    handle.stop().await;
+
+    assert_eq!(audit_trail(&client, "agent-replay").await?, expected_trail(&history.events));
+    assert_eq!(count(&client, "SELECT count(*) FROM runs").await?, history.runs());
+    // Every run kept what run.started said and what run.finished added.
+    let complete =
+        "SELECT count(*) FROM runs WHERE language = 'python' AND exit_code = 0 AND finished_at_ms IS NOT NULL
+        AND limits IS NOT NULL AND state ? 'started_at_ms' AND state ? 'wall_ms'";
+    assert_eq!(count(&client, complete).await?, history.runs());
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM keys WHERE revoked_at_ms IS NOT NULL AND hash IS NOT NULL").await?,
+        2
+    );
+    // What must not leave the agent did not.
+    assert_eq!(count(&client, "SELECT count(*) FROM keys WHERE metadata ? 'secret'").await?, 0);
+    assert_eq!(count(&client, "SELECT count(*) FROM sandboxes WHERE state ? 'env'").await?, 0);
+    let last = history.events.len() as i64;
+    assert_eq!(count(&client, "SELECT max(last_seq) FROM agents WHERE agent_id = 'agent-replay'").await?, last);
+    assert_eq!(count(&client, "SELECT count(*) FROM namespaces").await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_outbox_with_a_hole_is_not_shipped_past_it() -> TestResult {
+    let cluster = shared().await?;
+    let client = cluster.migrated_database("t_gap").await?;
+    let mut history = History::with_runs("agent-gap", &["gap"], 3);
+    let shipped = history.events.clone();
+    let outbox = MemOutbox::with(shipped.clone());
+    let handle = SyncWorker::spawn(outbox.clone(), fast(cluster.url(AGENT_ROLE.0, AGENT_ROLE.1, "t_gap")));
+    drained(&handle).await?;
+    // Two events are lost before they reach the outbox: the worker stops short of the hole.
+    history.add_runs(&["gap"], 3..5);
+    outbox.push(history.events[history.events.len() - 2..].to_vec());
+    handle.wake();
+    eventually("the hole is reported", Duration::from_secs(10), async || {
+        let status: SyncStatus = handle.status().await?;
+        Ok(status.failures > 0 && status.last_error.as_deref().is_some_and(|error| error.contains("missing")))
+    })
+    .await?;
+    handle.stop().await;
+    assert_eq!(audit_trail(&client, "agent-gap").await?, expected_trail(&shipped));
+    Ok(())
+}
+
+/// bkg_db is restored from a backup older than what the agent has marked synced: the agent
+/// sends again what bkg_db lacks, from its outbox.
+#[tokio::test]
+async fn after_a_restore_of_bkg_db_the_agent_sends_again_what_it_lacks() -> TestResult {
+    let cluster = shared().await?;
+    let client = cluster.migrated_database("t_restore").await?;
+    let mut history = History::with_runs("agent-restore", &["restore"], 5);
+    let outbox = MemOutbox::with(history.events.clone());
+    let handle = SyncWorker::spawn(outbox.clone(), fast(cluster.url(AGENT_ROLE.0, AGENT_ROLE.1, "t_restore")));
+    drained(&handle).await?;
+    // The backup was taken after event 6.
+    client.batch_execute("DELETE FROM audit_events WHERE seq > 6").await?;
+    let shipped = history.events.len();
+    history.add_runs(&["restore"], 5..8);
+    outbox.push(history.events[shipped..].to_vec());
+    handle.wake();
+    eventually("bkg_db holds the whole history again", Duration::from_secs(20), async || {
+        Ok(audit_trail(&client, "agent-restore").await? == expected_trail(&history.events))
+    })
+    .await?;
+    let status = handle.status().await?;
+    assert!(status.last_error.as_deref().is_some_and(|error| error.contains("missing")), "{status:?}");
+    handle.stop().await;
+    assert_eq!(count(&client, "SELECT count(*) FROM runs WHERE exit_code = 0").await?, 8);
+    Ok(())
+}
+
+/// Another line under a seq bkg_db already holds is a second history of the agent, not a replay.
+#[tokio::test]
+async fn a_different_line_under_a_synced_seq_is_refused() -> TestResult {
+    let cluster = shared().await?;
+    let client = cluster.migrated_database("t_fork").await?;
+    let history = History::with_runs("agent-fork", &["fork"], 2);
+    let outbox = MemOutbox::with(history.events.clone());
+    let handle = SyncWorker::spawn(outbox.clone(), fast(cluster.url(AGENT_ROLE.0, AGENT_ROLE.1, "t_fork")));
+    drained(&handle).await?;
+    {
+        let mut state = outbox.state();
+        state.events[3].line.push(' ');
+        state.synced = 0;
+    }
+    handle.wake();
+    eventually("the fork is reported", Duration::from_secs(10), async || {
+        let status = handle.status().await?;
+        Ok(status.failures > 0 && status.last_error.as_deref().is_some_and(|error| error.contains("different")))
+    })
+    .await?;
+    handle.stop().await;
+    assert_eq!(audit_trail(&client, "agent-fork").await?, expected_trail(&history.events));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_writing_at_once_both_end_complete() -> TestResult {
+    let cluster = shared().await?;
+    let client = cluster.migrated_database("t_two").await?;
+    let agent_url = cluster.url(AGENT_ROLE.0, AGENT_ROLE.1, "t_two");
+    let one = History::with_runs("agent-one", &["shared", "own-1"], 120);
+    let two = History::with_runs("agent-two", &["own-2", "shared"], 120);
+    let handles = [
+        SyncWorker::spawn(MemOutbox::with(one.events.clone()), SyncConfig { batch: 10, ..fast(agent_url.clone()) }),
+        SyncWorker::spawn(MemOutbox::with(two.events.clone()), SyncConfig { batch: 10, ..fast(agent_url) }),
+    ];
+    for handle in &handles {
+        drained(handle).await?;
+    }
+    for handle in handles {
+        handle.stop().await;
+    }
+    for history in [&one, &two] {
+        assert_eq!(
+            audit_trail(&client, &history.agent_id).await?,
+            expected_trail(&history.events),
+            "{}",
+            history.agent_id
+        );
+        let runs = format!("SELECT count(*) FROM runs WHERE agent_id = '{}' AND exit_code = 0", history.agent_id);
+        assert_eq!(count(&client, &runs).await?, history.runs());
+    }
+    let namespaces: BTreeSet<String> =
+        client.query("SELECT namespace FROM namespaces", &[]).await?.iter().map(|row| row.get(0)).collect();
+    assert_eq!(namespaces, BTreeSet::from(["own-1".into(), "own-2".into(), "shared".into()]));
+    assert_eq!(count(&client, "SELECT count(*) FROM agents WHERE namespace = 'shared'").await?, 2);
+    Ok(())
+}
+
+/// PostgreSQL goes down with the worker running; the agent restarts while it is down; it comes
+/// back and the backlog drains, in order, with nothing lost.
+#[tokio::test]
+async fn while_postgres_is_down_the_worker_backs_off_and_then_drains_in_order() -> TestResult {
+    let cluster = Cluster::start(&format!("bkg-sync-test-{}-outage", std::process::id()))?;
+    cluster.create_test_roles().await?;
+    let client = cluster.migrated_database("t_outage").await?;
+    drop(client);
+    let agent_url = cluster.url(AGENT_ROLE.0, AGENT_ROLE.1, "t_outage");
+    let mut history = History::with_runs("agent-outage", &["outage"], 5);
+    let outbox = MemOutbox::with(history.events.clone());
+    let handle = SyncWorker::spawn(outbox.clone(), fast(agent_url.clone()));
+    drained(&handle).await?;
+
+    cluster.stop()?;
+    let shipped = history.events.len();
+    history.add_runs(&["outage"], 5..30);
+    outbox.push(history.events[shipped..].to_vec());
+    handle.wake();
+    eventually("the outage is reported", Duration::from_secs(10), async || {
+        let status = handle.status().await?;
+        Ok(status.failures >= 2 && status.last_error.is_some())
+    })
+    .await?;
+    // Backing off: a few attempts in two seconds, not a busy loop (pauses of 50–800 ms).
+    let before = handle.status().await?.failures;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = handle.status().await?;
+    let attempts = status.failures - before;
+    assert!((1..=20).contains(&attempts), "{attempts} attempts in 2 s");
+    assert_eq!(status.backlog, 50);
+    assert!(status.lag_ms.is_some_and(|lag| lag >= 50_000), "{status:?}");
+
+    // The agent restarts, with nothing but its outbox, while bkg_db is still down.
+    handle.stop().await;
+    let handle = SyncWorker::spawn(outbox.clone(), fast(agent_url));
+    eventually("the restarted worker reports the outage", Duration::from_secs(10), async || {
+        Ok(handle.status().await?.failures >= 1)
+    })
+    .await?;
+    cluster.restart()?;
+    drained(&handle).await?;
+    let status = handle.status().await?;
+    assert_eq!((status.failures, status.backlog, status.lag_ms), (0, 0, None));
+    assert!(status.last_success_ms.is_some());
+    handle.stop().await;
+
+    let client = sync::connect(&cluster.superuser("t_outage")).await?;
+    assert_eq!(audit_trail(&client, "agent-outage").await?, expected_trail(&history.events));
+    assert_eq!(count(&client, "SELECT count(*) FROM runs WHERE exit_code = 0").await?, 30);
+    // Batches were marked in seq order, each continuing the one before.
+    let marks = outbox.state().marks.clone();
+    assert!(marks.windows(2).all(|pair| pair[0] < pair[1]), "{marks:?}");
+    assert_eq!(marks.last().copied(), Some(history.events.len() as u64));
+    cluster.stop()?;
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! Where the CLI finds the API key of a remote agent: `BKG_API_KEY`, else the kernel keyring
+//! (keyutils), else `~/.config/bkg/credentials` (mode 0600), each keyed by the agent's URL.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::exit::CliError;
+
+pub const API_KEY_ENV: &str = "BKG_API_KEY";
+/// `file` keeps keys in the credentials file only (where no kernel keyring is usable).
+pub const STORE_ENV: &str = "BKG_CREDENTIAL_STORE";
+const KEYRING_SERVICE: &str = "bkg";
+
+/// Where `bkg login` put a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    Keyring,
+    File(PathBuf),
+}
+
+/// The agent's base URL: `http://HOST:PORT`. TLS is not built in (see docs/api.md).
+pub fn parse_remote(text: &str) -> Result<reqwest::Url, CliError> {
+    let url = reqwest::Url::parse(text).map_err(|error| CliError::usage(format!("--remote `{text}`: {error}")))?;
+    match url.scheme() {
+        "http" if url.host().is_some() => Ok(url),
+        "https" => Err(CliError::usage(format!(
+            "--remote `{text}`: https is not supported by this build; reach the agent over http (loopback, a tunnel)"
+        ))),
+        _ => Err(CliError::usage(format!("--remote `{text}` must be an http://HOST:PORT URL"))),
+    }
+}
+
+/// The name a key is kept under: the agent's origin.
+fn account(remote: &reqwest::Url) -> String {
+    remote.origin().ascii_serialization()
+}
+
+fn file_only() -> bool {
+    std::env::var(STORE_ENV).is_ok_and(|value| value == "file")
+}
+
+fn keyring_entry(remote: &reqwest::Url) -> Result<keyring_core::Entry, keyring_core::Error> {
+    let store: Arc<keyring_core::CredentialStore> = linux_keyutils_keyring_store::Store::new()?;
+    keyring_core::Entry::new_in_store(&store, KEYRING_SERVICE, &account(remote))
+}
+
+pub fn credentials_file() -> PathBuf {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("/root/.config"));
+    config.join("bkg").join("credentials")
+}
+
+fn read_file() -> Result<BTreeMap<String, String>, CliError> {
+    let path = credentials_file();
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|error| CliError::usage(format!("{} is not a bkg credentials file: {error}", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(error) => Err(CliError::usage(format!("cannot read {}: {error}", path.display()))),
+    }
+}
+
+/// The key for `remote`: `BKG_API_KEY`, else the keyring, else the credentials file.
+pub fn key_for(remote: &reqwest::Url) -> Result<String, CliError> {
+    if let Ok(key) = std::env::var(API_KEY_ENV)
+        && !key.trim().is_empty()
+    {
+        return Ok(key.trim().to_owned());
+    }
+    if !file_only()
+        && let Ok(key) = keyring_entry(remote).and_then(|entry| entry.get_password())
+    {
+        return Ok(key);
+    }
+    read_file()?.remove(&account(remote)).ok_or_else(|| {
+        CliError::usage(format!(
+            "no API key for {}: run `bkg login --remote {}` or set {API_KEY_ENV}",
+            account(remote),
+            account(remote)
+        ))
+    })
+}
+
+/// Keeps `key` for `remote`: in the keyring when it works (read back to be sure), else in the
+/// credentials file.
+pub fn keep(remote: &reqwest::Url, key: &str) -> Result<Kept, CliError> {
+    if !file_only() {
+        let kept = keyring_entry(remote)
+            .and_then(|entry| entry.set_password(key).and_then(|()| entry.get_password()))
+            .is_ok_and(|stored| stored == key);
+        if kept {
+            return Ok(Kept::Keyring);
+        }
+    }
+    let path = credentials_file();
+    let mut keys = read_file()?;
+    keys.insert(account(remote), key.to_owned());
+    let failed = |error: std::io::Error| CliError::usage(format!("cannot write {}: {error}", path.display()));
+    let dir = path.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    // Written beside the file and renamed over it, born 0600: never a moment with a wider mode.
+    let mut temporary = tempfile::Builder::new().prefix(".credentials").tempfile_in(&dir).map_err(failed)?;
+    let json = serde_json::to_vec_pretty(&keys).map_err(|error| CliError::internal(error.to_string()))?;
+    temporary.write_all(&json).map_err(failed)?;
+    temporary.persist(&path).map_err(|error| failed(error.error))?;
+    Ok(Kept::File(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_urls_name_a_remote_agent() {
+        assert!(parse_remote("http://127.0.0.1:8080").is_ok());
+        assert!(parse_remote("https://agent.example").is_err());
+        assert!(parse_remote("agent:8080").is_err());
+        assert!(parse_remote("not a url").is_err());
+        let url = parse_remote("http://127.0.0.1:8080/").map(|url| account(&url)).unwrap_or_default();
+        assert_eq!(url, "http://127.0.0.1:8080");
+    }
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Fuzzes the HTTP API of a real agent on loopback TCP with schemathesis, against the checked-in
+# schema/openapi.yaml: no 5xx, and every answer (status, content type, headers, body) as the
+# document says. Bounded: a few examples per operation and a time budget. Needs root (the agent
+# does) and the debug binaries (`cargo build --workspace`). `make api-fuzz` runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+examples=${BKG_FUZZ_EXAMPLES:-15}
+budget=${BKG_FUZZ_SECONDS:-240}
+work=$(mktemp -d /tmp/bkg-fuzz-XXXXXX)
+agent_pid=""
+cleanup() {
+  if [[ -n $agent_pid ]]; then
+    kill -TERM "$agent_pid" 2>/dev/null || true
+    wait "$agent_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The defaults are the maximum: the fuzzer cannot ask for more than a default run.
+./target/debug/bkg-agent --foreground --socket "$work/agent.sock" --state-dir "$work/state" \
+  --cgroup-dir "bkg-fuzz-$$" --uid-base $((0x50000000)) --warm-pool 1 \
+  --max-timeout 60s --max-memory 512MiB --max-disk 500MiB \
+  --listen 127.0.0.1:0 --listen-address-file "$work/address" >"$work/agent.log" 2>&1 &
+agent_pid=$!
+for _ in $(seq 200); do
+  [[ -s $work/address ]] && break
+  kill -0 "$agent_pid" 2>/dev/null || { cat "$work/agent.log" >&2; echo "api-fuzz: the agent did not start" >&2; exit 1; }
+  sleep 0.05
+done
+address=$(cat "$work/address")
+key=$(BKG_SOCKET="$work/agent.sock" BKG_NO_AUTOSTART=1 ./target/debug/bkg keys create --role admin --name fuzz 2>/dev/null)
+
+status=0
+# Shutdown would end the run under test; every other operation is fuzzed.
+schemathesis --config-file tests/api/schemathesis.toml run schema/openapi.yaml \
+  --url "http://$address" \
+  --header "Authorization: Bearer $key" \
+  --checks all \
+  --max-examples "$examples" \
+  --max-time "$budget" \
+  --request-timeout 30 \
+  --workers 2 \
+  --seed "${BKG_FUZZ_SEED:-1}" \
+  --exclude-path /api/v1/agent/shutdown \
+  --suppress-health-check all \
+  --warnings off \
+  --report junit --report-dir "${BKG_FUZZ_REPORT_DIR:-target/schemathesis}" || status=$?
+if ((status != 0)); then
+  echo "api-fuzz: schemathesis found problems (exit $status); the agent's log follows" >&2
+  tail -n 50 "$work/agent.log" >&2
+fi
+exit "$status"

@@ -1,0 +1,855 @@
+//! The agent's HTTP API on loopback TCP: keys, roles and namespaces, expiry, rotation and
+//! revocation, signed rotation notices, rate limits, health, metrics, traces, MCP, the CLI's
+//! `login`/`keys`/`--remote`, and the curl examples of docs/api.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bkg_tests::http::{Answer, Client, Receiver, request};
+use bkg_tests::{Agent, AgentOptions, code, stderr, stdout};
+use hmac::{KeyInit, Mac};
+use serde_json::{Value, json};
+
+const WEBHOOK_SECRET: &str = "an-example-secret-of-more-than-32-bytes";
+
+/// An agent listening on 127.0.0.1 (besides its socket) and an admin key made over the socket.
+struct ApiAgent {
+    agent: Agent,
+    address: String,
+    admin_key: String,
+    _files: tempfile::TempDir,
+}
+
+impl ApiAgent {
+    fn start(extra_args: &[&str]) -> Self {
+        Self::start_with(extra_args, Vec::new(), 1)
+    }
+
+    fn start_with(extra_args: &[&str], env: Vec<(String, String)>, warm_pool: usize) -> Self {
+        let files = tempfile::Builder::new().prefix("bkg-api-").tempdir().expect("temp dir");
+        let address_file = files.path().join("address");
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--listen-address-file".into(),
+            address_file.display().to_string(),
+        ];
+        args.extend(extra_args.iter().map(|arg| arg.to_string()));
+        let agent = Agent::start_with(AgentOptions { warm_pool, extra_args: args, env });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let address = loop {
+            if let Ok(text) = std::fs::read_to_string(&address_file)
+                && text.ends_with('\n')
+            {
+                break text.trim().to_owned();
+            }
+            assert!(Instant::now() < deadline, "no TCP address written:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let created = agent.bkg().args(["keys", "create", "--role", "admin", "--name", "tests"]).output().expect("bkg");
+        assert_eq!(code(&created), 0, "bkg keys create: {}", stderr(&created));
+        let admin_key = stdout(&created).trim().to_owned();
+        assert!(admin_key.starts_with("bkg_admin_"), "{admin_key}");
+        Self { agent, address, admin_key, _files: files }
+    }
+
+    fn client(&self, key: &str) -> Client {
+        Client::new(&self.address, Some(key))
+    }
+
+    fn admin(&self) -> Client {
+        self.client(&self.admin_key)
+    }
+
+    fn anonymous(&self) -> Client {
+        Client::new(&self.address, None)
+    }
+
+    /// Creates a key with the admin key; returns (id, secret).
+    fn key(&self, role: &str, namespace: Option<&str>) -> (String, String) {
+        let mut body = json!({ "role": role });
+        if let Some(namespace) = namespace {
+            body["namespace"] = json!(namespace);
+        }
+        let answer = self.admin().post("/api/v1/auth/keys", &body);
+        assert_eq!(answer.status, 201, "create {role} key: {}", answer.text());
+        let key = answer.json();
+        (key["id"].as_str().unwrap_or_default().to_owned(), key["key"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+fn expect(answer: &Answer, status: u16, what: &str) {
+    assert_eq!(answer.status, status, "{what}: {}", answer.text());
+    if status >= 400 {
+        let body = answer.json();
+        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{what}: {body}");
+    }
+}
+
+fn python_run(namespace: Option<&str>) -> Value {
+    let mut body = json!({ "language": "python", "code": "print('hi from', __import__('os').getcwd())" });
+    if let Some(namespace) = namespace {
+        body["namespace"] = json!(namespace);
+    }
+    body
+}
+
+#[test]
+fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
+    let api = ApiAgent::start(&[]);
+    let (anonymous, admin) = (api.anonymous(), api.admin());
+
+    // No key, a malformed header or an unknown key: 401 everywhere, even for unknown paths.
+    for path in ["/healthz", "/metrics", "/api/v1/runs", "/api/v1/sandboxes", "/mcp", "/no/such/path"] {
+        expect(&anonymous.get(path), 401, path);
+    }
+    let basic = request(&api.address, "GET", "/healthz", &[("Authorization", "Basic YTpi")], b"");
+    expect(&basic, 401, "basic auth");
+    expect(&api.client("bkg_admin_not-a-real-key").get("/healthz"), 401, "unknown key");
+    assert_eq!(admin.get("/healthz").json()["status"], "ok");
+
+    let (team_id, team) = api.key("namespace", Some("team"));
+    let (_, other) = api.key("namespace", Some("other"));
+    let (model_id, model) = api.key("model-access", Some("team"));
+    let team = api.client(&team);
+    let other = api.client(&other);
+    let model = api.client(&model);
+
+    // A namespace key runs code in its own namespace only.
+    let ran = team.post("/api/v1/runs", &python_run(None));
+    expect(&ran, 200, "namespace key runs code");
+    assert_eq!(ran.json()["stdout"], "hi from /workspace\n");
+    let run_id = ran.json()["id"].as_str().unwrap_or_default().to_owned();
+    expect(&team.post("/api/v1/runs", &python_run(Some("other"))), 403, "another namespace's run");
+    let by_admin = admin.post("/api/v1/runs", &python_run(Some("elsewhere")));
+    expect(&by_admin, 200, "an admin names any namespace");
+    assert_eq!(team.get(&format!("/api/v1/runs/{run_id}")).json()["namespace"], "team");
+    expect(&other.get(&format!("/api/v1/runs/{run_id}")), 404, "another namespace's run is not found");
+    let listed = team.get("/api/v1/runs").json();
+    assert!(
+        listed.as_array().is_some_and(|runs| !runs.is_empty() && runs.iter().all(|run| run["namespace"] == "team"))
+    );
+    expect(&team.get("/api/v1/runs?namespace=other"), 403, "listing another namespace");
+    expect(&team.get("/api/v1/runs?limit=0"), 400, "a limit out of range");
+    assert_eq!(admin.get("/api/v1/runs?namespace=elsewhere").json().as_array().map(Vec::len), Some(1));
+
+    // Sandboxes: the team's are invisible to the other namespace.
+    let created = team.post("/api/v1/sandboxes", &json!({ "name": "box", "language": "python" }));
+    expect(&created, 201, "create a sandbox");
+    let sandbox = created.json();
+    assert_eq!(sandbox["namespace"], "team");
+    let id = sandbox["id"].as_str().unwrap_or_default().to_owned();
+    expect(
+        &team.post("/api/v1/sandboxes", &json!({ "name": "box", "language": "python" })),
+        409,
+        "the same name again",
+    );
+    for (method, path) in [
+        ("GET", format!("/api/v1/sandboxes/{id}")),
+        ("POST", format!("/api/v1/sandboxes/{id}/stop")),
+        ("POST", format!("/api/v1/sandboxes/{id}/start")),
+        ("GET", format!("/api/v1/sandboxes/{id}/logs")),
+        ("DELETE", format!("/api/v1/sandboxes/{id}")),
+    ] {
+        expect(&other.send(method, &path, None, &[]), 404, &format!("{method} {path} from another namespace"));
+    }
+    let exec = json!({ "command": "echo hi" });
+    expect(&other.post(&format!("/api/v1/sandboxes/{id}/exec"), &exec), 404, "exec from another namespace");
+    assert_eq!(other.get("/api/v1/sandboxes").json(), json!([]), "the other namespace sees none");
+    expect(
+        &team.post("/api/v1/sandboxes", &json!({ "name": "x", "namespace": "other", "language": "python" })),
+        403,
+        "creating in another namespace",
+    );
+    // Host paths and volumes are for admins only.
+    let outside = json!({ "name": "host", "namespace": "team", "project_dir": "/tmp", "language": "python" });
+    expect(&team.send("PUT", "/api/v1/sandboxes/host-0", Some(&outside), &[]), 403, "a host project dir");
+
+    // Keys: a namespace key makes session and model-access keys of its namespace only.
+    let session = team.post("/api/v1/auth/keys", &json!({ "role": "session" }));
+    expect(&session, 201, "namespace key creates a session key");
+    assert_eq!(session.json()["namespace"], "team");
+    assert!(session.json()["key"].as_str().is_some_and(|key| key.starts_with("bkg_sess_")));
+    expect(&team.post("/api/v1/auth/keys", &json!({ "role": "namespace", "namespace": "team" })), 403, "ns → ns key");
+    expect(&team.post("/api/v1/auth/keys", &json!({ "role": "admin" })), 403, "ns → admin key");
+    expect(&team.post("/api/v1/auth/keys", &json!({ "role": "session", "namespace": "other" })), 403, "other ns");
+    let visible = team.get("/api/v1/auth/keys").json();
+    assert!(visible.as_array().is_some_and(|keys| keys.iter().all(|key| key["namespace"] == "team")), "{visible}");
+    expect(&other.get(&format!("/api/v1/auth/keys/{team_id}")), 404, "another namespace's key");
+    let session_key = session.json()["key"].as_str().unwrap_or_default().to_owned();
+    let session = api.client(&session_key);
+    expect(&session.post("/api/v1/runs", &python_run(None)), 200, "a session key runs code");
+    expect(&session.post("/api/v1/auth/keys", &json!({ "role": "session" })), 403, "session → keys");
+    assert_eq!(session.get("/api/v1/auth/keys").json().as_array().map(Vec::len), Some(1), "only itself");
+    expect(&session.get(&format!("/api/v1/auth/keys/{team_id}")), 404, "session sees no other key");
+
+    // Model-access keys reach no sandbox and no code.
+    expect(&model.post("/api/v1/runs", &python_run(None)), 403, "model-access runs code");
+    expect(&model.get("/api/v1/sandboxes"), 403, "model-access lists sandboxes");
+    assert_eq!(model.get("/api/v1/auth/whoami").json()["role"], "model-access");
+    assert_eq!(model.get(&format!("/api/v1/auth/keys/{model_id}")).json()["id"], model_id.as_str());
+
+    // Admin-only endpoints.
+    for client in [&team, &session, &model] {
+        expect(&client.get("/metrics"), 403, "metrics");
+        expect(&client.get("/api/v1/agent"), 403, "agent info");
+        expect(&client.post("/api/v1/agent/shutdown", &json!({})), 403, "shutdown");
+        let signup = json!({ "username": "eve", "password": "long enough password", "namespace": "team" });
+        expect(&client.post("/api/v1/auth/signup", &signup), 403, "signup");
+    }
+    assert_eq!(admin.get("/api/v1/agent").json()["version"], env!("CARGO_PKG_VERSION"));
+
+    // Malformed input: 400 for broken JSON, 422 for wrong values, 413 for a huge body, 405 for a
+    // wrong method; never 500.
+    let broken = request(
+        &api.address,
+        "POST",
+        "/api/v1/runs",
+        &[("Authorization", &format!("Bearer {}", api.admin_key)), ("Content-Type", "application/json")],
+        b"{not json",
+    );
+    expect(&broken, 400, "broken JSON");
+    expect(&admin.post("/api/v1/runs", &json!({ "language": "cobol", "code": "" })), 422, "unknown language");
+    expect(&admin.post("/api/v1/runs", &json!(["python", "print(1)"])), 422, "an array body");
+    expect(
+        &admin.post("/api/v1/runs", &json!({ "language": "python", "code": "", "limits": [1, 2] })),
+        422,
+        "array limits",
+    );
+    expect(
+        &admin.post(
+            "/api/v1/runs",
+            &json!({ "language": "python", "code": "", "limits": { "memory_bytes": 1u64 << 50 } }),
+        ),
+        422,
+        "above max",
+    );
+    let huge = request(
+        &api.address,
+        "POST",
+        "/api/v1/runs",
+        &[("Authorization", &format!("Bearer {}", api.admin_key)), ("Content-Length", "100000000")],
+        b"",
+    );
+    expect(&huge, 413, "a body over the limit");
+    let patch = admin.send("PATCH", "/api/v1/runs", None, &[]);
+    expect(&patch, 405, "a wrong method");
+    assert_eq!(patch.error_code(), "method_not_allowed");
+    expect(&admin.get("/api/v1/nothing"), 404, "an unknown path");
+
+    // The socket needs no key; a key sent there speaks for its holder.
+    let on_socket = api.agent.bkg().args(["keys", "ls", "--json"]).output().expect("bkg keys ls");
+    assert_eq!(code(&on_socket), 0, "{}", stderr(&on_socket));
+    let all: Value = serde_json::from_slice(&on_socket.stdout).expect("keys JSON");
+    assert!(all.as_array().is_some_and(|keys| keys.len() >= 5), "{all}");
+
+    // /metrics parses with the Prometheus client library's own parsers.
+    let metrics = admin.get("/metrics");
+    expect(&metrics, 200, "metrics");
+    assert!(metrics.header("content-type").is_some_and(|value| value.starts_with("application/openmetrics-text")));
+    let parsed = parse_metrics(&metrics.text());
+    assert!(parsed["bkg_runs"]["ok"].as_f64().unwrap_or(0.0) >= 3.0, "{parsed}");
+    assert!(parsed["bkg_http_requests"]["401"].as_f64().unwrap_or(0.0) >= 7.0, "{parsed}");
+    assert!(parsed["bkg_run_duration_seconds"]["count"].as_f64().unwrap_or(0.0) >= 3.0, "{parsed}");
+    for family in ["bkg_active_sandboxes", "bkg_warm_sandboxes", "bkg_limit_kills", "bkg_rate_limited_requests"] {
+        assert!(
+            parsed["families"].as_array().is_some_and(|names| names.contains(&json!(family))),
+            "{family}: {parsed}"
+        );
+    }
+}
+
+/// Runs tests/api/parse_metrics.py over `text`: both of prometheus_client's parsers must take it.
+fn parse_metrics(text: &str) -> Value {
+    let script = workspace().join("tests/api/parse_metrics.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes()).expect("write metrics");
+    let output = child.wait_with_output().expect("parse_metrics.py");
+    assert_eq!(code(&output), 0, "the metrics do not parse: {}\n{text}", stderr(&output));
+    serde_json::from_slice(&output.stdout).expect("parse_metrics.py JSON")
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+#[test]
+fn sandboxes_are_created_started_followed_executed_stopped_and_deleted_over_tcp() {
+    let api = ApiAgent::start(&[]);
+    let (_, key) = api.key("namespace", Some("web"));
+    let team = api.client(&key);
+    let created = team.post(
+        "/api/v1/sandboxes",
+        &json!({
+            "name": "app",
+            "language": "python",
+            "limits": { "timeout_ms": 20000 },
+            "scripts": { "start": "echo one; sleep 0.3; echo two", "slow": "echo going; sleep 30" },
+        }),
+    );
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    assert!(created.json()["project_dir"].as_str().is_some_and(|dir| dir.ends_with("/namespaces/web")));
+    assert_eq!(team.get(&format!("/api/v1/sandboxes/{id}")).json()["state"], "idle");
+    expect(&team.get(&format!("/api/v1/sandboxes/{id}/logs")), 404, "logs before any run");
+
+    let started = team.send("POST", &format!("/api/v1/sandboxes/{id}/start"), None, &[]);
+    expect(&started, 202, "start");
+    let run_id = started.json()["run_id"].as_str().unwrap_or_default().to_owned();
+    // Followed as server-sent events, the log ends with the run.
+    let events =
+        team.send("GET", &format!("/api/v1/sandboxes/{id}/logs?follow=true"), None, &[("Accept", "text/event-stream")]);
+    expect(&events, 200, "SSE logs");
+    assert_eq!(events.header("content-type"), Some("text/event-stream"));
+    assert_eq!(
+        events.text(),
+        format!("event: log\ndata: one\n\nevent: log\ndata: two\n\nevent: end\ndata: {{\"run_id\":\"{run_id}\"}}\n\n")
+    );
+    let plain = team.get(&format!("/api/v1/sandboxes/{id}/logs"));
+    assert_eq!(plain.text(), "one\ntwo\n");
+    assert!(plain.header("content-type").is_some_and(|value| value.starts_with("text/plain")));
+
+    let ran = team.post(&format!("/api/v1/sandboxes/{id}/exec"), &json!({ "command": "echo kept > f; cat f" }));
+    expect(&ran, 200, "exec");
+    assert_eq!(ran.json()["stdout"], "kept\n");
+    let again = team.post(&format!("/api/v1/sandboxes/{id}/exec"), &json!({ "command": "cat f" }));
+    assert_eq!(again.json()["stdout"], "kept\n", "the workspace persists");
+
+    let slow = team.post(&format!("/api/v1/sandboxes/{id}/start"), &json!({ "script": "slow" }));
+    expect(&slow, 202, "start another script");
+    expect(&team.post(&format!("/api/v1/sandboxes/{id}/exec"), &json!({ "command": "true" })), 409, "busy");
+    expect(&team.post(&format!("/api/v1/sandboxes/{id}/start"), &json!({ "script": "nope" })), 422, "no such script");
+    assert_eq!(team.get(&format!("/api/v1/sandboxes/{id}")).json()["state"], "running");
+    let stopped = team.post(&format!("/api/v1/sandboxes/{id}/stop"), &json!({}));
+    assert_eq!(stopped.json()["stopped"], true);
+    let info = team.get(&format!("/api/v1/sandboxes/{id}")).json();
+    assert_eq!(info["state"], "idle");
+    assert_eq!(info["last_run"]["killed_by"], "cancelled");
+
+    let listed = team.get("/api/v1/sandboxes").json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    expect(&team.delete(&format!("/api/v1/sandboxes/{id}")), 200, "delete");
+    expect(&team.get(&format!("/api/v1/sandboxes/{id}")), 404, "deleted");
+    api.agent.wait_idle();
+}
+
+/// The HMAC-SHA256 signature header of `body` at `timestamp`, as a peer would send it.
+fn sign(timestamp: u64, body: &[u8]) -> String {
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("hmac key");
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("t={timestamp},v1={hex}")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[test]
+fn keys_expire_rotate_and_revoke_at_once_and_rotations_are_signed_to_webhooks() {
+    // The first delivery fails, so the notice must be retried.
+    let webhook = Receiver::start(vec![500]);
+    let secret_dir = tempfile::tempdir().expect("temp dir");
+    let secret_file = secret_dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{WEBHOOK_SECRET}\n")).expect("write secret");
+    let hook = format!("http://{}/hooks/bkg", webhook.address);
+    let api = ApiAgent::start(&[
+        "--session-key-ttl",
+        "2s",
+        "--webhook",
+        &hook,
+        "--webhook-secret-file",
+        secret_file.to_str().expect("path"),
+    ]);
+    let (admin, anonymous) = (api.admin(), api.anonymous());
+
+    // Signup is for admins; login trades a password for a session key of the user's namespace.
+    let signup = json!({ "username": "ada", "password": "correct horse battery", "namespace": "lab" });
+    expect(&admin.post("/api/v1/auth/signup", &signup), 201, "signup");
+    expect(&admin.post("/api/v1/auth/signup", &signup), 409, "the same user again");
+    let short = json!({ "username": "bob", "password": "short", "namespace": "lab" });
+    expect(&admin.post("/api/v1/auth/signup", &short), 422, "a short password");
+    expect(
+        &anonymous.post("/api/v1/auth/login", &json!({ "username": "ada", "password": "wrong password!" })),
+        401,
+        "bad password",
+    );
+    expect(
+        &anonymous.post("/api/v1/auth/login", &json!({ "username": "nobody", "password": "whatever it is" })),
+        401,
+        "no user",
+    );
+    let login =
+        anonymous.post("/api/v1/auth/login", &json!({ "username": "ada", "password": "correct horse battery" }));
+    expect(&login, 201, "login");
+    assert_eq!(login.json()["role"], "session");
+    assert_eq!(login.json()["namespace"], "lab");
+    assert_eq!(login.json()["user"], "ada");
+    let first = login.json()["key"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(api.client(&first).get("/api/v1/auth/whoami").json()["namespace"], "lab");
+
+    // Refresh hands out a new session key and revokes the old one at once.
+    let refreshed = api.client(&first).send("POST", "/api/v1/auth/refresh", None, &[]);
+    expect(&refreshed, 201, "refresh");
+    let second = refreshed.json()["key"].as_str().unwrap_or_default().to_owned();
+    expect(&api.client(&first).get("/api/v1/auth/whoami"), 401, "the refreshed-away key");
+    expect(&api.client(&second).get("/api/v1/auth/whoami"), 200, "the new session key");
+    expect(&admin.send("POST", "/api/v1/auth/refresh", None, &[]), 403, "refreshing an admin key");
+
+    // Expiry: the session TTL is 2 s here.
+    std::thread::sleep(Duration::from_millis(2200));
+    let expired = api.client(&second).get("/api/v1/auth/whoami");
+    expect(&expired, 401, "an expired key");
+    assert!(expired.json()["error"]["message"].as_str().is_some_and(|message| message.contains("expired")));
+    expect(
+        &admin
+            .post("/api/v1/auth/keys", &json!({ "role": "namespace", "namespace": "lab", "ttl_seconds": 999_999_999 })),
+        422,
+        "a TTL above the role's",
+    );
+
+    // Rotation: the old secret is refused at once, the new one works, and the webhook gets a
+    // signed notice (after a retry).
+    let (id, old) = api.key("namespace", Some("lab"));
+    let rotated = admin.send("POST", &format!("/api/v1/auth/keys/{id}/rotate"), None, &[]);
+    expect(&rotated, 200, "rotate");
+    let new = rotated.json()["key"].as_str().unwrap_or_default().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(rotated.json()["id"], id.as_str(), "a rotated key keeps its id");
+    expect(&api.client(&old).get("/api/v1/auth/whoami"), 401, "the old secret after rotation");
+    expect(&api.client(&new).get("/api/v1/auth/whoami"), 200, "the new secret");
+    let deliveries = webhook.wait_for(2, Duration::from_secs(10));
+    assert_eq!(deliveries.len(), 2, "one failed delivery and its retry: {deliveries:?}");
+    let notice = &deliveries[1];
+    assert_eq!((notice.method.as_str(), notice.path.as_str()), ("POST", "/hooks/bkg"));
+    assert_eq!(deliveries[0].header("x-bkg-signature"), notice.header("x-bkg-signature"), "a retry is the same notice");
+    let signature = notice.header("x-bkg-signature").unwrap_or_default().to_owned();
+    let timestamp: u64 = signature.trim_start_matches("t=").split(',').next().and_then(|t| t.parse().ok()).unwrap_or(0);
+    assert!(unix_now().abs_diff(timestamp) < 60);
+    assert_eq!(signature, sign(timestamp, &notice.body), "the signature is HMAC-SHA256 of `t.body`");
+    let body: Value = serde_json::from_slice(&notice.body).expect("notice JSON");
+    assert_eq!(body["event"], "key.rotated");
+    assert_eq!(body["key_id"], id.as_str());
+    assert_eq!(body["namespace"], "lab");
+
+    // The same agent accepts the notice as a peer would send it, once; bad, stale and
+    // replayed notices are refused.
+    let notice_to = |signature: &str, body: &[u8]| {
+        request(
+            &api.address,
+            "POST",
+            "/api/v1/auth/keys/rotated",
+            &[("X-Bkg-Signature", signature), ("Content-Type", "application/json")],
+            body,
+        )
+    };
+    let accepted = notice_to(&signature, &notice.body);
+    expect(&accepted, 202, "a good notice");
+    assert_eq!(accepted.json()["key_id"], id.as_str());
+    let replayed = notice_to(&signature, &notice.body);
+    expect(&replayed, 409, "a replay");
+    assert_eq!(replayed.error_code(), "replayed");
+    let mut tampered = notice.body.clone();
+    tampered.extend_from_slice(b" ");
+    expect(&notice_to(&signature, &tampered), 401, "a tampered body");
+    expect(&notice_to("t=1,v1=00", &notice.body), 401, "a wrong signature");
+    expect(&notice_to("", &notice.body), 401, "no signature");
+    let stale_time = unix_now() - 301;
+    expect(&notice_to(&sign(stale_time, &notice.body), &notice.body), 401, "a stale timestamp");
+    // Signed at another second, the same notice is a new one.
+    let fresh = sign(timestamp + 1, &notice.body);
+    expect(&notice_to(&fresh, &notice.body), 202, "a fresh signature of the same notice");
+
+    // Revocation: 401 from the very next request; delete likewise.
+    let revoked = admin.send("POST", &format!("/api/v1/auth/keys/{id}/revoke"), None, &[]);
+    expect(&revoked, 200, "revoke");
+    assert!(revoked.json()["revoked_at_ms"].is_u64());
+    let refused = api.client(&new).get("/api/v1/auth/whoami");
+    expect(&refused, 401, "a revoked key");
+    assert!(refused.json()["error"]["message"].as_str().is_some_and(|message| message.contains("revoked")));
+    expect(&admin.send("POST", &format!("/api/v1/auth/keys/{id}/rotate"), None, &[]), 409, "rotating a revoked key");
+    let (doomed_id, doomed) = api.key("session", Some("lab"));
+    expect(&admin.delete(&format!("/api/v1/auth/keys/{doomed_id}")), 200, "delete");
+    expect(&api.client(&doomed).get("/api/v1/auth/whoami"), 401, "a deleted key");
+    expect(&admin.get(&format!("/api/v1/auth/keys/{doomed_id}")), 404, "the deleted key is gone");
+
+    let metrics = admin.get("/metrics").text();
+    assert!(metrics.contains("bkg_rotation_webhook_deliveries_total{outcome=\"delivered\"} 1"), "{metrics}");
+}
+
+#[test]
+fn keys_over_their_rate_get_429_with_retry_after_and_socket_peers_are_not_limited() {
+    let api = ApiAgent::start(&["--session-rate-limit", "5", "--namespace-rate-limit", "7"]);
+    let (_, session) = api.key("session", Some("rl"));
+    let (_, namespace) = api.key("namespace", Some("rl"));
+    let session = api.client(&session);
+    for attempt in 1..=5 {
+        expect(&session.get("/api/v1/auth/whoami"), 200, &format!("request {attempt} of 5"));
+    }
+    let limited = session.get("/api/v1/auth/whoami");
+    expect(&limited, 429, "the 6th request in a minute");
+    assert_eq!(limited.error_code(), "rate_limited");
+    let retry_after: u64 = limited.header("retry-after").and_then(|value| value.parse().ok()).unwrap_or(0);
+    assert!((1..=12).contains(&retry_after), "5/min refills one every 12 s: {retry_after}");
+
+    // Another key has its own allowance; the socket has none at all.
+    let namespace = api.client(&namespace);
+    for attempt in 1..=7 {
+        expect(&namespace.get("/api/v1/auth/whoami"), 200, &format!("namespace key request {attempt}"));
+    }
+    expect(&namespace.get("/api/v1/auth/whoami"), 429, "the namespace key's 8th");
+    for _ in 0..20 {
+        let output = api.agent.bkg().args(["keys", "ls", "--json"]).output().expect("bkg keys ls");
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+    }
+    let metrics = api.admin().get("/metrics").text();
+    assert!(metrics.contains("bkg_rate_limited_requests_total{role=\"session\"} 1"), "{metrics}");
+    assert!(metrics.contains("bkg_rate_limited_requests_total{role=\"namespace\"} 1"), "{metrics}");
+}
+
+#[test]
+fn health_is_503_with_the_reason_when_the_store_is_locked_or_sandboxes_cannot_be_made() {
+    // No warm pool: a healthy answer proves a sandbox can be prepared right now.
+    let api = ApiAgent::start_with(&[], Vec::new(), 0);
+    let admin = api.admin();
+    expect(&admin.get("/healthz"), 200, "healthy");
+
+    // Another process holds the store's write lock.
+    let database = api.agent.state_dir.join("state.db");
+    let mut locker = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time\n\
+             db = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             db.execute('BEGIN IMMEDIATE')\n\
+             print('locked', flush=True)\n\
+             sys.stdin.read()\n",
+            database.to_str().expect("path"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(locker.stdout.as_mut().expect("stdout")), &mut line)
+        .expect("locker started");
+    assert_eq!(line.trim(), "locked");
+    let sick = admin.get("/healthz");
+    expect(&sick, 503, "a locked store");
+    assert_eq!(sick.error_code(), "unavailable");
+    assert!(
+        sick.json()["error"]["message"].as_str().is_some_and(|m| m.contains("store not writable")),
+        "{}",
+        sick.text()
+    );
+    drop(locker.stdin.take());
+    locker.wait().expect("locker ends");
+    expect(&admin.get("/healthz"), 200, "the lock is gone");
+
+    // The sandboxes' directory cannot be written (a file stands where it should be).
+    let sandboxes = api.agent.state_dir.join("sandboxes");
+    let moved = api.agent.state_dir.join("sandboxes.moved");
+    std::fs::rename(&sandboxes, &moved).expect("move the sandboxes dir");
+    std::fs::write(&sandboxes, b"not a directory").expect("write a file in its place");
+    let sick = admin.get("/healthz");
+    expect(&sick, 503, "sandboxes cannot be made");
+    assert!(sick.json()["error"]["message"].as_str().is_some_and(|m| m.contains("sandboxes")), "{}", sick.text());
+    std::fs::remove_file(&sandboxes).expect("remove the file");
+    std::fs::rename(&moved, &sandboxes).expect("restore the sandboxes dir");
+    expect(&admin.get("/healthz"), 200, "healthy again");
+}
+
+#[test]
+fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
+    let client = workspace().join("tests/mcp/client.mjs");
+    assert!(
+        workspace().join("tests/mcp/node_modules/@modelcontextprotocol/sdk").exists(),
+        "the MCP SDK is missing: run `npm ci` in tests/mcp (scripts/setup.sh does)"
+    );
+    let api = ApiAgent::start(&[]);
+    let (_, key) = api.key("namespace", Some("agents"));
+    let output =
+        Command::new("node").arg(&client).arg(format!("http://{}/mcp", api.address)).arg(&key).output().expect("node");
+    assert_eq!(code(&output), 0, "client.mjs failed: {}\n{}", stderr(&output), api.agent.log());
+    let summary: Value = serde_json::from_str(stdout(&output).trim()).expect("client.mjs JSON");
+    assert_eq!(summary["refused_bad_key"], true, "{summary}");
+    let mut tools: Vec<&str> =
+        summary["tools"].as_array().into_iter().flatten().filter_map(|tool| tool["name"].as_str()).collect();
+    tools.sort_unstable();
+    assert_eq!(
+        tools,
+        ["sandbox_get_metrics", "sandbox_run_code", "sandbox_run_command", "sandbox_start", "sandbox_stop"]
+    );
+    assert!(summary["tools"].as_array().into_iter().flatten().all(|tool| tool["schema_type"] == "object"));
+    assert_eq!(summary["started"]["namespace"], "agents", "MCP sandboxes are in the key's namespace");
+    assert_eq!(summary["stdout"], "hello from mcp 45\n");
+    assert_eq!(summary["exit_code"], 3);
+    assert_eq!(summary["command_stdout"], "kept\n");
+    assert_eq!(summary["metrics_exit_code"], 0, "the metrics are of the last run (the command)");
+    assert_eq!(summary["stopped"], true);
+    assert_eq!(summary["gone_is_error"], true);
+    assert_eq!(api.admin().get("/api/v1/sandboxes").json(), json!([]), "the sandbox is deleted");
+    api.agent.wait_idle();
+}
+
+#[test]
+fn traces_reach_an_otlp_receiver_unless_sampling_is_zero_and_a_bad_rate_refuses_to_start() {
+    let bad = Command::new(bkg_tests::bin_dir().join("bkg-agent"))
+        .args(["--foreground", "--socket", "/nonexistent/agent.sock"])
+        .env("CAVE_OTEL_SAMPLING_RATE", "1.5")
+        .output()
+        .expect("bkg-agent");
+    assert_eq!(code(&bad), 1);
+    let message = stderr(&bad);
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+    assert!(message.contains("CAVE_OTEL_SAMPLING_RATE") && message.contains("1.5"), "{message}");
+
+    let collector = Receiver::start(Vec::new());
+    let silent = Receiver::start(Vec::new());
+    let env = |rate: &str, receiver: &Receiver| {
+        vec![
+            ("CAVE_OTEL_SAMPLING_RATE".to_owned(), rate.to_owned()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), format!("http://{}", receiver.address)),
+        ]
+    };
+    let traced = ApiAgent::start_with(&[], env("1.0", &collector), 0);
+    let untraced = ApiAgent::start_with(&[], env("0.0", &silent), 0);
+    for api in [&traced, &untraced] {
+        for _ in 0..3 {
+            expect(&api.admin().get("/api/v1/auth/whoami"), 200, "whoami");
+        }
+    }
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    traced.admin().send("GET", "/api/v1/auth/whoami", None, &[("traceparent", parent)]);
+
+    let exports = collector.wait_for(1, Duration::from_secs(10));
+    assert!(!exports.is_empty(), "no spans arrived");
+    assert_eq!(exports[0].path, "/v1/traces");
+    assert!(exports[0].header("content-type").is_some_and(|value| value.starts_with("application/json")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spans = loop {
+        let spans: Vec<Value> = collector
+            .requests()
+            .iter()
+            .filter_map(|export| serde_json::from_slice::<Value>(&export.body).ok())
+            .flat_map(|body| body["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let whoami = spans.iter().filter(|span| span["name"] == "GET /api/v1/auth/whoami").count();
+        if whoami >= 4 || Instant::now() > deadline {
+            break spans;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let whoami: Vec<&Value> = spans.iter().filter(|span| span["name"] == "GET /api/v1/auth/whoami").collect();
+    assert!(whoami.len() >= 4, "{spans:?}");
+    assert!(
+        whoami
+            .iter()
+            .any(|span| span["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+                && span["parentSpanId"] == "00f067aa0ba902b7"),
+        "the traceparent is followed: {spans:?}"
+    );
+    assert!(whoami.iter().all(|span| span["attributes"].as_array().is_some_and(|attributes| {
+        attributes
+            .iter()
+            .any(|attribute| attribute["key"] == "http.response.status_code" && attribute["value"]["intValue"] == "200")
+    })));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(silent.requests().is_empty(), "sampling 0.0 exports nothing");
+}
+
+/// `bkg` with a home of its own, so credentials never touch the real one.
+fn bkg_at(api: &ApiAgent, home: &Path) -> Command {
+    let mut command = api.agent.bkg();
+    command.env("HOME", home).env_remove("XDG_CONFIG_HOME").env_remove("BKG_API_KEY").env_remove("BKG_REMOTE");
+    command
+}
+
+#[test]
+fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
+    let api = ApiAgent::start(&[]);
+    let home = tempfile::tempdir().expect("home");
+    let remote = format!("http://{}", api.address);
+
+    // On the socket, `bkg keys` acts as admin.
+    let created = bkg_at(&api, home.path())
+        .args(["keys", "create", "--role", "namespace", "--namespace", "cli", "--json"])
+        .output()
+        .expect("bkg");
+    assert_eq!(code(&created), 0, "{}", stderr(&created));
+    let issued: Value = serde_json::from_slice(&created.stdout).expect("issued JSON");
+    let (id, key) =
+        (issued["id"].as_str().unwrap_or_default().to_owned(), issued["key"].as_str().unwrap_or_default().to_owned());
+    assert!(stderr(&created).contains("shown only this once"));
+
+    // Remote without any key: one clear line, exit 125.
+    let keyless = bkg_at(&api, home.path()).args(["--remote", &remote, "keys", "ls"]).output().expect("bkg");
+    assert_eq!(code(&keyless), 125);
+    assert!(stderr(&keyless).contains("bkg login"), "{}", stderr(&keyless));
+    let https =
+        bkg_at(&api, home.path()).args(["--remote", "https://example.invalid", "keys", "ls"]).output().expect("bkg");
+    assert_eq!(code(&https), 125);
+    assert_eq!(stderr(&https).lines().count(), 1);
+
+    // `login --key-stdin` falls back to the 0600 credentials file when told to (or when no kernel
+    // keyring can be had), and every later `--remote` command uses the key.
+    let mut login = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "login", "--key-stdin"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg login");
+    std::io::Write::write_all(&mut login.stdin.take().expect("stdin"), format!("{key}\n").as_bytes()).expect("key");
+    let login = login.wait_with_output().expect("bkg login");
+    assert_eq!(code(&login), 0, "{}", stderr(&login));
+    let file = home.path().join(".config/bkg/credentials");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).expect("credentials file").permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let remote_run = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "exe", "-c", "print('remote run')", "--type", "python"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkg exe");
+    assert_eq!(code(&remote_run), 0, "{}", stderr(&remote_run));
+    assert_eq!(stdout(&remote_run), "remote run\n");
+    let listed = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "keys", "ls", "--json"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .output()
+        .expect("bkg");
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("keys JSON");
+    assert!(listed.as_array().is_some_and(|keys| keys.iter().all(|key| key["namespace"] == "cli")), "{listed}");
+
+    // `login --user` reads the password from stdin (no terminal) and keeps a session key.
+    let signup = json!({ "username": "cli-user", "password": "a password for the cli", "namespace": "cli" });
+    expect(&api.admin().post("/api/v1/auth/signup", &signup), 201, "signup");
+    let user_home = tempfile::tempdir().expect("home");
+    let mut login = bkg_at(&api, user_home.path())
+        .args(["--remote", &remote, "login", "--user", "cli-user", "--json"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg login");
+    std::io::Write::write_all(&mut login.stdin.take().expect("stdin"), b"a password for the cli\n").expect("password");
+    let login = login.wait_with_output().expect("bkg login");
+    assert_eq!(code(&login), 0, "{}", stderr(&login));
+    let principal: Value = serde_json::from_slice(&login.stdout).expect("whoami JSON");
+    assert_eq!((principal["role"].as_str(), principal["namespace"].as_str()), (Some("session"), Some("cli")));
+    let mut wrong = bkg_at(&api, user_home.path())
+        .args(["--remote", &remote, "login", "--user", "cli-user"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg login");
+    std::io::Write::write_all(&mut wrong.stdin.take().expect("stdin"), b"not the password\n").expect("password");
+    let wrong = wrong.wait_with_output().expect("bkg login");
+    assert_eq!(code(&wrong), 125);
+    assert_eq!(stderr(&wrong).trim(), "bkg: wrong username or password");
+
+    // BKG_API_KEY wins over what is kept.
+    let (_, session) = api.key("session", Some("elsewhere"));
+    let whoami = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "login", "--key-stdin", "--json"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkg");
+    assert_eq!(code(&whoami), 125, "no key on stdin: {}", stderr(&whoami));
+    let overridden = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "keys", "ls", "--json"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .env("BKG_API_KEY", &session)
+        .output()
+        .expect("bkg");
+    let overridden: Value = serde_json::from_slice(&overridden.stdout).expect("keys JSON");
+    assert!(
+        overridden.as_array().is_some_and(|keys| keys.len() == 1 && keys[0]["namespace"] == "elsewhere"),
+        "{overridden}"
+    );
+
+    // In a session keyring of its own, `login` keeps the key in the kernel keyring (keyutils) and
+    // writes no file.
+    let keyring_home = tempfile::tempdir().expect("home");
+    let script = format!(
+        "printf '%s\\n' \"$KEY\" | {bkg} --remote {remote} login --key-stdin && {bkg} --remote {remote} keys ls --json",
+        bkg = bkg_tests::bkg_bin().display()
+    );
+    let in_keyring = Command::new("python3")
+        .arg(workspace().join("tests/api/new_session_keyring.py"))
+        .args(["sh", "-c", &script])
+        .env("HOME", keyring_home.path())
+        .env("KEY", &key)
+        .env_remove("BKG_API_KEY")
+        .env_remove("BKG_CREDENTIAL_STORE")
+        .output()
+        .expect("python3");
+    assert_eq!(code(&in_keyring), 0, "{}", stderr(&in_keyring));
+    assert!(stderr(&in_keyring).contains("kernel keyring"), "{}", stderr(&in_keyring));
+    assert!(!keyring_home.path().join(".config/bkg/credentials").exists());
+    assert!(stdout(&in_keyring).contains(&id));
+
+    // Rotate and revoke from the CLI: the old secret and then the key stop working.
+    let rotated = bkg_at(&api, home.path()).args(["keys", "rotate", &id]).output().expect("bkg");
+    assert_eq!(code(&rotated), 0, "{}", stderr(&rotated));
+    let new_key = stdout(&rotated).trim().to_owned();
+    assert!(new_key.starts_with("bkg_ns_") && new_key != key);
+    expect(&api.client(&key).get("/api/v1/auth/whoami"), 401, "the rotated-away secret");
+    let revoked = bkg_at(&api, home.path()).args(["keys", "revoke", &id]).output().expect("bkg");
+    assert_eq!(code(&revoked), 0, "{}", stderr(&revoked));
+    expect(&api.client(&new_key).get("/api/v1/auth/whoami"), 401, "the revoked key");
+    let bad_role = bkg_at(&api, home.path()).args(["keys", "create", "--role", "root"]).output().expect("bkg");
+    assert_eq!(code(&bad_role), 125);
+    assert_eq!(stderr(&bad_role).lines().count(), 1, "{}", stderr(&bad_role));
+}
+
+#[test]
+fn the_curl_examples_of_docs_api_md_run_against_a_real_agent() {
+    let api = ApiAgent::start(&[]);
+    let docs = std::fs::read_to_string(workspace().join("docs/api.md")).expect("docs/api.md");
+    // Every ```sh block that uses curl is an example to run, in order, in one shell.
+    let mut script = String::from("set -euo pipefail\n");
+    let mut examples = 0;
+    let mut in_block = false;
+    let mut block = String::new();
+    for line in docs.lines() {
+        if !in_block && line.trim() == "```sh" {
+            in_block = true;
+            block.clear();
+        } else if in_block && line.trim() == "```" {
+            in_block = false;
+            if block.contains("curl ") {
+                examples += 1;
+                script.push_str(&format!("echo '--- example {examples}' >&2\n{block}\n"));
+            }
+        } else if in_block {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    assert!(examples >= 8, "docs/api.md has only {examples} curl examples");
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("BKG_URL", format!("http://{}", api.address))
+        .env("BKG_API_KEY", &api.admin_key)
+        .env("BKG_SOCKET", &api.agent.socket)
+        .output()
+        .expect("bash");
+    assert_eq!(code(&output), 0, "an example failed:\n{}\n{}", stderr(&output), stdout(&output));
+    api.agent.wait_idle();
+}

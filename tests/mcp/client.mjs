@@ -1,0 +1,79 @@
+// Drives the agent's /mcp endpoint with the official MCP TypeScript SDK, as an AI client would:
+// list the tools, start a sandbox, run Python in it, read the output, get the run's metrics and
+// stop it. Prints one JSON summary line on stdout; any failure exits non-zero.
+//
+//   node client.mjs http://127.0.0.1:PORT/mcp API_KEY
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+
+const [url, key] = process.argv.slice(2);
+if (!url || !key) {
+  console.error("usage: node client.mjs MCP_URL API_KEY");
+  process.exit(2);
+}
+
+function connect(bearer) {
+  const transport = new StreamableHTTPClientTransport(new URL(url), {
+    requestInit: { headers: { Authorization: `Bearer ${bearer}` } },
+  });
+  const client = new Client({ name: "bkg-e2e", version: "1.0.0" });
+  return client.connect(transport).then(() => client);
+}
+
+function structured(result, tool) {
+  if (result.isError) {
+    throw new Error(`${tool} failed: ${JSON.stringify(result.content)}`);
+  }
+  return result.structuredContent ?? JSON.parse(result.content[0].text);
+}
+
+// A wrong key is refused before MCP even starts.
+let refused = false;
+try {
+  await connect("bkg_sess_not-a-key");
+} catch (error) {
+  refused = /401|nauthorized/.test(String(error));
+}
+
+const client = await connect(key);
+const { tools } = await client.listTools();
+const started = structured(
+  await client.callTool({ name: "sandbox_start", arguments: { language: "python", memory: "256MiB" } }),
+  "sandbox_start",
+);
+const ran = structured(
+  await client.callTool({
+    name: "sandbox_run_code",
+    arguments: { sandbox_id: started.sandbox_id, code: "import sys\nprint('hello from mcp', sum(range(10)))\nsys.exit(3)\n" },
+  }),
+  "sandbox_run_code",
+);
+const command = structured(
+  await client.callTool({ name: "sandbox_run_command", arguments: { sandbox_id: started.sandbox_id, command: "echo kept > note && cat note" } }),
+  "sandbox_run_command",
+);
+const metrics = structured(
+  await client.callTool({ name: "sandbox_get_metrics", arguments: { sandbox_id: started.sandbox_id } }),
+  "sandbox_get_metrics",
+);
+const stopped = structured(
+  await client.callTool({ name: "sandbox_stop", arguments: { sandbox_id: started.sandbox_id } }),
+  "sandbox_stop",
+);
+const gone = await client.callTool({ name: "sandbox_get_metrics", arguments: { sandbox_id: started.sandbox_id } });
+await client.close();
+
+console.log(
+  JSON.stringify({
+    refused_bad_key: refused,
+    tools: tools.map((tool) => ({ name: tool.name, schema_type: tool.inputSchema?.type, required: tool.inputSchema?.required ?? [] })),
+    started,
+    stdout: ran.stdout,
+    exit_code: ran.exit_code,
+    command_stdout: command.stdout,
+    metrics_run: metrics.id,
+    metrics_exit_code: metrics.exit_code,
+    stopped: stopped.stopped,
+    gone_is_error: gone.isError === true,
+  }),
+);
