@@ -199,9 +199,18 @@ fn note_key_use(state: &AppState, key_id: &str, now: u64) {
     });
 }
 
+/// Takes one request from the allowance of a TCP client that brought no valid key.
+fn charge_anonymous(state: &AppState, peer: Option<SocketAddr>) -> Result<(), Failure> {
+    let address = peer.map(|addr| addr.ip().to_string()).unwrap_or_default();
+    state.auth.limiter.check(&format!("addr:{address}"), ANONYMOUS_PER_MINUTE, Instant::now()).map_err(|wait| {
+        state.metrics.rate_limited(crate::metrics::ANONYMOUS);
+        Failure::rate_limited(retry_after_seconds(wait))
+    })
+}
+
 /// Decides who the caller is and whether they may go on: over TCP a valid key (or, for the open
-/// routes, no key but an allowance per address); on the socket the peer is an admin unless it
-/// presents a key, which then speaks for it.
+/// routes, no key but an allowance per address, which failed keys also use up); on the socket the
+/// peer is an admin unless it presents a key, which then speaks for it.
 async fn authenticate(
     state: &AppState,
     origin: Origin,
@@ -210,17 +219,19 @@ async fn authenticate(
     route: &str,
 ) -> Result<Option<Principal>, Failure> {
     let principal = match (&key, &origin) {
-        (Some(secret), _) => key_principal(state, secret).await?,
+        (Some(secret), _) => match key_principal(state, secret).await {
+            Ok(principal) => principal,
+            Err(failure) => {
+                if let Origin::Tcp(peer) = origin {
+                    charge_anonymous(state, peer)?;
+                }
+                return Err(failure);
+            }
+        },
         (None, Origin::Unix(peer)) => return Ok(Some(Principal::Local { uid: peer.uid })),
         (None, Origin::Tcp(peer)) => {
             if *method == Method::POST && OPEN_ROUTES.contains(&route) {
-                let address = peer.map(|addr| addr.ip().to_string()).unwrap_or_default();
-                if let Err(wait) =
-                    state.auth.limiter.check(&format!("addr:{address}"), ANONYMOUS_PER_MINUTE, Instant::now())
-                {
-                    state.metrics.rate_limited(crate::metrics::ANONYMOUS);
-                    return Err(Failure::rate_limited(retry_after_seconds(wait)));
-                }
+                charge_anonymous(state, *peer)?;
                 return Ok(None);
             }
             return Err(Failure::unauthorized("this endpoint needs `Authorization: Bearer <key>`"));

@@ -108,8 +108,7 @@ impl Tracer {
             |(trace_id, parent)| (trace_id, Some(parent)),
         );
         let low = u64::from_be_bytes(trace_id[8..].try_into().unwrap_or([0; 8]));
-        let sampled = trace_id != [0; 16]
-            && (self.rate >= 1.0 || (low as f64) < self.rate * u64::MAX as f64);
+        let sampled = trace_id != [0; 16] && (self.rate >= 1.0 || (low as f64) < self.rate * u64::MAX as f64);
         TraceContext { trace_id, parent_span_id, sampled }
     }
 

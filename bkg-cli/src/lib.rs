@@ -7,14 +7,14 @@ mod audit_cmd;
 pub mod client;
 mod credentials;
 mod exe;
+pub mod exit;
 mod init;
 mod keys_cmd;
 mod login_cmd;
 pub mod manage;
 mod project;
-mod validate;
-pub mod exit;
 pub mod stream;
+mod validate;
 
 use std::process::ExitCode;
 

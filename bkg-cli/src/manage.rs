@@ -21,7 +21,8 @@ pub fn find_cave_file(start: &Path) -> Option<PathBuf> {
 pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
     let start = match dir {
         Some(dir) => dir.to_path_buf(),
-        None => std::env::current_dir().map_err(|error| CliError::usage(format!("cannot read the current directory: {error}")))?,
+        None => std::env::current_dir()
+            .map_err(|error| CliError::usage(format!("cannot read the current directory: {error}")))?,
     };
     let start = start.canonicalize().map_err(|error| CliError::usage(format!("{}: {error}", start.display())))?;
     let cave = find_cave_file(&start).ok_or_else(|| {
@@ -168,7 +169,10 @@ pub async fn status(global: &GlobalArgs, args: NameArgs) -> Result<i32, CliError
     let client = AgentClient::new(global)?;
     client.ensure_running().await?;
     let Some(info) = fetch(&client, &id_of(&project, &args.name)).await? else {
-        return Err(CliError::new(BKG_FAILED, format!("sandbox `{}` has not run yet in {}", args.name, project.display())));
+        return Err(CliError::new(
+            BKG_FAILED,
+            format!("sandbox `{}` has not run yet in {}", args.name, project.display()),
+        ));
     };
     if args.json {
         print_json(&info)?;
@@ -355,7 +359,9 @@ mod tests {
         );
         assert_eq!(
             remove_sandbox_block(CAVE, "worker").as_deref(),
-            Some("# my project\nversion: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    # the web part\n    scripts:\n      start: python main.py\n\n")
+            Some(
+                "# my project\nversion: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    # the web part\n    scripts:\n      start: python main.py\n\n"
+            )
         );
         assert_eq!(remove_sandbox_block(CAVE, "missing"), None);
         assert_eq!(remove_sandbox_block(CAVE, "start"), None, "a nested key is not a sandbox");

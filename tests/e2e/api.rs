@@ -511,7 +511,18 @@ fn keys_over_their_rate_get_429_with_retry_after_and_socket_peers_are_not_limite
         let output = api.agent.bkg().args(["keys", "ls", "--json"]).output().expect("bkg keys ls");
         assert_eq!(code(&output), 0, "{}", stderr(&output));
     }
+    // Without a key, the open routes allow 30 requests a minute per client address.
+    let anonymous = api.anonymous();
+    for attempt in 1..=30 {
+        let notice = anonymous.post("/api/v1/auth/keys/rotated", &json!({}));
+        expect(&notice, 401, &format!("unsigned notice {attempt}"));
+    }
+    let flooded = anonymous.post("/api/v1/auth/login", &json!({ "username": "x", "password": "y" }));
+    expect(&flooded, 429, "the 31st request without a key");
+    assert!(flooded.header("retry-after").is_some());
+
     let metrics = api.admin().get("/metrics").text();
+    assert!(metrics.contains("bkg_rate_limited_requests_total{role=\"anonymous\"} 1"), "{metrics}");
     assert!(metrics.contains("bkg_rate_limited_requests_total{role=\"session\"} 1"), "{metrics}");
     assert!(metrics.contains("bkg_rate_limited_requests_total{role=\"namespace\"} 1"), "{metrics}");
 }

@@ -67,7 +67,10 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
 fn rm_without_a_terminal_needs_force() {
     let agent = Agent::start();
     let project = tempfile::tempdir().expect("project dir");
-    write(&project.path().join("cave.yaml"), "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: python -c 'print(1)'\n");
+    write(
+        &project.path().join("cave.yaml"),
+        "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: python -c 'print(1)'\n",
+    );
     let rm = bkg_in(&agent, project.path(), &["rm", "api"]);
     assert_eq!(code(&rm), 125);
     assert!(stderr(&rm).contains("--force"), "{}", stderr(&rm));
@@ -108,7 +111,10 @@ fn detach_logs_and_stop() {
         &dir.join("cave.yaml"),
         "version: 1\nnamespace: default\nsandboxes:\n  ticker:\n    type: python\n    limits: { timeout: 2m }\n    scripts:\n      start: python /project/ticker.py\n",
     );
-    write(&dir.join("ticker.py"), "import time\nfor i in range(1000):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n");
+    write(
+        &dir.join("ticker.py"),
+        "import time\nfor i in range(1000):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n",
+    );
     let detached = bkgr(&agent, dir, &["-d", "ticker"]);
     assert_eq!(code(&detached), 0, "stderr: {}", stderr(&detached));
     assert!(stdout(&detached).starts_with("ticker\trun_"), "{}", stdout(&detached));
@@ -165,7 +171,10 @@ fn volumes_are_bound_as_declared_and_may_not_leave_the_project() {
 fn a_missing_sandbox_or_script_is_one_clear_line() {
     let agent = Agent::start();
     let project = tempfile::tempdir().expect("project dir");
-    write(&project.path().join("cave.yaml"), "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: python -V\n");
+    write(
+        &project.path().join("cave.yaml"),
+        "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: python -V\n",
+    );
     let missing = bkgr(&agent, project.path(), &["web"]);
     assert_eq!(code(&missing), 125);
     assert_eq!(stderr(&missing), "bkgr: no sandbox `web` in cave.yaml (it has: api)\n");
