@@ -10,9 +10,12 @@
 //! - `STATE_DIR/audit.pub` holds the public key in hex, rewritten from the secret on every open.
 //!   Each log file also names the key in its `log.opened` record.
 //! - One writer per log: the open log holds an exclusive `flock` on the key file.
-//! - An append writes its lines with one `write` on an `O_APPEND` descriptor and returns only after
-//!   `fdatasync`, so the agent appends BEFORE it changes state or acknowledges: a crash can leave a
-//!   line for a change that never happened (the next lines tell), never a change without its line.
+//! - An append writes its lines with one `write` on an `O_APPEND` descriptor, and the agent appends
+//!   BEFORE it changes state: a crash of the agent can leave a line for a change that never
+//!   happened (the next lines tell), never a change without its line. `sync` makes the lines
+//!   durable (`fdatasync`); the agent calls it right after each change, off the caller's path,
+//!   so a run's result does not wait for the disk. Like the SQLite store beside it (WAL,
+//!   `synchronous=NORMAL`), a power cut may lose what the last moments wrote.
 //! - A crash in the middle of a write leaves a last line without `\n`. No caller was told that
 //!   line was written, so on open it is moved to `audit-NNNNNN.jsonl.torn-<ms>`, the file is cut
 //!   back to its last whole line, and a signed `log.recovered` record says so in the chain.
@@ -132,6 +135,8 @@ pub struct AuditLog {
     recovered: Option<TornTail>,
     /// Lines written since the last `take_written`, headers included: what the outbox must get.
     written: Vec<WrittenLine>,
+    /// Lines were written since the last `sync`.
+    unsynced: bool,
     /// Held, never read: the lock is what keeps a second writer out.
     _lock: Flock<File>,
 }
@@ -194,6 +199,7 @@ impl AuditLog {
             poisoned: false,
             recovered: None,
             written: Vec::new(),
+            unsynced: false,
             _lock: lock,
         };
         if last_line.is_none() {
@@ -215,6 +221,7 @@ impl AuditLog {
             log.append(&event)?;
             log.recovered = Some(torn);
         }
+        log.sync()?;
         Ok(log)
     }
 
@@ -308,7 +315,22 @@ impl AuditLog {
         Ok((first, lines))
     }
 
+    /// Makes every line written so far durable. A failure poisons the log.
+    pub fn sync(&mut self) -> Result<(), AuditError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        if let Err(error) = self.file.sync_data() {
+            self.poisoned = true;
+            return Err(io_error("sync", &self.dir.join(file_name(self.index)))(error));
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
     fn rotate(&mut self) -> Result<(), AuditError> {
+        // The file left behind must hold all its lines before the next file names it.
+        self.sync()?;
         let previous = file_name(self.index);
         let index = self.index + 1;
         let path = self.dir.join(file_name(index));
@@ -342,10 +364,7 @@ impl AuditLog {
             }
             return Err(io_error("write", &path)(error));
         }
-        if let Err(error) = self.file.sync_data() {
-            self.poisoned = true;
-            return Err(io_error("sync", &path)(error));
-        }
+        self.unsynced = true;
         self.len += buffer.len() as u64;
         self.head = rest.last().unwrap_or(first).next();
         self.written.extend(std::iter::once(first).chain(rest).map(WrittenLine::of));

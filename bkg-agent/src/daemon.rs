@@ -62,6 +62,9 @@ pub struct AgentArgs {
     /// Also serve the API on TCP at ADDR:PORT; every request there needs an API key.
     #[arg(long, value_name = "ADDR:PORT", env = "BKG_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
+    /// The shared bkg_db (PostgreSQL URL, `sslmode=` for TLS): every event is synced there.
+    #[arg(long, value_name = "URL", env = "BKG_DB_URL", hide_env_values = true)]
+    pub db_url: Option<String>,
     /// Write the TCP address actually bound (useful with port 0) to this file.
     #[arg(long, value_name = "PATH", requires = "listen")]
     pub listen_address_file: Option<PathBuf>,
@@ -147,6 +150,7 @@ struct ApiOptions {
     webhooks: Vec<String>,
     webhook_key: Option<NoticeKey>,
     sampling_rate: f64,
+    db_url: Option<String>,
 }
 
 fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
@@ -192,6 +196,7 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
         webhooks: args.webhooks.clone(),
         webhook_key,
         sampling_rate,
+        db_url: args.db_url.clone().filter(|url| !url.is_empty()),
     })
 }
 
@@ -309,8 +314,21 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
 
     let shutdown = Arc::new(Notify::new());
     let notifier = Notifier::new(api.webhooks, api.webhook_key).context("build the webhook client")?;
+    // The outbox keeps every event until bkg_db has it; a bkg_db that is down only delays it.
+    let sync = api.db_url.as_ref().map(|url| {
+        let handle = Arc::new(crate::sync::SyncWorker::spawn(store.clone(), crate::sync::SyncConfig::new(url.clone())));
+        let (store, waker) = (store.clone(), Arc::clone(&handle));
+        tokio::spawn(async move {
+            loop {
+                store.outbox_grew().await;
+                waker.wake();
+            }
+        });
+        (handle, url.clone())
+    });
     let state = AppState {
         engine: Arc::clone(&engine),
+        sync: sync.clone(),
         store,
         socket: socket.clone(),
         shutdown: Arc::clone(&shutdown),
@@ -369,6 +387,11 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     engine.remove_cgroup_dirs();
+    if let Some((handle, _)) = sync
+        && let Ok(handle) = Arc::try_unwrap(handle)
+    {
+        handle.stop().await;
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -44,6 +44,8 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     rate_limited: Family<RoleLabel, Counter>,
     webhook_deliveries: Family<OutcomeLabel, Counter>,
+    sync_backlog: Gauge,
+    sync_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Encoding reads the metrics; one scrape at a time keeps the gauges it sets consistent.
     scrape: Mutex<()>,
 }
@@ -105,8 +107,23 @@ impl Default for Metrics {
         for outcome in ["delivered", "failed"] {
             webhook_deliveries.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc_by(0);
         }
+        let sync_backlog = Gauge::default();
+        registry.register(
+            "sync_backlog_events",
+            "Events in the outbox that the shared bkg_db does not have yet",
+            sync_backlog.clone(),
+        );
+        let sync_lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "sync_lag",
+            "Age of the oldest event not yet in bkg_db (0 when none waits)",
+            prometheus_client::registry::Unit::Seconds,
+            sync_lag.clone(),
+        );
         Self {
             registry,
+            sync_backlog,
+            sync_lag,
             runs,
             run_duration,
             limit_kills,
@@ -154,10 +171,18 @@ impl Metrics {
     }
 
     /// The text of `/metrics`, with the gauges read now.
-    pub fn encode(&self, active_sandboxes: usize, warm_sandboxes: usize) -> Result<String, std::fmt::Error> {
+    pub fn encode(
+        &self,
+        active_sandboxes: usize,
+        warm_sandboxes: usize,
+        sync_backlog: u64,
+        sync_lag_ms: Option<u64>,
+    ) -> Result<String, std::fmt::Error> {
         let _scrape = self.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.active_sandboxes.set(i64::try_from(active_sandboxes).unwrap_or(i64::MAX));
         self.warm_sandboxes.set(i64::try_from(warm_sandboxes).unwrap_or(i64::MAX));
+        self.sync_backlog.set(i64::try_from(sync_backlog).unwrap_or(i64::MAX));
+        self.sync_lag.set(sync_lag_ms.unwrap_or(0) as f64 / 1000.0);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)

@@ -79,6 +79,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub tracer: Tracer,
     pub health: Arc<HealthProbe>,
+    /// The bkg_db sync worker and its URL, when one is configured.
+    pub sync: Option<(Arc<crate::sync::SyncHandle<Store>>, String)>,
 }
 
 /// The API's routes, with the gatekeeper in front of every one of them.
@@ -88,6 +90,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(system::metrics))
         .route("/api/v1/agent", get(system::agent_info))
         .route("/api/v1/agent/shutdown", post(system::shutdown))
+        .route("/api/v1/sync", get(system::sync_status))
+        .route("/api/v1/sync/migrate", post(system::sync_migrate))
+        .route("/api/v1/sync/audit/{agent_id}", get(system::sync_audit_lines))
         .route("/api/v1/runs", post(runs::create_run).get(runs::list_runs))
         .route("/api/v1/runs/{id}", get(runs::get_run))
         .route("/api/v1/sandboxes", get(sandboxes::list_sandboxes).post(sandboxes::create_sandbox))

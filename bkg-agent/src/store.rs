@@ -185,6 +185,14 @@ impl Store {
         .await
         .map_err(|_| StoreError::Task)??;
         self.committed.notify_one();
+        // Durable shortly after, not before the caller hears back: see `audit`.
+        let audit = Arc::clone(&self.audit);
+        tokio::task::spawn_blocking(move || {
+            let mut audit = audit.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Err(error) = audit.sync() {
+                tracing::error!(%error, "the audit log could not be made durable");
+            }
+        });
         Ok(value)
     }
 

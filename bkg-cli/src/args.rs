@@ -50,6 +50,10 @@ pub enum Command {
     Rm(crate::manage::RmArgs),
     /// Verify or follow the agent's signed audit log.
     Audit(AuditArgs),
+    /// The sync of the agent's events to the shared bkg_db.
+    Sync(crate::sync_cmd::SyncArgs),
+    /// The shared bkg_db itself.
+    Db(crate::sync_cmd::DbArgs),
     /// Keep an API key for a remote agent (--remote): log in with a password, or give a key.
     Login(crate::login_cmd::LoginArgs),
     /// Create, list, rotate and revoke API keys.

@@ -31,6 +31,9 @@ pub struct AuditVerifyArgs {
     /// Print one JSON object on stdout instead of a line on stderr.
     #[arg(long)]
     pub json: bool,
+    /// Verify the chain as the shared bkg_db holds it (read through the agent), not the local files.
+    #[arg(long, conflicts_with = "files")]
+    pub from_db: bool,
 }
 
 #[derive(Debug, Args)]
@@ -50,8 +53,23 @@ pub struct AuditTailArgs {
 }
 
 /// `bkg audit verify`: 0 when the chain is intact, 1 at the first bad line, 125 on bad input.
-pub async fn verify(args: AuditVerifyArgs) -> Result<i32, CliError> {
-    verify_to(&args, &mut io::stdout().lock(), &mut io::stderr().lock())
+pub async fn verify(global: &crate::args::GlobalArgs, args: AuditVerifyArgs) -> Result<i32, CliError> {
+    if !args.from_db {
+        return verify_to(&args, &mut io::stdout().lock(), &mut io::stderr().lock());
+    }
+    // bkg_db holds the agent's lines in seq order: verify them as one file, with the agent's key.
+    let state_dir = state_dir(args.state_dir.as_deref());
+    let key = load_key(args.key.as_deref(), &state_dir.join("audit.pub"))?;
+    let client = crate::client::AgentClient::new(global)?;
+    let lines: String = client.get_text(&format!("/api/v1/sync/audit/{}", key.agent_id())).await?;
+    let copy = tempfile::Builder::new()
+        .prefix("bkg-audit-from-db-")
+        .suffix(".jsonl")
+        .tempfile()
+        .map_err(|error| CliError::internal(format!("cannot make a temporary file: {error}")))?;
+    std::fs::write(copy.path(), lines).map_err(|error| CliError::internal(error.to_string()))?;
+    let from_db = AuditVerifyArgs { files: vec![copy.path().to_path_buf()], key: Some(key.to_hex()), ..args };
+    verify_to(&from_db, &mut io::stdout().lock(), &mut io::stderr().lock())
 }
 
 pub(crate) fn verify_to(args: &AuditVerifyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, CliError> {

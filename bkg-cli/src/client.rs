@@ -161,6 +161,15 @@ impl AgentClient {
         decode(response).await
     }
 
+    /// A text answer (audit lines).
+    pub async fn get_text(&self, path: &str) -> Result<String, CliError> {
+        let response = self.http.get(self.url(path)).send().await.map_err(|error| self.unreachable(error))?;
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
+        }
+        response.text().await.map_err(|error| self.unreachable(error))
+    }
+
     pub async fn post_empty(&self, path: &str) -> Result<(), CliError> {
         let response = self.http.post(self.url(path)).send().await.map_err(|error| self.unreachable(error))?;
         if response.status().is_success() {

@@ -14,6 +14,7 @@ mod login_cmd;
 pub mod manage;
 mod project;
 pub mod stream;
+mod sync_cmd;
 mod validate;
 
 use std::process::ExitCode;
@@ -47,9 +48,11 @@ pub fn main() -> ExitCode {
             Command::Stop(args) => manage::stop(&cli.global, args).await,
             Command::Rm(args) => manage::rm(&cli.global, args).await,
             Command::Audit(args) => match args.action {
-                args::AuditAction::Verify(args) => audit_cmd::verify(args).await,
+                args::AuditAction::Verify(args) => audit_cmd::verify(&cli.global, args).await,
                 args::AuditAction::Tail(args) => audit_cmd::tail(args).await,
             },
+            Command::Sync(args) => sync_cmd::sync(&cli.global, args).await,
+            Command::Db(args) => sync_cmd::db(&cli.global, args).await,
             Command::Login(args) => login_cmd::run(&cli.global, args).await,
             Command::Keys(args) => keys_cmd::run(&cli.global, args).await,
         }

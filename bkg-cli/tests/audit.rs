@@ -84,7 +84,13 @@ impl TestLog {
     }
 
     fn verify_args(&self) -> AuditVerifyArgs {
-        AuditVerifyArgs { files: Vec::new(), key: None, state_dir: Some(self.state.path().to_owned()), json: false }
+        AuditVerifyArgs {
+            files: Vec::new(),
+            key: None,
+            state_dir: Some(self.state.path().to_owned()),
+            json: false,
+            from_db: false,
+        }
     }
 }
 

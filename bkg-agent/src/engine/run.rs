@@ -88,6 +88,9 @@ impl ValidatedRun {
 /// Total size of files a request may place in the sandbox (they must also fit its disk).
 const MAX_UPLOAD_BYTES: u64 = 256 * 1024 * 1024;
 
+/// The smallest process limit a run may have.
+const MIN_PIDS: u64 = 8;
+
 /// How many run logs a persistent sandbox keeps.
 const KEPT_LOGS: usize = 20;
 
@@ -115,6 +118,14 @@ impl Engine {
         }
         if limits.memory_bytes < 16 * bkg_schema::MIB {
             return Err(RunError::BadRequest("memory limit must be at least 16MiB".into()));
+        }
+        // The kernel's CFS quota cannot go below 1 ms per 100 ms period.
+        if limits.cpu_millis < 10 {
+            return Err(RunError::BadRequest("cpus must be at least 0.01".into()));
+        }
+        // The sandbox's init and the code need a few processes before the code can do anything.
+        if limits.pids < MIN_PIDS {
+            return Err(RunError::BadRequest(format!("the process limit must be at least {MIN_PIDS}")));
         }
         Ok(limits)
     }

@@ -35,8 +35,6 @@ pub struct PreparedSandbox {
     run_dir: PathBuf,
     disk_image: PathBuf,
     pub cgroup: Box<dyn RunCgroup>,
-    /// The outer init; it exits as soon as pid 1 exists.
-    init: tokio::process::Child,
     /// Host pid of the sandbox's pid 1: our child until `dispose` reaps it, so the pid cannot
     /// be reused before then and killing it is always safe.
     pid_one: Pid,
@@ -110,13 +108,12 @@ impl PreparedSandbox {
             },
         );
         match spawn_init(plan).await {
-            Ok(Spawned { init, pid_one, control, stdin, stdout, stderr }) => Ok(Self {
+            Ok(Spawned { pid_one, control, stdin, stdout, stderr }) => Ok(Self {
                 id: id.to_owned(),
                 disk_bytes,
                 run_dir: run_dir.to_path_buf(),
                 disk_image,
                 cgroup,
-                init,
                 pid_one,
                 control,
                 stdin: Some(stdin),
@@ -145,9 +142,8 @@ impl PreparedSandbox {
 
     /// Kills what is left, reaps pid 1, removes the cgroup, waits for the loop device to be
     /// released and deletes the sandbox's directory. Returns whether all of it is confirmed gone.
-    pub async fn dispose(mut self) -> bool {
+    pub async fn dispose(self) -> bool {
         self.kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.init.wait()).await;
         drop(self.control);
         let pid_one = self.pid_one;
         let _ = tokio::task::spawn_blocking(move || {
@@ -270,7 +266,6 @@ async fn make_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), Engi
 }
 
 struct Spawned {
-    init: tokio::process::Child,
     pid_one: Pid,
     control: UnixStream,
     stdin: pipe::Sender,
@@ -346,13 +341,16 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     let Some(pid_one) = pid_one else {
         return Err(EngineError::Prepare { stage: "handshake".into(), message: "pid 1 was not reported".into() });
     };
+    // The outer init exits as soon as it has reported pid 1: reap it now rather than leave a
+    // zombie for as long as the sandbox waits in the pool.
+    let _ = init.wait().await;
 
     let stdin = pipe::Sender::from_owned_fd(set_nonblocking(stdin_write)?).map_err(EngineError::io("stdin pipe"))?;
     let stdout =
         pipe::Receiver::from_owned_fd(set_nonblocking(stdout_read)?).map_err(EngineError::io("stdout pipe"))?;
     let stderr =
         pipe::Receiver::from_owned_fd(set_nonblocking(stderr_read)?).map_err(EngineError::io("stderr pipe"))?;
-    Ok(Spawned { init, pid_one, control, stdin, stdout, stderr })
+    Ok(Spawned { pid_one, control, stdin, stdout, stderr })
 }
 
 fn set_nonblocking(fd: OwnedFd) -> Result<OwnedFd, EngineError> {

@@ -29,29 +29,6 @@ pub fn require_code_runner(principal: &Principal) -> ApiResult<()> {
     Ok(())
 }
 
-/// The smallest CPU share a run may ask for: the kernel's smallest CFS quota per period.
-const MIN_CPU_MILLIS: u64 = 10;
-/// The fewest processes a sandbox can start with: its two init processes and the code.
-const MIN_PIDS: u64 = 3;
-
-/// Refuses limits a sandbox cannot start with, as invalid input, before the engine would fail
-/// to apply them.
-pub fn check_limit_minimums(limits: &bkg_schema::LimitOverrides) -> ApiResult<()> {
-    if let Some(millis) = limits.cpu_millis
-        && millis < MIN_CPU_MILLIS
-    {
-        return Err(Failure::invalid(format!(
-            "cpus must be at least 0.01 (cpu_millis {MIN_CPU_MILLIS}), not cpu_millis {millis}"
-        )));
-    }
-    if let Some(pids) = limits.pids
-        && pids < MIN_PIDS
-    {
-        return Err(Failure::invalid(format!("the process limit must be at least {MIN_PIDS}, not {pids}")));
-    }
-    Ok(())
-}
-
 /// Runs a validated run to its end, records it (store, audit log) and counts it.
 pub async fn execute(
     state: AppState,
@@ -121,7 +98,6 @@ async fn start_run(state: AppState, principal: Principal, request: Request) -> A
         return Err(Failure::invalid(format!("namespace `{namespace}` must be a DNS label (a-z, 0-9, -)")));
     }
     let namespace = principal.namespace_for(run_request.namespace.as_deref()).map_err(Failure::forbidden)?;
-    check_limit_minimums(&run_request.limits)?;
     let mut validated = state.engine.validate(run_request)?;
     validated.namespace = namespace;
     Ok(dispatch(state, principal, parts, validated).await)

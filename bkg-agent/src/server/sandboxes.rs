@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::failure::{ApiResult, Failure};
 use super::input::{self, PathParam, QueryParams, SMALL_BODY_BYTES};
-use super::runs::{check_limit_minimums, dispatch, execute, require_code_runner};
+use super::runs::{dispatch, execute, require_code_runner};
 use super::{AppState, MAX_BODY_BYTES};
 use crate::auth::Principal;
 use crate::engine::Engine;
@@ -184,7 +184,6 @@ async fn define(
     {
         return Err(Failure::forbidden(format!("sandbox {id} belongs to another namespace")));
     }
-    check_limit_minimums(&definition.limits)?;
     state.engine.resolve_limits(&definition.limits)?;
     let caller = principal.audit_caller(&definition.namespace);
     let stored = state.store.put_sandbox(&caller, id, &definition, now_ms()).await?;

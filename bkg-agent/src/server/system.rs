@@ -95,9 +95,11 @@ pub async fn metrics(State(state): State<AppState>, Extension(principal): Extens
     if !principal.is_admin() {
         return Err(Failure::forbidden("only an admin may read the metrics"));
     }
+    let (backlog, oldest) = state.store.outbox_backlog().await?;
+    let lag_ms = oldest.map(|oldest| crate::ids::now_ms().saturating_sub(oldest));
     let text = state
         .metrics
-        .encode(state.engine.active_runs(), state.engine.warm_count())
+        .encode(state.engine.active_runs(), state.engine.warm_count(), backlog, lag_ms)
         .map_err(|_| Failure::internal("could not encode the metrics"))?;
     let mut response = text.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
@@ -149,4 +151,130 @@ pub async fn shutdown(
     }
     state.shutdown.notify_one();
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Where the agent's events stand with the shared bkg_db (`bkg sync status`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SyncView {
+    /// Whether a bkg_db is configured (`--db-url` / `BKG_DB_URL`).
+    pub configured: bool,
+    /// Events in the outbox that bkg_db does not have yet.
+    pub backlog: u64,
+    /// How old the oldest of them is, in milliseconds.
+    pub lag_ms: Option<u64>,
+    pub last_success_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+    /// Failed attempts since the last success (0 when the sync is healthy).
+    pub failures: u32,
+}
+
+/// The sync's backlog, last success and last error (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/sync",
+    tag = "agent",
+    responses((status = 200, description = "The sync's state", body = SyncView)),
+)]
+pub async fn sync_status(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<Json<SyncView>> {
+    if !principal.is_admin() {
+        return Err(Failure::forbidden("only an admin may read the sync's state"));
+    }
+    let Some((handle, _)) = &state.sync else {
+        let (backlog, oldest) = state.store.outbox_backlog().await?;
+        return Ok(Json(SyncView {
+            configured: false,
+            backlog,
+            lag_ms: oldest.map(|oldest| crate::ids::now_ms().saturating_sub(oldest)),
+            last_success_ms: None,
+            last_error: None,
+            last_error_ms: None,
+            failures: 0,
+        }));
+    };
+    let status = handle.status().await.map_err(|error| Failure::internal(error.to_string()))?;
+    Ok(Json(SyncView {
+        configured: true,
+        backlog: status.backlog,
+        lag_ms: status.lag_ms,
+        last_success_ms: status.last_success_ms,
+        last_error: status.last_error,
+        last_error_ms: status.last_error_ms,
+        failures: status.failures,
+    }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Migrated {
+    /// Versions applied now (empty when bkg_db was current).
+    pub applied: Vec<i32>,
+    pub latest: i32,
+}
+
+/// Apply bkg_db's migrations now (admins only; the sync also applies them when it connects).
+#[utoipa::path(
+    post,
+    path = "/api/v1/sync/migrate",
+    tag = "agent",
+    responses(
+        (status = 200, description = "Migrated", body = Migrated),
+        (status = 409, description = "No bkg_db is configured", body = ApiError),
+        (status = 503, description = "bkg_db cannot be reached", body = ApiError),
+    ),
+)]
+pub async fn sync_migrate(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<Json<Migrated>> {
+    if !principal.is_admin() {
+        return Err(Failure::forbidden("only an admin may migrate bkg_db"));
+    }
+    let Some((_, url)) = &state.sync else {
+        return Err(Failure::conflict("no bkg_db is configured: start the agent with --db-url or BKG_DB_URL"));
+    };
+    let mut client = crate::sync::connect(url).await.map_err(|error| Failure::unavailable(error.to_string()))?;
+    let applied = crate::sync::migrate(&mut client).await.map_err(|error| Failure::unavailable(error.to_string()))?;
+    Ok(Json(Migrated { applied, latest: crate::sync::latest_version() }))
+}
+
+/// An agent's audit lines as bkg_db holds them, in order, one per line (admins only): what
+/// `bkg audit verify --from-db` checks.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sync/audit/{agent_id}",
+    tag = "agent",
+    params(("agent_id" = String, Path, description = "The agent whose chain to read")),
+    responses(
+        (status = 200, description = "The lines", content_type = "text/plain"),
+        (status = 409, description = "No bkg_db is configured", body = ApiError),
+        (status = 503, description = "bkg_db cannot be reached", body = ApiError),
+    ),
+)]
+pub async fn sync_audit_lines(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    axum::extract::Path(agent_id): axum::extract::Path<String>,
+) -> ApiResult<Response> {
+    if !principal.is_admin() {
+        return Err(Failure::forbidden("only an admin may read the audit lines in bkg_db"));
+    }
+    let Some((_, url)) = &state.sync else {
+        return Err(Failure::conflict("no bkg_db is configured: start the agent with --db-url or BKG_DB_URL"));
+    };
+    let client = crate::sync::connect(url).await.map_err(|error| Failure::unavailable(error.to_string()))?;
+    let rows = client
+        .query("SELECT line FROM audit_events WHERE agent_id = $1 ORDER BY seq", &[&agent_id])
+        .await
+        .map_err(|error| Failure::unavailable(format!("bkg_db: {error}")))?;
+    let mut text = String::new();
+    for row in rows {
+        text.push_str(row.get::<_, &str>(0));
+        text.push('\n');
+    }
+    let mut response = text.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    Ok(response)
 }
