@@ -216,12 +216,14 @@ mod tests {
         metrics.run_ended(Ok(&result));
         metrics.run_ended(Err(()));
         metrics.http_answered("/healthz", "GET", 200);
-        let text = metrics.encode(2, 1)?;
+        let text = metrics.encode(2, 1, 7, Some(1500))?;
         assert!(text.contains("bkg_runs_total{outcome=\"memory\"} 1"), "{text}");
         assert!(text.contains("bkg_runs_total{outcome=\"failed\"} 1"), "{text}");
         assert!(text.contains("bkg_limit_kills_total{limit=\"memory\"} 1"), "{text}");
         assert!(text.contains("bkg_run_duration_seconds_count 1"), "{text}");
         assert!(text.contains("bkg_active_sandboxes 2"), "{text}");
+        assert!(text.contains("bkg_sync_backlog_events 7"), "{text}");
+        assert!(text.contains("bkg_sync_lag_seconds 1.5"), "{text}");
         assert!(text.contains("bkg_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
         Ok(())

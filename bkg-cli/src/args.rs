@@ -14,7 +14,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct GlobalArgs {
     /// The agent's unix socket [default: /run/bkg/agent.sock as root]
     #[arg(long, global = true, env = "BKG_SOCKET", value_name = "PATH")]

@@ -72,7 +72,7 @@ pub async fn verify(global: &crate::args::GlobalArgs, args: AuditVerifyArgs) -> 
     verify_to(&from_db, &mut io::stdout().lock(), &mut io::stderr().lock())
 }
 
-pub(crate) fn verify_to(args: &AuditVerifyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, CliError> {
+pub fn verify_to(args: &AuditVerifyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, CliError> {
     let (files, default_key) = match args.files.first() {
         Some(first) => (args.files.clone(), key_beside(first)),
         None => {
@@ -180,7 +180,7 @@ pub async fn tail(args: AuditTailArgs) -> Result<i32, CliError> {
 }
 
 /// A reader of the log that has printed everything up to `offset` in file `index`.
-pub(crate) struct Tail {
+pub struct Tail {
     dir: PathBuf,
     index: u64,
     /// Always at the end of a whole line: a line still being written waits for its `\n`.
@@ -190,7 +190,7 @@ pub(crate) struct Tail {
 
 impl Tail {
     /// Prints the last `count` records (and, in human form, the column names).
-    pub(crate) fn start(dir: &Path, count: usize, json: bool, out: &mut dyn Write) -> Result<Self, CliError> {
+    pub fn start(dir: &Path, count: usize, json: bool, out: &mut dyn Write) -> Result<Self, CliError> {
         let files = list_log(dir)?;
         let newest = files.last().map_or(0, |(index, _)| *index);
         let mut tail = Tail { dir: dir.to_owned(), index: newest, offset: 0, json };
@@ -226,7 +226,7 @@ impl Tail {
     }
 
     /// Prints what was written since the last call, moving on to newer files as the log rotates.
-    pub(crate) fn poll(&mut self, out: &mut dyn Write) -> Result<(), CliError> {
+    pub fn poll(&mut self, out: &mut dyn Write) -> Result<(), CliError> {
         loop {
             // Looked at before reading: once the next file exists, this one takes no more lines.
             let rotated = self.dir.join(audit::file_name(self.index + 1)).exists();

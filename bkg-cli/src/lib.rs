@@ -2,8 +2,8 @@
 
 mod add;
 mod agent_cmd;
-mod args;
-mod audit_cmd;
+pub mod args;
+pub mod audit_cmd;
 pub mod client;
 mod credentials;
 mod exe;

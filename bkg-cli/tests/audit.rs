@@ -11,8 +11,8 @@ use bkg_cli::exit;
 use bkg_schema::Limits;
 use bkg_schema::audit::{AuditAction, AuditEvent, AuditSigner, ChainHead, file_name};
 
-#[path = "../src/audit_cmd.rs"]
-mod audit_cmd;
+use bkg_cli::args::GlobalArgs;
+use bkg_cli::audit_cmd;
 
 use audit_cmd::{AuditTailArgs, AuditVerifyArgs, Tail};
 
@@ -152,7 +152,7 @@ fn files_and_keys_can_be_named() -> TestResult {
     let log = TestLog::ten()?;
     let files = vec![log.path(1), log.path(2), log.path(3)];
     // audit.pub is found beside the files' directory.
-    let named = AuditVerifyArgs { files: files.clone(), key: None, state_dir: None, json: false };
+    let named = AuditVerifyArgs { files: files.clone(), key: None, state_dir: None, json: false, from_db: false };
     assert_eq!(run_verify(&named).map_err(message)?.0, 0);
     let hex = log.signer.public_key().to_hex();
     let by_hex = AuditVerifyArgs { key: Some(hex), ..log.verify_args() };
@@ -235,9 +235,9 @@ fn tail_prints_the_last_records_then_follows_across_rotation() -> TestResult {
 #[tokio::test]
 async fn the_commands_return_their_exit_codes() -> TestResult {
     let log = TestLog::ten()?;
-    assert_eq!(audit_cmd::verify(log.verify_args()).await.map_err(message)?, 0);
+    assert_eq!(audit_cmd::verify(&GlobalArgs::default(), log.verify_args()).await.map_err(message)?, 0);
     edit_line(&log.path(1), 2, "ns1", "ns9")?;
-    assert_eq!(audit_cmd::verify(log.verify_args()).await.map_err(message)?, 1);
+    assert_eq!(audit_cmd::verify(&GlobalArgs::default(), log.verify_args()).await.map_err(message)?, 1);
     let tail = AuditTailArgs { lines: 1, follow: false, state_dir: Some(log.state.path().to_owned()), json: true };
     assert_eq!(audit_cmd::tail(tail).await.map_err(message)?, 0);
     Ok(())

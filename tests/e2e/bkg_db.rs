@@ -75,11 +75,16 @@ fn runs(agent: &Agent, count: usize, workers: usize) -> usize {
             let mut commands: Vec<_> = (0..count / workers)
                 .map(|_| {
                     let mut command = agent.bkg();
-                    command.args(["exe", "--type", "python", "-c", "print(1)"]).stdin(Stdio::null()).stdout(Stdio::null());
+                    command
+                        .args(["exe", "--type", "python", "-c", "print(1)"])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null());
                     command
                 })
                 .collect();
-            std::thread::spawn(move || commands.iter_mut().map(|c| c.status().is_ok_and(|s| s.success())).filter(|ok| *ok).count())
+            std::thread::spawn(move || {
+                commands.iter_mut().map(|c| c.status().is_ok_and(|s| s.success())).filter(|ok| *ok).count()
+            })
         })
         .collect();
     threads.into_iter().map(|thread| thread.join().expect("worker")).sum()
