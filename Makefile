@@ -17,13 +17,13 @@ build: ## Debug build of every binary
 release: ## Optimised build: target/release/{bkg,bkgr,bkg-agent}
 	$(CARGO) build --workspace --release --locked
 
-test: setup build ## Every test: unit, integration, end-to-end and the security suite, against real agents (as root)
+test: setup build ## Every test: unit, integration, end-to-end, schema and API checks, the security suite (as root)
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 else
 	$(CARGO) test --workspace --locked --no-fail-fast
 endif
-	$(MAKE) schema-validate security
+	$(MAKE) schema-validate api-validate security api-fuzz
 
 schema-validate: ## Validate examples/ against schema/cave.schema.json with ajv (independent of the CLI)
 	cd schema && npm ci --no-audit --no-fund --loglevel=error
