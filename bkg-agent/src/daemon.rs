@@ -314,16 +314,35 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
 
     let shutdown = Arc::new(Notify::new());
     let notifier = Notifier::new(api.webhooks, api.webhook_key).context("build the webhook client")?;
+    // Every start is in the audit trail with the configuration it runs under.
+    let configuration = bkg_schema::audit::AuditEvent {
+        details: Some(serde_json::json!({
+            "default_limits": engine.config.default_limits,
+            "max_limits": engine.config.max_limits,
+            "warm_pool": engine.config.warm_pool,
+            "cgroups": engine.cgroup_version(),
+            "listen": api.listen.map(|address| address.to_string()),
+            "bkg_db": api.db_url.is_some(),
+            "version": env!("CARGO_PKG_VERSION"),
+        })),
+        ..bkg_schema::audit::AuditEvent::new(
+            bkg_schema::audit::AGENT_ACTOR,
+            bkg_schema::audit::AuditAction::ConfigChanged,
+        )
+    };
+    store.note(configuration).await.context("record the configuration in the audit log")?;
+
     // The outbox keeps every event until bkg_db has it; a bkg_db that is down only delays it.
     let sync = api.db_url.as_ref().map(|url| {
         let handle = Arc::new(crate::sync::SyncWorker::spawn(store.clone(), crate::sync::SyncConfig::new(url.clone())));
-        let (store, waker) = (store.clone(), Arc::clone(&handle));
+        let (outbox, waker) = (store.clone(), Arc::clone(&handle));
         tokio::spawn(async move {
             loop {
-                store.outbox_grew().await;
+                outbox.outbox_grew().await;
                 waker.wake();
             }
         });
+        tokio::spawn(audit_sync_failures(store.clone(), Arc::clone(&handle)));
         (handle, url.clone())
     });
     let state = AppState {
@@ -394,6 +413,30 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Puts a `sync.error` in the audit log when the sync starts failing, once per outage: each
+/// record also lands in the outbox, so one per failed attempt would grow it while bkg_db is down.
+async fn audit_sync_failures(store: Store, sync: Arc<crate::sync::SyncHandle<Store>>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Ok(status) = sync.status().await else { continue };
+        let now_failing = status.failures > 0;
+        if now_failing && !failing {
+            let event = bkg_schema::audit::AuditEvent {
+                details: Some(serde_json::json!({ "error": status.last_error, "backlog": status.backlog })),
+                ..bkg_schema::audit::AuditEvent::new(
+                    bkg_schema::audit::AGENT_ACTOR,
+                    bkg_schema::audit::AuditAction::SyncError,
+                )
+            };
+            if let Err(error) = store.note(event).await {
+                tracing::error!(%error, "could not record the sync failure in the audit log");
+            }
+        }
+        failing = now_failing;
+    }
 }
 
 /// Binds the socket with mode 0600, replacing a stale socket file but never a live agent's.

@@ -464,6 +464,12 @@ impl Store {
         .await
     }
 
+    /// Records an event that changes no state of the store (the agent's configuration, a sync
+    /// failure): it still goes through the audit log and the outbox.
+    pub async fn note(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.record(event, |_| Ok(())).await
+    }
+
     pub async fn run_cleaned_up(&self, id: &str, confirmed: bool) -> Result<(), StoreError> {
         let id = id.to_owned();
         self.with(move |db| {

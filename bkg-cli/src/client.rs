@@ -146,6 +146,7 @@ impl AgentClient {
     }
 
     pub async fn wait_until_up(&self, patience: Duration) -> Result<(), CliError> {
+        let _spinner = crate::progress::Spinner::start("waiting for the agent to start");
         let deadline = std::time::Instant::now() + patience;
         while std::time::Instant::now() < deadline {
             if self.is_up() {

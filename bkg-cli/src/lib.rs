@@ -12,6 +12,7 @@ mod init;
 mod keys_cmd;
 mod login_cmd;
 pub mod manage;
+mod progress;
 mod project;
 pub mod stream;
 mod sync_cmd;

@@ -43,6 +43,11 @@ pub async fn run(
     output: Output,
     stdin: Stdin,
 ) -> Result<RunResult, CliError> {
+    // The first run of a persistent sandbox makes its disk; a busy agent prepares one afresh.
+    let spinner = match output {
+        Output::Raw => crate::progress::Spinner::start("preparing the sandbox"),
+        Output::Quiet | Output::Prefixed(_) => None,
+    };
     let response = client
         .http()
         .post(client.url(path))
@@ -71,7 +76,7 @@ pub async fn run(
         }
     });
 
-    let outcome = receive(&mut reader, output).await;
+    let outcome = receive(&mut reader, output, spinner).await;
     stdin_task.abort();
     cancel_task.abort();
     outcome
@@ -161,13 +166,19 @@ fn write_prefixed(out: &mut impl Write, prefix: &str, line: &[u8]) {
     write_through(out, &prefixed);
 }
 
-async fn receive(reader: &mut (impl AsyncReadExt + Unpin), output: Output) -> Result<RunResult, CliError> {
+async fn receive(
+    reader: &mut (impl AsyncReadExt + Unpin),
+    output: Output,
+    mut spinner: Option<crate::progress::Spinner>,
+) -> Result<RunResult, CliError> {
     let lost = |_| CliError::new(BKG_FAILED, "the agent closed the connection before the run ended");
     let mut stdout_lines = LineBuffer::default();
     let mut stderr_lines = LineBuffer::default();
     loop {
         let mut header = [0u8; frame::HEADER_LEN];
         reader.read_exact(&mut header).await.map_err(lost)?;
+        // The run has started (or ended): from here on the output speaks for itself.
+        drop(spinner.take());
         let (kind, len) = frame::decode_header(header)
             .map_err(|error| CliError::new(BKG_FAILED, format!("garbled stream from the agent: {error}")))?;
         let mut payload = vec![0u8; len];
