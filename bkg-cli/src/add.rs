@@ -25,18 +25,8 @@ pub struct AddArgs {
     /// A script, NAME=COMMAND (repeatable) [default: start=python main.py or node main.js]
     #[arg(short = 's', long = "script", value_name = "NAME=CMD", allow_hyphen_values = true)]
     pub scripts: Vec<String>,
-    /// CPU limit in CPUs, e.g. 0.5
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub cpus: Option<String>,
-    /// Memory limit, e.g. 256MiB
-    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
-    pub memory: Option<String>,
-    /// Wall-clock limit of a run, e.g. 10s
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
-    pub timeout: Option<String>,
-    /// Disk limit, e.g. 1GiB
-    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
-    pub disk: Option<String>,
+    #[command(flatten)]
+    pub limits: crate::args::LimitArgs,
     /// Set an environment variable in the sandbox (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -95,10 +85,13 @@ type LimitFlag<'a> = (&'static str, Option<&'a String>, fn(String) -> CaveLimits
 fn new_sandbox(args: &AddArgs) -> Result<NewSandbox, CliError> {
     let language = checked_language(&args.language)?;
     let limit_flags: [LimitFlag<'_>; 4] = [
-        ("cpus", args.cpus.as_ref(), |value| CaveLimits { cpus: Some(CpuCount::Text(value)), ..CaveLimits::default() }),
-        ("memory", args.memory.as_ref(), |value| CaveLimits { memory: Some(value), ..CaveLimits::default() }),
-        ("timeout", args.timeout.as_ref(), |value| CaveLimits { timeout: Some(value), ..CaveLimits::default() }),
-        ("disk", args.disk.as_ref(), |value| CaveLimits { disk: Some(value), ..CaveLimits::default() }),
+        ("cpus", args.limits.cpus.as_ref(), |value| CaveLimits {
+            cpus: Some(CpuCount::Text(value)),
+            ..CaveLimits::default()
+        }),
+        ("memory", args.limits.memory.as_ref(), |value| CaveLimits { memory: Some(value), ..CaveLimits::default() }),
+        ("timeout", args.limits.timeout.as_ref(), |value| CaveLimits { timeout: Some(value), ..CaveLimits::default() }),
+        ("disk", args.limits.disk.as_ref(), |value| CaveLimits { disk: Some(value), ..CaveLimits::default() }),
     ];
     let mut limits = Vec::new();
     for (key, value, as_limits) in limit_flags {

@@ -74,6 +74,24 @@ pub enum AuditAction {
     Tail(crate::audit_cmd::AuditTailArgs),
 }
 
+/// The resource limits of a run or a sandbox, as written on the command line (parsed later, so
+/// a bad value gets bkg's own one-line error).
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// CPU limit in CPUs, e.g. 0.5 [default: 1]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub cpus: Option<String>,
+    /// Memory limit, swap included, e.g. 256MiB [default: 512MiB]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub memory: Option<String>,
+    /// Wall-clock limit of a run, e.g. 10s [default: 60s]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub timeout: Option<String>,
+    /// Disk limit for /workspace and /tmp together, e.g. 1GiB [default: 500MiB]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub disk: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct ExeArgs {
     /// The script to run, or `-` to read the code from stdin.
@@ -88,18 +106,8 @@ pub struct ExeArgs {
     /// The language: python or node [default: from the file extension]
     #[arg(short = 't', long = "type", value_name = "TYPE")]
     pub language: Option<String>,
-    /// CPU limit in CPUs, e.g. 0.5 [default: 1]
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub cpus: Option<String>,
-    /// Memory limit, e.g. 256MiB [default: 512MiB]
-    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
-    pub memory: Option<String>,
-    /// Wall-clock limit, e.g. 10s [default: 60s]
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
-    pub timeout: Option<String>,
-    /// Disk limit for /workspace and /tmp together, e.g. 1GiB [default: 500MiB]
-    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
-    pub disk: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Set an environment variable in the sandbox (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,

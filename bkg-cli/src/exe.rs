@@ -82,10 +82,10 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
     };
 
     let limits = LimitOverrides {
-        cpu_millis: parse_flag(&args.cpus, "--cpus", bkg_schema::parse_cpus)?,
-        memory_bytes: parse_flag(&args.memory, "--memory", bkg_schema::parse_size)?,
-        timeout_ms: parse_flag(&args.timeout, "--timeout", bkg_schema::parse_duration_ms)?,
-        disk_bytes: parse_flag(&args.disk, "--disk", bkg_schema::parse_size)?,
+        cpu_millis: parse_flag(&args.limits.cpus, "--cpus", bkg_schema::parse_cpus)?,
+        memory_bytes: parse_flag(&args.limits.memory, "--memory", bkg_schema::parse_size)?,
+        timeout_ms: parse_flag(&args.limits.timeout, "--timeout", bkg_schema::parse_duration_ms)?,
+        disk_bytes: parse_flag(&args.limits.disk, "--disk", bkg_schema::parse_size)?,
         pids: None,
     };
 
