@@ -20,6 +20,9 @@ need hyperfine hyperfine
 need bwrap bubblewrap
 need gcc gcc
 need make make
+# The API tests run docs/api.md's curl examples (curl, jq).
+need curl curl
+need jq jq
 
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
@@ -52,22 +55,10 @@ if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bi
   apt-get install -y -q --no-install-recommends postgresql >/dev/null
 fi
 
-# The API tests and checks: curl and jq run docs/api.md's examples; the MCP TypeScript SDK
+# The API tests and checks: the MCP TypeScript SDK
 # (tests/mcp) is the MCP client; prometheus_client parses /metrics and schemathesis fuzzes the API
 # (tests/api/requirements.txt, pinned); the OpenAPI validator comes with schema/'s npm packages
 # (`make api-validate` installs those).
-api_missing=()
-need_for_api() { # need_for_api COMMAND PACKAGE
-  command -v "$1" >/dev/null 2>&1 || api_missing+=("$2")
-}
-need_for_api curl curl
-need_for_api jq jq
-if ((${#api_missing[@]})); then
-  echo "setup: installing ${api_missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${api_missing[@]}" >/dev/null
-fi
 api_requirements="$(dirname "$0")/../tests/api/requirements.txt"
 installed=$(python3 -m pip freeze 2>/dev/null | tr '[:upper:]_' '[:lower:]-')
 for pin in $(grep -v '^#' "$api_requirements"); do
