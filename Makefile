@@ -24,6 +24,7 @@ else
 	$(CARGO) test --workspace --locked --no-fail-fast
 endif
 	$(MAKE) schema-validate api-validate security api-fuzz
+	bash scripts/check-leftovers.sh
 
 schema-validate: ## Validate examples/ against schema/cave.schema.json with ajv (independent of the CLI)
 	cd schema && npm ci --no-audit --no-fund --loglevel=error

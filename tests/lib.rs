@@ -45,6 +45,9 @@ pub struct Agent {
     pub cgroup_dir: String,
     pub uid_base: u32,
     child: Option<Child>,
+    /// The test killed the agent on purpose and did not start it again: what it left is the
+    /// crash's, not a defect of shutdown.
+    crashed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +82,7 @@ impl Agent {
             uid_base,
             dir,
             child: None,
+            crashed: false,
         };
         agent.spawn(&options);
         agent
@@ -112,6 +116,7 @@ impl Agent {
             .spawn()
             .expect("start bkg-agent");
         self.child = Some(child);
+        self.crashed = false;
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -191,11 +196,25 @@ impl Agent {
         }
     }
 
+    /// Waits for the agent to exit by itself (after `bkg agent stop`), at most 30 s.
+    pub fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the agent") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the agent did not exit:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILLs the agent (our child), as a crash would.
     pub fn crash(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.crashed = true;
         }
     }
 
@@ -219,18 +238,45 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// Ends the agent and checks that it left nothing of its own on the host: a clean shutdown
+    /// must remove every run cgroup, mount, loop device, process and directory. Whatever is left
+    /// (after a failure or a deliberate crash) is removed here so that it cannot pile up.
     fn drop(&mut self) {
         self.stop();
-        // A cgroup dir of a test agent is removed by the agent itself when empty, but a failed
-        // test may have crashed it: remove empty leftovers so they don't pile up.
-        for dir in cgroup_dirs_named(&self.cgroup_dir) {
-            let _ = std::fs::remove_dir(dir);
+        let leftovers = self.leftovers();
+        let clean = leftovers.is_clean();
+        remove_cgroups_named(&self.cgroup_dir);
+        if !clean && !self.crashed && !std::thread::panicking() {
+            panic!("the agent left this behind after its shutdown: {leftovers:#?}\n{}", self.log());
         }
     }
 }
 
+/// Kills what is left in the run cgroups of a test agent's cgroup directory, then removes them
+/// and the directory. Only the test's own agent made these, beneath its own cgroup.
+fn remove_cgroups_named(name: &str) {
+    for dir in cgroup_dirs_named(name) {
+        for run in run_cgroups_in(&dir) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let pids = std::fs::read_to_string(run.join("cgroup.procs")).unwrap_or_default();
+                if pids.trim().is_empty() || Instant::now() > deadline {
+                    break;
+                }
+                for pid in pids.lines().filter_map(|line| line.trim().parse::<u32>().ok()) {
+                    unsafe_kill(pid, libc::SIGKILL);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = std::fs::remove_dir(&run);
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
 fn unsafe_kill(pid: u32, signal: i32) {
-    // SAFETY: kill(2) has no memory effects; the pid is a child this test spawned.
+    // SAFETY: kill(2) has no memory effects; the pid is a child this test spawned or a process
+    // in one of its agent's run cgroups.
     unsafe { libc::kill(pid as i32, signal) };
 }
 

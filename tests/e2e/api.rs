@@ -606,6 +606,8 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
     assert_eq!(summary["exit_code"], 3);
     assert_eq!(summary["command_stdout"], "kept\n");
     assert_eq!(summary["metrics_exit_code"], 0, "the metrics are of the last run (the command)");
+    assert!(summary["command_run"].as_str().is_some_and(|id| id.starts_with("run_")), "{summary}");
+    assert_eq!(summary["metrics_run"], summary["command_run"], "the metrics are of the last run (the command)");
     assert_eq!(summary["stopped"], true);
     assert_eq!(summary["gone_is_error"], true);
     assert_eq!(api.admin().get("/api/v1/sandboxes").json(), json!([]), "the sandbox is deleted");

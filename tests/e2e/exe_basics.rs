@@ -1,6 +1,5 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use bkg_tests::{Agent, code, examples_dir, stderr, stdout};
 
@@ -117,22 +116,31 @@ fn code_from_stdin_with_a_dash() {
 #[test]
 fn output_is_streamed_while_the_script_runs() {
     let agent = Agent::start();
-    let started = Instant::now();
+    // The script prints a line, then waits for ours: unless its first line reaches us while it
+    // runs, we never answer, and its 20 s timeout ends it without a second line.
     let mut child = agent
         .bkg()
-        .args(["exe", "--type", "python", "-c", "import time\nprint('first')\ntime.sleep(3)\nprint('second')"])
-        .stdin(Stdio::null())
+        .args([
+            "exe",
+            "--timeout",
+            "20s",
+            "--type",
+            "python",
+            "-c",
+            "import sys\nprint('first', flush=True)\nsys.stdin.readline()\nprint('second')",
+        ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn bkg");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next().and_then(Result::ok);
-    assert_eq!(first.as_deref(), Some("first"));
-    // The first line arrived while the script was still sleeping: bkg has not exited yet.
-    assert!(child.try_wait().expect("try_wait").is_none(), "output was held back until the end");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("first"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("answer the script");
+    drop(stdin);
     assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("second"));
-    assert!(child.wait().expect("wait").success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
 }
 
 #[test]

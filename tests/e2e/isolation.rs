@@ -72,8 +72,14 @@ fn the_code_runs_unprivileged_in_its_own_namespaces() {
     assert_eq!(lines.len(), 4, "got {}", stdout(&output));
     assert_eq!(lines[0], "1000 1000 True");
     assert_eq!(lines[1], "0000000000000000 0000000000000000 1 2");
-    assert_eq!(lines[2], format!("['1000', '{}', '1']", lines[2].split('\'').nth(3).unwrap_or("")));
-    assert!(!lines[2].contains("'0'"), "uid 0 must not be mapped: {}", lines[2]);
+    // One id is mapped: 1000 inside, a host uid of this agent's own range outside.
+    let map: Vec<&str> = lines[2].trim_matches(['[', ']']).split(", ").map(|f| f.trim_matches('\'')).collect();
+    assert_eq!((map.len(), map[0], map.get(2).copied()), (3, "1000", Some("1")), "uid_map: {}", lines[2]);
+    let host_uid: u32 = map[1].parse().expect("host uid");
+    assert!(
+        (agent.uid_base..agent.uid_base + 65_536).contains(&host_uid),
+        "host uid {host_uid} outside the agent's range"
+    );
     assert_eq!(lines[3], "bkg True");
 }
 

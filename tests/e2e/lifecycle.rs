@@ -1,5 +1,4 @@
 use std::process::Stdio;
-use std::time::Duration;
 
 use bkg_tests::{Agent, AgentOptions, code, examples_dir};
 
@@ -25,8 +24,9 @@ fn nothing_is_left_behind_after_100_runs() {
     assert_eq!(succeeded, 100);
     agent.wait_idle();
 
-    let runs = agent.bkg().args(["agent", "status", "--json"]).output().expect("status");
-    assert!(runs.status.success());
+    let status = agent.status_json();
+    assert_eq!((status["active_runs"].as_u64(), status["pending_cleanups"].as_u64()), (Some(0), Some(0)), "{status}");
+    assert_eq!(status["warm_sandboxes"].as_u64(), Some(2), "the pool is refilled: {status}");
     agent.stop();
     let leftovers = agent.leftovers();
     assert!(leftovers.is_clean(), "left behind: {leftovers:#?}");
@@ -71,7 +71,8 @@ fn agent_status_start_and_stop() {
 
     let stop = agent.bkg().args(["agent", "stop"]).output().expect("stop");
     assert!(stop.status.success());
-    std::thread::sleep(Duration::from_millis(200));
+    let exit = agent.wait_for_exit();
+    assert!(exit.success(), "the agent ended with {exit}:\n{}", agent.log());
     let status = agent.bkg().args(["agent", "status"]).output().expect("status");
     assert_eq!(code(&status), 1);
     agent.stop();

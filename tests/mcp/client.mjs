@@ -71,6 +71,7 @@ console.log(
     stdout: ran.stdout,
     exit_code: ran.exit_code,
     command_stdout: command.stdout,
+    command_run: command.id,
     metrics_run: metrics.id,
     metrics_exit_code: metrics.exit_code,
     stopped: stopped.stopped,

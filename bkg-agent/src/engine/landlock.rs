@@ -124,35 +124,13 @@ mod tests {
     use std::net::TcpStream;
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-    use std::panic::{AssertUnwindSafe, catch_unwind};
 
-    use nix::sys::wait::{WaitStatus, waitpid};
-    use nix::unistd::{ForkResult, fork};
+    use nix::sys::wait::WaitStatus;
+
+    use crate::engine::test_support::in_child;
 
     /// Runs `body` in a forked child and returns how the child ended. Failures are written
     /// straight to fd 2: the test harness's output capture does not survive the fork.
-    fn in_child(body: impl FnOnce() -> Result<(), String>) -> WaitStatus {
-        // SAFETY: the child only runs `body` and `_exit`s; glibc keeps malloc usable after fork
-        // even though the test harness is multithreaded.
-        match unsafe { fork() }.expect("fork") {
-            ForkResult::Child => {
-                let code = match catch_unwind(AssertUnwindSafe(body)) {
-                    Ok(Ok(())) => 0,
-                    Ok(Err(message)) => {
-                        let line = format!("child: {message}\n");
-                        // SAFETY: writes a live buffer of the given length to stderr.
-                        unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
-                        1
-                    }
-                    Err(_) => 101,
-                };
-                // SAFETY: ends the forked child without running the parent's atexit handlers.
-                unsafe { libc::_exit(code) }
-            }
-            ForkResult::Parent { child } => waitpid(child, None).expect("waitpid"),
-        }
-    }
-
     fn abi_at_least(status: &LandlockStatus, abi: ABI) -> bool {
         matches!(status.kernel_support,
             ::landlock::LandlockStatus::Available { effective_abi, .. } if effective_abi >= abi)

@@ -10,6 +10,8 @@ pub mod plan;
 pub mod run;
 pub mod sandbox;
 pub mod seccomp;
+#[cfg(test)]
+mod test_support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;

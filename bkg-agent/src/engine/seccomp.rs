@@ -399,13 +399,14 @@ mod tests {
     use seccompiler::sock_filter;
     use std::collections::HashSet;
     use std::io;
-    use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::path::Path;
     use std::process::Command;
 
     use nix::sys::signal::Signal;
     use nix::sys::wait::{WaitStatus, waitpid};
     use nix::unistd::{ForkResult, fork};
+
+    use crate::engine::test_support::{feature_missing, in_child};
 
     const AUDIT_ARCH_I386: u32 = 3 | 0x4000_0000;
 
@@ -660,28 +661,6 @@ mod tests {
 
     /// Runs `body` in a forked child and returns how the child ended. Failures are written
     /// straight to fd 2: the test harness's output capture does not survive the fork.
-    fn in_child(body: impl FnOnce() -> Result<(), String>) -> WaitStatus {
-        // SAFETY: the child only runs `body` and `_exit`s; glibc keeps malloc usable after fork
-        // even though the test harness is multithreaded.
-        match unsafe { fork() }.expect("fork") {
-            ForkResult::Child => {
-                let code = match catch_unwind(AssertUnwindSafe(body)) {
-                    Ok(Ok(())) => 0,
-                    Ok(Err(message)) => {
-                        let line = format!("child: {message}\n");
-                        // SAFETY: writes a live buffer of the given length to stderr.
-                        unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
-                        1
-                    }
-                    Err(_) => 101,
-                };
-                // SAFETY: ends the forked child without running the parent's atexit handlers.
-                unsafe { libc::_exit(code) }
-            }
-            ForkResult::Parent { child } => waitpid(child, None).expect("waitpid"),
-        }
-    }
-
     fn sandboxed(probe: impl FnOnce() -> Result<(), String>) -> WaitStatus {
         let programs = programs();
         in_child(move || {
@@ -846,7 +825,7 @@ mod tests {
             if int80_getpid() == pid { Ok(()) } else { Err("no ia32 emulation".into()) }
         });
         if !matches!(ia32_works, WaitStatus::Exited(_, 0)) {
-            eprintln!("kernel lacks ia32 emulation ({ia32_works:?}); nothing to check");
+            feature_missing(&format!("the kernel lacks ia32 emulation ({ia32_works:?})"));
             return;
         }
         let status = sandboxed(|| {
@@ -911,7 +890,7 @@ mod tests {
 
     fn run_interpreter(program: &str, args: &[&str]) {
         if !Path::new(program).exists() {
-            eprintln!("{program} not installed; skipping");
+            feature_missing(&format!("{program} is not installed"));
             return;
         }
         assert_exited_ok(sandboxed(|| {
