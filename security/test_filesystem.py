@@ -19,22 +19,48 @@ SECRETS = {
     "root_home": """
         report(read=attempt(os.listdir, "/root"), exists=os.path.exists("/root"))
     """,
-    "root_ssh": """
-        results = [attempt(os.listdir, "/root/.ssh")]
-        for name in ("id_rsa", "id_ed25519", "authorized_keys"):
-            results.append(attempt(lambda: open("/root/.ssh/" + name).read()))
-        bad = [x for x in results if x == "OK"]
-        report(read=bad[0] if bad else results[0], exists=os.path.exists("/root/.ssh"))
-    """,
-    "ssh_host_keys": """
-        import glob
-        found = glob.glob("/etc/ssh/ssh_host_*_key")
-        results = [attempt(lambda: open("/etc/ssh/ssh_host_%s_key" % kind).read())
-                   for kind in ("rsa", "ecdsa", "ed25519")]
-        bad = [x for x in results if x == "OK"]
-        report(read=bad[0] if bad else results[0], exists=bool(found))
-    """,
 }
+
+# Secrets planted on the host for the duration of one test, so that a row cannot pass for want of
+# anything to protect: a key in root's ~/.ssh and an SSH host key in /etc/ssh, each readable by
+# root on the host (the positive control) and named to the attack. `{path}` is the planted file.
+PLANTED = {
+    "root_ssh": ("/root/.ssh", "id_bkgsec_{token}"),
+    "ssh_host_keys": ("/etc/ssh", "ssh_host_bkgsec{token}_key"),
+}
+PLANTED_ATTACK = """
+    path = {path!r}
+    results = [attempt(os.listdir, os.path.dirname(path)), attempt(lambda: open(path).read())]
+    bad = [x for x in results if x == "OK"]
+    report(read=bad[0] if bad else results[1], exists=os.path.exists(path))
+"""
+
+
+@pytest.fixture
+def planted_secret(request):
+    directory, pattern = PLANTED[request.param]
+    made_directory = not os.path.isdir(directory)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, pattern.format(token=secrets.token_hex(6)))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("bkg-sec planted secret " + secrets.token_hex(16) + "\n")
+    try:
+        with open(path) as handle:
+            assert handle.read().startswith("bkg-sec planted secret"), "positive control: root reads it"
+        yield path
+    finally:
+        os.unlink(path)
+        if made_directory:
+            os.rmdir(directory)
+
+
+@pytest.mark.parametrize("planted_secret", sorted(PLANTED), indirect=True)
+def test_planted_host_secret_is_unreadable(sandbox, planted_secret):
+    r = sandbox.attack(PLANTED_ATTACK.format(path=planted_secret))
+    assert r.rc == 0, r
+    assert r.report["read"] in REFUSED, r
+    assert r.report["exists"] is False, r
 
 
 @pytest.mark.parametrize("target", sorted(SECRETS))

@@ -156,9 +156,11 @@ print(json.dumps({"opened": sorted(opened), "found": sorted(set(found))}))
 """
 
 
-def read_state_dir_as_nobody(agent, needle):
-    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           "/usr/bin/python3", "-c", NOBODY_READ, str(agent.state_dir), needle],
+def read_state_dir(agent, needle, as_nobody=True):
+    """What a scan of the agent's state directory for `needle` opened and found, as user nobody
+    or, for the positive control, as root (which proves the needle is there to be found)."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if as_nobody else []
+    done = subprocess.run(nobody + ["/usr/bin/python3", "-c", NOBODY_READ, str(agent.state_dir), needle],
                           capture_output=True, text=True, timeout=60, cwd="/")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -181,10 +183,13 @@ def test_local_user_cannot_read_a_running_sandboxs_disk(sandbox, agent):
         run.stdin.flush()
         line = bkgsec.read_line(run.stdout, 20)
         assert line == b"WRITTEN\n", line
-        seen = read_state_dir_as_nobody(agent, token)
+        seen = read_state_dir(agent, token)
+        control = read_state_dir(agent, token, as_nobody=False)
     finally:
         run.kill()
         run.wait()
+    assert any(path.endswith("disk.img") for path in control["found"]), \
+        "positive control: root finds the private file in the run's disk image: %s" % control
     disks = [path for path in seen["opened"] if path.endswith("disk.img")]
     assert seen["found"] == [], "nobody read the run's private file from %s" % seen["found"]
     assert disks == [], "nobody can open sandbox disk images: %s" % disks
@@ -193,6 +198,9 @@ def test_local_user_cannot_read_a_running_sandboxs_disk(sandbox, agent):
 def test_local_user_cannot_read_the_run_store(agent):
     outcome = agent.exe("print('recorded')")
     assert outcome.rc == 0, outcome
-    seen = read_state_dir_as_nobody(agent, outcome.result["id"])
+    seen = read_state_dir(agent, outcome.result["id"])
+    control = read_state_dir(agent, outcome.result["id"], as_nobody=False)
+    assert any(path.startswith("state.db") for path in control["found"]), \
+        "positive control: root finds the run in the store: %s" % control
     assert [p for p in seen["opened"] if p.startswith("state.db")] == [], seen
     assert seen["found"] == [], seen
