@@ -1,0 +1,166 @@
+//! Ctrl-C on `bkg exe` and `bkgr`, and the agent that `bkg exe` starts by itself.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bkg_tests::{Agent, bin_dir, bkg_bin, cgroup_dirs_named, code, stderr};
+
+fn interrupt(child: &Child) {
+    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+/// Reads lines of `child`'s stdout until one equals `line`.
+fn wait_for_line(child: &mut Child, line: &str) -> BufReader<std::process::ChildStdout> {
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    loop {
+        let mut next = String::new();
+        let read = reader.read_line(&mut next).expect("read stdout");
+        assert!(read > 0, "stdout ended before {line:?}; it had: {seen}");
+        if next.trim_end() == line {
+            return reader;
+        }
+        seen.push_str(&next);
+    }
+}
+
+#[test]
+fn ctrl_c_cancels_a_run_with_130_and_leaves_no_sandbox() {
+    let agent = Agent::start();
+    let mut child = agent
+        .bkg()
+        .args([
+            "exe",
+            "--timeout",
+            "60s",
+            "--type",
+            "python",
+            "-c",
+            "import time\nprint('up', flush=True)\ntime.sleep(60)",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bkg exe");
+    let _stdout = wait_for_line(&mut child, "up");
+    interrupt(&child);
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(code(&output), 130, "stderr: {}", stderr(&output));
+    assert_eq!(stderr(&output).lines().count(), 1, "one line: {}", stderr(&output));
+    agent.wait_idle();
+
+    let runs = agent.bkg().args(["runs", "ls", "--json"]).output();
+    let listed = runs.ok().filter(|runs| runs.status.success());
+    if let Some(runs) = listed {
+        let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+        assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
+    }
+}
+
+#[test]
+fn ctrl_c_on_bkgr_stops_every_sandbox_of_the_project() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nnamespace: default\nsandboxes:\n  one:\n    type: python\n    scripts:\n      start: python -c \"import time; print('one up', flush=True); time.sleep(60)\"\n  two:\n    type: python\n    scripts:\n      start: python -c \"import time; print('two up', flush=True); time.sleep(60)\"\n",
+    )
+    .expect("cave.yaml");
+    let mut bkgr = Command::new(bin_dir().join("bkgr"))
+        .current_dir(dir)
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bkgr");
+    let mut reader = BufReader::new(bkgr.stdout.take().expect("stdout"));
+    let mut up = Vec::new();
+    while up.len() < 2 {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).expect("read") > 0, "bkgr ended early; got {up:?}");
+        up.push(line.trim_end().to_owned());
+    }
+    up.sort();
+    assert_eq!(up, ["one | one up", "two | two up"]);
+    interrupt(&bkgr);
+    let status = bkgr.wait().expect("wait bkgr");
+    assert_eq!(status.code(), Some(130), "{status}");
+    agent.wait_idle();
+
+    let ls = agent.bkg().args(["ls", "--json"]).current_dir(dir).output().expect("bkg ls");
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).expect("ls JSON");
+    let states: Vec<&str> = listed.as_array().into_iter().flatten().filter_map(|s| s["state"].as_str()).collect();
+    assert_eq!(states.len(), 2, "{listed}");
+    assert!(states.iter().all(|state| *state != "running"), "Ctrl-C stopped them all: {listed}");
+}
+
+/// `bkg exe` with no agent on its socket starts one (as root), runs the script, and the agent it
+/// started stops on `bkg agent stop` leaving nothing behind.
+#[test]
+fn bkg_exe_starts_an_agent_when_none_answers() {
+    let dir = tempfile::Builder::new().prefix("bkg-e2e-auto-").tempdir().expect("temp dir");
+    let socket = dir.path().join("agent.sock");
+    let cgroup_dir = format!("bkg-test-{}-autostart", std::process::id());
+    let environment = |command: &mut Command| {
+        command
+            .env("BKG_SOCKET", &socket)
+            .env("BKG_STATE_DIR", dir.path().join("state"))
+            .env("BKG_CGROUP_DIR", &cgroup_dir)
+            .env("BKG_UID_BASE", (0x4000_0000u32 + (std::process::id() % 8192) * 65_536 + 4096).to_string())
+            .env("BKG_WARM_POOL", "0")
+            .env_remove("BKG_NO_AUTOSTART")
+            .env_remove("BKG_REMOTE")
+            .stdin(Stdio::null());
+    };
+    let mut exe = Command::new(bkg_bin());
+    exe.args(["exe", "--type", "python", "-c", "print('ran')"]);
+    environment(&mut exe);
+    let output = exe.output().expect("bkg exe");
+    let said = stderr(&output);
+    let pid: Option<u32> =
+        said.split("(pid ").nth(1).and_then(|rest| rest.split(')').next()).and_then(|pid| pid.parse().ok());
+    let agent_pid = AutostartedAgent(pid);
+    assert_eq!(code(&output), 0, "stderr: {said}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ran\n");
+    assert!(said.contains("started an agent"), "bkg says it started one: {said}");
+    let pid = agent_pid.0.expect("the pid of the started agent");
+
+    let mut stop = Command::new(bkg_bin());
+    stop.args(["agent", "stop"]);
+    environment(&mut stop);
+    let stopped = stop.output().expect("bkg agent stop");
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+        assert!(Instant::now() < deadline, "the started agent did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<_> = cgroup_dirs_named(&cgroup_dir);
+    assert!(left.is_empty(), "the started agent left its cgroups: {left:?}");
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// Kills an agent that `bkg exe` started if the test fails before stopping it.
+struct AutostartedAgent(Option<u32>);
+
+impl Drop for AutostartedAgent {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.filter(|pid| Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(*pid)) {
+            // SAFETY: kill(2) of the agent this test had `bkg exe` start; no memory is involved.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    }
+}
