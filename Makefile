@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help setup build release test schema-validate security lint fmt demo bench clean
+.PHONY: help setup build release test schema-validate security lint fmt demo bench soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ fmt: ## Format the code
 
 demo: setup release ## Run examples/hello.py in a sandbox (starts an agent if none runs)
 	./target/release/bkg exe examples/hello.py
+
+soak: setup build ## About 10 minutes of mixed load, hostile clients and agent restarts; fails on leftovers or open records (bench/soak.py)
+	python3 bench/soak.py
 
 bench: setup ## Startup, throughput and memory benchmarks (see bench/README.md)
 	bash bench/run.sh
