@@ -1,5 +1,7 @@
 //! Persistent projects: `bkg init`, `bkg add`, `bkgr`, and managing the sandboxes.
 
+use std::fs::Permissions;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -215,4 +217,85 @@ fn the_example_projects_run_in_their_sandboxes() {
         assert_eq!(code(&output), 0, "{example}: stdout {} stderr {}", stdout(&output), stderr(&output));
         assert!(stdout(&output).contains(expected), "{example}: {}", stdout(&output));
     }
+}
+
+/// A project folder as `mktemp -d` or `umask 077` make it: mode 0700.
+fn private_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("project dir");
+    std::fs::set_permissions(dir.path(), Permissions::from_mode(0o700)).expect("chmod");
+    dir
+}
+
+/// Gives `path` and everything under it to `uid`, files 0600 and folders 0700.
+fn make_private(path: &Path, uid: u32) {
+    lchown(path, Some(uid), Some(uid)).expect("chown");
+    let meta = std::fs::symlink_metadata(path).expect("stat");
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    std::fs::set_permissions(path, Permissions::from_mode(mode)).expect("chmod");
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read dir").flatten() {
+            make_private(&entry.path(), uid);
+        }
+    }
+}
+
+#[test]
+fn the_project_bkg_init_makes_runs_as_generated() {
+    let agent = Agent::start();
+    for (language, name, start) in [("python", "app", "start: python main.py"), ("node", "web", "start: node main.js")] {
+        // Owned by root, mode 0700: the sandbox user is not the owner.
+        let project = private_dir();
+        let dir = project.path();
+        let init = bkg_in(&agent, dir, &["init", "--yes", "--sandbox", name, "--type", language]);
+        assert_eq!(code(&init), 0, "init: {}", stderr(&init));
+        let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+        assert!(cave.contains(start), "{cave}");
+        let output = bkgr(&agent, dir, &[name]);
+        assert_eq!(code(&output), 0, "{language}: stderr {}", stderr(&output));
+        assert_eq!(stdout(&output), format!("hello from {name}\n"));
+    }
+}
+
+#[test]
+fn a_private_project_and_volume_read_and_write_as_their_owner_sees_them() {
+    const OWNER: u32 = 1234;
+    const STRANGER: u32 = 4321;
+    let agent = Agent::start();
+    let project = private_dir();
+    let dir = project.path();
+    let init = bkg_in(&agent, dir, &["init", "--yes"]);
+    assert_eq!(code(&init), 0, "init: {}", stderr(&init));
+    let add = bkg_in(&agent, dir, &["add", "app", "--type", "python", "--volume", "./vol:/workspace/vol:rw"]);
+    assert_eq!(code(&add), 0, "add: {}", stderr(&add));
+    write(
+        &dir.join("main.py"),
+        "import os\nimport helper\nprint(helper.greeting())\nprint(open('data/notes.txt').read().strip())\n\
+         st = os.stat('main.py')\nprint('mine', st.st_uid, st.st_gid)\nprint('theirs', os.stat('secret.txt').st_uid)\n\
+         try:\n    open('secret.txt').read()\n    print('read the secret')\nexcept PermissionError:\n    print('secret unreadable')\n\
+         try:\n    open('new.txt', 'w')\nexcept OSError as error:\n    print('project', error.strerror)\n\
+         print(open('/workspace/vol/in.txt').read().strip())\nopen('/workspace/vol/out.txt', 'w').write('from the sandbox')\n",
+    );
+    write(&dir.join("helper.py"), "def greeting():\n    return 'hello from helper'\n");
+    write(&dir.join("data/notes.txt"), "private notes\n");
+    write(&dir.join("vol/in.txt"), "from the volume\n");
+    make_private(dir, OWNER);
+    write(&dir.join("secret.txt"), "not yours\n");
+    make_private(&dir.join("secret.txt"), STRANGER);
+
+    let output = bkgr(&agent, dir, &["app"]);
+    assert_eq!(code(&output), 0, "stdout: {} stderr: {}", stdout(&output), stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "hello from helper\nprivate notes\nmine 1000 1000\ntheirs 65534\nsecret unreadable\n\
+         project Read-only file system\nfrom the volume\n"
+    );
+    let written = std::fs::metadata(dir.join("vol/out.txt")).expect("the sandbox wrote to the volume");
+    assert_eq!((written.uid(), written.gid()), (OWNER, OWNER), "it lands on the host as the owner's");
+    let main = std::fs::metadata(dir.join("main.py")).expect("main.py");
+    assert_eq!((main.uid(), main.mode() & 0o7777), (OWNER, 0o600), "the host's owner and modes stay");
+
+    // `bkg exe` sends the script's bytes, read by the caller: a private script runs too.
+    let script = dir.join("helper.py");
+    let exe = agent.exe(&[script.to_str().expect("utf-8 path")]);
+    assert_eq!(code(&exe), 0, "stderr: {}", stderr(&exe));
 }
