@@ -107,9 +107,10 @@ fn write_starter(dir: &Path, name: &str, sandbox: &NewSandbox) -> Result<Option<
     let language = sandbox.language;
     let file = language.default_script_name();
     let path = dir.join(file);
-    let is_default = sandbox.scripts.iter().any(|(script, command)| {
-        script == "start" && *command == NewSandbox::default_start(language)
-    });
+    let is_default = sandbox
+        .scripts
+        .iter()
+        .any(|(script, command)| script == "start" && *command == NewSandbox::default_start(language));
     if !is_default || path.symlink_metadata().is_ok() {
         return Ok(None);
     }

@@ -242,7 +242,8 @@ fn make_private(path: &Path, uid: u32) {
 #[test]
 fn the_project_bkg_init_makes_runs_as_generated() {
     let agent = Agent::start();
-    for (language, name, start) in [("python", "app", "start: python main.py"), ("node", "web", "start: node main.js")] {
+    for (language, name, start) in [("python", "app", "start: python main.py"), ("node", "web", "start: node main.js")]
+    {
         // Owned by root, mode 0700: the sandbox user is not the owner.
         let project = private_dir();
         let dir = project.path();

@@ -399,7 +399,8 @@ fn bind_as_owner(source: &Path, target: &Path, read_only: bool, userns: &OwnedFd
     if read_only {
         attributes |= libc::MOUNT_ATTR_RDONLY;
     }
-    let attr = libc::mount_attr { attr_set: attributes, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+    let attr =
+        libc::mount_attr { attr_set: attributes, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
     // SAFETY: mount_setattr reads `attr` (valid for the call, its size passed along) and an
     // empty NUL-terminated path relative to the detached tree's descriptor.
     let set = unsafe {

@@ -511,8 +511,18 @@ mod tests {
                     owner: ALICE,
                     state_dir: "/home/alice/app/.bkg".into(),
                     volumes: vec![
-                        Volume { host: "/srv/data".into(), guest: "/workspace/data".into(), read_only: false, owner: root },
-                        Volume { host: "/home/alice/in".into(), guest: "/workspace/in".into(), read_only: true, owner: ALICE },
+                        Volume {
+                            host: "/srv/data".into(),
+                            guest: "/workspace/data".into(),
+                            read_only: false,
+                            owner: root,
+                        },
+                        Volume {
+                            host: "/home/alice/in".into(),
+                            guest: "/workspace/in".into(),
+                            read_only: true,
+                            owner: ALICE,
+                        },
                     ],
                 }),
                 hostname: "bkg".into(),
@@ -540,7 +550,10 @@ mod tests {
         );
         assert_eq!(plan.idmaps().into_iter().collect::<Vec<_>>(), [root_files, alice], "one user namespace each");
         assert!(
-            !plan.steps.iter().any(|step| matches!(step, MountStep::BindReadOnly { target, .. } if target.starts_with(PROJECT))),
+            !plan
+                .steps
+                .iter()
+                .any(|step| matches!(step, MountStep::BindReadOnly { target, .. } if target.starts_with(PROJECT))),
             "the project is never bound without its idmap"
         );
     }

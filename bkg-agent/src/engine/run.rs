@@ -203,9 +203,16 @@ impl Engine {
         })
     }
 
+    /// The project directory on the agent of the sandboxes of `namespace` that have no project
+    /// of their own (made through the API or MCP).
+    pub fn scratch_project_dir(&self, namespace: &str) -> PathBuf {
+        self.config.state_dir.join("namespaces").join(namespace)
+    }
+
     /// A command in a persistent sandbox: `/bin/sh -c COMMAND` in its project, read-only at
     /// /project (so `python main.py` finds the project's main.py), with its kept /workspace and
-    /// the project's volumes bound in.
+    /// the project's volumes bound in. A sandbox without a project of its own starts in
+    /// /workspace instead, the only place it has files.
     pub fn validate_exec(&self, definition: &SandboxDefinition, exec: ExecRequest) -> Result<ValidatedRun, RunError> {
         let limits = self.resolve_limits(&definition.limits)?;
         self.interpreter(definition.language)?;
@@ -245,7 +252,11 @@ impl Engine {
             order: GoOrder {
                 argv: vec!["/bin/sh".into(), "-c".into(), exec.command],
                 env: sandbox_env(&env)?,
-                cwd: PROJECT.into(),
+                cwd: if project_dir == self.scratch_project_dir(&definition.namespace) {
+                    WORKSPACE.into()
+                } else {
+                    PROJECT.into()
+                },
                 files: Vec::new(),
                 clear: vec![TMP.into(), "/dev/shm".into()],
                 reown: vec![WORKSPACE.into()],
