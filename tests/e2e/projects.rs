@@ -300,3 +300,39 @@ fn a_private_project_and_volume_read_and_write_as_their_owner_sees_them() {
     let exe = agent.exe(&[script.to_str().expect("utf-8 path")]);
     assert_eq!(code(&exe), 0, "stderr: {}", stderr(&exe));
 }
+
+/// A ramfs mounted on a fresh folder for one test, unmounted when dropped.
+struct Ramfs {
+    dir: tempfile::TempDir,
+}
+
+impl Ramfs {
+    fn mount() -> Self {
+        let dir = private_dir();
+        let status = Command::new("mount").args(["-t", "ramfs", "bkg-test"]).arg(dir.path()).status().expect("mount");
+        assert!(status.success(), "mount a ramfs");
+        Self { dir }
+    }
+}
+
+impl Drop for Ramfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_project_whose_filesystem_cannot_be_idmapped_is_refused_in_one_line() {
+    let agent = Agent::start();
+    // ramfs has no idmapped mounts.
+    let ramfs = Ramfs::mount();
+    let dir = ramfs.dir.path();
+    let init = bkg_in(&agent, dir, &["init", "--yes", "--sandbox", "app"]);
+    assert_eq!(code(&init), 0, "init: {}", stderr(&init));
+    let refused = bkgr(&agent, dir, &["app"]);
+    assert_eq!(code(&refused), 125, "stdout: {}", stdout(&refused));
+    let line = stderr(&refused);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.contains(&format!("show {} at /project", dir.display())), "{line}");
+    assert!(line.contains("move it to a local filesystem such as ext4"), "{line}");
+}

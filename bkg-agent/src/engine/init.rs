@@ -313,12 +313,11 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep, idmaps: &IdmapNamespaces) ->
             fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).stage("set file mode")
         }
         MountStep::BindAsOwner { source, target, read_only, idmap } => {
+            let stage = format!("show {} at {}", source.display(), target.display());
             let target = inside(root, target);
             make_mount_point(source, &target)?;
-            let userns = idmaps
-                .get(idmap)
-                .ok_or_else(|| StageError::new(format!("bind {}", source.display()), "its idmap was not made"))?;
-            bind_as_owner(source, &target, *read_only, userns)
+            let userns = idmaps.get(idmap).ok_or_else(|| StageError::new(&stage, "its idmap was not made"))?;
+            bind_as_owner(source, &target, *read_only, userns).map_err(|message| StageError::new(stage, message))
         }
         MountStep::Mask { target } => {
             let target = inside(root, target);
@@ -383,15 +382,14 @@ fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<(), StageError> 
 
 /// Binds `source` on `target` through an idmapped mount: a detached copy of the tree
 /// (`open_tree`), its ids mapped by `userns` (`mount_setattr`), then attached (`move_mount`).
-fn bind_as_owner(source: &Path, target: &Path, read_only: bool, userns: &OwnedFd) -> Result<(), StageError> {
-    let stage = format!("bind {} on {}", source.display(), target.display());
-    let source_path = CString::new(source.as_os_str().as_bytes()).stage(&stage)?;
-    let target_path = CString::new(target.as_os_str().as_bytes()).stage(&stage)?;
+fn bind_as_owner(source: &Path, target: &Path, read_only: bool, userns: &OwnedFd) -> Result<(), String> {
+    let source_path = CString::new(source.as_os_str().as_bytes()).map_err(|error| error.to_string())?;
+    let target_path = CString::new(target.as_os_str().as_bytes()).map_err(|error| error.to_string())?;
     let clone_flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint;
     // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor or -1.
     let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, source_path.as_ptr(), clone_flags) };
     if tree < 0 {
-        return Err(StageError::new(stage, std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error().to_string());
     }
     // SAFETY: the descriptor was just returned to us and nothing else owns it.
     let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
@@ -414,7 +412,7 @@ fn bind_as_owner(source: &Path, target: &Path, read_only: bool, userns: &OwnedFd
         )
     };
     if set < 0 {
-        return Err(StageError::new(stage, idmap_refused(source, std::io::Error::last_os_error())));
+        return Err(idmap_refused(source, std::io::Error::last_os_error()));
     }
     // SAFETY: move_mount reads two NUL-terminated paths; the source is the detached tree itself.
     let moved = unsafe {
@@ -428,7 +426,7 @@ fn bind_as_owner(source: &Path, target: &Path, read_only: bool, userns: &OwnedFd
         )
     };
     if moved < 0 {
-        return Err(StageError::new(stage, std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error().to_string());
     }
     Ok(())
 }
