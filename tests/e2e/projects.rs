@@ -61,8 +61,32 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     assert!(!dir.join(".bkg/sandboxes/api").exists(), "its state is gone");
     let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
     assert!(!cave.contains("api:"), "it is gone from cave.yaml:\n{cave}");
+    assert!(cave.contains("\nsandboxes: {}\n"), "the last one leaves an empty mapping, not null:\n{cave}");
     let status = bkg_in(&agent, dir, &["status", "api"]);
     assert_eq!(code(&status), 125);
+
+    let validate = bkg_in(&agent, dir, &["validate"]);
+    assert_eq!(code(&validate), 0, "validate: {}", stderr(&validate));
+    let nothing = bkgr(&agent, dir, &[]);
+    assert!(stderr(&nothing).contains("declares no sandbox"), "{}", stderr(&nothing));
+    let again = bkg_in(&agent, dir, &["add", "api", "--type", "python", "--script", "start=python -c 'print(7)'"]);
+    assert_eq!(code(&again), 0, "add after rm: {}", stderr(&again));
+    let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    assert!(cave.starts_with("# cave.yaml: this project's sandboxes"), "comments are kept:\n{cave}");
+    let rerun = bkgr(&agent, dir, &["api"]);
+    assert_eq!(stdout(&rerun), "7\n", "stderr: {}", stderr(&rerun));
+}
+
+/// Polls `check` until it holds, for up to 30 s, and fails with what it last saw otherwise.
+fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(seen) if std::time::Instant::now() > deadline => panic!("{what}: last saw {seen}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
 }
 
 #[test]
@@ -120,14 +144,15 @@ fn detach_logs_and_stop() {
     let detached = bkgr(&agent, dir, &["-d", "ticker"]);
     assert_eq!(code(&detached), 0, "stderr: {}", stderr(&detached));
     assert!(stdout(&detached).starts_with("ticker\trun_"), "{}", stdout(&detached));
-    std::thread::sleep(std::time::Duration::from_millis(800));
 
     let status = bkg_in(&agent, dir, &["status", "ticker", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     assert_eq!(status["state"], "running");
 
-    let logs = bkg_in(&agent, dir, &["logs", "ticker"]);
-    assert!(stdout(&logs).starts_with("tick 0\ntick 1\n"), "logs: {}", stdout(&logs));
+    eventually("the log shows two ticks", || {
+        let logs = stdout(&bkg_in(&agent, dir, &["logs", "ticker"]));
+        if logs.starts_with("tick 0\ntick 1\n") { Ok(()) } else { Err(logs) }
+    });
 
     let busy = bkgr(&agent, dir, &["ticker"]);
     assert_eq!(code(&busy), 125, "a second run of a running sandbox is refused");
