@@ -36,7 +36,7 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     let dir = project.path();
     let init = bkg_in(&agent, dir, &["init", "--yes"]);
     assert_eq!(code(&init), 0, "init: {}", stderr(&init));
-    let add = bkg_in(&agent, dir, &["add", "api", "--type", "python", "--script", "start=python /project/main.py"]);
+    let add = bkg_in(&agent, dir, &["add", "api", "--type", "python", "--script", "start=python main.py"]);
     assert_eq!(code(&add), 0, "add: {}", stderr(&add));
     write(
         &dir.join("main.py"),
@@ -299,7 +299,9 @@ fn a_private_project_and_volume_read_and_write_as_their_owner_sees_them() {
          st = os.stat('main.py')\nprint('mine', st.st_uid, st.st_gid)\nprint('theirs', os.stat('secret.txt').st_uid)\n\
          try:\n    open('secret.txt').read()\n    print('read the secret')\nexcept PermissionError:\n    print('secret unreadable')\n\
          try:\n    open('new.txt', 'w')\nexcept OSError as error:\n    print('project', error.strerror)\n\
-         print(open('/workspace/vol/in.txt').read().strip())\nopen('/workspace/vol/out.txt', 'w').write('from the sandbox')\n",
+         print(open('/workspace/vol/in.txt').read().strip())\nopen('/workspace/vol/out.txt', 'w').write('from the sandbox')\n\
+         try:\n    os.chmod('/workspace/vol/out.txt', 0o4755)\n    print('setuid allowed')\n\
+         except PermissionError:\n    print('setuid refused')\n",
     );
     write(&dir.join("helper.py"), "def greeting():\n    return 'hello from helper'\n");
     write(&dir.join("data/notes.txt"), "private notes\n");
@@ -313,10 +315,11 @@ fn a_private_project_and_volume_read_and_write_as_their_owner_sees_them() {
     assert_eq!(
         stdout(&output),
         "hello from helper\nprivate notes\nmine 1000 1000\ntheirs 65534\nsecret unreadable\n\
-         project Read-only file system\nfrom the volume\n"
+         project Read-only file system\nfrom the volume\nsetuid refused\n"
     );
     let written = std::fs::metadata(dir.join("vol/out.txt")).expect("the sandbox wrote to the volume");
     assert_eq!((written.uid(), written.gid()), (OWNER, OWNER), "it lands on the host as the owner's");
+    assert_eq!(written.mode() & 0o6000, 0, "and never setuid or setgid");
     let main = std::fs::metadata(dir.join("main.py")).expect("main.py");
     assert_eq!((main.uid(), main.mode() & 0o7777), (OWNER, 0o600), "the host's owner and modes stay");
 
