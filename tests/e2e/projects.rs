@@ -287,8 +287,10 @@ fn a_private_project_and_volume_read_and_write_as_their_owner_sees_them() {
     const OWNER: u32 = 1234;
     const STRANGER: u32 = 4321;
     let agent = Agent::start();
-    let project = private_dir();
-    let dir = project.path();
+    // A project in a private home folder, as on Debian 12: neither can the sandbox user traverse.
+    let home = private_dir();
+    let dir = &home.path().join("app");
+    std::fs::create_dir(dir).expect("project dir");
     let init = bkg_in(&agent, dir, &["init", "--yes"]);
     assert_eq!(code(&init), 0, "init: {}", stderr(&init));
     let add = bkg_in(&agent, dir, &["add", "app", "--type", "python", "--volume", "./vol:/workspace/vol:rw"]);
@@ -306,7 +308,7 @@ fn a_private_project_and_volume_read_and_write_as_their_owner_sees_them() {
     write(&dir.join("helper.py"), "def greeting():\n    return 'hello from helper'\n");
     write(&dir.join("data/notes.txt"), "private notes\n");
     write(&dir.join("vol/in.txt"), "from the volume\n");
-    make_private(dir, OWNER);
+    make_private(home.path(), OWNER);
     write(&dir.join("secret.txt"), "not yours\n");
     make_private(&dir.join("secret.txt"), STRANGER);
 
