@@ -329,8 +329,18 @@ fn remove_sandbox_block(text: &str, name: &str) -> Option<String> {
             !line.trim().is_empty() && indent_of(line) <= indent
         })
         .unwrap_or(lines.len());
-    let mut kept: Vec<&str> = lines[..start].to_vec();
-    kept.extend_from_slice(&lines[end..]);
+    let mut kept: Vec<String> = lines[..start].iter().map(|line| (*line).to_owned()).collect();
+    kept.extend(lines[end..].iter().map(|line| (*line).to_owned()));
+    // Without entries the key alone would read as null, which no command accepts: the last
+    // sandbox leaves an empty mapping behind.
+    let entries_left = kept[sandboxes + 1..]
+        .iter()
+        .take_while(|line| line.trim().is_empty() || indent_of(line) > 0)
+        .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'));
+    if !entries_left {
+        let key = &lines[sandboxes];
+        kept[sandboxes] = format!("sandboxes: {{}}{}", &key[key.trim_end().len()..]);
+    }
     Some(kept.concat())
 }
 
@@ -365,6 +375,20 @@ mod tests {
         );
         assert_eq!(remove_sandbox_block(CAVE, "missing"), None);
         assert_eq!(remove_sandbox_block(CAVE, "start"), None, "a nested key is not a sandbox");
+    }
+
+    #[test]
+    fn removing_the_last_sandbox_leaves_an_empty_mapping() {
+        let one = "# my project\nversion: 1\nsandboxes:\r\n  # the only one\n  api:\n    type: python\n\n# end\nnamespace: x\n";
+        assert_eq!(
+            remove_sandbox_block(one, "api").as_deref(),
+            Some("# my project\nversion: 1\nsandboxes: {}\r\n  # the only one\n# end\nnamespace: x\n")
+        );
+        let two = remove_sandbox_block(CAVE, "api").unwrap_or_default();
+        assert_eq!(
+            remove_sandbox_block(&two, "worker").as_deref(),
+            Some("# my project\nversion: 1\nnamespace: default\nsandboxes: {}\n")
+        );
     }
 
     #[test]

@@ -97,7 +97,8 @@ pub struct SandboxInfo {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
-    /// A shell command line, run with `/bin/sh -c` in /workspace.
+    /// A shell command line, run with `/bin/sh -c` in /project (the project, read-only), or in
+    /// /workspace for a sandbox made with `POST /api/v1/sandboxes`, which has no project.
     pub command: String,
     /// Return at once with the run's id; the run goes on under the agent, its output only in
     /// the sandbox's log.

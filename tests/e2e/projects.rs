@@ -1,5 +1,7 @@
 //! Persistent projects: `bkg init`, `bkg add`, `bkgr`, and managing the sandboxes.
 
+use std::fs::Permissions;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -34,7 +36,7 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     let dir = project.path();
     let init = bkg_in(&agent, dir, &["init", "--yes"]);
     assert_eq!(code(&init), 0, "init: {}", stderr(&init));
-    let add = bkg_in(&agent, dir, &["add", "api", "--type", "python", "--script", "start=python /project/main.py"]);
+    let add = bkg_in(&agent, dir, &["add", "api", "--type", "python", "--script", "start=python main.py"]);
     assert_eq!(code(&add), 0, "add: {}", stderr(&add));
     write(
         &dir.join("main.py"),
@@ -59,8 +61,32 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     assert!(!dir.join(".bkg/sandboxes/api").exists(), "its state is gone");
     let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
     assert!(!cave.contains("api:"), "it is gone from cave.yaml:\n{cave}");
+    assert!(cave.contains("\nsandboxes: {}\n"), "the last one leaves an empty mapping, not null:\n{cave}");
     let status = bkg_in(&agent, dir, &["status", "api"]);
     assert_eq!(code(&status), 125);
+
+    let validate = bkg_in(&agent, dir, &["validate"]);
+    assert_eq!(code(&validate), 0, "validate: {}", stderr(&validate));
+    let nothing = bkgr(&agent, dir, &[]);
+    assert!(stderr(&nothing).contains("declares no sandbox"), "{}", stderr(&nothing));
+    let again = bkg_in(&agent, dir, &["add", "api", "--type", "python", "--script", "start=python -c 'print(7)'"]);
+    assert_eq!(code(&again), 0, "add after rm: {}", stderr(&again));
+    let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    assert!(cave.starts_with("# cave.yaml: this project's sandboxes"), "comments are kept:\n{cave}");
+    let rerun = bkgr(&agent, dir, &["api"]);
+    assert_eq!(stdout(&rerun), "7\n", "stderr: {}", stderr(&rerun));
+}
+
+/// Polls `check` until it holds, for up to 30 s, and fails with what it last saw otherwise.
+fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(seen) if std::time::Instant::now() > deadline => panic!("{what}: last saw {seen}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
 }
 
 #[test]
@@ -118,14 +144,15 @@ fn detach_logs_and_stop() {
     let detached = bkgr(&agent, dir, &["-d", "ticker"]);
     assert_eq!(code(&detached), 0, "stderr: {}", stderr(&detached));
     assert!(stdout(&detached).starts_with("ticker\trun_"), "{}", stdout(&detached));
-    std::thread::sleep(std::time::Duration::from_millis(800));
 
     let status = bkg_in(&agent, dir, &["status", "ticker", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     assert_eq!(status["state"], "running");
 
-    let logs = bkg_in(&agent, dir, &["logs", "ticker"]);
-    assert!(stdout(&logs).starts_with("tick 0\ntick 1\n"), "logs: {}", stdout(&logs));
+    eventually("the log shows two ticks", || {
+        let logs = stdout(&bkg_in(&agent, dir, &["logs", "ticker"]));
+        if logs.starts_with("tick 0\ntick 1\n") { Ok(()) } else { Err(logs) }
+    });
 
     let busy = bkgr(&agent, dir, &["ticker"]);
     assert_eq!(code(&busy), 125, "a second run of a running sandbox is refused");
@@ -215,4 +242,127 @@ fn the_example_projects_run_in_their_sandboxes() {
         assert_eq!(code(&output), 0, "{example}: stdout {} stderr {}", stdout(&output), stderr(&output));
         assert!(stdout(&output).contains(expected), "{example}: {}", stdout(&output));
     }
+}
+
+/// A project folder as `mktemp -d` or `umask 077` make it: mode 0700.
+fn private_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("project dir");
+    std::fs::set_permissions(dir.path(), Permissions::from_mode(0o700)).expect("chmod");
+    dir
+}
+
+/// Gives `path` and everything under it to `uid`, files 0600 and folders 0700.
+fn make_private(path: &Path, uid: u32) {
+    lchown(path, Some(uid), Some(uid)).expect("chown");
+    let meta = std::fs::symlink_metadata(path).expect("stat");
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    std::fs::set_permissions(path, Permissions::from_mode(mode)).expect("chmod");
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read dir").flatten() {
+            make_private(&entry.path(), uid);
+        }
+    }
+}
+
+#[test]
+fn the_project_bkg_init_makes_runs_as_generated() {
+    let agent = Agent::start();
+    for (language, name, start) in [("python", "app", "start: python main.py"), ("node", "web", "start: node main.js")]
+    {
+        // Owned by root, mode 0700: the sandbox user is not the owner.
+        let project = private_dir();
+        let dir = project.path();
+        let init = bkg_in(&agent, dir, &["init", "--yes", "--sandbox", name, "--type", language]);
+        assert_eq!(code(&init), 0, "init: {}", stderr(&init));
+        let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+        assert!(cave.contains(start), "{cave}");
+        let output = bkgr(&agent, dir, &[name]);
+        assert_eq!(code(&output), 0, "{language}: stderr {}", stderr(&output));
+        assert_eq!(stdout(&output), format!("hello from {name}\n"));
+    }
+}
+
+#[test]
+fn a_private_project_and_volume_read_and_write_as_their_owner_sees_them() {
+    const OWNER: u32 = 1234;
+    const STRANGER: u32 = 4321;
+    let agent = Agent::start();
+    // A project in a private home folder, as on Debian 12: neither can the sandbox user traverse.
+    let home = private_dir();
+    let dir = &home.path().join("app");
+    std::fs::create_dir(dir).expect("project dir");
+    let init = bkg_in(&agent, dir, &["init", "--yes"]);
+    assert_eq!(code(&init), 0, "init: {}", stderr(&init));
+    let add = bkg_in(&agent, dir, &["add", "app", "--type", "python", "--volume", "./vol:/workspace/vol:rw"]);
+    assert_eq!(code(&add), 0, "add: {}", stderr(&add));
+    write(
+        &dir.join("main.py"),
+        "import os\nimport helper\nprint(helper.greeting())\nprint(open('data/notes.txt').read().strip())\n\
+         st = os.stat('main.py')\nprint('mine', st.st_uid, st.st_gid)\nprint('theirs', os.stat('secret.txt').st_uid)\n\
+         try:\n    open('secret.txt').read()\n    print('read the secret')\nexcept PermissionError:\n    print('secret unreadable')\n\
+         try:\n    open('new.txt', 'w')\nexcept OSError as error:\n    print('project', error.strerror)\n\
+         print(open('/workspace/vol/in.txt').read().strip())\nopen('/workspace/vol/out.txt', 'w').write('from the sandbox')\n\
+         try:\n    os.chmod('/workspace/vol/out.txt', 0o4755)\n    print('setuid allowed')\n\
+         except PermissionError:\n    print('setuid refused')\n",
+    );
+    write(&dir.join("helper.py"), "def greeting():\n    return 'hello from helper'\n");
+    write(&dir.join("data/notes.txt"), "private notes\n");
+    write(&dir.join("vol/in.txt"), "from the volume\n");
+    make_private(home.path(), OWNER);
+    write(&dir.join("secret.txt"), "not yours\n");
+    make_private(&dir.join("secret.txt"), STRANGER);
+
+    let output = bkgr(&agent, dir, &["app"]);
+    assert_eq!(code(&output), 0, "stdout: {} stderr: {}", stdout(&output), stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "hello from helper\nprivate notes\nmine 1000 1000\ntheirs 65534\nsecret unreadable\n\
+         project Read-only file system\nfrom the volume\nsetuid refused\n"
+    );
+    let written = std::fs::metadata(dir.join("vol/out.txt")).expect("the sandbox wrote to the volume");
+    assert_eq!((written.uid(), written.gid()), (OWNER, OWNER), "it lands on the host as the owner's");
+    assert_eq!(written.mode() & 0o6000, 0, "and never setuid or setgid");
+    let main = std::fs::metadata(dir.join("main.py")).expect("main.py");
+    assert_eq!((main.uid(), main.mode() & 0o7777), (OWNER, 0o600), "the host's owner and modes stay");
+
+    // `bkg exe` sends the script's bytes, read by the caller: a private script runs too.
+    let script = dir.join("helper.py");
+    let exe = agent.exe(&[script.to_str().expect("utf-8 path")]);
+    assert_eq!(code(&exe), 0, "stderr: {}", stderr(&exe));
+}
+
+/// A ramfs mounted on a fresh folder for one test, unmounted when dropped.
+struct Ramfs {
+    dir: tempfile::TempDir,
+}
+
+impl Ramfs {
+    fn mount() -> Self {
+        let dir = private_dir();
+        let status = Command::new("mount").args(["-t", "ramfs", "bkg-test"]).arg(dir.path()).status().expect("mount");
+        assert!(status.success(), "mount a ramfs");
+        Self { dir }
+    }
+}
+
+impl Drop for Ramfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_project_whose_filesystem_cannot_be_idmapped_is_refused_in_one_line() {
+    let agent = Agent::start();
+    // ramfs has no idmapped mounts.
+    let ramfs = Ramfs::mount();
+    let dir = ramfs.dir.path();
+    let init = bkg_in(&agent, dir, &["init", "--yes", "--sandbox", "app"]);
+    assert_eq!(code(&init), 0, "init: {}", stderr(&init));
+    let refused = bkgr(&agent, dir, &["app"]);
+    assert_eq!(code(&refused), 125, "stdout: {}", stdout(&refused));
+    let line = stderr(&refused);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.contains(&format!("show {} at /project", dir.display())), "{line}");
+    assert!(line.contains("move it to a local filesystem such as ext4"), "{line}");
 }

@@ -8,10 +8,12 @@
 //! forks the code (pid 2) and reaps. When pid 1 exits the kernel kills everything left in the
 //! pid namespace, so no daemon outlives a run.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, chown, symlink};
 use std::os::unix::net::UnixStream;
 use std::path::{Component, Path, PathBuf};
@@ -24,7 +26,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
 
 use super::control::{self, CONTROL_FD, FromInit, GoOrder, ToInit};
-use super::plan::{INNER_ID, MountStep, SandboxPlan};
+use super::plan::{INNER_ID, IdMap, MountStep, SandboxPlan};
 use super::{landlock, loopdev, seccomp};
 
 /// A failed step of building or starting the sandbox.
@@ -87,6 +89,12 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
             | CloneFlags::CLONE_NEWCGROUP,
     )
     .stage("create namespaces")?;
+    // Made here, where /proc still shows host pids, for pid 1 to use as it builds the root.
+    let idmaps = plan
+        .idmaps()
+        .into_iter()
+        .map(|idmap| Ok((idmap, idmap_user_namespace(idmap)?)))
+        .collect::<Result<BTreeMap<_, _>, StageError>>()?;
 
     // Pid 1 waits on this pipe until its host pid has been reported, so that report is always
     // the first message the agent reads.
@@ -104,7 +112,7 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
             drop(go_ahead_write);
             let mut wait = [0u8; 1];
             let _ = File::from(go_ahead_read).read(&mut wait);
-            if let Err(error) = pid_one(plan, control) {
+            if let Err(error) = pid_one(plan, idmaps, control) {
                 let _ =
                     control::write_blocking(control, &FromInit::Failed { stage: error.stage, message: error.message });
             }
@@ -119,9 +127,53 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
     }
 }
 
-fn pid_one(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError> {
+/// The user namespaces of the idmapped mounts, one per mapping, held only while the root is built.
+type IdmapNamespaces = BTreeMap<IdMap, OwnedFd>;
+
+/// A user namespace whose only mapping is `idmap`, as a descriptor for `mount_setattr`. A
+/// process cannot write the full id map of a namespace it is in itself, so a throwaway child
+/// enters it and waits while we write its maps and open it.
+fn idmap_user_namespace(idmap: IdMap) -> Result<OwnedFd, StageError> {
+    let stage = "create the user namespace of an idmapped mount";
+    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
+    let (hold_read, hold_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
+    // SAFETY: the outer init is single-threaded; the child only makes system calls and exits.
+    match unsafe { fork() }.stage(stage)? {
+        ForkResult::Child => {
+            drop(ready_read);
+            drop(hold_write);
+            let entered = unshare(CloneFlags::CLONE_NEWUSER).is_ok();
+            let _ = nix::unistd::write(&ready_write, &[u8::from(entered)]);
+            // Until the parent is done with us (or gone): its end closing wakes this read.
+            let _ = nix::unistd::read(&hold_read, &mut [0u8; 1]);
+            // SAFETY: _exit ends this forked child without running the parent's atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(ready_write);
+            drop(hold_read);
+            let opened = (|| {
+                let mut entered = [0u8; 1];
+                File::from(ready_read).read_exact(&mut entered)?;
+                if entered[0] != 1 {
+                    return Err(std::io::Error::other("the kernel refused a new user namespace"));
+                }
+                let proc_dir = PathBuf::from(format!("/proc/{child}"));
+                fs::write(proc_dir.join("uid_map"), format!("{} {} 1\n", idmap.owner.uid, idmap.shown_as))?;
+                fs::write(proc_dir.join("gid_map"), format!("{} {} 1\n", idmap.owner.gid, idmap.shown_as))?;
+                File::open(proc_dir.join("ns/user")).map(OwnedFd::from)
+            })();
+            drop(hold_write);
+            let _ = waitpid(child, None);
+            opened.stage(stage)
+        }
+    }
+}
+
+fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream) -> Result<(), StageError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).stage("set parent-death signal")?;
-    build_root(plan)?;
+    build_root(plan, &idmaps)?;
+    drop(idmaps);
     nix::unistd::sethostname(&plan.hostname).stage("set hostname")?;
     bring_up_loopback().stage("bring up loopback")?;
     // Compiled while the sandbox waits in the pool, not once the caller is waiting.
@@ -146,7 +198,7 @@ fn pid_one(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageErro
     run_code(plan, Launch::new(&order, seccomp)?, control)
 }
 
-fn build_root(plan: &SandboxPlan) -> Result<(), StageError> {
+fn build_root(plan: &SandboxPlan, idmaps: &IdmapNamespaces) -> Result<(), StageError> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .stage("make mounts private")?;
 
@@ -167,7 +219,7 @@ fn build_root(plan: &SandboxPlan) -> Result<(), StageError> {
         .stage("mount root tmpfs")?;
 
     for step in &plan.steps {
-        apply_step(plan, step)?;
+        apply_step(plan, step, idmaps)?;
     }
 
     mount(
@@ -220,7 +272,7 @@ fn inside(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
-fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
+fn apply_step(plan: &SandboxPlan, step: &MountStep, idmaps: &IdmapNamespaces) -> Result<(), StageError> {
     let root = &plan.root_dir;
     match step {
         MountStep::BindReadOnly { source, target } => {
@@ -260,11 +312,12 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep) -> Result<(), StageError> {
             fs::write(&path, contents).stage(&format!("write {}", path.display()))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).stage("set file mode")
         }
-        MountStep::BindVolume { source, target, read_only } => {
+        MountStep::BindAsOwner { source, target, read_only, idmap } => {
+            let stage = format!("show {} at {}", source.display(), target.display());
             let target = inside(root, target);
             make_mount_point(source, &target)?;
-            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-            bind(source, &target, if *read_only { flags | MsFlags::MS_RDONLY } else { flags })
+            let userns = idmaps.get(idmap).ok_or_else(|| StageError::new(&stage, "its idmap was not made"))?;
+            bind_as_owner(source, &target, *read_only, userns).map_err(|message| StageError::new(stage, message))
         }
         MountStep::Mask { target } => {
             let target = inside(root, target);
@@ -325,6 +378,73 @@ fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<(), StageError> 
     mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).stage(&stage)?;
     mount(None::<&str>, target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None::<&str>)
         .stage(&stage)
+}
+
+/// Binds `source` on `target` through an idmapped mount: a detached copy of the tree
+/// (`open_tree`), its ids mapped by `userns` (`mount_setattr`), then attached (`move_mount`).
+fn bind_as_owner(source: &Path, target: &Path, read_only: bool, userns: &OwnedFd) -> Result<(), String> {
+    let source_path = CString::new(source.as_os_str().as_bytes()).map_err(|error| error.to_string())?;
+    let target_path = CString::new(target.as_os_str().as_bytes()).map_err(|error| error.to_string())?;
+    let clone_flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor or -1.
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, source_path.as_ptr(), clone_flags) };
+    if tree < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: the descriptor was just returned to us and nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let mut attributes = libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    if read_only {
+        attributes |= libc::MOUNT_ATTR_RDONLY;
+    }
+    let attr =
+        libc::mount_attr { attr_set: attributes, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+    // SAFETY: mount_setattr reads `attr` (valid for the call, its size passed along) and an
+    // empty NUL-terminated path relative to the detached tree's descriptor.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if set < 0 {
+        return Err(idmap_refused(source, std::io::Error::last_os_error()));
+    }
+    // SAFETY: move_mount reads two NUL-terminated paths; the source is the detached tree itself.
+    let moved = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target_path.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if moved < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok(())
+}
+
+/// Why the kernel would not idmap `source`, and what the user can do about it, in one line.
+fn idmap_refused(source: &Path, error: std::io::Error) -> String {
+    let path = source.display();
+    match error.raw_os_error() {
+        Some(libc::ENOSYS) => format!(
+            "this kernel cannot show {path} to the sandbox as its owner sees it (idmapped mounts need Linux 5.12 or \
+             later): upgrade the kernel"
+        ),
+        Some(libc::EINVAL | libc::EOPNOTSUPP) => format!(
+            "the filesystem of {path} (or of a mount inside it) cannot show its files to the sandbox as their \
+             owner's (no idmapped mounts): move it to a local filesystem such as ext4, xfs, btrfs or tmpfs"
+        ),
+        _ => format!("cannot show {path} to the sandbox as its owner's: {error}"),
+    }
 }
 
 /// Removes everything in `dir` (a persistent sandbox's /tmp from its previous run).

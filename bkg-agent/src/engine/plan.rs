@@ -1,6 +1,7 @@
 //! The sandbox plan: every mount, id and limit of one sandbox as a value. It is computed here,
 //! unit-tested here, and applied by `init` inside the new namespaces without further decisions.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -69,11 +70,15 @@ pub enum MountStep {
         contents: String,
         mode: u32,
     },
-    /// A host directory bound under /workspace, as a project's `volumes` declare.
-    BindVolume {
+    /// Bind a host path through an idmapped mount, without setuid or device files: the files
+    /// of `idmap.owner` appear as the sandbox user's and every other id as nobody, so a private
+    /// project (0700, 0600) reads inside as its owner sees it while the host keeps its modes.
+    /// The project and its volumes are bound this way.
+    BindAsOwner {
         source: PathBuf,
         target: PathBuf,
         read_only: bool,
+        idmap: IdMap,
     },
     /// An empty read-only tmpfs over `target`, hiding what is beneath.
     Mask {
@@ -88,8 +93,23 @@ pub enum MountStep {
 /// Where the interpreters' short names (`python`, `node`) are linked, first on PATH.
 pub const SHIM_DIR: &str = "/opt/bkg/bin";
 
-/// Where a persistent sandbox sees its project, read-only.
+/// Where a persistent sandbox sees its project, read-only; its commands start there.
 pub const PROJECT: &str = "/project";
+
+/// Who owns a host file or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The one mapping of an idmapped mount: files of `owner` on disk are shown as `shown_as` (uid
+/// and gid), and what the mount's user writes lands on disk as `owner`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IdMap {
+    pub owner: Owner,
+    pub shown_as: u32,
+}
 
 /// The interpreters a sandbox offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +122,7 @@ pub struct Runtimes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectMounts {
     pub dir: PathBuf,
+    pub owner: Owner,
     /// The project's state folder, hidden from the sandbox (it holds every sandbox's disk).
     pub state_dir: PathBuf,
     pub volumes: Vec<Volume>,
@@ -112,6 +133,7 @@ pub struct Volume {
     pub host: PathBuf,
     pub guest: PathBuf,
     pub read_only: bool,
+    pub owner: Owner,
 }
 
 /// Host ids the sandbox runs under; unique per live sandbox so sandboxes cannot signal each other.
@@ -238,15 +260,23 @@ impl SandboxPlan {
         }
 
         if let Some(project) = &inputs.project {
-            steps.push(MountStep::BindReadOnly { source: project.dir.clone(), target: PROJECT.into() });
+            // The code's host uid and gid are both `ids.sandbox` (see init's lock_down).
+            let as_sandbox = |owner: Owner| IdMap { owner, shown_as: inputs.ids.sandbox };
+            steps.push(MountStep::BindAsOwner {
+                source: project.dir.clone(),
+                target: PROJECT.into(),
+                read_only: true,
+                idmap: as_sandbox(project.owner),
+            });
             if let Ok(hidden) = project.state_dir.strip_prefix(&project.dir) {
                 steps.push(MountStep::Mask { target: Path::new(PROJECT).join(hidden) });
             }
             for volume in &project.volumes {
-                steps.push(MountStep::BindVolume {
+                steps.push(MountStep::BindAsOwner {
                     source: volume.host.clone(),
                     target: volume.guest.clone(),
                     read_only: volume.read_only,
+                    idmap: as_sandbox(volume.owner),
                 });
             }
         }
@@ -271,6 +301,19 @@ impl SandboxPlan {
             landlock_read_write: read_write,
             process_limits: ProcessLimits { open_files: 4096, core_bytes: 0 },
         }
+    }
+}
+
+impl SandboxPlan {
+    /// Every distinct id mapping the steps need, each made once as a user namespace.
+    pub fn idmaps(&self) -> BTreeSet<IdMap> {
+        self.steps
+            .iter()
+            .filter_map(|step| match step {
+                MountStep::BindAsOwner { idmap, .. } => Some(*idmap),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -420,22 +463,104 @@ mod tests {
         };
         inputs.project = Some(ProjectMounts {
             dir: "/srv/app".into(),
+            owner: ALICE,
             state_dir: "/srv/app/.bkg".into(),
-            volumes: vec![Volume { host: "/srv/app/src".into(), guest: "/workspace/src".into(), read_only: true }],
+            volumes: vec![Volume {
+                host: "/srv/app/src".into(),
+                guest: "/workspace/src".into(),
+                read_only: true,
+                owner: ALICE,
+            }],
         });
         let plan = SandboxPlan::new(&debian_host(), inputs);
         let position = |wanted: &MountStep| plan.steps.iter().position(|step| step == wanted);
-        let project = position(&MountStep::BindReadOnly { source: "/srv/app".into(), target: "/project".into() });
+        let as_sandbox = IdMap { owner: ALICE, shown_as: 200_000 };
+        let project = position(&MountStep::BindAsOwner {
+            source: "/srv/app".into(),
+            target: "/project".into(),
+            read_only: true,
+            idmap: as_sandbox,
+        });
         let mask = position(&MountStep::Mask { target: "/project/.bkg".into() });
-        let volume = position(&MountStep::BindVolume {
+        let volume = position(&MountStep::BindAsOwner {
             source: "/srv/app/src".into(),
             target: "/workspace/src".into(),
             read_only: true,
+            idmap: as_sandbox,
         });
         let workspace =
             plan.steps.iter().position(|step| matches!(step, MountStep::DiskDir { name, .. } if name == "workspace"));
         assert!(project.is_some() && mask > project && volume > workspace && workspace.is_some(), "{:#?}", plan.steps);
         assert_eq!(plan.disk_image, PathBuf::from("/srv/app/.bkg/sandboxes/api/disk.img"));
+    }
+
+    const ALICE: Owner = Owner { uid: 1234, gid: 1235 };
+
+    #[test]
+    fn each_project_path_is_shown_as_the_sandbox_users_only_for_its_own_owner() {
+        let root = Owner { uid: 0, gid: 0 };
+        let plan = SandboxPlan::new(
+            &debian_host(),
+            PlanInputs {
+                agent_pid: 42,
+                run_dir: "/var/lib/bkg/sandboxes/s1".into(),
+                disk_image: "/home/alice/app/.bkg/sandboxes/api/disk.img".into(),
+                runtimes: Runtimes { python: "/usr/bin/python3".into(), node: "/usr/bin/node".into() },
+                project: Some(ProjectMounts {
+                    dir: "/home/alice/app".into(),
+                    owner: ALICE,
+                    state_dir: "/home/alice/app/.bkg".into(),
+                    volumes: vec![
+                        Volume {
+                            host: "/srv/data".into(),
+                            guest: "/workspace/data".into(),
+                            read_only: false,
+                            owner: root,
+                        },
+                        Volume {
+                            host: "/home/alice/in".into(),
+                            guest: "/workspace/in".into(),
+                            read_only: true,
+                            owner: ALICE,
+                        },
+                    ],
+                }),
+                hostname: "bkg".into(),
+                ids: HostIds { sandbox: 200_002, init: 200_003 },
+                cgroup_procs: vec![],
+            },
+        );
+        let bound: Vec<_> = plan
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                MountStep::BindAsOwner { source, read_only, idmap, .. } => Some((source.to_str(), *read_only, *idmap)),
+                _ => None,
+            })
+            .collect();
+        let alice = IdMap { owner: ALICE, shown_as: 200_002 };
+        let root_files = IdMap { owner: root, shown_as: 200_002 };
+        assert_eq!(
+            bound,
+            [
+                (Some("/home/alice/app"), true, alice),
+                (Some("/srv/data"), false, root_files),
+                (Some("/home/alice/in"), true, alice)
+            ]
+        );
+        assert_eq!(plan.idmaps().into_iter().collect::<Vec<_>>(), [root_files, alice], "one user namespace each");
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|step| matches!(step, MountStep::BindReadOnly { target, .. } if target.starts_with(PROJECT))),
+            "the project is never bound without its idmap"
+        );
+    }
+
+    #[test]
+    fn a_temporary_sandbox_needs_no_idmap() {
+        assert!(plan().idmaps().is_empty());
     }
 
     #[test]

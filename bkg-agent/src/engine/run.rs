@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 
 use super::control::{self, FromInit, GoOrder, PlacedFile, ToInit};
-use super::plan::{ProjectMounts, SHIM_DIR, TMP, Volume, WORKSPACE};
+use super::plan::{Owner, PROJECT, ProjectMounts, SHIM_DIR, TMP, Volume, WORKSPACE};
 use super::sandbox::{PersistentDisk, PreparedSandbox, cgroup_limits};
 use super::{Engine, EngineError};
 
@@ -203,8 +203,16 @@ impl Engine {
         })
     }
 
-    /// A command in a persistent sandbox: `/bin/sh -c COMMAND` in its kept /workspace, with the
-    /// project read-only at /project and the project's volumes bound in.
+    /// The project directory on the agent of the sandboxes of `namespace` that have no project
+    /// of their own (made through the API or MCP).
+    pub fn scratch_project_dir(&self, namespace: &str) -> PathBuf {
+        self.config.state_dir.join("namespaces").join(namespace)
+    }
+
+    /// A command in a persistent sandbox: `/bin/sh -c COMMAND` in its project, read-only at
+    /// /project (so `python main.py` finds the project's main.py), with its kept /workspace and
+    /// the project's volumes bound in. A sandbox without a project of its own starts in
+    /// /workspace instead, the only place it has files.
     pub fn validate_exec(&self, definition: &SandboxDefinition, exec: ExecRequest) -> Result<ValidatedRun, RunError> {
         let limits = self.resolve_limits(&definition.limits)?;
         self.interpreter(definition.language)?;
@@ -212,6 +220,7 @@ impl Engine {
             return Err(RunError::BadRequest("the command is empty or contains a NUL byte".into()));
         }
         let project_dir = PathBuf::from(&definition.project_dir);
+        let project_owner = owner_of("project directory", &project_dir)?;
         let state_dir = project_dir.join(".bkg");
         let sandbox_dir = state_dir.join("sandboxes").join(&definition.name);
         let volumes = definition
@@ -226,10 +235,12 @@ impl Engine {
                         volume.host, volume.guest
                     )));
                 }
-                if !Path::new(&volume.host).exists() {
-                    return Err(RunError::BadRequest(format!("volume source {} does not exist", volume.host)));
-                }
-                Ok(Volume { host: volume.host.clone().into(), guest: guest.to_path_buf(), read_only: volume.read_only })
+                Ok(Volume {
+                    host: volume.host.clone().into(),
+                    guest: guest.to_path_buf(),
+                    read_only: volume.read_only,
+                    owner: owner_of("volume source", Path::new(&volume.host))?,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut env = definition.env.clone();
@@ -241,7 +252,11 @@ impl Engine {
             order: GoOrder {
                 argv: vec!["/bin/sh".into(), "-c".into(), exec.command],
                 env: sandbox_env(&env)?,
-                cwd: WORKSPACE.into(),
+                cwd: if project_dir == self.scratch_project_dir(&definition.namespace) {
+                    WORKSPACE.into()
+                } else {
+                    PROJECT.into()
+                },
                 files: Vec::new(),
                 clear: vec![TMP.into(), "/dev/shm".into()],
                 reown: vec![WORKSPACE.into()],
@@ -251,7 +266,7 @@ impl Engine {
                 sandbox_id: bkg_schema::sandbox::sandbox_id(&definition.project_dir, &definition.name),
                 disk: PersistentDisk {
                     image: sandbox_dir.join("disk.img"),
-                    project: ProjectMounts { dir: project_dir, state_dir, volumes },
+                    project: ProjectMounts { dir: project_dir, owner: project_owner, state_dir, volumes },
                 },
                 log_dir: sandbox_dir.join("logs"),
             }),
@@ -602,6 +617,18 @@ fn decode_stdin(encoded: Option<&str>) -> Result<Option<Vec<u8>>, RunError> {
                 .map_err(|_| RunError::BadRequest("stdin_base64 is not valid base64".into()))
         })
         .transpose()
+}
+
+/// Who owns a project or volume on the host: the sandbox sees that owner's files as its own.
+fn owner_of(what: &str, path: &Path) -> Result<Owner, RunError> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Owner { uid: meta.uid(), gid: meta.gid() }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(RunError::BadRequest(format!("{what} {} does not exist", path.display())))
+        }
+        Err(error) => Err(RunError::BadRequest(format!("cannot inspect {what} {}: {error}", path.display()))),
+    }
 }
 
 fn has_parent_dir(path: &Path) -> bool {

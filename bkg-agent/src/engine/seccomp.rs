@@ -90,6 +90,10 @@ impl ArgCondition {
         Self { index, width: ArgWidth::U64, cmp: ArgCmp::HasBits(bits) }
     }
 
+    fn has_bits32(index: u8, bits: u64) -> Self {
+        Self { index, width: ArgWidth::U32, cmp: ArgCmp::HasBits(bits) }
+    }
+
     fn to_seccompiler(self) -> Result<SeccompCondition, BackendError> {
         let width = match self.width {
             ArgWidth::U32 => SeccompCmpArgLen::Dword,
@@ -280,6 +284,12 @@ pub fn sandbox_policy() -> Vec<SyscallRule> {
             "only unix socket pairs exist in practice; other families would still instantiate their socket code"
         ),
     ];
+    rules.push(rule!(
+        SYS_openat2,
+        Verdict::Errno(libc::ENOSYS),
+        "its mode lives in memory that seccomp cannot inspect (see SETID below); ENOSYS is what kernels before 5.6 answer, and libc falls back to openat"
+    ));
+    rules.extend(setid_mode_rules());
     rules.extend(
         NAMESPACE_CLONE_FLAGS
             .iter()
@@ -291,6 +301,40 @@ pub fn sandbox_policy() -> Vec<SyscallRule> {
         rule!(SYS_ioperm, EPERM, PORT_IO),
         rule!(SYS_modify_ldt, EPERM, "segment-descriptor editing is for Wine/DOSEMU and has a CVE history"),
     ]);
+    rules
+}
+
+/// `fchmodat2` (Linux 6.6) has the same number on every architecture; libc names it only on some.
+const SYS_FCHMODAT2: i64 = 452;
+
+/// No call may give a file the setuid or setgid bit. Through an idmapped `:rw` volume, a file
+/// the code creates belongs on the host to the volume's owner (possibly root), so such a bit
+/// would hand that owner's rights to whoever runs it there. One rule per mode argument and bit.
+fn setid_mode_rules() -> Vec<SyscallRule> {
+    const SETID: &str = "a setuid/setgid file made in a :rw volume would run as the volume owner's on the host; nothing in a sandbox needs one";
+    let mut rules = Vec::new();
+    for bit in [u64::from(libc::S_ISUID), u64::from(libc::S_ISGID)] {
+        rules.extend([
+            rule!(SYS_fchmod, EPERM, [ArgCondition::has_bits32(1, bit)], SETID),
+            rule!(SYS_fchmodat, EPERM, [ArgCondition::has_bits32(2, bit)], SETID),
+            rule!(SYS_openat, EPERM, [ArgCondition::has_bits32(3, bit)], SETID),
+            rule!(SYS_mknodat, EPERM, [ArgCondition::has_bits32(2, bit)], SETID),
+            SyscallRule {
+                name: "fchmodat2",
+                nr: SYS_FCHMODAT2,
+                verdict: EPERM,
+                when: vec![ArgCondition::has_bits32(2, bit)],
+                why: SETID,
+            },
+        ]);
+        #[cfg(target_arch = "x86_64")]
+        rules.extend([
+            rule!(SYS_chmod, EPERM, [ArgCondition::has_bits32(1, bit)], SETID),
+            rule!(SYS_creat, EPERM, [ArgCondition::has_bits32(1, bit)], SETID),
+            rule!(SYS_open, EPERM, [ArgCondition::has_bits32(2, bit)], SETID),
+            rule!(SYS_mknod, EPERM, [ArgCondition::has_bits32(1, bit)], SETID),
+        ]);
+    }
     rules
 }
 
@@ -701,6 +745,35 @@ mod tests {
             // SAFETY: integer arguments only.
             let ret = unsafe { libc::syscall(libc::SYS_keyctl, 0, -3, 0) };
             expect_errno("keyctl", ret, libc::EPERM)
+        }));
+    }
+
+    #[test]
+    fn setuid_and_setgid_bits_cannot_be_set() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = std::ffi::CString::new(dir.path().join("f").as_os_str().as_encoded_bytes()).expect("path");
+        let fresh = std::ffi::CString::new(dir.path().join("g").as_os_str().as_encoded_bytes()).expect("path");
+        assert_exited_ok(sandboxed(move || {
+            let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC;
+            // SAFETY: a valid NUL-terminated path; the descriptor is closed below.
+            let fd = expect_ok("create", unsafe { libc::open(path.as_ptr(), flags, 0o755) }.into())?;
+            for mode in [0o4755, 0o2755, 0o6755] {
+                // SAFETY: a valid path and integer arguments.
+                expect_errno("chmod", unsafe { libc::chmod(path.as_ptr(), mode) }.into(), libc::EPERM)?;
+                // SAFETY: an open descriptor and an integer mode.
+                expect_errno("fchmod", unsafe { libc::fchmod(fd as i32, mode) }.into(), libc::EPERM)?;
+                // SAFETY: a valid path and integer arguments.
+                let at = unsafe { libc::fchmodat(libc::AT_FDCWD, path.as_ptr(), mode, 0) };
+                expect_errno("fchmodat", at.into(), libc::EPERM)?;
+                // SAFETY: a valid path and integer arguments.
+                let created = unsafe { libc::openat(libc::AT_FDCWD, fresh.as_ptr(), flags, mode) };
+                expect_errno("openat with a setid mode", created.into(), libc::EPERM)?;
+            }
+            // SAFETY: a valid path and integer arguments.
+            expect_ok("chmod 0700", unsafe { libc::chmod(path.as_ptr(), 0o700) }.into())?;
+            // SAFETY: closes the descriptor opened above.
+            unsafe { libc::close(fd as i32) };
+            Ok(())
         }));
     }
 

@@ -34,7 +34,7 @@ use crate::store::StoredSandbox;
 /// The project directory on the agent where the sandboxes of `namespace` live when their
 /// caller has no project of its own here (`POST /api/v1/sandboxes`, MCP).
 pub fn scratch_project_dir(engine: &Engine, namespace: &str) -> PathBuf {
-    engine.config.state_dir.join("namespaces").join(namespace)
+    engine.scratch_project_dir(namespace)
 }
 
 fn sandbox_dir(definition: &SandboxDefinition) -> PathBuf {
