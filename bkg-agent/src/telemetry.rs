@@ -181,7 +181,10 @@ pub fn export_request(spans: &[Span]) -> Value {
 }
 
 async fn export(endpoint: String, headers: Vec<(String, String)>, mut receiver: mpsc::Receiver<Span>) {
-    let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+    let built = crate::server::tls::client_builder()
+        .map_err(|error| error.to_string())
+        .and_then(|builder| builder.timeout(Duration::from_secs(10)).build().map_err(|error| error.to_string()));
+    let http = match built {
         Ok(http) => http,
         Err(error) => {
             tracing::error!(%error, "cannot build the OTLP client; traces are not exported");
