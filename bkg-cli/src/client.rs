@@ -273,25 +273,32 @@ impl AgentClient {
         let mut certificate = false;
         let mut source = std::error::Error::source(&error);
         while let Some(cause) = source {
-            // io::Error hides the error it wraps from `source()`: the TLS reason is in there.
-            let inner = cause
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .map(|inner| inner as &dyn std::error::Error);
-            for error in [Some(cause), inner].into_iter().flatten() {
-                certificate |= error.downcast_ref::<rustls::Error>().is_some_and(|error| {
-                    matches!(error, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
-                });
-                let text = error.to_string();
-                if !causes.iter().any(|known| known.contains(&text)) {
-                    causes.push(text);
-                }
+            let text = cause.to_string();
+            if !causes.iter().any(|known| known.contains(&text)) {
+                causes.push(text);
             }
+            certificate |= is_certificate_error(cause);
             source = cause.source();
+        }
+        // reqwest's own line repeats the URL: what went wrong is in the causes, when there are any.
+        if causes.len() > 1 {
+            causes.remove(0);
         }
         let hint = if certificate { " (give the agent's CA with --cacert FILE or BKG_CACERT)" } else { "" };
         CliError::new(BKG_FAILED, format!("cannot reach the agent at {}: {}{hint}", self.endpoint(), causes.join(": ")))
     }
+}
+
+/// Whether `error` is rustls refusing the agent's certificate. A boxed error and an io::Error both
+/// hide what they wrap from `source()`, so each layer is opened here.
+fn is_certificate_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return matches!(tls, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented);
+    }
+    if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+        return is_certificate_error(inner);
+    }
+    false
 }
 
 /// How long a call waits for the agent: `BKG_CLIENT_TIMEOUT` or 10 s.
