@@ -430,3 +430,116 @@ fn the_cli_says_a_stopped_agent_does_not_answer_instead_of_waiting_forever() {
     let ran = agent.exe(&["-c", "print('back')", "--type", "python"]);
     assert_eq!((code(&ran), stdout(&ran).as_str()), (0, "back\n"), "{}", stderr(&ran));
 }
+
+/// `openssl s_server` on a free loopback port: it completes TLS handshakes with the given
+/// certificate and writes what clients send to a file (it never answers, which is enough to see
+/// that a request arrived over verified TLS).
+struct TlsReceiver {
+    child: Child,
+    port: u16,
+    received: PathBuf,
+}
+
+impl TlsReceiver {
+    fn start(pki: &Pki, dir: &Path, name: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let received = dir.join(format!("{name}.received"));
+        let child = Command::new("openssl")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+            .arg(&pki.cert)
+            .arg("-key")
+            .arg(&pki.key)
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&received).expect("received file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        poll("s_server listens", || TcpStream::connect(("127.0.0.1", port)).ok().map(drop));
+        Self { child, port, received }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.received).unwrap_or_default()
+    }
+}
+
+impl Drop for TlsReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn webhooks_and_otlp_export_reach_https_receivers_verified_by_the_agent() {
+    let pki_dir = tempfile::tempdir().expect("pki dir");
+    let pki = make_pki(pki_dir.path(), "receivers");
+    let collector = TlsReceiver::start(&pki, pki_dir.path(), "otlp");
+    let hook = TlsReceiver::start(&pki, pki_dir.path(), "hook");
+    let secret = pki_dir.path().join("webhook-secret");
+    std::fs::write(&secret, "an-example-secret-of-more-than-32-bytes").expect("secret");
+    let files = tempfile::tempdir().expect("files");
+    let address_file = files.path().join("address");
+    let agent = Agent::start_with(AgentOptions {
+        warm_pool: 0,
+        extra_args: vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--listen-address-file".into(),
+            path_arg(&address_file),
+            "--webhook".into(),
+            format!("https://127.0.0.1:{}/hook", hook.port),
+            "--webhook-secret-file".into(),
+            path_arg(&secret),
+        ],
+        env: vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("https://127.0.0.1:{}", collector.port)),
+            ("CAVE_OTEL_SAMPLING_RATE".into(), "1.0".into()),
+            // The receivers' CA, the way an operator names a private one (docs/operations.md).
+            ("SSL_CERT_FILE".into(), path_arg(&pki.ca)),
+        ],
+    });
+    let created =
+        agent.bkg().args(["keys", "create", "--role", "namespace", "--namespace", "hooks", "--json"]).output();
+    let created = created.expect("bkg keys create");
+    assert_eq!(code(&created), 0, "{}", stderr(&created));
+    let id = serde_json::from_slice::<serde_json::Value>(&created.stdout).expect("key JSON")["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let rotated = agent.bkg().args(["keys", "rotate", &id]).output().expect("bkg keys rotate");
+    assert_eq!(code(&rotated), 0, "{}", stderr(&rotated));
+    let address = poll("the TCP address is written", || {
+        std::fs::read_to_string(&address_file)
+            .ok()
+            .filter(|text| text.ends_with('\n'))
+            .map(|text| text.trim().to_owned())
+    });
+    let key = stdout(&agent.bkg().args(["keys", "create", "--role", "admin"]).output().expect("bkg"));
+    assert_eq!(Client::new(&address, Some(key.trim())).get("/api/v1/auth/whoami").status, 200);
+
+    poll("the rotation notice arrives over https", || hook.text().contains("POST /hook HTTP/1.1").then_some(()));
+    poll("spans arrive over https", || collector.text().contains("POST /v1/traces HTTP/1.1").then_some(()));
+
+    // An agent that does not know the receiver's CA refuses the handshake: the attempt fails at
+    // once (an unverified one would have sent the notice, then waited 5 s for an answer).
+    let stranger_hook = TlsReceiver::start(&pki, pki_dir.path(), "stranger");
+    let stranger = Agent::start_with(AgentOptions {
+        warm_pool: 0,
+        extra_args: vec![
+            "--webhook".into(),
+            format!("https://127.0.0.1:{}/hook", stranger_hook.port),
+            "--webhook-secret-file".into(),
+            path_arg(&secret),
+        ],
+        env: vec![("SSL_CERT_FILE".into(), "/nonexistent/ca.pem".into())],
+    });
+    let created = stranger.bkg().args(["keys", "create", "--role", "namespace", "--namespace", "x", "--json"]).output();
+    let id = serde_json::from_slice::<serde_json::Value>(&created.expect("bkg").stdout).expect("key JSON")["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(code(&stranger.bkg().args(["keys", "rotate", &id]).output().expect("bkg")), 0);
+    poll("the unverified delivery fails", || stranger.log().contains("rotation notice not delivered").then_some(()));
+    assert!(!stranger_hook.text().contains("POST"), "a notice went to an unverified receiver");
+}
