@@ -316,10 +316,12 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
         match checked {
             Ok(principal) => {
                 let role = principal.as_ref().map(Principal::role);
+                // Callers without a key (login, notices, probes) send a few hundred bytes at most.
+                let limit = if principal.is_some() { MAX_BODY_BYTES } else { input::SMALL_BODY_BYTES };
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);
                 }
-                match read_body(&state.bodies, request).await {
+                match read_body(&state.bodies, request, limit).await {
                     // The body's share of the budget is held until the handler has answered.
                     Ok((request, _held)) => (next.run(request).await, role),
                     Err(failure) => (failure.into_response(), role),
@@ -354,15 +356,22 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
     response
 }
 
-/// Reads the request's body whole, within the body timeout and out of the shared budget (a
-/// declared length is taken at once, a chunked body as it arrives). A body that breaks the
-/// framing (bad chunked encoding, a connection that ends early) is a 400.
-async fn read_body(budget: &BodyBudget, request: Request) -> Result<(Request, Option<OwnedSemaphorePermit>), Failure> {
+/// Reads the request's body whole, up to `limit` bytes, within the body timeout and out of the
+/// shared budget (a declared length is taken at once, a chunked body as it arrives). A body that
+/// breaks the framing (bad chunked encoding, a connection that ends early) is a 400.
+async fn read_body(
+    budget: &BodyBudget,
+    request: Request,
+    limit: usize,
+) -> Result<(Request, Option<OwnedSemaphorePermit>), Failure> {
     if request.body().is_end_stream() {
         return Ok((request, None));
     }
     let (parts, mut body) = request.into_parts();
     let declared = body.size_hint().exact().map_or(0, |length| length as usize);
+    if declared > limit {
+        return Err(Failure::too_large(limit));
+    }
     let mut held = budget.take(declared)?;
     let read = async {
         let mut bytes = Vec::with_capacity(declared);
@@ -371,8 +380,8 @@ async fn read_body(budget: &BodyBudget, request: Request) -> Result<(Request, Op
                 frame.map_err(|error| Failure::bad_request(format!("the request body could not be read: {error}")))?;
             let Ok(data) = frame.into_data() else { continue };
             let total = bytes.len() + data.len();
-            if total > MAX_BODY_BYTES {
-                return Err(Failure::too_large(MAX_BODY_BYTES));
+            if total > limit {
+                return Err(Failure::too_large(limit));
             }
             if total > held.num_permits() {
                 held.merge(budget.take(total - held.num_permits())?);
