@@ -136,6 +136,9 @@ pub struct AgentArgs {
 const USAGE_EXIT: u8 = 2;
 
 pub fn main() -> ExitCode {
+    // reqwest is built without a provider of its own (no aws-lc): every TLS client of the agent
+    // gets ring, the provider bkg_db's TLS builds, even one made without server/tls.rs's builder.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = AgentArgs::parse();
     if let Some(address) = args.listen
         && !address.ip().is_loopback()

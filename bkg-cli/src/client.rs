@@ -328,6 +328,9 @@ fn read_cacert(path: &Path) -> Result<rustls::RootCertStore, CliError> {
 
 /// rustls with ring (the provider the agent builds too), trusting `roots`.
 fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, CliError> {
+    // reqwest has no provider of its own here (no aws-lc): any other client of this process gets
+    // ring too instead of a panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
