@@ -1,7 +1,7 @@
 //! Traces: one span per API request, sampled by `CAVE_OTEL_SAMPLING_RATE` and exported as
 //! OTLP/HTTP JSON to `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or `OTEL_EXPORTER_OTLP_ENDPOINT` +
-//! `/v1/traces`. Plain HTTP only (a local collector); OTLP/gRPC and TLS are left out to keep
-//! the agent's build small.
+//! `/v1/traces`, over http or https (server/tls.rs's client); OTLP/gRPC is left out to keep the
+//! agent's build small.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
