@@ -446,7 +446,30 @@ fn the_cli_says_a_stopped_agent_does_not_answer_instead_of_waiting_forever() {
     // Continued, the agent answers again (and is stopped cleanly when dropped).
     let ran = agent.exe(&["-c", "print('back')", "--type", "python"]);
     assert_eq!((code(&ran), stdout(&ran).as_str()), (0, "back\n"), "{}", stderr(&ran));
+
+    // A run silent for longer than the client's patience is fine while the agent answers.
+    let quiet =
+        finish(spawn(&["exe", "--type", "python", "-c", "import time\ntime.sleep(5)\nprint('done')"]), "a quiet run");
+    assert_eq!((code(&quiet), stdout(&quiet).as_str()), (0, "done\n"), "{}", stderr(&quiet));
+
+    // Stopped in the middle of a run: the silent stream makes bkg ask the agent, which does not
+    // answer either.
+    let mut long = spawn(&["exe", "--timeout", "10m", "--type", "python", "-c", SILENT_RUN]);
+    let mut first_line = String::new();
+    let mut reader = std::io::BufReader::new(long.stdout.take().expect("stdout"));
+    std::io::BufRead::read_line(&mut reader, &mut first_line).expect("the run's first line");
+    assert_eq!(first_line, "started\n");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let long = finish(long, "a run whose agent stopped");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert_eq!(code(&long), 125, "{}", stderr(&long));
+    assert!(stderr(&long).contains("does not answer"), "{}", stderr(&long));
 }
+
+/// A run that says it started, then is silent for longer than the client's patience.
+const SILENT_RUN: &str = "import time\nprint('started', flush=True)\ntime.sleep(20)";
 
 /// `openssl s_server` on a free loopback port: it completes TLS handshakes with the given
 /// certificate and writes what clients send to a file (it never answers, which is enough to see
