@@ -437,3 +437,20 @@ impl axum::serve::Listener for PeerCheckedListener {
         Ok(self.agent_uid)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_budget_is_shared_refuses_when_spent_and_is_given_back() {
+        let budget = BodyBudget::new(8, std::time::Duration::from_secs(1));
+        let Ok(first) = budget.take(5) else { panic!("5 of 8 bytes are free") };
+        let busy = budget.take(4).err().map(|failure| (failure.status.as_u16(), failure.retry_after));
+        assert_eq!(busy, Some((503, Some(BODY_RETRY_AFTER_SECONDS))));
+        let never = budget.take(9).err().map(|failure| failure.status.as_u16());
+        assert_eq!(never, Some(413), "more than the whole budget is too large, not busy");
+        drop(first);
+        assert!(budget.take(8).is_ok(), "a body's share comes back when it is dropped");
+    }
+}
