@@ -273,7 +273,7 @@ def read_line(stream, timeout):
 class Agent:
     """A real bkg-agent as root, with its own temp socket, state dir, cgroup dir and uid range."""
 
-    def __init__(self, tag, uid_slot, warm_pool=1, extra_env=None):
+    def __init__(self, tag, uid_slot, warm_pool=1, extra_env=None, extra_args=()):
         self.bin_dir = bin_dir()
         self.dir = Path(tempfile.mkdtemp(prefix="bkg-sec-%s-" % tag))
         # Others may search the directory, so the socket's own mode decides who can connect.
@@ -285,6 +285,7 @@ class Agent:
         self.uid_base = 0x3000_0000 + (uid_slot % 4096) * 65536
         self.warm_pool = warm_pool
         self.extra_env = dict(extra_env or {})
+        self.extra_args = [str(arg) for arg in extra_args]
         self.process = None
 
     # -- lifecycle --------------------------------------------------------------------
@@ -304,6 +305,7 @@ class Agent:
                 "--cgroup-dir", self.cgroup_dir,
                 "--uid-base", str(self.uid_base),
                 "--warm-pool", str(self.warm_pool),
+                *self.extra_args,
             ],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
         )

@@ -4,6 +4,10 @@ import base64
 import concurrent.futures
 import json
 import os
+import resource
+import select
+import signal
+import socket
 import stat
 import subprocess
 import time
@@ -362,3 +366,164 @@ def test_cli_exits_when_the_agent_dies_mid_run(second_agent):
         a.start(warm_pool=0)
     assert returncode == 125, "bkg exe still hangs 10 s after its agent died (stdin open)"
     assert len(err.decode().strip().splitlines()) == 1, err
+
+
+# -- hostile clients of the listeners (issue: idle and slow connections lock the agent out) ------
+
+
+@pytest.fixture
+def limited_agent():
+    """Starts an agent of its own with a TCP listener on loopback and the given flags."""
+    if os.environ.get("BKG_SEC_DRYRUN_HOST") == "1":
+        pytest.skip("BKG_SEC_DRYRUN_HOST=1: no agent is started in the dry-run demonstration")
+    address_file = Path(os.environ.get("TMPDIR", "/tmp")) / ("bkg-sec-address-%d" % os.getpid())
+    started = []
+
+    def start(*flags):
+        address_file.unlink(missing_ok=True)
+        args = ["--listen", "127.0.0.1:0", "--listen-address-file", str(address_file), *flags]
+        instance = bkgsec.Agent("net", uid_slot=os.getpid() + 3072, warm_pool=1, extra_args=args)
+        started.append(instance)
+        instance.start()
+        deadline = time.monotonic() + 30
+        while not (address_file.exists() and address_file.read_text().endswith("\n")):
+            assert time.monotonic() < deadline, "no TCP address written"
+            time.sleep(0.02)
+        host, port = address_file.read_text().strip().rsplit(":", 1)
+        instance.tcp = (host, int(port))
+        return instance
+
+    yield start
+    address_file.unlink(missing_ok=True)
+    for instance in started:
+        instance.remove()
+
+
+def closed_by_agent(sock):
+    """Whether the agent closed `sock` (end of file or a reset) within a minute."""
+    sock.settimeout(60)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_idle_tcp_connections_cannot_lock_out_the_socket(limited_agent):
+    """1,000 idle TCP connections (no key needed): those over the cap are closed on arrival and
+    the unix socket still runs code and answers healthz."""
+    limited_agent = limited_agent("--max-connections", "20", "--header-timeout", "10m")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    idle = []
+    try:
+        for _ in range(1000):
+            sock = socket.create_connection(limited_agent.tcp, timeout=60)
+            idle.append(sock)
+        assert all(closed_by_agent(sock) for sock in idle[20:100]), "connections over the cap were kept"
+        health = limited_agent.request("GET", "/healthz", timeout=30)
+        assert health.status == 200, health
+        outcome = limited_agent.exe("print('served')")
+        assert outcome.rc == 0 and outcome.out == "served\n", outcome
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_half_sent_headers_are_closed(limited_agent):
+    """Connections that never finish their request head are closed after the header timeout, on
+    TCP and on the socket."""
+    limited_agent = limited_agent("--header-timeout", "1s")
+    opened = []
+    try:
+        for _ in range(200):
+            sock = socket.create_connection(limited_agent.tcp, timeout=60)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: agent\r\n")
+            opened.append(sock)
+        local = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        local.connect(str(limited_agent.socket))
+        local.sendall(b"GET /healthz HTTP/1.1\r\n")
+        opened.append(local)
+        assert all(closed_by_agent(sock) for sock in opened), "a half-sent head was kept open"
+        assert limited_agent.request("GET", "/healthz").status == 200
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def test_concurrent_big_bodies_share_one_budget(limited_agent):
+    """16 concurrent 60 MB bodies: one fits the 64 MiB budget, the others get 503 with
+    Retry-After at once; the agent's memory stays near the budget; bad chunking is a 400."""
+    limited_agent = limited_agent("--body-budget", "64MiB", "--body-timeout", "5s")
+    size = 60 * 1000 * 1000
+
+    def big_post():
+        connection = bkgsec.UnixHTTPConnection(limited_agent.socket, timeout=60)
+        connection.putrequest("POST", "/api/v1/runs")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(size))
+        connection.endheaders()
+        return connection
+
+    first = big_post()
+    first.send(b" " * MIB)
+    others = []
+    try:
+        deadline = time.monotonic() + 60
+        refused = []
+        while len(refused) < 15:
+            assert time.monotonic() < deadline, "the budget never refused a body: %r" % refused
+            if select.select([first.sock], [], [], 0)[0]:
+                # Another body reached the budget before the first: start the first again.
+                first.close()
+                first = big_post()
+                first.send(b" " * MIB)
+            connection = big_post()
+            others.append(connection)
+            raw = connection.getresponse()
+            response = bkgsec.Response(raw.status, dict(raw.getheaders()), raw.read())
+            if response.status == 503:
+                refused.append(response)
+        for response in refused:
+            assert assert_error_shape(response, (503,))["code"] == "unavailable"
+            assert response.headers.get("retry-after") == "1", response.headers
+        rss_kib = int(next(line.split()[1] for line in Path("/proc/%d/status" % limited_agent.pid).read_text()
+                           .splitlines() if line.startswith("VmRSS:")))
+        assert rss_kib < 400 * 1024, "agent RSS %d KiB" % rss_kib
+    finally:
+        first.close()
+        for connection in others:
+            connection.close()
+    bad = bkgsec.UnixHTTPConnection(limited_agent.socket, timeout=60)
+    try:
+        bad.putrequest("POST", "/api/v1/runs")
+        bad.putheader("Transfer-Encoding", "chunked")
+        bad.endheaders()
+        bad.send(b"zz\r\nnot a chunk\r\n0\r\n\r\n")
+        raw = bad.getresponse()
+        response = bkgsec.Response(raw.status, dict(raw.getheaders()), raw.read())
+    finally:
+        bad.close()
+    assert assert_error_shape(response, (400,))["code"] == "bad_request"
+
+
+def test_cli_does_not_wait_forever_on_a_stopped_agent(second_agent):
+    """A SIGSTOPped agent: `bkg agent status` and `bkg exe --timeout 2s` end with 125 and one line
+    instead of hanging."""
+    a = second_agent.start()
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        env = dict(a.cli_env(), BKG_CLIENT_TIMEOUT="2s")
+        outcomes = []
+        for args in (["agent", "status"], ["exe", "--timeout", "2s", "--type", "python", "-c", "print(1)"]):
+            done = subprocess.run([str(a.bin_dir / "bkg"), *args], capture_output=True, env=env, timeout=60,
+                                  stdin=subprocess.DEVNULL)
+            outcomes.append(done)
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    for done in outcomes:
+        assert done.returncode == 125, done
+        assert len(done.stderr.decode().strip().splitlines()) == 1, done.stderr
+        assert b"does not answer" in done.stderr, done.stderr
+    assert a.request("GET", "/healthz").status == 200

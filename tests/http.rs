@@ -53,6 +53,32 @@ pub fn request(address: &str, method: &str, path: &str, headers: &[(&str, &str)]
     parse(&raw)
 }
 
+/// Sends `raw` bytes as they are (a request the client above would not make) and reads the
+/// answer until the agent closes the connection.
+pub fn exchange(address: &str, raw: &[u8]) -> Answer {
+    let mut stream = TcpStream::connect(address).unwrap_or_else(|error| panic!("connect {address}: {error}"));
+    stream.set_read_timeout(Some(Duration::from_secs(120))).expect("read timeout");
+    stream.write_all(raw).expect("send the request");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    parse(&answer)
+}
+
+/// Reads an answer that has arrived on `stream` (which may still be sending), up to the end of
+/// its head and as much body as came with it.
+pub fn read_answer(stream: &mut TcpStream) -> Answer {
+    stream.set_read_timeout(Some(Duration::from_secs(120))).expect("read timeout");
+    let mut raw = Vec::new();
+    let mut buffer = [0u8; 8192];
+    while !raw.windows(4).any(|window| window == b"\r\n\r\n") {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buffer[..n]),
+        }
+    }
+    parse(&raw)
+}
+
 fn parse(raw: &[u8]) -> Answer {
     let split = raw.windows(4).position(|window| window == b"\r\n\r\n").expect("an HTTP answer head");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();

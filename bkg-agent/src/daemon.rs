@@ -14,7 +14,7 @@ use crate::auth::notice::{NoticeKey, Notifier};
 use crate::auth::{AuthPolicy, RoleTable};
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::Metrics;
-use crate::server::{AppState, AuthState, HealthProbe, PeerCheckedListener, UnixPeer, router};
+use crate::server::{AppState, AuthState, BodyBudget, HealthProbe, PeerCheckedListener, UnixPeer, listen, router};
 use crate::store::Store;
 use crate::telemetry::Tracer;
 
@@ -59,16 +59,44 @@ pub struct AgentArgs {
     /// First host uid given to sandboxes; each live sandbox takes two above it.
     #[arg(long, default_value_t = 0x7000_0000, env = "BKG_UID_BASE")]
     pub uid_base: u32,
-    /// Also serve the API on TCP at ADDR:PORT; every request there needs an API key.
+    /// Also serve the API on TCP at ADDR:PORT; every request there needs an API key. An address
+    /// other than loopback needs --tls-cert (or --plain-http-behind-proxy).
     #[arg(long, value_name = "ADDR:PORT", env = "BKG_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve TLS on --listen with this certificate chain (PEM, leaf first); re-read on SIGHUP.
+    #[arg(long, value_name = "PEM", env = "BKG_TLS_CERT", requires_all = ["listen", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM); re-read with it on SIGHUP.
+    #[arg(long, value_name = "PEM", env = "BKG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a --listen address other than loopback: only behind a proxy that
+    /// terminates TLS, since API keys would otherwise cross the network in clear.
+    #[arg(long, requires = "listen", conflicts_with = "tls_cert")]
+    pub plain_http_behind_proxy: bool,
+    /// Time a connection has to send a whole request head, also between requests on a kept-alive
+    /// connection (and for the TLS handshake): slow or idle connections are closed after it.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub header_timeout: String,
+    /// Time a request has to send its whole body (408 after it).
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub body_timeout: String,
+    /// Request bodies held in memory at once, all requests together (503 with Retry-After over it).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
+    pub body_budget: String,
+    /// Open connections on the TCP listener; more are closed on arrival.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Open connections on the unix socket, counted apart from TCP so the network can never
+    /// take the local clients' room.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_unix_connections: u32,
     /// The shared bkg_db (PostgreSQL URL, `sslmode=` for TLS): every event is synced there.
     #[arg(long, value_name = "URL", env = "BKG_DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
     /// Write the TCP address actually bound (useful with port 0) to this file.
     #[arg(long, value_name = "PATH", requires = "listen")]
     pub listen_address_file: Option<PathBuf>,
-    /// POST a signed notice to this URL whenever a key rotates (repeatable; http:// only).
+    /// POST a signed notice to this URL whenever a key rotates (repeatable; http:// or https://).
     #[arg(long = "webhook", value_name = "URL", requires = "webhook_secret_file")]
     pub webhooks: Vec<String>,
     /// The shared secret (at least 32 bytes) that signs rotation notices sent to webhooks and
@@ -104,8 +132,25 @@ pub struct AgentArgs {
     pub print_openapi: bool,
 }
 
+/// The exit code of a flag combination the agent refuses (as clap's own usage errors).
+const USAGE_EXIT: u8 = 2;
+
 pub fn main() -> ExitCode {
+    // reqwest is built without a provider of its own (no aws-lc): every TLS client of the agent
+    // gets ring, the provider bkg_db's TLS builds, even one made without server/tls.rs's builder.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = AgentArgs::parse();
+    if let Some(address) = args.listen
+        && !address.ip().is_loopback()
+        && args.tls_cert.is_none()
+        && !args.plain_http_behind_proxy
+    {
+        eprintln!(
+            "bkg-agent: --listen {address} is not a loopback address: serve TLS with --tls-cert and --tls-key, \
+             or pass --plain-http-behind-proxy if a proxy terminates TLS in front of it"
+        );
+        return ExitCode::from(USAGE_EXIT);
+    }
     if args.print_openapi {
         let written = crate::api_doc::yaml().map_err(anyhow::Error::from).and_then(|yaml| {
             std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes()).context("write the document")
@@ -145,12 +190,23 @@ fn max_limits(args: &AgentArgs) -> anyhow::Result<Limits> {
 /// What the API needs from the flags and the environment, checked before anything starts.
 struct ApiOptions {
     listen: Option<std::net::SocketAddr>,
+    tls: Option<Arc<crate::server::tls::ReloadableCert>>,
+    connections: ConnectionOptions,
     listen_address_file: Option<PathBuf>,
     policy: AuthPolicy,
     webhooks: Vec<String>,
     webhook_key: Option<NoticeKey>,
     sampling_rate: f64,
     db_url: Option<String>,
+}
+
+/// Timeouts and caps of the listeners (server/listen.rs) and the body budget (server.rs).
+struct ConnectionOptions {
+    header_timeout: Duration,
+    body_timeout: Duration,
+    body_budget: usize,
+    max_connections: usize,
+    max_unix_connections: usize,
 }
 
 fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
@@ -176,10 +232,22 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
     };
     for url in &args.webhooks {
         let parsed = reqwest::Url::parse(url).with_context(|| format!("--webhook {url}"))?;
-        if parsed.scheme() != "http" {
-            bail!("--webhook {url}: only http:// URLs are supported (this build has no TLS client)");
+        if !matches!(parsed.scheme(), "http" | "https") {
+            bail!("--webhook {url}: only http:// and https:// URLs are supported");
         }
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::server::tls::ReloadableCert::load(cert, key)?),
+        _ => None,
+    };
+    let connections = ConnectionOptions {
+        header_timeout: ttl("header-timeout", &args.header_timeout)?,
+        body_timeout: ttl("body-timeout", &args.body_timeout)?,
+        body_budget: usize::try_from(parse_size(&args.body_budget).context("--body-budget")?)
+            .context("--body-budget")?,
+        max_connections: args.max_connections as usize,
+        max_unix_connections: args.max_unix_connections as usize,
+    };
     let webhook_key = match &args.webhook_secret_file {
         None => None,
         Some(path) => {
@@ -191,6 +259,8 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
     };
     Ok(ApiOptions {
         listen: args.listen,
+        tls,
+        connections,
         listen_address_file: args.listen_address_file.clone(),
         policy,
         webhooks: args.webhooks.clone(),
@@ -286,6 +356,15 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
     let store = Store::open(&state_dir.join("state.db"), audit).context("open the run store")?;
     let engine = Engine::new(config).context("start the sandbox engine")?;
     // Bound last: a socket that accepts means an agent that has cleaned up and can run.
+    let connections = &api.connections;
+    let tcp_cap = listen::fit_connection_caps(connections.max_connections, connections.max_unix_connections);
+    let tls = match &api.tls {
+        Some(cert) => {
+            crate::server::tls::reload_on_hangup(Arc::clone(cert)).context("handle SIGHUP")?;
+            Some(cert.acceptor()?)
+        }
+        None => None,
+    };
     let listener = bind_socket(&socket)?;
     let tcp_listener = match api.listen {
         Some(address) => {
@@ -294,7 +373,8 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
             if let Some(path) = &api.listen_address_file {
                 std::fs::write(path, format!("{bound}\n")).with_context(|| format!("write {}", path.display()))?;
             }
-            tracing::info!(address = %bound, "serving the API on TCP (API keys required)");
+            let scheme = if tls.is_some() { "https" } else { "plain http" };
+            tracing::info!(address = %bound, scheme, max_connections = tcp_cap, "serving the API on TCP (API keys required)");
             Some(tcp)
         }
         None => None,
@@ -355,6 +435,7 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
         metrics: Arc::new(Metrics::default()),
         tracer: Tracer::from_env(api.sampling_rate),
         health: Arc::new(HealthProbe::default()),
+        bodies: Arc::new(BodyBudget::new(api.connections.body_budget, api.connections.body_timeout)),
     };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), cgroups = %engine.cgroup_version(), "agent ready");
 
@@ -376,25 +457,25 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
         }
         let _ = stopping_tx.send(true);
     });
-    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = receiver.wait_for(|stopping| *stopping).await;
-    };
+    let metrics = Arc::clone(&state.metrics);
     let app = router(state);
+    let header_timeout = api.connections.header_timeout;
     let tcp_server = tcp_listener.map(|tcp| {
-        let service = app.clone().into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let until = stopped(stopping_rx.clone());
-        tokio::spawn(async move { axum::serve(tcp, service).with_graceful_shutdown(until).await })
+        let config = listen::ListenerConfig { name: "tcp", max_connections: tcp_cap, header_timeout, tls };
+        let (app, metrics, stopping) = (app.clone(), Arc::clone(&metrics), stopping_rx.clone());
+        tokio::spawn(listen::serve(tcp, app, config, metrics, |address: std::net::SocketAddr| address, stopping))
     });
-    axum::serve(PeerCheckedListener::new(listener), app.into_make_service_with_connect_info::<UnixPeer>())
-        .with_graceful_shutdown(stopped(stopping_rx))
-        .await
-        .context("serve the API")?;
-    if let Some(tcp_server) = tcp_server {
-        match tcp_server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "the TCP listener failed"),
-            Err(error) => tracing::error!(%error, "the TCP listener's task failed"),
-        }
+    let unix = listen::ListenerConfig {
+        name: "unix",
+        max_connections: api.connections.max_unix_connections,
+        header_timeout,
+        tls: None,
+    };
+    listen::serve(PeerCheckedListener::new(listener), app, unix, metrics, |uid| UnixPeer { uid }, stopping_rx).await;
+    if let Some(tcp_server) = tcp_server
+        && let Err(error) = tcp_server.await
+    {
+        tracing::error!(%error, "the TCP listener's task failed");
     }
 
     tracing::info!("shutting down");

@@ -30,6 +30,11 @@ struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabel {
     role: String,
 }
@@ -43,6 +48,7 @@ pub struct Metrics {
     warm_sandboxes: Gauge,
     http_requests: Family<HttpLabels, Counter>,
     rate_limited: Family<RoleLabel, Counter>,
+    connections_refused: Family<ListenerLabel, Counter>,
     webhook_deliveries: Family<OutcomeLabel, Counter>,
     sync_backlog: Gauge,
     sync_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -86,6 +92,15 @@ impl Default for Metrics {
             "Requests refused with 429, by the key's role",
             rate_limited.clone(),
         );
+        let connections_refused = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival because their listener was at its cap, by listener",
+            connections_refused.clone(),
+        );
+        for listener in ["unix", "tcp"] {
+            connections_refused.get_or_create(&ListenerLabel { listener: listener.into() }).inc_by(0);
+        }
         let webhook_deliveries = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "rotation_webhook_deliveries",
@@ -131,6 +146,7 @@ impl Default for Metrics {
             warm_sandboxes,
             http_requests,
             rate_limited,
+            connections_refused,
             webhook_deliveries,
             scrape: Mutex::new(()),
         }
@@ -163,6 +179,10 @@ impl Metrics {
 
     pub fn rate_limited(&self, role: &str) {
         self.rate_limited.get_or_create(&RoleLabel { role: role.into() }).inc();
+    }
+
+    pub fn connection_refused(&self, listener: &str) {
+        self.connections_refused.get_or_create(&ListenerLabel { listener: listener.into() }).inc();
     }
 
     pub fn webhook_delivery(&self, delivered: bool) {

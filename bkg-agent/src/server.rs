@@ -1,14 +1,17 @@
 //! The HTTP/JSON API. One router serves the unix socket (peers checked by credentials: root or
 //! the agent's own user, who act as admin) and, opt-in, TCP, where every request carries an API
-//! key. Every request passes the gatekeeper: body size, authentication, rate limit, metrics and
-//! its trace span.
+//! key. Every request passes the gatekeeper: body size, authentication, rate limit, the body read
+//! whole within its timeout and the shared body budget, metrics and its trace span. The accept
+//! loops (connection caps, header timeout, TLS) are in server/listen.rs.
 
 pub(crate) mod auth_api;
 mod failure;
 mod input;
+pub mod listen;
 pub(crate) mod runs;
 pub(crate) mod sandboxes;
 pub(crate) mod system;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,14 +20,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use axum::Router;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::body::HttpBody;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::BodyExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::notice::Notifier;
 use crate::auth::rate::{RateLimiter, retry_after_seconds};
@@ -51,6 +56,13 @@ const ANONYMOUS_PER_MINUTE: u32 = 30;
 /// password, an HMAC signature).
 const OPEN_ROUTES: [&str; 2] = ["/api/v1/auth/login", "/api/v1/auth/keys/rotated"];
 
+/// A route a TCP client may read without a key: health probes of load balancers and kubelets.
+const PROBE_ROUTE: &str = "/healthz";
+
+/// The `Retry-After` of a request refused because the body budget is spent: bodies in flight
+/// drain within seconds.
+const BODY_RETRY_AFTER_SECONDS: u64 = 1;
+
 /// How often a key's `last_used_at_ms` is written, at most.
 const LAST_USED_EVERY_MS: u64 = 60_000;
 
@@ -69,6 +81,33 @@ impl AuthState {
     }
 }
 
+/// Request bodies are read whole before a handler sees them, within a timeout and out of one
+/// budget of bytes shared by all requests in flight, so slow or many big bodies cannot hold the
+/// agent's memory.
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    capacity: usize,
+    pub timeout: std::time::Duration,
+}
+
+impl BodyBudget {
+    pub fn new(bytes: usize, timeout: std::time::Duration) -> Self {
+        let capacity = bytes.min(Semaphore::MAX_PERMITS);
+        Self { bytes: Arc::new(Semaphore::new(capacity)), capacity, timeout }
+    }
+
+    fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Failure> {
+        // A body the whole budget cannot hold would never fit: that is not worth a retry.
+        if bytes > self.capacity {
+            return Err(Failure::too_large(self.capacity));
+        }
+        let bytes = u32::try_from(bytes).map_err(|_| Failure::too_large(self.capacity))?;
+        Arc::clone(&self.bytes)
+            .try_acquire_many_owned(bytes)
+            .map_err(|_| Failure::bodies_busy(BODY_RETRY_AFTER_SECONDS))
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
@@ -81,6 +120,7 @@ pub struct AppState {
     pub health: Arc<HealthProbe>,
     /// The bkg_db sync worker and its URL, when one is configured.
     pub sync: Option<(Arc<crate::sync::SyncHandle<Store>>, String)>,
+    pub bodies: Arc<BodyBudget>,
 }
 
 /// The API's routes, with the gatekeeper in front of every one of them.
@@ -136,12 +176,6 @@ async fn method_not_allowed() -> Failure {
 #[derive(Debug, Clone, Copy)]
 pub struct UnixPeer {
     pub uid: u32,
-}
-
-impl Connected<axum::serve::IncomingStream<'_, PeerCheckedListener>> for UnixPeer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, PeerCheckedListener>) -> Self {
-        Self { uid: *stream.remote_addr() }
-    }
 }
 
 /// Where a request came from.
@@ -235,6 +269,10 @@ async fn authenticate(
         },
         (None, Origin::Unix(peer)) => return Ok(Some(Principal::Local { uid: peer.uid })),
         (None, Origin::Tcp(peer)) => {
+            // The probe's keyless answer is a status and a reason word (server/system.rs).
+            if *method == Method::GET && route == PROBE_ROUTE {
+                return Ok(None);
+            }
             if *method == Method::POST && OPEN_ROUTES.contains(&route) {
                 charge_anonymous(state, *peer)?;
                 return Ok(None);
@@ -278,10 +316,16 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
         match checked {
             Ok(principal) => {
                 let role = principal.as_ref().map(Principal::role);
+                // Callers without a key (login, notices, probes) send a few hundred bytes at most.
+                let limit = if principal.is_some() { MAX_BODY_BYTES } else { input::SMALL_BODY_BYTES };
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);
                 }
-                (next.run(request).await, role)
+                match read_body(&state.bodies, request, limit).await {
+                    // The body's share of the budget is held until the handler has answered.
+                    Ok((request, _held)) => (next.run(request).await, role),
+                    Err(failure) => (failure.into_response(), role),
+                }
             }
             Err(failure) => (failure.into_response(), None),
         }
@@ -310,6 +354,45 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
         });
     }
     response
+}
+
+/// Reads the request's body whole, up to `limit` bytes, within the body timeout and out of the
+/// shared budget (a declared length is taken at once, a chunked body as it arrives). A body that
+/// breaks the framing (bad chunked encoding, a connection that ends early) is a 400.
+async fn read_body(
+    budget: &BodyBudget,
+    request: Request,
+    limit: usize,
+) -> Result<(Request, Option<OwnedSemaphorePermit>), Failure> {
+    if request.body().is_end_stream() {
+        return Ok((request, None));
+    }
+    let (parts, mut body) = request.into_parts();
+    let declared = body.size_hint().exact().map_or(0, |length| length as usize);
+    if declared > limit {
+        return Err(Failure::too_large(limit));
+    }
+    let mut held = budget.take(declared)?;
+    let read = async {
+        let mut bytes = Vec::with_capacity(declared);
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|error| Failure::bad_request(format!("the request body could not be read: {error}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            let total = bytes.len() + data.len();
+            if total > limit {
+                return Err(Failure::too_large(limit));
+            }
+            if total > held.num_permits() {
+                held.merge(budget.take(total - held.num_permits())?);
+            }
+            bytes.extend_from_slice(&data);
+        }
+        Ok(bytes)
+    };
+    let bytes =
+        tokio::time::timeout(budget.timeout, read).await.map_err(|_| Failure::body_timeout(budget.timeout))??;
+    Ok((Request::from_parts(parts, axum::body::Body::from(bytes)), Some(held)))
 }
 
 /// A unix listener that hands axum only connections from root or the agent's own user.
@@ -352,5 +435,22 @@ impl axum::serve::Listener for PeerCheckedListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.agent_uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_budget_is_shared_refuses_when_spent_and_is_given_back() {
+        let budget = BodyBudget::new(8, std::time::Duration::from_secs(1));
+        let Ok(first) = budget.take(5) else { panic!("5 of 8 bytes are free") };
+        let busy = budget.take(4).err().map(|failure| (failure.status.as_u16(), failure.retry_after));
+        assert_eq!(busy, Some((503, Some(BODY_RETRY_AFTER_SECONDS))));
+        let never = budget.take(9).err().map(|failure| failure.status.as_u16());
+        assert_eq!(never, Some(413), "more than the whole budget is too large, not busy");
+        drop(first);
+        assert!(budget.take(8).is_ok(), "a body's share comes back when it is dropped");
     }
 }

@@ -1,7 +1,7 @@
 //! Traces: one span per API request, sampled by `CAVE_OTEL_SAMPLING_RATE` and exported as
 //! OTLP/HTTP JSON to `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or `OTEL_EXPORTER_OTLP_ENDPOINT` +
-//! `/v1/traces`. Plain HTTP only (a local collector); OTLP/gRPC and TLS are left out to keep
-//! the agent's build small.
+//! `/v1/traces`, over http or https (server/tls.rs's client); OTLP/gRPC is left out to keep the
+//! agent's build small.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -181,7 +181,10 @@ pub fn export_request(spans: &[Span]) -> Value {
 }
 
 async fn export(endpoint: String, headers: Vec<(String, String)>, mut receiver: mpsc::Receiver<Span>) {
-    let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+    let built = crate::server::tls::client_builder()
+        .map_err(|error| error.to_string())
+        .and_then(|builder| builder.timeout(Duration::from_secs(10)).build().map_err(|error| error.to_string()));
+    let http = match built {
         Ok(http) => http,
         Err(error) => {
             tracing::error!(%error, "cannot build the OTLP client; traces are not exported");

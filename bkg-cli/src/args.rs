@@ -19,9 +19,12 @@ pub struct GlobalArgs {
     /// The agent's unix socket [default: /run/bkg/agent.sock as root]
     #[arg(long, global = true, env = "BKG_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Talk to the agent at this URL over TCP (http://HOST:PORT) with an API key instead of the socket
+    /// Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket
     #[arg(long, global = true, env = "BKG_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
+    /// Verify an https --remote agent against the CA certificates in this PEM file instead of the system's roots
+    #[arg(long, global = true, env = "BKG_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,8 +1,12 @@
 //! Talking to the agent over its unix socket (starting one when none answers), or to a remote
-//! agent over TCP (`--remote URL`) with an API key.
+//! agent over TCP (`--remote URL`, http or https) with an API key. No call waits on the agent
+//! forever: each has a bound (`BKG_CLIENT_TIMEOUT`, 10 s by default), and a streamed run checks
+//! that the agent still answers whenever its stream is silent that long.
 
+use std::future::Future;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bkg_schema::{ApiError, ErrorCode};
@@ -13,11 +17,17 @@ use crate::exit::{BKG_FAILED, CliError, RUNTIME_NOT_EXECUTABLE};
 /// The host part is ignored on a unix socket; it only makes the URL well-formed.
 const BASE_URL: &str = "http://bkg-agent";
 
+/// Overrides how long a call waits for the agent (a duration: `30s`, `2m`).
+pub const TIMEOUT_ENV: &str = "BKG_CLIENT_TIMEOUT";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct AgentClient {
     pub socket: PathBuf,
     /// The base URL of a remote agent; `None` on the unix socket.
     remote: Option<reqwest::Url>,
     http: reqwest::Client,
+    /// How long a call waits for the agent's answer.
+    patience: Duration,
 }
 
 impl AgentClient {
@@ -26,15 +36,16 @@ impl AgentClient {
             Some(url) => {
                 let remote = crate::credentials::parse_remote(url)?;
                 let key = crate::credentials::key_for(&remote)?;
-                Self::remote(remote, Some(&key))
+                Self::remote(remote, Some(&key), global.cacert.as_deref())
             }
             None => Self::connect(global.socket.clone()),
         }
     }
 
-    /// A client of the agent at `remote` (http://HOST:PORT) that sends `key` with every request
-    /// (none: only for the routes that take other credentials, like login).
-    pub fn remote(remote: reqwest::Url, key: Option<&str>) -> Result<Self, CliError> {
+    /// A client of the agent at `remote` (http(s)://HOST:PORT) that sends `key` with every
+    /// request (none: only for the routes that take other credentials, like login). https is
+    /// verified against `cacert` (PEM) when given, else the system's roots.
+    pub fn remote(remote: reqwest::Url, key: Option<&str>, cacert: Option<&Path>) -> Result<Self, CliError> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(key) = key {
             let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
@@ -42,11 +53,24 @@ impl AgentClient {
             bearer.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, bearer);
         }
+        let patience = patience()?;
+        let roots = match (remote.scheme(), cacert) {
+            ("https", Some(path)) => read_cacert(path)?,
+            ("https", None) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                roots
+            }
+            _ => rustls::RootCertStore::empty(),
+        };
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(roots)?)
+            .https_only(remote.scheme() == "https")
+            .connect_timeout(patience)
             .default_headers(headers)
             .build()
             .map_err(|error| CliError::internal(format!("cannot build the HTTP client: {error}")))?;
-        Ok(Self { socket: bkg_schema::paths::default_socket(), remote: Some(remote), http })
+        Ok(Self { socket: bkg_schema::paths::default_socket(), remote: Some(remote), http, patience })
     }
 
     pub fn is_remote(&self) -> bool {
@@ -64,11 +88,14 @@ impl AgentClient {
     /// A client of the agent at `socket`, or at the default socket.
     pub fn connect(socket: Option<PathBuf>) -> Result<Self, CliError> {
         let socket = socket.unwrap_or_else(bkg_schema::paths::default_socket);
+        let patience = patience()?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(rustls::RootCertStore::empty())?)
             .unix_socket(socket.clone())
+            .connect_timeout(patience)
             .build()
             .map_err(|error| CliError::internal(format!("cannot build the HTTP client: {error}")))?;
-        Ok(Self { socket, remote: None, http })
+        Ok(Self { socket, remote: None, http, patience })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -158,25 +185,66 @@ impl AgentClient {
     }
 
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
-        let response = self.http.get(self.url(path)).send().await.map_err(|error| self.unreachable(error))?;
-        decode(response).await
+        self.bounded(async {
+            let response = self.send(self.http.get(self.url(path))).await?;
+            decode(response).await
+        })
+        .await
     }
 
     /// A text answer (audit lines).
     pub async fn get_text(&self, path: &str) -> Result<String, CliError> {
-        let response = self.http.get(self.url(path)).send().await.map_err(|error| self.unreachable(error))?;
-        if !response.status().is_success() {
-            return Err(api_error(response).await);
-        }
-        response.text().await.map_err(|error| self.unreachable(error))
+        self.bounded(async {
+            let response = self.send(self.http.get(self.url(path))).await?;
+            if !response.status().is_success() {
+                return Err(api_error(response).await);
+            }
+            response.text().await.map_err(|error| self.unreachable(error))
+        })
+        .await
     }
 
     pub async fn post_empty(&self, path: &str) -> Result<(), CliError> {
-        let response = self.http.post(self.url(path)).send().await.map_err(|error| self.unreachable(error))?;
-        if response.status().is_success() {
-            return Ok(());
-        }
-        Err(api_error(response).await)
+        self.bounded(async {
+            let response = self.send(self.http.post(self.url(path))).await?;
+            if response.status().is_success() {
+                return Ok(());
+            }
+            Err(api_error(response).await)
+        })
+        .await
+    }
+
+    /// Sends `request` and waits for the answer's head at most the client's patience; the body
+    /// is the caller's to read (a followed log may rightly stay open).
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
+        self.bounded(async { request.send().await.map_err(|error| self.unreachable(error)) }).await
+    }
+
+    /// `work` if it ends within the client's patience; else the agent does not answer.
+    pub async fn bounded<T>(&self, work: impl Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
+        tokio::time::timeout(self.patience, work).await.unwrap_or_else(|_| Err(self.not_answering()))
+    }
+
+    /// Whether the agent still answers a call (a cheap one: who the caller is).
+    pub async fn check_alive(&self) -> Result<(), CliError> {
+        self.get::<serde_json::Value>("/api/v1/auth/whoami").await.map(drop)
+    }
+
+    /// How long a call waits for the agent.
+    pub fn patience(&self) -> Duration {
+        self.patience
+    }
+
+    pub fn not_answering(&self) -> CliError {
+        CliError::new(
+            BKG_FAILED,
+            format!(
+                "the agent at {} does not answer (nothing within {} s; {TIMEOUT_ENV} sets the wait): is it stopped or overloaded?",
+                self.endpoint(),
+                self.patience.as_secs_f64()
+            ),
+        )
     }
 
     /// Sends a JSON body and decodes the JSON answer.
@@ -190,13 +258,85 @@ impl AgentClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|error| self.unreachable(error))?;
-        decode(response).await
+        self.bounded(async {
+            let response = self.send(request).await?;
+            decode(response).await
+        })
+        .await
     }
 
     pub fn unreachable(&self, error: reqwest::Error) -> CliError {
-        CliError::new(BKG_FAILED, format!("cannot reach the agent at {}: {error}", self.endpoint()))
+        if error.is_timeout() {
+            return self.not_answering();
+        }
+        let mut causes = vec![error.to_string()];
+        let mut certificate = false;
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !causes.iter().any(|known| known.contains(&text)) {
+                causes.push(text);
+            }
+            certificate |= is_certificate_error(cause);
+            source = cause.source();
+        }
+        // reqwest's own line repeats the URL: what went wrong is in the causes, when there are any.
+        if causes.len() > 1 {
+            causes.remove(0);
+        }
+        let hint = if certificate { " (give the agent's CA with --cacert FILE or BKG_CACERT)" } else { "" };
+        CliError::new(BKG_FAILED, format!("cannot reach the agent at {}: {}{hint}", self.endpoint(), causes.join(": ")))
     }
+}
+
+/// Whether `error` is rustls refusing the agent's certificate. A boxed error and an io::Error both
+/// hide what they wrap from `source()`, so each layer is opened here.
+fn is_certificate_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return matches!(tls, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented);
+    }
+    if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+        return is_certificate_error(inner);
+    }
+    false
+}
+
+/// How long a call waits for the agent: `BKG_CLIENT_TIMEOUT` or 10 s.
+fn patience() -> Result<Duration, CliError> {
+    match std::env::var(TIMEOUT_ENV) {
+        Ok(text) if !text.is_empty() => bkg_schema::parse_duration_ms(&text)
+            .map(Duration::from_millis)
+            .map_err(|error| CliError::usage(format!("{TIMEOUT_ENV}={text}: {error}"))),
+        _ => Ok(DEFAULT_TIMEOUT),
+    }
+}
+
+/// The CA certificates of `--cacert`: only they verify the agent, not the system's roots.
+fn read_cacert(path: &Path) -> Result<rustls::RootCertStore, CliError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |reason: String| CliError::usage(format!("--cacert {}: {reason}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|error| bad(error.to_string()))? {
+        roots.add(cert.map_err(|error| bad(error.to_string()))?).map_err(|error| bad(error.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no PEM certificate in the file".into()));
+    }
+    Ok(roots)
+}
+
+/// rustls with ring (the provider the agent builds too), trusting `roots`.
+fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, CliError> {
+    // reqwest has no provider of its own here (no aws-lc): any other client of this process gets
+    // ring too instead of a panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| CliError::internal(format!("cannot set up TLS: {error}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 async fn decode<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, CliError> {

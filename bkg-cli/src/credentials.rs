@@ -24,11 +24,8 @@ pub enum Kept {
 pub fn parse_remote(text: &str) -> Result<reqwest::Url, CliError> {
     let url = reqwest::Url::parse(text).map_err(|error| CliError::usage(format!("--remote `{text}`: {error}")))?;
     match url.scheme() {
-        "http" if url.host().is_some() => Ok(url),
-        "https" => Err(CliError::usage(format!(
-            "--remote `{text}`: https is not supported by this build; reach the agent over http (loopback, a tunnel)"
-        ))),
-        _ => Err(CliError::usage(format!("--remote `{text}` must be an http://HOST:PORT URL"))),
+        "http" | "https" if url.host().is_some() => Ok(url),
+        _ => Err(CliError::usage(format!("--remote `{text}` must be an https://HOST:PORT (or http://) URL"))),
     }
 }
 
@@ -118,7 +115,8 @@ mod tests {
     #[test]
     fn only_plain_http_urls_name_a_remote_agent() {
         assert!(parse_remote("http://127.0.0.1:8080").is_ok());
-        assert!(parse_remote("https://agent.example").is_err());
+        assert!(parse_remote("https://agent.example").is_ok());
+        assert!(parse_remote("ftp://agent.example").is_err());
         assert!(parse_remote("agent:8080").is_err());
         assert!(parse_remote("not a url").is_err());
         let url = parse_remote("http://127.0.0.1:8080/").map(|url| account(&url)).unwrap_or_default();

@@ -54,7 +54,7 @@ pub async fn run(global: &GlobalArgs, args: LoginArgs) -> Result<i32, CliError> 
                 first_line_of_stdin("password")?
             };
             // The password is the credential: the request carries no key.
-            let client = AgentClient::remote(remote.clone(), None)?;
+            let client = AgentClient::remote(remote.clone(), None, global.cacert.as_deref())?;
             let body = serde_json::json!({ "username": user, "password": password });
             let issued: IssuedKey = client.send_json(reqwest::Method::POST, "/api/v1/auth/login", Some(&body)).await?;
             issued.key
@@ -64,7 +64,7 @@ pub async fn run(global: &GlobalArgs, args: LoginArgs) -> Result<i32, CliError> 
             return Err(CliError::usage("give --user NAME (password login) or --key-stdin (an existing key)"));
         }
     };
-    let client = AgentClient::remote(remote.clone(), Some(&key))?;
+    let client = AgentClient::remote(remote.clone(), Some(&key), global.cacert.as_deref())?;
     let principal: Principal = client.get("/api/v1/auth/whoami").await?;
     let kept = credentials::keep(&remote, &key)?;
     let place = match kept {

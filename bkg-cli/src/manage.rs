@@ -91,12 +91,7 @@ fn id_of(project: &Path, name: &str) -> String {
 }
 
 async fn fetch(client: &AgentClient, id: &str) -> Result<Option<SandboxInfo>, CliError> {
-    let response = client
-        .http()
-        .get(client.url(&format!("/api/v1/sandboxes/{id}")))
-        .send()
-        .await
-        .map_err(|error| client.unreachable(error))?;
+    let response = client.send(client.http().get(client.url(&format!("/api/v1/sandboxes/{id}")))).await?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);
     }
@@ -205,11 +200,8 @@ pub async fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<i32, CliError> 
     client.ensure_running().await?;
     let id = id_of(&project, &args.name);
     let mut response = client
-        .http()
-        .get(client.url(&format!("/api/v1/sandboxes/{id}/logs?follow={}", args.follow)))
-        .send()
-        .await
-        .map_err(|error| client.unreachable(error))?;
+        .send(client.http().get(client.url(&format!("/api/v1/sandboxes/{id}/logs?follow={}", args.follow))))
+        .await?;
     if !response.status().is_success() {
         return Err(api_error(response).await);
     }
@@ -227,12 +219,7 @@ pub async fn stop(global: &GlobalArgs, args: NameArgs) -> Result<i32, CliError> 
     let client = AgentClient::new(global)?;
     client.ensure_running().await?;
     let id = id_of(&project, &args.name);
-    let response = client
-        .http()
-        .post(client.url(&format!("/api/v1/sandboxes/{id}/stop")))
-        .send()
-        .await
-        .map_err(|error| client.unreachable(error))?;
+    let response = client.send(client.http().post(client.url(&format!("/api/v1/sandboxes/{id}/stop")))).await?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
         return Err(CliError::new(BKG_FAILED, format!("sandbox `{}` has not run yet", args.name)));
     }
@@ -282,12 +269,7 @@ pub async fn rm(global: &GlobalArgs, args: RmArgs) -> Result<i32, CliError> {
     }
 
     if known.is_some() {
-        let response = client
-            .http()
-            .delete(client.url(&format!("/api/v1/sandboxes/{id}")))
-            .send()
-            .await
-            .map_err(|error| client.unreachable(error))?;
+        let response = client.send(client.http().delete(client.url(&format!("/api/v1/sandboxes/{id}")))).await?;
         if !response.status().is_success() {
             return Err(api_error(response).await);
         }

@@ -48,22 +48,20 @@ pub async fn run(
         Output::Raw => crate::progress::Spinner::start("preparing the sandbox"),
         Output::Quiet | Output::Prefixed(_) => None,
     };
-    let response = client
-        .http()
-        .post(client.url(path))
-        .header(CONNECTION, "upgrade")
-        .header(UPGRADE, STREAM_PROTOCOL)
-        .json(body)
-        .send()
-        .await
-        .map_err(|error| client.unreachable(error))?;
+    let request =
+        client.http().post(client.url(path)).header(CONNECTION, "upgrade").header(UPGRADE, STREAM_PROTOCOL).json(body);
+    let response = client.send(request).await?;
     if response.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
         return Err(api_error(response).await);
     }
-    let upgraded = response
-        .upgrade()
-        .await
-        .map_err(|error| CliError::new(BKG_FAILED, format!("the agent did not open the run stream: {error}")))?;
+    let upgraded = client
+        .bounded(async {
+            response
+                .upgrade()
+                .await
+                .map_err(|error| CliError::new(BKG_FAILED, format!("the agent did not open the run stream: {error}")))
+        })
+        .await?;
     let (mut reader, writer) = tokio::io::split(upgraded);
     let writer = Arc::new(Mutex::new(writer));
 
@@ -76,7 +74,7 @@ pub async fn run(
         }
     });
 
-    let outcome = receive(&mut reader, output, spinner).await;
+    let outcome = receive(client, &mut reader, output, spinner).await;
     stdin_task.abort();
     cancel_task.abort();
     outcome
@@ -166,7 +164,21 @@ fn write_prefixed(out: &mut impl Write, prefix: &str, line: &[u8]) {
     write_through(out, &prefixed);
 }
 
+/// Waits for `read` however long the run takes, as long as the agent answers: each time the
+/// stream has been silent for the client's patience, the agent is asked on a call of its own, and
+/// one that does not answer that either ends the wait. A run's own timeout is the agent's to keep.
+async fn watched<T>(client: &AgentClient, read: impl std::future::Future<Output = T>) -> Result<T, CliError> {
+    tokio::pin!(read);
+    loop {
+        tokio::select! {
+            done = &mut read => return Ok(done),
+            () = tokio::time::sleep(client.patience()) => client.check_alive().await?,
+        }
+    }
+}
+
 async fn receive(
+    client: &AgentClient,
     reader: &mut (impl AsyncReadExt + Unpin),
     output: Output,
     mut spinner: Option<crate::progress::Spinner>,
@@ -176,13 +188,13 @@ async fn receive(
     let mut stderr_lines = LineBuffer::default();
     loop {
         let mut header = [0u8; frame::HEADER_LEN];
-        reader.read_exact(&mut header).await.map_err(lost)?;
+        watched(client, reader.read_exact(&mut header)).await?.map_err(lost)?;
         // The run has started (or ended): from here on the output speaks for itself.
         drop(spinner.take());
         let (kind, len) = frame::decode_header(header)
             .map_err(|error| CliError::new(BKG_FAILED, format!("garbled stream from the agent: {error}")))?;
         let mut payload = vec![0u8; len];
-        reader.read_exact(&mut payload).await.map_err(lost)?;
+        watched(client, reader.read_exact(&mut payload)).await?.map_err(lost)?;
         match (kind, &output) {
             (FrameKind::Stdout, Output::Raw) => write_through(&mut std::io::stdout().lock(), &payload),
             (FrameKind::Stderr, Output::Raw) => write_through(&mut std::io::stderr().lock(), &payload),

@@ -96,12 +96,8 @@ async fn run(args: Args) -> Result<i32, CliError> {
             let id = sandbox_id(&definition.project_dir, &definition.name);
             let request = ExecRequest { command, detach: true, env: Default::default(), stdin_base64: None };
             let response = client
-                .http()
-                .post(client.url(&format!("/api/v1/sandboxes/{id}/exec")))
-                .json(&request)
-                .send()
-                .await
-                .map_err(|error| client.unreachable(error))?;
+                .send(client.http().post(client.url(&format!("/api/v1/sandboxes/{id}/exec"))).json(&request))
+                .await?;
             if !response.status().is_success() {
                 return Err(bkg_cli::client::api_error(response).await);
             }
@@ -200,13 +196,8 @@ fn definition(
 
 async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Result<(), CliError> {
     let id = sandbox_id(&definition.project_dir, &definition.name);
-    let response = client
-        .http()
-        .put(client.url(&format!("/api/v1/sandboxes/{id}")))
-        .json(definition)
-        .send()
-        .await
-        .map_err(|error| client.unreachable(error))?;
+    let response =
+        client.send(client.http().put(client.url(&format!("/api/v1/sandboxes/{id}"))).json(definition)).await?;
     if !response.status().is_success() {
         let error = bkg_cli::client::api_error(response).await;
         return Err(CliError::new(error.code, format!("sandbox `{}`: {}", definition.name, error.message)));

@@ -7,6 +7,7 @@ pub mod auth;
 #[cfg(feature = "cave")]
 pub mod cave;
 pub mod frame;
+pub mod health;
 pub mod paths;
 pub mod sandbox;
 pub mod shape;
@@ -275,6 +276,8 @@ pub enum ErrorCode {
     NotFound,
     Forbidden,
     PayloadTooLarge,
+    /// The request's body did not arrive within the agent's body timeout.
+    RequestTimeout,
     /// The target is busy: a persistent sandbox that is already running.
     Conflict,
     SandboxFailed,

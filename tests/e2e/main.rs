@@ -7,5 +7,6 @@ mod inputs;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod net;
 mod projects;
 mod signals;

@@ -27,6 +27,8 @@ pub enum NoticeError {
     BadSignature,
     #[error("the notice's timestamp is more than 5 minutes away from the agent's clock")]
     Stale,
+    #[error("cannot build the webhook client: {0}")]
+    Client(String),
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -98,8 +100,12 @@ pub enum Delivery {
 }
 
 impl Notifier {
-    pub fn new(urls: Vec<String>, key: Option<NoticeKey>) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).build()?;
+    pub fn new(urls: Vec<String>, key: Option<NoticeKey>) -> Result<Self, NoticeError> {
+        let http = crate::server::tls::client_builder()
+            .map_err(|error| NoticeError::Client(error.to_string()))?
+            .timeout(ATTEMPT_TIMEOUT)
+            .build()
+            .map_err(|error| NoticeError::Client(error.to_string()))?;
         Ok(Self { urls, key, http })
     }
 

@@ -14,7 +14,7 @@ pub struct Failure {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
-    /// Seconds for `Retry-After` (429 answers).
+    /// Seconds for `Retry-After` (429 and 503 answers).
     pub retry_after: Option<u64>,
 }
 
@@ -72,6 +72,24 @@ impl Failure {
 
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message)
+    }
+
+    /// The agent holds as many request bodies as it will at once; the client retries shortly.
+    pub fn bodies_busy(retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::unavailable(format!(
+                "the agent is holding as many request bodies as it will at once; retry in {retry_after} s"
+            ))
+        }
+    }
+
+    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::RequestTimeout,
+            format!("the request body did not arrive within {} s", timeout.as_secs_f64()),
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

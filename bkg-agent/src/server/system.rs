@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bkg_schema::health::{Health, HealthReason, HealthStatus};
 use bkg_schema::{AgentInfo, ApiError};
 use serde::Serialize;
 
@@ -26,6 +27,8 @@ pub struct HealthProbe {
     prepared: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
     /// Only one probe file at a time.
     writing: Mutex<()>,
+    /// The keyless view's last verdict and when it was reached.
+    anonymous: tokio::sync::Mutex<Option<(Instant, Option<HealthReason>)>>,
 }
 
 impl HealthProbe {
@@ -61,27 +64,69 @@ impl HealthProbe {
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Health {
-    /// Always `ok` (a sick agent answers 503 with the reason).
-    pub status: String,
+/// How long the keyless view's verdict stands: probes from load balancers must not each cost
+/// a write to the store and the disk.
+const ANONYMOUS_VERDICT_TTL: Duration = Duration::from_secs(1);
+
+impl HealthProbe {
+    /// The first check that fails: its reason word, and the detail only a caller with a key sees.
+    /// A new check goes here, with a new `HealthReason`.
+    async fn sickness(&self, state: &AppState) -> Option<(HealthReason, String)> {
+        if let Err(error) = state.store.check_writable().await {
+            return Some((HealthReason::Store, format!("store not writable: {error}")));
+        }
+        if let Err(detail) = self.check_sandbox_dir(&state.engine) {
+            return Some((HealthReason::SandboxDir, detail));
+        }
+        if let Err(detail) = self.check_prepare(&state.engine).await {
+            return Some((HealthReason::Sandboxes, detail));
+        }
+        None
+    }
+
+    /// The reason word alone, checked at most once per `ANONYMOUS_VERDICT_TTL`.
+    async fn anonymous_verdict(&self, state: &AppState) -> Option<HealthReason> {
+        let mut cached = self.anonymous.lock().await;
+        if let Some((at, verdict)) = *cached
+            && at.elapsed() < ANONYMOUS_VERDICT_TTL
+        {
+            return verdict;
+        }
+        let verdict = self.sickness(state).await.map(|(reason, _)| reason);
+        *cached = Some((Instant::now(), verdict));
+        verdict
+    }
 }
 
-/// 200 when the agent can make sandboxes and write its store; else 503 with the reason.
+/// Without a key (TCP only): 200 `{"status":"ok"}` or 503 `{"status":"unavailable","reason":WORD}`,
+/// for load balancers and probes. With a key or on the socket: 200, or 503 with the reason in
+/// full (the API's error shape).
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "agent",
+    security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Healthy", body = Health),
-        (status = 503, description = "Not healthy; the message says why", body = ApiError),
+        (status = 503, description = "Not healthy: without a key the reason word (`Health`), with one the \
+            API's error whose message says why", body = Health),
     ),
 )]
-pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
-    state.store.check_writable().await.map_err(|error| Failure::unavailable(format!("store not writable: {error}")))?;
-    state.health.check_sandbox_dir(&state.engine).map_err(Failure::unavailable)?;
-    state.health.check_prepare(&state.engine).await.map_err(Failure::unavailable)?;
-    Ok(Json(Health { status: "ok".into() }))
+pub async fn healthz(State(state): State<AppState>, principal: Option<Extension<Principal>>) -> Response {
+    if principal.is_none() {
+        return match state.health.anonymous_verdict(&state).await {
+            None => Json(Health { status: HealthStatus::Ok, reason: None }).into_response(),
+            Some(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(Health { status: HealthStatus::Unavailable, reason: Some(reason) }),
+            )
+                .into_response(),
+        };
+    }
+    match state.health.sickness(&state).await {
+        None => Json(Health { status: HealthStatus::Ok, reason: None }).into_response(),
+        Some((_, detail)) => Failure::unavailable(detail).into_response(),
+    }
 }
 
 /// Prometheus metrics, OpenMetrics text (admins only).

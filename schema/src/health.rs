@@ -1,0 +1,35 @@
+//! `GET /healthz`: what a load balancer or a kubelet probe reads without a key.
+
+use serde::{Deserialize, Serialize};
+
+/// The agent's health. Without a key it carries the status and, when not healthy, one reason
+/// word: never versions, paths or counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Health {
+    pub status: HealthStatus,
+    /// Why the agent is not healthy; absent when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<HealthReason>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+    Unavailable,
+}
+
+/// What made the agent unhealthy: one word each, added to as the agent checks more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum HealthReason {
+    /// The run store cannot be written.
+    Store,
+    /// The sandboxes' directory cannot be written.
+    SandboxDir,
+    /// No sandbox can be prepared.
+    Sandboxes,
+}
