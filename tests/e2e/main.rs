@@ -8,3 +8,4 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod projects;
+mod reliability;
