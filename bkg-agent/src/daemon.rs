@@ -281,7 +281,7 @@ fn capacity_config(
     let disk_budget = if disk_budget == "80% of the free space" {
         let stats = nix::sys::statvfs::statvfs(state_dir)
             .with_context(|| format!("read the free space of {}", state_dir.display()))?;
-        stats.blocks_available() as u64 * stats.fragment_size() as u64 / 5 * 4
+        stats.blocks_available() * stats.fragment_size() / 5 * 4
     } else {
         parse_size(disk_budget).context("--disk-budget")?
     };

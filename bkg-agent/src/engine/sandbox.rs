@@ -67,7 +67,8 @@ impl PreparedSandbox {
         let disk = engine.capacity.grant_disk(disk_bytes)?;
         let ids = engine.ids.allocate()?;
         let result = Self::build(engine, &id, &run_dir, disk_bytes, persistent, ids, disk).await;
-        if result.is_err() {
+        if let Err(error) = &result {
+            tracing::warn!(sandbox = %id, %error, "preparing a sandbox failed");
             // Whatever was made for the failed attempt goes; the cgroup was removed by `build`.
             let _ = tokio::fs::remove_dir_all(&run_dir).await;
         }
@@ -259,7 +260,7 @@ const FULL_MARGIN_BYTES: u64 = 1024 * 1024;
 
 /// Whether a sandbox disk is out of room for data or for files.
 pub fn disk_is_full(stats: &nix::sys::statvfs::Statvfs) -> bool {
-    stats.blocks_available() as u64 * stats.fragment_size() as u64 <= FULL_MARGIN_BYTES || stats.files_free() == 0
+    stats.blocks_available() * stats.fragment_size() <= FULL_MARGIN_BYTES || stats.files_free() == 0
 }
 
 /// Bytes of disk per inode: one per 4 KiB block, so a disk can be filled with small files as
