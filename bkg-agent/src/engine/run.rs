@@ -573,7 +573,8 @@ impl Engine {
         run_id: &str,
         stop: &Arc<Notify>,
     ) -> Result<RegisteredRun, RunError> {
-        let mut runs = self.persistent_runs.lock().map_err(|_| RunError::BadRequest("engine state poisoned".into()))?;
+        // The registry stays consistent under a panic elsewhere: every change is one insert or remove.
+        let mut runs = self.persistent_runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((running, _)) = runs.get(sandbox_id) {
             return Err(RunError::Busy(format!("sandbox {sandbox_id} is already running ({running}); stop it first")));
         }
