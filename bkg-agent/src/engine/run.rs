@@ -12,6 +12,7 @@ use bkg_schema::{KilledBy, LimitOverrides, OUTPUT_CAP_BYTES, RunRequest, RunResu
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 
+use super::capacity::{CapacityError, Turn};
 use super::cgroup::CgroupUsage as Usage;
 use super::control::{self, FromInit, ToInit};
 use super::sandbox::{PreparedSandbox, cgroup_limits};
@@ -65,12 +66,10 @@ impl Engine {
         output: Option<mpsc::Sender<RunOutput>>,
     ) -> Result<RunResult, RunError> {
         let result = self.run_to_end(run_id, run, input, output).await;
-        // What the health probe goes by: a run that ended with a result proves runs work; one
-        // the sandbox or the runtime failed proves they may not.
-        match &result {
-            Ok(_) => self.capacity.note_run(true),
-            Err(RunError::Engine(_) | RunError::RuntimeNotExecutable(_)) => self.capacity.note_run(false),
-            Err(_) => {}
+        // What the health probe goes by: a run failed by its sandbox or its runtime says runs
+        // may not work (one whose code ran says they do, below).
+        if let Err(RunError::Engine(_) | RunError::RuntimeNotExecutable(_)) = &result {
+            self.capacity.note_run(false);
         }
         result
     }
@@ -79,7 +78,7 @@ impl Engine {
         self: &Arc<Self>,
         run_id: String,
         run: ValidatedRun,
-        input: mpsc::Receiver<RunInput>,
+        mut input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
     ) -> Result<RunResult, RunError> {
         self.active_runs.fetch_add(1, Ordering::Relaxed);
@@ -89,7 +88,11 @@ impl Engine {
             Some(persistent) => Some(self.register_persistent(&persistent.sandbox_id, &run_id, &stop)?),
             None => None,
         };
-        let _turn = self.capacity.wait_turn(&run.namespace).await?;
+        let waiting = self.capacity.wait_turn(&run.namespace);
+        let (_turn, early_input) = match wait_in_queue(waiting, &stop, &mut input).await? {
+            Queued::Turn(turn, early_input) => (turn, early_input),
+            Queued::Cancelled => return Ok(cancelled_in_queue(run_id, &run)),
+        };
         let mut log = match &run.persistent {
             Some(persistent) => Some(open_run_log(&persistent.log_dir, &run_id).await?),
             None => None,
@@ -113,7 +116,7 @@ impl Engine {
         }
 
         let (cancel_tx, cancel_rx) = mpsc::channel::<()>(1);
-        let stdin_task = tokio::spawn(feed_stdin(sandbox.stdin.take(), run.stdin, input, cancel_tx));
+        let stdin_task = tokio::spawn(feed_stdin(sandbox.stdin.take(), run.stdin, early_input, input, cancel_tx));
         let watched = Watch {
             sandbox: &mut sandbox,
             started,
@@ -131,6 +134,9 @@ impl Engine {
 
         let usage = sandbox.cgroup.usage().unwrap_or_default();
         self.dispose_later(&run_id, sandbox);
+        if matches!(watched.ending, Ending::Exited { .. }) || watched.killed_by.is_some() {
+            self.capacity.note_run(true);
+        }
         // The sandbox is gone; what the caller has not taken yet gets a short grace, then is
         // dropped and counted.
         let undelivered_bytes = relay.finish(&output).await;
@@ -212,11 +218,75 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the cgroup's process counter and the disk are looked at.
 const LIMIT_POLL: Duration = Duration::from_millis(100);
 
+/// How much stdin a queued run keeps for its code; past it the caller's stdin waits.
+const QUEUED_STDIN_BYTES: usize = 1024 * 1024;
+
+/// How a run's wait in the queue ended.
+enum Queued<'a> {
+    /// Its turn came; with the stdin the caller sent meanwhile.
+    Turn(Turn<'a>, Vec<RunInput>),
+    /// The caller cancelled (or the sandbox was stopped) before it came.
+    Cancelled,
+}
+
+/// Waits for the run's turn while listening to the caller: a run cancelled in the queue leaves
+/// it at once rather than taking a sandbox when its turn comes.
+async fn wait_in_queue<'a>(
+    waiting: impl std::future::Future<Output = Result<Turn<'a>, CapacityError>>,
+    stop: &Notify,
+    input: &mut mpsc::Receiver<RunInput>,
+) -> Result<Queued<'a>, RunError> {
+    tokio::pin!(waiting);
+    let mut early = Vec::new();
+    let mut early_bytes = 0;
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            turn = &mut waiting => return Ok(Queued::Turn(turn?, early)),
+            () = stop.notified() => return Ok(Queued::Cancelled),
+            event = input.recv(), if listening => match event {
+                Some(RunInput::Cancel) => return Ok(Queued::Cancelled),
+                Some(event) => {
+                    if let RunInput::Stdin(bytes) = &event {
+                        early_bytes += bytes.len();
+                    }
+                    early.push(event);
+                    listening = early_bytes < QUEUED_STDIN_BYTES;
+                }
+                None => listening = false,
+            },
+        }
+    }
+}
+
+/// The result of a run cancelled before it had a sandbox.
+fn cancelled_in_queue(id: String, run: &ValidatedRun) -> RunResult {
+    RunResult {
+        id,
+        language: run.language,
+        exit_code: None,
+        signal: None,
+        killed_by: Some(KilledBy::Cancelled),
+        wall_ms: 0,
+        cpu_ms: 0,
+        peak_memory_bytes: 0,
+        disk_bytes_used: 0,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        truncated: false,
+        undelivered_bytes: 0,
+        limits: run.limits,
+    }
+}
+
 /// Writes stdin for the code in its own task (a script that never reads must not stall the run)
 /// and turns the caller's cancellation into a signal for the run.
 async fn feed_stdin(
     mut pipe: Option<tokio::net::unix::pipe::Sender>,
     preset: Option<Vec<u8>>,
+    early: Vec<RunInput>,
     mut input: mpsc::Receiver<RunInput>,
     cancel: mpsc::Sender<()>,
 ) {
@@ -226,7 +296,15 @@ async fn feed_stdin(
         }
         pipe = None;
     }
-    while let Some(event) = input.recv().await {
+    let mut early = early.into_iter();
+    loop {
+        let event = match early.next() {
+            Some(event) => event,
+            None => match input.recv().await {
+                Some(event) => event,
+                None => return,
+            },
+        };
         match event {
             RunInput::Stdin(bytes) => {
                 if let Some(open) = pipe.as_mut()
