@@ -89,7 +89,7 @@ impl Engine {
             None => None,
         };
         let waiting = self.capacity.wait_turn(&run.namespace);
-        let (_turn, early_input) = match wait_in_queue(waiting, &stop, &mut input).await? {
+        let (turn, early_input) = match wait_in_queue(waiting, &stop, &mut input).await? {
             Queued::Turn(turn, early_input) => (turn, early_input),
             Queued::Cancelled => return Ok(cancelled_in_queue(run_id, &run)),
         };
@@ -134,6 +134,8 @@ impl Engine {
 
         let usage = sandbox.cgroup.usage().unwrap_or_default();
         self.dispose_later(&run_id, sandbox);
+        // The next queued run need not wait for this one's output to drain.
+        drop(turn);
         if matches!(watched.ending, Ending::Exited { .. }) || watched.killed_by.is_some() {
             self.capacity.note_run(true);
         }
