@@ -79,6 +79,23 @@ pub fn read_answer(stream: &mut TcpStream) -> Answer {
     parse(&raw)
 }
 
+/// Sends one request to the agent's unix socket (a local admin, no key) and reads the answer.
+pub fn unix_request(socket: &std::path::Path, method: &str, path: &str, body: Option<&serde_json::Value>) -> Answer {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|error| panic!("connect {}: {error}", socket.display()));
+    stream.set_read_timeout(Some(Duration::from_secs(120))).expect("read timeout");
+    let body = body.map(|value| value.to_string().into_bytes()).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    stream.write_all(&body).expect("send body");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    parse(&raw)
+}
+
 fn parse(raw: &[u8]) -> Answer {
     let split = raw.windows(4).position(|window| window == b"\r\n\r\n").expect("an HTTP answer head");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::auth::notice::{NoticeKey, Notifier};
 use crate::auth::{AuthPolicy, RoleTable};
+use crate::engine::capacity::CapacityConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::Metrics;
 use crate::server::{AppState, AuthState, BodyBudget, HealthProbe, PeerCheckedListener, UnixPeer, listen, router};
@@ -127,6 +128,21 @@ pub struct AgentArgs {
     /// Requests per minute of each model-access key on TCP.
     #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub model_access_rate_limit: u32,
+    /// Runs going on at once; more wait in the queue, a freed place going to the namespace
+    /// with the fewest runs going.
+    #[arg(long, value_name = "N", default_value = "4 per CPU", env = "BKG_MAX_RUNNING_RUNS")]
+    pub max_running_runs: String,
+    /// Runs that may wait for a place; more are refused with 503 and Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 256, env = "BKG_MAX_QUEUED_RUNS")]
+    pub max_queued_runs: usize,
+    /// Disk all live sandboxes together (warm ones too) may be given, their disk limits summed;
+    /// a run that would go over it is refused with 503 and Retry-After.
+    #[arg(long, value_name = "SIZE", default_value = "80% of the free space", env = "BKG_DISK_BUDGET")]
+    pub disk_budget: String,
+    /// How recent a successful run must be for /healthz to answer ok without running a tiny
+    /// sandbox of its own to find out.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub health_interval: String,
     /// Print the API's OpenAPI document (YAML) and exit.
     #[arg(long, hide = true)]
     pub print_openapi: bool,
@@ -313,10 +329,33 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         warm_pool: args.warm_pool,
         uid_base: args.uid_base,
         cgroup_dir: args.cgroup_dir,
+        capacity: capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?,
     };
+    let health_interval = Duration::from_millis(parse_duration_ms(&args.health_interval).context("--health-interval")?);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
-    runtime.block_on(serve(config, socket, api))
+    runtime.block_on(serve(config, socket, api, health_interval))
+}
+
+fn capacity_config(
+    max_running: &str,
+    max_queued: usize,
+    disk_budget: &str,
+    state_dir: &Path,
+) -> anyhow::Result<CapacityConfig> {
+    let max_running = if max_running == "4 per CPU" {
+        std::thread::available_parallelism().map(|n| n.get() * 4).unwrap_or(4)
+    } else {
+        max_running.parse().ok().filter(|n| *n > 0).context("--max-running-runs must be a number above 0")?
+    };
+    let disk_budget = if disk_budget == "80% of the free space" {
+        let stats = nix::sys::statvfs::statvfs(state_dir)
+            .with_context(|| format!("read the free space of {}", state_dir.display()))?;
+        stats.blocks_available() * stats.fragment_size() / 5 * 4
+    } else {
+        parse_size(disk_budget).context("--disk-budget")?
+    };
+    Ok(CapacityConfig { max_running, max_queued, disk_budget })
 }
 
 /// Starts `bkg-agent --foreground` in its own session, logging to STATE_DIR/agent.log, and
@@ -346,7 +385,12 @@ fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
     bail!("the agent did not answer on {} within 5 s; see {}", socket.display(), log_path.display())
 }
 
-async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow::Result<()> {
+async fn serve(
+    config: EngineConfig,
+    socket: PathBuf,
+    api: ApiOptions,
+    health_interval: Duration,
+) -> anyhow::Result<()> {
     let state_dir = config.state_dir.clone();
     // Refuse early if another agent serves this socket: its sandboxes are not ours to clean.
     if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
@@ -400,6 +444,9 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
             "default_limits": engine.config.default_limits,
             "max_limits": engine.config.max_limits,
             "warm_pool": engine.config.warm_pool,
+            "max_running_runs": engine.config.capacity.max_running,
+            "max_queued_runs": engine.config.capacity.max_queued,
+            "disk_budget": engine.config.capacity.disk_budget,
             "cgroups": engine.cgroup_version(),
             "listen": api.listen.map(|address| address.to_string()),
             "bkg_db": api.db_url.is_some(),
@@ -434,7 +481,7 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
         auth: Arc::new(AuthState::new(api.policy, notifier)),
         metrics: Arc::new(Metrics::default()),
         tracer: Tracer::from_env(api.sampling_rate),
-        health: Arc::new(HealthProbe::default()),
+        health: Arc::new(HealthProbe::new(health_interval)),
         bodies: Arc::new(BodyBudget::new(api.connections.body_budget, api.connections.body_timeout)),
     };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), cgroups = %engine.cgroup_version(), "agent ready");

@@ -231,6 +231,7 @@ mod tests {
             stdout_bytes: 0,
             stderr_bytes: 0,
             truncated: false,
+            undelivered_bytes: 0,
             limits: bkg_schema::Limits::DEFAULT,
         };
         metrics.run_ended(Ok(&result));

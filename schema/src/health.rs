@@ -30,6 +30,6 @@ pub enum HealthReason {
     Store,
     /// The sandboxes' directory cannot be written.
     SandboxDir,
-    /// No sandbox can be prepared.
-    Sandboxes,
+    /// Runs fail: none succeeded within the health interval and the probe's own run failed.
+    Runs,
 }

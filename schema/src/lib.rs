@@ -223,6 +223,10 @@ pub struct RunResult {
     pub stderr_bytes: u64,
     /// True when stdout or stderr was longer than the retained cap (see `OUTPUT_CAP_BYTES`).
     pub truncated: bool,
+    /// Output bytes a streaming caller never received because it stopped reading (they are
+    /// still counted in `stdout_bytes`/`stderr_bytes`, and kept up to the cap).
+    #[serde(default)]
+    pub undelivered_bytes: u64,
     pub limits: Limits,
 }
 

@@ -868,3 +868,64 @@ fn the_curl_examples_of_docs_api_md_run_against_a_real_agent() {
     assert_eq!(code(&output), 0, "an example failed:\n{}\n{}", stderr(&output), stdout(&output));
     api.agent.wait_idle();
 }
+
+#[test]
+fn a_streamed_run_over_tcp_ends_at_its_timeout_while_the_client_stops_reading() {
+    let api = ApiAgent::start(&[]);
+    let body = json!({
+        "language": "python",
+        "code": "while True: print('x' * 4096)",
+        "limits": { "timeout_ms": 2000 },
+    })
+    .to_string();
+    // A raw client that upgrades to the stream, then never reads a byte.
+    let mut stalled = std::net::TcpStream::connect(&api.address).expect("connect");
+    let head = format!(
+        "POST /api/v1/runs HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: upgrade\r\n\
+         Upgrade: bkg-stream/1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        api.address,
+        api.admin_key,
+        body.len()
+    );
+    std::io::Write::write_all(&mut stalled, head.as_bytes()).expect("send the request");
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let run = loop {
+        let runs = api.admin().get("/api/v1/runs?limit=1").json();
+        if let Some(run) = runs.get(0).filter(|run| !run["finished_at_ms"].is_null()) {
+            break run.clone();
+        }
+        assert!(Instant::now() < deadline, "the run did not end at its timeout: {runs}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(run["killed_by"], "timeout", "{run}");
+    drop(stalled);
+}
+
+#[test]
+fn client_mistakes_are_422_naming_the_field_not_sandbox_failures() {
+    let api = ApiAgent::start(&[]);
+    let admin = api.admin();
+    let long = "a".repeat(10_000);
+    let cases = [
+        (json!({ "language": "python", "code": "print(1)", "script_name": long }), "script_name"),
+        (
+            json!({ "language": "python", "code": "print(1)",
+                    "files": [{ "path": long, "content_base64": "aGk=" }] }),
+            "files",
+        ),
+        (json!({ "language": "python", "code": "print(1)", "env": { "A": "x\u{0}y" } }), "env"),
+    ];
+    for (body, field) in cases {
+        let answer = admin.post("/api/v1/runs", &body);
+        expect(&answer, 422, field);
+        assert_eq!(answer.error_code(), "bad_request");
+        let message = answer.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains(field), "{field}: {message}");
+    }
+    // A sandbox whose environment could never be executed is refused when it is created.
+    let answer =
+        admin.post("/api/v1/sandboxes", &json!({ "name": "nul-env", "language": "python", "env": { "A": "x\u{0}y" } }));
+    expect(&answer, 422, "a NUL in a sandbox's env");
+    assert!(answer.text().contains("env"), "{}", answer.text());
+    assert_eq!(admin.get("/api/v1/sandboxes").json().as_array().map(Vec::len), Some(0));
+}

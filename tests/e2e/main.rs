@@ -9,4 +9,5 @@ mod lifecycle;
 mod limits;
 mod net;
 mod projects;
+mod reliability;
 mod signals;

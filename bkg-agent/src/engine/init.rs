@@ -642,7 +642,7 @@ fn disk_usage() -> (u64, bool) {
         Ok(stats) => {
             let block = stats.fragment_size();
             let used = (stats.blocks() - stats.blocks_free()) * block;
-            (used, stats.blocks_available() == 0)
+            (used, super::sandbox::disk_is_full(&stats))
         }
         Err(_) => (0, false),
     }

@@ -43,8 +43,8 @@ struct LoopConfig {
 pub enum LoopError {
     #[error("{action}: {source}")]
     Io { action: String, source: std::io::Error },
-    #[error("no free loop device after {0} attempts")]
-    Exhausted(u32),
+    #[error("no free loop device after {0} attempts over {1} ms: other processes took each free one first")]
+    Exhausted(u32, u128),
 }
 
 fn io_error(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> LoopError {
@@ -70,8 +70,11 @@ pub fn attach(image: &Path) -> Result<LoopDevice, LoopError> {
     let backing =
         OpenOptions::new().read(true).write(true).open(image).map_err(io_error(format!("open {}", image.display())))?;
 
-    const ATTEMPTS: u32 = 32;
-    for _ in 0..ATTEMPTS {
+    let started = std::time::Instant::now();
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            back_off(attempt);
+        }
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
         let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
         if number < 0 {
@@ -117,7 +120,18 @@ pub fn attach(image: &Path) -> Result<LoopDevice, LoopError> {
             return Err(io_error(format!("attach {} to {}", image.display(), path.display()))(error));
         }
     }
-    Err(LoopError::Exhausted(ATTEMPTS))
+    Err(LoopError::Exhausted(ATTEMPTS, started.elapsed().as_millis()))
+}
+
+/// How often a free loop device is looked for before giving up.
+const ATTEMPTS: u32 = 32;
+
+/// Waits before the next attempt: 1 ms doubling to 64 ms, staggered by pid so that sandboxes
+/// racing for the same device do not retry in step (under 2 s over all attempts).
+fn back_off(attempt: u32) {
+    let base = 1u64 << attempt.min(6);
+    let stagger = u64::from(std::process::id() % 7);
+    std::thread::sleep(std::time::Duration::from_millis(base + stagger));
 }
 
 /// Loop devices whose backing file lies under `dir` (from /sys/block/loop*/loop/backing_file).

@@ -1,12 +1,14 @@
 //! The sandbox engine. Preparing a sandbox (disk image, cgroup, namespaces, root filesystem) and
 //! running code in a prepared sandbox are separate steps, so a warm pool can prepare ahead.
 
+pub mod capacity;
 pub mod cgroup;
 pub mod control;
 pub mod init;
 pub mod landlock;
 pub mod loopdev;
 pub mod plan;
+pub mod request;
 pub mod run;
 pub mod sandbox;
 pub mod seccomp;
@@ -39,6 +41,8 @@ pub struct EngineConfig {
     pub uid_base: u32,
     /// Name of this agent's directory beneath its own cgroup.
     pub cgroup_dir: String,
+    /// Queue and disk bounds (see `capacity.rs`).
+    pub capacity: capacity::CapacityConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,8 @@ pub enum EngineError {
     Control(#[from] control::ControlError),
     #[error("making the disk image failed: {0}")]
     DiskImage(String),
+    #[error(transparent)]
+    Capacity(#[from] capacity::CapacityError),
 }
 
 impl EngineError {
@@ -126,6 +132,7 @@ pub struct Engine {
     /// Told `(run id, confirmed)` when a run's sandbox has been cleaned up.
     cleanup_listener: OnceLock<mpsc::UnboundedSender<(String, bool)>>,
     agent_pid: u32,
+    pub capacity: Arc<capacity::Capacity>,
 }
 
 impl Engine {
@@ -145,6 +152,7 @@ impl Engine {
             persistent_runs: Mutex::new(HashMap::new()),
             cleanup_listener: OnceLock::new(),
             agent_pid: std::process::id(),
+            capacity: Arc::new(capacity::Capacity::new(config.capacity)),
             config,
         });
         engine.remove_leftovers()?;

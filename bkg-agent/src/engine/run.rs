@@ -1,21 +1,25 @@
-//! One run, start to end: validate the request, claim a prepared sandbox, apply limits, give it
-//! the code, relay stdin and output, enforce the timeout, account, and clean up.
+//! One run, start to end (its request was checked in `request.rs`): wait for its turn, claim a
+//! prepared sandbox, apply limits, give it the code, relay stdin and output, enforce the
+//! timeout and the limits whatever the caller does, account, and clean up.
 
-use std::path::{Component, Path, PathBuf};
+use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use bkg_schema::sandbox::{ExecRequest, SandboxDefinition};
-use bkg_schema::{ErrorCode, FileUpload, KilledBy, Limits, OUTPUT_CAP_BYTES, RunRequest, RunResult};
+use bkg_schema::{KilledBy, LimitOverrides, OUTPUT_CAP_BYTES, RunRequest, RunResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 
-use super::control::{self, FromInit, GoOrder, PlacedFile, ToInit};
-use super::plan::{Owner, PROJECT, ProjectMounts, SHIM_DIR, TMP, Volume, WORKSPACE};
-use super::sandbox::{PersistentDisk, PreparedSandbox, cgroup_limits};
+use super::capacity::{CapacityError, Turn};
+use super::cgroup::CgroupUsage as Usage;
+use super::control::{self, FromInit, ToInit};
+use super::sandbox::{PreparedSandbox, cgroup_limits};
 use super::{Engine, EngineError};
+use crate::ids::new_id;
+
+pub use super::request::{RunError, ValidatedRun};
 
 /// What the caller sends into a run while it goes on.
 #[derive(Debug)]
@@ -33,246 +37,7 @@ pub enum RunOutput {
     Stderr(Vec<u8>),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{name} {asked} is above this agent's maximum of {allowed}")]
-    LimitAboveMaximum { name: &'static str, asked: String, allowed: String },
-    #[error("{0}")]
-    RuntimeNotExecutable(String),
-    #[error("{0}")]
-    Busy(String),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
-
-impl RunError {
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Self::BadRequest(_) => ErrorCode::BadRequest,
-            Self::LimitAboveMaximum { .. } => ErrorCode::LimitAboveMaximum,
-            Self::RuntimeNotExecutable(_) => ErrorCode::RuntimeNotExecutable,
-            Self::Busy(_) => ErrorCode::Conflict,
-            Self::Engine(_) => ErrorCode::SandboxFailed,
-        }
-    }
-}
-
-/// A request that passed every check, ready to be given to a sandbox.
-#[derive(Debug)]
-pub struct ValidatedRun {
-    pub language: bkg_schema::Language,
-    pub limits: Limits,
-    /// The namespace the run belongs to: its sandbox's, or `default` for a temporary run.
-    pub namespace: String,
-    order: GoOrder,
-    stdin: Option<Vec<u8>>,
-    persistent: Option<PersistentRun>,
-}
-
-/// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and its log.
-#[derive(Debug)]
-struct PersistentRun {
-    sandbox_id: String,
-    disk: PersistentDisk,
-    log_dir: PathBuf,
-}
-
-impl ValidatedRun {
-    pub fn sandbox_id(&self) -> Option<&str> {
-        self.persistent.as_ref().map(|persistent| persistent.sandbox_id.as_str())
-    }
-}
-
-/// Total size of files a request may place in the sandbox (they must also fit its disk).
-const MAX_UPLOAD_BYTES: u64 = 256 * 1024 * 1024;
-
-/// The smallest process limit a run may have.
-const MIN_PIDS: u64 = 8;
-
-/// How many run logs a persistent sandbox keeps.
-const KEPT_LOGS: usize = 20;
-
 impl Engine {
-    /// The caller's limits on top of the defaults, refused (not clipped) above the maximum.
-    pub fn resolve_limits(&self, overrides: &bkg_schema::LimitOverrides) -> Result<Limits, RunError> {
-        let limits = self.config.default_limits.with(overrides);
-        for (name, value) in [
-            ("cpus", limits.cpu_millis),
-            ("memory", limits.memory_bytes),
-            ("timeout", limits.timeout_ms),
-            ("disk", limits.disk_bytes),
-            ("pids", limits.pids),
-        ] {
-            if value == 0 {
-                return Err(RunError::BadRequest(format!("{name} limit must be greater than zero")));
-            }
-        }
-        if let Some((name, asked, allowed)) = limits.first_above(&self.config.max_limits) {
-            return Err(RunError::LimitAboveMaximum { name, asked, allowed });
-        }
-        // ext4 needs room for its own metadata.
-        if limits.disk_bytes < 16 * bkg_schema::MIB {
-            return Err(RunError::BadRequest("disk limit must be at least 16MiB".into()));
-        }
-        if limits.memory_bytes < 16 * bkg_schema::MIB {
-            return Err(RunError::BadRequest("memory limit must be at least 16MiB".into()));
-        }
-        // The kernel's CFS quota cannot go below 1 ms per 100 ms period.
-        if limits.cpu_millis < 10 {
-            return Err(RunError::BadRequest("cpus must be at least 0.01".into()));
-        }
-        // The sandbox's init and the code need a few processes before the code can do anything.
-        if limits.pids < MIN_PIDS {
-            return Err(RunError::BadRequest(format!("the process limit must be at least {MIN_PIDS}")));
-        }
-        Ok(limits)
-    }
-
-    fn interpreter(&self, language: bkg_schema::Language) -> Result<&Path, RunError> {
-        let interpreter = match language {
-            bkg_schema::Language::Python => &self.config.python,
-            bkg_schema::Language::Node => &self.config.node,
-        };
-        if nix::unistd::access(interpreter, nix::unistd::AccessFlags::X_OK).is_err() {
-            return Err(RunError::RuntimeNotExecutable(format!(
-                "the {} runtime {} is not executable on this host",
-                language.as_str(),
-                interpreter.display()
-            )));
-        }
-        Ok(interpreter)
-    }
-
-    pub fn validate(&self, request: RunRequest) -> Result<ValidatedRun, RunError> {
-        let limits = self.resolve_limits(&request.limits)?;
-        let interpreter = self.interpreter(request.language)?;
-
-        let script_name =
-            request.script_name.clone().unwrap_or_else(|| request.language.default_script_name().to_owned());
-        if script_name.is_empty()
-            || script_name.contains('/')
-            || script_name == "."
-            || script_name == ".."
-            || script_name.contains('\0')
-        {
-            return Err(RunError::BadRequest(format!("script name `{script_name}` must be a plain file name")));
-        }
-        let script_path = format!("{WORKSPACE}/{script_name}");
-        let mut files = vec![PlacedFile {
-            path: script_path.clone(),
-            content_base64: base64::engine::general_purpose::STANDARD.encode(request.code.as_bytes()),
-            mode: 0o644,
-        }];
-        let mut upload_bytes = request.code.len() as u64;
-        for upload in &request.files {
-            let (file, size) = place_upload(upload)?;
-            if file.path == script_path {
-                return Err(RunError::BadRequest(format!("file {} would replace the script", file.path)));
-            }
-            upload_bytes += size;
-            files.push(file);
-        }
-        if upload_bytes > MAX_UPLOAD_BYTES.min(limits.disk_bytes) {
-            return Err(RunError::BadRequest("uploaded files do not fit the sandbox's disk".into()));
-        }
-
-        let mut argv = vec![interpreter.to_string_lossy().into_owned(), script_path];
-        for arg in &request.args {
-            if arg.contains('\0') {
-                return Err(RunError::BadRequest("arguments cannot contain NUL bytes".into()));
-            }
-            argv.push(arg.clone());
-        }
-
-        Ok(ValidatedRun {
-            language: request.language,
-            limits,
-            namespace: "default".into(),
-            order: GoOrder {
-                argv,
-                env: sandbox_env(&request.env)?,
-                cwd: WORKSPACE.into(),
-                files,
-                clear: Vec::new(),
-                reown: Vec::new(),
-            },
-            stdin: decode_stdin(request.stdin_base64.as_deref())?,
-            persistent: None,
-        })
-    }
-
-    /// The project directory on the agent of the sandboxes of `namespace` that have no project
-    /// of their own (made through the API or MCP).
-    pub fn scratch_project_dir(&self, namespace: &str) -> PathBuf {
-        self.config.state_dir.join("namespaces").join(namespace)
-    }
-
-    /// A command in a persistent sandbox: `/bin/sh -c COMMAND` in its project, read-only at
-    /// /project (so `python main.py` finds the project's main.py), with its kept /workspace and
-    /// the project's volumes bound in. A sandbox without a project of its own starts in
-    /// /workspace instead, the only place it has files.
-    pub fn validate_exec(&self, definition: &SandboxDefinition, exec: ExecRequest) -> Result<ValidatedRun, RunError> {
-        let limits = self.resolve_limits(&definition.limits)?;
-        self.interpreter(definition.language)?;
-        if exec.command.trim().is_empty() || exec.command.contains('\0') {
-            return Err(RunError::BadRequest("the command is empty or contains a NUL byte".into()));
-        }
-        let project_dir = PathBuf::from(&definition.project_dir);
-        let project_owner = owner_of("project directory", &project_dir)?;
-        let state_dir = project_dir.join(".bkg");
-        let sandbox_dir = state_dir.join("sandboxes").join(&definition.name);
-        let volumes = definition
-            .volumes
-            .iter()
-            .map(|volume| {
-                let guest = Path::new(&volume.guest);
-                let inside_workspace = guest.starts_with(WORKSPACE) && guest != Path::new(WORKSPACE);
-                if !Path::new(&volume.host).is_absolute() || !inside_workspace || has_parent_dir(guest) {
-                    return Err(RunError::BadRequest(format!(
-                        "volume {}:{} must bind an absolute host path under /workspace",
-                        volume.host, volume.guest
-                    )));
-                }
-                Ok(Volume {
-                    host: volume.host.clone().into(),
-                    guest: guest.to_path_buf(),
-                    read_only: volume.read_only,
-                    owner: owner_of("volume source", Path::new(&volume.host))?,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut env = definition.env.clone();
-        env.extend(exec.env);
-        Ok(ValidatedRun {
-            language: definition.language,
-            limits,
-            namespace: definition.namespace.clone(),
-            order: GoOrder {
-                argv: vec!["/bin/sh".into(), "-c".into(), exec.command],
-                env: sandbox_env(&env)?,
-                cwd: if project_dir == self.scratch_project_dir(&definition.namespace) {
-                    WORKSPACE.into()
-                } else {
-                    PROJECT.into()
-                },
-                files: Vec::new(),
-                clear: vec![TMP.into(), "/dev/shm".into()],
-                reown: vec![WORKSPACE.into()],
-            },
-            stdin: decode_stdin(exec.stdin_base64.as_deref())?,
-            persistent: Some(PersistentRun {
-                sandbox_id: bkg_schema::sandbox::sandbox_id(&definition.project_dir, &definition.name),
-                disk: PersistentDisk {
-                    image: sandbox_dir.join("disk.img"),
-                    project: ProjectMounts { dir: project_dir, owner: project_owner, state_dir, volumes },
-                },
-                log_dir: sandbox_dir.join("logs"),
-            }),
-        })
-    }
-
     /// Asks the run going on in persistent sandbox `sandbox_id` to stop; false when none is.
     pub fn stop_sandbox(&self, sandbox_id: &str) -> bool {
         let running = self.persistent_runs.lock().ok().and_then(|runs| runs.get(sandbox_id).cloned());
@@ -291,8 +56,25 @@ impl Engine {
     }
 
     /// Runs a validated request to its end. `input` carries stdin and cancellation; `output`,
-    /// when given, receives the output as it is written.
+    /// when given, receives the output as it is written. Whatever the caller does (reads slowly,
+    /// stops reading, hangs up), the timeout, the limits and cancellation are enforced.
     pub async fn run(
+        self: &Arc<Self>,
+        run_id: String,
+        run: ValidatedRun,
+        input: mpsc::Receiver<RunInput>,
+        output: Option<mpsc::Sender<RunOutput>>,
+    ) -> Result<RunResult, RunError> {
+        let result = self.run_to_end(run_id, run, input, output).await;
+        // What the health probe goes by: a run failed by its sandbox or its runtime says runs
+        // may not work (one whose code ran says they do, below).
+        if let Err(RunError::Engine(_) | RunError::RuntimeNotExecutable(_)) = &result {
+            self.capacity.note_run(false);
+        }
+        result
+    }
+
+    async fn run_to_end(
         self: &Arc<Self>,
         run_id: String,
         run: ValidatedRun,
@@ -306,6 +88,11 @@ impl Engine {
             Some(persistent) => Some(self.register_persistent(&persistent.sandbox_id, &run_id, &stop)?),
             None => None,
         };
+        let waiting = self.capacity.wait_turn(&run.namespace);
+        let (turn, early_input) = match wait_in_queue(waiting, &stop, &mut input).await? {
+            Queued::Turn(turn, early_input) => (turn, early_input),
+            Queued::Cancelled => return Ok(cancelled_in_queue(run_id, &run)),
+        };
         let mut log = match &run.persistent {
             Some(persistent) => Some(open_run_log(&persistent.log_dir, &run_id).await?),
             None => None,
@@ -318,197 +105,77 @@ impl Engine {
             self.dispose_later(&run_id, sandbox);
             return Err(EngineError::from(error).into());
         }
-        let cpu_before = sandbox.cgroup.usage().map(|usage| usage.cpu_nanos).unwrap_or(0);
-        let pids_hits_before = sandbox.cgroup.usage().map(|usage| usage.pids_limit_hits).unwrap_or(0);
+        let before = sandbox.cgroup.usage().unwrap_or_default();
 
-        if let Some(output) = &output {
-            let _ = output.send(RunOutput::Started(run_id.clone())).await;
-        }
+        let mut relay = Relay::default();
+        relay.offer(&output, RunOutput::Started(run_id.clone()));
         let started = Instant::now();
         if let Err(error) = control::write_async(&mut sandbox.control, &ToInit::Go(run.order)).await {
             self.dispose_later(&run_id, sandbox);
             return Err(EngineError::from(error).into());
         }
 
-        // stdin is written by its own task: a script that never reads must not stall the run.
-        let mut stdin_pipe = sandbox.stdin.take();
-        let (cancel_tx, mut cancel_rx) = mpsc::channel::<()>(1);
-        let preset_stdin = run.stdin;
-        let stdin_task = tokio::spawn(async move {
-            if let Some(bytes) = preset_stdin {
-                if let Some(pipe) = stdin_pipe.as_mut() {
-                    let _ = pipe.write_all(&bytes).await;
-                }
-                stdin_pipe = None;
-            }
-            while let Some(event) = input.recv().await {
-                match event {
-                    RunInput::Stdin(bytes) => {
-                        if let Some(pipe) = stdin_pipe.as_mut()
-                            && pipe.write_all(&bytes).await.is_err()
-                        {
-                            stdin_pipe = None;
-                        }
-                    }
-                    RunInput::StdinEnd => stdin_pipe = None,
-                    RunInput::Cancel => {
-                        let _ = cancel_tx.send(()).await;
-                        return;
-                    }
-                }
-            }
-        });
-
-        let mut stdout = Captured::default();
-        let mut stderr = Captured::default();
-        let mut stdout_open = true;
-        let mut stderr_open = true;
-        let mut stdout_buf = vec![0u8; 64 * 1024];
-        let mut stderr_buf = vec![0u8; 64 * 1024];
-        let deadline = tokio::time::sleep(Duration::from_millis(run.limits.timeout_ms));
-        tokio::pin!(deadline);
-        let mut limit_poll = tokio::time::interval(Duration::from_millis(100));
-        limit_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-
-        let mut killed_by: Option<KilledBy> = None;
-        let mut exit: Option<(Option<i32>, Option<i32>, u64, bool)> = None;
-        let mut exec_errno: Option<i32> = None;
-        let mut init_failure: Option<String> = None;
-        let mut control_open = true;
-        let mut wall = None;
-
-        while control_open || stdout_open || stderr_open {
-            tokio::select! {
-                message = control::read_async::<FromInit>(&mut sandbox.control), if control_open => {
-                    match message {
-                        Ok(FromInit::Running | FromInit::Ready | FromInit::Forked { .. }) => {}
-                        Ok(FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full }) => {
-                            wall.get_or_insert(started.elapsed());
-                            exit = Some((exit_code, signal, disk_used_bytes, disk_full));
-                            control_open = false;
-                        }
-                        Ok(FromInit::ExecFailed { errno }) => {
-                            wall.get_or_insert(started.elapsed());
-                            exec_errno = Some(errno);
-                            control_open = false;
-                        }
-                        Ok(FromInit::Failed { stage, message }) => {
-                            wall.get_or_insert(started.elapsed());
-                            init_failure = Some(format!("{stage}: {message}"));
-                            control_open = false;
-                        }
-                        Err(_) => {
-                            wall.get_or_insert(started.elapsed());
-                            control_open = false;
-                        }
-                    }
-                    if !control_open {
-                        // Pid 1 is gone or going: the rest of the sandbox dies with it. Wait only
-                        // briefly for the pipes, in case a process held them open.
-                        deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(2));
-                    }
-                }
-                read = sandbox.stdout.read(&mut stdout_buf), if stdout_open => {
-                    match read {
-                        Ok(0) | Err(_) => stdout_open = false,
-                        Ok(n) => {
-                            stdout.push(&stdout_buf[..n]);
-                            if let Some(log) = log.as_mut() {
-                                let _ = log.write_all(&stdout_buf[..n]).await;
-                            }
-                            if let Some(output) = &output {
-                                let _ = output.send(RunOutput::Stdout(stdout_buf[..n].to_vec())).await;
-                            }
-                        }
-                    }
-                }
-                read = sandbox.stderr.read(&mut stderr_buf), if stderr_open => {
-                    match read {
-                        Ok(0) | Err(_) => stderr_open = false,
-                        Ok(n) => {
-                            stderr.push(&stderr_buf[..n]);
-                            if let Some(log) = log.as_mut() {
-                                let _ = log.write_all(&stderr_buf[..n]).await;
-                            }
-                            if let Some(output) = &output {
-                                let _ = output.send(RunOutput::Stderr(stderr_buf[..n].to_vec())).await;
-                            }
-                        }
-                    }
-                }
-                () = &mut deadline => {
-                    if control_open {
-                        wall.get_or_insert(started.elapsed());
-                        killed_by.get_or_insert(KilledBy::Timeout);
-                    }
-                    sandbox.kill();
-                    control_open = false;
-                    stdout_open = false;
-                    stderr_open = false;
-                }
-                () = stop.notified() => {
-                    wall.get_or_insert(started.elapsed());
-                    killed_by.get_or_insert(KilledBy::Cancelled);
-                    sandbox.kill();
-                }
-                Some(()) = cancel_rx.recv() => {
-                    wall.get_or_insert(started.elapsed());
-                    killed_by.get_or_insert(KilledBy::Cancelled);
-                    sandbox.kill();
-                }
-                _ = limit_poll.tick(), if control_open => {
-                    let hits = sandbox.cgroup.usage().map(|usage| usage.pids_limit_hits).unwrap_or(0);
-                    if hits > pids_hits_before {
-                        wall.get_or_insert(started.elapsed());
-                        killed_by.get_or_insert(KilledBy::Pids);
-                        sandbox.kill();
-                    }
-                }
-            }
+        let (cancel_tx, cancel_rx) = mpsc::channel::<()>(1);
+        let stdin_task = tokio::spawn(feed_stdin(sandbox.stdin.take(), run.stdin, early_input, input, cancel_tx));
+        let watched = Watch {
+            sandbox: &mut sandbox,
+            started,
+            timeout: Duration::from_millis(run.limits.timeout_ms),
+            pids_hits_before: before.pids_limit_hits,
+            stop: &stop,
+            cancel: cancel_rx,
+            output: &output,
+            relay: &mut relay,
+            log: log.as_mut(),
         }
+        .until_the_end()
+        .await;
         stdin_task.abort();
-        let wall = wall.unwrap_or_else(|| started.elapsed());
 
         let usage = sandbox.cgroup.usage().unwrap_or_default();
-        let (exit_code, signal, disk_used_bytes, disk_full) = exit.unwrap_or((None, None, 0, false));
-        if killed_by.is_none() && usage.oom_kills > 0 && (signal == Some(libc::SIGKILL) || exit.is_none()) {
-            killed_by = Some(KilledBy::Memory);
-        }
-        if killed_by.is_none() && disk_full && exit_code.is_some_and(|code| code != 0) {
-            killed_by = Some(KilledBy::Disk);
-        }
-        // A pid 1 killed by the OOM killer or a kill from outside leaves no exit report.
-        let signal = if exit.is_none() && killed_by.is_some() { Some(libc::SIGKILL) } else { signal };
         self.dispose_later(&run_id, sandbox);
-
-        if let Some(errno) = exec_errno {
-            return Err(RunError::RuntimeNotExecutable(format!(
-                "the {} runtime could not be executed: {}",
-                run.language.as_str(),
-                std::io::Error::from_raw_os_error(errno)
-            )));
+        // The next queued run need not wait for this one's output to drain.
+        drop(turn);
+        if matches!(watched.ending, Ending::Exited { .. }) || watched.killed_by.is_some() {
+            self.capacity.note_run(true);
         }
-        if let Some(failure) = init_failure {
-            return Err(EngineError::Prepare { stage: "start".into(), message: failure }.into());
-        }
+        // The sandbox is gone; what the caller has not taken yet gets a short grace, then is
+        // dropped and counted.
+        let undelivered_bytes = relay.finish(&output).await;
+        watched.into_result(run_id, run.language, run.limits, &before, &usage, undelivered_bytes)
+    }
 
-        Ok(RunResult {
-            id: run_id,
-            language: run.language,
-            exit_code: if signal.is_some() { None } else { exit_code },
-            signal,
-            killed_by,
-            wall_ms: wall.as_millis() as u64,
-            cpu_ms: usage.cpu_nanos.saturating_sub(cpu_before) / 1_000_000,
-            peak_memory_bytes: usage.peak_memory_bytes,
-            disk_bytes_used: disk_used_bytes,
-            truncated: stdout.truncated || stderr.truncated,
-            stdout_bytes: stdout.total,
-            stderr_bytes: stderr.total,
-            stdout: String::from_utf8_lossy(&stdout.kept).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr.kept).into_owned(),
-            limits: run.limits,
-        })
+    /// Runs an empty script in a default sandbox (the warm pool's, when it has one), the way a
+    /// caller's run goes: what a health check needs to know is whether runs work, not whether a
+    /// sandbox can be prepared. `Err` says why not.
+    pub async fn probe(self: &Arc<Self>) -> Result<(), String> {
+        let language = [bkg_schema::Language::Python, bkg_schema::Language::Node]
+            .into_iter()
+            .find(|language| self.interpreter(*language).is_ok())
+            .ok_or("no runtime is executable (--python, --node)")?;
+        let request = RunRequest {
+            language,
+            code: String::new(),
+            script_name: None,
+            args: Vec::new(),
+            env: Default::default(),
+            files: Vec::new(),
+            limits: LimitOverrides { timeout_ms: Some(PROBE_TIMEOUT.as_millis() as u64), ..Default::default() },
+            stdin_base64: None,
+            namespace: None,
+        };
+        let validated = self.validate(request).map_err(|error| error.to_string())?;
+        let (_input, input_rx) = mpsc::channel(1);
+        let result = self.run(new_id("probe"), validated, input_rx, None).await.map_err(|error| error.to_string())?;
+        match (result.exit_code, result.killed_by) {
+            (Some(0), None) => Ok(()),
+            (_, Some(killed_by)) => Err(format!("an empty script was killed by {}", killed_by.as_str())),
+            (code, None) => Err(format!(
+                "an empty script ended with exit code {code:?}, signal {:?}: {}",
+                result.signal,
+                result.stderr.lines().last().unwrap_or_default()
+            )),
+        }
     }
 
     /// Disposes of a used sandbox in the background: the caller has its result already.
@@ -529,6 +196,438 @@ impl Engine {
             }
             engine.cleanups_pending.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+}
+
+/// Output waiting for a caller that reads slower than the code writes, at most this much. Past
+/// it the sandbox's pipes are not read (the code waits on its writes, as on a slow terminal),
+/// while the deadline, the limits and cancellation keep being watched.
+const RELAY_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// How long output still waiting when the run ends may take to reach the caller before it is
+/// dropped (and counted in `undelivered_bytes`).
+const RELAY_FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// Once pid 1 has reported, how long to wait for pipes that a leftover process may hold open.
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+/// How many run logs a persistent sandbox keeps.
+const KEPT_LOGS: usize = 20;
+
+/// How long the health probe's empty script may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often the cgroup's process counter and the disk are looked at.
+const LIMIT_POLL: Duration = Duration::from_millis(100);
+
+/// How much stdin a queued run keeps for its code; past it the caller's stdin waits.
+const QUEUED_STDIN_BYTES: usize = 1024 * 1024;
+
+/// How a run's wait in the queue ended.
+enum Queued<'a> {
+    /// Its turn came; with the stdin the caller sent meanwhile.
+    Turn(Turn<'a>, Vec<RunInput>),
+    /// The caller cancelled (or the sandbox was stopped) before it came.
+    Cancelled,
+}
+
+/// Waits for the run's turn while listening to the caller: a run cancelled in the queue leaves
+/// it at once rather than taking a sandbox when its turn comes.
+async fn wait_in_queue<'a>(
+    waiting: impl std::future::Future<Output = Result<Turn<'a>, CapacityError>>,
+    stop: &Notify,
+    input: &mut mpsc::Receiver<RunInput>,
+) -> Result<Queued<'a>, RunError> {
+    tokio::pin!(waiting);
+    let mut early = Vec::new();
+    let mut early_bytes = 0;
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            turn = &mut waiting => return Ok(Queued::Turn(turn?, early)),
+            () = stop.notified() => return Ok(Queued::Cancelled),
+            event = input.recv(), if listening => match event {
+                Some(RunInput::Cancel) => return Ok(Queued::Cancelled),
+                Some(event) => {
+                    if let RunInput::Stdin(bytes) = &event {
+                        early_bytes += bytes.len();
+                    }
+                    early.push(event);
+                    listening = early_bytes < QUEUED_STDIN_BYTES;
+                }
+                None => listening = false,
+            },
+        }
+    }
+}
+
+/// The result of a run cancelled before it had a sandbox.
+fn cancelled_in_queue(id: String, run: &ValidatedRun) -> RunResult {
+    RunResult {
+        id,
+        language: run.language,
+        exit_code: None,
+        signal: None,
+        killed_by: Some(KilledBy::Cancelled),
+        wall_ms: 0,
+        cpu_ms: 0,
+        peak_memory_bytes: 0,
+        disk_bytes_used: 0,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        truncated: false,
+        undelivered_bytes: 0,
+        limits: run.limits,
+    }
+}
+
+/// Writes stdin for the code in its own task (a script that never reads must not stall the run)
+/// and turns the caller's cancellation into a signal for the run.
+async fn feed_stdin(
+    mut pipe: Option<tokio::net::unix::pipe::Sender>,
+    preset: Option<Vec<u8>>,
+    early: Vec<RunInput>,
+    mut input: mpsc::Receiver<RunInput>,
+    cancel: mpsc::Sender<()>,
+) {
+    if let Some(bytes) = preset {
+        if let Some(pipe) = pipe.as_mut() {
+            let _ = pipe.write_all(&bytes).await;
+        }
+        pipe = None;
+    }
+    let mut early = early.into_iter();
+    loop {
+        let event = match early.next() {
+            Some(event) => event,
+            None => match input.recv().await {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        match event {
+            RunInput::Stdin(bytes) => {
+                if let Some(open) = pipe.as_mut()
+                    && open.write_all(&bytes).await.is_err()
+                {
+                    pipe = None;
+                }
+            }
+            RunInput::StdinEnd => pipe = None,
+            RunInput::Cancel => {
+                let _ = cancel.send(()).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Output on its way to a streaming caller: sent at once when the caller keeps up, else kept
+/// (up to `RELAY_BUFFER_BYTES`) and sent as the caller takes it. The run never waits on it.
+#[derive(Default)]
+struct Relay {
+    waiting: VecDeque<RunOutput>,
+    waiting_bytes: usize,
+    /// The caller hung up: nothing more is sent.
+    closed: bool,
+    undelivered: u64,
+}
+
+fn output_len(output: &RunOutput) -> usize {
+    match output {
+        RunOutput::Started(_) => 0,
+        RunOutput::Stdout(bytes) | RunOutput::Stderr(bytes) => bytes.len(),
+    }
+}
+
+impl Relay {
+    fn has_room(&self) -> bool {
+        self.waiting_bytes < RELAY_BUFFER_BYTES
+    }
+
+    fn has_waiting(&self) -> bool {
+        !self.closed && !self.waiting.is_empty()
+    }
+
+    fn offer(&mut self, to: &Option<mpsc::Sender<RunOutput>>, output: RunOutput) {
+        let Some(to) = to else { return };
+        if self.closed {
+            self.undelivered += output_len(&output) as u64;
+            return;
+        }
+        let output = if self.waiting.is_empty() {
+            match to.try_send(output) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(output)) => output,
+                Err(mpsc::error::TrySendError::Closed(output)) => {
+                    self.close();
+                    self.undelivered += output_len(&output) as u64;
+                    return;
+                }
+            }
+        } else {
+            output
+        };
+        self.waiting_bytes += output_len(&output);
+        self.waiting.push_back(output);
+    }
+
+    /// Sends the oldest waiting output with room the caller made, or notes that it hung up.
+    fn deliver(&mut self, permit: Option<mpsc::Permit<'_, RunOutput>>) {
+        let Some(permit) = permit else {
+            self.close();
+            return;
+        };
+        if let Some(output) = self.waiting.pop_front() {
+            self.waiting_bytes -= output_len(&output);
+            permit.send(output);
+        }
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        self.undelivered += self.waiting_bytes as u64;
+        self.waiting.clear();
+        self.waiting_bytes = 0;
+    }
+
+    /// Gives what is still waiting `RELAY_FLUSH_GRACE` to go out; returns the bytes that never
+    /// reached the caller.
+    async fn finish(mut self, to: &Option<mpsc::Sender<RunOutput>>) -> u64 {
+        let flush = async {
+            while self.has_waiting() {
+                let permit = reserve(to).await;
+                self.deliver(permit);
+            }
+        };
+        let _ = tokio::time::timeout(RELAY_FLUSH_GRACE, flush).await;
+        self.close();
+        self.undelivered
+    }
+}
+
+/// Room for one output in the caller's channel; `None` once the caller hung up.
+async fn reserve(to: &Option<mpsc::Sender<RunOutput>>) -> Option<mpsc::Permit<'_, RunOutput>> {
+    match to {
+        Some(to) => to.reserve().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// How the code's process ended, as far as the agent learnt.
+enum Ending {
+    /// Pid 1 reported the code's end.
+    Exited { exit_code: Option<i32>, signal: Option<i32>, disk_used_bytes: u64, disk_full: bool },
+    /// The runtime could not be executed (errno of execve).
+    ExecFailed(i32),
+    /// Pid 1 failed to start the code.
+    InitFailed(String),
+    /// Pid 1 went without a report: killed by the agent, the OOM killer or from outside.
+    Vanished,
+}
+
+/// Where a run being watched stands.
+#[derive(PartialEq)]
+enum Phase {
+    /// The code runs; pid 1 will report its end.
+    Running,
+    /// Pid 1 has reported or is gone; the pipes are read to their end, for `PIPE_GRACE` at most.
+    Draining,
+}
+
+/// Everything watching one run needs: its sandbox, its limits, the caller's channels.
+struct Watch<'a> {
+    sandbox: &'a mut PreparedSandbox,
+    started: Instant,
+    timeout: Duration,
+    pids_hits_before: u64,
+    stop: &'a Notify,
+    cancel: mpsc::Receiver<()>,
+    output: &'a Option<mpsc::Sender<RunOutput>>,
+    relay: &'a mut Relay,
+    log: Option<&'a mut tokio::fs::File>,
+}
+
+/// What watching a run found.
+struct Watched {
+    ending: Ending,
+    killed_by: Option<KilledBy>,
+    wall: Duration,
+    /// The agent saw the sandbox's disk out of blocks or inodes while the code ran.
+    disk_seen_full: bool,
+    stdout: Captured,
+    stderr: Captured,
+}
+
+/// One of the two output pipes, while it is open.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Watch<'_> {
+    /// Watches the run until it has ended and its output is read: every wait here is in one
+    /// `select!`, so no caller and no quiet pipe can hold off the deadline or a kill.
+    async fn until_the_end(mut self) -> Watched {
+        let mut watched = Watched {
+            ending: Ending::Vanished,
+            killed_by: None,
+            wall: Duration::ZERO,
+            disk_seen_full: false,
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+        };
+        let mut phase = Phase::Running;
+        let mut ended_at = None;
+        let (mut stdout_open, mut stderr_open) = (true, true);
+        let mut stdout_buf = vec![0u8; 64 * 1024];
+        let mut stderr_buf = vec![0u8; 64 * 1024];
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let mut limit_poll = tokio::time::interval(LIMIT_POLL);
+        limit_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
+        while phase == Phase::Running || stdout_open || stderr_open {
+            let room = self.relay.has_room();
+            let mut kill_for = None;
+            tokio::select! {
+                message = control::read_async::<FromInit>(&mut self.sandbox.control), if phase == Phase::Running => {
+                    let ending = match message {
+                        Ok(FromInit::Running | FromInit::Ready | FromInit::Forked { .. }) => continue,
+                        Ok(FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full }) => {
+                            Ending::Exited { exit_code, signal, disk_used_bytes, disk_full }
+                        }
+                        Ok(FromInit::ExecFailed { errno }) => Ending::ExecFailed(errno),
+                        Ok(FromInit::Failed { stage, message }) => Ending::InitFailed(format!("{stage}: {message}")),
+                        Err(_) => Ending::Vanished,
+                    };
+                    ended_at.get_or_insert(self.started.elapsed());
+                    watched.ending = ending;
+                    // Pid 1 is gone or going: the rest of the sandbox dies with it.
+                    phase = Phase::Draining;
+                    deadline.as_mut().reset(tokio::time::Instant::now() + PIPE_GRACE);
+                }
+                read = self.sandbox.stdout.read(&mut stdout_buf), if stdout_open && room => {
+                    match read {
+                        Ok(0) | Err(_) => stdout_open = false,
+                        Ok(n) => self.take(Stream::Stdout, &stdout_buf[..n], &mut watched).await,
+                    }
+                }
+                read = self.sandbox.stderr.read(&mut stderr_buf), if stderr_open && room => {
+                    match read {
+                        Ok(0) | Err(_) => stderr_open = false,
+                        Ok(n) => self.take(Stream::Stderr, &stderr_buf[..n], &mut watched).await,
+                    }
+                }
+                permit = reserve(self.output), if self.relay.has_waiting() => self.relay.deliver(permit),
+                () = &mut deadline => {
+                    if phase == Phase::Draining {
+                        // The grace for the pipes is over: whatever still holds them goes.
+                        self.sandbox.kill();
+                        break;
+                    }
+                    kill_for = Some(KilledBy::Timeout);
+                }
+                () = self.stop.notified(), if phase == Phase::Running => kill_for = Some(KilledBy::Cancelled),
+                Some(()) = self.cancel.recv(), if phase == Phase::Running => kill_for = Some(KilledBy::Cancelled),
+                _ = limit_poll.tick(), if phase == Phase::Running => {
+                    let hits = self.sandbox.cgroup.usage().map(|usage| usage.pids_limit_hits).unwrap_or(0);
+                    if hits > self.pids_hits_before {
+                        kill_for = Some(KilledBy::Pids);
+                    }
+                    if !watched.disk_seen_full && self.sandbox.workspace_is_full() {
+                        watched.disk_seen_full = true;
+                    }
+                }
+            }
+            if let Some(limit) = kill_for {
+                ended_at.get_or_insert(self.started.elapsed());
+                watched.killed_by.get_or_insert(limit);
+                self.sandbox.kill();
+                // At the deadline nothing more is waited for, not even pid 1's end.
+                if limit == KilledBy::Timeout {
+                    break;
+                }
+            }
+        }
+        watched.wall = ended_at.unwrap_or_else(|| self.started.elapsed());
+        watched
+    }
+
+    /// Output read from the sandbox: kept (up to the cap), logged, and relayed.
+    async fn take(&mut self, stream: Stream, bytes: &[u8], watched: &mut Watched) {
+        match stream {
+            Stream::Stdout => watched.stdout.push(bytes),
+            Stream::Stderr => watched.stderr.push(bytes),
+        }
+        if let Some(log) = self.log.as_mut() {
+            let _ = log.write_all(bytes).await;
+        }
+        let output = match stream {
+            Stream::Stdout => RunOutput::Stdout(bytes.to_vec()),
+            Stream::Stderr => RunOutput::Stderr(bytes.to_vec()),
+        };
+        self.relay.offer(self.output, output);
+    }
+}
+
+impl Watched {
+    fn into_result(
+        self,
+        id: String,
+        language: bkg_schema::Language,
+        limits: bkg_schema::Limits,
+        before: &Usage,
+        usage: &Usage,
+        undelivered_bytes: u64,
+    ) -> Result<RunResult, RunError> {
+        let (exit_code, signal, disk_used_bytes, disk_full) = match self.ending {
+            Ending::Exited { exit_code, signal, disk_used_bytes, disk_full } => {
+                (exit_code, signal, disk_used_bytes, disk_full)
+            }
+            Ending::ExecFailed(errno) => {
+                return Err(RunError::RuntimeNotExecutable(format!(
+                    "the {} runtime could not be executed: {}",
+                    language.as_str(),
+                    std::io::Error::from_raw_os_error(errno)
+                )));
+            }
+            Ending::InitFailed(failure) => {
+                return Err(EngineError::Prepare { stage: "start".into(), message: failure }.into());
+            }
+            Ending::Vanished => (None, None, 0, false),
+        };
+        let reported = matches!(self.ending, Ending::Exited { .. });
+        let mut killed_by = self.killed_by;
+        if killed_by.is_none() && usage.oom_kills > 0 && (signal == Some(libc::SIGKILL) || !reported) {
+            killed_by = Some(KilledBy::Memory);
+        }
+        if killed_by.is_none() && (disk_full || self.disk_seen_full) && exit_code.is_some_and(|code| code != 0) {
+            killed_by = Some(KilledBy::Disk);
+        }
+        // A pid 1 killed by the OOM killer or a kill from outside leaves no exit report.
+        let signal = if !reported && killed_by.is_some() { Some(libc::SIGKILL) } else { signal };
+        Ok(RunResult {
+            id,
+            language,
+            exit_code: if signal.is_some() { None } else { exit_code },
+            signal,
+            killed_by,
+            wall_ms: self.wall.as_millis() as u64,
+            cpu_ms: usage.cpu_nanos.saturating_sub(before.cpu_nanos) / 1_000_000,
+            peak_memory_bytes: usage.peak_memory_bytes,
+            disk_bytes_used: disk_used_bytes,
+            truncated: self.stdout.truncated || self.stderr.truncated,
+            undelivered_bytes,
+            stdout_bytes: self.stdout.total,
+            stderr_bytes: self.stderr.total,
+            stdout: String::from_utf8_lossy(&self.stdout.kept).into_owned(),
+            stderr: String::from_utf8_lossy(&self.stderr.kept).into_owned(),
+            limits,
+        })
     }
 }
 
@@ -554,7 +653,8 @@ impl Engine {
         run_id: &str,
         stop: &Arc<Notify>,
     ) -> Result<RegisteredRun, RunError> {
-        let mut runs = self.persistent_runs.lock().map_err(|_| RunError::BadRequest("engine state poisoned".into()))?;
+        // The registry stays consistent under a panic elsewhere: every change is one insert or remove.
+        let mut runs = self.persistent_runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((running, _)) = runs.get(sandbox_id) {
             return Err(RunError::Busy(format!("sandbox {sandbox_id} is already running ({running}); stop it first")));
         }
@@ -579,60 +679,6 @@ async fn open_run_log(log_dir: &Path, run_id: &str) -> Result<tokio::fs::File, R
     }
     let path = log_dir.join(format!("{run_id}.log"));
     Ok(tokio::fs::File::create(&path).await.map_err(EngineError::io(format!("create {}", path.display())))?)
-}
-
-/// The scrubbed environment every sandbox starts from, plus the caller's variables.
-fn sandbox_env(extra: &std::collections::BTreeMap<String, String>) -> Result<Vec<(String, String)>, RunError> {
-    let path = format!("{SHIM_DIR}:/usr/local/bin:/usr/bin:/bin");
-    let mut env: Vec<(String, String)> = [
-        ("PATH", path.as_str()),
-        ("HOME", WORKSPACE),
-        ("TMPDIR", TMP),
-        ("LANG", "C.UTF-8"),
-        ("USER", "sandbox"),
-        // Output must reach the caller as it is written, not when a buffer fills.
-        ("PYTHONUNBUFFERED", "1"),
-    ]
-    .into_iter()
-    .map(|(key, value)| (key.to_owned(), value.to_owned()))
-    .collect();
-    for (key, value) in extra {
-        let valid_key = !key.is_empty()
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !key.starts_with(|c: char| c.is_ascii_digit());
-        if !valid_key || value.contains('\0') {
-            return Err(RunError::BadRequest(format!("environment variable `{key}` is not a valid NAME=VALUE")));
-        }
-        env.retain(|(existing, _)| existing != key);
-        env.push((key.clone(), value.clone()));
-    }
-    Ok(env)
-}
-
-fn decode_stdin(encoded: Option<&str>) -> Result<Option<Vec<u8>>, RunError> {
-    encoded
-        .map(|encoded| {
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|_| RunError::BadRequest("stdin_base64 is not valid base64".into()))
-        })
-        .transpose()
-}
-
-/// Who owns a project or volume on the host: the sandbox sees that owner's files as its own.
-fn owner_of(what: &str, path: &Path) -> Result<Owner, RunError> {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(path) {
-        Ok(meta) => Ok(Owner { uid: meta.uid(), gid: meta.gid() }),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            Err(RunError::BadRequest(format!("{what} {} does not exist", path.display())))
-        }
-        Err(error) => Err(RunError::BadRequest(format!("cannot inspect {what} {}: {error}", path.display()))),
-    }
-}
-
-fn has_parent_dir(path: &Path) -> bool {
-    path.components().any(|component| matches!(component, Component::ParentDir))
 }
 
 struct ActiveRun(Arc<Engine>);
@@ -662,56 +708,9 @@ impl Captured {
     }
 }
 
-/// Checks an upload's destination and content; returns where it goes and its size.
-fn place_upload(upload: &FileUpload) -> Result<(PlacedFile, u64), RunError> {
-    let requested = Path::new(&upload.path);
-    let absolute = if requested.is_absolute() { requested.to_path_buf() } else { Path::new(WORKSPACE).join(requested) };
-    let escapes = has_parent_dir(&absolute);
-    let allowed_root = [WORKSPACE, TMP].iter().any(|root| absolute.starts_with(root) && absolute != Path::new(root));
-    if escapes || !allowed_root || upload.path.contains('\0') {
-        return Err(RunError::BadRequest(format!(
-            "file destination `{}` must be inside /workspace or /tmp, without `..`",
-            upload.path
-        )));
-    }
-    let content = base64::engine::general_purpose::STANDARD
-        .decode(&upload.content_base64)
-        .map_err(|_| RunError::BadRequest(format!("content of `{}` is not valid base64", upload.path)))?;
-    let mode = if upload.executable { 0o755 } else { 0o644 };
-    Ok((
-        PlacedFile {
-            path: absolute.to_string_lossy().into_owned(),
-            content_base64: upload.content_base64.clone(),
-            mode,
-        },
-        content.len() as u64,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn upload(path: &str) -> FileUpload {
-        FileUpload { path: path.into(), content_base64: "aGk=".into(), executable: false }
-    }
-
-    #[test]
-    fn uploads_land_in_workspace_or_tmp_only() {
-        let placed = place_upload(&upload("data/in.csv")).map(|(file, _)| file.path).ok();
-        assert_eq!(placed.as_deref(), Some("/workspace/data/in.csv"));
-        let placed = place_upload(&upload("/tmp/x")).map(|(file, _)| file.path).ok();
-        assert_eq!(placed.as_deref(), Some("/tmp/x"));
-        for bad in ["../etc/passwd", "/etc/passwd", "/workspace/../etc/x", "/workspace", "/tmpfoo/x", "a/../../b"] {
-            assert!(place_upload(&upload(bad)).is_err(), "{bad} must be refused");
-        }
-    }
-
-    #[test]
-    fn bad_base64_is_refused() {
-        let bad = FileUpload { path: "x".into(), content_base64: "!!".into(), executable: false };
-        assert!(place_upload(&bad).is_err());
-    }
 
     #[test]
     fn captured_output_is_capped_and_counted() {

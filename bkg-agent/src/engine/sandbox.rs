@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 
+use super::capacity::DiskGrant;
 use super::cgroup::{CgroupLimits, RunCgroup};
 use super::control::{self, CONTROL_FD, FromInit, ToInit};
 use super::plan::{PlanInputs, ProjectMounts, Runtimes, SandboxPlan};
@@ -43,6 +44,8 @@ pub struct PreparedSandbox {
     pub stdout: pipe::Receiver,
     pub stderr: pipe::Receiver,
     _ids: IdSlot,
+    /// This sandbox's share of the agent's disk budget, returned when it is gone.
+    _disk: DiskGrant,
 }
 
 pub fn cgroup_limits(limits: &bkg_schema::Limits) -> CgroupLimits {
@@ -61,9 +64,11 @@ impl PreparedSandbox {
     ) -> Result<Self, EngineError> {
         let id = new_id("sbx");
         let run_dir = engine.runs_dir().join(&id);
+        let disk = engine.capacity.grant_disk(disk_bytes)?;
         let ids = engine.ids.allocate()?;
-        let result = Self::build(engine, &id, &run_dir, disk_bytes, persistent, ids).await;
-        if result.is_err() {
+        let result = Self::build(engine, &id, &run_dir, disk_bytes, persistent, ids, disk).await;
+        if let Err(error) = &result {
+            tracing::warn!(sandbox = %id, %error, "preparing a sandbox failed");
             // Whatever was made for the failed attempt goes; the cgroup was removed by `build`.
             let _ = tokio::fs::remove_dir_all(&run_dir).await;
         }
@@ -77,6 +82,7 @@ impl PreparedSandbox {
         disk_bytes: u64,
         persistent: Option<&PersistentDisk>,
         ids: IdSlot,
+        disk: DiskGrant,
     ) -> Result<Self, EngineError> {
         for dir in [run_dir.join("root"), run_dir.join("disk")] {
             tokio::fs::create_dir_all(&dir).await.map_err(EngineError::io(format!("create {}", dir.display())))?;
@@ -120,6 +126,7 @@ impl PreparedSandbox {
                 stdout,
                 stderr,
                 _ids: ids,
+                _disk: disk,
             }),
             Err(error) => {
                 let _ = tokio::task::spawn_blocking(move || {
@@ -138,6 +145,13 @@ impl PreparedSandbox {
         if let Err(errno) = nix::sys::signal::kill(self.pid_one, nix::sys::signal::Signal::SIGKILL) {
             tracing::warn!(sandbox = %self.id, %errno, "could not kill pid 1");
         }
+    }
+
+    /// Whether the sandbox's disk is out of blocks or inodes, seen from the agent through pid 1's
+    /// root: the code may free space again before it exits, so the end report alone can miss it.
+    pub fn workspace_is_full(&self) -> bool {
+        let workspace = format!("/proc/{}/root{}", self.pid_one, super::plan::WORKSPACE);
+        nix::sys::statvfs::statvfs(workspace.as_str()).is_ok_and(|stats| disk_is_full(&stats))
     }
 
     /// Kills what is left, reaps pid 1, removes the cgroup, waits for the loop device to be
@@ -240,8 +254,22 @@ async fn ensure_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), En
     Ok(())
 }
 
+/// Free space below which a disk counts as full: at ENOSPC ext4 still shows a few blocks free,
+/// the ones it keeps for its own metadata (96 KiB on a 500 MiB disk).
+const FULL_MARGIN_BYTES: u64 = 1024 * 1024;
+
+/// Whether a sandbox disk is out of room for data or for files.
+pub fn disk_is_full(stats: &nix::sys::statvfs::Statvfs) -> bool {
+    stats.blocks_available() * stats.fragment_size() <= FULL_MARGIN_BYTES || stats.files_free() == 0
+}
+
+/// Bytes of disk per inode: one per 4 KiB block, so a disk can be filled with small files as
+/// well as with big ones (a 500 MiB disk holds 128,000 files, not ext4's default 32,000).
+const BYTES_PER_INODE: &str = "4096";
+
 /// A sparse file with an ext4 filesystem owned by the sandbox user: the sandbox's whole disk.
-/// Disk-backed, so filling it ends in ENOSPC, not in a memory kill as tmpfs would.
+/// Disk-backed, so filling it ends in ENOSPC, not in a memory kill as tmpfs would. No blocks
+/// are reserved for root (`-m 0`): the sandbox user is the only writer.
 async fn make_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), EngineError> {
     let file = tokio::fs::File::create(path).await.map_err(EngineError::io(format!("create {}", path.display())))?;
     file.set_len(bytes).await.map_err(EngineError::io("size the disk image"))?;
@@ -251,7 +279,7 @@ async fn make_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), Engi
         .find(|candidate| Path::new(candidate).exists())
         .ok_or_else(|| EngineError::DiskImage("mkfs.ext4 not found: install e2fsprogs".into()))?;
     let output = tokio::process::Command::new(mkfs)
-        .args(["-q", "-F", "-T", "default", "-m", "0", "-O", "^has_journal,^resize_inode"])
+        .args(["-q", "-F", "-T", "default", "-m", "0", "-i", BYTES_PER_INODE, "-O", "^has_journal,^resize_inode"])
         .arg("-E")
         .arg(format!("lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={owner}:{owner}"))
         .arg(path)

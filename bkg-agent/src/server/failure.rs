@@ -14,7 +14,7 @@ pub struct Failure {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
-    /// Seconds for `Retry-After` (429 and 503 answers).
+    /// Seconds for `Retry-After` (429 answers; 503 of a full queue, a spent disk budget or body budget).
     pub retry_after: Option<u64>,
 }
 
@@ -110,6 +110,12 @@ impl From<&RunError> for Failure {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             RunError::Busy(_) => StatusCode::CONFLICT,
+            RunError::Overloaded { retry_after_secs, .. } => {
+                return Self {
+                    retry_after: Some(u64::from(*retry_after_secs)),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, error.code(), error.to_string())
+                };
+            }
             RunError::Engine(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self::new(status, error.code(), error.to_string())

@@ -1,6 +1,8 @@
 //! Temporary runs (`/api/v1/runs`) and the run machinery shared with persistent sandboxes and
 //! MCP: plain (the result when the run ends) or streamed over an upgraded connection.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Request, State};
@@ -193,14 +195,23 @@ pub async fn get_run(
     }
 }
 
+/// How long one frame may take to reach a streaming caller. One that takes no bytes for this
+/// long has stopped reading: its connection is closed (the run itself never waits on it).
+const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn write_frame(
     writer: &mut (impl AsyncWriteExt + Unpin),
     kind: FrameKind,
     payload: &[u8],
 ) -> std::io::Result<()> {
     let header = frame::encode_header(kind, payload.len()).map_err(std::io::Error::other)?;
-    writer.write_all(&header).await?;
-    writer.write_all(payload).await
+    let write = async {
+        writer.write_all(&header).await?;
+        writer.write_all(payload).await
+    };
+    tokio::time::timeout(STREAM_WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the caller stopped reading")))
 }
 
 async fn stream_run<S>(state: AppState, principal: Principal, run_id: String, validated: ValidatedRun, connection: S)
@@ -251,8 +262,14 @@ where
             RunOutput::Stdout(bytes) => write_frame(&mut writer, FrameKind::Stdout, &bytes).await,
             RunOutput::Stderr(bytes) => write_frame(&mut writer, FrameKind::Stderr, &bytes).await,
         };
-        // Keep draining so the run is never blocked by a caller that stopped reading.
+        // Keep draining, so the run's output buffer empties, but write nothing more.
         caller_gone = written.is_err();
+    }
+    if caller_gone {
+        // A caller that stopped reading (or went away) gets no result; the run is recorded.
+        let _ = run.await;
+        reader_task.abort();
+        return;
     }
     let (kind, payload) = match run.await {
         Ok(Ok(result)) => (FrameKind::Result, serde_json::to_vec(&result)),

@@ -184,7 +184,7 @@ async fn define(
     {
         return Err(Failure::forbidden(format!("sandbox {id} belongs to another namespace")));
     }
-    state.engine.resolve_limits(&definition.limits)?;
+    state.engine.check_definition(&definition)?;
     let caller = principal.audit_caller(&definition.namespace);
     let stored = state.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
     sandbox_info(state, stored).await

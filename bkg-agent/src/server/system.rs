@@ -15,16 +15,12 @@ use super::AppState;
 use super::failure::{ApiResult, Failure};
 use crate::auth::Principal;
 use crate::engine::Engine;
-use crate::engine::sandbox::PreparedSandbox;
 
-/// How long a sandbox-preparation probe's verdict stands: preparing one costs a disk image and
-/// an init, too much to do for every probe of a busy health checker.
-const PREPARE_PROBE_TTL: Duration = Duration::from_secs(15);
-
-/// Whether the agent can still make sandboxes, remembered between health checks.
-#[derive(Default)]
+/// Whether runs work, remembered between health checks: a successful run within `interval`
+/// (a caller's or the probe's own) proves it; without one, the probe runs an empty script.
 pub struct HealthProbe {
-    prepared: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    interval: Duration,
+    verdict: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
     /// Only one probe file at a time.
     writing: Mutex<()>,
     /// The keyless view's last verdict and when it was reached.
@@ -32,6 +28,15 @@ pub struct HealthProbe {
 }
 
 impl HealthProbe {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            verdict: tokio::sync::Mutex::new(None),
+            writing: Mutex::new(()),
+            anonymous: tokio::sync::Mutex::new(None),
+        }
+    }
+
     /// Writes and removes a file where the sandboxes' state lives.
     fn check_sandbox_dir(&self, engine: &Engine) -> Result<(), String> {
         let _one = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -41,24 +46,30 @@ impl HealthProbe {
             .map_err(|error| format!("cannot write the sandboxes' directory {}: {error}", engine.runs_dir().display()))
     }
 
-    /// A warm sandbox proves one could be made; with none, one is prepared and thrown away.
-    async fn check_prepare(&self, engine: &std::sync::Arc<Engine>) -> Result<(), String> {
-        if engine.warm_count() > 0 {
+    async fn check_runs(&self, engine: &std::sync::Arc<Engine>) -> Result<(), String> {
+        // Evidence stands for `interval`, unless a run failed after it.
+        let stands = |at: Option<Instant>| {
+            let failure = engine.capacity.last_runs().failure;
+            at.is_some_and(|at| at.elapsed() < self.interval && failure.is_none_or(|failure| failure < at))
+        };
+        if stands(engine.capacity.last_runs().success) {
             return Ok(());
         }
-        let mut cached = self.prepared.lock().await;
+        let mut cached = self.verdict.lock().await;
+        // A probe that finished while this check waited for the lock counts.
+        if stands(engine.capacity.last_runs().success) {
+            return Ok(());
+        }
         if let Some((at, verdict)) = cached.as_ref()
-            && at.elapsed() < PREPARE_PROBE_TTL
+            && (verdict.is_err() || stands(Some(*at)))
+            && at.elapsed() < self.interval
         {
             return verdict.clone();
         }
-        let verdict = match PreparedSandbox::prepare(engine, engine.config.default_limits.disk_bytes, None).await {
-            Ok(sandbox) => {
-                sandbox.dispose().await;
-                Ok(())
-            }
-            Err(error) => Err(format!("cannot prepare a sandbox: {error}")),
-        };
+        let verdict = engine.probe().await.map_err(|reason| format!("runs fail: {reason}"));
+        if let Err(reason) = &verdict {
+            tracing::warn!(%reason, "the health probe's run failed");
+        }
         *cached = Some((Instant::now(), verdict.clone()));
         verdict
     }
@@ -78,8 +89,8 @@ impl HealthProbe {
         if let Err(detail) = self.check_sandbox_dir(&state.engine) {
             return Some((HealthReason::SandboxDir, detail));
         }
-        if let Err(detail) = self.check_prepare(&state.engine).await {
-            return Some((HealthReason::Sandboxes, detail));
+        if let Err(detail) = self.check_runs(&state.engine).await {
+            return Some((HealthReason::Runs, detail));
         }
         None
     }
@@ -100,7 +111,8 @@ impl HealthProbe {
 
 /// Without a key (TCP only): 200 `{"status":"ok"}` or 503 `{"status":"unavailable","reason":WORD}`,
 /// for load balancers and probes. With a key or on the socket: 200, or 503 with the reason in
-/// full (the API's error shape).
+/// full (the API's error shape). Healthy means the store can be written and runs work: one
+/// succeeded recently, or the probe's own empty script did.
 #[utoipa::path(
     get,
     path = "/healthz",

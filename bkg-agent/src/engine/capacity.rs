@@ -1,0 +1,275 @@
+//! What the agent takes on at once: a bounded queue of runs with per-namespace fairness, a disk
+//! budget shared by every live sandbox (warm ones too), and when a run last succeeded (for the
+//! health probe). Over a bound a run is refused at once with the reason, never left to pile up.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+/// The bounds, from the agent's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct CapacityConfig {
+    /// Runs going on at once; more wait in the queue.
+    pub max_running: usize,
+    /// Runs waiting for a place; more are refused.
+    pub max_queued: usize,
+    /// Bytes of disk all live sandboxes together may be given (their disk limits summed).
+    pub disk_budget: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CapacityError {
+    #[error("{queued} runs are already waiting (this agent's --max-queued-runs); try again shortly")]
+    QueueFull { queued: usize },
+    #[error(
+        "the agent's disk budget is spent: {asked} asked, {in_use} of {budget} given to live sandboxes (--disk-budget); try again when runs end"
+    )]
+    DiskBudget { asked: String, in_use: String, budget: String },
+}
+
+impl CapacityError {
+    /// When the caller may try again, in seconds: a queue moves quickly, disk frees as runs end.
+    pub fn retry_after_secs(&self) -> u32 {
+        match self {
+            Self::QueueFull { .. } => 1,
+            Self::DiskBudget { .. } => 5,
+        }
+    }
+}
+
+pub struct Capacity {
+    config: CapacityConfig,
+    queue: Mutex<Queue>,
+    disk_in_use: Mutex<u64>,
+    last_runs: Mutex<LastRuns>,
+}
+
+#[derive(Default)]
+struct Queue {
+    running: usize,
+    running_by_namespace: HashMap<String, usize>,
+    /// Waiting runs by namespace, each with its ticket (arrival order) and its wake-up.
+    waiting: BTreeMap<String, VecDeque<(u64, oneshot::Sender<()>)>>,
+    queued: usize,
+    next_ticket: u64,
+}
+
+impl Queue {
+    fn start(&mut self, namespace: &str) {
+        self.running += 1;
+        *self.running_by_namespace.entry(namespace.to_owned()).or_default() += 1;
+    }
+
+    fn end(&mut self, namespace: &str) {
+        self.running -= 1;
+        if let Some(count) = self.running_by_namespace.get_mut(namespace) {
+            *count -= 1;
+            if *count == 0 {
+                self.running_by_namespace.remove(namespace);
+            }
+        }
+    }
+
+    /// The waiting run to go next: of the namespaces waiting, the one with the fewest runs going
+    /// (the one waiting longest among equals).
+    fn next(&mut self) -> Option<(String, oneshot::Sender<()>)> {
+        let namespace = self
+            .waiting
+            .iter()
+            .filter_map(|(namespace, queue)| queue.front().map(|(ticket, _)| (namespace, *ticket)))
+            .min_by_key(|(namespace, ticket)| {
+                (self.running_by_namespace.get(namespace.as_str()).copied().unwrap_or(0), *ticket)
+            })
+            .map(|(namespace, _)| namespace.clone())?;
+        let queue = self.waiting.get_mut(&namespace)?;
+        let (_, wake) = queue.pop_front()?;
+        if queue.is_empty() {
+            self.waiting.remove(&namespace);
+        }
+        self.queued -= 1;
+        Some((namespace, wake))
+    }
+}
+
+/// A run's place among those going on; the next waiting run gets it when this is dropped.
+pub struct Turn<'a> {
+    capacity: &'a Capacity,
+    namespace: String,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.capacity.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.end(&self.namespace);
+        self.capacity.hand_on(&mut queue);
+    }
+}
+
+/// Disk given to one live sandbox, returned to the budget when the sandbox is gone.
+pub struct DiskGrant {
+    capacity: Arc<Capacity>,
+    bytes: u64,
+}
+
+impl Drop for DiskGrant {
+    fn drop(&mut self) {
+        let mut in_use = self.capacity.disk_in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *in_use = in_use.saturating_sub(self.bytes);
+    }
+}
+
+impl Capacity {
+    pub fn new(config: CapacityConfig) -> Self {
+        Self {
+            config,
+            queue: Mutex::new(Queue::default()),
+            disk_in_use: Mutex::new(0),
+            last_runs: Mutex::new(LastRuns::default()),
+        }
+    }
+
+    pub fn config(&self) -> CapacityConfig {
+        self.config
+    }
+
+    /// Waits for a place for a run of `namespace`; refused at once when the queue is full.
+    pub async fn wait_turn(&self, namespace: &str) -> Result<Turn<'_>, CapacityError> {
+        let woken = {
+            let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if queue.running < self.config.max_running && queue.queued == 0 {
+                queue.start(namespace);
+                return Ok(Turn { capacity: self, namespace: namespace.to_owned() });
+            }
+            if queue.queued >= self.config.max_queued {
+                tracing::warn!(queued = queue.queued, namespace, "run refused: the queue is full");
+                return Err(CapacityError::QueueFull { queued: queue.queued });
+            }
+            let (wake, woken) = oneshot::channel();
+            let ticket = queue.next_ticket;
+            queue.next_ticket += 1;
+            queue.waiting.entry(namespace.to_owned()).or_default().push_back((ticket, wake));
+            queue.queued += 1;
+            woken
+        };
+        // The place was counted as ours by whoever woke us. If this wait is dropped first, the
+        // send fails and `hand_on` gives the place to the next run instead.
+        let _ = woken.await;
+        Ok(Turn { capacity: self, namespace: namespace.to_owned() })
+    }
+
+    /// Gives free places to waiting runs.
+    fn hand_on(&self, queue: &mut Queue) {
+        while queue.running < self.config.max_running {
+            let Some((namespace, wake)) = queue.next() else { return };
+            queue.start(&namespace);
+            if wake.send(()).is_err() {
+                queue.end(&namespace);
+            }
+        }
+    }
+
+    /// Takes `bytes` of the disk budget for a sandbox about to be made.
+    pub fn grant_disk(self: &Arc<Self>, bytes: u64) -> Result<DiskGrant, CapacityError> {
+        let mut in_use = self.disk_in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if in_use.saturating_add(bytes) > self.config.disk_budget {
+            let size = bkg_schema::units::format_size;
+            tracing::warn!(asked = bytes, in_use = *in_use, budget = self.config.disk_budget, "disk budget spent");
+            return Err(CapacityError::DiskBudget {
+                asked: size(bytes),
+                in_use: size(*in_use),
+                budget: size(self.config.disk_budget),
+            });
+        }
+        *in_use += bytes;
+        Ok(DiskGrant { capacity: Arc::clone(self), bytes })
+    }
+
+    /// Notes that a run ended with a result (`true`) or was failed by its sandbox or runtime.
+    pub fn note_run(&self, succeeded: bool) {
+        let mut last = self.last_runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let at = Some(Instant::now());
+        if succeeded { last.success = at } else { last.failure = at }
+    }
+
+    /// When a run last ended with a result, and when one was last failed by its sandbox.
+    pub fn last_runs(&self) -> LastRuns {
+        *self.last_runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LastRuns {
+    pub success: Option<Instant>,
+    pub failure: Option<Instant>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacity(max_running: usize, max_queued: usize) -> Arc<Capacity> {
+        Arc::new(Capacity::new(CapacityConfig { max_running, max_queued, disk_budget: 100 }))
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_a_freed_place_goes_to_the_quietest_namespace() {
+        let capacity = capacity(1, 2);
+        let first = capacity.wait_turn("busy").await;
+        assert!(first.is_ok());
+        let busy = capacity.wait_turn("busy");
+        let quiet = capacity.wait_turn("quiet");
+        tokio::pin!(busy);
+        tokio::pin!(quiet);
+        // Both queue up (polled once each), a third is refused.
+        assert!(futures_poll(&mut busy).is_none());
+        assert!(futures_poll(&mut quiet).is_none());
+        assert!(matches!(capacity.wait_turn("other").await, Err(CapacityError::QueueFull { queued: 2 })));
+        drop(first);
+        // Neither namespace has a run going once `first` ended: the older ticket wins.
+        let second = futures_poll(&mut busy);
+        assert!(matches!(second, Some(Ok(_))));
+        assert!(futures_poll(&mut quiet).is_none());
+        drop(second);
+        assert!(matches!(futures_poll(&mut quiet), Some(Ok(_))));
+    }
+
+    #[tokio::test]
+    async fn fairness_prefers_the_namespace_with_fewer_runs_going() {
+        let capacity = capacity(2, 8);
+        let a1 = capacity.wait_turn("a").await;
+        let _a2 = capacity.wait_turn("a").await;
+        let a3 = capacity.wait_turn("a");
+        let b1 = capacity.wait_turn("b");
+        tokio::pin!(a3);
+        tokio::pin!(b1);
+        assert!(futures_poll(&mut a3).is_none());
+        assert!(futures_poll(&mut b1).is_none());
+        drop(a1);
+        // "a" still has one going, "b" none: "b" goes first although "a" waited longer.
+        let b_going = futures_poll(&mut b1);
+        assert!(matches!(b_going, Some(Ok(_))));
+        assert!(futures_poll(&mut a3).is_none());
+    }
+
+    #[test]
+    fn the_disk_budget_is_shared_and_returned() {
+        let capacity = capacity(1, 1);
+        let grant = capacity.grant_disk(60);
+        assert!(grant.is_ok());
+        assert!(matches!(capacity.grant_disk(50), Err(CapacityError::DiskBudget { .. })));
+        drop(grant);
+        assert!(capacity.grant_disk(100).is_ok());
+    }
+
+    /// Polls a future once.
+    fn futures_poll<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        match std::pin::Pin::new(future).poll(&mut context) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! The checks every request to run code passes before any sandbox is touched: limits, the
+//! runtime, the script's name, uploads, arguments, environment and stdin. A client's mistake is
+//! refused here, as `RunError::BadRequest` (422), never later as a sandbox failure.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use base64::Engine as _;
+use bkg_schema::sandbox::{ExecRequest, SandboxDefinition};
+use bkg_schema::{ErrorCode, FileUpload, Limits, RunRequest};
+
+use super::control::{GoOrder, PlacedFile};
+use super::plan::{Owner, PROJECT, ProjectMounts, SHIM_DIR, TMP, Volume, WORKSPACE};
+use super::sandbox::PersistentDisk;
+use super::{Engine, EngineError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{name} {asked} is above this agent's maximum of {allowed}")]
+    LimitAboveMaximum { name: &'static str, asked: String, allowed: String },
+    #[error("{0}")]
+    RuntimeNotExecutable(String),
+    #[error("{0}")]
+    Busy(String),
+    /// The agent is at a capacity bound (queue, disk budget); the caller may retry later.
+    #[error("{reason}")]
+    Overloaded { reason: String, retry_after_secs: u32 },
+    #[error(transparent)]
+    Engine(EngineError),
+}
+
+impl From<EngineError> for RunError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Capacity(bound) => {
+                Self::Overloaded { retry_after_secs: bound.retry_after_secs(), reason: bound.to_string() }
+            }
+            other => Self::Engine(other),
+        }
+    }
+}
+
+impl From<super::capacity::CapacityError> for RunError {
+    fn from(error: super::capacity::CapacityError) -> Self {
+        EngineError::from(error).into()
+    }
+}
+
+impl RunError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::LimitAboveMaximum { .. } => ErrorCode::LimitAboveMaximum,
+            Self::RuntimeNotExecutable(_) => ErrorCode::RuntimeNotExecutable,
+            Self::Busy(_) => ErrorCode::Conflict,
+            Self::Overloaded { .. } => ErrorCode::Unavailable,
+            Self::Engine(_) => ErrorCode::SandboxFailed,
+        }
+    }
+}
+
+/// A request that passed every check, ready to be given to a sandbox.
+#[derive(Debug)]
+pub struct ValidatedRun {
+    pub language: bkg_schema::Language,
+    pub limits: Limits,
+    /// The namespace the run belongs to: its sandbox's, or `default` for a temporary run.
+    pub namespace: String,
+    pub(super) order: GoOrder,
+    pub(super) stdin: Option<Vec<u8>>,
+    pub(super) persistent: Option<PersistentRun>,
+}
+
+/// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and its log.
+#[derive(Debug)]
+pub(super) struct PersistentRun {
+    pub(super) sandbox_id: String,
+    pub(super) disk: PersistentDisk,
+    pub(super) log_dir: PathBuf,
+}
+
+impl ValidatedRun {
+    pub fn sandbox_id(&self) -> Option<&str> {
+        self.persistent.as_ref().map(|persistent| persistent.sandbox_id.as_str())
+    }
+}
+
+/// Total size of files a request may place in the sandbox (they must also fit its disk).
+const MAX_UPLOAD_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The smallest process limit a run may have.
+const MIN_PIDS: u64 = 8;
+
+/// The longest file name the sandbox's ext4 takes (NAME_MAX).
+const MAX_NAME_BYTES: usize = 255;
+
+/// The longest path the kernel takes (PATH_MAX, with its NUL).
+const MAX_PATH_BYTES: usize = 4095;
+
+/// Environment a run may bring, names and values together: the kernel refuses an exec whose
+/// environment is too large, which would fail every run of a sandbox defined with it.
+const MAX_ENV_BYTES: usize = 128 * 1024;
+
+impl Engine {
+    /// The caller's limits on top of the defaults, refused (not clipped) above the maximum.
+    pub fn resolve_limits(&self, overrides: &bkg_schema::LimitOverrides) -> Result<Limits, RunError> {
+        let limits = self.config.default_limits.with(overrides);
+        for (name, value) in [
+            ("cpus", limits.cpu_millis),
+            ("memory", limits.memory_bytes),
+            ("timeout", limits.timeout_ms),
+            ("disk", limits.disk_bytes),
+            ("pids", limits.pids),
+        ] {
+            if value == 0 {
+                return Err(RunError::BadRequest(format!("{name} limit must be greater than zero")));
+            }
+        }
+        if let Some((name, asked, allowed)) = limits.first_above(&self.config.max_limits) {
+            return Err(RunError::LimitAboveMaximum { name, asked, allowed });
+        }
+        // ext4 needs room for its own metadata.
+        if limits.disk_bytes < 16 * bkg_schema::MIB {
+            return Err(RunError::BadRequest("disk limit must be at least 16MiB".into()));
+        }
+        if limits.memory_bytes < 16 * bkg_schema::MIB {
+            return Err(RunError::BadRequest("memory limit must be at least 16MiB".into()));
+        }
+        // The kernel's CFS quota cannot go below 1 ms per 100 ms period.
+        if limits.cpu_millis < 10 {
+            return Err(RunError::BadRequest("cpus must be at least 0.01".into()));
+        }
+        // The sandbox's init and the code need a few processes before the code can do anything.
+        if limits.pids < MIN_PIDS {
+            return Err(RunError::BadRequest(format!("the process limit must be at least {MIN_PIDS}")));
+        }
+        Ok(limits)
+    }
+
+    /// Checks a persistent sandbox's definition when it is stored, so that a mistake in it is
+    /// refused once, at the door, rather than by every run of the sandbox.
+    pub fn check_definition(&self, definition: &SandboxDefinition) -> Result<(), RunError> {
+        self.resolve_limits(&definition.limits)?;
+        sandbox_env(&definition.env)?;
+        for (name, command) in &definition.scripts {
+            if command.contains('\0') {
+                return Err(RunError::BadRequest(format!("script `{name}` contains a NUL byte")));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn interpreter(&self, language: bkg_schema::Language) -> Result<&Path, RunError> {
+        let interpreter = match language {
+            bkg_schema::Language::Python => &self.config.python,
+            bkg_schema::Language::Node => &self.config.node,
+        };
+        if nix::unistd::access(interpreter, nix::unistd::AccessFlags::X_OK).is_err() {
+            return Err(RunError::RuntimeNotExecutable(format!(
+                "the {} runtime {} is not executable on this host",
+                language.as_str(),
+                interpreter.display()
+            )));
+        }
+        Ok(interpreter)
+    }
+
+    pub fn validate(&self, request: RunRequest) -> Result<ValidatedRun, RunError> {
+        let limits = self.resolve_limits(&request.limits)?;
+        let interpreter = self.interpreter(request.language)?;
+
+        let script_name =
+            request.script_name.clone().unwrap_or_else(|| request.language.default_script_name().to_owned());
+        if script_name.len() > MAX_NAME_BYTES {
+            return Err(RunError::BadRequest(format!(
+                "script_name is {} bytes long; a file name may have at most {MAX_NAME_BYTES}",
+                script_name.len()
+            )));
+        }
+        if script_name.is_empty()
+            || script_name.contains('/')
+            || script_name == "."
+            || script_name == ".."
+            || script_name.contains('\0')
+        {
+            return Err(RunError::BadRequest(format!("script_name `{script_name}` must be a plain file name")));
+        }
+        let script_path = format!("{WORKSPACE}/{script_name}");
+        let mut files = vec![PlacedFile {
+            path: script_path.clone(),
+            content_base64: base64::engine::general_purpose::STANDARD.encode(request.code.as_bytes()),
+            mode: 0o644,
+        }];
+        let mut upload_bytes = request.code.len() as u64;
+        for upload in &request.files {
+            let (file, size) = place_upload(upload)?;
+            if file.path == script_path {
+                return Err(RunError::BadRequest(format!("file {} would replace the script", file.path)));
+            }
+            upload_bytes += size;
+            files.push(file);
+        }
+        if upload_bytes > MAX_UPLOAD_BYTES.min(limits.disk_bytes) {
+            return Err(RunError::BadRequest("uploaded files do not fit the sandbox's disk".into()));
+        }
+
+        let mut argv = vec![interpreter.to_string_lossy().into_owned(), script_path];
+        for arg in &request.args {
+            if arg.contains('\0') {
+                return Err(RunError::BadRequest("arguments cannot contain NUL bytes".into()));
+            }
+            argv.push(arg.clone());
+        }
+
+        Ok(ValidatedRun {
+            language: request.language,
+            limits,
+            namespace: "default".into(),
+            order: GoOrder {
+                argv,
+                env: sandbox_env(&request.env)?,
+                cwd: WORKSPACE.into(),
+                files,
+                clear: Vec::new(),
+                reown: Vec::new(),
+            },
+            stdin: decode_stdin(request.stdin_base64.as_deref())?,
+            persistent: None,
+        })
+    }
+
+    /// The project directory on the agent of the sandboxes of `namespace` that have no project
+    /// of their own (made through the API or MCP).
+    pub fn scratch_project_dir(&self, namespace: &str) -> PathBuf {
+        self.config.state_dir.join("namespaces").join(namespace)
+    }
+
+    /// A command in a persistent sandbox: `/bin/sh -c COMMAND` in its project, read-only at
+    /// /project (so `python main.py` finds the project's main.py), with its kept /workspace and
+    /// the project's volumes bound in. A sandbox without a project of its own starts in
+    /// /workspace instead, the only place it has files.
+    pub fn validate_exec(&self, definition: &SandboxDefinition, exec: ExecRequest) -> Result<ValidatedRun, RunError> {
+        let limits = self.resolve_limits(&definition.limits)?;
+        self.interpreter(definition.language)?;
+        if exec.command.trim().is_empty() || exec.command.contains('\0') {
+            return Err(RunError::BadRequest("the command is empty or contains a NUL byte".into()));
+        }
+        let project_dir = PathBuf::from(&definition.project_dir);
+        let project_owner = owner_of("project directory", &project_dir)?;
+        let state_dir = project_dir.join(".bkg");
+        let sandbox_dir = state_dir.join("sandboxes").join(&definition.name);
+        let volumes = definition
+            .volumes
+            .iter()
+            .map(|volume| {
+                let guest = Path::new(&volume.guest);
+                let inside_workspace = guest.starts_with(WORKSPACE) && guest != Path::new(WORKSPACE);
+                if !Path::new(&volume.host).is_absolute() || !inside_workspace || has_parent_dir(guest) {
+                    return Err(RunError::BadRequest(format!(
+                        "volume {}:{} must bind an absolute host path under /workspace",
+                        volume.host, volume.guest
+                    )));
+                }
+                Ok(Volume {
+                    host: volume.host.clone().into(),
+                    guest: guest.to_path_buf(),
+                    read_only: volume.read_only,
+                    owner: owner_of("volume source", Path::new(&volume.host))?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut env = definition.env.clone();
+        env.extend(exec.env);
+        Ok(ValidatedRun {
+            language: definition.language,
+            limits,
+            namespace: definition.namespace.clone(),
+            order: GoOrder {
+                argv: vec!["/bin/sh".into(), "-c".into(), exec.command],
+                env: sandbox_env(&env)?,
+                cwd: if project_dir == self.scratch_project_dir(&definition.namespace) {
+                    WORKSPACE.into()
+                } else {
+                    PROJECT.into()
+                },
+                files: Vec::new(),
+                clear: vec![TMP.into(), "/dev/shm".into()],
+                reown: vec![WORKSPACE.into()],
+            },
+            stdin: decode_stdin(exec.stdin_base64.as_deref())?,
+            persistent: Some(PersistentRun {
+                sandbox_id: bkg_schema::sandbox::sandbox_id(&definition.project_dir, &definition.name),
+                disk: PersistentDisk {
+                    image: sandbox_dir.join("disk.img"),
+                    project: ProjectMounts { dir: project_dir, owner: project_owner, state_dir, volumes },
+                },
+                log_dir: sandbox_dir.join("logs"),
+            }),
+        })
+    }
+}
+
+/// The scrubbed environment every sandbox starts from, plus the caller's variables.
+fn sandbox_env(extra: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, RunError> {
+    let path = format!("{SHIM_DIR}:/usr/local/bin:/usr/bin:/bin");
+    let mut env: Vec<(String, String)> = [
+        ("PATH", path.as_str()),
+        ("HOME", WORKSPACE),
+        ("TMPDIR", TMP),
+        ("LANG", "C.UTF-8"),
+        ("USER", "sandbox"),
+        // Output must reach the caller as it is written, not when a buffer fills.
+        ("PYTHONUNBUFFERED", "1"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect();
+    let mut total = 0;
+    for (key, value) in extra {
+        let valid_key = !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !key.starts_with(|c: char| c.is_ascii_digit());
+        if !valid_key {
+            return Err(RunError::BadRequest(format!(
+                "env: `{}` is not a valid variable name (letters, digits and _, not starting with a digit)",
+                key.escape_debug()
+            )));
+        }
+        if value.contains('\0') {
+            return Err(RunError::BadRequest(format!("env: the value of `{key}` contains a NUL byte")));
+        }
+        total += key.len() + value.len() + 2;
+        if total > MAX_ENV_BYTES {
+            return Err(RunError::BadRequest(format!("env: the variables take more than {MAX_ENV_BYTES} bytes")));
+        }
+        env.retain(|(existing, _)| existing != key);
+        env.push((key.clone(), value.clone()));
+    }
+    Ok(env)
+}
+
+fn decode_stdin(encoded: Option<&str>) -> Result<Option<Vec<u8>>, RunError> {
+    encoded
+        .map(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|_| RunError::BadRequest("stdin_base64 is not valid base64".into()))
+        })
+        .transpose()
+}
+
+/// Who owns a project or volume on the host: the sandbox sees that owner's files as its own.
+fn owner_of(what: &str, path: &Path) -> Result<Owner, RunError> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Owner { uid: meta.uid(), gid: meta.gid() }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(RunError::BadRequest(format!("{what} {} does not exist", path.display())))
+        }
+        Err(error) => Err(RunError::BadRequest(format!("cannot inspect {what} {}: {error}", path.display()))),
+    }
+}
+
+fn has_parent_dir(path: &Path) -> bool {
+    path.components().any(|component| matches!(component, Component::ParentDir))
+}
+
+/// Checks an upload's destination and content; returns where it goes and its size.
+fn place_upload(upload: &FileUpload) -> Result<(PlacedFile, u64), RunError> {
+    let requested = Path::new(&upload.path);
+    let absolute = if requested.is_absolute() { requested.to_path_buf() } else { Path::new(WORKSPACE).join(requested) };
+    let too_long = absolute.as_os_str().len() > MAX_PATH_BYTES
+        || absolute.components().any(|component| component.as_os_str().len() > MAX_NAME_BYTES);
+    if too_long {
+        return Err(RunError::BadRequest(format!(
+            "files: the path `{}…` is too long (at most {MAX_PATH_BYTES} bytes, {MAX_NAME_BYTES} per name)",
+            upload.path.chars().take(40).collect::<String>()
+        )));
+    }
+    let escapes = has_parent_dir(&absolute);
+    let allowed_root = [WORKSPACE, TMP].iter().any(|root| absolute.starts_with(root) && absolute != Path::new(root));
+    if escapes || !allowed_root || upload.path.contains('\0') {
+        return Err(RunError::BadRequest(format!(
+            "files: destination `{}` must be inside /workspace or /tmp, without `..`",
+            upload.path
+        )));
+    }
+    let content = base64::engine::general_purpose::STANDARD
+        .decode(&upload.content_base64)
+        .map_err(|_| RunError::BadRequest(format!("files: content of `{}` is not valid base64", upload.path)))?;
+    let mode = if upload.executable { 0o755 } else { 0o644 };
+    Ok((
+        PlacedFile {
+            path: absolute.to_string_lossy().into_owned(),
+            content_base64: upload.content_base64.clone(),
+            mode,
+        },
+        content.len() as u64,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload(path: &str) -> FileUpload {
+        FileUpload { path: path.into(), content_base64: "aGk=".into(), executable: false }
+    }
+
+    #[test]
+    fn uploads_land_in_workspace_or_tmp_only() {
+        let placed = place_upload(&upload("data/in.csv")).map(|(file, _)| file.path).ok();
+        assert_eq!(placed.as_deref(), Some("/workspace/data/in.csv"));
+        let placed = place_upload(&upload("/tmp/x")).map(|(file, _)| file.path).ok();
+        assert_eq!(placed.as_deref(), Some("/tmp/x"));
+        for bad in ["../etc/passwd", "/etc/passwd", "/workspace/../etc/x", "/workspace", "/tmpfoo/x", "a/../../b"] {
+            assert!(place_upload(&upload(bad)).is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn overlong_paths_are_refused_with_the_field_named() {
+        let long_name = "a".repeat(MAX_NAME_BYTES + 1);
+        let deep = vec!["d"; 3000].join("/");
+        for bad in [long_name.as_str(), deep.as_str()] {
+            let refused = place_upload(&upload(bad));
+            assert!(matches!(&refused, Err(RunError::BadRequest(message)) if message.starts_with("files:")));
+        }
+    }
+
+    #[test]
+    fn bad_base64_is_refused() {
+        let bad = FileUpload { path: "x".into(), content_base64: "!!".into(), executable: false };
+        assert!(place_upload(&bad).is_err());
+    }
+
+    #[test]
+    fn env_values_with_nul_and_bad_names_are_refused() {
+        let with = |key: &str, value: &str| BTreeMap::from([(key.to_owned(), value.to_owned())]);
+        assert!(sandbox_env(&with("GOOD_1", "x")).is_ok());
+        assert!(sandbox_env(&with("A", "x\0y")).is_err());
+        assert!(sandbox_env(&with("1A", "x")).is_err());
+        assert!(sandbox_env(&with("A=B", "x")).is_err());
+        assert!(sandbox_env(&with("BIG", &"x".repeat(MAX_ENV_BYTES))).is_err());
+    }
+}

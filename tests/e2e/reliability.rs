@@ -1,0 +1,193 @@
+//! Limits that hold whatever the client does, disk exhaustion reported as such, bounded queues
+//! and disk, and a health check that reflects real runs (issue 11, items 1, 4, 6 and 8).
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use bkg_tests::http::{Answer, unix_request};
+use bkg_tests::{Agent, AgentOptions, code, stderr};
+use serde_json::{Value, json};
+
+/// Polls `check` until it gives a value; panics after `bound` with `what`.
+fn wait_for<T>(what: &str, bound: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn api(agent: &Agent, method: &str, path: &str, body: Option<&Value>) -> Answer {
+    unix_request(&agent.socket, method, path, body)
+}
+
+/// The newest run the agent recorded, once it has finished.
+fn finished_run(agent: &Agent) -> Option<Value> {
+    let runs = api(agent, "GET", "/api/v1/runs?limit=1", None).json();
+    runs.get(0).filter(|run| !run["finished_at_ms"].is_null()).cloned()
+}
+
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_flooding_run_ends_at_its_timeout_while_its_client_stops_reading() {
+    // No warm pool: once idle, nothing of the run may be left.
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    // bkg's stdout is a pipe nobody reads: bkg blocks on it and stops reading the agent.
+    let client = agent
+        .bkg()
+        .args(["exe", "--timeout", "2s", "--type", "python", "-c", "while True: print('x' * 4096)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bkg exe");
+    let run = wait_for("the run to end at its timeout", Duration::from_secs(25), || finished_run(&agent));
+    let mut client = client;
+    assert!(client.try_wait().ok().flatten().is_none(), "the client must still be stuck, not reading: {run}");
+    assert_eq!(run["killed_by"], "timeout", "{run}");
+    assert_eq!(agent.status_json()["active_runs"], 0);
+    kill(client);
+    agent.wait_idle();
+    assert!(agent.leftovers().is_clean(), "{:?}", agent.leftovers());
+}
+
+#[test]
+fn a_script_that_dies_of_a_full_disk_reports_killed_by_disk_with_its_own_exit_code() {
+    let agent = Agent::start();
+    let (result, output) = agent.exe_json(&[
+        "--type",
+        "python",
+        "-c",
+        "with open('/workspace/fill', 'wb') as f:\n    while True:\n        f.write(b'x' * 1048576)",
+    ]);
+    assert_eq!(result["killed_by"], "disk", "{result}");
+    assert_eq!(result["exit_code"], 1, "{result}");
+    assert_eq!(code(&output), 1);
+}
+
+#[test]
+fn running_out_of_inodes_is_killed_by_disk_and_comes_after_100000_files() {
+    let agent = Agent::start();
+    let (result, output) = agent.exe_json(&[
+        "--type",
+        "python",
+        "-c",
+        "import sys\nn = 0\ntry:\n    while True:\n        open(f'/workspace/f{n}', 'w').close()\n        n += 1\n\
+         finally:\n    print(n)\n",
+    ]);
+    assert_eq!(result["killed_by"], "disk", "{result}");
+    assert_eq!(code(&output), 1);
+    let files: u64 = result["stdout"].as_str().and_then(|text| text.trim().parse().ok()).unwrap_or(0);
+    assert!(files >= 100_000, "only {files} files fit in 500 MiB: {result}");
+}
+
+#[test]
+fn a_hundred_thousand_small_files_fit_in_500mib() {
+    let agent = Agent::start();
+    let (result, output) = agent.exe_json(&[
+        "--type",
+        "python",
+        "-c",
+        "import os\nfor d in range(100):\n    os.mkdir(f'/workspace/d{d}')\n    for n in range(1000):\n\
+         \x20       with open(f'/workspace/d{d}/f{n}', 'w') as f:\n            f.write('x')\nprint('ok')\n",
+    ]);
+    assert_eq!(code(&output), 0, "{result}");
+    assert_eq!(result["stdout"], "ok\n");
+}
+
+#[test]
+fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
+    let agent = Agent::start_with(AgentOptions {
+        warm_pool: 0,
+        extra_args: ["--max-running-runs", "1", "--max-queued-runs", "1"].map(String::from).to_vec(),
+        env: Vec::new(),
+    });
+    let sleeper = || {
+        agent
+            .bkg()
+            .args(["exe", "--type", "python", "-c", "import time; time.sleep(600)"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start bkg exe")
+    };
+    let running = sleeper();
+    wait_for("the first run", Duration::from_secs(30), || (agent.status_json()["active_runs"] == 1).then_some(()));
+    let queued = sleeper();
+    wait_for("the second run to queue", Duration::from_secs(30), || {
+        (agent.status_json()["active_runs"] == 2).then_some(())
+    });
+
+    let refused = api(&agent, "POST", "/api/v1/runs", Some(&json!({ "language": "python", "code": "print(1)" })));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.error_code(), "unavailable");
+    assert!(refused.header("retry-after").is_some_and(|seconds| seconds.parse::<u32>().is_ok()), "{refused:?}");
+    let output = agent.exe(&["--type", "python", "-c", "print(1)"]);
+    let err = stderr(&output);
+    assert_eq!(code(&output), 125, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--max-queued-runs"), "{err}");
+
+    // A caller that gives up while queued leaves the queue at once, while the first still runs.
+    kill(queued);
+    wait_for("the queued run to leave", Duration::from_secs(30), || {
+        (agent.status_json()["active_runs"] == 1).then_some(())
+    });
+    let runs = api(&agent, "GET", "/api/v1/runs?limit=10", None).json();
+    let cancelled = runs.as_array().map_or(0, |runs| runs.iter().filter(|run| run["killed_by"] == "cancelled").count());
+    assert_eq!(cancelled, 1, "the queued run is recorded as cancelled: {runs}");
+    kill(running);
+    agent.wait_idle();
+    let (result, _) = agent.exe_json(&["--type", "python", "-c", "print('after')"]);
+    assert_eq!(result["stdout"], "after\n");
+}
+
+#[test]
+fn a_spent_disk_budget_refuses_a_run_with_one_line() {
+    let agent = Agent::start_with(AgentOptions {
+        warm_pool: 0,
+        extra_args: ["--disk-budget", "100MiB"].map(String::from).to_vec(),
+        env: Vec::new(),
+    });
+    let output = agent.exe(&["--disk", "200MiB", "--type", "python", "-c", "print(1)"]);
+    let err = stderr(&output);
+    assert_eq!(code(&output), 125, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("disk budget"), "{err}");
+    let (result, output) = agent.exe_json(&["--disk", "64MiB", "--type", "python", "-c", "print('fits')"]);
+    assert_eq!(code(&output), 0, "{result}");
+    assert_eq!(result["stdout"], "fits\n");
+}
+
+#[test]
+fn health_is_503_with_the_reason_once_runs_fail() {
+    let agent = Agent::start_with(AgentOptions {
+        warm_pool: 0,
+        extra_args: ["--health-interval", "1s"].map(String::from).to_vec(),
+        env: Vec::new(),
+    });
+    let healthy = api(&agent, "GET", "/healthz", None);
+    assert_eq!(healthy.status, 200, "{}", healthy.text());
+    // A hard limit on open files below what every sandbox sets makes every run fail, while
+    // sandboxes are still prepared without trouble.
+    let lowered = std::process::Command::new("prlimit")
+        .args(["--pid", &agent.pid().to_string(), "--nofile=1024:2048"])
+        .status()
+        .expect("prlimit");
+    assert!(lowered.success());
+    let sick = wait_for("/healthz to notice", Duration::from_secs(60), || {
+        let answer = api(&agent, "GET", "/healthz", None);
+        (answer.status == 503).then_some(answer)
+    });
+    assert_eq!(sick.error_code(), "unavailable");
+    let message = sick.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.starts_with("runs fail: ") && message.contains("open files"), "{message}");
+}
