@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use bkg_cli::exit;
 use bkg_schema::Limits;
-use bkg_schema::audit::{AuditAction, AuditEvent, AuditSigner, ChainHead, file_name};
+use bkg_schema::audit::{AuditEvent, AuditSigner, ChainHead, Details, RunStarted, file_name};
 
 use bkg_cli::args::GlobalArgs;
 use bkg_cli::audit_cmd;
@@ -66,8 +66,10 @@ impl TestLog {
             sandbox: Some(format!("sbx_{n}")),
             run: Some(format!("run_{n}")),
             limits: Some(Limits::DEFAULT),
-            outcome: Some(serde_json::json!({ "exit_code": n })),
-            ..AuditEvent::new("uid:0", AuditAction::RunFinished)
+            ..AuditEvent::new(
+                "uid:0",
+                Details::RunStarted(RunStarted { language: bkg_schema::Language::Python, started_at_ms: n }),
+            )
         })
     }
 
