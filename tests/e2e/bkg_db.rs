@@ -434,3 +434,86 @@ fn bkgr(agent: &Agent, project: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .expect("run bkgr")
 }
+
+/// Every file under `dir` whose bytes contain `needle`, but a persistent sandbox's disk image:
+/// that is the sandbox's own filesystem (what its code writes), not a record of the agent.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file()
+                && path.file_name().is_none_or(|name| name != "disk.img")
+                && std::fs::read(&path).expect("read file").windows(needle.len()).any(|window| window == needle)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Environment values, from cave.yaml and from `bkg exe -e`, reach the sandbox and nothing
+/// else: not the audit log, the store or any other file of the agent's state, nor its log, nor
+/// any column of any bkg_db table. Only the sandbox's own `env.json` (0600) keeps the values of
+/// a persistent sandbox.
+#[test]
+fn environment_values_reach_the_sandbox_and_no_record() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let postgres = Postgres::start();
+    let mut agent = agent_with_db(&postgres.url());
+    let nonce = std::process::id();
+    let (defined, passed) = (format!("defined-secret-{nonce}-x7q"), format!("passed-secret-{nonce}-k3z"));
+
+    let project = tempfile::tempdir().expect("project");
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        format!(
+            "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    env:\n      TOKEN: {defined}\n    scripts:\n      start: python -c \"import os; print(os.environ['TOKEN'][::-1])\"\n"
+        ),
+    )
+    .expect("cave.yaml");
+    let run = bkgr(&agent, project.path(), &["api"]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    assert_eq!(stdout(&run).trim(), defined.chars().rev().collect::<String>(), "the value reached the sandbox");
+    let exe = agent
+        .bkg()
+        .args(["exe", "--type", "python", "-e", &format!("PASSED={passed}"), "-c"])
+        .arg("import os; print(os.environ['PASSED'][::-1])")
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkg exe");
+    assert_eq!(code(&exe), 0, "{}", stderr(&exe));
+    assert_eq!(stdout(&exe).trim(), passed.chars().rev().collect::<String>());
+    wait_synced(&agent);
+    let env_file = project.path().join(".bkg/sandboxes/api/env.json");
+    assert_eq!(std::fs::metadata(&env_file).expect("env.json").permissions().mode() & 0o777, 0o600);
+    agent.stop();
+
+    for value in [&defined, &passed] {
+        assert_eq!(
+            files_containing(&agent.state_dir, value.as_bytes()),
+            Vec::<PathBuf>::new(),
+            "{value} in the state dir"
+        );
+        assert!(!agent.log().contains(value.as_str()), "{value} in the agent's log");
+        assert_eq!(
+            files_containing(&project.path().join(".bkg"), value.as_bytes()),
+            if *value == defined { vec![env_file.clone()] } else { Vec::new() },
+            "{value} in the project's .bkg"
+        );
+        let tables = postgres.query("SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'");
+        for table in tables.split(',') {
+            let rows = postgres.query(&format!("SELECT count(*) FROM {table} t WHERE t::text LIKE '%{value}%'"));
+            assert_eq!(rows, "0", "{value} in bkg_db table {table}");
+        }
+    }
+    // The names are kept.
+    let names = postgres.query("SELECT state->'env' FROM sandboxes WHERE name = 'api'");
+    assert_eq!(names, "[\"TOKEN\"]");
+}
