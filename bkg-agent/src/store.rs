@@ -825,6 +825,61 @@ mod tests {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn an_event_refused_too_often_is_parked_with_its_record_and_retried() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("state.db"), AuditLog::open(dir.path())?)?;
+        store.run_started(&caller(), "run_1", None, Language::Python, Limits::DEFAULT, 10).await?;
+        let seq = store.outbox_pending(100).await?.last().map(|row| row.seq).ok_or("no event")?;
+        assert!(!store.outbox_attempt_failed(seq, "first", 2).await?);
+        assert!(store.outbox_attempt_failed(seq, "second", 2).await?);
+        assert!(store.outbox_pending(100).await?.iter().all(|row| row.seq != seq), "parked events are not pending");
+        let parked = store.outbox_parked().await?;
+        assert_eq!((parked.len(), parked[0].seq, parked[0].attempts, parked[0].reason.as_str()), (1, seq, 2, "second"));
+        assert_eq!(store.outbox_backlog().await?.parked, 1);
+        let pending = store.outbox_pending(100).await?;
+        assert!(pending.iter().any(|row| row.action == "sync.parked"), "parking has its audit record");
+
+        assert!(store.outbox_retry(&caller(), Some(seq + 100)).await?.is_empty());
+        assert_eq!(store.outbox_retry(&caller(), None).await?, [seq]);
+        assert_eq!(store.outbox_backlog().await?.parked, 0);
+        let pending = store.outbox_pending(100).await?;
+        assert!(pending.iter().any(|row| row.seq == seq) && pending.iter().any(|row| row.action == "sync.retried"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_sandboxs_env_values_stay_out_of_the_store_and_come_back_to_run_it() -> TestResult {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir()?;
+        let project = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("state.db"), AuditLog::open(dir.path())?)?;
+        let definition = SandboxDefinition {
+            name: "api".into(),
+            namespace: "default".into(),
+            project_dir: project.path().display().to_string(),
+            language: Language::Python,
+            limits: Default::default(),
+            env: [("TOKEN".to_owned(), "value-kept-apart".to_owned())].into(),
+            volumes: Vec::new(),
+            scripts: Default::default(),
+        };
+        store.put_sandbox(&caller(), "api-1", &definition, 5).await?;
+        let stored: String =
+            store.with(|db| Ok(db.query_row("SELECT definition FROM sandboxes", [], |row| row.get(0))?)).await?;
+        assert!(stored.contains("TOKEN") && !stored.contains("value-kept-apart"), "{stored}");
+        let lines = store.outbox_pending(100).await?;
+        assert!(lines.iter().all(|row| !row.line.contains("value-kept-apart")));
+        assert_eq!(store.get_sandbox("api-1").await?.map(|stored| stored.definition), Some(definition.clone()));
+        let file = project.path().join(".bkg/sandboxes/api/env.json");
+        assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o777, 0o600);
+        // Defined again without env: the file goes.
+        store.put_sandbox(&caller(), "api-1", &SandboxDefinition { env: Default::default(), ..definition }, 6).await?;
+        assert!(!file.exists());
+        Ok(())
+    }
+
     #[test]
     fn a_newer_database_is_refused() -> TestResult {
         let dir = tempfile::tempdir()?;
