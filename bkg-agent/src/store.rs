@@ -155,6 +155,7 @@ impl Store {
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut connection)?;
+        move_env_values_out(&connection)?;
         let mut audit = audit;
         let mut lines = audit.take_written();
         let last: Option<i64> = connection.query_row("SELECT max(seq) FROM outbox", [], |row| row.get(0))?;
@@ -621,6 +622,29 @@ impl Store {
     }
 }
 
+/// Moves the env values a store written by an older agent kept in its sandbox rows to the
+/// sandboxes' own `env.json`. A sandbox whose project is gone keeps its row as it was.
+fn move_env_values_out(connection: &Connection) -> Result<(), StoreError> {
+    let mut statement = connection.prepare("SELECT id, definition FROM sandboxes")?;
+    let rows = statement
+        .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (id, json) in rows {
+        let definition: SandboxDefinition = serde_json::from_str(&json)?;
+        if definition.env.values().all(String::is_empty) {
+            continue;
+        }
+        match sandbox_env::save(&definition) {
+            Ok(kept) => {
+                let json = serde_json::to_string(&kept)?;
+                connection.execute("UPDATE sandboxes SET definition = ?2 WHERE id = ?1", params![id, json])?;
+            }
+            Err(error) => tracing::warn!(sandbox = %id, %error, "could not move its env values out of the store"),
+        }
+    }
+    Ok(())
+}
+
 /// A sandbox row with its environment's values put back.
 fn stored_sandbox(json: &str, created_at_ms: i64) -> Result<StoredSandbox, StoreError> {
     let mut definition: SandboxDefinition = serde_json::from_str(json)?;
@@ -874,6 +898,17 @@ mod tests {
         assert_eq!(store.get_sandbox("api-1").await?.map(|stored| stored.definition), Some(definition.clone()));
         let file = project.path().join(".bkg/sandboxes/api/env.json");
         assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o777, 0o600);
+        // A row an older agent wrote, values inside, has them moved out at the next open.
+        let legacy = serde_json::to_string(&definition)?;
+        store.with(move |db| Ok(db.execute("UPDATE sandboxes SET definition = ?1", params![legacy])?)).await?;
+        std::fs::remove_file(&file)?;
+        drop(store);
+        let store = Store::open(&dir.path().join("state.db"), AuditLog::open(dir.path())?)?;
+        assert_eq!(store.get_sandbox("api-1").await?.map(|stored| stored.definition), Some(definition.clone()));
+        assert!(file.exists());
+        let stored: String =
+            store.with(|db| Ok(db.query_row("SELECT definition FROM sandboxes", [], |row| row.get(0))?)).await?;
+        assert!(!stored.contains("value-kept-apart"), "{stored}");
         // Defined again without env: the file goes.
         store.put_sandbox(&caller(), "api-1", &SandboxDefinition { env: Default::default(), ..definition }, 6).await?;
         assert!(!file.exists());
