@@ -245,12 +245,19 @@ impl Store {
         .await
     }
 
-    pub async fn outbox_mark_synced(&self, through_seq: u64) -> Result<(), StoreError> {
+    /// The events `seqs` are in bkg_db. Only those: an event retried meanwhile, between two
+    /// of them, was not shipped with them.
+    pub async fn outbox_mark_synced(&self, seqs: Vec<u64>) -> Result<(), StoreError> {
         self.with(move |db| {
-            db.execute(
-                "UPDATE outbox SET synced = 1 WHERE synced = 0 AND parked_at_ms IS NULL AND seq <= ?1",
-                params![through_seq as i64],
-            )?;
+            let transaction = db.transaction()?;
+            {
+                let mut statement =
+                    transaction.prepare("UPDATE outbox SET synced = 1 WHERE seq = ?1 AND parked_at_ms IS NULL")?;
+                for seq in seqs {
+                    statement.execute(params![seq as i64])?;
+                }
+            }
+            transaction.commit()?;
             Ok(())
         })
         .await
@@ -658,8 +665,8 @@ impl crate::sync::Outbox for Store {
         Ok(rows.into_iter().map(outbox_event).collect())
     }
 
-    async fn mark_synced(&self, through_seq: u64) -> Result<(), crate::sync::SyncError> {
-        self.outbox_mark_synced(through_seq).await.map_err(outbox_error)
+    async fn mark_synced(&self, seqs: Vec<u64>) -> Result<(), crate::sync::SyncError> {
+        self.outbox_mark_synced(seqs).await.map_err(outbox_error)
     }
 
     async fn backlog(&self) -> Result<crate::sync::Backlog, crate::sync::SyncError> {
@@ -844,7 +851,7 @@ mod tests {
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap, no duplicate");
         assert!(pending.iter().any(|row| row.action == "run.started"));
         assert!(pending.iter().any(|row| row.action == "config.changed"), "the crash's line was recovered");
-        store.outbox_mark_synced(2).await?;
+        store.outbox_mark_synced(vec![1, 2]).await?;
         assert_eq!(store.outbox_backlog().await?.events, seqs.len() as u64 - 2);
         Ok(())
     }

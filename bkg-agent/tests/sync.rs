@@ -170,7 +170,7 @@ struct State {
     parked: BTreeMap<u64, String>,
     /// The next this many `mark_synced` calls fail, as if the agent's store had.
     failing_marks: u32,
-    /// Every `through_seq` marked, in call order.
+    /// The highest seq of every batch marked, in call order.
     marks: Vec<u64>,
 }
 
@@ -202,15 +202,14 @@ impl Outbox for MemOutbox {
         Ok(self.state().waiting().take(limit).cloned().collect())
     }
 
-    async fn mark_synced(&self, through_seq: u64) -> Result<(), SyncError> {
+    async fn mark_synced(&self, seqs: Vec<u64>) -> Result<(), SyncError> {
         let mut state = self.state();
         if state.failing_marks > 0 {
             state.failing_marks -= 1;
             return Err(SyncError::Outbox("the store is busy (injected)".into()));
         }
-        state.marks.push(through_seq);
-        let marked: Vec<u64> = state.waiting().map(|event| event.seq).take_while(|seq| *seq <= through_seq).collect();
-        state.synced.extend(marked);
+        state.marks.push(seqs.iter().copied().max().unwrap_or(0));
+        state.synced.extend(seqs);
         Ok(())
     }
 

@@ -71,8 +71,8 @@ pub trait Outbox: Send + Sync + 'static {
     /// The oldest `limit` events neither synced nor parked, in seq order. Events already handed
     /// out come again until `mark_synced` covers them.
     fn pending(&self, limit: usize) -> impl Future<Output = Result<Vec<OutboxEvent>, SyncError>> + Send;
-    /// Every event with `seq <= through_seq` that is not parked is in PostgreSQL.
-    fn mark_synced(&self, through_seq: u64) -> impl Future<Output = Result<(), SyncError>> + Send;
+    /// The events `seqs` (one shipped batch) are in PostgreSQL.
+    fn mark_synced(&self, seqs: Vec<u64>) -> impl Future<Output = Result<(), SyncError>> + Send;
     fn backlog(&self) -> impl Future<Output = Result<Backlog, SyncError>> + Send;
     /// bkg_db holds this agent's events only up to `seq` (it was restored from an older backup):
     /// hand out again, from `pending`, every event after `seq` the outbox still has. The worker

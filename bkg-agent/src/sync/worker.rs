@@ -209,7 +209,9 @@ impl<O: Outbox> SyncWorker<O> {
         }
 
         let events = self.outbox.pending(self.config.batch).await?;
-        let Some(last) = events.last().map(|event| event.seq) else { return Ok(0) };
+        if events.is_empty() {
+            return Ok(0);
+        }
         let parked = self.outbox.parked().await?.into_iter().map(|event| event.seq).collect();
         match tokio::time::timeout(limit, ship::ship(client, &events, &parked)).await {
             Ok(result) => result?,
@@ -220,7 +222,7 @@ impl<O: Outbox> SyncWorker<O> {
                 return Err(SyncError::Timeout(limit));
             }
         }
-        self.outbox.mark_synced(last).await?;
+        self.outbox.mark_synced(events.iter().map(|event| event.seq).collect()).await?;
         Ok(events.len())
     }
 }
