@@ -379,7 +379,8 @@ fn every_kind_of_record_reaches_bkg_db_and_a_bad_one_is_parked_then_retried() {
         ok(&agent.bkg().args(["sync", "retry", &key_seq.to_string(), "--json"]).output().expect("bkg"), "retry");
     assert!(retried.contains(&key_seq.to_string()), "{retried}");
     let again = agent.bkg().args(["sync", "retry", "999999"]).output().expect("bkg");
-    assert_ne!(code(&again), 0, "an event that is not parked is refused");
+    assert_eq!(code(&again), 125, "an event that is not parked is refused");
+    assert_eq!(stderr(&again), "bkg: outbox event 999999 is not parked\n");
     wait_shipped(&agent, 0);
     assert_eq!(
         (sync_status(&agent).0, admin.get("/healthz").json()["status"].as_str().map(str::to_owned)),
