@@ -25,6 +25,7 @@ use crate::server::{auth_api, runs, sandboxes, system};
         system::shutdown,
         system::sync_status,
         system::sync_migrate,
+        system::sync_retry,
         system::sync_audit_lines,
         runs::create_run,
         runs::list_runs,

@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 
 use bkg_schema::MIB;
 use bkg_schema::audit::{
-    AuditAction, AuditEvent, AuditSigner, BadReason, ChainHead, PublicKey, RecordError, SignedLine, SignedRecord,
-    check_line, file_name, log_files,
+    AuditAction, AuditEvent, AuditSigner, BadReason, ChainHead, Details, LogRecovered, PublicKey, RecordError,
+    SignedLine, SignedRecord, check_line, file_name, log_files,
 };
 use nix::fcntl::{Flock, FlockArg};
 use zeroize::Zeroizing;
@@ -210,14 +210,9 @@ impl AuditLog {
             tracing::warn!(file = %torn.file.display(), bytes = torn.bytes, saved_to = %torn.saved_to.display(),
                 "audit: discarded the torn last line a crash left");
             let name = |path: &Path| path.file_name().map(|name| name.to_string_lossy().into_owned());
-            let event = AuditEvent {
-                details: Some(serde_json::json!({
-                    "file": name(&torn.file),
-                    "torn_bytes": torn.bytes,
-                    "saved_to": name(&torn.saved_to),
-                })),
-                ..AuditEvent::new(bkg_schema::audit::AGENT_ACTOR, AuditAction::LogRecovered)
-            };
+            let recovered =
+                LogRecovered { file: name(&torn.file), torn_bytes: torn.bytes, saved_to: name(&torn.saved_to) };
+            let event = AuditEvent::new(bkg_schema::audit::AGENT_ACTOR, Details::LogRecovered(recovered));
             log.append(&event)?;
             log.recovered = Some(torn);
         }
@@ -547,7 +542,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use bkg_schema::Limits;
-    use bkg_schema::audit::{VerifyReport, verify};
+    use bkg_schema::audit::{RunStarted, VerifyReport, verify};
 
     use super::*;
 
@@ -562,8 +557,10 @@ mod tests {
             sandbox: Some(format!("sbx_{n}")),
             run: Some(format!("run_{n}")),
             limits: Some(Limits::DEFAULT),
-            outcome: Some(serde_json::json!({ "exit_code": 0, "wall_ms": 12 })),
-            ..AuditEvent::new("uid:0", AuditAction::RunFinished)
+            ..AuditEvent::new(
+                "uid:0",
+                Details::RunStarted(RunStarted { language: bkg_schema::Language::Python, started_at_ms: 12 }),
+            )
         }
     }
 

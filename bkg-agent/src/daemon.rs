@@ -439,24 +439,22 @@ async fn serve(
     let shutdown = Arc::new(Notify::new());
     let notifier = Notifier::new(api.webhooks, api.webhook_key).context("build the webhook client")?;
     // Every start is in the audit trail with the configuration it runs under.
-    let configuration = bkg_schema::audit::AuditEvent {
-        details: Some(serde_json::json!({
-            "default_limits": engine.config.default_limits,
-            "max_limits": engine.config.max_limits,
-            "warm_pool": engine.config.warm_pool,
-            "max_running_runs": engine.config.capacity.max_running,
-            "max_queued_runs": engine.config.capacity.max_queued,
-            "disk_budget": engine.config.capacity.disk_budget,
-            "cgroups": engine.cgroup_version(),
-            "listen": api.listen.map(|address| address.to_string()),
-            "bkg_db": api.db_url.is_some(),
-            "version": env!("CARGO_PKG_VERSION"),
-        })),
-        ..bkg_schema::audit::AuditEvent::new(
-            bkg_schema::audit::AGENT_ACTOR,
-            bkg_schema::audit::AuditAction::ConfigChanged,
-        )
+    let configuration = bkg_schema::audit::AgentConfig {
+        default_limits: engine.config.default_limits,
+        max_limits: engine.config.max_limits,
+        warm_pool: engine.config.warm_pool as u64,
+        max_running_runs: Some(engine.config.capacity.max_running as u64),
+        max_queued_runs: Some(engine.config.capacity.max_queued as u64),
+        disk_budget: Some(engine.config.capacity.disk_budget),
+        cgroups: engine.cgroup_version(),
+        listen: api.listen.map(|address| address.to_string()),
+        bkg_db: api.db_url.is_some(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
     };
+    let configuration = bkg_schema::audit::AuditEvent::new(
+        bkg_schema::audit::AGENT_ACTOR,
+        bkg_schema::audit::Details::ConfigChanged(bkg_schema::audit::ConfigChanged::AgentStarted(configuration)),
+    );
     store.note(configuration).await.context("record the configuration in the audit log")?;
 
     // The outbox keeps every event until bkg_db has it; a bkg_db that is down only delays it.
@@ -552,13 +550,11 @@ async fn audit_sync_failures(store: Store, sync: Arc<crate::sync::SyncHandle<Sto
         let Ok(status) = sync.status().await else { continue };
         let now_failing = status.failures > 0;
         if now_failing && !failing {
-            let event = bkg_schema::audit::AuditEvent {
-                details: Some(serde_json::json!({ "error": status.last_error, "backlog": status.backlog })),
-                ..bkg_schema::audit::AuditEvent::new(
-                    bkg_schema::audit::AGENT_ACTOR,
-                    bkg_schema::audit::AuditAction::SyncError,
-                )
-            };
+            let failed = bkg_schema::audit::SyncFailed { error: status.last_error, backlog: status.backlog };
+            let event = bkg_schema::audit::AuditEvent::new(
+                bkg_schema::audit::AGENT_ACTOR,
+                bkg_schema::audit::Details::SyncError(failed),
+            );
             if let Err(error) = store.note(event).await {
                 tracing::error!(%error, "could not record the sync failure in the audit log");
             }

@@ -52,6 +52,7 @@ pub struct Metrics {
     webhook_deliveries: Family<OutcomeLabel, Counter>,
     sync_backlog: Gauge,
     sync_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    sync_parked: Gauge,
     /// Encoding reads the metrics; one scrape at a time keeps the gauges it sets consistent.
     scrape: Mutex<()>,
 }
@@ -135,10 +136,17 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Seconds,
             sync_lag.clone(),
         );
+        let sync_parked = Gauge::default();
+        registry.register(
+            "sync_parked_events",
+            "Outbox events parked after bkg_db refused them too often; `bkg sync retry` ships them again",
+            sync_parked.clone(),
+        );
         Self {
             registry,
             sync_backlog,
             sync_lag,
+            sync_parked,
             runs,
             run_duration,
             limit_kills,
@@ -197,12 +205,14 @@ impl Metrics {
         warm_sandboxes: usize,
         sync_backlog: u64,
         sync_lag_ms: Option<u64>,
+        sync_parked: u64,
     ) -> Result<String, std::fmt::Error> {
         let _scrape = self.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.active_sandboxes.set(i64::try_from(active_sandboxes).unwrap_or(i64::MAX));
         self.warm_sandboxes.set(i64::try_from(warm_sandboxes).unwrap_or(i64::MAX));
         self.sync_backlog.set(i64::try_from(sync_backlog).unwrap_or(i64::MAX));
         self.sync_lag.set(sync_lag_ms.unwrap_or(0) as f64 / 1000.0);
+        self.sync_parked.set(i64::try_from(sync_parked).unwrap_or(i64::MAX));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
@@ -237,7 +247,7 @@ mod tests {
         metrics.run_ended(Ok(&result));
         metrics.run_ended(Err(()));
         metrics.http_answered("/healthz", "GET", 200);
-        let text = metrics.encode(2, 1, 7, Some(1500))?;
+        let text = metrics.encode(2, 1, 7, Some(1500), 3)?;
         assert!(text.contains("bkg_runs_total{outcome=\"memory\"} 1"), "{text}");
         assert!(text.contains("bkg_runs_total{outcome=\"failed\"} 1"), "{text}");
         assert!(text.contains("bkg_limit_kills_total{limit=\"memory\"} 1"), "{text}");
@@ -245,6 +255,7 @@ mod tests {
         assert!(text.contains("bkg_active_sandboxes 2"), "{text}");
         assert!(text.contains("bkg_sync_backlog_events 7"), "{text}");
         assert!(text.contains("bkg_sync_lag_seconds 1.5"), "{text}");
+        assert!(text.contains("bkg_sync_parked_events 3"), "{text}");
         assert!(text.contains("bkg_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
         Ok(())

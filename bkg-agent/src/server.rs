@@ -132,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agent/shutdown", post(system::shutdown))
         .route("/api/v1/sync", get(system::sync_status))
         .route("/api/v1/sync/migrate", post(system::sync_migrate))
+        .route("/api/v1/sync/retry", post(system::sync_retry))
         .route("/api/v1/sync/audit/{agent_id}", get(system::sync_audit_lines))
         .route("/api/v1/runs", post(runs::create_run).get(runs::list_runs))
         .route("/api/v1/runs/{id}", get(runs::get_run))

@@ -3,7 +3,10 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bkg_schema::audit::{AuditAction, AuditEvent};
+use bkg_schema::audit::{
+    AuditEvent, Details, RunEnd, RunFinished, RunFinishedDetails, RunOutcome, RunStarted, SandboxCreated, SyncParked,
+    SyncRetried,
+};
 use bkg_schema::sandbox::SandboxDefinition;
 use bkg_schema::{KilledBy, Language, Limits, RunRecord, RunResult};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -11,7 +14,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::audit::{AuditError, AuditLog, WrittenLine};
 
 mod auth_tables;
-pub use auth_tables::NewKey;
+mod sandbox_env;
+pub use auth_tables::{KeyKind, NewKey};
 
 /// Each entry upgrades the schema by one version; `PRAGMA user_version` records how far a
 /// database has come. Never edit a released entry: add a new one.
@@ -84,6 +88,12 @@ const MIGRATIONS: &[&str] = &[
         received_at_ms INTEGER NOT NULL,
         body TEXT NOT NULL
     );",
+    // Outbox events bkg_db refused: failed attempts and the last reason; a parked event (after
+    // too many) is passed over until `bkg sync retry`. Nothing is deleted.
+    "ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN last_error TEXT;
+    ALTER TABLE outbox ADD COLUMN parked_at_ms INTEGER;
+    CREATE INDEX outbox_parked ON outbox (parked_at_ms) WHERE parked_at_ms IS NOT NULL;",
 ];
 
 /// A persistent sandbox as stored: its definition and when it was first defined.
@@ -105,6 +115,8 @@ pub enum StoreError {
     Task,
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
+    #[error("store: cannot {action} {path}: {source}")]
+    SandboxEnv { action: &'static str, path: String, source: std::io::Error },
 }
 
 #[derive(Clone)]
@@ -143,6 +155,7 @@ impl Store {
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut connection)?;
+        move_env_values_out(&connection)?;
         let mut audit = audit;
         let mut lines = audit.take_written();
         let last: Option<i64> = connection.query_row("SELECT max(seq) FROM outbox", [], |row| row.get(0))?;
@@ -210,11 +223,12 @@ impl Store {
         .await
     }
 
-    /// The oldest events not yet synced, in order.
+    /// The oldest events neither synced nor parked, in order.
     pub async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         self.with(move |db| {
             let mut statement = db.prepare(
-                "SELECT seq, agent_id, namespace, action, ts_ms, line FROM outbox WHERE synced = 0 ORDER BY seq LIMIT ?1",
+                "SELECT seq, agent_id, namespace, action, ts_ms, line FROM outbox
+                 WHERE synced = 0 AND parked_at_ms IS NULL ORDER BY seq LIMIT ?1",
             )?;
             let rows = statement.query_map(params![limit as i64], |row| {
                 Ok(OutboxRow {
@@ -231,24 +245,129 @@ impl Store {
         .await
     }
 
-    pub async fn outbox_mark_synced(&self, through_seq: u64) -> Result<(), StoreError> {
+    /// The events `seqs` are in bkg_db. Only those: an event retried meanwhile, between two
+    /// of them, was not shipped with them.
+    pub async fn outbox_mark_synced(&self, seqs: Vec<u64>) -> Result<(), StoreError> {
         self.with(move |db| {
-            db.execute("UPDATE outbox SET synced = 1 WHERE synced = 0 AND seq <= ?1", params![through_seq as i64])?;
+            let transaction = db.transaction()?;
+            {
+                let mut statement =
+                    transaction.prepare("UPDATE outbox SET synced = 1 WHERE seq = ?1 AND parked_at_ms IS NULL")?;
+                for seq in seqs {
+                    statement.execute(params![seq as i64])?;
+                }
+            }
+            transaction.commit()?;
             Ok(())
         })
         .await
     }
 
-    /// How many events wait to be synced, and the time of the oldest.
-    pub async fn outbox_backlog(&self) -> Result<(u64, Option<u64>), StoreError> {
+    /// How many events wait to be synced (parked ones apart), the time of the oldest, and how
+    /// many are parked.
+    pub async fn outbox_backlog(&self) -> Result<crate::sync::Backlog, StoreError> {
         self.with(|db| {
-            let (count, oldest): (i64, Option<i64>) =
-                db.query_row("SELECT count(*), min(ts_ms) FROM outbox WHERE synced = 0", [], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?;
-            Ok((count.max(0) as u64, oldest.map(|ts| ts.max(0) as u64)))
+            let (count, oldest, parked): (i64, Option<i64>, i64) = db.query_row(
+                "SELECT count(*) FILTER (WHERE parked_at_ms IS NULL),
+                        min(ts_ms) FILTER (WHERE parked_at_ms IS NULL),
+                        count(*) FILTER (WHERE parked_at_ms IS NOT NULL)
+                 FROM outbox WHERE synced = 0",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?;
+            Ok(crate::sync::Backlog {
+                events: count.max(0) as u64,
+                oldest_ts_ms: oldest.map(|ts| ts.max(0) as u64),
+                parked: parked.max(0) as u64,
+            })
         })
         .await
+    }
+
+    /// The parked events, in seq order.
+    pub async fn outbox_parked(&self) -> Result<Vec<crate::sync::ParkedEvent>, StoreError> {
+        self.with(|db| {
+            let mut statement = db.prepare(
+                "SELECT seq, action, attempts, coalesce(last_error, ''), parked_at_ms FROM outbox
+                 WHERE synced = 0 AND parked_at_ms IS NOT NULL ORDER BY seq",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(crate::sync::ParkedEvent {
+                    seq: row.get::<_, i64>(0)?.max(0) as u64,
+                    action: row.get(1)?,
+                    attempts: row.get::<_, i64>(2)?.clamp(0, i64::from(u32::MAX)) as u32,
+                    reason: row.get(3)?,
+                    parked_at_ms: row.get::<_, i64>(4)?.max(0) as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Counts a failed attempt at event `seq`; at `max_attempts` the event is parked, with its
+    /// own audit record. Returns whether it was parked now.
+    pub async fn outbox_attempt_failed(&self, seq: u64, reason: &str, max_attempts: u32) -> Result<bool, StoreError> {
+        let reason_text = reason.to_owned();
+        let counted = self
+            .with(move |db| {
+                db.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?2
+                     WHERE seq = ?1 AND synced = 0 AND parked_at_ms IS NULL",
+                    params![seq as i64, reason_text],
+                )?;
+                Ok(db
+                    .query_row(
+                        "SELECT attempts, action FROM outbox WHERE seq = ?1 AND synced = 0 AND parked_at_ms IS NULL",
+                        params![seq as i64],
+                        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+                    )
+                    .optional()?)
+            })
+            .await?;
+        let Some((attempts, action)) = counted else { return Ok(false) };
+        let attempts = attempts.clamp(0, i64::from(u32::MAX)) as u32;
+        if attempts < max_attempts {
+            return Ok(false);
+        }
+        let parked = SyncParked { seq, action, attempts, reason: reason.to_owned() };
+        let event = AuditEvent::new(bkg_schema::audit::AGENT_ACTOR, Details::SyncParked(parked));
+        self.record(event, move |db| {
+            db.execute(
+                "UPDATE outbox SET parked_at_ms = ?2 WHERE seq = ?1 AND synced = 0",
+                params![seq as i64, crate::ids::now_ms() as i64],
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// Queues parked events to be shipped again: `seq`, or all of them. Returns their seqs
+    /// (none when nothing was parked, which records nothing).
+    pub async fn outbox_retry(&self, caller: &Caller, seq: Option<u64>) -> Result<Vec<u64>, StoreError> {
+        let parked: Vec<u64> = self
+            .outbox_parked()
+            .await?
+            .into_iter()
+            .map(|event| event.seq)
+            .filter(|parked| seq.is_none_or(|wanted| wanted == *parked))
+            .collect();
+        if parked.is_empty() {
+            return Ok(parked);
+        }
+        let event = AuditEvent::new(caller.actor.clone(), Details::SyncRetried(SyncRetried { seqs: parked.clone() }));
+        let seqs = parked.clone();
+        self.record(event, move |db| {
+            let mut statement =
+                db.prepare("UPDATE outbox SET parked_at_ms = NULL, attempts = 0 WHERE seq = ?1 AND synced = 0")?;
+            for seq in seqs {
+                statement.execute(params![seq as i64])?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(parked)
     }
 
     async fn with<T: Send + 'static>(
@@ -278,8 +397,7 @@ impl Store {
             sandbox: sandbox_id.map(str::to_owned),
             run: Some(id.to_owned()),
             limits: Some(limits),
-            details: Some(serde_json::json!({ "language": language, "started_at_ms": started_at_ms })),
-            ..AuditEvent::new(caller.actor.clone(), AuditAction::RunStarted)
+            ..AuditEvent::new(caller.actor.clone(), Details::RunStarted(RunStarted { language, started_at_ms }))
         };
         let id = id.to_owned();
         let sandbox_id = sandbox_id.map(str::to_owned);
@@ -306,13 +424,12 @@ impl Store {
         let event = AuditEvent {
             namespace: Some(definition.namespace.clone()),
             sandbox: Some(id.to_owned()),
-            details: Some(serde_json::to_value(definition)?),
-            ..AuditEvent::new(caller.actor.clone(), AuditAction::SandboxCreated)
+            ..AuditEvent::new(caller.actor.clone(), Details::SandboxCreated(SandboxCreated::from(definition)))
         };
         let id = id.to_owned();
         let definition = definition.clone();
         self.record(event, move |db| {
-            let json = serde_json::to_string(&definition)?;
+            let json = serde_json::to_string(&sandbox_env::save(&definition)?)?;
             db.execute(
                 "INSERT INTO sandboxes (id, name, namespace, project_dir, definition, created_at_ms, updated_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
@@ -334,10 +451,7 @@ impl Store {
                     Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
                 })
                 .optional()?;
-            row.map(|(json, created)| {
-                Ok(StoredSandbox { definition: serde_json::from_str(&json)?, created_at_ms: created.max(0) as u64 })
-            })
-            .transpose()
+            row.map(|(json, created)| stored_sandbox(&json, created)).transpose()
         })
         .await
     }
@@ -352,7 +466,7 @@ impl Store {
                 .query_map(params![project_dir], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
             rows.map(|row| {
                 let (json, created) = row?;
-                Ok(StoredSandbox { definition: serde_json::from_str(&json)?, created_at_ms: created.max(0) as u64 })
+                stored_sandbox(&json, created)
             })
             .collect()
         })
@@ -363,7 +477,7 @@ impl Store {
         let event = AuditEvent {
             namespace: Some(caller.namespace.clone()),
             sandbox: Some(id.to_owned()),
-            ..AuditEvent::new(caller.actor.clone(), AuditAction::SandboxDeleted)
+            ..AuditEvent::new(caller.actor.clone(), Details::SandboxDeleted(Default::default()))
         };
         let id = id.to_owned();
         self.record(event, move |db| Ok(db.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)).await
@@ -399,20 +513,13 @@ impl Store {
             sandbox: sandbox_id.map(str::to_owned),
             run: Some(result.id.clone()),
             limits: Some(result.limits),
-            outcome: Some(serde_json::json!({
-                "exit_code": result.exit_code,
-                "signal": result.signal,
-                "killed_by": result.killed_by,
-                "wall_ms": result.wall_ms,
-                "cpu_ms": result.cpu_ms,
-                "peak_memory_bytes": result.peak_memory_bytes,
-                "disk_bytes_used": result.disk_bytes_used,
-                "stdout_bytes": result.stdout_bytes,
-                "stderr_bytes": result.stderr_bytes,
-                "truncated": result.truncated,
-            })),
-            details: Some(serde_json::json!({ "language": result.language, "finished_at_ms": finished_at_ms })),
-            ..AuditEvent::new(caller.actor.clone(), AuditAction::RunFinished)
+            ..AuditEvent::new(
+                caller.actor.clone(),
+                Details::RunFinished(RunFinished {
+                    outcome: RunOutcome::Ended(RunEnd::from(result)),
+                    details: RunFinishedDetails { language: Some(result.language), finished_at_ms },
+                }),
+            )
         };
         let result = result.clone();
         self.record(event, move |db| {
@@ -449,9 +556,13 @@ impl Store {
             namespace: Some(caller.namespace.clone()),
             sandbox: sandbox_id.map(str::to_owned),
             run: Some(id.to_owned()),
-            outcome: Some(serde_json::json!({ "error": error })),
-            details: Some(serde_json::json!({ "finished_at_ms": finished_at_ms })),
-            ..AuditEvent::new(caller.actor.clone(), AuditAction::RunFinished)
+            ..AuditEvent::new(
+                caller.actor.clone(),
+                Details::RunFinished(RunFinished {
+                    outcome: RunOutcome::Failed { error: error.to_owned() },
+                    details: RunFinishedDetails { language: None, finished_at_ms },
+                }),
+            )
         };
         let (id, error) = (id.to_owned(), error.to_owned());
         self.record(event, move |db| {
@@ -518,23 +629,60 @@ impl Store {
     }
 }
 
+/// Moves the env values a store written by an older agent kept in its sandbox rows to the
+/// sandboxes' own `env.json`. A sandbox whose project is gone keeps its row as it was.
+fn move_env_values_out(connection: &Connection) -> Result<(), StoreError> {
+    let mut statement = connection.prepare("SELECT id, definition FROM sandboxes")?;
+    let rows = statement
+        .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (id, json) in rows {
+        let definition: SandboxDefinition = serde_json::from_str(&json)?;
+        if definition.env.values().all(String::is_empty) {
+            continue;
+        }
+        match sandbox_env::save(&definition) {
+            Ok(kept) => {
+                let json = serde_json::to_string(&kept)?;
+                connection.execute("UPDATE sandboxes SET definition = ?2 WHERE id = ?1", params![id, json])?;
+            }
+            Err(error) => tracing::warn!(sandbox = %id, %error, "could not move its env values out of the store"),
+        }
+    }
+    Ok(())
+}
+
+/// A sandbox row with its environment's values put back.
+fn stored_sandbox(json: &str, created_at_ms: i64) -> Result<StoredSandbox, StoreError> {
+    let mut definition: SandboxDefinition = serde_json::from_str(json)?;
+    sandbox_env::load(&mut definition)?;
+    Ok(StoredSandbox { definition, created_at_ms: created_at_ms.max(0) as u64 })
+}
+
 impl crate::sync::Outbox for Store {
     async fn pending(&self, limit: usize) -> Result<Vec<crate::sync::OutboxEvent>, crate::sync::SyncError> {
         let rows = self.outbox_pending(limit).await.map_err(outbox_error)?;
         Ok(rows.into_iter().map(outbox_event).collect())
     }
 
-    async fn mark_synced(&self, through_seq: u64) -> Result<(), crate::sync::SyncError> {
-        self.outbox_mark_synced(through_seq).await.map_err(outbox_error)
+    async fn mark_synced(&self, seqs: Vec<u64>) -> Result<(), crate::sync::SyncError> {
+        self.outbox_mark_synced(seqs).await.map_err(outbox_error)
     }
 
     async fn backlog(&self) -> Result<crate::sync::Backlog, crate::sync::SyncError> {
-        let (events, oldest_ts_ms) = self.outbox_backlog().await.map_err(outbox_error)?;
-        Ok(crate::sync::Backlog { events, oldest_ts_ms })
+        self.outbox_backlog().await.map_err(outbox_error)
     }
 
     async fn requeue_after(&self, seq: u64) -> Result<(), crate::sync::SyncError> {
         self.outbox_requeue_after(seq).await.map_err(outbox_error)
+    }
+
+    async fn attempt_failed(&self, seq: u64, reason: &str, max_attempts: u32) -> Result<bool, crate::sync::SyncError> {
+        self.outbox_attempt_failed(seq, reason, max_attempts).await.map_err(outbox_error)
+    }
+
+    async fn parked(&self) -> Result<Vec<crate::sync::ParkedEvent>, crate::sync::SyncError> {
+        self.outbox_parked().await.map_err(outbox_error)
     }
 }
 
@@ -543,9 +691,7 @@ fn outbox_error(error: StoreError) -> crate::sync::SyncError {
 }
 
 fn outbox_event(row: OutboxRow) -> crate::sync::OutboxEvent {
-    let record: serde_json::Value = serde_json::from_str(&row.line).unwrap_or(serde_json::Value::Null);
     crate::sync::OutboxEvent {
-        payload: state_of(&row.action, &record),
         seq: row.seq,
         agent_id: row.agent_id,
         namespace: row.namespace.unwrap_or_default(),
@@ -553,41 +699,6 @@ fn outbox_event(row: OutboxRow) -> crate::sync::OutboxEvent {
         ts_ms: row.ts_ms,
         line: row.line,
     }
-}
-
-/// The state an audit record carries, as the sync worker's upserts want it: the run, the
-/// sandbox or the key it is about, with its `id`, built only from the signed record itself.
-fn state_of(action: &str, record: &serde_json::Value) -> serde_json::Value {
-    use serde_json::{Map, Value};
-    let mut state = Map::new();
-    let mut merge = |value: &Value| {
-        if let Value::Object(fields) = value {
-            state.extend(fields.iter().map(|(key, value)| (key.clone(), value.clone())));
-        }
-    };
-    let id = match action.split('.').next() {
-        Some("run") => {
-            merge(&record["details"]);
-            merge(&record["outcome"]);
-            state.insert("sandbox_id".into(), record["sandbox"].clone());
-            state.insert("limits".into(), record["limits"].clone());
-            record["run"].clone()
-        }
-        Some("sandbox") => {
-            merge(&record["details"]);
-            record["sandbox"].clone()
-        }
-        Some("key") => {
-            merge(&record["details"]);
-            state.get("id").cloned().unwrap_or(Value::Null)
-        }
-        _ => return Value::Null,
-    };
-    if id.is_null() {
-        return Value::Null;
-    }
-    state.insert("id".into(), id);
-    Value::Object(state)
 }
 
 fn insert_outbox(transaction: &rusqlite::Transaction<'_>, lines: &[WrittenLine]) -> Result<(), StoreError> {
@@ -728,7 +839,10 @@ mod tests {
         drop(store);
         // A crash between the audit line and its SQLite transaction: the line is on disk only.
         let mut log = AuditLog::open(dir.path())?;
-        log.append(&AuditEvent::new("uid:0", AuditAction::ConfigChanged))?;
+        log.append(&AuditEvent::new(
+            "uid:0",
+            Details::ConfigChanged(bkg_schema::audit::ConfigChanged::UserCreated { user_created: "ann".into() }),
+        ))?;
         drop(log);
 
         let store = Store::open(&path, AuditLog::open(dir.path())?)?;
@@ -737,26 +851,75 @@ mod tests {
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap, no duplicate");
         assert!(pending.iter().any(|row| row.action == "run.started"));
         assert!(pending.iter().any(|row| row.action == "config.changed"), "the crash's line was recovered");
-        store.outbox_mark_synced(2).await?;
-        let (backlog, _) = store.outbox_backlog().await?;
-        assert_eq!(backlog, seqs.len() as u64 - 2);
+        store.outbox_mark_synced(vec![1, 2]).await?;
+        assert_eq!(store.outbox_backlog().await?.events, seqs.len() as u64 - 2);
         Ok(())
     }
 
-    #[test]
-    fn outbox_payloads_come_from_the_signed_record_alone() {
-        let record = serde_json::json!({
-            "seq": 7, "action": "run.finished", "run": "run_1", "sandbox": "api-1", "limits": {"pids": 256},
-            "outcome": {"exit_code": 3, "wall_ms": 12}, "details": {"language": "python", "finished_at_ms": 99}
-        });
-        assert_eq!(
-            state_of("run.finished", &record),
-            serde_json::json!({"id": "run_1", "sandbox_id": "api-1", "limits": {"pids": 256}, "exit_code": 3,
-                "wall_ms": 12, "language": "python", "finished_at_ms": 99})
-        );
-        let sandbox = serde_json::json!({"action": "sandbox.created", "sandbox": "api-1", "details": {"name": "api"}});
-        assert_eq!(state_of("sandbox.created", &sandbox), serde_json::json!({"id": "api-1", "name": "api"}));
-        assert_eq!(state_of("config.changed", &serde_json::json!({})), serde_json::Value::Null);
+    #[tokio::test]
+    async fn an_event_refused_too_often_is_parked_with_its_record_and_retried() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("state.db"), AuditLog::open(dir.path())?)?;
+        store.run_started(&caller(), "run_1", None, Language::Python, Limits::DEFAULT, 10).await?;
+        let seq = store.outbox_pending(100).await?.last().map(|row| row.seq).ok_or("no event")?;
+        assert!(!store.outbox_attempt_failed(seq, "first", 2).await?);
+        assert!(store.outbox_attempt_failed(seq, "second", 2).await?);
+        assert!(store.outbox_pending(100).await?.iter().all(|row| row.seq != seq), "parked events are not pending");
+        let parked = store.outbox_parked().await?;
+        assert_eq!((parked.len(), parked[0].seq, parked[0].attempts, parked[0].reason.as_str()), (1, seq, 2, "second"));
+        assert_eq!(store.outbox_backlog().await?.parked, 1);
+        let pending = store.outbox_pending(100).await?;
+        assert!(pending.iter().any(|row| row.action == "sync.parked"), "parking has its audit record");
+
+        assert!(store.outbox_retry(&caller(), Some(seq + 100)).await?.is_empty());
+        assert_eq!(store.outbox_retry(&caller(), None).await?, [seq]);
+        assert_eq!(store.outbox_backlog().await?.parked, 0);
+        let pending = store.outbox_pending(100).await?;
+        assert!(pending.iter().any(|row| row.seq == seq) && pending.iter().any(|row| row.action == "sync.retried"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_sandboxs_env_values_stay_out_of_the_store_and_come_back_to_run_it() -> TestResult {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir()?;
+        let project = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("state.db"), AuditLog::open(dir.path())?)?;
+        let definition = SandboxDefinition {
+            name: "api".into(),
+            namespace: "default".into(),
+            project_dir: project.path().display().to_string(),
+            language: Language::Python,
+            limits: Default::default(),
+            env: [("TOKEN".to_owned(), "value-kept-apart".to_owned())].into(),
+            volumes: Vec::new(),
+            scripts: Default::default(),
+        };
+        store.put_sandbox(&caller(), "api-1", &definition, 5).await?;
+        let stored: String =
+            store.with(|db| Ok(db.query_row("SELECT definition FROM sandboxes", [], |row| row.get(0))?)).await?;
+        assert!(stored.contains("TOKEN") && !stored.contains("value-kept-apart"), "{stored}");
+        let lines = store.outbox_pending(100).await?;
+        assert!(lines.iter().all(|row| !row.line.contains("value-kept-apart")));
+        assert_eq!(store.get_sandbox("api-1").await?.map(|stored| stored.definition), Some(definition.clone()));
+        let file = project.path().join(".bkg/sandboxes/api/env.json");
+        assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o777, 0o600);
+        // A row an older agent wrote, values inside, has them moved out at the next open.
+        let legacy = serde_json::to_string(&definition)?;
+        store.with(move |db| Ok(db.execute("UPDATE sandboxes SET definition = ?1", params![legacy])?)).await?;
+        std::fs::remove_file(&file)?;
+        drop(store);
+        let store = Store::open(&dir.path().join("state.db"), AuditLog::open(dir.path())?)?;
+        assert_eq!(store.get_sandbox("api-1").await?.map(|stored| stored.definition), Some(definition.clone()));
+        assert!(file.exists());
+        let stored: String =
+            store.with(|db| Ok(db.query_row("SELECT definition FROM sandboxes", [], |row| row.get(0))?)).await?;
+        assert!(!stored.contains("value-kept-apart"), "{stored}");
+        // Defined again without env: the file goes.
+        store.put_sandbox(&caller(), "api-1", &SandboxDefinition { env: Default::default(), ..definition }, 6).await?;
+        assert!(!file.exists());
+        Ok(())
     }
 
     #[test]

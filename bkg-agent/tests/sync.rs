@@ -9,15 +9,23 @@
 //! processes using them have exited. The outbox is an in-memory stand-in for the agent's SQLite
 //! one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bkg_agent::sync::{self, Backlog, Outbox, OutboxEvent, SyncConfig, SyncError, SyncHandle, SyncStatus, SyncWorker};
-use serde_json::{Value, json};
+use bkg_agent::sync::{
+    self, Backlog, Outbox, OutboxEvent, ParkedEvent, SyncConfig, SyncError, SyncHandle, SyncStatus, SyncWorker,
+};
+use bkg_schema::audit::{
+    AuditEvent, AuditSigner, ChainHead, Details, KeyChange, RunEnd, RunFinished, RunFinishedDetails, RunOutcome,
+    RunStarted, SandboxCreated,
+};
+use bkg_schema::auth::Role;
+use bkg_schema::sandbox::SandboxDefinition;
+use bkg_schema::{Language, Limits};
 use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -156,11 +164,20 @@ async fn count(client: &Client, sql: &str) -> Result<i64, BoxError> {
 #[derive(Default)]
 struct State {
     events: Vec<OutboxEvent>,
-    synced: u64,
+    synced: BTreeSet<u64>,
+    /// Failed attempts per seq, and the parked events with their reasons.
+    attempts: BTreeMap<u64, u32>,
+    parked: BTreeMap<u64, String>,
     /// The next this many `mark_synced` calls fail, as if the agent's store had.
     failing_marks: u32,
-    /// Every `through_seq` marked, in call order.
+    /// The highest seq of every batch marked, in call order.
     marks: Vec<u64>,
+}
+
+impl State {
+    fn waiting(&self) -> impl Iterator<Item = &OutboxEvent> {
+        self.events.iter().filter(|event| !self.synced.contains(&event.seq) && !self.parked.contains_key(&event.seq))
+    }
 }
 
 #[derive(Clone, Default)]
@@ -182,90 +199,137 @@ impl MemOutbox {
 
 impl Outbox for MemOutbox {
     async fn pending(&self, limit: usize) -> Result<Vec<OutboxEvent>, SyncError> {
-        let state = self.state();
-        Ok(state.events.iter().filter(|event| event.seq > state.synced).take(limit).cloned().collect())
+        Ok(self.state().waiting().take(limit).cloned().collect())
     }
 
-    async fn mark_synced(&self, through_seq: u64) -> Result<(), SyncError> {
+    async fn mark_synced(&self, seqs: Vec<u64>) -> Result<(), SyncError> {
         let mut state = self.state();
         if state.failing_marks > 0 {
             state.failing_marks -= 1;
             return Err(SyncError::Outbox("the store is busy (injected)".into()));
         }
-        state.marks.push(through_seq);
-        state.synced = state.synced.max(through_seq);
+        state.marks.push(seqs.iter().copied().max().unwrap_or(0));
+        state.synced.extend(seqs);
         Ok(())
     }
 
     async fn requeue_after(&self, seq: u64) -> Result<(), SyncError> {
-        let mut state = self.state();
-        state.synced = state.synced.min(seq);
+        self.state().synced.retain(|synced| *synced <= seq);
         Ok(())
     }
 
     async fn backlog(&self) -> Result<Backlog, SyncError> {
         let state = self.state();
-        let pending: Vec<_> = state.events.iter().filter(|event| event.seq > state.synced).collect();
-        Ok(Backlog { events: pending.len() as u64, oldest_ts_ms: pending.first().map(|event| event.ts_ms) })
+        let waiting: Vec<_> = state.waiting().collect();
+        Ok(Backlog {
+            events: waiting.len() as u64,
+            oldest_ts_ms: waiting.first().map(|event| event.ts_ms),
+            parked: state.parked.len() as u64,
+        })
+    }
+
+    async fn attempt_failed(&self, seq: u64, reason: &str, max_attempts: u32) -> Result<bool, SyncError> {
+        let mut state = self.state();
+        let attempts = state.attempts.entry(seq).or_insert(0);
+        *attempts += 1;
+        if *attempts < max_attempts {
+            return Ok(false);
+        }
+        state.parked.insert(seq, reason.to_owned());
+        Ok(true)
+    }
+
+    async fn parked(&self) -> Result<Vec<ParkedEvent>, SyncError> {
+        let state = self.state();
+        Ok(state
+            .parked
+            .iter()
+            .map(|(seq, reason)| ParkedEvent {
+                seq: *seq,
+                action: String::new(),
+                attempts: state.attempts.get(seq).copied().unwrap_or(0),
+                reason: reason.clone(),
+                parked_at_ms: 0,
+            })
+            .collect())
     }
 }
 
-/// Events `first..` of an agent in the shape the agent writes them.
+/// An agent's history as its audit log writes it: signed lines of typed records.
 struct History {
+    signer: AuditSigner,
+    head: ChainHead,
     agent_id: String,
     events: Vec<OutboxEvent>,
 }
 
 impl History {
-    fn new(agent_id: &str) -> Self {
-        let mut history = Self { agent_id: agent_id.to_owned(), events: Vec::new() };
-        history.push("", "log.opened", Value::Null);
+    /// A history signed by a key of its own, made from `name`.
+    fn new(name: &str) -> Self {
+        let mut seed = [7u8; 32];
+        for (index, byte) in name.bytes().enumerate() {
+            seed[index % 32] = seed[index % 32].wrapping_mul(31).wrapping_add(byte);
+        }
+        let signer = AuditSigner::from_secret(&seed);
+        let agent_id = signer.agent_id().to_owned();
+        let mut history = Self { signer, head: ChainHead::GENESIS, agent_id, events: Vec::new() };
+        let opened = AuditEvent::log_opened(history.signer.public_key(), None);
+        history.push(opened);
         history
     }
 
-    fn push(&mut self, namespace: &str, action: &str, payload: Value) {
-        let seq = self.events.len() as u64 + 1;
+    fn push(&mut self, event: AuditEvent) {
+        let seq = self.head.next_seq;
         // Recent, so that the lag the status reports is small but not zero.
         let ts_ms = bkg_agent::ids::now_ms() - 60_000 + seq;
-        let line = json!({
-            "seq": seq, "ts_ms": ts_ms, "agent_id": self.agent_id, "namespace": namespace, "action": action,
-            "prev_hash": format!("{:064x}", seq - 1), "sig": format!("{seq:0128x}"),
-        })
-        .to_string();
-        let agent_id = self.agent_id.clone();
+        let signed = self.signer.sign(self.head, ts_ms, &event).expect("a record signs");
+        self.head = signed.next();
         self.events.push(OutboxEvent {
             seq,
-            agent_id,
-            namespace: namespace.into(),
-            action: action.into(),
+            agent_id: self.agent_id.clone(),
+            namespace: event.namespace.clone().unwrap_or_default(),
+            action: event.action().as_str().to_owned(),
             ts_ms,
-            line,
-            payload,
+            line: String::from_utf8_lossy(signed.line()).into_owned(),
         });
+    }
+
+    fn key(&mut self, namespace: &str, kind: fn(KeyChange) -> Details) {
+        let change = KeyChange {
+            key_id: format!("key-{namespace}"),
+            role: Role::Namespace,
+            expires_at_ms: 1 << 40,
+            deleted: false,
+        };
+        self.push(AuditEvent { namespace: Some(namespace.into()), ..AuditEvent::new("uid:0", kind(change)) });
     }
 
     /// A sandbox and a key per namespace, `runs` runs spread over the namespaces, then the keys
     /// revoked and a login each.
-    fn with_runs(agent_id: &str, namespaces: &[&str], runs: usize) -> Self {
-        let mut history = Self::new(agent_id);
+    fn with_runs(name: &str, namespaces: &[&str], runs: usize) -> Self {
+        let mut history = Self::new(name);
         for namespace in namespaces {
-            history.push(
-                namespace,
-                "sandbox.created",
-                json!({"id": format!("sb-{namespace}"), "name": "api", "namespace": namespace,
-                       "project_dir": "/srv/app", "language": "python", "env": {"TOKEN": "do-not-ship"}}),
-            );
-            history.push(
-                namespace,
-                "key.created",
-                json!({"id": format!("key-{namespace}"), "role": "namespace", "namespace": namespace,
-                       "hash": "5e884898", "secret": "bkg_ns_do-not-ship", "created_at_ms": 1}),
-            );
+            let definition = SandboxDefinition {
+                name: "api".into(),
+                namespace: (*namespace).into(),
+                project_dir: "/srv/app".into(),
+                language: Language::Python,
+                limits: Default::default(),
+                env: BTreeMap::from([("TOKEN".into(), "do-not-ship".into())]),
+                volumes: Vec::new(),
+                scripts: BTreeMap::new(),
+            };
+            history.push(AuditEvent {
+                namespace: Some((*namespace).into()),
+                sandbox: Some(format!("sb-{namespace}")),
+                ..AuditEvent::new("uid:0", Details::SandboxCreated(SandboxCreated::from(&definition)))
+            });
+            history.key(namespace, Details::KeyCreated);
         }
         history.add_runs(namespaces, 0..runs);
         for namespace in namespaces {
-            history.push(namespace, "key.revoked", json!({"id": format!("key-{namespace}")}));
-            history.push(namespace, "login", Value::Null);
+            history.key(namespace, Details::KeyRevoked);
+            history.key(namespace, Details::Login);
         }
         history
     }
@@ -273,19 +337,34 @@ impl History {
     fn add_runs(&mut self, namespaces: &[&str], runs: std::ops::Range<usize>) {
         for index in runs {
             let namespace = namespaces[index % namespaces.len()];
-            let id = format!("run-{}-{index}", self.agent_id);
-            self.push(
-                namespace,
-                "run.started",
-                json!({"id": id, "sandbox_id": format!("sb-{namespace}"), "namespace": namespace, "language": "python",
-                       "limits": {"memory_bytes": 268435456}, "started_at_ms": index, "finished_at_ms": null}),
-            );
-            self.push(
-                namespace,
-                "run.finished",
-                json!({"id": id, "exit_code": 0, "signal": null, "killed_by": null, "wall_ms": 12, "cpu_ms": 5,
-                       "peak_memory_bytes": 1048576, "finished_at_ms": index + 12}),
-            );
+            let run = AuditEvent {
+                namespace: Some(namespace.into()),
+                sandbox: Some(format!("sb-{namespace}")),
+                run: Some(format!("run-{}-{index}", self.agent_id)),
+                limits: Some(Limits::DEFAULT),
+                ..AuditEvent::new(
+                    "uid:0",
+                    Details::RunStarted(RunStarted { language: Language::Python, started_at_ms: index as u64 }),
+                )
+            };
+            self.push(run.clone());
+            let end = RunEnd {
+                exit_code: Some(0),
+                signal: None,
+                killed_by: None,
+                wall_ms: 12,
+                cpu_ms: 5,
+                peak_memory_bytes: 1 << 20,
+                disk_bytes_used: 0,
+                stdout_bytes: 2,
+                stderr_bytes: 0,
+                truncated: false,
+            };
+            let finished = RunFinished {
+                outcome: RunOutcome::Ended(end),
+                details: RunFinishedDetails { language: Some(Language::Python), finished_at_ms: index as u64 + 12 },
+            };
+            self.push(AuditEvent { details: Details::RunFinished(finished), ..run });
         }
     }
 
@@ -599,7 +678,7 @@ async fn a_database_owner_that_is_not_a_superuser_can_migrate() -> TestResult {
     );
     drained(&handle).await?;
     handle.stop().await;
-    assert_eq!(audit_trail(&owner, "agent-owned").await?, expected_trail(&history.events));
+    assert_eq!(audit_trail(&owner, &history.agent_id).await?, expected_trail(&history.events));
     let namespace = sync::connect(&cluster.url(&role, "pw", "t_owner")).await?;
     assert_eq!(count(&namespace, "SELECT count(*) FROM runs").await?, 2);
     Ok(())
@@ -629,12 +708,12 @@ async fn replayed_events_create_no_duplicates_and_never_roll_state_back() -> Tes
     );
 
     // And the whole outbox once more, as after a restore of the agent's state.
-    outbox.state().synced = 0;
+    outbox.state().synced.clear();
     let handle = SyncWorker::spawn(outbox.clone(), fast(cluster.superuser("t_replay")));
     drained(&handle).await?;
     handle.stop().await;
 
-    assert_eq!(audit_trail(&client, "agent-replay").await?, expected_trail(&history.events));
+    assert_eq!(audit_trail(&client, &history.agent_id).await?, expected_trail(&history.events));
     assert_eq!(count(&client, "SELECT count(*) FROM runs").await?, history.runs());
     // Every run kept what run.started said and what run.finished added.
     let complete =
@@ -642,14 +721,15 @@ async fn replayed_events_create_no_duplicates_and_never_roll_state_back() -> Tes
         AND limits IS NOT NULL AND state ? 'started_at_ms' AND state ? 'wall_ms'";
     assert_eq!(count(&client, complete).await?, history.runs());
     assert_eq!(
-        count(&client, "SELECT count(*) FROM keys WHERE revoked_at_ms IS NOT NULL AND hash IS NOT NULL").await?,
+        count(&client, "SELECT count(*) FROM keys WHERE revoked_at_ms IS NOT NULL AND role = 'namespace'").await?,
         2
     );
-    // What must not leave the agent did not.
-    assert_eq!(count(&client, "SELECT count(*) FROM keys WHERE metadata ? 'secret'").await?, 0);
-    assert_eq!(count(&client, "SELECT count(*) FROM sandboxes WHERE state ? 'env'").await?, 0);
+    // What must not leave the agent did not: a sandbox's env values (its names do).
+    assert_eq!(count(&client, "SELECT count(*) FROM sandboxes WHERE state::text LIKE '%do-not-ship%'").await?, 0);
+    assert_eq!(count(&client, "SELECT count(*) FROM sandboxes WHERE state->'env' = '[\"TOKEN\"]'").await?, 2);
     let last = history.events.len() as i64;
-    assert_eq!(count(&client, "SELECT max(last_seq) FROM agents WHERE agent_id = 'agent-replay'").await?, last);
+    let agent = format!("SELECT max(last_seq) FROM agents WHERE agent_id = '{}'", history.agent_id);
+    assert_eq!(count(&client, &agent).await?, last);
     assert_eq!(count(&client, "SELECT count(*) FROM namespaces").await?, 2);
     Ok(())
 }
@@ -673,7 +753,7 @@ async fn an_outbox_with_a_hole_is_not_shipped_past_it() -> TestResult {
     })
     .await?;
     handle.stop().await;
-    assert_eq!(audit_trail(&client, "agent-gap").await?, expected_trail(&shipped));
+    assert_eq!(audit_trail(&client, &history.agent_id).await?, expected_trail(&shipped));
     Ok(())
 }
 
@@ -694,7 +774,7 @@ async fn after_a_restore_of_bkg_db_the_agent_sends_again_what_it_lacks() -> Test
     outbox.push(history.events[shipped..].to_vec());
     handle.wake();
     eventually("bkg_db holds the whole history again", Duration::from_secs(20), async || {
-        Ok(audit_trail(&client, "agent-restore").await? == expected_trail(&history.events))
+        Ok(audit_trail(&client, &history.agent_id).await? == expected_trail(&history.events))
     })
     .await?;
     let status = handle.status().await?;
@@ -716,7 +796,7 @@ async fn a_different_line_under_a_synced_seq_is_refused() -> TestResult {
     {
         let mut state = outbox.state();
         state.events[3].line.push(' ');
-        state.synced = 0;
+        state.synced.clear();
     }
     handle.wake();
     eventually("the fork is reported", Duration::from_secs(10), async || {
@@ -725,7 +805,7 @@ async fn a_different_line_under_a_synced_seq_is_refused() -> TestResult {
     })
     .await?;
     handle.stop().await;
-    assert_eq!(audit_trail(&client, "agent-fork").await?, expected_trail(&history.events));
+    assert_eq!(audit_trail(&client, &history.agent_id).await?, expected_trail(&history.events));
     Ok(())
 }
 
@@ -811,12 +891,53 @@ async fn while_postgres_is_down_the_worker_backs_off_and_then_drains_in_order() 
     handle.stop().await;
 
     let client = sync::connect(&cluster.superuser("t_outage")).await?;
-    assert_eq!(audit_trail(&client, "agent-outage").await?, expected_trail(&history.events));
+    assert_eq!(audit_trail(&client, &history.agent_id).await?, expected_trail(&history.events));
     assert_eq!(count(&client, "SELECT count(*) FROM runs WHERE exit_code = 0").await?, 30);
     // Batches were marked in seq order, each continuing the one before.
     let marks = outbox.state().marks.clone();
     assert!(marks.windows(2).all(|pair| pair[0] < pair[1]), "{marks:?}");
     assert_eq!(marks.last().copied(), Some(history.events.len() as u64));
     cluster.stop()?;
+    Ok(())
+}
+
+/// An event whose line cannot be read is tried `max_attempts` times, then parked; the events
+/// after it go on, past that one hole only; once the line is fixed, a retry ships it.
+#[tokio::test]
+async fn a_malformed_event_is_parked_and_the_rest_goes_on() -> TestResult {
+    let cluster = shared().await?;
+    let client = cluster.migrated_database("t_parked").await?;
+    let history = History::with_runs("agent-parked", &["parked"], 6);
+    let outbox = MemOutbox::with(history.events.clone());
+    let bad = 5;
+    let good_line = {
+        let mut state = outbox.state();
+        let event = &mut state.events[bad as usize - 1];
+        let line = event.line.clone();
+        event.line.truncate(line.len() / 2);
+        line
+    };
+    let config = SyncConfig { max_attempts: 3, ..fast(cluster.url(AGENT_ROLE.0, AGENT_ROLE.1, "t_parked")) };
+    let handle = SyncWorker::spawn(outbox.clone(), config);
+    drained(&handle).await?;
+    let status = handle.status().await?;
+    assert_eq!((status.backlog, status.parked, status.failures), (0, 1, 0), "{status:?}");
+    assert_eq!(outbox.state().attempts.get(&bad), Some(&3));
+    assert!(outbox.state().parked.get(&bad).is_some_and(|reason| reason.contains("not an audit record")));
+    let without_bad: Vec<_> = history.events.iter().filter(|event| event.seq != bad).cloned().collect();
+    assert_eq!(audit_trail(&client, &history.agent_id).await?, expected_trail(&without_bad));
+
+    // Fixed and retried, it fills its hole.
+    {
+        let mut state = outbox.state();
+        state.events[bad as usize - 1].line = good_line;
+        state.parked.clear();
+        state.attempts.clear();
+    }
+    handle.wake();
+    drained(&handle).await?;
+    assert_eq!(handle.status().await?.parked, 0);
+    handle.stop().await;
+    assert_eq!(audit_trail(&client, &history.agent_id).await?, expected_trail(&history.events));
     Ok(())
 }

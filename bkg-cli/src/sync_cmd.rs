@@ -1,4 +1,4 @@
-//! `bkg sync status` and `bkg db migrate`: the agent's link to the shared bkg_db.
+//! `bkg sync status`, `bkg sync retry` and `bkg db migrate`: the agent's link to the shared bkg_db.
 
 use clap::{Args, Subcommand};
 
@@ -14,9 +14,18 @@ pub struct SyncArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SyncAction {
-    /// Backlog, last success and last error of the sync to bkg_db. Exit 0 healthy or not
-    /// configured, 1 when the last attempt failed.
+    /// Backlog, parked events, last success and last error of the sync to bkg_db. Exit 0
+    /// healthy or not configured, 1 when the last attempt failed or events are parked.
     Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ship parked events again (all of them, or the one with sequence number SEQ), once what
+    /// bkg_db refused is fixed.
+    Retry {
+        /// The parked event's sequence number, as `bkg sync status` lists it.
+        seq: Option<u64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -53,7 +62,8 @@ pub async fn sync(global: &GlobalArgs, args: SyncArgs) -> Result<i32, CliError> 
     match args.action {
         SyncAction::Status { json } => {
             let status: serde_json::Value = client.get("/api/v1/sync").await?;
-            let failing = status["failures"].as_u64().unwrap_or(0) > 0;
+            let parked = status["parked"].as_u64().unwrap_or(0);
+            let failing = status["failures"].as_u64().unwrap_or(0) > 0 || parked > 0;
             if json {
                 print_json(&status);
             } else {
@@ -64,6 +74,15 @@ pub async fn sync(global: &GlobalArgs, args: SyncArgs) -> Result<i32, CliError> 
                 let configured = status["configured"] == true;
                 println!("bkg_db        {}", if configured { "configured" } else { "not configured (--db-url)" });
                 println!("backlog       {} events", status["backlog"]);
+                println!("parked        {parked} events{}", if parked > 0 { " (bkg sync retry)" } else { "" });
+                for event in status["parked_events"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {} {}: {}",
+                        event["seq"],
+                        event["action"].as_str().unwrap_or("?"),
+                        event["reason"].as_str().unwrap_or("?")
+                    );
+                }
                 match status["lag_ms"].as_u64() {
                     Some(lag) => println!("oldest        {:.1}s waiting", lag as f64 / 1000.0),
                     None => println!("oldest        none waiting"),
@@ -74,6 +93,23 @@ pub async fn sync(global: &GlobalArgs, args: SyncArgs) -> Result<i32, CliError> 
                 }
             }
             Ok(i32::from(failing))
+        }
+        SyncAction::Retry { seq, json } => {
+            let body = serde_json::json!({ "seq": seq });
+            let retried: serde_json::Value =
+                client.send_json(reqwest::Method::POST, "/api/v1/sync/retry", Some(&body)).await?;
+            if json {
+                print_json(&retried);
+            } else {
+                let seqs: Vec<String> =
+                    retried["retried"].as_array().into_iter().flatten().map(|seq| seq.to_string()).collect();
+                if seqs.is_empty() {
+                    eprintln!("bkg: no parked events");
+                } else {
+                    eprintln!("bkg: {} parked events queued again (seq {})", seqs.len(), seqs.join(", "));
+                }
+            }
+            Ok(0)
         }
     }
 }

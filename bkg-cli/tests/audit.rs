@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use bkg_cli::exit;
 use bkg_schema::Limits;
-use bkg_schema::audit::{AuditAction, AuditEvent, AuditSigner, ChainHead, file_name};
+use bkg_schema::audit::{
+    AuditEvent, AuditSigner, ChainHead, Details, RunEnd, RunFinished, RunFinishedDetails, RunOutcome, file_name,
+};
 
 use bkg_cli::args::GlobalArgs;
 use bkg_cli::audit_cmd;
@@ -66,8 +68,24 @@ impl TestLog {
             sandbox: Some(format!("sbx_{n}")),
             run: Some(format!("run_{n}")),
             limits: Some(Limits::DEFAULT),
-            outcome: Some(serde_json::json!({ "exit_code": n })),
-            ..AuditEvent::new("uid:0", AuditAction::RunFinished)
+            ..AuditEvent::new(
+                "uid:0",
+                Details::RunFinished(RunFinished {
+                    outcome: RunOutcome::Ended(RunEnd {
+                        exit_code: i32::try_from(n).ok(),
+                        signal: None,
+                        killed_by: None,
+                        wall_ms: 1,
+                        cpu_ms: 1,
+                        peak_memory_bytes: 1,
+                        disk_bytes_used: 0,
+                        stdout_bytes: 0,
+                        stderr_bytes: 0,
+                        truncated: false,
+                    }),
+                    details: RunFinishedDetails { language: Some(bkg_schema::Language::Python), finished_at_ms: n },
+                }),
+            )
         })
     }
 
@@ -204,7 +222,11 @@ fn tail_prints_the_last_records_then_follows_across_rotation() -> TestResult {
     assert!(rows[0].starts_with("   SEQ TIME") && rows[0].ends_with("OUTCOME"));
     let header_row = format!("{:>6} {} {:<16} {:<12} ", 11, "2024-05-01T12:00:00.011Z", "log.opened", "-");
     assert!(rows[1].starts_with(&header_row), "{}", rows[1]);
-    assert!(rows[3].starts_with("    13 ") && rows[3].contains("sbx_10") && rows[3].ends_with("{\"exit_code\":10}"));
+    assert!(
+        rows[3].starts_with("    13 ") && rows[3].contains("sbx_10") && rows[3].contains("\"exit_code\":10,"),
+        "{}",
+        rows[3]
+    );
 
     // Five records from the previous file on: the newest file alone has too few.
     let mut out = Vec::new();

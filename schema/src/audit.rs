@@ -59,6 +59,9 @@ use sha2::{Digest, Sha256};
 
 use crate::Limits;
 
+mod details;
+pub use details::*;
+
 /// The actor of the records the log writes about itself.
 pub const AGENT_ACTOR: &str = "agent";
 const LOG_OPENED: &str = "log.opened";
@@ -94,44 +97,6 @@ pub fn log_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(files)
 }
 
-/// What an audit record is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuditAction {
-    RunStarted,
-    RunFinished,
-    SandboxCreated,
-    SandboxDeleted,
-    KeyCreated,
-    KeyRotated,
-    KeyRevoked,
-    Login,
-    ConfigChanged,
-    SyncError,
-    /// Written by the log itself at the top of each file.
-    LogOpened,
-    /// Written by the log itself after it discarded a torn line left by a crash.
-    LogRecovered,
-}
-
-impl AuditAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RunStarted => "run.started",
-            Self::RunFinished => "run.finished",
-            Self::SandboxCreated => "sandbox.created",
-            Self::SandboxDeleted => "sandbox.deleted",
-            Self::KeyCreated => "key.created",
-            Self::KeyRotated => "key.rotated",
-            Self::KeyRevoked => "key.revoked",
-            Self::Login => "login",
-            Self::ConfigChanged => "config.changed",
-            Self::SyncError => "sync.error",
-            Self::LogOpened => LOG_OPENED,
-            Self::LogRecovered => "log.recovered",
-        }
-    }
-}
-
 /// What a caller records: the log adds `seq`, `ts_ms`, `agent_id`, `prev_hash` and `sig`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEvent {
@@ -139,34 +104,26 @@ pub struct AuditEvent {
     pub actor: String,
     /// `None` for events of the whole agent (configuration, sync, the log itself).
     pub namespace: Option<String>,
-    pub action: AuditAction,
     pub sandbox: Option<String>,
     pub run: Option<String>,
     pub limits: Option<Limits>,
-    pub outcome: Option<Value>,
-    pub details: Option<Value>,
+    /// The action and what it carries in `outcome` and `details`.
+    pub details: Details,
 }
 
 impl AuditEvent {
-    pub fn new(actor: impl Into<String>, action: AuditAction) -> Self {
-        Self {
-            actor: actor.into(),
-            namespace: None,
-            action,
-            sandbox: None,
-            run: None,
-            limits: None,
-            outcome: None,
-            details: None,
-        }
+    pub fn new(actor: impl Into<String>, details: Details) -> Self {
+        Self { actor: actor.into(), namespace: None, sandbox: None, run: None, limits: None, details }
+    }
+
+    pub fn action(&self) -> AuditAction {
+        self.details.action()
     }
 
     /// The record at the top of every file: the key that signs it and the file it continues.
     pub fn log_opened(public_key: &PublicKey, previous_file: Option<&str>) -> Self {
-        Self {
-            details: Some(serde_json::json!({ "public_key": public_key.to_hex(), "previous_file": previous_file })),
-            ..Self::new(AGENT_ACTOR, AuditAction::LogOpened)
-        }
+        let opened = LogOpened { public_key: public_key.to_hex(), previous_file: previous_file.map(str::to_owned) };
+        Self::new(AGENT_ACTOR, Details::LogOpened(opened))
     }
 }
 
@@ -219,6 +176,11 @@ pub struct SignedRecord {
 }
 
 impl SignedRecord {
+    /// What the record carries, typed by its action: the same types the writer used.
+    pub fn details(&self) -> Result<Details, DetailsError> {
+        Details::decode(&self.action, Parts { outcome: self.outcome.clone(), details: self.details.clone() })
+    }
+
     /// The key a `log.opened` record declares.
     fn declared_key(&self) -> Option<PublicKey> {
         if self.action != LOG_OPENED {
@@ -330,18 +292,19 @@ impl AuditSigner {
     /// [`SignedLine::next`] only once the line is safely written.
     pub fn sign(&self, head: ChainHead, ts_ms: u64, event: &AuditEvent) -> Result<SignedLine, RecordError> {
         let prev_hash = encode_hex(&head.prev_hash);
+        let parts = event.details.encode()?;
         let unsigned = UnsignedRecord {
             seq: head.next_seq,
             ts_ms,
             agent_id: &self.agent_id,
             namespace: event.namespace.as_deref(),
             actor: &event.actor,
-            action: event.action.as_str(),
+            action: event.action().as_str(),
             sandbox: event.sandbox.as_deref(),
             run: event.run.as_deref(),
             limits: event.limits.as_ref(),
-            outcome: event.outcome.as_ref(),
-            details: event.details.as_ref(),
+            outcome: parts.outcome.as_ref(),
+            details: parts.details.as_ref(),
             prev_hash: prev_hash.clone(),
         };
         let mut line = serde_json::to_vec(&unsigned)?;
@@ -358,12 +321,12 @@ impl AuditSigner {
             agent_id: self.agent_id.clone(),
             namespace: event.namespace.clone(),
             actor: event.actor.clone(),
-            action: event.action.as_str().to_owned(),
+            action: event.action().as_str().to_owned(),
             sandbox: event.sandbox.clone(),
             run: event.run.clone(),
             limits: event.limits.as_ref().map(serde_json::to_value).transpose()?,
-            outcome: event.outcome.clone(),
-            details: event.details.clone(),
+            outcome: parts.outcome,
+            details: parts.details,
             prev_hash,
             sig,
         };
@@ -687,8 +650,10 @@ mod tests {
             sandbox: Some("sbx_1".to_owned()),
             run: Some(format!("run_{n}")),
             limits: Some(Limits::DEFAULT),
-            outcome: Some(serde_json::json!({ "exit_code": 0 })),
-            ..AuditEvent::new("uid:0", AuditAction::RunFinished)
+            ..AuditEvent::new(
+                "uid:0",
+                Details::RunStarted(RunStarted { language: crate::Language::Python, started_at_ms: n }),
+            )
         }
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: HealthStatus,
-    /// Why the agent is not healthy; absent when it is.
+    /// Why the agent is degraded or unavailable; absent when it is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<HealthReason>,
 }
@@ -18,6 +18,8 @@ pub struct Health {
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     Ok,
+    /// The agent runs code (200) but something needs an operator; `reason` says what.
+    Degraded,
     Unavailable,
 }
 
@@ -32,4 +34,6 @@ pub enum HealthReason {
     SandboxDir,
     /// Runs fail: none succeeded within the health interval and the probe's own run failed.
     Runs,
+    /// Outbox events are parked (degraded, not unavailable): see `bkg sync status`.
+    SyncParked,
 }

@@ -173,3 +173,348 @@ fn two_agents_share_one_bkg_db() {
     }
     assert_eq!(postgres.query("SELECT count(DISTINCT agent_id) FROM agents"), "2");
 }
+
+/// An agent with a bkg_db and a TCP listener on loopback (for signup and login); its address.
+fn agent_with_db_and_tcp(url: &str, files: &Path) -> (Agent, AgentOptions, String) {
+    let address_file = files.join("address");
+    let options = AgentOptions {
+        extra_args: vec![
+            "--db-url".into(),
+            url.into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--listen-address-file".into(),
+            address_file.display().to_string(),
+        ],
+        ..AgentOptions::default()
+    };
+    let agent = Agent::start_with(options.clone());
+    let address = listen_address(&agent, &address_file);
+    (agent, options, address)
+}
+
+fn listen_address(agent: &Agent, file: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file)
+            && text.ends_with('\n')
+        {
+            return text.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no TCP address written:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every line of the agent's local audit log.
+fn audit_lines(agent: &Agent) -> Vec<String> {
+    audit_files(agent)
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path).expect("audit file").lines().map(str::to_owned).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn wait_for_action(agent: &Agent, action: &str) {
+    let needle = format!("\"action\":\"{action}\"");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !audit_lines(agent).iter().any(|line| line.contains(&needle)) {
+        assert!(Instant::now() < deadline, "no {action} record in the audit log:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sync_status(agent: &Agent) -> (i32, serde_json::Value) {
+    let output = agent.bkg().args(["sync", "status", "--json"]).output().expect("sync status");
+    (code(&output), serde_json::from_slice(&output.stdout).expect("sync json"))
+}
+
+/// Waits until nothing but `parked` events is left to ship.
+fn wait_shipped(agent: &Agent, parked: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, status) = sync_status(agent);
+        if status["backlog"] == 0 && status["parked"] == parked {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the backlog never came down to {parked} parked: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ok(output: &std::process::Output, what: &str) -> String {
+    assert_eq!(code(output), 0, "{what}: {}", stderr(output));
+    stdout(output)
+}
+
+fn outbox(agent: &Agent) -> rusqlite::Connection {
+    rusqlite::Connection::open(agent.state_dir.join("state.db")).expect("the agent's store")
+}
+
+/// Every kind of record the agent writes (`AuditAction::ALL`: a new kind fails here until this
+/// test makes one) is produced by the real agent, through the CLI and the API, and reaches a real
+/// bkg_db. One event made unreadable in the outbox is parked without holding back the others,
+/// and ships once fixed and retried.
+#[test]
+fn every_kind_of_record_reaches_bkg_db_and_a_bad_one_is_parked_then_retried() {
+    use bkg_schema::audit::AuditAction;
+    use bkg_tests::http::Client;
+
+    let postgres = Postgres::start();
+    let url = postgres.url();
+    // bkg_db is down at first: the agent records the failure (sync.error).
+    postgres.down();
+    let files = tempfile::tempdir().expect("temp dir");
+    let (mut agent, options, address) = agent_with_db_and_tcp(&url, files.path());
+    wait_for_action(&agent, "sync.error");
+
+    // Keys through the CLI: created, rotated, revoked.
+    let admin_key =
+        ok(&agent.bkg().args(["keys", "create", "--role", "admin", "--name", "walk"]).output().expect("bkg"), "create");
+    let admin_key = admin_key.trim().to_owned();
+    let created = ok(
+        &agent
+            .bkg()
+            .args(["keys", "create", "--role", "namespace", "--namespace", "walk", "--json"])
+            .output()
+            .expect("bkg"),
+        "create --json",
+    );
+    let key: serde_json::Value = serde_json::from_str(&created).expect("key json");
+    let key_id = key["id"].as_str().expect("key id").to_owned();
+    ok(&agent.bkg().args(["keys", "rotate", &key_id]).output().expect("bkg"), "rotate");
+    ok(&agent.bkg().args(["keys", "revoke", &key_id]).output().expect("bkg"), "revoke");
+
+    // A user (config.changed) who logs in (login).
+    let admin = Client::new(&address, Some(&admin_key));
+    let signup = serde_json::json!({"username": "walker", "namespace": "walk", "password": "a long enough password"});
+    assert_eq!(admin.post("/api/v1/auth/signup", &signup).status, 201);
+    let login = Client::new(&address, None)
+        .post("/api/v1/auth/login", &serde_json::json!({"username": "walker", "password": "a long enough password"}));
+    assert_eq!(login.status, 201, "{}", login.text());
+
+    // A run, and a persistent sandbox defined, run and removed.
+    ok(
+        &agent.bkg().args(["exe", "--type", "python", "-c", "print(1)"]).stdin(Stdio::null()).output().expect("bkg"),
+        "exe",
+    );
+    let project = tempfile::tempdir().expect("project");
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        "version: 1\nnamespace: walk\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: python -c 'print(2)'\n",
+    )
+    .expect("cave.yaml");
+    ok(&bkgr(&agent, project.path(), &["api"]), "bkgr");
+    ok(&agent.bkg().args(["rm", "api", "--force"]).current_dir(project.path()).output().expect("bkg"), "rm");
+
+    // Stopped, the agent's outbox gets one event it cannot read, and its log a torn last line
+    // (log.recovered on the next start).
+    agent.stop();
+    let key_seq: i64 = outbox(&agent)
+        .query_row(
+            "SELECT seq FROM outbox WHERE action = 'key.created' AND synced = 0 ORDER BY seq LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .expect("an unsynced key.created");
+    let good_line: String =
+        outbox(&agent).query_row("SELECT line FROM outbox WHERE seq = ?1", [key_seq], |row| row.get(0)).expect("line");
+    outbox(&agent)
+        .execute("UPDATE outbox SET line = substr(line, 1, 60) WHERE seq = ?1", [key_seq])
+        .expect("corrupt the line");
+    let newest = audit_files(&agent).pop().expect("an audit file");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&newest)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, b"{\"seq\":"))
+        .expect("tear the log");
+
+    postgres.up();
+    let address_file = files.path().join("address");
+    std::fs::remove_file(&address_file).expect("remove the old address");
+    agent.spawn(&options);
+    let admin = Client::new(&listen_address(&agent, &address_file), Some(&admin_key));
+    let status = wait_shipped(&agent, 1);
+    assert_eq!(status["parked_events"][0]["seq"], key_seq, "{status}");
+    assert!(
+        status["parked_events"][0]["reason"].as_str().is_some_and(|reason| reason.contains("not an audit record")),
+        "{status}"
+    );
+    let (exit, _) = sync_status(&agent);
+    assert_eq!(exit, 1, "parked events make sync status exit 1");
+    let human = ok_or_one(&agent.bkg().args(["sync", "status"]).output().expect("bkg"));
+    assert!(human.contains("parked        1 events") && human.contains("key.created"), "{human}");
+    let metrics = admin.get("/metrics").text();
+    assert!(metrics.contains("bkg_sync_parked_events 1"), "{metrics}");
+    let health = admin.get("/healthz").json();
+    assert_eq!(
+        (health["status"].as_str(), health["reason"].as_str()),
+        (Some("degraded"), Some("sync_parked")),
+        "{health}"
+    );
+
+    // The events after it were not held back: a new run goes through too.
+    ok(
+        &agent.bkg().args(["exe", "--type", "python", "-c", "print(3)"]).stdin(Stdio::null()).output().expect("bkg"),
+        "exe",
+    );
+    wait_shipped(&agent, 1);
+    let id = agent_id(&agent);
+    assert_eq!(postgres.query(&format!("SELECT count(*) FROM runs WHERE agent_id = '{id}' AND exit_code = 0")), "3");
+    assert_eq!(
+        postgres.query(&format!("SELECT count(*) FROM audit_events WHERE agent_id = '{id}' AND seq = {key_seq}")),
+        "0"
+    );
+
+    // Fixed (the agent stopped) and retried, it ships.
+    agent.stop();
+    outbox(&agent)
+        .execute("UPDATE outbox SET line = ?2 WHERE seq = ?1", rusqlite::params![key_seq, good_line])
+        .expect("fix");
+    std::fs::remove_file(&address_file).expect("remove the old address");
+    agent.spawn(&options);
+    let admin = Client::new(&listen_address(&agent, &address_file), Some(&admin_key));
+    let retried =
+        ok(&agent.bkg().args(["sync", "retry", &key_seq.to_string(), "--json"]).output().expect("bkg"), "retry");
+    assert!(retried.contains(&key_seq.to_string()), "{retried}");
+    let again = agent.bkg().args(["sync", "retry", "999999"]).output().expect("bkg");
+    assert_eq!(code(&again), 125, "an event that is not parked is refused");
+    assert_eq!(stderr(&again), "bkg: outbox event 999999 is not parked\n");
+    wait_shipped(&agent, 0);
+    assert_eq!(
+        (sync_status(&agent).0, admin.get("/healthz").json()["status"].as_str().map(str::to_owned)),
+        (0, Some("ok".to_owned()))
+    );
+
+    // Every kind is in bkg_db, the whole chain verifies from it, and the key's state is there.
+    let shipped =
+        postgres.query(&format!("SELECT string_agg(DISTINCT action, ',') FROM audit_events WHERE agent_id = '{id}'"));
+    let shipped: Vec<&str> = shipped.split(',').collect();
+    for action in AuditAction::ALL {
+        assert!(shipped.contains(&action.as_str()), "no {} record reached bkg_db: {shipped:?}", action.as_str());
+    }
+    let (events, highest) = (
+        postgres.query(&format!("SELECT count(*) FROM audit_events WHERE agent_id = '{id}'")),
+        postgres.query(&format!("SELECT max(seq) FROM audit_events WHERE agent_id = '{id}'")),
+    );
+    assert_eq!(events, highest, "no hole is left");
+    verify(&agent, true);
+    let key_row = postgres.query(&format!(
+        "SELECT role || ' ' || (rotated_at_ms IS NOT NULL) || ' ' || (revoked_at_ms IS NOT NULL) FROM keys WHERE id = '{key_id}'"
+    ));
+    assert_eq!(key_row, "namespace true true");
+    assert_eq!(postgres.query("SELECT count(*) FROM sandboxes WHERE name = 'api' AND deleted_at_ms IS NOT NULL"), "1");
+}
+
+/// The agent's audit log files, in order.
+fn audit_files(agent: &Agent) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(agent.state_dir.join("audit"))
+        .expect("audit dir")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "jsonl"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// stdout of a command that may exit 0 or 1 (a status), nothing else.
+fn ok_or_one(output: &std::process::Output) -> String {
+    assert!(matches!(code(output), 0 | 1), "{}", stderr(output));
+    stdout(output)
+}
+
+fn bkgr(agent: &Agent, project: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bkg_tests::bin_dir().join("bkgr"))
+        .args(args)
+        .current_dir(project)
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bkgr")
+}
+
+/// Every file under `dir` whose bytes contain `needle`, but a persistent sandbox's disk image:
+/// that is the sandbox's own filesystem (what its code writes), not a record of the agent.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file()
+                && path.file_name().is_none_or(|name| name != "disk.img")
+                && std::fs::read(&path).expect("read file").windows(needle.len()).any(|window| window == needle)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Environment values, from cave.yaml and from `bkg exe -e`, reach the sandbox and nothing
+/// else: not the audit log, the store or any other file of the agent's state, nor its log, nor
+/// any column of any bkg_db table. Only the sandbox's own `env.json` (0600) keeps the values of
+/// a persistent sandbox.
+#[test]
+fn environment_values_reach_the_sandbox_and_no_record() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let postgres = Postgres::start();
+    let mut agent = agent_with_db(&postgres.url());
+    let nonce = std::process::id();
+    let (defined, passed) = (format!("defined-secret-{nonce}-x7q"), format!("passed-secret-{nonce}-k3z"));
+
+    let project = tempfile::tempdir().expect("project");
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        format!(
+            "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    env:\n      TOKEN: {defined}\n    scripts:\n      start: python -c \"import os; print(os.environ['TOKEN'][::-1])\"\n"
+        ),
+    )
+    .expect("cave.yaml");
+    let run = bkgr(&agent, project.path(), &["api"]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    assert_eq!(stdout(&run).trim(), defined.chars().rev().collect::<String>(), "the value reached the sandbox");
+    let exe = agent
+        .bkg()
+        .args(["exe", "--type", "python", "-e", &format!("PASSED={passed}"), "-c"])
+        .arg("import os; print(os.environ['PASSED'][::-1])")
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkg exe");
+    assert_eq!(code(&exe), 0, "{}", stderr(&exe));
+    assert_eq!(stdout(&exe).trim(), passed.chars().rev().collect::<String>());
+    wait_synced(&agent);
+    let env_file = project.path().join(".bkg/sandboxes/api/env.json");
+    assert_eq!(std::fs::metadata(&env_file).expect("env.json").permissions().mode() & 0o777, 0o600);
+    agent.stop();
+
+    for value in [&defined, &passed] {
+        assert_eq!(
+            files_containing(&agent.state_dir, value.as_bytes()),
+            Vec::<PathBuf>::new(),
+            "{value} in the state dir"
+        );
+        assert!(!agent.log().contains(value.as_str()), "{value} in the agent's log");
+        assert_eq!(
+            files_containing(&project.path().join(".bkg"), value.as_bytes()),
+            if *value == defined { vec![env_file.clone()] } else { Vec::new() },
+            "{value} in the project's .bkg"
+        );
+        let tables = postgres.query("SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'");
+        for table in tables.split(',') {
+            let rows = postgres.query(&format!("SELECT count(*) FROM {table} t WHERE t::text LIKE '%{value}%'"));
+            assert_eq!(rows, "0", "{value} in bkg_db table {table}");
+        }
+    }
+    // The names are kept.
+    let names = postgres.query("SELECT state->'env' FROM sandboxes WHERE name = 'api'");
+    assert_eq!(names, "[\"TOKEN\"]");
+}

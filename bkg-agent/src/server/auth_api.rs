@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use bkg_schema::ApiError;
+use bkg_schema::audit::Details;
 use bkg_schema::auth::{
     CreateKeyRequest, IssuedKey, KEY_ROTATED_EVENT, KeyInfo, LoginRequest, Principal as PrincipalInfo, Role,
     RotationNotice, SIGNATURE_HEADER, SignupRequest, UserInfo,
@@ -23,7 +24,7 @@ use super::input::{self, PathParam, SMALL_BODY_BYTES};
 use crate::auth::notice::{Delivery, MAX_SKEW};
 use crate::auth::{Principal, keys, password};
 use crate::ids::{new_id, now_ms};
-use crate::store::{Caller, NewKey};
+use crate::store::{Caller, KeyKind, NewKey};
 
 fn require_admin(principal: &Principal) -> ApiResult<()> {
     if !principal.is_admin() {
@@ -50,22 +51,25 @@ async fn managed_key(state: &AppState, principal: &Principal, id: &str) -> ApiRe
     }
 }
 
-/// Makes and stores a new key; the secret is returned once and never kept.
-async fn issue(
-    state: &AppState,
-    caller: &Caller,
+/// A key to issue.
+struct Wanted {
     role: Role,
     namespace: Option<String>,
     name: Option<String>,
     user: Option<String>,
     ttl_ms: u64,
-) -> ApiResult<IssuedKey> {
+}
+
+/// Makes and stores a new key, recorded as `kind`; the secret is returned once and never kept.
+async fn issue(state: &AppState, caller: &Caller, kind: KeyKind, wanted: Wanted) -> ApiResult<IssuedKey> {
+    let Wanted { role, namespace, name, user, ttl_ms } = wanted;
     let secret = keys::generate(role).map_err(|error| Failure::internal(error.to_string()))?;
     let now = now_ms();
     let info = state
         .store
         .insert_key(
             caller,
+            kind,
             NewKey {
                 id: new_id("key"),
                 hash: keys::hash(&secret),
@@ -151,7 +155,14 @@ pub async fn login(State(state): State<AppState>, body: Body) -> ApiResult<(Stat
     };
     let caller = Caller { actor: format!("user:{}", user.username), namespace: user.namespace.clone() };
     let ttl = ttl_ms(&state, Role::Session);
-    let issued = issue(&state, &caller, Role::Session, Some(user.namespace), None, Some(user.username), ttl).await?;
+    let wanted = Wanted {
+        role: Role::Session,
+        namespace: Some(user.namespace),
+        name: None,
+        user: Some(user.username),
+        ttl_ms: ttl,
+    };
+    let issued = issue(&state, &caller, Details::Login, wanted).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
@@ -175,16 +186,14 @@ pub async fn refresh(
     let namespace = current.namespace.clone().unwrap_or_default();
     let caller = principal.audit_caller(&namespace);
     let ttl = ttl_ms(&state, Role::Session);
-    let issued = issue(
-        &state,
-        &caller,
-        Role::Session,
-        current.namespace.clone(),
-        current.name.clone(),
-        current.user.clone(),
-        ttl,
-    )
-    .await?;
+    let wanted = Wanted {
+        role: Role::Session,
+        namespace: current.namespace.clone(),
+        name: current.name.clone(),
+        user: current.user.clone(),
+        ttl_ms: ttl,
+    };
+    let issued = issue(&state, &caller, Details::KeyCreated, wanted).await?;
     state.store.revoke_key(&caller, &current.id, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
@@ -259,7 +268,8 @@ pub async fn create_key(
         return Err(Failure::invalid("a key's name has 1 to 200 characters"));
     }
     let caller = principal.audit_caller(namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
-    let issued = issue(&state, &caller, request.role, namespace, request.name, None, ttl).await?;
+    let wanted = Wanted { role: request.role, namespace, name: request.name, user: None, ttl_ms: ttl };
+    let issued = issue(&state, &caller, Details::KeyCreated, wanted).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 

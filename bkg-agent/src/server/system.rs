@@ -125,19 +125,25 @@ impl HealthProbe {
     ),
 )]
 pub async fn healthz(State(state): State<AppState>, principal: Option<Extension<Principal>>) -> Response {
-    if principal.is_none() {
-        return match state.health.anonymous_verdict(&state).await {
-            None => Json(Health { status: HealthStatus::Ok, reason: None }).into_response(),
-            Some(reason) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(Health { status: HealthStatus::Unavailable, reason: Some(reason) }),
-            )
-                .into_response(),
-        };
-    }
-    match state.health.sickness(&state).await {
-        None => Json(Health { status: HealthStatus::Ok, reason: None }).into_response(),
-        Some((_, detail)) => Failure::unavailable(detail).into_response(),
+    let sick = if principal.is_none() {
+        state.health.anonymous_verdict(&state).await.map(|reason| (reason, None))
+    } else {
+        state.health.sickness(&state).await.map(|(reason, detail)| (reason, Some(detail)))
+    };
+    match sick {
+        Some((reason, None)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: HealthStatus::Unavailable, reason: Some(reason) }))
+                .into_response()
+        }
+        Some((_, Some(detail))) => Failure::unavailable(detail).into_response(),
+        // Parked events stop nothing from running: the agent stays in service, flagged.
+        None => match state.store.outbox_backlog().await {
+            Ok(backlog) if backlog.parked > 0 => {
+                Json(Health { status: HealthStatus::Degraded, reason: Some(HealthReason::SyncParked) }).into_response()
+            }
+            Ok(_) => Json(Health { status: HealthStatus::Ok, reason: None }).into_response(),
+            Err(error) => Failure::from(error).into_response(),
+        },
     }
 }
 
@@ -152,11 +158,11 @@ pub async fn metrics(State(state): State<AppState>, Extension(principal): Extens
     if !principal.is_admin() {
         return Err(Failure::forbidden("only an admin may read the metrics"));
     }
-    let (backlog, oldest) = state.store.outbox_backlog().await?;
-    let lag_ms = oldest.map(|oldest| crate::ids::now_ms().saturating_sub(oldest));
+    let backlog = state.store.outbox_backlog().await?;
+    let lag_ms = backlog.oldest_ts_ms.map(|oldest| crate::ids::now_ms().saturating_sub(oldest));
     let text = state
         .metrics
-        .encode(state.engine.active_runs(), state.engine.warm_count(), backlog, lag_ms)
+        .encode(state.engine.active_runs(), state.engine.warm_count(), backlog.events, lag_ms, backlog.parked)
         .map_err(|_| Failure::internal("could not encode the metrics"))?;
     let mut response = text.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
@@ -215,8 +221,12 @@ pub async fn shutdown(
 pub struct SyncView {
     /// Whether a bkg_db is configured (`--db-url` / `BKG_DB_URL`).
     pub configured: bool,
-    /// Events in the outbox that bkg_db does not have yet.
+    /// Events in the outbox that bkg_db does not have yet, parked ones apart.
     pub backlog: u64,
+    /// Events parked after bkg_db refused them too often (`bkg sync retry` ships them again).
+    pub parked: u64,
+    /// The parked events with their reasons, in seq order.
+    pub parked_events: Vec<crate::sync::ParkedEvent>,
     /// How old the oldest of them is, in milliseconds.
     pub lag_ms: Option<u64>,
     pub last_success_ms: Option<u64>,
@@ -244,10 +254,11 @@ pub async fn sync_status(
         Some((handle, _)) => (true, handle.status().await.map_err(|error| Failure::internal(error.to_string()))?),
         // Without a bkg_db the outbox still holds what one would get.
         None => {
-            let (backlog, oldest) = state.store.outbox_backlog().await?;
-            let lag_ms = oldest.map(|oldest| crate::ids::now_ms().saturating_sub(oldest));
+            let backlog = state.store.outbox_backlog().await?;
+            let lag_ms = backlog.oldest_ts_ms.map(|oldest| crate::ids::now_ms().saturating_sub(oldest));
             let status = crate::sync::SyncStatus {
-                backlog,
+                backlog: backlog.events,
+                parked: backlog.parked,
                 lag_ms,
                 last_success_ms: None,
                 last_error: None,
@@ -260,12 +271,59 @@ pub async fn sync_status(
     Ok(Json(SyncView {
         configured,
         backlog: status.backlog,
+        parked: status.parked,
+        parked_events: state.store.outbox_parked().await?,
         lag_ms: status.lag_ms,
         last_success_ms: status.last_success_ms,
         last_error: status.last_error,
         last_error_ms: status.last_error_ms,
         failures: status.failures,
     }))
+}
+
+#[derive(serde::Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// The parked event to ship again; all of them when absent.
+    #[serde(default)]
+    pub seq: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Retried {
+    /// The events queued again, in seq order.
+    pub retried: Vec<u64>,
+}
+
+/// Ship parked events again, once what bkg_db refused is fixed (admins only). They go back into
+/// the backlog with their attempts reset; one that fails again is parked again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sync/retry",
+    tag = "agent",
+    request_body(content = Option<RetryRequest>, description = "Optional; an empty body retries every parked event"),
+    responses(
+        (status = 200, description = "Queued again (none when nothing was parked)", body = Retried),
+        (status = 404, description = "The event named is not parked", body = ApiError),
+    ),
+)]
+pub async fn sync_retry(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    body: axum::body::Body,
+) -> ApiResult<Json<Retried>> {
+    if !principal.is_admin() {
+        return Err(Failure::forbidden("only an admin may retry parked events"));
+    }
+    let request: RetryRequest = super::input::optional_json(body, super::input::SMALL_BODY_BYTES).await?;
+    let caller = principal.audit_caller(bkg_schema::DEFAULT_NAMESPACE);
+    let retried = state.store.outbox_retry(&caller, request.seq).await?;
+    if let Some(seq) = request.seq
+        && retried.is_empty()
+    {
+        return Err(Failure::not_found(format!("outbox event {seq} is not parked")));
+    }
+    Ok(Json(Retried { retried }))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

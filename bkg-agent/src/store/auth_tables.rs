@@ -1,7 +1,7 @@
 //! API keys, users and accepted rotation notices. Keys are kept only as SHA-256 hashes of the
 //! secret; every change to a key is written to the audit log with it.
 
-use bkg_schema::audit::{AuditAction, AuditEvent};
+use bkg_schema::audit::{AuditEvent, ConfigChanged, Details, KeyChange};
 use bkg_schema::auth::{KeyInfo, Role, UserInfo};
 use rusqlite::{OptionalExtension, params};
 
@@ -42,16 +42,12 @@ fn key_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
     })
 }
 
-fn key_event(caller: &Caller, action: AuditAction, key: &KeyInfo) -> AuditEvent {
-    AuditEvent {
-        namespace: key.namespace.clone(),
-        details: Some(serde_json::json!({
-            "key_id": key.id,
-            "role": key.role,
-            "expires_at_ms": key.expires_at_ms,
-        })),
-        ..AuditEvent::new(caller.actor.clone(), action)
-    }
+/// What a key's record says of it, under `kind` (`Details::KeyCreated`, `Details::Login`…).
+pub type KeyKind = fn(KeyChange) -> Details;
+
+fn key_event(caller: &Caller, kind: KeyKind, key: &KeyInfo, deleted: bool) -> AuditEvent {
+    let change = KeyChange { key_id: key.id.clone(), role: key.role, expires_at_ms: key.expires_at_ms, deleted };
+    AuditEvent { namespace: key.namespace.clone(), ..AuditEvent::new(caller.actor.clone(), kind(change)) }
 }
 
 fn select_key(db: &rusqlite::Connection, id: &str) -> Result<Option<KeyInfo>, StoreError> {
@@ -59,7 +55,9 @@ fn select_key(db: &rusqlite::Connection, id: &str) -> Result<Option<KeyInfo>, St
 }
 
 impl Store {
-    pub async fn insert_key(&self, caller: &Caller, key: NewKey) -> Result<KeyInfo, StoreError> {
+    /// Stores a new key, recorded as `kind`: `Details::KeyCreated`, or `Details::Login` for the
+    /// session key a login issues.
+    pub async fn insert_key(&self, caller: &Caller, kind: KeyKind, key: NewKey) -> Result<KeyInfo, StoreError> {
         let info = KeyInfo {
             id: key.id.clone(),
             role: key.role,
@@ -72,7 +70,7 @@ impl Store {
             revoked_at_ms: None,
             last_used_at_ms: None,
         };
-        let event = key_event(caller, AuditAction::KeyCreated, &info);
+        let event = key_event(caller, kind, &info, false);
         self.record(event, move |db| {
             db.execute(
                 "INSERT INTO api_keys (id, hash, role, namespace, name, user, created_at_ms, expires_at_ms)
@@ -147,7 +145,7 @@ impl Store {
             return Ok(None);
         }
         let rotated = KeyInfo { rotated_at_ms: Some(now_ms), expires_at_ms, ..current };
-        let event = key_event(caller, AuditAction::KeyRotated, &rotated);
+        let event = key_event(caller, Details::KeyRotated, &rotated, false);
         let (id, new_hash) = (id.to_owned(), new_hash.to_owned());
         self.record(event, move |db| {
             let changed = db.execute(
@@ -171,7 +169,7 @@ impl Store {
         if current.revoked_at_ms.is_some() {
             return Ok(Some(current));
         }
-        let event = key_event(caller, AuditAction::KeyRevoked, &current);
+        let event = key_event(caller, Details::KeyRevoked, &current, false);
         let id = id.to_owned();
         self.record(event, move |db| {
             db.execute(
@@ -188,10 +186,7 @@ impl Store {
         let Some(current) = self.get_key(id).await? else {
             return Ok(false);
         };
-        let mut event = key_event(caller, AuditAction::KeyRevoked, &current);
-        if let Some(details) = event.details.as_mut() {
-            details["deleted"] = serde_json::Value::Bool(true);
-        }
+        let event = key_event(caller, Details::KeyRevoked, &current, true);
         let id = id.to_owned();
         self.record(event, move |db| Ok(db.execute("DELETE FROM api_keys WHERE id = ?1", params![id])? > 0)).await
     }
@@ -208,8 +203,10 @@ impl Store {
         }
         let event = AuditEvent {
             namespace: Some(user.namespace.clone()),
-            details: Some(serde_json::json!({ "user_created": user.username })),
-            ..AuditEvent::new(caller.actor.clone(), AuditAction::ConfigChanged)
+            ..AuditEvent::new(
+                caller.actor.clone(),
+                Details::ConfigChanged(ConfigChanged::UserCreated { user_created: user.username.clone() }),
+            )
         };
         let user = user.clone();
         self.record(event, move |db| {

@@ -6,6 +6,11 @@
 //! between the commit and `mark_synced` replays the batch, which changes nothing. The worker keeps
 //! no state of its own: after a restart it resumes from whatever the outbox still holds.
 //!
+//! An event bkg_db refuses (its line cannot be read, a value does not fit) is tried again, and
+//! after `SyncConfig::max_attempts` parked: kept in the outbox with its reason and recorded in the
+//! audit log (`sync.parked`), while the events after it go on. bkg_db then lacks that one seq, the
+//! one hole the worker ships past; `bkg sync retry` ships it again.
+//!
 //! [`migrate`] creates the schema and its row-level security (see `docs/operations.md`), and
 //! [`ensure_namespace_role`] gives a namespace a login role that sees only its own rows.
 
@@ -29,37 +34,60 @@ pub struct OutboxEvent {
     /// Empty for the agent's own records (`log.opened`, `config.changed`…): only `bkg_admin` and
     /// `bkg_agent` see those rows.
     pub namespace: String,
-    /// `run.started`, `run.finished`, `sandbox.created`, `sandbox.deleted`, `key.created`,
-    /// `key.rotated`, `key.revoked`, `login`, `config.changed`, `sync.error`, `log.opened`…
+    /// One of `bkg_schema::audit::AuditAction`.
     pub action: String,
     pub ts_ms: u64,
     /// The exact signed audit line (JSON), stored verbatim so the chain verifies from PostgreSQL.
+    /// The state it carries (a run, a sandbox, a key) is read from it with the types that wrote
+    /// it (`bkg_schema::audit::Details`).
     pub line: String,
-    /// The state the event carries (the run record for `run.*`, the sandbox for `sandbox.*`, key
-    /// metadata for `key.*`), with at least its `id`; other actions may carry `null`.
-    pub payload: serde_json::Value,
 }
 
 /// How much of the outbox is waiting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Backlog {
+    /// Events to ship, parked ones apart.
     pub events: u64,
-    /// `ts_ms` of the oldest unsynced event.
+    /// `ts_ms` of the oldest of them.
     pub oldest_ts_ms: Option<u64>,
+    /// Events set aside after too many failed attempts (see [`ParkedEvent`]).
+    pub parked: u64,
+}
+
+/// An event bkg_db refused `max_attempts` times: kept in the outbox with its reason, passed over
+/// so that the events after it go on, until it is retried (`bkg sync retry`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ParkedEvent {
+    pub seq: u64,
+    pub action: String,
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub reason: String,
+    pub parked_at_ms: u64,
 }
 
 /// The agent's outbox as the worker sees it.
 pub trait Outbox: Send + Sync + 'static {
-    /// The oldest `limit` unsynced events, in seq order. Events already handed out come again
-    /// until `mark_synced` covers them.
+    /// The oldest `limit` events neither synced nor parked, in seq order. Events already handed
+    /// out come again until `mark_synced` covers them.
     fn pending(&self, limit: usize) -> impl Future<Output = Result<Vec<OutboxEvent>, SyncError>> + Send;
-    /// Every event with `seq <= through_seq` is in PostgreSQL.
-    fn mark_synced(&self, through_seq: u64) -> impl Future<Output = Result<(), SyncError>> + Send;
+    /// The events `seqs` (one shipped batch) are in PostgreSQL.
+    fn mark_synced(&self, seqs: Vec<u64>) -> impl Future<Output = Result<(), SyncError>> + Send;
     fn backlog(&self) -> impl Future<Output = Result<Backlog, SyncError>> + Send;
     /// bkg_db holds this agent's events only up to `seq` (it was restored from an older backup):
     /// hand out again, from `pending`, every event after `seq` the outbox still has. The worker
     /// calls it when the next pending event does not follow what bkg_db holds.
     fn requeue_after(&self, seq: u64) -> impl Future<Output = Result<(), SyncError>> + Send;
+    /// bkg_db refused event `seq` for `reason`: count the attempt, and park the event when it has
+    /// had `max_attempts`. Returns whether it was parked now.
+    fn attempt_failed(
+        &self,
+        seq: u64,
+        reason: &str,
+        max_attempts: u32,
+    ) -> impl Future<Output = Result<bool, SyncError>> + Send;
+    /// The parked events, in seq order.
+    fn parked(&self) -> impl Future<Output = Result<Vec<ParkedEvent>, SyncError>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +103,13 @@ pub enum SyncError {
     Config(String),
     #[error("bkg_db TLS: {0}")]
     Tls(String),
-    /// An event the worker cannot store; it stays in the outbox (nothing is ever skipped).
+    /// An event bkg_db cannot take as it is; after `SyncConfig::max_attempts` it is parked.
     #[error("outbox event {seq}: {reason}")]
     Event { seq: u64, reason: String },
+    /// bkg_db holds another line under this seq: a second history of the agent. Never parked:
+    /// what follows would conflict too.
+    #[error("outbox event {seq}: bkg_db holds a different audit line under this seq")]
+    Fork { seq: u64 },
     /// The outbox would leave a hole in an agent's history in PostgreSQL.
     #[error("outbox of agent {agent_id}: event {found} follows {after}, events in between are missing")]
     Gap { agent_id: String, after: u64, found: u64 },

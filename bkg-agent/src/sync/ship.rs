@@ -1,34 +1,17 @@
 //! Writing one batch of outbox events into bkg_db, in one transaction, idempotently.
+//!
+//! Each event's state is read from its signed line with the types that wrote it
+//! (`bkg_schema::audit::Details`), and only those types' fields reach bkg_db: a key's secret or
+//! hash, a sandbox's env values, are not in them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use bkg_schema::audit::{Details, Parts, RunOutcome, SignedRecord};
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use super::{OutboxEvent, SyncError};
-
-/// Of a key's payload only these fields reach bkg_db: whatever else the agent's key record holds
-/// (the key itself, above all) stays on the agent.
-const KEY_FIELDS: &[&str] = &[
-    "id",
-    "name",
-    "role",
-    "namespace",
-    "prefix",
-    "hash",
-    "created_at_ms",
-    "expires_at_ms",
-    "rotated_at_ms",
-    "revoked_at_ms",
-    "rotated_from",
-    "replaced_by",
-    "last_used_at_ms",
-];
-
-/// Sandbox definitions may carry credentials in their environment; the shared database gets
-/// everything else.
-const SANDBOX_PRIVATE_FIELDS: &[&str] = &["env"];
 
 const INSERT_AUDIT: &str = "INSERT INTO audit_events (agent_id, seq, namespace, action, ts_ms, line)
     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (agent_id, seq) DO NOTHING";
@@ -118,26 +101,60 @@ impl Seen {
     }
 }
 
-/// Writes `events` (one agent's, in seq order) in one transaction. Every statement is an
-/// idempotent upsert, so shipping a batch twice leaves bkg_db as shipping it once.
-pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent]) -> Result<(), SyncError> {
-    check_contiguous(events)?;
+/// An outbox event as read from its signed line.
+struct Read {
+    record: SignedRecord,
+    details: Details,
+}
+
+fn event_error(seq: u64, reason: impl Into<String>) -> SyncError {
+    SyncError::Event { seq, reason: reason.into() }
+}
+
+/// Reads the signed line of `event`, which must be the record the outbox row says it is.
+fn read(event: &OutboxEvent) -> Result<Read, SyncError> {
+    let record: SignedRecord = serde_json::from_str(&event.line)
+        .map_err(|error| event_error(event.seq, format!("its audit line is not an audit record: {error}")))?;
+    let matches = record.seq == event.seq
+        && record.agent_id == event.agent_id
+        && record.action == event.action
+        && record.ts_ms == event.ts_ms
+        && record.namespace.as_deref().unwrap_or_default() == event.namespace;
+    if !matches {
+        return Err(event_error(event.seq, "the outbox row does not match its audit line"));
+    }
+    let details = record.details().map_err(|error| event_error(event.seq, error.to_string()))?;
+    Ok(Read { record, details })
+}
+
+/// A PostgreSQL error caused by one event's values (a value out of range, a byte text cannot
+/// hold, a constraint) is that event's; anything else is the connection's or the server's.
+fn refused(seq: u64, error: tokio_postgres::Error) -> SyncError {
+    match error.code().map(|code| code.code()) {
+        Some(code) if code.starts_with("22") || code.starts_with("23") => event_error(seq, super::describe(&error)),
+        _ => SyncError::Postgres(error),
+    }
+}
+
+/// Writes `events` (in seq order) in one transaction. Every statement is an idempotent upsert,
+/// so shipping a batch twice leaves bkg_db as shipping it once. `parked` are the seqs of parked
+/// events: the only holes the batch may leave in what bkg_db holds.
+pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent], parked: &BTreeSet<u64>) -> Result<(), SyncError> {
+    let reads = events.iter().map(read).collect::<Result<Vec<_>, _>>()?;
     let transaction = client.transaction().await?;
 
-    // The first event of each agent in the batch must continue what bkg_db holds (or replay it):
-    // anything else means the outbox lost events, and shipping on would hide the hole.
-    let mut firsts: BTreeMap<&str, u64> = BTreeMap::new();
+    // The events of each agent must continue what bkg_db holds (or replay it): anything else
+    // means the outbox lost events, and shipping on would hide the hole.
+    let mut held: BTreeMap<&str, u64> = BTreeMap::new();
     for event in events {
-        firsts.entry(&event.agent_id).or_insert(event.seq);
-    }
-    for (agent_id, first) in &firsts {
-        let row = transaction.query_one("SELECT max(seq) FROM audit_events WHERE agent_id = $1", &[agent_id]).await?;
-        if let Some(last) = row.try_get::<_, Option<i64>>(0)?.map(|last| last.max(0) as u64)
-            && *first > last + 1
-        {
-            return Err(SyncError::Gap { agent_id: (*agent_id).to_owned(), after: last, found: *first });
+        if held.contains_key(event.agent_id.as_str()) {
+            continue;
         }
+        let row =
+            transaction.query_one("SELECT max(seq) FROM audit_events WHERE agent_id = $1", &[&event.agent_id]).await?;
+        held.insert(&event.agent_id, row.try_get::<_, Option<i64>>(0)?.map_or(0, |last| last.max(0) as u64));
     }
+    check_holes(events, held, parked)?;
 
     // Rows shared between agents are locked in one order (sorted keys), so two agents' batches
     // never deadlock.
@@ -170,11 +187,12 @@ pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent]) -> Result<
         transaction.prepare(UPSERT_SANDBOX).await?,
         transaction.prepare(UPSERT_KEY).await?,
     );
-    for event in events {
+    for (event, read) in events.iter().zip(&reads) {
         let (seq, ts_ms) = (int(event.seq, event.seq)?, int(event.seq, event.ts_ms)?);
         let inserted = transaction
             .execute(&insert_audit, &[&event.agent_id, &seq, &event.namespace, &event.action, &ts_ms, &event.line])
-            .await?;
+            .await
+            .map_err(|error| refused(event.seq, error))?;
         // A replay brings the very same line; another line under the same seq is a second history
         // of the agent (its log reset with the key kept), and must not vanish in DO NOTHING.
         if inserted == 0 {
@@ -182,13 +200,10 @@ pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent]) -> Result<
                 .query_one("SELECT line FROM audit_events WHERE agent_id = $1 AND seq = $2", &[&event.agent_id, &seq])
                 .await?;
             if row.try_get::<_, &str>(0)? != event.line {
-                return Err(SyncError::Event {
-                    seq: event.seq,
-                    reason: "bkg_db holds a different audit line under this seq".into(),
-                });
+                return Err(SyncError::Fork { seq: event.seq });
             }
         }
-        if let Some((kind, params)) = state_upsert(event)? {
+        if let Some((kind, params)) = state_upsert(event, read)? {
             let statement = match kind {
                 Kind::Run => &upsert_run,
                 Kind::Sandbox => &upsert_sandbox,
@@ -196,86 +211,153 @@ pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent]) -> Result<
             };
             let params: Vec<&(dyn ToSql + Sync)> =
                 params.iter().map(|param| param.as_ref() as &(dyn ToSql + Sync)).collect();
-            transaction.execute(statement, &params).await?;
+            transaction.execute(statement, &params).await.map_err(|error| refused(event.seq, error))?;
         }
     }
     transaction.commit().await?;
     Ok(())
 }
 
-fn check_contiguous(events: &[OutboxEvent]) -> Result<(), SyncError> {
-    for pair in events.windows(2) {
-        if pair[0].agent_id == pair[1].agent_id && pair[1].seq != pair[0].seq + 1 {
-            return Err(SyncError::Gap { agent_id: pair[1].agent_id.clone(), after: pair[0].seq, found: pair[1].seq });
+/// Checks that, once `events` are in, bkg_db holds every seq of each agent up to the highest
+/// except parked ones. `held` is the highest seq bkg_db holds per agent (0 for none).
+fn check_holes<'a>(
+    events: &'a [OutboxEvent],
+    mut held: BTreeMap<&'a str, u64>,
+    parked: &BTreeSet<u64>,
+) -> Result<(), SyncError> {
+    for event in events {
+        let last = held.entry(&event.agent_id).or_insert(0);
+        if event.seq > *last + 1 && parked.range(*last + 1..event.seq).count() as u64 != event.seq - *last - 1 {
+            return Err(SyncError::Gap { agent_id: event.agent_id.clone(), after: *last, found: event.seq });
         }
+        *last = (*last).max(event.seq);
     }
     Ok(())
 }
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// The upsert of the state an event carries, if its action carries any.
-fn state_upsert(event: &OutboxEvent) -> Result<Option<(Kind, Vec<Param>)>, SyncError> {
-    let kind = match event.action.split_once('.') {
-        Some(("run", _)) => Kind::Run,
-        Some(("sandbox", _)) => Kind::Sandbox,
-        Some(("key", _)) => Kind::Key,
-        _ => return Ok(None),
+/// `outcome` and `details` of the record, merged into one object: the state a run row keeps.
+fn merged(parts: Parts) -> Value {
+    let mut state = Map::new();
+    for part in [parts.details, parts.outcome].into_iter().flatten() {
+        if let Value::Object(fields) = part {
+            state.extend(fields);
+        }
+    }
+    Value::Object(state)
+}
+
+/// The upsert of the state an event carries, if its kind carries any.
+fn state_upsert(event: &OutboxEvent, read: &Read) -> Result<Option<(Kind, Vec<Param>)>, SyncError> {
+    let (seq, ts_ms) = (int(event.seq, event.seq)?, int(event.seq, event.ts_ms)?);
+    let record = &read.record;
+    let parts = read.details.encode().map_err(|error| event_error(event.seq, error.to_string()))?;
+    let head = |id: Option<&String>, what: &str| -> Result<Vec<Param>, SyncError> {
+        let id = id.ok_or_else(|| event_error(event.seq, format!("{} names no {what}", event.action)))?;
+        Ok(vec![
+            Box::new(event.agent_id.clone()),
+            Box::new(id.clone()),
+            Box::new(event.namespace.clone()),
+            Box::new(seq),
+        ])
     };
-    let payload = Payload::new(event)?;
-    let seq = int(event.seq, event.seq)?;
-    let ts_ms = int(event.seq, event.ts_ms)?;
-    let head: Vec<Param> = vec![
-        Box::new(event.agent_id.clone()),
-        Box::new(payload.id()?),
-        Box::new(event.namespace.clone()),
-        Box::new(seq),
-    ];
-    let rest: Vec<Param> = match kind {
-        Kind::Run => vec![
-            Box::new(payload.text("sandbox_id")?),
-            Box::new(payload.text("language")?),
-            Box::new(payload.json("limits")),
-            Box::new(payload.int32("exit_code")?),
-            Box::new(payload.int32("signal")?),
-            Box::new(payload.text("killed_by")?),
-            Box::new(payload.int("wall_ms")?),
-            Box::new(payload.int("cpu_ms")?),
-            Box::new(payload.int("peak_memory_bytes")?),
-            Box::new(payload.int("started_at_ms")?),
-            Box::new(payload.int("finished_at_ms")?),
-            Box::new(payload.object(|_| true)),
-        ],
-        Kind::Sandbox => {
-            let deleted_at_ms = match event.action.as_str() {
-                "sandbox.deleted" => Some(payload.int("deleted_at_ms")?.unwrap_or(ts_ms)),
-                _ => None,
-            };
+    let (kind, head, rest): (Kind, Vec<Param>, Vec<Param>) = match &read.details {
+        Details::RunStarted(started) => (
+            Kind::Run,
+            head(record.run.as_ref(), "run")?,
             vec![
-                Box::new(payload.text("name")?),
-                Box::new(payload.text("project_dir")?),
-                Box::new(payload.text("language")?),
-                Box::new(payload.int("created_at_ms")?),
+                Box::new(record.sandbox.clone()),
+                Box::new(Some(started.language.as_str())),
+                Box::new(record.limits.clone()),
+                Box::new(None::<i32>),
+                Box::new(None::<i32>),
+                Box::new(None::<String>),
+                Box::new(None::<i64>),
+                Box::new(None::<i64>),
+                Box::new(None::<i64>),
+                Box::new(Some(int(event.seq, started.started_at_ms)?)),
+                Box::new(None::<i64>),
+                Box::new(merged(parts)),
+            ],
+        ),
+        Details::RunFinished(finished) => {
+            let end = match &finished.outcome {
+                RunOutcome::Ended(end) => Some(end),
+                RunOutcome::Failed { .. } => None,
+            };
+            let optional = |value: Option<u64>| value.map(|value| int(event.seq, value)).transpose();
+            (
+                Kind::Run,
+                head(record.run.as_ref(), "run")?,
+                vec![
+                    Box::new(record.sandbox.clone()),
+                    Box::new(finished.details.language.map(|language| language.as_str())),
+                    Box::new(record.limits.clone()),
+                    Box::new(end.and_then(|end| end.exit_code)),
+                    Box::new(end.and_then(|end| end.signal)),
+                    Box::new(end.and_then(|end| end.killed_by).map(|killed_by| killed_by.as_str())),
+                    Box::new(optional(end.map(|end| end.wall_ms))?),
+                    Box::new(optional(end.map(|end| end.cpu_ms))?),
+                    Box::new(optional(end.map(|end| end.peak_memory_bytes))?),
+                    Box::new(None::<i64>),
+                    Box::new(Some(int(event.seq, finished.details.finished_at_ms)?)),
+                    Box::new(merged(parts)),
+                ],
+            )
+        }
+        Details::SandboxCreated(created) => (
+            Kind::Sandbox,
+            head(record.sandbox.as_ref(), "sandbox")?,
+            vec![
+                Box::new(Some(created.name.clone())),
+                Box::new(Some(created.project_dir.clone())),
+                Box::new(Some(created.language.as_str())),
+                Box::new(Some(ts_ms)),
                 Box::new(ts_ms),
-                Box::new(deleted_at_ms),
-                Box::new(payload.object(|field| !SANDBOX_PRIVATE_FIELDS.contains(&field))),
-            ]
-        }
-        Kind::Key => {
-            let revoked_at_ms = match (event.action.as_str(), payload.int("revoked_at_ms")?) {
-                ("key.revoked", None) => Some(ts_ms),
-                (_, revoked) => revoked,
-            };
+                Box::new(None::<i64>),
+                Box::new(parts.details.unwrap_or_else(|| Value::Object(Map::new()))),
+            ],
+        ),
+        Details::SandboxDeleted(_) => (
+            Kind::Sandbox,
+            head(record.sandbox.as_ref(), "sandbox")?,
             vec![
-                Box::new(payload.text("role")?),
-                Box::new(payload.text("hash")?),
-                Box::new(payload.int("created_at_ms")?),
-                Box::new(payload.int("expires_at_ms")?),
-                Box::new(payload.int("rotated_at_ms")?),
-                Box::new(revoked_at_ms),
-                Box::new(payload.object(|field| KEY_FIELDS.contains(&field))),
-            ]
+                Box::new(None::<String>),
+                Box::new(None::<String>),
+                Box::new(None::<String>),
+                Box::new(None::<i64>),
+                Box::new(ts_ms),
+                Box::new(Some(ts_ms)),
+                Box::new(Value::Object(Map::new())),
+            ],
+        ),
+        Details::KeyCreated(key) | Details::Login(key) | Details::KeyRotated(key) | Details::KeyRevoked(key) => {
+            let (created, rotated, revoked) = match &read.details {
+                Details::KeyRotated(_) => (None, Some(ts_ms), None),
+                Details::KeyRevoked(_) => (None, None, Some(ts_ms)),
+                _ => (Some(ts_ms), None, None),
+            };
+            (
+                Kind::Key,
+                head(Some(&key.key_id), "key")?,
+                vec![
+                    Box::new(Some(key.role.as_str())),
+                    Box::new(None::<String>),
+                    Box::new(created),
+                    Box::new(Some(int(event.seq, key.expires_at_ms)?)),
+                    Box::new(rotated),
+                    Box::new(revoked),
+                    Box::new(parts.details.unwrap_or_else(|| Value::Object(Map::new()))),
+                ],
+            )
         }
+        Details::ConfigChanged(_)
+        | Details::SyncError(_)
+        | Details::SyncParked(_)
+        | Details::SyncRetried(_)
+        | Details::LogOpened(_)
+        | Details::LogRecovered(_) => return Ok(None),
     };
     Ok(Some((kind, head.into_iter().chain(rest).collect())))
 }
@@ -288,105 +370,70 @@ enum Kind {
     Key,
 }
 
-/// An event's payload, read leniently: a missing or null field is `None`, a field of the wrong
-/// type an error naming the event.
-struct Payload<'a> {
-    seq: u64,
-    fields: &'a Map<String, Value>,
-}
-
-impl<'a> Payload<'a> {
-    fn new(event: &'a OutboxEvent) -> Result<Self, SyncError> {
-        match &event.payload {
-            Value::Object(fields) => Ok(Self { seq: event.seq, fields }),
-            _ => Err(SyncError::Event { seq: event.seq, reason: format!("{} needs an object payload", event.action) }),
-        }
-    }
-
-    fn invalid(&self, field: &str, expected: &str) -> SyncError {
-        SyncError::Event { seq: self.seq, reason: format!("payload field {field:?} is not {expected}") }
-    }
-
-    fn id(&self) -> Result<String, SyncError> {
-        self.text("id")?.ok_or_else(|| self.invalid("id", "a string"))
-    }
-
-    fn text(&self, field: &str) -> Result<Option<String>, SyncError> {
-        match self.fields.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text.clone())),
-            Some(_) => Err(self.invalid(field, "a string")),
-        }
-    }
-
-    fn int(&self, field: &str) -> Result<Option<i64>, SyncError> {
-        match self.fields.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(value) => value.as_i64().map(Some).ok_or_else(|| self.invalid(field, "a 64-bit integer")),
-        }
-    }
-
-    fn int32(&self, field: &str) -> Result<Option<i32>, SyncError> {
-        self.int(field)?
-            .map(|value| i32::try_from(value).map_err(|_| self.invalid(field, "a 32-bit integer")))
-            .transpose()
-    }
-
-    fn json(&self, field: &str) -> Option<Value> {
-        self.fields.get(field).filter(|value| !value.is_null()).cloned()
-    }
-
-    fn object(&self, keep: impl Fn(&str) -> bool) -> Value {
-        Value::Object(
-            self.fields.iter().filter(|(field, _)| keep(field)).map(|(k, v)| (k.clone(), v.clone())).collect(),
-        )
-    }
-}
-
 /// PostgreSQL has no unsigned integers; a value beyond i64 is a corrupt event, not a wrap-around.
 fn int(seq: u64, value: u64) -> Result<i64, SyncError> {
-    i64::try_from(value).map_err(|_| SyncError::Event { seq, reason: format!("{value} does not fit a bigint") })
+    i64::try_from(value).map_err(|_| event_error(seq, format!("{value} does not fit a bigint")))
 }
 
 #[cfg(test)]
 mod tests {
+    use bkg_schema::audit::{AuditEvent, AuditSigner, ChainHead, KeyChange};
+    use bkg_schema::auth::Role;
+
     use super::*;
 
-    fn event(seq: u64, action: &str, payload: Value) -> OutboxEvent {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn event(seq: u64) -> OutboxEvent {
         OutboxEvent {
             seq,
             agent_id: "a1".into(),
             namespace: "ns".into(),
-            action: action.into(),
+            action: "login".into(),
             ts_ms: 1000 + seq,
             line: "{}".into(),
-            payload,
         }
     }
 
     #[test]
-    fn gaps_inside_a_batch_are_refused() {
-        let events = [event(1, "login", Value::Null), event(3, "login", Value::Null)];
-        assert!(matches!(check_contiguous(&events), Err(SyncError::Gap { after: 1, found: 3, .. })));
-        assert!(check_contiguous(&events[..1]).is_ok());
+    fn holes_are_refused_unless_parked() {
+        let none = BTreeSet::new();
+        let held = |last: u64| BTreeMap::from([("a1", last)]);
+        let events = [event(1), event(3)];
+        assert!(matches!(check_holes(&events, held(0), &none), Err(SyncError::Gap { after: 1, found: 3, .. })));
+        assert!(check_holes(&events, held(0), &BTreeSet::from([2])).is_ok());
+        assert!(matches!(check_holes(&events[1..], held(0), &none), Err(SyncError::Gap { after: 0, found: 3, .. })));
+        // A retried event below what bkg_db holds, then the next new one.
+        assert!(check_holes(&[event(2), event(6)], held(5), &none).is_ok());
+        assert!(matches!(check_holes(&[event(8)], held(5), &BTreeSet::from([6])), Err(SyncError::Gap { .. })));
     }
 
+    /// A key event signed by the agent's own writer is read by the shipper as a key.
     #[test]
-    fn only_state_actions_upsert_and_bad_payloads_name_their_event() -> Result<(), SyncError> {
-        assert!(state_upsert(&event(1, "login", Value::Null))?.is_none());
-        assert!(state_upsert(&event(2, "run.started", serde_json::json!({"id": "run_1"})))?.is_some());
-        for bad in [Value::Null, serde_json::json!({"id": 7}), serde_json::json!({"id": "r", "exit_code": 1u64 << 40})]
-        {
-            assert!(matches!(state_upsert(&event(9, "run.finished", bad)), Err(SyncError::Event { seq: 9, .. })));
-        }
+    fn a_key_event_is_read_with_the_types_that_wrote_it() -> TestResult {
+        let signer = AuditSigner::from_secret(&[3; 32]);
+        let change = KeyChange { key_id: "key_1".into(), role: Role::Namespace, expires_at_ms: 9, deleted: false };
+        let written =
+            AuditEvent { namespace: Some("ns".into()), ..AuditEvent::new("uid:0", Details::KeyCreated(change)) };
+        let signed = signer.sign(ChainHead::GENESIS, 1001, &written)?;
+        let outbox = OutboxEvent {
+            seq: 1,
+            agent_id: signer.agent_id().into(),
+            namespace: "ns".into(),
+            action: "key.created".into(),
+            ts_ms: 1001,
+            line: String::from_utf8(signed.line().to_vec())?,
+        };
+        let read = read(&outbox)?;
+        assert!(matches!(state_upsert(&outbox, &read)?, Some((Kind::Key, _))));
+        let torn = OutboxEvent { line: outbox.line[..40].to_owned(), ..outbox.clone() };
+        assert!(matches!(read_error(&torn), Some(SyncError::Event { seq: 1, .. })));
+        let mislabelled = OutboxEvent { action: "key.revoked".into(), ..outbox };
+        assert!(matches!(read_error(&mislabelled), Some(SyncError::Event { seq: 1, .. })));
         Ok(())
     }
 
-    #[test]
-    fn keys_keep_metadata_only() -> Result<(), SyncError> {
-        let key = event(1, "key.created", serde_json::json!({"id": "k", "hash": "ab", "secret": "s", "key": "bkg_x"}));
-        let payload = Payload::new(&key)?;
-        assert_eq!(payload.object(|field| KEY_FIELDS.contains(&field)), serde_json::json!({"id": "k", "hash": "ab"}));
-        Ok(())
+    fn read_error(event: &OutboxEvent) -> Option<SyncError> {
+        read(event).err()
     }
 }

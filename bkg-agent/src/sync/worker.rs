@@ -30,6 +30,8 @@ pub struct SyncConfig {
     /// A connection (with its migrations) or a batch that takes longer is abandoned, its
     /// connection dropped, and retried: a server that stopped answering must not stall the sync.
     pub timeout: Duration,
+    /// Attempts bkg_db may refuse one event (`SyncError::Event`) before it is parked.
+    pub max_attempts: u32,
 }
 
 impl SyncConfig {
@@ -41,6 +43,7 @@ impl SyncConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
+            max_attempts: 5,
         }
     }
 }
@@ -48,8 +51,10 @@ impl SyncConfig {
 /// What `bkg sync status` and `/metrics` show.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SyncStatus {
-    /// Events in the outbox not yet in bkg_db.
+    /// Events in the outbox not yet in bkg_db, parked ones apart.
     pub backlog: u64,
+    /// Events parked after `max_attempts` refusals: they wait for `bkg sync retry`.
+    pub parked: u64,
     /// Now minus the time of the oldest unsynced event; `None` when nothing waits.
     pub lag_ms: Option<u64>,
     /// When a batch last reached bkg_db (and was marked synced).
@@ -94,6 +99,7 @@ impl<O: Outbox> SyncWorker<O> {
     /// ships the outbox until [`SyncHandle::stop`] (or until the handle is dropped).
     pub fn spawn(outbox: O, mut config: SyncConfig) -> SyncHandle<O> {
         config.batch = config.batch.max(1);
+        config.max_attempts = config.max_attempts.max(1);
         config.backoff_max = config.backoff_max.max(config.backoff_min);
         let outbox = Arc::new(outbox);
         let shared = Arc::new(Shared { progress: Mutex::new(Progress::default()), wake: Notify::new() });
@@ -133,6 +139,18 @@ impl<O: Outbox> SyncWorker<O> {
                     {
                         tracing::warn!(error = %requeue, "could not requeue the outbox after a gap");
                     }
+                    let parked = match &error {
+                        SyncError::Event { seq, reason } => {
+                            match self.outbox.attempt_failed(*seq, reason, self.config.max_attempts).await {
+                                Ok(parked) => parked,
+                                Err(count) => {
+                                    tracing::warn!(error = %count, seq, "could not count a failed attempt");
+                                    false
+                                }
+                            }
+                        }
+                        _ => false,
+                    };
                     if self.client.as_ref().is_some_and(Client::is_closed) {
                         self.client = None;
                     }
@@ -144,7 +162,13 @@ impl<O: Outbox> SyncWorker<O> {
                     tracing::warn!(error = %message, failures = progress.failures, retry_in = ?pause, "bkg_db sync failed");
                     progress.last_error = Some(message);
                     progress.last_error_ms = Some(now_ms());
-                    Some(pause)
+                    // Set aside, the event no longer holds the others back: go on at once.
+                    if parked {
+                        tracing::warn!(error = %error, "parked an outbox event bkg_db keeps refusing");
+                        None
+                    } else {
+                        Some(pause)
+                    }
                 }
             };
             if *self.stop.borrow() {
@@ -185,8 +209,11 @@ impl<O: Outbox> SyncWorker<O> {
         }
 
         let events = self.outbox.pending(self.config.batch).await?;
-        let Some(last) = events.last().map(|event| event.seq) else { return Ok(0) };
-        match tokio::time::timeout(limit, ship::ship(client, &events)).await {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let parked = self.outbox.parked().await?.into_iter().map(|event| event.seq).collect();
+        match tokio::time::timeout(limit, ship::ship(client, &events, &parked)).await {
             Ok(result) => result?,
             Err(_) => {
                 // The transaction may still be open on the server: only a new connection is sure
@@ -195,7 +222,7 @@ impl<O: Outbox> SyncWorker<O> {
                 return Err(SyncError::Timeout(limit));
             }
         }
-        self.outbox.mark_synced(last).await?;
+        self.outbox.mark_synced(events.iter().map(|event| event.seq).collect()).await?;
         Ok(events.len())
     }
 }
@@ -221,6 +248,7 @@ impl<O: Outbox> SyncHandle<O> {
         let progress = self.shared.progress();
         Ok(SyncStatus {
             backlog: backlog.events,
+            parked: backlog.parked,
             lag_ms: backlog.oldest_ts_ms.map(|oldest| now_ms().saturating_sub(oldest)),
             last_success_ms: progress.last_success_ms,
             last_error: progress.last_error.clone(),
