@@ -284,7 +284,15 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
     }
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
     let store = Store::open(&state_dir.join("state.db"), audit).context("open the run store")?;
-    let engine = Engine::new(config).context("start the sandbox engine")?;
+    let (engine, leftovers_removed) = Engine::new(config).context("start the sandbox engine")?;
+    // Runs a crash or kill left open are closed before this agent starts any of its own.
+    let interrupted = store
+        .close_interrupted_runs(leftovers_removed, crate::ids::now_ms())
+        .await
+        .context("close the runs a previous agent left unfinished")?;
+    if !interrupted.is_empty() {
+        tracing::warn!(runs = interrupted.len(), "closed runs a previous agent left unfinished as interrupted");
+    }
     // Bound last: a socket that accepts means an agent that has cleaned up and can run.
     let listener = bind_socket(&socket)?;
     let tcp_listener = match api.listen {
@@ -312,6 +320,8 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
     });
     engine.refill();
 
+    let mut metrics = Metrics::default();
+    metrics.count_warm_replacements(engine.warm_replaced.clone());
     let shutdown = Arc::new(Notify::new());
     let notifier = Notifier::new(api.webhooks, api.webhook_key).context("build the webhook client")?;
     // Every start is in the audit trail with the configuration it runs under.
@@ -352,7 +362,7 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
         socket: socket.clone(),
         shutdown: Arc::clone(&shutdown),
         auth: Arc::new(AuthState::new(api.policy, notifier)),
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(metrics),
         tracer: Tracer::from_env(api.sampling_rate),
         health: Arc::new(HealthProbe::default()),
     };
@@ -368,13 +378,22 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
         }
         Ok::<(), std::io::Error>(())
     };
-    // Both listeners stop on the same signal.
+    // Both listeners stop on the same signal; runs get SHUTDOWN_GRACE to end by themselves.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let grace_engine = Arc::clone(&engine);
     tokio::spawn(async move {
         if let Err(error) = signals.await {
             tracing::error!(%error, "signal handling failed");
         }
+        grace_engine.close();
         let _ = stopping_tx.send(true);
+        tokio::select! {
+            () = grace_engine.idle() => {}
+            () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                tracing::info!(runs = grace_engine.active_runs(), "the shutdown grace is over: ending the runs still going");
+                grace_engine.kill_runs();
+            }
+        }
     });
     let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stopping| *stopping).await;
@@ -399,11 +418,14 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
 
     tracing::info!("shutting down");
     engine.drain().await;
-    for _ in 0..100 {
-        if engine.active_runs() == 0 && engine.cleanups_pending() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Every run has been handed its result (the grace task ends those that outlive it) and
+    // every sandbox is disposed of: only then are the cgroup directories empty and removable.
+    if tokio::time::timeout(SHUTDOWN_GRACE + CLEANUP_BOUND, engine.idle()).await.is_err() {
+        tracing::error!(
+            runs = engine.active_runs(),
+            cleanups = engine.cleanups_pending(),
+            "runs or cleanups still going at shutdown"
+        );
     }
     engine.remove_cgroup_dirs();
     if let Some((handle, _)) = sync
@@ -414,6 +436,13 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
+
+/// How long runs may go on after the agent is asked to stop, before they are killed with
+/// `killed_by: shutdown` (docs/cli.md, `bkg agent stop`).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long disposing of the sandboxes may take after the grace, before the agent gives up
+/// waiting and stops anyway (logging what is left).
+const CLEANUP_BOUND: Duration = Duration::from_secs(20);
 
 /// Puts a `sync.error` in the audit log when the sync starts failing, once per outage: each
 /// record also lands in the outbox, so one per failed attempt would grow it while bkg_db is down.

@@ -99,6 +99,8 @@ pub fn log_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 pub enum AuditAction {
     RunStarted,
     RunFinished,
+    /// A run the agent found unfinished when it started: it stopped without closing it.
+    RunInterrupted,
     SandboxCreated,
     SandboxDeleted,
     KeyCreated,
@@ -118,6 +120,7 @@ impl AuditAction {
         match self {
             Self::RunStarted => "run.started",
             Self::RunFinished => "run.finished",
+            Self::RunInterrupted => "run.interrupted",
             Self::SandboxCreated => "sandbox.created",
             Self::SandboxDeleted => "sandbox.deleted",
             Self::KeyCreated => "key.created",

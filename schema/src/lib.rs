@@ -187,6 +187,12 @@ pub enum KilledBy {
     Disk,
     /// The caller cancelled the run (Ctrl-C, a closed connection).
     Cancelled,
+    /// The agent was asked to stop (SIGTERM, `bkg agent stop`) and the run outlived the grace
+    /// period it is given.
+    Shutdown,
+    /// The agent stopped without closing the run (a crash, SIGKILL, power loss); set on the run's
+    /// record when the agent next starts. Never in a result a client receives.
+    Interrupted,
 }
 
 impl KilledBy {
@@ -197,6 +203,8 @@ impl KilledBy {
             Self::Pids => "pids",
             Self::Disk => "disk",
             Self::Cancelled => "cancelled",
+            Self::Shutdown => "shutdown",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -232,6 +240,8 @@ impl RunResult {
             Some(KilledBy::Timeout) => 124,
             Some(KilledBy::Memory | KilledBy::Pids) => 137,
             Some(KilledBy::Cancelled) => 130,
+            // 128 + SIGTERM: the agent was terminated, not the script's doing nor bkg's failure.
+            Some(KilledBy::Shutdown | KilledBy::Interrupted) => 143,
             Some(KilledBy::Disk) | None => match (self.exit_code, self.signal) {
                 (Some(code), _) => code,
                 (None, Some(signal)) => 128 + signal,

@@ -284,6 +284,11 @@ impl Engine {
         mut input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
     ) -> Result<RunResult, RunError> {
+        if self.is_closing() {
+            return Err(EngineError::ShuttingDown.into());
+        }
+        let mut must_end = self.runs_must_end();
+        let mut ending_for_shutdown = false;
         self.active_runs.fetch_add(1, Ordering::Relaxed);
         let _active = ActiveRun(Arc::clone(self));
         let stop = Arc::new(Notify::new());
@@ -436,6 +441,15 @@ impl Engine {
                     killed_by.get_or_insert(KilledBy::Cancelled);
                     sandbox.kill();
                 }
+                ended = async { must_end.wait_for(|end| *end).await.is_ok() }, if !ending_for_shutdown => {
+                    // Once is enough: pid 1 is killed, and the loop ends as its pipes close.
+                    ending_for_shutdown = true;
+                    if ended {
+                        wall.get_or_insert(started.elapsed());
+                        killed_by.get_or_insert(KilledBy::Shutdown);
+                        sandbox.kill();
+                    }
+                }
                 Some(()) = cancel_rx.recv() => {
                     wall.get_or_insert(started.elapsed());
                     killed_by.get_or_insert(KilledBy::Cancelled);
@@ -498,22 +512,7 @@ impl Engine {
 
     /// Disposes of a used sandbox in the background: the caller has its result already.
     fn dispose_later(self: &Arc<Self>, run_id: &str, sandbox: PreparedSandbox) {
-        let engine = Arc::clone(self);
-        let run_id = run_id.to_owned();
-        self.cleanups_pending.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            let id = sandbox.id.clone();
-            let clean = sandbox.dispose().await;
-            if clean {
-                tracing::debug!(sandbox = %id, run = %run_id, "cleanup confirmed");
-            } else {
-                tracing::error!(sandbox = %id, run = %run_id, "cleanup incomplete");
-            }
-            if let Some(listener) = engine.cleanup_listener.get() {
-                let _ = listener.send((run_id, clean));
-            }
-            engine.cleanups_pending.fetch_sub(1, Ordering::AcqRel);
-        });
+        self.dispose_in_background(sandbox, Some(run_id.to_owned()));
     }
 }
 

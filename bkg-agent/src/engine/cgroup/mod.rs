@@ -131,6 +131,8 @@ pub trait CgroupDriver: Send + Sync {
     fn remove_stale(&self) -> Result<usize, CgroupError>;
     /// Removes the agent's own directories (at shutdown, once every run cgroup is gone).
     fn remove_agent_dirs(&self) -> Result<(), CgroupError>;
+    /// `<own cgroup>/<agent_dir>` in every hierarchy used: what the agent locks as its own.
+    fn agent_dirs(&self) -> Vec<PathBuf>;
     fn version(&self) -> CgroupVersion;
 }
 
