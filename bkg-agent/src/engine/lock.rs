@@ -98,11 +98,7 @@ pub fn lock_cgroup_dir(lock_dir: &Path, dir: &Path, owner: &str) -> Result<DirLo
         lock.write_all(owner.as_bytes()).map_err(io("write", &path))?;
         return Ok(DirLock { path, _lock: lock });
     }
-    Err(LockError::Io {
-        action: "lock",
-        path,
-        source: std::io::Error::other("the lock file kept being replaced"),
-    })
+    Err(LockError::Io { action: "lock", path, source: std::io::Error::other("the lock file kept being replaced") })
 }
 
 #[cfg(test)]
