@@ -7,4 +7,5 @@ mod inputs;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod ownership;
 mod projects;
