@@ -24,6 +24,12 @@ pub fn stderr(args: fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_fmt(args);
 }
 
+/// How a command that writes until stopped (`bkg audit tail -f | head -3`) ends when its reader
+/// has gone: quietly, with 0, as `head` leaves it. `None` for any other write failure.
+pub fn reader_gone(error: &std::io::Error) -> Option<crate::exit::CliError> {
+    (error.kind() == std::io::ErrorKind::BrokenPipe).then(|| crate::exit::CliError::new(0, ""))
+}
+
 /// A line on stdout; see [`stdout`].
 pub fn stdout_line(args: fmt::Arguments<'_>) {
     stdout(format_args!("{args}\n"));

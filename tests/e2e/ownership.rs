@@ -291,14 +291,13 @@ fn sigterm_ends_runs_after_the_grace_with_killed_by_shutdown_and_leaves_no_cgrou
     assert!(!agent.log().contains("Device or resource busy"), "{}", agent.log());
 }
 
-/// `bkg exe` with its stdout and stderr on a pipe nobody reads: `bkg exe … 2>&1 | head -0`.
-fn exe_into_a_closed_pipe(agent: &Agent, args: &[&str]) -> Option<i32> {
+/// `bkg ARGS` with its stdout and stderr on a pipe nobody reads: `bkg … 2>&1 | head -0`.
+fn bkg_into_a_closed_pipe(agent: &Agent, args: &[&str]) -> Option<i32> {
     let (read, write) = std::io::pipe().expect("pipe");
     drop(read);
     let stdout = write.try_clone().expect("dup");
     agent
         .bkg()
-        .arg("exe")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
@@ -309,16 +308,22 @@ fn exe_into_a_closed_pipe(agent: &Agent, args: &[&str]) -> Option<i32> {
 }
 
 #[test]
-fn bkg_exe_into_a_closed_pipe_exits_with_its_documented_code() {
+fn bkg_into_a_closed_pipe_exits_with_its_documented_code() {
     let agent = Agent::start();
     let chatty = "import sys\nfor i in range(2000):\n    print('line', i)\nprint('done', file=sys.stderr)\nsys.exit(3)";
-    assert_eq!(exe_into_a_closed_pipe(&agent, &["--type", "python", "-c", chatty]), Some(3));
+    assert_eq!(bkg_into_a_closed_pipe(&agent, &["exe", "--type", "python", "-c", chatty]), Some(3));
     // The reason line (`timed out …`) goes to the closed stderr.
     let endless = "while True:\n    print('x' * 100)";
-    assert_eq!(exe_into_a_closed_pipe(&agent, &["--type", "python", "--timeout", "2s", "-c", endless]), Some(124));
+    assert_eq!(
+        bkg_into_a_closed_pipe(&agent, &["exe", "--type", "python", "--timeout", "2s", "-c", endless]),
+        Some(124)
+    );
     // bkg's own one-line error, to the closed stderr.
     assert_eq!(
-        exe_into_a_closed_pipe(&agent, &[Path::new("/nonexistent/x.py").to_str().unwrap_or_default()]),
+        bkg_into_a_closed_pipe(&agent, &["exe", Path::new("/nonexistent/x.py").to_str().unwrap_or_default()]),
         Some(127)
     );
+    // A command that prints until its reader goes ends quietly with 0.
+    let state_dir = agent.state_dir.to_str().unwrap_or_default();
+    assert_eq!(bkg_into_a_closed_pipe(&agent, &["audit", "tail", "-n", "100", "--state-dir", state_dir]), Some(0));
 }
