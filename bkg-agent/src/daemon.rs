@@ -258,6 +258,7 @@ fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
         .append(true)
         .open(&log_path)
         .with_context(|| format!("open {}", log_path.display()))?;
+    let log_start = log.metadata().map(|meta| meta.len()).unwrap_or(0);
     let mut command = std::process::Command::new("/proc/self/exe");
     command.args(std::env::args_os().skip(1)).arg("--foreground");
     command.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
@@ -269,7 +270,16 @@ fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            bail!("the agent exited ({status}) during start-up; see {}", log_path.display());
+            // Its own one-line reason (another agent holds the cgroup directory, …) says more
+            // than the exit status.
+            let reason = std::fs::read(&log_path).ok().and_then(|log| {
+                let written = String::from_utf8_lossy(log.get(log_start as usize..)?).into_owned();
+                written.lines().rev().find_map(|line| line.strip_prefix("bkg-agent: ").map(str::to_owned))
+            });
+            match reason {
+                Some(reason) => bail!("{reason} (see {})", log_path.display()),
+                None => bail!("the agent exited ({status}) during start-up; see {}", log_path.display()),
+            }
         }
         std::thread::sleep(Duration::from_millis(25));
     }

@@ -140,6 +140,33 @@ fn a_second_agent_on_the_same_cgroup_dir_refuses_with_one_line_and_the_first_kee
     assert!(message.contains("--cgroup-dir"), "names the fix: {message}");
     assert!(!other.path().join("agent.sock").exists(), "the refused agent never served");
 
+    // Started in the background (`bkg agent start`, autostart), it says the same one line.
+    let detached = Command::new(bin_dir().join("bkg-agent"))
+        .arg("--socket")
+        .arg(other.path().join("agent.sock"))
+        .arg("--state-dir")
+        .arg(other.path().join("state"))
+        .arg("--cgroup-dir")
+        .arg(&first.cgroup_dir)
+        .arg("--uid-base")
+        .arg((first.uid_base + 32_768).to_string())
+        .env("BKG_LOG", "off")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a second bkg-agent in the background");
+    if code(&detached) == 0 {
+        // It started after all: stop it (its pid is what it printed) before failing.
+        if let Ok(pid) = String::from_utf8_lossy(&detached.stdout).trim().parse::<i32>() {
+            // SAFETY: kill(2) has no memory effects; this agent was started by this test.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        panic!("the second agent started in the background");
+    }
+    let message = stderr(&detached);
+    assert_eq!(code(&detached), 1, "{message}");
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+    assert!(message.contains(&format!("pid {}", first.pid())) && message.contains("--cgroup-dir"), "{message}");
+
     // The first agent's warm sandboxes and cgroups are intact: its next runs use them.
     for _ in 0..3 {
         hello_runs(&first);
@@ -171,10 +198,14 @@ fn a_broken_warm_sandbox_is_replaced_not_handed_to_a_run() {
     // Break it from outside: the idle agent's only live child is the warm sandbox's pid 1.
     let victims = live_children_of(agent.pid());
     assert_eq!(victims.len(), 1, "the warm sandbox's pid 1: {victims:?}");
-    for pid in victims {
+    for &pid in &victims {
         // SAFETY: kill(2) has no memory effects; these processes belong to this test's agent.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
+    // SIGKILL lands asynchronously: the sandbox is broken once its pid 1 has ended.
+    wait_until("the warm sandbox's pid 1 has ended", Duration::from_secs(30), || {
+        live_children_of(agent.pid()).iter().all(|pid| !victims.contains(pid))
+    });
     hello_runs(&agent);
     let metrics = socket_request(&agent.socket, "GET", "/metrics", None).1;
     assert!(metrics.contains("bkg_warm_sandboxes_replaced_total 1"), "{metrics}");

@@ -121,7 +121,8 @@ pub struct Engine {
     cgroups: Box<dyn CgroupDriver>,
     ids: Arc<IdSlots>,
     warm: Mutex<Vec<PreparedSandbox>>,
-    refilling: AtomicBool,
+    /// Whether a refill task is preparing sandboxes; shutdown waits for it to see `closing`.
+    refilling: watch::Sender<bool>,
     closing: AtomicBool,
     active_runs: AtomicUsize,
     /// Sandboxes being disposed of; shutdown waits for 0 before removing the cgroup directories.
@@ -173,7 +174,7 @@ impl Engine {
             cgroups,
             ids: Arc::new(IdSlots::new(config.uid_base)),
             warm: Mutex::new(Vec::new()),
-            refilling: AtomicBool::new(false),
+            refilling: watch::Sender::new(false),
             closing: AtomicBool::new(false),
             active_runs: AtomicUsize::new(0),
             cleanups: watch::Sender::new(0),
@@ -347,7 +348,10 @@ impl Engine {
 
     /// Tops the warm pool up in the background.
     pub fn refill(self: &Arc<Self>) {
-        if self.config.warm_pool == 0 || self.refilling.swap(true, Ordering::AcqRel) {
+        // Marks a refill as running unless one already is: at most one refill task at a time.
+        if self.config.warm_pool == 0
+            || !self.refilling.send_if_modified(|refilling| !std::mem::replace(refilling, true))
+        {
             return;
         }
         let engine = Arc::clone(self);
@@ -364,7 +368,7 @@ impl Engine {
                     }
                 }
             }
-            engine.refilling.store(false, Ordering::Release);
+            engine.refilling.send_replace(false);
         });
     }
 
@@ -378,9 +382,7 @@ impl Engine {
     /// Stops refilling and disposes of every warm sandbox (agent shutdown).
     pub async fn drain(&self) {
         self.close();
-        while self.refilling.load(Ordering::Acquire) {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let _ = self.refilling.subscribe().wait_for(|refilling| !*refilling).await;
         let warm: Vec<_> = self.warm.lock().map(|mut warm| warm.drain(..).collect()).unwrap_or_default();
         for sandbox in warm {
             sandbox.dispose().await;
