@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::auth::notice::{NoticeKey, Notifier};
 use crate::auth::{AuthPolicy, RoleTable};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{CleanedUp, Engine, EngineConfig};
 use crate::metrics::Metrics;
 use crate::server::{AppState, AuthState, HealthProbe, PeerCheckedListener, UnixPeer, router};
 use crate::store::Store;
@@ -318,14 +318,16 @@ async fn serve(config: EngineConfig, socket: PathBuf, api: ApiOptions) -> anyhow
         None => None,
     };
 
-    let (cleanup_tx, mut cleanup_rx) = tokio::sync::mpsc::unbounded_channel::<(String, bool)>();
+    let (cleanup_tx, mut cleanup_rx) = tokio::sync::mpsc::unbounded_channel::<CleanedUp>();
     engine.on_cleanup(cleanup_tx);
     let cleanup_store = store.clone();
     tokio::spawn(async move {
-        while let Some((run_id, confirmed)) = cleanup_rx.recv().await {
+        // Each cleanup stays pending (shutdown waits for it) until it is recorded here.
+        while let Some(CleanedUp { run_id, confirmed, pending }) = cleanup_rx.recv().await {
             if let Err(error) = cleanup_store.run_cleaned_up(&run_id, confirmed).await {
                 tracing::error!(%error, run = %run_id, "could not record the cleanup");
             }
+            drop(pending);
         }
     });
     engine.refill();

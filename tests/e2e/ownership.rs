@@ -211,9 +211,9 @@ fn a_broken_warm_sandbox_is_replaced_not_handed_to_a_run() {
     assert!(metrics.contains("bkg_warm_sandboxes_replaced_total 1"), "{metrics}");
 }
 
-#[test]
-fn a_run_cut_off_by_a_crash_is_closed_as_interrupted_at_the_next_start() {
-    let mut agent = Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() });
+/// A project whose sandbox `sleeper` sleeps, started detached with `bkgr -d`; returns the
+/// project and the run's id.
+fn detached_sleeper(agent: &Agent) -> (tempfile::TempDir, String) {
     let project = tempfile::tempdir().expect("project dir");
     std::fs::write(
         project.path().join("cave.yaml"),
@@ -229,6 +229,15 @@ fn a_run_cut_off_by_a_crash_is_closed_as_interrupted_at_the_next_start() {
         .output()
         .expect("run bkgr -d");
     assert_eq!(code(&detached), 0, "bkgr -d: {}", stderr(&detached));
+    let printed = String::from_utf8_lossy(&detached.stdout).into_owned();
+    let run_id = printed.trim().strip_prefix("sleeper\t").unwrap_or_else(|| panic!("bkgr -d printed {printed:?}"));
+    (project, run_id.to_owned())
+}
+
+#[test]
+fn a_run_cut_off_by_a_crash_is_closed_as_interrupted_at_the_next_start() {
+    let mut agent = Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() });
+    let (project, _) = detached_sleeper(&agent);
     let mut temporary = long_run(&agent, "import time\ntime.sleep(300)");
     wait_for_active_runs(&agent, 2);
     let mut open = Vec::new();
@@ -294,7 +303,9 @@ fn sigterm_ends_runs_after_the_grace_with_killed_by_shutdown_and_leaves_no_cgrou
         let body = serde_json::json!({ "language": "python", "code": "import time\ntime.sleep(300)" });
         std::thread::spawn(move || socket_request(&socket, "POST", "/api/v1/runs", Some(&body)))
     };
-    wait_for_active_runs(&agent, 2);
+    // A detached run (`bkgr -d`), whose caller is long gone.
+    let (_project, detached_run) = detached_sleeper(&agent);
+    wait_for_active_runs(&agent, 3);
 
     // SAFETY: kill(2) has no memory effects; the agent is this test's child.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
@@ -320,6 +331,25 @@ fn sigterm_ends_runs_after_the_grace_with_killed_by_shutdown_and_leaves_no_cgrou
         assert!(run_cgroups_in(dir).is_empty());
     }
     assert!(!agent.log().contains("Device or resource busy"), "{}", agent.log());
+
+    // Every run was closed, its cleanup confirmed, by the shutdown itself: read from the store
+    // before any agent starts again (the next start would close what was left open).
+    let store = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); print(db.execute('select count(*), sum(finished_at_ms is not null), sum(cleaned_up), sum(killed_by = \"shutdown\") from runs').fetchone())")
+        .arg(agent.state_dir.join("state.db"))
+        .output()
+        .expect("python3");
+    assert_eq!(String::from_utf8_lossy(&store.stdout).trim(), "(3, 3, 3, 3)", "{}", stderr(&store));
+    agent.spawn(&AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let runs = socket_json(&agent, "/api/v1/runs?limit=10");
+    let runs = runs.as_array().expect("a list of runs");
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    for run in runs {
+        assert_eq!(run["killed_by"], "shutdown", "{run}");
+        assert!(run["finished_at_ms"].is_u64(), "{run}");
+    }
+    assert!(runs.iter().any(|run| run["id"] == detached_run.as_str()), "{runs:?}");
 }
 
 /// `bkg ARGS` with its stdout and stderr on a pipe nobody reads: `bkg … 2>&1 | head -0`.

@@ -135,11 +135,19 @@ pub struct Engine {
     pub warm_replaced: Counter,
     /// Persistent sandboxes with a run going on: sandbox id → (run id, stop signal).
     persistent_runs: Mutex<HashMap<String, (String, Arc<tokio::sync::Notify>)>>,
-    /// Told `(run id, confirmed)` when a run's sandbox has been cleaned up.
-    cleanup_listener: OnceLock<mpsc::UnboundedSender<(String, bool)>>,
+    /// Told when a run's sandbox has been cleaned up.
+    cleanup_listener: OnceLock<mpsc::UnboundedSender<CleanedUp>>,
     agent_pid: u32,
     /// Held for the agent's life: the cgroup directories are ours alone (see `lock`).
     _cgroup_locks: Vec<lock::DirLock>,
+}
+
+/// A run's sandbox is disposed of: `confirmed` when nothing of it is left. The cleanup counts as
+/// pending (shutdown waits for it) until the listener drops this, having recorded it.
+pub struct CleanedUp {
+    pub run_id: String,
+    pub confirmed: bool,
+    pub pending: Busy,
 }
 
 /// Counts one unit of work in a `watch` counter until dropped.
@@ -255,7 +263,7 @@ impl Engine {
         }
     }
 
-    pub fn on_cleanup(&self, listener: mpsc::UnboundedSender<(String, bool)>) {
+    pub fn on_cleanup(&self, listener: mpsc::UnboundedSender<CleanedUp>) {
         let _ = self.cleanup_listener.set(listener);
     }
 
@@ -340,9 +348,8 @@ impl Engine {
                 (_, false) => tracing::error!(sandbox = %id, run = ?run_id, "cleanup incomplete"),
             }
             if let (Some(run_id), Some(listener)) = (run_id, engine.cleanup_listener.get()) {
-                let _ = listener.send((run_id, clean));
+                let _ = listener.send(CleanedUp { run_id, confirmed: clean, pending: busy });
             }
-            drop(busy);
         });
     }
 
