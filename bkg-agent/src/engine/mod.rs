@@ -343,9 +343,10 @@ impl Engine {
         tokio::spawn(async move {
             let id = sandbox.id.clone();
             let clean = sandbox.dispose().await;
-            match (&run_id, clean) {
-                (_, true) => tracing::debug!(sandbox = %id, run = ?run_id, "cleanup confirmed"),
-                (_, false) => tracing::error!(sandbox = %id, run = ?run_id, "cleanup incomplete"),
+            if clean {
+                tracing::debug!(sandbox = %id, run = ?run_id, "cleanup confirmed");
+            } else {
+                tracing::error!(sandbox = %id, run = ?run_id, "cleanup incomplete");
             }
             if let (Some(run_id), Some(listener)) = (run_id, engine.cleanup_listener.get()) {
                 let _ = listener.send(CleanedUp { run_id, confirmed: clean, pending: busy });
