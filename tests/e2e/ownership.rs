@@ -388,3 +388,45 @@ fn bkg_into_a_closed_pipe_exits_with_its_documented_code() {
     let state_dir = agent.state_dir.to_str().unwrap_or_default();
     assert_eq!(bkg_into_a_closed_pipe(&agent, &["audit", "tail", "-n", "100", "--state-dir", state_dir]), Some(0));
 }
+
+#[test]
+fn a_sandbox_killed_from_outside_mid_run_is_one_clear_line_not_a_silent_125() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let run = agent
+        .bkg()
+        .args([
+            "exe",
+            "--type",
+            "python",
+            "--timeout",
+            "5m",
+            "-c",
+            "import time\nprint('up', flush=True)\ntime.sleep(300)",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bkg exe");
+    let mut run = run;
+    let mut stdout = run.stdout.take().expect("stdout");
+    let mut up = [0u8; 3];
+    stdout.read_exact(&mut up).expect("the script has started");
+    assert_eq!(&up, b"up\n");
+    // The running sandbox's pid 1: the agent's child running the sandbox init.
+    let victims: Vec<u32> = live_children_of(agent.pid())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|byte| *byte == 0).any(|arg| arg == b"__sandbox-init"))
+        })
+        .collect();
+    assert_eq!(victims.len(), 1, "{victims:?}");
+    // SAFETY: kill(2) has no memory effects; this process belongs to this test's agent.
+    unsafe { libc::kill(victims[0] as i32, libc::SIGKILL) };
+    let output = run.wait_with_output().expect("bkg exe ends");
+    let message = stderr(&output);
+    assert_eq!(code(&output), 125, "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.contains("killed from outside"), "{message}");
+}

@@ -490,6 +490,15 @@ impl Engine {
         if let Some(failure) = init_failure {
             return Err(EngineError::Prepare { stage: "start".into(), message: failure }.into());
         }
+        if exit.is_none() && killed_by.is_none() {
+            // Pid 1 ended without reporting the script's exit and no limit or caller ended it:
+            // something outside killed the sandbox. That is the agent's failure, not a result.
+            return Err(EngineError::Prepare {
+                stage: "run".into(),
+                message: "the sandbox ended before the script did (killed from outside the agent)".into(),
+            }
+            .into());
+        }
 
         Ok(RunResult {
             id: run_id,
