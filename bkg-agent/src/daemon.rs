@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use crate::auth::notice::{NoticeKey, Notifier};
 use crate::auth::{AuthPolicy, RoleTable};
 use crate::engine::capacity::CapacityConfig;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{CleanedUp, Engine, EngineConfig};
 use crate::metrics::Metrics;
 use crate::server::{AppState, AuthState, BodyBudget, HealthProbe, PeerCheckedListener, UnixPeer, listen, router};
 use crate::store::Store;
@@ -367,6 +367,7 @@ fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
         .append(true)
         .open(&log_path)
         .with_context(|| format!("open {}", log_path.display()))?;
+    let log_start = log.metadata().map(|meta| meta.len()).unwrap_or(0);
     let mut command = std::process::Command::new("/proc/self/exe");
     command.args(std::env::args_os().skip(1)).arg("--foreground");
     command.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
@@ -378,7 +379,16 @@ fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            bail!("the agent exited ({status}) during start-up; see {}", log_path.display());
+            // Its own one-line reason (another agent holds the cgroup directory, …) says more
+            // than the exit status.
+            let reason = std::fs::read(&log_path).ok().and_then(|log| {
+                let written = String::from_utf8_lossy(log.get(log_start as usize..)?).into_owned();
+                written.lines().rev().find_map(|line| line.strip_prefix("bkg-agent: ").map(str::to_owned))
+            });
+            match reason {
+                Some(reason) => bail!("{reason} (see {})", log_path.display()),
+                None => bail!("the agent exited ({status}) during start-up; see {}", log_path.display()),
+            }
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -398,7 +408,15 @@ async fn serve(
     }
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
     let store = Store::open(&state_dir.join("state.db"), audit).context("open the run store")?;
-    let engine = Engine::new(config).context("start the sandbox engine")?;
+    let (engine, leftovers_removed) = Engine::new(config).context("start the sandbox engine")?;
+    // Runs a crash or kill left open are closed before this agent starts any of its own.
+    let interrupted = store
+        .close_interrupted_runs(leftovers_removed, crate::ids::now_ms())
+        .await
+        .context("close the runs a previous agent left unfinished")?;
+    if !interrupted.is_empty() {
+        tracing::warn!(runs = interrupted.len(), "closed runs a previous agent left unfinished as interrupted");
+    }
     // Bound last: a socket that accepts means an agent that has cleaned up and can run.
     let connections = &api.connections;
     let tcp_cap = listen::fit_connection_caps(connections.max_connections, connections.max_unix_connections);
@@ -424,18 +442,22 @@ async fn serve(
         None => None,
     };
 
-    let (cleanup_tx, mut cleanup_rx) = tokio::sync::mpsc::unbounded_channel::<(String, bool)>();
+    let (cleanup_tx, mut cleanup_rx) = tokio::sync::mpsc::unbounded_channel::<CleanedUp>();
     engine.on_cleanup(cleanup_tx);
     let cleanup_store = store.clone();
     tokio::spawn(async move {
-        while let Some((run_id, confirmed)) = cleanup_rx.recv().await {
+        // Each cleanup stays pending (shutdown waits for it) until it is recorded here.
+        while let Some(CleanedUp { run_id, confirmed, pending }) = cleanup_rx.recv().await {
             if let Err(error) = cleanup_store.run_cleaned_up(&run_id, confirmed).await {
                 tracing::error!(%error, run = %run_id, "could not record the cleanup");
             }
+            drop(pending);
         }
     });
     engine.refill();
 
+    let mut metrics = Metrics::default();
+    metrics.count_warm_replacements(engine.warm_replaced.clone());
     let shutdown = Arc::new(Notify::new());
     let notifier = Notifier::new(api.webhooks, api.webhook_key).context("build the webhook client")?;
     // Every start is in the audit trail with the configuration it runs under.
@@ -477,7 +499,7 @@ async fn serve(
         socket: socket.clone(),
         shutdown: Arc::clone(&shutdown),
         auth: Arc::new(AuthState::new(api.policy, notifier)),
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(metrics),
         tracer: Tracer::from_env(api.sampling_rate),
         health: Arc::new(HealthProbe::new(health_interval)),
         bodies: Arc::new(BodyBudget::new(api.connections.body_budget, api.connections.body_timeout)),
@@ -494,13 +516,22 @@ async fn serve(
         }
         Ok::<(), std::io::Error>(())
     };
-    // Both listeners stop on the same signal.
+    // Both listeners stop on the same signal; runs get SHUTDOWN_GRACE to end by themselves.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let grace_engine = Arc::clone(&engine);
     tokio::spawn(async move {
         if let Err(error) = signals.await {
             tracing::error!(%error, "signal handling failed");
         }
+        grace_engine.close();
         let _ = stopping_tx.send(true);
+        tokio::select! {
+            () = grace_engine.idle() => {}
+            () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                tracing::info!(runs = grace_engine.active_runs(), "the shutdown grace is over: ending the runs still going");
+                grace_engine.kill_runs();
+            }
+        }
     });
     let metrics = Arc::clone(&state.metrics);
     let app = router(state);
@@ -525,11 +556,14 @@ async fn serve(
 
     tracing::info!("shutting down");
     engine.drain().await;
-    for _ in 0..100 {
-        if engine.active_runs() == 0 && engine.cleanups_pending() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Every run has been handed its result (the grace task ends those that outlive it) and
+    // every sandbox is disposed of: only then are the cgroup directories empty and removable.
+    if tokio::time::timeout(SHUTDOWN_GRACE + CLEANUP_BOUND, engine.idle()).await.is_err() {
+        tracing::error!(
+            runs = engine.active_runs(),
+            cleanups = engine.cleanups_pending(),
+            "runs or cleanups still going at shutdown"
+        );
     }
     engine.remove_cgroup_dirs();
     if let Some((handle, _)) = sync
@@ -540,6 +574,13 @@ async fn serve(
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
+
+/// How long runs may go on after the agent is asked to stop, before they are killed with
+/// `killed_by: shutdown` (docs/cli.md, `bkg agent stop`).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long disposing of the sandboxes may take after the grace, before the agent gives up
+/// waiting and stops anyway (logging what is left).
+const CLEANUP_BOUND: Duration = Duration::from_secs(20);
 
 /// Puts a `sync.error` in the audit log when the sync starts failing, once per outage: each
 /// record also lands in the outbox, so one per failed attempt would grow it while bkg_db is down.

@@ -69,7 +69,7 @@ impl Default for Metrics {
         let runs = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "runs",
-            "Runs that ended, by outcome: ok (exit 0), error (other exit or signal), a limit that killed it, cancelled, or failed (the agent could not run it)",
+            "Runs that ended, by outcome: ok (exit 0), error (other exit or signal), a limit that killed it, cancelled, shutdown (killed when the agent stopped), or failed (the agent could not run it)",
             runs.clone(),
         );
         // 10 ms to about 11 min.
@@ -109,7 +109,7 @@ impl Default for Metrics {
             webhook_deliveries.clone(),
         );
         // Every known series starts at zero, so a rate over it exists before the first event.
-        for outcome in ["ok", "error", "cancelled", "failed"] {
+        for outcome in ["ok", "error", "cancelled", "shutdown", "failed"] {
             runs.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc_by(0);
         }
         for limit in [KilledBy::Timeout, KilledBy::Memory, KilledBy::Pids, KilledBy::Disk] {
@@ -162,6 +162,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Exposes the engine's count of broken warm sandboxes it replaced.
+    pub fn count_warm_replacements(&mut self, replaced: Counter) {
+        self.registry.register(
+            "warm_sandboxes_replaced",
+            "Warm sandboxes found broken (pid 1 gone, cgroup removed) when claimed, disposed of and replaced",
+            replaced,
+        );
+    }
+
     pub fn run_ended(&self, outcome: Result<&RunResult, ()>) {
         let outcome = match outcome {
             Err(()) => "failed",
@@ -169,6 +178,7 @@ impl Metrics {
                 self.run_duration.observe(result.wall_ms as f64 / 1000.0);
                 match result.killed_by {
                     Some(KilledBy::Cancelled) => "cancelled",
+                    Some(KilledBy::Shutdown) => "shutdown",
                     Some(limit) => {
                         self.limit_kills.get_or_create(&LimitLabel { limit: limit.as_str().into() }).inc();
                         limit.as_str()

@@ -22,6 +22,8 @@ pub async fn execute(
     input: mpsc::Receiver<RunInput>,
     output: Option<mpsc::Sender<RunOutput>>,
 ) -> Result<RunResult, RunError> {
+    // Shutdown waits for this: a run's end is recorded before the agent stops.
+    let _in_flight = engine.run_in_flight();
     let sandbox_id = validated.sandbox_id().map(str::to_owned);
     // The start is recorded while the run begins: its durable write (an fsync) overlaps the
     // interpreter's start-up instead of adding to it.

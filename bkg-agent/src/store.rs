@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bkg_schema::audit::{
-    AuditEvent, Details, RunEnd, RunFinished, RunFinishedDetails, RunOutcome, RunStarted, SandboxCreated, SyncParked,
-    SyncRetried,
+    AuditEvent, Details, RunEnd, RunFinished, RunFinishedDetails, RunInterrupted, RunOutcome, RunStarted,
+    SandboxCreated, SyncParked, SyncRetried,
 };
 use bkg_schema::sandbox::SandboxDefinition;
 use bkg_schema::{KilledBy, Language, Limits, RunRecord, RunResult};
@@ -575,6 +575,69 @@ impl Store {
         .await
     }
 
+    /// Closes every run a previous agent left unfinished (it crashed or was killed), each with a
+    /// `run.interrupted` audit line: `killed_by: interrupted`, finished now. Called at start,
+    /// before any run of this agent begins. `cleaned_up` says whether the agent has just removed
+    /// everything such runs left on the host. Returns the ids closed.
+    pub async fn close_interrupted_runs(&self, cleaned_up: bool, now_ms: u64) -> Result<Vec<String>, StoreError> {
+        let open = self
+            .with(|db| {
+                let mut statement = db.prepare(
+                    "SELECT id, sandbox_id, namespace, language, started_at_ms FROM runs
+                     WHERE finished_at_ms IS NULL ORDER BY started_at_ms, id",
+                )?;
+                let rows = statement.query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, i64>(4)?,
+                    ))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        let mut closed = Vec::with_capacity(open.len());
+        for (id, sandbox_id, namespace, language, started_at_ms) in open {
+            let event = AuditEvent {
+                namespace: Some(namespace),
+                sandbox: sandbox_id,
+                run: Some(id.clone()),
+                ..AuditEvent::new(
+                    bkg_schema::audit::AGENT_ACTOR,
+                    Details::RunInterrupted(RunInterrupted {
+                        language: Language::parse(&language),
+                        started_at_ms: started_at_ms.max(0) as u64,
+                        finished_at_ms: now_ms,
+                        reason: "the agent stopped before the run ended".into(),
+                    }),
+                )
+            };
+            let run_id = id.clone();
+            self.record(event, move |db| {
+                db.execute(
+                    "UPDATE runs SET finished_at_ms = ?2, killed_by = ?3, cleaned_up = ?4
+                     WHERE id = ?1 AND finished_at_ms IS NULL",
+                    params![run_id, now_ms as i64, KilledBy::Interrupted.as_str(), cleaned_up],
+                )?;
+                Ok(())
+            })
+            .await?;
+            closed.push(id);
+        }
+        if cleaned_up {
+            // Runs that ended but whose cleanup the crash kept from being recorded: the start-up
+            // cleanup just removed what was left of them.
+            self.with(|db| {
+                db.execute("UPDATE runs SET cleaned_up = 1 WHERE cleaned_up = 0", [])?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(closed)
+    }
+
     /// Records an event that changes no state of the store (the agent's configuration, a sync
     /// failure): it still goes through the audit log and the outbox.
     pub async fn note(&self, event: AuditEvent) -> Result<(), StoreError> {
@@ -919,6 +982,30 @@ mod tests {
         // Defined again without env: the file goes.
         store.put_sandbox(&caller(), "api-1", &SandboxDefinition { env: Default::default(), ..definition }, 6).await?;
         assert!(!file.exists());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn unfinished_runs_are_closed_as_interrupted_with_an_audit_line() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path, AuditLog::open(dir.path())?)?;
+        store.run_started(&caller(), "run_open", Some("api-1"), Language::Python, Limits::DEFAULT, 10).await?;
+        store.run_started(&caller(), "run_done", None, Language::Python, Limits::DEFAULT, 11).await?;
+        store.run_failed(&caller(), None, "run_done", "boom", 12).await?;
+        assert_eq!(store.close_interrupted_runs(true, 99).await?, vec!["run_open".to_owned()]);
+        let record = store.get_run("run_open").await?.ok_or("run_open is gone")?;
+        assert_eq!(record.finished_at_ms, Some(99));
+        assert_eq!(record.killed_by, Some(KilledBy::Interrupted));
+        assert!(record.cleaned_up);
+        assert_eq!(store.get_run("run_done").await?.and_then(|run| run.killed_by), None);
+        let pending = store.outbox_pending(100).await?;
+        let interrupted = pending.iter().find(|row| row.action == "run.interrupted").ok_or("no audit line")?;
+        let line: serde_json::Value = serde_json::from_str(&interrupted.line)?;
+        assert_eq!(line["run"], "run_open", "{line}");
+        assert_eq!(line["details"]["finished_at_ms"], 99, "{line}");
+        assert_eq!(line["details"]["language"], "python", "{line}");
+        assert!(store.close_interrupted_runs(true, 100).await?.is_empty(), "closed only once");
         Ok(())
     }
 

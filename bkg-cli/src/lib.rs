@@ -1,5 +1,8 @@
 //! The `bkg` command line: a thin client of the agent's API.
 
+// First, so its EPIPE-safe `println!`/`eprintln!` shadow std's in every module below.
+#[macro_use]
+pub mod out;
 mod add;
 mod agent_cmd;
 pub mod args;

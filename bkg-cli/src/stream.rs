@@ -95,6 +95,8 @@ pub fn reason_line(result: &RunResult) -> Option<String> {
             Some(format!("the script failed with its disk full ({} limit, --disk)", format_size(limits.disk_bytes)))
         }
         Some(KilledBy::Cancelled) => Some("cancelled".into()),
+        Some(KilledBy::Shutdown) => Some("killed: the agent was stopped and the run outlived its 5 s grace".into()),
+        Some(KilledBy::Interrupted) => Some("interrupted: the agent stopped before the run ended".into()),
         None => result.signal.map(|signal| format!("the script was killed by signal {signal}")),
     }
 }

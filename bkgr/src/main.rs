@@ -103,7 +103,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
             }
             let detached: DetachedRun =
                 response.json().await.map_err(|error| CliError::internal(format!("unexpected answer: {error}")))?;
-            println!("{}\t{}", definition.name, detached.run_id);
+            bkg_cli::out::stdout_line(format_args!("{}\t{}", definition.name, detached.run_id));
         }
         return Ok(0);
     }
@@ -113,7 +113,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
     if let (Some(_), [(definition, command)]) = (&args.name, runs.as_slice()) {
         let result = exec(&client, definition, command, Output::Raw, Stdin::Relay).await?;
         if let Some(reason) = stream::reason_line(&result) {
-            eprintln!("bkgr: {}: {reason}", definition.name);
+            bkg_cli::out::stderr_line(format_args!("bkgr: {}: {reason}", definition.name));
         }
         return Ok(result.cli_exit_code());
     }
@@ -135,12 +135,12 @@ async fn run(args: Args) -> Result<i32, CliError> {
         let code = match outcome {
             Ok(result) => {
                 if let Some(reason) = stream::reason_line(&result) {
-                    eprintln!("bkgr: {name}: {reason}");
+                    bkg_cli::out::stderr_line(format_args!("bkgr: {name}: {reason}"));
                 }
                 result.cli_exit_code()
             }
             Err(error) => {
-                eprintln!("bkgr: {name}: {}", error.message);
+                bkg_cli::out::stderr_line(format_args!("bkgr: {name}: {}", error.message));
                 error.code
             }
         };

@@ -188,6 +188,12 @@ pub enum KilledBy {
     Disk,
     /// The caller cancelled the run (Ctrl-C, a closed connection).
     Cancelled,
+    /// The agent was asked to stop (SIGTERM, `bkg agent stop`) and the run outlived the grace
+    /// period it is given.
+    Shutdown,
+    /// The agent stopped without closing the run (a crash, SIGKILL, power loss); set on the run's
+    /// record when the agent next starts. Never in a result a client receives.
+    Interrupted,
 }
 
 impl KilledBy {
@@ -198,6 +204,8 @@ impl KilledBy {
             Self::Pids => "pids",
             Self::Disk => "disk",
             Self::Cancelled => "cancelled",
+            Self::Shutdown => "shutdown",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -244,6 +252,8 @@ pub fn cli_exit_code(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal
         Some(KilledBy::Timeout) => 124,
         Some(KilledBy::Memory | KilledBy::Pids) => 137,
         Some(KilledBy::Cancelled) => 130,
+        // 128 + SIGTERM: the agent was terminated, not the script's doing nor bkg's failure.
+        Some(KilledBy::Shutdown | KilledBy::Interrupted) => 143,
         Some(KilledBy::Disk) | None => match (exit_code, signal) {
             (Some(code), _) => code,
             (None, Some(signal)) => 128 + signal,
@@ -363,6 +373,8 @@ mod tests {
             (Some(KilledBy::Memory), None, Some(9), 137),
             (Some(KilledBy::Pids), None, Some(9), 137),
             (Some(KilledBy::Cancelled), None, Some(9), 130),
+            (Some(KilledBy::Shutdown), None, Some(9), 143),
+            (Some(KilledBy::Interrupted), None, None, 143),
             (Some(KilledBy::Disk), Some(1), None, 1),
             (Some(KilledBy::Disk), None, Some(6), 134),
             (None, Some(0), None, 0),

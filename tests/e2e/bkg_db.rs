@@ -308,9 +308,21 @@ fn every_kind_of_record_reaches_bkg_db_and_a_bad_one_is_parked_then_retried() {
     ok(&bkgr(&agent, project.path(), &["api"]), "bkgr");
     ok(&agent.bkg().args(["rm", "api", "--force"]).current_dir(project.path()).output().expect("bkg"), "rm");
 
-    // Stopped, the agent's outbox gets one event it cannot read, and its log a torn last line
-    // (log.recovered on the next start).
-    agent.stop();
+    // Killed in the middle of a run (run.interrupted on the next start), the agent's outbox gets
+    // one event it cannot read, and its log a torn last line (log.recovered on the next start).
+    let mut long_run = agent
+        .bkg()
+        .args(["exe", "--type", "python", "-c", "import time\nprint('up', flush=True)\ntime.sleep(60)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a long run");
+    let mut up = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(long_run.stdout.take().expect("stdout")), &mut up)
+        .expect("read");
+    assert_eq!(up, "up\n");
+    agent.crash();
+    let _ = long_run.wait();
     let key_seq: i64 = outbox(&agent)
         .query_row(
             "SELECT seq FROM outbox WHERE action = 'key.created' AND synced = 0 ORDER BY seq LIMIT 1",

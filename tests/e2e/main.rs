@@ -8,6 +8,7 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod net;
+mod ownership;
 mod projects;
 mod reliability;
 mod signals;

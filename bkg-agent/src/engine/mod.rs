@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod control;
 pub mod init;
 pub mod landlock;
+pub mod lock;
 pub mod loopdev;
 pub mod plan;
 pub mod request;
@@ -20,7 +21,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::mpsc;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{mpsc, watch};
 
 use bkg_schema::Limits;
 
@@ -61,6 +63,10 @@ pub enum EngineError {
     DiskImage(String),
     #[error(transparent)]
     Capacity(#[from] capacity::CapacityError),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
 }
 
 impl EngineError {
@@ -123,40 +129,84 @@ pub struct Engine {
     cgroups: Box<dyn CgroupDriver>,
     ids: Arc<IdSlots>,
     warm: Mutex<Vec<PreparedSandbox>>,
-    refilling: AtomicBool,
+    /// Whether a refill task is preparing sandboxes; shutdown waits for it to see `closing`.
+    refilling: watch::Sender<bool>,
     closing: AtomicBool,
     active_runs: AtomicUsize,
-    cleanups_pending: AtomicUsize,
+    /// Sandboxes being disposed of; shutdown waits for 0 before removing the cgroup directories.
+    cleanups: watch::Sender<usize>,
+    /// Runs from acceptance until their result was handed to the caller; shutdown waits for 0.
+    in_flight: watch::Sender<usize>,
+    /// Set when the shutdown grace is over: every run still going is killed (`killed_by: shutdown`).
+    kill_runs: watch::Sender<bool>,
+    /// Warm sandboxes found broken when claimed, disposed of instead of handed to a run.
+    pub warm_replaced: Counter,
     /// Persistent sandboxes with a run going on: sandbox id → (run id, stop signal).
     persistent_runs: Mutex<HashMap<String, (String, Arc<tokio::sync::Notify>)>>,
-    /// Told `(run id, confirmed)` when a run's sandbox has been cleaned up.
-    cleanup_listener: OnceLock<mpsc::UnboundedSender<(String, bool)>>,
+    /// Told when a run's sandbox has been cleaned up.
+    cleanup_listener: OnceLock<mpsc::UnboundedSender<CleanedUp>>,
     agent_pid: u32,
     pub capacity: Arc<capacity::Capacity>,
+    /// Held for the agent's life: the cgroup directories are ours alone (see `lock`).
+    _cgroup_locks: Vec<lock::DirLock>,
+}
+
+/// A run's sandbox is disposed of: `confirmed` when nothing of it is left. The cleanup counts as
+/// pending (shutdown waits for it) until the listener drops this, having recorded it.
+pub struct CleanedUp {
+    pub run_id: String,
+    pub confirmed: bool,
+    pub pending: Busy,
+}
+
+/// Counts one unit of work in a `watch` counter until dropped.
+pub struct Busy(watch::Sender<usize>);
+
+impl Busy {
+    fn new(counter: &watch::Sender<usize>) -> Self {
+        counter.send_modify(|count| *count += 1);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count = count.saturating_sub(1));
+    }
 }
 
 impl Engine {
-    /// Sets the engine up and removes whatever a previous agent with the same state directory
-    /// and cgroup directory left behind.
-    pub fn new(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
+    /// Sets the engine up, locks its cgroup directories and removes whatever a previous holder of
+    /// them (with the same state directory) left behind. Returns whether all of it is gone.
+    pub fn new(config: EngineConfig) -> Result<(Arc<Self>, bool), EngineError> {
         let cgroups = cgroup::detect(&config.cgroup_dir)?;
+        let owner = format!("pid {}, state directory {}", std::process::id(), config.state_dir.display());
+        let cgroup_locks = cgroups
+            .agent_dirs()
+            .iter()
+            .map(|dir| lock::lock_cgroup_dir(std::path::Path::new(lock::LOCK_DIR), dir, &owner))
+            .collect::<Result<Vec<_>, _>>()?;
         let engine = Arc::new(Self {
             host: HostLayout::discover(),
             cgroups,
             ids: Arc::new(IdSlots::new(config.uid_base)),
             warm: Mutex::new(Vec::new()),
-            refilling: AtomicBool::new(false),
+            refilling: watch::Sender::new(false),
             closing: AtomicBool::new(false),
             active_runs: AtomicUsize::new(0),
-            cleanups_pending: AtomicUsize::new(0),
+            cleanups: watch::Sender::new(0),
+            in_flight: watch::Sender::new(0),
+            kill_runs: watch::Sender::new(false),
+            warm_replaced: Counter::default(),
             persistent_runs: Mutex::new(HashMap::new()),
             cleanup_listener: OnceLock::new(),
             agent_pid: std::process::id(),
             capacity: Arc::new(capacity::Capacity::new(config.capacity)),
             config,
+            _cgroup_locks: cgroup_locks,
         });
-        engine.remove_leftovers()?;
-        Ok(engine)
+        let clean = engine.remove_leftovers()?;
+        Ok((engine, clean))
     }
 
     pub fn runs_dir(&self) -> PathBuf {
@@ -177,16 +227,60 @@ impl Engine {
 
     /// Sandboxes whose cleanup is still under way.
     pub fn cleanups_pending(&self) -> usize {
-        self.cleanups_pending.load(Ordering::Acquire)
+        *self.cleanups.borrow()
     }
 
-    pub fn on_cleanup(&self, listener: mpsc::UnboundedSender<(String, bool)>) {
+    /// Counts a sandbox's disposal until the guard is dropped.
+    pub fn cleanup_started(&self) -> Busy {
+        Busy::new(&self.cleanups)
+    }
+
+    /// Counts a run until the guard is dropped: hold it until the caller has the result.
+    pub fn run_in_flight(&self) -> Busy {
+        Busy::new(&self.in_flight)
+    }
+
+    /// Whether new runs are refused (the agent is stopping).
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the shutdown grace is over and runs must end (see `kill_runs`).
+    pub fn runs_must_end(&self) -> watch::Receiver<bool> {
+        self.kill_runs.subscribe()
+    }
+
+    /// Refuses new runs and stops refilling the warm pool: the first step of a shutdown.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Ends every run still going, each with `killed_by: shutdown` (the grace is over).
+    pub fn kill_runs(&self) {
+        self.kill_runs.send_replace(true);
+    }
+
+    /// Resolves when no run is in flight and no sandbox is being disposed of.
+    pub async fn idle(&self) {
+        let mut in_flight = self.in_flight.subscribe();
+        let mut cleanups = self.cleanups.subscribe();
+        loop {
+            let _ = in_flight.wait_for(|count| *count == 0).await;
+            let _ = cleanups.wait_for(|count| *count == 0).await;
+            if *self.in_flight.borrow() == 0 {
+                return;
+            }
+        }
+    }
+
+    pub fn on_cleanup(&self, listener: mpsc::UnboundedSender<CleanedUp>) {
         let _ = self.cleanup_listener.set(listener);
     }
 
     /// Cleans what a killed agent left: processes and cgroups under our cgroup directory, loop
-    /// devices backed by our images, and sandbox directories.
-    fn remove_leftovers(&self) -> Result<(), EngineError> {
+    /// devices backed by our images, and sandbox directories. The cgroup directory is locked, so
+    /// whatever is in it was an earlier holder's. Returns whether every loop device went too.
+    fn remove_leftovers(&self) -> Result<bool, EngineError> {
         let removed = self.cgroups.remove_stale()?;
         let runs_dir = self.runs_dir();
         let mut devices = loopdev::devices_backed_under(&runs_dir);
@@ -220,7 +314,7 @@ impl Engine {
                 "removed what a previous agent left behind"
             );
         }
-        Ok(())
+        Ok(loopdev::devices_backed_under(&runs_dir).is_empty())
     }
 
     /// A prepared sandbox with room for `disk_bytes`: from the warm pool when it fits, else new.
@@ -233,18 +327,49 @@ impl Engine {
             return PreparedSandbox::prepare(self, disk_bytes, persistent).await;
         }
         if disk_bytes == self.config.default_limits.disk_bytes {
-            let warm = self.warm.lock().ok().and_then(|mut warm| warm.pop());
-            self.refill();
-            if let Some(sandbox) = warm {
-                return Ok(sandbox);
+            loop {
+                let warm = self.warm.lock().ok().and_then(|mut warm| warm.pop());
+                self.refill();
+                let Some(sandbox) = warm else { break };
+                match sandbox.broken() {
+                    None => return Ok(sandbox),
+                    Some(reason) => {
+                        // Something outside killed it or removed its cgroup: a run given it would
+                        // fail, so it is replaced and the next one (or a new one) is tried.
+                        tracing::warn!(sandbox = %sandbox.id, reason, "replacing a broken warm sandbox");
+                        self.warm_replaced.inc();
+                        self.dispose_in_background(sandbox, None);
+                    }
+                }
             }
         }
         PreparedSandbox::prepare(self, disk_bytes, None).await
     }
 
+    /// Disposes of a sandbox in the background and tells the cleanup listener about `run_id`.
+    pub fn dispose_in_background(self: &Arc<Self>, sandbox: PreparedSandbox, run_id: Option<String>) {
+        let engine = Arc::clone(self);
+        let busy = self.cleanup_started();
+        tokio::spawn(async move {
+            let id = sandbox.id.clone();
+            let clean = sandbox.dispose().await;
+            if clean {
+                tracing::debug!(sandbox = %id, run = ?run_id, "cleanup confirmed");
+            } else {
+                tracing::error!(sandbox = %id, run = ?run_id, "cleanup incomplete");
+            }
+            if let (Some(run_id), Some(listener)) = (run_id, engine.cleanup_listener.get()) {
+                let _ = listener.send(CleanedUp { run_id, confirmed: clean, pending: busy });
+            }
+        });
+    }
+
     /// Tops the warm pool up in the background.
     pub fn refill(self: &Arc<Self>) {
-        if self.config.warm_pool == 0 || self.refilling.swap(true, Ordering::AcqRel) {
+        // Marks a refill as running unless one already is: at most one refill task at a time.
+        if self.config.warm_pool == 0
+            || !self.refilling.send_if_modified(|refilling| !std::mem::replace(refilling, true))
+        {
             return;
         }
         let engine = Arc::clone(self);
@@ -261,7 +386,7 @@ impl Engine {
                     }
                 }
             }
-            engine.refilling.store(false, Ordering::Release);
+            engine.refilling.send_replace(false);
         });
     }
 
@@ -274,10 +399,8 @@ impl Engine {
 
     /// Stops refilling and disposes of every warm sandbox (agent shutdown).
     pub async fn drain(&self) {
-        self.closing.store(true, Ordering::Release);
-        while self.refilling.load(Ordering::Acquire) {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        self.close();
+        let _ = self.refilling.subscribe().wait_for(|refilling| !*refilling).await;
         let warm: Vec<_> = self.warm.lock().map(|mut warm| warm.drain(..).collect()).unwrap_or_default();
         for sandbox in warm {
             sandbox.dispose().await;

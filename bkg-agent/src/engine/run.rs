@@ -81,6 +81,10 @@ impl Engine {
         mut input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
     ) -> Result<RunResult, RunError> {
+        if self.is_closing() {
+            return Err(EngineError::ShuttingDown.into());
+        }
+        let must_end = self.runs_must_end();
         self.active_runs.fetch_add(1, Ordering::Relaxed);
         let _active = ActiveRun(Arc::clone(self));
         let stop = Arc::new(Notify::new());
@@ -124,6 +128,7 @@ impl Engine {
             pids_hits_before: before.pids_limit_hits,
             stop: &stop,
             cancel: cancel_rx,
+            must_end,
             output: &output,
             relay: &mut relay,
             log: log.as_mut(),
@@ -180,22 +185,7 @@ impl Engine {
 
     /// Disposes of a used sandbox in the background: the caller has its result already.
     fn dispose_later(self: &Arc<Self>, run_id: &str, sandbox: PreparedSandbox) {
-        let engine = Arc::clone(self);
-        let run_id = run_id.to_owned();
-        self.cleanups_pending.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            let id = sandbox.id.clone();
-            let clean = sandbox.dispose().await;
-            if clean {
-                tracing::debug!(sandbox = %id, run = %run_id, "cleanup confirmed");
-            } else {
-                tracing::error!(sandbox = %id, run = %run_id, "cleanup incomplete");
-            }
-            if let Some(listener) = engine.cleanup_listener.get() {
-                let _ = listener.send((run_id, clean));
-            }
-            engine.cleanups_pending.fetch_sub(1, Ordering::AcqRel);
-        });
+        self.dispose_in_background(sandbox, Some(run_id.to_owned()));
     }
 }
 
@@ -445,6 +435,8 @@ struct Watch<'a> {
     pids_hits_before: u64,
     stop: &'a Notify,
     cancel: mpsc::Receiver<()>,
+    /// Turns true when the agent shuts down and its grace for runs is over.
+    must_end: tokio::sync::watch::Receiver<bool>,
     output: &'a Option<mpsc::Sender<RunOutput>>,
     relay: &'a mut Relay,
     log: Option<&'a mut tokio::fs::File>,
@@ -481,6 +473,8 @@ impl Watch<'_> {
             stderr: Captured::default(),
         };
         let mut phase = Phase::Running;
+        let mut shutdown_seen = false;
+        let mut must_end = self.must_end.clone();
         let mut ended_at = None;
         let (mut stdout_open, mut stderr_open) = (true, true);
         let mut stdout_buf = vec![0u8; 64 * 1024];
@@ -533,6 +527,14 @@ impl Watch<'_> {
                 }
                 () = self.stop.notified(), if phase == Phase::Running => kill_for = Some(KilledBy::Cancelled),
                 Some(()) = self.cancel.recv(), if phase == Phase::Running => kill_for = Some(KilledBy::Cancelled),
+                ended = async { must_end.wait_for(|end| *end).await.is_ok() }, if phase == Phase::Running && !shutdown_seen => {
+                    // Once is enough: pid 1 is killed, and the loop ends as its pipes close. A
+                    // closed channel (the engine gone) is no order to end.
+                    shutdown_seen = true;
+                    if ended {
+                        kill_for = Some(KilledBy::Shutdown);
+                    }
+                }
                 _ = limit_poll.tick(), if phase == Phase::Running => {
                     let hits = self.sandbox.cgroup.usage().map(|usage| usage.pids_limit_hits).unwrap_or(0);
                     if hits > self.pids_hits_before {
@@ -608,7 +610,16 @@ impl Watched {
         if killed_by.is_none() && (disk_full || self.disk_seen_full) && exit_code.is_some_and(|code| code != 0) {
             killed_by = Some(KilledBy::Disk);
         }
-        // A pid 1 killed by the OOM killer or a kill from outside leaves no exit report.
+        if !reported && killed_by.is_none() {
+            // Pid 1 ended without reporting the script's exit and no limit or caller ended it:
+            // something outside killed the sandbox. That is the agent's failure, not a result.
+            return Err(EngineError::Prepare {
+                stage: "run".into(),
+                message: "the sandbox ended before the script did (killed from outside the agent)".into(),
+            }
+            .into());
+        }
+        // A pid 1 killed by the OOM killer or by the agent leaves no exit report.
         let signal = if !reported && killed_by.is_some() { Some(libc::SIGKILL) } else { signal };
         Ok(RunResult {
             id,

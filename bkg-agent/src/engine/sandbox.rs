@@ -139,6 +139,23 @@ impl PreparedSandbox {
         }
     }
 
+    /// Why this prepared sandbox can no longer take a run, if it cannot: its pid 1 has ended
+    /// (killed from outside) or its cgroup is gone (removed by someone else).
+    pub fn broken(&self) -> Option<&'static str> {
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+        // WNOWAIT leaves an ended pid 1 unreaped: `dispose` reaps it, and until then its pid
+        // cannot be reused.
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(self.pid_one), flags) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) | Err(_) => return Some("its pid 1 has ended"),
+        }
+        if !self.cgroup.procs_paths().iter().all(|procs| procs.exists()) {
+            return Some("its cgroup is gone");
+        }
+        None
+    }
+
     /// Ends every process of the sandbox now: killing pid 1 makes the kernel kill the rest of
     /// its pid namespace.
     pub fn kill(&self) {

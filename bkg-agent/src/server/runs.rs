@@ -123,7 +123,10 @@ pub async fn dispatch(
         return Failure::bad_request("this connection cannot be upgraded").into_response();
     };
     let run_id = new_id("run");
+    // Shutdown waits until the caller has been sent the result frame.
+    let in_flight = state.engine.run_in_flight();
     tokio::spawn(async move {
+        let _in_flight = in_flight;
         match on_upgrade.await {
             Ok(upgraded) => stream_run(state, principal, run_id, validated, TokioIo::new(upgraded)).await,
             Err(error) => tracing::warn!(%error, "stream upgrade failed"),

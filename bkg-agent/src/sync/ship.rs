@@ -306,6 +306,24 @@ fn state_upsert(event: &OutboxEvent, read: &Read) -> Result<Option<(Kind, Vec<Pa
                 ],
             )
         }
+        Details::RunInterrupted(interrupted) => (
+            Kind::Run,
+            head(record.run.as_ref(), "run")?,
+            vec![
+                Box::new(record.sandbox.clone()),
+                Box::new(interrupted.language.map(|language| language.as_str())),
+                Box::new(record.limits.clone()),
+                Box::new(None::<i32>),
+                Box::new(None::<i32>),
+                Box::new(Some(bkg_schema::KilledBy::Interrupted.as_str())),
+                Box::new(None::<i64>),
+                Box::new(None::<i64>),
+                Box::new(None::<i64>),
+                Box::new(Some(int(event.seq, interrupted.started_at_ms)?)),
+                Box::new(Some(int(event.seq, interrupted.finished_at_ms)?)),
+                Box::new(merged(parts)),
+            ],
+        ),
         Details::SandboxCreated(created) => (
             Kind::Sandbox,
             head(record.sandbox.as_ref(), "sandbox")?,

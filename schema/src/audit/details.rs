@@ -111,6 +111,9 @@ macro_rules! kinds {
 kinds! {
     RunStarted(RunStarted) = "run.started",
     RunFinished(RunFinished) = "run.finished",
+    /// A run the agent found unfinished when it started: the agent before it stopped (crashed,
+    /// was killed) without closing it.
+    RunInterrupted(RunInterrupted) = "run.interrupted",
     SandboxCreated(SandboxCreated) = "sandbox.created",
     SandboxDeleted(Nothing) = "sandbox.deleted",
     KeyCreated(KeyChange) = "key.created",
@@ -149,6 +152,16 @@ impl Payload for Nothing {
 pub struct RunStarted {
     pub language: Language,
     pub started_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInterrupted {
+    /// Absent when the store held a language this agent does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<Language>,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,6 +355,7 @@ pub struct LogRecovered {
 
 in_details!(
     RunStarted,
+    RunInterrupted,
     SandboxCreated,
     KeyChange,
     ConfigChanged,

@@ -15,7 +15,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 use std::thread;
@@ -131,6 +131,8 @@ pub trait CgroupDriver: Send + Sync {
     fn remove_stale(&self) -> Result<usize, CgroupError>;
     /// Removes the agent's own directories (at shutdown, once every run cgroup is gone).
     fn remove_agent_dirs(&self) -> Result<(), CgroupError>;
+    /// `<own cgroup>/<agent_dir>` in every hierarchy used: what the agent locks as its own.
+    fn agent_dirs(&self) -> Vec<PathBuf>;
     fn version(&self) -> CgroupVersion;
 }
 
@@ -522,14 +524,53 @@ fn kill_until_empty(
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     loop {
         kill_round()?;
-        if pids_in(dirs)?.is_empty() {
+        let left = pids_in(dirs)?;
+        if left.is_empty() {
             return Ok(());
         }
         if Instant::now() >= deadline {
             let path = dirs.first().cloned().unwrap_or_default();
             return Err(CgroupError::KillTimeout { path, timeout: DRAIN_TIMEOUT });
         }
-        thread::sleep(DRAIN_POLL);
+        wait_for_exits(&left, deadline);
+    }
+}
+
+/// Waits until the processes `pids` (a batch of them) have ended, or until `deadline`. Each is
+/// pinned with a pidfd, which becomes readable once its process has exited, and so has left its
+/// cgroup. Where pidfds are missing (Linux < 5.3) this falls back to one short sleep.
+fn wait_for_exits(pids: &[i32], deadline: Instant) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut pinned = Vec::with_capacity(pids.len().min(KILL_BATCH));
+    for &pid in pids.iter().take(KILL_BATCH) {
+        match pidfd_open(pid) {
+            Ok(pidfd) => pinned.push(pidfd),
+            Err(error) if error.raw_os_error() == Some(libc::ENOSYS) => {
+                thread::sleep(DRAIN_POLL);
+                return;
+            }
+            // Already gone (ESRCH), or not ours to wait for: the caller lists again.
+            Err(_) => {}
+        }
+    }
+    while !pinned.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(timeout) = PollTimeout::try_from(left) else { return };
+        let mut fds: Vec<PollFd<'_>> =
+            pinned.iter().map(|pidfd| PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)).collect();
+        match poll(&mut fds, timeout) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => {
+                thread::sleep(DRAIN_POLL);
+                return;
+            }
+        }
+        let exited: Vec<bool> = fds.iter().map(|fd| fd.revents().is_some_and(|revents| !revents.is_empty())).collect();
+        drop(fds);
+        let mut exited = exited.into_iter();
+        pinned.retain(|_| !exited.next().unwrap_or(false));
     }
 }
 

@@ -116,6 +116,10 @@ impl CgroupDriver for V1Driver {
         Ok(())
     }
 
+    fn agent_dirs(&self) -> Vec<PathBuf> {
+        self.agent_dirs.clone()
+    }
+
     fn remove_stale(&self) -> Result<usize, CgroupError> {
         let mut names = Vec::new();
         for dir in &self.agent_dirs {

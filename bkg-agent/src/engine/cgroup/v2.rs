@@ -129,6 +129,10 @@ impl CgroupDriver for V2Driver {
         Ok(())
     }
 
+    fn agent_dirs(&self) -> Vec<PathBuf> {
+        vec![self.agent_dir.clone()]
+    }
+
     fn remove_stale(&self) -> Result<usize, CgroupError> {
         remove_stale_runs(child_dirs(&self.agent_dir)?, |name| Box::new(self.run_cgroup(name)))
     }
