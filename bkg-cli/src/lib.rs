@@ -28,7 +28,7 @@ use crate::exit::CliError;
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => return exit::clap_error(error),
+        Err(error) => return exit::clap_error(error, "bkg"),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
