@@ -453,7 +453,7 @@ pub fn schema_errors(value: &Value) -> Vec<CaveError> {
 const RULES: [(&str, &str, &str); 8] = [
     ("dnsLabel", "name", NAME_RULE),
     ("size", "size", "a number with an optional unit, like 512MiB, 1GiB or 500M"),
-    ("duration", "duration", "a number with an optional unit, like 500ms, 60s, 2m or 1h"),
+    ("duration", "duration", "a number with an optional unit, like 500ms, 60s, 1m30s or 1h"),
     ("cpus", "CPU count", "a number from 0.001 to 4096, like 0.5, 1 or 2"),
     ("scriptName", "script name", SCRIPT_NAME_RULE),
     ("command", "command", "it must not be empty"),
