@@ -430,20 +430,6 @@ fn keys_expire_rotate_and_revoke_at_once_and_rotations_are_signed_to_webhooks() 
     let deliveries = webhook.wait_for(2, Duration::from_secs(10));
     assert_eq!(deliveries.len(), 2, "one failed delivery and its retry: {deliveries:?}");
 
-    // A key made with a short lifetime keeps it when rotated: not its role's 30 days.
-    let hour =
-        admin.post("/api/v1/auth/keys", &json!({ "role": "namespace", "namespace": "lab", "ttl_seconds": 3600 }));
-    expect(&hour, 201, "a one-hour key");
-    let hour_id = hour.json()["id"].as_str().unwrap_or_default().to_owned();
-    let rotated_hour = admin.send("POST", &format!("/api/v1/auth/keys/{hour_id}/rotate"), None, &[]);
-    expect(&rotated_hour, 200, "rotating the one-hour key");
-    let lifetime = |body: &serde_json::Value| {
-        body["expires_at_ms"]
-            .as_u64()
-            .unwrap_or(0)
-            .saturating_sub(body["rotated_at_ms"].as_u64().or(body["created_at_ms"].as_u64()).unwrap_or(0))
-    };
-    assert_eq!(lifetime(&rotated_hour.json()), 3_600_000, "{}", rotated_hour.json());
     let notice = &deliveries[1];
     assert_eq!((notice.method.as_str(), notice.path.as_str()), ("POST", "/hooks/bkg"));
     assert_eq!(deliveries[0].header("x-bkg-signature"), notice.header("x-bkg-signature"), "a retry is the same notice");
@@ -499,6 +485,21 @@ fn keys_expire_rotate_and_revoke_at_once_and_rotations_are_signed_to_webhooks() 
 
     let metrics = admin.get("/metrics").text();
     assert!(metrics.contains("bkg_rotation_webhook_deliveries_total{outcome=\"delivered\"} 1"), "{metrics}");
+
+    // A key made with a short lifetime keeps it when rotated: not its role's 30 days.
+    let hour =
+        admin.post("/api/v1/auth/keys", &json!({ "role": "namespace", "namespace": "lab", "ttl_seconds": 3600 }));
+    expect(&hour, 201, "a one-hour key");
+    let hour_id = hour.json()["id"].as_str().unwrap_or_default().to_owned();
+    let rotated_hour = admin.send("POST", &format!("/api/v1/auth/keys/{hour_id}/rotate"), None, &[]);
+    expect(&rotated_hour, 200, "rotating the one-hour key");
+    let lifetime = |body: &serde_json::Value| {
+        body["expires_at_ms"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(body["rotated_at_ms"].as_u64().or(body["created_at_ms"].as_u64()).unwrap_or(0))
+    };
+    assert_eq!(lifetime(&rotated_hour.json()), 3_600_000, "{}", rotated_hour.json());
 }
 
 #[test]
