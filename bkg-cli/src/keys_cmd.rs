@@ -140,7 +140,7 @@ pub async fn run(global: &GlobalArgs, args: KeysArgs) -> Result<i32, CliError> {
                     ]
                 });
                 let headers = ["ID", "ROLE", "NAMESPACE", "STATE", "EXPIRES IN", "NAME"];
-                print!("{}", crate::table::render(&headers, &[], rows, crate::table::width()));
+                print!("{}", crate::table::render(&headers, &[], &[2, 5], rows, crate::table::width()));
             }
         }
         KeysAction::Rotate { id, json } => {

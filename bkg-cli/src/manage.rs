@@ -169,7 +169,7 @@ pub fn sandbox_table(sandboxes: &[SandboxInfo], width: Option<u16>) -> String {
             info.project_dir.clone(),
         ]
     });
-    crate::table::render(&["NAME", "TYPE", "STATE", "LAST EXIT", "DISK", "PROJECT"], &[4], rows, width)
+    crate::table::render(&["NAME", "TYPE", "STATE", "LAST EXIT", "DISK", "PROJECT"], &[4], &[5], rows, width)
 }
 
 /// The project around the current directory (or `--dir`), its cave.yaml checked: an invalid

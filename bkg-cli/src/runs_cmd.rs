@@ -55,9 +55,15 @@ fn to_json(value: &impl serde::Serialize) -> Result<String, CliError> {
     serde_json::to_string(value).map_err(|error| CliError::internal(error.to_string()))
 }
 
-/// When, in UTC to the second.
+/// When, in UTC to the second (RFC 3339).
 pub fn time(at_ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(at_ms)).to_string()
+}
+
+/// When, in UTC to the minute, for tables: `2026-11-28 01:36`.
+fn short_time(at_ms: u64) -> String {
+    let full = time(at_ms);
+    full.get(..16).map_or(full.clone(), |minutes| minutes.replacen('T', " ", 1))
 }
 
 /// How the run ended, in a word or two.
@@ -93,10 +99,10 @@ pub fn runs_table(runs: &[RunRecord], width: Option<u16>) -> String {
             run.id.clone(),
             sandbox_name(run),
             run.language.as_str().to_owned(),
-            time(run.started_at_ms),
+            short_time(run.started_at_ms),
             outcome(run),
-            or_dash(run.wall_ms, format_duration_ms),
-            or_dash(run.cpu_ms, format_duration_ms),
+            or_dash(run.wall_ms, short_duration),
+            or_dash(run.cpu_ms, short_duration),
             or_dash(run.peak_memory_bytes, format_size),
             run.namespace.clone(),
         ]
@@ -104,9 +110,20 @@ pub fn runs_table(runs: &[RunRecord], width: Option<u16>) -> String {
     crate::table::render(
         &["ID", "SANDBOX", "TYPE", "STARTED", "OUTCOME", "WALL", "CPU", "MEMORY", "NAMESPACE"],
         &[5, 6, 7],
+        &[1, 8],
         rows,
         width,
     )
+}
+
+/// A duration in a few characters: 14ms, 2.5s, 1m05s, 2h03m.
+pub fn short_duration(millis: u64) -> String {
+    match millis {
+        0..1_000 => format!("{millis}ms"),
+        1_000..60_000 => format!("{:.1}s", millis as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", millis / 60_000, millis / 1000 % 60),
+        _ => format!("{}h{:02}m", millis / 3_600_000, millis / 60_000 % 60),
+    }
 }
 
 /// `bkg runs show`: one field a line.

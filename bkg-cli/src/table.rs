@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 
-use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table, presets};
+use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table, Width, presets};
 
 /// The width to fit: `COLUMNS` when set, else the terminal's; none when stdout is not a terminal
 /// (a pipe gets whole lines).
@@ -18,17 +18,28 @@ pub fn width() -> Option<u16> {
     terminal_size::terminal_size_of(&stdout).map(|(terminal_size::Width(columns), _)| columns)
 }
 
+/// How narrow a wrapping column may get before the table grows wider than the terminal instead.
+const NARROWEST: u16 = 12;
+
 /// Renders `rows` under `headers`, the columns at `right` aligned right, each line ending in a
-/// newline without trailing blanks. The last column is the one that wraps when space is short.
+/// newline without trailing blanks. Only the columns at `wrap` wrap when space is short (never
+/// below a few characters); the others, ids and names, stay whole.
 pub fn render(
     headers: &[&str],
     right: &[usize],
+    wrap: &[usize],
     rows: impl IntoIterator<Item = Vec<String>>,
     width: Option<u16>,
 ) -> String {
     let mut table = Table::new();
     table.load_style(presets::NOTHING).set_header(headers.iter().copied());
+    let mut widest: Vec<usize> = headers.iter().map(|header| header.chars().count()).collect();
     for row in rows {
+        for (index, cell) in row.iter().enumerate() {
+            if let Some(wide) = widest.get_mut(index) {
+                *wide = (*wide).max(cell.chars().count());
+            }
+        }
         table.add_row(row);
     }
     match width {
@@ -45,10 +56,12 @@ pub fn render(
         if right.contains(&index) {
             column.set_cell_alignment(CellAlignment::Right);
         }
-        // Every column but the last keeps its whole content: names and ids are not to be cut.
-        if index != last {
-            column.set_constraint(ColumnConstraint::ContentWidth);
-        }
+        let narrowest = u16::try_from(widest.get(index).copied().unwrap_or(0)).unwrap_or(u16::MAX).min(NARROWEST);
+        column.set_constraint(if wrap.contains(&index) {
+            ColumnConstraint::LowerBoundary(Width::Fixed(narrowest))
+        } else {
+            ColumnConstraint::ContentWidth
+        });
     }
     let mut text = String::new();
     for line in table.lines() {
@@ -68,15 +81,19 @@ mod tests {
             vec!["a-very-long-sandbox-name".to_owned(), "1".to_owned(), "/srv/x".to_owned()],
             vec!["b".to_owned(), "12345".to_owned(), "/srv/a/much/longer/project/path".to_owned()],
         ];
-        let text = render(&["NAME", "N", "PROJECT"], &[1], rows.clone(), None);
+        let text = render(&["NAME", "N", "PROJECT"], &[1], &[2], rows.clone(), None);
         assert_eq!(
             text,
             "NAME                          N  PROJECT\n\
              a-very-long-sandbox-name      1  /srv/x\n\
              b                         12345  /srv/a/much/longer/project/path\n"
         );
-        let narrow = render(&["NAME", "N", "PROJECT"], &[1], rows, Some(50));
+        let narrow = render(&["NAME", "N", "PROJECT"], &[1], &[2], rows.clone(), Some(50));
         assert!(narrow.lines().all(|line| line.chars().count() <= 50), "{narrow}");
         assert!(narrow.contains("a-very-long-sandbox-name"), "{narrow}");
+        // Too narrow for the whole names: the table grows past the width rather than cut them.
+        let tight = render(&["NAME", "N", "PROJECT"], &[1], &[2], rows, Some(20));
+        assert!(tight.contains("a-very-long-sandbox-name"), "{tight}");
+        assert!(tight.lines().all(|line| line.chars().count() >= 5 || line.is_empty()), "{tight}");
     }
 }
