@@ -71,6 +71,38 @@ pub fn render(
     text
 }
 
+/// The width of each column of `render(headers, .., rows, None)`: its widest cell.
+pub fn widths<'a>(headers: &[&str], rows: impl IntoIterator<Item = &'a Vec<String>>) -> Vec<u16> {
+    let mut widest: Vec<usize> = headers.iter().map(|header| header.chars().count()).collect();
+    for row in rows {
+        for (index, cell) in row.iter().enumerate() {
+            if let Some(wide) = widest.get_mut(index) {
+                *wide = (*wide).max(cell.chars().count());
+            }
+        }
+    }
+    widest.into_iter().map(|wide| u16::try_from(wide).unwrap_or(u16::MAX)).collect()
+}
+
+/// One more row of a table already printed with columns `widths` wide (a followed log): it
+/// lines up under it, and a longer cell pushes the rest of its row aside rather than wrap.
+pub fn row(widths: &[u16], right: &[usize], cells: Vec<String>) -> String {
+    let mut line = String::new();
+    for (index, cell) in cells.iter().enumerate() {
+        let width = usize::from(widths.get(index).copied().unwrap_or(0));
+        let pad = " ".repeat(width.saturating_sub(cell.chars().count()));
+        if right.contains(&index) {
+            line.push_str(&pad);
+            line.push_str(cell);
+        } else {
+            line.push_str(cell);
+            line.push_str(&pad);
+        }
+        line.push_str("  ");
+    }
+    line.trim_end().to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +127,13 @@ mod tests {
         let tight = render(&["NAME", "N", "PROJECT"], &[1], &[2], rows, Some(20));
         assert!(tight.contains("a-very-long-sandbox-name"), "{tight}");
         assert!(tight.lines().all(|line| line.chars().count() >= 5 || line.is_empty()), "{tight}");
+    }
+
+    #[test]
+    fn a_later_row_lines_up_under_the_table() {
+        let rows = vec![vec!["1".to_owned(), "short".to_owned(), "x".to_owned()]];
+        let table = render(&["SEQ", "NAME", "END"], &[0], &[], rows.clone(), None);
+        let later = row(&widths(&["SEQ", "NAME", "END"], &rows), &[0], vec!["12".into(), "a".into(), "y".into()]);
+        assert_eq!(format!("{table}{later}\n"), "SEQ  NAME   END\n  1  short  x\n 12  a      y\n");
     }
 }
