@@ -788,6 +788,22 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     assert_eq!(code(&wrong), 125);
     assert_eq!(stderr(&wrong).trim(), "bkg: wrong username or password");
 
+    // `logout` forgets the kept key: the next command has none.
+    let logout = bkg_at(&api, user_home.path())
+        .args(["--remote", &remote, "logout"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .output()
+        .expect("bkg logout");
+    assert_eq!(code(&logout), 0, "{}", stderr(&logout));
+    assert!(stderr(&logout).starts_with("bkg: logged out of "), "{}", stderr(&logout));
+    let after = bkg_at(&api, user_home.path())
+        .args(["--remote", &remote, "keys", "ls"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .output()
+        .expect("bkg keys ls");
+    assert_eq!(code(&after), 125);
+    assert!(stderr(&after).contains("no API key for"), "{}", stderr(&after));
+
     // BKG_API_KEY wins over what is kept.
     let (_, session) = api.key("session", Some("elsewhere"));
     let whoami = bkg_at(&api, home.path())
