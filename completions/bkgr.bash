@@ -23,7 +23,7 @@ _bkgr() {
 
     case "${cmd}" in
         bkgr)
-            opts="-d -C -h -V --detach --dir --allow-outside --cpus --memory --timeout --disk --socket --help --version"
+            opts="-d -C -h -V --detach --dir --allow-outside --socket --cpus --memory --timeout --disk --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -34,6 +34,10 @@ _bkgr() {
                     return 0
                     ;;
                 -C)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -50,10 +54,6 @@ _bkgr() {
                     return 0
                     ;;
                 --disk)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -260,7 +260,6 @@ pub struct Bkgr {
     /// Allow volumes whose host path is outside the project.
     #[arg(long)]
     pub allow_outside: bool,
-    /// Limits of this run, over those of cave.yaml.
     #[command(flatten, next_help_heading = "Limits (over cave.yaml's)")]
     pub limits: LimitArgs,
     /// The agent's unix socket.
@@ -354,9 +353,18 @@ pub fn bkg_command() -> clap::Command {
     add_examples(Cli::command(), "")
 }
 
-/// The whole `bkgr` command, examples included.
+/// The whole `bkgr` command, examples included. Its limit flags default to cave.yaml's limits.
 pub fn bkgr_command() -> clap::Command {
-    with_examples(Bkgr::command(), BKGR_EXAMPLES)
+    let mut command = with_examples(Bkgr::command(), BKGR_EXAMPLES);
+    for (flag, help) in [
+        ("cpus", "CPU limit in CPUs, e.g. 0.5 [default: cave.yaml's limits.cpus, else 1]"),
+        ("memory", "Memory limit, swap included, e.g. 1.5GiB [default: cave.yaml's limits.memory, else 512MiB]"),
+        ("timeout", "Wall-clock limit of the run, e.g. 1m30s [default: cave.yaml's limits.timeout, else 60s]"),
+        ("disk", "Disk limit of the sandbox, e.g. 1GiB [default: cave.yaml's limits.disk, else 500MiB]"),
+    ] {
+        command = command.mut_arg(flag, |arg| arg.help(help));
+    }
+    command
 }
 
 /// Parses our own command line into `T` by `command`.
