@@ -138,7 +138,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand logs" -s n -l tail -d 'Start wit
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -l remote -d 'Talk to the agent at this URL over TCP (http://HOST:PORT) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s f -l follow -d 'Keep printing while the run goes on'
-complete -c bkg -n "__fish_bkg_using_subcommand logs" -s t -l timestamps -d 'Lead each line with the time bkg received it (RFC 3339, UTC); with -f, the time it was written'
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -s t -l timestamps -d 'Lead each line with the time bkg read it (RFC 3339, UTC): when it was written, for lines that arrive with -f'
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F

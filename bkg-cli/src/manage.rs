@@ -73,22 +73,17 @@ pub struct LogsArgs {
     /// Start with the last N lines of the output.
     #[arg(short = 'n', long, value_name = "N")]
     pub tail: Option<usize>,
-    /// Lead each line with the time bkg received it (RFC 3339, UTC); with -f, the time it was written.
+    /// Lead each line with the time bkg read it (RFC 3339, UTC): when it was written, for lines that arrive with -f.
     #[arg(short = 't', long)]
     pub timestamps: bool,
 }
 
-#[derive(Debug, Args)]
+/// One sandbox to remove (`bkg rm NAME...` removes each in turn).
+#[derive(Debug)]
 pub struct RmArgs {
-    /// The sandbox's name in cave.yaml.
     pub name: String,
-    #[command(flatten)]
     pub project: ProjectArgs,
-    /// Do not ask (required when stdin is not a terminal).
-    #[arg(long)]
     pub force: bool,
-    /// Print JSON.
-    #[arg(long)]
     pub json: bool,
 }
 
