@@ -40,7 +40,22 @@ pub async fn run(global: &GlobalArgs, args: RunsArgs) -> Result<i32, CliError> {
             }
             let client = AgentClient::new(global)?;
             client.ensure_running().await?;
-            let record: RunRecord = client.get(&format!("/api/v1/runs/{id}")).await?;
+            let response = client
+                .http()
+                .get(client.url(&format!("/api/v1/runs/{id}")))
+                .send()
+                .await
+                .map_err(|error| client.unreachable(error))?;
+            if response.status() == reqwest::StatusCode::NOT_FOUND {
+                return Err(CliError::usage(format!("no run `{id}` here: `bkg runs ls` lists the runs you may see")));
+            }
+            if !response.status().is_success() {
+                return Err(crate::client::api_error(response).await);
+            }
+            let record: RunRecord = response
+                .json()
+                .await
+                .map_err(|error| CliError::internal(format!("unexpected answer from the agent: {error}")))?;
             if json {
                 println!("{}", to_json(&record)?);
             } else {
