@@ -67,3 +67,13 @@ api-validate: ## Validate schema/openapi.yaml as OpenAPI 3.1 with @seriousme/ope
 
 api-fuzz: setup build ## schemathesis against a live agent on loopback TCP: no 5xx, every answer as documented (as root)
 	bash scripts/schemathesis.sh
+
+# Shell completions and man pages, generated from the clap definitions and checked in; a test
+# (cargo test -p xtask) fails when they are out of date.
+.PHONY: completions man
+
+completions: ## Write completions/ (bash, zsh, fish) for bkg, bkgr and bkg-agent
+	$(CARGO) run -p xtask --locked -- completions
+
+man: ## Write docs/man/: a page per command of bkg and bkgr (section 1) and bkg-agent (section 8)
+	$(CARGO) run -p xtask --locked -- man

@@ -23,6 +23,9 @@ need make make
 # The API tests run docs/api.md's curl examples (curl, jq).
 need curl curl
 need jq jq
+# The CLI tests complete in a real bash and render the man pages (docs/man/).
+need bash bash
+need man man-db
 
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2

@@ -21,7 +21,12 @@ use crate::telemetry::Tracer;
 
 /// The bkg agent: runs sandboxes for `bkg` and `bkgr` over a unix socket. Needs root.
 #[derive(Debug, Parser)]
-#[command(name = "bkg-agent", version)]
+#[command(
+    name = "bkg-agent",
+    version,
+    after_help = "Examples:\n  sudo bkg-agent --foreground\n  sudo bkg-agent --listen 127.0.0.1:7070 --max-memory 16GiB\n  \
+                  sudo bkg-agent --state-dir /srv/bkg --db-url postgres://bkg@db/bkg_db"
+)]
 pub struct AgentArgs {
     /// Unix socket to serve the API on (mode 0600).
     #[arg(long, env = "BKG_SOCKET")]

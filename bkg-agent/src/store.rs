@@ -664,13 +664,19 @@ impl Store {
         .await
     }
 
-    /// The newest runs, of every namespace or of one.
-    pub async fn list_runs(&self, namespace: Option<String>, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+    /// The newest runs, of every namespace or of one, of every sandbox or of one.
+    pub async fn list_runs(
+        &self,
+        namespace: Option<String>,
+        sandbox_id: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
         self.with(move |db| {
             let mut statement = db.prepare(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE ?2 IS NULL OR namespace = ?2 ORDER BY started_at_ms DESC, id DESC LIMIT ?1"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE (?2 IS NULL OR namespace = ?2) AND (?3 IS NULL OR sandbox_id = ?3) \
+                 ORDER BY started_at_ms DESC, id DESC LIMIT ?1"
             ))?;
-            let rows = statement.query_map(params![limit, namespace], raw_record)?;
+            let rows = statement.query_map(params![limit, namespace, sandbox_id], raw_record)?;
             rows.map(|row| row.map_err(StoreError::from).and_then(RawRecord::into_record)).collect()
         })
         .await
@@ -797,7 +803,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 }
 
 const RUN_COLUMNS: &str = "id, language, started_at_ms, finished_at_ms, limits, exit_code, signal, killed_by, wall_ms, \
-    cpu_ms, peak_memory_bytes, stdout_bytes, stderr_bytes, cleaned_up, error, namespace";
+    cpu_ms, peak_memory_bytes, stdout_bytes, stderr_bytes, cleaned_up, error, namespace, sandbox_id";
 
 struct RawRecord {
     id: String,
@@ -816,6 +822,7 @@ struct RawRecord {
     cleaned_up: bool,
     error: Option<String>,
     namespace: String,
+    sandbox_id: Option<String>,
 }
 
 fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
@@ -836,6 +843,7 @@ fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         cleaned_up: row.get(13)?,
         error: row.get(14)?,
         namespace: row.get(15)?,
+        sandbox_id: row.get(16)?,
     })
 }
 
@@ -848,6 +856,7 @@ impl RawRecord {
             limits: serde_json::from_str(&self.limits)?,
             id: self.id,
             namespace: self.namespace,
+            sandbox_id: self.sandbox_id,
             started_at_ms: self.started_at_ms.max(0) as u64,
             finished_at_ms: to_u64(self.finished_at_ms),
             exit_code: self.exit_code,
@@ -885,7 +894,7 @@ mod tests {
         drop(store);
 
         let reopened = Store::open(&path, AuditLog::open(dir.path())?)?;
-        let runs = reopened.list_runs(None, 10).await?;
+        let runs = reopened.list_runs(None, None, 10).await?;
         assert_eq!(runs.len(), 1);
         assert!(runs[0].cleaned_up);
         assert_eq!(runs[0].limits, Limits::DEFAULT);

@@ -33,15 +33,28 @@ pub struct AddArgs {
     /// Mount a project folder, read-only unless :rw (repeatable).
     #[arg(long = "volume", value_name = "HOST:GUEST[:ro|:rw]")]
     pub volumes: Vec<String>,
-    /// The cave.yaml to edit [default: ./cave.yaml]
-    #[arg(long, value_name = "PATH")]
+    /// The cave.yaml to edit [default: DIR/cave.yaml]
+    #[arg(long, value_name = "PATH", conflicts_with = "dir")]
+    pub cave: Option<PathBuf>,
+    /// The old name of --cave (`bkg exe --file` copies a file in); warns.
+    #[arg(long, value_name = "PATH", hide = true, conflicts_with_all = ["cave", "dir"])]
     pub file: Option<PathBuf>,
+    /// The project directory [default: .]
+    #[arg(short = 'C', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 pub fn run(args: AddArgs) -> Result<i32, CliError> {
     let name = checked_name(&args.name)?;
     let sandbox = new_sandbox(&args)?;
-    let path = args.file.unwrap_or_else(|| PathBuf::from(FILE_NAME));
+    if args.file.is_some() {
+        eprintln!("bkg: `bkg add --file` is deprecated: use --cave (as `bkg exe --file` copies a file in)");
+    }
+    let path = match (args.cave.or(args.file), args.dir) {
+        (Some(path), _) => path,
+        (None, Some(dir)) => dir.join(FILE_NAME),
+        (None, None) => PathBuf::from(FILE_NAME),
+    };
     let file = path.display().to_string();
     let text = std::fs::read_to_string(&path).map_err(|error| {
         if error.kind() == std::io::ErrorKind::NotFound {

@@ -1,8 +1,8 @@
-//! The command-line grammar.
+//! The command-line grammar of `bkg` and `bkgr`, and the examples every `--help` ends with.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// bkg runs untrusted Python and Node.js code in sandboxes with hard limits.
 #[derive(Debug, Parser)]
@@ -17,13 +17,13 @@ pub struct Cli {
 #[derive(Debug, Default, Args)]
 pub struct GlobalArgs {
     /// The agent's unix socket [default: /run/bkg/agent.sock as root]
-    #[arg(long, global = true, env = "BKG_SOCKET", value_name = "PATH")]
+    #[arg(long, global = true, env = "BKG_SOCKET", value_name = "PATH", help_heading = "Connection")]
     pub socket: Option<PathBuf>,
     /// Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket
-    #[arg(long, global = true, env = "BKG_REMOTE", value_name = "URL")]
+    #[arg(long, global = true, env = "BKG_REMOTE", value_name = "URL", help_heading = "Connection")]
     pub remote: Option<String>,
     /// Verify an https --remote agent against the CA certificates in this PEM file instead of the system's roots
-    #[arg(long, global = true, env = "BKG_CACERT", value_name = "FILE")]
+    #[arg(long, global = true, env = "BKG_CACERT", value_name = "FILE", help_heading = "Connection")]
     pub cacert: Option<PathBuf>,
 }
 
@@ -47,10 +47,12 @@ pub enum Command {
     Status(crate::manage::NameArgs),
     /// Print the output of a sandbox's latest run (`-f` follows it).
     Logs(crate::manage::LogsArgs),
-    /// Stop the run going on in a sandbox.
-    Stop(crate::manage::NameArgs),
-    /// Remove a sandbox: its workspace, logs and its entry in cave.yaml.
-    Rm(crate::manage::RmArgs),
+    /// Stop the run going on in one or more sandboxes (`--all`: every sandbox of the project).
+    Stop(StopArgs),
+    /// Remove sandboxes: their workspace, logs and their entry in cave.yaml.
+    Rm(RmArgs),
+    /// The history of runs: temporary and persistent, with their accounting.
+    Runs(RunsArgs),
     /// Verify or follow the agent's signed audit log.
     Audit(AuditArgs),
     /// The sync of the agent's events to the shared bkg_db.
@@ -59,8 +61,14 @@ pub enum Command {
     Db(crate::sync_cmd::DbArgs),
     /// Keep an API key for a remote agent (--remote): log in with a password, or give a key.
     Login(crate::login_cmd::LoginArgs),
+    /// Forget the API key kept for a remote agent (--remote).
+    Logout,
     /// Create, list, rotate and revoke API keys.
     Keys(crate::keys_cmd::KeysArgs),
+    /// The versions of bkg and of the agent, their commits and build dates, the agent's protections.
+    Version(VersionArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(CompletionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -79,15 +87,15 @@ pub enum AuditAction {
 
 /// The resource limits of a run or a sandbox, as written on the command line (parsed later, so
 /// a bad value gets bkg's own one-line error).
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct LimitArgs {
     /// CPU limit in CPUs, e.g. 0.5 [default: 1]
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub cpus: Option<String>,
-    /// Memory limit, swap included, e.g. 256MiB [default: 512MiB]
+    /// Memory limit, swap included, e.g. 256MiB or 1.5GiB [default: 512MiB]
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory: Option<String>,
-    /// Wall-clock limit of a run, e.g. 10s [default: 60s]
+    /// Wall-clock limit of a run, e.g. 10s or 1m30s [default: 60s]
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Option<String>,
     /// Disk limit for /workspace and /tmp together, e.g. 1GiB [default: 500MiB]
@@ -100,20 +108,23 @@ pub struct ExeArgs {
     /// The script to run, or `-` to read the code from stdin.
     #[arg(value_name = "SCRIPT", required_unless_present = "code")]
     pub script: Option<String>,
-    /// Arguments passed to the script (after `--`).
-    #[arg(last = true, value_name = "ARGS")]
+    /// Arguments passed to the script; after the script, or after `--` when they look like bkg's flags.
+    #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
-    /// Run this code instead of a file (needs --type).
-    #[arg(short = 'c', long = "code", value_name = "CODE", conflicts_with = "script")]
+    /// Run this code instead of a file (needs --type); then every other argument is the script's.
+    #[arg(short = 'c', long = "code", value_name = "CODE")]
     pub code: Option<String>,
     /// The language: python or node [default: from the file extension]
     #[arg(short = 't', long = "type", value_name = "TYPE")]
     pub language: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// Set an environment variable in the sandbox (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    /// Set a variable in the sandbox; a bare NAME passes the host's value (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
+    /// Read variables from a file of KEY=VALUE lines (repeatable; -e wins).
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
     /// Copy a host file into the sandbox, to /workspace/NAME or DEST (repeatable).
     #[arg(short = 'f', long = "file", value_name = "SRC[:DEST]")]
     pub files: Vec<String>,
@@ -147,4 +158,246 @@ pub enum AgentAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The sandboxes' names in cave.yaml.
+    #[arg(value_name = "NAME", required_unless_present = "all")]
+    pub names: Vec<String>,
+    /// Stop every sandbox of the project that has a run going on.
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
+    #[command(flatten)]
+    pub project: crate::manage::ProjectArgs,
+    /// Print JSON: one object per sandbox, in an array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The sandboxes' names in cave.yaml.
+    #[arg(value_name = "NAME", required = true)]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub project: crate::manage::ProjectArgs,
+    /// Do not ask (required when stdin is not a terminal).
+    #[arg(long)]
+    pub force: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    pub action: RunsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsAction {
+    /// The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory.
+    Ls {
+        /// How many runs to list, 1 to 1000.
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+        limit: u32,
+        /// Only the runs of this persistent sandbox of the project.
+        #[arg(long, value_name = "NAME")]
+        sandbox: Option<String>,
+        #[command(flatten)]
+        project: crate::manage::ProjectArgs,
+        /// Print JSON: an array of runs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run with its limits and accounting.
+    Show {
+        /// The run's id (`bkg runs ls` lists them).
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Print JSON: {"cli": {...}, "agent": {...} or null}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// Run the sandboxes of a bkg project (cave.yaml): SCRIPT of sandbox NAME, or the `start`
+/// script of every sandbox at once.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bkgr",
+    version,
+    after_help = "Exit codes: as `bkg exe` (the script's own, 124, 137, 125, 126); with several sandboxes, the first failure's."
+)]
+pub struct Bkgr {
+    /// The sandbox to run [default: every sandbox, each with its `start` script]
+    pub name: Option<String>,
+    /// The script of the sandbox to run.
+    #[arg(default_value = "start")]
+    pub script: String,
+    /// Extra arguments for the script (after `--`), appended to its command line.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+    /// Leave the run(s) going under the agent and return at once (`bkg logs NAME -f` follows).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// The project directory [default: the nearest with a cave.yaml, from the current one up]
+    #[arg(short = 'C', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Allow volumes whose host path is outside the project.
+    #[arg(long)]
+    pub allow_outside: bool,
+    #[command(flatten, next_help_heading = "Limits (over cave.yaml's)")]
+    pub limits: LimitArgs,
+    /// The agent's unix socket.
+    #[arg(long, env = "BKG_SOCKET", value_name = "PATH", help_heading = "Connection")]
+    pub socket: Option<PathBuf>,
+}
+
+/// Examples at the end of each command's `--help`, by the command's path below `bkg`. A test
+/// checks that every command has some.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("", "bkg exe hello.py\n  bkg init --yes && bkg add web --type python && bkgr web\n  bkg runs ls"),
+    (
+        "exe",
+        "bkg exe job.py input.csv --verbose\n  bkg exe --memory 1.5GiB --timeout 1m30s -e API_TOKEN --env-file .env job.py\n  \
+         echo 'print(6 * 7)' | bkg exe - --type python",
+    ),
+    ("agent", "sudo bkg agent start\n  bkg agent status --json\n  bkg agent stop"),
+    ("agent start", "sudo bkg agent start\n  sudo bkg agent start --foreground --state-dir /srv/bkg"),
+    ("agent stop", "bkg agent stop\n  bkg --socket /tmp/bkg.sock agent stop"),
+    ("agent status", "bkg agent status\n  bkg agent status --json | jq .max_limits"),
+    ("init", "bkg init\n  bkg init my-app --yes --sandbox web --type node --start 'node server.js'"),
+    (
+        "add",
+        "bkg add web --type python\n  bkg add worker --type node --script start='node worker.js' --memory 1GiB\n  \
+         bkg add api -t python --volume data:/data:rw -C ~/my-app",
+    ),
+    ("validate", "bkg validate\n  bkg validate deploy/cave.yaml --json"),
+    ("ls", "bkg ls\n  bkg ls --all --json"),
+    ("status", "bkg status web\n  bkg status web --json -C ~/my-app"),
+    ("logs", "bkg logs web\n  bkg logs web -f --timestamps\n  bkg logs web --tail 20"),
+    ("stop", "bkg stop web\n  bkg stop web worker\n  bkg stop --all"),
+    ("rm", "bkg rm web\n  bkg rm web worker --force"),
+    ("runs", "bkg runs ls\n  bkg runs ls --sandbox web --limit 5\n  bkg runs show run_19bc0a1f2e3d4c5b"),
+    ("runs ls", "bkg runs ls\n  bkg runs ls --sandbox web --limit 5\n  bkg runs ls --json | jq '.[0].wall_ms'"),
+    ("runs show", "bkg runs show run_19bc0a1f2e3d4c5b\n  bkg runs show run_19bc0a1f2e3d4c5b --json"),
+    ("audit", "sudo bkg audit verify\n  sudo bkg audit tail -f"),
+    (
+        "audit verify",
+        "sudo bkg audit verify\n  bkg audit verify audit-0001.jsonl --key audit.pub\n  bkg audit verify --from-db",
+    ),
+    ("audit tail", "sudo bkg audit tail\n  sudo bkg audit tail -n 50 --json\n  sudo bkg audit tail -f"),
+    ("sync", "bkg sync status\n  bkg sync status --json\n  bkg sync retry"),
+    ("sync status", "bkg sync status\n  bkg sync status --json"),
+    ("sync retry", "bkg sync retry        # every parked event\n  bkg sync retry 42     # the one with seq 42"),
+    ("db", "bkg db migrate\n  bkg db migrate --json"),
+    ("db migrate", "bkg db migrate\n  bkg db migrate --json"),
+    (
+        "login",
+        "bkg --remote http://10.0.0.5:7070 login --user alice\n  \
+         echo \"$KEY\" | bkg --remote http://10.0.0.5:7070 login --key-stdin",
+    ),
+    ("logout", "bkg --remote http://10.0.0.5:7070 logout"),
+    ("keys", "sudo bkg keys create --role admin\n  bkg keys ls\n  bkg keys rotate key_19bc0a1f"),
+    (
+        "keys create",
+        "sudo bkg keys create --role admin\n  bkg keys create --role namespace --namespace team-a --ttl 7d --name ci",
+    ),
+    ("keys ls", "bkg keys ls\n  bkg --remote http://10.0.0.5:7070 keys ls --json"),
+    ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
+    ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
+    ("version", "bkg version\n  bkg version --json"),
+    (
+        "completions",
+        "bkg completions bash > /etc/bash_completion.d/bkg\n  bkg completions zsh > \"${fpath[1]}/_bkg\"\n  \
+         bkg completions fish > ~/.config/fish/completions/bkg.fish",
+    ),
+];
+
+const BKGR_EXAMPLES: &str =
+    "bkgr\n  bkgr web test -- -k smoke\n  bkgr web --timeout 10m --memory 2GiB\n  bkgr -d && bkg logs web -f";
+
+/// The text that `--help` ends with: what was there, then the examples.
+fn with_examples(command: clap::Command, examples: &str) -> clap::Command {
+    let before = command.get_after_help().map(|text| format!("{text}\n\n")).unwrap_or_default();
+    command.after_help(format!("{before}Examples:\n  {examples}"))
+}
+
+fn add_examples(mut command: clap::Command, path: &str) -> clap::Command {
+    if let Some((_, examples)) = EXAMPLES.iter().find(|(key, _)| *key == path) {
+        command = with_examples(command, examples);
+    }
+    let names: Vec<String> = command.get_subcommands().map(|sub| sub.get_name().to_owned()).collect();
+    for name in names {
+        let sub_path = if path.is_empty() { name.clone() } else { format!("{path} {name}") };
+        command = command.mut_subcommand(&name, |sub| add_examples(sub, &sub_path));
+    }
+    command
+}
+
+/// The whole `bkg` command, examples included: what parses, completes and makes man pages.
+pub fn bkg_command() -> clap::Command {
+    add_examples(Cli::command(), "")
+}
+
+/// The whole `bkgr` command, examples included. Its limit flags default to cave.yaml's limits.
+pub fn bkgr_command() -> clap::Command {
+    let mut command = with_examples(Bkgr::command(), BKGR_EXAMPLES);
+    for (flag, help) in [
+        ("cpus", "CPU limit in CPUs, e.g. 0.5 [default: cave.yaml's limits.cpus, else 1]"),
+        ("memory", "Memory limit, swap included, e.g. 1.5GiB [default: cave.yaml's limits.memory, else 512MiB]"),
+        ("timeout", "Wall-clock limit of the run, e.g. 1m30s [default: cave.yaml's limits.timeout, else 60s]"),
+        ("disk", "Disk limit of the sandbox, e.g. 1GiB [default: cave.yaml's limits.disk, else 500MiB]"),
+    ] {
+        command = command.mut_arg(flag, |arg| arg.help(help));
+    }
+    command
+}
+
+/// Parses our own command line into `T` by `command`.
+pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error> {
+    let mut command = command;
+    let matches = command.try_get_matches_from_mut(std::env::args_os())?;
+    T::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+        found.push(path.to_owned());
+        for sub in command.get_subcommands() {
+            let sub_path =
+                if path.is_empty() { sub.get_name().to_owned() } else { format!("{path} {}", sub.get_name()) };
+            paths(sub, &sub_path, found);
+        }
+    }
+
+    #[test]
+    fn every_command_has_examples() {
+        bkg_command().debug_assert();
+        bkgr_command().debug_assert();
+        let mut found = Vec::new();
+        paths(&Cli::command(), "", &mut found);
+        let missing: Vec<&String> = found.iter().filter(|path| !EXAMPLES.iter().any(|(key, _)| key == path)).collect();
+        assert!(missing.is_empty(), "commands without examples in args.rs EXAMPLES: {missing:?}");
+    }
 }

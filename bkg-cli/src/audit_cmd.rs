@@ -189,6 +189,8 @@ pub struct Tail {
     /// Always at the end of a whole line: a line still being written waits for its `\n`.
     offset: u64,
     json: bool,
+    /// The columns' widths of the table printed first, which later rows keep to.
+    widths: Vec<u16>,
 }
 
 impl Tail {
@@ -196,7 +198,7 @@ impl Tail {
     pub fn start(dir: &Path, count: usize, json: bool, out: &mut dyn Write) -> Result<Self, CliError> {
         let files = list_log(dir)?;
         let newest = files.last().map_or(0, |(index, _)| *index);
-        let mut tail = Tail { dir: dir.to_owned(), index: newest, offset: 0, json };
+        let mut tail = Tail { dir: dir.to_owned(), index: newest, offset: 0, json, widths: Vec::new() };
         let mut last: Vec<Vec<u8>> = Vec::new();
         for (index, path) in files.iter().rev() {
             let bytes = read_from(path, 0)?;
@@ -213,17 +215,25 @@ impl Tail {
                 break;
             }
         }
-        if !json {
-            emit(
-                out,
-                &format!(
-                    "{:>6} {:<24} {:<16} {:<12} {:<28} {:<28} OUTCOME",
-                    "SEQ", "TIME", "ACTION", "NAMESPACE", "SANDBOX", "RUN"
-                ),
-            )?;
+        if json {
+            for line in &last {
+                tail.print(line, out)?;
+            }
+            return Ok(tail);
         }
-        for line in &last {
-            tail.print(line, out)?;
+        // One table of the records, its column widths kept for the rows that follow; a line
+        // that is not a record (a damaged log) is shown as it is, in its place.
+        let rows: Vec<Option<Vec<String>>> =
+            last.iter().map(|line| record_of(line).map(|record| cells(&record))).collect();
+        let table = crate::table::render(&AUDIT_COLUMNS, &[0], &[], rows.iter().flatten().cloned(), None);
+        tail.widths = crate::table::widths(&AUDIT_COLUMNS, rows.iter().flatten());
+        let mut table_lines = table.lines();
+        emit(out, table_lines.next().unwrap_or_default())?;
+        for (line, row) in last.iter().zip(&rows) {
+            match row {
+                Some(_) => emit(out, table_lines.next().unwrap_or_default())?,
+                None => emit(out, &String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line)))?,
+            }
         }
         Ok(tail)
     }
@@ -247,30 +257,35 @@ impl Tail {
     }
 
     fn print(&self, line: &[u8], out: &mut dyn Write) -> Result<(), CliError> {
-        let line = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line));
+        let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line));
         if self.json {
-            return emit(out, &line);
+            return emit(out, &text);
         }
-        match serde_json::from_str::<SignedRecord>(&line) {
-            Ok(record) => emit(out, &human_row(&record)),
+        match record_of(line) {
+            Some(record) => emit(out, crate::table::row(&self.widths, &[0], cells(&record)).trim_end()),
             // Not a record (the log is damaged): show it as it is, `bkg audit verify` says why.
-            Err(_) => emit(out, &line),
+            None => emit(out, &text),
         }
     }
 }
 
-fn human_row(record: &SignedRecord) -> String {
+const AUDIT_COLUMNS: [&str; 7] = ["SEQ", "TIME", "ACTION", "NAMESPACE", "SANDBOX", "RUN", "OUTCOME"];
+
+fn record_of(line: &[u8]) -> Option<SignedRecord> {
+    serde_json::from_slice(line.strip_suffix(b"\n").unwrap_or(line)).ok()
+}
+
+fn cells(record: &SignedRecord) -> Vec<String> {
     let text = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
-    let outcome = record.outcome.as_ref().map_or_else(|| "-".to_owned(), serde_json::Value::to_string);
-    format!(
-        "{:>6} {:<24} {:<16} {:<12} {:<28} {:<28} {outcome}",
-        record.seq,
+    vec![
+        record.seq.to_string(),
         format_time(record.ts_ms),
-        record.action,
+        record.action.clone(),
         text(&record.namespace),
         text(&record.sandbox),
         text(&record.run),
-    )
+        record.outcome.as_ref().map_or_else(|| "-".to_owned(), serde_json::Value::to_string),
+    ]
 }
 
 /// The bytes of `path` from `offset` on.

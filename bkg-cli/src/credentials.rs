@@ -108,6 +108,24 @@ pub fn keep(remote: &reqwest::Url, key: &str) -> Result<Kept, CliError> {
     Ok(Kept::File(path))
 }
 
+/// Forgets the key kept for `remote`, in the keyring and in the credentials file. Whether there
+/// was one.
+pub fn forget(remote: &reqwest::Url) -> Result<bool, CliError> {
+    let in_keyring = !file_only() && keyring_entry(remote).and_then(|entry| entry.delete_credential()).is_ok();
+    let mut keys = read_file()?;
+    let in_file = keys.remove(&account(remote)).is_some();
+    if in_file {
+        let path = credentials_file();
+        let failed = |error: std::io::Error| CliError::usage(format!("cannot write {}: {error}", path.display()));
+        let dir = path.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let mut temporary = tempfile::Builder::new().prefix(".credentials").tempfile_in(&dir).map_err(failed)?;
+        let json = serde_json::to_vec_pretty(&keys).map_err(|error| CliError::internal(error.to_string()))?;
+        temporary.write_all(&json).map_err(failed)?;
+        temporary.persist(&path).map_err(|error| failed(error.error))?;
+    }
+    Ok(in_keyring || in_file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,7 +41,13 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
         None => None,
     };
 
-    let (code, script_name, stdin_is_code) = match (&args.code, args.script.as_deref()) {
+    // With -c there is no script file: every positional argument is the script's.
+    let script_args: Vec<String> = match (&args.code, &args.script) {
+        (Some(_), Some(first)) => std::iter::once(first.clone()).chain(args.args.iter().cloned()).collect(),
+        _ => args.args.clone(),
+    };
+    let script = if args.code.is_some() { None } else { args.script.as_deref() };
+    let (code, script_name, stdin_is_code) = match (&args.code, script) {
         (Some(code), _) => (code.clone(), None, false),
         (None, Some("-")) => {
             if std::io::stdin().is_terminal() {
@@ -90,12 +96,24 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
     };
 
     let mut env = BTreeMap::new();
+    for path in &args.env_files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| CliError::usage(format!("--env-file {}: {error}", path.display())))?;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let place = format!("--env-file {}:{}", path.display(), number + 1);
+            if let Some((key, value)) = env_entry(line, &place)? {
+                env.insert(key, value);
+            }
+        }
+    }
     for pair in &args.env {
-        let (key, value) = pair
-            .split_once('=')
-            .filter(|(key, _)| !key.is_empty())
-            .ok_or_else(|| CliError::usage(format!("--env `{pair}` must be KEY=VALUE")))?;
-        env.insert(key.to_owned(), value.to_owned());
+        if let Some((key, value)) = env_entry(pair, "--env")? {
+            env.insert(key, value);
+        }
     }
 
     let files = args.files.iter().map(|spec| read_upload(spec)).collect::<Result<Vec<_>, _>>()?;
@@ -105,7 +123,7 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
             language,
             code,
             script_name,
-            args: args.args.clone(),
+            args: script_args,
             env,
             files,
             limits,
@@ -114,6 +132,29 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
         },
         stdin_is_code,
     ))
+}
+
+/// `KEY=VALUE`, or a bare `KEY` that takes the host's value (skipped when the host has none, as
+/// docker does).
+fn env_entry(entry: &str, place: &str) -> Result<Option<(String, String)>, CliError> {
+    let (key, value) = match entry.split_once('=') {
+        Some((key, value)) => (key, Some(value.to_owned())),
+        None => (entry, None),
+    };
+    if !bkg_schema::cave::is_env_key(key) {
+        return Err(CliError::usage(format!(
+            "{place}: `{key}` is not a variable name: use KEY=VALUE or KEY ({})",
+            bkg_schema::cave::ENV_KEY_RULE
+        )));
+    }
+    let value = match value {
+        Some(value) => value,
+        None => match std::env::var(key) {
+            Ok(value) => value,
+            Err(_) => return Ok(None),
+        },
+    };
+    Ok(Some((key.to_owned(), value)))
 }
 
 fn parse_flag(

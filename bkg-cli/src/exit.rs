@@ -46,23 +46,30 @@ pub fn code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX))
 }
 
-/// Clap's own errors: help and version print as usual; a usage error becomes one line, exit 125.
-pub fn clap_error(error: clap::Error) -> ExitCode {
+/// Clap's own errors. Help and version print as usual (exit 0). A usage error keeps clap's whole
+/// message, with its tips and the usage line, under `TOOL: ` instead of clap's `error: `, and
+/// exits 125 like every other bad input; so does a bare `bkg` that prints its help.
+pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
     use clap::error::ErrorKind;
     match error.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = error.print();
-            if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                code(2)
-            } else {
-                ExitCode::SUCCESS
-            }
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            code(BKG_FAILED)
         }
         _ => {
-            let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            CliError::usage(format!("{first} (see --help)")).report()
+            eprint!("{}", render_usage_error(&error, tool));
+            code(BKG_FAILED)
         }
     }
+}
+
+/// Clap's rendering of a usage error, plain text, led by `TOOL: `.
+pub fn render_usage_error(error: &clap::Error, tool: &str) -> String {
+    let rendered = error.render().to_string();
+    let body = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+    format!("{tool}: {body}")
 }

@@ -129,18 +129,18 @@ pub async fn run(global: &GlobalArgs, args: KeysArgs) -> Result<i32, CliError> {
             if json {
                 println!("{}", to_json(&keys)?);
             } else {
-                println!("{:<28} {:<13} {:<16} {:<8} {:<14} NAME", "ID", "ROLE", "NAMESPACE", "STATE", "EXPIRES IN");
-                for key in &keys {
-                    println!(
-                        "{:<28} {:<13} {:<16} {:<8} {:<14} {}",
-                        key.id,
-                        key.role.as_str(),
-                        key.namespace.as_deref().unwrap_or("*"),
-                        state(key),
+                let rows = keys.iter().map(|key| {
+                    vec![
+                        key.id.clone(),
+                        key.role.as_str().to_owned(),
+                        key.namespace.clone().unwrap_or_else(|| "*".into()),
+                        state(key).to_owned(),
                         if state(key) == "active" { remaining(key.expires_at_ms) } else { "-".into() },
-                        key.name.as_deref().unwrap_or("")
-                    );
-                }
+                        key.name.clone().unwrap_or_default(),
+                    ]
+                });
+                let headers = ["ID", "ROLE", "NAMESPACE", "STATE", "EXPIRES IN", "NAME"];
+                print!("{}", crate::table::render(&headers, &[], &[2, 5], rows, crate::table::width()));
             }
         }
         KeysAction::Rotate { id, json } => {

@@ -82,3 +82,21 @@ pub async fn run(global: &GlobalArgs, args: LoginArgs) -> Result<i32, CliError> 
     );
     Ok(0)
 }
+
+/// `bkg logout`: forgets the key kept for `--remote`.
+pub fn logout(global: &GlobalArgs) -> Result<i32, CliError> {
+    let Some(remote) = &global.remote else {
+        return Err(CliError::usage("bkg logout forgets the key of a remote agent: give --remote URL"));
+    };
+    let remote = credentials::parse_remote(remote)?;
+    let origin = remote.origin().ascii_serialization();
+    if credentials::forget(&remote)? {
+        eprintln!("bkg: logged out of {origin}; its key is no longer kept");
+    } else {
+        eprintln!("bkg: no key was kept for {origin}");
+    }
+    if std::env::var_os(credentials::API_KEY_ENV).is_some() {
+        eprintln!("bkg: {} is still set and still sends its key", credentials::API_KEY_ENV);
+    }
+    Ok(0)
+}

@@ -31,7 +31,7 @@ pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
     Ok(cave.parent().map(Path::to_path_buf).unwrap_or(start))
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ProjectArgs {
     /// The project directory [default: the nearest with a cave.yaml, from the current one up]
     #[arg(short = 'C', long = "dir", value_name = "DIR")]
@@ -70,19 +70,20 @@ pub struct LogsArgs {
     /// Keep printing while the run goes on.
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Start with the last N lines of the output.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Lead each line with the time bkg read it (RFC 3339, UTC): when it was written, for lines that arrive with -f.
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
 }
 
-#[derive(Debug, Args)]
+/// One sandbox to remove (`bkg rm NAME...` removes each in turn).
+#[derive(Debug)]
 pub struct RmArgs {
-    /// The sandbox's name in cave.yaml.
     pub name: String,
-    #[command(flatten)]
     pub project: ProjectArgs,
-    /// Do not ask (required when stdin is not a terminal).
-    #[arg(long)]
     pub force: bool,
-    /// Print JSON.
-    #[arg(long)]
     pub json: bool,
 }
 
@@ -126,7 +127,7 @@ pub async fn ls(global: &GlobalArgs, args: LsArgs) -> Result<i32, CliError> {
     let query = if args.all {
         String::new()
     } else {
-        let project = project_dir(args.project.dir.as_deref())?;
+        let project = checked_project(args.project.dir.as_deref())?;
         format!("?project_dir={}", percent_encode(&project.to_string_lossy()))
     };
     let sandboxes: Vec<SandboxInfo> = client.get(&format!("/api/v1/sandboxes{query}")).await?;
@@ -138,25 +139,36 @@ pub async fn ls(global: &GlobalArgs, args: LsArgs) -> Result<i32, CliError> {
         eprintln!("bkg: no sandbox has run yet (`bkgr` runs them)");
         return Ok(0);
     }
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{:<20} {:<7} {:<8} {:<10} {:>9}  PROJECT", "NAME", "TYPE", "STATE", "LAST EXIT", "DISK");
-    for info in &sandboxes {
+    print!("{}", sandbox_table(&sandboxes, crate::table::width()));
+    Ok(0)
+}
+
+/// The `bkg ls` table.
+pub fn sandbox_table(sandboxes: &[SandboxInfo], width: Option<u16>) -> String {
+    let rows = sandboxes.iter().map(|info| {
         let state = match info.state {
             SandboxState::Running => "running",
             SandboxState::Idle => "idle",
         };
-        let _ = writeln!(
-            out,
-            "{:<20} {:<7} {:<8} {:<10} {:>9}  {}",
-            info.name,
-            info.language.as_str(),
-            state,
+        vec![
+            info.name.clone(),
+            info.language.as_str().to_owned(),
+            state.to_owned(),
             last_exit(info),
             format_size(info.disk_bytes_allocated),
-            info.project_dir
-        );
-    }
-    Ok(0)
+            info.project_dir.clone(),
+        ]
+    });
+    crate::table::render(&["NAME", "TYPE", "STATE", "LAST EXIT", "DISK", "PROJECT"], &[4], &[5], rows, width)
+}
+
+/// The project around the current directory (or `--dir`), its cave.yaml checked: an invalid
+/// file is refused with its problems rather than listing the sandboxes of a file bkgr cannot run.
+pub fn checked_project(dir: Option<&Path>) -> Result<PathBuf, CliError> {
+    let project = project_dir(dir)?;
+    bkg_schema::cave::load(&project.join("cave.yaml"))
+        .map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))?;
+    Ok(project)
 }
 
 pub async fn status(global: &GlobalArgs, args: NameArgs) -> Result<i32, CliError> {
@@ -199,22 +211,130 @@ pub async fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<i32, CliError> 
     let client = AgentClient::new(global)?;
     client.ensure_running().await?;
     let id = id_of(&project, &args.name);
-    let mut response = client
-        .send(client.http().get(client.url(&format!("/api/v1/sandboxes/{id}/logs?follow={}", args.follow))))
-        .await?;
-    if !response.status().is_success() {
-        return Err(api_error(response).await);
-    }
-    let mut out = std::io::stdout().lock();
-    while let Some(chunk) = response.chunk().await.map_err(|error| client.unreachable(error))? {
-        if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
-            break;
+    let open = |follow: bool| {
+        let url = client.url(&format!("/api/v1/sandboxes/{id}/logs?follow={follow}"));
+        let (client, name, project) = (&client, &args.name, &project);
+        async move {
+            let response = client.send(client.http().get(url)).await?;
+            if response.status() == reqwest::StatusCode::NOT_FOUND {
+                return Err(CliError::usage(format!(
+                    "sandbox `{name}` has no output yet in {}: `bkgr {name}` runs it",
+                    project.display()
+                )));
+            }
+            if !response.status().is_success() {
+                return Err(api_error(response).await);
+            }
+            Ok(response)
         }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut lines = LogLines::new(args.tail, args.timestamps);
+    if !args.follow {
+        let all = open(false).await?.bytes().await.map_err(|error| client.unreachable(error))?;
+        let _ = out.write_all(&lines.backlog(&all, true));
+        return Ok(0);
+    }
+    // Following from the last N lines: what is there now is read first, and skipped when the
+    // followed answer repeats it.
+    let mut skip = 0;
+    if args.tail.is_some() {
+        let backlog = open(false).await?.bytes().await.map_err(|error| client.unreachable(error))?;
+        if out.write_all(&lines.backlog(&backlog, false)).and_then(|()| out.flush()).is_err() {
+            return Ok(0);
+        }
+        skip = backlog.len();
+    }
+    let mut response = open(true).await?;
+    while let Some(chunk) = response.chunk().await.map_err(|error| client.unreachable(error))? {
+        let skipped = skip.min(chunk.len());
+        skip -= skipped;
+        if out.write_all(&lines.live(&chunk[skipped..])).and_then(|()| out.flush()).is_err() {
+            return Ok(0);
+        }
+    }
+    let _ = out.write_all(&lines.finish()).and_then(|()| out.flush());
+    Ok(0)
+}
+
+/// `bkg logs` output shaping: the last N lines of what was there, each line after its time.
+struct LogLines {
+    tail: Option<usize>,
+    timestamps: bool,
+    /// A line not yet ended.
+    partial: Vec<u8>,
+}
+
+impl LogLines {
+    fn new(tail: Option<usize>, timestamps: bool) -> Self {
+        Self { tail, timestamps, partial: Vec::new() }
+    }
+
+    /// Output written before `bkg logs` started, cut to `--tail` and stamped. `to_end`: this is
+    /// all there is, and an unended last line counts as a line.
+    fn backlog(&mut self, bytes: &[u8], to_end: bool) -> Vec<u8> {
+        self.partial.extend_from_slice(bytes);
+        let end = if to_end {
+            self.partial.len()
+        } else {
+            self.partial.iter().rposition(|&byte| byte == b'\n').map_or(0, |newline| newline + 1)
+        };
+        let complete: Vec<u8> = self.partial.drain(..end).collect();
+        let lines: Vec<&[u8]> = complete.split_inclusive(|&byte| byte == b'\n').collect();
+        let skip = self.tail.map_or(0, |tail| lines.len().saturating_sub(tail));
+        self.tail = None;
+        lines[skip..].iter().flat_map(|line| self.stamped(line)).collect()
+    }
+
+    /// Output arriving while following: whole lines as they end.
+    fn live(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.backlog(bytes, false)
+    }
+
+    /// The last line, when the output did not end with a newline.
+    fn finish(&mut self) -> Vec<u8> {
+        self.backlog(&[], true)
+    }
+
+    fn stamped(&self, line: &[u8]) -> Vec<u8> {
+        if !self.timestamps {
+            return line.to_vec();
+        }
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        [format!("{now} ").as_bytes(), line].concat()
+    }
+}
+
+/// `bkg stop NAME... | --all`.
+pub async fn stop_many(global: &GlobalArgs, args: crate::args::StopArgs) -> Result<i32, CliError> {
+    let project = project_dir(args.project.dir.as_deref())?;
+    let names = if args.all {
+        let client = AgentClient::new(global)?;
+        client.ensure_running().await?;
+        let query = format!("?project_dir={}", percent_encode(&project.to_string_lossy()));
+        let sandboxes: Vec<SandboxInfo> = client.get(&format!("/api/v1/sandboxes{query}")).await?;
+        let running: Vec<String> =
+            sandboxes.into_iter().filter(|info| info.state == SandboxState::Running).map(|info| info.name).collect();
+        if running.is_empty() && !args.json {
+            eprintln!("bkg: no sandbox of {} is running", project.display());
+        }
+        running
+    } else {
+        args.names
+    };
+    let mut answers = Vec::new();
+    for name in names {
+        let one = NameArgs { name, project: ProjectArgs { dir: Some(project.clone()) }, json: args.json };
+        answers.push(stop(global, one).await?);
+    }
+    if args.json {
+        print_json(&answers)?;
     }
     Ok(0)
 }
 
-pub async fn stop(global: &GlobalArgs, args: NameArgs) -> Result<i32, CliError> {
+/// Stops the run of one sandbox; the agent's answer, `{"stopped": bool}`, with the name added.
+async fn stop(global: &GlobalArgs, args: NameArgs) -> Result<serde_json::Value, CliError> {
     let project = project_dir(args.project.dir.as_deref())?;
     let client = AgentClient::new(global)?;
     client.ensure_running().await?;
@@ -226,16 +346,16 @@ pub async fn stop(global: &GlobalArgs, args: NameArgs) -> Result<i32, CliError> 
     if !response.status().is_success() {
         return Err(api_error(response).await);
     }
-    let answer: serde_json::Value =
+    let mut answer: serde_json::Value =
         response.json().await.map_err(|error| CliError::internal(format!("unexpected answer: {error}")))?;
     if args.json {
-        print_json(&answer)?;
+        answer["name"] = serde_json::Value::String(args.name);
     } else if answer["stopped"] == true {
         eprintln!("bkg: stopped {}", args.name);
     } else {
         eprintln!("bkg: {} was not running", args.name);
     }
-    Ok(0)
+    Ok(answer)
 }
 
 pub async fn rm(global: &GlobalArgs, args: RmArgs) -> Result<i32, CliError> {
@@ -371,6 +491,16 @@ mod tests {
             remove_sandbox_block(&two, "worker").as_deref(),
             Some("# my project\nversion: 1\nnamespace: default\nsandboxes: {}\n")
         );
+    }
+
+    #[test]
+    fn logs_tail_counts_an_unended_last_line() {
+        let mut lines = LogLines::new(Some(2), false);
+        assert_eq!(lines.backlog(b"a\nb\nc\nd", true), b"c\nd");
+        let mut lines = LogLines::new(Some(1), false);
+        assert_eq!(lines.backlog(b"a\nb\npart", false), b"b\n");
+        assert_eq!(lines.live(b"ial\nnext\n"), b"partial\nnext\n");
+        assert_eq!(lines.finish(), b"");
     }
 
     #[test]

@@ -11,16 +11,19 @@ use crate::project::print_errors;
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// The file to check [default: ./cave.yaml]
-    #[arg(value_name = "FILE")]
+    /// The file to check [default: DIR/cave.yaml]
+    #[arg(value_name = "FILE", conflicts_with = "dir")]
     pub file: Option<PathBuf>,
+    /// The project directory [default: .]
+    #[arg(short = 'C', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
     /// Print only one JSON object: {"file", "valid", "errors": [{"line", "pointer", "message"}]}.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: ValidateArgs) -> Result<i32, CliError> {
-    let path = args.file.unwrap_or_else(|| PathBuf::from(FILE_NAME));
+    let path = args.file.unwrap_or_else(|| args.dir.unwrap_or_default().join(FILE_NAME));
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,

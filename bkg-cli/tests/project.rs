@@ -332,9 +332,13 @@ fn add_refuses_duplicates_and_bad_input_and_leaves_the_file_alone() {
         assert!(text.starts_with(message), "{args:?}: {text}");
     }
     assert_eq!(fs::read_to_string(dir.path().join("cave.yaml")).expect("cave.yaml"), EXISTING);
-    let output = bkg(dir.path(), &["add", "x", "--type", "node", "--file", "other.yaml"]);
+    let output = bkg(dir.path(), &["add", "x", "--type", "node", "--cave", "other.yaml"]);
     assert_eq!(output.status.code(), Some(125));
     assert!(stderr(&output).contains("does not exist: create it with `bkg init`"));
+    // The old name still works, with a line saying so.
+    let output = bkg(dir.path(), &["add", "x", "--type", "node", "--file", "other.yaml"]);
+    assert_eq!(output.status.code(), Some(125));
+    assert!(stderr(&output).starts_with("bkg: `bkg add --file` is deprecated: use --cave"), "{}", stderr(&output));
 }
 
 #[test]

@@ -1,48 +1,21 @@
 //! `bkgr`: runs the persistent sandboxes a project's `cave.yaml` declares, through the agent.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
+use bkg_cli::args::{Bkgr as Args, LimitArgs, bkgr_command};
 use bkg_cli::client::AgentClient;
 use bkg_cli::exit::{self, BKG_FAILED, CliError};
 use bkg_cli::manage::project_dir;
 use bkg_cli::stream::{self, Output, Stdin};
 use bkg_schema::cave::{CaveFile, SandboxSpec, Volume};
 use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, VolumeSpec, sandbox_id};
-use clap::Parser;
-
-/// Run the sandboxes of a bkg project (cave.yaml): SCRIPT of sandbox NAME, or the `start`
-/// script of every sandbox at once.
-#[derive(Debug, Parser)]
-#[command(
-    name = "bkgr",
-    version,
-    after_help = "Exit codes: as `bkg exe` (the script's own, 124, 137, 125, 126); with several sandboxes, the first failure's."
-)]
-struct Args {
-    /// The sandbox to run [default: every sandbox, each with its `start` script]
-    name: Option<String>,
-    /// The script of the sandbox to run.
-    #[arg(default_value = "start")]
-    script: String,
-    /// Leave the run(s) going under the agent and return at once (`bkg logs NAME -f` follows).
-    #[arg(short = 'd', long)]
-    detach: bool,
-    /// The project directory [default: the nearest with a cave.yaml, from the current one up]
-    #[arg(short = 'C', long = "dir", value_name = "DIR")]
-    dir: Option<PathBuf>,
-    /// Allow volumes whose host path is outside the project.
-    #[arg(long)]
-    allow_outside: bool,
-    /// The agent's unix socket.
-    #[arg(long, env = "BKG_SOCKET", value_name = "PATH")]
-    socket: Option<PathBuf>,
-}
+use bkg_schema::{LimitOverrides, UnitError};
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match bkg_cli::args::parse(bkgr_command()) {
         Ok(args) => args,
-        Err(error) => return exit::clap_error(error),
+        Err(error) => return exit::clap_error(error, "bkgr"),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -81,8 +54,9 @@ async fn run(args: Args) -> Result<i32, CliError> {
             let known: Vec<&str> = spec.scripts.keys().map(String::as_str).collect();
             CliError::usage(format!("sandbox `{name}` has no script `{}` (it has: {})", args.script, known.join(", ")))
         })?;
-        let definition = definition(&cave, &project, name, spec, args.allow_outside)?;
-        runs.push((definition, command.clone()));
+        let mut definition = definition(&cave, &project, name, spec, args.allow_outside)?;
+        over(&mut definition.limits, &args.limits)?;
+        runs.push((definition, with_args(command, &args.args)));
     }
 
     let client = AgentClient::connect(args.socket.clone())?;
@@ -216,4 +190,49 @@ async fn exec(
     let request =
         ExecRequest { command: command.to_owned(), detach: false, env: Default::default(), stdin_base64: None };
     stream::run(client, &format!("/api/v1/sandboxes/{id}/exec"), &request, output, stdin).await
+}
+
+/// The limit flags of the command line, over those of cave.yaml.
+fn over(limits: &mut LimitOverrides, flags: &LimitArgs) -> Result<(), CliError> {
+    let parse = |value: &Option<String>, flag: &str, parse: fn(&str) -> Result<u64, UnitError>| {
+        value
+            .as_deref()
+            .map(|text| parse(text).map_err(|error| CliError::usage(format!("{flag}: {error}"))))
+            .transpose()
+    };
+    let given = [
+        (&mut limits.cpu_millis, parse(&flags.cpus, "--cpus", bkg_schema::parse_cpus)?),
+        (&mut limits.memory_bytes, parse(&flags.memory, "--memory", bkg_schema::parse_size)?),
+        (&mut limits.timeout_ms, parse(&flags.timeout, "--timeout", bkg_schema::parse_duration_ms)?),
+        (&mut limits.disk_bytes, parse(&flags.disk, "--disk", bkg_schema::parse_size)?),
+    ];
+    for (limit, value) in given {
+        if value.is_some() {
+            *limit = value;
+        }
+    }
+    Ok(())
+}
+
+/// The script's command with the arguments after `--`, each quoted for `/bin/sh -c`.
+fn with_args(command: &str, args: &[String]) -> String {
+    let mut line = command.to_owned();
+    for arg in args {
+        line.push(' ');
+        line.push('\'');
+        line.push_str(&arg.replace('\'', "'\\''"));
+        line.push('\'');
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_quoted_for_the_shell() {
+        assert_eq!(with_args("pytest", &[]), "pytest");
+        assert_eq!(with_args("pytest", &["-k".into(), "it's $HOME".into()]), "pytest '-k' 'it'\\''s $HOME'");
+    }
 }

@@ -116,7 +116,7 @@ impl CaveLimits {
         [
             ("cpus", self.cpus.as_ref().map(CpuCount::millis)),
             ("memory", self.memory.as_ref().map(size)),
-            ("timeout", self.timeout.as_ref().map(|text| quantity(text, parse_duration_ms, UnitError::Duration))),
+            ("timeout", self.timeout.as_ref().map(|text| duration(text))),
             ("disk", self.disk.as_ref().map(size)),
         ]
     }
@@ -136,6 +136,34 @@ fn quantity(
         return Err(refuse(text.to_owned()));
     }
     parse(text)
+}
+
+/// A duration as the schema's pattern has it: one number with a unit, or several whole ones with
+/// no blank inside a part and at most one between parts (`1m30s`, `1h 15m`).
+fn duration(text: &str) -> Result<u64, UnitError> {
+    match quantity(text, parse_duration_ms, UnitError::Duration) {
+        Err(UnitError::Duration(_)) => {}
+        other => return other,
+    }
+    let refuse = || UnitError::Duration(text.to_owned());
+    let mut rest = text;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        if parts > 0 {
+            rest = rest.strip_prefix(' ').unwrap_or(rest);
+        }
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let letters = rest[digits..].find(|c: char| !c.is_ascii_alphabetic()).map_or(rest.len(), |end| digits + end);
+        if digits == 0 || !matches!(&rest[digits..letters], "ms" | "s" | "sec" | "m" | "min" | "h") {
+            return Err(refuse());
+        }
+        rest = &rest[letters..];
+        parts += 1;
+    }
+    if parts < 2 {
+        return Err(refuse());
+    }
+    parse_duration_ms(text)
 }
 
 /// A host folder mounted into a sandbox.
@@ -453,7 +481,7 @@ pub fn schema_errors(value: &Value) -> Vec<CaveError> {
 const RULES: [(&str, &str, &str); 8] = [
     ("dnsLabel", "name", NAME_RULE),
     ("size", "size", "a number with an optional unit, like 512MiB, 1GiB or 500M"),
-    ("duration", "duration", "a number with an optional unit, like 500ms, 60s, 2m or 1h"),
+    ("duration", "duration", "a number with an optional unit, like 500ms, 60s, 1m30s or 1h"),
     ("cpus", "CPU count", "a number from 0.001 to 4096, like 0.5, 1 or 2"),
     ("scriptName", "script name", SCRIPT_NAME_RULE),
     ("command", "command", "it must not be empty"),
@@ -987,6 +1015,17 @@ sandboxes:
             ("lots", false),
         ] {
             assert_eq!(quantity(text, parse_size, UnitError::Size).is_ok(), ok, "{text}");
+        }
+        for (text, ok) in [
+            ("1m30s", true),
+            ("1h 15m", true),
+            ("2s500ms", true),
+            ("1m  30s", false),
+            ("1 m30s", false),
+            ("1m30", false),
+            ("1m30x", false),
+        ] {
+            assert_eq!(duration(text).is_ok(), ok, "{text}");
         }
         assert!(CpuCount::Number(0.0004).millis().is_err());
         assert!(CpuCount::Number(5000.0).millis().is_err());

@@ -321,6 +321,9 @@ pub struct RunRecord {
     /// The namespace of whoever asked for the run (or of its persistent sandbox).
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// The persistent sandbox the run was in; null for a temporary run.
+    #[serde(default)]
+    pub sandbox_id: Option<String>,
     pub language: Language,
     pub started_at_ms: u64,
     pub finished_at_ms: Option<u64>,
@@ -350,6 +353,15 @@ fn default_namespace() -> String {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentInfo {
     pub version: String,
+    /// The commit the agent was built from (`unknown` outside a git checkout).
+    #[serde(default)]
+    pub commit: String,
+    /// The build date, `YYYY-MM-DD`: SOURCE_DATE_EPOCH's or the commit's.
+    #[serde(default)]
+    pub build_date: String,
+    /// The protections every sandbox of this agent gets.
+    #[serde(default)]
+    pub protections: Vec<String>,
     pub pid: u32,
     pub socket: String,
     pub state_dir: String,

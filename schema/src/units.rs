@@ -6,7 +6,7 @@ use thiserror::Error;
 pub enum UnitError {
     #[error("`{0}` is not a size: use a number with an optional unit, like 256MiB, 1GiB or 500M")]
     Size(String),
-    #[error("`{0}` is not a duration: use a number with an optional unit, like 500ms, 10s, 2m or 1h")]
+    #[error("`{0}` is not a duration: use a number with an optional unit, like 500ms, 10s, 1m30s or 1h")]
     Duration(String),
     #[error("`{0}` is not a CPU count: use a positive number like 0.5, 1 or 2")]
     Cpus(String),
@@ -46,7 +46,8 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     Ok(bytes)
 }
 
-/// Parses a duration into milliseconds; a bare number is seconds.
+/// Parses a duration into milliseconds: one number with a unit (`1.5h`; a bare number is
+/// seconds), or several as humantime reads them (`1m30s`, `1h 15m`).
 pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
     let trimmed = text.trim();
     let (number, unit) = split_number(trimmed);
@@ -56,7 +57,11 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
         "m" | "min" => 60_000.0,
         "h" => 3_600_000.0,
         "d" => 86_400_000.0,
-        _ => return Err(UnitError::Duration(text.to_owned())),
+        _ => {
+            let duration = humantime::parse_duration(trimmed).map_err(|_| UnitError::Duration(text.to_owned()))?;
+            let millis = u64::try_from(duration.as_millis()).map_err(|_| UnitError::Duration(text.to_owned()))?;
+            return if millis == 0 { Err(UnitError::Zero(text.to_owned())) } else { Ok(millis) };
+        }
     };
     let value: f64 = number.parse().map_err(|_| UnitError::Duration(text.to_owned()))?;
     if !value.is_finite() || value < 0.0 || value * multiplier > u64::MAX as f64 {
@@ -143,6 +148,16 @@ mod tests {
         assert!(matches!(parse_size("12parsecs"), Err(UnitError::Size(_))));
         assert!(matches!(parse_size(""), Err(UnitError::Size(_))));
         assert!(matches!(parse_size("99999999999TiB"), Err(UnitError::Size(_))));
+    }
+
+    #[test]
+    fn compound_durations() {
+        assert_eq!(parse_duration_ms("1m30s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("1h 15m"), Ok(4_500_000));
+        assert_eq!(parse_duration_ms("2s500ms"), Ok(2_500));
+        assert_eq!(parse_duration_ms("0m0s"), Err(UnitError::Zero("0m0s".into())));
+        assert!(matches!(parse_duration_ms("1m30parsecs"), Err(UnitError::Duration(_))));
+        assert!(matches!(parse_duration_ms("-1m30s"), Err(UnitError::Duration(_))));
     }
 
     #[test]

@@ -431,6 +431,7 @@ fn keys_expire_rotate_and_revoke_at_once_and_rotations_are_signed_to_webhooks() 
     expect(&api.client(&new).get("/api/v1/auth/whoami"), 200, "the new secret");
     let deliveries = webhook.wait_for(2, Duration::from_secs(10));
     assert_eq!(deliveries.len(), 2, "one failed delivery and its retry: {deliveries:?}");
+
     let notice = &deliveries[1];
     assert_eq!((notice.method.as_str(), notice.path.as_str()), ("POST", "/hooks/bkg"));
     assert_eq!(deliveries[0].header("x-bkg-signature"), notice.header("x-bkg-signature"), "a retry is the same notice");
@@ -486,6 +487,21 @@ fn keys_expire_rotate_and_revoke_at_once_and_rotations_are_signed_to_webhooks() 
 
     let metrics = admin.get("/metrics").text();
     assert!(metrics.contains("bkg_rotation_webhook_deliveries_total{outcome=\"delivered\"} 1"), "{metrics}");
+
+    // A key made with a short lifetime keeps it when rotated: not its role's 30 days.
+    let hour =
+        admin.post("/api/v1/auth/keys", &json!({ "role": "namespace", "namespace": "lab", "ttl_seconds": 3600 }));
+    expect(&hour, 201, "a one-hour key");
+    let hour_id = hour.json()["id"].as_str().unwrap_or_default().to_owned();
+    let rotated_hour = admin.send("POST", &format!("/api/v1/auth/keys/{hour_id}/rotate"), None, &[]);
+    expect(&rotated_hour, 200, "rotating the one-hour key");
+    let lifetime = |body: &serde_json::Value| {
+        body["expires_at_ms"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(body["rotated_at_ms"].as_u64().or(body["created_at_ms"].as_u64()).unwrap_or(0))
+    };
+    assert_eq!(lifetime(&rotated_hour.json()), 3_600_000, "{}", rotated_hour.json());
 }
 
 #[test]
@@ -775,6 +791,22 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     let wrong = wrong.wait_with_output().expect("bkg login");
     assert_eq!(code(&wrong), 125);
     assert_eq!(stderr(&wrong).trim(), "bkg: wrong username or password");
+
+    // `logout` forgets the kept key: the next command has none.
+    let logout = bkg_at(&api, user_home.path())
+        .args(["--remote", &remote, "logout"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .output()
+        .expect("bkg logout");
+    assert_eq!(code(&logout), 0, "{}", stderr(&logout));
+    assert!(stderr(&logout).starts_with("bkg: logged out of "), "{}", stderr(&logout));
+    let after = bkg_at(&api, user_home.path())
+        .args(["--remote", &remote, "keys", "ls"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .output()
+        .expect("bkg keys ls");
+    assert_eq!(code(&after), 125);
+    assert!(stderr(&after).contains("no API key for"), "{}", stderr(&after));
 
     // BKG_API_KEY wins over what is kept.
     let (_, session) = api.key("session", Some("elsewhere"));

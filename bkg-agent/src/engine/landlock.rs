@@ -116,6 +116,22 @@ fn path_rule(path: &Path, access: BitFlags<AccessFs>) -> Result<Option<PathBenea
     Ok(Some(PathBeneath::new(file, access)))
 }
 
+/// The Landlock ABI version this kernel offers, None without Landlock (`bkg version` shows it).
+pub fn kernel_abi() -> Option<i64> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag the call only returns
+    // the ABI number (or fails); it touches no memory of ours and creates no file descriptor.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (abi > 0).then_some(abi)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

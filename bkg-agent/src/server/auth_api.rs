@@ -304,7 +304,8 @@ pub async fn get_key(
     Ok(Json(managed_key(&state, &principal, &id).await?))
 }
 
-/// Give a key a new secret and a fresh lifetime; the old secret stops working at once. Each
+/// Give a key a new secret and a fresh lifetime as long as the one it was issued with (at most its
+/// role's); the old secret stops working at once. Each
 /// configured webhook is sent a signed rotation notice.
 #[utoipa::path(
     post,
@@ -327,7 +328,9 @@ pub async fn rotate_key(
     }
     let secret = keys::generate(key.role).map_err(|error| Failure::internal(error.to_string()))?;
     let now = now_ms();
-    let expires = now.saturating_add(ttl_ms(&state, key.role));
+    // The key's own lifetime (what it was issued or last rotated with), within its role's.
+    let own_ttl = key.expires_at_ms.saturating_sub(key.rotated_at_ms.unwrap_or(key.created_at_ms));
+    let expires = now.saturating_add(own_ttl.clamp(1, ttl_ms(&state, key.role)));
     let caller = principal.audit_caller(key.namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
     let Some(info) = state.store.rotate_key(&caller, &id, &keys::hash(&secret), now, expires).await? else {
         return Err(Failure::conflict(format!("key {id} was revoked meanwhile")));

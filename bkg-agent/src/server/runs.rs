@@ -147,6 +147,8 @@ pub struct RunListQuery {
     limit: Option<u32>,
     /// Only runs of this namespace (an admin's filter; other keys see only their own).
     namespace: Option<String>,
+    /// Only runs of this persistent sandbox (its id).
+    sandbox: Option<String>,
 }
 
 /// The newest runs the caller may see.
@@ -174,7 +176,7 @@ pub async fn list_runs(
         (Some(own), _) => Some(own.to_owned()),
         (None, asked) => asked,
     };
-    Ok(Json(state.store.list_runs(namespace, limit).await?))
+    Ok(Json(state.store.list_runs(namespace, query.sandbox, limit).await?))
 }
 
 /// One run.

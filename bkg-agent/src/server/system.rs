@@ -186,6 +186,9 @@ pub async fn agent_info(
     let engine = &state.engine;
     Ok(Json(AgentInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        commit: env!("BKG_COMMIT").to_owned(),
+        build_date: env!("BKG_BUILD_DATE").to_owned(),
+        protections: protections(&engine.cgroup_version()),
         pid: std::process::id(),
         socket: state.socket.display().to_string(),
         state_dir: engine.config.state_dir.display().to_string(),
@@ -196,6 +199,23 @@ pub async fn agent_info(
         default_limits: engine.config.default_limits,
         max_limits: engine.config.max_limits,
     }))
+}
+
+/// What confines every sandbox here: fixed by the engine, but for Landlock, which depends on
+/// the kernel (see docs/security.md).
+fn protections(cgroup_version: &str) -> Vec<String> {
+    let landlock = match crate::engine::landlock::kernel_abi() {
+        Some(abi) => format!("landlock ABI {abi}"),
+        None => "landlock unavailable".to_owned(),
+    };
+    vec![
+        "user, pid, mount, network, ipc, uts and cgroup namespaces".to_owned(),
+        "seccomp filter".to_owned(),
+        landlock,
+        format!("cgroup {cgroup_version} limits"),
+        "capabilities dropped".to_owned(),
+        "own disk per sandbox".to_owned(),
+    ]
 }
 
 /// Stop the agent: warm sandboxes are removed, running ones get 5 s (admins only).

@@ -1,0 +1,183 @@
+//! `bkg runs ls` and `bkg runs show`: the agent's history of runs with their accounting.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use bkg_schema::RunRecord;
+use bkg_schema::units::{format_cpus, format_duration_ms, format_size};
+
+use crate::args::{GlobalArgs, RunsAction, RunsArgs};
+use crate::client::AgentClient;
+use crate::exit::CliError;
+
+pub async fn run(global: &GlobalArgs, args: RunsArgs) -> Result<i32, CliError> {
+    match args.action {
+        RunsAction::Ls { limit, sandbox, project, json } => {
+            if !(1..=1000).contains(&limit) {
+                return Err(CliError::usage(format!("--limit {limit}: give 1 to 1000")));
+            }
+            let mut query = format!("?limit={limit}");
+            if let Some(name) = &sandbox {
+                let project = crate::manage::project_dir(project.dir.as_deref())?;
+                query.push_str(&format!(
+                    "&sandbox={}",
+                    bkg_schema::sandbox::sandbox_id(&project.to_string_lossy(), name)
+                ));
+            }
+            let client = AgentClient::new(global)?;
+            client.ensure_running().await?;
+            let runs: Vec<RunRecord> = client.get(&format!("/api/v1/runs{query}")).await?;
+            if json {
+                println!("{}", to_json(&runs)?);
+            } else if runs.is_empty() {
+                eprintln!("bkg: no runs yet");
+            } else {
+                print!("{}", runs_table(&runs, crate::table::width()));
+            }
+        }
+        RunsAction::Show { id, json } => {
+            if id.is_empty() || !id.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-') {
+                return Err(CliError::usage(format!("`{id}` is not a run id: `bkg runs ls` lists them")));
+            }
+            let client = AgentClient::new(global)?;
+            client.ensure_running().await?;
+            let response = client
+                .http()
+                .get(client.url(&format!("/api/v1/runs/{id}")))
+                .send()
+                .await
+                .map_err(|error| client.unreachable(error))?;
+            if response.status() == reqwest::StatusCode::NOT_FOUND {
+                return Err(CliError::usage(format!("no run `{id}` here: `bkg runs ls` lists the runs you may see")));
+            }
+            if !response.status().is_success() {
+                return Err(crate::client::api_error(response).await);
+            }
+            let record: RunRecord = response
+                .json()
+                .await
+                .map_err(|error| CliError::internal(format!("unexpected answer from the agent: {error}")))?;
+            if json {
+                println!("{}", to_json(&record)?);
+            } else {
+                print!("{}", describe(&record));
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, CliError> {
+    serde_json::to_string(value).map_err(|error| CliError::internal(error.to_string()))
+}
+
+/// When, in UTC to the second (RFC 3339).
+pub fn time(at_ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(at_ms)).to_string()
+}
+
+/// When, in UTC to the minute, for tables: `2026-11-28 01:36`.
+fn short_time(at_ms: u64) -> String {
+    let full = time(at_ms);
+    full.get(..16).map_or(full.clone(), |minutes| minutes.replacen('T', " ", 1))
+}
+
+/// How the run ended, in a word or two.
+pub fn outcome(run: &RunRecord) -> String {
+    if run.finished_at_ms.is_none() {
+        return "running".into();
+    }
+    match (run.killed_by, run.exit_code, run.signal, &run.error) {
+        (Some(killed), _, _, _) => killed.as_str().into(),
+        (None, Some(code), _, _) => format!("exit {code}"),
+        (None, None, Some(signal), _) => format!("signal {signal}"),
+        (None, None, None, Some(_)) => "failed".into(),
+        (None, None, None, None) => "-".into(),
+    }
+}
+
+/// The sandbox's name from its id (`NAME-HASH`), `-` for a temporary run.
+fn sandbox_name(run: &RunRecord) -> String {
+    run.sandbox_id
+        .as_deref()
+        .map(|id| id.rsplit_once('-').map_or(id, |(name, _)| name).to_owned())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn or_dash(value: Option<u64>, format: fn(u64) -> String) -> String {
+    value.map_or_else(|| "-".into(), format)
+}
+
+/// The `bkg runs ls` table.
+pub fn runs_table(runs: &[RunRecord], width: Option<u16>) -> String {
+    let rows = runs.iter().map(|run| {
+        vec![
+            run.id.clone(),
+            sandbox_name(run),
+            run.language.as_str().to_owned(),
+            short_time(run.started_at_ms),
+            outcome(run),
+            or_dash(run.wall_ms, short_duration),
+            or_dash(run.cpu_ms, short_duration),
+            or_dash(run.peak_memory_bytes, format_size),
+            run.namespace.clone(),
+        ]
+    });
+    crate::table::render(
+        &["ID", "SANDBOX", "TYPE", "STARTED", "OUTCOME", "WALL", "CPU", "MEMORY", "NAMESPACE"],
+        &[5, 6, 7],
+        &[1, 8],
+        rows,
+        width,
+    )
+}
+
+/// A duration in a few characters: 14ms, 2.5s, 1m05s, 2h03m.
+pub fn short_duration(millis: u64) -> String {
+    match millis {
+        0..1_000 => format!("{millis}ms"),
+        1_000..60_000 => format!("{:.1}s", millis as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", millis / 60_000, millis / 1000 % 60),
+        _ => format!("{}h{:02}m", millis / 3_600_000, millis / 60_000 % 60),
+    }
+}
+
+/// `bkg runs show`: one field a line.
+pub fn describe(run: &RunRecord) -> String {
+    let limits = &run.limits;
+    let mut text = String::new();
+    let mut line = |key: &str, value: String| text.push_str(&format!("{key:<11}{value}\n"));
+    line("id", run.id.clone());
+    line("sandbox", run.sandbox_id.clone().unwrap_or_else(|| "- (temporary)".into()));
+    line("namespace", run.namespace.clone());
+    line("type", run.language.as_str().to_owned());
+    line("started", time(run.started_at_ms));
+    line("finished", run.finished_at_ms.map_or_else(|| "-".into(), time));
+    line("outcome", outcome(run));
+    line("wall", or_dash(run.wall_ms, format_duration_ms));
+    line("cpu", or_dash(run.cpu_ms, format_duration_ms));
+    line("memory", format!("{} peak", or_dash(run.peak_memory_bytes, format_size)));
+    line(
+        "output",
+        format!(
+            "{} stdout · {} stderr",
+            or_dash(run.stdout_bytes, format_size),
+            or_dash(run.stderr_bytes, format_size)
+        ),
+    );
+    line(
+        "limits",
+        format!(
+            "cpus {} · memory {} · timeout {} · disk {} · pids {}",
+            format_cpus(limits.cpu_millis),
+            format_size(limits.memory_bytes),
+            format_duration_ms(limits.timeout_ms),
+            format_size(limits.disk_bytes),
+            limits.pids
+        ),
+    );
+    if let Some(error) = &run.error {
+        line("error", error.clone());
+    }
+    line("cleaned up", if run.cleaned_up { "yes" } else { "not yet" }.to_owned());
+    text
+}

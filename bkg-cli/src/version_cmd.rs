@@ -1,0 +1,90 @@
+//! `bkg version`: this CLI's version, commit and build date, and the agent's when one answers.
+
+use bkg_schema::AgentInfo;
+use serde::Serialize;
+
+use crate::args::{GlobalArgs, VersionArgs};
+use crate::client::AgentClient;
+use crate::exit::CliError;
+
+#[derive(Debug, Serialize)]
+pub struct Build {
+    pub version: String,
+    pub commit: String,
+    pub build_date: String,
+}
+
+/// What `bkg version --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Versions {
+    pub cli: Build,
+    /// None when no agent answers (it is not started for this).
+    pub agent: Option<AgentVersion>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AgentVersion {
+    pub version: String,
+    pub commit: String,
+    pub build_date: String,
+    pub endpoint: String,
+    pub protections: Vec<String>,
+}
+
+pub fn cli_build() -> Build {
+    Build {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        commit: env!("BKG_COMMIT").to_owned(),
+        build_date: env!("BKG_BUILD_DATE").to_owned(),
+    }
+}
+
+pub async fn run(global: &GlobalArgs, args: VersionArgs) -> Result<i32, CliError> {
+    let client = AgentClient::new(global)?;
+    // Only an agent that is there already: `bkg version` starts nothing. Its reason for not
+    // answering (down, not an admin key) is the agent's line of the output.
+    let (agent, missing) = if client.is_up() {
+        match client.get::<AgentInfo>("/api/v1/agent").await {
+            Ok(info) => (
+                Some(AgentVersion {
+                    version: info.version,
+                    commit: info.commit,
+                    build_date: info.build_date,
+                    endpoint: client.endpoint(),
+                    protections: info.protections,
+                }),
+                None,
+            ),
+            Err(error) => (None, Some(error.message)),
+        }
+    } else {
+        (None, Some(format!("no agent is running on {}", client.endpoint())))
+    };
+    let versions = Versions { cli: cli_build(), agent };
+    if args.json {
+        println!("{}", serde_json::to_string(&versions).map_err(|error| CliError::internal(error.to_string()))?);
+    } else {
+        print!("{}", describe(&versions, missing.as_deref()));
+    }
+    Ok(0)
+}
+
+/// The text of `bkg version`; `agent_missing` says why there is no agent part.
+pub fn describe(versions: &Versions, agent_missing: Option<&str>) -> String {
+    let cli = &versions.cli;
+    let mut text = format!("bkg        {} ({}, built {})\n", cli.version, cli.commit, cli.build_date);
+    match (&versions.agent, agent_missing) {
+        (Some(agent), _) => {
+            text.push_str(&format!(
+                "bkg-agent  {} ({}, built {}) on {}\n",
+                agent.version, agent.commit, agent.build_date, agent.endpoint
+            ));
+            for (index, protection) in agent.protections.iter().enumerate() {
+                let label = if index == 0 { "protection" } else { "" };
+                text.push_str(&format!("{label:<11}{protection}\n"));
+            }
+        }
+        (None, reason) => text.push_str(&format!("bkg-agent  - ({})\n", reason.unwrap_or("not reached"))),
+    }
+    text
+}

@@ -1,0 +1,178 @@
+//! Snapshots of the text people read: every command's help, the common errors, the `ls` and
+//! `runs ls` tables and `bkg version`. Stable by construction: a fixed width (COLUMNS), no
+//! colour, fixed records for the tables. `cargo insta review` (or INSTA_UPDATE=always) updates
+//! them after a deliberate change.
+
+use std::process::{Command, Stdio};
+
+use bkg_cli::version_cmd::{AgentVersion, Build, Versions};
+use bkg_schema::RunRecord;
+use bkg_schema::sandbox::SandboxInfo;
+
+const BKG: &str = env!("CARGO_BIN_EXE_bkg");
+
+/// `bkg ARGS` without a terminal, 100 columns wide, no colour; its exit code, stdout and stderr.
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .env("COLUMNS", "100")
+        .env("NO_COLOR", "1")
+        // Unset, not pointed elsewhere: clap lists an option given by env in its usage lines.
+        .env_remove("BKG_SOCKET")
+        .env("BKG_NO_AUTOSTART", "1")
+        .env_remove("BKG_REMOTE")
+        .env_remove("BKG_API_KEY")
+        .env_remove("BKG_STATE_DIR")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let name = std::path::Path::new(program).file_name().map(|name| name.to_string_lossy().into_owned());
+    format!(
+        "$ {}\nexit {}\n--- stdout\n{}--- stderr\n{}",
+        std::iter::once(name.unwrap_or_default())
+            .chain(args.iter().map(|arg| (*arg).to_owned()))
+            .collect::<Vec<_>>()
+            .join(" "),
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// bkgr, built beside bkg by `cargo build --workspace`.
+fn bkgr() -> String {
+    let path = std::path::Path::new(BKG).with_file_name("bkgr");
+    assert!(path.exists(), "{} is missing: build the workspace first (`cargo build --workspace`)", path.display());
+    path.to_string_lossy().into_owned()
+}
+
+fn paths(command: &clap::Command, path: &mut Vec<String>, found: &mut Vec<Vec<String>>) {
+    found.push(path.clone());
+    for sub in command.get_subcommands().filter(|sub| sub.get_name() != "help") {
+        path.push(sub.get_name().to_owned());
+        paths(sub, path, found);
+        path.pop();
+    }
+}
+
+#[test]
+fn help_of_every_command() {
+    let mut found = Vec::new();
+    paths(&bkg_cli::args::bkg_command(), &mut Vec::new(), &mut found);
+    let mut text = String::new();
+    for path in found {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        text.push_str(&run(BKG, &args));
+        text.push('\n');
+    }
+    text.push_str(&run(&bkgr(), &["--help"]));
+    insta::assert_snapshot!("help", text);
+}
+
+#[test]
+fn common_errors() {
+    let cases: &[&[&str]] = &[
+        &["exce"],
+        &["exe"],
+        &["exe", "missing.py"],
+        &["exe", "--memory", "lots", "-t", "python", "-c", "print(1)"],
+        &["exe", "--timeout", "1m30x", "-c", "print(1)", "-t", "python"],
+        &["exe", "-c", "print(1)"],
+        &["add", "web"],
+        &["ls", "--bogus"],
+        &["runs", "ls", "--limit", "0"],
+        &["logout"],
+        &["completions", "tcsh"],
+        &[],
+    ];
+    let mut text = String::new();
+    for args in cases {
+        text.push_str(&run(BKG, args));
+        text.push('\n');
+    }
+    text.push_str(&run(&bkgr(), &["--bogus"]));
+    insta::assert_snapshot!("errors", text);
+}
+
+fn run_record(json: serde_json::Value) -> RunRecord {
+    serde_json::from_value(json).expect("a run record")
+}
+
+fn runs() -> Vec<RunRecord> {
+    let limits = serde_json::json!({"cpu_millis": 1000, "memory_bytes": 536_870_912u64, "timeout_ms": 60_000, "disk_bytes": 524_288_000u64, "pids": 256});
+    vec![
+        run_record(serde_json::json!({
+            "id": "run_19bc0a1f2e3d4c5b", "namespace": "default", "sandbox_id": "a-rather-long-sandbox-name-6f1c2d3e4f5a6b7c",
+            "language": "python", "started_at_ms": 1_795_829_760_088u64, "finished_at_ms": null, "limits": limits,
+            "exit_code": null, "signal": null, "killed_by": null, "wall_ms": null, "cpu_ms": null,
+            "peak_memory_bytes": null, "stdout_bytes": null, "stderr_bytes": null, "cleaned_up": false, "error": null
+        })),
+        run_record(serde_json::json!({
+            "id": "run_19bc0a1f2e3d4c5a", "namespace": "team-a", "sandbox_id": null,
+            "language": "node", "started_at_ms": 1_795_829_700_000u64, "finished_at_ms": 1_795_829_760_000u64, "limits": limits,
+            "exit_code": null, "signal": 9, "killed_by": "timeout", "wall_ms": 60_000, "cpu_ms": 59_870,
+            "peak_memory_bytes": 48_234_496, "stdout_bytes": 12, "stderr_bytes": 0, "cleaned_up": true, "error": null
+        })),
+        run_record(serde_json::json!({
+            "id": "run_19bc0a1f2e3d4c59", "namespace": "default", "sandbox_id": null,
+            "language": "python", "started_at_ms": 1_795_829_600_000u64, "finished_at_ms": 1_795_829_600_014u64, "limits": limits,
+            "exit_code": 0, "signal": null, "killed_by": null, "wall_ms": 14, "cpu_ms": 12,
+            "peak_memory_bytes": 7_651_328, "stdout_bytes": 3, "stderr_bytes": 0, "cleaned_up": true, "error": null
+        })),
+    ]
+}
+
+#[test]
+fn tables() {
+    let runs = runs();
+    let sandboxes: Vec<SandboxInfo> = vec![
+        serde_json::from_value(serde_json::json!({
+            "id": "a-rather-long-sandbox-name-6f1c2d3e4f5a6b7c", "name": "a-rather-long-sandbox-name", "namespace": "default",
+            "project_dir": "/srv/projects/an-app-with-a-long-path/and-deeper", "language": "python", "limits": runs[0].limits,
+            "state": "running", "current_run": "run_19bc0a1f2e3d4c5b", "last_run": runs[0], "created_at_ms": 1_795_829_000_000u64,
+            "disk_bytes_allocated": 155_648
+        }))
+        .expect("a sandbox"),
+        serde_json::from_value(serde_json::json!({
+            "id": "web-6f1c2d3e4f5a6b7c", "name": "web", "namespace": "default", "project_dir": "/srv/app", "language": "node",
+            "limits": runs[0].limits, "state": "idle", "current_run": null, "last_run": runs[2],
+            "created_at_ms": 1_795_829_000_000u64, "disk_bytes_allocated": 52_428_800
+        }))
+        .expect("a sandbox"),
+    ];
+    let mut text = String::new();
+    for width in [None, Some(100), Some(60)] {
+        text.push_str(&format!("--- bkg ls, width {width:?}\n"));
+        text.push_str(&bkg_cli::manage::sandbox_table(&sandboxes, width));
+        text.push_str(&format!("--- bkg runs ls, width {width:?}\n"));
+        text.push_str(&bkg_cli::runs_cmd::runs_table(&runs, width));
+    }
+    text.push_str("--- bkg runs show\n");
+    text.push_str(&bkg_cli::runs_cmd::describe(&runs[1]));
+    insta::assert_snapshot!("tables", text);
+}
+
+#[test]
+fn version() {
+    let cli = || Build { version: "0.1.0".into(), commit: "0123456789ab".into(), build_date: "2026-12-01".into() };
+    let with_agent = Versions {
+        cli: cli(),
+        agent: Some(AgentVersion {
+            version: "0.1.0".into(),
+            commit: "0123456789ab".into(),
+            build_date: "2026-12-01".into(),
+            endpoint: "/run/bkg/agent.sock".into(),
+            protections: vec!["seccomp filter".into(), "landlock ABI 6".into()],
+        }),
+    };
+    let alone = Versions { cli: cli(), agent: None };
+    let text = format!(
+        "{}{}--- json\n{}\n",
+        bkg_cli::version_cmd::describe(&with_agent, None),
+        bkg_cli::version_cmd::describe(&alone, Some("no agent is running on /run/bkg/agent.sock")),
+        serde_json::to_string_pretty(&with_agent).expect("json")
+    );
+    insta::assert_snapshot!("version", text);
+}

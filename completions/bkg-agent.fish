@@ -1,0 +1,40 @@
+complete -c bkg-agent -l socket -d 'Unix socket to serve the API on (mode 0600)' -r -F
+complete -c bkg-agent -l state-dir -d 'Directory for the run store and sandbox disk images' -r -F
+complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-sized runs (0 turns the pool off)' -r
+complete -c bkg-agent -l max-cpus -d 'Highest CPU count a run may ask for' -r
+complete -c bkg-agent -l max-memory -d 'Highest memory limit a run may ask for' -r
+complete -c bkg-agent -l max-timeout -d 'Highest timeout a run may ask for' -r
+complete -c bkg-agent -l max-disk -d 'Highest disk limit a run may ask for' -r
+complete -c bkg-agent -l python -d 'Python interpreter used for `python` runs' -r -F
+complete -c bkg-agent -l node -d 'Node.js interpreter used for `node` runs' -r -F
+complete -c bkg-agent -l cgroup-dir -d 'Directory created beneath the agent\'s own cgroup for its sandboxes\' cgroups' -r
+complete -c bkg-agent -l uid-base -d 'First host uid given to sandboxes; each live sandbox takes two above it' -r
+complete -c bkg-agent -l listen -d 'Also serve the API on TCP at ADDR:PORT; every request there needs an API key. An address other than loopback needs --tls-cert (or --plain-http-behind-proxy)' -r
+complete -c bkg-agent -l tls-cert -d 'Serve TLS on --listen with this certificate chain (PEM, leaf first); re-read on SIGHUP' -r -F
+complete -c bkg-agent -l tls-key -d 'The private key of --tls-cert (PEM); re-read with it on SIGHUP' -r -F
+complete -c bkg-agent -l header-timeout -d 'Time a connection has to send a whole request head, also between requests on a kept-alive connection (and for the TLS handshake): slow or idle connections are closed after it' -r
+complete -c bkg-agent -l body-timeout -d 'Time a request has to send its whole body (408 after it)' -r
+complete -c bkg-agent -l body-budget -d 'Request bodies held in memory at once, all requests together (503 with Retry-After over it)' -r
+complete -c bkg-agent -l max-connections -d 'Open connections on the TCP listener; more are closed on arrival' -r
+complete -c bkg-agent -l max-unix-connections -d 'Open connections on the unix socket, counted apart from TCP so the network can never take the local clients\' room' -r
+complete -c bkg-agent -l db-url -d 'The shared bkg_db (PostgreSQL URL, `sslmode=` for TLS): every event is synced there' -r
+complete -c bkg-agent -l listen-address-file -d 'Write the TCP address actually bound (useful with port 0) to this file' -r -F
+complete -c bkg-agent -l webhook -d 'POST a signed notice to this URL whenever a key rotates (repeatable; http:// or https://)' -r
+complete -c bkg-agent -l webhook-secret-file -d 'The shared secret (at least 32 bytes) that signs rotation notices sent to webhooks and checks those peers send to /api/v1/auth/keys/rotated' -r -F
+complete -c bkg-agent -l admin-key-ttl -d 'Lifetime of admin keys' -r
+complete -c bkg-agent -l namespace-key-ttl -d 'Lifetime of namespace keys' -r
+complete -c bkg-agent -l session-key-ttl -d 'Lifetime of session keys (login, refresh)' -r
+complete -c bkg-agent -l model-access-key-ttl -d 'Lifetime of model-access keys' -r
+complete -c bkg-agent -l admin-rate-limit -d 'Requests per minute of each admin key on TCP' -r
+complete -c bkg-agent -l namespace-rate-limit -d 'Requests per minute of each namespace key on TCP' -r
+complete -c bkg-agent -l session-rate-limit -d 'Requests per minute of each session key on TCP' -r
+complete -c bkg-agent -l model-access-rate-limit -d 'Requests per minute of each model-access key on TCP' -r
+complete -c bkg-agent -l max-running-runs -d 'Runs going on at once; more wait in the queue, a freed place going to the namespace with the fewest runs going' -r
+complete -c bkg-agent -l max-queued-runs -d 'Runs that may wait for a place; more are refused with 503 and Retry-After' -r
+complete -c bkg-agent -l disk-budget -d 'Disk all live sandboxes together (warm ones too) may be given, their disk limits summed; a run that would go over it is refused with 503 and Retry-After' -r
+complete -c bkg-agent -l health-interval -d 'How recent a successful run must be for /healthz to answer ok without running a tiny sandbox of its own to find out' -r
+complete -c bkg-agent -l foreground -d 'Stay in the foreground and log to stderr (without it the agent detaches and logs to STATE_DIR/agent.log)'
+complete -c bkg-agent -l plain-http-behind-proxy -d 'Serve plain HTTP on a --listen address other than loopback: only behind a proxy that terminates TLS, since API keys would otherwise cross the network in clear'
+complete -c bkg-agent -l print-openapi -d 'Print the API\'s OpenAPI document (YAML) and exit'
+complete -c bkg-agent -s h -l help -d 'Print help'
+complete -c bkg-agent -s V -l version -d 'Print version'

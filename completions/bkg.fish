@@ -1,0 +1,365 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_bkg_global_optspecs
+    string join \n socket= remote= cacert= h/help V/version
+end
+
+function __fish_bkg_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_bkg_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_bkg_using_subcommand
+    set -l cmd (__fish_bkg_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c bkg -n "__fish_bkg_needs_command" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_needs_command" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_needs_command" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_needs_command" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_needs_command" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "exe" -d 'Run a script once in a temporary sandbox and return its output and exit code'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "agent" -d 'Start, stop or inspect the local agent'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "init" -d 'Write a cave.yaml and the .bkg/ state folder (asks on a terminal; flags and defaults otherwise)'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "add" -d 'Add a sandbox to cave.yaml, keeping its comments and order'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "validate" -d 'Check a cave.yaml against its schema and list every problem'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "ls" -d 'List the project\'s persistent sandboxes (`--all`: every project\'s)'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "status" -d 'Show one persistent sandbox: state, last run, limits, disk'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "logs" -d 'Print the output of a sandbox\'s latest run (`-f` follows it)'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "stop" -d 'Stop the run going on in one or more sandboxes (`--all`: every sandbox of the project)'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "rm" -d 'Remove sandboxes: their workspace, logs and their entry in cave.yaml'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "runs" -d 'The history of runs: temporary and persistent, with their accounting'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "audit" -d 'Verify or follow the agent\'s signed audit log'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "sync" -d 'The sync of the agent\'s events to the shared bkg_db'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "db" -d 'The shared bkg_db itself'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "login" -d 'Keep an API key for a remote agent (--remote): log in with a password, or give a key'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "logout" -d 'Forget the API key kept for a remote agent (--remote)'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "keys" -d 'Create, list, rotate and revoke API keys'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "version" -d 'The versions of bkg and of the agent, their commits and build dates, the agent\'s protections'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "completions" -d 'Print the shell completion script for bash, zsh, fish, elvish or powershell'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -s c -l code -d 'Run this code instead of a file (needs --type); then every other argument is the script\'s' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -s t -l type -d 'The language: python or node [default: from the file extension]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l cpus -d 'CPU limit in CPUs, e.g. 0.5 [default: 1]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l memory -d 'Memory limit, swap included, e.g. 256MiB or 1.5GiB [default: 512MiB]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l timeout -d 'Wall-clock limit of a run, e.g. 10s or 1m30s [default: 60s]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l disk -d 'Disk limit for /workspace and /tmp together, e.g. 1GiB [default: 500MiB]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -s e -l env -d 'Set a variable in the sandbox; a bare NAME passes the host\'s value (repeatable)' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l env-file -d 'Read variables from a file of KEY=VALUE lines (repeatable; -e wins)' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -s f -l file -d 'Copy a host file into the sandbox, to /workspace/NAME or DEST (repeatable)' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l json -d 'Print one JSON object with the result and accounting instead of the output'
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -f -a "start" -d 'Start the agent in the background (needs root)'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -f -a "stop" -d 'Stop the running agent; warm sandboxes are removed, running ones finish first'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l state-dir -d 'The agent\'s state directory [default: /var/lib/bkg as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l foreground -d 'Stay in the foreground and log to stderr'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from stop" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from stop" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from stop" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from stop" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from stop" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -l json -d 'Print JSON'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "start" -d 'Start the agent in the background (needs root)'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "stop" -d 'Stop the running agent; warm sandboxes are removed, running ones finish first'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand init" -l namespace -d 'The namespace [default: default]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand init" -l sandbox -d 'Add a first sandbox with this name [default: none without prompts]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand init" -s t -l type -d 'The first sandbox\'s type: python or node [default: python]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand init" -l start -d 'The first sandbox\'s start script [default: python main.py or node main.js]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand init" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand init" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand init" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand init" -s y -l yes -d 'Never ask: use the flags and defaults (also the case without a terminal or with CI set)'
+complete -c bkg -n "__fish_bkg_using_subcommand init" -l force -d 'Overwrite an existing cave.yaml'
+complete -c bkg -n "__fish_bkg_using_subcommand init" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand init" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand add" -s t -l type -d 'The language: python or node' -r
+complete -c bkg -n "__fish_bkg_using_subcommand add" -s s -l script -d 'A script, NAME=COMMAND (repeatable) [default: start=python main.py or node main.js]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l cpus -d 'CPU limit in CPUs, e.g. 0.5 [default: 1]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l memory -d 'Memory limit, swap included, e.g. 256MiB or 1.5GiB [default: 512MiB]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l timeout -d 'Wall-clock limit of a run, e.g. 10s or 1m30s [default: 60s]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l disk -d 'Disk limit for /workspace and /tmp together, e.g. 1GiB [default: 500MiB]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand add" -s e -l env -d 'Set an environment variable in the sandbox (repeatable)' -r
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l volume -d 'Mount a project folder, read-only unless :rw (repeatable)' -r
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l cave -d 'The cave.yaml to edit [default: DIR/cave.yaml]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l file -d 'The old name of --cave (`bkg exe --file` copies a file in); warns' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand add" -s C -l dir -d 'The project directory [default: .]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand add" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand add" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand validate" -s C -l dir -d 'The project directory [default: .]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand validate" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand validate" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand validate" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand validate" -l json -d 'Print only one JSON object: {"file", "valid", "errors": [{"line", "pointer", "message"}]}'
+complete -c bkg -n "__fish_bkg_using_subcommand validate" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand validate" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand ls" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand ls" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand ls" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand ls" -l all -d 'Every sandbox the agent knows, of every project'
+complete -c bkg -n "__fish_bkg_using_subcommand ls" -l json -d 'Print JSON: an array of sandboxes'
+complete -c bkg -n "__fish_bkg_using_subcommand ls" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand ls" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand status" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand status" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand status" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand status" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand status" -l json -d 'Print JSON'
+complete -c bkg -n "__fish_bkg_using_subcommand status" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand status" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -s n -l tail -d 'Start with the last N lines of the output' -r
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -s f -l follow -d 'Keep printing while the run goes on'
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -s t -l timestamps -d 'Lead each line with the time bkg read it (RFC 3339, UTC): when it was written, for lines that arrive with -f'
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand stop" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand stop" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand stop" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand stop" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand stop" -l all -d 'Stop every sandbox of the project that has a run going on'
+complete -c bkg -n "__fish_bkg_using_subcommand stop" -l json -d 'Print JSON: one object per sandbox, in an array'
+complete -c bkg -n "__fish_bkg_using_subcommand stop" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand stop" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand rm" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand rm" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand rm" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand rm" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand rm" -l force -d 'Do not ask (required when stdin is not a terminal)'
+complete -c bkg -n "__fish_bkg_using_subcommand rm" -l json -d 'Print JSON'
+complete -c bkg -n "__fish_bkg_using_subcommand rm" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand rm" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -f -a "show" -d 'One run with its limits and accounting'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s n -l limit -d 'How many runs to list, 1 to 1000' -r
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l sandbox -d 'Only the runs of this persistent sandbox of the project' -r
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l json -d 'Print JSON: an array of runs'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -l json -d 'Print JSON'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "show" -d 'One run with its limits and accounting'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -f -a "verify" -d 'Check the hash chain and signatures; name the first bad line. Exit 0 intact, 1 tampered'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -f -a "tail" -d 'Print the newest records (`-f` follows)'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l key -d 'The agent\'s public key: 64 hex digits or a file holding them [default: audit.pub beside the log\'s directory]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l state-dir -d 'The agent\'s state directory [default: /var/lib/bkg as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l json -d 'Print one JSON object on stdout instead of a line on stderr'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l from-db -d 'Verify the chain as the shared bkg_db holds it (read through the agent), not the local files'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -s n -l lines -d 'How many of the last records to print' -r
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l state-dir -d 'The agent\'s state directory [default: /var/lib/bkg as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -s f -l follow -d 'Keep printing records as they are written, across file rotation'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l json -d 'Print the records\' JSON lines as written'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from help" -f -a "verify" -d 'Check the hash chain and signatures; name the first bad line. Exit 0 intact, 1 tampered'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from help" -f -a "tail" -d 'Print the newest records (`-f` follows)'
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -f -a "status" -d 'Backlog, parked events, last success and last error of the sync to bkg_db. Exit 0 healthy or not configured, 1 when the last attempt failed or events are parked'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -f -a "retry" -d 'Ship parked events again (all of them, or the one with sequence number SEQ), once what bkg_db refused is fixed'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -l json -d 'Print JSON'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from retry" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from retry" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from retry" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from retry" -l json -d 'Print JSON'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from retry" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from retry" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from help" -f -a "status" -d 'Backlog, parked events, last success and last error of the sync to bkg_db. Exit 0 healthy or not configured, 1 when the last attempt failed or events are parked'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from help" -f -a "retry" -d 'Ship parked events again (all of them, or the one with sequence number SEQ), once what bkg_db refused is fixed'
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -f -a "migrate" -d 'Apply bkg_db\'s schema migrations now (the agent also applies them when it connects)'
+complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from migrate" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from migrate" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from migrate" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from migrate" -l json -d 'Print JSON'
+complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from migrate" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from migrate" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "migrate" -d 'Apply bkg_db\'s schema migrations now (the agent also applies them when it connects)'
+complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand login" -l user -d 'Log in as this user; the password is read from stdin (asked for on a terminal)' -r
+complete -c bkg -n "__fish_bkg_using_subcommand login" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand login" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand login" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand login" -l key-stdin -d 'Read an existing API key from stdin instead'
+complete -c bkg -n "__fish_bkg_using_subcommand login" -l json -d 'Print what the agent says of the key as JSON'
+complete -c bkg -n "__fish_bkg_using_subcommand login" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand login" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand logout" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand logout" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand logout" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand logout" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand logout" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -f -a "create" -d 'Create a key and print it (it is shown only this once)'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -f -a "ls" -d 'List the keys you may manage (never their secrets)'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -f -a "rotate" -d 'Give a key a new secret and print it; the old one stops working at once'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -f -a "revoke" -d 'Revoke a key: it is refused from its next request on'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l role -d 'admin, namespace, session or model-access' -r
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l namespace -d 'The namespace the key is confined to (every role but admin)' -r
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l name -d 'A label for people' -r
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l ttl -d 'Lifetime, e.g. 12h, 7d [default: the role\'s]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l json -d 'Print the key and its description as JSON'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -l json
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -l json
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -l json
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create a key and print it (it is shown only this once)'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from help" -f -a "ls" -d 'List the keys you may manage (never their secrets)'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from help" -f -a "rotate" -d 'Give a key a new secret and print it; the old one stops working at once'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from help" -f -a "revoke" -d 'Revoke a key: it is refused from its next request on'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand version" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand version" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand version" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand version" -l json -d 'Print JSON: {"cli": {...}, "agent": {...} or null}'
+complete -c bkg -n "__fish_bkg_using_subcommand version" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand version" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand completions" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand completions" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand completions" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "exe" -d 'Run a script once in a temporary sandbox and return its output and exit code'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "agent" -d 'Start, stop or inspect the local agent'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "init" -d 'Write a cave.yaml and the .bkg/ state folder (asks on a terminal; flags and defaults otherwise)'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "add" -d 'Add a sandbox to cave.yaml, keeping its comments and order'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "validate" -d 'Check a cave.yaml against its schema and list every problem'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "ls" -d 'List the project\'s persistent sandboxes (`--all`: every project\'s)'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "status" -d 'Show one persistent sandbox: state, last run, limits, disk'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "logs" -d 'Print the output of a sandbox\'s latest run (`-f` follows it)'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "stop" -d 'Stop the run going on in one or more sandboxes (`--all`: every sandbox of the project)'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "rm" -d 'Remove sandboxes: their workspace, logs and their entry in cave.yaml'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "runs" -d 'The history of runs: temporary and persistent, with their accounting'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "audit" -d 'Verify or follow the agent\'s signed audit log'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "sync" -d 'The sync of the agent\'s events to the shared bkg_db'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "db" -d 'The shared bkg_db itself'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "login" -d 'Keep an API key for a remote agent (--remote): log in with a password, or give a key'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "logout" -d 'Forget the API key kept for a remote agent (--remote)'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "keys" -d 'Create, list, rotate and revoke API keys'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "version" -d 'The versions of bkg and of the agent, their commits and build dates, the agent\'s protections'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "completions" -d 'Print the shell completion script for bash, zsh, fish, elvish or powershell'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "start" -d 'Start the agent in the background (needs root)'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "stop" -d 'Stop the running agent; warm sandboxes are removed, running ones finish first'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "show" -d 'One run with its limits and accounting'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from audit" -f -a "verify" -d 'Check the hash chain and signatures; name the first bad line. Exit 0 intact, 1 tampered'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from audit" -f -a "tail" -d 'Print the newest records (`-f` follows)'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from sync" -f -a "status" -d 'Backlog, parked events, last success and last error of the sync to bkg_db. Exit 0 healthy or not configured, 1 when the last attempt failed or events are parked'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from sync" -f -a "retry" -d 'Ship parked events again (all of them, or the one with sequence number SEQ), once what bkg_db refused is fixed'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from db" -f -a "migrate" -d 'Apply bkg_db\'s schema migrations now (the agent also applies them when it connects)'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from keys" -f -a "create" -d 'Create a key and print it (it is shown only this once)'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from keys" -f -a "ls" -d 'List the keys you may manage (never their secrets)'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from keys" -f -a "rotate" -d 'Give a key a new secret and print it; the old one stops working at once'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from keys" -f -a "revoke" -d 'Revoke a key: it is refused from its next request on'

@@ -1,0 +1,183 @@
+//! The habits of docker and uv users, against a real agent: run history, `-e NAME`,
+//! `--env-file`, compound durations, script arguments without `--`, `bkg version`, `stop --all`,
+//! `logs --tail`, and bkgr's own limit flags and script arguments.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use bkg_tests::{Agent, bin_dir, code, stderr, stdout};
+
+fn bkg_in(agent: &Agent, dir: &Path, args: &[&str]) -> Output {
+    agent.bkg().args(args).current_dir(dir).stdin(Stdio::null()).output().expect("run bkg")
+}
+
+fn bkgr(agent: &Agent, dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin_dir().join("bkgr"))
+        .args(args)
+        .current_dir(dir)
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bkgr")
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("no JSON ({error}): {}\n{}", stdout(output), stderr(output)))
+}
+
+const ARGV_AND_ENV: &str = "import os, sys\nprint(sys.argv[1:])\nprint(os.environ.get('FROM_HOST'), os.environ.get('FROM_FILE'), os.environ.get('BOTH'))\n";
+
+#[test]
+fn env_from_the_host_and_a_file_args_without_dashes_and_compound_durations() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("argv.py");
+    std::fs::write(&script, ARGV_AND_ENV).expect("write");
+    std::fs::write(dir.path().join(".env"), "# comment\n\nFROM_FILE=file value\nBOTH=from file\n").expect("write");
+    let output = agent
+        .bkg()
+        .current_dir(dir.path())
+        .env("FROM_HOST", "host value")
+        .args(["exe", "-e", "FROM_HOST", "--env-file", ".env", "-e", "BOTH=from flag", "--timeout", "1m30s"])
+        .args(["argv.py", "one", "--two", "-x"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkg exe");
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(stdout(&output), "['one', '--two', '-x']\nhost value file value from flag\n");
+
+    // bkg's own flags after the script still count as bkg's when they come first.
+    let (result, output) = agent.exe_json(&["--timeout", "2m30s", script.to_str().expect("utf-8"), "a"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(result["limits"]["timeout_ms"], 150_000);
+    assert_eq!(result["stdout"], "['a']\nNone None None\n");
+
+    // `-e NAME` of a variable the host does not have sets nothing, as with docker.
+    let output = agent
+        .bkg()
+        .env_remove("FROM_HOST")
+        .args(["exe", "-e", "FROM_HOST", script.to_str().expect("utf-8")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkg exe");
+    assert_eq!(stdout(&output), "[]\nNone None None\n", "{}", stderr(&output));
+}
+
+#[test]
+fn runs_ls_and_show_list_the_last_runs_with_their_accounting() {
+    let agent = Agent::start();
+    let (first, _) = agent.exe_json(&["--type", "python", "-c", "print(1)"]);
+    let (second, _) = agent.exe_json(&["--type", "python", "-c", "import sys; sys.exit(3)"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let listed = bkg_in(&agent, dir.path(), &["runs", "ls", "--json", "--limit", "5"]);
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    let runs = json(&listed);
+    assert_eq!(runs[0]["id"], second["id"], "newest first: {runs}");
+    assert_eq!(runs[0]["exit_code"], 3);
+    assert_eq!(runs[1]["id"], first["id"]);
+    assert!(runs[1]["wall_ms"].as_u64().is_some() && runs[1]["cpu_ms"].as_u64().is_some(), "{runs}");
+    assert!(runs[1]["sandbox_id"].is_null(), "a temporary run has no sandbox");
+
+    let table = bkg_in(&agent, dir.path(), &["runs", "ls"]);
+    let text = stdout(&table);
+    assert!(text.starts_with("ID "), "{text}");
+    assert!(text.contains(second["id"].as_str().unwrap_or("?")) && text.contains("exit 3"), "{text}");
+
+    let id = first["id"].as_str().unwrap_or_default();
+    let shown = bkg_in(&agent, dir.path(), &["runs", "show", id, "--json"]);
+    assert_eq!(json(&shown)["id"], id);
+    let shown = bkg_in(&agent, dir.path(), &["runs", "show", id]);
+    assert!(stdout(&shown).contains("outcome    exit 0"), "{}", stdout(&shown));
+
+    let missing = bkg_in(&agent, dir.path(), &["runs", "show", "run_nope"]);
+    assert_eq!(code(&missing), 125);
+    assert_eq!(stderr(&missing), "bkg: no run `run_nope` here: `bkg runs ls` lists the runs you may see\n");
+}
+
+#[test]
+fn a_project_s_runs_logs_stop_and_bkgr_flags() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nnamespace: default\nsandboxes:\n  a-rather-long-sandbox-name:\n    type: python\n    scripts:\n      start: python /project/lines.py\n      sleep: python -c 'import time; time.sleep(600)'\n  b:\n    type: python\n    scripts:\n      sleep: python -c 'import time; time.sleep(600)'\n",
+    )
+    .expect("cave.yaml");
+    std::fs::write(dir.join("lines.py"), "import sys\nfor i in range(5):\n    print('line', i)\nprint(sys.argv[1:])\n")
+        .expect("lines.py");
+    let long = "a-rather-long-sandbox-name";
+
+    // Before its first run, logs names the sandbox, not its internal id.
+    let early = bkg_in(&agent, dir, &["logs", long]);
+    assert_eq!(code(&early), 125);
+    assert!(stderr(&early).starts_with(&format!("bkg: sandbox `{long}` has no output yet")), "{}", stderr(&early));
+
+    // Script arguments after `--`, quoted for the shell.
+    let run = bkgr(&agent, dir, &[long, "start", "--", "it's", "$HOME"]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    assert!(stdout(&run).ends_with("[\"it's\", '$HOME']\n"), "{}", stdout(&run));
+
+    let tail = bkg_in(&agent, dir, &["logs", long, "--tail", "2"]);
+    assert_eq!(stdout(&tail), "line 4\n[\"it's\", '$HOME']\n");
+    let stamped = bkg_in(&agent, dir, &["logs", long, "-n", "1", "--timestamps"]);
+    let line = stdout(&stamped);
+    assert!(line.starts_with("20") && line.contains("Z [\"it's\""), "{line}");
+
+    // bkgr's own --timeout overrides cave.yaml's, and its reason line names bkgr's flag.
+    let timed = bkgr(&agent, dir, &["b", "sleep", "--timeout", "1s"]);
+    assert_eq!(code(&timed), 124, "{}", stderr(&timed));
+    assert_eq!(stderr(&timed), "bkgr: b: timed out after 1s (--timeout)\n");
+
+    let history = bkg_in(&agent, dir, &["runs", "ls", "--sandbox", long, "--json"]);
+    let runs = json(&history);
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+    assert!(runs[0]["sandbox_id"].as_str().is_some_and(|id| id.starts_with(long)), "{runs}");
+
+    // The table keeps the long name whole.
+    let ls = agent.bkg().args(["ls"]).current_dir(dir).env("COLUMNS", "60").output().expect("bkg ls");
+    assert!(stdout(&ls).contains(long), "{}", stdout(&ls));
+
+    // stop --all stops what runs, and only that.
+    for name in [long, "b"] {
+        let detached = bkgr(&agent, dir, &["-d", name, "sleep"]);
+        assert_eq!(code(&detached), 0, "{}", stderr(&detached));
+    }
+    let stopped = bkg_in(&agent, dir, &["stop", "--all", "--json"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+    let answers = json(&stopped);
+    assert_eq!(answers.as_array().map(Vec::len), Some(2), "{answers}");
+    assert!(answers.as_array().into_iter().flatten().all(|answer| answer["stopped"] == true), "{answers}");
+
+    // An invalid cave.yaml: ls says why instead of listing.
+    std::fs::write(dir.join("cave.yaml"), "version: 1\nsandboxes:\n  BAD:\n    type: ruby\n").expect("cave.yaml");
+    let ls = bkg_in(&agent, dir, &["ls"]);
+    assert_eq!(code(&ls), 125);
+    assert!(stderr(&ls).contains("cave.yaml"), "{}", stderr(&ls));
+}
+
+#[test]
+fn version_names_both_sides() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let version = bkg_in(&agent, dir.path(), &["version", "--json"]);
+    assert_eq!(code(&version), 0, "{}", stderr(&version));
+    let value = json(&version);
+    assert_eq!(value["cli"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(value["agent"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(value["cli"]["commit"], value["agent"]["commit"], "{value}");
+    assert!(value["agent"]["protections"].as_array().is_some_and(|list| list.iter().any(|p| p == "seccomp filter")));
+    let text = bkg_in(&agent, dir.path(), &["version"]);
+    assert!(stdout(&text).starts_with("bkg        "), "{}", stdout(&text));
+
+    // Without an agent the CLI's part is still there.
+    let alone = Command::new(bin_dir().join("bkg"))
+        .args(["--socket", "/nonexistent/agent.sock", "version", "--json"])
+        .output()
+        .expect("bkg version");
+    assert_eq!(code(&alone), 0);
+    assert!(json(&alone)["agent"].is_null());
+}
