@@ -407,6 +407,12 @@ async fn serve(
     health_interval: Duration,
 ) -> anyhow::Result<()> {
     let state_dir = config.state_dir.clone();
+    // The handlers go first: a SIGTERM during start-up (the socket may accept before the agent
+    // serves) must take the clean way out below, not the default death that leaves sandboxes.
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("handle SIGTERM")?;
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("handle SIGINT")?;
     // Refuse early if another agent serves this socket: its sandboxes are not ours to clean.
     if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         bail!("another agent is already listening on {}", socket.display());
@@ -512,22 +518,17 @@ async fn serve(
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), cgroups = %engine.cgroup_version(), "agent ready");
 
     let signals = async move {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
             () = shutdown.notified() => {}
         }
-        Ok::<(), std::io::Error>(())
     };
     // Both listeners stop on the same signal; runs get SHUTDOWN_GRACE to end by themselves.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let grace_engine = Arc::clone(&engine);
     tokio::spawn(async move {
-        if let Err(error) = signals.await {
-            tracing::error!(%error, "signal handling failed");
-        }
+        signals.await;
         grace_engine.close();
         let _ = stopping_tx.send(true);
         tokio::select! {

@@ -53,12 +53,10 @@ fn ctrl_c_cancels_a_run_with_130_and_leaves_no_sandbox() {
     assert_eq!(stderr(&output).lines().count(), 1, "one line: {}", stderr(&output));
     agent.wait_idle();
 
-    let runs = agent.bkg().args(["runs", "ls", "--json"]).output();
-    let listed = runs.ok().filter(|runs| runs.status.success());
-    if let Some(runs) = listed {
-        let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
-        assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
-    }
+    let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
+    assert!(runs.status.success(), "{}", stderr(&runs));
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+    assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
 }
 
 #[test]
