@@ -179,6 +179,19 @@ impl Agent {
         }
     }
 
+    /// Waits until the warm pool holds `count` prepared sandboxes (it refills in the background).
+    pub fn wait_warm(&self, count: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status_json();
+            if status["warm_sandboxes"].as_u64() == Some(count) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the warm pool never held {count}: {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops the agent with SIGTERM (it is our child) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -25,21 +25,15 @@ pub async fn execute(
     // Shutdown waits for this: a run's end is recorded before the agent stops.
     let _in_flight = engine.run_in_flight();
     let sandbox_id = validated.sandbox_id().map(str::to_owned);
-    // The start is recorded while the run begins: its durable write (an fsync) overlaps the
-    // interpreter's start-up instead of adding to it.
-    let started = {
-        let (store, caller, run_id, sandbox_id) = (store.clone(), caller.clone(), run_id.clone(), sandbox_id.clone());
-        let (language, limits) = (validated.language, validated.limits);
-        tokio::spawn(async move {
-            store.run_started(&caller, &run_id, sandbox_id.as_deref(), language, limits, now_ms()).await
-        })
-    };
-    let outcome = engine.run(run_id.clone(), validated, input, output).await;
-    match started.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::error!(%error, run = %run_id, "could not record the run's start"),
-        Err(error) => tracing::error!(%error, run = %run_id, "could not record the run's start"),
+    // The start is recorded before the code runs, so that a crash at any moment after leaves a
+    // record the next agent closes as interrupted. Its audit line's fsync stays off this path
+    // (`Store::record`); the write itself is a SQLite commit in WAL mode.
+    if let Err(error) =
+        store.run_started(caller, &run_id, sandbox_id.as_deref(), validated.language, validated.limits, now_ms()).await
+    {
+        tracing::error!(%error, run = %run_id, "could not record the run's start");
     }
+    let outcome = engine.run(run_id.clone(), validated, input, output).await;
     let recorded = match &outcome {
         Ok(result) => store.run_finished(caller, sandbox_id.as_deref(), result, now_ms()).await,
         Err(error) => store.run_failed(caller, sandbox_id.as_deref(), &run_id, &error.to_string(), now_ms()).await,

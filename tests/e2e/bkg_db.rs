@@ -530,3 +530,51 @@ fn environment_values_reach_the_sandbox_and_no_record() {
     let names = postgres.query("SELECT state->'env' FROM sandboxes WHERE name = 'api'");
     assert_eq!(names, "[\"TOKEN\"]");
 }
+
+/// `bkg audit verify --from-db` checks the chain as bkg_db holds it: an edited and
+/// a removed line there are each named, with exit 1, while the agent's own files stay intact.
+#[test]
+fn audit_verify_from_db_names_what_was_tampered_with_in_bkg_db() {
+    let postgres = Postgres::start();
+    let agent = agent_with_db(&postgres.url());
+    assert_eq!(runs(&agent, 3, 1), 3);
+    wait_synced(&agent);
+    verify(&agent, true);
+    let id = agent_id(&agent);
+    let seq_of = |action: &str| {
+        postgres.query(&format!(
+            "SELECT seq FROM audit_events WHERE agent_id = '{id}' AND action = '{action}' ORDER BY seq LIMIT 1"
+        ))
+    };
+    let verify_fails = |what: &str, seq: &str| {
+        let output = agent
+            .bkg()
+            .args(["audit", "verify", "--from-db"])
+            .env("BKG_STATE_DIR", &agent.state_dir)
+            .output()
+            .expect("audit verify");
+        assert_eq!(code(&output), 1, "{what}: {}", stderr(&output));
+        let said = format!("{}{}", stdout(&output), stderr(&output));
+        assert!(said.contains(seq), "{what}: the report names seq {seq}: {said}");
+        verify(&agent, false);
+    };
+
+    // An edited outcome: the run "failed".
+    let finished = seq_of("run.finished");
+    let original =
+        postgres.query(&format!("SELECT line FROM audit_events WHERE agent_id = '{id}' AND seq = {finished}"));
+    postgres.query(&format!(
+        "UPDATE audit_events SET line = replace(line, '\"exit_code\":0', '\"exit_code\":1') \
+         WHERE agent_id = '{id}' AND seq = {finished} RETURNING seq"
+    ));
+    verify_fails("edited", &finished);
+
+    // Put back, then removed.
+    postgres.query(&format!(
+        "UPDATE audit_events SET line = $bkg${original}$bkg$ WHERE agent_id = '{id}' AND seq = {finished} RETURNING seq"
+    ));
+    verify(&agent, true);
+    let started = seq_of("run.started");
+    postgres.query(&format!("DELETE FROM audit_events WHERE agent_id = '{id}' AND seq = {started} RETURNING seq"));
+    verify_fails("removed", &started);
+}
