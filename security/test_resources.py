@@ -1,6 +1,8 @@
 """RES: resource exhaustion and escaping the end of a run."""
 
+import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -259,3 +261,114 @@ def test_fd_exhaustion_stops_at_the_rlimit(sandbox):
     assert r.report["opened"] < 4096, r
     assert r.report["raise_limit"] == "denied", r
 
+
+
+def newest_runs(agent, limit=10):
+    response = agent.request("GET", "/api/v1/runs?limit=%d" % limit)
+    assert response.status == 200, response
+    return response.json
+
+
+def test_a_stopped_reader_cannot_hold_a_sandbox_past_its_timeout(sandbox, agent):
+    """RES-16: the client stops reading while the run floods stdout; the timeout still fires."""
+    client = sandbox.spawn_attack("""
+        while True:
+            print("x" * 4096)
+    """, "--timeout", "2s")
+    try:
+        deadline = time.monotonic() + 60
+        ended = None
+        while ended is None and time.monotonic() < deadline:
+            ended = next((run for run in newest_runs(agent, 3)
+                          if run.get("killed_by") == "timeout" and run.get("finished_at_ms")), None)
+            time.sleep(0.2)
+        assert ended is not None, "the run outlived its timeout while its client read nothing"
+        assert client.poll() is None, "the client is still stuck: it read nothing"
+    finally:
+        client.kill()
+        client.wait()
+    agent.wait_idle()
+
+
+@pytest.mark.parametrize("exhausted", ["blocks", "inodes"])
+def test_a_full_disk_is_reported_as_disk(sandbox, exhausted):
+    """RES-17: a script that dies of a full disk reports it, whether of blocks or of inodes."""
+    fill = {
+        "blocks": """
+            chunk = b"x" * (1 << 20)
+            with open("/workspace/fill", "wb") as handle:
+                while True:
+                    handle.write(chunk)
+                    handle.flush()
+        """,
+        "inodes": """
+            n = 0
+            while True:
+                open("/workspace/f%d" % n, "w").close()
+                n += 1
+        """,
+    }[exhausted]
+    r = sandbox.attack(fill, "--disk", "32MiB", "--timeout", "60s")
+    assert r.rc == 1, r
+    assert r.result["killed_by"] == "disk", r
+    assert r.result["exit_code"] == 1, r
+    assert "No space left on device" in r.result["stderr"], r
+
+
+@pytest.fixture
+def bounded_agent():
+    """An agent with one run at a time, one waiting, and a disk budget of 600 MiB."""
+    instance = bkgsec.Agent("bounded", uid_slot=os.getpid() + 1024, warm_pool=0,
+                            extra_args=["--max-running-runs", "1", "--max-queued-runs", "1",
+                                        "--disk-budget", "1200MiB"])
+    instance.start()
+    yield instance
+    instance.remove()
+
+
+def test_a_flood_of_runs_and_a_disk_hog_are_refused_not_queued_forever(bounded_agent):
+    """RES-18: past the queue bound, 503 with Retry-After at once; past the disk budget, one line."""
+    sleeper = bkgsec.PRELUDE + "\nimport time\ntime.sleep(600)\n"
+    held = [bounded_agent.spawn_exe(sleeper), bounded_agent.spawn_exe(sleeper)]
+    try:
+        deadline = time.monotonic() + 30
+        while (bounded_agent.request("GET", "/api/v1/agent").json or {}).get("active_runs") != 2:
+            assert time.monotonic() < deadline, "two runs never went in"
+            time.sleep(0.05)
+        refused = bounded_agent.request("POST", "/api/v1/runs", {"language": "python", "code": "print(1)"})
+        assert refused.status == 503, refused
+        assert int(refused.headers.get("Retry-After", refused.headers.get("retry-after", "x"))) > 0, refused
+    finally:
+        for client in held:
+            client.kill()
+            client.wait()
+    bounded_agent.wait_idle()
+    hog = bounded_agent.exe("print('never')", "--disk", "2GiB")
+    assert hog.rc == 125, hog
+    assert len(hog.err.splitlines()) == 1 and "disk" in hog.err, hog
+
+
+@pytest.fixture
+def probed_agent():
+    """An agent whose health needs a run that succeeded within the last second."""
+    instance = bkgsec.Agent("probed", uid_slot=os.getpid() + 1536, warm_pool=0,
+                            extra_args=["--health-interval", "1s"])
+    instance.start()
+    yield instance
+    instance.remove()
+
+
+def test_health_says_503_when_runs_fail(probed_agent):
+    """RES-19: with a hard open-files limit below what a sandbox needs, every run fails and
+    /healthz says so instead of answering ok."""
+    assert probed_agent.request("GET", "/healthz").status == 200
+    limited = subprocess.run(["prlimit", "--pid", str(probed_agent.pid), "--nofile=1024:2048"],
+                             capture_output=True, text=True)
+    assert limited.returncode == 0, limited.stderr
+    deadline = time.monotonic() + 60
+    health = probed_agent.request("GET", "/healthz")
+    while health.status == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        health = probed_agent.request("GET", "/healthz")
+    assert health.status == 503, health
+    assert "runs fail" in health.body.decode(errors="replace"), health
