@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-examples=${BKG_FUZZ_EXAMPLES:-15}
+examples=${BKG_FUZZ_EXAMPLES:-300}
 budget=${BKG_FUZZ_SECONDS:-1500}
 work=$(mktemp -d /tmp/bkg-fuzz-XXXXXX)
 agent_pid=""
