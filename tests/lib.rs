@@ -147,6 +147,35 @@ impl Agent {
         self.bkg().arg("exe").args(args).stdin(Stdio::null()).output().expect("run bkg exe")
     }
 
+    /// Starts `bkg exe` of a script that prints `up` and then sleeps for a minute, and returns it
+    /// once `up` has arrived: from then on the run is going on in its sandbox. stderr is piped.
+    pub fn start_long_run(&self) -> Child {
+        let mut child = self
+            .bkg()
+            .args([
+                "exe",
+                "--timeout",
+                "60s",
+                "--type",
+                "python",
+                "-c",
+                "import time\nprint('up', flush=True)\ntime.sleep(60)",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bkg exe");
+        let mut first_line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut first_line,
+        )
+        .expect("read the run's first line");
+        assert_eq!(first_line, "up\n", "the run did not start");
+        child
+    }
+
     /// Runs `bkg exe --json ARGS` and parses the result.
     pub fn exe_json(&self, args: &[&str]) -> (serde_json::Value, Output) {
         let output = self.bkg().arg("exe").arg("--json").args(args).stdin(Stdio::null()).output().expect("run bkg exe");

@@ -310,17 +310,7 @@ fn every_kind_of_record_reaches_bkg_db_and_a_bad_one_is_parked_then_retried() {
 
     // Killed in the middle of a run (run.interrupted on the next start), the agent's outbox gets
     // one event it cannot read, and its log a torn last line (log.recovered on the next start).
-    let mut long_run = agent
-        .bkg()
-        .args(["exe", "--type", "python", "-c", "import time\nprint('up', flush=True)\ntime.sleep(60)"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start a long run");
-    let mut up = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(long_run.stdout.take().expect("stdout")), &mut up)
-        .expect("read");
-    assert_eq!(up, "up\n");
+    let mut long_run = agent.start_long_run();
     agent.crash();
     let _ = long_run.wait();
     let key_seq: i64 = outbox(&agent)

@@ -36,17 +36,7 @@ fn nothing_is_left_behind_after_100_runs() {
 #[test]
 fn a_restarted_agent_cleans_what_a_killed_one_left() {
     let mut agent = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
-    let mut running = agent
-        .bkg()
-        .args(["exe", "--type", "python", "-c", "import time\nprint('up', flush=True)\ntime.sleep(60)"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start a long run");
-    let mut first_line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(running.stdout.take().expect("stdout")), &mut first_line)
-        .expect("read");
-    assert_eq!(first_line, "up\n");
+    let mut running = agent.start_long_run();
 
     agent.crash();
     let exit = running.wait().expect("bkg exits when the agent dies");

@@ -12,41 +12,10 @@ fn interrupt(child: &Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
 }
 
-/// Reads lines of `child`'s stdout until one equals `line`.
-fn wait_for_line(child: &mut Child, line: &str) -> BufReader<std::process::ChildStdout> {
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut seen = String::new();
-    loop {
-        let mut next = String::new();
-        let read = reader.read_line(&mut next).expect("read stdout");
-        assert!(read > 0, "stdout ended before {line:?}; it had: {seen}");
-        if next.trim_end() == line {
-            return reader;
-        }
-        seen.push_str(&next);
-    }
-}
-
 #[test]
 fn ctrl_c_cancels_a_run_with_130_and_leaves_no_sandbox() {
     let agent = Agent::start();
-    let mut child = agent
-        .bkg()
-        .args([
-            "exe",
-            "--timeout",
-            "60s",
-            "--type",
-            "python",
-            "-c",
-            "import time\nprint('up', flush=True)\ntime.sleep(60)",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bkg exe");
-    let _stdout = wait_for_line(&mut child, "up");
+    let child = agent.start_long_run();
     interrupt(&child);
     let output = child.wait_with_output().expect("wait");
     assert_eq!(code(&output), 130, "stderr: {}", stderr(&output));
