@@ -20,7 +20,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The defaults are the maximum: the fuzzer cannot ask for more than a default run.
+# The defaults are the maximum: the fuzzer cannot ask for more than a default run. A run may
+# take its whole 60 s timeout (a fuzzed node run at 0.01 CPU takes ~17 s), so answers are
+# allowed 75 s (--max-response-time) before they count as too slow.
 ./target/debug/bkg-agent --foreground --socket "$work/agent.sock" --state-dir "$work/state" \
   --cgroup-dir "bkg-fuzz-$$" --uid-base $((0x50000000)) --warm-pool 1 \
   --max-timeout 60s --max-memory 512MiB --max-disk 500MiB \
@@ -41,7 +43,8 @@ timeout --kill-after=10 "$budget" schemathesis --config-file tests/api/schemathe
   --header "Authorization: Bearer $key" \
   --checks all \
   --max-examples "$examples" \
-  --request-timeout 30 \
+  --request-timeout 90 \
+  --max-response-time 75 \
   --workers 2 \
   --seed "${BKG_FUZZ_SEED:-1}" \
   --exclude-path /api/v1/agent/shutdown \

@@ -26,6 +26,8 @@ need jq jq
 # The CLI tests complete in a real bash and render the man pages (docs/man/).
 need bash bash
 need man man-db
+# The TLS tests make certificates and serve https with the openssl CLI.
+need openssl openssl
 
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
