@@ -176,6 +176,30 @@ impl Agent {
         child
     }
 
+    /// Holds a write lock on the agent's store (a `BEGIN IMMEDIATE` in another process) until
+    /// the returned child's stdin is closed: the store cannot be written meanwhile.
+    pub fn lock_store(&self) -> Child {
+        let mut locker = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 db = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                 db.execute('BEGIN IMMEDIATE')\n\
+                 print('locked', flush=True)\n\
+                 sys.stdin.read()\n",
+                self.state_dir.join("state.db").to_str().expect("path"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(locker.stdout.as_mut().expect("stdout")), &mut line)
+            .expect("locker started");
+        assert_eq!(line.trim(), "locked");
+        locker
+    }
+
     /// Runs `bkg exe --json ARGS` and parses the result.
     pub fn exe_json(&self, args: &[&str]) -> (serde_json::Value, Output) {
         let output = self.bkg().arg("exe").arg("--json").args(args).stdin(Stdio::null()).output().expect("run bkg exe");

@@ -553,25 +553,7 @@ fn health_is_503_with_the_reason_when_the_store_is_locked_or_sandboxes_cannot_be
     expect(&admin.get("/healthz"), 200, "healthy");
 
     // Another process holds the store's write lock.
-    let database = api.agent.state_dir.join("state.db");
-    let mut locker = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3, sys, time\n\
-             db = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
-             db.execute('BEGIN IMMEDIATE')\n\
-             print('locked', flush=True)\n\
-             sys.stdin.read()\n",
-            database.to_str().expect("path"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(locker.stdout.as_mut().expect("stdout")), &mut line)
-        .expect("locker started");
-    assert_eq!(line.trim(), "locked");
+    let mut locker = api.agent.lock_store();
     let sick = admin.get("/healthz");
     expect(&sick, 503, "a locked store");
     assert_eq!(sick.error_code(), "unavailable");

@@ -235,24 +235,7 @@ fn healthz_without_a_key_says_only_the_status_and_a_reason_word() {
     assert_eq!(anonymous.get("/healthz?detail=1").status, 200);
 
     // The store is locked: without a key one word, with a key the reason in full.
-    let database = api.agent.state_dir.join("state.db");
-    let mut locker = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3, sys\n\
-             db = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
-             db.execute('BEGIN IMMEDIATE')\n\
-             print('locked', flush=True)\n\
-             sys.stdin.read()\n",
-            database.to_str().expect("path"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(locker.stdout.as_mut().expect("stdout")), &mut line)
-        .expect("locker started");
+    let mut locker = api.agent.lock_store();
     let sick = poll("the keyless probe sees the locked store", || {
         let answer = anonymous.get("/healthz");
         (answer.status == 503).then_some(answer)

@@ -104,18 +104,24 @@ fn a_second_agent_on_the_same_cgroup_dir_refuses_with_one_line_and_the_first_kee
     let first = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
     hello_runs(&first);
     let other = tempfile::Builder::new().prefix("bkg-e2e-second-").tempdir().expect("temp dir");
-    let mut second = Command::new(bin_dir().join("bkg-agent"))
+    // A second agent with a state dir and uid range of its own, on the first one's cgroup dir.
+    let second_agent = || {
+        let mut command = Command::new(bin_dir().join("bkg-agent"));
+        command
+            .arg("--socket")
+            .arg(other.path().join("agent.sock"))
+            .arg("--state-dir")
+            .arg(other.path().join("state"))
+            .arg("--cgroup-dir")
+            .arg(&first.cgroup_dir)
+            .arg("--uid-base")
+            .arg((first.uid_base + 32_768).to_string())
+            .env("BKG_LOG", "off")
+            .stdin(Stdio::null());
+        command
+    };
+    let mut second = second_agent()
         .arg("--foreground")
-        .arg("--socket")
-        .arg(other.path().join("agent.sock"))
-        .arg("--state-dir")
-        .arg(other.path().join("state"))
-        .arg("--cgroup-dir")
-        .arg(&first.cgroup_dir)
-        .arg("--uid-base")
-        .arg((first.uid_base + 32_768).to_string())
-        .env("BKG_LOG", "off")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -141,19 +147,7 @@ fn a_second_agent_on_the_same_cgroup_dir_refuses_with_one_line_and_the_first_kee
     assert!(!other.path().join("agent.sock").exists(), "the refused agent never served");
 
     // Started in the background (`bkg agent start`, autostart), it says the same one line.
-    let detached = Command::new(bin_dir().join("bkg-agent"))
-        .arg("--socket")
-        .arg(other.path().join("agent.sock"))
-        .arg("--state-dir")
-        .arg(other.path().join("state"))
-        .arg("--cgroup-dir")
-        .arg(&first.cgroup_dir)
-        .arg("--uid-base")
-        .arg((first.uid_base + 32_768).to_string())
-        .env("BKG_LOG", "off")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run a second bkg-agent in the background");
+    let detached = second_agent().output().expect("run a second bkg-agent in the background");
     if code(&detached) == 0 {
         // It started after all: stop it (its pid is what it printed) before failing.
         if let Ok(pid) = String::from_utf8_lossy(&detached.stdout).trim().parse::<i32>() {
