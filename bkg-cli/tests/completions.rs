@@ -2,70 +2,41 @@
 //! bash on a pseudo-terminal, Tab pressed; `man -l` on a checked-in page.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+mod common;
+use common::Terminal;
 
 const BKG: &str = env!("CARGO_BIN_EXE_bkg");
 
-/// An interactive bash on a new pseudo-terminal, and what it printed so far.
+/// An interactive bash on a new pseudo-terminal, ended when dropped.
 struct Bash {
-    master: fs::File,
-    screen: Arc<Mutex<Vec<u8>>>,
-    seen: usize,
+    terminal: Terminal,
     child: std::process::Child,
 }
 
 impl Bash {
     fn start() -> Self {
-        let size = nix::pty::Winsize { ws_row: 40, ws_col: 200, ws_xpixel: 0, ws_ypixel: 0 };
-        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
-        let side = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().expect("dup"));
-        let child = Command::new("bash")
+        let mut command = Command::new("bash");
+        command
             .args(["--norc", "--noprofile", "-i"])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("TERM", "dumb")
             .env("PS1", "$ ")
-            .env("INPUTRC", "/dev/null")
-            .stdin(side(&pty.slave))
-            .stdout(side(&pty.slave))
-            .stderr(side(&pty.slave))
-            .spawn()
-            .expect("bash starts");
-        drop(pty.slave);
-        let master = fs::File::from(pty.master);
-        let screen = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = master.try_clone().expect("dup");
-        let sink = Arc::clone(&screen);
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n @ 1..) = reader.read(&mut buffer) {
-                sink.lock().expect("screen").extend_from_slice(&buffer[..n]);
-            }
-        });
-        Self { master, screen, seen: 0, child }
+            .env("INPUTRC", "/dev/null");
+        let (terminal, child) = Terminal::spawn(command, 200, Duration::ZERO);
+        Self { terminal, child }
     }
 
     fn type_keys(&mut self, keys: &str) {
-        self.master.write_all(keys.as_bytes()).expect("type");
-        self.master.flush().expect("flush");
+        self.terminal.type_keys(keys);
     }
 
-    /// Waits until `text` appears after what was already matched.
     fn expect(&mut self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let screen = String::from_utf8_lossy(&self.screen.lock().expect("screen")).into_owned();
-            if let Some(at) = screen.get(self.seen..).and_then(|rest| rest.find(text)) {
-                self.seen += at + text.len();
-                return;
-            }
-            assert!(Instant::now() < deadline, "no {text:?} on the terminal:\n{screen}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.terminal.expect(text);
     }
 }
 

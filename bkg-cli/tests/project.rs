@@ -2,13 +2,14 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bkg_schema::cave::{self, CaveFile, Volume};
+
+mod common;
+use common::Terminal;
 
 const BKG: &str = env!("CARGO_BIN_EXE_bkg");
 
@@ -357,72 +358,21 @@ fn add_after_init_turns_the_empty_mapping_into_a_block() {
     assert_eq!(stderr(&output), "cave.yaml: valid (2 sandboxes)\n");
 }
 
-/// The terminal side of a pseudo-terminal: what bkg printed so far, and a way to type.
-struct Terminal {
-    master: fs::File,
-    screen: Arc<Mutex<Vec<u8>>>,
-    seen: usize,
+/// Starts `bkg ARGS` on a new pseudo-terminal.
+fn spawn_on_terminal(args: &[&str]) -> (Terminal, std::process::Child) {
+    spawn_on_terminal_with_ci(args, None)
 }
 
-impl Terminal {
-    /// Starts `bkg ARGS` with stdin, stdout and stderr on a new pseudo-terminal.
-    fn spawn(args: &[&str]) -> (Self, std::process::Child) {
-        Self::spawn_with_ci(args, None)
-    }
-
-    /// As [`Terminal::spawn`], with `CI` set to `ci` if given.
-    fn spawn_with_ci(args: &[&str], ci: Option<&str>) -> (Self, std::process::Child) {
-        let size = nix::pty::Winsize { ws_row: 40, ws_col: 120, ws_xpixel: 0, ws_ypixel: 0 };
-        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
-        let side = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().expect("dup"));
-        let mut command = Command::new(BKG);
-        match ci {
-            Some(value) => command.env("CI", value),
-            None => command.env_remove("CI"),
-        };
-        let child = command
-            .args(args)
-            .env("TERM", "xterm")
-            .stdin(side(&pty.slave))
-            .stdout(side(&pty.slave))
-            .stderr(side(&pty.slave))
-            .spawn()
-            .expect("bkg starts");
-        // Only the child may hold the terminal side, so reading ends when the child is gone.
-        drop(pty.slave);
-        let master = fs::File::from(pty.master);
-        let screen = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = master.try_clone().expect("dup");
-        let sink = Arc::clone(&screen);
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n @ 1..) = reader.read(&mut buffer) {
-                sink.lock().expect("screen").extend_from_slice(&buffer[..n]);
-            }
-        });
-        (Self { master, screen, seen: 0 }, child)
-    }
-
-    /// Waits until `text` appears after what was already matched.
-    fn expect(&mut self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let screen = String::from_utf8_lossy(&self.screen.lock().expect("screen")).into_owned();
-            if let Some(at) = screen.get(self.seen..).and_then(|rest| rest.find(text)) {
-                self.seen += at + text.len();
-                // Let the prompt switch the terminal to raw mode before keys arrive.
-                std::thread::sleep(Duration::from_millis(150));
-                return;
-            }
-            assert!(Instant::now() < deadline, "no {text:?} on the terminal:\n{screen}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn type_keys(&mut self, keys: &str) {
-        self.master.write_all(keys.as_bytes()).expect("type");
-        self.master.flush().expect("flush");
-    }
+/// As [`spawn_on_terminal`], with `CI` set to `ci` if given.
+fn spawn_on_terminal_with_ci(args: &[&str], ci: Option<&str>) -> (Terminal, std::process::Child) {
+    let mut command = Command::new(BKG);
+    match ci {
+        Some(value) => command.env("CI", value),
+        None => command.env_remove("CI"),
+    };
+    command.args(args).env("TERM", "xterm");
+    // The prompts switch the terminal to raw mode once they are shown: keys wait for that.
+    Terminal::spawn(command, 120, Duration::from_millis(150))
 }
 
 fn wait(child: &mut std::process::Child) -> std::process::ExitStatus {
@@ -443,7 +393,7 @@ fn wait(child: &mut std::process::Child) -> std::process::ExitStatus {
 fn interactive_init_asks_on_a_real_terminal() {
     let dir = tempfile::tempdir().expect("temp dir");
     let project = dir.path().join("p");
-    let (mut terminal, mut child) = Terminal::spawn(&["init", project.to_str().expect("utf-8")]);
+    let (mut terminal, mut child) = spawn_on_terminal(&["init", project.to_str().expect("utf-8")]);
     terminal.expect("Namespace");
     terminal.type_keys("team-a\r");
     terminal.expect("First sandbox");
@@ -468,7 +418,7 @@ fn interactive_init_takes_the_defaults_and_skips_what_flags_gave() {
     let dir = tempfile::tempdir().expect("temp dir");
     let project = dir.path().join("p");
     let (mut terminal, mut child) =
-        Terminal::spawn(&["init", project.to_str().expect("utf-8"), "--namespace", "given"]);
+        spawn_on_terminal(&["init", project.to_str().expect("utf-8"), "--namespace", "given"]);
     terminal.expect("First sandbox");
     terminal.type_keys("\r");
     terminal.expect("Type");
@@ -483,7 +433,7 @@ fn interactive_init_takes_the_defaults_and_skips_what_flags_gave() {
     ), "{written}");
 
     // `none` at the sandbox prompt starts with no sandbox.
-    let (mut terminal, mut child) = Terminal::spawn(&["init", project.to_str().expect("utf-8"), "--force"]);
+    let (mut terminal, mut child) = spawn_on_terminal(&["init", project.to_str().expect("utf-8"), "--force"]);
     terminal.expect("Namespace");
     terminal.type_keys("\r");
     terminal.expect("First sandbox");
@@ -501,10 +451,10 @@ fn init_on_a_terminal_does_not_ask_with_yes_or_in_ci() {
         let project = dir.path().join(format!("p-{}", ci.is_some()));
         let mut args = vec!["init", project.to_str().expect("utf-8"), "--sandbox", "api"];
         args.extend(extra);
-        let (terminal, mut child) = Terminal::spawn_with_ci(&args, ci);
+        let (terminal, mut child) = spawn_on_terminal_with_ci(&args, ci);
         let status = wait(&mut child);
         assert!(status.success(), "{status}");
-        let screen = String::from_utf8_lossy(&terminal.screen.lock().expect("screen")).into_owned();
+        let screen = terminal.screen();
         assert!(!screen.contains("Namespace"), "{screen}");
         let written = fs::read_to_string(project.join("cave.yaml")).expect("cave.yaml");
         assert!(written.ends_with("sandboxes:\n  api:\n    type: python\n    scripts:\n      start: python main.py\n"));
