@@ -162,6 +162,14 @@ pub struct RotationNotice {
     pub agent: String,
 }
 
+/// The answer to an accepted rotation notice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NoticeAccepted {
+    pub accepted: bool,
+    pub key_id: String,
+}
+
 /// The event name of a rotation notice.
 pub const KEY_ROTATED_EVENT: &str = "key.rotated";
 

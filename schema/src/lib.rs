@@ -11,6 +11,7 @@ pub mod health;
 pub mod paths;
 pub mod sandbox;
 pub mod shape;
+pub mod sync;
 pub mod units;
 
 use std::collections::BTreeMap;

@@ -12,11 +12,10 @@ use axum::http::{HeaderMap, StatusCode};
 use bkg_schema::ApiError;
 use bkg_schema::audit::Details;
 use bkg_schema::auth::{
-    CreateKeyRequest, IssuedKey, KEY_ROTATED_EVENT, KeyInfo, LoginRequest, Principal as PrincipalInfo, Role,
+    CreateKeyRequest, IssuedKey, KEY_ROTATED_EVENT, KeyInfo, LoginRequest, NoticeAccepted, Principal as PrincipalInfo, Role,
     RotationNotice, SIGNATURE_HEADER, SignupRequest, UserInfo,
 };
 use bkg_schema::sandbox::{Deleted, is_dns_label};
-use serde::Serialize;
 
 use super::AppState;
 use super::failure::{ApiResult, Failure};
@@ -394,13 +393,6 @@ pub async fn delete_key(
         return Err(Failure::not_found(format!("no key {id}")));
     }
     Ok(Json(Deleted { deleted: id }))
-}
-
-/// The answer to an accepted rotation notice.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct NoticeAccepted {
-    pub accepted: bool,
-    pub key_id: String,
 }
 
 /// Accept a key-rotation notice from a peer agent. Needs no key: the `X-Bkg-Signature` header

@@ -8,8 +8,8 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bkg_schema::health::{Health, HealthReason, HealthStatus};
+use bkg_schema::sync::{Migrated, Retried, RetryRequest, SyncView};
 use bkg_schema::{AgentInfo, ApiError};
-use serde::Serialize;
 
 use super::AppState;
 use super::failure::{ApiResult, Failure};
@@ -236,26 +236,6 @@ pub async fn shutdown(
     Ok(StatusCode::ACCEPTED)
 }
 
-/// Where the agent's events stand with the shared bkg_db (`bkg sync status`).
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct SyncView {
-    /// Whether a bkg_db is configured (`--db-url` / `BKG_DB_URL`).
-    pub configured: bool,
-    /// Events in the outbox that bkg_db does not have yet, parked ones apart.
-    pub backlog: u64,
-    /// Events parked after bkg_db refused them too often (`bkg sync retry` ships them again).
-    pub parked: u64,
-    /// The parked events with their reasons, in seq order.
-    pub parked_events: Vec<crate::sync::ParkedEvent>,
-    /// How old the oldest of them is, in milliseconds.
-    pub lag_ms: Option<u64>,
-    pub last_success_ms: Option<u64>,
-    pub last_error: Option<String>,
-    pub last_error_ms: Option<u64>,
-    /// Failed attempts since the last success (0 when the sync is healthy).
-    pub failures: u32,
-}
-
 /// The sync's backlog, last success and last error (admins only).
 #[utoipa::path(
     get,
@@ -276,7 +256,7 @@ pub async fn sync_status(
         None => {
             let backlog = state.store.outbox_backlog().await?;
             let lag_ms = backlog.oldest_ts_ms.map(|oldest| crate::ids::now_ms().saturating_sub(oldest));
-            let status = crate::sync::SyncStatus {
+            let status = bkg_schema::sync::SyncStatus {
                 backlog: backlog.events,
                 parked: backlog.parked,
                 lag_ms,
@@ -288,31 +268,7 @@ pub async fn sync_status(
             (false, status)
         }
     };
-    Ok(Json(SyncView {
-        configured,
-        backlog: status.backlog,
-        parked: status.parked,
-        parked_events: state.store.outbox_parked().await?,
-        lag_ms: status.lag_ms,
-        last_success_ms: status.last_success_ms,
-        last_error: status.last_error,
-        last_error_ms: status.last_error_ms,
-        failures: status.failures,
-    }))
-}
-
-#[derive(serde::Deserialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetryRequest {
-    /// The parked event to ship again; all of them when absent.
-    #[serde(default)]
-    pub seq: Option<u64>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Retried {
-    /// The events queued again, in seq order.
-    pub retried: Vec<u64>,
+    Ok(Json(SyncView { configured, status, parked_events: state.store.outbox_parked().await? }))
 }
 
 /// Ship parked events again, once what bkg_db refused is fixed (admins only). They go back into
@@ -344,13 +300,6 @@ pub async fn sync_retry(
         return Err(Failure::not_found(format!("outbox event {seq} is not parked")));
     }
     Ok(Json(Retried { retried }))
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Migrated {
-    /// Versions applied now (empty when bkg_db was current).
-    pub applied: Vec<i32>,
-    pub latest: i32,
 }
 
 /// Apply bkg_db's migrations now (admins only; the sync also applies them when it connects).

@@ -23,7 +23,8 @@ use std::future::Future;
 
 pub use connect::connect;
 pub use schema::{ensure_namespace_role, latest_version, migrate};
-pub use worker::{SyncConfig, SyncHandle, SyncStatus, SyncWorker};
+pub use bkg_schema::sync::{ParkedEvent, SyncStatus};
+pub use worker::{SyncConfig, SyncHandle, SyncWorker};
 
 /// One event waiting in the agent's outbox, in seq order.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -52,18 +53,6 @@ pub struct Backlog {
     pub oldest_ts_ms: Option<u64>,
     /// Events set aside after too many failed attempts (see [`ParkedEvent`]).
     pub parked: u64,
-}
-
-/// An event bkg_db refused `max_attempts` times: kept in the outbox with its reason, passed over
-/// so that the events after it go on, until it is retried (`bkg sync retry`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ParkedEvent {
-    pub seq: u64,
-    pub action: String,
-    pub attempts: u32,
-    /// Why the last attempt failed.
-    pub reason: String,
-    pub parked_at_ms: u64,
 }
 
 /// The agent's outbox as the worker sees it.

@@ -1,6 +1,7 @@
 //! The sync worker: a tokio task that ships the outbox to bkg_db batch after batch, and backs off
 //! while bkg_db cannot be reached.
 
+use bkg_schema::sync::SyncStatus;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,24 +47,6 @@ impl SyncConfig {
             max_attempts: 5,
         }
     }
-}
-
-/// What `bkg sync status` and `/metrics` show.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SyncStatus {
-    /// Events in the outbox not yet in bkg_db, parked ones apart.
-    pub backlog: u64,
-    /// Events parked after `max_attempts` refusals: they wait for `bkg sync retry`.
-    pub parked: u64,
-    /// Now minus the time of the oldest unsynced event; `None` when nothing waits.
-    pub lag_ms: Option<u64>,
-    /// When a batch last reached bkg_db (and was marked synced).
-    pub last_success_ms: Option<u64>,
-    /// The most recent failure, kept after recovery; `failures` says whether it is current.
-    pub last_error: Option<String>,
-    pub last_error_ms: Option<u64>,
-    /// Failed attempts since the last successful one: 0 when the sync is healthy.
-    pub failures: u32,
 }
 
 #[derive(Default)]
