@@ -15,7 +15,8 @@ use crate::auth::{AuthPolicy, RoleTable};
 use crate::engine::capacity::CapacityConfig;
 use crate::engine::{CleanedUp, Engine, EngineConfig};
 use crate::metrics::Metrics;
-use crate::server::{AppState, AuthState, BodyBudget, HealthProbe, PeerCheckedListener, UnixPeer, listen, router};
+use crate::server::{AppState, BodyBudget, PeerCheckedListener, UnixPeer, listen, router};
+use crate::service::{AuthState, HealthProbe, Service, ServiceParts};
 use crate::store::Store;
 use crate::telemetry::Tracer;
 
@@ -503,16 +504,19 @@ async fn serve(
         tokio::spawn(audit_sync_failures(store.clone(), Arc::clone(&handle)));
         (handle, url.clone())
     });
-    let state = AppState {
+    let service = Service::new(ServiceParts {
         engine: Arc::clone(&engine),
-        sync: sync.clone(),
         store,
-        socket: socket.clone(),
-        shutdown: Arc::clone(&shutdown),
-        auth: Arc::new(AuthState::new(api.policy, notifier)),
         metrics: Arc::new(metrics),
+        auth: AuthState::new(api.policy, notifier),
+        health: HealthProbe::new(health_interval),
+        sync: sync.clone(),
+        shutdown: Arc::clone(&shutdown),
+        socket: socket.clone(),
+    });
+    let state = AppState {
+        service,
         tracer: Tracer::from_env(api.sampling_rate),
-        health: Arc::new(HealthProbe::new(health_interval)),
         bodies: Arc::new(BodyBudget::new(api.connections.body_budget, api.connections.body_timeout)),
     };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), cgroups = %engine.cgroup_version(), "agent ready");
@@ -539,7 +543,7 @@ async fn serve(
             }
         }
     });
-    let metrics = Arc::clone(&state.metrics);
+    let metrics = Arc::clone(&state.service.metrics);
     let app = router(state);
     let header_timeout = api.connections.header_timeout;
     let tcp_server = tcp_listener.map(|tcp| {

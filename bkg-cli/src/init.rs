@@ -95,7 +95,7 @@ fn interactive(args: &InitArgs) -> bool {
 /// `.bkg/` holds the sandboxes' state; its own `.gitignore` keeps it out of git without
 /// touching the project's.
 fn make_state_dir(dir: &Path) -> Result<(), CliError> {
-    let state = dir.join(".bkg");
+    let state = bkg_schema::paths::ProjectLayout::new(dir).state_dir();
     let failed = |error: std::io::Error| CliError::usage(format!("cannot create {}: {error}", state.display()));
     std::fs::create_dir_all(&state).map_err(failed)?;
     std::fs::write(state.join(".gitignore"), "*\n").map_err(failed)

@@ -4,6 +4,7 @@
 pub mod capacity;
 pub mod cgroup;
 pub mod control;
+pub mod handle;
 pub mod init;
 pub mod landlock;
 pub mod lock;
@@ -16,7 +17,7 @@ pub mod seccomp;
 #[cfg(test)]
 mod test_support;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -141,8 +142,8 @@ pub struct Engine {
     kill_runs: watch::Sender<bool>,
     /// Warm sandboxes found broken when claimed, disposed of instead of handed to a run.
     pub warm_replaced: Counter,
-    /// Persistent sandboxes with a run going on: sandbox id → (run id, stop signal).
-    persistent_runs: Mutex<HashMap<String, (String, Arc<tokio::sync::Notify>)>>,
+    /// Persistent sandboxes with a run going on, each with its run's handle.
+    registry: handle::Registry,
     /// Told when a run's sandbox has been cleaned up.
     cleanup_listener: OnceLock<mpsc::UnboundedSender<CleanedUp>>,
     agent_pid: u32,
@@ -198,7 +199,7 @@ impl Engine {
             in_flight: watch::Sender::new(0),
             kill_runs: watch::Sender::new(false),
             warm_replaced: Counter::default(),
-            persistent_runs: Mutex::new(HashMap::new()),
+            registry: handle::Registry::default(),
             cleanup_listener: OnceLock::new(),
             agent_pid: std::process::id(),
             capacity: Arc::new(capacity::Capacity::new(config.capacity)),
@@ -346,17 +347,22 @@ impl Engine {
         PreparedSandbox::prepare(self, disk_bytes, None).await
     }
 
-    /// Disposes of a sandbox in the background and tells the cleanup listener about `run_id`.
-    pub fn dispose_in_background(self: &Arc<Self>, sandbox: PreparedSandbox, run_id: Option<String>) {
+    /// Disposes of a sandbox in the background; for a run's sandbox, tells its handle and the
+    /// cleanup listener.
+    pub fn dispose_in_background(self: &Arc<Self>, sandbox: PreparedSandbox, run: Option<Arc<handle::RunTracker>>) {
         let engine = Arc::clone(self);
         let busy = self.cleanup_started();
         tokio::spawn(async move {
             let id = sandbox.id.clone();
             let clean = sandbox.dispose().await;
+            let run_id = run.as_ref().map(|run| run.run_id.clone());
             if clean {
                 tracing::debug!(sandbox = %id, run = ?run_id, "cleanup confirmed");
             } else {
                 tracing::error!(sandbox = %id, run = ?run_id, "cleanup incomplete");
+            }
+            if let Some(run) = run {
+                run.set_holds_sandbox(false);
             }
             if let (Some(run_id), Some(listener)) = (run_id, engine.cleanup_listener.get()) {
                 let _ = listener.send(CleanedUp { run_id, confirmed: clean, pending: busy });

@@ -249,8 +249,7 @@ impl Engine {
         }
         let project_dir = PathBuf::from(&definition.project_dir);
         let project_owner = owner_of("project directory", &project_dir)?;
-        let state_dir = project_dir.join(".bkg");
-        let sandbox_dir = state_dir.join("sandboxes").join(&definition.name);
+        let layout = bkg_schema::paths::ProjectLayout::new(&project_dir);
         let volumes = definition
             .volumes
             .iter()
@@ -293,10 +292,15 @@ impl Engine {
             persistent: Some(PersistentRun {
                 sandbox_id: bkg_schema::sandbox::sandbox_id(&definition.project_dir, &definition.name),
                 disk: PersistentDisk {
-                    image: sandbox_dir.join("disk.img"),
-                    project: ProjectMounts { dir: project_dir, owner: project_owner, state_dir, volumes },
+                    image: layout.disk_image(&definition.name),
+                    project: ProjectMounts {
+                        dir: project_dir,
+                        owner: project_owner,
+                        state_dir: layout.state_dir(),
+                        volumes,
+                    },
                 },
-                log_dir: sandbox_dir.join("logs"),
+                log_dir: layout.logs_dir(&definition.name),
             }),
         })
     }
