@@ -23,6 +23,8 @@ const BASE_URL: &str = "http://bkg-agent";
 /// No body: for the calls that send none.
 const NO_BODY: Option<&()> = None;
 
+/// A client of one agent. `bkgr` defines and runs sandboxes with it (`new`, `ensure_running`,
+/// `put_json`, `post_json`); the other calls are `bkg`'s.
 pub struct AgentClient {
     place: Place,
     http: reqwest::Client,
@@ -66,35 +68,27 @@ impl AgentClient {
         Ok(Self { place: endpoint.place.clone(), http, patience })
     }
 
-    /// The local agent's socket; `None` for a remote agent.
-    pub fn socket(&self) -> Option<&Path> {
-        match &self.place {
-            Place::Socket(socket) => Some(socket),
-            Place::Remote { .. } => None,
-        }
-    }
-
     /// Where the agent is, for messages: its socket or its URL.
-    pub fn location(&self) -> String {
+    pub(crate) fn location(&self) -> String {
         match &self.place {
             Place::Remote { url, .. } => url.as_str().trim_end_matches('/').to_owned(),
             Place::Socket(socket) => socket.display().to_string(),
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         match &self.place {
             Place::Remote { url, .. } => format!("{}{path}", url.as_str().trim_end_matches('/')),
             Place::Socket(_) => format!("{BASE_URL}{path}"),
         }
     }
 
-    pub fn http(&self) -> &reqwest::Client {
+    pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
     /// Whether something accepts connections on the socket (or the remote address).
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         match &self.place {
             Place::Remote { url, .. } => url
                 .socket_addrs(|| None)
@@ -158,7 +152,7 @@ impl AgentClient {
         self.wait_until_up(Duration::from_secs(15)).await
     }
 
-    pub async fn wait_until_up(&self, patience: Duration) -> Result<(), CliError> {
+    pub(crate) async fn wait_until_up(&self, patience: Duration) -> Result<(), CliError> {
         let _spinner = crate::progress::Spinner::start("waiting for the agent to start");
         let deadline = std::time::Instant::now() + patience;
         while std::time::Instant::now() < deadline {
@@ -171,28 +165,28 @@ impl AgentClient {
     }
 
     /// `GET path`, its JSON answer decoded.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         self.call(Method::GET, path, NO_BODY).await
     }
 
     /// `GET path`, its JSON answer decoded; `None` when the agent has no such thing (404).
-    pub async fn get_found<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, CliError> {
+    pub(crate) async fn get_found<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, CliError> {
         self.call_found(Method::GET, path, NO_BODY).await
     }
 
     /// `POST path` without a body, its JSON answer decoded.
-    pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+    pub(crate) async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         self.call(Method::POST, path, NO_BODY).await
     }
 
     /// `POST path` without a body, its JSON answer decoded; `None` when the agent has no such
     /// thing (404).
-    pub async fn post_found<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, CliError> {
+    pub(crate) async fn post_found<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, CliError> {
         self.call_found(Method::POST, path, NO_BODY).await
     }
 
     /// `DELETE path`, its JSON answer decoded.
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+    pub(crate) async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         self.call(Method::DELETE, path, NO_BODY).await
     }
 
@@ -207,7 +201,7 @@ impl AgentClient {
     }
 
     /// `METHOD path`, `body` as JSON when there is one, the JSON answer decoded.
-    pub async fn call<T: DeserializeOwned>(
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -221,7 +215,7 @@ impl AgentClient {
     }
 
     /// As [`call`](Self::call), with `None` when the agent has no such thing (404).
-    pub async fn call_found<T: DeserializeOwned>(
+    async fn call_found<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -239,7 +233,7 @@ impl AgentClient {
 
     /// `GET path` as a stream the caller reads (a followed log may rightly stay open); `None`
     /// when the agent has no such thing (404).
-    pub async fn open_found(&self, path: &str) -> Result<Option<reqwest::Response>, CliError> {
+    pub(crate) async fn open_found(&self, path: &str) -> Result<Option<reqwest::Response>, CliError> {
         let response = self.send(self.http.get(self.url(path))).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -259,7 +253,7 @@ impl AgentClient {
     }
 
     /// A text answer (audit lines).
-    pub async fn get_text(&self, path: &str) -> Result<String, CliError> {
+    pub(crate) async fn get_text(&self, path: &str) -> Result<String, CliError> {
         self.bounded(async {
             let response = self.send(self.http.get(self.url(path))).await?;
             if !response.status().is_success() {
@@ -271,7 +265,7 @@ impl AgentClient {
     }
 
     /// `POST path`, its answer's body left unread.
-    pub async fn post_empty(&self, path: &str) -> Result<(), CliError> {
+    pub(crate) async fn post_empty(&self, path: &str) -> Result<(), CliError> {
         self.bounded(async {
             let response = self.send(self.http.post(self.url(path))).await?;
             if response.status().is_success() {
@@ -284,26 +278,26 @@ impl AgentClient {
 
     /// Sends `request` and waits for the answer's head at most the client's patience; the body
     /// is the caller's to read (a followed log may rightly stay open).
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
         self.bounded(async { request.send().await.map_err(|error| self.unreachable(error)) }).await
     }
 
     /// `work` if it ends within the client's patience; else the agent does not answer.
-    pub async fn bounded<T>(&self, work: impl Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
+    pub(crate) async fn bounded<T>(&self, work: impl Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
         tokio::time::timeout(self.patience, work).await.unwrap_or_else(|_| Err(self.not_answering()))
     }
 
     /// Whether the agent still answers a call (a cheap one: who the caller is).
-    pub async fn check_alive(&self) -> Result<(), CliError> {
+    pub(crate) async fn check_alive(&self) -> Result<(), CliError> {
         self.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await.map(drop)
     }
 
     /// How long a call waits for the agent.
-    pub fn patience(&self) -> Duration {
+    pub(crate) fn patience(&self) -> Duration {
         self.patience
     }
 
-    pub fn not_answering(&self) -> CliError {
+    pub(crate) fn not_answering(&self) -> CliError {
         CliError::new(
             BKG_FAILED,
             format!(
@@ -314,7 +308,7 @@ impl AgentClient {
         )
     }
 
-    pub fn unreachable(&self, error: reqwest::Error) -> CliError {
+    pub(crate) fn unreachable(&self, error: reqwest::Error) -> CliError {
         if error.is_timeout() {
             return self.not_answering();
         }

@@ -1,5 +1,5 @@
-//! Every exit code of `bkg` and `bkgr`, and the one-line errors that go with them: the one place
-//! they are decided (docs/cli.md lists them).
+//! Every exit code of `bkg` and `bkgr`, and the error that ends a command with one: the one place
+//! they are decided (docs/cli.md lists them). `out.rs` prints them.
 
 use std::process::ExitCode;
 
@@ -66,14 +66,12 @@ impl CliError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(BKG_FAILED, message)
     }
+}
 
-    /// Prints the error as `TOOL: message`, one line per line of the message.
-    pub fn report_as(&self, tool: &str) -> ExitCode {
-        for line in self.message.lines() {
-            crate::out::stderr(format_args!("{tool}: {line}\n"));
-        }
-        code(self.code)
-    }
+/// How a command that writes until stopped (`bkg audit tail -f | head -3`) ends when its reader
+/// has gone: quietly, with 0, as `head` leaves it. `None` for any other write failure.
+pub fn reader_gone(error: &std::io::Error) -> Option<CliError> {
+    (error.kind() == std::io::ErrorKind::BrokenPipe).then(|| CliError::new(SUCCESS, ""))
 }
 
 /// The process's exit code for `code` (0 to 255).
@@ -81,32 +79,14 @@ pub fn code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX))
 }
 
-/// Clap's own errors. Help and version print as usual (exit 0). A usage error keeps clap's whole
-/// message, with its tips and the usage line, under `TOOL: ` instead of clap's `error: `, and
-/// exits 125 like every other bad input; so does a bare `bkg` that prints its help.
-pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
+/// The exit code of clap's own errors: 0 for `--help` and `--version`; a usage error exits 125
+/// like every other bad input, and so does a bare `bkg` that prints its help.
+pub fn of_clap(error: &clap::Error) -> i32 {
     use clap::error::ErrorKind;
     match error.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = error.print();
-            ExitCode::SUCCESS
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = error.print();
-            code(BKG_FAILED)
-        }
-        _ => {
-            crate::out::stderr(format_args!("{}", render_usage_error(&error, tool)));
-            code(BKG_FAILED)
-        }
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => SUCCESS,
+        _ => BKG_FAILED,
     }
-}
-
-/// Clap's rendering of a usage error, plain text, led by `TOOL: `.
-fn render_usage_error(error: &clap::Error, tool: &str) -> String {
-    let rendered = error.render().to_string();
-    let body = rendered.strip_prefix("error: ").unwrap_or(&rendered);
-    format!("{tool}: {body}")
 }
 
 #[cfg(test)]

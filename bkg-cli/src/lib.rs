@@ -38,7 +38,7 @@ use crate::settings::Settings;
 pub fn main() -> ExitCode {
     let cli: Cli = match args::parse(args::bkg_command()) {
         Ok(cli) => cli,
-        Err(error) => return exit::clap_error(error, "bkg"),
+        Err(error) => return out::clap_error(error, "bkg"),
     };
     let settings = Settings::new(cli.global, Printer::new("bkg", cli.command.json()));
     shared::run_to_exit("bkg", dispatch(settings, cli.command))

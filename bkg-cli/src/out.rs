@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::io::Write;
+use std::process::ExitCode;
 
 use crate::exit::CliError;
 
@@ -24,14 +25,8 @@ fn stdout(args: fmt::Arguments<'_>) {
 }
 
 /// Writes to stderr, dropping what a closed or failing stderr cannot take.
-pub fn stderr(args: fmt::Arguments<'_>) {
+fn stderr(args: fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_fmt(args);
-}
-
-/// How a command that writes until stopped (`bkg audit tail -f | head -3`) ends when its reader
-/// has gone: quietly, with 0, as `head` leaves it. `None` for any other write failure.
-pub fn reader_gone(error: &std::io::Error) -> Option<CliError> {
-    (error.kind() == std::io::ErrorKind::BrokenPipe).then(|| CliError::new(crate::exit::SUCCESS, ""))
 }
 
 /// Where a command's output goes, and in which form: made once per command (`Settings`).
@@ -93,4 +88,31 @@ impl Printer {
     pub fn human(&self, args: fmt::Arguments<'_>) {
         stderr(format_args!("{args}\n"));
     }
+
+    /// Ends the command with `error`: `TOOL: message` on stderr, a line per line of the message,
+    /// and its exit code.
+    pub fn error(&self, error: &CliError) -> ExitCode {
+        for line in error.message.lines() {
+            stderr(format_args!("{}: {line}\n", self.tool));
+        }
+        crate::exit::code(error.code)
+    }
+}
+
+/// Ends `TOOL` on one of clap's own errors. Help and version print as usual; a usage error keeps
+/// clap's whole message, with its tips and the usage line, under `TOOL: ` instead of clap's
+/// `error: `. The exit code is `exit::of_clap`'s.
+pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            let body = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+            stderr(format_args!("{tool}: {body}"));
+        }
+    }
+    crate::exit::code(crate::exit::of_clap(&error))
 }

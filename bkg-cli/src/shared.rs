@@ -10,18 +10,21 @@ use bkg_schema::LimitOverrides;
 
 pub use crate::args::{Bkgr, LimitArgs, bkgr_command, parse};
 pub use crate::client::AgentClient;
-pub use crate::exit::{BKG_FAILED, CliError, SUCCESS, clap_error, of_run as exit_code_of_run};
-pub use crate::out::Printer;
+pub use crate::exit::{BKG_FAILED, CliError, SUCCESS, of_run as exit_code_of_run};
+pub use crate::out::{Printer, clap_error};
 pub use crate::project::project_dir;
 pub use crate::settings::Endpoint;
 pub use crate::stream::{Output, Stdin, reason_line, run as run_streamed};
 
 /// Runs `work` to its end and makes its outcome the process's exit code; an error is reported
 /// as `TOOL: message`.
-pub fn run_to_exit(tool: &str, work: impl Future<Output = Result<i32, CliError>>) -> ExitCode {
+pub fn run_to_exit(tool: &'static str, work: impl Future<Output = Result<i32, CliError>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(error) => return CliError::internal(format!("cannot start the async runtime: {error}")).report_as(tool),
+        Err(error) => {
+            return Printer::new(tool, false)
+                .error(&CliError::internal(format!("cannot start the async runtime: {error}")));
+        }
     };
     let outcome = runtime.block_on(work);
     // A read of our stdin may still be pending on a blocking thread (stdin is a terminal or a
@@ -29,7 +32,7 @@ pub fn run_to_exit(tool: &str, work: impl Future<Output = Result<i32, CliError>>
     runtime.shutdown_background();
     match outcome {
         Ok(code) => crate::exit::code(code),
-        Err(error) => error.report_as(tool),
+        Err(error) => Printer::new(tool, false).error(&error),
     }
 }
 
