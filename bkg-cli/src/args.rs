@@ -692,4 +692,48 @@ mod tests {
         let missing: Vec<&String> = found.iter().filter(|path| !EXAMPLES.iter().any(|(key, _)| key == path)).collect();
         assert!(missing.is_empty(), "commands without examples in args.rs EXAMPLES: {missing:?}");
     }
+
+    #[test]
+    fn every_json_flag_reaches_the_printer() {
+        let cases: &[&[&str]] = &[
+            &["exe", "x.py", "--json"],
+            &["agent", "status", "--json"],
+            &["validate", "--json"],
+            &["ls", "--json"],
+            &["status", "web", "--json"],
+            &["stop", "web", "--json"],
+            &["rm", "web", "--json"],
+            &["runs", "ls", "--json"],
+            &["runs", "show", "run_1", "--json"],
+            &["audit", "verify", "--json"],
+            &["audit", "tail", "--json"],
+            &["sync", "status", "--json"],
+            &["sync", "retry", "--json"],
+            &["db", "migrate", "--json"],
+            &["login", "--key-stdin", "--json"],
+            &["keys", "create", "--role", "admin", "--json"],
+            &["keys", "ls", "--json"],
+            &["keys", "rotate", "key_1", "--json"],
+            &["keys", "revoke", "key_1", "--json"],
+            &["version", "--json"],
+        ];
+        for args in cases {
+            let parse = |args: &[&str]| {
+                let matches = bkg_command().try_get_matches_from(std::iter::once(&"bkg").chain(args)).expect("parses");
+                Cli::from_arg_matches(&matches).expect("parses").command.json()
+            };
+            assert!(parse(args), "{args:?}");
+            assert!(!parse(&args[..args.len() - 1]), "{args:?} without --json");
+        }
+        // Every command with a --json flag is among the cases.
+        let mut found = Vec::new();
+        paths(&Cli::command(), "", &mut found);
+        let command = Cli::command();
+        for path in found.iter().filter(|path| !path.is_empty()) {
+            let sub = path.split(' ').try_fold(&command, |command, name| command.find_subcommand(name));
+            let has_json = sub.is_some_and(|sub| sub.get_arguments().any(|arg| arg.get_id() == "json"));
+            let covered = cases.iter().any(|args| args.join(" ").starts_with(path.as_str()));
+            assert!(!has_json || covered, "`bkg {path} --json` is not checked");
+        }
+    }
 }
