@@ -52,15 +52,15 @@ impl Settings {
     }
 }
 
-/// Where an agent is and how long to wait for it.
-#[derive(Debug, Clone)]
+/// Where an agent is and how long to wait for it. Not `Debug`: it may hold an API key.
+#[derive(Clone)]
 pub struct Endpoint {
     pub place: Place,
     /// How long a call waits for the agent's answer (`BKG_CLIENT_TIMEOUT`, 10 s by default).
     pub patience: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Place {
     /// The local agent's unix socket.
     Socket(PathBuf),
