@@ -239,30 +239,6 @@ pub struct RunResult {
     pub limits: Limits,
 }
 
-impl RunResult {
-    /// The exit code `bkg exe` returns for this result (SPEC section 3).
-    pub fn cli_exit_code(&self) -> i32 {
-        cli_exit_code(self.killed_by, self.exit_code, self.signal)
-    }
-}
-
-/// The exit code of `bkg exe` and `bkgr` for a run that ended this way: a limit's own code, else
-/// the script's code, else 128 + the signal that ended it (README.md, "Exit codes").
-pub fn cli_exit_code(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Option<i32>) -> i32 {
-    match killed_by {
-        Some(KilledBy::Timeout) => 124,
-        Some(KilledBy::Memory | KilledBy::Pids) => 137,
-        Some(KilledBy::Cancelled) => 130,
-        // 128 + SIGTERM: the agent was terminated, not the script's doing nor bkg's failure.
-        Some(KilledBy::Shutdown | KilledBy::Interrupted) => 143,
-        Some(KilledBy::Disk) | None => match (exit_code, signal) {
-            (Some(code), _) => code,
-            (None, Some(signal)) => 128 + signal,
-            (None, None) => 125,
-        },
-    }
-}
-
 /// How much of each output stream a result keeps; the rest is streamed live but not retained.
 pub const OUTPUT_CAP_BYTES: usize = 1024 * 1024;
 
@@ -373,30 +349,4 @@ pub struct AgentInfo {
     pub pending_cleanups: usize,
     pub default_limits: Limits,
     pub max_limits: Limits,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_way_a_run_ends_has_its_documented_exit_code() {
-        let cases = [
-            (Some(KilledBy::Timeout), None, Some(9), 124),
-            (Some(KilledBy::Memory), None, Some(9), 137),
-            (Some(KilledBy::Pids), None, Some(9), 137),
-            (Some(KilledBy::Cancelled), None, Some(9), 130),
-            (Some(KilledBy::Shutdown), None, Some(9), 143),
-            (Some(KilledBy::Interrupted), None, None, 143),
-            (Some(KilledBy::Disk), Some(1), None, 1),
-            (Some(KilledBy::Disk), None, Some(6), 134),
-            (None, Some(0), None, 0),
-            (None, Some(3), None, 3),
-            (None, None, Some(15), 143),
-            (None, None, None, 125),
-        ];
-        for (killed_by, exit_code, signal, expected) in cases {
-            assert_eq!(cli_exit_code(killed_by, exit_code, signal), expected, "{killed_by:?} {exit_code:?} {signal:?}");
-        }
-    }
 }
