@@ -13,12 +13,14 @@ import bkgsec
 def test_code_runs_as_an_unprivileged_mapped_user(posture, uid_range):
     assert (posture["uid"], posture["euid"], posture["gid"], posture["egid"]) == (1000, 1000, 1000, 1000)
     assert posture["groups"] in ([], [1000]), posture["groups"]
-    uid_map = posture["uid_map"].split()
-    gid_map = posture["gid_map"].split()
-    assert len(uid_map) == 3 and uid_map[0] == "1000" and uid_map[2] == "1", posture["uid_map"]
-    assert gid_map[0] == "1000" and gid_map[2] == "1" and gid_map[1] == uid_map[1], posture["gid_map"]
-    host_uid = int(uid_map[1])
-    assert host_uid != 0 and uid_range[0] <= host_uid < uid_range[1], (host_uid, uid_range)
+    # Exactly the sandbox user and nobody, each alone, to host ids of the agent's range; no root.
+    uid_map = [line.split() for line in posture["uid_map"].splitlines()]
+    assert [(line[0], line[2]) for line in uid_map] == [("1000", "1"), ("65534", "1")], posture["uid_map"]
+    assert posture["gid_map"] == posture["uid_map"], posture["gid_map"]
+    host_ids = [int(line[1]) for line in uid_map]
+    assert host_ids[0] != host_ids[1], host_ids
+    for host_id in host_ids:
+        assert host_id != 0 and uid_range[0] <= host_id < uid_range[1], (host_id, uid_range)
     assert posture["setgroups"] == "deny"
 
 
