@@ -33,6 +33,8 @@ need man man-db
 need openssl openssl
 # Sandboxes show the host's /etc/services and /etc/protocols (docs/compatibility.md).
 need_file /etc/services netbase
+# The seccomp unit tests read the target's syscall table from the kernel headers.
+need_file /usr/include/linux/unistd.h linux-libc-dev
 # The compatibility suite (tests/compat) runs CPython's own test modules outside and inside.
 need_file /usr/lib/python3.11/test/test_os.py libpython3.11-testsuite
 

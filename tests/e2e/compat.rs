@@ -87,3 +87,18 @@ print(os.stat("/usr/bin/env").st_uid)
          setuid 0 Invalid argument\nchown Operation not permitted\nsubprocess user=nobody Operation not permitted\n65534\n"
     );
 }
+
+#[test]
+fn a_syscall_outside_the_seccomp_allowlist_gets_enosys_and_ordinary_ones_work() {
+    let agent = Agent::start();
+    // listmount (458, Linux 6.8) is in no group of the allowlist: it must answer ENOSYS like
+    // an older kernel, with null arguments that any kernel would reject otherwise (EFAULT).
+    let script = r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+result = libc.syscall(458, 0, 0, 0, 0)
+print(result, errno.errorcode[ctypes.get_errno()])
+print(os.getpid() > 0, len(os.listdir("/")) > 0)
+"#;
+    assert_eq!(python(&agent, script), "-1 ENOSYS\nTrue True\n");
+}
