@@ -162,6 +162,20 @@ def test_x32_syscall_abi_gets_enosys(sandbox):
     assert r.report == {"getpid": "ENOSYS", "keyctl": "ENOSYS", "unshare": "ENOSYS"}, r
 
 
+def test_syscalls_outside_the_allowlist_get_enosys(sandbox):
+    """Deny by default: calls newer kernels added (cachestat 451, statmount 457, listmount 458,
+    lsm_get_self_attr 459, mseal 462) are in no group of the allowlist and answer ENOSYS, each
+    with null arguments that an unfiltered kernel would reject some other way (EFAULT, EINVAL)."""
+    r = sandbox.attack("""
+        report(**{name: syscall(nr, 0, 0, 0, 0)[1] for name, nr in
+                  [("cachestat", 451), ("statmount", 457), ("listmount", 458),
+                   ("lsm_get_self_attr", 459), ("mseal", 462)]})
+    """)
+    assert r.rc == 0, r
+    assert r.report == {"cachestat": "ENOSYS", "statmount": "ENOSYS", "listmount": "ENOSYS",
+                        "lsm_get_self_attr": "ENOSYS", "mseal": "ENOSYS"}, r
+
+
 def test_int80_32bit_syscall_is_killed_with_sigsys(sandbox):
     """The i386 entry (int 0x80) uses another syscall table: the filter kills the process."""
     r = sandbox.attack("""
