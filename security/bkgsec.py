@@ -36,7 +36,7 @@ const os = require('os');
       .map((line) => line.trim().split(/\s+/)).map((f) => f[0] + ' ' + f[2]);
   } catch (e) { pids = new Array(1000); }
   const inside = pids.length < 20 && process.getuid() === 1000 && os.hostname() === 'bkg' &&
-    fs.existsSync('/workspace') && uidMap.join(',') === '1000 1,65534 1' &&
+    fs.existsSync('/workspace') && uidMap.join(',') === '0 1,1000 1,65534 1' &&
     !fs.existsSync('/sys/fs/cgroup');
   if (!inside) {
     process.stderr.write('BKG-GUARD-REFUSED: not inside a bkg sandbox; the attack did not fire\n');

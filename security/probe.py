@@ -37,8 +37,8 @@ def inside_sandbox():
         and os.geteuid() == 1000
         and socket.gethostname() == "bkg"
         and os.path.isdir("/workspace")
-        # the sandbox user and nobody, each mapped alone: a user namespace of our own
-        and [(line[0], line[2]) for line in uid_map] == [("1000", "1"), ("65534", "1")]
+        # root, the sandbox user and nobody, each mapped alone: a user namespace of our own
+        and [(line[0], line[2]) for line in uid_map] == [("0", "1"), ("1000", "1"), ("65534", "1")]
         and not os.path.exists("/sys/fs/cgroup")
     )
 

@@ -83,8 +83,9 @@ pub struct IdSlots {
     next: AtomicUsize,
 }
 
-/// Host ids of one sandbox: the code's, its pid 1's and its nobody's (see `plan::HostIds`).
-pub const IDS_PER_SANDBOX: u32 = 3;
+/// Host ids of one sandbox: the code's, its pid 1's, its nobody's and its root's (see
+/// `plan::HostIds`).
+pub const IDS_PER_SANDBOX: u32 = 4;
 
 /// How many sandboxes can be alive at once: the agent's ids stay within 65,536 of `uid_base`.
 const ID_SLOTS: u32 = 65_536 / IDS_PER_SANDBOX;
@@ -115,7 +116,7 @@ pub struct IdSlot {
 impl IdSlot {
     pub fn ids(&self) -> plan::HostIds {
         let sandbox = self.slots.base + IDS_PER_SANDBOX * self.slot;
-        plan::HostIds { sandbox, init: sandbox + 1, nobody: sandbox + 2 }
+        plan::HostIds { sandbox, init: sandbox + 1, nobody: sandbox + 2, root: sandbox + 3 }
     }
 }
 
@@ -421,11 +422,14 @@ mod tests {
         let first = slots.allocate().map(|slot| slot.ids());
         let second = slots.allocate().map(|slot| slot.ids());
         let (Ok(first), Ok(second)) = (first, second) else { panic!("two slots must be free") };
-        let mut all = vec![first.sandbox, first.init, first.nobody, second.sandbox, second.init, second.nobody];
+        let mut all = Vec::new();
+        for ids in [first, second] {
+            all.extend([ids.sandbox, ids.init, ids.nobody, ids.root]);
+        }
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 6, "{first:?} {second:?}");
+        assert_eq!(all.len(), 8, "{first:?} {second:?}");
         let last = IdSlot { slots: Arc::clone(&slots), slot: ID_SLOTS - 1 }.ids();
-        assert!(last.nobody < 100_000 + 65_536, "{last:?}");
+        assert!(last.root < 100_000 + 65_536, "{last:?}");
     }
 }

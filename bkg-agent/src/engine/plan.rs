@@ -14,6 +14,11 @@ pub const INNER_ID: u32 = 1000;
 /// unmapped id, and files of ids the sandbox does not know are shown as this one.
 pub const NOBODY_ID: u32 = 65534;
 
+/// `root` inside: mapped to a host id of the sandbox's own for the same reason (`chown` to root
+/// fails with `EPERM`). No process ever has it: the code has no capability to switch to it,
+/// nothing inside is setuid, and no file is owned by its host id.
+pub const ROOT_ID: u32 = 0;
+
 /// Directories of the new root that are writable, backed by the sandbox's own disk image.
 pub const WORKSPACE: &str = "/workspace";
 pub const TMP: &str = "/tmp";
@@ -170,6 +175,8 @@ pub struct HostIds {
     /// Host uid and gid of `nobody`/`nogroup` (`NOBODY_ID`) inside. No process ever runs as it:
     /// the code has no capability to switch to it.
     pub nobody: u32,
+    /// Host uid and gid of `root` (`ROOT_ID`) inside; like `nobody`, never a process's.
+    pub root: u32,
 }
 
 /// One line of a user namespace's `uid_map`/`gid_map`: `count` ids from `inside` are `host`.
@@ -181,10 +188,12 @@ pub struct IdRange {
 }
 
 impl HostIds {
-    /// The ids of the code's user namespace (uids and gids alike): the sandbox user and
-    /// nobody, each a host id of this sandbox's own. Nothing else, root above all, is mapped.
-    pub fn code_id_map(&self) -> [IdRange; 2] {
+    /// The ids of the code's user namespace (uids and gids alike): root, the sandbox user and
+    /// nobody, each a host id of this sandbox's own, so that switching or giving a file to any
+    /// of them fails with `EPERM` as outside. Pid 1's id is never mapped.
+    pub fn code_id_map(&self) -> [IdRange; 3] {
         [
+            IdRange { inside: ROOT_ID, host: self.root, count: 1 },
             IdRange { inside: INNER_ID, host: self.sandbox, count: 1 },
             IdRange { inside: NOBODY_ID, host: self.nobody, count: 1 },
         ]
@@ -409,7 +418,7 @@ mod tests {
             runtimes: Runtimes { python: "/usr/bin/python3".into(), node: "/usr/bin/node".into() },
             project: None,
             hostname: "bkg".into(),
-            ids: HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002 },
+            ids: HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 },
             cgroup_procs: vec![],
         }
     }
@@ -489,10 +498,10 @@ mod tests {
     }
 
     #[test]
-    fn the_code_maps_only_its_own_user_and_nobody_to_its_own_host_ids() {
-        let ids = HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002 };
-        assert_eq!(id_map_text(&ids.code_id_map()), "1000 200000 1\n65534 200002 1\n");
-        assert!(ids.code_id_map().iter().all(|range| range.inside != 0 && range.host != ids.init));
+    fn the_code_maps_only_root_its_own_user_and_nobody_to_its_own_host_ids() {
+        let ids = HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 };
+        assert_eq!(id_map_text(&ids.code_id_map()), "0 200003 1\n1000 200000 1\n65534 200002 1\n");
+        assert!(ids.code_id_map().iter().all(|range| range.host != 0 && range.host != ids.init));
     }
 
     #[test]
@@ -544,7 +553,7 @@ mod tests {
             runtimes: Runtimes { python: "/usr/bin/python3".into(), node: "/usr/bin/node".into() },
             project: None,
             hostname: "bkg".into(),
-            ids: HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002 },
+            ids: HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 },
             cgroup_procs: vec![],
         };
         inputs.project = Some(ProjectMounts {
@@ -612,7 +621,7 @@ mod tests {
                     ],
                 }),
                 hostname: "bkg".into(),
-                ids: HostIds { sandbox: 200_003, init: 200_004, nobody: 200_005 },
+                ids: HostIds { sandbox: 200_004, init: 200_005, nobody: 200_006, root: 200_007 },
                 cgroup_procs: vec![],
             },
         );
@@ -624,8 +633,8 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let alice = IdMap { owner: ALICE, shown_as: 200_003 };
-        let root_files = IdMap { owner: root, shown_as: 200_003 };
+        let alice = IdMap { owner: ALICE, shown_as: 200_004 };
+        let root_files = IdMap { owner: root, shown_as: 200_004 };
         assert_eq!(
             bound,
             [

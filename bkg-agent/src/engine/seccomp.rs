@@ -197,7 +197,7 @@ pub fn allowed_syscalls() -> Vec<SyscallRule> {
     const MEMORY: &str = "mapping and advising the process's own memory: allocators, the JIT of V8, mmap module; NUMA placement affects only the caller's pages";
     const PROCESS: &str = "making, running, waiting for and describing processes and threads: subprocess, multiprocessing, worker_threads, /usr/bin tools";
     const SCHEDULING: &str = "the caller's own scheduling and resource limits (os.sched_*, os.nice, resource); raising either needs capabilities the code lacks";
-    const IDS: &str = "reading and switching ids: only the two mapped ids exist and the code has no CAP_SETUID, so a switch fails with EPERM as outside";
+    const IDS: &str = "reading and switching ids: the code has no CAP_SETUID, so a switch to another id fails with EPERM as outside (docs/compatibility.md)";
     const SIGNALS: &str = "signals and timers of the caller's own: the signal module, Node's process.on, sleep";
     const TIME: &str = "reading the clocks and sleeping (setting them is refused below)";
     const NETWORK: &str =
@@ -840,6 +840,8 @@ mod tests {
             let policy = [base(Verdict::Errno(errno), vec![])];
             assert!(matches!(compile(&policy), Err(SeccompError::InvalidVerdict { .. })));
         }
+        let conditional_allow = [base(Verdict::Allow, vec![cond])];
+        assert!(matches!(compile(&conditional_allow), Err(SeccompError::ConditionalAllow { .. })));
         let too_many_args = [base(EPERM, vec![ArgCondition::eq32(6, 0)])];
         assert!(matches!(compile(&too_many_args), Err(SeccompError::Build(_))));
     }
