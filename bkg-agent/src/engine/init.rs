@@ -613,7 +613,7 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
 
 /// How the code's process and pid 1 hand over the id map of the code's user namespace: an
 /// unprivileged process may map only its own id, so pid 1, still root on the host, writes the
-/// map (the sandbox user and nobody, `HostIds::code_id_map`) once the namespace exists.
+/// map (root, the sandbox user and nobody, `HostIds::code_id_map`) once the namespace exists.
 struct IdMapHandshake {
     /// The code's process writes a byte here once it is in its new user namespace.
     unshared: OwnedFd,
