@@ -8,7 +8,7 @@ complete -c bkg-agent -l max-disk -d 'Highest disk limit a run may ask for' -r
 complete -c bkg-agent -l python -d 'Python interpreter used for `python` runs' -r -F
 complete -c bkg-agent -l node -d 'Node.js interpreter used for `node` runs' -r -F
 complete -c bkg-agent -l cgroup-dir -d 'Directory created beneath the agent\'s own cgroup for its sandboxes\' cgroups' -r
-complete -c bkg-agent -l uid-base -d 'First host uid given to sandboxes; each live sandbox takes two above it' -r
+complete -c bkg-agent -l uid-base -d 'First host uid given to sandboxes; each live sandbox takes four above it' -r
 complete -c bkg-agent -l listen -d 'Also serve the API on TCP at ADDR:PORT; every request there needs an API key. An address other than loopback needs --tls-cert (or --plain-http-behind-proxy)' -r
 complete -c bkg-agent -l tls-cert -d 'Serve TLS on --listen with this certificate chain (PEM, leaf first); re-read on SIGHUP' -r -F
 complete -c bkg-agent -l tls-key -d 'The private key of --tls-cert (PEM); re-read with it on SIGHUP' -r -F

@@ -265,12 +265,18 @@ def test_dev_holds_only_safe_devices(sandbox):
     assert r.rc == 0, r
     dev = r.report["dev"]
     devices = {name: v[1] for name, v in dev.items() if v[0] in ("char", "block")}
-    assert devices == {"null": "1:3", "zero": "1:5", "full": "1:7", "random": "1:8", "urandom": "1:9"}, dev
+    # tty (5:0) is the caller's own controlling terminal, which the code does not have.
+    assert devices == {"null": "1:3", "zero": "1:5", "full": "1:7", "random": "1:8", "urandom": "1:9",
+                       "tty": "5:0"}, dev
     others = {name: v for name, v in dev.items() if name not in devices}
     assert set(others) <= {"fd", "stdin", "stdout", "stderr", "shm", "pts", "ptmx"}, dev
     for name, (kind, value) in others.items():
-        if kind == "link":
+        if kind == "link" and name == "ptmx":
+            assert value == "pts/ptmx", (name, value)
+        elif kind == "link":
             assert value.startswith("/proc/self/fd"), (name, value)
+    # The sandbox's own devpts instance: nothing in it but its ptmx until the code opens a pty.
+    assert dev["pts"] == ["dir", ["ptmx"]], dev
     assert dev.get("shm", ["dir"])[0] == "dir"
 
 
@@ -333,14 +339,16 @@ def test_mounts_are_read_only_nosuid_and_nodev(posture):
     mounts = {m["mount_point"]: m for m in posture["mounts"]}
     assert "ro" in mounts["/"]["options"], mounts["/"]
     writable = {"/workspace", "/tmp", "/dev/shm", "/proc"}
-    devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
+    devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+               "/dev/pts"}
+    assert mounts["/dev/pts"]["fstype"] == "devpts", mounts["/dev/pts"]
     for point, mount in mounts.items():
         assert "nosuid" in mount["options"], mount
         if point not in devices:
             assert "nodev" in mount["options"], mount
         else:
             assert "noexec" in mount["options"], mount
-        if point not in writable | devices:
+        if point not in writable | devices | {"/dev/pts"}:
             assert "ro" in mount["options"], mount
     assert {"/workspace", "/tmp", "/dev/shm", "/proc"} <= set(mounts)
     # /workspace, /tmp and /dev/shm are the sandbox's own disk image, not a host directory.

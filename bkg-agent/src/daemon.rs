@@ -63,7 +63,7 @@ pub struct AgentArgs {
     /// Directory created beneath the agent's own cgroup for its sandboxes' cgroups.
     #[arg(long, default_value = "bkg", env = "BKG_CGROUP_DIR")]
     pub cgroup_dir: String,
-    /// First host uid given to sandboxes; each live sandbox takes two above it.
+    /// First host uid given to sandboxes; each live sandbox takes four above it.
     #[arg(long, default_value_t = 0x7000_0000, env = "BKG_UID_BASE")]
     pub uid_base: u32,
     /// Also serve the API on TCP at ADDR:PORT; every request there needs an API key. An address

@@ -3,6 +3,7 @@
 mod api;
 mod bkg_db;
 mod cli_habits;
+mod compat;
 mod exe_basics;
 mod inputs;
 mod isolation;

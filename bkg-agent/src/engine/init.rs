@@ -26,7 +26,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
 
 use super::control::{self, CONTROL_FD, FromInit, GoOrder, ToInit};
-use super::plan::{INNER_ID, IdMap, MountStep, SandboxPlan};
+use super::plan::{IdMap, MountStep, SandboxPlan, id_map_text};
 use super::{landlock, loopdev, seccomp};
 
 /// A failed step of building or starting the sandbox.
@@ -357,6 +357,21 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep, idmaps: &IdmapNamespaces) ->
             }
             Ok(())
         }
+        MountStep::PtyInstance { target, max_ptys } => {
+            let target = inside(root, target);
+            fs::create_dir_all(&target).stage(&format!("create {}", target.display()))?;
+            // No `gid=`: a pty belongs to the group of the process that opens it, so the code's
+            // own are shown as its group instead of the host's unmapped `tty`.
+            let options = format!("newinstance,ptmxmode=0666,mode=0620,max={max_ptys}");
+            mount(
+                Some("devpts"),
+                &target,
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some(options.as_str()),
+            )
+            .stage("mount the sandbox's own devpts")
+        }
     }
 }
 
@@ -537,12 +552,18 @@ impl Launch {
 fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Result<(), StageError> {
     let (exec_error_read, exec_error_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create exec-error pipe")?;
+    let (unshared_read, unshared_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
+    let (mapped_read, mapped_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
 
     // SAFETY: pid 1 is single-threaded, so the child may run arbitrary code after fork.
     match unsafe { fork() }.stage("fork code")? {
         ForkResult::Child => {
             drop(exec_error_read);
-            let error = become_code(plan, &launch);
+            drop(unshared_read);
+            drop(mapped_write);
+            let handshake = IdMapHandshake { unshared: unshared_write, mapped: mapped_read };
+            let error = become_code(plan, &launch, &handshake);
             let errno = match &error {
                 CodeError::Exec(errno) => *errno,
                 CodeError::Setup(..) => -1,
@@ -559,10 +580,17 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
         }
         ForkResult::Parent { child } => {
             drop(exec_error_write);
+            drop(unshared_write);
+            drop(mapped_read);
             // The code holds the stdio pipes now; ours would keep them open past its end.
             redirect_stdio_to_null();
+            let mapped = map_code_ids(plan, child, unshared_read, mapped_write);
             let mut report = Vec::new();
             let _ = File::from(exec_error_read).read_to_end(&mut report);
+            if let Err(error) = mapped {
+                reap(child);
+                return Err(error);
+            }
             if report.len() >= 4 {
                 let errno = i32::from_be_bytes([report[0], report[1], report[2], report[3]]);
                 reap(child);
@@ -581,6 +609,32 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
                 .stage("report exit")
         }
     }
+}
+
+/// How the code's process and pid 1 hand over the id map of the code's user namespace: an
+/// unprivileged process may map only its own id, so pid 1, still root on the host, writes the
+/// map (root, the sandbox user and nobody, `HostIds::code_id_map`) once the namespace exists.
+struct IdMapHandshake {
+    /// The code's process writes a byte here once it is in its new user namespace.
+    unshared: OwnedFd,
+    /// Pid 1 writes a byte here once the map is written; end of file means it could not.
+    mapped: OwnedFd,
+}
+
+/// Pid 1's side of `IdMapHandshake`. When the code's process ends before it unshares, there is
+/// nothing to map and its own report says why.
+fn map_code_ids(plan: &SandboxPlan, code: Pid, unshared: OwnedFd, mapped: OwnedFd) -> Result<(), StageError> {
+    let mut byte = [0u8; 1];
+    if File::from(unshared).read(&mut byte).stage("wait for the code's user namespace")? == 0 {
+        return Ok(());
+    }
+    let proc_dir = PathBuf::from(format!("/proc/{code}"));
+    let map = id_map_text(&plan.ids.code_id_map());
+    // Nothing inside may drop or gain supplementary groups: `deny` before the gid map.
+    fs::write(proc_dir.join("setgroups"), "deny").stage("deny setgroups")?;
+    fs::write(proc_dir.join("uid_map"), &map).stage("map uids")?;
+    fs::write(proc_dir.join("gid_map"), &map).stage("map gids")?;
+    File::from(mapped).write_all(&[1]).stage("hand the id map over")
 }
 
 /// Waits for the code's process like `reap`, but gives up, ending the whole sandbox, as soon as
@@ -674,8 +728,8 @@ enum CodeError {
 
 /// In the forked child: become the unprivileged sandbox user in a fresh user namespace, lock
 /// everything down, and exec the code. Returns only on failure.
-fn become_code(plan: &SandboxPlan, launch: &Launch) -> CodeError {
-    match lock_down(plan, launch) {
+fn become_code(plan: &SandboxPlan, launch: &Launch, handshake: &IdMapHandshake) -> CodeError {
+    match lock_down(plan, launch, handshake) {
         Ok(()) => {}
         Err((stage, error)) => return CodeError::Setup(stage, error),
     }
@@ -683,7 +737,7 @@ fn become_code(plan: &SandboxPlan, launch: &Launch) -> CodeError {
     CodeError::Exec(error.map_or_else(|errno| errno as i32, |never| match never {}))
 }
 
-fn lock_down(plan: &SandboxPlan, launch: &Launch) -> Result<(), (&'static str, String)> {
+fn lock_down(plan: &SandboxPlan, launch: &Launch, handshake: &IdMapHandshake) -> Result<(), (&'static str, String)> {
     fn step<T, E: std::fmt::Display>(stage: &'static str, result: Result<T, E>) -> Result<T, (&'static str, String)> {
         result.map_err(|error| (stage, error.to_string()))
     }
@@ -713,14 +767,16 @@ fn lock_down(plan: &SandboxPlan, launch: &Launch) -> Result<(), (&'static str, S
     step("drop groups", nix::unistd::setgroups(&[]))?;
     step("drop gid", nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)))?;
     step("drop uid", nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)))?;
-    // Changing uid made us non-dumpable, which leaves /proc/self owned by root and our own
-    // uid_map unwritable.
+    // Changing uid made us non-dumpable, which would leave /proc/self owned by root.
     step("own /proc/self", nix::sys::prctl::set_dumpable(true))?;
-    // Unprivileged now: the new user namespace may map only our own ids, to INNER_ID.
+    // Unprivileged now, so the namespace is owned by our host id; pid 1 writes its map.
     step("create user namespace", unshare(CloneFlags::CLONE_NEWUSER))?;
-    step("map uid", fs::write("/proc/self/uid_map", format!("{INNER_ID} {id} 1\n")))?;
-    step("deny setgroups", fs::write("/proc/self/setgroups", "deny"))?;
-    step("map gid", fs::write("/proc/self/gid_map", format!("{INNER_ID} {id} 1\n")))?;
+    step("ask for the id map", nix::unistd::write(&handshake.unshared, &[1]))?;
+    match nix::unistd::read(&handshake.mapped, &mut [0u8; 1]) {
+        Ok(1) => {}
+        Ok(_) => return Err(("wait for the id map", "pid 1 could not write it".into())),
+        Err(error) => return Err(("wait for the id map", error.to_string())),
+    }
 
     step("set no_new_privs", nix::sys::prctl::set_no_new_privs())?;
     drop_capabilities().map_err(|error| ("drop capabilities", error.to_string()))?;

@@ -40,7 +40,7 @@ pub struct EngineConfig {
     pub node: PathBuf,
     /// How many default-sized sandboxes to keep prepared.
     pub warm_pool: usize,
-    /// First host uid handed to sandboxes; each live sandbox takes two.
+    /// First host uid handed to sandboxes; each live sandbox takes `IDS_PER_SANDBOX`.
     pub uid_base: u32,
     /// Name of this agent's directory beneath its own cgroup.
     pub cgroup_dir: String,
@@ -77,15 +77,19 @@ impl EngineError {
     }
 }
 
-/// Host uid slots: each live sandbox gets its own pair, released when it is cleaned up.
+/// Host uid slots: each live sandbox gets its own ids, released when it is cleaned up.
 pub struct IdSlots {
     base: u32,
     in_use: Mutex<BTreeSet<u32>>,
     next: AtomicUsize,
 }
 
-/// How many sandboxes can be alive at once.
-const ID_SLOTS: u32 = 32_768;
+/// Host ids of one sandbox: the code's, its pid 1's, its nobody's and its root's (see
+/// `plan::HostIds`).
+pub const IDS_PER_SANDBOX: u32 = 4;
+
+/// How many sandboxes can be alive at once: the agent's ids stay within 65,536 of `uid_base`.
+const ID_SLOTS: u32 = 65_536 / IDS_PER_SANDBOX;
 
 impl IdSlots {
     fn new(base: u32) -> Self {
@@ -104,7 +108,7 @@ impl IdSlots {
     }
 }
 
-/// A pair of host ids owned by one sandbox until dropped.
+/// The host ids owned by one sandbox until dropped.
 pub struct IdSlot {
     slots: Arc<IdSlots>,
     slot: u32,
@@ -112,8 +116,8 @@ pub struct IdSlot {
 
 impl IdSlot {
     pub fn ids(&self) -> plan::HostIds {
-        let sandbox = self.slots.base + 2 * self.slot;
-        plan::HostIds { sandbox, init: sandbox + 1 }
+        let sandbox = self.slots.base + IDS_PER_SANDBOX * self.slot;
+        plan::HostIds { sandbox, init: sandbox + 1, nobody: sandbox + 2, root: sandbox + 3 }
     }
 }
 
@@ -411,5 +415,27 @@ impl Engine {
         for sandbox in warm {
             sandbox.dispose().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sandbox_has_host_ids_of_its_own_within_the_agents_range() {
+        let slots = Arc::new(IdSlots::new(100_000));
+        let first = slots.allocate().map(|slot| slot.ids());
+        let second = slots.allocate().map(|slot| slot.ids());
+        let (Ok(first), Ok(second)) = (first, second) else { panic!("two slots must be free") };
+        let mut all = Vec::new();
+        for ids in [first, second] {
+            all.extend([ids.sandbox, ids.init, ids.nobody, ids.root]);
+        }
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 8, "{first:?} {second:?}");
+        let last = IdSlot { slots: Arc::clone(&slots), slot: ID_SLOTS - 1 }.ids();
+        assert!(last.root < 100_000 + 65_536, "{last:?}");
     }
 }
