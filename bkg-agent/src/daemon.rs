@@ -503,7 +503,9 @@ async fn serve(
         tokio::spawn(audit_sync_failures(store.clone(), Arc::clone(&handle)));
         (handle, url.clone())
     });
+    let feed = crate::feed::Feed::start(store.clone(), api.db_url.clone());
     let state = AppState {
+        feed: Arc::clone(&feed),
         engine: Arc::clone(&engine),
         sync: sync.clone(),
         store,
@@ -530,6 +532,8 @@ async fn serve(
     tokio::spawn(async move {
         signals.await;
         grace_engine.close();
+        // Streams of the change feed end, or the listeners would wait for them forever.
+        feed.stop();
         let _ = stopping_tx.send(true);
         tokio::select! {
             () = grace_engine.idle() => {}

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod daemon;
 pub mod engine;
+pub mod feed;
 pub mod hex;
 pub mod ids;
 pub mod mcp;

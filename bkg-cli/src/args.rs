@@ -65,6 +65,8 @@ pub enum Command {
     Logout,
     /// Create, list, rotate and revoke API keys.
     Keys(crate::keys_cmd::KeysArgs),
+    /// Follow the changes to runs, sandboxes, keys and the audit log as they happen (every agent's, with bkg_db).
+    Watch(crate::watch_cmd::WatchArgs),
     /// The versions of bkg and of the agent, their commits and build dates, the agent's protections.
     Version(VersionArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
@@ -323,6 +325,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("keys ls", "bkg keys ls\n  bkg --remote http://10.0.0.5:7070 keys ls --json"),
     ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
     ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
+    (
+        "watch",
+        "bkg watch\n  bkg watch --json --kinds runs --namespace team-a\n  bkg watch --since 1200 --count 50",
+    ),
     ("version", "bkg version\n  bkg version --json"),
     (
         "completions",

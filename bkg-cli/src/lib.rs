@@ -23,6 +23,7 @@ mod sync_cmd;
 pub mod table;
 mod validate;
 pub mod version_cmd;
+mod watch_cmd;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,7 @@ pub fn main() -> ExitCode {
             Command::Logout => login_cmd::logout(&cli.global),
             Command::Keys(args) => keys_cmd::run(&cli.global, args).await,
             Command::Version(args) => version_cmd::run(&cli.global, args).await,
+            Command::Watch(args) => watch_cmd::run(&cli.global, args).await,
             Command::Completions(args) => completions(args),
         }
     });

@@ -2,6 +2,7 @@
 
 mod api;
 mod bkg_db;
+mod changes;
 mod cli_habits;
 mod exe_basics;
 mod inputs;

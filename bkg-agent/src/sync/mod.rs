@@ -21,7 +21,8 @@ mod worker;
 
 use std::future::Future;
 
-pub use connect::connect;
+pub use connect::{connect, connect_notified};
+pub(crate) use ship::CHANGES_CHANNEL;
 pub use schema::{ensure_namespace_role, latest_version, migrate};
 pub use bkg_schema::sync::{ParkedEvent, SyncStatus};
 pub use worker::{SyncConfig, SyncHandle, SyncWorker};
