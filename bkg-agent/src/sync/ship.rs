@@ -242,6 +242,27 @@ async fn append_changes(
     if new_events.is_empty() {
         return Ok(());
     }
+    // An event can be new to audit_events and not to the feed: bkg_db lost the one and kept the
+    // other (a partial restore). Its change stays where it was, never twice in the feed.
+    let agents: Vec<&str> = new_events.iter().map(|(event, _)| event.agent_id.as_str()).collect();
+    let seqs = new_events.iter().map(|(event, _)| int(event.seq, event.seq)).collect::<Result<Vec<_>, _>>()?;
+    let known: BTreeSet<(String, i64)> = transaction
+        .query(
+            "SELECT c.agent_id, c.seq FROM changes c
+             JOIN unnest($1::text[], $2::bigint[]) AS e(agent_id, seq) ON c.agent_id = e.agent_id AND c.seq = e.seq",
+            &[&agents, &seqs],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let new_events: Vec<_> = new_events
+        .iter()
+        .filter(|(event, _)| !known.contains(&(event.agent_id.clone(), event.seq as i64)))
+        .collect();
+    if new_events.is_empty() {
+        return Ok(());
+    }
     let count = new_events.len() as i64;
     let last: i64 = transaction.query_one(TAKE_POSITIONS, &[&count]).await?.try_get(0)?;
     let insert = transaction.prepare(INSERT_CHANGE).await?;
