@@ -65,7 +65,7 @@ pub enum Command {
     Logout,
     /// Create, list, rotate and revoke API keys.
     Keys(crate::keys_cmd::KeysArgs),
-    /// Follow the changes to runs, sandboxes, keys and the audit log as they happen (every agent's, with bkg_db).
+    /// Follow the changes to runs, sandboxes, keys and the audit log as they happen.
     Watch(crate::watch_cmd::WatchArgs),
     /// The versions of bkg and of the agent, their commits and build dates, the agent's protections.
     Version(VersionArgs),
