@@ -12,6 +12,7 @@ pub mod ids;
 pub mod mcp;
 pub mod metrics;
 pub mod records;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod sync;

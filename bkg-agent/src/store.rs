@@ -15,8 +15,10 @@ use crate::audit::{AuditError, AuditLog, WrittenLine};
 
 mod auth_tables;
 mod changes;
+mod retention;
 mod sandbox_env;
 pub use auth_tables::{KeyKind, NewKey};
+pub use retention::ExpiredRun;
 
 /// Each entry upgrades the schema by one version; `PRAGMA user_version` records how far a
 /// database has come. Never edit a released entry: add a new one.

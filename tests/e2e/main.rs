@@ -13,4 +13,5 @@ mod net;
 mod ownership;
 mod projects;
 mod reliability;
+mod retention;
 mod signals;

@@ -10,6 +10,7 @@ use super::SyncError;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "changes", include_str!("migrations/0002_changes.sql")),
+    (3, "retention", include_str!("migrations/0003_retention.sql")),
 ];
 
 /// Serializes migrations (and role changes) of one database: every agent migrates at start-up,
