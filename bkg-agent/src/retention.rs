@@ -119,12 +119,7 @@ pub async fn expire(
 }
 
 /// Deletes this agent's expired runs from bkg_db, namespace by namespace.
-async fn expire_in_db(
-    url: &str,
-    agent_id: &str,
-    policy: &RetentionPolicy,
-    now_ms: u64,
-) -> Result<u64, RetentionError> {
+async fn expire_in_db(url: &str, agent_id: &str, policy: &RetentionPolicy, now_ms: u64) -> Result<u64, RetentionError> {
     let client = crate::sync::connect(url).await?;
     let namespaces = client.query("SELECT DISTINCT namespace FROM runs WHERE agent_id = $1", &[&agent_id]).await?;
     let mut deleted = 0;

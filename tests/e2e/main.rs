@@ -4,6 +4,7 @@ mod api;
 mod bkg_db;
 mod changes;
 mod cli_habits;
+mod docs_bkg_db;
 mod exe_basics;
 mod inputs;
 mod isolation;

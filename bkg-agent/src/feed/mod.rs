@@ -65,9 +65,9 @@ impl FeedRequest {
     ) -> Result<Self, FeedError> {
         let since = match since.or(last_event_id).map(str::trim) {
             None | Some("") => 0,
-            Some(text) => text
-                .parse()
-                .map_err(|_| FeedError::BadRequest(format!("the cursor must be a position (a number), not {text:?}")))?,
+            Some(text) => text.parse().map_err(|_| {
+                FeedError::BadRequest(format!("the cursor must be a position (a number), not {text:?}"))
+            })?,
         };
         let kinds = kinds
             .unwrap_or_default()

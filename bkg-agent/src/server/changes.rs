@@ -58,10 +58,9 @@ pub async fn changes(
     let stream = state.feed.subscribe(&principal, request).map_err(failure)?;
     let events = stream.map(|item| {
         let event = match item {
-            FeedItem::Change(change) => Event::default()
-                .event(CHANGE_EVENT)
-                .id(change.position.to_string())
-                .json_data(&*change),
+            FeedItem::Change(change) => {
+                Event::default().event(CHANGE_EVENT).id(change.position.to_string()).json_data(&*change)
+            }
             FeedItem::Resume(resume) => Event::default().event(RESUME_EVENT).json_data(&resume),
         };
         // Serializing plain data cannot fail; an event that did is left out rather than torn.

@@ -256,10 +256,8 @@ async fn append_changes(
         .iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect::<Result<_, tokio_postgres::Error>>()?;
-    let new_events: Vec<_> = new_events
-        .iter()
-        .filter(|(event, _)| !known.contains(&(event.agent_id.clone(), event.seq as i64)))
-        .collect();
+    let new_events: Vec<_> =
+        new_events.iter().filter(|(event, _)| !known.contains(&(event.agent_id.clone(), event.seq as i64))).collect();
     if new_events.is_empty() {
         return Ok(());
     }
