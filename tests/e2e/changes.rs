@@ -82,7 +82,7 @@ fn positions(changes: &[serde_json::Value]) -> Vec<u64> {
 
 #[test]
 fn an_agent_without_bkg_db_serves_its_own_feed_and_resumes_after_a_cursor() {
-    let agent = Agent::start();
+    let mut agent = Agent::start();
     let watch = Watch::start(agent.bkg(), &["--kinds", "runs"]);
     let output = agent.exe(&["--type", "python", "-c", "print(1)"]);
     assert_eq!(code(&output), 0, "{}", stderr(&output));
@@ -103,6 +103,22 @@ fn an_agent_without_bkg_db_serves_its_own_feed_and_resumes_after_a_cursor() {
     let bad = agent.bkg().args(["watch", "--kinds", "runs,logs"]).output().expect("bkg watch");
     assert_eq!(code(&bad), 125);
     assert!(stderr(&bad).contains("unknown kind \"logs\""), "{}", stderr(&bad));
+
+    // A stopping agent ends the stream itself, saying where to resume (not a cut connection).
+    let mut open = agent.bkg().args(["watch"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let open = open.as_mut().expect("bkg watch");
+    let mut first = String::new();
+    // Kept open until the end: a closed stdout would end `bkg watch` by itself.
+    let mut changes = BufReader::new(open.stdout.take().expect("piped stdout"));
+    changes.read_line(&mut first).expect("a first change");
+    assert!(first.contains("log.opened"), "{first}");
+    agent.stop();
+    let status = open.wait().expect("bkg watch ends");
+    let mut told = String::new();
+    std::io::Read::read_to_string(&mut open.stderr.take().expect("piped stderr"), &mut told).expect("stderr");
+    assert_eq!(status.code(), Some(125), "{told}");
+    assert!(told.contains("the agent is stopping; resume with --since "), "{told}");
+    drop(changes);
 }
 
 #[test]
