@@ -18,6 +18,8 @@ complete -c bkg-agent -l body-budget -d 'Request bodies held in memory at once, 
 complete -c bkg-agent -l max-connections -d 'Open connections on the TCP listener; more are closed on arrival' -r
 complete -c bkg-agent -l max-unix-connections -d 'Open connections on the unix socket, counted apart from TCP so the network can never take the local clients\' room' -r
 complete -c bkg-agent -l db-url -d 'The shared bkg_db (PostgreSQL URL, `sslmode=` for TLS): every event is synced there' -r
+complete -c bkg-agent -l retention -d 'How long finished runs (and their logs) are kept, here and in bkg_db; the audit log is kept for ever' -r
+complete -c bkg-agent -l retention-for -d 'Another retention for one namespace (repeatable), e.g. `ci=7d`' -r
 complete -c bkg-agent -l listen-address-file -d 'Write the TCP address actually bound (useful with port 0) to this file' -r -F
 complete -c bkg-agent -l webhook -d 'POST a signed notice to this URL whenever a key rotates (repeatable; http:// or https://)' -r
 complete -c bkg-agent -l webhook-secret-file -d 'The shared secret (at least 32 bytes) that signs rotation notices sent to webhooks and checks those peers send to /api/v1/auth/keys/rotated' -r -F

@@ -100,6 +100,13 @@ pub struct AgentArgs {
     /// The shared bkg_db (PostgreSQL URL, `sslmode=` for TLS): every event is synced there.
     #[arg(long, value_name = "URL", env = "BKG_DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
+    /// How long finished runs (and their logs) are kept, here and in bkg_db; the audit log is kept
+    /// for ever.
+    #[arg(long, value_name = "DURATION", default_value = "30d", env = "BKG_RETENTION")]
+    pub retention: String,
+    /// Another retention for one namespace (repeatable), e.g. `ci=7d`.
+    #[arg(long = "retention-for", value_name = "NS=DURATION")]
+    pub retention_for: Vec<String>,
     /// Write the TCP address actually bound (useful with port 0) to this file.
     #[arg(long, value_name = "PATH", requires = "listen")]
     pub listen_address_file: Option<PathBuf>,
@@ -220,6 +227,7 @@ struct ApiOptions {
     webhook_key: Option<NoticeKey>,
     sampling_rate: f64,
     db_url: Option<String>,
+    retention: crate::retention::RetentionPolicy,
 }
 
 /// Timeouts and caps of the listeners (server/listen.rs) and the body budget (server.rs).
@@ -289,6 +297,7 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
         webhook_key,
         sampling_rate,
         db_url: args.db_url.clone().filter(|url| !url.is_empty()),
+        retention: crate::retention::RetentionPolicy::parse(&args.retention, &args.retention_for)?,
     })
 }
 
@@ -419,6 +428,7 @@ async fn serve(
         bail!("another agent is already listening on {}", socket.display());
     }
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
+    let agent_id = audit.public_key().agent_id();
     let store = Store::open(&state_dir.join("state.db"), audit).context("open the run store")?;
     let (engine, leftovers_removed) = Engine::new(config).context("start the sandbox engine")?;
     // Runs a crash or kill left open are closed before this agent starts any of its own.
@@ -504,7 +514,10 @@ async fn serve(
         tokio::spawn(audit_sync_failures(store.clone(), Arc::clone(&handle)));
         (handle, url.clone())
     });
+    crate::retention::spawn(store.clone(), api.retention, api.db_url.clone().map(|url| (url, agent_id)));
+    let feed = crate::feed::Feed::start(store.clone(), api.db_url.clone());
     let service = Service::new(ServiceParts {
+        feed: Arc::clone(&feed),
         engine: Arc::clone(&engine),
         store,
         metrics: Arc::new(metrics),
@@ -534,6 +547,8 @@ async fn serve(
     tokio::spawn(async move {
         signals.await;
         grace_engine.close();
+        // Streams of the change feed end, or the listeners would wait for them forever.
+        feed.stop();
         let _ = stopping_tx.send(true);
         tokio::select! {
             () = grace_engine.idle() => {}

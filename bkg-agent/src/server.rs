@@ -6,6 +6,7 @@
 //! loops (connection caps, header timeout, TLS) are in server/listen.rs.
 
 pub(crate) mod auth_api;
+pub(crate) mod changes;
 mod failure;
 mod input;
 pub mod listen;
@@ -97,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sync/migrate", post(system::sync_migrate))
         .route("/api/v1/sync/retry", post(system::sync_retry))
         .route("/api/v1/sync/audit/{agent_id}", get(system::sync_audit_lines))
+        .route("/api/v1/changes", get(changes::changes))
         .route("/api/v1/runs", post(runs::create_run).get(runs::list_runs))
         .route("/api/v1/runs/{id}", get(runs::get_run))
         .route("/api/v1/sandboxes", get(sandboxes::list_sandboxes).post(sandboxes::create_sandbox))

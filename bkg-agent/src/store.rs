@@ -14,8 +14,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::audit::{AuditError, AuditLog, WrittenLine};
 
 mod auth_tables;
+mod changes;
+mod retention;
 mod sandbox_env;
 pub use auth_tables::{KeyKind, NewKey};
+pub use retention::ExpiredRun;
 
 /// Each entry upgrades the schema by one version; `PRAGMA user_version` records how far a
 /// database has come. Never edit a released entry: add a new one.
@@ -125,6 +128,8 @@ pub struct Store {
     audit: Arc<Mutex<AuditLog>>,
     /// Told after every commit that added to the outbox, so the sync worker need not poll.
     committed: Arc<tokio::sync::Notify>,
+    /// Bumped after every such commit too, for any number of change feeds (store/changes.rs).
+    outbox_bumped: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Who asked for a change, for the audit record.
@@ -171,6 +176,7 @@ impl Store {
             connection: Arc::new(Mutex::new(connection)),
             audit: Arc::new(Mutex::new(audit)),
             committed: Arc::new(tokio::sync::Notify::new()),
+            outbox_bumped: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -198,6 +204,7 @@ impl Store {
         .await
         .map_err(|_| StoreError::Task)??;
         self.committed.notify_one();
+        self.outbox_bumped.send_modify(|bumps| *bumps = bumps.wrapping_add(1));
         // Durable shortly after, not before the caller hears back: see `audit`.
         let audit = Arc::clone(&self.audit);
         tokio::task::spawn_blocking(move || {

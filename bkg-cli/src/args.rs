@@ -68,6 +68,8 @@ pub enum Command {
     Logout,
     /// Create, list, rotate and revoke API keys.
     Keys(KeysArgs),
+    /// Follow the changes to runs, sandboxes, keys and the audit log as they happen.
+    Watch(WatchArgs),
     /// The versions of bkg and of the agent, their commits and build dates, the agent's protections.
     Version(VersionArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
@@ -86,6 +88,7 @@ impl Command {
             | Command::Rm(RmArgs { json, .. })
             | Command::Login(LoginArgs { json, .. })
             | Command::Version(VersionArgs { json })
+            | Command::Watch(WatchArgs { json, .. })
             | Command::Agent(AgentArgs { action: AgentAction::Status { json } })
             | Command::Runs(RunsArgs { action: RunsAction::Ls { json, .. } | RunsAction::Show { json, .. } })
             | Command::Audit(AuditArgs {
@@ -615,6 +618,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("keys ls", "bkg keys ls\n  bkg --remote http://10.0.0.5:7070 keys ls --json"),
     ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
     ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
+    ("watch", "bkg watch\n  bkg watch --json --kinds runs --namespace team-a\n  bkg watch --since 1200 --count 50"),
     ("version", "bkg version\n  bkg version --json"),
     (
         "completions",
@@ -736,4 +740,24 @@ mod tests {
             assert!(!has_json || covered, "`bkg {path} --json` is not checked");
         }
     }
+}
+
+/// `bkg watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Print each change as one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this namespace's changes (an admin's filter; a namespace key sees only its own).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Only these kinds of change, comma-separated: runs, sandboxes, keys, audit [default: all]
+    #[arg(long, value_name = "LIST")]
+    pub kinds: Option<String>,
+    /// Start after this position (a change's `position`, or what an ended stream said to resume from) [default: 0, from the start]
+    #[arg(long, value_name = "CURSOR")]
+    pub since: Option<u64>,
+    /// Stop after this many changes.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
 }

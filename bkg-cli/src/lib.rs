@@ -27,6 +27,7 @@ mod sync_cmd;
 mod table;
 mod validate;
 pub mod version_cmd;
+mod watch_cmd;
 
 use std::process::ExitCode;
 
@@ -67,6 +68,7 @@ async fn dispatch(settings: Settings, command: Command) -> Result<i32, CliError>
         Command::Login(args) => login_cmd::run(settings, args).await,
         Command::Logout => login_cmd::logout(settings),
         Command::Keys(args) => keys_cmd::run(settings, args).await,
+        Command::Watch(args) => watch_cmd::run(settings, args).await,
         Command::Version(_) => version_cmd::run(settings).await,
         Command::Completions(args) => completions(args),
     }

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 #[cfg(feature = "cave")]
 pub mod cave;
+pub mod changes;
 pub mod frame;
 pub mod health;
 pub mod paths;

@@ -2,8 +2,10 @@
 
 mod api;
 mod bkg_db;
+mod changes;
 mod cli_habits;
 mod compat;
+mod docs_bkg_db;
 mod exe_basics;
 mod inputs;
 mod isolation;
@@ -13,4 +15,5 @@ mod net;
 mod ownership;
 mod projects;
 mod reliability;
+mod retention;
 mod signals;

@@ -4,6 +4,7 @@
 //! | what | admin | namespace key | session key | model-access key |
 //! |---|---|---|---|---|
 //! | run code; define, drive, list sandboxes; read runs | all namespaces | its namespace | its namespace | no |
+//! | read the change feed | all namespaces | its namespace | its namespace | no |
 //! | bind host volumes, use another project directory | yes | no | no | no |
 //! | create keys | any | session and model-access keys of its namespace | no | no |
 //! | see, rotate, revoke, delete a key | any | non-admin keys of its namespace | itself | itself |
@@ -56,6 +57,14 @@ pub fn require_admin(principal: &Principal, task: AdminTask) -> Result<(), OpErr
 pub fn require_code_runner(principal: &Principal) -> Result<(), OpError> {
     if principal.role() == Role::ModelAccess {
         return Err(OpError::Forbidden("a model-access key cannot run code or manage sandboxes".into()));
+    }
+    Ok(())
+}
+
+/// Model-access keys do not read the change feed either.
+pub fn require_change_reader(principal: &Principal) -> Result<(), OpError> {
+    if principal.role() == Role::ModelAccess {
+        return Err(OpError::Forbidden("a model-access key cannot read the change feed".into()));
     }
     Ok(())
 }

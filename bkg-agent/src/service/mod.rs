@@ -5,6 +5,7 @@
 //! itself. Who may do what is decided in `access.rs`, and only there.
 
 pub mod access;
+mod changes;
 mod keys;
 mod runs;
 mod sandboxes;
@@ -26,6 +27,8 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 pub use crate::engine::run::{RunInput, RunOutput};
+pub use crate::feed::FeedItem;
+pub use changes::ChangeStream;
 pub use keys::{KEYLESS_ROUTES_PER_MINUTE, SignedNotice};
 pub use runs::{Accepted, RunTask};
 pub use sandboxes::LogTail;
@@ -65,6 +68,16 @@ pub enum OpError {
 }
 
 pub type OpResult<T> = Result<T, OpError>;
+
+impl From<crate::feed::FeedError> for OpError {
+    fn from(error: crate::feed::FeedError) -> Self {
+        match error {
+            crate::feed::FeedError::Forbidden(message) => Self::Forbidden(message),
+            crate::feed::FeedError::BadRequest(message) => Self::BadRequest(message),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
 
 /// The kind of refusal an `OpError` is, for transports to map to their own statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +161,7 @@ pub type SyncLink = (Arc<crate::sync::SyncHandle<Store>>, String);
 /// What the operations work with. Built once by the daemon; shared by every transport.
 pub struct Service {
     engine: Arc<Engine>,
+    feed: Arc<crate::feed::Feed>,
     store: Store,
     pub metrics: Arc<Metrics>,
     pub auth: AuthState,
@@ -161,6 +175,7 @@ pub struct Service {
 /// The parts a `Service` is made of.
 pub struct ServiceParts {
     pub engine: Arc<Engine>,
+    pub feed: Arc<crate::feed::Feed>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub auth: AuthState,
@@ -172,8 +187,8 @@ pub struct ServiceParts {
 
 impl Service {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
-        let ServiceParts { engine, store, metrics, auth, health, sync, shutdown, socket } = parts;
-        Arc::new(Self { engine, store, metrics, auth, health, sync, shutdown, socket })
+        let ServiceParts { engine, feed, store, metrics, auth, health, sync, shutdown, socket } = parts;
+        Arc::new(Self { engine, feed, store, metrics, auth, health, sync, shutdown, socket })
     }
 
     /// Counts a run until the guard is dropped: shutdown waits until the caller has its result.

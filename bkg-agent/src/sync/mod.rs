@@ -22,8 +22,9 @@ mod worker;
 use std::future::Future;
 
 pub use bkg_schema::sync::{ParkedEvent, SyncStatus};
-pub use connect::connect;
+pub use connect::{connect, connect_notified};
 pub use schema::{ensure_namespace_role, latest_version, migrate};
+pub(crate) use ship::CHANGES_CHANNEL;
 pub use worker::{SyncConfig, SyncHandle, SyncWorker};
 
 /// One event waiting in the agent's outbox, in seq order.
