@@ -89,6 +89,9 @@ fn print_status(info: &AgentInfo) {
     println!("socket     {}", info.socket);
     println!("state dir  {}", info.state_dir);
     println!("cgroups    {}", info.cgroup_version);
+    if let Some(level) = info.security_level {
+        println!("security   {level} (`bkg doctor` says why)");
+    }
     println!(
         "runs       {} active · {} warm sandboxes · {} cleanups pending",
         info.active_runs, info.warm_sandboxes, info.pending_cleanups

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cave;
 pub mod frame;
 pub mod health;
+pub mod host;
 pub mod paths;
 pub mod sandbox;
 pub mod shape;
@@ -237,6 +238,10 @@ pub struct RunResult {
     #[serde(default)]
     pub undelivered_bytes: u64,
     pub limits: Limits,
+    /// The security level of the agent that ran it (docs/compatibility.md, "Hosts"); absent for
+    /// a run that never had a sandbox, and in results of agents older than the levels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_level: Option<host::SecurityLevel>,
 }
 
 impl RunResult {
@@ -363,6 +368,13 @@ pub struct AgentInfo {
     /// The protections every sandbox of this agent gets.
     #[serde(default)]
     pub protections: Vec<String>,
+    /// The isolation this agent gives every sandbox, as computed from the host at start
+    /// (docs/compatibility.md, "Hosts"); absent from agents older than the levels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_level: Option<host::SecurityLevel>,
+    /// The interpreters found at start, with their versions.
+    #[serde(default)]
+    pub runtimes: Vec<host::Runtime>,
     pub pid: u32,
     pub socket: String,
     pub state_dir: String,

@@ -4,6 +4,7 @@ mod api;
 mod bkg_db;
 mod cli_habits;
 mod exe_basics;
+mod host;
 mod inputs;
 mod isolation;
 mod lifecycle;

@@ -4,6 +4,7 @@
 pub mod capacity;
 pub mod cgroup;
 pub mod control;
+pub mod host_check;
 pub mod init;
 pub mod landlock;
 pub mod lock;
@@ -45,6 +46,9 @@ pub struct EngineConfig {
     pub cgroup_dir: String,
     /// Queue and disk bounds (see `capacity.rs`).
     pub capacity: capacity::CapacityConfig,
+    /// What the host gives, as checked at start (see `host_check.rs`).
+    pub security_level: bkg_schema::host::SecurityLevel,
+    pub runtimes: Vec<bkg_schema::host::Runtime>,
 }
 
 #[derive(Debug, thiserror::Error)]
