@@ -67,6 +67,8 @@ pub enum Command {
     Keys(crate::keys_cmd::KeysArgs),
     /// The versions of bkg and of the agent, their commits and build dates, the agent's protections.
     Version(VersionArgs),
+    /// Check this host and its agent: each piece passes, warns or fails, with the fix.
+    Doctor(crate::doctor::DoctorArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     Completions(CompletionsArgs),
 }

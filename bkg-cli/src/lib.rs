@@ -9,6 +9,7 @@ pub mod args;
 pub mod audit_cmd;
 pub mod client;
 mod credentials;
+pub mod doctor;
 mod exe;
 pub mod exit;
 mod init;
@@ -63,6 +64,7 @@ pub fn main() -> ExitCode {
             Command::Logout => login_cmd::logout(&cli.global),
             Command::Keys(args) => keys_cmd::run(&cli.global, args).await,
             Command::Version(args) => version_cmd::run(&cli.global, args).await,
+            Command::Doctor(args) => doctor::run(&cli.global, args).await,
             Command::Completions(args) => completions(args),
         }
     });

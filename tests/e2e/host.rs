@@ -67,3 +67,95 @@ fn the_security_level_is_in_the_status_every_run_and_the_audit_log() {
         .find(|line| line.contains("\"warm_pool\""));
     assert!(started.as_deref().is_some_and(|line| line.contains("\"security_level\":\"strict\"")), "{started:?}");
 }
+
+/// `bkg doctor --json` with `args`, run through `wrapper` (e.g. `unshare …`) when given.
+fn doctor(agent: Option<&Agent>, wrapper: &[&str], args: &[&str]) -> (serde_json::Value, Output) {
+    let bkg = bkg_tests::bkg_bin();
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(&bkg);
+            command
+        }
+        None => Command::new(&bkg),
+    };
+    command.args(["doctor", "--json"]).args(args);
+    match agent {
+        Some(agent) => command.env("BKG_SOCKET", &agent.socket),
+        None => command.env("BKG_SOCKET", "/nonexistent/bkg/agent.sock"),
+    };
+    let output = command.env_remove("BKG_REMOTE").output().expect("run bkg doctor");
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("bkg doctor printed no JSON ({error}): {}\n{}", stdout(&output), stderr(&output))
+    });
+    (report, output)
+}
+
+fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|check| check["name"] == name))
+        .unwrap_or_else(|| panic!("no check {name} in {report:#}"))
+}
+
+#[test]
+fn doctor_passes_here_with_an_agent_running() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let (report, output) = doctor(Some(&agent), &[], &[]);
+    assert_eq!(code(&output), 0, "{report:#}");
+    let not_passed: Vec<&serde_json::Value> =
+        report["checks"].as_array().into_iter().flatten().filter(|check| check["status"] != "pass").collect();
+    assert!(not_passed.is_empty(), "{not_passed:#?}");
+    assert_eq!(report["status"], "pass");
+    assert_eq!(report["host_level"], "strict");
+    assert_eq!(report["agent_level"], "strict");
+    assert!(check(&report, "socket")["found"].as_str().is_some_and(|found| found.contains("mode 0600")), "{report:#}");
+    let state_dir = check(&report, "state_dir")["found"].as_str().unwrap_or_default().to_owned();
+    assert!(state_dir.starts_with(&agent.state_dir.display().to_string()), "{state_dir}");
+}
+
+#[test]
+fn doctor_fails_a_runtime_path_that_does_not_exist() {
+    let (report, output) = doctor(None, &[], &["--node", "/nonexistent/node"]);
+    assert_eq!(code(&output), 1, "{report:#}");
+    assert_eq!(report["status"], "fail");
+    let node = check(&report, "runtime.node");
+    assert_eq!(node["status"], "fail");
+    assert_eq!(node["found"], "--node /nonexistent/node does not exist");
+    // A runtime is not part of the level: the host still gives one.
+    assert_eq!(report["host_level"], "strict");
+}
+
+/// A state directory on a read-only mount of the test's own mount namespace.
+#[test]
+fn doctor_fails_a_state_dir_that_cannot_be_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    let script = format!("mount -t tmpfs -o ro tmpfs {} && exec \"$0\" \"$@\"", state.display());
+    let (report, output) = doctor(None, &["unshare", "--mount", "--propagation", "private", "sh", "-c", &script], &[
+        "--state-dir",
+        state.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(code(&output), 1, "{report:#}");
+    let state_check = check(&report, "state_dir");
+    assert_eq!(state_check["status"], "fail", "{report:#}");
+    assert!(state_check["found"].as_str().is_some_and(|found| found.contains("Read-only file system")), "{report:#}");
+    assert!(state_check["fix"].as_str().is_some_and(|fix| fix.contains("--state-dir")), "{report:#}");
+}
+
+/// Network namespaces blocked in a user namespace of the test's own (`user.max_net_namespaces`
+/// is per user namespace): doctor, and the agent's probe it runs, find the kind missing.
+#[test]
+fn doctor_fails_a_namespace_kind_the_host_blocks() {
+    let script = "echo 0 > /proc/sys/user/max_net_namespaces && exec \"$0\" \"$@\"";
+    let (report, output) = doctor(None, &["unshare", "--user", "--map-root-user", "sh", "-c", script], &[]);
+    assert_eq!(code(&output), 1, "{report:#}");
+    let net = check(&report, "namespace.net");
+    assert_eq!(net["status"], "fail", "{report:#}");
+    assert!(net["found"].as_str().is_some_and(|found| found.contains("ENOSPC")), "{net}");
+    assert!(net["fix"].as_str().is_some_and(|fix| fix.contains("user.max_net_namespaces")), "{net}");
+    assert_eq!(check(&report, "namespace.uts")["status"], "pass");
+    // Without every namespace kind there is no level at all.
+    assert_eq!(report["host_level"], serde_json::Value::Null);
+}
