@@ -159,3 +159,58 @@ fn doctor_fails_a_namespace_kind_the_host_blocks() {
     // Without every namespace kind there is no level at all.
     assert_eq!(report["host_level"], serde_json::Value::Null);
 }
+
+/// The controllers `/proc/cgroups` shows bound to a cgroup v1 hierarchy (so absent from v2).
+fn bound_to_v1(controllers: &[&str]) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/cgroups").expect("/proc/cgroups");
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            Some((fields.next()?, fields.next()?))
+        })
+        .filter(|(name, hierarchy)| controllers.contains(name) && *hierarchy != "0")
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+/// cgroup2 mounted at /sys/fs/cgroup in the test's own mount namespace: the agent takes the host
+/// for a v2 one. On a v1 host (the test machines) the controllers the limits need are bound to
+/// v1 and cannot be enabled in v2: doctor names them and the agent refuses to start with one
+/// line. On a v2 host the same mount offers them and the check passes.
+#[test]
+fn a_cgroup2_hierarchy_is_judged_by_the_controllers_it_really_offers() {
+    let script = "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$0\" \"$@\"";
+    let wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script];
+    let (report, _) = doctor(None, &wrapper, &[]);
+    let cgroups = check(&report, "cgroups");
+    let found = cgroups["found"].as_str().unwrap_or_default();
+    assert!(found.starts_with("cgroup v2"), "{cgroups}");
+    let bound = bound_to_v1(&["cpu", "memory", "pids"]);
+    if bound.is_empty() {
+        assert_eq!(cgroups["status"], "pass", "{cgroups}");
+        return;
+    }
+    assert_eq!(cgroups["status"], "fail", "{cgroups}");
+    assert!(found.contains(&format!("lacks the {} controllers", bound.join(", "))), "{cgroups}");
+    assert_eq!(report["host_level"], serde_json::Value::Null);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(wrapper[0])
+        .args(&wrapper[1..])
+        .arg(bin_dir().join("bkg-agent"))
+        .arg("--foreground")
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--cgroup-dir")
+        .arg(format!("bkg-test-v2-{}", std::process::id()))
+        .output()
+        .expect("run bkg-agent");
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let line = stderr(&output);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.starts_with("bkg-agent: cgroups: cgroup v2, but /sys/fs/cgroup lacks the"), "{line}");
+    assert!(line.contains("Delegate=yes"), "{line}");
+}
