@@ -355,8 +355,8 @@ fn cgroup_check(facts: &CgroupFacts) -> Check {
                 Check::fail(
                     name,
                     format!("cgroup v2, but {} lacks the {} controllers", own_dir.display(), missing.join(", ")),
-                    "delegate them to the agent's cgroup: run it as a systemd service with Delegate=yes (the \
-                     unit in docs/operations.md), or in a container with its own cgroup namespace",
+                    "delegate them to the agent's cgroup: run it as a systemd service with Delegate=yes \
+                     (docs/compatibility.md, \"Hosts\"), or in a container with its own cgroup namespace",
                 )
             }
         }
