@@ -875,7 +875,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__doctor)
-            opts="-h -V --json --state-dir --python --node --socket --remote --cacert --help --version"
+            opts="-h -V --json --state-dir --python --node --tls-cert --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -890,6 +890,10 @@ _bkg() {
                     return 0
                     ;;
                 --node)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -328,6 +328,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand version" -s V -l version -d 'Pri
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l state-dir -d 'The agent\'s state directory [default: the running agent\'s, else BKG_STATE_DIR or the default]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l python -d 'The Python interpreter the agent is (or will be) started with [default: the agent\'s]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l node -d 'The Node.js interpreter the agent is (or will be) started with [default: the agent\'s]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l tls-cert -d 'The TLS certificate (PEM, leaf first) the agent serves on --listen: its expiry is checked' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F

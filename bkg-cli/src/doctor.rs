@@ -35,6 +35,9 @@ pub struct DoctorArgs {
     /// The Node.js interpreter the agent is (or will be) started with [default: the agent's]
     #[arg(long, value_name = "PATH")]
     pub node: Option<PathBuf>,
+    /// The TLS certificate (PEM, leaf first) the agent serves on --listen: its expiry is checked
+    #[arg(long, value_name = "PEM", env = "BKG_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
 }
 
 pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> Result<i32, CliError> {
@@ -63,18 +66,16 @@ async fn examine(global: &GlobalArgs, args: &DoctorArgs) -> Result<DoctorReport,
         .or_else(|| info.as_ref().filter(|_| !client.is_remote()).map(|info| PathBuf::from(&info.state_dir)))
         .unwrap_or_else(bkg_schema::paths::default_state_dir);
     checks.push(state_dir_check(&state_dir));
+    if let Some(cert) = &args.tls_cert {
+        checks.push(tls_cert(cert, std::time::SystemTime::now()));
+    }
     if info.is_some()
         && let Some(check) = bkg_db(&client).await
     {
         checks.push(check);
     }
     let status = checks.iter().map(|check| check.status).max().unwrap_or(CheckStatus::Pass);
-    Ok(DoctorReport {
-        status,
-        host_level: host.level,
-        agent_level: info.and_then(|info| info.security_level),
-        checks,
-    })
+    Ok(DoctorReport { status, host_level: host.level, agent_level: info.and_then(|info| info.security_level), checks })
 }
 
 /// The agent binary beside this bkg, else the one on PATH (as `bkg agent start` finds it).
@@ -125,7 +126,11 @@ async fn agent(client: &AgentClient) -> (Check, Option<AgentInfo>) {
             (check, Some(info))
         }
         Err(error) => (
-            Check::warn(name, format!("the agent on {} answers, but: {}", client.endpoint(), error.message), "use an admin key (`bkg login`)"),
+            Check::warn(
+                name,
+                format!("the agent on {} answers, but: {}", client.endpoint(), error.message),
+                "use an admin key (`bkg login`)",
+            ),
             None,
         ),
     }
@@ -182,7 +187,10 @@ fn state_dir_check(dir: &Path) -> Check {
             Ok(free) if free < LOW_FREE_SPACE => Check::warn(
                 name,
                 format!("{} is writable, {} free", dir.display(), format_size(free)),
-                format!("free space there, or move --state-dir: sandbox disks need {} or more", format_size(LOW_FREE_SPACE)),
+                format!(
+                    "free space there, or move --state-dir: sandbox disks need {} or more",
+                    format_size(LOW_FREE_SPACE)
+                ),
             ),
             Ok(free) => Check::pass(name, format!("{} is writable, {} free", dir.display(), format_size(free))),
             Err(error) => {
@@ -192,12 +200,60 @@ fn state_dir_check(dir: &Path) -> Check {
     }
 }
 
+/// Renewing this long before the end leaves room for a failed renewal.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
+fn tls_cert(path: &Path, now: std::time::SystemTime) -> Check {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use x509_cert::der::Decode;
+    let name = "tls_cert";
+    let not_after = CertificateDer::pem_file_iter(path)
+        .map_err(|error| error.to_string())
+        .and_then(|mut certs| certs.next().ok_or_else(|| "no certificate in it".to_owned()))
+        .and_then(|leaf| leaf.map_err(|error| error.to_string()))
+        .and_then(|leaf| x509_cert::Certificate::from_der(leaf.as_ref()).map_err(|error| error.to_string()))
+        .map(|cert| std::time::SystemTime::UNIX_EPOCH + cert.tbs_certificate.validity.not_after.to_unix_duration());
+    match not_after {
+        Ok(not_after) => expiry_check(path, not_after, now),
+        Err(error) => Check::fail(
+            name,
+            format!("cannot read {}: {error}", path.display()),
+            "point --tls-cert (BKG_TLS_CERT) at the PEM chain the agent serves, leaf first",
+        ),
+    }
+}
+
+/// Fails once the certificate has expired, warns in its last two weeks.
+pub fn expiry_check(path: &Path, not_after: std::time::SystemTime, now: std::time::SystemTime) -> Check {
+    let name = "tls_cert";
+    let until = humantime::format_rfc3339_seconds(not_after);
+    let renew = "renew it, then `kill -HUP` the agent: it re-reads its certificate";
+    match not_after.duration_since(now) {
+        Err(_) => Check::fail(name, format!("{} expired at {until}", path.display()), renew),
+        Ok(left) if left < EXPIRY_WARNING => Check::warn(
+            name,
+            format!("{} expires at {until}, in {} days", path.display(), left.as_secs() / 86_400),
+            renew,
+        ),
+        Ok(left) => {
+            Check::pass(name, format!("{} is valid until {until} ({} days)", path.display(), left.as_secs() / 86_400))
+        }
+    }
+}
+
 /// bkg_db, only when the agent has one configured: reachable, its schema migrated, nothing parked.
 async fn bkg_db(client: &AgentClient) -> Option<Check> {
     let name = "bkg_db";
     let view = match client.get::<SyncView>("/api/v1/sync").await {
         Ok(view) => view,
-        Err(error) => return Some(Check::warn(name, format!("cannot read the sync status: {}", error.message), "bkg sync status")),
+        Err(error) => {
+            return Some(Check::warn(
+                name,
+                format!("cannot read the sync status: {}", error.message),
+                "bkg sync status",
+            ));
+        }
     };
     if !view.configured {
         return None;
@@ -246,4 +302,23 @@ pub fn describe(report: &DoctorReport) -> String {
         report.status.as_str()
     ));
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn a_certificate_fails_once_expired_and_warns_in_its_last_two_weeks() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let day = Duration::from_secs(86_400);
+        let path = Path::new("/etc/bkg/cert.pem");
+        assert_eq!(expiry_check(path, now - day, now).status, CheckStatus::Fail);
+        let soon = expiry_check(path, now + 3 * day, now);
+        assert_eq!(soon.status, CheckStatus::Warn);
+        assert!(soon.found.contains("in 3 days"), "{soon:?}");
+        assert_eq!(expiry_check(path, now + 90 * day, now).status, CheckStatus::Pass);
+    }
 }

@@ -190,6 +190,7 @@ fn doctor() {
         .env_remove("BKG_REMOTE")
         .env_remove("BKG_PYTHON")
         .env_remove("BKG_NODE")
+        .env_remove("BKG_TLS_CERT")
         .stdin(Stdio::null())
         .output()
         .expect("runs");

@@ -38,7 +38,11 @@ fn an_agent_whose_runtime_does_not_exist_refuses_to_start_with_one_line_and_the_
 fn an_unknown_security_level_is_a_usage_error() {
     let (output, _dir) = refused_start(&["--allow-degraded", "paranoid"]);
     assert_eq!(code(&output), 2, "stderr: {}", stderr(&output));
-    assert!(stderr(&output).contains("\"paranoid\" is not a level: strict, standard or degraded"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("\"paranoid\" is not a level: strict, standard or degraded"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 /// This host gives `strict` (docs/testing.md's machines all do): status, every run's JSON and
@@ -133,10 +137,11 @@ fn doctor_fails_a_state_dir_that_cannot_be_written() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).expect("state dir");
     let script = format!("mount -t tmpfs -o ro tmpfs {} && exec \"$0\" \"$@\"", state.display());
-    let (report, output) = doctor(None, &["unshare", "--mount", "--propagation", "private", "sh", "-c", &script], &[
-        "--state-dir",
-        state.to_str().unwrap_or_default(),
-    ]);
+    let (report, output) = doctor(
+        None,
+        &["unshare", "--mount", "--propagation", "private", "sh", "-c", &script],
+        &["--state-dir", state.to_str().unwrap_or_default()],
+    );
     assert_eq!(code(&output), 1, "{report:#}");
     let state_check = check(&report, "state_dir");
     assert_eq!(state_check["status"], "fail", "{report:#}");
@@ -213,4 +218,36 @@ fn a_cgroup2_hierarchy_is_judged_by_the_controllers_it_really_offers() {
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(line.starts_with("bkg-agent: cgroups: cgroup v2, but /sys/fs/cgroup lacks the"), "{line}");
     assert!(line.contains("Delegate=yes"), "{line}");
+}
+
+/// A self-signed certificate valid for `days`, made with the openssl CLI.
+fn certificate(dir: &std::path::Path, days: &str) -> std::path::PathBuf {
+    let cert = dir.join(format!("cert-{days}.pem"));
+    let output = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=bkg"])
+        .args(["-days", days, "-keyout"])
+        .arg(dir.join(format!("key-{days}.pem")))
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(output.status.success(), "openssl: {}", stderr(&output));
+    cert
+}
+
+#[test]
+fn doctor_checks_the_tls_certificates_expiry_when_there_is_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (report, _) = doctor(None, &[], &[]);
+    assert!(report["checks"].as_array().is_some_and(|checks| checks.iter().all(|check| check["name"] != "tls_cert")));
+    for (days, status) in [("400", "pass"), ("3", "warn")] {
+        let cert = certificate(dir.path(), days);
+        let (report, _) = doctor(None, &[], &["--tls-cert", cert.to_str().unwrap_or_default()]);
+        assert_eq!(check(&report, "tls_cert")["status"], status, "{report:#}");
+    }
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    let (report, output) = doctor(None, &[], &["--tls-cert", garbage.to_str().unwrap_or_default()]);
+    assert_eq!(check(&report, "tls_cert")["status"], "fail", "{report:#}");
+    assert_eq!(code(&output), 1);
 }

@@ -88,10 +88,16 @@ pub struct UsernsSysctls {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupFacts {
     /// cgroup2 at /sys/fs/cgroup; `offered` is the agent's own `cgroup.controllers`.
-    V2 { own_dir: PathBuf, offered: Vec<String> },
+    V2 {
+        own_dir: PathBuf,
+        offered: Vec<String>,
+    },
     /// cgroup v1: the controllers of each hierarchy we are in; `unified` lists the controllers
     /// of a hybrid host's cgroup2 side hierarchy when there is one.
-    V1 { controllers: Vec<String>, unified: Option<Vec<String>> },
+    V1 {
+        controllers: Vec<String>,
+        unified: Option<Vec<String>>,
+    },
     Unusable(String),
 }
 
@@ -146,7 +152,9 @@ pub fn probe(python: &Path, node: &Path) -> HostFacts {
         userns: UsernsSysctls {
             max_user_namespaces: read_number("/proc/sys/user/max_user_namespaces"),
             unprivileged_userns_clone: read_number("/proc/sys/kernel/unprivileged_userns_clone"),
-            apparmor_restrict_unprivileged_userns: read_number("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+            apparmor_restrict_unprivileged_userns: read_number(
+                "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            ),
         },
         cgroups: probe_cgroups(),
         landlock_abi: super::landlock::kernel_abi(),
@@ -202,7 +210,9 @@ fn probe_cgroups() -> CgroupFacts {
     match cgroup::detect_layout(&proc_self_cgroup, &mountinfo) {
         Ok(CgroupLayout::Unified { own_dir }) => match std::fs::read_to_string(own_dir.join("cgroup.controllers")) {
             Ok(text) => CgroupFacts::V2 { offered: text.split_whitespace().map(str::to_owned).collect(), own_dir },
-            Err(error) => CgroupFacts::Unusable(format!("cannot read {}/cgroup.controllers: {error}", own_dir.display())),
+            Err(error) => {
+                CgroupFacts::Unusable(format!("cannot read {}/cgroup.controllers: {error}", own_dir.display()))
+            }
         },
         Ok(CgroupLayout::Legacy { hierarchies }) => CgroupFacts::V1 {
             controllers: hierarchies.into_iter().flat_map(|hierarchy| hierarchy.controllers).collect(),
@@ -283,7 +293,10 @@ fn kernel_check(release: &str) -> Check {
         Some(_) => Check::fail(
             name,
             format!("Linux {release} is older than {}.{}, which idmapped mounts need", MIN_KERNEL.0, MIN_KERNEL.1),
-            format!("upgrade to a kernel of {}.{} or later (6.12 or later for the strict level)", MIN_KERNEL.0, MIN_KERNEL.1),
+            format!(
+                "upgrade to a kernel of {}.{} or later (6.12 or later for the strict level)",
+                MIN_KERNEL.0, MIN_KERNEL.1
+            ),
         ),
         None => Check::warn(name, format!("cannot read the kernel version from {release:?}"), "check `uname -r`"),
     }
@@ -322,7 +335,8 @@ fn userns_check(sysctls: &UsernsSysctls, is_root: bool) -> Check {
     }
     let mut restrictions = Vec::new();
     if sysctls.apparmor_restrict_unprivileged_userns == Some(1) {
-        restrictions.push("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)");
+        restrictions
+            .push("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)");
     }
     if sysctls.unprivileged_userns_clone == Some(0) {
         restrictions.push("unprivileged user namespaces are off (kernel.unprivileged_userns_clone=0)");
@@ -438,9 +452,11 @@ fn disk_check(facts: &DiskFacts) -> Check {
             format!("no loop devices: {error}"),
             "load the loop module (`modprobe loop`); in a container, pass --device /dev/loop-control and the /dev/loopN devices",
         ),
-        (Ok(()), None) => {
-            Check::fail(name, "mkfs.ext4 not found in /usr/sbin or /sbin", "install e2fsprogs (apt-get install e2fsprogs)")
-        }
+        (Ok(()), None) => Check::fail(
+            name,
+            "mkfs.ext4 not found in /usr/sbin or /sbin",
+            "install e2fsprogs (apt-get install e2fsprogs)",
+        ),
     }
 }
 
@@ -612,7 +628,10 @@ mod tests {
             assert_eq!(status_of(&facts, name), CheckStatus::Fail, "{name}");
             assert_eq!(level(&facts), None, "{name}");
             let refused = admit(&report(&facts), SecurityLevel::Degraded).err().map(|error| error.to_string());
-            assert!(refused.as_deref().is_some_and(|line| line.starts_with(name) && !line.contains('\n')), "{refused:?}");
+            assert!(
+                refused.as_deref().is_some_and(|line| line.starts_with(name) && !line.contains('\n')),
+                "{refused:?}"
+            );
         }
     }
 

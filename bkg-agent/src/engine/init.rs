@@ -215,8 +215,14 @@ fn pin_cpus(count: usize, spread: u32) -> Result<(), StageError> {
         set.set(*cpu).stage("build the CPU set")?;
     }
     sched_setaffinity(Pid::from_raw(0), &set).stage("set the CPU affinity")?;
-    mount(Some("tmpfs"), CPU_DIR, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("size=16k,mode=0755"))
-        .stage("mount the CPU directory")?;
+    mount(
+        Some("tmpfs"),
+        CPU_DIR,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=16k,mode=0755"),
+    )
+    .stage("mount the CPU directory")?;
     let list = format!("{}\n", cpu_list(&chosen));
     for name in ["online", "possible", "present"] {
         fs::write(Path::new(CPU_DIR).join(name), &list).stage("write the online CPUs")?;
