@@ -326,7 +326,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
     ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
     ("version", "bkg version\n  bkg version --json"),
-    ("doctor", "sudo bkg doctor\n  bkg doctor --json | jq '.checks[] | select(.status != \"pass\")'\n  sudo bkg doctor --tls-cert /etc/bkg/cert.pem"),
+    (
+        "doctor",
+        "sudo bkg doctor\n  bkg doctor --json | jq '.checks[] | select(.status != \"pass\")'\n  sudo bkg doctor --tls-cert /etc/bkg/cert.pem",
+    ),
     (
         "completions",
         "bkg completions bash > /etc/bash_completion.d/bkg\n  bkg completions zsh > \"${fpath[1]}/_bkg\"\n  \

@@ -610,7 +610,8 @@ mod tests {
 
     #[test]
     fn a_missing_core_piece_leaves_no_level_and_refuses_even_a_degraded_start() {
-        let breakages: Vec<(&str, fn(&mut HostFacts))> = vec![
+        type Breakage = fn(&mut HostFacts);
+        let breakages: Vec<(&str, Breakage)> = vec![
             ("namespace.net", |facts| facts.namespaces[3].1 = Err(libc::ENOSPC)),
             ("cgroups", |facts| {
                 facts.cgroups = CgroupFacts::V2 { own_dir: "/sys/fs/cgroup/x".into(), offered: vec!["cpu".into()] }
