@@ -199,14 +199,21 @@ def test_proc_sys_knobs_are_read_only(sandbox):
         assert outcome in ("EROFS", "EACCES"), (knob, outcome)
 
 
-def test_sys_is_absent(sandbox):
+def test_sys_holds_only_the_runs_cpu_list(sandbox):
+    """/sys is no sysfs: the init's read-only tmpfs shows the run's CPUs at devices/system/cpu
+    (so os.cpu_count() matches the CPU limit) and nothing else."""
     r = sandbox.attack("""
-        report(sys=os.path.exists("/sys"),
+        report(sys=sorted(os.listdir("/sys")),
+               cpu=sorted(os.listdir("/sys/devices/system/cpu")),
                uevent_helper=attempt(open_for_write, "/sys/kernel/uevent_helper"),
+               online=attempt(open_for_write, "/sys/devices/system/cpu/online"),
                cgroup=os.path.exists("/sys/fs/cgroup"))
     """)
     assert r.rc == 0, r
-    assert r.report == {"sys": False, "uevent_helper": "ENOENT", "cgroup": False}, r
+    report = dict(r.report)
+    assert report.pop("online") in ("EROFS", "EACCES"), r
+    assert report == {"sys": ["devices"], "cpu": ["online", "possible", "present"],
+                        "uevent_helper": "ENOENT", "cgroup": False}, r
 
 
 def test_cgroupfs_cannot_be_mounted(sandbox):

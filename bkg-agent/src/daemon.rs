@@ -12,7 +12,10 @@ use tokio::sync::Notify;
 
 use crate::auth::notice::{NoticeKey, Notifier};
 use crate::auth::{AuthPolicy, RoleTable};
+use bkg_schema::host::SecurityLevel;
+
 use crate::engine::capacity::CapacityConfig;
+use crate::engine::host_check;
 use crate::engine::{CleanedUp, Engine, EngineConfig};
 use crate::metrics::Metrics;
 use crate::server::{AppState, BodyBudget, PeerCheckedListener, UnixPeer, listen, router};
@@ -156,9 +159,37 @@ pub struct AgentArgs {
     /// sandbox of its own to find out.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub health_interval: String,
+    /// Run at this lower security level (`standard` or `degraded`) when the host gives no better;
+    /// without it the agent starts only where the host gives `strict` (docs/compatibility.md).
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level, env = "BKG_ALLOW_DEGRADED")]
+    pub allow_degraded: Option<SecurityLevel>,
+    /// Check the host (namespaces, cgroups, Landlock, seccomp, loop devices, runtimes), print
+    /// the report as JSON and exit; needs no root (`bkg doctor` runs it).
+    #[arg(long, hide = true)]
+    pub check_host: bool,
     /// Print the API's OpenAPI document (YAML) and exit.
     #[arg(long, hide = true)]
     pub print_openapi: bool,
+}
+
+fn parse_level(name: &str) -> Result<SecurityLevel, String> {
+    SecurityLevel::parse(name).ok_or_else(|| format!("{name:?} is not a level: strict, standard or degraded"))
+}
+
+/// Prints what `--check-host` found; the exit code is 1 only when the report cannot be written.
+fn print_host_report(args: &AgentArgs) -> ExitCode {
+    let report = host_check::report(&host_check::probe(&args.python, &args.node));
+    let written = serde_json::to_string_pretty(&report).map_err(anyhow::Error::from).and_then(|json| {
+        std::io::Write::write_all(&mut std::io::stdout().lock(), format!("{json}\n").as_bytes())
+            .context("write the report")
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bkg-agent: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The exit code of a flag combination the agent refuses (as clap's own usage errors).
@@ -179,6 +210,9 @@ pub fn main() -> ExitCode {
              or pass --plain-http-behind-proxy if a proxy terminates TLS in front of it"
         );
         return ExitCode::from(USAGE_EXIT);
+    }
+    if args.check_host {
+        return print_host_report(&args);
     }
     if args.print_openapi {
         let written = crate::api_doc::yaml().map_err(anyhow::Error::from).and_then(|yaml| {
@@ -321,6 +355,10 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&state_dir).with_context(|| format!("create state directory {}", state_dir.display()))?;
     std::fs::set_permissions(&state_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("make {} private", state_dir.display()))?;
+    // Before any thread exists (the probe forks) and before detaching, so a host that lacks a
+    // piece is told on the terminal that started the agent.
+    let host = host_check::report(&host_check::probe(&args.python, &args.node));
+    let security_level = host_check::admit(&host, args.allow_degraded.unwrap_or(SecurityLevel::Strict))?;
 
     if !args.foreground {
         return detach(&state_dir, &socket);
@@ -334,6 +372,9 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if security_level < SecurityLevel::Strict {
+        tracing::warn!(level = %security_level, "running below the strict security level, as --allow-degraded allows");
+    }
 
     let config = EngineConfig {
         state_dir: state_dir.clone(),
@@ -345,6 +386,8 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         uid_base: args.uid_base,
         cgroup_dir: args.cgroup_dir,
         capacity: capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?,
+        security_level,
+        runtimes: host.runtimes,
     };
     let health_interval = Duration::from_millis(parse_duration_ms(&args.health_interval).context("--health-interval")?);
     let runtime =
@@ -494,6 +537,7 @@ async fn serve(
         listen: api.listen.map(|address| address.to_string()),
         bkg_db: api.db_url.is_some(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        security_level: Some(engine.config.security_level),
     };
     let configuration = bkg_schema::audit::AuditEvent::new(
         bkg_schema::audit::AGENT_ACTOR,
@@ -532,7 +576,13 @@ async fn serve(
         tracer: Tracer::from_env(api.sampling_rate),
         bodies: Arc::new(BodyBudget::new(api.connections.body_budget, api.connections.body_timeout)),
     };
-    tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), cgroups = %engine.cgroup_version(), "agent ready");
+    tracing::info!(
+        socket = %socket.display(),
+        state_dir = %state_dir.display(),
+        cgroups = %engine.cgroup_version(),
+        security_level = %engine.config.security_level,
+        "agent ready"
+    );
 
     let signals = async move {
         tokio::select! {

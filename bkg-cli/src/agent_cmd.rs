@@ -104,6 +104,9 @@ fn describe(info: &AgentInfo) -> String {
     line("socket", info.socket.clone());
     line("state dir", info.state_dir.clone());
     line("cgroups", info.cgroup_version.clone());
+    if let Some(level) = info.security_level {
+        line("security", format!("{level} (`bkg doctor` says why)"));
+    }
     line(
         "runs",
         format!(

@@ -72,6 +72,8 @@ pub enum Command {
     Watch(WatchArgs),
     /// The versions of bkg and of the agent, their commits and build dates, the agent's protections.
     Version(VersionArgs),
+    /// Check this host and its agent: each piece passes, warns or fails, with the fix.
+    Doctor(DoctorArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     Completions(CompletionsArgs),
 }
@@ -89,6 +91,7 @@ impl Command {
             | Command::Login(LoginArgs { json, .. })
             | Command::Version(VersionArgs { json })
             | Command::Watch(WatchArgs { json, .. })
+            | Command::Doctor(DoctorArgs { json, .. })
             | Command::Agent(AgentArgs { action: AgentAction::Status { json } })
             | Command::Runs(RunsArgs { action: RunsAction::Ls { json, .. } | RunsAction::Show { json, .. } })
             | Command::Audit(AuditArgs {
@@ -621,6 +624,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("watch", "bkg watch\n  bkg watch --json --kinds runs --namespace team-a\n  bkg watch --since 1200 --count 50"),
     ("version", "bkg version\n  bkg version --json"),
     (
+        "doctor",
+        "sudo bkg doctor\n  bkg doctor --json | jq '.checks[] | select(.status != \"pass\")'\n  sudo bkg doctor --tls-cert /etc/bkg/cert.pem",
+    ),
+    (
         "completions",
         "bkg completions bash > /etc/bash_completion.d/bkg\n  bkg completions zsh > \"${fpath[1]}/_bkg\"\n  \
          bkg completions fish > ~/.config/fish/completions/bkg.fish",
@@ -760,4 +767,25 @@ pub struct WatchArgs {
     /// Stop after this many changes.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+}
+
+/// `bkg doctor`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit codes: 0 every check passed or warned; 1 a check failed; 125 bkg doctor itself failed.")]
+pub struct DoctorArgs {
+    /// Print the report as JSON: {"status", "host_level", "agent_level", "checks": [...]}.
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's state directory [default: the running agent's, else BKG_STATE_DIR or the default]
+    #[arg(long, value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+    /// The Python interpreter the agent is (or will be) started with [default: the agent's]
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// The Node.js interpreter the agent is (or will be) started with [default: the agent's]
+    #[arg(long, value_name = "PATH")]
+    pub node: Option<PathBuf>,
+    /// The TLS certificate (PEM, leaf first) the agent serves on --listen: its expiry is checked
+    #[arg(long, value_name = "PEM", env = "BKG_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
 }

@@ -68,6 +68,11 @@ impl AgentClient {
         Ok(Self { place: endpoint.place.clone(), http, patience })
     }
 
+    /// Whether the agent is reached over TCP (`--remote`) rather than the local socket.
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self.place, Place::Remote { .. })
+    }
+
     /// Where the agent is, for messages: its socket or its URL.
     pub(crate) fn location(&self) -> String {
         match &self.place {
@@ -399,11 +404,15 @@ pub fn from_api_error(error: &ApiError) -> CliError {
 /// The `bkg-agent --foreground` command for `socket` and `state_dir`; the binary is found
 /// beside this one, else on PATH.
 pub fn agent_command(socket: &Path, state_dir: &Path) -> std::process::Command {
-    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("bkg-agent")));
-    let program = beside.filter(|path| path.exists()).unwrap_or_else(|| PathBuf::from("bkg-agent"));
-    let mut command = std::process::Command::new(program);
+    let mut command = std::process::Command::new(agent_program());
     command.arg("--foreground").arg("--socket").arg(socket).arg("--state-dir").arg(state_dir);
     command
+}
+
+/// The bkg-agent beside this bkg, else the one on PATH.
+pub fn agent_program() -> PathBuf {
+    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("bkg-agent")));
+    beside.filter(|path| path.exists()).unwrap_or_else(|| PathBuf::from("bkg-agent"))
 }
 
 /// Starts the agent in the background, in its own process group, logging to

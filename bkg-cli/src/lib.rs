@@ -10,6 +10,7 @@ pub mod args;
 pub mod audit_cmd;
 mod client;
 mod credentials;
+pub mod doctor;
 mod exe;
 pub mod exit;
 mod init;
@@ -69,6 +70,7 @@ async fn dispatch(settings: Settings, command: Command) -> Result<i32, CliError>
         Command::Logout => login_cmd::logout(settings),
         Command::Keys(args) => keys_cmd::run(settings, args).await,
         Command::Watch(args) => watch_cmd::run(settings, args).await,
+        Command::Doctor(args) => doctor::run(settings, args).await,
         Command::Version(_) => version_cmd::run(settings).await,
         Command::Completions(args) => completions(args),
     }

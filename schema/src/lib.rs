@@ -9,6 +9,7 @@ pub mod cave;
 pub mod changes;
 pub mod frame;
 pub mod health;
+pub mod host;
 pub mod paths;
 pub mod sandbox;
 pub mod shape;
@@ -238,6 +239,10 @@ pub struct RunResult {
     #[serde(default)]
     pub undelivered_bytes: u64,
     pub limits: Limits,
+    /// The security level of the agent that ran it (docs/compatibility.md, "Hosts"); absent for
+    /// a run that never had a sandbox, and in results of agents older than the levels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_level: Option<host::SecurityLevel>,
 }
 
 /// How much of each output stream a result keeps; the rest is streamed live but not retained.
@@ -340,6 +345,13 @@ pub struct AgentInfo {
     /// The protections every sandbox of this agent gets.
     #[serde(default)]
     pub protections: Vec<String>,
+    /// The isolation this agent gives every sandbox, as computed from the host at start
+    /// (docs/compatibility.md, "Hosts"); absent from agents older than the levels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_level: Option<host::SecurityLevel>,
+    /// The interpreters found at start, with their versions.
+    #[serde(default)]
+    pub runtimes: Vec<host::Runtime>,
     pub pid: u32,
     pub socket: String,
     pub state_dir: String,

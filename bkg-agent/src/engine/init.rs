@@ -26,7 +26,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
 
 use super::control::{self, CONTROL_FD, FromInit, GoOrder, ToInit};
-use super::plan::{IdMap, MountStep, SandboxPlan, id_map_text};
+use super::plan::{CPU_DIR, IdMap, MountStep, SandboxPlan, id_map_text};
 use super::{landlock, loopdev, seccomp};
 
 /// A failed step of building or starting the sandbox.
@@ -195,7 +195,73 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
         reown_tree(Path::new(dir), plan.ids.sandbox).stage(&format!("hand {dir} to the sandbox user"))?;
     }
     place_files(&order, plan.ids.sandbox)?;
+    pin_cpus(order.cpus, plan.ids.sandbox / 2)?;
     run_code(plan, Launch::new(&order, seccomp)?, control)
+}
+
+/// Pins pid 1, and so the code it forks, to `count` of the CPUs the agent may use, and shows
+/// just those as online in [`CPU_DIR`], where glibc's `get_nprocs` (Python's `os.cpu_count()`)
+/// counts them; `nproc`, `os.sched_getaffinity` and Node's `os.availableParallelism()` read the
+/// mask. The CFS quota bounds the CPU time either way: this makes the count the code sees match
+/// its limit, so thread pools are not sized for the whole host. Sandboxes start at different
+/// CPUs (`spread`) so that one-CPU runs do not all share the first.
+fn pin_cpus(count: usize, spread: u32) -> Result<(), StageError> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let own = sched_getaffinity(Pid::from_raw(0)).stage("read the CPU affinity")?;
+    let allowed: Vec<usize> = (0..CpuSet::count()).filter(|cpu| own.is_set(*cpu).unwrap_or(false)).collect();
+    let chosen = choose_cpus(&allowed, count, spread as usize);
+    let mut set = CpuSet::new();
+    for cpu in &chosen {
+        set.set(*cpu).stage("build the CPU set")?;
+    }
+    sched_setaffinity(Pid::from_raw(0), &set).stage("set the CPU affinity")?;
+    mount(
+        Some("tmpfs"),
+        CPU_DIR,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=16k,mode=0755"),
+    )
+    .stage("mount the CPU directory")?;
+    let list = format!("{}\n", cpu_list(&chosen));
+    for name in ["online", "possible", "present"] {
+        fs::write(Path::new(CPU_DIR).join(name), &list).stage("write the online CPUs")?;
+    }
+    mount(
+        None::<&str>,
+        CPU_DIR,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .stage("make the CPU directory read-only")
+}
+
+/// `count` of the `allowed` CPUs (at least one, at most all), taken in turn from `spread`.
+fn choose_cpus(allowed: &[usize], count: usize, spread: usize) -> Vec<usize> {
+    if allowed.is_empty() {
+        return Vec::new();
+    }
+    let count = count.clamp(1, allowed.len());
+    let mut chosen: Vec<usize> = (0..count).map(|index| allowed[(spread + index) % allowed.len()]).collect();
+    chosen.sort_unstable();
+    chosen
+}
+
+/// A CPU list as sysfs writes it: `0-3,6`.
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for &cpu in cpus {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == cpu => *end = cpu,
+            _ => ranges.push((cpu, cpu)),
+        }
+    }
+    ranges
+        .iter()
+        .map(|(start, end)| if start == end { start.to_string() } else { format!("{start}-{end}") })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn build_root(plan: &SandboxPlan, idmaps: &IdmapNamespaces) -> Result<(), StageError> {
@@ -826,4 +892,26 @@ fn drop_capabilities() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_cpus_are_as_many_as_its_limit_and_spread_over_the_allowed_ones() {
+        assert_eq!(choose_cpus(&[0, 1, 2, 3], 1, 0), [0]);
+        assert_eq!(choose_cpus(&[0, 1, 2, 3], 1, 5), [1]);
+        assert_eq!(choose_cpus(&[0, 1, 2, 3], 2, 3), [0, 3]);
+        assert_eq!(choose_cpus(&[2, 5], 8, 1), [2, 5]);
+        assert_eq!(choose_cpus(&[2, 5], 0, 0), [2]);
+        assert!(choose_cpus(&[], 1, 0).is_empty());
+    }
+
+    #[test]
+    fn cpu_lists_are_written_as_sysfs_writes_them() {
+        assert_eq!(cpu_list(&[0]), "0");
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6]), "0-3,6");
+        assert_eq!(cpu_list(&[1, 3, 4]), "1,3-4");
+    }
 }

@@ -5,6 +5,7 @@ pub mod capacity;
 pub mod cgroup;
 pub mod control;
 pub mod handle;
+pub mod host_check;
 pub mod init;
 pub mod landlock;
 pub mod lock;
@@ -46,6 +47,9 @@ pub struct EngineConfig {
     pub cgroup_dir: String,
     /// Queue and disk bounds (see `capacity.rs`).
     pub capacity: capacity::CapacityConfig,
+    /// What the host gives, as checked at start (see `host_check.rs`).
+    pub security_level: bkg_schema::host::SecurityLevel,
+    pub runtimes: Vec<bkg_schema::host::Runtime>,
 }
 
 #[derive(Debug, thiserror::Error)]

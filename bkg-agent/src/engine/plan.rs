@@ -22,6 +22,9 @@ pub const ROOT_ID: u32 = 0;
 /// Directories of the new root that are writable, backed by the sandbox's own disk image.
 pub const WORKSPACE: &str = "/workspace";
 pub const TMP: &str = "/tmp";
+/// The sysfs directory glibc reads the online CPUs from: a tmpfs of the init's in the sandbox,
+/// showing the run's CPUs only (engine/init.rs, `pin_cpus`).
+pub const CPU_DIR: &str = "/sys/devices/system/cpu";
 
 /// Size of the tmpfs that holds the new root's skeleton (directories, symlinks, /etc files).
 const ROOT_TMPFS_BYTES: u64 = 4 * 1024 * 1024;
@@ -291,6 +294,8 @@ impl SandboxPlan {
         }
         steps.extend(generated_etc_files(&inputs.hostname));
 
+        // Where the init shows the run's CPUs as online (engine/init.rs, `pin_cpus`).
+        steps.push(MountStep::Dir { path: CPU_DIR.into(), mode: 0o755 });
         steps.push(MountStep::Dir { path: "/dev".into(), mode: 0o755 });
         for device in DEVICES {
             let path = Path::new("/dev").join(device);

@@ -225,6 +225,7 @@ impl Engine {
                 files,
                 clear: Vec::new(),
                 reown: Vec::new(),
+                cpus: cpu_count(limits.cpu_millis),
             },
             stdin: decode_stdin(request.stdin_base64.as_deref())?,
             persistent: None,
@@ -287,6 +288,7 @@ impl Engine {
                 files: Vec::new(),
                 clear: vec![TMP.into(), "/dev/shm".into()],
                 reown: vec![WORKSPACE.into()],
+                cpus: cpu_count(limits.cpu_millis),
             },
             stdin: decode_stdin(exec.stdin_base64.as_deref())?,
             persistent: Some(PersistentRun {
@@ -403,6 +405,11 @@ fn place_upload(upload: &FileUpload) -> Result<(PlacedFile, u64), RunError> {
         },
         content.len() as u64,
     ))
+}
+
+/// The whole CPUs a limit of `cpu_millis` reaches into: 1000 → 1, 1500 → 2.
+fn cpu_count(cpu_millis: u64) -> usize {
+    usize::try_from(cpu_millis.div_ceil(1000)).unwrap_or(usize::MAX).max(1)
 }
 
 #[cfg(test)]

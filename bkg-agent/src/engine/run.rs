@@ -130,7 +130,8 @@ impl Engine {
         // The sandbox is gone; what the caller has not taken yet gets a short grace, then is
         // dropped and counted.
         let undelivered_bytes = relay.finish(&output).await;
-        watched.into_result(run_id, run.language, run.limits, &before, &usage, undelivered_bytes)
+        let result = watched.into_result(run_id, run.language, run.limits, &before, &usage, undelivered_bytes);
+        result.map(|result| RunResult { security_level: Some(self.config.security_level), ..result })
     }
 
     /// Runs an empty script in a default sandbox (the warm pool's, when it has one), the way a
@@ -254,6 +255,7 @@ fn cancelled_in_queue(id: String, run: &ValidatedRun) -> RunResult {
         truncated: false,
         undelivered_bytes: 0,
         limits: run.limits,
+        security_level: None,
     }
 }
 
@@ -622,6 +624,7 @@ impl Watched {
             stdout: String::from_utf8_lossy(&self.stdout.kept).into_owned(),
             stderr: String::from_utf8_lossy(&self.stderr.kept).into_owned(),
             limits,
+            security_level: None,
         })
     }
 }

@@ -157,6 +157,8 @@ impl Service {
             commit: env!("BKG_COMMIT").to_owned(),
             build_date: env!("BKG_BUILD_DATE").to_owned(),
             protections: protections(&engine.cgroup_version()),
+            security_level: Some(engine.config.security_level),
+            runtimes: engine.config.runtimes.clone(),
             pid: std::process::id(),
             socket: self.socket.display().to_string(),
             state_dir: engine.config.state_dir.display().to_string(),
