@@ -79,6 +79,9 @@ _bkg() {
             bkg,version)
                 cmd="bkg__subcmd__version"
                 ;;
+            bkg,watch)
+                cmd="bkg__subcmd__watch"
+                ;;
             bkg__subcmd__agent,help)
                 cmd="bkg__subcmd__agent__subcmd__help"
                 ;;
@@ -196,6 +199,9 @@ _bkg() {
             bkg__subcmd__help,version)
                 cmd="bkg__subcmd__help__subcmd__version"
                 ;;
+            bkg__subcmd__help,watch)
+                cmd="bkg__subcmd__help__subcmd__watch"
+                ;;
             bkg__subcmd__help__subcmd__agent,start)
                 cmd="bkg__subcmd__help__subcmd__agent__subcmd__start"
                 ;;
@@ -311,7 +317,7 @@ _bkg() {
 
     case "${cmd}" in
         bkg)
-            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version doctor completions help"
+            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -995,7 +1001,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help)
-            opts="exe agent init add validate ls status logs stop rm runs audit sync db login logout keys version doctor completions help"
+            opts="exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1485,6 +1491,20 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help__subcmd__version)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__watch)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -2337,6 +2357,48 @@ _bkg() {
                 return 0
             fi
             case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__watch)
+            opts="-h -V --json --namespace --kinds --since --count --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kinds)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --count)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 const TRANSPORTS: [&str; 4] = ["src/server.rs", "src/server", "src/mcp.rs", "src/ui"];
 
 /// What a transport must not name.
-const BELOW_THE_OPERATIONS: [&str; 5] = ["crate::engine", "crate::store", "crate::sync", "crate::feed", "crate::retention"];
+const BELOW_THE_OPERATIONS: [&str; 5] =
+    ["crate::engine", "crate::store", "crate::sync", "crate::feed", "crate::retention"];
 
 fn rust_files(path: &Path) -> Vec<PathBuf> {
     if path.is_file() {

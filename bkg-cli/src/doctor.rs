@@ -12,15 +12,14 @@ use bkg_schema::sync::SyncView;
 use bkg_schema::units::format_size;
 
 use crate::args::DoctorArgs;
-use crate::settings::{Place, Settings};
 use crate::client::AgentClient;
 use crate::exit::{BKG_FAILED, CliError};
+use crate::settings::{Place, Settings};
 
 /// Exit code of `bkg doctor` when a check failed (0 when all pass or only warn).
 pub const CHECK_FAILED: i32 = 1;
 /// Below this much free space the state directory cannot hold many sandbox disks.
 const LOW_FREE_SPACE: u64 = 2 * 1024 * 1024 * 1024;
-
 
 pub async fn run(settings: &Settings, args: DoctorArgs) -> Result<i32, CliError> {
     let report = examine(settings, &args).await?;

@@ -3,12 +3,11 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use bkg_schema::changes::{CHANGE_EVENT, Change, RESUME_EVENT, Resume};
 use crate::args::WatchArgs;
 use crate::client::{AgentClient, api_error};
 use crate::exit::{BKG_FAILED, CliError};
 use crate::settings::Settings;
-
+use bkg_schema::changes::{CHANGE_EVENT, Change, RESUME_EVENT, Resume};
 
 /// One server-sent event, as far as the feed uses them.
 #[derive(Debug, Default)]
