@@ -727,6 +727,8 @@ mod tests {
             &["keys", "rotate", "key_1", "--json"],
             &["keys", "revoke", "key_1", "--json"],
             &["version", "--json"],
+            &["watch", "--json"],
+            &["doctor", "--json"],
         ];
         for args in cases {
             let parse = |args: &[&str]| {
