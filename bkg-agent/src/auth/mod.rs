@@ -112,12 +112,13 @@ impl Principal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn key(role: Role, namespace: Option<&str>) -> Principal {
-        Principal::Key(KeyInfo {
-            id: "key_1".into(),
+    /// A key as the store would hand it back, for tests of what its role and namespace allow.
+    pub(crate) fn key_info(id: &str, role: Role, namespace: Option<&str>) -> KeyInfo {
+        KeyInfo {
+            id: id.into(),
             role,
             namespace: namespace.map(str::to_owned),
             name: None,
@@ -127,7 +128,11 @@ mod tests {
             rotated_at_ms: None,
             revoked_at_ms: None,
             last_used_at_ms: None,
-        })
+        }
+    }
+
+    fn key(role: Role, namespace: Option<&str>) -> Principal {
+        Principal::Key(key_info("key_1", role, namespace))
     }
 
     #[test]

@@ -132,21 +132,7 @@ pub fn manages(principal: &Principal, key: &KeyInfo) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(id: &str, role: Role, namespace: Option<&str>) -> KeyInfo {
-        KeyInfo {
-            id: id.into(),
-            role,
-            namespace: namespace.map(str::to_owned),
-            name: None,
-            user: None,
-            created_at_ms: 0,
-            expires_at_ms: 1,
-            rotated_at_ms: None,
-            revoked_at_ms: None,
-            last_used_at_ms: None,
-        }
-    }
+    use crate::auth::tests::key_info as key;
 
     #[test]
     fn namespace_keys_are_confined_and_admins_are_not() {

@@ -20,16 +20,7 @@ impl Store {
                 "SELECT seq, agent_id, namespace, action, ts_ms, line FROM outbox
                  WHERE seq > ?1 AND (?2 IS NULL OR namespace = ?2) ORDER BY seq LIMIT ?3",
             )?;
-            let rows = statement.query_map(params![after as i64, namespace, limit as i64], |row| {
-                Ok(OutboxRow {
-                    seq: row.get::<_, i64>(0)?.max(0) as u64,
-                    agent_id: row.get(1)?,
-                    namespace: row.get(2)?,
-                    action: row.get(3)?,
-                    ts_ms: row.get::<_, i64>(4)?.max(0) as u64,
-                    line: row.get(5)?,
-                })
-            })?;
+            let rows = statement.query_map(params![after as i64, namespace, limit as i64], OutboxRow::read)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
