@@ -90,6 +90,18 @@ fn runs(agent: &Agent, count: usize, workers: usize) -> usize {
     threads.into_iter().map(|thread| thread.join().expect("worker")).sum()
 }
 
+/// Runs `print(1)` through the agent's socket, or with `remote` (its TCP address and a key) as a
+/// client of its listener, and asserts it succeeded.
+pub(crate) fn print_one(agent: &Agent, remote: Option<(&str, &str)>) {
+    let mut command = agent.bkg();
+    if let Some((address, key)) = remote {
+        command.env("BKG_REMOTE", format!("http://{address}")).env("BKG_API_KEY", key);
+    }
+    let output = command.args(["exe", "--type", "python", "-c", "print(1)"]).stdin(Stdio::null()).output();
+    let output = output.expect("bkg exe");
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+}
+
 pub(crate) fn wait_synced(agent: &Agent) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

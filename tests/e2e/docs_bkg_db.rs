@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use bkg_tests::{bin_dir, code, stderr, stdout};
 
-use super::bkg_db::{Postgres, agent_with_db_and_tcp, wait_synced};
+use super::bkg_db::{Postgres, agent_with_db_and_tcp, print_one, wait_synced};
 
 /// The bodies of the ```sh blocks of `markdown`, in order.
 fn shell_blocks(markdown: &str) -> Vec<String> {
@@ -41,13 +41,7 @@ fn the_commands_of_docs_bkg_db_md_work() {
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     let key = stdout(&output).trim().to_owned();
     for remote in [true, false] {
-        let mut command = agent.bkg();
-        if remote {
-            command.env("BKG_REMOTE", format!("http://{address}")).env("BKG_API_KEY", &key);
-        }
-        let output = command.args(["exe", "--type", "python", "-c", "print(1)"]).stdin(Stdio::null()).output();
-        let output = output.expect("bkg exe");
-        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        print_one(&agent, remote.then_some((address.as_str(), key.as_str())));
     }
     wait_synced(&agent);
 

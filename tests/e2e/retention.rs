@@ -1,11 +1,10 @@
 //! Retention: a namespace's runs expire after its time, here and in bkg_db; the audit log stays.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bkg_tests::{Agent, code, stderr, stdout};
 
-use super::bkg_db::{Postgres, agent_with_db_and_tcp, wait_synced};
+use super::bkg_db::{Postgres, agent_with_db_and_tcp, print_one, wait_synced};
 
 fn run_namespaces(agent: &Agent) -> Vec<String> {
     let output = agent.bkg().args(["runs", "ls", "--json", "--limit", "1000"]).output().expect("bkg runs ls");
@@ -25,13 +24,7 @@ fn a_namespaces_runs_expire_locally_and_in_bkg_db_while_the_audit_log_keeps_them
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     let key = stdout(&output).trim().to_owned();
     for remote in [false, true, false, true] {
-        let mut command = agent.bkg();
-        if remote {
-            command.env("BKG_REMOTE", format!("http://{address}")).env("BKG_API_KEY", &key);
-        }
-        let output = command.args(["exe", "--type", "python", "-c", "print(1)"]).stdin(Stdio::null()).output();
-        let output = output.expect("bkg exe");
-        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        print_one(&agent, remote.then_some((address.as_str(), key.as_str())));
     }
     wait_synced(&agent);
     assert_eq!(postgres.query("SELECT count(*) FROM runs WHERE namespace = 'brief'"), "2");
