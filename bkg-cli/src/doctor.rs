@@ -16,6 +16,13 @@ use crate::client::AgentClient;
 use crate::exit::{BKG_FAILED, CliError};
 use crate::settings::{Place, Settings};
 
+/// Free space, whole MiB below 1 GiB and whole GiB above (rounded down): `format_size` is exact,
+/// and a measured size is rarely a round number of anything but KiB.
+fn format_free(bytes: u64) -> String {
+    let unit = if bytes >= 1 << 30 { 1 << 30 } else { 1 << 20 };
+    format_size(bytes / unit * unit)
+}
+
 /// Exit code of `bkg doctor` when a check failed (0 when all pass or only warn).
 pub const CHECK_FAILED: i32 = 1;
 /// Below this much free space the state directory cannot hold many sandbox disks.
@@ -172,13 +179,13 @@ fn state_dir_check(dir: &Path) -> Check {
         Ok(()) => match free {
             Ok(free) if free < LOW_FREE_SPACE => Check::warn(
                 name,
-                format!("{} is writable, {} free", dir.display(), format_size(free)),
+                format!("{} is writable, {} free", dir.display(), format_free(free)),
                 format!(
                     "free space there, or move --state-dir: sandbox disks need {} or more",
                     format_size(LOW_FREE_SPACE)
                 ),
             ),
-            Ok(free) => Check::pass(name, format!("{} is writable, {} free", dir.display(), format_size(free))),
+            Ok(free) => Check::pass(name, format!("{} is writable, {} free", dir.display(), format_free(free))),
             Err(error) => {
                 Check::warn(name, format!("{} is writable; free space unknown: {error}", dir.display()), "check `df`")
             }
@@ -295,6 +302,13 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
+
+    #[test]
+    fn free_space_is_shown_in_whole_mib_or_gib() {
+        assert_eq!(format_free(61_357_240 * 1024), "58GiB");
+        assert_eq!(format_free(1536 * 1024 + 7), "1MiB");
+        assert_eq!(format_free(1 << 30), "1GiB");
+    }
 
     #[test]
     fn a_certificate_fails_once_expired_and_warns_in_its_last_two_weeks() {
