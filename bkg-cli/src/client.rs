@@ -35,7 +35,10 @@ pub struct AgentClient {
 impl AgentClient {
     pub fn new(endpoint: &Endpoint) -> Result<Self, CliError> {
         let patience = endpoint.patience;
-        let builder = reqwest::Client::builder().connect_timeout(patience);
+        // No idle connection is kept for a later call: the agent closes idle connections after
+        // its header timeout (10 s, as long as the client's patience), and a call sent on one just
+        // as it closes fails with a broken pipe. A call is one request on a fresh connection.
+        let builder = reqwest::Client::builder().connect_timeout(patience).pool_max_idle_per_host(0);
         let builder = match &endpoint.place {
             Place::Socket(socket) => builder
                 .tls_backend_preconfigured(tls_config(rustls::RootCertStore::empty())?)

@@ -8,7 +8,6 @@ import concurrent.futures
 import json
 import subprocess
 import sys
-import threading
 
 
 def run(module):
@@ -21,17 +20,6 @@ def run(module):
     return module, done.returncode == 0
 
 
-def heartbeat(done):
-    # A run that prints nothing for a minute loses its `bkg exe` connection (an agent bug reported
-    # with issue 21); a line every 15 s keeps it going and shows progress.
-    while not done.wait(15):
-        sys.stderr.write("compat: still running\n")
-        sys.stderr.flush()
-
-
-finished = threading.Event()
-threading.Thread(target=heartbeat, args=(finished,), daemon=True).start()
 with concurrent.futures.ThreadPoolExecutor(2) as pool:
     results = dict(pool.map(run, sys.argv[1:]))
-finished.set()
 print("BKG-COMPAT " + json.dumps(results, sort_keys=True))
