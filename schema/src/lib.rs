@@ -248,6 +248,20 @@ pub struct RunResult {
 /// How much of each output stream a result keeps; the rest is streamed live but not retained.
 pub const OUTPUT_CAP_BYTES: usize = 1024 * 1024;
 
+/// One server-sent event as a client reads it (`text/event-stream`): the event's name, its id
+/// when it has one (a position to resume after), and its data. What each endpoint's events carry
+/// in `data` its documentation says (`bkg_schema::changes` for the change feed, a line of output
+/// for a sandbox's log).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServerSentEvent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub data: String,
+}
+
 /// Every API error has this shape: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -7,6 +7,7 @@ use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use bkg_schema::ServerSentEvent;
 use bkg_schema::changes::{CHANGE_EVENT, RESUME_EVENT};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -43,7 +44,7 @@ pub struct ChangesQuery {
     responses((
         status = 200,
         description = "Server-sent events: `change` (a Change) and a last `resume` (a Resume)",
-        content((String = "text/event-stream")),
+        content((ServerSentEvent = "text/event-stream")),
     )),
 )]
 pub async fn changes(

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bkg_schema::sandbox::{
     Deleted, DetachedRun, ExecRequest, NewSandbox, SandboxDefinition, SandboxInfo, StartRequest, Stopped,
 };
-use bkg_schema::{ApiError, RunResult};
+use bkg_schema::{ApiError, RunResult, ServerSentEvent};
 use serde::Deserialize;
 
 use super::failure::{ApiResult, Failure};
@@ -200,7 +200,7 @@ pub struct LogsQuery {
         description = "The output of the newest run",
         content(
             (String = "text/plain"),
-            (String = "text/event-stream"),
+            (ServerSentEvent = "text/event-stream"),
         ),
     )),
 )]
