@@ -40,7 +40,7 @@ pub struct ChangesQuery {
     get,
     path = "/api/v1/changes",
     tag = "changes",
-    params(ChangesQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this position")),
+    params(ChangesQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position")),
     responses((
         status = 200,
         description = "Server-sent events: `change` (a Change) and a last `resume` (a Resume)",
