@@ -227,7 +227,9 @@ fn a_namespace_keys_stream_and_psql_as_its_role_show_only_its_namespace() {
         command.env("BKG_REMOTE", format!("http://{address}")).env("BKG_API_KEY", key);
         command
     };
-    // The role `ensure_namespace_role` makes (bkg-agent/src/sync/schema.rs), made with psql.
+    // The role `ensure_namespace_role` makes (bkg-agent/src/sync/schema.rs), made with psql once
+    // the agent has migrated bkg_db (the group role `bkg_namespace` comes with the schema).
+    wait_synced(&agent);
     postgres.query(
         "CREATE ROLE bkg_ns_alpha LOGIN PASSWORD 'alpha-password'; GRANT bkg_namespace TO bkg_ns_alpha;
          GRANT bkg_ns_alpha TO bkg_agent;
