@@ -514,6 +514,7 @@ async fn serve(
         tracer: Tracer::from_env(api.sampling_rate),
         health: Arc::new(HealthProbe::new(health_interval)),
         bodies: Arc::new(BodyBudget::new(api.connections.body_budget, api.connections.body_timeout)),
+        ui: Arc::new(crate::ui::UiState::default()),
     };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), cgroups = %engine.cgroup_version(), "agent ready");
 
@@ -540,8 +541,20 @@ async fn serve(
         }
     });
     let metrics = Arc::clone(&state.metrics);
+    let ui = Arc::clone(&state.ui);
     let app = router(state);
     let header_timeout = api.connections.header_timeout;
+    let tcp_address = match &tcp_listener {
+        Some(tcp) => Some((tcp.local_addr().context("the TCP listener's address")?, tls.is_some())),
+        None => None,
+    };
+    let _ = ui.listening.set(crate::ui::launch::Listening {
+        tcp: tcp_address,
+        app: app.clone(),
+        metrics: Arc::clone(&metrics),
+        header_timeout,
+        stopping: stopping_rx.clone(),
+    });
     let tcp_server = tcp_listener.map(|tcp| {
         let config = listen::ListenerConfig { name: "tcp", max_connections: tcp_cap, header_timeout, tls };
         let (app, metrics, stopping) = (app.clone(), Arc::clone(&metrics), stopping_rx.clone());

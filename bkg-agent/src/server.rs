@@ -6,7 +6,7 @@
 
 pub(crate) mod auth_api;
 mod failure;
-mod input;
+pub(crate) mod input;
 pub mod listen;
 pub(crate) mod runs;
 pub(crate) mod sandboxes;
@@ -121,6 +121,8 @@ pub struct AppState {
     /// The bkg_db sync worker and its URL, when one is configured.
     pub sync: Option<(Arc<crate::sync::SyncHandle<Store>>, String)>,
     pub bodies: Arc<BodyBudget>,
+    /// The Web UI's sessions and one-time login tokens.
+    pub ui: Arc<crate::ui::UiState>,
 }
 
 /// The API's routes, with the gatekeeper in front of every one of them.
@@ -155,6 +157,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/keys/{id}/rotate", post(auth_api::rotate_key))
         .route("/api/v1/auth/keys/{id}/revoke", post(auth_api::revoke_key))
         .nest_service("/mcp", crate::mcp::service(state.clone()))
+        .nest("/ui", crate::ui::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), gatekeeper))
@@ -208,7 +211,13 @@ fn bearer(request: &Request) -> Result<Option<String>, Failure> {
 
 /// The key behind `secret`, if it is known, unexpired and unrevoked.
 async fn key_principal(state: &AppState, secret: &str) -> Result<Principal, Failure> {
-    let Some(key) = state.store.key_by_hash(&keys::hash(secret)).await? else {
+    principal_of_key_hash(state, &keys::hash(secret)).await
+}
+
+/// The key whose secret hashes to `hash`, if it is known, unexpired and unrevoked (the Web UI's
+/// sessions keep the hash, never the secret).
+pub(crate) async fn principal_of_key_hash(state: &AppState, hash: &str) -> Result<Principal, Failure> {
+    let Some(key) = state.store.key_by_hash(hash).await? else {
         return Err(Failure::unauthorized("unknown API key"));
     };
     let now = now_ms();
@@ -269,6 +278,8 @@ async fn authenticate(
             }
         },
         (None, Origin::Unix(peer)) => return Ok(Some(Principal::Local { uid: peer.uid })),
+        // The Web UI authenticates its own requests by session (ui/session.rs).
+        (None, _) if crate::ui::is_ui_route(route) => return Ok(None),
         (None, Origin::Tcp(peer)) => {
             // The probe's keyless answer is a status and a reason word (server/system.rs).
             if *method == Method::GET && route == PROBE_ROUTE {

@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use bkg_schema::ApiError;
 use bkg_schema::audit::Details;
 use bkg_schema::auth::{
-    CreateKeyRequest, IssuedKey, KEY_ROTATED_EVENT, KeyInfo, LoginRequest, NoticeAccepted, Principal as PrincipalInfo, Role,
-    RotationNotice, SIGNATURE_HEADER, SignupRequest, UserInfo,
+    CreateKeyRequest, IssuedKey, KEY_ROTATED_EVENT, KeyInfo, LoginRequest, NoticeAccepted, Principal as PrincipalInfo,
+    Role, RotationNotice, SIGNATURE_HEADER, SignupRequest, UserInfo,
 };
 use bkg_schema::sandbox::{Deleted, is_dns_label};
 

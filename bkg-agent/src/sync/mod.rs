@@ -21,9 +21,9 @@ mod worker;
 
 use std::future::Future;
 
+pub use bkg_schema::sync::{ParkedEvent, SyncStatus};
 pub use connect::connect;
 pub use schema::{ensure_namespace_role, latest_version, migrate};
-pub use bkg_schema::sync::{ParkedEvent, SyncStatus};
 pub use worker::{SyncConfig, SyncHandle, SyncWorker};
 
 /// One event waiting in the agent's outbox, in seq order.

@@ -1,0 +1,223 @@
+//! The admins' pages: the agent at a glance (health, load, limits, policy), every namespace, and
+//! the bkg_db sync with its parked events. The operations refuse everyone else (403).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Form, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use bkg_schema::Limits;
+use maud::html;
+use serde::Deserialize;
+
+use super::view::{bytes, csrf_field, maybe_time, millis, page, time};
+use super::{Viewer, ops, refusal};
+use crate::server::{AppState, Failure};
+
+fn limits_table(default: &Limits, max: &Limits) -> maud::Markup {
+    let rows = [
+        (
+            "CPU",
+            format!("{:.2} vCPU", default.cpu_millis as f64 / 1000.0),
+            format!("{:.2} vCPU", max.cpu_millis as f64 / 1000.0),
+        ),
+        ("Memory", bytes(default.memory_bytes), bytes(max.memory_bytes)),
+        ("Timeout", millis(default.timeout_ms), millis(max.timeout_ms)),
+        ("Disk", bytes(default.disk_bytes), bytes(max.disk_bytes)),
+        ("Processes", default.pids.to_string(), max.pids.to_string()),
+    ];
+    html! {
+        table {
+            caption { "Limits of a run" }
+            thead { tr { th scope="col" { "Limit" } th scope="col" { "Default" } th scope="col" { "Most a caller may ask" } } }
+            tbody { @for (name, default, max) in rows { tr { th scope="row" { (name) } td { (default) } td { (max) } } } }
+        }
+    }
+}
+
+pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response {
+    let info = match ops::agent_info(&state, &viewer.principal).await {
+        Ok(info) => info,
+        Err(failure) => return refusal(Some(&viewer), failure),
+    };
+    let (healthy, health) = match ops::health(&state, &viewer.principal).await {
+        Ok(health) => health,
+        Err(failure) => return refusal(Some(&viewer), failure),
+    };
+    let sync = ops::sync_status(&state, &viewer.principal).await.ok();
+    let policy = &state.auth.policy;
+    let body = html! {
+        nav.subnav aria-label="Admin" {
+            a href="/ui/admin" aria-current="page" { "Overview" }
+            a href="/ui/admin/namespaces" { "Namespaces" }
+            a href="/ui/keys" { "Keys" }
+            a href="/ui/admin/sync" { "Sync" }
+        }
+        div.tiles {
+            div.tile { span.label { "Health" } span class={ "value " (if healthy { "ok" } else { "failed" }) } { (health) } }
+            div.tile { span.label { "Runs going on" } span.value { (info.active_runs) } }
+            div.tile { span.label { "Warm sandboxes" } span.value { (info.warm_sandboxes) } }
+            div.tile { span.label { "Cleanups pending" } span.value { (info.pending_cleanups) } }
+            @if let Some(sync) = &sync {
+                div.tile { span.label { "Sync backlog" } span.value { (sync.status.backlog) } }
+                div.tile { span.label { "Parked events" } span class={ "value " (if sync.status.parked > 0 { "failed" } else { "ok" }) } { (sync.status.parked) } }
+            }
+        }
+        section.card {
+            h2 { "The agent" }
+            dl.facts {
+                dt { "Version" } dd { (info.version) " (" (info.commit) ", " (info.build_date) ")" }
+                dt { "Process" } dd { (info.pid) }
+                dt { "Socket" } dd { code { (info.socket) } }
+                dt { "State" } dd { code { (info.state_dir) } }
+                dt { "cgroups" } dd { (info.cgroup_version) }
+                dt { "Protections" } dd { (info.protections.join(", ")) }
+            }
+        }
+        section.card {
+            h2 { "Limits and policy" }
+            div.table-wrap { (limits_table(&info.default_limits, &info.max_limits)) }
+            div.table-wrap {
+                table {
+                    caption { "Keys by role" }
+                    thead { tr { th scope="col" { "Role" } th scope="col" { "Lifetime" } th scope="col" { "Requests a minute" } } }
+                    tbody {
+                        @for role in [bkg_schema::auth::Role::Admin, bkg_schema::auth::Role::Namespace, bkg_schema::auth::Role::Session, bkg_schema::auth::Role::ModelAccess] {
+                            tr {
+                                th scope="row" { (role.as_str()) }
+                                td { (millis(u64::try_from(policy.ttl.get(role).as_millis()).unwrap_or(u64::MAX))) }
+                                td { (policy.rate_per_minute.get(role)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(Some(&viewer), "Admin", body).into_response()
+}
+
+/// What each namespace holds, gathered from what an admin may list.
+#[derive(Default)]
+struct Namespace {
+    sandboxes: usize,
+    keys: usize,
+    recent_runs: usize,
+    last_run_ms: Option<u64>,
+}
+
+pub async fn namespaces(State(state): State<AppState>, viewer: Viewer) -> Response {
+    if !viewer.principal.is_admin() {
+        return refusal(Some(&viewer), Failure::forbidden("only an admin may list every namespace"));
+    }
+    let mut namespaces: BTreeMap<String, Namespace> = BTreeMap::new();
+    let gathered = async {
+        for sandbox in ops::list_sandboxes(&state, &viewer.principal).await? {
+            namespaces.entry(sandbox.namespace).or_default().sandboxes += 1;
+        }
+        for key in ops::list_keys(&state, &viewer.principal).await? {
+            if let Some(namespace) = key.namespace {
+                namespaces.entry(namespace).or_default().keys += 1;
+            }
+        }
+        let filter = ops::RunFilter { limit: 1000, ..Default::default() };
+        for run in ops::list_runs(&state, &viewer.principal, filter).await? {
+            let entry = namespaces.entry(run.namespace).or_default();
+            entry.recent_runs += 1;
+            entry.last_run_ms = entry.last_run_ms.max(Some(run.started_at_ms));
+        }
+        Ok::<_, Failure>(())
+    };
+    if let Err(failure) = gathered.await {
+        return refusal(Some(&viewer), failure);
+    }
+    let body = html! {
+        p.muted { "Runs are counted among the newest 1000." }
+        @if namespaces.is_empty() {
+            p.empty { "No namespace has anything yet." }
+        } @else {
+            div.table-wrap {
+                table {
+                    caption.visually-hidden { "Namespaces" }
+                    thead { tr { th scope="col" { "Namespace" } th scope="col" { "Sandboxes" } th scope="col" { "Keys" } th scope="col" { "Recent runs" } th scope="col" { "Last run" } } }
+                    tbody {
+                        @for (name, namespace) in &namespaces {
+                            tr {
+                                th scope="row" { (name) }
+                                td { (namespace.sandboxes) }
+                                td { (namespace.keys) }
+                                td { a href={ "/ui/runs?namespace=" (name) } { (namespace.recent_runs) } }
+                                td { (maybe_time(namespace.last_run_ms)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(Some(&viewer), "Namespaces", body).into_response()
+}
+
+pub async fn sync(State(state): State<AppState>, viewer: Viewer) -> Response {
+    let view = match ops::sync_status(&state, &viewer.principal).await {
+        Ok(view) => view,
+        Err(failure) => return refusal(Some(&viewer), failure),
+    };
+    let status = &view.status;
+    let body = html! {
+        @if !view.configured { p.muted { "No bkg_db is configured: the outbox keeps every event for one." } }
+        div.tiles {
+            div.tile { span.label { "Backlog" } span.value { (status.backlog) } }
+            div.tile { span.label { "Lag" } span.value { (status.lag_ms.map(millis).unwrap_or_else(|| "none".to_owned())) } }
+            div.tile { span.label { "Parked" } span class={ "value " (if status.parked > 0 { "failed" } else { "ok" }) } { (status.parked) } }
+            div.tile { span.label { "Failures in a row" } span.value { (status.failures) } }
+        }
+        section.card {
+            dl.facts {
+                dt { "Last success" } dd { (maybe_time(status.last_success_ms)) }
+                dt { "Last error" } dd { (status.last_error.as_deref().unwrap_or("none")) " " (maybe_time(status.last_error_ms)) }
+            }
+        }
+        section.card {
+            h2 { "Parked events" }
+            @if view.parked_events.is_empty() {
+                p.empty { "Nothing is parked." }
+            } @else {
+                form method="post" action="/ui/admin/sync/retry" {
+                    (csrf_field(&viewer))
+                    button type="submit" { "Retry all" }
+                }
+                div.table-wrap {
+                    table {
+                        thead { tr { th scope="col" { "Event" } th scope="col" { "Action" } th scope="col" { "Attempts" } th scope="col" { "Reason" } th scope="col" { "Parked" } th scope="col" { "" } } }
+                        tbody {
+                            @for event in &view.parked_events {
+                                tr {
+                                    td { (event.seq) } td { (event.action) } td { (event.attempts) } td { (event.reason) }
+                                    td { (time(event.parked_at_ms)) }
+                                    td { form method="post" action="/ui/admin/sync/retry" {
+                                        (csrf_field(&viewer)) input type="hidden" name="seq" value=(event.seq);
+                                        button.small type="submit" aria-label={ "Retry event " (event.seq) } { "Retry" } } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(Some(&viewer), "Sync to bkg_db", body).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct RetryForm {
+    seq: Option<u64>,
+}
+
+pub async fn sync_retry(State(state): State<AppState>, viewer: Viewer, Form(form): Form<RetryForm>) -> Response {
+    match ops::sync_retry(&state, &viewer.principal, form.seq).await {
+        Ok(_) => Redirect::to("/ui/admin/sync").into_response(),
+        Err(failure) if failure.status == StatusCode::NOT_FOUND => Redirect::to("/ui/admin/sync").into_response(),
+        Err(failure) => refusal(Some(&viewer), failure),
+    }
+}
