@@ -65,6 +65,8 @@ pub enum Command {
     Logout,
     /// Create, list, rotate and revoke API keys.
     Keys(crate::keys_cmd::KeysArgs),
+    /// Open the agent's Web UI: print (or --open) a URL that logs in once.
+    Ui(crate::ui_cmd::UiArgs),
     /// The versions of bkg and of the agent, their commits and build dates, the agent's protections.
     Version(VersionArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.

@@ -21,6 +21,7 @@ pub mod runs_cmd;
 pub mod stream;
 mod sync_cmd;
 pub mod table;
+mod ui_cmd;
 mod validate;
 pub mod version_cmd;
 
@@ -62,6 +63,7 @@ pub fn main() -> ExitCode {
             Command::Login(args) => login_cmd::run(&cli.global, args).await,
             Command::Logout => login_cmd::logout(&cli.global),
             Command::Keys(args) => keys_cmd::run(&cli.global, args).await,
+            Command::Ui(args) => ui_cmd::run(&cli.global, args).await,
             Command::Version(args) => version_cmd::run(&cli.global, args).await,
             Command::Completions(args) => completions(args),
         }

@@ -13,3 +13,4 @@ mod ownership;
 mod projects;
 mod reliability;
 mod signals;
+mod ui;

@@ -41,7 +41,8 @@ pub async fn launch(State(state): State<AppState>, principal: Option<Extension<P
     let uid = match principal {
         Some(Extension(Principal::Local { uid })) => uid,
         _ => {
-            return Failure::forbidden("only a peer on the agent's unix socket may ask for a login URL").into_response();
+            return Failure::forbidden("only a peer on the agent's unix socket may ask for a login URL")
+                .into_response();
         }
     };
     match launch_url(&state, uid).await {

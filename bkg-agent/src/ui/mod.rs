@@ -72,7 +72,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/namespaces", get(admin::namespaces))
         .route("/admin/sync", get(admin::sync))
         .route("/admin/sync/retry", post(admin::sync_retry))
-        .fallback(|| async { view::error_page(None, StatusCode::NOT_FOUND, "There is no such page.") })
+        // A route, not a fallback: the gatekeeper lets only matched UI routes through keyless.
+        .route("/{*unknown}", get(|| async { view::error_page(None, StatusCode::NOT_FOUND, "There is no such page.") }))
         .layer(axum::middleware::from_fn_with_state(state, guard))
 }
 
