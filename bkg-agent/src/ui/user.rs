@@ -78,7 +78,7 @@ fn sandboxes_page(viewer: &Viewer, list: &[SandboxInfo], error: Option<&str>, st
                 (csrf_field(viewer))
                 div.grid {
                     div { label for="name" { "Name" }
-                        input #name name="name" required pattern="[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+                        input #name name="name" required pattern="[a-z0-9]([a-z0-9\\-]{0,61}[a-z0-9])?"
                             aria-describedby="name-help";
                         small #name-help { "Lowercase letters, digits and dashes." } }
                     div { label for="language" { "Language" }
