@@ -300,3 +300,16 @@ fn a_user_of_one_namespace_gets_404_for_another_namespaces_sandbox_and_run() {
     assert!(!bob.get("/ui/sandboxes").text().contains("private"));
     assert_eq!(alice.get(&sandbox).status, 200, "A's sandbox is still there");
 }
+
+#[test]
+fn login_attempts_are_rate_limited_per_address() {
+    let (_agent, address, _files) = agent_on_tcp();
+    let mut browser = Browser::new(&address);
+    for attempt in 1..=10 {
+        let answer = browser.log_in_with_key("bkg_ns_not-a-key");
+        assert_eq!(answer.status, 401, "attempt {attempt}: {}", answer.text());
+    }
+    let answer = browser.log_in_with_key("bkg_ns_not-a-key");
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    assert!(answer.text().contains("Too many login attempts"), "{}", answer.text());
+}

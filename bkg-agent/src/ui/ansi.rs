@@ -69,7 +69,7 @@ pub fn render(output: &[u8]) -> Markup {
             let start = at + 2;
             let mut end = start;
             let mut last = None;
-            while let Some((index, next)) = chars.next() {
+            for (index, next) in chars.by_ref() {
                 if ('\u{40}'..='\u{7e}').contains(&next) {
                     end = index;
                     last = Some(next);

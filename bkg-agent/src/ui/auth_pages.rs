@@ -59,15 +59,16 @@ fn signed_in(state: &AppState, identity: Identity) -> Response {
     response
 }
 
-/// Takes one attempt from the client's login allowance; over it, the login page says so.
-fn charged(
+/// Takes one attempt from the client's login allowance; over it, the answer is the login page
+/// saying so.
+fn over_allowance(
     state: &AppState,
     headers: &HeaderMap,
     peer: Option<&Extension<ConnectInfo<SocketAddr>>>,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let address =
         peer.map(|Extension(ConnectInfo(address))| address.ip().to_string()).unwrap_or_else(|| "unix".to_owned());
-    state.ui.charge_login(&address).map_err(|wait| {
+    state.ui.charge_login(&address).err().map(|wait| {
         let message =
             format!("Too many login attempts. Try again in {} s.", crate::auth::rate::retry_after_seconds(wait));
         login_form(state, headers, StatusCode::TOO_MANY_REQUESTS, Some(&message))
@@ -86,7 +87,7 @@ pub async fn login_password(
     headers: HeaderMap,
     Form(form): Form<PasswordLogin>,
 ) -> Response {
-    if let Err(refused) = charged(&state, &headers, peer.as_ref()) {
+    if let Some(refused) = over_allowance(&state, &headers, peer.as_ref()) {
         return refused;
     }
     match ops::login(&state, form.username, form.password).await {
@@ -106,7 +107,7 @@ pub async fn login_key(
     headers: HeaderMap,
     Form(form): Form<KeyLogin>,
 ) -> Response {
-    if let Err(refused) = charged(&state, &headers, peer.as_ref()) {
+    if let Some(refused) = over_allowance(&state, &headers, peer.as_ref()) {
         return refused;
     }
     let hash = keys::hash(form.key.trim());
@@ -127,7 +128,7 @@ pub async fn login_token(
     headers: HeaderMap,
     Form(form): Form<TokenLogin>,
 ) -> Response {
-    if let Err(refused) = charged(&state, &headers, peer.as_ref()) {
+    if let Some(refused) = over_allowance(&state, &headers, peer.as_ref()) {
         return refused;
     }
     match state.ui.redeem_token(form.token.trim()) {
