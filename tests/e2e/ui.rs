@@ -236,6 +236,8 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
         "/ui/admin".to_owned(),
         "/ui/admin/namespaces".to_owned(),
         "/ui/admin/sync".to_owned(),
+        "/ui/admin/audit?action=sandbox.created".to_owned(),
+        "/ui/admin/audit?verify=1".to_owned(),
         "/ui/no-such-page".to_owned(),
         "/ui/assets/app.js".to_owned(),
     ];
@@ -247,6 +249,8 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
         assert_eq!(answer.header("x-content-type-options"), Some("nosniff"), "{page}");
         assert!(!answer.text().contains("<script>"), "{page} has an inline script");
     }
+    let verified = browser.get("/ui/admin/audit?verify=1").text();
+    assert!(verified.contains("Intact: "), "the audit log verifies: {verified}");
 }
 
 #[test]

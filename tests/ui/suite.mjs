@@ -198,7 +198,14 @@ await step("an admin issues a key, revokes it, and the API then answers it 401",
   await row.getByRole("button", { name: /^Revoke/ }).click();
   await page.locator("tr", { hasText: "from-the-ui" }).getByText("revoked").waitFor();
   assert.equal((await call("GET", "/api/v1/sandboxes", { key: secret })).status, 401, "the revoked key is refused");
+  await page.goto(`${base}/ui/admin/audit`);
+  await page.getByLabel("Action", { exact: true }).fill("key.revoked");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await page.locator("tbody tr").first().getByText("key.revoked").waitFor();
+  await page.getByRole("button", { name: "Verify now" }).click();
+  await page.locator("#audit-verdict").getByText("Intact").waitFor();
   for (const [name, url] of [
+    ["audit", "/ui/admin/audit"], ["audit-verified", "/ui/admin/audit?verify=1"],
     ["keys-admin", "/ui/keys"], ["admin", "/ui/admin"], ["admin-namespaces", "/ui/admin/namespaces"],
     ["admin-sync", "/ui/admin/sync"], ["runs-admin", "/ui/runs"],
   ]) {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Form, State};
+use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use bkg_schema::Limits;
@@ -47,12 +47,7 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
     let sync = ops::sync_status(&state, &viewer.principal).await.ok();
     let policy = &state.auth.policy;
     let body = html! {
-        nav.subnav aria-label="Admin" {
-            a href="/ui/admin" aria-current="page" { "Overview" }
-            a href="/ui/admin/namespaces" { "Namespaces" }
-            a href="/ui/keys" { "Keys" }
-            a href="/ui/admin/sync" { "Sync" }
-        }
+        (admin_nav("/ui/admin"))
         div.tiles {
             div.tile { span.label { "Health" } span class={ "value " (if healthy { "ok" } else { "failed" }) } { (health) } }
             div.tile { span.label { "Runs going on" } span.value { (info.active_runs) } }
@@ -76,8 +71,8 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
         }
         section.card {
             h2 { "Limits and policy" }
-            div.table-wrap { (limits_table(&info.default_limits, &info.max_limits)) }
-            div.table-wrap {
+            div.table-wrap tabindex="0" { (limits_table(&info.default_limits, &info.max_limits)) }
+            div.table-wrap tabindex="0" {
                 table {
                     caption { "Keys by role" }
                     thead { tr { th scope="col" { "Role" } th scope="col" { "Lifetime" } th scope="col" { "Requests a minute" } } }
@@ -132,11 +127,12 @@ pub async fn namespaces(State(state): State<AppState>, viewer: Viewer) -> Respon
         return refusal(Some(&viewer), failure);
     }
     let body = html! {
+        (admin_nav("/ui/admin/namespaces"))
         p.muted { "Runs are counted among the newest 1000." }
         @if namespaces.is_empty() {
             p.empty { "No namespace has anything yet." }
         } @else {
-            div.table-wrap {
+            div.table-wrap tabindex="0" {
                 table {
                     caption.visually-hidden { "Namespaces" }
                     thead { tr { th scope="col" { "Namespace" } th scope="col" { "Sandboxes" } th scope="col" { "Keys" } th scope="col" { "Recent runs" } th scope="col" { "Last run" } } }
@@ -165,6 +161,7 @@ pub async fn sync(State(state): State<AppState>, viewer: Viewer) -> Response {
     };
     let status = &view.status;
     let body = html! {
+        (admin_nav("/ui/admin/sync"))
         @if !view.configured { p.muted { "No bkg_db is configured: the outbox keeps every event for one." } }
         div.tiles {
             div.tile { span.label { "Backlog" } span.value { (status.backlog) } }
@@ -187,7 +184,7 @@ pub async fn sync(State(state): State<AppState>, viewer: Viewer) -> Response {
                     (csrf_field(&viewer))
                     button type="submit" { "Retry all" }
                 }
-                div.table-wrap {
+                div.table-wrap tabindex="0" {
                     table {
                         thead { tr { th scope="col" { "Event" } th scope="col" { "Action" } th scope="col" { "Attempts" } th scope="col" { "Reason" } th scope="col" { "Parked" } th scope="col" { "" } } }
                         tbody {
@@ -219,5 +216,104 @@ pub async fn sync_retry(State(state): State<AppState>, viewer: Viewer, Form(form
         Ok(_) => Redirect::to("/ui/admin/sync").into_response(),
         Err(failure) if failure.status == StatusCode::NOT_FOUND => Redirect::to("/ui/admin/sync").into_response(),
         Err(failure) => refusal(Some(&viewer), failure),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct AuditQuery {
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    action: String,
+    /// Any value: check the chain and signatures now.
+    #[serde(default)]
+    verify: String,
+}
+
+fn nonempty(text: &str) -> Option<String> {
+    Some(text.trim().to_owned()).filter(|text| !text.is_empty())
+}
+
+pub async fn audit(State(state): State<AppState>, viewer: Viewer, Query(query): Query<AuditQuery>) -> Response {
+    let filter = ops::AuditFilter {
+        namespace: nonempty(&query.namespace),
+        actor: nonempty(&query.actor),
+        action: nonempty(&query.action),
+        limit: 200,
+    };
+    let records = match ops::audit_records(&state, &viewer.principal, filter).await {
+        Ok(records) => records,
+        Err(failure) => return refusal(Some(&viewer), failure),
+    };
+    let verified = if query.verify.is_empty() {
+        None
+    } else {
+        match ops::audit_verify(&state, &viewer.principal).await {
+            Ok(report) => Some(Ok(report)),
+            Err(failure) => Some(Err(failure.message)),
+        }
+    };
+    let body = html! {
+        (admin_nav("/ui/admin/audit"))
+        section.card {
+            h2 { "Verification" }
+            @match &verified {
+                None => p { "The chain of hashes and signatures is checked when you ask." },
+                Some(Ok(report)) => @match &report.first_bad {
+                    None => p #audit-verdict.ok-text role="status" { "Intact: " (report.records) " records in " (report.files) " files, every signature and link good." },
+                    Some(bad) => p #audit-verdict.error role="alert" { "Broken at " (bad.file.display()) " line " (bad.line) ": " (bad.reason.as_str()) ": " (bad.detail) },
+                },
+                Some(Err(message)) => p #audit-verdict.error role="alert" { "Could not verify: " (message) },
+            }
+            form method="get" action="/ui/admin/audit" {
+                input type="hidden" name="namespace" value=(query.namespace);
+                input type="hidden" name="actor" value=(query.actor);
+                input type="hidden" name="action" value=(query.action);
+                button type="submit" name="verify" value="1" { "Verify now" }
+            }
+        }
+        form.filters method="get" action="/ui/admin/audit" {
+            div { label for="a-namespace" { "Namespace" } input #a-namespace name="namespace" value=(query.namespace); }
+            div { label for="a-actor" { "Actor" } input #a-actor name="actor" value=(query.actor) placeholder="key:… or uid:0"; }
+            div { label for="a-action" { "Action" } input #a-action name="action" value=(query.action) placeholder="run.finished"; }
+            div { button type="submit" { "Filter" } }
+        }
+        @if records.is_empty() {
+            p.empty { "No records match." }
+        } @else {
+            p.muted { "The newest " (records.len()) " matching records." }
+            div.table-wrap tabindex="0" {
+                table {
+                    caption.visually-hidden { "Audit records, newest first" }
+                    thead { tr { th scope="col" { "Seq" } th scope="col" { "When" } th scope="col" { "Action" } th scope="col" { "Actor" } th scope="col" { "Namespace" } th scope="col" { "Subject" } } }
+                    tbody {
+                        @for record in &records {
+                            tr {
+                                td { (record.seq) }
+                                td { (time(record.ts_ms)) }
+                                td { code { (record.action) } }
+                                td { (record.actor) }
+                                td { (record.namespace.as_deref().unwrap_or("")) }
+                                td { (record.run.as_deref().or(record.sandbox.as_deref()).unwrap_or("")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(Some(&viewer), "Audit log", body).into_response()
+}
+
+/// The admin pages' own navigation, `current` marked.
+fn admin_nav(current: &str) -> maud::Markup {
+    html! {
+        nav.subnav aria-label="Admin" {
+            @for (href, label) in [("/ui/admin", "Overview"), ("/ui/admin/namespaces", "Namespaces"), ("/ui/keys", "Keys"), ("/ui/admin/audit", "Audit log"), ("/ui/admin/sync", "Sync")] {
+                @if href == current { a href=(href) aria-current="page" { (label) } } @else { a href=(href) { (label) } }
+            }
+        }
     }
 }

@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/keys/{id}/revoke", post(user::revoke_key))
         .route("/admin", get(admin::overview))
         .route("/admin/namespaces", get(admin::namespaces))
+        .route("/admin/audit", get(admin::audit))
         .route("/admin/sync", get(admin::sync))
         .route("/admin/sync/retry", post(admin::sync_retry))
         // A route, not a fallback: the gatekeeper lets only matched UI routes through keyless.

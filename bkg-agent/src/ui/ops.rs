@@ -239,3 +239,74 @@ pub async fn health(state: &AppState, principal: &Principal) -> OpResult<(bool, 
     };
     Ok((healthy, said))
 }
+
+/// Which audit records a page lists.
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    pub namespace: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub limit: usize,
+}
+
+fn audit_dir(state: &AppState) -> std::path::PathBuf {
+    state.engine.config.state_dir.join("audit")
+}
+
+fn require_admin(principal: &Principal, what: &str) -> OpResult<()> {
+    if !principal.is_admin() {
+        return Err(Failure::forbidden(format!("only an admin may {what}")));
+    }
+    Ok(())
+}
+
+/// The newest audit records that match `filter`, newest first, as the log holds them (admins
+/// only). Listing does not check signatures: `audit_verify` does, on demand.
+pub async fn audit_records(
+    state: &AppState,
+    principal: &Principal,
+    filter: AuditFilter,
+) -> OpResult<Vec<bkg_schema::audit::SignedRecord>> {
+    require_admin(principal, "read the audit log")?;
+    let dir = audit_dir(state);
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<bkg_schema::audit::SignedRecord>> {
+        let mut kept = std::collections::VecDeque::new();
+        for (_, path) in bkg_schema::audit::log_files(&dir)? {
+            let text = std::fs::read(&path)?;
+            for line in text.split(|byte| *byte == b'\n').filter(|line| !line.is_empty()) {
+                let Ok(record) = serde_json::from_slice::<bkg_schema::audit::SignedRecord>(line) else { continue };
+                let wanted = filter.namespace.as_ref().is_none_or(|wanted| record.namespace.as_ref() == Some(wanted))
+                    && filter.actor.as_ref().is_none_or(|wanted| &record.actor == wanted)
+                    && filter.action.as_ref().is_none_or(|wanted| &record.action == wanted);
+                if wanted {
+                    if kept.len() == filter.limit.max(1) {
+                        kept.pop_front();
+                    }
+                    kept.push_back(record);
+                }
+            }
+        }
+        Ok(kept.into_iter().rev().collect())
+    });
+    read.await
+        .map_err(|_| Failure::internal("the audit reader failed"))?
+        .map_err(|error| Failure::internal(format!("read the audit log: {error}")))
+}
+
+/// Checks the audit log's hash chain and signatures with the agent's public key (admins only).
+pub async fn audit_verify(state: &AppState, principal: &Principal) -> OpResult<bkg_schema::audit::VerifyReport> {
+    require_admin(principal, "verify the audit log")?;
+    let (dir, key_file) = (audit_dir(state), state.engine.config.state_dir.join("audit.pub"));
+    let verified = tokio::task::spawn_blocking(move || -> Result<bkg_schema::audit::VerifyReport, String> {
+        let text =
+            std::fs::read_to_string(&key_file).map_err(|error| format!("read {}: {error}", key_file.display()))?;
+        let key = bkg_schema::audit::PublicKey::from_hex(text.trim()).map_err(|error| error.to_string())?;
+        let files: Vec<_> = bkg_schema::audit::log_files(&dir)
+            .map_err(|error| error.to_string())?
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect();
+        bkg_schema::audit::verify(&files, &key).map_err(|error| error.to_string())
+    });
+    verified.await.map_err(|_| Failure::internal("the audit verifier failed"))?.map_err(Failure::internal)
+}

@@ -52,7 +52,7 @@ fn sandboxes_page(viewer: &Viewer, list: &[SandboxInfo], error: Option<&str>, st
         @if list.is_empty() {
             p.empty { "No sandboxes yet. Create one below to run Python or Node code in it." }
         } @else {
-            div.table-wrap {
+            div.table-wrap tabindex="0" {
                 table {
                     caption.visually-hidden { "Your sandboxes" }
                     thead { tr { th scope="col" { "Name" } th scope="col" { "Namespace" } th scope="col" { "Language" }
@@ -394,7 +394,7 @@ pub async fn runs(State(state): State<AppState>, viewer: Viewer, Query(query): Q
         @if shown.is_empty() {
             p.empty { "No runs match. Run code in a sandbox and it shows up here." }
         } @else {
-            div.table-wrap {
+            div.table-wrap tabindex="0" {
                 table {
                     caption.visually-hidden { "Runs, newest first" }
                     thead { tr { th scope="col" { "Run" } th scope="col" { "Started" } th scope="col" { "Namespace" }
@@ -495,7 +495,7 @@ fn keys_page(
         @if keys.is_empty() {
             p.empty { "No keys to show." }
         } @else {
-            div.table-wrap {
+            div.table-wrap tabindex="0" {
                 table {
                     caption.visually-hidden { "Keys" }
                     thead { tr { th scope="col" { "Key" } th scope="col" { "Role" } th scope="col" { "Namespace" } th scope="col" { "Name" }

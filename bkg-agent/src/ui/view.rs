@@ -36,6 +36,7 @@ fn frame(viewer: Option<&Viewer>, title: &str, body: Markup) -> Markup {
                             a href="/ui/keys" { "Keys" }
                             @if viewer.principal.is_admin() {
                                 a href="/ui/admin" { "Admin" }
+                                a href="/ui/admin/audit" { "Audit" }
                             }
                         }
                         div.who {
