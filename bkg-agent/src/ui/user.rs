@@ -297,26 +297,59 @@ pub async fn run_code(
         }
     };
     let ops::CodeRun { output, result } = run;
-    let events = futures_util::stream::unfold((output, Some(result)), |(mut output, result)| async move {
-        if let Some(event_out) = output.recv().await {
+    let streams = Streams { output, result: Some(result), stdout: Vec::new(), stderr: Vec::new() };
+    let events = futures_util::stream::unfold(streams, |mut streams| async move {
+        if let Some(event_out) = streams.output.recv().await {
             let chunk = match event_out {
                 RunOutput::Started(run_id) => event("started", &json_text(&run_id)),
-                RunOutput::Stdout(bytes) => event("stdout", &json_text(&String::from_utf8_lossy(&bytes))),
-                RunOutput::Stderr(bytes) => event("stderr", &json_text(&String::from_utf8_lossy(&bytes))),
+                RunOutput::Stdout(bytes) => event("stdout", &json_text(&whole_chars(&mut streams.stdout, &bytes))),
+                RunOutput::Stderr(bytes) => event("stderr", &json_text(&whole_chars(&mut streams.stderr, &bytes))),
             };
-            return Some((Ok::<_, Infallible>(chunk), (output, result)));
+            return Some((Ok::<_, Infallible>(chunk), streams));
         }
-        let result = result?;
-        let chunk = match result.await {
+        let result = streams.result.take()?;
+        let mut chunk = Vec::new();
+        // What is left of a character cut short is shown as it is (U+FFFD).
+        for (name, rest) in [("stdout", &streams.stdout), ("stderr", &streams.stderr)] {
+            if !rest.is_empty() {
+                chunk.extend_from_slice(&event(name, &json_text(&String::from_utf8_lossy(rest))));
+            }
+        }
+        chunk.extend_from_slice(&match result.await {
             Ok(Ok(result)) => event("result", &json_text(&ended(&result))),
             Ok(Err(error)) => event("error", &json_text(&error.to_string())),
             Err(_) => event("error", &json_text(&"the run's task failed")),
-        };
-        Some((Ok(chunk), (output, None)))
+        });
+        Some((Ok(Bytes::from(chunk)), streams))
     });
     let mut response = Response::new(Body::from_stream(events));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     response
+}
+
+/// A run's output on its way to the page: a character split between two reads waits for its
+/// other half, so multi-byte text arrives whole.
+struct Streams {
+    output: tokio::sync::mpsc::Receiver<RunOutput>,
+    result: Option<tokio::task::JoinHandle<Result<RunResult, crate::engine::run::RunError>>>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// The text of `carry` + `bytes` up to the last whole UTF-8 character; the rest stays in `carry`.
+/// Bytes that can never be UTF-8 become U+FFFD.
+fn whole_chars(carry: &mut Vec<u8>, bytes: &[u8]) -> String {
+    carry.extend_from_slice(bytes);
+    let cut = match std::str::from_utf8(carry) {
+        Ok(_) => carry.len(),
+        // An incomplete character at the very end (at most 3 bytes) waits for the next read.
+        Err(error) if error.error_len().is_none() => error.valid_up_to(),
+        Err(_) => carry.len(),
+    };
+    let rest = carry.split_off(cut);
+    let text = String::from_utf8_lossy(carry).into_owned();
+    *carry = rest;
+    text
 }
 
 #[derive(Deserialize, Default)]
@@ -609,5 +642,20 @@ pub async fn revoke_key(State(state): State<AppState>, viewer: Viewer, Path(id):
     match ops::revoke_key(&state, &viewer.principal, &id).await {
         Ok(_) => Redirect::to("/ui/keys").into_response(),
         Err(failure) => refusal(Some(&viewer), failure),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_chars;
+
+    #[test]
+    fn a_character_split_between_reads_arrives_whole() {
+        let mut carry = Vec::new();
+        let euro = "€".as_bytes();
+        assert_eq!(whole_chars(&mut carry, &[b'a', euro[0]]), "a");
+        assert_eq!(whole_chars(&mut carry, &euro[1..]), "€");
+        assert!(carry.is_empty());
+        assert_eq!(whole_chars(&mut carry, &[0xff, b'b']), "\u{fffd}b");
     }
 }
