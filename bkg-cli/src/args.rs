@@ -325,6 +325,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("keys ls", "bkg keys ls\n  bkg --remote http://10.0.0.5:7070 keys ls --json"),
     ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
     ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
+    ("ui", "bkg ui\n  bkg ui --open\n  bkg ui --json"),
     ("version", "bkg version\n  bkg version --json"),
     (
         "completions",
