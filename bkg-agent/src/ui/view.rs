@@ -55,11 +55,15 @@ fn frame(viewer: Option<&Viewer>, title: &str, body: Markup) -> Markup {
 }
 
 fn who(viewer: &Viewer) -> String {
-    let info = viewer.principal.describe();
-    match (info.namespace, info.key_id) {
-        (Some(namespace), _) => format!("{} · {namespace}", info.role.as_str()),
-        (None, Some(key)) => format!("admin · {key}"),
-        (None, None) => "admin · this machine".to_owned(),
+    match &viewer.principal {
+        crate::auth::Principal::Local { .. } => "admin · this machine".to_owned(),
+        crate::auth::Principal::Key(key) => {
+            let name = key.user.as_deref().or(key.name.as_deref()).unwrap_or(&key.id);
+            match viewer.principal.namespace() {
+                Some(namespace) => format!("{name} · {namespace}"),
+                None => format!("{name} · {}", key.role.as_str()),
+            }
+        }
     }
 }
 
@@ -156,7 +160,9 @@ pub fn millis(ms: u64) -> String {
     match ms {
         0..1_000 => format!("{ms} ms"),
         1_000..60_000 => format!("{:.2} s", ms as f64 / 1000.0),
-        _ => format!("{}m {}s", ms / 60_000, ms % 60_000 / 1000),
+        60_000..3_600_000 => format!("{}m {}s", ms / 60_000, ms % 60_000 / 1000),
+        3_600_000..86_400_000 => format!("{}h {}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+        _ => format!("{}d {}h", ms / 86_400_000, ms % 86_400_000 / 3_600_000),
     }
 }
 
@@ -176,5 +182,13 @@ mod tests {
     fn utc_writes_calendar_times() {
         assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::utc(1_709_210_096_000), "2024-02-29T12:34:56Z");
+    }
+
+    #[test]
+    fn durations_read_in_their_largest_units() {
+        assert_eq!(super::millis(54), "54 ms");
+        assert_eq!(super::millis(60_000), "1m 0s");
+        assert_eq!(super::millis(3_600_000), "1h 0m");
+        assert_eq!(super::millis(90 * 86_400_000), "90d 0h");
     }
 }
