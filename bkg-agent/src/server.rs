@@ -2,7 +2,8 @@
 //! the agent's own user, who act as admin) and, opt-in, TCP, where every request carries an API
 //! key. Every request passes the gatekeeper: body size, authentication, rate limit, the body read
 //! whole within its timeout and the shared body budget, metrics and its trace span. The accept
-//! loops (connection caps, header timeout, TLS) are in server/listen.rs.
+//! loops (connection caps, header timeout, TLS) are in server/listen.rs. The Web UI under `/ui`
+//! (ui/) passes keyless and authenticates its requests by session itself.
 
 pub(crate) mod auth_api;
 mod failure;
