@@ -8,7 +8,7 @@ complete -c bkg-agent -l max-disk -d 'Highest disk limit a run may ask for' -r
 complete -c bkg-agent -l python -d 'Python interpreter used for `python` runs' -r -F
 complete -c bkg-agent -l node -d 'Node.js interpreter used for `node` runs' -r -F
 complete -c bkg-agent -l cgroup-dir -d 'Directory created beneath the agent\'s own cgroup for its sandboxes\' cgroups' -r
-complete -c bkg-agent -l uid-base -d 'First host uid given to sandboxes; each live sandbox takes two above it' -r
+complete -c bkg-agent -l uid-base -d 'First host uid given to sandboxes; each live sandbox takes four above it' -r
 complete -c bkg-agent -l listen -d 'Also serve the API on TCP at ADDR:PORT; every request there needs an API key. An address other than loopback needs --tls-cert (or --plain-http-behind-proxy)' -r
 complete -c bkg-agent -l tls-cert -d 'Serve TLS on --listen with this certificate chain (PEM, leaf first); re-read on SIGHUP' -r -F
 complete -c bkg-agent -l tls-key -d 'The private key of --tls-cert (PEM); re-read with it on SIGHUP' -r -F
@@ -18,6 +18,8 @@ complete -c bkg-agent -l body-budget -d 'Request bodies held in memory at once, 
 complete -c bkg-agent -l max-connections -d 'Open connections on the TCP listener; more are closed on arrival' -r
 complete -c bkg-agent -l max-unix-connections -d 'Open connections on the unix socket, counted apart from TCP so the network can never take the local clients\' room' -r
 complete -c bkg-agent -l db-url -d 'The shared bkg_db (PostgreSQL URL, `sslmode=` for TLS): every event is synced there' -r
+complete -c bkg-agent -l retention -d 'How long finished runs (and their logs) are kept, here and in bkg_db; the audit log is kept for ever' -r
+complete -c bkg-agent -l retention-for -d 'Another retention for one namespace (repeatable), e.g. `ci=7d`' -r
 complete -c bkg-agent -l listen-address-file -d 'Write the TCP address actually bound (useful with port 0) to this file' -r -F
 complete -c bkg-agent -l webhook -d 'POST a signed notice to this URL whenever a key rotates (repeatable; http:// or https://)' -r
 complete -c bkg-agent -l webhook-secret-file -d 'The shared secret (at least 32 bytes) that signs rotation notices sent to webhooks and checks those peers send to /api/v1/auth/keys/rotated' -r -F
@@ -33,8 +35,10 @@ complete -c bkg-agent -l max-running-runs -d 'Runs going on at once; more wait i
 complete -c bkg-agent -l max-queued-runs -d 'Runs that may wait for a place; more are refused with 503 and Retry-After' -r
 complete -c bkg-agent -l disk-budget -d 'Disk all live sandboxes together (warm ones too) may be given, their disk limits summed; a run that would go over it is refused with 503 and Retry-After' -r
 complete -c bkg-agent -l health-interval -d 'How recent a successful run must be for /healthz to answer ok without running a tiny sandbox of its own to find out' -r
+complete -c bkg-agent -l allow-degraded -d 'Run at this lower security level (`standard` or `degraded`) when the host gives no better; without it the agent starts only where the host gives `strict` (docs/compatibility.md)' -r
 complete -c bkg-agent -l foreground -d 'Stay in the foreground and log to stderr (without it the agent detaches and logs to STATE_DIR/agent.log)'
 complete -c bkg-agent -l plain-http-behind-proxy -d 'Serve plain HTTP on a --listen address other than loopback: only behind a proxy that terminates TLS, since API keys would otherwise cross the network in clear'
+complete -c bkg-agent -l check-host -d 'Check the host (namespaces, cgroups, Landlock, seccomp, loop devices, runtimes), print the report as JSON and exit; needs no root (`bkg doctor` runs it)'
 complete -c bkg-agent -l print-openapi -d 'Print the API\'s OpenAPI document (YAML) and exit'
 complete -c bkg-agent -s h -l help -d 'Print help'
 complete -c bkg-agent -s V -l version -d 'Print version'

@@ -31,6 +31,9 @@ _bkg() {
             bkg,db)
                 cmd="bkg__subcmd__db"
                 ;;
+            bkg,doctor)
+                cmd="bkg__subcmd__doctor"
+                ;;
             bkg,exe)
                 cmd="bkg__subcmd__exe"
                 ;;
@@ -70,14 +73,14 @@ _bkg() {
             bkg,sync)
                 cmd="bkg__subcmd__sync"
                 ;;
-            bkg,ui)
-                cmd="bkg__subcmd__ui"
-                ;;
             bkg,validate)
                 cmd="bkg__subcmd__validate"
                 ;;
             bkg,version)
                 cmd="bkg__subcmd__version"
+                ;;
+            bkg,watch)
+                cmd="bkg__subcmd__watch"
                 ;;
             bkg__subcmd__agent,help)
                 cmd="bkg__subcmd__agent__subcmd__help"
@@ -148,6 +151,9 @@ _bkg() {
             bkg__subcmd__help,db)
                 cmd="bkg__subcmd__help__subcmd__db"
                 ;;
+            bkg__subcmd__help,doctor)
+                cmd="bkg__subcmd__help__subcmd__doctor"
+                ;;
             bkg__subcmd__help,exe)
                 cmd="bkg__subcmd__help__subcmd__exe"
                 ;;
@@ -187,14 +193,14 @@ _bkg() {
             bkg__subcmd__help,sync)
                 cmd="bkg__subcmd__help__subcmd__sync"
                 ;;
-            bkg__subcmd__help,ui)
-                cmd="bkg__subcmd__help__subcmd__ui"
-                ;;
             bkg__subcmd__help,validate)
                 cmd="bkg__subcmd__help__subcmd__validate"
                 ;;
             bkg__subcmd__help,version)
                 cmd="bkg__subcmd__help__subcmd__version"
+                ;;
+            bkg__subcmd__help,watch)
+                cmd="bkg__subcmd__help__subcmd__watch"
                 ;;
             bkg__subcmd__help__subcmd__agent,start)
                 cmd="bkg__subcmd__help__subcmd__agent__subcmd__start"
@@ -311,7 +317,7 @@ _bkg() {
 
     case "${cmd}" in
         bkg)
-            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs stop rm runs audit sync db login logout keys ui version completions help"
+            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -874,6 +880,48 @@ _bkg() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        bkg__subcmd__doctor)
+            opts="-h -V --json --state-dir --python --node --tls-cert --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --python)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --node)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         bkg__subcmd__exe)
             opts="-c -t -e -f -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --json --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -953,7 +1001,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help)
-            opts="exe agent init add validate ls status logs stop rm runs audit sync db login logout keys ui version completions help"
+            opts="exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1109,6 +1157,20 @@ _bkg() {
         bkg__subcmd__help__subcmd__db__subcmd__migrate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__doctor)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1414,20 +1476,6 @@ _bkg() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        bkg__subcmd__help__subcmd__ui)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         bkg__subcmd__help__subcmd__validate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1443,6 +1491,20 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help__subcmd__version)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__watch)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -2254,32 +2316,6 @@ _bkg() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        bkg__subcmd__ui)
-            opts="-h -V --open --json --socket --remote --cacert --help --version"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                --socket)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --remote)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --cacert)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         bkg__subcmd__validate)
             opts="-C -h -V --dir --json --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -2321,6 +2357,48 @@ _bkg() {
                 return 0
             fi
             case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__watch)
+            opts="-h -V --json --namespace --kinds --since --count --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kinds)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --count)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

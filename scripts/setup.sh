@@ -12,6 +12,9 @@ missing=()
 need() { # need COMMAND PACKAGE
   command -v "$1" >/dev/null 2>&1 || missing+=("$2")
 }
+need_file() { # need_file PATH PACKAGE
+  [[ -e $1 ]] || missing+=("$2")
+}
 need mkfs.ext4 e2fsprogs
 need losetup mount
 need python3 python3
@@ -28,6 +31,12 @@ need bash bash
 need man man-db
 # The TLS tests make certificates and serve https with the openssl CLI.
 need openssl openssl
+# Sandboxes show the host's /etc/services and /etc/protocols (docs/compatibility.md).
+need_file /etc/services netbase
+# The seccomp unit tests read the target's syscall table from the kernel headers.
+need_file /usr/include/linux/unistd.h linux-libc-dev
+# The compatibility suite (tests/compat) runs CPython's own test modules outside and inside.
+need_file /usr/lib/python3.11/test/test_os.py libpython3.11-testsuite
 # The Web UI's browser suite (tests/ui): playwright-core drives Debian's chromium, no download.
 need chromium chromium
 

@@ -21,7 +21,7 @@ def _bkg_inside_sandbox():
     try:
         pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
         with open("/proc/self/uid_map") as uid_map_file:
-            uid_map = uid_map_file.read().split()
+            uid_map = [line.split() for line in uid_map_file.read().splitlines()]
     except OSError:
         return False
     return (
@@ -30,9 +30,8 @@ def _bkg_inside_sandbox():
         and os.geteuid() == 1000
         and socket.gethostname() == "bkg"
         and os.path.isdir("/workspace")
-        and len(uid_map) == 3  # exactly one mapped id: a user namespace of our own
-        and uid_map[0] == "1000"
-        and uid_map[2] == "1"
+        # root, the sandbox user and nobody, each mapped alone: a user namespace of our own
+        and [(line[0], line[2]) for line in uid_map] == [("0", "1"), ("1000", "1"), ("65534", "1")]
         and not os.path.exists("/sys/fs/cgroup")
     )
 

@@ -32,11 +32,12 @@ const os = require('os');
   let pids = [], uidMap = [];
   try {
     pids = fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e));
-    uidMap = fs.readFileSync('/proc/self/uid_map', 'utf8').trim().split(/\s+/);
+    uidMap = fs.readFileSync('/proc/self/uid_map', 'utf8').trim().split('\n')
+      .map((line) => line.trim().split(/\s+/)).map((f) => f[0] + ' ' + f[2]);
   } catch (e) { pids = new Array(1000); }
   const inside = pids.length < 20 && process.getuid() === 1000 && os.hostname() === 'bkg' &&
-    fs.existsSync('/workspace') && uidMap.length === 3 && uidMap[0] === '1000' &&
-    uidMap[2] === '1' && !fs.existsSync('/sys/fs/cgroup');
+    fs.existsSync('/workspace') && uidMap.join(',') === '0 1,1000 1,65534 1' &&
+    !fs.existsSync('/sys/fs/cgroup');
   if (!inside) {
     process.stderr.write('BKG-GUARD-REFUSED: not inside a bkg sandbox; the attack did not fire\n');
     process.exit(86);

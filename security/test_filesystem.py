@@ -199,14 +199,21 @@ def test_proc_sys_knobs_are_read_only(sandbox):
         assert outcome in ("EROFS", "EACCES"), (knob, outcome)
 
 
-def test_sys_is_absent(sandbox):
+def test_sys_holds_only_the_runs_cpu_list(sandbox):
+    """/sys is no sysfs: the init's read-only tmpfs shows the run's CPUs at devices/system/cpu
+    (so os.cpu_count() matches the CPU limit) and nothing else."""
     r = sandbox.attack("""
-        report(sys=os.path.exists("/sys"),
+        report(sys=sorted(os.listdir("/sys")),
+               cpu=sorted(os.listdir("/sys/devices/system/cpu")),
                uevent_helper=attempt(open_for_write, "/sys/kernel/uevent_helper"),
+               online=attempt(open_for_write, "/sys/devices/system/cpu/online"),
                cgroup=os.path.exists("/sys/fs/cgroup"))
     """)
     assert r.rc == 0, r
-    assert r.report == {"sys": False, "uevent_helper": "ENOENT", "cgroup": False}, r
+    report = dict(r.report)
+    assert report.pop("online") in ("EROFS", "EACCES"), r
+    assert report == {"sys": ["devices"], "cpu": ["online", "possible", "present"],
+                        "uevent_helper": "ENOENT", "cgroup": False}, r
 
 
 def test_cgroupfs_cannot_be_mounted(sandbox):
@@ -265,12 +272,18 @@ def test_dev_holds_only_safe_devices(sandbox):
     assert r.rc == 0, r
     dev = r.report["dev"]
     devices = {name: v[1] for name, v in dev.items() if v[0] in ("char", "block")}
-    assert devices == {"null": "1:3", "zero": "1:5", "full": "1:7", "random": "1:8", "urandom": "1:9"}, dev
+    # tty (5:0) is the caller's own controlling terminal, which the code does not have.
+    assert devices == {"null": "1:3", "zero": "1:5", "full": "1:7", "random": "1:8", "urandom": "1:9",
+                       "tty": "5:0"}, dev
     others = {name: v for name, v in dev.items() if name not in devices}
     assert set(others) <= {"fd", "stdin", "stdout", "stderr", "shm", "pts", "ptmx"}, dev
     for name, (kind, value) in others.items():
-        if kind == "link":
+        if kind == "link" and name == "ptmx":
+            assert value == "pts/ptmx", (name, value)
+        elif kind == "link":
             assert value.startswith("/proc/self/fd"), (name, value)
+    # The sandbox's own devpts instance: nothing in it but its ptmx until the code opens a pty.
+    assert dev["pts"] == ["dir", ["ptmx"]], dev
     assert dev.get("shm", ["dir"])[0] == "dir"
 
 
@@ -333,14 +346,16 @@ def test_mounts_are_read_only_nosuid_and_nodev(posture):
     mounts = {m["mount_point"]: m for m in posture["mounts"]}
     assert "ro" in mounts["/"]["options"], mounts["/"]
     writable = {"/workspace", "/tmp", "/dev/shm", "/proc"}
-    devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
+    devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+               "/dev/pts"}
+    assert mounts["/dev/pts"]["fstype"] == "devpts", mounts["/dev/pts"]
     for point, mount in mounts.items():
         assert "nosuid" in mount["options"], mount
         if point not in devices:
             assert "nodev" in mount["options"], mount
         else:
             assert "noexec" in mount["options"], mount
-        if point not in writable | devices:
+        if point not in writable | devices | {"/dev/pts"}:
             assert "ro" in mount["options"], mount
     assert {"/workspace", "/tmp", "/dev/shm", "/proc"} <= set(mounts)
     # /workspace, /tmp and /dev/shm are the sandbox's own disk image, not a host directory.

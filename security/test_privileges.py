@@ -13,12 +13,15 @@ import bkgsec
 def test_code_runs_as_an_unprivileged_mapped_user(posture, uid_range):
     assert (posture["uid"], posture["euid"], posture["gid"], posture["egid"]) == (1000, 1000, 1000, 1000)
     assert posture["groups"] in ([], [1000]), posture["groups"]
-    uid_map = posture["uid_map"].split()
-    gid_map = posture["gid_map"].split()
-    assert len(uid_map) == 3 and uid_map[0] == "1000" and uid_map[2] == "1", posture["uid_map"]
-    assert gid_map[0] == "1000" and gid_map[2] == "1" and gid_map[1] == uid_map[1], posture["gid_map"]
-    host_uid = int(uid_map[1])
-    assert host_uid != 0 and uid_range[0] <= host_uid < uid_range[1], (host_uid, uid_range)
+    # Exactly root, the sandbox user and nobody, each alone, to host ids of the agent's range.
+    uid_map = [line.split() for line in posture["uid_map"].splitlines()]
+    assert [(line[0], line[2]) for line in uid_map] == [("0", "1"), ("1000", "1"), ("65534", "1")], \
+        posture["uid_map"]
+    assert posture["gid_map"] == posture["uid_map"], posture["gid_map"]
+    host_ids = [int(line[1]) for line in uid_map]
+    assert len(set(host_ids)) == 3, host_ids
+    for host_id in host_ids:
+        assert host_id != 0 and uid_range[0] <= host_id < uid_range[1], (host_id, uid_range)
     assert posture["setgroups"] == "deny"
 
 
@@ -160,6 +163,20 @@ def test_x32_syscall_abi_gets_enosys(sandbox):
     assert r.report == {"getpid": "ENOSYS", "keyctl": "ENOSYS", "unshare": "ENOSYS"}, r
 
 
+def test_syscalls_outside_the_allowlist_get_enosys(sandbox):
+    """Deny by default: calls newer kernels added (cachestat 451, statmount 457, listmount 458,
+    lsm_get_self_attr 459, mseal 462) are in no group of the allowlist and answer ENOSYS, each
+    with null arguments that an unfiltered kernel would reject some other way (EFAULT, EINVAL)."""
+    r = sandbox.attack("""
+        report(**{name: syscall(nr, 0, 0, 0, 0)[1] for name, nr in
+                  [("cachestat", 451), ("statmount", 457), ("listmount", 458),
+                   ("lsm_get_self_attr", 459), ("mseal", 462)]})
+    """)
+    assert r.rc == 0, r
+    assert r.report == {"cachestat": "ENOSYS", "statmount": "ENOSYS", "listmount": "ENOSYS",
+                        "lsm_get_self_attr": "ENOSYS", "mseal": "ENOSYS"}, r
+
+
 def test_int80_32bit_syscall_is_killed_with_sigsys(sandbox):
     """The i386 entry (int 0x80) uses another syscall table: the filter kills the process."""
     r = sandbox.attack("""
@@ -188,8 +205,9 @@ def test_becoming_root_fails(sandbox):
                uid=os.getuid(), euid=os.geteuid())
     """)
     assert r.rc == 0, r
-    # uid 0 is not mapped in the sandbox's user namespace: EINVAL; setgroups is denied.
-    assert r.report == {"setuid": "EINVAL", "setgid": "EINVAL", "setresuid": "EINVAL",
+    # uid 0 is mapped to a host id of the sandbox's own, but switching needs CAP_SETUID, which
+    # the code lacks: EPERM, as for any unprivileged user outside; setgroups is denied.
+    assert r.report == {"setuid": "EPERM", "setgid": "EPERM", "setresuid": "EPERM",
                         "setgroups": "EPERM", "uid": 1000, "euid": 1000}, r
 
 

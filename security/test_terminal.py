@@ -20,7 +20,8 @@ def test_tty_injection_ioctl_is_denied(sandbox, request_name):
         report(fds=results, dev_tty=tty)
     """, args=[str(TTY_IOCTLS[request_name])])
     assert r.rc == 0, r
-    assert r.report == {"fds": {"0": "EPERM", "1": "EPERM", "2": "EPERM"}, "dev_tty": "ENOENT"}, r
+    # /dev/tty exists but names the caller's controlling terminal, and the code has none.
+    assert r.report == {"fds": {"0": "EPERM", "1": "EPERM", "2": "EPERM"}, "dev_tty": "ENXIO"}, r
 
 
 def test_there_is_no_controlling_tty(sandbox):
@@ -28,12 +29,31 @@ def test_there_is_no_controlling_tty(sandbox):
         stat = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
         report(dev_tty=attempt(os.open, "/dev/tty", os.O_RDWR), tty_nr=int(stat[4]),
                sid_is_pgid=os.getsid(0) == os.getpgid(0),
-               isatty=[os.isatty(fd) for fd in (0, 1, 2)],
-               ptmx=attempt(os.open, "/dev/ptmx", os.O_RDWR))
+               isatty=[os.isatty(fd) for fd in (0, 1, 2)])
     """)
     assert r.rc == 0, r
-    assert r.report == {"dev_tty": "ENOENT", "tty_nr": 0, "sid_is_pgid": True,
-                        "isatty": [False, False, False], "ptmx": "ENOENT"}, r
+    assert r.report == {"dev_tty": "ENXIO", "tty_nr": 0, "sid_is_pgid": True,
+                        "isatty": [False, False, False]}, r
+
+
+def test_ptys_are_the_sandboxs_own(sandbox):
+    """/dev/pts is a private devpts instance: only the sandbox's own ptys exist there, the
+    first is number 0 whatever the host has open, the host's cannot be reached by number, and
+    injecting input stays refused on a pty the code made itself."""
+    r = sandbox.attack("""
+        import fcntl, struct, termios
+        TIOCGPTN = 0x80045430  # the pty's number (x86_64, aarch64); termios lacks it
+        before = sorted(os.listdir("/dev/pts"))
+        main = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
+        number = struct.unpack("I", fcntl.ioctl(main, TIOCGPTN, b"\\0" * 4))[0]
+        fstype = [line.split()[2] for line in open("/proc/self/mounts") if line.split()[1] == "/dev/pts"]
+        report(before=before, number=number, fstype=fstype,
+               host_pty=attempt(os.open, "/dev/pts/5", os.O_RDWR | os.O_NOCTTY),
+               tiocsti=attempt(fcntl.ioctl, main, termios.TIOCSTI, b"x"))
+    """)
+    assert r.rc == 0, r
+    assert r.report == {"before": ["ptmx"], "number": 0, "fstype": ["devpts"], "host_pty": "ENOENT",
+                        "tiocsti": "EPERM"}, r
 
 
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\x1b[0m\r\x08\x1bP+q\x1b\\\x9b6n"

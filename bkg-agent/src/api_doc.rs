@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 
-use crate::server::{auth_api, runs, sandboxes, system};
+use crate::server::{auth_api, changes, runs, sandboxes, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,7 @@ use crate::server::{auth_api, runs, sandboxes, system};
         system::sync_migrate,
         system::sync_retry,
         system::sync_audit_lines,
+        changes::changes,
         runs::create_run,
         runs::list_runs,
         runs::get_run,
@@ -59,6 +60,7 @@ use crate::server::{auth_api, runs, sandboxes, system};
         (name = "sandboxes", description = "Persistent sandboxes"),
         (name = "auth", description = "Users, login and the caller"),
         (name = "keys", description = "API keys: create, rotate, revoke"),
+        (name = "changes", description = "The change feed: runs, sandboxes, keys and audit events as they happen"),
     ),
 )]
 pub struct ApiDoc;

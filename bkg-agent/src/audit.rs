@@ -3,8 +3,8 @@
 //!
 //! Decisions:
 //! - The key is a 32-byte ed25519 secret (raw bytes) at `STATE_DIR/audit.key`, made on first open
-//!   from `getrandom(2)`. It is written to a temporary file created with `O_EXCL` and mode 0600,
-//!   synced, then hard-linked into place, so a crash never leaves a half-written key and two
+//!   from `getrandom(2)` (`ids::fill_random`). It is written to a temporary file created with
+//!   `O_EXCL` and mode 0600, synced, then hard-linked into place, so a crash never leaves a half-written key and two
 //!   agents racing agree on one. A key file that is a symlink, not owned by the agent's uid, open
 //!   to group or others, or not 32 bytes is refused with an error that says how to fix it.
 //! - `STATE_DIR/audit.pub` holds the public key in hex, rewritten from the secret on every open.
@@ -401,7 +401,7 @@ fn load_or_create_key(path: &Path) -> Result<(Flock<File>, Zeroizing<[u8; 32]>),
 /// Makes a new key at `path`, unless another process beats us to it.
 fn create_key(path: &Path) -> Result<(), AuditError> {
     let mut secret = Zeroizing::new([0u8; 32]);
-    fill_random(&mut secret[..]).map_err(AuditError::Random)?;
+    crate::ids::fill_random(&mut secret[..]).map_err(AuditError::Random)?;
     let temporary = path.with_extension(format!("key.new-{}", std::process::id()));
     // A leftover of a crash of a process with our pid would make the exclusive create fail.
     let _ = std::fs::remove_file(&temporary);
@@ -420,25 +420,6 @@ fn create_key(path: &Path) -> Result<(), AuditError> {
         Err(error) if error.kind() != io::ErrorKind::AlreadyExists => Err(io_error("create", path)(error)),
         _ => sync_dir(path.parent().unwrap_or(Path::new("."))),
     }
-}
-
-fn fill_random(buffer: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        let rest = &mut buffer[filled..];
-        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`, which we borrow mutably.
-        let count = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        match usize::try_from(count) {
-            Ok(count) => filled += count,
-            Err(_) => {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    return Err(error);
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 fn write_public_key(path: &Path, key: &PublicKey) -> Result<(), AuditError> {

@@ -12,10 +12,14 @@ use tokio::sync::Notify;
 
 use crate::auth::notice::{NoticeKey, Notifier};
 use crate::auth::{AuthPolicy, RoleTable};
+use bkg_schema::host::SecurityLevel;
+
 use crate::engine::capacity::CapacityConfig;
+use crate::engine::host_check;
 use crate::engine::{CleanedUp, Engine, EngineConfig};
 use crate::metrics::Metrics;
-use crate::server::{AppState, AuthState, BodyBudget, HealthProbe, PeerCheckedListener, UnixPeer, listen, router};
+use crate::server::{AppState, BodyBudget, PeerCheckedListener, UnixPeer, listen, router};
+use crate::service::{AuthState, HealthProbe, Service, ServiceParts};
 use crate::store::Store;
 use crate::telemetry::Tracer;
 
@@ -62,7 +66,7 @@ pub struct AgentArgs {
     /// Directory created beneath the agent's own cgroup for its sandboxes' cgroups.
     #[arg(long, default_value = "bkg", env = "BKG_CGROUP_DIR")]
     pub cgroup_dir: String,
-    /// First host uid given to sandboxes; each live sandbox takes two above it.
+    /// First host uid given to sandboxes; each live sandbox takes four above it.
     #[arg(long, default_value_t = 0x7000_0000, env = "BKG_UID_BASE")]
     pub uid_base: u32,
     /// Also serve the API on TCP at ADDR:PORT; every request there needs an API key. An address
@@ -99,6 +103,13 @@ pub struct AgentArgs {
     /// The shared bkg_db (PostgreSQL URL, `sslmode=` for TLS): every event is synced there.
     #[arg(long, value_name = "URL", env = "BKG_DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
+    /// How long finished runs (and their logs) are kept, here and in bkg_db; the audit log is kept
+    /// for ever.
+    #[arg(long, value_name = "DURATION", default_value = "30d", env = "BKG_RETENTION")]
+    pub retention: String,
+    /// Another retention for one namespace (repeatable), e.g. `ci=7d`.
+    #[arg(long = "retention-for", value_name = "NS=DURATION")]
+    pub retention_for: Vec<String>,
     /// Write the TCP address actually bound (useful with port 0) to this file.
     #[arg(long, value_name = "PATH", requires = "listen")]
     pub listen_address_file: Option<PathBuf>,
@@ -148,9 +159,37 @@ pub struct AgentArgs {
     /// sandbox of its own to find out.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub health_interval: String,
+    /// Run at this lower security level (`standard` or `degraded`) when the host gives no better;
+    /// without it the agent starts only where the host gives `strict` (docs/compatibility.md).
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level, env = "BKG_ALLOW_DEGRADED")]
+    pub allow_degraded: Option<SecurityLevel>,
+    /// Check the host (namespaces, cgroups, Landlock, seccomp, loop devices, runtimes), print
+    /// the report as JSON and exit; needs no root (`bkg doctor` runs it).
+    #[arg(long, hide = true)]
+    pub check_host: bool,
     /// Print the API's OpenAPI document (YAML) and exit.
     #[arg(long, hide = true)]
     pub print_openapi: bool,
+}
+
+fn parse_level(name: &str) -> Result<SecurityLevel, String> {
+    SecurityLevel::parse(name).ok_or_else(|| format!("{name:?} is not a level: strict, standard or degraded"))
+}
+
+/// Prints what `--check-host` found; the exit code is 1 only when the report cannot be written.
+fn print_host_report(args: &AgentArgs) -> ExitCode {
+    let report = host_check::report(&host_check::probe(&args.python, &args.node));
+    let written = serde_json::to_string_pretty(&report).map_err(anyhow::Error::from).and_then(|json| {
+        std::io::Write::write_all(&mut std::io::stdout().lock(), format!("{json}\n").as_bytes())
+            .context("write the report")
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bkg-agent: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The exit code of a flag combination the agent refuses (as clap's own usage errors).
@@ -171,6 +210,9 @@ pub fn main() -> ExitCode {
              or pass --plain-http-behind-proxy if a proxy terminates TLS in front of it"
         );
         return ExitCode::from(USAGE_EXIT);
+    }
+    if args.check_host {
+        return print_host_report(&args);
     }
     if args.print_openapi {
         let written = crate::api_doc::yaml().map_err(anyhow::Error::from).and_then(|yaml| {
@@ -219,6 +261,7 @@ struct ApiOptions {
     webhook_key: Option<NoticeKey>,
     sampling_rate: f64,
     db_url: Option<String>,
+    retention: crate::retention::RetentionPolicy,
 }
 
 /// Timeouts and caps of the listeners (server/listen.rs) and the body budget (server.rs).
@@ -288,6 +331,7 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
         webhook_key,
         sampling_rate,
         db_url: args.db_url.clone().filter(|url| !url.is_empty()),
+        retention: crate::retention::RetentionPolicy::parse(&args.retention, &args.retention_for)?,
     })
 }
 
@@ -311,6 +355,10 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&state_dir).with_context(|| format!("create state directory {}", state_dir.display()))?;
     std::fs::set_permissions(&state_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("make {} private", state_dir.display()))?;
+    // Before any thread exists (the probe forks) and before detaching, so a host that lacks a
+    // piece is told on the terminal that started the agent.
+    let host = host_check::report(&host_check::probe(&args.python, &args.node));
+    let security_level = host_check::admit(&host, args.allow_degraded.unwrap_or(SecurityLevel::Strict))?;
 
     if !args.foreground {
         return detach(&state_dir, &socket);
@@ -324,6 +372,9 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if security_level < SecurityLevel::Strict {
+        tracing::warn!(level = %security_level, "running below the strict security level, as --allow-degraded allows");
+    }
 
     let config = EngineConfig {
         state_dir: state_dir.clone(),
@@ -335,6 +386,8 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         uid_base: args.uid_base,
         cgroup_dir: args.cgroup_dir,
         capacity: capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?,
+        security_level,
+        runtimes: host.runtimes,
     };
     let health_interval = Duration::from_millis(parse_duration_ms(&args.health_interval).context("--health-interval")?);
     let runtime =
@@ -418,6 +471,7 @@ async fn serve(
         bail!("another agent is already listening on {}", socket.display());
     }
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
+    let agent_id = audit.public_key().agent_id();
     let store = Store::open(&state_dir.join("state.db"), audit).context("open the run store")?;
     let (engine, leftovers_removed) = Engine::new(config).context("start the sandbox engine")?;
     // Runs a crash or kill left open are closed before this agent starts any of its own.
@@ -483,6 +537,7 @@ async fn serve(
         listen: api.listen.map(|address| address.to_string()),
         bkg_db: api.db_url.is_some(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        security_level: Some(engine.config.security_level),
     };
     let configuration = bkg_schema::audit::AuditEvent::new(
         bkg_schema::audit::AGENT_ACTOR,
@@ -503,20 +558,32 @@ async fn serve(
         tokio::spawn(audit_sync_failures(store.clone(), Arc::clone(&handle)));
         (handle, url.clone())
     });
-    let state = AppState {
+    crate::retention::spawn(store.clone(), api.retention, api.db_url.clone().map(|url| (url, agent_id)));
+    let feed = crate::feed::Feed::start(store.clone(), api.db_url.clone());
+    let service = Service::new(ServiceParts {
+        feed: Arc::clone(&feed),
         engine: Arc::clone(&engine),
-        sync: sync.clone(),
         store,
-        socket: socket.clone(),
-        shutdown: Arc::clone(&shutdown),
-        auth: Arc::new(AuthState::new(api.policy, notifier)),
         metrics: Arc::new(metrics),
+        auth: AuthState::new(api.policy, notifier),
+        health: HealthProbe::new(health_interval),
+        sync: sync.clone(),
+        shutdown: Arc::clone(&shutdown),
+        socket: socket.clone(),
+    });
+    let state = AppState {
+        service,
         tracer: Tracer::from_env(api.sampling_rate),
-        health: Arc::new(HealthProbe::new(health_interval)),
         bodies: Arc::new(BodyBudget::new(api.connections.body_budget, api.connections.body_timeout)),
         ui: Arc::new(crate::ui::UiState::default()),
     };
-    tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), cgroups = %engine.cgroup_version(), "agent ready");
+    tracing::info!(
+        socket = %socket.display(),
+        state_dir = %state_dir.display(),
+        cgroups = %engine.cgroup_version(),
+        security_level = %engine.config.security_level,
+        "agent ready"
+    );
 
     let signals = async move {
         tokio::select! {
@@ -531,6 +598,8 @@ async fn serve(
     tokio::spawn(async move {
         signals.await;
         grace_engine.close();
+        // Streams of the change feed end, or the listeners would wait for them forever.
+        feed.stop();
         let _ = stopping_tx.send(true);
         tokio::select! {
             () = grace_engine.idle() => {}
@@ -540,7 +609,7 @@ async fn serve(
             }
         }
     });
-    let metrics = Arc::clone(&state.metrics);
+    let metrics = Arc::clone(&state.service.metrics);
     let ui = Arc::clone(&state.ui);
     let app = router(state);
     let header_timeout = api.connections.header_timeout;

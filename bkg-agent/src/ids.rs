@@ -6,16 +6,19 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
 }
 
+/// Fills `buffer` from getrandom(2), which blocks only until the kernel's pool is first seeded:
+/// the one source of the agent's random bytes (keys, salts, audit keys, ids, trace ids).
+pub fn fill_random(buffer: &mut [u8]) -> std::io::Result<()> {
+    getrandom::fill(buffer).map_err(std::io::Error::from)
+}
+
 pub fn new_id(prefix: &str) -> String {
     let mut random = [0u8; 6];
-    // SAFETY: getrandom writes at most `random.len()` bytes into the buffer we own.
-    let filled = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
-    if filled != random.len() as isize {
+    if fill_random(&mut random).is_err() {
         // The kernel's pool cannot run dry after boot; the pid and clock still keep ids apart.
         random[..4].copy_from_slice(&std::process::id().to_be_bytes());
     }
-    let random: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("{prefix}_{:011x}{random}", now_ms())
+    format!("{prefix}_{:011x}{}", now_ms(), hex::encode(random))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! `/mcp`: the Model Context Protocol over streamable HTTP, for AI agents. Its tools drive the
 //! same persistent sandboxes as the HTTP API, in the caller's namespace (its project directory
 //! on the agent), with the caller's rights: the gatekeeper has already authenticated the
-//! request and put its `Principal` in the request's extensions.
+//! request and put its `Principal` in the request's extensions. Every tool is one or two
+//! operations of `service/`; this file only translates arguments and answers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,11 +23,12 @@ use serde::Deserialize;
 
 use crate::auth::Principal;
 use crate::ids::new_id;
-use crate::server::{AppState, Failure, MAX_BODY_BYTES};
+use crate::server::MAX_BODY_BYTES;
+use crate::service::{OpError, Service};
 
 /// The service mounted at `/mcp`: stateless (every request stands alone, so any request may
 /// come on any connection), JSON answers where the protocol allows.
-pub fn service(state: AppState) -> StreamableHttpService<SandboxTools, NeverSessionManager> {
+pub fn service(operations: Arc<Service>) -> StreamableHttpService<SandboxTools, NeverSessionManager> {
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -36,7 +38,7 @@ pub fn service(state: AppState) -> StreamableHttpService<SandboxTools, NeverSess
         .disable_allowed_hosts()
         .with_max_request_body_bytes(MAX_BODY_BYTES);
     StreamableHttpService::new(
-        move || Ok(SandboxTools::new(state.clone())),
+        move || Ok(SandboxTools::new(Arc::clone(&operations))),
         Arc::new(NeverSessionManager::default()),
         config,
     )
@@ -44,7 +46,7 @@ pub fn service(state: AppState) -> StreamableHttpService<SandboxTools, NeverSess
 
 #[derive(Clone)]
 pub struct SandboxTools {
-    state: AppState,
+    operations: Arc<Service>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -111,8 +113,16 @@ fn principal_of(parts: &Parts) -> Result<Principal, ErrorData> {
 }
 
 /// A refusal the model should read and act on, as a tool error rather than a protocol error.
-fn refused(failure: Failure) -> CallToolResult {
-    CallToolResult::error(vec![ContentBlock::text(failure.message)])
+fn refused(error: OpError) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(error.to_string())])
+}
+
+/// An operation's answer as the tool's result: structured content, or a refusal.
+fn answer<T: serde::Serialize>(outcome: Result<T, OpError>) -> Result<CallToolResult, ErrorData> {
+    match outcome {
+        Ok(value) => structured(&value),
+        Err(error) => Ok(refused(error)),
+    }
 }
 
 fn structured<T: serde::Serialize>(value: &T) -> Result<CallToolResult, ErrorData> {
@@ -123,8 +133,8 @@ fn structured<T: serde::Serialize>(value: &T) -> Result<CallToolResult, ErrorDat
 
 #[tool_router]
 impl SandboxTools {
-    fn new(state: AppState) -> Self {
-        Self { state, tool_router: Self::tool_router() }
+    fn new(operations: Arc<Service>) -> Self {
+        Self { operations, tool_router: Self::tool_router() }
     }
 
     async fn exec(
@@ -133,21 +143,11 @@ impl SandboxTools {
         sandbox_id: &str,
         exec: ExecRequest,
     ) -> Result<CallToolResult, ErrorData> {
-        let stored = match crate::server::visible_sandbox(&self.state, principal, sandbox_id).await {
-            Ok(stored) => stored,
-            Err(failure) => return Ok(refused(failure)),
+        let ran = match self.operations.accept_exec(principal, sandbox_id, exec).await {
+            Ok(accepted) => self.operations.run_to_end(accepted).await,
+            Err(error) => Err(error),
         };
-        if self.state.engine.current_run(sandbox_id).is_some() {
-            return Ok(refused(Failure::conflict(format!("sandbox {sandbox_id} is running; stop it first"))));
-        }
-        let validated = match self.state.engine.validate_exec(&stored.definition, exec) {
-            Ok(validated) => validated,
-            Err(error) => return Ok(refused(Failure::from(&error))),
-        };
-        match crate::server::run_to_end(self.state.clone(), principal.clone(), validated).await {
-            Ok(result) => structured(&result),
-            Err(failure) => Ok(refused(failure)),
-        }
+        answer(ran)
     }
 
     #[tool(
@@ -164,13 +164,13 @@ impl SandboxTools {
         if let Some(memory) = &args.memory {
             match parse_size(memory) {
                 Ok(bytes) => limits.memory_bytes = Some(bytes),
-                Err(error) => return Ok(refused(Failure::invalid(format!("memory: {error}")))),
+                Err(error) => return Ok(refused(OpError::Invalid(format!("memory: {error}")))),
             }
         }
         if let Some(timeout) = &args.timeout {
             match parse_duration_ms(timeout) {
                 Ok(ms) => limits.timeout_ms = Some(ms),
-                Err(error) => return Ok(refused(Failure::invalid(format!("timeout: {error}")))),
+                Err(error) => return Ok(refused(OpError::Invalid(format!("timeout: {error}")))),
             }
         }
         let name = args.name.unwrap_or_else(|| new_id("mcp").replace('_', "-"));
@@ -182,16 +182,15 @@ impl SandboxTools {
             env: BTreeMap::new(),
             scripts: BTreeMap::new(),
         };
-        match crate::server::create_in_namespace(&self.state, &principal, new).await {
-            Ok(info) => structured(&serde_json::json!({
+        answer(self.operations.create_sandbox(&principal, new).await.map(|info| {
+            serde_json::json!({
                 "sandbox_id": info.id,
                 "name": info.name,
                 "namespace": info.namespace,
                 "language": info.language,
                 "limits": info.limits,
-            })),
-            Err(failure) => Ok(refused(failure)),
-        }
+            })
+        }))
     }
 
     #[tool(description = "Run a Python or Node.js program in a sandbox and return its stdout, stderr, exit code and \
@@ -204,9 +203,9 @@ impl SandboxTools {
         let principal = principal_of(&parts)?;
         let language = match args.language {
             Some(language) => language.into(),
-            None => match crate::server::visible_sandbox(&self.state, &principal, &args.sandbox_id).await {
-                Ok(stored) => stored.definition.language,
-                Err(failure) => return Ok(refused(failure)),
+            None => match self.operations.get_sandbox(&principal, &args.sandbox_id).await {
+                Ok(info) => info.language,
+                Err(error) => return Ok(refused(error)),
             },
         };
         // The program comes on stdin (`python3 -`, `node -`): no quoting, no size limit of argv.
@@ -244,14 +243,8 @@ impl SandboxTools {
         Parameters(args): Parameters<SandboxArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&parts)?;
-        let removed = match crate::server::visible_sandbox(&self.state, &principal, &args.sandbox_id).await {
-            Ok(stored) => crate::server::remove(&self.state, &principal, &args.sandbox_id, stored).await,
-            Err(failure) => Err(failure),
-        };
-        match removed {
-            Ok(()) => structured(&serde_json::json!({ "stopped": true, "sandbox_id": args.sandbox_id })),
-            Err(failure) => Ok(refused(failure)),
-        }
+        let removed = self.operations.delete_sandbox(&principal, &args.sandbox_id).await;
+        answer(removed.map(|()| serde_json::json!({ "stopped": true, "sandbox_id": args.sandbox_id })))
     }
 
     #[tool(description = "The accounting of a sandbox's last run: exit code, wall and CPU time, peak memory, output \
@@ -262,13 +255,10 @@ impl SandboxTools {
         Parameters(args): Parameters<SandboxArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&parts)?;
-        if let Err(failure) = crate::server::visible_sandbox(&self.state, &principal, &args.sandbox_id).await {
-            return Ok(refused(failure));
-        }
-        match self.state.store.last_run_of(&args.sandbox_id).await {
+        match self.operations.last_run_of(&principal, &args.sandbox_id).await {
             Ok(Some(run)) => structured(&run),
-            Ok(None) => Ok(refused(Failure::not_found(format!("sandbox {} has not run yet", args.sandbox_id)))),
-            Err(error) => Err(ErrorData::internal_error(error.to_string(), None)),
+            Ok(None) => Ok(refused(OpError::NotFound(format!("sandbox {} has not run yet", args.sandbox_id)))),
+            Err(error) => Ok(refused(error)),
         }
     }
 }

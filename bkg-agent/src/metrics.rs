@@ -253,6 +253,7 @@ mod tests {
             truncated: false,
             undelivered_bytes: 0,
             limits: bkg_schema::Limits::DEFAULT,
+            security_level: None,
         };
         metrics.run_ended(Ok(&result));
         metrics.run_ended(Err(()));

@@ -1,4 +1,5 @@
-//! The HTTP/JSON API. One router serves the unix socket (peers checked by credentials: root or
+//! The HTTP/JSON API: it reads requests, calls the operations in `service/` and writes their
+//! answers; it decides nothing itself and never touches the engine or the store. One router serves the unix socket (peers checked by credentials: root or
 //! the agent's own user, who act as admin) and, opt-in, TCP, where every request carries an API
 //! key. Every request passes the gatekeeper: body size, authentication, rate limit, the body read
 //! whole within its timeout and the shared body budget, metrics and its trace span. The accept
@@ -6,18 +7,17 @@
 //! (ui/) passes keyless and authenticates its requests by session itself.
 
 pub(crate) mod auth_api;
+pub(crate) mod changes;
 mod failure;
-pub(crate) mod input;
+mod input;
 pub mod listen;
 pub(crate) mod runs;
 pub(crate) mod sandboxes;
 pub(crate) mod system;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::Router;
@@ -30,28 +30,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::notice::Notifier;
-use crate::auth::rate::{RateLimiter, retry_after_seconds};
-use crate::auth::{AuthPolicy, Principal, keys};
-use crate::engine::Engine;
-use crate::ids::now_ms;
-use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::auth::Principal;
+use crate::auth::rate::retry_after_seconds;
+use crate::service::{KEYLESS_ROUTES_PER_MINUTE, Service};
 use crate::telemetry::{Span, Tracer, new_span_id};
 
 pub use failure::Failure;
-pub use runs::run_to_end;
-pub use sandboxes::{create_in_namespace, remove, visible_sandbox};
-pub use system::HealthProbe;
 
 /// Largest request body: the code and its uploads, base64.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
-
-/// Requests without a key (login, peers' rotation notices) allowed per client address and
-/// minute: enough for people and peers, too few to guess passwords.
-const ANONYMOUS_PER_MINUTE: u32 = 30;
 
 /// The routes a TCP client may call without a key: they carry credentials of their own (a
 /// password, an HMAC signature).
@@ -63,24 +52,6 @@ const PROBE_ROUTE: &str = "/healthz";
 /// The `Retry-After` of a request refused because the body budget is spent: bodies in flight
 /// drain within seconds.
 const BODY_RETRY_AFTER_SECONDS: u64 = 1;
-
-/// How often a key's `last_used_at_ms` is written, at most.
-const LAST_USED_EVERY_MS: u64 = 60_000;
-
-/// Keys, limits and notices: the authentication half of the agent's state.
-pub struct AuthState {
-    pub policy: AuthPolicy,
-    pub limiter: RateLimiter,
-    pub notifier: Notifier,
-    /// When each key's use was last written to the store.
-    last_used_written: Mutex<HashMap<String, u64>>,
-}
-
-impl AuthState {
-    pub fn new(policy: AuthPolicy, notifier: Notifier) -> Self {
-        Self { policy, limiter: RateLimiter::default(), notifier, last_used_written: Mutex::new(HashMap::new()) }
-    }
-}
 
 /// Request bodies are read whole before a handler sees them, within a timeout and out of one
 /// budget of bytes shared by all requests in flight, so slow or many big bodies cannot hold the
@@ -109,18 +80,11 @@ impl BodyBudget {
     }
 }
 
+/// What every handler gets: the operations, and what only HTTP needs.
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: Arc<Engine>,
-    pub store: Store,
-    pub socket: PathBuf,
-    pub shutdown: Arc<Notify>,
-    pub auth: Arc<AuthState>,
-    pub metrics: Arc<Metrics>,
+    pub service: Arc<Service>,
     pub tracer: Tracer,
-    pub health: Arc<HealthProbe>,
-    /// The bkg_db sync worker and its URL, when one is configured.
-    pub sync: Option<(Arc<crate::sync::SyncHandle<Store>>, String)>,
     pub bodies: Arc<BodyBudget>,
     /// The Web UI's sessions and one-time login tokens.
     pub ui: Arc<crate::ui::UiState>,
@@ -137,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sync/migrate", post(system::sync_migrate))
         .route("/api/v1/sync/retry", post(system::sync_retry))
         .route("/api/v1/sync/audit/{agent_id}", get(system::sync_audit_lines))
+        .route("/api/v1/changes", get(changes::changes))
         .route("/api/v1/runs", post(runs::create_run).get(runs::list_runs))
         .route("/api/v1/runs/{id}", get(runs::get_run))
         .route("/api/v1/sandboxes", get(sandboxes::list_sandboxes).post(sandboxes::create_sandbox))
@@ -157,7 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/keys/{id}", get(auth_api::get_key).delete(auth_api::delete_key))
         .route("/api/v1/auth/keys/{id}/rotate", post(auth_api::rotate_key))
         .route("/api/v1/auth/keys/{id}/revoke", post(auth_api::revoke_key))
-        .nest_service("/mcp", crate::mcp::service(state.clone()))
+        .nest_service("/mcp", crate::mcp::service(Arc::clone(&state.service)))
         .nest("/ui", crate::ui::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -210,50 +175,12 @@ fn bearer(request: &Request) -> Result<Option<String>, Failure> {
     }
 }
 
-/// The key behind `secret`, if it is known, unexpired and unrevoked.
-async fn key_principal(state: &AppState, secret: &str) -> Result<Principal, Failure> {
-    principal_of_key_hash(state, &keys::hash(secret)).await
-}
-
-/// The key whose secret hashes to `hash`, if it is known, unexpired and unrevoked (the Web UI's
-/// sessions keep the hash, never the secret).
-pub(crate) async fn principal_of_key_hash(state: &AppState, hash: &str) -> Result<Principal, Failure> {
-    let Some(key) = state.store.key_by_hash(hash).await? else {
-        return Err(Failure::unauthorized("unknown API key"));
-    };
-    let now = now_ms();
-    if key.revoked_at_ms.is_some() {
-        return Err(Failure::unauthorized(format!("API key {} is revoked", key.id)));
-    }
-    if key.expires_at_ms <= now {
-        return Err(Failure::unauthorized(format!("API key {} has expired", key.id)));
-    }
-    note_key_use(state, &key.id, now);
-    Ok(Principal::Key(key))
-}
-
-/// Records when a key was last used, at most once a minute per key, off the request's path.
-fn note_key_use(state: &AppState, key_id: &str, now: u64) {
-    {
-        let mut written = state.auth.last_used_written.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if written.get(key_id).is_some_and(|at| now.saturating_sub(*at) < LAST_USED_EVERY_MS) {
-            return;
-        }
-        written.insert(key_id.to_owned(), now);
-    }
-    let (store, key_id) = (state.store.clone(), key_id.to_owned());
-    tokio::spawn(async move {
-        if let Err(error) = store.key_used(&key_id, now).await {
-            tracing::warn!(%error, key = %key_id, "could not record the key's use");
-        }
-    });
-}
-
 /// Takes one request from the allowance of a TCP client that brought no valid key.
 fn charge_anonymous(state: &AppState, peer: Option<SocketAddr>) -> Result<(), Failure> {
     let address = peer.map(|addr| addr.ip().to_string()).unwrap_or_default();
-    state.auth.limiter.check(&format!("addr:{address}"), ANONYMOUS_PER_MINUTE, Instant::now()).map_err(|wait| {
-        state.metrics.rate_limited(crate::metrics::ANONYMOUS);
+    let limiter = &state.service.auth.limiter;
+    limiter.check(&format!("addr:{address}"), KEYLESS_ROUTES_PER_MINUTE, Instant::now()).map_err(|wait| {
+        state.service.metrics.rate_limited(crate::metrics::ANONYMOUS);
         Failure::rate_limited(retry_after_seconds(wait))
     })
 }
@@ -269,9 +196,10 @@ async fn authenticate(
     route: &str,
 ) -> Result<Option<Principal>, Failure> {
     let principal = match (&key, &origin) {
-        (Some(secret), _) => match key_principal(state, secret).await {
+        (Some(secret), _) => match state.service.authenticate_key(secret).await {
             Ok(principal) => principal,
-            Err(failure) => {
+            Err(error) => {
+                let failure = Failure::from(error);
                 if let Origin::Tcp(peer) = origin {
                     charge_anonymous(state, peer)?;
                 }
@@ -295,9 +223,9 @@ async fn authenticate(
     };
     // Peers on the socket are never rate limited: they are the machine's administrators.
     if let (Origin::Tcp(_), Principal::Key(key)) = (&origin, &principal) {
-        let allowance = state.auth.policy.rate_per_minute.get(key.role);
-        if let Err(wait) = state.auth.limiter.check(&key.id, allowance, Instant::now()) {
-            state.metrics.rate_limited(key.role.as_str());
+        let allowance = state.service.auth.policy.rate_per_minute.get(key.role);
+        if let Err(wait) = state.service.auth.limiter.check(&key.id, allowance, Instant::now()) {
+            state.service.metrics.rate_limited(key.role.as_str());
             return Err(Failure::rate_limited(retry_after_seconds(wait)));
         }
     }
@@ -345,7 +273,7 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
     };
 
     let status = response.status();
-    state.metrics.http_answered(&route, method.as_str(), status.as_u16());
+    state.service.metrics.http_answered(&route, method.as_str(), status.as_u16());
     if trace.sampled {
         let mut attributes = vec![
             ("http.request.method", serde_json::json!(method.as_str())),

@@ -14,8 +14,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::audit::{AuditError, AuditLog, WrittenLine};
 
 mod auth_tables;
+mod changes;
+mod retention;
 mod sandbox_env;
 pub use auth_tables::{KeyKind, NewKey};
+pub use retention::ExpiredRun;
 
 /// Each entry upgrades the schema by one version; `PRAGMA user_version` records how far a
 /// database has come. Never edit a released entry: add a new one.
@@ -125,6 +128,10 @@ pub struct Store {
     audit: Arc<Mutex<AuditLog>>,
     /// Told after every commit that added to the outbox, so the sync worker need not poll.
     committed: Arc<tokio::sync::Notify>,
+    /// Bumped after every such commit too, for any number of change feeds (store/changes.rs).
+    outbox_bumped: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Audit-log syncs started after a commit and not finished yet (see `durable`).
+    syncing: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 /// Who asked for a change, for the audit record.
@@ -144,6 +151,20 @@ pub struct OutboxRow {
     pub action: String,
     pub ts_ms: u64,
     pub line: String,
+}
+
+impl OutboxRow {
+    /// A row of a query that selects `seq, agent_id, namespace, action, ts_ms, line`, in that order.
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            seq: row.get::<_, i64>(0)?.max(0) as u64,
+            agent_id: row.get(1)?,
+            namespace: row.get(2)?,
+            action: row.get(3)?,
+            ts_ms: row.get::<_, i64>(4)?.max(0) as u64,
+            line: row.get(5)?,
+        })
+    }
 }
 
 impl Store {
@@ -171,6 +192,8 @@ impl Store {
             connection: Arc::new(Mutex::new(connection)),
             audit: Arc::new(Mutex::new(audit)),
             committed: Arc::new(tokio::sync::Notify::new()),
+            outbox_bumped: Arc::new(tokio::sync::watch::Sender::new(0)),
+            syncing: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -198,15 +221,27 @@ impl Store {
         .await
         .map_err(|_| StoreError::Task)??;
         self.committed.notify_one();
+        self.outbox_bumped.send_modify(|bumps| *bumps = bumps.wrapping_add(1));
         // Durable shortly after, not before the caller hears back: see `audit`.
-        let audit = Arc::clone(&self.audit);
+        let (audit, syncing) = (Arc::clone(&self.audit), Arc::clone(&self.syncing));
+        syncing.send_modify(|count| *count += 1);
         tokio::task::spawn_blocking(move || {
-            let mut audit = audit.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Err(error) = audit.sync() {
+            let mut log = audit.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Err(error) = log.sync() {
                 tracing::error!(%error, "the audit log could not be made durable");
             }
+            drop(log);
+            // The task's hold on the log ends here: a store opened next finds it unlocked.
+            drop(audit);
+            syncing.send_modify(|count| *count = count.saturating_sub(1));
         });
         Ok(value)
+    }
+
+    /// Resolves once every record written so far is durable in the audit log and no sync task
+    /// holds the log any more.
+    pub async fn durable(&self) {
+        let _ = self.syncing.subscribe().wait_for(|count| *count == 0).await;
     }
 
     /// Resolves after the next commit that added events to the outbox.
@@ -230,16 +265,7 @@ impl Store {
                 "SELECT seq, agent_id, namespace, action, ts_ms, line FROM outbox
                  WHERE synced = 0 AND parked_at_ms IS NULL ORDER BY seq LIMIT ?1",
             )?;
-            let rows = statement.query_map(params![limit as i64], |row| {
-                Ok(OutboxRow {
-                    seq: row.get::<_, i64>(0)?.max(0) as u64,
-                    agent_id: row.get(1)?,
-                    namespace: row.get(2)?,
-                    action: row.get(3)?,
-                    ts_ms: row.get::<_, i64>(4)?.max(0) as u64,
-                    line: row.get(5)?,
-                })
-            })?;
+            let rows = statement.query_map(params![limit as i64], OutboxRow::read)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -891,6 +917,7 @@ mod tests {
         let record = store.get_run("run_1").await?;
         assert_eq!(record.as_ref().map(|r| r.finished_at_ms), Some(None));
         store.run_cleaned_up("run_1", true).await?;
+        store.durable().await;
         drop(store);
 
         let reopened = Store::open(&path, AuditLog::open(dir.path())?)?;
@@ -908,6 +935,7 @@ mod tests {
         let path = dir.path().join("state.db");
         let store = Store::open(&path, AuditLog::open(dir.path())?)?;
         store.run_started(&caller(), "run_1", None, Language::Python, Limits::DEFAULT, 10).await?;
+        store.durable().await;
         drop(store);
         // A crash between the audit line and its SQLite transaction: the line is on disk only.
         let mut log = AuditLog::open(dir.path())?;
@@ -981,6 +1009,7 @@ mod tests {
         let legacy = serde_json::to_string(&definition)?;
         store.with(move |db| Ok(db.execute("UPDATE sandboxes SET definition = ?1", params![legacy])?)).await?;
         std::fs::remove_file(&file)?;
+        store.durable().await;
         drop(store);
         let store = Store::open(&dir.path().join("state.db"), AuditLog::open(dir.path())?)?;
         assert_eq!(store.get_sandbox("api-1").await?.map(|stored| stored.definition), Some(definition.clone()));

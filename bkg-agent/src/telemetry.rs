@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::auth::keys::fill_random;
+use crate::ids::fill_random;
 
 pub const SAMPLING_RATE_ENV: &str = "CAVE_OTEL_SAMPLING_RATE";
 /// Spans waiting for export; beyond this, new spans are dropped rather than slowing requests.
@@ -123,8 +123,8 @@ impl Tracer {
 fn parse_traceparent(header: &str) -> Option<([u8; 16], [u8; 8])> {
     let mut parts = header.trim().split('-');
     let (_version, trace, parent) = (parts.next()?, parts.next()?, parts.next()?);
-    let trace: [u8; 16] = crate::hex::decode(trace)?.try_into().ok()?;
-    let parent: [u8; 8] = crate::hex::decode(parent)?.try_into().ok()?;
+    let trace: [u8; 16] = hex::decode(trace).ok()?.try_into().ok()?;
+    let parent: [u8; 8] = hex::decode(parent).ok()?.try_into().ok()?;
     (trace != [0; 16] && parent != [0; 8]).then_some((trace, parent))
 }
 
@@ -154,9 +154,9 @@ pub fn export_request(spans: &[Span]) -> Value {
         .iter()
         .map(|span| {
             json!({
-                "traceId": crate::hex::encode(&span.trace_id),
-                "spanId": crate::hex::encode(&span.span_id),
-                "parentSpanId": span.parent_span_id.map(|id| crate::hex::encode(&id)).unwrap_or_default(),
+                "traceId": hex::encode(span.trace_id),
+                "spanId": hex::encode(span.span_id),
+                "parentSpanId": span.parent_span_id.map(hex::encode).unwrap_or_default(),
                 "name": span.name,
                 // SPAN_KIND_SERVER
                 "kind": 2,
@@ -243,10 +243,7 @@ mod tests {
     #[test]
     fn traceparent_is_followed_and_spans_encode_as_otlp_json() {
         let trace = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        assert_eq!(
-            trace.map(|(trace, _)| crate::hex::encode(&trace)).as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
+        assert_eq!(trace.map(|(trace, _)| hex::encode(trace)).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         assert!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
         assert!(parse_traceparent("garbage").is_none());
 

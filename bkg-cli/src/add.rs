@@ -9,46 +9,18 @@ use bkg_schema::cave::{
     self, CaveLimits, CpuCount, ENV_KEY_RULE, FILE_NAME, SCRIPT_NAME_RULE, Volume, is_command, is_env_key,
     is_script_name, yaml_scalar,
 };
-use clap::Args;
 
-use crate::exit::CliError;
-use crate::project::{NewSandbox, checked_language, checked_name, print_errors, write_atomically};
+use crate::args::AddArgs;
+use crate::exit::{CliError, SUCCESS};
+use crate::project::{NewSandbox, checked_language, checked_name, write_atomically};
+use crate::settings::Settings;
 
-#[derive(Debug, Args)]
-pub struct AddArgs {
-    /// The sandbox's name: lowercase letters, digits and '-'.
-    #[arg(value_name = "NAME")]
-    pub name: String,
-    /// The language: python or node.
-    #[arg(short = 't', long = "type", value_name = "TYPE")]
-    pub language: String,
-    /// A script, NAME=COMMAND (repeatable) [default: start=python main.py or node main.js]
-    #[arg(short = 's', long = "script", value_name = "NAME=CMD", allow_hyphen_values = true)]
-    pub scripts: Vec<String>,
-    #[command(flatten)]
-    pub limits: crate::args::LimitArgs,
-    /// Set an environment variable in the sandbox (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Mount a project folder, read-only unless :rw (repeatable).
-    #[arg(long = "volume", value_name = "HOST:GUEST[:ro|:rw]")]
-    pub volumes: Vec<String>,
-    /// The cave.yaml to edit [default: DIR/cave.yaml]
-    #[arg(long, value_name = "PATH", conflicts_with = "dir")]
-    pub cave: Option<PathBuf>,
-    /// The old name of --cave (`bkg exe --file` copies a file in); warns.
-    #[arg(long, value_name = "PATH", hide = true, conflicts_with_all = ["cave", "dir"])]
-    pub file: Option<PathBuf>,
-    /// The project directory [default: .]
-    #[arg(short = 'C', long = "dir", value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-}
-
-pub fn run(args: AddArgs) -> Result<i32, CliError> {
+pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
+    let out = settings.out;
     let name = checked_name(&args.name)?;
     let sandbox = new_sandbox(&args)?;
     if args.file.is_some() {
-        eprintln!("bkg: `bkg add --file` is deprecated: use --cave (as `bkg exe --file` copies a file in)");
+        out.note(format_args!("`bkg add --file` is deprecated: use --cave (as `bkg exe --file` copies a file in)"));
     }
     let path = match (args.cave.or(args.file), args.dir) {
         (Some(path), _) => path,
@@ -64,7 +36,7 @@ pub fn run(args: AddArgs) -> Result<i32, CliError> {
         }
     })?;
     let before = cave::parse(&text, &file).map_err(|errors| {
-        print_errors(&errors);
+        out.human(format_args!("{errors}"));
         CliError::usage(format!("{file} is not valid: fix the problems above first"))
     })?;
     if before.sandboxes.contains_key(&name) {
@@ -87,8 +59,8 @@ pub fn run(args: AddArgs) -> Result<i32, CliError> {
         )));
     }
     write_atomically(&path, &edited)?;
-    eprintln!("bkg: added sandbox `{name}` ({}) to {file}", sandbox.language.as_str());
-    Ok(0)
+    out.note(format_args!("added sandbox `{name}` ({}) to {file}", sandbox.language.as_str()));
+    Ok(SUCCESS)
 }
 
 /// A limit flag: its key in cave.yaml, its value, and how to check it as that limit.

@@ -4,42 +4,61 @@ use std::time::Duration;
 
 use bkg_schema::AgentInfo;
 use bkg_schema::units::{format_cpus, format_duration_ms, format_size};
+use serde::Serialize;
 
-use crate::args::{AgentAction, AgentArgs, GlobalArgs};
+use crate::args::{AgentAction, AgentArgs};
 use crate::client::{AgentClient, agent_command, start_agent};
-use crate::exit::{BKG_FAILED, CliError};
+use crate::exit::{BKG_FAILED, CliError, NEGATIVE, SUCCESS};
+use crate::settings::{Place, Settings};
 
-pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<i32, CliError> {
-    let client = AgentClient::new(global)?;
+/// `bkg agent status --json` of a running agent: what it says of itself, and that it runs.
+#[derive(Serialize)]
+struct Running<'a> {
+    running: bool,
+    #[serde(flatten)]
+    info: &'a AgentInfo,
+}
+
+/// `bkg agent status --json` when no agent answers.
+#[derive(Serialize)]
+struct NotRunning {
+    running: bool,
+    socket: String,
+}
+
+pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> {
+    let out = settings.out;
+    let endpoint = settings.endpoint()?;
+    let client = AgentClient::new(&endpoint)?;
     match args.action {
         AgentAction::Start { foreground, state_dir } => {
-            if client.is_remote() {
+            let Place::Socket(socket) = &endpoint.place else {
                 return Err(CliError::usage(format!(
                     "bkg agent start starts a local agent; it cannot start {}",
-                    client.endpoint()
+                    client.location()
                 )));
-            }
+            };
             if client.is_up() {
-                eprintln!("bkg: an agent is already running on {}", client.socket.display());
-                return Ok(0);
+                out.note(format_args!("an agent is already running on {}", socket.display()));
+                return Ok(SUCCESS);
             }
             if !nix::unistd::geteuid().is_root() {
                 return Err(CliError::new(BKG_FAILED, "the agent needs root: run `sudo bkg agent start`"));
             }
             let state_dir = state_dir.unwrap_or_else(bkg_schema::paths::default_state_dir);
             if foreground {
-                let error = std::os::unix::process::CommandExt::exec(&mut agent_command(&client.socket, &state_dir));
+                let error = std::os::unix::process::CommandExt::exec(&mut agent_command(socket, &state_dir));
                 return Err(CliError::new(BKG_FAILED, format!("cannot start bkg-agent: {error}")));
             }
-            let pid = start_agent(&client.socket, &state_dir)?;
+            let pid = start_agent(socket, &state_dir)?;
             client.wait_until_up(Duration::from_secs(15)).await?;
-            eprintln!("bkg: agent started (pid {pid}) on {}", client.socket.display());
-            Ok(0)
+            out.note(format_args!("agent started (pid {pid}) on {}", socket.display()));
+            Ok(SUCCESS)
         }
         AgentAction::Stop => {
             if !client.is_up() {
-                eprintln!("bkg: no agent is running on {}", client.endpoint());
-                return Ok(0);
+                out.note(format_args!("no agent is running on {}", client.location()));
+                return Ok(SUCCESS);
             }
             client.post_empty("/api/v1/agent/shutdown").await?;
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -49,32 +68,26 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<i32, CliError> 
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            eprintln!("bkg: agent stopped");
-            Ok(0)
+            out.note(format_args!("agent stopped"));
+            Ok(SUCCESS)
         }
-        AgentAction::Status { json } => {
+        AgentAction::Status { .. } => {
             if !client.is_up() {
-                if json {
-                    println!("{}", serde_json::json!({ "running": false, "socket": client.endpoint() }));
+                if out.is_json() {
+                    out.json(&NotRunning { running: false, socket: client.location() })?;
                 } else {
-                    eprintln!("bkg: no agent is running on {}", client.endpoint());
+                    out.note(format_args!("no agent is running on {}", client.location()));
                 }
-                return Ok(1);
+                return Ok(NEGATIVE);
             }
             let info: AgentInfo = client.get("/api/v1/agent").await?;
-            if json {
-                let mut value = serde_json::to_value(&info).map_err(|error| CliError::internal(error.to_string()))?;
-                value["running"] = serde_json::Value::Bool(true);
-                println!("{value}");
-            } else {
-                print_status(&info);
-            }
-            Ok(0)
+            out.answer(&Running { running: true, info: &info }, |running| describe(running.info))?;
+            Ok(SUCCESS)
         }
     }
 }
 
-fn print_status(info: &AgentInfo) {
+fn describe(info: &AgentInfo) -> String {
     let limits = |l: &bkg_schema::Limits| {
         format!(
             "cpus {} · memory {} · timeout {} · disk {} · pids {}",
@@ -85,14 +98,23 @@ fn print_status(info: &AgentInfo) {
             l.pids
         )
     };
-    println!("agent      running (pid {}, version {})", info.pid, info.version);
-    println!("socket     {}", info.socket);
-    println!("state dir  {}", info.state_dir);
-    println!("cgroups    {}", info.cgroup_version);
-    println!(
-        "runs       {} active · {} warm sandboxes · {} cleanups pending",
-        info.active_runs, info.warm_sandboxes, info.pending_cleanups
+    let mut text = String::new();
+    let mut line = |key: &str, value: String| text.push_str(&format!("{key:<11}{value}\n"));
+    line("agent", format!("running (pid {}, version {})", info.pid, info.version));
+    line("socket", info.socket.clone());
+    line("state dir", info.state_dir.clone());
+    line("cgroups", info.cgroup_version.clone());
+    if let Some(level) = info.security_level {
+        line("security", format!("{level} (`bkg doctor` says why)"));
+    }
+    line(
+        "runs",
+        format!(
+            "{} active · {} warm sandboxes · {} cleanups pending",
+            info.active_runs, info.warm_sandboxes, info.pending_cleanups
+        ),
     );
-    println!("defaults   {}", limits(&info.default_limits));
-    println!("maximum    {}", limits(&info.max_limits));
+    line("defaults", limits(&info.default_limits));
+    line("maximum", limits(&info.max_limits));
+    text
 }

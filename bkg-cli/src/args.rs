@@ -1,4 +1,7 @@
 //! The command-line grammar of `bkg` and `bkgr`, and the examples every `--help` ends with.
+//!
+//! Every clap struct lives here and this module uses no other of the crate: the commands read
+//! their arguments from it, never the other way round.
 
 use std::path::PathBuf;
 
@@ -36,17 +39,17 @@ pub enum Command {
     /// Start, stop or inspect the local agent.
     Agent(AgentArgs),
     /// Write a cave.yaml and the .bkg/ state folder (asks on a terminal; flags and defaults otherwise).
-    Init(crate::init::InitArgs),
+    Init(InitArgs),
     /// Add a sandbox to cave.yaml, keeping its comments and order.
-    Add(Box<crate::add::AddArgs>),
+    Add(Box<AddArgs>),
     /// Check a cave.yaml against its schema and list every problem.
-    Validate(crate::validate::ValidateArgs),
+    Validate(ValidateArgs),
     /// List the project's persistent sandboxes (`--all`: every project's).
-    Ls(crate::manage::LsArgs),
+    Ls(LsArgs),
     /// Show one persistent sandbox: state, last run, limits, disk.
-    Status(crate::manage::NameArgs),
+    Status(NameArgs),
     /// Print the output of a sandbox's latest run (`-f` follows it).
-    Logs(crate::manage::LogsArgs),
+    Logs(LogsArgs),
     /// Stop the run going on in one or more sandboxes (`--all`: every sandbox of the project).
     Stop(StopArgs),
     /// Remove sandboxes: their workspace, logs and their entry in cave.yaml.
@@ -56,21 +59,65 @@ pub enum Command {
     /// Verify or follow the agent's signed audit log.
     Audit(AuditArgs),
     /// The sync of the agent's events to the shared bkg_db.
-    Sync(crate::sync_cmd::SyncArgs),
+    Sync(SyncArgs),
     /// The shared bkg_db itself.
-    Db(crate::sync_cmd::DbArgs),
+    Db(DbArgs),
     /// Keep an API key for a remote agent (--remote): log in with a password, or give a key.
-    Login(crate::login_cmd::LoginArgs),
+    Login(LoginArgs),
     /// Forget the API key kept for a remote agent (--remote).
     Logout,
     /// Create, list, rotate and revoke API keys.
-    Keys(crate::keys_cmd::KeysArgs),
+    Keys(KeysArgs),
+    /// Follow the changes to runs, sandboxes, keys and the audit log as they happen.
+    Watch(WatchArgs),
     /// Open the agent's Web UI: print (or --open) a URL that logs in once.
-    Ui(crate::ui_cmd::UiArgs),
+    Ui(UiArgs),
     /// The versions of bkg and of the agent, their commits and build dates, the agent's protections.
     Version(VersionArgs),
+    /// Check this host and its agent: each piece passes, warns or fails, with the fix.
+    Doctor(DoctorArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     Completions(CompletionsArgs),
+}
+
+impl Command {
+    /// Whether the command was asked for JSON (`--json`): read once, into the printer.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Exe(args) => args.json,
+            Command::Validate(ValidateArgs { json, .. })
+            | Command::Ls(LsArgs { json, .. })
+            | Command::Status(NameArgs { json, .. })
+            | Command::Stop(StopArgs { json, .. })
+            | Command::Rm(RmArgs { json, .. })
+            | Command::Login(LoginArgs { json, .. })
+            | Command::Version(VersionArgs { json })
+            | Command::Watch(WatchArgs { json, .. })
+            | Command::Ui(UiArgs { json, .. })
+            | Command::Doctor(DoctorArgs { json, .. })
+            | Command::Agent(AgentArgs { action: AgentAction::Status { json } })
+            | Command::Runs(RunsArgs { action: RunsAction::Ls { json, .. } | RunsAction::Show { json, .. } })
+            | Command::Audit(AuditArgs {
+                action:
+                    AuditAction::Verify(AuditVerifyArgs { json, .. }) | AuditAction::Tail(AuditTailArgs { json, .. }),
+            })
+            | Command::Sync(SyncArgs { action: SyncAction::Status { json } | SyncAction::Retry { json, .. } })
+            | Command::Db(DbArgs { action: DbAction::Migrate { json } })
+            | Command::Keys(KeysArgs {
+                action:
+                    KeysAction::Create { json, .. }
+                    | KeysAction::Ls { json }
+                    | KeysAction::Rotate { json, .. }
+                    | KeysAction::Revoke { json, .. },
+            }) => *json,
+            Command::Agent(_)
+            | Command::Init(_)
+            | Command::Add(_)
+            | Command::Logs(_)
+            | Command::Logout
+            | Command::Completions(_) => false,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -82,9 +129,9 @@ pub struct AuditArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditAction {
     /// Check the hash chain and signatures; name the first bad line. Exit 0 intact, 1 tampered.
-    Verify(crate::audit_cmd::AuditVerifyArgs),
+    Verify(AuditVerifyArgs),
     /// Print the newest records (`-f` follows).
-    Tail(crate::audit_cmd::AuditTailArgs),
+    Tail(AuditTailArgs),
 }
 
 /// The resource limits of a run or a sandbox, as written on the command line (parsed later, so
@@ -171,7 +218,7 @@ pub struct StopArgs {
     #[arg(long, conflicts_with = "names")]
     pub all: bool,
     #[command(flatten)]
-    pub project: crate::manage::ProjectArgs,
+    pub project: ProjectArgs,
     /// Print JSON: one object per sandbox, in an array.
     #[arg(long)]
     pub json: bool,
@@ -183,7 +230,7 @@ pub struct RmArgs {
     #[arg(value_name = "NAME", required = true)]
     pub names: Vec<String>,
     #[command(flatten)]
-    pub project: crate::manage::ProjectArgs,
+    pub project: ProjectArgs,
     /// Do not ask (required when stdin is not a terminal).
     #[arg(long)]
     pub force: bool,
@@ -209,7 +256,7 @@ pub enum RunsAction {
         #[arg(long, value_name = "NAME")]
         sandbox: Option<String>,
         #[command(flatten)]
-        project: crate::manage::ProjectArgs,
+        project: ProjectArgs,
         /// Print JSON: an array of runs.
         #[arg(long)]
         json: bool,
@@ -237,6 +284,258 @@ pub struct CompletionsArgs {
     /// The shell to complete in.
     #[arg(value_name = "SHELL")]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The project folder, created if missing [default: .]
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Never ask: use the flags and defaults (also the case without a terminal or with CI set).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Overwrite an existing cave.yaml.
+    #[arg(long)]
+    pub force: bool,
+    /// The namespace [default: default]
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Add a first sandbox with this name [default: none without prompts]
+    #[arg(long, value_name = "NAME")]
+    pub sandbox: Option<String>,
+    /// The first sandbox's type: python or node [default: python]
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    pub language: Option<String>,
+    /// The first sandbox's start script [default: python main.py or node main.js]
+    #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
+    pub start: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The sandbox's name: lowercase letters, digits and '-'.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The language: python or node.
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    pub language: String,
+    /// A script, NAME=COMMAND (repeatable) [default: start=python main.py or node main.js]
+    #[arg(short = 's', long = "script", value_name = "NAME=CMD", allow_hyphen_values = true)]
+    pub scripts: Vec<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Set an environment variable in the sandbox (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Mount a project folder, read-only unless :rw (repeatable).
+    #[arg(long = "volume", value_name = "HOST:GUEST[:ro|:rw]")]
+    pub volumes: Vec<String>,
+    /// The cave.yaml to edit [default: DIR/cave.yaml]
+    #[arg(long, value_name = "PATH", conflicts_with = "dir")]
+    pub cave: Option<PathBuf>,
+    /// The old name of --cave (`bkg exe --file` copies a file in); warns.
+    #[arg(long, value_name = "PATH", hide = true, conflicts_with_all = ["cave", "dir"])]
+    pub file: Option<PathBuf>,
+    /// The project directory [default: .]
+    #[arg(short = 'C', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The file to check [default: DIR/cave.yaml]
+    #[arg(value_name = "FILE", conflicts_with = "dir")]
+    pub file: Option<PathBuf>,
+    /// The project directory [default: .]
+    #[arg(short = 'C', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Print only one JSON object: {"file", "valid", "errors": [{"line", "pointer", "message"}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProjectArgs {
+    /// The project directory [default: the nearest with a cave.yaml, from the current one up]
+    #[arg(short = 'C', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Every sandbox the agent knows, of every project.
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON: an array of sandboxes.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// The sandbox's name in cave.yaml.
+    pub name: String,
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The sandbox's name in cave.yaml.
+    pub name: String,
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Keep printing while the run goes on.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Start with the last N lines of the output.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Lead each line with the time bkg read it (RFC 3339, UTC): when it was written, for lines that arrive with -f.
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// Log files to verify, in this order [default: every file of STATE_DIR/audit/]
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The agent's public key: 64 hex digits or a file holding them [default: audit.pub beside the log's directory]
+    #[arg(long, value_name = "HEX|FILE")]
+    pub key: Option<String>,
+    /// The agent's state directory [default: /var/lib/bkg as root]
+    #[arg(long, env = "BKG_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of a line on stderr.
+    #[arg(long)]
+    pub json: bool,
+    /// Verify the chain as the shared bkg_db holds it (read through the agent), not the local files.
+    #[arg(long, conflicts_with = "files")]
+    pub from_db: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditTailArgs {
+    /// How many of the last records to print.
+    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 10)]
+    pub lines: usize,
+    /// Keep printing records as they are written, across file rotation.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// The agent's state directory [default: /var/lib/bkg as root]
+    #[arg(long, env = "BKG_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print the records' JSON lines as written.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(subcommand)]
+    pub action: SyncAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncAction {
+    /// Backlog, parked events, last success and last error of the sync to bkg_db. Exit 0
+    /// healthy or not configured, 1 when the last attempt failed or events are parked.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ship parked events again (all of them, or the one with sequence number SEQ), once what
+    /// bkg_db refused is fixed.
+    Retry {
+        /// The parked event's sequence number, as `bkg sync status` lists it.
+        seq: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    #[command(subcommand)]
+    pub action: DbAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Apply bkg_db's schema migrations now (the agent also applies them when it connects).
+    Migrate {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Log in as this user; the password is read from stdin (asked for on a terminal).
+    #[arg(long, value_name = "NAME", conflicts_with = "key_stdin")]
+    pub user: Option<String>,
+    /// Read an existing API key from stdin instead.
+    #[arg(long)]
+    pub key_stdin: bool,
+    /// Print what the agent says of the key as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Create a key and print it (it is shown only this once).
+    Create {
+        /// admin, namespace, session or model-access.
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+        /// The namespace the key is confined to (every role but admin).
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+        /// A label for people.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Lifetime, e.g. 12h, 7d [default: the role's]
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// Print the key and its description as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the keys you may manage (never their secrets).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a key a new secret and print it; the old one stops working at once.
+    Rotate {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: it is refused from its next request on.
+    Revoke {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Run the sandboxes of a bkg project (cave.yaml): SCRIPT of sandbox NAME, or the `start`
@@ -325,8 +624,13 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("keys ls", "bkg keys ls\n  bkg --remote http://10.0.0.5:7070 keys ls --json"),
     ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
     ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
+    ("watch", "bkg watch\n  bkg watch --json --kinds runs --namespace team-a\n  bkg watch --since 1200 --count 50"),
     ("ui", "bkg ui\n  bkg ui --open\n  bkg ui --json"),
     ("version", "bkg version\n  bkg version --json"),
+    (
+        "doctor",
+        "sudo bkg doctor\n  bkg doctor --json | jq '.checks[] | select(.status != \"pass\")'\n  sudo bkg doctor --tls-cert /etc/bkg/cert.pem",
+    ),
     (
         "completions",
         "bkg completions bash > /etc/bash_completion.d/bkg\n  bkg completions zsh > \"${fpath[1]}/_bkg\"\n  \
@@ -403,4 +707,102 @@ mod tests {
         let missing: Vec<&String> = found.iter().filter(|path| !EXAMPLES.iter().any(|(key, _)| key == path)).collect();
         assert!(missing.is_empty(), "commands without examples in args.rs EXAMPLES: {missing:?}");
     }
+
+    #[test]
+    fn every_json_flag_reaches_the_printer() {
+        let cases: &[&[&str]] = &[
+            &["exe", "x.py", "--json"],
+            &["agent", "status", "--json"],
+            &["validate", "--json"],
+            &["ls", "--json"],
+            &["status", "web", "--json"],
+            &["stop", "web", "--json"],
+            &["rm", "web", "--json"],
+            &["runs", "ls", "--json"],
+            &["runs", "show", "run_1", "--json"],
+            &["audit", "verify", "--json"],
+            &["audit", "tail", "--json"],
+            &["sync", "status", "--json"],
+            &["sync", "retry", "--json"],
+            &["db", "migrate", "--json"],
+            &["login", "--key-stdin", "--json"],
+            &["keys", "create", "--role", "admin", "--json"],
+            &["keys", "ls", "--json"],
+            &["keys", "rotate", "key_1", "--json"],
+            &["keys", "revoke", "key_1", "--json"],
+            &["version", "--json"],
+            &["watch", "--json"],
+            &["doctor", "--json"],
+        ];
+        for args in cases {
+            let parse = |args: &[&str]| {
+                let matches = bkg_command().try_get_matches_from(std::iter::once(&"bkg").chain(args)).expect("parses");
+                Cli::from_arg_matches(&matches).expect("parses").command.json()
+            };
+            assert!(parse(args), "{args:?}");
+            assert!(!parse(&args[..args.len() - 1]), "{args:?} without --json");
+        }
+        // Every command with a --json flag is among the cases.
+        let mut found = Vec::new();
+        paths(&Cli::command(), "", &mut found);
+        let command = Cli::command();
+        for path in found.iter().filter(|path| !path.is_empty()) {
+            let sub = path.split(' ').try_fold(&command, |command, name| command.find_subcommand(name));
+            let has_json = sub.is_some_and(|sub| sub.get_arguments().any(|arg| arg.get_id() == "json"));
+            let covered = cases.iter().any(|args| args.join(" ").starts_with(path.as_str()));
+            assert!(!has_json || covered, "`bkg {path} --json` is not checked");
+        }
+    }
+}
+
+/// `bkg watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Print each change as one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this namespace's changes (an admin's filter; a namespace key sees only its own).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Only these kinds of change, comma-separated: runs, sandboxes, keys, audit [default: all]
+    #[arg(long, value_name = "LIST")]
+    pub kinds: Option<String>,
+    /// Start after this position (a change's `position`, or what an ended stream said to resume from) [default: 0, from the start]
+    #[arg(long, value_name = "CURSOR")]
+    pub since: Option<u64>,
+    /// Stop after this many changes.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+/// `bkg ui`.
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// Open the URL in the desktop's browser (xdg-open) besides printing it.
+    #[arg(long)]
+    pub open: bool,
+    /// Print JSON: the URL and whether a listener was started for it.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bkg doctor`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit codes: 0 every check passed or warned; 1 a check failed; 125 bkg doctor itself failed.")]
+pub struct DoctorArgs {
+    /// Print the report as JSON: {"status", "host_level", "agent_level", "checks": [...]}.
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's state directory [default: the running agent's, else BKG_STATE_DIR or the default]
+    #[arg(long, value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+    /// The Python interpreter the agent is (or will be) started with [default: the agent's]
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// The Node.js interpreter the agent is (or will be) started with [default: the agent's]
+    #[arg(long, value_name = "PATH")]
+    pub node: Option<PathBuf>,
+    /// The TLS certificate (PEM, leaf first) the agent serves on --listen: its expiry is checked
+    #[arg(long, value_name = "PEM", env = "BKG_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
 }

@@ -7,60 +7,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bkg_schema::audit::{self, PublicKey, SignedRecord, VerifyReport};
-use clap::Args;
 use serde::Serialize;
 
-use crate::exit::CliError;
+use crate::args::{AuditTailArgs, AuditVerifyArgs};
+use crate::exit::{CliError, NEGATIVE, SUCCESS};
+use crate::settings::Settings;
 
-/// The exit code of a log that fails verification.
-const VERIFY_FAILED: i32 = 1;
 /// How often `tail -f` looks for new records.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-#[derive(Debug, Args)]
-pub struct AuditVerifyArgs {
-    /// Log files to verify, in this order [default: every file of STATE_DIR/audit/]
-    #[arg(value_name = "FILE")]
-    pub files: Vec<PathBuf>,
-    /// The agent's public key: 64 hex digits or a file holding them [default: audit.pub beside the log's directory]
-    #[arg(long, value_name = "HEX|FILE")]
-    pub key: Option<String>,
-    /// The agent's state directory [default: /var/lib/bkg as root]
-    #[arg(long, env = "BKG_STATE_DIR", value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Print one JSON object on stdout instead of a line on stderr.
-    #[arg(long)]
-    pub json: bool,
-    /// Verify the chain as the shared bkg_db holds it (read through the agent), not the local files.
-    #[arg(long, conflicts_with = "files")]
-    pub from_db: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct AuditTailArgs {
-    /// How many of the last records to print.
-    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 10)]
-    pub lines: usize,
-    /// Keep printing records as they are written, across file rotation.
-    #[arg(short = 'f', long)]
-    pub follow: bool,
-    /// The agent's state directory [default: /var/lib/bkg as root]
-    #[arg(long, env = "BKG_STATE_DIR", value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Print the records' JSON lines as written.
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// `bkg audit verify`: 0 when the chain is intact, 1 at the first bad line, 125 on bad input.
-pub async fn verify(global: &crate::args::GlobalArgs, args: AuditVerifyArgs) -> Result<i32, CliError> {
+pub async fn verify(settings: &Settings, args: AuditVerifyArgs) -> Result<i32, CliError> {
     if !args.from_db {
         return verify_to(&args, &mut io::stdout().lock(), &mut io::stderr().lock());
     }
     // bkg_db holds the agent's lines in seq order: verify them as one file, with the agent's key.
     let state_dir = state_dir(args.state_dir.as_deref());
     let key = load_key(args.key.as_deref(), &state_dir.join("audit.pub"))?;
-    let client = crate::client::AgentClient::new(global)?;
+    let client = crate::client::AgentClient::new(&settings.endpoint()?)?;
     let lines: String = client.get_text(&format!("/api/v1/sync/audit/{}", key.agent_id())).await?;
     let copy = tempfile::Builder::new()
         .prefix("bkg-audit-from-db-")
@@ -83,7 +47,7 @@ pub fn verify_to(args: &AuditVerifyArgs, out: &mut dyn Write, err: &mut dyn Writ
     };
     let key = load_key(args.key.as_deref(), &default_key)?;
     let report = audit::verify(&files, &key).map_err(|error| CliError::usage(error.to_string()))?;
-    let code = if report.first_bad.is_some() { VERIFY_FAILED } else { 0 };
+    let code = if report.first_bad.is_some() { NEGATIVE } else { SUCCESS };
     if args.json {
         emit(out, &report_json(&report)?)?;
     } else {
@@ -164,7 +128,7 @@ fn list_log(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CliError> {
 
 fn emit(out: &mut dyn Write, text: &str) -> Result<(), CliError> {
     writeln!(out, "{text}").map_err(|error| {
-        crate::out::reader_gone(&error)
+        crate::exit::reader_gone(&error)
             .unwrap_or_else(|| CliError::internal(format!("cannot write the output: {error}")))
     })
 }
@@ -174,7 +138,7 @@ pub async fn tail(args: AuditTailArgs) -> Result<i32, CliError> {
     let dir = state_dir(args.state_dir.as_deref()).join("audit");
     let mut tail = Tail::start(&dir, args.lines, args.json, &mut io::stdout().lock())?;
     if !args.follow {
-        return Ok(0);
+        return Ok(SUCCESS);
     }
     loop {
         tokio::time::sleep(FOLLOW_POLL).await;

@@ -10,124 +10,110 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bkg_schema::{ApiError, ErrorCode};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::args::GlobalArgs;
 use crate::exit::{BKG_FAILED, CliError, RUNTIME_NOT_EXECUTABLE};
+use crate::settings::{Endpoint, Place, TIMEOUT_ENV};
 
 /// The host part is ignored on a unix socket; it only makes the URL well-formed.
 const BASE_URL: &str = "http://bkg-agent";
 
-/// Overrides how long a call waits for the agent (a duration: `30s`, `2m`).
-pub const TIMEOUT_ENV: &str = "BKG_CLIENT_TIMEOUT";
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// No body: for the calls that send none.
+const NO_BODY: Option<&()> = None;
 
+/// A client of one agent. `bkgr` defines and runs sandboxes with it (`new`, `ensure_running`,
+/// `put_json`, `post_json`); the other calls are `bkg`'s.
 pub struct AgentClient {
-    pub socket: PathBuf,
-    /// The base URL of a remote agent; `None` on the unix socket.
-    remote: Option<reqwest::Url>,
+    place: Place,
     http: reqwest::Client,
     /// How long a call waits for the agent's answer.
     patience: Duration,
 }
 
 impl AgentClient {
-    pub fn new(global: &GlobalArgs) -> Result<Self, CliError> {
-        match &global.remote {
-            Some(url) => {
-                let remote = crate::credentials::parse_remote(url)?;
-                let key = crate::credentials::key_for(&remote)?;
-                Self::remote(remote, Some(&key), global.cacert.as_deref())
+    pub fn new(endpoint: &Endpoint) -> Result<Self, CliError> {
+        let patience = endpoint.patience;
+        // No idle connection is kept for a later call: the agent closes idle connections after
+        // its header timeout (10 s, as long as the client's patience), and a call sent on one just
+        // as it closes fails with a broken pipe. A call is one request on a fresh connection.
+        let builder = reqwest::Client::builder().connect_timeout(patience).pool_max_idle_per_host(0);
+        let builder = match &endpoint.place {
+            Place::Socket(socket) => builder
+                .tls_backend_preconfigured(tls_config(rustls::RootCertStore::empty())?)
+                .unix_socket(socket.clone()),
+            Place::Remote { url, key, cacert } => {
+                let mut headers = reqwest::header::HeaderMap::new();
+                if let Some(key) = key {
+                    let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                        .map_err(|_| CliError::usage("the API key contains characters a header cannot carry"))?;
+                    bearer.set_sensitive(true);
+                    headers.insert(reqwest::header::AUTHORIZATION, bearer);
+                }
+                let roots = match (url.scheme(), cacert) {
+                    ("https", Some(path)) => read_cacert(path)?,
+                    ("https", None) => {
+                        let mut roots = rustls::RootCertStore::empty();
+                        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                        roots
+                    }
+                    _ => rustls::RootCertStore::empty(),
+                };
+                builder
+                    .tls_backend_preconfigured(tls_config(roots)?)
+                    .https_only(url.scheme() == "https")
+                    .default_headers(headers)
             }
-            None => Self::connect(global.socket.clone()),
-        }
-    }
-
-    /// A client of the agent at `remote` (http(s)://HOST:PORT) that sends `key` with every
-    /// request (none: only for the routes that take other credentials, like login). https is
-    /// verified against `cacert` (PEM) when given, else the system's roots.
-    pub fn remote(remote: reqwest::Url, key: Option<&str>, cacert: Option<&Path>) -> Result<Self, CliError> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(key) = key {
-            let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
-                .map_err(|_| CliError::usage("the API key contains characters a header cannot carry"))?;
-            bearer.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, bearer);
-        }
-        let patience = patience()?;
-        let roots = match (remote.scheme(), cacert) {
-            ("https", Some(path)) => read_cacert(path)?,
-            ("https", None) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-                roots
-            }
-            _ => rustls::RootCertStore::empty(),
         };
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(roots)?)
-            .https_only(remote.scheme() == "https")
-            .connect_timeout(patience)
-            .default_headers(headers)
-            .build()
-            .map_err(|error| CliError::internal(format!("cannot build the HTTP client: {error}")))?;
-        Ok(Self { socket: bkg_schema::paths::default_socket(), remote: Some(remote), http, patience })
+        let http =
+            builder.build().map_err(|error| CliError::internal(format!("cannot build the HTTP client: {error}")))?;
+        Ok(Self { place: endpoint.place.clone(), http, patience })
     }
 
-    pub fn is_remote(&self) -> bool {
-        self.remote.is_some()
+    /// Whether the agent is reached over TCP (`--remote`) rather than the local socket.
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self.place, Place::Remote { .. })
     }
 
     /// Where the agent is, for messages: its socket or its URL.
-    pub fn endpoint(&self) -> String {
-        match &self.remote {
-            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
-            None => self.socket.display().to_string(),
+    pub(crate) fn location(&self) -> String {
+        match &self.place {
+            Place::Remote { url, .. } => url.as_str().trim_end_matches('/').to_owned(),
+            Place::Socket(socket) => socket.display().to_string(),
         }
     }
 
-    /// A client of the agent at `socket`, or at the default socket.
-    pub fn connect(socket: Option<PathBuf>) -> Result<Self, CliError> {
-        let socket = socket.unwrap_or_else(bkg_schema::paths::default_socket);
-        let patience = patience()?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(rustls::RootCertStore::empty())?)
-            .unix_socket(socket.clone())
-            .connect_timeout(patience)
-            .build()
-            .map_err(|error| CliError::internal(format!("cannot build the HTTP client: {error}")))?;
-        Ok(Self { socket, remote: None, http, patience })
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        match &self.remote {
-            Some(base) => format!("{}{path}", base.as_str().trim_end_matches('/')),
-            None => format!("{BASE_URL}{path}"),
+    pub(crate) fn url(&self, path: &str) -> String {
+        match &self.place {
+            Place::Remote { url, .. } => format!("{}{path}", url.as_str().trim_end_matches('/')),
+            Place::Socket(_) => format!("{BASE_URL}{path}"),
         }
     }
 
-    pub fn http(&self) -> &reqwest::Client {
+    pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
     /// Whether something accepts connections on the socket (or the remote address).
-    pub fn is_up(&self) -> bool {
-        match &self.remote {
-            Some(url) => url
+    pub(crate) fn is_up(&self) -> bool {
+        match &self.place {
+            Place::Remote { url, .. } => url
                 .socket_addrs(|| None)
                 .ok()
                 .and_then(|addrs| addrs.into_iter().next())
                 .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok()),
-            None => std::os::unix::net::UnixStream::connect(&self.socket).is_ok(),
+            Place::Socket(socket) => std::os::unix::net::UnixStream::connect(socket).is_ok(),
         }
     }
 
     /// Makes sure an agent answers, starting one in the background unless BKG_NO_AUTOSTART=1.
     /// A remote agent is never started: an unreachable one shows in the first request.
     pub async fn ensure_running(&self) -> Result<(), CliError> {
-        if self.is_remote() {
+        let Place::Socket(socket) = &self.place else {
             return Ok(());
-        }
-        match std::os::unix::net::UnixStream::connect(&self.socket) {
+        };
+        match std::os::unix::net::UnixStream::connect(socket) {
             Ok(_) => return Ok(()),
             Err(error) if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {}
             Err(error) if error.kind() == ErrorKind::PermissionDenied => {
@@ -135,14 +121,14 @@ impl AgentClient {
                     BKG_FAILED,
                     format!(
                         "permission denied on the agent socket {}: the agent serves only root and its own user",
-                        self.socket.display()
+                        socket.display()
                     ),
                 ));
             }
             Err(error) => {
                 return Err(CliError::new(
                     BKG_FAILED,
-                    format!("cannot reach the agent at {}: {error}", self.socket.display()),
+                    format!("cannot reach the agent at {}: {error}", socket.display()),
                 ));
             }
         }
@@ -151,7 +137,7 @@ impl AgentClient {
                 BKG_FAILED,
                 format!(
                     "no agent is running at {} (BKG_NO_AUTOSTART is set): start one with `bkg agent start`",
-                    self.socket.display()
+                    socket.display()
                 ),
             ));
         }
@@ -160,19 +146,21 @@ impl AgentClient {
                 BKG_FAILED,
                 format!(
                     "no agent is running at {} and starting one needs root: run `sudo bkg agent start`",
-                    self.socket.display()
+                    socket.display()
                 ),
             ));
         }
         let state_dir = std::env::var_os(bkg_schema::paths::STATE_DIR_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(bkg_schema::paths::default_state_dir);
-        let pid = start_agent(&self.socket, &state_dir)?;
-        eprintln!("bkg: started an agent (pid {pid}) on {}; stop it with `bkg agent stop`", self.socket.display());
+        let pid = start_agent(socket, &state_dir)?;
+        // Said by `bkg` under bkgr too: it is bkg's agent that was started.
+        crate::out::Printer::new("bkg", false)
+            .note(format_args!("started an agent (pid {pid}) on {}; stop it with `bkg agent stop`", socket.display()));
         self.wait_until_up(Duration::from_secs(15)).await
     }
 
-    pub async fn wait_until_up(&self, patience: Duration) -> Result<(), CliError> {
+    pub(crate) async fn wait_until_up(&self, patience: Duration) -> Result<(), CliError> {
         let _spinner = crate::progress::Spinner::start("waiting for the agent to start");
         let deadline = std::time::Instant::now() + patience;
         while std::time::Instant::now() < deadline {
@@ -181,19 +169,99 @@ impl AgentClient {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(CliError::new(BKG_FAILED, format!("the agent did not answer on {} in time", self.socket.display())))
+        Err(CliError::new(BKG_FAILED, format!("the agent did not answer on {} in time", self.location())))
     }
 
-    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+    /// `GET path`, its JSON answer decoded.
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.call(Method::GET, path, NO_BODY).await
+    }
+
+    /// `GET path`, its JSON answer decoded; `None` when the agent has no such thing (404).
+    pub(crate) async fn get_found<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, CliError> {
+        self.call_found(Method::GET, path, NO_BODY).await
+    }
+
+    /// `POST path` without a body, its JSON answer decoded.
+    pub(crate) async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.call(Method::POST, path, NO_BODY).await
+    }
+
+    /// `POST path` without a body, its JSON answer decoded; `None` when the agent has no such
+    /// thing (404).
+    pub(crate) async fn post_found<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, CliError> {
+        self.call_found(Method::POST, path, NO_BODY).await
+    }
+
+    /// `DELETE path`, its JSON answer decoded.
+    pub(crate) async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.call(Method::DELETE, path, NO_BODY).await
+    }
+
+    /// `PUT path` with `body` as JSON, its JSON answer decoded.
+    pub async fn put_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, CliError> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    /// `POST path` with `body` as JSON, its JSON answer decoded.
+    pub async fn post_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, CliError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// `METHOD path`, `body` as JSON when there is one, the JSON answer decoded.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, CliError> {
         self.bounded(async {
-            let response = self.send(self.http.get(self.url(path))).await?;
+            let response = self.send(self.request(method, path, body)).await?;
             decode(response).await
         })
         .await
     }
 
+    /// As [`call`](Self::call), with `None` when the agent has no such thing (404).
+    async fn call_found<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Option<T>, CliError> {
+        self.bounded(async {
+            let response = self.send(self.request(method, path, body)).await?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            decode(response).await.map(Some)
+        })
+        .await
+    }
+
+    /// `GET path` as a stream the caller reads (a followed log may rightly stay open); `None`
+    /// when the agent has no such thing (404).
+    pub(crate) async fn open_found(&self, path: &str) -> Result<Option<reqwest::Response>, CliError> {
+        let response = self.send(self.http.get(self.url(path))).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
+        }
+        Ok(Some(response))
+    }
+
+    fn request(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, self.url(path));
+        match body {
+            Some(body) => request.json(body),
+            None => request,
+        }
+    }
+
     /// A text answer (audit lines).
-    pub async fn get_text(&self, path: &str) -> Result<String, CliError> {
+    pub(crate) async fn get_text(&self, path: &str) -> Result<String, CliError> {
         self.bounded(async {
             let response = self.send(self.http.get(self.url(path))).await?;
             if !response.status().is_success() {
@@ -204,7 +272,8 @@ impl AgentClient {
         .await
     }
 
-    pub async fn post_empty(&self, path: &str) -> Result<(), CliError> {
+    /// `POST path`, its answer's body left unread.
+    pub(crate) async fn post_empty(&self, path: &str) -> Result<(), CliError> {
         self.bounded(async {
             let response = self.send(self.http.post(self.url(path))).await?;
             if response.status().is_success() {
@@ -217,55 +286,37 @@ impl AgentClient {
 
     /// Sends `request` and waits for the answer's head at most the client's patience; the body
     /// is the caller's to read (a followed log may rightly stay open).
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
         self.bounded(async { request.send().await.map_err(|error| self.unreachable(error)) }).await
     }
 
     /// `work` if it ends within the client's patience; else the agent does not answer.
-    pub async fn bounded<T>(&self, work: impl Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
+    pub(crate) async fn bounded<T>(&self, work: impl Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
         tokio::time::timeout(self.patience, work).await.unwrap_or_else(|_| Err(self.not_answering()))
     }
 
     /// Whether the agent still answers a call (a cheap one: who the caller is).
-    pub async fn check_alive(&self) -> Result<(), CliError> {
-        self.get::<serde_json::Value>("/api/v1/auth/whoami").await.map(drop)
+    pub(crate) async fn check_alive(&self) -> Result<(), CliError> {
+        self.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await.map(drop)
     }
 
     /// How long a call waits for the agent.
-    pub fn patience(&self) -> Duration {
+    pub(crate) fn patience(&self) -> Duration {
         self.patience
     }
 
-    pub fn not_answering(&self) -> CliError {
+    pub(crate) fn not_answering(&self) -> CliError {
         CliError::new(
             BKG_FAILED,
             format!(
                 "the agent at {} does not answer (nothing within {} s; {TIMEOUT_ENV} sets the wait): is it stopped or overloaded?",
-                self.endpoint(),
+                self.location(),
                 self.patience.as_secs_f64()
             ),
         )
     }
 
-    /// Sends a JSON body and decodes the JSON answer.
-    pub async fn send_json<T: serde::de::DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<T, CliError> {
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        self.bounded(async {
-            let response = self.send(request).await?;
-            decode(response).await
-        })
-        .await
-    }
-
-    pub fn unreachable(&self, error: reqwest::Error) -> CliError {
+    pub(crate) fn unreachable(&self, error: reqwest::Error) -> CliError {
         if error.is_timeout() {
             return self.not_answering();
         }
@@ -285,7 +336,7 @@ impl AgentClient {
             causes.remove(0);
         }
         let hint = if certificate { " (give the agent's CA with --cacert FILE or BKG_CACERT)" } else { "" };
-        CliError::new(BKG_FAILED, format!("cannot reach the agent at {}: {}{hint}", self.endpoint(), causes.join(": ")))
+        CliError::new(BKG_FAILED, format!("cannot reach the agent at {}: {}{hint}", self.location(), causes.join(": ")))
     }
 }
 
@@ -299,16 +350,6 @@ fn is_certificate_error(error: &(dyn std::error::Error + 'static)) -> bool {
         return is_certificate_error(inner);
     }
     false
-}
-
-/// How long a call waits for the agent: `BKG_CLIENT_TIMEOUT` or 10 s.
-fn patience() -> Result<Duration, CliError> {
-    match std::env::var(TIMEOUT_ENV) {
-        Ok(text) if !text.is_empty() => bkg_schema::parse_duration_ms(&text)
-            .map(Duration::from_millis)
-            .map_err(|error| CliError::usage(format!("{TIMEOUT_ENV}={text}: {error}"))),
-        _ => Ok(DEFAULT_TIMEOUT),
-    }
 }
 
 /// The CA certificates of `--cacert`: only they verify the agent, not the system's roots.
@@ -366,11 +407,15 @@ pub fn from_api_error(error: &ApiError) -> CliError {
 /// The `bkg-agent --foreground` command for `socket` and `state_dir`; the binary is found
 /// beside this one, else on PATH.
 pub fn agent_command(socket: &Path, state_dir: &Path) -> std::process::Command {
-    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("bkg-agent")));
-    let program = beside.filter(|path| path.exists()).unwrap_or_else(|| PathBuf::from("bkg-agent"));
-    let mut command = std::process::Command::new(program);
+    let mut command = std::process::Command::new(agent_program());
     command.arg("--foreground").arg("--socket").arg(socket).arg("--state-dir").arg(state_dir);
     command
+}
+
+/// The bkg-agent beside this bkg, else the one on PATH.
+pub fn agent_program() -> PathBuf {
+    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("bkg-agent")));
+    beside.filter(|path| path.exists()).unwrap_or_else(|| PathBuf::from("bkg-agent"))
 }
 
 /// Starts the agent in the background, in its own process group, logging to

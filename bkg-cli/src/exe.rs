@@ -5,29 +5,30 @@ use std::io::{IsTerminal, Read};
 use std::path::Path;
 
 use base64::Engine as _;
-use bkg_schema::{FileUpload, Language, LimitOverrides, RunRequest};
+use bkg_schema::{FileUpload, Language, RunRequest};
 
-use crate::args::{ExeArgs, GlobalArgs};
+use crate::args::ExeArgs;
 use crate::client::AgentClient;
 use crate::exit::{CliError, SCRIPT_NOT_FOUND};
+use crate::settings::Settings;
 use crate::stream::{self, Output, Stdin};
 
-pub async fn run(global: &GlobalArgs, args: ExeArgs) -> Result<i32, CliError> {
+pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     let (request, stdin_is_code) = build_request(&args)?;
-    let client = AgentClient::new(global)?;
+    let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
 
-    let output = if args.json { Output::Quiet } else { Output::Raw };
+    let out = settings.out;
+    let output = if out.is_json() { Output::Quiet } else { Output::Raw };
     let stdin = if stdin_is_code { Stdin::Empty } else { Stdin::Relay };
     let result = stream::run(&client, "/api/v1/runs", &request, output, stdin).await?;
-    if args.json {
-        let json = serde_json::to_string(&result).map_err(|error| CliError::internal(error.to_string()))?;
-        println!("{json}");
+    if out.is_json() {
+        out.json(&result)?;
     }
     if let Some(reason) = stream::reason_line(&result) {
-        eprintln!("bkg: {reason}");
+        out.note(format_args!("{reason}"));
     }
-    Ok(result.cli_exit_code())
+    Ok(crate::exit::of_run(&result))
 }
 
 /// Turns the command line into a request, reading the script and uploads. The flag says whether
@@ -87,13 +88,7 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
         (None, None) => return Err(CliError::usage("-c and - need --type python or --type node")),
     };
 
-    let limits = LimitOverrides {
-        cpu_millis: parse_flag(&args.limits.cpus, "--cpus", bkg_schema::parse_cpus)?,
-        memory_bytes: parse_flag(&args.limits.memory, "--memory", bkg_schema::parse_size)?,
-        timeout_ms: parse_flag(&args.limits.timeout, "--timeout", bkg_schema::parse_duration_ms)?,
-        disk_bytes: parse_flag(&args.limits.disk, "--disk", bkg_schema::parse_size)?,
-        pids: None,
-    };
+    let limits = crate::shared::limit_overrides(&args.limits)?;
 
     let mut env = BTreeMap::new();
     for path in &args.env_files {
@@ -155,14 +150,6 @@ fn env_entry(entry: &str, place: &str) -> Result<Option<(String, String)>, CliEr
         },
     };
     Ok(Some((key.to_owned(), value)))
-}
-
-fn parse_flag(
-    value: &Option<String>,
-    flag: &str,
-    parse: fn(&str) -> Result<u64, bkg_schema::UnitError>,
-) -> Result<Option<u64>, CliError> {
-    value.as_deref().map(|text| parse(text).map_err(|error| CliError::usage(format!("{flag}: {error}")))).transpose()
 }
 
 /// `SRC[:DEST]`: a host file and where it goes (default: its name, in /workspace).

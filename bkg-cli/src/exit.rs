@@ -1,13 +1,51 @@
-//! Exit codes and the one-line errors that go with them (documented in docs/cli.md).
+//! Every exit code of `bkg` and `bkgr`, and the error that ends a command with one: the one place
+//! they are decided (docs/cli.md lists them). `out.rs` prints them.
 
 use std::process::ExitCode;
 
+use bkg_schema::{KilledBy, RunResult};
+
+/// The command did what it was asked.
+pub const SUCCESS: i32 = 0;
+/// A check answered no: the audit log was tampered with, no agent runs (`bkg agent status`), the
+/// sync needs attention (`bkg sync status`), a removal was declined (`bkg rm`).
+pub const NEGATIVE: i32 = 1;
+/// A run hit its wall-clock limit.
+pub const TIMEOUT: i32 = 124;
 /// bkg itself failed: bad input, agent unreachable, agent refused.
 pub const BKG_FAILED: i32 = 125;
 /// The runtime (python3, node) could not be executed.
 pub const RUNTIME_NOT_EXECUTABLE: i32 = 126;
 /// The script file does not exist.
 pub const SCRIPT_NOT_FOUND: i32 = 127;
+/// A run killed by signal N exits with this plus N, as a shell reports it.
+pub const SIGNALLED: i32 = 128;
+/// A run cancelled with Ctrl-C (128 + SIGINT).
+pub const CANCELLED: i32 = SIGNALLED + 2;
+/// A run killed by its memory or process limit (128 + SIGKILL).
+pub const LIMIT_KILLED: i32 = SIGNALLED + 9;
+/// A run that outlived the agent's stop (128 + SIGTERM): not the script's doing nor bkg's failure.
+pub const AGENT_STOPPED: i32 = SIGNALLED + 15;
+
+/// The exit code of `bkg exe` and `bkgr` for a run that ended as `result` says: a limit's own
+/// code, else the script's code, else 128 + the signal that ended it.
+pub fn of_run(result: &RunResult) -> i32 {
+    of_run_end(result.killed_by, result.exit_code, result.signal)
+}
+
+fn of_run_end(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Option<i32>) -> i32 {
+    match killed_by {
+        Some(KilledBy::Timeout) => TIMEOUT,
+        Some(KilledBy::Memory | KilledBy::Pids) => LIMIT_KILLED,
+        Some(KilledBy::Cancelled) => CANCELLED,
+        Some(KilledBy::Shutdown | KilledBy::Interrupted) => AGENT_STOPPED,
+        Some(KilledBy::Disk) | None => match (exit_code, signal) {
+            (Some(code), _) => code,
+            (None, Some(signal)) => SIGNALLED + signal,
+            (None, None) => BKG_FAILED,
+        },
+    }
+}
 
 /// An error that ends the command: one line on stderr and an exit code.
 #[derive(Debug)]
@@ -28,48 +66,51 @@ impl CliError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(BKG_FAILED, message)
     }
-
-    pub fn report(&self) -> ExitCode {
-        self.report_as("bkg")
-    }
-
-    /// Prints the error as `TOOL: message`, one line per line of the message.
-    pub fn report_as(&self, tool: &str) -> ExitCode {
-        for line in self.message.lines() {
-            eprintln!("{tool}: {line}");
-        }
-        code(self.code)
-    }
 }
 
+/// How a command that writes until stopped (`bkg audit tail -f | head -3`) ends when its reader
+/// has gone: quietly, with 0, as `head` leaves it. `None` for any other write failure.
+pub fn reader_gone(error: &std::io::Error) -> Option<CliError> {
+    (error.kind() == std::io::ErrorKind::BrokenPipe).then(|| CliError::new(SUCCESS, ""))
+}
+
+/// The process's exit code for `code` (0 to 255).
 pub fn code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX))
 }
 
-/// Clap's own errors. Help and version print as usual (exit 0). A usage error keeps clap's whole
-/// message, with its tips and the usage line, under `TOOL: ` instead of clap's `error: `, and
-/// exits 125 like every other bad input; so does a bare `bkg` that prints its help.
-pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
+/// The exit code of clap's own errors: 0 for `--help` and `--version`; a usage error exits 125
+/// like every other bad input, and so does a bare `bkg` that prints its help.
+pub fn of_clap(error: &clap::Error) -> i32 {
     use clap::error::ErrorKind;
     match error.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = error.print();
-            ExitCode::SUCCESS
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = error.print();
-            code(BKG_FAILED)
-        }
-        _ => {
-            eprint!("{}", render_usage_error(&error, tool));
-            code(BKG_FAILED)
-        }
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => SUCCESS,
+        _ => BKG_FAILED,
     }
 }
 
-/// Clap's rendering of a usage error, plain text, led by `TOOL: `.
-pub fn render_usage_error(error: &clap::Error, tool: &str) -> String {
-    let rendered = error.render().to_string();
-    let body = rendered.strip_prefix("error: ").unwrap_or(&rendered);
-    format!("{tool}: {body}")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_way_a_run_ends_has_its_documented_exit_code() {
+        let cases = [
+            (Some(KilledBy::Timeout), None, Some(9), 124),
+            (Some(KilledBy::Memory), None, Some(9), 137),
+            (Some(KilledBy::Pids), None, Some(9), 137),
+            (Some(KilledBy::Cancelled), None, Some(9), 130),
+            (Some(KilledBy::Shutdown), None, Some(9), 143),
+            (Some(KilledBy::Interrupted), None, None, 143),
+            (Some(KilledBy::Disk), Some(1), None, 1),
+            (Some(KilledBy::Disk), None, Some(6), 134),
+            (None, Some(0), None, 0),
+            (None, Some(3), None, 3),
+            (None, None, Some(15), 143),
+            (None, None, None, 125),
+        ];
+        for (killed_by, exit_code, signal, expected) in cases {
+            assert_eq!(of_run_end(killed_by, exit_code, signal), expected, "{killed_by:?} {exit_code:?} {signal:?}");
+        }
+    }
 }

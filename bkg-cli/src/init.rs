@@ -5,37 +5,13 @@ use std::path::{Path, PathBuf};
 
 use bkg_schema::Language;
 use bkg_schema::cave::{self, DEFAULT_NAMESPACE, FILE_NAME, NAME_RULE, is_command, is_dns_label, yaml_scalar};
-use clap::Args;
 use dialoguer::theme::ColorfulTheme;
 use dialoguer::{Input, Select};
 
-use crate::exit::CliError;
+use crate::args::InitArgs;
+use crate::exit::{CliError, SUCCESS};
 use crate::project::{NewSandbox, checked_language, checked_name, write_atomically};
-
-#[derive(Debug, Args)]
-pub struct InitArgs {
-    /// The project folder, created if missing [default: .]
-    #[arg(value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// Never ask: use the flags and defaults (also the case without a terminal or with CI set).
-    #[arg(short = 'y', long)]
-    pub yes: bool,
-    /// Overwrite an existing cave.yaml.
-    #[arg(long)]
-    pub force: bool,
-    /// The namespace [default: default]
-    #[arg(long, value_name = "NS")]
-    pub namespace: Option<String>,
-    /// Add a first sandbox with this name [default: none without prompts]
-    #[arg(long, value_name = "NAME")]
-    pub sandbox: Option<String>,
-    /// The first sandbox's type: python or node [default: python]
-    #[arg(short = 't', long = "type", value_name = "TYPE")]
-    pub language: Option<String>,
-    /// The first sandbox's start script [default: python main.py or node main.js]
-    #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
-    pub start: Option<String>,
-}
+use crate::settings::Settings;
 
 /// What the new cave.yaml holds.
 struct Answers {
@@ -53,7 +29,7 @@ const HEADER: &str = "\
 /// Typed at the sandbox prompt to start with no sandbox at all.
 const NO_SANDBOX: &str = "none";
 
-pub fn run(args: InitArgs) -> Result<i32, CliError> {
+pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let path = dir.join(FILE_NAME);
     if path.symlink_metadata().is_ok() && !args.force {
@@ -82,8 +58,10 @@ pub fn run(args: InitArgs) -> Result<i32, CliError> {
         }
         None => String::new(),
     };
-    eprintln!("bkg: wrote {}{first}; add sandboxes with `bkg add NAME --type python|node`", path.display());
-    Ok(0)
+    settings
+        .out
+        .note(format_args!("wrote {}{first}; add sandboxes with `bkg add NAME --type python|node`", path.display()));
+    Ok(SUCCESS)
 }
 
 /// Prompts only with someone to answer them: both ends on a terminal, and not asked to skip.
@@ -95,7 +73,7 @@ fn interactive(args: &InitArgs) -> bool {
 /// `.bkg/` holds the sandboxes' state; its own `.gitignore` keeps it out of git without
 /// touching the project's.
 fn make_state_dir(dir: &Path) -> Result<(), CliError> {
-    let state = dir.join(".bkg");
+    let state = bkg_schema::paths::ProjectLayout::new(dir).state_dir();
     let failed = |error: std::io::Error| CliError::usage(format!("cannot create {}: {error}", state.display()));
     std::fs::create_dir_all(&state).map_err(failed)?;
     std::fs::write(state.join(".gitignore"), "*\n").map_err(failed)

@@ -1,62 +1,11 @@
 //! `bkg keys create|ls|rotate|revoke`: API keys, on the local socket (as admin) or a remote agent.
 
-use bkg_schema::auth::{CreateKeyRequest, IssuedKey, KeyInfo, Role};
-use clap::{Args, Subcommand};
-
-use crate::args::GlobalArgs;
+use crate::args::{KeysAction, KeysArgs};
 use crate::client::AgentClient;
-use crate::exit::CliError;
-
-#[derive(Debug, Args)]
-pub struct KeysArgs {
-    #[command(subcommand)]
-    pub action: KeysAction,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeysAction {
-    /// Create a key and print it (it is shown only this once).
-    Create {
-        /// admin, namespace, session or model-access.
-        #[arg(long, value_name = "ROLE")]
-        role: String,
-        /// The namespace the key is confined to (every role but admin).
-        #[arg(long, value_name = "NS")]
-        namespace: Option<String>,
-        /// A label for people.
-        #[arg(long, value_name = "NAME")]
-        name: Option<String>,
-        /// Lifetime, e.g. 12h, 7d [default: the role's]
-        #[arg(long, value_name = "DURATION")]
-        ttl: Option<String>,
-        /// Print the key and its description as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the keys you may manage (never their secrets).
-    Ls {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Give a key a new secret and print it; the old one stops working at once.
-    Rotate {
-        #[arg(value_name = "ID")]
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke a key: it is refused from its next request on.
-    Revoke {
-        #[arg(value_name = "ID")]
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-fn to_json(value: &impl serde::Serialize) -> Result<String, CliError> {
-    serde_json::to_string(value).map_err(|error| CliError::internal(error.to_string()))
-}
+use crate::exit::{CliError, SUCCESS};
+use crate::out::Printer;
+use crate::settings::Settings;
+use bkg_schema::auth::{CreateKeyRequest, IssuedKey, KeyInfo, Role};
 
 fn describe(key: &KeyInfo) -> String {
     let scope = key.namespace.as_deref().map(|namespace| format!(" for namespace {namespace}")).unwrap_or_default();
@@ -95,20 +44,17 @@ fn state(key: &KeyInfo) -> &'static str {
 }
 
 /// Prints a key's secret on stdout (the data) and what it is on stderr (for people).
-fn print_issued(issued: &IssuedKey, json: bool, what: &str) -> Result<(), CliError> {
-    if json {
-        println!("{}", to_json(issued)?);
-    } else {
-        println!("{}", issued.key);
-    }
-    eprintln!("bkg: {what} {}; the key is shown only this once", describe(&issued.info));
+fn print_issued(out: Printer, issued: &IssuedKey, what: &str) -> Result<(), CliError> {
+    out.answer(issued, |issued| format!("{}\n", issued.key))?;
+    out.note(format_args!("{what} {}; the key is shown only this once", describe(&issued.info)));
     Ok(())
 }
 
-pub async fn run(global: &GlobalArgs, args: KeysArgs) -> Result<i32, CliError> {
-    let client = AgentClient::new(global)?;
+pub async fn run(settings: &Settings, args: KeysArgs) -> Result<i32, CliError> {
+    let out = settings.out;
+    let client = AgentClient::new(&settings.endpoint()?)?;
     match args.action {
-        KeysAction::Create { role, namespace, name, ttl, json } => {
+        KeysAction::Create { role, namespace, name, ttl, .. } => {
             let role = Role::parse(&role).ok_or_else(|| {
                 CliError::usage(format!("--role `{role}` must be admin, namespace, session or model-access"))
             })?;
@@ -120,42 +66,40 @@ pub async fn run(global: &GlobalArgs, args: KeysArgs) -> Result<i32, CliError> {
                 })
                 .transpose()?;
             let request = CreateKeyRequest { role, namespace, name, ttl_seconds };
-            let body = serde_json::to_value(&request).map_err(|error| CliError::internal(error.to_string()))?;
-            let issued: IssuedKey = client.send_json(reqwest::Method::POST, "/api/v1/auth/keys", Some(&body)).await?;
-            print_issued(&issued, json, "created")?;
+            let issued: IssuedKey = client.post_json("/api/v1/auth/keys", &request).await?;
+            print_issued(out, &issued, "created")?;
         }
-        KeysAction::Ls { json } => {
+        KeysAction::Ls { .. } => {
             let keys: Vec<KeyInfo> = client.get("/api/v1/auth/keys").await?;
-            if json {
-                println!("{}", to_json(&keys)?);
-            } else {
-                let rows = keys.iter().map(|key| {
-                    vec![
-                        key.id.clone(),
-                        key.role.as_str().to_owned(),
-                        key.namespace.clone().unwrap_or_else(|| "*".into()),
-                        state(key).to_owned(),
-                        if state(key) == "active" { remaining(key.expires_at_ms) } else { "-".into() },
-                        key.name.clone().unwrap_or_default(),
-                    ]
-                });
-                let headers = ["ID", "ROLE", "NAMESPACE", "STATE", "EXPIRES IN", "NAME"];
-                print!("{}", crate::table::render(&headers, &[], &[2, 5], rows, crate::table::width()));
-            }
+            out.answer(&keys, |keys| table(keys))?;
         }
-        KeysAction::Rotate { id, json } => {
-            let issued: IssuedKey =
-                client.send_json(reqwest::Method::POST, &format!("/api/v1/auth/keys/{id}/rotate"), None).await?;
-            print_issued(&issued, json, "rotated")?;
+        KeysAction::Rotate { id, .. } => {
+            let issued: IssuedKey = client.post(&format!("/api/v1/auth/keys/{id}/rotate")).await?;
+            print_issued(out, &issued, "rotated")?;
         }
-        KeysAction::Revoke { id, json } => {
-            let key: KeyInfo =
-                client.send_json(reqwest::Method::POST, &format!("/api/v1/auth/keys/{id}/revoke"), None).await?;
-            if json {
-                println!("{}", to_json(&key)?);
+        KeysAction::Revoke { id, .. } => {
+            let key: KeyInfo = client.post(&format!("/api/v1/auth/keys/{id}/revoke")).await?;
+            if out.is_json() {
+                out.json(&key)?;
             }
-            eprintln!("bkg: revoked {}", key.id);
+            out.note(format_args!("revoked {}", key.id));
         }
     }
-    Ok(0)
+    Ok(SUCCESS)
+}
+
+/// The `bkg keys ls` table.
+fn table(keys: &[KeyInfo]) -> String {
+    let rows = keys.iter().map(|key| {
+        vec![
+            key.id.clone(),
+            key.role.as_str().to_owned(),
+            key.namespace.clone().unwrap_or_else(|| "*".into()),
+            state(key).to_owned(),
+            if state(key) == "active" { remaining(key.expires_at_ms) } else { "-".into() },
+            key.name.clone().unwrap_or_default(),
+        ]
+    });
+    let headers = ["ID", "ROLE", "NAMESPACE", "STATE", "EXPIRES IN", "NAME"];
+    crate::table::render(&headers, &[], &[2, 5], rows, crate::table::width())
 }

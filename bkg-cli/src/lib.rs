@@ -1,97 +1,81 @@
-//! The `bkg` command line: a thin client of the agent's API.
+//! The `bkg` command line: a thin client of the agent's API. `bkgr` uses it through [`shared`]
+//! only; the other public modules are for this crate's tests and for xtask (help, man pages).
 
-// First, so its EPIPE-safe `println!`/`eprintln!` shadow std's in every module below.
-#[macro_use]
-pub mod out;
+// Every write goes through `out::Printer`, which drops what a closed pipe cannot take.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod add;
 mod agent_cmd;
 pub mod args;
 pub mod audit_cmd;
-pub mod client;
+mod client;
 mod credentials;
+pub mod doctor;
 mod exe;
 pub mod exit;
 mod init;
 mod keys_cmd;
 mod login_cmd;
 pub mod manage;
+pub mod out;
 mod progress;
 mod project;
 pub mod runs_cmd;
-pub mod stream;
+pub mod settings;
+pub mod shared;
+mod stream;
 mod sync_cmd;
-pub mod table;
+mod table;
 mod ui_cmd;
 mod validate;
 pub mod version_cmd;
+mod watch_cmd;
 
 use std::process::ExitCode;
 
-use crate::args::{Cli, Command};
+use crate::args::{AuditAction, Cli, Command};
 use crate::exit::CliError;
+use crate::out::Printer;
+use crate::settings::Settings;
 
 pub fn main() -> ExitCode {
     let cli: Cli = match args::parse(args::bkg_command()) {
         Ok(cli) => cli,
-        Err(error) => return exit::clap_error(error, "bkg"),
+        Err(error) => return out::clap_error(error, "bkg"),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            return CliError::internal(format!("cannot start the async runtime: {error}")).report();
-        }
-    };
-    let outcome = runtime.block_on(async {
-        match cli.command {
-            Command::Exe(args) => exe::run(&cli.global, *args).await,
-            Command::Agent(args) => agent_cmd::run(&cli.global, args).await,
-            Command::Init(args) => init::run(args),
-            Command::Add(args) => add::run(*args),
-            Command::Validate(args) => validate::run(args),
-            Command::Ls(args) => manage::ls(&cli.global, args).await,
-            Command::Status(args) => manage::status(&cli.global, args).await,
-            Command::Logs(args) => manage::logs(&cli.global, args).await,
-            Command::Stop(args) => manage::stop_many(&cli.global, args).await,
-            Command::Rm(args) => rm_each(&cli.global, args).await,
-            Command::Runs(args) => runs_cmd::run(&cli.global, args).await,
-            Command::Audit(args) => match args.action {
-                args::AuditAction::Verify(args) => audit_cmd::verify(&cli.global, args).await,
-                args::AuditAction::Tail(args) => audit_cmd::tail(args).await,
-            },
-            Command::Sync(args) => sync_cmd::sync(&cli.global, args).await,
-            Command::Db(args) => sync_cmd::db(&cli.global, args).await,
-            Command::Login(args) => login_cmd::run(&cli.global, args).await,
-            Command::Logout => login_cmd::logout(&cli.global),
-            Command::Keys(args) => keys_cmd::run(&cli.global, args).await,
-            Command::Ui(args) => ui_cmd::run(&cli.global, args).await,
-            Command::Version(args) => version_cmd::run(&cli.global, args).await,
-            Command::Completions(args) => completions(args),
-        }
-    });
-    // A read of our stdin may still be pending on a blocking thread (stdin is a terminal or a
-    // pipe that stays open); it must not keep bkg alive after the run.
-    runtime.shutdown_background();
-    match outcome {
-        Ok(code) => exit::code(code),
-        Err(error) => error.report(),
-    }
+    let settings = Settings::new(cli.global, Printer::new("bkg", cli.command.json()));
+    shared::run_to_exit("bkg", dispatch(settings, cli.command))
 }
 
-/// `bkg rm NAME...`: each sandbox in turn, stopping at the first that fails or is kept.
-async fn rm_each(global: &args::GlobalArgs, args: args::RmArgs) -> Result<i32, CliError> {
-    for name in args.names {
-        let one = manage::RmArgs {
-            name,
-            project: manage::ProjectArgs { dir: args.project.dir.clone() },
-            force: args.force,
-            json: args.json,
-        };
-        let code = manage::rm(global, one).await?;
-        if code != 0 {
-            return Ok(code);
-        }
+async fn dispatch(settings: Settings, command: Command) -> Result<i32, CliError> {
+    let settings = &settings;
+    match command {
+        Command::Exe(args) => exe::run(settings, *args).await,
+        Command::Agent(args) => agent_cmd::run(settings, args).await,
+        Command::Init(args) => init::run(settings, args),
+        Command::Add(args) => add::run(settings, *args),
+        Command::Validate(args) => validate::run(settings, args),
+        Command::Ls(args) => manage::ls(settings, args).await,
+        Command::Status(args) => manage::status(settings, args).await,
+        Command::Logs(args) => manage::logs(settings, args).await,
+        Command::Stop(args) => manage::stop_many(settings, args).await,
+        Command::Rm(args) => manage::rm_many(settings, args).await,
+        Command::Runs(args) => runs_cmd::run(settings, args).await,
+        Command::Audit(args) => match args.action {
+            AuditAction::Verify(args) => audit_cmd::verify(settings, args).await,
+            AuditAction::Tail(args) => audit_cmd::tail(args).await,
+        },
+        Command::Sync(args) => sync_cmd::sync(settings, args).await,
+        Command::Db(args) => sync_cmd::db(settings, args).await,
+        Command::Login(args) => login_cmd::run(settings, args).await,
+        Command::Logout => login_cmd::logout(settings),
+        Command::Keys(args) => keys_cmd::run(settings, args).await,
+        Command::Watch(args) => watch_cmd::run(settings, args).await,
+        Command::Ui(args) => ui_cmd::run(settings, args).await,
+        Command::Doctor(args) => doctor::run(settings, args).await,
+        Command::Version(_) => version_cmd::run(settings).await,
+        Command::Completions(args) => completions(args),
     }
-    Ok(0)
 }
 
 /// `bkg completions SHELL`: the script on stdout, generated from the same grammar that parses.
@@ -100,5 +84,5 @@ fn completions(args: args::CompletionsArgs) -> Result<i32, CliError> {
     clap_complete::generate(args.shell, &mut args::bkg_command(), "bkg", &mut out);
     std::io::Write::write_all(&mut std::io::stdout().lock(), &out)
         .map_err(|error| CliError::internal(format!("cannot write the completions: {error}")))?;
-    Ok(0)
+    Ok(exit::SUCCESS)
 }

@@ -2,26 +2,13 @@
 
 use std::io::{BufRead, IsTerminal};
 
-use bkg_schema::auth::{IssuedKey, Principal};
-use clap::Args;
+use bkg_schema::auth::{IssuedKey, LoginRequest, Principal};
 
-use crate::args::GlobalArgs;
+use crate::args::LoginArgs;
 use crate::client::AgentClient;
 use crate::credentials::{self, Kept};
-use crate::exit::CliError;
-
-#[derive(Debug, Args)]
-pub struct LoginArgs {
-    /// Log in as this user; the password is read from stdin (asked for on a terminal).
-    #[arg(long, value_name = "NAME", conflicts_with = "key_stdin")]
-    pub user: Option<String>,
-    /// Read an existing API key from stdin instead.
-    #[arg(long)]
-    pub key_stdin: bool,
-    /// Print what the agent says of the key as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+use crate::exit::{CliError, SUCCESS};
+use crate::settings::{Endpoint, Settings};
 
 fn first_line_of_stdin(what: &str) -> Result<String, CliError> {
     let mut line = String::new();
@@ -36,13 +23,13 @@ fn first_line_of_stdin(what: &str) -> Result<String, CliError> {
     Ok(line)
 }
 
-pub async fn run(global: &GlobalArgs, args: LoginArgs) -> Result<i32, CliError> {
-    let Some(remote) = &global.remote else {
+pub async fn run(settings: &Settings, args: LoginArgs) -> Result<i32, CliError> {
+    let out = settings.out;
+    let Some(remote) = settings.remote_url()? else {
         return Err(CliError::usage(
             "bkg login keeps a key for a remote agent: give --remote URL (on the local socket no key is needed)",
         ));
     };
-    let remote = credentials::parse_remote(remote)?;
     let key = match (&args.user, args.key_stdin) {
         (Some(user), _) => {
             let password = if std::io::stdin().is_terminal() {
@@ -54,9 +41,9 @@ pub async fn run(global: &GlobalArgs, args: LoginArgs) -> Result<i32, CliError> 
                 first_line_of_stdin("password")?
             };
             // The password is the credential: the request carries no key.
-            let client = AgentClient::remote(remote.clone(), None, global.cacert.as_deref())?;
-            let body = serde_json::json!({ "username": user, "password": password });
-            let issued: IssuedKey = client.send_json(reqwest::Method::POST, "/api/v1/auth/login", Some(&body)).await?;
+            let client = AgentClient::new(&Endpoint::remote(remote.clone(), None, settings.cacert.clone())?)?;
+            let request = LoginRequest { username: user.clone(), password };
+            let issued: IssuedKey = client.post_json("/api/v1/auth/login", &request).await?;
             issued.key
         }
         (None, true) => first_line_of_stdin("key")?,
@@ -64,39 +51,39 @@ pub async fn run(global: &GlobalArgs, args: LoginArgs) -> Result<i32, CliError> 
             return Err(CliError::usage("give --user NAME (password login) or --key-stdin (an existing key)"));
         }
     };
-    let client = AgentClient::remote(remote.clone(), Some(&key), global.cacert.as_deref())?;
+    let client = AgentClient::new(&Endpoint::remote(remote.clone(), Some(key.clone()), settings.cacert.clone())?)?;
     let principal: Principal = client.get("/api/v1/auth/whoami").await?;
     let kept = credentials::keep(&remote, &key)?;
     let place = match kept {
         Kept::Keyring => "the kernel keyring".to_owned(),
         Kept::File(path) => path.display().to_string(),
     };
-    if args.json {
-        println!("{}", serde_json::to_string(&principal).map_err(|error| CliError::internal(error.to_string()))?);
+    if out.is_json() {
+        out.json(&principal)?;
     }
-    eprintln!(
-        "bkg: logged in to {} as {}{}; the key is kept in {place}",
-        client.endpoint(),
+    out.note(format_args!(
+        "logged in to {} as {}{}; the key is kept in {place}",
+        client.location(),
         principal.role.as_str(),
         principal.namespace.map(|namespace| format!(" of namespace {namespace}")).unwrap_or_default(),
-    );
-    Ok(0)
+    ));
+    Ok(SUCCESS)
 }
 
 /// `bkg logout`: forgets the key kept for `--remote`.
-pub fn logout(global: &GlobalArgs) -> Result<i32, CliError> {
-    let Some(remote) = &global.remote else {
+pub fn logout(settings: &Settings) -> Result<i32, CliError> {
+    let out = settings.out;
+    let Some(remote) = settings.remote_url()? else {
         return Err(CliError::usage("bkg logout forgets the key of a remote agent: give --remote URL"));
     };
-    let remote = credentials::parse_remote(remote)?;
     let origin = remote.origin().ascii_serialization();
     if credentials::forget(&remote)? {
-        eprintln!("bkg: logged out of {origin}; its key is no longer kept");
+        out.note(format_args!("logged out of {origin}; its key is no longer kept"));
     } else {
-        eprintln!("bkg: no key was kept for {origin}");
+        out.note(format_args!("no key was kept for {origin}"));
     }
     if std::env::var_os(credentials::API_KEY_ENV).is_some() {
-        eprintln!("bkg: {} is still set and still sends its key", credentials::API_KEY_ENV);
+        out.note(format_args!("{} is still set and still sends its key", credentials::API_KEY_ENV));
     }
-    Ok(0)
+    Ok(SUCCESS)
 }

@@ -2,89 +2,30 @@
 //! project around the current directory.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use bkg_schema::sandbox::{SandboxInfo, SandboxState, sandbox_id};
+use bkg_schema::sandbox::{Deleted, SandboxInfo, SandboxState, Stopped, sandbox_id};
 use bkg_schema::units::format_size;
-use clap::Args;
+use serde::Serialize;
 
-use crate::args::GlobalArgs;
-use crate::client::{AgentClient, api_error};
-use crate::exit::{BKG_FAILED, CliError};
+use crate::args::{LogsArgs, LsArgs, NameArgs, RmArgs, StopArgs};
+use crate::client::AgentClient;
+use crate::exit::{BKG_FAILED, CliError, NEGATIVE, SUCCESS};
+use crate::project::{checked_project, project_dir};
+use crate::settings::Settings;
 
-/// The cave.yaml in `start` or the nearest directory above it.
-pub fn find_cave_file(start: &Path) -> Option<PathBuf> {
-    start.ancestors().map(|dir| dir.join("cave.yaml")).find(|candidate| candidate.is_file())
+/// `bkg stop --json`: the agent's answer for one sandbox, with its name.
+#[derive(Serialize)]
+struct StopAnswer {
+    name: String,
+    stopped: bool,
 }
 
-/// The project around the current directory (or `--dir`): its absolute directory.
-pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
-    let start = match dir {
-        Some(dir) => dir.to_path_buf(),
-        None => std::env::current_dir()
-            .map_err(|error| CliError::usage(format!("cannot read the current directory: {error}")))?,
-    };
-    let start = start.canonicalize().map_err(|error| CliError::usage(format!("{}: {error}", start.display())))?;
-    let cave = find_cave_file(&start).ok_or_else(|| {
-        CliError::usage(format!("no cave.yaml in {} or above: run `bkg init` first", start.display()))
-    })?;
-    Ok(cave.parent().map(Path::to_path_buf).unwrap_or(start))
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct ProjectArgs {
-    /// The project directory [default: the nearest with a cave.yaml, from the current one up]
-    #[arg(short = 'C', long = "dir", value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct LsArgs {
-    #[command(flatten)]
-    pub project: ProjectArgs,
-    /// Every sandbox the agent knows, of every project.
-    #[arg(long)]
-    pub all: bool,
-    /// Print JSON: an array of sandboxes.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct NameArgs {
-    /// The sandbox's name in cave.yaml.
-    pub name: String,
-    #[command(flatten)]
-    pub project: ProjectArgs,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct LogsArgs {
-    /// The sandbox's name in cave.yaml.
-    pub name: String,
-    #[command(flatten)]
-    pub project: ProjectArgs,
-    /// Keep printing while the run goes on.
-    #[arg(short = 'f', long)]
-    pub follow: bool,
-    /// Start with the last N lines of the output.
-    #[arg(short = 'n', long, value_name = "N")]
-    pub tail: Option<usize>,
-    /// Lead each line with the time bkg read it (RFC 3339, UTC): when it was written, for lines that arrive with -f.
-    #[arg(short = 't', long)]
-    pub timestamps: bool,
-}
-
-/// One sandbox to remove (`bkg rm NAME...` removes each in turn).
-#[derive(Debug)]
-pub struct RmArgs {
-    pub name: String,
-    pub project: ProjectArgs,
-    pub force: bool,
-    pub json: bool,
+/// `bkg rm --json`.
+#[derive(Serialize)]
+struct Removed {
+    id: String,
+    removed: String,
 }
 
 fn id_of(project: &Path, name: &str) -> String {
@@ -92,20 +33,7 @@ fn id_of(project: &Path, name: &str) -> String {
 }
 
 async fn fetch(client: &AgentClient, id: &str) -> Result<Option<SandboxInfo>, CliError> {
-    let response = client.send(client.http().get(client.url(&format!("/api/v1/sandboxes/{id}")))).await?;
-    if response.status() == reqwest::StatusCode::NOT_FOUND {
-        return Ok(None);
-    }
-    if !response.status().is_success() {
-        return Err(api_error(response).await);
-    }
-    response.json().await.map(Some).map_err(|error| CliError::internal(format!("unexpected answer: {error}")))
-}
-
-fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
-    let json = serde_json::to_string(value).map_err(|error| CliError::internal(error.to_string()))?;
-    println!("{json}");
-    Ok(())
+    client.get_found(&format!("/api/v1/sandboxes/{id}")).await
 }
 
 fn last_exit(info: &SandboxInfo) -> String {
@@ -121,39 +49,36 @@ fn last_exit(info: &SandboxInfo) -> String {
     }
 }
 
-pub async fn ls(global: &GlobalArgs, args: LsArgs) -> Result<i32, CliError> {
-    let client = AgentClient::new(global)?;
-    client.ensure_running().await?;
-    let query = if args.all {
-        String::new()
-    } else {
-        let project = checked_project(args.project.dir.as_deref())?;
-        format!("?project_dir={}", percent_encode(&project.to_string_lossy()))
+/// The agent's sandboxes of `project` (`None`: of every project).
+async fn list(client: &AgentClient, project: Option<&Path>) -> Result<Vec<SandboxInfo>, CliError> {
+    let query = match project {
+        Some(project) => format!("?project_dir={}", percent_encode(&project.to_string_lossy())),
+        None => String::new(),
     };
-    let sandboxes: Vec<SandboxInfo> = client.get(&format!("/api/v1/sandboxes{query}")).await?;
-    if args.json {
-        print_json(&sandboxes)?;
-        return Ok(0);
+    client.get(&format!("/api/v1/sandboxes{query}")).await
+}
+
+pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
+    let out = settings.out;
+    let client = AgentClient::new(&settings.endpoint()?)?;
+    client.ensure_running().await?;
+    let project = if args.all { None } else { Some(checked_project(args.project.dir.as_deref())?) };
+    let sandboxes = list(&client, project.as_deref()).await?;
+    if sandboxes.is_empty() && !out.is_json() {
+        out.note(format_args!("no sandbox has run yet (`bkgr` runs them)"));
+        return Ok(SUCCESS);
     }
-    if sandboxes.is_empty() {
-        eprintln!("bkg: no sandbox has run yet (`bkgr` runs them)");
-        return Ok(0);
-    }
-    print!("{}", sandbox_table(&sandboxes, crate::table::width()));
-    Ok(0)
+    out.answer(&sandboxes, |sandboxes| sandbox_table(sandboxes, crate::table::width()))?;
+    Ok(SUCCESS)
 }
 
 /// The `bkg ls` table.
 pub fn sandbox_table(sandboxes: &[SandboxInfo], width: Option<u16>) -> String {
     let rows = sandboxes.iter().map(|info| {
-        let state = match info.state {
-            SandboxState::Running => "running",
-            SandboxState::Idle => "idle",
-        };
         vec![
             info.name.clone(),
             info.language.as_str().to_owned(),
-            state.to_owned(),
+            state_word(info.state).to_owned(),
             last_exit(info),
             format_size(info.disk_bytes_allocated),
             info.project_dir.clone(),
@@ -162,18 +87,16 @@ pub fn sandbox_table(sandboxes: &[SandboxInfo], width: Option<u16>) -> String {
     crate::table::render(&["NAME", "TYPE", "STATE", "LAST EXIT", "DISK", "PROJECT"], &[4], &[5], rows, width)
 }
 
-/// The project around the current directory (or `--dir`), its cave.yaml checked: an invalid
-/// file is refused with its problems rather than listing the sandboxes of a file bkgr cannot run.
-pub fn checked_project(dir: Option<&Path>) -> Result<PathBuf, CliError> {
-    let project = project_dir(dir)?;
-    bkg_schema::cave::load(&project.join("cave.yaml"))
-        .map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))?;
-    Ok(project)
+fn state_word(state: SandboxState) -> &'static str {
+    match state {
+        SandboxState::Running => "running",
+        SandboxState::Idle => "idle",
+    }
 }
 
-pub async fn status(global: &GlobalArgs, args: NameArgs) -> Result<i32, CliError> {
+pub async fn status(settings: &Settings, args: NameArgs) -> Result<i32, CliError> {
     let project = project_dir(args.project.dir.as_deref())?;
-    let client = AgentClient::new(global)?;
+    let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
     let Some(info) = fetch(&client, &id_of(&project, &args.name)).await? else {
         return Err(CliError::new(
@@ -181,59 +104,63 @@ pub async fn status(global: &GlobalArgs, args: NameArgs) -> Result<i32, CliError
             format!("sandbox `{}` has not run yet in {}", args.name, project.display()),
         ));
     };
-    if args.json {
-        print_json(&info)?;
-        return Ok(0);
-    }
-    let limits = &info.limits;
-    println!("name       {} ({})", info.name, info.id);
-    println!("type       {}", info.language.as_str());
-    println!("namespace  {}", info.namespace);
-    println!("project    {}", info.project_dir);
-    println!("state      {}", if info.state == SandboxState::Running { "running" } else { "idle" });
-    if let Some(run) = &info.current_run {
-        println!("run        {run}");
-    }
-    println!("last exit  {}", last_exit(&info));
-    println!(
-        "limits     cpus {} · memory {} · timeout {} · disk {}",
-        bkg_schema::units::format_cpus(limits.cpu_millis),
-        format_size(limits.memory_bytes),
-        bkg_schema::units::format_duration_ms(limits.timeout_ms),
-        format_size(limits.disk_bytes)
-    );
-    println!("disk used  {}", format_size(info.disk_bytes_allocated));
-    Ok(0)
+    settings.out.answer(&info, describe)?;
+    Ok(SUCCESS)
 }
 
-pub async fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<i32, CliError> {
+/// `bkg status`: one field a line.
+fn describe(info: &SandboxInfo) -> String {
+    let limits = &info.limits;
+    let mut text = String::new();
+    let mut line = |key: &str, value: String| text.push_str(&format!("{key:<11}{value}\n"));
+    line("name", format!("{} ({})", info.name, info.id));
+    line("type", info.language.as_str().to_owned());
+    line("namespace", info.namespace.clone());
+    line("project", info.project_dir.clone());
+    line("state", state_word(info.state).to_owned());
+    if let Some(run) = &info.current_run {
+        line("run", run.clone());
+    }
+    line("last exit", last_exit(info));
+    line(
+        "limits",
+        format!(
+            "cpus {} · memory {} · timeout {} · disk {}",
+            bkg_schema::units::format_cpus(limits.cpu_millis),
+            format_size(limits.memory_bytes),
+            bkg_schema::units::format_duration_ms(limits.timeout_ms),
+            format_size(limits.disk_bytes)
+        ),
+    );
+    line("disk used", format_size(info.disk_bytes_allocated));
+    text
+}
+
+pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> {
     let project = project_dir(args.project.dir.as_deref())?;
-    let client = AgentClient::new(global)?;
+    let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
     let id = id_of(&project, &args.name);
     let open = |follow: bool| {
-        let url = client.url(&format!("/api/v1/sandboxes/{id}/logs?follow={follow}"));
+        let path = format!("/api/v1/sandboxes/{id}/logs?follow={follow}");
         let (client, name, project) = (&client, &args.name, &project);
         async move {
-            let response = client.send(client.http().get(url)).await?;
-            if response.status() == reqwest::StatusCode::NOT_FOUND {
-                return Err(CliError::usage(format!(
+            client.open_found(&path).await?.ok_or_else(|| {
+                CliError::usage(format!(
                     "sandbox `{name}` has no output yet in {}: `bkgr {name}` runs it",
                     project.display()
-                )));
-            }
-            if !response.status().is_success() {
-                return Err(api_error(response).await);
-            }
-            Ok(response)
+                ))
+            })
         }
     };
+    // The log is the output of the sandbox's script, byte for byte: written as it comes, not
+    // through the printer's lines.
     let mut out = std::io::stdout().lock();
     let mut lines = LogLines::new(args.tail, args.timestamps);
     if !args.follow {
         let all = open(false).await?.bytes().await.map_err(|error| client.unreachable(error))?;
         let _ = out.write_all(&lines.backlog(&all, true));
-        return Ok(0);
+        return Ok(SUCCESS);
     }
     // Following from the last N lines: what is there now is read first, and skipped when the
     // followed answer repeats it.
@@ -241,7 +168,7 @@ pub async fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<i32, CliError> 
     if args.tail.is_some() {
         let backlog = open(false).await?.bytes().await.map_err(|error| client.unreachable(error))?;
         if out.write_all(&lines.backlog(&backlog, false)).and_then(|()| out.flush()).is_err() {
-            return Ok(0);
+            return Ok(SUCCESS);
         }
         skip = backlog.len();
     }
@@ -250,11 +177,11 @@ pub async fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<i32, CliError> 
         let skipped = skip.min(chunk.len());
         skip -= skipped;
         if out.write_all(&lines.live(&chunk[skipped..])).and_then(|()| out.flush()).is_err() {
-            return Ok(0);
+            return Ok(SUCCESS);
         }
     }
     let _ = out.write_all(&lines.finish()).and_then(|()| out.flush());
-    Ok(0)
+    Ok(SUCCESS)
 }
 
 /// `bkg logs` output shaping: the last N lines of what was there, each line after its time.
@@ -306,17 +233,17 @@ impl LogLines {
 }
 
 /// `bkg stop NAME... | --all`.
-pub async fn stop_many(global: &GlobalArgs, args: crate::args::StopArgs) -> Result<i32, CliError> {
+pub async fn stop_many(settings: &Settings, args: StopArgs) -> Result<i32, CliError> {
+    let out = settings.out;
     let project = project_dir(args.project.dir.as_deref())?;
     let names = if args.all {
-        let client = AgentClient::new(global)?;
+        let client = AgentClient::new(&settings.endpoint()?)?;
         client.ensure_running().await?;
-        let query = format!("?project_dir={}", percent_encode(&project.to_string_lossy()));
-        let sandboxes: Vec<SandboxInfo> = client.get(&format!("/api/v1/sandboxes{query}")).await?;
+        let sandboxes = list(&client, Some(&project)).await?;
         let running: Vec<String> =
             sandboxes.into_iter().filter(|info| info.state == SandboxState::Running).map(|info| info.name).collect();
-        if running.is_empty() && !args.json {
-            eprintln!("bkg: no sandbox of {} is running", project.display());
+        if running.is_empty() && !out.is_json() {
+            out.note(format_args!("no sandbox of {} is running", project.display()));
         }
         running
     } else {
@@ -324,75 +251,76 @@ pub async fn stop_many(global: &GlobalArgs, args: crate::args::StopArgs) -> Resu
     };
     let mut answers = Vec::new();
     for name in names {
-        let one = NameArgs { name, project: ProjectArgs { dir: Some(project.clone()) }, json: args.json };
-        answers.push(stop(global, one).await?);
+        answers.push(stop(settings, &project, name).await?);
     }
-    if args.json {
-        print_json(&answers)?;
+    if out.is_json() {
+        out.json(&answers)?;
     }
-    Ok(0)
+    Ok(SUCCESS)
 }
 
-/// Stops the run of one sandbox; the agent's answer, `{"stopped": bool}`, with the name added.
-async fn stop(global: &GlobalArgs, args: NameArgs) -> Result<serde_json::Value, CliError> {
-    let project = project_dir(args.project.dir.as_deref())?;
-    let client = AgentClient::new(global)?;
+/// Stops the run of one sandbox: whether one was going on.
+async fn stop(settings: &Settings, project: &Path, name: String) -> Result<StopAnswer, CliError> {
+    let out = settings.out;
+    let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let id = id_of(&project, &args.name);
-    let response = client.send(client.http().post(client.url(&format!("/api/v1/sandboxes/{id}/stop")))).await?;
-    if response.status() == reqwest::StatusCode::NOT_FOUND {
-        return Err(CliError::new(BKG_FAILED, format!("sandbox `{}` has not run yet", args.name)));
+    let id = id_of(project, &name);
+    let Some(Stopped { stopped }) = client.post_found(&format!("/api/v1/sandboxes/{id}/stop")).await? else {
+        return Err(CliError::new(BKG_FAILED, format!("sandbox `{name}` has not run yet")));
+    };
+    if !out.is_json() {
+        if stopped {
+            out.note(format_args!("stopped {name}"));
+        } else {
+            out.note(format_args!("{name} was not running"));
+        }
     }
-    if !response.status().is_success() {
-        return Err(api_error(response).await);
-    }
-    let mut answer: serde_json::Value =
-        response.json().await.map_err(|error| CliError::internal(format!("unexpected answer: {error}")))?;
-    if args.json {
-        answer["name"] = serde_json::Value::String(args.name);
-    } else if answer["stopped"] == true {
-        eprintln!("bkg: stopped {}", args.name);
-    } else {
-        eprintln!("bkg: {} was not running", args.name);
-    }
-    Ok(answer)
+    Ok(StopAnswer { name, stopped })
 }
 
-pub async fn rm(global: &GlobalArgs, args: RmArgs) -> Result<i32, CliError> {
+/// `bkg rm NAME...`: each sandbox in turn, stopping at the first that fails or is kept.
+pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError> {
     let project = project_dir(args.project.dir.as_deref())?;
+    for name in &args.names {
+        let code = rm(settings, &project, name, args.force).await?;
+        if code != SUCCESS {
+            return Ok(code);
+        }
+    }
+    Ok(SUCCESS)
+}
+
+async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Result<i32, CliError> {
+    let out = settings.out;
     let cave_path = project.join("cave.yaml");
     let cave_text = std::fs::read_to_string(&cave_path)
         .map_err(|error| CliError::usage(format!("{}: {error}", cave_path.display())))?;
-    let edited = remove_sandbox_block(&cave_text, &args.name);
-    let client = AgentClient::new(global)?;
+    let edited = remove_sandbox_block(&cave_text, name);
+    let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let id = id_of(&project, &args.name);
+    let id = id_of(project, name);
     let known = fetch(&client, &id).await?;
     if edited.is_none() && known.is_none() {
-        return Err(CliError::usage(format!("no sandbox `{}` in {}", args.name, cave_path.display())));
+        return Err(CliError::usage(format!("no sandbox `{name}` in {}", cave_path.display())));
     }
 
-    if !args.force {
+    if !force {
         if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
             return Err(CliError::usage(format!(
-                "removing `{}` deletes its workspace; add --force to do it without a terminal",
-                args.name
+                "removing `{name}` deletes its workspace; add --force to do it without a terminal"
             )));
         }
-        eprint!("bkg: remove sandbox `{}` with its workspace and logs? [y/N] ", args.name);
+        out.ask(format_args!("remove sandbox `{name}` with its workspace and logs? [y/N] "));
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer).map_err(|error| CliError::usage(error.to_string()))?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("bkg: kept {}", args.name);
-            return Ok(1);
+            out.note(format_args!("kept {name}"));
+            return Ok(NEGATIVE);
         }
     }
 
     if known.is_some() {
-        let response = client.send(client.http().delete(client.url(&format!("/api/v1/sandboxes/{id}")))).await?;
-        if !response.status().is_success() {
-            return Err(api_error(response).await);
-        }
+        let _: Deleted = client.delete(&format!("/api/v1/sandboxes/{id}")).await?;
     }
     if let Some(edited) = &edited {
         let temporary = cave_path.with_extension("yaml.tmp");
@@ -400,12 +328,12 @@ pub async fn rm(global: &GlobalArgs, args: RmArgs) -> Result<i32, CliError> {
             .and_then(|()| std::fs::rename(&temporary, &cave_path))
             .map_err(|error| CliError::new(BKG_FAILED, format!("cannot update {}: {error}", cave_path.display())))?;
     }
-    if args.json {
-        print_json(&serde_json::json!({ "removed": args.name, "id": id }))?;
+    if out.is_json() {
+        out.json(&Removed { id, removed: name.to_owned() })?;
     } else {
-        eprintln!("bkg: removed {}", args.name);
+        out.note(format_args!("removed {name}"));
     }
-    Ok(0)
+    Ok(SUCCESS)
 }
 
 /// cave.yaml without the block of sandbox `name` (its key line and every more-indented line

@@ -1,55 +1,118 @@
-//! Writing to stdout and stderr without panicking when the reader has gone.
+//! The one way `bkg` and `bkgr` print: data on stdout (a command's answer, its table, its JSON
+//! with `--json`), words for people on stderr (`bkg: stopped web`), and never a panic when the
+//! reader has gone.
 //!
 //! Rust ignores SIGPIPE, so a write to a closed pipe fails with EPIPE, and std's `println!` and
 //! `eprintln!` panic on any failed write; with the release profile's `panic = "abort"` that ended
 //! `bkg exe x.py 2>&1 | head -1` with 134. bkg's rule instead (docs/cli.md): output that cannot
 //! be written is dropped, and the command ends with the exit code it would have had anyway. A
-//! run goes on when its caller's stdout closes; only the caller decides when to stop it.
+//! run goes on when its caller's stdout closes; only the caller decides when to stop it. The
+//! crate denies std's print macros (`lib.rs`), so every write comes through here.
 //!
-//! The macros below shadow std's `println!`, `eprint!` and `eprintln!` in every module
-//! of this crate declared after this one (`lib.rs` declares it first), so no call site can reach
-//! the panicking versions; other crates (`bkgr`) call the functions directly.
+//! bkg's own output has no colour; clap's help and errors and `bkg init`'s prompts honour
+//! `NO_COLOR` themselves (anstream, console), and spinners are plain text.
 
 use std::fmt;
 use std::io::Write;
+use std::process::ExitCode;
+
+use crate::exit::CliError;
 
 /// Writes to stdout, dropping what a closed or failing stdout cannot take.
-pub fn stdout(args: fmt::Arguments<'_>) {
+fn stdout(args: fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_fmt(args).and_then(|()| out.flush());
 }
 
 /// Writes to stderr, dropping what a closed or failing stderr cannot take.
-pub fn stderr(args: fmt::Arguments<'_>) {
+fn stderr(args: fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_fmt(args);
 }
 
-/// How a command that writes until stopped (`bkg audit tail -f | head -3`) ends when its reader
-/// has gone: quietly, with 0, as `head` leaves it. `None` for any other write failure.
-pub fn reader_gone(error: &std::io::Error) -> Option<crate::exit::CliError> {
-    (error.kind() == std::io::ErrorKind::BrokenPipe).then(|| crate::exit::CliError::new(0, ""))
+/// Where a command's output goes, and in which form: made once per command (`Settings`).
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    /// What leads a note: `bkg` or `bkgr`.
+    tool: &'static str,
+    /// `--json`: the answer is one JSON value on stdout.
+    json: bool,
 }
 
-/// A line on stdout; see [`stdout`].
-pub fn stdout_line(args: fmt::Arguments<'_>) {
-    stdout(format_args!("{args}\n"));
+impl Printer {
+    pub fn new(tool: &'static str, json: bool) -> Self {
+        Self { tool, json }
+    }
+
+    /// Whether the command's answer is JSON (`--json`).
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// A line of data on stdout.
+    pub fn line(&self, args: fmt::Arguments<'_>) {
+        stdout(format_args!("{args}\n"));
+    }
+
+    /// Data on stdout as it is (a table, a description of several lines).
+    pub fn text(&self, text: &str) {
+        stdout(format_args!("{text}"));
+    }
+
+    /// `value` as one line of JSON on stdout.
+    pub fn json(&self, value: &impl serde::Serialize) -> Result<(), CliError> {
+        let json = serde_json::to_string(value).map_err(|error| CliError::internal(error.to_string()))?;
+        self.line(format_args!("{json}"));
+        Ok(())
+    }
+
+    /// A command's answer: `value` as JSON with `--json`, else as `human` writes it for people.
+    pub fn answer<T: serde::Serialize>(&self, value: &T, human: impl FnOnce(&T) -> String) -> Result<(), CliError> {
+        if self.json {
+            return self.json(value);
+        }
+        self.text(&human(value));
+        Ok(())
+    }
+
+    /// A note for people on stderr, after the tool's name: `bkg: stopped web`.
+    pub fn note(&self, args: fmt::Arguments<'_>) {
+        stderr(format_args!("{}: {args}\n", self.tool));
+    }
+
+    /// A question on stderr; the answer is typed on the same line.
+    pub fn ask(&self, args: fmt::Arguments<'_>) {
+        stderr(format_args!("{}: {args}", self.tool));
+    }
+
+    /// Lines for people on stderr as they are (a report that names its own source).
+    pub fn human(&self, args: fmt::Arguments<'_>) {
+        stderr(format_args!("{args}\n"));
+    }
+
+    /// Ends the command with `error`: `TOOL: message` on stderr, a line per line of the message,
+    /// and its exit code.
+    pub fn error(&self, error: &CliError) -> ExitCode {
+        for line in error.message.lines() {
+            stderr(format_args!("{}: {line}\n", self.tool));
+        }
+        crate::exit::code(error.code)
+    }
 }
 
-/// A line on stderr; see [`stderr`].
-pub fn stderr_line(args: fmt::Arguments<'_>) {
-    stderr(format_args!("{args}\n"));
-}
-
-macro_rules! println {
-    () => { $crate::out::stdout(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::out::stdout_line(format_args!($($arg)*)) };
-}
-
-macro_rules! eprint {
-    ($($arg:tt)*) => { $crate::out::stderr(format_args!($($arg)*)) };
-}
-
-macro_rules! eprintln {
-    () => { $crate::out::stderr(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::out::stderr_line(format_args!($($arg)*)) };
+/// Ends `TOOL` on one of clap's own errors. Help and version print as usual; a usage error keeps
+/// clap's whole message, with its tips and the usage line, under `TOOL: ` instead of clap's
+/// `error: `. The exit code is `exit::of_clap`'s.
+pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            let body = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+            stderr(format_args!("{tool}: {body}"));
+        }
+    }
+    crate::exit::code(crate::exit::of_clap(&error))
 }

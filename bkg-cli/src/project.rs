@@ -1,14 +1,43 @@
-//! What `bkg init` and `bkg add` share: the YAML they write and how they write it.
+//! The project around the current directory, and what `bkg init` and `bkg add` share: the YAML
+//! they write and how they write it.
 
 use std::fs::Permissions;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bkg_schema::Language;
-use bkg_schema::cave::{CaveErrors, NAME_RULE, is_dns_label, yaml_scalar as scalar};
+use bkg_schema::cave::{NAME_RULE, is_dns_label, yaml_scalar as scalar};
 
 use crate::exit::CliError;
+
+/// The cave.yaml in `start` or the nearest directory above it.
+fn find_cave_file(start: &Path) -> Option<PathBuf> {
+    start.ancestors().map(|dir| dir.join("cave.yaml")).find(|candidate| candidate.is_file())
+}
+
+/// The project around the current directory (or `--dir`): its absolute directory.
+pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
+    let start = match dir {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::current_dir()
+            .map_err(|error| CliError::usage(format!("cannot read the current directory: {error}")))?,
+    };
+    let start = start.canonicalize().map_err(|error| CliError::usage(format!("{}: {error}", start.display())))?;
+    let cave = find_cave_file(&start).ok_or_else(|| {
+        CliError::usage(format!("no cave.yaml in {} or above: run `bkg init` first", start.display()))
+    })?;
+    Ok(cave.parent().map(Path::to_path_buf).unwrap_or(start))
+}
+
+/// The project around the current directory (or `--dir`), its cave.yaml checked: an invalid
+/// file is refused with its problems rather than listing the sandboxes of a file bkgr cannot run.
+pub fn checked_project(dir: Option<&Path>) -> Result<PathBuf, CliError> {
+    let project = project_dir(dir)?;
+    bkg_schema::cave::load(&project.join("cave.yaml"))
+        .map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))?;
+    Ok(project)
+}
 
 /// A sandbox about to be written, its entries in the order the user gave them.
 #[derive(Debug)]
@@ -80,11 +109,6 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), CliError> {
     file.as_file().sync_all().map_err(failed)?;
     file.persist(path).map_err(|error| failed(error.error))?;
     Ok(())
-}
-
-/// Validation errors are the one case of many lines: each problem, compiler style.
-pub fn print_errors(errors: &CaveErrors) {
-    eprintln!("{errors}");
 }
 
 pub fn checked_name(name: &str) -> Result<String, CliError> {

@@ -5,69 +5,48 @@ use std::time::{Duration, UNIX_EPOCH};
 use bkg_schema::RunRecord;
 use bkg_schema::units::{format_cpus, format_duration_ms, format_size};
 
-use crate::args::{GlobalArgs, RunsAction, RunsArgs};
+use crate::args::{RunsAction, RunsArgs};
 use crate::client::AgentClient;
-use crate::exit::CliError;
+use crate::exit::{CliError, SUCCESS};
+use crate::settings::Settings;
 
-pub async fn run(global: &GlobalArgs, args: RunsArgs) -> Result<i32, CliError> {
+pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
+    let out = settings.out;
     match args.action {
-        RunsAction::Ls { limit, sandbox, project, json } => {
+        RunsAction::Ls { limit, sandbox, project, .. } => {
             if !(1..=1000).contains(&limit) {
                 return Err(CliError::usage(format!("--limit {limit}: give 1 to 1000")));
             }
             let mut query = format!("?limit={limit}");
             if let Some(name) = &sandbox {
-                let project = crate::manage::project_dir(project.dir.as_deref())?;
+                let project = crate::project::project_dir(project.dir.as_deref())?;
                 query.push_str(&format!(
                     "&sandbox={}",
                     bkg_schema::sandbox::sandbox_id(&project.to_string_lossy(), name)
                 ));
             }
-            let client = AgentClient::new(global)?;
+            let client = AgentClient::new(&settings.endpoint()?)?;
             client.ensure_running().await?;
             let runs: Vec<RunRecord> = client.get(&format!("/api/v1/runs{query}")).await?;
-            if json {
-                println!("{}", to_json(&runs)?);
-            } else if runs.is_empty() {
-                eprintln!("bkg: no runs yet");
+            if runs.is_empty() && !out.is_json() {
+                out.note(format_args!("no runs yet"));
             } else {
-                print!("{}", runs_table(&runs, crate::table::width()));
+                out.answer(&runs, |runs| runs_table(runs, crate::table::width()))?;
             }
         }
-        RunsAction::Show { id, json } => {
+        RunsAction::Show { id, .. } => {
             if id.is_empty() || !id.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-') {
                 return Err(CliError::usage(format!("`{id}` is not a run id: `bkg runs ls` lists them")));
             }
-            let client = AgentClient::new(global)?;
+            let client = AgentClient::new(&settings.endpoint()?)?;
             client.ensure_running().await?;
-            let response = client
-                .http()
-                .get(client.url(&format!("/api/v1/runs/{id}")))
-                .send()
-                .await
-                .map_err(|error| client.unreachable(error))?;
-            if response.status() == reqwest::StatusCode::NOT_FOUND {
+            let Some(record) = client.get_found::<RunRecord>(&format!("/api/v1/runs/{id}")).await? else {
                 return Err(CliError::usage(format!("no run `{id}` here: `bkg runs ls` lists the runs you may see")));
-            }
-            if !response.status().is_success() {
-                return Err(crate::client::api_error(response).await);
-            }
-            let record: RunRecord = response
-                .json()
-                .await
-                .map_err(|error| CliError::internal(format!("unexpected answer from the agent: {error}")))?;
-            if json {
-                println!("{}", to_json(&record)?);
-            } else {
-                print!("{}", describe(&record));
-            }
+            };
+            out.answer(&record, describe)?;
         }
     }
-    Ok(0)
-}
-
-fn to_json(value: &impl serde::Serialize) -> Result<String, CliError> {
-    serde_json::to_string(value).map_err(|error| CliError::internal(error.to_string()))
+    Ok(SUCCESS)
 }
 
 /// When, in UTC to the second (RFC 3339).

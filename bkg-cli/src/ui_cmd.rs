@@ -2,37 +2,27 @@
 //! its TCP listener, or starts a loopback-only one for it; the URL's token logs in once.
 
 use bkg_schema::auth::UiLaunch;
-use clap::Args;
 
-use crate::args::GlobalArgs;
+use crate::args::UiArgs;
 use crate::client::AgentClient;
 use crate::exit::{BKG_FAILED, CliError};
+use crate::settings::{Endpoint, Settings};
 
-#[derive(Debug, Args)]
-pub struct UiArgs {
-    /// Open the URL in the desktop's browser (xdg-open) besides printing it.
-    #[arg(long)]
-    pub open: bool,
-    /// Print JSON: the URL and whether a listener was started for it.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub async fn run(global: &GlobalArgs, args: UiArgs) -> Result<i32, CliError> {
-    if global.remote.is_some() {
+pub async fn run(settings: &Settings, args: UiArgs) -> Result<i32, CliError> {
+    if settings.remote.is_some() {
         return Err(CliError::new(
             BKG_FAILED,
             "bkg ui works on the agent's own machine (its unix socket); for a remote agent, open its /ui and log in",
         ));
     }
-    let client = AgentClient::new(global)?;
+    let client = AgentClient::new(&Endpoint::socket(settings.socket.clone())?)?;
     client.ensure_running().await?;
-    let launch: UiLaunch = client.send_json(reqwest::Method::POST, "/ui/launch", None).await?;
-    if args.json {
-        println!("{}", serde_json::to_string(&launch).map_err(|error| CliError::internal(error.to_string()))?);
+    let launch: UiLaunch = client.post("/ui/launch").await?;
+    if settings.out.is_json() {
+        settings.out.json(&launch)?;
     } else {
-        println!("{}", launch.url);
-        eprintln!("The link logs in once, within 5 minutes. Keep it to yourself.");
+        settings.out.line(format_args!("{}", launch.url));
+        settings.out.note(format_args!("the link logs in once, within 5 minutes; keep it to yourself"));
     }
     if args.open {
         let opened = std::process::Command::new("xdg-open")
@@ -42,7 +32,7 @@ pub async fn run(global: &GlobalArgs, args: UiArgs) -> Result<i32, CliError> {
             .stderr(std::process::Stdio::null())
             .status();
         if !opened.is_ok_and(|status| status.success()) {
-            eprintln!("bkg: could not open a browser (xdg-open); open the URL above yourself");
+            settings.out.note(format_args!("could not open a browser (xdg-open); open the URL above yourself"));
         }
     }
     Ok(0)

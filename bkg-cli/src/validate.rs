@@ -1,28 +1,15 @@
 //! `bkg validate`: checks a cave.yaml and lists every problem in it.
 
-use std::path::PathBuf;
-
 use bkg_schema::cave::{self, CaveError, FILE_NAME};
-use clap::Args;
 use serde::Serialize;
 
-use crate::exit::{BKG_FAILED, CliError};
-use crate::project::print_errors;
+use crate::args::ValidateArgs;
+use crate::exit::{BKG_FAILED, CliError, SUCCESS};
+use crate::out::Printer;
+use crate::settings::Settings;
 
-#[derive(Debug, Args)]
-pub struct ValidateArgs {
-    /// The file to check [default: DIR/cave.yaml]
-    #[arg(value_name = "FILE", conflicts_with = "dir")]
-    pub file: Option<PathBuf>,
-    /// The project directory [default: .]
-    #[arg(short = 'C', long = "dir", value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// Print only one JSON object: {"file", "valid", "errors": [{"line", "pointer", "message"}]}.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn run(args: ValidateArgs) -> Result<i32, CliError> {
+pub fn run(settings: &Settings, args: ValidateArgs) -> Result<i32, CliError> {
+    let out = settings.out;
     let path = args.file.unwrap_or_else(|| args.dir.unwrap_or_default().join(FILE_NAME));
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(&path) {
@@ -30,9 +17,9 @@ pub fn run(args: ValidateArgs) -> Result<i32, CliError> {
         Err(error) => {
             let hint = if error.kind() == std::io::ErrorKind::NotFound { " (`bkg init` writes one)" } else { "" };
             let message = format!("cannot read {name}: {error}{hint}");
-            if args.json {
+            if out.is_json() {
                 let unreadable = CaveError { line: None, pointer: String::new(), message: message.clone() };
-                print_json(&name, &[unreadable]);
+                print_report(out, &name, &[unreadable]);
                 return Ok(BKG_FAILED);
             }
             return Err(CliError::usage(message));
@@ -40,20 +27,21 @@ pub fn run(args: ValidateArgs) -> Result<i32, CliError> {
     };
     match cave::parse(&text, &name) {
         Ok(cave) => {
-            if args.json {
-                print_json(&name, &[]);
+            if out.is_json() {
+                print_report(out, &name, &[]);
             } else {
                 let count = cave.sandboxes.len();
                 let noun = if count == 1 { "sandbox" } else { "sandboxes" };
-                eprintln!("{name}: valid ({count} {noun})");
+                out.human(format_args!("{name}: valid ({count} {noun})"));
             }
-            Ok(0)
+            Ok(SUCCESS)
         }
         Err(errors) => {
-            if args.json {
-                print_json(&name, &errors.errors);
+            if out.is_json() {
+                print_report(out, &name, &errors.errors);
             } else {
-                print_errors(&errors);
+                // The one case of many lines: each problem, compiler style.
+                out.human(format_args!("{errors}"));
             }
             Ok(BKG_FAILED)
         }
@@ -68,10 +56,9 @@ struct Report<'a> {
     errors: &'a [CaveError],
 }
 
-fn print_json(file: &str, errors: &[CaveError]) {
+fn print_report(out: Printer, file: &str, errors: &[CaveError]) {
     let report = Report { file, valid: errors.is_empty(), errors };
-    match serde_json::to_string(&report) {
-        Ok(json) => println!("{json}"),
-        Err(error) => eprintln!("bkg: cannot print the report: {error}"),
+    if let Err(error) = out.json(&report) {
+        out.note(format_args!("cannot print the report: {error}", error = error.message));
     }
 }

@@ -3,9 +3,9 @@
 use bkg_schema::AgentInfo;
 use serde::Serialize;
 
-use crate::args::{GlobalArgs, VersionArgs};
 use crate::client::AgentClient;
-use crate::exit::CliError;
+use crate::exit::{CliError, SUCCESS};
+use crate::settings::Settings;
 
 #[derive(Debug, Serialize)]
 pub struct Build {
@@ -39,8 +39,8 @@ pub fn cli_build() -> Build {
     }
 }
 
-pub async fn run(global: &GlobalArgs, args: VersionArgs) -> Result<i32, CliError> {
-    let client = AgentClient::new(global)?;
+pub async fn run(settings: &Settings) -> Result<i32, CliError> {
+    let client = AgentClient::new(&settings.endpoint()?)?;
     // Only an agent that is there already: `bkg version` starts nothing. Its reason for not
     // answering (down, not an admin key) is the agent's line of the output.
     let (agent, missing) = if client.is_up() {
@@ -50,7 +50,7 @@ pub async fn run(global: &GlobalArgs, args: VersionArgs) -> Result<i32, CliError
                     version: info.version,
                     commit: info.commit,
                     build_date: info.build_date,
-                    endpoint: client.endpoint(),
+                    endpoint: client.location(),
                     protections: info.protections,
                 }),
                 None,
@@ -58,15 +58,11 @@ pub async fn run(global: &GlobalArgs, args: VersionArgs) -> Result<i32, CliError
             Err(error) => (None, Some(error.message)),
         }
     } else {
-        (None, Some(format!("no agent is running on {}", client.endpoint())))
+        (None, Some(format!("no agent is running on {}", client.location())))
     };
     let versions = Versions { cli: cli_build(), agent };
-    if args.json {
-        println!("{}", serde_json::to_string(&versions).map_err(|error| CliError::internal(error.to_string()))?);
-    } else {
-        print!("{}", describe(&versions, missing.as_deref()));
-    }
-    Ok(0)
+    settings.out.answer(&versions, |versions| describe(versions, missing.as_deref()))?;
+    Ok(SUCCESS)
 }
 
 /// The text of `bkg version`; `agent_missing` says why there is no agent part.

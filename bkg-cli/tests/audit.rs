@@ -13,10 +13,10 @@ use bkg_schema::audit::{
     AuditEvent, AuditSigner, ChainHead, Details, RunEnd, RunFinished, RunFinishedDetails, RunOutcome, file_name,
 };
 
-use bkg_cli::args::GlobalArgs;
-use bkg_cli::audit_cmd;
-
-use audit_cmd::{AuditTailArgs, AuditVerifyArgs, Tail};
+use bkg_cli::args::{AuditTailArgs, AuditVerifyArgs, GlobalArgs};
+use bkg_cli::audit_cmd::{self, Tail};
+use bkg_cli::out::Printer;
+use bkg_cli::settings::Settings;
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -255,9 +255,10 @@ fn tail_prints_the_last_records_then_follows_across_rotation() -> TestResult {
 #[tokio::test]
 async fn the_commands_return_their_exit_codes() -> TestResult {
     let log = TestLog::ten()?;
-    assert_eq!(audit_cmd::verify(&GlobalArgs::default(), log.verify_args()).await.map_err(message)?, 0);
+    let settings = Settings::new(GlobalArgs::default(), Printer::new("bkg", false));
+    assert_eq!(audit_cmd::verify(&settings, log.verify_args()).await.map_err(message)?, 0);
     edit_line(&log.path(1), 2, "ns1", "ns9")?;
-    assert_eq!(audit_cmd::verify(&GlobalArgs::default(), log.verify_args()).await.map_err(message)?, 1);
+    assert_eq!(audit_cmd::verify(&settings, log.verify_args()).await.map_err(message)?, 1);
     let tail = AuditTailArgs { lines: 1, follow: false, state_dir: Some(log.state.path().to_owned()), json: true };
     assert_eq!(audit_cmd::tail(tail).await.map_err(message)?, 0);
     Ok(())

@@ -176,3 +176,47 @@ fn version() {
     );
     insta::assert_snapshot!("version", text);
 }
+
+/// `bkg doctor --json` on this host without an agent, and its text form for a fixed report.
+/// Redacted: what differs between machines of the same kind (kernel release, interpreter
+/// versions, the cgroup layout's wording, the temporary state directory and its free space).
+#[test]
+fn doctor() {
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(BKG)
+        .args(["doctor", "--json", "--state-dir"])
+        .arg(state_dir.path())
+        .env("BKG_SOCKET", "/nonexistent/bkg/agent.sock")
+        .env_remove("BKG_REMOTE")
+        .env_remove("BKG_PYTHON")
+        .env_remove("BKG_NODE")
+        .env_remove("BKG_TLS_CERT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("doctor JSON");
+    for check in report["checks"].as_array_mut().into_iter().flatten() {
+        let volatile = ["kernel", "cgroups", "runtime.python", "runtime.node", "state_dir"];
+        if volatile.iter().any(|name| check["name"] == *name) {
+            check["found"] = "[redacted]".into();
+        }
+    }
+    let fixed: bkg_schema::host::DoctorReport = serde_json::from_value(serde_json::json!({
+        "status": "fail",
+        "host_level": "standard",
+        "agent_level": null,
+        "checks": [
+            {"name": "kernel", "status": "pass", "found": "Linux 6.8.0-45-generic"},
+            {"name": "landlock", "status": "warn", "found": "Landlock ABI 4: file system rules only", "fix": "a kernel of 6.12 or later"},
+            {"name": "runtime.node", "status": "fail", "found": "--node /usr/bin/node does not exist", "fix": "install node there"}
+        ]
+    }))
+    .expect("a report");
+    let text = format!(
+        "--- json (this host, no agent)\n{}\n--- text\n{}",
+        serde_json::to_string_pretty(&report).expect("json"),
+        bkg_cli::doctor::describe(&fixed)
+    );
+    insta::assert_snapshot!("doctor", text);
+}

@@ -3,34 +3,24 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use bkg_cli::args::{Bkgr as Args, LimitArgs, bkgr_command};
-use bkg_cli::client::AgentClient;
-use bkg_cli::exit::{self, BKG_FAILED, CliError};
-use bkg_cli::manage::project_dir;
-use bkg_cli::stream::{self, Output, Stdin};
+use bkg_cli::shared::{
+    AgentClient, BKG_FAILED, Bkgr as Args, CliError, Endpoint, LimitArgs, Output, Printer, SUCCESS, Stdin,
+    bkgr_command, exit_code_of_run, limit_overrides, project_dir, reason_line, run_streamed,
+};
+use bkg_schema::LimitOverrides;
 use bkg_schema::cave::{CaveFile, SandboxSpec, Volume};
-use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, VolumeSpec, sandbox_id};
-use bkg_schema::{LimitOverrides, UnitError};
+use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, SandboxInfo, VolumeSpec, sandbox_id};
 
 fn main() -> ExitCode {
-    let args: Args = match bkg_cli::args::parse(bkgr_command()) {
+    let args: Args = match bkg_cli::shared::parse(bkgr_command()) {
         Ok(args) => args,
-        Err(error) => return exit::clap_error(error, "bkgr"),
+        Err(error) => return bkg_cli::shared::clap_error(error, "bkgr"),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => return CliError::internal(format!("cannot start the async runtime: {error}")).report_as("bkgr"),
-    };
-    let outcome = runtime.block_on(run(args));
-    // A pending read of our stdin must not keep bkgr alive after the run.
-    runtime.shutdown_background();
-    match outcome {
-        Ok(code) => exit::code(code),
-        Err(error) => error.report_as("bkgr"),
-    }
+    bkg_cli::shared::run_to_exit("bkgr", run(args))
 }
 
 async fn run(args: Args) -> Result<i32, CliError> {
+    let out = Printer::new("bkgr", false);
     let project = project_dir(args.dir.as_deref())?;
     let cave = bkg_schema::cave::load(&project.join("cave.yaml"))
         .map_err(|errors| CliError::new(BKG_FAILED, errors.to_string().trim_end().to_owned()))?;
@@ -59,7 +49,8 @@ async fn run(args: Args) -> Result<i32, CliError> {
         runs.push((definition, with_args(command, &args.args)));
     }
 
-    let client = AgentClient::connect(args.socket.clone())?;
+    let endpoint = Endpoint::socket(args.socket.clone().unwrap_or_else(bkg_schema::paths::default_socket))?;
+    let client = AgentClient::new(&endpoint)?;
     client.ensure_running().await?;
     for (definition, _) in &runs {
         define(&client, definition).await?;
@@ -69,34 +60,27 @@ async fn run(args: Args) -> Result<i32, CliError> {
         for (definition, command) in runs {
             let id = sandbox_id(&definition.project_dir, &definition.name);
             let request = ExecRequest { command, detach: true, env: Default::default(), stdin_base64: None };
-            let response = client
-                .send(client.http().post(client.url(&format!("/api/v1/sandboxes/{id}/exec"))).json(&request))
-                .await?;
-            if !response.status().is_success() {
-                return Err(bkg_cli::client::api_error(response).await);
-            }
-            let detached: DetachedRun =
-                response.json().await.map_err(|error| CliError::internal(format!("unexpected answer: {error}")))?;
-            bkg_cli::out::stdout_line(format_args!("{}\t{}", definition.name, detached.run_id));
+            let detached: DetachedRun = client.post_json(&format!("/api/v1/sandboxes/{id}/exec"), &request).await?;
+            out.line(format_args!("{}\t{}", definition.name, detached.run_id));
         }
-        return Ok(0);
+        return Ok(SUCCESS);
     }
 
     // One named sandbox runs in the foreground with our stdin; without a name every sandbox
     // runs at once, like a Procfile runner, each line after its sandbox's name.
     if let (Some(_), [(definition, command)]) = (&args.name, runs.as_slice()) {
         let result = exec(&client, definition, command, Output::Raw, Stdin::Relay).await?;
-        if let Some(reason) = stream::reason_line(&result) {
-            bkg_cli::out::stderr_line(format_args!("bkgr: {}: {reason}", definition.name));
+        if let Some(reason) = reason_line(&result) {
+            out.note(format_args!("{}: {reason}", definition.name));
         }
-        return Ok(result.cli_exit_code());
+        return Ok(exit_code_of_run(&result));
     }
 
     // The first failure decides the exit code.
     let width = runs.iter().map(|(definition, _)| definition.name.len()).max().unwrap_or(0);
     let mut tasks = tokio::task::JoinSet::new();
     for (definition, command) in runs {
-        let client = AgentClient::connect(args.socket.clone())?;
+        let client = AgentClient::new(&endpoint)?;
         let prefix = format!("{:<width$}", definition.name);
         tasks.spawn(async move {
             let outcome = exec(&client, &definition, &command, Output::Prefixed(prefix), Stdin::Empty).await;
@@ -108,21 +92,21 @@ async fn run(args: Args) -> Result<i32, CliError> {
         let Ok((name, outcome)) = joined else { continue };
         let code = match outcome {
             Ok(result) => {
-                if let Some(reason) = stream::reason_line(&result) {
-                    bkg_cli::out::stderr_line(format_args!("bkgr: {name}: {reason}"));
+                if let Some(reason) = reason_line(&result) {
+                    out.note(format_args!("{name}: {reason}"));
                 }
-                result.cli_exit_code()
+                exit_code_of_run(&result)
             }
             Err(error) => {
-                bkg_cli::out::stderr_line(format_args!("bkgr: {name}: {}", error.message));
+                out.note(format_args!("{name}: {}", error.message));
                 error.code
             }
         };
-        if code != 0 && first_failure.is_none() {
+        if code != SUCCESS && first_failure.is_none() {
             first_failure = Some(code);
         }
     }
-    Ok(first_failure.unwrap_or(0))
+    Ok(first_failure.unwrap_or(SUCCESS))
 }
 
 /// What the agent needs to know of sandbox `name`, with volumes resolved against the project.
@@ -170,13 +154,10 @@ fn definition(
 
 async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Result<(), CliError> {
     let id = sandbox_id(&definition.project_dir, &definition.name);
-    let response =
-        client.send(client.http().put(client.url(&format!("/api/v1/sandboxes/{id}"))).json(definition)).await?;
-    if !response.status().is_success() {
-        let error = bkg_cli::client::api_error(response).await;
-        return Err(CliError::new(error.code, format!("sandbox `{}`: {}", definition.name, error.message)));
-    }
-    Ok(())
+    let defined: Result<SandboxInfo, CliError> = client.put_json(&format!("/api/v1/sandboxes/{id}"), definition).await;
+    defined
+        .map(drop)
+        .map_err(|error| CliError::new(error.code, format!("sandbox `{}`: {}", definition.name, error.message)))
 }
 
 async fn exec(
@@ -189,24 +170,18 @@ async fn exec(
     let id = sandbox_id(&definition.project_dir, &definition.name);
     let request =
         ExecRequest { command: command.to_owned(), detach: false, env: Default::default(), stdin_base64: None };
-    stream::run(client, &format!("/api/v1/sandboxes/{id}/exec"), &request, output, stdin).await
+    run_streamed(client, &format!("/api/v1/sandboxes/{id}/exec"), &request, output, stdin).await
 }
 
 /// The limit flags of the command line, over those of cave.yaml.
 fn over(limits: &mut LimitOverrides, flags: &LimitArgs) -> Result<(), CliError> {
-    let parse = |value: &Option<String>, flag: &str, parse: fn(&str) -> Result<u64, UnitError>| {
-        value
-            .as_deref()
-            .map(|text| parse(text).map_err(|error| CliError::usage(format!("{flag}: {error}"))))
-            .transpose()
-    };
-    let given = [
-        (&mut limits.cpu_millis, parse(&flags.cpus, "--cpus", bkg_schema::parse_cpus)?),
-        (&mut limits.memory_bytes, parse(&flags.memory, "--memory", bkg_schema::parse_size)?),
-        (&mut limits.timeout_ms, parse(&flags.timeout, "--timeout", bkg_schema::parse_duration_ms)?),
-        (&mut limits.disk_bytes, parse(&flags.disk, "--disk", bkg_schema::parse_size)?),
-    ];
-    for (limit, value) in given {
+    let given = limit_overrides(flags)?;
+    for (limit, value) in [
+        (&mut limits.cpu_millis, given.cpu_millis),
+        (&mut limits.memory_bytes, given.memory_bytes),
+        (&mut limits.timeout_ms, given.timeout_ms),
+        (&mut limits.disk_bytes, given.disk_bytes),
+    ] {
         if value.is_some() {
             *limit = value;
         }

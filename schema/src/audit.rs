@@ -230,17 +230,18 @@ pub struct PublicKey(VerifyingKey);
 
 impl PublicKey {
     pub fn from_hex(text: &str) -> Result<Self, KeyError> {
-        let bytes = decode_hex::<32>(text.as_bytes()).ok_or(KeyError::NotHex)?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).map_err(|_| KeyError::NotHex)?;
         VerifyingKey::from_bytes(&bytes).map(Self).map_err(|_| KeyError::NotOnCurve)
     }
 
     pub fn to_hex(&self) -> String {
-        encode_hex(self.0.as_bytes())
+        hex::encode(self.0.as_bytes())
     }
 
     /// The first 16 hex digits of the SHA-256 of the key: short enough for every record.
     pub fn agent_id(&self) -> String {
-        let mut id = encode_hex(&Sha256::digest(self.0.as_bytes()));
+        let mut id = hex::encode(Sha256::digest(self.0.as_bytes()));
         id.truncate(16);
         id
     }
@@ -291,7 +292,7 @@ impl AuditSigner {
     /// The signed line of `event` at `head`. Nothing advances here: the caller moves its head to
     /// [`SignedLine::next`] only once the line is safely written.
     pub fn sign(&self, head: ChainHead, ts_ms: u64, event: &AuditEvent) -> Result<SignedLine, RecordError> {
-        let prev_hash = encode_hex(&head.prev_hash);
+        let prev_hash = hex::encode(head.prev_hash);
         let parts = event.details.encode()?;
         let unsigned = UnsignedRecord {
             seq: head.next_seq,
@@ -308,7 +309,7 @@ impl AuditSigner {
             prev_hash: prev_hash.clone(),
         };
         let mut line = serde_json::to_vec(&unsigned)?;
-        let sig = encode_hex(&self.key.sign(&line).to_bytes());
+        let sig = hex::encode(self.key.sign(&line).to_bytes());
         if line.pop() != Some(b'}') {
             return Err(RecordError::NotAnObject);
         }
@@ -412,9 +413,10 @@ fn check(line: &[u8], key: &PublicKey, others: &mut Vec<PublicKey>) -> Result<Si
     if !(suffix.starts_with(SIG_FIELD) && suffix.ends_with(b"\"}")) {
         return Err(LineFault::new(BadReason::Edited, "the line is not as signed: `sig` is not its last field"));
     }
-    let signature = decode_hex::<64>(record.sig.as_bytes())
-        .map(|bytes| Signature::from_bytes(&bytes))
-        .ok_or_else(|| LineFault::new(BadReason::Malformed, "`sig` is not 128 hex digits"))?;
+    let mut signature = [0u8; 64];
+    hex::decode_to_slice(&record.sig, &mut signature)
+        .map_err(|_| LineFault::new(BadReason::Malformed, "`sig` is not 128 hex digits"))?;
+    let signature = Signature::from_bytes(&signature);
     let mut signed = Vec::with_capacity(body.len() + 1);
     signed.extend_from_slice(body);
     signed.push(b'}');
@@ -573,7 +575,7 @@ fn place(
         };
         return Err(bad(BadReason::Removed, detail));
     }
-    if record.prev_hash != encode_hex(&head.prev_hash) {
+    if record.prev_hash != hex::encode(head.prev_hash) {
         let detail = if last == 0 {
             "the first record does not start the chain (prev_hash is not zeros)".to_owned()
         } else {
@@ -607,29 +609,6 @@ fn present_seqs(files: &[PathBuf]) -> Result<Vec<u64>, VerifyError> {
     }
     seqs.sort_unstable();
     Ok(seqs)
-}
-
-fn encode_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|byte| [DIGITS[usize::from(byte >> 4)], DIGITS[usize::from(byte & 15)]])
-        .map(char::from)
-        .collect()
-}
-
-fn decode_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
-    fn nibble(digit: u8) -> Option<u8> {
-        char::from(digit).to_digit(16).and_then(|value| u8::try_from(value).ok())
-    }
-    if text.len() != 2 * N {
-        return None;
-    }
-    let mut bytes = [0; N];
-    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-    }
-    Some(bytes)
 }
 
 #[cfg(test)]

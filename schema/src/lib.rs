@@ -6,8 +6,10 @@ pub mod audit;
 pub mod auth;
 #[cfg(feature = "cave")]
 pub mod cave;
+pub mod changes;
 pub mod frame;
 pub mod health;
+pub mod host;
 pub mod paths;
 pub mod sandbox;
 pub mod shape;
@@ -237,30 +239,10 @@ pub struct RunResult {
     #[serde(default)]
     pub undelivered_bytes: u64,
     pub limits: Limits,
-}
-
-impl RunResult {
-    /// The exit code `bkg exe` returns for this result (SPEC section 3).
-    pub fn cli_exit_code(&self) -> i32 {
-        cli_exit_code(self.killed_by, self.exit_code, self.signal)
-    }
-}
-
-/// The exit code of `bkg exe` and `bkgr` for a run that ended this way: a limit's own code, else
-/// the script's code, else 128 + the signal that ended it (README.md, "Exit codes").
-pub fn cli_exit_code(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Option<i32>) -> i32 {
-    match killed_by {
-        Some(KilledBy::Timeout) => 124,
-        Some(KilledBy::Memory | KilledBy::Pids) => 137,
-        Some(KilledBy::Cancelled) => 130,
-        // 128 + SIGTERM: the agent was terminated, not the script's doing nor bkg's failure.
-        Some(KilledBy::Shutdown | KilledBy::Interrupted) => 143,
-        Some(KilledBy::Disk) | None => match (exit_code, signal) {
-            (Some(code), _) => code,
-            (None, Some(signal)) => 128 + signal,
-            (None, None) => 125,
-        },
-    }
+    /// The security level of the agent that ran it (docs/compatibility.md, "Hosts"); absent for
+    /// a run that never had a sandbox, and in results of agents older than the levels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_level: Option<host::SecurityLevel>,
 }
 
 /// How much of each output stream a result keeps; the rest is streamed live but not retained.
@@ -363,6 +345,13 @@ pub struct AgentInfo {
     /// The protections every sandbox of this agent gets.
     #[serde(default)]
     pub protections: Vec<String>,
+    /// The isolation this agent gives every sandbox, as computed from the host at start
+    /// (docs/compatibility.md, "Hosts"); absent from agents older than the levels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_level: Option<host::SecurityLevel>,
+    /// The interpreters found at start, with their versions.
+    #[serde(default)]
+    pub runtimes: Vec<host::Runtime>,
     pub pid: u32,
     pub socket: String,
     pub state_dir: String,
@@ -373,30 +362,4 @@ pub struct AgentInfo {
     pub pending_cleanups: usize,
     pub default_limits: Limits,
     pub max_limits: Limits,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_way_a_run_ends_has_its_documented_exit_code() {
-        let cases = [
-            (Some(KilledBy::Timeout), None, Some(9), 124),
-            (Some(KilledBy::Memory), None, Some(9), 137),
-            (Some(KilledBy::Pids), None, Some(9), 137),
-            (Some(KilledBy::Cancelled), None, Some(9), 130),
-            (Some(KilledBy::Shutdown), None, Some(9), 143),
-            (Some(KilledBy::Interrupted), None, None, 143),
-            (Some(KilledBy::Disk), Some(1), None, 1),
-            (Some(KilledBy::Disk), None, Some(6), 134),
-            (None, Some(0), None, 0),
-            (None, Some(3), None, 3),
-            (None, None, Some(15), 143),
-            (None, None, None, 125),
-        ];
-        for (killed_by, exit_code, signal, expected) in cases {
-            assert_eq!(cli_exit_code(killed_by, exit_code, signal), expected, "{killed_by:?} {exit_code:?} {signal:?}");
-        }
-    }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bkg_tests::{Agent, AgentOptions, code, stderr, stdout};
 
 /// A throwaway PostgreSQL cluster, stopped and deleted when dropped.
-struct Postgres {
+pub(crate) struct Postgres {
     dir: tempfile::TempDir,
 }
 
@@ -16,7 +16,7 @@ fn script() -> PathBuf {
 }
 
 impl Postgres {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::Builder::new().prefix("bkg-pg-").tempdir().expect("pg dir");
         let postgres = Self { dir };
         postgres.up();
@@ -37,13 +37,13 @@ impl Postgres {
         assert!(output.status.success(), "postgres.sh stop: {}", String::from_utf8_lossy(&output.stderr));
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let output = Command::new("bash").arg(script()).arg("url").arg(self.data()).output().expect("postgres.sh");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
     /// One value from a query, as psql prints it.
-    fn query(&self, sql: &str) -> String {
+    pub(crate) fn query(&self, sql: &str) -> String {
         let output = Command::new("psql").arg(self.url()).args(["-tAX", "-c", sql]).output().expect("psql");
         assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
@@ -56,11 +56,11 @@ impl Drop for Postgres {
     }
 }
 
-fn agent_with_db(url: &str) -> Agent {
+pub(crate) fn agent_with_db(url: &str) -> Agent {
     Agent::start_with(AgentOptions { extra_args: vec!["--db-url".into(), url.into()], ..AgentOptions::default() })
 }
 
-fn agent_id(agent: &Agent) -> String {
+pub(crate) fn agent_id(agent: &Agent) -> String {
     // agent_id is the first 16 hex digits of sha256(public key): read it from a record.
     let files = std::fs::read_dir(agent.state_dir.join("audit")).expect("audit dir");
     let first = files.flatten().map(|entry| entry.path()).min().expect("an audit file");
@@ -90,7 +90,19 @@ fn runs(agent: &Agent, count: usize, workers: usize) -> usize {
     threads.into_iter().map(|thread| thread.join().expect("worker")).sum()
 }
 
-fn wait_synced(agent: &Agent) -> serde_json::Value {
+/// Runs `print(1)` through the agent's socket, or with `remote` (its TCP address and a key) as a
+/// client of its listener, and asserts it succeeded.
+pub(crate) fn print_one(agent: &Agent, remote: Option<(&str, &str)>) {
+    let mut command = agent.bkg();
+    if let Some((address, key)) = remote {
+        command.env("BKG_REMOTE", format!("http://{address}")).env("BKG_API_KEY", key);
+    }
+    let output = command.args(["exe", "--type", "python", "-c", "print(1)"]).stdin(Stdio::null()).output();
+    let output = output.expect("bkg exe");
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+}
+
+pub(crate) fn wait_synced(agent: &Agent) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let output = agent.bkg().args(["sync", "status", "--json"]).output().expect("sync status");
@@ -175,7 +187,7 @@ fn two_agents_share_one_bkg_db() {
 }
 
 /// An agent with a bkg_db and a TCP listener on loopback (for signup and login); its address.
-fn agent_with_db_and_tcp(url: &str, files: &Path) -> (Agent, AgentOptions, String) {
+pub(crate) fn agent_with_db_and_tcp(url: &str, files: &Path) -> (Agent, AgentOptions, String) {
     let address_file = files.join("address");
     let options = AgentOptions {
         extra_args: vec![

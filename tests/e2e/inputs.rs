@@ -69,15 +69,21 @@ fn no_agent_is_125_with_what_to_do() {
     assert!(stderr(&output).contains("bkg agent start"));
 }
 
+/// The agent checks its runtimes at start (tests/e2e/host.rs); one that goes away later is 126.
 #[test]
 fn a_runtime_that_cannot_be_executed_is_126() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let python = dir.path().join("python3");
+    std::fs::write(&python, "#!/bin/sh\necho Python 3.99.0\n").expect("write the stand-in runtime");
+    std::fs::set_permissions(&python, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let agent = Agent::start_with(AgentOptions {
-        extra_args: vec!["--python".into(), "/nonexistent/python3".into()],
+        extra_args: vec!["--python".into(), python.to_str().unwrap_or_default().into()],
         ..AgentOptions::default()
     });
+    std::fs::remove_file(&python).expect("remove the runtime");
     assert_one_line_error(
         &agent.exe(&[examples_dir().join("hello.py").to_str().unwrap_or_default()]),
         126,
-        "/nonexistent/python3",
+        python.to_str().unwrap_or_default(),
     );
 }

@@ -66,20 +66,28 @@ fn the_code_runs_unprivileged_in_its_own_namespaces() {
         "--type",
         "python",
         "-c",
-        "import os, socket\nstatus = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\nprint(os.getuid(), os.getgid(), os.getpid() < 10)\nprint(status['CapEff'].strip(), status['CapBnd'].strip(), status['NoNewPrivs'].strip(), status['Seccomp'].strip())\nprint(open('/proc/self/uid_map').read().split()[:3])\nprint(socket.gethostname(), len([p for p in os.listdir('/proc') if p.isdigit()]) < 10)",
+        "import os, socket\nstatus = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\nprint(os.getuid(), os.getgid(), os.getpid() < 10)\nprint(status['CapEff'].strip(), status['CapBnd'].strip(), status['NoNewPrivs'].strip(), status['Seccomp'].strip())\nprint([line.split() for line in open('/proc/self/uid_map')])\nprint(socket.gethostname(), len([p for p in os.listdir('/proc') if p.isdigit()]) < 10)",
     ]);
     let lines: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 4, "got {}", stdout(&output));
     assert_eq!(lines[0], "1000 1000 True");
     assert_eq!(lines[1], "0000000000000000 0000000000000000 1 2");
-    // One id is mapped: 1000 inside, a host uid of this agent's own range outside.
-    let map: Vec<&str> = lines[2].trim_matches(['[', ']']).split(", ").map(|f| f.trim_matches('\'')).collect();
-    assert_eq!((map.len(), map[0], map.get(2).copied()), (3, "1000", Some("1")), "uid_map: {}", lines[2]);
-    let host_uid: u32 = map[1].parse().expect("host uid");
-    assert!(
-        (agent.uid_base..agent.uid_base + 65_536).contains(&host_uid),
-        "host uid {host_uid} outside the agent's range"
-    );
+    // Three ids are mapped, each alone: root, the code's 1000 and nobody, each to a host id of
+    // this agent's own range (docs/security.md, user namespace).
+    let map: Vec<Vec<&str>> = lines[2]
+        .trim_matches(['[', ']'])
+        .split("], [")
+        .map(|line| line.split(", ").map(|field| field.trim_matches('\'')).collect())
+        .collect();
+    let inside: Vec<(&str, &str)> = map.iter().map(|line| (line[0], line[2])).collect();
+    assert_eq!(inside, [("0", "1"), ("1000", "1"), ("65534", "1")], "uid_map: {}", lines[2]);
+    for line in &map {
+        let host_uid: u32 = line[1].parse().expect("host uid");
+        assert!(
+            (agent.uid_base..agent.uid_base + 65_536).contains(&host_uid),
+            "host uid {host_uid} outside the agent's range"
+        );
+    }
     assert_eq!(lines[3], "bkg True");
 }
 

@@ -127,3 +127,24 @@ fn half_a_cpu_is_half_a_cpu() {
     let ratio = result["cpu_ms"].as_u64().unwrap_or(0) as f64 / result["wall_ms"].as_u64().unwrap_or(1) as f64;
     assert!(ratio < 0.65, "used {ratio:.2} CPUs under --cpus 0.5: {result}");
 }
+
+/// The CPU count the code sees matches its limit, so thread pools are sized for it: Python's
+/// `os.cpu_count()` and `os.sched_getaffinity`, `nproc`, and Node's `os.availableParallelism()`.
+#[test]
+fn a_sandbox_limited_to_one_cpu_sees_one_cpu() {
+    let host_cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    assert!(host_cpus >= 2, "this test needs a host with 2 CPUs or more to tell 1 from all");
+    let agent = Agent::start();
+    let python = "import os, subprocess\n\
+                  print(os.cpu_count(), len(os.sched_getaffinity(0)), subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip())";
+    let (result, output) = agent.exe_json(&["--cpus", "1", "--type", "python", "-c", python]);
+    assert_eq!(code(&output), 0, "{result}");
+    assert_eq!(result["stdout"], "1 1 1\n", "{result}");
+    let (result, output) =
+        agent.exe_json(&["--cpus", "1", "--type", "node", "-c", "console.log(require('os').availableParallelism())"]);
+    assert_eq!(code(&output), 0, "{result}");
+    assert_eq!(result["stdout"], "1\n", "{result}");
+    // A fraction reaches into the next CPU: 1.5 CPUs are two to run on, and the count says so.
+    let (result, _) = agent.exe_json(&["--cpus", "1.5", "--type", "python", "-c", "import os; print(os.cpu_count())"]);
+    assert_eq!(result["stdout"], "2\n", "{result}");
+}

@@ -2,8 +2,12 @@
 
 mod api;
 mod bkg_db;
+mod changes;
 mod cli_habits;
+mod compat;
+mod docs_bkg_db;
 mod exe_basics;
+mod host;
 mod inputs;
 mod isolation;
 mod lifecycle;
@@ -12,5 +16,6 @@ mod net;
 mod ownership;
 mod projects;
 mod reliability;
+mod retention;
 mod signals;
 mod ui;

@@ -195,3 +195,21 @@ fn health_is_503_with_the_reason_once_runs_fail() {
     let message = sick.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
     assert!(message.starts_with("runs fail: ") && message.contains("open files"), "{message}");
 }
+
+/// A run that prints nothing for many times the client's patience still ends with its own
+/// result: each liveness check the client makes while it waits is answered, however the agent's
+/// idle-connection timeout (here as short as the client's patience) falls against it.
+#[test]
+fn a_silent_run_outlasts_many_liveness_checks_and_ends_with_its_result() {
+    let options = AgentOptions { extra_args: vec!["--header-timeout".into(), "1s".into()], ..Default::default() };
+    let agent = Agent::start_with(options);
+    let output = agent
+        .bkg()
+        .env("BKG_CLIENT_TIMEOUT", "1s")
+        .args(["exe", "--type", "python", "-c", "import time; time.sleep(12); print('done')"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkg exe");
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "done\n");
+}

@@ -17,32 +17,13 @@ pub enum KeyError {
 /// A new key of `role`: `bkg_<role>_<43 base64url characters>`.
 pub fn generate(role: Role) -> Result<String, KeyError> {
     let mut secret = [0u8; KEY_BYTES];
-    fill_random(&mut secret)?;
+    crate::ids::fill_random(&mut secret).map_err(KeyError::Random)?;
     Ok(format!("{}{}", role.key_prefix(), base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)))
 }
 
 /// The hex SHA-256 of a key, as stored and looked up.
 pub fn hash(key: &str) -> String {
-    crate::hex::encode(&Sha256::digest(key.as_bytes()))
-}
-
-/// Fills `buffer` from getrandom(2), which blocks only until the pool is first seeded.
-pub fn fill_random(buffer: &mut [u8]) -> Result<(), KeyError> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        let rest = &mut buffer[filled..];
-        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`, which we own mutably.
-        let written = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if written < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(KeyError::Random(error));
-        }
-        filled += written as usize;
-    }
-    Ok(())
+    hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 #[cfg(test)]

@@ -71,24 +71,6 @@ impl Principal {
         }
     }
 
-    /// Whether the caller may see and touch things of `namespace`.
-    pub fn reaches(&self, namespace: &str) -> bool {
-        self.is_admin() || self.namespace() == Some(namespace)
-    }
-
-    /// The namespace a new thing of this caller goes in: the one asked for (admins only may
-    /// ask for another than their own), else the caller's, else `default`.
-    pub fn namespace_for(&self, asked: Option<&str>) -> Result<String, String> {
-        match (self.namespace(), asked) {
-            (Some(own), Some(asked)) if own != asked => {
-                Err(format!("this key is confined to namespace `{own}`; it cannot act in `{asked}`"))
-            }
-            (Some(own), _) => Ok(own.to_owned()),
-            (None, Some(asked)) => Ok(asked.to_owned()),
-            (None, None) => Ok(bkg_schema::DEFAULT_NAMESPACE.to_owned()),
-        }
-    }
-
     /// Who the audit log names: `uid:<uid>` or `key:<id>`.
     pub fn actor(&self) -> String {
         match self {
@@ -130,12 +112,13 @@ impl Principal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn key(role: Role, namespace: Option<&str>) -> Principal {
-        Principal::Key(KeyInfo {
-            id: "key_1".into(),
+    /// A key as the store would hand it back, for tests of what its role and namespace allow.
+    pub(crate) fn key_info(id: &str, role: Role, namespace: Option<&str>) -> KeyInfo {
+        KeyInfo {
+            id: id.into(),
             role,
             namespace: namespace.map(str::to_owned),
             name: None,
@@ -145,21 +128,19 @@ mod tests {
             rotated_at_ms: None,
             revoked_at_ms: None,
             last_used_at_ms: None,
-        })
+        }
+    }
+
+    fn key(role: Role, namespace: Option<&str>) -> Principal {
+        Principal::Key(key_info("key_1", role, namespace))
     }
 
     #[test]
-    fn namespace_keys_are_confined_and_admins_are_not() {
+    fn a_key_is_confined_to_its_namespace_and_named_by_its_id() {
         let team = key(Role::Namespace, Some("team"));
-        assert!(team.reaches("team"));
-        assert!(!team.reaches("other"));
-        assert_eq!(team.namespace_for(None), Ok("team".into()));
-        assert!(team.namespace_for(Some("other")).is_err());
-
-        let admin = key(Role::Admin, None);
-        assert!(admin.reaches("anything"));
-        assert_eq!(admin.namespace_for(Some("other")), Ok("other".into()));
-        assert_eq!(Principal::Local { uid: 0 }.namespace_for(None), Ok("default".into()));
+        assert_eq!(team.namespace(), Some("team"));
+        assert_eq!(team.actor(), "key:key_1");
+        assert_eq!(key(Role::Admin, Some("ignored")).namespace(), None, "an admin key reaches every namespace");
         assert_eq!(Principal::Local { uid: 0 }.actor(), "uid:0");
     }
 }

@@ -56,7 +56,7 @@ impl NoticeKey {
     /// The `X-Bkg-Signature` value for `body` sent at `timestamp` (unix seconds).
     pub fn sign(&self, timestamp: u64, body: &[u8]) -> String {
         let digest = self.mac(timestamp, body).finalize().into_bytes();
-        format!("t={timestamp},v1={}", crate::hex::encode(&digest))
+        format!("t={timestamp},v1={}", hex::encode(digest))
     }
 
     /// Checks a signature header against `body` at `now` (unix seconds). On success returns
@@ -74,7 +74,7 @@ impl NoticeKey {
         let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
             return Err(NoticeError::Malformed);
         };
-        let bytes = crate::hex::decode(&signature).ok_or(NoticeError::Malformed)?;
+        let bytes = hex::decode(&signature).map_err(|_| NoticeError::Malformed)?;
         // Constant-time comparison: timing must not leak how much of a forged signature was right.
         self.mac(timestamp, body).verify_slice(&bytes).map_err(|_| NoticeError::BadSignature)?;
         if now.abs_diff(timestamp) > MAX_SKEW.as_secs() {

@@ -3,7 +3,7 @@
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 
-use super::keys::{KeyError, fill_random};
+use super::keys::KeyError;
 
 /// Shortest password `signup` accepts.
 pub const MIN_PASSWORD_CHARS: usize = 12;
@@ -18,7 +18,7 @@ pub enum PasswordError {
 
 pub fn hash(password: &str) -> Result<String, PasswordError> {
     let mut salt = [0u8; 16];
-    fill_random(&mut salt)?;
+    crate::ids::fill_random(&mut salt).map_err(KeyError::Random)?;
     let hashed = Argon2::default().hash_password_with_salt(password.as_bytes(), &salt).map_err(PasswordError::Hash)?;
     Ok(hashed.to_string())
 }

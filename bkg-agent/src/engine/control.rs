@@ -31,6 +31,9 @@ pub struct GoOrder {
     pub clear: Vec<String>,
     /// Directories whose files are handed to this run's sandbox uid first (persistent state).
     pub reown: Vec<String>,
+    /// How many CPUs the code may run on: its CPU limit rounded up. The init pins the code to
+    /// that many of its own CPUs and shows only those as online (engine/init.rs, `pin_cpus`).
+    pub cpus: usize,
 }
 
 /// A file the init writes into the sandbox before the code starts. Paths were validated by the

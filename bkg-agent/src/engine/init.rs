@@ -26,7 +26,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
 
 use super::control::{self, CONTROL_FD, FromInit, GoOrder, ToInit};
-use super::plan::{INNER_ID, IdMap, MountStep, SandboxPlan};
+use super::plan::{CPU_DIR, IdMap, MountStep, SandboxPlan, id_map_text};
 use super::{landlock, loopdev, seccomp};
 
 /// A failed step of building or starting the sandbox.
@@ -195,7 +195,73 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
         reown_tree(Path::new(dir), plan.ids.sandbox).stage(&format!("hand {dir} to the sandbox user"))?;
     }
     place_files(&order, plan.ids.sandbox)?;
+    pin_cpus(order.cpus, plan.ids.sandbox / 2)?;
     run_code(plan, Launch::new(&order, seccomp)?, control)
+}
+
+/// Pins pid 1, and so the code it forks, to `count` of the CPUs the agent may use, and shows
+/// just those as online in [`CPU_DIR`], where glibc's `get_nprocs` (Python's `os.cpu_count()`)
+/// counts them; `nproc`, `os.sched_getaffinity` and Node's `os.availableParallelism()` read the
+/// mask. The CFS quota bounds the CPU time either way: this makes the count the code sees match
+/// its limit, so thread pools are not sized for the whole host. Sandboxes start at different
+/// CPUs (`spread`) so that one-CPU runs do not all share the first.
+fn pin_cpus(count: usize, spread: u32) -> Result<(), StageError> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let own = sched_getaffinity(Pid::from_raw(0)).stage("read the CPU affinity")?;
+    let allowed: Vec<usize> = (0..CpuSet::count()).filter(|cpu| own.is_set(*cpu).unwrap_or(false)).collect();
+    let chosen = choose_cpus(&allowed, count, spread as usize);
+    let mut set = CpuSet::new();
+    for cpu in &chosen {
+        set.set(*cpu).stage("build the CPU set")?;
+    }
+    sched_setaffinity(Pid::from_raw(0), &set).stage("set the CPU affinity")?;
+    mount(
+        Some("tmpfs"),
+        CPU_DIR,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=16k,mode=0755"),
+    )
+    .stage("mount the CPU directory")?;
+    let list = format!("{}\n", cpu_list(&chosen));
+    for name in ["online", "possible", "present"] {
+        fs::write(Path::new(CPU_DIR).join(name), &list).stage("write the online CPUs")?;
+    }
+    mount(
+        None::<&str>,
+        CPU_DIR,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .stage("make the CPU directory read-only")
+}
+
+/// `count` of the `allowed` CPUs (at least one, at most all), taken in turn from `spread`.
+fn choose_cpus(allowed: &[usize], count: usize, spread: usize) -> Vec<usize> {
+    if allowed.is_empty() {
+        return Vec::new();
+    }
+    let count = count.clamp(1, allowed.len());
+    let mut chosen: Vec<usize> = (0..count).map(|index| allowed[(spread + index) % allowed.len()]).collect();
+    chosen.sort_unstable();
+    chosen
+}
+
+/// A CPU list as sysfs writes it: `0-3,6`.
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for &cpu in cpus {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == cpu => *end = cpu,
+            _ => ranges.push((cpu, cpu)),
+        }
+    }
+    ranges
+        .iter()
+        .map(|(start, end)| if start == end { start.to_string() } else { format!("{start}-{end}") })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn build_root(plan: &SandboxPlan, idmaps: &IdmapNamespaces) -> Result<(), StageError> {
@@ -356,6 +422,21 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep, idmaps: &IdmapNamespaces) ->
                 }
             }
             Ok(())
+        }
+        MountStep::PtyInstance { target, max_ptys } => {
+            let target = inside(root, target);
+            fs::create_dir_all(&target).stage(&format!("create {}", target.display()))?;
+            // No `gid=`: a pty belongs to the group of the process that opens it, so the code's
+            // own are shown as its group instead of the host's unmapped `tty`.
+            let options = format!("newinstance,ptmxmode=0666,mode=0620,max={max_ptys}");
+            mount(
+                Some("devpts"),
+                &target,
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some(options.as_str()),
+            )
+            .stage("mount the sandbox's own devpts")
         }
     }
 }
@@ -537,12 +618,18 @@ impl Launch {
 fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Result<(), StageError> {
     let (exec_error_read, exec_error_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create exec-error pipe")?;
+    let (unshared_read, unshared_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
+    let (mapped_read, mapped_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
 
     // SAFETY: pid 1 is single-threaded, so the child may run arbitrary code after fork.
     match unsafe { fork() }.stage("fork code")? {
         ForkResult::Child => {
             drop(exec_error_read);
-            let error = become_code(plan, &launch);
+            drop(unshared_read);
+            drop(mapped_write);
+            let handshake = IdMapHandshake { unshared: unshared_write, mapped: mapped_read };
+            let error = become_code(plan, &launch, &handshake);
             let errno = match &error {
                 CodeError::Exec(errno) => *errno,
                 CodeError::Setup(..) => -1,
@@ -559,10 +646,17 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
         }
         ForkResult::Parent { child } => {
             drop(exec_error_write);
+            drop(unshared_write);
+            drop(mapped_read);
             // The code holds the stdio pipes now; ours would keep them open past its end.
             redirect_stdio_to_null();
+            let mapped = map_code_ids(plan, child, unshared_read, mapped_write);
             let mut report = Vec::new();
             let _ = File::from(exec_error_read).read_to_end(&mut report);
+            if let Err(error) = mapped {
+                reap(child);
+                return Err(error);
+            }
             if report.len() >= 4 {
                 let errno = i32::from_be_bytes([report[0], report[1], report[2], report[3]]);
                 reap(child);
@@ -581,6 +675,32 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
                 .stage("report exit")
         }
     }
+}
+
+/// How the code's process and pid 1 hand over the id map of the code's user namespace: an
+/// unprivileged process may map only its own id, so pid 1, still root on the host, writes the
+/// map (root, the sandbox user and nobody, `HostIds::code_id_map`) once the namespace exists.
+struct IdMapHandshake {
+    /// The code's process writes a byte here once it is in its new user namespace.
+    unshared: OwnedFd,
+    /// Pid 1 writes a byte here once the map is written; end of file means it could not.
+    mapped: OwnedFd,
+}
+
+/// Pid 1's side of `IdMapHandshake`. When the code's process ends before it unshares, there is
+/// nothing to map and its own report says why.
+fn map_code_ids(plan: &SandboxPlan, code: Pid, unshared: OwnedFd, mapped: OwnedFd) -> Result<(), StageError> {
+    let mut byte = [0u8; 1];
+    if File::from(unshared).read(&mut byte).stage("wait for the code's user namespace")? == 0 {
+        return Ok(());
+    }
+    let proc_dir = PathBuf::from(format!("/proc/{code}"));
+    let map = id_map_text(&plan.ids.code_id_map());
+    // Nothing inside may drop or gain supplementary groups: `deny` before the gid map.
+    fs::write(proc_dir.join("setgroups"), "deny").stage("deny setgroups")?;
+    fs::write(proc_dir.join("uid_map"), &map).stage("map uids")?;
+    fs::write(proc_dir.join("gid_map"), &map).stage("map gids")?;
+    File::from(mapped).write_all(&[1]).stage("hand the id map over")
 }
 
 /// Waits for the code's process like `reap`, but gives up, ending the whole sandbox, as soon as
@@ -674,8 +794,8 @@ enum CodeError {
 
 /// In the forked child: become the unprivileged sandbox user in a fresh user namespace, lock
 /// everything down, and exec the code. Returns only on failure.
-fn become_code(plan: &SandboxPlan, launch: &Launch) -> CodeError {
-    match lock_down(plan, launch) {
+fn become_code(plan: &SandboxPlan, launch: &Launch, handshake: &IdMapHandshake) -> CodeError {
+    match lock_down(plan, launch, handshake) {
         Ok(()) => {}
         Err((stage, error)) => return CodeError::Setup(stage, error),
     }
@@ -683,7 +803,7 @@ fn become_code(plan: &SandboxPlan, launch: &Launch) -> CodeError {
     CodeError::Exec(error.map_or_else(|errno| errno as i32, |never| match never {}))
 }
 
-fn lock_down(plan: &SandboxPlan, launch: &Launch) -> Result<(), (&'static str, String)> {
+fn lock_down(plan: &SandboxPlan, launch: &Launch, handshake: &IdMapHandshake) -> Result<(), (&'static str, String)> {
     fn step<T, E: std::fmt::Display>(stage: &'static str, result: Result<T, E>) -> Result<T, (&'static str, String)> {
         result.map_err(|error| (stage, error.to_string()))
     }
@@ -713,14 +833,16 @@ fn lock_down(plan: &SandboxPlan, launch: &Launch) -> Result<(), (&'static str, S
     step("drop groups", nix::unistd::setgroups(&[]))?;
     step("drop gid", nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)))?;
     step("drop uid", nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)))?;
-    // Changing uid made us non-dumpable, which leaves /proc/self owned by root and our own
-    // uid_map unwritable.
+    // Changing uid made us non-dumpable, which would leave /proc/self owned by root.
     step("own /proc/self", nix::sys::prctl::set_dumpable(true))?;
-    // Unprivileged now: the new user namespace may map only our own ids, to INNER_ID.
+    // Unprivileged now, so the namespace is owned by our host id; pid 1 writes its map.
     step("create user namespace", unshare(CloneFlags::CLONE_NEWUSER))?;
-    step("map uid", fs::write("/proc/self/uid_map", format!("{INNER_ID} {id} 1\n")))?;
-    step("deny setgroups", fs::write("/proc/self/setgroups", "deny"))?;
-    step("map gid", fs::write("/proc/self/gid_map", format!("{INNER_ID} {id} 1\n")))?;
+    step("ask for the id map", nix::unistd::write(&handshake.unshared, &[1]))?;
+    match nix::unistd::read(&handshake.mapped, &mut [0u8; 1]) {
+        Ok(1) => {}
+        Ok(_) => return Err(("wait for the id map", "pid 1 could not write it".into())),
+        Err(error) => return Err(("wait for the id map", error.to_string())),
+    }
 
     step("set no_new_privs", nix::sys::prctl::set_no_new_privs())?;
     drop_capabilities().map_err(|error| ("drop capabilities", error.to_string()))?;
@@ -770,4 +892,26 @@ fn drop_capabilities() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_cpus_are_as_many_as_its_limit_and_spread_over_the_allowed_ones() {
+        assert_eq!(choose_cpus(&[0, 1, 2, 3], 1, 0), [0]);
+        assert_eq!(choose_cpus(&[0, 1, 2, 3], 1, 5), [1]);
+        assert_eq!(choose_cpus(&[0, 1, 2, 3], 2, 3), [0, 3]);
+        assert_eq!(choose_cpus(&[2, 5], 8, 1), [2, 5]);
+        assert_eq!(choose_cpus(&[2, 5], 0, 0), [2]);
+        assert!(choose_cpus(&[], 1, 0).is_empty());
+    }
+
+    #[test]
+    fn cpu_lists_are_written_as_sysfs_writes_them() {
+        assert_eq!(cpu_list(&[0]), "0");
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6]), "0-3,6");
+        assert_eq!(cpu_list(&[1, 3, 4]), "1,3-4");
+    }
 }

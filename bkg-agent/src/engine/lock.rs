@@ -47,7 +47,7 @@ impl Drop for DirLock {
 /// The lock file of the cgroup directory `dir`: named by a hash of its path, which may be long.
 pub fn lock_path_for(lock_dir: &Path, dir: &Path) -> PathBuf {
     let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    lock_dir.join(format!("cgroup-{}.lock", crate::hex::encode(&digest[..12])))
+    lock_dir.join(format!("cgroup-{}.lock", hex::encode(&digest[..12])))
 }
 
 /// Locks the cgroup directory `dir` for this agent, recording `owner` (pid, state directory) in

@@ -4,6 +4,8 @@
 pub mod capacity;
 pub mod cgroup;
 pub mod control;
+pub mod handle;
+pub mod host_check;
 pub mod init;
 pub mod landlock;
 pub mod lock;
@@ -16,7 +18,7 @@ pub mod seccomp;
 #[cfg(test)]
 mod test_support;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -39,12 +41,15 @@ pub struct EngineConfig {
     pub node: PathBuf,
     /// How many default-sized sandboxes to keep prepared.
     pub warm_pool: usize,
-    /// First host uid handed to sandboxes; each live sandbox takes two.
+    /// First host uid handed to sandboxes; each live sandbox takes `IDS_PER_SANDBOX`.
     pub uid_base: u32,
     /// Name of this agent's directory beneath its own cgroup.
     pub cgroup_dir: String,
     /// Queue and disk bounds (see `capacity.rs`).
     pub capacity: capacity::CapacityConfig,
+    /// What the host gives, as checked at start (see `host_check.rs`).
+    pub security_level: bkg_schema::host::SecurityLevel,
+    pub runtimes: Vec<bkg_schema::host::Runtime>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,15 +81,19 @@ impl EngineError {
     }
 }
 
-/// Host uid slots: each live sandbox gets its own pair, released when it is cleaned up.
+/// Host uid slots: each live sandbox gets its own ids, released when it is cleaned up.
 pub struct IdSlots {
     base: u32,
     in_use: Mutex<BTreeSet<u32>>,
     next: AtomicUsize,
 }
 
-/// How many sandboxes can be alive at once.
-const ID_SLOTS: u32 = 32_768;
+/// Host ids of one sandbox: the code's, its pid 1's, its nobody's and its root's (see
+/// `plan::HostIds`).
+pub const IDS_PER_SANDBOX: u32 = 4;
+
+/// How many sandboxes can be alive at once: the agent's ids stay within 65,536 of `uid_base`.
+const ID_SLOTS: u32 = 65_536 / IDS_PER_SANDBOX;
 
 impl IdSlots {
     fn new(base: u32) -> Self {
@@ -103,7 +112,7 @@ impl IdSlots {
     }
 }
 
-/// A pair of host ids owned by one sandbox until dropped.
+/// The host ids owned by one sandbox until dropped.
 pub struct IdSlot {
     slots: Arc<IdSlots>,
     slot: u32,
@@ -111,8 +120,8 @@ pub struct IdSlot {
 
 impl IdSlot {
     pub fn ids(&self) -> plan::HostIds {
-        let sandbox = self.slots.base + 2 * self.slot;
-        plan::HostIds { sandbox, init: sandbox + 1 }
+        let sandbox = self.slots.base + IDS_PER_SANDBOX * self.slot;
+        plan::HostIds { sandbox, init: sandbox + 1, nobody: sandbox + 2, root: sandbox + 3 }
     }
 }
 
@@ -141,8 +150,8 @@ pub struct Engine {
     kill_runs: watch::Sender<bool>,
     /// Warm sandboxes found broken when claimed, disposed of instead of handed to a run.
     pub warm_replaced: Counter,
-    /// Persistent sandboxes with a run going on: sandbox id → (run id, stop signal).
-    persistent_runs: Mutex<HashMap<String, (String, Arc<tokio::sync::Notify>)>>,
+    /// Persistent sandboxes with a run going on, each with its run's handle.
+    registry: handle::Registry,
     /// Told when a run's sandbox has been cleaned up.
     cleanup_listener: OnceLock<mpsc::UnboundedSender<CleanedUp>>,
     agent_pid: u32,
@@ -198,7 +207,7 @@ impl Engine {
             in_flight: watch::Sender::new(0),
             kill_runs: watch::Sender::new(false),
             warm_replaced: Counter::default(),
-            persistent_runs: Mutex::new(HashMap::new()),
+            registry: handle::Registry::default(),
             cleanup_listener: OnceLock::new(),
             agent_pid: std::process::id(),
             capacity: Arc::new(capacity::Capacity::new(config.capacity)),
@@ -346,17 +355,22 @@ impl Engine {
         PreparedSandbox::prepare(self, disk_bytes, None).await
     }
 
-    /// Disposes of a sandbox in the background and tells the cleanup listener about `run_id`.
-    pub fn dispose_in_background(self: &Arc<Self>, sandbox: PreparedSandbox, run_id: Option<String>) {
+    /// Disposes of a sandbox in the background; for a run's sandbox, tells its handle and the
+    /// cleanup listener.
+    pub fn dispose_in_background(self: &Arc<Self>, sandbox: PreparedSandbox, run: Option<Arc<handle::RunTracker>>) {
         let engine = Arc::clone(self);
         let busy = self.cleanup_started();
         tokio::spawn(async move {
             let id = sandbox.id.clone();
             let clean = sandbox.dispose().await;
+            let run_id = run.as_ref().map(|run| run.run_id.clone());
             if clean {
                 tracing::debug!(sandbox = %id, run = ?run_id, "cleanup confirmed");
             } else {
                 tracing::error!(sandbox = %id, run = ?run_id, "cleanup incomplete");
+            }
+            if let Some(run) = run {
+                run.set_holds_sandbox(false);
             }
             if let (Some(run_id), Some(listener)) = (run_id, engine.cleanup_listener.get()) {
                 let _ = listener.send(CleanedUp { run_id, confirmed: clean, pending: busy });
@@ -405,5 +419,27 @@ impl Engine {
         for sandbox in warm {
             sandbox.dispose().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sandbox_has_host_ids_of_its_own_within_the_agents_range() {
+        let slots = Arc::new(IdSlots::new(100_000));
+        let first = slots.allocate().map(|slot| slot.ids());
+        let second = slots.allocate().map(|slot| slot.ids());
+        let (Ok(first), Ok(second)) = (first, second) else { panic!("two slots must be free") };
+        let mut all = Vec::new();
+        for ids in [first, second] {
+            all.extend([ids.sandbox, ids.init, ids.nobody, ids.root]);
+        }
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 8, "{first:?} {second:?}");
+        let last = IdSlot { slots: Arc::clone(&slots), slot: ID_SLOTS - 1 }.ids();
+        assert!(last.root < 100_000 + 65_536, "{last:?}");
     }
 }

@@ -9,9 +9,22 @@ use serde::{Deserialize, Serialize};
 /// The uid and gid the sandboxed code has inside its user namespace.
 pub const INNER_ID: u32 = 1000;
 
+/// `nobody` and `nogroup` inside: mapped too (to a host id of the sandbox's own), so that
+/// dropping to nobody fails with `EPERM` as it does outside, not with the `EINVAL` of an
+/// unmapped id, and files of ids the sandbox does not know are shown as this one.
+pub const NOBODY_ID: u32 = 65534;
+
+/// `root` inside: mapped to a host id of the sandbox's own for the same reason (`chown` to root
+/// fails with `EPERM`). No process ever has it: the code has no capability to switch to it,
+/// nothing inside is setuid, and no file is owned by its host id.
+pub const ROOT_ID: u32 = 0;
+
 /// Directories of the new root that are writable, backed by the sandbox's own disk image.
 pub const WORKSPACE: &str = "/workspace";
 pub const TMP: &str = "/tmp";
+/// The sysfs directory glibc reads the online CPUs from: a tmpfs of the init's in the sandbox,
+/// showing the run's CPUs only (engine/init.rs, `pin_cpus`).
+pub const CPU_DIR: &str = "/sys/devices/system/cpu";
 
 /// Size of the tmpfs that holds the new root's skeleton (directories, symlinks, /etc files).
 const ROOT_TMPFS_BYTES: u64 = 4 * 1024 * 1024;
@@ -33,10 +46,22 @@ const ETC_ENTRIES: &[&str] = &[
     "/etc/python3",
     "/etc/python3.11",
     "/etc/nsswitch.conf",
+    // getservbyname, getprotobyname and getaddrinfo with a service name read these.
+    "/etc/services",
+    "/etc/protocols",
 ];
 
-/// The only device nodes a sandbox gets.
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+/// The only host device nodes a sandbox gets. `tty` is the caller's own controlling terminal,
+/// which inside can only be a terminal of the sandbox's own pty instance (the code starts in a
+/// session of its own, without one).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Where the sandbox's private devpts instance is mounted; `/dev/ptmx` points into it.
+pub const PTS: &str = "/dev/pts";
+
+/// How many pseudo-terminals one sandbox may hold open: enough for any test runner or pexpect
+/// session, small beside the host-wide `kernel.pty.max` that every instance draws from.
+const PTYS_PER_SANDBOX: u32 = 64;
 
 /// One step of building the new root. Paths named `target`/`path`/`link` are inside the new root.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +112,12 @@ pub enum MountStep {
     /// A fresh procfs for the sandbox's pid namespace, with kernel knobs read-only.
     Proc {
         target: PathBuf,
+    },
+    /// A private devpts instance (`newinstance`): the sandbox sees and makes only its own
+    /// pseudo-terminals, never the host's. `ptmxmode=0666` lets the code open its `ptmx`.
+    PtyInstance {
+        target: PathBuf,
+        max_ptys: u32,
     },
 }
 
@@ -144,6 +175,37 @@ pub struct HostIds {
     /// What the sandbox's pid 1 drops to once the code runs: not the code's uid, so the code
     /// cannot signal or trace it.
     pub init: u32,
+    /// Host uid and gid of `nobody`/`nogroup` (`NOBODY_ID`) inside. No process ever runs as it:
+    /// the code has no capability to switch to it.
+    pub nobody: u32,
+    /// Host uid and gid of `root` (`ROOT_ID`) inside; like `nobody`, never a process's.
+    pub root: u32,
+}
+
+/// One line of a user namespace's `uid_map`/`gid_map`: `count` ids from `inside` are `host`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub inside: u32,
+    pub host: u32,
+    pub count: u32,
+}
+
+impl HostIds {
+    /// The ids of the code's user namespace (uids and gids alike): root, the sandbox user and
+    /// nobody, each a host id of this sandbox's own, so that switching or giving a file to any
+    /// of them fails with `EPERM` as outside. Pid 1's id is never mapped.
+    pub fn code_id_map(&self) -> [IdRange; 3] {
+        [
+            IdRange { inside: ROOT_ID, host: self.root, count: 1 },
+            IdRange { inside: INNER_ID, host: self.sandbox, count: 1 },
+            IdRange { inside: NOBODY_ID, host: self.nobody, count: 1 },
+        ]
+    }
+}
+
+/// The text of a `uid_map`/`gid_map` file for `ranges`.
+pub fn id_map_text(ranges: &[IdRange]) -> String {
+    ranges.iter().map(|range| format!("{} {} {}\n", range.inside, range.host, range.count)).collect()
 }
 
 /// Resource limits applied with setrlimit, beside the cgroup limits.
@@ -232,12 +294,16 @@ impl SandboxPlan {
         }
         steps.extend(generated_etc_files(&inputs.hostname));
 
+        // Where the init shows the run's CPUs as online (engine/init.rs, `pin_cpus`).
+        steps.push(MountStep::Dir { path: CPU_DIR.into(), mode: 0o755 });
         steps.push(MountStep::Dir { path: "/dev".into(), mode: 0o755 });
         for device in DEVICES {
             let path = Path::new("/dev").join(device);
             steps.push(MountStep::BindDevice { source: path.clone(), target: path });
         }
+        steps.push(MountStep::PtyInstance { target: PTS.into(), max_ptys: PTYS_PER_SANDBOX });
         for (name, points_to) in [
+            ("ptmx", "pts/ptmx"),
             ("fd", "/proc/self/fd"),
             ("stdin", "/proc/self/fd/0"),
             ("stdout", "/proc/self/fd/1"),
@@ -349,20 +415,21 @@ mod tests {
         }
     }
 
+    fn plan_inputs() -> PlanInputs {
+        PlanInputs {
+            agent_pid: 42,
+            run_dir: "/var/lib/bkg/runs/r1".into(),
+            disk_image: "/var/lib/bkg/runs/r1/disk.img".into(),
+            runtimes: Runtimes { python: "/usr/bin/python3".into(), node: "/usr/bin/node".into() },
+            project: None,
+            hostname: "bkg".into(),
+            ids: HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 },
+            cgroup_procs: vec![],
+        }
+    }
+
     fn plan() -> SandboxPlan {
-        SandboxPlan::new(
-            &debian_host(),
-            PlanInputs {
-                agent_pid: 42,
-                run_dir: "/var/lib/bkg/runs/r1".into(),
-                disk_image: "/var/lib/bkg/runs/r1/disk.img".into(),
-                runtimes: Runtimes { python: "/usr/bin/python3".into(), node: "/usr/bin/node".into() },
-                project: None,
-                hostname: "bkg".into(),
-                ids: HostIds { sandbox: 200_000, init: 200_001 },
-                cgroup_procs: vec![],
-            },
-        )
+        SandboxPlan::new(&debian_host(), plan_inputs())
     }
 
     fn bound_sources(plan: &SandboxPlan) -> Vec<&Path> {
@@ -406,7 +473,40 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(devices, ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]);
+        assert_eq!(devices, ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"]);
+    }
+
+    #[test]
+    fn ptys_come_from_a_private_instance_and_ptmx_points_into_it() {
+        let plan = plan();
+        assert!(plan.steps.contains(&MountStep::PtyInstance { target: "/dev/pts".into(), max_ptys: 64 }));
+        assert!(plan.steps.contains(&MountStep::Symlink { link: "/dev/ptmx".into(), points_to: "pts/ptmx".into() }));
+        assert!(
+            !bound_sources(&plan)
+                .iter()
+                .any(|source| source.starts_with("/dev/pts") || *source == Path::new("/dev/ptmx")),
+            "the host's ptys are never bound"
+        );
+    }
+
+    #[test]
+    fn services_and_protocols_come_from_the_host_read_only() {
+        let host = HostLayout { etc_entries: vec!["/etc/services".into(), "/etc/protocols".into()], ..debian_host() };
+        let plan = SandboxPlan::new(&host, plan_inputs());
+        for file in ["/etc/services", "/etc/protocols"] {
+            assert!(
+                plan.steps.contains(&MountStep::BindReadOnly { source: file.into(), target: file.into() }),
+                "{file}"
+            );
+        }
+        assert!(ETC_ENTRIES.contains(&"/etc/services") && ETC_ENTRIES.contains(&"/etc/protocols"));
+    }
+
+    #[test]
+    fn the_code_maps_only_root_its_own_user_and_nobody_to_its_own_host_ids() {
+        let ids = HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 };
+        assert_eq!(id_map_text(&ids.code_id_map()), "0 200003 1\n1000 200000 1\n65534 200002 1\n");
+        assert!(ids.code_id_map().iter().all(|range| range.host != 0 && range.host != ids.init));
     }
 
     #[test]
@@ -458,7 +558,7 @@ mod tests {
             runtimes: Runtimes { python: "/usr/bin/python3".into(), node: "/usr/bin/node".into() },
             project: None,
             hostname: "bkg".into(),
-            ids: HostIds { sandbox: 200_000, init: 200_001 },
+            ids: HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 },
             cgroup_procs: vec![],
         };
         inputs.project = Some(ProjectMounts {
@@ -526,7 +626,7 @@ mod tests {
                     ],
                 }),
                 hostname: "bkg".into(),
-                ids: HostIds { sandbox: 200_002, init: 200_003 },
+                ids: HostIds { sandbox: 200_004, init: 200_005, nobody: 200_006, root: 200_007 },
                 cgroup_procs: vec![],
             },
         );
@@ -538,8 +638,8 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let alice = IdMap { owner: ALICE, shown_as: 200_002 };
-        let root_files = IdMap { owner: root, shown_as: 200_002 };
+        let alice = IdMap { owner: ALICE, shown_as: 200_004 };
+        let root_files = IdMap { owner: root, shown_as: 200_004 };
         assert_eq!(
             bound,
             [

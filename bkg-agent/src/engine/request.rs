@@ -225,6 +225,7 @@ impl Engine {
                 files,
                 clear: Vec::new(),
                 reown: Vec::new(),
+                cpus: cpu_count(limits.cpu_millis),
             },
             stdin: decode_stdin(request.stdin_base64.as_deref())?,
             persistent: None,
@@ -249,8 +250,7 @@ impl Engine {
         }
         let project_dir = PathBuf::from(&definition.project_dir);
         let project_owner = owner_of("project directory", &project_dir)?;
-        let state_dir = project_dir.join(".bkg");
-        let sandbox_dir = state_dir.join("sandboxes").join(&definition.name);
+        let layout = bkg_schema::paths::ProjectLayout::new(&project_dir);
         let volumes = definition
             .volumes
             .iter()
@@ -288,15 +288,21 @@ impl Engine {
                 files: Vec::new(),
                 clear: vec![TMP.into(), "/dev/shm".into()],
                 reown: vec![WORKSPACE.into()],
+                cpus: cpu_count(limits.cpu_millis),
             },
             stdin: decode_stdin(exec.stdin_base64.as_deref())?,
             persistent: Some(PersistentRun {
                 sandbox_id: bkg_schema::sandbox::sandbox_id(&definition.project_dir, &definition.name),
                 disk: PersistentDisk {
-                    image: sandbox_dir.join("disk.img"),
-                    project: ProjectMounts { dir: project_dir, owner: project_owner, state_dir, volumes },
+                    image: layout.disk_image(&definition.name),
+                    project: ProjectMounts {
+                        dir: project_dir,
+                        owner: project_owner,
+                        state_dir: layout.state_dir(),
+                        volumes,
+                    },
                 },
-                log_dir: sandbox_dir.join("logs"),
+                log_dir: layout.logs_dir(&definition.name),
             }),
         })
     }
@@ -399,6 +405,11 @@ fn place_upload(upload: &FileUpload) -> Result<(PlacedFile, u64), RunError> {
         },
         content.len() as u64,
     ))
+}
+
+/// The whole CPUs a limit of `cpu_millis` reaches into: 1000 → 1, 1500 → 2.
+fn cpu_count(cpu_millis: u64) -> usize {
+    usize::try_from(cpu_millis.div_ceil(1000)).unwrap_or(usize::MAX).max(1)
 }
 
 #[cfg(test)]

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use bkg_schema::{KilledBy, LimitOverrides, OUTPUT_CAP_BYTES, RunRequest, RunResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use super::capacity::{CapacityError, Turn};
 use super::cgroup::CgroupUsage as Usage;
 use super::control::{self, FromInit, ToInit};
+use super::handle::{RunPhase, RunTicket, RunTracker};
 use super::sandbox::{PreparedSandbox, cgroup_limits};
 use super::{Engine, EngineError};
 use crate::ids::new_id;
@@ -38,34 +39,17 @@ pub enum RunOutput {
 }
 
 impl Engine {
-    /// Asks the run going on in persistent sandbox `sandbox_id` to stop; false when none is.
-    pub fn stop_sandbox(&self, sandbox_id: &str) -> bool {
-        let running = self.persistent_runs.lock().ok().and_then(|runs| runs.get(sandbox_id).cloned());
-        match running {
-            Some((_, stop)) => {
-                stop.notify_one();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The run going on in persistent sandbox `sandbox_id`, if any.
-    pub fn current_run(&self, sandbox_id: &str) -> Option<String> {
-        self.persistent_runs.lock().ok().and_then(|runs| runs.get(sandbox_id).map(|(run_id, _)| run_id.clone()))
-    }
-
     /// Runs a validated request to its end. `input` carries stdin and cancellation; `output`,
     /// when given, receives the output as it is written. Whatever the caller does (reads slowly,
     /// stops reading, hangs up), the timeout, the limits and cancellation are enforced.
     pub async fn run(
         self: &Arc<Self>,
-        run_id: String,
+        ticket: RunTicket,
         run: ValidatedRun,
         input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
     ) -> Result<RunResult, RunError> {
-        let result = self.run_to_end(run_id, run, input, output).await;
+        let result = self.run_to_end(ticket, run, input, output).await;
         // What the health probe goes by: a run failed by its sandbox or its runtime says runs
         // may not work (one whose code ran says they do, below).
         if let Err(RunError::Engine(_) | RunError::RuntimeNotExecutable(_)) = &result {
@@ -76,7 +60,7 @@ impl Engine {
 
     async fn run_to_end(
         self: &Arc<Self>,
-        run_id: String,
+        ticket: RunTicket,
         run: ValidatedRun,
         mut input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
@@ -87,13 +71,10 @@ impl Engine {
         let must_end = self.runs_must_end();
         self.active_runs.fetch_add(1, Ordering::Relaxed);
         let _active = ActiveRun(Arc::clone(self));
-        let stop = Arc::new(Notify::new());
-        let _registered = match &run.persistent {
-            Some(persistent) => Some(self.register_persistent(&persistent.sandbox_id, &run_id, &stop)?),
-            None => None,
-        };
+        let run_id = ticket.run_id().to_owned();
+        let tracker = ticket.tracker();
         let waiting = self.capacity.wait_turn(&run.namespace);
-        let (turn, early_input) = match wait_in_queue(waiting, &stop, &mut input).await? {
+        let (turn, early_input) = match wait_in_queue(waiting, &tracker, &mut input).await? {
             Queued::Turn(turn, early_input) => (turn, early_input),
             Queued::Cancelled => return Ok(cancelled_in_queue(run_id, &run)),
         };
@@ -103,10 +84,11 @@ impl Engine {
         };
 
         let mut sandbox = self.claim(run.limits.disk_bytes, run.persistent.as_ref().map(|p| &p.disk)).await?;
+        tracker.set_holds_sandbox(true);
         let limits = cgroup_limits(&run.limits);
         let cgroup_result = sandbox.cgroup.set_limits(&limits);
         if let Err(error) = cgroup_result {
-            self.dispose_later(&run_id, sandbox);
+            self.dispose_later(&tracker, sandbox);
             return Err(EngineError::from(error).into());
         }
         let before = sandbox.cgroup.usage().unwrap_or_default();
@@ -114,8 +96,9 @@ impl Engine {
         let mut relay = Relay::default();
         relay.offer(&output, RunOutput::Started(run_id.clone()));
         let started = Instant::now();
+        tracker.advance(RunPhase::Started);
         if let Err(error) = control::write_async(&mut sandbox.control, &ToInit::Go(run.order)).await {
-            self.dispose_later(&run_id, sandbox);
+            self.dispose_later(&tracker, sandbox);
             return Err(EngineError::from(error).into());
         }
 
@@ -126,7 +109,7 @@ impl Engine {
             started,
             timeout: Duration::from_millis(run.limits.timeout_ms),
             pids_hits_before: before.pids_limit_hits,
-            stop: &stop,
+            stop: &tracker,
             cancel: cancel_rx,
             must_end,
             output: &output,
@@ -138,7 +121,7 @@ impl Engine {
         stdin_task.abort();
 
         let usage = sandbox.cgroup.usage().unwrap_or_default();
-        self.dispose_later(&run_id, sandbox);
+        self.dispose_later(&tracker, sandbox);
         // The next queued run need not wait for this one's output to drain.
         drop(turn);
         if matches!(watched.ending, Ending::Exited { .. }) || watched.killed_by.is_some() {
@@ -147,7 +130,8 @@ impl Engine {
         // The sandbox is gone; what the caller has not taken yet gets a short grace, then is
         // dropped and counted.
         let undelivered_bytes = relay.finish(&output).await;
-        watched.into_result(run_id, run.language, run.limits, &before, &usage, undelivered_bytes)
+        let result = watched.into_result(run_id, run.language, run.limits, &before, &usage, undelivered_bytes);
+        result.map(|result| RunResult { security_level: Some(self.config.security_level), ..result })
     }
 
     /// Runs an empty script in a default sandbox (the warm pool's, when it has one), the way a
@@ -171,7 +155,8 @@ impl Engine {
         };
         let validated = self.validate(request).map_err(|error| error.to_string())?;
         let (_input, input_rx) = mpsc::channel(1);
-        let result = self.run(new_id("probe"), validated, input_rx, None).await.map_err(|error| error.to_string())?;
+        let ticket = self.accept(new_id("probe"), &validated).map_err(|error| error.to_string())?;
+        let result = self.run(ticket, validated, input_rx, None).await.map_err(|error| error.to_string())?;
         match (result.exit_code, result.killed_by) {
             (Some(0), None) => Ok(()),
             (_, Some(killed_by)) => Err(format!("an empty script was killed by {}", killed_by.as_str())),
@@ -184,8 +169,8 @@ impl Engine {
     }
 
     /// Disposes of a used sandbox in the background: the caller has its result already.
-    fn dispose_later(self: &Arc<Self>, run_id: &str, sandbox: PreparedSandbox) {
-        self.dispose_in_background(sandbox, Some(run_id.to_owned()));
+    fn dispose_later(self: &Arc<Self>, tracker: &Arc<RunTracker>, sandbox: PreparedSandbox) {
+        self.dispose_in_background(sandbox, Some(Arc::clone(tracker)));
     }
 }
 
@@ -225,7 +210,7 @@ enum Queued<'a> {
 /// it at once rather than taking a sandbox when its turn comes.
 async fn wait_in_queue<'a>(
     waiting: impl std::future::Future<Output = Result<Turn<'a>, CapacityError>>,
-    stop: &Notify,
+    stop: &RunTracker,
     input: &mut mpsc::Receiver<RunInput>,
 ) -> Result<Queued<'a>, RunError> {
     tokio::pin!(waiting);
@@ -235,7 +220,7 @@ async fn wait_in_queue<'a>(
     loop {
         tokio::select! {
             turn = &mut waiting => return Ok(Queued::Turn(turn?, early)),
-            () = stop.notified() => return Ok(Queued::Cancelled),
+            () = stop.stopped() => return Ok(Queued::Cancelled),
             event = input.recv(), if listening => match event {
                 Some(RunInput::Cancel) => return Ok(Queued::Cancelled),
                 Some(event) => {
@@ -270,6 +255,7 @@ fn cancelled_in_queue(id: String, run: &ValidatedRun) -> RunResult {
         truncated: false,
         undelivered_bytes: 0,
         limits: run.limits,
+        security_level: None,
     }
 }
 
@@ -433,7 +419,7 @@ struct Watch<'a> {
     started: Instant,
     timeout: Duration,
     pids_hits_before: u64,
-    stop: &'a Notify,
+    stop: &'a RunTracker,
     cancel: mpsc::Receiver<()>,
     /// Turns true when the agent shuts down and its grace for runs is over.
     must_end: tokio::sync::watch::Receiver<bool>,
@@ -525,7 +511,7 @@ impl Watch<'_> {
                     }
                     kill_for = Some(KilledBy::Timeout);
                 }
-                () = self.stop.notified(), if phase == Phase::Running => kill_for = Some(KilledBy::Cancelled),
+                () = self.stop.stopped(), if phase == Phase::Running => kill_for = Some(KilledBy::Cancelled),
                 Some(()) = self.cancel.recv(), if phase == Phase::Running => kill_for = Some(KilledBy::Cancelled),
                 ended = async { must_end.wait_for(|end| *end).await.is_ok() }, if phase == Phase::Running && !shutdown_seen => {
                     // Once is enough: pid 1 is killed, and the loop ends as its pipes close. A
@@ -638,39 +624,8 @@ impl Watched {
             stdout: String::from_utf8_lossy(&self.stdout.kept).into_owned(),
             stderr: String::from_utf8_lossy(&self.stderr.kept).into_owned(),
             limits,
+            security_level: None,
         })
-    }
-}
-
-/// Removes a persistent sandbox's run from the registry when the run ends.
-struct RegisteredRun {
-    engine: Arc<Engine>,
-    sandbox_id: String,
-}
-
-impl Drop for RegisteredRun {
-    fn drop(&mut self) {
-        if let Ok(mut runs) = self.engine.persistent_runs.lock() {
-            runs.remove(&self.sandbox_id);
-        }
-    }
-}
-
-impl Engine {
-    /// One run at a time per persistent sandbox: two would mount the same disk twice.
-    fn register_persistent(
-        self: &Arc<Self>,
-        sandbox_id: &str,
-        run_id: &str,
-        stop: &Arc<Notify>,
-    ) -> Result<RegisteredRun, RunError> {
-        // The registry stays consistent under a panic elsewhere: every change is one insert or remove.
-        let mut runs = self.persistent_runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((running, _)) = runs.get(sandbox_id) {
-            return Err(RunError::Busy(format!("sandbox {sandbox_id} is already running ({running}); stop it first")));
-        }
-        runs.insert(sandbox_id.to_owned(), (run_id.to_owned(), Arc::clone(stop)));
-        Ok(RegisteredRun { engine: Arc::clone(self), sandbox_id: sandbox_id.to_owned() })
     }
 }
 

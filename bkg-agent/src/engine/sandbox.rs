@@ -291,7 +291,7 @@ async fn make_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), Engi
     let file = tokio::fs::File::create(path).await.map_err(EngineError::io(format!("create {}", path.display())))?;
     file.set_len(bytes).await.map_err(EngineError::io("size the disk image"))?;
     drop(file);
-    let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+    let mkfs = super::host_check::MKFS_EXT4_PATHS
         .into_iter()
         .find(|candidate| Path::new(candidate).exists())
         .ok_or_else(|| EngineError::DiskImage("mkfs.ext4 not found: install e2fsprogs".into()))?;

@@ -4,10 +4,12 @@
 //! logged on its own; [`compile`] turns it into classic-BPF programs and [`install`] loads them
 //! as the very last step before `execve`.
 //!
-//! It is a denylist: Python and Node (plus the `/usr/bin` tools they spawn) use a wide, moving
-//! set of syscalls, so an allowlist would break them on every glibc or runtime upgrade. What we
-//! deny instead are the calls those programs never need and that either reach rarely audited
-//! kernel code or let the sandbox reshape its own confinement. Denials return an errno rather
+//! It denies by default: a call is allowed only when a group of [`allowed_syscalls`] names it
+//! (what Python, Node and the `/usr/bin` tools they spawn use), and every other call fails with
+//! `ENOSYS`, what a kernel without it answers, so libraries fall back as on an older kernel and a
+//! syscall a newer kernel adds stays closed until it is reviewed. The dangerous calls those
+//! programs never need, which either reach rarely audited kernel code or let the sandbox reshape
+//! its own confinement, keep explicit rules with their reasons. Denials return an errno rather
 //! than killing, so a probing library sees an ordinary error and carries on.
 
 use std::collections::BTreeMap;
@@ -31,6 +33,8 @@ const MAX_ERRNO: u32 = 4095;
 /// What happens to a call that matches a rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Verdict {
+    /// The call reaches the kernel (whose own checks still apply).
+    Allow,
     /// The call fails with this errno without reaching the kernel implementation.
     Errno(i32),
     /// The whole process dies with `SIGSYS`; only for calls no legitimate program can make.
@@ -45,6 +49,7 @@ impl Verdict {
                 u32::try_from(errno).ok().filter(|errno| (1..=MAX_ERRNO).contains(errno)).map(SeccompAction::Errno)
             }
             Verdict::KillProcess => Some(SeccompAction::KillProcess),
+            Verdict::Allow => Some(SeccompAction::Allow),
         }
     }
 }
@@ -129,6 +134,8 @@ pub enum SeccompError {
     InvalidVerdict { syscall: &'static str, verdict: Verdict },
     #[error("seccomp rules for {syscall} conflict (different verdicts, or a catch-all next to conditional rules)")]
     AmbiguousRules { syscall: &'static str },
+    #[error("seccomp rule for {syscall}: an allowed call is allowed whatever its arguments")]
+    ConditionalAllow { syscall: &'static str },
     #[error("cannot build the seccomp filter")]
     Build(#[from] BackendError),
     #[error("cannot install the seccomp filter")]
@@ -136,6 +143,9 @@ pub enum SeccompError {
 }
 
 const EPERM: Verdict = Verdict::Errno(libc::EPERM);
+
+/// What a call that no rule names gets: what a kernel without it answers.
+const DEFAULT_VERDICT: Verdict = Verdict::Errno(libc::ENOSYS);
 
 /// Namespace flags `clone(2)` accepts. `CLONE_NEWTIME` is absent on purpose: its bit is part
 /// of the exit-signal field for `clone(2)` and it is only reachable via `unshare`/`clone3`,
@@ -171,8 +181,183 @@ macro_rules! rule {
     };
 }
 
-/// The syscall policy for sandboxed programs.
+macro_rules! allow {
+    ($why:expr; $($sys:ident),* $(,)?) => {
+        vec![$(rule!($sys, Verdict::Allow, $why)),*]
+    };
+}
+
+/// What sandboxed programs may call, in groups with the reason each group is needed. The
+/// kernel's own permission checks still apply to every one of them.
+pub fn allowed_syscalls() -> Vec<SyscallRule> {
+    const FILES: &str = "reading, writing and managing files and directories: every program (the set a file open or create may use is decided by the SETID rules)";
+    const XATTR: &str = "extended attributes: cp -a, tar, pip and shutil.copystat read and copy them; the kernel limits writes to the file's owner and the user.* namespace";
+    const WAIT: &str =
+        "waiting on many descriptors and events: asyncio, libuv (Node), subprocess pipes, inotify for watchers";
+    const MEMORY: &str = "mapping and advising the process's own memory: allocators, the JIT of V8, mmap module; NUMA placement affects only the caller's pages";
+    const PROCESS: &str = "making, running, waiting for and describing processes and threads: subprocess, multiprocessing, worker_threads, /usr/bin tools";
+    const SCHEDULING: &str = "the caller's own scheduling and resource limits (os.sched_*, os.nice, resource); raising either needs capabilities the code lacks";
+    const IDS: &str = "reading and switching ids: the code has no CAP_SETUID, so a switch to another id fails with EPERM as outside (docs/compatibility.md)";
+    const SIGNALS: &str = "signals and timers of the caller's own: the signal module, Node's process.on, sleep";
+    const TIME: &str = "reading the clocks and sleeping (setting them is refused below)";
+    const NETWORK: &str =
+        "sockets of the allowed families (the socket rules below): loopback servers, unix sockets, getaddrinfo";
+    const IPC: &str = "System V and POSIX IPC, private to the sandbox's own IPC namespace: multiprocessing's semaphores and shared memory";
+    const AIO: &str = "Linux native AIO, used by libaio-based tools; bounded by the per-user aio-max-nr";
+    const SELF_CONFINEMENT: &str =
+        "programs may confine themselves further (Chromium, systemd-run style tools, tests of seccomp and Landlock)";
+    const RANDOM: &str = "entropy for os.urandom, crypto and hash seeds";
+
+    let mut allowed = [
+        allow!(FILES;
+            SYS_read, SYS_write, SYS_close, SYS_fstat, SYS_lseek, SYS_pread64, SYS_pwrite64, SYS_readv, SYS_writev,
+            SYS_preadv, SYS_pwritev, SYS_preadv2, SYS_pwritev2, SYS_dup, SYS_dup3, SYS_fcntl, SYS_flock, SYS_fsync,
+            SYS_fdatasync, SYS_sync, SYS_syncfs, SYS_sync_file_range, SYS_truncate, SYS_ftruncate, SYS_fallocate,
+            SYS_getdents64, SYS_getcwd, SYS_chdir, SYS_fchdir, SYS_fchown, SYS_umask, SYS_statfs, SYS_fstatfs,
+            SYS_newfstatat, SYS_statx, SYS_unlinkat, SYS_renameat, SYS_renameat2, SYS_linkat, SYS_symlinkat,
+            SYS_readlinkat, SYS_mkdirat, SYS_fchownat, SYS_faccessat, SYS_faccessat2, SYS_utimensat, SYS_pipe2,
+            SYS_splice, SYS_tee, SYS_vmsplice, SYS_sendfile, SYS_copy_file_range, SYS_readahead, SYS_fadvise64,
+            SYS_close_range, SYS_memfd_create,
+        ),
+        allow!(XATTR;
+            SYS_setxattr, SYS_lsetxattr, SYS_fsetxattr, SYS_getxattr, SYS_lgetxattr, SYS_fgetxattr, SYS_listxattr,
+            SYS_llistxattr, SYS_flistxattr, SYS_removexattr, SYS_lremovexattr, SYS_fremovexattr,
+        ),
+        allow!(WAIT;
+            SYS_pselect6, SYS_ppoll, SYS_epoll_create1, SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_pwait2,
+            SYS_eventfd2, SYS_signalfd4, SYS_timerfd_create, SYS_timerfd_settime, SYS_timerfd_gettime,
+            SYS_inotify_init1, SYS_inotify_add_watch, SYS_inotify_rm_watch,
+        ),
+        allow!(MEMORY;
+            SYS_mmap, SYS_mprotect, SYS_munmap, SYS_brk, SYS_mremap, SYS_msync, SYS_mincore, SYS_madvise, SYS_mlock,
+            SYS_mlock2, SYS_munlock, SYS_mlockall, SYS_munlockall, SYS_membarrier, SYS_pkey_mprotect, SYS_pkey_alloc,
+            SYS_pkey_free, SYS_mbind, SYS_set_mempolicy, SYS_get_mempolicy, SYS_remap_file_pages,
+        ),
+        allow!(PROCESS;
+            SYS_execve, SYS_execveat, SYS_exit, SYS_exit_group, SYS_wait4, SYS_waitid, SYS_getpid, SYS_getppid,
+            SYS_gettid, SYS_getpgid, SYS_setpgid, SYS_getsid, SYS_setsid, SYS_set_tid_address, SYS_set_robust_list,
+            SYS_get_robust_list, SYS_rseq, SYS_prctl, SYS_futex, SYS_futex_waitv, SYS_uname, SYS_sysinfo,
+            SYS_getcpu, SYS_getrusage, SYS_times, SYS_pidfd_open, SYS_pidfd_send_signal, SYS_capget, SYS_capset,
+            SYS_restart_syscall,
+        ),
+        allow!(SCHEDULING;
+            SYS_sched_yield, SYS_sched_setparam, SYS_sched_getparam, SYS_sched_setscheduler, SYS_sched_getscheduler,
+            SYS_sched_get_priority_max, SYS_sched_get_priority_min, SYS_sched_rr_get_interval,
+            SYS_sched_setaffinity, SYS_sched_getaffinity, SYS_sched_setattr, SYS_sched_getattr, SYS_getpriority,
+            SYS_setpriority, SYS_ioprio_get, SYS_ioprio_set, SYS_getrlimit, SYS_setrlimit, SYS_prlimit64,
+        ),
+        allow!(IDS;
+            SYS_getuid, SYS_getgid, SYS_geteuid, SYS_getegid, SYS_setuid, SYS_setgid, SYS_setreuid, SYS_setregid,
+            SYS_setresuid, SYS_getresuid, SYS_setresgid, SYS_getresgid, SYS_setfsuid, SYS_setfsgid, SYS_getgroups,
+            SYS_setgroups,
+        ),
+        allow!(SIGNALS;
+            SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_rt_sigpending, SYS_rt_sigtimedwait,
+            SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_rt_sigsuspend, SYS_sigaltstack, SYS_kill, SYS_tkill,
+            SYS_tgkill, SYS_getitimer, SYS_setitimer, SYS_timer_create, SYS_timer_settime, SYS_timer_gettime,
+            SYS_timer_getoverrun, SYS_timer_delete,
+        ),
+        allow!(TIME; SYS_gettimeofday, SYS_clock_gettime, SYS_clock_getres, SYS_clock_nanosleep, SYS_nanosleep),
+        allow!(NETWORK;
+            SYS_connect, SYS_accept, SYS_accept4, SYS_sendto, SYS_recvfrom, SYS_sendmsg, SYS_recvmsg, SYS_sendmmsg,
+            SYS_recvmmsg, SYS_shutdown, SYS_bind, SYS_listen, SYS_getsockname, SYS_getpeername, SYS_setsockopt,
+            SYS_getsockopt,
+        ),
+        allow!(IPC;
+            SYS_shmget, SYS_shmat, SYS_shmctl, SYS_shmdt, SYS_semget, SYS_semop, SYS_semctl, SYS_semtimedop,
+            SYS_msgget, SYS_msgsnd, SYS_msgrcv, SYS_msgctl, SYS_mq_open, SYS_mq_unlink, SYS_mq_timedsend,
+            SYS_mq_timedreceive, SYS_mq_notify, SYS_mq_getsetattr,
+        ),
+        allow!(AIO; SYS_io_setup, SYS_io_destroy, SYS_io_getevents, SYS_io_submit, SYS_io_cancel),
+        allow!(SELF_CONFINEMENT;
+            SYS_seccomp, SYS_landlock_create_ruleset, SYS_landlock_add_rule, SYS_landlock_restrict_self,
+        ),
+        allow!(RANDOM; SYS_getrandom),
+    ]
+    .concat();
+    allowed.push(SyscallRule {
+        name: "io_pgetevents",
+        nr: SYS_IO_PGETEVENTS,
+        verdict: Verdict::Allow,
+        when: Vec::new(),
+        why: AIO,
+    });
+    #[cfg(target_arch = "x86_64")]
+    allowed.extend(
+        [
+            allow!("the x86_64 forms of the calls above that newer architectures only have in their *at or p* form; glibc and static binaries (Node's, Go's) still make them";
+                SYS_stat, SYS_lstat, SYS_poll, SYS_access, SYS_pipe, SYS_select, SYS_dup2, SYS_pause, SYS_alarm,
+                SYS_fork, SYS_vfork, SYS_getdents, SYS_rename, SYS_mkdir, SYS_rmdir, SYS_link, SYS_unlink,
+                SYS_symlink, SYS_readlink, SYS_chown, SYS_lchown, SYS_utime, SYS_utimes, SYS_futimesat, SYS_time,
+                SYS_getpgrp, SYS_epoll_create, SYS_epoll_wait, SYS_eventfd, SYS_signalfd, SYS_inotify_init,
+            ),
+            allow!("thread-local storage setup of the x86_64 ABI (glibc, V8)";
+                SYS_arch_prctl, SYS_set_thread_area, SYS_get_thread_area,
+            ),
+        ]
+        .concat(),
+    );
+    allowed
+}
+
+/// Calls of the target's syscall table that no program of ours needs and that no other rule
+/// names: they get `ENOSYS` like any unnamed call, and are listed so the table is complete
+/// (a unit test checks it) and a new entry is a conscious choice.
+fn not_needed() -> Vec<SyscallRule> {
+    const ENOSYS: Verdict = Verdict::Errno(libc::ENOSYS);
+    const OTHER_PROCESSES: &str = "moves or reclaims another process's memory; nothing in the sandbox manages others";
+    const HOSTNAME: &str = "the agent sets the sandbox's hostname; the code lacks the capability anyway";
+    let mut rules = vec![
+        rule!(SYS_migrate_pages, ENOSYS, OTHER_PROCESSES),
+        rule!(SYS_move_pages, ENOSYS, OTHER_PROCESSES),
+        rule!(SYS_process_mrelease, ENOSYS, OTHER_PROCESSES),
+        rule!(SYS_set_mempolicy_home_node, ENOSYS, "NUMA home-node tuning for databases on big machines"),
+        rule!(
+            SYS_memfd_secret,
+            ENOSYS,
+            "secret memory removed from the kernel's direct map; off by default and unused by runtimes"
+        ),
+        rule!(SYS_fanotify_mark, ENOSYS, "only useful after fanotify_init, which is refused"),
+        rule!(SYS_sethostname, EPERM, HOSTNAME),
+        rule!(SYS_setdomainname, EPERM, HOSTNAME),
+        rule!(SYS_nfsservctl, ENOSYS, "removed from the kernel in 3.1"),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    {
+        const OBSOLETE: &str = "obsolete or never implemented on x86_64; the kernel itself answers ENOSYS or EINVAL";
+        rules.extend([
+            rule!(SYS_uselib, ENOSYS, OBSOLETE),
+            rule!(SYS_ustat, ENOSYS, OBSOLETE),
+            rule!(SYS_sysfs, ENOSYS, OBSOLETE),
+            rule!(SYS__sysctl, ENOSYS, OBSOLETE),
+            rule!(SYS_getpmsg, ENOSYS, OBSOLETE),
+            rule!(SYS_putpmsg, ENOSYS, OBSOLETE),
+            rule!(SYS_afs_syscall, ENOSYS, OBSOLETE),
+            rule!(SYS_tuxcall, ENOSYS, OBSOLETE),
+            rule!(SYS_security, ENOSYS, OBSOLETE),
+            rule!(SYS_vserver, ENOSYS, OBSOLETE),
+            rule!(SYS_epoll_ctl_old, ENOSYS, OBSOLETE),
+            rule!(SYS_epoll_wait_old, ENOSYS, OBSOLETE),
+        ]);
+        // Numbers the libc crate no longer names (they were removed from the kernel in 2.6).
+        for (name, nr) in [("create_module", 174), ("get_kernel_syms", 177), ("query_module", 178)] {
+            rules.push(SyscallRule { name, nr, verdict: ENOSYS, when: Vec::new(), why: OBSOLETE });
+        }
+    }
+    rules
+}
+
+/// The syscall policy for sandboxed programs: the allowlist, the calls refused with a reason,
+/// and `DEFAULT_VERDICT` for everything else.
 pub fn sandbox_policy() -> Vec<SyscallRule> {
+    let mut policy = allowed_syscalls();
+    policy.extend(refused_syscalls());
+    policy.extend(not_needed());
+    policy
+}
+
+/// The calls refused with an explained reason (wholly, or with the arguments given).
+fn refused_syscalls() -> Vec<SyscallRule> {
     const KEYRING: &str = "kernel keyrings are host-wide state outside every namespace; runtimes never use them";
     const MOUNT: &str =
         "the filesystem view is fixed by the agent; remounting could undo bind mounts and Landlock's path assumptions";
@@ -304,6 +489,12 @@ pub fn sandbox_policy() -> Vec<SyscallRule> {
     rules
 }
 
+/// `io_pgetevents` (Linux 4.18), which the libc crate does not name for every target.
+#[cfg(target_arch = "x86_64")]
+const SYS_IO_PGETEVENTS: i64 = 333;
+#[cfg(target_arch = "aarch64")]
+const SYS_IO_PGETEVENTS: i64 = 292;
+
 /// `fchmodat2` (Linux 6.6) has the same number on every architecture; libc names it only on some.
 const SYS_FCHMODAT2: i64 = 452;
 
@@ -338,10 +529,14 @@ fn setid_mode_rules() -> Vec<SyscallRule> {
     rules
 }
 
-/// Compiles `policy` into BPF programs, one per distinct verdict (seccompiler gives each filter
-/// a single match action) plus, on x86_64, the ABI guard. Install all of them.
+/// Compiles `policy` into BPF programs: on x86_64 the ABI guard; the allowlist, which lets
+/// through every call the policy names and answers `DEFAULT_VERDICT` to the rest; and one
+/// program per distinct refusal (seccompiler gives each filter a single match action), which
+/// decide the named calls. Install all of them. No call gets different errnos from two
+/// programs, so the outcome never depends on the kernel's tie-break between filters.
 pub fn compile(policy: &[SyscallRule]) -> Result<Vec<BpfProgram>, SeccompError> {
     let mut seen: BTreeMap<i64, (Verdict, bool)> = BTreeMap::new();
+    let mut named: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let mut by_verdict: BTreeMap<Verdict, (SeccompAction, BTreeMap<i64, Vec<SeccompRule>>)> = BTreeMap::new();
     for rule in policy {
         let Some(action) = rule.verdict.action() else {
@@ -354,6 +549,13 @@ pub fn compile(policy: &[SyscallRule]) -> Result<Vec<BpfProgram>, SeccompError> 
             return Err(SeccompError::AmbiguousRules { syscall: rule.name });
         }
         // seccompiler reads an empty chain as "match on the number alone".
+        named.entry(rule.nr).or_default();
+        if rule.verdict == Verdict::Allow {
+            if !unconditional {
+                return Err(SeccompError::ConditionalAllow { syscall: rule.name });
+            }
+            continue;
+        }
         let (_, chains) = by_verdict.entry(rule.verdict).or_insert_with(|| (action, BTreeMap::new()));
         let chain = chains.entry(rule.nr).or_default();
         if !unconditional {
@@ -363,9 +565,14 @@ pub fn compile(policy: &[SyscallRule]) -> Result<Vec<BpfProgram>, SeccompError> 
         }
     }
 
-    let mut programs = Vec::with_capacity(by_verdict.len() + 1);
+    let mut programs = Vec::with_capacity(by_verdict.len() + 2);
     #[cfg(target_arch = "x86_64")]
     programs.push(x86_64_abi_guard()?);
+    let Some(default_action) = DEFAULT_VERDICT.action() else {
+        return Err(SeccompError::InvalidVerdict { syscall: "default", verdict: DEFAULT_VERDICT });
+    };
+    let allowlist = SeccompFilter::new(named, default_action, SeccompAction::Allow, TARGET_ARCH)?;
+    programs.push(BpfProgram::try_from(allowlist)?);
     for (action, rules) in by_verdict.into_values() {
         let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, TARGET_ARCH)?;
         programs.push(BpfProgram::try_from(filter)?);
@@ -524,9 +731,10 @@ mod tests {
         }
         assert_eq!(verdict_of("clone3"), Some(Verdict::Errno(libc::ENOSYS)));
         assert_eq!(verdict_of("socket"), Some(Verdict::Errno(libc::EAFNOSUPPORT)));
-        for allowed in ["landlock_create_ruleset", "seccomp", "execve", "clone"] {
-            let unconditional = policy.iter().any(|r| r.name == allowed && r.when.is_empty());
-            assert!(!unconditional, "{allowed} must stay usable");
+        for allowed in ["landlock_create_ruleset", "seccomp", "execve", "clone", "openat", "socket"] {
+            let refused = policy.iter().any(|r| r.name == allowed && r.when.is_empty() && r.verdict != Verdict::Allow);
+            assert!(!refused, "{allowed} must stay usable");
+            assert!(policy.iter().any(|r| r.name == allowed), "{allowed} must be named");
         }
     }
 
@@ -546,12 +754,48 @@ mod tests {
     #[test]
     fn compiled_programs_fit_the_kernel_limit() {
         let programs = programs();
-        // Guard + EPERM + ENOSYS + EAFNOSUPPORT.
-        assert_eq!(programs.len(), 4);
+        // Guard + allowlist + EPERM + ENOSYS + EAFNOSUPPORT.
+        assert_eq!(programs.len(), 5);
         for program in &programs {
             assert!(!program.is_empty());
             assert!(program.len() < libc::BPF_MAXINSNS as usize, "{} insns", program.len());
         }
+    }
+
+    /// The build target's syscall table, from the kernel headers (`linux-libc-dev`, installed by
+    /// scripts/setup.sh): every `#define __NR_<name> <number>` of asm/unistd_64.h.
+    fn target_syscall_table() -> Vec<(String, i64)> {
+        const HEADER: &str = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
+        let text = std::fs::read_to_string(HEADER)
+            .unwrap_or_else(|error| panic!("{HEADER}: {error} (install linux-libc-dev: scripts/setup.sh)"));
+        let table: Vec<(String, i64)> = text
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let (Some("#define"), Some(name), Some(number)) = (words.next(), words.next(), words.next()) else {
+                    return None;
+                };
+                Some((name.strip_prefix("__NR_")?.to_owned(), number.parse().ok()?))
+            })
+            .collect();
+        assert!(table.len() > 300, "{HEADER} lists only {} syscalls", table.len());
+        table
+    }
+
+    #[test]
+    fn every_syscall_of_the_target_is_allowed_or_named() {
+        let policy = sandbox_policy();
+        let mut unnamed = Vec::new();
+        for (name, nr) in target_syscall_table() {
+            match policy.iter().find(|rule| rule.nr == nr) {
+                Some(rule) => assert_eq!(rule.name, name, "the policy's number {nr} is {name} in the kernel's table"),
+                None => unnamed.push(name),
+            }
+        }
+        assert!(
+            unnamed.is_empty(),
+            "allow these in a group of allowed_syscalls, or name them with a reason: {unnamed:?}"
+        );
     }
 
     #[test]
@@ -596,6 +840,8 @@ mod tests {
             let policy = [base(Verdict::Errno(errno), vec![])];
             assert!(matches!(compile(&policy), Err(SeccompError::InvalidVerdict { .. })));
         }
+        let conditional_allow = [base(Verdict::Allow, vec![cond])];
+        assert!(matches!(compile(&conditional_allow), Err(SeccompError::ConditionalAllow { .. })));
         let too_many_args = [base(EPERM, vec![ArgCondition::eq32(6, 0)])];
         assert!(matches!(compile(&too_many_args), Err(SeccompError::Build(_))));
     }
@@ -649,7 +895,13 @@ mod tests {
         let args = |a: u64, b: u64, c: u64| [a, b, c, 0, 0, 0];
 
         assert_eq!(x86(libc::SYS_getpid, [0; 6]), allow);
+        assert_eq!(x86(SYS_IO_PGETEVENTS, [0; 6]), allow);
         assert_eq!(x86(libc::SYS_keyctl, [0; 6]), errno(libc::EPERM));
+        // Unknown to the policy: newer calls (cachestat, listmount, mseal) and unassigned numbers.
+        for nr in [451, SYS_LISTMOUNT, 462, 1000] {
+            assert_eq!(x86(nr, [0; 6]), errno(libc::ENOSYS), "{nr}");
+        }
+        assert_eq!(x86(libc::SYS_migrate_pages, [0; 6]), errno(libc::ENOSYS));
         assert_eq!(x86(libc::SYS_clone3, [0; 6]), errno(libc::ENOSYS));
         // x32 numbering and the i386 ABI.
         assert_eq!(x86(libc::SYS_keyctl | 0x4000_0000, [0; 6]), errno(libc::ENOSYS));
@@ -807,6 +1059,21 @@ mod tests {
             // SAFETY: a null args pointer is rejected by the kernel even without the filter.
             let ret = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0) };
             expect_errno("clone3", ret, libc::ENOSYS)
+        }));
+    }
+
+    /// `listmount` (Linux 6.8): the same number on every architecture.
+    const SYS_LISTMOUNT: i64 = 458;
+
+    #[test]
+    fn a_call_outside_the_allowlist_is_enosys() {
+        assert_exited_ok(sandboxed(|| {
+            // SAFETY: null request and buffer pointers; the kernel rejects them even unfiltered.
+            let ret = unsafe { libc::syscall(SYS_LISTMOUNT, 0, 0, 0, 0) };
+            expect_errno("listmount", ret, libc::ENOSYS)?;
+            // SAFETY: migrate_pages of pid 0 with null masks changes nothing even unfiltered.
+            let ret = unsafe { libc::syscall(libc::SYS_migrate_pages, 0, 0, 0, 0) };
+            expect_errno("migrate_pages", ret, libc::ENOSYS)
         }));
     }
 

@@ -1,92 +1,23 @@
-//! `/api/v1/auth`: users (signup by an admin, login with a password), API keys (create, list,
-//! get, rotate, revoke, delete) and signed rotation notices from peers.
-//!
-//! Who may manage which key: an admin, every key; a namespace key, the keys of its namespace
-//! (and it may create session and model-access keys there); a session or model-access key, only
-//! itself. A key the caller may not manage is answered 404, as if it did not exist.
+//! `/api/v1/auth` over HTTP: users (signup by an admin, login with a password), API keys (create,
+//! list, get, rotate, revoke, delete) and signed rotation notices from peers. The operations and
+//! who may do them are in service/keys.rs and service/access.rs.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use bkg_schema::ApiError;
-use bkg_schema::audit::Details;
 use bkg_schema::auth::{
-    CreateKeyRequest, IssuedKey, KEY_ROTATED_EVENT, KeyInfo, LoginRequest, NoticeAccepted, Principal as PrincipalInfo,
-    Role, RotationNotice, SIGNATURE_HEADER, SignupRequest, UserInfo,
+    CreateKeyRequest, IssuedKey, KeyInfo, LoginRequest, NoticeAccepted, Principal as PrincipalInfo, RotationNotice,
+    SIGNATURE_HEADER, SignupRequest, UserInfo,
 };
-use bkg_schema::sandbox::{Deleted, is_dns_label};
+use bkg_schema::sandbox::Deleted;
 
 use super::AppState;
-use super::failure::{ApiResult, Failure};
+use super::failure::ApiResult;
 use super::input::{self, PathParam, SMALL_BODY_BYTES};
-use crate::auth::notice::{Delivery, MAX_SKEW};
-use crate::auth::{Principal, keys, password};
-use crate::ids::{new_id, now_ms};
-use crate::store::{Caller, KeyKind, NewKey};
-
-fn require_admin(principal: &Principal) -> ApiResult<()> {
-    if !principal.is_admin() {
-        return Err(Failure::forbidden("only an admin may do this"));
-    }
-    Ok(())
-}
-
-/// Whether `principal` may see and manage `key`.
-fn manages(principal: &Principal, key: &KeyInfo) -> bool {
-    match principal.role() {
-        Role::Admin => true,
-        Role::Namespace => {
-            key.role != Role::Admin && key.namespace.is_some() && key.namespace.as_deref() == principal.namespace()
-        }
-        Role::Session | Role::ModelAccess => principal.key_id() == Some(key.id.as_str()),
-    }
-}
-
-async fn managed_key(state: &AppState, principal: &Principal, id: &str) -> ApiResult<KeyInfo> {
-    match state.store.get_key(id).await? {
-        Some(key) if manages(principal, &key) => Ok(key),
-        _ => Err(Failure::not_found(format!("no key {id}"))),
-    }
-}
-
-/// A key to issue.
-struct Wanted {
-    role: Role,
-    namespace: Option<String>,
-    name: Option<String>,
-    user: Option<String>,
-    ttl_ms: u64,
-}
-
-/// Makes and stores a new key, recorded as `kind`; the secret is returned once and never kept.
-async fn issue(state: &AppState, caller: &Caller, kind: KeyKind, wanted: Wanted) -> ApiResult<IssuedKey> {
-    let Wanted { role, namespace, name, user, ttl_ms } = wanted;
-    let secret = keys::generate(role).map_err(|error| Failure::internal(error.to_string()))?;
-    let now = now_ms();
-    let info = state
-        .store
-        .insert_key(
-            caller,
-            kind,
-            NewKey {
-                id: new_id("key"),
-                hash: keys::hash(&secret),
-                role,
-                namespace,
-                name,
-                user,
-                created_at_ms: now,
-                expires_at_ms: now.saturating_add(ttl_ms),
-            },
-        )
-        .await?;
-    Ok(IssuedKey { key: secret, info })
-}
-
-fn ttl_ms(state: &AppState, role: Role) -> u64 {
-    u64::try_from(state.auth.policy.ttl.get(role).as_millis()).unwrap_or(u64::MAX)
-}
+use crate::auth::Principal;
+use crate::service::SignedNotice;
 
 /// Create a user who can log in to one namespace (admins only).
 #[utoipa::path(
@@ -104,31 +35,8 @@ pub async fn signup(
     Extension(principal): Extension<Principal>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<UserInfo>)> {
-    require_admin(&principal)?;
     let request: SignupRequest = input::json(body, SMALL_BODY_BYTES).await?;
-    if !is_dns_label(&request.username) {
-        return Err(Failure::invalid("the username must be a DNS label (a-z, 0-9, -)"));
-    }
-    if !is_dns_label(&request.namespace) {
-        return Err(Failure::invalid("the namespace must be a DNS label (a-z, 0-9, -)"));
-    }
-    if request.password.chars().count() < password::MIN_PASSWORD_CHARS {
-        return Err(Failure::invalid(format!(
-            "the password must have at least {} characters",
-            password::MIN_PASSWORD_CHARS
-        )));
-    }
-    let secret = request.password;
-    // argon2id takes tens of milliseconds of CPU: not on the async workers.
-    let hash = tokio::task::spawn_blocking(move || password::hash(&secret))
-        .await
-        .map_err(|_| Failure::internal("the hashing task failed"))?
-        .map_err(|error| Failure::internal(error.to_string()))?;
-    let user = UserInfo { username: request.username, namespace: request.namespace, created_at_ms: now_ms() };
-    let caller = principal.audit_caller(&user.namespace);
-    if !state.store.insert_user(&caller, &user, hash).await? {
-        return Err(Failure::conflict(format!("user `{}` exists", user.username)));
-    }
+    let user = state.service.sign_up(&principal, request).await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -143,25 +51,7 @@ pub async fn signup(
 )]
 pub async fn login(State(state): State<AppState>, body: Body) -> ApiResult<(StatusCode, Json<IssuedKey>)> {
     let request: LoginRequest = input::json(body, SMALL_BODY_BYTES).await?;
-    let user = state.store.user(&request.username).await?;
-    let stored_hash = user.as_ref().map(|(_, hash)| hash.clone());
-    let secret = request.password;
-    let matches = tokio::task::spawn_blocking(move || password::verify(&secret, stored_hash.as_deref()))
-        .await
-        .map_err(|_| Failure::internal("the hashing task failed"))?;
-    let Some((user, _)) = user.filter(|_| matches) else {
-        return Err(Failure::unauthorized("wrong username or password"));
-    };
-    let caller = Caller { actor: format!("user:{}", user.username), namespace: user.namespace.clone() };
-    let ttl = ttl_ms(&state, Role::Session);
-    let wanted = Wanted {
-        role: Role::Session,
-        namespace: Some(user.namespace),
-        name: None,
-        user: Some(user.username),
-        ttl_ms: ttl,
-    };
-    let issued = issue(&state, &caller, Details::Login, wanted).await?;
+    let issued = state.service.log_in(request).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
@@ -176,24 +66,7 @@ pub async fn refresh(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> ApiResult<(StatusCode, Json<IssuedKey>)> {
-    let Principal::Key(current) = &principal else {
-        return Err(Failure::forbidden("refresh needs the session key to refresh; a socket peer has none"));
-    };
-    if current.role != Role::Session {
-        return Err(Failure::forbidden("only session keys are refreshed; rotate other keys"));
-    }
-    let namespace = current.namespace.clone().unwrap_or_default();
-    let caller = principal.audit_caller(&namespace);
-    let ttl = ttl_ms(&state, Role::Session);
-    let wanted = Wanted {
-        role: Role::Session,
-        namespace: current.namespace.clone(),
-        name: current.name.clone(),
-        user: current.user.clone(),
-        ttl_ms: ttl,
-    };
-    let issued = issue(&state, &caller, Details::KeyCreated, wanted).await?;
-    state.store.revoke_key(&caller, &current.id, now_ms()).await?;
+    let issued = state.service.refresh_session(&principal).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
@@ -223,52 +96,7 @@ pub async fn create_key(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<IssuedKey>)> {
     let request: CreateKeyRequest = input::json(body, SMALL_BODY_BYTES).await?;
-    match principal.role() {
-        Role::Admin => {}
-        Role::Namespace if matches!(request.role, Role::Session | Role::ModelAccess) => {}
-        Role::Namespace => {
-            return Err(Failure::forbidden("a namespace key may create only session and model-access keys"));
-        }
-        Role::Session | Role::ModelAccess => {
-            return Err(Failure::forbidden(format!("a {} key cannot create keys", principal.role().as_str())));
-        }
-    }
-    let namespace = match (request.role, request.namespace) {
-        (Role::Admin, None) => None,
-        (Role::Admin, Some(_)) => return Err(Failure::invalid("admin keys reach every namespace; give none")),
-        (_, asked) => {
-            if let Some(asked) = &asked
-                && !is_dns_label(asked)
-            {
-                return Err(Failure::invalid(format!("namespace `{asked}` must be a DNS label (a-z, 0-9, -)")));
-            }
-            if principal.is_admin() && asked.is_none() {
-                return Err(Failure::invalid(format!("a {} key needs a namespace", request.role.as_str())));
-            }
-            Some(principal.namespace_for(asked.as_deref()).map_err(Failure::forbidden)?)
-        }
-    };
-    let role_ttl = ttl_ms(&state, request.role);
-    let ttl = match request.ttl_seconds {
-        None => role_ttl,
-        Some(0) => return Err(Failure::invalid("ttl_seconds must be above zero")),
-        Some(seconds) if seconds.saturating_mul(1000) > role_ttl => {
-            return Err(Failure::invalid(format!(
-                "ttl_seconds {seconds} is above the {} role's lifetime of {} s",
-                request.role.as_str(),
-                role_ttl / 1000
-            )));
-        }
-        Some(seconds) => seconds * 1000,
-    };
-    if let Some(name) = &request.name
-        && (name.is_empty() || name.chars().count() > 200)
-    {
-        return Err(Failure::invalid("a key's name has 1 to 200 characters"));
-    }
-    let caller = principal.audit_caller(namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
-    let wanted = Wanted { role: request.role, namespace, name: request.name, user: None, ttl_ms: ttl };
-    let issued = issue(&state, &caller, Details::KeyCreated, wanted).await?;
+    let issued = state.service.create_key(&principal, request).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
@@ -283,8 +111,7 @@ pub async fn list_keys(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> ApiResult<Json<Vec<KeyInfo>>> {
-    let keys = state.store.list_keys(principal.namespace().map(str::to_owned)).await?;
-    Ok(Json(keys.into_iter().filter(|key| manages(&principal, key)).collect()))
+    Ok(Json(state.service.list_keys(&principal).await?))
 }
 
 /// One key.
@@ -300,7 +127,7 @@ pub async fn get_key(
     Extension(principal): Extension<Principal>,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<KeyInfo>> {
-    Ok(Json(managed_key(&state, &principal, &id).await?))
+    Ok(Json(state.service.get_key(&principal, &id).await?))
 }
 
 /// Give a key a new secret and a fresh lifetime as long as the one it was issued with (at most its
@@ -321,36 +148,7 @@ pub async fn rotate_key(
     Extension(principal): Extension<Principal>,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<IssuedKey>> {
-    let key = managed_key(&state, &principal, &id).await?;
-    if key.revoked_at_ms.is_some() {
-        return Err(Failure::conflict(format!("key {id} is revoked; a revoked key cannot be rotated")));
-    }
-    let secret = keys::generate(key.role).map_err(|error| Failure::internal(error.to_string()))?;
-    let now = now_ms();
-    // The key's own lifetime (what it was issued or last rotated with), within its role's.
-    let own_ttl = key.expires_at_ms.saturating_sub(key.rotated_at_ms.unwrap_or(key.created_at_ms));
-    let expires = now.saturating_add(own_ttl.clamp(1, ttl_ms(&state, key.role)));
-    let caller = principal.audit_caller(key.namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
-    let Some(info) = state.store.rotate_key(&caller, &id, &keys::hash(&secret), now, expires).await? else {
-        return Err(Failure::conflict(format!("key {id} was revoked meanwhile")));
-    };
-    let notice = RotationNotice {
-        event: KEY_ROTATED_EVENT.into(),
-        key_id: info.id.clone(),
-        role: info.role,
-        namespace: info.namespace.clone(),
-        rotated_at_ms: now,
-        expires_at_ms: info.expires_at_ms,
-        agent: agent_name(),
-    };
-    let metrics = std::sync::Arc::clone(&state.metrics);
-    state.auth.notifier.send(&notice, move |delivery| metrics.webhook_delivery(delivery == Delivery::Delivered));
-    Ok(Json(IssuedKey { key: secret, info }))
-}
-
-fn agent_name() -> String {
-    let host = nix::unistd::gethostname().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    format!("{host}/{}", std::process::id())
+    Ok(Json(state.service.rotate_key(&principal, &id).await?))
 }
 
 /// Revoke a key: it gets 401 from its next request on. Revoking twice changes nothing.
@@ -366,12 +164,7 @@ pub async fn revoke_key(
     Extension(principal): Extension<Principal>,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<KeyInfo>> {
-    let key = managed_key(&state, &principal, &id).await?;
-    let caller = principal.audit_caller(key.namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
-    match state.store.revoke_key(&caller, &id, now_ms()).await? {
-        Some(revoked) => Ok(Json(revoked)),
-        None => Err(Failure::not_found(format!("no key {id}"))),
-    }
+    Ok(Json(state.service.revoke_key(&principal, &id).await?))
 }
 
 /// Delete a key for good (it stops working at once).
@@ -387,11 +180,7 @@ pub async fn delete_key(
     Extension(principal): Extension<Principal>,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<Deleted>> {
-    let key = managed_key(&state, &principal, &id).await?;
-    let caller = principal.audit_caller(key.namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
-    if !state.store.delete_key(&caller, &id).await? {
-        return Err(Failure::not_found(format!("no key {id}")));
-    }
+    state.service.delete_key(&principal, &id).await?;
     Ok(Json(Deleted { deleted: id }))
 }
 
@@ -416,26 +205,8 @@ pub async fn rotation_notice(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<NoticeAccepted>)> {
-    let Some(key) = state.auth.notifier.key() else {
-        return Err(Failure::unauthorized("this agent has no webhook secret, so it cannot check notices"));
-    };
-    let bytes = input::bytes(body, SMALL_BODY_BYTES).await?;
-    let header = headers.get(SIGNATURE_HEADER).and_then(|value| value.to_str().ok()).unwrap_or_default();
-    let now = now_ms();
-    let signature = key.verify(header, &bytes, now / 1000).map_err(|error| Failure::unauthorized(error.to_string()))?;
-    let notice: RotationNotice = input::parse(&bytes)?;
-    if notice.event != KEY_ROTATED_EVENT {
-        return Err(Failure::invalid(format!("unknown event `{}`", notice.event)));
-    }
-    let forget_before = now.saturating_sub(2 * MAX_SKEW.as_millis() as u64);
-    let body_text = String::from_utf8_lossy(&bytes);
-    if !state.store.remember_notice(&signature, &body_text, now, forget_before).await? {
-        return Err(Failure::new(
-            StatusCode::CONFLICT,
-            bkg_schema::ErrorCode::Replayed,
-            "this notice was already accepted",
-        ));
-    }
-    tracing::info!(key = %notice.key_id, agent = %notice.agent, role = notice.role.as_str(), "a peer rotated a key");
-    Ok((StatusCode::ACCEPTED, Json(NoticeAccepted { accepted: true, key_id: notice.key_id })))
+    let body = input::bytes(body, SMALL_BODY_BYTES).await?;
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let accepted = state.service.accept_rotation_notice(SignedNotice { signature, body: &body }).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }

@@ -5,8 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bkg_schema::{ApiError, ErrorCode};
 
-use crate::engine::run::RunError;
-use crate::store::StoreError;
+use crate::service::{OpError, Refusal};
 
 /// An API error ready to be sent.
 #[derive(Debug)]
@@ -97,34 +96,19 @@ impl Failure {
     }
 }
 
-impl From<StoreError> for Failure {
-    fn from(error: StoreError) -> Self {
-        Self::internal(error.to_string())
-    }
-}
-
-impl From<&RunError> for Failure {
-    fn from(error: &RunError) -> Self {
-        let status = match error {
-            RunError::BadRequest(_) | RunError::LimitAboveMaximum { .. } | RunError::RuntimeNotExecutable(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            RunError::Busy(_) => StatusCode::CONFLICT,
-            RunError::Overloaded { retry_after_secs, .. } => {
-                return Self {
-                    retry_after: Some(u64::from(*retry_after_secs)),
-                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, error.code(), error.to_string())
-                };
-            }
-            RunError::Engine(_) => StatusCode::SERVICE_UNAVAILABLE,
+impl From<OpError> for Failure {
+    fn from(error: OpError) -> Self {
+        let status = match error.refusal() {
+            Refusal::BadRequest => StatusCode::BAD_REQUEST,
+            Refusal::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+            Refusal::Forbidden => StatusCode::FORBIDDEN,
+            Refusal::Conflict => StatusCode::CONFLICT,
+            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, error.code(), error.to_string())
-    }
-}
-
-impl From<RunError> for Failure {
-    fn from(error: RunError) -> Self {
-        Self::from(&error)
+        Self { retry_after: error.retry_after_secs(), ..Self::new(status, error.code(), error.to_string()) }
     }
 }
 

@@ -1,6 +1,7 @@
-//! Temporary runs (`/api/v1/runs`) and the run machinery shared with persistent sandboxes and
-//! MCP: plain (the result when the run ends) or streamed over an upgraded connection.
+//! Temporary runs (`/api/v1/runs`), and how HTTP hands any accepted run its caller: plain (the
+//! result when the run ends) or streamed over an upgraded connection (bkg-stream/1 frames).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -8,7 +9,6 @@ use axum::body::Body;
 use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bkg_schema::auth::Role;
 use bkg_schema::frame::{self, FrameKind, STREAM_PROTOCOL};
 use bkg_schema::{ApiError, ErrorCode, RunRecord, RunRequest, RunResult};
 use hyper_util::rt::TokioIo;
@@ -20,44 +20,7 @@ use super::failure::{ApiResult, Failure};
 use super::input::{self, PathParam, QueryParams};
 use super::{AppState, MAX_BODY_BYTES};
 use crate::auth::Principal;
-use crate::engine::run::{RunError, RunInput, RunOutput, ValidatedRun};
-use crate::ids::new_id;
-
-/// Model-access keys reach model endpoints only; everything that runs code is refused to them.
-pub fn require_code_runner(principal: &Principal) -> ApiResult<()> {
-    if principal.role() == Role::ModelAccess {
-        return Err(Failure::forbidden("a model-access key cannot run code or manage sandboxes"));
-    }
-    Ok(())
-}
-
-/// Runs a validated run to its end, records it (store, audit log) and counts it.
-pub async fn execute(
-    state: AppState,
-    principal: Principal,
-    run_id: String,
-    validated: ValidatedRun,
-    input: mpsc::Receiver<RunInput>,
-    output: Option<mpsc::Sender<RunOutput>>,
-) -> Result<RunResult, RunError> {
-    let caller = principal.audit_caller(&validated.namespace);
-    let outcome = crate::records::execute(&state.engine, &state.store, &caller, run_id, validated, input, output).await;
-    state.metrics.run_ended(outcome.as_ref().map_err(|_| ()));
-    outcome
-}
-
-/// Runs with no stdin but what the request carries, and returns the result when it ends. The
-/// run is its own task: a caller that hangs up must not leave a sandbox half-done.
-pub async fn run_to_end(state: AppState, principal: Principal, validated: ValidatedRun) -> Result<RunResult, Failure> {
-    let (input_tx, input_rx) = mpsc::channel(1);
-    drop(input_tx);
-    let task = tokio::spawn(execute(state, principal, new_id("run"), validated, input_rx, None));
-    match task.await {
-        Ok(Ok(result)) => Ok(result),
-        Ok(Err(error)) => Err(Failure::from(&error)),
-        Err(_) => Err(Failure::internal("the run's task failed")),
-    }
-}
+use crate::service::{Accepted, RunInput, RunOutput, Service};
 
 fn wants_stream(headers: &HeaderMap) -> bool {
     headers.get(header::UPGRADE).and_then(|value| value.to_str().ok()) == Some(STREAM_PROTOCOL)
@@ -91,44 +54,30 @@ pub async fn create_run(
 }
 
 async fn start_run(state: AppState, principal: Principal, request: Request) -> ApiResult<Response> {
-    require_code_runner(&principal)?;
     let (parts, body) = request.into_parts();
     let run_request: RunRequest = input::json(body, MAX_BODY_BYTES).await?;
-    if let Some(namespace) = &run_request.namespace
-        && !bkg_schema::sandbox::is_dns_label(namespace)
-    {
-        return Err(Failure::invalid(format!("namespace `{namespace}` must be a DNS label (a-z, 0-9, -)")));
-    }
-    let namespace = principal.namespace_for(run_request.namespace.as_deref()).map_err(Failure::forbidden)?;
-    let mut validated = state.engine.validate(run_request)?;
-    validated.namespace = namespace;
-    Ok(dispatch(state, principal, parts, validated).await)
+    let accepted = state.service.accept_run(&principal, run_request)?;
+    Ok(dispatch(state.service, parts, accepted).await)
 }
 
-/// Starts a validated run the way the caller asked: streamed over an upgraded connection, or
-/// answered with the result when it ends.
-pub async fn dispatch(
-    state: AppState,
-    principal: Principal,
-    mut parts: axum::http::request::Parts,
-    validated: ValidatedRun,
-) -> Response {
+/// Hands an accepted run its caller the way they asked: streamed over an upgraded connection,
+/// or answered with the result when it ends.
+pub async fn dispatch(service: Arc<Service>, mut parts: axum::http::request::Parts, accepted: Accepted) -> Response {
     if !wants_stream(&parts.headers) {
-        return match run_to_end(state, principal, validated).await {
+        return match service.run_to_end(accepted).await {
             Ok(result) => Json(result).into_response(),
-            Err(failure) => failure.into_response(),
+            Err(error) => Failure::from(error).into_response(),
         };
     }
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return Failure::bad_request("this connection cannot be upgraded").into_response();
     };
-    let run_id = new_id("run");
     // Shutdown waits until the caller has been sent the result frame.
-    let in_flight = state.engine.run_in_flight();
+    let in_flight = service.run_in_flight();
     tokio::spawn(async move {
         let _in_flight = in_flight;
         match on_upgrade.await {
-            Ok(upgraded) => stream_run(state, principal, run_id, validated, TokioIo::new(upgraded)).await,
+            Ok(upgraded) => stream_run(service, accepted, TokioIo::new(upgraded)).await,
             Err(error) => tracing::warn!(%error, "stream upgrade failed"),
         }
     });
@@ -164,19 +113,8 @@ pub async fn list_runs(
     Extension(principal): Extension<Principal>,
     QueryParams(query): QueryParams<RunListQuery>,
 ) -> ApiResult<Json<Vec<RunRecord>>> {
-    require_code_runner(&principal)?;
     let limit = query.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(Failure::bad_request(format!("limit must be from 1 to 1000, not {limit}")));
-    }
-    let namespace = match (principal.namespace(), query.namespace) {
-        (Some(own), Some(asked)) if own != asked => {
-            return Err(Failure::forbidden(format!("this key sees only namespace `{own}`")));
-        }
-        (Some(own), _) => Some(own.to_owned()),
-        (None, asked) => asked,
-    };
-    Ok(Json(state.store.list_runs(namespace, query.sandbox, limit).await?))
+    Ok(Json(state.service.list_runs(&principal, limit, query.namespace, query.sandbox).await?))
 }
 
 /// One run.
@@ -192,12 +130,7 @@ pub async fn get_run(
     Extension(principal): Extension<Principal>,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<RunRecord>> {
-    require_code_runner(&principal)?;
-    match state.store.get_run(&id).await? {
-        Some(run) if principal.reaches(&run.namespace) => Ok(Json(run)),
-        // Another namespace's run is answered as missing: its existence is not ours to tell.
-        _ => Err(Failure::not_found(format!("no run {id}"))),
-    }
+    Ok(Json(state.service.get_run(&principal, &id).await?))
 }
 
 /// How long one frame may take to reach a streaming caller. One that takes no bytes for this
@@ -219,7 +152,7 @@ async fn write_frame(
         .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the caller stopped reading")))
 }
 
-async fn stream_run<S>(state: AppState, principal: Principal, run_id: String, validated: ValidatedRun, connection: S)
+async fn stream_run<S>(service: Arc<Service>, accepted: Accepted, connection: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -256,7 +189,7 @@ where
         }
     });
 
-    let run = tokio::spawn(execute(state, principal, run_id, validated, input_rx, Some(output_tx)));
+    let run = service.start(accepted, input_rx, Some(output_tx));
     let mut caller_gone = false;
     while let Some(event) = output_rx.recv().await {
         if caller_gone {

@@ -1,11 +1,7 @@
-//! Persistent sandboxes: define, create, list, get, start, exec, stop, logs and delete. Every
-//! sandbox has a namespace; a namespace or session key sees only its own (others are answered
-//! 404, as if they did not exist), and may only use its namespace's project directory on the
-//! agent, without host volumes.
+//! `/api/v1/sandboxes`: persistent sandboxes over HTTP (the operations and their rules are in
+//! service/sandboxes.rs), and the log as plain text or server-sent events.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -13,70 +9,17 @@ use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bkg_schema::sandbox::{
-    Deleted, DetachedRun, ExecRequest, NewSandbox, SandboxDefinition, SandboxInfo, SandboxState, StartRequest, Stopped,
-    is_dns_label, sandbox_id,
+    Deleted, DetachedRun, ExecRequest, NewSandbox, SandboxDefinition, SandboxInfo, StartRequest, Stopped,
 };
 use bkg_schema::{ApiError, RunResult};
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 
 use super::failure::{ApiResult, Failure};
 use super::input::{self, PathParam, QueryParams, SMALL_BODY_BYTES};
-use super::runs::{dispatch, execute, require_code_runner};
+use super::runs::dispatch;
 use super::{AppState, MAX_BODY_BYTES};
 use crate::auth::Principal;
-use crate::engine::Engine;
-use crate::engine::run::RunError;
-use crate::ids::{new_id, now_ms};
-use crate::store::StoredSandbox;
-
-/// The project directory on the agent where the sandboxes of `namespace` live when their
-/// caller has no project of its own here (`POST /api/v1/sandboxes`, MCP).
-pub fn scratch_project_dir(engine: &Engine, namespace: &str) -> PathBuf {
-    engine.scratch_project_dir(namespace)
-}
-
-fn sandbox_dir(definition: &SandboxDefinition) -> PathBuf {
-    Path::new(&definition.project_dir).join(".bkg/sandboxes").join(&definition.name)
-}
-
-fn no_sandbox(id: &str) -> Failure {
-    Failure::not_found(format!("no sandbox {id}"))
-}
-
-pub async fn sandbox_info(state: &AppState, stored: StoredSandbox) -> ApiResult<SandboxInfo> {
-    let definition = stored.definition;
-    let id = sandbox_id(&definition.project_dir, &definition.name);
-    let last_run = state.store.last_run_of(&id).await?;
-    let current_run = state.engine.current_run(&id);
-    let limits = state.engine.config.default_limits.with(&definition.limits);
-    let image = sandbox_dir(&definition).join("disk.img");
-    let disk_bytes_allocated =
-        std::fs::metadata(image).map(|meta| std::os::unix::fs::MetadataExt::blocks(&meta) * 512).unwrap_or(0);
-    Ok(SandboxInfo {
-        state: if current_run.is_some() { SandboxState::Running } else { SandboxState::Idle },
-        id,
-        name: definition.name,
-        namespace: definition.namespace,
-        project_dir: definition.project_dir,
-        language: definition.language,
-        limits,
-        current_run,
-        last_run,
-        created_at_ms: stored.created_at_ms,
-        disk_bytes_allocated,
-    })
-}
-
-/// The sandbox `id` if the caller may reach it; another namespace's is "not found".
-pub async fn visible_sandbox(state: &AppState, principal: &Principal, id: &str) -> ApiResult<StoredSandbox> {
-    require_code_runner(principal)?;
-    match state.store.get_sandbox(id).await? {
-        Some(stored) if principal.reaches(&stored.definition.namespace) => Ok(stored),
-        _ => Err(no_sandbox(id)),
-    }
-}
+use crate::service::LogTail;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -100,16 +43,7 @@ pub async fn list_sandboxes(
     Extension(principal): Extension<Principal>,
     QueryParams(query): QueryParams<SandboxListQuery>,
 ) -> ApiResult<Json<Vec<SandboxInfo>>> {
-    require_code_runner(&principal)?;
-    let stored = state.store.list_sandboxes(query.project_dir).await?;
-    let mut infos = Vec::with_capacity(stored.len());
-    for sandbox in stored {
-        let namespace = &sandbox.definition.namespace;
-        if principal.reaches(namespace) && query.namespace.as_ref().is_none_or(|wanted| wanted == namespace) {
-            infos.push(sandbox_info(&state, sandbox).await?);
-        }
-    }
-    Ok(Json(infos))
+    Ok(Json(state.service.list_sandboxes(&principal, query.project_dir, query.namespace).await?))
 }
 
 /// One sandbox.
@@ -125,69 +59,7 @@ pub async fn get_sandbox(
     Extension(principal): Extension<Principal>,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<SandboxInfo>> {
-    let stored = visible_sandbox(&state, &principal, &id).await?;
-    Ok(Json(sandbox_info(&state, stored).await?))
-}
-
-/// Checks a definition and stores it; `id` must be the one it computes to.
-async fn define(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-    definition: SandboxDefinition,
-) -> ApiResult<SandboxInfo> {
-    require_code_runner(principal)?;
-    if !is_dns_label(&definition.name) {
-        return Err(Failure::invalid(format!("sandbox name `{}` must be a DNS label (a-z, 0-9, -)", definition.name)));
-    }
-    if !is_dns_label(&definition.namespace) {
-        return Err(Failure::invalid(format!(
-            "namespace `{}` must be a DNS label (a-z, 0-9, -)",
-            definition.namespace
-        )));
-    }
-    if !principal.reaches(&definition.namespace) {
-        return Err(Failure::forbidden(format!(
-            "this key cannot define sandboxes in namespace `{}`",
-            definition.namespace
-        )));
-    }
-    if !principal.is_admin() {
-        // Only the machine's administrators may mount host paths into a sandbox.
-        let own_dir = scratch_project_dir(&state.engine, &definition.namespace);
-        if Path::new(&definition.project_dir) != own_dir {
-            return Err(Failure::forbidden(format!(
-                "a {} key may only use its namespace's project directory {}",
-                principal.role().as_str(),
-                own_dir.display()
-            )));
-        }
-        if !definition.volumes.is_empty() {
-            return Err(Failure::forbidden("only an admin may bind host volumes into a sandbox"));
-        }
-    }
-    let project = Path::new(&definition.project_dir);
-    if !project.is_absolute() || !project.is_dir() {
-        return Err(Failure::invalid(format!(
-            "project directory {} must be an existing absolute path",
-            definition.project_dir
-        )));
-    }
-    if id != sandbox_id(&definition.project_dir, &definition.name) {
-        return Err(Failure::invalid(format!(
-            "sandbox id {id} does not belong to {} in {}",
-            definition.name, definition.project_dir
-        )));
-    }
-    if let Some(existing) = state.store.get_sandbox(id).await?
-        && !principal.reaches(&existing.definition.namespace)
-    {
-        return Err(Failure::forbidden(format!("sandbox {id} belongs to another namespace")));
-    }
-    state.engine.check_definition(&definition)?;
-    let caller = principal.audit_caller(&definition.namespace);
-    let stored = state.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
-    sandbox_info(state, stored).await
+    Ok(Json(state.service.get_sandbox(&principal, &id).await?))
 }
 
 /// Define (or redefine) a persistent sandbox of a project on the agent's host.
@@ -206,7 +78,7 @@ pub async fn put_sandbox(
     body: Body,
 ) -> ApiResult<Json<SandboxInfo>> {
     let definition: SandboxDefinition = input::json(body, SMALL_BODY_BYTES).await?;
-    Ok(Json(define(&state, &principal, &id, definition).await?))
+    Ok(Json(state.service.define_sandbox(&principal, &id, definition).await?))
 }
 
 /// Create a sandbox in the namespace's own project directory on the agent.
@@ -225,42 +97,9 @@ pub async fn create_sandbox(
     Extension(principal): Extension<Principal>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<SandboxInfo>)> {
-    require_code_runner(&principal)?;
     let new: NewSandbox = input::json(body, SMALL_BODY_BYTES).await?;
-    let info = create_in_namespace(&state, &principal, new).await?;
+    let info = state.service.create_sandbox(&principal, new).await?;
     Ok((StatusCode::CREATED, Json(info)))
-}
-
-/// Creates a sandbox in the caller's (or, for admins, the named) namespace's project directory.
-pub async fn create_in_namespace(state: &AppState, principal: &Principal, new: NewSandbox) -> ApiResult<SandboxInfo> {
-    if let Some(namespace) = &new.namespace
-        && !is_dns_label(namespace)
-    {
-        return Err(Failure::invalid(format!("namespace `{namespace}` must be a DNS label (a-z, 0-9, -)")));
-    }
-    let namespace = principal.namespace_for(new.namespace.as_deref()).map_err(Failure::forbidden)?;
-    let project_dir = scratch_project_dir(&state.engine, &namespace);
-    let project = project_dir.to_string_lossy().into_owned();
-    let id = sandbox_id(&project, &new.name);
-    if state.store.get_sandbox(&id).await?.is_some() {
-        return Err(Failure::conflict(format!("sandbox `{}` already exists in namespace `{namespace}`", new.name)));
-    }
-    if is_dns_label(&new.name) {
-        tokio::fs::create_dir_all(&project_dir)
-            .await
-            .map_err(|error| Failure::internal(format!("create {}: {error}", project_dir.display())))?;
-    }
-    let definition = SandboxDefinition {
-        name: new.name,
-        namespace,
-        project_dir: project,
-        language: new.language,
-        limits: new.limits,
-        env: new.env,
-        volumes: Vec::new(),
-        scripts: new.scripts,
-    };
-    define(state, principal, &id, definition).await
 }
 
 /// Run one of the sandbox's scripts (default `start`), detached: 202 with the run's id; its
@@ -283,44 +122,8 @@ pub async fn start_sandbox(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<DetachedRun>)> {
     let start: StartRequest = input::optional_json(body, SMALL_BODY_BYTES).await?;
-    let stored = visible_sandbox(&state, &principal, &id).await?;
-    let script = start.script.unwrap_or_else(|| "start".to_owned());
-    let Some(command) = stored.definition.scripts.get(&script).cloned() else {
-        return Err(Failure::invalid(format!("sandbox {} has no script `{script}`", stored.definition.name)));
-    };
-    let exec = ExecRequest { command, detach: true, env: start.env, stdin_base64: None };
-    let run = detach(&state, &principal, &id, &stored, exec).await?;
+    let run = state.service.start_script(&principal, &id, start).await?;
     Ok((StatusCode::ACCEPTED, Json(run)))
-}
-
-async fn detach(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-    stored: &StoredSandbox,
-    exec: ExecRequest,
-) -> ApiResult<DetachedRun> {
-    let validated = state.engine.validate_exec(&stored.definition, exec)?;
-    if state.engine.current_run(id).is_some() {
-        return Err(busy(&stored.definition.name));
-    }
-    let run_id = new_id("run");
-    let (input_tx, input_rx) = mpsc::channel(1);
-    drop(input_tx);
-    tokio::spawn(execute(state.clone(), principal.clone(), run_id.clone(), validated, input_rx, None));
-    // The run registers itself before its first await point that matters to a follow-up stop;
-    // give it that moment so a stop right after a detach finds it.
-    for _ in 0..100 {
-        if state.engine.current_run(id).is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(DetachedRun { sandbox_id: id.to_owned(), run_id })
-}
-
-fn busy(name: &str) -> Failure {
-    Failure::from(RunError::Busy(format!("sandbox {name} is already running; stop it first")))
 }
 
 /// Run a command in the sandbox: plain (the result when it ends), streamed (`Upgrade:
@@ -348,40 +151,16 @@ pub async fn exec_sandbox(
     let (parts, body) = request.into_parts();
     let outcome = async {
         let exec: ExecRequest = input::json(body, MAX_BODY_BYTES).await?;
-        let stored = visible_sandbox(&state, &principal, &id).await?;
-        if exec.detach {
-            let run = detach(&state, &principal, &id, &stored, exec).await?;
+        let detached = exec.detach;
+        let accepted = state.service.accept_exec(&principal, &id, exec).await?;
+        if detached {
+            let run = state.service.detach(&id, accepted);
             return Ok((StatusCode::ACCEPTED, Json(run)).into_response());
         }
-        let validated = state.engine.validate_exec(&stored.definition, exec)?;
-        if state.engine.current_run(&id).is_some() {
-            return Err(busy(&stored.definition.name));
-        }
-        Ok(dispatch(state.clone(), principal.clone(), parts, validated).await)
+        Ok::<_, Failure>(dispatch(Arc::clone(&state.service), parts, accepted).await)
     }
     .await;
     outcome.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// Stops the run going on in sandbox `id`, if any, and waits (up to 10 s) until it has ended
-/// and its end is recorded, so what the caller reads next shows it. False when none was going on.
-async fn stop_and_wait(state: &AppState, id: &str) -> bool {
-    let Some(run_id) = state.engine.current_run(id) else {
-        return false;
-    };
-    if !state.engine.stop_sandbox(id) {
-        return false;
-    }
-    for _ in 0..400 {
-        let ended = state.engine.current_run(id).as_deref() != Some(run_id.as_str());
-        let recorded =
-            ended && state.store.get_run(&run_id).await.ok().flatten().is_none_or(|run| run.finished_at_ms.is_some());
-        if recorded {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    true
 }
 
 /// Stop the run going on in the sandbox (`killed_by: cancelled`).
@@ -397,8 +176,7 @@ pub async fn stop_sandbox(
     Extension(principal): Extension<Principal>,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<Stopped>> {
-    visible_sandbox(&state, &principal, &id).await?;
-    let stopped = stop_and_wait(&state, &id).await;
+    let stopped = state.service.stop_sandbox(&principal, &id).await?;
     Ok(Json(Stopped { stopped }))
 }
 
@@ -433,24 +211,12 @@ pub async fn sandbox_logs(
     QueryParams(query): QueryParams<LogsQuery>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
-    let stored = visible_sandbox(&state, &principal, &id).await?;
-    let definition = stored.definition;
-    let log_dir = sandbox_dir(&definition).join("logs");
-    let newest =
-        std::fs::read_dir(&log_dir).map(|entries| entries.flatten().map(|entry| entry.path()).max()).ok().flatten();
-    let Some(path) = newest else {
-        return Err(Failure::not_found(format!("sandbox {} has not run yet", definition.name)));
-    };
-    let run_id = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+    let tail = state.service.sandbox_log(&principal, &id, query.follow).await?;
     let sse = headers
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
-    let (sender, receiver) = mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
-    tokio::spawn(follow_log(Arc::clone(&state.engine), id, run_id, path, query.follow, sse, sender));
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|chunk| (chunk, receiver))
-    });
+    let stream = log_stream(tail, sse);
     let mut response = Response::new(Body::from_stream(stream));
     let content_type = if sse { "text/event-stream" } else { "text/plain; charset=utf-8" };
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -460,49 +226,32 @@ pub async fn sandbox_logs(
     Ok(response)
 }
 
-/// Sends the log file at `path` as it grows: raw, or as SSE `log` events, one per line.
-async fn follow_log(
-    engine: Arc<Engine>,
-    sandbox_id: String,
-    run_id: String,
-    path: PathBuf,
-    follow: bool,
+/// The log's bytes as they come: raw, or as SSE `log` events, one per line, then an `end` event.
+fn log_stream(
+    tail: LogTail,
     sse: bool,
-    sender: mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-) {
-    let Ok(mut file) = tokio::fs::File::open(&path).await else { return };
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut lines = SseLines::default();
-    loop {
-        let read = match file.read(&mut buffer).await {
-            Ok(0) => {
-                let still_running = engine.current_run(&sandbox_id).as_deref() == Some(run_id.as_str());
-                if follow && still_running {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    let LogTail { run_id, chunks } = tail;
+    futures_util::stream::unfold(
+        (chunks, SseLines::default(), Some(run_id)),
+        move |(mut chunks, mut lines, mut end)| async move {
+            loop {
+                let item = match chunks.recv().await {
+                    Some(Ok(bytes)) if sse => Ok(lines.events(&bytes)),
+                    Some(chunk) => chunk,
+                    None => {
+                        // The end event once the log is read, naming its run.
+                        let run_id = end.take().filter(|_| sse)?;
+                        return Some((Ok(lines.finish(&run_id)), (chunks, lines, None)));
+                    }
+                };
+                if item.as_ref().is_ok_and(Vec::is_empty) {
                     continue;
                 }
-                // One more read: the run may have written its last bytes as it ended.
-                let last = file.read(&mut buffer).await.unwrap_or(0);
-                let mut tail = if sse { lines.events(&buffer[..last]) } else { buffer[..last].to_vec() };
-                if sse {
-                    tail.extend(lines.finish(&run_id));
-                }
-                if !tail.is_empty() {
-                    let _ = sender.send(Ok(tail)).await;
-                }
-                return;
+                return Some((item, (chunks, lines, end)));
             }
-            Ok(n) => n,
-            Err(error) => {
-                let _ = sender.send(Err(error)).await;
-                return;
-            }
-        };
-        let chunk = if sse { lines.events(&buffer[..read]) } else { buffer[..read].to_vec() };
-        if !chunk.is_empty() && sender.send(Ok(chunk)).await.is_err() {
-            return;
-        }
-    }
+        },
+    )
 }
 
 /// Turns output into SSE `log` events, one per complete line; a partial line waits for its end.
@@ -556,28 +305,8 @@ pub async fn delete_sandbox(
     Extension(principal): Extension<Principal>,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<Deleted>> {
-    let stored = visible_sandbox(&state, &principal, &id).await?;
-    remove(&state, &principal, &id, stored).await?;
+    state.service.delete_sandbox(&principal, &id).await?;
     Ok(Json(Deleted { deleted: id }))
-}
-
-/// Stops a sandbox's run and removes it, its disk and logs.
-pub async fn remove(state: &AppState, principal: &Principal, id: &str, stored: StoredSandbox) -> ApiResult<()> {
-    stop_and_wait(state, id).await;
-    if state.engine.current_run(id).is_some() {
-        return Err(Failure::from(RunError::Busy(format!("sandbox {id} did not stop"))));
-    }
-    let definition = stored.definition;
-    let dir = sandbox_dir(&definition);
-    // Its last run's cleanup may still hold the disk image; it is released within moments.
-    if let Err(error) = tokio::fs::remove_dir_all(&dir).await
-        && error.kind() != std::io::ErrorKind::NotFound
-    {
-        return Err(Failure::internal(format!("remove {}: {error}", dir.display())));
-    }
-    let caller = principal.audit_caller(&definition.namespace);
-    state.store.delete_sandbox(&caller, id).await?;
-    Ok(())
 }
 
 #[cfg(test)]

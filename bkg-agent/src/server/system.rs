@@ -1,113 +1,17 @@
-//! The agent itself: health, metrics, its description and shutdown.
-
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! The agent itself over HTTP: health, metrics, its description, shutdown and the bkg_db sync.
 
 use axum::Json;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bkg_schema::health::{Health, HealthReason, HealthStatus};
+use bkg_schema::health::{Health, HealthStatus};
 use bkg_schema::sync::{Migrated, Retried, RetryRequest, SyncView};
 use bkg_schema::{AgentInfo, ApiError};
 
 use super::AppState;
 use super::failure::{ApiResult, Failure};
 use crate::auth::Principal;
-use crate::engine::Engine;
-
-/// Whether runs work, remembered between health checks: a successful run within `interval`
-/// (a caller's or the probe's own) proves it; without one, the probe runs an empty script.
-pub struct HealthProbe {
-    interval: Duration,
-    verdict: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
-    /// Only one probe file at a time.
-    writing: Mutex<()>,
-    /// The keyless view's last verdict and when it was reached.
-    anonymous: tokio::sync::Mutex<Option<(Instant, Option<HealthReason>)>>,
-}
-
-impl HealthProbe {
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            verdict: tokio::sync::Mutex::new(None),
-            writing: Mutex::new(()),
-            anonymous: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    /// Writes and removes a file where the sandboxes' state lives.
-    fn check_sandbox_dir(&self, engine: &Engine) -> Result<(), String> {
-        let _one = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let probe = engine.runs_dir().join(format!(".healthz-{}", std::process::id()));
-        std::fs::write(&probe, b"ok")
-            .and_then(|()| std::fs::remove_file(&probe))
-            .map_err(|error| format!("cannot write the sandboxes' directory {}: {error}", engine.runs_dir().display()))
-    }
-
-    async fn check_runs(&self, engine: &std::sync::Arc<Engine>) -> Result<(), String> {
-        // Evidence stands for `interval`, unless a run failed after it.
-        let stands = |at: Option<Instant>| {
-            let failure = engine.capacity.last_runs().failure;
-            at.is_some_and(|at| at.elapsed() < self.interval && failure.is_none_or(|failure| failure < at))
-        };
-        if stands(engine.capacity.last_runs().success) {
-            return Ok(());
-        }
-        let mut cached = self.verdict.lock().await;
-        // A probe that finished while this check waited for the lock counts.
-        if stands(engine.capacity.last_runs().success) {
-            return Ok(());
-        }
-        if let Some((at, verdict)) = cached.as_ref()
-            && (verdict.is_err() || stands(Some(*at)))
-            && at.elapsed() < self.interval
-        {
-            return verdict.clone();
-        }
-        let verdict = engine.probe().await.map_err(|reason| format!("runs fail: {reason}"));
-        if let Err(reason) = &verdict {
-            tracing::warn!(%reason, "the health probe's run failed");
-        }
-        *cached = Some((Instant::now(), verdict.clone()));
-        verdict
-    }
-}
-
-/// How long the keyless view's verdict stands: probes from load balancers must not each cost
-/// a write to the store and the disk.
-const ANONYMOUS_VERDICT_TTL: Duration = Duration::from_secs(1);
-
-impl HealthProbe {
-    /// The first check that fails: its reason word, and the detail only a caller with a key sees.
-    /// A new check goes here, with a new `HealthReason`.
-    async fn sickness(&self, state: &AppState) -> Option<(HealthReason, String)> {
-        if let Err(error) = state.store.check_writable().await {
-            return Some((HealthReason::Store, format!("store not writable: {error}")));
-        }
-        if let Err(detail) = self.check_sandbox_dir(&state.engine) {
-            return Some((HealthReason::SandboxDir, detail));
-        }
-        if let Err(detail) = self.check_runs(&state.engine).await {
-            return Some((HealthReason::Runs, detail));
-        }
-        None
-    }
-
-    /// The reason word alone, checked at most once per `ANONYMOUS_VERDICT_TTL`.
-    async fn anonymous_verdict(&self, state: &AppState) -> Option<HealthReason> {
-        let mut cached = self.anonymous.lock().await;
-        if let Some((at, verdict)) = *cached
-            && at.elapsed() < ANONYMOUS_VERDICT_TTL
-        {
-            return verdict;
-        }
-        let verdict = self.sickness(state).await.map(|(reason, _)| reason);
-        *cached = Some((Instant::now(), verdict));
-        verdict
-    }
-}
+use crate::service::{HealthVerdict, MetricsText};
 
 /// Without a key (TCP only): 200 `{"status":"ok"}` or 503 `{"status":"unavailable","reason":WORD}`,
 /// for load balancers and probes. With a key or on the socket: 200, or 503 with the reason in
@@ -125,25 +29,18 @@ impl HealthProbe {
     ),
 )]
 pub async fn healthz(State(state): State<AppState>, principal: Option<Extension<Principal>>) -> Response {
-    let sick = if principal.is_none() {
-        state.health.anonymous_verdict(&state).await.map(|reason| (reason, None))
-    } else {
-        state.health.sickness(&state).await.map(|(reason, detail)| (reason, Some(detail)))
-    };
-    match sick {
-        Some((reason, None)) => {
+    let principal = principal.map(|Extension(principal)| principal);
+    match state.service.health(principal.as_ref()).await {
+        Ok(HealthVerdict::Healthy) => Json(Health { status: HealthStatus::Ok, reason: None }).into_response(),
+        Ok(HealthVerdict::Degraded(reason)) => {
+            Json(Health { status: HealthStatus::Degraded, reason: Some(reason) }).into_response()
+        }
+        Ok(HealthVerdict::Unavailable { detail: Some(detail), .. }) => Failure::unavailable(detail).into_response(),
+        Ok(HealthVerdict::Unavailable { reason, detail: None }) => {
             (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: HealthStatus::Unavailable, reason: Some(reason) }))
                 .into_response()
         }
-        Some((_, Some(detail))) => Failure::unavailable(detail).into_response(),
-        // Parked events stop nothing from running: the agent stays in service, flagged.
-        None => match state.store.outbox_backlog().await {
-            Ok(backlog) if backlog.parked > 0 => {
-                Json(Health { status: HealthStatus::Degraded, reason: Some(HealthReason::SyncParked) }).into_response()
-            }
-            Ok(_) => Json(Health { status: HealthStatus::Ok, reason: None }).into_response(),
-            Err(error) => Failure::from(error).into_response(),
-        },
+        Err(error) => Failure::from(error).into_response(),
     }
 }
 
@@ -155,15 +52,7 @@ pub async fn healthz(State(state): State<AppState>, principal: Option<Extension<
     responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text", body = String)),
 )]
 pub async fn metrics(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> ApiResult<Response> {
-    if !principal.is_admin() {
-        return Err(Failure::forbidden("only an admin may read the metrics"));
-    }
-    let backlog = state.store.outbox_backlog().await?;
-    let lag_ms = backlog.oldest_ts_ms.map(|oldest| crate::ids::now_ms().saturating_sub(oldest));
-    let text = state
-        .metrics
-        .encode(state.engine.active_runs(), state.engine.warm_count(), backlog.events, lag_ms, backlog.parked)
-        .map_err(|_| Failure::internal("could not encode the metrics"))?;
+    let MetricsText(text) = state.service.metrics_text(&principal).await?;
     let mut response = text.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
     Ok(response)
@@ -180,42 +69,7 @@ pub async fn agent_info(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> ApiResult<Json<AgentInfo>> {
-    if !principal.is_admin() {
-        return Err(Failure::forbidden("only an admin may read the agent's configuration"));
-    }
-    let engine = &state.engine;
-    Ok(Json(AgentInfo {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        commit: env!("BKG_COMMIT").to_owned(),
-        build_date: env!("BKG_BUILD_DATE").to_owned(),
-        protections: protections(&engine.cgroup_version()),
-        pid: std::process::id(),
-        socket: state.socket.display().to_string(),
-        state_dir: engine.config.state_dir.display().to_string(),
-        cgroup_version: engine.cgroup_version(),
-        warm_sandboxes: engine.warm_count(),
-        active_runs: engine.active_runs(),
-        pending_cleanups: engine.cleanups_pending(),
-        default_limits: engine.config.default_limits,
-        max_limits: engine.config.max_limits,
-    }))
-}
-
-/// What confines every sandbox here: fixed by the engine, but for Landlock, which depends on
-/// the kernel (see docs/security.md).
-fn protections(cgroup_version: &str) -> Vec<String> {
-    let landlock = match crate::engine::landlock::kernel_abi() {
-        Some(abi) => format!("landlock ABI {abi}"),
-        None => "landlock unavailable".to_owned(),
-    };
-    vec![
-        "user, pid, mount, network, ipc, uts and cgroup namespaces".to_owned(),
-        "seccomp filter".to_owned(),
-        landlock,
-        format!("cgroup {cgroup_version} limits"),
-        "capabilities dropped".to_owned(),
-        "own disk per sandbox".to_owned(),
-    ]
+    Ok(Json(state.service.agent_info(&principal)?))
 }
 
 /// Stop the agent: warm sandboxes are removed, running ones get 5 s (admins only).
@@ -229,10 +83,7 @@ pub async fn shutdown(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> ApiResult<StatusCode> {
-    if !principal.is_admin() {
-        return Err(Failure::forbidden("only an admin may stop the agent"));
-    }
-    state.shutdown.notify_one();
+    state.service.shut_down(&principal)?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -247,28 +98,7 @@ pub async fn sync_status(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> ApiResult<Json<SyncView>> {
-    if !principal.is_admin() {
-        return Err(Failure::forbidden("only an admin may read the sync's state"));
-    }
-    let (configured, status) = match &state.sync {
-        Some((handle, _)) => (true, handle.status().await.map_err(|error| Failure::internal(error.to_string()))?),
-        // Without a bkg_db the outbox still holds what one would get.
-        None => {
-            let backlog = state.store.outbox_backlog().await?;
-            let lag_ms = backlog.oldest_ts_ms.map(|oldest| crate::ids::now_ms().saturating_sub(oldest));
-            let status = bkg_schema::sync::SyncStatus {
-                backlog: backlog.events,
-                parked: backlog.parked,
-                lag_ms,
-                last_success_ms: None,
-                last_error: None,
-                last_error_ms: None,
-                failures: 0,
-            };
-            (false, status)
-        }
-    };
-    Ok(Json(SyncView { configured, status, parked_events: state.store.outbox_parked().await? }))
+    Ok(Json(state.service.sync_status(&principal).await?))
 }
 
 /// Ship parked events again, once what bkg_db refused is fixed (admins only). They go back into
@@ -288,18 +118,8 @@ pub async fn sync_retry(
     Extension(principal): Extension<Principal>,
     body: axum::body::Body,
 ) -> ApiResult<Json<Retried>> {
-    if !principal.is_admin() {
-        return Err(Failure::forbidden("only an admin may retry parked events"));
-    }
     let request: RetryRequest = super::input::optional_json(body, super::input::SMALL_BODY_BYTES).await?;
-    let caller = principal.audit_caller(bkg_schema::DEFAULT_NAMESPACE);
-    let retried = state.store.outbox_retry(&caller, request.seq).await?;
-    if let Some(seq) = request.seq
-        && retried.is_empty()
-    {
-        return Err(Failure::not_found(format!("outbox event {seq} is not parked")));
-    }
-    Ok(Json(Retried { retried }))
+    Ok(Json(state.service.retry_sync(&principal, request).await?))
 }
 
 /// Apply bkg_db's migrations now (admins only; the sync also applies them when it connects).
@@ -317,15 +137,7 @@ pub async fn sync_migrate(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> ApiResult<Json<Migrated>> {
-    if !principal.is_admin() {
-        return Err(Failure::forbidden("only an admin may migrate bkg_db"));
-    }
-    let Some((_, url)) = &state.sync else {
-        return Err(Failure::conflict("no bkg_db is configured: start the agent with --db-url or BKG_DB_URL"));
-    };
-    let mut client = crate::sync::connect(url).await.map_err(|error| Failure::unavailable(error.to_string()))?;
-    let applied = crate::sync::migrate(&mut client).await.map_err(|error| Failure::unavailable(error.to_string()))?;
-    Ok(Json(Migrated { applied, latest: crate::sync::latest_version() }))
+    Ok(Json(state.service.migrate_db(&principal).await?))
 }
 
 /// An agent's audit lines as bkg_db holds them, in order, one per line (admins only): what
@@ -346,22 +158,7 @@ pub async fn sync_audit_lines(
     Extension(principal): Extension<Principal>,
     axum::extract::Path(agent_id): axum::extract::Path<String>,
 ) -> ApiResult<Response> {
-    if !principal.is_admin() {
-        return Err(Failure::forbidden("only an admin may read the audit lines in bkg_db"));
-    }
-    let Some((_, url)) = &state.sync else {
-        return Err(Failure::conflict("no bkg_db is configured: start the agent with --db-url or BKG_DB_URL"));
-    };
-    let client = crate::sync::connect(url).await.map_err(|error| Failure::unavailable(error.to_string()))?;
-    let rows = client
-        .query("SELECT line FROM audit_events WHERE agent_id = $1 ORDER BY seq", &[&agent_id])
-        .await
-        .map_err(|error| Failure::unavailable(format!("bkg_db: {error}")))?;
-    let mut text = String::new();
-    for row in rows {
-        text.push_str(row.get::<_, &str>(0));
-        text.push('\n');
-    }
+    let text = state.service.db_audit_lines(&principal, &agent_id).await?;
     let mut response = text.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     Ok(response)

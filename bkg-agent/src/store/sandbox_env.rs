@@ -12,10 +12,8 @@ use bkg_schema::sandbox::SandboxDefinition;
 
 use super::StoreError;
 
-const FILE: &str = "env.json";
-
 fn path(definition: &SandboxDefinition) -> PathBuf {
-    Path::new(&definition.project_dir).join(".bkg/sandboxes").join(&definition.name).join(FILE)
+    bkg_schema::paths::ProjectLayout::new(&definition.project_dir).env_file(&definition.name)
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {

@@ -34,6 +34,31 @@ pub async fn connect(db_url: &str) -> Result<Client, SyncError> {
     Ok(client)
 }
 
+/// Like [`connect`], for a connection that LISTENs: `notified` is called for every notification
+/// the server sends. The returned task ends when the connection does.
+pub async fn connect_notified(
+    db_url: &str,
+    notified: impl Fn() + Send + 'static,
+) -> Result<(Client, tokio::task::JoinHandle<()>), SyncError> {
+    let (config, root_cert) = parse_url(db_url)?;
+    let tls = tls_connector(config.get_ssl_mode(), root_cert.as_deref())?;
+    let (client, mut connection) = config.connect(tls).await?;
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |context| connection.poll_message(context));
+        while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => notified(),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "bkg_db listening connection ended");
+                    break;
+                }
+            }
+        }
+    });
+    Ok((client, driver))
+}
+
 /// Splits off what tokio-postgres does not parse itself (`sslrootcert`, the `verify-*` modes) and
 /// fills in the agent's defaults.
 fn parse_url(db_url: &str) -> Result<(Config, Option<String>), SyncError> {

@@ -22,8 +22,9 @@ mod worker;
 use std::future::Future;
 
 pub use bkg_schema::sync::{ParkedEvent, SyncStatus};
-pub use connect::connect;
+pub use connect::{connect, connect_notified};
 pub use schema::{ensure_namespace_role, latest_version, migrate};
+pub(crate) use ship::CHANGES_CHANNEL;
 pub use worker::{SyncConfig, SyncHandle, SyncWorker};
 
 /// One event waiting in the agent's outbox, in seq order.
@@ -115,4 +116,11 @@ fn describe(error: &tokio_postgres::Error) -> String {
         Some(source) => format!("{error}: {source}"),
         None => error.to_string(),
     }
+}
+
+/// An agent's audit lines as bkg_db holds them, in order: what `bkg audit verify --from-db`
+/// checks against the agent's public key.
+pub async fn audit_lines(client: &tokio_postgres::Client, agent_id: &str) -> Result<Vec<String>, SyncError> {
+    let rows = client.query("SELECT line FROM audit_events WHERE agent_id = $1 ORDER BY seq", &[&agent_id]).await?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
 }

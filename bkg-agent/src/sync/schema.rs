@@ -7,7 +7,11 @@ use super::SyncError;
 /// Each entry upgrades bkg_db by one version, recorded in `bkg_schema_migrations`. Never edit a
 /// released entry: add a new one. Entries must stay additive, since agents of an older version
 /// keep writing to a database that a newer one has migrated.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (2, "changes", include_str!("migrations/0002_changes.sql")),
+    (3, "retention", include_str!("migrations/0003_retention.sql")),
+];
 
 /// Serializes migrations (and role changes) of one database: every agent migrates at start-up,
 /// and several may start at once. Advisory locks are per database, which is all that's needed.
@@ -90,6 +94,11 @@ pub async fn ensure_namespace_role(client: &mut Client, namespace: &str, passwor
     let grant: String =
         transaction.query_one("SELECT format('GRANT bkg_namespace TO %I', $1::text)", &[&role]).await?.get(0);
     transaction.batch_execute(&grant).await?;
+    // The agents' change feed reads a namespace's changes as its role (SET ROLE), so that RLS
+    // filters them exactly as it filters the namespace's own connections.
+    let agents_may_become: String =
+        transaction.query_one("SELECT format('GRANT %I TO bkg_agent', $1::text)", &[&role]).await?.get(0);
+    transaction.batch_execute(&agents_may_become).await?;
     transaction
         .execute(
             "INSERT INTO bkg_namespace_roles (role, namespace) VALUES ($1, $2)

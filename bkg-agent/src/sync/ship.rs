@@ -76,6 +76,16 @@ const UPSERT_AGENT: &str = "INSERT INTO agents (agent_id, namespace, first_seen_
         last_seen_ms = greatest(agents.last_seen_ms, EXCLUDED.last_seen_ms),
         last_seq = greatest(agents.last_seq, EXCLUDED.last_seq)";
 
+// The feed's positions: the UPDATE locks the head row until this transaction ends, so the
+// positions of concurrent batches are taken, and committed, one batch after the other.
+const TAKE_POSITIONS: &str = "UPDATE bkg_change_head SET position = position + $1 RETURNING position";
+
+const INSERT_CHANGE: &str = "INSERT INTO changes (position, agent_id, seq, namespace, kind, action, object_id, ts_ms)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Wakes the agents' change feeds; PostgreSQL delivers it at commit, and not at all on rollback.
+pub(crate) const CHANGES_CHANNEL: &str = "bkg_changes";
+
 const UPSERT_NAMESPACE: &str = "INSERT INTO namespaces (namespace, first_seen_ms, last_seen_ms) VALUES ($1, $2, $3)
     ON CONFLICT (namespace) DO UPDATE SET
         first_seen_ms = least(namespaces.first_seen_ms, EXCLUDED.first_seen_ms),
@@ -187,6 +197,7 @@ pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent], parked: &B
         transaction.prepare(UPSERT_SANDBOX).await?,
         transaction.prepare(UPSERT_KEY).await?,
     );
+    let mut new_events = Vec::new();
     for (event, read) in events.iter().zip(&reads) {
         let (seq, ts_ms) = (int(event.seq, event.seq)?, int(event.seq, event.ts_ms)?);
         let inserted = transaction
@@ -202,6 +213,8 @@ pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent], parked: &B
             if row.try_get::<_, &str>(0)? != event.line {
                 return Err(SyncError::Fork { seq: event.seq });
             }
+        } else {
+            new_events.push((event, read));
         }
         if let Some((kind, params)) = state_upsert(event, read)? {
             let statement = match kind {
@@ -214,8 +227,67 @@ pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent], parked: &B
             transaction.execute(statement, &params).await.map_err(|error| refused(event.seq, error))?;
         }
     }
+    append_changes(&transaction, &new_events).await?;
     transaction.commit().await?;
     Ok(())
+}
+
+/// Gives each event new to bkg_db the next position of the change feed, in seq order. Taken
+/// last, the head's lock is held only while the batch commits, and never before another lock
+/// (no deadlock with another agent's batch).
+async fn append_changes(
+    transaction: &tokio_postgres::Transaction<'_>,
+    new_events: &[(&OutboxEvent, &Read)],
+) -> Result<(), SyncError> {
+    if new_events.is_empty() {
+        return Ok(());
+    }
+    // An event can be new to audit_events and not to the feed: bkg_db lost the one and kept the
+    // other (a partial restore). Its change stays where it was, never twice in the feed.
+    let agents: Vec<&str> = new_events.iter().map(|(event, _)| event.agent_id.as_str()).collect();
+    let seqs = new_events.iter().map(|(event, _)| int(event.seq, event.seq)).collect::<Result<Vec<_>, _>>()?;
+    let known: BTreeSet<(String, i64)> = transaction
+        .query(
+            "SELECT c.agent_id, c.seq FROM changes c
+             JOIN unnest($1::text[], $2::bigint[]) AS e(agent_id, seq) ON c.agent_id = e.agent_id AND c.seq = e.seq",
+            &[&agents, &seqs],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let new_events: Vec<_> =
+        new_events.iter().filter(|(event, _)| !known.contains(&(event.agent_id.clone(), event.seq as i64))).collect();
+    if new_events.is_empty() {
+        return Ok(());
+    }
+    let count = new_events.len() as i64;
+    let last: i64 = transaction.query_one(TAKE_POSITIONS, &[&count]).await?.try_get(0)?;
+    let insert = transaction.prepare(INSERT_CHANGE).await?;
+    for (position, (event, read)) in (last - count + 1..).zip(new_events) {
+        let (seq, ts_ms) = (int(event.seq, event.seq)?, int(event.seq, event.ts_ms)?);
+        let kind = bkg_schema::changes::ChangeKind::of_action(&event.action).as_str();
+        let object_id = object_id(read);
+        transaction
+            .execute(
+                &insert,
+                &[&position, &event.agent_id, &seq, &event.namespace, &kind, &event.action, &object_id, &ts_ms],
+            )
+            .await
+            .map_err(|error| refused(event.seq, error))?;
+    }
+    transaction.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &last.to_string()]).await?;
+    Ok(())
+}
+
+/// The run, sandbox or key an event changed.
+fn object_id(read: &Read) -> Option<String> {
+    match &read.details {
+        Details::KeyCreated(key) | Details::Login(key) | Details::KeyRotated(key) | Details::KeyRevoked(key) => {
+            Some(key.key_id.clone())
+        }
+        _ => read.record.run.clone().or_else(|| read.record.sandbox.clone()),
+    }
 }
 
 /// Checks that, once `events` are in, bkg_db holds every seq of each agent up to the highest

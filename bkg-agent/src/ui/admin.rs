@@ -1,8 +1,6 @@
 //! The admins' pages: the agent at a glance (health, load, limits, policy), every namespace, and
 //! the bkg_db sync with its parked events. The operations refuse everyone else (403).
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -12,7 +10,7 @@ use serde::Deserialize;
 
 use super::view::{bytes, csrf_field, maybe_time, millis, page, time};
 use super::{Viewer, ops, refusal};
-use crate::server::{AppState, Failure};
+use crate::server::AppState;
 
 fn limits_table(default: &Limits, max: &Limits) -> maud::Markup {
     let rows = [
@@ -45,7 +43,10 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
         Err(failure) => return refusal(Some(&viewer), failure),
     };
     let sync = ops::sync_status(&state, &viewer.principal).await.ok();
-    let policy = &state.auth.policy;
+    let policy = match ops::key_policy(&state, &viewer.principal) {
+        Ok(policy) => policy,
+        Err(failure) => return refusal(Some(&viewer), failure),
+    };
     let body = html! {
         (admin_nav("/ui/admin"))
         div.tiles {
@@ -77,11 +78,11 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
                     caption { "Keys by role" }
                     thead { tr { th scope="col" { "Role" } th scope="col" { "Lifetime" } th scope="col" { "Requests a minute" } } }
                     tbody {
-                        @for role in [bkg_schema::auth::Role::Admin, bkg_schema::auth::Role::Namespace, bkg_schema::auth::Role::Session, bkg_schema::auth::Role::ModelAccess] {
+                        @for role in &policy {
                             tr {
-                                th scope="row" { (role.as_str()) }
-                                td { (millis(u64::try_from(policy.ttl.get(role).as_millis()).unwrap_or(u64::MAX))) }
-                                td { (policy.rate_per_minute.get(role)) }
+                                th scope="row" { (role.role.as_str()) }
+                                td { (millis(role.ttl_ms)) }
+                                td { (role.rate_per_minute) }
                             }
                         }
                     }
@@ -92,40 +93,11 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
     page(Some(&viewer), "Admin", body).into_response()
 }
 
-/// What each namespace holds, gathered from what an admin may list.
-#[derive(Default)]
-struct Namespace {
-    sandboxes: usize,
-    keys: usize,
-    recent_runs: usize,
-    last_run_ms: Option<u64>,
-}
-
 pub async fn namespaces(State(state): State<AppState>, viewer: Viewer) -> Response {
-    if !viewer.principal.is_admin() {
-        return refusal(Some(&viewer), Failure::forbidden("only an admin may list every namespace"));
-    }
-    let mut namespaces: BTreeMap<String, Namespace> = BTreeMap::new();
-    let gathered = async {
-        for sandbox in ops::list_sandboxes(&state, &viewer.principal).await? {
-            namespaces.entry(sandbox.namespace).or_default().sandboxes += 1;
-        }
-        for key in ops::list_keys(&state, &viewer.principal).await? {
-            if let Some(namespace) = key.namespace {
-                namespaces.entry(namespace).or_default().keys += 1;
-            }
-        }
-        let filter = ops::RunFilter { limit: 1000, ..Default::default() };
-        for run in ops::list_runs(&state, &viewer.principal, filter).await? {
-            let entry = namespaces.entry(run.namespace).or_default();
-            entry.recent_runs += 1;
-            entry.last_run_ms = entry.last_run_ms.max(Some(run.started_at_ms));
-        }
-        Ok::<_, Failure>(())
+    let namespaces = match ops::namespaces(&state, &viewer.principal).await {
+        Ok(namespaces) => namespaces,
+        Err(failure) => return refusal(Some(&viewer), failure),
     };
-    if let Err(failure) = gathered.await {
-        return refusal(Some(&viewer), failure);
-    }
     let body = html! {
         (admin_nav("/ui/admin/namespaces"))
         p.muted { "Runs are counted among the newest 1000." }

@@ -38,14 +38,14 @@ fn base_url(address: SocketAddr, tls: bool) -> String {
 /// Issue a one-time login URL for the socket's peer (never over TCP, not even with an admin key:
 /// the token logs in as the machine's administrator).
 pub async fn launch(State(state): State<AppState>, principal: Option<Extension<Principal>>) -> Response {
-    let uid = match principal {
-        Some(Extension(Principal::Local { uid })) => uid,
-        _ => {
-            return Failure::forbidden("only a peer on the agent's unix socket may ask for a login URL")
-                .into_response();
-        }
+    let Some(Extension(principal)) = principal else {
+        return Failure::unauthorized("ask for a login URL over the agent's unix socket").into_response();
     };
-    match launch_url(&state, uid).await {
+    let launched = match super::ops::ui_login_grant(&state, &principal) {
+        Ok(uid) => launch_url(&state, uid).await,
+        Err(failure) => Err(failure),
+    };
+    match launched {
         Ok(launch) => Json(launch).into_response(),
         Err(failure) => failure.into_response(),
     }

@@ -1,29 +1,26 @@
-//! The one door from the Web UI to the agent's operations. Every page reads and changes things
-//! only through these functions, which apply the same checks as the HTTP API (most call its
-//! handlers or their helpers as they are), so a namespace user sees in the browser exactly what
-//! its key sees over HTTP, and another namespace's sandbox or run is "not found".
+//! The one door from the Web UI to the agent's operations (`service/`). Every page reads and
+//! changes things only through these functions, which call the same operations as the HTTP API
+//! and MCP, so a namespace user sees in the browser exactly what its key sees over HTTP, and
+//! another namespace's sandbox or run is "not found". Refusals come back as the API's `Failure`
+//! (its status and message), which the pages show.
 
-use std::path::Path;
+use std::collections::BTreeMap;
 
-use axum::Json;
-use axum::body::Body;
-use axum::extract::{Extension, State};
+use bkg_schema::audit::{SignedRecord, VerifyReport};
 use bkg_schema::auth::{CreateKeyRequest, IssuedKey, KeyInfo, LoginRequest};
-use bkg_schema::sandbox::{ExecRequest, NewSandbox, SandboxInfo};
-use bkg_schema::sync::{Retried, SyncView};
-use bkg_schema::{AgentInfo, Language, RunRecord, RunResult};
+use bkg_schema::health::HealthReason;
+use bkg_schema::sandbox::{NewSandbox, SandboxInfo};
+use bkg_schema::sync::{Retried, RetryRequest, SyncView};
+use bkg_schema::{AgentInfo, Language, RunRecord};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+
+pub use crate::service::{AuditFilter, KeyPolicy, NamespaceSummary, RunOutput, RunTask};
 
 use crate::auth::Principal;
-use crate::engine::run::{RunError, RunOutput};
-use crate::ids::new_id;
-use crate::server::input::PathParam;
-use crate::server::{AppState, Failure, auth_api, runs, sandboxes, system};
+use crate::service::{HealthVerdict, RunInput};
+use crate::server::{AppState, Failure};
 
-/// What an operation refused, with the HTTP status the API would answer.
-pub type OpError = Failure;
-pub type OpResult<T> = Result<T, OpError>;
+pub type OpResult<T> = Result<T, Failure>;
 
 /// Most output a run page shows of a run's log.
 pub const MAX_SHOWN_OUTPUT_BYTES: u64 = 1024 * 1024;
@@ -31,56 +28,47 @@ pub const MAX_SHOWN_OUTPUT_BYTES: u64 = 1024 * 1024;
 /// The principal of an API key, given the hash of its secret; refused when it is unknown,
 /// revoked or expired.
 pub async fn key_principal(state: &AppState, key_hash: &str) -> OpResult<Principal> {
-    crate::server::principal_of_key_hash(state, key_hash).await
+    Ok(state.service.authenticate_key_hash(key_hash).await?)
 }
 
 /// A user's password exchanged for a session key of their namespace, as `POST /api/v1/auth/login`.
 pub async fn login(state: &AppState, username: String, password: String) -> OpResult<IssuedKey> {
-    let body =
-        serde_json::to_vec(&LoginRequest { username, password }).map_err(|e| Failure::internal(e.to_string()))?;
-    let (_, Json(issued)) = auth_api::login(State(state.clone()), Body::from(body)).await?;
-    Ok(issued)
+    Ok(state.service.log_in(LoginRequest { username, password }).await?)
 }
 
 /// Ends a session key when its browser session ends.
 pub async fn revoke_own_key(state: &AppState, principal: &Principal) -> OpResult<()> {
     if let Some(id) = principal.key_id() {
-        let Json(_revoked) =
-            auth_api::revoke_key(State(state.clone()), Extension(principal.clone()), PathParam(id.to_owned())).await?;
+        state.service.revoke_key(principal, id).await?;
     }
     Ok(())
 }
 
+/// The uid a one-time login URL is issued for: only the socket's peer may have one.
+pub fn ui_login_grant(state: &AppState, principal: &Principal) -> OpResult<u32> {
+    Ok(state.service.ui_login_grant(principal)?)
+}
+
 pub async fn list_sandboxes(state: &AppState, principal: &Principal) -> OpResult<Vec<SandboxInfo>> {
-    runs::require_code_runner(principal)?;
-    let mut infos = Vec::new();
-    for sandbox in state.store.list_sandboxes(None).await? {
-        if principal.reaches(&sandbox.definition.namespace) {
-            infos.push(sandboxes::sandbox_info(state, sandbox).await?);
-        }
-    }
-    Ok(infos)
+    Ok(state.service.list_sandboxes(principal, None, None).await?)
 }
 
 pub async fn get_sandbox(state: &AppState, principal: &Principal, id: &str) -> OpResult<SandboxInfo> {
-    let stored = sandboxes::visible_sandbox(state, principal, id).await?;
-    sandboxes::sandbox_info(state, stored).await
+    Ok(state.service.get_sandbox(principal, id).await?)
 }
 
 pub async fn create_sandbox(state: &AppState, principal: &Principal, new: NewSandbox) -> OpResult<SandboxInfo> {
-    runs::require_code_runner(principal)?;
-    sandboxes::create_in_namespace(state, principal, new).await
+    Ok(state.service.create_sandbox(principal, new).await?)
 }
 
 pub async fn delete_sandbox(state: &AppState, principal: &Principal, id: &str) -> OpResult<()> {
-    let stored = sandboxes::visible_sandbox(state, principal, id).await?;
-    sandboxes::remove(state, principal, id, stored).await
+    Ok(state.service.delete_sandbox(principal, id).await?)
 }
 
-/// A run of `code` in sandbox `id` that has begun: its output as it comes, and its result.
+/// A run of code in a sandbox that has begun: its output as it comes, and its result.
 pub struct CodeRun {
     pub output: mpsc::Receiver<RunOutput>,
-    pub result: JoinHandle<Result<RunResult, RunError>>,
+    pub result: RunTask,
 }
 
 /// Runs `code` with the sandbox's Python or Node, the script read from standard input. The
@@ -92,35 +80,11 @@ pub async fn run_code(
     language: Language,
     code: &str,
 ) -> OpResult<CodeRun> {
-    let stored = sandboxes::visible_sandbox(state, principal, id).await?;
-    let interpreter = match language {
-        Language::Python => &state.engine.config.python,
-        Language::Node => &state.engine.config.node,
-    };
-    let exec = ExecRequest {
-        command: format!("exec {} -", interpreter.display()),
-        detach: false,
-        env: Default::default(),
-        stdin_base64: Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, code)),
-    };
-    let validated = state.engine.validate_exec(&stored.definition, exec)?;
-    if state.engine.current_run(id).is_some() {
-        return Err(Failure::from(RunError::Busy(format!(
-            "sandbox {} is already running; stop it first",
-            stored.definition.name
-        ))));
-    }
-    let (input_tx, input_rx) = mpsc::channel(1);
-    drop(input_tx);
+    let accepted = state.service.accept_code(principal, id, language, code).await?;
+    // No input but the script: the closed channel is the end of stdin.
+    let (_, input) = mpsc::channel::<RunInput>(1);
     let (output_tx, output) = mpsc::channel(64);
-    let result = tokio::spawn(runs::execute(
-        state.clone(),
-        principal.clone(),
-        new_id("run"),
-        validated,
-        input_rx,
-        Some(output_tx),
-    ));
+    let result = state.service.start(accepted, input, Some(output_tx));
     Ok(CodeRun { output, result })
 }
 
@@ -132,181 +96,89 @@ pub struct RunFilter {
     pub limit: u32,
 }
 
-/// The newest runs the caller may see, as `GET /api/v1/runs`.
+/// The newest runs the caller may see, as `GET /api/v1/runs` (a namespace user asking for
+/// another namespace is refused, as there).
 pub async fn list_runs(state: &AppState, principal: &Principal, filter: RunFilter) -> OpResult<Vec<RunRecord>> {
-    runs::require_code_runner(principal)?;
-    let namespace = match (principal.namespace(), filter.namespace) {
-        (Some(own), Some(asked)) if own != asked => return Ok(Vec::new()),
-        (Some(own), _) => Some(own.to_owned()),
-        (None, asked) => asked,
-    };
-    Ok(state.store.list_runs(namespace, filter.sandbox, filter.limit.clamp(1, 1000)).await?)
+    Ok(state.service.list_runs(principal, filter.limit.clamp(1, 1000), filter.namespace, filter.sandbox).await?)
 }
 
 /// One run, as `GET /api/v1/runs/{id}`: another namespace's is "not found".
 pub async fn get_run(state: &AppState, principal: &Principal, id: &str) -> OpResult<RunRecord> {
-    runs::require_code_runner(principal)?;
-    match state.store.get_run(id).await? {
-        Some(run) if principal.reaches(&run.namespace) => Ok(run),
-        _ => Err(Failure::not_found(format!("no run {id}"))),
-    }
+    Ok(state.service.get_run(principal, id).await?)
 }
 
-/// A run's output as its sandbox's log kept it (stdout and stderr as they came), up to
-/// `MAX_SHOWN_OUTPUT_BYTES`; `None` for a temporary run or a log the sandbox no longer keeps.
+/// A run's output as its sandbox's log kept it, up to `MAX_SHOWN_OUTPUT_BYTES`.
 pub async fn run_output(state: &AppState, principal: &Principal, run: &RunRecord) -> OpResult<Option<Vec<u8>>> {
-    let Some(sandbox_id) = &run.sandbox_id else { return Ok(None) };
-    let Ok(stored) = sandboxes::visible_sandbox(state, principal, sandbox_id).await else { return Ok(None) };
-    let definition = stored.definition;
-    let log = Path::new(&definition.project_dir)
-        .join(".bkg/sandboxes")
-        .join(&definition.name)
-        .join("logs")
-        .join(format!("{}.log", run.id));
-    let Ok(file) = tokio::fs::File::open(&log).await else { return Ok(None) };
-    let mut bytes = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(file, MAX_SHOWN_OUTPUT_BYTES), &mut bytes)
-        .await
-        .map_err(|error| Failure::internal(format!("read {}: {error}", log.display())))?;
-    Ok(Some(bytes))
+    Ok(state.service.run_output(principal, run, MAX_SHOWN_OUTPUT_BYTES).await?)
 }
 
 /// The keys the caller may manage, as `GET /api/v1/auth/keys`.
 pub async fn list_keys(state: &AppState, principal: &Principal) -> OpResult<Vec<KeyInfo>> {
-    let Json(keys) = auth_api::list_keys(State(state.clone()), Extension(principal.clone())).await?;
-    Ok(keys)
+    Ok(state.service.list_keys(principal).await?)
 }
 
 pub async fn create_key(state: &AppState, principal: &Principal, request: CreateKeyRequest) -> OpResult<IssuedKey> {
-    let body = serde_json::to_vec(&request).map_err(|e| Failure::internal(e.to_string()))?;
-    let (_, Json(issued)) =
-        auth_api::create_key(State(state.clone()), Extension(principal.clone()), Body::from(body)).await?;
-    Ok(issued)
+    Ok(state.service.create_key(principal, request).await?)
 }
 
 pub async fn rotate_key(state: &AppState, principal: &Principal, id: &str) -> OpResult<IssuedKey> {
-    let Json(issued) =
-        auth_api::rotate_key(State(state.clone()), Extension(principal.clone()), PathParam(id.to_owned())).await?;
-    Ok(issued)
+    Ok(state.service.rotate_key(principal, id).await?)
 }
 
 pub async fn revoke_key(state: &AppState, principal: &Principal, id: &str) -> OpResult<KeyInfo> {
-    let Json(key) =
-        auth_api::revoke_key(State(state.clone()), Extension(principal.clone()), PathParam(id.to_owned())).await?;
-    Ok(key)
+    Ok(state.service.revoke_key(principal, id).await?)
 }
 
 /// The agent's version, load, limits and policy (admins only).
 pub async fn agent_info(state: &AppState, principal: &Principal) -> OpResult<AgentInfo> {
-    let Json(info) = system::agent_info(State(state.clone()), Extension(principal.clone())).await?;
-    Ok(info)
+    Ok(state.service.agent_info(principal)?)
+}
+
+/// Each role's key lifetime and request allowance (admins only).
+pub fn key_policy(state: &AppState, principal: &Principal) -> OpResult<Vec<KeyPolicy>> {
+    Ok(state.service.key_policy(principal)?)
 }
 
 /// The bkg_db sync: backlog, lag, parked events (admins only).
 pub async fn sync_status(state: &AppState, principal: &Principal) -> OpResult<SyncView> {
-    let Json(view) = system::sync_status(State(state.clone()), Extension(principal.clone())).await?;
-    Ok(view)
+    Ok(state.service.sync_status(principal).await?)
 }
 
 /// Ships parked events again: one (`seq`) or all (admins only).
 pub async fn sync_retry(state: &AppState, principal: &Principal, seq: Option<u64>) -> OpResult<Retried> {
-    let body =
-        serde_json::to_vec(&bkg_schema::sync::RetryRequest { seq }).map_err(|e| Failure::internal(e.to_string()))?;
-    let Json(retried) =
-        system::sync_retry(State(state.clone()), Extension(principal.clone()), Body::from(body)).await?;
-    Ok(retried)
+    Ok(state.service.retry_sync(principal, RetryRequest { seq }).await?)
 }
 
-/// The agent's health as `GET /healthz` answers a key: `ok`, `degraded (reason)`, or why it
-/// cannot run code (admins only).
+fn reason_word(reason: HealthReason) -> String {
+    serde_json::to_value(reason).ok().and_then(|value| value.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// The agent's health as `GET /healthz` answers a key: whether it is in service, and `ok`,
+/// `degraded (reason)` or why it cannot run code.
 pub async fn health(state: &AppState, principal: &Principal) -> OpResult<(bool, String)> {
-    if !principal.is_admin() {
-        return Err(Failure::forbidden("only an admin may read the agent's health"));
-    }
-    let response = system::healthz(State(state.clone()), Some(Extension(principal.clone()))).await;
-    let healthy = response.status().is_success();
-    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
-        .await
-        .map_err(|_| Failure::internal("could not read the health answer"))?;
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let said = if healthy {
-        match value["reason"].as_str() {
-            Some(reason) => format!("{} ({reason})", value["status"].as_str().unwrap_or("ok")),
-            None => value["status"].as_str().unwrap_or("ok").to_owned(),
-        }
-    } else {
-        value["error"]["message"].as_str().unwrap_or("unavailable").to_owned()
-    };
-    Ok((healthy, said))
+    Ok(match state.service.health(Some(principal)).await? {
+        HealthVerdict::Healthy => (true, "ok".to_owned()),
+        HealthVerdict::Degraded(reason) => (true, format!("degraded ({})", reason_word(reason))),
+        HealthVerdict::Unavailable { reason, detail } => (false, detail.unwrap_or_else(|| reason_word(reason))),
+    })
 }
 
-/// Which audit records a page lists.
-#[derive(Debug, Default, Clone)]
-pub struct AuditFilter {
-    pub namespace: Option<String>,
-    pub actor: Option<String>,
-    pub action: Option<String>,
-    pub limit: usize,
+/// Every namespace with what it holds (admins only).
+pub async fn namespaces(state: &AppState, principal: &Principal) -> OpResult<BTreeMap<String, NamespaceSummary>> {
+    Ok(state.service.namespaces(principal).await?)
 }
 
-fn audit_dir(state: &AppState) -> std::path::PathBuf {
-    state.engine.config.state_dir.join("audit")
+/// The newest audit records that match `filter`, newest first (admins only).
+pub async fn audit_records(state: &AppState, principal: &Principal, filter: AuditFilter) -> OpResult<Vec<SignedRecord>> {
+    Ok(state.service.audit_records(principal, filter).await?)
 }
 
-fn require_admin(principal: &Principal, what: &str) -> OpResult<()> {
-    if !principal.is_admin() {
-        return Err(Failure::forbidden(format!("only an admin may {what}")));
-    }
-    Ok(())
+/// Checks the audit log's hash chain and signatures (admins only).
+pub async fn audit_verify(state: &AppState, principal: &Principal) -> OpResult<VerifyReport> {
+    Ok(state.service.verify_audit(principal).await?)
 }
 
-/// The newest audit records that match `filter`, newest first, as the log holds them (admins
-/// only). Listing does not check signatures: `audit_verify` does, on demand.
-pub async fn audit_records(
-    state: &AppState,
-    principal: &Principal,
-    filter: AuditFilter,
-) -> OpResult<Vec<bkg_schema::audit::SignedRecord>> {
-    require_admin(principal, "read the audit log")?;
-    let dir = audit_dir(state);
-    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<bkg_schema::audit::SignedRecord>> {
-        let mut kept = std::collections::VecDeque::new();
-        for (_, path) in bkg_schema::audit::log_files(&dir)? {
-            let text = std::fs::read(&path)?;
-            for line in text.split(|byte| *byte == b'\n').filter(|line| !line.is_empty()) {
-                let Ok(record) = serde_json::from_slice::<bkg_schema::audit::SignedRecord>(line) else { continue };
-                let wanted = filter.namespace.as_ref().is_none_or(|wanted| record.namespace.as_ref() == Some(wanted))
-                    && filter.actor.as_ref().is_none_or(|wanted| &record.actor == wanted)
-                    && filter.action.as_ref().is_none_or(|wanted| &record.action == wanted);
-                if wanted {
-                    if kept.len() == filter.limit.max(1) {
-                        kept.pop_front();
-                    }
-                    kept.push_back(record);
-                }
-            }
-        }
-        Ok(kept.into_iter().rev().collect())
-    });
-    read.await
-        .map_err(|_| Failure::internal("the audit reader failed"))?
-        .map_err(|error| Failure::internal(format!("read the audit log: {error}")))
-}
-
-/// Checks the audit log's hash chain and signatures with the agent's public key (admins only).
-pub async fn audit_verify(state: &AppState, principal: &Principal) -> OpResult<bkg_schema::audit::VerifyReport> {
-    require_admin(principal, "verify the audit log")?;
-    let (dir, key_file) = (audit_dir(state), state.engine.config.state_dir.join("audit.pub"));
-    let verified = tokio::task::spawn_blocking(move || -> Result<bkg_schema::audit::VerifyReport, String> {
-        let text =
-            std::fs::read_to_string(&key_file).map_err(|error| format!("read {}: {error}", key_file.display()))?;
-        let key = bkg_schema::audit::PublicKey::from_hex(text.trim()).map_err(|error| error.to_string())?;
-        let files: Vec<_> = bkg_schema::audit::log_files(&dir)
-            .map_err(|error| error.to_string())?
-            .into_iter()
-            .map(|(_, path)| path)
-            .collect();
-        bkg_schema::audit::verify(&files, &key).map_err(|error| error.to_string())
-    });
-    verified.await.map_err(|_| Failure::internal("the audit verifier failed"))?.map_err(Failure::internal)
+/// Whether the pages offer the caller the admin pages (the operations refuse everyone else).
+pub fn administers(principal: &Principal) -> bool {
+    crate::service::access::administers(principal)
 }

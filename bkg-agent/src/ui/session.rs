@@ -56,8 +56,8 @@ pub struct UiState {
 /// 32 random bytes, hex.
 pub fn random_token() -> Result<String, keys::KeyError> {
     let mut bytes = [0u8; 32];
-    keys::fill_random(&mut bytes)?;
-    Ok(crate::hex::encode(&bytes))
+    crate::ids::fill_random(&mut bytes).map_err(keys::KeyError::Random)?;
+    Ok(hex::encode(bytes))
 }
 
 /// Compares secrets in time independent of where they differ.

@@ -16,7 +16,6 @@ use serde::Deserialize;
 
 use super::view::{bytes, copyable, csrf_field, maybe_time, millis, page, time};
 use super::{Viewer, ansi, ops, refusal};
-use crate::engine::run::RunOutput;
 use crate::server::{AppState, Failure};
 
 fn limits_cells(limits: &Limits) -> Markup {
@@ -83,7 +82,7 @@ fn sandboxes_page(viewer: &Viewer, list: &[SandboxInfo], error: Option<&str>, st
                         small #name-help { "Lowercase letters, digits and dashes." } }
                     div { label for="language" { "Language" }
                         select #language name="language" { option value="python" { "Python" } option value="node" { "Node" } } }
-                    @if viewer.principal.is_admin() {
+                    @if ops::administers(&viewer.principal) {
                         div { label for="namespace" { "Namespace" } input #namespace name="namespace" placeholder="default"; }
                     }
                     div { label for="cpus" { "CPUs" } input #cpus name="cpus" placeholder="1" inputmode="decimal"; }
@@ -301,9 +300,9 @@ pub async fn run_code(
     let events = futures_util::stream::unfold(streams, |mut streams| async move {
         if let Some(event_out) = streams.output.recv().await {
             let chunk = match event_out {
-                RunOutput::Started(run_id) => event("started", &json_text(&run_id)),
-                RunOutput::Stdout(bytes) => event("stdout", &json_text(&whole_chars(&mut streams.stdout, &bytes))),
-                RunOutput::Stderr(bytes) => event("stderr", &json_text(&whole_chars(&mut streams.stderr, &bytes))),
+                ops::RunOutput::Started(run_id) => event("started", &json_text(&run_id)),
+                ops::RunOutput::Stdout(bytes) => event("stdout", &json_text(&whole_chars(&mut streams.stdout, &bytes))),
+                ops::RunOutput::Stderr(bytes) => event("stderr", &json_text(&whole_chars(&mut streams.stderr, &bytes))),
             };
             return Some((Ok::<_, Infallible>(chunk), streams));
         }
@@ -330,8 +329,8 @@ pub async fn run_code(
 /// A run's output on its way to the page: a character split between two reads waits for its
 /// other half, so multi-byte text arrives whole.
 struct Streams {
-    output: tokio::sync::mpsc::Receiver<RunOutput>,
-    result: Option<tokio::task::JoinHandle<Result<RunResult, crate::engine::run::RunError>>>,
+    output: tokio::sync::mpsc::Receiver<ops::RunOutput>,
+    result: Option<ops::RunTask>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
 }
@@ -407,7 +406,7 @@ pub async fn runs(State(state): State<AppState>, viewer: Viewer, Query(query): Q
     let body = html! {
         form.filters method="get" action="/ui/runs" {
             div { label for="f-sandbox" { "Sandbox id" } input #f-sandbox name="sandbox" value=(query.sandbox); }
-            @if viewer.principal.is_admin() {
+            @if ops::administers(&viewer.principal) {
                 div { label for="f-namespace" { "Namespace" } input #f-namespace name="namespace" value=(query.namespace); }
             }
             div { label for="f-outcome" { "Outcome" }
@@ -514,7 +513,7 @@ fn keys_page(
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let admin = viewer.principal.is_admin();
+    let admin = ops::administers(&viewer.principal);
     let may_issue = matches!(viewer.principal.role(), Role::Admin | Role::Namespace);
     let body = html! {
         @if let Some(error) = error { p.error role="alert" { (error) } }

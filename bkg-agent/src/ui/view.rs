@@ -34,7 +34,7 @@ fn frame(viewer: Option<&Viewer>, title: &str, body: Markup) -> Markup {
                             a href="/ui/sandboxes" { "Sandboxes" }
                             a href="/ui/runs" { "Runs" }
                             a href="/ui/keys" { "Keys" }
-                            @if viewer.principal.is_admin() {
+                            @if super::ops::administers(&viewer.principal) {
                                 a href="/ui/admin" { "Admin" }
                                 a href="/ui/admin/audit" { "Audit" }
                             }

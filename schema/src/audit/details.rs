@@ -318,6 +318,9 @@ pub struct AgentConfig {
     pub listen: Option<String>,
     pub bkg_db: bool,
     pub version: String,
+    /// The security level the agent runs at (absent in lines of agents older than the levels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_level: Option<crate::host::SecurityLevel>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ mod v1;
 mod v2;
 
 pub use v1::{V1Driver, V1Hierarchy};
-pub use v2::V2Driver;
+pub use v2::{V2Driver, WANTED_CONTROLLERS as V2_CONTROLLERS};
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;

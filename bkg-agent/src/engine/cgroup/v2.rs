@@ -11,7 +11,7 @@ use super::{
     read_text, remove_cgroup_tree, remove_stale_runs, validate_component, write_if_present, write_raw, write_value,
 };
 
-const WANTED_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+pub const WANTED_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 
 pub struct V2Driver {
     own_dir: PathBuf,

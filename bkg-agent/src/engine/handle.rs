@@ -1,0 +1,200 @@
+//! A run's handle: where it stands (queued → started → ended → recorded, and whether its sandbox
+//! is cleaned up), as a `watch` channel that callers wait on, and its stop signal. A persistent
+//! sandbox holds the handle of its run in the engine's registry from the moment the run is
+//! accepted, so a stop or an exec right after finds it, and nobody sleeps to find out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::Engine;
+use super::request::{RunError, ValidatedRun};
+
+/// How far a run has come. Each step comes after the one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RunPhase {
+    /// Accepted; waiting for its turn or a sandbox.
+    Queued,
+    /// Its code was handed to a sandbox.
+    Started,
+    /// It is over (ended, killed, cancelled or failed); the sandbox is being disposed of.
+    Ended,
+    /// Its end is in the store and the audit log, so what a caller reads next shows it.
+    Recorded,
+}
+
+/// A run's progress: its phase, and whether the sandbox it used is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunProgress {
+    pub phase: RunPhase,
+    /// Whether the run holds a sandbox that is not disposed of yet.
+    pub holds_sandbox: bool,
+}
+
+impl RunProgress {
+    /// Recorded and nothing of its sandbox left: its disk may be removed.
+    pub fn is_settled(&self) -> bool {
+        self.phase == RunPhase::Recorded && !self.holds_sandbox
+    }
+}
+
+/// The shared half of a run's handle.
+#[derive(Debug)]
+pub struct RunTracker {
+    pub run_id: String,
+    progress: watch::Sender<RunProgress>,
+    stop: Notify,
+}
+
+impl RunTracker {
+    fn new(run_id: String) -> Arc<Self> {
+        let progress = watch::Sender::new(RunProgress { phase: RunPhase::Queued, holds_sandbox: false });
+        Arc::new(Self { run_id, progress, stop: Notify::new() })
+    }
+
+    /// Moves the run forward to `phase`; never back.
+    pub fn advance(&self, phase: RunPhase) {
+        self.progress.send_if_modified(|progress| {
+            let moved = phase > progress.phase;
+            if moved {
+                progress.phase = phase;
+            }
+            moved
+        });
+    }
+
+    pub(super) fn set_holds_sandbox(&self, holds: bool) {
+        self.progress.send_if_modified(|progress| std::mem::replace(&mut progress.holds_sandbox, holds) != holds);
+    }
+
+    pub fn watch(&self) -> watch::Receiver<RunProgress> {
+        self.progress.subscribe()
+    }
+
+    /// Asks the run to stop (`killed_by: cancelled`), whether it is queued or running.
+    pub fn stop(&self) {
+        self.stop.notify_one();
+    }
+
+    pub(super) async fn stopped(&self) {
+        self.stop.notified().await
+    }
+}
+
+/// Waits until `progress` satisfies `done`, at most `patience`. Returns whether it did.
+pub async fn wait_until(
+    mut progress: watch::Receiver<RunProgress>,
+    patience: Duration,
+    done: impl Fn(&RunProgress) -> bool,
+) -> bool {
+    tokio::time::timeout(patience, progress.wait_for(|now| done(now))).await.is_ok_and(|waited| waited.is_ok())
+        || done(&progress.borrow())
+}
+
+/// An accepted run: its tracker, and for a persistent sandbox the registry entry that keeps a
+/// second run out until this one has ended.
+pub struct RunTicket {
+    pub(super) tracker: Arc<RunTracker>,
+    registered: Option<Registered>,
+}
+
+impl RunTicket {
+    pub fn run_id(&self) -> &str {
+        &self.tracker.run_id
+    }
+
+    pub fn tracker(&self) -> Arc<RunTracker> {
+        Arc::clone(&self.tracker)
+    }
+}
+
+impl Drop for RunTicket {
+    fn drop(&mut self) {
+        // However the run went (ended, failed, never started), it is over once its ticket goes.
+        self.tracker.advance(RunPhase::Ended);
+        drop(self.registered.take());
+    }
+}
+
+/// Persistent sandboxes with a run going on: sandbox id → the run's tracker.
+#[derive(Default)]
+pub struct Registry {
+    runs: Mutex<HashMap<String, Arc<RunTracker>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RunTracker>>> {
+        // Every change is one insert or remove: the map stays consistent under a panic elsewhere.
+        self.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, sandbox_id: &str) -> Option<Arc<RunTracker>> {
+        self.lock().get(sandbox_id).cloned()
+    }
+}
+
+/// Removes a persistent sandbox's run from the registry when dropped.
+struct Registered {
+    engine: Arc<Engine>,
+    sandbox_id: String,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.engine.registry.lock().remove(&self.sandbox_id);
+    }
+}
+
+impl Engine {
+    /// Accepts a validated run under `run_id`. A persistent sandbox takes one run at a time (two
+    /// would mount the same disk): a second is refused as busy until the first has ended.
+    pub fn accept(self: &Arc<Self>, run_id: String, run: &ValidatedRun) -> Result<RunTicket, RunError> {
+        let tracker = RunTracker::new(run_id);
+        let Some(sandbox_id) = run.sandbox_id() else {
+            return Ok(RunTicket { tracker, registered: None });
+        };
+        let mut runs = self.registry.lock();
+        if let Some(running) = runs.get(sandbox_id) {
+            return Err(RunError::Busy(format!(
+                "sandbox {sandbox_id} is already running ({}); stop it first",
+                running.run_id
+            )));
+        }
+        runs.insert(sandbox_id.to_owned(), Arc::clone(&tracker));
+        let registered = Registered { engine: Arc::clone(self), sandbox_id: sandbox_id.to_owned() };
+        Ok(RunTicket { tracker, registered: Some(registered) })
+    }
+
+    /// The run going on in persistent sandbox `sandbox_id`, if any.
+    pub fn current_run(&self, sandbox_id: &str) -> Option<Arc<RunTracker>> {
+        self.registry.get(sandbox_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn progress_only_moves_forward_and_waiters_see_it() {
+        let tracker = RunTracker::new("run_1".into());
+        let waiter = tokio::spawn(wait_until(tracker.watch(), Duration::from_secs(30), RunProgress::is_settled));
+        tracker.set_holds_sandbox(true);
+        tracker.advance(RunPhase::Ended);
+        tracker.advance(RunPhase::Started);
+        assert_eq!(tracker.watch().borrow().phase, RunPhase::Ended, "a phase never goes back");
+        tracker.advance(RunPhase::Recorded);
+        assert!(!tracker.watch().borrow().is_settled(), "its sandbox is still held");
+        tracker.set_holds_sandbox(false);
+        assert!(matches!(waiter.await, Ok(true)));
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_runs_out_of_patience_says_so() {
+        let tracker = RunTracker::new("run_1".into());
+        let settled = wait_until(tracker.watch(), Duration::from_millis(1), RunProgress::is_settled).await;
+        assert!(!settled);
+    }
+}

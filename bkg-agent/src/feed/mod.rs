@@ -1,0 +1,293 @@
+//! The change feed (`GET /api/v1/changes`, `bkg watch`): inserts and updates of runs, sandboxes
+//! and keys, and the other audit events, each at a position a reader resumes after.
+//!
+//! With a bkg_db the feed is bkg_db's `changes` table (positions global to every agent sharing it,
+//! gap-free, committed in order: see sync/migrations/0002_changes.sql and docs/bkg-db.md), read
+//! by position under the namespace's role; one LISTEN connection per agent only wakes the
+//! readers. Without a bkg_db it is the local outbox, read by seq (store/changes.rs).
+//!
+//! A reader is pulled by its client: it reads one page when the previous one has been sent, so a
+//! slow client holds at most one page in the agent and is paced by its own connection.
+
+mod db;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bkg_schema::changes::{Change, ChangeKind, ChangeSource, Resume};
+use futures_util::Stream;
+use tokio::sync::watch;
+
+use crate::store::{OutboxRow, Store, StoreError};
+
+/// Changes read at once: the most a reader holds in memory.
+const PAGE: usize = 100;
+
+/// How long a reader waits before it tries bkg_db again after a failure, at most.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("bkg_db: {0}")]
+    Db(#[from] crate::sync::SyncError),
+    #[error("bkg_db: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a caller asks the feed for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedRequest {
+    /// Deliver the changes after this position (0: from the start).
+    pub since: u64,
+    /// Only this namespace's changes (an admin's filter; other callers see only their own).
+    pub namespace: Option<String>,
+    /// Only these kinds; empty for all.
+    pub kinds: BTreeSet<ChangeKind>,
+}
+
+impl FeedRequest {
+    /// Reads the request's parts as the API takes them: `since` (the query's, else the
+    /// `Last-Event-ID` an SSE client resends), a comma-separated list of kinds.
+    pub fn parse(
+        since: Option<&str>,
+        last_event_id: Option<&str>,
+        kinds: Option<&str>,
+        namespace: Option<String>,
+    ) -> Result<Self, FeedError> {
+        let since = match since.or(last_event_id).map(str::trim) {
+            None | Some("") => 0,
+            Some(text) => text.parse().map_err(|_| {
+                FeedError::BadRequest(format!("the cursor must be a position (a number), not {text:?}"))
+            })?,
+        };
+        let kinds = kinds
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|kind| !kind.is_empty())
+            .map(|kind| {
+                ChangeKind::parse(kind).ok_or_else(|| {
+                    FeedError::BadRequest(format!("unknown kind {kind:?}: use runs, sandboxes, keys or audit"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { since, namespace, kinds })
+    }
+}
+
+/// What a stream delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedItem {
+    Change(Box<Change>),
+    /// The agent ends the stream; the last item.
+    Resume(Resume),
+}
+
+/// The agent's feed: where it reads from and what wakes its readers.
+pub struct Feed {
+    store: Store,
+    db_url: Option<String>,
+    /// Bumped when changes may have arrived: by the outbox (local) or by bkg_db's notifications.
+    wake: watch::Receiver<u64>,
+    stop: watch::Sender<bool>,
+}
+
+impl Feed {
+    /// Starts the feed on the current runtime: with `db_url`, a task that LISTENs to bkg_db.
+    pub fn start(store: Store, db_url: Option<String>) -> Arc<Self> {
+        let stop = watch::Sender::new(false);
+        let wake = match &db_url {
+            Some(url) => db::listen(url.clone(), stop.subscribe()),
+            None => store.outbox_bumps(),
+        };
+        Arc::new(Self { store, db_url, wake, stop })
+    }
+
+    /// Ends every stream (each with a [`Resume`]) and the LISTEN task: the agent is stopping.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    pub fn source(&self) -> ChangeSource {
+        if self.db_url.is_some() { ChangeSource::BkgDb } else { ChangeSource::Local }
+    }
+
+    /// The changes of `namespace` (all of them for `None`: an admin's), from `since` on, live
+    /// until the client leaves or the agent stops. Who may read which namespace is decided by the
+    /// caller (service/access.rs).
+    pub fn subscribe(
+        &self,
+        namespace: Option<String>,
+        since: u64,
+        kinds: BTreeSet<ChangeKind>,
+    ) -> impl Stream<Item = FeedItem> + Send + 'static {
+        let source = match &self.db_url {
+            Some(url) => Source::Db(db::Reader::new(url.clone(), namespace.clone())),
+            None => Source::Local(self.store.clone()),
+        };
+        let reader = Reader {
+            source,
+            after: since,
+            namespace,
+            kinds,
+            page: VecDeque::new(),
+            wake: self.wake.clone(),
+            stop: self.stop.subscribe(),
+            stopping: false,
+            finished: false,
+        };
+        futures_util::stream::unfold(reader, |mut reader| async move {
+            let item = reader.next().await?;
+            Some((item, reader))
+        })
+    }
+}
+
+enum Source {
+    Local(Store),
+    Db(db::Reader),
+}
+
+struct Reader {
+    source: Source,
+    /// The position of the last change read (delivered or filtered out).
+    after: u64,
+    namespace: Option<String>,
+    kinds: BTreeSet<ChangeKind>,
+    page: VecDeque<Change>,
+    wake: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    stopping: bool,
+    finished: bool,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Option<FeedItem> {
+        let mut retry = Duration::from_millis(250);
+        loop {
+            if let Some(change) = self.page.pop_front() {
+                return Some(FeedItem::Change(Box::new(change)));
+            }
+            if self.finished {
+                return None;
+            }
+            if self.stopping || *self.stop.borrow() {
+                self.finished = true;
+                return Some(FeedItem::Resume(Resume {
+                    resume_from: self.after,
+                    reason: "the agent is stopping".into(),
+                }));
+            }
+            // Marked seen before reading: a wake-up during the read is not lost.
+            self.wake.borrow_and_update();
+            let pause = match self.read().await {
+                Ok(true) => {
+                    retry = Duration::from_millis(250);
+                    continue;
+                }
+                Ok(false) => None,
+                Err(error) => {
+                    tracing::warn!(%error, after = self.after, "the change feed could not read; trying again");
+                    let pause = retry;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    Some(pause)
+                }
+            };
+            // A sender gone (the feed, its LISTEN task) means the agent is stopping.
+            let stopping = async {
+                match pause {
+                    None => tokio::select! {
+                        changed = self.wake.changed() => changed.is_err(),
+                        changed = self.stop.changed() => changed.is_err() || *self.stop.borrow(),
+                    },
+                    Some(pause) => tokio::select! {
+                        changed = self.stop.changed() => changed.is_err() || *self.stop.borrow(),
+                        () = tokio::time::sleep(pause) => false,
+                    },
+                }
+            };
+            self.stopping = stopping.await;
+        }
+    }
+
+    /// Reads the next page into `page`; whether anything was read (delivered or not).
+    async fn read(&mut self) -> Result<bool, FeedError> {
+        let (last, changes) = match &mut self.source {
+            Source::Local(store) => {
+                let rows = store.outbox_after(self.after, self.namespace.clone(), PAGE).await?;
+                let last = rows.last().map(|row| row.seq);
+                let changes = rows
+                    .into_iter()
+                    .filter(|row| self.kinds.is_empty() || self.kinds.contains(&row.kind()))
+                    .map(local_change)
+                    .collect();
+                (last, changes)
+            }
+            Source::Db(reader) => {
+                let changes = reader.read(self.after, &self.kinds, PAGE).await?;
+                (changes.back().map(|change| change.position), changes)
+            }
+        };
+        let Some(last) = last else { return Ok(false) };
+        self.after = last;
+        self.page = changes;
+        Ok(true)
+    }
+}
+
+fn local_change(row: OutboxRow) -> Change {
+    let kind = row.kind();
+    let record: serde_json::Value = serde_json::from_str(&row.line).unwrap_or(serde_json::Value::Null);
+    Change {
+        position: row.seq,
+        source: ChangeSource::Local,
+        kind,
+        object_id: object_id(kind, &record),
+        action: row.action,
+        namespace: row.namespace,
+        agent_id: row.agent_id,
+        seq: row.seq,
+        ts_ms: row.ts_ms,
+        record,
+    }
+}
+
+/// The run, sandbox or key a record names (sync/ship.rs stores the same in bkg_db).
+fn object_id(kind: ChangeKind, record: &serde_json::Value) -> Option<String> {
+    let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
+    match kind {
+        ChangeKind::Keys => text(&record["details"]["key_id"]),
+        _ => text(&record["run"]).or_else(|| text(&record["sandbox"])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_read_with_clear_errors() -> Result<(), FeedError> {
+        let request = FeedRequest::parse(None, Some("42"), Some("runs, keys"), None)?;
+        assert_eq!(request.since, 42);
+        assert_eq!(request.kinds, BTreeSet::from([ChangeKind::Runs, ChangeKind::Keys]));
+        assert_eq!(FeedRequest::parse(Some("7"), Some("42"), None, None)?.since, 7, "?since= wins");
+        assert!(matches!(FeedRequest::parse(Some("x"), None, None, None), Err(FeedError::BadRequest(_))));
+        assert!(matches!(FeedRequest::parse(None, None, Some("runs,logs"), None), Err(FeedError::BadRequest(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn a_key_record_names_its_key_and_a_run_record_its_run() {
+        let key = serde_json::json!({"details": {"key_id": "key_1"}, "sandbox": "sb"});
+        assert_eq!(object_id(ChangeKind::Keys, &key).as_deref(), Some("key_1"));
+        let run = serde_json::json!({"run": "run_1", "sandbox": "sb"});
+        assert_eq!(object_id(ChangeKind::Runs, &run).as_deref(), Some("run_1"));
+    }
+}

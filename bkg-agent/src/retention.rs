@@ -1,0 +1,154 @@
+//! Retention: runs and their logs expire after a time per namespace (default 30 days), in the
+//! local store and in bkg_db, where each agent deletes its own runs. The audit log, its outbox
+//! and bkg_db's audit_events and changes are never deleted: they are the signed record.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::{ExpiredRun, Store, StoreError};
+
+/// The default retention (docs/bkg-db.md).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How often expired runs are looked for (and once at start-up).
+const EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error("--retention-for wants NAMESPACE=DURATION, not {0:?}")]
+    Shape(String),
+    #[error("retention {0:?}: {1}")]
+    Duration(String, bkg_schema::UnitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("bkg_db: {0}")]
+    Db(#[from] crate::sync::SyncError),
+    #[error("bkg_db: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// How long each namespace's runs are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub default: Duration,
+    pub per_namespace: BTreeMap<String, Duration>,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self { default: DEFAULT_RETENTION, per_namespace: BTreeMap::new() }
+    }
+}
+
+impl RetentionPolicy {
+    /// From the agent's flags: `--retention DURATION` and `--retention-for NS=DURATION`.
+    pub fn parse(default: &str, per_namespace: &[String]) -> Result<Self, RetentionError> {
+        let duration = |text: &str| {
+            bkg_schema::parse_duration_ms(text)
+                .map(Duration::from_millis)
+                .map_err(|error| RetentionError::Duration(text.to_owned(), error))
+        };
+        let mut policy = Self { default: duration(default)?, per_namespace: BTreeMap::new() };
+        for entry in per_namespace {
+            let (namespace, text) = entry
+                .split_once('=')
+                .filter(|(namespace, _)| !namespace.is_empty())
+                .ok_or_else(|| RetentionError::Shape(entry.clone()))?;
+            policy.per_namespace.insert(namespace.to_owned(), duration(text)?);
+        }
+        Ok(policy)
+    }
+
+    pub fn of(&self, namespace: &str) -> Duration {
+        self.per_namespace.get(namespace).copied().unwrap_or(self.default)
+    }
+
+    /// Runs of `namespace` that finished before this time (ms) have expired.
+    pub fn cutoff_ms(&self, namespace: &str, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(u64::try_from(self.of(namespace).as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Expires runs now and then every hour, until the runtime ends.
+pub fn spawn(store: Store, policy: RetentionPolicy, db: Option<(String, String)>) {
+    let policy = Arc::new(policy);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(EVERY);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = expire(&store, &policy, db.as_ref(), crate::ids::now_ms()).await {
+                tracing::warn!(%error, "retention could not expire runs");
+            }
+        }
+    });
+}
+
+/// One pass: the local store, the sandboxes' run logs, then (with `db`: its URL and this agent's
+/// id) this agent's rows in bkg_db. Returns the runs expired locally.
+pub async fn expire(
+    store: &Store,
+    policy: &Arc<RetentionPolicy>,
+    db: Option<&(String, String)>,
+    now_ms: u64,
+) -> Result<Vec<ExpiredRun>, RetentionError> {
+    let cutoffs = Arc::clone(policy);
+    let expired = store.expire_runs(move |namespace| cutoffs.cutoff_ms(namespace, now_ms)).await?;
+    for run in &expired {
+        let Some(sandbox_id) = &run.sandbox_id else { continue };
+        let Some(sandbox) = store.get_sandbox(sandbox_id).await? else { continue };
+        let log = Path::new(&sandbox.definition.project_dir)
+            .join(".bkg/sandboxes")
+            .join(&sandbox.definition.name)
+            .join("logs")
+            .join(format!("{}.log", run.id));
+        if let Err(error) = std::fs::remove_file(&log)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, log = %log.display(), "could not remove an expired run's log");
+        }
+    }
+    if !expired.is_empty() {
+        tracing::info!(runs = expired.len(), "retention expired runs");
+    }
+    if let Some((url, agent_id)) = db {
+        expire_in_db(url, agent_id, policy, now_ms).await?;
+    }
+    Ok(expired)
+}
+
+/// Deletes this agent's expired runs from bkg_db, namespace by namespace.
+async fn expire_in_db(url: &str, agent_id: &str, policy: &RetentionPolicy, now_ms: u64) -> Result<u64, RetentionError> {
+    let client = crate::sync::connect(url).await?;
+    let namespaces = client.query("SELECT DISTINCT namespace FROM runs WHERE agent_id = $1", &[&agent_id]).await?;
+    let mut deleted = 0;
+    for row in namespaces {
+        let namespace: String = row.try_get(0)?;
+        let cutoff = i64::try_from(policy.cutoff_ms(&namespace, now_ms)).unwrap_or(i64::MAX);
+        deleted += client
+            .execute(
+                "DELETE FROM runs WHERE agent_id = $1 AND namespace = $2 AND finished_at_ms < $3",
+                &[&agent_id, &namespace, &cutoff],
+            )
+            .await?;
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_may_keep_its_runs_for_another_time() -> Result<(), RetentionError> {
+        let policy = RetentionPolicy::parse("30d", &["ci=1h".into(), "audit=365d".into()])?;
+        assert_eq!(policy.of("ci"), Duration::from_secs(3600));
+        assert_eq!(policy.of("other"), DEFAULT_RETENTION);
+        assert_eq!(policy.cutoff_ms("ci", 10_000_000), 10_000_000 - 3_600_000);
+        assert_eq!(policy.cutoff_ms("audit", 5), 0);
+        assert!(matches!(RetentionPolicy::parse("30d", &["=1h".into()]), Err(RetentionError::Shape(_))));
+        assert!(matches!(RetentionPolicy::parse("soon", &[]), Err(RetentionError::Duration(..))));
+        Ok(())
+    }
+}

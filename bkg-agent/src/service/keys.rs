@@ -1,0 +1,317 @@
+//! Who is calling (an API key's principal) and the keys themselves: users (signup by an admin,
+//! login with a password), API keys (create, list, get, rotate, revoke, delete), session refresh
+//! and signed rotation notices from peers.
+
+use bkg_schema::audit::Details;
+use bkg_schema::auth::{
+    CreateKeyRequest, IssuedKey, KEY_ROTATED_EVENT, KeyInfo, LoginRequest, NoticeAccepted, Role, RotationNotice,
+    SignupRequest, UserInfo,
+};
+use bkg_schema::sandbox::is_dns_label;
+
+use super::access::{AdminTask, manages, may_create_key, namespace_for, require_admin};
+use super::{OpError, OpResult, Service};
+use crate::auth::notice::{Delivery, MAX_SKEW};
+use crate::auth::{Principal, keys, password};
+use crate::ids::{new_id, now_ms};
+use crate::store::{Caller, KeyKind, NewKey};
+
+/// Requests without a key (login, peers' rotation notices) allowed per client address and
+/// minute: enough for people and peers, too few to guess passwords.
+pub const KEYLESS_ROUTES_PER_MINUTE: u32 = 30;
+
+/// How often a key's `last_used_at_ms` is written, at most.
+const LAST_USED_EVERY_MS: u64 = 60_000;
+
+/// A rotation notice as it arrived: the signature header and the body it signs.
+pub struct SignedNotice<'a> {
+    pub signature: &'a str,
+    pub body: &'a [u8],
+}
+
+/// A key to issue.
+struct Wanted {
+    role: Role,
+    namespace: Option<String>,
+    name: Option<String>,
+    user: Option<String>,
+    ttl_ms: u64,
+}
+
+fn hashing_failed<E>(_: E) -> OpError {
+    OpError::Internal("the hashing task failed".into())
+}
+
+impl Service {
+    /// The key behind `secret`, if it is known, unexpired and unrevoked.
+    pub async fn authenticate_key(&self, secret: &str) -> OpResult<Principal> {
+        self.authenticate_key_hash(&keys::hash(secret)).await
+    }
+
+    /// The key whose secret hashes to `hash`, as [`authenticate_key`](Self::authenticate_key)
+    /// (the Web UI's sessions keep the hash, never the secret).
+    pub async fn authenticate_key_hash(&self, hash: &str) -> OpResult<Principal> {
+        let Some(key) = self.store.key_by_hash(hash).await? else {
+            return Err(OpError::Unauthorized("unknown API key".into()));
+        };
+        let now = now_ms();
+        if key.revoked_at_ms.is_some() {
+            return Err(OpError::Unauthorized(format!("API key {} is revoked", key.id)));
+        }
+        if key.expires_at_ms <= now {
+            return Err(OpError::Unauthorized(format!("API key {} has expired", key.id)));
+        }
+        self.note_key_use(&key.id, now);
+        Ok(Principal::Key(key))
+    }
+
+    /// Records when a key was last used, at most once a minute per key, off the request's path.
+    fn note_key_use(&self, key_id: &str, now: u64) {
+        {
+            let mut written = self.auth.last_used_written.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if written.get(key_id).is_some_and(|at| now.saturating_sub(*at) < LAST_USED_EVERY_MS) {
+                return;
+            }
+            written.insert(key_id.to_owned(), now);
+        }
+        let (store, key_id) = (self.store.clone(), key_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(error) = store.key_used(&key_id, now).await {
+                tracing::warn!(%error, key = %key_id, "could not record the key's use");
+            }
+        });
+    }
+
+    fn ttl_ms(&self, role: Role) -> u64 {
+        u64::try_from(self.auth.policy.ttl.get(role).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Makes and stores a new key, recorded as `kind`; the secret is returned once and never kept.
+    async fn issue(&self, caller: &Caller, kind: KeyKind, wanted: Wanted) -> OpResult<IssuedKey> {
+        let Wanted { role, namespace, name, user, ttl_ms } = wanted;
+        let secret = keys::generate(role).map_err(|error| OpError::Internal(error.to_string()))?;
+        let now = now_ms();
+        let new = NewKey {
+            id: new_id("key"),
+            hash: keys::hash(&secret),
+            role,
+            namespace,
+            name,
+            user,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+        };
+        let info = self.store.insert_key(caller, kind, new).await?;
+        Ok(IssuedKey { key: secret, info })
+    }
+
+    async fn managed_key(&self, principal: &Principal, id: &str) -> OpResult<KeyInfo> {
+        match self.store.get_key(id).await? {
+            Some(key) if manages(principal, &key) => Ok(key),
+            _ => Err(OpError::NotFound(format!("no key {id}"))),
+        }
+    }
+
+    /// Creates a user who can log in to one namespace.
+    pub async fn sign_up(&self, principal: &Principal, request: SignupRequest) -> OpResult<UserInfo> {
+        require_admin(principal, AdminTask::SignUp)?;
+        if !is_dns_label(&request.username) {
+            return Err(OpError::Invalid("the username must be a DNS label (a-z, 0-9, -)".into()));
+        }
+        if !is_dns_label(&request.namespace) {
+            return Err(OpError::Invalid("the namespace must be a DNS label (a-z, 0-9, -)".into()));
+        }
+        if request.password.chars().count() < password::MIN_PASSWORD_CHARS {
+            return Err(OpError::Invalid(format!(
+                "the password must have at least {} characters",
+                password::MIN_PASSWORD_CHARS
+            )));
+        }
+        let secret = request.password;
+        // argon2id takes tens of milliseconds of CPU: not on the async workers.
+        let hash = tokio::task::spawn_blocking(move || password::hash(&secret))
+            .await
+            .map_err(hashing_failed)?
+            .map_err(|error| OpError::Internal(error.to_string()))?;
+        let user = UserInfo { username: request.username, namespace: request.namespace, created_at_ms: now_ms() };
+        let caller = principal.audit_caller(&user.namespace);
+        if !self.store.insert_user(&caller, &user, hash).await? {
+            return Err(OpError::Conflict(format!("user `{}` exists", user.username)));
+        }
+        Ok(user)
+    }
+
+    /// Exchanges a user's password for a session key of their namespace.
+    pub async fn log_in(&self, request: LoginRequest) -> OpResult<IssuedKey> {
+        let user = self.store.user(&request.username).await?;
+        let stored_hash = user.as_ref().map(|(_, hash)| hash.clone());
+        let secret = request.password;
+        let matches = tokio::task::spawn_blocking(move || password::verify(&secret, stored_hash.as_deref()))
+            .await
+            .map_err(hashing_failed)?;
+        let Some((user, _)) = user.filter(|_| matches) else {
+            return Err(OpError::Unauthorized("wrong username or password".into()));
+        };
+        let caller = Caller { actor: format!("user:{}", user.username), namespace: user.namespace.clone() };
+        let wanted = Wanted {
+            role: Role::Session,
+            namespace: Some(user.namespace),
+            name: None,
+            user: Some(user.username),
+            ttl_ms: self.ttl_ms(Role::Session),
+        };
+        self.issue(&caller, Details::Login, wanted).await
+    }
+
+    /// Trades the session key in use for a new one with a fresh lifetime; the old one is revoked.
+    pub async fn refresh_session(&self, principal: &Principal) -> OpResult<IssuedKey> {
+        let Principal::Key(current) = principal else {
+            return Err(OpError::Forbidden("refresh needs the session key to refresh; a socket peer has none".into()));
+        };
+        if current.role != Role::Session {
+            return Err(OpError::Forbidden("only session keys are refreshed; rotate other keys".into()));
+        }
+        let caller = principal.audit_caller(current.namespace.as_deref().unwrap_or_default());
+        let wanted = Wanted {
+            role: Role::Session,
+            namespace: current.namespace.clone(),
+            name: current.name.clone(),
+            user: current.user.clone(),
+            ttl_ms: self.ttl_ms(Role::Session),
+        };
+        let issued = self.issue(&caller, Details::KeyCreated, wanted).await?;
+        self.store.revoke_key(&caller, &current.id, now_ms()).await?;
+        Ok(issued)
+    }
+
+    /// Creates an API key: admins any; a namespace key session and model-access keys of its
+    /// namespace.
+    pub async fn create_key(&self, principal: &Principal, request: CreateKeyRequest) -> OpResult<IssuedKey> {
+        may_create_key(principal, request.role)?;
+        let namespace = match (request.role, request.namespace) {
+            (Role::Admin, None) => None,
+            (Role::Admin, Some(_)) => {
+                return Err(OpError::Invalid("admin keys reach every namespace; give none".into()));
+            }
+            (_, asked) => {
+                if principal.is_admin() && asked.is_none() {
+                    return Err(OpError::Invalid(format!("a {} key needs a namespace", request.role.as_str())));
+                }
+                Some(namespace_for(principal, asked.as_deref())?)
+            }
+        };
+        let role_ttl = self.ttl_ms(request.role);
+        let ttl = match request.ttl_seconds {
+            None => role_ttl,
+            Some(0) => return Err(OpError::Invalid("ttl_seconds must be above zero".into())),
+            Some(seconds) if seconds.saturating_mul(1000) > role_ttl => {
+                return Err(OpError::Invalid(format!(
+                    "ttl_seconds {seconds} is above the {} role's lifetime of {} s",
+                    request.role.as_str(),
+                    role_ttl / 1000
+                )));
+            }
+            Some(seconds) => seconds * 1000,
+        };
+        if let Some(name) = &request.name
+            && (name.is_empty() || name.chars().count() > 200)
+        {
+            return Err(OpError::Invalid("a key's name has 1 to 200 characters".into()));
+        }
+        let caller = principal.audit_caller(namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
+        let wanted = Wanted { role: request.role, namespace, name: request.name, user: None, ttl_ms: ttl };
+        self.issue(&caller, Details::KeyCreated, wanted).await
+    }
+
+    /// The keys the caller may manage, newest first.
+    pub async fn list_keys(&self, principal: &Principal) -> OpResult<Vec<KeyInfo>> {
+        let keys = self.store.list_keys(principal.namespace().map(str::to_owned)).await?;
+        Ok(keys.into_iter().filter(|key| manages(principal, key)).collect())
+    }
+
+    pub async fn get_key(&self, principal: &Principal, id: &str) -> OpResult<KeyInfo> {
+        self.managed_key(principal, id).await
+    }
+
+    /// Gives a key a new secret and a fresh lifetime as long as the one it was issued with (at
+    /// most its role's); the old secret stops working at once and webhooks hear of it.
+    pub async fn rotate_key(&self, principal: &Principal, id: &str) -> OpResult<IssuedKey> {
+        let key = self.managed_key(principal, id).await?;
+        if key.revoked_at_ms.is_some() {
+            return Err(OpError::Conflict(format!("key {id} is revoked; a revoked key cannot be rotated")));
+        }
+        let secret = keys::generate(key.role).map_err(|error| OpError::Internal(error.to_string()))?;
+        let now = now_ms();
+        // The key's own lifetime (what it was issued or last rotated with), within its role's.
+        let own_ttl = key.expires_at_ms.saturating_sub(key.rotated_at_ms.unwrap_or(key.created_at_ms));
+        let expires = now.saturating_add(own_ttl.clamp(1, self.ttl_ms(key.role)));
+        let caller = principal.audit_caller(key.namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
+        let Some(info) = self.store.rotate_key(&caller, id, &keys::hash(&secret), now, expires).await? else {
+            return Err(OpError::Conflict(format!("key {id} was revoked meanwhile")));
+        };
+        let notice = RotationNotice {
+            event: KEY_ROTATED_EVENT.into(),
+            key_id: info.id.clone(),
+            role: info.role,
+            namespace: info.namespace.clone(),
+            rotated_at_ms: now,
+            expires_at_ms: info.expires_at_ms,
+            agent: agent_name(),
+        };
+        let metrics = std::sync::Arc::clone(&self.metrics);
+        self.auth.notifier.send(&notice, move |delivery| metrics.webhook_delivery(delivery == Delivery::Delivered));
+        Ok(IssuedKey { key: secret, info })
+    }
+
+    /// Revokes a key: it gets 401 from its next request on. Revoking twice changes nothing.
+    pub async fn revoke_key(&self, principal: &Principal, id: &str) -> OpResult<KeyInfo> {
+        let key = self.managed_key(principal, id).await?;
+        let caller = principal.audit_caller(key.namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
+        self.store.revoke_key(&caller, id, now_ms()).await?.ok_or_else(|| OpError::NotFound(format!("no key {id}")))
+    }
+
+    /// Deletes a key for good.
+    pub async fn delete_key(&self, principal: &Principal, id: &str) -> OpResult<()> {
+        let key = self.managed_key(principal, id).await?;
+        let caller = principal.audit_caller(key.namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
+        if !self.store.delete_key(&caller, id).await? {
+            return Err(OpError::NotFound(format!("no key {id}")));
+        }
+        Ok(())
+    }
+
+    /// Accepts a peer's key-rotation notice: its signature (HMAC under the shared webhook
+    /// secret, within `MAX_SKEW`) is the credential, and each notice is accepted once.
+    pub async fn accept_rotation_notice(&self, notice: SignedNotice<'_>) -> OpResult<NoticeAccepted> {
+        let Some(key) = self.auth.notifier.key() else {
+            return Err(OpError::Unauthorized("this agent has no webhook secret, so it cannot check notices".into()));
+        };
+        let now = now_ms();
+        let signature = key
+            .verify(notice.signature, notice.body, now / 1000)
+            .map_err(|error| OpError::Unauthorized(error.to_string()))?;
+        let parsed: RotationNotice = match serde_json::from_slice::<serde_json::Value>(notice.body) {
+            Err(error) => return Err(OpError::BadRequest(format!("invalid request body: {error}"))),
+            Ok(value) if !value.is_object() => {
+                return Err(OpError::Invalid("the request body must be a JSON object".into()));
+            }
+            Ok(value) => serde_json::from_value(value)
+                .map_err(|error| OpError::Invalid(format!("invalid request body: {error}")))?,
+        };
+        if parsed.event != KEY_ROTATED_EVENT {
+            return Err(OpError::Invalid(format!("unknown event `{}`", parsed.event)));
+        }
+        let forget_before = now.saturating_sub(2 * MAX_SKEW.as_millis() as u64);
+        let body_text = String::from_utf8_lossy(notice.body);
+        if !self.store.remember_notice(&signature, &body_text, now, forget_before).await? {
+            return Err(OpError::Replayed("this notice was already accepted".into()));
+        }
+        tracing::info!(key = %parsed.key_id, agent = %parsed.agent, role = parsed.role.as_str(), "a peer rotated a key");
+        Ok(NoticeAccepted { accepted: true, key_id: parsed.key_id })
+    }
+}
+
+fn agent_name() -> String {
+    let host = nix::unistd::gethostname().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("{host}/{}", std::process::id())
+}

@@ -1,0 +1,200 @@
+//! The agent's operations: one function per thing a caller can do (run code, define and drive
+//! sandboxes, keys and logins, health, sync), each taking the caller's `Principal` and returning
+//! a domain result or an `OpError`. Every caller goes through here — HTTP (`server/`), MCP
+//! (`mcp.rs`) and any later one — and none of them touches the engine, the store or the sync
+//! itself. Who may do what is decided in `access.rs`, and only there.
+
+pub mod access;
+mod changes;
+mod keys;
+mod runs;
+mod sandboxes;
+mod system;
+mod ui_support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bkg_schema::ErrorCode;
+use tokio::sync::Notify;
+
+use crate::auth::AuthPolicy;
+use crate::auth::notice::Notifier;
+use crate::auth::rate::RateLimiter;
+use crate::engine::Engine;
+use crate::engine::run::RunError;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+pub use crate::engine::run::{RunInput, RunOutput};
+pub use crate::feed::FeedItem;
+pub use changes::ChangeStream;
+pub use keys::{KEYLESS_ROUTES_PER_MINUTE, SignedNotice};
+pub use runs::{Accepted, RunTask};
+pub use sandboxes::LogTail;
+pub use system::{HealthProbe, HealthVerdict, MetricsText};
+pub use ui_support::{AuditFilter, KeyPolicy, NamespaceSummary};
+
+/// Why an operation did not happen. Each transport turns it into its own shape (an HTTP status
+/// and the API's error body in `server/failure.rs`, a tool error in `mcp.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Input out of the range an operation takes at all (a listing's limit).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed input with values the agent will not take.
+    #[error("{0}")]
+    Invalid(String),
+    /// Missing, or not the caller's to see: the two are answered alike.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A signed notice seen before.
+    #[error("{0}")]
+    Replayed(String),
+    /// Something the operation needs (bkg_db, the sandboxes' directory, runs) does not work now.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type OpResult<T> = Result<T, OpError>;
+
+impl From<crate::feed::FeedError> for OpError {
+    fn from(error: crate::feed::FeedError) -> Self {
+        match error {
+            crate::feed::FeedError::Forbidden(message) => Self::Forbidden(message),
+            crate::feed::FeedError::BadRequest(message) => Self::BadRequest(message),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// The kind of refusal an `OpError` is, for transports to map to their own statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The input cannot be taken at all.
+    BadRequest,
+    /// The input is well-formed but its values are refused.
+    Invalid,
+    NotFound,
+    Unauthorized,
+    Forbidden,
+    Conflict,
+    /// Not now: the caller may retry (after `retry_after_secs`, when given).
+    Unavailable,
+    Internal,
+}
+
+impl OpError {
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Self::BadRequest(_) => Refusal::BadRequest,
+            Self::Invalid(_) => Refusal::Invalid,
+            Self::NotFound(_) => Refusal::NotFound,
+            Self::Unauthorized(_) => Refusal::Unauthorized,
+            Self::Forbidden(_) => Refusal::Forbidden,
+            Self::Conflict(_) | Self::Replayed(_) => Refusal::Conflict,
+            Self::Unavailable(_) => Refusal::Unavailable,
+            Self::Run(run) => match run {
+                RunError::BadRequest(_) | RunError::LimitAboveMaximum { .. } | RunError::RuntimeNotExecutable(_) => {
+                    Refusal::Invalid
+                }
+                RunError::Busy(_) => Refusal::Conflict,
+                RunError::Overloaded { .. } | RunError::Engine(_) => Refusal::Unavailable,
+            },
+            Self::Store(_) | Self::Internal(_) => Refusal::Internal,
+        }
+    }
+
+    /// The API's error code (`bkg_schema::ErrorCode`).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) | Self::Invalid(_) => ErrorCode::BadRequest,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Replayed(_) => ErrorCode::Replayed,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Run(run) => run.code(),
+            Self::Store(_) | Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// When a refused caller may try again: a full queue or a spent disk budget drains.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::Run(RunError::Overloaded { retry_after_secs, .. }) => Some(u64::from(*retry_after_secs)),
+            _ => None,
+        }
+    }
+}
+
+/// Keys, limits and notices: the authentication half of the agent's state.
+pub struct AuthState {
+    pub policy: AuthPolicy,
+    pub limiter: RateLimiter,
+    pub notifier: Notifier,
+    /// When each key's use was last written to the store.
+    last_used_written: Mutex<HashMap<String, u64>>,
+}
+
+impl AuthState {
+    pub fn new(policy: AuthPolicy, notifier: Notifier) -> Self {
+        Self { policy, limiter: RateLimiter::default(), notifier, last_used_written: Mutex::new(HashMap::new()) }
+    }
+}
+
+/// The bkg_db sync worker and its URL, when one is configured.
+pub type SyncLink = (Arc<crate::sync::SyncHandle<Store>>, String);
+
+/// What the operations work with. Built once by the daemon; shared by every transport.
+pub struct Service {
+    engine: Arc<Engine>,
+    feed: Arc<crate::feed::Feed>,
+    store: Store,
+    pub metrics: Arc<Metrics>,
+    pub auth: AuthState,
+    health: HealthProbe,
+    sync: Option<SyncLink>,
+    /// Told when an admin asks the agent to stop.
+    shutdown: Arc<Notify>,
+    socket: PathBuf,
+}
+
+/// The parts a `Service` is made of.
+pub struct ServiceParts {
+    pub engine: Arc<Engine>,
+    pub feed: Arc<crate::feed::Feed>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub auth: AuthState,
+    pub health: HealthProbe,
+    pub sync: Option<SyncLink>,
+    pub shutdown: Arc<Notify>,
+    pub socket: PathBuf,
+}
+
+impl Service {
+    pub fn new(parts: ServiceParts) -> Arc<Self> {
+        let ServiceParts { engine, feed, store, metrics, auth, health, sync, shutdown, socket } = parts;
+        Arc::new(Self { engine, feed, store, metrics, auth, health, sync, shutdown, socket })
+    }
+
+    /// Counts a run until the guard is dropped: shutdown waits until the caller has its result.
+    pub fn run_in_flight(&self) -> crate::engine::Busy {
+        self.engine.run_in_flight()
+    }
+}

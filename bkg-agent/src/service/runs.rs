@@ -1,0 +1,149 @@
+//! Runs: accepting one (checked, permitted, and for a persistent sandbox holding it), running it
+//! to its end in a task of its own with what the agent remembers of it (the store and the audit
+//! log hear of its start, its end and its cleanup, whoever asked for it), and reading runs back.
+
+use std::sync::Arc;
+
+use bkg_schema::sandbox::DetachedRun;
+use bkg_schema::{RunRecord, RunRequest, RunResult};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::access::{listing_namespace, namespace_for, reaches, require_code_runner};
+use super::{OpError, OpResult, RunInput, RunOutput, Service};
+use crate::auth::Principal;
+use crate::engine::handle::{RunPhase, RunTicket};
+use crate::engine::run::ValidatedRun;
+use crate::ids::{new_id, now_ms};
+
+/// A run the agent has taken on: checked, permitted, with its id and its place (a persistent
+/// sandbox is held for it from now on, so a stop or a second exec sees it at once).
+pub struct Accepted {
+    principal: Principal,
+    ticket: RunTicket,
+    validated: ValidatedRun,
+}
+
+impl Accepted {
+    pub fn run_id(&self) -> &str {
+        self.ticket.run_id()
+    }
+}
+
+/// A run going on in a task of its own; its result when awaited.
+pub type RunTask = JoinHandle<OpResult<RunResult>>;
+
+/// The most runs one listing returns.
+pub const MAX_LISTED_RUNS: u32 = 1000;
+
+impl Service {
+    /// Checks a run in a temporary sandbox and takes it on.
+    pub fn accept_run(&self, principal: &Principal, request: RunRequest) -> OpResult<Accepted> {
+        require_code_runner(principal)?;
+        let namespace = namespace_for(principal, request.namespace.as_deref())?;
+        let mut validated = self.engine.validate(request)?;
+        validated.namespace = namespace;
+        self.accept(principal, validated)
+    }
+
+    pub(super) fn accept(&self, principal: &Principal, validated: ValidatedRun) -> OpResult<Accepted> {
+        let ticket = self.engine.accept(new_id("run"), &validated)?;
+        Ok(Accepted { principal: principal.clone(), ticket, validated })
+    }
+
+    /// Starts an accepted run in a task of its own, with the caller's stdin and cancellation on
+    /// `input` and its output, as it is written, on `output`. Whatever the caller does (reads
+    /// slowly, stops reading, hangs up), the run keeps its limits and is recorded.
+    pub fn start(
+        self: &Arc<Self>,
+        accepted: Accepted,
+        input: mpsc::Receiver<RunInput>,
+        output: Option<mpsc::Sender<RunOutput>>,
+    ) -> RunTask {
+        tokio::spawn(Arc::clone(self).execute(accepted, input, output))
+    }
+
+    /// Runs with no stdin but what the request carries, and returns the result when it ends.
+    /// The run is its own task: a caller that hangs up must not leave a sandbox half-done.
+    pub async fn run_to_end(self: &Arc<Self>, accepted: Accepted) -> OpResult<RunResult> {
+        let (_no_input, input) = mpsc::channel(1);
+        match self.start(accepted, input, None).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(OpError::Internal("the run's task failed".into())),
+        }
+    }
+
+    /// Starts an accepted run and returns at once; its output goes to its sandbox's log.
+    pub fn detach(self: &Arc<Self>, sandbox_id: &str, accepted: Accepted) -> DetachedRun {
+        let run_id = accepted.run_id().to_owned();
+        let (_no_input, input) = mpsc::channel(1);
+        drop(self.start(accepted, input, None));
+        DetachedRun { sandbox_id: sandbox_id.to_owned(), run_id }
+    }
+
+    /// Runs an accepted run to its end and records it. Recording failures are logged, never
+    /// turned into a failed run: the caller's code did run.
+    async fn execute(
+        self: Arc<Self>,
+        accepted: Accepted,
+        input: mpsc::Receiver<RunInput>,
+        output: Option<mpsc::Sender<RunOutput>>,
+    ) -> OpResult<RunResult> {
+        let Accepted { principal, ticket, validated } = accepted;
+        // Shutdown waits for this: a run's end is recorded before the agent stops.
+        let _in_flight = self.engine.run_in_flight();
+        let caller = principal.audit_caller(&validated.namespace);
+        let tracker = ticket.tracker();
+        let run_id = tracker.run_id.clone();
+        let sandbox_id = validated.sandbox_id().map(str::to_owned);
+        // The start is recorded before the code runs, so that a crash at any moment after leaves
+        // a record the next agent closes as interrupted. Its audit line's fsync stays off this
+        // path (`Store::record`); the write itself is a SQLite commit in WAL mode.
+        let started = self
+            .store
+            .run_started(&caller, &run_id, sandbox_id.as_deref(), validated.language, validated.limits, now_ms())
+            .await;
+        if let Err(error) = started {
+            tracing::error!(%error, run = %run_id, "could not record the run's start");
+        }
+        let outcome = self.engine.run(ticket, validated, input, output).await;
+        let recorded = match &outcome {
+            Ok(result) => self.store.run_finished(&caller, sandbox_id.as_deref(), result, now_ms()).await,
+            Err(error) => {
+                self.store.run_failed(&caller, sandbox_id.as_deref(), &run_id, &error.to_string(), now_ms()).await
+            }
+        };
+        if let Err(error) = recorded {
+            tracing::error!(%error, run = %run_id, "could not record the run's end");
+        }
+        tracker.advance(RunPhase::Recorded);
+        self.metrics.run_ended(outcome.as_ref().map_err(|_| ()));
+        Ok(outcome?)
+    }
+
+    /// The newest runs the caller may see, newest first.
+    pub async fn list_runs(
+        &self,
+        principal: &Principal,
+        limit: u32,
+        namespace: Option<String>,
+        sandbox: Option<String>,
+    ) -> OpResult<Vec<RunRecord>> {
+        require_code_runner(principal)?;
+        if !(1..=MAX_LISTED_RUNS).contains(&limit) {
+            return Err(OpError::BadRequest(format!("limit must be from 1 to {MAX_LISTED_RUNS}, not {limit}")));
+        }
+        let namespace = listing_namespace(principal, namespace)?;
+        Ok(self.store.list_runs(namespace, sandbox, limit).await?)
+    }
+
+    /// One run, if the caller may see it.
+    pub async fn get_run(&self, principal: &Principal, id: &str) -> OpResult<RunRecord> {
+        require_code_runner(principal)?;
+        match self.store.get_run(id).await? {
+            Some(run) if reaches(principal, &run.namespace) => Ok(run),
+            // Another namespace's run is answered as missing: its existence is not ours to tell.
+            _ => Err(OpError::NotFound(format!("no run {id}"))),
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Persistent sandboxes: define, create, list, get, exec, start, stop, logs and delete. Every
+//! sandbox has a namespace; a caller confined to a namespace sees only its own (others are "not
+//! found"), and may only use its namespace's project directory on the agent, without host volumes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bkg_schema::RunRecord;
+use bkg_schema::paths::ProjectLayout;
+use bkg_schema::sandbox::{
+    DetachedRun, ExecRequest, NewSandbox, SandboxDefinition, SandboxInfo, SandboxState, StartRequest, is_dns_label,
+    sandbox_id,
+};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use super::access::{AdminTask, namespace_for, reaches, require_admin, require_code_runner};
+use super::runs::Accepted;
+use super::{OpError, OpResult, Service};
+use crate::auth::Principal;
+use crate::engine::handle::{RunPhase, RunProgress, wait_until};
+use crate::engine::run::RunError;
+use crate::ids::now_ms;
+use crate::store::StoredSandbox;
+
+/// How long an operation waits on a run's progress: a stopped run's recorded end (so what the
+/// caller reads next shows it; the kill itself takes far less), or a queued run's start.
+const RUN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How long a removal waits for the last run's sandbox to let go of the disk image.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How often a followed log is read again while its run goes on and writes nothing.
+const LOG_POLL: Duration = Duration::from_millis(100);
+
+/// A log as it is read: the run it belongs to and its bytes, in order, as they come.
+pub struct LogTail {
+    pub run_id: String,
+    pub chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+}
+
+fn no_sandbox(id: &str) -> OpError {
+    OpError::NotFound(format!("no sandbox {id}"))
+}
+
+fn busy(name: &str) -> OpError {
+    OpError::Run(RunError::Busy(format!("sandbox {name} is already running; stop it first")))
+}
+
+impl Service {
+    /// The project directory on the agent where the sandboxes of `namespace` live when their
+    /// caller has no project of its own here (`POST /api/v1/sandboxes`, MCP).
+    fn scratch_project_dir(&self, namespace: &str) -> std::path::PathBuf {
+        self.engine.scratch_project_dir(namespace)
+    }
+
+    async fn sandbox_info(&self, stored: StoredSandbox) -> OpResult<SandboxInfo> {
+        let definition = stored.definition;
+        let id = sandbox_id(&definition.project_dir, &definition.name);
+        let last_run = self.store.last_run_of(&id).await?;
+        let current_run = self.engine.current_run(&id).map(|run| run.run_id.clone());
+        let limits = self.engine.config.default_limits.with(&definition.limits);
+        let image = ProjectLayout::new(&definition.project_dir).disk_image(&definition.name);
+        let disk_bytes_allocated =
+            std::fs::metadata(image).map(|meta| std::os::unix::fs::MetadataExt::blocks(&meta) * 512).unwrap_or(0);
+        Ok(SandboxInfo {
+            state: if current_run.is_some() { SandboxState::Running } else { SandboxState::Idle },
+            id,
+            name: definition.name,
+            namespace: definition.namespace,
+            project_dir: definition.project_dir,
+            language: definition.language,
+            limits,
+            current_run,
+            last_run,
+            created_at_ms: stored.created_at_ms,
+            disk_bytes_allocated,
+        })
+    }
+
+    /// The sandbox `id` if the caller may reach it; another namespace's is "not found".
+    pub(super) async fn visible_sandbox(&self, principal: &Principal, id: &str) -> OpResult<StoredSandbox> {
+        require_code_runner(principal)?;
+        match self.store.get_sandbox(id).await? {
+            Some(stored) if reaches(principal, &stored.definition.namespace) => Ok(stored),
+            _ => Err(no_sandbox(id)),
+        }
+    }
+
+    /// The sandboxes the caller may see, by project and name; optionally of one project
+    /// directory or one namespace.
+    pub async fn list_sandboxes(
+        &self,
+        principal: &Principal,
+        project_dir: Option<String>,
+        namespace: Option<String>,
+    ) -> OpResult<Vec<SandboxInfo>> {
+        require_code_runner(principal)?;
+        let stored = self.store.list_sandboxes(project_dir).await?;
+        let mut infos = Vec::with_capacity(stored.len());
+        for sandbox in stored {
+            let own = &sandbox.definition.namespace;
+            if reaches(principal, own) && namespace.as_ref().is_none_or(|wanted| wanted == own) {
+                infos.push(self.sandbox_info(sandbox).await?);
+            }
+        }
+        Ok(infos)
+    }
+
+    pub async fn get_sandbox(&self, principal: &Principal, id: &str) -> OpResult<SandboxInfo> {
+        let stored = self.visible_sandbox(principal, id).await?;
+        self.sandbox_info(stored).await
+    }
+
+    /// Checks a definition and stores it; `id` must be the one it computes to.
+    pub async fn define_sandbox(
+        &self,
+        principal: &Principal,
+        id: &str,
+        definition: SandboxDefinition,
+    ) -> OpResult<SandboxInfo> {
+        require_code_runner(principal)?;
+        if !is_dns_label(&definition.name) {
+            return Err(OpError::Invalid(format!(
+                "sandbox name `{}` must be a DNS label (a-z, 0-9, -)",
+                definition.name
+            )));
+        }
+        if !is_dns_label(&definition.namespace) {
+            return Err(OpError::Invalid(format!(
+                "namespace `{}` must be a DNS label (a-z, 0-9, -)",
+                definition.namespace
+            )));
+        }
+        if !reaches(principal, &definition.namespace) {
+            return Err(OpError::Forbidden(format!(
+                "this key cannot define sandboxes in namespace `{}`",
+                definition.namespace
+            )));
+        }
+        if !principal.is_admin() {
+            // Only the machine's administrators may mount host paths into a sandbox.
+            let own_dir = self.scratch_project_dir(&definition.namespace);
+            if Path::new(&definition.project_dir) != own_dir {
+                return Err(OpError::Forbidden(format!(
+                    "a {} key may only use its namespace's project directory {}",
+                    principal.role().as_str(),
+                    own_dir.display()
+                )));
+            }
+            if !definition.volumes.is_empty() {
+                require_admin(principal, AdminTask::BindVolumes)?;
+            }
+        }
+        let project = Path::new(&definition.project_dir);
+        if !project.is_absolute() || !project.is_dir() {
+            return Err(OpError::Invalid(format!(
+                "project directory {} must be an existing absolute path",
+                definition.project_dir
+            )));
+        }
+        if id != sandbox_id(&definition.project_dir, &definition.name) {
+            return Err(OpError::Invalid(format!(
+                "sandbox id {id} does not belong to {} in {}",
+                definition.name, definition.project_dir
+            )));
+        }
+        if let Some(existing) = self.store.get_sandbox(id).await?
+            && !reaches(principal, &existing.definition.namespace)
+        {
+            return Err(OpError::Forbidden(format!("sandbox {id} belongs to another namespace")));
+        }
+        self.engine.check_definition(&definition)?;
+        let caller = principal.audit_caller(&definition.namespace);
+        let stored = self.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
+        self.sandbox_info(stored).await
+    }
+
+    /// Creates a sandbox in the caller's (or, for admins, the named) namespace's project
+    /// directory on the agent.
+    pub async fn create_sandbox(&self, principal: &Principal, new: NewSandbox) -> OpResult<SandboxInfo> {
+        require_code_runner(principal)?;
+        let namespace = namespace_for(principal, new.namespace.as_deref())?;
+        let project_dir = self.scratch_project_dir(&namespace);
+        let project = project_dir.to_string_lossy().into_owned();
+        let id = sandbox_id(&project, &new.name);
+        if self.store.get_sandbox(&id).await?.is_some() {
+            return Err(OpError::Conflict(format!("sandbox `{}` already exists in namespace `{namespace}`", new.name)));
+        }
+        if is_dns_label(&new.name) {
+            tokio::fs::create_dir_all(&project_dir)
+                .await
+                .map_err(|error| OpError::Internal(format!("create {}: {error}", project_dir.display())))?;
+        }
+        let definition = SandboxDefinition {
+            name: new.name,
+            namespace,
+            project_dir: project,
+            language: new.language,
+            limits: new.limits,
+            env: new.env,
+            volumes: Vec::new(),
+            scripts: new.scripts,
+        };
+        self.define_sandbox(principal, &id, definition).await
+    }
+
+    /// Checks a command for sandbox `id` and takes it on; the sandbox is the run's until it ends.
+    pub async fn accept_exec(&self, principal: &Principal, id: &str, exec: ExecRequest) -> OpResult<Accepted> {
+        let stored = self.visible_sandbox(principal, id).await?;
+        let validated = self.engine.validate_exec(&stored.definition, exec)?;
+        self.accept(principal, validated).map_err(|error| match error {
+            OpError::Run(RunError::Busy(_)) => busy(&stored.definition.name),
+            other => other,
+        })
+    }
+
+    /// Runs one of the sandbox's scripts (default `start`), detached; its output goes to the
+    /// sandbox's log.
+    pub async fn start_script(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        start: StartRequest,
+    ) -> OpResult<DetachedRun> {
+        let stored = self.visible_sandbox(principal, id).await?;
+        let script = start.script.unwrap_or_else(|| "start".to_owned());
+        let Some(command) = stored.definition.scripts.get(&script).cloned() else {
+            return Err(OpError::Invalid(format!("sandbox {} has no script `{script}`", stored.definition.name)));
+        };
+        let exec = ExecRequest { command, detach: true, env: start.env, stdin_base64: None };
+        let accepted = self.accept_exec(principal, id, exec).await?;
+        Ok(self.detach(id, accepted))
+    }
+
+    /// Stops the run going on in sandbox `id` (`killed_by: cancelled`) and waits until its end
+    /// is recorded, so what the caller reads next shows it. False when none was going on.
+    pub async fn stop_sandbox(&self, principal: &Principal, id: &str) -> OpResult<bool> {
+        self.visible_sandbox(principal, id).await?;
+        Ok(self.stop_and_wait(id).await)
+    }
+
+    async fn stop_and_wait(&self, id: &str) -> bool {
+        let Some(run) = self.engine.current_run(id) else {
+            return false;
+        };
+        run.stop();
+        if !wait_until(run.watch(), RUN_PATIENCE, |progress| progress.phase == RunPhase::Recorded).await {
+            tracing::warn!(sandbox = %id, run = %run.run_id, "the stopped run was not recorded in time");
+        }
+        true
+    }
+
+    /// Stops the sandbox's run and removes the sandbox with its disk and logs.
+    pub async fn delete_sandbox(&self, principal: &Principal, id: &str) -> OpResult<()> {
+        let stored = self.visible_sandbox(principal, id).await?;
+        let last_run = self.engine.current_run(id);
+        self.stop_and_wait(id).await;
+        if self.engine.current_run(id).is_some() {
+            return Err(OpError::Run(RunError::Busy(format!("sandbox {id} did not stop"))));
+        }
+        // The last run's cleanup releases the disk image moments after the run ends.
+        if let Some(run) = last_run
+            && !wait_until(run.watch(), RELEASE_PATIENCE, |progress| !progress.holds_sandbox).await
+        {
+            tracing::warn!(sandbox = %id, run = %run.run_id, "the last run's sandbox still holds the disk");
+        }
+        let definition = stored.definition;
+        let dir = ProjectLayout::new(&definition.project_dir).sandbox_dir(&definition.name);
+        if let Err(error) = tokio::fs::remove_dir_all(&dir).await
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(OpError::Internal(format!("remove {}: {error}", dir.display())));
+        }
+        let caller = principal.audit_caller(&definition.namespace);
+        self.store.delete_sandbox(&caller, id).await?;
+        Ok(())
+    }
+
+    /// The sandbox's newest run as recorded, if it has run.
+    pub async fn last_run_of(&self, principal: &Principal, id: &str) -> OpResult<Option<RunRecord>> {
+        self.visible_sandbox(principal, id).await?;
+        Ok(self.store.last_run_of(id).await?)
+    }
+
+    /// The newest run's log, read from its start; with `follow`, until that run ends.
+    pub async fn sandbox_log(&self, principal: &Principal, id: &str, follow: bool) -> OpResult<LogTail> {
+        let definition = self.visible_sandbox(principal, id).await?.definition;
+        let log_dir = ProjectLayout::new(&definition.project_dir).logs_dir(&definition.name);
+        // A run just accepted opens its log before it starts: the newest log is the one it opens.
+        if let Some(run) = self.engine.current_run(id) {
+            wait_until(run.watch(), RUN_PATIENCE, |progress| progress.phase >= RunPhase::Started).await;
+        }
+        let newest =
+            std::fs::read_dir(&log_dir).map(|entries| entries.flatten().map(|entry| entry.path()).max()).ok().flatten();
+        let Some(path) = newest else {
+            return Err(OpError::NotFound(format!("sandbox {} has not run yet", definition.name)));
+        };
+        let run_id = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+        // The run's progress while it goes on; a log of a run that has ended is read once.
+        let going_on = self.engine.current_run(id).filter(|run| follow && run.run_id == run_id).map(|run| run.watch());
+        let (sender, chunks) = mpsc::channel(16);
+        tokio::spawn(read_log(path, going_on, sender));
+        Ok(LogTail { run_id, chunks })
+    }
+}
+
+/// Sends the log file at `path` as it grows, until its run (if `going_on`) has ended.
+async fn read_log(
+    path: std::path::PathBuf,
+    mut going_on: Option<watch::Receiver<RunProgress>>,
+    sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
+) {
+    let Ok(mut file) = tokio::fs::File::open(&path).await else { return };
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buffer).await {
+            Ok(0) => {
+                let Some(progress) = going_on.as_mut().filter(|progress| progress.borrow().phase < RunPhase::Ended)
+                else {
+                    // One more read: the run may have written its last bytes as it ended.
+                    let last = file.read(&mut buffer).await.unwrap_or(0);
+                    if last > 0 {
+                        let _ = sender.send(Ok(buffer[..last].to_vec())).await;
+                    }
+                    return;
+                };
+                // A file has no way to say it grew: read again shortly, or as soon as the run ends.
+                tokio::select! {
+                    () = tokio::time::sleep(LOG_POLL) => {}
+                    _ = progress.wait_for(|progress| progress.phase >= RunPhase::Ended) => {}
+                    () = sender.closed() => return,
+                }
+            }
+            Ok(read) => {
+                if sender.send(Ok(buffer[..read].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                let _ = sender.send(Err(error)).await;
+                return;
+            }
+        }
+    }
+}

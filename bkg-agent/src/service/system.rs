@@ -1,0 +1,263 @@
+//! The agent itself: health, metrics, its description, shutdown, and its link to bkg_db.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bkg_schema::AgentInfo;
+use bkg_schema::health::HealthReason;
+use bkg_schema::sync::{Migrated, Retried, RetryRequest, SyncStatus, SyncView};
+
+use super::access::{AdminTask, require_admin};
+use super::{OpError, OpResult, Service};
+use crate::auth::Principal;
+use crate::engine::Engine;
+
+/// Whether runs work, remembered between health checks: a successful run within `interval`
+/// (a caller's or the probe's own) proves it; without one, the probe runs an empty script.
+pub struct HealthProbe {
+    interval: Duration,
+    verdict: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// Only one probe file at a time.
+    writing: Mutex<()>,
+    /// The keyless view's last verdict and when it was reached.
+    anonymous: tokio::sync::Mutex<Option<(Instant, Option<HealthReason>)>>,
+}
+
+/// How long the keyless view's verdict stands: probes from load balancers must not each cost
+/// a write to the store and the disk.
+const ANONYMOUS_VERDICT_TTL: Duration = Duration::from_secs(1);
+
+impl HealthProbe {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            verdict: tokio::sync::Mutex::new(None),
+            writing: Mutex::new(()),
+            anonymous: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Writes and removes a file where the sandboxes' state lives.
+    fn check_sandbox_dir(&self, engine: &Engine) -> Result<(), String> {
+        let _one = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let probe = engine.runs_dir().join(format!(".healthz-{}", std::process::id()));
+        std::fs::write(&probe, b"ok")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|error| format!("cannot write the sandboxes' directory {}: {error}", engine.runs_dir().display()))
+    }
+
+    async fn check_runs(&self, engine: &Arc<Engine>) -> Result<(), String> {
+        // Evidence stands for `interval`, unless a run failed after it.
+        let stands = |at: Option<Instant>| {
+            let failure = engine.capacity.last_runs().failure;
+            at.is_some_and(|at| at.elapsed() < self.interval && failure.is_none_or(|failure| failure < at))
+        };
+        if stands(engine.capacity.last_runs().success) {
+            return Ok(());
+        }
+        let mut cached = self.verdict.lock().await;
+        // A probe that finished while this check waited for the lock counts.
+        if stands(engine.capacity.last_runs().success) {
+            return Ok(());
+        }
+        if let Some((at, verdict)) = cached.as_ref()
+            && (verdict.is_err() || stands(Some(*at)))
+            && at.elapsed() < self.interval
+        {
+            return verdict.clone();
+        }
+        let verdict = engine.probe().await.map_err(|reason| format!("runs fail: {reason}"));
+        if let Err(reason) = &verdict {
+            tracing::warn!(%reason, "the health probe's run failed");
+        }
+        *cached = Some((Instant::now(), verdict.clone()));
+        verdict
+    }
+}
+
+/// What a health check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthVerdict {
+    Healthy,
+    /// The agent runs code, but something needs an operator.
+    Degraded(HealthReason),
+    /// Not healthy: the reason word, and the detail for a caller with a key.
+    Unavailable {
+        reason: HealthReason,
+        detail: Option<String>,
+    },
+}
+
+/// The metrics, in the OpenMetrics text format.
+pub struct MetricsText(pub String);
+
+impl Service {
+    /// The first check that fails: its reason word, and the detail only a caller with a key sees.
+    /// A new check goes here, with a new `HealthReason`.
+    async fn sickness(&self) -> Option<(HealthReason, String)> {
+        if let Err(error) = self.store.check_writable().await {
+            return Some((HealthReason::Store, format!("store not writable: {error}")));
+        }
+        if let Err(detail) = self.health.check_sandbox_dir(&self.engine) {
+            return Some((HealthReason::SandboxDir, detail));
+        }
+        if let Err(detail) = self.health.check_runs(&self.engine).await {
+            return Some((HealthReason::Runs, detail));
+        }
+        None
+    }
+
+    /// The reason word alone, checked at most once per `ANONYMOUS_VERDICT_TTL`.
+    async fn anonymous_sickness(&self) -> Option<HealthReason> {
+        let mut cached = self.health.anonymous.lock().await;
+        if let Some((at, verdict)) = *cached
+            && at.elapsed() < ANONYMOUS_VERDICT_TTL
+        {
+            return verdict;
+        }
+        let verdict = self.sickness().await.map(|(reason, _)| reason);
+        *cached = Some((Instant::now(), verdict));
+        verdict
+    }
+
+    /// Healthy means the store can be written and runs work: one succeeded recently, or the
+    /// probe's own empty script did. A caller without a key (`None`) learns the reason word only.
+    pub async fn health(&self, principal: Option<&Principal>) -> OpResult<HealthVerdict> {
+        let sick = match principal {
+            None => self.anonymous_sickness().await.map(|reason| (reason, None)),
+            Some(_) => self.sickness().await.map(|(reason, detail)| (reason, Some(detail))),
+        };
+        if let Some((reason, detail)) = sick {
+            return Ok(HealthVerdict::Unavailable { reason, detail });
+        }
+        // Parked events stop nothing from running: the agent stays in service, flagged.
+        if self.store.outbox_backlog().await?.parked > 0 {
+            return Ok(HealthVerdict::Degraded(HealthReason::SyncParked));
+        }
+        Ok(HealthVerdict::Healthy)
+    }
+
+    pub async fn metrics_text(&self, principal: &Principal) -> OpResult<MetricsText> {
+        require_admin(principal, AdminTask::ReadMetrics)?;
+        let backlog = self.store.outbox_backlog().await?;
+        let lag_ms = backlog.oldest_ts_ms.map(|oldest| crate::ids::now_ms().saturating_sub(oldest));
+        let text = self
+            .metrics
+            .encode(self.engine.active_runs(), self.engine.warm_count(), backlog.events, lag_ms, backlog.parked)
+            .map_err(|_| OpError::Internal("could not encode the metrics".into()))?;
+        Ok(MetricsText(text))
+    }
+
+    /// The agent: version, paths, load and limits.
+    pub fn agent_info(&self, principal: &Principal) -> OpResult<AgentInfo> {
+        require_admin(principal, AdminTask::ReadAgent)?;
+        let engine = &self.engine;
+        Ok(AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            commit: env!("BKG_COMMIT").to_owned(),
+            build_date: env!("BKG_BUILD_DATE").to_owned(),
+            protections: protections(&engine.cgroup_version()),
+            security_level: Some(engine.config.security_level),
+            runtimes: engine.config.runtimes.clone(),
+            pid: std::process::id(),
+            socket: self.socket.display().to_string(),
+            state_dir: engine.config.state_dir.display().to_string(),
+            cgroup_version: engine.cgroup_version(),
+            warm_sandboxes: engine.warm_count(),
+            active_runs: engine.active_runs(),
+            pending_cleanups: engine.cleanups_pending(),
+            default_limits: engine.config.default_limits,
+            max_limits: engine.config.max_limits,
+        })
+    }
+
+    /// Stops the agent: warm sandboxes are removed, running ones get the shutdown grace.
+    pub fn shut_down(&self, principal: &Principal) -> OpResult<()> {
+        require_admin(principal, AdminTask::StopAgent)?;
+        self.shutdown.notify_one();
+        Ok(())
+    }
+
+    fn sync_url(&self) -> OpResult<&str> {
+        match &self.sync {
+            Some((_, url)) => Ok(url),
+            None => {
+                Err(OpError::Conflict("no bkg_db is configured: start the agent with --db-url or BKG_DB_URL".into()))
+            }
+        }
+    }
+
+    /// The sync's backlog, parked events, last success and last error.
+    pub async fn sync_status(&self, principal: &Principal) -> OpResult<SyncView> {
+        require_admin(principal, AdminTask::ReadSync)?;
+        let (configured, status) = match &self.sync {
+            Some((handle, _)) => (true, handle.status().await.map_err(|error| OpError::Internal(error.to_string()))?),
+            // Without a bkg_db the outbox still holds what one would get.
+            None => {
+                let backlog = self.store.outbox_backlog().await?;
+                let status = SyncStatus {
+                    backlog: backlog.events,
+                    parked: backlog.parked,
+                    lag_ms: backlog.oldest_ts_ms.map(|oldest| crate::ids::now_ms().saturating_sub(oldest)),
+                    last_success_ms: None,
+                    last_error: None,
+                    last_error_ms: None,
+                    failures: 0,
+                };
+                (false, status)
+            }
+        };
+        Ok(SyncView { configured, status, parked_events: self.store.outbox_parked().await? })
+    }
+
+    /// Ships parked events again: back into the backlog with their attempts reset.
+    pub async fn retry_sync(&self, principal: &Principal, request: RetryRequest) -> OpResult<Retried> {
+        require_admin(principal, AdminTask::RetrySync)?;
+        let caller = principal.audit_caller(bkg_schema::DEFAULT_NAMESPACE);
+        let retried = self.store.outbox_retry(&caller, request.seq).await?;
+        if let Some(seq) = request.seq
+            && retried.is_empty()
+        {
+            return Err(OpError::NotFound(format!("outbox event {seq} is not parked")));
+        }
+        Ok(Retried { retried })
+    }
+
+    /// Applies bkg_db's migrations now (the sync also applies them when it connects).
+    pub async fn migrate_db(&self, principal: &Principal) -> OpResult<Migrated> {
+        require_admin(principal, AdminTask::MigrateDb)?;
+        let mut client =
+            crate::sync::connect(self.sync_url()?).await.map_err(|error| OpError::Unavailable(error.to_string()))?;
+        let applied =
+            crate::sync::migrate(&mut client).await.map_err(|error| OpError::Unavailable(error.to_string()))?;
+        Ok(Migrated { applied, latest: crate::sync::latest_version() })
+    }
+
+    /// An agent's audit lines as bkg_db holds them, in order, one per line.
+    pub async fn db_audit_lines(&self, principal: &Principal, agent_id: &str) -> OpResult<String> {
+        require_admin(principal, AdminTask::ReadDbAudit)?;
+        let client =
+            crate::sync::connect(self.sync_url()?).await.map_err(|error| OpError::Unavailable(error.to_string()))?;
+        let lines = crate::sync::audit_lines(&client, agent_id)
+            .await
+            .map_err(|error| OpError::Unavailable(error.to_string()))?;
+        Ok(lines.into_iter().flat_map(|line| [line, "\n".to_owned()]).collect())
+    }
+}
+
+/// What confines every sandbox here: fixed by the engine, but for Landlock, which depends on
+/// the kernel (see docs/security.md).
+fn protections(cgroup_version: &str) -> Vec<String> {
+    let landlock = match crate::engine::landlock::kernel_abi() {
+        Some(abi) => format!("landlock ABI {abi}"),
+        None => "landlock unavailable".to_owned(),
+    };
+    vec![
+        "user, pid, mount, network, ipc, uts and cgroup namespaces".to_owned(),
+        "seccomp filter".to_owned(),
+        landlock,
+        format!("cgroup {cgroup_version} limits"),
+        "capabilities dropped".to_owned(),
+        "own disk per sandbox".to_owned(),
+    ]
+}

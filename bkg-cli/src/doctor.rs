@@ -1,0 +1,324 @@
+//! `bkg doctor [--json]`: where this host and its agent stand. The host's pieces come from the
+//! agent binary itself (`bkg-agent --check-host`, so bkg and the agent judge a host alike); the
+//! agent, its socket, its state directory and bkg_db are checked from here. Each check passes,
+//! warns or fails, with what was found and the narrowest fix (docs/compatibility.md, "Hosts").
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use bkg_schema::AgentInfo;
+use bkg_schema::host::{Check, CheckStatus, DoctorReport, HostReport};
+use bkg_schema::sync::SyncView;
+use bkg_schema::units::format_size;
+
+use crate::args::DoctorArgs;
+use crate::client::AgentClient;
+use crate::exit::{BKG_FAILED, CliError};
+use crate::settings::{Place, Settings};
+
+/// Free space, whole MiB below 1 GiB and whole GiB above (rounded down): `format_size` is exact,
+/// and a measured size is rarely a round number of anything but KiB.
+fn format_free(bytes: u64) -> String {
+    let unit = if bytes >= 1 << 30 { 1 << 30 } else { 1 << 20 };
+    format_size(bytes / unit * unit)
+}
+
+/// Exit code of `bkg doctor` when a check failed (0 when all pass or only warn).
+pub const CHECK_FAILED: i32 = 1;
+/// Below this much free space the state directory cannot hold many sandbox disks.
+const LOW_FREE_SPACE: u64 = 2 * 1024 * 1024 * 1024;
+
+pub async fn run(settings: &Settings, args: DoctorArgs) -> Result<i32, CliError> {
+    let report = examine(settings, &args).await?;
+    if settings.out.is_json() {
+        let json = serde_json::to_string_pretty(&report).map_err(|error| CliError::internal(error.to_string()))?;
+        settings.out.line(format_args!("{json}"));
+    } else {
+        settings.out.text(&describe(&report));
+    }
+    Ok(if report.status == CheckStatus::Fail { CHECK_FAILED } else { 0 })
+}
+
+async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport, CliError> {
+    let endpoint = settings.endpoint()?;
+    let local_socket = match &endpoint.place {
+        Place::Socket(socket) => Some(socket.clone()),
+        Place::Remote { .. } => None,
+    };
+    let client = AgentClient::new(&endpoint)?;
+    let (agent_check, info) = agent(&client).await;
+    let host = host_report(args).await?;
+    let mut checks = host.checks;
+    checks.push(agent_check);
+    if let Some(socket_path) = &local_socket {
+        checks.push(socket(socket_path));
+    }
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or_else(|| info.as_ref().filter(|_| local_socket.is_some()).map(|info| PathBuf::from(&info.state_dir)))
+        .unwrap_or_else(bkg_schema::paths::default_state_dir);
+    checks.push(state_dir_check(&state_dir));
+    if let Some(cert) = &args.tls_cert {
+        checks.push(tls_cert(cert, std::time::SystemTime::now()));
+    }
+    if info.is_some()
+        && let Some(check) = bkg_db(&client).await
+    {
+        checks.push(check);
+    }
+    let status = checks.iter().map(|check| check.status).max().unwrap_or(CheckStatus::Pass);
+    Ok(DoctorReport { status, host_level: host.level, agent_level: info.and_then(|info| info.security_level), checks })
+}
+
+/// The agent binary beside this bkg, else the one on PATH (as `bkg agent start` finds it).
+async fn host_report(args: &DoctorArgs) -> Result<HostReport, CliError> {
+    let mut command = tokio::process::Command::new(crate::client::agent_program());
+    command.arg("--check-host");
+    if let Some(python) = &args.python {
+        command.arg("--python").arg(python);
+    }
+    if let Some(node) = &args.node {
+        command.arg("--node").arg(node);
+    }
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|error| CliError::new(BKG_FAILED, format!("cannot run bkg-agent --check-host: {error}")))?;
+    if !output.status.success() {
+        let reason = String::from_utf8_lossy(&output.stderr);
+        return Err(CliError::new(
+            BKG_FAILED,
+            format!("bkg-agent --check-host failed ({}): {}", output.status, reason.lines().next().unwrap_or("")),
+        ));
+    }
+    serde_json::from_slice(&output.stdout)
+        .map_err(|error| CliError::new(BKG_FAILED, format!("bkg-agent --check-host printed no report: {error}")))
+}
+
+async fn agent(client: &AgentClient) -> (Check, Option<AgentInfo>) {
+    let name = "agent";
+    if !client.is_up() {
+        let fix = if client.is_remote() { "check --remote and the agent's host" } else { "sudo bkg agent start" };
+        return (Check::warn(name, format!("no agent answers on {}", client.location()), fix), None);
+    }
+    match client.get::<AgentInfo>("/api/v1/agent").await {
+        Ok(info) => {
+            let level = info.security_level.map(|level| format!(", security level {level}")).unwrap_or_default();
+            let found = format!("version {} (commit {}) on {}{level}", info.version, info.commit, client.location());
+            let check = if info.version == env!("CARGO_PKG_VERSION") {
+                Check::pass(name, found)
+            } else {
+                Check::warn(
+                    name,
+                    format!("{found}; bkg is version {}", env!("CARGO_PKG_VERSION")),
+                    "restart the agent from the same release as bkg (`sudo bkg agent stop; sudo bkg agent start`)",
+                )
+            };
+            (check, Some(info))
+        }
+        Err(error) => (
+            Check::warn(
+                name,
+                format!("the agent on {} answers, but: {}", client.location(), error.message),
+                "use an admin key (`bkg login`)",
+            ),
+            None,
+        ),
+    }
+}
+
+/// The socket lets whoever can open it run code as root: mode 0600, owned by root (or the
+/// agent's user).
+fn socket(path: &Path) -> Check {
+    let name = "socket";
+    match std::fs::symlink_metadata(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Check::warn(name, format!("no socket at {}", path.display()), "sudo bkg agent start")
+        }
+        Err(error) => Check::warn(name, format!("cannot inspect {}: {error}", path.display()), "run `sudo bkg doctor`"),
+        Ok(metadata) => {
+            let mode = metadata.permissions().mode() & 0o7777;
+            let found = format!("{} has mode {mode:04o}, owner uid {}", path.display(), metadata.uid());
+            if mode & 0o077 != 0 {
+                Check::fail(
+                    name,
+                    format!("{found}: other local users can run code through it"),
+                    "stop the agent and start it again: it binds its socket with mode 0600",
+                )
+            } else {
+                Check::pass(name, found)
+            }
+        }
+    }
+}
+
+fn state_dir_check(dir: &Path) -> Check {
+    let name = "state_dir";
+    let writable = tempfile::Builder::new().prefix(".bkg-doctor-").tempfile_in(dir).map(drop);
+    let free = nix::sys::statvfs::statvfs(dir).map(|stats| stats.blocks_available() * stats.fragment_size());
+    match writable {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Check::warn(
+            name,
+            format!("{} does not exist yet", dir.display()),
+            "the agent creates it at start; pass --state-dir to check another",
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied && !nix::unistd::geteuid().is_root() => {
+            Check::warn(
+                name,
+                format!("{} cannot be checked as uid {}: {error}", dir.display(), nix::unistd::geteuid()),
+                "run `sudo bkg doctor`: the agent's state directory is root's",
+            )
+        }
+        Err(error) => Check::fail(
+            name,
+            format!("{} is not writable: {error}", dir.display()),
+            "give the agent a writable --state-dir (BKG_STATE_DIR) on a local file system",
+        ),
+        Ok(()) => match free {
+            Ok(free) if free < LOW_FREE_SPACE => Check::warn(
+                name,
+                format!("{} is writable, {} free", dir.display(), format_free(free)),
+                format!(
+                    "free space there, or move --state-dir: sandbox disks need {} or more",
+                    format_size(LOW_FREE_SPACE)
+                ),
+            ),
+            Ok(free) => Check::pass(name, format!("{} is writable, {} free", dir.display(), format_free(free))),
+            Err(error) => {
+                Check::warn(name, format!("{} is writable; free space unknown: {error}", dir.display()), "check `df`")
+            }
+        },
+    }
+}
+
+/// Renewing this long before the end leaves room for a failed renewal.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
+fn tls_cert(path: &Path, now: std::time::SystemTime) -> Check {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use x509_cert::der::Decode;
+    let name = "tls_cert";
+    let not_after = CertificateDer::pem_file_iter(path)
+        .map_err(|error| error.to_string())
+        .and_then(|mut certs| certs.next().ok_or_else(|| "no certificate in it".to_owned()))
+        .and_then(|leaf| leaf.map_err(|error| error.to_string()))
+        .and_then(|leaf| x509_cert::Certificate::from_der(leaf.as_ref()).map_err(|error| error.to_string()))
+        .map(|cert| std::time::SystemTime::UNIX_EPOCH + cert.tbs_certificate.validity.not_after.to_unix_duration());
+    match not_after {
+        Ok(not_after) => expiry_check(path, not_after, now),
+        Err(error) => Check::fail(
+            name,
+            format!("cannot read {}: {error}", path.display()),
+            "point --tls-cert (BKG_TLS_CERT) at the PEM chain the agent serves, leaf first",
+        ),
+    }
+}
+
+/// Fails once the certificate has expired, warns in its last two weeks.
+pub fn expiry_check(path: &Path, not_after: std::time::SystemTime, now: std::time::SystemTime) -> Check {
+    let name = "tls_cert";
+    let until = humantime::format_rfc3339_seconds(not_after);
+    let renew = "renew it, then `kill -HUP` the agent: it re-reads its certificate";
+    match not_after.duration_since(now) {
+        Err(_) => Check::fail(name, format!("{} expired at {until}", path.display()), renew),
+        Ok(left) if left < EXPIRY_WARNING => Check::warn(
+            name,
+            format!("{} expires at {until}, in {} days", path.display(), left.as_secs() / 86_400),
+            renew,
+        ),
+        Ok(left) => {
+            Check::pass(name, format!("{} is valid until {until} ({} days)", path.display(), left.as_secs() / 86_400))
+        }
+    }
+}
+
+/// bkg_db, only when the agent has one configured: reachable, its schema migrated, nothing parked.
+async fn bkg_db(client: &AgentClient) -> Option<Check> {
+    let name = "bkg_db";
+    let view = match client.get::<SyncView>("/api/v1/sync").await {
+        Ok(view) => view,
+        Err(error) => {
+            return Some(Check::warn(
+                name,
+                format!("cannot read the sync status: {}", error.message),
+                "bkg sync status",
+            ));
+        }
+    };
+    if !view.configured {
+        return None;
+    }
+    let status = &view.status;
+    Some(if status.failures > 0 {
+        Check::fail(
+            name,
+            format!(
+                "bkg_db is configured but {} attempts failed: {}",
+                status.failures,
+                status.last_error.as_deref().unwrap_or("unknown error")
+            ),
+            "check the agent's --db-url and that bkg_db answers; `bkg db migrate` brings its schema up to date",
+        )
+    } else if status.parked > 0 {
+        Check::warn(
+            name,
+            format!("bkg_db is reachable and migrated; {} events are parked", status.parked),
+            "see `bkg sync status`, then `bkg sync retry`",
+        )
+    } else if status.last_success_ms.is_some() {
+        Check::pass(name, format!("bkg_db is reachable and migrated; backlog {}", status.backlog))
+    } else {
+        Check::warn(name, "bkg_db is configured; no sync has completed yet", "run `bkg doctor` again in a moment")
+    })
+}
+
+/// The report as people read it: one line per check, the fix beneath it.
+pub fn describe(report: &DoctorReport) -> String {
+    let width = report.checks.iter().map(|check| check.name.len()).max().unwrap_or(0);
+    let mut text = String::new();
+    for check in &report.checks {
+        text.push_str(&format!("{:<4}  {:<width$}  {}\n", check.status.as_str(), check.name, check.found));
+        if let Some(fix) = &check.fix {
+            text.push_str(&format!("{:<4}  {:<width$}  fix: {fix}\n", "", ""));
+        }
+    }
+    let level = |level: Option<bkg_schema::host::SecurityLevel>, none: &str| {
+        level.map(|level| level.to_string()).unwrap_or_else(|| none.to_owned())
+    };
+    text.push_str(&format!(
+        "\nhost level: {} · agent level: {} · overall: {}\n",
+        level(report.host_level, "none (a piece every level needs is missing)"),
+        level(report.agent_level, "no agent answers"),
+        report.status.as_str()
+    ));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn free_space_is_shown_in_whole_mib_or_gib() {
+        assert_eq!(format_free(61_357_240 * 1024), "58GiB");
+        assert_eq!(format_free(1536 * 1024 + 7), "1MiB");
+        assert_eq!(format_free(1 << 30), "1GiB");
+    }
+
+    #[test]
+    fn a_certificate_fails_once_expired_and_warns_in_its_last_two_weeks() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let day = Duration::from_secs(86_400);
+        let path = Path::new("/etc/bkg/cert.pem");
+        assert_eq!(expiry_check(path, now - day, now).status, CheckStatus::Fail);
+        let soon = expiry_check(path, now + 3 * day, now);
+        assert_eq!(soon.status, CheckStatus::Warn);
+        assert!(soon.found.contains("in 3 days"), "{soon:?}");
+        assert_eq!(expiry_check(path, now + 90 * day, now).status, CheckStatus::Pass);
+    }
+}

@@ -1,0 +1,54 @@
+//! What `bkgr` shares with `bkg`, and nothing more: its grammar, the agent's endpoint and
+//! client, a streamed run, the project lookup, the printer and exit codes, and the two steps
+//! both binaries take alike (running to an exit code, reading the limit flags). `bkg` uses the
+//! same items; `bkgr` reaches nothing else of this crate.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use bkg_schema::LimitOverrides;
+
+pub use crate::args::{Bkgr, LimitArgs, bkgr_command, parse};
+pub use crate::client::AgentClient;
+pub use crate::exit::{BKG_FAILED, CliError, SUCCESS, of_run as exit_code_of_run};
+pub use crate::out::{Printer, clap_error};
+pub use crate::project::project_dir;
+pub use crate::settings::Endpoint;
+pub use crate::stream::{Output, Stdin, reason_line, run as run_streamed};
+
+/// Runs `work` to its end and makes its outcome the process's exit code; an error is reported
+/// as `TOOL: message`.
+pub fn run_to_exit(tool: &'static str, work: impl Future<Output = Result<i32, CliError>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return Printer::new(tool, false)
+                .error(&CliError::internal(format!("cannot start the async runtime: {error}")));
+        }
+    };
+    let outcome = runtime.block_on(work);
+    // A read of our stdin may still be pending on a blocking thread (stdin is a terminal or a
+    // pipe that stays open); it must not keep the process alive after the run.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(code) => crate::exit::code(code),
+        Err(error) => Printer::new(tool, false).error(&error),
+    }
+}
+
+/// The limit flags that were given, checked: `--cpus`, `--memory`, `--timeout`, `--disk`.
+pub fn limit_overrides(flags: &LimitArgs) -> Result<LimitOverrides, CliError> {
+    let checked = |value: &Option<String>, flag: &str, parse: fn(&str) -> Result<u64, bkg_schema::UnitError>| {
+        value
+            .as_deref()
+            .map(|text| parse(text).map_err(|error| CliError::usage(format!("{flag}: {error}"))))
+            .transpose()
+    };
+    Ok(LimitOverrides {
+        cpu_millis: checked(&flags.cpus, "--cpus", bkg_schema::parse_cpus)?,
+        memory_bytes: checked(&flags.memory, "--memory", bkg_schema::parse_size)?,
+        timeout_ms: checked(&flags.timeout, "--timeout", bkg_schema::parse_duration_ms)?,
+        disk_bytes: checked(&flags.disk, "--disk", bkg_schema::parse_size)?,
+        pids: None,
+    })
+}

@@ -1,0 +1,281 @@
+//! The change feed (`bkg watch`, `GET /api/v1/changes`) of real agents, alone and sharing one real
+//! PostgreSQL (scripts/postgres.sh).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bkg_tests::{Agent, code, stderr, stdout};
+
+use super::bkg_db::{Postgres, agent_id, agent_with_db, agent_with_db_and_tcp, wait_synced};
+
+/// Long enough for a loaded CI machine; only a change that never arrives fails on it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running `bkg watch --json`: its changes arrive on a channel as they are printed.
+struct Watch {
+    child: Child,
+    changes: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Watch {
+    fn start(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
+            .args(["watch", "--json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start bkg watch");
+        let output = child.stdout.take().expect("piped stdout");
+        let (sender, changes) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines() {
+                let Ok(line) = line else { break };
+                let change = serde_json::from_str(&line).unwrap_or_else(|error| panic!("{error}: {line}"));
+                if sender.send(change).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, changes }
+    }
+
+    /// The next change; fails only when none comes at all.
+    fn next(&self) -> serde_json::Value {
+        self.changes.recv_timeout(PATIENCE).expect("a change within the patience")
+    }
+
+    /// Waits for the first change `wanted` accepts, returning it and those before it.
+    fn until(&self, wanted: impl Fn(&serde_json::Value) -> bool) -> (serde_json::Value, Vec<serde_json::Value>) {
+        let mut before = Vec::new();
+        loop {
+            let change = self.next();
+            if wanted(&change) {
+                return (change, before);
+            }
+            before.push(change);
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `bkg watch --json ARGS` to its end (`--count`): its changes.
+fn watch_to_end(mut command: Command, args: &[&str]) -> Vec<serde_json::Value> {
+    let output = command.args(["watch", "--json"]).args(args).stdin(Stdio::null()).output().expect("bkg watch");
+    assert_eq!(code(&output), 0, "bkg watch {args:?}: {}", stderr(&output));
+    stdout(&output).lines().map(|line| serde_json::from_str(line).expect("a change as JSON")).collect()
+}
+
+fn positions(changes: &[serde_json::Value]) -> Vec<u64> {
+    changes.iter().map(|change| change["position"].as_u64().expect("a position")).collect()
+}
+
+#[test]
+fn an_agent_without_bkg_db_serves_its_own_feed_and_resumes_after_a_cursor() {
+    let mut agent = Agent::start();
+    let watch = Watch::start(agent.bkg(), &["--kinds", "runs"]);
+    let output = agent.exe(&["--type", "python", "-c", "print(1)"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let (started, skipped) = watch.until(|change| change["action"] == "run.started");
+    assert!(skipped.iter().all(|change| change["kind"] == "runs"), "{skipped:?}");
+    let (finished, _) = watch.until(|change| change["action"] == "run.finished");
+    assert_eq!(started["source"], "local");
+    assert_eq!(started["object_id"], finished["object_id"]);
+    assert_eq!(finished["namespace"], "default");
+    assert_eq!(finished["record"]["run"], finished["object_id"], "the signed record comes along");
+
+    // Every kind, from the start: the local positions are the audit seqs, without a gap.
+    let first = positions(&watch_to_end(agent.bkg(), &["--count", "3"]));
+    assert_eq!(first, [1, 2, 3]);
+    let after = positions(&watch_to_end(agent.bkg(), &["--since", "2", "--count", "1"]));
+    assert_eq!(after, [3], "resumed after its cursor: no repeat, no gap");
+
+    let bad = agent.bkg().args(["watch", "--kinds", "runs,logs"]).output().expect("bkg watch");
+    assert_eq!(code(&bad), 125);
+    assert!(stderr(&bad).contains("unknown kind \"logs\""), "{}", stderr(&bad));
+
+    // A stopping agent ends the stream itself, saying where to resume (not a cut connection).
+    let mut open = agent.bkg().args(["watch"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let open = open.as_mut().expect("bkg watch");
+    let mut first = String::new();
+    // Kept open until the end: a closed stdout would end `bkg watch` by itself.
+    let mut changes = BufReader::new(open.stdout.take().expect("piped stdout"));
+    changes.read_line(&mut first).expect("a first change");
+    assert!(first.contains("log.opened"), "{first}");
+    agent.stop();
+    let status = open.wait().expect("bkg watch ends");
+    let mut told = String::new();
+    std::io::Read::read_to_string(&mut open.stderr.take().expect("piped stderr"), &mut told).expect("stderr");
+    assert_eq!(status.code(), Some(125), "{told}");
+    assert!(told.contains("the agent is stopping; resume with --since "), "{told}");
+    drop(changes);
+}
+
+#[test]
+fn a_watch_on_one_agent_sees_a_run_made_on_another_sharing_bkg_db() {
+    let postgres = Postgres::start();
+    let url = postgres.url();
+    let first = agent_with_db(&url);
+    let second = agent_with_db(&url);
+    let second_id = agent_id(&second);
+    let watch = Watch::start(first.bkg(), &["--kinds", "runs"]);
+    let output = second.exe(&["--type", "python", "-c", "print(1)"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let (finished, _) =
+        watch.until(|change| change["action"] == "run.finished" && change["agent_id"] == second_id.as_str());
+    assert_eq!(finished["source"], "bkg_db");
+    assert_eq!(finished["kind"], "runs");
+}
+
+/// Makes `count` changes on `agent` (keys: one audit event each, cheap), from `workers` threads.
+fn make_keys(agent: &Agent, count: usize, workers: usize, namespace: &str) {
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                for _ in 0..count / workers {
+                    let output = agent
+                        .bkg()
+                        .args(["keys", "create", "--role", "namespace", "--namespace", namespace])
+                        .output()
+                        .expect("bkg keys create");
+                    assert_eq!(code(&output), 0, "{}", stderr(&output));
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_stream_cut_and_resumed_over_500_changes_of_two_agents_misses_nothing_and_repeats_nothing() {
+    let postgres = Postgres::start();
+    let url = postgres.url();
+    let first = agent_with_db(&url);
+    let second = agent_with_db(&url);
+
+    // A reader cut while the changes are being made: killed after some, resumed from its last.
+    let mut read = Vec::new();
+    let watch = Watch::start(first.bkg(), &[]);
+    std::thread::scope(|scope| {
+        scope.spawn(|| make_keys(&first, 260, 2, "left"));
+        scope.spawn(|| make_keys(&second, 260, 2, "right"));
+        for _ in 0..37 {
+            read.push(watch.next());
+        }
+    });
+    drop(watch);
+    wait_synced(&first);
+    wait_synced(&second);
+    let head: u64 = postgres.query("SELECT max(position) FROM changes").parse().expect("a head position");
+    assert_eq!(postgres.query("SELECT count(*) FROM changes"), head.to_string(), "no gap in bkg_db");
+    assert!(head >= 520, "{head} changes");
+
+    // Then cut by --count, in uneven pieces, alternating between the two agents.
+    let sizes = [1_u64, 50, 7, 113, 2, 64];
+    let mut turn = 0;
+    while positions(&read).last().copied().unwrap_or(0) < head {
+        let last = positions(&read).last().copied().unwrap_or(0);
+        let size = sizes[turn % sizes.len()].min(head - last);
+        let agent = if turn % 2 == 0 { &second } else { &first };
+        let since = last.to_string();
+        read.extend(watch_to_end(agent.bkg(), &["--since", &since, "--count", &size.to_string()]));
+        turn += 1;
+    }
+    assert_eq!(positions(&read), (1..=head).collect::<Vec<_>>(), "every position once, in order");
+    let events: BTreeSet<(String, u64)> = read
+        .iter()
+        .map(|change| (change["agent_id"].as_str().expect("agent").to_owned(), change["seq"].as_u64().expect("seq")))
+        .collect();
+    assert_eq!(events.len() as u64, head, "no event twice");
+    assert_eq!(postgres.query("SELECT count(*) FROM audit_events"), head.to_string(), "every shipped event");
+    for agent in [&first, &second] {
+        let id = agent_id(agent);
+        let seqs: Vec<u64> = events.iter().filter(|(agent, _)| *agent == id).map(|(_, seq)| *seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "agent {id}: every seq");
+    }
+}
+
+#[test]
+fn a_namespace_keys_stream_and_psql_as_its_role_show_only_its_namespace() {
+    let postgres = Postgres::start();
+    let url = postgres.url();
+    let files = tempfile::tempdir().expect("temp dir");
+    let (agent, _, address) = agent_with_db_and_tcp(&url, files.path());
+    let other = agent_with_db(&url);
+    let key_of = |agent: &Agent, namespace: &str| {
+        let output = agent
+            .bkg()
+            .args(["keys", "create", "--role", "namespace", "--namespace", namespace])
+            .output()
+            .expect("bkg keys create");
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        stdout(&output).trim().to_owned()
+    };
+    let alpha = key_of(&agent, "alpha");
+    let beta = key_of(&agent, "beta");
+    let remote = |key: &str| {
+        let mut command = agent.bkg();
+        command.env("BKG_REMOTE", format!("http://{address}")).env("BKG_API_KEY", key);
+        command
+    };
+    // The role `ensure_namespace_role` makes (bkg-agent/src/sync/schema.rs), made with psql.
+    postgres.query(
+        "CREATE ROLE bkg_ns_alpha LOGIN PASSWORD 'alpha-password'; GRANT bkg_namespace TO bkg_ns_alpha;
+         GRANT bkg_ns_alpha TO bkg_agent;
+         INSERT INTO bkg_namespace_roles (role, namespace) VALUES ('bkg_ns_alpha', 'alpha')",
+    );
+
+    let watch = Watch::start(remote(&alpha), &[]);
+    for (key, namespace) in [(&alpha, "alpha"), (&beta, "beta"), (&alpha, "alpha")] {
+        let output = remote(key).args(["exe", "--type", "python", "-c", "print(1)"]).stdin(Stdio::null()).output();
+        let output = output.expect("bkg exe");
+        assert_eq!(code(&output), 0, "exe in {namespace}: {}", stderr(&output));
+    }
+    make_keys(&other, 4, 1, "beta");
+    make_keys(&other, 2, 1, "alpha");
+    wait_synced(&agent);
+    wait_synced(&other);
+    let alpha_changes: usize =
+        postgres.query("SELECT count(*) FROM changes WHERE namespace = 'alpha'").parse().expect("a count");
+    let seen: Vec<_> = (0..alpha_changes).map(|_| watch.next()).collect();
+    assert!(seen.iter().all(|change| change["namespace"] == "alpha"), "{seen:?}");
+    assert!(seen.iter().any(|change| change["agent_id"] == agent_id(&other).as_str()), "the other agent's too");
+    assert_eq!(seen.iter().filter(|change| change["action"] == "run.finished").count(), 2);
+    assert!(!agent.log().contains("no namespace role to read the change feed as"), "read as bkg_ns_alpha");
+    // A change of beta, then one of alpha: the next the stream shows is alpha's.
+    make_keys(&agent, 1, 1, "beta");
+    make_keys(&agent, 1, 1, "alpha");
+    let next = watch.next();
+    assert_eq!((next["namespace"].as_str(), next["action"].as_str()), (Some("alpha"), Some("key.created")), "{next}");
+
+    let refused = remote(&alpha).args(["watch", "--namespace", "beta"]).output().expect("bkg watch");
+    assert_eq!(code(&refused), 125);
+    assert!(stderr(&refused).contains("sees only namespace `alpha`"), "{}", stderr(&refused));
+
+    // psql as the namespace's role: its own rows of runs and changes, nothing else.
+    let port = url.rsplit(':').next().and_then(|rest| rest.split('/').next()).expect("port");
+    let as_alpha = |sql: &str| {
+        let output = Command::new("psql")
+            .arg(format!("postgres://bkg_ns_alpha:alpha-password@127.0.0.1:{port}/postgres"))
+            .args(["-tAX", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(as_alpha("SELECT string_agg(DISTINCT namespace, ',') FROM changes"), "alpha");
+    wait_synced(&agent);
+    let all_of_alpha = postgres.query("SELECT count(*) FROM changes WHERE namespace = 'alpha'");
+    assert_eq!(as_alpha("SELECT count(*) FROM changes"), all_of_alpha);
+    assert_eq!(as_alpha("SELECT string_agg(DISTINCT namespace, ',') FROM runs"), "alpha");
+    assert_eq!(as_alpha("SELECT count(*) FROM runs"), "2");
+}

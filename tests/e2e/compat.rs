@@ -1,0 +1,111 @@
+//! Ordinary programs behave inside as they do outside (docs/compatibility.md): pseudo-terminals,
+//! service and protocol names, and switching to ids the code has no right to.
+
+use bkg_tests::{Agent, code, stderr, stdout};
+
+fn python(agent: &Agent, script: &str) -> String {
+    let output = agent.exe(&["--type", "python", "-c", script]);
+    assert_eq!(code(&output), 0, "stdout: {}\nstderr: {}", stdout(&output), stderr(&output));
+    stdout(&output)
+}
+
+#[test]
+fn a_pty_can_be_opened_and_talked_through_and_it_is_the_sandboxs_own() {
+    let agent = Agent::start();
+    let script = r#"
+import os, pty, sys, termios
+print(sorted(os.listdir("/dev/pts")))
+main, follower = pty.openpty()
+name = os.ttyname(follower)
+print(name, os.isatty(follower))
+os.write(main, b"hello\n")
+print(os.read(follower, 100))
+# A child on the pty as its controlling terminal sees it as /dev/tty, like pexpect does.
+pid, fd = pty.fork()
+if pid == 0:
+    with open("/dev/tty", "w") as tty:
+        tty.write("child on %s\n" % os.ttyname(0))
+    os._exit(0)
+os.waitpid(pid, 0)
+chunks = b""
+while True:
+    try:
+        chunk = os.read(fd, 100)
+    except OSError:
+        break
+    if not chunk:
+        break
+    chunks += chunk
+print(chunks.decode().strip())
+"#;
+    assert_eq!(
+        python(&agent, script),
+        "['ptmx']\n/dev/pts/0 True\nb'hello\\n'\nchild on /dev/pts/1\n",
+        "the first pty of a fresh instance is 0: no host pty is visible"
+    );
+}
+
+#[test]
+fn service_and_protocol_names_resolve() {
+    let agent = Agent::start();
+    let script = r#"
+import socket
+print(socket.getservbyname("http"), socket.getservbyport(443), socket.getprotobyname("tcp"))
+print(socket.getaddrinfo("localhost", "http", socket.AF_INET, socket.SOCK_STREAM)[0][4])
+"#;
+    assert_eq!(python(&agent, script), "80 https 6\n('127.0.0.1', 80)\n");
+}
+
+#[test]
+fn switching_to_nobody_or_root_fails_with_eperm_as_it_does_outside() {
+    let agent = Agent::start();
+    let script = r#"
+import os, subprocess, sys
+print(open("/proc/self/uid_map").read().split("\n")[:2] == open("/proc/self/gid_map").read().split("\n")[:2])
+print([line.split()[0] for line in open("/proc/self/uid_map")])
+for call, arg in [(os.setuid, 65534), (os.setgid, 65534), (os.setuid, 0)]:
+    try:
+        call(arg)
+        print(call.__name__, arg, "worked")
+    except OSError as error:
+        print(call.__name__, arg, error.strerror)
+open("f", "w").close()
+for uid in (65534, 0):
+    try:
+        os.chown("f", uid, -1)
+    except OSError as error:
+        print("chown", uid, error.strerror)
+# An id nobody mapped answers EINVAL: the one place the sandbox differs (docs/compatibility.md).
+try:
+    os.setuid(4242)
+except OSError as error:
+    print("setuid 4242", error.strerror)
+os.chown("f", 1000, 1000)
+try:
+    subprocess.run([sys.executable, "-c", "pass"], user="nobody")
+except PermissionError as error:
+    print("subprocess user=nobody", error.strerror)
+print(os.stat("/usr/bin/env").st_uid)
+"#;
+    assert_eq!(
+        python(&agent, script),
+        "True\n['0', '1000', '65534']\nsetuid 65534 Operation not permitted\nsetgid 65534 Operation not permitted\n\
+         setuid 0 Operation not permitted\nchown 65534 Operation not permitted\nchown 0 Operation not permitted\n\
+         setuid 4242 Invalid argument\nsubprocess user=nobody Operation not permitted\n65534\n"
+    );
+}
+
+#[test]
+fn a_syscall_outside_the_seccomp_allowlist_gets_enosys_and_ordinary_ones_work() {
+    let agent = Agent::start();
+    // listmount (458, Linux 6.8) is in no group of the allowlist: it must answer ENOSYS like
+    // an older kernel, with null arguments that any kernel would reject otherwise (EFAULT).
+    let script = r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+result = libc.syscall(458, 0, 0, 0, 0)
+print(result, errno.errorcode[ctypes.get_errno()])
+print(os.getpid() > 0, len(os.listdir("/")) > 0)
+"#;
+    assert_eq!(python(&agent, script), "-1 ENOSYS\nTrue True\n");
+}

@@ -1,0 +1,253 @@
+//! What the host gives: the agent's checks at start, its security level in status, run results
+//! and the audit log, and `bkg doctor` (docs/compatibility.md, "Hosts").
+
+use std::process::{Command, Output};
+
+use bkg_tests::{Agent, AgentOptions, bin_dir, code, examples_dir, stderr, stdout};
+
+/// Starts `bkg-agent --foreground` with `args` where it must refuse to start.
+fn refused_start(args: &[&str]) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(bin_dir().join("bkg-agent"))
+        .arg("--foreground")
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--cgroup-dir")
+        .arg(format!("bkg-test-refused-{}", std::process::id()))
+        .args(args)
+        .output()
+        .expect("run bkg-agent");
+    assert!(!dir.path().join("agent.sock").exists(), "a refused agent must not serve");
+    (output, dir)
+}
+
+#[test]
+fn an_agent_whose_runtime_does_not_exist_refuses_to_start_with_one_line_and_the_fix() {
+    let (output, _dir) = refused_start(&["--python", "/nonexistent/python3"]);
+    assert_eq!(code(&output), 1, "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output).trim_end(),
+        "bkg-agent: runtime.python: --python /nonexistent/python3 does not exist; fix: install python there, or \
+         start the agent with --python PATH to an interpreter"
+    );
+}
+
+#[test]
+fn an_unknown_security_level_is_a_usage_error() {
+    let (output, _dir) = refused_start(&["--allow-degraded", "paranoid"]);
+    assert_eq!(code(&output), 2, "stderr: {}", stderr(&output));
+    assert!(
+        stderr(&output).contains("\"paranoid\" is not a level: strict, standard or degraded"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// This host gives `strict` (docs/testing.md's machines all do): status, every run's JSON and
+/// the agent's start record in the audit log say so.
+#[test]
+fn the_security_level_is_in_the_status_every_run_and_the_audit_log() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let status = agent.status_json();
+    assert_eq!(status["security_level"], "strict", "{status}");
+    let runtimes = status["runtimes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(runtimes.len(), 2, "{status}");
+    assert!(runtimes[0]["version"].as_str().is_some_and(|version| version.starts_with("Python 3")), "{status}");
+
+    let text = agent.bkg().args(["agent", "status"]).output().expect("bkg agent status");
+    assert!(stdout(&text).contains("security   strict"), "{}", stdout(&text));
+
+    let (result, _) = agent.exe_json(&[examples_dir().join("hello.py").to_str().unwrap_or_default()]);
+    assert_eq!(result["security_level"], "strict", "{result}");
+
+    let audit_dir = agent.state_dir.join("audit");
+    let started = std::fs::read_dir(&audit_dir)
+        .expect("audit dir")
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .flat_map(|text| text.lines().map(str::to_owned).collect::<Vec<_>>())
+        .find(|line| line.contains("\"warm_pool\""));
+    assert!(started.as_deref().is_some_and(|line| line.contains("\"security_level\":\"strict\"")), "{started:?}");
+}
+
+/// `bkg doctor --json` with `args`, run through `wrapper` (e.g. `unshare …`) when given.
+fn doctor(agent: Option<&Agent>, wrapper: &[&str], args: &[&str]) -> (serde_json::Value, Output) {
+    let bkg = bkg_tests::bkg_bin();
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(&bkg);
+            command
+        }
+        None => Command::new(&bkg),
+    };
+    command.args(["doctor", "--json"]).args(args);
+    match agent {
+        Some(agent) => command.env("BKG_SOCKET", &agent.socket),
+        None => command.env("BKG_SOCKET", "/nonexistent/bkg/agent.sock"),
+    };
+    let output = command.env_remove("BKG_REMOTE").output().expect("run bkg doctor");
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("bkg doctor printed no JSON ({error}): {}\n{}", stdout(&output), stderr(&output))
+    });
+    (report, output)
+}
+
+fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|check| check["name"] == name))
+        .unwrap_or_else(|| panic!("no check {name} in {report:#}"))
+}
+
+#[test]
+fn doctor_passes_here_with_an_agent_running() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let (report, output) = doctor(Some(&agent), &[], &[]);
+    assert_eq!(code(&output), 0, "{report:#}");
+    let not_passed: Vec<&serde_json::Value> =
+        report["checks"].as_array().into_iter().flatten().filter(|check| check["status"] != "pass").collect();
+    assert!(not_passed.is_empty(), "{not_passed:#?}");
+    assert_eq!(report["status"], "pass");
+    assert_eq!(report["host_level"], "strict");
+    assert_eq!(report["agent_level"], "strict");
+    assert!(check(&report, "socket")["found"].as_str().is_some_and(|found| found.contains("mode 0600")), "{report:#}");
+    let state_dir = check(&report, "state_dir")["found"].as_str().unwrap_or_default().to_owned();
+    assert!(state_dir.starts_with(&agent.state_dir.display().to_string()), "{state_dir}");
+}
+
+#[test]
+fn doctor_fails_a_runtime_path_that_does_not_exist() {
+    let (report, output) = doctor(None, &[], &["--node", "/nonexistent/node"]);
+    assert_eq!(code(&output), 1, "{report:#}");
+    assert_eq!(report["status"], "fail");
+    let node = check(&report, "runtime.node");
+    assert_eq!(node["status"], "fail");
+    assert_eq!(node["found"], "--node /nonexistent/node does not exist");
+    // A runtime is not part of the level: the host still gives one.
+    assert_eq!(report["host_level"], "strict");
+}
+
+/// A state directory on a read-only mount of the test's own mount namespace.
+#[test]
+fn doctor_fails_a_state_dir_that_cannot_be_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    let script = format!("mount -t tmpfs -o ro tmpfs {} && exec \"$0\" \"$@\"", state.display());
+    let (report, output) = doctor(
+        None,
+        &["unshare", "--mount", "--propagation", "private", "sh", "-c", &script],
+        &["--state-dir", state.to_str().unwrap_or_default()],
+    );
+    assert_eq!(code(&output), 1, "{report:#}");
+    let state_check = check(&report, "state_dir");
+    assert_eq!(state_check["status"], "fail", "{report:#}");
+    assert!(state_check["found"].as_str().is_some_and(|found| found.contains("Read-only file system")), "{report:#}");
+    assert!(state_check["fix"].as_str().is_some_and(|fix| fix.contains("--state-dir")), "{report:#}");
+}
+
+/// Network namespaces blocked in a user namespace of the test's own (`user.max_net_namespaces`
+/// is per user namespace): doctor, and the agent's probe it runs, find the kind missing.
+#[test]
+fn doctor_fails_a_namespace_kind_the_host_blocks() {
+    let script = "echo 0 > /proc/sys/user/max_net_namespaces && exec \"$0\" \"$@\"";
+    let (report, output) = doctor(None, &["unshare", "--user", "--map-root-user", "sh", "-c", script], &[]);
+    assert_eq!(code(&output), 1, "{report:#}");
+    let net = check(&report, "namespace.net");
+    assert_eq!(net["status"], "fail", "{report:#}");
+    assert!(net["found"].as_str().is_some_and(|found| found.contains("ENOSPC")), "{net}");
+    assert!(net["fix"].as_str().is_some_and(|fix| fix.contains("user.max_net_namespaces")), "{net}");
+    assert_eq!(check(&report, "namespace.uts")["status"], "pass");
+    // Without every namespace kind there is no level at all.
+    assert_eq!(report["host_level"], serde_json::Value::Null);
+}
+
+/// The controllers `/proc/cgroups` shows bound to a cgroup v1 hierarchy (so absent from v2).
+fn bound_to_v1(controllers: &[&str]) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/cgroups").expect("/proc/cgroups");
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            Some((fields.next()?, fields.next()?))
+        })
+        .filter(|(name, hierarchy)| controllers.contains(name) && *hierarchy != "0")
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+/// cgroup2 mounted at /sys/fs/cgroup in the test's own mount namespace: the agent takes the host
+/// for a v2 one. On a v1 host (the test machines) the controllers the limits need are bound to
+/// v1 and cannot be enabled in v2: doctor names them and the agent refuses to start with one
+/// line. On a v2 host the same mount offers them and the check passes.
+#[test]
+fn a_cgroup2_hierarchy_is_judged_by_the_controllers_it_really_offers() {
+    let script = "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$0\" \"$@\"";
+    let wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script];
+    let (report, _) = doctor(None, &wrapper, &[]);
+    let cgroups = check(&report, "cgroups");
+    let found = cgroups["found"].as_str().unwrap_or_default();
+    assert!(found.starts_with("cgroup v2"), "{cgroups}");
+    let bound = bound_to_v1(&["cpu", "memory", "pids"]);
+    if bound.is_empty() {
+        assert_eq!(cgroups["status"], "pass", "{cgroups}");
+        return;
+    }
+    assert_eq!(cgroups["status"], "fail", "{cgroups}");
+    assert!(found.contains(&format!("lacks the {} controllers", bound.join(", "))), "{cgroups}");
+    assert_eq!(report["host_level"], serde_json::Value::Null);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(wrapper[0])
+        .args(&wrapper[1..])
+        .arg(bin_dir().join("bkg-agent"))
+        .arg("--foreground")
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--cgroup-dir")
+        .arg(format!("bkg-test-v2-{}", std::process::id()))
+        .output()
+        .expect("run bkg-agent");
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let line = stderr(&output);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.starts_with("bkg-agent: cgroups: cgroup v2, but /sys/fs/cgroup lacks the"), "{line}");
+    assert!(line.contains("Delegate=yes"), "{line}");
+}
+
+/// A self-signed certificate valid for `days`, made with the openssl CLI.
+fn certificate(dir: &std::path::Path, days: &str) -> std::path::PathBuf {
+    let cert = dir.join(format!("cert-{days}.pem"));
+    let output = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=bkg"])
+        .args(["-days", days, "-keyout"])
+        .arg(dir.join(format!("key-{days}.pem")))
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(output.status.success(), "openssl: {}", stderr(&output));
+    cert
+}
+
+#[test]
+fn doctor_checks_the_tls_certificates_expiry_when_there_is_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (report, _) = doctor(None, &[], &[]);
+    assert!(report["checks"].as_array().is_some_and(|checks| checks.iter().all(|check| check["name"] != "tls_cert")));
+    for (days, status) in [("400", "pass"), ("3", "warn")] {
+        let cert = certificate(dir.path(), days);
+        let (report, _) = doctor(None, &[], &["--tls-cert", cert.to_str().unwrap_or_default()]);
+        assert_eq!(check(&report, "tls_cert")["status"], status, "{report:#}");
+    }
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    let (report, output) = doctor(None, &[], &["--tls-cert", garbage.to_str().unwrap_or_default()]);
+    assert_eq!(check(&report, "tls_cert")["status"], "fail", "{report:#}");
+    assert_eq!(code(&output), 1);
+}

@@ -1,0 +1,50 @@
+//! Retention: a namespace's runs expire after its time, here and in bkg_db; the audit log stays.
+
+use std::time::{Duration, Instant};
+
+use bkg_tests::{Agent, code, stderr, stdout};
+
+use super::bkg_db::{Postgres, agent_with_db_and_tcp, print_one, wait_synced};
+
+fn run_namespaces(agent: &Agent) -> Vec<String> {
+    let output = agent.bkg().args(["runs", "ls", "--json", "--limit", "1000"]).output().expect("bkg runs ls");
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).expect("runs as JSON");
+    runs.iter().map(|run| run["namespace"].as_str().expect("a namespace").to_owned()).collect()
+}
+
+#[test]
+fn a_namespaces_runs_expire_locally_and_in_bkg_db_while_the_audit_log_keeps_them() {
+    let postgres = Postgres::start();
+    let url = postgres.url();
+    let files = tempfile::tempdir().expect("temp dir");
+    let (mut agent, mut options, address) = agent_with_db_and_tcp(&url, files.path());
+    let output = agent.bkg().args(["keys", "create", "--role", "namespace", "--namespace", "brief"]).output();
+    let output = output.expect("bkg keys create");
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let key = stdout(&output).trim().to_owned();
+    for remote in [false, true, false, true] {
+        print_one(&agent, remote.then_some((address.as_str(), key.as_str())));
+    }
+    wait_synced(&agent);
+    assert_eq!(postgres.query("SELECT count(*) FROM runs WHERE namespace = 'brief'"), "2");
+
+    agent.stop();
+    options.extra_args.extend(["--retention-for".into(), "brief=1ms".into()]);
+    agent.spawn(&options);
+    // The agent expires runs as it starts.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run_namespaces(&agent).iter().any(|namespace| namespace == "brief")
+        || postgres.query("SELECT count(*) FROM runs WHERE namespace = 'brief'") != "0"
+    {
+        assert!(Instant::now() < deadline, "the brief runs never expired:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(run_namespaces(&agent), ["default", "default"], "the default namespace keeps its runs");
+    assert_eq!(postgres.query("SELECT count(*) FROM runs WHERE namespace = 'default'"), "2");
+    let kept = "SELECT count(*) FROM audit_events WHERE namespace = 'brief' AND action = 'run.finished'";
+    assert_eq!(postgres.query(kept), "2", "bkg_db's audit trail keeps the expired runs");
+    let verify = agent.bkg().args(["audit", "verify"]).env("BKG_STATE_DIR", &agent.state_dir).output();
+    let verify = verify.expect("bkg audit verify");
+    assert_eq!(code(&verify), 0, "the local audit log is whole: {}", stderr(&verify));
+}
