@@ -192,5 +192,11 @@ mod tests {
         assert!(require_code_runner(&session).is_ok());
         assert!(require_admin(&team, AdminTask::ReadAgent).is_err());
         assert!(require_admin(&Principal::Local { uid: 0 }, AdminTask::StopAgent).is_ok());
+        assert!(require_admin(&team, AdminTask::ReadAudit).is_err());
+        assert!(!administers(&team));
+        assert_eq!(require_socket_peer(&Principal::Local { uid: 7 }).ok(), Some(7));
+        let admin_key = Principal::Key(key("key_5", Role::Admin, None));
+        assert!(administers(&admin_key));
+        assert!(require_socket_peer(&admin_key).is_err(), "an admin key over TCP gets no login URL");
     }
 }
