@@ -73,12 +73,18 @@ impl Service {
 
     /// A run's output as its sandbox's log kept it (stdout and stderr as they came), up to
     /// `max_bytes`; `None` for a temporary run or a log the sandbox no longer keeps.
-    pub async fn run_output(&self, principal: &Principal, run: &RunRecord, max_bytes: u64) -> OpResult<Option<Vec<u8>>> {
+    pub async fn run_output(
+        &self,
+        principal: &Principal,
+        run: &RunRecord,
+        max_bytes: u64,
+    ) -> OpResult<Option<Vec<u8>>> {
         let run = self.get_run(principal, &run.id).await?;
         let Some(sandbox_id) = &run.sandbox_id else { return Ok(None) };
         let Ok(stored) = self.visible_sandbox(principal, sandbox_id).await else { return Ok(None) };
         let definition = stored.definition;
-        let log = ProjectLayout::new(&definition.project_dir).logs_dir(&definition.name).join(format!("{}.log", run.id));
+        let log =
+            ProjectLayout::new(&definition.project_dir).logs_dir(&definition.name).join(format!("{}.log", run.id));
         let Ok(file) = tokio::fs::File::open(&log).await else { return Ok(None) };
         let mut bytes = Vec::new();
         file.take(max_bytes)
@@ -137,9 +143,10 @@ impl Service {
                 let text = std::fs::read(&path)?;
                 for line in text.split(|byte| *byte == b'\n').filter(|line| !line.is_empty()) {
                     let Ok(record) = serde_json::from_slice::<SignedRecord>(line) else { continue };
-                    let wanted = filter.namespace.as_ref().is_none_or(|wanted| record.namespace.as_ref() == Some(wanted))
-                        && filter.actor.as_ref().is_none_or(|wanted| &record.actor == wanted)
-                        && filter.action.as_ref().is_none_or(|wanted| &record.action == wanted);
+                    let wanted =
+                        filter.namespace.as_ref().is_none_or(|wanted| record.namespace.as_ref() == Some(wanted))
+                            && filter.actor.as_ref().is_none_or(|wanted| &record.actor == wanted)
+                            && filter.action.as_ref().is_none_or(|wanted| &record.action == wanted);
                     if wanted {
                         if kept.len() == filter.limit.max(1) {
                             kept.pop_front();

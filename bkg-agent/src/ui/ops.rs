@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 pub use crate::service::{AuditFilter, KeyPolicy, NamespaceSummary, RunOutput, RunTask};
 
 use crate::auth::Principal;
-use crate::service::{HealthVerdict, RunInput};
 use crate::server::{AppState, Failure};
+use crate::service::{HealthVerdict, RunInput};
 
 pub type OpResult<T> = Result<T, Failure>;
 
@@ -169,7 +169,11 @@ pub async fn namespaces(state: &AppState, principal: &Principal) -> OpResult<BTr
 }
 
 /// The newest audit records that match `filter`, newest first (admins only).
-pub async fn audit_records(state: &AppState, principal: &Principal, filter: AuditFilter) -> OpResult<Vec<SignedRecord>> {
+pub async fn audit_records(
+    state: &AppState,
+    principal: &Principal,
+    filter: AuditFilter,
+) -> OpResult<Vec<SignedRecord>> {
     Ok(state.service.audit_records(principal, filter).await?)
 }
 
