@@ -23,7 +23,7 @@ ifeq ($(NEXTEST),yes)
 else
 	$(CARGO) test --workspace --locked --no-fail-fast
 endif
-	$(MAKE) schema-validate api-validate security api-fuzz
+	$(MAKE) schema-validate api-validate ui-browser security api-fuzz
 	bash scripts/check-leftovers.sh
 
 schema-validate: ## Validate examples/ against schema/cave.schema.json with ajv (independent of the CLI)
@@ -54,7 +54,7 @@ clean: ## Remove build output
 
 # The agent's HTTP API: its OpenAPI document is generated from the code, checked in, validated by
 # an independent validator and fuzzed against a live agent.
-.PHONY: api-schema api-validate api-fuzz
+.PHONY: api-schema api-validate api-fuzz ui-browser
 
 api-schema: ## Write schema/openapi.yaml from the code (bkg-agent --print-openapi)
 	$(CARGO) build -p bkg-agent --locked
@@ -64,6 +64,9 @@ api-schema: ## Write schema/openapi.yaml from the code (bkg-agent --print-openap
 api-validate: ## Validate schema/openapi.yaml as OpenAPI 3.1 with @seriousme/openapi-schema-validator (npm)
 	cd schema && npm ci --no-audit --no-fund --loglevel=error
 	cd schema && npx --no-install validate-api openapi.yaml
+
+ui-browser: setup build ## The Web UI in Debian's chromium (playwright-core, axe-core); screenshots in target/ui-screenshots (as root)
+	bash scripts/ui-browser.sh
 
 api-fuzz: setup build ## schemathesis against a live agent on loopback TCP: no 5xx, every answer as documented (as root)
 	bash scripts/schemathesis.sh

@@ -73,6 +73,9 @@ _bkg() {
             bkg,sync)
                 cmd="bkg__subcmd__sync"
                 ;;
+            bkg,ui)
+                cmd="bkg__subcmd__ui"
+                ;;
             bkg,validate)
                 cmd="bkg__subcmd__validate"
                 ;;
@@ -192,6 +195,9 @@ _bkg() {
                 ;;
             bkg__subcmd__help,sync)
                 cmd="bkg__subcmd__help__subcmd__sync"
+                ;;
+            bkg__subcmd__help,ui)
+                cmd="bkg__subcmd__help__subcmd__ui"
                 ;;
             bkg__subcmd__help,validate)
                 cmd="bkg__subcmd__help__subcmd__validate"
@@ -317,7 +323,7 @@ _bkg() {
 
     case "${cmd}" in
         bkg)
-            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch version doctor completions help"
+            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1001,7 +1007,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help)
-            opts="exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch version doctor completions help"
+            opts="exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1465,6 +1471,20 @@ _bkg() {
         bkg__subcmd__help__subcmd__sync__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__ui)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -2293,6 +2313,32 @@ _bkg() {
         bkg__subcmd__sync__subcmd__status)
             opts="-h -V --json --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__ui)
+            opts="-h -V --open --json --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -37,6 +37,8 @@ need_file /etc/services netbase
 need_file /usr/include/linux/unistd.h linux-libc-dev
 # The compatibility suite (tests/compat) runs CPython's own test modules outside and inside.
 need_file /usr/lib/python3.11/test/test_os.py libpython3.11-testsuite
+# The Web UI's browser suite (tests/ui): playwright-core drives Debian's chromium, no download.
+need chromium chromium
 
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
@@ -82,6 +84,12 @@ for pin in $(grep -v '^#' "$api_requirements"); do
     break
   fi
 done
+# The Web UI's browser suite: playwright-core and axe-core (tests/ui).
+ui_dir="$(dirname "$0")/../tests/ui"
+if [[ ! -d $ui_dir/node_modules/playwright-core || $ui_dir/package-lock.json -nt $ui_dir/node_modules ]]; then
+  echo "setup: installing playwright-core and axe-core for the Web UI's browser tests" >&2
+  (cd "$ui_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
 mcp_dir="$(dirname "$0")/../tests/mcp"
 if [[ ! -d $mcp_dir/node_modules/@modelcontextprotocol/sdk || $mcp_dir/package-lock.json -nt $mcp_dir/node_modules ]]; then
   echo "setup: installing the MCP SDK for the tests" >&2

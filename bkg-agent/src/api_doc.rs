@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document of the HTTP API, generated from the handlers and types
 //! (`bkg-agent --print-openapi`, `make api-schema` → schema/openapi.yaml). `/mcp` speaks
-//! JSON-RPC (MCP) and is described in docs/api.md instead.
+//! JSON-RPC (MCP) and is described in docs/api.md instead; `/ui` serves HTML pages (docs/ui.md).
 
 use utoipa::Modify;
 use utoipa::OpenApi;

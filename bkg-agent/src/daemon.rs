@@ -575,6 +575,7 @@ async fn serve(
         service,
         tracer: Tracer::from_env(api.sampling_rate),
         bodies: Arc::new(BodyBudget::new(api.connections.body_budget, api.connections.body_timeout)),
+        ui: Arc::new(crate::ui::UiState::default()),
     };
     tracing::info!(
         socket = %socket.display(),
@@ -609,8 +610,20 @@ async fn serve(
         }
     });
     let metrics = Arc::clone(&state.service.metrics);
+    let ui = Arc::clone(&state.ui);
     let app = router(state);
     let header_timeout = api.connections.header_timeout;
+    let tcp_address = match &tcp_listener {
+        Some(tcp) => Some((tcp.local_addr().context("the TCP listener's address")?, tls.is_some())),
+        None => None,
+    };
+    let _ = ui.listening.set(crate::ui::launch::Listening {
+        tcp: tcp_address,
+        app: app.clone(),
+        metrics: Arc::clone(&metrics),
+        header_timeout,
+        stopping: stopping_rx.clone(),
+    });
     let tcp_server = tcp_listener.map(|tcp| {
         let config = listen::ListenerConfig { name: "tcp", max_connections: tcp_cap, header_timeout, tls };
         let (app, metrics, stopping) = (app.clone(), Arc::clone(&metrics), stopping_rx.clone());

@@ -16,3 +16,4 @@ pub mod service;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod ui;

@@ -3,7 +3,8 @@
 //! the agent's own user, who act as admin) and, opt-in, TCP, where every request carries an API
 //! key. Every request passes the gatekeeper: body size, authentication, rate limit, the body read
 //! whole within its timeout and the shared body budget, metrics and its trace span. The accept
-//! loops (connection caps, header timeout, TLS) are in server/listen.rs.
+//! loops (connection caps, header timeout, TLS) are in server/listen.rs. The Web UI under `/ui`
+//! (ui/) passes keyless and authenticates its requests by session itself.
 
 pub(crate) mod auth_api;
 pub(crate) mod changes;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub service: Arc<Service>,
     pub tracer: Tracer,
     pub bodies: Arc<BodyBudget>,
+    /// The Web UI's sessions and one-time login tokens.
+    pub ui: Arc<crate::ui::UiState>,
 }
 
 /// The API's routes, with the gatekeeper in front of every one of them.
@@ -120,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/keys/{id}/rotate", post(auth_api::rotate_key))
         .route("/api/v1/auth/keys/{id}/revoke", post(auth_api::revoke_key))
         .nest_service("/mcp", crate::mcp::service(Arc::clone(&state.service)))
+        .nest("/ui", crate::ui::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), gatekeeper))
@@ -203,6 +207,8 @@ async fn authenticate(
             }
         },
         (None, Origin::Unix(peer)) => return Ok(Some(Principal::Local { uid: peer.uid })),
+        // The Web UI authenticates its own requests by session (ui/session.rs).
+        (None, _) if crate::ui::is_ui_route(route) => return Ok(None),
         (None, Origin::Tcp(peer)) => {
             // The probe's keyless answer is a status and a reason word (server/system.rs).
             if *method == Method::GET && route == PROBE_ROUTE {

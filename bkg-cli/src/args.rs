@@ -70,6 +70,8 @@ pub enum Command {
     Keys(KeysArgs),
     /// Follow the changes to runs, sandboxes, keys and the audit log as they happen.
     Watch(WatchArgs),
+    /// Open the agent's Web UI: print (or --open) a URL that logs in once.
+    Ui(UiArgs),
     /// The versions of bkg and of the agent, their commits and build dates, the agent's protections.
     Version(VersionArgs),
     /// Check this host and its agent: each piece passes, warns or fails, with the fix.
@@ -91,6 +93,7 @@ impl Command {
             | Command::Login(LoginArgs { json, .. })
             | Command::Version(VersionArgs { json })
             | Command::Watch(WatchArgs { json, .. })
+            | Command::Ui(UiArgs { json, .. })
             | Command::Doctor(DoctorArgs { json, .. })
             | Command::Agent(AgentArgs { action: AgentAction::Status { json } })
             | Command::Runs(RunsArgs { action: RunsAction::Ls { json, .. } | RunsAction::Show { json, .. } })
@@ -622,6 +625,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
     ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
     ("watch", "bkg watch\n  bkg watch --json --kinds runs --namespace team-a\n  bkg watch --since 1200 --count 50"),
+    ("ui", "bkg ui\n  bkg ui --open\n  bkg ui --json"),
     ("version", "bkg version\n  bkg version --json"),
     (
         "doctor",
@@ -769,6 +773,17 @@ pub struct WatchArgs {
     /// Stop after this many changes.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+}
+
+/// `bkg ui`.
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// Open the URL in the desktop's browser (xdg-open) besides printing it.
+    #[arg(long)]
+    pub open: bool,
+    /// Print JSON: the URL and whether a listener was started for it.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `bkg doctor`.

@@ -26,6 +26,7 @@ pub mod shared;
 mod stream;
 mod sync_cmd;
 mod table;
+mod ui_cmd;
 mod validate;
 pub mod version_cmd;
 mod watch_cmd;
@@ -70,6 +71,7 @@ async fn dispatch(settings: Settings, command: Command) -> Result<i32, CliError>
         Command::Logout => login_cmd::logout(settings),
         Command::Keys(args) => keys_cmd::run(settings, args).await,
         Command::Watch(args) => watch_cmd::run(settings, args).await,
+        Command::Ui(args) => ui_cmd::run(settings, args).await,
         Command::Doctor(args) => doctor::run(settings, args).await,
         Command::Version(_) => version_cmd::run(settings).await,
         Command::Completions(args) => completions(args),

@@ -190,3 +190,12 @@ mod tests {
         }
     }
 }
+
+/// `POST /ui/launch` (the unix socket only): where `bkg ui` sends the browser. The URL carries a
+/// one-time login token in its fragment, so it never reaches a server log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UiLaunch {
+    pub url: String,
+    /// Whether the agent started a loopback listener for it just now.
+    pub started_listener: bool,
+}

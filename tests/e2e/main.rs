@@ -18,3 +18,4 @@ mod projects;
 mod reliability;
 mod retention;
 mod signals;
+mod ui;

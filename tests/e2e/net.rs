@@ -566,3 +566,23 @@ fn webhooks_and_otlp_export_reach_https_receivers_verified_by_the_agent() {
     poll("the unverified delivery fails", || stranger.log().contains("rotation notice not delivered").then_some(()));
     assert!(!stranger_hook.text().contains("POST"), "a notice went to an unverified receiver");
 }
+
+#[test]
+fn the_web_uis_cookies_are_secure_over_tls_and_bkg_ui_gives_an_https_url() {
+    let pki_dir = tempfile::tempdir().expect("pki dir");
+    let pki = make_pki(pki_dir.path(), "ui");
+    let api = NetAgent::start(&["--tls-cert".into(), path_arg(&pki.cert), "--tls-key".into(), path_arg(&pki.key)]);
+    let fetched = Command::new("curl")
+        .args(["-sS", "-i", "--cacert", &path_arg(&pki.ca), &format!("https://{}/ui/login", api.address)])
+        .output()
+        .expect("curl");
+    assert!(fetched.status.success(), "{}", stderr(&fetched));
+    let head = stdout(&fetched);
+    let cookie =
+        head.lines().find(|line| line.to_ascii_lowercase().starts_with("set-cookie: bkg_login=")).unwrap_or("");
+    assert!(cookie.trim_end().split("; ").any(|part| part == "Secure"), "no Secure flag over TLS: {head}");
+    let launched = api.agent.bkg().args(["ui", "--json"]).output().expect("bkg ui");
+    assert_eq!(code(&launched), 0, "{}", stderr(&launched));
+    let url = format!("https://{}/ui/login#token=", api.address);
+    assert!(stdout(&launched).contains(&url), "{}", stdout(&launched));
+}

@@ -10,6 +10,8 @@
 //! | see, rotate, revoke, delete a key | any | non-admin keys of its namespace | itself | itself |
 //! | refresh a key | — | — | itself | — |
 //! | sign users up; agent, metrics, shutdown, sync, bkg_db audit | yes | no | no | no |
+//! | the Web UI's admin pages: every namespace, the audit log, the key policy | yes | no | no | no |
+//! | a one-time login URL of the Web UI (`bkg ui`) | a socket peer only | no | no | no |
 //!
 //! A peer on the unix socket is an admin. Another namespace's sandbox, run or key is answered
 //! as missing (`NotFound`), never as forbidden: its existence is not the caller's to learn.
@@ -31,6 +33,9 @@ pub enum AdminTask {
     ReadDbAudit,
     SignUp,
     BindVolumes,
+    ReadNamespaces,
+    ReadAudit,
+    VerifyAudit,
 }
 
 impl AdminTask {
@@ -45,12 +50,31 @@ impl AdminTask {
             Self::ReadDbAudit => "only an admin may read the audit lines in bkg_db",
             Self::SignUp => "only an admin may do this",
             Self::BindVolumes => "only an admin may bind host volumes into a sandbox",
+            Self::ReadNamespaces => "only an admin may list every namespace",
+            Self::ReadAudit => "only an admin may read the audit log",
+            Self::VerifyAudit => "only an admin may verify the audit log",
         }
     }
 }
 
 pub fn require_admin(principal: &Principal, task: AdminTask) -> Result<(), OpError> {
     if principal.is_admin() { Ok(()) } else { Err(OpError::Forbidden(task.refusal().to_owned())) }
+}
+
+/// Whether the caller may use what only admins may (the Web UI shows its admin pages to them).
+pub fn administers(principal: &Principal) -> bool {
+    principal.is_admin()
+}
+
+/// The uid of a peer on the agent's unix socket: only such a peer may have a one-time login URL
+/// of the Web UI, which logs in as the machine's administrator (an admin key over TCP may not).
+pub fn require_socket_peer(principal: &Principal) -> Result<u32, OpError> {
+    match principal {
+        Principal::Local { uid } => Ok(*uid),
+        Principal::Key(_) => {
+            Err(OpError::Forbidden("only a peer on the agent's unix socket may ask for a login URL".into()))
+        }
+    }
 }
 
 /// Model-access keys reach model endpoints only; everything that runs code is refused to them.
@@ -168,5 +192,11 @@ mod tests {
         assert!(require_code_runner(&session).is_ok());
         assert!(require_admin(&team, AdminTask::ReadAgent).is_err());
         assert!(require_admin(&Principal::Local { uid: 0 }, AdminTask::StopAgent).is_ok());
+        assert!(require_admin(&team, AdminTask::ReadAudit).is_err());
+        assert!(!administers(&team));
+        assert_eq!(require_socket_peer(&Principal::Local { uid: 7 }).ok(), Some(7));
+        let admin_key = Principal::Key(key("key_5", Role::Admin, None));
+        assert!(administers(&admin_key));
+        assert!(require_socket_peer(&admin_key).is_err(), "an admin key over TCP gets no login URL");
     }
 }

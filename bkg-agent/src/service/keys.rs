@@ -45,7 +45,13 @@ fn hashing_failed<E>(_: E) -> OpError {
 impl Service {
     /// The key behind `secret`, if it is known, unexpired and unrevoked.
     pub async fn authenticate_key(&self, secret: &str) -> OpResult<Principal> {
-        let Some(key) = self.store.key_by_hash(&keys::hash(secret)).await? else {
+        self.authenticate_key_hash(&keys::hash(secret)).await
+    }
+
+    /// The key whose secret hashes to `hash`, as [`authenticate_key`](Self::authenticate_key)
+    /// (the Web UI's sessions keep the hash, never the secret).
+    pub async fn authenticate_key_hash(&self, hash: &str) -> OpResult<Principal> {
+        let Some(key) = self.store.key_by_hash(hash).await? else {
             return Err(OpError::Unauthorized("unknown API key".into()));
         };
         let now = now_ms();

@@ -10,6 +10,7 @@ mod keys;
 mod runs;
 mod sandboxes;
 mod system;
+mod ui_support;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ pub use keys::{KEYLESS_ROUTES_PER_MINUTE, SignedNotice};
 pub use runs::{Accepted, RunTask};
 pub use sandboxes::LogTail;
 pub use system::{HealthProbe, HealthVerdict, MetricsText};
+pub use ui_support::{AuditFilter, KeyPolicy, NamespaceSummary};
 
 /// Why an operation did not happen. Each transport turns it into its own shape (an HTTP status
 /// and the API's error body in `server/failure.rs`, a tool error in `mcp.rs`).

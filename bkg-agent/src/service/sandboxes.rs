@@ -80,7 +80,7 @@ impl Service {
     }
 
     /// The sandbox `id` if the caller may reach it; another namespace's is "not found".
-    async fn visible_sandbox(&self, principal: &Principal, id: &str) -> OpResult<StoredSandbox> {
+    pub(super) async fn visible_sandbox(&self, principal: &Principal, id: &str) -> OpResult<StoredSandbox> {
         require_code_runner(principal)?;
         match self.store.get_sandbox(id).await? {
             Some(stored) if reaches(principal, &stored.definition.namespace) => Ok(stored),

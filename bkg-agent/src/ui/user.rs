@@ -1,0 +1,660 @@
+//! The pages of every user: sandboxes (list, create, delete), running code in one with its
+//! output streamed live, run history, one run with its output, and keys.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use bkg_schema::auth::{CreateKeyRequest, IssuedKey, KeyInfo, Role};
+use bkg_schema::sandbox::{NewSandbox, SandboxInfo, SandboxState};
+use bkg_schema::{Language, LimitOverrides, Limits, RunRecord, RunResult};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::view::{bytes, copyable, csrf_field, maybe_time, millis, page, time};
+use super::{Viewer, ansi, ops, refusal};
+use crate::server::{AppState, Failure};
+
+fn limits_cells(limits: &Limits) -> Markup {
+    html! {
+        dl.limits {
+            dt { "CPU" } dd { (format!("{:.2}", limits.cpu_millis as f64 / 1000.0)) " vCPU" }
+            dt { "Memory" } dd { (bytes(limits.memory_bytes)) }
+            dt { "Timeout" } dd { (millis(limits.timeout_ms)) }
+            dt { "Disk" } dd { (bytes(limits.disk_bytes)) }
+            dt { "Processes" } dd { (limits.pids) }
+        }
+    }
+}
+
+fn state_badge(state: SandboxState) -> Markup {
+    match state {
+        SandboxState::Idle => html! { span.badge { "idle" } },
+        SandboxState::Running => html! { span.badge.running { "running" } },
+    }
+}
+
+pub async fn sandboxes(State(state): State<AppState>, viewer: Viewer) -> Response {
+    let list = match ops::list_sandboxes(&state, &viewer.principal).await {
+        Ok(list) => list,
+        Err(failure) => return refusal(Some(&viewer), failure),
+    };
+    sandboxes_page(&viewer, &list, None, StatusCode::OK)
+}
+
+fn sandboxes_page(viewer: &Viewer, list: &[SandboxInfo], error: Option<&str>, status: StatusCode) -> Response {
+    let body = html! {
+        @if let Some(error) = error { p.error role="alert" { (error) } }
+        @if list.is_empty() {
+            p.empty { "No sandboxes yet. Create one below to run Python or Node code in it." }
+        } @else {
+            div.table-wrap tabindex="0" {
+                table {
+                    caption.visually-hidden { "Your sandboxes" }
+                    thead { tr { th scope="col" { "Name" } th scope="col" { "Namespace" } th scope="col" { "Language" }
+                        th scope="col" { "State" } th scope="col" { "Limits" } th scope="col" { "Last run" } } }
+                    tbody {
+                        @for sandbox in list {
+                            tr {
+                                td { a href={ "/ui/sandboxes/" (sandbox.id) } { (sandbox.name) } }
+                                td { (sandbox.namespace) }
+                                td { (sandbox.language.as_str()) }
+                                td { (state_badge(sandbox.state)) }
+                                td { (limits_cells(&sandbox.limits)) }
+                                td { (maybe_time(sandbox.last_run.as_ref().map(|run| run.started_at_ms))) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section.card {
+            h2 { "Create a sandbox" }
+            form method="post" action="/ui/sandboxes" {
+                (csrf_field(viewer))
+                div.grid {
+                    div { label for="name" { "Name" }
+                        input #name name="name" required pattern="[a-z0-9]([a-z0-9\\-]{0,61}[a-z0-9])?"
+                            aria-describedby="name-help";
+                        small #name-help { "Lowercase letters, digits and dashes." } }
+                    div { label for="language" { "Language" }
+                        select #language name="language" { option value="python" { "Python" } option value="node" { "Node" } } }
+                    @if ops::administers(&viewer.principal) {
+                        div { label for="namespace" { "Namespace" } input #namespace name="namespace" placeholder="default"; }
+                    }
+                    div { label for="cpus" { "CPUs" } input #cpus name="cpus" placeholder="1" inputmode="decimal"; }
+                    div { label for="memory" { "Memory" } input #memory name="memory" placeholder="512MiB"; }
+                    div { label for="timeout" { "Timeout" } input #timeout name="timeout" placeholder="60s"; }
+                    div { label for="disk" { "Disk" } input #disk name="disk" placeholder="500MiB"; }
+                }
+                label for="env" { "Environment (NAME=value, one a line)" }
+                textarea #env name="env" rows="3" spellcheck="false" {}
+                button type="submit" { "Create" }
+            }
+        }
+    };
+    (status, page(Some(viewer), "Sandboxes", body)).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct NewSandboxForm {
+    name: String,
+    language: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    cpus: String,
+    #[serde(default)]
+    memory: String,
+    #[serde(default)]
+    timeout: String,
+    #[serde(default)]
+    disk: String,
+    #[serde(default)]
+    env: String,
+}
+
+fn optional<T>(
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, bkg_schema::UnitError>,
+    what: &str,
+) -> Result<Option<T>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    parse(text).map(Some).map_err(|error| format!("{what}: {error}"))
+}
+
+fn new_sandbox(form: NewSandboxForm) -> Result<NewSandbox, String> {
+    let language =
+        Language::parse(form.language.trim()).ok_or_else(|| format!("unknown language `{}`", form.language))?;
+    let limits = LimitOverrides {
+        cpu_millis: optional(&form.cpus, bkg_schema::parse_cpus, "CPUs")?,
+        memory_bytes: optional(&form.memory, bkg_schema::parse_size, "memory")?,
+        timeout_ms: optional(&form.timeout, bkg_schema::parse_duration_ms, "timeout")?,
+        disk_bytes: optional(&form.disk, bkg_schema::parse_size, "disk")?,
+        pids: None,
+    };
+    let mut env = BTreeMap::new();
+    for line in form.env.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        let (name, value) =
+            line.split_once('=').ok_or_else(|| format!("environment line `{line}` is not NAME=value"))?;
+        env.insert(name.trim().to_owned(), value.to_owned());
+    }
+    let namespace = Some(form.namespace.trim().to_owned()).filter(|namespace| !namespace.is_empty());
+    Ok(NewSandbox { name: form.name.trim().to_owned(), namespace, language, limits, env, scripts: BTreeMap::new() })
+}
+
+pub async fn create_sandbox(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Form(form): Form<NewSandboxForm>,
+) -> Response {
+    let created = match new_sandbox(form) {
+        Ok(new) => ops::create_sandbox(&state, &viewer.principal, new)
+            .await
+            .map_err(|failure| (failure.status, failure.message)),
+        Err(message) => Err((StatusCode::UNPROCESSABLE_ENTITY, message)),
+    };
+    match created {
+        Ok(info) => Redirect::to(&format!("/ui/sandboxes/{}", info.id)).into_response(),
+        Err((status, message)) => {
+            let list = ops::list_sandboxes(&state, &viewer.principal).await.unwrap_or_default();
+            sandboxes_page(&viewer, &list, Some(&message), status)
+        }
+    }
+}
+
+pub async fn sandbox(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    let info = match ops::get_sandbox(&state, &viewer.principal, &id).await {
+        Ok(info) => info,
+        Err(failure) => return refusal(Some(&viewer), failure),
+    };
+    let python = info.language == Language::Python;
+    let sample = if python { "print(6*7)\n" } else { "console.log(6*7)\n" };
+    let body = html! {
+        section.card {
+            dl.facts {
+                dt { "Id" } dd { (copyable(&info.id)) }
+                dt { "Namespace" } dd { (info.namespace) }
+                dt { "State" } dd { (state_badge(info.state)) }
+                dt { "Created" } dd { (time(info.created_at_ms)) }
+                dt { "Disk in use" } dd { (bytes(info.disk_bytes_allocated)) }
+            }
+            h2 { "Limits" }
+            (limits_cells(&info.limits))
+        }
+        section.card {
+            h2 { "Run code" }
+            form #run-form method="post" action={ "/ui/sandboxes/" (info.id) "/run" } {
+                (csrf_field(&viewer))
+                label for="run-language" { "Language" }
+                select #run-language name="language" {
+                    option value="python" selected[python] { "Python" }
+                    option value="node" selected[!python] { "Node" }
+                }
+                label for="code" { "Code" }
+                textarea #code name="code" rows="10" spellcheck="false" autocapitalize="off" { (sample) }
+                div.actions {
+                    button #run-button type="submit" { "Run" } small.muted { "Ctrl+Enter runs" }
+                }
+            }
+            div #run-live hidden {
+                h3 { "Output" }
+                pre #run-output.output aria-live="polite" tabindex="0" {}
+                p #run-summary role="status" {}
+            }
+        }
+        p { a href={ "/ui/runs?sandbox=" (info.id) } { "Runs of this sandbox" } }
+        section.card.danger {
+            h2 { "Delete" }
+            form method="post" action={ "/ui/sandboxes/" (info.id) "/delete" } data-confirm={ "Delete sandbox " (info.name) " with its disk and logs?" } {
+                (csrf_field(&viewer))
+                button.danger type="submit" { "Delete this sandbox" }
+            }
+        }
+    };
+    page(Some(&viewer), &format!("Sandbox {}", info.name), body).into_response()
+}
+
+pub async fn delete_sandbox(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    match ops::delete_sandbox(&state, &viewer.principal, &id).await {
+        Ok(()) => Redirect::to("/ui/sandboxes").into_response(),
+        Err(failure) => refusal(Some(&viewer), failure),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RunForm {
+    language: String,
+    code: String,
+}
+
+/// One server-sent event.
+fn event(name: &str, data: &str) -> Bytes {
+    let mut text = format!("event: {name}\n");
+    for line in data.split('\n') {
+        text.push_str("data: ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push('\n');
+    Bytes::from(text)
+}
+
+fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+/// What the run page shows when a run ends: its result without the output it already showed.
+#[derive(serde::Serialize)]
+struct Ended<'a> {
+    id: &'a str,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    killed_by: Option<bkg_schema::KilledBy>,
+    wall: String,
+    cpu: String,
+    peak_memory: String,
+    truncated: bool,
+}
+
+fn ended(result: &RunResult) -> Ended<'_> {
+    Ended {
+        id: &result.id,
+        exit_code: result.exit_code,
+        signal: result.signal,
+        killed_by: result.killed_by,
+        wall: millis(result.wall_ms),
+        cpu: millis(result.cpu_ms),
+        peak_memory: bytes(result.peak_memory_bytes),
+        truncated: result.truncated,
+    }
+}
+
+/// Runs code and answers with its output as server-sent events (`started`, `stdout`, `stderr`
+/// with JSON strings, then `result` or `error`), read by the page's script as they come.
+pub async fn run_code(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(form): Form<RunForm>,
+) -> Response {
+    let Some(language) = Language::parse(&form.language) else {
+        return refusal(Some(&viewer), Failure::invalid(format!("unknown language `{}`", form.language)));
+    };
+    let run = match ops::run_code(&state, &viewer.principal, &id, language, &form.code).await {
+        Ok(run) => run,
+        Err(failure) => {
+            let mut response = (failure.status, event("error", &json_text(&failure.message))).into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            return response;
+        }
+    };
+    let ops::CodeRun { output, result } = run;
+    let streams = Streams { output, result: Some(result), stdout: Vec::new(), stderr: Vec::new() };
+    let events = futures_util::stream::unfold(streams, |mut streams| async move {
+        if let Some(event_out) = streams.output.recv().await {
+            let chunk = match event_out {
+                ops::RunOutput::Started(run_id) => event("started", &json_text(&run_id)),
+                ops::RunOutput::Stdout(bytes) => event("stdout", &json_text(&whole_chars(&mut streams.stdout, &bytes))),
+                ops::RunOutput::Stderr(bytes) => event("stderr", &json_text(&whole_chars(&mut streams.stderr, &bytes))),
+            };
+            return Some((Ok::<_, Infallible>(chunk), streams));
+        }
+        let result = streams.result.take()?;
+        let mut chunk = Vec::new();
+        // What is left of a character cut short is shown as it is (U+FFFD).
+        for (name, rest) in [("stdout", &streams.stdout), ("stderr", &streams.stderr)] {
+            if !rest.is_empty() {
+                chunk.extend_from_slice(&event(name, &json_text(&String::from_utf8_lossy(rest))));
+            }
+        }
+        chunk.extend_from_slice(&match result.await {
+            Ok(Ok(result)) => event("result", &json_text(&ended(&result))),
+            Ok(Err(error)) => event("error", &json_text(&error.to_string())),
+            Err(_) => event("error", &json_text(&"the run's task failed")),
+        });
+        Some((Ok(Bytes::from(chunk)), streams))
+    });
+    let mut response = Response::new(Body::from_stream(events));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response
+}
+
+/// A run's output on its way to the page: a character split between two reads waits for its
+/// other half, so multi-byte text arrives whole.
+struct Streams {
+    output: tokio::sync::mpsc::Receiver<ops::RunOutput>,
+    result: Option<ops::RunTask>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// The text of `carry` + `bytes` up to the last whole UTF-8 character; the rest stays in `carry`.
+/// Bytes that can never be UTF-8 become U+FFFD.
+fn whole_chars(carry: &mut Vec<u8>, bytes: &[u8]) -> String {
+    carry.extend_from_slice(bytes);
+    let cut = match std::str::from_utf8(carry) {
+        Ok(_) => carry.len(),
+        // An incomplete character at the very end (at most 3 bytes) waits for the next read.
+        Err(error) if error.error_len().is_none() => error.valid_up_to(),
+        Err(_) => carry.len(),
+    };
+    let rest = carry.split_off(cut);
+    let text = String::from_utf8_lossy(carry).into_owned();
+    *carry = rest;
+    text
+}
+
+#[derive(Deserialize, Default)]
+pub struct RunsQuery {
+    #[serde(default)]
+    sandbox: String,
+    #[serde(default)]
+    namespace: String,
+    /// `ok`, `failed` or `killed`.
+    #[serde(default)]
+    outcome: String,
+    #[serde(default)]
+    language: String,
+    limit: Option<u32>,
+}
+
+fn outcome(run: &RunRecord) -> &'static str {
+    match (run.finished_at_ms, run.killed_by, run.exit_code) {
+        (None, _, _) => "running",
+        (_, Some(_), _) => "killed",
+        (_, None, Some(0)) => "ok",
+        _ => "failed",
+    }
+}
+
+fn outcome_badge(run: &RunRecord) -> Markup {
+    let outcome = outcome(run);
+    let label = match (run.killed_by, run.exit_code) {
+        (Some(killed_by), _) => format!(
+            "killed: {}",
+            serde_json::to_value(killed_by).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+        ),
+        (None, Some(code)) if outcome != "running" => format!("exit {code}"),
+        _ => outcome.to_owned(),
+    };
+    html! { span class={ "badge " (outcome) } { (label) } }
+}
+
+pub async fn runs(State(state): State<AppState>, viewer: Viewer, Query(query): Query<RunsQuery>) -> Response {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let filter = ops::RunFilter {
+        namespace: Some(query.namespace.trim().to_owned()).filter(|text| !text.is_empty()),
+        sandbox: Some(query.sandbox.trim().to_owned()).filter(|text| !text.is_empty()),
+        limit,
+    };
+    let list = match ops::list_runs(&state, &viewer.principal, filter).await {
+        Ok(list) => list,
+        Err(failure) => return refusal(Some(&viewer), failure),
+    };
+    let shown: Vec<&RunRecord> = list
+        .iter()
+        .filter(|run| query.outcome.is_empty() || outcome(run) == query.outcome)
+        .filter(|run| query.language.is_empty() || run.language.as_str() == query.language)
+        .collect();
+    let body = html! {
+        form.filters method="get" action="/ui/runs" {
+            div { label for="f-sandbox" { "Sandbox id" } input #f-sandbox name="sandbox" value=(query.sandbox); }
+            @if ops::administers(&viewer.principal) {
+                div { label for="f-namespace" { "Namespace" } input #f-namespace name="namespace" value=(query.namespace); }
+            }
+            div { label for="f-outcome" { "Outcome" }
+                select #f-outcome name="outcome" {
+                    @for (value, label) in [("", "any"), ("ok", "ok"), ("failed", "failed"), ("killed", "killed"), ("running", "running")] {
+                        option value=(value) selected[query.outcome == value] { (label) }
+                    }
+                } }
+            div { label for="f-language" { "Language" }
+                select #f-language name="language" {
+                    @for (value, label) in [("", "any"), ("python", "Python"), ("node", "Node")] {
+                        option value=(value) selected[query.language == value] { (label) }
+                    }
+                } }
+            div { button type="submit" { "Filter" } }
+        }
+        @if shown.is_empty() {
+            p.empty { "No runs match. Run code in a sandbox and it shows up here." }
+        } @else {
+            div.table-wrap tabindex="0" {
+                table {
+                    caption.visually-hidden { "Runs, newest first" }
+                    thead { tr { th scope="col" { "Run" } th scope="col" { "Started" } th scope="col" { "Namespace" }
+                        th scope="col" { "Language" } th scope="col" { "Outcome" } th scope="col" { "Wall" } th scope="col" { "Peak memory" } } }
+                    tbody {
+                        @for run in &shown {
+                            tr {
+                                td { a href={ "/ui/runs/" (run.id) } { code { (run.id) } } }
+                                td { (time(run.started_at_ms)) }
+                                td { (run.namespace) }
+                                td { (run.language.as_str()) }
+                                td { (outcome_badge(run)) }
+                                td { (run.wall_ms.map(millis).unwrap_or_default()) }
+                                td { (run.peak_memory_bytes.map(bytes).unwrap_or_default()) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(Some(&viewer), "Runs", body).into_response()
+}
+
+pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    let record = match ops::get_run(&state, &viewer.principal, &id).await {
+        Ok(record) => record,
+        Err(failure) => return refusal(Some(&viewer), failure),
+    };
+    let output = match ops::run_output(&state, &viewer.principal, &record).await {
+        Ok(output) => output,
+        Err(failure) => return refusal(Some(&viewer), failure),
+    };
+    let body = html! {
+        section.card {
+            dl.facts {
+                dt { "Id" } dd { (copyable(&record.id)) }
+                dt { "Outcome" } dd { (outcome_badge(&record)) }
+                dt { "Namespace" } dd { (record.namespace) }
+                @if let Some(sandbox) = &record.sandbox_id {
+                    dt { "Sandbox" } dd { a href={ "/ui/sandboxes/" (sandbox) } { (sandbox) } }
+                }
+                dt { "Language" } dd { (record.language.as_str()) }
+                dt { "Started" } dd { (time(record.started_at_ms)) }
+                dt { "Finished" } dd { (maybe_time(record.finished_at_ms)) }
+                dt { "Wall" } dd { (record.wall_ms.map(millis).unwrap_or_default()) }
+                dt { "CPU" } dd { (record.cpu_ms.map(millis).unwrap_or_default()) }
+                dt { "Peak memory" } dd { (record.peak_memory_bytes.map(bytes).unwrap_or_default()) }
+                dt { "Output" } dd { (bytes(record.stdout_bytes.unwrap_or(0))) " stdout, " (bytes(record.stderr_bytes.unwrap_or(0))) " stderr" }
+                @if let Some(error) = &record.error { dt { "Error" } dd { (error) } }
+            }
+            h2 { "Limits" }
+            (limits_cells(&record.limits))
+        }
+        section.card {
+            h2 { "Output" }
+            @match &output {
+                Some(output) if output.is_empty() => p.empty { "The run wrote nothing." },
+                Some(output) => {
+                    pre.output tabindex="0" { (ansi::render(output)) }
+                    @if output.len() as u64 >= ops::MAX_SHOWN_OUTPUT_BYTES { p.muted { "Only the first " (bytes(ops::MAX_SHOWN_OUTPUT_BYTES)) " are shown." } }
+                },
+                None => p.empty { "The agent keeps the output of the newest runs of each sandbox; this run's is not kept." },
+            }
+        }
+    };
+    page(Some(&viewer), &format!("Run {}", record.id), body).into_response()
+}
+
+fn key_status(key: &KeyInfo) -> Markup {
+    if key.revoked_at_ms.is_some() {
+        html! { span.badge.killed { "revoked" } }
+    } else if key.expires_at_ms <= crate::ids::now_ms() {
+        html! { span.badge.failed { "expired" } }
+    } else {
+        html! { span.badge.ok { "active" } }
+    }
+}
+
+fn keys_page(
+    viewer: &Viewer,
+    keys: &[KeyInfo],
+    issued: Option<&IssuedKey>,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let admin = ops::administers(&viewer.principal);
+    let may_issue = matches!(viewer.principal.role(), Role::Admin | Role::Namespace);
+    let body = html! {
+        @if let Some(error) = error { p.error role="alert" { (error) } }
+        @if let Some(issued) = issued {
+            section.card.secret role="status" {
+                h2 { "The new secret of " (issued.info.id) }
+                p { "Copy it now: it is shown only this once." }
+                (copyable(&issued.key))
+            }
+        }
+        @if keys.is_empty() {
+            p.empty { "No keys to show." }
+        } @else {
+            div.table-wrap tabindex="0" {
+                table {
+                    caption.visually-hidden { "Keys" }
+                    thead { tr { th scope="col" { "Key" } th scope="col" { "Role" } th scope="col" { "Namespace" } th scope="col" { "Name" }
+                        th scope="col" { "Status" } th scope="col" { "Expires" } th scope="col" { "Last used" } th scope="col" { "Actions" } } }
+                    tbody {
+                        @for key in keys {
+                            tr {
+                                td { (copyable(&key.id)) }
+                                td { (key.role.as_str()) }
+                                td { (key.namespace.as_deref().unwrap_or("all")) }
+                                td { (key.name.as_deref().or(key.user.as_deref()).unwrap_or("")) }
+                                td { (key_status(key)) }
+                                td { (time(key.expires_at_ms)) }
+                                td { (maybe_time(key.last_used_at_ms)) }
+                                td.actions {
+                                    @if key.revoked_at_ms.is_none() {
+                                        form method="post" action={ "/ui/keys/" (key.id) "/rotate" } data-confirm={ "Rotate " (key.id) "? Its old secret stops working at once." } {
+                                            (csrf_field(viewer)) button.small type="submit" aria-label={ "Rotate " (key.id) } { "Rotate" }
+                                        }
+                                        form method="post" action={ "/ui/keys/" (key.id) "/revoke" } data-confirm={ "Revoke " (key.id) "? It stops working at once." } {
+                                            (csrf_field(viewer)) button.small.danger type="submit" aria-label={ "Revoke " (key.id) } { "Revoke" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if may_issue {
+            section.card {
+                h2 { "Issue a key" }
+                form method="post" action="/ui/keys" {
+                    (csrf_field(viewer))
+                    div.grid {
+                        div { label for="role" { "Role" }
+                            select #role name="role" {
+                                @if admin { option value="admin" { "admin" } option value="namespace" selected { "namespace" } }
+                                option value="session" { "session" }
+                                option value="model-access" { "model-access" }
+                            } }
+                        @if admin { div { label for="key-namespace" { "Namespace" } input #key-namespace name="namespace" placeholder="team-a"; } }
+                        div { label for="key-name" { "Name" } input #key-name name="name" placeholder="ci"; }
+                        div { label for="ttl" { "Lifetime" } input #ttl name="ttl" placeholder="the role's"; }
+                    }
+                    button type="submit" { "Issue" }
+                }
+            }
+        }
+    };
+    (status, page(Some(viewer), "Keys", body)).into_response()
+}
+
+pub async fn keys(State(state): State<AppState>, viewer: Viewer) -> Response {
+    match ops::list_keys(&state, &viewer.principal).await {
+        Ok(keys) => keys_page(&viewer, &keys, None, None, StatusCode::OK),
+        Err(failure) => refusal(Some(&viewer), failure),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct NewKeyForm {
+    role: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    ttl: String,
+}
+
+fn key_request(form: NewKeyForm) -> Result<CreateKeyRequest, String> {
+    let role: Role = serde_json::from_value(serde_json::Value::String(form.role.trim().to_owned()))
+        .map_err(|_| format!("unknown role `{}`", form.role))?;
+    let ttl_ms = optional(&form.ttl, bkg_schema::parse_duration_ms, "lifetime")?;
+    Ok(CreateKeyRequest {
+        role,
+        namespace: Some(form.namespace.trim().to_owned()).filter(|text| !text.is_empty()),
+        name: Some(form.name.trim().to_owned()).filter(|text| !text.is_empty()),
+        ttl_seconds: ttl_ms.map(|ms| ms.div_ceil(1000)),
+    })
+}
+
+async fn after_key_change(
+    state: &AppState,
+    viewer: &Viewer,
+    outcome: Result<IssuedKey, (StatusCode, String)>,
+) -> Response {
+    let keys = ops::list_keys(state, &viewer.principal).await.unwrap_or_default();
+    match outcome {
+        Ok(issued) => keys_page(viewer, &keys, Some(&issued), None, StatusCode::OK),
+        Err((status, message)) => keys_page(viewer, &keys, None, Some(&message), status),
+    }
+}
+
+pub async fn create_key(State(state): State<AppState>, viewer: Viewer, Form(form): Form<NewKeyForm>) -> Response {
+    let outcome = match key_request(form) {
+        Ok(request) => ops::create_key(&state, &viewer.principal, request).await.map_err(|f| (f.status, f.message)),
+        Err(message) => Err((StatusCode::UNPROCESSABLE_ENTITY, message)),
+    };
+    after_key_change(&state, &viewer, outcome).await
+}
+
+pub async fn rotate_key(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    let outcome = ops::rotate_key(&state, &viewer.principal, &id).await.map_err(|f| (f.status, f.message));
+    after_key_change(&state, &viewer, outcome).await
+}
+
+pub async fn revoke_key(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    match ops::revoke_key(&state, &viewer.principal, &id).await {
+        Ok(_) => Redirect::to("/ui/keys").into_response(),
+        Err(failure) => refusal(Some(&viewer), failure),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_chars;
+
+    #[test]
+    fn a_character_split_between_reads_arrives_whole() {
+        let mut carry = Vec::new();
+        let euro = "€".as_bytes();
+        assert_eq!(whole_chars(&mut carry, &[b'a', euro[0]]), "a");
+        assert_eq!(whole_chars(&mut carry, &euro[1..]), "€");
+        assert!(carry.is_empty());
+        assert_eq!(whole_chars(&mut carry, &[0xff, b'b']), "\u{fffd}b");
+    }
+}

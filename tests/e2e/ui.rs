@@ -1,0 +1,319 @@
+//! The Web UI (docs/ui.md) over HTTP, as a browser would use it but without one: sessions and
+//! their cookies, CSRF, the CSP on every page, output escaping, `bkg ui`'s one-time token, and
+//! namespaces kept apart. The browser suite (tests/ui, Playwright) drives the same pages in
+//! chromium.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bkg_tests::http::{Answer, request};
+use bkg_tests::{Agent, AgentOptions, code, stderr, stdout};
+use serde_json::Value;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// An agent on loopback TCP.
+fn agent_on_tcp() -> (Agent, String, tempfile::TempDir) {
+    let files = tempfile::Builder::new().prefix("bkg-ui-").tempdir().expect("temp dir");
+    let address_file = files.path().join("address");
+    let args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--listen-address-file".to_owned(),
+        address_file.display().to_string(),
+    ];
+    let agent = Agent::start_with(AgentOptions { extra_args: args, ..AgentOptions::default() });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let address = loop {
+        if let Ok(text) = std::fs::read_to_string(&address_file)
+            && text.ends_with('\n')
+        {
+            break text.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no TCP address written:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (agent, address, files)
+}
+
+fn form_encode(fields: &[(&str, &str)]) -> String {
+    let encode = |text: &str| {
+        text.bytes()
+            .map(|byte| match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (byte as char).to_string(),
+                _ => format!("%{byte:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields.iter().map(|(name, value)| format!("{}={}", encode(name), encode(value))).collect::<Vec<_>>().join("&")
+}
+
+/// A cookie jar and the requests of one browser.
+struct Browser {
+    address: String,
+    cookies: BTreeMap<String, String>,
+}
+
+impl Browser {
+    fn new(address: &str) -> Self {
+        Self { address: address.to_owned(), cookies: BTreeMap::new() }
+    }
+
+    fn send(&mut self, method: &str, path: &str, extra: &[(&str, &str)], body: &[u8]) -> Answer {
+        let cookie = self.cookies.iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join("; ");
+        let mut headers = extra.to_vec();
+        if !cookie.is_empty() {
+            headers.push(("Cookie", &cookie));
+        }
+        let answer = request(&self.address, method, path, &headers, body);
+        for (name, value) in &answer.headers {
+            if name.eq_ignore_ascii_case("set-cookie")
+                && let Some((pair, _)) = value.split_once(';')
+                && let Some((key, value)) = pair.split_once('=')
+            {
+                if value.is_empty() {
+                    self.cookies.remove(key);
+                } else {
+                    self.cookies.insert(key.to_owned(), value.to_owned());
+                }
+            }
+        }
+        answer
+    }
+
+    fn get(&mut self, path: &str) -> Answer {
+        self.send("GET", path, &[], b"")
+    }
+
+    fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Answer {
+        let body = form_encode(fields);
+        self.send("POST", path, &[("Content-Type", "application/x-www-form-urlencoded")], body.as_bytes())
+    }
+
+    /// Logs in with the one-time token of a `bkg ui` URL.
+    fn log_in_with_url(&mut self, url: &str) -> Answer {
+        let token = url.split_once("#token=").map(|(_, token)| token.to_owned()).expect("a token in the URL");
+        let csrf = csrf_of(&self.get("/ui/login"));
+        self.post("/ui/login/token", &[("csrf", &csrf), ("token", &token)])
+    }
+
+    fn log_in_with_key(&mut self, key: &str) -> Answer {
+        let csrf = csrf_of(&self.get("/ui/login"));
+        self.post("/ui/login/key", &[("csrf", &csrf), ("key", key)])
+    }
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(answer: &Answer) -> String {
+    let text = answer.text();
+    let start =
+        text.find("name=\"csrf\" value=\"").map(|at| at + 19).unwrap_or_else(|| panic!("no CSRF field in {text}"));
+    text[start..].split('"').next().unwrap_or_default().to_owned()
+}
+
+fn launch(agent: &Agent) -> Value {
+    let output = agent.bkg().args(["ui", "--json"]).output().expect("bkg ui");
+    assert_eq!(code(&output), 0, "bkg ui: {}", stderr(&output));
+    serde_json::from_str(stdout(&output).trim()).expect("bkg ui --json prints JSON")
+}
+
+fn namespace_key(agent: &Agent, namespace: &str) -> String {
+    let created = agent
+        .bkg()
+        .args(["keys", "create", "--role", "namespace", "--namespace", namespace])
+        .output()
+        .expect("bkg keys create");
+    assert_eq!(code(&created), 0, "bkg keys create: {}", stderr(&created));
+    stdout(&created).trim().to_owned()
+}
+
+fn created_sandbox(browser: &mut Browser, name: &str) -> String {
+    let csrf = csrf_of(&browser.get("/ui/sandboxes"));
+    let answer = browser.post("/ui/sandboxes", &[("csrf", &csrf), ("name", name), ("language", "python")]);
+    assert_eq!(answer.status, 303, "create: {}", answer.text());
+    answer.header("location").unwrap_or_default().to_owned()
+}
+
+/// Runs `code` on the sandbox page at `page`; the answer is the SSE stream, whole.
+fn run_code(browser: &mut Browser, page: &str, code: &str) -> String {
+    let csrf = csrf_of(&browser.get(page));
+    let answer = browser.post(&format!("{page}/run"), &[("csrf", &csrf), ("language", "python"), ("code", code)]);
+    assert_eq!(answer.status, 200, "run: {}", answer.text());
+    answer.text()
+}
+
+fn run_id_of(events: &str) -> String {
+    let data = events.split("event: started\ndata: ").nth(1).expect("a started event");
+    data.lines().next().unwrap_or_default().trim_matches('"').to_owned()
+}
+
+#[test]
+fn the_token_of_bkg_ui_logs_in_once_and_a_loopback_listener_is_started_for_it() {
+    // No --listen: `bkg ui` has the agent listen on loopback for the browser.
+    let agent = Agent::start();
+    let launched = launch(&agent);
+    assert_eq!(launched["started_listener"], true, "{launched}");
+    let url = launched["url"].as_str().unwrap_or_default().to_owned();
+    let address = url.trim_start_matches("http://").split('/').next().unwrap_or_default().to_owned();
+    assert!(address.starts_with("127.0.0.1:"), "{url}");
+
+    let mut browser = Browser::new(&address);
+    let first = browser.log_in_with_url(&url);
+    assert_eq!(first.status, 303, "{}", first.text());
+    assert!(browser.cookies.contains_key("bkg_session"), "{:?}", first.headers);
+    assert_eq!(browser.get("/ui/admin").status, 200, "the token's session is the machine's admin");
+
+    let mut other = Browser::new(&address);
+    let second = other.log_in_with_url(&url);
+    assert_eq!(second.status, 401, "a token works once: {}", second.text());
+    assert!(!other.cookies.contains_key("bkg_session"));
+    assert!(launch(&agent)["started_listener"] == false, "the second `bkg ui` reuses the listener");
+}
+
+#[test]
+fn session_cookies_are_http_only_same_site_strict_and_logout_ends_the_session_on_the_agent() {
+    let (agent, address, _files) = agent_on_tcp();
+    let mut browser = Browser::new(&address);
+    let answer = browser.log_in_with_key(&namespace_key(&agent, "team-a"));
+    assert_eq!(answer.status, 303, "{}", answer.text());
+    let cookie = answer
+        .headers
+        .iter()
+        .find(|(name, value)| name.eq_ignore_ascii_case("set-cookie") && value.starts_with("bkg_session="))
+        .map(|(_, value)| value.clone())
+        .expect("a session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(cookie.split("; ").any(|part| part == flag), "{flag} missing: {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP on loopback cannot carry a Secure cookie: {cookie}");
+
+    let session = browser.cookies.get("bkg_session").cloned().unwrap_or_default();
+    let csrf = csrf_of(&browser.get("/ui/sandboxes"));
+    assert_eq!(browser.post("/ui/logout", &[("csrf", &csrf)]).status, 303);
+    // The old cookie, replayed, is worth nothing: the agent forgot the session.
+    let mut replay = Browser::new(&address);
+    replay.cookies.insert("bkg_session".into(), session);
+    let answer = replay.get("/ui/sandboxes");
+    assert_eq!((answer.status, answer.header("location")), (303, Some("/ui/login")));
+}
+
+#[test]
+fn a_state_changing_request_without_the_csrf_token_is_refused() {
+    let (agent, address, _files) = agent_on_tcp();
+    let mut browser = Browser::new(&address);
+    assert_eq!(browser.log_in_with_key(&namespace_key(&agent, "team-a")).status, 303);
+    let _ = browser.get("/ui/sandboxes");
+    for fields in [vec![], vec![("csrf", "0000")]] {
+        let mut with = fields.clone();
+        with.extend([("name", "forged"), ("language", "python")]);
+        let answer = browser.post("/ui/sandboxes", &with);
+        assert_eq!(answer.status, 403, "{}", answer.text());
+    }
+    let list = browser.get("/ui/sandboxes").text();
+    assert!(!list.contains("forged"), "no sandbox was made");
+    // Nor may a login form be posted without the login cookie's token.
+    let mut fresh = Browser::new(&address);
+    assert_eq!(fresh.post("/ui/login/key", &[("key", "bkg_ns_x")]).status, 403);
+}
+
+#[test]
+fn every_page_carries_the_strict_csp_and_refuses_framing() {
+    let agent = Agent::start();
+    let url = launch(&agent)["url"].as_str().unwrap_or_default().to_owned();
+    let address = url.trim_start_matches("http://").split('/').next().unwrap_or_default().to_owned();
+    let mut browser = Browser::new(&address);
+    assert_eq!(browser.log_in_with_url(&url).status, 303);
+    let sandbox = created_sandbox(&mut browser, "csp");
+    let run = run_id_of(&run_code(&mut browser, &sandbox, "print(1)"));
+    let pages = [
+        "/ui/login".to_owned(),
+        "/ui/sandboxes".to_owned(),
+        sandbox.clone(),
+        "/ui/runs".to_owned(),
+        format!("/ui/runs/{run}"),
+        "/ui/keys".to_owned(),
+        "/ui/admin".to_owned(),
+        "/ui/admin/namespaces".to_owned(),
+        "/ui/admin/sync".to_owned(),
+        "/ui/admin/audit?action=sandbox.created".to_owned(),
+        "/ui/admin/audit?verify=1".to_owned(),
+        "/ui/no-such-page".to_owned(),
+        "/ui/assets/app.js".to_owned(),
+    ];
+    for page in pages {
+        let answer = browser.get(&page);
+        assert!(answer.status == 200 || page.contains("no-such"), "{page}: {}", answer.status);
+        assert_eq!(answer.header("content-security-policy"), Some(CSP), "{page}");
+        assert_eq!(answer.header("x-frame-options"), Some("DENY"), "{page}");
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"), "{page}");
+        assert!(!answer.text().contains("<script>"), "{page} has an inline script");
+    }
+    let verified = browser.get("/ui/admin/audit?verify=1").text();
+    assert!(verified.contains("Intact: "), "the audit log verifies: {verified}");
+}
+
+#[test]
+fn markup_and_terminal_sequences_in_output_are_shown_as_text() {
+    let (agent, address, _files) = agent_on_tcp();
+    let mut browser = Browser::new(&address);
+    assert_eq!(browser.log_in_with_key(&namespace_key(&agent, "team-a")).status, 303);
+    let sandbox = created_sandbox(&mut browser, "escape");
+    let events = run_code(
+        &mut browser,
+        &sandbox,
+        "print('<script>alert(1)</script>')\nprint('\\x1b]0;title\\x07\\x1b[31mred\\x1b[0m')",
+    );
+    assert!(events.contains("event: result"), "{events}");
+    // Streamed output is JSON strings (the page's script puts them in as text): no raw control
+    // byte goes out.
+    assert!(!events.contains('\u{1b}') && !events.contains('\u{7}'), "{events:?}");
+    let page = browser.get(&format!("/ui/runs/{}", run_id_of(&events))).text();
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
+    assert!(!page.contains("<script>alert"), "{page}");
+    assert!(page.contains("\u{241b}]0;title\u{2407}"), "the title sequence is shown: {page}");
+    assert!(page.contains("<span class=\"ansi-1\">red</span>"), "colours are rendered: {page}");
+    assert!(!page.contains('\u{1b}') && !page.contains('\u{7}'), "no control byte reaches the page");
+}
+
+#[test]
+fn a_user_of_one_namespace_gets_404_for_another_namespaces_sandbox_and_run() {
+    let (agent, address, _files) = agent_on_tcp();
+    let mut alice = Browser::new(&address);
+    assert_eq!(alice.log_in_with_key(&namespace_key(&agent, "team-a")).status, 303);
+    let sandbox = created_sandbox(&mut alice, "private");
+    let events = run_code(&mut alice, &sandbox, "print(6*7)");
+    assert!(events.contains("event: stdout\ndata: \"42"), "{events}");
+    let run = format!("/ui/runs/{}", run_id_of(&events));
+    assert_eq!(alice.get(&run).status, 200);
+
+    let mut bob = Browser::new(&address);
+    assert_eq!(bob.log_in_with_key(&namespace_key(&agent, "team-b")).status, 303);
+    for path in [sandbox.clone(), run.clone()] {
+        let answer = bob.get(&path);
+        assert_eq!(answer.status, 404, "{path}: {}", answer.text());
+        assert!(!answer.text().contains("private"), "nothing of it is shown");
+    }
+    let csrf = csrf_of(&bob.get("/ui/sandboxes"));
+    assert_eq!(bob.post(&format!("{sandbox}/delete"), &[("csrf", &csrf)]).status, 404);
+    assert_eq!(
+        bob.post(&format!("{sandbox}/run"), &[("csrf", &csrf), ("language", "python"), ("code", "1")]).status,
+        404
+    );
+    assert!(!bob.get("/ui/runs").text().contains(&run), "B's history does not list A's run");
+    assert!(!bob.get("/ui/sandboxes").text().contains("private"));
+    assert_eq!(alice.get(&sandbox).status, 200, "A's sandbox is still there");
+}
+
+#[test]
+fn login_attempts_are_rate_limited_per_address() {
+    let (_agent, address, _files) = agent_on_tcp();
+    let mut browser = Browser::new(&address);
+    for attempt in 1..=10 {
+        let answer = browser.log_in_with_key("bkg_ns_not-a-key");
+        assert_eq!(answer.status, 401, "attempt {attempt}: {}", answer.text());
+    }
+    let answer = browser.log_in_with_key("bkg_ns_not-a-key");
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    assert!(answer.text().contains("Too many login attempts"), "{}", answer.text());
+}

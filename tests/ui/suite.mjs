@@ -1,0 +1,231 @@
+// The Web UI in a real browser: Debian's chromium driven by playwright-core, with axe-core's
+// accessibility scan on every page. scripts/ui-browser.sh starts the agent and runs this with
+// BKG_ADDRESS (its loopback TCP listener), BKG_SOCKET and BKG_BIN (the bkg binary). Screenshots
+// of every page at desktop and phone width go to BKG_SCREENSHOTS (default target/ui-screenshots).
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, readFileSync } from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import { createRequire } from "node:module";
+import { chromium } from "playwright-core";
+
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const address = process.env.BKG_ADDRESS;
+const socket = process.env.BKG_SOCKET;
+const bkg = process.env.BKG_BIN;
+const base = `http://${address}`;
+const shots = process.env.BKG_SCREENSHOTS || "target/ui-screenshots";
+const widths = { desktop: { width: 1280, height: 860 }, phone: { width: 390, height: 844 } };
+mkdirSync(shots, { recursive: true });
+
+/** A request to the agent: over its unix socket (as the machine's admin) or TCP with a key. */
+function call(method, urlPath, { body, key, overSocket } = {}) {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const options = overSocket
+      ? { socketPath: socket, path: urlPath, method }
+      : { host: address.split(":")[0], port: Number(address.split(":")[1]), path: urlPath, method };
+    options.headers = { "content-type": "application/json" };
+    if (key) options.headers.authorization = `Bearer ${key}`;
+    const request = http.request(options, (response) => {
+      let text = "";
+      response.on("data", (chunk) => { text += chunk; });
+      response.on("end", () => resolve({ status: response.statusCode, text }));
+    });
+    request.on("error", reject);
+    if (data) request.write(data);
+    request.end();
+  });
+}
+
+function launchUrl() {
+  const out = execFileSync(bkg, ["ui", "--json"], { env: { ...process.env, BKG_SOCKET: socket } });
+  return JSON.parse(out.toString()).url;
+}
+
+const problems = [];
+const browser = await chromium.launch({
+  executablePath: process.env.BKG_CHROMIUM || "/usr/bin/chromium",
+  // The suite runs as root (the agent must), where chromium's own sandbox cannot start.
+  args: ["--no-sandbox", "--disable-dev-shm-usage"],
+});
+
+/** A fresh browser context; a page that breaks its CSP or throws fails the suite. */
+async function context(viewport = widths.desktop) {
+  const ctx = await browser.newContext({ viewport });
+  ctx.on("page", watch);
+  return ctx;
+}
+function watch(page) {
+  page.on("console", (message) => {
+    if (message.type() === "error" && !/status of 404|status of 401|status of 403/.test(message.text())) {
+      problems.push(`console error on ${page.url()}: ${message.text()}`);
+    }
+  });
+  page.on("pageerror", (error) => problems.push(`script error on ${page.url()}: ${error}`));
+}
+
+/** Screenshots at both widths and an axe scan of the page at `url`, in the session of `ctx`. */
+async function record(ctx, name, url) {
+  const page = await ctx.newPage();
+  for (const [label, viewport] of Object.entries(widths)) {
+    await page.setViewportSize(viewport);
+    await page.goto(url);
+    await page.screenshot({ path: path.join(shots, `${name}-${label}.png`), fullPage: true });
+    await page.evaluate(axeSource);
+    const results = await page.evaluate(() => globalThis.axe.run(document, { resultTypes: ["violations"] }));
+    for (const violation of results.violations) {
+      if (violation.impact === "serious" || violation.impact === "critical") {
+        const where = violation.nodes.map((node) => node.target.join(" ")).join(", ");
+        problems.push(`axe ${violation.impact} on ${name} (${label}): ${violation.id}: ${violation.help} at ${where}`);
+      }
+    }
+  }
+  await page.close();
+}
+
+async function step(name, body) {
+  process.stdout.write(`ui: ${name} … `);
+  await body();
+  console.log("ok");
+}
+
+await step("axe reports a page it should (the scan itself works)", async () => {
+  const ctx = await context();
+  const page = await ctx.newPage();
+  await page.setContent('<html lang="en"><title>t</title><img src="data:,"><input></html>');
+  await page.evaluate(axeSource);
+  const results = await page.evaluate(() => globalThis.axe.run(document, { resultTypes: ["violations"] }));
+  const ids = results.violations.map((violation) => violation.id);
+  assert.ok(ids.includes("image-alt") && ids.includes("label"), `axe found ${ids}`);
+  await ctx.close();
+});
+
+// Users of two namespaces, made by the machine's admin over the socket.
+for (const [username, namespace] of [["alice", "team-a"], ["bob", "team-b"]]) {
+  const made = await call("POST", "/api/v1/auth/signup", {
+    overSocket: true, body: { username, namespace, password: "correct horse battery" },
+  });
+  assert.equal(made.status, 201, made.text);
+}
+
+async function logIn(ctx, username) {
+  const page = await ctx.newPage();
+  await page.goto(`${base}/ui/login`);
+  await page.getByLabel("User", { exact: true }).fill(username);
+  await page.getByLabel("Password", { exact: true }).fill("correct horse battery");
+  await page.getByRole("button", { name: "Log in", exact: true }).click();
+  await page.waitForURL(`${base}/ui/sandboxes`);
+  return page;
+}
+
+const alice = await context();
+let sandboxUrl;
+let runUrl;
+await step("a user logs in, creates a sandbox, runs print(6*7), sees 42 stream in and finds the run", async () => {
+  await record(alice, "login", `${base}/ui/login`);
+  const page = await logIn(alice, "alice");
+  await record(alice, "sandboxes-empty", `${base}/ui/sandboxes`);
+  await page.getByLabel("Name", { exact: true }).fill("demo");
+  await page.getByLabel("Memory", { exact: true }).fill("256MiB");
+  await page.getByRole("button", { name: "Create" }).click();
+  await page.waitForURL(/\/ui\/sandboxes\/demo-/);
+  sandboxUrl = page.url();
+  await page.getByLabel("Code", { exact: true }).fill("print(6*7)");
+  await page.getByRole("button", { name: "Run" }).click();
+  await page.locator("#run-output").filter({ hasText: "42" }).waitFor();
+  await page.locator("#run-exit").waitFor();
+  assert.equal(await page.locator("#run-exit").textContent(), "exit code 0");
+  await page.screenshot({ path: path.join(shots, "sandbox-after-run-desktop.png"), fullPage: true });
+  const runId = await page.locator("#run-summary").getAttribute("data-run");
+  assert.match(runId, /^run_/);
+  await page.getByRole("link", { name: "Runs", exact: true }).click();
+  await page.getByRole("link", { name: runId }).click();
+  await page.waitForURL(`${base}/ui/runs/${runId}`);
+  runUrl = page.url();
+  assert.equal((await page.locator("pre.output").textContent()).trim(), "42");
+  await record(alice, "sandboxes", `${base}/ui/sandboxes`);
+  await record(alice, "sandbox", sandboxUrl);
+  await record(alice, "runs", `${base}/ui/runs`);
+  await record(alice, "run", runUrl);
+  await record(alice, "keys-user", `${base}/ui/keys`);
+  await record(alice, "not-found", `${base}/ui/no-such-page`);
+});
+
+await step("a user of another namespace gets 404 for that sandbox and run by URL", async () => {
+  const bob = await context();
+  const page = await logIn(bob, "bob");
+  for (const url of [sandboxUrl, runUrl]) {
+    const response = await page.goto(url);
+    assert.equal(response.status(), 404, url);
+    assert.ok(!(await page.content()).includes("demo-"), "nothing of alice's sandbox is shown");
+  }
+  await bob.close();
+});
+
+await step("the login URL of `bkg ui` works once", async () => {
+  const url = launchUrl();
+  const first = await context();
+  const page = await first.newPage();
+  await page.goto(url);
+  await page.waitForURL(`${base}/ui/sandboxes`);
+  await first.close();
+  const second = await context();
+  const again = await second.newPage();
+  await again.goto(url);
+  await again.getByText("This login link was used already").waitFor();
+  assert.equal(new URL(again.url()).pathname, "/ui/login/token");
+  await second.close();
+});
+
+await step("an admin issues a key, revokes it, and the API then answers it 401", async () => {
+  const admin = await context();
+  const page = await admin.newPage();
+  await page.goto(launchUrl());
+  await page.waitForURL(`${base}/ui/sandboxes`);
+  await page.goto(`${base}/ui/keys`);
+  await page.getByLabel("Role", { exact: true }).selectOption("namespace");
+  await page.getByLabel("Namespace", { exact: true }).fill("team-c");
+  await page.getByLabel("Name", { exact: true }).fill("from-the-ui");
+  await page.getByRole("button", { name: "Issue" }).click();
+  const secret = (await page.locator(".secret code").textContent()).trim();
+  assert.match(secret, /^bkg_ns_/);
+  assert.equal((await call("GET", "/api/v1/sandboxes", { key: secret })).status, 200, "the new key works");
+  const row = page.locator("tr", { hasText: "from-the-ui" });
+  page.once("dialog", (dialog) => dialog.accept());
+  await row.getByRole("button", { name: /^Revoke/ }).click();
+  await page.locator("tr", { hasText: "from-the-ui" }).getByText("revoked").waitFor();
+  assert.equal((await call("GET", "/api/v1/sandboxes", { key: secret })).status, 401, "the revoked key is refused");
+  await page.goto(`${base}/ui/admin/audit`);
+  await page.getByLabel("Action", { exact: true }).fill("key.revoked");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await page.locator("tbody tr").first().getByText("key.revoked").waitFor();
+  await page.getByRole("button", { name: "Verify now" }).click();
+  await page.locator("#audit-verdict").getByText("Intact").waitFor();
+  for (const [name, url] of [
+    ["audit", "/ui/admin/audit"], ["audit-verified", "/ui/admin/audit?verify=1"],
+    ["keys-admin", "/ui/keys"], ["admin", "/ui/admin"], ["admin-namespaces", "/ui/admin/namespaces"],
+    ["admin-sync", "/ui/admin/sync"], ["runs-admin", "/ui/runs"],
+  ]) {
+    await record(admin, name, `${base}${url}`);
+  }
+  await admin.close();
+});
+
+await step("logging out ends the session", async () => {
+  const page = await alice.newPage();
+  await page.goto(`${base}/ui/sandboxes`);
+  await page.getByRole("button", { name: "Log out" }).click();
+  await page.waitForURL(`${base}/ui/login`);
+  await page.goto(`${base}/ui/sandboxes`);
+  await page.waitForURL(`${base}/ui/login`);
+});
+
+await browser.close();
+if (problems.length > 0) {
+  console.error(problems.join("\n"));
+  process.exit(1);
+}
+console.log(`ui: every page passed; screenshots in ${shots}`);
