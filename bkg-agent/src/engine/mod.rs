@@ -15,6 +15,7 @@ pub mod request;
 pub mod run;
 pub mod sandbox;
 pub mod seccomp;
+pub mod workspace;
 #[cfg(test)]
 mod test_support;
 
