@@ -46,6 +46,11 @@ pub struct AgentArgs {
     /// The namespace of a member of the socket's group; `{name}` is their login name.
     #[arg(long, value_name = "TEMPLATE", default_value = crate::auth::local::DEFAULT_NAMESPACE_TEMPLATE)]
     pub user_namespace: String,
+    /// What one local user may ask for (repeatable): `cpus=`, `memory=`, `timeout=`, `disk=` cap
+    /// each run; `sandboxes=N` the persistent sandboxes they keep; `disk-budget=SIZE` those
+    /// sandboxes' disk limits summed.
+    #[arg(long = "user-limit", value_name = "KEY=VALUE")]
+    pub user_limits: Vec<String>,
     /// Directory for the run store and sandbox disk images.
     #[arg(long, env = "BKG_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -305,6 +310,7 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
             session: args.session_rate_limit,
             model_access: args.model_access_rate_limit,
         },
+        user: crate::auth::local::UserPolicy::parse(&args.user_limits)?,
     };
     for url in &args.webhooks {
         let parsed = reqwest::Url::parse(url).with_context(|| format!("--webhook {url}"))?;

@@ -19,6 +19,48 @@ pub enum LocalError {
     Database(nix::Error),
     #[error("--user-namespace {0:?} must contain `{{name}}`")]
     Template(String),
+    #[error("--user-limit {0:?}: {1}")]
+    Limit(String, String),
+}
+
+/// What the agent's policy lets one local user ask for (`--user-limit KEY=VALUE`), apart from
+/// the agent-wide maxima and from namespaces of TCP keys: each run's limits, how many persistent
+/// sandboxes they keep, and the disk those sandboxes may be given together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserPolicy {
+    /// Per-run caps (`cpus`, `memory`, `timeout`, `disk`); an unset one is the agent's maximum.
+    pub max: bkg_schema::LimitOverrides,
+    /// Persistent sandboxes one user may keep (`sandboxes`).
+    pub max_sandboxes: Option<u64>,
+    /// The disk limits of one user's persistent sandboxes, summed (`disk-budget`).
+    pub disk_budget: Option<u64>,
+}
+
+impl UserPolicy {
+    pub fn parse(items: &[String]) -> Result<Self, LocalError> {
+        let mut policy = Self::default();
+        for item in items {
+            let bad = |why: &str| LocalError::Limit(item.clone(), why.to_owned());
+            let (key, value) = item.split_once('=').ok_or_else(|| bad("expected KEY=VALUE"))?;
+            let value = value.trim();
+            match key.trim() {
+                "cpus" => policy.max.cpu_millis = Some(bkg_schema::parse_cpus(value).map_err(|e| bad(&e.to_string()))?),
+                "memory" => {
+                    policy.max.memory_bytes = Some(bkg_schema::parse_size(value).map_err(|e| bad(&e.to_string()))?)
+                }
+                "timeout" => {
+                    policy.max.timeout_ms = Some(bkg_schema::parse_duration_ms(value).map_err(|e| bad(&e.to_string()))?)
+                }
+                "disk" => policy.max.disk_bytes = Some(bkg_schema::parse_size(value).map_err(|e| bad(&e.to_string()))?),
+                "sandboxes" => policy.max_sandboxes = Some(value.parse().map_err(|_| bad("not a number"))?),
+                "disk-budget" => {
+                    policy.disk_budget = Some(bkg_schema::parse_size(value).map_err(|e| bad(&e.to_string()))?)
+                }
+                _ => return Err(bad("keys are cpus, memory, timeout, disk, sandboxes, disk-budget")),
+            }
+        }
+        Ok(policy)
+    }
 }
 
 /// A named group of the machine.
@@ -144,5 +186,17 @@ mod tests {
         let team = LocalAccess::new(None, None, "dev-{name}").map(|access| access.namespace_of("carol")).ok();
         assert_eq!(team.as_deref(), Some("dev-carol"));
         assert!(LocalAccess::new(None, None, "fixed").is_err(), "a template must name the user");
+    }
+
+    #[test]
+    fn a_user_policy_is_read_from_its_flags() {
+        let items = ["memory=256MiB", "sandboxes=3", "disk-budget=1GiB", "cpus=0.5"].map(String::from);
+        let Ok(policy) = UserPolicy::parse(&items) else { panic!("a valid policy") };
+        assert_eq!(policy.max.memory_bytes, Some(256 * 1024 * 1024));
+        assert_eq!(policy.max.cpu_millis, Some(500));
+        assert_eq!(policy.max_sandboxes, Some(3));
+        assert_eq!(policy.disk_budget, Some(1024 * 1024 * 1024));
+        assert!(UserPolicy::parse(&["memory".to_owned()]).is_err());
+        assert!(UserPolicy::parse(&["ram=1GiB".to_owned()]).is_err());
     }
 }

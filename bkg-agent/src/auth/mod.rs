@@ -23,6 +23,8 @@ pub struct AuthPolicy {
     pub ttl: RoleTable<Duration>,
     /// Requests per minute.
     pub rate_per_minute: RoleTable<u32>,
+    /// What one local user may ask for (`--user-limit`).
+    pub user: local::UserPolicy,
 }
 
 /// One value per role.

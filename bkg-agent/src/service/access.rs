@@ -23,7 +23,7 @@
 use bkg_schema::auth::{KeyInfo, Role};
 
 use super::OpError;
-use crate::auth::local::{Account, LocalAccess};
+use crate::auth::local::{Account, LocalAccess, UserPolicy};
 use crate::auth::{LocalUser, Principal};
 
 /// What an admin alone may do.
@@ -83,6 +83,56 @@ pub fn socket_principal(access: &LocalAccess, uid: u32) -> Option<Principal> {
         }));
     }
     None
+}
+
+/// A run's limits against what the policy lets one local user ask for; others are bound by the
+/// agent's maxima only.
+pub fn within_user_limits(
+    principal: &Principal,
+    policy: &UserPolicy,
+    limits: &bkg_schema::Limits,
+) -> Result<(), OpError> {
+    if principal.local_user().is_none() {
+        return Ok(());
+    }
+    let cap = limits.with(&policy.max);
+    match limits.first_above(&cap) {
+        Some((name, asked, allowed)) => {
+            Err(OpError::Forbidden(format!("{name} {asked} is above the {allowed} a local user may ask for")))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Whether a local user may keep one more persistent sandbox with `disk` bytes, holding `kept`
+/// whose disk limits sum to `kept_disk`.
+pub fn may_keep_sandbox(
+    principal: &Principal,
+    policy: &UserPolicy,
+    kept: u64,
+    kept_disk: u64,
+    disk: u64,
+) -> Result<(), OpError> {
+    if principal.local_user().is_none() {
+        return Ok(());
+    }
+    if let Some(most) = policy.max_sandboxes
+        && kept >= most
+    {
+        return Err(OpError::Forbidden(format!(
+            "a local user may keep {most} persistent sandboxes; remove one with `bkg rm NAME` first"
+        )));
+    }
+    if let Some(budget) = policy.disk_budget
+        && kept_disk.saturating_add(disk) > budget
+    {
+        return Err(OpError::Forbidden(format!(
+            "the disks of a local user's sandboxes may add up to {} at most; {} are given already",
+            bkg_schema::units::format_size(budget),
+            bkg_schema::units::format_size(kept_disk)
+        )));
+    }
+    Ok(())
 }
 
 /// Whose rights open a sandbox's host paths (its project directory and volumes).
@@ -184,6 +234,15 @@ pub fn namespace_for(principal: &Principal, asked: Option<&str>) -> Result<Strin
         (Some(own), _) => Ok(own.to_owned()),
         (None, Some(asked)) => Ok(asked.to_owned()),
         (None, None) => Ok(bkg_schema::DEFAULT_NAMESPACE.to_owned()),
+    }
+}
+
+/// The namespace a sandbox definition goes in: the one it names; for a local user, whose
+/// project's cave.yaml says `default` (as `bkg init` writes), their own namespace instead.
+pub fn definition_namespace(principal: &Principal, named: &str) -> String {
+    match principal.local_user() {
+        Some(user) if named == bkg_schema::DEFAULT_NAMESPACE => user.namespace.clone(),
+        _ => named.to_owned(),
     }
 }
 
@@ -295,6 +354,8 @@ mod tests {
         assert!(require_admin(&alice, AdminTask::ReadAudit).is_err());
         assert!(require_socket_peer(&alice).is_err(), "a login URL would log a local user in as admin");
         assert_eq!(alice.actor(), "uid:1234");
+        assert_eq!(definition_namespace(&alice, "default"), "user-alice", "a project's `default` is the user's own");
+        assert_eq!(definition_namespace(&alice, "team"), "team", "another is kept, and refused by `reaches`");
         let own = std::path::Path::new("/var/lib/bkg/namespaces/user-alice");
         let home = std::path::Path::new("/home/alice/app");
         assert!(matches!(host_paths(&alice, home, true, own), Ok(HostPaths::User(_))));
@@ -303,6 +364,25 @@ mod tests {
         assert!(host_paths(&team, home, false, own).is_err());
         assert!(host_paths(&team, own, true, own).is_err());
         assert_eq!(host_paths(&Principal::Local { uid: 0 }, home, true, own).ok(), Some(HostPaths::Agent));
+    }
+
+    #[test]
+    fn the_user_policy_binds_local_users_only() {
+        let policy = UserPolicy {
+            max: bkg_schema::LimitOverrides { memory_bytes: Some(256), ..Default::default() },
+            max_sandboxes: Some(2),
+            disk_budget: Some(1000),
+        };
+        let limits = bkg_schema::Limits { memory_bytes: 512, ..bkg_schema::Limits::DEFAULT };
+        assert!(matches!(within_user_limits(&alice(), &policy, &limits), Err(OpError::Forbidden(_))));
+        let small = bkg_schema::Limits { memory_bytes: 256, ..limits };
+        assert!(within_user_limits(&alice(), &policy, &small).is_ok());
+        let team = Principal::Key(key("key_1", Role::Namespace, Some("team")));
+        assert!(within_user_limits(&team, &policy, &limits).is_ok(), "keys are bound by the agent's maxima");
+        assert!(may_keep_sandbox(&alice(), &policy, 1, 500, 500).is_ok());
+        assert!(may_keep_sandbox(&alice(), &policy, 2, 0, 1).is_err(), "a third sandbox");
+        assert!(may_keep_sandbox(&alice(), &policy, 1, 600, 500).is_err(), "over the disk budget");
+        assert!(may_keep_sandbox(&team, &policy, 9, 9000, 9000).is_ok());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use bkg_schema::{RunRecord, RunRequest, RunResult};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::access::{listing_namespace, namespace_for, reaches, require_code_runner};
+use super::access::{listing_namespace, namespace_for, reaches, require_code_runner, within_user_limits};
 use super::{OpError, OpResult, RunInput, RunOutput, Service};
 use crate::auth::Principal;
 use crate::engine::handle::{RunPhase, RunTicket};
@@ -42,6 +42,7 @@ impl Service {
         require_code_runner(principal)?;
         let namespace = namespace_for(principal, request.namespace.as_deref())?;
         let mut validated = self.engine.validate(request)?;
+        within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
         validated.namespace = namespace;
         self.accept(principal, validated)
     }

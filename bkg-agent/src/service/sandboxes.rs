@@ -15,7 +15,10 @@ use bkg_schema::sandbox::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
-use super::access::{HostPaths, host_paths, namespace_for, reaches, require_code_runner};
+use super::access::{
+    HostPaths, definition_namespace, host_paths, may_keep_sandbox, namespace_for, reaches, require_code_runner,
+    within_user_limits,
+};
 use super::runs::Accepted;
 use super::{OpError, OpResult, Service};
 use crate::auth::Principal;
@@ -118,9 +121,10 @@ impl Service {
         &self,
         principal: &Principal,
         id: &str,
-        definition: SandboxDefinition,
+        mut definition: SandboxDefinition,
     ) -> OpResult<SandboxInfo> {
         require_code_runner(principal)?;
+        definition.namespace = definition_namespace(principal, &definition.namespace);
         if !is_dns_label(&definition.name) {
             return Err(OpError::Invalid(format!(
                 "sandbox name `{}` must be a DNS label (a-z, 0-9, -)",
@@ -160,15 +164,37 @@ impl Service {
                 definition.name, definition.project_dir
             )));
         }
-        if let Some(existing) = self.store.get_sandbox(id).await?
+        let existing = self.store.get_sandbox(id).await?;
+        if let Some(existing) = &existing
             && !reaches(principal, &existing.definition.namespace)
         {
             return Err(OpError::Forbidden(format!("sandbox {id} belongs to another namespace")));
+        }
+        if principal.local_user().is_some() {
+            self.check_user_policy(principal, id, &definition).await?;
         }
         self.engine.check_definition(&definition)?;
         let caller = principal.audit_caller(&definition.namespace);
         let stored = self.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
         self.sandbox_info(stored).await
+    }
+
+    /// A local user's sandboxes against what the policy lets one user keep: their number and
+    /// their disk limits summed, this definition counted in place of the one it replaces.
+    async fn check_user_policy(&self, principal: &Principal, id: &str, definition: &SandboxDefinition) -> OpResult<()> {
+        let defaults = self.engine.config.default_limits;
+        within_user_limits(principal, &self.auth.policy.user, &defaults.with(&definition.limits))?;
+        let others: Vec<StoredSandbox> = self
+            .store
+            .list_sandboxes(None)
+            .await?
+            .into_iter()
+            .filter(|stored| stored.definition.namespace == definition.namespace)
+            .filter(|stored| sandbox_id(&stored.definition.project_dir, &stored.definition.name) != id)
+            .collect();
+        let kept_disk = others.iter().map(|stored| defaults.with(&stored.definition.limits).disk_bytes).sum();
+        let disk = defaults.with(&definition.limits).disk_bytes;
+        may_keep_sandbox(principal, &self.auth.policy.user, others.len() as u64, kept_disk, disk)
     }
 
     /// Creates a sandbox in the caller's (or, for admins, the named) namespace's project
@@ -234,6 +260,7 @@ impl Service {
         // The paths are opened again for every run: they may have changed since the definition.
         let (opened, mapped_owner) = self.open_host_paths(principal, &stored.definition)?;
         let validated = self.engine.validate_exec(&opened, exec, mapped_owner)?;
+        within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
         self.accept(principal, validated).map_err(|error| match error {
             OpError::Run(RunError::Busy(_)) => busy(&stored.definition.name),
             other => other,
