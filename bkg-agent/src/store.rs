@@ -1011,8 +1011,11 @@ mod tests {
         let lines = store.outbox_pending(100).await?;
         assert!(lines.iter().all(|row| !row.line.contains("value-kept-apart")));
         assert_eq!(store.get_sandbox("api-1").await?.map(|stored| stored.definition), Some(definition.clone()));
-        let file = project.path().join(".bkg/sandboxes/api/env.json");
+        // In the sandbox's home in the state dir, never in the project.
+        let id = bkg_schema::sandbox::sandbox_id(&definition.project_dir, "api");
+        let file = bkg_schema::paths::SandboxHome::new(dir.path(), "default", &id).env_file();
         assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o777, 0o600);
+        assert!(!project.path().join(".bkg").exists());
         // A row an older agent wrote, values inside, has them moved out at the next open.
         let legacy = serde_json::to_string(&definition)?;
         store.with(move |db| Ok(db.execute("UPDATE sandboxes SET definition = ?1", params![legacy])?)).await?;
