@@ -87,7 +87,7 @@ def users():
             pytest.fail("%s is missing (scripts/setup.sh installs it)" % tool, pytrace=False)
     run_root("groupadd", GROUP)
     agent = bkgsec.Agent("users", uid_slot=os.getpid() + 3072, warm_pool=0,
-                         extra_args=("--socket-group", GROUP, "--user-limit", "memory=1GiB",
+                         extra_args=("--socket-group", GROUP, "--user-limit", "memory=256MiB",
                                      "--user-limit", "sandboxes=%d" % MAX_SANDBOXES))
     made = []
     homes = Path(agent.dir) / "home"
@@ -311,11 +311,14 @@ def test_a_hand_crafted_workspace_image_in_the_project_is_never_mounted(users):
 def test_a_member_is_held_to_the_per_user_limits(users):
     carol = users["carol"]
     carol.write("hello.py", "print('hello')\n")
-    rc, out, err = carol.run("bkg", "exe", "--memory", "2GiB", "hello.py")
+    rc, out, err = carol.run("bkg", "exe", "--memory", "1GiB", "hello.py")
     assert rc != 0 and out == ""
     assert one_line(err) and "a local user may ask for" in err, err
-    rc, out, err = carol.run("bkg", "exe", "--memory", "1GiB", "hello.py")
+    # A plain run gets the cap, lower than the agent's default of 512 MiB, instead of a refusal.
+    rc, out, err = carol.run("bkg", "exe", "hello.py")
     assert rc == 0 and out == "hello\n", err
+    rc, out, err = carol.run("bkg", "runs", "ls", "--json")
+    assert json.loads(out)[0]["limits"]["memory_bytes"] == 256 * 1024 * 1024, out
     outcomes = []
     for index in range(MAX_SANDBOXES + 1):
         project = carol.home / ("p%d" % index)

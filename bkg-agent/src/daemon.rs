@@ -528,6 +528,13 @@ async fn serve(
     let listener = bind_socket(&socket, api.local.socket_group.as_ref())?;
     if let Some(group) = &api.local.socket_group {
         tracing::info!(group = %group.name, "members of the socket's group use the agent as themselves");
+        let parent = socket.parent().and_then(|parent| std::fs::metadata(parent).ok());
+        if parent.is_some_and(|meta| std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o001 == 0) {
+            tracing::warn!(
+                socket = %socket.display(),
+                "the socket's directory is closed to others: the group's members cannot reach the socket (chmod 755 it)"
+            );
+        }
     }
     let tcp_listener = match api.listen {
         Some(address) => {

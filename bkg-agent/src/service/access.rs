@@ -104,6 +104,27 @@ pub fn within_user_limits(
     }
 }
 
+/// The limits a local user's run asks for: where it names none, the agent's default or the
+/// user's cap, whichever is lower, so a cap below the defaults does not refuse a plain run.
+pub fn user_limit_defaults(
+    principal: &Principal,
+    policy: &UserPolicy,
+    asked: &bkg_schema::LimitOverrides,
+    defaults: &bkg_schema::Limits,
+) -> bkg_schema::LimitOverrides {
+    if principal.local_user().is_none() {
+        return *asked;
+    }
+    let lower = |asked: Option<u64>, cap: Option<u64>, default: u64| asked.or(cap.filter(|cap| *cap < default));
+    bkg_schema::LimitOverrides {
+        cpu_millis: lower(asked.cpu_millis, policy.max.cpu_millis, defaults.cpu_millis),
+        memory_bytes: lower(asked.memory_bytes, policy.max.memory_bytes, defaults.memory_bytes),
+        timeout_ms: lower(asked.timeout_ms, policy.max.timeout_ms, defaults.timeout_ms),
+        disk_bytes: lower(asked.disk_bytes, policy.max.disk_bytes, defaults.disk_bytes),
+        ..*asked
+    }
+}
+
 /// Whether a local user may keep one more persistent sandbox with `disk` bytes, holding `kept`
 /// whose disk limits sum to `kept_disk`.
 pub fn may_keep_sandbox(
@@ -383,6 +404,12 @@ mod tests {
         assert!(may_keep_sandbox(&alice(), &policy, 2, 0, 1).is_err(), "a third sandbox");
         assert!(may_keep_sandbox(&alice(), &policy, 1, 600, 500).is_err(), "over the disk budget");
         assert!(may_keep_sandbox(&team, &policy, 9, 9000, 9000).is_ok());
+        let plain = bkg_schema::LimitOverrides::default();
+        let defaults = bkg_schema::Limits { memory_bytes: 512, ..bkg_schema::Limits::DEFAULT };
+        assert_eq!(user_limit_defaults(&alice(), &policy, &plain, &defaults).memory_bytes, Some(256));
+        let asked = bkg_schema::LimitOverrides { memory_bytes: Some(100), ..plain };
+        assert_eq!(user_limit_defaults(&alice(), &policy, &asked, &defaults).memory_bytes, Some(100));
+        assert_eq!(user_limit_defaults(&team, &policy, &plain, &defaults), plain);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::access::{
     HostPaths, definition_namespace, host_paths, may_keep_sandbox, namespace_for, reaches, require_code_runner,
-    within_user_limits,
+    user_limit_defaults, within_user_limits,
 };
 use super::runs::Accepted;
 use super::{OpError, OpResult, Service};
@@ -182,8 +182,11 @@ impl Service {
     /// A local user's sandboxes against what the policy lets one user keep: their number and
     /// their disk limits summed, this definition counted in place of the one it replaces.
     async fn check_user_policy(&self, principal: &Principal, id: &str, definition: &SandboxDefinition) -> OpResult<()> {
-        let defaults = self.engine.config.default_limits;
-        within_user_limits(principal, &self.auth.policy.user, &defaults.with(&definition.limits))?;
+        let (defaults, policy) = (self.engine.config.default_limits, &self.auth.policy.user);
+        let limits_of = |definition: &SandboxDefinition| {
+            defaults.with(&user_limit_defaults(principal, policy, &definition.limits, &defaults))
+        };
+        within_user_limits(principal, policy, &limits_of(definition))?;
         let others: Vec<StoredSandbox> = self
             .store
             .list_sandboxes(None)
@@ -192,9 +195,8 @@ impl Service {
             .filter(|stored| stored.definition.namespace == definition.namespace)
             .filter(|stored| sandbox_id(&stored.definition.project_dir, &stored.definition.name) != id)
             .collect();
-        let kept_disk = others.iter().map(|stored| defaults.with(&stored.definition.limits).disk_bytes).sum();
-        let disk = defaults.with(&definition.limits).disk_bytes;
-        may_keep_sandbox(principal, &self.auth.policy.user, others.len() as u64, kept_disk, disk)
+        let kept_disk = others.iter().map(|stored| limits_of(&stored.definition).disk_bytes).sum();
+        may_keep_sandbox(principal, policy, others.len() as u64, kept_disk, limits_of(definition).disk_bytes)
     }
 
     /// Creates a sandbox in the caller's (or, for admins, the named) namespace's project
@@ -258,7 +260,9 @@ impl Service {
     pub async fn accept_exec(&self, principal: &Principal, id: &str, exec: ExecRequest) -> OpResult<Accepted> {
         let stored = self.visible_sandbox(principal, id).await?;
         // The paths are opened again for every run: they may have changed since the definition.
-        let (opened, mapped_owner) = self.open_host_paths(principal, &stored.definition)?;
+        let (mut opened, mapped_owner) = self.open_host_paths(principal, &stored.definition)?;
+        let defaults = &self.engine.config.default_limits;
+        opened.limits = user_limit_defaults(principal, &self.auth.policy.user, &opened.limits, defaults);
         let validated = self.engine.validate_exec(&opened, exec, mapped_owner)?;
         within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
         self.accept(principal, validated).map_err(|error| match error {
