@@ -4,58 +4,68 @@
 //! one of the agent's sandbox uids, it is a symlink, or it has other names) is refused, never
 //! mounted and never moved.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use bkg_schema::paths::{ProjectLayout, SandboxHome};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, open, openat, openat2, renameat};
+use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 
 use super::request::RunError;
-
-/// What the agent's own images look like on disk: owned by root or a sandbox uid at or above
-/// `uid_base`, a regular file with one name.
-fn made_by_the_agent(meta: &std::fs::Metadata, uid_base: u32) -> bool {
-    meta.file_type().is_file() && meta.nlink() == 1 && (meta.uid() == 0 || meta.uid() >= uid_base)
-}
-
-fn refused(legacy: &Path, meta: &std::fs::Metadata) -> RunError {
-    RunError::BadRequest(format!(
-        "{} was not made by the agent (owner uid {}): the agent mounts only images it made; remove it",
-        legacy.display(),
-        meta.uid()
-    ))
-}
 
 /// Makes sure the image of sandbox `name` of `project_dir` is in `home` if it is anywhere: an
 /// image an earlier agent left in the project's `.bkg/` is moved there once (with a line in the
 /// agent's log), one that is not the agent's is refused.
+///
+/// The project is its user's: `.bkg/sandboxes/NAME` is opened beneath it without following any
+/// symlink (`openat2`), must be a folder only root can write (as the earlier agent made it), and
+/// the image is moved from that folder's descriptor, so no link or rename of the user's can point
+/// the root agent at another file, another user's image among them.
 pub fn adopt_legacy_image(project_dir: &Path, name: &str, home: &SandboxHome, uid_base: u32) -> Result<(), RunError> {
     let image = home.disk_image();
     if image.exists() {
         return Ok(());
     }
     let legacy = ProjectLayout::new(project_dir).legacy_disk_image(name);
-    let meta = match std::fs::symlink_metadata(&legacy) {
+    let Ok(project) = open(project_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()) else {
+        return Ok(());
+    };
+    let beneath = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let folder = match openat2(&project, format!(".bkg/sandboxes/{name}").as_str(), beneath) {
+        Ok(folder) => folder,
+        Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(()),
+        Err(error) => {
+            return Err(RunError::BadRequest(format!(
+                "{} cannot be read without following a symlink ({error}): the agent mounts only images it made; remove it",
+                legacy.display()
+            )));
+        }
+    };
+    let meta = match fstatat(&folder, "disk.img", AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(meta) => meta,
         Err(_) => return Ok(()),
     };
-    if !made_by_the_agent(&meta, uid_base) {
-        return Err(refused(&legacy, &meta));
+    let regular = SFlag::from_bits_truncate(meta.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG;
+    if !(regular && meta.st_nlink == 1 && (meta.st_uid == 0 || meta.st_uid >= uid_base)) {
+        return Err(refused(&legacy, meta.st_uid));
+    }
+    let folder_meta = fstat(&folder).map_err(|error| RunError::BadRequest(format!("{}: {error}", legacy.display())))?;
+    if folder_meta.st_uid != 0 || folder_meta.st_mode & 0o022 != 0 {
+        return Err(refused(&legacy, folder_meta.st_uid));
     }
     let failed = |error: std::io::Error| {
         RunError::BadRequest(format!("cannot move {} to {}: {error}", legacy.display(), image.display()))
     };
     std::fs::create_dir_all(home.dir()).map_err(failed)?;
-    match std::fs::rename(&legacy, &image) {
+    let target = open(home.dir(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|error| failed(error.into()))?;
+    match renameat(&folder, "disk.img", &target, "disk.img") {
         Ok(()) => {}
-        Err(error) if error.raw_os_error() == Some(libc::EXDEV) => copy_by_descriptor(&legacy, &image, uid_base)?,
-        Err(error) => return Err(failed(error)),
-    }
-    // The project's directory is its user's: what was renamed may have been swapped in after
-    // the check above. Now in the agent's private directory, it is checked again.
-    let moved = std::fs::symlink_metadata(&image).map_err(failed)?;
-    if !made_by_the_agent(&moved, uid_base) {
-        let _ = std::fs::remove_file(&image);
-        return Err(refused(&legacy, &moved));
+        Err(Errno::EXDEV) => copy_sparse(&folder, &image, &meta).map_err(failed)?,
+        Err(error) => return Err(failed(error.into())),
     }
     tracing::warn!(
         from = %legacy.display(),
@@ -65,22 +75,38 @@ pub fn adopt_legacy_image(project_dir: &Path, name: &str, home: &SandboxHome, ui
     Ok(())
 }
 
-/// Copies across filesystems from a descriptor opened without following symlinks, so what is
-/// copied is the file that was checked.
-fn copy_by_descriptor(legacy: &Path, image: &Path, uid_base: u32) -> Result<(), RunError> {
+fn refused(legacy: &Path, owner: u32) -> RunError {
+    RunError::BadRequest(format!(
+        "{} was not made by the agent (owner uid {owner}): the agent mounts only images it made; remove it",
+        legacy.display()
+    ))
+}
+
+/// Copies the image across filesystems from the checked folder's descriptor, skipping runs of
+/// zeros so the copy stays as sparse as the image was, then removes the original.
+fn copy_sparse(folder: &OwnedFd, image: &Path, meta: &nix::sys::stat::FileStat) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
     use std::os::unix::fs::OpenOptionsExt;
-    let failed = |error: std::io::Error| RunError::BadRequest(format!("cannot move {}: {error}", legacy.display()));
-    let mut source =
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(legacy).map_err(failed)?;
-    let meta = source.metadata().map_err(failed)?;
-    if !made_by_the_agent(&meta, uid_base) {
-        return Err(refused(legacy, &meta));
+    let source = openat(folder, "disk.img", OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut source = std::fs::File::from(source);
+    let mut target = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(image)?;
+    let mut buffer = vec![0u8; 1024 * 1024];
+    loop {
+        let read = source.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        if buffer[..read].iter().all(|byte| *byte == 0) {
+            target.seek(SeekFrom::Current(read as i64))?;
+        } else {
+            target.write_all(&buffer[..read])?;
+        }
     }
-    let mut target =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(image).map_err(failed)?;
-    std::io::copy(&mut source, &mut target).map_err(failed)?;
-    std::os::unix::fs::fchown(&target, Some(meta.uid()), Some(meta.gid())).map_err(failed)?;
-    std::fs::remove_file(legacy).map_err(failed)
+    target.set_len(source.metadata()?.len())?;
+    std::os::unix::fs::fchown(&target, Some(meta.st_uid), Some(meta.st_gid))?;
+    target.sync_all()?;
+    nix::unistd::unlinkat(folder, "disk.img", nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -95,6 +121,8 @@ mod tests {
         assert!(adopt_legacy_image(project.path(), "api", &home, 1000).is_ok(), "no image is nothing to move");
         let Some(parent) = legacy.parent() else { panic!("a parent") };
         std::fs::create_dir_all(parent).ok();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).ok();
         std::fs::write(&legacy, b"crafted").ok();
         let own_uid = nix::unistd::geteuid().as_raw();
         if own_uid != 0 {
@@ -113,5 +141,17 @@ mod tests {
         let refusal = adopt_legacy_image(project.path(), "api", &home, 1000).err().map(|error| error.to_string());
         assert!(refusal.is_some_and(|line| line.contains("was not made by the agent")));
         assert!(legacy.exists() && !home.disk_image().exists(), "a user's image is neither mounted nor moved");
+
+        // A symlink on the way, even to an image the agent made, is never followed.
+        std::fs::remove_file(&legacy).ok();
+        let elsewhere = project.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).ok();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).ok();
+        std::fs::write(elsewhere.join("disk.img"), b"the agent's").ok();
+        std::fs::remove_dir(parent).ok();
+        std::os::unix::fs::symlink(&elsewhere, parent).ok();
+        let refusal = adopt_legacy_image(project.path(), "api", &home, 1000).err().map(|error| error.to_string());
+        assert!(refusal.is_some_and(|line| line.contains("without following a symlink")));
+        assert!(elsewhere.join("disk.img").exists() && !home.disk_image().exists());
     }
 }
