@@ -104,8 +104,8 @@ fn open_here(user: &LocalUser, path: &Path, what: &str) -> Result<Opened, Caller
     }
     // Reopening through the descriptor checks read permission on the very file found above.
     let magic = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
-    let readable: OwnedFd = open(&magic, OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty())
-        .map_err(fail)?;
+    let readable: OwnedFd =
+        open(&magic, OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty()).map_err(fail)?;
     drop(readable);
     let resolved = std::fs::read_link(&magic)
         .map_err(|error| fail(nix::errno::Errno::from_raw(error.raw_os_error().unwrap_or(libc::EIO))))?;
@@ -118,7 +118,13 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn nobody() -> LocalUser {
-        LocalUser { uid: 65534, gid: 65534, groups: vec![65534], name: "nobody".into(), namespace: "user-nobody".into() }
+        LocalUser {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+            name: "nobody".into(),
+            namespace: "user-nobody".into(),
+        }
     }
 
     #[test]

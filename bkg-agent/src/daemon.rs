@@ -14,11 +14,11 @@ use crate::auth::notice::{NoticeKey, Notifier};
 use crate::auth::{AuthPolicy, RoleTable};
 use bkg_schema::host::SecurityLevel;
 
+use crate::auth::local::{DEFAULT_SOCKET_GROUP, LocalAccess, NamedGroup};
 use crate::engine::capacity::CapacityConfig;
 use crate::engine::host_check;
 use crate::engine::{CleanedUp, Engine, EngineConfig};
 use crate::metrics::Metrics;
-use crate::auth::local::{DEFAULT_SOCKET_GROUP, LocalAccess, NamedGroup};
 use crate::server::{AppState, BodyBudget, PeerCheckedListener, UnixPeer, listen, router};
 use crate::service::{AuthState, HealthProbe, Service, ServiceParts};
 use crate::store::Store;
@@ -678,7 +678,15 @@ async fn serve(
         header_timeout,
         tls: None,
     };
-    listen::serve(PeerCheckedListener::new(listener, api.local), app, unix, metrics, |principal| UnixPeer { principal }, stopping_rx).await;
+    listen::serve(
+        PeerCheckedListener::new(listener, api.local),
+        app,
+        unix,
+        metrics,
+        |principal| UnixPeer { principal },
+        stopping_rx,
+    )
+    .await;
     if let Some(tcp_server) = tcp_server
         && let Err(error) = tcp_server.await
     {

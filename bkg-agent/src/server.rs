@@ -358,10 +358,15 @@ impl axum::serve::Listener for PeerCheckedListener {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => match stream.peer_cred() {
-                    Ok(credentials) => match crate::service::access::socket_principal(&self.access, credentials.uid()) {
-                        Some(principal) => return (stream, principal),
-                        None => tracing::warn!(uid = credentials.uid(), "refused a connection from a user outside the socket's group"),
-                    },
+                    Ok(credentials) => {
+                        match crate::service::access::socket_principal(&self.access, credentials.uid()) {
+                            Some(principal) => return (stream, principal),
+                            None => tracing::warn!(
+                                uid = credentials.uid(),
+                                "refused a connection from a user outside the socket's group"
+                            ),
+                        }
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "refused a connection without peer credentials")
                     }

@@ -15,9 +15,9 @@ pub mod request;
 pub mod run;
 pub mod sandbox;
 pub mod seccomp;
-pub mod workspace;
 #[cfg(test)]
 mod test_support;
+pub mod workspace;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

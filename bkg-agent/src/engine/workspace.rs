@@ -127,7 +127,10 @@ mod tests {
         let own_uid = nix::unistd::geteuid().as_raw();
         if own_uid != 0 {
             // Made by a user: refused, left where it is.
-            assert!(matches!(adopt_legacy_image(project.path(), "api", &home, own_uid + 1), Err(RunError::BadRequest(_))));
+            assert!(matches!(
+                adopt_legacy_image(project.path(), "api", &home, own_uid + 1),
+                Err(RunError::BadRequest(_))
+            ));
             assert!(legacy.exists() && !home.disk_image().exists());
             return;
         }

@@ -9,7 +9,9 @@ use bkg_schema::{RunRecord, RunRequest, RunResult};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::access::{listing_namespace, namespace_for, reaches, require_code_runner, user_limit_defaults, within_user_limits};
+use super::access::{
+    listing_namespace, namespace_for, reaches, require_code_runner, user_limit_defaults, within_user_limits,
+};
 use super::{OpError, OpResult, RunInput, RunOutput, Service};
 use crate::auth::Principal;
 use crate::engine::handle::{RunPhase, RunTicket};

@@ -82,7 +82,8 @@ impl Service {
         let Some(sandbox_id) = &run.sandbox_id else { return Ok(None) };
         let Ok(stored) = self.visible_sandbox(principal, sandbox_id).await else { return Ok(None) };
         let definition = stored.definition;
-        let log = self.engine.sandbox_home(&definition.namespace, sandbox_id).logs_dir().join(format!("{}.log", run.id));
+        let log =
+            self.engine.sandbox_home(&definition.namespace, sandbox_id).logs_dir().join(format!("{}.log", run.id));
         let Ok(file) = tokio::fs::File::open(&log).await else { return Ok(None) };
         let mut bytes = Vec::new();
         file.take(max_bytes)
