@@ -363,7 +363,7 @@ impl axum::serve::Listener for PeerCheckedListener {
                             Some(principal) => return (stream, principal),
                             None => tracing::warn!(
                                 uid = credentials.uid(),
-                                "refused a connection from a user outside the socket's group"
+                                "refused a connection from another user, outside the socket's group"
                             ),
                         }
                     }
