@@ -50,6 +50,10 @@ pub enum Command {
     Status(NameArgs),
     /// Print the output of a sandbox's latest run (`-f` follows it).
     Logs(LogsArgs),
+    /// Open an interactive shell (or run a command) in a persistent sandbox, on a terminal.
+    #[command(after_help = "Exit codes: the shell's own; 124 timeout; 137 killed by the memory or process limit; \
+125 bkg failed (no terminal, agent unreachable, unknown sandbox).")]
+    Shell(ShellArgs),
     /// Stop the run going on in one or more sandboxes (`--all`: every sandbox of the project).
     Stop(StopArgs),
     /// Remove sandboxes: their workspace, logs and their entry in cave.yaml.
@@ -114,6 +118,7 @@ impl Command {
             | Command::Init(_)
             | Command::Add(_)
             | Command::Logs(_)
+            | Command::Shell(_)
             | Command::Logout
             | Command::Completions(_) => false,
         }
@@ -178,8 +183,28 @@ pub struct ExeArgs {
     #[arg(short = 'f', long = "file", value_name = "SRC[:DEST]")]
     pub files: Vec<String>,
     /// Print one JSON object with the result and accounting instead of the output.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tty")]
     pub json: bool,
+    /// Run the script on a pseudo-terminal: raw keys, colours, resize and Ctrl-C reach it (needs a terminal).
+    #[arg(short = 'T', long = "tty")]
+    pub tty: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The sandbox's name in cave.yaml (it must have run once, e.g. with `bkgr NAME`).
+    pub name: String,
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Run this command line (with /bin/sh -c) on the terminal instead of an interactive shell.
+    #[arg(short = 'c', long = "command", value_name = "COMMAND")]
+    pub command: Option<String>,
+    /// Set a variable in the sandbox; a bare NAME passes the host's value (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// How long the shell may last, e.g. 30m [default: the sandbox's timeout]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -578,7 +603,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     (
         "exe",
         "bkg exe job.py input.csv --verbose\n  bkg exe --memory 1.5GiB --timeout 1m30s -e API_TOKEN --env-file .env job.py\n  \
-         echo 'print(6 * 7)' | bkg exe - --type python",
+         echo 'print(6 * 7)' | bkg exe - --type python\n  bkg exe --tty game.py",
     ),
     ("agent", "sudo bkg agent start\n  bkg agent status --json\n  bkg agent stop"),
     ("agent start", "sudo bkg agent start\n  sudo bkg agent start --foreground --state-dir /srv/bkg"),
@@ -594,6 +619,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("ls", "bkg ls\n  bkg ls --all --json"),
     ("status", "bkg status web\n  bkg status web --json -C ~/my-app"),
     ("logs", "bkg logs web\n  bkg logs web -f --timestamps\n  bkg logs web --tail 20"),
+    ("shell", "bkg shell web\n  bkg shell web --timeout 30m -e DEBUG=1\n  bkg shell web -c 'python3 -m pdb main.py'"),
     ("stop", "bkg stop web\n  bkg stop web worker\n  bkg stop --all"),
     ("rm", "bkg rm web\n  bkg rm web worker --force"),
     ("runs", "bkg runs ls\n  bkg runs ls --sandbox web --limit 5\n  bkg runs show run_19bc0a1f2e3d4c5b"),

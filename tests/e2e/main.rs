@@ -18,4 +18,5 @@ mod projects;
 mod reliability;
 mod retention;
 mod signals;
+mod terminals;
 mod ui;

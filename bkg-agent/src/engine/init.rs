@@ -602,6 +602,7 @@ struct Launch {
     env: Vec<CString>,
     cwd: CString,
     seccomp: Vec<seccompiler::BpfProgram>,
+    terminal: Option<bkg_schema::terminal::TerminalSize>,
 }
 
 impl Launch {
@@ -611,7 +612,7 @@ impl Launch {
         let program = argv.first().cloned().ok_or_else(|| StageError::new("start code", "empty command"))?;
         let env =
             order.env.iter().map(|(key, value)| cstring(&format!("{key}={value}"))).collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { program, argv, env, cwd: cstring(&order.cwd)?, seccomp })
+        Ok(Self { program, argv, env, cwd: cstring(&order.cwd)?, seccomp, terminal: order.terminal })
     }
 }
 
@@ -621,6 +622,10 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
     let (unshared_read, unshared_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
     let (mapped_read, mapped_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
+    let terminal = match launch.terminal {
+        Some(size) => Some(open_terminal(plan, size, control)?),
+        None => None,
+    };
 
     // SAFETY: pid 1 is single-threaded, so the child may run arbitrary code after fork.
     match unsafe { fork() }.stage("fork code")? {
@@ -629,7 +634,7 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
             drop(unshared_read);
             drop(mapped_write);
             let handshake = IdMapHandshake { unshared: unshared_write, mapped: mapped_read };
-            let error = become_code(plan, &launch, &handshake);
+            let error = become_code(plan, &launch, &handshake, terminal.as_ref());
             let errno = match &error {
                 CodeError::Exec(errno) => *errno,
                 CodeError::Setup(..) => -1,
@@ -648,6 +653,8 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
             drop(exec_error_write);
             drop(unshared_write);
             drop(mapped_read);
+            // The code holds the terminal now: ours would keep the agent's master from its end.
+            drop(terminal);
             // The code holds the stdio pipes now; ours would keep them open past its end.
             redirect_stdio_to_null();
             let mapped = map_code_ids(plan, child, unshared_read, mapped_write);
@@ -671,10 +678,31 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
             control::write_blocking(control, &FromInit::Running).stage("report running")?;
             let (exit_code, signal) = reap_while_the_agent_lives(child, control)?;
             let (disk_used_bytes, disk_full) = disk_usage();
-            control::write_blocking(control, &FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full })
-                .stage("report exit")
+            control::write_blocking(
+                control,
+                &FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full, denied_syscalls: Vec::new() },
+            )
+            .stage("report exit")
         }
     }
+}
+
+/// Opens a pseudo-terminal of `size` in the sandbox's own devpts, gives its slave to the
+/// sandbox user (so `tty` and `ls -l /dev/pts` show the code's own) and its master to the agent,
+/// which relays it; returns the slave, for the code.
+fn open_terminal(
+    plan: &SandboxPlan,
+    size: bkg_schema::terminal::TerminalSize,
+    control: &mut UnixStream,
+) -> Result<OwnedFd, StageError> {
+    let winsize = nix::pty::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&winsize), None).stage("open a pseudo-terminal")?;
+    let id = plan.ids.sandbox;
+    nix::unistd::fchown(&pty.slave, Some(Uid::from_raw(id)), Some(Gid::from_raw(id)))
+        .stage("give the terminal to the sandbox user")?;
+    control::write_with_fd_blocking(control, &FromInit::Terminal, pty.master.as_raw_fd())
+        .stage("hand the terminal to the agent")?;
+    Ok(pty.slave)
 }
 
 /// How the code's process and pid 1 hand over the id map of the code's user namespace: an
@@ -794,8 +822,13 @@ enum CodeError {
 
 /// In the forked child: become the unprivileged sandbox user in a fresh user namespace, lock
 /// everything down, and exec the code. Returns only on failure.
-fn become_code(plan: &SandboxPlan, launch: &Launch, handshake: &IdMapHandshake) -> CodeError {
-    match lock_down(plan, launch, handshake) {
+fn become_code(
+    plan: &SandboxPlan,
+    launch: &Launch,
+    handshake: &IdMapHandshake,
+    terminal: Option<&OwnedFd>,
+) -> CodeError {
+    match lock_down(plan, launch, handshake, terminal) {
         Ok(()) => {}
         Err((stage, error)) => return CodeError::Setup(stage, error),
     }
@@ -803,11 +836,30 @@ fn become_code(plan: &SandboxPlan, launch: &Launch, handshake: &IdMapHandshake) 
     CodeError::Exec(error.map_or_else(|errno| errno as i32, |never| match never {}))
 }
 
-fn lock_down(plan: &SandboxPlan, launch: &Launch, handshake: &IdMapHandshake) -> Result<(), (&'static str, String)> {
+fn lock_down(
+    plan: &SandboxPlan,
+    launch: &Launch,
+    handshake: &IdMapHandshake,
+    terminal: Option<&OwnedFd>,
+) -> Result<(), (&'static str, String)> {
     fn step<T, E: std::fmt::Display>(stage: &'static str, result: Result<T, E>) -> Result<T, (&'static str, String)> {
         result.map_err(|error| (stage, error.to_string()))
     }
     step("new session", nix::unistd::setsid())?;
+    if let Some(slave) = terminal {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors; `slave` stays open for the call.
+            if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
+                return Err(("attach the terminal", std::io::Error::last_os_error().to_string()));
+            }
+        }
+        // The session leader takes the terminal as its controlling one: Ctrl-C, job control and
+        // SIGWINCH reach its foreground process group.
+        // SAFETY: TIOCSCTTY takes an int argument (0: do not steal) and no pointer.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(("take the controlling terminal", std::io::Error::last_os_error().to_string()));
+        }
+    }
     // Everything but stdio closes at exec; the exec-error pipe must stay open until then.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };

@@ -44,7 +44,7 @@ fn no_sandbox(id: &str) -> OpError {
     OpError::NotFound(format!("no sandbox {id}"))
 }
 
-fn busy(name: &str) -> OpError {
+pub(super) fn busy(name: &str) -> OpError {
     OpError::Run(RunError::Busy(format!("sandbox {name} is already running; stop it first")))
 }
 
