@@ -424,6 +424,9 @@ pub struct LogsArgs {
     /// Lead each line with the time bkg read it (RFC 3339, UTC): when it was written, for lines that arrive with -f.
     #[arg(short = 't', long)]
     pub timestamps: bool,
+    /// List what the sandbox refused its recent runs (system calls, limits) instead of the output.
+    #[arg(long, conflicts_with_all = ["follow", "tail", "timestamps"])]
+    pub policy: bool,
 }
 
 #[derive(Debug, Args)]
@@ -618,7 +621,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("validate", "bkg validate\n  bkg validate deploy/cave.yaml --json"),
     ("ls", "bkg ls\n  bkg ls --all --json"),
     ("status", "bkg status web\n  bkg status web --json -C ~/my-app"),
-    ("logs", "bkg logs web\n  bkg logs web -f --timestamps\n  bkg logs web --tail 20"),
+    ("logs", "bkg logs web\n  bkg logs web -f --timestamps\n  bkg logs web --tail 20\n  bkg logs web --policy"),
     ("shell", "bkg shell web\n  bkg shell web --timeout 30m -e DEBUG=1\n  bkg shell web -c 'python3 -m pdb main.py'"),
     ("stop", "bkg stop web\n  bkg stop web worker\n  bkg stop --all"),
     ("rm", "bkg rm web\n  bkg rm web worker --force"),

@@ -372,6 +372,9 @@ pub struct RunRecord {
     /// Set once the agent has confirmed nothing of the run is left on the host.
     pub cleaned_up: bool,
     pub error: Option<String>,
+    /// What the sandbox refused the run (as in its result).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<Denial>,
 }
 
 /// The namespace of everything made without naming one.

@@ -5,6 +5,7 @@ mod bkg_db;
 mod changes;
 mod cli_habits;
 mod compat;
+mod denials;
 mod docs_bkg_db;
 mod exe_basics;
 mod host;
