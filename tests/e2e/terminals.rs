@@ -172,12 +172,15 @@ fn bkg_exe_tty_runs_a_script_on_a_terminal() {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(
         dir.path().join("ask.py"),
-        "import os, sys\nprint('isatty', sys.stdin.isatty(), sys.stdout.isatty(), os.environ['TERM'], flush=True)\n\
+        "import fcntl, os, sys, termios\nprint('isatty', sys.stdin.isatty(), sys.stdout.isatty(), os.environ['TERM'], flush=True)\n\
+         try:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x')\nexcept OSError as error:\n    print('tiocsti errno', error.errno)\n\
          line = input('name? ')\nprint('hello', line.upper())\nsys.exit(3)\n",
     )
     .expect("script");
     let mut terminal = OnTerminal::spawn(in_project(&agent, dir.path(), &["exe", "--tty", "ask.py"]));
     terminal.expect("isatty True True xterm-256color");
+    // Injecting input stays refused on the code's own terminal (EPERM from seccomp).
+    terminal.expect("tiocsti errno 1");
     terminal.expect("name? ");
     terminal.type_in("ada\r");
     terminal.expect("hello ADA");
