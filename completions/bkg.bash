@@ -64,6 +64,9 @@ _bkg() {
             bkg,runs)
                 cmd="bkg__subcmd__runs"
                 ;;
+            bkg,shell)
+                cmd="bkg__subcmd__shell"
+                ;;
             bkg,status)
                 cmd="bkg__subcmd__status"
                 ;;
@@ -186,6 +189,9 @@ _bkg() {
                 ;;
             bkg__subcmd__help,runs)
                 cmd="bkg__subcmd__help__subcmd__runs"
+                ;;
+            bkg__subcmd__help,shell)
+                cmd="bkg__subcmd__help__subcmd__shell"
                 ;;
             bkg__subcmd__help,status)
                 cmd="bkg__subcmd__help__subcmd__status"
@@ -323,7 +329,7 @@ _bkg() {
 
     case "${cmd}" in
         bkg)
-            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch ui version doctor completions help"
+            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs shell stop rm runs audit sync db login logout keys watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -929,7 +935,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__exe)
-            opts="-c -t -e -f -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --json --socket --remote --cacert --help --version"
+            opts="-c -t -e -f -T -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --json --tty --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1007,7 +1013,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help)
-            opts="exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch ui version doctor completions help"
+            opts="exe agent init add validate ls status logs shell stop rm runs audit sync db login logout keys watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1401,6 +1407,20 @@ _bkg() {
         bkg__subcmd__help__subcmd__runs__subcmd__show)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__shell)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1871,7 +1891,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__logs)
-            opts="-C -f -n -t -h -V --dir --follow --tail --timestamps --socket --remote --cacert --help --version"
+            opts="-C -f -n -t -h -V --dir --follow --tail --timestamps --policy --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2115,6 +2135,60 @@ _bkg() {
                 return 0
             fi
             case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__shell)
+            opts="-C -c -e -h -V --dir --command --env --timeout --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -C)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --command)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -e)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -10,6 +10,7 @@ mod keys;
 mod runs;
 mod sandboxes;
 mod system;
+mod terminals;
 mod ui_support;
 
 use std::collections::HashMap;

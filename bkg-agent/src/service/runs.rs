@@ -41,6 +41,13 @@ pub const MAX_LISTED_RUNS: u32 = 1000;
 impl Service {
     /// Checks a run in a temporary sandbox and takes it on.
     pub fn accept_run(&self, principal: &Principal, request: RunRequest) -> OpResult<Accepted> {
+        let validated = self.validate_run(principal, request)?;
+        self.accept(principal, validated)
+    }
+
+    /// Checks a run in a temporary sandbox: whether the caller may run code, in which namespace,
+    /// within the caller's limits.
+    pub(super) fn validate_run(&self, principal: &Principal, request: RunRequest) -> OpResult<ValidatedRun> {
         require_code_runner(principal)?;
         let namespace = namespace_for(principal, request.namespace.as_deref())?;
         let mut request = request;
@@ -49,7 +56,7 @@ impl Service {
         let mut validated = self.engine.validate(request)?;
         within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
         validated.namespace = namespace;
-        self.accept(principal, validated)
+        Ok(validated)
     }
 
     pub(super) fn accept(&self, principal: &Principal, validated: ValidatedRun) -> OpResult<Accepted> {
