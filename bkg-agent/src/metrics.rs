@@ -254,6 +254,8 @@ mod tests {
             undelivered_bytes: 0,
             limits: bkg_schema::Limits::DEFAULT,
             security_level: None,
+            files: Vec::new(),
+            files_not_kept: None,
         };
         metrics.run_ended(Ok(&result));
         metrics.run_ended(Err(()));
