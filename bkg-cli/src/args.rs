@@ -96,7 +96,9 @@ impl Command {
             | Command::Ui(UiArgs { json, .. })
             | Command::Doctor(DoctorArgs { json, .. })
             | Command::Agent(AgentArgs { action: AgentAction::Status { json } })
-            | Command::Runs(RunsArgs { action: RunsAction::Ls { json, .. } | RunsAction::Show { json, .. } | RunsAction::Files { json, .. } })
+            | Command::Runs(RunsArgs {
+                action: RunsAction::Ls { json, .. } | RunsAction::Show { json, .. } | RunsAction::Files { json, .. },
+            })
             | Command::Audit(AuditArgs {
                 action:
                     AuditAction::Verify(AuditVerifyArgs { json, .. }) | AuditAction::Tail(AuditTailArgs { json, .. }),

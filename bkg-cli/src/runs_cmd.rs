@@ -5,10 +5,10 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bkg_schema::artefacts::RunFiles;
+use bkg_schema::units::{format_cpus, format_duration_ms, format_size};
 use bkg_schema::{RunRecord, RunResult};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use bkg_schema::units::{format_cpus, format_duration_ms, format_size};
 
 use crate::args::{RunsAction, RunsArgs};
 use crate::client::AgentClient;
@@ -105,7 +105,10 @@ fn files_table(files: &RunFiles) -> String {
 fn target(dir: &Path, path: &str) -> Result<PathBuf, CliError> {
     let relative = Path::new(path);
     if path.is_empty() || !relative.components().all(|part| matches!(part, Component::Normal(_))) {
-        return Err(CliError::new(BKG_FAILED, format!("the agent listed a file path `{path}` that would leave {}", dir.display())));
+        return Err(CliError::new(
+            BKG_FAILED,
+            format!("the agent listed a file path `{path}` that would leave {}", dir.display()),
+        ));
     }
     Ok(dir.join(relative))
 }
@@ -115,14 +118,21 @@ fn target(dir: &Path, path: &str) -> Result<PathBuf, CliError> {
 async fn fetch_files(client: &AgentClient, files: &RunFiles, dir: &Path) -> Result<(), CliError> {
     let targets = files.files.iter().map(|file| target(dir, &file.path)).collect::<Result<Vec<_>, _>>()?;
     if let Some(existing) = targets.iter().find(|target| target.exists()) {
-        return Err(CliError::usage(format!("{} exists; nothing was overwritten (fetch into another --output)", existing.display())));
+        return Err(CliError::usage(format!(
+            "{} exists; nothing was overwritten (fetch into another --output)",
+            existing.display()
+        )));
     }
     for (file, target) in files.files.iter().zip(&targets) {
         let path = format!("/api/v1/runs/{}/files/{}", files.run_id, encode_path(&file.path));
         let Some(mut response) = client.open_found(&path).await? else {
-            return Err(CliError::new(BKG_FAILED, format!("the agent no longer has {} of run {}", file.path, files.run_id)));
+            return Err(CliError::new(
+                BKG_FAILED,
+                format!("the agent no longer has {} of run {}", file.path, files.run_id),
+            ));
         };
-        let write_error = |error: std::io::Error| CliError::new(BKG_FAILED, format!("cannot write {}: {error}", target.display()));
+        let write_error =
+            |error: std::io::Error| CliError::new(BKG_FAILED, format!("cannot write {}: {error}", target.display()));
         if let Some(parent) = target.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(write_error)?;
         }

@@ -206,9 +206,10 @@ fn the_same_content_is_stored_once_and_a_run_with_nothing_to_keep_keeps_nothing(
         assert!(stderr(&output).contains("kept 1 files"), "{}", stderr(&output));
     }
     let objects = agent.state_dir.join("objects/default/sha256");
-    let count = std::fs::read_dir(&objects).expect("objects").flatten().flat_map(|shard| {
-        std::fs::read_dir(shard.path()).into_iter().flatten().flatten().collect::<Vec<_>>()
-    });
+    let count = std::fs::read_dir(&objects)
+        .expect("objects")
+        .flatten()
+        .flat_map(|shard| std::fs::read_dir(shard.path()).into_iter().flatten().flatten().collect::<Vec<_>>());
     assert_eq!(count.count(), 1, "one object for the same content");
 
     let (result, _) = agent.exe_json(&["--type", "python", "-c", "print('nothing kept')"]);
@@ -225,7 +226,9 @@ fn a_namespace_over_its_quota_keeps_nothing_more_and_says_so() {
         ..AgentOptions::default()
     });
     let write = |size: usize| {
-        format!("import os\nos.makedirs('/workspace/out', exist_ok=True)\nopen('/workspace/out/f','wb').write(os.urandom({size}))")
+        format!(
+            "import os\nos.makedirs('/workspace/out', exist_ok=True)\nopen('/workspace/out/f','wb').write(os.urandom({size}))"
+        )
     };
     let (first, _) = agent.exe_json(&["--type", "python", "-c", &write(700 * 1024)]);
     assert_eq!(first["files"].as_array().map(Vec::len), Some(1), "{first}");
@@ -244,10 +247,13 @@ fn a_namespace_role_sees_only_its_own_artefact_rows() {
          INSERT INTO bkg_namespace_roles (role, namespace) VALUES ('bkg_ns_alpha', 'alpha')",
     );
     let code_keeping = |text: &str| {
-        format!("import os\nos.makedirs('/workspace/out', exist_ok=True)\nopen('/workspace/out/{text}.txt','w').write('{text}')")
+        format!(
+            "import os\nos.makedirs('/workspace/out', exist_ok=True)\nopen('/workspace/out/{text}.txt','w').write('{text}')"
+        )
     };
     for namespace in ["alpha", "beta", "alpha"] {
-        let request = serde_json::json!({"language": "python", "code": code_keeping(namespace), "namespace": namespace});
+        let request =
+            serde_json::json!({"language": "python", "code": code_keeping(namespace), "namespace": namespace});
         let output = Command::new("curl")
             .args(["-sf", "--unix-socket"])
             .arg(&agent.socket)

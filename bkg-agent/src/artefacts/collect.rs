@@ -139,7 +139,12 @@ fn open_beneath(root: &OwnedFd, relative: &str) -> Result<Option<OwnedFd>, Strin
     while let Some(part) = parts.next() {
         let parent = current.as_ref().unwrap_or(root);
         let opened = if parts.peek().is_some() {
-            match openat(parent, part, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()) {
+            match openat(
+                parent,
+                part,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
                 Ok(fd) => Some(fd),
                 Err(nix::errno::Errno::ENOENT) => None,
                 Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
@@ -219,7 +224,10 @@ mod tests {
         assert_eq!(left_out.len(), 3, "{left_out:?}");
         assert!(left_out.iter().any(|line| line.starts_with("out/link: a symbolic link")), "{left_out:?}");
         assert!(left_out.iter().any(|line| line.starts_with("out/fifo: only regular files")), "{left_out:?}");
-        assert!(left_out.iter().any(|line| line.starts_with("escape/secret: escape is not a directory")), "{left_out:?}");
+        assert!(
+            left_out.iter().any(|line| line.starts_with("escape/secret: escape is not a directory")),
+            "{left_out:?}"
+        );
         Ok(())
     }
 }

@@ -61,9 +61,8 @@ pub struct QuotaPolicy {
 impl QuotaPolicy {
     /// From the agent's flags: `--artefact-quota SIZE` and `--artefact-quota-for NS=SIZE`.
     pub fn parse(default: &str, per_namespace: &[String]) -> Result<Self, ArtefactError> {
-        let size = |text: &str| {
-            bkg_schema::parse_size(text).map_err(|error| ArtefactError::QuotaSize(text.to_owned(), error))
-        };
+        let size =
+            |text: &str| bkg_schema::parse_size(text).map_err(|error| ArtefactError::QuotaSize(text.to_owned(), error));
         let mut policy = Self { default: size(default)?, per_namespace: BTreeMap::new() };
         for entry in per_namespace {
             let (namespace, text) = entry
@@ -161,7 +160,11 @@ impl Artefacts {
     fn object(&self, namespace: &str, sha256: &str) -> ObjectPath {
         let shard = sha256.get(..2).unwrap_or("00");
         let name = format!("{namespace}/sha256/{shard}/{sha256}");
-        if self.prefix.is_empty() { ObjectPath::from(name) } else { ObjectPath::from(format!("{}/{name}", self.prefix)) }
+        if self.prefix.is_empty() {
+            ObjectPath::from(name)
+        } else {
+            ObjectPath::from(format!("{}/{name}", self.prefix))
+        }
     }
 
     /// Held while one run's files are stored and recorded.

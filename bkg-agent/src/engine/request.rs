@@ -422,7 +422,10 @@ fn cpu_count(cpu_millis: u64) -> usize {
 fn keep_paths(asked: &[String]) -> Result<Vec<String>, RunError> {
     use bkg_schema::artefacts::{DEFAULT_KEEP, MAX_KEEP_PATHS, keep_path};
     if asked.len() > MAX_KEEP_PATHS {
-        return Err(RunError::BadRequest(format!("a run may keep at most {MAX_KEEP_PATHS} paths, not {}", asked.len())));
+        return Err(RunError::BadRequest(format!(
+            "a run may keep at most {MAX_KEEP_PATHS} paths, not {}",
+            asked.len()
+        )));
     }
     let mut paths = vec![DEFAULT_KEEP.to_owned()];
     for path in asked {

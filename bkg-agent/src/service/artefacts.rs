@@ -1,8 +1,8 @@
 //! The files runs keep (bkg-agent/src/artefacts/): storing what a run left within its
 //! namespace's quota, listing a run's files, and reading one back as a stream.
 
-use bkg_schema::artefacts::{RunFile, RunFiles};
 use bkg_schema::RunResult;
+use bkg_schema::artefacts::{RunFile, RunFiles};
 
 use super::{OpError, OpResult, Service};
 use crate::artefacts::{FileStream, Kept};

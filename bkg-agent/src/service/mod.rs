@@ -30,9 +30,9 @@ use crate::store::{Store, StoreError};
 
 pub use crate::engine::run::{RunInput, RunOutput};
 pub use crate::feed::FeedItem;
+pub use artefacts::FileDownload;
 pub use changes::ChangeStream;
 pub use keys::{KEYLESS_ROUTES_PER_MINUTE, SignedNotice};
-pub use artefacts::FileDownload;
 pub use runs::{Accepted, RunTask};
 pub use sandboxes::LogTail;
 pub use system::{HealthProbe, HealthVerdict, MetricsText};

@@ -25,10 +25,7 @@ impl Store {
     /// Deletes the runs finished before the cutoff `cutoff_ms(namespace)` gives their namespace,
     /// with their files' rows, and returns them and the objects nothing refers to any more. Runs
     /// still going are never expired.
-    pub async fn expire_runs(
-        &self,
-        cutoff_ms: impl Fn(&str) -> u64 + Send + 'static,
-    ) -> Result<Expired, StoreError> {
+    pub async fn expire_runs(&self, cutoff_ms: impl Fn(&str) -> u64 + Send + 'static) -> Result<Expired, StoreError> {
         self.with(move |db| {
             let transaction = db.transaction()?;
             let namespaces = {

@@ -301,7 +301,16 @@ async fn insert_run_files(
         transaction
             .execute(
                 INSERT_RUN_FILE,
-                &[&event.agent_id, run_id, &file.path, &event.namespace, &seq, &file.kind.as_str(), &file.sha256, &bytes],
+                &[
+                    &event.agent_id,
+                    run_id,
+                    &file.path,
+                    &event.namespace,
+                    &seq,
+                    &file.kind.as_str(),
+                    &file.sha256,
+                    &bytes,
+                ],
             )
             .await
             .map_err(|error| refused(event.seq, error))?;
