@@ -24,6 +24,9 @@ complete -c bkg-agent -l max-unix-connections -d 'Open connections on the unix s
 complete -c bkg-agent -l db-url -d 'The shared bkg_db (PostgreSQL URL, `sslmode=` for TLS): every event is synced there' -r
 complete -c bkg-agent -l retention -d 'How long finished runs (and their logs) are kept, here and in bkg_db; the audit log is kept for ever' -r
 complete -c bkg-agent -l retention-for -d 'Another retention for one namespace (repeatable), e.g. `ci=7d`' -r
+complete -c bkg-agent -l object-store -d 'Where runs\' kept files go: `s3://BUCKET[/PREFIX]` (an S3-compatible service, configured by the usual AWS_* variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP) or a directory. Default: <state-dir>/objects' -r
+complete -c bkg-agent -l artefact-quota -d 'How much each namespace\'s kept files may take (distinct contents counted once)' -r
+complete -c bkg-agent -l artefact-quota-for -d 'Another artefact quota for one namespace (repeatable), e.g. `ci=1GiB`' -r
 complete -c bkg-agent -l listen-address-file -d 'Write the TCP address actually bound (useful with port 0) to this file' -r -F
 complete -c bkg-agent -l webhook -d 'POST a signed notice to this URL whenever a key rotates (repeatable; http:// or https://)' -r
 complete -c bkg-agent -l webhook-secret-file -d 'The shared secret (at least 32 bytes) that signs rotation notices sent to webhooks and checks those peers send to /api/v1/auth/keys/rotated' -r -F

@@ -244,6 +244,9 @@ _bkg() {
             bkg__subcmd__help__subcmd__keys,rotate)
                 cmd="bkg__subcmd__help__subcmd__keys__subcmd__rotate"
                 ;;
+            bkg__subcmd__help__subcmd__runs,files)
+                cmd="bkg__subcmd__help__subcmd__runs__subcmd__files"
+                ;;
             bkg__subcmd__help__subcmd__runs,ls)
                 cmd="bkg__subcmd__help__subcmd__runs__subcmd__ls"
                 ;;
@@ -286,6 +289,9 @@ _bkg() {
             bkg__subcmd__keys__subcmd__help,rotate)
                 cmd="bkg__subcmd__keys__subcmd__help__subcmd__rotate"
                 ;;
+            bkg__subcmd__runs,files)
+                cmd="bkg__subcmd__runs__subcmd__files"
+                ;;
             bkg__subcmd__runs,help)
                 cmd="bkg__subcmd__runs__subcmd__help"
                 ;;
@@ -294,6 +300,9 @@ _bkg() {
                 ;;
             bkg__subcmd__runs,show)
                 cmd="bkg__subcmd__runs__subcmd__show"
+                ;;
+            bkg__subcmd__runs__subcmd__help,files)
+                cmd="bkg__subcmd__runs__subcmd__help__subcmd__files"
                 ;;
             bkg__subcmd__runs__subcmd__help,help)
                 cmd="bkg__subcmd__runs__subcmd__help__subcmd__help"
@@ -935,7 +944,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__exe)
-            opts="-c -t -e -f -T -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --json --tty --socket --remote --cacert --help --version"
+            opts="-c -t -e -f -T -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --keep --json --tty --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -990,6 +999,10 @@ _bkg() {
                     return 0
                     ;;
                 -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1377,8 +1390,22 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help__subcmd__runs)
-            opts="ls show"
+            opts="ls show files"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__runs__subcmd__files)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -2001,7 +2028,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__runs)
-            opts="-h -V --socket --remote --cacert --help --version ls show help"
+            opts="-h -V --socket --remote --cacert --help --version ls show files help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2026,9 +2053,57 @@ _bkg() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        bkg__subcmd__runs__subcmd__help)
-            opts="ls show help"
+        bkg__subcmd__runs__subcmd__files)
+            opts="-o -h -V --output --json --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__runs__subcmd__help)
+            opts="ls show files help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__runs__subcmd__help__subcmd__files)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

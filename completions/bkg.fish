@@ -62,6 +62,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand exe" -l disk -d 'Disk limit for 
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -s e -l env -d 'Set a variable in the sandbox; a bare NAME passes the host\'s value (repeatable)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l env-file -d 'Read variables from a file of KEY=VALUE lines (repeatable; -e wins)' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -s f -l file -d 'Copy a host file into the sandbox, to /workspace/NAME or DEST (repeatable)' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l keep -d 'Keep this file or directory under /workspace as the run\'s files, besides /workspace/out, which is always kept (repeatable; `bkg runs files ID` fetches them)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
@@ -184,14 +185,15 @@ complete -c bkg -n "__fish_bkg_using_subcommand rm" -l force -d 'Do not ask (req
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -l json -d 'Print JSON'
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -s h -l help -d 'Print help'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -f -a "show" -d 'One run with its limits and accounting'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -f -a "show" -d 'One run with its limits and accounting'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -f -a "files" -d 'The files a run kept (/workspace/out, --keep paths, long stdout/stderr): listed, or fetched into a directory'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s n -l limit -d 'How many runs to list, 1 to 1000' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l sandbox -d 'Only the runs of this persistent sandbox of the project' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
@@ -207,8 +209,16 @@ complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -l json -d 'Print JSON'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from files" -s o -l output -d 'Fetch the files into this directory (made if missing; existing files are never overwritten), each checked against its SHA-256' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from files" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from files" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from files" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from files" -l json -d 'Print JSON: {"run_id", "files": [{"path", "kind", "bytes", "sha256"}]}'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from files" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from files" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "show" -d 'One run with its limits and accounting'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "files" -d 'The files a run kept (/workspace/out, --keep paths, long stdout/stderr): listed, or fetched into a directory'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
@@ -401,6 +411,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "show" -d 'One run with its limits and accounting'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "files" -d 'The files a run kept (/workspace/out, --keep paths, long stdout/stderr): listed, or fetched into a directory'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from audit" -f -a "verify" -d 'Check the hash chain and signatures; name the first bad line. Exit 0 intact, 1 tampered'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from audit" -f -a "tail" -d 'Print the newest records (`-f` follows)'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from sync" -f -a "status" -d 'Backlog, parked events, last success and last error of the sync to bkg_db. Exit 0 healthy or not configured, 1 when the last attempt failed or events are parked'

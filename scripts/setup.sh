@@ -53,6 +53,13 @@ if ! python3 -m pytest --version >/dev/null 2>&1; then
   python3 -m pip install -q -r "$(dirname "$0")/../security/requirements.txt"
 fi
 
+# The run artefact tests (tests/e2e/artefacts.rs) store objects in a real S3-compatible server
+# on loopback: moto's server, from PyPI.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "setup: installing moto[server]" >&2
+  python3 -m pip install -q 'moto[server]==5.2.1'
+fi
+
 # The sandbox runtimes are the host's: bkg runs /usr/bin/python3 and /usr/bin/node.
 for runtime in /usr/bin/python3 /usr/bin/node; do
   [[ -x $runtime ]] || { echo "setup: $runtime is missing" >&2; exit 1; }

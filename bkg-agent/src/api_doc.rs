@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 
-use crate::server::{auth_api, changes, runs, sandboxes, system, terminal};
+use crate::server::{auth_api, changes, run_files, runs, sandboxes, system, terminal};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +31,8 @@ use crate::server::{auth_api, changes, runs, sandboxes, system, terminal};
         runs::create_run,
         runs::list_runs,
         runs::get_run,
+        run_files::list_run_files,
+        run_files::get_run_file,
         sandboxes::list_sandboxes,
         sandboxes::create_sandbox,
         sandboxes::get_sandbox,

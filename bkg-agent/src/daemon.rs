@@ -126,6 +126,17 @@ pub struct AgentArgs {
     /// Another retention for one namespace (repeatable), e.g. `ci=7d`.
     #[arg(long = "retention-for", value_name = "NS=DURATION")]
     pub retention_for: Vec<String>,
+    /// Where runs' kept files go: `s3://BUCKET[/PREFIX]` (an S3-compatible service, configured
+    /// by the usual AWS_* variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP) or a directory. Default: <state-dir>/objects.
+    #[arg(long, value_name = "URL", env = "BKG_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// How much each namespace's kept files may take (distinct contents counted once).
+    #[arg(long, value_name = "SIZE", default_value = crate::artefacts::DEFAULT_QUOTA)]
+    pub artefact_quota: String,
+    /// Another artefact quota for one namespace (repeatable), e.g. `ci=1GiB`.
+    #[arg(long = "artefact-quota-for", value_name = "NS=SIZE")]
+    pub artefact_quota_for: Vec<String>,
     /// Write the TCP address actually bound (useful with port 0) to this file.
     #[arg(long, value_name = "PATH", requires = "listen")]
     pub listen_address_file: Option<PathBuf>,
@@ -279,6 +290,8 @@ struct ApiOptions {
     db_url: Option<String>,
     retention: crate::retention::RetentionPolicy,
     local: LocalAccess,
+    object_store: Option<String>,
+    artefact_quota: crate::artefacts::QuotaPolicy,
 }
 
 /// Timeouts and caps of the listeners (server/listen.rs) and the body budget (server.rs).
@@ -351,6 +364,8 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
         db_url: args.db_url.clone().filter(|url| !url.is_empty()),
         retention: crate::retention::RetentionPolicy::parse(&args.retention, &args.retention_for)?,
         local: local_access(args)?,
+        object_store: args.object_store.clone().filter(|url| !url.is_empty()),
+        artefact_quota: crate::artefacts::QuotaPolicy::parse(&args.artefact_quota, &args.artefact_quota_for)?,
     })
 }
 
@@ -506,6 +521,10 @@ async fn serve(
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
     let agent_id = audit.public_key().agent_id();
     let store = Store::open(&state_dir.join("state.db"), audit).context("open the run store")?;
+    let artefacts = Arc::new(
+        crate::artefacts::Artefacts::open(api.object_store.as_deref(), &state_dir, api.artefact_quota.clone())
+            .context("open the object store of runs' files")?,
+    );
     let (engine, leftovers_removed) = Engine::new(config).context("start the sandbox engine")?;
     // Runs a crash or kill left open are closed before this agent starts any of its own.
     let interrupted = store
@@ -601,12 +620,18 @@ async fn serve(
         tokio::spawn(audit_sync_failures(store.clone(), Arc::clone(&handle)));
         (handle, url.clone())
     });
-    crate::retention::spawn(store.clone(), api.retention, api.db_url.clone().map(|url| (url, agent_id)));
+    crate::retention::spawn(
+        store.clone(),
+        api.retention,
+        api.db_url.clone().map(|url| (url, agent_id)),
+        Arc::clone(&artefacts),
+    );
     let feed = crate::feed::Feed::start(store.clone(), api.db_url.clone());
     let service = Service::new(ServiceParts {
         feed: Arc::clone(&feed),
         engine: Arc::clone(&engine),
         store,
+        artefacts: Arc::clone(&artefacts),
         metrics: Arc::new(metrics),
         auth: AuthState::new(api.policy, notifier),
         health: HealthProbe::new(health_interval),
@@ -625,6 +650,7 @@ async fn serve(
         state_dir = %state_dir.display(),
         cgroups = %engine.cgroup_version(),
         security_level = %engine.config.security_level,
+        object_store = %artefacts.location,
         "agent ready"
     );
 

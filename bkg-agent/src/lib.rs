@@ -2,6 +2,7 @@
 //! unix socket and keeps the run store.
 
 pub mod api_doc;
+pub mod artefacts;
 pub mod audit;
 pub mod auth;
 pub mod caller_fs;

@@ -255,6 +255,8 @@ mod tests {
             limits: bkg_schema::Limits::DEFAULT,
             security_level: None,
             denials: Vec::new(),
+            files: Vec::new(),
+            files_not_kept: None,
         };
         metrics.run_ended(Ok(&result));
         metrics.run_ended(Err(()));

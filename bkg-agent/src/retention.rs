@@ -1,5 +1,6 @@
-//! Retention: runs and their logs expire after a time per namespace (default 30 days), in the
-//! local store and in bkg_db, where each agent deletes its own runs. The audit log, its outbox
+//! Retention: runs, their logs and their kept files expire after a time per namespace (default
+//! 30 days), in the local store, the object store and bkg_db, where each agent deletes its own
+//! runs. The audit log, its outbox
 //! and bkg_db's audit_events and changes are never deleted: they are the signed record.
 
 use std::collections::BTreeMap;
@@ -7,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::artefacts::Artefacts;
 use crate::store::{ExpiredRun, Store, StoreError};
 
 /// The default retention (docs/bkg-db.md).
@@ -72,13 +74,13 @@ impl RetentionPolicy {
 }
 
 /// Expires runs now and then every hour, until the runtime ends.
-pub fn spawn(store: Store, policy: RetentionPolicy, db: Option<(String, String)>) {
+pub fn spawn(store: Store, policy: RetentionPolicy, db: Option<(String, String)>, artefacts: Arc<Artefacts>) {
     let policy = Arc::new(policy);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(EVERY);
         loop {
             ticks.tick().await;
-            if let Err(error) = expire(&store, &policy, db.as_ref(), crate::ids::now_ms()).await {
+            if let Err(error) = expire(&store, &policy, db.as_ref(), &artefacts, crate::ids::now_ms()).await {
                 tracing::warn!(%error, "retention could not expire runs");
             }
         }
@@ -86,15 +88,18 @@ pub fn spawn(store: Store, policy: RetentionPolicy, db: Option<(String, String)>
 }
 
 /// One pass: the local store, the sandboxes' run logs, then (with `db`: its URL and this agent's
-/// id) this agent's rows in bkg_db. Returns the runs expired locally.
+/// id) this agent's rows in bkg_db, then the objects no run refers to any more. Returns the runs
+/// expired locally.
 pub async fn expire(
     store: &Store,
     policy: &Arc<RetentionPolicy>,
     db: Option<&(String, String)>,
+    artefacts: &Artefacts,
     now_ms: u64,
 ) -> Result<Vec<ExpiredRun>, RetentionError> {
     let cutoffs = Arc::clone(policy);
-    let expired = store.expire_runs(move |namespace| cutoffs.cutoff_ms(namespace, now_ms)).await?;
+    let crate::store::Expired { runs: expired, orphans } =
+        store.expire_runs(move |namespace| cutoffs.cutoff_ms(namespace, now_ms)).await?;
     for run in &expired {
         let Some(sandbox_id) = &run.sandbox_id else { continue };
         let Some(sandbox) = store.get_sandbox(sandbox_id).await? else { continue };
@@ -112,20 +117,60 @@ pub async fn expire(
     if !expired.is_empty() {
         tracing::info!(runs = expired.len(), "retention expired runs");
     }
-    if let Some((url, agent_id)) = db {
-        expire_in_db(url, agent_id, policy, now_ms).await?;
-    }
+    let db_client = match db {
+        Some((url, agent_id)) => {
+            let client = crate::sync::connect(url).await?;
+            expire_in_db(&client, agent_id, policy, now_ms).await?;
+            Some(client)
+        }
+        None => None,
+    };
+    delete_objects(artefacts, db_client.as_ref(), &orphans).await?;
     Ok(expired)
 }
 
-/// Deletes this agent's expired runs from bkg_db, namespace by namespace.
-async fn expire_in_db(url: &str, agent_id: &str, policy: &RetentionPolicy, now_ms: u64) -> Result<u64, RetentionError> {
-    let client = crate::sync::connect(url).await?;
+/// Deletes the objects of expired runs that no run refers to any more: none in this agent's
+/// store, and, with bkg_db, none of any agent there (agents may share a bucket).
+async fn delete_objects(
+    artefacts: &Artefacts,
+    db: Option<&tokio_postgres::Client>,
+    orphans: &[(String, String)],
+) -> Result<(), RetentionError> {
+    for (namespace, sha256) in orphans {
+        if let Some(client) = db {
+            let used = client
+                .query_opt("SELECT 1 FROM run_files WHERE namespace = $1 AND sha256 = $2 LIMIT 1", &[namespace, sha256])
+                .await?;
+            if used.is_some() {
+                continue;
+            }
+        }
+        if let Err(error) = artefacts.delete(namespace, sha256).await {
+            tracing::warn!(%error, %namespace, %sha256, "could not delete an expired run's file");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes this agent's expired runs and their files' rows from bkg_db, namespace by namespace.
+async fn expire_in_db(
+    client: &tokio_postgres::Client,
+    agent_id: &str,
+    policy: &RetentionPolicy,
+    now_ms: u64,
+) -> Result<u64, RetentionError> {
     let namespaces = client.query("SELECT DISTINCT namespace FROM runs WHERE agent_id = $1", &[&agent_id]).await?;
     let mut deleted = 0;
     for row in namespaces {
         let namespace: String = row.try_get(0)?;
         let cutoff = i64::try_from(policy.cutoff_ms(&namespace, now_ms)).unwrap_or(i64::MAX);
+        client
+            .execute(
+                "DELETE FROM run_files f USING runs r WHERE f.agent_id = r.agent_id AND f.run_id = r.id
+                 AND r.agent_id = $1 AND r.namespace = $2 AND r.finished_at_ms < $3",
+                &[&agent_id, &namespace, &cutoff],
+            )
+            .await?;
         deleted += client
             .execute(
                 "DELETE FROM runs WHERE agent_id = $1 AND namespace = $2 AND finished_at_ms < $3",

@@ -16,9 +16,11 @@ use crate::audit::{AuditError, AuditLog, WrittenLine};
 mod auth_tables;
 mod changes;
 mod retention;
+mod run_files;
 mod sandbox_env;
 pub use auth_tables::{KeyKind, NewKey};
-pub use retention::ExpiredRun;
+pub use retention::{Expired, ExpiredRun};
+pub use run_files::NamespaceObjects;
 
 /// Each entry upgrades the schema by one version; `PRAGMA user_version` records how far a
 /// database has come. Never edit a released entry: add a new one.
@@ -99,6 +101,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_parked ON outbox (parked_at_ms) WHERE parked_at_ms IS NOT NULL;",
     // What the sandbox refused each run (`RunResult::denials`), as JSON; null when nothing.
     "ALTER TABLE runs ADD COLUMN denials TEXT;",
+    // The files runs kept (bkg-agent/src/artefacts/): one row per file, the object named by its
+    // namespace and sha256; rows go with their run (retention).
+    "CREATE TABLE run_files (
+        run_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY (run_id, path)
+    );
+    CREATE INDEX run_files_objects ON run_files (namespace, sha256);",
 ];
 
 /// A persistent sandbox as stored: its definition and when it was first defined.
@@ -585,6 +599,7 @@ impl Store {
                     denials,
                 ],
             )?;
+            run_files::insert(db, &result)?;
             Ok(())
         })
         .await

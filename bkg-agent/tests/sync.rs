@@ -359,6 +359,7 @@ impl History {
                 stdout_bytes: 2,
                 stderr_bytes: 0,
                 truncated: false,
+                files: Vec::new(),
             };
             let finished = RunFinished {
                 outcome: RunOutcome::Ended(end),

@@ -100,7 +100,9 @@ impl Command {
             | Command::Ui(UiArgs { json, .. })
             | Command::Doctor(DoctorArgs { json, .. })
             | Command::Agent(AgentArgs { action: AgentAction::Status { json } })
-            | Command::Runs(RunsArgs { action: RunsAction::Ls { json, .. } | RunsAction::Show { json, .. } })
+            | Command::Runs(RunsArgs {
+                action: RunsAction::Ls { json, .. } | RunsAction::Show { json, .. } | RunsAction::Files { json, .. },
+            })
             | Command::Audit(AuditArgs {
                 action:
                     AuditAction::Verify(AuditVerifyArgs { json, .. }) | AuditAction::Tail(AuditTailArgs { json, .. }),
@@ -182,6 +184,10 @@ pub struct ExeArgs {
     /// Copy a host file into the sandbox, to /workspace/NAME or DEST (repeatable).
     #[arg(short = 'f', long = "file", value_name = "SRC[:DEST]")]
     pub files: Vec<String>,
+    /// Keep this file or directory under /workspace as the run's files, besides
+    /// /workspace/out, which is always kept (repeatable; `bkg runs files ID` fetches them).
+    #[arg(long = "keep", value_name = "PATH")]
+    pub keep: Vec<String>,
     /// Print one JSON object with the result and accounting instead of the output.
     #[arg(long, conflicts_with = "tty")]
     pub json: bool,
@@ -292,6 +298,20 @@ pub enum RunsAction {
         #[arg(value_name = "ID")]
         id: String,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The files a run kept (/workspace/out, --keep paths, long stdout/stderr): listed, or
+    /// fetched into a directory.
+    Files {
+        /// The run's id (`bkg runs ls` lists them).
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Fetch the files into this directory (made if missing; existing files are never
+        /// overwritten), each checked against its SHA-256.
+        #[arg(short = 'o', long, value_name = "DIR")]
+        output: Option<PathBuf>,
+        /// Print JSON: {"run_id", "files": [{"path", "kind", "bytes", "sha256"}]}.
         #[arg(long)]
         json: bool,
     },

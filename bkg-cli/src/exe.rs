@@ -39,6 +39,9 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     if let Some(reason) = stream::reason_line(&result) {
         out.note(format_args!("{reason}"));
     }
+    if !out.is_json() {
+        crate::runs_cmd::note_kept_files(out, &result);
+    }
     Ok(crate::exit::of_run(&result))
 }
 
@@ -135,6 +138,7 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
             limits,
             stdin_base64: None,
             namespace: None,
+            keep: args.keep.clone(),
         },
         stdin_is_code,
     ))

@@ -1,13 +1,18 @@
-//! `bkg runs ls` and `bkg runs show`: the agent's history of runs with their accounting.
+//! `bkg runs ls` and `bkg runs show`: the agent's history of runs with their accounting;
+//! `bkg runs files`: the files a run kept, listed or fetched.
 
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use bkg_schema::RunRecord;
+use bkg_schema::artefacts::RunFiles;
 use bkg_schema::units::{format_cpus, format_duration_ms, format_size};
+use bkg_schema::{RunRecord, RunResult};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 
 use crate::args::{RunsAction, RunsArgs};
 use crate::client::AgentClient;
-use crate::exit::{CliError, SUCCESS};
+use crate::exit::{BKG_FAILED, CliError, SUCCESS};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
@@ -35,9 +40,7 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
             }
         }
         RunsAction::Show { id, .. } => {
-            if id.is_empty() || !id.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-') {
-                return Err(CliError::usage(format!("`{id}` is not a run id: `bkg runs ls` lists them")));
-            }
+            check_run_id(&id)?;
             let client = AgentClient::new(&settings.endpoint()?)?;
             client.ensure_running().await?;
             let Some(record) = client.get_found::<RunRecord>(&format!("/api/v1/runs/{id}")).await? else {
@@ -45,8 +48,138 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
             };
             out.answer(&record, describe)?;
         }
+        RunsAction::Files { id, output, .. } => {
+            check_run_id(&id)?;
+            let client = AgentClient::new(&settings.endpoint()?)?;
+            client.ensure_running().await?;
+            let Some(files) = client.get_found::<RunFiles>(&format!("/api/v1/runs/{id}/files")).await? else {
+                return Err(CliError::usage(format!("no run `{id}` here: `bkg runs ls` lists the runs you may see")));
+            };
+            match output {
+                None if files.files.is_empty() && !out.is_json() => out.note(format_args!("run {id} kept no files")),
+                None => out.answer(&files, files_table)?,
+                Some(dir) => {
+                    fetch_files(&client, &files, &dir).await?;
+                    if out.is_json() {
+                        out.json(&files)?;
+                    }
+                    out.note(format_args!("fetched {} files of run {id} into {}", files.files.len(), dir.display()));
+                }
+            }
+        }
     }
     Ok(SUCCESS)
+}
+
+fn check_run_id(id: &str) -> Result<(), CliError> {
+    if id.is_empty() || !id.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-') {
+        return Err(CliError::usage(format!("`{id}` is not a run id: `bkg runs ls` lists them")));
+    }
+    Ok(())
+}
+
+/// After `bkg exe`: what the run kept and how to fetch it, on stderr.
+pub fn note_kept_files(out: crate::out::Printer, result: &RunResult) {
+    if !result.files.is_empty() {
+        let bytes: u64 = result.files.iter().map(|file| file.bytes).sum();
+        out.note(format_args!(
+            "kept {} files ({}): bkg runs files {} --output DIR",
+            result.files.len(),
+            format_size(bytes),
+            result.id
+        ));
+    }
+    if let Some(reason) = &result.files_not_kept {
+        out.note(format_args!("{reason}"));
+    }
+}
+
+fn files_table(files: &RunFiles) -> String {
+    let rows = files.files.iter().map(|file| {
+        vec![file.path.clone(), file.kind.as_str().to_owned(), format_size(file.bytes), file.sha256.clone()]
+    });
+    crate::table::render(&["PATH", "KIND", "SIZE", "SHA256"], &[2], &[0], rows, crate::table::width())
+}
+
+/// Where a kept file goes under `dir`: its path as listed, which must stay under `dir`.
+fn target(dir: &Path, path: &str) -> Result<PathBuf, CliError> {
+    let relative = Path::new(path);
+    if path.is_empty() || !relative.components().all(|part| matches!(part, Component::Normal(_))) {
+        return Err(CliError::new(
+            BKG_FAILED,
+            format!("the agent listed a file path `{path}` that would leave {}", dir.display()),
+        ));
+    }
+    Ok(dir.join(relative))
+}
+
+/// Fetches every file into `dir`, streamed to disk and checked against its SHA-256. Nothing in
+/// `dir` is overwritten: an existing file stops the fetch before anything is written.
+async fn fetch_files(client: &AgentClient, files: &RunFiles, dir: &Path) -> Result<(), CliError> {
+    let targets = files.files.iter().map(|file| target(dir, &file.path)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(existing) = targets.iter().find(|target| target.exists()) {
+        return Err(CliError::usage(format!(
+            "{} exists; nothing was overwritten (fetch into another --output)",
+            existing.display()
+        )));
+    }
+    for (file, target) in files.files.iter().zip(&targets) {
+        let path = format!("/api/v1/runs/{}/files/{}", files.run_id, encode_path(&file.path));
+        let Some(mut response) = client.open_found(&path).await? else {
+            return Err(CliError::new(
+                BKG_FAILED,
+                format!("the agent no longer has {} of run {}", file.path, files.run_id),
+            ));
+        };
+        let write_error =
+            |error: std::io::Error| CliError::new(BKG_FAILED, format!("cannot write {}: {error}", target.display()));
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(write_error)?;
+        }
+        let partial = target.with_file_name(format!(
+            ".{}.part",
+            target.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        let mut writer = tokio::fs::File::create(&partial).await.map_err(write_error)?;
+        let mut hasher = Sha256::new();
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(error) => {
+                    let _ = tokio::fs::remove_file(&partial).await;
+                    return Err(client.unreachable(error));
+                }
+            };
+            hasher.update(&chunk);
+            writer.write_all(&chunk).await.map_err(write_error)?;
+        }
+        writer.flush().await.map_err(write_error)?;
+        drop(writer);
+        let digest = hex::encode(hasher.finalize());
+        if digest != file.sha256 {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(CliError::new(
+                BKG_FAILED,
+                format!("{} arrived with SHA-256 {digest}, not {}: not written", file.path, file.sha256),
+            ));
+        }
+        tokio::fs::rename(&partial, target).await.map_err(write_error)?;
+    }
+    Ok(())
+}
+
+/// A kept file's path in a URL: each segment percent-encoded, the slashes kept.
+fn encode_path(path: &str) -> String {
+    let mut encoded = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 /// When, in UTC to the second (RFC 3339).

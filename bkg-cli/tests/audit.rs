@@ -82,6 +82,7 @@ impl TestLog {
                         stdout_bytes: 0,
                         stderr_bytes: 0,
                         truncated: false,
+                        files: Vec::new(),
                     }),
                     details: RunFinishedDetails {
                         language: Some(bkg_schema::Language::Python),

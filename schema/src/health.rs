@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The agent's health. Without a key it carries the status and, when not healthy, one reason
-/// word: never versions, paths or counts.
+/// word: never versions, paths or counts. With a key it also names the agent's security level.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
@@ -11,6 +11,10 @@ pub struct Health {
     /// Why the agent is degraded or unavailable; absent when it is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<HealthReason>,
+    /// The isolation the agent gives on this host (docs/compatibility.md, "Hosts"); only for a
+    /// caller with a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_level: Option<crate::host::SecurityLevel>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The contract between bkg processes: what the CLI sends the agent, what comes back, and the
 //! framing of a streamed run. Everything here is plain data so both sides agree by construction.
 
+pub mod artefacts;
 #[cfg(feature = "audit")]
 pub mod audit;
 pub mod auth;
@@ -178,6 +179,10 @@ pub struct RunRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
     pub namespace: Option<String>,
+    /// Files or directories under /workspace to keep as the run's files, besides
+    /// `/workspace/out`, which is always kept (`bkg exe --keep`, cave.yaml's `keep:`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
 }
 
 /// Which limit ended a run.
@@ -248,6 +253,13 @@ pub struct RunResult {
     /// "Denials"): each kind and thing once, with how often.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denials: Vec<Denial>,
+    /// The files the run kept (`GET /api/v1/runs/{id}/files`): what it wrote under
+    /// /workspace/out or a `keep` path, and stdout/stderr when longer than the cap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<artefacts::RunFile>,
+    /// Why some of them were not kept (the namespace's quota, the store failing), when so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_not_kept: Option<String>,
 }
 
 /// Something the sandbox refused a run's code.

@@ -110,6 +110,10 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     expect(&basic, 401, "basic auth");
     expect(&api.client("bkg_admin_not-a-real-key").get("/healthz"), 401, "unknown key");
     assert_eq!(admin.get("/healthz").json()["status"], "ok");
+    // With a key the probe names the agent's security level, the one its runs report.
+    let level = admin.get("/healthz").json()["security_level"].clone();
+    assert!(level.is_string(), "{level}");
+    assert_eq!(admin.get("/api/v1/agent").json()["security_level"], level);
 
     let (team_id, team) = api.key("namespace", Some("team"));
     let (_, other) = api.key("namespace", Some("other"));

@@ -1,6 +1,7 @@
 //! End-to-end tests of `bkg exe` against a real agent, as root. Each test starts its own agent.
 
 mod api;
+mod artefacts;
 mod bkg_db;
 mod changes;
 mod cli_habits;

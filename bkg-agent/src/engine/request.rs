@@ -72,6 +72,8 @@ pub struct ValidatedRun {
     pub(super) order: GoOrder,
     pub(super) stdin: Option<Vec<u8>>,
     pub(super) persistent: Option<PersistentRun>,
+    /// Paths under /workspace whose files the run keeps (artefacts/collect.rs), relative to it.
+    pub(super) keep: Vec<String>,
 }
 
 /// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and its log.
@@ -255,6 +257,7 @@ impl Engine {
             },
             stdin: decode_stdin(request.stdin_base64.as_deref())?,
             persistent: None,
+            keep: keep_paths(&request.keep)?,
         })
     }
 
@@ -354,6 +357,8 @@ impl Engine {
                 },
                 log_dir: home.logs_dir(),
             }),
+            // A persistent sandbox keeps its /workspace itself; only its long output is kept.
+            keep: Vec::new(),
         })
     }
 }
@@ -462,6 +467,28 @@ fn cpu_count(cpu_millis: u64) -> usize {
     usize::try_from(cpu_millis.div_ceil(1000)).unwrap_or(usize::MAX).max(1)
 }
 
+/// The paths a temporary run keeps: /workspace/out and those it asked for, relative to
+/// /workspace, with any path inside another left out (its files are kept once).
+fn keep_paths(asked: &[String]) -> Result<Vec<String>, RunError> {
+    use bkg_schema::artefacts::{DEFAULT_KEEP, MAX_KEEP_PATHS, keep_path};
+    if asked.len() > MAX_KEEP_PATHS {
+        return Err(RunError::BadRequest(format!(
+            "a run may keep at most {MAX_KEEP_PATHS} paths, not {}",
+            asked.len()
+        )));
+    }
+    let mut paths = vec![DEFAULT_KEEP.to_owned()];
+    for path in asked {
+        paths.push(keep_path(path).map_err(RunError::BadRequest)?);
+    }
+    paths.sort();
+    paths.dedup();
+    let inside = |path: &String, other: &String| path.starts_with(&format!("{other}/"));
+    let all = paths.clone();
+    paths.retain(|path| !all.iter().any(|other| inside(path, other)));
+    Ok(paths)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,5 +532,14 @@ mod tests {
         assert!(sandbox_env(&with("1A", "x")).is_err());
         assert!(sandbox_env(&with("A=B", "x")).is_err());
         assert!(sandbox_env(&with("BIG", &"x".repeat(MAX_ENV_BYTES))).is_err());
+    }
+
+    #[test]
+    fn a_run_keeps_out_and_the_paths_it_names_once() -> Result<(), RunError> {
+        assert_eq!(keep_paths(&[])?, ["out"]);
+        let asked = ["/workspace/out/x".to_owned(), "model".to_owned(), "model/a".to_owned(), "logs/".to_owned()];
+        assert_eq!(keep_paths(&asked)?, ["logs", "model", "out"]);
+        assert!(matches!(keep_paths(&["../etc".to_owned()]), Err(RunError::BadRequest(_))));
+        Ok(())
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bkg_schema::artefacts::RunFileKind;
 use bkg_schema::{KilledBy, LimitOverrides, OUTPUT_CAP_BYTES, RunRequest, RunResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -19,6 +20,8 @@ use super::handle::{RunPhase, RunTicket, RunTracker};
 use super::sandbox::{PreparedSandbox, cgroup_limits};
 use super::terminal::TerminalMaster;
 use super::{Engine, EngineError};
+use crate::artefacts::Kept;
+use crate::artefacts::spool::OutputSpool;
 use crate::ids::new_id;
 
 pub use super::request::{RunError, ValidatedRun};
@@ -44,14 +47,15 @@ pub enum RunOutput {
 impl Engine {
     /// Runs a validated request to its end. `input` carries stdin and cancellation; `output`,
     /// when given, receives the output as it is written. Whatever the caller does (reads slowly,
-    /// stops reading, hangs up), the timeout, the limits and cancellation are enforced.
+    /// stops reading, hangs up), the timeout, the limits and cancellation are enforced. Returns
+    /// the result and what the run left to keep (its files, its long output), spooled.
     pub async fn run(
         self: &Arc<Self>,
         ticket: RunTicket,
         run: ValidatedRun,
         input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
-    ) -> Result<RunResult, RunError> {
+    ) -> Result<(RunResult, Kept), RunError> {
         let result = self.run_to_end(ticket, run, input, output).await;
         // What the health probe goes by: a run failed by its sandbox or its runtime says runs
         // may not work (one whose code ran says they do, below).
@@ -67,7 +71,7 @@ impl Engine {
         run: ValidatedRun,
         mut input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
-    ) -> Result<RunResult, RunError> {
+    ) -> Result<(RunResult, Kept), RunError> {
         if self.is_closing() {
             return Err(EngineError::ShuttingDown.into());
         }
@@ -79,7 +83,7 @@ impl Engine {
         let waiting = self.capacity.wait_turn(&run.namespace);
         let (turn, early_input) = match wait_in_queue(waiting, &tracker, &mut input).await? {
             Queued::Turn(turn, early_input) => (turn, early_input),
-            Queued::Cancelled => return Ok(cancelled_in_queue(run_id, &run)),
+            Queued::Cancelled => return Ok((cancelled_in_queue(run_id, &run), Kept::default())),
         };
         let mut log = match &run.persistent {
             Some(persistent) => Some(open_run_log(&persistent.log_dir, &run_id).await?),
@@ -95,6 +99,18 @@ impl Engine {
             return Err(EngineError::from(error).into());
         }
         let before = sandbox.cgroup.usage().unwrap_or_default();
+        let spool_dir = crate::artefacts::spool_root(&self.config.state_dir).join(&run_id);
+        // Opened while only pid 1 is in the sandbox: the files are taken through it at the end.
+        let workspace = match run.keep.is_empty() {
+            true => None,
+            false => match sandbox.open_workspace() {
+                Ok(workspace) => Some(workspace),
+                Err(error) => {
+                    tracing::warn!(%error, run = %run_id, "cannot open the sandbox's workspace: its files will not be kept");
+                    None
+                }
+            },
+        };
 
         let mut relay = Relay::default();
         relay.offer(&output, RunOutput::Started(run_id.clone()));
@@ -123,7 +139,7 @@ impl Engine {
             None => StdinSink::Pipe(sandbox.stdin.take()),
         };
         let stdin_task = tokio::spawn(feed_stdin(sink, run.stdin, early_input, input, cancel_tx));
-        let watched = Watch {
+        let mut watched = Watch {
             sandbox: &mut sandbox,
             started,
             timeout: Duration::from_millis(run.limits.timeout_ms),
@@ -135,12 +151,32 @@ impl Engine {
             relay: &mut relay,
             log: log.as_mut(),
             terminal,
+            spool_dir: &spool_dir,
         }
         .until_the_end()
         .await;
         stdin_task.abort();
 
         let usage = sandbox.cgroup.usage().unwrap_or_default();
+        let mut kept = Kept { dir: Some(spool_dir.clone()), files: Vec::new(), not_kept: Vec::new() };
+        if let Some(workspace) = workspace {
+            let (keep, files_dir) = (run.keep.clone(), spool_dir.join("files"));
+            // The workspace's descriptor goes with the task: the sandbox's disk is released
+            // before it is disposed of.
+            let collected =
+                tokio::task::spawn_blocking(move || crate::artefacts::collect::collect(&workspace, &keep, &files_dir));
+            match collected.await {
+                Ok((files, left_out)) => (kept.files, kept.not_kept) = (files, left_out),
+                Err(_) => kept.not_kept.push("taking the files out of the sandbox failed".into()),
+            }
+        }
+        for spool in [watched.stdout_spool.take(), watched.stderr_spool.take()].into_iter().flatten() {
+            match spool.finish().await {
+                Some(Ok(spooled)) => kept.files.push(spooled),
+                Some(Err(reason)) => kept.not_kept.push(reason),
+                None => {}
+            }
+        }
         self.dispose_later(&tracker, sandbox);
         // The next queued run need not wait for this one's output to drain.
         drop(turn);
@@ -151,7 +187,7 @@ impl Engine {
         // dropped and counted.
         let undelivered_bytes = relay.finish(&output).await;
         let result = watched.into_result(run_id, run.language, run.limits, &before, &usage, undelivered_bytes);
-        result.map(|result| RunResult { security_level: Some(self.config.security_level), ..result })
+        result.map(|result| (RunResult { security_level: Some(self.config.security_level), ..result }, kept))
     }
 
     /// Runs an empty script in a default sandbox (the warm pool's, when it has one), the way a
@@ -172,11 +208,12 @@ impl Engine {
             limits: LimitOverrides { timeout_ms: Some(PROBE_TIMEOUT.as_millis() as u64), ..Default::default() },
             stdin_base64: None,
             namespace: None,
+            keep: Vec::new(),
         };
         let validated = self.validate(request).map_err(|error| error.to_string())?;
         let (_input, input_rx) = mpsc::channel(1);
         let ticket = self.accept(new_id("probe"), &validated).map_err(|error| error.to_string())?;
-        let result = self.run(ticket, validated, input_rx, None).await.map_err(|error| error.to_string())?;
+        let (result, _kept) = self.run(ticket, validated, input_rx, None).await.map_err(|error| error.to_string())?;
         match (result.exit_code, result.killed_by) {
             (Some(0), None) => Ok(()),
             (_, Some(killed_by)) => Err(format!("an empty script was killed by {}", killed_by.as_str())),
@@ -277,6 +314,8 @@ fn cancelled_in_queue(id: String, run: &ValidatedRun) -> RunResult {
         limits: run.limits,
         security_level: None,
         denials: Vec::new(),
+        files: Vec::new(),
+        files_not_kept: None,
     }
 }
 
@@ -493,6 +532,8 @@ struct Watch<'a> {
     log: Option<&'a mut tokio::fs::File>,
     /// The code's terminal, when it runs on one: its output comes from here, as stdout.
     terminal: Option<TerminalMaster>,
+    /// Where output longer than a result keeps is spooled whole.
+    spool_dir: &'a Path,
 }
 
 /// What watching a run found.
@@ -506,6 +547,8 @@ struct Watched {
     disk_seen_full: bool,
     stdout: Captured,
     stderr: Captured,
+    stdout_spool: Option<OutputSpool>,
+    stderr_spool: Option<OutputSpool>,
 }
 
 /// Reads the run's terminal, if it has one (the branch reading it is off otherwise).
@@ -535,6 +578,8 @@ impl Watch<'_> {
             disk_seen_full: false,
             stdout: Captured::default(),
             stderr: Captured::default(),
+            stdout_spool: Some(OutputSpool::new(self.spool_dir.to_owned(), RunFileKind::Stdout)),
+            stderr_spool: Some(OutputSpool::new(self.spool_dir.to_owned(), RunFileKind::Stderr)),
         };
         let mut phase = Phase::Running;
         let mut shutdown_seen = false;
@@ -633,12 +678,22 @@ impl Watch<'_> {
         watched
     }
 
-    /// Output read from the sandbox: kept (up to the cap), logged, and relayed.
+    /// Output read from the sandbox: kept (up to the cap, and whole in a spool past it), logged,
+    /// and relayed.
     async fn take(&mut self, stream: Stream, bytes: &[u8], watched: &mut Watched) {
-        match stream {
-            Stream::Stdout => watched.stdout.push(bytes),
-            Stream::Stderr => watched.stderr.push(bytes),
+        let (captured, spool) = match stream {
+            Stream::Stdout => (&mut watched.stdout, &mut watched.stdout_spool),
+            Stream::Stderr => (&mut watched.stderr, &mut watched.stderr_spool),
+        };
+        if let Some(spool) = spool {
+            if spool.is_open() {
+                spool.write(&[], bytes).await;
+            } else if captured.total + bytes.len() as u64 > OUTPUT_CAP_BYTES as u64 {
+                // Until now the stream was kept whole: that goes first.
+                spool.write(&captured.kept, bytes).await;
+            }
         }
+        captured.push(bytes);
         if let Some(log) = self.log.as_mut() {
             let _ = log.write_all(bytes).await;
         }
@@ -714,6 +769,8 @@ impl Watched {
             limits,
             security_level: None,
             denials: super::denials::of_run(&self.denied_syscalls, killed_by),
+            files: Vec::new(),
+            files_not_kept: None,
         })
     }
 }

@@ -173,6 +173,12 @@ impl PreparedSandbox {
 
     /// Kills what is left, reaps pid 1, removes the cgroup, waits for the loop device to be
     /// released and deletes the sandbox's directory. Returns whether all of it is confirmed gone.
+    /// The sandbox's /workspace, held open from before the code runs so that its files can be
+    /// kept after the run, however it ended (artefacts/collect.rs).
+    pub fn open_workspace(&self) -> std::io::Result<crate::artefacts::collect::Workspace> {
+        crate::artefacts::collect::Workspace::open(self.pid_one.as_raw())
+    }
+
     pub async fn dispose(self) -> bool {
         self.kill();
         drop(self.control);

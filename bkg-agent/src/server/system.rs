@@ -30,16 +30,20 @@ use crate::service::{HealthVerdict, MetricsText};
 )]
 pub async fn healthz(State(state): State<AppState>, principal: Option<Extension<Principal>>) -> Response {
     let principal = principal.map(|Extension(principal)| principal);
+    let security_level = state.service.health_security_level(principal.as_ref());
     match state.service.health(principal.as_ref()).await {
-        Ok(HealthVerdict::Healthy) => Json(Health { status: HealthStatus::Ok, reason: None }).into_response(),
+        Ok(HealthVerdict::Healthy) => {
+            Json(Health { status: HealthStatus::Ok, reason: None, security_level }).into_response()
+        }
         Ok(HealthVerdict::Degraded(reason)) => {
-            Json(Health { status: HealthStatus::Degraded, reason: Some(reason) }).into_response()
+            Json(Health { status: HealthStatus::Degraded, reason: Some(reason), security_level }).into_response()
         }
         Ok(HealthVerdict::Unavailable { detail: Some(detail), .. }) => Failure::unavailable(detail).into_response(),
-        Ok(HealthVerdict::Unavailable { reason, detail: None }) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: HealthStatus::Unavailable, reason: Some(reason) }))
-                .into_response()
-        }
+        Ok(HealthVerdict::Unavailable { reason, detail: None }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health { status: HealthStatus::Unavailable, reason: Some(reason), security_level }),
+        )
+            .into_response(),
         Err(error) => Failure::from(error).into_response(),
     }
 }

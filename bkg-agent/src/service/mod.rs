@@ -5,6 +5,7 @@
 //! itself. Who may do what is decided in `access.rs`, and only there.
 
 pub mod access;
+mod artefacts;
 mod changes;
 mod keys;
 mod runs;
@@ -30,6 +31,7 @@ use crate::store::{Store, StoreError};
 
 pub use crate::engine::run::{RunInput, RunOutput};
 pub use crate::feed::FeedItem;
+pub use artefacts::FileDownload;
 pub use changes::ChangeStream;
 pub use keys::{KEYLESS_ROUTES_PER_MINUTE, SignedNotice};
 pub use runs::{Accepted, RunTask};
@@ -166,6 +168,7 @@ pub struct Service {
     engine: Arc<Engine>,
     feed: Arc<crate::feed::Feed>,
     store: Store,
+    artefacts: Arc<crate::artefacts::Artefacts>,
     pub metrics: Arc<Metrics>,
     pub auth: AuthState,
     health: HealthProbe,
@@ -180,6 +183,7 @@ pub struct ServiceParts {
     pub engine: Arc<Engine>,
     pub feed: Arc<crate::feed::Feed>,
     pub store: Store,
+    pub artefacts: Arc<crate::artefacts::Artefacts>,
     pub metrics: Arc<Metrics>,
     pub auth: AuthState,
     pub health: HealthProbe,
@@ -190,8 +194,8 @@ pub struct ServiceParts {
 
 impl Service {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
-        let ServiceParts { engine, feed, store, metrics, auth, health, sync, shutdown, socket } = parts;
-        Arc::new(Self { engine, feed, store, metrics, auth, health, sync, shutdown, socket })
+        let ServiceParts { engine, feed, store, artefacts, metrics, auth, health, sync, shutdown, socket } = parts;
+        Arc::new(Self { engine, feed, store, artefacts, metrics, auth, health, sync, shutdown, socket })
     }
 
     /// Counts a run until the guard is dropped: shutdown waits until the caller has its result.

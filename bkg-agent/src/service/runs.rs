@@ -109,6 +109,7 @@ impl Service {
         let tracker = ticket.tracker();
         let run_id = tracker.run_id.clone();
         let sandbox_id = validated.sandbox_id().map(str::to_owned);
+        let namespace = validated.namespace.clone();
         // The start is recorded before the code runs, so that a crash at any moment after leaves
         // a record the next agent closes as interrupted. Its audit line's fsync stays off this
         // path (`Store::record`); the write itself is a SQLite commit in WAL mode.
@@ -120,12 +121,26 @@ impl Service {
             tracing::error!(%error, run = %run_id, "could not record the run's start");
         }
         let outcome = self.engine.run(ticket, validated, input, output).await;
+        // What the run kept is stored and recorded under one guard: the quota counts what the
+        // store records, and another run's files must not slip in between.
+        let mut keeping = None;
+        let outcome = match outcome {
+            Ok((mut result, kept)) => {
+                if !kept.files.is_empty() || !kept.not_kept.is_empty() {
+                    keeping = Some(self.artefacts.keeping().await);
+                    self.keep_files(&namespace, &kept, &mut result).await;
+                }
+                Ok(result)
+            }
+            Err(error) => Err(error),
+        };
         let recorded = match &outcome {
             Ok(result) => self.store.run_finished(&caller, sandbox_id.as_deref(), result, now_ms()).await,
             Err(error) => {
                 self.store.run_failed(&caller, sandbox_id.as_deref(), &run_id, &error.to_string(), now_ms()).await
             }
         };
+        drop(keeping);
         if let Err(error) = recorded {
             tracing::error!(%error, run = %run_id, "could not record the run's end");
         }

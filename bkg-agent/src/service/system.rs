@@ -137,6 +137,12 @@ impl Service {
         Ok(HealthVerdict::Healthy)
     }
 
+    /// The security level `/healthz` names: to callers with a key only, since a keyless probe
+    /// learns nothing about the host.
+    pub fn health_security_level(&self, principal: Option<&Principal>) -> Option<bkg_schema::host::SecurityLevel> {
+        principal.map(|_| self.engine.config.security_level)
+    }
+
     pub async fn metrics_text(&self, principal: &Principal) -> OpResult<MetricsText> {
         require_admin(principal, AdminTask::ReadMetrics)?;
         let backlog = self.store.outbox_backlog().await?;

@@ -1,4 +1,5 @@
-//! Expiring runs: their rows go, the audit log and the outbox (its mirror) stay.
+//! Expiring runs: their rows and their files' rows go, the audit log and the outbox (its
+//! mirror) stay.
 
 use rusqlite::params;
 
@@ -12,13 +13,19 @@ pub struct ExpiredRun {
     pub sandbox_id: Option<String>,
 }
 
+/// What one pass of retention removed from the store.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub runs: Vec<ExpiredRun>,
+    /// Objects (namespace, sha256) no run in the store refers to any more.
+    pub orphans: Vec<(String, String)>,
+}
+
 impl Store {
     /// Deletes the runs finished before the cutoff `cutoff_ms(namespace)` gives their namespace,
-    /// and returns them. Runs still going are never expired.
-    pub async fn expire_runs(
-        &self,
-        cutoff_ms: impl Fn(&str) -> u64 + Send + 'static,
-    ) -> Result<Vec<ExpiredRun>, StoreError> {
+    /// with their files' rows, and returns them and the objects nothing refers to any more. Runs
+    /// still going are never expired.
+    pub async fn expire_runs(&self, cutoff_ms: impl Fn(&str) -> u64 + Send + 'static) -> Result<Expired, StoreError> {
         self.with(move |db| {
             let transaction = db.transaction()?;
             let namespaces = {
@@ -39,8 +46,10 @@ impl Store {
                     expired.extend(rows.collect::<Result<Vec<_>, _>>()?);
                 }
             }
+            let ids: Vec<String> = expired.iter().map(|run| run.id.clone()).collect();
+            let orphans = super::run_files::delete_for_runs(&transaction, &ids)?;
             transaction.commit()?;
-            Ok(expired)
+            Ok(Expired { runs: expired, orphans })
         })
         .await
     }

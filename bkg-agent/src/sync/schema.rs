@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "changes", include_str!("migrations/0002_changes.sql")),
     (3, "retention", include_str!("migrations/0003_retention.sql")),
+    (4, "run_files", include_str!("migrations/0004_run_files.sql")),
 ];
 
 /// Serializes migrations (and role changes) of one database: every agent migrates at start-up,

@@ -13,6 +13,11 @@ use tokio_postgres::types::ToSql;
 
 use super::{OutboxEvent, SyncError};
 
+/// A kept file of a finished run (migration 4). Its content never changes (it is named by its
+/// digest), so a replay changes nothing.
+const INSERT_RUN_FILE: &str = "INSERT INTO run_files (agent_id, run_id, path, namespace, seq, kind, sha256, bytes)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (agent_id, run_id, path) DO NOTHING";
+
 const INSERT_AUDIT: &str = "INSERT INTO audit_events (agent_id, seq, namespace, action, ts_ms, line)
     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (agent_id, seq) DO NOTHING";
 
@@ -226,6 +231,7 @@ pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent], parked: &B
                 params.iter().map(|param| param.as_ref() as &(dyn ToSql + Sync)).collect();
             transaction.execute(statement, &params).await.map_err(|error| refused(event.seq, error))?;
         }
+        insert_run_files(&transaction, event, read).await?;
     }
     append_changes(&transaction, &new_events).await?;
     transaction.commit().await?;
@@ -277,6 +283,38 @@ async fn append_changes(
             .map_err(|error| refused(event.seq, error))?;
     }
     transaction.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &last.to_string()]).await?;
+    Ok(())
+}
+
+/// The rows of `run_files` a finished run's event carries.
+async fn insert_run_files(
+    transaction: &tokio_postgres::Transaction<'_>,
+    event: &OutboxEvent,
+    read: &Read,
+) -> Result<(), SyncError> {
+    let Details::RunFinished(finished) = &read.details else { return Ok(()) };
+    let RunOutcome::Ended(end) = &finished.outcome else { return Ok(()) };
+    let Some(run_id) = &read.record.run else { return Ok(()) };
+    let seq = int(event.seq, event.seq)?;
+    for file in &end.files {
+        let bytes = int(event.seq, file.bytes)?;
+        transaction
+            .execute(
+                INSERT_RUN_FILE,
+                &[
+                    &event.agent_id,
+                    run_id,
+                    &file.path,
+                    &event.namespace,
+                    &seq,
+                    &file.kind.as_str(),
+                    &file.sha256,
+                    &bytes,
+                ],
+            )
+            .await
+            .map_err(|error| refused(event.seq, error))?;
+    }
     Ok(())
 }
 

@@ -195,6 +195,9 @@ pub struct RunEnd {
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
     pub truncated: bool,
+    /// The files it kept (bkg_db's `run_files`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::artefacts::RunFile>,
 }
 
 impl From<&RunResult> for RunEnd {
@@ -210,6 +213,7 @@ impl From<&RunResult> for RunEnd {
             stdout_bytes: result.stdout_bytes,
             stderr_bytes: result.stderr_bytes,
             truncated: result.truncated,
+            files: result.files.clone(),
         }
     }
 }

@@ -1,0 +1,57 @@
+//! The files runs keep (bkg-agent/src/artefacts/): storing what a run left within its
+//! namespace's quota, listing a run's files, and reading one back as a stream.
+
+use bkg_schema::RunResult;
+use bkg_schema::artefacts::{RunFile, RunFiles};
+
+use super::{OpError, OpResult, Service};
+use crate::artefacts::{FileStream, Kept};
+use crate::auth::Principal;
+
+/// One kept file on its way to a caller: what it is, and its content as a stream.
+pub struct FileDownload {
+    pub file: RunFile,
+    pub content: FileStream,
+}
+
+impl Service {
+    /// Stores what a run kept and notes it in its result: the files stored, and why any were not.
+    pub(super) async fn keep_files(&self, namespace: &str, kept: &Kept, result: &mut RunResult) {
+        let objects = match self.store.namespace_objects(namespace).await {
+            Ok(objects) => objects,
+            Err(error) => {
+                result.files_not_kept = Some(format!("the run's files were not kept: {error}"));
+                return;
+            }
+        };
+        let (files, not_kept) = self.artefacts.store(namespace, kept, objects.bytes, &objects.digests).await;
+        result.files = files;
+        if !not_kept.is_empty() {
+            let more = if not_kept.len() > 1 { format!(" (and {} more)", not_kept.len() - 1) } else { String::new() };
+            result.files_not_kept = Some(format!("not kept: {}{more}", not_kept[0]));
+        }
+    }
+
+    /// The files a run kept, if the caller may see the run.
+    pub async fn list_run_files(&self, principal: &Principal, run_id: &str) -> OpResult<RunFiles> {
+        let run = self.get_run(principal, run_id).await?;
+        let files = self.store.run_files(&run.id).await?;
+        Ok(RunFiles { run_id: run.id, files })
+    }
+
+    /// One kept file of a run, streamed from the object store.
+    pub async fn open_run_file(&self, principal: &Principal, run_id: &str, path: &str) -> OpResult<FileDownload> {
+        let run = self.get_run(principal, run_id).await?;
+        let files = self.store.run_files(&run.id).await?;
+        let file = files
+            .into_iter()
+            .find(|file| file.path == path)
+            .ok_or_else(|| OpError::NotFound(format!("run {run_id} kept no file {path}")))?;
+        let content = self
+            .artefacts
+            .open_file(&run.namespace, &file.sha256)
+            .await
+            .map_err(|error| OpError::Unavailable(format!("the object store cannot give {path}: {error}")))?;
+        Ok(FileDownload { file, content })
+    }
+}
