@@ -177,6 +177,14 @@ pub struct ExeArgs {
     /// Copy a host file into the sandbox, to /workspace/NAME or DEST (repeatable).
     #[arg(short = 'f', long = "file", value_name = "SRC[:DEST]")]
     pub files: Vec<String>,
+    /// Let the script reach these hosts through its proxy (comma-separated, repeatable);
+    /// host.bkg.internal:PORT is this machine's loopback [default: no network at all]
+    #[arg(long = "net", value_name = "HOST[:PORT],...", value_delimiter = ',')]
+    pub net: Vec<String>,
+    /// Forward a host port into the sandbox while the script runs (repeatable; loopback unless
+    /// ADDRESS is given).
+    #[arg(short = 'p', long = "publish", value_name = "[ADDRESS:]HOST_PORT:SANDBOX_PORT")]
+    pub ports: Vec<String>,
     /// Print one JSON object with the result and accounting instead of the output.
     #[arg(long)]
     pub json: bool,

@@ -12,6 +12,7 @@ use crate::client::AgentClient;
 use crate::exit::{CliError, SCRIPT_NOT_FOUND};
 use crate::settings::Settings;
 use crate::stream::{self, Output, Stdin};
+use bkg_schema::egress::{NetRule, PortMapping};
 
 pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     let (request, stdin_is_code) = build_request(&args)?;
@@ -28,7 +29,27 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     if let Some(reason) = stream::reason_line(&result) {
         out.note(format_args!("{reason}"));
     }
+    for denial in stream::denial_lines(&result) {
+        out.note(format_args!("{denial}"));
+    }
     Ok(crate::exit::of_run(&result))
+}
+
+/// `--net`'s rules, each checked here for a one-line error before the agent sees them.
+fn checked_net(rules: &[String]) -> Result<Vec<String>, CliError> {
+    let parsed = NetRule::parse_list(rules).map_err(|error| CliError::usage(format!("--net: {error}")))?;
+    Ok(parsed.iter().map(ToString::to_string).collect())
+}
+
+fn checked_ports(ports: &[String]) -> Result<Vec<String>, CliError> {
+    ports
+        .iter()
+        .map(|text| {
+            PortMapping::parse(text)
+                .map(|mapping| mapping.to_string())
+                .map_err(|error| CliError::usage(format!("--publish: {error}")))
+        })
+        .collect()
 }
 
 /// Turns the command line into a request, reading the script and uploads. The flag says whether
@@ -124,6 +145,8 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
             limits,
             stdin_base64: None,
             namespace: None,
+            network: checked_net(&args.net)?,
+            ports: checked_ports(&args.ports)?,
         },
         stdin_is_code,
     ))

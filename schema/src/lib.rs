@@ -7,6 +7,7 @@ pub mod auth;
 #[cfg(feature = "cave")]
 pub mod cave;
 pub mod changes;
+pub mod egress;
 pub mod frame;
 pub mod health;
 pub mod host;
@@ -113,6 +114,10 @@ impl Limits {
 
 pub const MIB: u64 = 1024 * 1024;
 
+/// `timeout: none`: a run that only ends by itself or by a stop; only persistent sandboxes may
+/// ask for it, and only from an agent started with `--max-timeout none`.
+pub const NO_TIMEOUT_MS: u64 = u64::MAX;
+
 /// Limits a caller asks for; the agent fills the gaps with its defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -177,6 +182,13 @@ pub struct RunRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
     pub namespace: Option<String>,
+    /// Hosts the run may reach through its proxy, `HOST[:PORT]` each (docs/security.md,
+    /// "Egress"); within the agent's `--egress-allow`. Empty: no network at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<String>,
+    /// Host ports forwarded into the sandbox, `[ADDRESS:]HOST_PORT:SANDBOX_PORT` each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 /// Which limit ended a run.
@@ -243,6 +255,9 @@ pub struct RunResult {
     /// a run that never had a sandbox, and in results of agents older than the levels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_level: Option<host::SecurityLevel>,
+    /// Connections the sandbox tried and was refused (only for runs given network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_denials: Vec<egress::NetworkDenial>,
 }
 
 /// How much of each output stream a result keeps; the rest is streamed live but not retained.

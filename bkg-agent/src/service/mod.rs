@@ -9,6 +9,7 @@ mod changes;
 mod keys;
 mod runs;
 mod sandboxes;
+mod services;
 mod system;
 mod ui_support;
 
@@ -112,6 +113,7 @@ impl OpError {
                     Refusal::Invalid
                 }
                 RunError::Busy(_) => Refusal::Conflict,
+                RunError::EgressNotAllowed(_) => Refusal::Forbidden,
                 RunError::Overloaded { .. } | RunError::Engine(_) => Refusal::Unavailable,
             },
             Self::Store(_) | Self::Internal(_) => Refusal::Internal,
@@ -172,6 +174,8 @@ pub struct Service {
     /// Told when an admin asks the agent to stop.
     shutdown: Arc<Notify>,
     socket: PathBuf,
+    /// Detached runs of persistent sandboxes, supervised (`services.rs`).
+    services: services::Services,
 }
 
 /// The parts a `Service` is made of.
@@ -190,7 +194,7 @@ pub struct ServiceParts {
 impl Service {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
         let ServiceParts { engine, feed, store, metrics, auth, health, sync, shutdown, socket } = parts;
-        Arc::new(Self { engine, feed, store, metrics, auth, health, sync, shutdown, socket })
+        Arc::new(Self { engine, feed, store, metrics, auth, health, sync, shutdown, socket, services: Default::default() })
     }
 
     /// Counts a run until the guard is dropped: shutdown waits until the caller has its result.

@@ -58,6 +58,7 @@ impl Service {
     async fn sandbox_info(&self, stored: StoredSandbox) -> OpResult<SandboxInfo> {
         let definition = stored.definition;
         let id = sandbox_id(&definition.project_dir, &definition.name);
+        let service = self.service_health(&id, &definition).await;
         let last_run = self.store.last_run_of(&id).await?;
         let current_run = self.engine.current_run(&id).map(|run| run.run_id.clone());
         let limits = self.engine.config.default_limits.with(&definition.limits);
@@ -76,6 +77,7 @@ impl Service {
             last_run,
             created_at_ms: stored.created_at_ms,
             disk_bytes_allocated,
+            service,
         })
     }
 
@@ -202,6 +204,9 @@ impl Service {
             env: new.env,
             volumes: Vec::new(),
             scripts: new.scripts,
+            network: Vec::new(),
+            ports: Vec::new(),
+            restart: Default::default(),
         };
         self.define_sandbox(principal, &id, definition).await
     }
@@ -209,11 +214,13 @@ impl Service {
     /// Checks a command for sandbox `id` and takes it on; the sandbox is the run's until it ends.
     pub async fn accept_exec(&self, principal: &Principal, id: &str, exec: ExecRequest) -> OpResult<Accepted> {
         let stored = self.visible_sandbox(principal, id).await?;
-        let validated = self.engine.validate_exec(&stored.definition, exec)?;
-        self.accept(principal, validated).map_err(|error| match error {
+        let validated = self.engine.validate_exec(&stored.definition, exec.clone())?;
+        let mut accepted = self.accept(principal, validated).map_err(|error| match error {
             OpError::Run(RunError::Busy(_)) => busy(&stored.definition.name),
             other => other,
-        })
+        })?;
+        accepted.exec = Some((exec, stored.definition.restart));
+        Ok(accepted)
     }
 
     /// Runs one of the sandbox's scripts (default `start`), detached; its output goes to the
@@ -241,7 +248,9 @@ impl Service {
         Ok(self.stop_and_wait(id).await)
     }
 
+    /// Stops the sandbox's service (no restart after this) and its run, if one goes on.
     async fn stop_and_wait(&self, id: &str) -> bool {
+        self.services.stop(id);
         let Some(run) = self.engine.current_run(id) else {
             return false;
         };
