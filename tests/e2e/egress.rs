@@ -115,11 +115,7 @@ fn allowed_host_answers_and_everything_else_is_refused_and_reported() {
     // Without --json the denials are one line each on stderr, after the script's output.
     let plain = agent.exe(&["--net", &net, "--type", "python", "-c", PROBES, allowed.as_str(), other.as_str()]);
     assert_eq!(code(&plain), 0, "stderr: {}", stderr(&plain));
-    assert!(
-        stderr(&plain).contains("bkg: network: refused udp 192.0.2.53:53"),
-        "stderr: {}",
-        stderr(&plain)
-    );
+    assert!(stderr(&plain).contains("bkg: network: refused udp 192.0.2.53:53"), "stderr: {}", stderr(&plain));
 }
 
 #[test]
@@ -129,7 +125,12 @@ fn rules_outside_the_agents_policy_are_refused_before_the_run() {
         extra_args: vec!["--egress-allow".into(), format!("*:443,host.bkg.internal:{allowed_port}")],
         ..Default::default()
     });
-    for rule in ["host.bkg.internal:22".to_owned(), "host.bkg.internal".to_owned(), "pypi.org".to_owned(), "10.0.0.1:443".to_owned()] {
+    for rule in [
+        "host.bkg.internal:22".to_owned(),
+        "host.bkg.internal".to_owned(),
+        "pypi.org".to_owned(),
+        "10.0.0.1:443".to_owned(),
+    ] {
         let output = agent.exe(&["--net", &rule, "--type", "python", "-c", "print('ran')"]);
         assert_ne!(code(&output), 0, "{rule} ran: {}", stderr(&output));
         assert!(!String::from_utf8_lossy(&output.stdout).contains("ran"), "{rule}");

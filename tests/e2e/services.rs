@@ -172,5 +172,9 @@ fn exe_publishes_a_port_for_the_run_and_refuses_timeout_none() {
     let taken_port = taken.local_addr().expect("address").port();
     let busy = agent.exe(&["-p", &format!("{taken_port}:8000"), "--type", "python", "-c", "print(1)"]);
     assert_ne!(code(&busy), 0);
-    assert!(stderr(&busy).contains(&format!("host port 127.0.0.1:{taken_port}:8000 cannot be used")), "{}", stderr(&busy));
+    assert!(
+        stderr(&busy).contains(&format!("host port 127.0.0.1:{taken_port}:8000 cannot be used")),
+        "{}",
+        stderr(&busy)
+    );
 }

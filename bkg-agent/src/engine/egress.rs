@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bkg_schema::egress::{HOST_ALIAS, NetRule, NetworkDenial, PROXY_PORT, PortMapping, Transport, is_internal};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -99,7 +99,8 @@ impl NetworkSession {
         let mut listeners = Vec::new();
         for mapping in &plan.ports {
             let taken = |source| EgressError::PortTaken { mapping: mapping.to_string(), source };
-            let listener = TcpListener::bind(SocketAddr::new(mapping.address, mapping.host_port)).await.map_err(taken)?;
+            let listener =
+                TcpListener::bind(SocketAddr::new(mapping.address, mapping.host_port)).await.map_err(taken)?;
             listeners.push((listener, mapping.sandbox_port));
         }
         let worker = Arc::new(NetnsWorker::enter(pid)?);
@@ -482,10 +483,8 @@ fn ipv4(source: [u8; 4], destination: [u8; 4], protocol: u8, payload: &[u8]) -> 
 
 /// The Internet checksum (RFC 1071).
 fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)])))
-        .sum();
+    let mut sum: u32 =
+        bytes.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -515,12 +514,15 @@ mod tests {
         assert_eq!(&reply[20 + 8..20 + 12], &8u32.to_be_bytes());
         syn[20 + 13] = 0x10; // a bare ACK is not a new connection
         assert!(refuse(&syn, &denials).is_none());
-        assert_eq!(denials.take(), vec![NetworkDenial {
-            transport: Transport::Tcp,
-            destination: "1.1.1.1:443".into(),
-            reason: "a connection to an address, past the proxy".into(),
-            count: 1,
-        }]);
+        assert_eq!(
+            denials.take(),
+            vec![NetworkDenial {
+                transport: Transport::Tcp,
+                destination: "1.1.1.1:443".into(),
+                reason: "a connection to an address, past the proxy".into(),
+                count: 1,
+            }]
+        );
     }
 
     #[test]

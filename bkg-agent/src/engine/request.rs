@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
-use bkg_schema::sandbox::{ExecRequest, SandboxDefinition};
 use bkg_schema::egress::{NetRule, PortMapping};
+use bkg_schema::sandbox::{ExecRequest, SandboxDefinition};
 use bkg_schema::{ErrorCode, FileUpload, Limits, RunRequest};
 use std::sync::Arc;
 

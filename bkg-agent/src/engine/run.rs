@@ -103,7 +103,9 @@ impl Engine {
                     self.dispose_later(&tracker, sandbox);
                     return Err(match error {
                         EgressError::PortTaken { .. } => RunError::Busy(error.to_string()),
-                        EgressError::Netns(_) => EngineError::Prepare { stage: "network".into(), message: error.to_string() }.into(),
+                        EgressError::Netns(_) => {
+                            EngineError::Prepare { stage: "network".into(), message: error.to_string() }.into()
+                        }
                     });
                 }
             },

@@ -194,7 +194,18 @@ pub struct ServiceParts {
 impl Service {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
         let ServiceParts { engine, feed, store, metrics, auth, health, sync, shutdown, socket } = parts;
-        Arc::new(Self { engine, feed, store, metrics, auth, health, sync, shutdown, socket, services: Default::default() })
+        Arc::new(Self {
+            engine,
+            feed,
+            store,
+            metrics,
+            auth,
+            health,
+            sync,
+            shutdown,
+            socket,
+            services: Default::default(),
+        })
     }
 
     /// Counts a run until the guard is dropped: shutdown waits until the caller has its result.

@@ -33,8 +33,13 @@ impl Services {
     /// A new service in sandbox `id`, replacing what an earlier one left.
     fn begin(&self, id: &str, restart: RestartPolicy) -> watch::Receiver<bool> {
         let (stopped, receiver) = watch::channel(false);
-        let health =
-            ServiceHealth { state: ServiceState::Running, restart, restarts: 0, last_exit_code: None, ports: Vec::new() };
+        let health = ServiceHealth {
+            state: ServiceState::Running,
+            restart,
+            restarts: 0,
+            last_exit_code: None,
+            ports: Vec::new(),
+        };
         if let Ok(mut services) = self.0.lock() {
             services.insert(id.to_owned(), Supervised { health, stopped });
         }
@@ -117,7 +122,8 @@ impl Service {
             let exit_code = match ending {
                 Ending::Failure(code) => code,
                 Ending::Success | Ending::Stopped => {
-                    let state = if matches!(ending, Ending::Stopped) { ServiceState::Stopped } else { ServiceState::Exited };
+                    let state =
+                        if matches!(ending, Ending::Stopped) { ServiceState::Stopped } else { ServiceState::Exited };
                     self.services.update(&id, |health| health.state = state);
                     return;
                 }
