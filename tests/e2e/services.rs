@@ -59,18 +59,6 @@ fn status(agent: &Agent, project: &Path) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("status JSON")
 }
 
-const SERVER: &str = r#"
-import http.server, os, sys
-started = os.urandom(8).hex()
-class Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = ("%s %s" % (sys.argv[1], started)).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-http.server.HTTPServer(("0.0.0.0", 8000), Hello).serve_forever()
-"#;
 
 #[test]
 fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
@@ -78,20 +66,18 @@ fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
         extra_args: vec!["--max-timeout".into(), "none".into()],
         ..Default::default()
     });
+    // The service example, on a free host port instead of its 8080.
     let project = tempfile::tempdir().expect("project dir");
     let dir = project.path();
+    let example = bkg_tests::examples_dir().join("python-service");
+    std::fs::copy(example.join("server.py"), dir.join("server.py")).expect("server.py");
     let port = free_port();
-    // The marker names this test's server among the host's processes.
+    let cave = std::fs::read_to_string(example.join("cave.yaml")).expect("cave.yaml");
+    assert!(cave.contains("127.0.0.1:8080:8000"), "{cave}");
+    std::fs::write(dir.join("cave.yaml"), cave.replace("127.0.0.1:8080:8000", &format!("127.0.0.1:{port}:8000")))
+        .expect("cave.yaml");
+    // The greeting names this test's server among the host's processes.
     let marker = format!("svc-{}-{port}", std::process::id());
-    std::fs::write(dir.join("server.py"), SERVER).expect("server.py");
-    std::fs::write(
-        dir.join("cave.yaml"),
-        format!(
-            "version: 1\nsandboxes:\n  web:\n    type: python\n    limits: {{ timeout: none }}\n    \
-             ports: [\"127.0.0.1:{port}:8000\"]\n    restart: on-failure\n    scripts:\n      start: python server.py\n"
-        ),
-    )
-    .expect("cave.yaml");
 
     let started = bkgr(&agent, dir, &["-d", "web", "start", "--", &marker]);
     assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
