@@ -7,7 +7,8 @@ complete -c bkg-agent -l state-dir -d 'Directory for the run store and sandbox d
 complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-sized runs (0 turns the pool off)' -r
 complete -c bkg-agent -l max-cpus -d 'Highest CPU count a run may ask for' -r
 complete -c bkg-agent -l max-memory -d 'Highest memory limit a run may ask for' -r
-complete -c bkg-agent -l max-timeout -d 'Highest timeout a run may ask for' -r
+complete -c bkg-agent -l max-timeout -d 'Highest timeout a run may ask for; `none` lets persistent sandboxes run without one (`timeout: none` in cave.yaml, for services)' -r
+complete -c bkg-agent -l egress-allow -d 'What runs may reach through their proxy, at most (repeatable): HOST[:PORT], *.DOMAIN, `*` (every public host by name), an address (opens that internal address), host.bkg.internal[:PORT] (the host\'s loopback), or `none`. A run names its own hosts (`bkg exe --net`, cave.yaml); each must be within these' -r
 complete -c bkg-agent -l max-disk -d 'Highest disk limit a run may ask for' -r
 complete -c bkg-agent -l python -d 'Python interpreter used for `python` runs' -r -F
 complete -c bkg-agent -l node -d 'Node.js interpreter used for `node` runs' -r -F

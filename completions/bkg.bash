@@ -944,7 +944,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__exe)
-            opts="-c -t -e -f -T -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --keep --json --tty --socket --remote --cacert --help --version"
+            opts="-c -t -e -f -p -T -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --keep --net --publish --json --tty --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1003,6 +1003,18 @@ _bkg() {
                     return 0
                     ;;
                 --keep)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --net)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --publish)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -p)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

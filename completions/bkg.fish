@@ -63,6 +63,8 @@ complete -c bkg -n "__fish_bkg_using_subcommand exe" -s e -l env -d 'Set a varia
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l env-file -d 'Read variables from a file of KEY=VALUE lines (repeatable; -e wins)' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -s f -l file -d 'Copy a host file into the sandbox, to /workspace/NAME or DEST (repeatable)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l keep -d 'Keep this file or directory under /workspace as the run\'s files, besides /workspace/out, which is always kept (repeatable; `bkg runs files ID` fetches them)' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l net -d 'Let the script reach these hosts through its proxy (comma-separated, repeatable); host.bkg.internal:PORT is this machine\'s loopback [default: no network at all]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -s p -l publish -d 'Forward a host port into the sandbox while the script runs (repeatable; loopback unless ADDRESS is given)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F

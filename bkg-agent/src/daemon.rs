@@ -67,9 +67,16 @@ pub struct AgentArgs {
     /// Highest memory limit a run may ask for.
     #[arg(long, default_value = "8GiB")]
     pub max_memory: String,
-    /// Highest timeout a run may ask for.
+    /// Highest timeout a run may ask for; `none` lets persistent sandboxes run without one
+    /// (`timeout: none` in cave.yaml, for services).
     #[arg(long, default_value = "1h")]
     pub max_timeout: String,
+    /// What runs may reach through their proxy, at most (repeatable): HOST[:PORT], *.DOMAIN,
+    /// `*` (every public host by name), an address (opens that internal address),
+    /// host.bkg.internal[:PORT] (the host's loopback), or `none`. A run names its own hosts
+    /// (`bkg exe --net`, cave.yaml); each must be within these.
+    #[arg(long = "egress-allow", value_name = "RULE", default_value = "*", value_delimiter = ',')]
+    pub egress_allow: Vec<String>,
     /// Highest disk limit a run may ask for.
     #[arg(long, default_value = "10GiB")]
     pub max_disk: String,
@@ -422,11 +429,17 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         capacity: capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?,
         security_level,
         runtimes: host.runtimes,
+        egress_policy: std::sync::Arc::new(egress_policy(&args.egress_allow)?),
     };
     let health_interval = Duration::from_millis(parse_duration_ms(&args.health_interval).context("--health-interval")?);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
     runtime.block_on(serve(config, socket, api, health_interval))
+}
+
+fn egress_policy(rules: &[String]) -> anyhow::Result<Vec<bkg_schema::egress::NetRule>> {
+    let rules: Vec<String> = rules.iter().filter(|rule| rule.trim() != "none").cloned().collect();
+    bkg_schema::egress::NetRule::parse_list(&rules).context("--egress-allow")
 }
 
 fn capacity_config(

@@ -257,6 +257,7 @@ mod tests {
             denials: Vec::new(),
             files: Vec::new(),
             files_not_kept: None,
+            network_denials: Vec::new(),
         };
         metrics.run_ended(Ok(&result));
         metrics.run_ended(Err(()));

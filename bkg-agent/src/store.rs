@@ -1033,6 +1033,9 @@ mod tests {
             env: [("TOKEN".to_owned(), "value-kept-apart".to_owned())].into(),
             volumes: Vec::new(),
             scripts: Default::default(),
+            network: Vec::new(),
+            ports: Vec::new(),
+            restart: Default::default(),
         };
         store.put_sandbox(&caller(), "api-1", &definition, 5).await?;
         let stored: String =

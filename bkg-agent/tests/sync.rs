@@ -318,6 +318,9 @@ impl History {
                 env: BTreeMap::from([("TOKEN".into(), "do-not-ship".into())]),
                 volumes: Vec::new(),
                 scripts: BTreeMap::new(),
+                network: Vec::new(),
+                ports: Vec::new(),
+                restart: Default::default(),
             };
             history.push(AuditEvent {
                 namespace: Some((*namespace).into()),

@@ -188,6 +188,14 @@ pub struct ExeArgs {
     /// /workspace/out, which is always kept (repeatable; `bkg runs files ID` fetches them).
     #[arg(long = "keep", value_name = "PATH")]
     pub keep: Vec<String>,
+    /// Let the script reach these hosts through its proxy (comma-separated, repeatable);
+    /// host.bkg.internal:PORT is this machine's loopback [default: no network at all]
+    #[arg(long = "net", value_name = "HOST[:PORT],...", value_delimiter = ',')]
+    pub net: Vec<String>,
+    /// Forward a host port into the sandbox while the script runs (repeatable; loopback unless
+    /// ADDRESS is given).
+    #[arg(short = 'p', long = "publish", value_name = "[ADDRESS:]HOST_PORT:SANDBOX_PORT")]
+    pub ports: Vec<String>,
     /// Print one JSON object with the result and accounting instead of the output.
     #[arg(long, conflicts_with = "tty")]
     pub json: bool,

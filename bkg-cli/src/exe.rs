@@ -12,6 +12,7 @@ use crate::client::AgentClient;
 use crate::exit::{CliError, SCRIPT_NOT_FOUND};
 use crate::settings::Settings;
 use crate::stream::{self, Output, Stdin};
+use bkg_schema::egress::{NetRule, PortMapping};
 
 pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     if args.tty {
@@ -42,7 +43,27 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     if !out.is_json() {
         crate::runs_cmd::note_kept_files(out, &result);
     }
+    for denial in stream::denial_lines(&result) {
+        out.note(format_args!("{denial}"));
+    }
     Ok(crate::exit::of_run(&result))
+}
+
+/// `--net`'s rules, each checked here for a one-line error before the agent sees them.
+fn checked_net(rules: &[String]) -> Result<Vec<String>, CliError> {
+    let parsed = NetRule::parse_list(rules).map_err(|error| CliError::usage(format!("--net: {error}")))?;
+    Ok(parsed.iter().map(ToString::to_string).collect())
+}
+
+fn checked_ports(ports: &[String]) -> Result<Vec<String>, CliError> {
+    ports
+        .iter()
+        .map(|text| {
+            PortMapping::parse(text)
+                .map(|mapping| mapping.to_string())
+                .map_err(|error| CliError::usage(format!("--publish: {error}")))
+        })
+        .collect()
 }
 
 /// Turns the command line into a request, reading the script and uploads. The flag says whether
@@ -139,6 +160,8 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
             stdin_base64: None,
             namespace: None,
             keep: args.keep.clone(),
+            network: checked_net(&args.net)?,
+            ports: checked_ports(&args.ports)?,
         },
         stdin_is_code,
     ))

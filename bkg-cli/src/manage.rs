@@ -4,6 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
+use bkg_schema::egress::{RestartPolicy, ServiceState};
 use bkg_schema::sandbox::{Deleted, SandboxInfo, SandboxState, Stopped, sandbox_id};
 use bkg_schema::units::format_size;
 use serde::Serialize;
@@ -133,11 +134,33 @@ fn describe(info: &SandboxInfo) -> String {
         ),
     );
     line("disk used", format_size(info.disk_bytes_allocated));
+    if let Some(service) = &info.service {
+        let mut health = service_word(service.state).to_owned();
+        if service.restart == RestartPolicy::OnFailure {
+            health.push_str(&format!(" · restart on-failure · restarted {}×", service.restarts));
+        }
+        if let Some(code) = service.last_exit_code {
+            health.push_str(&format!(" · last failure exit {code}"));
+        }
+        line("service", health);
+        for port in &service.ports {
+            let state = if port.accepting { "accepting" } else { "not accepting" };
+            line("port", format!("{} ({state})", port.mapping));
+        }
+    }
     text
 }
 
 /// How many of a sandbox's newest runs `bkg logs --policy` looks at.
 const POLICY_RUNS: u32 = 50;
+fn service_word(state: ServiceState) -> &'static str {
+    match state {
+        ServiceState::Running => "running",
+        ServiceState::Restarting => "restarting (it failed)",
+        ServiceState::Exited => "exited",
+        ServiceState::Stopped => "stopped",
+    }
+}
 
 pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> {
     let project = project_dir(args.project.dir.as_deref())?;

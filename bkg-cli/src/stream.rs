@@ -80,6 +80,18 @@ pub async fn run(
     outcome
 }
 
+/// One line per destination the run was refused (`--net`), for stderr.
+pub fn denial_lines(result: &RunResult) -> Vec<String> {
+    result
+        .network_denials
+        .iter()
+        .map(|denial| {
+            let times = if denial.count > 1 { format!(" ({}×)", denial.count) } else { String::new() };
+            format!("network: refused {} {}{times}: {}", denial.transport.as_str(), denial.destination, denial.reason)
+        })
+        .collect()
+}
+
 /// Why the run ended, when it was not the script's own doing.
 pub fn reason_line(result: &RunResult) -> Option<String> {
     let limits = &result.limits;

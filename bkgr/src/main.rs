@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use bkg_cli::shared::{
     AgentClient, BKG_FAILED, Bkgr as Args, CliError, Endpoint, LimitArgs, Output, Printer, SUCCESS, Stdin,
-    bkgr_command, exit_code_of_run, limit_overrides, project_dir, reason_line, run_streamed,
+    bkgr_command, denial_lines, exit_code_of_run, limit_overrides, project_dir, reason_line, run_streamed,
 };
 use bkg_schema::LimitOverrides;
 use bkg_schema::cave::{CaveFile, SandboxSpec, Volume};
@@ -72,6 +72,9 @@ async fn run(args: Args) -> Result<i32, CliError> {
         let result = exec(&client, definition, command, Output::Raw, Stdin::Relay).await?;
         if let Some(reason) = reason_line(&result) {
             out.note(format_args!("{}: {reason}", definition.name));
+        }
+        for denial in denial_lines(&result) {
+            out.note(format_args!("{}: {denial}", definition.name));
         }
         return Ok(exit_code_of_run(&result));
     }
@@ -149,6 +152,9 @@ fn definition(
         env: spec.env.clone(),
         volumes,
         scripts: spec.scripts.clone(),
+        network: spec.network.as_ref().map(|network| network.allow.clone()).unwrap_or_default(),
+        ports: spec.ports.clone(),
+        restart: spec.restart,
     })
 }
 

@@ -62,6 +62,24 @@ pub struct SandboxSpec {
     /// `HOST:GUEST[:ro|:rw]`, see [`Volume::parse`].
     #[serde(default, deserialize_with = "string_list")]
     pub volumes: Vec<String>,
+    /// The hosts its runs may reach (none without it).
+    #[serde(default, deserialize_with = "some_mapping")]
+    pub network: Option<CaveNetwork>,
+    /// `[ADDRESS:]HOST_PORT:SANDBOX_PORT`, see [`crate::egress::PortMapping::parse`].
+    #[serde(default, deserialize_with = "string_list")]
+    pub ports: Vec<String>,
+    /// What a detached run (`bkgr -d`) does when it fails.
+    #[serde(default)]
+    pub restart: crate::egress::RestartPolicy,
+}
+
+/// `network:` of a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaveNetwork {
+    /// `HOST[:PORT]`, see [`crate::egress::NetRule::parse`].
+    #[serde(default, deserialize_with = "string_list")]
+    pub allow: Vec<String>,
 }
 
 /// Limits as written in the file; [`CaveLimits::to_overrides`] turns them into numbers.
@@ -141,6 +159,9 @@ fn quantity(
 /// A duration as the schema's pattern has it: one number with a unit, or several whole ones with
 /// no blank inside a part and at most one between parts (`1m30s`, `1h 15m`).
 fn duration(text: &str) -> Result<u64, UnitError> {
+    if text == "none" {
+        return Ok(crate::NO_TIMEOUT_MS);
+    }
     match quantity(text, parse_duration_ms, UnitError::Duration) {
         Err(UnitError::Duration(_)) => {}
         other => return other,
@@ -619,6 +640,16 @@ impl CaveFile {
             for (index, volume) in sandbox.volumes.iter().enumerate() {
                 if let Err(error) = Volume::parse(volume) {
                     fail(&["sandboxes", name, "volumes", &index.to_string()], error.to_string());
+                }
+            }
+            for (index, rule) in sandbox.network.iter().flat_map(|network| network.allow.iter()).enumerate() {
+                if let Err(error) = crate::egress::NetRule::parse(rule) {
+                    fail(&["sandboxes", name, "network", "allow", &index.to_string()], error.to_string());
+                }
+            }
+            for (index, port) in sandbox.ports.iter().enumerate() {
+                if let Err(error) = crate::egress::PortMapping::parse(port) {
+                    fail(&["sandboxes", name, "ports", &index.to_string()], error.to_string());
                 }
             }
         }

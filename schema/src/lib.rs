@@ -8,6 +8,7 @@ pub mod auth;
 #[cfg(feature = "cave")]
 pub mod cave;
 pub mod changes;
+pub mod egress;
 pub mod frame;
 pub mod health;
 pub mod host;
@@ -115,6 +116,10 @@ impl Limits {
 
 pub const MIB: u64 = 1024 * 1024;
 
+/// `timeout: none`: a run that only ends by itself or by a stop; only persistent sandboxes may
+/// ask for it, and only from an agent started with `--max-timeout none`.
+pub const NO_TIMEOUT_MS: u64 = u64::MAX;
+
 /// Limits a caller asks for; the agent fills the gaps with its defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -183,6 +188,13 @@ pub struct RunRequest {
     /// `/workspace/out`, which is always kept (`bkg exe --keep`, cave.yaml's `keep:`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keep: Vec<String>,
+    /// Hosts the run may reach through its proxy, `HOST[:PORT]` each (docs/security.md,
+    /// "Egress"); within the agent's `--egress-allow`. Empty: no network at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<String>,
+    /// Host ports forwarded into the sandbox, `[ADDRESS:]HOST_PORT:SANDBOX_PORT` each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 /// Which limit ended a run.
@@ -260,6 +272,9 @@ pub struct RunResult {
     /// Why some of them were not kept (the namespace's quota, the store failing), when so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_not_kept: Option<String>,
+    /// Connections the sandbox tried and was refused (only for runs given network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_denials: Vec<egress::NetworkDenial>,
 }
 
 /// Something the sandbox refused a run's code.

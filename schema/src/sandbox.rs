@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::egress::{RestartPolicy, ServiceHealth};
 use crate::{Language, LimitOverrides, Limits, RunRecord};
 
 /// Whether `name` is a DNS label: 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
@@ -62,6 +63,19 @@ pub struct SandboxDefinition {
     /// Named command lines (`start`, `test`, …); `POST …/start` runs `start`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scripts: BTreeMap<String, String>,
+    /// Hosts its runs may reach, `HOST[:PORT]` each (as `RunRequest.network`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<String>,
+    /// Host ports forwarded into it, `[ADDRESS:]HOST_PORT:SANDBOX_PORT` each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// What a detached run does when it fails.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub restart: RestartPolicy,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +104,9 @@ pub struct SandboxInfo {
     pub created_at_ms: u64,
     /// Size of the sandbox's disk image on the host (sparse: what its files take).
     pub disk_bytes_allocated: u64,
+    /// Its detached run's health, since this agent started one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceHealth>,
 }
 
 /// `POST /api/v1/sandboxes/{id}/exec`: run a command in a persistent sandbox.

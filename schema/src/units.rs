@@ -50,6 +50,9 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
 /// seconds), or several as humantime reads them (`1m30s`, `1h 15m`).
 pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
     let trimmed = text.trim();
+    if trimmed == "none" {
+        return Ok(crate::NO_TIMEOUT_MS);
+    }
     let (number, unit) = split_number(trimmed);
     let multiplier: f64 = match unit {
         "ms" => 1.0,
@@ -108,7 +111,9 @@ pub fn format_size(bytes: u64) -> String {
 }
 
 pub fn format_duration_ms(millis: u64) -> String {
-    if millis.is_multiple_of(3_600_000) {
+    if millis == crate::NO_TIMEOUT_MS {
+        "none".to_owned()
+    } else if millis.is_multiple_of(3_600_000) {
         format!("{}h", millis / 3_600_000)
     } else if millis.is_multiple_of(60_000) {
         format!("{}m", millis / 60_000)

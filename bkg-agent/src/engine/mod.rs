@@ -5,12 +5,14 @@ pub mod capacity;
 pub mod cgroup;
 pub mod control;
 pub mod denials;
+pub mod egress;
 pub mod handle;
 pub mod host_check;
 pub mod init;
 pub mod landlock;
 pub mod lock;
 pub mod loopdev;
+pub mod netns;
 pub mod plan;
 pub mod request;
 pub mod run;
@@ -54,6 +56,8 @@ pub struct EngineConfig {
     /// What the host gives, as checked at start (see `host_check.rs`).
     pub security_level: bkg_schema::host::SecurityLevel,
     pub runtimes: Vec<bkg_schema::host::Runtime>,
+    /// `--egress-allow`: what runs may ask to reach, at most (docs/security.md, "Egress").
+    pub egress_policy: Arc<Vec<bkg_schema::egress::NetRule>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +166,8 @@ pub struct Engine {
     pub capacity: Arc<capacity::Capacity>,
     /// Held for the agent's life: the cgroup directories are ours alone (see `lock`).
     _cgroup_locks: Vec<lock::DirLock>,
+    /// The netns worker of each run with a network or ports, by run id, for health probes.
+    networks: Mutex<std::collections::HashMap<String, Arc<netns::NetnsWorker>>>,
 }
 
 /// A run's sandbox is disposed of: `confirmed` when nothing of it is left. The cleanup counts as
@@ -217,9 +223,26 @@ impl Engine {
             capacity: Arc::new(capacity::Capacity::new(config.capacity)),
             config,
             _cgroup_locks: cgroup_locks,
+            networks: Mutex::new(std::collections::HashMap::new()),
         });
         let clean = engine.remove_leftovers()?;
         Ok((engine, clean))
+    }
+
+    /// Whether run `run_id`'s sandbox accepts connections on `port` now; `None` when the run
+    /// has no network session (it ended, or has no ports).
+    pub async fn sandbox_accepts(&self, run_id: &str, port: u16) -> Option<bool> {
+        let worker = self.networks.lock().ok()?.get(run_id).cloned()?;
+        Some(egress::accepts(&worker, port).await)
+    }
+
+    fn track_network(&self, run_id: &str, worker: Option<Arc<netns::NetnsWorker>>) {
+        if let Ok(mut networks) = self.networks.lock() {
+            match worker {
+                Some(worker) => networks.insert(run_id.to_owned(), worker),
+                None => networks.remove(run_id),
+            };
+        }
     }
 
     pub fn runs_dir(&self) -> PathBuf {

@@ -6,11 +6,14 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
+use bkg_schema::egress::{NetRule, PortMapping};
 use bkg_schema::sandbox::{ExecRequest, SandboxDefinition};
 use bkg_schema::terminal::TerminalSize;
 use bkg_schema::{ErrorCode, FileUpload, Limits, RunRequest};
+use std::sync::Arc;
 
 use super::control::{GoOrder, PlacedFile};
+use super::egress::{NetworkPlan, proxy_env};
 use super::plan::{Owner, PROJECT, ProjectMounts, SHIM_DIR, TMP, Volume, WORKSPACE};
 use super::sandbox::PersistentDisk;
 use super::{Engine, EngineError};
@@ -25,6 +28,9 @@ pub enum RunError {
     RuntimeNotExecutable(String),
     #[error("{0}")]
     Busy(String),
+    /// A network rule outside the agent's `--egress-allow`: only its admin can widen that.
+    #[error("{0}")]
+    EgressNotAllowed(String),
     /// The agent is at a capacity bound (queue, disk budget); the caller may retry later.
     #[error("{reason}")]
     Overloaded { reason: String, retry_after_secs: u32 },
@@ -56,6 +62,7 @@ impl RunError {
             Self::LimitAboveMaximum { .. } => ErrorCode::LimitAboveMaximum,
             Self::RuntimeNotExecutable(_) => ErrorCode::RuntimeNotExecutable,
             Self::Busy(_) => ErrorCode::Conflict,
+            Self::EgressNotAllowed(_) => ErrorCode::Forbidden,
             Self::Overloaded { .. } => ErrorCode::Unavailable,
             Self::Engine(_) => ErrorCode::SandboxFailed,
         }
@@ -74,6 +81,8 @@ pub struct ValidatedRun {
     pub(super) persistent: Option<PersistentRun>,
     /// Paths under /workspace whose files the run keeps (artefacts/collect.rs), relative to it.
     pub(super) keep: Vec<String>,
+    /// Hosts it may reach and ports forwarded into it; `None`: no network at all.
+    pub(super) network: Option<NetworkPlan>,
 }
 
 /// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and its log.
@@ -171,6 +180,7 @@ impl Engine {
     pub fn check_definition(&self, definition: &SandboxDefinition) -> Result<(), RunError> {
         self.resolve_limits(&definition.limits)?;
         sandbox_env(&definition.env)?;
+        self.network_plan(&definition.network, &definition.ports)?;
         for (name, command) in &definition.scripts {
             if command.contains('\0') {
                 return Err(RunError::BadRequest(format!("script `{name}` contains a NUL byte")));
@@ -194,8 +204,40 @@ impl Engine {
         Ok(interpreter)
     }
 
+    /// The run's network rules and forwarded ports, each rule within the agent's policy.
+    pub fn network_plan(&self, allow: &[String], ports: &[String]) -> Result<Option<NetworkPlan>, RunError> {
+        let allow = NetRule::parse_list(allow).map_err(|error| RunError::BadRequest(error.to_string()))?;
+        let policy = &self.config.egress_policy;
+        if let Some(outside) = allow.iter().find(|rule| !policy.iter().any(|allowed| allowed.covers(rule))) {
+            let shown: Vec<String> = policy.iter().map(ToString::to_string).collect();
+            return Err(RunError::EgressNotAllowed(format!(
+                "network rule {outside} is outside this agent's egress policy ({}); only its admin can widen it \
+                 (bkg-agent --egress-allow)",
+                if shown.is_empty() { "none".to_owned() } else { shown.join(",") }
+            )));
+        }
+        let mut mappings: Vec<PortMapping> = Vec::new();
+        for text in ports {
+            let mapping = PortMapping::parse(text).map_err(|error| RunError::BadRequest(error.to_string()))?;
+            if mappings.iter().any(|seen| seen.address == mapping.address && seen.host_port == mapping.host_port) {
+                return Err(RunError::BadRequest(format!("host port {mapping} is forwarded twice")));
+            }
+            mappings.push(mapping);
+        }
+        if allow.is_empty() && mappings.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(NetworkPlan { allow, policy: Arc::clone(policy), ports: mappings }))
+    }
+
     pub fn validate(&self, request: RunRequest) -> Result<ValidatedRun, RunError> {
         let limits = self.resolve_limits(&request.limits)?;
+        if limits.timeout_ms == bkg_schema::NO_TIMEOUT_MS {
+            return Err(RunError::BadRequest(
+                "timeout none is only for persistent sandboxes (cave.yaml, bkgr); a run needs a timeout".into(),
+            ));
+        }
+        let network = self.network_plan(&request.network, &request.ports)?;
         let interpreter = self.interpreter(request.language)?;
 
         let script_name =
@@ -247,7 +289,7 @@ impl Engine {
             namespace: "default".into(),
             order: GoOrder {
                 argv,
-                env: sandbox_env(&request.env)?,
+                env: with_proxy(sandbox_env(&request.env)?, network.as_ref()),
                 cwd: WORKSPACE.into(),
                 files,
                 clear: Vec::new(),
@@ -258,6 +300,7 @@ impl Engine {
             stdin: decode_stdin(request.stdin_base64.as_deref())?,
             persistent: None,
             keep: keep_paths(&request.keep)?,
+            network,
         })
     }
 
@@ -323,6 +366,7 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let network = self.network_plan(&definition.network, &definition.ports)?;
         let mut env = definition.env.clone();
         env.extend(exec.env);
         Ok(ValidatedRun {
@@ -331,7 +375,7 @@ impl Engine {
             namespace: definition.namespace.clone(),
             order: GoOrder {
                 argv: vec!["/bin/sh".into(), "-c".into(), exec.command],
-                env: sandbox_env(&env)?,
+                env: with_proxy(sandbox_env(&env)?, network.as_ref()),
                 cwd: if project_dir == self.scratch_project_dir(&definition.namespace) {
                     WORKSPACE.into()
                 } else {
@@ -359,8 +403,19 @@ impl Engine {
             }),
             // A persistent sandbox keeps its /workspace itself; only its long output is kept.
             keep: Vec::new(),
+            network,
         })
     }
+}
+
+/// A run with hosts to reach finds its proxy in the environment, over any the caller set.
+fn with_proxy(mut env: Vec<(String, String)>, network: Option<&NetworkPlan>) -> Vec<(String, String)> {
+    if network.is_some_and(|plan| !plan.allow.is_empty()) {
+        let proxy = proxy_env();
+        env.retain(|(key, _)| !proxy.iter().any(|(proxy_key, _)| proxy_key == key));
+        env.extend(proxy);
+    }
+    env
 }
 
 /// The scrubbed environment every sandbox starts from, plus the caller's variables.

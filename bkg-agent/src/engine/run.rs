@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::capacity::{CapacityError, Turn};
 use super::cgroup::CgroupUsage as Usage;
 use super::control::{self, FromInit, ToInit};
+use super::egress::{EgressError, NetworkSession};
 use super::handle::{RunPhase, RunTicket, RunTracker};
 use super::sandbox::{PreparedSandbox, cgroup_limits};
 use super::terminal::TerminalMaster;
@@ -111,6 +112,24 @@ impl Engine {
                 }
             },
         };
+        let network = match &run.network {
+            Some(plan) => match NetworkSession::open(plan, sandbox.pid_one()).await {
+                Ok(session) => {
+                    self.track_network(&run_id, Some(session.worker()));
+                    Some(session)
+                }
+                Err(error) => {
+                    self.dispose_later(&tracker, sandbox);
+                    return Err(match error {
+                        EgressError::PortTaken { .. } => RunError::Busy(error.to_string()),
+                        EgressError::Netns(_) => {
+                            EngineError::Prepare { stage: "network".into(), message: error.to_string() }.into()
+                        }
+                    });
+                }
+            },
+            None => None,
+        };
 
         let mut relay = Relay::default();
         relay.offer(&output, RunOutput::Started(run_id.clone()));
@@ -118,6 +137,7 @@ impl Engine {
         tracker.advance(RunPhase::Started);
         let wants_terminal = run.order.terminal.is_some();
         if let Err(error) = control::write_async(&mut sandbox.control, &ToInit::Go(run.order)).await {
+            self.track_network(&run_id, None);
             self.dispose_later(&tracker, sandbox);
             return Err(EngineError::from(error).into());
         }
@@ -142,7 +162,7 @@ impl Engine {
         let mut watched = Watch {
             sandbox: &mut sandbox,
             started,
-            timeout: Duration::from_millis(run.limits.timeout_ms),
+            timeout: timeout_of(&run.limits),
             pids_hits_before: before.pids_limit_hits,
             stop: &tracker,
             cancel: cancel_rx,
@@ -177,6 +197,8 @@ impl Engine {
                 None => {}
             }
         }
+        self.track_network(&run_id, None);
+        let network_denials = network.map(NetworkSession::finish).unwrap_or_default();
         self.dispose_later(&tracker, sandbox);
         // The next queued run need not wait for this one's output to drain.
         drop(turn);
@@ -187,7 +209,9 @@ impl Engine {
         // dropped and counted.
         let undelivered_bytes = relay.finish(&output).await;
         let result = watched.into_result(run_id, run.language, run.limits, &before, &usage, undelivered_bytes);
-        result.map(|result| (RunResult { security_level: Some(self.config.security_level), ..result }, kept))
+        result.map(|result| {
+            (RunResult { security_level: Some(self.config.security_level), network_denials, ..result }, kept)
+        })
     }
 
     /// Runs an empty script in a default sandbox (the warm pool's, when it has one), the way a
@@ -209,6 +233,8 @@ impl Engine {
             stdin_base64: None,
             namespace: None,
             keep: Vec::new(),
+            network: Vec::new(),
+            ports: Vec::new(),
         };
         let validated = self.validate(request).map_err(|error| error.to_string())?;
         let (_input, input_rx) = mpsc::channel(1);
@@ -229,6 +255,12 @@ impl Engine {
     fn dispose_later(self: &Arc<Self>, tracker: &Arc<RunTracker>, sandbox: PreparedSandbox) {
         self.dispose_in_background(sandbox, Some(Arc::clone(tracker)));
     }
+}
+
+/// How long a run may take: `timeout: none` is far enough away never to come.
+fn timeout_of(limits: &bkg_schema::Limits) -> Duration {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    if limits.timeout_ms == bkg_schema::NO_TIMEOUT_MS { CENTURY } else { Duration::from_millis(limits.timeout_ms) }
 }
 
 /// Output waiting for a caller that reads slower than the code writes, at most this much. Past
@@ -316,6 +348,7 @@ fn cancelled_in_queue(id: String, run: &ValidatedRun) -> RunResult {
         denials: Vec::new(),
         files: Vec::new(),
         files_not_kept: None,
+        network_denials: Vec::new(),
     }
 }
 
@@ -771,6 +804,7 @@ impl Watched {
             denials: super::denials::of_run(&self.denied_syscalls, killed_by),
             files: Vec::new(),
             files_not_kept: None,
+            network_denials: Vec::new(),
         })
     }
 }

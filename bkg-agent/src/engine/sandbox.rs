@@ -158,6 +158,11 @@ impl PreparedSandbox {
 
     /// Ends every process of the sandbox now: killing pid 1 makes the kernel kill the rest of
     /// its pid namespace.
+    /// Host pid of the sandbox's pid 1, whose namespaces are the sandbox's.
+    pub fn pid_one(&self) -> i32 {
+        self.pid_one.as_raw()
+    }
+
     pub fn kill(&self) {
         if let Err(errno) = nix::sys::signal::kill(self.pid_one, nix::sys::signal::Signal::SIGKILL) {
             tracing::warn!(sandbox = %self.id, %errno, "could not kill pid 1");

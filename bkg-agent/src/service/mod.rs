@@ -10,6 +10,7 @@ mod changes;
 mod keys;
 mod runs;
 mod sandboxes;
+mod services;
 mod system;
 mod terminals;
 mod ui_support;
@@ -115,6 +116,7 @@ impl OpError {
                     Refusal::Invalid
                 }
                 RunError::Busy(_) => Refusal::Conflict,
+                RunError::EgressNotAllowed(_) => Refusal::Forbidden,
                 RunError::Overloaded { .. } | RunError::Engine(_) => Refusal::Unavailable,
             },
             Self::Store(_) | Self::Internal(_) => Refusal::Internal,
@@ -176,6 +178,8 @@ pub struct Service {
     /// Told when an admin asks the agent to stop.
     shutdown: Arc<Notify>,
     socket: PathBuf,
+    /// Detached runs of persistent sandboxes, supervised (`services.rs`).
+    services: services::Services,
 }
 
 /// The parts a `Service` is made of.
@@ -195,7 +199,19 @@ pub struct ServiceParts {
 impl Service {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
         let ServiceParts { engine, feed, store, artefacts, metrics, auth, health, sync, shutdown, socket } = parts;
-        Arc::new(Self { engine, feed, store, artefacts, metrics, auth, health, sync, shutdown, socket })
+        Arc::new(Self {
+            engine,
+            feed,
+            store,
+            artefacts,
+            metrics,
+            auth,
+            health,
+            sync,
+            shutdown,
+            socket,
+            services: Default::default(),
+        })
     }
 
     /// Counts a run until the guard is dropped: shutdown waits until the caller has its result.

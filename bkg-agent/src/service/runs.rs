@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use bkg_schema::sandbox::DetachedRun;
+use bkg_schema::egress::RestartPolicy;
+use bkg_schema::sandbox::ExecRequest;
 use bkg_schema::{RunRecord, RunRequest, RunResult};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -24,11 +25,26 @@ pub struct Accepted {
     principal: Principal,
     ticket: RunTicket,
     validated: ValidatedRun,
+    /// For an exec of a persistent sandbox: the request and its sandbox's restart policy, so
+    /// that its service can be started again (`services.rs`).
+    pub(super) exec: Option<(ExecRequest, RestartPolicy)>,
 }
 
 impl Accepted {
     pub fn run_id(&self) -> &str {
         self.ticket.run_id()
+    }
+
+    pub(super) fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    pub(super) fn exec(&self) -> Option<&ExecRequest> {
+        self.exec.as_ref().map(|(exec, _)| exec)
+    }
+
+    pub(super) fn restart(&self) -> RestartPolicy {
+        self.exec.as_ref().map(|(_, restart)| *restart).unwrap_or_default()
     }
 }
 
@@ -61,7 +77,7 @@ impl Service {
 
     pub(super) fn accept(&self, principal: &Principal, validated: ValidatedRun) -> OpResult<Accepted> {
         let ticket = self.engine.accept(new_id("run"), &validated)?;
-        Ok(Accepted { principal: principal.clone(), ticket, validated })
+        Ok(Accepted { principal: principal.clone(), ticket, validated, exec: None })
     }
 
     /// Starts an accepted run in a task of its own, with the caller's stdin and cancellation on
@@ -86,14 +102,6 @@ impl Service {
         }
     }
 
-    /// Starts an accepted run and returns at once; its output goes to its sandbox's log.
-    pub fn detach(self: &Arc<Self>, sandbox_id: &str, accepted: Accepted) -> DetachedRun {
-        let run_id = accepted.run_id().to_owned();
-        let (_no_input, input) = mpsc::channel(1);
-        drop(self.start(accepted, input, None));
-        DetachedRun { sandbox_id: sandbox_id.to_owned(), run_id }
-    }
-
     /// Runs an accepted run to its end and records it. Recording failures are logged, never
     /// turned into a failed run: the caller's code did run.
     async fn execute(
@@ -102,7 +110,7 @@ impl Service {
         input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
     ) -> OpResult<RunResult> {
-        let Accepted { principal, ticket, validated } = accepted;
+        let Accepted { principal, ticket, validated, exec: _ } = accepted;
         // Shutdown waits for this: a run's end is recorded before the agent stops.
         let _in_flight = self.engine.run_in_flight();
         let caller = principal.audit_caller(&validated.namespace);

@@ -62,6 +62,7 @@ impl Service {
     async fn sandbox_info(&self, stored: StoredSandbox) -> OpResult<SandboxInfo> {
         let definition = stored.definition;
         let id = sandbox_id(&definition.project_dir, &definition.name);
+        let service = self.service_health(&id, &definition).await;
         let last_run = self.store.last_run_of(&id).await?;
         let current_run = self.engine.current_run(&id).map(|run| run.run_id.clone());
         let limits = self.engine.config.default_limits.with(&definition.limits);
@@ -80,6 +81,7 @@ impl Service {
             last_run,
             created_at_ms: stored.created_at_ms,
             disk_bytes_allocated,
+            service,
         })
     }
 
@@ -225,6 +227,9 @@ impl Service {
             env: new.env,
             volumes: Vec::new(),
             scripts: new.scripts,
+            network: Vec::new(),
+            ports: Vec::new(),
+            restart: Default::default(),
         };
         self.define_sandbox(principal, &id, definition).await
     }
@@ -259,19 +264,22 @@ impl Service {
 
     /// Checks a command for sandbox `id` and takes it on; the sandbox is the run's until it ends.
     pub async fn accept_exec(&self, principal: &Principal, id: &str, exec: ExecRequest) -> OpResult<Accepted> {
-        let (name, validated) = self.validate_sandbox_exec(principal, id, exec, None).await?;
-        self.accept_in_sandbox(principal, &name, validated)
+        let (definition, validated) = self.validate_sandbox_exec(principal, id, exec.clone(), None).await?;
+        let mut accepted = self.accept_in_sandbox(principal, &definition.name, validated)?;
+        // Kept to start it again when it fails and its sandbox says `restart: on-failure`.
+        accepted.exec = Some((exec, definition.restart));
+        Ok(accepted)
     }
 
     /// Checks a command for sandbox `id` (with its timeout replaced by `timeout_ms` when given):
-    /// the sandbox's name and the run.
+    /// the sandbox's definition and the run.
     pub(super) async fn validate_sandbox_exec(
         &self,
         principal: &Principal,
         id: &str,
         exec: ExecRequest,
         timeout_ms: Option<u64>,
-    ) -> OpResult<(String, ValidatedRun)> {
+    ) -> OpResult<(SandboxDefinition, ValidatedRun)> {
         let stored = self.visible_sandbox(principal, id).await?;
         // The paths are opened again for every run: they may have changed since the definition.
         let (mut opened, mapped_owner) = self.open_host_paths(principal, &stored.definition)?;
@@ -282,7 +290,7 @@ impl Service {
         opened.limits = user_limit_defaults(principal, &self.auth.policy.user, &opened.limits, defaults);
         let validated = self.engine.validate_exec(&opened, exec, mapped_owner)?;
         within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
-        Ok((stored.definition.name, validated))
+        Ok((stored.definition, validated))
     }
 
     /// Takes on a run in the persistent sandbox `name`; the sandbox is the run's until it ends.
@@ -323,7 +331,9 @@ impl Service {
         Ok(self.stop_and_wait(id).await)
     }
 
+    /// Stops the sandbox's service (no restart after this) and its run, if one goes on.
     async fn stop_and_wait(&self, id: &str) -> bool {
+        self.services.stop(id);
         let Some(run) = self.engine.current_run(id) else {
             return false;
         };

@@ -22,8 +22,9 @@ impl Service {
     pub async fn accept_shell(&self, principal: &Principal, id: &str, open: ShellTerminalOpen) -> OpResult<Accepted> {
         let command = open.request.command.unwrap_or_else(|| DEFAULT_SHELL_COMMAND.to_owned());
         let exec = ExecRequest { command, detach: false, env: open.request.env, stdin_base64: None };
-        let (name, mut validated) = self.validate_sandbox_exec(principal, id, exec, open.request.timeout_ms).await?;
+        let (definition, mut validated) =
+            self.validate_sandbox_exec(principal, id, exec, open.request.timeout_ms).await?;
         validated.on_terminal(open.size, open.term)?;
-        self.accept_in_sandbox(principal, &name, validated)
+        self.accept_in_sandbox(principal, &definition.name, validated)
     }
 }

@@ -1,0 +1,405 @@
+//! The network a sandbox may use: allow-list entries (`bkg exe --net`, cave.yaml's
+//! `network: {allow: […]}`, the agent's `--egress-allow` policy that caps them), published ports
+//! (`-p`, cave.yaml's `ports`), what a run reports it was refused, and a service's restart policy
+//! and health. Parsed here so the CLI and the agent read the same text the same way.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+/// The name under which the host's own loopback services are reachable, on allowed ports only.
+pub const HOST_ALIAS: &str = "host.bkg.internal";
+
+/// Where a sandbox with network finds its proxy: on its own loopback.
+pub const PROXY_PORT: u16 = 3128;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EgressError {
+    #[error("`{0}` is not a network rule: use HOST[:PORT], *.DOMAIN[:PORT], *[:PORT] or an IP address")]
+    Rule(String),
+    #[error("`{0}` is not a port mapping: use [ADDRESS:]HOST_PORT:SANDBOX_PORT, e.g. 127.0.0.1:8080:8000")]
+    Port(String),
+}
+
+/// Which hosts a rule names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `*`: every host by name, but never `host.bkg.internal` nor an address.
+    AnyName,
+    /// `*.example.com`: every name below example.com.
+    Below(String),
+    /// One name, `host.bkg.internal` included.
+    Name(String),
+    /// One address, as an admin names a private one.
+    Address(IpAddr),
+}
+
+/// `HOST[:PORT]`: a host pattern and a port (any when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetRule {
+    pub host: HostPattern,
+    pub port: Option<u16>,
+}
+
+impl NetRule {
+    pub fn parse(text: &str) -> Result<Self, EgressError> {
+        let refuse = || EgressError::Rule(text.to_owned());
+        let trimmed = text.trim();
+        let (host, port) = if let Some(rest) = trimmed.strip_prefix('[') {
+            let (address, after) = rest.split_once(']').ok_or_else(refuse)?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or_else(refuse)?),
+            };
+            (address, port)
+        } else if trimmed.parse::<Ipv6Addr>().is_ok() {
+            (trimmed, None)
+        } else {
+            match trimmed.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (trimmed, None),
+            }
+        };
+        let port = match port {
+            Some(port) => Some(port.parse::<u16>().ok().filter(|port| *port != 0).ok_or_else(refuse)?),
+            None => None,
+        };
+        let host = host.to_ascii_lowercase();
+        let host = host.strip_suffix('.').unwrap_or(&host);
+        let pattern = if host == "*" {
+            HostPattern::AnyName
+        } else if let Ok(address) = host.parse::<IpAddr>() {
+            HostPattern::Address(address)
+        } else if let Some(domain) = host.strip_prefix("*.") {
+            if !is_host_name(domain) {
+                return Err(refuse());
+            }
+            HostPattern::Below(domain.to_owned())
+        } else if is_host_name(host) {
+            HostPattern::Name(host.to_owned())
+        } else {
+            return Err(refuse());
+        };
+        Ok(Self { host: pattern, port })
+    }
+
+    /// Parses a comma-separated list, as `--net a.com,b.com:443` gives it.
+    pub fn parse_list(texts: &[String]) -> Result<Vec<Self>, EgressError> {
+        texts.iter().flat_map(|text| text.split(',')).filter(|part| !part.trim().is_empty()).map(Self::parse).collect()
+    }
+
+    /// Whether this rule (of the agent's policy) allows everything `asked` (a run's rule) allows.
+    pub fn covers(&self, asked: &NetRule) -> bool {
+        let port = match (self.port, asked.port) {
+            (None, _) => true,
+            (Some(mine), Some(theirs)) => mine == theirs,
+            (Some(_), None) => false,
+        };
+        let host = match (&self.host, &asked.host) {
+            (HostPattern::AnyName, HostPattern::Name(name)) => name != HOST_ALIAS,
+            (HostPattern::AnyName, HostPattern::AnyName | HostPattern::Below(_)) => true,
+            (HostPattern::Below(mine), HostPattern::Below(theirs)) => is_below_or_at(theirs, mine),
+            (HostPattern::Below(mine), HostPattern::Name(name)) => is_below(name, mine),
+            (HostPattern::Name(mine), HostPattern::Name(theirs)) => mine == theirs,
+            (HostPattern::Address(mine), HostPattern::Address(theirs)) => mine == theirs,
+            _ => false,
+        };
+        port && host
+    }
+
+    /// Whether a connection to `host` (a name or an address as the client wrote it) on `port`
+    /// is allowed by this rule.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        if self.port.is_some_and(|mine| mine != port) {
+            return false;
+        }
+        let address = host.parse::<IpAddr>().ok();
+        match &self.host {
+            HostPattern::AnyName => address.is_none() && host != HOST_ALIAS,
+            HostPattern::Below(domain) => address.is_none() && is_below(host, domain),
+            HostPattern::Name(name) => name == host,
+            HostPattern::Address(mine) => address == Some(*mine),
+        }
+    }
+
+    /// Whether this rule names `address` on `port`: an admin's way to open a private address.
+    pub fn names_address(&self, address: IpAddr, port: u16) -> bool {
+        self.host == HostPattern::Address(address) && self.port.is_none_or(|mine| mine == port)
+    }
+}
+
+impl fmt::Display for NetRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            HostPattern::AnyName => f.write_str("*")?,
+            HostPattern::Below(domain) => write!(f, "*.{domain}")?,
+            HostPattern::Name(name) => f.write_str(name)?,
+            HostPattern::Address(IpAddr::V6(address)) if self.port.is_some() => write!(f, "[{address}]")?,
+            HostPattern::Address(address) => write!(f, "{address}")?,
+        }
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
+    }
+}
+
+fn is_below(name: &str, domain: &str) -> bool {
+    name.strip_suffix(domain).is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+}
+
+fn is_below_or_at(name: &str, domain: &str) -> bool {
+    name == domain || is_below(name, domain)
+}
+
+/// A DNS name: dot-separated labels of letters, digits and `-`.
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Addresses no sandbox reaches unless an admin names them: loopback, private and shared
+/// ranges, link-local (cloud metadata at 169.254.169.254), multicast, unspecified, documentation
+/// and benchmarking ranges, and their IPv6 counterparts. The host's own public addresses are
+/// checked apart (the agent knows them).
+pub fn is_internal(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => is_internal_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_internal_v4(v4),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00 // unique local
+                    || (first & 0xffc0) == 0xfe80 // link-local
+                    || (first == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
+                    || first == 0x0064 // NAT64, which reaches IPv4 addresses of any kind
+            }
+        },
+    }
+}
+
+fn is_internal_v4(v4: Ipv4Addr) -> bool {
+    let [a, b, _, _] = v4.octets();
+    v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local()
+        || v4.is_multicast()
+        || v4.is_broadcast()
+        || v4.is_unspecified()
+        || v4.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240
+}
+
+/// A host port forwarded into a sandbox: `[ADDRESS:]HOST_PORT:SANDBOX_PORT`, or one `PORT` for
+/// both; the address is 127.0.0.1 unless given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMapping {
+    pub address: IpAddr,
+    pub host_port: u16,
+    pub sandbox_port: u16,
+}
+
+impl PortMapping {
+    pub fn parse(text: &str) -> Result<Self, EgressError> {
+        let refuse = || EgressError::Port(text.to_owned());
+        let port = |part: &str| part.parse::<u16>().ok().filter(|port| *port != 0).ok_or_else(refuse);
+        let parts: Vec<&str> = text.trim().rsplitn(3, ':').collect();
+        let (address, host_port, sandbox_port) = match parts.as_slice() {
+            [only] => (IpAddr::V4(Ipv4Addr::LOCALHOST), port(only)?, port(only)?),
+            [sandbox, host] => (IpAddr::V4(Ipv4Addr::LOCALHOST), port(host)?, port(sandbox)?),
+            [sandbox, host, address] => {
+                let address = address.trim_start_matches('[').trim_end_matches(']');
+                (address.parse().map_err(|_| refuse())?, port(host)?, port(sandbox)?)
+            }
+            _ => return Err(refuse()),
+        };
+        Ok(Self { address, host_port, sandbox_port })
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address {
+            IpAddr::V6(address) => write!(f, "[{address}]:{}:{}", self.host_port, self.sandbox_port),
+            IpAddr::V4(address) => write!(f, "{address}:{}:{}", self.host_port, self.sandbox_port),
+        }
+    }
+}
+
+/// How a refused connection left the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Through the proxy, by name (HTTP or CONNECT).
+    Proxy,
+    /// A TCP connection to an address, past the proxy.
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// One destination a run was refused, with how many times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NetworkDenial {
+    pub transport: Transport,
+    /// `HOST:PORT` as the sandbox asked for it.
+    pub destination: String,
+    pub reason: String,
+    pub count: u32,
+}
+
+/// What a detached run of a persistent sandbox does when it fails (cave.yaml's `restart`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    /// Start it again when it ends other than by success or by a stop.
+    OnFailure,
+}
+
+/// Where a detached service stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceState {
+    Running,
+    /// It failed and will be started again after a pause.
+    Restarting,
+    /// It ended by success, or failed without a restart policy.
+    Exited,
+    /// `bkg stop` or the agent's shutdown ended it.
+    Stopped,
+}
+
+/// A forwarded port and whether the sandbox accepts connections on it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PortHealth {
+    /// `ADDRESS:HOST_PORT:SANDBOX_PORT`.
+    pub mapping: String,
+    pub accepting: bool,
+}
+
+/// The health of a sandbox's detached run, as `bkg status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServiceHealth {
+    pub state: ServiceState,
+    pub restart: RestartPolicy,
+    /// Times it was started again after a failure.
+    pub restarts: u32,
+    /// The exit code of its last failed run, if it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortHealth>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(text: &str) -> NetRule {
+        NetRule::parse(text).expect(text)
+    }
+
+    #[test]
+    fn rules_parse_and_print_back() {
+        for text in ["example.com", "example.com:443", "*", "*:443", "*.pypi.org", "10.0.0.5:5432", "[::1]:80", "::1"] {
+            assert_eq!(rule(text).to_string(), text);
+        }
+        assert_eq!(rule("Example.COM.").to_string(), "example.com");
+        for bad in ["", "a b", "x:0", "x:70000", "x:y", "*.*", "-a.com", "a..b", "[::1", "http://a.com"] {
+            assert!(NetRule::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(NetRule::parse_list(&["a.com,b.com:443".into(), "c.com".into()]).expect("list").len(), 3);
+    }
+
+    #[test]
+    fn the_policy_covers_only_what_it_names() {
+        assert!(rule("*").covers(&rule("pypi.org:443")));
+        assert!(rule("*").covers(&rule("*.pypi.org")));
+        assert!(!rule("*").covers(&rule(HOST_ALIAS)));
+        assert!(!rule("*").covers(&rule("10.0.0.5")));
+        assert!(!rule("*:443").covers(&rule("pypi.org")));
+        assert!(rule("*:443").covers(&rule("pypi.org:443")));
+        assert!(rule("*.pypi.org").covers(&rule("files.pypi.org")));
+        assert!(!rule("*.pypi.org").covers(&rule("pypi.org")));
+        assert!(!rule("*.pypi.org").covers(&rule("evilpypi.org")));
+        assert!(rule("host.bkg.internal").covers(&rule("host.bkg.internal:5432")));
+        assert!(!rule("host.bkg.internal:5432").covers(&rule("host.bkg.internal:22")));
+    }
+
+    #[test]
+    fn connections_match_names_not_addresses() {
+        assert!(rule("example.com:443").matches("example.com", 443));
+        assert!(!rule("example.com:443").matches("example.com", 80));
+        assert!(!rule("*").matches("93.184.216.34", 80));
+        assert!(!rule("*").matches(HOST_ALIAS, 80));
+        assert!(rule("*.example.com").matches("a.example.com", 1));
+        assert!(!rule("*.example.com").matches("aexample.com", 1));
+        assert!(rule("10.0.0.5").matches("10.0.0.5", 22));
+    }
+
+    #[test]
+    fn internal_addresses() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(is_internal(internal.parse().expect(internal)), "{internal}");
+        }
+        for public in ["1.1.1.1", "93.184.216.34", "2606:4700:4700::1111"] {
+            assert!(!is_internal(public.parse().expect(public)), "{public}");
+        }
+    }
+
+    #[test]
+    fn port_mappings() {
+        let parse = |text: &str| PortMapping::parse(text).map(|mapping| mapping.to_string());
+        assert_eq!(parse("127.0.0.1:8080:8000"), Ok("127.0.0.1:8080:8000".into()));
+        assert_eq!(parse("8080:8000"), Ok("127.0.0.1:8080:8000".into()));
+        assert_eq!(parse("8000"), Ok("127.0.0.1:8000:8000".into()));
+        assert_eq!(parse("[::1]:8080:80"), Ok("[::1]:8080:80".into()));
+        for bad in ["", "0", "a:1", "1:2:3:4", "x:1:2", "70000:1"] {
+            assert!(PortMapping::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

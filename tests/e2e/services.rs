@@ -1,0 +1,165 @@
+//! Services: a persistent sandbox run detached (`bkgr -d`) without a timeout, reachable on its
+//! forwarded host port, started again when it is killed (`restart: on-failure`), its health in
+//! `bkg status`, and stopped for good by `bkg stop`. And `bkg exe -p` for a one-off run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bkg_tests::{Agent, AgentOptions, bin_dir, code, stderr, stdout};
+
+fn bkgr(agent: &Agent, project: &Path, args: &[&str]) -> Output {
+    Command::new(bin_dir().join("bkgr"))
+        .args(args)
+        .current_dir(project)
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bkgr")
+}
+
+fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
+    agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.local_addr().expect("address").port()
+}
+
+/// GET / on the host's loopback port; the body, or `None` when nothing answers.
+fn get(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (_, body) = answer.split_once("\r\n\r\n")?;
+    Some(body.to_owned())
+}
+
+/// Polls `probe` until it gives a value, for at most two minutes.
+fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn status(agent: &Agent, project: &Path) -> serde_json::Value {
+    let output = bkg_in(agent, project, &["status", "web", "--json"]);
+    assert_eq!(code(&output), 0, "status: {}", stderr(&output));
+    serde_json::from_slice(&output.stdout).expect("status JSON")
+}
+
+#[test]
+fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
+    let agent = Agent::start_with(AgentOptions {
+        extra_args: vec!["--max-timeout".into(), "none".into()],
+        ..Default::default()
+    });
+    // The service example, on a free host port instead of its 8080.
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    let example = bkg_tests::examples_dir().join("python-service");
+    std::fs::copy(example.join("server.py"), dir.join("server.py")).expect("server.py");
+    let port = free_port();
+    let cave = std::fs::read_to_string(example.join("cave.yaml")).expect("cave.yaml");
+    assert!(cave.contains("127.0.0.1:8080:8000"), "{cave}");
+    std::fs::write(dir.join("cave.yaml"), cave.replace("127.0.0.1:8080:8000", &format!("127.0.0.1:{port}:8000")))
+        .expect("cave.yaml");
+    // The greeting names this test's server among the host's processes.
+    let marker = format!("svc-{}-{port}", std::process::id());
+
+    let started = bkgr(&agent, dir, &["-d", "web", "start", "--", &marker]);
+    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
+    let first = poll("the service on its forwarded port", || get(port).filter(|body| body.starts_with(&marker)));
+    // Each start of the server draws its own token: a new one means a new process.
+    let first_token = first.rsplit(' ').next().expect("token").to_owned();
+
+    let healthy = poll("status to show the port accepting", || {
+        let info = status(&agent, dir);
+        (info["service"]["ports"][0]["accepting"] == true).then_some(info)
+    });
+    assert_eq!(healthy["state"], "running", "{healthy}");
+    assert_eq!(healthy["limits"]["timeout_ms"], u64::MAX, "timeout none: {healthy}");
+    assert_eq!(healthy["service"]["state"], "running", "{healthy}");
+    assert_eq!(healthy["service"]["restart"], "on-failure", "{healthy}");
+    assert_eq!(healthy["service"]["restarts"], 0, "{healthy}");
+    assert_eq!(healthy["service"]["ports"][0]["mapping"], format!("127.0.0.1:{port}:8000"), "{healthy}");
+    let shown = bkg_in(&agent, dir, &["status", "web"]);
+    assert!(stdout(&shown).contains(&format!("127.0.0.1:{port}:8000 (accepting)")), "{}", stdout(&shown));
+
+    // Kill the server from the host, as an OOM or a crash would.
+    let killed = Command::new("pkill").args(["-KILL", "-f", &format!("server.py {marker}")]).status().expect("pkill");
+    assert!(killed.success(), "the server process was found");
+    let second = poll("the service to answer again after its restart", || {
+        get(port).filter(|body| body.starts_with(&marker) && !body.ends_with(&format!(" {first_token}")))
+    });
+    assert_ne!(second, first, "a new process answers");
+    let restarted = poll("status to count the restart", || {
+        let info = status(&agent, dir);
+        (info["service"]["restarts"] == 1 && info["service"]["state"] == "running").then_some(info)
+    });
+    assert!(restarted["service"]["last_exit_code"].is_null() || restarted["service"]["last_exit_code"] != 0);
+
+    let stop = bkg_in(&agent, dir, &["stop", "web"]);
+    assert_eq!(code(&stop), 0, "stop: {}", stderr(&stop));
+    let stopped = status(&agent, dir);
+    assert_eq!(stopped["state"], "idle", "{stopped}");
+    assert_eq!(stopped["service"]["state"], "stopped", "{stopped}");
+    assert_eq!(stopped["last_run"]["killed_by"], "cancelled", "{stopped}");
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the forwarded port is closed with the run");
+    agent.wait_idle();
+    let after = status(&agent, dir);
+    assert_eq!(after["service"]["state"], "stopped", "a stopped service is not started again: {after}");
+    assert!(after["current_run"].is_null(), "{after}");
+}
+
+#[test]
+fn exe_publishes_a_port_for_the_run_and_refuses_timeout_none() {
+    let agent = Agent::start();
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:8000");
+    let script = "import http.server\n\
+        class Once(http.server.BaseHTTPRequestHandler):\n    \
+            def do_GET(self):\n        \
+                self.send_response(200); self.send_header('Content-Length', '7'); self.end_headers(); self.wfile.write(b'served!')\n\
+        server = http.server.HTTPServer(('127.0.0.1', 8000), Once)\n\
+        print('up', flush=True)\n\
+        server.handle_request()\n";
+    let mut child = agent
+        .bkg()
+        .args(["exe", "-p", &publish, "--type", "python", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exe");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
+    assert_eq!(line, "up\n");
+    assert_eq!(get(port).as_deref(), Some("served!"));
+    let status = child.wait().expect("bkg exe ends");
+    assert!(status.success(), "{status:?}");
+
+    let none = agent.exe(&["--timeout", "none", "--type", "python", "-c", "print(1)"]);
+    assert_eq!(code(&none), 125, "{}", stderr(&none));
+    assert!(stderr(&none).contains("timeout none"), "{}", stderr(&none));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("address").port();
+    let busy = agent.exe(&["-p", &format!("{taken_port}:8000"), "--type", "python", "-c", "print(1)"]);
+    assert_ne!(code(&busy), 0);
+    assert!(
+        stderr(&busy).contains(&format!("host port 127.0.0.1:{taken_port}:8000 cannot be used")),
+        "{}",
+        stderr(&busy)
+    );
+}
