@@ -8,6 +8,23 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
+# rust-toolchain.toml pins the toolchain of every build (docs/release.md). These machines cannot
+# download one: when the installed stable toolchain is that version, it is linked under the
+# pinned name, so rustup finds it in this tree instead of trying to fetch it.
+if command -v rustup >/dev/null 2>&1; then
+  pinned=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$(dirname "$0")/../rust-toolchain.toml")
+  if ! (cd / && rustup toolchain list) | grep -q "^$pinned-"; then
+    stable=$(cd / && RUSTUP_TOOLCHAIN=stable rustc -vV)
+    if [[ $(sed -n 's/^release: //p' <<<"$stable") == "$pinned" ]]; then
+      host=$(sed -n 's/^host: //p' <<<"$stable")
+      echo "setup: linking the stable toolchain as $pinned (rust-toolchain.toml)" >&2
+      ln -sfn "$(cd / && RUSTUP_TOOLCHAIN=stable rustc --print sysroot)" "${RUSTUP_HOME:-$HOME/.rustup}/toolchains/$pinned-$host"
+    else
+      echo "setup: rust-toolchain.toml pins $pinned, which is not installed: rustup will try to fetch it" >&2
+    fi
+  fi
+fi
+
 missing=()
 need() { # need COMMAND PACKAGE
   command -v "$1" >/dev/null 2>&1 || missing+=("$2")
@@ -95,3 +112,15 @@ if [[ ! -d $mcp_dir/node_modules/@modelcontextprotocol/sdk || $mcp_dir/package-l
   echo "setup: installing the MCP SDK for the tests" >&2
   (cd "$mcp_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
+
+# The release tools, from crates.io at pinned versions (docs/release.md): cargo-deny for
+# `make lint`, cargo-cyclonedx for `make sbom`. Built from source: these machines reach no
+# release downloads.
+cargo_tool() { # cargo_tool COMMAND CRATE VERSION
+  if ! { command -v "$1" >/dev/null 2>&1 && "$1" --version 2>/dev/null | grep -qF "$3"; }; then
+    echo "setup: installing $2 $3 (cargo install, a few minutes)" >&2
+    (cd / && cargo install --quiet --locked "$2" --version "$3")
+  fi
+}
+cargo_tool cargo-deny cargo-deny 0.0.0-unset
+cargo_tool cargo-cyclonedx cargo-cyclonedx 0.5.9

@@ -56,11 +56,14 @@ pub struct AgentOptions {
     pub extra_args: Vec<String>,
     /// Extra environment of the agent process.
     pub env: Vec<(String, String)>,
+    /// Started as systemd starts it from bkg-agent.socket: `systemd-socket-activate` makes and
+    /// listens on the socket, and the agent serves the descriptor it is handed (LISTEN_FDS).
+    pub socket_activated: bool,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { warm_pool: 1, extra_args: Vec::new(), env: Vec::new() }
+        Self { warm_pool: 1, extra_args: Vec::new(), env: Vec::new(), socket_activated: false }
     }
 }
 
@@ -95,10 +98,18 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("agent log");
-        let child = Command::new(bin_dir().join("bkg-agent"))
+        let mut command = if options.socket_activated {
+            // It execs the agent, which keeps its pid: stopping and crashing work as without it.
+            let mut activate = Command::new("systemd-socket-activate");
+            activate.arg("--listen").arg(&self.socket).arg(bin_dir().join("bkg-agent"));
+            activate
+        } else {
+            let mut direct = Command::new(bin_dir().join("bkg-agent"));
+            direct.arg("--socket").arg(&self.socket);
+            direct
+        };
+        let child = command
             .arg("--foreground")
-            .arg("--socket")
-            .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir)
             .arg("--cgroup-dir")
