@@ -84,7 +84,7 @@ man: ## Write docs/man/: a page per command of bkg and bkgr (section 1) and bkg-
 
 # The release (docs/release.md): reproducible binaries, a tarball and a .deb, SBOMs, SLSA
 # provenance, SHA256SUMS and cosign-compatible signatures, all in dist/.
-.PHONY: release release-bins deb tarball sbom slsa sign verify repro-check
+.PHONY: release release-bins deb tarball sbom slsa sign verify repro-check deb-test
 
 release: release-bins ## dist/: tarball, .deb, SHA256SUMS, an SBOM per binary, provenance, signatures (reproducible)
 	rm -rf dist
@@ -117,3 +117,6 @@ verify: ## Check dist/ (digests, signatures, provenance), then that one changed 
 
 repro-check: ## Build this commit again in another directory and compare with dist/ byte for byte (slow)
 	bash scripts/release/repro_check.sh
+
+deb-test: ## Install dist/'s .deb on a clean Debian (debootstrap + overlay), run hello.py through the socket-activated agent, purge (as root)
+	bash scripts/release/deb_test.sh

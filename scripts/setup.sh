@@ -116,11 +116,11 @@ fi
 # The release tools, from crates.io at pinned versions (docs/release.md): cargo-deny for
 # `make lint`, cargo-cyclonedx for `make sbom`. Built from source: these machines reach no
 # release downloads.
-cargo_tool() { # cargo_tool COMMAND CRATE VERSION
-  if ! { command -v "$1" >/dev/null 2>&1 && "$1" --version 2>/dev/null | grep -qF "$3"; }; then
-    echo "setup: installing $2 $3 (cargo install, a few minutes)" >&2
-    (cd / && cargo install --quiet --locked "$2" --version "$3")
+cargo_tool() { # cargo_tool CRATE VERSION
+  if ! (cd / && cargo install --list) | grep -qxF "$1 v$2:"; then
+    echo "setup: installing $1 $2 (cargo install, a few minutes)" >&2
+    (cd / && cargo install --quiet --locked "$1" --version "$2")
   fi
 }
-cargo_tool cargo-deny cargo-deny 0.0.0-unset
-cargo_tool cargo-cyclonedx cargo-cyclonedx 0.5.9
+cargo_tool cargo-deny 0.20.2
+cargo_tool cargo-cyclonedx 0.5.9

@@ -31,15 +31,25 @@ glibc_floor() {
   done | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1
 }
 
+# The package's Maintainer: set DEB_MAINTAINER for a real address.
+DEB_MAINTAINER=${DEB_MAINTAINER:-bkg maintainers <maintainers@bkg.invalid>}
+
 make_deb() {
   local stage=$work/deb
   stage_tree "$stage" usr
+  install -d -m 0755 "$stage/usr/share/lintian/overrides"
+  install -m 0644 "$ROOT/packaging/deb/lintian-overrides" "$stage/usr/share/lintian/overrides/bkg"
+  # A native package's changelog: one entry for the commit, dated by it.
+  printf 'bkg (%s) unstable; urgency=medium\n\n  * Built from commit %s.\n\n -- %s  %s\n' \
+    "$VERSION" "$(git -C "$ROOT" rev-parse HEAD)" "$DEB_MAINTAINER" \
+    "$(LC_ALL=C date -u -R -d "@$SOURCE_DATE_EPOCH")" | gzip -9n >"$stage/usr/share/doc/bkg/changelog.gz"
+  chmod 0644 "$stage/usr/share/doc/bkg/changelog.gz"
   install -d -m 0755 "$stage/DEBIAN"
   local installed_kib
   # Apparent sizes, as dpkg-gencontrol counts them: the same on every filesystem.
   installed_kib=$(find "$stage" -path "$stage/DEBIAN" -prune -o -type f -printf '%s\n' |
     awk '{ total += int(($1 + 1023) / 1024) } END { print total }')
-  sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$DEB_ARCH/" -e "s/@INSTALLED_SIZE@/$installed_kib/" \
+  sed -e "s/@VERSION@/$VERSION/" -e "s/@MAINTAINER@/$DEB_MAINTAINER/" -e "s/@ARCH@/$DEB_ARCH/" -e "s/@INSTALLED_SIZE@/$installed_kib/" \
     -e "s/@DEPENDS@/libc6 (>= $(glibc_floor))/" "$ROOT/packaging/deb/control.in" >"$stage/DEBIAN/control"
   echo /etc/bkg/agent.env >"$stage/DEBIAN/conffiles"
   install -m 0755 "$ROOT"/packaging/deb/{postinst,prerm,postrm} "$stage/DEBIAN/"
