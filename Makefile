@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help setup build release test schema-validate security lint fmt demo bench soak clean
+.PHONY: help setup build build-release test schema-validate security lint fmt demo bench soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -14,7 +14,7 @@ setup: ## Install the system packages bkg and its tests need (idempotent; Debian
 build: ## Debug build of every binary
 	$(CARGO) build --workspace --locked
 
-release: ## Optimised build: target/release/{bkg,bkgr,bkg-agent}
+build-release: ## Optimised build for this machine: target/release/{bkg,bkgr,bkg-agent} (`make release` makes the published one)
 	$(CARGO) build --workspace --release --locked
 
 test: setup build ## Every test: unit, integration, end-to-end, schema and API checks, the security suite (as root)
@@ -33,14 +33,15 @@ schema-validate: ## Validate examples/ against schema/cave.schema.json with ajv 
 security: build ## The threat-matrix suite (docs/security.md); skips count as failures
 	BKG_SECURITY_STRICT=1 python3 -m pytest -q security/
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt, clippy (warnings are errors), cargo-deny (licences, bans, duplicates, sources, advisories: deny.toml)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	bash scripts/release/deny.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-demo: setup release ## Run examples/hello.py in a sandbox (starts an agent if none runs)
+demo: setup build-release ## Run examples/hello.py in a sandbox (starts an agent if none runs)
 	./target/release/bkg exe examples/hello.py
 
 soak: setup build ## About 10 minutes of mixed load, hostile clients and agent restarts; fails on leftovers or open records (bench/soak.py)
@@ -80,3 +81,42 @@ completions: ## Write completions/ (bash, zsh, fish) for bkg, bkgr and bkg-agent
 
 man: ## Write docs/man/: a page per command of bkg and bkgr (section 1) and bkg-agent (section 8)
 	$(CARGO) run -p xtask --locked -- man
+
+# The release (docs/release.md): reproducible binaries, a tarball and a .deb, SBOMs, SLSA
+# provenance, SHA256SUMS and cosign-compatible signatures, all in dist/.
+.PHONY: release release-bins deb tarball sbom slsa sign verify repro-check deb-test
+
+release: release-bins ## dist/: tarball, .deb, SHA256SUMS, an SBOM per binary, provenance, signatures (reproducible)
+	rm -rf dist
+	bash scripts/release/package.sh
+	bash scripts/release/sbom.sh
+	bash scripts/release/slsa.sh
+	bash scripts/release/sign.sh
+
+release-bins: ## The three binaries, built reproducibly into target/dist/release
+	bash scripts/release/build.sh
+
+deb: release-bins ## dist/bkg_VERSION_ARCH.deb: binaries, completions, man pages, systemd unit and socket, /etc/bkg
+	bash scripts/release/package.sh deb
+
+tarball: release-bins ## dist/bkg-VERSION-TRIPLE.tar.gz: the same files, to unpack under /usr/local
+	bash scripts/release/package.sh tarball
+
+sbom: ## dist/NAME.cdx.json: a CycloneDX SBOM per binary (cargo-cyclonedx)
+	bash scripts/release/sbom.sh
+
+slsa: ## dist/bkg-VERSION.intoto.json: in-toto statement with SLSA v1 provenance of dist/
+	bash scripts/release/slsa.sh
+
+sign: ## dist/SHA256SUMS and FILE.sig for every file (COSIGN_KEY, ./cosign.key or an ephemeral key)
+	bash scripts/release/sign.sh
+
+verify: ## Check dist/ (digests, signatures, provenance), then that one changed byte in any file fails it
+	bash scripts/release/verify.sh
+	bash scripts/release/verify_tamper.sh
+
+repro-check: ## Build this commit again in another directory and compare with dist/ byte for byte (slow)
+	bash scripts/release/repro_check.sh
+
+deb-test: ## Install dist/'s .deb on a clean Debian (debootstrap + overlay), run hello.py through the socket-activated agent, purge (as root)
+	bash scripts/release/deb_test.sh

@@ -70,12 +70,26 @@ impl Agent {
     }
 
     pub fn start_with(options: AgentOptions) -> Self {
+        let mut agent = Self::unstarted();
+        agent.spawn(&options);
+        agent
+    }
+
+    /// Started as systemd starts it from bkg-agent.socket: `systemd-socket-activate` makes and
+    /// listens on the socket, and the agent serves the descriptor it is handed (LISTEN_FDS).
+    pub fn start_socket_activated() -> Self {
+        let mut agent = Self::unstarted();
+        agent.launch(&AgentOptions::default(), true);
+        agent
+    }
+
+    fn unstarted() -> Self {
         let dir = tempfile::Builder::new().prefix("bkg-e2e-").tempdir().expect("temp dir");
         let serial = NEXT_AGENT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{serial}", std::process::id());
         // A uid range of our own: sandboxes of parallel test agents never share a uid.
         let uid_base = 0x4000_0000 + ((std::process::id() * 8 + serial) % 8192) * 65_536;
-        let mut agent = Agent {
+        Agent {
             socket: dir.path().join("agent.sock"),
             state_dir: dir.path().join("state"),
             cgroup_dir: format!("bkg-test-{tag}"),
@@ -83,22 +97,32 @@ impl Agent {
             dir,
             child: None,
             crashed: false,
-        };
-        agent.spawn(&options);
-        agent
+        }
     }
 
     /// Starts (or restarts) the agent process with the same socket, state and cgroup dir.
     pub fn spawn(&mut self, options: &AgentOptions) {
+        self.launch(options, false);
+    }
+
+    fn launch(&mut self, options: &AgentOptions, socket_activated: bool) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("agent log");
-        let child = Command::new(bin_dir().join("bkg-agent"))
+        let mut command = if socket_activated {
+            // It execs the agent, which keeps its pid: stopping and crashing work as without it.
+            let mut activate = Command::new("systemd-socket-activate");
+            activate.arg("--listen").arg(&self.socket).arg(bin_dir().join("bkg-agent"));
+            activate
+        } else {
+            let mut direct = Command::new(bin_dir().join("bkg-agent"));
+            direct.arg("--socket").arg(&self.socket);
+            direct
+        };
+        let child = command
             .arg("--foreground")
-            .arg("--socket")
-            .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir)
             .arg("--cgroup-dir")

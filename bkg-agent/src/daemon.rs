@@ -382,7 +382,12 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the agent needs root to create namespaces, cgroups and loop devices; start it with sudo");
     }
-    let socket = args.socket.clone().unwrap_or_else(bkg_schema::paths::default_socket);
+    // A socket systemd made (bkg-agent.socket) is served as it is; its path replaces --socket.
+    let activated = crate::activation::take_passed_socket().context("systemd socket activation")?;
+    let socket = match &activated {
+        Some(passed) => passed.path.clone(),
+        None => args.socket.clone().unwrap_or_else(bkg_schema::paths::default_socket),
+    };
     let state_dir = args.state_dir.clone().unwrap_or_else(bkg_schema::paths::default_state_dir);
     let max = max_limits(&args)?;
     let mut defaults = Limits::DEFAULT;
@@ -401,7 +406,8 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     let host = host_check::report(&host_check::probe(&args.python, &args.node));
     let security_level = host_check::admit(&host, args.allow_degraded.unwrap_or(SecurityLevel::Strict))?;
 
-    if !args.foreground {
+    // systemd supervises an activated agent: it stays in the foreground, logging to the journal.
+    if !args.foreground && activated.is_none() {
         return detach(&state_dir, &socket);
     }
 
@@ -434,7 +440,8 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     let health_interval = Duration::from_millis(parse_duration_ms(&args.health_interval).context("--health-interval")?);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
-    runtime.block_on(serve(config, socket, api, health_interval))
+    let activated = activated.map(|passed| passed.listener);
+    runtime.block_on(serve(config, socket, activated, api, health_interval))
 }
 
 fn egress_policy(rules: &[String]) -> anyhow::Result<Vec<bkg_schema::egress::NetRule>> {
@@ -517,6 +524,7 @@ fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
 async fn serve(
     config: EngineConfig,
     socket: PathBuf,
+    activated: Option<std::os::unix::net::UnixListener>,
     api: ApiOptions,
     health_interval: Duration,
 ) -> anyhow::Result<()> {
@@ -527,8 +535,11 @@ async fn serve(
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("handle SIGTERM")?;
     let mut interrupt =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("handle SIGINT")?;
-    // Refuse early if another agent serves this socket: its sandboxes are not ours to clean.
-    if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+    // Refuse early if another agent serves this socket: its sandboxes are not ours to clean. An
+    // activated agent's socket answers already: systemd holds it, and queues connections until
+    // the agent accepts them below.
+    let owns_socket_file = activated.is_none();
+    if owns_socket_file && socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         bail!("another agent is already listening on {}", socket.display());
     }
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
@@ -557,7 +568,10 @@ async fn serve(
         }
         None => None,
     };
-    let listener = bind_socket(&socket, api.local.socket_group.as_ref())?;
+    let listener = match activated {
+        Some(passed) => tokio::net::UnixListener::from_std(passed).context("serve the socket systemd passed")?,
+        None => bind_socket(&socket, api.local.socket_group.as_ref())?,
+    };
     if let Some(group) = &api.local.socket_group {
         tracing::info!(group = %group.name, "members of the socket's group use the agent as themselves");
         let parent = socket.parent().and_then(|parent| std::fs::metadata(parent).ok());
@@ -749,7 +763,10 @@ async fn serve(
     {
         handle.stop().await;
     }
-    let _ = std::fs::remove_file(&socket);
+    // systemd keeps an activated socket, to start the agent again on the next connection.
+    if owns_socket_file {
+        let _ = std::fs::remove_file(&socket);
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! bkg-agent: the local privileged daemon that prepares and runs sandboxes, serves the API on a
 //! unix socket and keeps the run store.
 
+pub mod activation;
 pub mod api_doc;
 pub mod artefacts;
 pub mod audit;

@@ -1,5 +1,6 @@
 //! End-to-end tests of `bkg exe` against a real agent, as root. Each test starts its own agent.
 
+mod activation;
 mod api;
 mod artefacts;
 mod bkg_db;
