@@ -93,6 +93,12 @@ fn print_status(info: &AgentInfo) {
         "runs       {} active · {} warm sandboxes · {} cleanups pending",
         info.active_runs, info.warm_sandboxes, info.pending_cleanups
     );
+    println!(
+        "warm pool  {} of {} prepared · {} of memory",
+        info.warm_sandboxes,
+        info.warm_target,
+        format_size(info.warm_memory_bytes)
+    );
     println!("defaults   {}", limits(&info.default_limits));
     println!("maximum    {}", limits(&info.max_limits));
 }
