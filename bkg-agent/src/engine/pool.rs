@@ -1,9 +1,10 @@
 //! The warm pool: default-sized sandboxes prepared ahead, so a run starts in one instead of
 //! building its own. It is elastic: `--warm-pool N` is its size when idle; each run that finds
 //! it empty raises its target by one, up to what `--warm-pool-memory` holds (at the memory a
-//! prepared sandbox was measured to take); every `SHRINK_AFTER` without such a miss it steps
-//! back towards N, disposing of what is over. Sandboxes are prepared in parallel, at most one
-//! per CPU at a time. `--warm-pool 0` turns all of it off.
+//! prepared sandbox was measured to take) and to a quarter of the disk budget; every
+//! `SHRINK_AFTER` without such a miss it halves back towards N, disposing of what is over.
+//! Sandboxes are prepared in parallel, at most one per CPU at a time. `--warm-pool 0` turns all
+//! of it off.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,6 +18,9 @@ pub struct PoolConfig {
     pub base: usize,
     /// Memory all prepared sandboxes together may take when the pool grows beyond `base`.
     pub memory_bytes: u64,
+    /// The most the pool may grow to by disk: each prepared sandbox holds its disk limit of the
+    /// agent's disk budget, and growth must leave runs most of it.
+    pub max_by_disk: usize,
 }
 
 /// How long the pool keeps a grown target without a run finding it empty.
@@ -90,10 +94,10 @@ impl<T> WarmPool<T> {
         state.ready.len() as u64 * state.sandbox_bytes
     }
 
-    /// The largest target the memory bound allows (never below `base`).
+    /// The largest target the memory and disk bounds allow (never below `base`).
     fn ceiling(&self, state: &State<T>) -> usize {
         let by_memory = self.config.memory_bytes / state.sandbox_bytes.max(1);
-        (by_memory as usize).max(self.config.base)
+        (by_memory as usize).min(self.config.max_by_disk).max(self.config.base)
     }
 
     /// A prepared sandbox, if one is ready. Finding none is demand: the target grows by one.
@@ -185,7 +189,7 @@ mod tests {
     const MIB: u64 = 1024 * 1024;
 
     fn pool(base: usize, memory_bytes: u64) -> WarmPool<u32> {
-        WarmPool::new(PoolConfig { base, memory_bytes })
+        WarmPool::new(PoolConfig { base, memory_bytes, max_by_disk: usize::MAX })
     }
 
     /// Prepares what `plan_refill` asks for, numbering the sandboxes from `next`.
@@ -243,6 +247,15 @@ mod tests {
         assert_eq!(pool.target(), 4);
         fill(&pool, &mut next);
         assert_eq!(pool.ready(), 4);
+    }
+
+    #[test]
+    fn growth_leaves_runs_most_of_the_disk_budget() {
+        let pool = WarmPool::<u32>::new(PoolConfig { base: 1, memory_bytes: 64 * MIB, max_by_disk: 3 });
+        for _ in 0..10 {
+            assert_eq!(pool.take(), None);
+        }
+        assert_eq!(pool.target(), 3);
     }
 
     #[test]
