@@ -171,7 +171,10 @@ async fn format(path: &Path, bytes: u64, owner: u32) -> Result<(), DiskError> {
         .await
         .map_err(io_error("run mkfs.ext4"))?;
     if !output.status.success() {
-        return Err(DiskError::Tool { tool: "mkfs.ext4", message: String::from_utf8_lossy(&output.stderr).trim().into() });
+        return Err(DiskError::Tool {
+            tool: "mkfs.ext4",
+            message: String::from_utf8_lossy(&output.stderr).trim().into(),
+        });
     }
     Ok(())
 }

@@ -201,10 +201,8 @@ impl Engine {
                 base: config.warm_pool,
                 memory_bytes: config.warm_pool_memory,
                 // A quarter of the budget at most: the rest stays for runs of any disk size.
-                max_by_disk: usize::try_from(
-                    config.capacity.disk_budget / 4 / config.default_limits.disk_bytes.max(1),
-                )
-                .unwrap_or(usize::MAX),
+                max_by_disk: usize::try_from(config.capacity.disk_budget / 4 / config.default_limits.disk_bytes.max(1))
+                    .unwrap_or(usize::MAX),
             }),
             pool_keeper: AtomicBool::new(false),
             closing: AtomicBool::new(false),
