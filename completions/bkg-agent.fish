@@ -1,6 +1,7 @@
 complete -c bkg-agent -l socket -d 'Unix socket to serve the API on (mode 0600)' -r -F
 complete -c bkg-agent -l state-dir -d 'Directory for the run store and sandbox disk images' -r -F
-complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-sized runs (0 turns the pool off)' -r
+complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-sized runs when idle; the pool grows while runs find it empty and shrinks back when they stop (0 turns the pool off)' -r
+complete -c bkg-agent -l warm-pool-memory -d 'Memory the warm pool\'s prepared sandboxes together may take as it grows with demand' -r
 complete -c bkg-agent -l max-cpus -d 'Highest CPU count a run may ask for' -r
 complete -c bkg-agent -l max-memory -d 'Highest memory limit a run may ask for' -r
 complete -c bkg-agent -l max-timeout -d 'Highest timeout a run may ask for' -r
