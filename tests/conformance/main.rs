@@ -56,12 +56,8 @@ impl Seen {
 }
 
 fn feed(mut command: Command) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the run");
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the run");
     child.stdin.take().expect("stdin").write_all(STDIN.as_bytes()).expect("write stdin");
     child.wait_with_output().expect("wait for the run")
 }
@@ -132,7 +128,6 @@ impl Agents {
         bare
     }
 }
-
 
 #[test]
 fn python_sees_the_same_start_bare_cold_and_warm() {
