@@ -36,16 +36,17 @@ NODE=/usr/bin/node
 HOSTPY=/usr/bin/python3
 
 WARMUP=5
+ROUNDS=5           # hyperfine invocations per language, every command in each (interleaving)
 if ((QUICK)); then
-    RUNS=10        # hyperfine runs per command
-    TP_TOTAL=16    # runs per throughput level (divisible by 1, 2, 4, 8)
+    RUNS=10        # hyperfine runs per command, over all rounds (divisible by ROUNDS)
+    TP_TOTAL=32    # runs per throughput cell (divisible by every CONCURRENCY level)
     JSON_RUNS=5    # `bkg exe --json` runs for the agent-side timing
 else
     RUNS=30
-    TP_TOTAL=40
+    TP_TOTAL=96
     JSON_RUNS=20
 fi
-CONCURRENCY=(1 2 4 8)
+CONCURRENCY=(1 2 8 32)
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -197,22 +198,25 @@ start_agent() {
 }
 
 # Two agents side by side: the one under test with the default warm pool, and one without a pool
-# (own cgroup directory and uid range so their sandboxes never overlap).
+# (own cgroup directory and uid range so their sandboxes never overlap). The disk budget counts
+# disk limits, not bytes written (the images are sparse): at 32 clients the default (80% of the
+# free space) can be spent by limits alone on a small disk, and a refused run measures nothing.
 log "starting agents"
-start_agent warm 2 --cgroup-dir bkg-bench
+start_agent warm 2 --cgroup-dir bkg-bench --disk-budget 64GiB
 WARM_PID=$STARTED_PID
 WARM_SOCK=$TMP/warm/agent.sock
-start_agent cold 0 --cgroup-dir bkg-bench-cold --uid-base 1880000000
+start_agent cold 0 --cgroup-dir bkg-bench-cold --uid-base 1880000000 --disk-budget 64GiB
 COLD_PID=$STARTED_PID
 COLD_SOCK=$TMP/cold/agent.sock
 export BKG_NO_AUTOSTART=1 BKG_SOCKET=$WARM_SOCK
 
-# Every timed command runs in the environment a bkg sandbox gives its script (see the agent's
-# run plan), not the caller's: variables such as NODE_EXTRA_CA_CERTS (which makes node parse a CA
-# bundle at start-up, +60 ms) or PYTHONPATH would otherwise skew the baselines only.
+# Every timed command, baseline or bkg, runs in one clean environment: `env -i PATH=/usr/bin:/bin`
+# plus the few variables a bkg sandbox gives its script (engine/request.rs), not the caller's:
+# variables such as NODE_EXTRA_CA_CERTS (which makes node parse a CA bundle at start-up, +40 ms)
+# or PYTHONPATH would otherwise skew the baselines only.
 mkdir -p "$TMP/home"
-CLEAN_ENV=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$TMP/home" TMPDIR=/tmp LANG=C.UTF-8
-    USER=root PYTHONUNBUFFERED=1 BKG_NO_AUTOSTART=1)
+CLEAN_ENV=(env -i PATH=/usr/bin:/bin HOME="$TMP/home" LANG=C.UTF-8 PYTHONUNBUFFERED=1
+    BKG_NO_AUTOSTART=1)
 "$BKG" agent status --json --socket "$WARM_SOCK" >"$RAW/agent-status.json"
 
 sleep 1
@@ -251,18 +255,24 @@ quote() { local out; printf -v out '%q ' "$@"; echo "${out% }"; }
 printf '%s\n' "$(quote "${BWRAP[@]}" "$PYTHON" /w/hello.py)" >"$RAW/bwrap-command.txt"
 printf '%s\n' "$(quote "${UNSHARE[@]}" "$PYTHON" "$EXAMPLES/hello.py")" >"$RAW/unshare-command.txt"
 
-# startup LANG INTERPRETER SCRIPT
+# startup LANG INTERPRETER SCRIPT: ROUNDS hyperfine invocations, each timing every command
+# (baselines and bkg) for RUNS/ROUNDS runs, so slow drift of the machine (neighbours, thermal)
+# falls on all of them alike; summarize.py merges the rounds' times per command.
 startup() {
-    local lang=$1 interp=$2 script=$3
-    wait_pool "$WARM_SOCK" 2
-    log "startup, $lang: hyperfine, $WARMUP warmup + $RUNS runs per command"
-    "${CLEAN_ENV[@]}" hyperfine -N --style basic --warmup "$WARMUP" --runs "$RUNS" \
-        --export-json "$RAW/startup-$lang.json" \
-        -n "bare" "$(quote "$interp" "$EXAMPLES/$script")" \
-        -n "unshare" "$(quote "${UNSHARE[@]}" "$interp" "$EXAMPLES/$script")" \
-        -n "bwrap" "$(quote "${BWRAP[@]}" "$interp" "/w/$script")" \
-        -n "bkg-warm" "$(quote "$BKG" exe --socket "$WARM_SOCK" "$EXAMPLES/$script")" \
-        -n "bkg-pool0" "$(quote "$BKG" exe --socket "$COLD_SOCK" "$EXAMPLES/$script")" >&2
+    local lang=$1 interp=$2 script=$3 round warmup
+    log "startup, $lang: $ROUNDS interleaved hyperfine rounds, $((RUNS / ROUNDS)) runs per command each"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        wait_pool "$WARM_SOCK" 2
+        warmup=1
+        ((round == 1)) && warmup=$WARMUP
+        "${CLEAN_ENV[@]}" hyperfine -N --style basic --warmup "$warmup" --runs "$((RUNS / ROUNDS))" \
+            --export-json "$RAW/startup-$lang-round$round.json" \
+            -n "bare" "$(quote "$interp" "$EXAMPLES/$script")" \
+            -n "unshare" "$(quote "${UNSHARE[@]}" "$interp" "$EXAMPLES/$script")" \
+            -n "bwrap" "$(quote "${BWRAP[@]}" "$interp" "/w/$script")" \
+            -n "bkg-warm" "$(quote "$BKG" exe --socket "$WARM_SOCK" "$EXAMPLES/$script")" \
+            -n "bkg-pool0" "$(quote "$BKG" exe --socket "$COLD_SOCK" "$EXAMPLES/$script")" >&2
+    done
 }
 mark start
 startup python "$PYTHON" hello.py
@@ -315,15 +325,30 @@ throughput() {
         >>"$RAW/throughput.tsv"
 }
 
+# agent_cpu NAME PID: the agent's own CPU time (utime + stime) and that of the children it has
+# reaped (cutime + cstime: the sandboxes' inits, which include the code they reaped), in clock
+# ticks, appended to agent-cpu.tsv with NAME.
+agent_cpu() {
+    local fields
+    read -ra fields <"/proc/$2/stat"
+    # /proc/PID/stat: (comm) holds no space for bkg-agent, so utime is field 14 (index 13).
+    printf '%s\t%s\t%s\t%s\n' "$1" "$((fields[13] + fields[14]))" "$((fields[15] + fields[16]))" \
+        "$(getconf CLK_TCK)" >>"$RAW/agent-cpu.tsv"
+}
+
 mark agent-side
-log "throughput: $TP_TOTAL hello.py runs per tool and concurrency level"
+log "throughput: $TP_TOTAL \`-c pass\` runs per tool and concurrency level"
 for conc in "${CONCURRENCY[@]}"; do
     log "  concurrency $conc"
-    throughput bare "$conc" "$TP_TOTAL" "$PYTHON" "$EXAMPLES/hello.py"
-    throughput bwrap "$conc" "$TP_TOTAL" "${BWRAP[@]}" "$PYTHON" /w/hello.py
+    throughput bare "$conc" "$TP_TOTAL" "$PYTHON" -c pass
+    throughput bwrap "$conc" "$TP_TOTAL" "${BWRAP[@]}" "$PYTHON" -c pass
     wait_pool "$WARM_SOCK" 2
-    throughput bkg-warm "$conc" "$TP_TOTAL" "$BKG" exe --socket "$WARM_SOCK" "$EXAMPLES/hello.py"
-    throughput bkg-pool0 "$conc" "$TP_TOTAL" "$BKG" exe --socket "$COLD_SOCK" "$EXAMPLES/hello.py"
+    agent_cpu "before bkg-warm $conc" "$WARM_PID"
+    throughput bkg-warm "$conc" "$TP_TOTAL" "$BKG" exe --socket "$WARM_SOCK" -t python -c pass
+    agent_cpu "after bkg-warm $conc" "$WARM_PID"
+    agent_cpu "before bkg-pool0 $conc" "$COLD_PID"
+    throughput bkg-pool0 "$conc" "$TP_TOTAL" "$BKG" exe --socket "$COLD_SOCK" -t python -c pass
+    agent_cpu "after bkg-pool0 $conc" "$COLD_PID"
 done
 
 mark throughput
@@ -339,7 +364,7 @@ stop_agents
 "$HOSTPY" bench/procmem.py --cpu-busy 2 >"$RAW/cpu-busy-end.txt"
 
 "$HOSTPY" bench/summarize.py --raw "$RAW" --out "$RESULTS/latest.json" \
-    --markdown "$RESULTS/latest.md" --quick "$QUICK" --runs "$RUNS" --warmup "$WARMUP" \
+    --markdown "$RESULTS/latest.md" --quick "$QUICK" --runs "$RUNS" --warmup "$WARMUP" --rounds "$ROUNDS" \
     --bkg "$BKG" --python "$PYTHON" --node "$NODE"
 cat "$RESULTS/latest.md"
 log "wrote $RESULTS/latest.json and $RESULTS/latest.md"

@@ -23,7 +23,10 @@ SUBJECTS = [
     ("bkg-pool0", "bkg exe, agent --warm-pool 0"),
 ]
 THROUGHPUT_TOOLS = ["bare", "bwrap", "bkg-warm", "bkg-pool0"]
-LIMIT, GOAL = 1.5, 1.15  # issue targets for warm `bkg exe hello.py` vs bare python3
+# Issue 16's targets: warm start-up ratios (at most), throughput ratios (at least), idle RSS.
+STARTUP_TARGETS = {"python": 0.7, "node": 0.5}
+THROUGHPUT_TARGET = 1.3  # bkg warm vs bare python3 at 2 and 8 clients
+IDLE_RSS_TARGET_MIB = 20
 
 
 def run(*cmd):
@@ -110,18 +113,25 @@ def versions(args):
 
 
 def startup(raw, lang):
-    data = load_json(raw / f"startup-{lang}.json")
-    if not data:
+    """Every command's times over all interleaved rounds (startup-LANG-roundN.json), merged."""
+    times = {}
+    rounds = sorted(raw.glob(f"startup-{lang}-round*.json"))
+    for path in rounds:
+        data = load_json(path) or {"results": []}
+        for r in data["results"]:
+            times.setdefault(r["command"], []).extend(r.get("times", []))
+    if not times:
         return None
     by_name = {}
-    for r in data["results"]:
-        by_name[r["command"]] = {
-            "median_ms": round(r["median"] * 1000, 2),
-            "mean_ms": round(r["mean"] * 1000, 2),
-            "stddev_ms": round((r.get("stddev") or 0) * 1000, 2),
-            "min_ms": round(r["min"] * 1000, 2),
-            "max_ms": round(r["max"] * 1000, 2),
-            "runs": len(r.get("times", [])),
+    for name, ts in times.items():
+        by_name[name] = {
+            "median_ms": round(statistics.median(ts) * 1000, 2),
+            "mean_ms": round(statistics.mean(ts) * 1000, 2),
+            "stddev_ms": round((statistics.stdev(ts) if len(ts) > 1 else 0) * 1000, 2),
+            "min_ms": round(min(ts) * 1000, 2),
+            "max_ms": round(max(ts) * 1000, 2),
+            "runs": len(ts),
+            "rounds": len(rounds),
         }
     bare, bwrap = by_name.get("bare"), by_name.get("bwrap")
     for r in by_name.values():
@@ -178,6 +188,33 @@ def throughput(raw):
             t["ratio_vs_bare"] = ratio(t["runs_per_s"], bare)
             t["ratio_vs_bwrap"] = ratio(t["runs_per_s"], bwrap)
         out.append({"concurrency": conc, "tools": tools})
+    return out
+
+
+def agent_cpu(raw, tp):
+    """Agent CPU per run in each bkg throughput cell, from /proc/PID/stat before and after it:
+    the agent process itself, and with the children it reaped (the sandboxes' inits, which
+    include the interpreter they reaped)."""
+    path = raw / "agent-cpu.tsv"
+    if not path.exists():
+        return []
+    rows = {}
+    for line in path.read_text().splitlines():
+        label, own, children, hz = line.split("\t")
+        when, name, conc = label.split()
+        rows[(name, int(conc), when)] = (int(own), int(children), int(hz))
+    runs = {(name, lvl["concurrency"]): t["runs"] for lvl in tp for name, t in lvl["tools"].items()}
+    out = []
+    for (name, conc, when), (own1, ch1, hz) in sorted(rows.items()):
+        if when != "after" or (name, conc, "before") not in rows:
+            continue
+        own0, ch0, _ = rows[(name, conc, "before")]
+        n = runs.get((name, conc))
+        if not n:
+            continue
+        out.append({"agent": name, "concurrency": conc, "runs": n,
+                    "agent_cpu_ms_per_run": round((own1 - own0) * 1000 / hz / n, 2),
+                    "with_sandboxes_cpu_ms_per_run": round((own1 - own0 + ch1 - ch0) * 1000 / hz / n, 2)})
     return out
 
 
@@ -263,7 +300,8 @@ def markdown(doc):
         f"{doc['date'][:10]}, bkg {v['bkg_git_rev']}{' (dirty tree)' if v['bkg_tree_dirty'] else ''}"
         f"{'' if v['built_by_run'] else ' (--no-build, binaries of ' + str(v['bkg_agent_binary_mtime']) + ')'}, "
         f"{v['python']}, Node {v['node']}, {v['hyperfine']} "
-        f"(-N, {doc['hyperfine']['warmup']} warmup + {doc['hyperfine']['runs']} runs)"
+        f"(-N, {doc['hyperfine']['warmup']} warmup + {doc['hyperfine']['runs']} runs per command in "
+        f"{doc['hyperfine']['rounds']} interleaved rounds)"
         f"{', QUICK run' if doc['quick'] else ''}.")
     for lang, script in (("python", "hello.py"), ("node", "hello.js")):
         res = doc["startup"].get(lang)
@@ -288,19 +326,18 @@ def markdown(doc):
                   "each phase ran (share of all CPUs; > 5% means that phase is disturbed): " +
                   ", ".join(f"{k} {pct(v['other_processes'])} / {pct(v['steal'])}"
                             for k, v in nb.items()) + "."]
-    t = doc["targets"]
-    if t.get("warm_vs_bare_python") is not None:
-        verdict = ("meets the goal" if t["meets_goal"] else
-                   "within the limit, above the goal" if t["meets_limit"] else "ABOVE the limit")
-        lines += ["", f"Target: warm `bkg exe hello.py` = {fx(t['warm_vs_bare_python'])} bare "
-                  f"python3 (limit ≤ {LIMIT}×, goal {GOAL}×): {verdict}."]
+    if doc["targets"]:
+        lines += ["", "Issue 16's targets:", ""]
+        for t in doc["targets"]:
+            verdict = "met" if t["met"] else "NOT met" if t["met"] is not None else "not measured"
+            lines.append(f"- {t['what']}: {t['value']} (target {t['target']}): {verdict}")
     if doc["throughput"]:
         runs = doc["throughput"][0]["tools"].get("bare", {}).get("runs")
-        lines += ["", f"Throughput, `hello.py` runs/s ({runs} runs per cell split over N "
+        lines += ["", f"Throughput, `python3 -c pass` runs/s ({runs} runs per cell split over N "
                   "parallel clients):", "",
                   "| concurrency | bare python3 | bwrap | bkg warm (pool 2) | bkg pool 0 | "
-                  "bkg warm / bwrap |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  "bkg warm / bare | bkg warm / bwrap | bkg pool 0 / bwrap |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         failures = []
         for lvl in doc["throughput"]:
             tools = lvl["tools"]
@@ -310,11 +347,19 @@ def markdown(doc):
                 cells.append(f"{tr['runs_per_s']:.1f}" if tr else "–")
                 if tr and tr["failures"]:
                     failures.append(f"{name} ×{lvl['concurrency']}: {tr['failures']} failed")
-            warm = tools.get("bkg-warm")
+            warm, cold = tools.get("bkg-warm"), tools.get("bkg-pool0")
             lines.append(f"| {lvl['concurrency']} | " + " | ".join(cells) +
-                         f" | {fx(warm and warm['ratio_vs_bwrap'])} |")
+                         f" | {fx(warm and warm['ratio_vs_bare'])} | {fx(warm and warm['ratio_vs_bwrap'])}"
+                         f" | {fx(cold and cold['ratio_vs_bwrap'])} |")
         if failures:
             lines += ["", "FAILED runs: " + "; ".join(failures) + "."]
+    if doc["agent_cpu"]:
+        lines += ["", "Agent CPU per `bkg exe -c pass` run (from /proc/PID/stat over each throughput "
+                  "cell; with sandboxes = plus the children it reaped: sandbox inits and the interpreter):", "",
+                  "| agent | concurrency | agent ms/run | with sandboxes ms/run |", "|---|---:|---:|---:|"]
+        for r in doc["agent_cpu"]:
+            lines.append(f"| {r['agent']} | {r['concurrency']} | {r['agent_cpu_ms_per_run']:.1f} | "
+                         f"{r['with_sandboxes_cpu_ms_per_run']:.1f} |")
     mem = doc["memory"]
     s, d = mem["snapshots"], mem["derived"]
     if s:
@@ -355,6 +400,29 @@ def markdown(doc):
     return "\n".join(lines) + "\n"
 
 
+def targets(doc):
+    out = []
+    for lang, limit in STARTUP_TARGETS.items():
+        w = ((doc["startup"].get(lang) or {}).get("bkg-warm") or {}).get("ratio_vs_bare")
+        out.append({"what": f"warm bkg exe hello ({lang}) / bare", "value": fx(w), "target": f"≤ {limit}×",
+                    "met": None if w is None else w <= limit})
+    for lvl in doc["throughput"]:
+        if lvl["concurrency"] not in (2, 8):
+            continue
+        tools = lvl["tools"]
+        warm = (tools.get("bkg-warm") or {}).get("ratio_vs_bare")
+        cold = (tools.get("bkg-pool0") or {}).get("ratio_vs_bwrap")
+        out.append({"what": f"bkg warm runs/s / bare at {lvl['concurrency']} clients", "value": fx(warm),
+                    "target": f"≥ {THROUGHPUT_TARGET}×", "met": None if warm is None else warm >= THROUGHPUT_TARGET})
+        out.append({"what": f"bkg pool 0 runs/s / bwrap at {lvl['concurrency']} clients", "value": fx(cold),
+                    "target": "≥ 1.00×", "met": None if cold is None else cold >= 1.0})
+    idle = doc["memory"]["snapshots"].get("warm-idle")
+    rss = idle and idle["agent_rss_kib"] / 1024
+    out.append({"what": "agent process idle RSS, pool full", "value": f"{rss:.1f} MiB" if rss else "–",
+                "target": f"< {IDLE_RSS_TARGET_MIB} MiB", "met": None if rss is None else rss < IDLE_RSS_TARGET_MIB})
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--raw", required=True, type=Path)
@@ -363,6 +431,7 @@ def main():
     ap.add_argument("--quick", type=int, default=0)
     ap.add_argument("--runs", type=int, required=True)
     ap.add_argument("--warmup", type=int, required=True)
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--bkg", default="bkg")
     ap.add_argument("--python", default="/usr/bin/python3")
     ap.add_argument("--node", default="/usr/bin/node")
@@ -379,26 +448,20 @@ def main():
         "schema": "bkg-bench/1",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": bool(args.quick),
-        "hyperfine": {"runs": args.runs, "warmup": args.warmup, "shell": "none (-N)"},
+        "hyperfine": {"runs": args.runs, "warmup": args.warmup, "rounds": args.rounds, "shell": "none (-N)"},
         "machine": machine(raw),
         "versions": versions(args),
         "commands": {"bwrap": text("bwrap-command.txt"), "unshare": text("unshare-command.txt")},
         "startup": {lang: startup(raw, lang) for lang in ("python", "node")},
         "agent_side": {"python": agent_side(raw, "hello-py"), "node": agent_side(raw, "hello-js")},
         "throughput": throughput(raw),
+        "agent_cpu": [],
         "memory": memory(raw),
         "agent_start": agent_start(raw),
         "cpu_share_by_phase": neighbours(raw),
     }
-    py = doc["startup"].get("python") or {}
-    w = py.get("bkg-warm", {}).get("ratio_vs_bare")
-    doc["targets"] = {
-        "warm_vs_bare_python": w,
-        "limit": LIMIT,
-        "goal": GOAL,
-        "meets_limit": w is not None and w <= LIMIT,
-        "meets_goal": w is not None and w <= GOAL,
-    }
+    doc["agent_cpu"] = agent_cpu(raw, doc["throughput"])
+    doc["targets"] = targets(doc)
     md = markdown(doc)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     args.markdown.write_text(md)

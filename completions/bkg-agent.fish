@@ -4,7 +4,8 @@ complete -c bkg-agent -l admin-group -d 'Members of this group are admins on the
 complete -c bkg-agent -l user-namespace -d 'The namespace of a member of the socket\'s group; `{name}` is their login name' -r
 complete -c bkg-agent -l user-limit -d 'What one local user may ask for (repeatable): `cpus=`, `memory=`, `timeout=`, `disk=` cap each run; `sandboxes=N` the persistent sandboxes they keep; `disk-budget=SIZE` those sandboxes\' disk limits summed' -r
 complete -c bkg-agent -l state-dir -d 'Directory for the run store and sandbox disk images' -r -F
-complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-sized runs (0 turns the pool off)' -r
+complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-sized runs when idle; the pool grows while runs find it empty and shrinks back when they stop (0 turns the pool off)' -r
+complete -c bkg-agent -l warm-pool-memory -d 'Memory the warm pool\'s prepared sandboxes together may take as it grows with demand' -r
 complete -c bkg-agent -l max-cpus -d 'Highest CPU count a run may ask for' -r
 complete -c bkg-agent -l max-memory -d 'Highest memory limit a run may ask for' -r
 complete -c bkg-agent -l max-timeout -d 'Highest timeout a run may ask for; `none` lets persistent sandboxes run without one (`timeout: none` in cave.yaml, for services)' -r

@@ -58,9 +58,13 @@ pub struct AgentArgs {
     /// STATE_DIR/agent.log).
     #[arg(long)]
     pub foreground: bool,
-    /// Prepared sandboxes kept warm for default-sized runs (0 turns the pool off).
+    /// Prepared sandboxes kept warm for default-sized runs when idle; the pool grows while runs
+    /// find it empty and shrinks back when they stop (0 turns the pool off).
     #[arg(long, default_value_t = 2, env = "BKG_WARM_POOL")]
     pub warm_pool: usize,
+    /// Memory the warm pool's prepared sandboxes together may take as it grows with demand.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", env = "BKG_WARM_POOL_MEMORY")]
+    pub warm_pool_memory: String,
     /// Highest CPU count a run may ask for.
     #[arg(long, default_value = "available CPUs")]
     pub max_cpus: String,
@@ -430,6 +434,7 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         python: args.python,
         node: args.node,
         warm_pool: args.warm_pool,
+        warm_pool_memory: parse_size(&args.warm_pool_memory).context("--warm-pool-memory")?,
         uid_base: args.uid_base,
         cgroup_dir: args.cgroup_dir,
         capacity: capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?,
@@ -757,7 +762,7 @@ async fn serve(
             "runs or cleanups still going at shutdown"
         );
     }
-    engine.remove_cgroup_dirs();
+    engine.remove_own_dirs();
     if let Some((handle, _)) = sync
         && let Ok(handle) = Arc::try_unwrap(handle)
     {

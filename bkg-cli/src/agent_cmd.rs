@@ -114,6 +114,15 @@ fn describe(info: &AgentInfo) -> String {
             info.active_runs, info.warm_sandboxes, info.pending_cleanups
         ),
     );
+    line(
+        "warm pool",
+        format!(
+            "{} of {} prepared · {} of memory",
+            info.warm_sandboxes,
+            info.warm_target,
+            format_size(info.warm_memory_bytes)
+        ),
+    );
     line("defaults", limits(&info.default_limits));
     line("maximum", limits(&info.max_limits));
     text

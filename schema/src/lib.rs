@@ -437,6 +437,14 @@ pub struct AgentInfo {
     pub state_dir: String,
     pub cgroup_version: String,
     pub warm_sandboxes: usize,
+    /// How many prepared sandboxes the elastic warm pool aims to hold now: `--warm-pool` when
+    /// idle, more while runs find it empty.
+    #[serde(default)]
+    pub warm_target: usize,
+    /// Memory the warm pool's prepared sandboxes take together (each measured by its cgroup when
+    /// it was prepared); bounded by `--warm-pool-memory` as the pool grows.
+    #[serde(default)]
+    pub warm_memory_bytes: u64,
     pub active_runs: usize,
     /// Sandboxes whose cleanup is still under way.
     pub pending_cleanups: usize,

@@ -17,7 +17,7 @@ const MIN_KERNEL: (u32, u32) = (5, 12);
 const STRICT_LANDLOCK_ABI: i64 = 6;
 /// The cgroup v1 controllers the engine's v1 driver uses (cgroup/v1.rs, `V1Driver::new`).
 const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "freezer"];
-/// Where the engine looks for mkfs.ext4 (engine/sandbox.rs).
+/// Where the engine looks for mkfs.ext4 (engine/disk.rs).
 pub const MKFS_EXT4_PATHS: [&str; 2] = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"];
 
 /// The namespace kinds every sandbox gets (engine/init.rs unshares them).

@@ -5,6 +5,7 @@ pub mod capacity;
 pub mod cgroup;
 pub mod control;
 pub mod denials;
+pub mod disk;
 pub mod egress;
 pub mod handle;
 pub mod host_check;
@@ -14,6 +15,7 @@ pub mod lock;
 pub mod loopdev;
 pub mod netns;
 pub mod plan;
+pub mod pool;
 pub mod request;
 pub mod run;
 pub mod sandbox;
@@ -45,8 +47,10 @@ pub struct EngineConfig {
     pub max_limits: Limits,
     pub python: PathBuf,
     pub node: PathBuf,
-    /// How many default-sized sandboxes to keep prepared.
+    /// How many default-sized sandboxes to keep prepared when idle (see `pool.rs`).
     pub warm_pool: usize,
+    /// Memory the prepared sandboxes together may take when the pool grows with demand.
+    pub warm_pool_memory: u64,
     /// First host uid handed to sandboxes; each live sandbox takes `IDS_PER_SANDBOX`.
     pub uid_base: u32,
     /// Name of this agent's directory beneath its own cgroup.
@@ -73,7 +77,7 @@ pub enum EngineError {
     #[error("sandbox control channel: {0}")]
     Control(#[from] control::ControlError),
     #[error("making the disk image failed: {0}")]
-    DiskImage(String),
+    Disk(#[from] disk::DiskError),
     #[error(transparent)]
     Capacity(#[from] capacity::CapacityError),
     #[error(transparent)]
@@ -144,10 +148,11 @@ pub struct Engine {
     pub config: EngineConfig,
     host: HostLayout,
     cgroups: Box<dyn CgroupDriver>,
+    disks: disk::DiskTemplates,
     ids: Arc<IdSlots>,
-    warm: Mutex<Vec<PreparedSandbox>>,
-    /// Whether a refill task is preparing sandboxes; shutdown waits for it to see `closing`.
-    refilling: watch::Sender<bool>,
+    pool: pool::WarmPool<PreparedSandbox>,
+    /// Whether the task that shrinks an idle pool has been started.
+    pool_keeper: AtomicBool,
     closing: AtomicBool,
     active_runs: AtomicUsize,
     /// Sandboxes being disposed of; shutdown waits for 0 before removing the cgroup directories.
@@ -205,12 +210,20 @@ impl Engine {
             .iter()
             .map(|dir| lock::lock_cgroup_dir(std::path::Path::new(lock::LOCK_DIR), dir, &owner))
             .collect::<Result<Vec<_>, _>>()?;
+        let disks = disk::DiskTemplates::new(config.state_dir.join("disk-templates"))?;
         let engine = Arc::new(Self {
             host: HostLayout::discover(),
             cgroups,
+            disks,
             ids: Arc::new(IdSlots::new(config.uid_base)),
-            warm: Mutex::new(Vec::new()),
-            refilling: watch::Sender::new(false),
+            pool: pool::WarmPool::new(pool::PoolConfig {
+                base: config.warm_pool,
+                memory_bytes: config.warm_pool_memory,
+                // A quarter of the budget at most: the rest stays for runs of any disk size.
+                max_by_disk: usize::try_from(config.capacity.disk_budget / 4 / config.default_limits.disk_bytes.max(1))
+                    .unwrap_or(usize::MAX),
+            }),
+            pool_keeper: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             active_runs: AtomicUsize::new(0),
             cleanups: watch::Sender::new(0),
@@ -254,7 +267,17 @@ impl Engine {
     }
 
     pub fn warm_count(&self) -> usize {
-        self.warm.lock().map(|warm| warm.len()).unwrap_or(0)
+        self.pool.ready()
+    }
+
+    /// How many prepared sandboxes the pool aims to hold now (it grows with demand).
+    pub fn warm_target(&self) -> usize {
+        self.pool.target()
+    }
+
+    /// Memory of the prepared sandboxes waiting in the pool (as measured per sandbox).
+    pub fn warm_memory_bytes(&self) -> u64 {
+        self.pool.memory_bytes()
     }
 
     pub fn active_runs(&self) -> usize {
@@ -364,7 +387,7 @@ impl Engine {
         }
         if disk_bytes == self.config.default_limits.disk_bytes {
             loop {
-                let warm = self.warm.lock().ok().and_then(|mut warm| warm.pop());
+                let warm = self.pool.take();
                 self.refill();
                 let Some(sandbox) = warm else { break };
                 match sandbox.broken() {
@@ -405,45 +428,77 @@ impl Engine {
         });
     }
 
-    /// Tops the warm pool up in the background.
+    /// Tops the warm pool up in the background, preparing sandboxes in parallel.
     pub fn refill(self: &Arc<Self>) {
-        // Marks a refill as running unless one already is: at most one refill task at a time.
-        if self.config.warm_pool == 0
-            || !self.refilling.send_if_modified(|refilling| !std::mem::replace(refilling, true))
-        {
+        if self.pool.is_off() || self.is_closing() {
             return;
         }
-        let engine = Arc::clone(self);
-        tokio::spawn(async move {
-            while engine.warm_count() < engine.config.warm_pool && !engine.closing.load(Ordering::Acquire) {
-                match PreparedSandbox::prepare(&engine, engine.config.default_limits.disk_bytes, None).await {
-                    Ok(sandbox) => match engine.warm.lock() {
-                        Ok(mut warm) => warm.push(sandbox),
-                        Err(_) => break,
-                    },
+        self.start_pool_keeper();
+        for _ in 0..self.pool.plan_refill().start {
+            let engine = Arc::clone(self);
+            tokio::spawn(async move {
+                let disk_bytes = engine.config.default_limits.disk_bytes;
+                match PreparedSandbox::prepare(&engine, disk_bytes, None).await {
+                    Ok(sandbox) => {
+                        let bytes = sandbox.cgroup.usage().ok().map(|usage| usage.peak_memory_bytes);
+                        if engine.is_closing() {
+                            sandbox.dispose().await;
+                            engine.pool.preparation_ended();
+                            return;
+                        }
+                        if let Some(surplus) = engine.pool.add(sandbox, bytes) {
+                            engine.dispose_in_background(surplus, None);
+                        }
+                        // The next one, if the pool is still short (runs took some meanwhile).
+                        engine.refill();
+                    }
                     Err(error) => {
+                        // Not retried at once: the next run's claim tries again.
                         tracing::error!(%error, "could not prepare a warm sandbox");
-                        break;
+                        engine.pool.preparation_ended();
                     }
                 }
+            });
+        }
+    }
+
+    /// Starts (once) the task that steps an idle pool back to its base size.
+    fn start_pool_keeper(self: &Arc<Self>) {
+        if self.pool_keeper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(pool::SHRINK_AFTER / 2);
+            loop {
+                ticks.tick().await;
+                let Some(engine) = engine.upgrade() else { return };
+                if engine.is_closing() {
+                    return;
+                }
+                for surplus in engine.pool.shrink_if_idle(std::time::Instant::now()) {
+                    engine.dispose_in_background(surplus, None);
+                }
             }
-            engine.refilling.send_replace(false);
         });
     }
 
-    /// Removes the agent's own cgroup directories; the last step of a clean shutdown.
-    pub fn remove_cgroup_dirs(&self) {
+    /// Removes the agent's own cgroup directories and disk templates; the last step of a clean
+    /// shutdown.
+    pub fn remove_own_dirs(&self) {
         if let Err(error) = self.cgroups.remove_agent_dirs() {
             tracing::warn!(%error, "could not remove the agent's cgroup directories");
+        }
+        if let Err(error) = self.disks.remove() {
+            tracing::warn!(%error, "could not remove the disk templates");
         }
     }
 
     /// Stops refilling and disposes of every warm sandbox (agent shutdown).
     pub async fn drain(&self) {
         self.close();
-        let _ = self.refilling.subscribe().wait_for(|refilling| !*refilling).await;
-        let warm: Vec<_> = self.warm.lock().map(|mut warm| warm.drain(..).collect()).unwrap_or_default();
-        for sandbox in warm {
+        self.pool.preparations_done().await;
+        for sandbox in self.pool.take_all() {
             sandbox.dispose().await;
         }
     }

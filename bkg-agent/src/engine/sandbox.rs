@@ -89,12 +89,12 @@ impl PreparedSandbox {
         }
         let disk_image = match persistent {
             Some(persistent) => {
-                ensure_disk_image(&persistent.image, disk_bytes, ids.ids().sandbox).await?;
+                super::disk::ensure_persistent_image(&persistent.image, disk_bytes, ids.ids().sandbox).await?;
                 persistent.image.clone()
             }
             None => {
                 let image = run_dir.join("disk.img");
-                make_disk_image(&image, disk_bytes, ids.ids().sandbox).await?;
+                engine.disks.make_image(&image, disk_bytes).await?;
                 image
             }
         };
@@ -173,7 +173,7 @@ impl PreparedSandbox {
     /// root: the code may free space again before it exits, so the end report alone can miss it.
     pub fn workspace_is_full(&self) -> bool {
         let workspace = format!("/proc/{}/root{}", self.pid_one, super::plan::WORKSPACE);
-        nix::sys::statvfs::statvfs(workspace.as_str()).is_ok_and(|stats| disk_is_full(&stats))
+        nix::sys::statvfs::statvfs(workspace.as_str()).is_ok_and(|stats| super::disk::is_full(&stats))
     }
 
     /// Kills what is left, reaps pid 1, removes the cgroup, waits for the loop device to be
@@ -232,93 +232,6 @@ impl PreparedSandbox {
         };
         cgroup_removed && loop_released && dir_removed
     }
-}
-
-/// A persistent sandbox's disk: made on its first run, grown when its limit grows. Shrinking
-/// could lose the user's files, so it is refused.
-async fn ensure_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), EngineError> {
-    let current = match tokio::fs::metadata(path).await {
-        Ok(meta) => meta.len(),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent)
-                    .await
-                    .map_err(EngineError::io(format!("create {}", parent.display())))?;
-            }
-            return make_disk_image(path, bytes, owner).await;
-        }
-        Err(error) => return Err(EngineError::io(format!("inspect {}", path.display()))(error)),
-    };
-    if bytes < current {
-        return Err(EngineError::DiskImage(format!(
-            "the disk limit {} is below the {} this sandbox's disk already has; shrinking could lose files (remove the sandbox to start over)",
-            bkg_schema::units::format_size(bytes),
-            bkg_schema::units::format_size(current)
-        )));
-    }
-    if bytes > current {
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .await
-            .map_err(EngineError::io(format!("open {}", path.display())))?;
-        file.set_len(bytes).await.map_err(EngineError::io("grow the disk image"))?;
-        drop(file);
-        let resize = ["/usr/sbin/resize2fs", "/sbin/resize2fs"]
-            .into_iter()
-            .find(|candidate| Path::new(candidate).exists())
-            .ok_or_else(|| EngineError::DiskImage("resize2fs not found: install e2fsprogs".into()))?;
-        let output = tokio::process::Command::new(resize)
-            .arg("-f")
-            .arg(path)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(EngineError::io("run resize2fs"))?;
-        if !output.status.success() {
-            return Err(EngineError::DiskImage(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
-        }
-    }
-    Ok(())
-}
-
-/// Free space below which a disk counts as full: at ENOSPC ext4 still shows a few blocks free,
-/// the ones it keeps for its own metadata (96 KiB on a 500 MiB disk).
-const FULL_MARGIN_BYTES: u64 = 1024 * 1024;
-
-/// Whether a sandbox disk is out of room for data or for files.
-pub fn disk_is_full(stats: &nix::sys::statvfs::Statvfs) -> bool {
-    stats.blocks_available() * stats.fragment_size() <= FULL_MARGIN_BYTES || stats.files_free() == 0
-}
-
-/// Bytes of disk per inode: one per 4 KiB block, so a disk can be filled with small files as
-/// well as with big ones (a 500 MiB disk holds 128,000 files, not ext4's default 32,000).
-const BYTES_PER_INODE: &str = "4096";
-
-/// A sparse file with an ext4 filesystem owned by the sandbox user: the sandbox's whole disk.
-/// Disk-backed, so filling it ends in ENOSPC, not in a memory kill as tmpfs would. No blocks
-/// are reserved for root (`-m 0`): the sandbox user is the only writer.
-async fn make_disk_image(path: &Path, bytes: u64, owner: u32) -> Result<(), EngineError> {
-    let file = tokio::fs::File::create(path).await.map_err(EngineError::io(format!("create {}", path.display())))?;
-    file.set_len(bytes).await.map_err(EngineError::io("size the disk image"))?;
-    drop(file);
-    let mkfs = super::host_check::MKFS_EXT4_PATHS
-        .into_iter()
-        .find(|candidate| Path::new(candidate).exists())
-        .ok_or_else(|| EngineError::DiskImage("mkfs.ext4 not found: install e2fsprogs".into()))?;
-    let output = tokio::process::Command::new(mkfs)
-        .args(["-q", "-F", "-T", "default", "-m", "0", "-i", BYTES_PER_INODE, "-O", "^has_journal,^resize_inode"])
-        .arg("-E")
-        .arg(format!("lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={owner}:{owner}"))
-        .arg(path)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(EngineError::io("run mkfs.ext4"))?;
-    if !output.status.success() {
-        return Err(EngineError::DiskImage(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
-    }
-    Ok(())
 }
 
 struct Spawned {

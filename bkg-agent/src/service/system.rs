@@ -170,6 +170,8 @@ impl Service {
             state_dir: engine.config.state_dir.display().to_string(),
             cgroup_version: engine.cgroup_version(),
             warm_sandboxes: engine.warm_count(),
+            warm_target: engine.warm_target(),
+            warm_memory_bytes: engine.warm_memory_bytes(),
             active_runs: engine.active_runs(),
             pending_cleanups: engine.cleanups_pending(),
             default_limits: engine.config.default_limits,

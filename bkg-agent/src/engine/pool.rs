@@ -1,0 +1,299 @@
+//! The warm pool: default-sized sandboxes prepared ahead, so a run starts in one instead of
+//! building its own. It is elastic: `--warm-pool N` is its size when idle; each run that finds
+//! it empty raises its target by one, up to what `--warm-pool-memory` holds (at the memory a
+//! prepared sandbox was measured to take) and to a quarter of the disk budget; every
+//! `SHRINK_AFTER` without such a miss it halves back towards N, disposing of what is over.
+//! Sandboxes are prepared in parallel, at most one per CPU at a time. `--warm-pool 0` turns all
+//! of it off.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// The pool's bounds, from the agent's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    /// Sandboxes kept prepared when idle; 0 turns the pool off.
+    pub base: usize,
+    /// Memory all prepared sandboxes together may take when the pool grows beyond `base`.
+    pub memory_bytes: u64,
+    /// The most the pool may grow to by disk: each prepared sandbox holds its disk limit of the
+    /// agent's disk budget, and growth must leave runs most of it.
+    pub max_by_disk: usize,
+}
+
+/// How long the pool keeps a grown target without a run finding it empty.
+pub const SHRINK_AFTER: Duration = Duration::from_secs(10);
+
+/// What a prepared sandbox is assumed to take until one has been measured: its init process
+/// and the tmpfs of its root (docs/testing.md: about 3 MiB).
+const FIRST_ESTIMATE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Generic over what it holds so its rules can be tested without real sandboxes.
+pub struct WarmPool<T> {
+    config: PoolConfig,
+    state: Mutex<State<T>>,
+    /// Preparations going on; shutdown waits for 0.
+    preparing: watch::Sender<usize>,
+    /// How many preparations may run at once.
+    parallel: usize,
+}
+
+struct State<T> {
+    ready: Vec<T>,
+    /// How many the pool aims to hold (ready and being prepared).
+    target: usize,
+    /// When a run last found the pool empty (or the target last shrank).
+    last_miss: Instant,
+    /// Memory of the most recently measured prepared sandbox.
+    sandbox_bytes: u64,
+}
+
+/// What `WarmPool::plan_refill` decided.
+pub struct Refill {
+    /// How many preparations to start now (each already counted as going on).
+    pub start: usize,
+}
+
+impl<T> WarmPool<T> {
+    pub fn new(config: PoolConfig) -> Self {
+        let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
+        Self {
+            config,
+            state: Mutex::new(State {
+                ready: Vec::new(),
+                target: config.base,
+                last_miss: Instant::now(),
+                sandbox_bytes: FIRST_ESTIMATE_BYTES,
+            }),
+            preparing: watch::Sender::new(0),
+            parallel,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.config.base == 0
+    }
+
+    pub fn ready(&self) -> usize {
+        self.state().ready.len()
+    }
+
+    pub fn target(&self) -> usize {
+        self.state().target
+    }
+
+    /// Memory of the prepared sandboxes, as last measured per sandbox.
+    pub fn memory_bytes(&self) -> u64 {
+        let state = self.state();
+        state.ready.len() as u64 * state.sandbox_bytes
+    }
+
+    /// The largest target the memory and disk bounds allow (never below `base`).
+    fn ceiling(&self, state: &State<T>) -> usize {
+        let by_memory = self.config.memory_bytes / state.sandbox_bytes.max(1);
+        (by_memory as usize).min(self.config.max_by_disk).max(self.config.base)
+    }
+
+    /// A prepared sandbox, if one is ready. Finding none is demand: the target grows by one.
+    pub fn take(&self) -> Option<T> {
+        if self.is_off() {
+            return None;
+        }
+        let mut state = self.state();
+        let taken = state.ready.pop();
+        if taken.is_none() {
+            state.target = (state.target + 1).min(self.ceiling(&state));
+            state.last_miss = Instant::now();
+        }
+        taken
+    }
+
+    /// How many preparations to start to reach the target, counting them as started.
+    pub fn plan_refill(&self) -> Refill {
+        if self.is_off() {
+            return Refill { start: 0 };
+        }
+        let state = self.state();
+        let mut start = 0;
+        self.preparing.send_modify(|preparing| {
+            let have = state.ready.len() + *preparing;
+            let room = self.parallel.saturating_sub(*preparing);
+            start = state.target.saturating_sub(have).min(room);
+            *preparing += start;
+        });
+        Refill { start }
+    }
+
+    /// Adds a freshly prepared sandbox, measured at `bytes`, and ends its preparation's count.
+    /// Returns it when the pool has no room for it any more (it shrank meanwhile).
+    pub fn add(&self, sandbox: T, bytes: Option<u64>) -> Option<T> {
+        let mut state = self.state();
+        if let Some(bytes) = bytes.filter(|bytes| *bytes > 0) {
+            state.sandbox_bytes = bytes;
+        }
+        let surplus = if state.ready.len() < state.target {
+            state.ready.push(sandbox);
+            None
+        } else {
+            Some(sandbox)
+        };
+        drop(state);
+        self.preparation_ended();
+        surplus
+    }
+
+    /// Ends the count of a preparation that did not add a sandbox.
+    pub fn preparation_ended(&self) {
+        self.preparing.send_modify(|preparing| *preparing = preparing.saturating_sub(1));
+    }
+
+    /// Steps the target back towards `base` when no run found the pool empty for
+    /// `SHRINK_AFTER`; returns the sandboxes over the new target, to be disposed of.
+    pub fn shrink_if_idle(&self, now: Instant) -> Vec<T> {
+        let mut state = self.state();
+        if state.target > self.config.base && now.duration_since(state.last_miss) >= SHRINK_AFTER {
+            state.target = (state.target / 2).max(self.config.base);
+            state.last_miss = now;
+        }
+        let keep = state.target;
+        if state.ready.len() > keep {
+            // The oldest go first: they have waited longest.
+            let over = state.ready.len() - keep;
+            state.ready.drain(..over).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Resolves once no preparation is going on.
+    pub async fn preparations_done(&self) {
+        let _ = self.preparing.subscribe().wait_for(|preparing| *preparing == 0).await;
+    }
+
+    /// Every ready sandbox, taken out of the pool (shutdown).
+    pub fn take_all(&self) -> Vec<T> {
+        self.state().ready.drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn pool(base: usize, memory_bytes: u64) -> WarmPool<u32> {
+        WarmPool::new(PoolConfig { base, memory_bytes, max_by_disk: usize::MAX })
+    }
+
+    /// Prepares what `plan_refill` asks for, numbering the sandboxes from `next`.
+    fn fill(pool: &WarmPool<u32>, next: &mut u32) {
+        loop {
+            let Refill { start } = pool.plan_refill();
+            if start == 0 {
+                return;
+            }
+            for _ in 0..start {
+                *next += 1;
+                assert_eq!(pool.add(*next, Some(3 * MIB)), None);
+            }
+        }
+    }
+
+    #[test]
+    fn off_means_nothing_is_prepared_and_nothing_grows() {
+        let pool = pool(0, 64 * MIB);
+        assert_eq!(pool.take(), None);
+        assert_eq!(pool.plan_refill().start, 0);
+        assert_eq!(pool.target(), 0);
+    }
+
+    #[test]
+    fn an_idle_pool_fills_to_its_base() {
+        let pool = pool(2, 64 * MIB);
+        let mut next = 0;
+        fill(&pool, &mut next);
+        assert_eq!(pool.ready(), 2);
+        assert_eq!(pool.memory_bytes(), 6 * MIB);
+    }
+
+    #[test]
+    fn refills_run_in_parallel_but_no_more_than_one_per_cpu() {
+        let pool = pool(64, 1024 * MIB);
+        let started = pool.plan_refill().start;
+        assert_eq!(started, pool.parallel.min(64));
+        assert_eq!(pool.plan_refill().start, 0, "nothing more starts while all CPUs prepare");
+        pool.preparation_ended();
+        assert_eq!(pool.plan_refill().start, 1);
+    }
+
+    #[test]
+    fn each_run_that_finds_it_empty_raises_the_target_up_to_the_memory_bound() {
+        let pool = pool(1, 12 * MIB);
+        let mut next = 0;
+        fill(&pool, &mut next);
+        assert!(pool.take().is_some());
+        assert_eq!(pool.target(), 1, "taking a ready sandbox is no miss");
+        for _ in 0..10 {
+            assert_eq!(pool.take(), None);
+        }
+        // 12 MiB at the measured 3 MiB per sandbox.
+        assert_eq!(pool.target(), 4);
+        fill(&pool, &mut next);
+        assert_eq!(pool.ready(), 4);
+    }
+
+    #[test]
+    fn growth_leaves_runs_most_of_the_disk_budget() {
+        let pool = WarmPool::<u32>::new(PoolConfig { base: 1, memory_bytes: 64 * MIB, max_by_disk: 3 });
+        for _ in 0..10 {
+            assert_eq!(pool.take(), None);
+        }
+        assert_eq!(pool.target(), 3);
+    }
+
+    #[test]
+    fn the_memory_bound_never_takes_the_pool_below_its_base() {
+        let pool = pool(3, MIB);
+        assert_eq!(pool.take(), None);
+        assert_eq!(pool.target(), 3);
+    }
+
+    #[test]
+    fn an_idle_pool_shrinks_back_to_its_base_and_hands_back_the_surplus() {
+        let pool = pool(2, 64 * MIB);
+        for _ in 0..6 {
+            assert_eq!(pool.take(), None);
+        }
+        assert_eq!(pool.target(), 8);
+        let mut next = 0;
+        fill(&pool, &mut next);
+        assert_eq!(pool.ready(), 8);
+        let now = Instant::now();
+        assert!(pool.shrink_if_idle(now).is_empty(), "not idle long enough yet");
+        let surplus = pool.shrink_if_idle(now + SHRINK_AFTER);
+        assert_eq!((pool.target(), surplus.len()), (4, 4));
+        assert_eq!(surplus, [1, 2, 3, 4], "the oldest go first");
+        let surplus = pool.shrink_if_idle(now + 2 * SHRINK_AFTER);
+        assert_eq!((pool.target(), surplus.len(), pool.ready()), (2, 2, 2));
+        assert!(pool.shrink_if_idle(now + 3 * SHRINK_AFTER).is_empty());
+    }
+
+    #[test]
+    fn a_sandbox_prepared_after_the_pool_shrank_is_handed_back() {
+        let pool = pool(1, 64 * MIB);
+        let mut next = 0;
+        fill(&pool, &mut next);
+        assert_eq!(pool.plan_refill().start, 0);
+        // A preparation counted before the pool was full ends with no room left.
+        pool.preparing.send_modify(|preparing| *preparing += 1);
+        assert_eq!(pool.add(99, None), Some(99));
+        assert_eq!(*pool.preparing.borrow(), 0);
+    }
+}

@@ -1,0 +1,188 @@
+//! The conformance suite (issue 16, docs/testing.md): the same scripts run bare, in a sandbox
+//! prepared on demand (`--warm-pool 0`, "cold") and in one taken from the warm pool ("warm"),
+//! and everything they print, their exit status and what they can learn about how they were
+//! started must be the same. A faster start (a warm pool today, a zygote later) must not be
+//! visible to the code. The scripts print facts relative to their own directory, so the bare
+//! run's temporary directory and the sandbox's /workspace compare equal as `<dir>`.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use bkg_tests::{Agent, AgentOptions};
+
+const PYTHON: &str = "/usr/bin/python3";
+const NODE: &str = "/usr/bin/node";
+const STDIN: &str = "first line\nsecond line\n";
+/// Where the sandbox puts the script (engine/request.rs).
+const WORKSPACE: &str = "/workspace";
+
+/// The environment the agent gives every sandbox (engine/request.rs `sandbox_env`), given to the
+/// bare run too: the code must not be able to tell them apart by it.
+fn sandbox_env(home: &Path) -> Vec<(String, String)> {
+    [
+        ("PATH", "/opt/bkg/bin:/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("HOME", home.display().to_string()),
+        ("TMPDIR", "/tmp".to_owned()),
+        ("LANG", "C.UTF-8".to_owned()),
+        ("USER", "sandbox".to_owned()),
+        ("PYTHONUNBUFFERED", "1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
+fn script_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance").join(name)
+}
+
+/// What a run showed the world, with its directory written as `<dir>`.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    stdout: String,
+    stderr: String,
+    status: i32,
+}
+
+impl Seen {
+    fn of(output: &Output, dir: &str) -> Self {
+        let portable = |bytes: &[u8]| String::from_utf8_lossy(bytes).replace(dir, "<dir>");
+        let status = output.status.code().unwrap_or_else(|| 128 + output.status.signal().unwrap_or(0));
+        Self { stdout: portable(&output.stdout), stderr: portable(&output.stderr), status }
+    }
+}
+
+fn feed(mut command: Command) -> Output {
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the run");
+    child.stdin.take().expect("stdin").write_all(STDIN.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("wait for the run")
+}
+
+/// `interpreter script args` as nobody in a directory of its own, with the sandbox's environment.
+/// The directory is directly beneath `/`, as /workspace is: Node's module search path (and
+/// Python's nothing) lists every parent.
+fn bare(interpreter: &str, script: &str, args: &[&str]) -> Seen {
+    let dir = tempfile::Builder::new().prefix("bkg-conformance-").tempdir_in("/").expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let copy = dir.path().join(script);
+    std::fs::copy(script_path(script), &copy).expect("copy the script");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env", "-i"])
+        .args(sandbox_env(dir.path()).iter().map(|(key, value)| format!("{key}={value}")))
+        .arg(interpreter)
+        .arg(&copy)
+        .args(args)
+        .current_dir(dir.path());
+    // SAFETY: between fork and exec the child only makes one system call, close_range, which
+    // is async-signal-safe; descriptors the test runner left open must not reach the script,
+    // as none reach a sandboxed one.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    Seen::of(&feed(command), &dir.path().display().to_string())
+}
+
+/// `bkg exe script -- args` against `agent`.
+fn sandboxed(agent: &Agent, script: &str, args: &[&str]) -> Seen {
+    let mut command = agent.bkg();
+    command.arg("exe").arg(script_path(script)).arg("--").args(args);
+    let mut seen = Seen::of(&feed(command), WORKSPACE);
+    // The CLI's own note on a run that a signal ended (bkg-cli/src/stream.rs), not the code's.
+    if let Some(signal) = seen.status.checked_sub(128).filter(|signal| *signal > 0) {
+        seen.stderr = seen.stderr.replace(&format!("bkg: the script was killed by signal {signal}\n"), "");
+    }
+    seen
+}
+
+struct Agents {
+    cold: Agent,
+    warm: Agent,
+}
+
+impl Agents {
+    fn start() -> Self {
+        Self {
+            cold: Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() }),
+            warm: Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() }),
+        }
+    }
+
+    /// The same script bare, cold and warm: all three must have seen the same.
+    fn compare(&self, interpreter: &str, script: &str, args: &[&str]) -> Seen {
+        let bare = bare(interpreter, script, args);
+        let cold = sandboxed(&self.cold, script, args);
+        // The run takes the prepared sandbox, not one made for it.
+        self.warm.wait_warm(1);
+        let warm = sandboxed(&self.warm, script, args);
+        assert_eq!(cold, bare, "{script} {args:?}: a cold sandbox differs from bare {interpreter}");
+        assert_eq!(warm, bare, "{script} {args:?}: a warm sandbox differs from bare {interpreter}");
+        bare
+    }
+}
+
+#[test]
+fn python_sees_the_same_start_bare_cold_and_warm() {
+    let agents = Agents::start();
+    let seen = agents.compare(PYTHON, "facts.py", &["7", "two words"]);
+    assert_eq!(seen.status, 7, "sys.exit(7) is the exit status:\n{seen:?}");
+    assert!(seen.stdout.contains("\"name\": \"__main__\""), "{seen:?}");
+    assert!(seen.stdout.contains("\"stdin\": \"first line\\nsecond line\\n\""), "{seen:?}");
+    assert!(seen.stdout.ends_with("handler saw [10]\natexit ran\n"), "{seen:?}");
+
+    let traceback = agents.compare(PYTHON, "traceback.py", &[]);
+    assert_eq!(traceback.status, 1);
+    for line in ["File \"<dir>/traceback.py\", line 14, in <module>", "line 6, in inner", "ZeroDivisionError"] {
+        assert!(traceback.stderr.contains(line), "no `{line}` in:\n{}", traceback.stderr);
+    }
+
+    let killed = agents.compare(PYTHON, "killed.py", &[]);
+    assert_eq!(killed.status, 128 + libc::SIGTERM, "{killed:?}");
+}
+
+#[test]
+fn no_two_python_runs_share_a_hash_seed_cold_or_warm() {
+    let agents = Agents::start();
+    for (mode, agent) in [("cold", &agents.cold), ("warm", &agents.warm)] {
+        let hashes: Vec<String> = (0..3)
+            .map(|_| {
+                if mode == "warm" {
+                    agent.wait_warm(1);
+                }
+                sandboxed(agent, "hash.py", &[]).stdout
+            })
+            .collect();
+        assert!(
+            hashes[0] != hashes[1] || hashes[1] != hashes[2],
+            "{mode}: three runs with one string hash: {hashes:?} (a shared interpreter start)"
+        );
+    }
+}
+
+#[test]
+fn node_sees_the_same_start_bare_cold_and_warm() {
+    let agents = Agents::start();
+    let seen = agents.compare(NODE, "facts.js", &["5"]);
+    assert_eq!(seen.status, 5, "process.exitCode is the exit status:\n{seen:?}");
+    assert!(seen.stdout.contains("\"mainIsModule\":true"), "{seen:?}");
+    assert!(seen.stdout.ends_with("SIGUSR2 handled\nexit handler with 5\n"), "{seen:?}");
+
+    let module = agents.compare(NODE, "facts.mjs", &["an arg"]);
+    assert_eq!(module.status, 0, "{module:?}");
+    assert!(module.stdout.contains("\"url\":\"file://<dir>/facts.mjs\""), "{module:?}");
+    assert!(module.stdout.contains("\"requireType\":\"undefined\""), "{module:?}");
+
+    let traceback = agents.compare(NODE, "traceback.js", &[]);
+    assert_eq!(traceback.status, 1);
+    for line in ["RangeError: no zero", "at inner (<dir>/traceback.js:4:", "at outer (<dir>/traceback.js:8:"] {
+        assert!(traceback.stderr.contains(line), "no `{line}` in:\n{}", traceback.stderr);
+    }
+}
