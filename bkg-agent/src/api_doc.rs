@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 
-use crate::server::{auth_api, changes, runs, sandboxes, system};
+use crate::server::{auth_api, changes, deps_api, runs, sandboxes, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -51,6 +51,11 @@ use crate::server::{auth_api, changes, runs, sandboxes, system};
         auth_api::revoke_key,
         auth_api::delete_key,
         auth_api::rotation_notice,
+        deps_api::list_envs,
+        deps_api::prune_envs,
+        deps_api::list_secrets,
+        deps_api::put_secret,
+        deps_api::delete_secret,
     ),
     modifiers(&BearerAuth, &CommonErrors),
     security(("bearer" = [])),
@@ -60,6 +65,8 @@ use crate::server::{auth_api, changes, runs, sandboxes, system};
         (name = "sandboxes", description = "Persistent sandboxes"),
         (name = "auth", description = "Users, login and the caller"),
         (name = "keys", description = "API keys: create, rotate, revoke"),
+        (name = "envs", description = "Python environments built for runs' packages"),
+        (name = "secrets", description = "Secrets given to runs as environment variables"),
         (name = "changes", description = "The change feed: runs, sandboxes, keys and audit events as they happen"),
     ),
 )]

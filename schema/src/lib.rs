@@ -7,6 +7,7 @@ pub mod auth;
 #[cfg(feature = "cave")]
 pub mod cave;
 pub mod changes;
+pub mod envs;
 pub mod frame;
 pub mod health;
 pub mod host;
@@ -177,6 +178,16 @@ pub struct RunRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
     pub namespace: Option<String>,
+    /// Python packages the run needs, as requirement lines (`numpy==2.1.3`, `requests>=2`):
+    /// the agent installs them once per distinct set into an environment it mounts read-only
+    /// (docs/cli.md, "Dependencies"). Options (lines starting with `-`) are refused: the index
+    /// is the agent's to choose.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<String>,
+    /// Names of secrets (`bkg secrets set`) given to the code as environment variables of the
+    /// same name. Their values never enter a record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// Which limit ended a run.
@@ -302,6 +313,8 @@ pub enum ErrorCode {
     /// The agent cannot serve this now (see `/healthz`).
     Unavailable,
     MethodNotAllowed,
+    /// The run's packages could not be installed; the message carries the installer's error.
+    InstallFailed,
 }
 
 impl ApiError {

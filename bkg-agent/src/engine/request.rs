@@ -10,7 +10,8 @@ use bkg_schema::sandbox::{ExecRequest, SandboxDefinition};
 use bkg_schema::{ErrorCode, FileUpload, Limits, RunRequest};
 
 use super::control::{GoOrder, PlacedFile};
-use super::plan::{Owner, PROJECT, ProjectMounts, SHIM_DIR, TMP, Volume, WORKSPACE};
+use super::plan::{Additions, Owner, PROJECT, PYTHON_ENV, ProjectMounts, SHIM_DIR, TMP, Volume, WORKSPACE};
+use super::relay::RelayTarget;
 use super::sandbox::PersistentDisk;
 use super::{Engine, EngineError};
 
@@ -24,6 +25,9 @@ pub enum RunError {
     RuntimeNotExecutable(String),
     #[error("{0}")]
     Busy(String),
+    /// The run's packages could not be installed: one line, then the installer's own error.
+    #[error("{0}")]
+    InstallFailed(String),
     /// The agent is at a capacity bound (queue, disk budget); the caller may retry later.
     #[error("{reason}")]
     Overloaded { reason: String, retry_after_secs: u32 },
@@ -55,6 +59,7 @@ impl RunError {
             Self::LimitAboveMaximum { .. } => ErrorCode::LimitAboveMaximum,
             Self::RuntimeNotExecutable(_) => ErrorCode::RuntimeNotExecutable,
             Self::Busy(_) => ErrorCode::Conflict,
+            Self::InstallFailed(_) => ErrorCode::InstallFailed,
             Self::Overloaded { .. } => ErrorCode::Unavailable,
             Self::Engine(_) => ErrorCode::SandboxFailed,
         }
@@ -71,6 +76,10 @@ pub struct ValidatedRun {
     pub(super) order: GoOrder,
     pub(super) stdin: Option<Vec<u8>>,
     pub(super) persistent: Option<PersistentRun>,
+    /// What the run's sandbox adds to the common root (its Python environment).
+    pub(super) additions: Additions,
+    /// The network an install sandbox gets: relays to its package index (`relay.rs`).
+    pub(super) relay: Vec<RelayTarget>,
 }
 
 /// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and its log.
@@ -84,6 +93,28 @@ pub(super) struct PersistentRun {
 impl ValidatedRun {
     pub fn sandbox_id(&self) -> Option<&str> {
         self.persistent.as_ref().map(|persistent| persistent.sandbox_id.as_str())
+    }
+
+    /// Mounts a built Python environment read-only at `PYTHON_ENV`, importable and with its
+    /// commands on PATH.
+    pub fn use_python_env(&mut self, dir: PathBuf) {
+        self.additions.python_env = Some(dir);
+        let env = &mut self.order.env;
+        let path = env.iter().find(|(key, _)| key == "PATH").map(|(_, value)| value.clone()).unwrap_or_default();
+        let python_path =
+            env.iter().find(|(key, _)| key == "PYTHONPATH").map(|(_, value)| format!("{PYTHON_ENV}:{value}"));
+        env.retain(|(key, _)| key != "PATH" && key != "PYTHONPATH");
+        env.push(("PATH".into(), format!("{PYTHON_ENV}/bin:{path}")));
+        env.push(("PYTHONPATH".into(), python_path.unwrap_or_else(|| PYTHON_ENV.into())));
+    }
+
+    /// Adds environment variables that must not be checked against the caller's rules again
+    /// (secret values, checked when they were set); each replaces a variable of its name.
+    pub fn add_env(&mut self, variables: Vec<(String, String)>) {
+        for (key, value) in variables {
+            self.order.env.retain(|(existing, _)| *existing != key);
+            self.order.env.push((key, value));
+        }
     }
 }
 
@@ -229,6 +260,8 @@ impl Engine {
             },
             stdin: decode_stdin(request.stdin_base64.as_deref())?,
             persistent: None,
+            additions: Additions::default(),
+            relay: Vec::new(),
         })
     }
 
@@ -304,12 +337,14 @@ impl Engine {
                 },
                 log_dir: layout.logs_dir(&definition.name),
             }),
+            additions: Additions::default(),
+            relay: Vec::new(),
         })
     }
 }
 
 /// The scrubbed environment every sandbox starts from, plus the caller's variables.
-fn sandbox_env(extra: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, RunError> {
+pub(super) fn sandbox_env(extra: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, RunError> {
     let path = format!("{SHIM_DIR}:/usr/local/bin:/usr/bin:/bin");
     let mut env: Vec<(String, String)> = [
         ("PATH", path.as_str()),
@@ -408,7 +443,7 @@ fn place_upload(upload: &FileUpload) -> Result<(PlacedFile, u64), RunError> {
 }
 
 /// The whole CPUs a limit of `cpu_millis` reaches into: 1000 → 1, 1500 → 2.
-fn cpu_count(cpu_millis: u64) -> usize {
+pub(super) fn cpu_count(cpu_millis: u64) -> usize {
     usize::try_from(cpu_millis.div_ceil(1000)).unwrap_or(usize::MAX).max(1)
 }
 

@@ -6,9 +6,11 @@
 
 pub mod access;
 mod changes;
+mod envs;
 mod keys;
 mod runs;
 mod sandboxes;
+mod secrets;
 mod system;
 mod ui_support;
 
@@ -108,9 +110,10 @@ impl OpError {
             Self::Conflict(_) | Self::Replayed(_) => Refusal::Conflict,
             Self::Unavailable(_) => Refusal::Unavailable,
             Self::Run(run) => match run {
-                RunError::BadRequest(_) | RunError::LimitAboveMaximum { .. } | RunError::RuntimeNotExecutable(_) => {
-                    Refusal::Invalid
-                }
+                RunError::BadRequest(_)
+                | RunError::LimitAboveMaximum { .. }
+                | RunError::RuntimeNotExecutable(_)
+                | RunError::InstallFailed(_) => Refusal::Invalid,
                 RunError::Busy(_) => Refusal::Conflict,
                 RunError::Overloaded { .. } | RunError::Engine(_) => Refusal::Unavailable,
             },
@@ -172,6 +175,8 @@ pub struct Service {
     /// Told when an admin asks the agent to stop.
     shutdown: Arc<Notify>,
     socket: PathBuf,
+    envs: Arc<crate::envs::Environments>,
+    secrets: crate::secrets::SecretStore,
 }
 
 /// The parts a `Service` is made of.
@@ -185,12 +190,14 @@ pub struct ServiceParts {
     pub sync: Option<SyncLink>,
     pub shutdown: Arc<Notify>,
     pub socket: PathBuf,
+    pub envs: Arc<crate::envs::Environments>,
+    pub secrets: crate::secrets::SecretStore,
 }
 
 impl Service {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
-        let ServiceParts { engine, feed, store, metrics, auth, health, sync, shutdown, socket } = parts;
-        Arc::new(Self { engine, feed, store, metrics, auth, health, sync, shutdown, socket })
+        let ServiceParts { engine, feed, store, metrics, auth, health, sync, shutdown, socket, envs, secrets } = parts;
+        Arc::new(Self { engine, feed, store, metrics, auth, health, sync, shutdown, socket, envs, secrets })
     }
 
     /// Counts a run until the guard is dropped: shutdown waits until the caller has its result.

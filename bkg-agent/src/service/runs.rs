@@ -22,6 +22,8 @@ pub struct Accepted {
     principal: Principal,
     ticket: RunTicket,
     validated: ValidatedRun,
+    /// The Python requirement set to install (or find installed) before the code runs.
+    requirements: Vec<String>,
 }
 
 impl Accepted {
@@ -41,14 +43,19 @@ impl Service {
     pub fn accept_run(&self, principal: &Principal, request: RunRequest) -> OpResult<Accepted> {
         require_code_runner(principal)?;
         let namespace = namespace_for(principal, request.namespace.as_deref())?;
+        let requirements = self.requirement_set(&request.requirements)?;
+        let secrets = request.secrets.clone();
         let mut validated = self.engine.validate(request)?;
         validated.namespace = namespace;
-        self.accept(principal, validated)
+        self.give_secrets(&mut validated, &secrets)?;
+        let mut accepted = self.accept(principal, validated)?;
+        accepted.requirements = requirements;
+        Ok(accepted)
     }
 
     pub(super) fn accept(&self, principal: &Principal, validated: ValidatedRun) -> OpResult<Accepted> {
         let ticket = self.engine.accept(new_id("run"), &validated)?;
-        Ok(Accepted { principal: principal.clone(), ticket, validated })
+        Ok(Accepted { principal: principal.clone(), ticket, validated, requirements: Vec::new() })
     }
 
     /// Starts an accepted run in a task of its own, with the caller's stdin and cancellation on
@@ -89,7 +96,7 @@ impl Service {
         input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
     ) -> OpResult<RunResult> {
-        let Accepted { principal, ticket, validated } = accepted;
+        let Accepted { principal, ticket, mut validated, requirements } = accepted;
         // Shutdown waits for this: a run's end is recorded before the agent stops.
         let _in_flight = self.engine.run_in_flight();
         let caller = principal.audit_caller(&validated.namespace);
@@ -106,7 +113,14 @@ impl Service {
         if let Err(error) = started {
             tracing::error!(%error, run = %run_id, "could not record the run's start");
         }
-        let outcome = self.engine.run(ticket, validated, input, output).await;
+        let environment = match requirements.as_slice() {
+            [] => Ok(None),
+            set => self.provide_env(&mut validated, set, &output).await.map(Some),
+        };
+        let outcome = match environment {
+            Ok(_held_until_the_run_ends) => self.engine.run(ticket, validated, input, output).await,
+            Err(error) => Err(error),
+        };
         let recorded = match &outcome {
             Ok(result) => self.store.run_finished(&caller, sandbox_id.as_deref(), result, now_ms()).await,
             Err(error) => {
