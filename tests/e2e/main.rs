@@ -4,6 +4,7 @@ mod api;
 mod bkg_db;
 mod changes;
 mod cli_habits;
+mod deps;
 mod compat;
 mod docs_bkg_db;
 mod exe_basics;

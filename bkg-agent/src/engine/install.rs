@@ -6,6 +6,7 @@
 //! the same plan, limits, seccomp and Landlock as any run.
 
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bkg_schema::{Language, Limits, MIB};
@@ -167,6 +168,10 @@ impl Engine {
         for dir in [dirs.project(), dirs.site(), work.join("logs")] {
             std::fs::create_dir_all(&dir).map_err(EngineError::io(format!("create {}", dir.display())))?;
         }
+        // Runs of any sandbox user read the environment: it is theirs to read, never to write
+        // (mounted read-only), whatever the agent's umask made it.
+        let readable = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(dirs.site(), readable).map_err(EngineError::io("make the environment readable"))?;
         let mut text = requirements.join("\n");
         text.push('\n');
         let file = dirs.project().join("requirements.txt");
