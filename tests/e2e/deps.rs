@@ -141,14 +141,15 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     assert_eq!(error, "bkg: installing 1 Python package failed (pip exited with code 1); the installer said:");
     assert!(text.contains("No matching distribution found for no-such-package-bkg==1.0"), "{text}");
 
-    let options = agent.exe(&["--with", "--index-url=http://elsewhere/simple", "-c", "1", "--type", "python"]);
+    let options = agent.exe(&["--with=--index-url=http://elsewhere/simple", "-c", "1", "--type", "python"]);
     assert_eq!(code(&options), 125);
     assert!(stderr(&options).contains("options are not taken"), "{}", stderr(&options));
     let listed = agent.bkg().args(["envs", "ls", "--json"]).output().expect("bkg envs ls");
     assert_eq!(stdout(&listed).trim(), "[]", "a failed install leaves no environment");
 }
 
-/// Every file under `dir` (the agent's state, its log) that contains `needle`.
+/// Every file under `dir` (the agent's state, its log) that contains `needle`. Sandbox disk
+/// images are left out: they are the warm pool's fresh, empty disks, never records.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return found };
@@ -158,6 +159,7 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         if kind.is_dir() {
             found.extend(files_containing(&path, needle));
         } else if kind.is_file()
+            && path.file_name().is_some_and(|name| name != "disk.img")
             && std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
         {
             found.push(path);
