@@ -112,7 +112,11 @@ impl SecretStore {
     }
 
     /// The value of each named secret of `namespace`; `Ok(Err(name))` names the first missing one.
-    pub fn open(&self, namespace: &str, names: &[String]) -> Result<Result<Vec<(String, String)>, String>, SecretError> {
+    pub fn open(
+        &self,
+        namespace: &str,
+        names: &[String],
+    ) -> Result<Result<Vec<(String, String)>, String>, SecretError> {
         if names.is_empty() {
             return Ok(Ok(Vec::new()));
         }

@@ -29,7 +29,8 @@ pub async fn envs(settings: &Settings, args: EnvsArgs) -> Result<i32, CliError> 
         EnvsAction::Prune { unused_for, .. } => {
             let unused_for_ms = unused_for
                 .map(|text| {
-                    bkg_schema::parse_duration_ms(&text).map_err(|error| CliError::usage(format!("--unused-for: {error}")))
+                    bkg_schema::parse_duration_ms(&text)
+                        .map_err(|error| CliError::usage(format!("--unused-for: {error}")))
                 })
                 .transpose()?;
             let pruned: PruneResult = client.post_json("/api/v1/envs/prune", &PruneRequest { unused_for_ms }).await?;
@@ -64,7 +65,8 @@ fn envs_table(envs: &[EnvInfo]) -> String {
 pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliError> {
     let out = settings.out;
     let client = AgentClient::new(&settings.endpoint()?)?;
-    let query = |namespace: &Option<String>| namespace.as_ref().map(|ns| format!("?namespace={ns}")).unwrap_or_default();
+    let query =
+        |namespace: &Option<String>| namespace.as_ref().map(|ns| format!("?namespace={ns}")).unwrap_or_default();
     match args.action {
         SecretsAction::Set { name, namespace } => {
             let value = read_value(out, &name)?;

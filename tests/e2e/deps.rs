@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use bkg_tests::{Agent, AgentOptions, code, stderr, stdout};
+use bkg_tests::{Agent, AgentOptions, code, examples_dir, stderr, stdout};
 
 /// Where scripts/setup.sh keeps the wheels the tests serve.
 const WHEELS: &str = "/var/cache/bkg-test-wheels";
@@ -56,7 +56,12 @@ impl LocalIndex {
     }
 
     fn wheel_downloads(&self) -> usize {
-        self.requests.lock().expect("log").lines().filter(|line| line.contains(&format!("GET /six/{SIX_WHEEL}"))).count()
+        self.requests
+            .lock()
+            .expect("log")
+            .lines()
+            .filter(|line| line.contains(&format!("GET /six/{SIX_WHEEL}")))
+            .count()
     }
 }
 
@@ -83,7 +88,7 @@ fn project(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
     (dir, script)
 }
 
-const IMPORTS_SIX: &str = "import six, os\nprint('six', six.__version__)\n\
+const WRITES_BESIDE_SIX: &str = "import six, os\n\
 try:\n    open(os.path.join(os.path.dirname(six.__file__), 'planted.py'), 'w')\n    print('env writable')\n\
 except OSError as error:\n    print('env read-only', error.errno)\n";
 
@@ -91,22 +96,27 @@ except OSError as error:\n    print('env read-only', error.errno)\n";
 fn a_requirements_file_beside_the_script_is_installed_once_and_reused() {
     let index = LocalIndex::start();
     let agent = agent_with_index(&index);
-    let (_dir, script) = project(&[("main.py", IMPORTS_SIX), ("requirements.txt", "# pinned\nsix==1.17.0\n")]);
-    let script = script.to_str().expect("utf-8 path");
+    let example = examples_dir().join("python-deps").join("main.py");
+    let script = example.to_str().expect("utf-8 path");
 
     let first = agent.exe(&[script]);
     assert_eq!(code(&first), 0, "{}\n{}", stderr(&first), agent.log());
-    assert_eq!(stdout(&first), "six 1.17.0\nenv read-only 30\n");
+    assert_eq!(stdout(&first), "six 1.17.0 from /opt/bkg/python\n");
     assert!(stderr(&first).contains("bkg: installing 1 Python package into environment"), "{}", stderr(&first));
     assert_eq!(index.wheel_downloads(), 1);
 
     let second = agent.exe(&[script]);
     assert_eq!(code(&second), 0, "{}", stderr(&second));
-    assert_eq!(stdout(&second), "six 1.17.0\nenv read-only 30\n");
+    assert_eq!(stdout(&second), "six 1.17.0 from /opt/bkg/python\n");
     assert!(!stderr(&second).contains("installing"), "the second run installed again: {}", stderr(&second));
     assert_eq!(index.wheel_downloads(), 1, "the second run downloaded the wheel again");
 
-    // `--with` of the same set is the same environment.
+    // A requirements file of the same set (its own order, comments) or `--with` is the same
+    // environment, and it is read-only (EROFS).
+    let (_dir, script) =
+        project(&[("main.py", WRITES_BESIDE_SIX), ("requirements.txt", "# pinned\nsix==1.17.0 # http\n")]);
+    let own_file = agent.exe(&[script.to_str().expect("utf-8 path")]);
+    assert_eq!((code(&own_file), stdout(&own_file).as_str()), (0, "env read-only 30\n"), "{}", stderr(&own_file));
     let with = agent.exe(&["--with", "six==1.17.0", "-c", "import six; print(six.__version__)", "--type", "python"]);
     assert_eq!((code(&with), stdout(&with).as_str()), (0, "1.17.0\n"), "{}", stderr(&with));
     assert_eq!(index.wheel_downloads(), 1);

@@ -399,7 +399,8 @@ impl Engine {
                     None,
                     &plan::Additions::default(),
                 )
-                .await {
+                .await
+                {
                     Ok(sandbox) => match engine.warm.lock() {
                         Ok(mut warm) => warm.push(sandbox),
                         Err(_) => break,

@@ -77,7 +77,8 @@ impl Service {
                 let _ = output.try_send(RunOutput::Progress(line));
             }
         };
-        let packages = if set.len() == 1 { "1 Python package".to_owned() } else { format!("{} Python packages", set.len()) };
+        let packages =
+            if set.len() == 1 { "1 Python package".to_owned() } else { format!("{} Python packages", set.len()) };
         progress(format!("installing {packages} into environment {id} from {}", envs.index.url));
         let dirs = envs.begin_build(id, set).map_err(|error| failed(error.to_string()))?;
         let install = self.engine.install_run(&dirs, &envs.index, namespace, &format!("install-{id}"))?;

@@ -54,7 +54,11 @@ impl Service {
             .secrets
             .list(&namespace)?
             .into_iter()
-            .map(|entry| SecretInfo { name: entry.name, namespace: namespace.clone(), created_at_ms: entry.created_at_ms })
+            .map(|entry| SecretInfo {
+                name: entry.name,
+                namespace: namespace.clone(),
+                created_at_ms: entry.created_at_ms,
+            })
             .collect())
     }
 
