@@ -390,6 +390,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand watch" -l socket -d 'The agent\'
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -l json -d 'Print each change as one JSON object per line'
+complete -c bkg -n "__fish_bkg_using_subcommand watch" -l no-follow -d 'Print the changes made so far and exit 0 instead of waiting for new ones'
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand ui" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F

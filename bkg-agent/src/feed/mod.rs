@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bkg_schema::changes::{Change, ChangeKind, ChangeSource, Resume};
+use bkg_schema::changes::{CAUGHT_UP, Change, ChangeKind, ChangeSource, Resume};
 use futures_util::Stream;
 use tokio::sync::watch;
 
@@ -120,13 +120,14 @@ impl Feed {
     }
 
     /// The changes of `namespace` (all of them for `None`: an admin's), from `since` on, live
-    /// until the client leaves or the agent stops. Who may read which namespace is decided by the
-    /// caller (service/access.rs).
+    /// until the client leaves or the agent stops, or with `follow` false only until the reader
+    /// has caught up. Who may read which namespace is decided by the caller (service/access.rs).
     pub fn subscribe(
         &self,
         namespace: Option<String>,
         since: u64,
         kinds: BTreeSet<ChangeKind>,
+        follow: bool,
     ) -> impl Stream<Item = FeedItem> + Send + 'static {
         let source = match &self.db_url {
             Some(url) => Source::Db(db::Reader::new(url.clone(), namespace.clone())),
@@ -137,6 +138,7 @@ impl Feed {
             after: since,
             namespace,
             kinds,
+            follow,
             page: VecDeque::new(),
             wake: self.wake.clone(),
             stop: self.stop.subscribe(),
@@ -161,6 +163,8 @@ struct Reader {
     after: u64,
     namespace: Option<String>,
     kinds: BTreeSet<ChangeKind>,
+    /// Whether to wait for new changes once caught up, or to end there.
+    follow: bool,
     page: VecDeque<Change>,
     wake: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
@@ -191,6 +195,10 @@ impl Reader {
                 Ok(true) => {
                     retry = Duration::from_millis(250);
                     continue;
+                }
+                Ok(false) if !self.follow => {
+                    self.finished = true;
+                    return Some(FeedItem::Resume(Resume { resume_from: self.after, reason: CAUGHT_UP.into() }));
                 }
                 Ok(false) => None,
                 Err(error) => {
