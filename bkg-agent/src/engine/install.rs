@@ -87,8 +87,11 @@ impl InstallDirs {
 const SITE: &str = "/workspace/site";
 
 /// An install may take longer than a run's default minute; the agent's maximum still bounds it.
+/// Its disk is the agent's default (`INSTALL_LIMITS.disk_bytes` is replaced): pip stages the
+/// whole environment in the sandbox's /tmp before moving it to the target, so that bounds an
+/// environment's size, with a disk every agent's budget allows.
 const INSTALL_LIMITS: Limits =
-    Limits { cpu_millis: 1000, memory_bytes: 1024 * MIB, timeout_ms: 600_000, disk_bytes: 2048 * MIB, pids: 256 };
+    Limits { cpu_millis: 1000, memory_bytes: 1024 * MIB, timeout_ms: 600_000, disk_bytes: 0, pids: 256 };
 
 impl Engine {
     /// The run that installs `dirs`' requirements into its `site/` from `index`.
@@ -105,7 +108,7 @@ impl Engine {
             cpu_millis: INSTALL_LIMITS.cpu_millis.min(max.cpu_millis),
             memory_bytes: INSTALL_LIMITS.memory_bytes.min(max.memory_bytes),
             timeout_ms: INSTALL_LIMITS.timeout_ms.min(max.timeout_ms),
-            disk_bytes: INSTALL_LIMITS.disk_bytes.min(max.disk_bytes),
+            disk_bytes: self.config.default_limits.disk_bytes,
             pids: INSTALL_LIMITS.pids.min(max.pids),
         };
         let root = Owner { uid: 0, gid: 0 };
