@@ -19,7 +19,7 @@ pub struct Cli {
 
 #[derive(Debug, Default, Args)]
 pub struct GlobalArgs {
-    /// The agent's unix socket [default: /run/bkg/agent.sock as root]
+    /// The agent's unix socket [default: /run/bkg/agent.sock]
     #[arg(long, global = true, env = "BKG_SOCKET", value_name = "PATH", help_heading = "Connection")]
     pub socket: Option<PathBuf>,
     /// Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket

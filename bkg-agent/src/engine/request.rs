@@ -265,6 +265,11 @@ impl Engine {
         })
     }
 
+    /// Where the agent keeps the disk image, environment and logs of persistent sandbox `id`.
+    pub fn sandbox_home(&self, namespace: &str, sandbox_id: &str) -> bkg_schema::paths::SandboxHome {
+        bkg_schema::paths::SandboxHome::new(&self.config.state_dir, namespace, sandbox_id)
+    }
+
     /// The project directory on the agent of the sandboxes of `namespace` that have no project
     /// of their own (made through the API or MCP).
     pub fn scratch_project_dir(&self, namespace: &str) -> PathBuf {
@@ -275,15 +280,30 @@ impl Engine {
     /// /project (so `python main.py` finds the project's main.py), with its kept /workspace and
     /// the project's volumes bound in. A sandbox without a project of its own starts in
     /// /workspace instead, the only place it has files.
-    pub fn validate_exec(&self, definition: &SandboxDefinition, exec: ExecRequest) -> Result<ValidatedRun, RunError> {
+    ///
+    /// `mapped_owner` is the local user a sandbox runs for: their ids alone are shown as the
+    /// sandbox user's in the project and every volume, whoever owns them, so the sandbox reads
+    /// and writes there no more than that user could. Without one (admins), each path's owner is.
+    pub fn validate_exec(
+        &self,
+        definition: &SandboxDefinition,
+        exec: ExecRequest,
+        mapped_owner: Option<Owner>,
+    ) -> Result<ValidatedRun, RunError> {
         let limits = self.resolve_limits(&definition.limits)?;
         self.interpreter(definition.language)?;
         if exec.command.trim().is_empty() || exec.command.contains('\0') {
             return Err(RunError::BadRequest("the command is empty or contains a NUL byte".into()));
         }
         let project_dir = PathBuf::from(&definition.project_dir);
-        let project_owner = owner_of("project directory", &project_dir)?;
+        let project_owner = match mapped_owner {
+            Some(owner) => owner,
+            None => owner_of("project directory", &project_dir)?,
+        };
         let layout = bkg_schema::paths::ProjectLayout::new(&project_dir);
+        let sandbox_id = bkg_schema::sandbox::sandbox_id(&definition.project_dir, &definition.name);
+        let home = self.sandbox_home(&definition.namespace, &sandbox_id);
+        super::workspace::adopt_legacy_image(&project_dir, &definition.name, &home, self.config.uid_base)?;
         let volumes = definition
             .volumes
             .iter()
@@ -300,7 +320,10 @@ impl Engine {
                     host: volume.host.clone().into(),
                     guest: guest.to_path_buf(),
                     read_only: volume.read_only,
-                    owner: owner_of("volume source", Path::new(&volume.host))?,
+                    owner: match mapped_owner {
+                        Some(owner) => owner,
+                        None => owner_of("volume source", Path::new(&volume.host))?,
+                    },
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -325,9 +348,9 @@ impl Engine {
             },
             stdin: decode_stdin(exec.stdin_base64.as_deref())?,
             persistent: Some(PersistentRun {
-                sandbox_id: bkg_schema::sandbox::sandbox_id(&definition.project_dir, &definition.name),
+                sandbox_id,
                 disk: PersistentDisk {
-                    image: layout.disk_image(&definition.name),
+                    image: home.disk_image(),
                     project: ProjectMounts {
                         dir: project_dir,
                         owner: project_owner,
@@ -335,7 +358,7 @@ impl Engine {
                         volumes,
                     },
                 },
-                log_dir: layout.logs_dir(&definition.name),
+                log_dir: home.logs_dir(),
             }),
             additions: Additions::default(),
             relay: Vec::new(),

@@ -63,8 +63,9 @@ impl FeedRequest {
     ) -> Result<Self, FeedError> {
         let since = match since.or(last_event_id).map(str::trim) {
             None | Some("") => 0,
-            Some(text) => text.parse().map_err(|_| {
-                FeedError::BadRequest(format!("the cursor must be a position (a number), not {text:?}"))
+            // Positions are PostgreSQL bigints: a larger number names no position there can be.
+            Some(text) => text.parse::<i64>().ok().and_then(|since| u64::try_from(since).ok()).ok_or_else(|| {
+                FeedError::BadRequest(format!("the cursor must be a position (a number up to 2^63-1), not {text:?}"))
             })?,
         };
         let kinds = kinds
@@ -287,6 +288,10 @@ mod tests {
         assert_eq!(request.kinds, BTreeSet::from([ChangeKind::Runs, ChangeKind::Keys]));
         assert_eq!(FeedRequest::parse(Some("7"), Some("42"), None, None)?.since, 7, "?since= wins");
         assert!(matches!(FeedRequest::parse(Some("x"), None, None, None), Err(FeedError::BadRequest(_))));
+        assert_eq!(FeedRequest::parse(Some("9223372036854775807"), None, None, None)?.since, i64::MAX as u64);
+        for beyond in ["9223372036854775808", "-1"] {
+            assert!(matches!(FeedRequest::parse(None, Some(beyond), None, None), Err(FeedError::BadRequest(_))), "{beyond}");
+        }
         assert!(matches!(FeedRequest::parse(None, None, Some("runs,logs"), None), Err(FeedError::BadRequest(_))));
         Ok(())
     }

@@ -9,7 +9,9 @@ use bkg_schema::{RunRecord, RunRequest, RunResult};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::access::{listing_namespace, namespace_for, reaches, require_code_runner};
+use super::access::{
+    listing_namespace, namespace_for, reaches, require_code_runner, user_limit_defaults, within_user_limits,
+};
 use super::{OpError, OpResult, RunInput, RunOutput, Service};
 use crate::auth::Principal;
 use crate::engine::handle::{RunPhase, RunTicket};
@@ -45,7 +47,11 @@ impl Service {
         let namespace = namespace_for(principal, request.namespace.as_deref())?;
         let requirements = self.requirement_set(&request.requirements)?;
         let secrets = request.secrets.clone();
+        let mut request = request;
+        let policy = &self.auth.policy.user;
+        request.limits = user_limit_defaults(principal, policy, &request.limits, &self.engine.config.default_limits);
         let mut validated = self.engine.validate(request)?;
+        within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
         validated.namespace = namespace;
         self.give_secrets(&mut validated, &secrets)?;
         let mut accepted = self.accept(principal, validated)?;
