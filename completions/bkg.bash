@@ -70,6 +70,9 @@ _bkg() {
             bkg,secrets)
                 cmd="bkg__subcmd__secrets"
                 ;;
+            bkg,shell)
+                cmd="bkg__subcmd__shell"
+                ;;
             bkg,status)
                 cmd="bkg__subcmd__status"
                 ;;
@@ -216,6 +219,9 @@ _bkg() {
                 ;;
             bkg__subcmd__help,secrets)
                 cmd="bkg__subcmd__help__subcmd__secrets"
+                ;;
+            bkg__subcmd__help,shell)
+                cmd="bkg__subcmd__help__subcmd__shell"
                 ;;
             bkg__subcmd__help,status)
                 cmd="bkg__subcmd__help__subcmd__status"
@@ -392,7 +398,7 @@ _bkg() {
 
     case "${cmd}" in
         bkg)
-            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help"
+            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs shell stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1136,7 +1142,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__exe)
-            opts="-c -t -e -f -r -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --with --requirements --secret --json --socket --remote --cacert --help --version"
+            opts="-c -t -e -f -r -T -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --with --requirements --secret --json --tty --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1230,7 +1236,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help)
-            opts="exe agent init add validate ls status logs stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help"
+            opts="exe agent init add validate ls status logs shell stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1733,6 +1739,20 @@ _bkg() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        bkg__subcmd__help__subcmd__shell)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         bkg__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -2192,7 +2212,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__logs)
-            opts="-C -f -n -t -h -V --dir --follow --tail --timestamps --socket --remote --cacert --help --version"
+            opts="-C -f -n -t -h -V --dir --follow --tail --timestamps --policy --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2619,6 +2639,60 @@ _bkg() {
             fi
             case "${prev}" in
                 --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__shell)
+            opts="-C -c -e -h -V --dir --command --env --timeout --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -C)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --command)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -e)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 
-use crate::server::{auth_api, changes, deps_api, runs, sandboxes, system};
+use crate::server::{auth_api, changes, deps_api, runs, sandboxes, system, terminal};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,6 +40,8 @@ use crate::server::{auth_api, changes, deps_api, runs, sandboxes, system};
         sandboxes::exec_sandbox,
         sandboxes::stop_sandbox,
         sandboxes::sandbox_logs,
+        terminal::run_terminal,
+        terminal::sandbox_terminal,
         auth_api::signup,
         auth_api::login,
         auth_api::refresh,
@@ -57,6 +59,12 @@ use crate::server::{auth_api, changes, deps_api, runs, sandboxes, system};
         deps_api::put_secret,
         deps_api::delete_secret,
     ),
+    components(schemas(
+        bkg_schema::terminal::TerminalSize,
+        bkg_schema::terminal::ShellRequest,
+        bkg_schema::terminal::TerminalControl,
+        bkg_schema::terminal::TerminalEvent,
+    )),
     modifiers(&BearerAuth, &CommonErrors),
     security(("bearer" = [])),
     tags(

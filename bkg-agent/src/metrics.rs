@@ -254,6 +254,7 @@ mod tests {
             undelivered_bytes: 0,
             limits: bkg_schema::Limits::DEFAULT,
             security_level: None,
+            denials: Vec::new(),
         };
         metrics.run_ended(Ok(&result));
         metrics.run_ended(Err(()));

@@ -16,6 +16,7 @@ pub mod listen;
 pub(crate) mod runs;
 pub(crate) mod sandboxes;
 pub(crate) mod system;
+pub(crate) mod terminal;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -105,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sync/audit/{agent_id}", get(system::sync_audit_lines))
         .route("/api/v1/changes", get(changes::changes))
         .route("/api/v1/runs", post(runs::create_run).get(runs::list_runs))
+        .route("/api/v1/runs/terminal", get(terminal::run_terminal))
         .route("/api/v1/runs/{id}", get(runs::get_run))
         .route("/api/v1/sandboxes", get(sandboxes::list_sandboxes).post(sandboxes::create_sandbox))
         .route(
@@ -119,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/envs/prune", post(deps_api::prune_envs))
         .route("/api/v1/secrets", get(deps_api::list_secrets))
         .route("/api/v1/secrets/{name}", axum::routing::put(deps_api::put_secret).delete(deps_api::delete_secret))
+        .route("/api/v1/sandboxes/{id}/terminal", get(terminal::sandbox_terminal))
         .route("/api/v1/auth/signup", post(auth_api::signup))
         .route("/api/v1/auth/login", post(auth_api::login))
         .route("/api/v1/auth/refresh", post(auth_api::refresh))

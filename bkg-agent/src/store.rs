@@ -97,6 +97,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox ADD COLUMN last_error TEXT;
     ALTER TABLE outbox ADD COLUMN parked_at_ms INTEGER;
     CREATE INDEX outbox_parked ON outbox (parked_at_ms) WHERE parked_at_ms IS NOT NULL;",
+    // What the sandbox refused each run (`RunResult::denials`), as JSON; null when nothing.
+    "ALTER TABLE runs ADD COLUMN denials TEXT;",
 ];
 
 /// A persistent sandbox as stored: its definition and when it was first defined.
@@ -551,15 +553,24 @@ impl Store {
                 caller.actor.clone(),
                 Details::RunFinished(RunFinished {
                     outcome: RunOutcome::Ended(RunEnd::from(result)),
-                    details: RunFinishedDetails { language: Some(result.language), finished_at_ms },
+                    details: RunFinishedDetails {
+                        language: Some(result.language),
+                        finished_at_ms,
+                        denials: result.denials.clone(),
+                    },
                 }),
             )
         };
         let result = result.clone();
+        let denials = match result.denials.is_empty() {
+            true => None,
+            false => Some(serde_json::to_string(&result.denials)?),
+        };
         self.record(event, move |db| {
             db.execute(
                 "UPDATE runs SET finished_at_ms = ?2, exit_code = ?3, signal = ?4, killed_by = ?5, wall_ms = ?6,
-                 cpu_ms = ?7, peak_memory_bytes = ?8, stdout_bytes = ?9, stderr_bytes = ?10 WHERE id = ?1",
+                 cpu_ms = ?7, peak_memory_bytes = ?8, stdout_bytes = ?9, stderr_bytes = ?10, denials = ?11
+                 WHERE id = ?1",
                 params![
                     result.id,
                     finished_at_ms as i64,
@@ -571,6 +582,7 @@ impl Store {
                     result.peak_memory_bytes as i64,
                     result.stdout_bytes as i64,
                     result.stderr_bytes as i64,
+                    denials,
                 ],
             )?;
             Ok(())
@@ -594,7 +606,7 @@ impl Store {
                 caller.actor.clone(),
                 Details::RunFinished(RunFinished {
                     outcome: RunOutcome::Failed { error: error.to_owned() },
-                    details: RunFinishedDetails { language: None, finished_at_ms },
+                    details: RunFinishedDetails { language: None, finished_at_ms, denials: Vec::new() },
                 }),
             )
         };
@@ -837,7 +849,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 }
 
 const RUN_COLUMNS: &str = "id, language, started_at_ms, finished_at_ms, limits, exit_code, signal, killed_by, wall_ms, \
-    cpu_ms, peak_memory_bytes, stdout_bytes, stderr_bytes, cleaned_up, error, namespace, sandbox_id";
+    cpu_ms, peak_memory_bytes, stdout_bytes, stderr_bytes, cleaned_up, error, namespace, sandbox_id, denials";
 
 struct RawRecord {
     id: String,
@@ -857,6 +869,7 @@ struct RawRecord {
     error: Option<String>,
     namespace: String,
     sandbox_id: Option<String>,
+    denials: Option<String>,
 }
 
 fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
@@ -878,6 +891,7 @@ fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         error: row.get(14)?,
         namespace: row.get(15)?,
         sandbox_id: row.get(16)?,
+        denials: row.get(17)?,
     })
 }
 
@@ -902,6 +916,7 @@ impl RawRecord {
             stderr_bytes: to_u64(self.stderr_bytes),
             cleaned_up: self.cleaned_up,
             error: self.error,
+            denials: self.denials.map(|text| serde_json::from_str(&text)).transpose()?.unwrap_or_default(),
         })
     }
 }

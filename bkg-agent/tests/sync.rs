@@ -362,7 +362,11 @@ impl History {
             };
             let finished = RunFinished {
                 outcome: RunOutcome::Ended(end),
-                details: RunFinishedDetails { language: Some(Language::Python), finished_at_ms: index as u64 + 12 },
+                details: RunFinishedDetails {
+                    language: Some(Language::Python),
+                    finished_at_ms: index as u64 + 12,
+                    denials: Vec::new(),
+                },
             };
             self.push(AuditEvent { details: Details::RunFinished(finished), ..run });
         }

@@ -50,6 +50,10 @@ pub enum Command {
     Status(NameArgs),
     /// Print the output of a sandbox's latest run (`-f` follows it).
     Logs(LogsArgs),
+    /// Open an interactive shell (or run a command) in a persistent sandbox, on a terminal.
+    #[command(after_help = "Exit codes: the shell's own; 124 timeout; 137 killed by the memory or process limit; \
+125 bkg failed (no terminal, agent unreachable, unknown sandbox).")]
+    Shell(ShellArgs),
     /// Stop the run going on in one or more sandboxes (`--all`: every sandbox of the project).
     Stop(StopArgs),
     /// Remove sandboxes: their workspace, logs and their entry in cave.yaml.
@@ -120,6 +124,7 @@ impl Command {
             | Command::Init(_)
             | Command::Add(_)
             | Command::Logs(_)
+            | Command::Shell(_)
             | Command::Logout
             | Command::Secrets(_)
             | Command::Completions(_) => false,
@@ -195,8 +200,28 @@ pub struct ExeArgs {
     #[arg(long = "secret", value_name = "NAME")]
     pub secrets: Vec<String>,
     /// Print one JSON object with the result and accounting instead of the output.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tty")]
     pub json: bool,
+    /// Run the script on a pseudo-terminal: raw keys, colours, resize and Ctrl-C reach it (needs a terminal).
+    #[arg(short = 'T', long = "tty")]
+    pub tty: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The sandbox's name in cave.yaml (it must have run once, e.g. with `bkgr NAME`).
+    pub name: String,
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Run this command line (with /bin/sh -c) on the terminal instead of an interactive shell.
+    #[arg(short = 'c', long = "command", value_name = "COMMAND")]
+    pub command: Option<String>,
+    /// Set a variable in the sandbox; a bare NAME passes the host's value (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// How long the shell may last, e.g. 30m [default: the sandbox's timeout]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -416,6 +441,9 @@ pub struct LogsArgs {
     /// Lead each line with the time bkg read it (RFC 3339, UTC): when it was written, for lines that arrive with -f.
     #[arg(short = 't', long)]
     pub timestamps: bool,
+    /// List what the sandbox refused its recent runs (system calls, limits) instead of the output.
+    #[arg(long, conflicts_with_all = ["follow", "tail", "timestamps"])]
+    pub policy: bool,
 }
 
 #[derive(Debug, Args)]
@@ -650,7 +678,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     (
         "exe",
         "bkg exe job.py input.csv --verbose\n  bkg exe --memory 1.5GiB --timeout 1m30s -e API_TOKEN --env-file .env job.py\n  \
-         echo 'print(6 * 7)' | bkg exe - --type python",
+         echo 'print(6 * 7)' | bkg exe - --type python\n  bkg exe --tty game.py",
     ),
     ("agent", "sudo bkg agent start\n  bkg agent status --json\n  bkg agent stop"),
     ("agent start", "sudo bkg agent start\n  sudo bkg agent start --foreground --state-dir /srv/bkg"),
@@ -665,7 +693,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("validate", "bkg validate\n  bkg validate deploy/cave.yaml --json"),
     ("ls", "bkg ls\n  bkg ls --all --json"),
     ("status", "bkg status web\n  bkg status web --json -C ~/my-app"),
-    ("logs", "bkg logs web\n  bkg logs web -f --timestamps\n  bkg logs web --tail 20"),
+    ("logs", "bkg logs web\n  bkg logs web -f --timestamps\n  bkg logs web --tail 20\n  bkg logs web --policy"),
+    ("shell", "bkg shell web\n  bkg shell web --timeout 30m -e DEBUG=1\n  bkg shell web -c 'python3 -m pdb main.py'"),
     ("stop", "bkg stop web\n  bkg stop web worker\n  bkg stop --all"),
     ("rm", "bkg rm web\n  bkg rm web worker --force"),
     ("runs", "bkg runs ls\n  bkg runs ls --sandbox web --limit 5\n  bkg runs show run_19bc0a1f2e3d4c5b"),
@@ -696,7 +725,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("keys ls", "bkg keys ls\n  bkg --remote http://10.0.0.5:7070 keys ls --json"),
     ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
     ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
-    ("watch", "bkg watch\n  bkg watch --json --kinds runs --namespace team-a\n  bkg watch --since 1200 --count 50\n  bkg watch --no-follow --json"),
+    (
+        "watch",
+        "bkg watch\n  bkg watch --json --kinds runs --namespace team-a\n  bkg watch --since 1200 --count 50\n  bkg watch --no-follow --json",
+    ),
     ("ui", "bkg ui\n  bkg ui --open\n  bkg ui --json"),
     ("version", "bkg version\n  bkg version --json"),
     (

@@ -14,7 +14,18 @@ use crate::settings::Settings;
 use crate::stream::{self, Output, Stdin};
 
 pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
+    if args.tty {
+        crate::terminal::require_terminal("bkg exe --tty")?;
+    }
     let (request, stdin_is_code) = build_request(&args)?;
+    if args.tty {
+        let open = bkg_schema::terminal::TerminalOpen {
+            size: crate::terminal::own_size(),
+            term: crate::terminal::own_term(),
+            request,
+        };
+        return crate::terminal::exe(settings, &open).await;
+    }
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
 
@@ -158,7 +169,7 @@ const REQUIREMENTS_FILE: &str = "requirements.txt";
 
 /// `KEY=VALUE`, or a bare `KEY` that takes the host's value (skipped when the host has none, as
 /// docker does).
-fn env_entry(entry: &str, place: &str) -> Result<Option<(String, String)>, CliError> {
+pub(crate) fn env_entry(entry: &str, place: &str) -> Result<Option<(String, String)>, CliError> {
     let (key, value) = match entry.split_once('=') {
         Some((key, value)) => (key, Some(value.to_owned())),
         None => (entry, None),

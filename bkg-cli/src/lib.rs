@@ -27,6 +27,7 @@ pub mod shared;
 mod stream;
 mod sync_cmd;
 mod table;
+mod terminal;
 mod ui_cmd;
 mod validate;
 pub mod version_cmd;
@@ -59,6 +60,7 @@ async fn dispatch(settings: Settings, command: Command) -> Result<i32, CliError>
         Command::Ls(args) => manage::ls(settings, args).await,
         Command::Status(args) => manage::status(settings, args).await,
         Command::Logs(args) => manage::logs(settings, args).await,
+        Command::Shell(args) => terminal::shell(settings, args).await,
         Command::Stop(args) => manage::stop_many(settings, args).await,
         Command::Rm(args) => manage::rm_many(settings, args).await,
         Command::Runs(args) => runs_cmd::run(settings, args).await,

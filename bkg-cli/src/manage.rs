@@ -136,11 +136,17 @@ fn describe(info: &SandboxInfo) -> String {
     text
 }
 
+/// How many of a sandbox's newest runs `bkg logs --policy` looks at.
+const POLICY_RUNS: u32 = 50;
+
 pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> {
     let project = project_dir(args.project.dir.as_deref())?;
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
     let id = id_of(&project, &args.name);
+    if args.policy {
+        return policy(settings, &client, &id).await;
+    }
     let open = |follow: bool| {
         let path = format!("/api/v1/sandboxes/{id}/logs?follow={follow}");
         let (client, name, project) = (&client, &args.name, &project);
@@ -181,6 +187,28 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
         }
     }
     let _ = out.write_all(&lines.finish()).and_then(|()| out.flush());
+    Ok(SUCCESS)
+}
+
+/// `bkg logs NAME --policy`: what the sandbox refused its newest runs, newest first, one line
+/// per run and refusal.
+async fn policy(settings: &Settings, client: &AgentClient, id: &str) -> Result<i32, CliError> {
+    let runs: Vec<bkg_schema::RunRecord> =
+        client.get(&format!("/api/v1/runs?sandbox={}&limit={POLICY_RUNS}", percent_encode(id))).await?;
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .flat_map(|run| {
+            run.denials.iter().map(|denial| {
+                vec![run.id.clone(), denial.kind.as_str().to_owned(), denial.what.clone(), denial.count.to_string()]
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        settings.out.note(format_args!("nothing was refused in the last {POLICY_RUNS} runs"));
+        return Ok(SUCCESS);
+    }
+    let table = crate::table::render(&["RUN", "KIND", "WHAT", "COUNT"], &[3], &[], rows, crate::table::width());
+    settings.out.text(&table);
     Ok(SUCCESS)
 }
 

@@ -83,7 +83,11 @@ impl TestLog {
                         stderr_bytes: 0,
                         truncated: false,
                     }),
-                    details: RunFinishedDetails { language: Some(bkg_schema::Language::Python), finished_at_ms: n },
+                    details: RunFinishedDetails {
+                        language: Some(bkg_schema::Language::Python),
+                        finished_at_ms: n,
+                        denials: Vec::new(),
+                    },
                 }),
             )
         })

@@ -15,6 +15,7 @@ pub mod paths;
 pub mod sandbox;
 pub mod shape;
 pub mod sync;
+pub mod terminal;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -254,6 +255,41 @@ pub struct RunResult {
     /// a run that never had a sandbox, and in results of agents older than the levels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_level: Option<host::SecurityLevel>,
+    /// What the sandbox refused the code, as the kernel reported it (docs/security.md,
+    /// "Denials"): each kind and thing once, with how often.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<Denial>,
+}
+
+/// Something the sandbox refused a run's code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Denial {
+    pub kind: DenialKind,
+    /// What was refused: a system call's name (`seccomp`), a limit's name (`limit`).
+    pub what: String,
+    /// How many times.
+    pub count: u64,
+}
+
+/// Which protection refused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DenialKind {
+    /// A system call the seccomp policy refuses (it failed with an errno).
+    Seccomp,
+    /// A resource limit the run reached (`pids`, `memory`, `disk`, `timeout`).
+    Limit,
+}
+
+impl DenialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Seccomp => "seccomp",
+            Self::Limit => "limit",
+        }
+    }
 }
 
 /// How much of each output stream a result keeps; the rest is streamed live but not retained.
@@ -349,6 +385,9 @@ pub struct RunRecord {
     /// Set once the agent has confirmed nothing of the run is left on the host.
     pub cleaned_up: bool,
     pub error: Option<String>,
+    /// What the sandbox refused the run (as in its result).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<Denial>,
 }
 
 /// The namespace of everything made without naming one.

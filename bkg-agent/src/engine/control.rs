@@ -2,6 +2,7 @@
 //! `[length: u32 big-endian][JSON]`, one message at a time.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,6 +35,10 @@ pub struct GoOrder {
     /// How many CPUs the code may run on: its CPU limit rounded up. The init pins the code to
     /// that many of its own CPUs and shows only those as online (engine/init.rs, `pin_cpus`).
     pub cpus: usize,
+    /// Run the code on a pseudo-terminal of this size instead of pipes: pid 1 opens it in the
+    /// sandbox's own devpts and hands the agent its master (`FromInit::Terminal`).
+    #[serde(default)]
+    pub terminal: Option<bkg_schema::terminal::TerminalSize>,
 }
 
 /// A file the init writes into the sandbox before the code starts. Paths were validated by the
@@ -51,12 +56,23 @@ pub enum FromInit {
     Forked { pid: i32 },
     /// The sandbox is built and waits for `Go`.
     Ready,
+    /// The code's pseudo-terminal: its master comes with this message (`SCM_RIGHTS`), read
+    /// with [`read_with_fd_async`].
+    Terminal,
     /// The code was started.
     Running,
     /// The code could not be executed; `errno` from execve.
     ExecFailed { errno: i32 },
-    /// The code ended.
-    Exited { exit_code: Option<i32>, signal: Option<i32>, disk_used_bytes: u64, disk_full: bool },
+    /// The code ended. `denied_syscalls`: how often each system call number was refused by
+    /// the seccomp policy (pid 1 answers the refusals, engine/denials.rs).
+    Exited {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        disk_used_bytes: u64,
+        disk_full: bool,
+        #[serde(default)]
+        denied_syscalls: Vec<(i64, u64)>,
+    },
     /// Building the sandbox failed at `stage`.
     Failed { stage: String, message: String },
 }
@@ -69,6 +85,8 @@ pub enum ControlError {
     Json(#[from] serde_json::Error),
     #[error("control message of {0} bytes is too long")]
     TooLong(usize),
+    #[error("control message: {0}")]
+    Passing(#[from] nix::errno::Errno),
 }
 
 pub fn write_blocking<T: Serialize>(stream: &mut impl Write, message: &T) -> Result<(), ControlError> {
@@ -91,6 +109,81 @@ pub fn read_blocking<T: DeserializeOwned>(stream: &mut impl Read) -> Result<T, C
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body)?;
     Ok(serde_json::from_slice(&body)?)
+}
+
+/// Writes `message` with `fd` attached to its first byte (`SCM_RIGHTS`), in one `sendmsg`.
+pub fn write_with_fd_blocking<T: Serialize>(
+    stream: &mut std::os::unix::net::UnixStream,
+    message: &T,
+    fd: RawFd,
+) -> Result<(), ControlError> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let body = serde_json::to_vec(message)?;
+    let len = u32::try_from(body.len()).map_err(|_| ControlError::TooLong(body.len()))?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    let fds = [fd];
+    let sent = sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[std::io::IoSlice::new(&frame)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    // The descriptor went with the first byte; the rest, if the kernel took less, follows plainly.
+    stream.write_all(&frame[sent..])?;
+    Ok(())
+}
+
+/// Reads one message like [`read_async`], and the descriptor that came with it, if any.
+pub async fn read_with_fd_async<T: DeserializeOwned>(
+    stream: &mut tokio::net::UnixStream,
+) -> Result<(T, Option<OwnedFd>), ControlError> {
+    let mut received: Option<OwnedFd> = None;
+    let mut frame: Vec<u8> = Vec::new();
+    let mut wanted = 4;
+    while frame.len() < wanted {
+        let mut chunk = vec![0u8; wanted - frame.len()];
+        let (read, fd) =
+            stream.async_io(tokio::io::Interest::READABLE, || recv_with_fd(stream.as_raw_fd(), &mut chunk)).await?;
+        if read == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        if let Some(fd) = fd {
+            received = Some(fd);
+        }
+        frame.extend_from_slice(&chunk[..read]);
+        if wanted == 4 && frame.len() == 4 {
+            let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+            if len > MAX_MESSAGE {
+                return Err(ControlError::TooLong(len));
+            }
+            wanted = 4 + len;
+        }
+    }
+    Ok((serde_json::from_slice(&frame[4..])?, received))
+}
+
+/// One `recvmsg` on a non-blocking socket: the bytes read and a descriptor passed with them.
+fn recv_with_fd(socket: RawFd, buffer: &mut [u8]) -> std::io::Result<(usize, Option<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(buffer)];
+    let message =
+        recvmsg::<()>(socket, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).map_err(std::io::Error::from)?;
+    let mut fd = None;
+    for control in message.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            for raw in fds {
+                // SAFETY: the kernel just installed this descriptor in our table for us; nothing
+                // else owns it. Extra ones (a confused peer) are closed as they drop.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                fd.get_or_insert(owned);
+            }
+        }
+    }
+    Ok((message.bytes, fd))
 }
 
 pub async fn write_async<T: Serialize>(
@@ -123,7 +216,13 @@ mod tests {
     #[test]
     fn messages_round_trip_over_a_byte_stream() {
         let mut wire = Vec::new();
-        let sent = FromInit::Exited { exit_code: Some(3), signal: None, disk_used_bytes: 4096, disk_full: false };
+        let sent = FromInit::Exited {
+            exit_code: Some(3),
+            signal: None,
+            disk_used_bytes: 4096,
+            disk_full: false,
+            denied_syscalls: vec![(101, 2)],
+        };
         write_blocking(&mut wire, &sent).unwrap_or_default();
         let received: FromInit = read_blocking(&mut wire.as_slice()).unwrap_or(FromInit::Ready);
         assert_eq!(received, sent);

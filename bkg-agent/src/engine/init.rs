@@ -27,6 +27,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
 
 use super::control::{self, CONTROL_FD, FromInit, GoOrder, ToInit};
 use super::plan::{CPU_DIR, IdMap, MountStep, SandboxPlan, id_map_text};
+use super::seccomp_notify::{self, Supervisor};
 use super::{landlock, loopdev, seccomp};
 
 /// A failed step of building or starting the sandbox.
@@ -602,6 +603,10 @@ struct Launch {
     env: Vec<CString>,
     cwd: CString,
     seccomp: Vec<seccompiler::BpfProgram>,
+    /// The policy as one program (seccomp_notify.rs), as pid 1 evaluates it and, with its
+    /// refusals turned into notifications, as the code installs it; `None` if it does not fit.
+    counted_seccomp: Option<seccomp_notify::CountedPolicy>,
+    terminal: Option<bkg_schema::terminal::TerminalSize>,
 }
 
 impl Launch {
@@ -611,7 +616,8 @@ impl Launch {
         let program = argv.first().cloned().ok_or_else(|| StageError::new("start code", "empty command"))?;
         let env =
             order.env.iter().map(|(key, value)| cstring(&format!("{key}={value}"))).collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { program, argv, env, cwd: cstring(&order.cwd)?, seccomp })
+        let counted_seccomp = seccomp_notify::counted(&seccomp);
+        Ok(Self { program, argv, env, cwd: cstring(&order.cwd)?, seccomp, counted_seccomp, terminal: order.terminal })
     }
 }
 
@@ -621,6 +627,12 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
     let (unshared_read, unshared_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
     let (mapped_read, mapped_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
+    let terminal = match launch.terminal {
+        Some(size) => Some(open_terminal(plan, size, control)?),
+        None => None,
+    };
+    // The code hands pid 1 its seccomp listener over this pair (std's are close-on-exec).
+    let (listener_read, listener_write) = UnixStream::pair().stage("create the seccomp listener's socket pair")?;
 
     // SAFETY: pid 1 is single-threaded, so the child may run arbitrary code after fork.
     match unsafe { fork() }.stage("fork code")? {
@@ -628,8 +640,9 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
             drop(exec_error_read);
             drop(unshared_read);
             drop(mapped_write);
-            let handshake = IdMapHandshake { unshared: unshared_write, mapped: mapped_read };
-            let error = become_code(plan, &launch, &handshake);
+            drop(listener_read);
+            let handshake = IdMapHandshake { unshared: unshared_write, mapped: mapped_read, listener: listener_write };
+            let error = become_code(plan, &launch, &handshake, terminal.as_ref());
             let errno = match &error {
                 CodeError::Exec(errno) => *errno,
                 CodeError::Setup(..) => -1,
@@ -648,6 +661,9 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
             drop(exec_error_write);
             drop(unshared_write);
             drop(mapped_read);
+            // The code holds the terminal now: ours would keep the agent's master from its end.
+            drop(terminal);
+            drop(listener_write);
             // The code holds the stdio pipes now; ours would keep them open past its end.
             redirect_stdio_to_null();
             let mapped = map_code_ids(plan, child, unshared_read, mapped_write);
@@ -667,14 +683,41 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
                 let message = String::from_utf8_lossy(&report[4..]).into_owned();
                 return Err(StageError::new("start code", message));
             }
+            // The code has exec'd: the listener it sent, if its kernel has them, is waiting.
+            let mut supervisor = match (receive_listener(&listener_read), launch.counted_seccomp) {
+                (Some(listener), Some(policy)) => Some(Supervisor::new(listener, policy.evaluated)),
+                _ => None,
+            };
             drop_privileges(plan.ids.init)?;
             control::write_blocking(control, &FromInit::Running).stage("report running")?;
-            let (exit_code, signal) = reap_while_the_agent_lives(child, control)?;
+            let (exit_code, signal) = reap_while_the_agent_lives(child, control, supervisor.as_mut())?;
             let (disk_used_bytes, disk_full) = disk_usage();
-            control::write_blocking(control, &FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full })
-                .stage("report exit")
+            let denied_syscalls = supervisor.map(|supervisor| supervisor.counts()).unwrap_or_default();
+            control::write_blocking(
+                control,
+                &FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full, denied_syscalls },
+            )
+            .stage("report exit")
         }
     }
+}
+
+/// Opens a pseudo-terminal of `size` in the sandbox's own devpts, gives its slave to the
+/// sandbox user (so `tty` and `ls -l /dev/pts` show the code's own) and its master to the agent,
+/// which relays it; returns the slave, for the code.
+fn open_terminal(
+    plan: &SandboxPlan,
+    size: bkg_schema::terminal::TerminalSize,
+    control: &mut UnixStream,
+) -> Result<OwnedFd, StageError> {
+    let winsize = nix::pty::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&winsize), None).stage("open a pseudo-terminal")?;
+    let id = plan.ids.sandbox;
+    nix::unistd::fchown(&pty.slave, Some(Uid::from_raw(id)), Some(Gid::from_raw(id)))
+        .stage("give the terminal to the sandbox user")?;
+    control::write_with_fd_blocking(control, &FromInit::Terminal, pty.master.as_raw_fd())
+        .stage("hand the terminal to the agent")?;
+    Ok(pty.slave)
 }
 
 /// How the code's process and pid 1 hand over the id map of the code's user namespace: an
@@ -685,6 +728,55 @@ struct IdMapHandshake {
     unshared: OwnedFd,
     /// Pid 1 writes a byte here once the map is written; end of file means it could not.
     mapped: OwnedFd,
+    /// The code sends its seccomp listener here, just before it execs.
+    listener: UnixStream,
+}
+
+/// The seccomp listener the code sent before its exec, if it sent one (a kernel without user
+/// notification gives none). Never waits: the code has exec'd, so it was sent already.
+fn receive_listener(socket: &UnixStream) -> Option<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let mut listener = None;
+    for control in message.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            for fd in fds {
+                // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
+                listener.get_or_insert(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    listener
+}
+
+/// The code's last step before exec: the seccomp policy, counted when the kernel can (the
+/// listener goes to pid 1), else as it is.
+fn apply_seccomp(launch: &Launch, handshake: &IdMapHandshake) -> Result<(), (&'static str, String)> {
+    if let Some(policy) = &launch.counted_seccomp
+        && let Ok(listener) = seccomp_notify::install_with_listener(&policy.installed)
+    {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let fds = [listener.as_raw_fd()];
+        sendmsg::<()>(
+            handshake.listener.as_raw_fd(),
+            &[std::io::IoSlice::new(&[1])],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|error| ("hand the seccomp listener over", error.to_string()))?;
+        return Ok(());
+    }
+    seccomp::install(&launch.seccomp).map_err(|error| ("apply seccomp", error.to_string()))
 }
 
 /// Pid 1's side of `IdMapHandshake`. When the code's process ends before it unshares, there is
@@ -706,7 +798,11 @@ fn map_code_ids(plan: &SandboxPlan, code: Pid, unshared: OwnedFd, mapped: OwnedF
 /// Waits for the code's process like `reap`, but gives up, ending the whole sandbox, as soon as
 /// the agent is gone (its end of the control socket hangs up): a run must never outlive the
 /// agent that enforces its timeout.
-fn reap_while_the_agent_lives(code: Pid, control: &UnixStream) -> Result<(Option<i32>, Option<i32>), StageError> {
+fn reap_while_the_agent_lives(
+    code: Pid,
+    control: &UnixStream,
+    mut supervisor: Option<&mut Supervisor>,
+) -> Result<(Option<i32>, Option<i32>), StageError> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, code.as_raw(), 0) };
     if pidfd < 0 {
@@ -715,19 +811,30 @@ fn reap_while_the_agent_lives(code: Pid, control: &UnixStream) -> Result<(Option
     // SAFETY: the descriptor was just returned to us and nothing else owns it.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
     loop {
+        // A negative descriptor is skipped by poll: no listener, or one nobody can notify any more.
+        let listener = supervisor.as_ref().map_or(-1, |supervisor| supervisor.listener());
         let mut watched = [
             libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: control.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 },
+            libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 },
         ];
         // Wake at least every second to reap orphans that pid 1 inherited.
-        // SAFETY: `watched` is a valid array of two pollfd structs for the duration of the call.
-        let ready = unsafe { libc::poll(watched.as_mut_ptr(), 2, 1000) };
+        // SAFETY: `watched` is a valid array of three pollfd structs for the duration of the call.
+        let ready = unsafe { libc::poll(watched.as_mut_ptr(), 3, 1000) };
         if ready < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             return Err(StageError::new("watch the code", std::io::Error::last_os_error()));
         }
         if watched[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
             // The agent is gone: ending pid 1 ends every process of the sandbox.
             std::process::exit(1);
+        }
+        if watched[2].revents & libc::POLLIN != 0
+            && let Some(supervisor) = supervisor.as_mut()
+        {
+            supervisor.answer_one();
+        } else if watched[2].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            // Every process of the filter is gone: nothing more will come.
+            supervisor = None;
         }
         loop {
             match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
@@ -794,8 +901,13 @@ enum CodeError {
 
 /// In the forked child: become the unprivileged sandbox user in a fresh user namespace, lock
 /// everything down, and exec the code. Returns only on failure.
-fn become_code(plan: &SandboxPlan, launch: &Launch, handshake: &IdMapHandshake) -> CodeError {
-    match lock_down(plan, launch, handshake) {
+fn become_code(
+    plan: &SandboxPlan,
+    launch: &Launch,
+    handshake: &IdMapHandshake,
+    terminal: Option<&OwnedFd>,
+) -> CodeError {
+    match lock_down(plan, launch, handshake, terminal) {
         Ok(()) => {}
         Err((stage, error)) => return CodeError::Setup(stage, error),
     }
@@ -803,11 +915,30 @@ fn become_code(plan: &SandboxPlan, launch: &Launch, handshake: &IdMapHandshake) 
     CodeError::Exec(error.map_or_else(|errno| errno as i32, |never| match never {}))
 }
 
-fn lock_down(plan: &SandboxPlan, launch: &Launch, handshake: &IdMapHandshake) -> Result<(), (&'static str, String)> {
+fn lock_down(
+    plan: &SandboxPlan,
+    launch: &Launch,
+    handshake: &IdMapHandshake,
+    terminal: Option<&OwnedFd>,
+) -> Result<(), (&'static str, String)> {
     fn step<T, E: std::fmt::Display>(stage: &'static str, result: Result<T, E>) -> Result<T, (&'static str, String)> {
         result.map_err(|error| (stage, error.to_string()))
     }
     step("new session", nix::unistd::setsid())?;
+    if let Some(slave) = terminal {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors; `slave` stays open for the call.
+            if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
+                return Err(("attach the terminal", std::io::Error::last_os_error().to_string()));
+            }
+        }
+        // The session leader takes the terminal as its controlling one: Ctrl-C, job control and
+        // SIGWINCH reach its foreground process group.
+        // SAFETY: TIOCSCTTY takes an int argument (0: do not steal) and no pointer.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(("take the controlling terminal", std::io::Error::last_os_error().to_string()));
+        }
+    }
     // Everything but stdio closes at exec; the exec-error pipe must stay open until then.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
@@ -853,7 +984,7 @@ fn lock_down(plan: &SandboxPlan, launch: &Launch, handshake: &IdMapHandshake) ->
             read_write: plan.landlock_read_write.clone(),
         }),
     )?;
-    step("apply seccomp", seccomp::install(&launch.seccomp))?;
+    apply_seccomp(launch, handshake)?;
     Ok(())
 }
 

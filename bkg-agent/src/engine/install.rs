@@ -144,6 +144,7 @@ impl Engine {
                 clear: Vec::new(),
                 reown: Vec::new(),
                 cpus: cpu_count(limits.cpu_millis),
+                terminal: None,
             },
             stdin: None,
             persistent: Some(PersistentRun {

@@ -4,6 +4,7 @@
 pub mod capacity;
 pub mod cgroup;
 pub mod control;
+pub mod denials;
 pub mod handle;
 pub mod host_check;
 pub mod init;
@@ -17,6 +18,8 @@ pub mod request;
 pub mod run;
 pub mod sandbox;
 pub mod seccomp;
+pub mod seccomp_notify;
+pub mod terminal;
 #[cfg(test)]
 mod test_support;
 pub mod workspace;

@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
 use bkg_schema::sandbox::{ExecRequest, SandboxDefinition};
+use bkg_schema::terminal::TerminalSize;
 use bkg_schema::{ErrorCode, FileUpload, Limits, RunRequest};
 
 use super::control::{GoOrder, PlacedFile};
@@ -116,7 +117,31 @@ impl ValidatedRun {
             self.order.env.push((key, value));
         }
     }
+
+    /// Runs the code on a pseudo-terminal of `size` (its stdin, stdout and stderr, and its
+    /// controlling terminal) with `TERM` set to `term`.
+    pub fn on_terminal(&mut self, size: TerminalSize, term: Option<String>) -> Result<(), RunError> {
+        if size.cols == 0 || size.rows == 0 {
+            return Err(RunError::BadRequest("a terminal needs at least one column and one row".into()));
+        }
+        let term = term.unwrap_or_else(|| DEFAULT_TERM.to_owned());
+        if term.is_empty() || term.len() > 64 || !term.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(RunError::BadRequest(format!("TERM `{term}` is not a terminal type name")));
+        }
+        self.order.env.retain(|(key, _)| key != "TERM");
+        self.order.env.push(("TERM".into(), term));
+        self.order.terminal = Some(size);
+        Ok(())
+    }
+
+    /// Whether the run's code is on a pseudo-terminal.
+    pub fn has_terminal(&self) -> bool {
+        self.order.terminal.is_some()
+    }
 }
+
+/// `TERM` of a terminal run whose client does not say.
+const DEFAULT_TERM: &str = "xterm-256color";
 
 /// Total size of files a request may place in the sandbox (they must also fit its disk).
 const MAX_UPLOAD_BYTES: u64 = 256 * 1024 * 1024;
@@ -257,6 +282,7 @@ impl Engine {
                 clear: Vec::new(),
                 reown: Vec::new(),
                 cpus: cpu_count(limits.cpu_millis),
+                terminal: None,
             },
             stdin: decode_stdin(request.stdin_base64.as_deref())?,
             persistent: None,
@@ -345,6 +371,7 @@ impl Engine {
                 clear: vec![TMP.into(), "/dev/shm".into()],
                 reown: vec![WORKSPACE.into()],
                 cpus: cpu_count(limits.cpu_millis),
+                terminal: None,
             },
             stdin: decode_stdin(exec.stdin_base64.as_deref())?,
             persistent: Some(PersistentRun {

@@ -17,6 +17,7 @@ use super::cgroup::CgroupUsage as Usage;
 use super::control::{self, FromInit, ToInit};
 use super::handle::{RunPhase, RunTicket, RunTracker};
 use super::sandbox::{PreparedSandbox, cgroup_limits};
+use super::terminal::TerminalMaster;
 use super::{Engine, EngineError};
 use crate::ids::new_id;
 
@@ -28,6 +29,8 @@ pub enum RunInput {
     Stdin(Vec<u8>),
     StdinEnd,
     Cancel,
+    /// The caller's terminal has a new size (a run on a terminal only; others ignore it).
+    Resize(bkg_schema::terminal::TerminalSize),
 }
 
 /// What a run reports while it goes on.
@@ -111,13 +114,29 @@ impl Engine {
         relay.offer(&output, RunOutput::Started(run_id.clone()));
         let started = Instant::now();
         tracker.advance(RunPhase::Started);
+        let wants_terminal = run.order.terminal.is_some();
         if let Err(error) = control::write_async(&mut sandbox.control, &ToInit::Go(run.order)).await {
             self.dispose_later(&tracker, sandbox);
             return Err(EngineError::from(error).into());
         }
+        let terminal = if wants_terminal {
+            match receive_terminal(&mut sandbox).await {
+                Ok(master) => Some(master),
+                Err(error) => {
+                    self.dispose_later(&tracker, sandbox);
+                    return Err(error.into());
+                }
+            }
+        } else {
+            None
+        };
 
         let (cancel_tx, cancel_rx) = mpsc::channel::<()>(1);
-        let stdin_task = tokio::spawn(feed_stdin(sandbox.stdin.take(), run.stdin, early_input, input, cancel_tx));
+        let sink = match &terminal {
+            Some(master) => StdinSink::Terminal(master.clone()),
+            None => StdinSink::Pipe(sandbox.stdin.take()),
+        };
+        let stdin_task = tokio::spawn(feed_stdin(sink, run.stdin, early_input, input, cancel_tx));
         let watched = Watch {
             sandbox: &mut sandbox,
             started,
@@ -129,6 +148,7 @@ impl Engine {
             output: &output,
             relay: &mut relay,
             log: log.as_mut(),
+            terminal,
         }
         .until_the_end()
         .await;
@@ -272,23 +292,71 @@ fn cancelled_in_queue(id: String, run: &ValidatedRun) -> RunResult {
         undelivered_bytes: 0,
         limits: run.limits,
         security_level: None,
+        denials: Vec::new(),
+    }
+}
+
+/// Pid 1's first answer to a `Go` on a terminal: the terminal's master, or why it has none.
+async fn receive_terminal(sandbox: &mut PreparedSandbox) -> Result<TerminalMaster, EngineError> {
+    let failed = |message: String| EngineError::Prepare { stage: "open the terminal".into(), message };
+    match control::read_with_fd_async::<FromInit>(&mut sandbox.control).await? {
+        (FromInit::Terminal, Some(master)) => TerminalMaster::new(master).map_err(|error| failed(error.to_string())),
+        (FromInit::Failed { stage, message }, _) => Err(EngineError::Prepare { stage, message }),
+        (other, _) => Err(failed(format!("pid 1 answered {other:?} instead of the terminal"))),
+    }
+}
+
+/// Where the caller's input goes: the code's stdin pipe, or its terminal.
+enum StdinSink {
+    Pipe(Option<tokio::net::unix::pipe::Sender>),
+    Terminal(TerminalMaster),
+}
+
+impl StdinSink {
+    /// Writes `bytes`; false once the code can take no more (its stdin closed).
+    async fn write(&mut self, bytes: &[u8]) -> bool {
+        match self {
+            Self::Pipe(pipe) => {
+                if let Some(open) = pipe.as_mut()
+                    && open.write_all(bytes).await.is_err()
+                {
+                    *pipe = None;
+                }
+                pipe.is_some()
+            }
+            Self::Terminal(master) => master.write_all(bytes).await.is_ok(),
+        }
+    }
+
+    /// The end of the caller's input: a pipe closes. A terminal has no end of input of its own
+    /// (Ctrl-D is a key), so it stays open.
+    fn end(&mut self) {
+        if let Self::Pipe(pipe) = self {
+            *pipe = None;
+        }
+    }
+
+    fn resize(&self, size: bkg_schema::terminal::TerminalSize) {
+        if let Self::Terminal(master) = self
+            && let Err(error) = master.resize(size)
+        {
+            tracing::debug!(%error, "could not resize a run's terminal");
+        }
     }
 }
 
 /// Writes stdin for the code in its own task (a script that never reads must not stall the run)
 /// and turns the caller's cancellation into a signal for the run.
 async fn feed_stdin(
-    mut pipe: Option<tokio::net::unix::pipe::Sender>,
+    mut sink: StdinSink,
     preset: Option<Vec<u8>>,
     early: Vec<RunInput>,
     mut input: mpsc::Receiver<RunInput>,
     cancel: mpsc::Sender<()>,
 ) {
     if let Some(bytes) = preset {
-        if let Some(pipe) = pipe.as_mut() {
-            let _ = pipe.write_all(&bytes).await;
-        }
-        pipe = None;
+        sink.write(&bytes).await;
+        sink.end();
     }
     let mut early = early.into_iter();
     loop {
@@ -301,13 +369,10 @@ async fn feed_stdin(
         };
         match event {
             RunInput::Stdin(bytes) => {
-                if let Some(open) = pipe.as_mut()
-                    && open.write_all(&bytes).await.is_err()
-                {
-                    pipe = None;
-                }
+                sink.write(&bytes).await;
             }
-            RunInput::StdinEnd => pipe = None,
+            RunInput::StdinEnd => sink.end(),
+            RunInput::Resize(size) => sink.resize(size),
             RunInput::Cancel => {
                 let _ = cancel.send(()).await;
                 return;
@@ -443,10 +508,14 @@ struct Watch<'a> {
     output: &'a Option<mpsc::Sender<RunOutput>>,
     relay: &'a mut Relay,
     log: Option<&'a mut tokio::fs::File>,
+    /// The code's terminal, when it runs on one: its output comes from here, as stdout.
+    terminal: Option<TerminalMaster>,
 }
 
 /// What watching a run found.
 struct Watched {
+    /// System call numbers the seccomp policy refused, with how often (pid 1's count).
+    denied_syscalls: Vec<(i64, u64)>,
     ending: Ending,
     killed_by: Option<KilledBy>,
     wall: Duration,
@@ -454,6 +523,14 @@ struct Watched {
     disk_seen_full: bool,
     stdout: Captured,
     stderr: Captured,
+}
+
+/// Reads the run's terminal, if it has one (the branch reading it is off otherwise).
+async fn read_terminal(terminal: &Option<TerminalMaster>, buffer: &mut [u8]) -> std::io::Result<usize> {
+    match terminal {
+        Some(master) => master.read(buffer).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One of the two output pipes, while it is open.
@@ -468,6 +545,7 @@ impl Watch<'_> {
     /// `select!`, so no caller and no quiet pipe can hold off the deadline or a kill.
     async fn until_the_end(mut self) -> Watched {
         let mut watched = Watched {
+            denied_syscalls: Vec::new(),
             ending: Ending::Vanished,
             killed_by: None,
             wall: Duration::ZERO,
@@ -480,21 +558,25 @@ impl Watch<'_> {
         let mut must_end = self.must_end.clone();
         let mut ended_at = None;
         let (mut stdout_open, mut stderr_open) = (true, true);
+        let mut terminal_open = self.terminal.is_some();
+        let terminal = self.terminal.take();
         let mut stdout_buf = vec![0u8; 64 * 1024];
         let mut stderr_buf = vec![0u8; 64 * 1024];
+        let mut terminal_buf = vec![0u8; 64 * 1024];
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
         let mut limit_poll = tokio::time::interval(LIMIT_POLL);
         limit_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
-        while phase == Phase::Running || stdout_open || stderr_open {
+        while phase == Phase::Running || stdout_open || stderr_open || terminal_open {
             let room = self.relay.has_room();
             let mut kill_for = None;
             tokio::select! {
                 message = control::read_async::<FromInit>(&mut self.sandbox.control), if phase == Phase::Running => {
                     let ending = match message {
-                        Ok(FromInit::Running | FromInit::Ready | FromInit::Forked { .. }) => continue,
-                        Ok(FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full }) => {
+                        Ok(FromInit::Running | FromInit::Ready | FromInit::Forked { .. } | FromInit::Terminal) => continue,
+                        Ok(FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full, denied_syscalls }) => {
+                            watched.denied_syscalls = denied_syscalls;
                             Ending::Exited { exit_code, signal, disk_used_bytes, disk_full }
                         }
                         Ok(FromInit::ExecFailed { errno }) => Ending::ExecFailed(errno),
@@ -517,6 +599,12 @@ impl Watch<'_> {
                     match read {
                         Ok(0) | Err(_) => stderr_open = false,
                         Ok(n) => self.take(Stream::Stderr, &stderr_buf[..n], &mut watched).await,
+                    }
+                }
+                read = read_terminal(&terminal, &mut terminal_buf), if terminal_open && room => {
+                    match read {
+                        Ok(0) | Err(_) => terminal_open = false,
+                        Ok(n) => self.take(Stream::Stdout, &terminal_buf[..n], &mut watched).await,
                     }
                 }
                 permit = reserve(self.output), if self.relay.has_waiting() => self.relay.deliver(permit),
@@ -642,6 +730,7 @@ impl Watched {
             stderr: String::from_utf8_lossy(&self.stderr.kept).into_owned(),
             limits,
             security_level: None,
+            denials: super::denials::of_run(&self.denied_syscalls, killed_by),
         })
     }
 }

@@ -290,7 +290,10 @@ mod tests {
         assert!(matches!(FeedRequest::parse(Some("x"), None, None, None), Err(FeedError::BadRequest(_))));
         assert_eq!(FeedRequest::parse(Some("9223372036854775807"), None, None, None)?.since, i64::MAX as u64);
         for beyond in ["9223372036854775808", "-1"] {
-            assert!(matches!(FeedRequest::parse(None, Some(beyond), None, None), Err(FeedError::BadRequest(_))), "{beyond}");
+            assert!(
+                matches!(FeedRequest::parse(None, Some(beyond), None, None), Err(FeedError::BadRequest(_))),
+                "{beyond}"
+            );
         }
         assert!(matches!(FeedRequest::parse(None, None, Some("runs,logs"), None), Err(FeedError::BadRequest(_))));
         Ok(())

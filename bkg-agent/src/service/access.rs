@@ -3,7 +3,7 @@
 //!
 //! | what | admin | local user | namespace key | session key | model-access key |
 //! |---|---|---|---|---|---|
-//! | run code; define, drive, list sandboxes; read runs | all namespaces | its namespace | its namespace | its namespace | no |
+//! | run code (also on a terminal); define, drive, list sandboxes; read runs | all namespaces | its namespace | its namespace | its namespace | no |
 //! | read the change feed | all namespaces | its namespace | its namespace | its namespace | no |
 //! | bind host volumes, use another project directory | yes | with its own rights | no | no | no |
 //! | create keys | any | session and model-access keys of its namespace | session and model-access keys of its namespace | no | no |

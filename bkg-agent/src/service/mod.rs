@@ -12,6 +12,7 @@ mod runs;
 mod sandboxes;
 mod secrets;
 mod system;
+mod terminals;
 mod ui_support;
 
 use std::collections::HashMap;

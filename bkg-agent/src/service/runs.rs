@@ -43,9 +43,18 @@ pub const MAX_LISTED_RUNS: u32 = 1000;
 impl Service {
     /// Checks a run in a temporary sandbox and takes it on.
     pub fn accept_run(&self, principal: &Principal, request: RunRequest) -> OpResult<Accepted> {
+        let requirements = self.requirement_set(&request.requirements)?;
+        let validated = self.validate_run(principal, request)?;
+        let mut accepted = self.accept(principal, validated)?;
+        accepted.requirements = requirements;
+        Ok(accepted)
+    }
+
+    /// Checks a run in a temporary sandbox: whether the caller may run code, in which namespace,
+    /// within the caller's limits.
+    pub(super) fn validate_run(&self, principal: &Principal, request: RunRequest) -> OpResult<ValidatedRun> {
         require_code_runner(principal)?;
         let namespace = namespace_for(principal, request.namespace.as_deref())?;
-        let requirements = self.requirement_set(&request.requirements)?;
         let secrets = request.secrets.clone();
         let mut request = request;
         let policy = &self.auth.policy.user;
@@ -54,9 +63,7 @@ impl Service {
         within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
         validated.namespace = namespace;
         self.give_secrets(&mut validated, &secrets)?;
-        let mut accepted = self.accept(principal, validated)?;
-        accepted.requirements = requirements;
-        Ok(accepted)
+        Ok(validated)
     }
 
     pub(super) fn accept(&self, principal: &Principal, validated: ValidatedRun) -> OpResult<Accepted> {

@@ -23,6 +23,7 @@ use super::runs::Accepted;
 use super::{OpError, OpResult, Service};
 use crate::auth::Principal;
 use crate::engine::handle::{RunPhase, RunProgress, wait_until};
+use crate::engine::request::ValidatedRun;
 use crate::engine::run::RunError;
 use crate::ids::now_ms;
 use crate::store::StoredSandbox;
@@ -47,7 +48,7 @@ fn no_sandbox(id: &str) -> OpError {
     OpError::NotFound(format!("no sandbox {id}"))
 }
 
-fn busy(name: &str) -> OpError {
+pub(super) fn busy(name: &str) -> OpError {
     OpError::Run(RunError::Busy(format!("sandbox {name} is already running; stop it first")))
 }
 
@@ -258,15 +259,41 @@ impl Service {
 
     /// Checks a command for sandbox `id` and takes it on; the sandbox is the run's until it ends.
     pub async fn accept_exec(&self, principal: &Principal, id: &str, exec: ExecRequest) -> OpResult<Accepted> {
+        let (name, validated) = self.validate_sandbox_exec(principal, id, exec, None).await?;
+        self.accept_in_sandbox(principal, &name, validated)
+    }
+
+    /// Checks a command for sandbox `id` (with its timeout replaced by `timeout_ms` when given):
+    /// the sandbox's name and the run.
+    pub(super) async fn validate_sandbox_exec(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec: ExecRequest,
+        timeout_ms: Option<u64>,
+    ) -> OpResult<(String, ValidatedRun)> {
         let stored = self.visible_sandbox(principal, id).await?;
         // The paths are opened again for every run: they may have changed since the definition.
         let (mut opened, mapped_owner) = self.open_host_paths(principal, &stored.definition)?;
+        if timeout_ms.is_some() {
+            opened.limits.timeout_ms = timeout_ms;
+        }
         let defaults = &self.engine.config.default_limits;
         opened.limits = user_limit_defaults(principal, &self.auth.policy.user, &opened.limits, defaults);
         let validated = self.engine.validate_exec(&opened, exec, mapped_owner)?;
         within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
+        Ok((stored.definition.name, validated))
+    }
+
+    /// Takes on a run in the persistent sandbox `name`; the sandbox is the run's until it ends.
+    pub(super) fn accept_in_sandbox(
+        &self,
+        principal: &Principal,
+        name: &str,
+        validated: ValidatedRun,
+    ) -> OpResult<Accepted> {
         self.accept(principal, validated).map_err(|error| match error {
-            OpError::Run(RunError::Busy(_)) => busy(&stored.definition.name),
+            OpError::Run(RunError::Busy(_)) => busy(name),
             other => other,
         })
     }

@@ -170,6 +170,9 @@ pub struct RunFinishedDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<Language>,
     pub finished_at_ms: u64,
+    /// What the sandbox refused the run's code (`RunResult::denials`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<crate::Denial>,
 }
 
 /// How a run ended: it ran (and how), or the agent could not run it.

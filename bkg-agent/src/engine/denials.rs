@@ -1,0 +1,56 @@
+//! What a sandbox refused its code, as the run's result names it (`denials`): the system calls
+//! the seccomp policy refused, counted by pid 1 as it answers them, and the limit that ended the
+//! run, if one did.
+
+use std::collections::BTreeMap;
+
+use bkg_schema::{Denial, DenialKind, KilledBy};
+
+/// The run's denials: refused system calls by name (most frequent first), then the limit.
+pub fn of_run(denied_syscalls: &[(i64, u64)], killed_by: Option<KilledBy>) -> Vec<Denial> {
+    let names: BTreeMap<i64, &'static str> =
+        super::seccomp::sandbox_policy().iter().map(|rule| (rule.nr, rule.name)).collect();
+    let mut denials: Vec<Denial> = denied_syscalls
+        .iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(nr, count)| Denial {
+            kind: DenialKind::Seccomp,
+            what: names.get(nr).map_or_else(|| format!("syscall {nr}"), |name| (*name).to_owned()),
+            count: *count,
+        })
+        .collect();
+    denials.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.what.cmp(&b.what)));
+    let limit = match killed_by {
+        Some(KilledBy::Timeout) => Some("timeout"),
+        Some(KilledBy::Memory) => Some("memory"),
+        Some(KilledBy::Pids) => Some("pids"),
+        Some(KilledBy::Disk) => Some("disk"),
+        Some(KilledBy::Cancelled | KilledBy::Shutdown | KilledBy::Interrupted) | None => None,
+    };
+    if let Some(limit) = limit {
+        denials.push(Denial { kind: DenialKind::Limit, what: limit.to_owned(), count: 1 });
+    }
+    denials
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscalls_are_named_by_the_policy_and_limits_follow() {
+        let denials = of_run(&[(libc::SYS_ptrace, 2), (libc::SYS_mount, 5), (99_999, 1)], Some(KilledBy::Pids));
+        let seen: Vec<(DenialKind, &str, u64)> =
+            denials.iter().map(|denial| (denial.kind, denial.what.as_str(), denial.count)).collect();
+        assert_eq!(
+            seen,
+            [
+                (DenialKind::Seccomp, "mount", 5),
+                (DenialKind::Seccomp, "ptrace", 2),
+                (DenialKind::Seccomp, "syscall 99999", 1),
+                (DenialKind::Limit, "pids", 1),
+            ]
+        );
+        assert!(of_run(&[], Some(KilledBy::Cancelled)).is_empty());
+    }
+}

@@ -1,0 +1,235 @@
+//! `bkg shell` and `bkg exe --tty`: a run on a pseudo-terminal in the sandbox, over the agent's
+//! terminal WebSocket (`bkg_schema::terminal`). Our terminal is put in raw mode, so every key
+//! (Ctrl-C, Ctrl-D, arrows) goes to the sandbox's terminal as it is typed, and its size follows
+//! ours (SIGWINCH). The WebSocket is opened through the same HTTP client as every other call, so
+//! the socket, `--remote`, TLS and the API key are the same.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::os::fd::AsFd;
+
+use bkg_schema::RunResult;
+use bkg_schema::sandbox::sandbox_id;
+use bkg_schema::terminal::{ShellRequest, ShellTerminalOpen, TerminalControl, TerminalEvent, TerminalSize};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::header::{CONNECTION, UPGRADE};
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use crate::args::ShellArgs;
+use crate::client::{AgentClient, api_error, from_api_error};
+use crate::exit::{BKG_FAILED, CliError};
+use crate::project::project_dir;
+use crate::settings::Settings;
+
+/// `bkg shell NAME`.
+pub async fn shell(settings: &Settings, args: ShellArgs) -> Result<i32, CliError> {
+    require_terminal("bkg shell")?;
+    let project = project_dir(args.project.dir.as_deref())?;
+    let mut env = BTreeMap::new();
+    for pair in &args.env {
+        if let Some((key, value)) = crate::exe::env_entry(pair, "--env")? {
+            env.insert(key, value);
+        }
+    }
+    let timeout_ms = args
+        .timeout
+        .as_deref()
+        .map(|text| bkg_schema::parse_duration_ms(text).map_err(|error| CliError::usage(format!("--timeout: {error}"))))
+        .transpose()?;
+    let client = AgentClient::new(&settings.endpoint()?)?;
+    client.ensure_running().await?;
+    let id = sandbox_id(&project.to_string_lossy(), &args.name);
+    let open = ShellTerminalOpen {
+        size: own_size(),
+        term: own_term(),
+        request: ShellRequest { command: args.command, env, timeout_ms },
+    };
+    let path = format!("/api/v1/sandboxes/{id}/terminal");
+    let missing = format!(
+        "the agent does not know sandbox `{}` of {} yet: run it once with `bkgr {}`",
+        args.name,
+        project.display(),
+        args.name
+    );
+    let result = run(&client, &path, &open, Some(missing)).await?;
+    finish(settings, &result)
+}
+
+/// `bkg exe --tty`: `open` is the run's first message.
+pub async fn exe(settings: &Settings, open: &bkg_schema::terminal::RunTerminalOpen) -> Result<i32, CliError> {
+    let client = AgentClient::new(&settings.endpoint()?)?;
+    client.ensure_running().await?;
+    let result = run(&client, "/api/v1/runs/terminal", open, None).await?;
+    finish(settings, &result)
+}
+
+/// What ended the run, when it was not its own doing, and its exit code.
+fn finish(settings: &Settings, result: &RunResult) -> Result<i32, CliError> {
+    if let Some(reason) = crate::stream::reason_line(result) {
+        settings.out.note(format_args!("{reason}"));
+    }
+    Ok(crate::exit::of_run(result))
+}
+
+/// Refuses to go on without a terminal on stdin and stdout: raw keys need one.
+pub fn require_terminal(command: &str) -> Result<(), CliError> {
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "{command} needs a terminal on stdin and stdout: run it from one (without pipes or redirections)"
+    )))
+}
+
+/// Our terminal's size (the default when it cannot be read).
+pub fn own_size() -> TerminalSize {
+    let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ fills one winsize struct, valid for the call, at the pointer.
+    let read = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    if read < 0 || size.ws_col == 0 || size.ws_row == 0 {
+        return TerminalSize::DEFAULT;
+    }
+    TerminalSize { cols: size.ws_col, rows: size.ws_row }
+}
+
+/// `TERM` for the sandbox: ours, when we have one.
+pub fn own_term() -> Option<String> {
+    std::env::var("TERM").ok().filter(|term| !term.is_empty() && term != "dumb")
+}
+
+/// Opens the terminal WebSocket at `path`, sends `open`, and relays until the run's result.
+/// `missing`: what to say when the agent has nothing at `path` (404).
+async fn run(
+    client: &AgentClient,
+    path: &str,
+    open: &impl serde::Serialize,
+    missing: Option<String>,
+) -> Result<RunResult, CliError> {
+    let mut socket = connect(client, path, missing).await?;
+    let first = serde_json::to_string(open).map_err(|error| CliError::internal(error.to_string()))?;
+    socket.send(Message::text(first)).await.map_err(lost)?;
+
+    let raw = RawMode::enter()?;
+    let (mut sender, mut receiver) = socket.split();
+    let (keys_tx, mut keys_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let keys_task = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buffer = vec![0u8; 16 * 1024];
+        while let Ok(read) = stdin.read(&mut buffer).await {
+            if read == 0 || keys_tx.send(buffer[..read].to_vec()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resized = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+        .map_err(|error| CliError::internal(format!("cannot watch the terminal's size: {error}")))?;
+    let mut keys_open = true;
+    let outcome = loop {
+        tokio::select! {
+            message = receiver.next() => match message {
+                Some(Ok(Message::Binary(bytes))) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&bytes).and_then(|()| out.flush());
+                }
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<TerminalEvent>(text.as_str()) {
+                    Ok(TerminalEvent::Started { .. }) => {}
+                    Ok(TerminalEvent::Result { result }) => break Ok(*result),
+                    Ok(TerminalEvent::Error { error }) => break Err(from_api_error(&error)),
+                    Err(error) => break Err(CliError::new(BKG_FAILED, format!("garbled message from the agent: {error}"))),
+                },
+                Some(Ok(_)) => {}
+                Some(Err(error)) => break Err(lost(error)),
+                None => break Err(CliError::new(BKG_FAILED, "the agent closed the terminal before the run ended")),
+            },
+            keys = keys_rx.recv(), if keys_open => match keys {
+                Some(keys) => {
+                    if let Err(error) = sender.send(Message::binary(keys)).await {
+                        break Err(lost(error));
+                    }
+                }
+                None => keys_open = false,
+            },
+            Some(()) = resized.recv() => {
+                let TerminalSize { cols, rows } = own_size();
+                if let Ok(text) = serde_json::to_string(&TerminalControl::Resize { cols, rows })
+                    && let Err(error) = sender.send(Message::text(text)).await
+                {
+                    break Err(lost(error));
+                }
+            }
+        }
+    };
+    keys_task.abort();
+    drop(raw);
+    outcome
+}
+
+fn lost(error: impl std::fmt::Display) -> CliError {
+    CliError::new(BKG_FAILED, format!("the terminal's connection to the agent failed: {error}"))
+}
+
+/// A WebSocket handshake over the HTTP client's own connection, then the socket on top of it.
+async fn connect(
+    client: &AgentClient,
+    path: &str,
+    missing: Option<String>,
+) -> Result<WebSocketStream<reqwest::Upgraded>, CliError> {
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let request = client
+        .http()
+        .get(client.url(path))
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", &key);
+    let response = client.send(request).await?;
+    if let (reqwest::StatusCode::NOT_FOUND, Some(missing)) = (response.status(), missing) {
+        return Err(CliError::new(BKG_FAILED, missing));
+    }
+    if response.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(api_error(response).await);
+    }
+    let accepted = response.headers().get("sec-websocket-accept").and_then(|value| value.to_str().ok());
+    if accepted != Some(derive_accept_key(key.as_bytes()).as_str()) {
+        return Err(CliError::new(BKG_FAILED, "the agent answered the terminal's handshake wrongly"));
+    }
+    let upgraded = client
+        .bounded(async {
+            response
+                .upgrade()
+                .await
+                .map_err(|error| CliError::new(BKG_FAILED, format!("the agent did not open the terminal: {error}")))
+        })
+        .await?;
+    Ok(WebSocketStream::from_raw_socket(upgraded, Role::Client, None).await)
+}
+
+/// Our terminal in raw mode while this lives; put back as it was when dropped.
+struct RawMode {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> Result<Self, CliError> {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(stdin.as_fd())
+            .map_err(|error| CliError::new(BKG_FAILED, format!("cannot read the terminal's mode: {error}")))?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
+            .map_err(|error| CliError::new(BKG_FAILED, format!("cannot put the terminal in raw mode: {error}")))?;
+        Ok(Self { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ =
+            nix::sys::termios::tcsetattr(std::io::stdin().as_fd(), nix::sys::termios::SetArg::TCSADRAIN, &self.saved);
+    }
+}

@@ -1,0 +1,201 @@
+//! `bkg shell` and `bkg exe --tty` on a real pseudo-terminal: this test opens one, runs the real
+//! `bkg` on its slave side as a user's shell would (its controlling terminal, its own session),
+//! and types into the master: keys, a resize, Ctrl-C, and an exit with a code.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bkg_tests::{Agent, bin_dir, code, stderr};
+
+/// How long any one expected piece of output may take before the test gives up (it fails
+/// rather than hangs; nothing is measured against it).
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// `bkg` on the slave side of a fresh pseudo-terminal, and the master to drive it.
+struct OnTerminal {
+    master: std::fs::File,
+    child: Child,
+    chunks: mpsc::Receiver<Vec<u8>>,
+    screen: String,
+}
+
+fn winsize(cols: u16, rows: u16) -> libc::winsize {
+    libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 }
+}
+
+impl OnTerminal {
+    fn spawn(mut command: Command) -> Self {
+        let mut master_fd = -1;
+        let mut slave_fd = -1;
+        let size = winsize(80, 24);
+        // SAFETY: openpty writes two descriptors into the given ints and reads the winsize; the
+        // name and termios pointers may be null.
+        let opened =
+            unsafe { libc::openpty(&mut master_fd, &mut slave_fd, std::ptr::null_mut(), std::ptr::null(), &size) };
+        assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: openpty just gave us these two descriptors; nothing else owns them.
+        let (master, slave): (OwnedFd, OwnedFd) =
+            unsafe { (std::os::fd::FromRawFd::from_raw_fd(master_fd), std::os::fd::FromRawFd::from_raw_fd(slave_fd)) };
+        let stdin = slave.try_clone().expect("dup slave");
+        let stdout = slave.try_clone().expect("dup slave");
+        command.stdin(Stdio::from(stdin)).stdout(Stdio::from(stdout)).stderr(Stdio::from(slave));
+        // SAFETY: between fork and exec only async-signal-safe calls: setsid and ioctl.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start bkg on the terminal");
+        drop(command);
+        let master = std::fs::File::from(master);
+        let mut reader = master.try_clone().expect("dup master");
+        let (sender, chunks) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            // EIO once the slave side is closed everywhere: the end of the screen.
+            while let Ok(read) = reader.read(&mut buffer) {
+                if read == 0 || sender.send(buffer[..read].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { master, child, chunks, screen: String::new() }
+    }
+
+    fn type_in(&mut self, keys: &str) {
+        self.master.write_all(keys.as_bytes()).expect("type into the terminal");
+    }
+
+    /// Waits until `needle` has appeared on the screen since the last wait; what came before it is
+    /// consumed.
+    fn expect(&mut self, needle: &str) {
+        loop {
+            if let Some(at) = self.screen.find(needle) {
+                self.screen.drain(..at + needle.len());
+                return;
+            }
+            match self.chunks.recv_timeout(PATIENCE) {
+                Ok(chunk) => self.screen.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(error) => panic!("`{needle}` never appeared ({error}); the screen had:\n{}", self.screen),
+            }
+        }
+    }
+
+    fn resize(&self, cols: u16, rows: u16) {
+        let size = winsize(cols, rows);
+        // SAFETY: TIOCSWINSZ reads one winsize struct, valid for the call.
+        let set = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        assert_eq!(set, 0, "resize: {}", std::io::Error::last_os_error());
+    }
+
+    fn exit_code(mut self) -> i32 {
+        let status = self.child.wait().expect("wait for bkg");
+        status.code().unwrap_or(-1)
+    }
+}
+
+fn in_project(agent: &Agent, dir: &Path, args: &[&str]) -> Command {
+    let mut command = agent.bkg();
+    command.args(args).current_dir(dir).env("TERM", "xterm-256color");
+    command
+}
+
+/// A project with one persistent Python sandbox, `box`, defined with the agent by one run.
+fn project_with_a_sandbox(agent: &Agent) -> tempfile::TempDir {
+    let project = tempfile::tempdir().expect("project dir");
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        "version: 1\nnamespace: default\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: \"true\"\n",
+    )
+    .expect("cave.yaml");
+    let first = Command::new(bin_dir().join("bkgr"))
+        .arg("box")
+        .current_dir(project.path())
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bkgr");
+    assert_eq!(code(&first), 0, "bkgr box: {}", stderr(&first));
+    project
+}
+
+#[test]
+fn bkg_shell_types_resizes_interrupts_and_exits_with_the_shells_code() {
+    let agent = Agent::start();
+    let project = project_with_a_sandbox(&agent);
+    let mut terminal = OnTerminal::spawn(in_project(&agent, project.path(), &["shell", "box", "--timeout", "5m"]));
+
+    // Arithmetic in the commands: what comes back is the shell's answer, not the echo of our keys.
+    terminal.type_in("test -t 0 && test -t 1 && echo tty-$((40+2)) $TERM\r");
+    terminal.expect("tty-42 xterm-256color");
+
+    // A program that waits for the size to change, then reports what it sees.
+    terminal.type_in(
+        "python3 -c 'import signal, os; signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGWINCH]); \
+         print(\"wait\" \"ing\", flush=True); signal.sigwait([signal.SIGWINCH]); s = os.get_terminal_size(); \
+         print(\"size\", s.columns, s.lines)'\r",
+    );
+    terminal.expect("waiting");
+    terminal.resize(100, 30);
+    terminal.expect("size 100 30");
+    terminal.type_in("stty size | sed 's/ /x/'\r");
+    terminal.expect("30x100");
+
+    // Ctrl-C ends the foreground command and the shell carries on.
+    terminal.type_in("echo sleep-$((1+1)); sleep 1000\r");
+    terminal.expect("sleep-2");
+    terminal.type_in("\x03");
+    terminal.type_in("echo after-$((2+3))\r");
+    terminal.expect("after-5");
+
+    terminal.type_in("exit 7\r");
+    assert_eq!(terminal.exit_code(), 7, "bkg exits with the shell's code");
+
+    let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+    assert_eq!(runs[0]["exit_code"], 7, "the shell is recorded as a run of the sandbox: {runs}");
+    assert!(runs[0]["sandbox_id"].as_str().is_some_and(|id| id.starts_with("box-")), "{runs}");
+}
+
+#[test]
+fn bkg_exe_tty_runs_a_script_on_a_terminal() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("ask.py"),
+        "import fcntl, os, sys, termios\nprint('isatty', sys.stdin.isatty(), sys.stdout.isatty(), os.environ['TERM'], flush=True)\n\
+         try:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x')\nexcept OSError as error:\n    print('tiocsti errno', error.errno)\n\
+         line = input('name? ')\nprint('hello', line.upper())\nsys.exit(3)\n",
+    )
+    .expect("script");
+    let mut terminal = OnTerminal::spawn(in_project(&agent, dir.path(), &["exe", "--tty", "ask.py"]));
+    terminal.expect("isatty True True xterm-256color");
+    // Injecting input stays refused on the code's own terminal (EPERM from seccomp).
+    terminal.expect("tiocsti errno 1");
+    terminal.expect("name? ");
+    terminal.type_in("ada\r");
+    terminal.expect("hello ADA");
+    assert_eq!(terminal.exit_code(), 3, "bkg exits with the script's code");
+}
+
+#[test]
+fn a_terminal_is_refused_without_one_and_an_unknown_sandbox_is_named() {
+    let agent = Agent::start();
+    let project = project_with_a_sandbox(&agent);
+    let piped = in_project(&agent, project.path(), &["shell", "box"]).stdin(Stdio::null()).output().expect("bkg shell");
+    assert_eq!(code(&piped), 125, "{}", stderr(&piped));
+    assert!(stderr(&piped).contains("needs a terminal"), "{}", stderr(&piped));
+
+    let mut terminal = OnTerminal::spawn(in_project(&agent, project.path(), &["shell", "nobox"]));
+    terminal.expect("does not know sandbox `nobox`");
+    assert_eq!(terminal.exit_code(), 125);
+}
