@@ -34,6 +34,9 @@ _bkg() {
             bkg,doctor)
                 cmd="bkg__subcmd__doctor"
                 ;;
+            bkg,envs)
+                cmd="bkg__subcmd__envs"
+                ;;
             bkg,exe)
                 cmd="bkg__subcmd__exe"
                 ;;
@@ -63,6 +66,9 @@ _bkg() {
                 ;;
             bkg,runs)
                 cmd="bkg__subcmd__runs"
+                ;;
+            bkg,secrets)
+                cmd="bkg__subcmd__secrets"
                 ;;
             bkg,shell)
                 cmd="bkg__subcmd__shell"
@@ -142,6 +148,24 @@ _bkg() {
             bkg__subcmd__db__subcmd__help,migrate)
                 cmd="bkg__subcmd__db__subcmd__help__subcmd__migrate"
                 ;;
+            bkg__subcmd__envs,help)
+                cmd="bkg__subcmd__envs__subcmd__help"
+                ;;
+            bkg__subcmd__envs,ls)
+                cmd="bkg__subcmd__envs__subcmd__ls"
+                ;;
+            bkg__subcmd__envs,prune)
+                cmd="bkg__subcmd__envs__subcmd__prune"
+                ;;
+            bkg__subcmd__envs__subcmd__help,help)
+                cmd="bkg__subcmd__envs__subcmd__help__subcmd__help"
+                ;;
+            bkg__subcmd__envs__subcmd__help,ls)
+                cmd="bkg__subcmd__envs__subcmd__help__subcmd__ls"
+                ;;
+            bkg__subcmd__envs__subcmd__help,prune)
+                cmd="bkg__subcmd__envs__subcmd__help__subcmd__prune"
+                ;;
             bkg__subcmd__help,add)
                 cmd="bkg__subcmd__help__subcmd__add"
                 ;;
@@ -159,6 +183,9 @@ _bkg() {
                 ;;
             bkg__subcmd__help,doctor)
                 cmd="bkg__subcmd__help__subcmd__doctor"
+                ;;
+            bkg__subcmd__help,envs)
+                cmd="bkg__subcmd__help__subcmd__envs"
                 ;;
             bkg__subcmd__help,exe)
                 cmd="bkg__subcmd__help__subcmd__exe"
@@ -189,6 +216,9 @@ _bkg() {
                 ;;
             bkg__subcmd__help,runs)
                 cmd="bkg__subcmd__help__subcmd__runs"
+                ;;
+            bkg__subcmd__help,secrets)
+                cmd="bkg__subcmd__help__subcmd__secrets"
                 ;;
             bkg__subcmd__help,shell)
                 cmd="bkg__subcmd__help__subcmd__shell"
@@ -232,6 +262,12 @@ _bkg() {
             bkg__subcmd__help__subcmd__db,migrate)
                 cmd="bkg__subcmd__help__subcmd__db__subcmd__migrate"
                 ;;
+            bkg__subcmd__help__subcmd__envs,ls)
+                cmd="bkg__subcmd__help__subcmd__envs__subcmd__ls"
+                ;;
+            bkg__subcmd__help__subcmd__envs,prune)
+                cmd="bkg__subcmd__help__subcmd__envs__subcmd__prune"
+                ;;
             bkg__subcmd__help__subcmd__keys,create)
                 cmd="bkg__subcmd__help__subcmd__keys__subcmd__create"
                 ;;
@@ -252,6 +288,15 @@ _bkg() {
                 ;;
             bkg__subcmd__help__subcmd__runs,show)
                 cmd="bkg__subcmd__help__subcmd__runs__subcmd__show"
+                ;;
+            bkg__subcmd__help__subcmd__secrets,ls)
+                cmd="bkg__subcmd__help__subcmd__secrets__subcmd__ls"
+                ;;
+            bkg__subcmd__help__subcmd__secrets,rm)
+                cmd="bkg__subcmd__help__subcmd__secrets__subcmd__rm"
+                ;;
+            bkg__subcmd__help__subcmd__secrets,set)
+                cmd="bkg__subcmd__help__subcmd__secrets__subcmd__set"
                 ;;
             bkg__subcmd__help__subcmd__sync,retry)
                 cmd="bkg__subcmd__help__subcmd__sync__subcmd__retry"
@@ -313,6 +358,30 @@ _bkg() {
             bkg__subcmd__runs__subcmd__help,show)
                 cmd="bkg__subcmd__runs__subcmd__help__subcmd__show"
                 ;;
+            bkg__subcmd__secrets,help)
+                cmd="bkg__subcmd__secrets__subcmd__help"
+                ;;
+            bkg__subcmd__secrets,ls)
+                cmd="bkg__subcmd__secrets__subcmd__ls"
+                ;;
+            bkg__subcmd__secrets,rm)
+                cmd="bkg__subcmd__secrets__subcmd__rm"
+                ;;
+            bkg__subcmd__secrets,set)
+                cmd="bkg__subcmd__secrets__subcmd__set"
+                ;;
+            bkg__subcmd__secrets__subcmd__help,help)
+                cmd="bkg__subcmd__secrets__subcmd__help__subcmd__help"
+                ;;
+            bkg__subcmd__secrets__subcmd__help,ls)
+                cmd="bkg__subcmd__secrets__subcmd__help__subcmd__ls"
+                ;;
+            bkg__subcmd__secrets__subcmd__help,rm)
+                cmd="bkg__subcmd__secrets__subcmd__help__subcmd__rm"
+                ;;
+            bkg__subcmd__secrets__subcmd__help,set)
+                cmd="bkg__subcmd__secrets__subcmd__help__subcmd__set"
+                ;;
             bkg__subcmd__sync,help)
                 cmd="bkg__subcmd__sync__subcmd__help"
                 ;;
@@ -338,7 +407,7 @@ _bkg() {
 
     case "${cmd}" in
         bkg)
-            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs shell stop rm runs audit sync db login logout keys watch ui version doctor completions help"
+            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs shell stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -943,8 +1012,146 @@ _bkg() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        bkg__subcmd__envs)
+            opts="-h -V --socket --remote --cacert --help --version ls prune help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__envs__subcmd__help)
+            opts="ls prune help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__envs__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__envs__subcmd__help__subcmd__ls)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__envs__subcmd__help__subcmd__prune)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__envs__subcmd__ls)
+            opts="-h -V --json --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__envs__subcmd__prune)
+            opts="-h -V --unused-for --json --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --unused-for)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         bkg__subcmd__exe)
-            opts="-c -t -e -f -p -T -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --keep --net --publish --json --tty --socket --remote --cacert --help --version"
+            opts="-c -t -e -f -p -r -T -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --keep --net --publish --with --requirements --secret --json --tty --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1018,6 +1225,22 @@ _bkg() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --with)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --requirements)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -r)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --secret)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1038,7 +1261,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help)
-            opts="exe agent init add validate ls status logs shell stop rm runs audit sync db login logout keys watch ui version doctor completions help"
+            opts="exe agent init add validate ls status logs shell stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1208,6 +1431,48 @@ _bkg() {
         bkg__subcmd__help__subcmd__doctor)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__envs)
+            opts="ls prune"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__envs__subcmd__ls)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__envs__subcmd__prune)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1444,6 +1709,62 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help__subcmd__runs__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__secrets)
+            opts="set ls rm"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__secrets__subcmd__ls)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__secrets__subcmd__rm)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__secrets__subcmd__set)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -2222,6 +2543,192 @@ _bkg() {
                 return 0
             fi
             case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__secrets)
+            opts="-h -V --socket --remote --cacert --help --version set ls rm help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__secrets__subcmd__help)
+            opts="set ls rm help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__secrets__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__secrets__subcmd__help__subcmd__ls)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__secrets__subcmd__help__subcmd__rm)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__secrets__subcmd__help__subcmd__set)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__secrets__subcmd__ls)
+            opts="-h -V --namespace --json --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__secrets__subcmd__rm)
+            opts="-h -V --namespace --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__secrets__subcmd__set)
+            opts="-h -V --namespace --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

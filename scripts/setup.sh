@@ -33,6 +33,8 @@ need man man-db
 need openssl openssl
 # Sandboxes show the host's /etc/services and /etc/protocols (docs/compatibility.md).
 need_file /etc/services netbase
+# Runs' Python packages are installed by the runtime's own pip (bkg-agent/src/engine/install.rs).
+if ! /usr/bin/python3 -m pip --version >/dev/null 2>&1; then missing+=(python3-pip); fi
 # The seccomp unit tests read the target's syscall table from the kernel headers.
 need_file /usr/include/linux/unistd.h linux-libc-dev
 # The compatibility suite (tests/compat) runs CPython's own test modules outside and inside.
@@ -101,4 +103,12 @@ mcp_dir="$(dirname "$0")/../tests/mcp"
 if [[ ! -d $mcp_dir/node_modules/@modelcontextprotocol/sdk || $mcp_dir/package-lock.json -nt $mcp_dir/node_modules ]]; then
   echo "setup: installing the MCP SDK for the tests" >&2
   (cd "$mcp_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
+# The dependency tests (tests/e2e/deps.rs) serve a package index on loopback from wheels kept
+# here; installs in sandboxes use pip, which Debian's python3 gets from python3-pip.
+test_wheels=/var/cache/bkg-test-wheels
+if [[ ! -f $test_wheels/six-1.17.0-py2.py3-none-any.whl ]]; then
+  echo "setup: downloading the wheels the dependency tests serve" >&2
+  python3 -m pip download -q --only-binary=:all: --no-deps -d "$test_wheels" six==1.17.0
 fi

@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 
-use crate::server::{auth_api, changes, run_files, runs, sandboxes, system, terminal};
+use crate::server::{auth_api, changes, deps_api, run_files, runs, sandboxes, system, terminal};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -55,6 +55,11 @@ use crate::server::{auth_api, changes, run_files, runs, sandboxes, system, termi
         auth_api::revoke_key,
         auth_api::delete_key,
         auth_api::rotation_notice,
+        deps_api::list_envs,
+        deps_api::prune_envs,
+        deps_api::list_secrets,
+        deps_api::put_secret,
+        deps_api::delete_secret,
     ),
     components(schemas(
         bkg_schema::terminal::TerminalSize,
@@ -70,6 +75,8 @@ use crate::server::{auth_api, changes, run_files, runs, sandboxes, system, termi
         (name = "sandboxes", description = "Persistent sandboxes"),
         (name = "auth", description = "Users, login and the caller"),
         (name = "keys", description = "API keys: create, rotate, revoke"),
+        (name = "envs", description = "Python environments built for runs' packages"),
+        (name = "secrets", description = "Secrets given to runs as environment variables"),
         (name = "changes", description = "The change feed: runs, sandboxes, keys and audit events as they happen"),
     ),
 )]

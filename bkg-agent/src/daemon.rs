@@ -90,6 +90,11 @@ pub struct AgentArgs {
     /// Node.js interpreter used for `node` runs.
     #[arg(long, default_value = "/usr/bin/node", env = "BKG_NODE")]
     pub node: PathBuf,
+    /// The Python package index runs' packages are installed from (PEP 503 simple API): the
+    /// only network an install sandbox has. A host name, or a loopback address for a mirror on
+    /// this machine.
+    #[arg(long, value_name = "URL", default_value = "https://pypi.org/simple", env = "BKG_PACKAGE_INDEX")]
+    pub package_index: String,
     /// Directory created beneath the agent's own cgroup for its sandboxes' cgroups.
     #[arg(long, default_value = "bkg", env = "BKG_CGROUP_DIR")]
     pub cgroup_dir: String,
@@ -300,6 +305,7 @@ struct ApiOptions {
     sampling_rate: f64,
     db_url: Option<String>,
     retention: crate::retention::RetentionPolicy,
+    package_index: crate::engine::install::PackageIndex,
     local: LocalAccess,
     object_store: Option<String>,
     artefact_quota: crate::artefacts::QuotaPolicy,
@@ -363,7 +369,10 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
             Some(NoticeKey::new(secret).with_context(|| format!("--webhook-secret-file {}", path.display()))?)
         }
     };
+    let package_index = crate::engine::install::PackageIndex::parse(&args.package_index)
+        .map_err(|reason| anyhow::anyhow!("--package-index: {reason}"))?;
     Ok(ApiOptions {
+        package_index,
         listen: args.listen,
         tls,
         connections,
@@ -670,6 +679,11 @@ async fn serve(
         sync: sync.clone(),
         shutdown: Arc::clone(&shutdown),
         socket: socket.clone(),
+        envs: Arc::new(
+            crate::envs::Environments::open(&state_dir, api.package_index.clone(), engine.config.python.clone())
+                .context("open the dependency environments")?,
+        ),
+        secrets: crate::secrets::SecretStore::new(&state_dir),
     });
     let state = AppState {
         service,

@@ -9,6 +9,7 @@
 
 pub(crate) mod auth_api;
 pub(crate) mod changes;
+pub(crate) mod deps_api;
 mod failure;
 mod input;
 pub mod listen;
@@ -119,6 +120,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sandboxes/{id}/exec", post(sandboxes::exec_sandbox))
         .route("/api/v1/sandboxes/{id}/stop", post(sandboxes::stop_sandbox))
         .route("/api/v1/sandboxes/{id}/logs", get(sandboxes::sandbox_logs))
+        .route("/api/v1/envs", get(deps_api::list_envs))
+        .route("/api/v1/envs/prune", post(deps_api::prune_envs))
+        .route("/api/v1/secrets", get(deps_api::list_secrets))
+        .route("/api/v1/secrets/{name}", axum::routing::put(deps_api::put_secret).delete(deps_api::delete_secret))
         .route("/api/v1/sandboxes/{id}/terminal", get(terminal::sandbox_terminal))
         .route("/api/v1/auth/signup", post(auth_api::signup))
         .route("/api/v1/auth/login", post(auth_api::login))

@@ -72,6 +72,10 @@ pub enum Command {
     Logout,
     /// Create, list, rotate and revoke API keys.
     Keys(KeysArgs),
+    /// The Python environments the agent built for runs' packages: list, prune.
+    Envs(EnvsArgs),
+    /// Secrets runs get as environment variables (`bkg exe --secret NAME`): set, list, remove.
+    Secrets(SecretsArgs),
     /// Follow the changes to runs, sandboxes, keys and the audit log as they happen.
     Watch(WatchArgs),
     /// Open the agent's Web UI: print (or --open) a URL that logs in once.
@@ -109,6 +113,8 @@ impl Command {
             })
             | Command::Sync(SyncArgs { action: SyncAction::Status { json } | SyncAction::Retry { json, .. } })
             | Command::Db(DbArgs { action: DbAction::Migrate { json } })
+            | Command::Envs(EnvsArgs { action: EnvsAction::Ls { json } | EnvsAction::Prune { json, .. } })
+            | Command::Secrets(SecretsArgs { action: SecretsAction::Ls { json, .. } })
             | Command::Keys(KeysArgs {
                 action:
                     KeysAction::Create { json, .. }
@@ -122,6 +128,7 @@ impl Command {
             | Command::Logs(_)
             | Command::Shell(_)
             | Command::Logout
+            | Command::Secrets(_)
             | Command::Completions(_) => false,
         }
     }
@@ -196,6 +203,16 @@ pub struct ExeArgs {
     /// ADDRESS is given).
     #[arg(short = 'p', long = "publish", value_name = "[ADDRESS:]HOST_PORT:SANDBOX_PORT")]
     pub ports: Vec<String>,
+    /// A Python package the script needs, as a requirement (`numpy`, `requests>=2`); installed
+    /// once per distinct set and reused (repeatable).
+    #[arg(long = "with", value_name = "REQUIREMENT")]
+    pub with: Vec<String>,
+    /// The requirements file to install from [default: requirements.txt beside the script, if any]
+    #[arg(short = 'r', long = "requirements", value_name = "FILE")]
+    pub requirements: Option<PathBuf>,
+    /// Give the script a secret (`bkg secrets set NAME`) as the variable NAME (repeatable).
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
     /// Print one JSON object with the result and accounting instead of the output.
     #[arg(long, conflicts_with = "tty")]
     pub json: bool,
@@ -545,6 +562,61 @@ pub struct LoginArgs {
     /// Print what the agent says of the key as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvsArgs {
+    #[command(subcommand)]
+    pub action: EnvsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvsAction {
+    /// List the environments: id, size, last use and packages.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove environments no run is using (admins); a run that needs one builds it again.
+    Prune {
+        /// Only those no run has used for this long, e.g. 7d.
+        #[arg(long, value_name = "DURATION")]
+        unused_for: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsArgs {
+    #[command(subcommand)]
+    pub action: SecretsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsAction {
+    /// Set a secret; its value is read from stdin (one trailing newline is dropped).
+    Set {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The namespace [default: your key's, or `default`]
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+    },
+    /// List the secrets' names (never their values).
+    Ls {
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a secret.
+    Rm {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -147,6 +147,7 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
     }
 
     let files = args.files.iter().map(|spec| read_upload(spec)).collect::<Result<Vec<_>, _>>()?;
+    let requirements = requirements(args, script, language)?;
 
     Ok((
         RunRequest {
@@ -162,10 +163,36 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
             keep: args.keep.clone(),
             network: checked_net(&args.net)?,
             ports: checked_ports(&args.ports)?,
+            requirements,
+            secrets: args.secrets.clone(),
         },
         stdin_is_code,
     ))
 }
+
+/// The Python requirements of the run: the lines of `--requirements FILE` (else of a
+/// requirements.txt beside the script, when there is one), then each `--with`.
+fn requirements(args: &ExeArgs, script: Option<&str>, language: Language) -> Result<Vec<String>, CliError> {
+    let beside_script = script
+        .filter(|script| *script != "-" && language == Language::Python)
+        .map(|script| Path::new(script).with_file_name(REQUIREMENTS_FILE))
+        .filter(|path| path.is_file());
+    let file = args.requirements.clone().or(beside_script);
+    let mut lines = Vec::new();
+    if let Some(file) = &file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|error| CliError::usage(format!("requirements {}: {error}", file.display())))?;
+        lines.extend(text.lines().map(str::to_owned));
+    }
+    lines.extend(args.with.iter().cloned());
+    if !lines.is_empty() && language != Language::Python {
+        return Err(CliError::usage("--with and requirements files are for Python scripts"));
+    }
+    Ok(lines)
+}
+
+/// The file of a script's Python requirements, looked for beside it.
+const REQUIREMENTS_FILE: &str = "requirements.txt";
 
 /// `KEY=VALUE`, or a bare `KEY` that takes the host's value (skipped when the host has none, as
 /// docker does).

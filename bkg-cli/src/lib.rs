@@ -10,6 +10,7 @@ pub mod args;
 pub mod audit_cmd;
 mod client;
 mod credentials;
+mod deps_cmd;
 pub mod doctor;
 mod exe;
 pub mod exit;
@@ -72,6 +73,8 @@ async fn dispatch(settings: Settings, command: Command) -> Result<i32, CliError>
         Command::Login(args) => login_cmd::run(settings, args).await,
         Command::Logout => login_cmd::logout(settings),
         Command::Keys(args) => keys_cmd::run(settings, args).await,
+        Command::Envs(args) => deps_cmd::envs(settings, args).await,
+        Command::Secrets(args) => deps_cmd::secrets(settings, args).await,
         Command::Watch(args) => watch_cmd::run(settings, args).await,
         Command::Ui(args) => ui_cmd::run(settings, args).await,
         Command::Doctor(args) => doctor::run(settings, args).await,

@@ -36,6 +36,13 @@ impl Spinner {
     }
 }
 
+impl Spinner {
+    /// Shows `message` instead of the spinner's first.
+    pub fn say(&self, message: &str) {
+        self.bar.set_message(message.to_owned());
+    }
+}
+
 impl Drop for Spinner {
     fn drop(&mut self) {
         self.reveal.abort();

@@ -200,6 +200,8 @@ async fn receive(
     let lost = |_| CliError::new(BKG_FAILED, "the agent closed the connection before the run ended");
     let mut stdout_lines = LineBuffer::default();
     let mut stderr_lines = LineBuffer::default();
+    // The packages' install before the code runs: its latest line on a spinner.
+    let mut installing: Option<crate::progress::Spinner> = None;
     loop {
         let mut header = [0u8; frame::HEADER_LEN];
         watched(client, reader.read_exact(&mut header)).await?.map_err(lost)?;
@@ -209,7 +211,21 @@ async fn receive(
             .map_err(|error| CliError::new(BKG_FAILED, format!("garbled stream from the agent: {error}")))?;
         let mut payload = vec![0u8; len];
         watched(client, reader.read_exact(&mut payload)).await?.map_err(lost)?;
+        if kind != FrameKind::Progress {
+            drop(installing.take());
+        }
         match (kind, &output) {
+            (FrameKind::Progress, Output::Raw | Output::Prefixed(_)) => {
+                let line = String::from_utf8_lossy(&payload);
+                match &installing {
+                    Some(spinner) => spinner.say(&line),
+                    None => installing = crate::progress::Spinner::start(&line),
+                }
+                // Without a terminal only the agent's own lines are shown, not the installer's.
+                if installing.is_none() && (line.starts_with("installing ") || line.starts_with("environment ")) {
+                    write_through(&mut std::io::stderr().lock(), format!("bkg: {line}\n").as_bytes());
+                }
+            }
             (FrameKind::Stdout, Output::Raw) => write_through(&mut std::io::stdout().lock(), &payload),
             (FrameKind::Stderr, Output::Raw) => write_through(&mut std::io::stderr().lock(), &payload),
             (FrameKind::Stdout, Output::Prefixed(prefix)) => {

@@ -31,6 +31,9 @@ pub enum FrameKind {
     Result = 13,
     /// agent → client: the run failed before it had a result; `ApiError` JSON; the last frame.
     Error = 14,
+    /// agent → client: a line of progress from a step before the code runs (installing the
+    /// run's packages), UTF-8. Only a run that needs such a step gets these.
+    Progress = 15,
 }
 
 impl FrameKind {
@@ -44,6 +47,7 @@ impl FrameKind {
             12 => Self::Stderr,
             13 => Self::Result,
             14 => Self::Error,
+            15 => Self::Progress,
             _ => return None,
         })
     }
@@ -94,6 +98,7 @@ mod tests {
             FrameKind::Stderr,
             FrameKind::Result,
             FrameKind::Error,
+            FrameKind::Progress,
         ] {
             let header = encode_header(kind, 1234).unwrap_or_default();
             assert_eq!(decode_header(header), Ok((kind, 1234)));

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cave;
 pub mod changes;
 pub mod egress;
+pub mod envs;
 pub mod frame;
 pub mod health;
 pub mod host;
@@ -195,6 +196,16 @@ pub struct RunRequest {
     /// Host ports forwarded into the sandbox, `[ADDRESS:]HOST_PORT:SANDBOX_PORT` each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// Python packages the run needs, as requirement lines (`numpy==2.1.3`, `requests>=2`):
+    /// the agent installs them once per distinct set into an environment it mounts read-only
+    /// (docs/cli.md, "Dependencies"). Options (lines starting with `-`) are refused: the index
+    /// is the agent's to choose.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<String>,
+    /// Names of secrets (`bkg secrets set`) given to the code as environment variables of the
+    /// same name. Their values never enter a record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// Which limit ended a run.
@@ -365,6 +376,8 @@ pub enum ErrorCode {
     /// The agent cannot serve this now (see `/healthz`).
     Unavailable,
     MethodNotAllowed,
+    /// The run's packages could not be installed; the message carries the installer's error.
+    InstallFailed,
 }
 
 impl ApiError {

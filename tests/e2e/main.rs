@@ -8,6 +8,7 @@ mod changes;
 mod cli_habits;
 mod compat;
 mod denials;
+mod deps;
 mod docs_bkg_db;
 mod egress;
 mod exe_basics;

@@ -10,12 +10,14 @@ pub mod egress;
 pub mod handle;
 pub mod host_check;
 pub mod init;
+pub mod install;
 pub mod landlock;
 pub mod lock;
 pub mod loopdev;
 pub mod netns;
 pub mod plan;
 pub mod pool;
+pub mod relay;
 pub mod request;
 pub mod run;
 pub mod sandbox;
@@ -376,14 +378,16 @@ impl Engine {
         Ok(loopdev::devices_backed_under(&runs_dir).is_empty())
     }
 
-    /// A prepared sandbox with room for `disk_bytes`: from the warm pool when it fits, else new.
+    /// A prepared sandbox with room for `disk_bytes`: from the warm pool when it fits and the run
+    /// adds nothing to the common root, else new.
     pub async fn claim(
         self: &Arc<Self>,
         disk_bytes: u64,
         persistent: Option<&sandbox::PersistentDisk>,
+        additions: &plan::Additions,
     ) -> Result<PreparedSandbox, EngineError> {
-        if persistent.is_some() {
-            return PreparedSandbox::prepare(self, disk_bytes, persistent).await;
+        if persistent.is_some() || !additions.is_empty() {
+            return PreparedSandbox::prepare(self, disk_bytes, persistent, additions).await;
         }
         if disk_bytes == self.config.default_limits.disk_bytes {
             loop {
@@ -402,7 +406,7 @@ impl Engine {
                 }
             }
         }
-        PreparedSandbox::prepare(self, disk_bytes, None).await
+        PreparedSandbox::prepare(self, disk_bytes, None, &plan::Additions::default()).await
     }
 
     /// Disposes of a sandbox in the background; for a run's sandbox, tells its handle and the
@@ -438,7 +442,7 @@ impl Engine {
             let engine = Arc::clone(self);
             tokio::spawn(async move {
                 let disk_bytes = engine.config.default_limits.disk_bytes;
-                match PreparedSandbox::prepare(&engine, disk_bytes, None).await {
+                match PreparedSandbox::prepare(&engine, disk_bytes, None, &plan::Additions::default()).await {
                     Ok(sandbox) => {
                         let bytes = sandbox.cgroup.usage().ok().map(|usage| usage.peak_memory_bytes);
                         if engine.is_closing() {

@@ -127,6 +127,24 @@ pub const SHIM_DIR: &str = "/opt/bkg/bin";
 /// Where a persistent sandbox sees its project, read-only; its commands start there.
 pub const PROJECT: &str = "/project";
 
+/// Where a run sees its Python environment (`Additions::python_env`), read-only; it is on
+/// `PYTHONPATH`, and its `bin` on `PATH`.
+pub const PYTHON_ENV: &str = "/opt/bkg/python";
+
+/// What one sandbox adds to the common root: a Python environment of installed packages, and
+/// host names (an install sandbox's names of its package index, `engine/relay.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Additions {
+    pub python_env: Option<PathBuf>,
+    pub hosts: Vec<(String, std::net::Ipv4Addr)>,
+}
+
+impl Additions {
+    pub fn is_empty(&self) -> bool {
+        self.python_env.is_none() && self.hosts.is_empty()
+    }
+}
+
 /// Who owns a host file or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Owner {
@@ -276,6 +294,7 @@ pub struct PlanInputs {
     pub hostname: String,
     pub ids: HostIds,
     pub cgroup_procs: Vec<PathBuf>,
+    pub additions: Additions,
 }
 
 impl SandboxPlan {
@@ -292,7 +311,7 @@ impl SandboxPlan {
         for entry in &host.etc_entries {
             steps.push(MountStep::BindReadOnly { source: entry.clone(), target: entry.clone() });
         }
-        steps.extend(generated_etc_files(&inputs.hostname));
+        steps.extend(generated_etc_files(&inputs.hostname, &inputs.additions.hosts));
 
         // Where the init shows the run's CPUs as online (engine/init.rs, `pin_cpus`).
         steps.push(MountStep::Dir { path: CPU_DIR.into(), mode: 0o755 });
@@ -323,6 +342,10 @@ impl SandboxPlan {
             ("nodejs", &inputs.runtimes.node),
         ] {
             steps.push(MountStep::Symlink { link: Path::new(SHIM_DIR).join(name), points_to: runtime.clone() });
+        }
+
+        if let Some(env) = &inputs.additions.python_env {
+            steps.push(MountStep::BindReadOnly { source: env.clone(), target: PYTHON_ENV.into() });
         }
 
         if let Some(project) = &inputs.project {
@@ -384,12 +407,15 @@ impl SandboxPlan {
 }
 
 /// The sandbox's own passwd, group and hosts: the host's are never shown.
-fn generated_etc_files(hostname: &str) -> Vec<MountStep> {
+fn generated_etc_files(hostname: &str, extra_hosts: &[(String, std::net::Ipv4Addr)]) -> Vec<MountStep> {
     let passwd = format!(
         "root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{INNER_ID}:{INNER_ID}:bkg sandbox:{WORKSPACE}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
     );
     let group = format!("root:x:0:\nsandbox:x:{INNER_ID}:\nnogroup:x:65534:\n");
-    let hosts = format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let mut hosts = format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (name, address) in extra_hosts {
+        hosts.push_str(&format!("{address}\t{name}\n"));
+    }
     vec![
         MountStep::File { path: "/etc/passwd".into(), contents: passwd, mode: 0o644 },
         MountStep::File { path: "/etc/group".into(), contents: group, mode: 0o644 },
@@ -425,6 +451,7 @@ mod tests {
             hostname: "bkg".into(),
             ids: HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 },
             cgroup_procs: vec![],
+            additions: Additions::default(),
         }
     }
 
@@ -560,6 +587,7 @@ mod tests {
             hostname: "bkg".into(),
             ids: HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 },
             cgroup_procs: vec![],
+            additions: Additions::default(),
         };
         inputs.project = Some(ProjectMounts {
             dir: "/srv/app".into(),
@@ -628,6 +656,7 @@ mod tests {
                 hostname: "bkg".into(),
                 ids: HostIds { sandbox: 200_004, init: 200_005, nobody: 200_006, root: 200_007 },
                 cgroup_procs: vec![],
+                additions: Additions::default(),
             },
         );
         let bound: Vec<_> = plan
@@ -656,6 +685,28 @@ mod tests {
                 .any(|step| matches!(step, MountStep::BindReadOnly { target, .. } if target.starts_with(PROJECT))),
             "the project is never bound without its idmap"
         );
+    }
+
+    #[test]
+    fn a_python_env_is_bound_read_only_and_index_names_go_into_hosts() {
+        let inputs = PlanInputs {
+            additions: Additions {
+                python_env: Some("/var/lib/bkg/envs/python/ab12".into()),
+                hosts: vec![("pypi.org".into(), std::net::Ipv4Addr::new(127, 0, 0, 2))],
+            },
+            ..plan_inputs()
+        };
+        let plan = SandboxPlan::new(&debian_host(), inputs);
+        assert!(plan.steps.contains(&MountStep::BindReadOnly {
+            source: "/var/lib/bkg/envs/python/ab12".into(),
+            target: PYTHON_ENV.into()
+        }));
+        let hosts = plan.steps.iter().find_map(|step| match step {
+            MountStep::File { path, contents, .. } if path == Path::new("/etc/hosts") => Some(contents.clone()),
+            _ => None,
+        });
+        assert!(hosts.unwrap_or_default().ends_with("127.0.0.2\tpypi.org\n"));
+        assert!(!plan.landlock_read_write.iter().any(|path| path.starts_with(PYTHON_ENV)));
     }
 
     #[test]

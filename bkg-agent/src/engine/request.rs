@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use super::control::{GoOrder, PlacedFile};
 use super::egress::{NetworkPlan, proxy_env};
-use super::plan::{Owner, PROJECT, ProjectMounts, SHIM_DIR, TMP, Volume, WORKSPACE};
+use super::plan::{Additions, Owner, PROJECT, PYTHON_ENV, ProjectMounts, SHIM_DIR, TMP, Volume, WORKSPACE};
+use super::relay::RelayTarget;
 use super::sandbox::PersistentDisk;
 use super::{Engine, EngineError};
 
@@ -31,6 +32,9 @@ pub enum RunError {
     /// A network rule outside the agent's `--egress-allow`: only its admin can widen that.
     #[error("{0}")]
     EgressNotAllowed(String),
+    /// The run's packages could not be installed: one line, then the installer's own error.
+    #[error("{0}")]
+    InstallFailed(String),
     /// The agent is at a capacity bound (queue, disk budget); the caller may retry later.
     #[error("{reason}")]
     Overloaded { reason: String, retry_after_secs: u32 },
@@ -63,6 +67,7 @@ impl RunError {
             Self::RuntimeNotExecutable(_) => ErrorCode::RuntimeNotExecutable,
             Self::Busy(_) => ErrorCode::Conflict,
             Self::EgressNotAllowed(_) => ErrorCode::Forbidden,
+            Self::InstallFailed(_) => ErrorCode::InstallFailed,
             Self::Overloaded { .. } => ErrorCode::Unavailable,
             Self::Engine(_) => ErrorCode::SandboxFailed,
         }
@@ -83,6 +88,10 @@ pub struct ValidatedRun {
     pub(super) keep: Vec<String>,
     /// Hosts it may reach and ports forwarded into it; `None`: no network at all.
     pub(super) network: Option<NetworkPlan>,
+    /// What the run's sandbox adds to the common root (its Python environment).
+    pub(super) additions: Additions,
+    /// The network an install sandbox gets: relays to its package index (`relay.rs`).
+    pub(super) relay: Vec<RelayTarget>,
 }
 
 /// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and its log.
@@ -96,6 +105,28 @@ pub(super) struct PersistentRun {
 impl ValidatedRun {
     pub fn sandbox_id(&self) -> Option<&str> {
         self.persistent.as_ref().map(|persistent| persistent.sandbox_id.as_str())
+    }
+
+    /// Mounts a built Python environment read-only at `PYTHON_ENV`, importable and with its
+    /// commands on PATH.
+    pub fn use_python_env(&mut self, dir: PathBuf) {
+        self.additions.python_env = Some(dir);
+        let env = &mut self.order.env;
+        let path = env.iter().find(|(key, _)| key == "PATH").map(|(_, value)| value.clone()).unwrap_or_default();
+        let python_path =
+            env.iter().find(|(key, _)| key == "PYTHONPATH").map(|(_, value)| format!("{PYTHON_ENV}:{value}"));
+        env.retain(|(key, _)| key != "PATH" && key != "PYTHONPATH");
+        env.push(("PATH".into(), format!("{PYTHON_ENV}/bin:{path}")));
+        env.push(("PYTHONPATH".into(), python_path.unwrap_or_else(|| PYTHON_ENV.into())));
+    }
+
+    /// Adds environment variables that must not be checked against the caller's rules again
+    /// (secret values, checked when they were set); each replaces a variable of its name.
+    pub fn add_env(&mut self, variables: Vec<(String, String)>) {
+        for (key, value) in variables {
+            self.order.env.retain(|(existing, _)| *existing != key);
+            self.order.env.push((key, value));
+        }
     }
 
     /// Runs the code on a pseudo-terminal of `size` (its stdin, stdout and stderr, and its
@@ -301,6 +332,8 @@ impl Engine {
             persistent: None,
             keep: keep_paths(&request.keep)?,
             network,
+            additions: Additions::default(),
+            relay: Vec::new(),
         })
     }
 
@@ -404,6 +437,8 @@ impl Engine {
             // A persistent sandbox keeps its /workspace itself; only its long output is kept.
             keep: Vec::new(),
             network,
+            additions: Additions::default(),
+            relay: Vec::new(),
         })
     }
 }
@@ -419,7 +454,7 @@ fn with_proxy(mut env: Vec<(String, String)>, network: Option<&NetworkPlan>) -> 
 }
 
 /// The scrubbed environment every sandbox starts from, plus the caller's variables.
-fn sandbox_env(extra: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, RunError> {
+pub(super) fn sandbox_env(extra: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, RunError> {
     let path = format!("{SHIM_DIR}:/usr/local/bin:/usr/bin:/bin");
     let mut env: Vec<(String, String)> = [
         ("PATH", path.as_str()),
@@ -518,7 +553,7 @@ fn place_upload(upload: &FileUpload) -> Result<(PlacedFile, u64), RunError> {
 }
 
 /// The whole CPUs a limit of `cpu_millis` reaches into: 1000 → 1, 1500 → 2.
-fn cpu_count(cpu_millis: u64) -> usize {
+pub(super) fn cpu_count(cpu_millis: u64) -> usize {
     usize::try_from(cpu_millis.div_ceil(1000)).unwrap_or(usize::MAX).max(1)
 }
 

@@ -43,6 +43,8 @@ pub enum RunOutput {
     Started(String),
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
+    /// A line from a step before the code runs (installing its packages).
+    Progress(String),
 }
 
 impl Engine {
@@ -91,8 +93,20 @@ impl Engine {
             None => None,
         };
 
-        let mut sandbox = self.claim(run.limits.disk_bytes, run.persistent.as_ref().map(|p| &p.disk)).await?;
+        let mut sandbox =
+            self.claim(run.limits.disk_bytes, run.persistent.as_ref().map(|p| &p.disk), &run.additions).await?;
         tracker.set_holds_sandbox(true);
+        // Held until the run ends: the install sandbox's way to its package index.
+        let _relay = match run.relay.as_slice() {
+            [] => None,
+            targets => match super::relay::open(nix::unistd::Pid::from_raw(sandbox.pid_one()), targets) {
+                Ok(relay) => Some(relay),
+                Err(error) => {
+                    self.dispose_later(&tracker, sandbox);
+                    return Err(error.into());
+                }
+            },
+        };
         let limits = cgroup_limits(&run.limits);
         let cgroup_result = sandbox.cgroup.set_limits(&limits);
         if let Err(error) = cgroup_result {
@@ -235,6 +249,8 @@ impl Engine {
             keep: Vec::new(),
             network: Vec::new(),
             ports: Vec::new(),
+            requirements: Vec::new(),
+            secrets: Vec::new(),
         };
         let validated = self.validate(request).map_err(|error| error.to_string())?;
         let (_input, input_rx) = mpsc::channel(1);
@@ -451,6 +467,7 @@ struct Relay {
 fn output_len(output: &RunOutput) -> usize {
     match output {
         RunOutput::Started(_) => 0,
+        RunOutput::Progress(line) => line.len(),
         RunOutput::Stdout(bytes) | RunOutput::Stderr(bytes) => bytes.len(),
     }
 }

@@ -16,7 +16,7 @@ use tokio::net::unix::pipe;
 use super::capacity::DiskGrant;
 use super::cgroup::{CgroupLimits, RunCgroup};
 use super::control::{self, CONTROL_FD, FromInit, ToInit};
-use super::plan::{PlanInputs, ProjectMounts, Runtimes, SandboxPlan};
+use super::plan::{Additions, PlanInputs, ProjectMounts, Runtimes, SandboxPlan};
 use super::{Engine, EngineError, IdSlot};
 use crate::ids::new_id;
 
@@ -61,12 +61,13 @@ impl PreparedSandbox {
         engine: &Arc<Engine>,
         disk_bytes: u64,
         persistent: Option<&PersistentDisk>,
+        additions: &Additions,
     ) -> Result<Self, EngineError> {
         let id = new_id("sbx");
         let run_dir = engine.runs_dir().join(&id);
         let disk = engine.capacity.grant_disk(disk_bytes)?;
         let ids = engine.ids.allocate()?;
-        let result = Self::build(engine, &id, &run_dir, disk_bytes, persistent, ids, disk).await;
+        let result = Self::build(engine, &id, &run_dir, disk_bytes, (persistent, additions), ids, disk).await;
         if let Err(error) = &result {
             tracing::warn!(sandbox = %id, %error, "preparing a sandbox failed");
             // Whatever was made for the failed attempt goes; the cgroup was removed by `build`.
@@ -80,7 +81,7 @@ impl PreparedSandbox {
         id: &str,
         run_dir: &Path,
         disk_bytes: u64,
-        persistent: Option<&PersistentDisk>,
+        (persistent, additions): (Option<&PersistentDisk>, &Additions),
         ids: IdSlot,
         disk: DiskGrant,
     ) -> Result<Self, EngineError> {
@@ -111,6 +112,7 @@ impl PreparedSandbox {
                 hostname: "bkg".into(),
                 ids: ids.ids(),
                 cgroup_procs: cgroup.procs_paths(),
+                additions: additions.clone(),
             },
         );
         match spawn_init(plan).await {
@@ -139,6 +141,11 @@ impl PreparedSandbox {
         }
     }
 
+    /// Host pid of the sandbox's pid 1, whose namespaces are the sandbox's.
+    pub fn pid_one(&self) -> i32 {
+        self.pid_one.as_raw()
+    }
+
     /// Why this prepared sandbox can no longer take a run, if it cannot: its pid 1 has ended
     /// (killed from outside) or its cgroup is gone (removed by someone else).
     pub fn broken(&self) -> Option<&'static str> {
@@ -158,11 +165,6 @@ impl PreparedSandbox {
 
     /// Ends every process of the sandbox now: killing pid 1 makes the kernel kill the rest of
     /// its pid namespace.
-    /// Host pid of the sandbox's pid 1, whose namespaces are the sandbox's.
-    pub fn pid_one(&self) -> i32 {
-        self.pid_one.as_raw()
-    }
-
     pub fn kill(&self) {
         if let Err(errno) = nix::sys::signal::kill(self.pid_one, nix::sys::signal::Signal::SIGKILL) {
             tracing::warn!(sandbox = %self.id, %errno, "could not kill pid 1");

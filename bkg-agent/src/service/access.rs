@@ -9,7 +9,8 @@
 //! | create keys | any | session and model-access keys of its namespace | session and model-access keys of its namespace | no | no |
 //! | see, rotate, revoke, delete a key | any | non-admin keys of its namespace | non-admin keys of its namespace | itself | itself |
 //! | refresh a key | — | — | — | itself | — |
-//! | sign users up; agent, metrics, shutdown, sync, bkg_db audit | yes | no | no | no | no |
+//! | sign users up; agent, metrics, shutdown, sync, bkg_db audit; prune environments | yes | no | no | no | no |
+//! | list environments; set, list, remove secrets of a namespace | all namespaces | its namespace | its namespace | its namespace | no |
 //! | the Web UI's admin pages: every namespace, the audit log, the key policy | yes | no | no | no | no |
 //! | a one-time login URL of the Web UI (`bkg ui`) | a socket peer only | no | no | no | no |
 //!
@@ -41,6 +42,7 @@ pub enum AdminTask {
     ReadNamespaces,
     ReadAudit,
     VerifyAudit,
+    PruneEnvs,
 }
 
 impl AdminTask {
@@ -58,6 +60,7 @@ impl AdminTask {
             Self::ReadNamespaces => "only an admin may list every namespace",
             Self::ReadAudit => "only an admin may read the audit log",
             Self::VerifyAudit => "only an admin may verify the audit log",
+            Self::PruneEnvs => "only an admin may prune the dependency environments",
         }
     }
 }

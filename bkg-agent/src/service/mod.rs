@@ -7,9 +7,11 @@
 pub mod access;
 mod artefacts;
 mod changes;
+mod envs;
 mod keys;
 mod runs;
 mod sandboxes;
+mod secrets;
 mod services;
 mod system;
 mod terminals;
@@ -112,9 +114,10 @@ impl OpError {
             Self::Conflict(_) | Self::Replayed(_) => Refusal::Conflict,
             Self::Unavailable(_) => Refusal::Unavailable,
             Self::Run(run) => match run {
-                RunError::BadRequest(_) | RunError::LimitAboveMaximum { .. } | RunError::RuntimeNotExecutable(_) => {
-                    Refusal::Invalid
-                }
+                RunError::BadRequest(_)
+                | RunError::LimitAboveMaximum { .. }
+                | RunError::RuntimeNotExecutable(_)
+                | RunError::InstallFailed(_) => Refusal::Invalid,
                 RunError::Busy(_) => Refusal::Conflict,
                 RunError::EgressNotAllowed(_) => Refusal::Forbidden,
                 RunError::Overloaded { .. } | RunError::Engine(_) => Refusal::Unavailable,
@@ -180,6 +183,8 @@ pub struct Service {
     socket: PathBuf,
     /// Detached runs of persistent sandboxes, supervised (`services.rs`).
     services: services::Services,
+    envs: Arc<crate::envs::Environments>,
+    secrets: crate::secrets::SecretStore,
 }
 
 /// The parts a `Service` is made of.
@@ -194,11 +199,26 @@ pub struct ServiceParts {
     pub sync: Option<SyncLink>,
     pub shutdown: Arc<Notify>,
     pub socket: PathBuf,
+    pub envs: Arc<crate::envs::Environments>,
+    pub secrets: crate::secrets::SecretStore,
 }
 
 impl Service {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
-        let ServiceParts { engine, feed, store, artefacts, metrics, auth, health, sync, shutdown, socket } = parts;
+        let ServiceParts {
+            engine,
+            feed,
+            store,
+            artefacts,
+            metrics,
+            auth,
+            health,
+            sync,
+            shutdown,
+            socket,
+            envs,
+            secrets,
+        } = parts;
         Arc::new(Self {
             engine,
             feed,
@@ -211,6 +231,8 @@ impl Service {
             shutdown,
             socket,
             services: Default::default(),
+            envs,
+            secrets,
         })
     }
 

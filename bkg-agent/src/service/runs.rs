@@ -28,6 +28,8 @@ pub struct Accepted {
     /// For an exec of a persistent sandbox: the request and its sandbox's restart policy, so
     /// that its service can be started again (`services.rs`).
     pub(super) exec: Option<(ExecRequest, RestartPolicy)>,
+    /// The Python requirement set to install (or find installed) before the code runs.
+    requirements: Vec<String>,
 }
 
 impl Accepted {
@@ -57,8 +59,11 @@ pub const MAX_LISTED_RUNS: u32 = 1000;
 impl Service {
     /// Checks a run in a temporary sandbox and takes it on.
     pub fn accept_run(&self, principal: &Principal, request: RunRequest) -> OpResult<Accepted> {
+        let requirements = self.requirement_set(&request.requirements)?;
         let validated = self.validate_run(principal, request)?;
-        self.accept(principal, validated)
+        let mut accepted = self.accept(principal, validated)?;
+        accepted.requirements = requirements;
+        Ok(accepted)
     }
 
     /// Checks a run in a temporary sandbox: whether the caller may run code, in which namespace,
@@ -66,18 +71,20 @@ impl Service {
     pub(super) fn validate_run(&self, principal: &Principal, request: RunRequest) -> OpResult<ValidatedRun> {
         require_code_runner(principal)?;
         let namespace = namespace_for(principal, request.namespace.as_deref())?;
+        let secrets = request.secrets.clone();
         let mut request = request;
         let policy = &self.auth.policy.user;
         request.limits = user_limit_defaults(principal, policy, &request.limits, &self.engine.config.default_limits);
         let mut validated = self.engine.validate(request)?;
         within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
         validated.namespace = namespace;
+        self.give_secrets(&mut validated, &secrets)?;
         Ok(validated)
     }
 
     pub(super) fn accept(&self, principal: &Principal, validated: ValidatedRun) -> OpResult<Accepted> {
         let ticket = self.engine.accept(new_id("run"), &validated)?;
-        Ok(Accepted { principal: principal.clone(), ticket, validated, exec: None })
+        Ok(Accepted { principal: principal.clone(), ticket, validated, exec: None, requirements: Vec::new() })
     }
 
     /// Starts an accepted run in a task of its own, with the caller's stdin and cancellation on
@@ -110,7 +117,7 @@ impl Service {
         input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
     ) -> OpResult<RunResult> {
-        let Accepted { principal, ticket, validated, exec: _ } = accepted;
+        let Accepted { principal, ticket, mut validated, exec: _, requirements } = accepted;
         // Shutdown waits for this: a run's end is recorded before the agent stops.
         let _in_flight = self.engine.run_in_flight();
         let caller = principal.audit_caller(&validated.namespace);
@@ -128,7 +135,14 @@ impl Service {
         if let Err(error) = started {
             tracing::error!(%error, run = %run_id, "could not record the run's start");
         }
-        let outcome = self.engine.run(ticket, validated, input, output).await;
+        let environment = match requirements.as_slice() {
+            [] => Ok(None),
+            set => self.provide_env(&mut validated, set, &output).await.map(Some),
+        };
+        let outcome = match environment {
+            Ok(_held_until_the_run_ends) => self.engine.run(ticket, validated, input, output).await,
+            Err(error) => Err(error),
+        };
         // What the run kept is stored and recorded under one guard: the quota counts what the
         // store records, and another run's files must not slip in between.
         let mut keeping = None;

@@ -1,0 +1,211 @@
+//! The install sandbox: a run of `python -m pip install --target` whose only network is the
+//! package index (`relay.rs`) and whose one writable host directory is the environment being
+//! built. pip comes with the host's Python runtime (Debian's python3-pip), so no installer
+//! binary has to be bound in; `--target` installs beside, never into, the runtime (and is not
+//! refused as an "externally managed" install). Everything else of it is an ordinary sandbox:
+//! the same plan, limits, seccomp and Landlock as any run.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use bkg_schema::{Language, Limits, MIB};
+
+use super::control::GoOrder;
+use super::plan::{Additions, Owner, PROJECT, ProjectMounts, Volume, WORKSPACE};
+use super::relay::RelayTarget;
+use super::request::{PersistentRun, RunError, ValidatedRun, cpu_count, sandbox_env};
+use super::sandbox::PersistentDisk;
+use super::{Engine, EngineError};
+
+/// The agent-wide package index (`--package-index`): where installs download from, and the
+/// relays and host names an install sandbox gets to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageIndex {
+    pub url: String,
+    pub relays: Vec<RelayTarget>,
+    pub hosts: Vec<(String, Ipv4Addr)>,
+}
+
+/// Where PyPI keeps the files its index links to: reached as well when the index is PyPI's.
+const PYPI_FILES: &str = "files.pythonhosted.org";
+
+impl PackageIndex {
+    /// Checks an index URL: http or https, with a host that is a name or a loopback address
+    /// (the sandbox's relay listens on its own loopback).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text).map_err(|error| format!("`{text}` is not a URL: {error}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("`{text}` must be an http or https URL"));
+        }
+        let port = url.port_or_known_default().ok_or_else(|| format!("`{text}` has no port"))?;
+        let mut names = Vec::new();
+        let mut relays = Vec::new();
+        match url.host() {
+            Some(url::Host::Ipv4(address)) if address.is_loopback() => {
+                relays.push(RelayTarget { host: address.to_string(), port, inside: address });
+            }
+            Some(url::Host::Domain("localhost")) => {
+                relays.push(RelayTarget { host: "localhost".into(), port, inside: Ipv4Addr::LOCALHOST });
+            }
+            Some(url::Host::Domain(name)) => {
+                names.push((name.to_owned(), port));
+                if name == "pypi.org" {
+                    names.push((PYPI_FILES.to_owned(), 443));
+                }
+            }
+            _ => return Err(format!("`{text}`: the index must be named by a host name or a loopback IPv4 address")),
+        }
+        let mut hosts = Vec::new();
+        for (number, (name, port)) in names.into_iter().enumerate() {
+            // 127.0.0.2 onwards: 127.0.0.1 stays the sandbox's own localhost.
+            let inside = Ipv4Addr::new(127, 0, 0, 2 + number as u8);
+            hosts.push((name.clone(), inside));
+            relays.push(RelayTarget { host: name, port, inside });
+        }
+        Ok(Self { url: text.to_owned(), relays, hosts })
+    }
+}
+
+/// The directories of one environment's build: `project/requirements.txt` (read-only at
+/// /project), `site/` (the environment, written at /workspace/site), `disk.img`, `logs/`.
+pub struct InstallDirs {
+    pub work: PathBuf,
+}
+
+impl InstallDirs {
+    pub fn project(&self) -> PathBuf {
+        self.work.join("project")
+    }
+
+    pub fn site(&self) -> PathBuf {
+        self.work.join("site")
+    }
+}
+
+/// Where the environment being built is written, inside.
+const SITE: &str = "/workspace/site";
+
+/// An install may take longer than a run's default minute; the agent's maximum still bounds it.
+/// Its disk is the agent's default (`INSTALL_LIMITS.disk_bytes` is replaced): pip stages the
+/// whole environment in the sandbox's /tmp before moving it to the target, so that bounds an
+/// environment's size, with a disk every agent's budget allows.
+const INSTALL_LIMITS: Limits =
+    Limits { cpu_millis: 1000, memory_bytes: 1024 * MIB, timeout_ms: 600_000, disk_bytes: 0, pids: 256 };
+
+impl Engine {
+    /// The run that installs `dirs`' requirements into its `site/` from `index`.
+    pub fn install_run(
+        &self,
+        dirs: &InstallDirs,
+        index: &PackageIndex,
+        namespace: &str,
+        id: &str,
+    ) -> Result<ValidatedRun, RunError> {
+        let interpreter = self.interpreter(Language::Python)?.to_string_lossy().into_owned();
+        let max = self.config.max_limits;
+        let limits = Limits {
+            cpu_millis: INSTALL_LIMITS.cpu_millis.min(max.cpu_millis),
+            memory_bytes: INSTALL_LIMITS.memory_bytes.min(max.memory_bytes),
+            timeout_ms: INSTALL_LIMITS.timeout_ms.min(max.timeout_ms),
+            disk_bytes: self.config.default_limits.disk_bytes,
+            pids: INSTALL_LIMITS.pids.min(max.pids),
+        };
+        let root = Owner { uid: 0, gid: 0 };
+        let requirements = format!("{PROJECT}/requirements.txt");
+        let argv = [
+            interpreter.as_str(),
+            "-m",
+            "pip",
+            "install",
+            "--no-input",
+            "--disable-pip-version-check",
+            "--no-cache-dir",
+            "--progress-bar",
+            "off",
+            "--index-url",
+            &index.url,
+            "--target",
+            SITE,
+            "-r",
+            &requirements,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        Ok(ValidatedRun {
+            language: Language::Python,
+            limits,
+            namespace: namespace.to_owned(),
+            order: GoOrder {
+                argv,
+                env: sandbox_env(&Default::default())?,
+                cwd: WORKSPACE.into(),
+                files: Vec::new(),
+                clear: Vec::new(),
+                reown: Vec::new(),
+                cpus: cpu_count(limits.cpu_millis),
+                terminal: None,
+            },
+            stdin: None,
+            persistent: Some(PersistentRun {
+                sandbox_id: id.to_owned(),
+                disk: PersistentDisk {
+                    image: dirs.work.join("disk.img"),
+                    project: ProjectMounts {
+                        dir: dirs.project(),
+                        owner: root,
+                        // Nothing of the project is hidden: it holds the requirements only.
+                        state_dir: dirs.work.clone(),
+                        volumes: vec![Volume { host: dirs.site(), guest: SITE.into(), read_only: false, owner: root }],
+                    },
+                },
+                log_dir: dirs.work.join("logs"),
+            }),
+            additions: Additions { python_env: None, hosts: index.hosts.clone() },
+            relay: index.relays.clone(),
+            // An install keeps no files and has no network but its relays to the index.
+            keep: Vec::new(),
+            network: None,
+        })
+    }
+
+    /// Makes the directories of an install in `work`, the requirements file among them.
+    pub fn make_install_dirs(work: &Path, requirements: &[String]) -> Result<InstallDirs, EngineError> {
+        let dirs = InstallDirs { work: work.to_path_buf() };
+        for dir in [dirs.project(), dirs.site(), work.join("logs")] {
+            std::fs::create_dir_all(&dir).map_err(EngineError::io(format!("create {}", dir.display())))?;
+        }
+        // Runs of any sandbox user read the environment: it is theirs to read, never to write
+        // (mounted read-only), whatever the agent's umask made it.
+        let readable = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(dirs.site(), readable).map_err(EngineError::io("make the environment readable"))?;
+        let mut text = requirements.join("\n");
+        text.push('\n');
+        let file = dirs.project().join("requirements.txt");
+        std::fs::write(&file, text).map_err(EngineError::io(format!("write {}", file.display())))?;
+        Ok(dirs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_index_is_relayed_at_its_own_address_and_pypi_with_its_file_host() {
+        let local = PackageIndex::parse("http://127.0.0.1:8123/simple/");
+        assert_eq!(
+            local.map(|index| index.relays),
+            Ok(vec![RelayTarget { host: "127.0.0.1".into(), port: 8123, inside: Ipv4Addr::LOCALHOST }])
+        );
+        let pypi = PackageIndex::parse("https://pypi.org/simple");
+        let Ok(pypi) = pypi else { panic!("PyPI's URL must parse") };
+        assert_eq!(
+            pypi.hosts,
+            [("pypi.org".into(), Ipv4Addr::new(127, 0, 0, 2)), (PYPI_FILES.into(), Ipv4Addr::new(127, 0, 0, 3))]
+        );
+        assert!(pypi.relays.iter().all(|relay| relay.port == 443));
+        assert!(PackageIndex::parse("http://10.0.0.5/simple").is_err());
+        assert!(PackageIndex::parse("ftp://mirror/simple").is_err());
+    }
+}

@@ -1,0 +1,281 @@
+//! Dependency environments on disk (`bkg envs`). Each distinct requirement set (with the
+//! interpreter and the package index) is installed once into `envs/python/ID/site`, `ID` being
+//! the hash of all three, and mounted read-only into every run that asks for the same set. A
+//! build happens in `envs/python/.build-ID` and becomes `ID` by one rename when it succeeded, so
+//! a directory named `ID` is always complete; builds a stopped agent left are removed at start.
+//! The install itself is a sandboxed run (`engine/install.rs`), driven by `service/envs.rs`.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bkg_schema::envs::EnvInfo;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::engine::install::{InstallDirs, PackageIndex};
+
+/// What is kept beside an environment's `site`.
+const META_FILE: &str = "env.json";
+/// Touched each time a run uses the environment; its mtime is the last use.
+const USED_FILE: &str = "used";
+const BUILD_PREFIX: &str = ".build-";
+
+/// How many requirement lines one run may name, and how long one may be.
+const MAX_REQUIREMENTS: usize = 500;
+const MAX_REQUIREMENT_BYTES: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EnvError {
+    let path = path.to_path_buf();
+    move |source| EnvError::Io { action, path, source }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EnvMeta {
+    requirements: Vec<String>,
+    created_at_ms: u64,
+}
+
+pub struct Environments {
+    root: PathBuf,
+    pub index: PackageIndex,
+    python: PathBuf,
+    /// One build per environment at a time: a second run of the same set waits for the first's.
+    builds: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Runs using each environment now: a prune leaves those alone.
+    in_use: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// An environment held by a run until dropped.
+pub struct InUse {
+    id: String,
+    in_use: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut in_use = self.in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = in_use.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                in_use.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Environments {
+    /// Opens `STATE/envs/python`, removing builds an earlier agent left unfinished.
+    pub fn open(state_dir: &Path, index: PackageIndex, python: PathBuf) -> Result<Self, EnvError> {
+        let root = state_dir.join("envs").join("python");
+        std::fs::create_dir_all(&root).map_err(io("create", &root))?;
+        for entry in std::fs::read_dir(&root).map_err(io("read", &root))?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(BUILD_PREFIX) {
+                std::fs::remove_dir_all(entry.path()).map_err(io("remove", &entry.path()))?;
+            }
+        }
+        Ok(Self {
+            root,
+            index,
+            python,
+            builds: Mutex::new(HashMap::new()),
+            in_use: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The requirement set of `lines` as it is keyed: trimmed, without blanks and comments,
+    /// sorted, each once. Options are refused: the index and the install's flags are the agent's.
+    pub fn requirement_set(lines: &[String]) -> Result<Vec<String>, EnvError> {
+        let mut set: Vec<String> = Vec::new();
+        for line in lines {
+            let line = line.split_once(" #").map_or(line.as_str(), |(before, _)| before).trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with('-') {
+                return Err(EnvError::Invalid(format!(
+                    "requirement `{line}`: options are not taken (the agent chooses the index: --package-index)"
+                )));
+            }
+            if line.len() > MAX_REQUIREMENT_BYTES || line.chars().any(char::is_control) {
+                return Err(EnvError::Invalid(format!(
+                    "requirement `{}` is too long or has control characters",
+                    line.escape_debug()
+                )));
+            }
+            set.push(line.to_owned());
+        }
+        set.sort();
+        set.dedup();
+        if set.len() > MAX_REQUIREMENTS {
+            return Err(EnvError::Invalid(format!("at most {MAX_REQUIREMENTS} requirements, not {}", set.len())));
+        }
+        Ok(set)
+    }
+
+    /// The id of a requirement set's environment: what it is built from, hashed.
+    pub fn id_of(&self, set: &[String]) -> String {
+        let mut hash = Sha256::new();
+        hash.update(format!("python={}\nindex={}\n", self.python.display(), self.index.url));
+        for line in set {
+            hash.update(line.as_bytes());
+            hash.update(b"\n");
+        }
+        hex::encode(&hash.finalize()[..16])
+    }
+
+    /// The `site` directory of a built environment, or `None` when it is not built.
+    pub fn ready(&self, id: &str) -> Option<PathBuf> {
+        let dir = self.root.join(id);
+        dir.join(META_FILE).is_file().then(|| dir.join("site"))
+    }
+
+    /// Waits for any other build of `id`; the guard keeps others waiting until dropped.
+    pub async fn build_turn(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut builds = self.builds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            Arc::clone(builds.entry(id.to_owned()).or_default())
+        };
+        lock.lock_owned().await
+    }
+
+    /// A fresh build directory for `id`, with the requirements written into it.
+    pub fn begin_build(&self, id: &str, set: &[String]) -> Result<InstallDirs, EnvError> {
+        let work = self.root.join(format!("{BUILD_PREFIX}{id}"));
+        if work.exists() {
+            std::fs::remove_dir_all(&work).map_err(io("remove", &work))?;
+        }
+        crate::engine::Engine::make_install_dirs(&work, set)
+            .map_err(|error| EnvError::Invalid(format!("preparing the install failed: {error}")))
+    }
+
+    /// Makes a successful build the environment `id` and returns its `site`.
+    pub fn finish_build(&self, id: &str, dirs: InstallDirs, set: &[String], now_ms: u64) -> Result<PathBuf, EnvError> {
+        let meta = EnvMeta { requirements: set.to_vec(), created_at_ms: now_ms };
+        let meta_path = dirs.work.join(META_FILE);
+        let bytes = serde_json::to_vec_pretty(&meta).map_err(|error| EnvError::Invalid(error.to_string()))?;
+        std::fs::write(&meta_path, bytes).map_err(io("write", &meta_path))?;
+        // What only the build needed goes; the environment is `site` and its record.
+        for leftover in ["disk.img", "project", "logs"] {
+            let path = dirs.work.join(leftover);
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            if let Err(error) = removed
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(io("remove", &path)(error));
+            }
+        }
+        let ready = self.root.join(id);
+        std::fs::rename(&dirs.work, &ready).map_err(io("rename", &dirs.work))?;
+        Ok(ready.join("site"))
+    }
+
+    /// Removes a failed build.
+    pub fn abandon_build(&self, dirs: InstallDirs) {
+        if let Err(error) = std::fs::remove_dir_all(&dirs.work) {
+            tracing::warn!(dir = %dirs.work.display(), %error, "could not remove a failed install");
+        }
+    }
+
+    /// Marks `id` as used by a run (now, and until the guard is dropped).
+    pub fn hold(&self, id: &str) -> InUse {
+        let used = self.root.join(id).join(USED_FILE);
+        if let Err(error) = std::fs::File::create(&used) {
+            tracing::warn!(file = %used.display(), %error, "could not note an environment's use");
+        }
+        let mut in_use = self.in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *in_use.entry(id.to_owned()).or_default() += 1;
+        InUse { id: id.to_owned(), in_use: Arc::clone(&self.in_use) }
+    }
+
+    pub fn list(&self) -> Result<Vec<EnvInfo>, EnvError> {
+        let mut envs = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(io("read", &self.root))?.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let meta_path = entry.path().join(META_FILE);
+            let Ok(bytes) = std::fs::read(&meta_path) else { continue };
+            let Ok(meta) = serde_json::from_slice::<EnvMeta>(&bytes) else {
+                tracing::warn!(file = %meta_path.display(), "an environment's record is unreadable");
+                continue;
+            };
+            let last_used_at_ms = std::fs::metadata(entry.path().join(USED_FILE))
+                .ok()
+                .and_then(|used| used.modified().ok())
+                .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(meta.created_at_ms, |since| since.as_millis() as u64);
+            envs.push(EnvInfo {
+                id,
+                requirements: meta.requirements,
+                bytes: disk_usage(&entry.path()),
+                created_at_ms: meta.created_at_ms,
+                last_used_at_ms,
+            });
+        }
+        envs.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(envs)
+    }
+
+    /// Removes the environments no run is using that were last used before `before_ms`;
+    /// returns their ids and the bytes freed.
+    pub fn prune(&self, before_ms: u64) -> Result<(Vec<String>, u64), EnvError> {
+        let mut removed = Vec::new();
+        let mut freed = 0;
+        for env in self.list()? {
+            if env.last_used_at_ms > before_ms {
+                continue;
+            }
+            let in_use = self.in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if in_use.contains_key(&env.id) {
+                continue;
+            }
+            // Renamed first, under the in-use lock: a run finds it complete or not at all.
+            let dir = self.root.join(&env.id);
+            let doomed = self.root.join(format!("{BUILD_PREFIX}{}-pruned", env.id));
+            std::fs::rename(&dir, &doomed).map_err(io("rename", &dir))?;
+            drop(in_use);
+            std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))?;
+            freed += env.bytes;
+            removed.push(env.id);
+        }
+        Ok((removed, freed))
+    }
+}
+
+/// Bytes of disk the files under `dir` take.
+fn disk_usage(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => disk_usage(&entry.path()) + meta.blocks() * 512,
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_is_keyed_whatever_its_order_blanks_and_comments_and_options_are_refused() {
+        let set = |lines: &[&str]| {
+            Environments::requirement_set(&lines.iter().map(|line| line.to_string()).collect::<Vec<_>>())
+        };
+        let first = set(&["numpy==2.1.3", "", "# tools", "requests>=2 # http", "numpy==2.1.3"]);
+        let second = set(&["requests>=2", "numpy==2.1.3"]);
+        assert_eq!(first.ok(), second.ok());
+        assert!(matches!(set(&["--index-url http://evil/simple"]), Err(EnvError::Invalid(_))));
+        assert!(matches!(set(&["-e ."]), Err(EnvError::Invalid(_))));
+    }
+}

@@ -1,0 +1,91 @@
+//! Secrets: set, listed by name, removed, and opened into a run's environment. A value goes
+//! from the caller to the sealed store (`crate::secrets`) and from there into a run's
+//! environment only: no record, log or audit line carries it.
+
+use bkg_schema::envs::{SecretInfo, SecretValue};
+
+use super::access::{namespace_for, require_code_runner};
+use super::{OpError, OpResult, Service};
+use crate::auth::Principal;
+use crate::engine::run::ValidatedRun;
+use crate::ids::now_ms;
+use crate::secrets::{MAX_SECRET_BYTES, SecretError};
+
+impl From<SecretError> for OpError {
+    fn from(error: SecretError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+fn check_name(name: &str) -> OpResult<()> {
+    let is_variable_name = !name.is_empty()
+        && name.len() <= 255
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if is_variable_name {
+        Ok(())
+    } else {
+        Err(OpError::Invalid(format!(
+            "secret name `{}` must be an environment variable name (letters, digits and '_', not starting with a digit)",
+            name.escape_debug()
+        )))
+    }
+}
+
+impl Service {
+    pub fn set_secret(&self, principal: &Principal, name: &str, secret: SecretValue) -> OpResult<SecretInfo> {
+        require_code_runner(principal)?;
+        let namespace = namespace_for(principal, secret.namespace.as_deref())?;
+        check_name(name)?;
+        if secret.value.len() > MAX_SECRET_BYTES || secret.value.contains('\0') {
+            return Err(OpError::Invalid(format!(
+                "a secret's value must be at most {MAX_SECRET_BYTES} bytes, without NUL bytes"
+            )));
+        }
+        let now = now_ms();
+        self.secrets.set(&namespace, name, secret.value.as_bytes(), now)?;
+        Ok(SecretInfo { name: name.to_owned(), namespace, created_at_ms: now })
+    }
+
+    pub fn list_secrets(&self, principal: &Principal, namespace: Option<&str>) -> OpResult<Vec<SecretInfo>> {
+        require_code_runner(principal)?;
+        let namespace = namespace_for(principal, namespace)?;
+        Ok(self
+            .secrets
+            .list(&namespace)?
+            .into_iter()
+            .map(|entry| SecretInfo {
+                name: entry.name,
+                namespace: namespace.clone(),
+                created_at_ms: entry.created_at_ms,
+            })
+            .collect())
+    }
+
+    pub fn remove_secret(&self, principal: &Principal, name: &str, namespace: Option<&str>) -> OpResult<()> {
+        require_code_runner(principal)?;
+        let namespace = namespace_for(principal, namespace)?;
+        if self.secrets.remove(&namespace, name)? {
+            Ok(())
+        } else {
+            Err(OpError::NotFound(format!("no secret `{name}` in namespace `{namespace}`")))
+        }
+    }
+
+    /// Puts the named secrets of the run's namespace into its environment.
+    pub(super) fn give_secrets(&self, run: &mut ValidatedRun, names: &[String]) -> OpResult<()> {
+        for name in names {
+            check_name(name)?;
+        }
+        match self.secrets.open(&run.namespace, names)? {
+            Ok(values) => {
+                run.add_env(values);
+                Ok(())
+            }
+            Err(missing) => Err(OpError::Invalid(format!(
+                "no secret `{missing}` in namespace `{}`: set it with `bkg secrets set {missing}`",
+                run.namespace
+            ))),
+        }
+    }
+}

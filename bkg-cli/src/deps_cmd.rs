@@ -1,0 +1,107 @@
+//! `bkg envs ls|prune` (the agent's Python environments) and `bkg secrets set|ls|rm`.
+
+use std::io::{IsTerminal, Read};
+
+use bkg_schema::envs::{EnvInfo, PruneRequest, PruneResult, SecretInfo, SecretValue};
+use bkg_schema::sandbox::Deleted;
+use bkg_schema::units::{format_duration_ms, format_size};
+
+use crate::args::{EnvsAction, EnvsArgs, SecretsAction, SecretsArgs};
+use crate::client::AgentClient;
+use crate::exit::{CliError, SUCCESS};
+use crate::settings::Settings;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub async fn envs(settings: &Settings, args: EnvsArgs) -> Result<i32, CliError> {
+    let out = settings.out;
+    let client = AgentClient::new(&settings.endpoint()?)?;
+    match args.action {
+        EnvsAction::Ls { .. } => {
+            let envs: Vec<EnvInfo> = client.get("/api/v1/envs").await?;
+            out.answer(&envs, |envs| envs_table(envs))?;
+        }
+        EnvsAction::Prune { unused_for, .. } => {
+            let unused_for_ms = unused_for
+                .map(|text| {
+                    bkg_schema::parse_duration_ms(&text)
+                        .map_err(|error| CliError::usage(format!("--unused-for: {error}")))
+                })
+                .transpose()?;
+            let pruned: PruneResult = client.post_json("/api/v1/envs/prune", &PruneRequest { unused_for_ms }).await?;
+            if out.is_json() {
+                out.json(&pruned)?;
+            }
+            out.note(format_args!(
+                "removed {} environment(s), freed {}",
+                pruned.removed.len(),
+                format_size(pruned.freed_bytes)
+            ));
+        }
+    }
+    Ok(SUCCESS)
+}
+
+/// The `bkg envs ls` table.
+fn envs_table(envs: &[EnvInfo]) -> String {
+    let now = now_ms();
+    let rows = envs.iter().map(|env| {
+        vec![
+            env.id.clone(),
+            format_size(env.bytes),
+            format!("{} ago", format_duration_ms(now.saturating_sub(env.last_used_at_ms) / 1000 * 1000)),
+            env.requirements.join(" "),
+        ]
+    });
+    let headers = ["ID", "SIZE", "LAST USED", "PACKAGES"];
+    crate::table::render(&headers, &[1], &[3], rows, crate::table::width())
+}
+
+pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliError> {
+    let out = settings.out;
+    let client = AgentClient::new(&settings.endpoint()?)?;
+    let query =
+        |namespace: &Option<String>| namespace.as_ref().map(|ns| format!("?namespace={ns}")).unwrap_or_default();
+    match args.action {
+        SecretsAction::Set { name, namespace } => {
+            let value = read_value(out, &name)?;
+            let set: SecretInfo =
+                client.put_json(&format!("/api/v1/secrets/{name}"), &SecretValue { value, namespace }).await?;
+            out.note(format_args!("secret {} set in namespace {}", set.name, set.namespace));
+        }
+        SecretsAction::Ls { namespace, .. } => {
+            let secrets: Vec<SecretInfo> = client.get(&format!("/api/v1/secrets{}", query(&namespace))).await?;
+            out.answer(&secrets, |secrets| secrets.iter().map(|secret| format!("{}\n", secret.name)).collect())?;
+        }
+        SecretsAction::Rm { name, namespace } => {
+            let _: Deleted = client.delete(&format!("/api/v1/secrets/{name}{}", query(&namespace))).await?;
+            out.note(format_args!("secret {name} removed"));
+        }
+    }
+    Ok(SUCCESS)
+}
+
+/// A secret's value from stdin: never from an argument, which `ps` and shell history would show.
+fn read_value(out: crate::out::Printer, name: &str) -> Result<String, CliError> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        out.note(format_args!("type the value of {name}, then Enter and Ctrl-D"));
+    }
+    let mut value = String::new();
+    stdin
+        .lock()
+        .read_to_string(&mut value)
+        .map_err(|error| CliError::usage(format!("cannot read the secret from stdin: {error}")))?;
+    if let Some(stripped) = value.strip_suffix('\n') {
+        value = stripped.strip_suffix('\r').unwrap_or(stripped).to_owned();
+    }
+    if value.is_empty() {
+        return Err(CliError::usage("the secret's value (read from stdin) is empty"));
+    }
+    Ok(value)
+}

@@ -1,0 +1,217 @@
+//! Dependencies and secrets (issue 18): a script's packages installed once from a package index
+//! (a local one, served on loopback from wheels scripts/setup.sh downloaded) in an install
+//! sandbox, and reused by the next run; an install failure's one line and the installer's own
+//! error; a secret that reaches the script and no file of the agent.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use bkg_tests::{Agent, AgentOptions, code, examples_dir, stderr, stdout};
+
+/// Where scripts/setup.sh keeps the wheels the tests serve.
+const WHEELS: &str = "/var/cache/bkg-test-wheels";
+const SIX_WHEEL: &str = "six-1.17.0-py2.py3-none-any.whl";
+
+/// A PEP 503 index on 127.0.0.1: `python3 -m http.server` over `ROOT/six/`, whose directory
+/// listing is the project's page. Its request log is kept to count downloads.
+struct LocalIndex {
+    server: Child,
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<String>>,
+    _root: tempfile::TempDir,
+}
+
+impl LocalIndex {
+    fn start() -> Self {
+        let wheel = Path::new(WHEELS).join(SIX_WHEEL);
+        assert!(wheel.is_file(), "{} is missing: run scripts/setup.sh", wheel.display());
+        let root = tempfile::Builder::new().prefix("bkg-index-").tempdir().expect("temp dir");
+        std::fs::create_dir(root.path().join("six")).expect("project dir");
+        std::fs::copy(&wheel, root.path().join("six").join(SIX_WHEEL)).expect("copy the wheel");
+        let mut server = Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+            .arg(root.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the index");
+        let mut first = String::new();
+        BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut first).expect("its first line");
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let port = first.split(" port ").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("a port");
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log = std::sync::Arc::clone(&requests);
+        let mut errors = server.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = errors.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                log.lock().expect("log").push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Self { server, url: format!("http://127.0.0.1:{port}/"), requests, _root: root }
+    }
+
+    fn wheel_downloads(&self) -> usize {
+        self.requests
+            .lock()
+            .expect("log")
+            .lines()
+            .filter(|line| line.contains(&format!("GET /six/{SIX_WHEEL}")))
+            .count()
+    }
+}
+
+impl Drop for LocalIndex {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn agent_with_index(index: &LocalIndex) -> Agent {
+    Agent::start_with(AgentOptions {
+        extra_args: vec!["--package-index".into(), index.url.clone()],
+        ..AgentOptions::default()
+    })
+}
+
+fn project(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("bkg-deps-").tempdir().expect("temp dir");
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    let script = dir.path().join("main.py");
+    (dir, script)
+}
+
+const WRITES_BESIDE_SIX: &str = "import six, os\n\
+try:\n    open(os.path.join(os.path.dirname(six.__file__), 'planted.py'), 'w')\n    print('env writable')\n\
+except OSError as error:\n    print('env read-only', error.errno)\n";
+
+#[test]
+fn a_requirements_file_beside_the_script_is_installed_once_and_reused() {
+    let index = LocalIndex::start();
+    let agent = agent_with_index(&index);
+    let example = examples_dir().join("python-deps").join("main.py");
+    let script = example.to_str().expect("utf-8 path");
+
+    let first = agent.exe(&[script]);
+    assert_eq!(code(&first), 0, "{}\n{}", stderr(&first), agent.log());
+    assert_eq!(stdout(&first), "six 1.17.0 from /opt/bkg/python\n");
+    assert!(stderr(&first).contains("bkg: installing 1 Python package into environment"), "{}", stderr(&first));
+    assert_eq!(index.wheel_downloads(), 1);
+
+    let second = agent.exe(&[script]);
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert_eq!(stdout(&second), "six 1.17.0 from /opt/bkg/python\n");
+    assert!(!stderr(&second).contains("installing"), "the second run installed again: {}", stderr(&second));
+    assert_eq!(index.wheel_downloads(), 1, "the second run downloaded the wheel again");
+
+    // A requirements file of the same set (its own order, comments) or `--with` is the same
+    // environment, and it is read-only (EROFS).
+    let (_dir, script) =
+        project(&[("main.py", WRITES_BESIDE_SIX), ("requirements.txt", "# pinned\nsix==1.17.0 # http\n")]);
+    let own_file = agent.exe(&[script.to_str().expect("utf-8 path")]);
+    assert_eq!((code(&own_file), stdout(&own_file).as_str()), (0, "env read-only 30\n"), "{}", stderr(&own_file));
+    let with = agent.exe(&["--with", "six==1.17.0", "-c", "import six; print(six.__version__)", "--type", "python"]);
+    assert_eq!((code(&with), stdout(&with).as_str()), (0, "1.17.0\n"), "{}", stderr(&with));
+    assert_eq!(index.wheel_downloads(), 1);
+
+    let listed = agent.bkg().args(["envs", "ls", "--json"]).output().expect("bkg envs ls");
+    let envs: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(envs.as_array().map(Vec::len), Some(1), "{envs}");
+    assert_eq!(envs[0]["requirements"], serde_json::json!(["six==1.17.0"]));
+    assert!(envs[0]["bytes"].as_u64().is_some_and(|bytes| bytes > 10_000), "{envs}");
+
+    // A run without requirements does not see the environment (the host's own six, older, is
+    // what it imports).
+    let plain = agent.exe(&["-c", "import os; print(os.path.exists('/opt/bkg/python'))", "--type", "python"]);
+    assert_eq!((code(&plain), stdout(&plain).as_str()), (0, "False\n"), "{}", stderr(&plain));
+
+    let pruned = agent.bkg().args(["envs", "prune", "--json"]).output().expect("bkg envs prune");
+    let pruned: serde_json::Value = serde_json::from_slice(&pruned.stdout).expect("json");
+    assert_eq!(pruned["removed"].as_array().map(Vec::len), Some(1), "{pruned}");
+    let listed = agent.bkg().args(["envs", "ls", "--json"]).output().expect("bkg envs ls");
+    assert_eq!(stdout(&listed).trim(), "[]");
+}
+
+#[test]
+fn an_install_failure_is_one_line_with_the_installers_error_below() {
+    let index = LocalIndex::start();
+    let agent = agent_with_index(&index);
+    let failed = agent.exe(&["--with", "no-such-package-bkg==1.0", "-c", "print('ran')", "--type", "python"]);
+    assert_eq!(code(&failed), 125, "{}", stderr(&failed));
+    assert_eq!(stdout(&failed), "", "the script must not run");
+    let text = stderr(&failed);
+    let error = text.lines().find(|line| line.contains(" failed ")).unwrap_or_default();
+    assert_eq!(error, "bkg: installing 1 Python package failed (pip exited with code 1); the installer said:");
+    assert!(text.contains("No matching distribution found for no-such-package-bkg==1.0"), "{text}");
+
+    let options = agent.exe(&["--with=--index-url=http://elsewhere/simple", "-c", "1", "--type", "python"]);
+    assert_eq!(code(&options), 125);
+    assert!(stderr(&options).contains("options are not taken"), "{}", stderr(&options));
+    let listed = agent.bkg().args(["envs", "ls", "--json"]).output().expect("bkg envs ls");
+    assert_eq!(stdout(&listed).trim(), "[]", "a failed install leaves no environment");
+}
+
+/// Every file under `dir` (the agent's state, its log) that contains `needle`. Sandbox disk
+/// images are left out: they are the warm pool's fresh, empty disks, never records.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if kind.is_file()
+            && path.file_name().is_some_and(|name| name != "disk.img")
+            && std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_secret_reaches_the_script_and_no_record() {
+    let agent = Agent::start();
+    let value = "s3cr3t-bkg-7f1c9e";
+    let mut set = agent.bkg().args(["secrets", "set", "API_TOKEN"]).stdin(Stdio::piped()).spawn().expect("set");
+    set.stdin.take().expect("stdin").write_all(format!("{value}\n").as_bytes()).expect("write the value");
+    let set = set.wait_with_output().expect("bkg secrets set");
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
+
+    let listed = agent.bkg().args(["secrets", "ls"]).output().expect("bkg secrets ls");
+    assert_eq!(stdout(&listed), "API_TOKEN\n");
+
+    let run = agent.exe(&[
+        "--secret",
+        "API_TOKEN",
+        "-c",
+        "import os; print(os.environ['API_TOKEN'] == 's3cr3t-bkg-7f1c9e', len(os.environ['API_TOKEN']))",
+        "--type",
+        "python",
+    ]);
+    assert_eq!((code(&run), stdout(&run).as_str()), (0, "True 17\n"), "{}", stderr(&run));
+
+    let missing = agent.exe(&["--secret", "NOPE", "-c", "1", "--type", "python"]);
+    assert_eq!(code(&missing), 125);
+    assert!(stderr(&missing).contains("no secret `NOPE` in namespace `default`"), "{}", stderr(&missing));
+
+    agent.wait_idle();
+    // The agent's whole directory: state dir (store, audit log, sealed secrets, key) and its log.
+    let leaks = files_containing(agent.dir.path(), value.as_bytes());
+    assert!(leaks.is_empty(), "the secret's value is in {leaks:?}");
+    assert!(agent.state_dir.join("secrets.json").is_file(), "the sealed store is where the docs say");
+
+    let removed = agent.bkg().args(["secrets", "rm", "API_TOKEN"]).output().expect("bkg secrets rm");
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    let after = agent.exe(&["--secret", "API_TOKEN", "-c", "1", "--type", "python"]);
+    assert_eq!(code(&after), 125);
+}
