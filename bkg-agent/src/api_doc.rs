@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 
-use crate::server::{auth_api, changes, runs, sandboxes, system};
+use crate::server::{auth_api, changes, files, runs, sandboxes, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,6 +40,9 @@ use crate::server::{auth_api, changes, runs, sandboxes, system};
         sandboxes::exec_sandbox,
         sandboxes::stop_sandbox,
         sandboxes::sandbox_logs,
+        files::upload,
+        files::download,
+        files::list,
         auth_api::signup,
         auth_api::login,
         auth_api::refresh,
@@ -58,6 +61,7 @@ use crate::server::{auth_api, changes, runs, sandboxes, system};
         (name = "agent", description = "Health, metrics and the agent itself"),
         (name = "runs", description = "Code run once in a temporary sandbox"),
         (name = "sandboxes", description = "Persistent sandboxes"),
+        (name = "files", description = "Files into and out of a persistent sandbox, as tar streams"),
         (name = "auth", description = "Users, login and the caller"),
         (name = "keys", description = "API keys: create, rotate, revoke"),
         (name = "changes", description = "The change feed: runs, sandboxes, keys and audit events as they happen"),

@@ -9,6 +9,7 @@
 pub(crate) mod auth_api;
 pub(crate) mod changes;
 mod failure;
+pub(crate) mod files;
 mod input;
 pub mod listen;
 pub(crate) mod runs;
@@ -113,6 +114,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sandboxes/{id}/exec", post(sandboxes::exec_sandbox))
         .route("/api/v1/sandboxes/{id}/stop", post(sandboxes::stop_sandbox))
         .route("/api/v1/sandboxes/{id}/logs", get(sandboxes::sandbox_logs))
+        .route(files::FILES_ROUTE, get(files::download).put(files::upload))
+        .route("/api/v1/sandboxes/{id}/files/list", get(files::list))
         .route("/api/v1/auth/signup", post(auth_api::signup))
         .route("/api/v1/auth/login", post(auth_api::login))
         .route("/api/v1/auth/refresh", post(auth_api::refresh))
@@ -242,11 +245,14 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
         .unwrap_or_else(|| "unmatched".to_owned());
     let trace = state.tracer.context(request.headers().get("traceparent").and_then(|value| value.to_str().ok()));
 
-    let too_large = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|length| length > MAX_BODY_BYTES as u64);
+    // An upload's tar stream goes to the sandbox as it arrives, bounded by the sandbox's disk.
+    let streamed = method == Method::PUT && route == files::FILES_ROUTE;
+    let too_large = !streamed
+        && request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|length| length > MAX_BODY_BYTES as u64);
     let (response, role) = if too_large {
         (Failure::too_large(MAX_BODY_BYTES).into_response(), None)
     } else {
@@ -257,12 +263,18 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
         match checked {
             Ok(principal) => {
                 let role = principal.as_ref().map(Principal::role);
+                let principal_known = principal.is_some();
                 // Callers without a key (login, notices, probes) send a few hundred bytes at most.
                 let limit = if principal.is_some() { MAX_BODY_BYTES } else { input::SMALL_BODY_BYTES };
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);
                 }
-                match read_body(&state.bodies, request, limit).await {
+                let body = if streamed && principal_known {
+                    Ok((request, None))
+                } else {
+                    read_body(&state.bodies, request, limit).await
+                };
+                match body {
                     // The body's share of the budget is held until the handler has answered.
                     Ok((request, _held)) => (next.run(request).await, role),
                     Err(failure) => (failure.into_response(), role),

@@ -31,6 +31,9 @@ pub enum FrameKind {
     Result = 13,
     /// agent → client: the run failed before it had a result; `ApiError` JSON; the last frame.
     Error = 14,
+    /// agent → client: a piece of the tar stream of /workspace/out/ (`return_out_dir`), after
+    /// the output and before the result.
+    Archive = 15,
 }
 
 impl FrameKind {
@@ -44,6 +47,7 @@ impl FrameKind {
             12 => Self::Stderr,
             13 => Self::Result,
             14 => Self::Error,
+            15 => Self::Archive,
             _ => return None,
         })
     }
@@ -94,6 +98,7 @@ mod tests {
             FrameKind::Stderr,
             FrameKind::Result,
             FrameKind::Error,
+            FrameKind::Archive,
         ] {
             let header = encode_header(kind, 1234).unwrap_or_default();
             assert_eq!(decode_header(header), Ok((kind, 1234)));

@@ -7,6 +7,7 @@ pub mod auth;
 #[cfg(feature = "cave")]
 pub mod cave;
 pub mod changes;
+pub mod files;
 pub mod frame;
 pub mod health;
 pub mod host;
@@ -177,6 +178,10 @@ pub struct RunRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
     pub namespace: Option<String>,
+    /// Make /workspace/out/ before the code starts and, when it ends, send what it holds back as
+    /// a tar stream in `Archive` frames before the result (streamed runs only; `bkg exe -o`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub return_out_dir: bool,
 }
 
 /// Which limit ended a run.

@@ -7,6 +7,7 @@ mod cli_habits;
 mod compat;
 mod docs_bkg_db;
 mod exe_basics;
+mod files;
 mod host;
 mod inputs;
 mod isolation;

@@ -566,6 +566,13 @@ fn reown_tree(dir: &Path, owner: u32) -> std::io::Result<()> {
 /// Writes the script and uploads. Runs as root before the code exists, in a workspace that is
 /// still empty, so no path in it can be a planted link.
 fn place_files(order: &GoOrder, sandbox_id: u32) -> Result<(), StageError> {
+    for dir in &order.dirs {
+        let path = Path::new(dir);
+        if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(StageError::new("place files", format!("refusing directory {dir}")));
+        }
+        create_owned_dirs(path, sandbox_id)?;
+    }
     for file in &order.files {
         let path = Path::new(&file.path);
         if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {

@@ -4,6 +4,7 @@
 pub mod capacity;
 pub mod cgroup;
 pub mod control;
+pub mod files;
 pub mod handle;
 pub mod host_check;
 pub mod init;

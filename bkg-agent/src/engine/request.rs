@@ -71,6 +71,8 @@ pub struct ValidatedRun {
     pub(super) order: GoOrder,
     pub(super) stdin: Option<Vec<u8>>,
     pub(super) persistent: Option<PersistentRun>,
+    /// Send /workspace/out/ back when the code has ended (`RunRequest::return_out_dir`).
+    pub(super) return_out_dir: bool,
 }
 
 /// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and its log.
@@ -225,10 +227,16 @@ impl Engine {
                 files,
                 clear: Vec::new(),
                 reown: Vec::new(),
+                dirs: if request.return_out_dir {
+                    vec![format!("{WORKSPACE}/{}", super::run::OUT_DIR)]
+                } else {
+                    Vec::new()
+                },
                 cpus: cpu_count(limits.cpu_millis),
             },
             stdin: decode_stdin(request.stdin_base64.as_deref())?,
             persistent: None,
+            return_out_dir: request.return_out_dir,
         })
     }
 
@@ -288,6 +296,7 @@ impl Engine {
                 files: Vec::new(),
                 clear: vec![TMP.into(), "/dev/shm".into()],
                 reown: vec![WORKSPACE.into()],
+                dirs: Vec::new(),
                 cpus: cpu_count(limits.cpu_millis),
             },
             stdin: decode_stdin(exec.stdin_base64.as_deref())?,
@@ -304,6 +313,7 @@ impl Engine {
                 },
                 log_dir: layout.logs_dir(&definition.name),
             }),
+            return_out_dir: false,
         })
     }
 }

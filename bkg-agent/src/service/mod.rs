@@ -6,6 +6,7 @@
 
 pub mod access;
 mod changes;
+mod files;
 mod keys;
 mod runs;
 mod sandboxes;

@@ -28,6 +28,10 @@ impl Accepted {
     pub fn run_id(&self) -> &str {
         self.ticket.run_id()
     }
+
+    pub(super) fn tracker(&self) -> Arc<crate::engine::handle::RunTracker> {
+        self.ticket.tracker()
+    }
 }
 
 /// A run going on in a task of its own; its result when awaited.
