@@ -150,3 +150,50 @@ fn exe_file_dir_puts_siblings_beside_the_script_and_output_brings_out_back() {
     assert_eq!(stdout(&run), "hello from helper pkg\n");
     assert_eq!(std::fs::read_to_string(results.join("result.txt")).expect("result"), "made in the sandbox\n");
 }
+
+fn sha256(path: &Path) -> String {
+    let output = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    assert!(output.status.success());
+    stdout(&output).split_whitespace().next().unwrap_or_default().to_owned()
+}
+
+/// The agent's peak resident memory so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
+    let line = status.lines().find(|line| line.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse::<u64>().ok()).expect("VmHWM value") * 1024
+}
+
+#[test]
+fn a_gibibyte_goes_in_and_out_unchanged_while_the_agent_stays_small() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &["--disk", "1536MiB"]);
+    let dir = project.path();
+    // 1 GiB of bytes that do not repeat within a chunk: no compression or sparseness helps.
+    let source = dir.join("big.bin");
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&source).expect("create"));
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut block = vec![0u8; 1024 * 1024];
+        for _ in 0..1024 {
+            for byte in block.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *byte = state as u8;
+            }
+            file.write_all(&block).expect("write");
+        }
+    }
+    let uploaded = bkg_in(&agent, dir, &["cp", "--json", "big.bin", "box:data"]);
+    assert_eq!(code(&uploaded), 0, "cp in: {}", stderr(&uploaded));
+    let answer: serde_json::Value = serde_json::from_slice(&uploaded.stdout).expect("cp --json");
+    assert_eq!(answer["bytes"], 1u64 << 30);
+    let back = dir.join("back");
+    let downloaded = bkg_in(&agent, dir, &["cp", "box:data/big.bin", back.to_str().expect("utf-8")]);
+    assert_eq!(code(&downloaded), 0, "cp out: {}", stderr(&downloaded));
+    assert_eq!(sha256(&back.join("big.bin")), sha256(&source), "the same bytes came back");
+    let peak = peak_rss(agent.pid());
+    assert!(peak < 100 * 1024 * 1024, "the agent's peak RSS was {peak} bytes");
+}

@@ -240,6 +240,32 @@ impl Engine {
         })
     }
 
+    /// A session's interpreter in a persistent sandbox: `runner`, the program `language`'s
+    /// interpreter runs (`-c` / `-e`), for as long as the agent lets any run last.
+    pub fn validate_session(
+        &self,
+        definition: &SandboxDefinition,
+        language: bkg_schema::Language,
+        runner: &str,
+    ) -> Result<ValidatedRun, RunError> {
+        let placeholder = ExecRequest {
+            command: "true".into(),
+            detach: false,
+            env: BTreeMap::new(),
+            stdin_base64: None,
+        };
+        let mut validated = self.validate_exec(definition, placeholder)?;
+        let interpreter = self.interpreter(language)?.to_string_lossy().into_owned();
+        let flag = match language {
+            bkg_schema::Language::Python => "-c",
+            bkg_schema::Language::Node => "-e",
+        };
+        validated.order.argv = vec![interpreter, flag.into(), runner.into()];
+        validated.language = language;
+        validated.limits.timeout_ms = self.config.max_limits.timeout_ms;
+        Ok(validated)
+    }
+
     /// The project directory on the agent of the sandboxes of `namespace` that have no project
     /// of their own (made through the API or MCP).
     pub fn scratch_project_dir(&self, namespace: &str) -> PathBuf {

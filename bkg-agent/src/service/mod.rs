@@ -10,6 +10,7 @@ mod files;
 mod keys;
 mod runs;
 mod sandboxes;
+mod sessions;
 mod system;
 mod ui_support;
 
@@ -173,6 +174,7 @@ pub struct Service {
     /// Told when an admin asks the agent to stop.
     shutdown: Arc<Notify>,
     socket: PathBuf,
+    sessions: sessions::SessionTable,
 }
 
 /// The parts a `Service` is made of.
@@ -191,7 +193,18 @@ pub struct ServiceParts {
 impl Service {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
         let ServiceParts { engine, feed, store, metrics, auth, health, sync, shutdown, socket } = parts;
-        Arc::new(Self { engine, feed, store, metrics, auth, health, sync, shutdown, socket })
+        Arc::new(Self {
+            engine,
+            feed,
+            store,
+            metrics,
+            auth,
+            health,
+            sync,
+            shutdown,
+            socket,
+            sessions: sessions::SessionTable::default(),
+        })
     }
 
     /// Counts a run until the guard is dropped: shutdown waits until the caller has its result.

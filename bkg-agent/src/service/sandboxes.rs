@@ -216,6 +216,19 @@ impl Service {
         })
     }
 
+    /// Takes on a run already checked for sandbox `name` (a session's interpreter).
+    pub(super) fn accept_exec_validated(
+        &self,
+        principal: &Principal,
+        name: &str,
+        validated: crate::engine::run::ValidatedRun,
+    ) -> OpResult<Accepted> {
+        self.accept(principal, validated).map_err(|error| match error {
+            OpError::Run(RunError::Busy(_)) => busy(name),
+            other => other,
+        })
+    }
+
     /// Runs one of the sandbox's scripts (default `start`), detached; its output goes to the
     /// sandbox's log.
     pub async fn start_script(
