@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 
-use crate::server::{auth_api, changes, files, runs, sandboxes, system};
+use crate::server::{auth_api, changes, files, runs, sandboxes, sessions, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,6 +43,13 @@ use crate::server::{auth_api, changes, files, runs, sandboxes, system};
         files::upload,
         files::download,
         files::list,
+        sessions::create_session,
+        sessions::list_sessions,
+        sessions::get_session,
+        sessions::delete_session,
+        sessions::execute,
+        sessions::interrupt,
+        sessions::restart,
         auth_api::signup,
         auth_api::login,
         auth_api::refresh,
@@ -62,6 +69,7 @@ use crate::server::{auth_api, changes, files, runs, sandboxes, system};
         (name = "runs", description = "Code run once in a temporary sandbox"),
         (name = "sandboxes", description = "Persistent sandboxes"),
         (name = "files", description = "Files into and out of a persistent sandbox, as tar streams"),
+        (name = "sessions", description = "Interpreter sessions in a persistent sandbox: state kept between executions"),
         (name = "auth", description = "Users, login and the caller"),
         (name = "keys", description = "API keys: create, rotate, revoke"),
         (name = "changes", description = "The change feed: runs, sandboxes, keys and audit events as they happen"),

@@ -14,6 +14,7 @@ mod input;
 pub mod listen;
 pub(crate) mod runs;
 pub(crate) mod sandboxes;
+pub(crate) mod sessions;
 pub(crate) mod system;
 pub mod tls;
 
@@ -116,6 +117,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sandboxes/{id}/logs", get(sandboxes::sandbox_logs))
         .route(files::FILES_ROUTE, get(files::download).put(files::upload))
         .route("/api/v1/sandboxes/{id}/files/list", get(files::list))
+        .route("/api/v1/sandboxes/{id}/sessions", get(sessions::list_sessions).post(sessions::create_session))
+        .route(
+            "/api/v1/sandboxes/{id}/sessions/{name}",
+            get(sessions::get_session).delete(sessions::delete_session),
+        )
+        .route("/api/v1/sandboxes/{id}/sessions/{name}/execute", post(sessions::execute))
+        .route("/api/v1/sandboxes/{id}/sessions/{name}/interrupt", post(sessions::interrupt))
+        .route("/api/v1/sandboxes/{id}/sessions/{name}/restart", post(sessions::restart))
         .route("/api/v1/auth/signup", post(auth_api::signup))
         .route("/api/v1/auth/login", post(auth_api::login))
         .route("/api/v1/auth/refresh", post(auth_api::refresh))

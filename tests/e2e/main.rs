@@ -18,5 +18,6 @@ mod ownership;
 mod projects;
 mod reliability;
 mod retention;
+mod sessions;
 mod signals;
 mod ui;

@@ -6,7 +6,9 @@ const util = require("util");
 const readline = require("readline");
 
 const send = (event) => process.stdout.write("\x1e" + JSON.stringify(event) + "\n");
-const stream = (name) => (...args) => send({ type: "stream", name, text: util.format(...args) + "\n" });
+const stream = (name) => (...args) => {
+  send({ type: "stream", name, text: util.format(...args) + "\n" });
+};
 const userConsole = {
   log: stream("stdout"), info: stream("stdout"), debug: stream("stdout"),
   error: stream("stderr"), warn: stream("stderr"), trace: stream("stderr"),
@@ -32,7 +34,7 @@ process.on("SIGINT", () => {});
 
 const userTrace = (error) => {
   const stack = String((error && error.stack) || error);
-  return stack.split("\n").filter((line) => !/\[eval\]|node:internal|\(vm\.js|at Script\.runInContext|at runInContext/.test(line))
+  return stack.split("\n").filter((line) => !/\[eval\]|\(node:|at Script\.runInContext|at runInContext/.test(line))
     .map((line) => line + "\n");
 };
 
