@@ -28,6 +28,9 @@ _bkg() {
             bkg,completions)
                 cmd="bkg__subcmd__completions"
                 ;;
+            bkg,cp)
+                cmd="bkg__subcmd__cp"
+                ;;
             bkg,db)
                 cmd="bkg__subcmd__db"
                 ;;
@@ -36,6 +39,9 @@ _bkg() {
                 ;;
             bkg,exe)
                 cmd="bkg__subcmd__exe"
+                ;;
+            bkg,exec)
+                cmd="bkg__subcmd__exec"
                 ;;
             bkg,help)
                 cmd="bkg__subcmd__help"
@@ -57,6 +63,9 @@ _bkg() {
                 ;;
             bkg,ls)
                 cmd="bkg__subcmd__ls"
+                ;;
+            bkg,repl)
+                cmd="bkg__subcmd__repl"
                 ;;
             bkg,rm)
                 cmd="bkg__subcmd__rm"
@@ -151,6 +160,9 @@ _bkg() {
             bkg__subcmd__help,completions)
                 cmd="bkg__subcmd__help__subcmd__completions"
                 ;;
+            bkg__subcmd__help,cp)
+                cmd="bkg__subcmd__help__subcmd__cp"
+                ;;
             bkg__subcmd__help,db)
                 cmd="bkg__subcmd__help__subcmd__db"
                 ;;
@@ -159,6 +171,9 @@ _bkg() {
                 ;;
             bkg__subcmd__help,exe)
                 cmd="bkg__subcmd__help__subcmd__exe"
+                ;;
+            bkg__subcmd__help,exec)
+                cmd="bkg__subcmd__help__subcmd__exec"
                 ;;
             bkg__subcmd__help,help)
                 cmd="bkg__subcmd__help__subcmd__help"
@@ -180,6 +195,9 @@ _bkg() {
                 ;;
             bkg__subcmd__help,ls)
                 cmd="bkg__subcmd__help__subcmd__ls"
+                ;;
+            bkg__subcmd__help,repl)
+                cmd="bkg__subcmd__help__subcmd__repl"
                 ;;
             bkg__subcmd__help,rm)
                 cmd="bkg__subcmd__help__subcmd__rm"
@@ -323,7 +341,7 @@ _bkg() {
 
     case "${cmd}" in
         bkg)
-            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch ui version doctor completions help"
+            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs cp exec repl stop rm runs audit sync db login logout keys watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -792,6 +810,40 @@ _bkg() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        bkg__subcmd__cp)
+            opts="-C -h -V --dir --json --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -C)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         bkg__subcmd__db)
             opts="-h -V --socket --remote --cacert --help --version migrate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -929,7 +981,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__exe)
-            opts="-c -t -e -f -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --json --socket --remote --cacert --help --version"
+            opts="-c -t -e -f -o -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --output --json --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -987,6 +1039,72 @@ _bkg() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__exec)
+            opts="-s -c -t -C -h -V --session --code --type --interrupt --restart --dir --json --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --session)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --code)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --type)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -C)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1007,7 +1125,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help)
-            opts="exe agent init add validate ls status logs stop rm runs audit sync db login logout keys watch ui version doctor completions help"
+            opts="exe agent init add validate ls status logs cp exec repl stop rm runs audit sync db login logout keys watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1146,6 +1264,20 @@ _bkg() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        bkg__subcmd__help__subcmd__cp)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         bkg__subcmd__help__subcmd__db)
             opts="migrate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1189,6 +1321,20 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help__subcmd__exe)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__exec)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1343,6 +1489,20 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help__subcmd__ls)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__repl)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1919,6 +2079,56 @@ _bkg() {
                 return 0
             fi
             case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -C)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__repl)
+            opts="-s -t -C -h -V --session --type --dir --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --session)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --type)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

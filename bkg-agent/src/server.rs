@@ -118,10 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route(files::FILES_ROUTE, get(files::download).put(files::upload))
         .route("/api/v1/sandboxes/{id}/files/list", get(files::list))
         .route("/api/v1/sandboxes/{id}/sessions", get(sessions::list_sessions).post(sessions::create_session))
-        .route(
-            "/api/v1/sandboxes/{id}/sessions/{name}",
-            get(sessions::get_session).delete(sessions::delete_session),
-        )
+        .route("/api/v1/sandboxes/{id}/sessions/{name}", get(sessions::get_session).delete(sessions::delete_session))
         .route("/api/v1/sandboxes/{id}/sessions/{name}/execute", post(sessions::execute))
         .route("/api/v1/sandboxes/{id}/sessions/{name}/interrupt", post(sessions::interrupt))
         .route("/api/v1/sandboxes/{id}/sessions/{name}/restart", post(sessions::restart))

@@ -248,12 +248,8 @@ impl Engine {
         language: bkg_schema::Language,
         runner: &str,
     ) -> Result<ValidatedRun, RunError> {
-        let placeholder = ExecRequest {
-            command: "true".into(),
-            detach: false,
-            env: BTreeMap::new(),
-            stdin_base64: None,
-        };
+        let placeholder =
+            ExecRequest { command: "true".into(), detach: false, env: BTreeMap::new(), stdin_base64: None };
         let mut validated = self.validate_exec(definition, placeholder)?;
         let interpreter = self.interpreter(language)?.to_string_lossy().into_owned();
         let flag = match language {

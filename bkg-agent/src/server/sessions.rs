@@ -10,9 +10,9 @@ use bkg_schema::files::{ExecuteRequest, NewSession, SessionEvent, SessionInfo};
 use bkg_schema::sandbox::Deleted;
 
 use super::AppState;
+use super::MAX_BODY_BYTES;
 use super::failure::ApiResult;
 use super::input::{self, PathParam, SMALL_BODY_BYTES};
-use super::MAX_BODY_BYTES;
 use crate::auth::Principal;
 
 /// Starts a session (an interpreter that keeps its state) in an idle sandbox; it holds the

@@ -230,6 +230,10 @@ impl Service {
     pub async fn interrupt_session(&self, principal: &Principal, id: &str, name: &str) -> OpResult<SessionInfo> {
         self.visible_sandbox(principal, id).await?;
         let session = self.session_of(id, name)?;
+        if session.one_at_a_time.available_permits() > 0 {
+            // Nothing is running: there is nothing to interrupt.
+            return Ok(session.info());
+        }
         let code = session.tracker.access().and_then(|access| code_pid(access.pid_one));
         let Some(pid) = code else {
             return Err(OpError::NotFound(format!("session `{name}` has no interpreter running")));

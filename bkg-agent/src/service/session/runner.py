@@ -5,7 +5,9 @@ import ast, base64, io, json, linecache, os, signal, sys, traceback
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("MPLCONFIGDIR", "/tmp/.bkg-matplotlib")
-signal.signal(signal.SIGINT, signal.default_int_handler)
+# Ctrl-C reaches only an execution: between them it is ignored, so it can never cut a request
+# line in half while it is read.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 _proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
 _requests = sys.stdin
 sys.stdin = open(os.devnull)
@@ -91,12 +93,15 @@ def _run(code, execution):
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, filename, "exec"), _namespace)
-        if last is not None:
-            value = eval(compile(last, filename, "eval"), _namespace)
-            if value is not None:
-                _namespace["_"] = value
-                _send({"type": "result", "data": _bundle(value)})
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            exec(compile(tree, filename, "exec"), _namespace)
+            value = None if last is None else eval(compile(last, filename, "eval"), _namespace)
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if value is not None:
+            _namespace["_"] = value
+            _send({"type": "result", "data": _bundle(value)})
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "error"
         lines = traceback.format_exception(type(error), error, _user_frames(error.__traceback__))
@@ -109,17 +114,11 @@ def _run(code, execution):
 
 
 while True:
-    try:
-        line = _requests.readline()
-    except KeyboardInterrupt:
-        continue
+    line = _requests.readline()
     if not line:
         break
     try:
         request = json.loads(line)
     except ValueError:
         continue
-    try:
-        _run(request["code"], request["execution"])
-    except KeyboardInterrupt:
-        _send({"type": "end", "status": "interrupted", "execution": request["execution"]})
+    _run(request["code"], request["execution"])
