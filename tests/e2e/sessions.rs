@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use bkg_tests::{Agent, bin_dir, code, stderr, stdout};
+use bkg_tests::{Agent, AgentOptions, bin_dir, code, stderr, stdout};
 
 fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
     agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
@@ -18,7 +18,9 @@ fn project(agent: &Agent) -> tempfile::TempDir {
     let dir = project.path();
     assert_eq!(code(&bkg_in(agent, dir, &["init", "--yes"])), 0);
     for (name, language) in [("box", "python"), ("js", "node")] {
-        let added = bkg_in(agent, dir, &["add", name, "--type", language, "--script", "start=true"]);
+        // Small disks and no warm pool: two sessions hold two sandboxes at once.
+        let added =
+            bkg_in(agent, dir, &["add", name, "--type", language, "--script", "start=true", "--disk", "64MiB"]);
         assert_eq!(code(&added), 0, "add: {}", stderr(&added));
         let run = Command::new(bin_dir().join("bkgr"))
             .arg(name)
@@ -35,7 +37,7 @@ fn project(agent: &Agent) -> tempfile::TempDir {
 
 #[test]
 fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interrupt() {
-    let agent = Agent::start();
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
     let dir = project.path();
 
@@ -87,7 +89,7 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
 
 #[test]
 fn a_matplotlib_figure_comes_back_as_a_png_and_node_keeps_its_state() {
-    let agent = Agent::start();
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
     let dir = project.path();
     let plot = bkg_in(
