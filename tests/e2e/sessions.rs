@@ -19,8 +19,7 @@ fn project(agent: &Agent) -> tempfile::TempDir {
     assert_eq!(code(&bkg_in(agent, dir, &["init", "--yes"])), 0);
     for (name, language) in [("box", "python"), ("js", "node")] {
         // Small disks and no warm pool: two sessions hold two sandboxes at once.
-        let added =
-            bkg_in(agent, dir, &["add", name, "--type", language, "--script", "start=true", "--disk", "64MiB"]);
+        let added = bkg_in(agent, dir, &["add", name, "--type", language, "--script", "start=true", "--disk", "64MiB"]);
         assert_eq!(code(&added), 0, "add: {}", stderr(&added));
         let run = Command::new(bin_dir().join("bkgr"))
             .arg(name)
