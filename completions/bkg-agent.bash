@@ -23,13 +23,29 @@ _bkg__agent() {
 
     case "${cmd}" in
         bkg__agent)
-            opts="-h -V --socket --state-dir --foreground --warm-pool --max-cpus --max-memory --max-timeout --max-disk --python --node --cgroup-dir --uid-base --listen --tls-cert --tls-key --plain-http-behind-proxy --header-timeout --body-timeout --body-budget --max-connections --max-unix-connections --db-url --retention --retention-for --listen-address-file --webhook --webhook-secret-file --admin-key-ttl --namespace-key-ttl --session-key-ttl --model-access-key-ttl --admin-rate-limit --namespace-rate-limit --session-rate-limit --model-access-rate-limit --max-running-runs --max-queued-runs --disk-budget --health-interval --allow-degraded --check-host --print-openapi --help --version"
+            opts="-h -V --socket --socket-group --admin-group --user-namespace --user-limit --state-dir --foreground --warm-pool --max-cpus --max-memory --max-timeout --max-disk --python --node --cgroup-dir --uid-base --listen --tls-cert --tls-key --plain-http-behind-proxy --header-timeout --body-timeout --body-budget --max-connections --max-unix-connections --db-url --retention --retention-for --listen-address-file --webhook --webhook-secret-file --admin-key-ttl --namespace-key-ttl --session-key-ttl --model-access-key-ttl --admin-rate-limit --namespace-rate-limit --session-rate-limit --model-access-rate-limit --max-running-runs --max-queued-runs --disk-budget --health-interval --allow-degraded --check-host --print-openapi --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket-group)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-group)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --user-namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --user-limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -2633,7 +2633,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__watch)
-            opts="-h -V --json --namespace --kinds --since --count --socket --remote --cacert --help --version"
+            opts="-h -V --json --namespace --kinds --since --count --no-follow --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

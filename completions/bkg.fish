@@ -24,7 +24,7 @@ function __fish_bkg_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c bkg -n "__fish_bkg_needs_command" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_needs_command" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_needs_command" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_needs_command" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_needs_command" -s h -l help -d 'Print help'
@@ -65,13 +65,13 @@ complete -c bkg -n "__fish_bkg_using_subcommand exe" -s e -l env -d 'Set a varia
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l env-file -d 'Read variables from a file of KEY=VALUE lines (repeatable; -e wins)' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -s f -l file -d 'Copy a host file into the sandbox, to /workspace/NAME or DEST; a directory\'s contents go to /workspace (or DEST), beside the script (repeatable)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -s o -l output -d 'Bring back what the run wrote to /workspace/out/ into this host directory (made if missing)' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand exe" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l json -d 'Print one JSON object with the result and accounting instead of the output'
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -s h -l help -d 'Print help'
@@ -81,18 +81,18 @@ complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subco
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l state-dir -d 'The agent\'s state directory [default: /var/lib/bkg as root]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l foreground -d 'Stay in the foreground and log to stderr'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from stop" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from stop" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from stop" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from stop" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from stop" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from stop" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -l json -d 'Print JSON'
@@ -106,7 +106,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand init" -l namespace -d 'The names
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l sandbox -d 'Add a first sandbox with this name [default: none without prompts]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand init" -s t -l type -d 'The first sandbox\'s type: python or node [default: python]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l start -d 'The first sandbox\'s start script [default: python main.py or node main.js]' -r
-complete -c bkg -n "__fish_bkg_using_subcommand init" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand init" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand init" -s y -l yes -d 'Never ask: use the flags and defaults (also the case without a terminal or with CI set)'
@@ -124,20 +124,20 @@ complete -c bkg -n "__fish_bkg_using_subcommand add" -l volume -d 'Mount a proje
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l cave -d 'The cave.yaml to edit [default: DIR/cave.yaml]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l file -d 'The old name of --cave (`bkg exe --file` copies a file in); warns' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -s C -l dir -d 'The project directory [default: .]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand add" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand add" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -s C -l dir -d 'The project directory [default: .]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand validate" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand validate" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -l json -d 'Print only one JSON object: {"file", "valid", "errors": [{"line", "pointer", "message"}]}'
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -l all -d 'Every sandbox the agent knows, of every project'
@@ -145,7 +145,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand ls" -l json -d 'Print JSON: an a
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand status" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand status" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand status" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand status" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand status" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand status" -l json -d 'Print JSON'
@@ -153,7 +153,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand status" -s h -l help -d 'Print h
 complete -c bkg -n "__fish_bkg_using_subcommand status" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s n -l tail -d 'Start with the last N lines of the output' -r
-complete -c bkg -n "__fish_bkg_using_subcommand logs" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s f -l follow -d 'Keep printing while the run goes on'
@@ -161,7 +161,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand logs" -s t -l timestamps -d 'Lea
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand cp" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand cp" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -l json -d 'Print the upload\'s JSON answer ({"path", "files", "bytes"})'
@@ -171,7 +171,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand exec" -s s -l session -d 'The se
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s c -l code -d 'The code to run [default: read from stdin]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s t -l type -d 'The session\'s language when it is made: python or node [default: the sandbox\'s]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand exec" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand exec" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -l interrupt -d 'Interrupt what the session is running instead of running code'
@@ -182,13 +182,13 @@ complete -c bkg -n "__fish_bkg_using_subcommand exec" -s V -l version -d 'Print 
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s s -l session -d 'The session to use; made on first use [default: default]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s t -l type -d 'The session\'s language when it is made: python or node [default: the sandbox\'s]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand repl" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand repl" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand stop" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand stop" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -l all -d 'Stop every sandbox of the project that has a run going on'
@@ -196,14 +196,14 @@ complete -c bkg -n "__fish_bkg_using_subcommand stop" -l json -d 'Print JSON: on
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand rm" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand rm" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -l force -d 'Do not ask (required when stdin is not a terminal)'
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -l json -d 'Print JSON'
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show help" -s h -l help -d 'Print help'
@@ -214,13 +214,13 @@ complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcom
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s n -l limit -d 'How many runs to list, 1 to 1000' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l sandbox -d 'Only the runs of this persistent sandbox of the project' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l json -d 'Print JSON: an array of runs'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -l json -d 'Print JSON'
@@ -229,7 +229,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "show" -d 'One run with its limits and accounting'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -s h -l help -d 'Print help'
@@ -239,7 +239,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subco
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l key -d 'The agent\'s public key: 64 hex digits or a file holding them [default: audit.pub beside the log\'s directory]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l state-dir -d 'The agent\'s state directory [default: /var/lib/bkg as root]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l json -d 'Print one JSON object on stdout instead of a line on stderr'
@@ -248,7 +248,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcomman
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -s n -l lines -d 'How many of the last records to print' -r
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l state-dir -d 'The agent\'s state directory [default: /var/lib/bkg as root]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -s f -l follow -d 'Keep printing records as they are written, across file rotation'
@@ -258,7 +258,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcomman
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from help" -f -a "verify" -d 'Check the hash chain and signatures; name the first bad line. Exit 0 intact, 1 tampered'
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from help" -f -a "tail" -d 'Print the newest records (`-f` follows)'
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -s h -l help -d 'Print help'
@@ -266,13 +266,13 @@ complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcom
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -f -a "status" -d 'Backlog, parked events, last success and last error of the sync to bkg_db. Exit 0 healthy or not configured, 1 when the last attempt failed or events are parked'
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -f -a "retry" -d 'Ship parked events again (all of them, or the one with sequence number SEQ), once what bkg_db refused is fixed'
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and not __fish_seen_subcommand_from status retry help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -l json -d 'Print JSON'
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from retry" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from retry" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from retry" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from retry" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from retry" -l json -d 'Print JSON'
@@ -281,14 +281,14 @@ complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from help" -f -a "status" -d 'Backlog, parked events, last success and last error of the sync to bkg_db. Exit 0 healthy or not configured, 1 when the last attempt failed or events are parked'
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from help" -f -a "retry" -d 'Ship parked events again (all of them, or the one with sequence number SEQ), once what bkg_db refused is fixed'
 complete -c bkg -n "__fish_bkg_using_subcommand sync; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -f -a "migrate" -d 'Apply bkg_db\'s schema migrations now (the agent also applies them when it connects)'
 complete -c bkg -n "__fish_bkg_using_subcommand db; and not __fish_seen_subcommand_from migrate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from migrate" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from migrate" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from migrate" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from migrate" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from migrate" -l json -d 'Print JSON'
@@ -297,19 +297,19 @@ complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_f
 complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "migrate" -d 'Apply bkg_db\'s schema migrations now (the agent also applies them when it connects)'
 complete -c bkg -n "__fish_bkg_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand login" -l user -d 'Log in as this user; the password is read from stdin (asked for on a terminal)' -r
-complete -c bkg -n "__fish_bkg_using_subcommand login" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand login" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand login" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand login" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand login" -l key-stdin -d 'Read an existing API key from stdin instead'
 complete -c bkg -n "__fish_bkg_using_subcommand login" -l json -d 'Print what the agent says of the key as JSON'
 complete -c bkg -n "__fish_bkg_using_subcommand login" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand login" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand logout" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand logout" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand logout" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand logout" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand logout" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand logout" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -s h -l help -d 'Print help'
@@ -323,25 +323,25 @@ complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l namespace -d 'The namespace the key is confined to (every role but admin)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l name -d 'A label for people' -r
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l ttl -d 'Lifetime, e.g. 12h, 7d [default: the role\'s]' -r
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l json -d 'Print the key and its description as JSON'
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -l json
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from ls" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -l json
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rotate" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -l json
@@ -356,20 +356,21 @@ complete -c bkg -n "__fish_bkg_using_subcommand watch" -l namespace -d 'Only thi
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -l kinds -d 'Only these kinds of change, comma-separated: runs, sandboxes, keys, audit [default: all]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -l since -d 'Start after this position (a change\'s `position`, or what an ended stream said to resume from) [default: 0, from the start]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -l count -d 'Stop after this many changes' -r
-complete -c bkg -n "__fish_bkg_using_subcommand watch" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand watch" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -l json -d 'Print each change as one JSON object per line'
+complete -c bkg -n "__fish_bkg_using_subcommand watch" -l no-follow -d 'Print the changes made so far and exit 0 instead of waiting for new ones'
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand watch" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand ui" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand ui" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand ui" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand ui" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand ui" -l open -d 'Open the URL in the desktop\'s browser (xdg-open) besides printing it'
 complete -c bkg -n "__fish_bkg_using_subcommand ui" -l json -d 'Print JSON: the URL and whether a listener was started for it'
 complete -c bkg -n "__fish_bkg_using_subcommand ui" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand ui" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand version" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand version" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand version" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand version" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand version" -l json -d 'Print JSON: {"cli": {...}, "agent": {...} or null}'
@@ -379,13 +380,13 @@ complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l state-dir -d 'The age
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l python -d 'The Python interpreter the agent is (or will be) started with [default: the agent\'s]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l node -d 'The Node.js interpreter the agent is (or will be) started with [default: the agent\'s]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l tls-cert -d 'The TLS certificate (PEM, leaf first) the agent serves on --listen: its expiry is checked' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -l json -d 'Print the report as JSON: {"status", "host_level", "agent_level", "checks": [...]}'
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand doctor" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand completions" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand completions" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand completions" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand completions" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand completions" -s h -l help -d 'Print help'

@@ -254,7 +254,7 @@ def test_another_user_cannot_connect(agent):
 
 def test_peer_credential_check_refuses_another_user(agent):
     """Even with the socket opened to all (mode 0666), the agent drops a caller that is neither
-    root nor its own user, before any HTTP is spoken."""
+    root, nor its own user, nor in the socket's group, before any HTTP is spoken."""
     os.chmod(agent.socket, 0o666)
     try:
         done = as_nobody(bkgsec.DEBIAN_PYTHON, "-c", NOBODY_CLIENT, str(agent.socket))

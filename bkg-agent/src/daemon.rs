@@ -14,6 +14,7 @@ use crate::auth::notice::{NoticeKey, Notifier};
 use crate::auth::{AuthPolicy, RoleTable};
 use bkg_schema::host::SecurityLevel;
 
+use crate::auth::local::{DEFAULT_SOCKET_GROUP, LocalAccess, NamedGroup};
 use crate::engine::capacity::CapacityConfig;
 use crate::engine::host_check;
 use crate::engine::{CleanedUp, Engine, EngineConfig};
@@ -32,9 +33,24 @@ use crate::telemetry::Tracer;
                   sudo bkg-agent --state-dir /srv/bkg --db-url postgres://bkg@db/bkg_db"
 )]
 pub struct AgentArgs {
-    /// Unix socket to serve the API on (mode 0600).
+    /// Unix socket to serve the API on (mode 0660, group --socket-group; 0600 without one).
     #[arg(long, env = "BKG_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// The socket's group: its members use bkg as themselves, each in a namespace of their own
+    /// (--user-namespace). Default: `bkg` when that group exists, else none (root only).
+    #[arg(long, value_name = "GROUP", env = "BKG_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
+    /// Members of this group are admins on the socket, like root.
+    #[arg(long, value_name = "GROUP", env = "BKG_ADMIN_GROUP")]
+    pub admin_group: Option<String>,
+    /// The namespace of a member of the socket's group; `{name}` is their login name.
+    #[arg(long, value_name = "TEMPLATE", default_value = crate::auth::local::DEFAULT_NAMESPACE_TEMPLATE)]
+    pub user_namespace: String,
+    /// What one local user may ask for (repeatable): `cpus=`, `memory=`, `timeout=`, `disk=` cap
+    /// each run; `sandboxes=N` the persistent sandboxes they keep; `disk-budget=SIZE` those
+    /// sandboxes' disk limits summed.
+    #[arg(long = "user-limit", value_name = "KEY=VALUE")]
+    pub user_limits: Vec<String>,
     /// Directory for the run store and sandbox disk images.
     #[arg(long, env = "BKG_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -262,6 +278,7 @@ struct ApiOptions {
     sampling_rate: f64,
     db_url: Option<String>,
     retention: crate::retention::RetentionPolicy,
+    local: LocalAccess,
 }
 
 /// Timeouts and caps of the listeners (server/listen.rs) and the body budget (server.rs).
@@ -293,6 +310,7 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
             session: args.session_rate_limit,
             model_access: args.model_access_rate_limit,
         },
+        user: crate::auth::local::UserPolicy::parse(&args.user_limits)?,
     };
     for url in &args.webhooks {
         let parsed = reqwest::Url::parse(url).with_context(|| format!("--webhook {url}"))?;
@@ -332,6 +350,7 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
         sampling_rate,
         db_url: args.db_url.clone().filter(|url| !url.is_empty()),
         retention: crate::retention::RetentionPolicy::parse(&args.retention, &args.retention_for)?,
+        local: local_access(args)?,
     })
 }
 
@@ -416,6 +435,20 @@ fn capacity_config(
     Ok(CapacityConfig { max_running, max_queued, disk_budget })
 }
 
+/// Who may use the socket: the group named by --socket-group (which must exist), else `bkg` if
+/// it exists; the admin group, which must exist when named.
+fn local_access(args: &AgentArgs) -> anyhow::Result<LocalAccess> {
+    let socket_group = match &args.socket_group {
+        Some(name) => Some(NamedGroup::require(name).context("--socket-group")?),
+        None => NamedGroup::find(DEFAULT_SOCKET_GROUP)?,
+    };
+    let admin_group = match &args.admin_group {
+        Some(name) => Some(NamedGroup::require(name).context("--admin-group")?),
+        None => None,
+    };
+    Ok(LocalAccess::new(socket_group, admin_group, &args.user_namespace)?)
+}
+
 /// Starts `bkg-agent --foreground` in its own session, logging to STATE_DIR/agent.log, and
 /// returns once its socket answers.
 fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
@@ -492,7 +525,17 @@ async fn serve(
         }
         None => None,
     };
-    let listener = bind_socket(&socket)?;
+    let listener = bind_socket(&socket, api.local.socket_group.as_ref())?;
+    if let Some(group) = &api.local.socket_group {
+        tracing::info!(group = %group.name, "members of the socket's group use the agent as themselves");
+        let parent = socket.parent().and_then(|parent| std::fs::metadata(parent).ok());
+        if parent.is_some_and(|meta| std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o001 == 0) {
+            tracing::warn!(
+                socket = %socket.display(),
+                "the socket's directory is closed to others: the group's members cannot reach the socket (chmod 755 it)"
+            );
+        }
+    }
     let tcp_listener = match api.listen {
         Some(address) => {
             let tcp = tokio::net::TcpListener::bind(address).await.with_context(|| format!("listen on {address}"))?;
@@ -635,7 +678,15 @@ async fn serve(
         header_timeout,
         tls: None,
     };
-    listen::serve(PeerCheckedListener::new(listener), app, unix, metrics, |uid| UnixPeer { uid }, stopping_rx).await;
+    listen::serve(
+        PeerCheckedListener::new(listener, api.local),
+        app,
+        unix,
+        metrics,
+        |principal| UnixPeer { principal },
+        stopping_rx,
+    )
+    .await;
     if let Some(tcp_server) = tcp_server
         && let Err(error) = tcp_server.await
     {
@@ -692,10 +743,18 @@ async fn audit_sync_failures(store: Store, sync: Arc<crate::sync::SyncHandle<Sto
     }
 }
 
-/// Binds the socket with mode 0600, replacing a stale socket file but never a live agent's.
-fn bind_socket(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(parent) = socket.parent() {
+/// Binds the socket with mode 0600, replacing a stale socket file but never a live agent's; with
+/// a socket group, then gives it to that group with mode 0660 (and lets everyone reach a socket
+/// directory the agent made, so the socket's own mode decides).
+fn bind_socket(socket: &Path, group: Option<&NamedGroup>) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(parent) = socket.parent()
+        && !parent.exists()
+    {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        if group.is_some() {
+            std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .with_context(|| format!("open {} to the socket's group", parent.display()))?;
+        }
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
@@ -707,5 +766,12 @@ fn bind_socket(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let bound = tokio::net::UnixListener::bind(socket);
     nix::sys::stat::umask(previous);
-    bound.with_context(|| format!("bind {}", socket.display()))
+    let bound = bound.with_context(|| format!("bind {}", socket.display()))?;
+    if let Some(group) = group {
+        nix::unistd::chown(socket, None, Some(nix::unistd::Gid::from_raw(group.gid)))
+            .with_context(|| format!("give {} to group {}", socket.display(), group.name))?;
+        std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+            .with_context(|| format!("make {} 0660", socket.display()))?;
+    }
+    Ok(bound)
 }

@@ -4,6 +4,7 @@
 pub mod api_doc;
 pub mod audit;
 pub mod auth;
+pub mod caller_fs;
 pub mod daemon;
 pub mod engine;
 pub mod feed;

@@ -1,6 +1,7 @@
 //! The HTTP/JSON API: it reads requests, calls the operations in `service/` and writes their
-//! answers; it decides nothing itself and never touches the engine or the store. One router serves the unix socket (peers checked by credentials: root or
-//! the agent's own user, who act as admin) and, opt-in, TCP, where every request carries an API
+//! answers; it decides nothing itself and never touches the engine or the store. One router serves the unix socket (peers
+//! known by their credentials, who they are decided in service/access.rs: admins, and local users
+//! in a namespace of their own) and, opt-in, TCP, where every request carries an API
 //! key. Every request passes the gatekeeper: body size, authentication, rate limit, the body read
 //! whole within its timeout and the shared body budget, metrics and its trace span. The accept
 //! loops (connection caps, header timeout, TLS) are in server/listen.rs. The Web UI under `/ui`
@@ -151,10 +152,10 @@ async fn method_not_allowed() -> Failure {
     )
 }
 
-/// A peer on the unix socket, as its listener saw it.
-#[derive(Debug, Clone, Copy)]
+/// A peer on the unix socket, as its listener saw it: who it is, from its credentials.
+#[derive(Debug, Clone)]
 pub struct UnixPeer {
-    pub uid: u32,
+    pub principal: Principal,
 }
 
 /// Where a request came from.
@@ -165,7 +166,7 @@ enum Origin {
 
 fn origin(request: &Request) -> Origin {
     match request.extensions().get::<ConnectInfo<UnixPeer>>() {
-        Some(ConnectInfo(peer)) => Origin::Unix(*peer),
+        Some(ConnectInfo(peer)) => Origin::Unix(peer.clone()),
         // Anything not known to be the socket is treated as the network: it must bring a key.
         None => Origin::Tcp(request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| *addr)),
     }
@@ -215,7 +216,7 @@ async fn authenticate(
                 return Err(failure);
             }
         },
-        (None, Origin::Unix(peer)) => return Ok(Some(Principal::Local { uid: peer.uid })),
+        (None, Origin::Unix(peer)) => return Ok(Some(peer.principal.clone())),
         // The Web UI authenticates its own requests by session (ui/session.rs).
         (None, _) if crate::ui::is_ui_route(route) => return Ok(None),
         (None, Origin::Tcp(peer)) => {
@@ -354,31 +355,35 @@ async fn read_body(
     Ok((Request::from_parts(parts, axum::body::Body::from(bytes)), Some(held)))
 }
 
-/// A unix listener that hands axum only connections from root or the agent's own user.
+/// A unix listener that hands axum only connections from peers the agent serves, each with who
+/// it is (service/access.rs decides).
 pub struct PeerCheckedListener {
     listener: UnixListener,
-    agent_uid: u32,
+    access: crate::auth::local::LocalAccess,
 }
 
 impl PeerCheckedListener {
-    pub fn new(listener: UnixListener) -> Self {
-        Self { listener, agent_uid: nix::unistd::geteuid().as_raw() }
+    pub fn new(listener: UnixListener, access: crate::auth::local::LocalAccess) -> Self {
+        Self { listener, access }
     }
 }
 
 impl axum::serve::Listener for PeerCheckedListener {
     type Io = UnixStream;
-    type Addr = u32;
+    type Addr = Principal;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => match stream.peer_cred() {
-                    Ok(credentials) if credentials.uid() == 0 || credentials.uid() == self.agent_uid => {
-                        return (stream, credentials.uid());
-                    }
                     Ok(credentials) => {
-                        tracing::warn!(uid = credentials.uid(), "refused a connection from another user")
+                        match crate::service::access::socket_principal(&self.access, credentials.uid()) {
+                            Some(principal) => return (stream, principal),
+                            None => tracing::warn!(
+                                uid = credentials.uid(),
+                                "refused a connection from another user, outside the socket's group"
+                            ),
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(%error, "refused a connection without peer credentials")
@@ -393,7 +398,7 @@ impl axum::serve::Listener for PeerCheckedListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.agent_uid)
+        Ok(Principal::Local { uid: self.access.agent_uid })
     }
 }
 

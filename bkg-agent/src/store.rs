@@ -1,6 +1,6 @@
 //! The agent's local store: SQLite in the state directory, with versioned migrations.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bkg_schema::audit::{
@@ -132,6 +132,8 @@ pub struct Store {
     outbox_bumped: Arc<tokio::sync::watch::Sender<u64>>,
     /// Audit-log syncs started after a commit and not finished yet (see `durable`).
     syncing: Arc<tokio::sync::watch::Sender<usize>>,
+    /// The agent's state dir, where each sandbox's env file lives.
+    state_dir: Arc<PathBuf>,
 }
 
 /// Who asked for a change, for the audit record.
@@ -176,7 +178,9 @@ impl Store {
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut connection)?;
-        move_env_values_out(&connection)?;
+        // The env files live beside the store, in the sandboxes' homes (bkg_schema::paths::SandboxHome).
+        let state_dir = Arc::new(path.parent().map(Path::to_path_buf).unwrap_or_default());
+        move_env_values_out(&connection, &state_dir)?;
         let mut audit = audit;
         let mut lines = audit.take_written();
         let last: Option<i64> = connection.query_row("SELECT max(seq) FROM outbox", [], |row| row.get(0))?;
@@ -194,6 +198,7 @@ impl Store {
             committed: Arc::new(tokio::sync::Notify::new()),
             outbox_bumped: Arc::new(tokio::sync::watch::Sender::new(0)),
             syncing: Arc::new(tokio::sync::watch::Sender::new(0)),
+            state_dir,
         })
     }
 
@@ -454,8 +459,9 @@ impl Store {
         };
         let id = id.to_owned();
         let definition = definition.clone();
+        let state_dir = Arc::clone(&self.state_dir);
         self.record(event, move |db| {
-            let json = serde_json::to_string(&sandbox_env::save(&definition)?)?;
+            let json = serde_json::to_string(&sandbox_env::save(&state_dir, &definition)?)?;
             db.execute(
                 "INSERT INTO sandboxes (id, name, namespace, project_dir, definition, created_at_ms, updated_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
@@ -471,19 +477,21 @@ impl Store {
 
     pub async fn get_sandbox(&self, id: &str) -> Result<Option<StoredSandbox>, StoreError> {
         let id = id.to_owned();
+        let state_dir = Arc::clone(&self.state_dir);
         self.with(move |db| {
             let row = db
                 .query_row("SELECT definition, created_at_ms FROM sandboxes WHERE id = ?1", params![id], |row| {
                     Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
                 })
                 .optional()?;
-            row.map(|(json, created)| stored_sandbox(&json, created)).transpose()
+            row.map(|(json, created)| stored_sandbox(&state_dir, &json, created)).transpose()
         })
         .await
     }
 
     /// Every persistent sandbox, or those of one project.
     pub async fn list_sandboxes(&self, project_dir: Option<String>) -> Result<Vec<StoredSandbox>, StoreError> {
+        let state_dir = Arc::clone(&self.state_dir);
         self.with(move |db| {
             let mut statement = db.prepare(
                 "SELECT definition, created_at_ms FROM sandboxes WHERE ?1 IS NULL OR project_dir = ?1 ORDER BY project_dir, name",
@@ -492,7 +500,7 @@ impl Store {
                 .query_map(params![project_dir], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
             rows.map(|row| {
                 let (json, created) = row?;
-                stored_sandbox(&json, created)
+                stored_sandbox(&state_dir, &json, created)
             })
             .collect()
         })
@@ -726,7 +734,7 @@ impl Store {
 
 /// Moves the env values a store written by an older agent kept in its sandbox rows to the
 /// sandboxes' own `env.json`. A sandbox whose project is gone keeps its row as it was.
-fn move_env_values_out(connection: &Connection) -> Result<(), StoreError> {
+fn move_env_values_out(connection: &Connection, state_dir: &Path) -> Result<(), StoreError> {
     let mut statement = connection.prepare("SELECT id, definition FROM sandboxes")?;
     let rows = statement
         .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
@@ -736,7 +744,7 @@ fn move_env_values_out(connection: &Connection) -> Result<(), StoreError> {
         if definition.env.values().all(String::is_empty) {
             continue;
         }
-        match sandbox_env::save(&definition) {
+        match sandbox_env::save(state_dir, &definition) {
             Ok(kept) => {
                 let json = serde_json::to_string(&kept)?;
                 connection.execute("UPDATE sandboxes SET definition = ?2 WHERE id = ?1", params![id, json])?;
@@ -748,9 +756,9 @@ fn move_env_values_out(connection: &Connection) -> Result<(), StoreError> {
 }
 
 /// A sandbox row with its environment's values put back.
-fn stored_sandbox(json: &str, created_at_ms: i64) -> Result<StoredSandbox, StoreError> {
+fn stored_sandbox(state_dir: &Path, json: &str, created_at_ms: i64) -> Result<StoredSandbox, StoreError> {
     let mut definition: SandboxDefinition = serde_json::from_str(json)?;
-    sandbox_env::load(&mut definition)?;
+    sandbox_env::load(state_dir, &mut definition)?;
     Ok(StoredSandbox { definition, created_at_ms: created_at_ms.max(0) as u64 })
 }
 
@@ -1003,8 +1011,11 @@ mod tests {
         let lines = store.outbox_pending(100).await?;
         assert!(lines.iter().all(|row| !row.line.contains("value-kept-apart")));
         assert_eq!(store.get_sandbox("api-1").await?.map(|stored| stored.definition), Some(definition.clone()));
-        let file = project.path().join(".bkg/sandboxes/api/env.json");
+        // In the sandbox's home in the state dir, never in the project.
+        let id = bkg_schema::sandbox::sandbox_id(&definition.project_dir, "api");
+        let file = bkg_schema::paths::SandboxHome::new(dir.path(), "default", &id).env_file();
         assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o777, 0o600);
+        assert!(!project.path().join(".bkg").exists());
         // A row an older agent wrote, values inside, has them moved out at the next open.
         let legacy = serde_json::to_string(&definition)?;
         store.with(move |db| Ok(db.execute("UPDATE sandboxes SET definition = ?1", params![legacy])?)).await?;

@@ -19,7 +19,7 @@ pub struct Cli {
 
 #[derive(Debug, Default, Args)]
 pub struct GlobalArgs {
-    /// The agent's unix socket [default: /run/bkg/agent.sock as root]
+    /// The agent's unix socket [default: /run/bkg/agent.sock]
     #[arg(long, global = true, env = "BKG_SOCKET", value_name = "PATH", help_heading = "Connection")]
     pub socket: Option<PathBuf>,
     /// Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket
@@ -700,7 +700,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("keys ls", "bkg keys ls\n  bkg --remote http://10.0.0.5:7070 keys ls --json"),
     ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
     ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
-    ("watch", "bkg watch\n  bkg watch --json --kinds runs --namespace team-a\n  bkg watch --since 1200 --count 50"),
+    (
+        "watch",
+        "bkg watch\n  bkg watch --json --kinds runs --namespace team-a\n  bkg watch --since 1200 --count 50\n  bkg watch --no-follow --json",
+    ),
     ("ui", "bkg ui\n  bkg ui --open\n  bkg ui --json"),
     ("version", "bkg version\n  bkg version --json"),
     (
@@ -809,6 +812,7 @@ mod tests {
             &["version", "--json"],
             &["watch", "--json"],
             &["doctor", "--json"],
+            &["ui", "--json"],
         ];
         for args in cases {
             let parse = |args: &[&str]| {
@@ -849,6 +853,9 @@ pub struct WatchArgs {
     /// Stop after this many changes.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+    /// Print the changes made so far and exit 0 instead of waiting for new ones.
+    #[arg(long)]
+    pub no_follow: bool,
 }
 
 /// `bkg ui`.

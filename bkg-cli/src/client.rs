@@ -117,13 +117,7 @@ impl AgentClient {
             Ok(_) => return Ok(()),
             Err(error) if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {}
             Err(error) if error.kind() == ErrorKind::PermissionDenied => {
-                return Err(CliError::new(
-                    BKG_FAILED,
-                    format!(
-                        "permission denied on the agent socket {}: the agent serves only root and its own user",
-                        socket.display()
-                    ),
-                ));
+                return Err(CliError::new(BKG_FAILED, access_hint(socket)));
             }
             Err(error) => {
                 return Err(CliError::new(
@@ -141,11 +135,13 @@ impl AgentClient {
                 ),
             ));
         }
+        // Only root starts an agent: everyone else's comes from the service manager.
         if !nix::unistd::geteuid().is_root() {
             return Err(CliError::new(
                 BKG_FAILED,
                 format!(
-                    "no agent is running at {} and starting one needs root: run `sudo bkg agent start`",
+                    "no agent is running at {}: the service manager starts it (`sudo systemctl start bkg`), \
+                     or root does (`sudo bkg agent start`)",
                     socket.display()
                 ),
             ));
@@ -436,4 +432,24 @@ pub fn start_agent(socket: &Path, state_dir: &Path) -> Result<u32, CliError> {
     let child =
         command.spawn().map_err(|error| CliError::new(BKG_FAILED, format!("cannot start bkg-agent: {error}")))?;
     Ok(child.id())
+}
+
+/// The one line a user the socket refuses reads: who may use it, and the command that lets them.
+fn access_hint(socket: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let group = std::fs::metadata(socket)
+        .ok()
+        .map(|meta| meta.gid())
+        .filter(|gid| *gid != 0)
+        .and_then(|gid| nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten())
+        .map_or_else(|| "bkg".to_owned(), |group| group.name);
+    let name = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| nix::unistd::getuid().to_string(), |user| user.name);
+    format!(
+        "you may not use the agent at {}: only members of group `{group}` may; an administrator adds you \
+         with `sudo usermod -aG {group} {name}` (then log in again)",
+        socket.display()
+    )
 }

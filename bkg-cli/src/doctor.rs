@@ -129,8 +129,8 @@ async fn agent(client: &AgentClient) -> (Check, Option<AgentInfo>) {
     }
 }
 
-/// The socket lets whoever can open it run code as root: mode 0600, owned by root (or the
-/// agent's user).
+/// The socket lets whoever can open it use the agent: mode 0600, owned by root (or the agent's
+/// user), or 0660 for the socket's group, whose members act as themselves (docs/cli.md, setup).
 fn socket(path: &Path) -> Check {
     let name = "socket";
     match std::fs::symlink_metadata(path) {
@@ -141,12 +141,18 @@ fn socket(path: &Path) -> Check {
         Ok(metadata) => {
             let mode = metadata.permissions().mode() & 0o7777;
             let found = format!("{} has mode {mode:04o}, owner uid {}", path.display(), metadata.uid());
-            if mode & 0o077 != 0 {
+            if mode & 0o007 != 0 {
                 Check::fail(
                     name,
-                    format!("{found}: other local users can run code through it"),
-                    "stop the agent and start it again: it binds its socket with mode 0600",
+                    format!("{found}: every local user can reach it"),
+                    "stop the agent and start it again: it binds its socket with mode 0600 (0660 for --socket-group)",
                 )
+            } else if mode & 0o070 != 0 {
+                let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(metadata.gid()))
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| metadata.gid().to_string(), |group| group.name);
+                Check::pass(name, format!("{found}: members of group {group} use it as themselves"))
             } else {
                 Check::pass(name, found)
             }

@@ -1,5 +1,6 @@
 //! `bkg watch`: the agent's change feed (`GET /api/v1/changes`, server-sent events), one line per
-//! change, until interrupted, `--count` changes, or the agent ends the stream.
+//! change, until interrupted, `--count` changes, the agent ends the stream, or (`--no-follow`) the
+//! feed has caught up.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -7,7 +8,7 @@ use crate::args::WatchArgs;
 use crate::client::{AgentClient, api_error};
 use crate::exit::{BKG_FAILED, CliError};
 use crate::settings::Settings;
-use bkg_schema::changes::{CHANGE_EVENT, Change, RESUME_EVENT, Resume};
+use bkg_schema::changes::{CAUGHT_UP, CHANGE_EVENT, Change, RESUME_EVENT, Resume};
 
 /// One server-sent event, as far as the feed uses them.
 #[derive(Debug, Default)]
@@ -32,6 +33,9 @@ pub async fn run(settings: &Settings, args: WatchArgs) -> Result<i32, CliError> 
         }
         if let Some(namespace) = &args.namespace {
             query.append_pair("namespace", namespace);
+        }
+        if args.no_follow {
+            query.append_pair("follow", "false");
         }
     }
     let request = client.http().get(url).header(reqwest::header::ACCEPT, "text/event-stream");
@@ -68,6 +72,10 @@ pub async fn run(settings: &Settings, args: WatchArgs) -> Result<i32, CliError> 
                 RESUME_EVENT => {
                     let resume: Resume = serde_json::from_str(&event.data)
                         .map_err(|error| CliError::internal(format!("the agent sent an unreadable event: {error}")))?;
+                    if args.no_follow && resume.reason == CAUGHT_UP {
+                        settings.out.note(format_args!("caught up; resume with --since {}", resume.resume_from));
+                        return Ok(0);
+                    }
                     return Err(CliError::new(
                         BKG_FAILED,
                         format!("{}; resume with --since {}", resume.reason, resume.resume_from),

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 /// The SSE event name of a [`Change`]; its `id:` field is the change's position.
 pub const CHANGE_EVENT: &str = "change";
+/// The reason of the [`Resume`] that ends a stream asked not to follow (`follow=false`) once it
+/// has sent every change so far.
+pub const CAUGHT_UP: &str = "caught up";
+
 /// The SSE event name of a [`Resume`]: the stream ends after it.
 pub const RESUME_EVENT: &str = "resume";
 

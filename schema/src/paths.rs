@@ -19,16 +19,13 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn runtime_dir() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
-}
-
-/// `$BKG_SOCKET`, else `/run/bkg/agent.sock` for root, else `$XDG_RUNTIME_DIR/bkg/agent.sock`.
+/// `$BKG_SOCKET`, else `/run/bkg/agent.sock`: the one agent of the machine, which runs as root
+/// and serves its users through the socket's group.
 pub fn default_socket() -> PathBuf {
     if let Some(path) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
-    if is_root() { PathBuf::from("/run/bkg/agent.sock") } else { runtime_dir().join("bkg/agent.sock") }
+    PathBuf::from("/run/bkg/agent.sock")
 }
 
 /// `$BKG_STATE_DIR`, else `/var/lib/bkg` for root, else `$XDG_STATE_HOME/bkg` (`~/.local/state/bkg`).
@@ -47,9 +44,44 @@ pub fn default_state_dir() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("bkg-state"))
 }
 
-/// Where a project keeps bkg's files: `PROJECT/.bkg/` (ignored by git), with one directory per
-/// persistent sandbox holding its disk image, its environment and its run logs. The agent and
-/// the CLI both go by this, and nothing else spells these paths.
+/// Where the agent keeps a persistent sandbox's own files: `STATE_DIR/workspaces/NAMESPACE/ID/`
+/// (the id names the project and the sandbox, the namespace its user) with its disk image, its
+/// environment and its run logs. Never beneath the project, which its user can write: the root
+/// agent mounts no image a user could have made, and writes nothing where a user's symlink
+/// could send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxHome {
+    dir: PathBuf,
+}
+
+impl SandboxHome {
+    pub fn new(state_dir: &std::path::Path, namespace: &str, sandbox_id: &str) -> Self {
+        Self { dir: state_dir.join("workspaces").join(namespace).join(sandbox_id) }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The sandbox's `/workspace`, an ext4 image.
+    pub fn disk_image(&self) -> PathBuf {
+        self.dir.join("disk.img")
+    }
+
+    /// The sandbox's environment variables, kept apart from the store (mode 0600).
+    pub fn env_file(&self) -> PathBuf {
+        self.dir.join("env.json")
+    }
+
+    /// One log per run, `RUN_ID.log`, the newest kept.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+}
+
+/// Where a project keeps bkg's files: `PROJECT/.bkg/` (ignored by git). Sandboxes made before
+/// their files moved to the agent's state dir (`SandboxHome`) kept their disk image, environment
+/// and logs in `.bkg/sandboxes/NAME/`; the agent moves an image it made from there once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectLayout {
     project_dir: PathBuf,
@@ -69,23 +101,14 @@ impl ProjectLayout {
         self.project_dir.join(".bkg")
     }
 
-    pub fn sandbox_dir(&self, name: &str) -> PathBuf {
+    /// Where an earlier agent kept sandbox `name`'s files.
+    pub fn legacy_sandbox_dir(&self, name: &str) -> PathBuf {
         self.state_dir().join("sandboxes").join(name)
     }
 
-    /// The sandbox's `/workspace`, an ext4 image.
-    pub fn disk_image(&self, name: &str) -> PathBuf {
-        self.sandbox_dir(name).join("disk.img")
-    }
-
-    /// The sandbox's environment variables, kept apart from the store (mode 0600).
-    pub fn env_file(&self, name: &str) -> PathBuf {
-        self.sandbox_dir(name).join("env.json")
-    }
-
-    /// One log per run, `RUN_ID.log`, the newest kept.
-    pub fn logs_dir(&self, name: &str) -> PathBuf {
-        self.sandbox_dir(name).join("logs")
+    /// Where an earlier agent kept sandbox `name`'s disk image.
+    pub fn legacy_disk_image(&self, name: &str) -> PathBuf {
+        self.legacy_sandbox_dir(name).join("disk.img")
     }
 }
 
@@ -94,11 +117,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_sandbox_lives_beneath_its_projects_state_dir() {
+    fn a_sandbox_lives_in_the_agents_state_dir_keyed_by_namespace_and_id() {
+        let home = SandboxHome::new(std::path::Path::new("/var/lib/bkg"), "user-alice", "api-0123");
+        assert_eq!(home.disk_image(), PathBuf::from("/var/lib/bkg/workspaces/user-alice/api-0123/disk.img"));
+        assert_eq!(home.env_file(), PathBuf::from("/var/lib/bkg/workspaces/user-alice/api-0123/env.json"));
+        assert_eq!(home.logs_dir(), PathBuf::from("/var/lib/bkg/workspaces/user-alice/api-0123/logs"));
         let layout = ProjectLayout::new("/srv/app");
         assert_eq!(layout.state_dir(), PathBuf::from("/srv/app/.bkg"));
-        assert_eq!(layout.disk_image("api"), PathBuf::from("/srv/app/.bkg/sandboxes/api/disk.img"));
-        assert_eq!(layout.env_file("api"), PathBuf::from("/srv/app/.bkg/sandboxes/api/env.json"));
-        assert_eq!(layout.logs_dir("api"), PathBuf::from("/srv/app/.bkg/sandboxes/api/logs"));
+        assert_eq!(layout.legacy_disk_image("api"), PathBuf::from("/srv/app/.bkg/sandboxes/api/disk.img"));
     }
 }

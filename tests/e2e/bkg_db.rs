@@ -506,22 +506,25 @@ fn environment_values_reach_the_sandbox_and_no_record() {
     assert_eq!(code(&exe), 0, "{}", stderr(&exe));
     assert_eq!(stdout(&exe).trim(), passed.chars().rev().collect::<String>());
     wait_synced(&agent);
-    let env_file = project.path().join(".bkg/sandboxes/api/env.json");
+    // The sandbox's own home in the agent's state dir (bkg_schema::paths::SandboxHome).
+    let homes = agent.state_dir.join("workspaces/default");
+    let home = std::fs::read_dir(&homes).expect("the sandbox's home").flatten().next().expect("one home").path();
+    let env_file = home.join("env.json");
     assert_eq!(std::fs::metadata(&env_file).expect("env.json").permissions().mode() & 0o777, 0o600);
     agent.stop();
 
     for value in [&defined, &passed] {
         assert_eq!(
             files_containing(&agent.state_dir, value.as_bytes()),
-            Vec::<PathBuf>::new(),
+            if *value == defined { vec![env_file.clone()] } else { Vec::new() },
             "{value} in the state dir"
         );
         assert!(!agent.log().contains(value.as_str()), "{value} in the agent's log");
-        assert_eq!(
-            files_containing(&project.path().join(".bkg"), value.as_bytes()),
-            if *value == defined { vec![env_file.clone()] } else { Vec::new() },
-            "{value} in the project's .bkg"
-        );
+        // The agent writes nothing into the project (its `.bkg/` is made by `bkg init` only).
+        let project_state = project.path().join(".bkg");
+        let in_project_state =
+            if project_state.exists() { files_containing(&project_state, value.as_bytes()) } else { Vec::new() };
+        assert_eq!(in_project_state, Vec::<PathBuf>::new(), "{value} in the project's .bkg");
         let tables = postgres.query("SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'");
         for table in tables.split(',') {
             let rows = postgres.query(&format!("SELECT count(*) FROM {table} t WHERE t::text LIKE '%{value}%'"));

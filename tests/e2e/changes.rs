@@ -100,6 +100,23 @@ fn an_agent_without_bkg_db_serves_its_own_feed_and_resumes_after_a_cursor() {
     let after = positions(&watch_to_end(agent.bkg(), &["--since", "2", "--count", "1"]));
     assert_eq!(after, [3], "resumed after its cursor: no repeat, no gap");
 
+    // --no-follow prints what there is and ends, saying where the next look resumes.
+    let caught_up = agent.bkg().args(["watch", "--json", "--kinds", "runs", "--no-follow"]).output();
+    let caught_up = caught_up.expect("bkg watch --no-follow");
+    assert_eq!(code(&caught_up), 0, "{}", stderr(&caught_up));
+    let actions: Vec<String> = stdout(&caught_up)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a change")["action"].to_string())
+        .collect();
+    assert_eq!(actions, ["\"run.started\"", "\"run.finished\""]);
+    let hint = stderr(&caught_up);
+    let resume_from: u64 = hint
+        .trim()
+        .strip_prefix("bkg: caught up; resume with --since ")
+        .and_then(|position| position.parse().ok())
+        .unwrap_or_else(|| panic!("{hint}"));
+    assert!(resume_from >= finished["position"].as_u64().expect("a position"), "{hint}");
+
     let bad = agent.bkg().args(["watch", "--kinds", "runs,logs"]).output().expect("bkg watch");
     assert_eq!(code(&bad), 125);
     assert!(stderr(&bad).contains("unknown kind \"logs\""), "{}", stderr(&bad));

@@ -49,7 +49,11 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     let second = bkgr(&agent, dir, &["api"]);
     assert_eq!(code(&second), 0, "stderr: {}", stderr(&second));
     assert_eq!(stdout(&second), "run 2\n", "the workspace survived the first run");
-    assert!(dir.join(".bkg/sandboxes/api/disk.img").exists());
+    // The workspace is the agent's, in its state dir, never in the project (docs/cli.md).
+    assert!(!dir.join(".bkg/sandboxes/api/disk.img").exists());
+    let id = bkg_schema::sandbox::sandbox_id(&dir.to_string_lossy(), "api");
+    let home = agent.state_dir.join("workspaces/default").join(&id);
+    assert!(home.join("disk.img").exists(), "no image in {}", home.display());
 
     let ls = bkg_in(&agent, dir, &["ls", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).expect("ls json");
@@ -58,7 +62,7 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
 
     let rm = bkg_in(&agent, dir, &["rm", "api", "--force"]);
     assert_eq!(code(&rm), 0, "rm: {}", stderr(&rm));
-    assert!(!dir.join(".bkg/sandboxes/api").exists(), "its state is gone");
+    assert!(!home.exists(), "its state is gone");
     let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
     assert!(!cave.contains("api:"), "it is gone from cave.yaml:\n{cave}");
     assert!(cave.contains("\nsandboxes: {}\n"), "the last one leaves an empty mapping, not null:\n{cave}");

@@ -2,6 +2,7 @@
 //! per-key rate limits and signed key-rotation notices.
 
 pub mod keys;
+pub mod local;
 pub mod notice;
 pub mod password;
 pub mod rate;
@@ -12,6 +13,8 @@ use bkg_schema::auth::{KeyInfo, Principal as PrincipalInfo, Role};
 
 use crate::store::Caller;
 
+pub use local::LocalUser;
+
 /// Lifetimes and request rates per role, from the agent's flags (whose defaults are SPEC
 /// section 6's: admin 90 d and 1000/min, namespace 30 d and 100/min, session 1 h and 50/min,
 /// model-access 1 h and 200/min).
@@ -20,6 +23,8 @@ pub struct AuthPolicy {
     pub ttl: RoleTable<Duration>,
     /// Requests per minute.
     pub rate_per_minute: RoleTable<u32>,
+    /// What one local user may ask for (`--user-limit`).
+    pub user: local::UserPolicy,
 }
 
 /// One value per role.
@@ -45,8 +50,12 @@ impl<T: Copy> RoleTable<T> {
 /// The caller of one request, once authenticated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Principal {
-    /// A peer on the unix socket (root or the agent's user): an admin, never rate limited.
+    /// A peer on the unix socket (root, the agent's user or a member of the admin group): an
+    /// admin, never rate limited.
     Local { uid: u32 },
+    /// A member of the socket's group on the unix socket: confined to their own namespace
+    /// (`user-<name>`), never rate limited, their files opened with their rights.
+    User(LocalUser),
     /// A valid (known, unexpired, unrevoked) API key.
     Key(KeyInfo),
 }
@@ -55,6 +64,7 @@ impl Principal {
     pub fn role(&self) -> Role {
         match self {
             Self::Local { .. } => Role::Admin,
+            Self::User(_) => Role::Namespace,
             Self::Key(key) => key.role,
         }
     }
@@ -67,6 +77,15 @@ impl Principal {
     pub fn namespace(&self) -> Option<&str> {
         match self {
             Self::Key(key) if key.role != Role::Admin => key.namespace.as_deref(),
+            Self::User(user) => Some(&user.namespace),
+            _ => None,
+        }
+    }
+
+    /// The local user whose rights open what this caller names; `None` for admins and keys.
+    pub fn local_user(&self) -> Option<&LocalUser> {
+        match self {
+            Self::User(user) => Some(user),
             _ => None,
         }
     }
@@ -74,7 +93,7 @@ impl Principal {
     /// Who the audit log names: `uid:<uid>` or `key:<id>`.
     pub fn actor(&self) -> String {
         match self {
-            Self::Local { uid } => format!("uid:{uid}"),
+            Self::Local { uid } | Self::User(LocalUser { uid, .. }) => format!("uid:{uid}"),
             Self::Key(key) => format!("key:{}", key.id),
         }
     }
@@ -86,7 +105,7 @@ impl Principal {
 
     pub fn key_id(&self) -> Option<&str> {
         match self {
-            Self::Local { .. } => None,
+            Self::Local { .. } | Self::User(_) => None,
             Self::Key(key) => Some(&key.id),
         }
     }
@@ -96,6 +115,13 @@ impl Principal {
             Self::Local { .. } => PrincipalInfo {
                 role: Role::Admin,
                 namespace: None,
+                key_id: None,
+                expires_at_ms: None,
+                via: "unix".into(),
+            },
+            Self::User(user) => PrincipalInfo {
+                role: Role::Namespace,
+                namespace: Some(user.namespace.clone()),
                 key_id: None,
                 expires_at_ms: None,
                 via: "unix".into(),

@@ -18,6 +18,7 @@ pub mod sandbox;
 pub mod seccomp;
 #[cfg(test)]
 mod test_support;
+pub mod workspace;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -240,17 +240,15 @@ impl Engine {
         })
     }
 
-    /// A session's interpreter in a persistent sandbox: `runner`, the program `language`'s
-    /// interpreter runs (`-c` / `-e`), for as long as the agent lets any run last.
-    pub fn validate_session(
+    /// A session's interpreter in place of a checked command (`validate_exec`): `runner`, the
+    /// program `language`'s interpreter runs (`-c` / `-e`), for as long as the agent lets any
+    /// run last.
+    pub fn session_run(
         &self,
-        definition: &SandboxDefinition,
+        mut validated: ValidatedRun,
         language: bkg_schema::Language,
         runner: &str,
     ) -> Result<ValidatedRun, RunError> {
-        let placeholder =
-            ExecRequest { command: "true".into(), detach: false, env: BTreeMap::new(), stdin_base64: None };
-        let mut validated = self.validate_exec(definition, placeholder)?;
         let interpreter = self.interpreter(language)?.to_string_lossy().into_owned();
         let flag = match language {
             bkg_schema::Language::Python => "-c",
@@ -260,6 +258,11 @@ impl Engine {
         validated.language = language;
         validated.limits.timeout_ms = self.config.max_limits.timeout_ms;
         Ok(validated)
+    }
+
+    /// Where the agent keeps the disk image, environment and logs of persistent sandbox `id`.
+    pub fn sandbox_home(&self, namespace: &str, sandbox_id: &str) -> bkg_schema::paths::SandboxHome {
+        bkg_schema::paths::SandboxHome::new(&self.config.state_dir, namespace, sandbox_id)
     }
 
     /// The project directory on the agent of the sandboxes of `namespace` that have no project
@@ -272,15 +275,30 @@ impl Engine {
     /// /project (so `python main.py` finds the project's main.py), with its kept /workspace and
     /// the project's volumes bound in. A sandbox without a project of its own starts in
     /// /workspace instead, the only place it has files.
-    pub fn validate_exec(&self, definition: &SandboxDefinition, exec: ExecRequest) -> Result<ValidatedRun, RunError> {
+    ///
+    /// `mapped_owner` is the local user a sandbox runs for: their ids alone are shown as the
+    /// sandbox user's in the project and every volume, whoever owns them, so the sandbox reads
+    /// and writes there no more than that user could. Without one (admins), each path's owner is.
+    pub fn validate_exec(
+        &self,
+        definition: &SandboxDefinition,
+        exec: ExecRequest,
+        mapped_owner: Option<Owner>,
+    ) -> Result<ValidatedRun, RunError> {
         let limits = self.resolve_limits(&definition.limits)?;
         self.interpreter(definition.language)?;
         if exec.command.trim().is_empty() || exec.command.contains('\0') {
             return Err(RunError::BadRequest("the command is empty or contains a NUL byte".into()));
         }
         let project_dir = PathBuf::from(&definition.project_dir);
-        let project_owner = owner_of("project directory", &project_dir)?;
+        let project_owner = match mapped_owner {
+            Some(owner) => owner,
+            None => owner_of("project directory", &project_dir)?,
+        };
         let layout = bkg_schema::paths::ProjectLayout::new(&project_dir);
+        let sandbox_id = bkg_schema::sandbox::sandbox_id(&definition.project_dir, &definition.name);
+        let home = self.sandbox_home(&definition.namespace, &sandbox_id);
+        super::workspace::adopt_legacy_image(&project_dir, &definition.name, &home, self.config.uid_base)?;
         let volumes = definition
             .volumes
             .iter()
@@ -297,7 +315,10 @@ impl Engine {
                     host: volume.host.clone().into(),
                     guest: guest.to_path_buf(),
                     read_only: volume.read_only,
-                    owner: owner_of("volume source", Path::new(&volume.host))?,
+                    owner: match mapped_owner {
+                        Some(owner) => owner,
+                        None => owner_of("volume source", Path::new(&volume.host))?,
+                    },
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -323,9 +344,9 @@ impl Engine {
             },
             stdin: decode_stdin(exec.stdin_base64.as_deref())?,
             persistent: Some(PersistentRun {
-                sandbox_id: bkg_schema::sandbox::sandbox_id(&definition.project_dir, &definition.name),
+                sandbox_id,
                 disk: PersistentDisk {
-                    image: layout.disk_image(&definition.name),
+                    image: home.disk_image(),
                     project: ProjectMounts {
                         dir: project_dir,
                         owner: project_owner,
@@ -333,7 +354,7 @@ impl Engine {
                         volumes,
                     },
                 },
-                log_dir: layout.logs_dir(&definition.name),
+                log_dir: home.logs_dir(),
             }),
             return_out_dir: false,
         })

@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bkg_schema::changes::{Change, ChangeKind, ChangeSource, Resume};
+use bkg_schema::changes::{CAUGHT_UP, Change, ChangeKind, ChangeSource, Resume};
 use futures_util::Stream;
 use tokio::sync::watch;
 
@@ -63,8 +63,9 @@ impl FeedRequest {
     ) -> Result<Self, FeedError> {
         let since = match since.or(last_event_id).map(str::trim) {
             None | Some("") => 0,
-            Some(text) => text.parse().map_err(|_| {
-                FeedError::BadRequest(format!("the cursor must be a position (a number), not {text:?}"))
+            // Positions are PostgreSQL bigints: a larger number names no position there can be.
+            Some(text) => text.parse::<i64>().ok().and_then(|since| u64::try_from(since).ok()).ok_or_else(|| {
+                FeedError::BadRequest(format!("the cursor must be a position (a number up to 2^63-1), not {text:?}"))
             })?,
         };
         let kinds = kinds
@@ -120,13 +121,14 @@ impl Feed {
     }
 
     /// The changes of `namespace` (all of them for `None`: an admin's), from `since` on, live
-    /// until the client leaves or the agent stops. Who may read which namespace is decided by the
-    /// caller (service/access.rs).
+    /// until the client leaves or the agent stops, or with `follow` false only until the reader
+    /// has caught up. Who may read which namespace is decided by the caller (service/access.rs).
     pub fn subscribe(
         &self,
         namespace: Option<String>,
         since: u64,
         kinds: BTreeSet<ChangeKind>,
+        follow: bool,
     ) -> impl Stream<Item = FeedItem> + Send + 'static {
         let source = match &self.db_url {
             Some(url) => Source::Db(db::Reader::new(url.clone(), namespace.clone())),
@@ -137,6 +139,7 @@ impl Feed {
             after: since,
             namespace,
             kinds,
+            follow,
             page: VecDeque::new(),
             wake: self.wake.clone(),
             stop: self.stop.subscribe(),
@@ -161,6 +164,8 @@ struct Reader {
     after: u64,
     namespace: Option<String>,
     kinds: BTreeSet<ChangeKind>,
+    /// Whether to wait for new changes once caught up, or to end there.
+    follow: bool,
     page: VecDeque<Change>,
     wake: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
@@ -191,6 +196,10 @@ impl Reader {
                 Ok(true) => {
                     retry = Duration::from_millis(250);
                     continue;
+                }
+                Ok(false) if !self.follow => {
+                    self.finished = true;
+                    return Some(FeedItem::Resume(Resume { resume_from: self.after, reason: CAUGHT_UP.into() }));
                 }
                 Ok(false) => None,
                 Err(error) => {
@@ -279,6 +288,13 @@ mod tests {
         assert_eq!(request.kinds, BTreeSet::from([ChangeKind::Runs, ChangeKind::Keys]));
         assert_eq!(FeedRequest::parse(Some("7"), Some("42"), None, None)?.since, 7, "?since= wins");
         assert!(matches!(FeedRequest::parse(Some("x"), None, None, None), Err(FeedError::BadRequest(_))));
+        assert_eq!(FeedRequest::parse(Some("9223372036854775807"), None, None, None)?.since, i64::MAX as u64);
+        for beyond in ["9223372036854775808", "-1"] {
+            assert!(
+                matches!(FeedRequest::parse(None, Some(beyond), None, None), Err(FeedError::BadRequest(_))),
+                "{beyond}"
+            );
+        }
         assert!(matches!(FeedRequest::parse(None, None, Some("runs,logs"), None), Err(FeedError::BadRequest(_))));
         Ok(())
     }

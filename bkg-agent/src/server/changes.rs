@@ -31,11 +31,14 @@ pub struct ChangesQuery {
     kinds: Option<String>,
     /// Only this namespace (an admin's filter; other keys see only their own).
     namespace: Option<String>,
+    /// Whether to keep the stream open for new changes (default true); with false it ends with a
+    /// `resume` event once every change so far has been sent.
+    follow: Option<bool>,
 }
 
 /// Inserts and updates of runs, sandboxes and keys, and the other audit events, as they happen:
 /// `event: change` (`id:` its position, `data:` a Change), and `event: resume` (a Resume) when
-/// the agent ends the stream. Each caller sees what RLS shows its namespace; an admin sees all.
+/// the agent ends the stream (it is stopping, or `follow=false` has caught up). Each caller sees what RLS shows its namespace; an admin sees all.
 #[utoipa::path(
     get,
     path = "/api/v1/changes",
@@ -60,6 +63,7 @@ pub async fn changes(
         last_event_id,
         query.kinds.as_deref(),
         query.namespace,
+        query.follow.unwrap_or(true),
     )?;
     let events = stream.map(|item| {
         let event = match item {

@@ -1,25 +1,30 @@
 //! Who may do what: the one place the agent decides it. Every operation in `service/` asks here
 //! before it acts; nothing else in the agent checks a role or a namespace.
 //!
-//! | what | admin | namespace key | session key | model-access key |
-//! |---|---|---|---|---|
-//! | run code; define, drive, list sandboxes; read runs | all namespaces | its namespace | its namespace | no |
-//! | read the change feed | all namespaces | its namespace | its namespace | no |
-//! | bind host volumes, use another project directory | yes | no | no | no |
-//! | create keys | any | session and model-access keys of its namespace | no | no |
-//! | see, rotate, revoke, delete a key | any | non-admin keys of its namespace | itself | itself |
-//! | refresh a key | — | — | itself | — |
-//! | sign users up; agent, metrics, shutdown, sync, bkg_db audit | yes | no | no | no |
-//! | the Web UI's admin pages: every namespace, the audit log, the key policy | yes | no | no | no |
-//! | a one-time login URL of the Web UI (`bkg ui`) | a socket peer only | no | no | no |
+//! | what | admin | local user | namespace key | session key | model-access key |
+//! |---|---|---|---|---|---|
+//! | run code; define, drive, list sandboxes; read runs | all namespaces | its namespace | its namespace | its namespace | no |
+//! | read the change feed | all namespaces | its namespace | its namespace | its namespace | no |
+//! | bind host volumes, use another project directory | yes | with its own rights | no | no | no |
+//! | create keys | any | session and model-access keys of its namespace | session and model-access keys of its namespace | no | no |
+//! | see, rotate, revoke, delete a key | any | non-admin keys of its namespace | non-admin keys of its namespace | itself | itself |
+//! | refresh a key | — | — | — | itself | — |
+//! | sign users up; agent, metrics, shutdown, sync, bkg_db audit | yes | no | no | no | no |
+//! | the Web UI's admin pages: every namespace, the audit log, the key policy | yes | no | no | no | no |
+//! | a one-time login URL of the Web UI (`bkg ui`) | a socket peer only | no | no | no | no |
 //!
-//! A peer on the unix socket is an admin. Another namespace's sandbox, run or key is answered
+//! On the unix socket, root, the agent's own user and members of the admin group
+//! (`--admin-group`) are admins; members of the socket's group (`--socket-group`, `bkg`) are
+//! local users, each in a namespace of their own (`--user-namespace`, `user-<name>`); nobody else
+//! is served. A local user's project directory and volumes are opened with that user's rights
+//! (crate::caller_fs), never the agent's. Another namespace's sandbox, run or key is answered
 //! as missing (`NotFound`), never as forbidden: its existence is not the caller's to learn.
 
 use bkg_schema::auth::{KeyInfo, Role};
 
 use super::OpError;
-use crate::auth::Principal;
+use crate::auth::local::{Account, LocalAccess, UserPolicy};
+use crate::auth::{LocalUser, Principal};
 
 /// What an admin alone may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +62,140 @@ impl AdminTask {
     }
 }
 
+/// Who a peer on the unix socket is: an admin (root, the agent's user, a member of the admin
+/// group), a local user (a member of the socket's group), or nobody the agent serves (`None`).
+pub fn socket_principal(access: &LocalAccess, uid: u32) -> Option<Principal> {
+    if uid == 0 || uid == access.agent_uid {
+        return Some(Principal::Local { uid });
+    }
+    let account = Account::of(uid)?;
+    if account.is_in(access.admin_group.as_ref()) {
+        return Some(Principal::Local { uid });
+    }
+    if account.is_in(access.socket_group.as_ref()) {
+        let namespace = access.namespace_of(&account.name);
+        return Some(Principal::User(LocalUser {
+            uid,
+            gid: account.gid,
+            groups: account.groups,
+            name: account.name,
+            namespace,
+        }));
+    }
+    None
+}
+
+/// A run's limits against what the policy lets one local user ask for; others are bound by the
+/// agent's maxima only.
+pub fn within_user_limits(
+    principal: &Principal,
+    policy: &UserPolicy,
+    limits: &bkg_schema::Limits,
+) -> Result<(), OpError> {
+    if principal.local_user().is_none() {
+        return Ok(());
+    }
+    let cap = limits.with(&policy.max);
+    match limits.first_above(&cap) {
+        Some((name, asked, allowed)) => {
+            Err(OpError::Forbidden(format!("{name} {asked} is above the {allowed} a local user may ask for")))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The limits a local user's run asks for: where it names none, the agent's default or the
+/// user's cap, whichever is lower, so a cap below the defaults does not refuse a plain run.
+pub fn user_limit_defaults(
+    principal: &Principal,
+    policy: &UserPolicy,
+    asked: &bkg_schema::LimitOverrides,
+    defaults: &bkg_schema::Limits,
+) -> bkg_schema::LimitOverrides {
+    if principal.local_user().is_none() {
+        return *asked;
+    }
+    let lower = |asked: Option<u64>, cap: Option<u64>, default: u64| asked.or(cap.filter(|cap| *cap < default));
+    bkg_schema::LimitOverrides {
+        cpu_millis: lower(asked.cpu_millis, policy.max.cpu_millis, defaults.cpu_millis),
+        memory_bytes: lower(asked.memory_bytes, policy.max.memory_bytes, defaults.memory_bytes),
+        timeout_ms: lower(asked.timeout_ms, policy.max.timeout_ms, defaults.timeout_ms),
+        disk_bytes: lower(asked.disk_bytes, policy.max.disk_bytes, defaults.disk_bytes),
+        ..*asked
+    }
+}
+
+/// Whether a local user may keep one more persistent sandbox with `disk` bytes, holding `kept`
+/// whose disk limits sum to `kept_disk`.
+pub fn may_keep_sandbox(
+    principal: &Principal,
+    policy: &UserPolicy,
+    kept: u64,
+    kept_disk: u64,
+    disk: u64,
+) -> Result<(), OpError> {
+    if principal.local_user().is_none() {
+        return Ok(());
+    }
+    if let Some(most) = policy.max_sandboxes
+        && kept >= most
+    {
+        return Err(OpError::Forbidden(format!(
+            "a local user may keep {most} persistent sandboxes; remove one with `bkg rm NAME` first"
+        )));
+    }
+    if let Some(budget) = policy.disk_budget
+        && kept_disk.saturating_add(disk) > budget
+    {
+        return Err(OpError::Forbidden(format!(
+            "the disks of a local user's sandboxes may add up to {} at most; {} are given already",
+            bkg_schema::units::format_size(budget),
+            bkg_schema::units::format_size(kept_disk)
+        )));
+    }
+    Ok(())
+}
+
+/// Whose rights open a sandbox's host paths (its project directory and volumes).
+#[derive(Debug, PartialEq)]
+pub enum HostPaths<'a> {
+    /// An admin's, or the namespace's own project directory on the agent: the agent's.
+    Agent,
+    /// A local user's own: opened as that user (crate::caller_fs), shown mapped to that user only.
+    User(&'a LocalUser),
+}
+
+/// Whether the caller may use `project_dir` and bind `volumes`: admins may; a local user may,
+/// with their own rights; a key only its namespace's project directory on the agent (`own_dir`)
+/// without volumes.
+pub fn host_paths<'a>(
+    principal: &'a Principal,
+    project_dir: &std::path::Path,
+    has_volumes: bool,
+    own_dir: &std::path::Path,
+) -> Result<HostPaths<'a>, OpError> {
+    if principal.is_admin() {
+        return Ok(HostPaths::Agent);
+    }
+    if let Some(user) = principal.local_user() {
+        if project_dir == own_dir && !has_volumes {
+            return Ok(HostPaths::Agent);
+        }
+        return Ok(HostPaths::User(user));
+    }
+    if project_dir != own_dir {
+        return Err(OpError::Forbidden(format!(
+            "a {} key may only use its namespace's project directory {}",
+            principal.role().as_str(),
+            own_dir.display()
+        )));
+    }
+    if has_volumes {
+        require_admin(principal, AdminTask::BindVolumes)?;
+    }
+    Ok(HostPaths::Agent)
+}
+
 pub fn require_admin(principal: &Principal, task: AdminTask) -> Result<(), OpError> {
     if principal.is_admin() { Ok(()) } else { Err(OpError::Forbidden(task.refusal().to_owned())) }
 }
@@ -71,6 +210,9 @@ pub fn administers(principal: &Principal) -> bool {
 pub fn require_socket_peer(principal: &Principal) -> Result<u32, OpError> {
     match principal {
         Principal::Local { uid } => Ok(*uid),
+        Principal::User(_) => Err(OpError::Forbidden(
+            "a login URL of the Web UI logs in as an admin; local users log in with a key".into(),
+        )),
         Principal::Key(_) => {
             Err(OpError::Forbidden("only a peer on the agent's unix socket may ask for a login URL".into()))
         }
@@ -113,6 +255,15 @@ pub fn namespace_for(principal: &Principal, asked: Option<&str>) -> Result<Strin
         (Some(own), _) => Ok(own.to_owned()),
         (None, Some(asked)) => Ok(asked.to_owned()),
         (None, None) => Ok(bkg_schema::DEFAULT_NAMESPACE.to_owned()),
+    }
+}
+
+/// The namespace a sandbox definition goes in: the one it names; for a local user, whose
+/// project's cave.yaml says `default` (as `bkg init` writes), their own namespace instead.
+pub fn definition_namespace(principal: &Principal, named: &str) -> String {
+    match principal.local_user() {
+        Some(user) if named == bkg_schema::DEFAULT_NAMESPACE => user.namespace.clone(),
+        _ => named.to_owned(),
     }
 }
 
@@ -198,5 +349,75 @@ mod tests {
         let admin_key = Principal::Key(key("key_5", Role::Admin, None));
         assert!(administers(&admin_key));
         assert!(require_socket_peer(&admin_key).is_err(), "an admin key over TCP gets no login URL");
+    }
+
+    fn alice() -> Principal {
+        Principal::User(LocalUser {
+            uid: 1234,
+            gid: 1234,
+            groups: vec![1234],
+            name: "alice".into(),
+            namespace: "user-alice".into(),
+        })
+    }
+
+    #[test]
+    fn a_local_user_is_confined_to_their_namespace_and_acts_with_their_own_rights() {
+        let alice = alice();
+        assert!(reaches(&alice, "user-alice"));
+        assert!(!reaches(&alice, "user-bob"));
+        assert!(!reaches(&alice, "default"));
+        assert_eq!(namespace_for(&alice, None).ok(), Some("user-alice".into()));
+        assert!(matches!(namespace_for(&alice, Some("default")), Err(OpError::Forbidden(_))));
+        assert!(may_create_key(&alice, Role::Admin).is_err());
+        assert!(may_create_key(&alice, Role::Namespace).is_err());
+        assert!(require_admin(&alice, AdminTask::StopAgent).is_err());
+        assert!(require_admin(&alice, AdminTask::ReadAudit).is_err());
+        assert!(require_socket_peer(&alice).is_err(), "a login URL would log a local user in as admin");
+        assert_eq!(alice.actor(), "uid:1234");
+        assert_eq!(definition_namespace(&alice, "default"), "user-alice", "a project's `default` is the user's own");
+        assert_eq!(definition_namespace(&alice, "team"), "team", "another is kept, and refused by `reaches`");
+        let own = std::path::Path::new("/var/lib/bkg/namespaces/user-alice");
+        let home = std::path::Path::new("/home/alice/app");
+        assert!(matches!(host_paths(&alice, home, true, own), Ok(HostPaths::User(_))));
+        assert_eq!(host_paths(&alice, own, false, own).ok(), Some(HostPaths::Agent));
+        let team = Principal::Key(key("key_1", Role::Namespace, Some("team")));
+        assert!(host_paths(&team, home, false, own).is_err());
+        assert!(host_paths(&team, own, true, own).is_err());
+        assert_eq!(host_paths(&Principal::Local { uid: 0 }, home, true, own).ok(), Some(HostPaths::Agent));
+    }
+
+    #[test]
+    fn the_user_policy_binds_local_users_only() {
+        let policy = UserPolicy {
+            max: bkg_schema::LimitOverrides { memory_bytes: Some(256), ..Default::default() },
+            max_sandboxes: Some(2),
+            disk_budget: Some(1000),
+        };
+        let limits = bkg_schema::Limits { memory_bytes: 512, ..bkg_schema::Limits::DEFAULT };
+        assert!(matches!(within_user_limits(&alice(), &policy, &limits), Err(OpError::Forbidden(_))));
+        let small = bkg_schema::Limits { memory_bytes: 256, ..limits };
+        assert!(within_user_limits(&alice(), &policy, &small).is_ok());
+        let team = Principal::Key(key("key_1", Role::Namespace, Some("team")));
+        assert!(within_user_limits(&team, &policy, &limits).is_ok(), "keys are bound by the agent's maxima");
+        assert!(may_keep_sandbox(&alice(), &policy, 1, 500, 500).is_ok());
+        assert!(may_keep_sandbox(&alice(), &policy, 2, 0, 1).is_err(), "a third sandbox");
+        assert!(may_keep_sandbox(&alice(), &policy, 1, 600, 500).is_err(), "over the disk budget");
+        assert!(may_keep_sandbox(&team, &policy, 9, 9000, 9000).is_ok());
+        let plain = bkg_schema::LimitOverrides::default();
+        let defaults = bkg_schema::Limits { memory_bytes: 512, ..bkg_schema::Limits::DEFAULT };
+        assert_eq!(user_limit_defaults(&alice(), &policy, &plain, &defaults).memory_bytes, Some(256));
+        let asked = bkg_schema::LimitOverrides { memory_bytes: Some(100), ..plain };
+        assert_eq!(user_limit_defaults(&alice(), &policy, &asked, &defaults).memory_bytes, Some(100));
+        assert_eq!(user_limit_defaults(&team, &policy, &plain, &defaults), plain);
+    }
+
+    #[test]
+    fn root_and_the_agents_user_are_admins_on_the_socket_and_strangers_are_not_served() {
+        let access = LocalAccess::owner_only();
+        assert_eq!(socket_principal(&access, 0), Some(Principal::Local { uid: 0 }));
+        // uid 65534 (nobody) is in no group the agent names.
+        assert_eq!(socket_principal(&access, 65534), None);
+        assert_eq!(socket_principal(&access, 4_000_000_000), None, "an unknown uid is nobody the agent serves");
     }
 }

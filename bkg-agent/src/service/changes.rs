@@ -16,7 +16,7 @@ pub type ChangeStream = Pin<Box<dyn Stream<Item = FeedItem> + Send>>;
 impl Service {
     /// The changes after `since` (else the `Last-Event-ID` an SSE client resends), of the
     /// comma-separated `kinds` (all when absent), in the caller's namespace or, for an admin,
-    /// the one asked for.
+    /// the one asked for; with `follow` false the stream ends once it has caught up.
     pub fn changes(
         &self,
         principal: &Principal,
@@ -24,10 +24,11 @@ impl Service {
         last_event_id: Option<&str>,
         kinds: Option<&str>,
         namespace: Option<String>,
+        follow: bool,
     ) -> OpResult<ChangeStream> {
         require_change_reader(principal)?;
         let request = FeedRequest::parse(since, last_event_id, kinds, namespace)?;
         let namespace = listing_namespace(principal, request.namespace)?;
-        Ok(Box::pin(self.feed.subscribe(namespace, request.since, request.kinds)))
+        Ok(Box::pin(self.feed.subscribe(namespace, request.since, request.kinds, follow)))
     }
 }

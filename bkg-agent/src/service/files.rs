@@ -131,10 +131,10 @@ impl Service {
         }
         // Idle: a run whose code waits on its stdin holds the sandbox until the transfer is done.
         let exec = ExecRequest { command: "read _".into(), detach: false, env: Default::default(), stdin_base64: None };
-        let mut validated = self.engine.validate_exec(&stored.definition, exec)?;
+        let (mut validated, name) = self.checked_exec(principal, id, exec).await?;
         // A big transfer may take longer than the sandbox's code may run.
         validated.limits.timeout_ms = self.engine.config.max_limits.timeout_ms;
-        let accepted = self.accept(principal, validated)?;
+        let accepted = self.accept_exec_validated(principal, &name, validated)?;
         let (stdin, input) = mpsc::channel(1);
         let tracker = accepted.tracker();
         drop(self.start(accepted, input, None));

@@ -9,7 +9,9 @@ use bkg_schema::{RunRecord, RunRequest, RunResult};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::access::{listing_namespace, namespace_for, reaches, require_code_runner};
+use super::access::{
+    listing_namespace, namespace_for, reaches, require_code_runner, user_limit_defaults, within_user_limits,
+};
 use super::{OpError, OpResult, RunInput, RunOutput, Service};
 use crate::auth::Principal;
 use crate::engine::handle::{RunPhase, RunTicket};
@@ -45,7 +47,11 @@ impl Service {
     pub fn accept_run(&self, principal: &Principal, request: RunRequest) -> OpResult<Accepted> {
         require_code_runner(principal)?;
         let namespace = namespace_for(principal, request.namespace.as_deref())?;
+        let mut request = request;
+        let policy = &self.auth.policy.user;
+        request.limits = user_limit_defaults(principal, policy, &request.limits, &self.engine.config.default_limits);
         let mut validated = self.engine.validate(request)?;
+        within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
         validated.namespace = namespace;
         self.accept(principal, validated)
     }

@@ -1,13 +1,13 @@
 //! Persistent sandboxes: define, create, list, get, exec, start, stop, logs and delete. Every
 //! sandbox has a namespace; a caller confined to a namespace sees only its own (others are "not
-//! found"), and may only use its namespace's project directory on the agent, without host volumes.
+//! found"), and a key may only use its namespace's project directory on the agent, without host
+//! volumes; a local user may use their own, opened with their rights (crate::caller_fs).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bkg_schema::RunRecord;
-use bkg_schema::paths::ProjectLayout;
 use bkg_schema::sandbox::{
     DetachedRun, ExecRequest, NewSandbox, SandboxDefinition, SandboxInfo, SandboxState, StartRequest, is_dns_label,
     sandbox_id,
@@ -15,7 +15,10 @@ use bkg_schema::sandbox::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
-use super::access::{AdminTask, namespace_for, reaches, require_admin, require_code_runner};
+use super::access::{
+    HostPaths, definition_namespace, host_paths, may_keep_sandbox, namespace_for, reaches, require_code_runner,
+    user_limit_defaults, within_user_limits,
+};
 use super::runs::Accepted;
 use super::{OpError, OpResult, Service};
 use crate::auth::Principal;
@@ -61,7 +64,7 @@ impl Service {
         let last_run = self.store.last_run_of(&id).await?;
         let current_run = self.engine.current_run(&id).map(|run| run.run_id.clone());
         let limits = self.engine.config.default_limits.with(&definition.limits);
-        let image = ProjectLayout::new(&definition.project_dir).disk_image(&definition.name);
+        let image = self.engine.sandbox_home(&definition.namespace, &id).disk_image();
         let disk_bytes_allocated =
             std::fs::metadata(image).map(|meta| std::os::unix::fs::MetadataExt::blocks(&meta) * 512).unwrap_or(0);
         Ok(SandboxInfo {
@@ -118,9 +121,10 @@ impl Service {
         &self,
         principal: &Principal,
         id: &str,
-        definition: SandboxDefinition,
+        mut definition: SandboxDefinition,
     ) -> OpResult<SandboxInfo> {
         require_code_runner(principal)?;
+        definition.namespace = definition_namespace(principal, &definition.namespace);
         if !is_dns_label(&definition.name) {
             return Err(OpError::Invalid(format!(
                 "sandbox name `{}` must be a DNS label (a-z, 0-9, -)",
@@ -139,22 +143,16 @@ impl Service {
                 definition.namespace
             )));
         }
-        if !principal.is_admin() {
-            // Only the machine's administrators may mount host paths into a sandbox.
-            let own_dir = self.scratch_project_dir(&definition.namespace);
-            if Path::new(&definition.project_dir) != own_dir {
-                return Err(OpError::Forbidden(format!(
-                    "a {} key may only use its namespace's project directory {}",
-                    principal.role().as_str(),
-                    own_dir.display()
-                )));
-            }
-            if !definition.volumes.is_empty() {
-                require_admin(principal, AdminTask::BindVolumes)?;
-            }
-        }
         let project = Path::new(&definition.project_dir);
-        if !project.is_absolute() || !project.is_dir() {
+        if !project.is_absolute() {
+            return Err(OpError::Invalid(format!(
+                "project directory {} must be an existing absolute path",
+                definition.project_dir
+            )));
+        }
+        // What the caller could not open is refused here already, with the reason.
+        self.open_host_paths(principal, &definition)?;
+        if !project.is_dir() {
             return Err(OpError::Invalid(format!(
                 "project directory {} must be an existing absolute path",
                 definition.project_dir
@@ -166,15 +164,39 @@ impl Service {
                 definition.name, definition.project_dir
             )));
         }
-        if let Some(existing) = self.store.get_sandbox(id).await?
+        let existing = self.store.get_sandbox(id).await?;
+        if let Some(existing) = &existing
             && !reaches(principal, &existing.definition.namespace)
         {
             return Err(OpError::Forbidden(format!("sandbox {id} belongs to another namespace")));
+        }
+        if principal.local_user().is_some() {
+            self.check_user_policy(principal, id, &definition).await?;
         }
         self.engine.check_definition(&definition)?;
         let caller = principal.audit_caller(&definition.namespace);
         let stored = self.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
         self.sandbox_info(stored).await
+    }
+
+    /// A local user's sandboxes against what the policy lets one user keep: their number and
+    /// their disk limits summed, this definition counted in place of the one it replaces.
+    async fn check_user_policy(&self, principal: &Principal, id: &str, definition: &SandboxDefinition) -> OpResult<()> {
+        let (defaults, policy) = (self.engine.config.default_limits, &self.auth.policy.user);
+        let limits_of = |definition: &SandboxDefinition| {
+            defaults.with(&user_limit_defaults(principal, policy, &definition.limits, &defaults))
+        };
+        within_user_limits(principal, policy, &limits_of(definition))?;
+        let others: Vec<StoredSandbox> = self
+            .store
+            .list_sandboxes(None)
+            .await?
+            .into_iter()
+            .filter(|stored| stored.definition.namespace == definition.namespace)
+            .filter(|stored| sandbox_id(&stored.definition.project_dir, &stored.definition.name) != id)
+            .collect();
+        let kept_disk = others.iter().map(|stored| limits_of(&stored.definition).disk_bytes).sum();
+        may_keep_sandbox(principal, policy, others.len() as u64, kept_disk, limits_of(definition).disk_bytes)
     }
 
     /// Creates a sandbox in the caller's (or, for admins, the named) namespace's project
@@ -206,17 +228,58 @@ impl Service {
         self.define_sandbox(principal, &id, definition).await
     }
 
-    /// Checks a command for sandbox `id` and takes it on; the sandbox is the run's until it ends.
-    pub async fn accept_exec(&self, principal: &Principal, id: &str, exec: ExecRequest) -> OpResult<Accepted> {
-        let stored = self.visible_sandbox(principal, id).await?;
-        let validated = self.engine.validate_exec(&stored.definition, exec)?;
-        self.accept(principal, validated).map_err(|error| match error {
-            OpError::Run(RunError::Busy(_)) => busy(&stored.definition.name),
-            other => other,
-        })
+    /// Opens the definition's project directory and volume sources with the rights the caller
+    /// acts with (service/access.rs decides whose): for a local user, as that user, each volume
+    /// then named by where it led; the ids to show as the sandbox user's, if not each path's owner.
+    fn open_host_paths(
+        &self,
+        principal: &Principal,
+        definition: &SandboxDefinition,
+    ) -> OpResult<(SandboxDefinition, Option<crate::engine::plan::Owner>)> {
+        let own_dir = self.scratch_project_dir(&definition.namespace);
+        let project = Path::new(&definition.project_dir);
+        let HostPaths::User(user) = host_paths(principal, project, !definition.volumes.is_empty(), &own_dir)? else {
+            return Ok((definition.clone(), None));
+        };
+        let refused = |error: crate::caller_fs::CallerFsError| OpError::Invalid(error.to_string());
+        let mut opened = definition.clone();
+        if project != own_dir {
+            let dir = crate::caller_fs::open_as(user, project, "project directory").map_err(refused)?;
+            if !dir.is_dir {
+                return Err(OpError::Invalid(format!("project directory {} is not a directory", project.display())));
+            }
+        }
+        for volume in &mut opened.volumes {
+            let source = crate::caller_fs::open_as(user, Path::new(&volume.host), "volume source").map_err(refused)?;
+            volume.host = source.resolved.to_string_lossy().into_owned();
+        }
+        Ok((opened, Some(crate::engine::plan::Owner { uid: user.uid, gid: user.gid })))
     }
 
-    /// Takes on a run already checked for sandbox `name` (a session's interpreter).
+    /// Checks a command for sandbox `id` and takes it on; the sandbox is the run's until it ends.
+    pub async fn accept_exec(&self, principal: &Principal, id: &str, exec: ExecRequest) -> OpResult<Accepted> {
+        let (validated, name) = self.checked_exec(principal, id, exec).await?;
+        self.accept_exec_validated(principal, &name, validated)
+    }
+
+    /// Checks a command for sandbox `id` as the caller may run it; with the sandbox's name.
+    pub(super) async fn checked_exec(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec: ExecRequest,
+    ) -> OpResult<(crate::engine::run::ValidatedRun, String)> {
+        let stored = self.visible_sandbox(principal, id).await?;
+        // The paths are opened again for every run: they may have changed since the definition.
+        let (mut opened, mapped_owner) = self.open_host_paths(principal, &stored.definition)?;
+        let defaults = &self.engine.config.default_limits;
+        opened.limits = user_limit_defaults(principal, &self.auth.policy.user, &opened.limits, defaults);
+        let validated = self.engine.validate_exec(&opened, exec, mapped_owner)?;
+        within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
+        Ok((validated, stored.definition.name))
+    }
+
+    /// Takes on a run already checked for sandbox `name`.
     pub(super) fn accept_exec_validated(
         &self,
         principal: &Principal,
@@ -280,8 +343,9 @@ impl Service {
             tracing::warn!(sandbox = %id, run = %run.run_id, "the last run's sandbox still holds the disk");
         }
         let definition = stored.definition;
-        let dir = ProjectLayout::new(&definition.project_dir).sandbox_dir(&definition.name);
-        if let Err(error) = tokio::fs::remove_dir_all(&dir).await
+        let home = self.engine.sandbox_home(&definition.namespace, id);
+        let dir = home.dir();
+        if let Err(error) = tokio::fs::remove_dir_all(dir).await
             && error.kind() != std::io::ErrorKind::NotFound
         {
             return Err(OpError::Internal(format!("remove {}: {error}", dir.display())));
@@ -300,7 +364,7 @@ impl Service {
     /// The newest run's log, read from its start; with `follow`, until that run ends.
     pub async fn sandbox_log(&self, principal: &Principal, id: &str, follow: bool) -> OpResult<LogTail> {
         let definition = self.visible_sandbox(principal, id).await?.definition;
-        let log_dir = ProjectLayout::new(&definition.project_dir).logs_dir(&definition.name);
+        let log_dir = self.engine.sandbox_home(&definition.namespace, id).logs_dir();
         // A run just accepted opens its log before it starts: the newest log is the one it opens.
         if let Some(run) = self.engine.current_run(id) {
             wait_until(run.watch(), RUN_PATIENCE, |progress| progress.phase >= RunPhase::Started).await;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bkg_schema::Language;
 use bkg_schema::files::{ExecutionStatus, NewSession, SessionEvent, SessionInfo, StreamName};
-use bkg_schema::sandbox::is_dns_label;
+use bkg_schema::sandbox::{ExecRequest, is_dns_label};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{OpError, OpResult, RunInput, RunOutput, Service};
@@ -168,8 +168,11 @@ impl Service {
             Language::Python => PYTHON_RUNNER,
             Language::Node => NODE_RUNNER,
         };
-        let validated = self.engine.validate_session(&stored.definition, language, runner)?;
-        let accepted = self.accept_exec_validated(principal, &stored.definition.name, validated)?;
+        let placeholder =
+            ExecRequest { command: "true".into(), detach: false, env: Default::default(), stdin_base64: None };
+        let (validated, sandbox_name) = self.checked_exec(principal, id, placeholder).await?;
+        let validated = self.engine.session_run(validated, language, runner)?;
+        let accepted = self.accept_exec_validated(principal, &sandbox_name, validated)?;
         let tracker = accepted.tracker();
         let (stdin, input) = mpsc::channel(16);
         let (output_sender, output) = mpsc::channel(64);

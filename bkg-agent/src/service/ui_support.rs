@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use bkg_schema::audit::{PublicKey, SignedRecord, VerifyReport, log_files};
 use bkg_schema::auth::Role;
-use bkg_schema::paths::ProjectLayout;
 use bkg_schema::sandbox::ExecRequest;
 use bkg_schema::{Language, RunRecord};
 use tokio::io::AsyncReadExt;
@@ -84,7 +83,7 @@ impl Service {
         let Ok(stored) = self.visible_sandbox(principal, sandbox_id).await else { return Ok(None) };
         let definition = stored.definition;
         let log =
-            ProjectLayout::new(&definition.project_dir).logs_dir(&definition.name).join(format!("{}.log", run.id));
+            self.engine.sandbox_home(&definition.namespace, sandbox_id).logs_dir().join(format!("{}.log", run.id));
         let Ok(file) = tokio::fs::File::open(&log).await else { return Ok(None) };
         let mut bytes = Vec::new();
         file.take(max_bytes)

@@ -57,6 +57,7 @@ fn frame(viewer: Option<&Viewer>, title: &str, body: Markup) -> Markup {
 fn who(viewer: &Viewer) -> String {
     match &viewer.principal {
         crate::auth::Principal::Local { .. } => "admin · this machine".to_owned(),
+        crate::auth::Principal::User(user) => format!("{} · {}", user.name, user.namespace),
         crate::auth::Principal::Key(key) => {
             let name = key.user.as_deref().or(key.name.as_deref()).unwrap_or(&key.id);
             match viewer.principal.namespace() {

@@ -1,0 +1,332 @@
+"""USR: everyday users are not root (docs/security.md, "Local users").
+
+The agent runs as root with `--socket-group GROUP`; the test makes that group and real
+unprivileged users (two members, one outsider) with 0700 homes, runs `bkg`, `bkgr` as each
+of them (runuser), and removes users and group when it ends. Every attack is an ordinary CLI
+command a user could type: what must hold is that it fails with one line and leaks nothing.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import bkgsec
+
+TAG = secrets.token_hex(3)
+GROUP = "bkgsec%s" % TAG
+SHADOW_MARK = "root:"
+# What other users' private files hold: found anywhere in an answer, it leaked.
+SECRET = "bkgsec-secret-" + secrets.token_hex(8)
+MAX_SANDBOXES = 3
+
+
+def run_root(*argv):
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+class User:
+    def __init__(self, name, home, agent):
+        self.name = name
+        self.home = home
+        self.agent = agent
+        import pwd
+        entry = pwd.getpwnam(name)
+        self.uid, self.gid = entry.pw_uid, entry.pw_gid
+
+    @property
+    def namespace(self):
+        return "user-" + self.name
+
+    def env(self):
+        return {
+            "HOME": str(self.home),
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "BKG_SOCKET": str(self.agent.socket),
+            "BKG_NO_AUTOSTART": "1",
+            "LANG": "C.UTF-8",
+            "CI": "1",
+        }
+
+    def run(self, tool, *args, cwd=None, stdin=b"", timeout=90):
+        """`tool` (bkg or bkgr) as this user, in `cwd` (default their home)."""
+        binary = str(self.agent.bin_dir / tool)
+        env = ["%s=%s" % item for item in self.env().items()]
+        argv = ["runuser", "-u", self.name, "--", "env", "-i", *env, binary, *map(str, args)]
+        done = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout,
+                              cwd=str(cwd or self.home))
+        return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+
+    def write(self, relative, text, mode=0o644):
+        path = self.home / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.chmod(path, mode)
+        for part in [path, *path.parents]:
+            if part == self.home.parent:
+                break
+            os.chown(part, self.uid, self.gid)
+        return path
+
+
+def one_line(stderr):
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return len(lines) == 1 and lines[0].startswith(("bkg:", "bkgr:"))
+
+
+@pytest.fixture(scope="module")
+def users():
+    if os.geteuid() != 0:
+        pytest.skip("local users are made with useradd: the suite runs as root")
+    for tool in ("useradd", "userdel", "groupadd", "groupdel", "runuser"):
+        if shutil.which(tool) is None:
+            pytest.fail("%s is missing (scripts/setup.sh installs it)" % tool, pytrace=False)
+    run_root("groupadd", GROUP)
+    agent = bkgsec.Agent("users", uid_slot=os.getpid() + 3072, warm_pool=0,
+                         extra_args=("--socket-group", GROUP, "--user-limit", "memory=256MiB",
+                                     "--user-limit", "sandboxes=%d" % MAX_SANDBOXES))
+    made = []
+    homes = Path(agent.dir) / "home"
+    homes.mkdir()
+    os.chmod(homes, 0o755)
+    try:
+        people = {}
+        for role, groups in (("alice", [GROUP]), ("bob", [GROUP]), ("carol", [GROUP]), ("eve", [])):
+            name = "bks%s%s" % (role[:3], TAG)
+            home = homes / name
+            argv = ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh",
+                    "--user-group"]
+            if groups:
+                argv += ["--groups", ",".join(groups)]
+            run_root(*argv, name)
+            made.append(name)
+            os.chmod(home, 0o700)
+            people[role] = name
+        agent.start()
+        yield {role: User(name, homes / name, agent) for role, name in people.items()}
+    finally:
+        agent.remove()
+        for name in made:
+            subprocess.run(["userdel", "--remove", name], capture_output=True)
+        subprocess.run(["groupdel", GROUP], capture_output=True)
+
+
+def test_the_socket_is_its_groups_and_0660(users):
+    socket = users["alice"].agent.socket
+    meta = os.stat(socket)
+    import grp
+    assert oct(meta.st_mode & 0o777) == "0o660", oct(meta.st_mode)
+    assert grp.getgrgid(meta.st_gid).gr_name == GROUP
+
+
+def test_a_member_runs_bkg_exe_in_a_namespace_of_their_own(users):
+    alice = users["alice"]
+    alice.write("hello.py", "import os\nprint('hello', os.getuid())\n")
+    rc, out, err = alice.run("bkg", "exe", "hello.py")
+    assert rc == 0, err
+    assert out.startswith("hello "), out
+    rc, out, err = alice.run("bkg", "runs", "ls", "--json")
+    assert rc == 0, err
+    runs = json.loads(out)
+    assert runs and {run["namespace"] for run in runs} == {alice.namespace}, runs
+
+
+def test_an_outsider_gets_one_line_saying_how_to_get_access(users):
+    eve = users["eve"]
+    eve.write("hello.py", "print('hello')\n")
+    rc, out, err = eve.run("bkg", "exe", "hello.py")
+    assert rc != 0 and out == ""
+    assert one_line(err), err
+    assert "usermod -aG %s %s" % (GROUP, eve.name) in err, err
+
+
+def test_a_member_runs_a_project_in_a_0700_home_and_sees_only_their_own(users):
+    alice, bob = users["alice"], users["bob"]
+    for user in (alice, bob):
+        project = user.home / "app"
+        project.mkdir(exist_ok=True)
+        os.chown(project, user.uid, user.gid)
+        rc, _, err = user.run("bkg", "init", "--yes", cwd=project)
+        assert rc == 0, err
+        rc, _, err = user.run("bkg", "add", "api", "--type", "python", "--script",
+                              "start=python main.py", cwd=project)
+        assert rc == 0, err
+        user.write("app/main.py", "import os\nopen('/workspace/kept', 'a').write('x')\n"
+                   "print('ran', len(open('/workspace/kept').read()))\n")
+        rc, out, err = user.run("bkgr", "api", cwd=project)
+        assert rc == 0, err
+        assert out.strip() == "ran 1", out
+    rc, out, err = alice.run("bkg", "ls", "--all", "--json", cwd=alice.home / "app")
+    assert rc == 0, err
+    listed = json.loads(out)
+    assert [(s["name"], s["namespace"]) for s in listed] == [("api", alice.namespace)], listed
+    # The workspace image is the agent's, in its state dir, not in the user's project.
+    assert not (alice.home / "app/.bkg/sandboxes/api/disk.img").exists()
+    images = list((Path(alice.agent.state_dir) / "workspaces" / alice.namespace).glob("*/disk.img"))
+    assert len(images) == 1, images
+    # Bob sees none of Alice's runs, nor her sandbox.
+    rc, out, err = bob.run("bkg", "runs", "ls", "--json")
+    assert rc == 0, err
+    assert all(run["namespace"] == bob.namespace for run in json.loads(out)), out
+    alice_sandbox = listed[0]["id"]
+    status, body = bkgsec_request_as(bob, "POST", "/api/v1/sandboxes/%s/stop" % alice_sandbox)
+    assert status == 404, (status, body)
+    status, body = bkgsec_request_as(bob, "GET", "/api/v1/runs/%s" % json.loads(
+        alice.run("bkg", "runs", "ls", "--json")[1])[0]["id"])
+    assert status == 404, (status, body)
+
+
+def sandbox_id(project_dir, name):
+    """As bkg_schema::sandbox::sandbox_id: NAME-<FNV-1a 64 of the directory>."""
+    value = 0xCBF29CE484222325
+    for byte in project_dir.encode():
+        value ^= byte
+        value = (value * 0x100000001B3) % (1 << 64)
+    return "%s-%016x" % (name, value)
+
+
+def bkgsec_request_as(user, method, path, body=None):
+    """One HTTP request on the socket from `user`'s process (a tiny Python client run as them)."""
+    client = (
+        "import http.client, socket, sys, json\n"
+        "class C(http.client.HTTPConnection):\n"
+        "    def connect(self):\n"
+        "        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sys.argv[1])\n"
+        "c = C('localhost'); body = sys.argv[4] if len(sys.argv) > 4 else None\n"
+        "c.request(sys.argv[2], sys.argv[3], body=body, headers={'Content-Type': 'application/json'})\n"
+        "r = c.getresponse(); print(r.status); print(r.read().decode())\n"
+    )
+    argv = ["runuser", "-u", user.name, "--", "python3", "-c", client, str(user.agent.socket), method, path]
+    if body is not None:
+        argv.append(json.dumps(body))
+    done = subprocess.run(argv, capture_output=True, timeout=60, cwd="/")
+    lines = done.stdout.decode().split("\n", 1)
+    assert done.returncode == 0, done.stderr
+    return int(lines[0]), lines[1] if len(lines) > 1 else ""
+
+
+def test_a_member_cannot_make_an_admin_key_nor_stop_the_agent(users):
+    alice = users["alice"]
+    rc, out, err = alice.run("bkg", "keys", "create", "--role", "admin")
+    assert rc != 0 and "bkg_" not in out, out
+    assert one_line(err), err
+    status, _ = bkgsec_request_as(alice, "POST", "/api/v1/agent/shutdown")
+    assert status == 403
+    assert alice.agent.alive()
+    status, body = bkgsec_request_as(alice, "GET", "/api/v1/auth/whoami")
+    assert status == 200 and json.loads(body)["namespace"] == alice.namespace, body
+
+
+def project_with_volume(user, name, host, guest="/workspace/data"):
+    project = user.home / name
+    project.mkdir(exist_ok=True)
+    os.chown(project, user.uid, user.gid)
+    rc, _, err = user.run("bkg", "init", "--yes", cwd=project)
+    assert rc == 0, err
+    rc, _, err = user.run("bkg", "add", "api", "--type", "python", "--script", "start=cat %s" % guest,
+                          "--volume", "%s:%s:ro" % (host, guest), cwd=project)
+    assert rc == 0, err
+    return project
+
+
+def test_a_volume_that_is_a_symlink_to_etc_shadow_is_refused(users):
+    alice = users["alice"]
+    project = alice.home / "shadowy"
+    project.mkdir(exist_ok=True)
+    os.chown(project, alice.uid, alice.gid)
+    link = project / "shadow"
+    os.symlink("/etc/shadow", link)
+    os.lchown(link, alice.uid, alice.gid)
+    project_with_volume(alice, "shadowy", link, guest="/workspace/shadow")
+    rc, out, err = alice.run("bkgr", "api", "--allow-outside", cwd=project)
+    assert rc != 0
+    assert SHADOW_MARK not in out and SHADOW_MARK not in err
+    assert one_line(err), err
+    # Straight to the API, the link itself as the volume (no CLI resolving it first).
+    definition = {"name": "raw", "namespace": alice.namespace, "project_dir": str(project),
+                  "language": "python", "volumes": [{"host": str(link), "guest": "/workspace/s"}]}
+    status, body = bkgsec_request_as(alice, "PUT", "/api/v1/sandboxes/%s" % sandbox_id(str(project), "raw"),
+                                     definition)
+    assert status == 422 and "symbolic link" in body, (status, body)
+    assert SHADOW_MARK not in body
+
+
+def test_a_volume_naming_another_users_0600_file_is_refused(users):
+    alice, bob = users["alice"], users["bob"]
+    secret = bob.write("private/secret.txt", "bob's %s\n" % SECRET, mode=0o600)
+    os.chmod(bob.home / "private", 0o755)
+    os.chmod(bob.home, 0o711)
+    try:
+        project = project_with_volume(alice, "peek", secret, guest="/workspace/secret.txt")
+        rc, out, err = alice.run("bkgr", "api", "--allow-outside", cwd=project)
+        assert rc != 0
+        assert SECRET not in out and SECRET not in err
+        assert one_line(err), err
+        assert "permission denied" in err, err
+    finally:
+        os.chmod(bob.home, 0o700)
+
+
+def test_bkg_exe_file_naming_another_users_0600_file_is_refused(users):
+    alice, bob = users["alice"], users["bob"]
+    secret = bob.write("private/other.txt", "bob's other %s\n" % SECRET, mode=0o600)
+    os.chmod(bob.home / "private", 0o755)
+    os.chmod(bob.home, 0o711)
+    try:
+        alice.write("cat.py", "print(open('other.txt').read())\n")
+        rc, out, err = alice.run("bkg", "exe", "cat.py", "--file", str(secret))
+        assert rc != 0
+        assert SECRET not in out and SECRET not in err
+        assert one_line(err), err
+    finally:
+        os.chmod(bob.home, 0o700)
+
+
+def test_a_hand_crafted_workspace_image_in_the_project_is_never_mounted(users):
+    alice = users["alice"]
+    project = alice.home / "crafted"
+    project.mkdir(exist_ok=True)
+    os.chown(project, alice.uid, alice.gid)
+    rc, _, err = alice.run("bkg", "init", "--yes", cwd=project)
+    assert rc == 0, err
+    rc, _, err = alice.run("bkg", "add", "api", "--type", "python", "--script", "start=ls /workspace",
+                           cwd=project)
+    assert rc == 0, err
+    image = alice.write("crafted/.bkg/sandboxes/api/disk.img", "", mode=0o644)
+    # A real ext4 image the user made: the kind of thing a root mount must never parse.
+    subprocess.run(["runuser", "-u", alice.name, "--", "truncate", "-s", "8M", str(image)], check=True)
+    subprocess.run(["runuser", "-u", alice.name, "--", "/usr/sbin/mkfs.ext4", "-q", "-F", str(image)],
+                   check=True, capture_output=True)
+    rc, out, err = alice.run("bkgr", "api", cwd=project)
+    assert rc != 0, out
+    assert one_line(err), err
+    assert "was not made by the agent" in err, err
+    assert bkgsec.loop_devices_under(str(project)) == []
+
+
+def test_a_member_is_held_to_the_per_user_limits(users):
+    carol = users["carol"]
+    carol.write("hello.py", "print('hello')\n")
+    rc, out, err = carol.run("bkg", "exe", "--memory", "1GiB", "hello.py")
+    assert rc != 0 and out == ""
+    assert one_line(err) and "a local user may ask for" in err, err
+    # A plain run gets the cap, lower than the agent's default of 512 MiB, instead of a refusal.
+    rc, out, err = carol.run("bkg", "exe", "hello.py")
+    assert rc == 0 and out == "hello\n", err
+    rc, out, err = carol.run("bkg", "runs", "ls", "--json")
+    assert json.loads(out)[0]["limits"]["memory_bytes"] == 256 * 1024 * 1024, out
+    outcomes = []
+    for index in range(MAX_SANDBOXES + 1):
+        project = carol.home / ("p%d" % index)
+        project.mkdir(exist_ok=True)
+        os.chown(project, carol.uid, carol.gid)
+        assert carol.run("bkg", "init", "--yes", cwd=project)[0] == 0
+        assert carol.run("bkg", "add", "api", "--type", "python", "--script", "start=true", cwd=project)[0] == 0
+        outcomes.append(carol.run("bkgr", "api", cwd=project))
+    assert [rc for rc, _, _ in outcomes[:MAX_SANDBOXES]] == [0] * MAX_SANDBOXES, outcomes
+    rc, _, err = outcomes[MAX_SANDBOXES]
+    assert rc != 0 and one_line(err) and "persistent sandboxes" in err, err
