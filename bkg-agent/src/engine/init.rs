@@ -196,7 +196,13 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
     }
     place_files(&order, plan.ids.sandbox)?;
     pin_cpus(order.cpus, plan.ids.sandbox / 2)?;
-    run_code(plan, Launch::new(&order, seccomp)?, control)
+    run_code(plan, Launch::new(&order, seccomp)?, control)?;
+    if order.hold_after_exit {
+        // The agent reads the sandbox's files after the code (`return_out_dir`): the mounts
+        // stay until it is done and kills pid 1 (or drops the socket, which ends this read).
+        let _ = control::read_blocking::<ToInit>(control);
+    }
+    Ok(())
 }
 
 /// Pins pid 1, and so the code it forks, to `count` of the CPUs the agent may use, and shows

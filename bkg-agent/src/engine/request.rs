@@ -232,6 +232,7 @@ impl Engine {
                 } else {
                     Vec::new()
                 },
+                hold_after_exit: request.return_out_dir,
                 cpus: cpu_count(limits.cpu_millis),
             },
             stdin: decode_stdin(request.stdin_base64.as_deref())?,
@@ -340,6 +341,7 @@ impl Engine {
                 clear: vec![TMP.into(), "/dev/shm".into()],
                 reown: vec![WORKSPACE.into()],
                 dirs: Vec::new(),
+                hold_after_exit: false,
                 cpus: cpu_count(limits.cpu_millis),
             },
             stdin: decode_stdin(exec.stdin_base64.as_deref())?,
