@@ -28,6 +28,9 @@ _bkg() {
             bkg,completions)
                 cmd="bkg__subcmd__completions"
                 ;;
+            bkg,cp)
+                cmd="bkg__subcmd__cp"
+                ;;
             bkg,db)
                 cmd="bkg__subcmd__db"
                 ;;
@@ -39,6 +42,9 @@ _bkg() {
                 ;;
             bkg,exe)
                 cmd="bkg__subcmd__exe"
+                ;;
+            bkg,exec)
+                cmd="bkg__subcmd__exec"
                 ;;
             bkg,help)
                 cmd="bkg__subcmd__help"
@@ -60,6 +66,9 @@ _bkg() {
                 ;;
             bkg,ls)
                 cmd="bkg__subcmd__ls"
+                ;;
+            bkg,repl)
+                cmd="bkg__subcmd__repl"
                 ;;
             bkg,rm)
                 cmd="bkg__subcmd__rm"
@@ -178,6 +187,9 @@ _bkg() {
             bkg__subcmd__help,completions)
                 cmd="bkg__subcmd__help__subcmd__completions"
                 ;;
+            bkg__subcmd__help,cp)
+                cmd="bkg__subcmd__help__subcmd__cp"
+                ;;
             bkg__subcmd__help,db)
                 cmd="bkg__subcmd__help__subcmd__db"
                 ;;
@@ -189,6 +201,9 @@ _bkg() {
                 ;;
             bkg__subcmd__help,exe)
                 cmd="bkg__subcmd__help__subcmd__exe"
+                ;;
+            bkg__subcmd__help,exec)
+                cmd="bkg__subcmd__help__subcmd__exec"
                 ;;
             bkg__subcmd__help,help)
                 cmd="bkg__subcmd__help__subcmd__help"
@@ -210,6 +225,9 @@ _bkg() {
                 ;;
             bkg__subcmd__help,ls)
                 cmd="bkg__subcmd__help__subcmd__ls"
+                ;;
+            bkg__subcmd__help,repl)
+                cmd="bkg__subcmd__help__subcmd__repl"
                 ;;
             bkg__subcmd__help,rm)
                 cmd="bkg__subcmd__help__subcmd__rm"
@@ -407,7 +425,7 @@ _bkg() {
 
     case "${cmd}" in
         bkg)
-            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs shell stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help"
+            opts="-h -V --socket --remote --cacert --help --version exe agent init add validate ls status logs shell cp exec repl stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -876,6 +894,40 @@ _bkg() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        bkg__subcmd__cp)
+            opts="-C -h -V --dir --json --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -C)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         bkg__subcmd__db)
             opts="-h -V --socket --remote --cacert --help --version migrate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -1151,7 +1203,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__exe)
-            opts="-c -t -e -f -p -r -T -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --keep --net --publish --with --requirements --secret --json --tty --socket --remote --cacert --help --version"
+            opts="-c -t -e -f -p -r -o -T -h -V --code --type --cpus --memory --timeout --disk --env --env-file --file --keep --net --publish --with --requirements --secret --output --json --tty --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1241,6 +1293,72 @@ _bkg() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__exec)
+            opts="-s -c -t -C -h -V --session --code --type --interrupt --restart --dir --json --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --session)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --code)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --type)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -C)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1261,7 +1379,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help)
-            opts="exe agent init add validate ls status logs shell stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help"
+            opts="exe agent init add validate ls status logs shell cp exec repl stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1400,6 +1518,20 @@ _bkg() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        bkg__subcmd__help__subcmd__cp)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         bkg__subcmd__help__subcmd__db)
             opts="migrate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1485,6 +1617,20 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help__subcmd__exe)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__exec)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1639,6 +1785,20 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help__subcmd__ls)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__repl)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -2299,6 +2459,56 @@ _bkg() {
                 return 0
             fi
             case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -C)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__repl)
+            opts="-s -t -C -h -V --session --type --dir --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --session)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --type)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

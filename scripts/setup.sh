@@ -39,6 +39,8 @@ if ! /usr/bin/python3 -m pip --version >/dev/null 2>&1; then missing+=(python3-p
 need_file /usr/include/linux/unistd.h linux-libc-dev
 # The compatibility suite (tests/compat) runs CPython's own test modules outside and inside.
 need_file /usr/lib/python3.11/test/test_os.py libpython3.11-testsuite
+# Sessions show a matplotlib figure as a PNG (tests/e2e/sessions.rs), from Debian's package.
+need_file /usr/lib/python3/dist-packages/matplotlib/__init__.py python3-matplotlib
 # The Web UI's browser suite (tests/ui): playwright-core drives Debian's chromium, no download.
 need chromium chromium
 
@@ -93,6 +95,8 @@ for pin in $(grep -v '^#' "$api_requirements"); do
     break
   fi
 done
+# Sessions show a matplotlib figure as a PNG (tests/e2e/sessions.rs), from Debian's package.
+need_file /usr/lib/python3/dist-packages/matplotlib/__init__.py python3-matplotlib
 # The Web UI's browser suite: playwright-core and axe-core (tests/ui).
 ui_dir="$(dirname "$0")/../tests/ui"
 if [[ ! -d $ui_dir/node_modules/playwright-core || $ui_dir/package-lock.json -nt $ui_dir/node_modules ]]; then

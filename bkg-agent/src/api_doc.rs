@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 
-use crate::server::{auth_api, changes, deps_api, run_files, runs, sandboxes, system, terminal};
+use crate::server::{auth_api, changes, deps_api, files, run_files, runs, sandboxes, sessions, system, terminal};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -44,6 +44,16 @@ use crate::server::{auth_api, changes, deps_api, run_files, runs, sandboxes, sys
         sandboxes::sandbox_logs,
         terminal::run_terminal,
         terminal::sandbox_terminal,
+        files::upload,
+        files::download,
+        files::list,
+        sessions::create_session,
+        sessions::list_sessions,
+        sessions::get_session,
+        sessions::delete_session,
+        sessions::execute,
+        sessions::interrupt,
+        sessions::restart,
         auth_api::signup,
         auth_api::login,
         auth_api::refresh,
@@ -73,6 +83,8 @@ use crate::server::{auth_api, changes, deps_api, run_files, runs, sandboxes, sys
         (name = "agent", description = "Health, metrics and the agent itself"),
         (name = "runs", description = "Code run once in a temporary sandbox"),
         (name = "sandboxes", description = "Persistent sandboxes"),
+        (name = "files", description = "Files into and out of a persistent sandbox, as tar streams"),
+        (name = "sessions", description = "Interpreter sessions in a persistent sandbox: state kept between executions"),
         (name = "auth", description = "Users, login and the caller"),
         (name = "keys", description = "API keys: create, rotate, revoke"),
         (name = "envs", description = "Python environments built for runs' packages"),

@@ -104,6 +104,48 @@ pub struct SandboxArgs {
     pub sandbox_id: String,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SessionArgs {
+    /// The id `sandbox_start` returned.
+    pub sandbox_id: String,
+    /// Its language; default: the sandbox's. Only when the session is made.
+    pub language: Option<CodeLanguage>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SessionExecuteArgs {
+    /// The id `sandbox_start` returned.
+    pub sandbox_id: String,
+    /// The code of one cell; the value of its last expression is returned.
+    pub code: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct UploadArgs {
+    /// The id `sandbox_start` returned.
+    pub sandbox_id: String,
+    /// Where the file goes, relative to /workspace (e.g. "data/input.csv").
+    pub path: String,
+    /// The file's content, base64.
+    pub content_base64: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct PathArgs {
+    /// The id `sandbox_start` returned.
+    pub sandbox_id: String,
+    /// A path relative to /workspace; default: /workspace itself.
+    #[serde(default)]
+    pub path: String,
+}
+
+/// The largest file `sandbox_download` returns (base64 in a JSON answer); bigger ones go by the
+/// HTTP API's tar stream.
+const MCP_DOWNLOAD_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The one session MCP callers use in a sandbox.
+const MCP_SESSION: &str = "default";
+
 fn principal_of(parts: &Parts) -> Result<Principal, ErrorData> {
     parts
         .extensions
@@ -245,6 +287,160 @@ impl SandboxTools {
         let principal = principal_of(&parts)?;
         let removed = self.operations.delete_sandbox(&principal, &args.sandbox_id).await;
         answer(removed.map(|()| serde_json::json!({ "stopped": true, "sandbox_id": args.sandbox_id })))
+    }
+
+    #[tool(description = "Start a Python or Node.js session in a sandbox: an interpreter that keeps variables, \
+        imports and the working directory between session_execute calls. It holds the sandbox until sandbox_stop.")]
+    async fn session_create(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<SessionArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let principal = principal_of(&parts)?;
+        let new = bkg_schema::files::NewSession {
+            name: Some(MCP_SESSION.into()),
+            language: args.language.map(Language::from),
+        };
+        answer(self.operations.create_session(&principal, &args.sandbox_id, new).await)
+    }
+
+    #[tool(description = "Run code in the sandbox's session (session_create first); state is kept. Returns \
+        stdout, stderr, the last expression's value, display data (images as base64 PNG, HTML, JSON) and any error \
+        with a traceback of the cells.")]
+    async fn session_execute(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<SessionExecuteArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        use bkg_schema::files::{SessionEvent, StreamName};
+        let principal = principal_of(&parts)?;
+        let started = self.operations.execute_in_session(&principal, &args.sandbox_id, MCP_SESSION, args.code).await;
+        let mut events = match started {
+            Ok(events) => events,
+            Err(error) => return Ok(refused(error)),
+        };
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        let (mut result, mut error, mut displays, mut status) = (None, None, Vec::new(), None);
+        while let Some(event) = events.recv().await {
+            match event {
+                SessionEvent::Stream { name: StreamName::Stdout, text } => stdout.push_str(&text),
+                SessionEvent::Stream { name: StreamName::Stderr, text } => stderr.push_str(&text),
+                SessionEvent::Display { data } => displays.push(data),
+                SessionEvent::Result { data } => result = Some(data),
+                SessionEvent::Error { name, message, traceback } => {
+                    error =
+                        Some(serde_json::json!({ "name": name, "message": message, "traceback": traceback.concat() }));
+                }
+                SessionEvent::End { status: end, .. } => {
+                    status = Some(end);
+                    break;
+                }
+            }
+        }
+        structured(&serde_json::json!({
+            "status": status, "stdout": stdout, "stderr": stderr, "result": result, "displays": displays, "error": error,
+        }))
+    }
+
+    #[tool(description = "Restart the sandbox's session with a fresh interpreter (its variables are gone).")]
+    async fn session_restart(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<SandboxArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let principal = principal_of(&parts)?;
+        answer(self.operations.restart_session(&principal, &args.sandbox_id, MCP_SESSION).await)
+    }
+
+    #[tool(description = "Write a file into a sandbox's /workspace (content base64; directories are made).")]
+    async fn sandbox_upload(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<UploadArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let principal = principal_of(&parts)?;
+        let Ok(content) = base64::engine::general_purpose::STANDARD.decode(&args.content_base64) else {
+            return Ok(refused(OpError::Invalid("content_base64 is not valid base64".into())));
+        };
+        let path = std::path::Path::new(&args.path);
+        let (Some(name), parent) = (path.file_name(), path.parent().unwrap_or(std::path::Path::new(""))) else {
+            return Ok(refused(OpError::Invalid(format!("`{}` names no file", args.path))));
+        };
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        let packed = archive.append_data(&mut header, name, content.as_slice()).and_then(|()| archive.into_inner());
+        let Ok(packed) = packed else {
+            return Ok(refused(OpError::Invalid(format!("`{}` cannot be a file name", args.path))));
+        };
+        let (sender, body) = tokio::sync::mpsc::channel(1);
+        let _ = sender.send(Ok(packed)).await;
+        drop(sender);
+        let parent = parent.to_string_lossy().into_owned();
+        answer(self.operations.upload_files(&principal, &args.sandbox_id, &parent, body).await)
+    }
+
+    #[tool(description = "Read a file of a sandbox's /workspace; returns its content base64 (at most 16 MiB).")]
+    async fn sandbox_download(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<PathArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let principal = principal_of(&parts)?;
+        let mut chunks = match self.operations.download_files(&principal, &args.sandbox_id, &args.path).await {
+            Ok(chunks) => chunks,
+            Err(error) => return Ok(refused(error)),
+        };
+        let mut packed = Vec::new();
+        while let Some(chunk) = chunks.recv().await {
+            match chunk {
+                Ok(bytes) if (packed.len() + bytes.len()) as u64 <= MCP_DOWNLOAD_BYTES + 64 * 1024 => {
+                    packed.extend(bytes)
+                }
+                Ok(_) => {
+                    return Ok(refused(OpError::Invalid(format!(
+                        "{} is over 16 MiB: download it with GET /api/v1/sandboxes/{{id}}/files",
+                        args.path
+                    ))));
+                }
+                Err(error) => return Ok(refused(OpError::Internal(error.to_string()))),
+            }
+        }
+        let mut archive = tar::Archive::new(packed.as_slice());
+        let mut content = None;
+        if let Ok(mut entries) = archive.entries()
+            && let Some(Ok(mut entry)) = entries.next()
+            && entry.header().entry_type().is_file()
+        {
+            let mut bytes = Vec::new();
+            if std::io::Read::read_to_end(&mut entry, &mut bytes).is_ok() {
+                content = Some(bytes);
+            }
+        }
+        let Some(content) = content else {
+            return Ok(refused(OpError::Invalid(format!(
+                "{} is not a file (sandbox_list_files lists a directory)",
+                args.path
+            ))));
+        };
+        structured(&serde_json::json!({
+            "path": args.path,
+            "size": content.len(),
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(content),
+        }))
+    }
+
+    #[tool(description = "List a directory of a sandbox's /workspace: names, kinds, sizes, modes and times.")]
+    async fn sandbox_list_files(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<PathArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let principal = principal_of(&parts)?;
+        let listed = self.operations.list_files(&principal, &args.sandbox_id, &args.path).await;
+        answer(listed.map(|entries| serde_json::json!({ "path": args.path, "entries": entries })))
     }
 
     #[tool(description = "The accounting of a sandbox's last run: exit code, wall and CPU time, peak memory, output \

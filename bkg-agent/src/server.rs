@@ -11,11 +11,13 @@ pub(crate) mod auth_api;
 pub(crate) mod changes;
 pub(crate) mod deps_api;
 mod failure;
+pub(crate) mod files;
 mod input;
 pub mod listen;
 pub(crate) mod run_files;
 pub(crate) mod runs;
 pub(crate) mod sandboxes;
+pub(crate) mod sessions;
 pub(crate) mod system;
 pub(crate) mod terminal;
 pub mod tls;
@@ -125,6 +127,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/secrets", get(deps_api::list_secrets))
         .route("/api/v1/secrets/{name}", axum::routing::put(deps_api::put_secret).delete(deps_api::delete_secret))
         .route("/api/v1/sandboxes/{id}/terminal", get(terminal::sandbox_terminal))
+        .route(files::FILES_ROUTE, get(files::download).put(files::upload))
+        .route("/api/v1/sandboxes/{id}/files/list", get(files::list))
+        .route("/api/v1/sandboxes/{id}/sessions", get(sessions::list_sessions).post(sessions::create_session))
+        .route("/api/v1/sandboxes/{id}/sessions/{name}", get(sessions::get_session).delete(sessions::delete_session))
+        .route("/api/v1/sandboxes/{id}/sessions/{name}/execute", post(sessions::execute))
+        .route("/api/v1/sandboxes/{id}/sessions/{name}/interrupt", post(sessions::interrupt))
+        .route("/api/v1/sandboxes/{id}/sessions/{name}/restart", post(sessions::restart))
         .route("/api/v1/auth/signup", post(auth_api::signup))
         .route("/api/v1/auth/login", post(auth_api::login))
         .route("/api/v1/auth/refresh", post(auth_api::refresh))
@@ -254,11 +263,14 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
         .unwrap_or_else(|| "unmatched".to_owned());
     let trace = state.tracer.context(request.headers().get("traceparent").and_then(|value| value.to_str().ok()));
 
-    let too_large = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|length| length > MAX_BODY_BYTES as u64);
+    // An upload's tar stream goes to the sandbox as it arrives, bounded by the sandbox's disk.
+    let streamed = method == Method::PUT && route == files::FILES_ROUTE;
+    let too_large = !streamed
+        && request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|length| length > MAX_BODY_BYTES as u64);
     let (response, role) = if too_large {
         (Failure::too_large(MAX_BODY_BYTES).into_response(), None)
     } else {
@@ -269,12 +281,18 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
         match checked {
             Ok(principal) => {
                 let role = principal.as_ref().map(Principal::role);
+                let principal_known = principal.is_some();
                 // Callers without a key (login, notices, probes) send a few hundred bytes at most.
                 let limit = if principal.is_some() { MAX_BODY_BYTES } else { input::SMALL_BODY_BYTES };
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);
                 }
-                match read_body(&state.bodies, request, limit).await {
+                let body = if streamed && principal_known {
+                    Ok((request, None))
+                } else {
+                    read_body(&state.bodies, request, limit).await
+                };
+                match body {
                     // The body's share of the budget is held until the handler has answered.
                     Ok((request, _held)) => (next.run(request).await, role),
                     Err(failure) => (failure.into_response(), role),

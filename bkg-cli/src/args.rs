@@ -54,6 +54,14 @@ pub enum Command {
     #[command(after_help = "Exit codes: the shell's own; 124 timeout; 137 killed by the memory or process limit; \
 125 bkg failed (no terminal, agent unreachable, unknown sandbox).")]
     Shell(ShellArgs),
+    /// Copy files and directories into or out of a persistent sandbox (NAME:PATH, relative to its /workspace).
+    Cp(CpArgs),
+    /// Run code in a session of a persistent sandbox: its variables, imports and cwd stay for the next.
+    #[command(after_help = "Exit codes: 0 the code ran; 1 it raised (the traceback is on stderr); 130 interrupted; \
+125 bkg failed.")]
+    Exec(ExecArgs),
+    /// An interactive Python or Node prompt in a session of a persistent sandbox, with history.
+    Repl(ReplArgs),
     /// Stop the run going on in one or more sandboxes (`--all`: every sandbox of the project).
     Stop(StopArgs),
     /// Remove sandboxes: their workspace, logs and their entry in cave.yaml.
@@ -97,6 +105,8 @@ impl Command {
             | Command::Ls(LsArgs { json, .. })
             | Command::Status(NameArgs { json, .. })
             | Command::Stop(StopArgs { json, .. })
+            | Command::Cp(CpArgs { json, .. })
+            | Command::Exec(ExecArgs { json, .. })
             | Command::Rm(RmArgs { json, .. })
             | Command::Login(LoginArgs { json, .. })
             | Command::Version(VersionArgs { json })
@@ -127,6 +137,7 @@ impl Command {
             | Command::Add(_)
             | Command::Logs(_)
             | Command::Shell(_)
+            | Command::Repl(_)
             | Command::Logout
             | Command::Secrets(_)
             | Command::Completions(_) => false,
@@ -188,7 +199,7 @@ pub struct ExeArgs {
     /// Read variables from a file of KEY=VALUE lines (repeatable; -e wins).
     #[arg(long = "env-file", value_name = "FILE")]
     pub env_files: Vec<PathBuf>,
-    /// Copy a host file into the sandbox, to /workspace/NAME or DEST (repeatable).
+    /// Copy a host file into the sandbox, to /workspace/NAME or DEST; a directory's contents go to /workspace (or DEST), beside the script (repeatable).
     #[arg(short = 'f', long = "file", value_name = "SRC[:DEST]")]
     pub files: Vec<String>,
     /// Keep this file or directory under /workspace as the run's files, besides
@@ -213,6 +224,9 @@ pub struct ExeArgs {
     /// Give the script a secret (`bkg secrets set NAME`) as the variable NAME (repeatable).
     #[arg(long = "secret", value_name = "NAME")]
     pub secrets: Vec<String>,
+    /// Bring back what the run wrote to /workspace/out/ into this host directory (made if missing).
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: Option<PathBuf>,
     /// Print one JSON object with the result and accounting instead of the output.
     #[arg(long, conflicts_with = "tty")]
     pub json: bool,
@@ -236,6 +250,61 @@ pub struct ShellArgs {
     /// How long the shell may last, e.g. 30m [default: the sandbox's timeout]
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// A host file or directory, or NAME:PATH in a sandbox.
+    #[arg(value_name = "SRC")]
+    pub source: String,
+    /// A directory, on the host or NAME:PATH in a sandbox; made if missing.
+    #[arg(value_name = "DEST")]
+    pub dest: String,
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Print the upload's JSON answer ({"path", "files", "bytes"}).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The sandbox's name (in cave.yaml, or made with the API).
+    pub name: String,
+    /// The session to run in; made on first use [default: default].
+    #[arg(short = 's', long, value_name = "S", default_value = "default")]
+    pub session: String,
+    /// The code to run [default: read from stdin].
+    #[arg(short = 'c', long = "code", value_name = "CODE")]
+    pub code: Option<String>,
+    /// The session's language when it is made: python or node [default: the sandbox's].
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    pub language: Option<String>,
+    /// Interrupt what the session is running instead of running code.
+    #[arg(long, conflicts_with = "code")]
+    pub interrupt: bool,
+    /// Restart the session's interpreter (its state is lost) instead of running code.
+    #[arg(long, conflicts_with_all = ["code", "interrupt"])]
+    pub restart: bool,
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Print each event of the execution as a line of JSON instead of the output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplArgs {
+    /// The sandbox's name (in cave.yaml, or made with the API).
+    pub name: String,
+    /// The session to use; made on first use [default: default].
+    #[arg(short = 's', long, value_name = "S", default_value = "default")]
+    pub session: String,
+    /// The session's language when it is made: python or node [default: the sandbox's].
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    pub language: Option<String>,
+    #[command(flatten)]
+    pub project: ProjectArgs,
 }
 
 #[derive(Debug, Args)]
@@ -706,7 +775,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     (
         "exe",
         "bkg exe job.py input.csv --verbose\n  bkg exe --memory 1.5GiB --timeout 1m30s -e API_TOKEN --env-file .env job.py\n  \
-         echo 'print(6 * 7)' | bkg exe - --type python\n  bkg exe --tty game.py",
+         echo 'print(6 * 7)' | bkg exe - --type python\n  bkg exe --tty game.py\n  bkg exe --file src/ src/main.py -o results/",
     ),
     ("agent", "sudo bkg agent start\n  bkg agent status --json\n  bkg agent stop"),
     ("agent start", "sudo bkg agent start\n  sudo bkg agent start --foreground --state-dir /srv/bkg"),
@@ -723,6 +792,13 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("status", "bkg status web\n  bkg status web --json -C ~/my-app"),
     ("logs", "bkg logs web\n  bkg logs web -f --timestamps\n  bkg logs web --tail 20\n  bkg logs web --policy"),
     ("shell", "bkg shell web\n  bkg shell web --timeout 30m -e DEBUG=1\n  bkg shell web -c 'python3 -m pdb main.py'"),
+    ("cp", "bkg cp data.csv web:in\n  bkg cp ./src web:app\n  bkg cp web:out/report.pdf .\n  bkg cp web:out ./results"),
+    (
+        "exec",
+        "bkg exec web -c 'x = 41'\n  bkg exec web -c 'x + 1'\n  bkg exec web --session plots -c 'import math; math.pi'\n  \
+         bkg exec web --interrupt",
+    ),
+    ("repl", "bkg repl web\n  bkg repl web --session scratch --type node"),
     ("stop", "bkg stop web\n  bkg stop web worker\n  bkg stop --all"),
     ("rm", "bkg rm web\n  bkg rm web worker --force"),
     ("runs", "bkg runs ls\n  bkg runs ls --sandbox web --limit 5\n  bkg runs show run_19bc0a1f2e3d4c5b"),

@@ -33,7 +33,8 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     let out = settings.out;
     let output = if out.is_json() { Output::Quiet } else { Output::Raw };
     let stdin = if stdin_is_code { Stdin::Empty } else { Stdin::Relay };
-    let result = stream::run(&client, "/api/v1/runs", &request, output, stdin).await?;
+    let result =
+        stream::run_keeping_out_dir(&client, "/api/v1/runs", &request, output, stdin, args.output.as_deref()).await?;
     if out.is_json() {
         out.json(&result)?;
     }
@@ -146,7 +147,12 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
         }
     }
 
-    let files = args.files.iter().map(|spec| read_upload(spec)).collect::<Result<Vec<_>, _>>()?;
+    // The script travels as the code: a directory that holds it does not send it twice.
+    let script_file = script.filter(|path| *path != "-").and_then(|path| Path::new(path).canonicalize().ok());
+    let mut files = Vec::new();
+    for spec in &args.files {
+        files.extend(read_uploads(spec, script_file.as_deref())?);
+    }
     let requirements = requirements(args, script, language)?;
 
     Ok((
@@ -165,6 +171,7 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
             ports: checked_ports(&args.ports)?,
             requirements,
             secrets: args.secrets.clone(),
+            return_out_dir: args.output.is_some(),
         },
         stdin_is_code,
     ))
@@ -217,16 +224,46 @@ pub(crate) fn env_entry(entry: &str, place: &str) -> Result<Option<(String, Stri
     Ok(Some((key.to_owned(), value)))
 }
 
-/// `SRC[:DEST]`: a host file and where it goes (default: its name, in /workspace).
-fn read_upload(spec: &str) -> Result<FileUpload, CliError> {
+/// `SRC[:DEST]`: a host file and where it goes (default: its name, in /workspace), or a
+/// directory whose files go, with their subdirectories, into /workspace (or DEST): beside the
+/// script, so that it can import them.
+fn read_uploads(spec: &str, script: Option<&Path>) -> Result<Vec<FileUpload>, CliError> {
     let (source, destination) = match spec.split_once(':') {
         Some((source, destination)) if !destination.is_empty() => (source, Some(destination)),
         _ => (spec, None),
     };
     let path = Path::new(source);
     let metadata = std::fs::metadata(path).map_err(|error| CliError::usage(format!("--file {source}: {error}")))?;
+    if !metadata.is_dir() {
+        return Ok(vec![read_upload(source, destination)?]);
+    }
+    let mut uploads = Vec::new();
+    let mut pending = vec![(path.to_path_buf(), destination.map(std::path::PathBuf::from).unwrap_or_default())];
+    while let Some((dir, inside)) = pending.pop() {
+        let entries =
+            std::fs::read_dir(&dir).map_err(|error| CliError::usage(format!("--file {}: {error}", dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(|error| CliError::usage(format!("--file {}: {error}", dir.display())))?;
+            let host = entry.path();
+            let name = inside.join(entry.file_name());
+            let kind = std::fs::metadata(&host)
+                .map_err(|error| CliError::usage(format!("--file {}: {error}", host.display())))?;
+            if kind.is_dir() {
+                pending.push((host, name));
+            } else if kind.is_file() && host.canonicalize().ok().as_deref() != script {
+                let (host, name) = (host.to_string_lossy().into_owned(), name.to_string_lossy().into_owned());
+                uploads.push(read_upload(&host, Some(&name))?);
+            }
+        }
+    }
+    Ok(uploads)
+}
+
+fn read_upload(source: &str, destination: Option<&str>) -> Result<FileUpload, CliError> {
+    let path = Path::new(source);
+    let metadata = std::fs::metadata(path).map_err(|error| CliError::usage(format!("--file {source}: {error}")))?;
     if !metadata.is_file() {
-        return Err(CliError::usage(format!("--file {source}: not a regular file")));
+        return Err(CliError::usage(format!("--file {source}: not a regular file or directory")));
     }
     let content = std::fs::read(path).map_err(|error| CliError::usage(format!("--file {source}: {error}")))?;
     let destination = match destination {

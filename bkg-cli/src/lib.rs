@@ -14,6 +14,7 @@ mod deps_cmd;
 pub mod doctor;
 mod exe;
 pub mod exit;
+mod files_cmd;
 mod init;
 mod keys_cmd;
 mod login_cmd;
@@ -22,6 +23,7 @@ pub mod out;
 mod progress;
 mod project;
 pub mod runs_cmd;
+mod session_cmd;
 pub mod settings;
 pub mod shared;
 mod stream;
@@ -61,6 +63,9 @@ async fn dispatch(settings: Settings, command: Command) -> Result<i32, CliError>
         Command::Status(args) => manage::status(settings, args).await,
         Command::Logs(args) => manage::logs(settings, args).await,
         Command::Shell(args) => terminal::shell(settings, args).await,
+        Command::Cp(args) => files_cmd::cp(settings, args).await,
+        Command::Exec(args) => session_cmd::exec(settings, args).await,
+        Command::Repl(args) => session_cmd::repl(settings, args).await,
         Command::Stop(args) => manage::stop_many(settings, args).await,
         Command::Rm(args) => manage::rm_many(settings, args).await,
         Command::Runs(args) => runs_cmd::run(settings, args).await,

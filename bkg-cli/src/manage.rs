@@ -426,7 +426,7 @@ fn remove_sandbox_block(text: &str, name: &str) -> Option<String> {
 }
 
 /// Percent-encodes a query value (paths may hold spaces and `&`).
-fn percent_encode(value: &str) -> String {
+pub(crate) fn percent_encode(value: &str) -> String {
     value
         .bytes()
         .map(|byte| match byte {

@@ -53,6 +53,11 @@ impl Printer {
         stdout(format_args!("{args}\n"));
     }
 
+    /// Output for people on stderr as it is (a session's stderr, a traceback), without a lead.
+    pub fn error_text(&self, text: &str) {
+        stderr(format_args!("{text}"));
+    }
+
     /// Data on stdout as it is (a table, a description of several lines).
     pub fn text(&self, text: &str) {
         stdout(format_args!("{text}"));

@@ -43,6 +43,19 @@ pub async fn run(
     output: Output,
     stdin: Stdin,
 ) -> Result<RunResult, CliError> {
+    run_keeping_out_dir(client, path, body, output, stdin, None).await
+}
+
+/// `run`, writing the `Archive` frames (the run's /workspace/out/, `return_out_dir`) into the
+/// host directory `out_dir` as they come.
+pub async fn run_keeping_out_dir(
+    client: &AgentClient,
+    path: &str,
+    body: &impl serde::Serialize,
+    output: Output,
+    stdin: Stdin,
+    out_dir: Option<&std::path::Path>,
+) -> Result<RunResult, CliError> {
     // The first run of a persistent sandbox makes its disk; a busy agent prepares one afresh.
     let spinner = match output {
         Output::Raw => crate::progress::Spinner::start("preparing the sandbox"),
@@ -74,9 +87,13 @@ pub async fn run(
         }
     });
 
-    let outcome = receive(client, &mut reader, output, spinner).await;
+    let archive = out_dir.map(crate::files_cmd::Unpacker::start).transpose()?;
+    let outcome = receive(client, &mut reader, output, spinner, archive.as_ref()).await;
     stdin_task.abort();
     cancel_task.abort();
+    if let Some(archive) = archive {
+        archive.finish().await?;
+    }
     outcome
 }
 
@@ -196,6 +213,7 @@ async fn receive(
     reader: &mut (impl AsyncReadExt + Unpin),
     output: Output,
     mut spinner: Option<crate::progress::Spinner>,
+    archive: Option<&crate::files_cmd::Unpacker>,
 ) -> Result<RunResult, CliError> {
     let lost = |_| CliError::new(BKG_FAILED, "the agent closed the connection before the run ended");
     let mut stdout_lines = LineBuffer::default();
@@ -236,6 +254,11 @@ async fn receive(
             (FrameKind::Stderr, Output::Prefixed(prefix)) => {
                 for line in stderr_lines.complete_lines(&payload) {
                     write_prefixed(&mut std::io::stderr().lock(), prefix, &line);
+                }
+            }
+            (FrameKind::Archive, _) => {
+                if let Some(archive) = archive {
+                    archive.push(payload).await;
                 }
             }
             (FrameKind::Result, _) => {

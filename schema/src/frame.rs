@@ -34,6 +34,9 @@ pub enum FrameKind {
     /// agent → client: a line of progress from a step before the code runs (installing the
     /// run's packages), UTF-8. Only a run that needs such a step gets these.
     Progress = 15,
+    /// agent → client: a piece of the tar stream of /workspace/out/ (`return_out_dir`), after
+    /// the output and before the result.
+    Archive = 16,
 }
 
 impl FrameKind {
@@ -48,6 +51,7 @@ impl FrameKind {
             13 => Self::Result,
             14 => Self::Error,
             15 => Self::Progress,
+            16 => Self::Archive,
             _ => return None,
         })
     }
@@ -99,6 +103,7 @@ mod tests {
             FrameKind::Result,
             FrameKind::Error,
             FrameKind::Progress,
+            FrameKind::Archive,
         ] {
             let header = encode_header(kind, 1234).unwrap_or_default();
             assert_eq!(decode_header(header), Ok((kind, 1234)));

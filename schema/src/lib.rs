@@ -10,6 +10,7 @@ pub mod cave;
 pub mod changes;
 pub mod egress;
 pub mod envs;
+pub mod files;
 pub mod frame;
 pub mod health;
 pub mod host;
@@ -206,6 +207,10 @@ pub struct RunRequest {
     /// same name. Their values never enter a record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Make /workspace/out/ before the code starts and, when it ends, send what it holds back as
+    /// a tar stream in `Archive` frames before the result (streamed runs only; `bkg exe -o`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub return_out_dir: bool,
 }
 
 /// Which limit ended a run.

@@ -602,11 +602,29 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
     tools.sort_unstable();
     assert_eq!(
         tools,
-        ["sandbox_get_metrics", "sandbox_run_code", "sandbox_run_command", "sandbox_start", "sandbox_stop"]
+        [
+            "sandbox_download",
+            "sandbox_get_metrics",
+            "sandbox_list_files",
+            "sandbox_run_code",
+            "sandbox_run_command",
+            "sandbox_start",
+            "sandbox_stop",
+            "sandbox_upload",
+            "session_create",
+            "session_execute",
+            "session_restart",
+        ]
     );
     assert!(summary["tools"].as_array().into_iter().flatten().all(|tool| tool["schema_type"] == "object"));
     assert_eq!(summary["started"]["namespace"], "agents", "MCP sandboxes are in the key's namespace");
     assert_eq!(summary["stdout"], "hello from mcp 45\n");
+    assert_eq!(summary["uploaded_files"], 1, "{summary}");
+    assert_eq!(summary["listed"], serde_json::json!(["in.txt"]), "{summary}");
+    assert_eq!(summary["downloaded"], "41\n", "{summary}");
+    assert_eq!(summary["session_language"], "python", "{summary}");
+    assert_eq!(summary["first_stdout"], "read 41\n", "{summary}");
+    assert_eq!(summary["second_result"], "42", "a two-step session keeps x: {summary}");
     assert_eq!(summary["exit_code"], 3);
     assert_eq!(summary["command_stdout"], "kept\n");
     assert_eq!(summary["metrics_exit_code"], 0, "the metrics are of the last run (the command)");

@@ -56,6 +56,37 @@ const metrics = structured(
   await client.callTool({ name: "sandbox_get_metrics", arguments: { sandbox_id: started.sandbox_id } }),
   "sandbox_get_metrics",
 );
+// Files in and out, then a session that keeps its state across two executions.
+const uploaded = structured(
+  await client.callTool({
+    name: "sandbox_upload",
+    arguments: { sandbox_id: started.sandbox_id, path: "data/in.txt", content_base64: Buffer.from("41\n").toString("base64") },
+  }),
+  "sandbox_upload",
+);
+const listed = structured(
+  await client.callTool({ name: "sandbox_list_files", arguments: { sandbox_id: started.sandbox_id, path: "data" } }),
+  "sandbox_list_files",
+);
+const downloaded = structured(
+  await client.callTool({ name: "sandbox_download", arguments: { sandbox_id: started.sandbox_id, path: "data/in.txt" } }),
+  "sandbox_download",
+);
+const session = structured(
+  await client.callTool({ name: "session_create", arguments: { sandbox_id: started.sandbox_id } }),
+  "session_create",
+);
+const first = structured(
+  await client.callTool({
+    name: "session_execute",
+    arguments: { sandbox_id: started.sandbox_id, code: "x = int(open('data/in.txt').read())\nprint('read', x)" },
+  }),
+  "session_execute",
+);
+const second = structured(
+  await client.callTool({ name: "session_execute", arguments: { sandbox_id: started.sandbox_id, code: "x + 1" } }),
+  "session_execute",
+);
 const stopped = structured(
   await client.callTool({ name: "sandbox_stop", arguments: { sandbox_id: started.sandbox_id } }),
   "sandbox_stop",
@@ -74,6 +105,12 @@ console.log(
     command_run: command.id,
     metrics_run: metrics.id,
     metrics_exit_code: metrics.exit_code,
+    uploaded_files: uploaded.files,
+    listed: listed.entries.map((entry) => entry.name),
+    downloaded: Buffer.from(downloaded.content_base64, "base64").toString(),
+    session_language: session.language,
+    first_stdout: first.stdout,
+    second_result: second.result && second.result["text/plain"],
     stopped: stopped.stopped,
     gone_is_error: gone.isError === true,
   }),

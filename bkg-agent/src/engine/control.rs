@@ -32,6 +32,13 @@ pub struct GoOrder {
     pub clear: Vec<String>,
     /// Directories whose files are handed to this run's sandbox uid first (persistent state).
     pub reown: Vec<String>,
+    /// Directories to make (the sandbox user's) before the code starts; paths as for `files`.
+    #[serde(default)]
+    pub dirs: Vec<String>,
+    /// Keep pid 1, and so the sandbox's mounts, after the code has ended, until the agent kills
+    /// it: the agent still reads the sandbox's files.
+    #[serde(default)]
+    pub hold_after_exit: bool,
     /// How many CPUs the code may run on: its CPU limit rounded up. The init pins the code to
     /// that many of its own CPUs and shows only those as online (engine/init.rs, `pin_cpus`).
     pub cpus: usize,

@@ -40,18 +40,36 @@ impl RunProgress {
     }
 }
 
+/// How the agent reaches a run's sandbox while the run holds it: the host pid of its pid 1
+/// (whose root shows the sandbox's files) and the host uid its code runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxAccess {
+    pub pid_one: i32,
+    pub owner: u32,
+}
+
 /// The shared half of a run's handle.
 #[derive(Debug)]
 pub struct RunTracker {
     pub run_id: String,
     progress: watch::Sender<RunProgress>,
     stop: Notify,
+    access: Mutex<Option<SandboxAccess>>,
 }
 
 impl RunTracker {
     fn new(run_id: String) -> Arc<Self> {
         let progress = watch::Sender::new(RunProgress { phase: RunPhase::Queued, holds_sandbox: false });
-        Arc::new(Self { run_id, progress, stop: Notify::new() })
+        Arc::new(Self { run_id, progress, stop: Notify::new(), access: Mutex::new(None) })
+    }
+
+    /// The sandbox this run holds, while it holds one.
+    pub fn access(&self) -> Option<SandboxAccess> {
+        *self.access.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn set_access(&self, access: Option<SandboxAccess>) {
+        *self.access.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = access;
     }
 
     /// Moves the run forward to `phase`; never back.

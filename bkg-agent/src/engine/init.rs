@@ -197,7 +197,13 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
     }
     place_files(&order, plan.ids.sandbox)?;
     pin_cpus(order.cpus, plan.ids.sandbox / 2)?;
-    run_code(plan, Launch::new(&order, seccomp)?, control)
+    run_code(plan, Launch::new(&order, seccomp)?, control)?;
+    if order.hold_after_exit {
+        // The agent reads the sandbox's files after the code (`return_out_dir`): the mounts
+        // stay until it is done and kills pid 1 (or drops the socket, which ends this read).
+        let _ = control::read_blocking::<ToInit>(control);
+    }
+    Ok(())
 }
 
 /// Pins pid 1, and so the code it forks, to `count` of the CPUs the agent may use, and shows
@@ -569,6 +575,13 @@ fn reown_tree(dir: &Path, owner: u32) -> std::io::Result<()> {
 /// Writes the script and uploads. Runs as root before the code exists, in a workspace that is
 /// still empty, so no path in it can be a planted link.
 fn place_files(order: &GoOrder, sandbox_id: u32) -> Result<(), StageError> {
+    for dir in &order.dirs {
+        let path = Path::new(dir);
+        if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(StageError::new("place files", format!("refusing directory {dir}")));
+        }
+        create_owned_dirs(path, sandbox_id)?;
+    }
     for file in &order.files {
         let path = Path::new(&file.path);
         if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {

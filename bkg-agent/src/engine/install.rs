@@ -145,6 +145,8 @@ impl Engine {
                 reown: Vec::new(),
                 cpus: cpu_count(limits.cpu_millis),
                 terminal: None,
+                dirs: Vec::new(),
+                hold_after_exit: false,
             },
             stdin: None,
             persistent: Some(PersistentRun {
@@ -166,6 +168,7 @@ impl Engine {
             // An install keeps no files and has no network but its relays to the index.
             keep: Vec::new(),
             network: None,
+            return_out_dir: false,
         })
     }
 

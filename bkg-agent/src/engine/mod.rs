@@ -7,6 +7,7 @@ pub mod control;
 pub mod denials;
 pub mod disk;
 pub mod egress;
+pub mod files;
 pub mod handle;
 pub mod host_check;
 pub mod init;

@@ -49,6 +49,8 @@ const ETC_ENTRIES: &[&str] = &[
     // getservbyname, getprotobyname and getaddrinfo with a service name read these.
     "/etc/services",
     "/etc/protocols",
+    // Debian's matplotlib reads its defaults here (sessions draw figures, docs/api.md).
+    "/etc/matplotlibrc",
 ];
 
 /// The only host device nodes a sandbox gets. `tty` is the caller's own controlling terminal,

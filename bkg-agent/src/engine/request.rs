@@ -92,6 +92,8 @@ pub struct ValidatedRun {
     pub(super) additions: Additions,
     /// The network an install sandbox gets: relays to its package index (`relay.rs`).
     pub(super) relay: Vec<RelayTarget>,
+    /// Send /workspace/out/ back when the code has ended (`RunRequest::return_out_dir`).
+    pub(super) return_out_dir: bool,
 }
 
 /// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and its log.
@@ -325,6 +327,12 @@ impl Engine {
                 files,
                 clear: Vec::new(),
                 reown: Vec::new(),
+                dirs: if request.return_out_dir {
+                    vec![format!("{WORKSPACE}/{}", super::run::OUT_DIR)]
+                } else {
+                    Vec::new()
+                },
+                hold_after_exit: request.return_out_dir,
                 cpus: cpu_count(limits.cpu_millis),
                 terminal: None,
             },
@@ -334,7 +342,28 @@ impl Engine {
             network,
             additions: Additions::default(),
             relay: Vec::new(),
+            return_out_dir: request.return_out_dir,
         })
+    }
+
+    /// A session's interpreter in place of a checked command (`validate_exec`): `runner`, the
+    /// program `language`'s interpreter runs (`-c` / `-e`), for as long as the agent lets any
+    /// run last.
+    pub fn session_run(
+        &self,
+        mut validated: ValidatedRun,
+        language: bkg_schema::Language,
+        runner: &str,
+    ) -> Result<ValidatedRun, RunError> {
+        let interpreter = self.interpreter(language)?.to_string_lossy().into_owned();
+        let flag = match language {
+            bkg_schema::Language::Python => "-c",
+            bkg_schema::Language::Node => "-e",
+        };
+        validated.order.argv = vec![interpreter, flag.into(), runner.into()];
+        validated.language = language;
+        validated.limits.timeout_ms = self.config.max_limits.timeout_ms;
+        Ok(validated)
     }
 
     /// Where the agent keeps the disk image, environment and logs of persistent sandbox `id`.
@@ -417,6 +446,8 @@ impl Engine {
                 files: Vec::new(),
                 clear: vec![TMP.into(), "/dev/shm".into()],
                 reown: vec![WORKSPACE.into()],
+                dirs: Vec::new(),
+                hold_after_exit: false,
                 cpus: cpu_count(limits.cpu_millis),
                 terminal: None,
             },
@@ -439,6 +470,7 @@ impl Engine {
             network,
             additions: Additions::default(),
             relay: Vec::new(),
+            return_out_dir: false,
         })
     }
 }

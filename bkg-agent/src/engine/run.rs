@@ -45,6 +45,8 @@ pub enum RunOutput {
     Stderr(Vec<u8>),
     /// A line from a step before the code runs (installing its packages).
     Progress(String),
+    /// A piece of the tar stream of /workspace/out/, once the code has ended.
+    Archive(Vec<u8>),
 }
 
 impl Engine {
@@ -144,6 +146,7 @@ impl Engine {
             },
             None => None,
         };
+        tracker.set_access(Some(sandbox.access()));
 
         let mut relay = Relay::default();
         relay.offer(&output, RunOutput::Started(run_id.clone()));
@@ -190,6 +193,11 @@ impl Engine {
         .until_the_end()
         .await;
         stdin_task.abort();
+        if run.return_out_dir
+            && let Some(output) = &output
+        {
+            send_out_dir(sandbox.access(), output).await;
+        }
 
         let usage = sandbox.cgroup.usage().unwrap_or_default();
         let mut kept = Kept { dir: Some(spool_dir.clone()), files: Vec::new(), not_kept: Vec::new() };
@@ -251,6 +259,7 @@ impl Engine {
             ports: Vec::new(),
             requirements: Vec::new(),
             secrets: Vec::new(),
+            return_out_dir: false,
         };
         let validated = self.validate(request).map_err(|error| error.to_string())?;
         let (_input, input_rx) = mpsc::channel(1);
@@ -269,6 +278,7 @@ impl Engine {
 
     /// Disposes of a used sandbox in the background: the caller has its result already.
     fn dispose_later(self: &Arc<Self>, tracker: &Arc<RunTracker>, sandbox: PreparedSandbox) {
+        tracker.set_access(None);
         self.dispose_in_background(sandbox, Some(Arc::clone(tracker)));
     }
 }
@@ -277,6 +287,65 @@ impl Engine {
 fn timeout_of(limits: &bkg_schema::Limits) -> Duration {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     if limits.timeout_ms == bkg_schema::NO_TIMEOUT_MS { CENTURY } else { Duration::from_millis(limits.timeout_ms) }
+}
+
+/// Sends /workspace/out/ of the ended run's sandbox as a tar stream of its contents, at the
+/// caller's pace: the sandbox is held until the caller has it (or has hung up).
+async fn send_out_dir(access: super::handle::SandboxAccess, output: &mpsc::Sender<RunOutput>) {
+    let (sender, mut chunks) = mpsc::channel::<Vec<u8>>(4);
+    let packing = tokio::task::spawn_blocking(move || -> Result<(), super::files::FilesError> {
+        let workspace = super::files::Workspace::open(access.pid_one, access.owner)?;
+        let mut writer = ChunkSender { sender, pending: Vec::new() };
+        workspace.pack_contents(Path::new(OUT_DIR), &mut writer)?;
+        writer.send_pending().map_err(|error| super::files::FilesError::Io(error.to_string()))
+    });
+    while let Some(chunk) = chunks.recv().await {
+        if output.send(RunOutput::Archive(chunk)).await.is_err() {
+            break;
+        }
+    }
+    drop(chunks);
+    match packing.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "/workspace/out/ not sent back"),
+        Err(_) => tracing::warn!("sending /workspace/out/ back failed"),
+    }
+}
+
+/// The directory of /workspace whose files `return_out_dir` sends back.
+pub const OUT_DIR: &str = "out";
+
+/// Sends what is written as chunks of up to 256 KiB, from a blocking thread.
+struct ChunkSender {
+    sender: mpsc::Sender<Vec<u8>>,
+    pending: Vec<u8>,
+}
+
+impl ChunkSender {
+    const CHUNK: usize = 256 * 1024;
+
+    fn send_pending(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.pending);
+        self.sender.blocking_send(chunk).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let taken = bytes.len().min(Self::CHUNK - self.pending.len());
+        self.pending.extend_from_slice(&bytes[..taken]);
+        if self.pending.len() == Self::CHUNK {
+            self.send_pending()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Output waiting for a caller that reads slower than the code writes, at most this much. Past
@@ -468,7 +537,7 @@ fn output_len(output: &RunOutput) -> usize {
     match output {
         RunOutput::Started(_) => 0,
         RunOutput::Progress(line) => line.len(),
-        RunOutput::Stdout(bytes) | RunOutput::Stderr(bytes) => bytes.len(),
+        RunOutput::Stdout(bytes) | RunOutput::Stderr(bytes) | RunOutput::Archive(bytes) => bytes.len(),
     }
 }
 

@@ -43,7 +43,7 @@ pub struct PreparedSandbox {
     pub stdin: Option<pipe::Sender>,
     pub stdout: pipe::Receiver,
     pub stderr: pipe::Receiver,
-    _ids: IdSlot,
+    host_ids: IdSlot,
     /// This sandbox's share of the agent's disk budget, returned when it is gone.
     _disk: DiskGrant,
 }
@@ -127,7 +127,7 @@ impl PreparedSandbox {
                 stdin: Some(stdin),
                 stdout,
                 stderr,
-                _ids: ids,
+                host_ids: ids,
                 _disk: disk,
             }),
             Err(error) => {
@@ -161,6 +161,11 @@ impl PreparedSandbox {
             return Some("its cgroup is gone");
         }
         None
+    }
+
+    /// How the agent reaches this sandbox's files and processes while it lives.
+    pub fn access(&self) -> super::handle::SandboxAccess {
+        super::handle::SandboxAccess { pid_one: self.pid_one.as_raw(), owner: self.host_ids.ids().sandbox }
     }
 
     /// Ends every process of the sandbox now: killing pid 1 makes the kernel kill the rest of

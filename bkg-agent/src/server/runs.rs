@@ -200,6 +200,7 @@ where
             RunOutput::Stdout(bytes) => write_frame(&mut writer, FrameKind::Stdout, &bytes).await,
             RunOutput::Stderr(bytes) => write_frame(&mut writer, FrameKind::Stderr, &bytes).await,
             RunOutput::Progress(line) => write_frame(&mut writer, FrameKind::Progress, line.as_bytes()).await,
+            RunOutput::Archive(bytes) => write_frame(&mut writer, FrameKind::Archive, &bytes).await,
         };
         // Keep draining, so the run's output buffer empties, but write nothing more.
         caller_gone = written.is_err();

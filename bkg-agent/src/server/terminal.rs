@@ -152,8 +152,8 @@ where
         let message = match output {
             RunOutput::Started(run_id) => event_message(&TerminalEvent::Started { run_id }),
             RunOutput::Stdout(bytes) | RunOutput::Stderr(bytes) => Some(Message::binary(bytes)),
-            // Terminal runs install no packages, so nothing comes before their code.
-            RunOutput::Progress(_) => None,
+            // Terminal runs install no packages and ask for no /workspace/out/ back.
+            RunOutput::Progress(_) | RunOutput::Archive(_) => None,
         };
         let Some(message) = message else { continue };
         // Keep draining, so the run's output buffer empties, but send nothing more.

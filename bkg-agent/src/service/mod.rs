@@ -8,11 +8,13 @@ pub mod access;
 mod artefacts;
 mod changes;
 mod envs;
+mod files;
 mod keys;
 mod runs;
 mod sandboxes;
 mod secrets;
 mod services;
+mod sessions;
 mod system;
 mod terminals;
 mod ui_support;
@@ -185,6 +187,7 @@ pub struct Service {
     services: services::Services,
     envs: Arc<crate::envs::Environments>,
     secrets: crate::secrets::SecretStore,
+    sessions: sessions::SessionTable,
 }
 
 /// The parts a `Service` is made of.
@@ -233,6 +236,7 @@ impl Service {
             services: Default::default(),
             envs,
             secrets,
+            sessions: sessions::SessionTable::default(),
         })
     }
 

@@ -48,6 +48,10 @@ impl Accepted {
     pub(super) fn restart(&self) -> RestartPolicy {
         self.exec.as_ref().map(|(_, restart)| *restart).unwrap_or_default()
     }
+
+    pub(super) fn tracker(&self) -> Arc<crate::engine::handle::RunTracker> {
+        self.ticket.tracker()
+    }
 }
 
 /// A run going on in a task of its own; its result when awaited.

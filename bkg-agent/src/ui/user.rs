@@ -304,6 +304,8 @@ pub async fn run_code(
                 ops::RunOutput::Stdout(bytes) => event("stdout", &json_text(&whole_chars(&mut streams.stdout, &bytes))),
                 ops::RunOutput::Stderr(bytes) => event("stderr", &json_text(&whole_chars(&mut streams.stderr, &bytes))),
                 ops::RunOutput::Progress(line) => event("progress", &json_text(&line)),
+                // A page's run never asks for /workspace/out/ back.
+                ops::RunOutput::Archive(_) => axum::body::Bytes::new(),
             };
             return Some((Ok::<_, Infallible>(chunk), streams));
         }

@@ -1,0 +1,388 @@
+//! Files into and out of a live sandbox's /workspace as tar streams, written and read by the
+//! agent through the root of the sandbox's pid 1. Every path is resolved by the kernel with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS)` from /workspace, so `..`,
+//! absolute paths, symbolic links pointing out and mounts inside (a project's volumes) are
+//! refused whatever the sandbox has planted; `..` and absolute paths are refused with a clearer
+//! message before that. What is written belongs to the sandbox's user, and lands on its disk:
+//! a full disk is an error that says so.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use bkg_schema::files::{FileEntry, FileKind};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::unistd::{Gid, Uid};
+
+/// How much of a file is copied at a time: big enough for speed, small enough that a 1 GiB
+/// upload never makes the agent grow.
+const COPY_BUFFER: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// A path the caller may not use: absolute, with `..`, or leading out of /workspace.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the sandbox's disk is full ({0}): free space in it or raise its disk limit")]
+    DiskFull(String),
+    #[error("the tar stream is not valid: {0}")]
+    BadArchive(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// /workspace of a live sandbox and who owns what is written there.
+pub struct Workspace {
+    root: OwnedFd,
+    owner: u32,
+}
+
+/// What an upload wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unpacked {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// A path as the caller gave it, checked: relative to /workspace, without `..`. Empty or `.`
+/// is /workspace itself.
+pub fn relative(path: &str) -> Result<PathBuf, FilesError> {
+    if path.contains('\0') {
+        return Err(FilesError::Refused("a path may not contain a NUL byte".into()));
+    }
+    let given = Path::new(path);
+    if given.is_absolute() {
+        return Err(FilesError::Refused(format!(
+            "`{path}` is absolute: give a path relative to /workspace (the sandbox's writable root)"
+        )));
+    }
+    let mut clean = PathBuf::new();
+    for component in given.components() {
+        match component {
+            Component::Normal(name) => clean.push(name),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(FilesError::Refused(format!("`{path}` has `..`: paths stay inside /workspace")));
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(FilesError::Refused(format!("`{path}` is not a relative path")));
+            }
+        }
+    }
+    Ok(clean)
+}
+
+fn shown(path: &Path) -> String {
+    if path.as_os_str().is_empty() { "/workspace".into() } else { format!("/workspace/{}", path.display()) }
+}
+
+/// Turns an errno met at `path` into the error a caller understands.
+fn failed(action: &str, path: &Path, errno: Errno) -> FilesError {
+    match errno {
+        Errno::ENOENT => FilesError::NotFound(format!("{} does not exist", shown(path))),
+        Errno::EXDEV | Errno::ELOOP => FilesError::Refused(format!(
+            "{} leads out of /workspace (a symbolic link or mount pointing elsewhere): refused",
+            shown(path)
+        )),
+        Errno::ENOSPC | Errno::EDQUOT => FilesError::DiskFull(format!("{action} {}", shown(path))),
+        Errno::ENOTDIR => FilesError::Refused(format!("{}: a part of the path is not a directory", shown(path))),
+        Errno::EISDIR => FilesError::Refused(format!("{} is a directory", shown(path))),
+        other => FilesError::Io(format!("{action} {}: {other}", shown(path))),
+    }
+}
+
+fn io_failed(action: &str, path: &Path, error: &std::io::Error) -> FilesError {
+    match error.raw_os_error() {
+        Some(code) => failed(action, path, Errno::from_raw(code)),
+        None => FilesError::Io(format!("{action} {}: {error}", shown(path))),
+    }
+}
+
+fn beneath() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_MAGICLINKS
+}
+
+fn kind_of(stat: &FileStat) -> FileKind {
+    match SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFREG => FileKind::File,
+        SFlag::S_IFDIR => FileKind::Directory,
+        SFlag::S_IFLNK => FileKind::Symlink,
+        _ => FileKind::Other,
+    }
+}
+
+impl Workspace {
+    /// /workspace as the sandbox whose pid 1 has host pid `pid_one` sees it; new files are
+    /// `owner`'s (the sandbox user's host uid and gid).
+    pub fn open(pid_one: i32, owner: u32) -> Result<Self, FilesError> {
+        let path = format!("/proc/{pid_one}/root{}", super::plan::WORKSPACE);
+        let root =
+            nix::fcntl::open(path.as_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|errno| FilesError::Io(format!("open the sandbox's /workspace: {errno}")))?;
+        Ok(Self { root, owner })
+    }
+
+    fn open_beneath(&self, path: &Path, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
+        let path: &Path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+        let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).mode(mode).resolve(beneath());
+        loop {
+            match openat2(self.root.as_fd(), path, how) {
+                Err(Errno::EAGAIN | Errno::EINTR) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn chown(&self, fd: impl AsFd, path: &Path) -> Result<(), FilesError> {
+        nix::unistd::fchown(fd, Some(Uid::from_raw(self.owner)), Some(Gid::from_raw(self.owner)))
+            .map_err(|errno| failed("chown", path, errno))
+    }
+
+    /// Makes `dir` and any missing parents, each the sandbox user's; returns it opened.
+    fn make_dirs(&self, dir: &Path) -> Result<OwnedFd, FilesError> {
+        let directory = OFlag::O_PATH | OFlag::O_DIRECTORY;
+        match self.open_beneath(dir, directory, Mode::empty()) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(failed("open", dir, errno)),
+        }
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+            return Err(FilesError::Io("/workspace is missing".into()));
+        };
+        let parent_fd = self.make_dirs(parent)?;
+        match nix::sys::stat::mkdirat(parent_fd.as_fd(), name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(errno) => return Err(failed("create", dir, errno)),
+        }
+        let fd = self
+            .open_beneath(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+            .map_err(|errno| failed("open", dir, errno))?;
+        self.chown(&fd, dir)?;
+        Ok(fd)
+    }
+
+    /// Writes the tar stream `archive` into `dest` (made if missing). Entries are files,
+    /// directories and symbolic links; each entry's path is checked like the caller's.
+    pub fn unpack(&self, dest: &Path, archive: impl Read) -> Result<Unpacked, FilesError> {
+        self.make_dirs(dest)?;
+        let mut archive = tar::Archive::new(archive);
+        let mut unpacked = Unpacked::default();
+        let entries = archive.entries().map_err(|error| FilesError::BadArchive(error.to_string()))?;
+        let mut buffer = vec![0u8; COPY_BUFFER];
+        for entry in entries {
+            let mut entry = entry.map_err(|error| FilesError::BadArchive(error.to_string()))?;
+            let name_bytes = entry.path_bytes().into_owned();
+            let name = String::from_utf8_lossy(&name_bytes).into_owned();
+            let inner = relative(&name).map_err(|error| FilesError::Refused(format!("tar entry: {error}")))?;
+            let path = dest.join(&inner);
+            let mode = Mode::from_bits_truncate(entry.header().mode().unwrap_or(0o644) & 0o777);
+            let kind = entry.header().entry_type();
+            if kind.is_dir() {
+                self.make_dirs(&path)?;
+                continue;
+            }
+            if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() {
+                continue;
+            }
+            let (Some(parent), Some(file_name)) = (path.parent(), path.file_name()) else {
+                continue;
+            };
+            let parent_fd = self.make_dirs(parent)?;
+            if kind.is_symlink() {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| FilesError::BadArchive(format!("symbolic link {name} has no target")))?
+                    .into_owned();
+                match nix::unistd::unlinkat(parent_fd.as_fd(), file_name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(errno) => return Err(failed("replace", &path, errno)),
+                }
+                nix::unistd::symlinkat(OsStr::from_bytes(&target), parent_fd.as_fd(), file_name)
+                    .map_err(|errno| failed("create", &path, errno))?;
+                nix::unistd::fchownat(
+                    parent_fd.as_fd(),
+                    file_name,
+                    Some(Uid::from_raw(self.owner)),
+                    Some(Gid::from_raw(self.owner)),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|errno| failed("chown", &path, errno))?;
+                continue;
+            }
+            if !(kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse()) {
+                return Err(FilesError::Refused(format!(
+                    "tar entry {name} is a {kind:?}: only files, directories and symbolic links are taken"
+                )));
+            }
+            // O_NOFOLLOW: a symbolic link already at this place is refused, not written through.
+            let file = self
+                .open_beneath(&path, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW, mode)
+                .map_err(|errno| failed("create", &path, errno))?;
+            self.chown(&file, &path)?;
+            let mut file = std::fs::File::from(file);
+            loop {
+                let read = entry.read(&mut buffer).map_err(|error| FilesError::BadArchive(error.to_string()))?;
+                if read == 0 {
+                    break;
+                }
+                file.write_all(&buffer[..read]).map_err(|error| io_failed("write", &path, &error))?;
+                unpacked.bytes += read as u64;
+            }
+            // The disk may be full only now, when the kernel writes the pages back.
+            file.sync_data().map_err(|error| io_failed("write", &path, &error))?;
+            unpacked.files += 1;
+        }
+        Ok(unpacked)
+    }
+
+    /// Writes `source` (a file, directory or symbolic link) as a tar stream to `out`, named by
+    /// its last component; /workspace itself is written as its contents.
+    pub fn pack(&self, source: &Path, out: impl Write) -> Result<(), FilesError> {
+        let mut builder = tar::Builder::new(out);
+        builder.follow_symlinks(false);
+        let stat = self.stat(source)?;
+        let name = source.file_name().map(PathBuf::from).unwrap_or_default();
+        self.append(&mut builder, source, &name, &stat)?;
+        builder.into_inner().map_err(|error| FilesError::Io(format!("finish the tar stream: {error}")))?;
+        Ok(())
+    }
+
+    /// Writes what directory `dir` holds as a tar stream to `out`, entries named from `dir`; a
+    /// missing `dir` is an empty stream.
+    pub fn pack_contents(&self, dir: &Path, out: impl Write) -> Result<(), FilesError> {
+        let mut builder = tar::Builder::new(out);
+        builder.follow_symlinks(false);
+        match self.stat(dir) {
+            Ok(stat) if kind_of(&stat) == FileKind::Directory => {
+                self.append(&mut builder, dir, Path::new(""), &stat)?;
+            }
+            Ok(_) | Err(FilesError::NotFound(_)) => {}
+            Err(error) => return Err(error),
+        }
+        builder.into_inner().map_err(|error| FilesError::Io(format!("finish the tar stream: {error}")))?;
+        Ok(())
+    }
+
+    fn stat(&self, path: &Path) -> Result<FileStat, FilesError> {
+        let fd = self
+            .open_beneath(path, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty())
+            .map_err(|errno| failed("open", path, errno))?;
+        nix::sys::stat::fstat(&fd).map_err(|errno| failed("inspect", path, errno))
+    }
+
+    fn append<W: Write>(
+        &self,
+        builder: &mut tar::Builder<W>,
+        path: &Path,
+        name: &Path,
+        stat: &FileStat,
+    ) -> Result<(), FilesError> {
+        let write_failed = |error: std::io::Error| FilesError::Io(format!("send {}: {error}", shown(path)));
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(stat.st_mode & 0o7777);
+        header.set_mtime(u64::try_from(stat.st_mtime).unwrap_or(0));
+        header.set_uid(1000);
+        header.set_gid(1000);
+        match kind_of(stat) {
+            FileKind::File => {
+                let file = self
+                    .open_beneath(path, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, Mode::empty())
+                    .map_err(|errno| failed("open", path, errno))?;
+                let file = std::fs::File::from(file);
+                let size = file.metadata().map_err(|error| io_failed("inspect", path, &error))?.len();
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(size);
+                // A file that changes while it is sent is sent as long as it was.
+                builder
+                    .append_data(&mut header, name, std::io::BufReader::with_capacity(COPY_BUFFER, file).take(size))
+                    .map_err(write_failed)?;
+            }
+            FileKind::Symlink => {
+                let fd = self
+                    .open_beneath(path, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty())
+                    .map_err(|errno| failed("open", path, errno))?;
+                let target = nix::fcntl::readlinkat(fd.as_fd(), "").map_err(|errno| failed("read", path, errno))?;
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                builder.append_link(&mut header, name, Path::new(&target)).map_err(write_failed)?;
+            }
+            FileKind::Directory => {
+                if !name.as_os_str().is_empty() {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    builder.append_data(&mut header, name, std::io::empty()).map_err(write_failed)?;
+                }
+                for (child, child_stat) in self.children(path)? {
+                    self.append(builder, &path.join(&child), &name.join(&child), &child_stat)?;
+                }
+            }
+            // Sockets, pipes and devices have no content to send.
+            FileKind::Other => {}
+        }
+        Ok(())
+    }
+
+    /// The entries of directory `dir`, by name, with what they are (symbolic links not followed).
+    fn children(&self, dir: &Path) -> Result<Vec<(PathBuf, FileStat)>, FilesError> {
+        let fd = self
+            .open_beneath(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+            .map_err(|errno| failed("open", dir, errno))?;
+        let mut listing = nix::dir::Dir::from_fd(fd).map_err(|errno| failed("read", dir, errno))?;
+        let mut names = Vec::new();
+        for entry in listing.iter() {
+            let entry = entry.map_err(|errno| failed("read", dir, errno))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(PathBuf::from(OsStr::from_bytes(name)));
+            }
+        }
+        names.sort();
+        let mut children = Vec::with_capacity(names.len());
+        for name in names {
+            let stat = self.stat(&dir.join(&name))?;
+            children.push((name, stat));
+        }
+        Ok(children)
+    }
+
+    /// What is in directory `dir` (or, for a file, the file itself).
+    pub fn list(&self, dir: &Path) -> Result<Vec<FileEntry>, FilesError> {
+        let stat = self.stat(dir)?;
+        let entries = if kind_of(&stat) == FileKind::Directory {
+            self.children(dir)?
+        } else {
+            vec![(dir.file_name().map(PathBuf::from).unwrap_or_default(), stat)]
+        };
+        Ok(entries
+            .into_iter()
+            .map(|(name, stat)| FileEntry {
+                name: name.to_string_lossy().into_owned(),
+                kind: kind_of(&stat),
+                size: u64::try_from(stat.st_size).unwrap_or(0),
+                mode: stat.st_mode & 0o7777,
+                modified_ms: u64::try_from(stat.st_mtime).unwrap_or(0) * 1000,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_relative_to_the_workspace_without_parent_steps() {
+        assert_eq!(relative("a/./b").ok(), Some(PathBuf::from("a/b")));
+        assert_eq!(relative("").ok(), Some(PathBuf::new()));
+        assert_eq!(relative(".").ok(), Some(PathBuf::new()));
+        assert!(matches!(relative("/etc/passwd"), Err(FilesError::Refused(_))));
+        assert!(matches!(relative("a/../../b"), Err(FilesError::Refused(_))));
+        assert!(matches!(relative("a\0b"), Err(FilesError::Refused(_))));
+    }
+}

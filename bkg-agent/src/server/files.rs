@@ -1,0 +1,106 @@
+//! `/api/v1/sandboxes/{id}/files`: files in and out of a persistent sandbox as tar streams (the
+//! operations are in service/files.rs). The upload's body is streamed to the sandbox as it
+//! arrives: the gatekeeper does not read it whole (server.rs, `STREAMED_BODY_ROUTES`).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Extension, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use bkg_schema::files::{FileEntry, UploadResult};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::AppState;
+use super::failure::ApiResult;
+use super::input::{PathParam, QueryParams};
+use crate::auth::Principal;
+
+/// The route whose PUT body is streamed.
+pub const FILES_ROUTE: &str = "/api/v1/sandboxes/{id}/files";
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FilesQuery {
+    /// A path relative to /workspace (no `..`, not absolute) [default: /workspace itself].
+    #[serde(default)]
+    path: String,
+}
+
+/// Uploads a tar stream (`Content-Type: application/x-tar`) into the directory `path` of the
+/// sandbox's /workspace, made if missing. Files, directories and symbolic links are taken; no
+/// entry may leave /workspace. A full disk is a 422 that says so.
+#[utoipa::path(
+    put,
+    path = "/api/v1/sandboxes/{id}/files",
+    tag = "files",
+    params(("id" = String, Path, description = "The sandbox's id"), FilesQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "A tar stream"),
+    responses((status = 200, description = "What was written", body = UploadResult)),
+)]
+pub async fn upload(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathParam(id): PathParam<String>,
+    QueryParams(query): QueryParams<FilesQuery>,
+    request: Request,
+) -> ApiResult<Json<UploadResult>> {
+    let (sender, chunks) = mpsc::channel(4);
+    let mut body = request.into_body().into_data_stream();
+    let pump = tokio::spawn(async move {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map(|bytes| bytes.to_vec()).map_err(std::io::Error::other);
+            if sender.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let uploaded = state.service.upload_files(&principal, &id, &query.path, chunks).await;
+    pump.abort();
+    Ok(Json(uploaded?))
+}
+
+/// Downloads `path` (a file or a directory) as a tar stream whose entries are named from its
+/// last part (`out/a.txt` → `a.txt`; a directory `out` → `out/…`; /workspace → its contents).
+#[utoipa::path(
+    get,
+    path = "/api/v1/sandboxes/{id}/files",
+    tag = "files",
+    params(("id" = String, Path, description = "The sandbox's id"), FilesQuery),
+    responses((status = 200, description = "A tar stream", content((Vec<u8> = "application/x-tar")))),
+)]
+pub async fn download(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathParam(id): PathParam<String>,
+    QueryParams(query): QueryParams<FilesQuery>,
+) -> ApiResult<Response> {
+    let chunks = state.service.download_files(&principal, &id, &query.path).await?;
+    let stream =
+        futures_util::stream::unfold(
+            chunks,
+            |mut chunks| async move { chunks.recv().await.map(|chunk| (chunk, chunks)) },
+        );
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    Ok(response)
+}
+
+/// Lists the directory `path` of /workspace (or the file itself); symbolic links are shown,
+/// not followed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sandboxes/{id}/files/list",
+    tag = "files",
+    params(("id" = String, Path, description = "The sandbox's id"), FilesQuery),
+    responses((status = 200, description = "The entries, by name", body = Vec<FileEntry>)),
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathParam(id): PathParam<String>,
+    QueryParams(query): QueryParams<FilesQuery>,
+) -> ApiResult<Json<Vec<FileEntry>>> {
+    Ok(Json(state.service.list_files(&principal, &id, &query.path).await?))
+}

@@ -1,0 +1,221 @@
+//! Files into and out of a persistent sandbox, as tar streams: upload, download, list. They
+//! work on the sandbox as it lives: in the run going on in it (a session, a started script, an
+//! exec), or, when it is idle, in a run of its own that holds the sandbox for the transfer and
+//! ends with it. Neither direction holds more than a few buffers of the stream in memory.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bkg_schema::files::{FileEntry, UploadResult};
+use bkg_schema::sandbox::ExecRequest;
+use tokio::sync::mpsc;
+
+use super::{OpError, OpResult, RunInput, Service};
+use crate::auth::Principal;
+use crate::engine::files::{FilesError, Workspace, relative};
+use crate::engine::handle::{RunPhase, RunTracker, wait_until};
+
+/// How long a transfer waits for the sandbox it starts to be ready, and for it to be gone after.
+const HOLDER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Chunks of a streamed body, in either direction.
+pub type Chunks = mpsc::Receiver<std::io::Result<Vec<u8>>>;
+
+/// Size of each chunk of a download, and how many wait for a slow reader.
+const CHUNK_BYTES: usize = 256 * 1024;
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+impl From<FilesError> for OpError {
+    fn from(error: FilesError) -> Self {
+        match error {
+            FilesError::NotFound(message) => OpError::NotFound(message),
+            FilesError::Refused(_) | FilesError::DiskFull(_) | FilesError::BadArchive(_) => {
+                OpError::Invalid(error.to_string())
+            }
+            FilesError::Io(message) => OpError::Internal(message),
+        }
+    }
+}
+
+/// A sandbox held for a transfer: the run going on in it, or one started for the transfer.
+struct Held {
+    workspace: Workspace,
+    release: Release,
+}
+
+/// The transfer's own run, if it started one: its stdin (the run ends when it closes) and its
+/// progress.
+struct Release {
+    own: Option<(mpsc::Sender<RunInput>, Arc<RunTracker>)>,
+}
+
+impl Release {
+    /// Ends the transfer's own run and waits until the sandbox is free for the next one.
+    async fn release(self) {
+        let Some((stdin, tracker)) = self.own else { return };
+        drop(stdin);
+        if !wait_until(tracker.watch(), HOLDER_PATIENCE, |progress| progress.is_settled()).await {
+            tracing::warn!(run = %tracker.run_id, "a file transfer's run did not end in time");
+        }
+    }
+}
+
+/// Reads the chunks of a body as they come (on a blocking thread).
+struct ChunkReader {
+    chunks: Chunks,
+    current: Vec<u8>,
+    offset: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        while self.offset == self.current.len() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => {
+                    self.current = chunk?;
+                    self.offset = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let taken = buffer.len().min(self.current.len() - self.offset);
+        buffer[..taken].copy_from_slice(&self.current[self.offset..self.offset + taken]);
+        self.offset += taken;
+        Ok(taken)
+    }
+}
+
+/// Sends what is written as chunks (from a blocking thread); fails once the reader has gone.
+struct ChunkWriter {
+    sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
+    pending: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send_pending(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK_BYTES));
+        self.sender
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the download's reader hung up"))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let taken = bytes.len().min(CHUNK_BYTES - self.pending.len());
+        self.pending.extend_from_slice(&bytes[..taken]);
+        if self.pending.len() == CHUNK_BYTES {
+            self.send_pending()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_pending()
+    }
+}
+
+impl Service {
+    /// Sandbox `id`'s /workspace, live: in its current run, or in a run started for this.
+    async fn hold_workspace(self: &Arc<Self>, principal: &Principal, id: &str) -> OpResult<Held> {
+        let stored = self.visible_sandbox(principal, id).await?;
+        if let Some(run) = self.engine.current_run(id)
+            && let Some(held) = self.workspace_of(&run, None).await?
+        {
+            return Ok(held);
+        }
+        // Idle: a run whose code waits on its stdin holds the sandbox until the transfer is done.
+        let exec = ExecRequest { command: "read _".into(), detach: false, env: Default::default(), stdin_base64: None };
+        let (definition, mut validated) = self.validate_sandbox_exec(principal, id, exec, None).await?;
+        // A big transfer may take longer than the sandbox's code may run.
+        validated.limits.timeout_ms = self.engine.config.max_limits.timeout_ms;
+        let accepted = self.accept_in_sandbox(principal, &definition.name, validated)?;
+        let (stdin, input) = mpsc::channel(1);
+        let tracker = accepted.tracker();
+        drop(self.start(accepted, input, None));
+        match self.workspace_of(&tracker, Some(stdin)).await? {
+            Some(held) => Ok(held),
+            None => {
+                Err(OpError::Unavailable(format!("sandbox {} did not start for the transfer", stored.definition.name)))
+            }
+        }
+    }
+
+    async fn workspace_of(&self, run: &Arc<RunTracker>, own: Option<mpsc::Sender<RunInput>>) -> OpResult<Option<Held>> {
+        wait_until(run.watch(), HOLDER_PATIENCE, |progress| progress.phase >= RunPhase::Started).await;
+        let access = match run.access() {
+            Some(access) if run.watch().borrow().phase == RunPhase::Started => access,
+            _ => return Ok(None),
+        };
+        let workspace = Workspace::open(access.pid_one, access.owner)?;
+        Ok(Some(Held { workspace, release: Release { own: own.map(|stdin| (stdin, Arc::clone(run))) } }))
+    }
+
+    /// Writes the tar stream `body` into `dest` (relative to /workspace, made if missing).
+    pub async fn upload_files(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        dest: &str,
+        body: Chunks,
+    ) -> OpResult<UploadResult> {
+        let dest = relative(dest)?;
+        let held = self.hold_workspace(principal, id).await?;
+        let Held { workspace, release } = held;
+        let target = dest.clone();
+        let unpacked = tokio::task::spawn_blocking(move || {
+            workspace.unpack(&target, ChunkReader { chunks: body, current: Vec::new(), offset: 0 })
+        })
+        .await;
+        release.release().await;
+        let unpacked = unpacked.map_err(|_| OpError::Internal("the upload's task failed".into()))??;
+        Ok(UploadResult { path: shown(&dest), files: unpacked.files, bytes: unpacked.bytes })
+    }
+
+    /// `path` (relative to /workspace) as a tar stream, its entries named from its last part.
+    pub async fn download_files(self: &Arc<Self>, principal: &Principal, id: &str, path: &str) -> OpResult<Chunks> {
+        let source = relative(path)?;
+        let held = self.hold_workspace(principal, id).await?;
+        let Held { workspace, release } = held;
+        // A missing or escaping path is an answer of its own, not a broken stream.
+        if let Err(error) = workspace.list(&source) {
+            release.release().await;
+            return Err(error.into());
+        }
+        let (sender, chunks) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let packing = tokio::task::spawn_blocking(move || {
+            let mut writer = ChunkWriter { sender: sender.clone(), pending: Vec::with_capacity(CHUNK_BYTES) };
+            let packed = workspace
+                .pack(&source, &mut writer)
+                .and_then(|()| writer.flush().map_err(|error| FilesError::Io(error.to_string())));
+            if let Err(error) = packed {
+                tracing::warn!(%error, "a download ended early");
+                let _ = sender.blocking_send(Err(std::io::Error::other(error.to_string())));
+            }
+        });
+        tokio::spawn(async move {
+            let _ = packing.await;
+            release.release().await;
+        });
+        Ok(chunks)
+    }
+
+    /// What is in `path` (relative to /workspace), or the file itself.
+    pub async fn list_files(self: &Arc<Self>, principal: &Principal, id: &str, path: &str) -> OpResult<Vec<FileEntry>> {
+        let dir = relative(path)?;
+        let held = self.hold_workspace(principal, id).await?;
+        let Held { workspace, release } = held;
+        let listed = tokio::task::spawn_blocking(move || workspace.list(&dir)).await;
+        release.release().await;
+        Ok(listed.map_err(|_| OpError::Internal("the listing's task failed".into()))??)
+    }
+}
+
+fn shown(path: &std::path::Path) -> String {
+    PathBuf::from(crate::engine::plan::WORKSPACE).join(path).to_string_lossy().into_owned()
+}

@@ -1,0 +1,124 @@
+# The interpreter of a bkg session (bkg-agent/src/service/sessions.rs): reads one JSON request a
+# line on stdin ({"code", "execution"}), runs it in one namespace kept between executions, and
+# answers with events, one JSON object a line after \x1e, on its stdout.
+import ast, base64, io, json, linecache, os, signal, sys, traceback
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("MPLCONFIGDIR", "/tmp/.bkg-matplotlib")
+# Ctrl-C reaches only an execution: between them it is ignored, so it can never cut a request
+# line in half while it is read.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+_proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
+_requests = sys.stdin
+sys.stdin = open(os.devnull)
+
+
+def _send(event):
+    _proto.write("\x1e" + json.dumps(event) + "\n")
+    _proto.flush()
+
+
+class _Stream(io.TextIOBase):
+    def __init__(self, stream):
+        self._stream = stream
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        if text:
+            _send({"type": "stream", "name": self._stream, "text": str(text)})
+        return len(text)
+
+
+sys.stdout = _Stream("stdout")
+sys.stderr = _Stream("stderr")
+
+
+def _bundle(value):
+    data = {"text/plain": repr(value)}
+    for method, mime in (("_repr_html_", "text/html"), ("_repr_svg_", "image/svg+xml"),
+                         ("_repr_png_", "image/png"), ("_repr_json_", "application/json")):
+        represent = getattr(value, method, None)
+        if callable(represent):
+            try:
+                shown = represent()
+            except Exception:
+                continue
+            if isinstance(shown, bytes):
+                shown = base64.b64encode(shown).decode()
+            if shown is not None:
+                data[mime] = shown
+    return data
+
+
+def display(value=None, data=None):
+    """Shows a value (its text, HTML, SVG, PNG or JSON form), or `data`: {MIME type: content}."""
+    bundle = dict(data) if data is not None else _bundle(value)
+    for mime, content in list(bundle.items()):
+        if isinstance(content, bytes):
+            bundle[mime] = base64.b64encode(content).decode()
+    _send({"type": "display", "data": bundle})
+
+
+def _show_figures():
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return
+    for number in pyplot.get_fignums():
+        figure = pyplot.figure(number)
+        png = io.BytesIO()
+        figure.savefig(png, format="png")
+        _send({"type": "display", "data": {"image/png": base64.b64encode(png.getvalue()).decode(),
+                                           "text/plain": repr(figure)}})
+    pyplot.close("all")
+
+
+_namespace = {"__name__": "__main__", "__builtins__": __builtins__, "display": display}
+
+
+def _user_frames(tb):
+    # The runner's own frames come first: drop them, so the traceback starts at the cell.
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
+        tb = tb.tb_next
+    return tb
+
+
+def _run(code, execution):
+    filename = "<cell %d>" % execution
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    status = "ok"
+    try:
+        tree = ast.parse(code, filename, "exec")
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            exec(compile(tree, filename, "exec"), _namespace)
+            value = None if last is None else eval(compile(last, filename, "eval"), _namespace)
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if value is not None:
+            _namespace["_"] = value
+            _send({"type": "result", "data": _bundle(value)})
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "error"
+        lines = traceback.format_exception(type(error), error, _user_frames(error.__traceback__))
+        _send({"type": "error", "name": type(error).__name__, "message": str(error), "traceback": lines})
+    try:
+        _show_figures()
+    except Exception as error:
+        _send({"type": "stream", "name": "stderr", "text": "figures not shown: %s\n" % error})
+    _send({"type": "end", "status": status, "execution": execution})
+
+
+while True:
+    line = _requests.readline()
+    if not line:
+        break
+    try:
+        request = json.loads(line)
+    except ValueError:
+        continue
+    _run(request["code"], request["execution"])

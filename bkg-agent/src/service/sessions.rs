@@ -1,0 +1,297 @@
+//! Sessions: an interpreter (Python or Node) kept running in a persistent sandbox, whose
+//! variables, imports and cwd stay between executions. A session is the sandbox's run while it
+//! lives (so the sandbox takes no other exec meanwhile; file transfers use it): its code is a
+//! small runner (`session/runner.py`, `session/runner.js`) that reads one request a line on
+//! stdin and answers with events on stdout, each a line of JSON after `\x1e`; anything else on
+//! stdout is output written past the runner (a subprocess) and passed on as it is. One session
+//! per sandbox; one execution at a time in it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bkg_schema::Language;
+use bkg_schema::files::{ExecutionStatus, NewSession, SessionEvent, SessionInfo, StreamName};
+use bkg_schema::sandbox::{ExecRequest, is_dns_label};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::{OpError, OpResult, RunInput, RunOutput, Service};
+use crate::auth::Principal;
+use crate::engine::handle::{RunPhase, RunTracker, wait_until};
+
+const PYTHON_RUNNER: &str = include_str!("session/runner.py");
+const NODE_RUNNER: &str = include_str!("session/runner.js");
+
+/// What leads each event line of a runner.
+const EVENT_MARK: u8 = 0x1e;
+
+/// How long a restart or delete waits for the session's run to be over and its sandbox free.
+const END_PATIENCE: Duration = Duration::from_secs(15);
+
+/// The sessions going on, by sandbox id.
+#[derive(Default)]
+pub struct SessionTable {
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl SessionTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        // Every change is one insert or remove: the map stays consistent under a panic elsewhere.
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The live session of sandbox `id`; one whose interpreter has ended is forgotten.
+    fn live(&self, id: &str) -> Option<Arc<Session>> {
+        let mut sessions = self.lock();
+        let session = sessions.get(id)?;
+        if session.tracker.watch().borrow().phase >= RunPhase::Ended {
+            sessions.remove(id);
+            return None;
+        }
+        Some(Arc::clone(session))
+    }
+}
+
+/// The execution going on: where its events go, and the permit that keeps a second one out.
+type Current = (mpsc::Sender<SessionEvent>, OwnedSemaphorePermit);
+
+struct Session {
+    name: String,
+    sandbox_id: String,
+    language: Language,
+    tracker: Arc<RunTracker>,
+    stdin: mpsc::Sender<RunInput>,
+    executions: AtomicU64,
+    one_at_a_time: Arc<Semaphore>,
+    current: Mutex<Option<Current>>,
+}
+
+impl Session {
+    fn info(&self) -> SessionInfo {
+        SessionInfo {
+            name: self.name.clone(),
+            sandbox_id: self.sandbox_id.clone(),
+            language: self.language,
+            run_id: self.tracker.run_id.clone(),
+            executions: self.executions.load(Ordering::Relaxed),
+            busy: self.one_at_a_time.available_permits() == 0,
+        }
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
+        self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Passes an event to the execution going on; its end releases the session.
+    async fn deliver(&self, event: SessionEvent) {
+        let ends = matches!(event, SessionEvent::End { .. });
+        let sender = if ends {
+            self.current().take().map(|(sender, _permit)| sender)
+        } else {
+            self.current().as_ref().map(|(sender, _)| sender.clone())
+        };
+        if let Some(sender) = sender {
+            // A caller that hung up misses the rest; the execution still runs to its end.
+            let _ = sender.send(event).await;
+        }
+    }
+}
+
+/// Reads the runner's output for the session's whole life, turning it into events.
+async fn read_output(session: Arc<Session>, mut output: mpsc::Receiver<RunOutput>) {
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(piece) = output.recv().await {
+        match piece {
+            RunOutput::Stdout(bytes) => {
+                pending.extend_from_slice(&bytes);
+                while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=newline).collect();
+                    session.deliver(parse_line(line)).await;
+                }
+            }
+            RunOutput::Stderr(bytes) => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                session.deliver(SessionEvent::Stream { name: StreamName::Stderr, text }).await;
+            }
+            RunOutput::Started(_) | RunOutput::Archive(_) | RunOutput::Progress(_) => {}
+        }
+    }
+    // The interpreter is gone (it exited, was killed, or the sandbox was stopped).
+    let execution = session.executions.load(Ordering::Relaxed);
+    session.deliver(SessionEvent::End { status: ExecutionStatus::Died, execution }).await;
+}
+
+fn parse_line(line: Vec<u8>) -> SessionEvent {
+    if line.first() == Some(&EVENT_MARK)
+        && let Ok(event) = serde_json::from_slice::<SessionEvent>(&line[1..])
+    {
+        return event;
+    }
+    SessionEvent::Stream { name: StreamName::Stdout, text: String::from_utf8_lossy(&line).into_owned() }
+}
+
+/// The host pid of the code a run's pid 1 started: its only child.
+fn code_pid(pid_one: i32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid_one}/task/{pid_one}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+impl Service {
+    fn session_of(&self, id: &str, name: &str) -> OpResult<Arc<Session>> {
+        match self.sessions.live(id) {
+            Some(session) if session.name == name => Ok(session),
+            _ => Err(OpError::NotFound(format!("no session `{name}` in sandbox {id}"))),
+        }
+    }
+
+    /// Starts a session's interpreter in sandbox `id`, which must be idle.
+    pub async fn create_session(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        new: NewSession,
+    ) -> OpResult<SessionInfo> {
+        let stored = self.visible_sandbox(principal, id).await?;
+        let name = new.name.unwrap_or_else(|| "default".to_owned());
+        if !is_dns_label(&name) {
+            return Err(OpError::Invalid(format!("session name `{name}` must be a DNS label (a-z, 0-9, -)")));
+        }
+        if let Some(existing) = self.sessions.live(id) {
+            return Err(OpError::Conflict(format!(
+                "sandbox {} already has session `{}`: one session per sandbox",
+                stored.definition.name, existing.name
+            )));
+        }
+        let language = new.language.unwrap_or(stored.definition.language);
+        let runner = match language {
+            Language::Python => PYTHON_RUNNER,
+            Language::Node => NODE_RUNNER,
+        };
+        let placeholder =
+            ExecRequest { command: "true".into(), detach: false, env: Default::default(), stdin_base64: None };
+        let (definition, validated) = self.validate_sandbox_exec(principal, id, placeholder, None).await?;
+        let validated = self.engine.session_run(validated, language, runner)?;
+        let accepted = self.accept_in_sandbox(principal, &definition.name, validated)?;
+        let tracker = accepted.tracker();
+        let (stdin, input) = mpsc::channel(16);
+        let (output_sender, output) = mpsc::channel(64);
+        drop(self.start(accepted, input, Some(output_sender)));
+        let session = Arc::new(Session {
+            name,
+            sandbox_id: id.to_owned(),
+            language,
+            tracker,
+            stdin,
+            executions: AtomicU64::new(0),
+            one_at_a_time: Arc::new(Semaphore::new(1)),
+            current: Mutex::new(None),
+        });
+        tokio::spawn(read_output(Arc::clone(&session), output));
+        self.sessions.lock().insert(id.to_owned(), Arc::clone(&session));
+        Ok(session.info())
+    }
+
+    pub async fn list_sessions(&self, principal: &Principal, id: &str) -> OpResult<Vec<SessionInfo>> {
+        self.visible_sandbox(principal, id).await?;
+        Ok(self.sessions.live(id).map(|session| session.info()).into_iter().collect())
+    }
+
+    pub async fn get_session(&self, principal: &Principal, id: &str, name: &str) -> OpResult<SessionInfo> {
+        self.visible_sandbox(principal, id).await?;
+        Ok(self.session_of(id, name)?.info())
+    }
+
+    /// Runs `code` in the session; its events come on the receiver as they happen, the last
+    /// one `end`. A second execution while one goes on is refused (interrupt it or wait).
+    pub async fn execute_in_session(
+        &self,
+        principal: &Principal,
+        id: &str,
+        name: &str,
+        code: String,
+    ) -> OpResult<mpsc::Receiver<SessionEvent>> {
+        self.visible_sandbox(principal, id).await?;
+        let session = self.session_of(id, name)?;
+        let permit = Arc::clone(&session.one_at_a_time).try_acquire_owned().map_err(|_| {
+            OpError::Conflict(format!("session `{name}` is running an execution: interrupt it or wait"))
+        })?;
+        let execution = session.executions.fetch_add(1, Ordering::Relaxed) + 1;
+        let (sender, events) = mpsc::channel(64);
+        *session.current() = Some((sender, permit));
+        let mut request = serde_json::to_vec(&serde_json::json!({ "code": code, "execution": execution }))
+            .map_err(|error| OpError::Internal(error.to_string()))?;
+        request.push(b'\n');
+        if session.stdin.send(RunInput::Stdin(request)).await.is_err() {
+            session.current().take();
+            return Err(OpError::NotFound(format!("session `{name}` has ended: create it again")));
+        }
+        Ok(events)
+    }
+
+    /// Interrupts the execution going on (SIGINT to the interpreter); the session stays.
+    pub async fn interrupt_session(&self, principal: &Principal, id: &str, name: &str) -> OpResult<SessionInfo> {
+        self.visible_sandbox(principal, id).await?;
+        let session = self.session_of(id, name)?;
+        if session.one_at_a_time.available_permits() > 0 {
+            // Nothing is running: there is nothing to interrupt.
+            return Ok(session.info());
+        }
+        let code = session.tracker.access().and_then(|access| code_pid(access.pid_one));
+        let Some(pid) = code else {
+            return Err(OpError::NotFound(format!("session `{name}` has no interpreter running")));
+        };
+        // The interpreter is the run's code, inside the run's own cgroup (docs/architecture.md).
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT)
+            .map_err(|errno| OpError::Internal(format!("interrupt the session: {errno}")))?;
+        Ok(session.info())
+    }
+
+    /// Ends the session's interpreter and waits until its sandbox is free.
+    async fn end_session(&self, session: &Session) {
+        session.tracker.stop();
+        if !wait_until(session.tracker.watch(), END_PATIENCE, |progress| progress.is_settled()).await {
+            tracing::warn!(run = %session.tracker.run_id, "a session's run did not end in time");
+        }
+        let mut sessions = self.sessions.lock();
+        if sessions.get(&session.sandbox_id).is_some_and(|live| Arc::ptr_eq(&live.tracker, &session.tracker)) {
+            sessions.remove(&session.sandbox_id);
+        }
+    }
+
+    /// A fresh interpreter for the session: same name and language, its state gone.
+    pub async fn restart_session(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        name: &str,
+    ) -> OpResult<SessionInfo> {
+        self.visible_sandbox(principal, id).await?;
+        let session = self.session_of(id, name)?;
+        self.end_session(&session).await;
+        let new = NewSession { name: Some(session.name.clone()), language: Some(session.language) };
+        self.create_session(principal, id, new).await
+    }
+
+    pub async fn delete_session(&self, principal: &Principal, id: &str, name: &str) -> OpResult<()> {
+        self.visible_sandbox(principal, id).await?;
+        let session = self.session_of(id, name)?;
+        self.end_session(&session).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marked_lines_are_events_and_the_rest_is_output() {
+        let event = parse_line(b"\x1e{\"type\":\"end\",\"status\":\"ok\",\"execution\":2}\n".to_vec());
+        assert_eq!(event, SessionEvent::End { status: ExecutionStatus::Ok, execution: 2 });
+        let raw = parse_line(b"from a subprocess\n".to_vec());
+        assert_eq!(raw, SessionEvent::Stream { name: StreamName::Stdout, text: "from a subprocess\n".into() });
+        let garbled = parse_line(b"\x1enot json\n".to_vec());
+        assert!(matches!(garbled, SessionEvent::Stream { name: StreamName::Stdout, .. }));
+    }
+}

@@ -1,0 +1,258 @@
+//! `bkg cp`: files and directories into and out of a persistent sandbox, as tar streams both
+//! ways (`PUT`/`GET /api/v1/sandboxes/{id}/files`), never whole in memory; and what `bkg exe`,
+//! `bkg exec` and `bkg repl` share to name a sandbox.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use bkg_schema::files::UploadResult;
+use bkg_schema::sandbox::{SandboxInfo, sandbox_id};
+use tokio::sync::mpsc;
+
+use crate::args::{CpArgs, ProjectArgs};
+use crate::client::{AgentClient, api_error};
+use crate::exit::{CliError, SUCCESS};
+use crate::manage::percent_encode;
+use crate::settings::Settings;
+
+/// Size of each chunk sent or received, and how many wait between the tar and the socket.
+const CHUNK_BYTES: usize = 256 * 1024;
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// One side of `bkg cp`: a host path, or `NAME:PATH` in a sandbox.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    Host(PathBuf),
+    Sandbox { name: String, path: String },
+}
+
+fn place(text: &str) -> Place {
+    match text.split_once(':') {
+        Some((name, path)) if bkg_schema::sandbox::is_dns_label(name) => {
+            Place::Sandbox { name: name.to_owned(), path: path.to_owned() }
+        }
+        _ => Place::Host(PathBuf::from(text)),
+    }
+}
+
+/// The id of sandbox `name`: the project's (cave.yaml around the current directory, or `-C`),
+/// else the one sandbox of that name the agent shows this caller (made with the API or MCP).
+pub async fn sandbox_id_of(client: &AgentClient, project: &ProjectArgs, name: &str) -> Result<String, CliError> {
+    if let Ok(dir) = crate::project::project_dir(project.dir.as_deref()) {
+        let id = sandbox_id(&dir.to_string_lossy(), name);
+        let found: Option<SandboxInfo> = client.get_found(&format!("/api/v1/sandboxes/{id}")).await?;
+        if found.is_some() {
+            return Ok(id);
+        }
+    }
+    let all: Vec<SandboxInfo> = client.get("/api/v1/sandboxes").await?;
+    let mut named = all.into_iter().filter(|info| info.name == name);
+    match (named.next(), named.next()) {
+        (Some(info), None) => Ok(info.id),
+        (Some(_), Some(_)) => Err(CliError::usage(format!(
+            "more than one sandbox is named `{name}`: run bkg from its project directory (or give -C DIR)"
+        ))),
+        (None, _) => Err(CliError::usage(format!(
+            "no sandbox `{name}` on the agent: run it once with `bkgr {name}`, or create it with the API"
+        ))),
+    }
+}
+
+pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
+    let client = AgentClient::new(&settings.endpoint()?)?;
+    match (place(&args.source), place(&args.dest)) {
+        (Place::Host(source), Place::Sandbox { name, path }) => {
+            client.ensure_running().await?;
+            let id = sandbox_id_of(&client, &args.project, &name).await?;
+            let uploaded = upload(&client, &id, &source, &path).await?;
+            if settings.out.is_json() {
+                settings.out.json(&uploaded)?;
+            } else {
+                let size = bkg_schema::units::format_size(uploaded.bytes);
+                settings.out.note(format_args!("{} files, {size}, into {name}:{}", uploaded.files, uploaded.path));
+            }
+        }
+        (Place::Sandbox { name, path }, Place::Host(dest)) => {
+            client.ensure_running().await?;
+            let id = sandbox_id_of(&client, &args.project, &name).await?;
+            download(&client, &id, &path, &dest).await?;
+        }
+        (Place::Host(_), Place::Host(_)) => {
+            return Err(CliError::usage("one side of bkg cp must be a sandbox: NAME:PATH"));
+        }
+        (Place::Sandbox { .. }, Place::Sandbox { .. }) => {
+            return Err(CliError::usage("bkg cp copies between the host and a sandbox, not between two sandboxes"));
+        }
+    }
+    Ok(SUCCESS)
+}
+
+/// Sends `source` (a file or a directory, named by its last part) into directory `dest` of the
+/// sandbox's /workspace.
+pub async fn upload(client: &AgentClient, id: &str, source: &Path, dest: &str) -> Result<UploadResult, CliError> {
+    let metadata =
+        std::fs::symlink_metadata(source).map_err(|error| CliError::usage(format!("{}: {error}", source.display())))?;
+    let name = source
+        .canonicalize()
+        .ok()
+        .and_then(|path| path.file_name().map(PathBuf::from))
+        .ok_or_else(|| CliError::usage(format!("{}: has no name to copy it under", source.display())))?;
+    let (sender, chunks) = mpsc::channel::<std::io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+    let source = source.to_path_buf();
+    let packing = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut builder = tar::Builder::new(ChunkWriter { sender, pending: Vec::with_capacity(CHUNK_BYTES) });
+        builder.follow_symlinks(false);
+        // Every reader takes plain entries; the agent writes each file whole anyway.
+        builder.sparse(false);
+        if metadata.is_dir() {
+            builder.append_dir_all(&name, &source)?;
+        } else {
+            builder.append_path_with_name(&source, &name)?;
+        }
+        builder.into_inner()?.flush()
+    });
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(chunks, |mut chunks| async move {
+        chunks.recv().await.map(|chunk| (chunk, chunks))
+    }));
+    let url = client.url(&format!("/api/v1/sandboxes/{id}/files?path={}", percent_encode(dest)));
+    let request = client.http().put(url).header(reqwest::header::CONTENT_TYPE, "application/x-tar").body(body);
+    // The answer comes once the whole stream is in: no patience bound on it.
+    let response = request.send().await.map_err(|error| client.unreachable(error))?;
+    let packed = packing.await.map_err(|_| CliError::internal("the upload's reader failed"))?;
+    if !response.status().is_success() {
+        return Err(api_error(response).await);
+    }
+    packed.map_err(|error| CliError::usage(format!("cannot read what to upload: {error}")))?;
+    response.json().await.map_err(|error| client.unreachable(error))
+}
+
+/// Writes sandbox path `path` (relative to /workspace) into host directory `dest`.
+pub async fn download(client: &AgentClient, id: &str, path: &str, dest: &Path) -> Result<(), CliError> {
+    let url = client.url(&format!("/api/v1/sandboxes/{id}/files?path={}", percent_encode(path)));
+    let response = client.send(client.http().get(url)).await?;
+    if !response.status().is_success() {
+        return Err(api_error(response).await);
+    }
+    unpack_stream(response, dest).await
+}
+
+/// Unpacks the tar stream of `response` into `dest` as it arrives.
+async fn unpack_stream(response: reqwest::Response, dest: &Path) -> Result<(), CliError> {
+    let unpacker = Unpacker::start(dest)?;
+    let mut stream = response.bytes_stream();
+    use futures_util::StreamExt as _;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => unpacker.push(bytes.to_vec()).await,
+            Err(error) => {
+                unpacker.fail(std::io::Error::other(error)).await;
+                break;
+            }
+        }
+    }
+    unpacker.finish().await
+}
+
+/// A tar stream unpacked into a host directory (made if missing) as its pieces arrive; the
+/// tar reader refuses entries that would land outside it.
+pub struct Unpacker {
+    sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
+    unpacking: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Unpacker {
+    pub fn start(dest: &Path) -> Result<Self, CliError> {
+        std::fs::create_dir_all(dest).map_err(|error| CliError::usage(format!("{}: {error}", dest.display())))?;
+        let (sender, chunks) = mpsc::channel::<std::io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+        let dest = dest.to_path_buf();
+        let unpacking = tokio::task::spawn_blocking(move || {
+            let mut archive = tar::Archive::new(ChunkReader { chunks, current: Vec::new(), offset: 0 });
+            archive.set_preserve_permissions(true);
+            archive.set_overwrite(true);
+            archive.unpack(&dest)
+        });
+        Ok(Self { sender, unpacking })
+    }
+
+    pub async fn push(&self, piece: Vec<u8>) {
+        // A writer that failed says why in `finish`.
+        let _ = self.sender.send(Ok(piece)).await;
+    }
+
+    async fn fail(&self, error: std::io::Error) {
+        let _ = self.sender.send(Err(error)).await;
+    }
+
+    pub async fn finish(self) -> Result<(), CliError> {
+        drop(self.sender);
+        self.unpacking
+            .await
+            .map_err(|_| CliError::internal("the download's writer failed"))?
+            .map_err(|error| CliError::usage(format!("cannot write what was downloaded: {error}")))
+    }
+}
+
+/// Reads chunks as they come, on a blocking thread.
+struct ChunkReader {
+    chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    offset: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        while self.offset == self.current.len() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => {
+                    self.current = chunk?;
+                    self.offset = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let taken = buffer.len().min(self.current.len() - self.offset);
+        buffer[..taken].copy_from_slice(&self.current[self.offset..self.offset + taken]);
+        self.offset += taken;
+        Ok(taken)
+    }
+}
+
+/// Sends what is written as chunks, from a blocking thread.
+struct ChunkWriter {
+    sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
+    pending: Vec<u8>,
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let taken = bytes.len().min(CHUNK_BYTES - self.pending.len());
+        self.pending.extend_from_slice(&bytes[..taken]);
+        if self.pending.len() == CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK_BYTES));
+        self.sender
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the agent stopped reading"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_side_is_a_name_and_a_colon() {
+        assert_eq!(place("box:out/a.txt"), Place::Sandbox { name: "box".into(), path: "out/a.txt".into() });
+        assert_eq!(place("box:"), Place::Sandbox { name: "box".into(), path: String::new() });
+        assert_eq!(place("./a:b"), Place::Host(PathBuf::from("./a:b")));
+        assert_eq!(place("data.csv"), Place::Host(PathBuf::from("data.csv")));
+    }
+}

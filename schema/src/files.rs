@@ -1,0 +1,117 @@
+//! Files into and out of a persistent sandbox (`/api/v1/sandboxes/{id}/files…`), and sessions:
+//! interpreter contexts that keep their state between executions
+//! (`/api/v1/sandboxes/{id}/sessions…`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::Language;
+
+/// What a directory entry is. Symbolic links are shown, never followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+/// One entry of `GET /api/v1/sandboxes/{id}/files/list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FileEntry {
+    pub name: String,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits, e.g. 420 (0o644).
+    pub mode: u32,
+    pub modified_ms: u64,
+}
+
+/// The answer of an upload (`PUT /api/v1/sandboxes/{id}/files`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UploadResult {
+    /// Where the entries went, e.g. `/workspace/data`.
+    pub path: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// `POST /api/v1/sandboxes/{id}/sessions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewSession {
+    /// The session's name, a DNS label [default: `default`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// python or node [default: the sandbox's language].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<Language>,
+}
+
+/// A session as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionInfo {
+    pub name: String,
+    pub sandbox_id: String,
+    pub language: Language,
+    /// The run that hosts the session's interpreter (it holds the sandbox while the session lives).
+    pub run_id: String,
+    /// How many executions it has had.
+    pub executions: u64,
+    /// Whether an execution is going on.
+    pub busy: bool,
+}
+
+/// `POST /api/v1/sandboxes/{id}/sessions/{name}/execute`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    pub code: String,
+}
+
+/// One event of an execution, streamed as a line of JSON (`application/x-ndjson`); the last
+/// event is `end`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SessionEvent {
+    /// Text the code wrote to stdout or stderr, as it wrote it.
+    Stream { name: StreamName, text: String },
+    /// Rich output: a figure, an image, HTML or JSON. `data` maps a MIME type
+    /// (`image/png` and `image/svg+xml` base64 or text, `text/html`, `application/json`,
+    /// `text/plain`) to its content.
+    Display { data: serde_json::Map<String, serde_json::Value> },
+    /// The value of the cell's last expression, by MIME type like `display`.
+    Result { data: serde_json::Map<String, serde_json::Value> },
+    /// The cell raised: its type, message and the traceback of the user's cells only
+    /// (`File "<cell 3>", line 2`).
+    Error { name: String, message: String, traceback: Vec<String> },
+    /// The execution is over. `status` is `ok`, `error` or `interrupted`; `execution` counts
+    /// the session's executions from 1.
+    End { status: ExecutionStatus, execution: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum StreamName {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionStatus {
+    Ok,
+    Error,
+    Interrupted,
+    /// The interpreter ended (it exited, was killed or the sandbox stopped); restart the session.
+    Died,
+}

@@ -1,0 +1,199 @@
+//! Files into and out of sandboxes: `bkg cp` both ways (tar streams, confined to /workspace,
+//! within the disk limit), `bkg exe --file DIR` and `bkg exe -o DIR`.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use bkg_tests::{Agent, bin_dir, code, stderr, stdout};
+
+fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
+    agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
+}
+
+fn bkgr(agent: &Agent, project: &Path, args: &[&str]) -> Output {
+    Command::new(bin_dir().join("bkgr"))
+        .args(args)
+        .current_dir(project)
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bkgr")
+}
+
+fn write(path: &Path, text: &str) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(path, text).expect("write");
+}
+
+/// A project with sandbox `box` (python) defined on the agent by one run of its `start` script;
+/// `extra` are more flags of `bkg add`.
+fn project_with_box(agent: &Agent, extra: &[&str]) -> tempfile::TempDir {
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    let init = bkg_in(agent, dir, &["init", "--yes"]);
+    assert_eq!(code(&init), 0, "init: {}", stderr(&init));
+    let mut add = vec!["add", "box", "--type", "python", "--script", "start=true", "--script", "show=cat \"$@\""];
+    add.extend_from_slice(extra);
+    let added = bkg_in(agent, dir, &add);
+    assert_eq!(code(&added), 0, "add: {}", stderr(&added));
+    let first = bkgr(agent, dir, &["box"]);
+    assert_eq!(code(&first), 0, "first run: {}", stderr(&first));
+    project
+}
+
+#[test]
+fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    write(&dir.join("src/helper.py"), "VALUE = 42\n");
+    write(&dir.join("src/deep/er/data.txt"), "deep data\n");
+    std::os::unix::fs::symlink("helper.py", dir.join("src/link.py")).expect("symlink");
+
+    let uploaded = bkg_in(&agent, dir, &["cp", "--json", "src", "box:in"]);
+    assert_eq!(code(&uploaded), 0, "cp in: {}", stderr(&uploaded));
+    let answer: serde_json::Value = serde_json::from_slice(&uploaded.stdout).expect("cp --json");
+    assert_eq!(answer["path"], "/workspace/in");
+    assert_eq!(answer["files"], 2, "two files (the link is not a file)");
+
+    let shown =
+        bkgr(&agent, dir, &["box", "show", "--", "/workspace/in/src/deep/er/data.txt", "/workspace/in/src/link.py"]);
+    assert_eq!(code(&shown), 0, "stderr: {}", stderr(&shown));
+    assert_eq!(stdout(&shown), "deep data\nVALUE = 42\n", "the sandbox reads what was uploaded, the link too");
+
+    let back = dir.join("back");
+    let downloaded = bkg_in(&agent, dir, &["cp", "box:in/src", back.to_str().expect("utf-8")]);
+    assert_eq!(code(&downloaded), 0, "cp out: {}", stderr(&downloaded));
+    assert_eq!(std::fs::read_to_string(back.join("src/deep/er/data.txt")).expect("read"), "deep data\n");
+    assert_eq!(std::fs::read_link(back.join("src/link.py")).expect("link"), Path::new("helper.py"));
+
+    let one = bkg_in(&agent, dir, &["cp", "box:in/src/helper.py", back.to_str().expect("utf-8")]);
+    assert_eq!(code(&one), 0, "cp one file: {}", stderr(&one));
+    assert_eq!(std::fs::read_to_string(back.join("helper.py")).expect("read"), "VALUE = 42\n");
+
+    let missing = bkg_in(&agent, dir, &["cp", "box:no/such", back.to_str().expect("utf-8")]);
+    assert_eq!(code(&missing), 125);
+    assert!(stderr(&missing).contains("/workspace/no/such does not exist"), "{}", stderr(&missing));
+}
+
+#[test]
+fn paths_that_leave_the_workspace_are_refused() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    write(&dir.join("file.txt"), "x\n");
+    // A link the sandbox could have made itself, pointing out of /workspace.
+    std::fs::create_dir_all(dir.join("trap")).expect("mkdir");
+    std::os::unix::fs::symlink("/etc", dir.join("trap/escape")).expect("symlink");
+    let planted = bkg_in(&agent, dir, &["cp", "trap", "box:"]);
+    assert_eq!(code(&planted), 0, "a link is copied as a link: {}", stderr(&planted));
+
+    for (dest, says) in [
+        ("box:../up", "has `..`"),
+        ("box:in/../../up", "has `..`"),
+        ("box:/etc", "is absolute"),
+        ("box:trap/escape", "leads out of /workspace"),
+        ("box:trap/escape/cron.d", "leads out of /workspace"),
+    ] {
+        let refused = bkg_in(&agent, dir, &["cp", "file.txt", dest]);
+        assert_eq!(code(&refused), 125, "cp into {dest}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains(says), "cp into {dest}: {}", stderr(&refused));
+    }
+    let host = dir.join("host");
+    for source in ["box:trap/escape/passwd", "box:../", "box:/etc/passwd"] {
+        let refused = bkg_in(&agent, dir, &["cp", source, host.to_str().expect("utf-8")]);
+        assert_eq!(code(&refused), 125, "cp from {source}: {}", stderr(&refused));
+        assert!(!host.join("passwd").exists(), "nothing of the host came back");
+    }
+    assert!(!Path::new("/etc/file.txt").exists(), "nothing was written through the link");
+}
+
+#[test]
+fn an_upload_larger_than_the_disk_says_the_disk_is_full() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &["--disk", "32MiB"]);
+    let dir = project.path();
+    let big = std::fs::File::create(dir.join("big.bin")).expect("create");
+    big.set_len(64 * 1024 * 1024).expect("size");
+    let full = bkg_in(&agent, dir, &["cp", "big.bin", "box:"]);
+    assert_eq!(code(&full), 125, "{}", stderr(&full));
+    assert!(stderr(&full).contains("disk is full"), "{}", stderr(&full));
+    // The sandbox is free again and still works.
+    let after = bkgr(&agent, dir, &["box"]);
+    assert_eq!(code(&after), 0, "{}", stderr(&after));
+}
+
+#[test]
+fn exe_file_dir_puts_siblings_beside_the_script_and_output_brings_out_back() {
+    let agent = Agent::start();
+    let work = tempfile::tempdir().expect("dir");
+    let dir = work.path();
+    write(&dir.join("app/helper.py"), "def greet():\n    return 'hello from helper'\n");
+    write(&dir.join("app/pkg/__init__.py"), "NAME = 'pkg'\n");
+    write(
+        &dir.join("app/main.py"),
+        "import helper, pkg\nprint(helper.greet(), pkg.NAME)\nopen('out/result.txt', 'w').write('made in the sandbox\\n')\n",
+    );
+    let results = dir.join("results");
+    let run = agent
+        .bkg()
+        .args(["exe", "--file", "app", "app/main.py", "-o"])
+        .arg(&results)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkg exe");
+    assert_eq!(code(&run), 0, "stderr: {}", stderr(&run));
+    assert_eq!(stdout(&run), "hello from helper pkg\n");
+    assert_eq!(std::fs::read_to_string(results.join("result.txt")).expect("result"), "made in the sandbox\n");
+}
+
+fn sha256(path: &Path) -> String {
+    let output = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    assert!(output.status.success());
+    stdout(&output).split_whitespace().next().unwrap_or_default().to_owned()
+}
+
+/// The agent's peak resident memory so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
+    let line = status.lines().find(|line| line.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse::<u64>().ok()).expect("VmHWM value") * 1024
+}
+
+#[test]
+fn a_gibibyte_goes_in_and_out_unchanged_while_the_agent_stays_small() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &["--disk", "1536MiB"]);
+    let dir = project.path();
+    // 1 GiB of bytes that do not repeat within a chunk: no compression or sparseness helps.
+    let source = dir.join("big.bin");
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&source).expect("create"));
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut block = vec![0u8; 1024 * 1024];
+        for _ in 0..1024 {
+            for byte in block.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *byte = state as u8;
+            }
+            file.write_all(&block).expect("write");
+        }
+    }
+    let uploaded = bkg_in(&agent, dir, &["cp", "--json", "big.bin", "box:data"]);
+    assert_eq!(code(&uploaded), 0, "cp in: {}", stderr(&uploaded));
+    let answer: serde_json::Value = serde_json::from_slice(&uploaded.stdout).expect("cp --json");
+    assert_eq!(answer["bytes"], 1u64 << 30);
+    let back = dir.join("back");
+    let downloaded = bkg_in(&agent, dir, &["cp", "box:data/big.bin", back.to_str().expect("utf-8")]);
+    assert_eq!(code(&downloaded), 0, "cp out: {}", stderr(&downloaded));
+    assert_eq!(sha256(&back.join("big.bin")), sha256(&source), "the same bytes came back");
+    let peak = peak_rss(agent.pid());
+    assert!(peak < 100 * 1024 * 1024, "the agent's peak RSS was {peak} bytes");
+}

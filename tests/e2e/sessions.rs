@@ -1,0 +1,125 @@
+//! Sessions: `bkg exec NAME --session S` keeps an interpreter's state between executions,
+//! interrupts without losing it, shows figures as PNG and tracebacks that name the cell.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bkg_tests::{Agent, AgentOptions, bin_dir, code, stderr, stdout};
+
+fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
+    agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
+}
+
+/// A project with a python sandbox `box` and a node sandbox `js`, both defined on the agent.
+fn project(agent: &Agent) -> tempfile::TempDir {
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    assert_eq!(code(&bkg_in(agent, dir, &["init", "--yes"])), 0);
+    for (name, language) in [("box", "python"), ("js", "node")] {
+        // Small disks and no warm pool: two sessions hold two sandboxes at once.
+        let added = bkg_in(agent, dir, &["add", name, "--type", language, "--script", "start=true", "--disk", "64MiB"]);
+        assert_eq!(code(&added), 0, "add: {}", stderr(&added));
+        let run = Command::new(bin_dir().join("bkgr"))
+            .arg(name)
+            .current_dir(dir)
+            .env("BKG_SOCKET", &agent.socket)
+            .env("BKG_NO_AUTOSTART", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("bkgr");
+        assert_eq!(code(&run), 0, "first run: {}", stderr(&run));
+    }
+    project
+}
+
+#[test]
+fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interrupt() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let dir = project.path();
+
+    let set = bkg_in(&agent, dir, &["exec", "box", "-c", "x = 41\nprint('set')"]);
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
+    assert_eq!(stdout(&set), "set\n");
+    let next = bkg_in(&agent, dir, &["exec", "box", "-c", "x + 1"]);
+    assert_eq!(code(&next), 0, "{}", stderr(&next));
+    assert_eq!(stdout(&next), "42\n", "the value of the last expression, with x kept");
+
+    let failing = bkg_in(&agent, dir, &["exec", "box", "-c", "def f():\n    return 1 / 0\nf()"]);
+    assert_eq!(code(&failing), 1);
+    let trace = stderr(&failing);
+    assert!(trace.contains("File \"<cell 3>\", line 2, in f"), "{trace}");
+    assert!(trace.contains("ZeroDivisionError: division by zero"), "{trace}");
+    assert!(!trace.contains("<string>"), "the runner's frames are not shown: {trace}");
+
+    let mut looping = agent
+        .bkg()
+        .args(["exec", "box", "-c", "while True: pass"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bkg exec");
+    // The interrupt is sent until the execution it meant has ended (one sent before it started
+    // finds the session idle, where an interrupt does nothing).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let interrupt = bkg_in(&agent, dir, &["exec", "box", "--interrupt"]);
+        assert_eq!(code(&interrupt), 0, "{}", stderr(&interrupt));
+        if let Some(status) = looping.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the loop was not interrupted");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status.code(), Some(130), "an interrupted execution ends with 130");
+    let after = bkg_in(&agent, dir, &["exec", "box", "-c", "x"]);
+    assert_eq!(stdout(&after), "41\n", "the session kept its state: {}", stderr(&after));
+
+    let restarted = bkg_in(&agent, dir, &["exec", "box", "--restart"]);
+    assert_eq!(code(&restarted), 0, "{}", stderr(&restarted));
+    let gone = bkg_in(&agent, dir, &["exec", "box", "-c", "x"]);
+    assert_eq!(code(&gone), 1);
+    assert!(stderr(&gone).contains("NameError"), "{}", stderr(&gone));
+}
+
+#[test]
+fn a_matplotlib_figure_comes_back_as_a_png_and_node_keeps_its_state() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let dir = project.path();
+    let plot = bkg_in(
+        &agent,
+        dir,
+        &["exec", "box", "--json", "-c", "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nprint('plotted')"],
+    );
+    assert_eq!(code(&plot), 0, "{}", stderr(&plot));
+    let events: Vec<serde_json::Value> =
+        stdout(&plot).lines().map(|line| serde_json::from_str(line).expect("event")).collect();
+    let printed: String = events
+        .iter()
+        .filter(|event| event["type"] == "stream" && event["name"] == "stdout")
+        .filter_map(|event| event["text"].as_str())
+        .collect();
+    assert_eq!(printed, "plotted\n", "stdout streamed as events: {events:?}");
+    let png = events
+        .iter()
+        .find(|event| event["type"] == "display")
+        .and_then(|event| event["data"]["image/png"].as_str())
+        .unwrap_or_else(|| panic!("no PNG among {events:?}"));
+    let bytes = base64::engine::general_purpose::STANDARD.decode(png).expect("base64");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG image");
+    assert_eq!(events.last().map(|event| event["type"].clone()), Some(serde_json::json!("end")));
+
+    let set = bkg_in(&agent, dir, &["exec", "js", "-c", "let y = 41; console.log('set')"]);
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
+    assert_eq!(stdout(&set), "set\n");
+    let next = bkg_in(&agent, dir, &["exec", "js", "-c", "y + 1"]);
+    assert_eq!(stdout(&next), "42\n", "{}", stderr(&next));
+    let failing = bkg_in(&agent, dir, &["exec", "js", "-c", "\nnull.x"]);
+    assert_eq!(code(&failing), 1);
+    assert!(stderr(&failing).contains("<cell 3>:2"), "{}", stderr(&failing));
+}
