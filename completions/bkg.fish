@@ -392,14 +392,14 @@ complete -c bkg -n "__fish_bkg_using_subcommand envs; and not __fish_seen_subcom
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from ls" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from ls" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from ls" -l json
+complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from ls" -l json -d 'Print the environments as a JSON array'
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from ls" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from ls" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from prune" -l unused-for -d 'Only those no run has used for this long, e.g. 7d' -r
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from prune" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from prune" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from prune" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from prune" -l json
+complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from prune" -l json -d 'Print what was removed as JSON'
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from prune" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from prune" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and __fish_seen_subcommand_from help" -f -a "ls" -d 'List the environments: id, size, last use and packages'
@@ -420,14 +420,14 @@ complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcomm
 complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from set" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from set" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from set" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from ls" -l namespace -r
+complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from ls" -l namespace -d 'The namespace [default: your key\'s, or `default`]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from ls" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from ls" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from ls" -l json
+complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from ls" -l json -d 'Print the names as a JSON array'
 complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from ls" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from ls" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from rm" -l namespace -r
+complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from rm" -l namespace -d 'The namespace [default: your key\'s, or `default`]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from rm" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from rm" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand secrets; and __fish_seen_subcommand_from rm" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F

@@ -643,6 +643,7 @@ pub struct EnvsArgs {
 pub enum EnvsAction {
     /// List the environments: id, size, last use and packages.
     Ls {
+        /// Print the environments as a JSON array.
         #[arg(long)]
         json: bool,
     },
@@ -651,6 +652,7 @@ pub enum EnvsAction {
         /// Only those no run has used for this long, e.g. 7d.
         #[arg(long, value_name = "DURATION")]
         unused_for: Option<String>,
+        /// Print what was removed as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -674,8 +676,10 @@ pub enum SecretsAction {
     },
     /// List the secrets' names (never their values).
     Ls {
+        /// The namespace [default: your key's, or `default`]
         #[arg(long, value_name = "NS")]
         namespace: Option<String>,
+        /// Print the names as a JSON array.
         #[arg(long)]
         json: bool,
     },
@@ -683,6 +687,7 @@ pub enum SecretsAction {
     Rm {
         #[arg(value_name = "NAME")]
         name: String,
+        /// The namespace [default: your key's, or `default`]
         #[arg(long, value_name = "NS")]
         namespace: Option<String>,
     },
@@ -804,6 +809,14 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("runs", "bkg runs ls\n  bkg runs ls --sandbox web --limit 5\n  bkg runs show run_19bc0a1f2e3d4c5b"),
     ("runs ls", "bkg runs ls\n  bkg runs ls --sandbox web --limit 5\n  bkg runs ls --json | jq '.[0].wall_ms'"),
     ("runs show", "bkg runs show run_19bc0a1f2e3d4c5b\n  bkg runs show run_19bc0a1f2e3d4c5b --json"),
+    ("runs files", "bkg runs files run_19bc0a1f2e3d4c5b\n  bkg runs files run_19bc0a1f2e3d4c5b --output results/"),
+    ("envs", "bkg envs ls\n  sudo bkg envs prune --unused-for 7d"),
+    ("envs ls", "bkg envs ls\n  bkg envs ls --json"),
+    ("envs prune", "sudo bkg envs prune\n  sudo bkg envs prune --unused-for 7d --json"),
+    ("secrets", "printf %s \"$TOKEN\" | bkg secrets set API_TOKEN\n  bkg secrets ls\n  bkg exe --secret API_TOKEN job.py"),
+    ("secrets set", "printf %s \"$TOKEN\" | bkg secrets set API_TOKEN\n  bkg secrets set DB_PASSWORD --namespace team-a < password.txt"),
+    ("secrets ls", "bkg secrets ls\n  bkg secrets ls --json"),
+    ("secrets rm", "bkg secrets rm API_TOKEN"),
     ("audit", "sudo bkg audit verify\n  sudo bkg audit tail -f"),
     (
         "audit verify",
@@ -942,6 +955,12 @@ mod tests {
             &["watch", "--json"],
             &["doctor", "--json"],
             &["ui", "--json"],
+            &["cp", "a.txt", "web:in", "--json"],
+            &["exec", "web", "-c", "1", "--json"],
+            &["runs", "files", "run_1", "--json"],
+            &["envs", "ls", "--json"],
+            &["envs", "prune", "--json"],
+            &["secrets", "ls", "--json"],
         ];
         for args in cases {
             let parse = |args: &[&str]| {

@@ -60,8 +60,8 @@ fn bash_completes_subcommands_and_flags() {
     bash.type_keys(&format!("source {} && echo sourced\r", script.display()));
     bash.expect("sourced");
     bash.expect("$ ");
-    bash.type_keys("bkg e\t");
-    bash.expect("bkg exe ");
+    bash.type_keys("bkg va\t");
+    bash.expect("bkg validate ");
     // Ctrl-U clears the line for the next try.
     bash.type_keys("\x15bkg exe --me\t");
     bash.expect("bkg exe --memory ");

@@ -281,7 +281,8 @@ fn idle_connections_over_the_tcp_cap_are_closed_and_the_socket_keeps_serving() {
     let ran = api.agent.exe(&["-c", "print('still served')", "--type", "python"]);
     assert_eq!((code(&ran), stdout(&ran).as_str()), (0, "still served\n"), "{}", stderr(&ran));
     let health = unix_get(&api.agent, "/healthz");
-    assert_eq!(stdout(&health), "{\"status\":\"ok\"}", "{}", stderr(&health));
+    // A socket peer is an admin: it is told the security level as well (docs/api.md, /healthz).
+    assert_eq!(stdout(&health), "{\"status\":\"ok\",\"security_level\":\"strict\"}", "{}", stderr(&health));
     let metrics = stdout(&unix_get(&api.agent, "/metrics"));
     let refused = metrics
         .lines()
