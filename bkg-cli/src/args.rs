@@ -813,8 +813,14 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("envs", "bkg envs ls\n  sudo bkg envs prune --unused-for 7d"),
     ("envs ls", "bkg envs ls\n  bkg envs ls --json"),
     ("envs prune", "sudo bkg envs prune\n  sudo bkg envs prune --unused-for 7d --json"),
-    ("secrets", "printf %s \"$TOKEN\" | bkg secrets set API_TOKEN\n  bkg secrets ls\n  bkg exe --secret API_TOKEN job.py"),
-    ("secrets set", "printf %s \"$TOKEN\" | bkg secrets set API_TOKEN\n  bkg secrets set DB_PASSWORD --namespace team-a < password.txt"),
+    (
+        "secrets",
+        "printf %s \"$TOKEN\" | bkg secrets set API_TOKEN\n  bkg secrets ls\n  bkg exe --secret API_TOKEN job.py",
+    ),
+    (
+        "secrets set",
+        "printf %s \"$TOKEN\" | bkg secrets set API_TOKEN\n  bkg secrets set DB_PASSWORD --namespace team-a < password.txt",
+    ),
     ("secrets ls", "bkg secrets ls\n  bkg secrets ls --json"),
     ("secrets rm", "bkg secrets rm API_TOKEN"),
     ("audit", "sudo bkg audit verify\n  sudo bkg audit tail -f"),

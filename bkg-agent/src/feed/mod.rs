@@ -61,7 +61,9 @@ impl FeedRequest {
         kinds: Option<&str>,
         namespace: Option<String>,
     ) -> Result<Self, FeedError> {
-        let since = match since.or(last_event_id).map(str::trim) {
+        // An empty `?since=` says nothing: the header an SSE client resends still counts.
+        let since = since.filter(|since| !since.trim().is_empty()).or(last_event_id);
+        let since = match since.map(str::trim) {
             None | Some("") => 0,
             // Positions are PostgreSQL bigints: a larger number names no position there can be.
             Some(text) => text.parse::<i64>().ok().and_then(|since| u64::try_from(since).ok()).ok_or_else(|| {
@@ -289,6 +291,13 @@ mod tests {
         assert_eq!(FeedRequest::parse(Some("7"), Some("42"), None, None)?.since, 7, "?since= wins");
         assert!(matches!(FeedRequest::parse(Some("x"), None, None, None), Err(FeedError::BadRequest(_))));
         assert_eq!(FeedRequest::parse(Some("9223372036854775807"), None, None, None)?.since, i64::MAX as u64);
+        assert!(
+            matches!(
+                FeedRequest::parse(Some(""), Some("9223372036854775808"), None, None),
+                Err(FeedError::BadRequest(_))
+            ),
+            "an empty ?since= leaves the header to be read"
+        );
         for beyond in ["9223372036854775808", "-1"] {
             assert!(
                 matches!(FeedRequest::parse(None, Some(beyond), None, None), Err(FeedError::BadRequest(_))),

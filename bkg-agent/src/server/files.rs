@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::AppState;
-use super::failure::ApiResult;
+use super::failure::{ApiResult, Failure};
 use super::input::{PathParam, QueryParams};
 use crate::auth::Principal;
 
@@ -46,6 +46,15 @@ pub async fn upload(
     QueryParams(query): QueryParams<FilesQuery>,
     request: Request,
 ) -> ApiResult<Json<UploadResult>> {
+    // No Content-Length and no chunked body, or a length of 0: nothing was sent, which is no
+    // tar stream (an empty archive still has its end blocks).
+    let headers = request.headers();
+    let length = headers.get(axum::http::header::CONTENT_LENGTH);
+    if length.map_or(!headers.contains_key(axum::http::header::TRANSFER_ENCODING), |length| length == "0") {
+        return Err(Failure::bad_request(
+            "the body must be a tar stream (Content-Type: application/x-tar); none was sent",
+        ));
+    }
     let (sender, chunks) = mpsc::channel(4);
     let mut body = request.into_body().into_data_stream();
     let pump = tokio::spawn(async move {

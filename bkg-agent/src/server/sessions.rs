@@ -22,7 +22,7 @@ use crate::auth::Principal;
     path = "/api/v1/sandboxes/{id}/sessions",
     tag = "sessions",
     params(("id" = String, Path, description = "The sandbox's id")),
-    request_body = NewSession,
+    request_body(content = Option<NewSession>, description = "Optional; an empty body makes the session `default` in the sandbox's language"),
     responses((status = 201, description = "The session", body = SessionInfo)),
 )]
 pub async fn create_session(

@@ -144,6 +144,10 @@ impl Service {
     /// Removes environments no run is using (those unused for a while, when asked).
     pub fn prune_envs(&self, principal: &Principal, request: PruneRequest) -> OpResult<PruneResult> {
         require_admin(principal, AdminTask::PruneEnvs)?;
+        // Times are kept as SQLite's and PostgreSQL's signed 64-bit integers.
+        if request.unused_for_ms.is_some_and(|ms| i64::try_from(ms).is_err()) {
+            return Err(OpError::BadRequest("unused_for_ms must be at most 2^63-1".into()));
+        }
         let before = now_ms().saturating_sub(request.unused_for_ms.unwrap_or(0));
         let (removed, freed_bytes) = self.envs.prune(before)?;
         Ok(PruneResult { removed, freed_bytes })
