@@ -184,6 +184,8 @@ impl Service {
         let Held { workspace, release } = held;
         // A missing or escaping path is an answer of its own, not a broken stream.
         if let Err(error) = workspace.list(&source) {
+            // The sandbox's disk can go only once nothing of the agent holds it open.
+            drop(workspace);
             release.release().await;
             return Err(error.into());
         }
