@@ -26,7 +26,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub struct ChangesQuery {
     /// Deliver the changes after this position (default 0, from the start; else the
     /// `Last-Event-ID` header an SSE client sends when it reconnects).
-    since: Option<String>,
+    #[param(maximum = 9223372036854775807_u64)]
+    since: Option<u64>,
     /// Only these kinds, comma-separated: runs, sandboxes, keys, audit (default all).
     kinds: Option<String>,
     /// Only this namespace (an admin's filter; other keys see only their own).
@@ -59,7 +60,7 @@ pub async fn changes(
     let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok());
     let stream = state.service.changes(
         &principal,
-        query.since.as_deref(),
+        query.since.map(|since| since.to_string()).as_deref(),
         last_event_id,
         query.kinds.as_deref(),
         query.namespace,

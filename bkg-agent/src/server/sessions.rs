@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bkg_schema::ApiError;
 use bkg_schema::files::{ExecuteRequest, NewSession, SessionEvent, SessionInfo};
 use bkg_schema::sandbox::Deleted;
 
@@ -23,7 +24,10 @@ use crate::auth::Principal;
     tag = "sessions",
     params(("id" = String, Path, description = "The sandbox's id")),
     request_body(content = Option<NewSession>, description = "Optional; an empty body makes the session `default` in the sandbox's language"),
-    responses((status = 201, description = "The session", body = SessionInfo)),
+    responses(
+        (status = 201, description = "The session", body = SessionInfo),
+        (status = 409, description = "The sandbox has a session already (one per sandbox)", body = ApiError),
+    ),
 )]
 pub async fn create_session(
     State(state): State<AppState>,
