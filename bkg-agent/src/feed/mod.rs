@@ -61,15 +61,11 @@ impl FeedRequest {
         kinds: Option<&str>,
         namespace: Option<String>,
     ) -> Result<Self, FeedError> {
-        // An empty `?since=` says nothing: the header an SSE client resends still counts.
-        let since = since.filter(|since| !since.trim().is_empty()).or(last_event_id);
-        let since = match since.map(str::trim) {
-            None | Some("") => 0,
-            // Positions are PostgreSQL bigints: a larger number names no position there can be.
-            Some(text) => text.parse::<i64>().ok().and_then(|since| u64::try_from(since).ok()).ok_or_else(|| {
-                FeedError::BadRequest(format!("the cursor must be a position (a number up to 2^63-1), not {text:?}"))
-            })?,
-        };
+        // Both are read, so a malformed header is refused even when `?since=` wins; an empty
+        // `?since=` says nothing and leaves the header to count.
+        let since = position(since)?;
+        let resent = position(last_event_id)?;
+        let since = since.or(resent).unwrap_or(0);
         let kinds = kinds
             .unwrap_or_default()
             .split(',')
@@ -82,6 +78,17 @@ impl FeedRequest {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { since, namespace, kinds })
+    }
+}
+
+/// A cursor as the API takes it: none when absent or empty. Positions are PostgreSQL bigints,
+/// so a larger number names no position there can be.
+fn position(text: Option<&str>) -> Result<Option<u64>, FeedError> {
+    match text.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => text.parse::<i64>().ok().and_then(|since| u64::try_from(since).ok()).map(Some).ok_or_else(|| {
+            FeedError::BadRequest(format!("the cursor must be a position (a number up to 2^63-1), not {text:?}"))
+        }),
     }
 }
 
@@ -297,6 +304,13 @@ mod tests {
                 Err(FeedError::BadRequest(_))
             ),
             "an empty ?since= leaves the header to be read"
+        );
+        assert!(
+            matches!(
+                FeedRequest::parse(Some("0"), Some("9223372036854775808"), None, None),
+                Err(FeedError::BadRequest(_))
+            ),
+            "a malformed header is refused even when ?since= wins"
         );
         for beyond in ["9223372036854775808", "-1"] {
             assert!(
