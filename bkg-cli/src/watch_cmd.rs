@@ -29,7 +29,9 @@ pub async fn run(settings: &Settings, args: WatchArgs) -> Result<i32, CliError> 
         let mut query = url.query_pairs_mut();
         query.append_pair("since", &args.since.unwrap_or(0).to_string());
         if let Some(kinds) = &args.kinds {
-            query.append_pair("kinds", kinds);
+            // `runs, keys` as people type it; the agent takes `runs,keys`.
+            let tidy: Vec<&str> = kinds.split(',').map(str::trim).filter(|kind| !kind.is_empty()).collect();
+            query.append_pair("kinds", &tidy.join(","));
         }
         if let Some(namespace) = &args.namespace {
             query.append_pair("namespace", namespace);

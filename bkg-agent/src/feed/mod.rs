@@ -66,11 +66,12 @@ impl FeedRequest {
         let since = position(since)?;
         let resent = position(last_event_id)?;
         let since = since.or(resent).unwrap_or(0);
+        // Exactly the documented form (an empty list is all kinds): the CLI tidies what people
+        // type before it asks.
         let kinds = kinds
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|kind| !kind.is_empty())
+            .filter(|kinds| !kinds.is_empty())
+            .into_iter()
+            .flat_map(|kinds| kinds.split(','))
             .map(|kind| {
                 ChangeKind::parse(kind).ok_or_else(|| {
                     FeedError::BadRequest(format!("unknown kind {kind:?}: use runs, sandboxes, keys or audit"))
@@ -292,7 +293,7 @@ mod tests {
 
     #[test]
     fn requests_are_read_with_clear_errors() -> Result<(), FeedError> {
-        let request = FeedRequest::parse(None, Some("42"), Some("runs, keys"), None)?;
+        let request = FeedRequest::parse(None, Some("42"), Some("runs,keys"), None)?;
         assert_eq!(request.since, 42);
         assert_eq!(request.kinds, BTreeSet::from([ChangeKind::Runs, ChangeKind::Keys]));
         assert_eq!(FeedRequest::parse(Some("7"), Some("42"), None, None)?.since, 7, "?since= wins");
@@ -319,6 +320,13 @@ mod tests {
             );
         }
         assert!(matches!(FeedRequest::parse(None, None, Some("runs,logs"), None), Err(FeedError::BadRequest(_))));
+        for untidy in [" runs", "runs,", "runs,,keys"] {
+            assert!(
+                matches!(FeedRequest::parse(None, None, Some(untidy), None), Err(FeedError::BadRequest(_))),
+                "{untidy}"
+            );
+        }
+        assert!(FeedRequest::parse(None, None, Some(""), None)?.kinds.is_empty(), "empty: every kind");
         Ok(())
     }
 

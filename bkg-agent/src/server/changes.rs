@@ -29,6 +29,7 @@ pub struct ChangesQuery {
     #[param(maximum = 9223372036854775807_u64)]
     since: Option<u64>,
     /// Only these kinds, comma-separated: runs, sandboxes, keys, audit (default all).
+    #[param(pattern = "^((runs|sandboxes|keys|audit)(,(runs|sandboxes|keys|audit))*)?$")]
     kinds: Option<String>,
     /// Only this namespace (an admin's filter; other keys see only their own).
     namespace: Option<String>,
@@ -44,7 +45,9 @@ pub struct ChangesQuery {
     get,
     path = "/api/v1/changes",
     tag = "changes",
-    params(ChangesQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position")),
+    // The `Last-Event-ID` header an SSE client resends is said in `since`'s description, not
+    // listed as a parameter: OpenAPI 3.1 would make it nullable, and `null` is no position.
+    params(ChangesQuery),
     responses((
         status = 200,
         description = "Server-sent events: `change` (a Change) and a last `resume` (a Resume)",
