@@ -166,6 +166,18 @@ impl Agent {
         command
     }
 
+    /// Runs `bkgr ARGS` in the project directory `dir` against this agent, with an empty stdin.
+    pub fn bkgr(&self, dir: &Path, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("bkgr"))
+            .args(args)
+            .current_dir(dir)
+            .env("BKG_SOCKET", &self.socket)
+            .env("BKG_NO_AUTOSTART", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bkgr")
+    }
+
     /// Runs `bkg exe ARGS` with an empty stdin.
     pub fn exe(&self, args: &[&str]) -> Output {
         self.bkg().arg("exe").args(args).stdin(Stdio::null()).output().expect("run bkg exe")

@@ -317,7 +317,7 @@ fn every_kind_of_record_reaches_bkg_db_and_a_bad_one_is_parked_then_retried() {
         "version: 1\nnamespace: walk\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: python -c 'print(2)'\n",
     )
     .expect("cave.yaml");
-    ok(&bkgr(&agent, project.path(), &["api"]), "bkgr");
+    ok(&agent.bkgr(project.path(), &["api"]), "bkgr");
     ok(&agent.bkg().args(["rm", "api", "--force"]).current_dir(project.path()).output().expect("bkg"), "rm");
 
     // Killed in the middle of a run (run.interrupted on the next start), the agent's outbox gets
@@ -439,17 +439,6 @@ fn ok_or_one(output: &std::process::Output) -> String {
     stdout(output)
 }
 
-fn bkgr(agent: &Agent, project: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bkg_tests::bin_dir().join("bkgr"))
-        .args(args)
-        .current_dir(project)
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bkgr")
-}
-
 /// Every file under `dir` whose bytes contain `needle`, but a persistent sandbox's disk image:
 /// that is the sandbox's own filesystem (what its code writes), not a record of the agent.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
@@ -493,7 +482,7 @@ fn environment_values_reach_the_sandbox_and_no_record() {
         ),
     )
     .expect("cave.yaml");
-    let run = bkgr(&agent, project.path(), &["api"]);
+    let run = agent.bkgr(project.path(), &["api"]);
     assert_eq!(code(&run), 0, "{}", stderr(&run));
     assert_eq!(stdout(&run).trim(), defined.chars().rev().collect::<String>(), "the value reached the sandbox");
     let exe = agent

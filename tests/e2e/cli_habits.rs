@@ -11,17 +11,6 @@ fn bkg_in(agent: &Agent, dir: &Path, args: &[&str]) -> Output {
     agent.bkg().args(args).current_dir(dir).stdin(Stdio::null()).output().expect("run bkg")
 }
 
-fn bkgr(agent: &Agent, dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin_dir().join("bkgr"))
-        .args(args)
-        .current_dir(dir)
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bkgr")
-}
-
 fn json(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|error| panic!("no JSON ({error}): {}\n{}", stdout(output), stderr(output)))
@@ -117,7 +106,7 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     assert!(stderr(&early).starts_with(&format!("bkg: sandbox `{long}` has no output yet")), "{}", stderr(&early));
 
     // Script arguments after `--`, quoted for the shell.
-    let run = bkgr(&agent, dir, &[long, "start", "--", "it's", "$HOME"]);
+    let run = agent.bkgr(dir, &[long, "start", "--", "it's", "$HOME"]);
     assert_eq!(code(&run), 0, "{}", stderr(&run));
     assert!(stdout(&run).ends_with("[\"it's\", '$HOME']\n"), "{}", stdout(&run));
 
@@ -128,7 +117,7 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     assert!(line.starts_with("20") && line.contains("Z [\"it's\""), "{line}");
 
     // bkgr's own --timeout overrides cave.yaml's, and its reason line names bkgr's flag.
-    let timed = bkgr(&agent, dir, &["b", "sleep", "--timeout", "1s"]);
+    let timed = agent.bkgr(dir, &["b", "sleep", "--timeout", "1s"]);
     assert_eq!(code(&timed), 124, "{}", stderr(&timed));
     assert_eq!(stderr(&timed), "bkgr: b: timed out after 1s (--timeout)\n");
 
@@ -143,7 +132,7 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
 
     // stop --all stops what runs, and only that.
     for name in [long, "b"] {
-        let detached = bkgr(&agent, dir, &["-d", name, "sleep"]);
+        let detached = agent.bkgr(dir, &["-d", name, "sleep"]);
         assert_eq!(code(&detached), 0, "{}", stderr(&detached));
     }
     let stopped = bkg_in(&agent, dir, &["stop", "--all", "--json"]);

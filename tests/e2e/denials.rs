@@ -1,9 +1,7 @@
 //! What the sandbox refuses a run is named in its result (`denials`), in its audit line and by
 //! `bkg logs NAME --policy`; the refused call still fails as the policy says.
 
-use std::process::{Command, Stdio};
-
-use bkg_tests::{Agent, bin_dir, code, stderr, stdout};
+use bkg_tests::{Agent, code, stderr, stdout};
 
 /// Python that calls ptrace(PTRACE_TRACEME) twice through libc and prints what it got back.
 const PTRACE_TWICE: &str = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n\
@@ -54,14 +52,7 @@ fn bkg_logs_policy_lists_what_a_sandbox_was_refused() {
         "version: 1\nnamespace: default\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: python probe.py\n",
     )
     .expect("cave.yaml");
-    let bkgr = Command::new(bin_dir().join("bkgr"))
-        .arg("box")
-        .current_dir(project.path())
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bkgr");
+    let bkgr = agent.bkgr(project.path(), &["box"]);
     assert_eq!(code(&bkgr), 0, "{}", stderr(&bkgr));
 
     let policy = agent.bkg().args(["logs", "box", "--policy"]).current_dir(project.path()).output().expect("bkg logs");

@@ -4,21 +4,10 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use bkg_tests::{Agent, bin_dir, code, stderr, stdout};
+use bkg_tests::{Agent, code, stderr, stdout};
 
 fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
     agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
-}
-
-fn bkgr(agent: &Agent, project: &Path, args: &[&str]) -> Output {
-    Command::new(bin_dir().join("bkgr"))
-        .args(args)
-        .current_dir(project)
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bkgr")
 }
 
 fn write(path: &Path, text: &str) {
@@ -39,7 +28,7 @@ fn project_with_box(agent: &Agent, extra: &[&str]) -> tempfile::TempDir {
     add.extend_from_slice(extra);
     let added = bkg_in(agent, dir, &add);
     assert_eq!(code(&added), 0, "add: {}", stderr(&added));
-    let first = bkgr(agent, dir, &["box"]);
+    let first = agent.bkgr(dir, &["box"]);
     assert_eq!(code(&first), 0, "first run: {}", stderr(&first));
     project
 }
@@ -60,7 +49,7 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     assert_eq!(answer["files"], 2, "two files (the link is not a file)");
 
     let shown =
-        bkgr(&agent, dir, &["box", "show", "--", "/workspace/in/src/deep/er/data.txt", "/workspace/in/src/link.py"]);
+        agent.bkgr(dir, &["box", "show", "--", "/workspace/in/src/deep/er/data.txt", "/workspace/in/src/link.py"]);
     assert_eq!(code(&shown), 0, "stderr: {}", stderr(&shown));
     assert_eq!(stdout(&shown), "deep data\nVALUE = 42\n", "the sandbox reads what was uploaded, the link too");
 
@@ -122,7 +111,7 @@ fn an_upload_larger_than_the_disk_says_the_disk_is_full() {
     assert_eq!(code(&full), 125, "{}", stderr(&full));
     assert!(stderr(&full).contains("disk is full"), "{}", stderr(&full));
     // The sandbox is free again and still works.
-    let after = bkgr(&agent, dir, &["box"]);
+    let after = agent.bkgr(dir, &["box"]);
     assert_eq!(code(&after), 0, "{}", stderr(&after));
 }
 

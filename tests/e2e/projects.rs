@@ -5,18 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use bkg_tests::{Agent, bin_dir, code, stderr, stdout};
-
-fn bkgr(agent: &Agent, project: &Path, args: &[&str]) -> Output {
-    Command::new(bin_dir().join("bkgr"))
-        .args(args)
-        .current_dir(project)
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bkgr")
-}
+use bkg_tests::{Agent, code, stderr, stdout};
 
 fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
     agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
@@ -43,10 +32,10 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
         "import os\npath = '/workspace/count'\nn = int(open(path).read()) + 1 if os.path.exists(path) else 1\nopen(path, 'w').write(str(n))\nprint('run', n)\n",
     );
 
-    let first = bkgr(&agent, dir, &[]);
+    let first = agent.bkgr(dir, &[]);
     assert_eq!(code(&first), 0, "stderr: {}", stderr(&first));
     assert_eq!(stdout(&first), "api | run 1\n", "with no NAME every sandbox runs, prefixed");
-    let second = bkgr(&agent, dir, &["api"]);
+    let second = agent.bkgr(dir, &["api"]);
     assert_eq!(code(&second), 0, "stderr: {}", stderr(&second));
     assert_eq!(stdout(&second), "run 2\n", "the workspace survived the first run");
     // The workspace is the agent's, in its state dir, never in the project (docs/cli.md).
@@ -71,13 +60,13 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
 
     let validate = bkg_in(&agent, dir, &["validate"]);
     assert_eq!(code(&validate), 0, "validate: {}", stderr(&validate));
-    let nothing = bkgr(&agent, dir, &[]);
+    let nothing = agent.bkgr(dir, &[]);
     assert!(stderr(&nothing).contains("declares no sandbox"), "{}", stderr(&nothing));
     let again = bkg_in(&agent, dir, &["add", "api", "--type", "python", "--script", "start=python -c 'print(7)'"]);
     assert_eq!(code(&again), 0, "add after rm: {}", stderr(&again));
     let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
     assert!(cave.starts_with("# cave.yaml: this project's sandboxes"), "comments are kept:\n{cave}");
-    let rerun = bkgr(&agent, dir, &["api"]);
+    let rerun = agent.bkgr(dir, &["api"]);
     assert_eq!(stdout(&rerun), "7\n", "stderr: {}", stderr(&rerun));
 }
 
@@ -121,7 +110,7 @@ fn two_sandboxes_interleave_prefixed_output_and_the_failure_decides_the_exit_cod
         &dir.join("fails.js"),
         "console.log('fails 1');\nsetTimeout(() => { console.log('fails 2'); process.exit(3); }, 500);\n",
     );
-    let output = bkgr(&agent, dir, &[]);
+    let output = agent.bkgr(dir, &[]);
     assert_eq!(code(&output), 3, "stdout: {} stderr: {}", stdout(&output), stderr(&output));
     let lines: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
     let position = |wanted: &str| lines.iter().position(|line| line == wanted);
@@ -145,7 +134,7 @@ fn detach_logs_and_stop() {
         &dir.join("ticker.py"),
         "import time\nfor i in range(1000):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n",
     );
-    let detached = bkgr(&agent, dir, &["-d", "ticker"]);
+    let detached = agent.bkgr(dir, &["-d", "ticker"]);
     assert_eq!(code(&detached), 0, "stderr: {}", stderr(&detached));
     assert!(stdout(&detached).starts_with("ticker\trun_"), "{}", stdout(&detached));
 
@@ -158,7 +147,7 @@ fn detach_logs_and_stop() {
         if logs.starts_with("tick 0\ntick 1\n") { Ok(()) } else { Err(logs) }
     });
 
-    let busy = bkgr(&agent, dir, &["ticker"]);
+    let busy = agent.bkgr(dir, &["ticker"]);
     assert_eq!(code(&busy), 125, "a second run of a running sandbox is refused");
     assert!(stderr(&busy).contains("already running"), "{}", stderr(&busy));
 
@@ -180,7 +169,7 @@ fn volumes_are_bound_as_declared_and_may_not_leave_the_project() {
         &dir.join("cave.yaml"),
         "version: 1\nnamespace: default\nsandboxes:\n  reader:\n    type: python\n    volumes: [ \"./data:/workspace/data:ro\" ]\n    scripts:\n      start: cat /workspace/data/in.txt && (echo x > /workspace/data/new 2>/dev/null || echo read-only)\n",
     );
-    let output = bkgr(&agent, dir, &["reader"]);
+    let output = agent.bkgr(dir, &["reader"]);
     assert_eq!(stdout(&output), "from the host\nread-only\n", "stderr: {}", stderr(&output));
 
     let outside = tempfile::tempdir().expect("outside dir");
@@ -191,10 +180,10 @@ fn volumes_are_bound_as_declared_and_may_not_leave_the_project() {
             outside.path().display()
         ),
     );
-    let refused = bkgr(&agent, dir, &["reader"]);
+    let refused = agent.bkgr(dir, &["reader"]);
     assert_eq!(code(&refused), 125);
     assert!(stderr(&refused).contains("--allow-outside"), "{}", stderr(&refused));
-    let allowed = bkgr(&agent, dir, &["reader", "--allow-outside"]);
+    let allowed = agent.bkgr(dir, &["reader", "--allow-outside"]);
     assert_eq!(code(&allowed), 0, "stderr: {}", stderr(&allowed));
 }
 
@@ -206,13 +195,13 @@ fn a_missing_sandbox_or_script_is_one_clear_line() {
         &project.path().join("cave.yaml"),
         "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: python -V\n",
     );
-    let missing = bkgr(&agent, project.path(), &["web"]);
+    let missing = agent.bkgr(project.path(), &["web"]);
     assert_eq!(code(&missing), 125);
     assert_eq!(stderr(&missing), "bkgr: no sandbox `web` in cave.yaml (it has: api)\n");
-    let no_script = bkgr(&agent, project.path(), &["api", "test"]);
+    let no_script = agent.bkgr(project.path(), &["api", "test"]);
     assert_eq!(stderr(&no_script), "bkgr: sandbox `api` has no script `test` (it has: start)\n");
     let nowhere = tempfile::tempdir().expect("empty dir");
-    let no_project = bkgr(&agent, nowhere.path(), &[]);
+    let no_project = agent.bkgr(nowhere.path(), &[]);
     assert_eq!(code(&no_project), 125);
     assert!(stderr(&no_project).contains("no cave.yaml"), "{}", stderr(&no_project));
 }
@@ -242,7 +231,7 @@ fn the_example_projects_run_in_their_sandboxes() {
     ] {
         let project = tempfile::tempdir().expect("project dir");
         copy_tree(&bkg_tests::examples_dir().join(example), project.path());
-        let output = bkgr(&agent, project.path(), &[]);
+        let output = agent.bkgr(project.path(), &[]);
         assert_eq!(code(&output), 0, "{example}: stdout {} stderr {}", stdout(&output), stderr(&output));
         assert!(stdout(&output).contains(expected), "{example}: {}", stdout(&output));
     }
@@ -280,7 +269,7 @@ fn the_project_bkg_init_makes_runs_as_generated() {
         assert_eq!(code(&init), 0, "init: {}", stderr(&init));
         let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
         assert!(cave.contains(start), "{cave}");
-        let output = bkgr(&agent, dir, &[name]);
+        let output = agent.bkgr(dir, &[name]);
         assert_eq!(code(&output), 0, "{language}: stderr {}", stderr(&output));
         assert_eq!(stdout(&output), format!("hello from {name}\n"));
     }
@@ -316,7 +305,7 @@ fn a_private_project_and_volume_read_and_write_as_their_owner_sees_them() {
     write(&dir.join("secret.txt"), "not yours\n");
     make_private(&dir.join("secret.txt"), STRANGER);
 
-    let output = bkgr(&agent, dir, &["app"]);
+    let output = agent.bkgr(dir, &["app"]);
     assert_eq!(code(&output), 0, "stdout: {} stderr: {}", stdout(&output), stderr(&output));
     assert_eq!(
         stdout(&output),
@@ -363,7 +352,7 @@ fn a_project_whose_filesystem_cannot_be_idmapped_is_refused_in_one_line() {
     let dir = ramfs.dir.path();
     let init = bkg_in(&agent, dir, &["init", "--yes", "--sandbox", "app"]);
     assert_eq!(code(&init), 0, "init: {}", stderr(&init));
-    let refused = bkgr(&agent, dir, &["app"]);
+    let refused = agent.bkgr(dir, &["app"]);
     assert_eq!(code(&refused), 125, "stdout: {}", stdout(&refused));
     let line = stderr(&refused);
     assert_eq!(line.lines().count(), 1, "{line}");

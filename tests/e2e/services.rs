@@ -8,18 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bkg_tests::{Agent, AgentOptions, bin_dir, code, stderr, stdout};
-
-fn bkgr(agent: &Agent, project: &Path, args: &[&str]) -> Output {
-    Command::new(bin_dir().join("bkgr"))
-        .args(args)
-        .current_dir(project)
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bkgr")
-}
+use bkg_tests::{Agent, AgentOptions, code, stderr, stdout};
 
 fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
     agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
@@ -78,7 +67,7 @@ fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
     // The greeting names this test's server among the host's processes.
     let marker = format!("svc-{}-{port}", std::process::id());
 
-    let started = bkgr(&agent, dir, &["-d", "web", "start", "--", &marker]);
+    let started = agent.bkgr(dir, &["-d", "web", "start", "--", &marker]);
     assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
     let first = poll("the service on its forwarded port", || get(port).filter(|body| body.starts_with(&marker)));
     // Each start of the server draws its own token: a new one means a new process.

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bkg_tests::{Agent, bin_dir, code, stderr};
+use bkg_tests::{Agent, code, stderr};
 
 /// How long any one expected piece of output may take before the test gives up (it fails
 /// rather than hangs; nothing is measured against it).
@@ -116,14 +116,7 @@ fn project_with_a_sandbox(agent: &Agent) -> tempfile::TempDir {
         "version: 1\nnamespace: default\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: \"true\"\n",
     )
     .expect("cave.yaml");
-    let first = Command::new(bin_dir().join("bkgr"))
-        .arg("box")
-        .current_dir(project.path())
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bkgr");
+    let first = agent.bkgr(project.path(), &["box"]);
     assert_eq!(code(&first), 0, "bkgr box: {}", stderr(&first));
     project
 }
