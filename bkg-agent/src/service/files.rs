@@ -190,6 +190,7 @@ impl Service {
             return Err(error.into());
         }
         let (sender, chunks) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let held_open = sender.clone();
         let packing = tokio::task::spawn_blocking(move || {
             let mut writer = ChunkWriter { sender: sender.clone(), pending: Vec::with_capacity(CHUNK_BYTES) };
             let packed = workspace
@@ -200,9 +201,12 @@ impl Service {
                 let _ = sender.blocking_send(Err(std::io::Error::other(error.to_string())));
             }
         });
+        // The stream ends only once the sandbox is free again, so a caller who read all of it
+        // can go on with the sandbox at once.
         tokio::spawn(async move {
             let _ = packing.await;
             release.release().await;
+            drop(held_open);
         });
         Ok(chunks)
     }
