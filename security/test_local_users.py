@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -330,3 +331,39 @@ def test_a_member_is_held_to_the_per_user_limits(users):
     assert [rc for rc, _, _ in outcomes[:MAX_SANDBOXES]] == [0] * MAX_SANDBOXES, outcomes
     rc, _, err = outcomes[MAX_SANDBOXES]
     assert rc != 0 and one_line(err) and "persistent sandboxes" in err, err
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def nothing_listens_on(port):
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_member_cannot_forward_a_privileged_port_or_one_other_hosts_reach(users):
+    bob = users["bob"]
+    bob.write("serve.py", "print('served')\n")
+    port = free_port()
+    for mapping in ("0.0.0.0:%d:8000" % port, "80:8000"):
+        rc, out, err = bob.run("bkg", "exe", "-p", mapping, "serve.py")
+        assert rc == 125 and out == "", (mapping, out, err)
+        assert one_line(err) and "only an admin may forward" in err, err
+    project = bob.home / "exposed"
+    project.mkdir(exist_ok=True)
+    os.chown(project, bob.uid, bob.gid)
+    assert bob.run("bkg", "init", "--yes", cwd=project)[0] == 0
+    assert bob.run("bkg", "add", "api", "--type", "python", "--script", "start=true", cwd=project)[0] == 0
+    cave = project / "cave.yaml"
+    text = cave.read_text()
+    assert "    scripts:" in text, text
+    cave.write_text(text.replace("    scripts:", "    ports: ['0.0.0.0:%d:8000']\n    scripts:" % port, 1))
+    rc, out, err = bob.run("bkgr", "api", cwd=project)
+    assert rc != 0 and one_line(err) and "only an admin may forward" in err, (rc, out, err)
+    assert nothing_listens_on(port)
+    # A port of 1024 and up on loopback is any member's.
+    rc, out, err = bob.run("bkg", "exe", "-p", "%d:8000" % port, "serve.py")
+    assert rc == 0 and out == "served\n", err

@@ -128,6 +128,17 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     assert_eq!(ran.json()["stdout"], "hi from /workspace\n");
     let run_id = ran.json()["id"].as_str().unwrap_or_default().to_owned();
     expect(&team.post("/api/v1/runs", &python_run(Some("other"))), 403, "another namespace's run");
+    // Host ports other hosts could reach, or privileged ones, are an admin's to forward.
+    for port in ["0.0.0.0:18080:8000", "80:8000"] {
+        let mut run = python_run(None);
+        run["ports"] = json!([port]);
+        let refused = team.post("/api/v1/runs", &run);
+        expect(&refused, 403, port);
+        assert!(
+            refused.json()["error"]["message"].as_str().is_some_and(|error| error.contains("only an admin")),
+            "{port}"
+        );
+    }
     let by_admin = admin.post("/api/v1/runs", &python_run(Some("elsewhere")));
     expect(&by_admin, 200, "an admin names any namespace");
     assert_eq!(team.get(&format!("/api/v1/runs/{run_id}")).json()["namespace"], "team");

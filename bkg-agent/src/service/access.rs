@@ -6,6 +6,8 @@
 //! | run code (also on a terminal); define, drive, list sandboxes; read runs | all namespaces | its namespace | its namespace | its namespace | no |
 //! | read the change feed | all namespaces | its namespace | its namespace | its namespace | no |
 //! | bind host volumes, use another project directory | yes | with its own rights | no | no | no |
+//! | forward a host port on loopback, 1024 and up | yes | yes | yes | yes | no |
+//! | forward a host port below 1024 or on another address | yes | no | no | no | no |
 //! | create keys | any | session and model-access keys of its namespace | session and model-access keys of its namespace | no | no |
 //! | see, rotate, revoke, delete a key | any | non-admin keys of its namespace | non-admin keys of its namespace | itself | itself |
 //! | refresh a key | — | — | — | itself | — |
@@ -22,6 +24,7 @@
 //! as missing (`NotFound`), never as forbidden: its existence is not the caller's to learn.
 
 use bkg_schema::auth::{KeyInfo, Role};
+use bkg_schema::egress::PortMapping;
 
 use super::OpError;
 use crate::auth::local::{Account, LocalAccess, UserPolicy};
@@ -157,6 +160,25 @@ pub fn may_keep_sandbox(
         )));
     }
     Ok(())
+}
+
+/// Whether the caller may forward these host ports into a sandbox: a port of 1024 and up on
+/// loopback is anyone's who may run code; a privileged port, or one other hosts can reach, is
+/// the host's to give (an admin's). A malformed mapping is left to the engine to name.
+pub fn may_forward_ports(principal: &Principal, ports: &[String]) -> Result<(), OpError> {
+    if principal.is_admin() {
+        return Ok(());
+    }
+    let host_wide = ports
+        .iter()
+        .filter_map(|text| PortMapping::parse(text).ok())
+        .find(|mapping| mapping.host_port < 1024 || !mapping.address.is_loopback());
+    match host_wide {
+        Some(mapping) => Err(OpError::Forbidden(format!(
+            "host port {mapping}: only an admin may forward a port below 1024 or on an address other than loopback"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Whose rights open a sandbox's host paths (its project directory and volumes).
@@ -311,6 +333,21 @@ pub fn manages(principal: &Principal, key: &KeyInfo) -> bool {
 mod tests {
     use super::*;
     use crate::auth::tests::key_info as key;
+
+    #[test]
+    fn only_admins_forward_privileged_ports_or_ports_on_other_addresses() {
+        let team = Principal::Key(key("key_1", Role::Namespace, Some("team")));
+        let admin = Principal::Key(key("key_2", Role::Admin, None));
+        for ports in [&["8080:80"][..], &["127.0.0.1:1024:80", "[::1]:9000:9000"], &["not a port"]] {
+            let ports: Vec<String> = ports.iter().map(|port| (*port).to_owned()).collect();
+            assert!(may_forward_ports(&team, &ports).is_ok(), "{ports:?}");
+        }
+        for port in ["80", "127.0.0.1:1023:8000", "0.0.0.0:8080:8000", "[::]:8080:80", "192.168.1.2:9000:9000"] {
+            let ports = vec!["8080:80".to_owned(), port.to_owned()];
+            assert!(matches!(may_forward_ports(&team, &ports), Err(OpError::Forbidden(_))), "{port}");
+            assert!(may_forward_ports(&admin, &ports).is_ok(), "{port}");
+        }
+    }
 
     #[test]
     fn namespace_keys_are_confined_and_admins_are_not() {

@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::access::{
-    listing_namespace, namespace_for, reaches, require_code_runner, user_limit_defaults, within_user_limits,
+    listing_namespace, may_forward_ports, namespace_for, reaches, require_code_runner, user_limit_defaults,
+    within_user_limits,
 };
 use super::{OpError, OpResult, RunInput, RunOutput, Service};
 use crate::auth::Principal;
@@ -75,6 +76,7 @@ impl Service {
     pub(super) fn validate_run(&self, principal: &Principal, request: RunRequest) -> OpResult<ValidatedRun> {
         require_code_runner(principal)?;
         let namespace = namespace_for(principal, request.namespace.as_deref())?;
+        may_forward_ports(principal, &request.ports)?;
         let secrets = request.secrets.clone();
         let mut request = request;
         let policy = &self.auth.policy.user;

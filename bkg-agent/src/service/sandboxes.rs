@@ -16,8 +16,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::access::{
-    HostPaths, definition_namespace, host_paths, may_keep_sandbox, namespace_for, reaches, require_code_runner,
-    user_limit_defaults, within_user_limits,
+    HostPaths, definition_namespace, host_paths, may_forward_ports, may_keep_sandbox, namespace_for, reaches,
+    require_code_runner, user_limit_defaults, within_user_limits,
 };
 use super::runs::Accepted;
 use super::{OpError, OpResult, Service};
@@ -155,6 +155,7 @@ impl Service {
         }
         // What the caller could not open is refused here already, with the reason.
         self.open_host_paths(principal, &definition)?;
+        may_forward_ports(principal, &definition.ports)?;
         if !project.is_dir() {
             return Err(OpError::Invalid(format!(
                 "project directory {} must be an existing absolute path",
@@ -283,6 +284,7 @@ impl Service {
         let stored = self.visible_sandbox(principal, id).await?;
         // The paths are opened again for every run: they may have changed since the definition.
         let (mut opened, mapped_owner) = self.open_host_paths(principal, &stored.definition)?;
+        may_forward_ports(principal, &stored.definition.ports)?;
         if timeout_ms.is_some() {
             opened.limits.timeout_ms = timeout_ms;
         }
