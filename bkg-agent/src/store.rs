@@ -1036,6 +1036,9 @@ mod tests {
             network: Vec::new(),
             ports: Vec::new(),
             restart: Default::default(),
+            requirements: Vec::new(),
+            secrets: Vec::new(),
+            keep: Vec::new(),
         };
         store.put_sandbox(&caller(), "api-1", &definition, 5).await?;
         let stored: String =

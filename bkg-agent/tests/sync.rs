@@ -321,6 +321,9 @@ impl History {
                 network: Vec::new(),
                 ports: Vec::new(),
                 restart: Default::default(),
+                requirements: Vec::new(),
+                secrets: Vec::new(),
+                keep: Vec::new(),
             };
             history.push(AuditEvent {
                 namespace: Some((*namespace).into()),

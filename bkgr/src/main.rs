@@ -7,9 +7,9 @@ use bkg_cli::shared::{
     AgentClient, BKG_FAILED, Bkgr as Args, CliError, Endpoint, LimitArgs, Output, Printer, SUCCESS, Stdin,
     bkgr_command, denial_lines, exit_code_of_run, limit_overrides, project_dir, reason_line, run_streamed,
 };
-use bkg_schema::LimitOverrides;
 use bkg_schema::cave::{CaveFile, SandboxSpec, Volume};
 use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, SandboxInfo, VolumeSpec, sandbox_id};
+use bkg_schema::{Language, LimitOverrides};
 
 fn main() -> ExitCode {
     let args: Args = match bkg_cli::shared::parse(bkgr_command()) {
@@ -42,7 +42,11 @@ async fn run(args: Args) -> Result<i32, CliError> {
     for (name, spec) in &selected {
         let command = spec.scripts.get(&args.script).ok_or_else(|| {
             let known: Vec<&str> = spec.scripts.keys().map(String::as_str).collect();
-            CliError::usage(format!("sandbox `{name}` has no script `{}` (it has: {})", args.script, known.join(", ")))
+            let has = match known.as_slice() {
+                [] => "it has none: add one under `scripts:` in cave.yaml".to_owned(),
+                known => format!("it has: {}", known.join(", ")),
+            };
+            CliError::usage(format!("sandbox `{name}` has no script `{}` ({has})", args.script))
         })?;
         let mut definition = definition(&cave, &project, name, spec, args.allow_outside)?;
         over(&mut definition.limits, &args.limits)?;
@@ -155,7 +159,24 @@ fn definition(
         network: spec.network.as_ref().map(|network| network.allow.clone()).unwrap_or_default(),
         ports: spec.ports.clone(),
         restart: spec.restart,
+        requirements: requirements(project, name, spec)?,
+        secrets: spec.secrets.clone(),
+        keep: spec.keep.clone(),
     })
+}
+
+/// The lines of the sandbox's `python.requirements` file, read as the user who runs bkgr.
+fn requirements(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Vec<String>, CliError> {
+    let Some(file) = spec.python.as_ref().and_then(|python| python.requirements.as_deref()) else {
+        return Ok(Vec::new());
+    };
+    if spec.r#type != Language::Python {
+        return Err(CliError::usage(format!("sandbox `{name}`: python.requirements is for sandboxes of type python")));
+    }
+    let path = project.join(file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|error| CliError::usage(format!("sandbox `{name}`: requirements {}: {error}", path.display())))?;
+    Ok(text.lines().map(str::to_owned).collect())
 }
 
 async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Result<(), CliError> {

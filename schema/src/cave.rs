@@ -71,6 +71,24 @@ pub struct SandboxSpec {
     /// What a detached run (`bkgr -d`) does when it fails.
     #[serde(default)]
     pub restart: crate::egress::RestartPolicy,
+    /// The Python environment of its runs.
+    #[serde(default, deserialize_with = "some_mapping")]
+    pub python: Option<CavePython>,
+    /// Names of secrets (`bkg secrets set`) given to its runs as environment variables.
+    #[serde(default, deserialize_with = "string_list")]
+    pub secrets: Vec<String>,
+    /// Paths under /workspace kept as each run's files, with /workspace/out.
+    #[serde(default, deserialize_with = "string_list")]
+    pub keep: Vec<String>,
+}
+
+/// `python:` of a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CavePython {
+    /// A requirements file, relative to the project directory.
+    #[serde(default, deserialize_with = "some_string")]
+    pub requirements: Option<String>,
 }
 
 /// `network:` of a sandbox.
@@ -1003,6 +1021,29 @@ sandboxes:
         );
         assert!(errors[1].message.contains(r#"is not one of ["python","node"]"#));
         assert!(errors[2].message.starts_with(r#"additional property "colour" is not allowed"#));
+    }
+
+    #[test]
+    fn packages_secrets_and_kept_paths_are_checked_like_the_rest() {
+        let good = "version: 1\nsandboxes:\n  api:\n    type: python\n    python: { requirements: req.txt }\n    \
+                    secrets: [API_TOKEN]\n    keep: [report.txt, /workspace/out/, data/x]\n";
+        let cave = parse(good, "cave.yaml").expect("a good file");
+        let api = &cave.sandboxes["api"];
+        assert_eq!(api.python.as_ref().and_then(|python| python.requirements.as_deref()), Some("req.txt"));
+        assert_eq!((api.secrets.len(), api.keep.len()), (1, 3));
+        let bad = "version: 1\nsandboxes:\n  api:\n    type: python\n    python: { packages: [six] }\n    \
+                   secrets: [1BAD]\n    keep: [../up, stdout, a//b]\n";
+        let pointers: Vec<String> = errors_of(bad).into_iter().map(|error| error.pointer).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/sandboxes/api/python/packages",
+                "/sandboxes/api/secrets/0",
+                "/sandboxes/api/keep/0",
+                "/sandboxes/api/keep/1",
+                "/sandboxes/api/keep/2"
+            ]
+        );
     }
 
     #[test]

@@ -72,6 +72,17 @@ pub struct SandboxDefinition {
     /// What a detached run does when it fails.
     #[serde(default, skip_serializing_if = "is_default")]
     pub restart: RestartPolicy,
+    /// Python packages its runs need, as requirement lines (as `RunRequest.requirements`):
+    /// installed once per distinct set, mounted read-only into every run, session and shell.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<String>,
+    /// Names of secrets (`bkg secrets set`) its runs get as environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Paths under /workspace kept, with /workspace/out, as each run's files (as
+    /// `RunRequest.keep`). Empty: only long output is kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {

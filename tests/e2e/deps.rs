@@ -215,3 +215,70 @@ fn a_secret_reaches_the_script_and_no_record() {
     let after = agent.exe(&["--secret", "API_TOKEN", "-c", "1", "--type", "python"]);
     assert_eq!(code(&after), 125);
 }
+
+/// `bkg secrets set NAME` with `value` on stdin.
+fn set_secret(agent: &Agent, name: &str, value: &str) {
+    let mut set = agent.bkg().args(["secrets", "set", name]).stdin(Stdio::piped()).spawn().expect("set");
+    set.stdin.take().expect("stdin").write_all(format!("{value}\n").as_bytes()).expect("write the value");
+    let set = set.wait_with_output().expect("bkg secrets set");
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
+}
+
+#[test]
+fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
+    let index = LocalIndex::start();
+    let agent = agent_with_index(&index);
+    let value = "cave-s3cr3t-41d2";
+    set_secret(&agent, "API_TOKEN", value);
+    let (project, _) = project(&[
+        (
+            "cave.yaml",
+            "version: 1\nsandboxes:\n  api:\n    type: python\n    python:\n      requirements: requirements.txt\n    \
+             secrets: [API_TOKEN]\n    keep: [report.txt]\n    scripts:\n      start: python3 main.py\n",
+        ),
+        ("requirements.txt", "six==1.17.0\n"),
+        (
+            "main.py",
+            "import os, six\nprint(six.__version__, six.__file__.startswith('/opt/bkg/python'), \
+             os.environ['API_TOKEN'] == 'cave-s3cr3t-41d2')\nopen('/workspace/report.txt', 'w').write('kept\\n')\n",
+        ),
+    ]);
+    let dir = project.path();
+
+    let first = agent.bkgr(dir, &["api"]);
+    assert_eq!(code(&first), 0, "{}\n{}", stderr(&first), agent.log());
+    assert_eq!(stdout(&first), "1.17.0 True True\n");
+    assert!(stderr(&first).contains("installing 1 Python package"), "{}", stderr(&first));
+    let second = agent.bkgr(dir, &["api"]);
+    assert_eq!((code(&second), stdout(&second).as_str()), (0, "1.17.0 True True\n"), "{}", stderr(&second));
+    assert!(!stderr(&second).contains("installing"), "the second run installed again: {}", stderr(&second));
+    assert_eq!(index.wheel_downloads(), 1);
+
+    // The run's kept file, fetched as any run's.
+    let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+    let run_id = runs[0]["id"].as_str().expect("the newest run").to_owned();
+    let fetched = tempfile::tempdir().expect("temp dir");
+    let into = fetched.path().join("files");
+    let fetch = agent.bkg().args(["runs", "files", &run_id, "--output"]).arg(&into).output().expect("fetch");
+    assert_eq!(code(&fetch), 0, "{}", stderr(&fetch));
+    assert_eq!(std::fs::read_to_string(into.join("report.txt")).expect("report.txt"), "kept\n");
+
+    agent.wait_idle();
+    let leaks = files_containing(agent.dir.path(), value.as_bytes());
+    assert!(leaks.is_empty(), "the secret's value is in {leaks:?}");
+
+    // A secret that is not set is named before anything runs; python: on a node sandbox is refused.
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  api:\n    type: python\n    secrets: [MISSING]\n    scripts:\n      start: 'true'\n\
+         \x20 web:\n    type: node\n    python:\n      requirements: requirements.txt\n    scripts:\n      start: 'true'\n",
+    )
+    .expect("cave.yaml");
+    let missing = agent.bkgr(dir, &["api"]);
+    assert_eq!(code(&missing), 125, "{}", stderr(&missing));
+    assert!(stderr(&missing).contains("no secret `MISSING`"), "{}", stderr(&missing));
+    let node = agent.bkgr(dir, &["web"]);
+    assert_eq!(code(&node), 125, "{}", stderr(&node));
+    assert!(stderr(&node).contains("python.requirements is for sandboxes of type python"), "{}", stderr(&node));
+}

@@ -214,6 +214,10 @@ impl Engine {
         self.resolve_limits(&definition.limits)?;
         sandbox_env(&definition.env)?;
         self.network_plan(&definition.network, &definition.ports)?;
+        kept_by_sandbox(&definition.keep)?;
+        if !definition.requirements.is_empty() && definition.language != bkg_schema::Language::Python {
+            return Err(RunError::BadRequest("requirements are for sandboxes of type python".into()));
+        }
         for (name, command) in &definition.scripts {
             if command.contains('\0') {
                 return Err(RunError::BadRequest(format!("script `{name}` contains a NUL byte")));
@@ -465,8 +469,7 @@ impl Engine {
                 },
                 log_dir: home.logs_dir(),
             }),
-            // A persistent sandbox keeps its /workspace itself; only its long output is kept.
-            keep: Vec::new(),
+            keep: kept_by_sandbox(&definition.keep)?,
             network,
             additions: Additions::default(),
             relay: Vec::new(),
@@ -591,6 +594,15 @@ pub(super) fn cpu_count(cpu_millis: u64) -> usize {
 
 /// The paths a temporary run keeps: /workspace/out and those it asked for, relative to
 /// /workspace, with any path inside another left out (its files are kept once).
+/// What a persistent sandbox's run keeps as its files: its `keep` paths with /workspace/out, or,
+/// without any (its /workspace stays between runs anyway), only its long output.
+fn kept_by_sandbox(asked: &[String]) -> Result<Vec<String>, RunError> {
+    match asked {
+        [] => Ok(Vec::new()),
+        asked => keep_paths(asked),
+    }
+}
+
 fn keep_paths(asked: &[String]) -> Result<Vec<String>, RunError> {
     use bkg_schema::artefacts::{DEFAULT_KEEP, MAX_KEEP_PATHS, keep_path};
     if asked.len() > MAX_KEEP_PATHS {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bkg_schema::files::{FileEntry, UploadResult};
-use bkg_schema::sandbox::ExecRequest;
+use bkg_schema::sandbox::{ExecRequest, SandboxDefinition};
 use tokio::sync::mpsc;
 
 use super::{OpError, OpResult, RunInput, Service};
@@ -134,7 +134,9 @@ impl Service {
         let (definition, mut validated) = self.validate_sandbox_exec(principal, id, exec, None).await?;
         // A big transfer may take longer than the sandbox's code may run.
         validated.limits.timeout_ms = self.engine.config.max_limits.timeout_ms;
-        let accepted = self.accept_in_sandbox(principal, &definition.name, validated)?;
+        // A transfer's own run needs none of the sandbox's packages.
+        let bare = SandboxDefinition { requirements: Vec::new(), ..definition };
+        let accepted = self.accept_in_sandbox(principal, &bare, validated)?;
         let (stdin, input) = mpsc::channel(1);
         let tracker = accepted.tracker();
         drop(self.start(accepted, input, None));

@@ -53,6 +53,11 @@ impl Accepted {
     pub(super) fn tracker(&self) -> Arc<crate::engine::handle::RunTracker> {
         self.ticket.tracker()
     }
+
+    /// The Python requirement set (as `requirement_set` gives it) to provide before the code runs.
+    pub(super) fn needs(&mut self, requirements: Vec<String>) {
+        self.requirements = requirements;
+    }
 }
 
 /// A run going on in a task of its own; its result when awaited.
@@ -67,7 +72,7 @@ impl Service {
         let requirements = self.requirement_set(&request.requirements)?;
         let validated = self.validate_run(principal, request)?;
         let mut accepted = self.accept(principal, validated)?;
-        accepted.requirements = requirements;
+        accepted.needs(requirements);
         Ok(accepted)
     }
 

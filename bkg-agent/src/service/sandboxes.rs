@@ -20,6 +20,7 @@ use super::access::{
     require_code_runner, user_limit_defaults, within_user_limits,
 };
 use super::runs::Accepted;
+use super::secrets::check_secret_names;
 use super::{OpError, OpResult, Service};
 use crate::auth::Principal;
 use crate::engine::handle::{RunPhase, RunProgress, wait_until};
@@ -178,6 +179,8 @@ impl Service {
             self.check_user_policy(principal, id, &definition).await?;
         }
         self.engine.check_definition(&definition)?;
+        self.requirement_set(&definition.requirements)?;
+        check_secret_names(&definition.secrets)?;
         let caller = principal.audit_caller(&definition.namespace);
         let stored = self.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
         self.sandbox_info(stored).await
@@ -231,6 +234,9 @@ impl Service {
             network: Vec::new(),
             ports: Vec::new(),
             restart: Default::default(),
+            requirements: Vec::new(),
+            secrets: Vec::new(),
+            keep: Vec::new(),
         };
         self.define_sandbox(principal, &id, definition).await
     }
@@ -266,7 +272,7 @@ impl Service {
     /// Checks a command for sandbox `id` and takes it on; the sandbox is the run's until it ends.
     pub async fn accept_exec(&self, principal: &Principal, id: &str, exec: ExecRequest) -> OpResult<Accepted> {
         let (definition, validated) = self.validate_sandbox_exec(principal, id, exec.clone(), None).await?;
-        let mut accepted = self.accept_in_sandbox(principal, &definition.name, validated)?;
+        let mut accepted = self.accept_in_sandbox(principal, &definition, validated)?;
         // Kept to start it again when it fails and its sandbox says `restart: on-failure`.
         accepted.exec = Some((exec, definition.restart));
         Ok(accepted)
@@ -290,22 +296,27 @@ impl Service {
         }
         let defaults = &self.engine.config.default_limits;
         opened.limits = user_limit_defaults(principal, &self.auth.policy.user, &opened.limits, defaults);
-        let validated = self.engine.validate_exec(&opened, exec, mapped_owner)?;
+        let mut validated = self.engine.validate_exec(&opened, exec, mapped_owner)?;
         within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
+        self.give_secrets(&mut validated, &stored.definition.secrets)?;
         Ok((stored.definition, validated))
     }
 
-    /// Takes on a run in the persistent sandbox `name`; the sandbox is the run's until it ends.
+    /// Takes on a run in the persistent sandbox of `definition`, with its Python packages; the
+    /// sandbox is the run's until it ends.
     pub(super) fn accept_in_sandbox(
         &self,
         principal: &Principal,
-        name: &str,
+        definition: &SandboxDefinition,
         validated: ValidatedRun,
     ) -> OpResult<Accepted> {
-        self.accept(principal, validated).map_err(|error| match error {
-            OpError::Run(RunError::Busy(_)) => busy(name),
+        let requirements = self.requirement_set(&definition.requirements)?;
+        let mut accepted = self.accept(principal, validated).map_err(|error| match error {
+            OpError::Run(RunError::Busy(_)) => busy(&definition.name),
             other => other,
-        })
+        })?;
+        accepted.needs(requirements);
+        Ok(accepted)
     }
 
     /// Runs one of the sandbox's scripts (default `start`), detached; its output goes to the

@@ -17,6 +17,10 @@ impl From<SecretError> for OpError {
     }
 }
 
+pub(super) fn check_secret_names(names: &[String]) -> OpResult<()> {
+    names.iter().try_for_each(|name| check_name(name))
+}
+
 fn check_name(name: &str) -> OpResult<()> {
     let is_variable_name = !name.is_empty()
         && name.len() <= 255
@@ -74,9 +78,7 @@ impl Service {
 
     /// Puts the named secrets of the run's namespace into its environment.
     pub(super) fn give_secrets(&self, run: &mut ValidatedRun, names: &[String]) -> OpResult<()> {
-        for name in names {
-            check_name(name)?;
-        }
+        check_secret_names(names)?;
         match self.secrets.open(&run.namespace, names)? {
             Ok(values) => {
                 run.add_env(values);

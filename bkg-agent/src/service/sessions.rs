@@ -172,7 +172,7 @@ impl Service {
             ExecRequest { command: "true".into(), detach: false, env: Default::default(), stdin_base64: None };
         let (definition, validated) = self.validate_sandbox_exec(principal, id, placeholder, None).await?;
         let validated = self.engine.session_run(validated, language, runner)?;
-        let accepted = self.accept_in_sandbox(principal, &definition.name, validated)?;
+        let accepted = self.accept_in_sandbox(principal, &definition, validated)?;
         let tracker = accepted.tracker();
         let (stdin, input) = mpsc::channel(16);
         let (output_sender, output) = mpsc::channel(64);

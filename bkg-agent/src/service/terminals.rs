@@ -25,6 +25,6 @@ impl Service {
         let (definition, mut validated) =
             self.validate_sandbox_exec(principal, id, exec, open.request.timeout_ms).await?;
         validated.on_terminal(open.size, open.term)?;
-        self.accept_in_sandbox(principal, &definition.name, validated)
+        self.accept_in_sandbox(principal, &definition, validated)
     }
 }
