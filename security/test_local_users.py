@@ -367,3 +367,34 @@ def test_a_member_cannot_forward_a_privileged_port_or_one_other_hosts_reach(user
     # A port of 1024 and up on loopback is any member's.
     rc, out, err = bob.run("bkg", "exe", "-p", "%d:8000" % port, "serve.py")
     assert rc == 0 and out == "served\n", err
+
+
+def test_bkg_cp_moves_files_only_where_the_member_may_write_and_from_what_they_may_read(users):
+    alice, bob = users["alice"], users["bob"]
+    project = alice.home / "copies"
+    project.mkdir(exist_ok=True)
+    os.chown(project, alice.uid, alice.gid)
+    assert alice.run("bkg", "init", "--yes", cwd=project)[0] == 0
+    assert alice.run("bkg", "add", "box", "--type", "python", "--script", "start=ls /workspace",
+                     cwd=project)[0] == 0
+    assert alice.run("bkgr", "box", cwd=project)[0] == 0
+    alice.write("copies/note.txt", "alice's note\n")
+    rc, _, err = alice.run("bkg", "cp", "note.txt", "box:", cwd=project)
+    assert rc == 0, err
+    # Out of the sandbox into places the member cannot write: refused by the kernel, as her.
+    bob_private = bob.home / "private-dir"
+    bob_private.mkdir(exist_ok=True)
+    os.chown(bob_private, bob.uid, bob.gid)
+    os.chmod(bob_private, 0o700)
+    for dest in (bob_private / "stolen", Path("/etc/bkgsec-%s" % TAG), Path(alice.agent.state_dir) / "planted"):
+        rc, out, err = alice.run("bkg", "cp", "box:note.txt", dest, cwd=project)
+        assert rc == 125 and one_line(err), (dest, rc, out, err)
+        assert not dest.exists(), dest
+    # Into the sandbox from files she cannot read: nothing of them reaches it.
+    secret = bob.write("secret.txt", SECRET + "\n", mode=0o600)
+    for source in (secret, Path("/etc/shadow")):
+        rc, out, err = alice.run("bkg", "cp", source, "box:", cwd=project)
+        assert rc == 125 and one_line(err), (source, rc, out, err)
+        assert SECRET not in out + err and SHADOW_MARK not in out + err
+    rc, out, err = alice.run("bkgr", "box", cwd=project)
+    assert rc == 0 and out.split() == ["note.txt"], (out, err)
