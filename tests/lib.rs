@@ -250,6 +250,21 @@ impl Agent {
         (value, output)
     }
 
+    /// Every record of the agent's local audit log that parses, file by file.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.state_dir.join("audit"))
+            .expect("audit dir")
+            .flatten()
+            .map(|entry| entry.path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .flat_map(|text| text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect::<Vec<_>>())
+            .collect()
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         let output = self.bkg().args(["agent", "status", "--json"]).output().expect("bkg agent status");
         serde_json::from_slice(&output.stdout).expect("status JSON")

@@ -7,15 +7,6 @@ use bkg_tests::{Agent, code, stderr, stdout};
 const PTRACE_TWICE: &str = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n\
     for _ in range(2):\n    print(libc.ptrace(0, 0, 0, 0), ctypes.get_errno())\n";
 
-fn audit_lines(agent: &Agent) -> Vec<serde_json::Value> {
-    std::fs::read_dir(agent.state_dir.join("audit"))
-        .expect("audit dir")
-        .flatten()
-        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
-        .flat_map(|text| text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect::<Vec<_>>())
-        .collect()
-}
-
 #[test]
 fn a_refused_syscall_is_named_in_the_result_and_the_audit_log() {
     let agent = Agent::start();
@@ -29,7 +20,8 @@ fn a_refused_syscall_is_named_in_the_result_and_the_audit_log() {
     );
 
     let run_id = result["id"].as_str().expect("run id");
-    let finished = audit_lines(&agent)
+    let finished = agent
+        .audit_records()
         .into_iter()
         .find(|line| line["action"] == "run.finished" && line["run"] == run_id)
         .expect("the run's end in the audit log");

@@ -135,6 +135,21 @@ fn a_requirements_file_beside_the_script_is_installed_once_and_reused() {
     let pruned = agent.bkg().args(["envs", "prune", "--json"]).output().expect("bkg envs prune");
     let pruned: serde_json::Value = serde_json::from_slice(&pruned.stdout).expect("json");
     assert_eq!(pruned["removed"].as_array().map(Vec::len), Some(1), "{pruned}");
+    // The build and the prune are audited: the environment's id and set.
+    let details: Vec<serde_json::Value> = agent
+        .audit_records()
+        .into_iter()
+        .filter(|record| record["action"] == "config.changed")
+        .map(|record| record["details"].clone())
+        .filter(|details| details.get("env_built").is_some() || details.get("envs_pruned").is_some())
+        .collect();
+    assert_eq!(
+        details,
+        [
+            serde_json::json!({ "env_built": envs[0]["id"], "requirements": ["six==1.17.0"] }),
+            serde_json::json!({ "envs_pruned": [envs[0]["id"]] }),
+        ]
+    );
     let listed = agent.bkg().args(["envs", "ls", "--json"]).output().expect("bkg envs ls");
     assert_eq!(stdout(&listed).trim(), "[]");
 }
@@ -212,6 +227,18 @@ fn a_secret_reaches_the_script_and_no_record() {
 
     let removed = agent.bkg().args(["secrets", "rm", "API_TOKEN"]).output().expect("bkg secrets rm");
     assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    // Setting and removing are audited, by name.
+    let changes: Vec<serde_json::Value> = agent
+        .audit_records()
+        .into_iter()
+        .filter(|record| record["action"] == "config.changed" && record["namespace"] == "default")
+        .map(|record| record["details"].clone())
+        .filter(|details| details.get("secret_set").is_some() || details.get("secret_removed").is_some())
+        .collect();
+    assert_eq!(
+        changes,
+        [serde_json::json!({ "secret_set": "API_TOKEN" }), serde_json::json!({ "secret_removed": "API_TOKEN" })]
+    );
     let after = agent.exe(&["--secret", "API_TOKEN", "-c", "1", "--type", "python"]);
     assert_eq!(code(&after), 125);
 }

@@ -42,7 +42,7 @@ pub async fn prune_envs(
     body: Body,
 ) -> ApiResult<Json<PruneResult>> {
     let request: PruneRequest = input::json(body, SMALL_BODY_BYTES).await?;
-    Ok(Json(state.service.prune_envs(&principal, request)?))
+    Ok(Json(state.service.prune_envs(&principal, request).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -84,7 +84,7 @@ pub async fn put_secret(
     body: Body,
 ) -> ApiResult<Json<SecretInfo>> {
     let value: SecretValue = input::json(body, SMALL_BODY_BYTES).await?;
-    Ok(Json(state.service.set_secret(&principal, &name, value)?))
+    Ok(Json(state.service.set_secret(&principal, &name, value).await?))
 }
 
 /// Remove a secret.
@@ -101,6 +101,6 @@ pub async fn delete_secret(
     PathParam(name): PathParam<String>,
     QueryParams(query): QueryParams<SecretQuery>,
 ) -> ApiResult<Json<Deleted>> {
-    state.service.remove_secret(&principal, &name, query.namespace.as_deref())?;
+    state.service.remove_secret(&principal, &name, query.namespace.as_deref()).await?;
     Ok(Json(Deleted { deleted: name }))
 }

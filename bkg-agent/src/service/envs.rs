@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bkg_schema::audit::ConfigChanged;
 use bkg_schema::envs::{EnvInfo, PruneRequest, PruneResult};
 use tokio::sync::mpsc;
 
@@ -39,6 +40,7 @@ impl Service {
         &self,
         run: &mut ValidatedRun,
         set: &[String],
+        actor: &str,
         output: &Option<mpsc::Sender<RunOutput>>,
     ) -> Result<InUse, RunError> {
         let envs = &self.envs;
@@ -54,7 +56,7 @@ impl Service {
             run.use_python_env(site);
             return Ok(held);
         }
-        let site = self.install(&id, set, &run.namespace, output).await?;
+        let site = self.install(&id, set, &run.namespace, actor, output).await?;
         // Marked used now that it exists.
         drop(held);
         let held = envs.hold(&id);
@@ -67,6 +69,7 @@ impl Service {
         id: &str,
         set: &[String],
         namespace: &str,
+        actor: &str,
         output: &Option<mpsc::Sender<RunOutput>>,
     ) -> Result<std::path::PathBuf, RunError> {
         let envs = &self.envs;
@@ -122,6 +125,11 @@ impl Service {
             None => {
                 let site = envs.finish_build(id, dirs, set, now_ms()).map_err(|error| failed(error.to_string()))?;
                 progress(format!("environment {id} is ready"));
+                let built = ConfigChanged::EnvBuilt { env_built: id.to_owned(), requirements: set.to_vec() };
+                if let Err(error) = self.note_config(actor.to_owned(), Some(namespace), built).await {
+                    // The environment is there and the run may use it; only its line is missing.
+                    tracing::error!(%error, env = %id, "could not record the environment's build");
+                }
                 Ok(site)
             }
             Some(reason) => {
@@ -142,7 +150,7 @@ impl Service {
     }
 
     /// Removes environments no run is using (those unused for a while, when asked).
-    pub fn prune_envs(&self, principal: &Principal, request: PruneRequest) -> OpResult<PruneResult> {
+    pub async fn prune_envs(&self, principal: &Principal, request: PruneRequest) -> OpResult<PruneResult> {
         require_admin(principal, AdminTask::PruneEnvs)?;
         // Times are kept as SQLite's and PostgreSQL's signed 64-bit integers.
         if request.unused_for_ms.is_some_and(|ms| i64::try_from(ms).is_err()) {
@@ -150,6 +158,10 @@ impl Service {
         }
         let before = now_ms().saturating_sub(request.unused_for_ms.unwrap_or(0));
         let (removed, freed_bytes) = self.envs.prune(before)?;
+        if !removed.is_empty() {
+            let pruned = ConfigChanged::EnvsPruned { envs_pruned: removed.clone() };
+            self.note_config(principal.actor(), None, pruned).await?;
+        }
         Ok(PruneResult { removed, freed_bytes })
     }
 }

@@ -244,4 +244,19 @@ impl Service {
     pub fn run_in_flight(&self) -> crate::engine::Busy {
         self.engine.run_in_flight()
     }
+
+    /// An audit line for a change of what runs get (a secret, an environment) by `actor`.
+    async fn note_config(
+        &self,
+        actor: String,
+        namespace: Option<&str>,
+        change: bkg_schema::audit::ConfigChanged,
+    ) -> OpResult<()> {
+        use bkg_schema::audit::{AuditEvent, Details};
+        let event = AuditEvent {
+            namespace: namespace.map(str::to_owned),
+            ..AuditEvent::new(actor, Details::ConfigChanged(change))
+        };
+        Ok(self.store.note(event).await?)
+    }
 }

@@ -148,7 +148,7 @@ impl Service {
         }
         let environment = match requirements.as_slice() {
             [] => Ok(None),
-            set => self.provide_env(&mut validated, set, &output).await.map(Some),
+            set => self.provide_env(&mut validated, set, &principal.actor(), &output).await.map(Some),
         };
         let outcome = match environment {
             Ok(_held_until_the_run_ends) => self.engine.run(ticket, validated, input, output).await,

@@ -2,6 +2,7 @@
 //! from the caller to the sealed store (`crate::secrets`) and from there into a run's
 //! environment only: no record, log or audit line carries it.
 
+use bkg_schema::audit::ConfigChanged;
 use bkg_schema::envs::{SecretInfo, SecretValue};
 
 use super::access::{namespace_for, require_code_runner};
@@ -37,7 +38,7 @@ fn check_name(name: &str) -> OpResult<()> {
 }
 
 impl Service {
-    pub fn set_secret(&self, principal: &Principal, name: &str, secret: SecretValue) -> OpResult<SecretInfo> {
+    pub async fn set_secret(&self, principal: &Principal, name: &str, secret: SecretValue) -> OpResult<SecretInfo> {
         require_code_runner(principal)?;
         let namespace = namespace_for(principal, secret.namespace.as_deref())?;
         check_name(name)?;
@@ -48,6 +49,8 @@ impl Service {
         }
         let now = now_ms();
         self.secrets.set(&namespace, name, secret.value.as_bytes(), now)?;
+        self.note_config(principal.actor(), Some(&namespace), ConfigChanged::SecretSet { secret_set: name.to_owned() })
+            .await?;
         Ok(SecretInfo { name: name.to_owned(), namespace, created_at_ms: now })
     }
 
@@ -66,11 +69,12 @@ impl Service {
             .collect())
     }
 
-    pub fn remove_secret(&self, principal: &Principal, name: &str, namespace: Option<&str>) -> OpResult<()> {
+    pub async fn remove_secret(&self, principal: &Principal, name: &str, namespace: Option<&str>) -> OpResult<()> {
         require_code_runner(principal)?;
         let namespace = namespace_for(principal, namespace)?;
         if self.secrets.remove(&namespace, name)? {
-            Ok(())
+            let removed = ConfigChanged::SecretRemoved { secret_removed: name.to_owned() };
+            self.note_config(principal.actor(), Some(&namespace), removed).await
         } else {
             Err(OpError::NotFound(format!("no secret `{name}` in namespace `{namespace}`")))
         }

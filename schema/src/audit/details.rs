@@ -306,6 +306,14 @@ pub enum ConfigChanged {
     AgentStarted(AgentConfig),
     /// An admin added a user.
     UserCreated { user_created: String },
+    /// A secret of the record's namespace was set (its name; never its value).
+    SecretSet { secret_set: String },
+    /// A secret of the record's namespace was removed.
+    SecretRemoved { secret_removed: String },
+    /// A Python environment was built for a run: its id and requirement set.
+    EnvBuilt { env_built: String, requirements: Vec<String> },
+    /// Environments were pruned: their ids.
+    EnvsPruned { envs_pruned: Vec<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
