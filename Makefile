@@ -72,15 +72,19 @@ ui-browser: setup build ## The Web UI in Debian's chromium (playwright-core, axe
 api-fuzz: setup build ## schemathesis against a live agent on loopback TCP: no 5xx, every answer as documented (as root)
 	bash scripts/schemathesis.sh
 
-# Shell completions and man pages, generated from the clap definitions and checked in; a test
-# (cargo test -p xtask) fails when they are out of date.
-.PHONY: completions man
+# Shell completions, man pages and docs/env.md, generated from the clap definitions (and, for
+# env.md, the variables the sources read) and checked in; a test (cargo test -p xtask) fails
+# when they are out of date.
+.PHONY: completions man env-doc
 
 completions: ## Write completions/ (bash, zsh, fish) for bkg, bkgr and bkg-agent
 	$(CARGO) run -p xtask --locked -- completions
 
 man: ## Write docs/man/: a page per command of bkg and bkgr (section 1) and bkg-agent (section 8)
 	$(CARGO) run -p xtask --locked -- man
+
+env-doc: ## Write docs/env.md: every flag of bkg, bkgr and bkg-agent and every environment variable the code reads
+	$(CARGO) run -p xtask --locked -- env-doc
 
 # The release (docs/release.md): reproducible binaries, a tarball and a .deb, SBOMs, SLSA
 # provenance, SHA256SUMS and cosign-compatible signatures, all in dist/.

@@ -15,7 +15,8 @@ const SIX_WHEEL: &str = "six-1.17.0-py2.py3-none-any.whl";
 
 /// A PEP 503 index on 127.0.0.1: `python3 -m http.server` over `ROOT/six/`, whose directory
 /// listing is the project's page. Its request log is kept to count downloads.
-struct LocalIndex {
+/// README.md's tour installs from it too (docs_readme.rs).
+pub(super) struct LocalIndex {
     server: Child,
     url: String,
     requests: std::sync::Arc<std::sync::Mutex<String>>,
@@ -23,7 +24,7 @@ struct LocalIndex {
 }
 
 impl LocalIndex {
-    fn start() -> Self {
+    pub(super) fn start() -> Self {
         let wheel = Path::new(WHEELS).join(SIX_WHEEL);
         assert!(wheel.is_file(), "{} is missing: run scripts/setup.sh", wheel.display());
         let root = tempfile::Builder::new().prefix("bkg-index-").tempdir().expect("temp dir");
@@ -72,7 +73,7 @@ impl Drop for LocalIndex {
     }
 }
 
-fn agent_with_index(index: &LocalIndex) -> Agent {
+pub(super) fn agent_with_index(index: &LocalIndex) -> Agent {
     Agent::start_with(AgentOptions {
         extra_args: vec!["--package-index".into(), index.url.clone()],
         ..AgentOptions::default()

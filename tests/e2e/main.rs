@@ -10,6 +10,7 @@ mod compat;
 mod denials;
 mod deps;
 mod docs_bkg_db;
+mod docs_readme;
 mod egress;
 mod exe_basics;
 mod files;

@@ -1,6 +1,9 @@
 //! `cargo run -p xtask -- completions|man [DIR]` (`make completions`, `make man`): the shell
 //! completions and man pages of bkg, bkgr and bkg-agent, from the clap definitions the binaries
-//! parse with. A test fails when the checked-in files differ from what this writes.
+//! parse with; `env-doc [FILE]` (`make env-doc`): docs/env.md, their flags and every environment
+//! variable the code reads. A test fails when the checked-in files differ from what this writes.
+
+mod env_doc;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,14 +65,23 @@ fn pages(command: &clap::Command, section: &str, dir: &Path, written: &mut Vec<P
     Ok(())
 }
 
+/// Writes docs/env.md (or `path`).
+fn env_doc(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let commands: Vec<clap::Command> = binaries().into_iter().map(|(command, _)| command).collect();
+    let doc = env_doc::render(&repo(), &commands).map_err(std::io::Error::other)?;
+    std::fs::write(path, doc)?;
+    Ok(vec![path.to_owned()])
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let task = args.next().unwrap_or_default();
     let outcome = match task.as_str() {
         "completions" => completions(&args.next().map_or_else(|| repo().join("completions"), PathBuf::from)),
         "man" => man(&args.next().map_or_else(|| repo().join("docs/man"), PathBuf::from)),
+        "env-doc" => env_doc(&args.next().map_or_else(|| repo().join("docs/env.md"), PathBuf::from)),
         _ => {
-            eprintln!("xtask: give `completions [DIR]` or `man [DIR]`");
+            eprintln!("xtask: give `completions [DIR]`, `man [DIR]` or `env-doc [FILE]`");
             return ExitCode::from(125);
         }
     };
@@ -126,5 +138,24 @@ mod tests {
     #[test]
     fn checked_in_man_pages_match_the_code() {
         check(man, &repo().join("docs/man"), "make man");
+    }
+
+    #[test]
+    fn checked_in_env_doc_matches_the_code() {
+        let commands: Vec<clap::Command> = binaries().into_iter().map(|(command, _)| command).collect();
+        let want = env_doc::render(&repo(), &commands).unwrap_or_else(|error| panic!("{error}"));
+        let have = std::fs::read_to_string(repo().join("docs/env.md")).unwrap_or_default();
+        assert!(want == have, "docs/env.md is out of date: run `make env-doc`");
+    }
+
+    #[test]
+    fn the_libraries_env_md_names_are_still_built_in() {
+        let lock = std::fs::read_to_string(repo().join("Cargo.lock")).expect("Cargo.lock");
+        for (_, library, _) in env_doc::READ_BY_LIBRARIES {
+            assert!(
+                lock.contains(&format!("name = \"{library}\"\n")),
+                "docs/env.md names {library}, no longer in Cargo.lock"
+            );
+        }
     }
 }
