@@ -298,7 +298,23 @@ fn feature_origins_name_commits_and_tests_that_exist() {
         tests.len()
     );
     let mut problems = Vec::new();
+    // A checkout without the project's whole history (an exported tree, a shallow clone) cannot
+    // tell a wrong hash from one it lacks: there the hashes are checked for form only.
+    let whole_history = std::process::Command::new("git")
+        .args(["rev-parse", "--is-shallow-repository"])
+        .current_dir(repo())
+        .output()
+        .is_ok_and(|answer| answer.status.success() && answer.stdout.starts_with(b"false"));
+    if !whole_history {
+        eprintln!("FEATURE_ORIGINS.md: no whole git history here; commit hashes are checked for form only");
+    }
     for commit in &commits {
+        if !whole_history {
+            if commit.len() < 7 || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+                problems.push(format!("`{commit}` is not a commit hash"));
+            }
+            continue;
+        }
         let exists = std::process::Command::new("git")
             .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
             .current_dir(repo())
