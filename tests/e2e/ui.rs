@@ -230,6 +230,8 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
         "/ui/login".to_owned(),
         "/ui/sandboxes".to_owned(),
         sandbox.clone(),
+        format!("{sandbox}/notebook"),
+        format!("{sandbox}/terminal"),
         "/ui/runs".to_owned(),
         format!("/ui/runs/{run}"),
         "/ui/keys".to_owned(),
@@ -504,7 +506,7 @@ fn the_terminal_page_runs_a_shell_in_the_sandbox_for_its_own_pages_only() {
     forged.send(page_open("0000")).expect("send the first message");
     let refused = next_event(&mut forged, &mut Vec::new());
     assert_eq!(
-        (&refused["type"], &refused["error"]["code"]),
+        (&refused["type"], &refused["error"]["error"]["code"]),
         (&Value::from("error"), &Value::from("forbidden")),
         "{refused}"
     );

@@ -212,7 +212,7 @@ await step("in the sandbox's terminal a typed command's output comes back", asyn
   const shows = (line) => page.waitForFunction((wanted) => document.getElementById("term-screen").textContent
     .split("\n").some((text) => text.trimEnd() === wanted), line);
   await shows("42 <i>x</i>");
-  await page.screenshot({ path: path.join(shots, "terminal-desktop.png"), fullPage: true });
+  await page.screenshot({ path: path.join(shots, "terminal-session-desktop.png"), fullPage: true });
   // Ctrl-C in the line interrupts what runs, and the shell lives on.
   await input.fill("echo sleep-$((2+2)); sleep 600");
   await input.press("Enter");

@@ -472,7 +472,7 @@ function terminalPage() {
           : result.exit_code !== null ? "exit code " + result.exit_code : "signal " + result.signal) + ".");
       } else if (message.type === "error") {
         ended = true;
-        say("Refused: " + message.error.message, true);
+        say("Refused: " + message.error.error.message, true);
       }
     });
     ws.addEventListener("close", () => {
