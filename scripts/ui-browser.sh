@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The binaries of the target directory cargo builds into (CARGO_TARGET_DIR, as cargo reads it).
+bin=$(realpath -m "${CARGO_TARGET_DIR:-target}")/debug
 work=$(mktemp -d /tmp/bkg-ui-XXXXXX)
 agent_pid=""
 cleanup() {
@@ -18,7 +20,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-./target/debug/bkg-agent --foreground --socket "$work/agent.sock" --state-dir "$work/state" \
+"$bin/bkg-agent" --foreground --socket "$work/agent.sock" --state-dir "$work/state" \
   --cgroup-dir "bkg-ui-$$" --uid-base $((0x58000000)) --warm-pool 1 \
   --listen 127.0.0.1:0 --listen-address-file "$work/address" >"$work/agent.log" 2>&1 &
 agent_pid=$!
@@ -29,7 +31,7 @@ for _ in $(seq 200); do
 done
 
 status=0
-BKG_ADDRESS=$(cat "$work/address") BKG_SOCKET="$work/agent.sock" BKG_BIN="$PWD/target/debug/bkg" \
+BKG_ADDRESS=$(cat "$work/address") BKG_SOCKET="$work/agent.sock" BKG_BIN="$bin/bkg" \
   BKG_NO_AUTOSTART=1 BKG_SCREENSHOTS="${BKG_SCREENSHOTS:-$PWD/target/ui-screenshots}" \
   node tests/ui/suite.mjs || status=$?
 if ((status != 0)); then

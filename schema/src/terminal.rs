@@ -44,6 +44,17 @@ pub type RunTerminalOpen = TerminalOpen<RunRequest>;
 /// The first message on `/api/v1/sandboxes/{id}/terminal`.
 pub type ShellTerminalOpen = TerminalOpen<ShellRequest>;
 
+/// The first message on the Web UI's terminal (`/ui/sandboxes/{id}/terminal/socket`): the
+/// page's CSRF token, which proves the socket was opened by the agent's own page (a WebSocket
+/// is not bound by the same-origin policy), and the size of the page's terminal. The shell is
+/// the sandbox's default one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageTerminalOpen {
+    pub csrf: String,
+    pub size: TerminalSize,
+}
+
 /// What a sandbox's terminal runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -230,6 +230,8 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
         "/ui/login".to_owned(),
         "/ui/sandboxes".to_owned(),
         sandbox.clone(),
+        format!("{sandbox}/notebook"),
+        format!("{sandbox}/terminal"),
         "/ui/runs".to_owned(),
         format!("/ui/runs/{run}"),
         "/ui/keys".to_owned(),
@@ -316,4 +318,209 @@ fn login_attempts_are_rate_limited_per_address() {
     let answer = browser.log_in_with_key("bkg_ns_not-a-key");
     assert_eq!(answer.status, 429, "{}", answer.text());
     assert!(answer.text().contains("Too many login attempts"), "{}", answer.text());
+}
+
+/// Logs `browser` in with a key of `namespace` and makes a Python sandbox `name`; the answer is
+/// the sandbox page's path.
+fn user_with_sandbox(agent: &Agent, address: &str, namespace: &str, name: &str) -> (Browser, String) {
+    let mut browser = Browser::new(address);
+    assert_eq!(browser.log_in_with_key(&namespace_key(agent, namespace)).status, 303);
+    let sandbox = created_sandbox(&mut browser, name);
+    (browser, sandbox)
+}
+
+/// Starts the notebook's session of the sandbox at `sandbox` (its page's path).
+fn start_session(browser: &mut Browser, sandbox: &str) {
+    let notebook = format!("{sandbox}/notebook");
+    let page = browser.get(&notebook);
+    assert!(page.text().contains("Start a session"), "{}", page.text());
+    let csrf = csrf_of(&page);
+    let started = browser.post(&format!("{notebook}/start"), &[("csrf", &csrf), ("language", "python")]);
+    assert_eq!((started.status, started.header("location")), (303, Some(notebook.as_str())), "{}", started.text());
+    assert!(browser.get(&notebook).text().contains("data-session=\"default\""), "the page runs cells in the session");
+}
+
+/// Runs a cell as the notebook's script does (its CSRF token in the header); the answer is the
+/// stream's status and its `session` events.
+fn run_cell(browser: &mut Browser, sandbox: &str, csrf: &str, code: &str) -> (u16, Vec<Value>, String) {
+    let body = form_encode(&[("session", "default"), ("code", code)]);
+    let headers = [("Content-Type", "application/x-www-form-urlencoded"), ("X-CSRF-Token", csrf)];
+    let answer = browser.send("POST", &format!("{sandbox}/notebook/execute"), &headers, body.as_bytes());
+    let text = answer.text();
+    let events = text
+        .split("\n\n")
+        .filter(|block| block.starts_with("event: session\n"))
+        .filter_map(|block| {
+            let data: Vec<&str> = block.lines().filter_map(|line| line.strip_prefix("data: ")).collect();
+            serde_json::from_str(&data.join("\n")).ok()
+        })
+        .collect();
+    (answer.status, events, text)
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|event| event["type"] == kind).collect()
+}
+
+#[test]
+fn a_notebooks_cells_share_their_variables_until_the_session_restarts() {
+    let (agent, address, _files) = agent_on_tcp();
+    let (mut alice, sandbox) = user_with_sandbox(&agent, &address, "team-a", "book");
+    let page = alice.get(&sandbox).text();
+    for link in ["/notebook\"", "/terminal\""] {
+        assert!(page.contains(&format!("href=\"{sandbox}{link}")), "the sandbox page links {link}: {page}");
+    }
+    start_session(&mut alice, &sandbox);
+    let csrf = csrf_of(&alice.get(&format!("{sandbox}/notebook")));
+
+    let (status, first, text) = run_cell(&mut alice, &sandbox, &csrf, "x = 6*7");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(of_type(&first, "end").first().map(|end| &end["status"]), Some(&Value::from("ok")), "{text}");
+    let (_, second, text) = run_cell(&mut alice, &sandbox, &csrf, "print(x)\nx + 1");
+    let printed: String = of_type(&second, "stream").iter().filter_map(|event| event["text"].as_str()).collect();
+    assert_eq!(printed, "42\n", "the second cell sees the first's variable: {text}");
+    let result = of_type(&second, "result");
+    assert_eq!(result.first().map(|event| &event["data"]["text/plain"]), Some(&Value::from("43")), "{text}");
+
+    // Markup and terminal sequences travel as JSON strings, which the page puts in as text.
+    let (_, _, text) = run_cell(&mut alice, &sandbox, &csrf, "print('<b>bold</b>\\x1b]0;title\\x07')");
+    assert!(text.contains("<b>bold</b>\\u001b]0;title\\u0007"), "{text}");
+    assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "no raw control byte goes out: {text:?}");
+
+    let (_, failed, text) = run_cell(&mut alice, &sandbox, &csrf, "1/0");
+    assert_eq!(of_type(&failed, "error").first().map(|event| &event["name"]), Some(&Value::from("ZeroDivisionError")));
+    assert_eq!(of_type(&failed, "end").first().map(|end| &end["status"]), Some(&Value::from("error")), "{text}");
+
+    let restarted = alice.post(&format!("{sandbox}/notebook/restart"), &[("csrf", &csrf), ("session", "default")]);
+    assert_eq!(restarted.status, 303, "{}", restarted.text());
+    let (_, after, text) = run_cell(&mut alice, &sandbox, &csrf, "x");
+    assert_eq!(of_type(&after, "error").first().map(|event| &event["name"]), Some(&Value::from("NameError")), "{text}");
+
+    let ended = alice.post(&format!("{sandbox}/notebook/end"), &[("csrf", &csrf), ("session", "default")]);
+    assert_eq!(ended.status, 303, "{}", ended.text());
+    assert!(alice.get(&format!("{sandbox}/notebook")).text().contains("Start a session"), "the session is gone");
+    let (status, _, text) = run_cell(&mut alice, &sandbox, &csrf, "1");
+    assert_eq!(status, 404, "no session, no cell: {text}");
+}
+
+#[test]
+fn a_notebook_refuses_forged_cells_and_other_namespaces() {
+    let (agent, address, _files) = agent_on_tcp();
+    let (mut alice, sandbox) = user_with_sandbox(&agent, &address, "team-a", "private-book");
+    start_session(&mut alice, &sandbox);
+    for forged in ["", "0000"] {
+        let (status, events, text) = run_cell(&mut alice, &sandbox, forged, "import os; os.mkdir('/tmp/forged')");
+        assert_eq!((status, events.len()), (403, 0), "a cell without the CSRF token is refused: {text}");
+    }
+    let csrf = csrf_of(&alice.get(&format!("{sandbox}/notebook")));
+    let (_, events, text) = run_cell(&mut alice, &sandbox, &csrf, "import os; print(os.path.exists('/tmp/forged'))");
+    let printed: String = of_type(&events, "stream").iter().filter_map(|event| event["text"].as_str()).collect();
+    assert_eq!(printed, "False\n", "no forged cell ran: {text}");
+
+    let mut bob = Browser::new(&address);
+    assert_eq!(bob.log_in_with_key(&namespace_key(&agent, "team-b")).status, 303);
+    let bobs = csrf_of(&bob.get("/ui/sandboxes"));
+    for page in [format!("{sandbox}/notebook"), format!("{sandbox}/terminal")] {
+        let answer = bob.get(&page);
+        assert_eq!(answer.status, 404, "{page}: {}", answer.text());
+        assert!(!answer.text().contains("private-book"), "nothing of it is shown");
+    }
+    let (status, events, text) = run_cell(&mut bob, &sandbox, &bobs, "print(x)");
+    assert_eq!((status, events.len()), (404, 0), "{text}");
+    for action in ["start", "restart", "interrupt", "end"] {
+        let fields = [("csrf", bobs.as_str()), ("session", "default"), ("language", "python")];
+        let answer = bob.post(&format!("{sandbox}/notebook/{action}"), &fields);
+        assert_eq!(answer.status, 404, "{action}: {}", answer.text());
+    }
+    assert!(
+        alice.get(&format!("{sandbox}/notebook")).text().contains("data-session=\"default\""),
+        "A's session lives on"
+    );
+}
+
+/// Opens the terminal page's WebSocket of the sandbox at `sandbox` as `browser`, with `origin`
+/// as the handshake's `Origin` (none when `None`): the socket, or the status it was refused with.
+fn open_terminal(
+    browser: &Browser,
+    sandbox: &str,
+    origin: Option<&str>,
+) -> Result<tungstenite::WebSocket<std::net::TcpStream>, u16> {
+    use tungstenite::client::IntoClientRequest;
+    let address = &browser.address;
+    let mut request =
+        format!("ws://{address}{sandbox}/terminal/socket").into_client_request().expect("a WebSocket request");
+    let headers = request.headers_mut();
+    if let Some(origin) = origin {
+        headers.insert("Origin", origin.parse().expect("an Origin header"));
+    }
+    let cookie = browser.cookies.iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join("; ");
+    if !cookie.is_empty() {
+        headers.insert("Cookie", cookie.parse().expect("a Cookie header"));
+    }
+    let stream = std::net::TcpStream::connect(address).expect("connect to the agent");
+    stream.set_read_timeout(Some(Duration::from_secs(120))).expect("read timeout");
+    match tungstenite::client(request, stream) {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            Err(response.status().as_u16())
+        }
+        Err(error) => panic!("the handshake failed otherwise: {error}"),
+    }
+}
+
+/// The agent's next JSON message on a terminal, with the terminal's bytes up to it.
+fn next_event(socket: &mut tungstenite::WebSocket<std::net::TcpStream>, screen: &mut Vec<u8>) -> Value {
+    loop {
+        match socket.read().expect("the terminal's next message") {
+            tungstenite::Message::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON"),
+            tungstenite::Message::Binary(bytes) => screen.extend_from_slice(&bytes),
+            tungstenite::Message::Close(_) => return Value::Null,
+            _ => {}
+        }
+    }
+}
+
+fn page_open(csrf: &str) -> tungstenite::Message {
+    tungstenite::Message::text(serde_json::json!({ "csrf": csrf, "size": { "cols": 80, "rows": 24 } }).to_string())
+}
+
+#[test]
+fn the_terminal_page_runs_a_shell_in_the_sandbox_for_its_own_pages_only() {
+    let (agent, address, _files) = agent_on_tcp();
+    let (mut alice, sandbox) = user_with_sandbox(&agent, &address, "team-a", "shell");
+    let csrf = csrf_of(&alice.get(&format!("{sandbox}/terminal")));
+    let own = format!("http://{address}");
+
+    // Another site's page, or a handshake that names none, is refused before anything starts.
+    for origin in [None, Some("http://evil.example"), Some("null")] {
+        assert_eq!(open_terminal(&alice, &sandbox, origin).err(), Some(403), "origin {origin:?}");
+    }
+    // Without the session's cookie there is no terminal: the login page is where it is sent.
+    assert_eq!(open_terminal(&Browser::new(&address), &sandbox, Some(&own)).err(), Some(303));
+    // A user of another namespace gets what `bkg shell` would: not found.
+    let mut bob = Browser::new(&address);
+    assert_eq!(bob.log_in_with_key(&namespace_key(&agent, "team-b")).status, 303);
+    assert_eq!(open_terminal(&bob, &sandbox, Some(&own)).err(), Some(404));
+    // The page's first message must carry the session's CSRF token.
+    let mut forged = open_terminal(&alice, &sandbox, Some(&own)).expect("the handshake of the own origin");
+    forged.send(page_open("0000")).expect("send the first message");
+    let refused = next_event(&mut forged, &mut Vec::new());
+    assert_eq!(
+        (&refused["type"], &refused["error"]["error"]["code"]),
+        (&Value::from("error"), &Value::from("forbidden")),
+        "{refused}"
+    );
+
+    let mut socket = open_terminal(&alice, &sandbox, Some(&own)).expect("the terminal");
+    socket.send(page_open(&csrf)).expect("send the first message");
+    let mut screen = Vec::new();
+    let started = next_event(&mut socket, &mut screen);
+    assert_eq!(started["type"], "started", "{started}");
+    socket
+        .send(tungstenite::Message::binary(b"echo $((6*7)) > /tmp/answer; cat /tmp/answer; exit 3\r".to_vec()))
+        .expect("type");
+    let ended = next_event(&mut socket, &mut screen);
+    assert_eq!((&ended["type"], &ended["result"]["exit_code"]), (&Value::from("result"), &Value::from(3)), "{ended}");
+    let screen = String::from_utf8_lossy(&screen);
+    assert!(screen.lines().any(|line| line.trim_end_matches('\r') == "42"), "the command's output: {screen:?}");
 }

@@ -157,12 +157,75 @@ await step("a user logs in, creates a sandbox, runs print(6*7), sees 42 stream i
 await step("a user of another namespace gets 404 for that sandbox and run by URL", async () => {
   const bob = await context();
   const page = await logIn(bob, "bob");
-  for (const url of [sandboxUrl, runUrl]) {
+  for (const url of [sandboxUrl, runUrl, `${sandboxUrl}/notebook`, `${sandboxUrl}/terminal`]) {
     const response = await page.goto(url);
     assert.equal(response.status(), 404, url);
     assert.ok(!(await page.content()).includes("demo-"), "nothing of alice's sandbox is shown");
   }
   await bob.close();
+});
+
+await step("in the sandbox's notebook a second cell uses the first's variable, and a restart forgets it", async () => {
+  const page = await alice.newPage();
+  await page.goto(sandboxUrl);
+  await page.getByRole("link", { name: "Notebook", exact: true }).click();
+  await page.waitForURL(`${sandboxUrl}/notebook`);
+  await record(alice, "notebook-no-session", `${sandboxUrl}/notebook`);
+  await page.getByRole("button", { name: "Start a session" }).click();
+  await page.waitForURL(`${sandboxUrl}/notebook`);
+  await page.getByLabel("Cell 1", { exact: true }).fill("x = 6*7\nprint('<b>set</b>')");
+  await page.getByRole("button", { name: "Run cell 1" }).click();
+  const first = page.locator(".cell").nth(0);
+  await first.locator(".cell-status").filter({ hasText: "[1] ok" }).waitFor();
+  assert.equal(await first.locator(".cell-output").textContent(), "<b>set</b>\n", "markup is shown as text");
+  await page.getByLabel("Cell 2", { exact: true }).fill("print(x + 1)\nx * 2");
+  await page.getByLabel("Cell 2", { exact: true }).press("Control+Enter");
+  const second = page.locator(".cell").nth(1);
+  await second.locator(".cell-status").filter({ hasText: "[2] ok" }).waitFor();
+  assert.equal(await second.locator(".cell-output").textContent(), "43\n84\n");
+  await page.screenshot({ path: path.join(shots, "notebook-cells-desktop.png"), fullPage: true });
+  await page.getByRole("button", { name: "Restart" }).click();
+  await page.locator("#notebook-status").filter({ hasText: "Restarted" }).waitFor();
+  await page.getByLabel("Cell 3", { exact: true }).fill("x");
+  await page.getByRole("button", { name: "Run cell 3" }).click();
+  const third = page.locator(".cell").nth(2);
+  await third.locator(".cell-status").filter({ hasText: "[1] error" }).waitFor();
+  assert.match(await third.locator(".cell-output").textContent(), /NameError: name 'x' is not defined/);
+  await record(alice, "notebook", `${sandboxUrl}/notebook`);
+  // The session holds the sandbox; the terminal needs it free.
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.getByRole("button", { name: "End session" }).click();
+  await page.getByRole("button", { name: "Start a session" }).waitFor();
+  await page.close();
+});
+
+await step("in the sandbox's terminal a typed command's output comes back", async () => {
+  const page = await alice.newPage();
+  await page.goto(sandboxUrl);
+  await page.getByRole("link", { name: "Terminal", exact: true }).click();
+  await page.waitForURL(`${sandboxUrl}/terminal`);
+  await page.locator("#term-status").filter({ hasText: "Connected" }).waitFor();
+  const input = page.getByLabel("Input", { exact: true });
+  await input.fill("echo $((6*7)) '<i>x</i>'");
+  await input.press("Enter");
+  // A line of the screen that is exactly `line` (the typed command's echo is not).
+  const shows = (line) => page.waitForFunction((wanted) => document.getElementById("term-screen").textContent
+    .split("\n").some((text) => text.trimEnd() === wanted), line);
+  await shows("42 <i>x</i>");
+  await page.screenshot({ path: path.join(shots, "terminal-session-desktop.png"), fullPage: true });
+  // Ctrl-C in the line interrupts what runs, and the shell lives on.
+  await input.fill("echo sleep-$((2+2)); sleep 600");
+  await input.press("Enter");
+  await shows("sleep-4");
+  await input.press("Control+c");
+  await input.fill("echo after-$((1+1))");
+  await input.press("Enter");
+  await shows("after-2");
+  await input.fill("exit 3");
+  await input.press("Enter");
+  await page.locator("#term-status").filter({ hasText: "exit code 3" }).waitFor();
+  await page.close();
+  await record(alice, "terminal", `${sandboxUrl}/terminal`);
 });
 
 await step("the login URL of `bkg ui` works once", async () => {

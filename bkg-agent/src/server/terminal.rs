@@ -18,7 +18,7 @@ use super::failure::Failure;
 use super::input::PathParam;
 use super::{AppState, MAX_BODY_BYTES};
 use crate::auth::Principal;
-use crate::service::{Accepted, OpResult, RunInput, RunOutput, Service};
+use crate::service::{Accepted, OpError, RunInput, RunOutput, Service};
 
 /// How long the client may take to send its first message (what to run) after the upgrade.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,7 +45,7 @@ pub async fn run_terminal(
 ) -> Response {
     let service = Arc::clone(&state.service);
     upgrade_to_terminal(upgrade, service.clone(), move |open: RunTerminalOpen| async move {
-        service.accept_run_terminal(&principal, open)
+        service.accept_run_terminal(&principal, open).map_err(api_error)
     })
 }
 
@@ -74,15 +74,23 @@ pub async fn sandbox_terminal(
     }
     let service = Arc::clone(&state.service);
     upgrade_to_terminal(upgrade, service.clone(), move |open: ShellTerminalOpen| async move {
-        service.accept_shell(&principal, &id, open).await
+        service.accept_shell(&principal, &id, open).await.map_err(api_error)
     })
 }
 
-fn upgrade_to_terminal<O, A, F>(upgrade: WebSocketUpgrade, service: Arc<Service>, accept: A) -> Response
+/// An operation's refusal as the terminal's last message carries it.
+fn api_error(error: OpError) -> ApiError {
+    ApiError::new(error.code(), error.to_string())
+}
+
+/// Switches to the WebSocket and serves a run on a terminal: the first text message (`O`) is
+/// handed to `accept`, which checks it and takes the run on (or refuses it; the refusal is the
+/// last message). The Web UI's terminal page (ui/terminal.rs) is served by this too.
+pub(crate) fn upgrade_to_terminal<O, A, F>(upgrade: WebSocketUpgrade, service: Arc<Service>, accept: A) -> Response
 where
     O: DeserializeOwned + Send + 'static,
     A: FnOnce(O) -> F + Send + 'static,
-    F: std::future::Future<Output = OpResult<Accepted>> + Send,
+    F: std::future::Future<Output = Result<Accepted, ApiError>> + Send,
 {
     // Shutdown waits until the caller has been sent the result.
     let in_flight = service.run_in_flight();
@@ -96,7 +104,7 @@ async fn serve<O, A, F>(mut socket: WebSocket, service: Arc<Service>, accept: A)
 where
     O: DeserializeOwned,
     A: FnOnce(O) -> F,
-    F: std::future::Future<Output = OpResult<Accepted>>,
+    F: std::future::Future<Output = Result<Accepted, ApiError>>,
 {
     let open = match tokio::time::timeout(OPEN_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<O>(text.as_str())
@@ -106,7 +114,7 @@ where
         Err(_) => Err(ApiError::new(ErrorCode::RequestTimeout, "no first message on the terminal in time")),
     };
     let accepted = match open {
-        Ok(open) => accept(open).await.map_err(|error| ApiError::new(error.code(), error.to_string())),
+        Ok(open) => accept(open).await,
         Err(error) => Err(error),
     };
     let accepted = match accepted {
@@ -161,7 +169,7 @@ where
     }
     let last = match run.await {
         Ok(Ok(result)) => TerminalEvent::Result { result: Box::new(result) },
-        Ok(Err(error)) => TerminalEvent::Error { error: ApiError::new(error.code(), error.to_string()) },
+        Ok(Err(error)) => TerminalEvent::Error { error: api_error(error) },
         Err(_) => TerminalEvent::Error { error: ApiError::new(ErrorCode::Internal, "run task failed") },
     };
     if !client_gone && let Some(message) = event_message(&last) {

@@ -12,8 +12,10 @@ mod ansi;
 mod assets;
 mod auth_pages;
 pub mod launch;
+mod notebook;
 mod ops;
 mod session;
+mod terminal;
 mod user;
 mod view;
 
@@ -63,6 +65,14 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/sandboxes/{id}", get(user::sandbox))
         .route("/sandboxes/{id}/delete", post(user::delete_sandbox))
         .route("/sandboxes/{id}/run", post(user::run_code))
+        .route("/sandboxes/{id}/notebook", get(notebook::notebook))
+        .route("/sandboxes/{id}/notebook/start", post(notebook::start))
+        .route("/sandboxes/{id}/notebook/execute", post(notebook::execute))
+        .route("/sandboxes/{id}/notebook/interrupt", post(notebook::interrupt))
+        .route("/sandboxes/{id}/notebook/restart", post(notebook::restart))
+        .route("/sandboxes/{id}/notebook/end", post(notebook::end))
+        .route("/sandboxes/{id}/terminal", get(terminal::terminal))
+        .route("/sandboxes/{id}/terminal/socket", get(terminal::socket))
         .route("/runs", get(user::runs))
         .route("/runs/{id}", get(user::run))
         .route("/keys", get(user::keys).post(user::create_key))

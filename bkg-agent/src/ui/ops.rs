@@ -6,19 +6,24 @@
 
 use std::collections::BTreeMap;
 
+use axum::extract::ws::WebSocketUpgrade;
+use axum::response::Response;
 use bkg_schema::audit::{SignedRecord, VerifyReport};
 use bkg_schema::auth::{CreateKeyRequest, IssuedKey, KeyInfo, LoginRequest};
+use bkg_schema::files::{NewSession, SessionEvent, SessionInfo};
 use bkg_schema::health::HealthReason;
 use bkg_schema::sandbox::{NewSandbox, SandboxInfo};
 use bkg_schema::sync::{Retried, RetryRequest, SyncView};
-use bkg_schema::{AgentInfo, Language, RunRecord};
+use bkg_schema::terminal::{ShellRequest, ShellTerminalOpen, TerminalSize};
+use bkg_schema::{AgentInfo, ApiError, Language, RunRecord};
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 pub use crate::service::{AuditFilter, KeyPolicy, NamespaceSummary, RunOutput, RunTask};
 
 use crate::auth::Principal;
 use crate::server::{AppState, Failure};
-use crate::service::{HealthVerdict, RunInput};
+use crate::service::{Accepted, HealthVerdict, RunInput};
 
 pub type OpResult<T> = Result<T, Failure>;
 
@@ -86,6 +91,82 @@ pub async fn run_code(
     let (output_tx, output) = mpsc::channel(64);
     let result = state.service.start(accepted, input, Some(output_tx));
     Ok(CodeRun { output, result })
+}
+
+/// The sandbox's interpreter session, if it has one (one per sandbox; `bkg repl`'s too).
+pub async fn sandbox_session(state: &AppState, principal: &Principal, id: &str) -> OpResult<Option<SessionInfo>> {
+    Ok(state.service.list_sessions(principal, id).await?.into_iter().next())
+}
+
+/// Starts the sandbox's session (named `default`) in `language`, as `POST …/sessions`.
+pub async fn create_session(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    language: Language,
+) -> OpResult<SessionInfo> {
+    let new = NewSession { name: None, language: Some(language) };
+    Ok(state.service.create_session(principal, id, new).await?)
+}
+
+/// Runs a cell in session `name`; its events come as they happen, the last one `end`.
+pub async fn execute_in_session(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    name: &str,
+    code: String,
+) -> OpResult<mpsc::Receiver<SessionEvent>> {
+    Ok(state.service.execute_in_session(principal, id, name, code).await?)
+}
+
+/// Interrupts the cell going on (SIGINT); the session and its variables stay.
+pub async fn interrupt_session(state: &AppState, principal: &Principal, id: &str, name: &str) -> OpResult<()> {
+    state.service.interrupt_session(principal, id, name).await?;
+    Ok(())
+}
+
+/// A fresh interpreter for the session: its variables are gone.
+pub async fn restart_session(state: &AppState, principal: &Principal, id: &str, name: &str) -> OpResult<()> {
+    state.service.restart_session(principal, id, name).await?;
+    Ok(())
+}
+
+/// Ends the session; the sandbox is free for runs and terminals again.
+pub async fn delete_session(state: &AppState, principal: &Principal, id: &str, name: &str) -> OpResult<()> {
+    Ok(state.service.delete_session(principal, id, name).await?)
+}
+
+/// What the terminal page's shell is told it runs on: the page draws text, colours and line
+/// edits (carriage return, backspace, erase line) and nothing that moves the cursor around, so
+/// programs are asked not to try.
+const PAGE_TERM: &str = "dumb";
+
+/// Checks a shell on a terminal of `size` in sandbox `id` and takes it on, as `bkg shell`'s
+/// WebSocket does (the same operation, so the same access rules and the sandbox's timeout).
+pub async fn accept_shell(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    size: TerminalSize,
+) -> Result<Accepted, ApiError> {
+    let open = ShellTerminalOpen { size, term: Some(PAGE_TERM.to_owned()), request: ShellRequest::default() };
+    state
+        .service
+        .accept_shell(principal, id, open)
+        .await
+        .map_err(|error| ApiError::new(error.code(), error.to_string()))
+}
+
+/// Serves a terminal over the WebSocket `upgrade` with the API's terminal protocol, its first
+/// message `O` taken on by `accept` (which calls `accept_shell`).
+pub fn serve_terminal<O, A, F>(state: &AppState, upgrade: WebSocketUpgrade, accept: A) -> Response
+where
+    O: DeserializeOwned + Send + 'static,
+    A: FnOnce(O) -> F + Send + 'static,
+    F: std::future::Future<Output = Result<Accepted, ApiError>> + Send,
+{
+    crate::server::terminal::upgrade_to_terminal(upgrade, std::sync::Arc::clone(&state.service), accept)
 }
 
 /// Which runs a history page lists.

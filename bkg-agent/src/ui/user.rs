@@ -209,7 +209,11 @@ pub async fn sandbox(State(state): State<AppState>, viewer: Viewer, Path(id): Pa
                 p #run-summary role="status" {}
             }
         }
-        p { a href={ "/ui/runs?sandbox=" (info.id) } { "Runs of this sandbox" } }
+        nav.links aria-label="This sandbox" {
+            a href={ "/ui/sandboxes/" (info.id) "/notebook" } { "Notebook" }
+            a href={ "/ui/sandboxes/" (info.id) "/terminal" } { "Terminal" }
+            a href={ "/ui/runs?sandbox=" (info.id) } { "Runs of this sandbox" }
+        }
         section.card.danger {
             h2 { "Delete" }
             form method="post" action={ "/ui/sandboxes/" (info.id) "/delete" } data-confirm={ "Delete sandbox " (info.name) " with its disk and logs?" } {
@@ -235,7 +239,7 @@ pub struct RunForm {
 }
 
 /// One server-sent event.
-fn event(name: &str, data: &str) -> Bytes {
+pub(super) fn event(name: &str, data: &str) -> Bytes {
     let mut text = format!("event: {name}\n");
     for line in data.split('\n') {
         text.push_str("data: ");
@@ -246,7 +250,7 @@ fn event(name: &str, data: &str) -> Bytes {
     Bytes::from(text)
 }
 
-fn json_text(value: &impl serde::Serialize) -> String {
+pub(super) fn json_text(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
@@ -276,6 +280,14 @@ fn ended(result: &RunResult) -> Ended<'_> {
     }
 }
 
+/// A refused streamed request: its status, and its message as the stream's one `error` event,
+/// which the page's script shows where the output would have been.
+pub(super) fn refused_stream(failure: Failure) -> Response {
+    let mut response = (failure.status, event("error", &json_text(&failure.message))).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response
+}
+
 /// Runs code and answers with its output as server-sent events (`started`, `stdout`, `stderr`
 /// with JSON strings, then `result` or `error`), read by the page's script as they come.
 pub async fn run_code(
@@ -289,11 +301,7 @@ pub async fn run_code(
     };
     let run = match ops::run_code(&state, &viewer.principal, &id, language, &form.code).await {
         Ok(run) => run,
-        Err(failure) => {
-            let mut response = (failure.status, event("error", &json_text(&failure.message))).into_response();
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-            return response;
-        }
+        Err(failure) => return refused_stream(failure),
     };
     let ops::CodeRun { output, result } = run;
     let streams = Streams { output, result: Some(result), stdout: Vec::new(), stderr: Vec::new() };

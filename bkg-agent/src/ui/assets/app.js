@@ -1,5 +1,6 @@
-// bkg's Web UI: relative times, copy buttons, confirmations, the one-time login token, and a
-// run's output streamed live. Output is only ever put in the page as text (textContent).
+// bkg's Web UI: relative times, copy buttons, confirmations, the one-time login token, a run's
+// output streamed live, the notebook's cells and the terminal page. Output is only ever put in
+// the page as text (textContent).
 "use strict";
 
 function relative(ms) {
@@ -62,26 +63,31 @@ function picture(ch) {
 function visible(text) {
   return text.replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, picture);
 }
+// SGR parameters (`ESC[…m`) applied to a style: colour and bold, the rest ignored.
+function sgr(style, params) {
+  for (const part of (params === "" ? "0" : params).split(";")) {
+    const code = Number(part || "0");
+    if (code === 0) { style.fg = null; style.bold = false; }
+    else if (code === 1) style.bold = true;
+    else if (code === 22) style.bold = false;
+    else if (code >= 30 && code <= 37) style.fg = code - 30;
+    else if (code === 39) style.fg = null;
+    else if (code >= 90 && code <= 97) style.fg = code - 90 + 8;
+  }
+}
+function styleClasses(style) {
+  const classes = [];
+  if (style.fg !== null) classes.push("ansi-" + style.fg);
+  if (style.bold) classes.push("ansi-bold");
+  return classes;
+}
 class Terminal {
   constructor(pre) { this.pre = pre; this.fg = null; this.bold = false; this.pending = ""; }
-  sgr(params) {
-    for (const part of (params === "" ? "0" : params).split(";")) {
-      const code = Number(part || "0");
-      if (code === 0) { this.fg = null; this.bold = false; }
-      else if (code === 1) this.bold = true;
-      else if (code === 22) this.bold = false;
-      else if (code >= 30 && code <= 37) this.fg = code - 30;
-      else if (code === 39) this.fg = null;
-      else if (code >= 90 && code <= 97) this.fg = code - 90 + 8;
-    }
-  }
   emit(text, stream) {
     if (!text) return;
     const span = document.createElement("span");
-    const classes = [];
-    if (stream === "stderr") classes.push("stderr");
-    if (this.fg !== null) classes.push("ansi-" + this.fg);
-    if (this.bold) classes.push("ansi-bold");
+    const classes = styleClasses(this);
+    if (stream === "stderr") classes.unshift("stderr");
     if (classes.length) span.className = classes.join(" ");
     span.textContent = text;
     this.pre.appendChild(span);
@@ -99,7 +105,7 @@ class Terminal {
         if (!match) { if (rest.length < 32) { this.pending = text.slice(index); break; } plain += visible(ESC) + "["; index += 2; continue; }
         if (match[2] === "m" && /^[0-9;]*$/.test(match[1])) {
           this.emit(visible(plain), stream); plain = "";
-          this.sgr(match[1]);
+          sgr(this, match[1]);
         } else {
           plain += visible(ESC + "[" + match[0]);
         }
@@ -129,6 +135,18 @@ function parseEvents(buffer, onEvent) {
   return buffer;
 }
 
+// Reads a streamed answer of server-sent events to its end, calling onEvent(name, data).
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer = parseEvents(buffer + decoder.decode(value, { stream: true }), onEvent);
+  }
+}
+
 function runForm() {
   const form = document.getElementById("run-form");
   if (!form) return;
@@ -152,20 +170,13 @@ function runForm() {
         method: "POST", body, credentials: "same-origin",
         headers: { "x-csrf-token": form.elements.csrf.value, "accept": "text/event-stream" },
       });
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer = parseEvents(buffer + decoder.decode(value, { stream: true }), (name, data) => {
-          const payload = JSON.parse(data);
-          if (name === "stdout" || name === "stderr") terminal.write(payload, name);
-          else if (name === "started") { summary.textContent = "Running " + payload + "…"; summary.dataset.run = payload; }
-          else if (name === "result") showResult(summary, payload);
-          else if (name === "error") { summary.textContent = "Error: " + payload; summary.className = "error"; }
-        });
-      }
+      await readEvents(response, (name, data) => {
+        const payload = JSON.parse(data);
+        if (name === "stdout" || name === "stderr") terminal.write(payload, name);
+        else if (name === "started") { summary.textContent = "Running " + payload + "…"; summary.dataset.run = payload; }
+        else if (name === "result") showResult(summary, payload);
+        else if (name === "error") { summary.textContent = "Error: " + payload; summary.className = "error"; }
+      });
     } catch (error) {
       summary.textContent = "The connection to the agent was lost: " + error;
     } finally {
@@ -192,10 +203,319 @@ function showResult(summary, result) {
   summary.appendChild(link);
 }
 
+// The notebook: cells run one after another in the sandbox's session, their events streamed back.
+// A value or figure is shown by its text and, for images, as a PNG; never as HTML.
+function showData(output, payload) {
+  const data = payload.data || {};
+  if (typeof data["image/png"] === "string") {
+    const image = document.createElement("img");
+    image.src = "data:image/png;base64," + data["image/png"];
+    image.alt = typeof data["text/plain"] === "string" ? data["text/plain"] : "A figure";
+    output.appendChild(image);
+    output.appendChild(document.createTextNode("\n"));
+    return;
+  }
+  if (typeof data["text/plain"] !== "string") return;
+  const span = document.createElement("span");
+  span.className = payload.type === "result" ? "result" : "display";
+  span.textContent = visible(data["text/plain"]) + "\n";
+  output.appendChild(span);
+}
+
+function notebook() {
+  const book = document.getElementById("notebook");
+  if (!book) return;
+  const template = document.getElementById("cell-template");
+  const cells = document.getElementById("cells");
+  const csrf = document.querySelector("form[data-fetch] input[name=csrf]").value;
+  let count = 0;
+
+  async function runCell(cell) {
+    const code = cell.querySelector(".cell-code");
+    const output = cell.querySelector(".cell-output");
+    const status = cell.querySelector(".cell-status");
+    const run = cell.querySelector(".cell-run");
+    output.hidden = false;
+    output.textContent = "";
+    status.textContent = "Running…";
+    run.disabled = true;
+    cell.dataset.state = "running";
+    const terminal = new Terminal(output);
+    try {
+      const response = await fetch(book.dataset.execute, {
+        method: "POST", credentials: "same-origin",
+        body: new URLSearchParams({ session: book.dataset.session, code: code.value }),
+        headers: { "x-csrf-token": csrf, "accept": "text/event-stream" },
+      });
+      await readEvents(response, (name, data) => {
+        const payload = JSON.parse(data);
+        if (name === "error") { status.textContent = "Refused: " + payload; cell.dataset.state = "refused"; return; }
+        if (payload.type === "stream") terminal.write(payload.text, payload.name);
+        else if (payload.type === "display" || payload.type === "result") showData(output, payload);
+        else if (payload.type === "error") {
+          const lines = payload.traceback.length ? payload.traceback : [payload.name + ": " + payload.message];
+          terminal.write(lines.map((line) => (line.endsWith("\n") ? line : line + "\n")).join(""), "stderr");
+        } else if (payload.type === "end") {
+          status.textContent = "[" + payload.execution + "] " + payload.status;
+          cell.dataset.state = payload.status;
+        }
+      });
+    } catch (error) {
+      status.textContent = "The connection to the agent was lost: " + error;
+    } finally {
+      run.disabled = false;
+    }
+    if (cell === cells.lastElementChild && cell.dataset.state === "ok") addCell().querySelector(".cell-code").focus();
+  }
+
+  function addCell() {
+    count += 1;
+    const cell = template.content.firstElementChild.cloneNode(true);
+    const code = cell.querySelector(".cell-code");
+    code.id = "cell-" + count;
+    const label = cell.querySelector(".cell-label");
+    label.htmlFor = code.id;
+    label.textContent = "Cell " + count;
+    const output = cell.querySelector(".cell-output");
+    output.setAttribute("aria-label", "Output of cell " + count);
+    const run = cell.querySelector(".cell-run");
+    run.setAttribute("aria-label", "Run cell " + count);
+    run.addEventListener("click", () => runCell(cell));
+    code.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey || event.shiftKey)) { event.preventDefault(); runCell(cell); }
+    });
+    cells.appendChild(cell);
+    return cell;
+  }
+
+  document.getElementById("add-cell").addEventListener("click", () => addCell().querySelector(".cell-code").focus());
+  addCell();
+}
+
+// Forms marked data-fetch (interrupt, restart) are posted without leaving the page, so the
+// notebook's cells stay; their status line says what happened.
+function fetchForms() {
+  document.addEventListener("submit", async (event) => {
+    const form = event.target;
+    if (!form.dataset || !form.dataset.fetch) return;
+    event.preventDefault();
+    const status = document.getElementById("notebook-status");
+    status.textContent = "…";
+    try {
+      const response = await fetch(form.action, {
+        method: "POST", credentials: "same-origin", body: new URLSearchParams(new FormData(form)),
+      });
+      status.textContent = response.ok ? form.dataset.fetch : "Refused (" + response.status + "): reload the page.";
+    } catch (error) {
+      status.textContent = "The connection to the agent was lost: " + error;
+    }
+  });
+}
+
+// The terminal page's screen: the shell's output drawn as text. Finished lines scroll up; on the
+// line being written, carriage return, backspace, cursor left and right, erase and delete work,
+// colours and bold are kept, and every other escape sequence (titles, cursor moves to other lines,
+// modes) is dropped: neither obeyed nor shown.
+const SCREEN_LINES = 5000;
+class Screen {
+  constructor(pre) {
+    this.pre = pre; this.cells = []; this.col = 0; this.fg = null; this.bold = false; this.pending = "";
+    this.line = document.createElement("span");
+    pre.appendChild(this.line);
+  }
+  put(ch) { this.cells[this.col] = { ch, cls: styleClasses(this).join(" ") }; this.col += 1; }
+  draw() {
+    this.line.textContent = "";
+    let text = "";
+    let cls = "";
+    const flush = () => {
+      if (!text) return;
+      const span = document.createElement("span");
+      if (cls) span.className = cls;
+      span.textContent = text;
+      this.line.appendChild(span);
+      text = "";
+    };
+    for (let index = 0; index < this.cells.length; index += 1) {
+      const cell = this.cells[index] || { ch: " ", cls: "" };
+      if (cell.cls !== cls) { flush(); cls = cell.cls; }
+      text += cell.ch;
+    }
+    flush();
+  }
+  newline() {
+    this.draw();
+    this.pre.appendChild(document.createTextNode("\n"));
+    this.line = document.createElement("span");
+    this.pre.appendChild(this.line);
+    this.cells = [];
+    this.col = 0;
+    while (this.pre.childNodes.length > SCREEN_LINES * 2) this.pre.removeChild(this.pre.firstChild);
+  }
+  csi(params, final) {
+    const count = Math.max(1, Number(params) || 1);
+    if (final === "m" && /^[0-9;]*$/.test(params)) sgr(this, params);
+    else if (final === "K" && (params === "" || params === "0")) this.cells.length = Math.min(this.cells.length, this.col);
+    else if (final === "K" && params === "1") for (let index = 0; index < this.col; index += 1) this.cells[index] = undefined;
+    else if (final === "K" && params === "2") this.cells = [];
+    else if (final === "C") this.col += count;
+    else if (final === "D") this.col = Math.max(0, this.col - count);
+    else if (final === "G") this.col = count - 1;
+    else if (final === "P") this.cells.splice(this.col, count);
+    else if (final === "@") this.cells.splice(this.col, 0, ...new Array(count).fill(undefined));
+  }
+  write(chunk) {
+    const text = this.pending + chunk;
+    this.pending = "";
+    let index = 0;
+    while (index < text.length) {
+      const ch = text[index];
+      if (ch === ESC) {
+        const next = text[index + 1];
+        if (next === undefined) { this.pending = text.slice(index); break; }
+        if (next === "[") {
+          const match = /^\[([\u0030-\u003f]*)[\u0020-\u002f]*([\u0040-\u007e])/.exec(text.slice(index + 1));
+          if (!match) {
+            if (text.length - index < 64) { this.pending = text.slice(index); break; }
+            index += 2;
+            continue;
+          }
+          this.csi(match[1], match[2]);
+          index += 1 + match[0].length;
+          continue;
+        }
+        if (next === "]") {
+          // An operating system command (a title, a link) ends at BEL or ESC \.
+          const end = text.slice(index + 2).search(/\u0007|\u001b\\/);
+          if (end < 0) {
+            if (text.length - index < 4096) { this.pending = text.slice(index); break; }
+            index += 2;
+            continue;
+          }
+          index += 2 + end + (text[index + 2 + end] === "\u0007" ? 1 : 2);
+          continue;
+        }
+        index += 2;
+        continue;
+      }
+      if (ch === "\n") this.newline();
+      else if (ch === "\r") this.col = 0;
+      else if (ch === "\b") this.col = Math.max(0, this.col - 1);
+      else if (ch === "\t") { do this.put(" "); while (this.col % 8 !== 0); }
+      else if (ch === "\u0007") { /* the bell rings nowhere */ }
+      else if (ch < " " || ch === "\u007f") this.put(picture(ch));
+      else this.put(ch);
+      index += 1;
+    }
+    this.draw();
+    this.pre.scrollTop = this.pre.scrollHeight;
+  }
+}
+
+// The terminal's size in character cells, from the screen's size and one character's.
+function screenSize(pre) {
+  const probe = document.createElement("span");
+  probe.className = "term-probe";
+  probe.textContent = "MMMMMMMMMM";
+  pre.appendChild(probe);
+  const box = probe.getBoundingClientRect();
+  probe.remove();
+  const width = box.width / 10 || 8;
+  const height = box.height || 16;
+  return {
+    cols: Math.max(20, Math.min(500, Math.floor((pre.clientWidth - 24) / width))),
+    rows: Math.max(5, Math.min(200, Math.floor((pre.clientHeight - 16) / height))),
+  };
+}
+
+function terminalPage() {
+  const pre = document.getElementById("term-screen");
+  if (!pre) return;
+  const form = document.getElementById("term-form");
+  const input = document.getElementById("term-input");
+  const status = document.getElementById("term-status");
+  const reconnect = document.getElementById("term-reconnect");
+  const encoder = new TextEncoder();
+  let socket = null;
+
+  function send(text) {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(text));
+  }
+  function say(text, bad) {
+    status.textContent = text;
+    status.className = bad ? "error" : "";
+  }
+  function connect() {
+    pre.textContent = "";
+    const screen = new Screen(pre);
+    const decoder = new TextDecoder();
+    const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    const ws = new WebSocket(scheme + window.location.host + pre.dataset.socket);
+    ws.binaryType = "arraybuffer";
+    socket = ws;
+    reconnect.hidden = true;
+    let ended = false;
+    say("Connecting…");
+    ws.addEventListener("open", () => {
+      ws.send(JSON.stringify({ csrf: form.elements.csrf.value, size: screenSize(pre) }));
+    });
+    ws.addEventListener("message", (event) => {
+      if (typeof event.data !== "string") { screen.write(decoder.decode(event.data, { stream: true })); return; }
+      const message = JSON.parse(event.data);
+      if (message.type === "started") {
+        say("Connected: run " + message.run_id);
+        status.dataset.run = message.run_id;
+      } else if (message.type === "result") {
+        ended = true;
+        const result = message.result;
+        say("The shell ended: " + (result.killed_by ? "killed by " + result.killed_by
+          : result.exit_code !== null ? "exit code " + result.exit_code : "signal " + result.signal) + ".");
+      } else if (message.type === "error") {
+        ended = true;
+        say("Refused: " + message.error.error.message, true);
+      }
+    });
+    ws.addEventListener("close", () => {
+      if (!ended) say("The connection to the agent closed.", true);
+      reconnect.hidden = false;
+      if (socket === ws) socket = null;
+    });
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send(input.value + "\r");
+    input.value = "";
+  });
+  input.addEventListener("keydown", (event) => {
+    if (!event.ctrlKey || event.altKey || event.metaKey) return;
+    const key = event.key.toLowerCase();
+    const selected = input.selectionStart !== input.selectionEnd;
+    if (key === "c" && !selected) { event.preventDefault(); send("\u0003"); }
+    else if (key === "d" && input.value === "") { event.preventDefault(); send("\u0004"); }
+  });
+  document.getElementById("term-ctrl-c").addEventListener("click", () => { send("\u0003"); input.focus(); });
+  document.getElementById("term-ctrl-d").addEventListener("click", () => { send("\u0004"); input.focus(); });
+  reconnect.addEventListener("click", connect);
+  let resizing = false;
+  window.addEventListener("resize", () => {
+    if (resizing) return;
+    resizing = true;
+    requestAnimationFrame(() => {
+      resizing = false;
+      if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "resize", ...screenSize(pre) }));
+    });
+  });
+  connect();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   relativeTimes();
   copyButtons();
   confirmations();
   tokenLogin();
   runForm();
+  fetchForms();
+  notebook();
+  terminalPage();
 });
