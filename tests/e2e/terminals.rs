@@ -143,9 +143,10 @@ fn bkg_shell_types_resizes_interrupts_and_exits_with_the_shells_code() {
     terminal.type_in("stty size | sed 's/ /x/'\r");
     terminal.expect("30x100");
 
-    // Ctrl-C ends the foreground command and the shell carries on.
-    terminal.type_in("echo sleep-$((1+1)); sleep 1000\r");
-    terminal.expect("sleep-2");
+    // Ctrl-C ends the foreground command and the shell carries on. The command says when it
+    // runs: a Ctrl-C typed before it started would reach the shell instead.
+    terminal.type_in("python3 -c 'import time; print(\"sleep\" \"ing\", flush=True); time.sleep(1000)'\r");
+    terminal.expect("sleeping");
     terminal.type_in("\x03");
     terminal.type_in("echo after-$((2+3))\r");
     terminal.expect("after-5");

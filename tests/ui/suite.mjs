@@ -214,9 +214,10 @@ await step("in the sandbox's terminal a typed command's output comes back", asyn
   await shows("42 <i>x</i>");
   await page.screenshot({ path: path.join(shots, "terminal-session-desktop.png"), fullPage: true });
   // Ctrl-C in the line interrupts what runs, and the shell lives on.
-  await input.fill("echo sleep-$((2+2)); sleep 600");
+  // The command says when it runs: a Ctrl-C sent before it started would reach the shell.
+  await input.fill(`python3 -c 'import time; print("sleep" "ing", flush=True); time.sleep(600)'`);
   await input.press("Enter");
-  await shows("sleep-4");
+  await shows("sleeping");
   await input.press("Control+c");
   await input.fill("echo after-$((1+1))");
   await input.press("Enter");
