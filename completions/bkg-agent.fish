@@ -14,6 +14,8 @@ complete -c bkg-agent -l max-disk -d 'Highest disk limit a run may ask for' -r
 complete -c bkg-agent -l python -d 'Python interpreter used for `python` runs' -r -F
 complete -c bkg-agent -l node -d 'Node.js interpreter used for `node` runs' -r -F
 complete -c bkg-agent -l package-index -d 'The Python package index runs\' packages are installed from (PEP 503 simple API): the only network an install sandbox has. A host name, or a loopback address for a mirror on this machine' -r
+complete -c bkg-agent -l npm -d 'npm, which installs Node.js runs\' packages (`npm ci`) in an install sandbox, run by --node' -r -F
+complete -c bkg-agent -l npm-registry -d 'The npm registry runs\' Node.js packages are installed from: the only network a Node install sandbox has. A host name, or a loopback address for a mirror on this machine' -r
 complete -c bkg-agent -l cgroup-dir -d 'Directory created beneath the agent\'s own cgroup for its sandboxes\' cgroups' -r
 complete -c bkg-agent -l uid-base -d 'First host uid given to sandboxes; each live sandbox takes four above it' -r
 complete -c bkg-agent -l listen -d 'Also serve the API on TCP at ADDR:PORT; every request there needs an API key. An address other than loopback needs --tls-cert (or --plain-http-behind-proxy)' -r

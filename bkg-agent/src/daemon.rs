@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bkg_schema::{Limits, parse_cpus, parse_duration_ms, parse_size};
+use bkg_schema::{Language, Limits, parse_cpus, parse_duration_ms, parse_size};
 use clap::Parser;
 use tokio::sync::Notify;
 
@@ -95,6 +95,13 @@ pub struct AgentArgs {
     /// this machine.
     #[arg(long, value_name = "URL", default_value = "https://pypi.org/simple", env = "BKG_PACKAGE_INDEX")]
     pub package_index: String,
+    /// npm, which installs Node.js runs' packages (`npm ci`) in an install sandbox, run by --node.
+    #[arg(long, default_value = "/usr/bin/npm", env = "BKG_NPM")]
+    pub npm: PathBuf,
+    /// The npm registry runs' Node.js packages are installed from: the only network a Node
+    /// install sandbox has. A host name, or a loopback address for a mirror on this machine.
+    #[arg(long, value_name = "URL", default_value = "https://registry.npmjs.org/", env = "BKG_NPM_REGISTRY")]
+    pub npm_registry: String,
     /// Directory created beneath the agent's own cgroup for its sandboxes' cgroups.
     #[arg(long, default_value = "bkg", env = "BKG_CGROUP_DIR")]
     pub cgroup_dir: String,
@@ -306,6 +313,7 @@ struct ApiOptions {
     db_url: Option<String>,
     retention: crate::retention::RetentionPolicy,
     package_index: crate::engine::install::PackageIndex,
+    npm_registry: crate::engine::install::PackageIndex,
     local: LocalAccess,
     object_store: Option<String>,
     artefact_quota: crate::artefacts::QuotaPolicy,
@@ -371,8 +379,11 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
     };
     let package_index = crate::engine::install::PackageIndex::parse(&args.package_index)
         .map_err(|reason| anyhow::anyhow!("--package-index: {reason}"))?;
+    let npm_registry = crate::engine::install::PackageIndex::parse(&args.npm_registry)
+        .map_err(|reason| anyhow::anyhow!("--npm-registry: {reason}"))?;
     Ok(ApiOptions {
         package_index,
+        npm_registry,
         listen: args.listen,
         tls,
         connections,
@@ -442,6 +453,7 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         max_limits: max,
         python: args.python,
         node: args.node,
+        npm: args.npm,
         warm_pool: args.warm_pool,
         warm_pool_memory: parse_size(&args.warm_pool_memory).context("--warm-pool-memory")?,
         uid_base: args.uid_base,
@@ -680,8 +692,22 @@ async fn serve(
         shutdown: Arc::clone(&shutdown),
         socket: socket.clone(),
         envs: Arc::new(
-            crate::envs::Environments::open(&state_dir, api.package_index.clone(), engine.config.python.clone())
-                .context("open the dependency environments")?,
+            crate::envs::Environments::open(
+                &state_dir,
+                Language::Python,
+                api.package_index.clone(),
+                engine.config.python.clone(),
+            )
+            .context("open the Python environments")?,
+        ),
+        node_envs: Arc::new(
+            crate::envs::Environments::open(
+                &state_dir,
+                Language::Node,
+                api.npm_registry.clone(),
+                engine.config.node.clone(),
+            )
+            .context("open the Node.js environments")?,
         ),
         secrets: crate::secrets::SecretStore::new(&state_dir),
     });

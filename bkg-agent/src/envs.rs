@@ -1,16 +1,18 @@
-//! Dependency environments on disk (`bkg envs`). Each distinct requirement set (with the
-//! interpreter and the package index) is installed once into `envs/python/ID/site`, `ID` being
-//! the hash of all three, and mounted read-only into every run that asks for the same set. A
-//! build happens in `envs/python/.build-ID` and becomes `ID` by one rename when it succeeded, so
-//! a directory named `ID` is always complete; builds a stopped agent left are removed at start.
-//! The install itself is a sandboxed run (`engine/install.rs`), driven by `service/envs.rs`.
+//! Dependency environments on disk (`bkg envs`). Each distinct Python requirement set, or Node.js
+//! package.json with its lockfile (with the interpreter and the package index), is installed
+//! once into `envs/LANGUAGE/ID/site`, `ID` being the hash of all three, and mounted read-only
+//! into every run that asks for the same. A build happens in `envs/LANGUAGE/.build-ID` and
+//! becomes `ID` by one rename when it succeeded, so a directory named `ID` is always complete;
+//! builds a stopped agent left are removed at start. The install itself is a sandboxed run
+//! (`engine/install.rs`), driven by `service/envs.rs`.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bkg_schema::envs::EnvInfo;
+use bkg_schema::Language;
+use bkg_schema::envs::{EnvInfo, NodePackages};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -25,6 +27,79 @@ const BUILD_PREFIX: &str = ".build-";
 /// How many requirement lines one run may name, and how long one may be.
 const MAX_REQUIREMENTS: usize = 500;
 const MAX_REQUIREMENT_BYTES: usize = 1000;
+/// The largest package.json or package-lock.json a run may send.
+const MAX_NODE_FILE_BYTES: usize = 8 * 1024 * 1024;
+
+/// What a run's environment is built from: what its id hashes, what the listing shows, and the
+/// files the installer reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvRequest {
+    pub language: Language,
+    pub set: Vec<String>,
+    pub shown: Vec<String>,
+    pub files: Vec<(&'static str, String)>,
+}
+
+impl EnvRequest {
+    /// A Python requirement set (as [`Environments::requirement_set`] gives it).
+    pub fn python(set: Vec<String>) -> Self {
+        let mut text = set.join("\n");
+        text.push('\n');
+        Self { language: Language::Python, shown: set.clone(), set, files: vec![("requirements.txt", text)] }
+    }
+
+    /// A Node.js project's package.json and lockfile, checked: both JSON objects, the lockfile
+    /// one `npm ci` reads; shown as the dependencies package.json names.
+    pub fn node(packages: &NodePackages) -> Result<Self, EnvError> {
+        let parse = |name: &str, text: &str| {
+            if text.len() > MAX_NODE_FILE_BYTES {
+                return Err(EnvError::Invalid(format!("{name} is larger than {} MiB", MAX_NODE_FILE_BYTES >> 20)));
+            }
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(object)) => Ok(object),
+                Ok(_) => Err(EnvError::Invalid(format!("{name} must be a JSON object"))),
+                Err(error) => Err(EnvError::Invalid(format!("{name} is not JSON: {error}"))),
+            }
+        };
+        let manifest = parse("package.json", &packages.package_json)?;
+        let lock = parse("package-lock.json", &packages.package_lock)?;
+        if !lock.contains_key("lockfileVersion") {
+            return Err(EnvError::Invalid(
+                "package-lock.json has no lockfileVersion: make it with `npm install`".into(),
+            ));
+        }
+        let mut shown: Vec<String> = ["dependencies", "devDependencies", "optionalDependencies"]
+            .iter()
+            .filter_map(|field| manifest.get(*field).and_then(serde_json::Value::as_object))
+            .flat_map(|dependencies| {
+                dependencies.iter().map(|(name, range)| format!("{name}@{}", range.as_str().unwrap_or("*")))
+            })
+            .collect();
+        shown.sort();
+        shown.dedup();
+        Ok(Self {
+            language: Language::Node,
+            set: vec![packages.package_json.clone(), packages.package_lock.clone()],
+            shown,
+            files: vec![
+                ("package.json", packages.package_json.clone()),
+                ("package-lock.json", packages.package_lock.clone()),
+            ],
+        })
+    }
+
+    /// "1 Python package", "3 Node packages".
+    pub fn described(&self) -> String {
+        let language = match self.language {
+            Language::Python => "Python",
+            Language::Node => "Node",
+        };
+        match self.shown.len() {
+            1 => format!("1 {language} package"),
+            count => format!("{count} {language} packages"),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
@@ -47,8 +122,9 @@ struct EnvMeta {
 
 pub struct Environments {
     root: PathBuf,
+    pub language: Language,
     pub index: PackageIndex,
-    python: PathBuf,
+    interpreter: PathBuf,
     /// One build per environment at a time: a second run of the same set waits for the first's.
     builds: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Runs using each environment now: a prune leaves those alone.
@@ -74,9 +150,14 @@ impl Drop for InUse {
 }
 
 impl Environments {
-    /// Opens `STATE/envs/python`, removing builds an earlier agent left unfinished.
-    pub fn open(state_dir: &Path, index: PackageIndex, python: PathBuf) -> Result<Self, EnvError> {
-        let root = state_dir.join("envs").join("python");
+    /// Opens `STATE/envs/LANGUAGE`, removing builds an earlier agent left unfinished.
+    pub fn open(
+        state_dir: &Path,
+        language: Language,
+        index: PackageIndex,
+        interpreter: PathBuf,
+    ) -> Result<Self, EnvError> {
+        let root = state_dir.join("envs").join(language.as_str());
         std::fs::create_dir_all(&root).map_err(io("create", &root))?;
         for entry in std::fs::read_dir(&root).map_err(io("read", &root))?.flatten() {
             if entry.file_name().to_string_lossy().starts_with(BUILD_PREFIX) {
@@ -85,8 +166,9 @@ impl Environments {
         }
         Ok(Self {
             root,
+            language,
             index,
-            python,
+            interpreter,
             builds: Mutex::new(HashMap::new()),
             in_use: Arc::new(Mutex::new(HashMap::new())),
         })
@@ -122,10 +204,10 @@ impl Environments {
         Ok(set)
     }
 
-    /// The id of a requirement set's environment: what it is built from, hashed.
+    /// The id of an environment: what it is built from, hashed.
     pub fn id_of(&self, set: &[String]) -> String {
         let mut hash = Sha256::new();
-        hash.update(format!("python={}\nindex={}\n", self.python.display(), self.index.url));
+        hash.update(format!("{}={}\nindex={}\n", self.language.as_str(), self.interpreter.display(), self.index.url));
         for line in set {
             hash.update(line.as_bytes());
             hash.update(b"\n");
@@ -148,19 +230,25 @@ impl Environments {
         lock.lock_owned().await
     }
 
-    /// A fresh build directory for `id`, with the requirements written into it.
-    pub fn begin_build(&self, id: &str, set: &[String]) -> Result<InstallDirs, EnvError> {
+    /// A fresh build directory for `id`, with the installer's files written into it.
+    pub fn begin_build(&self, id: &str, files: &[(&'static str, String)]) -> Result<InstallDirs, EnvError> {
         let work = self.root.join(format!("{BUILD_PREFIX}{id}"));
         if work.exists() {
             std::fs::remove_dir_all(&work).map_err(io("remove", &work))?;
         }
-        crate::engine::Engine::make_install_dirs(&work, set)
+        crate::engine::Engine::make_install_dirs(&work, self.language, files)
             .map_err(|error| EnvError::Invalid(format!("preparing the install failed: {error}")))
     }
 
     /// Makes a successful build the environment `id` and returns its `site`.
-    pub fn finish_build(&self, id: &str, dirs: InstallDirs, set: &[String], now_ms: u64) -> Result<PathBuf, EnvError> {
-        let meta = EnvMeta { requirements: set.to_vec(), created_at_ms: now_ms };
+    pub fn finish_build(
+        &self,
+        id: &str,
+        dirs: InstallDirs,
+        shown: &[String],
+        now_ms: u64,
+    ) -> Result<PathBuf, EnvError> {
+        let meta = EnvMeta { requirements: shown.to_vec(), created_at_ms: now_ms };
         let meta_path = dirs.work.join(META_FILE);
         let bytes = serde_json::to_vec_pretty(&meta).map_err(|error| EnvError::Invalid(error.to_string()))?;
         std::fs::write(&meta_path, bytes).map_err(io("write", &meta_path))?;
@@ -214,6 +302,7 @@ impl Environments {
                 .map_or(meta.created_at_ms, |since| since.as_millis() as u64);
             envs.push(EnvInfo {
                 id,
+                language: self.language,
                 requirements: meta.requirements,
                 bytes: disk_usage(&entry.path()),
                 created_at_ms: meta.created_at_ms,
@@ -266,6 +355,25 @@ fn disk_usage(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_environment_is_keyed_by_both_files_and_shows_its_dependencies() {
+        let packages = |manifest: &str, lock: &str| {
+            EnvRequest::node(&NodePackages { package_json: manifest.into(), package_lock: lock.into() })
+        };
+        let lock = r#"{"lockfileVersion": 3, "packages": {}}"#;
+        let request = packages(r#"{"dependencies": {"b": "^1"}, "devDependencies": {"a": "2.0.0"}}"#, lock);
+        let Ok(request) = request else { panic!("a good pair: {request:?}") };
+        assert_eq!(request.shown, ["a@2.0.0", "b@^1"]);
+        assert_eq!(request.described(), "2 Node packages");
+        assert_eq!(
+            request.files.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+            ["package.json", "package-lock.json"]
+        );
+        assert!(matches!(packages("[]", lock), Err(EnvError::Invalid(_))));
+        assert!(matches!(packages("{}", "{}"), Err(EnvError::Invalid(message)) if message.contains("lockfileVersion")));
+        assert!(matches!(packages("{", lock), Err(EnvError::Invalid(_))));
+    }
 
     #[test]
     fn a_set_is_keyed_whatever_its_order_blanks_and_comments_and_options_are_refused() {

@@ -1037,6 +1037,7 @@ mod tests {
             ports: Vec::new(),
             restart: Default::default(),
             requirements: Vec::new(),
+            node_packages: None,
             secrets: Vec::new(),
             keep: Vec::new(),
         };

@@ -322,6 +322,7 @@ impl History {
                 ports: Vec::new(),
                 restart: Default::default(),
                 requirements: Vec::new(),
+                node_packages: None,
                 secrets: Vec::new(),
                 keep: Vec::new(),
             };

@@ -53,13 +53,14 @@ fn envs_table(envs: &[EnvInfo]) -> String {
     let rows = envs.iter().map(|env| {
         vec![
             env.id.clone(),
+            env.language.as_str().to_owned(),
             format_size(env.bytes),
             format!("{} ago", format_duration_ms(now.saturating_sub(env.last_used_at_ms) / 1000 * 1000)),
             env.requirements.join(" "),
         ]
     });
-    let headers = ["ID", "SIZE", "LAST USED", "PACKAGES"];
-    crate::table::render(&headers, &[1], &[3], rows, crate::table::width())
+    let headers = ["ID", "FOR", "SIZE", "LAST USED", "PACKAGES"];
+    crate::table::render(&headers, &[2], &[4], rows, crate::table::width())
 }
 
 pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliError> {

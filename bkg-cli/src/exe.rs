@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Read};
 use std::path::Path;
 
 use base64::Engine as _;
+use bkg_schema::envs::NodePackages;
 use bkg_schema::{FileUpload, Language, RunRequest};
 
 use crate::args::ExeArgs;
@@ -154,6 +155,7 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
         files.extend(read_uploads(spec, script_file.as_deref())?);
     }
     let requirements = requirements(args, script, language)?;
+    let node_packages = node_packages(script, language)?;
 
     Ok((
         RunRequest {
@@ -170,6 +172,7 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
             network: checked_net(&args.net)?,
             ports: checked_ports(&args.ports)?,
             requirements,
+            node_packages,
             secrets: args.secrets.clone(),
             return_out_dir: args.output.is_some(),
         },
@@ -200,6 +203,33 @@ fn requirements(args: &ExeArgs, script: Option<&str>, language: Language) -> Res
 
 /// The file of a script's Python requirements, looked for beside it.
 const REQUIREMENTS_FILE: &str = "requirements.txt";
+
+/// A Node script's packages: the package.json beside it, when it names dependencies, with its
+/// package-lock.json (what `npm ci` installs, so the same lockfile is the same environment).
+fn node_packages(script: Option<&str>, language: Language) -> Result<Option<NodePackages>, CliError> {
+    let Some(script) = script.filter(|script| *script != "-" && language == Language::Node) else {
+        return Ok(None);
+    };
+    let manifest = Path::new(script).with_file_name("package.json");
+    let Ok(package_json) = std::fs::read_to_string(&manifest) else { return Ok(None) };
+    let parsed: serde_json::Value = serde_json::from_str(&package_json)
+        .map_err(|error| CliError::usage(format!("{}: {error}", manifest.display())))?;
+    let has_dependencies = ["dependencies", "devDependencies", "optionalDependencies"]
+        .iter()
+        .any(|field| parsed.get(field).and_then(serde_json::Value::as_object).is_some_and(|deps| !deps.is_empty()));
+    if !has_dependencies {
+        return Ok(None);
+    }
+    let lockfile = manifest.with_file_name("package-lock.json");
+    let package_lock = std::fs::read_to_string(&lockfile).map_err(|error| {
+        CliError::usage(format!(
+            "{} names dependencies but {} cannot be read ({error}): make it with `npm install --package-lock-only`",
+            manifest.display(),
+            lockfile.display()
+        ))
+    })?;
+    Ok(Some(NodePackages { package_json, package_lock }))
+}
 
 /// `KEY=VALUE`, or a bare `KEY` that takes the host's value (skipped when the host has none, as
 /// docker does).

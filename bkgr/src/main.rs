@@ -8,6 +8,7 @@ use bkg_cli::shared::{
     bkgr_command, denial_lines, exit_code_of_run, limit_overrides, project_dir, reason_line, run_streamed,
 };
 use bkg_schema::cave::{CaveFile, SandboxSpec, Volume};
+use bkg_schema::envs::NodePackages;
 use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, SandboxInfo, VolumeSpec, sandbox_id};
 use bkg_schema::{Language, LimitOverrides};
 
@@ -160,9 +161,28 @@ fn definition(
         ports: spec.ports.clone(),
         restart: spec.restart,
         requirements: requirements(project, name, spec)?,
+        node_packages: node_packages(project, name, spec)?,
         secrets: spec.secrets.clone(),
         keep: spec.keep.clone(),
     })
+}
+
+/// The sandbox's `node.package` and the package-lock.json beside it, read as the user who runs
+/// bkgr.
+fn node_packages(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Option<NodePackages>, CliError> {
+    let Some(file) = spec.node.as_ref().and_then(|node| node.package.as_deref()) else {
+        return Ok(None);
+    };
+    if spec.r#type != Language::Node {
+        return Err(CliError::usage(format!("sandbox `{name}`: node.package is for sandboxes of type node")));
+    }
+    let manifest = project.join(file);
+    let lockfile = manifest.with_file_name("package-lock.json");
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map_err(|error| CliError::usage(format!("sandbox `{name}`: {}: {error}", path.display())))
+    };
+    Ok(Some(NodePackages { package_json: read(&manifest)?, package_lock: read(&lockfile)? }))
 }
 
 /// The lines of the sandbox's `python.requirements` file, read as the user who runs bkgr.

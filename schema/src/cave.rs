@@ -74,12 +74,24 @@ pub struct SandboxSpec {
     /// The Python environment of its runs.
     #[serde(default, deserialize_with = "some_mapping")]
     pub python: Option<CavePython>,
+    /// The Node.js environment of its runs.
+    #[serde(default, deserialize_with = "some_mapping")]
+    pub node: Option<CaveNode>,
     /// Names of secrets (`bkg secrets set`) given to its runs as environment variables.
     #[serde(default, deserialize_with = "string_list")]
     pub secrets: Vec<String>,
     /// Paths under /workspace kept as each run's files, with /workspace/out.
     #[serde(default, deserialize_with = "string_list")]
     pub keep: Vec<String>,
+}
+
+/// `node:` of a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaveNode {
+    /// A package.json, relative to the project directory; its package-lock.json is beside it.
+    #[serde(default, deserialize_with = "some_string")]
+    pub package: Option<String>,
 }
 
 /// `python:` of a sandbox.

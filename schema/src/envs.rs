@@ -2,14 +2,35 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One Python environment the agent built: the packages of one requirement set, installed once
-/// and mounted read-only into every run that asks for the same set.
+use crate::Language;
+
+fn python() -> Language {
+    Language::Python
+}
+
+/// A Node.js run's packages, as `npm ci` installs them: its package.json and package-lock.json,
+/// as text (`bkg exe` sends the two beside the script).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NodePackages {
+    pub package_json: String,
+    pub package_lock: String,
+}
+
+/// One environment the agent built: the packages of one Python requirement set, or of one
+/// Node.js package.json and lockfile, installed once and mounted read-only into every run that
+/// asks for the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvInfo {
-    /// The hash of the requirement set, the interpreter and the package index (lowercase hex).
+    /// The hash of what it is built from, the interpreter and the package index (lowercase hex).
     pub id: String,
-    /// The requirement lines it was built from, as given.
+    /// Whose packages: Python's or Node's (absent in listings of older agents: Python).
+    #[serde(default = "python")]
+    pub language: Language,
+    /// Python: the requirement lines it was built from. Node: its package.json's dependencies,
+    /// `NAME@RANGE` each.
     pub requirements: Vec<String>,
     /// What it takes on disk.
     pub bytes: u64,

@@ -203,6 +203,11 @@ pub struct RunRequest {
     /// is the agent's to choose.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requirements: Vec<String>,
+    /// Node.js packages the run needs: installed with `npm ci` once per distinct package.json
+    /// and lockfile into an environment mounted read-only, on `NODE_PATH` (docs/cli.md,
+    /// "Dependencies").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_packages: Option<envs::NodePackages>,
     /// Names of secrets (`bkg secrets set`) given to the code as environment variables of the
     /// same name. Their values never enter a record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -76,6 +76,9 @@ pub struct SandboxDefinition {
     /// installed once per distinct set, mounted read-only into every run, session and shell.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requirements: Vec<String>,
+    /// Node.js packages its runs need (as `RunRequest.node_packages`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_packages: Option<crate::envs::NodePackages>,
     /// Names of secrets (`bkg secrets set`) its runs get as environment variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,

@@ -12,6 +12,7 @@ use bkg_tests::{Agent, AgentOptions, code, examples_dir, stderr, stdout};
 /// Where scripts/setup.sh keeps the wheels the tests serve.
 const WHEELS: &str = "/var/cache/bkg-test-wheels";
 const SIX_WHEEL: &str = "six-1.17.0-py2.py3-none-any.whl";
+const NPM_TARBALL: &str = "bkg-left-pad-1.0.0.tgz";
 
 /// A PEP 503 index on 127.0.0.1: `python3 -m http.server` over `ROOT/six/`, whose directory
 /// listing is the project's page. Its request log is kept to count downloads.
@@ -30,6 +31,11 @@ impl LocalIndex {
         let root = tempfile::Builder::new().prefix("bkg-index-").tempdir().expect("temp dir");
         std::fs::create_dir(root.path().join("six")).expect("project dir");
         std::fs::copy(&wheel, root.path().join("six").join(SIX_WHEEL)).expect("copy the wheel");
+        Self::serve(root)
+    }
+
+    /// `python3 -m http.server` over `root` on a free loopback port.
+    fn serve(root: tempfile::TempDir) -> Self {
         let mut server = Command::new("python3")
             .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
             .arg(root.path())
@@ -54,6 +60,55 @@ impl LocalIndex {
             }
         });
         Self { server, url: format!("http://127.0.0.1:{port}/"), requests, _root: root }
+    }
+
+    /// An npm registry on 127.0.0.1 serving one package, `bkg-left-pad` 1.0.0 (packed by the
+    /// real `npm pack`): `NAME/index.html` is its document (the registry's `GET /NAME`, which
+    /// the server answers by redirecting to `NAME/`), `NAME/-/NAME-1.0.0.tgz` its tarball.
+    fn npm_registry() -> Self {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let root = tempfile::Builder::new().prefix("bkg-npm-").tempdir().expect("temp dir");
+        let source = root.path().join("source");
+        std::fs::create_dir(&source).expect("package dir");
+        std::fs::write(source.join("package.json"), r#"{"name":"bkg-left-pad","version":"1.0.0","main":"index.js"}"#)
+            .expect("package.json");
+        std::fs::write(source.join("index.js"), "module.exports = (s, n) => String(s).padStart(n, '.');\n")
+            .expect("index.js");
+        let tarballs = root.path().join("bkg-left-pad").join("-");
+        std::fs::create_dir_all(&tarballs).expect("tarball dir");
+        let packed = Command::new("npm")
+            .args(["pack", "--silent", "--pack-destination"])
+            .arg(&tarballs)
+            .current_dir(&source)
+            .env("npm_config_cache", root.path().join("cache"))
+            .output()
+            .expect("npm pack");
+        assert!(packed.status.success(), "npm pack: {}", stderr(&packed));
+        let tarball = std::fs::read(tarballs.join(NPM_TARBALL)).expect("the packed tarball");
+        let integrity =
+            format!("sha512-{}", base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(&tarball)));
+        let registry = Self::serve(root);
+        let document = serde_json::json!({
+            "name": "bkg-left-pad",
+            "dist-tags": { "latest": "1.0.0" },
+            "versions": { "1.0.0": {
+                "name": "bkg-left-pad", "version": "1.0.0", "main": "index.js",
+                "dist": { "tarball": format!("{}bkg-left-pad/-/{NPM_TARBALL}", registry.url), "integrity": integrity },
+            }},
+        });
+        std::fs::write(registry._root.path().join("bkg-left-pad").join("index.html"), document.to_string())
+            .expect("the package's document");
+        registry
+    }
+
+    fn tarball_downloads(&self) -> usize {
+        self.requests
+            .lock()
+            .expect("log")
+            .lines()
+            .filter(|line| line.contains(&format!("GET /bkg-left-pad/-/{NPM_TARBALL}")))
+            .count()
     }
 
     fn wheel_downloads(&self) -> usize {
@@ -309,4 +364,69 @@ fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
     let node = agent.bkgr(dir, &["web"]);
     assert_eq!(code(&node), 125, "{}", stderr(&node));
     assert!(stderr(&node).contains("python.requirements is for sandboxes of type python"), "{}", stderr(&node));
+}
+
+#[test]
+fn a_node_scripts_packages_are_installed_from_its_lockfile_once_and_reused() {
+    let registry = LocalIndex::npm_registry();
+    let agent = Agent::start_with(AgentOptions {
+        extra_args: vec!["--npm-registry".into(), registry.url.clone()],
+        ..AgentOptions::default()
+    });
+    let (project, _) = project(&[
+        ("package.json", r#"{"name":"demo","version":"1.0.0","dependencies":{"bkg-left-pad":"^1.0.0"}}"#),
+        (
+            "main.js",
+            "const pad = require('bkg-left-pad');\nconsole.log(pad('x', 4), require.resolve('bkg-left-pad'));\n\
+             try { require('fs').writeFileSync(require.resolve('bkg-left-pad'), ''); console.log('env writable'); }\n\
+             catch (error) { console.log('env', error.code); }\n",
+        ),
+    ]);
+    let script = project.path().join("main.js");
+    let script = script.to_str().expect("utf-8 path");
+
+    // Without a lockfile there is nothing `npm ci` could install: one line saying how to make it.
+    let unlocked = agent.exe(&[script]);
+    assert_eq!(code(&unlocked), 125, "{}", stderr(&unlocked));
+    assert!(stderr(&unlocked).contains("npm install --package-lock-only"), "{}", stderr(&unlocked));
+
+    // The lockfile, made the way its user would, with the real npm against the same registry.
+    let locked = Command::new("npm")
+        .args(["install", "--package-lock-only", "--no-audit", "--no-fund", "--registry", &registry.url])
+        .current_dir(project.path())
+        .env("npm_config_cache", project.path().join(".npm-cache"))
+        .output()
+        .expect("npm install");
+    assert!(locked.status.success(), "npm install: {}", stderr(&locked));
+
+    let first = agent.exe(&[script]);
+    assert_eq!(code(&first), 0, "{}\n{}", stderr(&first), agent.log());
+    assert_eq!(stdout(&first), "...x /opt/bkg/node/node_modules/bkg-left-pad/index.js\nenv EROFS\n");
+    assert!(stderr(&first).contains("bkg: installing 1 Node package into environment"), "{}", stderr(&first));
+    assert_eq!(registry.tarball_downloads(), 1);
+
+    let second = agent.exe(&[script]);
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert_eq!(stdout(&second), stdout(&first));
+    assert!(!stderr(&second).contains("installing"), "the second run installed again: {}", stderr(&second));
+    assert_eq!(registry.tarball_downloads(), 1, "the second run downloaded the package again");
+
+    let listed = agent.bkg().args(["envs", "ls", "--json"]).output().expect("bkg envs ls");
+    let envs: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(envs.as_array().map(Vec::len), Some(1), "{envs}");
+    assert_eq!(envs[0]["language"], "node");
+    assert_eq!(envs[0]["requirements"], serde_json::json!(["bkg-left-pad@^1.0.0"]));
+
+    // A cave.yaml sandbox naming the same package.json gets the same environment.
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        "version: 1\nsandboxes:\n  web:\n    type: node\n    node: { package: package.json }\n    \
+         scripts:\n      start: node main.js\n",
+    )
+    .expect("cave.yaml");
+    let persistent = agent.bkgr(project.path(), &["web"]);
+    assert_eq!(code(&persistent), 0, "{}", stderr(&persistent));
+    assert_eq!(stdout(&persistent), stdout(&first));
+    assert!(!stderr(&persistent).contains("installing"), "{}", stderr(&persistent));
+    assert_eq!(registry.tarball_downloads(), 1);
 }

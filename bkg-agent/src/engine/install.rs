@@ -1,9 +1,10 @@
-//! The install sandbox: a run of `python -m pip install --target` whose only network is the
-//! package index (`relay.rs`) and whose one writable host directory is the environment being
-//! built. pip comes with the host's Python runtime (Debian's python3-pip), so no installer
-//! binary has to be bound in; `--target` installs beside, never into, the runtime (and is not
-//! refused as an "externally managed" install). Everything else of it is an ordinary sandbox:
-//! the same plan, limits, seccomp and Landlock as any run.
+//! The install sandbox: a run of `python -m pip install --target` (Python) or `npm ci` (Node.js)
+//! whose only network is the package index (`relay.rs`) and whose one writable host directory
+//! is the environment being built. pip comes with the host's Python runtime (Debian's
+//! python3-pip) and npm with its Node.js, so no installer binary has to be bound in; `--target`
+//! installs beside, never into, the runtime (and is not refused as an "externally managed"
+//! install), and `npm ci --prefix` into the environment's own `node_modules`. Everything else of
+//! it is an ordinary sandbox: the same plan, limits, seccomp and Landlock as any run.
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -67,8 +68,9 @@ impl PackageIndex {
     }
 }
 
-/// The directories of one environment's build: `project/requirements.txt` (read-only at
-/// /project), `site/` (the environment, written at /workspace/site), `disk.img`, `logs/`.
+/// The directories of one environment's build: `project/` (read-only at /project: Python's
+/// requirements.txt), `site/` (the environment, written at /workspace/site; Node's package.json
+/// and lockfile, beside the `node_modules` npm makes), `disk.img`, `logs/`.
 pub struct InstallDirs {
     pub work: PathBuf,
 }
@@ -94,15 +96,16 @@ const INSTALL_LIMITS: Limits =
     Limits { cpu_millis: 1000, memory_bytes: 1024 * MIB, timeout_ms: 600_000, disk_bytes: 0, pids: 256 };
 
 impl Engine {
-    /// The run that installs `dirs`' requirements into its `site/` from `index`.
+    /// The run that installs `dirs`' packages into its `site/` from `index`.
     pub fn install_run(
         &self,
+        language: Language,
         dirs: &InstallDirs,
         index: &PackageIndex,
         namespace: &str,
         id: &str,
     ) -> Result<ValidatedRun, RunError> {
-        let interpreter = self.interpreter(Language::Python)?.to_string_lossy().into_owned();
+        let interpreter = self.interpreter(language)?.to_string_lossy().into_owned();
         let max = self.config.max_limits;
         let limits = Limits {
             cpu_millis: INSTALL_LIMITS.cpu_millis.min(max.cpu_millis),
@@ -113,27 +116,49 @@ impl Engine {
         };
         let root = Owner { uid: 0, gid: 0 };
         let requirements = format!("{PROJECT}/requirements.txt");
-        let argv = [
-            interpreter.as_str(),
-            "-m",
-            "pip",
-            "install",
-            "--no-input",
-            "--disable-pip-version-check",
-            "--no-cache-dir",
-            "--progress-bar",
-            "off",
-            "--index-url",
-            &index.url,
-            "--target",
-            SITE,
-            "-r",
-            &requirements,
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let npm = self.config.npm.to_string_lossy();
+        let argv: Vec<String> = match language {
+            Language::Python => [
+                interpreter.as_str(),
+                "-m",
+                "pip",
+                "install",
+                "--no-input",
+                "--disable-pip-version-check",
+                "--no-cache-dir",
+                "--progress-bar",
+                "off",
+                "--index-url",
+                &index.url,
+                "--target",
+                SITE,
+                "-r",
+                &requirements,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            // No package's own install scripts run: what is installed is files, never code run
+            // with the install's network.
+            Language::Node => [
+                interpreter.as_str(),
+                &npm,
+                "ci",
+                "--prefix",
+                SITE,
+                "--registry",
+                &index.url,
+                "--ignore-scripts",
+                "--no-audit",
+                "--no-fund",
+                "--no-update-notifier",
+                "--cache",
+                "/tmp/npm-cache",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        };
         Ok(ValidatedRun {
-            language: Language::Python,
+            language,
             limits,
             namespace: namespace.to_owned(),
             order: GoOrder {
@@ -163,7 +188,7 @@ impl Engine {
                 },
                 log_dir: dirs.work.join("logs"),
             }),
-            additions: Additions { python_env: None, hosts: index.hosts.clone() },
+            additions: Additions { hosts: index.hosts.clone(), ..Additions::default() },
             relay: index.relays.clone(),
             // An install keeps no files and has no network but its relays to the index.
             keep: Vec::new(),
@@ -172,8 +197,13 @@ impl Engine {
         })
     }
 
-    /// Makes the directories of an install in `work`, the requirements file among them.
-    pub fn make_install_dirs(work: &Path, requirements: &[String]) -> Result<InstallDirs, EngineError> {
+    /// Makes the directories of an install in `work`, with the installer's `files`: in
+    /// `project/` for pip, in `site/` for npm (whose `ci --prefix` reads them there).
+    pub fn make_install_dirs(
+        work: &Path,
+        language: Language,
+        files: &[(&'static str, String)],
+    ) -> Result<InstallDirs, EngineError> {
         let dirs = InstallDirs { work: work.to_path_buf() };
         for dir in [dirs.project(), dirs.site(), work.join("logs")] {
             std::fs::create_dir_all(&dir).map_err(EngineError::io(format!("create {}", dir.display())))?;
@@ -182,10 +212,14 @@ impl Engine {
         // (mounted read-only), whatever the agent's umask made it.
         let readable = std::fs::Permissions::from_mode(0o755);
         std::fs::set_permissions(dirs.site(), readable).map_err(EngineError::io("make the environment readable"))?;
-        let mut text = requirements.join("\n");
-        text.push('\n');
-        let file = dirs.project().join("requirements.txt");
-        std::fs::write(&file, text).map_err(EngineError::io(format!("write {}", file.display())))?;
+        let into = match language {
+            Language::Python => dirs.project(),
+            Language::Node => dirs.site(),
+        };
+        for (name, text) in files {
+            let file = into.join(name);
+            std::fs::write(&file, text).map_err(EngineError::io(format!("write {}", file.display())))?;
+        }
         Ok(dirs)
     }
 }

@@ -50,6 +50,8 @@ pub struct EngineConfig {
     pub max_limits: Limits,
     pub python: PathBuf,
     pub node: PathBuf,
+    /// npm's command line script, run by `node` in an install sandbox (`install.rs`).
+    pub npm: PathBuf,
     /// How many default-sized sandboxes to keep prepared when idle (see `pool.rs`).
     pub warm_pool: usize,
     /// Memory the prepared sandboxes together may take when the pool grows with demand.

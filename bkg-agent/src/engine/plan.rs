@@ -133,17 +133,22 @@ pub const PROJECT: &str = "/project";
 /// `PYTHONPATH`, and its `bin` on `PATH`.
 pub const PYTHON_ENV: &str = "/opt/bkg/python";
 
-/// What one sandbox adds to the common root: a Python environment of installed packages, and
-/// host names (an install sandbox's names of its package index, `engine/relay.rs`).
+/// Where a run sees its Node.js environment (`Additions::node_env`), read-only: its
+/// `node_modules` is on `NODE_PATH`, and `node_modules/.bin` on `PATH`.
+pub const NODE_ENV: &str = "/opt/bkg/node";
+
+/// What one sandbox adds to the common root: an environment of installed packages (Python's or
+/// Node's), and host names (an install sandbox's names of its package index, `engine/relay.rs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Additions {
     pub python_env: Option<PathBuf>,
+    pub node_env: Option<PathBuf>,
     pub hosts: Vec<(String, std::net::Ipv4Addr)>,
 }
 
 impl Additions {
     pub fn is_empty(&self) -> bool {
-        self.python_env.is_none() && self.hosts.is_empty()
+        self.python_env.is_none() && self.node_env.is_none() && self.hosts.is_empty()
     }
 }
 
@@ -348,6 +353,9 @@ impl SandboxPlan {
 
         if let Some(env) = &inputs.additions.python_env {
             steps.push(MountStep::BindReadOnly { source: env.clone(), target: PYTHON_ENV.into() });
+        }
+        if let Some(env) = &inputs.additions.node_env {
+            steps.push(MountStep::BindReadOnly { source: env.clone(), target: NODE_ENV.into() });
         }
 
         if let Some(project) = &inputs.project {
@@ -690,10 +698,11 @@ mod tests {
     }
 
     #[test]
-    fn a_python_env_is_bound_read_only_and_index_names_go_into_hosts() {
+    fn environments_are_bound_read_only_and_index_names_go_into_hosts() {
         let inputs = PlanInputs {
             additions: Additions {
                 python_env: Some("/var/lib/bkg/envs/python/ab12".into()),
+                node_env: Some("/var/lib/bkg/envs/node/cd34".into()),
                 hosts: vec![("pypi.org".into(), std::net::Ipv4Addr::new(127, 0, 0, 2))],
             },
             ..plan_inputs()
@@ -708,7 +717,13 @@ mod tests {
             _ => None,
         });
         assert!(hosts.unwrap_or_default().ends_with("127.0.0.2\tpypi.org\n"));
-        assert!(!plan.landlock_read_write.iter().any(|path| path.starts_with(PYTHON_ENV)));
+        assert!(plan.steps.contains(&MountStep::BindReadOnly {
+            source: "/var/lib/bkg/envs/node/cd34".into(),
+            target: NODE_ENV.into()
+        }));
+        assert!(
+            !plan.landlock_read_write.iter().any(|path| path.starts_with(PYTHON_ENV) || path.starts_with(NODE_ENV))
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::control::{GoOrder, PlacedFile};
 use super::egress::{NetworkPlan, proxy_env};
-use super::plan::{Additions, Owner, PROJECT, PYTHON_ENV, ProjectMounts, SHIM_DIR, TMP, Volume, WORKSPACE};
+use super::plan::{Additions, NODE_ENV, Owner, PROJECT, PYTHON_ENV, ProjectMounts, SHIM_DIR, TMP, Volume, WORKSPACE};
 use super::relay::RelayTarget;
 use super::sandbox::PersistentDisk;
 use super::{Engine, EngineError};
@@ -120,6 +120,19 @@ impl ValidatedRun {
         env.retain(|(key, _)| key != "PATH" && key != "PYTHONPATH");
         env.push(("PATH".into(), format!("{PYTHON_ENV}/bin:{path}")));
         env.push(("PYTHONPATH".into(), python_path.unwrap_or_else(|| PYTHON_ENV.into())));
+    }
+
+    /// Mounts a built Node.js environment read-only at `NODE_ENV`: `require` finds its packages
+    /// through `NODE_PATH`, and their commands are on `PATH`.
+    pub fn use_node_env(&mut self, dir: PathBuf) {
+        self.additions.node_env = Some(dir);
+        let env = &mut self.order.env;
+        let path = env.iter().find(|(key, _)| key == "PATH").map(|(_, value)| value.clone()).unwrap_or_default();
+        let modules = format!("{NODE_ENV}/node_modules");
+        let node_path = env.iter().find(|(key, _)| key == "NODE_PATH").map(|(_, value)| format!("{modules}:{value}"));
+        env.retain(|(key, _)| key != "PATH" && key != "NODE_PATH");
+        env.push(("PATH".into(), format!("{modules}/.bin:{path}")));
+        env.push(("NODE_PATH".into(), node_path.unwrap_or(modules)));
     }
 
     /// Adds environment variables that must not be checked against the caller's rules again

@@ -258,6 +258,7 @@ impl Engine {
             network: Vec::new(),
             ports: Vec::new(),
             requirements: Vec::new(),
+            node_packages: None,
             secrets: Vec::new(),
             return_out_dir: false,
         };

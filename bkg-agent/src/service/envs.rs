@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bkg_schema::Language;
 use bkg_schema::audit::ConfigChanged;
 use bkg_schema::envs::{EnvInfo, PruneRequest, PruneResult};
 use tokio::sync::mpsc;
@@ -12,7 +13,7 @@ use super::access::{AdminTask, require_admin, require_code_runner};
 use super::{OpError, OpResult, RunOutput, Service};
 use crate::auth::Principal;
 use crate::engine::run::{RunError, ValidatedRun};
-use crate::envs::{EnvError, Environments, InUse};
+use crate::envs::{EnvError, EnvRequest, Environments, InUse};
 use crate::ids::{new_id, now_ms};
 
 /// How many of the installer's last lines a failure shows.
@@ -28,51 +29,81 @@ impl From<EnvError> for OpError {
 }
 
 impl Service {
-    /// The requirement set a run asks for, checked: what `provide_env` will install.
+    /// The Python requirement set a run asks for, checked: what `provide_env` will install.
     pub(super) fn requirement_set(&self, lines: &[String]) -> OpResult<Vec<String>> {
         Ok(Environments::requirement_set(lines)?)
     }
 
-    /// Gives a run its Python environment: the built one for its set, else one built now, its
+    /// The environment a run asks for, checked: its Python requirements, or its Node packages;
+    /// none when it asks for neither.
+    pub(super) fn environment_of(
+        &self,
+        language: Language,
+        requirements: &[String],
+        node_packages: Option<&bkg_schema::envs::NodePackages>,
+    ) -> OpResult<Option<EnvRequest>> {
+        let python = self.requirement_set(requirements)?;
+        match (language, node_packages) {
+            (Language::Python, None) if python.is_empty() => Ok(None),
+            (Language::Python, None) => Ok(Some(EnvRequest::python(python))),
+            (Language::Node, Some(packages)) if python.is_empty() => Ok(Some(EnvRequest::node(packages)?)),
+            (Language::Node, None) if python.is_empty() => Ok(None),
+            (Language::Node, _) => Err(OpError::Invalid("Python requirements are for python runs".into())),
+            (Language::Python, Some(_)) => Err(OpError::Invalid("Node packages are for node runs".into())),
+        }
+    }
+
+    /// The environments of `language`.
+    fn envs_of(&self, language: Language) -> &Environments {
+        match language {
+            Language::Python => &self.envs,
+            Language::Node => &self.node_envs,
+        }
+    }
+
+    /// Gives a run its environment: the built one for what it asks, else one built now, its
     /// installer's output sent to `output` as progress. The guard keeps the environment from
     /// being pruned while the run uses it.
     pub(super) async fn provide_env(
         &self,
         run: &mut ValidatedRun,
-        set: &[String],
+        request: &EnvRequest,
         actor: &str,
         output: &Option<mpsc::Sender<RunOutput>>,
     ) -> Result<InUse, RunError> {
-        let envs = &self.envs;
-        let id = envs.id_of(set);
+        let envs = self.envs_of(request.language);
+        let id = envs.id_of(&request.set);
         let held = envs.hold(&id);
-        if let Some(site) = envs.ready(&id) {
-            run.use_python_env(site);
-            return Ok(held);
-        }
-        let _turn = envs.build_turn(&id).await;
-        // Another run may have built it while this one waited.
-        if let Some(site) = envs.ready(&id) {
-            run.use_python_env(site);
-            return Ok(held);
-        }
-        let site = self.install(&id, set, &run.namespace, actor, output).await?;
-        // Marked used now that it exists.
+        let site = match envs.ready(&id) {
+            Some(site) => site,
+            None => {
+                let _turn = envs.build_turn(&id).await;
+                // Another run may have built it while this one waited.
+                match envs.ready(&id) {
+                    Some(site) => site,
+                    None => self.install(&id, request, &run.namespace, actor, output).await?,
+                }
+            }
+        };
+        // Marked used again now that it exists.
         drop(held);
         let held = envs.hold(&id);
-        run.use_python_env(site);
+        match request.language {
+            Language::Python => run.use_python_env(site),
+            Language::Node => run.use_node_env(site),
+        }
         Ok(held)
     }
 
     async fn install(
         &self,
         id: &str,
-        set: &[String],
+        request: &EnvRequest,
         namespace: &str,
         actor: &str,
         output: &Option<mpsc::Sender<RunOutput>>,
     ) -> Result<std::path::PathBuf, RunError> {
-        let envs = &self.envs;
+        let envs = self.envs_of(request.language);
         let failed = |message: String| RunError::InstallFailed(message);
         let progress = |line: String| {
             if let Some(output) = output {
@@ -80,11 +111,15 @@ impl Service {
                 let _ = output.try_send(RunOutput::Progress(line));
             }
         };
-        let packages =
-            if set.len() == 1 { "1 Python package".to_owned() } else { format!("{} Python packages", set.len()) };
+        let packages = request.described();
+        let installer = match request.language {
+            Language::Python => "pip",
+            Language::Node => "npm",
+        };
         progress(format!("installing {packages} into environment {id} from {}", envs.index.url));
-        let dirs = envs.begin_build(id, set).map_err(|error| failed(error.to_string()))?;
-        let install = self.engine.install_run(&dirs, &envs.index, namespace, &format!("install-{id}"))?;
+        let dirs = envs.begin_build(id, &request.files).map_err(|error| failed(error.to_string()))?;
+        let install =
+            self.engine.install_run(request.language, &dirs, &envs.index, namespace, &format!("install-{id}"))?;
         let ticket = self.engine.accept(new_id("install"), &install)?;
         let (_no_input, input) = mpsc::channel(1);
         let (lines_tx, mut lines_rx) = mpsc::channel::<RunOutput>(64);
@@ -116,16 +151,17 @@ impl Service {
             Ok((result, _nothing_kept)) if result.exit_code == Some(0) && result.killed_by.is_none() => None,
             Ok((result, _nothing_kept)) => Some(match (result.killed_by, result.exit_code) {
                 (Some(limit), _) => format!("it was stopped by its {} limit", limit.as_str()),
-                (None, Some(code)) => format!("pip exited with code {code}"),
-                (None, None) => format!("pip was ended by signal {}", result.signal.unwrap_or_default()),
+                (None, Some(code)) => format!("{installer} exited with code {code}"),
+                (None, None) => format!("{installer} was ended by signal {}", result.signal.unwrap_or_default()),
             }),
             Err(error) => Some(error.to_string()),
         };
         match ended {
             None => {
-                let site = envs.finish_build(id, dirs, set, now_ms()).map_err(|error| failed(error.to_string()))?;
+                let site =
+                    envs.finish_build(id, dirs, &request.shown, now_ms()).map_err(|error| failed(error.to_string()))?;
                 progress(format!("environment {id} is ready"));
-                let built = ConfigChanged::EnvBuilt { env_built: id.to_owned(), requirements: set.to_vec() };
+                let built = ConfigChanged::EnvBuilt { env_built: id.to_owned(), requirements: request.shown.clone() };
                 if let Err(error) = self.note_config(actor.to_owned(), Some(namespace), built).await {
                     // The environment is there and the run may use it; only its line is missing.
                     tracing::error!(%error, env = %id, "could not record the environment's build");
@@ -134,10 +170,10 @@ impl Service {
             }
             Some(reason) => {
                 envs.abandon_build(dirs);
-                let installer: Vec<String> = tail.into_iter().collect();
+                let said: Vec<String> = tail.into_iter().collect();
                 Err(failed(format!(
                     "installing {packages} failed ({reason}); the installer said:\n{}",
-                    installer.join("\n")
+                    said.join("\n")
                 )))
             }
         }
@@ -146,7 +182,9 @@ impl Service {
     /// Every environment the agent has built.
     pub fn list_envs(&self, principal: &Principal) -> OpResult<Vec<EnvInfo>> {
         require_code_runner(principal)?;
-        Ok(self.envs.list()?)
+        let mut listed = self.envs.list()?;
+        listed.extend(self.node_envs.list()?);
+        Ok(listed)
     }
 
     /// Removes environments no run is using (those unused for a while, when asked).
@@ -157,7 +195,10 @@ impl Service {
             return Err(OpError::BadRequest("unused_for_ms must be at most 2^63-1".into()));
         }
         let before = now_ms().saturating_sub(request.unused_for_ms.unwrap_or(0));
-        let (removed, freed_bytes) = self.envs.prune(before)?;
+        let (mut removed, mut freed_bytes) = self.envs.prune(before)?;
+        let (node_removed, node_freed) = self.node_envs.prune(before)?;
+        removed.extend(node_removed);
+        freed_bytes += node_freed;
         if !removed.is_empty() {
             let pruned = ConfigChanged::EnvsPruned { envs_pruned: removed.clone() };
             self.note_config(principal.actor(), None, pruned).await?;

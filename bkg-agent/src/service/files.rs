@@ -135,7 +135,7 @@ impl Service {
         // A big transfer may take longer than the sandbox's code may run.
         validated.limits.timeout_ms = self.engine.config.max_limits.timeout_ms;
         // A transfer's own run needs none of the sandbox's packages.
-        let bare = SandboxDefinition { requirements: Vec::new(), ..definition };
+        let bare = SandboxDefinition { requirements: Vec::new(), node_packages: None, ..definition };
         let accepted = self.accept_in_sandbox(principal, &bare, validated)?;
         let (stdin, input) = mpsc::channel(1);
         let tracker = accepted.tracker();

@@ -186,6 +186,7 @@ pub struct Service {
     /// Detached runs of persistent sandboxes, supervised (`services.rs`).
     services: services::Services,
     envs: Arc<crate::envs::Environments>,
+    node_envs: Arc<crate::envs::Environments>,
     secrets: crate::secrets::SecretStore,
     sessions: sessions::SessionTable,
 }
@@ -203,6 +204,7 @@ pub struct ServiceParts {
     pub shutdown: Arc<Notify>,
     pub socket: PathBuf,
     pub envs: Arc<crate::envs::Environments>,
+    pub node_envs: Arc<crate::envs::Environments>,
     pub secrets: crate::secrets::SecretStore,
 }
 
@@ -220,6 +222,7 @@ impl Service {
             shutdown,
             socket,
             envs,
+            node_envs,
             secrets,
         } = parts;
         Arc::new(Self {
@@ -235,6 +238,7 @@ impl Service {
             socket,
             services: Default::default(),
             envs,
+            node_envs,
             secrets,
             sessions: sessions::SessionTable::default(),
         })

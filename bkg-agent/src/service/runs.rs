@@ -18,6 +18,7 @@ use super::{OpError, OpResult, RunInput, RunOutput, Service};
 use crate::auth::Principal;
 use crate::engine::handle::{RunPhase, RunTicket};
 use crate::engine::run::ValidatedRun;
+use crate::envs::EnvRequest;
 use crate::ids::{new_id, now_ms};
 
 /// A run the agent has taken on: checked, permitted, with its id and its place (a persistent
@@ -29,8 +30,8 @@ pub struct Accepted {
     /// For an exec of a persistent sandbox: the request and its sandbox's restart policy, so
     /// that its service can be started again (`services.rs`).
     pub(super) exec: Option<(ExecRequest, RestartPolicy)>,
-    /// The Python requirement set to install (or find installed) before the code runs.
-    requirements: Vec<String>,
+    /// The environment to build (or find built) before the code runs.
+    environment: Option<EnvRequest>,
 }
 
 impl Accepted {
@@ -54,9 +55,9 @@ impl Accepted {
         self.ticket.tracker()
     }
 
-    /// The Python requirement set (as `requirement_set` gives it) to provide before the code runs.
-    pub(super) fn needs(&mut self, requirements: Vec<String>) {
-        self.requirements = requirements;
+    /// The environment to provide before the code runs.
+    pub(super) fn needs(&mut self, environment: Option<EnvRequest>) {
+        self.environment = environment;
     }
 }
 
@@ -69,10 +70,11 @@ pub const MAX_LISTED_RUNS: u32 = 1000;
 impl Service {
     /// Checks a run in a temporary sandbox and takes it on.
     pub fn accept_run(&self, principal: &Principal, request: RunRequest) -> OpResult<Accepted> {
-        let requirements = self.requirement_set(&request.requirements)?;
+        let environment =
+            self.environment_of(request.language, &request.requirements, request.node_packages.as_ref())?;
         let validated = self.validate_run(principal, request)?;
         let mut accepted = self.accept(principal, validated)?;
-        accepted.needs(requirements);
+        accepted.needs(environment);
         Ok(accepted)
     }
 
@@ -95,7 +97,7 @@ impl Service {
 
     pub(super) fn accept(&self, principal: &Principal, validated: ValidatedRun) -> OpResult<Accepted> {
         let ticket = self.engine.accept(new_id("run"), &validated)?;
-        Ok(Accepted { principal: principal.clone(), ticket, validated, exec: None, requirements: Vec::new() })
+        Ok(Accepted { principal: principal.clone(), ticket, validated, exec: None, environment: None })
     }
 
     /// Starts an accepted run in a task of its own, with the caller's stdin and cancellation on
@@ -128,7 +130,7 @@ impl Service {
         input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
     ) -> OpResult<RunResult> {
-        let Accepted { principal, ticket, mut validated, exec: _, requirements } = accepted;
+        let Accepted { principal, ticket, mut validated, exec: _, environment } = accepted;
         // Shutdown waits for this: a run's end is recorded before the agent stops.
         let _in_flight = self.engine.run_in_flight();
         let caller = principal.audit_caller(&validated.namespace);
@@ -146,9 +148,9 @@ impl Service {
         if let Err(error) = started {
             tracing::error!(%error, run = %run_id, "could not record the run's start");
         }
-        let environment = match requirements.as_slice() {
-            [] => Ok(None),
-            set => self.provide_env(&mut validated, set, &principal.actor(), &output).await.map(Some),
+        let environment = match &environment {
+            None => Ok(None),
+            Some(request) => self.provide_env(&mut validated, request, &principal.actor(), &output).await.map(Some),
         };
         let outcome = match environment {
             Ok(_held_until_the_run_ends) => self.engine.run(ticket, validated, input, output).await,

@@ -179,7 +179,7 @@ impl Service {
             self.check_user_policy(principal, id, &definition).await?;
         }
         self.engine.check_definition(&definition)?;
-        self.requirement_set(&definition.requirements)?;
+        self.environment_of(definition.language, &definition.requirements, definition.node_packages.as_ref())?;
         check_secret_names(&definition.secrets)?;
         let caller = principal.audit_caller(&definition.namespace);
         let stored = self.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
@@ -235,6 +235,7 @@ impl Service {
             ports: Vec::new(),
             restart: Default::default(),
             requirements: Vec::new(),
+            node_packages: None,
             secrets: Vec::new(),
             keep: Vec::new(),
         };
@@ -310,12 +311,13 @@ impl Service {
         definition: &SandboxDefinition,
         validated: ValidatedRun,
     ) -> OpResult<Accepted> {
-        let requirements = self.requirement_set(&definition.requirements)?;
+        let environment =
+            self.environment_of(definition.language, &definition.requirements, definition.node_packages.as_ref())?;
         let mut accepted = self.accept(principal, validated).map_err(|error| match error {
             OpError::Run(RunError::Busy(_)) => busy(&definition.name),
             other => other,
         })?;
-        accepted.needs(requirements);
+        accepted.needs(environment);
         Ok(accepted)
     }
 
