@@ -93,9 +93,13 @@ socket_line=$(sed -n 's/^ListenStream=//p' "$root/lib/systemd/system/bkg-agent.s
 # shellcheck disable=SC2046 # one NAME=value per word
 in_system $(grep -v '^#' "$root/etc/bkg/agent.env" | grep .) BKG_CGROUP_DIR="bkg-debtest-$$" BKG_UID_BASE=$((0x5f000000)) \
   systemd-socket-activate --listen "$socket_line" /usr/bin/bkg-agent --foreground >"$work/agent.log" 2>&1 &
-bwrap_pid=$!
+launcher=$!
 for _ in $(seq 100); do [[ -S $root$socket_line ]] && break; sleep 0.1; done
-# Bubblewrap's child: systemd-socket-activate, which becomes the agent at the first connection.
+# A function run in the background is a subshell of its own, bubblewrap its child (unless bash
+# made the subshell bubblewrap itself). Bubblewrap's child is systemd-socket-activate, which
+# becomes the agent at the first connection.
+bwrap_pid=$launcher
+[[ $(cat "/proc/$launcher/comm" 2>/dev/null) == bwrap ]] || bwrap_pid=$(pgrep -P "$launcher" -x bwrap | head -1)
 agent_pid=$(pgrep -P "$bwrap_pid" | head -1)
 chgrp bkg "$root$socket_line" 2>/dev/null || in_root chgrp bkg "$socket_line"
 chmod 0660 "$root$socket_line"
@@ -114,9 +118,15 @@ else
   say "deb-test: FAIL: alice (group bkg) could not run bkg exe: $out"
   failures=$((failures + 1))
 fi
-# The agent is bubblewrap's child (systemd-socket-activate execs it): stopped as systemd stops it.
+# The agent is bubblewrap's child (systemd-socket-activate execs it): stopped as systemd stops
+# it, and it must end cleanly.
 [[ -n $agent_pid ]] && { kill -TERM "$agent_pid" 2>/dev/null || say "deb-test: the agent had already ended"; }
-wait "$bwrap_pid" 2>/dev/null
+if wait "$launcher" 2>/dev/null; then
+  say "deb-test: ok: the agent stopped cleanly on SIGTERM"
+else
+  say "deb-test: FAIL: the agent ended with status $? on SIGTERM"
+  failures=$((failures + 1))
+fi
 agent_pid=
 
 DEBIAN_FRONTEND=noninteractive in_root apt-get purge -y -q bkg >"$work/purge.log" 2>&1 ||
