@@ -17,13 +17,21 @@ build: ## Debug build of every binary
 build-release: ## Optimised build for this machine: target/release/{bkg,bkgr,bkg-agent} (`make release` makes the published one)
 	$(CARGO) build --workspace --release --locked
 
+# The ten-minute service test runs in the background beside the rest (scripts/background-test.sh).
+LONG_TEST := services::a_service_keeps_answering_for_ten_minutes_and_stops_cleanly
+
 test: setup build ## Every test: unit, integration, end-to-end, schema and API checks, the security suite (as root)
 ifeq ($(NEXTEST),yes)
+	bash scripts/background-test.sh start service-ten-minutes 'test(=$(LONG_TEST))'
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 else
 	$(CARGO) test --workspace --locked --no-fail-fast
+	$(CARGO) test -p bkg-tests --test e2e --locked -- --ignored --exact $(LONG_TEST)
 endif
 	$(MAKE) schema-validate api-validate ui-browser security api-fuzz
+ifeq ($(NEXTEST),yes)
+	bash scripts/background-test.sh wait service-ten-minutes
+endif
 	bash scripts/check-leftovers.sh
 
 schema-validate: ## Validate examples/ against schema/cave.schema.json with ajv (independent of the CLI)

@@ -461,10 +461,11 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     found
 }
 
-/// Environment values, from cave.yaml and from `bkg exe -e`, reach the sandbox and nothing
-/// else: not the audit log, the store or any other file of the agent's state, nor its log, nor
-/// any column of any bkg_db table. Only the sandbox's own `env.json` (0600) keeps the values of
-/// a persistent sandbox.
+/// Environment values, from cave.yaml and from `bkg exe -e`, and a secret's value
+/// (`bkg secrets set`, given by cave.yaml's `secrets:` and `bkg exe --secret`), reach the
+/// sandbox and nothing else: not the audit log, the store or any other file of the agent's
+/// state, nor its log, nor any column of any bkg_db table. Only the sandbox's own `env.json`
+/// (0600) keeps the values of a persistent sandbox; the secret is sealed (`secrets.json`).
 #[test]
 fn environment_values_reach_the_sandbox_and_no_record() {
     use std::os::unix::fs::PermissionsExt;
@@ -473,27 +474,37 @@ fn environment_values_reach_the_sandbox_and_no_record() {
     let mut agent = agent_with_db(&postgres.url());
     let nonce = std::process::id();
     let (defined, passed) = (format!("defined-secret-{nonce}-x7q"), format!("passed-secret-{nonce}-k3z"));
+    let sealed = format!("sealed-secret-{nonce}-m2w");
+    let mut set = agent.bkg().args(["secrets", "set", "SEALED"]).stdin(Stdio::piped()).spawn().expect("set");
+    std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), sealed.as_bytes()).expect("the value");
+    let set = set.wait_with_output().expect("bkg secrets set");
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
 
     let project = tempfile::tempdir().expect("project");
     std::fs::write(
         project.path().join("cave.yaml"),
         format!(
-            "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    env:\n      TOKEN: {defined}\n    scripts:\n      start: python -c \"import os; print(os.environ['TOKEN'][::-1])\"\n"
+            "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    env:\n      TOKEN: {defined}\n    secrets: [SEALED]\n    scripts:\n      start: python -c \"import os; print(os.environ['TOKEN'][::-1], os.environ['SEALED'][::-1])\"\n"
         ),
     )
     .expect("cave.yaml");
     let run = agent.bkgr(project.path(), &["api"]);
     assert_eq!(code(&run), 0, "{}", stderr(&run));
-    assert_eq!(stdout(&run).trim(), defined.chars().rev().collect::<String>(), "the value reached the sandbox");
+    let reversed = |value: &str| value.chars().rev().collect::<String>();
+    assert_eq!(
+        stdout(&run).trim(),
+        format!("{} {}", reversed(&defined), reversed(&sealed)),
+        "the values reached the sandbox"
+    );
     let exe = agent
         .bkg()
-        .args(["exe", "--type", "python", "-e", &format!("PASSED={passed}"), "-c"])
-        .arg("import os; print(os.environ['PASSED'][::-1])")
+        .args(["exe", "--type", "python", "--secret", "SEALED", "-e", &format!("PASSED={passed}"), "-c"])
+        .arg("import os; print(os.environ['PASSED'][::-1], os.environ['SEALED'][::-1])")
         .stdin(Stdio::null())
         .output()
         .expect("bkg exe");
     assert_eq!(code(&exe), 0, "{}", stderr(&exe));
-    assert_eq!(stdout(&exe).trim(), passed.chars().rev().collect::<String>());
+    assert_eq!(stdout(&exe).trim(), format!("{} {}", reversed(&passed), reversed(&sealed)));
     wait_synced(&agent);
     // The sandbox's own home in the agent's state dir (bkg_schema::paths::SandboxHome).
     let homes = agent.state_dir.join("workspaces/default");
@@ -502,7 +513,7 @@ fn environment_values_reach_the_sandbox_and_no_record() {
     assert_eq!(std::fs::metadata(&env_file).expect("env.json").permissions().mode() & 0o777, 0o600);
     agent.stop();
 
-    for value in [&defined, &passed] {
+    for value in [&defined, &passed, &sealed] {
         assert_eq!(
             files_containing(&agent.state_dir, value.as_bytes()),
             if *value == defined { vec![env_file.clone()] } else { Vec::new() },

@@ -112,6 +112,48 @@ fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
     assert!(after["current_run"].is_null(), "{after}");
 }
 
+/// Ten minutes of a service: `make test` runs this beside the rest of the suite, in the
+/// background (scripts/background-test.sh), so the suite takes no longer for it.
+#[test]
+#[ignore = "ten minutes long: make test runs it in the background (scripts/background-test.sh)"]
+fn a_service_keeps_answering_for_ten_minutes_and_stops_cleanly() {
+    const LIFE: Duration = Duration::from_secs(600);
+    let agent = Agent::start_with(AgentOptions {
+        extra_args: vec!["--max-timeout".into(), "none".into()],
+        ..Default::default()
+    });
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    let example = bkg_tests::examples_dir().join("python-service");
+    std::fs::copy(example.join("server.py"), dir.join("server.py")).expect("server.py");
+    let port = free_port();
+    let cave = std::fs::read_to_string(example.join("cave.yaml")).expect("cave.yaml");
+    std::fs::write(dir.join("cave.yaml"), cave.replace("127.0.0.1:8080:8000", &format!("127.0.0.1:{port}:8000")))
+        .expect("cave.yaml");
+    let marker = format!("svc-long-{}-{port}", std::process::id());
+    let started = agent.bkgr(dir, &["-d", "web", "start", "--", &marker]);
+    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
+    let first = poll("the service on its forwarded port", || get(port).filter(|body| body.starts_with(&marker)));
+
+    // The same process answers all along: a restart would draw a new token.
+    let since = Instant::now();
+    let mut answers = 0;
+    while since.elapsed() < LIFE {
+        std::thread::sleep(Duration::from_secs(15));
+        let body = get(port);
+        assert_eq!(body.as_deref(), Some(first.as_str()), "after {:?} ({answers} answers)", since.elapsed());
+        answers += 1;
+    }
+    let info = status(&agent, dir);
+    assert_eq!((info["state"].as_str(), info["service"]["restarts"].as_u64()), (Some("running"), Some(0)), "{info}");
+
+    let stop = bkg_in(&agent, dir, &["stop", "web"]);
+    assert_eq!(code(&stop), 0, "stop: {}", stderr(&stop));
+    assert_eq!(status(&agent, dir)["state"], "idle");
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the forwarded port is closed with the run");
+    agent.wait_idle();
+}
+
 #[test]
 fn exe_publishes_a_port_for_the_run_and_refuses_timeout_none() {
     let agent = Agent::start();
