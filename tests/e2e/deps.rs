@@ -82,6 +82,7 @@ impl LocalIndex {
             .arg(&tarballs)
             .current_dir(&source)
             .env("npm_config_cache", root.path().join("cache"))
+            .env("npm_config_update_notifier", "false")
             .output()
             .expect("npm pack");
         assert!(packed.status.success(), "npm pack: {}", stderr(&packed));
@@ -395,6 +396,7 @@ fn a_node_scripts_packages_are_installed_from_its_lockfile_once_and_reused() {
         .args(["install", "--package-lock-only", "--no-audit", "--no-fund", "--registry", &registry.url])
         .current_dir(project.path())
         .env("npm_config_cache", project.path().join(".npm-cache"))
+        .env("npm_config_update_notifier", "false")
         .output()
         .expect("npm install");
     assert!(locked.status.success(), "npm install: {}", stderr(&locked));
