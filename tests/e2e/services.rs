@@ -48,22 +48,28 @@ fn status(agent: &Agent, project: &Path) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("status JSON")
 }
 
-#[test]
-fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
+/// An agent that allows `timeout: none`, and a copy of examples/python-service forwarding a
+/// free host port instead of its 8080.
+fn service_example() -> (Agent, tempfile::TempDir, u16) {
     let agent = Agent::start_with(AgentOptions {
         extra_args: vec!["--max-timeout".into(), "none".into()],
         ..Default::default()
     });
-    // The service example, on a free host port instead of its 8080.
     let project = tempfile::tempdir().expect("project dir");
-    let dir = project.path();
     let example = bkg_tests::examples_dir().join("python-service");
-    std::fs::copy(example.join("server.py"), dir.join("server.py")).expect("server.py");
+    std::fs::copy(example.join("server.py"), project.path().join("server.py")).expect("server.py");
     let port = free_port();
     let cave = std::fs::read_to_string(example.join("cave.yaml")).expect("cave.yaml");
     assert!(cave.contains("127.0.0.1:8080:8000"), "{cave}");
-    std::fs::write(dir.join("cave.yaml"), cave.replace("127.0.0.1:8080:8000", &format!("127.0.0.1:{port}:8000")))
-        .expect("cave.yaml");
+    let cave = cave.replace("127.0.0.1:8080:8000", &format!("127.0.0.1:{port}:8000"));
+    std::fs::write(project.path().join("cave.yaml"), cave).expect("cave.yaml");
+    (agent, project, port)
+}
+
+#[test]
+fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
+    let (agent, project, port) = service_example();
+    let dir = project.path();
     // The greeting names this test's server among the host's processes.
     let marker = format!("svc-{}-{port}", std::process::id());
 
@@ -118,18 +124,8 @@ fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
 #[ignore = "ten minutes long: make test runs it in the background (scripts/background-test.sh)"]
 fn a_service_keeps_answering_for_ten_minutes_and_stops_cleanly() {
     const LIFE: Duration = Duration::from_secs(600);
-    let agent = Agent::start_with(AgentOptions {
-        extra_args: vec!["--max-timeout".into(), "none".into()],
-        ..Default::default()
-    });
-    let project = tempfile::tempdir().expect("project dir");
+    let (agent, project, port) = service_example();
     let dir = project.path();
-    let example = bkg_tests::examples_dir().join("python-service");
-    std::fs::copy(example.join("server.py"), dir.join("server.py")).expect("server.py");
-    let port = free_port();
-    let cave = std::fs::read_to_string(example.join("cave.yaml")).expect("cave.yaml");
-    std::fs::write(dir.join("cave.yaml"), cave.replace("127.0.0.1:8080:8000", &format!("127.0.0.1:{port}:8000")))
-        .expect("cave.yaml");
     let marker = format!("svc-long-{}-{port}", std::process::id());
     let started = agent.bkgr(dir, &["-d", "web", "start", "--", &marker]);
     assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
