@@ -113,6 +113,9 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, path)
     );
     CREATE INDEX run_files_objects ON run_files (namespace, sha256);",
+    // Connections each run's network refused (`RunResult::network_denials`), as JSON; null when
+    // nothing.
+    "ALTER TABLE runs ADD COLUMN network_denials TEXT;",
 ];
 
 /// A persistent sandbox as stored: its definition and when it was first defined.
@@ -571,6 +574,7 @@ impl Store {
                         language: Some(result.language),
                         finished_at_ms,
                         denials: result.denials.clone(),
+                        network_denials: result.network_denials.clone(),
                     },
                 }),
             )
@@ -580,10 +584,15 @@ impl Store {
             true => None,
             false => Some(serde_json::to_string(&result.denials)?),
         };
+        let network_denials = match result.network_denials.is_empty() {
+            true => None,
+            false => Some(serde_json::to_string(&result.network_denials)?),
+        };
         self.record(event, move |db| {
             db.execute(
                 "UPDATE runs SET finished_at_ms = ?2, exit_code = ?3, signal = ?4, killed_by = ?5, wall_ms = ?6,
-                 cpu_ms = ?7, peak_memory_bytes = ?8, stdout_bytes = ?9, stderr_bytes = ?10, denials = ?11
+                 cpu_ms = ?7, peak_memory_bytes = ?8, stdout_bytes = ?9, stderr_bytes = ?10, denials = ?11,
+                 network_denials = ?12
                  WHERE id = ?1",
                 params![
                     result.id,
@@ -597,6 +606,7 @@ impl Store {
                     result.stdout_bytes as i64,
                     result.stderr_bytes as i64,
                     denials,
+                    network_denials,
                 ],
             )?;
             run_files::insert(db, &result)?;
@@ -621,7 +631,12 @@ impl Store {
                 caller.actor.clone(),
                 Details::RunFinished(RunFinished {
                     outcome: RunOutcome::Failed { error: error.to_owned() },
-                    details: RunFinishedDetails { language: None, finished_at_ms, denials: Vec::new() },
+                    details: RunFinishedDetails {
+                        language: None,
+                        finished_at_ms,
+                        denials: Vec::new(),
+                        network_denials: Vec::new(),
+                    },
                 }),
             )
         };
@@ -864,7 +879,8 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 }
 
 const RUN_COLUMNS: &str = "id, language, started_at_ms, finished_at_ms, limits, exit_code, signal, killed_by, wall_ms, \
-    cpu_ms, peak_memory_bytes, stdout_bytes, stderr_bytes, cleaned_up, error, namespace, sandbox_id, denials";
+    cpu_ms, peak_memory_bytes, stdout_bytes, stderr_bytes, cleaned_up, error, namespace, sandbox_id, denials, \
+    network_denials";
 
 struct RawRecord {
     id: String,
@@ -885,6 +901,7 @@ struct RawRecord {
     namespace: String,
     sandbox_id: Option<String>,
     denials: Option<String>,
+    network_denials: Option<String>,
 }
 
 fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
@@ -907,6 +924,7 @@ fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         namespace: row.get(15)?,
         sandbox_id: row.get(16)?,
         denials: row.get(17)?,
+        network_denials: row.get(18)?,
     })
 }
 
@@ -932,6 +950,11 @@ impl RawRecord {
             cleaned_up: self.cleaned_up,
             error: self.error,
             denials: self.denials.map(|text| serde_json::from_str(&text)).transpose()?.unwrap_or_default(),
+            network_denials: self
+                .network_denials
+                .map(|text| serde_json::from_str(&text))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }

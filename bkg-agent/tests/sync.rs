@@ -374,6 +374,7 @@ impl History {
                     language: Some(Language::Python),
                     finished_at_ms: index as u64 + 12,
                     denials: Vec::new(),
+                    network_denials: Vec::new(),
                 },
             };
             self.push(AuditEvent { details: Details::RunFinished(finished), ..run });

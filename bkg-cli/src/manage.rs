@@ -221,9 +221,14 @@ async fn policy(settings: &Settings, client: &AgentClient, id: &str) -> Result<i
     let rows: Vec<Vec<String>> = runs
         .iter()
         .flat_map(|run| {
-            run.denials.iter().map(|denial| {
+            let refused = run.denials.iter().map(|denial| {
                 vec![run.id.clone(), denial.kind.as_str().to_owned(), denial.what.clone(), denial.count.to_string()]
-            })
+            });
+            let network = run.network_denials.iter().map(|denial| {
+                let what = format!("{} {} ({})", denial.transport.as_str(), denial.destination, denial.reason);
+                vec![run.id.clone(), "network".to_owned(), what, denial.count.to_string()]
+            });
+            refused.chain(network)
         })
         .collect();
     if rows.is_empty() {

@@ -88,6 +88,7 @@ impl TestLog {
                         language: Some(bkg_schema::Language::Python),
                         finished_at_ms: n,
                         denials: Vec::new(),
+                        network_denials: Vec::new(),
                     },
                 }),
             )

@@ -425,6 +425,9 @@ pub struct RunRecord {
     /// What the sandbox refused the run (as in its result).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denials: Vec<Denial>,
+    /// Connections its network refused (as in its result).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_denials: Vec<egress::NetworkDenial>,
 }
 
 /// The namespace of everything made without naming one.

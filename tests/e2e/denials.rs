@@ -39,13 +39,22 @@ fn bkg_logs_policy_lists_what_a_sandbox_was_refused() {
     let agent = Agent::start();
     let project = tempfile::tempdir().expect("project dir");
     std::fs::write(project.path().join("probe.py"), PTRACE_TWICE).expect("probe.py");
+    // A connection past the proxy, straight to an address: refused (a reset) and reported.
+    std::fs::write(
+        project.path().join("connect.py"),
+        "import socket\ntry:\n    socket.create_connection(('192.0.2.10', 80), timeout=20)\nexcept OSError as error:\n    print(type(error).__name__)\n",
+    )
+    .expect("connect.py");
     std::fs::write(
         project.path().join("cave.yaml"),
-        "version: 1\nnamespace: default\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: python probe.py\n",
+        "version: 1\nnamespace: default\nsandboxes:\n  box:\n    type: python\n    network: { allow: ['example.com:443'] }\n    \
+         scripts:\n      start: python probe.py\n      connect: python connect.py\n",
     )
     .expect("cave.yaml");
     let bkgr = agent.bkgr(project.path(), &["box"]);
     assert_eq!(code(&bkgr), 0, "{}", stderr(&bkgr));
+    let connect = agent.bkgr(project.path(), &["box", "connect"]);
+    assert_eq!((code(&connect), stdout(&connect).as_str()), (0, "ConnectionRefusedError\n"), "{}", stderr(&connect));
 
     let policy = agent.bkg().args(["logs", "box", "--policy"]).current_dir(project.path()).output().expect("bkg logs");
     assert_eq!(code(&policy), 0, "{}", stderr(&policy));
@@ -53,4 +62,6 @@ fn bkg_logs_policy_lists_what_a_sandbox_was_refused() {
     assert!(listed.starts_with("RUN"), "{listed}");
     let row = listed.lines().find(|line| line.contains("ptrace")).unwrap_or_default();
     assert!(row.contains("seccomp") && row.trim_end().ends_with('2'), "{listed}");
+    let row = listed.lines().find(|line| line.contains("192.0.2.10:80")).unwrap_or_default();
+    assert!(row.contains("network") && row.contains("tcp"), "{listed}");
 }

@@ -112,6 +112,18 @@ fn allowed_host_answers_and_everything_else_is_refused_and_reported() {
         "the allowed host is no denial: {denials:?}"
     );
 
+    // The run's record and its audit line keep them.
+    let run_id = result["id"].as_str().expect("the run's id");
+    let shown = agent.bkg().args(["runs", "show", run_id, "--json"]).output().expect("bkg runs show");
+    let record: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("the run's JSON");
+    assert_eq!(record["network_denials"], result["network_denials"], "{record}");
+    let finished = agent
+        .audit_records()
+        .into_iter()
+        .find(|line| line["action"] == "run.finished" && line["run"] == run_id)
+        .expect("the run's audit line");
+    assert_eq!(finished["details"]["network_denials"], result["network_denials"], "{finished}");
+
     // Without --json the denials are one line each on stderr, after the script's output.
     let plain = agent.exe(&["--net", &net, "--type", "python", "-c", PROBES, allowed.as_str(), other.as_str()]);
     assert_eq!(code(&plain), 0, "stderr: {}", stderr(&plain));

@@ -173,6 +173,9 @@ pub struct RunFinishedDetails {
     /// What the sandbox refused the run's code (`RunResult::denials`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denials: Vec<crate::Denial>,
+    /// Connections the run's network refused (`RunResult::network_denials`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_denials: Vec<crate::egress::NetworkDenial>,
 }
 
 /// How a run ended: it ran (and how), or the agent could not run it.
