@@ -2,9 +2,10 @@
 //! ways (`PUT`/`GET /api/v1/sandboxes/{id}/files`), never whole in memory; and what `bkg exe`,
 //! `bkg exec` and `bkg repl` share to name a sandbox.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bkg_schema::chunks::{self, Chunk, ChunkReader, ChunkWriter};
 use bkg_schema::files::UploadResult;
 use bkg_schema::sandbox::{SandboxInfo, sandbox_id};
 use tokio::sync::mpsc;
@@ -14,10 +15,6 @@ use crate::client::{AgentClient, api_error};
 use crate::exit::{CliError, SUCCESS};
 use crate::manage::percent_encode;
 use crate::settings::Settings;
-
-/// Size of each chunk sent or received, and how many wait between the tar and the socket.
-const CHUNK_BYTES: usize = 256 * 1024;
-const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// One side of `bkg cp`: a host path, or `NAME:PATH` in a sandbox.
 #[derive(Debug, PartialEq, Eq)]
@@ -97,10 +94,10 @@ pub async fn upload(client: &AgentClient, id: &str, source: &Path, dest: &str) -
         .ok()
         .and_then(|path| path.file_name().map(PathBuf::from))
         .ok_or_else(|| CliError::usage(format!("{}: has no name to copy it under", source.display())))?;
-    let (sender, chunks) = mpsc::channel::<std::io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+    let (sender, chunks) = chunks::channel();
     let source = source.to_path_buf();
     let packing = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let mut builder = tar::Builder::new(ChunkWriter { sender, pending: Vec::with_capacity(CHUNK_BYTES) });
+        let mut builder = tar::Builder::new(ChunkWriter::new(sender, "the agent stopped reading"));
         builder.follow_symlinks(false);
         // Every reader takes plain entries; the agent writes each file whole anyway.
         builder.sparse(false);
@@ -156,17 +153,17 @@ async fn unpack_stream(response: reqwest::Response, dest: &Path) -> Result<(), C
 /// A tar stream unpacked into a host directory (made if missing) as its pieces arrive; the
 /// tar reader refuses entries that would land outside it.
 pub struct Unpacker {
-    sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
+    sender: mpsc::Sender<Chunk>,
     unpacking: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Unpacker {
     pub fn start(dest: &Path) -> Result<Self, CliError> {
         std::fs::create_dir_all(dest).map_err(|error| CliError::usage(format!("{}: {error}", dest.display())))?;
-        let (sender, chunks) = mpsc::channel::<std::io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+        let (sender, chunks) = chunks::channel();
         let dest = dest.to_path_buf();
         let unpacking = tokio::task::spawn_blocking(move || {
-            let mut archive = tar::Archive::new(ChunkReader { chunks, current: Vec::new(), offset: 0 });
+            let mut archive = tar::Archive::new(ChunkReader::new(chunks));
             archive.set_preserve_permissions(true);
             archive.set_overwrite(true);
             archive.unpack(&dest)
@@ -189,58 +186,6 @@ impl Unpacker {
             .await
             .map_err(|_| CliError::internal("the download's writer failed"))?
             .map_err(|error| CliError::usage(format!("cannot write what was downloaded: {error}")))
-    }
-}
-
-/// Reads chunks as they come, on a blocking thread.
-struct ChunkReader {
-    chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    offset: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        while self.offset == self.current.len() {
-            match self.chunks.blocking_recv() {
-                Some(chunk) => {
-                    self.current = chunk?;
-                    self.offset = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let taken = buffer.len().min(self.current.len() - self.offset);
-        buffer[..taken].copy_from_slice(&self.current[self.offset..self.offset + taken]);
-        self.offset += taken;
-        Ok(taken)
-    }
-}
-
-/// Sends what is written as chunks, from a blocking thread.
-struct ChunkWriter {
-    sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
-    pending: Vec<u8>,
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let taken = bytes.len().min(CHUNK_BYTES - self.pending.len());
-        self.pending.extend_from_slice(&bytes[..taken]);
-        if self.pending.len() == CHUNK_BYTES {
-            self.flush()?;
-        }
-        Ok(taken)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK_BYTES));
-        self.sender
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the agent stopped reading"))
     }
 }
 

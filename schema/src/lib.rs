@@ -8,6 +8,8 @@ pub mod auth;
 #[cfg(feature = "cave")]
 pub mod cave;
 pub mod changes;
+#[cfg(feature = "chunks")]
+pub mod chunks;
 pub mod egress;
 pub mod envs;
 pub mod files;

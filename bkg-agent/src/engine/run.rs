@@ -293,14 +293,15 @@ fn timeout_of(limits: &bkg_schema::Limits) -> Duration {
 /// Sends /workspace/out/ of the ended run's sandbox as a tar stream of its contents, at the
 /// caller's pace: the sandbox is held until the caller has it (or has hung up).
 async fn send_out_dir(access: super::handle::SandboxAccess, output: &mpsc::Sender<RunOutput>) {
-    let (sender, mut chunks) = mpsc::channel::<Vec<u8>>(4);
+    let (sender, mut chunks) = bkg_schema::chunks::channel();
     let packing = tokio::task::spawn_blocking(move || -> Result<(), super::files::FilesError> {
         let workspace = super::files::Workspace::open(access.pid_one, access.owner)?;
-        let mut writer = ChunkSender { sender, pending: Vec::new() };
+        let mut writer = bkg_schema::chunks::ChunkWriter::new(sender, "the caller stopped reading");
         workspace.pack_contents(Path::new(OUT_DIR), &mut writer)?;
-        writer.send_pending().map_err(|error| super::files::FilesError::Io(error.to_string()))
+        std::io::Write::flush(&mut writer).map_err(|error| super::files::FilesError::Io(error.to_string()))
     });
-    while let Some(chunk) = chunks.recv().await {
+    // The writer sends no errors: its own failures end the packing, reported below.
+    while let Some(Ok(chunk)) = chunks.recv().await {
         if output.send(RunOutput::Archive(chunk)).await.is_err() {
             break;
         }
@@ -315,39 +316,6 @@ async fn send_out_dir(access: super::handle::SandboxAccess, output: &mpsc::Sende
 
 /// The directory of /workspace whose files `return_out_dir` sends back.
 pub const OUT_DIR: &str = "out";
-
-/// Sends what is written as chunks of up to 256 KiB, from a blocking thread.
-struct ChunkSender {
-    sender: mpsc::Sender<Vec<u8>>,
-    pending: Vec<u8>,
-}
-
-impl ChunkSender {
-    const CHUNK: usize = 256 * 1024;
-
-    fn send_pending(&mut self) -> std::io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::take(&mut self.pending);
-        self.sender.blocking_send(chunk).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
-    }
-}
-
-impl std::io::Write for ChunkSender {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let taken = bytes.len().min(Self::CHUNK - self.pending.len());
-        self.pending.extend_from_slice(&bytes[..taken]);
-        if self.pending.len() == Self::CHUNK {
-            self.send_pending()?;
-        }
-        Ok(taken)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Output waiting for a caller that reads slower than the code writes, at most this much. Past
 /// it the sandbox's pipes are not read (the code waits on its writes, as on a slow terminal),

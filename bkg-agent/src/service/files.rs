@@ -3,11 +3,12 @@
 //! exec), or, when it is idle, in a run of its own that holds the sandbox for the transfer and
 //! ends with it. Neither direction holds more than a few buffers of the stream in memory.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bkg_schema::chunks::{self, Chunk, ChunkReader, ChunkWriter};
 use bkg_schema::files::{FileEntry, UploadResult};
 use bkg_schema::sandbox::{ExecRequest, SandboxDefinition};
 use tokio::sync::mpsc;
@@ -21,11 +22,7 @@ use crate::engine::handle::{RunPhase, RunTracker, wait_until};
 const HOLDER_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Chunks of a streamed body, in either direction.
-pub type Chunks = mpsc::Receiver<std::io::Result<Vec<u8>>>;
-
-/// Size of each chunk of a download, and how many wait for a slow reader.
-const CHUNK_BYTES: usize = 256 * 1024;
-const CHUNKS_IN_FLIGHT: usize = 4;
+pub type Chunks = mpsc::Receiver<Chunk>;
 
 impl From<FilesError> for OpError {
     fn from(error: FilesError) -> Self {
@@ -59,64 +56,6 @@ impl Release {
         if !wait_until(tracker.watch(), HOLDER_PATIENCE, |progress| progress.is_settled()).await {
             tracing::warn!(run = %tracker.run_id, "a file transfer's run did not end in time");
         }
-    }
-}
-
-/// Reads the chunks of a body as they come (on a blocking thread).
-struct ChunkReader {
-    chunks: Chunks,
-    current: Vec<u8>,
-    offset: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        while self.offset == self.current.len() {
-            match self.chunks.blocking_recv() {
-                Some(chunk) => {
-                    self.current = chunk?;
-                    self.offset = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let taken = buffer.len().min(self.current.len() - self.offset);
-        buffer[..taken].copy_from_slice(&self.current[self.offset..self.offset + taken]);
-        self.offset += taken;
-        Ok(taken)
-    }
-}
-
-/// Sends what is written as chunks (from a blocking thread); fails once the reader has gone.
-struct ChunkWriter {
-    sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
-    pending: Vec<u8>,
-}
-
-impl ChunkWriter {
-    fn send_pending(&mut self) -> std::io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK_BYTES));
-        self.sender
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the download's reader hung up"))
-    }
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let taken = bytes.len().min(CHUNK_BYTES - self.pending.len());
-        self.pending.extend_from_slice(&bytes[..taken]);
-        if self.pending.len() == CHUNK_BYTES {
-            self.send_pending()?;
-        }
-        Ok(taken)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.send_pending()
     }
 }
 
@@ -170,10 +109,7 @@ impl Service {
         let held = self.hold_workspace(principal, id).await?;
         let Held { workspace, release } = held;
         let target = dest.clone();
-        let unpacked = tokio::task::spawn_blocking(move || {
-            workspace.unpack(&target, ChunkReader { chunks: body, current: Vec::new(), offset: 0 })
-        })
-        .await;
+        let unpacked = tokio::task::spawn_blocking(move || workspace.unpack(&target, ChunkReader::new(body))).await;
         release.release().await;
         let unpacked = unpacked.map_err(|_| OpError::Internal("the upload's task failed".into()))??;
         Ok(UploadResult { path: shown(&dest), files: unpacked.files, bytes: unpacked.bytes })
@@ -191,10 +127,10 @@ impl Service {
             release.release().await;
             return Err(error.into());
         }
-        let (sender, chunks) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let (sender, chunks) = chunks::channel();
         let held_open = sender.clone();
         let packing = tokio::task::spawn_blocking(move || {
-            let mut writer = ChunkWriter { sender: sender.clone(), pending: Vec::with_capacity(CHUNK_BYTES) };
+            let mut writer = ChunkWriter::new(sender.clone(), "the download's reader hung up");
             let packed = workspace
                 .pack(&source, &mut writer)
                 .and_then(|()| writer.flush().map_err(|error| FilesError::Io(error.to_string())));
