@@ -1048,21 +1048,13 @@ mod tests {
         let project = tempfile::tempdir()?;
         let store = Store::open(&dir.path().join("state.db"), AuditLog::open(dir.path())?)?;
         let definition = SandboxDefinition {
-            name: "api".into(),
-            namespace: "default".into(),
-            project_dir: project.path().display().to_string(),
-            language: Language::Python,
-            limits: Default::default(),
             env: [("TOKEN".to_owned(), "value-kept-apart".to_owned())].into(),
-            volumes: Vec::new(),
-            scripts: Default::default(),
-            network: Vec::new(),
-            ports: Vec::new(),
-            restart: Default::default(),
-            requirements: Vec::new(),
-            node_packages: None,
-            secrets: Vec::new(),
-            keep: Vec::new(),
+            ..SandboxDefinition::new(
+                "api".into(),
+                "default".into(),
+                project.path().display().to_string(),
+                Language::Python,
+            )
         };
         store.put_sandbox(&caller(), "api-1", &definition, 5).await?;
         let stored: String =

@@ -310,21 +310,8 @@ impl History {
         let mut history = Self::new(name);
         for namespace in namespaces {
             let definition = SandboxDefinition {
-                name: "api".into(),
-                namespace: (*namespace).into(),
-                project_dir: "/srv/app".into(),
-                language: Language::Python,
-                limits: Default::default(),
                 env: BTreeMap::from([("TOKEN".into(), "do-not-ship".into())]),
-                volumes: Vec::new(),
-                scripts: BTreeMap::new(),
-                network: Vec::new(),
-                ports: Vec::new(),
-                restart: Default::default(),
-                requirements: Vec::new(),
-                node_packages: None,
-                secrets: Vec::new(),
-                keep: Vec::new(),
+                ..SandboxDefinition::new("api".into(), (*namespace).into(), "/srv/app".into(), Language::Python)
             };
             history.push(AuditEvent {
                 namespace: Some((*namespace).into()),

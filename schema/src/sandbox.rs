@@ -88,6 +88,31 @@ pub struct SandboxDefinition {
     pub keep: Vec<String>,
 }
 
+impl SandboxDefinition {
+    /// Sandbox `name` of the project in `project_dir`, running `language`, with nothing else:
+    /// the agent's default limits, no env, volumes, scripts, network, ports, packages, secrets
+    /// or kept paths.
+    pub fn new(name: String, namespace: String, project_dir: String, language: Language) -> Self {
+        Self {
+            name,
+            namespace,
+            project_dir,
+            language,
+            limits: LimitOverrides::default(),
+            env: BTreeMap::new(),
+            volumes: Vec::new(),
+            scripts: BTreeMap::new(),
+            network: Vec::new(),
+            ports: Vec::new(),
+            restart: RestartPolicy::default(),
+            requirements: Vec::new(),
+            node_packages: None,
+            secrets: Vec::new(),
+            keep: Vec::new(),
+        }
+    }
+}
+
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }

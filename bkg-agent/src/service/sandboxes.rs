@@ -223,21 +223,10 @@ impl Service {
                 .map_err(|error| OpError::Internal(format!("create {}: {error}", project_dir.display())))?;
         }
         let definition = SandboxDefinition {
-            name: new.name,
-            namespace,
-            project_dir: project,
-            language: new.language,
             limits: new.limits,
             env: new.env,
-            volumes: Vec::new(),
             scripts: new.scripts,
-            network: Vec::new(),
-            ports: Vec::new(),
-            restart: Default::default(),
-            requirements: Vec::new(),
-            node_packages: None,
-            secrets: Vec::new(),
-            keep: Vec::new(),
+            ..SandboxDefinition::new(new.name, namespace, project, new.language)
         };
         self.define_sandbox(principal, &id, definition).await
     }
