@@ -266,26 +266,12 @@ fn a_namespace_role_sees_only_its_own_artefact_rows() {
     }
     wait_synced(&agent);
     assert_eq!(postgres.query("SELECT count(*) FROM run_files"), "3");
-    let port = postgres.url().rsplit(':').next().and_then(|rest| rest.split('/').next()).map(str::to_owned);
-    let port = port.expect("port");
-    let as_alpha = |sql: &str| {
-        let output = Command::new("psql")
-            .arg(format!("postgres://bkg_ns_alpha:alpha-password@127.0.0.1:{port}/postgres"))
-            .args(["-tAX", "-c", sql])
-            .output()
-            .expect("psql");
-        assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    };
+    let as_alpha = |sql: &str| postgres.query_as("bkg_ns_alpha", "alpha-password", sql);
     assert_eq!(as_alpha("SELECT string_agg(DISTINCT namespace, ',') FROM run_files"), "alpha");
     assert_eq!(as_alpha("SELECT count(*) FROM run_files"), "2");
     assert_eq!(as_alpha("SELECT count(*) FROM run_files WHERE namespace = 'beta'"), "0");
     // It reads, and writes none: the agents' records are theirs.
-    let output = Command::new("psql")
-        .arg(format!("postgres://bkg_ns_alpha:alpha-password@127.0.0.1:{port}/postgres"))
-        .args(["-tAX", "-c", "DELETE FROM run_files"])
-        .output()
-        .expect("psql");
+    let output = postgres.psql_as("bkg_ns_alpha", "alpha-password", "DELETE FROM run_files");
     assert!(!output.status.success(), "a namespace role may not delete run_files rows");
     assert_eq!(stdout(&output), "");
 }

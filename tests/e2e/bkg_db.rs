@@ -48,6 +48,24 @@ impl Postgres {
         assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
+
+    /// psql as login `role` (with `password`), as a user of bkg_db would connect: how it ended.
+    pub(crate) fn psql_as(&self, role: &str, password: &str, sql: &str) -> std::process::Output {
+        let url = self.url();
+        let port = url.rsplit(':').next().and_then(|rest| rest.split('/').next()).expect("the cluster's port");
+        Command::new("psql")
+            .arg(format!("postgres://{role}:{password}@127.0.0.1:{port}/postgres"))
+            .args(["-tAX", "-c", sql])
+            .output()
+            .expect("psql")
+    }
+
+    /// One value from a query as login `role`, which must succeed.
+    pub(crate) fn query_as(&self, role: &str, password: &str, sql: &str) -> String {
+        let output = self.psql_as(role, password, sql);
+        assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
 }
 
 impl Drop for Postgres {

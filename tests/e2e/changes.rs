@@ -281,16 +281,7 @@ fn a_namespace_keys_stream_and_psql_as_its_role_show_only_its_namespace() {
     assert!(stderr(&refused).contains("sees only namespace `alpha`"), "{}", stderr(&refused));
 
     // psql as the namespace's role: its own rows of runs and changes, nothing else.
-    let port = url.rsplit(':').next().and_then(|rest| rest.split('/').next()).expect("port");
-    let as_alpha = |sql: &str| {
-        let output = Command::new("psql")
-            .arg(format!("postgres://bkg_ns_alpha:alpha-password@127.0.0.1:{port}/postgres"))
-            .args(["-tAX", "-c", sql])
-            .output()
-            .expect("psql");
-        assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    };
+    let as_alpha = |sql: &str| postgres.query_as("bkg_ns_alpha", "alpha-password", sql);
     assert_eq!(as_alpha("SELECT string_agg(DISTINCT namespace, ',') FROM changes"), "alpha");
     wait_synced(&agent);
     let all_of_alpha = postgres.query("SELECT count(*) FROM changes WHERE namespace = 'alpha'");
