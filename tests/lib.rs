@@ -178,6 +178,11 @@ impl Agent {
             .expect("run bkgr")
     }
 
+    /// Runs `bkg ARGS` in directory `dir` against this agent, with an empty stdin.
+    pub fn bkg_in(&self, dir: &Path, args: &[&str]) -> Output {
+        self.bkg().args(args).current_dir(dir).stdin(Stdio::null()).output().expect("run bkg")
+    }
+
     /// Runs `bkg exe ARGS` with an empty stdin.
     pub fn exe(&self, args: &[&str]) -> Output {
         self.bkg().arg("exe").args(args).stdin(Stdio::null()).output().expect("run bkg exe")

@@ -2,14 +2,9 @@
 //! `--env-file`, compound durations, script arguments without `--`, `bkg version`, `stop --all`,
 //! `logs --tail`, and bkgr's own limit flags and script arguments.
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use bkg_tests::{Agent, bin_dir, code, stderr, stdout};
-
-fn bkg_in(agent: &Agent, dir: &Path, args: &[&str]) -> Output {
-    agent.bkg().args(args).current_dir(dir).stdin(Stdio::null()).output().expect("run bkg")
-}
 
 fn json(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout)
@@ -61,7 +56,7 @@ fn runs_ls_and_show_list_the_last_runs_with_their_accounting() {
     let (second, _) = agent.exe_json(&["--type", "python", "-c", "import sys; sys.exit(3)"]);
     let dir = tempfile::tempdir().expect("temp dir");
 
-    let listed = bkg_in(&agent, dir.path(), &["runs", "ls", "--json", "--limit", "5"]);
+    let listed = agent.bkg_in(dir.path(), &["runs", "ls", "--json", "--limit", "5"]);
     assert_eq!(code(&listed), 0, "{}", stderr(&listed));
     let runs = json(&listed);
     assert_eq!(runs[0]["id"], second["id"], "newest first: {runs}");
@@ -70,18 +65,18 @@ fn runs_ls_and_show_list_the_last_runs_with_their_accounting() {
     assert!(runs[1]["wall_ms"].as_u64().is_some() && runs[1]["cpu_ms"].as_u64().is_some(), "{runs}");
     assert!(runs[1]["sandbox_id"].is_null(), "a temporary run has no sandbox");
 
-    let table = bkg_in(&agent, dir.path(), &["runs", "ls"]);
+    let table = agent.bkg_in(dir.path(), &["runs", "ls"]);
     let text = stdout(&table);
     assert!(text.starts_with("ID "), "{text}");
     assert!(text.contains(second["id"].as_str().unwrap_or("?")) && text.contains("exit 3"), "{text}");
 
     let id = first["id"].as_str().unwrap_or_default();
-    let shown = bkg_in(&agent, dir.path(), &["runs", "show", id, "--json"]);
+    let shown = agent.bkg_in(dir.path(), &["runs", "show", id, "--json"]);
     assert_eq!(json(&shown)["id"], id);
-    let shown = bkg_in(&agent, dir.path(), &["runs", "show", id]);
+    let shown = agent.bkg_in(dir.path(), &["runs", "show", id]);
     assert!(stdout(&shown).contains("outcome    exit 0"), "{}", stdout(&shown));
 
-    let missing = bkg_in(&agent, dir.path(), &["runs", "show", "run_nope"]);
+    let missing = agent.bkg_in(dir.path(), &["runs", "show", "run_nope"]);
     assert_eq!(code(&missing), 125);
     assert_eq!(stderr(&missing), "bkg: no run `run_nope` here: `bkg runs ls` lists the runs you may see\n");
 }
@@ -101,7 +96,7 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     let long = "a-rather-long-sandbox-name";
 
     // Before its first run, logs names the sandbox, not its internal id.
-    let early = bkg_in(&agent, dir, &["logs", long]);
+    let early = agent.bkg_in(dir, &["logs", long]);
     assert_eq!(code(&early), 125);
     assert!(stderr(&early).starts_with(&format!("bkg: sandbox `{long}` has no output yet")), "{}", stderr(&early));
 
@@ -110,9 +105,9 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     assert_eq!(code(&run), 0, "{}", stderr(&run));
     assert!(stdout(&run).ends_with("[\"it's\", '$HOME']\n"), "{}", stdout(&run));
 
-    let tail = bkg_in(&agent, dir, &["logs", long, "--tail", "2"]);
+    let tail = agent.bkg_in(dir, &["logs", long, "--tail", "2"]);
     assert_eq!(stdout(&tail), "line 4\n[\"it's\", '$HOME']\n");
-    let stamped = bkg_in(&agent, dir, &["logs", long, "-n", "1", "--timestamps"]);
+    let stamped = agent.bkg_in(dir, &["logs", long, "-n", "1", "--timestamps"]);
     let line = stdout(&stamped);
     assert!(line.starts_with("20") && line.contains("Z [\"it's\""), "{line}");
 
@@ -121,7 +116,7 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     assert_eq!(code(&timed), 124, "{}", stderr(&timed));
     assert_eq!(stderr(&timed), "bkgr: b: timed out after 1s (--timeout)\n");
 
-    let history = bkg_in(&agent, dir, &["runs", "ls", "--sandbox", long, "--json"]);
+    let history = agent.bkg_in(dir, &["runs", "ls", "--sandbox", long, "--json"]);
     let runs = json(&history);
     assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
     assert!(runs[0]["sandbox_id"].as_str().is_some_and(|id| id.starts_with(long)), "{runs}");
@@ -135,7 +130,7 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
         let detached = agent.bkgr(dir, &["-d", name, "sleep"]);
         assert_eq!(code(&detached), 0, "{}", stderr(&detached));
     }
-    let stopped = bkg_in(&agent, dir, &["stop", "--all", "--json"]);
+    let stopped = agent.bkg_in(dir, &["stop", "--all", "--json"]);
     assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
     let answers = json(&stopped);
     assert_eq!(answers.as_array().map(Vec::len), Some(2), "{answers}");
@@ -143,7 +138,7 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
 
     // An invalid cave.yaml: ls says why instead of listing.
     std::fs::write(dir.join("cave.yaml"), "version: 1\nsandboxes:\n  BAD:\n    type: ruby\n").expect("cave.yaml");
-    let ls = bkg_in(&agent, dir, &["ls"]);
+    let ls = agent.bkg_in(dir, &["ls"]);
     assert_eq!(code(&ls), 125);
     assert!(stderr(&ls).contains("cave.yaml"), "{}", stderr(&ls));
 }
@@ -152,14 +147,14 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
 fn version_names_both_sides() {
     let agent = Agent::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    let version = bkg_in(&agent, dir.path(), &["version", "--json"]);
+    let version = agent.bkg_in(dir.path(), &["version", "--json"]);
     assert_eq!(code(&version), 0, "{}", stderr(&version));
     let value = json(&version);
     assert_eq!(value["cli"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(value["agent"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(value["cli"]["commit"], value["agent"]["commit"], "{value}");
     assert!(value["agent"]["protections"].as_array().is_some_and(|list| list.iter().any(|p| p == "seccomp filter")));
-    let text = bkg_in(&agent, dir.path(), &["version"]);
+    let text = agent.bkg_in(dir.path(), &["version"]);
     assert!(stdout(&text).starts_with("bkg        "), "{}", stdout(&text));
 
     // Without an agent the CLI's part is still there.

@@ -2,13 +2,9 @@
 //! within the disk limit), `bkg exe --file DIR` and `bkg exe -o DIR`.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use bkg_tests::{Agent, code, stderr, stdout};
-
-fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
-    agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
-}
 
 fn write(path: &Path, text: &str) {
     if let Some(parent) = path.parent() {
@@ -22,11 +18,11 @@ fn write(path: &Path, text: &str) {
 fn project_with_box(agent: &Agent, extra: &[&str]) -> tempfile::TempDir {
     let project = tempfile::tempdir().expect("project dir");
     let dir = project.path();
-    let init = bkg_in(agent, dir, &["init", "--yes"]);
+    let init = agent.bkg_in(dir, &["init", "--yes"]);
     assert_eq!(code(&init), 0, "init: {}", stderr(&init));
     let mut add = vec!["add", "box", "--type", "python", "--script", "start=true", "--script", "show=cat \"$@\""];
     add.extend_from_slice(extra);
-    let added = bkg_in(agent, dir, &add);
+    let added = agent.bkg_in(dir, &add);
     assert_eq!(code(&added), 0, "add: {}", stderr(&added));
     let first = agent.bkgr(dir, &["box"]);
     assert_eq!(code(&first), 0, "first run: {}", stderr(&first));
@@ -42,7 +38,7 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     write(&dir.join("src/deep/er/data.txt"), "deep data\n");
     std::os::unix::fs::symlink("helper.py", dir.join("src/link.py")).expect("symlink");
 
-    let uploaded = bkg_in(&agent, dir, &["cp", "--json", "src", "box:in"]);
+    let uploaded = agent.bkg_in(dir, &["cp", "--json", "src", "box:in"]);
     assert_eq!(code(&uploaded), 0, "cp in: {}", stderr(&uploaded));
     let answer: serde_json::Value = serde_json::from_slice(&uploaded.stdout).expect("cp --json");
     assert_eq!(answer["path"], "/workspace/in");
@@ -54,19 +50,19 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     assert_eq!(stdout(&shown), "deep data\nVALUE = 42\n", "the sandbox reads what was uploaded, the link too");
 
     let back = dir.join("back");
-    let downloaded = bkg_in(&agent, dir, &["cp", "box:in/src", back.to_str().expect("utf-8")]);
+    let downloaded = agent.bkg_in(dir, &["cp", "box:in/src", back.to_str().expect("utf-8")]);
     assert_eq!(code(&downloaded), 0, "cp out: {}", stderr(&downloaded));
     assert_eq!(std::fs::read_to_string(back.join("src/deep/er/data.txt")).expect("read"), "deep data\n");
     assert_eq!(std::fs::read_link(back.join("src/link.py")).expect("link"), Path::new("helper.py"));
 
     // A download's answer ends only once the sandbox is free: the next call never finds it busy.
     for attempt in 0..5 {
-        let one = bkg_in(&agent, dir, &["cp", "box:in/src/helper.py", back.to_str().expect("utf-8")]);
+        let one = agent.bkg_in(dir, &["cp", "box:in/src/helper.py", back.to_str().expect("utf-8")]);
         assert_eq!(code(&one), 0, "cp one file, attempt {attempt}: {}", stderr(&one));
         assert_eq!(std::fs::read_to_string(back.join("helper.py")).expect("read"), "VALUE = 42\n");
     }
 
-    let missing = bkg_in(&agent, dir, &["cp", "box:no/such", back.to_str().expect("utf-8")]);
+    let missing = agent.bkg_in(dir, &["cp", "box:no/such", back.to_str().expect("utf-8")]);
     assert_eq!(code(&missing), 125);
     assert!(stderr(&missing).contains("/workspace/no/such does not exist"), "{}", stderr(&missing));
 }
@@ -80,7 +76,7 @@ fn paths_that_leave_the_workspace_are_refused() {
     // A link the sandbox could have made itself, pointing out of /workspace.
     std::fs::create_dir_all(dir.join("trap")).expect("mkdir");
     std::os::unix::fs::symlink("/etc", dir.join("trap/escape")).expect("symlink");
-    let planted = bkg_in(&agent, dir, &["cp", "trap", "box:"]);
+    let planted = agent.bkg_in(dir, &["cp", "trap", "box:"]);
     assert_eq!(code(&planted), 0, "a link is copied as a link: {}", stderr(&planted));
 
     for (dest, says) in [
@@ -90,13 +86,13 @@ fn paths_that_leave_the_workspace_are_refused() {
         ("box:trap/escape", "leads out of /workspace"),
         ("box:trap/escape/cron.d", "leads out of /workspace"),
     ] {
-        let refused = bkg_in(&agent, dir, &["cp", "file.txt", dest]);
+        let refused = agent.bkg_in(dir, &["cp", "file.txt", dest]);
         assert_eq!(code(&refused), 125, "cp into {dest}: {}", stderr(&refused));
         assert!(stderr(&refused).contains(says), "cp into {dest}: {}", stderr(&refused));
     }
     let host = dir.join("host");
     for source in ["box:trap/escape/passwd", "box:../", "box:/etc/passwd"] {
-        let refused = bkg_in(&agent, dir, &["cp", source, host.to_str().expect("utf-8")]);
+        let refused = agent.bkg_in(dir, &["cp", source, host.to_str().expect("utf-8")]);
         assert_eq!(code(&refused), 125, "cp from {source}: {}", stderr(&refused));
         assert!(!host.join("passwd").exists(), "nothing of the host came back");
     }
@@ -110,7 +106,7 @@ fn an_upload_larger_than_the_disk_says_the_disk_is_full() {
     let dir = project.path();
     let big = std::fs::File::create(dir.join("big.bin")).expect("create");
     big.set_len(64 * 1024 * 1024).expect("size");
-    let full = bkg_in(&agent, dir, &["cp", "big.bin", "box:"]);
+    let full = agent.bkg_in(dir, &["cp", "big.bin", "box:"]);
     assert_eq!(code(&full), 125, "{}", stderr(&full));
     assert!(stderr(&full).contains("disk is full"), "{}", stderr(&full));
     // The sandbox is free again and still works.
@@ -178,12 +174,12 @@ fn a_gibibyte_goes_in_and_out_unchanged_while_the_agent_stays_small() {
             file.write_all(&block).expect("write");
         }
     }
-    let uploaded = bkg_in(&agent, dir, &["cp", "--json", "big.bin", "box:data"]);
+    let uploaded = agent.bkg_in(dir, &["cp", "--json", "big.bin", "box:data"]);
     assert_eq!(code(&uploaded), 0, "cp in: {}", stderr(&uploaded));
     let answer: serde_json::Value = serde_json::from_slice(&uploaded.stdout).expect("cp --json");
     assert_eq!(answer["bytes"], 1u64 << 30);
     let back = dir.join("back");
-    let downloaded = bkg_in(&agent, dir, &["cp", "box:data/big.bin", back.to_str().expect("utf-8")]);
+    let downloaded = agent.bkg_in(dir, &["cp", "box:data/big.bin", back.to_str().expect("utf-8")]);
     assert_eq!(code(&downloaded), 0, "cp out: {}", stderr(&downloaded));
     assert_eq!(sha256(&back.join("big.bin")), sha256(&source), "the same bytes came back");
     let peak = peak_rss(agent.pid());

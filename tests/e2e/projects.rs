@@ -3,13 +3,9 @@
 use std::fs::Permissions;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use bkg_tests::{Agent, code, stderr, stdout};
-
-fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
-    agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
-}
 
 fn write(path: &Path, text: &str) {
     if let Some(parent) = path.parent() {
@@ -23,9 +19,9 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     let agent = Agent::start();
     let project = tempfile::tempdir().expect("project dir");
     let dir = project.path();
-    let init = bkg_in(&agent, dir, &["init", "--yes"]);
+    let init = agent.bkg_in(dir, &["init", "--yes"]);
     assert_eq!(code(&init), 0, "init: {}", stderr(&init));
-    let add = bkg_in(&agent, dir, &["add", "api", "--type", "python", "--script", "start=python main.py"]);
+    let add = agent.bkg_in(dir, &["add", "api", "--type", "python", "--script", "start=python main.py"]);
     assert_eq!(code(&add), 0, "add: {}", stderr(&add));
     write(
         &dir.join("main.py"),
@@ -44,25 +40,25 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     let home = agent.state_dir.join("workspaces/default").join(&id);
     assert!(home.join("disk.img").exists(), "no image in {}", home.display());
 
-    let ls = bkg_in(&agent, dir, &["ls", "--json"]);
+    let ls = agent.bkg_in(dir, &["ls", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).expect("ls json");
     assert_eq!(listed[0]["name"], "api");
     assert_eq!(listed[0]["last_run"]["exit_code"], 0);
 
-    let rm = bkg_in(&agent, dir, &["rm", "api", "--force"]);
+    let rm = agent.bkg_in(dir, &["rm", "api", "--force"]);
     assert_eq!(code(&rm), 0, "rm: {}", stderr(&rm));
     assert!(!home.exists(), "its state is gone");
     let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
     assert!(!cave.contains("api:"), "it is gone from cave.yaml:\n{cave}");
     assert!(cave.contains("\nsandboxes: {}\n"), "the last one leaves an empty mapping, not null:\n{cave}");
-    let status = bkg_in(&agent, dir, &["status", "api"]);
+    let status = agent.bkg_in(dir, &["status", "api"]);
     assert_eq!(code(&status), 125);
 
-    let validate = bkg_in(&agent, dir, &["validate"]);
+    let validate = agent.bkg_in(dir, &["validate"]);
     assert_eq!(code(&validate), 0, "validate: {}", stderr(&validate));
     let nothing = agent.bkgr(dir, &[]);
     assert!(stderr(&nothing).contains("declares no sandbox"), "{}", stderr(&nothing));
-    let again = bkg_in(&agent, dir, &["add", "api", "--type", "python", "--script", "start=python -c 'print(7)'"]);
+    let again = agent.bkg_in(dir, &["add", "api", "--type", "python", "--script", "start=python -c 'print(7)'"]);
     assert_eq!(code(&again), 0, "add after rm: {}", stderr(&again));
     let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
     assert!(cave.starts_with("# cave.yaml: this project's sandboxes"), "comments are kept:\n{cave}");
@@ -90,7 +86,7 @@ fn rm_without_a_terminal_needs_force() {
         &project.path().join("cave.yaml"),
         "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: python -c 'print(1)'\n",
     );
-    let rm = bkg_in(&agent, project.path(), &["rm", "api"]);
+    let rm = agent.bkg_in(project.path(), &["rm", "api"]);
     assert_eq!(code(&rm), 125);
     assert!(stderr(&rm).contains("--force"), "{}", stderr(&rm));
     assert!(std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave").contains("api:"));
@@ -138,12 +134,12 @@ fn detach_logs_and_stop() {
     assert_eq!(code(&detached), 0, "stderr: {}", stderr(&detached));
     assert!(stdout(&detached).starts_with("ticker\trun_"), "{}", stdout(&detached));
 
-    let status = bkg_in(&agent, dir, &["status", "ticker", "--json"]);
+    let status = agent.bkg_in(dir, &["status", "ticker", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     assert_eq!(status["state"], "running");
 
     eventually("the log shows two ticks", || {
-        let logs = stdout(&bkg_in(&agent, dir, &["logs", "ticker"]));
+        let logs = stdout(&agent.bkg_in(dir, &["logs", "ticker"]));
         if logs.starts_with("tick 0\ntick 1\n") { Ok(()) } else { Err(logs) }
     });
 
@@ -151,9 +147,9 @@ fn detach_logs_and_stop() {
     assert_eq!(code(&busy), 125, "a second run of a running sandbox is refused");
     assert!(stderr(&busy).contains("already running"), "{}", stderr(&busy));
 
-    let stop = bkg_in(&agent, dir, &["stop", "ticker"]);
+    let stop = agent.bkg_in(dir, &["stop", "ticker"]);
     assert_eq!(code(&stop), 0);
-    let status = bkg_in(&agent, dir, &["status", "ticker", "--json"]);
+    let status = agent.bkg_in(dir, &["status", "ticker", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     assert_eq!(status["state"], "idle");
     assert_eq!(status["last_run"]["killed_by"], "cancelled");
@@ -265,7 +261,7 @@ fn the_project_bkg_init_makes_runs_as_generated() {
         // Owned by root, mode 0700: the sandbox user is not the owner.
         let project = private_dir();
         let dir = project.path();
-        let init = bkg_in(&agent, dir, &["init", "--yes", "--sandbox", name, "--type", language]);
+        let init = agent.bkg_in(dir, &["init", "--yes", "--sandbox", name, "--type", language]);
         assert_eq!(code(&init), 0, "init: {}", stderr(&init));
         let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
         assert!(cave.contains(start), "{cave}");
@@ -284,9 +280,9 @@ fn a_private_project_and_volume_read_and_write_as_their_owner_sees_them() {
     let home = private_dir();
     let dir = &home.path().join("app");
     std::fs::create_dir(dir).expect("project dir");
-    let init = bkg_in(&agent, dir, &["init", "--yes"]);
+    let init = agent.bkg_in(dir, &["init", "--yes"]);
     assert_eq!(code(&init), 0, "init: {}", stderr(&init));
-    let add = bkg_in(&agent, dir, &["add", "app", "--type", "python", "--volume", "./vol:/workspace/vol:rw"]);
+    let add = agent.bkg_in(dir, &["add", "app", "--type", "python", "--volume", "./vol:/workspace/vol:rw"]);
     assert_eq!(code(&add), 0, "add: {}", stderr(&add));
     write(
         &dir.join("main.py"),
@@ -350,7 +346,7 @@ fn a_project_whose_filesystem_cannot_be_idmapped_is_refused_in_one_line() {
     // ramfs has no idmapped mounts.
     let ramfs = Ramfs::mount();
     let dir = ramfs.dir.path();
-    let init = bkg_in(&agent, dir, &["init", "--yes", "--sandbox", "app"]);
+    let init = agent.bkg_in(dir, &["init", "--yes", "--sandbox", "app"]);
     assert_eq!(code(&init), 0, "init: {}", stderr(&init));
     let refused = agent.bkgr(dir, &["app"]);
     assert_eq!(code(&refused), 125, "stdout: {}", stdout(&refused));

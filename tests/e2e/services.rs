@@ -5,14 +5,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bkg_tests::{Agent, AgentOptions, code, stderr, stdout};
-
-fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
-    agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
-}
 
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
@@ -43,7 +39,7 @@ fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 }
 
 fn status(agent: &Agent, project: &Path) -> serde_json::Value {
-    let output = bkg_in(agent, project, &["status", "web", "--json"]);
+    let output = agent.bkg_in(project, &["status", "web", "--json"]);
     assert_eq!(code(&output), 0, "status: {}", stderr(&output));
     serde_json::from_slice(&output.stdout).expect("status JSON")
 }
@@ -89,7 +85,7 @@ fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
     assert_eq!(healthy["service"]["restart"], "on-failure", "{healthy}");
     assert_eq!(healthy["service"]["restarts"], 0, "{healthy}");
     assert_eq!(healthy["service"]["ports"][0]["mapping"], format!("127.0.0.1:{port}:8000"), "{healthy}");
-    let shown = bkg_in(&agent, dir, &["status", "web"]);
+    let shown = agent.bkg_in(dir, &["status", "web"]);
     assert!(stdout(&shown).contains(&format!("127.0.0.1:{port}:8000 (accepting)")), "{}", stdout(&shown));
 
     // Kill the server from the host, as an OOM or a crash would.
@@ -105,7 +101,7 @@ fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
     });
     assert!(restarted["service"]["last_exit_code"].is_null() || restarted["service"]["last_exit_code"] != 0);
 
-    let stop = bkg_in(&agent, dir, &["stop", "web"]);
+    let stop = agent.bkg_in(dir, &["stop", "web"]);
     assert_eq!(code(&stop), 0, "stop: {}", stderr(&stop));
     let stopped = status(&agent, dir);
     assert_eq!(stopped["state"], "idle", "{stopped}");
@@ -143,7 +139,7 @@ fn a_service_keeps_answering_for_ten_minutes_and_stops_cleanly() {
     let info = status(&agent, dir);
     assert_eq!((info["state"].as_str(), info["service"]["restarts"].as_u64()), (Some("running"), Some(0)), "{info}");
 
-    let stop = bkg_in(&agent, dir, &["stop", "web"]);
+    let stop = agent.bkg_in(dir, &["stop", "web"]);
     assert_eq!(code(&stop), 0, "stop: {}", stderr(&stop));
     assert_eq!(status(&agent, dir)["state"], "idle");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the forwarded port is closed with the run");

@@ -1,25 +1,20 @@
 //! Sessions: `bkg exec NAME --session S` keeps an interpreter's state between executions,
 //! interrupts without losing it, shows figures as PNG and tracebacks that name the cell.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bkg_tests::{Agent, AgentOptions, bin_dir, code, stderr, stdout};
 
-fn bkg_in(agent: &Agent, project: &Path, args: &[&str]) -> Output {
-    agent.bkg().args(args).current_dir(project).stdin(Stdio::null()).output().expect("run bkg")
-}
-
 /// A project with a python sandbox `box` and a node sandbox `js`, both defined on the agent.
 fn project(agent: &Agent) -> tempfile::TempDir {
     let project = tempfile::tempdir().expect("project dir");
     let dir = project.path();
-    assert_eq!(code(&bkg_in(agent, dir, &["init", "--yes"])), 0);
+    assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
     for (name, language) in [("box", "python"), ("js", "node")] {
         // Small disks and no warm pool: two sessions hold two sandboxes at once.
-        let added = bkg_in(agent, dir, &["add", name, "--type", language, "--script", "start=true", "--disk", "64MiB"]);
+        let added = agent.bkg_in(dir, &["add", name, "--type", language, "--script", "start=true", "--disk", "64MiB"]);
         assert_eq!(code(&added), 0, "add: {}", stderr(&added));
         let run = Command::new(bin_dir().join("bkgr"))
             .arg(name)
@@ -40,14 +35,14 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     let project = project(&agent);
     let dir = project.path();
 
-    let set = bkg_in(&agent, dir, &["exec", "box", "-c", "x = 41\nprint('set')"]);
+    let set = agent.bkg_in(dir, &["exec", "box", "-c", "x = 41\nprint('set')"]);
     assert_eq!(code(&set), 0, "{}", stderr(&set));
     assert_eq!(stdout(&set), "set\n");
-    let next = bkg_in(&agent, dir, &["exec", "box", "-c", "x + 1"]);
+    let next = agent.bkg_in(dir, &["exec", "box", "-c", "x + 1"]);
     assert_eq!(code(&next), 0, "{}", stderr(&next));
     assert_eq!(stdout(&next), "42\n", "the value of the last expression, with x kept");
 
-    let failing = bkg_in(&agent, dir, &["exec", "box", "-c", "def f():\n    return 1 / 0\nf()"]);
+    let failing = agent.bkg_in(dir, &["exec", "box", "-c", "def f():\n    return 1 / 0\nf()"]);
     assert_eq!(code(&failing), 1);
     let trace = stderr(&failing);
     assert!(trace.contains("File \"<cell 3>\", line 2, in f"), "{trace}");
@@ -67,7 +62,7 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     // finds the session idle, where an interrupt does nothing).
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        let interrupt = bkg_in(&agent, dir, &["exec", "box", "--interrupt"]);
+        let interrupt = agent.bkg_in(dir, &["exec", "box", "--interrupt"]);
         assert_eq!(code(&interrupt), 0, "{}", stderr(&interrupt));
         if let Some(status) = looping.try_wait().expect("wait") {
             break status;
@@ -76,12 +71,12 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(status.code(), Some(130), "an interrupted execution ends with 130");
-    let after = bkg_in(&agent, dir, &["exec", "box", "-c", "x"]);
+    let after = agent.bkg_in(dir, &["exec", "box", "-c", "x"]);
     assert_eq!(stdout(&after), "41\n", "the session kept its state: {}", stderr(&after));
 
-    let restarted = bkg_in(&agent, dir, &["exec", "box", "--restart"]);
+    let restarted = agent.bkg_in(dir, &["exec", "box", "--restart"]);
     assert_eq!(code(&restarted), 0, "{}", stderr(&restarted));
-    let gone = bkg_in(&agent, dir, &["exec", "box", "-c", "x"]);
+    let gone = agent.bkg_in(dir, &["exec", "box", "-c", "x"]);
     assert_eq!(code(&gone), 1);
     assert!(stderr(&gone).contains("NameError"), "{}", stderr(&gone));
 }
@@ -91,8 +86,7 @@ fn a_matplotlib_figure_comes_back_as_a_png_and_node_keeps_its_state() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
     let dir = project.path();
-    let plot = bkg_in(
-        &agent,
+    let plot = agent.bkg_in(
         dir,
         &["exec", "box", "--json", "-c", "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nprint('plotted')"],
     );
@@ -114,12 +108,12 @@ fn a_matplotlib_figure_comes_back_as_a_png_and_node_keeps_its_state() {
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG image");
     assert_eq!(events.last().map(|event| event["type"].clone()), Some(serde_json::json!("end")));
 
-    let set = bkg_in(&agent, dir, &["exec", "js", "-c", "let y = 41; console.log('set')"]);
+    let set = agent.bkg_in(dir, &["exec", "js", "-c", "let y = 41; console.log('set')"]);
     assert_eq!(code(&set), 0, "{}", stderr(&set));
     assert_eq!(stdout(&set), "set\n");
-    let next = bkg_in(&agent, dir, &["exec", "js", "-c", "y + 1"]);
+    let next = agent.bkg_in(dir, &["exec", "js", "-c", "y + 1"]);
     assert_eq!(stdout(&next), "42\n", "{}", stderr(&next));
-    let failing = bkg_in(&agent, dir, &["exec", "js", "-c", "\nnull.x"]);
+    let failing = agent.bkg_in(dir, &["exec", "js", "-c", "\nnull.x"]);
     assert_eq!(code(&failing), 1);
     assert!(stderr(&failing).contains("<cell 3>:2"), "{}", stderr(&failing));
 }
