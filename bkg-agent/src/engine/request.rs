@@ -228,9 +228,6 @@ impl Engine {
         sandbox_env(&definition.env)?;
         self.network_plan(&definition.network, &definition.ports)?;
         kept_by_sandbox(&definition.keep)?;
-        if !definition.requirements.is_empty() && definition.language != bkg_schema::Language::Python {
-            return Err(RunError::BadRequest("requirements are for sandboxes of type python".into()));
-        }
         for (name, command) in &definition.scripts {
             if command.contains('\0') {
                 return Err(RunError::BadRequest(format!("script `{name}` contains a NUL byte")));

@@ -73,7 +73,7 @@ impl Service {
     ) -> Result<InUse, RunError> {
         let envs = self.envs_of(request.language);
         let id = envs.id_of(&request.set);
-        let held = envs.hold(&id);
+        let mut held = envs.hold(&id);
         let site = match envs.ready(&id) {
             Some(site) => site,
             None => {
@@ -81,13 +81,15 @@ impl Service {
                 // Another run may have built it while this one waited.
                 match envs.ready(&id) {
                     Some(site) => site,
-                    None => self.install(&id, request, &run.namespace, actor, output).await?,
+                    None => {
+                        let site = self.install(&id, request, &run.namespace, actor, output).await?;
+                        // Marked used now that it exists: the first mark found no directory.
+                        held = envs.hold(&id);
+                        site
+                    }
                 }
             }
         };
-        // Marked used again now that it exists.
-        drop(held);
-        let held = envs.hold(&id);
         match request.language {
             Language::Python => run.use_python_env(site),
             Language::Node => run.use_node_env(site),
