@@ -141,6 +141,18 @@ pub struct AuditLog {
     _lock: Flock<File>,
 }
 
+/// Lines written to the log, made durable by [`finish`](Self::finish) outside its lock.
+pub struct PendingSync {
+    file: File,
+    path: PathBuf,
+}
+
+impl PendingSync {
+    pub fn finish(self) -> Result<(), AuditError> {
+        self.file.sync_data().map_err(io_error("sync", &self.path))
+    }
+}
+
 impl AuditLog {
     /// Opens the log of `state_dir` (creating its key and first file if need be).
     pub fn open(state_dir: &Path) -> Result<Self, AuditError> {
@@ -321,6 +333,24 @@ impl AuditLog {
         }
         self.unsynced = false;
         Ok(())
+    }
+
+    /// What `sync` would make durable, to be synced without holding the log (appends go on
+    /// meanwhile): a second handle on the current file, if lines were written since the last
+    /// sync. A failed [`PendingSync::finish`] must [`poison`](Self::poison) the log.
+    pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, AuditError> {
+        if !self.unsynced {
+            return Ok(None);
+        }
+        let path = self.dir.join(file_name(self.index));
+        let file = self.file.try_clone().map_err(io_error("sync", &path))?;
+        self.unsynced = false;
+        Ok(Some(PendingSync { file, path }))
+    }
+
+    /// No more records: what was written may not be durable (a [`PendingSync`] failed).
+    pub fn poison(&mut self) {
+        self.poisoned = true;
     }
 
     fn rotate(&mut self) -> Result<(), AuditError> {

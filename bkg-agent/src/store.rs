@@ -11,7 +11,7 @@ use bkg_schema::sandbox::SandboxDefinition;
 use bkg_schema::{KilledBy, Language, Limits, RunRecord, RunResult};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::audit::{AuditError, AuditLog, WrittenLine};
+use crate::audit::{AuditError, AuditLog, PendingSync, WrittenLine};
 
 mod auth_tables;
 mod changes;
@@ -250,11 +250,14 @@ impl Store {
         let (audit, syncing) = (Arc::clone(&self.audit), Arc::clone(&self.syncing));
         syncing.send_modify(|count| *count += 1);
         tokio::task::spawn_blocking(move || {
-            let mut log = audit.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Err(error) = log.sync() {
+            // The log's lock is not held while the disk works: the next record need not wait.
+            let lock = || audit.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let pending = lock().begin_sync();
+            let synced = pending.and_then(|pending| pending.map_or(Ok(()), PendingSync::finish));
+            if let Err(error) = synced {
+                lock().poison();
                 tracing::error!(%error, "the audit log could not be made durable");
             }
-            drop(log);
             // The task's hold on the log ends here: a store opened next finds it unlocked.
             drop(audit);
             syncing.send_modify(|count| *count = count.saturating_sub(1));

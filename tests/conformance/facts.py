@@ -39,6 +39,7 @@ facts = {
     "ignored_signals": sorted(int(sig) for sig in signal.valid_signals() if sig not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(sig) == signal.SIG_IGN),
     "handled_signals": sorted(int(sig) for sig in signal.valid_signals() if sig not in (signal.SIGKILL, signal.SIGSTOP) and callable(signal.getsignal(sig))),
     "open_fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+    "scheduling": (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)),
 }
 print(json.dumps(portable(facts), sort_keys=True))
 sys.stdout.flush()

@@ -1,6 +1,6 @@
 use std::process::Stdio;
 
-use bkg_tests::{Agent, AgentOptions, code, examples_dir};
+use bkg_tests::{Agent, AgentOptions, code, examples_dir, stderr, stdout};
 
 #[test]
 fn nothing_is_left_behind_after_100_runs() {
@@ -31,6 +31,37 @@ fn nothing_is_left_behind_after_100_runs() {
     let leftovers = agent.leftovers();
     assert!(leftovers.is_clean(), "left behind: {leftovers:#?}");
     assert!(leftovers.cgroups.is_empty(), "the agent's cgroup directories remain: {:?}", leftovers.cgroups);
+}
+
+#[test]
+fn warm_sandboxes_wait_at_idle_priority_and_the_code_runs_at_normal_priority() {
+    const SCHED_IDLE: &str = "5";
+    let agent = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
+    agent.wait_warm(2);
+    // The pool's pid 1s: the agent's own children running the sandbox init (CLONE_PARENT).
+    let waiting: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`; the scheduling policy is field 41, the 39th after `)`.
+            let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+            let ours = fields.get(1)?.parse::<u32>().ok()? == agent.pid()
+                && cmdline.split(|byte| *byte == 0).any(|arg| arg == b"__sandbox-init");
+            ours.then(|| fields.get(38).map(|policy| (*policy).to_owned())).flatten()
+        })
+        .collect();
+    assert_eq!(waiting, [SCHED_IDLE, SCHED_IDLE]);
+
+    let output = agent.exe(&[
+        "-t",
+        "python",
+        "-c",
+        "import os\nprint(os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))",
+    ]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(stdout(&output), "0 0\n");
 }
 
 #[test]

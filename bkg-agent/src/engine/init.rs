@@ -79,8 +79,16 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
         return Err(StageError::new("check parent", "the agent that started this sandbox is gone"));
     }
     let own_pid = std::process::id().to_string();
+    // Moving a process between cgroups holds a lock that every fork on the host waits for: a
+    // pool sandbox, started at idle priority, must not hold it at that priority.
+    if plan.background {
+        set_scheduling(libc::SCHED_OTHER).stage("raise priority")?;
+    }
     for procs in &plan.cgroup_procs {
         fs::write(procs, &own_pid).stage(&format!("join cgroup {}", procs.display()))?;
+    }
+    if plan.background {
+        set_scheduling(libc::SCHED_IDLE).stage("lower priority")?;
     }
     unshare(
         CloneFlags::CLONE_NEWNS
@@ -189,6 +197,10 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
         // The agent dropped this prepared sandbox (shutdown, pool trimmed): end quietly.
         Err(_) => std::process::exit(0),
     };
+    if plan.background {
+        // A run waits for everything from here on; the code inherits this priority.
+        set_scheduling(libc::SCHED_OTHER).stage("restore priority")?;
+    }
     for dir in &order.clear {
         empty_dir(Path::new(dir)).stage(&format!("empty {dir}"))?;
     }
@@ -202,6 +214,17 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
         // The agent reads the sandbox's files after the code (`return_out_dir`): the mounts
         // stay until it is done and kills pid 1 (or drops the socket, which ends this read).
         let _ = control::read_blocking::<ToInit>(control);
+    }
+    Ok(())
+}
+
+/// Sets this process's scheduling policy (`SCHED_IDLE` or `SCHED_OTHER`, priority 0); the
+/// processes it starts afterwards inherit it.
+fn set_scheduling(policy: libc::c_int) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads `param`, valid for the call; pid 0 is this process.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -445,7 +445,7 @@ impl Engine {
             let engine = Arc::clone(self);
             tokio::spawn(async move {
                 let disk_bytes = engine.config.default_limits.disk_bytes;
-                match PreparedSandbox::prepare(&engine, disk_bytes, None, &plan::Additions::default()).await {
+                match PreparedSandbox::prepare_in_background(&engine, disk_bytes).await {
                     Ok(sandbox) => {
                         let bytes = sandbox.cgroup.usage().ok().map(|usage| usage.peak_memory_bytes);
                         if engine.is_closing() {

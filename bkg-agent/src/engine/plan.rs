@@ -258,6 +258,10 @@ pub struct SandboxPlan {
     pub landlock_read_exec: Vec<PathBuf>,
     pub landlock_read_write: Vec<PathBuf>,
     pub process_limits: ProcessLimits,
+    /// Prepared ahead for the warm pool, where nobody waits for it: once it has joined its
+    /// cgroups the init builds the sandbox at idle priority, so runs going on come first, and
+    /// pid 1 returns to normal priority when it gets its order (engine/init.rs).
+    pub background: bool,
 }
 
 /// What the host offers, discovered once; kept apart so the plan is a pure function of it.
@@ -399,6 +403,7 @@ impl SandboxPlan {
             landlock_read_exec: read_exec,
             landlock_read_write: read_write,
             process_limits: ProcessLimits { open_files: 4096, core_bytes: 0 },
+            background: false,
         }
     }
 }

@@ -63,11 +63,26 @@ impl PreparedSandbox {
         persistent: Option<&PersistentDisk>,
         additions: &Additions,
     ) -> Result<Self, EngineError> {
+        Self::prepare_as(engine, disk_bytes, (persistent, additions), false).await
+    }
+
+    /// A default sandbox for the warm pool, built at idle priority (`SandboxPlan::background`).
+    pub async fn prepare_in_background(engine: &Arc<Engine>, disk_bytes: u64) -> Result<Self, EngineError> {
+        Self::prepare_as(engine, disk_bytes, (None, &Additions::default()), true).await
+    }
+
+    async fn prepare_as(
+        engine: &Arc<Engine>,
+        disk_bytes: u64,
+        (persistent, additions): (Option<&PersistentDisk>, &Additions),
+        background: bool,
+    ) -> Result<Self, EngineError> {
         let id = new_id("sbx");
         let run_dir = engine.runs_dir().join(&id);
         let disk = engine.capacity.grant_disk(disk_bytes)?;
         let ids = engine.ids.allocate()?;
-        let result = Self::build(engine, &id, &run_dir, disk_bytes, (persistent, additions), ids, disk).await;
+        let result =
+            Self::build(engine, &id, &run_dir, disk_bytes, (persistent, additions, background), ids, disk).await;
         if let Err(error) = &result {
             tracing::warn!(sandbox = %id, %error, "preparing a sandbox failed");
             // Whatever was made for the failed attempt goes; the cgroup was removed by `build`.
@@ -81,7 +96,7 @@ impl PreparedSandbox {
         id: &str,
         run_dir: &Path,
         disk_bytes: u64,
-        (persistent, additions): (Option<&PersistentDisk>, &Additions),
+        (persistent, additions, background): (Option<&PersistentDisk>, &Additions, bool),
         ids: IdSlot,
         disk: DiskGrant,
     ) -> Result<Self, EngineError> {
@@ -101,7 +116,7 @@ impl PreparedSandbox {
         };
 
         let cgroup = engine.cgroups.create(id, &cgroup_limits(&engine.config.default_limits))?;
-        let plan = SandboxPlan::new(
+        let mut plan = SandboxPlan::new(
             &engine.host,
             PlanInputs {
                 agent_pid: engine.agent_pid,
@@ -115,6 +130,7 @@ impl PreparedSandbox {
                 additions: additions.clone(),
             },
         );
+        plan.background = background;
         match spawn_init(plan).await {
             Ok(Spawned { pid_one, control, stdin, stdout, stderr }) => Ok(Self {
                 id: id.to_owned(),
@@ -256,6 +272,7 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     let (agent_end, init_end) =
         std::os::unix::net::UnixStream::pair().map_err(EngineError::io("create control socket"))?;
     let init_fd = init_end.as_raw_fd();
+    let background = plan.background;
 
     let mut command = std::process::Command::new("/proc/self/exe");
     command
@@ -265,10 +282,15 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
         .stdin(Stdio::from(stdin_read))
         .stdout(Stdio::from(stdout_write))
         .stderr(Stdio::from(stderr_write));
-    // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl, which are
-    // async-signal-safe.
+    // SAFETY: the closure runs between fork and exec and only calls dup2, fcntl and
+    // sched_setscheduler, which are async-signal-safe.
     unsafe {
         command.pre_exec(move || {
+            // A pool sandbox starts (exec, loading the binary) at idle priority already.
+            let param = libc::sched_param { sched_priority: 0 };
+            if background && libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             let result = if init_fd == CONTROL_FD {
                 libc::fcntl(init_fd, libc::F_SETFD, 0)
             } else {
