@@ -424,6 +424,34 @@ class Agent:
         finally:
             connection.close()
 
+    def processes_left_by_runs(self, timeout=30):
+        """Processes with this agent's sandbox ids outside every sandbox still prepared in its
+        warm pool (each holds a process of its own, its prestarted Python:
+        bkg-agent/src/engine/prestart.rs), once the pool is full again: what ended runs left."""
+        deadline = time.monotonic() + timeout
+        while (self.request("GET", "/api/v1/agent").json or {}).get("warm_sandboxes") != self.warm_pool:
+            assert time.monotonic() < deadline, "the warm pool never held %d" % self.warm_pool
+            time.sleep(0.05)
+        prepared = set()
+        for entry in os.listdir("/proc"):
+            try:
+                stat = Path("/proc/%s/stat" % entry).read_text()
+                cmdline = Path("/proc/%s/cmdline" % entry).read_bytes().split(b"\0")
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.pid and b"__sandbox-init" in cmdline:
+                    prepared.add(os.readlink("/proc/%s/ns/pid" % entry))
+            except (OSError, ValueError, IndexError):
+                continue
+        # Any other sandbox init (an ended run's, still alive) is no prepared sandbox.
+        assert len(prepared) == self.warm_pool, "sandbox inits beside the warm pool: %s" % prepared
+        left = []
+        for pid in processes_with_uid_in(self.uid_base, self.uid_base + 65536):
+            try:
+                if os.readlink("/proc/%d/ns/pid" % pid) not in prepared:
+                    left.append(pid)
+            except OSError:
+                continue
+        return left
+
     def wait_idle(self, timeout=30):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -102,7 +102,7 @@ def test_sleep_past_the_timeout_is_killed(sandbox):
     assert r.result["wall_ms"] >= 1900, r
 
 
-def test_ignoring_sigterm_does_not_outlive_the_timeout(sandbox, agent, uid_range):
+def test_ignoring_sigterm_does_not_outlive_the_timeout(sandbox, agent):
     r = sandbox.attack("""
         import signal, time
         for number in range(1, signal.NSIG):
@@ -118,10 +118,10 @@ def test_ignoring_sigterm_does_not_outlive_the_timeout(sandbox, agent, uid_range
     assert r.rc == 124, r
     assert r.result["killed_by"] == "timeout", r
     agent.wait_idle()
-    assert bkgsec.processes_with_uid_in(*uid_range) == []
+    assert agent.processes_left_by_runs() == []
 
 
-def test_double_fork_setsid_daemon_dies_with_the_run(sandbox, agent, uid_range):
+def test_double_fork_setsid_daemon_dies_with_the_run(sandbox, agent):
     r = sandbox.attack("""
         import time
         if os.fork() == 0:
@@ -137,11 +137,11 @@ def test_double_fork_setsid_daemon_dies_with_the_run(sandbox, agent, uid_range):
     """, "--timeout", "30s")
     assert r.rc == 0 and r.report["parent"] == "done", r
     agent.wait_idle()
-    survivors = bkgsec.processes_with_uid_in(*uid_range)
+    survivors = agent.processes_left_by_runs()
     assert survivors == [], "sandbox processes outlived the run: %s" % survivors
 
 
-def test_daemon_holding_stdout_does_not_hang_the_run(sandbox, agent, uid_range):
+def test_daemon_holding_stdout_does_not_hang_the_run(sandbox, agent):
     r = sandbox.attack("""
         import time
         if os.fork() == 0:
@@ -159,7 +159,7 @@ def test_daemon_holding_stdout_does_not_hang_the_run(sandbox, agent, uid_range):
     # Had bkg waited for the daemon's end of stdout, the 30 s timeout would have ended the run.
     assert r.report["parent"] == "exits"
     agent.wait_idle()
-    assert bkgsec.processes_with_uid_in(*uid_range) == []
+    assert agent.processes_left_by_runs() == []
 
 
 @pytest.mark.parametrize("directory", ["/workspace", "/tmp", "/dev/shm"], ids=["workspace", "tmp", "dev_shm"])

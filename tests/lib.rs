@@ -501,6 +501,43 @@ pub fn processes_with_uid_in(low: u32, high: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The pid namespace `pid` is in, as its `/proc` link reads (`pid:[INODE]`).
+fn pid_namespace(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
+}
+
+impl Agent {
+    /// Processes with this agent's sandbox ids outside every sandbox still prepared in its warm
+    /// pool, whose pid 1 holds a process of its own (its prestarted Python,
+    /// bkg-agent/src/engine/prestart.rs): what ended runs left behind. Call it once the pool is
+    /// full (`wait_warm`).
+    pub fn processes_outside_prepared_sandboxes(&self) -> Vec<u32> {
+        let prepared: Vec<PathBuf> = std::fs::read_dir("/proc")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|entry| {
+                        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                        // `pid (comm) state ppid …`: comm may hold spaces, so read after its last `)`.
+                        let ppid: u32 = stat.get(stat.rfind(')')? + 2..)?.split(' ').nth(1)?.parse().ok()?;
+                        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                        let init = cmdline.split(|byte| *byte == 0).any(|arg| arg == b"__sandbox-init");
+                        (ppid == self.pid() && init).then(|| pid_namespace(pid)).flatten()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Any other sandbox init (an ended run's, still alive) is no prepared sandbox.
+        let warm = self.status_json()["warm_sandboxes"].as_u64();
+        assert_eq!(Some(prepared.len() as u64), warm, "the agent's sandbox inits are its warm sandboxes, no more");
+        processes_with_uid_in(self.uid_base, self.uid_base + 65_536)
+            .into_iter()
+            .filter(|pid| pid_namespace(*pid).is_some_and(|namespace| !prepared.contains(&namespace)))
+            .collect()
+    }
+}
+
 /// stdout of a finished command as text.
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -117,10 +117,11 @@ fn describe(info: &AgentInfo) -> String {
     line(
         "warm pool",
         format!(
-            "{} of {} prepared · {} of memory",
+            "{} of {} prepared · {} of memory · {} runs took a Python started ahead",
             info.warm_sandboxes,
             info.warm_target,
-            format_size(info.warm_memory_bytes)
+            format_size(info.warm_memory_bytes),
+            info.prestarted_runs
         ),
     );
     line("defaults", limits(&info.default_limits));

@@ -473,6 +473,10 @@ pub struct AgentInfo {
     /// it was prepared); bounded by `--warm-pool-memory` as the pool grows.
     #[serde(default)]
     pub warm_memory_bytes: u64,
+    /// Runs, since the agent started, whose script was given to an interpreter started ahead in
+    /// a warm sandbox instead of a fresh one (docs/testing.md, "The zygote").
+    #[serde(default)]
+    pub prestarted_runs: u64,
     pub active_runs: usize,
     /// Sandboxes whose cleanup is still under way.
     pub pending_cleanups: usize,

@@ -1,8 +1,8 @@
 //! The conformance suite (issue 16, docs/testing.md): the same scripts run bare, in a sandbox
 //! prepared on demand (`--warm-pool 0`, "cold") and in one taken from the warm pool ("warm"),
 //! and everything they print, their exit status and what they can learn about how they were
-//! started must be the same. A faster start (a warm pool today, a zygote later) must not be
-//! visible to the code. The scripts print facts relative to their own directory, so the bare
+//! started must be the same. A faster start (a warm pool whose Python is started ahead,
+//! engine/prestart.rs; a zygote later) must not be visible to the code. The scripts print facts relative to their own directory, so the bare
 //! run's temporary directory and the sandbox's /workspace compare equal as `<dir>`.
 
 use std::io::Write as _;
@@ -103,6 +103,11 @@ fn sandboxed(agent: &Agent, script: &str, args: &[&str]) -> Seen {
     seen
 }
 
+/// How many runs `agent` gave to an interpreter it had started ahead (`bkg agent status`).
+fn prestarted_runs(agent: &Agent) -> u64 {
+    agent.status_json()["prestarted_runs"].as_u64().unwrap_or(u64::MAX)
+}
+
 struct Agents {
     cold: Agent,
     warm: Agent,
@@ -122,7 +127,12 @@ impl Agents {
         let cold = sandboxed(&self.cold, script, args);
         // The run takes the prepared sandbox, not one made for it.
         self.warm.wait_warm(1);
+        let prestarted_before = prestarted_runs(&self.warm);
         let warm = sandboxed(&self.warm, script, args);
+        // A warm sandbox's Python is started ahead (engine/prestart.rs): the warm run is that path.
+        let prestarted = prestarted_runs(&self.warm) - prestarted_before;
+        assert_eq!(prestarted, u64::from(interpreter == PYTHON), "{script}: runs given a prestarted interpreter");
+        assert_eq!(prestarted_runs(&self.cold), 0, "a sandbox prepared on demand starts nothing ahead");
         assert_eq!(cold, bare, "{script} {args:?}: a cold sandbox differs from bare {interpreter}");
         assert_eq!(warm, bare, "{script} {args:?}: a warm sandbox differs from bare {interpreter}");
         bare

@@ -1,7 +1,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use bkg_tests::{Agent, code, processes_with_uid_in, stdout};
+use bkg_tests::{Agent, code, stdout};
 
 #[test]
 fn a_double_forked_daemon_is_gone_when_the_run_ends() {
@@ -15,7 +15,8 @@ fn a_double_forked_daemon_is_gone_when_the_run_ends() {
     assert_eq!(code(&output), 0, "{result}");
     assert_eq!(result["stdout"], "parent done\n");
     agent.wait_idle();
-    let survivors = processes_with_uid_in(agent.uid_base, agent.uid_base + 65_536);
+    agent.wait_warm(1);
+    let survivors = agent.processes_outside_prepared_sandboxes();
     assert!(survivors.is_empty(), "sandbox processes outlived the run: {survivors:?}");
 }
 

@@ -66,8 +66,9 @@ pub enum FromInit {
     /// The code's pseudo-terminal: its master comes with this message (`SCM_RIGHTS`), read
     /// with [`read_with_fd_async`].
     Terminal,
-    /// The code was started.
-    Running,
+    /// The code was started; `prestarted`: by the interpreter pid 1 had started ahead
+    /// (engine/prestart.rs).
+    Running { prestarted: bool },
     /// The code could not be executed; `errno` from execve.
     ExecFailed { errno: i32 },
     /// The code ended. `denied_syscalls`: how often each system call number was refused by
@@ -238,7 +239,7 @@ mod tests {
     #[test]
     fn a_truncated_message_is_an_error() {
         let mut wire = Vec::new();
-        write_blocking(&mut wire, &FromInit::Running).unwrap_or_default();
+        write_blocking(&mut wire, &FromInit::Running { prestarted: false }).unwrap_or_default();
         wire.pop();
         assert!(read_blocking::<FromInit>(&mut wire.as_slice()).is_err());
     }

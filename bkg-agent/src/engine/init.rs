@@ -187,6 +187,8 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
     bring_up_loopback().stage("bring up loopback")?;
     // Compiled while the sandbox waits in the pool, not once the caller is waiting.
     let seccomp = seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
+    // A sandbox whose interpreter cannot be started ahead still serves: its run starts cold.
+    let prestarted = plan.prestart.as_ref().and_then(|prestart| prestart_code(plan, prestart, seccomp.clone()).ok());
     control::write_blocking(control, &FromInit::Ready).stage("report ready")?;
 
     let order = match control::read_blocking::<ToInit>(control) {
@@ -209,7 +211,21 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
     }
     place_files(&order, plan.ids.sandbox)?;
     pin_cpus(order.cpus, plan.ids.sandbox / 2)?;
-    run_code(plan, Launch::new(&order, seccomp)?, control)?;
+    let fits = plan.prestart.as_ref().is_some_and(|prestart| prestart.fits(&order));
+    match prestarted {
+        Some(prestarted) if fits => match prestarted.give(plan, &order) {
+            Ok(started) => watch_code(plan, started.pid, started.supervisor, true, control)?,
+            Err(prestarted) => {
+                prestarted.discard();
+                run_code(plan, Launch::new(&order, seccomp)?, control)?;
+            }
+        },
+        Some(prestarted) => {
+            prestarted.discard();
+            run_code(plan, Launch::new(&order, seccomp)?, control)?;
+        }
+        None => run_code(plan, Launch::new(&order, seccomp)?, control)?,
+    }
     if order.hold_after_exit {
         // The agent reads the sandbox's files after the code (`return_out_dir`): the mounts
         // stay until it is done and kills pid 1 (or drops the socket, which ends this read).
@@ -221,9 +237,14 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
 /// Sets this process's scheduling policy (`SCHED_IDLE` or `SCHED_OTHER`, priority 0); the
 /// processes it starts afterwards inherit it.
 fn set_scheduling(policy: libc::c_int) -> std::io::Result<()> {
+    set_scheduling_of(Pid::from_raw(0), policy)
+}
+
+/// Sets the scheduling policy of `pid` (0: this process), priority 0.
+fn set_scheduling_of(pid: Pid, policy: libc::c_int) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler reads `param`, valid for the call; pid 0 is this process.
-    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+    // SAFETY: sched_setscheduler reads `param`, valid for the call.
+    if unsafe { libc::sched_setscheduler(pid.as_raw(), policy, &param) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -645,30 +666,67 @@ struct Launch {
     /// refusals turned into notifications, as the code installs it; `None` if it does not fit.
     counted_seccomp: Option<seccomp_notify::CountedPolicy>,
     terminal: Option<bkg_schema::terminal::TerminalSize>,
+    /// Descriptors the program keeps across exec (a prestarted interpreter's order and report).
+    inherit: Vec<i32>,
 }
 
 impl Launch {
     fn new(order: &GoOrder, seccomp: Vec<seccompiler::BpfProgram>) -> Result<Self, StageError> {
+        Self::of(&order.argv, &order.env, &order.cwd, order.terminal, seccomp)
+    }
+
+    fn of(
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: &str,
+        terminal: Option<bkg_schema::terminal::TerminalSize>,
+        seccomp: Vec<seccompiler::BpfProgram>,
+    ) -> Result<Self, StageError> {
         let cstring = |text: &str| CString::new(text).stage("argument with a NUL byte");
-        let argv = order.argv.iter().map(|arg| cstring(arg)).collect::<Result<Vec<_>, _>>()?;
+        let argv = argv.iter().map(|arg| cstring(arg)).collect::<Result<Vec<_>, _>>()?;
         let program = argv.first().cloned().ok_or_else(|| StageError::new("start code", "empty command"))?;
-        let env =
-            order.env.iter().map(|(key, value)| cstring(&format!("{key}={value}"))).collect::<Result<Vec<_>, _>>()?;
+        let env = env.iter().map(|(key, value)| cstring(&format!("{key}={value}"))).collect::<Result<Vec<_>, _>>()?;
         let counted_seccomp = seccomp_notify::counted(&seccomp);
-        Ok(Self { program, argv, env, cwd: cstring(&order.cwd)?, seccomp, counted_seccomp, terminal: order.terminal })
+        Ok(Self { program, argv, env, cwd: cstring(cwd)?, seccomp, counted_seccomp, terminal, inherit: Vec::new() })
     }
 }
 
 fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Result<(), StageError> {
+    let terminal = match launch.terminal {
+        Some(size) => Some(open_terminal(plan, size, control)?),
+        None => None,
+    };
+    match start_code(plan, &launch, terminal)? {
+        Started::Running { pid, listener } => {
+            // The code holds the stdio pipes now; ours would keep them open past its end.
+            redirect_stdio_to_null();
+            let supervisor = match (listener, launch.counted_seccomp) {
+                (Some(listener), Some(policy)) => Some(Supervisor::new(listener, policy.evaluated)),
+                _ => None,
+            };
+            watch_code(plan, pid, supervisor, false, control)
+        }
+        Started::ExecFailed(errno) => {
+            control::write_blocking(control, &FromInit::ExecFailed { errno }).stage("report exec failure")
+        }
+    }
+}
+
+/// How starting the code's process ended.
+enum Started {
+    /// It has exec'd; with the seccomp listener it sent, if its kernel has them.
+    Running { pid: Pid, listener: Option<OwnedFd> },
+    /// Its program could not be executed (`errno` of execve).
+    ExecFailed(i32),
+}
+
+/// Forks the code's process, which locks itself down and execs `launch`; returns once it has.
+fn start_code(plan: &SandboxPlan, launch: &Launch, terminal: Option<OwnedFd>) -> Result<Started, StageError> {
     let (exec_error_read, exec_error_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create exec-error pipe")?;
     let (unshared_read, unshared_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
     let (mapped_read, mapped_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
-    let terminal = match launch.terminal {
-        Some(size) => Some(open_terminal(plan, size, control)?),
-        None => None,
-    };
     // The code hands pid 1 its seccomp listener over this pair (std's are close-on-exec).
     let (listener_read, listener_write) = UnixStream::pair().stage("create the seccomp listener's socket pair")?;
 
@@ -680,7 +738,7 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
             drop(mapped_write);
             drop(listener_read);
             let handshake = IdMapHandshake { unshared: unshared_write, mapped: mapped_read, listener: listener_write };
-            let error = become_code(plan, &launch, &handshake, terminal.as_ref());
+            let error = become_code(plan, launch, &handshake, terminal.as_ref());
             let errno = match &error {
                 CodeError::Exec(errno) => *errno,
                 CodeError::Setup(..) => -1,
@@ -702,8 +760,6 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
             // The code holds the terminal now: ours would keep the agent's master from its end.
             drop(terminal);
             drop(listener_write);
-            // The code holds the stdio pipes now; ours would keep them open past its end.
-            redirect_stdio_to_null();
             let mapped = map_code_ids(plan, child, unshared_read, mapped_write);
             let mut report = Vec::new();
             let _ = File::from(exec_error_read).read_to_end(&mut report);
@@ -715,28 +771,106 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
                 let errno = i32::from_be_bytes([report[0], report[1], report[2], report[3]]);
                 reap(child);
                 if errno >= 0 {
-                    return control::write_blocking(control, &FromInit::ExecFailed { errno })
-                        .stage("report exec failure");
+                    return Ok(Started::ExecFailed(errno));
                 }
                 let message = String::from_utf8_lossy(&report[4..]).into_owned();
                 return Err(StageError::new("start code", message));
             }
             // The code has exec'd: the listener it sent, if its kernel has them, is waiting.
-            let mut supervisor = match (receive_listener(&listener_read), launch.counted_seccomp) {
-                (Some(listener), Some(policy)) => Some(Supervisor::new(listener, policy.evaluated)),
-                _ => None,
-            };
-            drop_privileges(plan.ids.init)?;
-            control::write_blocking(control, &FromInit::Running).stage("report running")?;
-            let (exit_code, signal) = reap_while_the_agent_lives(child, control, supervisor.as_mut())?;
-            let (disk_used_bytes, disk_full) = disk_usage();
-            let denied_syscalls = supervisor.map(|supervisor| supervisor.counts()).unwrap_or_default();
-            control::write_blocking(
-                control,
-                &FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full, denied_syscalls },
-            )
-            .stage("report exit")
+            Ok(Started::Running { pid: child, listener: receive_listener(&listener_read) })
         }
+    }
+}
+
+/// Pid 1's part once the code runs: give up root, report, reap the code, report its end.
+fn watch_code(
+    plan: &SandboxPlan,
+    code: Pid,
+    mut supervisor: Option<Supervisor>,
+    prestarted: bool,
+    control: &mut UnixStream,
+) -> Result<(), StageError> {
+    drop_privileges(plan.ids.init)?;
+    control::write_blocking(control, &FromInit::Running { prestarted }).stage("report running")?;
+    let (exit_code, signal) = reap_while_the_agent_lives(code, control, supervisor.as_mut())?;
+    let (disk_used_bytes, disk_full) = disk_usage();
+    let denied_syscalls = supervisor.map(|supervisor| supervisor.counts()).unwrap_or_default();
+    control::write_blocking(
+        control,
+        &FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full, denied_syscalls },
+    )
+    .stage("report exit")
+}
+
+/// The code's process started ahead (engine/prestart.rs): locked down, its interpreter
+/// initialised, waiting for the run's order.
+struct Prestarted {
+    pid: Pid,
+    order: File,
+    listener: Option<OwnedFd>,
+    policy: Option<seccomp_notify::CountedPolicy>,
+}
+
+/// A prestarted process handed its order: it runs the run's code.
+struct Given {
+    pid: Pid,
+    supervisor: Option<Supervisor>,
+}
+
+/// Starts the interpreter of `prestart` as the code's process, as `run_code` would start the
+/// code, and waits until its loader says it waits for the order.
+fn prestart_code(
+    plan: &SandboxPlan,
+    prestart: &super::prestart::PrestartPlan,
+    seccomp: Vec<seccompiler::BpfProgram>,
+) -> Result<Prestarted, StageError> {
+    let stage = "start the interpreter ahead";
+    let (order_read, order_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
+    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
+    let argv = prestart.argv(order_read.as_raw_fd(), ready_write.as_raw_fd());
+    let mut launch = Launch::of(&argv, &prestart.env, "/", None, seccomp)?;
+    launch.inherit = vec![order_read.as_raw_fd(), ready_write.as_raw_fd()];
+    let started = start_code(plan, &launch, None)?;
+    drop((order_read, ready_write));
+    let Started::Running { pid, listener } = started else {
+        return Err(StageError::new(stage, "the interpreter could not be executed"));
+    };
+    let prestarted = Prestarted { pid, order: File::from(order_write), listener, policy: launch.counted_seccomp };
+    let mut ready = [0u8; 1];
+    match File::from(ready_read).read(&mut ready) {
+        Ok(1) => Ok(prestarted),
+        _ => {
+            prestarted.discard();
+            Err(StageError::new(stage, "the interpreter ended before it was ready"))
+        }
+    }
+}
+
+impl Prestarted {
+    /// Gives the process `order` (pid 1 has placed its files and pinned its own CPUs); on
+    /// failure the process is handed back, to be discarded.
+    fn give(mut self, plan: &SandboxPlan, order: &GoOrder) -> Result<Given, Self> {
+        // It was forked before pid 1 took the run's CPUs and priority: they are made its own.
+        let affinity = nix::sched::sched_getaffinity(Pid::from_raw(0));
+        let adjusted = affinity.is_ok_and(|cpus| nix::sched::sched_setaffinity(self.pid, &cpus).is_ok())
+            && (!plan.background || set_scheduling_of(self.pid, libc::SCHED_OTHER).is_ok());
+        if !adjusted || self.order.write_all(&super::prestart::encode(order)).is_err() {
+            return Err(self);
+        }
+        // The end of the order: the loader reads to it.
+        drop(self.order);
+        redirect_stdio_to_null();
+        let supervisor = match (self.listener, self.policy) {
+            (Some(listener), Some(policy)) => Some(Supervisor::new(listener, policy.evaluated)),
+            _ => None,
+        };
+        Ok(Given { pid: self.pid, supervisor })
+    }
+
+    /// Ends the process unused.
+    fn discard(self) {
+        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        reap(self.pid);
     }
 }
 
@@ -948,6 +1082,12 @@ fn become_code(
     match lock_down(plan, launch, handshake, terminal) {
         Ok(()) => {}
         Err((stage, error)) => return CodeError::Setup(stage, error),
+    }
+    for fd in &launch.inherit {
+        // SAFETY: F_SETFD with 0 only clears this descriptor's close-on-exec flag.
+        if unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) } < 0 {
+            return CodeError::Setup("keep the order's descriptors", std::io::Error::last_os_error().to_string());
+        }
     }
     let error = nix::unistd::execve(&launch.program, &launch.argv, &launch.env);
     CodeError::Exec(error.map_or_else(|errno| errno as i32, |never| match never {}))

@@ -18,6 +18,7 @@ pub mod loopdev;
 pub mod netns;
 pub mod plan;
 pub mod pool;
+pub mod prestart;
 pub mod relay;
 pub mod request;
 pub mod run;
@@ -31,7 +32,7 @@ pub mod workspace;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::metrics::counter::Counter;
@@ -160,6 +161,8 @@ pub struct Engine {
     pool_keeper: AtomicBool,
     closing: AtomicBool,
     active_runs: AtomicUsize,
+    /// Runs whose code was started by a prestarted interpreter (engine/prestart.rs).
+    prestarted_runs: AtomicU64,
     /// Sandboxes being disposed of; shutdown waits for 0 before removing the cgroup directories.
     cleanups: watch::Sender<usize>,
     /// Runs from acceptance until their result was handed to the caller; shutdown waits for 0.
@@ -231,6 +234,7 @@ impl Engine {
             pool_keeper: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             active_runs: AtomicUsize::new(0),
+            prestarted_runs: AtomicU64::new(0),
             cleanups: watch::Sender::new(0),
             in_flight: watch::Sender::new(0),
             kill_runs: watch::Sender::new(false),
@@ -283,6 +287,14 @@ impl Engine {
     /// Memory of the prepared sandboxes waiting in the pool (as measured per sandbox).
     pub fn warm_memory_bytes(&self) -> u64 {
         self.pool.memory_bytes()
+    }
+
+    pub fn prestarted_runs(&self) -> u64 {
+        self.prestarted_runs.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_prestarted_run(&self) {
+        self.prestarted_runs.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn active_runs(&self) -> usize {

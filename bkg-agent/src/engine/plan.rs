@@ -262,6 +262,8 @@ pub struct SandboxPlan {
     /// cgroups the init builds the sandbox at idle priority, so runs going on come first, and
     /// pid 1 returns to normal priority when it gets its order (engine/init.rs).
     pub background: bool,
+    /// The interpreter pid 1 starts ahead for the run to come (engine/prestart.rs), if any.
+    pub prestart: Option<super::prestart::PrestartPlan>,
 }
 
 /// What the host offers, discovered once; kept apart so the plan is a pure function of it.
@@ -404,6 +406,7 @@ impl SandboxPlan {
             landlock_read_write: read_write,
             process_limits: ProcessLimits { open_files: 4096, core_bytes: 0 },
             background: false,
+            prestart: None,
         }
     }
 }

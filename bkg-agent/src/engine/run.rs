@@ -192,6 +192,9 @@ impl Engine {
         }
         .until_the_end()
         .await;
+        if watched.prestarted {
+            self.note_prestarted_run();
+        }
         stdin_task.abort();
         if run.return_out_dir
             && let Some(output) = &output
@@ -626,6 +629,8 @@ struct Watch<'a> {
 
 /// What watching a run found.
 struct Watched {
+    /// The code was started by the interpreter pid 1 had started ahead (engine/prestart.rs).
+    prestarted: bool,
     /// System call numbers the seccomp policy refused, with how often (pid 1's count).
     denied_syscalls: Vec<(i64, u64)>,
     ending: Ending,
@@ -659,6 +664,7 @@ impl Watch<'_> {
     /// `select!`, so no caller and no quiet pipe can hold off the deadline or a kill.
     async fn until_the_end(mut self) -> Watched {
         let mut watched = Watched {
+            prestarted: false,
             denied_syscalls: Vec::new(),
             ending: Ending::Vanished,
             killed_by: None,
@@ -690,7 +696,11 @@ impl Watch<'_> {
             tokio::select! {
                 message = control::read_async::<FromInit>(&mut self.sandbox.control), if phase == Phase::Running => {
                     let ending = match message {
-                        Ok(FromInit::Running | FromInit::Ready | FromInit::Forked { .. } | FromInit::Terminal) => continue,
+                        Ok(FromInit::Running { prestarted }) => {
+                            watched.prestarted = prestarted;
+                            continue;
+                        }
+                        Ok(FromInit::Ready | FromInit::Forked { .. } | FromInit::Terminal) => continue,
                         Ok(FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full, denied_syscalls }) => {
                             watched.denied_syscalls = denied_syscalls;
                             Ending::Exited { exit_code, signal, disk_used_bytes, disk_full }

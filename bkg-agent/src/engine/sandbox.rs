@@ -17,6 +17,7 @@ use super::capacity::DiskGrant;
 use super::cgroup::{CgroupLimits, RunCgroup};
 use super::control::{self, CONTROL_FD, FromInit, ToInit};
 use super::plan::{Additions, PlanInputs, ProjectMounts, Runtimes, SandboxPlan};
+use super::prestart::PrestartPlan;
 use super::{Engine, EngineError, IdSlot};
 use crate::ids::new_id;
 
@@ -131,6 +132,13 @@ impl PreparedSandbox {
             },
         );
         plan.background = background;
+        // A pool sandbox's run is most likely Python's: its interpreter is started ahead.
+        if background && engine.interpreter(bkg_schema::Language::Python).is_ok() {
+            plan.prestart = Some(PrestartPlan {
+                interpreter: engine.config.python.to_string_lossy().into_owned(),
+                env: super::request::sandbox_env(&std::collections::BTreeMap::new()).unwrap_or_default(),
+            });
+        }
         match spawn_init(plan).await {
             Ok(Spawned { pid_one, control, stdin, stdout, stderr }) => Ok(Self {
                 id: id.to_owned(),

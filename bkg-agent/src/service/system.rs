@@ -172,6 +172,7 @@ impl Service {
             warm_sandboxes: engine.warm_count(),
             warm_target: engine.warm_target(),
             warm_memory_bytes: engine.warm_memory_bytes(),
+            prestarted_runs: engine.prestarted_runs(),
             active_runs: engine.active_runs(),
             pending_cleanups: engine.cleanups_pending(),
             default_limits: engine.config.default_limits,

@@ -1,0 +1,72 @@
+# The loader of a prestarted Python (engine/prestart.rs): run as `python3 -c` when a pool
+# sandbox is prepared, it waits for its run's order and then runs the script as `python3 FILE`
+# would. Why it is built the way it is: docs/testing.md, "The zygote".
+def _bkg_start():
+    import sys
+    before = set(sys.modules)
+    # The '' of `-c`: nothing of the working directory is imported, and it is not bare's.
+    del sys.path[0]
+    cache = dict(sys.path_importer_cache)
+    import collections, ctypes, functools, itertools, os
+    run_file = ctypes.pythonapi.PyRun_SimpleFileExFlags
+    run_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+    run_file.restype = ctypes.c_int
+    exit_now = ctypes.pythonapi.Py_Exit
+    exit_now.argtypes = [ctypes.c_int]
+    fopen = ctypes.CDLL(None, use_errno=True).fopen
+    fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    fopen.restype = ctypes.c_void_p
+
+    os.write(READY_FD, b"1")
+    os.close(READY_FD)
+    order = bytearray()
+    while chunk := os.read(ORDER_FD, 65536):
+        order += chunk
+    os.close(ORDER_FD)
+    # Every field ends with a NUL: the working directory, the count of arguments, the
+    # arguments (the interpreter's path first), then the environment as KEY=VALUE.
+    fields = os.fsdecode(bytes(order)).split("\0")[:-1]
+    count = int(fields[1])
+    argv, environ = fields[2 : 2 + count], fields[2 + count :]
+    os.chdir(fields[0])
+    os.environ.clear()
+    for item in environ:
+        key, _, value = item.partition("=")
+        os.environ[key] = value
+    script = argv[1]
+    sys.argv[:] = argv[1:]
+    sys.orig_argv[:] = argv
+    sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
+
+    file = fopen(os.fsencode(script), b"rbe")
+    if not file:
+        error = ctypes.get_errno()
+        sys.stderr.write(f"{argv[0]}: can't open file {script!r}: [Errno {error}] {os.strerror(error)}\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+    def after(status):
+        # Once the script is over: what bare python3 does next, joining its threads, and
+        # exit status 1 for an uncaught exception (KeyboardInterrupt ends by SIGINT by itself).
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
+        if status != 0 and getattr(sys, "last_type", None) is not KeyboardInterrupt:
+            exit_now(1)
+
+    # Interpreter shutdown calls `threading._shutdown()` from C before anything else. Built of
+    # C callables only, this one runs the script with no Python frame below it.
+    unhook = map(functools.partial(sys.modules.pop, "threading"), [None])
+    run = map(after, itertools.starmap(run_file, [(file, os.fsencode(script), 1, None)]))
+    stand_in = type(sys)("threading")
+    stand_in._shutdown = functools.partial(collections.deque, itertools.chain(unhook, run), 0)
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+    sys.path_importer_cache.clear()
+    sys.path_importer_cache.update(cache)
+    sys.path_importer_cache[script] = None
+    sys.modules["threading"] = stand_in
+
+
+_bkg_start()
+del _bkg_start

@@ -1,0 +1,168 @@
+//! A prestarted interpreter: pid 1 of a pool sandbox starts the code's process when the sandbox
+//! is prepared, locked down as any code is, running Python with a loader (`prestart.py`) that
+//! waits for the run's order. A run that fits takes it: its script starts without waiting for
+//! the interpreter's own start-up. One that does not (another runtime, a terminal, a start-up
+//! environment of its own) gets a fresh process, as without it. Each sandbox still serves one
+//! run, and each prestarted interpreter belongs to one sandbox: nothing is shared between runs.
+
+use serde::{Deserialize, Serialize};
+
+use super::control::GoOrder;
+use super::plan::WORKSPACE;
+
+/// What pid 1 prestarts: the interpreter and the environment it starts with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrestartPlan {
+    pub interpreter: String,
+    pub env: Vec<(String, String)>,
+}
+
+/// The loader's source; the descriptors it reads its order from and reports on are filled in.
+const LOADER: &str = include_str!("prestart.py");
+
+impl PrestartPlan {
+    /// The prestarted process's command line: the loader, without its comments, given the
+    /// descriptor the order comes on and the one it tells it is waiting on.
+    pub fn argv(&self, order_fd: i32, ready_fd: i32) -> Vec<String> {
+        let loader: String =
+            LOADER.lines().filter(|line| !line.trim_start().starts_with('#')).map(|line| format!("{line}\n")).collect();
+        let loader = loader.replace("ORDER_FD", &order_fd.to_string()).replace("READY_FD", &ready_fd.to_string());
+        vec![self.interpreter.clone(), "-c".into(), loader]
+    }
+
+    /// Whether `order` can be given to the prestarted interpreter with nothing for the script
+    /// to tell: the same interpreter running a script of the workspace, no terminal, the same
+    /// environment where Python reads it at start-up, and nothing in the workspace that its
+    /// start-up would have read (the user's site-packages under `$HOME`, the workspace).
+    pub fn fits(&self, order: &GoOrder) -> bool {
+        let runs_a_script = match order.argv.as_slice() {
+            [interpreter, script, ..] => {
+                *interpreter == self.interpreter
+                    && script.starts_with(&format!("{WORKSPACE}/"))
+                    && !script.contains('\0')
+            }
+            _ => false,
+        };
+        let read_at_start =
+            |key: &str| key.starts_with("PYTHON") || key.starts_with("LC_") || key == "LANG" || key == "HOME";
+        let start_env = |env: &[(String, String)]| {
+            let mut wanted: Vec<(String, String)> = env.iter().filter(|(key, _)| read_at_start(key)).cloned().collect();
+            wanted.sort();
+            wanted
+        };
+        let user_site = format!("{WORKSPACE}/.local");
+        let touches_user_site = order
+            .files
+            .iter()
+            .map(|file| &file.path)
+            .chain(&order.dirs)
+            .any(|path| path == &user_site || path.starts_with(&format!("{user_site}/")));
+        runs_a_script
+            && order.terminal.is_none()
+            && order.reown.is_empty()
+            && start_env(&order.env) == start_env(&self.env)
+            && !touches_user_site
+    }
+}
+
+/// The order as the loader reads it: every field ends with a NUL; the working directory, the
+/// count of arguments, the arguments, then the environment as `KEY=VALUE`. Arguments and values
+/// hold no NUL (the agent refuses them).
+pub fn encode(order: &GoOrder) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let count = order.argv.len().to_string();
+    let fields = [order.cwd.as_str(), count.as_str()].into_iter().chain(order.argv.iter().map(String::as_str));
+    for field in fields {
+        bytes.extend_from_slice(field.as_bytes());
+        bytes.push(0);
+    }
+    for (key, value) in &order.env {
+        bytes.extend_from_slice(format!("{key}={value}").as_bytes());
+        bytes.push(0);
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::control::PlacedFile;
+
+    fn plan() -> PrestartPlan {
+        PrestartPlan {
+            interpreter: "/usr/bin/python3".into(),
+            env: vec![
+                ("PATH".into(), "/usr/bin".into()),
+                ("PYTHONUNBUFFERED".into(), "1".into()),
+                ("HOME".into(), WORKSPACE.into()),
+            ],
+        }
+    }
+
+    fn order(argv: &[&str], env: &[(&str, &str)]) -> GoOrder {
+        GoOrder {
+            argv: argv.iter().map(|arg| (*arg).to_owned()).collect(),
+            env: env.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
+            cwd: WORKSPACE.into(),
+            files: Vec::new(),
+            clear: Vec::new(),
+            reown: Vec::new(),
+            dirs: Vec::new(),
+            hold_after_exit: false,
+            cpus: 1,
+            terminal: None,
+        }
+    }
+
+    const START_ENV: [(&str, &str); 2] = [("PYTHONUNBUFFERED", "1"), ("HOME", "/workspace")];
+
+    #[test]
+    fn a_script_run_with_the_same_start_up_environment_fits() {
+        let plan = plan();
+        let env = [START_ENV[0], START_ENV[1], ("PATH", "/bin"), ("SECRET", "x")];
+        assert!(plan.fits(&order(&["/usr/bin/python3", "/workspace/main.py", "-v", ""], &env)));
+    }
+
+    #[test]
+    fn what_python_reads_at_start_up_must_be_the_same() {
+        let plan = plan();
+        let script = ["/usr/bin/python3", "/workspace/main.py"];
+        assert!(!plan.fits(&order(&script, &[START_ENV[0]])), "HOME missing");
+        assert!(!plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], ("PYTHONPATH", "/opt")])));
+        assert!(!plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], ("LC_ALL", "C")])));
+        assert!(!plan.fits(&order(&script, &[("PYTHONUNBUFFERED", "0"), START_ENV[1]])));
+    }
+
+    #[test]
+    fn other_runtimes_sessions_terminals_and_user_site_packages_do_not_fit() {
+        let plan = plan();
+        let env = START_ENV;
+        assert!(!plan.fits(&order(&["/usr/bin/node", "/workspace/main.js"], &env)));
+        assert!(!plan.fits(&order(&["/usr/bin/python3", "-u", "/runner.py"], &env)));
+        assert!(!plan.fits(&order(&["/usr/bin/python3"], &env)));
+        let mut with_terminal = order(&["/usr/bin/python3", "/workspace/main.py"], &env);
+        with_terminal.terminal = Some(bkg_schema::terminal::TerminalSize { rows: 24, cols: 80 });
+        assert!(!plan.fits(&with_terminal));
+        let mut with_site = order(&["/usr/bin/python3", "/workspace/main.py"], &env);
+        with_site.files.push(PlacedFile {
+            path: "/workspace/.local/lib/python3.11/site-packages/x.pth".into(),
+            content_base64: String::new(),
+            mode: 0o644,
+        });
+        assert!(!plan.fits(&with_site));
+    }
+
+    #[test]
+    fn the_order_is_nul_terminated_fields_with_an_argument_count() {
+        let order = order(&["/usr/bin/python3", "/workspace/a.py", ""], &[("A", "1=2")]);
+        assert_eq!(encode(&order), b"/workspace\x003\x00/usr/bin/python3\x00/workspace/a.py\x00\x00A=1=2\x00");
+    }
+
+    #[test]
+    fn the_loader_gets_its_descriptors_and_loses_its_comments() {
+        let argv = plan().argv(7, 9);
+        assert_eq!(argv[..2], ["/usr/bin/python3", "-c"]);
+        assert!(argv[2].contains("os.read(7, 65536)") && argv[2].contains("os.write(9, b\"1\")"), "{}", argv[2]);
+        assert!(!argv[2].lines().any(|line| line.trim_start().starts_with('#')));
+    }
+}
