@@ -117,7 +117,7 @@ fn describe(info: &AgentInfo) -> String {
     line(
         "warm pool",
         format!(
-            "{} of {} prepared · {} of memory · {} runs took a Python started ahead",
+            "{} of {} prepared · {} of memory · {} runs took an interpreter started ahead",
             info.warm_sandboxes,
             info.warm_target,
             format_size(info.warm_memory_bytes),

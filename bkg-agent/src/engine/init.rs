@@ -809,6 +809,15 @@ struct Prestarted {
     order: File,
     listener: Option<OwnedFd>,
     policy: Option<seccomp_notify::CountedPolicy>,
+    /// The loader's file, which the loader deletes once loaded (Node's).
+    loader: Option<&'static str>,
+}
+
+/// Deletes a loader's file that its interpreter did not (it ended first).
+fn remove_loader(loader: Option<&str>) {
+    if let Some(path) = loader {
+        let _ = fs::remove_file(path);
+    }
 }
 
 /// A prestarted process handed its order: it runs the run's code.
@@ -827,15 +836,23 @@ fn prestart_code(
     let stage = "start the interpreter ahead";
     let (order_read, order_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
-    let argv = prestart.argv(order_read.as_raw_fd(), ready_write.as_raw_fd());
-    let mut launch = Launch::of(&argv, &prestart.env, "/", None, seccomp)?;
+    let (order_fd, ready_fd) = (order_read.as_raw_fd(), ready_write.as_raw_fd());
+    let loader = prestart.loader_file(order_fd, ready_fd);
+    if let Some((path, contents)) = &loader {
+        fs::write(path, contents).stage(stage)?;
+    }
+    let argv = prestart.argv(order_fd, ready_fd);
+    let mut launch = Launch::of(&argv, &prestart.start_env(), "/", None, seccomp)?;
     launch.inherit = vec![order_read.as_raw_fd(), ready_write.as_raw_fd()];
-    let started = start_code(plan, &launch, None)?;
+    let loader = loader.map(|(path, _)| path);
+    let started = start_code(plan, &launch, None);
     drop((order_read, ready_write));
-    let Started::Running { pid, listener } = started else {
-        return Err(StageError::new(stage, "the interpreter could not be executed"));
+    let Ok(Started::Running { pid, listener }) = started else {
+        remove_loader(loader);
+        return Err(StageError::new(stage, "the interpreter could not be started"));
     };
-    let prestarted = Prestarted { pid, order: File::from(order_write), listener, policy: launch.counted_seccomp };
+    let prestarted =
+        Prestarted { pid, order: File::from(order_write), listener, policy: launch.counted_seccomp, loader };
     let mut ready = [0u8; 1];
     match File::from(ready_read).read(&mut ready) {
         Ok(1) => Ok(prestarted),
@@ -871,6 +888,7 @@ impl Prestarted {
     fn discard(self) {
         let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
         reap(self.pid);
+        remove_loader(self.loader);
     }
 }
 

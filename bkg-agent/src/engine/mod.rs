@@ -163,6 +163,8 @@ pub struct Engine {
     active_runs: AtomicUsize,
     /// Runs whose code was started by a prestarted interpreter (engine/prestart.rs).
     prestarted_runs: AtomicU64,
+    /// The last run that a pool sandbox could serve was Node's: pool sandboxes start Node ahead.
+    last_run_was_node: AtomicBool,
     /// Sandboxes being disposed of; shutdown waits for 0 before removing the cgroup directories.
     cleanups: watch::Sender<usize>,
     /// Runs from acceptance until their result was handed to the caller; shutdown waits for 0.
@@ -235,6 +237,7 @@ impl Engine {
             closing: AtomicBool::new(false),
             active_runs: AtomicUsize::new(0),
             prestarted_runs: AtomicU64::new(0),
+            last_run_was_node: AtomicBool::new(false),
             cleanups: watch::Sender::new(0),
             in_flight: watch::Sender::new(0),
             kill_runs: watch::Sender::new(false),
@@ -291,6 +294,18 @@ impl Engine {
 
     pub fn prestarted_runs(&self) -> u64 {
         self.prestarted_runs.load(Ordering::Relaxed)
+    }
+
+    /// Which interpreter the next pool sandbox starts ahead: the last run's.
+    pub fn prestart_runtime(&self) -> prestart::PrestartRuntime {
+        match self.last_run_was_node.load(Ordering::Relaxed) {
+            true => prestart::PrestartRuntime::Node,
+            false => prestart::PrestartRuntime::Python,
+        }
+    }
+
+    pub(crate) fn note_runtime(&self, language: bkg_schema::Language) {
+        self.last_run_was_node.store(language == bkg_schema::Language::Node, Ordering::Relaxed);
     }
 
     pub(crate) fn note_prestarted_run(&self) {

@@ -1,50 +1,98 @@
 //! A prestarted interpreter: pid 1 of a pool sandbox starts the code's process when the sandbox
-//! is prepared, locked down as any code is, running Python with a loader (`prestart.py`) that
-//! waits for the run's order. A run that fits takes it: its script starts without waiting for
-//! the interpreter's own start-up. One that does not (another runtime, a terminal, a start-up
-//! environment of its own) gets a fresh process, as without it. Each sandbox still serves one
-//! run, and each prestarted interpreter belongs to one sandbox: nothing is shared between runs.
+//! is prepared, locked down as any code is, running Python or Node with a loader (`prestart.py`,
+//! `prestart.cjs`) that waits for the run's order. A run that fits takes it: its script starts
+//! without waiting for the interpreter's own start-up. One that does not (another runtime, a
+//! terminal, a start-up environment of its own) gets a fresh process, as without it. Each
+//! sandbox still serves one run, and each prestarted interpreter belongs to one sandbox: nothing
+//! is shared between runs.
 
 use serde::{Deserialize, Serialize};
 
 use super::control::GoOrder;
 use super::plan::WORKSPACE;
 
+/// Which interpreter a pool sandbox starts ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrestartRuntime {
+    Python,
+    Node,
+}
+
 /// What pid 1 prestarts: the interpreter and the environment it starts with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrestartPlan {
+    pub runtime: PrestartRuntime,
     pub interpreter: String,
     pub env: Vec<(String, String)>,
 }
 
-/// The loader's source; the descriptors it reads its order from and reports on are filled in.
-const LOADER: &str = include_str!("prestart.py");
+/// The loaders' sources; the descriptors they read their order from and report on are filled in.
+const PYTHON_LOADER: &str = include_str!("prestart.py");
+const NODE_LOADER: &str = include_str!("prestart.cjs");
+/// Where Node's loader is written for its preload; it deletes itself once loaded.
+const NODE_LOADER_PATH: &str = "/workspace/.bkg-prestart.cjs";
+/// Node's main module until the order names the script (nothing is there).
+const NODE_PLACEHOLDER: &str = "/workspace/.bkg-main";
 
 impl PrestartPlan {
-    /// The prestarted process's command line: the loader, without its comments, given the
-    /// descriptor the order comes on and the one it tells it is waiting on.
+    /// The prestarted process's command line, given the descriptor the order comes on and the
+    /// one it tells it is waiting on: Python's loader (without its comments) on the command
+    /// line, or Node with its placeholder main module.
     pub fn argv(&self, order_fd: i32, ready_fd: i32) -> Vec<String> {
-        let loader: String =
-            LOADER.lines().filter(|line| !line.trim_start().starts_with('#')).map(|line| format!("{line}\n")).collect();
-        let loader = loader.replace("ORDER_FD", &order_fd.to_string()).replace("READY_FD", &ready_fd.to_string());
-        vec![self.interpreter.clone(), "-c".into(), loader]
+        match self.runtime {
+            PrestartRuntime::Python => {
+                let loader: String = PYTHON_LOADER
+                    .lines()
+                    .filter(|line| !line.trim_start().starts_with('#'))
+                    .map(|line| format!("{line}\n"))
+                    .collect();
+                vec![self.interpreter.clone(), "-c".into(), with_descriptors(&loader, order_fd, ready_fd)]
+            }
+            PrestartRuntime::Node => vec![self.interpreter.clone(), NODE_PLACEHOLDER.into()],
+        }
+    }
+
+    /// The environment the interpreter starts with: the plan's, and for Node the preload of
+    /// its loader (which takes it out of the environment again).
+    pub fn start_env(&self) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        if self.runtime == PrestartRuntime::Node {
+            env.push(("NODE_OPTIONS".into(), format!("--require {NODE_LOADER_PATH}")));
+        }
+        env
+    }
+
+    /// The file pid 1 writes before it starts the interpreter, if its loader is one (Node's).
+    pub fn loader_file(&self, order_fd: i32, ready_fd: i32) -> Option<(&'static str, String)> {
+        (self.runtime == PrestartRuntime::Node).then(|| {
+            let placeholder = format!("'{NODE_PLACEHOLDER}'");
+            (NODE_LOADER_PATH, with_descriptors(NODE_LOADER, order_fd, ready_fd).replace("PLACEHOLDER", &placeholder))
+        })
     }
 
     /// Whether `order` can be given to the prestarted interpreter with nothing for the script
     /// to tell: the same interpreter running a script of the workspace, no terminal, the same
-    /// environment where Python reads it at start-up, and nothing in the workspace that its
-    /// start-up would have read (the user's site-packages under `$HOME`, the workspace).
+    /// environment where the interpreter reads it at start-up, and nothing in the workspace
+    /// that its start-up would have read (Python's user site-packages under `$HOME`).
     pub fn fits(&self, order: &GoOrder) -> bool {
         let runs_a_script = match order.argv.as_slice() {
             [interpreter, script, ..] => {
-                *interpreter == self.interpreter
-                    && script.starts_with(&format!("{WORKSPACE}/"))
-                    && !script.contains('\0')
+                *interpreter == self.interpreter && script.starts_with(&format!("{WORKSPACE}/"))
             }
             _ => false,
         };
-        let read_at_start =
-            |key: &str| key.starts_with("PYTHON") || key.starts_with("LC_") || key == "LANG" || key == "HOME";
+        let runtime = self.runtime;
+        let read_at_start = |key: &str| {
+            let common = key.starts_with("LC_") || key == "LANG" || key == "HOME";
+            common
+                || match runtime {
+                    PrestartRuntime::Python => key.starts_with("PYTHON"),
+                    PrestartRuntime::Node => {
+                        ["NODE_", "UV_", "OPENSSL_", "SSL_CERT_"].iter().any(|prefix| key.starts_with(prefix))
+                            || key == "TZ"
+                    }
+                }
+        };
         let start_env = |env: &[(String, String)]| {
             let mut wanted: Vec<(String, String)> = env.iter().filter(|(key, _)| read_at_start(key)).cloned().collect();
             wanted.sort();
@@ -63,6 +111,10 @@ impl PrestartPlan {
             && start_env(&order.env) == start_env(&self.env)
             && !touches_user_site
     }
+}
+
+fn with_descriptors(loader: &str, order_fd: i32, ready_fd: i32) -> String {
+    loader.replace("ORDER_FD", &order_fd.to_string()).replace("READY_FD", &ready_fd.to_string())
 }
 
 /// The order as the loader reads it: every field ends with a NUL; the working directory, the
@@ -90,6 +142,7 @@ mod tests {
 
     fn plan() -> PrestartPlan {
         PrestartPlan {
+            runtime: PrestartRuntime::Python,
             interpreter: "/usr/bin/python3".into(),
             env: vec![
                 ("PATH".into(), "/usr/bin".into()),
@@ -159,10 +212,28 @@ mod tests {
     }
 
     #[test]
+    fn node_fits_node_runs_with_its_own_start_up_environment() {
+        let plan = PrestartPlan { runtime: PrestartRuntime::Node, interpreter: "/usr/bin/node".into(), ..plan() };
+        let script = ["/usr/bin/node", "/workspace/main.mjs", "x"];
+        assert!(plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], ("PATH", "/bin")])));
+        assert!(!plan.fits(&order(&["/usr/bin/python3", "/workspace/main.py"], &START_ENV)));
+        assert!(!plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], ("NODE_PATH", "/opt/bkg/node")])));
+        assert!(!plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], ("TZ", "UTC")])));
+        let start_env = plan.start_env();
+        assert!(start_env.contains(&("NODE_OPTIONS".into(), format!("--require {NODE_LOADER_PATH}"))));
+        assert_eq!(plan.argv(3, 4), ["/usr/bin/node", NODE_PLACEHOLDER]);
+        let (path, loader) = plan.loader_file(3, 4).unwrap_or_default();
+        assert_eq!(path, NODE_LOADER_PATH);
+        assert!(loader.contains("fs.readSync(3,") && loader.contains("fs.writeSync(4,"), "{loader}");
+        assert!(loader.contains(&format!("const placeholder = '{NODE_PLACEHOLDER}';")), "{loader}");
+    }
+
+    #[test]
     fn the_loader_gets_its_descriptors_and_loses_its_comments() {
         let argv = plan().argv(7, 9);
         assert_eq!(argv[..2], ["/usr/bin/python3", "-c"]);
         assert!(argv[2].contains("os.read(7, 65536)") && argv[2].contains("os.write(9, b\"1\")"), "{}", argv[2]);
         assert!(!argv[2].lines().any(|line| line.trim_start().starts_with('#')));
+        assert_eq!(plan().loader_file(7, 9), None, "Python's loader is on its command line");
     }
 }

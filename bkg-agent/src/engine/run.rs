@@ -95,6 +95,9 @@ impl Engine {
             None => None,
         };
 
+        if run.persistent.is_none() && run.additions.is_empty() {
+            self.note_runtime(run.language);
+        }
         let mut sandbox =
             self.claim(run.limits.disk_bytes, run.persistent.as_ref().map(|p| &p.disk), &run.additions).await?;
         tracker.set_holds_sandbox(true);

@@ -17,7 +17,7 @@ use super::capacity::DiskGrant;
 use super::cgroup::{CgroupLimits, RunCgroup};
 use super::control::{self, CONTROL_FD, FromInit, ToInit};
 use super::plan::{Additions, PlanInputs, ProjectMounts, Runtimes, SandboxPlan};
-use super::prestart::PrestartPlan;
+use super::prestart::{PrestartPlan, PrestartRuntime};
 use super::{Engine, EngineError, IdSlot};
 use crate::ids::new_id;
 
@@ -132,12 +132,20 @@ impl PreparedSandbox {
             },
         );
         plan.background = background;
-        // A pool sandbox's run is most likely Python's: its interpreter is started ahead.
-        if background && engine.interpreter(bkg_schema::Language::Python).is_ok() {
-            plan.prestart = Some(PrestartPlan {
-                interpreter: engine.config.python.to_string_lossy().into_owned(),
-                env: super::request::sandbox_env(&std::collections::BTreeMap::new()).unwrap_or_default(),
-            });
+        // A pool sandbox starts ahead the interpreter the last run took.
+        if background {
+            let runtime = engine.prestart_runtime();
+            let language = match runtime {
+                PrestartRuntime::Python => bkg_schema::Language::Python,
+                PrestartRuntime::Node => bkg_schema::Language::Node,
+            };
+            if let Ok(interpreter) = engine.interpreter(language) {
+                plan.prestart = Some(PrestartPlan {
+                    runtime,
+                    interpreter: interpreter.to_string_lossy().into_owned(),
+                    env: super::request::sandbox_env(&std::collections::BTreeMap::new()).unwrap_or_default(),
+                });
+            }
         }
         match spawn_init(plan).await {
             Ok(Spawned { pid_one, control, stdin, stdout, stderr }) => Ok(Self {

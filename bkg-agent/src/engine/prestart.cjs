@@ -1,0 +1,57 @@
+// The loader of a prestarted Node (engine/prestart.rs): preloaded through NODE_OPTIONS when a
+// pool sandbox is prepared, it waits for its run's order, then lets Node's own main-module start
+// run the script: the placeholder main path resolves, once, to the script. Why it is built the
+// way it is: docs/testing.md, "The zygote".
+'use strict';
+{
+  const fs = require('fs');
+  const path = require('path');
+  const Module = require('module');
+  fs.unlinkSync(__filename);
+  delete require.cache[__filename];
+
+  fs.writeSync(READY_FD, '1');
+  fs.closeSync(READY_FD);
+  const chunks = [];
+  const buffer = Buffer.alloc(65536);
+  for (let read; (read = fs.readSync(ORDER_FD, buffer, 0, buffer.length, null)) > 0; ) {
+    chunks.push(Buffer.from(buffer.subarray(0, read)));
+  }
+  fs.closeSync(ORDER_FD);
+  // Every field ends with a NUL: the working directory, the count of arguments, the arguments
+  // (the interpreter's path first), then the environment as KEY=VALUE.
+  const fields = Buffer.concat(chunks).toString('utf8').split('\0').slice(0, -1);
+  const count = Number(fields[1]);
+  const argv = fields.slice(2, 2 + count);
+  process.chdir(fields[0]);
+  for (const key of Object.keys(process.env)) {
+    delete process.env[key];
+  }
+  for (const item of fields.slice(2 + count)) {
+    const equals = item.indexOf('=');
+    process.env[item.slice(0, equals)] = item.slice(equals + 1);
+  }
+  const script = path.resolve(argv[1]);
+  process.argv.splice(1, process.argv.length - 1, script, ...argv.slice(2));
+
+  const placeholder = PLACEHOLDER;
+  const findPath = Module._findPath;
+  const resolveFilename = Module._resolveFilename;
+  // Node resolves its main module through these two (lib/internal/modules/run_main.js): each
+  // answers for the placeholder once with the script, then is itself again, before the script
+  // runs, so no frame of this file is ever below the script's.
+  Module._findPath = function (request, paths, isMain) {
+    if (isMain && request === placeholder) {
+      Module._findPath = findPath;
+      return findPath.call(this, script, paths, isMain);
+    }
+    return findPath.apply(this, arguments);
+  };
+  Module._resolveFilename = function (request, parent, isMain, options) {
+    if (isMain && request === placeholder) {
+      Module._resolveFilename = resolveFilename;
+      return resolveFilename.call(this, script, parent, isMain, options);
+    }
+    return resolveFilename.apply(this, arguments);
+  };
+}
