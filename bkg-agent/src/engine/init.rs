@@ -616,8 +616,9 @@ fn reown_tree(dir: &Path, owner: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes the script and uploads. Runs as root before the code exists, in a workspace that is
-/// still empty, so no path in it can be a planted link.
+/// Writes the script and uploads. Runs as root before any code of the run exists, in a
+/// workspace that is still empty (a prestarted interpreter's loader, waiting for its order, has
+/// deleted its own file there already), so no path in it can be a planted link.
 fn place_files(order: &GoOrder, sandbox_id: u32) -> Result<(), StageError> {
     for dir in &order.dirs {
         let path = Path::new(dir);
