@@ -65,6 +65,23 @@ fn warm_sandboxes_wait_at_idle_priority_and_the_code_runs_at_normal_priority() {
 }
 
 #[test]
+fn a_run_with_a_start_up_variable_of_its_own_gets_a_fresh_interpreter() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() });
+    let prestarted = || agent.status_json()["prestarted_runs"].as_u64();
+    let flag = "import sys\nprint(sys.flags.dont_write_bytecode)";
+    agent.wait_warm(1);
+    let output = agent.exe(&["-t", "python", "-c", flag]);
+    assert_eq!((code(&output), stdout(&output).as_str()), (0, "0\n"), "{}", stderr(&output));
+    assert_eq!(prestarted(), Some(1), "a plain run is given the interpreter started ahead");
+
+    // Python reads this at start-up: an interpreter started without it cannot honour it.
+    agent.wait_warm(1);
+    let output = agent.exe(&["-t", "python", "-e", "PYTHONDONTWRITEBYTECODE=1", "-c", flag]);
+    assert_eq!((code(&output), stdout(&output).as_str()), (0, "1\n"), "{}", stderr(&output));
+    assert_eq!(prestarted(), Some(1), "the run was given a fresh interpreter");
+}
+
+#[test]
 fn a_restarted_agent_cleans_what_a_killed_one_left() {
     let mut agent = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
     let mut running = agent.start_long_run();
