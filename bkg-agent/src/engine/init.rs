@@ -212,18 +212,16 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
     place_files(&order, plan.ids.sandbox)?;
     pin_cpus(order.cpus, plan.ids.sandbox / 2)?;
     let fits = plan.prestart.as_ref().is_some_and(|prestart| prestart.fits(&order));
-    match prestarted {
-        Some(prestarted) if fits => match prestarted.give(plan, &order) {
-            Ok(started) => watch_code(plan, started.pid, started.supervisor, true, control)?,
-            Err(prestarted) => {
-                prestarted.discard();
-                run_code(plan, Launch::new(&order, seccomp)?, control)?;
-            }
-        },
-        Some(prestarted) => {
+    // The prestarted process takes the run if it fits and takes its order; else it goes.
+    let given = prestarted.and_then(|prestarted| match fits {
+        true => prestarted.give(plan, &order).map_err(Prestarted::discard).ok(),
+        false => {
             prestarted.discard();
-            run_code(plan, Launch::new(&order, seccomp)?, control)?;
+            None
         }
+    });
+    match given {
+        Some(given) => watch_code(plan, given.pid, given.supervisor, true, control)?,
         None => run_code(plan, Launch::new(&order, seccomp)?, control)?,
     }
     if order.hold_after_exit {
@@ -235,8 +233,9 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
 }
 
 /// Sets this process's scheduling policy (`SCHED_IDLE` or `SCHED_OTHER`, priority 0); the
-/// processes it starts afterwards inherit it.
-fn set_scheduling(policy: libc::c_int) -> std::io::Result<()> {
+/// processes it starts afterwards inherit it. Async-signal-safe: the agent calls it between
+/// fork and exec (engine/sandbox.rs).
+pub(super) fn set_scheduling(policy: libc::c_int) -> std::io::Result<()> {
     set_scheduling_of(Pid::from_raw(0), policy)
 }
 
@@ -844,7 +843,7 @@ fn prestart_code(
     }
     let argv = prestart.argv(order_fd, ready_fd);
     let mut launch = Launch::of(&argv, &prestart.start_env(), "/", None, seccomp)?;
-    launch.inherit = vec![order_read.as_raw_fd(), ready_write.as_raw_fd()];
+    launch.inherit = vec![order_fd, ready_fd];
     let loader = loader.map(|(path, _)| path);
     let started = start_code(plan, &launch, None);
     drop((order_read, ready_write));

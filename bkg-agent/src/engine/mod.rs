@@ -163,7 +163,8 @@ pub struct Engine {
     active_runs: AtomicUsize,
     /// Runs whose code was started by a prestarted interpreter (engine/prestart.rs).
     prestarted_runs: AtomicU64,
-    /// The last run that a pool sandbox could serve was Node's: pool sandboxes start Node ahead.
+    /// The last run that a pool sandbox could serve was Node's: pool sandboxes start Node ahead
+    /// (`prestart_language`).
     last_run_was_node: AtomicBool,
     /// Sandboxes being disposed of; shutdown waits for 0 before removing the cgroup directories.
     cleanups: watch::Sender<usize>,
@@ -296,16 +297,13 @@ impl Engine {
         self.prestarted_runs.load(Ordering::Relaxed)
     }
 
-    /// Which interpreter the next pool sandbox starts ahead: the last run's.
-    pub fn prestart_runtime(&self) -> prestart::PrestartRuntime {
+    /// Which runtime the next pool sandbox starts ahead: the last run's that a pool sandbox
+    /// could serve.
+    pub fn prestart_language(&self) -> bkg_schema::Language {
         match self.last_run_was_node.load(Ordering::Relaxed) {
-            true => prestart::PrestartRuntime::Node,
-            false => prestart::PrestartRuntime::Python,
+            true => bkg_schema::Language::Node,
+            false => bkg_schema::Language::Python,
         }
-    }
-
-    pub(crate) fn note_runtime(&self, language: bkg_schema::Language) {
-        self.last_run_was_node.store(language == bkg_schema::Language::Node, Ordering::Relaxed);
     }
 
     pub(crate) fn note_prestarted_run(&self) {
@@ -412,6 +410,7 @@ impl Engine {
     /// adds nothing to the common root, else new.
     pub async fn claim(
         self: &Arc<Self>,
+        language: bkg_schema::Language,
         disk_bytes: u64,
         persistent: Option<&sandbox::PersistentDisk>,
         additions: &plan::Additions,
@@ -420,6 +419,8 @@ impl Engine {
             return PreparedSandbox::prepare(self, disk_bytes, persistent, additions).await;
         }
         if disk_bytes == self.config.default_limits.disk_bytes {
+            // The pool's next sandboxes start this run's interpreter ahead.
+            self.last_run_was_node.store(language == bkg_schema::Language::Node, Ordering::Relaxed);
             loop {
                 let warm = self.pool.take();
                 self.refill();

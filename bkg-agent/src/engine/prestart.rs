@@ -6,22 +6,16 @@
 //! sandbox still serves one run, and each prestarted interpreter belongs to one sandbox: nothing
 //! is shared between runs.
 
+use bkg_schema::Language;
 use serde::{Deserialize, Serialize};
 
 use super::control::GoOrder;
 use super::plan::WORKSPACE;
 
-/// Which interpreter a pool sandbox starts ahead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PrestartRuntime {
-    Python,
-    Node,
-}
-
-/// What pid 1 prestarts: the interpreter and the environment it starts with.
+/// What pid 1 prestarts: the runtime, its interpreter and the environment it starts with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrestartPlan {
-    pub runtime: PrestartRuntime,
+    pub language: Language,
     pub interpreter: String,
     pub env: Vec<(String, String)>,
 }
@@ -39,8 +33,8 @@ impl PrestartPlan {
     /// one it tells it is waiting on: Python's loader (without its comments) on the command
     /// line, or Node with its placeholder main module.
     pub fn argv(&self, order_fd: i32, ready_fd: i32) -> Vec<String> {
-        match self.runtime {
-            PrestartRuntime::Python => {
+        match self.language {
+            Language::Python => {
                 let loader: String = PYTHON_LOADER
                     .lines()
                     .filter(|line| !line.trim_start().starts_with('#'))
@@ -48,7 +42,7 @@ impl PrestartPlan {
                     .collect();
                 vec![self.interpreter.clone(), "-c".into(), with_descriptors(&loader, order_fd, ready_fd)]
             }
-            PrestartRuntime::Node => vec![self.interpreter.clone(), NODE_PLACEHOLDER.into()],
+            Language::Node => vec![self.interpreter.clone(), NODE_PLACEHOLDER.into()],
         }
     }
 
@@ -56,7 +50,7 @@ impl PrestartPlan {
     /// its loader (which takes it out of the environment again).
     pub fn start_env(&self) -> Vec<(String, String)> {
         let mut env = self.env.clone();
-        if self.runtime == PrestartRuntime::Node {
+        if self.language == Language::Node {
             env.push(("NODE_OPTIONS".into(), format!("--require {NODE_LOADER_PATH}")));
         }
         env
@@ -64,7 +58,7 @@ impl PrestartPlan {
 
     /// The file pid 1 writes before it starts the interpreter, if its loader is one (Node's).
     pub fn loader_file(&self, order_fd: i32, ready_fd: i32) -> Option<(&'static str, String)> {
-        (self.runtime == PrestartRuntime::Node).then(|| {
+        (self.language == Language::Node).then(|| {
             let placeholder = format!("'{NODE_PLACEHOLDER}'");
             (NODE_LOADER_PATH, with_descriptors(NODE_LOADER, order_fd, ready_fd).replace("PLACEHOLDER", &placeholder))
         })
@@ -81,13 +75,13 @@ impl PrestartPlan {
             }
             _ => false,
         };
-        let runtime = self.runtime;
+        let language = self.language;
         let read_at_start = |key: &str| {
             let common = key.starts_with("LC_") || key == "LANG" || key == "HOME";
             common
-                || match runtime {
-                    PrestartRuntime::Python => key.starts_with("PYTHON"),
-                    PrestartRuntime::Node => {
+                || match language {
+                    Language::Python => key.starts_with("PYTHON"),
+                    Language::Node => {
                         ["NODE_", "UV_", "OPENSSL_", "SSL_CERT_"].iter().any(|prefix| key.starts_with(prefix))
                             || key == "TZ"
                     }
@@ -142,7 +136,7 @@ mod tests {
 
     fn plan() -> PrestartPlan {
         PrestartPlan {
-            runtime: PrestartRuntime::Python,
+            language: Language::Python,
             interpreter: "/usr/bin/python3".into(),
             env: vec![
                 ("PATH".into(), "/usr/bin".into()),
@@ -213,7 +207,7 @@ mod tests {
 
     #[test]
     fn node_fits_node_runs_with_its_own_start_up_environment() {
-        let plan = PrestartPlan { runtime: PrestartRuntime::Node, interpreter: "/usr/bin/node".into(), ..plan() };
+        let plan = PrestartPlan { language: Language::Node, interpreter: "/usr/bin/node".into(), ..plan() };
         let script = ["/usr/bin/node", "/workspace/main.mjs", "x"];
         assert!(plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], ("PATH", "/bin")])));
         assert!(!plan.fits(&order(&["/usr/bin/python3", "/workspace/main.py"], &START_ENV)));

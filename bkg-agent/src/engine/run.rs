@@ -95,11 +95,8 @@ impl Engine {
             None => None,
         };
 
-        if run.persistent.is_none() && run.additions.is_empty() {
-            self.note_runtime(run.language);
-        }
-        let mut sandbox =
-            self.claim(run.limits.disk_bytes, run.persistent.as_ref().map(|p| &p.disk), &run.additions).await?;
+        let persistent = run.persistent.as_ref().map(|p| &p.disk);
+        let mut sandbox = self.claim(run.language, run.limits.disk_bytes, persistent, &run.additions).await?;
         tracker.set_holds_sandbox(true);
         // Held until the run ends: the install sandbox's way to its package index.
         let _relay = match run.relay.as_slice() {

@@ -17,7 +17,7 @@ use super::capacity::DiskGrant;
 use super::cgroup::{CgroupLimits, RunCgroup};
 use super::control::{self, CONTROL_FD, FromInit, ToInit};
 use super::plan::{Additions, PlanInputs, ProjectMounts, Runtimes, SandboxPlan};
-use super::prestart::{PrestartPlan, PrestartRuntime};
+use super::prestart::PrestartPlan;
 use super::{Engine, EngineError, IdSlot};
 use crate::ids::new_id;
 
@@ -134,14 +134,10 @@ impl PreparedSandbox {
         plan.background = background;
         // A pool sandbox starts ahead the interpreter the last run took.
         if background {
-            let runtime = engine.prestart_runtime();
-            let language = match runtime {
-                PrestartRuntime::Python => bkg_schema::Language::Python,
-                PrestartRuntime::Node => bkg_schema::Language::Node,
-            };
+            let language = engine.prestart_language();
             if let Ok(interpreter) = engine.interpreter(language) {
                 plan.prestart = Some(PrestartPlan {
-                    runtime,
+                    language,
                     interpreter: interpreter.to_string_lossy().into_owned(),
                     env: super::request::sandbox_env(&std::collections::BTreeMap::new()).unwrap_or_default(),
                 });
@@ -303,9 +299,8 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     unsafe {
         command.pre_exec(move || {
             // A pool sandbox starts (exec, loading the binary) at idle priority already.
-            let param = libc::sched_param { sched_priority: 0 };
-            if background && libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-                return Err(std::io::Error::last_os_error());
+            if background {
+                super::init::set_scheduling(libc::SCHED_IDLE)?;
             }
             let result = if init_fd == CONTROL_FD {
                 libc::fcntl(init_fd, libc::F_SETFD, 0)
