@@ -501,33 +501,52 @@ pub fn processes_with_uid_in(low: u32, high: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The fields of `/proc/PID/stat` after the command name, from field 3 (the state) on: the
+/// name may hold spaces, so they are read after its last `)`.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.get(stat.rfind(')')? + 2..)?.split(' ').map(str::to_owned).collect())
+}
+
+/// Pids of the live (not zombie) processes whose parent is `parent`.
+pub fn live_children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            stat_fields(*pid).is_some_and(|fields| {
+                fields.first().is_some_and(|state| state != "Z")
+                    && fields.get(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent)
+            })
+        })
+        .collect()
+}
+
 /// The pid namespace `pid` is in, as its `/proc` link reads (`pid:[INODE]`).
 fn pid_namespace(pid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
 }
 
 impl Agent {
+    /// The pid 1s of this agent's sandboxes: its own children running the sandbox init
+    /// (`CLONE_PARENT`), those of its warm pool and of its runs.
+    pub fn sandbox_inits(&self) -> Vec<u32> {
+        live_children_of(self.pid())
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| cmdline.split(|byte| *byte == 0).any(|arg| arg == b"__sandbox-init"))
+            })
+            .collect()
+    }
+
     /// Processes with this agent's sandbox ids outside every sandbox still prepared in its warm
-    /// pool, whose pid 1 holds a process of its own (its prestarted Python,
+    /// pool, whose pid 1 holds a process of its own (its prestarted interpreter,
     /// bkg-agent/src/engine/prestart.rs): what ended runs left behind. Call it once the pool is
     /// full (`wait_warm`).
     pub fn processes_outside_prepared_sandboxes(&self) -> Vec<u32> {
-        let prepared: Vec<PathBuf> = std::fs::read_dir("/proc")
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|entry| {
-                        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-                        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-                        // `pid (comm) state ppid …`: comm may hold spaces, so read after its last `)`.
-                        let ppid: u32 = stat.get(stat.rfind(')')? + 2..)?.split(' ').nth(1)?.parse().ok()?;
-                        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-                        let init = cmdline.split(|byte| *byte == 0).any(|arg| arg == b"__sandbox-init");
-                        (ppid == self.pid() && init).then(|| pid_namespace(pid)).flatten()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let prepared: Vec<PathBuf> = self.sandbox_inits().into_iter().filter_map(pid_namespace).collect();
         // Any other sandbox init (an ended run's, still alive) is no prepared sandbox.
         let warm = self.status_json()["warm_sandboxes"].as_u64();
         assert_eq!(Some(prepared.len() as u64), warm, "the agent's sandbox inits are its warm sandboxes, no more");

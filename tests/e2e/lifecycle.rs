@@ -1,6 +1,6 @@
 use std::process::Stdio;
 
-use bkg_tests::{Agent, AgentOptions, code, examples_dir, stderr, stdout};
+use bkg_tests::{Agent, AgentOptions, code, examples_dir, stat_fields, stderr, stdout};
 
 #[test]
 fn nothing_is_left_behind_after_100_runs() {
@@ -38,21 +38,13 @@ fn warm_sandboxes_wait_at_idle_priority_and_the_code_runs_at_normal_priority() {
     const SCHED_IDLE: &str = "5";
     let agent = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
     agent.wait_warm(2);
-    // The pool's pid 1s: the agent's own children running the sandbox init (CLONE_PARENT).
-    let waiting: Vec<String> = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|entry| {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // `pid (comm) state ppid …`; the scheduling policy is field 41, the 39th after `)`.
-            let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-            let ours = fields.get(1)?.parse::<u32>().ok()? == agent.pid()
-                && cmdline.split(|byte| *byte == 0).any(|arg| arg == b"__sandbox-init");
-            ours.then(|| fields.get(38).map(|policy| (*policy).to_owned())).flatten()
-        })
+    // The scheduling policy is field 41 of /proc/PID/stat.
+    let waiting: Vec<Option<String>> = agent
+        .sandbox_inits()
+        .into_iter()
+        .map(|pid| stat_fields(pid).and_then(|fields| fields.get(38).cloned()))
         .collect();
-    assert_eq!(waiting, [SCHED_IDLE, SCHED_IDLE]);
+    assert_eq!(waiting, [Some(SCHED_IDLE.to_owned()), Some(SCHED_IDLE.to_owned())]);
 
     let output = agent.exe(&[
         "-t",

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bkg_tests::{Agent, AgentOptions, bin_dir, code, examples_dir, run_cgroups_in, stderr};
+use bkg_tests::{Agent, AgentOptions, bin_dir, code, examples_dir, live_children_of, run_cgroups_in, stderr};
 
 /// One request over the agent's unix socket (root is admin there); the status and the body.
 fn socket_request(socket: &Path, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, String) {
@@ -167,22 +167,6 @@ fn a_second_agent_on_the_same_cgroup_dir_refuses_with_one_line_and_the_first_kee
     }
     let metrics = socket_request(&first.socket, "GET", "/metrics", None).1;
     assert!(metrics.contains("bkg_warm_sandboxes_replaced_total 0"), "{metrics}");
-}
-
-/// Pids of the live (not zombie) processes whose parent is `parent`.
-fn live_children_of(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // `pid (comm) state ppid …`: comm may hold spaces, so read after its last `)`.
-            let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
-            let (state, ppid) = (fields.next()?, fields.next()?.parse::<u32>().ok()?);
-            (ppid == parent && state != "Z").then_some(pid)
-        })
-        .collect()
 }
 
 #[test]
@@ -408,13 +392,7 @@ fn a_sandbox_killed_from_outside_mid_run_is_one_clear_line_not_a_silent_125() {
     stdout.read_exact(&mut up).expect("the script has started");
     assert_eq!(&up, b"up\n");
     // The running sandbox's pid 1: the agent's child running the sandbox init.
-    let victims: Vec<u32> = live_children_of(agent.pid())
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| cmdline.split(|byte| *byte == 0).any(|arg| arg == b"__sandbox-init"))
-        })
-        .collect();
+    let victims = agent.sandbox_inits();
     assert_eq!(victims.len(), 1, "{victims:?}");
     // SAFETY: kill(2) has no memory effects; this process belongs to this test's agent.
     unsafe { libc::kill(victims[0] as i32, libc::SIGKILL) };

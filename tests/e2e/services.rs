@@ -62,6 +62,14 @@ fn service_example() -> (Agent, tempfile::TempDir, u16) {
     (agent, project, port)
 }
 
+/// Starts the example's service in the background, greeting with `marker`, and returns its
+/// first answer on the forwarded `port`.
+fn start_service(agent: &Agent, dir: &Path, port: u16, marker: &str) -> String {
+    let started = agent.bkgr(dir, &["-d", "web", "start", "--", marker]);
+    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
+    poll("the service on its forwarded port", || get(port).filter(|body| body.starts_with(marker)))
+}
+
 #[test]
 fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
     let (agent, project, port) = service_example();
@@ -69,9 +77,7 @@ fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
     // The greeting names this test's server among the host's processes.
     let marker = format!("svc-{}-{port}", std::process::id());
 
-    let started = agent.bkgr(dir, &["-d", "web", "start", "--", &marker]);
-    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
-    let first = poll("the service on its forwarded port", || get(port).filter(|body| body.starts_with(&marker)));
+    let first = start_service(&agent, dir, port, &marker);
     // Each start of the server draws its own token: a new one means a new process.
     let first_token = first.rsplit(' ').next().expect("token").to_owned();
 
@@ -123,9 +129,7 @@ fn a_service_keeps_answering_for_ten_minutes_and_stops_cleanly() {
     let (agent, project, port) = service_example();
     let dir = project.path();
     let marker = format!("svc-long-{}-{port}", std::process::id());
-    let started = agent.bkgr(dir, &["-d", "web", "start", "--", &marker]);
-    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
-    let first = poll("the service on its forwarded port", || get(port).filter(|body| body.starts_with(&marker)));
+    let first = start_service(&agent, dir, port, &marker);
 
     // The same process answers all along: a restart would draw a new token.
     let since = Instant::now();
