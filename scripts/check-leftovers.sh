@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fails when a test agent left anything on the host: a cgroup directory of a test, fuzz or
 # security agent (bkg-test-*, bkg-sec-*, bkg-fuzz-*) in any hierarchy, or a loop device backed by
-# a file in a test's temp dir. Run at the end of `make test`.
+# a file in a test's temp dir, or a cgroup directory's lock file naming a test's state directory.
+# Run at the end of `make test`.
 set -euo pipefail
 
 left=()
@@ -16,6 +17,13 @@ for backing in /sys/block/loop*/loop/backing_file; do
   file=$(<"$backing")
   case $file in
     /tmp/bkg-e2e-*|/tmp/bkg-sec*|/tmp/tmp*) left+=("loop device ${backing#/sys/block/} -> $file") ;;
+  esac
+done
+
+for lock in /run/bkg/locks/cgroup-*.lock; do
+  [[ -r $lock ]] || continue
+  case $(<"$lock") in
+    *"state directory /tmp/bkg-e2e-"*|*"state directory /tmp/bkg-sec-"*) left+=("lock file $lock: $(<"$lock")") ;;
   esac
 done
 

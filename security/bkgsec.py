@@ -369,6 +369,14 @@ class Agent:
                 os.rmdir(directory)
             except OSError:
                 pass
+        # A SIGKILLed agent that left no cgroup behind was not restarted: its lock files remain.
+        owner = "state directory %s" % self.state_dir
+        for lock in Path("/run/bkg/locks").glob("cgroup-*.lock"):
+            try:
+                if lock.read_text().endswith(owner):
+                    lock.unlink()
+            except OSError:
+                pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def log_tail(self, lines=40):

@@ -37,6 +37,35 @@ pub fn examples_dir() -> PathBuf {
 
 static NEXT_AGENT: AtomicU32 = AtomicU32::new(0);
 
+/// A uid range no other test agent on the host has while this is held: an agent refuses to
+/// start on a range that overlaps another's, and the leftovers check counts processes by uid.
+/// Test processes run in parallel, so the ranges are handed out by `flock` on one file each.
+pub struct UidRange {
+    pub base: u32,
+    _lock: std::fs::File,
+}
+
+impl UidRange {
+    /// The test agents' ranges: 8192 of 65,536 uids from 2^30, above the security suite's
+    /// (security/bkgsec.py) and below the agent's default.
+    const FIRST: u32 = 0x4000_0000;
+    const COUNT: u32 = 8192;
+
+    pub fn reserve() -> Self {
+        let locks = std::env::temp_dir().join("bkg-test-uid-ranges");
+        std::fs::create_dir_all(&locks).expect("create the uid range locks' directory");
+        // Spread the search start so parallel tests rarely try the same file first.
+        let start = std::process::id().wrapping_mul(7919) % Self::COUNT;
+        for index in (0..Self::COUNT).map(|offset| (start + offset) % Self::COUNT) {
+            let lock = std::fs::File::create(locks.join(index.to_string())).expect("open a uid range lock");
+            if lock.try_lock().is_ok() {
+                return Self { base: Self::FIRST + index * 65_536, _lock: lock };
+            }
+        }
+        panic!("every test uid range is held");
+    }
+}
+
 /// A running agent owned by one test; stopped (and checked for leftovers) when dropped.
 pub struct Agent {
     pub dir: tempfile::TempDir,
@@ -44,6 +73,8 @@ pub struct Agent {
     pub state_dir: PathBuf,
     pub cgroup_dir: String,
     pub uid_base: u32,
+    /// Held until the agent is dropped (after its leftovers were checked by uid).
+    _uid_range: UidRange,
     child: Option<Child>,
     /// The test killed the agent on purpose and did not start it again: what it left is the
     /// crash's, not a defect of shutdown.
@@ -87,13 +118,13 @@ impl Agent {
         let dir = tempfile::Builder::new().prefix("bkg-e2e-").tempdir().expect("temp dir");
         let serial = NEXT_AGENT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{serial}", std::process::id());
-        // A uid range of our own: sandboxes of parallel test agents never share a uid.
-        let uid_base = 0x4000_0000 + ((std::process::id() * 8 + serial) % 8192) * 65_536;
+        let uid_range = UidRange::reserve();
         Agent {
             socket: dir.path().join("agent.sock"),
             state_dir: dir.path().join("state"),
             cgroup_dir: format!("bkg-test-{tag}"),
-            uid_base,
+            uid_base: uid_range.base,
+            _uid_range: uid_range,
             dir,
             child: None,
             crashed: false,
@@ -340,6 +371,22 @@ impl Agent {
         }
     }
 
+    /// The agent's cgroup directory lock files (bkg-agent/src/engine/lock.rs), found by the
+    /// state directory each names.
+    fn lock_files(&self) -> Vec<PathBuf> {
+        let owner = format!("state directory {}", self.state_dir.display());
+        std::fs::read_dir("/run/bkg/locks")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| entry.path())
+                    .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("cgroup-")))
+                    .filter(|path| std::fs::read_to_string(path).is_ok_and(|text| text.ends_with(&owner)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Everything of this agent still on the host.
     pub fn leftovers(&self) -> Leftovers {
         Leftovers {
@@ -351,6 +398,7 @@ impl Agent {
                 .map(str::to_owned)
                 .collect(),
             loop_devices: loop_devices_under(&self.state_dir),
+            lock_files: self.lock_files(),
             processes: processes_with_uid_in(self.uid_base, self.uid_base + 65_536),
             sandbox_dirs: std::fs::read_dir(self.state_dir.join("sandboxes"))
                 .map(|entries| entries.flatten().map(|e| e.path()).collect())
@@ -368,6 +416,10 @@ impl Drop for Agent {
         let leftovers = self.leftovers();
         let clean = leftovers.is_clean();
         remove_cgroups_named(&self.cgroup_dir);
+        // A crashed agent's lock files stay (the next holder would reuse them): no test reuses one.
+        for lock_file in &leftovers.lock_files {
+            let _ = std::fs::remove_file(lock_file);
+        }
         if !clean && !self.crashed && !std::thread::panicking() {
             panic!("the agent left this behind after its shutdown: {leftovers:#?}\n{}", self.log());
         }
@@ -407,15 +459,18 @@ pub struct Leftovers {
     pub cgroups: Vec<PathBuf>,
     pub mounts: Vec<String>,
     pub loop_devices: Vec<String>,
+    pub lock_files: Vec<PathBuf>,
     pub processes: Vec<u32>,
     pub sandbox_dirs: Vec<PathBuf>,
 }
 
 impl Leftovers {
-    /// Only empty per-agent directories may remain; no run cgroup, mount, device, process or dir.
+    /// Only empty per-agent directories may remain; no run cgroup, mount, device, lock file,
+    /// process or dir.
     pub fn is_clean(&self) -> bool {
         self.mounts.is_empty()
             && self.loop_devices.is_empty()
+            && self.lock_files.is_empty()
             && self.processes.is_empty()
             && self.sandbox_dirs.is_empty()
             && self.cgroups.iter().all(|dir| run_cgroups_in(dir).is_empty())

@@ -106,7 +106,8 @@ pub struct AgentArgs {
     #[arg(long, default_value = "bkg", env = "BKG_CGROUP_DIR")]
     pub cgroup_dir: String,
     /// First host uid given to sandboxes; each live sandbox takes four above it.
-    #[arg(long, default_value_t = 0x7000_0000, env = "BKG_UID_BASE")]
+    #[arg(long, default_value_t = 0x7000_0000, env = "BKG_UID_BASE",
+          value_parser = clap::value_parser!(u32).range(i64::from(UID_BASE_MIN)..=i64::from(UID_BASE_MAX)))]
     pub uid_base: u32,
     /// Also serve the API on TCP at ADDR:PORT; every request there needs an API key. An address
     /// other than loopback needs --tls-cert (or --plain-http-behind-proxy).
@@ -241,6 +242,11 @@ fn print_host_report(args: &AgentArgs) -> ExitCode {
         }
     }
 }
+
+/// The lowest `--uid-base`: below it sandboxes would get the ids of the host's own users.
+const UID_BASE_MIN: u32 = 65_536;
+/// The highest `--uid-base`: its range must end below the invalid uid 2^32 - 1.
+const UID_BASE_MAX: u32 = u32::MAX - crate::engine::lock::UID_RANGE;
 
 /// The exit code of a flag combination the agent refuses (as clap's own usage errors).
 const USAGE_EXIT: u8 = 2;

@@ -1,5 +1,5 @@
-//! What an agent owns and how it lets go: two agents on one host, the lock on a cgroup
-//! directory, broken warm sandboxes, runs closed after a crash or a shutdown, and a CLI whose
+//! What an agent owns and how it lets go: two agents on one host, the locks on a cgroup
+//! directory and a uid range, broken warm sandboxes, runs closed after a crash or a shutdown, and a CLI whose
 //! reader has gone.
 
 use std::io::{Read, Write};
@@ -8,7 +8,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bkg_tests::{Agent, AgentOptions, bin_dir, code, examples_dir, live_children_of, run_cgroups_in, stderr};
+use bkg_tests::{
+    Agent, AgentOptions, UidRange, bin_dir, cgroup_dirs_named, code, examples_dir, live_children_of, run_cgroups_in,
+    stderr,
+};
 
 /// One request over the agent's unix socket (root is admin there); the status and the body.
 fn socket_request(socket: &Path, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, String) {
@@ -99,12 +102,11 @@ fn two_agents_with_their_own_cgroup_dirs_run_side_by_side() {
     hello_runs(&second);
 }
 
-#[test]
-fn a_second_agent_on_the_same_cgroup_dir_refuses_with_one_line_and_the_first_keeps_working() {
-    let first = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
-    hello_runs(&first);
+/// Starts a second agent with a socket and state directory of its own, on `cgroup_dir` and
+/// `uid_base`, which `first` (or nothing) holds: it must refuse to start, in the foreground and
+/// in the background, with one line naming `first` and the flag `fix`. The first then still runs.
+fn a_second_agent_is_refused(first: &Agent, cgroup_dir: &str, uid_base: u32, fix: &str) {
     let other = tempfile::Builder::new().prefix("bkg-e2e-second-").tempdir().expect("temp dir");
-    // A second agent with a state dir and uid range of its own, on the first one's cgroup dir.
     let second_agent = || {
         let mut command = Command::new(bin_dir().join("bkg-agent"));
         command
@@ -113,9 +115,9 @@ fn a_second_agent_on_the_same_cgroup_dir_refuses_with_one_line_and_the_first_kee
             .arg("--state-dir")
             .arg(other.path().join("state"))
             .arg("--cgroup-dir")
-            .arg(&first.cgroup_dir)
+            .arg(cgroup_dir)
             .arg("--uid-base")
-            .arg((first.uid_base + 32_768).to_string())
+            .arg(uid_base.to_string())
             .env("BKG_LOG", "off")
             .stdin(Stdio::null());
         command
@@ -143,7 +145,7 @@ fn a_second_agent_on_the_same_cgroup_dir_refuses_with_one_line_and_the_first_kee
     assert_eq!(message.lines().count(), 1, "one line: {message}");
     assert!(message.starts_with("bkg-agent: "), "{message}");
     assert!(message.contains(&format!("pid {}", first.pid())), "names the agent holding it: {message}");
-    assert!(message.contains("--cgroup-dir"), "names the fix: {message}");
+    assert!(message.contains(fix), "names the fix: {message}");
     assert!(!other.path().join("agent.sock").exists(), "the refused agent never served");
 
     // Started in the background (`bkg agent start`, autostart), it says the same one line.
@@ -159,14 +161,34 @@ fn a_second_agent_on_the_same_cgroup_dir_refuses_with_one_line_and_the_first_kee
     let message = stderr(&detached);
     assert_eq!(code(&detached), 1, "{message}");
     assert_eq!(message.lines().count(), 1, "one line: {message}");
-    assert!(message.contains(&format!("pid {}", first.pid())) && message.contains("--cgroup-dir"), "{message}");
+    assert!(message.contains(&format!("pid {}", first.pid())) && message.contains(fix), "{message}");
 
     // The first agent's warm sandboxes and cgroups are intact: its next runs use them.
     for _ in 0..3 {
-        hello_runs(&first);
+        hello_runs(first);
     }
     let metrics = socket_request(&first.socket, "GET", "/metrics", None).1;
     assert!(metrics.contains("bkg_warm_sandboxes_replaced_total 0"), "{metrics}");
+}
+
+#[test]
+fn a_second_agent_on_the_same_cgroup_dir_refuses_with_one_line_and_the_first_keeps_working() {
+    let first = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
+    hello_runs(&first);
+    // A uid range of its own: only the cgroup directory is shared.
+    let own_uids = UidRange::reserve();
+    a_second_agent_is_refused(&first, &first.cgroup_dir, own_uids.base, "--cgroup-dir");
+}
+
+#[test]
+fn a_second_agent_on_an_overlapping_uid_range_refuses_with_one_line_and_the_first_keeps_working() {
+    let first = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
+    hello_runs(&first);
+    // Half of the first's range, with a cgroup directory of its own: the sandboxes of the two
+    // would share host uids.
+    let own_cgroup_dir = format!("{}-second", first.cgroup_dir);
+    a_second_agent_is_refused(&first, &own_cgroup_dir, first.uid_base + 32_768, "--uid-base");
+    assert!(cgroup_dirs_named(&own_cgroup_dir).is_empty(), "the refused agent removed the cgroup directory it made");
 }
 
 #[test]

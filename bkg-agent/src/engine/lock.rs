@@ -1,14 +1,22 @@
-//! Ownership of a cgroup directory: an exclusive `flock` held for the agent's whole life. Two
-//! agents with different state directories but the same `--cgroup-dir` would otherwise take each
-//! other's run cgroups for leftovers and remove them; with the lock the second one refuses to
-//! start, and whatever an agent finds in a directory it locked was left by an earlier holder.
+//! Ownership of a cgroup directory and of a uid range, each held for the agent's whole life.
+//!
+//! A cgroup directory is locked with an exclusive `flock`. Two agents with different state
+//! directories but the same `--cgroup-dir` would otherwise take each other's run cgroups for
+//! leftovers and remove them; with the lock the second one refuses to start, and whatever an
+//! agent finds in a directory it locked was left by an earlier holder.
+//!
+//! A uid range is locked with an open-file-description lock on the bytes of one shared file that
+//! stand for its uids: the kernel refuses any overlap, however the ranges are aligned. Without
+//! it two agents with the same `--uid-base` would give their sandboxes the same host ids, and
+//! one's sandbox could signal the other's processes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, Flock, FlockArg, fcntl};
 use sha2::{Digest, Sha256};
 
 /// Where the locks live: per boot (a tmpfs), like the cgroups they guard, and shared by every
@@ -26,6 +34,12 @@ pub enum LockError {
         lock.display()
     )]
     Held { dir: PathBuf, lock: PathBuf, holder: String },
+    #[error(
+        "uids {first}-{last} overlap those of another agent ({holder}; lock {}): give this agent a range of its own with --uid-base UID (or BKG_UID_BASE), {UID_RANGE} or more from the other's",
+        lock.display(),
+        last = first + (UID_RANGE - 1)
+    )]
+    UidsHeld { first: u32, lock: PathBuf, holder: String },
     #[error("cannot {action} {}: {source}", path.display())]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
 }
@@ -41,6 +55,87 @@ impl Drop for DirLock {
     fn drop(&mut self) {
         // Removed while still locked: a newcomer that opened the old file notices (see `lock`).
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// How many host uids an agent takes from its `--uid-base` (see `engine::IdSlots`).
+pub const UID_RANGE: u32 = 65_536;
+
+/// The file whose byte at offset U stands for host uid U.
+const UID_LOCK_FILE: &str = "uids.lock";
+
+/// A held uid range: the lock goes when the file is closed (with the agent, however it ends).
+#[derive(Debug)]
+pub struct UidRangeLock {
+    _file: File,
+}
+
+/// Locks uids `first..first + UID_RANGE` for this agent. Its `owner` is written at the range's
+/// first byte, where a refused agent reads the holder's (the lock it is refused by says where).
+pub fn lock_uid_range(lock_dir: &Path, first: u32, owner: &str) -> Result<UidRangeLock, LockError> {
+    let path = lock_dir.join(UID_LOCK_FILE);
+    let io = |action| {
+        let path = path.clone();
+        move |source| LockError::Io { action, path, source }
+    };
+    std::fs::create_dir_all(lock_dir).map_err(|source| LockError::Io {
+        action: "create",
+        path: lock_dir.to_owned(),
+        source,
+    })?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io("open"))?;
+    let mut range = uid_range_lock(first);
+    match fcntl(&file, FcntlArg::F_OFD_SETLK(&range)) {
+        Ok(_) => {}
+        Err(Errno::EAGAIN | Errno::EACCES) => {
+            fcntl(&file, FcntlArg::F_OFD_GETLK(&mut range)).map_err(|errno| io("inspect a lock of")(errno.into()))?;
+            let holder = if i32::from(range.l_type) == libc::F_UNLCK {
+                // Released between the two calls: it was stopping.
+                "an agent that is stopping".to_owned()
+            } else {
+                holder_at(&file, range.l_start)
+            };
+            return Err(LockError::UidsHeld { first, lock: path, holder });
+        }
+        Err(errno) => return Err(io("lock")(errno.into())),
+    }
+    let mut record = owner.as_bytes().to_vec();
+    record.truncate(HOLDER_BYTES - 1);
+    record.push(b'\n');
+    file.write_all_at(&record, u64::from(first)).map_err(io("write"))?;
+    Ok(UidRangeLock { _file: file })
+}
+
+/// The most of a holder's record that is read back (pid and state directory).
+const HOLDER_BYTES: usize = 1024;
+
+fn uid_range_lock(first: u32) -> libc::flock {
+    // SAFETY: flock is plain old data; all-zero is a valid value that the fields below complete.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = libc::off_t::from(first);
+    lock.l_len = libc::off_t::from(UID_RANGE);
+    lock
+}
+
+/// The owner record a holder wrote at `offset`, the first byte of its range.
+fn holder_at(file: &File, offset: libc::off_t) -> String {
+    let mut record = vec![0u8; HOLDER_BYTES];
+    let read = u64::try_from(offset).ok().and_then(|offset| file.read_at(&mut record, offset).ok()).unwrap_or(0);
+    record.truncate(read);
+    let text = String::from_utf8_lossy(record.split(|byte| *byte == b'\n').next().unwrap_or_default()).into_owned();
+    match text.trim_matches(char::from(0)).trim() {
+        "" => "an agent that is starting".to_owned(),
+        text => text.to_owned(),
     }
 }
 
@@ -124,6 +219,29 @@ mod tests {
         drop(first);
         assert!(!lock_path_for(locks.path(), dir).exists());
         lock_cgroup_dir(locks.path(), dir, "pid 2, state directory /b")?;
+        Ok(())
+    }
+
+    #[test]
+    fn an_overlapping_uid_range_is_refused_with_its_holder_named_and_freed_with_the_holder() -> TestResult {
+        let locks = tempfile::tempdir()?;
+        let first = lock_uid_range(locks.path(), 0x7000_0000, "pid 1, state directory /a")?;
+        // Open-file-description locks conflict between two opens in one process, as between agents.
+        for overlapping in [0x7000_0000, 0x7000_0000 + 32_768, 0x7000_0000 - 65_535] {
+            let refused = lock_uid_range(locks.path(), overlapping, "pid 2, state directory /b");
+            let Err(error @ LockError::UidsHeld { .. }) = refused else {
+                return Err(format!("{overlapping} was not refused: {refused:?}").into());
+            };
+            let message = error.to_string();
+            assert!(message.contains("pid 1, state directory /a") && message.contains("--uid-base"), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        // Ranges that only touch are both free.
+        let below = lock_uid_range(locks.path(), 0x7000_0000 - 65_536, "pid 3")?;
+        let above = lock_uid_range(locks.path(), 0x7000_0000 + 65_536, "pid 4")?;
+        drop(first);
+        lock_uid_range(locks.path(), 0x7000_0000, "pid 2, state directory /b")?;
+        drop((below, above));
         Ok(())
     }
 }

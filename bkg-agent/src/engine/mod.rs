@@ -110,8 +110,8 @@ pub struct IdSlots {
 /// `plan::HostIds`).
 pub const IDS_PER_SANDBOX: u32 = 4;
 
-/// How many sandboxes can be alive at once: the agent's ids stay within 65,536 of `uid_base`.
-const ID_SLOTS: u32 = 65_536 / IDS_PER_SANDBOX;
+/// How many sandboxes can be alive at once: the agent's ids stay within its locked uid range.
+const ID_SLOTS: u32 = lock::UID_RANGE / IDS_PER_SANDBOX;
 
 impl IdSlots {
     fn new(base: u32) -> Self {
@@ -180,8 +180,11 @@ pub struct Engine {
     cleanup_listener: OnceLock<mpsc::UnboundedSender<CleanedUp>>,
     agent_pid: u32,
     pub capacity: Arc<capacity::Capacity>,
-    /// Held for the agent's life: the cgroup directories are ours alone (see `lock`).
-    _cgroup_locks: Vec<lock::DirLock>,
+    /// Held until the cgroup directories are removed at shutdown: they are ours alone (see
+    /// `lock`). Released there, not when the engine is dropped: tasks may hold it until exit.
+    cgroup_locks: Mutex<Vec<lock::DirLock>>,
+    /// Held for the agent's life: no other agent's sandboxes get these host ids (see `lock`).
+    _uid_lock: lock::UidRangeLock,
     /// The netns worker of each run with a network or ports, by run id, for health probes.
     networks: Mutex<std::collections::HashMap<String, Arc<netns::NetnsWorker>>>,
 }
@@ -214,8 +217,10 @@ impl Engine {
     /// Sets the engine up, locks its cgroup directories and removes whatever a previous holder of
     /// them (with the same state directory) left behind. Returns whether all of it is gone.
     pub fn new(config: EngineConfig) -> Result<(Arc<Self>, bool), EngineError> {
-        let cgroups = cgroup::detect(&config.cgroup_dir)?;
         let owner = format!("pid {}, state directory {}", std::process::id(), config.state_dir.display());
+        // First: a refused agent must not have made cgroup directories.
+        let uid_lock = lock::lock_uid_range(std::path::Path::new(lock::LOCK_DIR), config.uid_base, &owner)?;
+        let cgroups = cgroup::detect(&config.cgroup_dir)?;
         let cgroup_locks = cgroups
             .agent_dirs()
             .iter()
@@ -248,7 +253,8 @@ impl Engine {
             agent_pid: std::process::id(),
             capacity: Arc::new(capacity::Capacity::new(config.capacity)),
             config,
-            _cgroup_locks: cgroup_locks,
+            cgroup_locks: Mutex::new(cgroup_locks),
+            _uid_lock: uid_lock,
             networks: Mutex::new(std::collections::HashMap::new()),
         });
         let clean = engine.remove_leftovers()?;
@@ -518,12 +524,14 @@ impl Engine {
         });
     }
 
-    /// Removes the agent's own cgroup directories and disk templates; the last step of a clean
-    /// shutdown.
+    /// Removes the agent's own cgroup directories, their locks and the disk templates; the last
+    /// step of a clean shutdown.
     pub fn remove_own_dirs(&self) {
         if let Err(error) = self.cgroups.remove_agent_dirs() {
             tracing::warn!(%error, "could not remove the agent's cgroup directories");
         }
+        // Each lock file goes with its lock: nothing of this agent stays in the lock directory.
+        self.cgroup_locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
         if let Err(error) = self.disks.remove() {
             tracing::warn!(%error, "could not remove the disk templates");
         }
