@@ -398,7 +398,8 @@ impl Agent {
                 .map(str::to_owned)
                 .collect(),
             loop_devices: loop_devices_under(&self.state_dir),
-            lock_files: self.lock_files(),
+            // A running agent holds its locks; a stopped one must have removed their files.
+            lock_files: if self.child.is_some() { Vec::new() } else { self.lock_files() },
             processes: processes_with_uid_in(self.uid_base, self.uid_base + 65_536),
             sandbox_dirs: std::fs::read_dir(self.state_dir.join("sandboxes"))
                 .map(|entries| entries.flatten().map(|e| e.path()).collect())

@@ -87,7 +87,8 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
     }
 }
 
-fn describe(info: &AgentInfo) -> String {
+/// What `bkg agent status` prints for a running agent.
+pub fn describe(info: &AgentInfo) -> String {
     let limits = |l: &bkg_schema::Limits| {
         format!(
             "cpus {} · memory {} · timeout {} · disk {} · pids {}",
@@ -124,6 +125,12 @@ fn describe(info: &AgentInfo) -> String {
             info.prestarted_runs
         ),
     );
+    for sandbox in &info.warm_pool {
+        let started = sandbox.started_ahead.map_or("no interpreter started ahead".to_owned(), |language| {
+            format!("{} started ahead", language.as_str())
+        });
+        line("", format!("{} · {} · {started}", sandbox.id, format_size(sandbox.memory_bytes)));
+    }
     line("defaults", limits(&info.default_limits));
     line("maximum", limits(&info.max_limits));
     text

@@ -5,7 +5,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod add;
-mod agent_cmd;
+pub mod agent_cmd;
 pub mod args;
 pub mod audit_cmd;
 mod client;

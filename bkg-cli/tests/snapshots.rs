@@ -155,6 +155,27 @@ fn tables() {
 }
 
 #[test]
+fn agent_status() {
+    let limits = serde_json::json!({
+        "cpu_millis": 1000, "memory_bytes": 536_870_912u64, "timeout_ms": 60_000, "disk_bytes": 524_288_000u64,
+        "pids": 256, "network": "none"
+    });
+    let info: bkg_schema::AgentInfo = serde_json::from_value(serde_json::json!({
+        "version": "0.1.0", "commit": "0123456789ab", "build_date": "2026-12-01", "pid": 4242,
+        "socket": "/run/bkg/agent.sock", "state_dir": "/var/lib/bkg", "cgroup_version": "V1",
+        "security_level": "strict", "warm_sandboxes": 2, "warm_target": 2, "warm_memory_bytes": 30_408_704u64,
+        "warm_pool": [
+            {"id": "sbx_1a2b3c4d5e6f7a8b9c0d", "memory_bytes": 15_204_352u64, "started_ahead": "python"},
+            {"id": "sbx_1a2b3c4d5e6f7a8b9c0e", "memory_bytes": 3_145_728u64}
+        ],
+        "prestarted_runs": 17, "active_runs": 1, "pending_cleanups": 0,
+        "default_limits": limits, "max_limits": limits
+    }))
+    .expect("agent info");
+    insta::assert_snapshot!("agent_status", bkg_cli::agent_cmd::describe(&info));
+}
+
+#[test]
 fn version() {
     let cli = || Build { version: "0.1.0".into(), commit: "0123456789ab".into(), build_date: "2026-12-01".into() };
     let with_agent = Versions {

@@ -439,6 +439,20 @@ fn default_namespace() -> String {
     DEFAULT_NAMESPACE.to_owned()
 }
 
+/// A prepared sandbox waiting in the warm pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WarmSandbox {
+    pub id: String,
+    /// Memory charged to its cgroup now: its pid 1, the interpreter it started ahead, the tmpfs
+    /// of its root.
+    pub memory_bytes: u64,
+    /// The runtime whose interpreter it started ahead, for a run of that runtime to take
+    /// (docs/testing.md, "The zygote"); absent when it started none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ahead: Option<Language>,
+}
+
 /// `GET /api/v1/agent`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -469,10 +483,13 @@ pub struct AgentInfo {
     /// idle, more while runs find it empty.
     #[serde(default)]
     pub warm_target: usize,
-    /// Memory the warm pool's prepared sandboxes take together (each measured by its cgroup when
-    /// it was prepared); bounded by `--warm-pool-memory` as the pool grows.
+    /// Memory the warm pool's prepared sandboxes take together now (the sum of `warm_pool`'s);
+    /// bounded by `--warm-pool-memory` as the pool grows.
     #[serde(default)]
     pub warm_memory_bytes: u64,
+    /// Each prepared sandbox of the warm pool, oldest first.
+    #[serde(default)]
+    pub warm_pool: Vec<WarmSandbox>,
     /// Runs, since the agent started, whose script was given to an interpreter started ahead in
     /// a warm sandbox instead of a fresh one (docs/testing.md, "The zygote").
     #[serde(default)]

@@ -96,11 +96,13 @@ fn split_number(text: &str) -> (&str, &str) {
     (number, unit.trim())
 }
 
-/// Formats bytes the way users write them back: exact binary units where they fit.
+/// Formats bytes the way users write them back: exact binary units where they fit. From 1 MiB
+/// on, KiB are not: a measured size (always whole pages) reads better as `14.5MiB` than
+/// `14852KiB`.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (size, name) in UNITS {
-        if bytes >= size && bytes.is_multiple_of(size) {
+        if bytes >= size && bytes.is_multiple_of(size) && (size > 1 << 10 || bytes < 1 << 20) {
             return format!("{}{name}", bytes / size);
         }
     }
@@ -195,6 +197,8 @@ mod tests {
         for text in ["45s", "2m", "1h", "1500ms"] {
             assert_eq!(format_duration_ms(parse_duration_ms(text).unwrap_or_default()), text);
         }
+        assert_eq!(format_size(15_208_448), "14.5MiB", "a measurement in whole pages");
+        assert_eq!(format_size(1536 * 1024 * 1024), "1536MiB");
         assert_eq!(format_cpus(500), "0.5");
         assert_eq!(format_cpus(2000), "2");
     }

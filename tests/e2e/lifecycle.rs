@@ -1,6 +1,6 @@
 use std::process::Stdio;
 
-use bkg_tests::{Agent, AgentOptions, code, examples_dir, stat_fields, stderr, stdout};
+use bkg_tests::{Agent, AgentOptions, cgroup_dirs_named, code, examples_dir, stat_fields, stderr, stdout};
 
 #[test]
 fn nothing_is_left_behind_after_100_runs() {
@@ -54,6 +54,62 @@ fn warm_sandboxes_wait_at_idle_priority_and_the_code_runs_at_normal_priority() {
     ]);
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert_eq!(stdout(&output), "0 0\n");
+}
+
+#[test]
+fn agent_status_reports_each_warm_sandbox_with_its_memory_and_the_interpreter_it_started_ahead() {
+    const MIB: u64 = 1024 * 1024;
+    let agent = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
+    agent.wait_warm(2);
+    // What the memory controller says of a sandbox's cgroup, read here independently.
+    let charged = |id: &str| -> u64 {
+        let dirs = cgroup_dirs_named(&agent.cgroup_dir);
+        let file = dirs
+            .iter()
+            .map(|dir| dir.join(id).join("memory.usage_in_bytes"))
+            .find(|file| file.exists())
+            .unwrap_or_else(|| panic!("no memory cgroup for {id} in {dirs:?}"));
+        std::fs::read_to_string(&file).expect("usage").trim().parse().expect("a number")
+    };
+    let pool_of = |info: &serde_json::Value| -> Vec<(String, u64, Option<String>)> {
+        info["warm_pool"]
+            .as_array()
+            .expect("warm_pool")
+            .iter()
+            .map(|sandbox| {
+                let id = sandbox["id"].as_str().expect("an id").to_owned();
+                (
+                    id,
+                    sandbox["memory_bytes"].as_u64().expect("memory"),
+                    sandbox["started_ahead"].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    };
+
+    let info = agent.status_json();
+    let pool = pool_of(&info);
+    assert_eq!(pool.len(), 2, "{info}");
+    assert_eq!(info["warm_memory_bytes"].as_u64(), Some(pool.iter().map(|(_, bytes, _)| bytes).sum()), "{info}");
+    for (id, bytes, started_ahead) in &pool {
+        assert_eq!(started_ahead.as_deref(), Some("python"), "a fresh agent starts Python ahead: {info}");
+        // An interpreter waiting for its script takes megabytes; the pool's only estimate was 4 MiB each.
+        assert!(*bytes > 4 * MIB, "{id}: {bytes} bytes");
+        let now = charged(id);
+        assert!(bytes.abs_diff(now) < now / 4, "{id}: reported {bytes} bytes, its cgroup holds {now}");
+    }
+    let text = stdout(&agent.bkg().args(["agent", "status"]).output().expect("bkg agent status"));
+    for (id, _, _) in &pool {
+        assert!(text.lines().any(|line| line.contains(id) && line.ends_with("python started ahead")), "{text}");
+    }
+
+    // After a Node.js run, the sandbox prepared in its place starts Node ahead.
+    let output = agent.exe(&[examples_dir().join("hello.js").to_str().unwrap_or_default()]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    agent.wait_warm(2);
+    let info = agent.status_json();
+    let starts: Vec<Option<String>> = pool_of(&info).into_iter().map(|(_, _, started_ahead)| started_ahead).collect();
+    assert_eq!(starts, [Some("python".to_owned()), Some("node".to_owned())], "oldest first: {info}");
 }
 
 #[test]

@@ -294,9 +294,13 @@ impl Engine {
         self.pool.target()
     }
 
-    /// Memory of the prepared sandboxes waiting in the pool (as measured per sandbox).
-    pub fn warm_memory_bytes(&self) -> u64 {
-        self.pool.memory_bytes()
+    /// The prepared sandboxes waiting in the pool, oldest first, with the memory each holds now.
+    pub fn warm_pool(&self) -> Vec<bkg_schema::WarmSandbox> {
+        self.pool.describe_ready(|sandbox| bkg_schema::WarmSandbox {
+            id: sandbox.id.clone(),
+            memory_bytes: sandbox.cgroup.memory_now().unwrap_or(0),
+            started_ahead: sandbox.started_ahead,
+        })
     }
 
     pub fn prestarted_runs(&self) -> u64 {

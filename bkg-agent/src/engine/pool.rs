@@ -88,10 +88,9 @@ impl<T> WarmPool<T> {
         self.state().target
     }
 
-    /// Memory of the prepared sandboxes, as last measured per sandbox.
-    pub fn memory_bytes(&self) -> u64 {
-        let state = self.state();
-        state.ready.len() as u64 * state.sandbox_bytes
+    /// `describe` of every ready sandbox, oldest first.
+    pub fn describe_ready<R>(&self, describe: impl Fn(&T) -> R) -> Vec<R> {
+        self.state().ready.iter().map(describe).collect()
     }
 
     /// The largest target the memory and disk bounds allow (never below `base`).
@@ -219,8 +218,7 @@ mod tests {
         let pool = pool(2, 64 * MIB);
         let mut next = 0;
         fill(&pool, &mut next);
-        assert_eq!(pool.ready(), 2);
-        assert_eq!(pool.memory_bytes(), 6 * MIB);
+        assert_eq!(pool.describe_ready(|sandbox| *sandbox), vec![1, 2]);
     }
 
     #[test]

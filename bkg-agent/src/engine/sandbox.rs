@@ -37,6 +37,8 @@ pub struct PreparedSandbox {
     run_dir: PathBuf,
     disk_image: PathBuf,
     pub cgroup: Box<dyn RunCgroup>,
+    /// The runtime whose interpreter pid 1 started ahead (pool sandboxes, engine/prestart.rs).
+    pub started_ahead: Option<bkg_schema::Language>,
     /// Host pid of the sandbox's pid 1: our child until `dispose` reaps it, so the pid cannot
     /// be reused before then and killing it is always safe.
     pid_one: Pid,
@@ -143,6 +145,7 @@ impl PreparedSandbox {
                 });
             }
         }
+        let started_ahead = plan.prestart.as_ref().map(|prestart| prestart.language);
         match spawn_init(plan).await {
             Ok(Spawned { pid_one, control, stdin, stdout, stderr }) => Ok(Self {
                 id: id.to_owned(),
@@ -150,6 +153,7 @@ impl PreparedSandbox {
                 run_dir: run_dir.to_path_buf(),
                 disk_image,
                 cgroup,
+                started_ahead,
                 pid_one,
                 control,
                 stdin: Some(stdin),

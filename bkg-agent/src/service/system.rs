@@ -158,6 +158,7 @@ impl Service {
     pub fn agent_info(&self, principal: &Principal) -> OpResult<AgentInfo> {
         require_admin(principal, AdminTask::ReadAgent)?;
         let engine = &self.engine;
+        let warm_pool = engine.warm_pool();
         Ok(AgentInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             commit: env!("BKG_COMMIT").to_owned(),
@@ -169,9 +170,10 @@ impl Service {
             socket: self.socket.display().to_string(),
             state_dir: engine.config.state_dir.display().to_string(),
             cgroup_version: engine.cgroup_version(),
-            warm_sandboxes: engine.warm_count(),
+            warm_sandboxes: warm_pool.len(),
             warm_target: engine.warm_target(),
-            warm_memory_bytes: engine.warm_memory_bytes(),
+            warm_memory_bytes: warm_pool.iter().map(|sandbox| sandbox.memory_bytes).sum(),
+            warm_pool,
             prestarted_runs: engine.prestarted_runs(),
             active_runs: engine.active_runs(),
             pending_cleanups: engine.cleanups_pending(),

@@ -142,6 +142,8 @@ pub trait RunCgroup: Send + Sync {
     /// Replaces the limits, e.g. when a pre-made cgroup is claimed for a run with other limits.
     fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;
     fn usage(&self) -> Result<CgroupUsage, CgroupError>;
+    /// The memory charged to the cgroup now (its processes' and its tmpfs pages).
+    fn memory_now(&self) -> Result<u64, CgroupError>;
     /// Processes in this cgroup and any cgroup below it, sorted.
     fn pids(&self) -> Result<Vec<i32>, CgroupError>;
     /// Kills every process inside and waits (bounded) until none is left.

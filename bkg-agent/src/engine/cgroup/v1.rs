@@ -220,6 +220,10 @@ impl RunCgroup for V1RunCgroup {
         })
     }
 
+    fn memory_now(&self) -> Result<u64, CgroupError> {
+        read_u64(&self.file(self.index.memory, "memory.usage_in_bytes"))
+    }
+
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         pids_in(&self.dirs)
     }

@@ -212,6 +212,11 @@ impl RunCgroup for V2RunCgroup {
         })
     }
 
+    fn memory_now(&self) -> Result<u64, CgroupError> {
+        let current = self.dir.join("memory.current");
+        parse_u64(&current, &read_text(&current)?)
+    }
+
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         pids_in(slice::from_ref(&self.dir))
     }
