@@ -3,6 +3,7 @@ socket, and host-side inspection. Stdlib only."""
 
 import errno
 import http.client
+import itertools
 import json
 import os
 import select
@@ -271,10 +272,15 @@ def read_line(stream, timeout):
     return data
 
 
+# Each agent of this process takes the next of 4096 uid ranges, from a start that differs between
+# processes.
+_UID_SLOTS = itertools.count(os.getpid())
+
+
 class Agent:
     """A real bkg-agent as root, with its own temp socket, state dir, cgroup dir and uid range."""
 
-    def __init__(self, tag, uid_slot, warm_pool=1, extra_env=None, extra_args=()):
+    def __init__(self, tag, warm_pool=1, extra_env=None, extra_args=()):
         self.bin_dir = bin_dir()
         self.dir = Path(tempfile.mkdtemp(prefix="bkg-sec-%s-" % tag))
         # Others may search the directory, so the socket's own mode decides who can connect.
@@ -283,7 +289,8 @@ class Agent:
         self.state_dir = self.dir / "state"
         self.log_path = self.dir / "agent.log"
         self.cgroup_dir = "bkg-sec-%d-%s" % (os.getpid(), tag)
-        self.uid_base = 0x3000_0000 + (uid_slot % 4096) * 65536
+        # A range no other agent of this suite has: an agent refuses one that overlaps another's.
+        self.uid_base = 0x3000_0000 + next(_UID_SLOTS) % 4096 * 65536
         self.warm_pool = warm_pool
         self.extra_env = dict(extra_env or {})
         self.extra_args = [str(arg) for arg in extra_args]

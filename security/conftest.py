@@ -66,7 +66,7 @@ def agent():
         pytest.skip("BKG_SEC_DRYRUN_HOST=1: no agent is started in the dry-run demonstration")
     _require_root()
     try:
-        instance = bkgsec.Agent("main", uid_slot=os.getpid(), warm_pool=1,
+        instance = bkgsec.Agent("main", warm_pool=1,
                                 extra_env={"BKG_TEST_SECRET": SECRET_VALUE})
     except bkgsec.MissingBinaries as error:
         pytest.fail(str(error), pytrace=False)
@@ -86,7 +86,7 @@ def second_agent():
         pytest.skip("BKG_SEC_DRYRUN_HOST=1: no agent is started in the dry-run demonstration")
     _require_root()
     try:
-        instance = bkgsec.Agent("kill", uid_slot=os.getpid() + 2048, warm_pool=1)
+        instance = bkgsec.Agent("kill", warm_pool=1)
     except bkgsec.MissingBinaries as error:
         pytest.fail(str(error), pytrace=False)
     yield instance

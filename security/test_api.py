@@ -382,7 +382,7 @@ def limited_agent():
     def start(*flags):
         address_file.unlink(missing_ok=True)
         args = ["--listen", "127.0.0.1:0", "--listen-address-file", str(address_file), *flags]
-        instance = bkgsec.Agent("net", uid_slot=os.getpid() + 3072, warm_pool=1, extra_args=args)
+        instance = bkgsec.Agent("net", warm_pool=1, extra_args=args)
         started.append(instance)
         instance.start()
         deadline = time.monotonic() + 30

@@ -64,7 +64,7 @@ def egress_sandbox(listeners):
     if os.environ.get("BKG_SEC_DRYRUN_HOST") == "1":
         pytest.skip("BKG_SEC_DRYRUN_HOST=1: no agent is started in the dry-run demonstration")
     allowed, _ = listeners
-    instance = bkgsec.Agent("egress", uid_slot=os.getpid() + 4096, warm_pool=1,
+    instance = bkgsec.Agent("egress", warm_pool=1,
                             extra_args=["--egress-allow", "*,host.bkg.internal:%d" % allowed.port])
     try:
         instance.start()

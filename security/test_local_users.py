@@ -87,7 +87,7 @@ def users():
         if shutil.which(tool) is None:
             pytest.fail("%s is missing (scripts/setup.sh installs it)" % tool, pytrace=False)
     run_root("groupadd", GROUP)
-    agent = bkgsec.Agent("users", uid_slot=os.getpid() + 3072, warm_pool=0,
+    agent = bkgsec.Agent("users", warm_pool=0,
                          extra_args=("--socket-group", GROUP, "--user-limit", "memory=256MiB",
                                      "--user-limit", "sandboxes=%d" % MAX_SANDBOXES))
     made = []

@@ -318,7 +318,7 @@ def test_a_full_disk_is_reported_as_disk(sandbox, exhausted):
 @pytest.fixture
 def bounded_agent():
     """An agent with one run at a time, one waiting, and a disk budget of 600 MiB."""
-    instance = bkgsec.Agent("bounded", uid_slot=os.getpid() + 1024, warm_pool=0,
+    instance = bkgsec.Agent("bounded", warm_pool=0,
                             extra_args=["--max-running-runs", "1", "--max-queued-runs", "1",
                                         "--disk-budget", "1200MiB"])
     instance.start()
@@ -351,7 +351,7 @@ def test_a_flood_of_runs_and_a_disk_hog_are_refused_not_queued_forever(bounded_a
 @pytest.fixture
 def probed_agent():
     """An agent whose health needs a run that succeeded within the last second."""
-    instance = bkgsec.Agent("probed", uid_slot=os.getpid() + 1536, warm_pool=0,
+    instance = bkgsec.Agent("probed", warm_pool=0,
                             extra_args=["--health-interval", "1s"])
     instance.start()
     yield instance

@@ -78,20 +78,7 @@ pub fn lock_uid_range(lock_dir: &Path, first: u32, owner: &str) -> Result<UidRan
         let path = path.clone();
         move |source| LockError::Io { action, path, source }
     };
-    std::fs::create_dir_all(lock_dir).map_err(|source| LockError::Io {
-        action: "create",
-        path: lock_dir.to_owned(),
-        source,
-    })?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(io("open"))?;
+    let file = open_lock_file(lock_dir, &path)?;
     let mut range = uid_range_lock(first);
     match fcntl(&file, FcntlArg::F_OFD_SETLK(&range)) {
         Ok(_) => {}
@@ -112,6 +99,24 @@ pub fn lock_uid_range(lock_dir: &Path, first: u32, owner: &str) -> Result<UidRan
     record.push(b'\n');
     file.write_all_at(&record, u64::from(first)).map_err(io("write"))?;
     Ok(UidRangeLock { _file: file })
+}
+
+/// Opens (or creates) the lock file at `path` in `lock_dir`, never through a symlink.
+fn open_lock_file(lock_dir: &Path, path: &Path) -> Result<File, LockError> {
+    let io = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| LockError::Io { action, path, source }
+    };
+    std::fs::create_dir_all(lock_dir).map_err(io("create", lock_dir))?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io("open", path))
 }
 
 /// The most of a holder's record that is read back (pid and state directory).
@@ -152,18 +157,9 @@ pub fn lock_cgroup_dir(lock_dir: &Path, dir: &Path, owner: &str) -> Result<DirLo
         let path = path.to_owned();
         move |source| LockError::Io { action, path, source }
     };
-    std::fs::create_dir_all(lock_dir).map_err(io("create", lock_dir))?;
     let path = lock_path_for(lock_dir, dir);
     for _ in 0..ATTEMPTS {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io("open", &path))?;
+        let file = open_lock_file(lock_dir, &path)?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
