@@ -93,8 +93,9 @@ fn agent_status_reports_each_warm_sandbox_with_its_memory_and_the_interpreter_it
     assert_eq!(info["warm_memory_bytes"].as_u64(), Some(pool.iter().map(|(_, bytes, _)| bytes).sum()), "{info}");
     for (id, bytes, started_ahead) in &pool {
         assert_eq!(started_ahead.as_deref(), Some("python"), "a fresh agent starts Python ahead: {info}");
-        // An interpreter waiting for its script takes megabytes; the pool's only estimate was 4 MiB each.
-        assert!(*bytes > 4 * MIB, "{id}: {bytes} bytes");
+        // Its pid 1, its interpreter and its root's tmpfs: megabytes (shared libraries are
+        // charged to whoever read them first, usually the host).
+        assert!(*bytes > MIB, "{id}: {bytes} bytes");
         let now = charged(id);
         assert!(bytes.abs_diff(now) < now / 4, "{id}: reported {bytes} bytes, its cgroup holds {now}");
     }

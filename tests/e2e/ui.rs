@@ -162,7 +162,11 @@ fn the_token_of_bkg_ui_logs_in_once_and_a_loopback_listener_is_started_for_it() 
     let first = browser.log_in_with_url(&url);
     assert_eq!(first.status, 303, "{}", first.text());
     assert!(browser.cookies.contains_key("bkg_session"), "{:?}", first.headers);
-    assert_eq!(browser.get("/ui/admin").status, 200, "the token's session is the machine's admin");
+    agent.wait_warm(1);
+    let warm = agent.status_json()["warm_pool"][0]["id"].as_str().unwrap_or_default().to_owned();
+    let admin = browser.get("/ui/admin");
+    assert_eq!(admin.status, 200, "the token's session is the machine's admin");
+    assert!(!warm.is_empty() && admin.text().contains(&warm), "the warm pool lists its sandbox {warm}");
 
     let mut other = Browser::new(&address);
     let second = other.log_in_with_url(&url);

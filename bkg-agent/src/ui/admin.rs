@@ -1,4 +1,4 @@
-//! The admins' pages: the agent at a glance (health, load, limits, policy), every namespace, and
+//! The admins' pages: the agent at a glance (health, load, the warm pool, limits, policy), every namespace, and
 //! the bkg_db sync with its parked events. The operations refuse everyone else (403).
 
 use axum::extract::{Form, Query, State};
@@ -68,6 +68,30 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
                 dt { "State" } dd { code { (info.state_dir) } }
                 dt { "cgroups" } dd { (info.cgroup_version) }
                 dt { "Protections" } dd { (info.protections.join(", ")) }
+            }
+        }
+        section.card {
+            h2 { "Warm pool" }
+            p.muted {
+                (info.warm_sandboxes) " of " (info.warm_target) " prepared, " (bytes(info.warm_memory_bytes))
+                " in all; " (info.prestarted_runs) " runs took an interpreter started ahead."
+            }
+            @if !info.warm_pool.is_empty() {
+                div.table-wrap tabindex="0" {
+                    table {
+                        caption.visually-hidden { "Prepared sandboxes" }
+                        thead { tr { th scope="col" { "Sandbox" } th scope="col" { "Memory now" } th scope="col" { "Started ahead" } } }
+                        tbody {
+                            @for sandbox in &info.warm_pool {
+                                tr {
+                                    th scope="row" { code { (sandbox.id) } }
+                                    td { (bytes(sandbox.memory_bytes)) }
+                                    td { (sandbox.started_ahead.map_or("nothing", |language| language.as_str())) }
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
         section.card {
