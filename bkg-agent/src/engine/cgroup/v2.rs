@@ -365,6 +365,8 @@ mod tests {
         let expected =
             CgroupUsage { cpu_nanos: 1_500_000, peak_memory_bytes: 8_388_608, oom_kills: 1, pids_limit_hits: 9 };
         assert_eq!(run.usage()?, expected);
+        fs::write(run.dir.join("memory.current"), "4194304\n")?;
+        assert_eq!(run.memory_now()?, 4_194_304);
         Ok(())
     }
 
