@@ -105,7 +105,8 @@ pub struct AgentArgs {
     /// Directory created beneath the agent's own cgroup for its sandboxes' cgroups.
     #[arg(long, default_value = "bkg", env = "BKG_CGROUP_DIR")]
     pub cgroup_dir: String,
-    /// First host uid given to sandboxes; each live sandbox takes four above it.
+    /// First of the 65,536 host uids given to sandboxes (four per live sandbox); from 65536 to
+    /// 4294901759, and overlapping no other agent's range.
     #[arg(long, default_value_t = 0x7000_0000, env = "BKG_UID_BASE",
           value_parser = clap::value_parser!(u32).range(i64::from(UID_BASE_MIN)..=i64::from(UID_BASE_MAX)))]
     pub uid_base: u32,

@@ -60,13 +60,26 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
                 out.note(format_args!("no agent is running on {}", client.location()));
                 return Ok(SUCCESS);
             }
+            // The agent stops listening first, then gives runs their grace and disposes of its
+            // sandboxes: "stopped" means its process has exited, so that a new agent can start
+            // on its state directory at once. A remote agent's process cannot be watched.
+            let process = match client.is_remote() {
+                true => None,
+                false => AgentProcess::watch(client.get::<AgentInfo>("/api/v1/agent").await?.pid),
+            };
             client.post_empty("/api/v1/agent/shutdown").await?;
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while client.is_up() {
-                if std::time::Instant::now() > deadline {
-                    return Err(CliError::new(BKG_FAILED, "the agent did not stop within 30 s"));
+            let deadline = std::time::Instant::now() + STOP_PATIENCE;
+            let stopped = match process {
+                Some(process) => process.exited_by(deadline).await,
+                None => {
+                    while client.is_up() && std::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    !client.is_up()
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if !stopped {
+                return Err(CliError::new(BKG_FAILED, "the agent did not stop within 30 s"));
             }
             out.note(format_args!("agent stopped"));
             Ok(SUCCESS)
@@ -84,6 +97,44 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
             out.answer(&Running { running: true, info: &info }, |running| describe(running.info))?;
             Ok(SUCCESS)
         }
+    }
+}
+
+/// How long `bkg agent stop` waits: the agent's 5 s grace for runs and its 20 s bound on
+/// disposing of sandboxes (docs/operations.md), and a margin.
+const STOP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A local agent's process, held by a pidfd: it cannot be confused with a later process that
+/// reuses the pid.
+struct AgentProcess(std::os::fd::OwnedFd);
+
+impl AgentProcess {
+    /// None when the process cannot be watched (already gone, or a kernel without pidfds).
+    fn watch(pid: u32) -> Option<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let fd = std::os::fd::RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: the descriptor was just returned to us and is owned by nothing else.
+        Some(Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    /// Whether the process exits before `deadline` (a pidfd becomes readable at exit).
+    async fn exited_by(self, deadline: std::time::Instant) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        let millis = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+        tokio::task::spawn_blocking(move || {
+            let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&self.0), PollFlags::POLLIN)];
+            loop {
+                match poll(&mut fds, millis) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Ok(ready) => return ready > 0,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
     }
 }
 

@@ -324,7 +324,7 @@ pub enum AgentAction {
         #[arg(long, env = "BKG_STATE_DIR", value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
-    /// Stop the running agent; warm sandboxes are removed, running ones finish first.
+    /// Stop the agent and wait until it has exited: runs going on get 5 s, then are killed.
     Stop,
     /// Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running.
     Status {

@@ -156,8 +156,14 @@ fn agent_status_start_and_stop() {
     assert_eq!(status["default_limits"]["timeout_ms"], 60_000);
     assert!(status["cgroup_version"].as_str().is_some_and(|v| v.contains('v') || v.contains('V')));
 
+    // A run going on holds the agent for its 5 s grace after it stops listening: `stop` returns
+    // only once the agent's process has exited (it is a zombie of this test's by then).
+    let mut running = agent.start_long_run();
     let stop = agent.bkg().args(["agent", "stop"]).output().expect("stop");
-    assert!(stop.status.success());
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    let state = stat_fields(agent.pid()).and_then(|fields| fields.first().cloned());
+    assert_eq!(state.as_deref(), Some("Z"), "the agent was still running when `bkg agent stop` returned");
+    assert_eq!(running.wait().expect("bkg exe").code(), Some(143), "the run was ended by the shutdown");
     let exit = agent.wait_for_exit();
     assert!(exit.success(), "the agent ended with {exit}:\n{}", agent.log());
     let status = agent.bkg().args(["agent", "status"]).output().expect("status");
