@@ -74,16 +74,13 @@ pub struct UidRangeLock {
 /// first byte, where a refused agent reads the holder's (the lock it is refused by says where).
 pub fn lock_uid_range(lock_dir: &Path, first: u32, owner: &str) -> Result<UidRangeLock, LockError> {
     let path = lock_dir.join(UID_LOCK_FILE);
-    let io = |action| {
-        let path = path.clone();
-        move |source| LockError::Io { action, path, source }
-    };
     let file = open_lock_file(lock_dir, &path)?;
     let mut range = uid_range_lock(first);
     match fcntl(&file, FcntlArg::F_OFD_SETLK(&range)) {
         Ok(_) => {}
         Err(Errno::EAGAIN | Errno::EACCES) => {
-            fcntl(&file, FcntlArg::F_OFD_GETLK(&mut range)).map_err(|errno| io("inspect a lock of")(errno.into()))?;
+            fcntl(&file, FcntlArg::F_OFD_GETLK(&mut range))
+                .map_err(|errno| io("inspect a lock of", &path)(errno.into()))?;
             let holder = if i32::from(range.l_type) == libc::F_UNLCK {
                 // Released between the two calls: it was stopping.
                 "an agent that is stopping".to_owned()
@@ -92,21 +89,17 @@ pub fn lock_uid_range(lock_dir: &Path, first: u32, owner: &str) -> Result<UidRan
             };
             return Err(LockError::UidsHeld { first, lock: path, holder });
         }
-        Err(errno) => return Err(io("lock")(errno.into())),
+        Err(errno) => return Err(io("lock", &path)(errno.into())),
     }
     let mut record = owner.as_bytes().to_vec();
     record.truncate(HOLDER_BYTES - 1);
     record.push(b'\n');
-    file.write_all_at(&record, u64::from(first)).map_err(io("write"))?;
+    file.write_all_at(&record, u64::from(first)).map_err(io("write", &path))?;
     Ok(UidRangeLock { _file: file })
 }
 
 /// Opens (or creates) the lock file at `path` in `lock_dir`, never through a symlink.
 fn open_lock_file(lock_dir: &Path, path: &Path) -> Result<File, LockError> {
-    let io = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| LockError::Io { action, path, source }
-    };
     std::fs::create_dir_all(lock_dir).map_err(io("create", lock_dir))?;
     OpenOptions::new()
         .read(true)
@@ -117,6 +110,12 @@ fn open_lock_file(lock_dir: &Path, path: &Path) -> Result<File, LockError> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(io("open", path))
+}
+
+/// What failing to `action` the file at `path` is, for `map_err`.
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LockError {
+    let path = path.to_owned();
+    move |source| LockError::Io { action, path, source }
 }
 
 /// The most of a holder's record that is read back (pid and state directory).
@@ -153,10 +152,6 @@ pub fn lock_path_for(lock_dir: &Path, dir: &Path) -> PathBuf {
 /// Locks the cgroup directory `dir` for this agent, recording `owner` (pid, state directory) in
 /// the lock file so a refused agent can name the holder.
 pub fn lock_cgroup_dir(lock_dir: &Path, dir: &Path, owner: &str) -> Result<DirLock, LockError> {
-    let io = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| LockError::Io { action, path, source }
-    };
     let path = lock_path_for(lock_dir, dir);
     for _ in 0..ATTEMPTS {
         let file = open_lock_file(lock_dir, &path)?;

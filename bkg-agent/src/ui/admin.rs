@@ -1,5 +1,6 @@
-//! The admins' pages: the agent at a glance (health, load, the warm pool, limits, policy), every namespace, and
-//! the bkg_db sync with its parked events. The operations refuse everyone else (403).
+//! The admins' pages: the agent at a glance (health, load, the warm pool, limits, policy), every
+//! namespace, and the bkg_db sync with its parked events. The operations refuse everyone else
+//! (403).
 
 use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
