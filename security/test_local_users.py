@@ -143,6 +143,12 @@ def test_an_outsider_gets_one_line_saying_how_to_get_access(users):
     assert rc != 0 and out == ""
     assert one_line(err), err
     assert "usermod -aG %s %s" % (GROUP, eve.name) in err, err
+    # Nor does the agent look absent to them: `agent status` and `agent stop` say the same.
+    for command in (("agent", "status"), ("agent", "stop")):
+        rc, out, err = eve.run("bkg", *command)
+        assert (rc, out) == (125, ""), (command, rc, out, err)
+        assert one_line(err) and "usermod -aG %s %s" % (GROUP, eve.name) in err, (command, err)
+    assert eve.agent.alive(), "an outsider's `bkg agent stop` stopped the agent"
 
 
 def test_a_member_runs_a_project_in_a_0700_home_and_sees_only_their_own(users):

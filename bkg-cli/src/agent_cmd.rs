@@ -38,7 +38,7 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
                     client.location()
                 )));
             };
-            if client.is_up() {
+            if client.is_up()? {
                 out.note(format_args!("an agent is already running on {}", socket.display()));
                 return Ok(SUCCESS);
             }
@@ -56,7 +56,7 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
             Ok(SUCCESS)
         }
         AgentAction::Stop => {
-            if !client.is_up() {
+            if !client.is_up()? {
                 out.note(format_args!("no agent is running on {}", client.location()));
                 return Ok(SUCCESS);
             }
@@ -72,10 +72,10 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
             let stopped = match process {
                 Some(process) => process.exited_by(deadline).await,
                 None => {
-                    while client.is_up() && std::time::Instant::now() < deadline {
+                    while client.is_up()? && std::time::Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    !client.is_up()
+                    !client.is_up()?
                 }
             };
             if !stopped {
@@ -85,7 +85,7 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
             Ok(SUCCESS)
         }
         AgentAction::Status { .. } => {
-            if !client.is_up() {
+            if !client.is_up()? {
                 if out.is_json() {
                     out.json(&NotRunning { running: false, socket: client.location() })?;
                 } else {

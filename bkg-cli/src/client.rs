@@ -96,14 +96,21 @@ impl AgentClient {
     }
 
     /// Whether something accepts connections on the socket (or the remote address).
-    pub(crate) fn is_up(&self) -> bool {
+    /// A socket this user may not connect to is an error with the fix, not "no agent".
+    pub(crate) fn is_up(&self) -> Result<bool, CliError> {
         match &self.place {
-            Place::Remote { url, .. } => url
+            Place::Remote { url, .. } => Ok(url
                 .socket_addrs(|| None)
                 .ok()
                 .and_then(|addrs| addrs.into_iter().next())
-                .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok()),
-            Place::Socket(socket) => std::os::unix::net::UnixStream::connect(socket).is_ok(),
+                .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok())),
+            Place::Socket(socket) => match std::os::unix::net::UnixStream::connect(socket) {
+                Ok(_) => Ok(true),
+                Err(error) if error.kind() == ErrorKind::PermissionDenied => {
+                    Err(CliError::new(BKG_FAILED, access_hint(socket)))
+                }
+                Err(_) => Ok(false),
+            },
         }
     }
 
@@ -160,7 +167,7 @@ impl AgentClient {
         let _spinner = crate::progress::Spinner::start("waiting for the agent to start");
         let deadline = std::time::Instant::now() + patience;
         while std::time::Instant::now() < deadline {
-            if self.is_up() {
+            if self.is_up()? {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -99,7 +99,11 @@ async fn host_report(args: &DoctorArgs) -> Result<HostReport, CliError> {
 
 async fn agent(client: &AgentClient) -> (Check, Option<AgentInfo>) {
     let name = "agent";
-    if !client.is_up() {
+    let up = match client.is_up() {
+        Ok(up) => up,
+        Err(error) => return (Check::warn(name, error.message, "ask an administrator to add you to the group"), None),
+    };
+    if !up {
         let fix = if client.is_remote() { "check --remote and the agent's host" } else { "sudo bkg agent start" };
         return (Check::warn(name, format!("no agent answers on {}", client.location()), fix), None);
     }

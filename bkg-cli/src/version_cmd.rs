@@ -43,8 +43,8 @@ pub async fn run(settings: &Settings) -> Result<i32, CliError> {
     let client = AgentClient::new(&settings.endpoint()?)?;
     // Only an agent that is there already: `bkg version` starts nothing. Its reason for not
     // answering (down, not an admin key) is the agent's line of the output.
-    let (agent, missing) = if client.is_up() {
-        match client.get::<AgentInfo>("/api/v1/agent").await {
+    let (agent, missing) = match client.is_up() {
+        Ok(true) => match client.get::<AgentInfo>("/api/v1/agent").await {
             Ok(info) => (
                 Some(AgentVersion {
                     version: info.version,
@@ -56,9 +56,9 @@ pub async fn run(settings: &Settings) -> Result<i32, CliError> {
                 None,
             ),
             Err(error) => (None, Some(error.message)),
-        }
-    } else {
-        (None, Some(format!("no agent is running on {}", client.location())))
+        },
+        Ok(false) => (None, Some(format!("no agent is running on {}", client.location()))),
+        Err(error) => (None, Some(error.message)),
     };
     let versions = Versions { cli: cli_build(), agent };
     settings.out.answer(&versions, |versions| describe(versions, missing.as_deref()))?;
