@@ -48,6 +48,7 @@ complete -c bkg-agent -l max-queued-runs -d 'Runs that may wait for a place; mor
 complete -c bkg-agent -l disk-budget -d 'Disk all live sandboxes together (warm ones too) may be given, their disk limits summed; a run that would go over it is refused with 503 and Retry-After' -r
 complete -c bkg-agent -l health-interval -d 'How recent a successful run must be for /healthz to answer ok without running a tiny sandbox of its own to find out' -r
 complete -c bkg-agent -l allow-degraded -d 'Run at this lower security level (`standard` or `degraded`) when the host gives no better; without it the agent starts only where the host gives `strict` (docs/compatibility.md)' -r
+complete -c bkg-agent -l ready-fd -d 'Internal: the descriptor on which an agent started without --foreground tells the process that started it that it serves its socket (one byte), or, closed unwritten, that it failed to start' -r
 complete -c bkg-agent -l foreground -d 'Stay in the foreground and log to stderr (without it the agent detaches and logs to STATE_DIR/agent.log)'
 complete -c bkg-agent -l plain-http-behind-proxy -d 'Serve plain HTTP on a --listen address other than loopback: only behind a proxy that terminates TLS, since API keys would otherwise cross the network in clear'
 complete -c bkg-agent -l check-host -d 'Check the host (namespaces, cgroups, Landlock, seccomp, loop devices, runtimes), print the report as JSON and exit; needs no root (`bkg doctor` runs it)'

@@ -1,5 +1,6 @@
 //! Command line, start-up and shutdown of the agent.
 
+use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -222,6 +223,11 @@ pub struct AgentArgs {
     /// Print the API's OpenAPI document (YAML) and exit.
     #[arg(long, hide = true)]
     pub print_openapi: bool,
+    /// Internal: the descriptor on which an agent started without --foreground tells the
+    /// process that started it that it serves its socket (one byte), or, closed unwritten, that
+    /// it failed to start.
+    #[arg(long, value_name = "FD", hide = true)]
+    pub ready_fd: Option<i32>,
 }
 
 fn parse_level(name: &str) -> Result<SecurityLevel, String> {
@@ -408,6 +414,8 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
 }
 
 fn start(args: AgentArgs) -> anyhow::Result<()> {
+    // Taken first, so that every way out below closes it: the parent waiting on it learns then.
+    let ready = args.ready_fd.map(take_ready_fd).transpose()?;
     // Configuration errors come first, before root or the state directory are looked at.
     let api = api_options(&args)?;
     if !nix::unistd::geteuid().is_root() {
@@ -474,7 +482,19 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
     let activated = activated.map(|passed| passed.listener);
-    runtime.block_on(serve(config, socket, activated, api, health_interval))
+    runtime.block_on(serve(config, socket, activated, api, health_interval, ready))
+}
+
+/// The `--ready-fd` descriptor, made close-on-exec so that no sandbox init inherits it.
+fn take_ready_fd(fd: i32) -> anyhow::Result<OwnedFd> {
+    // SAFETY: F_SETFD on a descriptor number only sets its flags (or fails with EBADF when the
+    // number is not open); nothing is read or written through it.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        bail!("--ready-fd {fd} is not an open descriptor");
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to this process to own by
+    // the parent that started it (`detach`); nothing else here uses it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn egress_policy(rules: &[String]) -> anyhow::Result<Vec<bkg_schema::egress::NetRule>> {
@@ -518,7 +538,8 @@ fn local_access(args: &AgentArgs) -> anyhow::Result<LocalAccess> {
 }
 
 /// Starts `bkg-agent --foreground` in its own session, logging to STATE_DIR/agent.log, and
-/// returns once its socket answers.
+/// returns once it serves its socket: it says so on a pipe (`--ready-fd`), whose end without a
+/// word means it failed to start. Its own one-line reason, from the log, is the error then.
 fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
     let log_path = state_dir.join("agent.log");
     let log = std::fs::OpenOptions::new()
@@ -527,32 +548,56 @@ fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
         .open(&log_path)
         .with_context(|| format!("open {}", log_path.display()))?;
     let log_start = log.metadata().map(|meta| meta.len()).unwrap_or(0);
+    let (ready_read, ready_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create the start-up pipe")?;
+    // dup clears close-on-exec: this copy is the agent's. Nothing else is started meanwhile
+    // (no thread exists yet), so no other process inherits it.
+    let inherited = nix::unistd::dup(&ready_write).context("create the start-up pipe")?;
     let mut command = std::process::Command::new("/proc/self/exe");
-    command.args(std::env::args_os().skip(1)).arg("--foreground");
+    // `ps` shows the agent by the name it was started with, not as /proc/self/exe.
+    if let Some(name) = std::env::args_os().next() {
+        std::os::unix::process::CommandExt::arg0(&mut command, name);
+    }
+    command.args(std::env::args_os().skip(1)).arg("--foreground").arg("--ready-fd").arg(inherited.as_raw_fd().to_string());
     command.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let mut child = command.spawn().context("start the agent in the background")?;
-    for _ in 0..200 {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            println!("{}", child.id());
-            return Ok(());
+    let spawned = command.spawn().context("start the agent in the background");
+    drop((ready_write, inherited));
+    let mut child = spawned?;
+    let mut ready = [nix::poll::PollFd::new(ready_read.as_fd(), nix::poll::PollFlags::POLLIN)];
+    let answered = loop {
+        match nix::poll::poll(&mut ready, nix::poll::PollTimeout::from(START_PATIENCE_MS)) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            result => break result.context("wait for the agent to start")? > 0,
         }
-        if let Some(status) = child.try_wait()? {
-            // Its own one-line reason (another agent holds the cgroup directory, …) says more
-            // than the exit status.
-            let reason = std::fs::read(&log_path).ok().and_then(|log| {
-                let written = String::from_utf8_lossy(log.get(log_start as usize..)?).into_owned();
-                written.lines().rev().find_map(|line| line.strip_prefix("bkg-agent: ").map(str::to_owned))
-            });
-            match reason {
-                Some(reason) => bail!("{reason} (see {})", log_path.display()),
-                None => bail!("the agent exited ({status}) during start-up; see {}", log_path.display()),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
+    };
+    if !answered {
+        bail!(
+            "the agent (pid {}) did not serve {} within {} s; see {}",
+            child.id(),
+            socket.display(),
+            START_PATIENCE_MS / 1000,
+            log_path.display()
+        );
     }
-    bail!("the agent did not answer on {} within 5 s; see {}", socket.display(), log_path.display())
+    if nix::unistd::read(&ready_read, &mut [0u8; 1]).context("wait for the agent to start")? == 1 {
+        println!("{}", child.id());
+        return Ok(());
+    }
+    let status = child.wait().context("wait for the agent to start")?;
+    let reason = std::fs::read(&log_path).ok().and_then(|log| {
+        let written = String::from_utf8_lossy(log.get(log_start as usize..)?).into_owned();
+        written.lines().rev().find_map(|line| line.strip_prefix("bkg-agent: ").map(str::to_owned))
+    });
+    match reason {
+        Some(reason) => bail!("{reason} (see {})", log_path.display()),
+        None => bail!("the agent exited ({status}) during start-up; see {}", log_path.display()),
+    }
 }
+
+/// How long a detaching agent's parent waits for it to serve: start-up removes what an earlier
+/// agent left, which may take a while on a crowded host.
+const START_PATIENCE_MS: u16 = 60_000;
 
 async fn serve(
     config: EngineConfig,
@@ -560,6 +605,7 @@ async fn serve(
     activated: Option<std::os::unix::net::UnixListener>,
     api: ApiOptions,
     health_interval: Duration,
+    ready: Option<OwnedFd>,
 ) -> anyhow::Result<()> {
     let state_dir = config.state_dir.clone();
     // The handlers go first: a SIGTERM during start-up (the socket may accept before the agent
@@ -732,6 +778,10 @@ async fn serve(
         object_store = %artefacts.location,
         "agent ready"
     );
+    if let Some(ready) = ready {
+        // The parent may be gone (killed while it waited): then nobody needs the word.
+        let _ = nix::unistd::write(&ready, b"1");
+    }
 
     let signals = async move {
         tokio::select! {

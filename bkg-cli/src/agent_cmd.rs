@@ -47,11 +47,11 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
             }
             let state_dir = state_dir.unwrap_or_else(bkg_schema::paths::default_state_dir);
             if foreground {
-                let error = std::os::unix::process::CommandExt::exec(&mut agent_command(socket, &state_dir));
+                let error =
+                    std::os::unix::process::CommandExt::exec(agent_command(socket, &state_dir).arg("--foreground"));
                 return Err(CliError::new(BKG_FAILED, format!("cannot start bkg-agent: {error}")));
             }
-            let pid = start_agent(socket, &state_dir)?;
-            client.wait_until_up(Duration::from_secs(15)).await?;
+            let pid = start_agent(socket, &state_dir).await?;
             out.note(format_args!("agent started (pid {pid}) on {}", socket.display()));
             Ok(SUCCESS)
         }

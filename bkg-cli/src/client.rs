@@ -156,23 +156,11 @@ impl AgentClient {
         let state_dir = std::env::var_os(bkg_schema::paths::STATE_DIR_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(bkg_schema::paths::default_state_dir);
-        let pid = start_agent(socket, &state_dir)?;
+        let pid = start_agent(socket, &state_dir).await?;
         // Said by `bkg` under bkgr too: it is bkg's agent that was started.
         crate::out::Printer::new("bkg", false)
             .note(format_args!("started an agent (pid {pid}) on {}; stop it with `bkg agent stop`", socket.display()));
-        self.wait_until_up(Duration::from_secs(15)).await
-    }
-
-    pub(crate) async fn wait_until_up(&self, patience: Duration) -> Result<(), CliError> {
-        let _spinner = crate::progress::Spinner::start("waiting for the agent to start");
-        let deadline = std::time::Instant::now() + patience;
-        while std::time::Instant::now() < deadline {
-            if self.is_up()? {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(CliError::new(BKG_FAILED, format!("the agent did not answer on {} in time", self.location())))
+        Ok(())
     }
 
     /// `GET path`, its JSON answer decoded.
@@ -407,11 +395,11 @@ pub fn from_api_error(error: &ApiError) -> CliError {
     CliError::new(code, error.error.message.clone())
 }
 
-/// The `bkg-agent --foreground` command for `socket` and `state_dir`; the binary is found
-/// beside this one, else on PATH.
+/// The `bkg-agent` command for `socket` and `state_dir`; the binary is found beside this one,
+/// else on PATH. Without `--foreground` it detaches and returns once the agent serves.
 pub fn agent_command(socket: &Path, state_dir: &Path) -> std::process::Command {
     let mut command = std::process::Command::new(agent_program());
-    command.arg("--foreground").arg("--socket").arg(socket).arg("--state-dir").arg(state_dir);
+    command.arg("--socket").arg(socket).arg("--state-dir").arg(state_dir);
     command
 }
 
@@ -421,24 +409,27 @@ pub fn agent_program() -> PathBuf {
     beside.filter(|path| path.exists()).unwrap_or_else(|| PathBuf::from("bkg-agent"))
 }
 
-/// Starts the agent in the background, in its own process group, logging to
-/// STATE_DIR/agent.log. Returns its pid.
-pub fn start_agent(socket: &Path, state_dir: &Path) -> Result<u32, CliError> {
-    std::fs::create_dir_all(state_dir)
-        .map_err(|error| CliError::new(BKG_FAILED, format!("cannot create {}: {error}", state_dir.display())))?;
-    let mut command = agent_command(socket, state_dir);
-    let log_path = state_dir.join("agent.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|error| CliError::new(BKG_FAILED, format!("cannot open {}: {error}", log_path.display())))?;
-    let log_err = log.try_clone().map_err(|error| CliError::internal(error.to_string()))?;
-    command.stdin(std::process::Stdio::null()).stdout(log).stderr(log_err);
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let child =
-        command.spawn().map_err(|error| CliError::new(BKG_FAILED, format!("cannot start bkg-agent: {error}")))?;
-    Ok(child.id())
+/// Starts the agent in the background (it detaches itself, logging to STATE_DIR/agent.log) and
+/// returns its pid once it serves `socket`; an agent that cannot start gives its own one-line
+/// reason.
+pub async fn start_agent(socket: &Path, state_dir: &Path) -> Result<u32, CliError> {
+    let _spinner = crate::progress::Spinner::start("waiting for the agent to start");
+    let output = tokio::process::Command::from(agent_command(socket, state_dir))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|error| CliError::new(BKG_FAILED, format!("cannot start bkg-agent: {error}")))?;
+    let said = String::from_utf8_lossy(&output.stderr);
+    let reason = said.lines().rev().find_map(|line| line.strip_prefix("bkg-agent: ")).unwrap_or(said.trim());
+    let pid = String::from_utf8_lossy(&output.stdout).trim().parse::<u32>();
+    match (output.status.success(), pid) {
+        (true, Ok(pid)) => Ok(pid),
+        (true, Err(_)) => Err(CliError::new(BKG_FAILED, "bkg-agent started but did not say its pid")),
+        (false, _) if reason.is_empty() => {
+            Err(CliError::new(BKG_FAILED, format!("bkg-agent could not start ({})", output.status)))
+        }
+        (false, _) => Err(CliError::new(BKG_FAILED, reason.to_owned())),
+    }
 }
 
 /// The one line a user the socket refuses reads: who may use it, and the command that lets them.

@@ -191,6 +191,56 @@ fn a_second_agent_on_an_overlapping_uid_range_refuses_with_one_line_and_the_firs
     assert!(cgroup_dirs_named(&own_cgroup_dir).is_empty(), "the refused agent removed the cgroup directory it made");
 }
 
+/// A second agent on the socket another serves (state, cgroups and uids of its own) refuses to
+/// start with one line, exit 1, in the foreground and in the background: `bkg-agent` without
+/// `--foreground` waits until the agent it started serves, so it cannot report a start that
+/// then fails. The first keeps serving.
+#[test]
+fn a_second_agent_on_a_busy_socket_refuses_in_the_foreground_and_in_the_background() {
+    let first = Agent::start();
+    let other = tempfile::Builder::new().prefix("bkg-e2e-busy-").tempdir().expect("temp dir");
+    let uids = UidRange::reserve();
+    let own_cgroup_dir = format!("{}-busy", first.cgroup_dir);
+    let second_agent = || {
+        let mut command = Command::new(bin_dir().join("bkg-agent"));
+        command
+            .arg("--socket")
+            .arg(&first.socket)
+            .arg("--state-dir")
+            .arg(other.path().join("state"))
+            .arg("--cgroup-dir")
+            .arg(&own_cgroup_dir)
+            .arg("--uid-base")
+            .arg(uids.base.to_string())
+            .env("BKG_LOG", "off")
+            .stdin(Stdio::null());
+        command
+    };
+    let expected = format!("bkg-agent: another agent is already listening on {}", first.socket.display());
+    for detached in [false, true] {
+        let mut command = second_agent();
+        if !detached {
+            command.arg("--foreground");
+        }
+        let output = command.output().expect("run a second bkg-agent");
+        let message = stderr(&output);
+        if code(&output) == 0 {
+            if let Ok(pid) = String::from_utf8_lossy(&output.stdout).trim().parse::<i32>() {
+                // SAFETY: kill(2) has no memory effects; this agent was started by this test.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            panic!("the second agent started (detached: {detached}): {message}");
+        }
+        assert_eq!(code(&output), 1, "detached: {detached}: {message}");
+        assert_eq!(message.lines().count(), 1, "one line: {message}");
+        assert!(message.starts_with(&expected), "detached: {detached}: {message}");
+        assert!(output.stdout.is_empty(), "no pid is printed for an agent that did not start");
+    }
+    assert!(cgroup_dirs_named(&own_cgroup_dir).is_empty(), "the refused agent made no cgroup directory");
+    hello_runs(&first);
+    assert!(first.status_json()["running"] == true);
+}
+
 #[test]
 fn a_broken_warm_sandbox_is_replaced_not_handed_to_a_run() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() });

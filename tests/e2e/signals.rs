@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bkg_tests::{Agent, bin_dir, bkg_bin, cgroup_dirs_named, code, stderr};
+use bkg_tests::{Agent, UidRange, bin_dir, bkg_bin, cgroup_dirs_named, code, stderr};
 
 fn interrupt(child: &Child) {
     // SAFETY: kill(2) on a child this test spawned; no memory is involved.
@@ -70,18 +70,19 @@ fn ctrl_c_on_bkgr_stops_every_sandbox_of_the_project() {
 }
 
 /// `bkg exe` with no agent on its socket starts one (as root), runs the script, and the agent it
-/// started stops on `bkg agent stop` leaving nothing behind.
+/// started (shown by `ps` under its own name) stops on `bkg agent stop` leaving nothing behind.
 #[test]
 fn bkg_exe_starts_an_agent_when_none_answers() {
     let dir = tempfile::Builder::new().prefix("bkg-e2e-auto-").tempdir().expect("temp dir");
     let socket = dir.path().join("agent.sock");
     let cgroup_dir = format!("bkg-test-{}-autostart", std::process::id());
+    let uids = UidRange::reserve();
     let environment = |command: &mut Command| {
         command
             .env("BKG_SOCKET", &socket)
             .env("BKG_STATE_DIR", dir.path().join("state"))
             .env("BKG_CGROUP_DIR", &cgroup_dir)
-            .env("BKG_UID_BASE", (0x4000_0000u32 + (std::process::id() % 8192) * 65_536 + 4096).to_string())
+            .env("BKG_UID_BASE", uids.base.to_string())
             .env("BKG_WARM_POOL", "0")
             .env_remove("BKG_NO_AUTOSTART")
             .env_remove("BKG_REMOTE")
@@ -99,6 +100,9 @@ fn bkg_exe_starts_an_agent_when_none_answers() {
     assert_eq!(String::from_utf8_lossy(&output.stdout), "ran\n");
     assert!(said.contains("started an agent"), "bkg says it started one: {said}");
     let pid = agent_pid.0.expect("the pid of the started agent");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the started agent's command line");
+    let name = String::from_utf8_lossy(cmdline.split(|byte| *byte == 0).next().unwrap_or_default()).into_owned();
+    assert!(name.ends_with("bkg-agent"), "`ps` shows the agent as {name:?}");
 
     let mut stop = Command::new(bkg_bin());
     stop.args(["agent", "stop"]);

@@ -291,6 +291,10 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     let background = plan.background;
 
     let mut command = std::process::Command::new("/proc/self/exe");
+    // `ps` shows it by the agent's name, not as /proc/self/exe.
+    if let Some(name) = std::env::args_os().next() {
+        command.arg0(name);
+    }
     command
         .arg("__sandbox-init")
         .env_clear()
