@@ -423,7 +423,11 @@ pub async fn start_agent(socket: &Path, state_dir: &Path) -> Result<u32, CliErro
     let reason = said.lines().rev().find_map(|line| line.strip_prefix("bkg-agent: ")).unwrap_or(said.trim());
     let pid = String::from_utf8_lossy(&output.stdout).trim().parse::<u32>();
     match (output.status.success(), pid) {
-        (true, Ok(pid)) => Ok(pid),
+        (true, Ok(pid)) => {
+            // What it said before detaching (a host check's warning) is for this terminal.
+            crate::out::Printer::new("bkg", false).error_text(&said);
+            Ok(pid)
+        }
         (true, Err(_)) => Err(CliError::new(BKG_FAILED, "bkg-agent started but did not say its pid")),
         (false, _) if reason.is_empty() => {
             Err(CliError::new(BKG_FAILED, format!("bkg-agent could not start ({})", output.status)))

@@ -127,7 +127,10 @@ impl Agents {
         let cold = sandboxed(&self.cold, script, args);
         // A pool sandbox starts ahead the interpreter of the run before (engine/prestart.rs):
         // after one run of this interpreter, the next takes a prepared sandbox whose interpreter
-        // is already started, and that is the warm run compared.
+        // is already started, and that is the warm run compared. The first run waits for the
+        // pool's first sandbox: one it found empty would have grown the pool, and the sandbox
+        // still being prepared then (the previous interpreter's) would be the next one taken.
+        self.warm.wait_warm(1);
         sandboxed(&self.warm, script, args);
         self.warm.wait_warm(1);
         let prestarted_before = prestarted_runs(&self.warm);
