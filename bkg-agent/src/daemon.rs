@@ -558,7 +558,11 @@ fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
     if let Some(name) = std::env::args_os().next() {
         std::os::unix::process::CommandExt::arg0(&mut command, name);
     }
-    command.args(std::env::args_os().skip(1)).arg("--foreground").arg("--ready-fd").arg(inherited.as_raw_fd().to_string());
+    command
+        .args(std::env::args_os().skip(1))
+        .arg("--foreground")
+        .arg("--ready-fd")
+        .arg(inherited.as_raw_fd().to_string());
     command.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let spawned = command.spawn().context("start the agent in the background");
