@@ -457,11 +457,18 @@ impl Store {
         let limits = serde_json::to_string(&limits)?;
         let namespace = caller.namespace.clone();
         self.record(event, move |db| {
-            db.execute(
+            db.prepare_cached(
                 "INSERT INTO runs (id, sandbox_id, language, started_at_ms, limits, namespace)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id, sandbox_id, language.as_str(), started_at_ms as i64, limits, namespace],
-            )?;
+            )?
+            .execute(params![
+                id,
+                sandbox_id,
+                language.as_str(),
+                started_at_ms as i64,
+                limits,
+                namespace
+            ])?;
             Ok(())
         })
         .await
@@ -592,26 +599,26 @@ impl Store {
             false => Some(serde_json::to_string(&result.network_denials)?),
         };
         self.record(event, move |db| {
-            db.execute(
+            db.prepare_cached(
                 "UPDATE runs SET finished_at_ms = ?2, exit_code = ?3, signal = ?4, killed_by = ?5, wall_ms = ?6,
                  cpu_ms = ?7, peak_memory_bytes = ?8, stdout_bytes = ?9, stderr_bytes = ?10, denials = ?11,
                  network_denials = ?12
                  WHERE id = ?1",
-                params![
-                    result.id,
-                    finished_at_ms as i64,
-                    result.exit_code,
-                    result.signal,
-                    result.killed_by.map(KilledBy::as_str),
-                    result.wall_ms as i64,
-                    result.cpu_ms as i64,
-                    result.peak_memory_bytes as i64,
-                    result.stdout_bytes as i64,
-                    result.stderr_bytes as i64,
-                    denials,
-                    network_denials,
-                ],
-            )?;
+            )?
+            .execute(params![
+                result.id,
+                finished_at_ms as i64,
+                result.exit_code,
+                result.signal,
+                result.killed_by.map(KilledBy::as_str),
+                result.wall_ms as i64,
+                result.cpu_ms as i64,
+                result.peak_memory_bytes as i64,
+                result.stdout_bytes as i64,
+                result.stderr_bytes as i64,
+                denials,
+                network_denials,
+            ])?;
             run_files::insert(db, &result)?;
             Ok(())
         })
@@ -645,10 +652,11 @@ impl Store {
         };
         let (id, error) = (id.to_owned(), error.to_owned());
         self.record(event, move |db| {
-            db.execute(
-                "UPDATE runs SET finished_at_ms = ?2, error = ?3 WHERE id = ?1",
-                params![id, finished_at_ms as i64, error],
-            )?;
+            db.prepare_cached("UPDATE runs SET finished_at_ms = ?2, error = ?3 WHERE id = ?1")?.execute(params![
+                id,
+                finished_at_ms as i64,
+                error
+            ])?;
             Ok(())
         })
         .await
@@ -726,7 +734,7 @@ impl Store {
     pub async fn run_cleaned_up(&self, id: &str, confirmed: bool) -> Result<(), StoreError> {
         let id = id.to_owned();
         self.with(move |db| {
-            db.execute("UPDATE runs SET cleaned_up = ?2 WHERE id = ?1", params![id, confirmed])?;
+            db.prepare_cached("UPDATE runs SET cleaned_up = ?2 WHERE id = ?1")?.execute(params![id, confirmed])?;
             Ok(())
         })
         .await
@@ -850,7 +858,7 @@ fn outbox_event(row: OutboxRow) -> crate::sync::OutboxEvent {
 }
 
 fn insert_outbox(transaction: &rusqlite::Transaction<'_>, lines: &[WrittenLine]) -> Result<(), StoreError> {
-    let mut statement = transaction.prepare(
+    let mut statement = transaction.prepare_cached(
         "INSERT OR IGNORE INTO outbox (seq, agent_id, namespace, action, ts_ms, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for line in lines {

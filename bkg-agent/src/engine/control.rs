@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,8 +62,9 @@ pub struct PlacedFile {
 pub enum FromInit {
     /// The sandbox's pid 1 exists, as the agent's child, with this host pid.
     Forked { pid: i32 },
-    /// The sandbox is built and waits for `Go`.
-    Ready,
+    /// The sandbox is built and waits for `Go`; its disk is attached to this loop device
+    /// (`/dev/loopN`), which the agent watches for its release once the sandbox is gone.
+    Ready { disk_device: PathBuf },
     /// The code's pseudo-terminal: its master comes with this message (`SCM_RIGHTS`), read
     /// with [`read_with_fd_async`].
     Terminal,
@@ -232,7 +234,7 @@ mod tests {
             denied_syscalls: vec![(101, 2)],
         };
         write_blocking(&mut wire, &sent).unwrap_or_default();
-        let received: FromInit = read_blocking(&mut wire.as_slice()).unwrap_or(FromInit::Ready);
+        let received: FromInit = read_blocking(&mut wire.as_slice()).unwrap_or(FromInit::Running { prestarted: true });
         assert_eq!(received, sent);
     }
 

@@ -181,7 +181,7 @@ fn idmap_user_namespace(idmap: IdMap) -> Result<OwnedFd, StageError> {
 
 fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream) -> Result<(), StageError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).stage("set parent-death signal")?;
-    build_root(plan, &idmaps)?;
+    let disk_device = build_root(plan, &idmaps)?;
     drop(idmaps);
     nix::unistd::sethostname(&plan.hostname).stage("set hostname")?;
     bring_up_loopback().stage("bring up loopback")?;
@@ -189,7 +189,7 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
     let seccomp = seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
     // A sandbox whose interpreter cannot be started ahead still serves: its run starts cold.
     let prestarted = plan.prestart.as_ref().and_then(|prestart| prestart_code(plan, prestart, seccomp.clone()).ok());
-    control::write_blocking(control, &FromInit::Ready).stage("report ready")?;
+    control::write_blocking(control, &FromInit::Ready { disk_device }).stage("report ready")?;
 
     let order = match control::read_blocking::<ToInit>(control) {
         Ok(ToInit::Go(order)) => order,
@@ -314,7 +314,8 @@ fn cpu_list(cpus: &[usize]) -> String {
         .join(",")
 }
 
-fn build_root(plan: &SandboxPlan, idmaps: &IdmapNamespaces) -> Result<(), StageError> {
+/// Builds the sandbox's root; returns the loop device its disk is attached to.
+fn build_root(plan: &SandboxPlan, idmaps: &IdmapNamespaces) -> Result<PathBuf, StageError> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .stage("make mounts private")?;
 
@@ -329,6 +330,7 @@ fn build_root(plan: &SandboxPlan, idmaps: &IdmapNamespaces) -> Result<(), StageE
         Some("noinit_itable"),
     )
     .stage("mount disk image")?;
+    let disk_device = device.path.clone();
     drop(device);
 
     let root = &plan.root_dir;
@@ -354,7 +356,7 @@ fn build_root(plan: &SandboxPlan, idmaps: &IdmapNamespaces) -> Result<(), StageE
     nix::unistd::pivot_root(".", ".").stage("pivot root")?;
     umount2(".", MntFlags::MNT_DETACH).stage("detach old root")?;
     nix::unistd::chdir("/").stage("enter /")?;
-    Ok(())
+    Ok(disk_device)
 }
 
 /// The sandbox's network namespace has only `lo`, down; up, code can serve and connect on its

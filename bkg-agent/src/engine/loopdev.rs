@@ -143,11 +143,22 @@ pub fn devices_backed_under(dir: &Path) -> Vec<PathBuf> {
         .flatten()
         .filter(|entry| entry.file_name().to_string_lossy().starts_with("loop"))
         .filter_map(|entry| {
-            let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
-            let backing = backing.trim_end().trim_end_matches(" (deleted)");
-            Path::new(backing).starts_with(dir).then(|| PathBuf::from("/dev").join(entry.file_name()))
+            let backing = backing_file(&entry.file_name().to_string_lossy())?;
+            backing.starts_with(dir).then(|| PathBuf::from("/dev").join(entry.file_name()))
         })
         .collect()
+}
+
+/// Whether `device` (`/dev/loopN`) is still attached to `image`. A released device may already
+/// serve another image: that is released too.
+pub fn is_backed_by(device: &Path, image: &Path) -> bool {
+    device.file_name().and_then(|name| backing_file(&name.to_string_lossy())).is_some_and(|backing| backing == image)
+}
+
+/// The file loop device `name` (`loopN`) is attached to, if any.
+fn backing_file(name: &str) -> Option<PathBuf> {
+    let backing = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
+    Some(PathBuf::from(backing.trim_end().trim_end_matches(" (deleted)")))
 }
 
 /// Detaches a loop device left behind by a killed agent. Only called for devices backed by files
@@ -160,4 +171,33 @@ pub fn detach(device: &Path) -> Result<(), LoopError> {
         return Err(io_error(format!("detach {}", device.display()))(std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_is_backed_by_its_image_until_the_last_holder_closes_it() {
+        if !Path::new("/dev/loop-control").exists() {
+            return crate::engine::test_support::feature_missing("loop devices (/dev/loop-control)");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let image = dir.path().join("disk.img");
+        File::create(&image).and_then(|file| file.set_len(1 << 20)).expect("image");
+        let other = dir.path().join("other.img");
+
+        let device = attach(&image).expect("attach");
+        assert!(is_backed_by(&device.path, &image));
+        assert!(!is_backed_by(&device.path, &other));
+        let path = device.path.clone();
+        // Auto-clear frees it as its last opener closes it, perhaps a moment later.
+        drop(device);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while is_backed_by(&path, &image) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!is_backed_by(&path, &image), "{} still holds {}", path.display(), image.display());
+        assert!(!is_backed_by(Path::new("/dev/loop-not-a-device"), &image));
+    }
 }

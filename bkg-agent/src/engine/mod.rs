@@ -432,7 +432,7 @@ impl Engine {
             // The pool's next sandboxes start this run's interpreter ahead.
             self.last_run_was_node.store(language == bkg_schema::Language::Node, Ordering::Relaxed);
             loop {
-                let warm = self.pool.take();
+                let warm = self.pool.take(self.active_runs());
                 self.refill();
                 let Some(sandbox) = warm else { break };
                 match sandbox.broken() {

@@ -1,7 +1,9 @@
 //! The warm pool: default-sized sandboxes prepared ahead, so a run starts in one instead of
 //! building its own. It is elastic: `--warm-pool N` is its size when idle; each run that finds
 //! it empty raises its target by one, up to what `--warm-pool-memory` holds (at the memory a
-//! prepared sandbox was measured to take) and to a quarter of the disk budget; every
+//! prepared sandbox was measured to take), to a quarter of the disk budget and to the runs going
+//! on (more than one sandbox ready or in preparation per run cannot be used before the next
+//! shrink, and preparing it spends CPU the runs need); every
 //! `SHRINK_AFTER` without such a miss it halves back towards N, disposing of what is over.
 //! Sandboxes are prepared in parallel, at most one per CPU at a time. `--warm-pool 0` turns all
 //! of it off.
@@ -99,15 +101,17 @@ impl<T> WarmPool<T> {
         (by_memory as usize).min(self.config.max_by_disk).max(self.config.base)
     }
 
-    /// A prepared sandbox, if one is ready. Finding none is demand: the target grows by one.
-    pub fn take(&self) -> Option<T> {
+    /// A prepared sandbox, if one is ready. Finding none is demand: the target grows by one, up
+    /// to `runs`, the runs going on or waiting (this one included).
+    pub fn take(&self, runs: usize) -> Option<T> {
         if self.is_off() {
             return None;
         }
         let mut state = self.state();
         let taken = state.ready.pop();
         if taken.is_none() {
-            state.target = (state.target + 1).min(self.ceiling(&state));
+            let grown = (state.target + 1).min(runs).min(self.ceiling(&state));
+            state.target = state.target.max(grown);
             state.last_miss = Instant::now();
         }
         taken
@@ -186,6 +190,8 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1024 * 1024;
+    /// More runs going on than any bound of these tests' pools.
+    const MANY_RUNS: usize = 1000;
 
     fn pool(base: usize, memory_bytes: u64) -> WarmPool<u32> {
         WarmPool::new(PoolConfig { base, memory_bytes, max_by_disk: usize::MAX })
@@ -208,7 +214,7 @@ mod tests {
     #[test]
     fn off_means_nothing_is_prepared_and_nothing_grows() {
         let pool = pool(0, 64 * MIB);
-        assert_eq!(pool.take(), None);
+        assert_eq!(pool.take(MANY_RUNS), None);
         assert_eq!(pool.plan_refill().start, 0);
         assert_eq!(pool.target(), 0);
     }
@@ -236,10 +242,10 @@ mod tests {
         let pool = pool(1, 12 * MIB);
         let mut next = 0;
         fill(&pool, &mut next);
-        assert!(pool.take().is_some());
+        assert!(pool.take(MANY_RUNS).is_some());
         assert_eq!(pool.target(), 1, "taking a ready sandbox is no miss");
         for _ in 0..10 {
-            assert_eq!(pool.take(), None);
+            assert_eq!(pool.take(MANY_RUNS), None);
         }
         // 12 MiB at the measured 3 MiB per sandbox.
         assert_eq!(pool.target(), 4);
@@ -248,10 +254,23 @@ mod tests {
     }
 
     #[test]
+    fn the_pool_grows_to_no_more_sandboxes_than_runs_go_on() {
+        let pool = pool(2, 64 * MIB);
+        for _ in 0..10 {
+            assert_eq!(pool.take(4), None);
+        }
+        assert_eq!(pool.target(), 4, "four runs use four sandboxes at most");
+        assert_eq!(pool.take(1), None);
+        assert_eq!(pool.target(), 4, "fewer runs later do not shrink it: only idle time does");
+        assert_eq!(pool.take(6), None);
+        assert_eq!(pool.target(), 5, "one step per miss");
+    }
+
+    #[test]
     fn growth_leaves_runs_most_of_the_disk_budget() {
         let pool = WarmPool::<u32>::new(PoolConfig { base: 1, memory_bytes: 64 * MIB, max_by_disk: 3 });
         for _ in 0..10 {
-            assert_eq!(pool.take(), None);
+            assert_eq!(pool.take(MANY_RUNS), None);
         }
         assert_eq!(pool.target(), 3);
     }
@@ -259,7 +278,7 @@ mod tests {
     #[test]
     fn the_memory_bound_never_takes_the_pool_below_its_base() {
         let pool = pool(3, MIB);
-        assert_eq!(pool.take(), None);
+        assert_eq!(pool.take(MANY_RUNS), None);
         assert_eq!(pool.target(), 3);
     }
 
@@ -267,7 +286,7 @@ mod tests {
     fn an_idle_pool_shrinks_back_to_its_base_and_hands_back_the_surplus() {
         let pool = pool(2, 64 * MIB);
         for _ in 0..6 {
-            assert_eq!(pool.take(), None);
+            assert_eq!(pool.take(MANY_RUNS), None);
         }
         assert_eq!(pool.target(), 8);
         let mut next = 0;

@@ -700,7 +700,7 @@ impl Watch<'_> {
                             watched.prestarted = prestarted;
                             continue;
                         }
-                        Ok(FromInit::Ready | FromInit::Forked { .. } | FromInit::Terminal) => continue,
+                        Ok(FromInit::Ready { .. } | FromInit::Forked { .. } | FromInit::Terminal) => continue,
                         Ok(FromInit::Exited { exit_code, signal, disk_used_bytes, disk_full, denied_syscalls }) => {
                             watched.denied_syscalls = denied_syscalls;
                             Ending::Exited { exit_code, signal, disk_used_bytes, disk_full }

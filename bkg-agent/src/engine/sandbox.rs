@@ -36,6 +36,8 @@ pub struct PreparedSandbox {
     pub disk_bytes: u64,
     run_dir: PathBuf,
     disk_image: PathBuf,
+    /// The loop device pid 1 attached the disk to (`FromInit::Ready`).
+    disk_device: PathBuf,
     pub cgroup: Box<dyn RunCgroup>,
     /// The runtime whose interpreter pid 1 started ahead (pool sandboxes, engine/prestart.rs).
     pub started_ahead: Option<bkg_schema::Language>,
@@ -147,11 +149,12 @@ impl PreparedSandbox {
         }
         let started_ahead = plan.prestart.as_ref().map(|prestart| prestart.language);
         match spawn_init(plan).await {
-            Ok(Spawned { pid_one, control, stdin, stdout, stderr }) => Ok(Self {
+            Ok(Spawned { pid_one, disk_device, control, stdin, stdout, stderr }) => Ok(Self {
                 id: id.to_owned(),
                 disk_bytes,
                 run_dir: run_dir.to_path_buf(),
                 disk_image,
+                disk_device,
                 cgroup,
                 started_ahead,
                 pid_one,
@@ -251,9 +254,11 @@ impl PreparedSandbox {
             Err(_) => false,
         };
 
+        // The kernel frees the device once the sandbox's mount namespace, the disk's only user,
+        // is gone, which may be just after pid 1 is reaped; nothing announces it.
         let mut loop_released = false;
         for _ in 0..200 {
-            if super::loopdev::devices_backed_under(&self.disk_image).is_empty() {
+            if !super::loopdev::is_backed_by(&self.disk_device, &self.disk_image) {
                 loop_released = true;
                 break;
             }
@@ -275,6 +280,7 @@ impl PreparedSandbox {
 
 struct Spawned {
     pid_one: Pid,
+    disk_device: PathBuf,
     control: UnixStream,
     stdin: pipe::Sender,
     stdout: pipe::Receiver,
@@ -327,6 +333,7 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     agent_end.set_nonblocking(true).map_err(EngineError::io("control socket"))?;
     let mut control = UnixStream::from_std(agent_end).map_err(EngineError::io("control socket"))?;
     let mut pid_one = None;
+    let mut disk_device = None;
     let handshake = async {
         control::write_async(&mut control, &ToInit::Prepare(Box::new(plan))).await?;
         let first = control::read_async::<FromInit>(&mut control).await?;
@@ -338,7 +345,10 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     };
     let reply = tokio::time::timeout(PREPARE_TIMEOUT, handshake).await;
     let failure = match reply {
-        Ok(Ok(FromInit::Ready)) if pid_one.is_some() => None,
+        Ok(Ok(FromInit::Ready { disk_device: device })) if pid_one.is_some() => {
+            disk_device = Some(device);
+            None
+        }
         Ok(Ok(FromInit::Failed { stage, message })) => Some(EngineError::Prepare { stage, message }),
         Ok(Ok(other)) => {
             Some(EngineError::Prepare { stage: "handshake".into(), message: format!("unexpected {other:?}") })
@@ -355,7 +365,7 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
         }
         return Err(error);
     }
-    let Some(pid_one) = pid_one else {
+    let (Some(pid_one), Some(disk_device)) = (pid_one, disk_device) else {
         return Err(EngineError::Prepare { stage: "handshake".into(), message: "pid 1 was not reported".into() });
     };
     // The outer init exits as soon as it has reported pid 1: reap it now rather than leave a
@@ -367,7 +377,7 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
         pipe::Receiver::from_owned_fd(set_nonblocking(stdout_read)?).map_err(EngineError::io("stdout pipe"))?;
     let stderr =
         pipe::Receiver::from_owned_fd(set_nonblocking(stderr_read)?).map_err(EngineError::io("stderr pipe"))?;
-    Ok(Spawned { pid_one, control, stdin, stdout, stderr })
+    Ok(Spawned { pid_one, disk_device, control, stdin, stdout, stderr })
 }
 
 fn set_nonblocking(fd: OwnedFd) -> Result<OwnedFd, EngineError> {

@@ -21,7 +21,7 @@ pub(super) fn insert(db: &rusqlite::Transaction<'_>, result: &RunResult) -> Resu
     if result.files.is_empty() {
         return Ok(());
     }
-    let mut insert = db.prepare(
+    let mut insert = db.prepare_cached(
         "INSERT OR REPLACE INTO run_files (run_id, path, kind, namespace, sha256, bytes)
          SELECT ?1, ?2, ?3, namespace, ?4, ?5 FROM runs WHERE id = ?1",
     )?;
