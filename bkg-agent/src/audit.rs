@@ -62,8 +62,12 @@ pub enum AuditError {
     KeyOwner { path: PathBuf, owner: u32, uid: u32 },
     #[error("audit: the key {} is {len} bytes, not a 32-byte ed25519 secret key", path.display())]
     KeyLength { path: PathBuf, len: u64 },
-    #[error("audit: the log of {} is open in another process", path.display())]
-    Locked { path: PathBuf },
+    #[error(
+        "audit: the log of {} is open in another agent{}: give this agent a state directory of its own with --state-dir DIR (or BKG_STATE_DIR), or stop that one first",
+        path.display(),
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    Locked { path: PathBuf, holder: Option<u32> },
     #[error("audit: cannot read random bytes for a new key: {0}")]
     Random(io::Error),
     #[error(transparent)]
@@ -419,8 +423,11 @@ fn load_or_create_key(path: &Path) -> Result<(Flock<File>, Zeroizing<[u8; 32]>),
     if metadata.len() != 32 {
         return Err(AuditError::KeyLength { path: path.to_owned(), len: metadata.len() });
     }
-    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
-        nix::errno::Errno::EWOULDBLOCK => AuditError::Locked { path: path.parent().unwrap_or(path).to_owned() },
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(file, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => AuditError::Locked {
+            path: path.parent().unwrap_or(path).to_owned(),
+            holder: crate::engine::lock::flock_holder(&file),
+        },
         errno => io_error("lock", path)(errno.into()),
     })?;
     let mut secret = Zeroizing::new([0u8; 32]);

@@ -105,15 +105,16 @@ fn two_agents_with_their_own_cgroup_dirs_run_side_by_side() {
 /// Starts a second agent with a socket and state directory of its own, on `cgroup_dir` and
 /// `uid_base`, which `first` (or nothing) holds: it must refuse to start, in the foreground and
 /// in the background, with one line naming `first` and the flag `fix`. The first then still runs.
-fn a_second_agent_is_refused(first: &Agent, cgroup_dir: &str, uid_base: u32, fix: &str) {
+fn a_second_agent_is_refused(first: &Agent, state_dir: Option<&Path>, cgroup_dir: &str, uid_base: u32, fix: &str) {
     let other = tempfile::Builder::new().prefix("bkg-e2e-second-").tempdir().expect("temp dir");
+    let state_dir = state_dir.map_or_else(|| other.path().join("state"), Path::to_path_buf);
     let second_agent = || {
         let mut command = Command::new(bin_dir().join("bkg-agent"));
         command
             .arg("--socket")
             .arg(other.path().join("agent.sock"))
             .arg("--state-dir")
-            .arg(other.path().join("state"))
+            .arg(&state_dir)
             .arg("--cgroup-dir")
             .arg(cgroup_dir)
             .arg("--uid-base")
@@ -177,7 +178,7 @@ fn a_second_agent_on_the_same_cgroup_dir_refuses_with_one_line_and_the_first_kee
     hello_runs(&first);
     // A uid range of its own: only the cgroup directory is shared.
     let own_uids = UidRange::reserve();
-    a_second_agent_is_refused(&first, &first.cgroup_dir, own_uids.base, "--cgroup-dir");
+    a_second_agent_is_refused(&first, None, &first.cgroup_dir, own_uids.base, "--cgroup-dir");
 }
 
 #[test]
@@ -187,7 +188,18 @@ fn a_second_agent_on_an_overlapping_uid_range_refuses_with_one_line_and_the_firs
     // Half of the first's range, with a cgroup directory of its own: the sandboxes of the two
     // would share host uids.
     let own_cgroup_dir = format!("{}-second", first.cgroup_dir);
-    a_second_agent_is_refused(&first, &own_cgroup_dir, first.uid_base + 32_768, "--uid-base");
+    a_second_agent_is_refused(&first, None, &own_cgroup_dir, first.uid_base + 32_768, "--uid-base");
+    assert!(cgroup_dirs_named(&own_cgroup_dir).is_empty(), "the refused agent removed the cgroup directory it made");
+}
+
+#[test]
+fn a_second_agent_on_the_same_state_dir_refuses_with_one_line_and_the_first_keeps_working() {
+    let first = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
+    hello_runs(&first);
+    // Socket, cgroup directory and uids of its own: only the state directory is shared.
+    let own_uids = UidRange::reserve();
+    let own_cgroup_dir = format!("{}-state", first.cgroup_dir);
+    a_second_agent_is_refused(&first, Some(&first.state_dir), &own_cgroup_dir, own_uids.base, "--state-dir");
     assert!(cgroup_dirs_named(&own_cgroup_dir).is_empty(), "the refused agent removed the cgroup directory it made");
 }
 

@@ -143,6 +143,24 @@ fn holder_at(file: &File, offset: libc::off_t) -> String {
     }
 }
 
+/// The pid that holds a `flock` on `file`, from /proc/locks (which names the inode locked and
+/// the process that locked it), when another process holds one.
+pub fn flock_holder(file: &File) -> Option<u32> {
+    let metadata = file.metadata().ok()?;
+    let device = metadata.dev();
+    // /proc/locks writes the device as MAJOR:MINOR in hex, then the inode in decimal.
+    let wanted = format!("{:02x}:{:02x}:{}", libc::major(device), libc::minor(device), metadata.ino());
+    let own = std::process::id();
+    std::fs::read_to_string("/proc/locks").ok()?.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`; a blocked waiter's line has `->`.
+        match fields.as_slice() {
+            [_, "FLOCK", _, _, pid, inode, ..] if *inode == wanted => pid.parse().ok().filter(|pid| *pid != own),
+            _ => None,
+        }
+    })
+}
+
 /// The lock file of the cgroup directory `dir`: named by a hash of its path, which may be long.
 pub fn lock_path_for(lock_dir: &Path, dir: &Path) -> PathBuf {
     let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
