@@ -7,15 +7,38 @@ def _bkg_start():
     # The '' of `-c`: nothing of the working directory is imported, and it is not bare's.
     del sys.path[0]
     cache = dict(sys.path_importer_cache)
-    import collections, ctypes, functools, itertools, os
-    run_file = ctypes.pythonapi.PyRun_SimpleFileExFlags
-    run_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
-    run_file.restype = ctypes.c_int
-    exit_now = ctypes.pythonapi.Py_Exit
-    exit_now.argtypes = [ctypes.c_int]
-    fopen = ctypes.CDLL(None, use_errno=True).fopen
-    fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-    fopen.restype = ctypes.c_void_p
+    import _ctypes, collections, functools, itertools, os
+
+    # The C types and functions needed, made as the ctypes package makes them (`pythonapi`,
+    # `CDLL(None, use_errno=True)`) but from _ctypes alone: importing the package around it
+    # would cost more CPU than the rest of the loader together.
+    class c_int(_ctypes._SimpleCData):
+        _type_ = "i"
+
+    class c_void_p(_ctypes._SimpleCData):
+        _type_ = "P"
+
+    class c_char_p(_ctypes._SimpleCData):
+        _type_ = "z"
+
+    class this_process:
+        _handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+
+    class python_api(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_PYTHONAPI
+        _restype_ = c_int
+
+    class c_function(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = c_int
+
+    run_file = python_api(("PyRun_SimpleFileExFlags", this_process))
+    run_file.argtypes = [c_void_p, c_char_p, c_int, c_void_p]
+    exit_now = python_api(("Py_Exit", this_process))
+    exit_now.argtypes = [c_int]
+    fopen = c_function(("fopen", this_process))
+    fopen.argtypes = [c_char_p, c_char_p]
+    fopen.restype = c_void_p
 
     os.write(READY_FD, b"1")
     os.close(READY_FD)
@@ -40,7 +63,7 @@ def _bkg_start():
 
     file = fopen(os.fsencode(script), b"rbe")
     if not file:
-        error = ctypes.get_errno()
+        error = _ctypes.get_errno()
         sys.stderr.write(f"{argv[0]}: can't open file {script!r}: [Errno {error}] {os.strerror(error)}\n")
         sys.stderr.flush()
         os._exit(2)
