@@ -102,27 +102,31 @@ fn two_agents_with_their_own_cgroup_dirs_run_side_by_side() {
     hello_runs(&second);
 }
 
-/// Starts a second agent with a socket and state directory of its own, on `cgroup_dir` and
-/// `uid_base`, which `first` (or nothing) holds: it must refuse to start, in the foreground and
+/// `bkg-agent` on `socket`, `state_dir`, `cgroup_dir` and `uid_base`, without its log.
+fn second_agent_command(socket: &Path, state_dir: &Path, cgroup_dir: &str, uid_base: u32) -> Command {
+    let mut command = Command::new(bin_dir().join("bkg-agent"));
+    command
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--cgroup-dir")
+        .arg(cgroup_dir)
+        .arg("--uid-base")
+        .arg(uid_base.to_string())
+        .env("BKG_LOG", "off")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Starts a second agent with a socket of its own, on `state_dir` (else one of its own),
+/// `cgroup_dir` and `uid_base`, one of which `first` holds: it must refuse to start, in the foreground and
 /// in the background, with one line naming `first` and the flag `fix`. The first then still runs.
 fn a_second_agent_is_refused(first: &Agent, state_dir: Option<&Path>, cgroup_dir: &str, uid_base: u32, fix: &str) {
     let other = tempfile::Builder::new().prefix("bkg-e2e-second-").tempdir().expect("temp dir");
     let state_dir = state_dir.map_or_else(|| other.path().join("state"), Path::to_path_buf);
-    let second_agent = || {
-        let mut command = Command::new(bin_dir().join("bkg-agent"));
-        command
-            .arg("--socket")
-            .arg(other.path().join("agent.sock"))
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .arg("--cgroup-dir")
-            .arg(cgroup_dir)
-            .arg("--uid-base")
-            .arg(uid_base.to_string())
-            .env("BKG_LOG", "off")
-            .stdin(Stdio::null());
-        command
-    };
+    let socket = other.path().join("agent.sock");
+    let second_agent = || second_agent_command(&socket, &state_dir, cgroup_dir, uid_base);
     let mut second = second_agent()
         .arg("--foreground")
         .stdout(Stdio::null())
@@ -213,21 +217,8 @@ fn a_second_agent_on_a_busy_socket_refuses_in_the_foreground_and_in_the_backgrou
     let other = tempfile::Builder::new().prefix("bkg-e2e-busy-").tempdir().expect("temp dir");
     let uids = UidRange::reserve();
     let own_cgroup_dir = format!("{}-busy", first.cgroup_dir);
-    let second_agent = || {
-        let mut command = Command::new(bin_dir().join("bkg-agent"));
-        command
-            .arg("--socket")
-            .arg(&first.socket)
-            .arg("--state-dir")
-            .arg(other.path().join("state"))
-            .arg("--cgroup-dir")
-            .arg(&own_cgroup_dir)
-            .arg("--uid-base")
-            .arg(uids.base.to_string())
-            .env("BKG_LOG", "off")
-            .stdin(Stdio::null());
-        command
-    };
+    let state_dir = other.path().join("state");
+    let second_agent = || second_agent_command(&first.socket, &state_dir, &own_cgroup_dir, uids.base);
     let expected = format!("bkg-agent: another agent is already listening on {}", first.socket.display());
     for detached in [false, true] {
         let mut command = second_agent();

@@ -333,7 +333,6 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     agent_end.set_nonblocking(true).map_err(EngineError::io("control socket"))?;
     let mut control = UnixStream::from_std(agent_end).map_err(EngineError::io("control socket"))?;
     let mut pid_one = None;
-    let mut disk_device = None;
     let handshake = async {
         control::write_async(&mut control, &ToInit::Prepare(Box::new(plan))).await?;
         let first = control::read_async::<FromInit>(&mut control).await?;
@@ -344,29 +343,26 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
         control::read_async::<FromInit>(&mut control).await
     };
     let reply = tokio::time::timeout(PREPARE_TIMEOUT, handshake).await;
-    let failure = match reply {
-        Ok(Ok(FromInit::Ready { disk_device: device })) if pid_one.is_some() => {
-            disk_device = Some(device);
-            None
-        }
-        Ok(Ok(FromInit::Failed { stage, message })) => Some(EngineError::Prepare { stage, message }),
-        Ok(Ok(other)) => {
-            Some(EngineError::Prepare { stage: "handshake".into(), message: format!("unexpected {other:?}") })
-        }
-        Ok(Err(error)) => Some(EngineError::Prepare { stage: "handshake".into(), message: error.to_string() }),
-        Err(_) => Some(EngineError::Prepare { stage: "handshake".into(), message: "timed out".into() }),
+    let handshake_failed = |message: String| EngineError::Prepare { stage: "handshake".into(), message };
+    let built = match (reply, pid_one) {
+        (Ok(Ok(FromInit::Ready { disk_device })), Some(pid)) => Ok((pid, disk_device)),
+        (Ok(Ok(FromInit::Ready { .. })), None) => Err(handshake_failed("pid 1 was not reported".into())),
+        (Ok(Ok(FromInit::Failed { stage, message })), _) => Err(EngineError::Prepare { stage, message }),
+        (Ok(Ok(other)), _) => Err(handshake_failed(format!("unexpected {other:?}"))),
+        (Ok(Err(error)), _) => Err(handshake_failed(error.to_string())),
+        (Err(_), _) => Err(handshake_failed("timed out".into())),
     };
-    if let Some(error) = failure {
-        let _ = init.start_kill();
-        let _ = init.wait().await;
-        if let Some(pid) = pid_one {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)).await;
+    let (pid_one, disk_device) = match built {
+        Ok(built) => built,
+        Err(error) => {
+            let _ = init.start_kill();
+            let _ = init.wait().await;
+            if let Some(pid) = pid_one {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)).await;
+            }
+            return Err(error);
         }
-        return Err(error);
-    }
-    let (Some(pid_one), Some(disk_device)) = (pid_one, disk_device) else {
-        return Err(EngineError::Prepare { stage: "handshake".into(), message: "pid 1 was not reported".into() });
     };
     // The outer init exits as soon as it has reported pid 1: reap it now rather than leave a
     // zombie for as long as the sandbox waits in the pool.
