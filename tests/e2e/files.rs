@@ -100,6 +100,21 @@ fn paths_that_leave_the_workspace_are_refused() {
 }
 
 #[test]
+fn a_refused_upload_is_answered_with_its_refusal_however_much_is_still_to_send() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    // The agent refuses the destination from the request's head, long before this is sent.
+    let big = std::fs::File::create(dir.join("big.bin")).expect("create");
+    big.set_len(48 * 1024 * 1024).expect("size");
+    for dest in ["box:../up", "box:/etc"] {
+        let refused = agent.bkg_in(dir, &["cp", "big.bin", dest]);
+        assert_eq!(code(&refused), 125, "cp into {dest}: {}", stderr(&refused));
+        assert!(!stderr(&refused).contains("cannot reach the agent"), "cp into {dest}: {}", stderr(&refused));
+    }
+}
+
+#[test]
 fn an_upload_larger_than_the_disk_says_the_disk_is_full() {
     let agent = Agent::start();
     let project = project_with_box(&agent, &["--disk", "32MiB"]);

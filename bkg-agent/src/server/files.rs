@@ -57,16 +57,22 @@ pub async fn upload(
     }
     let (sender, chunks) = mpsc::channel(4);
     let mut body = request.into_body().into_data_stream();
+    // The body is read to its end whatever becomes of the upload: a refusal answered before
+    // the client has sent it all would close the connection under the client's writes, and
+    // the client would see a broken pipe instead of the refusal (what a success reads anyway).
     let pump = tokio::spawn(async move {
+        let mut unpacking = Some(sender);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map(|bytes| bytes.to_vec()).map_err(std::io::Error::other);
-            if sender.send(chunk).await.is_err() {
-                return;
+            if let Some(sender) = &unpacking
+                && sender.send(chunk).await.is_err()
+            {
+                unpacking = None;
             }
         }
     });
     let uploaded = state.service.upload_files(&principal, &id, &query.path, chunks).await;
-    pump.abort();
+    let _ = pump.await;
     Ok(Json(uploaded?))
 }
 
