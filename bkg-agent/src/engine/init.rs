@@ -78,14 +78,18 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
     if nix::unistd::getppid().as_raw() as u32 != plan.agent_pid {
         return Err(StageError::new("check parent", "the agent that started this sandbox is gone"));
     }
-    let own_pid = std::process::id().to_string();
-    // Moving a process between cgroups holds a lock that every fork on the host waits for: a
-    // pool sandbox, started at idle priority, must not hold it at that priority.
+    // Joining writes `0` (the writer itself) into files that move the calling thread alone on
+    // v1 (RunCgroup::join_files): with a second thread the process would be half inside.
+    if own_thread_count()? != 1 {
+        return Err(StageError::new("join cgroup", "the sandbox init has more than one thread"));
+    }
+    // On v2 the move holds a lock that every fork on the host waits for: a pool sandbox,
+    // started at idle priority, must not hold it at that priority.
     if plan.background {
         set_scheduling(libc::SCHED_OTHER).stage("raise priority")?;
     }
-    for procs in &plan.cgroup_procs {
-        fs::write(procs, &own_pid).stage(&format!("join cgroup {}", procs.display()))?;
+    for join in &plan.cgroup_joins {
+        fs::write(join, "0").stage(&format!("join cgroup {}", join.display()))?;
     }
     if plan.background {
         set_scheduling(libc::SCHED_IDLE).stage("lower priority")?;
@@ -230,6 +234,16 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
         let _ = control::read_blocking::<ToInit>(control);
     }
     Ok(())
+}
+
+/// Threads of this process (`/proc/self/stat` field 20).
+fn own_thread_count() -> Result<u64, StageError> {
+    let stat = fs::read_to_string("/proc/self/stat").stage("read /proc/self/stat")?;
+    // The command name (field 2) may hold spaces and parentheses: count from its closing one.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(17))
+        .and_then(|threads| threads.parse().ok())
+        .ok_or_else(|| StageError::new("read /proc/self/stat", "no thread count in it"))
 }
 
 /// Sets this process's scheduling policy (`SCHED_IDLE` or `SCHED_OTHER`, priority 0); the

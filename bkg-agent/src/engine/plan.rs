@@ -252,7 +252,7 @@ pub struct SandboxPlan {
     pub disk_mount_dir: PathBuf,
     pub hostname: String,
     pub ids: HostIds,
-    pub cgroup_procs: Vec<PathBuf>,
+    pub cgroup_joins: Vec<PathBuf>,
     pub steps: Vec<MountStep>,
     /// Paths (inside) the code may read and execute, and those it may also write (Landlock).
     pub landlock_read_exec: Vec<PathBuf>,
@@ -306,7 +306,7 @@ pub struct PlanInputs {
     pub project: Option<ProjectMounts>,
     pub hostname: String,
     pub ids: HostIds,
-    pub cgroup_procs: Vec<PathBuf>,
+    pub cgroup_joins: Vec<PathBuf>,
     pub additions: Additions,
 }
 
@@ -400,7 +400,7 @@ impl SandboxPlan {
             disk_mount_dir: inputs.run_dir.join("disk"),
             hostname: inputs.hostname,
             ids: inputs.ids,
-            cgroup_procs: inputs.cgroup_procs,
+            cgroup_joins: inputs.cgroup_joins,
             steps,
             landlock_read_exec: read_exec,
             landlock_read_write: read_write,
@@ -468,7 +468,7 @@ mod tests {
             project: None,
             hostname: "bkg".into(),
             ids: HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 },
-            cgroup_procs: vec![],
+            cgroup_joins: vec![],
             additions: Additions::default(),
         }
     }
@@ -604,7 +604,7 @@ mod tests {
             project: None,
             hostname: "bkg".into(),
             ids: HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 },
-            cgroup_procs: vec![],
+            cgroup_joins: vec![],
             additions: Additions::default(),
         };
         inputs.project = Some(ProjectMounts {
@@ -673,7 +673,7 @@ mod tests {
                 }),
                 hostname: "bkg".into(),
                 ids: HostIds { sandbox: 200_004, init: 200_005, nobody: 200_006, root: 200_007 },
-                cgroup_procs: vec![],
+                cgroup_joins: vec![],
                 additions: Additions::default(),
             },
         );

@@ -131,7 +131,7 @@ impl PreparedSandbox {
                 project: persistent.map(|p| p.project.clone()),
                 hostname: "bkg".into(),
                 ids: ids.ids(),
-                cgroup_procs: cgroup.procs_paths(),
+                cgroup_joins: cgroup.join_files(),
                 additions: additions.clone(),
             },
         );

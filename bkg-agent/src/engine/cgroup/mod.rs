@@ -139,6 +139,11 @@ pub trait CgroupDriver: Send + Sync {
 pub trait RunCgroup: Send + Sync {
     /// The `cgroup.procs` files a process writes its pid into to join (v1: one per hierarchy).
     fn procs_paths(&self) -> Vec<PathBuf>;
+    /// The files a single-threaded process writes `0` into to join itself. v1: `tasks`, which
+    /// moves the writing thread alone: moving a whole process (`cgroup.procs`) takes the
+    /// host-wide lock every fork waits on and first waits an RCU grace period for it (5-10 ms
+    /// here, docs/testing.md), moving the caller's own thread does not. v2: `cgroup.procs`.
+    fn join_files(&self) -> Vec<PathBuf>;
     /// Replaces the limits, e.g. when a pre-made cgroup is claimed for a run with other limits.
     fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;
     fn usage(&self) -> Result<CgroupUsage, CgroupError>;
@@ -919,6 +924,39 @@ mod tests {
         run.kill_all()?;
         shell.assert_killed()?;
         assert!(run.pids()?.is_empty());
+        run.remove()?;
+        Ok(())
+    }
+
+    #[test]
+    fn real_a_single_threaded_process_joins_itself_through_the_join_files() -> TestResult {
+        let agent_dir = format!("bkg-test-{}-self-join", std::process::id());
+        let _cleanup = AgentDirCleanup::for_detected_layout(&agent_dir)?;
+        let driver = detect(&agent_dir)?;
+        let run = driver.create("run-1", &REAL_LIMITS)?;
+        // What the sandbox init does (engine/init.rs `outer`): `0` into each file, then a fork.
+        let mut script = String::new();
+        for join in run.join_files() {
+            script.push_str(&format!("echo 0 > '{}' || exit 1; ", join.display()));
+        }
+        script.push_str("sleep 30 & echo forked; wait");
+        let mut shell =
+            TestChild(Command::new("sh").args(["-c", &script]).stdout(std::process::Stdio::piped()).spawn()?);
+        let mut forked = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(shell.0.stdout.take().ok_or("no stdout")?),
+            &mut forked,
+        )?;
+        assert_eq!(forked.trim(), "forked", "the shell could not join");
+        // Every hierarchy lists the shell and the child it forked after joining.
+        let shell_pid = shell.pid()?.to_string();
+        for procs in run.procs_paths() {
+            let listed = fs::read_to_string(&procs)?;
+            assert_eq!(listed.lines().count(), 2, "{}: {listed}", procs.display());
+            assert!(listed.lines().any(|pid| pid == shell_pid), "{}: {listed}", procs.display());
+        }
+        run.kill_all()?;
+        shell.assert_killed()?;
         run.remove()?;
         Ok(())
     }

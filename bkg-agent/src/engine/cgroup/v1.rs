@@ -178,6 +178,10 @@ impl RunCgroup for V1RunCgroup {
         self.dirs.iter().map(|dir| dir.join("cgroup.procs")).collect()
     }
 
+    fn join_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|dir| dir.join("tasks")).collect()
+    }
+
     fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         limits.validate()?;
         let quota = limits.cpu_quota_us();

@@ -181,6 +181,10 @@ impl RunCgroup for V2RunCgroup {
         vec![self.dir.join("cgroup.procs")]
     }
 
+    fn join_files(&self) -> Vec<PathBuf> {
+        self.procs_paths()
+    }
+
     fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         limits.validate()?;
         let quota = limits.cpu_quota_us();
