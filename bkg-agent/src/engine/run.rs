@@ -110,7 +110,7 @@ impl Engine {
             },
         };
         let limits = cgroup_limits(&run.limits);
-        let cgroup_result = sandbox.cgroup.set_limits(&limits);
+        let cgroup_result = sandbox.apply_limits(&limits);
         if let Err(error) = cgroup_result {
             self.dispose_later(&tracker, sandbox);
             return Err(EngineError::from(error).into());

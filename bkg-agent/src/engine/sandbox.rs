@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 
 use super::capacity::DiskGrant;
-use super::cgroup::{CgroupLimits, RunCgroup};
+use super::cgroup::{CgroupError, CgroupLimits, RunCgroup};
 use super::control::{self, CONTROL_FD, FromInit, ToInit};
 use super::plan::{Additions, PlanInputs, ProjectMounts, Runtimes, SandboxPlan};
 use super::prestart::PrestartPlan;
@@ -39,6 +39,8 @@ pub struct PreparedSandbox {
     /// The loop device pid 1 attached the disk to (`FromInit::Ready`).
     disk_device: PathBuf,
     pub cgroup: Box<dyn RunCgroup>,
+    /// The limits its cgroup holds.
+    limits_held: CgroupLimits,
     /// The runtime whose interpreter pid 1 started ahead (pool sandboxes, engine/prestart.rs).
     pub started_ahead: Option<bkg_schema::Language>,
     /// Host pid of the sandbox's pid 1: our child until `dispose` reaps it, so the pid cannot
@@ -120,7 +122,8 @@ impl PreparedSandbox {
             }
         };
 
-        let cgroup = engine.cgroups.create(id, &cgroup_limits(&engine.config.default_limits))?;
+        let limits = cgroup_limits(&engine.config.default_limits);
+        let cgroup = engine.cgroups.create(id, &limits)?;
         let mut plan = SandboxPlan::new(
             &engine.host,
             PlanInputs {
@@ -156,6 +159,7 @@ impl PreparedSandbox {
                 disk_image,
                 disk_device,
                 cgroup,
+                limits_held: limits,
                 started_ahead,
                 pid_one,
                 control,
@@ -174,6 +178,16 @@ impl PreparedSandbox {
                 Err(error)
             }
         }
+    }
+
+    /// Gives the cgroup `limits`, unless it holds them already: most runs take the defaults a
+    /// sandbox is made with, and writing eight cgroup files again is on the run's waiting path.
+    pub fn apply_limits(&mut self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        if *limits != self.limits_held {
+            self.cgroup.set_limits(limits)?;
+            self.limits_held = *limits;
+        }
+        Ok(())
     }
 
     /// Host pid of the sandbox's pid 1, whose namespaces are the sandbox's.
@@ -324,6 +338,9 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
             if result < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
         });
     }
+    // Spawned from a runtime worker, which lives as long as the agent: the init's parent-death
+    // signal follows the thread that forked it, so a blocking-pool thread (gone after 10 s idle)
+    // would take the sandbox with it.
     let mut init = tokio::process::Command::from(command)
         .kill_on_drop(true)
         .spawn()
