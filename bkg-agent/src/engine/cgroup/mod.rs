@@ -928,13 +928,9 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn real_a_single_threaded_process_joins_itself_through_the_join_files() -> TestResult {
-        let agent_dir = format!("bkg-test-{}-self-join", std::process::id());
-        let _cleanup = AgentDirCleanup::for_detected_layout(&agent_dir)?;
-        let driver = detect(&agent_dir)?;
-        let run = driver.create("run-1", &REAL_LIMITS)?;
-        // What the sandbox init does (engine/init.rs `outer`): `0` into each file, then a fork.
+    /// What the sandbox init does (engine/init.rs `outer`): a single-threaded process writes `0`
+    /// into each join file, then forks; both must be in every hierarchy of `run`.
+    fn assert_a_shell_joins_itself(run: &dyn RunCgroup) -> TestResult {
         let mut script = String::new();
         for join in run.join_files() {
             script.push_str(&format!("echo 0 > '{}' || exit 1; ", join.display()));
@@ -943,12 +939,9 @@ mod tests {
         let mut shell =
             TestChild(Command::new("sh").args(["-c", &script]).stdout(std::process::Stdio::piped()).spawn()?);
         let mut forked = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(shell.0.stdout.take().ok_or("no stdout")?),
-            &mut forked,
-        )?;
+        let stdout = shell.0.stdout.take().ok_or("no stdout")?;
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut forked)?;
         assert_eq!(forked.trim(), "forked", "the shell could not join");
-        // Every hierarchy lists the shell and the child it forked after joining.
         let shell_pid = shell.pid()?.to_string();
         for procs in run.procs_paths() {
             let listed = fs::read_to_string(&procs)?;
@@ -957,6 +950,16 @@ mod tests {
         }
         run.kill_all()?;
         shell.assert_killed()?;
+        Ok(())
+    }
+
+    #[test]
+    fn real_a_single_threaded_process_joins_itself_through_the_join_files() -> TestResult {
+        let agent_dir = format!("bkg-test-{}-self-join", std::process::id());
+        let _cleanup = AgentDirCleanup::for_detected_layout(&agent_dir)?;
+        let driver = detect(&agent_dir)?;
+        let run = driver.create("run-1", &REAL_LIMITS)?;
+        assert_a_shell_joins_itself(run.as_ref())?;
         run.remove()?;
         Ok(())
     }
@@ -1012,6 +1015,11 @@ mod tests {
         child.assert_killed()?;
         run.remove()?;
         assert!(!dir.exists());
+
+        let run = driver.create("run-2", &REAL_LIMITS)?;
+        assert_eq!(run.join_files(), run.procs_paths());
+        assert_a_shell_joins_itself(run.as_ref())?;
+        run.remove()?;
         Ok(())
     }
 }
