@@ -17,6 +17,11 @@ use super::failure::{ApiResult, Failure};
 use super::input::{PathParam, QueryParams};
 use crate::auth::Principal;
 
+/// How much of an upload's body is read and dropped once the upload has ended (refused, disk
+/// full, or the tar stream's end reached), so the client hears the answer: twice a default
+/// sandbox's disk. A client still sending past it sees the connection close instead.
+const DRAIN_LIMIT_BYTES: usize = 1 << 30;
+
 /// The route whose PUT body is streamed.
 pub const FILES_ROUTE: &str = "/api/v1/sandboxes/{id}/files";
 
@@ -57,17 +62,27 @@ pub async fn upload(
     }
     let (sender, chunks) = mpsc::channel(4);
     let mut body = request.into_body().into_data_stream();
-    // The body is read to its end whatever becomes of the upload: a refusal answered before
-    // the client has sent it all would close the connection under the client's writes, and
-    // the client would see a broken pipe instead of the refusal (what a success reads anyway).
+    // The body is read to its end whatever becomes of the upload (up to `DRAIN_LIMIT_BYTES`
+    // past what the unpacking took): a refusal answered before the client has sent it all
+    // would close the connection under the client's writes, and the client would see a broken
+    // pipe instead of the refusal.
     let pump = tokio::spawn(async move {
         let mut unpacking = Some(sender);
+        let mut drained = 0usize;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map(|bytes| bytes.to_vec()).map_err(std::io::Error::other);
-            if let Some(sender) = &unpacking
-                && sender.send(chunk).await.is_err()
-            {
-                unpacking = None;
+            match &unpacking {
+                Some(sender) => {
+                    let chunk = chunk.map(|bytes| bytes.to_vec()).map_err(std::io::Error::other);
+                    if sender.send(chunk).await.is_err() {
+                        unpacking = None;
+                    }
+                }
+                None => {
+                    drained += chunk.map_or(0, |bytes| bytes.len());
+                    if drained > DRAIN_LIMIT_BYTES {
+                        return;
+                    }
+                }
             }
         }
     });
