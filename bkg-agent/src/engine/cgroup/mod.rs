@@ -137,7 +137,8 @@ pub trait CgroupDriver: Send + Sync {
 }
 
 pub trait RunCgroup: Send + Sync {
-    /// The `cgroup.procs` files a process writes its pid into to join (v1: one per hierarchy).
+    /// The `cgroup.procs` files (v1: one per hierarchy): they list the cgroup's processes, and a
+    /// pid written into them moves that whole process in.
     fn procs_paths(&self) -> Vec<PathBuf>;
     /// The files a single-threaded process writes `0` into to join itself. v1: `tasks`, which
     /// moves the writing thread alone: moving a whole process (`cgroup.procs`) takes the
