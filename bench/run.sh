@@ -147,12 +147,16 @@ mark() {
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
-# warm_count SOCKET: the agent's prepared-sandbox count, or -1 when it does not answer.
-warm_count() {
+# status_count SOCKET FIELD: a count from the agent's `bkg agent status --json`, or -1 when it
+# does not answer.
+status_count() {
     local out
     out=$("$BKG" agent status --json --socket "$1" 2>/dev/null) || { echo -1; return; }
-    "$HOSTPY" -c 'import json,sys; print(json.loads(sys.argv[1]).get("warm_sandboxes", 0))' "$out"
+    "$HOSTPY" -c 'import json,sys; print(json.loads(sys.argv[1]).get(sys.argv[2], 0))' "$out" "$2"
 }
+
+# warm_count SOCKET: the agent's prepared-sandbox count, or -1 when it does not answer.
+warm_count() { status_count "$1" warm_sandboxes; }
 
 # wait_agent NAME PID SOCKET POOL START_MS: wait until the agent answers and its pool is full.
 wait_agent() {
@@ -259,12 +263,14 @@ printf '%s\n' "$(quote "${UNSHARE[@]}" "$PYTHON" "$EXAMPLES/hello.py")" >"$RAW/u
 # (baselines and bkg) for RUNS/ROUNDS runs, so slow drift of the machine (neighbours, thermal)
 # falls on all of them alike; summarize.py merges the rounds' times per command.
 startup() {
-    local lang=$1 interp=$2 script=$3 round warmup
+    local lang=$1 interp=$2 script=$3 round warmup warm_runs=0 prestarted_before
     log "startup, $lang: $ROUNDS interleaved hyperfine rounds, $((RUNS / ROUNDS)) runs per command each"
+    prestarted_before=$(status_count "$WARM_SOCK" prestarted_runs)
     for ((round = 1; round <= ROUNDS; round++)); do
         wait_pool "$WARM_SOCK" 2
         warmup=1
         ((round == 1)) && warmup=$WARMUP
+        warm_runs=$((warm_runs + warmup + RUNS / ROUNDS))
         "${CLEAN_ENV[@]}" hyperfine -N --style basic --warmup "$warmup" --runs "$((RUNS / ROUNDS))" \
             --export-json "$RAW/startup-$lang-round$round.json" \
             -n "bare" "$(quote "$interp" "$EXAMPLES/$script")" \
@@ -273,6 +279,10 @@ startup() {
             -n "bkg-warm" "$(quote "$BKG" exe --socket "$WARM_SOCK" "$EXAMPLES/$script")" \
             -n "bkg-pool0" "$(quote "$BKG" exe --socket "$COLD_SOCK" "$EXAMPLES/$script")" >&2
     done
+    # How many of the warm agent's runs (warmups included) took a sandbox whose interpreter was
+    # started ahead: the others found none ready and prepared their own, which the times mix in.
+    printf '%s %s\n' "$warm_runs" "$(($(status_count "$WARM_SOCK" prestarted_runs) - prestarted_before))" \
+        >"$RAW/prestarted-$lang.txt"
 }
 mark start
 startup python "$PYTHON" hello.py

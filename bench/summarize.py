@@ -142,6 +142,15 @@ def startup(raw, lang):
     return by_name
 
 
+def prestarted(raw, lang):
+    """How many of the warm agent's startup runs took an interpreter started ahead (run.sh)."""
+    try:
+        runs, taken = (int(x) for x in (raw / f"prestarted-{lang}.txt").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return {"runs": runs, "prestarted": taken}
+
+
 def agent_side(raw, lang):
     path = raw / f"bkg-json-{lang}.jsonl"
     if not path.exists():
@@ -316,6 +325,11 @@ def markdown(doc):
                 lines.append(f"| {label} | {fms(r['median_ms'])} | {fx(r['ratio_vs_bare'])} | "
                              f"{fx(r['ratio_vs_bwrap'])} | {fms(r['mean_ms'])} ± "
                              f"{fms(r['stddev_ms'])} |")
+        p = doc["prestarted"].get(lang)
+        if p:
+            lines += ["", f"Runs of the warm agent (warmups included) that took a sandbox with the "
+                      f"interpreter started ahead: {p['prestarted']} of {p['runs']}; the others "
+                      f"found none ready that fit and had one prepared for them."]
         a = doc["agent_side"].get(lang)
         if a and a["wall_ms_median"] is not None:
             lines += ["", f"Agent-reported `wall_ms` of `bkg exe --json {script}` (median of "
@@ -454,6 +468,7 @@ def main():
         "commands": {"bwrap": text("bwrap-command.txt"), "unshare": text("unshare-command.txt")},
         "startup": {lang: startup(raw, lang) for lang in ("python", "node")},
         "agent_side": {"python": agent_side(raw, "hello-py"), "node": agent_side(raw, "hello-js")},
+        "prestarted": {lang: prestarted(raw, lang) for lang in ("python", "node")},
         "throughput": throughput(raw),
         "agent_cpu": [],
         "memory": memory(raw),
