@@ -263,7 +263,7 @@ printf '%s\n' "$(quote "${UNSHARE[@]}" "$PYTHON" "$EXAMPLES/hello.py")" >"$RAW/u
 # (baselines and bkg) for RUNS/ROUNDS runs, so slow drift of the machine (neighbours, thermal)
 # falls on all of them alike; summarize.py merges the rounds' times per command.
 startup() {
-    local lang=$1 interp=$2 script=$3 round warmup warm_runs=0 prestarted_before
+    local lang=$1 interp=$2 script=$3 round warmup warm_runs=0 prestarted_before prestarted_after
     log "startup, $lang: $ROUNDS interleaved hyperfine rounds, $((RUNS / ROUNDS)) runs per command each"
     prestarted_before=$(status_count "$WARM_SOCK" prestarted_runs)
     for ((round = 1; round <= ROUNDS; round++)); do
@@ -281,8 +281,11 @@ startup() {
     done
     # How many of the warm agent's runs (warmups included) took a sandbox whose interpreter was
     # started ahead: the others found none ready and prepared their own, which the times mix in.
-    printf '%s %s\n' "$warm_runs" "$(($(status_count "$WARM_SOCK" prestarted_runs) - prestarted_before))" \
-        >"$RAW/prestarted-$lang.txt"
+    # An agent that did not answer either time leaves no count rather than a wrong one.
+    prestarted_after=$(status_count "$WARM_SOCK" prestarted_runs)
+    if ((prestarted_before >= 0 && prestarted_after >= 0)); then
+        printf '%s %s\n' "$warm_runs" "$((prestarted_after - prestarted_before))" >"$RAW/prestarted-$lang.txt"
+    fi
 }
 mark start
 startup python "$PYTHON" hello.py
