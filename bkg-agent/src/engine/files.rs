@@ -33,6 +33,9 @@ pub enum FilesError {
     DiskFull(String),
     #[error("the tar stream is not valid: {0}")]
     BadArchive(String),
+    /// The sandbox's pid 1 has ended (its run ended) before its /workspace could be opened.
+    #[error("the sandbox has ended")]
+    Ended,
     #[error("{0}")]
     Io(String),
 }
@@ -119,12 +122,16 @@ fn kind_of(stat: &FileStat) -> FileKind {
 
 impl Workspace {
     /// /workspace as the sandbox whose pid 1 has host pid `pid_one` sees it; new files are
-    /// `owner`'s (the sandbox user's host uid and gid).
+    /// `owner`'s (the sandbox user's host uid and gid). `Ended` when that pid 1 has exited: an
+    /// ended process has no root, and every live sandbox has a /workspace.
     pub fn open(pid_one: i32, owner: u32) -> Result<Self, FilesError> {
         let path = format!("/proc/{pid_one}/root{}", super::plan::WORKSPACE);
         let root =
             nix::fcntl::open(path.as_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(|errno| FilesError::Io(format!("open the sandbox's /workspace: {errno}")))?;
+                .map_err(|errno| match errno {
+                    Errno::ENOENT | Errno::ESRCH => FilesError::Ended,
+                    other => FilesError::Io(format!("open the sandbox's /workspace: {other}")),
+                })?;
         Ok(Self { root, owner })
     }
 
@@ -374,6 +381,9 @@ impl Workspace {
 
 #[cfg(test)]
 mod tests {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    use nix::unistd::Pid;
+
     use super::*;
 
     #[test]
@@ -384,5 +394,17 @@ mod tests {
         assert!(matches!(relative("/etc/passwd"), Err(FilesError::Refused(_))));
         assert!(matches!(relative("a/../../b"), Err(FilesError::Refused(_))));
         assert!(matches!(relative("a\0b"), Err(FilesError::Refused(_))));
+    }
+
+    #[test]
+    fn the_workspace_of_an_ended_pid_one_is_ended_not_an_error() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = Pid::from_raw(child.id() as i32);
+        // Ended but not reaped, as a sandbox's pid 1 is between its exit and its disposal.
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+        waitid(Id::Pid(pid), flags).expect("wait for the exit");
+        assert!(matches!(Workspace::open(pid.as_raw(), 0), Err(FilesError::Ended)));
+        child.wait().expect("reap");
+        assert!(matches!(Workspace::open(pid.as_raw(), 0), Err(FilesError::Ended)));
     }
 }

@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
+use bkg_schema::ApiError;
 use bkg_schema::files::{FileEntry, UploadResult};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -42,7 +43,11 @@ pub struct FilesQuery {
     tag = "files",
     params(("id" = String, Path, description = "The sandbox's id"), FilesQuery),
     request_body(content = Vec<u8>, content_type = "application/x-tar", description = "A tar stream"),
-    responses((status = 200, description = "What was written", body = UploadResult)),
+    responses(
+        (status = 200, description = "What was written", body = UploadResult),
+        (status = 409, description = "Runs kept taking the sandbox before the transfer could hold it", body = ApiError),
+        (status = 503, description = "The sandbox could not be held for the transfer now (it did not start, or its runs kept ending); try again", body = ApiError),
+    ),
 )]
 pub async fn upload(
     State(state): State<AppState>,
@@ -98,7 +103,11 @@ pub async fn upload(
     path = "/api/v1/sandboxes/{id}/files",
     tag = "files",
     params(("id" = String, Path, description = "The sandbox's id"), FilesQuery),
-    responses((status = 200, description = "A tar stream", content((Vec<u8> = "application/x-tar")))),
+    responses(
+        (status = 200, description = "A tar stream", content((Vec<u8> = "application/x-tar"))),
+        (status = 409, description = "Runs kept taking the sandbox before the transfer could hold it", body = ApiError),
+        (status = 503, description = "The sandbox could not be held for the transfer now (it did not start, or its runs kept ending); try again", body = ApiError),
+    ),
 )]
 pub async fn download(
     State(state): State<AppState>,
@@ -124,7 +133,11 @@ pub async fn download(
     path = "/api/v1/sandboxes/{id}/files/list",
     tag = "files",
     params(("id" = String, Path, description = "The sandbox's id"), FilesQuery),
-    responses((status = 200, description = "The entries, by name", body = Vec<FileEntry>)),
+    responses(
+        (status = 200, description = "The entries, by name", body = Vec<FileEntry>),
+        (status = 409, description = "Runs kept taking the sandbox before the transfer could hold it", body = ApiError),
+        (status = 503, description = "The sandbox could not be held for the transfer now (it did not start, or its runs kept ending); try again", body = ApiError),
+    ),
 )]
 pub async fn list(
     State(state): State<AppState>,

@@ -17,9 +17,13 @@ use super::{OpError, OpResult, RunInput, Service};
 use crate::auth::Principal;
 use crate::engine::files::{FilesError, Workspace, relative};
 use crate::engine::handle::{RunPhase, RunTracker, wait_until};
+use crate::engine::run::RunError;
 
 /// How long a transfer waits for the sandbox it starts to be ready, and for it to be gone after.
 const HOLDER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How many times a transfer looks for a run to hold the sandbox with (see `hold_workspace`).
+const HOLD_ATTEMPTS: usize = 5;
 
 /// Chunks of a streamed body, in either direction.
 pub type Chunks = mpsc::Receiver<Chunk>;
@@ -31,6 +35,7 @@ impl From<FilesError> for OpError {
             FilesError::Refused(_) | FilesError::DiskFull(_) | FilesError::BadArchive(_) => {
                 OpError::Invalid(error.to_string())
             }
+            FilesError::Ended => OpError::Unavailable(error.to_string()),
             FilesError::Io(message) => OpError::Internal(message),
         }
     }
@@ -60,15 +65,53 @@ impl Release {
 }
 
 impl Service {
-    /// Sandbox `id`'s /workspace, live: in its current run, or in a run started for this.
+    /// Sandbox `id`'s /workspace, live: in its current run, or in a run started for this. A run
+    /// found going on may end before its sandbox is held, and a sandbox found idle may be taken
+    /// by a run starting meanwhile: either way the transfer looks again, up to `HOLD_ATTEMPTS`
+    /// times, instead of failing a caller who only met the gap between two runs.
     async fn hold_workspace(self: &Arc<Self>, principal: &Principal, id: &str) -> OpResult<Held> {
         let stored = self.visible_sandbox(principal, id).await?;
-        if let Some(run) = self.engine.current_run(id)
-            && let Some(held) = self.workspace_of(&run, None).await?
-        {
-            return Ok(held);
+        let mut attempts = 1;
+        loop {
+            let again = attempts < HOLD_ATTEMPTS;
+            attempts += 1;
+            if let Some(run) = self.engine.current_run(id) {
+                if let Some(held) = self.workspace_of(&run, None).await? {
+                    return Ok(held);
+                }
+                let name = &stored.definition.name;
+                if run.watch().borrow().phase < RunPhase::Started {
+                    return Err(OpError::Unavailable(format!(
+                        "the run going on in sandbox {name} has not started in {}s; try again later",
+                        HOLDER_PATIENCE.as_secs()
+                    )));
+                }
+                if !again {
+                    return Err(OpError::Unavailable(format!(
+                        "sandbox {name} kept ending its runs before the transfer could use one; try again"
+                    )));
+                }
+                // Ended meanwhile: once it has let go of the sandbox, the next look finds it idle.
+                wait_until(run.watch(), HOLDER_PATIENCE, |progress| progress.phase >= RunPhase::Ended).await;
+                continue;
+            }
+            match self.start_holder(principal, id).await {
+                Ok(Some(held)) => return Ok(held),
+                Ok(None) => {
+                    return Err(OpError::Unavailable(format!(
+                        "sandbox {} did not start for the transfer",
+                        stored.definition.name
+                    )));
+                }
+                Err(OpError::Run(RunError::Busy(_))) if again => continue,
+                Err(error) => return Err(error),
+            }
         }
-        // Idle: a run whose code waits on its stdin holds the sandbox until the transfer is done.
+    }
+
+    /// Starts a run in idle sandbox `id` whose code waits on its stdin, holding the sandbox
+    /// until the transfer is done; `None` if it ended before it could be held.
+    async fn start_holder(self: &Arc<Self>, principal: &Principal, id: &str) -> OpResult<Option<Held>> {
         let exec = ExecRequest { command: "read _".into(), detach: false, env: Default::default(), stdin_base64: None };
         let (definition, mut validated) = self.validate_sandbox_exec(principal, id, exec, None).await?;
         // A big transfer may take longer than the sandbox's code may run.
@@ -79,21 +122,28 @@ impl Service {
         let (stdin, input) = mpsc::channel(1);
         let tracker = accepted.tracker();
         drop(self.start(accepted, input, None));
-        match self.workspace_of(&tracker, Some(stdin)).await? {
-            Some(held) => Ok(held),
-            None => {
-                Err(OpError::Unavailable(format!("sandbox {} did not start for the transfer", stored.definition.name)))
-            }
-        }
+        self.workspace_of(&tracker, Some(stdin)).await
     }
 
+    /// The sandbox of `run` held for a transfer, once the run has started; `None` if the run
+    /// ended (or never started) first.
     async fn workspace_of(&self, run: &Arc<RunTracker>, own: Option<mpsc::Sender<RunInput>>) -> OpResult<Option<Held>> {
         wait_until(run.watch(), HOLDER_PATIENCE, |progress| progress.phase >= RunPhase::Started).await;
         let access = match run.access() {
             Some(access) if run.watch().borrow().phase == RunPhase::Started => access,
             _ => return Ok(None),
         };
-        let workspace = Workspace::open(access.pid_one, access.owner)?;
+        let workspace = match Workspace::open(access.pid_one, access.owner) {
+            Ok(workspace) => workspace,
+            Err(FilesError::Ended) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        // A run lets go of its sandbox's access before its pid 1 is reaped (engine/run.rs
+        // `dispose_later`), so access still given after the open means the pid was still the
+        // sandbox's when it was opened, not a reused one.
+        if run.access() != Some(access) {
+            return Ok(None);
+        }
         Ok(Some(Held { workspace, release: Release { own: own.map(|stdin| (stdin, Arc::clone(run))) } }))
     }
 
