@@ -214,7 +214,7 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
         reown_tree(Path::new(dir), plan.ids.sandbox).stage(&format!("hand {dir} to the sandbox user"))?;
     }
     place_files(&order, plan.ids.sandbox)?;
-    pin_cpus(order.cpus, plan.ids.sandbox / 2)?;
+    pin_cpus(order.cpus)?;
     let fits = plan.prestart.as_ref().is_some_and(|prestart| prestart.fits(&order));
     // The prestarted process takes the run if it fits and takes its order; else it goes.
     let given = prestarted.and_then(|prestarted| match fits {
@@ -267,13 +267,18 @@ fn set_scheduling_of(pid: Pid, policy: libc::c_int) -> std::io::Result<()> {
 /// just those as online in [`CPU_DIR`], where glibc's `get_nprocs` (Python's `os.cpu_count()`)
 /// counts them; `nproc`, `os.sched_getaffinity` and Node's `os.availableParallelism()` read the
 /// mask. The CFS quota bounds the CPU time either way: this makes the count the code sees match
-/// its limit, so thread pools are not sized for the whole host. Sandboxes start at different
-/// CPUs (`spread`) so that one-CPU runs do not all share the first.
-fn pin_cpus(count: usize, spread: u32) -> Result<(), StageError> {
+/// its limit, so thread pools are not sized for the whole host. The CPUs start at the one pid 1
+/// runs on as it takes its order: the scheduler has just woken it there, on a CPU it found
+/// idle if one was, so the code does not start pinned beside the agent's work or another
+/// sandbox's preparation while a CPU is free (a fixed choice by sandbox made a one-CPU run
+/// wait behind those on a two-CPU host).
+fn pin_cpus(count: usize) -> Result<(), StageError> {
     use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
     let own = sched_getaffinity(Pid::from_raw(0)).stage("read the CPU affinity")?;
     let allowed: Vec<usize> = (0..CpuSet::count()).filter(|cpu| own.is_set(*cpu).unwrap_or(false)).collect();
-    let chosen = choose_cpus(&allowed, count, spread as usize);
+    // SAFETY: sched_getcpu takes no arguments and only reads which CPU this thread is on.
+    let current = usize::try_from(unsafe { libc::sched_getcpu() }).ok();
+    let chosen = choose_cpus(&allowed, count, current);
     let mut set = CpuSet::new();
     for cpu in &chosen {
         set.set(*cpu).stage("build the CPU set")?;
@@ -301,13 +306,15 @@ fn pin_cpus(count: usize, spread: u32) -> Result<(), StageError> {
     .stage("make the CPU directory read-only")
 }
 
-/// `count` of the `allowed` CPUs (at least one, at most all), taken in turn from `spread`.
-fn choose_cpus(allowed: &[usize], count: usize, spread: usize) -> Vec<usize> {
+/// `count` of the `allowed` CPUs (at least one, at most all), taken in turn from `current` (the
+/// first allowed one if it is unknown or not allowed).
+fn choose_cpus(allowed: &[usize], count: usize, current: Option<usize>) -> Vec<usize> {
     if allowed.is_empty() {
         return Vec::new();
     }
     let count = count.clamp(1, allowed.len());
-    let mut chosen: Vec<usize> = (0..count).map(|index| allowed[(spread + index) % allowed.len()]).collect();
+    let first = current.and_then(|cpu| allowed.iter().position(|allowed| *allowed == cpu)).unwrap_or(0);
+    let mut chosen: Vec<usize> = (0..count).map(|index| allowed[(first + index) % allowed.len()]).collect();
     chosen.sort_unstable();
     chosen
 }
@@ -1242,13 +1249,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_runs_cpus_are_as_many_as_its_limit_and_spread_over_the_allowed_ones() {
-        assert_eq!(choose_cpus(&[0, 1, 2, 3], 1, 0), [0]);
-        assert_eq!(choose_cpus(&[0, 1, 2, 3], 1, 5), [1]);
-        assert_eq!(choose_cpus(&[0, 1, 2, 3], 2, 3), [0, 3]);
-        assert_eq!(choose_cpus(&[2, 5], 8, 1), [2, 5]);
-        assert_eq!(choose_cpus(&[2, 5], 0, 0), [2]);
-        assert!(choose_cpus(&[], 1, 0).is_empty());
+    fn a_runs_cpus_are_as_many_as_its_limit_and_start_at_the_current_one() {
+        assert_eq!(choose_cpus(&[0, 1, 2, 3], 1, Some(0)), [0]);
+        assert_eq!(choose_cpus(&[0, 1, 2, 3], 1, Some(2)), [2]);
+        assert_eq!(choose_cpus(&[0, 1, 2, 3], 2, Some(3)), [0, 3]);
+        assert_eq!(choose_cpus(&[2, 5], 8, Some(5)), [2, 5]);
+        assert_eq!(choose_cpus(&[2, 5], 0, Some(5)), [5]);
+        assert_eq!(choose_cpus(&[2, 5], 1, Some(3)), [2], "a CPU the agent may not use is not taken");
+        assert_eq!(choose_cpus(&[2, 5], 1, None), [2]);
+        assert!(choose_cpus(&[], 1, Some(0)).is_empty());
     }
 
     #[test]

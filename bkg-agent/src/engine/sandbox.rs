@@ -41,6 +41,8 @@ pub struct PreparedSandbox {
     pub cgroup: Box<dyn RunCgroup>,
     /// The limits its cgroup holds.
     limits_held: CgroupLimits,
+    /// Whether its cgroup still has the background CPU weight of a pool sandbox being prepared.
+    background: bool,
     /// The runtime whose interpreter pid 1 started ahead (pool sandboxes, engine/prestart.rs).
     pub started_ahead: Option<bkg_schema::Language>,
     /// Host pid of the sandbox's pid 1: our child until `dispose` reaps it, so the pid cannot
@@ -124,6 +126,10 @@ impl PreparedSandbox {
 
         let limits = cgroup_limits(&engine.config.default_limits);
         let cgroup = engine.cgroups.create(id, &limits)?;
+        if background && let Err(error) = cgroup.set_background(true) {
+            let _ = cgroup.remove();
+            return Err(error.into());
+        }
         let mut plan = SandboxPlan::new(
             &engine.host,
             PlanInputs {
@@ -160,6 +166,7 @@ impl PreparedSandbox {
                 disk_device,
                 cgroup,
                 limits_held: limits,
+                background,
                 started_ahead,
                 pid_one,
                 control,
@@ -182,10 +189,15 @@ impl PreparedSandbox {
 
     /// Gives the cgroup `limits`, unless it holds them already: most runs take the defaults a
     /// sandbox is made with, and writing eight cgroup files again is on the run's waiting path.
+    /// A pool sandbox's cgroup gets the default CPU weight back.
     pub fn apply_limits(&mut self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         if *limits != self.limits_held {
             self.cgroup.set_limits(limits)?;
             self.limits_held = *limits;
+        }
+        if self.background {
+            self.cgroup.set_background(false)?;
+            self.background = false;
         }
         Ok(())
     }

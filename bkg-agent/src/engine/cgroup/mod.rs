@@ -147,6 +147,11 @@ pub trait RunCgroup: Send + Sync {
     fn join_files(&self) -> Vec<PathBuf>;
     /// Replaces the limits, e.g. when a pre-made cgroup is claimed for a run with other limits.
     fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;
+    /// Gives the cgroup the lowest CPU weight (`true`: a pool sandbox being prepared, which must
+    /// wait behind every run) or the default one back (`false`: a run took it). The scheduler
+    /// weighs cgroups against each other before the tasks inside them, so a task's own
+    /// `SCHED_IDLE` does not keep it from taking half a CPU from a run in another cgroup.
+    fn set_background(&self, background: bool) -> Result<(), CgroupError>;
     fn usage(&self) -> Result<CgroupUsage, CgroupError>;
     /// The memory charged to the cgroup now (its processes' and its tmpfs pages).
     fn memory_now(&self) -> Result<u64, CgroupError>;
@@ -889,6 +894,16 @@ mod tests {
         let limit =
             dirs.iter().find_map(|dir| fs::read_to_string(dir.join(memory_file)).ok()).ok_or("no memory limit file")?;
         assert_eq!(limit.trim(), (512u64 << 20).to_string());
+
+        let (weight_file, lowest, default) = match driver.version() {
+            CgroupVersion::V1 => ("cpu.shares", "2", "1024"),
+            CgroupVersion::V2 => ("cpu.weight", "1", "100"),
+        };
+        let weight = || dirs.iter().find_map(|dir| fs::read_to_string(dir.join(weight_file)).ok());
+        for (background, expected) in [(true, lowest), (false, default)] {
+            run.set_background(background)?;
+            assert_eq!(weight().ok_or("no CPU weight file")?.trim(), expected, "background: {background}");
+        }
 
         run.kill_all()?;
         child.assert_killed()?;

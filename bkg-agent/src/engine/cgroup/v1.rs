@@ -203,6 +203,12 @@ impl RunCgroup for V1RunCgroup {
         write_value(&self.file(self.index.pids, "pids.max"), &limits.pids_max.to_string())
     }
 
+    fn set_background(&self, background: bool) -> Result<(), CgroupError> {
+        // The kernel's least and default `cpu.shares`.
+        let shares = if background { "2" } else { "1024" };
+        write_value(&self.file(self.index.cpu, "cpu.shares"), shares)
+    }
+
     fn usage(&self) -> Result<CgroupUsage, CgroupError> {
         let oom_control = self.file(self.index.memory, "memory.oom_control");
         let oom_kills = match keyed_u64(&oom_control, &read_text(&oom_control)?, "oom_kill")? {

@@ -203,6 +203,14 @@ impl RunCgroup for V2RunCgroup {
         Ok(())
     }
 
+    fn set_background(&self, background: bool) -> Result<(), CgroupError> {
+        if !self.controls("cpu") {
+            return Ok(());
+        }
+        // The kernel's least and default `cpu.weight`.
+        write_value(&self.dir.join("cpu.weight"), if background { "1" } else { "100" })
+    }
+
     fn usage(&self) -> Result<CgroupUsage, CgroupError> {
         // cpu.stat's usage_usec is kept for every cgroup, cpu controller or not.
         let cpu_stat = self.dir.join("cpu.stat");
