@@ -1,6 +1,8 @@
 use std::process::Stdio;
 
-use bkg_tests::{Agent, AgentOptions, cgroup_dirs_named, code, examples_dir, stat_fields, stderr, stdout};
+use bkg_tests::{
+    Agent, AgentOptions, cgroup_dirs_named, code, examples_dir, run_cgroups_in, stat_fields, stderr, stdout,
+};
 
 #[test]
 fn nothing_is_left_behind_after_100_runs() {
@@ -33,6 +35,26 @@ fn nothing_is_left_behind_after_100_runs() {
     assert!(leftovers.cgroups.is_empty(), "the agent's cgroup directories remain: {:?}", leftovers.cgroups);
 }
 
+/// What the CPU-weight file (v1 `cpu.shares`, v2 `cpu.weight`) of each of the agent's sandbox
+/// cgroups says, by sandbox id.
+fn cpu_weights(agent: &Agent) -> Vec<(String, String)> {
+    let mut weights = Vec::new();
+    for dir in cgroup_dirs_named(&agent.cgroup_dir) {
+        for sandbox in run_cgroups_in(&dir) {
+            for name in ["cpu.shares", "cpu.weight"] {
+                if let Ok(weight) = std::fs::read_to_string(sandbox.join(name)) {
+                    let id = sandbox.file_name().map(|id| id.to_string_lossy().into_owned()).unwrap_or_default();
+                    weights.push((id, weight.trim().to_owned()));
+                }
+            }
+        }
+    }
+    weights
+}
+
+/// A pool sandbox is prepared behind every run: its processes at `SCHED_IDLE`, and its cgroup
+/// at the lowest CPU weight (the scheduler weighs cgroups against each other before their
+/// tasks, so the policy alone would not hold it back). The run that takes it gets both back.
 #[test]
 fn warm_sandboxes_wait_at_idle_priority_and_the_code_runs_at_normal_priority() {
     const SCHED_IDLE: &str = "5";
@@ -45,6 +67,9 @@ fn warm_sandboxes_wait_at_idle_priority_and_the_code_runs_at_normal_priority() {
         .map(|pid| stat_fields(pid).and_then(|fields| fields.get(38).cloned()))
         .collect();
     assert_eq!(waiting, [Some(SCHED_IDLE.to_owned()), Some(SCHED_IDLE.to_owned())]);
+    let warm = cpu_weights(&agent);
+    assert_eq!(warm.len(), 2, "{warm:?}");
+    assert!(warm.iter().all(|(_, weight)| weight == "2" || weight == "1"), "the lowest weight: {warm:?}");
 
     let output = agent.exe(&[
         "-t",
@@ -54,6 +79,18 @@ fn warm_sandboxes_wait_at_idle_priority_and_the_code_runs_at_normal_priority() {
     ]);
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert_eq!(stdout(&output), "0 0\n");
+
+    let mut long = agent.start_long_run();
+    // Every other sandbox is in the pool, refilled, once it is full again.
+    agent.wait_warm(2);
+    let pool = agent.status_json()["warm_pool"].clone();
+    let pooled: Vec<&str> =
+        pool.as_array().into_iter().flatten().filter_map(|sandbox| sandbox["id"].as_str()).collect();
+    let running: Vec<_> = cpu_weights(&agent).into_iter().filter(|(id, _)| !pooled.contains(&id.as_str())).collect();
+    let _ = long.kill();
+    let _ = long.wait();
+    assert_eq!(running.len(), 1, "one cgroup is not in the pool {pooled:?}: {running:?}");
+    assert!(["1024", "100"].contains(&running[0].1.as_str()), "the default weight: {running:?}");
 }
 
 #[test]
