@@ -22,15 +22,23 @@ fn language(name: Option<&str>) -> Result<Option<Language>, CliError> {
     .transpose()
 }
 
-/// The session `name` of sandbox `id`, made if it does not exist yet.
+/// The session `name` of sandbox `id`, made if it does not exist yet. An existing session of
+/// another language than `language` is refused: its interpreter would run the code as its own.
 async fn ensure_session(
     client: &AgentClient,
     id: &str,
     name: &str,
     language: Option<Language>,
 ) -> Result<SessionInfo, CliError> {
-    if let Some(info) = client.get_found(&format!("/api/v1/sandboxes/{id}/sessions/{name}")).await? {
-        return Ok(info);
+    if let Some(info) = client.get_found::<SessionInfo>(&format!("/api/v1/sandboxes/{id}/sessions/{name}")).await? {
+        return match language {
+            Some(language) if language != info.language => Err(CliError::usage(format!(
+                "session `{name}` runs {}, not {}: leave out --type, or give another session with --session NAME",
+                info.language.as_str(),
+                language.as_str()
+            ))),
+            _ => Ok(info),
+        };
     }
     let new = NewSession { name: Some(name.to_owned()), language };
     client.post_json(&format!("/api/v1/sandboxes/{id}/sessions"), &new).await

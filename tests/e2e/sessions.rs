@@ -41,6 +41,14 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     let next = agent.bkg_in(dir, &["exec", "box", "-c", "x + 1"]);
     assert_eq!(code(&next), 0, "{}", stderr(&next));
     assert_eq!(stdout(&next), "42\n", "the value of the last expression, with x kept");
+    // A Python session does not run code given as Node's.
+    let other = agent.bkg_in(dir, &["exec", "box", "--type", "node", "-c", "console.log(1)"]);
+    assert_eq!(code(&other), 125, "{}", stderr(&other));
+    assert_eq!(
+        stderr(&other),
+        "bkg: session `default` runs python, not node: leave out --type, or give another session with --session NAME\n"
+    );
+    assert_eq!(stdout(&other), "");
 
     let failing = agent.bkg_in(dir, &["exec", "box", "-c", "def f():\n    return 1 / 0\nf()"]);
     assert_eq!(code(&failing), 1);
