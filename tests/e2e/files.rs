@@ -172,18 +172,30 @@ fn listings_succeed_while_runs_start_and_end_back_to_back() {
 }
 
 #[test]
-fn an_upload_larger_than_the_disk_says_the_disk_is_full() {
+fn an_upload_larger_than_the_disk_says_the_disk_is_full_and_leaves_what_was_there() {
     let agent = Agent::start();
     let project = project_with_box(&agent, &["--disk", "32MiB"]);
     let dir = project.path();
+    write(&dir.join("small/big.bin"), "the first version\n");
+    let first = agent.bkg_in(dir, &["cp", "small/big.bin", "box:"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
     let big = std::fs::File::create(dir.join("big.bin")).expect("create");
     big.set_len(64 * 1024 * 1024).expect("size");
     let full = agent.bkg_in(dir, &["cp", "big.bin", "box:"]);
     assert_eq!(code(&full), 125, "{}", stderr(&full));
     assert!(stderr(&full).contains("disk is full"), "{}", stderr(&full));
-    // The sandbox is free again and still works.
-    let after = agent.bkgr(dir, &["box"]);
+    // The file already there is whole, nothing of the failed one is left, and the disk has
+    // its room back; the sandbox is free again and still works.
+    let after = agent.bkgr(dir, &["box", "show", "--", "/workspace/big.bin"]);
     assert_eq!(code(&after), 0, "{}", stderr(&after));
+    assert_eq!(stdout(&after), "the first version\n");
+    let listed = unix_request(&agent.socket, "GET", "/api/v1/sandboxes", None).json();
+    let id = listed[0]["id"].as_str().expect("the sandbox's id").to_owned();
+    let files = unix_request(&agent.socket, "GET", &format!("/api/v1/sandboxes/{id}/files/list"), None).json();
+    let names: Vec<&str> = files.as_array().into_iter().flatten().filter_map(|entry| entry["name"].as_str()).collect();
+    assert_eq!(names, ["big.bin"], "{files}");
+    let again = agent.bkg_in(dir, &["cp", "small/big.bin", "box:again.bin"]);
+    assert_eq!(code(&again), 0, "the disk has room again: {}", stderr(&again));
 }
 
 #[test]

@@ -90,7 +90,8 @@ fn failed(action: &str, path: &Path, errno: Errno) -> FilesError {
     match errno {
         Errno::ENOENT => FilesError::NotFound(format!("{} does not exist", shown(path))),
         Errno::EXDEV | Errno::ELOOP => FilesError::Refused(format!(
-            "{} leads out of /workspace (a symbolic link or mount pointing elsewhere): refused",
+            "{} leads out of /workspace (through a mount, or a symbolic link that is absolute or points \
+             outside: only relative links inside /workspace are followed): refused",
             shown(path)
         )),
         Errno::ENOSPC | Errno::EDQUOT => FilesError::DiskFull(format!("{action} {}", shown(path))),
@@ -227,22 +228,40 @@ impl Workspace {
                     "tar entry {name} is a {kind:?}: only files, directories and symbolic links are taken"
                 )));
             }
-            // O_NOFOLLOW: a symbolic link already at this place is refused, not written through.
+            // Written beside its place under a name of its own and renamed over it once whole: a
+            // failed upload (a full disk, a broken stream) leaves neither a truncated file nor an
+            // old one half replaced. O_NOFOLLOW: a symbolic link at that name is not written through.
+            let mut staging_name = std::ffi::OsString::from(".");
+            staging_name.push(file_name);
+            staging_name.push(".bkg-upload");
+            let staging = parent.join(&staging_name);
             let file = self
-                .open_beneath(&path, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW, mode)
+                .open_beneath(&staging, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW, mode)
                 .map_err(|errno| failed("create", &path, errno))?;
-            self.chown(&file, &path)?;
             let mut file = std::fs::File::from(file);
-            loop {
-                let read = entry.read(&mut buffer).map_err(|error| FilesError::BadArchive(error.to_string()))?;
-                if read == 0 {
-                    break;
+            let written = self.chown(&file, &path).and_then(|()| {
+                loop {
+                    let read = entry.read(&mut buffer).map_err(|error| FilesError::BadArchive(error.to_string()))?;
+                    if read == 0 {
+                        break;
+                    }
+                    file.write_all(&buffer[..read]).map_err(|error| io_failed("write", &path, &error))?;
+                    unpacked.bytes += read as u64;
                 }
-                file.write_all(&buffer[..read]).map_err(|error| io_failed("write", &path, &error))?;
-                unpacked.bytes += read as u64;
+                // The disk may be full only now, when the kernel writes the pages back.
+                file.sync_data().map_err(|error| io_failed("write", &path, &error))?;
+                nix::fcntl::renameat(parent_fd.as_fd(), staging_name.as_os_str(), parent_fd.as_fd(), file_name)
+                    .map_err(|errno| failed("replace", &path, errno))
+            });
+            if let Err(error) = written {
+                drop(file);
+                let _ = nix::unistd::unlinkat(
+                    parent_fd.as_fd(),
+                    staging_name.as_os_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+                return Err(error);
             }
-            // The disk may be full only now, when the kernel writes the pages back.
-            file.sync_data().map_err(|error| io_failed("write", &path, &error))?;
             unpacked.files += 1;
         }
         Ok(unpacked)

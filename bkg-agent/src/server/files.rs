@@ -36,7 +36,8 @@ pub struct FilesQuery {
 
 /// Uploads a tar stream (`Content-Type: application/x-tar`) into the directory `path` of the
 /// sandbox's /workspace, made if missing. Files, directories and symbolic links are taken; no
-/// entry may leave /workspace. A full disk is a 422 that says so.
+/// entry may leave /workspace. Each file is written whole or not at all: one that fails (a full
+/// disk is a 422 that says so) leaves nothing, and a file it was to replace stays as it was.
 #[utoipa::path(
     put,
     path = "/api/v1/sandboxes/{id}/files",
