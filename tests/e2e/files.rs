@@ -1,6 +1,7 @@
 //! Files into and out of sandboxes: `bkg cp` both ways (tar streams, confined to /workspace,
 //! within the disk limit), `bkg exe --file DIR` and `bkg exe -o DIR`.
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -169,6 +170,59 @@ fn listings_succeed_while_runs_start_and_end_back_to_back() {
     let (started, busy) = cycling.join().expect("the cycling thread");
     assert!(started >= 20, "runs kept starting meanwhile ({started} started, {busy} found it busy)");
     assert!(unexpected.is_empty(), "answers by status {answers:?}; not 200: {unexpected:?}");
+}
+
+/// A transfer into an idle sandbox holds it with a run of its own. That run is the transfer's:
+/// while it goes on, a run of the sandbox is refused with what holds it (not "stop it first");
+/// it ends as a success, and `bkg logs` goes on showing the sandbox's own last run.
+#[test]
+fn a_transfer_holds_an_idle_sandbox_without_taking_the_place_of_its_runs() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
+    let added = agent.bkg_in(dir, &["add", "box", "--type", "python", "--script", "start=echo hello from box"]);
+    assert_eq!(code(&added), 0, "add: {}", stderr(&added));
+    let first = agent.bkgr(dir, &["box"]);
+    assert_eq!((code(&first), stdout(&first)), (0, "hello from box\n".to_owned()), "{}", stderr(&first));
+    let listed = unix_request(&agent.socket, "GET", "/api/v1/sandboxes", None).json();
+    let id = listed[0]["id"].as_str().expect("the sandbox's id").to_owned();
+
+    // An upload whose body this test sends in two parts: the sandbox is held in between.
+    write(&dir.join("payload/a.txt"), "uploaded\n");
+    let archive =
+        Command::new("tar").args(["-C", "payload", "-cf", "-", "a.txt"]).current_dir(dir).output().expect("tar");
+    assert!(archive.status.success());
+    let mut upload = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+    let head = format!(
+        "PUT /api/v1/sandboxes/{id}/files?path=in HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
+         Content-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+        archive.stdout.len()
+    );
+    upload.write_all(head.as_bytes()).expect("send head");
+    upload.write_all(&archive.stdout[..512]).expect("send the first block");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while unix_request(&agent.socket, "GET", &format!("/api/v1/sandboxes/{id}"), None).json()["current_run"].is_null() {
+        assert!(std::time::Instant::now() < deadline, "the upload never held the sandbox");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let refused = agent.bkgr(dir, &["box"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("busy with a file transfer"), "{}", stderr(&refused));
+    assert!(!stderr(&refused).contains("stop it first"), "{}", stderr(&refused));
+    upload.write_all(&archive.stdout[512..]).expect("send the rest");
+    let mut answer = String::new();
+    upload.read_to_string(&mut answer).expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let logs = agent.bkg_in(dir, &["logs", "box"]);
+    assert_eq!(code(&logs), 0, "{}", stderr(&logs));
+    assert_eq!(stdout(&logs), "hello from box\n", "the log is still the sandbox's own last run's");
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(status["last_run"]["exit_code"], 0, "the transfer's run ended as a success: {status}");
+    let shown = agent.bkg_in(dir, &["exec", "box", "-c", "print(open('/workspace/in/a.txt').read(), end='')"]);
+    assert_eq!(stdout(&shown), "uploaded\n", "{}", stderr(&shown));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! accepted, so a stop or an exec right after finds it, and nobody sleeps to find out.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,12 +56,29 @@ pub struct RunTracker {
     progress: watch::Sender<RunProgress>,
     stop: Notify,
     access: Mutex<Option<SandboxAccess>>,
+    /// Whether the run only holds its sandbox for a file transfer.
+    for_transfer: AtomicBool,
 }
 
 impl RunTracker {
     fn new(run_id: String) -> Arc<Self> {
         let progress = watch::Sender::new(RunProgress { phase: RunPhase::Queued, holds_sandbox: false });
-        Arc::new(Self { run_id, progress, stop: Notify::new(), access: Mutex::new(None) })
+        Arc::new(Self {
+            run_id,
+            progress,
+            stop: Notify::new(),
+            access: Mutex::new(None),
+            for_transfer: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks the run as one that only holds its sandbox for a file transfer.
+    pub fn mark_for_transfer(&self) {
+        self.for_transfer.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_for_transfer(&self) -> bool {
+        self.for_transfer.load(Ordering::Relaxed)
     }
 
     /// The sandbox this run holds, while it holds one.

@@ -186,7 +186,7 @@ impl Engine {
                         volumes: vec![Volume { host: dirs.site(), guest: SITE.into(), read_only: false, owner: root }],
                     },
                 },
-                log_dir: dirs.work.join("logs"),
+                log_dir: Some(dirs.work.join("logs")),
             }),
             additions: Additions { hosts: index.hosts.clone(), ..Additions::default() },
             relay: index.relays.clone(),

@@ -96,17 +96,26 @@ pub struct ValidatedRun {
     pub(super) return_out_dir: bool,
 }
 
-/// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and its log.
+/// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and where its
+/// log goes (`None`: it keeps none).
 #[derive(Debug)]
 pub(super) struct PersistentRun {
     pub(super) sandbox_id: String,
     pub(super) disk: PersistentDisk,
-    pub(super) log_dir: PathBuf,
+    pub(super) log_dir: Option<PathBuf>,
 }
 
 impl ValidatedRun {
     pub fn sandbox_id(&self) -> Option<&str> {
         self.persistent.as_ref().map(|persistent| persistent.sandbox_id.as_str())
+    }
+
+    /// Keeps no log of this run: the sandbox's log stays its last run's that has one. For runs
+    /// whose output is nobody's (the run a file transfer holds an idle sandbox with).
+    pub fn without_log(&mut self) {
+        if let Some(persistent) = &mut self.persistent {
+            persistent.log_dir = None;
+        }
     }
 
     /// Mounts a built Python environment read-only at `PYTHON_ENV`, importable and with its
@@ -477,7 +486,7 @@ impl Engine {
                         volumes,
                     },
                 },
-                log_dir: home.logs_dir(),
+                log_dir: Some(home.logs_dir()),
             }),
             keep: kept_by_sandbox(&definition.keep)?,
             network,

@@ -90,8 +90,8 @@ impl Engine {
             Queued::Turn(turn, early_input) => (turn, early_input),
             Queued::Cancelled => return Ok((cancelled_in_queue(run_id, &run), Kept::default())),
         };
-        let mut log = match &run.persistent {
-            Some(persistent) => Some(open_run_log(&persistent.log_dir, &run_id).await?),
+        let mut log = match run.persistent.as_ref().and_then(|persistent| persistent.log_dir.as_deref()) {
+            Some(log_dir) => Some(open_run_log(log_dir, &run_id).await?),
             None => None,
         };
 

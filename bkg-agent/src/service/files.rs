@@ -112,15 +112,24 @@ impl Service {
     /// Starts a run in idle sandbox `id` whose code waits on its stdin, holding the sandbox
     /// until the transfer is done; `None` if it ended before it could be held.
     async fn start_holder(self: &Arc<Self>, principal: &Principal, id: &str) -> OpResult<Option<Held>> {
-        let exec = ExecRequest { command: "read _".into(), detach: false, env: Default::default(), stdin_base64: None };
+        // Ends once its stdin closes, as a success: the run's record is the transfer's.
+        let exec = ExecRequest {
+            command: "read _ || true".into(),
+            detach: false,
+            env: Default::default(),
+            stdin_base64: None,
+        };
         let (definition, mut validated) = self.validate_sandbox_exec(principal, id, exec, None).await?;
         // A big transfer may take longer than the sandbox's code may run.
         validated.limits.timeout_ms = self.engine.config.max_limits.timeout_ms;
+        // `bkg logs` goes on showing the sandbox's own last run.
+        validated.without_log();
         // A transfer's own run needs none of the sandbox's packages.
         let bare = SandboxDefinition { requirements: Vec::new(), node_packages: None, ..definition };
         let accepted = self.accept_in_sandbox(principal, &bare, validated)?;
         let (stdin, input) = mpsc::channel(1);
         let tracker = accepted.tracker();
+        tracker.mark_for_transfer();
         drop(self.start(accepted, input, None));
         self.workspace_of(&tracker, Some(stdin)).await
     }

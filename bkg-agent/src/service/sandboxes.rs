@@ -49,8 +49,12 @@ fn no_sandbox(id: &str) -> OpError {
     OpError::NotFound(format!("no sandbox {id}"))
 }
 
-pub(super) fn busy(name: &str) -> OpError {
-    OpError::Run(RunError::Busy(format!("sandbox {name} is already running; stop it first")))
+/// Sandbox `name` has a run going on; `transfer`: one that only holds it for a file transfer.
+pub(super) fn busy(name: &str, transfer: bool) -> OpError {
+    OpError::Run(RunError::Busy(match transfer {
+        true => format!("sandbox {name} is busy with a file transfer (`bkg cp`); run it again once that is done"),
+        false => format!("sandbox {name} is already running; stop it first"),
+    }))
 }
 
 impl Service {
@@ -303,7 +307,10 @@ impl Service {
         let environment =
             self.environment_of(definition.language, &definition.requirements, definition.node_packages.as_ref())?;
         let mut accepted = self.accept(principal, validated).map_err(|error| match error {
-            OpError::Run(RunError::Busy(_)) => busy(&definition.name),
+            OpError::Run(RunError::Busy(_)) => {
+                let holder = self.engine.current_run(&sandbox_id(&definition.project_dir, &definition.name));
+                busy(&definition.name, holder.is_some_and(|run| run.is_for_transfer()))
+            }
             other => other,
         })?;
         accepted.needs(environment);
