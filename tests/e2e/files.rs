@@ -2,6 +2,7 @@
 //! within the disk limit), `bkg exe --file DIR` and `bkg exe -o DIR`.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -41,13 +42,17 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     let dir = project.path();
     write(&dir.join("src/helper.py"), "VALUE = 42\n");
     write(&dir.join("src/deep/er/data.txt"), "deep data\n");
+    write(&dir.join("src/run.sh"), "#!/bin/sh\n");
+    for (path, mode) in [("src/run.sh", 0o755), ("src/helper.py", 0o644), ("src/deep", 0o755)] {
+        std::fs::set_permissions(dir.join(path), std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
     std::os::unix::fs::symlink("helper.py", dir.join("src/link.py")).expect("symlink");
 
     let uploaded = agent.bkg_in(dir, &["cp", "--json", "src", "box:in"]);
     assert_eq!(code(&uploaded), 0, "cp in: {}", stderr(&uploaded));
     let answer: serde_json::Value = serde_json::from_slice(&uploaded.stdout).expect("cp --json");
     assert_eq!(answer["path"], "/workspace/in");
-    assert_eq!(answer["files"], 2, "two files (the link is not a file)");
+    assert_eq!(answer["files"], 3, "three files (the link is not a file)");
 
     let shown =
         agent.bkgr(dir, &["box", "show", "--", "/workspace/in/src/deep/er/data.txt", "/workspace/in/src/link.py"]);
@@ -59,6 +64,11 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     assert_eq!(code(&downloaded), 0, "cp out: {}", stderr(&downloaded));
     assert_eq!(std::fs::read_to_string(back.join("src/deep/er/data.txt")).expect("read"), "deep data\n");
     assert_eq!(std::fs::read_link(back.join("src/link.py")).expect("link"), Path::new("helper.py"));
+    // Modes make the round trip unchanged (the agent's own umask is 077).
+    for (path, mode) in [("src/run.sh", 0o755), ("src/helper.py", 0o644), ("src/deep", 0o755)] {
+        let got = std::fs::metadata(back.join(path)).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(got, mode, "{path}: {got:o}");
+    }
 
     // A download's answer ends only once the sandbox is free: the next call never finds it busy.
     for attempt in 0..5 {

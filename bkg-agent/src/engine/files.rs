@@ -101,6 +101,11 @@ fn failed(action: &str, path: &Path, errno: Errno) -> FilesError {
     }
 }
 
+/// Gives `fd` exactly `mode`, whatever the umask took from it at creation.
+fn set_mode(fd: impl AsFd, mode: Mode, path: &Path) -> Result<(), FilesError> {
+    nix::sys::stat::fchmod(fd, mode).map_err(|errno| failed("chmod", path, errno))
+}
+
 fn io_failed(action: &str, path: &Path, error: &std::io::Error) -> FilesError {
     match error.raw_os_error() {
         Some(code) => failed(action, path, Errno::from_raw(code)),
@@ -172,6 +177,8 @@ impl Workspace {
             .open_beneath(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
             .map_err(|errno| failed("open", dir, errno))?;
         self.chown(&fd, dir)?;
+        // The agent's umask (077) would leave it to its owner alone.
+        set_mode(&fd, Mode::from_bits_truncate(0o755), dir)?;
         Ok(fd)
     }
 
@@ -239,7 +246,8 @@ impl Workspace {
                 .open_beneath(&staging, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW, mode)
                 .map_err(|errno| failed("create", &path, errno))?;
             let mut file = std::fs::File::from(file);
-            let written = self.chown(&file, &path).and_then(|()| {
+            // The mode the archive gives, not the one the agent's private umask leaves of it.
+            let written = self.chown(&file, &path).and_then(|()| set_mode(&file, mode, &path)).and_then(|()| {
                 loop {
                     let read = entry.read(&mut buffer).map_err(|error| FilesError::BadArchive(error.to_string()))?;
                     if read == 0 {
