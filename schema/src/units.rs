@@ -10,8 +10,9 @@ pub enum UnitError {
     Duration(String),
     #[error("`{0}` is not a CPU count: use a positive number like 0.5, 1 or 2")]
     Cpus(String),
-    #[error("`{0}` must be greater than zero")]
-    Zero(String),
+    /// Zero, or so small that it rounds to zero in the unit the limit is kept in.
+    #[error("`{text}` must be greater than zero (the least is {least})")]
+    Zero { text: String, least: &'static str },
 }
 
 /// Parses a size in bytes. Binary units (KiB, MiB, GiB, and the single letters K, M, G as docker
@@ -41,7 +42,7 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     }
     let bytes = bytes.round() as u64;
     if bytes == 0 {
-        return Err(UnitError::Zero(text.to_owned()));
+        return Err(UnitError::Zero { text: text.to_owned(), least: "1 byte" });
     }
     Ok(bytes)
 }
@@ -63,7 +64,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
         _ => {
             let duration = humantime::parse_duration(trimmed).map_err(|_| UnitError::Duration(text.to_owned()))?;
             let millis = u64::try_from(duration.as_millis()).map_err(|_| UnitError::Duration(text.to_owned()))?;
-            return if millis == 0 { Err(UnitError::Zero(text.to_owned())) } else { Ok(millis) };
+            return if millis == 0 { Err(UnitError::Zero { text: text.to_owned(), least: "1ms" }) } else { Ok(millis) };
         }
     };
     let value: f64 = number.parse().map_err(|_| UnitError::Duration(text.to_owned()))?;
@@ -72,7 +73,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
     }
     let millis = (value * multiplier).round() as u64;
     if millis == 0 {
-        return Err(UnitError::Zero(text.to_owned()));
+        return Err(UnitError::Zero { text: text.to_owned(), least: "1ms" });
     }
     Ok(millis)
 }
@@ -85,7 +86,7 @@ pub fn parse_cpus(text: &str) -> Result<u64, UnitError> {
     }
     let millis = (value * 1000.0).round() as u64;
     if millis == 0 {
-        return Err(UnitError::Zero(text.to_owned()));
+        return Err(UnitError::Zero { text: text.to_owned(), least: "0.001" });
     }
     Ok(millis)
 }
@@ -148,8 +149,8 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        assert_eq!(parse_size("0"), Err(UnitError::Zero("0".into())));
-        assert_eq!(parse_size("0MiB"), Err(UnitError::Zero("0MiB".into())));
+        assert_eq!(parse_size("0"), Err(UnitError::Zero { text: "0".into(), least: "1 byte" }));
+        assert_eq!(parse_size("0MiB"), Err(UnitError::Zero { text: "0MiB".into(), least: "1 byte" }));
         assert!(matches!(parse_size("-1MiB"), Err(UnitError::Size(_))));
         assert!(matches!(parse_size("lots"), Err(UnitError::Size(_))));
         assert!(matches!(parse_size("12parsecs"), Err(UnitError::Size(_))));
@@ -162,7 +163,7 @@ mod tests {
         assert_eq!(parse_duration_ms("1m30s"), Ok(90_000));
         assert_eq!(parse_duration_ms("1h 15m"), Ok(4_500_000));
         assert_eq!(parse_duration_ms("2s500ms"), Ok(2_500));
-        assert_eq!(parse_duration_ms("0m0s"), Err(UnitError::Zero("0m0s".into())));
+        assert_eq!(parse_duration_ms("0m0s"), Err(UnitError::Zero { text: "0m0s".into(), least: "1ms" }));
         assert!(matches!(parse_duration_ms("1m30parsecs"), Err(UnitError::Duration(_))));
         assert!(matches!(parse_duration_ms("-1m30s"), Err(UnitError::Duration(_))));
     }
@@ -176,7 +177,7 @@ mod tests {
         assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
         assert_eq!(parse_duration_ms("1.5s"), Ok(1_500));
         assert!(matches!(parse_duration_ms("-1"), Err(UnitError::Duration(_))));
-        assert!(matches!(parse_duration_ms("0s"), Err(UnitError::Zero(_))));
+        assert!(matches!(parse_duration_ms("0s"), Err(UnitError::Zero { .. })));
         assert!(matches!(parse_duration_ms("soon"), Err(UnitError::Duration(_))));
     }
 
@@ -184,7 +185,11 @@ mod tests {
     fn cpus() {
         assert_eq!(parse_cpus("1"), Ok(1000));
         assert_eq!(parse_cpus("0.5"), Ok(500));
-        assert!(matches!(parse_cpus("0"), Err(UnitError::Zero(_))));
+        assert!(matches!(parse_cpus("0"), Err(UnitError::Zero { .. })));
+        assert_eq!(
+            parse_cpus("0.0001").map_err(|error| error.to_string()),
+            Err("`0.0001` must be greater than zero (the least is 0.001)".into())
+        );
         assert!(matches!(parse_cpus("-2"), Err(UnitError::Cpus(_))));
         assert!(matches!(parse_cpus("many"), Err(UnitError::Cpus(_))));
     }
