@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::args::{LogsArgs, LsArgs, NameArgs, RmArgs, StopArgs};
 use crate::client::AgentClient;
 use crate::exit::{BKG_FAILED, CliError, NEGATIVE, SUCCESS};
-use crate::project::{checked_project, project_dir};
+use crate::project::{checked_project, missing_sandbox, project_dir};
 use crate::settings::Settings;
 
 /// `bkg stop --json`: the agent's answer for one sandbox, with its name.
@@ -100,10 +100,8 @@ pub async fn status(settings: &Settings, args: NameArgs) -> Result<i32, CliError
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
     let Some(info) = fetch(&client, &id_of(&project, &args.name)).await? else {
-        return Err(CliError::new(
-            BKG_FAILED,
-            format!("sandbox `{}` has not run yet in {}", args.name, project.display()),
-        ));
+        let otherwise = format!("sandbox `{}` has not run yet in {}", args.name, project.display());
+        return Err(missing_sandbox(&project, &args.name, otherwise));
     };
     settings.out.answer(&info, describe)?;
     Ok(SUCCESS)
@@ -175,10 +173,9 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
         let (client, name, project) = (&client, &args.name, &project);
         async move {
             client.open_found(&path).await?.ok_or_else(|| {
-                CliError::usage(format!(
-                    "sandbox `{name}` has no output yet in {}: `bkgr {name}` runs it",
-                    project.display()
-                ))
+                let otherwise =
+                    format!("sandbox `{name}` has no output yet in {}: `bkgr {name}` runs it", project.display());
+                missing_sandbox(project, name, otherwise)
             })
         }
     };

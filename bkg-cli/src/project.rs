@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bkg_schema::Language;
-use bkg_schema::cave::{NAME_RULE, is_dns_label, yaml_scalar as scalar};
+use bkg_schema::cave::{CaveFile, NAME_RULE, is_dns_label, yaml_scalar as scalar};
 
 use crate::exit::CliError;
 
@@ -32,6 +32,21 @@ pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
 
 /// The project around the current directory (or `--dir`), its cave.yaml checked: an invalid
 /// file is refused with its problems rather than listing the sandboxes of a file bkgr cannot run.
+/// A name `cave` does not declare, with the names it does.
+pub fn unknown_sandbox(cave: &CaveFile, name: &str) -> CliError {
+    let known: Vec<&str> = cave.sandboxes.keys().map(String::as_str).collect();
+    CliError::usage(format!("no sandbox `{name}` in cave.yaml (it has: {})", known.join(", ")))
+}
+
+/// Why sandbox `name` of the project at `project` has nothing to show: its cave.yaml does not
+/// declare it, or else `otherwise` (it has not run yet).
+pub fn missing_sandbox(project: &Path, name: &str, otherwise: String) -> CliError {
+    match bkg_schema::cave::load(&project.join("cave.yaml")) {
+        Ok(cave) if !cave.sandboxes.contains_key(name) => unknown_sandbox(&cave, name),
+        _ => CliError::usage(otherwise),
+    }
+}
+
 pub fn checked_project(dir: Option<&Path>) -> Result<PathBuf, CliError> {
     let project = project_dir(dir)?;
     bkg_schema::cave::load(&project.join("cave.yaml"))

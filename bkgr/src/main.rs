@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use bkg_cli::shared::{
     AgentClient, BKG_FAILED, Bkgr as Args, CliError, Endpoint, LimitArgs, Output, Printer, SUCCESS, Stdin,
     bkgr_command, denial_lines, exit_code_of_run, limit_overrides, project_dir, reason_line, run_streamed,
+    unknown_sandbox,
 };
 use bkg_schema::cave::{CaveFile, SandboxSpec, Volume};
 use bkg_schema::envs::NodePackages;
@@ -27,10 +28,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
         .map_err(|errors| CliError::new(BKG_FAILED, errors.to_string().trim_end().to_owned()))?;
     let selected: Vec<(&String, &SandboxSpec)> = match &args.name {
         Some(name) => {
-            let spec = cave.sandboxes.get(name).ok_or_else(|| {
-                let known: Vec<&str> = cave.sandboxes.keys().map(String::as_str).collect();
-                CliError::usage(format!("no sandbox `{name}` in cave.yaml (it has: {})", known.join(", ")))
-            })?;
+            let spec = cave.sandboxes.get(name).ok_or_else(|| unknown_sandbox(&cave, name))?;
             vec![(name, spec)]
         }
         None if cave.sandboxes.is_empty() => {

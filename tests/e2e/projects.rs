@@ -194,6 +194,14 @@ fn a_missing_sandbox_or_script_is_one_clear_line() {
     let missing = agent.bkgr(project.path(), &["web"]);
     assert_eq!(code(&missing), 125);
     assert_eq!(stderr(&missing), "bkgr: no sandbox `web` in cave.yaml (it has: api)\n");
+    // `bkg logs` and `bkg status` say the same, not that `web` has not run yet.
+    for command in ["logs", "status"] {
+        let missing = agent.bkg_in(project.path(), &[command, "web"]);
+        assert_eq!(code(&missing), 125, "{command}");
+        assert_eq!(stderr(&missing), "bkg: no sandbox `web` in cave.yaml (it has: api)\n", "{command}");
+    }
+    let not_run = agent.bkg_in(project.path(), &["logs", "api"]);
+    assert!(stderr(&not_run).contains("`bkgr api` runs it"), "{}", stderr(&not_run));
     let no_script = agent.bkgr(project.path(), &["api", "test"]);
     assert_eq!(stderr(&no_script), "bkgr: sandbox `api` has no script `test` (it has: start)\n");
     let nowhere = tempfile::tempdir().expect("empty dir");
