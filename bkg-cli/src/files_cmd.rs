@@ -35,7 +35,8 @@ fn place(text: &str) -> Place {
 /// The id of sandbox `name`: the project's (cave.yaml around the current directory, or `-C`),
 /// else the one sandbox of that name the agent shows this caller (made with the API or MCP).
 pub async fn sandbox_id_of(client: &AgentClient, project: &ProjectArgs, name: &str) -> Result<String, CliError> {
-    if let Ok(dir) = crate::project::project_dir(project.dir.as_deref()) {
+    let project_dir = crate::project::project_dir(project.dir.as_deref()).ok();
+    if let Some(dir) = &project_dir {
         let id = sandbox_id(&dir.to_string_lossy(), name);
         let found: Option<SandboxInfo> = client.get_found(&format!("/api/v1/sandboxes/{id}")).await?;
         if found.is_some() {
@@ -49,9 +50,14 @@ pub async fn sandbox_id_of(client: &AgentClient, project: &ProjectArgs, name: &s
         (Some(_), Some(_)) => Err(CliError::usage(format!(
             "more than one sandbox is named `{name}`: run bkg from its project directory (or give -C DIR)"
         ))),
-        (None, _) => Err(CliError::usage(format!(
-            "no sandbox `{name}` on the agent: run it once with `bkgr {name}`, or create it with the API"
-        ))),
+        (None, _) => {
+            let otherwise =
+                format!("no sandbox `{name}` on the agent: run it once with `bkgr {name}`, or create it with the API");
+            Err(match &project_dir {
+                Some(dir) => crate::project::missing_sandbox(dir, name, otherwise),
+                None => CliError::usage(otherwise),
+            })
+        }
     }
 }
 
@@ -66,7 +72,11 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
                 settings.out.json(&uploaded)?;
             } else {
                 let size = bkg_schema::units::format_size(uploaded.bytes);
-                settings.out.note(format_args!("{} files, {size}, into {name}:{}", uploaded.files, uploaded.path));
+                let files = match uploaded.files {
+                    1 => "1 file".to_owned(),
+                    count => format!("{count} files"),
+                };
+                settings.out.note(format_args!("{files}, {size}, into {name}:{}", uploaded.path));
             }
         }
         (Place::Sandbox { name, path }, Place::Host(dest)) => {

@@ -319,7 +319,7 @@ async fn stop(settings: &Settings, project: &Path, name: String) -> Result<StopA
     client.ensure_running().await?;
     let id = id_of(project, &name);
     let Some(Stopped { stopped }) = client.post_found(&format!("/api/v1/sandboxes/{id}/stop")).await? else {
-        return Err(CliError::new(BKG_FAILED, format!("sandbox `{name}` has not run yet")));
+        return Err(missing_sandbox(project, &name, format!("sandbox `{name}` has not run yet")));
     };
     if !out.is_json() {
         if stopped {

@@ -33,7 +33,7 @@ async fn ensure_session(
     if let Some(info) = client.get_found::<SessionInfo>(&format!("/api/v1/sandboxes/{id}/sessions/{name}")).await? {
         return match language {
             Some(language) if language != info.language => Err(CliError::usage(format!(
-                "session `{name}` runs {}, not {}: leave out --type, or give another session with --session NAME",
+                "session `{name}` runs {}, not {}: leave out --type, or end the session first (`bkg stop NAME`)",
                 info.language.as_str(),
                 language.as_str()
             ))),

@@ -321,10 +321,7 @@ fn add_refuses_duplicates_and_bad_input_and_leaves_the_file_alone() {
         (&["add", "Web_2", "--type", "node"], "bkg: `Web_2` is not a valid sandbox name"),
         (&["add", "x", "--type", "ruby"], "bkg: unknown type `ruby`"),
         (&["add", "x", "--type", "node", "--memory", "lots"], "bkg: --memory: `lots` is not a size"),
-        (
-            &["add", "x", "--type", "node", "--timeout", "0s"],
-            "bkg: --timeout: `0s` must be greater than zero (the least is 1ms)",
-        ),
+        (&["add", "x", "--type", "node", "--timeout", "0s"], "bkg: --timeout: `0s` is too small: the least is 1ms"),
         (&["add", "x", "--type", "node", "--volume", "a:/tmp/x"], "bkg: --volume: the guest path `/tmp/x`"),
         (&["add", "x", "--type", "node", "--env", "1X=y"], "bkg: --env: `1X` is not a valid variable name"),
     ];

@@ -11,7 +11,7 @@ pub enum UnitError {
     #[error("`{0}` is not a CPU count: use a positive number like 0.5, 1 or 2")]
     Cpus(String),
     /// Zero, or so small that it rounds to zero in the unit the limit is kept in.
-    #[error("`{text}` must be greater than zero (the least is {least})")]
+    #[error("`{text}` is too small: the least is {least}")]
     Zero { text: String, least: &'static str },
 }
 
@@ -188,7 +188,7 @@ mod tests {
         assert!(matches!(parse_cpus("0"), Err(UnitError::Zero { .. })));
         assert_eq!(
             parse_cpus("0.0001").map_err(|error| error.to_string()),
-            Err("`0.0001` must be greater than zero (the least is 0.001)".into())
+            Err("`0.0001` is too small: the least is 0.001".into())
         );
         assert!(matches!(parse_cpus("-2"), Err(UnitError::Cpus(_))));
         assert!(matches!(parse_cpus("many"), Err(UnitError::Cpus(_))));

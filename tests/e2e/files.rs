@@ -43,7 +43,7 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     write(&dir.join("src/helper.py"), "VALUE = 42\n");
     write(&dir.join("src/deep/er/data.txt"), "deep data\n");
     write(&dir.join("src/run.sh"), "#!/bin/sh\n");
-    for (path, mode) in [("src/run.sh", 0o755), ("src/helper.py", 0o644), ("src/deep", 0o755)] {
+    for (path, mode) in [("src/run.sh", 0o755), ("src/helper.py", 0o644), ("src/deep", 0o750)] {
         std::fs::set_permissions(dir.join(path), std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
     std::os::unix::fs::symlink("helper.py", dir.join("src/link.py")).expect("symlink");
@@ -65,7 +65,7 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     assert_eq!(std::fs::read_to_string(back.join("src/deep/er/data.txt")).expect("read"), "deep data\n");
     assert_eq!(std::fs::read_link(back.join("src/link.py")).expect("link"), Path::new("helper.py"));
     // Modes make the round trip unchanged (the agent's own umask is 077).
-    for (path, mode) in [("src/run.sh", 0o755), ("src/helper.py", 0o644), ("src/deep", 0o755)] {
+    for (path, mode) in [("src/run.sh", 0o755), ("src/helper.py", 0o644), ("src/deep", 0o750)] {
         let got = std::fs::metadata(back.join(path)).expect("stat").permissions().mode() & 0o777;
         assert_eq!(got, mode, "{path}: {got:o}");
     }
@@ -248,6 +248,9 @@ fn an_upload_larger_than_the_disk_says_the_disk_is_full_and_leaves_what_was_ther
     let full = agent.bkg_in(dir, &["cp", "big.bin", "box:"]);
     assert_eq!(code(&full), 125, "{}", stderr(&full));
     assert!(stderr(&full).contains("disk is full"), "{}", stderr(&full));
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(status["last_run"]["exit_code"], 1, "the transfer's run failed with it: {status}");
     // The file already there is whole, nothing of the failed one is left, and the disk has
     // its room back; the sandbox is free again and still works.
     let after = agent.bkgr(dir, &["box", "show", "--", "/workspace/big.bin"]);

@@ -25,7 +25,7 @@ fn bad_flags_and_limits_are_125() {
     let cases: &[(&[&str], &str)] = &[
         (&["--type", "ruby", "-c", "puts 1"], "unknown type `ruby`"),
         (&["-c", "print(1)"], "need --type"),
-        (&["--memory", "0", hello], "--memory: `0` must be greater than zero (the least is 1 byte)"),
+        (&["--memory", "0", hello], "--memory: `0` is too small: the least is 1 byte"),
         (&["--memory", "lots", hello], "--memory: `lots` is not a size"),
         (&["--timeout", "-1", hello], "--timeout: `-1` is not a duration"),
         (&["--cpus", "0", hello], "--cpus"),

@@ -194,11 +194,18 @@ fn a_missing_sandbox_or_script_is_one_clear_line() {
     let missing = agent.bkgr(project.path(), &["web"]);
     assert_eq!(code(&missing), 125);
     assert_eq!(stderr(&missing), "bkgr: no sandbox `web` in cave.yaml (it has: api)\n");
-    // `bkg logs` and `bkg status` say the same, not that `web` has not run yet.
-    for command in ["logs", "status"] {
-        let missing = agent.bkg_in(project.path(), &[command, "web"]);
-        assert_eq!(code(&missing), 125, "{command}");
-        assert_eq!(stderr(&missing), "bkg: no sandbox `web` in cave.yaml (it has: api)\n", "{command}");
+    // The other commands that take a sandbox's name say the same, not that `web` has not run
+    // yet or that bkgr would run it.
+    for command in [
+        &["logs", "web"][..],
+        &["status", "web"],
+        &["stop", "web"],
+        &["exec", "web", "-c", "1"],
+        &["cp", "cave.yaml", "web:"],
+    ] {
+        let missing = agent.bkg_in(project.path(), command);
+        assert_eq!(code(&missing), 125, "{command:?}");
+        assert_eq!(stderr(&missing), "bkg: no sandbox `web` in cave.yaml (it has: api)\n", "{command:?}");
     }
     let not_run = agent.bkg_in(project.path(), &["logs", "api"]);
     assert!(stderr(&not_run).contains("`bkgr api` runs it"), "{}", stderr(&not_run));

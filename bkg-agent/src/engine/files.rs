@@ -199,7 +199,12 @@ impl Workspace {
             let mode = Mode::from_bits_truncate(entry.header().mode().unwrap_or(0o644) & 0o777);
             let kind = entry.header().entry_type();
             if kind.is_dir() {
+                // The archive's mode; directories it only implies get 0755.
                 self.make_dirs(&path)?;
+                let dir = self
+                    .open_beneath(&path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+                    .map_err(|errno| failed("open", &path, errno))?;
+                set_mode(&dir, mode, &path)?;
                 continue;
             }
             if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() {

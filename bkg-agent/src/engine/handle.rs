@@ -149,8 +149,9 @@ impl RunTicket {
 impl Drop for RunTicket {
     fn drop(&mut self) {
         // However the run went (ended, failed, never started), it is over once its ticket goes.
-        self.tracker.advance(RunPhase::Ended);
+        // The sandbox is free before the end is told: who waits for it finds it free.
         drop(self.registered.take());
+        self.tracker.advance(RunPhase::Ended);
     }
 }
 

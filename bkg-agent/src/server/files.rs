@@ -46,8 +46,8 @@ pub struct FilesQuery {
     request_body(content = Vec<u8>, content_type = "application/x-tar", description = "A tar stream"),
     responses(
         (status = 200, description = "What was written", body = UploadResult),
-        (status = 409, description = "Runs kept taking the sandbox before the transfer could hold it", body = ApiError),
-        (status = 503, description = "The sandbox could not be held for the transfer now (it did not start, or its runs kept ending); try again", body = ApiError),
+        (status = 409, description = "The sandbox stayed busy: its runs kept taking it for 30 s, or the run going on did not start", body = ApiError),
+        (status = 503, description = "The sandbox could not be started for the transfer (the agent is full, or its sandbox failed)", body = ApiError),
     ),
 )]
 pub async fn upload(
@@ -106,8 +106,8 @@ pub async fn upload(
     params(("id" = String, Path, description = "The sandbox's id"), FilesQuery),
     responses(
         (status = 200, description = "A tar stream", content((Vec<u8> = "application/x-tar"))),
-        (status = 409, description = "Runs kept taking the sandbox before the transfer could hold it", body = ApiError),
-        (status = 503, description = "The sandbox could not be held for the transfer now (it did not start, or its runs kept ending); try again", body = ApiError),
+        (status = 409, description = "The sandbox stayed busy: its runs kept taking it for 30 s, or the run going on did not start", body = ApiError),
+        (status = 503, description = "The sandbox could not be started for the transfer (the agent is full, or its sandbox failed)", body = ApiError),
     ),
 )]
 pub async fn download(
@@ -136,8 +136,8 @@ pub async fn download(
     params(("id" = String, Path, description = "The sandbox's id"), FilesQuery),
     responses(
         (status = 200, description = "The entries, by name", body = Vec<FileEntry>),
-        (status = 409, description = "Runs kept taking the sandbox before the transfer could hold it", body = ApiError),
-        (status = 503, description = "The sandbox could not be held for the transfer now (it did not start, or its runs kept ending); try again", body = ApiError),
+        (status = 409, description = "The sandbox stayed busy: its runs kept taking it for 30 s, or the run going on did not start", body = ApiError),
+        (status = 503, description = "The sandbox could not be started for the transfer (the agent is full, or its sandbox failed)", body = ApiError),
     ),
 )]
 pub async fn list(

@@ -22,8 +22,9 @@ use crate::engine::run::RunError;
 /// How long a transfer waits for the sandbox it starts to be ready, and for it to be gone after.
 const HOLDER_PATIENCE: Duration = Duration::from_secs(30);
 
-/// How many times a transfer looks for a run to hold the sandbox with (see `hold_workspace`).
-const HOLD_ATTEMPTS: usize = 5;
+/// The code of a transfer's own run: it holds the sandbox until its stdin ends, and its exit
+/// code is the transfer's outcome (0 when stdin ends empty, 1 when the agent says it failed).
+const HOLDER_COMMAND: &str = "read outcome; test -z \"$outcome\"";
 
 /// Chunks of a streamed body, in either direction.
 pub type Chunks = mpsc::Receiver<Chunk>;
@@ -54,9 +55,14 @@ struct Release {
 }
 
 impl Release {
-    /// Ends the transfer's own run and waits until the sandbox is free for the next one.
-    async fn release(self) {
+    /// Ends the transfer's own run, as a success or not like the transfer, and waits until the
+    /// sandbox is free for the next one.
+    async fn release(self, succeeded: bool) {
         let Some((stdin, tracker)) = self.own else { return };
+        if !succeeded {
+            // The holder's code (`HOLDER_COMMAND`) ends with 1 when it reads a line.
+            let _ = stdin.send(RunInput::Stdin(b"failed\n".to_vec())).await;
+        }
         drop(stdin);
         if !wait_until(tracker.watch(), HOLDER_PATIENCE, |progress| progress.is_settled()).await {
             tracing::warn!(run = %tracker.run_id, "a file transfer's run did not end in time");
@@ -67,43 +73,39 @@ impl Release {
 impl Service {
     /// Sandbox `id`'s /workspace, live: in its current run, or in a run started for this. A run
     /// found going on may end before its sandbox is held, and a sandbox found idle may be taken
-    /// by a run starting meanwhile: either way the transfer looks again, up to `HOLD_ATTEMPTS`
-    /// times, instead of failing a caller who only met the gap between two runs.
+    /// by a run starting meanwhile (a service restarting, say): either way the transfer looks
+    /// again, for up to `HOLDER_PATIENCE`, instead of failing a caller who only met the gap
+    /// between two runs. Past that the sandbox is busy: a conflict, not the agent's failure.
     async fn hold_workspace(self: &Arc<Self>, principal: &Principal, id: &str) -> OpResult<Held> {
         let stored = self.visible_sandbox(principal, id).await?;
-        let mut attempts = 1;
+        let name = &stored.definition.name;
+        let deadline = tokio::time::Instant::now() + HOLDER_PATIENCE;
         loop {
-            let again = attempts < HOLD_ATTEMPTS;
-            attempts += 1;
             if let Some(run) = self.engine.current_run(id) {
                 if let Some(held) = self.workspace_of(&run, None).await? {
                     return Ok(held);
                 }
-                let name = &stored.definition.name;
                 if run.watch().borrow().phase < RunPhase::Started {
-                    return Err(OpError::Unavailable(format!(
+                    return Err(OpError::Conflict(format!(
                         "the run going on in sandbox {name} has not started in {}s; try again later",
                         HOLDER_PATIENCE.as_secs()
                     )));
                 }
-                if !again {
-                    return Err(OpError::Unavailable(format!(
-                        "sandbox {name} kept ending its runs before the transfer could use one; try again"
-                    )));
-                }
-                // Ended meanwhile: once it has let go of the sandbox, the next look finds it idle.
+                // Ended meanwhile: once it has let go of the sandbox, the transfer takes it.
                 wait_until(run.watch(), HOLDER_PATIENCE, |progress| progress.phase >= RunPhase::Ended).await;
-                continue;
             }
             match self.start_holder(principal, id).await {
                 Ok(Some(held)) => return Ok(held),
                 Ok(None) => {
-                    return Err(OpError::Unavailable(format!(
-                        "sandbox {} did not start for the transfer",
-                        stored.definition.name
+                    return Err(OpError::Unavailable(format!("sandbox {name} did not start for the transfer")));
+                }
+                Err(OpError::Run(RunError::Busy(_))) if tokio::time::Instant::now() < deadline => {}
+                Err(OpError::Run(RunError::Busy(_))) => {
+                    return Err(OpError::Conflict(format!(
+                        "sandbox {name}'s runs kept it busy for {}s: try the transfer again",
+                        HOLDER_PATIENCE.as_secs()
                     )));
                 }
-                Err(OpError::Run(RunError::Busy(_))) if again => continue,
                 Err(error) => return Err(error),
             }
         }
@@ -112,13 +114,8 @@ impl Service {
     /// Starts a run in idle sandbox `id` whose code waits on its stdin, holding the sandbox
     /// until the transfer is done; `None` if it ended before it could be held.
     async fn start_holder(self: &Arc<Self>, principal: &Principal, id: &str) -> OpResult<Option<Held>> {
-        // Ends once its stdin closes, as a success: the run's record is the transfer's.
-        let exec = ExecRequest {
-            command: "read _ || true".into(),
-            detach: false,
-            env: Default::default(),
-            stdin_base64: None,
-        };
+        let exec =
+            ExecRequest { command: HOLDER_COMMAND.into(), detach: false, env: Default::default(), stdin_base64: None };
         let (definition, mut validated) = self.validate_sandbox_exec(principal, id, exec, None).await?;
         // A big transfer may take longer than the sandbox's code may run.
         validated.limits.timeout_ms = self.engine.config.max_limits.timeout_ms;
@@ -169,7 +166,7 @@ impl Service {
         let Held { workspace, release } = held;
         let target = dest.clone();
         let unpacked = tokio::task::spawn_blocking(move || workspace.unpack(&target, ChunkReader::new(body))).await;
-        release.release().await;
+        release.release(matches!(unpacked, Ok(Ok(_)))).await;
         let unpacked = unpacked.map_err(|_| OpError::Internal("the upload's task failed".into()))??;
         Ok(UploadResult { path: shown(&dest), files: unpacked.files, bytes: unpacked.bytes })
     }
@@ -183,7 +180,7 @@ impl Service {
         if let Err(error) = workspace.list(&source) {
             // The sandbox's disk can go only once nothing of the agent holds it open.
             drop(workspace);
-            release.release().await;
+            release.release(false).await;
             return Err(error.into());
         }
         let (sender, chunks) = chunks::channel();
@@ -193,16 +190,17 @@ impl Service {
             let packed = workspace
                 .pack(&source, &mut writer)
                 .and_then(|()| writer.flush().map_err(|error| FilesError::Io(error.to_string())));
-            if let Err(error) = packed {
+            if let Err(error) = &packed {
                 tracing::warn!(%error, "a download ended early");
                 let _ = sender.blocking_send(Err(std::io::Error::other(error.to_string())));
             }
+            packed.is_ok()
         });
         // The stream ends only once the sandbox is free again, so a caller who read all of it
         // can go on with the sandbox at once.
         tokio::spawn(async move {
-            let _ = packing.await;
-            release.release().await;
+            let packed = packing.await.unwrap_or(false);
+            release.release(packed).await;
             drop(held_open);
         });
         Ok(chunks)
@@ -214,7 +212,7 @@ impl Service {
         let held = self.hold_workspace(principal, id).await?;
         let Held { workspace, release } = held;
         let listed = tokio::task::spawn_blocking(move || workspace.list(&dir)).await;
-        release.release().await;
+        release.release(matches!(listed, Ok(Ok(_)))).await;
         Ok(listed.map_err(|_| OpError::Internal("the listing's task failed".into()))??)
     }
 }
