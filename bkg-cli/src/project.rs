@@ -30,8 +30,6 @@ pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
     Ok(cave.parent().map(Path::to_path_buf).unwrap_or(start))
 }
 
-/// The project around the current directory (or `--dir`), its cave.yaml checked: an invalid
-/// file is refused with its problems rather than listing the sandboxes of a file bkgr cannot run.
 /// A name `cave` does not declare, with the names it does.
 pub fn unknown_sandbox(cave: &CaveFile, name: &str) -> CliError {
     let known: Vec<&str> = cave.sandboxes.keys().map(String::as_str).collect();
@@ -47,6 +45,8 @@ pub fn missing_sandbox(project: &Path, name: &str, otherwise: String) -> CliErro
     }
 }
 
+/// The project around the current directory (or `--dir`), its cave.yaml checked: an invalid
+/// file is refused with its problems rather than listing the sandboxes of a file bkgr cannot run.
 pub fn checked_project(dir: Option<&Path>) -> Result<PathBuf, CliError> {
     let project = project_dir(dir)?;
     bkg_schema::cave::load(&project.join("cave.yaml"))

@@ -35,6 +35,17 @@ fn project_with_box(agent: &Agent, extra: &[&str]) -> tempfile::TempDir {
     project
 }
 
+/// The id of the one sandbox the agent has.
+fn the_sandbox_id(agent: &Agent) -> String {
+    let listed = unix_request(&agent.socket, "GET", "/api/v1/sandboxes", None).json();
+    listed[0]["id"].as_str().expect("the sandbox's id").to_owned()
+}
+
+/// The names in a `files/list` answer.
+fn entry_names(listing: &serde_json::Value) -> Vec<String> {
+    listing.as_array().into_iter().flatten().filter_map(|entry| entry["name"].as_str().map(str::to_owned)).collect()
+}
+
 #[test]
 fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     let agent = Agent::start();
@@ -141,8 +152,7 @@ fn listings_succeed_while_runs_start_and_end_back_to_back() {
     write(&dir.join("kept.txt"), "kept\n");
     let uploaded = agent.bkg_in(dir, &["cp", "kept.txt", "box:"]);
     assert_eq!(code(&uploaded), 0, "cp in: {}", stderr(&uploaded));
-    let listed = unix_request(&agent.socket, "GET", "/api/v1/sandboxes", None).json();
-    let id = listed[0]["id"].as_str().expect("the sandbox's id").to_owned();
+    let id = the_sandbox_id(&agent);
 
     let stop = Arc::new(AtomicBool::new(false));
     let cycling = {
@@ -170,10 +180,7 @@ fn listings_succeed_while_runs_start_and_end_back_to_back() {
         if answer.status != 200 {
             unexpected.push(answer.text());
         } else {
-            let entries = answer.json();
-            let names: Vec<&str> =
-                entries.as_array().into_iter().flatten().filter_map(|entry| entry["name"].as_str()).collect();
-            assert!(names.contains(&"kept.txt"), "{}", answer.text());
+            assert!(entry_names(&answer.json()).contains(&"kept.txt".to_owned()), "{}", answer.text());
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -195,8 +202,7 @@ fn a_transfer_holds_an_idle_sandbox_without_taking_the_place_of_its_runs() {
     assert_eq!(code(&added), 0, "add: {}", stderr(&added));
     let first = agent.bkgr(dir, &["box"]);
     assert_eq!((code(&first), stdout(&first)), (0, "hello from box\n".to_owned()), "{}", stderr(&first));
-    let listed = unix_request(&agent.socket, "GET", "/api/v1/sandboxes", None).json();
-    let id = listed[0]["id"].as_str().expect("the sandbox's id").to_owned();
+    let id = the_sandbox_id(&agent);
 
     // An upload whose body this test sends in two parts: the sandbox is held in between.
     write(&dir.join("payload/a.txt"), "uploaded\n");
@@ -256,11 +262,9 @@ fn an_upload_larger_than_the_disk_says_the_disk_is_full_and_leaves_what_was_ther
     let after = agent.bkgr(dir, &["box", "show", "--", "/workspace/big.bin"]);
     assert_eq!(code(&after), 0, "{}", stderr(&after));
     assert_eq!(stdout(&after), "the first version\n");
-    let listed = unix_request(&agent.socket, "GET", "/api/v1/sandboxes", None).json();
-    let id = listed[0]["id"].as_str().expect("the sandbox's id").to_owned();
+    let id = the_sandbox_id(&agent);
     let files = unix_request(&agent.socket, "GET", &format!("/api/v1/sandboxes/{id}/files/list"), None).json();
-    let names: Vec<&str> = files.as_array().into_iter().flatten().filter_map(|entry| entry["name"].as_str()).collect();
-    assert_eq!(names, ["big.bin"], "{files}");
+    assert_eq!(entry_names(&files), ["big.bin"], "{files}");
     let again = agent.bkg_in(dir, &["cp", "small/big.bin", "box:again.bin"]);
     assert_eq!(code(&again), 0, "the disk has room again: {}", stderr(&again));
 }

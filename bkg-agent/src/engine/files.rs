@@ -157,9 +157,10 @@ impl Workspace {
             .map_err(|errno| failed("chown", path, errno))
     }
 
-    /// Makes `dir` and any missing parents, each the sandbox user's; returns it opened.
+    /// Makes `dir` and any missing parents, each the sandbox user's; returns it opened (for
+    /// reading, not as a path only: its mode can be set through it).
     fn make_dirs(&self, dir: &Path) -> Result<OwnedFd, FilesError> {
-        let directory = OFlag::O_PATH | OFlag::O_DIRECTORY;
+        let directory = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
         match self.open_beneath(dir, directory, Mode::empty()) {
             Ok(fd) => return Ok(fd),
             Err(Errno::ENOENT) => {}
@@ -173,9 +174,7 @@ impl Workspace {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(errno) => return Err(failed("create", dir, errno)),
         }
-        let fd = self
-            .open_beneath(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
-            .map_err(|errno| failed("open", dir, errno))?;
+        let fd = self.open_beneath(dir, directory, Mode::empty()).map_err(|errno| failed("open", dir, errno))?;
         self.chown(&fd, dir)?;
         // The agent's umask (077) would leave it to its owner alone.
         set_mode(&fd, Mode::from_bits_truncate(0o755), dir)?;
@@ -200,11 +199,7 @@ impl Workspace {
             let kind = entry.header().entry_type();
             if kind.is_dir() {
                 // The archive's mode; directories it only implies get 0755.
-                self.make_dirs(&path)?;
-                let dir = self
-                    .open_beneath(&path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
-                    .map_err(|errno| failed("open", &path, errno))?;
-                set_mode(&dir, mode, &path)?;
+                set_mode(self.make_dirs(&path)?, mode, &path)?;
                 continue;
             }
             if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() {
