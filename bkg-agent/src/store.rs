@@ -116,7 +116,22 @@ const MIGRATIONS: &[&str] = &[
     // Connections each run's network refused (`RunResult::network_denials`), as JSON; null when
     // nothing.
     "ALTER TABLE runs ADD COLUMN network_denials TEXT;",
+    // Runs a file transfer held an idle sandbox with (`RunStart::for_transfer`): 1.
+    "ALTER TABLE runs ADD COLUMN for_transfer INTEGER NOT NULL DEFAULT 0;",
 ];
+
+/// A run as it starts (`Store::run_started`).
+#[derive(Debug, Clone, Copy)]
+pub struct RunStart<'a> {
+    pub id: &'a str,
+    pub sandbox_id: Option<&'a str>,
+    pub language: Language,
+    pub limits: Limits,
+    pub started_at_ms: u64,
+    /// The run a file transfer holds an idle sandbox with: listed with the runs, but never its
+    /// sandbox's last run.
+    pub for_transfer: bool,
+}
 
 /// A persistent sandbox as stored: its definition and when it was first defined.
 #[derive(Debug, Clone, PartialEq)]
@@ -436,15 +451,8 @@ impl Store {
         .map_err(|_| StoreError::Task)?
     }
 
-    pub async fn run_started(
-        &self,
-        caller: &Caller,
-        id: &str,
-        sandbox_id: Option<&str>,
-        language: Language,
-        limits: Limits,
-        started_at_ms: u64,
-    ) -> Result<(), StoreError> {
+    pub async fn run_started(&self, caller: &Caller, run: RunStart<'_>) -> Result<(), StoreError> {
+        let RunStart { id, sandbox_id, language, limits, started_at_ms, for_transfer } = run;
         let event = AuditEvent {
             namespace: Some(caller.namespace.clone()),
             sandbox: sandbox_id.map(str::to_owned),
@@ -458,8 +466,8 @@ impl Store {
         let namespace = caller.namespace.clone();
         self.record(event, move |db| {
             db.prepare_cached(
-                "INSERT INTO runs (id, sandbox_id, language, started_at_ms, limits, namespace)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO runs (id, sandbox_id, language, started_at_ms, limits, namespace, for_transfer)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 id,
@@ -467,7 +475,8 @@ impl Store {
                 language.as_str(),
                 started_at_ms as i64,
                 limits,
-                namespace
+                namespace,
+                for_transfer
             ])?;
             Ok(())
         })
@@ -546,14 +555,15 @@ impl Store {
         self.record(event, move |db| Ok(db.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)).await
     }
 
-    /// The newest run of a persistent sandbox.
+    /// The newest run of a persistent sandbox, not counting the runs file transfers held it with.
     pub async fn last_run_of(&self, sandbox_id: &str) -> Result<Option<RunRecord>, StoreError> {
         let sandbox_id = sandbox_id.to_owned();
         self.with(move |db| {
             let row = db
                 .query_row(
                     &format!(
-                        "SELECT {RUN_COLUMNS} FROM runs WHERE sandbox_id = ?1 ORDER BY started_at_ms DESC, id DESC LIMIT 1"
+                        "SELECT {RUN_COLUMNS} FROM runs WHERE sandbox_id = ?1 AND for_transfer = 0 \
+                         ORDER BY started_at_ms DESC, id DESC LIMIT 1"
                     ),
                     params![sandbox_id],
                     raw_record,
@@ -980,12 +990,38 @@ mod tests {
         Caller { actor: "uid:0".into(), namespace: "default".into() }
     }
 
+    fn started(id: &'static str, sandbox_id: Option<&'static str>, started_at_ms: u64) -> RunStart<'static> {
+        RunStart {
+            id,
+            sandbox_id,
+            language: Language::Python,
+            limits: Limits::DEFAULT,
+            started_at_ms,
+            for_transfer: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transfer_run_is_listed_but_is_not_its_sandbox_last_run() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("state.db"), AuditLog::open(dir.path())?)?;
+        store.run_started(&caller(), started("run_code", Some("sbx_1"), 10)).await?;
+        let transfer = RunStart { for_transfer: true, ..started("run_transfer", Some("sbx_1"), 20) };
+        store.run_started(&caller(), transfer).await?;
+        let last = store.last_run_of("sbx_1").await?;
+        assert_eq!(last.map(|run| run.id), Some("run_code".to_owned()));
+        let listed: Vec<String> =
+            store.list_runs(None, Some("sbx_1".into()), 10).await?.into_iter().map(|run| run.id).collect();
+        assert_eq!(listed, ["run_transfer", "run_code"]);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn runs_round_trip_and_migrations_are_idempotent() -> TestResult {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("state.db");
         let store = Store::open(&path, AuditLog::open(dir.path())?)?;
-        store.run_started(&caller(), "run_1", None, Language::Python, Limits::DEFAULT, 10).await?;
+        store.run_started(&caller(), started("run_1", None, 10)).await?;
         let record = store.get_run("run_1").await?;
         assert_eq!(record.as_ref().map(|r| r.finished_at_ms), Some(None));
         store.run_cleaned_up("run_1", true).await?;
@@ -1006,7 +1042,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("state.db");
         let store = Store::open(&path, AuditLog::open(dir.path())?)?;
-        store.run_started(&caller(), "run_1", None, Language::Python, Limits::DEFAULT, 10).await?;
+        store.run_started(&caller(), started("run_1", None, 10)).await?;
         store.durable().await;
         drop(store);
         // A crash between the audit line and its SQLite transaction: the line is on disk only.
@@ -1032,7 +1068,7 @@ mod tests {
     async fn an_event_refused_too_often_is_parked_with_its_record_and_retried() -> TestResult {
         let dir = tempfile::tempdir()?;
         let store = Store::open(&dir.path().join("state.db"), AuditLog::open(dir.path())?)?;
-        store.run_started(&caller(), "run_1", None, Language::Python, Limits::DEFAULT, 10).await?;
+        store.run_started(&caller(), started("run_1", None, 10)).await?;
         let seq = store.outbox_pending(100).await?.last().map(|row| row.seq).ok_or("no event")?;
         assert!(!store.outbox_attempt_failed(seq, "first", 2).await?);
         assert!(store.outbox_attempt_failed(seq, "second", 2).await?);
@@ -1102,8 +1138,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("state.db");
         let store = Store::open(&path, AuditLog::open(dir.path())?)?;
-        store.run_started(&caller(), "run_open", Some("api-1"), Language::Python, Limits::DEFAULT, 10).await?;
-        store.run_started(&caller(), "run_done", None, Language::Python, Limits::DEFAULT, 11).await?;
+        store.run_started(&caller(), started("run_open", Some("api-1"), 10)).await?;
+        store.run_started(&caller(), started("run_done", None, 11)).await?;
         store.run_failed(&caller(), None, "run_done", "boom", 12).await?;
         assert_eq!(store.close_interrupted_runs(true, 99).await?, vec!["run_open".to_owned()]);
         let record = store.get_run("run_open").await?.ok_or("run_open is gone")?;

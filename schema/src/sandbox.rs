@@ -138,7 +138,8 @@ pub struct SandboxInfo {
     pub state: SandboxState,
     /// The run going on now, if any.
     pub current_run: Option<String>,
-    /// The most recent run, finished or not.
+    /// The most recent run, finished or not; not a run that only held the sandbox for a file
+    /// transfer (those are listed with the runs).
     pub last_run: Option<RunRecord>,
     pub created_at_ms: u64,
     /// Size of the sandbox's disk image on the host (sparse: what its files take).

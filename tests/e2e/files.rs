@@ -41,6 +41,20 @@ fn the_sandbox_id(agent: &Agent) -> String {
     listed[0]["id"].as_str().expect("the sandbox's id").to_owned()
 }
 
+/// `bkg status box --json`'s last run (null when it has none).
+fn last_run(agent: &Agent, dir: &Path) -> serde_json::Value {
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    assert_eq!(code(&status), 0, "{}", stderr(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    status["last_run"].clone()
+}
+
+/// The newest run the agent lists for sandbox `id`.
+fn newest_run(agent: &Agent, id: &str) -> serde_json::Value {
+    let runs = unix_request(&agent.socket, "GET", &format!("/api/v1/runs?sandbox={id}&limit=1"), None).json();
+    runs[0].clone()
+}
+
 /// The names in a `files/list` answer.
 fn entry_names(listing: &serde_json::Value) -> Vec<String> {
     listing.as_array().into_iter().flatten().filter_map(|entry| entry["name"].as_str().map(str::to_owned)).collect()
@@ -191,7 +205,8 @@ fn listings_succeed_while_runs_start_and_end_back_to_back() {
 
 /// A transfer into an idle sandbox holds it with a run of its own. That run is the transfer's:
 /// while it goes on, a run of the sandbox is refused with what holds it (not "stop it first");
-/// it ends as a success, and `bkg logs` goes on showing the sandbox's own last run.
+/// it ends as a success and is listed with the runs, and `bkg logs` and `bkg status` go on
+/// showing the sandbox's own last run.
 #[test]
 fn a_transfer_holds_an_idle_sandbox_without_taking_the_place_of_its_runs() {
     let agent = Agent::start();
@@ -203,6 +218,8 @@ fn a_transfer_holds_an_idle_sandbox_without_taking_the_place_of_its_runs() {
     let first = agent.bkgr(dir, &["box"]);
     assert_eq!((code(&first), stdout(&first)), (0, "hello from box\n".to_owned()), "{}", stderr(&first));
     let id = the_sandbox_id(&agent);
+    let own_run = last_run(&agent, dir)["id"].clone();
+    assert!(own_run.is_string(), "bkgr's run is the last run");
 
     // An upload whose body this test sends in two parts: the sandbox is held in between.
     write(&dir.join("payload/a.txt"), "uploaded\n");
@@ -234,9 +251,10 @@ fn a_transfer_holds_an_idle_sandbox_without_taking_the_place_of_its_runs() {
     let logs = agent.bkg_in(dir, &["logs", "box"]);
     assert_eq!(code(&logs), 0, "{}", stderr(&logs));
     assert_eq!(stdout(&logs), "hello from box\n", "the log is still the sandbox's own last run's");
-    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
-    assert_eq!(status["last_run"]["exit_code"], 0, "the transfer's run ended as a success: {status}");
+    assert_eq!(last_run(&agent, dir)["id"], own_run, "the transfer's run is not the sandbox's last run");
+    let transfer = newest_run(&agent, &id);
+    assert_ne!(transfer["id"], own_run, "the transfer's run is listed: {transfer}");
+    assert_eq!(transfer["exit_code"], 0, "the transfer's run ended as a success: {transfer}");
     let shown = agent.bkg_in(dir, &["exec", "box", "-c", "print(open('/workspace/in/a.txt').read(), end='')"]);
     assert_eq!(stdout(&shown), "uploaded\n", "{}", stderr(&shown));
 }
@@ -247,6 +265,7 @@ fn an_upload_larger_than_the_disk_says_the_disk_is_full_and_leaves_what_was_ther
     let project = project_with_box(&agent, &["--disk", "32MiB"]);
     let dir = project.path();
     write(&dir.join("small/big.bin"), "the first version\n");
+    let own_run = last_run(&agent, dir);
     let first = agent.bkg_in(dir, &["cp", "small/big.bin", "box:"]);
     assert_eq!(code(&first), 0, "{}", stderr(&first));
     let big = std::fs::File::create(dir.join("big.bin")).expect("create");
@@ -254,15 +273,14 @@ fn an_upload_larger_than_the_disk_says_the_disk_is_full_and_leaves_what_was_ther
     let full = agent.bkg_in(dir, &["cp", "big.bin", "box:"]);
     assert_eq!(code(&full), 125, "{}", stderr(&full));
     assert!(stderr(&full).contains("disk is full"), "{}", stderr(&full));
-    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
-    assert_eq!(status["last_run"]["exit_code"], 1, "the transfer's run failed with it: {status}");
+    let id = the_sandbox_id(&agent);
+    assert_eq!(newest_run(&agent, &id)["exit_code"], 1, "the transfer's run failed with it");
+    assert_eq!(last_run(&agent, dir), own_run, "transfers' runs are not the sandbox's last run");
     // The file already there is whole, nothing of the failed one is left, and the disk has
     // its room back; the sandbox is free again and still works.
     let after = agent.bkgr(dir, &["box", "show", "--", "/workspace/big.bin"]);
     assert_eq!(code(&after), 0, "{}", stderr(&after));
     assert_eq!(stdout(&after), "the first version\n");
-    let id = the_sandbox_id(&agent);
     let files = unix_request(&agent.socket, "GET", &format!("/api/v1/sandboxes/{id}/files/list"), None).json();
     assert_eq!(entry_names(&files), ["big.bin"], "{files}");
     let again = agent.bkg_in(dir, &["cp", "small/big.bin", "box:again.bin"]);

@@ -4,7 +4,6 @@
 //! accepted, so a stop or an exec right after finds it, and nobody sleeps to find out.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,28 +56,17 @@ pub struct RunTracker {
     stop: Notify,
     access: Mutex<Option<SandboxAccess>>,
     /// Whether the run only holds its sandbox for a file transfer.
-    for_transfer: AtomicBool,
+    for_transfer: bool,
 }
 
 impl RunTracker {
-    fn new(run_id: String) -> Arc<Self> {
+    fn new(run_id: String, for_transfer: bool) -> Arc<Self> {
         let progress = watch::Sender::new(RunProgress { phase: RunPhase::Queued, holds_sandbox: false });
-        Arc::new(Self {
-            run_id,
-            progress,
-            stop: Notify::new(),
-            access: Mutex::new(None),
-            for_transfer: AtomicBool::new(false),
-        })
-    }
-
-    /// Marks the run as one that only holds its sandbox for a file transfer.
-    pub fn mark_for_transfer(&self) {
-        self.for_transfer.store(true, Ordering::Relaxed);
+        Arc::new(Self { run_id, progress, stop: Notify::new(), access: Mutex::new(None), for_transfer })
     }
 
     pub fn is_for_transfer(&self) -> bool {
-        self.for_transfer.load(Ordering::Relaxed)
+        self.for_transfer
     }
 
     /// The sandbox this run holds, while it holds one.
@@ -188,7 +176,7 @@ impl Engine {
     /// Accepts a validated run under `run_id`. A persistent sandbox takes one run at a time (two
     /// would mount the same disk): a second is refused as busy until the first has ended.
     pub fn accept(self: &Arc<Self>, run_id: String, run: &ValidatedRun) -> Result<RunTicket, RunError> {
-        let tracker = RunTracker::new(run_id);
+        let tracker = RunTracker::new(run_id, run.is_for_transfer());
         let Some(sandbox_id) = run.sandbox_id() else {
             return Ok(RunTicket { tracker, registered: None });
         };
@@ -216,7 +204,7 @@ mod tests {
 
     #[tokio::test]
     async fn progress_only_moves_forward_and_waiters_see_it() {
-        let tracker = RunTracker::new("run_1".into());
+        let tracker = RunTracker::new("run_1".into(), false);
         let waiter = tokio::spawn(wait_until(tracker.watch(), Duration::from_secs(30), RunProgress::is_settled));
         tracker.set_holds_sandbox(true);
         tracker.advance(RunPhase::Ended);
@@ -230,7 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wait_that_runs_out_of_patience_says_so() {
-        let tracker = RunTracker::new("run_1".into());
+        let tracker = RunTracker::new("run_1".into(), false);
         let settled = wait_until(tracker.watch(), Duration::from_millis(1), RunProgress::is_settled).await;
         assert!(!settled);
     }

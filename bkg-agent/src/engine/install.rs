@@ -187,6 +187,7 @@ impl Engine {
                     },
                 },
                 log_dir: Some(dirs.work.join("logs")),
+                for_transfer: false,
             }),
             additions: Additions { hosts: index.hosts.clone(), ..Additions::default() },
             relay: index.relays.clone(),

@@ -103,6 +103,8 @@ pub(super) struct PersistentRun {
     pub(super) sandbox_id: String,
     pub(super) disk: PersistentDisk,
     pub(super) log_dir: Option<PathBuf>,
+    /// Whether the run only holds the sandbox for a file transfer (`ValidatedRun::for_transfer`).
+    pub(super) for_transfer: bool,
 }
 
 impl ValidatedRun {
@@ -110,12 +112,18 @@ impl ValidatedRun {
         self.persistent.as_ref().map(|persistent| persistent.sandbox_id.as_str())
     }
 
-    /// Keeps no log of this run: the sandbox's log stays its last run's that has one. For runs
-    /// whose output is nobody's (the run a file transfer holds an idle sandbox with).
-    pub fn without_log(&mut self) {
+    /// Makes this the run a file transfer holds an idle sandbox with: its output is nobody's,
+    /// so it keeps no log (`bkg logs` goes on showing the sandbox's own last run), and it is not
+    /// the sandbox's last run (`Store::last_run_of`).
+    pub fn for_transfer(&mut self) {
         if let Some(persistent) = &mut self.persistent {
             persistent.log_dir = None;
+            persistent.for_transfer = true;
         }
+    }
+
+    pub fn is_for_transfer(&self) -> bool {
+        self.persistent.as_ref().is_some_and(|persistent| persistent.for_transfer)
     }
 
     /// Mounts a built Python environment read-only at `PYTHON_ENV`, importable and with its
@@ -487,6 +495,7 @@ impl Engine {
                     },
                 },
                 log_dir: Some(home.logs_dir()),
+                for_transfer: false,
             }),
             keep: kept_by_sandbox(&definition.keep)?,
             network,

@@ -119,14 +119,12 @@ impl Service {
         let (definition, mut validated) = self.validate_sandbox_exec(principal, id, exec, None).await?;
         // A big transfer may take longer than the sandbox's code may run.
         validated.limits.timeout_ms = self.engine.config.max_limits.timeout_ms;
-        // `bkg logs` goes on showing the sandbox's own last run.
-        validated.without_log();
+        validated.for_transfer();
         // A transfer's own run needs none of the sandbox's packages.
         let bare = SandboxDefinition { requirements: Vec::new(), node_packages: None, ..definition };
         let accepted = self.accept_in_sandbox(principal, &bare, validated)?;
         let (stdin, input) = mpsc::channel(1);
         let tracker = accepted.tracker();
-        tracker.mark_for_transfer();
         drop(self.start(accepted, input, None));
         self.workspace_of(&tracker, Some(stdin)).await
     }

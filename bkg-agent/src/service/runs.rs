@@ -20,6 +20,7 @@ use crate::engine::handle::{RunPhase, RunTicket};
 use crate::engine::run::ValidatedRun;
 use crate::envs::EnvRequest;
 use crate::ids::{new_id, now_ms};
+use crate::store::RunStart;
 
 /// A run the agent has taken on: checked, permitted, with its id and its place (a persistent
 /// sandbox is held for it from now on, so a stop or a second exec sees it at once).
@@ -141,10 +142,15 @@ impl Service {
         // The start is recorded before the code runs, so that a crash at any moment after leaves
         // a record the next agent closes as interrupted. Its audit line's fsync stays off this
         // path (`Store::record`); the write itself is a SQLite commit in WAL mode.
-        let started = self
-            .store
-            .run_started(&caller, &run_id, sandbox_id.as_deref(), validated.language, validated.limits, now_ms())
-            .await;
+        let start = RunStart {
+            id: &run_id,
+            sandbox_id: sandbox_id.as_deref(),
+            language: validated.language,
+            limits: validated.limits,
+            started_at_ms: now_ms(),
+            for_transfer: validated.is_for_transfer(),
+        };
+        let started = self.store.run_started(&caller, start).await;
         if let Err(error) = started {
             tracing::error!(%error, run = %run_id, "could not record the run's start");
         }
