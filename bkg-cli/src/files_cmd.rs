@@ -72,8 +72,8 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
                 settings.out.json(&uploaded)?;
             } else {
                 let size = bkg_schema::units::format_size(uploaded.bytes);
-                let noun = if uploaded.files == 1 { "file" } else { "files" };
-                settings.out.note(format_args!("{} {noun}, {size}, into {name}:{}", uploaded.files, uploaded.path));
+                let files = crate::out::count(uploaded.files as usize, "file", "files");
+                settings.out.note(format_args!("{files}, {size}, into {name}:{}", uploaded.path));
             }
         }
         (Place::Sandbox { name, path }, Place::Host(dest)) => {

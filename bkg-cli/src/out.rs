@@ -104,6 +104,14 @@ impl Printer {
     }
 }
 
+/// `count` of a thing, its noun in the singular or `plural`: "1 file", "2 files".
+pub fn count(count: usize, singular: &str, plural: &str) -> String {
+    match count {
+        1 => format!("1 {singular}"),
+        _ => format!("{count} {plural}"),
+    }
+}
+
 /// Ends `TOOL` on one of clap's own errors. Help and version print as usual; a usage error keeps
 /// clap's whole message, with its tips and the usage line, under `TOOL: ` instead of clap's
 /// `error: `. The exit code is `exit::of_clap`'s.

@@ -83,8 +83,8 @@ pub fn note_kept_files(out: crate::out::Printer, result: &RunResult) {
     if !result.files.is_empty() {
         let bytes: u64 = result.files.iter().map(|file| file.bytes).sum();
         out.note(format_args!(
-            "kept {} files ({}): bkg runs files {} --output DIR",
-            result.files.len(),
+            "kept {} ({}): bkg runs files {} --output DIR",
+            crate::out::count(result.files.len(), "file", "files"),
             format_size(bytes),
             result.id
         ));

@@ -30,9 +30,8 @@ pub fn run(settings: &Settings, args: ValidateArgs) -> Result<i32, CliError> {
             if out.is_json() {
                 print_report(out, &name, &[]);
             } else {
-                let count = cave.sandboxes.len();
-                let noun = if count == 1 { "sandbox" } else { "sandboxes" };
-                out.human(format_args!("{name}: valid ({count} {noun})"));
+                let sandboxes = crate::out::count(cave.sandboxes.len(), "sandbox", "sandboxes");
+                out.human(format_args!("{name}: valid ({sandboxes})"));
             }
             Ok(SUCCESS)
         }

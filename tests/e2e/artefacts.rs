@@ -203,7 +203,7 @@ fn the_same_content_is_stored_once_and_a_run_with_nothing_to_keep_keeps_nothing(
     for _ in 0..2 {
         let output = agent.exe(&["--keep", "results", "--type", "python", "-c", keep]);
         assert_eq!(code(&output), 0, "{}", stderr(&output));
-        assert!(stderr(&output).contains("kept 1 files"), "{}", stderr(&output));
+        assert!(stderr(&output).contains("kept 1 file ("), "{}", stderr(&output));
     }
     let objects = agent.state_dir.join("objects/default/sha256");
     let count = std::fs::read_dir(&objects)
