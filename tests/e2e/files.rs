@@ -259,6 +259,54 @@ fn a_transfer_holds_an_idle_sandbox_without_taking_the_place_of_its_runs() {
     assert_eq!(stdout(&shown), "uploaded\n", "{}", stderr(&shown));
 }
 
+/// A download through a run that ends before the download does keeps the sandbox's disk
+/// mounted (its open files); the sandbox's next run waits for it instead of mounting the same
+/// disk image a second time (two mounts of one ext4 image corrupt it).
+#[test]
+fn the_next_run_waits_for_a_download_that_outlasts_its_run_instead_of_mounting_the_disk_twice() {
+    let agent = Agent::start();
+    let project =
+        project_with_box(&agent, &["--script", "nap=sleep 2", "--script", "fill=head -c 8M /dev/zero > /workspace/big.bin"]);
+    let dir = project.path();
+    let filled = agent.bkgr(dir, &["box", "fill"]);
+    assert_eq!(code(&filled), 0, "{}", stderr(&filled));
+    let id = the_sandbox_id(&agent);
+    let napping = agent.bkgr(dir, &["-d", "box", "nap"]);
+    assert_eq!(code(&napping), 0, "{}", stderr(&napping));
+
+    // The download starts in the napping run; reading only its start, the test leaves the agent
+    // blocked on a full socket with the file open.
+    let mut download = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+    let head =
+        format!("GET /api/v1/sandboxes/{id}/files?path=big.bin HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+    download.write_all(head.as_bytes()).expect("send the request");
+    let mut start = [0u8; 4096];
+    download.read_exact(&mut start).expect("read the download's start");
+    assert!(start.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&start[..100]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !unix_request(&agent.socket, "GET", &format!("/api/v1/sandboxes/{id}"), None).json()["current_run"].is_null()
+    {
+        assert!(std::time::Instant::now() < deadline, "the nap never ended");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let workspaces = agent.state_dir.join("workspaces");
+    let next = std::thread::scope(|scope| {
+        let next = scope.spawn(|| agent.bkgr(dir, &["box", "show", "--", "/workspace/big.bin"]));
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let devices = bkg_tests::loop_devices_under(&workspaces);
+        assert!(devices.len() <= 1, "the sandbox's disk is attached twice: {devices:?}");
+        assert!(!next.is_finished(), "the next run did not wait for the download");
+        let mut rest = Vec::new();
+        download.read_to_end(&mut rest).expect("read the rest of the download");
+        let received = start.len() + rest.len();
+        assert!(received > 8 * 1024 * 1024, "the whole file came: {received} bytes");
+        next.join().expect("the next run's thread")
+    });
+    assert_eq!(code(&next), 0, "the next run went on once the download was done: {}", stderr(&next));
+    assert_eq!(next.stdout.len(), 8 * 1024 * 1024);
+}
+
 #[test]
 fn an_upload_larger_than_the_disk_says_the_disk_is_full_and_leaves_what_was_there() {
     let agent = Agent::start();

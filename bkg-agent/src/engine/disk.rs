@@ -8,7 +8,7 @@
 //! The host's kernel may lack quota support (ext4 project quotas need CONFIG_QFMT_V2), so one
 //! shared filesystem with a quota per run is not an option everywhere; an image per sandbox is.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use nix::unistd::{Whence, lseek};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, OwnedMutexGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -45,6 +45,30 @@ const KEPT_TEMPLATES: usize = 8;
 /// Bytes of disk per inode: one per 4 KiB block, so a disk can be filled with small files as
 /// well as with big ones (a 500 MiB disk holds 128,000 files, not ext4's default 32,000).
 const BYTES_PER_INODE: &str = "4096";
+
+/// The use of a persistent disk image: one sandbox mounts it at a time. Whatever still has its
+/// filesystem open after the sandbox is gone (a file transfer's /workspace, engine/files.rs)
+/// holds a clone, so the image is mounted again only once nothing of the old mount is left:
+/// two mounts of one ext4 image would corrupt it.
+pub type DiskHold = Arc<OwnedMutexGuard<()>>;
+
+/// Which persistent disk images are in use (`DiskHold`).
+#[derive(Default)]
+pub struct DiskLocks {
+    images: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl DiskLocks {
+    /// Takes `image` once nothing holds it, waiting at most `patience`; `None` if it was still
+    /// held then.
+    pub async fn hold(&self, image: &Path, patience: std::time::Duration) -> Option<DiskHold> {
+        let lock = {
+            let mut images = self.images.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            Arc::clone(images.entry(image.to_path_buf()).or_default())
+        };
+        tokio::time::timeout(patience, lock.lock_owned()).await.ok().map(Arc::new)
+    }
+}
 
 /// Formatted templates by size, each made at most once while it is kept.
 pub struct DiskTemplates {

@@ -44,6 +44,9 @@ pub enum FilesError {
 pub struct Workspace {
     root: OwnedFd,
     owner: u32,
+    /// The hold of a persistent sandbox's disk: declared after `root`, so it is let go of only
+    /// once the descriptor that keeps the disk's filesystem mounted is closed (`disk::DiskHold`).
+    _disk: Option<super::disk::DiskHold>,
 }
 
 /// What an upload wrote.
@@ -129,8 +132,9 @@ fn kind_of(stat: &FileStat) -> FileKind {
 impl Workspace {
     /// /workspace as the sandbox whose pid 1 has host pid `pid_one` sees it; new files are
     /// `owner`'s (the sandbox user's host uid and gid). `Ended` when that pid 1 has exited: an
-    /// ended process has no root, and every live sandbox has a /workspace.
-    pub fn open(pid_one: i32, owner: u32) -> Result<Self, FilesError> {
+    /// ended process has no root, and every live sandbox has a /workspace. `disk` is the hold
+    /// of the sandbox's persistent disk, kept while this is open.
+    pub fn open(pid_one: i32, owner: u32, disk: Option<super::disk::DiskHold>) -> Result<Self, FilesError> {
         let path = format!("/proc/{pid_one}/root{}", super::plan::WORKSPACE);
         let root =
             nix::fcntl::open(path.as_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
@@ -138,7 +142,7 @@ impl Workspace {
                     Errno::ENOENT | Errno::ESRCH => FilesError::Ended,
                     other => FilesError::Io(format!("open the sandbox's /workspace: {other}")),
                 })?;
-        Ok(Self { root, owner })
+        Ok(Self { root, owner, _disk: disk })
     }
 
     fn open_beneath(&self, path: &Path, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
@@ -430,8 +434,8 @@ mod tests {
         // Ended but not reaped, as a sandbox's pid 1 is between its exit and its disposal.
         let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
         waitid(Id::Pid(pid), flags).expect("wait for the exit");
-        assert!(matches!(Workspace::open(pid.as_raw(), 0), Err(FilesError::Ended)));
+        assert!(matches!(Workspace::open(pid.as_raw(), 0, None), Err(FilesError::Ended)));
         child.wait().expect("reap");
-        assert!(matches!(Workspace::open(pid.as_raw(), 0), Err(FilesError::Ended)));
+        assert!(matches!(Workspace::open(pid.as_raw(), 0, None), Err(FilesError::Ended)));
     }
 }

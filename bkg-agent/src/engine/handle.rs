@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::Engine;
+use super::disk::DiskHold;
 use super::request::{RunError, ValidatedRun};
 
 /// How far a run has come. Each step comes after the one before it.
@@ -54,7 +55,8 @@ pub struct RunTracker {
     pub run_id: String,
     progress: watch::Sender<RunProgress>,
     stop: Notify,
-    access: Mutex<Option<SandboxAccess>>,
+    /// How to reach its sandbox, and the hold of the sandbox's persistent disk, while it lives.
+    access: Mutex<Option<(SandboxAccess, Option<DiskHold>)>>,
     /// Whether the run only holds its sandbox for a file transfer.
     for_transfer: bool,
 }
@@ -71,10 +73,16 @@ impl RunTracker {
 
     /// The sandbox this run holds, while it holds one.
     pub fn access(&self) -> Option<SandboxAccess> {
-        *self.access.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.access.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(|(access, _)| *access)
     }
 
-    pub(super) fn set_access(&self, access: Option<SandboxAccess>) {
+    /// The hold of its sandbox's persistent disk, while the run holds the sandbox: what keeps the
+    /// disk's files open beyond the run takes it along (a file transfer's `Workspace`).
+    pub fn disk_hold(&self) -> Option<DiskHold> {
+        self.access.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().and_then(|(_, hold)| hold.clone())
+    }
+
+    pub(super) fn set_access(&self, access: Option<(SandboxAccess, Option<DiskHold>)>) {
         *self.access.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = access;
     }
 

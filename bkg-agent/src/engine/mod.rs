@@ -155,6 +155,8 @@ pub struct Engine {
     host: HostLayout,
     cgroups: Box<dyn CgroupDriver>,
     disks: disk::DiskTemplates,
+    /// Persistent disk images in use (`disk::DiskHold`).
+    disk_locks: disk::DiskLocks,
     ids: Arc<IdSlots>,
     pool: pool::WarmPool<PreparedSandbox>,
     /// Whether the task that shrinks an idle pool has been started.
@@ -231,6 +233,7 @@ impl Engine {
             host: HostLayout::discover(),
             cgroups,
             disks,
+            disk_locks: disk::DiskLocks::default(),
             ids: Arc::new(IdSlots::new(config.uid_base)),
             pool: pool::WarmPool::new(pool::PoolConfig {
                 base: config.warm_pool,

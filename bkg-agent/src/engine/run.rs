@@ -96,7 +96,12 @@ impl Engine {
         };
 
         let persistent = run.persistent.as_ref().map(|p| &p.disk);
+        let disk_hold = match persistent {
+            Some(disk) => Some(self.hold_disk(&disk.image).await?),
+            None => None,
+        };
         let mut sandbox = self.claim(run.language, run.limits.disk_bytes, persistent, &run.additions).await?;
+        sandbox.keep_disk_hold(disk_hold);
         tracker.set_holds_sandbox(true);
         // Held until the run ends: the install sandbox's way to its package index.
         let _relay = match run.relay.as_slice() {
@@ -146,7 +151,7 @@ impl Engine {
             },
             None => None,
         };
-        tracker.set_access(Some(sandbox.access()));
+        tracker.set_access(Some((sandbox.access(), sandbox.disk_hold())));
 
         let mut relay = Relay::default();
         relay.offer(&output, RunOutput::Started(run_id.clone()));
@@ -280,12 +285,26 @@ impl Engine {
         }
     }
 
+    /// Persistent disk `image` once nothing holds it: the sandbox of the run before may still be
+    /// disposed of, or a file transfer may still have its files open (`disk::DiskHold`).
+    async fn hold_disk(&self, image: &std::path::Path) -> Result<super::disk::DiskHold, RunError> {
+        self.disk_locks.hold(image, DISK_PATIENCE).await.ok_or_else(|| {
+            RunError::Busy(format!(
+                "the sandbox's disk is still in use after {}s (a file transfer that began in its last run goes on); try again once it is done",
+                DISK_PATIENCE.as_secs()
+            ))
+        })
+    }
+
     /// Disposes of a used sandbox in the background: the caller has its result already.
     fn dispose_later(self: &Arc<Self>, tracker: &Arc<RunTracker>, sandbox: PreparedSandbox) {
         tracker.set_access(None);
         self.dispose_in_background(sandbox, Some(Arc::clone(tracker)));
     }
 }
+
+/// How long a run waits for its persistent disk to be let go of (`Engine::hold_disk`).
+const DISK_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long a run may take: `timeout: none` is far enough away never to come.
 fn timeout_of(limits: &bkg_schema::Limits) -> Duration {
@@ -298,7 +317,7 @@ fn timeout_of(limits: &bkg_schema::Limits) -> Duration {
 async fn send_out_dir(access: super::handle::SandboxAccess, output: &mpsc::Sender<RunOutput>) {
     let (sender, mut chunks) = bkg_schema::chunks::channel();
     let packing = tokio::task::spawn_blocking(move || -> Result<(), super::files::FilesError> {
-        let workspace = super::files::Workspace::open(access.pid_one, access.owner)?;
+        let workspace = super::files::Workspace::open(access.pid_one, access.owner, None)?;
         let mut writer = bkg_schema::chunks::ChunkWriter::new(sender, "the caller stopped reading");
         workspace.pack_contents(Path::new(OUT_DIR), &mut writer)?;
         std::io::Write::flush(&mut writer).map_err(|error| super::files::FilesError::Io(error.to_string()))

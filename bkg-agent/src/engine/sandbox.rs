@@ -55,6 +55,8 @@ pub struct PreparedSandbox {
     host_ids: IdSlot,
     /// This sandbox's share of the agent's disk budget, returned when it is gone.
     _disk: DiskGrant,
+    /// Its persistent disk image, held until the sandbox is disposed of (`disk::DiskHold`).
+    disk_hold: Option<super::disk::DiskHold>,
 }
 
 pub fn cgroup_limits(limits: &bkg_schema::Limits) -> CgroupLimits {
@@ -175,6 +177,7 @@ impl PreparedSandbox {
                 stderr,
                 host_ids: ids,
                 _disk: disk,
+                disk_hold: None,
             }),
             Err(error) => {
                 let _ = tokio::task::spawn_blocking(move || {
@@ -222,6 +225,16 @@ impl PreparedSandbox {
             return Some("its cgroup is gone");
         }
         None
+    }
+
+    /// Keeps `hold` of its persistent disk image until it is disposed of.
+    pub fn keep_disk_hold(&mut self, hold: Option<super::disk::DiskHold>) {
+        self.disk_hold = hold;
+    }
+
+    /// Its hold of its persistent disk image, for what may keep the disk open beyond it.
+    pub fn disk_hold(&self) -> Option<super::disk::DiskHold> {
+        self.disk_hold.clone()
     }
 
     /// How the agent reaches this sandbox's files and processes while it lives.

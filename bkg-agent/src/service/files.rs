@@ -137,7 +137,9 @@ impl Service {
             Some(access) if run.watch().borrow().phase == RunPhase::Started => access,
             _ => return Ok(None),
         };
-        let workspace = match Workspace::open(access.pid_one, access.owner) {
+        // The transfer may outlast the run: its open files keep the disk's filesystem mounted,
+        // so it holds the disk until it closes them, and the sandbox's next run waits for that.
+        let workspace = match Workspace::open(access.pid_one, access.owner, run.disk_hold()) {
             Ok(workspace) => workspace,
             Err(FilesError::Ended) => return Ok(None),
             Err(error) => return Err(error.into()),
