@@ -42,6 +42,13 @@ pub async fn sandbox_id_of(client: &AgentClient, project: &ProjectArgs, name: &s
         if found.is_some() {
             return Ok(id);
         }
+        // The project's own sandbox of that name, not yet made: never another project's.
+        if bkg_schema::cave::load(&dir.join("cave.yaml")).is_ok_and(|cave| cave.sandboxes.contains_key(name)) {
+            return Err(CliError::usage(format!(
+                "sandbox `{name}` has not run yet in {}: run it once with `bkgr {name}`",
+                dir.display()
+            )));
+        }
     }
     let all: Vec<SandboxInfo> = client.get("/api/v1/sandboxes").await?;
     let mut named = all.into_iter().filter(|info| info.name == name);

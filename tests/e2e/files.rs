@@ -265,8 +265,10 @@ fn a_transfer_holds_an_idle_sandbox_without_taking_the_place_of_its_runs() {
 #[test]
 fn the_next_run_waits_for_a_download_that_outlasts_its_run_instead_of_mounting_the_disk_twice() {
     let agent = Agent::start();
-    let project =
-        project_with_box(&agent, &["--script", "nap=sleep 2", "--script", "fill=head -c 8M /dev/zero > /workspace/big.bin"]);
+    let project = project_with_box(
+        &agent,
+        &["--script", "nap=sleep 2", "--script", "fill=head -c 8M /dev/zero > /workspace/big.bin"],
+    );
     let dir = project.path();
     let filled = agent.bkgr(dir, &["box", "fill"]);
     assert_eq!(code(&filled), 0, "{}", stderr(&filled));
@@ -305,6 +307,30 @@ fn the_next_run_waits_for_a_download_that_outlasts_its_run_instead_of_mounting_t
     });
     assert_eq!(code(&next), 0, "the next run went on once the download was done: {}", stderr(&next));
     assert_eq!(next.stdout.len(), 8 * 1024 * 1024);
+}
+
+/// Sandboxes are per project: where cave.yaml declares a name its own sandbox has not run yet,
+/// `bkg cp` and `bkg exec` say so instead of taking another project's sandbox of that name.
+#[test]
+fn cp_and_exec_never_take_another_projects_sandbox_of_the_same_name() {
+    let agent = Agent::start();
+    let _first = project_with_box(&agent, &[]);
+    let second = tempfile::tempdir().expect("second project");
+    let dir = second.path();
+    assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
+    let added = agent.bkg_in(dir, &["add", "box", "--type", "python"]);
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    write(&dir.join("mine.txt"), "the second project's\n");
+    for attempt in
+        [agent.bkg_in(dir, &["cp", "mine.txt", "box:"]), agent.bkg_in(dir, &["exec", "box", "-c", "print(1)"])]
+    {
+        assert_eq!(code(&attempt), 125, "{}", stderr(&attempt));
+        assert!(stderr(&attempt).contains("has not run yet"), "{}", stderr(&attempt));
+    }
+    let id = the_sandbox_id(&agent);
+    let files = unix_request(&agent.socket, "GET", &format!("/api/v1/sandboxes/{id}/files/list"), None).json();
+    assert!(files.is_array(), "{files}");
+    assert!(!entry_names(&files).contains(&"mine.txt".to_owned()), "the first project's sandbox got it: {files}");
 }
 
 #[test]
