@@ -125,3 +125,19 @@ fn a_matplotlib_figure_comes_back_as_a_png_and_node_keeps_its_state() {
     assert_eq!(code(&failing), 1);
     assert!(stderr(&failing).contains("<cell 3>:2"), "{}", stderr(&failing));
 }
+
+/// A session's stdout is its runner's events, which are nobody's log: `bkg logs` goes on
+/// showing the sandbox's last run that has one.
+#[test]
+fn bkg_logs_does_not_show_a_sessions_events() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let dir = project.path();
+    let shown = agent.bkg_in(dir, &["exec", "box", "-c", "print('visible output')"]);
+    assert_eq!((code(&shown), stdout(&shown)), (0, "visible output\n".to_owned()), "{}", stderr(&shown));
+    let stopped = agent.bkg_in(dir, &["stop", "box"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+    let logs = agent.bkg_in(dir, &["logs", "box"]);
+    assert_eq!(code(&logs), 0, "{}", stderr(&logs));
+    assert_eq!(stdout(&logs), "", "the start script's log (it printed nothing), not the session's events");
+}

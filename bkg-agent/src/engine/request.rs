@@ -394,6 +394,11 @@ impl Engine {
         validated.order.argv = vec![interpreter, flag.into(), runner.into()];
         validated.language = language;
         validated.limits.timeout_ms = self.config.max_limits.timeout_ms;
+        // Its stdout is the runner's events, not anyone's output (each execution's goes to its
+        // caller): `bkg logs` goes on showing the sandbox's last run that has a log.
+        if let Some(persistent) = &mut validated.persistent {
+            persistent.log_dir = None;
+        }
         Ok(validated)
     }
 
