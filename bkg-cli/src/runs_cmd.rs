@@ -63,7 +63,8 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
                     if out.is_json() {
                         out.json(&files)?;
                     }
-                    out.note(format_args!("fetched {} files of run {id} into {}", files.files.len(), dir.display()));
+                    let fetched = crate::out::count(files.files.len(), "file", "files");
+                    out.note(format_args!("fetched {fetched} of run {id} into {}", dir.display()));
                 }
             }
         }
