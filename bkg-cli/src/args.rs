@@ -776,7 +776,7 @@ pub struct Bkgr {
 /// Examples at the end of each command's `--help`, by the command's path below `bkg`. A test
 /// checks that every command has some.
 const EXAMPLES: &[(&str, &str)] = &[
-    ("", "bkg exe hello.py\n  bkg init --yes && bkg add web --type python && bkgr web\n  bkg runs ls"),
+    ("", "bkg exe hello.py\n  bkg init --yes --sandbox web && bkgr web\n  bkg runs ls"),
     (
         "exe",
         "bkg exe job.py input.csv --verbose\n  bkg exe --memory 1.5GiB --timeout 1m30s -e API_TOKEN --env-file .env job.py\n  \
@@ -790,7 +790,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     (
         "add",
         "bkg add web --type python\n  bkg add worker --type node --script start='node worker.js' --memory 1GiB\n  \
-         bkg add api -t python --volume data:/data:rw -C ~/my-app",
+         bkg add api -t python --volume data:/workspace/data:rw -C ~/my-app",
     ),
     ("validate", "bkg validate\n  bkg validate deploy/cave.yaml --json"),
     ("ls", "bkg ls\n  bkg ls --all --json"),
