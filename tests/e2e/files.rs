@@ -333,6 +333,26 @@ fn cp_and_exec_never_take_another_projects_sandbox_of_the_same_name() {
     assert!(!entry_names(&files).contains(&"mine.txt".to_owned()), "the first project's sandbox got it: {files}");
 }
 
+/// A disk limit lowered below the disk a sandbox has is refused before it is stored: the
+/// sandbox keeps its limit and goes on working.
+#[test]
+fn a_refused_disk_shrink_leaves_the_stored_limit_as_it_was() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &["--disk", "64MiB"]);
+    let dir = project.path();
+    let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    assert!(cave.contains("disk: 64MiB"), "{cave}");
+    std::fs::write(dir.join("cave.yaml"), cave.replace("disk: 64MiB", "disk: 32MiB")).expect("edit cave.yaml");
+    let shrunk = agent.bkgr(dir, &["box"]);
+    assert_eq!(code(&shrunk), 125, "{}", stderr(&shrunk));
+    assert!(stderr(&shrunk).contains("shrinking could lose files"), "{}", stderr(&shrunk));
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(status["limits"]["disk_bytes"], 64 * 1024 * 1024, "{status}");
+    let exec = agent.bkg_in(dir, &["exec", "box", "-c", "print('still works')"]);
+    assert_eq!((code(&exec), stdout(&exec)), (0, "still works\n".to_owned()), "{}", stderr(&exec));
+}
+
 #[test]
 fn an_upload_larger_than_the_disk_says_the_disk_is_full_and_leaves_what_was_there() {
     let agent = Agent::start();

@@ -203,6 +203,18 @@ async fn format(path: &Path, bytes: u64, owner: u32) -> Result<(), DiskError> {
     Ok(())
 }
 
+/// Refuses a disk limit of `bytes` for a persistent disk image of `current` bytes: shrinking
+/// could lose the user's files.
+pub fn refuse_shrinking(current: u64, bytes: u64) -> Result<(), DiskError> {
+    if bytes < current {
+        return Err(DiskError::WouldShrink {
+            asked: bkg_schema::units::format_size(bytes),
+            current: bkg_schema::units::format_size(current),
+        });
+    }
+    Ok(())
+}
+
 /// A persistent sandbox's disk: made on its first run, grown when its limit grows. Shrinking
 /// could lose the user's files, so it is refused.
 pub async fn ensure_persistent_image(path: &Path, bytes: u64, owner: u32) -> Result<(), DiskError> {
@@ -216,12 +228,7 @@ pub async fn ensure_persistent_image(path: &Path, bytes: u64, owner: u32) -> Res
         }
         Err(error) => return Err(io_error(format!("inspect {}", path.display()))(error)),
     };
-    if bytes < current {
-        return Err(DiskError::WouldShrink {
-            asked: bkg_schema::units::format_size(bytes),
-            current: bkg_schema::units::format_size(current),
-        });
-    }
+    refuse_shrinking(current, bytes)?;
     if bytes > current {
         let file = tokio::fs::OpenOptions::new()
             .write(true)

@@ -183,11 +183,26 @@ impl Service {
             self.check_user_policy(principal, id, &definition).await?;
         }
         self.engine.check_definition(&definition)?;
+        self.refuse_shrinking_disk(principal, id, &definition)?;
         self.environment_of(definition.language, &definition.requirements, definition.node_packages.as_ref())?;
         check_secret_names(&definition.secrets)?;
         let caller = principal.audit_caller(&definition.namespace);
         let stored = self.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
         self.sandbox_info(stored).await
+    }
+
+    /// A definition whose disk limit is below what the sandbox's disk already has is refused
+    /// before it is stored: its runs could not start (engine/disk.rs `refuse_shrinking`).
+    fn refuse_shrinking_disk(&self, principal: &Principal, id: &str, definition: &SandboxDefinition) -> OpResult<()> {
+        let image = self.engine.sandbox_home(&definition.namespace, id).disk_image();
+        let Ok(meta) = std::fs::metadata(&image) else {
+            return Ok(());
+        };
+        let defaults = &self.engine.config.default_limits;
+        let limits =
+            defaults.with(&user_limit_defaults(principal, &self.auth.policy.user, &definition.limits, defaults));
+        crate::engine::disk::refuse_shrinking(meta.len(), limits.disk_bytes)
+            .map_err(|error| OpError::Invalid(format!("sandbox {}: {error}", definition.name)))
     }
 
     /// A local user's sandboxes against what the policy lets one user keep: their number and
