@@ -83,11 +83,8 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
     if own_thread_count()? != 1 {
         return Err(StageError::new("join cgroup", "the sandbox init has more than one thread"));
     }
-    // On v2 the move holds a lock that every fork on the host waits for: a pool sandbox,
-    // started at idle priority, must not hold it at that priority.
-    if plan.background {
-        set_scheduling(libc::SCHED_OTHER).stage("raise priority")?;
-    }
+    // A pool sandbox goes to idle priority only once it has joined its cgroup: on v2 the move
+    // holds a lock that every fork on the host waits for.
     for join in &plan.cgroup_joins {
         fs::write(join, "0").stage(&format!("join cgroup {}", join.display()))?;
     }
@@ -249,7 +246,7 @@ fn own_thread_count() -> Result<u64, StageError> {
 /// Sets this process's scheduling policy (`SCHED_IDLE` or `SCHED_OTHER`, priority 0); the
 /// processes it starts afterwards inherit it. Async-signal-safe: the agent calls it between
 /// fork and exec (engine/sandbox.rs).
-pub(super) fn set_scheduling(policy: libc::c_int) -> std::io::Result<()> {
+fn set_scheduling(policy: libc::c_int) -> std::io::Result<()> {
     set_scheduling_of(Pid::from_raw(0), policy)
 }
 

@@ -333,7 +333,6 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     let (agent_end, init_end) =
         std::os::unix::net::UnixStream::pair().map_err(EngineError::io("create control socket"))?;
     let init_fd = init_end.as_raw_fd();
-    let background = plan.background;
 
     let mut command = std::process::Command::new("/proc/self/exe");
     // `ps` shows it by the agent's name, not as /proc/self/exe.
@@ -347,14 +346,14 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
         .stdin(Stdio::from(stdin_read))
         .stdout(Stdio::from(stdout_write))
         .stderr(Stdio::from(stderr_write));
-    // SAFETY: the closure runs between fork and exec and only calls dup2, fcntl and
-    // sched_setscheduler, which are async-signal-safe.
+    // Until it execs, the child holds every descriptor of the agent, its listening socket among
+    // them: it gets there at the agent's priority (a pool sandbox's init lowers its own later,
+    // engine/init.rs), or a crash of the agent meanwhile would leave the socket answering and
+    // the next agent refusing to start ("another agent is already listening").
+    // SAFETY: the closure runs between fork and exec and only calls dup2 and fcntl, which are
+    // async-signal-safe.
     unsafe {
         command.pre_exec(move || {
-            // A pool sandbox starts (exec, loading the binary) at idle priority already.
-            if background {
-                super::init::set_scheduling(libc::SCHED_IDLE)?;
-            }
             let result = if init_fd == CONTROL_FD {
                 libc::fcntl(init_fd, libc::F_SETFD, 0)
             } else {
