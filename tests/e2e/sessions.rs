@@ -141,3 +141,17 @@ fn bkg_logs_does_not_show_a_sessions_events() {
     assert_eq!(code(&logs), 0, "{}", stderr(&logs));
     assert_eq!(stdout(&logs), "", "the start script's log (it printed nothing), not the session's events");
 }
+
+/// A run refused while a session holds its sandbox says so, and how to go on.
+#[test]
+fn a_run_refused_for_a_session_names_the_session() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let dir = project.path();
+    let shown = agent.bkg_in(dir, &["exec", "box", "-c", "x = 1"]);
+    assert_eq!(code(&shown), 0, "{}", stderr(&shown));
+    let refused = agent.bkgr(dir, &["box"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("held by session `default` (`bkg exec`)"), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("bkg stop box"), "{}", stderr(&refused));
+}

@@ -49,11 +49,26 @@ fn no_sandbox(id: &str) -> OpError {
     OpError::NotFound(format!("no sandbox {id}"))
 }
 
-/// Sandbox `name` has a run going on; `transfer`: one that only holds it for a file transfer.
-pub(super) fn busy(name: &str, transfer: bool) -> OpError {
-    OpError::Run(RunError::Busy(match transfer {
-        true => format!("sandbox {name} is busy with a file transfer (`bkg cp`); run it again once that is done"),
-        false => format!("sandbox {name} is already running; stop it first"),
+/// What holds a sandbox when a run of it is refused.
+enum Holder {
+    /// A run that only holds it for a file transfer.
+    Transfer,
+    /// A session (`bkg exec`), by its name.
+    Session(String),
+    /// A run of its own.
+    Run,
+}
+
+/// Sandbox `name` has a run going on, which `holder` is.
+fn busy(name: &str, holder: Holder) -> OpError {
+    OpError::Run(RunError::Busy(match holder {
+        Holder::Transfer => {
+            format!("sandbox {name} is busy with a file transfer (`bkg cp`); run it again once that is done")
+        }
+        Holder::Session(session) => format!(
+            "sandbox {name} is held by session `{session}` (`bkg exec`): run code in it with `bkg exec {name}`, or end it with `bkg stop {name}`"
+        ),
+        Holder::Run => format!("sandbox {name} is already running; stop it first"),
     }))
 }
 
@@ -323,8 +338,13 @@ impl Service {
             self.environment_of(definition.language, &definition.requirements, definition.node_packages.as_ref())?;
         let mut accepted = self.accept(principal, validated).map_err(|error| match error {
             OpError::Run(RunError::Busy(_)) => {
-                let holder = self.engine.current_run(&sandbox_id(&definition.project_dir, &definition.name));
-                busy(&definition.name, holder.is_some_and(|run| run.is_for_transfer()))
+                let id = sandbox_id(&definition.project_dir, &definition.name);
+                let holder = match (self.engine.current_run(&id), self.session_holding(&id)) {
+                    (Some(run), _) if run.is_for_transfer() => Holder::Transfer,
+                    (_, Some(session)) => Holder::Session(session),
+                    _ => Holder::Run,
+                };
+                busy(&definition.name, holder)
             }
             other => other,
         })?;

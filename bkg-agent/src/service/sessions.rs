@@ -192,6 +192,11 @@ impl Service {
         Ok(session.info())
     }
 
+    /// The name of the session that holds sandbox `id`, if one does.
+    pub(super) fn session_holding(&self, id: &str) -> Option<String> {
+        self.sessions.live(id).map(|session| session.name.clone())
+    }
+
     pub async fn list_sessions(&self, principal: &Principal, id: &str) -> OpResult<Vec<SessionInfo>> {
         self.visible_sandbox(principal, id).await?;
         Ok(self.sessions.live(id).map(|session| session.info()).into_iter().collect())
