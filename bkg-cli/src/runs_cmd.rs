@@ -25,6 +25,11 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
             let mut query = format!("?limit={limit}");
             if let Some(name) = &sandbox {
                 let project = crate::project::project_dir(project.dir.as_deref())?;
+                if let Ok(cave) = bkg_schema::cave::load(&project.join("cave.yaml"))
+                    && !cave.sandboxes.contains_key(name)
+                {
+                    return Err(crate::project::unknown_sandbox(&cave, name));
+                }
                 query.push_str(&format!(
                     "&sandbox={}",
                     bkg_schema::sandbox::sandbox_id(&project.to_string_lossy(), name)

@@ -120,6 +120,9 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     let runs = json(&history);
     assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
     assert!(runs[0]["sandbox_id"].as_str().is_some_and(|id| id.starts_with(long)), "{runs}");
+    let unknown = agent.bkg_in(dir, &["runs", "ls", "--sandbox", "nope"]);
+    assert_eq!(code(&unknown), 125, "a name cave.yaml lacks is not 'no runs yet': {}", stderr(&unknown));
+    assert!(stderr(&unknown).starts_with("bkg: no sandbox `nope` in cave.yaml (it has: "), "{}", stderr(&unknown));
 
     // The table keeps the long name whole.
     let ls = agent.bkg().args(["ls"]).current_dir(dir).env("COLUMNS", "60").output().expect("bkg ls");
