@@ -46,7 +46,7 @@ use crate::telemetry::{Span, Tracer, new_span_id};
 pub use failure::Failure;
 
 /// Largest request body: the code and its uploads, base64.
-pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_BODY_BYTES: usize = bkg_schema::MAX_REQUEST_BODY_BYTES;
 
 /// The routes a TCP client may call without a key: they carry credentials of their own (a
 /// password, an HMAC signature).

@@ -154,6 +154,14 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
     for spec in &args.files {
         files.extend(read_uploads(spec, script_file.as_deref())?);
     }
+    let sent: usize = code.len() + files.iter().map(|file| file.content_base64.len()).sum::<usize>();
+    if sent > bkg_schema::MAX_REQUEST_BODY_BYTES {
+        return Err(CliError::usage(format!(
+            "the code and its --file uploads come to {} in base64, over the {} one run may send: copy big files into a persistent sandbox with `bkg cp` (streamed, no such limit)",
+            bkg_schema::units::format_size(sent as u64),
+            bkg_schema::units::format_size(bkg_schema::MAX_REQUEST_BODY_BYTES as u64)
+        )));
+    }
     let requirements = requirements(args, script, language)?;
     let node_packages = node_packages(script, language)?;
 

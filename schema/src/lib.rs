@@ -334,6 +334,10 @@ impl DenialKind {
 /// How much of each output stream a result keeps; the rest is streamed live but not retained.
 pub const OUTPUT_CAP_BYTES: usize = 1024 * 1024;
 
+/// Largest request body the agent takes: a run's code and its uploads, base64. Bigger files go
+/// into a persistent sandbox with `bkg cp`, streamed.
+pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
+
 /// One server-sent event as a client reads it (`text/event-stream`): the event's name, its id
 /// when it has one (a position to resume after), and its data. What each endpoint's events carry
 /// in `data` its documentation says (`bkg_schema::changes` for the change feed, a line of output

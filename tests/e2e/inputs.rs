@@ -11,6 +11,27 @@ fn assert_one_line_error(output: &std::process::Output, expected_code: i32, need
     assert!(!err.contains("panicked"), "got: {err}");
 }
 
+/// Files too big to travel in one request are refused before anything is sent, with the way
+/// that has no such limit.
+#[test]
+fn files_over_the_request_limit_are_refused_with_bkg_cp_as_the_way() {
+    let dir = tempfile::tempdir().expect("dir");
+    let big = dir.path().join("big.bin");
+    std::fs::File::create(&big).and_then(|file| file.set_len(49 * 1024 * 1024)).expect("a 49 MiB file");
+    let output = std::process::Command::new(bkg_tests::bkg_bin())
+        .args(["exe", "--type", "python", "-c", "pass", "--file"])
+        .arg(&big)
+        .env("BKG_SOCKET", dir.path().join("no-agent.sock"))
+        .env("BKG_NO_AUTOSTART", "1")
+        .output()
+        .expect("bkg exe");
+    assert_one_line_error(
+        &output,
+        125,
+        "over the 64MiB one run may send: copy big files into a persistent sandbox with `bkg cp`",
+    );
+}
+
 #[test]
 fn a_missing_script_is_127() {
     let agent = Agent::start();
