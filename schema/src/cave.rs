@@ -462,6 +462,9 @@ pub fn load(path: &Path) -> Result<CaveFile, CaveErrors> {
 /// in errors. Every problem is reported, each with its line where the text has one.
 pub fn parse(text: &str, file: &str) -> Result<CaveFile, CaveErrors> {
     let fail = |errors| CaveErrors { file: file.to_owned(), errors };
+    // Editors on some systems start UTF-8 files with a byte-order mark; YAML allows one there,
+    // but the parser takes one before a key for the start of a second document.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let value = to_json(text).map_err(|error| fail(vec![error]))?;
     if value.is_null() {
         let empty = "the file is empty: it needs at least `version: 1` and `sandboxes: {}`";
@@ -973,6 +976,14 @@ sandboxes:
             Ok(cave) => panic!("accepted: {cave:?}"),
             Err(errors) => errors.errors,
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_no_problem() -> Result<(), CaveErrors> {
+        let plain = "version: 1\nsandboxes:\n  a:\n    type: python\n";
+        let marked = format!("\u{feff}{plain}");
+        assert_eq!(parse(&marked, "cave.yaml")?, parse(plain, "cave.yaml")?);
+        Ok(())
     }
 
     #[test]
