@@ -188,9 +188,9 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
         info.name,
         args.name
     ));
-    let mut history = dialoguer::BasicHistory::new().max_entries(1000).no_duplicates(true);
+    let mut prompt = Prompt::new()?;
     loop {
-        let Some(code) = read_cell(&mut history, info.language)? else {
+        let Some(code) = prompt.read_cell(info.language)? else {
             return Ok(SUCCESS);
         };
         if code.trim().is_empty() {
@@ -200,46 +200,79 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
     }
 }
 
-/// One cell from the prompt: a line, or, after a line ending in `:`, `{`, `(`, `[` or `\`, the
-/// lines up to an empty one. `None` at the end of input.
-fn read_cell(history: &mut dialoguer::BasicHistory, language: Language) -> Result<Option<String>, CliError> {
-    let prompt = match language {
-        Language::Python => ">>>",
-        Language::Node => ">",
-    };
-    let mut cell = String::new();
-    loop {
-        let line = if std::io::stdin().is_terminal() {
-            let asked = dialoguer::Input::<String>::new()
-                .with_prompt(if cell.is_empty() { prompt } else { "..." })
-                .allow_empty(true)
-                .history_with(history)
-                .interact_text();
-            match asked {
-                Ok(line) => line,
-                Err(dialoguer::Error::IO(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Ok(None);
-                }
-                Err(error) => return Err(CliError::usage(format!("cannot read the prompt: {error}"))),
-            }
-        } else {
+/// Where `bkg repl` reads its cells: a line editor with history on a terminal, else stdin's lines.
+enum Prompt {
+    Terminal(Box<rustyline::DefaultEditor>),
+    Lines,
+}
+
+/// A line from the prompt, or what ended it.
+enum Line {
+    Text(String),
+    /// Ctrl-C: the cell being typed is dropped, and a fresh prompt comes.
+    Interrupted,
+    /// Ctrl-D on an empty line, or the end of stdin.
+    End,
+}
+
+impl Prompt {
+    fn new() -> Result<Self, CliError> {
+        if !std::io::stdin().is_terminal() {
+            return Ok(Self::Lines);
+        }
+        let config = rustyline::Config::builder()
+            .max_history_size(1000)
+            .and_then(|config| config.history_ignore_dups(true))
+            .map(|config| config.auto_add_history(true).build())
+            .map_err(|error| CliError::usage(format!("cannot set up the prompt: {error}")))?;
+        let editor = rustyline::DefaultEditor::with_config(config)
+            .map_err(|error| CliError::usage(format!("cannot set up the prompt: {error}")))?;
+        Ok(Self::Terminal(Box::new(editor)))
+    }
+
+    fn read_line(&mut self, prompt: &str) -> Result<Line, CliError> {
+        let Self::Terminal(editor) = self else {
             let mut line = String::new();
             let read = std::io::stdin()
                 .read_line(&mut line)
                 .map_err(|error| CliError::usage(format!("cannot read stdin: {error}")))?;
-            if read == 0 {
-                return Ok((!cell.is_empty()).then_some(cell));
-            }
-            line.trim_end_matches('\n').to_owned()
+            return Ok(if read == 0 { Line::End } else { Line::Text(line.trim_end_matches('\n').to_owned()) });
         };
-        let continues = line.trim_end().ends_with([':', '{', '(', '[', '\\']);
-        if cell.is_empty() && !continues {
-            return Ok(Some(line));
+        match editor.readline(&format!("{prompt} ")) {
+            Ok(line) => Ok(Line::Text(line)),
+            Err(rustyline::error::ReadlineError::Interrupted) => Ok(Line::Interrupted),
+            Err(rustyline::error::ReadlineError::Eof) => Ok(Line::End),
+            Err(error) => Err(CliError::usage(format!("cannot read the prompt: {error}"))),
         }
-        if !cell.is_empty() && line.trim().is_empty() {
-            return Ok(Some(cell));
+    }
+
+    /// One cell: a line, or, after a line ending in `:`, `{`, `(`, `[` or `\`, the lines up to
+    /// an empty one. `None` at the end of input.
+    fn read_cell(&mut self, language: Language) -> Result<Option<String>, CliError> {
+        let prompt = match language {
+            Language::Python => ">>>",
+            Language::Node => ">",
+        };
+        let mut cell = String::new();
+        loop {
+            let line = match self.read_line(if cell.is_empty() { prompt } else { "..." })? {
+                Line::Text(line) => line,
+                Line::Interrupted => {
+                    cell.clear();
+                    continue;
+                }
+                Line::End if matches!(self, Self::Lines) && !cell.is_empty() => return Ok(Some(cell)),
+                Line::End => return Ok(None),
+            };
+            let continues = line.trim_end().ends_with([':', '{', '(', '[', '\\']);
+            if cell.is_empty() && !continues {
+                return Ok(Some(line));
+            }
+            if !cell.is_empty() && line.trim().is_empty() {
+                return Ok(Some(cell));
+            }
+            cell.push_str(&line);
+            cell.push('\n');
         }
-        cell.push_str(&line);
-        cell.push('\n');
     }
 }

@@ -193,3 +193,25 @@ fn a_terminal_is_refused_without_one_and_an_unknown_sandbox_is_named() {
     terminal.expect("does not know sandbox `nobox`");
     assert_eq!(terminal.exit_code(), 125);
 }
+
+/// `bkg repl` on a real terminal: Ctrl-C at the prompt drops what was typed and gives a fresh
+/// prompt (the REPL stays), Ctrl-C during an execution interrupts it, and Ctrl-D leaves with 0.
+#[test]
+fn bkg_repl_keeps_going_on_ctrl_c_and_leaves_on_ctrl_d() {
+    let agent = Agent::start();
+    let project = project_with_a_sandbox(&agent);
+    let mut terminal = OnTerminal::spawn(in_project(&agent, project.path(), &["repl", "box"]));
+    terminal.expect(">>> ");
+    terminal.type_in("x = 40");
+    terminal.type_in("\x03");
+    terminal.expect(">>> ");
+    terminal.type_in("print('x' in globals(), 40 + 2)\r");
+    terminal.expect("False 42");
+    terminal.type_in("import time; print('sleep' 'ing', flush=True); time.sleep(1000)\r");
+    terminal.expect("sleeping");
+    terminal.type_in("\x03");
+    terminal.expect("interrupted");
+    terminal.expect(">>> ");
+    terminal.type_in("\x04");
+    assert_eq!(terminal.exit_code(), 0, "Ctrl-D leaves the REPL");
+}
