@@ -142,7 +142,8 @@ pub struct SandboxInfo {
     /// transfer (those are listed with the runs).
     pub last_run: Option<RunRecord>,
     pub created_at_ms: u64,
-    /// Size of the sandbox's disk image on the host (sparse: what its files take).
+    /// Space the sandbox's disk image takes on the host: the blocks its files have used. The
+    /// image is sparse and only grows: deleting files in the sandbox does not give them back.
     pub disk_bytes_allocated: u64,
     /// Its detached run's health, since this agent started one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
