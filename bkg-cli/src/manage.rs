@@ -22,7 +22,7 @@ struct StopAnswer {
     stopped: bool,
 }
 
-/// `bkg rm --json`.
+/// One sandbox `bkg rm --json` removed.
 #[derive(Serialize)]
 struct Removed {
     id: String,
@@ -331,19 +331,33 @@ async fn stop(settings: &Settings, project: &Path, name: String) -> Result<StopA
     Ok(StopAnswer { name, stopped })
 }
 
-/// `bkg rm NAME...`: each sandbox in turn, stopping at the first that fails or is kept.
+/// `bkg rm NAME...`: each sandbox in turn, stopping at the first that fails or is kept. With
+/// `--json`, one array of those removed, also when one failed after them.
 pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError> {
     let project = project_dir(args.project.dir.as_deref())?;
+    let mut removed = Vec::new();
+    let mut outcome = Ok(SUCCESS);
     for name in &args.names {
-        let code = rm(settings, &project, name, args.force).await?;
-        if code != SUCCESS {
-            return Ok(code);
+        match rm(settings, &project, name, args.force).await {
+            Ok(Some(one)) => removed.push(one),
+            Ok(None) => {
+                outcome = Ok(NEGATIVE);
+                break;
+            }
+            Err(error) => {
+                outcome = Err(error);
+                break;
+            }
         }
     }
-    Ok(SUCCESS)
+    if settings.out.is_json() {
+        settings.out.json(&removed)?;
+    }
+    outcome
 }
 
-async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Result<i32, CliError> {
+/// Removes sandbox `name`; `None` when the user kept it.
+async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Result<Option<Removed>, CliError> {
     let out = settings.out;
     let cave_path = project.join("cave.yaml");
     let cave_text = std::fs::read_to_string(&cave_path)
@@ -368,7 +382,7 @@ async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Res
         std::io::stdin().read_line(&mut answer).map_err(|error| CliError::usage(error.to_string()))?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
             out.note(format_args!("kept {name}"));
-            return Ok(NEGATIVE);
+            return Ok(None);
         }
     }
 
@@ -381,12 +395,10 @@ async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Res
             .and_then(|()| std::fs::rename(&temporary, &cave_path))
             .map_err(|error| CliError::new(BKG_FAILED, format!("cannot update {}: {error}", cave_path.display())))?;
     }
-    if out.is_json() {
-        out.json(&Removed { id, removed: name.to_owned() })?;
-    } else {
+    if !out.is_json() {
         out.note(format_args!("removed {name}"));
     }
-    Ok(SUCCESS)
+    Ok(Some(Removed { id, removed: name.to_owned() }))
 }
 
 /// cave.yaml without the block of sandbox `name` (its key line and every more-indented line
