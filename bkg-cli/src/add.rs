@@ -40,7 +40,9 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
         CliError::usage(format!("{file} is not valid: fix the problems above first"))
     })?;
     if before.sandboxes.contains_key(&name) {
-        return Err(CliError::usage(format!("sandbox `{name}` already exists in {file}")));
+        return Err(CliError::usage(format!(
+            "sandbox `{name}` already exists in {file}: pick another name, or change its entry there"
+        )));
     }
     let edited = insert(&text, &name, &sandbox)
         .map_err(|reason| CliError::usage(format!("cannot add to {file}: {reason}; add the sandbox by hand")))?;

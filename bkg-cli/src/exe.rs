@@ -107,6 +107,12 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     return Err(CliError::new(SCRIPT_NOT_FOUND, format!("script not found: {path}")));
                 }
+                Err(_) if Path::new(path).is_dir() => {
+                    let dir = path.trim_end_matches('/');
+                    return Err(CliError::usage(format!(
+                        "{dir} is a directory: give the script in it (`bkg exe --file {dir} {dir}/main.py` sends the rest beside it)"
+                    )));
+                }
                 Err(error) => return Err(CliError::usage(format!("cannot read {path}: {error}"))),
             };
             let name = Path::new(path).file_name().map(|name| name.to_string_lossy().into_owned());

@@ -317,7 +317,10 @@ fn add_refuses_duplicates_and_bad_input_and_leaves_the_file_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
     fs::write(dir.path().join("cave.yaml"), EXISTING).expect("write");
     let cases: [(&[&str], &str); 7] = [
-        (&["add", "api", "--type", "node"], "bkg: sandbox `api` already exists in cave.yaml\n"),
+        (
+            &["add", "api", "--type", "node"],
+            "bkg: sandbox `api` already exists in cave.yaml: pick another name, or change its entry there\n",
+        ),
         (&["add", "Web_2", "--type", "node"], "bkg: `Web_2` is not a valid sandbox name"),
         (&["add", "x", "--type", "ruby"], "bkg: unknown type `ruby`"),
         (&["add", "x", "--type", "node", "--memory", "lots"], "bkg: --memory: `lots` is not a size"),

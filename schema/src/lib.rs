@@ -91,6 +91,12 @@ impl Limits {
     pub const DEFAULT: Limits =
         Limits { cpu_millis: 1000, memory_bytes: 512 * MIB, timeout_ms: 60_000, disk_bytes: 500 * MIB, pids: 256 };
 
+    /// The least each limit may be: ext4 needs room for its own metadata on the disk, the
+    /// kernel's CFS quota cannot go below 1 ms per 100 ms period, and the sandbox's init and the
+    /// code need a few processes before the code can do anything.
+    pub const LEAST: Limits =
+        Limits { cpu_millis: 10, memory_bytes: 16 * MIB, timeout_ms: 1, disk_bytes: 16 * MIB, pids: 8 };
+
     /// Applies the caller's overrides on top of `self`.
     pub fn with(self, overrides: &LimitOverrides) -> Limits {
         Limits {
@@ -104,17 +110,27 @@ impl Limits {
 
     /// Names the first limit of `self` that is above `max`, for a refusal message.
     pub fn first_above(&self, max: &Limits) -> Option<(&'static str, String, String)> {
+        self.first_where(max, |asked, bound| asked > bound)
+    }
+
+    /// Names the first limit of `self` that is below `least` (`Limits::LEAST`), for a refusal
+    /// message.
+    pub fn first_below(&self, least: &Limits) -> Option<(&'static str, String, String)> {
+        self.first_where(least, |asked, bound| asked < bound)
+    }
+
+    fn first_where(&self, bound: &Limits, beyond: fn(u64, u64) -> bool) -> Option<(&'static str, String, String)> {
         let checks = [
-            ("cpus", self.cpu_millis, max.cpu_millis, units::format_cpus as fn(u64) -> String),
-            ("memory", self.memory_bytes, max.memory_bytes, units::format_size),
-            ("timeout", self.timeout_ms, max.timeout_ms, units::format_duration_ms),
-            ("disk", self.disk_bytes, max.disk_bytes, units::format_size),
-            ("pids", self.pids, max.pids, |n: u64| n.to_string()),
+            ("cpus", self.cpu_millis, bound.cpu_millis, units::format_cpus as fn(u64) -> String),
+            ("memory", self.memory_bytes, bound.memory_bytes, units::format_size),
+            ("timeout", self.timeout_ms, bound.timeout_ms, units::format_duration_ms),
+            ("disk", self.disk_bytes, bound.disk_bytes, units::format_size),
+            ("pids", self.pids, bound.pids, |n: u64| n.to_string()),
         ];
         checks
             .into_iter()
-            .find(|(_, asked, allowed, _)| asked > allowed)
-            .map(|(name, asked, allowed, format)| (name, format(asked), format(allowed)))
+            .find(|(_, asked, bound, _)| beyond(*asked, *bound))
+            .map(|(name, asked, bound, format)| (name, format(asked), format(bound)))
     }
 }
 

@@ -43,10 +43,15 @@ fn bad_flags_and_limits_are_125() {
     let agent = Agent::start();
     let hello = examples_dir().join("hello.py");
     let hello = hello.to_str().unwrap_or_default();
+    let examples = examples_dir();
+    let examples = examples.to_str().unwrap_or_default();
     let cases: &[(&[&str], &str)] = &[
+        (&["--type", "python", examples], "is a directory: give the script in it (`bkg exe --file "),
         (&["--type", "ruby", "-c", "puts 1"], "unknown type `ruby`"),
         (&["-c", "print(1)"], "need --type"),
-        (&["--memory", "0", hello], "--memory: `0` is too small: the least is 1 byte"),
+        (&["--memory", "0", hello], "--memory: `0` is too small: the least is 16MiB"),
+        (&["--memory", "8MiB", hello], "--memory: `8MiB` is too small: the least is 16MiB"),
+        (&["--cpus", "0.005", hello], "--cpus: `0.005` is too small: the least is 0.01"),
         (&["--memory", "lots", hello], "--memory: `lots` is not a size"),
         (&["--timeout", "-1", hello], "--timeout: `-1` is not a duration"),
         (&["--cpus", "0", hello], "--cpus"),
@@ -60,6 +65,11 @@ fn bad_flags_and_limits_are_125() {
     for (args, needle) in cases {
         assert_one_line_error(&agent.exe(args), 125, needle);
     }
+    // The agent says the same to a request that did not come through bkg's flags.
+    let request = serde_json::json!({ "language": "python", "code": "pass", "limits": { "memory_bytes": 8 << 20 } });
+    let refused = bkg_tests::http::unix_request(&agent.socket, "POST", "/api/v1/runs", Some(&request));
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert!(refused.text().contains("memory limit 8MiB is too small: the least is 16MiB"), "{}", refused.text());
 }
 
 #[test]

@@ -189,9 +189,6 @@ const DEFAULT_TERM: &str = "xterm-256color";
 /// Total size of files a request may place in the sandbox (they must also fit its disk).
 const MAX_UPLOAD_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The smallest process limit a run may have.
-const MIN_PIDS: u64 = 8;
-
 /// The longest file name the sandbox's ext4 takes (NAME_MAX).
 const MAX_NAME_BYTES: usize = 255;
 
@@ -220,20 +217,8 @@ impl Engine {
         if let Some((name, asked, allowed)) = limits.first_above(&self.config.max_limits) {
             return Err(RunError::LimitAboveMaximum { name, asked, allowed });
         }
-        // ext4 needs room for its own metadata.
-        if limits.disk_bytes < 16 * bkg_schema::MIB {
-            return Err(RunError::BadRequest("disk limit must be at least 16MiB".into()));
-        }
-        if limits.memory_bytes < 16 * bkg_schema::MIB {
-            return Err(RunError::BadRequest("memory limit must be at least 16MiB".into()));
-        }
-        // The kernel's CFS quota cannot go below 1 ms per 100 ms period.
-        if limits.cpu_millis < 10 {
-            return Err(RunError::BadRequest("cpus must be at least 0.01".into()));
-        }
-        // The sandbox's init and the code need a few processes before the code can do anything.
-        if limits.pids < MIN_PIDS {
-            return Err(RunError::BadRequest(format!("the process limit must be at least {MIN_PIDS}")));
+        if let Some((name, asked, least)) = limits.first_below(&Limits::LEAST) {
+            return Err(RunError::BadRequest(format!("{name} limit {asked} is too small: the least is {least}")));
         }
         Ok(limits)
     }

@@ -159,8 +159,8 @@ impl Service {
         }
         if let Some(existing) = self.sessions.live(id) {
             return Err(OpError::Conflict(format!(
-                "sandbox {} already has session `{}`: one session per sandbox",
-                stored.definition.name, existing.name
+                "sandbox {} already has session `{}`, and a sandbox has one session at a time: use it (`bkg exec {} --session {}`), or end it with `bkg stop {}`",
+                stored.definition.name, existing.name, stored.definition.name, existing.name, stored.definition.name
             )));
         }
         let language = new.language.unwrap_or(stored.definition.language);
