@@ -10,6 +10,7 @@ pub mod args;
 pub mod audit_cmd;
 mod client;
 mod credentials;
+mod define;
 mod deps_cmd;
 pub mod doctor;
 mod exe;

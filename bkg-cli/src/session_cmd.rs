@@ -44,9 +44,13 @@ async fn ensure_session(
     client.post_json(&format!("/api/v1/sandboxes/{id}/sessions"), &new).await
 }
 
+/// The agent and sandbox `name`'s id, the sandbox given as cave.yaml has it now.
 async fn connect(settings: &Settings, project: &ProjectArgs, name: &str) -> Result<(AgentClient, String), CliError> {
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
+    if let Ok(dir) = crate::project::project_dir(project.dir.as_deref()) {
+        crate::define::refresh(&client, &dir, name, settings.out).await?;
+    }
     let id = crate::files_cmd::sandbox_id_of(&client, project, name).await?;
     Ok((client, id))
 }

@@ -10,6 +10,7 @@ use bkg_schema::LimitOverrides;
 
 pub use crate::args::{Bkgr, LimitArgs, bkgr_command, parse};
 pub use crate::client::AgentClient;
+pub use crate::define::{define, definition};
 pub use crate::exit::{BKG_FAILED, CliError, SUCCESS, of_run as exit_code_of_run};
 pub use crate::out::{Printer, clap_error};
 pub use crate::project::{project_dir, unknown_sandbox};

@@ -42,6 +42,7 @@ pub async fn shell(settings: &Settings, args: ShellArgs) -> Result<i32, CliError
         .transpose()?;
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
+    crate::define::refresh(&client, &project, &args.name, settings.out).await?;
     let id = sandbox_id(&project.to_string_lossy(), &args.name);
     let open = ShellTerminalOpen {
         size: own_size(),

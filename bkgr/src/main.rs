@@ -1,17 +1,15 @@
 //! `bkgr`: runs the persistent sandboxes a project's `cave.yaml` declares, through the agent.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use bkg_cli::shared::{
     AgentClient, BKG_FAILED, Bkgr as Args, CliError, Endpoint, LimitArgs, Output, Printer, SUCCESS, Stdin,
-    bkgr_command, denial_lines, exit_code_of_run, limit_overrides, project_dir, reason_line, run_streamed,
-    unknown_sandbox,
+    bkgr_command, define, definition, denial_lines, exit_code_of_run, limit_overrides, project_dir, reason_line,
+    run_streamed, unknown_sandbox,
 };
-use bkg_schema::cave::{CaveFile, SandboxSpec, Volume};
-use bkg_schema::envs::NodePackages;
-use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, SandboxInfo, VolumeSpec, sandbox_id};
-use bkg_schema::{Language, LimitOverrides};
+use bkg_schema::LimitOverrides;
+use bkg_schema::cave::SandboxSpec;
+use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, sandbox_id};
 
 fn main() -> ExitCode {
     let args: Args = match bkg_cli::shared::parse(bkgr_command()) {
@@ -113,96 +111,6 @@ async fn run(args: Args) -> Result<i32, CliError> {
         }
     }
     Ok(first_failure.unwrap_or(SUCCESS))
-}
-
-/// What the agent needs to know of sandbox `name`, with volumes resolved against the project.
-fn definition(
-    cave: &CaveFile,
-    project: &Path,
-    name: &str,
-    spec: &SandboxSpec,
-    allow_outside: bool,
-) -> Result<SandboxDefinition, CliError> {
-    let limits = match &spec.limits {
-        Some(limits) => limits.to_overrides().map_err(|error| CliError::usage(format!("sandbox `{name}`: {error}")))?,
-        None => Default::default(),
-    };
-    let mut volumes = Vec::new();
-    for text in &spec.volumes {
-        let volume = Volume::parse(text).map_err(|error| CliError::usage(format!("sandbox `{name}`: {error}")))?;
-        let host = project.join(&volume.host);
-        let host = host
-            .canonicalize()
-            .map_err(|error| CliError::usage(format!("sandbox `{name}`: volume {}: {error}", host.display())))?;
-        if !allow_outside && !host.starts_with(project) {
-            return Err(CliError::usage(format!(
-                "sandbox `{name}`: volume {text} reaches outside the project ({}); add --allow-outside to allow it",
-                host.display()
-            )));
-        }
-        volumes.push(VolumeSpec {
-            host: host.to_string_lossy().into_owned(),
-            guest: volume.guest,
-            read_only: volume.read_only,
-        });
-    }
-    Ok(SandboxDefinition {
-        name: name.to_owned(),
-        namespace: cave.namespace.clone(),
-        project_dir: project.to_string_lossy().into_owned(),
-        language: spec.r#type,
-        limits,
-        env: spec.env.clone(),
-        volumes,
-        scripts: spec.scripts.clone(),
-        network: spec.network.as_ref().map(|network| network.allow.clone()).unwrap_or_default(),
-        ports: spec.ports.clone(),
-        restart: spec.restart,
-        requirements: requirements(project, name, spec)?,
-        node_packages: node_packages(project, name, spec)?,
-        secrets: spec.secrets.clone(),
-        keep: spec.keep.clone(),
-    })
-}
-
-/// The sandbox's `node.package` and the package-lock.json beside it, read as the user who runs
-/// bkgr.
-fn node_packages(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Option<NodePackages>, CliError> {
-    let Some(file) = spec.node.as_ref().and_then(|node| node.package.as_deref()) else {
-        return Ok(None);
-    };
-    if spec.r#type != Language::Node {
-        return Err(CliError::usage(format!("sandbox `{name}`: node.package is for sandboxes of type node")));
-    }
-    let manifest = project.join(file);
-    let lockfile = manifest.with_file_name("package-lock.json");
-    let read = |path: &Path| {
-        std::fs::read_to_string(path)
-            .map_err(|error| CliError::usage(format!("sandbox `{name}`: {}: {error}", path.display())))
-    };
-    Ok(Some(NodePackages { package_json: read(&manifest)?, package_lock: read(&lockfile)? }))
-}
-
-/// The lines of the sandbox's `python.requirements` file, read as the user who runs bkgr.
-fn requirements(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Vec<String>, CliError> {
-    let Some(file) = spec.python.as_ref().and_then(|python| python.requirements.as_deref()) else {
-        return Ok(Vec::new());
-    };
-    if spec.r#type != Language::Python {
-        return Err(CliError::usage(format!("sandbox `{name}`: python.requirements is for sandboxes of type python")));
-    }
-    let path = project.join(file);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|error| CliError::usage(format!("sandbox `{name}`: requirements {}: {error}", path.display())))?;
-    Ok(text.lines().map(str::to_owned).collect())
-}
-
-async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Result<(), CliError> {
-    let id = sandbox_id(&definition.project_dir, &definition.name);
-    let defined: Result<SandboxInfo, CliError> = client.put_json(&format!("/api/v1/sandboxes/{id}"), definition).await;
-    defined
-        .map(drop)
-        .map_err(|error| CliError::new(error.code, format!("sandbox `{}`: {}", definition.name, error.message)))
 }
 
 async fn exec(

@@ -372,3 +372,36 @@ fn a_project_whose_filesystem_cannot_be_idmapped_is_refused_in_one_line() {
     assert!(line.contains(&format!("show {} at /project", dir.display())), "{line}");
     assert!(line.contains("move it to a local filesystem such as ext4"), "{line}");
 }
+
+/// `bkg exec` sees cave.yaml as it is now, not as the last `bkgr` gave it; and giving the agent
+/// a definition it has already (every bkgr does) is not stored or audited again.
+#[test]
+fn exec_sees_an_edited_cave_yaml_and_an_unchanged_definition_is_not_audited_again() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
+    let added = agent.bkg_in(dir, &["add", "box", "--type", "python", "--env", "MODE=one", "--script", "start=true"]);
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    for _ in 0..2 {
+        let run = agent.bkgr(dir, &["box"]);
+        assert_eq!(code(&run), 0, "{}", stderr(&run));
+    }
+    let definitions = || {
+        let tail = agent
+            .bkg()
+            .args(["audit", "tail", "-n", "1000", "--json", "--state-dir"])
+            .arg(&agent.state_dir)
+            .output()
+            .expect("bkg audit tail");
+        String::from_utf8_lossy(&tail.stdout).matches("\"sandbox.created\"").count()
+    };
+    assert_eq!(definitions(), 1, "the second bkgr gave the same definition");
+
+    let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    assert!(cave.contains("MODE: one"), "{cave}");
+    write(&dir.join("cave.yaml"), &cave.replace("MODE: one", "MODE: two"));
+    let shown = agent.bkg_in(dir, &["exec", "box", "-c", "import os; print(os.environ['MODE'])"]);
+    assert_eq!((code(&shown), stdout(&shown)), (0, "two\n".to_owned()), "{}", stderr(&shown));
+    assert_eq!(definitions(), 2, "the edited definition was given once");
+}

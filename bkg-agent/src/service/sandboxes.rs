@@ -201,6 +201,13 @@ impl Service {
         self.refuse_shrinking_disk(principal, id, &definition)?;
         self.environment_of(definition.language, &definition.requirements, definition.node_packages.as_ref())?;
         check_secret_names(&definition.secrets)?;
+        // bkgr gives the definition before every run, bkg exec and bkg shell before they start:
+        // an unchanged one is neither stored again nor audited again.
+        if let Some(existing) = existing
+            && existing.definition == definition
+        {
+            return self.sandbox_info(existing).await;
+        }
         let caller = principal.audit_caller(&definition.namespace);
         let stored = self.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
         self.sandbox_info(stored).await

@@ -1,0 +1,139 @@
+//! A cave.yaml sandbox as the agent knows it (`SandboxDefinition`): built from the file, with
+//! its volumes resolved against the project and its package files read as the user who runs
+//! bkg, and given to the agent. `bkgr` gives it before every run; `bkg exec`, `bkg repl` and
+//! `bkg shell` before they start, so that each sees cave.yaml as it is now.
+
+use std::path::Path;
+
+use bkg_schema::Language;
+use bkg_schema::cave::{CaveFile, SandboxSpec, Volume};
+use bkg_schema::envs::NodePackages;
+use bkg_schema::sandbox::{SandboxDefinition, SandboxInfo, VolumeSpec, sandbox_id};
+
+use crate::client::AgentClient;
+use crate::exit::CliError;
+
+/// What the agent needs to know of sandbox `name`, with volumes resolved against the project;
+/// a volume reaching outside the project is refused unless `allow_outside`.
+pub fn definition(
+    cave: &CaveFile,
+    project: &Path,
+    name: &str,
+    spec: &SandboxSpec,
+    allow_outside: bool,
+) -> Result<SandboxDefinition, CliError> {
+    let limits = match &spec.limits {
+        Some(limits) => limits.to_overrides().map_err(|error| CliError::usage(format!("sandbox `{name}`: {error}")))?,
+        None => Default::default(),
+    };
+    let mut volumes = Vec::new();
+    for text in &spec.volumes {
+        let volume = Volume::parse(text).map_err(|error| CliError::usage(format!("sandbox `{name}`: {error}")))?;
+        let host = project.join(&volume.host);
+        let host = host
+            .canonicalize()
+            .map_err(|error| CliError::usage(format!("sandbox `{name}`: volume {}: {error}", host.display())))?;
+        if !allow_outside && !host.starts_with(project) {
+            return Err(CliError::usage(format!(
+                "sandbox `{name}`: volume {text} reaches outside the project ({}); add --allow-outside to allow it",
+                host.display()
+            )));
+        }
+        volumes.push(VolumeSpec {
+            host: host.to_string_lossy().into_owned(),
+            guest: volume.guest,
+            read_only: volume.read_only,
+        });
+    }
+    Ok(SandboxDefinition {
+        name: name.to_owned(),
+        namespace: cave.namespace.clone(),
+        project_dir: project.to_string_lossy().into_owned(),
+        language: spec.r#type,
+        limits,
+        env: spec.env.clone(),
+        volumes,
+        scripts: spec.scripts.clone(),
+        network: spec.network.as_ref().map(|network| network.allow.clone()).unwrap_or_default(),
+        ports: spec.ports.clone(),
+        restart: spec.restart,
+        requirements: requirements(project, name, spec)?,
+        node_packages: node_packages(project, name, spec)?,
+        secrets: spec.secrets.clone(),
+        keep: spec.keep.clone(),
+    })
+}
+
+/// The sandbox's `node.package` and the package-lock.json beside it, read as the user who runs
+/// bkg.
+fn node_packages(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Option<NodePackages>, CliError> {
+    let Some(file) = spec.node.as_ref().and_then(|node| node.package.as_deref()) else {
+        return Ok(None);
+    };
+    if spec.r#type != Language::Node {
+        return Err(CliError::usage(format!("sandbox `{name}`: node.package is for sandboxes of type node")));
+    }
+    let manifest = project.join(file);
+    let lockfile = manifest.with_file_name("package-lock.json");
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map_err(|error| CliError::usage(format!("sandbox `{name}`: {}: {error}", path.display())))
+    };
+    Ok(Some(NodePackages { package_json: read(&manifest)?, package_lock: read(&lockfile)? }))
+}
+
+/// The lines of the sandbox's `python.requirements` file, read as the user who runs bkg.
+fn requirements(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Vec<String>, CliError> {
+    let Some(file) = spec.python.as_ref().and_then(|python| python.requirements.as_deref()) else {
+        return Ok(Vec::new());
+    };
+    if spec.r#type != Language::Python {
+        return Err(CliError::usage(format!("sandbox `{name}`: python.requirements is for sandboxes of type python")));
+    }
+    let path = project.join(file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|error| CliError::usage(format!("sandbox `{name}`: requirements {}: {error}", path.display())))?;
+    Ok(text.lines().map(str::to_owned).collect())
+}
+
+/// Gives the agent `definition`; one it has already is left as it is.
+pub async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Result<(), CliError> {
+    let id = sandbox_id(&definition.project_dir, &definition.name);
+    let defined: Result<SandboxInfo, CliError> = client.put_json(&format!("/api/v1/sandboxes/{id}"), definition).await;
+    defined
+        .map(drop)
+        .map_err(|error| CliError::new(error.code, format!("sandbox `{}`: {}", definition.name, error.message)))
+}
+
+/// Gives the agent sandbox `name` as the project's cave.yaml has it now, when the project
+/// declares it and the agent has it already (its first definition is bkgr's). A definition whose
+/// volumes reach outside the project is left as the agent has it: only `bkgr --allow-outside`
+/// gives one. One that cannot be made (a package file gone, say) is said, and the sandbox goes
+/// on as the agent has it.
+pub async fn refresh(
+    client: &AgentClient,
+    project: &Path,
+    name: &str,
+    out: crate::out::Printer,
+) -> Result<(), CliError> {
+    let Ok(cave) = bkg_schema::cave::load(&project.join("cave.yaml")) else {
+        return Ok(());
+    };
+    let Some(spec) = cave.sandboxes.get(name) else {
+        return Ok(());
+    };
+    let id = sandbox_id(&project.to_string_lossy(), name);
+    if client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?.is_none() {
+        return Ok(());
+    }
+    match definition(&cave, project, name, spec, true) {
+        Ok(definition) if definition.volumes.iter().all(|volume| Path::new(&volume.host).starts_with(project)) => {
+            define(client, &definition).await
+        }
+        Ok(_) => Ok(()),
+        Err(error) => {
+            out.note(format_args!("{}; `{name}` goes on as bkgr last gave it", error.message));
+            Ok(())
+        }
+    }
+}
