@@ -49,8 +49,10 @@ impl Language {
         }
     }
 
+    /// A language by its name or an alias, in any case: `python` (`py`, `python3`), `node`
+    /// (`nodejs`, `js`).
     pub fn parse(name: &str) -> Option<Self> {
-        match name {
+        match name.to_ascii_lowercase().as_str() {
             "python" | "python3" | "py" => Some(Self::Python),
             "node" | "nodejs" | "js" => Some(Self::Node),
             _ => None,
@@ -519,4 +521,25 @@ pub struct AgentInfo {
     pub pending_cleanups: usize,
     pub default_limits: Limits,
     pub max_limits: Limits,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Language;
+
+    #[test]
+    fn a_language_is_known_by_its_aliases_in_any_case() {
+        for (name, language) in [
+            ("python", Language::Python),
+            ("Python", Language::Python),
+            ("PY", Language::Python),
+            ("python3", Language::Python),
+            ("node", Language::Node),
+            ("NodeJS", Language::Node),
+            ("js", Language::Node),
+        ] {
+            assert_eq!(Language::parse(name), Some(language), "{name}");
+        }
+        assert_eq!(Language::parse("ruby"), None);
+    }
 }
