@@ -39,7 +39,7 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     if out.is_json() {
         out.json(&result)?;
     }
-    if let Some(reason) = stream::reason_line(&result) {
+    if let Some(reason) = stream::reason_line(&result, stream::LimitsFrom::Flags) {
         out.note(format_args!("{reason}"));
     }
     if !out.is_json() {

@@ -109,20 +109,52 @@ pub fn denial_lines(result: &RunResult) -> Vec<String> {
         .collect()
 }
 
-/// Why the run ended, when it was not the script's own doing.
-pub fn reason_line(result: &RunResult) -> Option<String> {
+/// Where the user sets a run's limits, for the reason line's hint.
+#[derive(Debug, Clone, Copy)]
+pub enum LimitsFrom {
+    /// `bkg exe`'s flags.
+    Flags,
+    /// cave.yaml's `limits`, under bkgr's flags: those given (`Some`) were the flags'.
+    CaveOrFlags(bkg_schema::LimitOverrides),
+}
+
+impl LimitsFrom {
+    fn hint(self, limit: &str) -> String {
+        let flagged = match self {
+            Self::Flags => true,
+            Self::CaveOrFlags(given) => match limit {
+                "timeout" => given.timeout_ms.is_some(),
+                "memory" => given.memory_bytes.is_some(),
+                "disk" => given.disk_bytes.is_some(),
+                _ => given.cpu_millis.is_some(),
+            },
+        };
+        match flagged {
+            true => format!("--{limit}"),
+            false => format!("limits.{limit} in cave.yaml, or --{limit}"),
+        }
+    }
+}
+
+/// Why the run ended, when it was not the script's own doing; the limit it met says where it is
+/// set (`from`).
+pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
     let limits = &result.limits;
     match result.killed_by {
         Some(KilledBy::Timeout) => {
-            Some(format!("timed out after {} (--timeout)", format_duration_ms(limits.timeout_ms)))
+            Some(format!("timed out after {} ({})", format_duration_ms(limits.timeout_ms), from.hint("timeout")))
         }
-        Some(KilledBy::Memory) => {
-            Some(format!("killed: memory limit of {} reached (--memory)", format_size(limits.memory_bytes)))
-        }
+        Some(KilledBy::Memory) => Some(format!(
+            "killed: memory limit of {} reached ({})",
+            format_size(limits.memory_bytes),
+            from.hint("memory")
+        )),
         Some(KilledBy::Pids) => Some(format!("killed: process limit of {} reached", limits.pids)),
-        Some(KilledBy::Disk) => {
-            Some(format!("the script failed with its disk full ({} limit, --disk)", format_size(limits.disk_bytes)))
-        }
+        Some(KilledBy::Disk) => Some(format!(
+            "the script failed with its disk full ({} limit, {})",
+            format_size(limits.disk_bytes),
+            from.hint("disk")
+        )),
         Some(KilledBy::Cancelled) => Some("cancelled".into()),
         Some(KilledBy::Shutdown) => Some("killed: the agent was stopped and the run outlived its 5 s grace".into()),
         Some(KilledBy::Interrupted) => Some("interrupted: the agent stopped before the run ended".into()),

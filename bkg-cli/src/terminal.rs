@@ -70,7 +70,7 @@ pub async fn exe(settings: &Settings, open: &bkg_schema::terminal::RunTerminalOp
 
 /// What ended the run, when it was not its own doing, and its exit code.
 fn finish(settings: &Settings, result: &RunResult) -> Result<i32, CliError> {
-    if let Some(reason) = crate::stream::reason_line(result) {
+    if let Some(reason) = crate::stream::reason_line(result, crate::stream::LimitsFrom::Flags) {
         settings.out.note(format_args!("{reason}"));
     }
     Ok(crate::exit::of_run(result))

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use bkg_cli::shared::{
-    AgentClient, BKG_FAILED, Bkgr as Args, CliError, Endpoint, LimitArgs, Output, Printer, SUCCESS, Stdin,
+    AgentClient, BKG_FAILED, Bkgr as Args, CliError, Endpoint, LimitArgs, LimitsFrom, Output, Printer, SUCCESS, Stdin,
     bkgr_command, define, definition, denial_lines, exit_code_of_run, limit_overrides, project_dir, reason_line,
     run_streamed, unknown_sandbox,
 };
@@ -56,6 +56,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
     for (definition, _) in &runs {
         define(&client, definition).await?;
     }
+    let limits_from = LimitsFrom::CaveOrFlags(limit_overrides(&args.limits)?);
 
     if args.detach {
         for (definition, command) in runs {
@@ -71,7 +72,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
     // runs at once, like a Procfile runner, each line after its sandbox's name.
     if let (Some(_), [(definition, command)]) = (&args.name, runs.as_slice()) {
         let result = exec(&client, definition, command, Output::Raw, Stdin::Relay).await?;
-        if let Some(reason) = reason_line(&result) {
+        if let Some(reason) = reason_line(&result, limits_from) {
             out.note(format_args!("{}: {reason}", definition.name));
         }
         for denial in denial_lines(&result) {
@@ -96,7 +97,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
         let Ok((name, outcome)) = joined else { continue };
         let code = match outcome {
             Ok(result) => {
-                if let Some(reason) = reason_line(&result) {
+                if let Some(reason) = reason_line(&result, limits_from) {
                     out.note(format_args!("{name}: {reason}"));
                 }
                 exit_code_of_run(&result)

@@ -88,7 +88,7 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     let dir = project.path();
     std::fs::write(
         dir.join("cave.yaml"),
-        "version: 1\nnamespace: default\nsandboxes:\n  a-rather-long-sandbox-name:\n    type: python\n    scripts:\n      start: python /project/lines.py\n      sleep: python -c 'import time; time.sleep(600)'\n  b:\n    type: python\n    scripts:\n      sleep: python -c 'import time; time.sleep(600)'\n",
+        "version: 1\nnamespace: default\nsandboxes:\n  a-rather-long-sandbox-name:\n    type: python\n    scripts:\n      start: python /project/lines.py\n      sleep: python -c 'import time; time.sleep(600)'\n  b:\n    type: python\n    scripts:\n      sleep: python -c 'import time; time.sleep(600)'\n  c:\n    type: python\n    limits: { timeout: 1s }\n    scripts:\n      sleep: python -c 'import time; time.sleep(600)'\n",
     )
     .expect("cave.yaml");
     std::fs::write(dir.join("lines.py"), "import sys\nfor i in range(5):\n    print('line', i)\nprint(sys.argv[1:])\n")
@@ -115,6 +115,10 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     let timed = agent.bkgr(dir, &["b", "sleep", "--timeout", "1s"]);
     assert_eq!(code(&timed), 124, "{}", stderr(&timed));
     assert_eq!(stderr(&timed), "bkgr: b: timed out after 1s (--timeout)\n");
+    // cave.yaml's own timeout is named as cave.yaml's.
+    let timed = agent.bkgr(dir, &["c", "sleep"]);
+    assert_eq!(code(&timed), 124, "{}", stderr(&timed));
+    assert_eq!(stderr(&timed), "bkgr: c: timed out after 1s (limits.timeout in cave.yaml, or --timeout)\n");
 
     let history = agent.bkg_in(dir, &["runs", "ls", "--sandbox", long, "--json"]);
     let runs = json(&history);
