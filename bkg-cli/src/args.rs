@@ -908,6 +908,12 @@ pub fn bkgr_command() -> clap::Command {
 /// Parses our own command line into `T` by `command`.
 pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error> {
     let mut command = command;
+    // A global given through the environment (BKG_SOCKET) counts as an argument to clap, so a
+    // bare `bkg` would be "requires a subcommand" instead of the help it shows without one.
+    if std::env::args_os().len() <= 1 && command.is_arg_required_else_help_set() {
+        let help = command.render_help().to_string();
+        return Err(clap::Error::raw(clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand, help));
+    }
     let matches = command.try_get_matches_from_mut(std::env::args_os())?;
     T::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
 }

@@ -118,8 +118,13 @@ pub fn count(count: usize, singular: &str, plural: &str) -> String {
 pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
     use clap::error::ErrorKind;
     match error.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = error.print();
+        }
+        // Ours too (args.rs `parse`), made raw, which clap renders after `error: `.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let rendered = error.render().to_string();
+            stderr(format_args!("{}", rendered.strip_prefix("error: ").unwrap_or(&rendered)));
         }
         _ => {
             let rendered = error.render().to_string();

@@ -241,3 +241,27 @@ fn doctor() {
     );
     insta::assert_snapshot!("doctor", text);
 }
+
+/// A global given through the environment (BKG_SOCKET) does not turn a bare `bkg` into
+/// "requires a subcommand": it shows the help as without it.
+#[test]
+fn a_bare_bkg_shows_its_help_with_bkg_socket_set_too() {
+    let bare = |socket: Option<&str>| {
+        let mut command = Command::new(BKG);
+        command.env("COLUMNS", "100").env("NO_COLOR", "1").env("BKG_NO_AUTOSTART", "1").stdin(Stdio::null());
+        match socket {
+            Some(socket) => command.env("BKG_SOCKET", socket),
+            None => command.env_remove("BKG_SOCKET"),
+        };
+        let output = command.output().expect("runs");
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (with_code, with) = bare(Some("/nonexistent/agent.sock"));
+    let (without_code, without) = bare(None);
+    assert!(with.starts_with("bkg runs untrusted Python and Node.js code"), "{with}");
+    assert!(with.contains("\nCommands:\n") && !with.contains("requires a subcommand"), "{with}");
+    // The same help but for the socket's value, which wraps its line.
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let shown = without.replace("[env: BKG_SOCKET=]", "[env: BKG_SOCKET=/nonexistent/agent.sock]");
+    assert_eq!((with_code, words(&with)), (without_code, words(&shown)));
+}
