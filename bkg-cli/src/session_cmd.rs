@@ -170,10 +170,13 @@ fn show(event: &SessionEvent, out: Printer) -> Result<Option<ExecutionStatus>, C
                 }
             }
         }
-        SessionEvent::End { status, .. } => {
+        SessionEvent::End { status, killed_by, .. } => {
             match status {
                 ExecutionStatus::Interrupted => out.note(format_args!("interrupted")),
-                ExecutionStatus::Died => out.note(format_args!("the session's interpreter ended: restart it")),
+                ExecutionStatus::Died => out.note(format_args!(
+                    "the session's interpreter {}; the next `bkg exec` starts a fresh one",
+                    died_of(*killed_by)
+                )),
                 ExecutionStatus::Ok | ExecutionStatus::Error => {}
             }
             return Ok(Some(*status));
@@ -278,5 +281,19 @@ impl Prompt {
             cell.push_str(&line);
             cell.push('\n');
         }
+    }
+}
+
+/// What ended a session's interpreter, as the end of "the session's interpreter …".
+fn died_of(killed_by: Option<bkg_schema::KilledBy>) -> &'static str {
+    use bkg_schema::KilledBy;
+    match killed_by {
+        Some(KilledBy::Memory) => "was killed at its memory limit (limits.memory in cave.yaml)",
+        Some(KilledBy::Timeout) => "reached its time limit",
+        Some(KilledBy::Pids) => "was killed at its process limit",
+        Some(KilledBy::Disk) => "failed with its disk full (limits.disk in cave.yaml)",
+        Some(KilledBy::Cancelled) => "was stopped (`bkg stop`)",
+        Some(KilledBy::Shutdown | KilledBy::Interrupted) => "ended with the agent",
+        None => "ended",
     }
 }

@@ -93,8 +93,14 @@ pub enum SessionEvent {
     /// (`File "<cell 3>", line 2`).
     Error { name: String, message: String, traceback: Vec<String> },
     /// The execution is over. `status` is `ok`, `error` or `interrupted`; `execution` counts
-    /// the session's executions from 1.
-    End { status: ExecutionStatus, execution: u64 },
+    /// the session's executions from 1. When the interpreter died (`died`), `killed_by` is the
+    /// limit or stop that ended its run, if one did.
+    End {
+        status: ExecutionStatus,
+        execution: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        killed_by: Option<crate::KilledBy>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -155,3 +155,23 @@ fn a_run_refused_for_a_session_names_the_session() {
     assert!(stderr(&refused).contains("held by session `default` (`bkg exec`)"), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("bkg stop box"), "{}", stderr(&refused));
 }
+
+/// A session whose interpreter is killed at its memory limit says so, and the next execution
+/// gets a fresh interpreter.
+#[test]
+fn a_session_killed_at_its_memory_limit_says_so() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let dir = project.path();
+    let set = agent.bkg_in(dir, &["exec", "box", "-c", "x = 1"]);
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
+    let killed = agent.bkg_in(dir, &["exec", "box", "-c", "hog = b'x' * (900 << 20)"]);
+    assert_ne!(code(&killed), 0);
+    assert!(
+        stderr(&killed).contains("the session's interpreter was killed at its memory limit"),
+        "{}",
+        stderr(&killed)
+    );
+    let fresh = agent.bkg_in(dir, &["exec", "box", "-c", "print('x' in globals())"]);
+    assert_eq!((code(&fresh), stdout(&fresh)), (0, "False\n".to_owned()), "{}", stderr(&fresh));
+}

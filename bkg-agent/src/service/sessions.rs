@@ -99,7 +99,7 @@ impl Session {
 }
 
 /// Reads the runner's output for the session's whole life, turning it into events.
-async fn read_output(session: Arc<Session>, mut output: mpsc::Receiver<RunOutput>) {
+async fn read_output(service: Arc<Service>, session: Arc<Session>, mut output: mpsc::Receiver<RunOutput>) {
     let mut pending: Vec<u8> = Vec::new();
     while let Some(piece) = output.recv().await {
         match piece {
@@ -117,9 +117,16 @@ async fn read_output(session: Arc<Session>, mut output: mpsc::Receiver<RunOutput
             RunOutput::Started(_) | RunOutput::Archive(_) | RunOutput::Progress(_) => {}
         }
     }
-    // The interpreter is gone (it exited, was killed, or the sandbox was stopped).
+    // The interpreter is gone (it exited, was killed, or the sandbox was stopped): once its run
+    // is recorded, the caller learns what ended it.
     let execution = session.executions.load(Ordering::Relaxed);
-    session.deliver(SessionEvent::End { status: ExecutionStatus::Died, execution }).await;
+    let tracker = &session.tracker;
+    let killed_by =
+        match wait_until(tracker.watch(), END_PATIENCE, |progress| progress.phase >= RunPhase::Recorded).await {
+            true => service.store.get_run(&tracker.run_id).await.ok().flatten().and_then(|run| run.killed_by),
+            false => None,
+        };
+    session.deliver(SessionEvent::End { status: ExecutionStatus::Died, execution, killed_by }).await;
 }
 
 fn parse_line(line: Vec<u8>) -> SessionEvent {
@@ -187,7 +194,7 @@ impl Service {
             one_at_a_time: Arc::new(Semaphore::new(1)),
             current: Mutex::new(None),
         });
-        tokio::spawn(read_output(Arc::clone(&session), output));
+        tokio::spawn(read_output(Arc::clone(self), Arc::clone(&session), output));
         self.sessions.lock().insert(id.to_owned(), Arc::clone(&session));
         Ok(session.info())
     }
@@ -293,7 +300,7 @@ mod tests {
     #[test]
     fn marked_lines_are_events_and_the_rest_is_output() {
         let event = parse_line(b"\x1e{\"type\":\"end\",\"status\":\"ok\",\"execution\":2}\n".to_vec());
-        assert_eq!(event, SessionEvent::End { status: ExecutionStatus::Ok, execution: 2 });
+        assert_eq!(event, SessionEvent::End { status: ExecutionStatus::Ok, execution: 2, killed_by: None });
         let raw = parse_line(b"from a subprocess\n".to_vec());
         assert_eq!(raw, SessionEvent::Stream { name: StreamName::Stdout, text: "from a subprocess\n".into() });
         let garbled = parse_line(b"\x1enot json\n".to_vec());
