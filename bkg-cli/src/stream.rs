@@ -155,7 +155,11 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
             format_size(limits.disk_bytes),
             from.hint("disk")
         )),
-        Some(KilledBy::Cancelled) => Some("cancelled".into()),
+        Some(KilledBy::Cancelled) => Some(match from {
+            LimitsFrom::Flags => "cancelled".into(),
+            // Another terminal may have stopped or removed the sandbox.
+            LimitsFrom::CaveOrFlags(_) => "stopped (Ctrl-C, or `bkg stop` or `bkg rm` of the sandbox)".into(),
+        }),
         Some(KilledBy::Shutdown) => Some("killed: the agent was stopped and the run outlived its 5 s grace".into()),
         Some(KilledBy::Interrupted) => Some("interrupted: the agent stopped before the run ended".into()),
         None => result.signal.map(|signal| format!("the script was killed by signal {signal}")),

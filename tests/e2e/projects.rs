@@ -405,3 +405,27 @@ fn exec_sees_an_edited_cave_yaml_and_an_unchanged_definition_is_not_audited_agai
     assert_eq!((code(&shown), stdout(&shown)), (0, "two\n".to_owned()), "{}", stderr(&shown));
     assert_eq!(definitions(), 2, "the edited definition was given once");
 }
+
+/// A bkgr whose run another terminal stops says what may have stopped it, not just "cancelled".
+#[test]
+fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
+    let added = agent.bkg_in(dir, &["add", "box", "--type", "python", "--script", "start=sleep 600"]);
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    let running = std::thread::scope(|scope| {
+        let running = scope.spawn(|| agent.bkgr(dir, &["box"]));
+        eventually("the run has started", || {
+            let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+            let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+            if status["state"] == "running" { Ok(()) } else { Err(status.to_string()) }
+        });
+        let stopped = agent.bkg_in(dir, &["stop", "box"]);
+        assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+        running.join().expect("bkgr's thread")
+    });
+    assert_eq!(code(&running), 130, "{}", stderr(&running));
+    assert_eq!(stderr(&running), "bkgr: box: stopped (Ctrl-C, or `bkg stop` or `bkg rm` of the sandbox)\n");
+}
