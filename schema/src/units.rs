@@ -10,6 +10,9 @@ pub enum UnitError {
     Duration(String),
     #[error("`{0}` is not a CPU count: use a positive number like 0.5, 1 or 2")]
     Cpus(String),
+    /// More than any limit can be (it does not fit in 64 bits of bytes or milliseconds).
+    #[error("`{0}` is too large")]
+    TooLarge(String),
     /// Zero, or so small that it rounds to zero in the unit the limit is kept in.
     #[error("`{text}` is too small: the least is {least}")]
     Zero { text: String, least: &'static str },
@@ -38,7 +41,7 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     }
     let bytes = value * multiplier as f64;
     if bytes > u64::MAX as f64 {
-        return Err(UnitError::Size(text.to_owned()));
+        return Err(UnitError::TooLarge(text.to_owned()));
     }
     let bytes = bytes.round() as u64;
     if bytes == 0 {
@@ -63,13 +66,16 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
         "d" => 86_400_000.0,
         _ => {
             let duration = humantime::parse_duration(trimmed).map_err(|_| UnitError::Duration(text.to_owned()))?;
-            let millis = u64::try_from(duration.as_millis()).map_err(|_| UnitError::Duration(text.to_owned()))?;
+            let millis = u64::try_from(duration.as_millis()).map_err(|_| UnitError::TooLarge(text.to_owned()))?;
             return if millis == 0 { Err(UnitError::Zero { text: text.to_owned(), least: "1ms" }) } else { Ok(millis) };
         }
     };
     let value: f64 = number.parse().map_err(|_| UnitError::Duration(text.to_owned()))?;
-    if !value.is_finite() || value < 0.0 || value * multiplier > u64::MAX as f64 {
+    if !value.is_finite() || value < 0.0 {
         return Err(UnitError::Duration(text.to_owned()));
+    }
+    if value * multiplier > u64::MAX as f64 {
+        return Err(UnitError::TooLarge(text.to_owned()));
     }
     let millis = (value * multiplier).round() as u64;
     if millis == 0 {
@@ -155,7 +161,11 @@ mod tests {
         assert!(matches!(parse_size("lots"), Err(UnitError::Size(_))));
         assert!(matches!(parse_size("12parsecs"), Err(UnitError::Size(_))));
         assert!(matches!(parse_size(""), Err(UnitError::Size(_))));
-        assert!(matches!(parse_size("99999999999TiB"), Err(UnitError::Size(_))));
+        assert_eq!(parse_size("99999999999TiB"), Err(UnitError::TooLarge("99999999999TiB".into())));
+        assert_eq!(
+            parse_duration_ms("99999999999999999999h"),
+            Err(UnitError::TooLarge("99999999999999999999h".into()))
+        );
     }
 
     #[test]
