@@ -334,7 +334,8 @@ fn cp_and_exec_never_take_another_projects_sandbox_of_the_same_name() {
 }
 
 /// A disk limit lowered below the disk a sandbox has is refused before it is stored: the
-/// sandbox keeps its limit and goes on working.
+/// sandbox keeps its limit, bkg exec (which gives cave.yaml's definition first) says the same,
+/// and with cave.yaml's limit back the sandbox works again.
 #[test]
 fn a_refused_disk_shrink_leaves_the_stored_limit_as_it_was() {
     let agent = Agent::start();
@@ -349,6 +350,14 @@ fn a_refused_disk_shrink_leaves_the_stored_limit_as_it_was() {
     let status = agent.bkg_in(dir, &["status", "box", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
     assert_eq!(status["limits"]["disk_bytes"], 64 * 1024 * 1024, "{status}");
+    let exec = agent.bkg_in(dir, &["exec", "box", "-c", "print('still works')"]);
+    assert_eq!(code(&exec), 125, "{}", stderr(&exec));
+    assert_eq!(
+        stderr(&exec),
+        "bkg: sandbox `box`: the disk limit 32MiB is below the 64MiB this sandbox's disk already has; \
+         shrinking could lose files (remove the sandbox to start over)\n"
+    );
+    std::fs::write(dir.join("cave.yaml"), cave).expect("restore cave.yaml");
     let exec = agent.bkg_in(dir, &["exec", "box", "-c", "print('still works')"]);
     assert_eq!((code(&exec), stdout(&exec)), (0, "still works\n".to_owned()), "{}", stderr(&exec));
 }

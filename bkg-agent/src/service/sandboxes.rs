@@ -224,7 +224,7 @@ impl Service {
         let limits =
             defaults.with(&user_limit_defaults(principal, &self.auth.policy.user, &definition.limits, defaults));
         crate::engine::disk::refuse_shrinking(meta.len(), limits.disk_bytes)
-            .map_err(|error| OpError::Invalid(format!("sandbox {}: {error}", definition.name)))
+            .map_err(|error| OpError::Invalid(error.to_string()))
     }
 
     /// A local user's sandboxes against what the policy lets one user keep: their number and
