@@ -106,7 +106,8 @@ pub async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Res
 }
 
 /// Gives the agent sandbox `name` as the project's cave.yaml has it now, when the project
-/// declares it and the agent has it already (its first definition is bkgr's). A definition whose
+/// declares it and the agent has it already (its first definition is bkgr's); an invalid
+/// cave.yaml is refused with its problems, as bkgr refuses it. A definition whose
 /// volumes reach outside the project is left as the agent has it: only `bkgr --allow-outside`
 /// gives one. One that cannot be made (a package file gone, say) is said, and the sandbox goes
 /// on as the agent has it.
@@ -116,9 +117,8 @@ pub async fn refresh(
     name: &str,
     out: crate::out::Printer,
 ) -> Result<(), CliError> {
-    let Ok(cave) = bkg_schema::cave::load(&project.join("cave.yaml")) else {
-        return Ok(());
-    };
+    let cave = bkg_schema::cave::load(&project.join("cave.yaml"))
+        .map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))?;
     let Some(spec) = cave.sandboxes.get(name) else {
         return Ok(());
     };

@@ -37,13 +37,17 @@ fn place(text: &str) -> Place {
 pub async fn sandbox_id_of(client: &AgentClient, project: &ProjectArgs, name: &str) -> Result<String, CliError> {
     let project_dir = crate::project::project_dir(project.dir.as_deref()).ok();
     if let Some(dir) = &project_dir {
+        // An invalid cave.yaml is refused with its problems, as bkgr and bkg ls do: it cannot say
+        // whether it declares the name.
+        let cave = bkg_schema::cave::load(&dir.join("cave.yaml"))
+            .map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))?;
         let id = sandbox_id(&dir.to_string_lossy(), name);
         let found: Option<SandboxInfo> = client.get_found(&format!("/api/v1/sandboxes/{id}")).await?;
         if found.is_some() {
             return Ok(id);
         }
         // The project's own sandbox of that name, not yet made: never another project's.
-        if bkg_schema::cave::load(&dir.join("cave.yaml")).is_ok_and(|cave| cave.sandboxes.contains_key(name)) {
+        if cave.sandboxes.contains_key(name) {
             return Err(CliError::usage(format!(
                 "sandbox `{name}` has not run yet in {}: run it once with `bkgr {name}`",
                 dir.display()

@@ -100,7 +100,12 @@ pub async fn status(settings: &Settings, args: NameArgs) -> Result<i32, CliError
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
     let Some(info) = fetch(&client, &id_of(&project, &args.name)).await? else {
-        let otherwise = format!("sandbox `{}` has not run yet in {}", args.name, project.display());
+        let otherwise = format!(
+            "sandbox `{}` has not run yet in {}: run it once with `bkgr {}`",
+            args.name,
+            project.display(),
+            args.name
+        );
         return Err(missing_sandbox(&project, &args.name, otherwise));
     };
     settings.out.answer(&info, describe)?;
@@ -111,7 +116,7 @@ pub async fn status(settings: &Settings, args: NameArgs) -> Result<i32, CliError
 fn describe(info: &SandboxInfo) -> String {
     let limits = &info.limits;
     let mut text = String::new();
-    let mut line = |key: &str, value: String| text.push_str(&format!("{key:<11}{value}\n"));
+    let mut line = |key: &str, value: String| text.push_str(&format!("{key:<13}{value}\n"));
     line("name", format!("{} ({})", info.name, info.id));
     line("type", info.language.as_str().to_owned());
     line("namespace", info.namespace.clone());

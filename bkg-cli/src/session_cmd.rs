@@ -111,13 +111,13 @@ async fn execute(
     }
     let mut stream = response.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
-    let mut interrupted = false;
     use futures_util::StreamExt as _;
     loop {
+        // Every Ctrl-C is an interrupt, as at the interpreter's own prompt: code that catches
+        // one gets the next.
         let chunk = tokio::select! {
             chunk = stream.next() => chunk,
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
-                interrupted = true;
+            _ = tokio::signal::ctrl_c() => {
                 let _: Result<SessionInfo, CliError> =
                     client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;
                 continue;

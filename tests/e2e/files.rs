@@ -327,6 +327,15 @@ fn cp_and_exec_never_take_another_projects_sandbox_of_the_same_name() {
         assert_eq!(code(&attempt), 125, "{}", stderr(&attempt));
         assert!(stderr(&attempt).contains("has not run yet"), "{}", stderr(&attempt));
     }
+    // A cave.yaml that cannot be read cannot say which sandbox it means: refused, as bkgr does.
+    let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    write(&dir.join("cave.yaml"), &format!("{cave}colour: 1\n"));
+    for attempt in
+        [agent.bkg_in(dir, &["cp", "mine.txt", "box:"]), agent.bkg_in(dir, &["exec", "box", "-c", "print(1)"])]
+    {
+        assert_eq!(code(&attempt), 125, "{}", stderr(&attempt));
+        assert!(stderr(&attempt).contains("colour"), "the file's problem is named: {}", stderr(&attempt));
+    }
     let id = the_sandbox_id(&agent);
     let files = unix_request(&agent.socket, "GET", &format!("/api/v1/sandboxes/{id}/files/list"), None).json();
     assert!(files.is_array(), "{files}");

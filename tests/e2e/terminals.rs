@@ -212,6 +212,18 @@ fn bkg_repl_keeps_going_on_ctrl_c_and_leaves_on_ctrl_d() {
     terminal.type_in("\x03");
     terminal.expect("interrupted");
     terminal.expect(">>> ");
+    // Each Ctrl-C is an interrupt: code that catches the first gets the second.
+    terminal.type_in(
+        "exec(\"import time\\nn = 0\\nwhile n < 2:\\n try:\\n  print('wait', n, flush=True); time.sleep(60)\\n \
+         except KeyboardInterrupt:\\n  n += 1; print('caught', n, flush=True)\")\r",
+    );
+    terminal.expect("wait 0");
+    terminal.type_in("\x03");
+    terminal.expect("caught 1");
+    terminal.expect("wait 1");
+    terminal.type_in("\x03");
+    terminal.expect("caught 2");
+    terminal.expect(">>> ");
     terminal.type_in("\x04");
     assert_eq!(terminal.exit_code(), 0, "Ctrl-D leaves the REPL");
 }
