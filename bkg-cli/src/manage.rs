@@ -22,11 +22,12 @@ struct StopAnswer {
     stopped: bool,
 }
 
-/// One sandbox `bkg rm --json` removed.
+/// One sandbox `bkg rm --json` removed, in the shape of `bkg stop --json`'s.
 #[derive(Serialize)]
 struct Removed {
+    name: String,
     id: String,
-    removed: String,
+    removed: bool,
 }
 
 fn id_of(project: &Path, name: &str) -> String {
@@ -403,7 +404,7 @@ async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Res
     if !out.is_json() {
         out.note(format_args!("removed {name}"));
     }
-    Ok(Some(Removed { id, removed: name.to_owned() }))
+    Ok(Some(Removed { name: name.to_owned(), id, removed: true }))
 }
 
 /// cave.yaml without the block of sandbox `name` (its key line and every more-indented line

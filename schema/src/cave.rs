@@ -646,9 +646,21 @@ impl CaveFile {
             if !is_dns_label(name) {
                 fail(&["sandboxes", name], format!("`{name}` is not a valid sandbox name ({NAME_RULE})"));
             }
+            let least = crate::Limits::LEAST;
             for (key, parsed) in sandbox.limits.iter().flat_map(CaveLimits::parsed) {
-                if let Some(Err(error)) = parsed {
-                    fail(&["sandboxes", name, "limits", key], error.to_string());
+                let (floor, shown): (u64, fn(u64) -> String) = match key {
+                    "cpus" => (least.cpu_millis, crate::units::format_cpus),
+                    "memory" => (least.memory_bytes, crate::units::format_size),
+                    "disk" => (least.disk_bytes, crate::units::format_size),
+                    _ => (least.timeout_ms, crate::units::format_duration_ms),
+                };
+                match parsed {
+                    Some(Err(error)) => fail(&["sandboxes", name, "limits", key], error.to_string()),
+                    Some(Ok(value)) if value < floor => fail(
+                        &["sandboxes", name, "limits", key],
+                        format!("{} is too small: the least is {}", shown(value), shown(floor)),
+                    ),
+                    _ => {}
                 }
             }
             for (script, command) in &sandbox.scripts {
@@ -976,6 +988,20 @@ sandboxes:
             Ok(cave) => panic!("accepted: {cave:?}"),
             Err(errors) => errors.errors,
         }
+    }
+
+    #[test]
+    fn limits_below_the_least_the_agent_takes_are_errors() {
+        let text = GOOD.replace("cpus: 0.5, memory: 256MiB", "cpus: 0.005, memory: 8MiB");
+        let messages: Vec<String> = errors_of(&text).into_iter().map(|error| error.message).collect();
+        assert!(
+            messages.iter().any(|message| message.contains("8MiB is too small: the least is 16MiB")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|message| message.contains("0.005 is too small: the least is 0.01")),
+            "{messages:?}"
+        );
     }
 
     #[test]

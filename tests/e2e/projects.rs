@@ -48,7 +48,11 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     let rm = agent.bkg_in(dir, &["rm", "api", "--force", "--json"]);
     assert_eq!(code(&rm), 0, "rm: {}", stderr(&rm));
     let removed: serde_json::Value = serde_json::from_slice(&rm.stdout).expect("rm --json");
-    assert_eq!(removed, serde_json::json!([{ "id": id, "removed": "api" }]), "one array, as stop --json prints");
+    assert_eq!(
+        removed,
+        serde_json::json!([{ "name": "api", "id": id, "removed": true }]),
+        "one array, as stop --json prints"
+    );
     assert!(!home.exists(), "its state is gone");
     let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
     assert!(!cave.contains("api:"), "it is gone from cave.yaml:\n{cave}");
