@@ -48,6 +48,26 @@ fn allocating_1gib_under_256mib_is_killed_by_memory() {
     assert!(stderr(&output).contains("memory limit of 256MiB"), "stderr: {}", stderr(&output));
 }
 
+/// The OOM killer kills the biggest process, here a child of the script: the run that then
+/// fails is still reported as killed by its memory limit.
+#[test]
+fn a_child_killed_at_the_memory_limit_is_reported_as_memory() {
+    let agent = Agent::start();
+    let (result, output) = agent.exe_json(&[
+        "--memory",
+        "64MiB",
+        "--type",
+        "python",
+        "-c",
+        "import subprocess, sys\n\
+         code = subprocess.call([sys.executable, '-c', 'hog = b\"x\" * (200 << 20)'])\n\
+         sys.exit(137 if code == -9 else code)",
+    ]);
+    assert_eq!(code(&output), 137, "result: {result}");
+    assert_eq!(result["killed_by"], "memory", "{result}");
+    assert!(stderr(&output).contains("memory limit of 64MiB"), "stderr: {}", stderr(&output));
+}
+
 #[test]
 fn a_fork_bomb_is_contained_and_the_host_stays_responsive() {
     let agent = Agent::start();

@@ -850,7 +850,10 @@ impl Watched {
         };
         let reported = matches!(self.ending, Ending::Exited { .. });
         let mut killed_by = self.killed_by;
-        if killed_by.is_none() && usage.oom_kills > 0 && (signal == Some(libc::SIGKILL) || !reported) {
+        // The OOM killer picks the biggest process, which may be a child of the script (a shell
+        // script's python): a run that failed after one in its cgroup met its memory limit.
+        let failed = signal.is_some() || exit_code.is_some_and(|code| code != 0) || !reported;
+        if killed_by.is_none() && usage.oom_kills > 0 && failed {
             killed_by = Some(KilledBy::Memory);
         }
         if killed_by.is_none() && (disk_full || self.disk_seen_full) && exit_code.is_some_and(|code| code != 0) {
