@@ -105,28 +105,22 @@ pub async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Res
         .map_err(|error| CliError::new(error.code, format!("sandbox `{}`: {}", definition.name, error.message)))
 }
 
-/// Gives the agent sandbox `name` as the project's cave.yaml has it now, when the project
-/// declares it and the agent has it already (its first definition is bkgr's); an invalid
-/// cave.yaml is refused with its problems, as bkgr refuses it. A definition whose
+/// Gives the agent sandbox `name` as `cave`, the project's cave.yaml, has it now; the caller
+/// knows the agent has the sandbox already (its first definition is bkgr's). A definition whose
 /// volumes reach outside the project is left as the agent has it: only `bkgr --allow-outside`
 /// gives one. One that cannot be made (a package file gone, say) is said, and the sandbox goes
 /// on as the agent has it.
 pub async fn refresh(
     client: &AgentClient,
     project: &Path,
+    cave: &CaveFile,
     name: &str,
     out: crate::out::Printer,
 ) -> Result<(), CliError> {
-    let cave = bkg_schema::cave::load(&project.join("cave.yaml"))
-        .map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))?;
     let Some(spec) = cave.sandboxes.get(name) else {
         return Ok(());
     };
-    let id = sandbox_id(&project.to_string_lossy(), name);
-    if client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?.is_none() {
-        return Ok(());
-    }
-    match definition(&cave, project, name, spec, true) {
+    match definition(cave, project, name, spec, true) {
         Ok(definition) if definition.volumes.iter().all(|volume| Path::new(&volume.host).starts_with(project)) => {
             define(client, &definition).await
         }

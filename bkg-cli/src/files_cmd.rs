@@ -32,19 +32,27 @@ fn place(text: &str) -> Place {
     }
 }
 
-/// The id of sandbox `name`: the project's (cave.yaml around the current directory, or `-C`),
-/// else the one sandbox of that name the agent shows this caller (made with the API or MCP).
-pub async fn sandbox_id_of(client: &AgentClient, project: &ProjectArgs, name: &str) -> Result<String, CliError> {
-    let project_dir = crate::project::project_dir(project.dir.as_deref()).ok();
-    if let Some(dir) = &project_dir {
-        // An invalid cave.yaml is refused with its problems, as bkgr and bkg ls do: it cannot say
-        // whether it declares the name.
-        let cave = bkg_schema::cave::load(&dir.join("cave.yaml"))
-            .map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))?;
+/// A sandbox as bkg finds it by name.
+pub struct FoundSandbox {
+    pub id: String,
+    /// The project and its cave.yaml, when the sandbox is the project's own.
+    pub own: Option<(PathBuf, bkg_schema::cave::CaveFile)>,
+}
+
+/// Sandbox `name`: the project's (cave.yaml around the current directory, or `-C`), else the one
+/// sandbox of that name the agent shows this caller (made with the API or MCP).
+pub async fn find_sandbox(client: &AgentClient, project: &ProjectArgs, name: &str) -> Result<FoundSandbox, CliError> {
+    // An invalid cave.yaml is refused with its problems, as bkgr and bkg ls do: it cannot say
+    // whether it declares the name.
+    let project = match crate::project::project_dir(project.dir.as_deref()) {
+        Ok(dir) => Some((crate::project::load_cave(&dir)?, dir)),
+        Err(_) => None,
+    };
+    if let Some((cave, dir)) = project {
         let id = sandbox_id(&dir.to_string_lossy(), name);
         let found: Option<SandboxInfo> = client.get_found(&format!("/api/v1/sandboxes/{id}")).await?;
         if found.is_some() {
-            return Ok(id);
+            return Ok(FoundSandbox { id, own: Some((dir, cave)) });
         }
         // The project's own sandbox of that name, not yet made: never another project's.
         if cave.sandboxes.contains_key(name) {
@@ -53,22 +61,25 @@ pub async fn sandbox_id_of(client: &AgentClient, project: &ProjectArgs, name: &s
                 dir.display()
             )));
         }
+        return agent_wide(client, name).await?.ok_or_else(|| crate::project::unknown_sandbox(&cave, name));
     }
+    agent_wide(client, name).await?.ok_or_else(|| {
+        CliError::usage(format!(
+            "no sandbox `{name}` on the agent: run it once with `bkgr {name}`, or create it with the API"
+        ))
+    })
+}
+
+/// The one sandbox named `name` the agent shows this caller, if there is one.
+async fn agent_wide(client: &AgentClient, name: &str) -> Result<Option<FoundSandbox>, CliError> {
     let all: Vec<SandboxInfo> = client.get("/api/v1/sandboxes").await?;
     let mut named = all.into_iter().filter(|info| info.name == name);
     match (named.next(), named.next()) {
-        (Some(info), None) => Ok(info.id),
+        (Some(info), None) => Ok(Some(FoundSandbox { id: info.id, own: None })),
         (Some(_), Some(_)) => Err(CliError::usage(format!(
             "more than one sandbox is named `{name}`: run bkg from its project directory (or give -C DIR)"
         ))),
-        (None, _) => {
-            let otherwise =
-                format!("no sandbox `{name}` on the agent: run it once with `bkgr {name}`, or create it with the API");
-            Err(match &project_dir {
-                Some(dir) => crate::project::missing_sandbox(dir, name, otherwise),
-                None => CliError::usage(otherwise),
-            })
-        }
+        (None, _) => Ok(None),
     }
 }
 
@@ -77,7 +88,7 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
     match (place(&args.source), place(&args.dest)) {
         (Place::Host(source), Place::Sandbox { name, path }) => {
             client.ensure_running().await?;
-            let id = sandbox_id_of(&client, &args.project, &name).await?;
+            let id = find_sandbox(&client, &args.project, &name).await?.id;
             let uploaded = upload(&client, &id, &source, &path).await?;
             if settings.out.is_json() {
                 settings.out.json(&uploaded)?;
@@ -89,7 +100,7 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
         }
         (Place::Sandbox { name, path }, Place::Host(dest)) => {
             client.ensure_running().await?;
-            let id = sandbox_id_of(&client, &args.project, &name).await?;
+            let id = find_sandbox(&client, &args.project, &name).await?.id;
             download(&client, &id, &path, &dest).await?;
         }
         (Place::Host(_), Place::Host(_)) => {

@@ -49,9 +49,14 @@ pub fn missing_sandbox(project: &Path, name: &str, otherwise: String) -> CliErro
 /// file is refused with its problems rather than listing the sandboxes of a file bkgr cannot run.
 pub fn checked_project(dir: Option<&Path>) -> Result<PathBuf, CliError> {
     let project = project_dir(dir)?;
-    bkg_schema::cave::load(&project.join("cave.yaml"))
-        .map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))?;
+    load_cave(&project)?;
     Ok(project)
+}
+
+/// The cave.yaml of `project`, checked: an invalid one is refused with its problems.
+pub fn load_cave(project: &Path) -> Result<CaveFile, CliError> {
+    bkg_schema::cave::load(&project.join("cave.yaml"))
+        .map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))
 }
 
 /// A sandbox about to be written, its entries in the order the user gave them.

@@ -48,11 +48,11 @@ async fn ensure_session(
 async fn connect(settings: &Settings, project: &ProjectArgs, name: &str) -> Result<(AgentClient, String), CliError> {
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    if let Ok(dir) = crate::project::project_dir(project.dir.as_deref()) {
-        crate::define::refresh(&client, &dir, name, settings.out).await?;
+    let found = crate::files_cmd::find_sandbox(&client, project, name).await?;
+    if let Some((dir, cave)) = &found.own {
+        crate::define::refresh(&client, dir, cave, name, settings.out).await?;
     }
-    let id = crate::files_cmd::sandbox_id_of(&client, project, name).await?;
-    Ok((client, id))
+    Ok((client, found.id))
 }
 
 pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> {

@@ -11,9 +11,9 @@ use bkg_schema::LimitOverrides;
 pub use crate::args::{Bkgr, LimitArgs, bkgr_command, parse};
 pub use crate::client::AgentClient;
 pub use crate::define::{define, definition};
-pub use crate::exit::{BKG_FAILED, CliError, SUCCESS, of_run as exit_code_of_run};
+pub use crate::exit::{CliError, SUCCESS, of_run as exit_code_of_run};
 pub use crate::out::{Printer, clap_error};
-pub use crate::project::{project_dir, unknown_sandbox};
+pub use crate::project::{load_cave, project_dir, unknown_sandbox};
 pub use crate::settings::Endpoint;
 pub use crate::stream::{LimitsFrom, Output, Stdin, denial_lines, reason_line, run as run_streamed};
 

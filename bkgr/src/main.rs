@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use bkg_cli::shared::{
-    AgentClient, BKG_FAILED, Bkgr as Args, CliError, Endpoint, LimitArgs, LimitsFrom, Output, Printer, SUCCESS, Stdin,
-    bkgr_command, define, definition, denial_lines, exit_code_of_run, limit_overrides, project_dir, reason_line,
-    run_streamed, unknown_sandbox,
+    AgentClient, Bkgr as Args, CliError, Endpoint, LimitArgs, LimitsFrom, Output, Printer, SUCCESS, Stdin,
+    bkgr_command, define, definition, denial_lines, exit_code_of_run, limit_overrides, load_cave, project_dir,
+    reason_line, run_streamed, unknown_sandbox,
 };
 use bkg_schema::LimitOverrides;
 use bkg_schema::cave::SandboxSpec;
@@ -22,8 +22,7 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> Result<i32, CliError> {
     let out = Printer::new("bkgr", false);
     let project = project_dir(args.dir.as_deref())?;
-    let cave = bkg_schema::cave::load(&project.join("cave.yaml"))
-        .map_err(|errors| CliError::new(BKG_FAILED, errors.to_string().trim_end().to_owned()))?;
+    let cave = load_cave(&project)?;
     let selected: Vec<(&String, &SandboxSpec)> = match &args.name {
         Some(name) => {
             let spec = cave.sandboxes.get(name).ok_or_else(|| unknown_sandbox(&cave, name))?;
