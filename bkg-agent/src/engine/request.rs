@@ -116,9 +116,16 @@ impl ValidatedRun {
     /// so it keeps no log (`bkg logs` goes on showing the sandbox's own last run), and it is not
     /// the sandbox's last run (`Store::last_run_of`).
     pub fn for_transfer(&mut self) {
+        self.without_log();
+        if let Some(persistent) = &mut self.persistent {
+            persistent.for_transfer = true;
+        }
+    }
+
+    /// Keeps no log of this run: `bkg logs` goes on showing the sandbox's last run that has one.
+    fn without_log(&mut self) {
         if let Some(persistent) = &mut self.persistent {
             persistent.log_dir = None;
-            persistent.for_transfer = true;
         }
     }
 
@@ -380,10 +387,8 @@ impl Engine {
         validated.language = language;
         validated.limits.timeout_ms = self.config.max_limits.timeout_ms;
         // Its stdout is the runner's events, not anyone's output (each execution's goes to its
-        // caller): `bkg logs` goes on showing the sandbox's last run that has a log.
-        if let Some(persistent) = &mut validated.persistent {
-            persistent.log_dir = None;
-        }
+        // caller).
+        validated.without_log();
         Ok(validated)
     }
 

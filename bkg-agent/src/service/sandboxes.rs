@@ -220,20 +220,23 @@ impl Service {
         let Ok(meta) = std::fs::metadata(&image) else {
             return Ok(());
         };
-        let defaults = &self.engine.config.default_limits;
-        let limits =
-            defaults.with(&user_limit_defaults(principal, &self.auth.policy.user, &definition.limits, defaults));
+        let limits = self.limits_of(principal, definition);
         crate::engine::disk::refuse_shrinking(meta.len(), limits.disk_bytes)
             .map_err(|error| OpError::Invalid(error.to_string()))
+    }
+
+    /// The limits the runs of `definition` get for `principal`: the agent's defaults, under a
+    /// local user's policy defaults, under the definition's own.
+    fn limits_of(&self, principal: &Principal, definition: &SandboxDefinition) -> bkg_schema::Limits {
+        let defaults = &self.engine.config.default_limits;
+        defaults.with(&user_limit_defaults(principal, &self.auth.policy.user, &definition.limits, defaults))
     }
 
     /// A local user's sandboxes against what the policy lets one user keep: their number and
     /// their disk limits summed, this definition counted in place of the one it replaces.
     async fn check_user_policy(&self, principal: &Principal, id: &str, definition: &SandboxDefinition) -> OpResult<()> {
-        let (defaults, policy) = (self.engine.config.default_limits, &self.auth.policy.user);
-        let limits_of = |definition: &SandboxDefinition| {
-            defaults.with(&user_limit_defaults(principal, policy, &definition.limits, &defaults))
-        };
+        let policy = &self.auth.policy.user;
+        let limits_of = |definition: &SandboxDefinition| self.limits_of(principal, definition);
         within_user_limits(principal, policy, &limits_of(definition))?;
         let others: Vec<StoredSandbox> = self
             .store
