@@ -646,19 +646,14 @@ impl CaveFile {
             if !is_dns_label(name) {
                 fail(&["sandboxes", name], format!("`{name}` is not a valid sandbox name ({NAME_RULE})"));
             }
-            let least = crate::Limits::LEAST;
+            let least = crate::Limits::LEAST.named();
             for (key, parsed) in sandbox.limits.iter().flat_map(CaveLimits::parsed) {
-                let (floor, shown): (u64, fn(u64) -> String) = match key {
-                    "cpus" => (least.cpu_millis, crate::units::format_cpus),
-                    "memory" => (least.memory_bytes, crate::units::format_size),
-                    "disk" => (least.disk_bytes, crate::units::format_size),
-                    _ => (least.timeout_ms, crate::units::format_duration_ms),
-                };
-                match parsed {
-                    Some(Err(error)) => fail(&["sandboxes", name, "limits", key], error.to_string()),
-                    Some(Ok(value)) if value < floor => fail(
+                let floor = least.iter().find(|(name, _, _)| *name == key);
+                match (parsed, floor) {
+                    (Some(Err(error)), _) => fail(&["sandboxes", name, "limits", key], error.to_string()),
+                    (Some(Ok(value)), Some((_, floor, shown))) if value < *floor => fail(
                         &["sandboxes", name, "limits", key],
-                        format!("{} is too small: the least is {}", shown(value), shown(floor)),
+                        format!("{} is too small: the least is {}", shown(value), shown(*floor)),
                     ),
                     _ => {}
                 }

@@ -88,6 +88,9 @@ pub struct Limits {
     pub pids: u64,
 }
 
+/// One limit of `Limits::named`: its name, its value and how it is written.
+pub type NamedLimit = (&'static str, u64, fn(u64) -> String);
+
 impl Limits {
     /// The product's defaults: 1 vCPU, 512 MiB memory, 60 s, 500 MiB disk.
     pub const DEFAULT: Limits =
@@ -122,17 +125,23 @@ impl Limits {
     }
 
     fn first_where(&self, bound: &Limits, beyond: fn(u64, u64) -> bool) -> Option<(&'static str, String, String)> {
-        let checks = [
-            ("cpus", self.cpu_millis, bound.cpu_millis, units::format_cpus as fn(u64) -> String),
-            ("memory", self.memory_bytes, bound.memory_bytes, units::format_size),
-            ("timeout", self.timeout_ms, bound.timeout_ms, units::format_duration_ms),
-            ("disk", self.disk_bytes, bound.disk_bytes, units::format_size),
-            ("pids", self.pids, bound.pids, |n: u64| n.to_string()),
-        ];
-        checks
+        self.named()
             .into_iter()
-            .find(|(_, asked, bound, _)| beyond(*asked, *bound))
-            .map(|(name, asked, bound, format)| (name, format(asked), format(bound)))
+            .zip(bound.named())
+            .find(|((_, asked, _), (_, bound, _))| beyond(*asked, *bound))
+            .map(|((name, asked, format), (_, bound, _))| (name, format(asked), format(bound)))
+    }
+
+    /// Each limit by its name (as cave.yaml's `limits` and the refusals call it), with how it
+    /// is written.
+    pub fn named(&self) -> [NamedLimit; 5] {
+        [
+            ("cpus", self.cpu_millis, units::format_cpus),
+            ("memory", self.memory_bytes, units::format_size),
+            ("timeout", self.timeout_ms, units::format_duration_ms),
+            ("disk", self.disk_bytes, units::format_size),
+            ("pids", self.pids, |n: u64| n.to_string()),
+        ]
     }
 }
 
