@@ -39,34 +39,27 @@ pub fn run_to_exit(tool: &'static str, work: impl Future<Output = Result<i32, Cl
 
 /// The limit flags that were given, checked: `--cpus`, `--memory`, `--timeout`, `--disk`.
 pub fn limit_overrides(flags: &LimitArgs) -> Result<LimitOverrides, CliError> {
-    use bkg_schema::units::{format_cpus, format_duration_ms, format_size};
     type Parse = fn(&str) -> Result<u64, bkg_schema::UnitError>;
     // Below the agent's least (`Limits::LEAST`) is refused here already, with that least.
-    let checked = |value: &Option<String>, flag: &str, parse: Parse, least: u64, shown: fn(u64) -> String| {
+    let checked = |value: &Option<String>, (limit, least, shown): bkg_schema::NamedLimit, parse: Parse| {
         let too_small =
-            |text: &str| CliError::usage(format!("{flag}: `{text}` is too small: the least is {}", shown(least)));
+            |text: &str| CliError::usage(format!("--{limit}: `{text}` is too small: the least is {}", shown(least)));
         value
             .as_deref()
             .map(|text| match parse(text) {
                 Ok(value) if value < least => Err(too_small(text)),
                 Ok(value) => Ok(value),
                 Err(bkg_schema::UnitError::Zero { .. }) => Err(too_small(text)),
-                Err(error) => Err(CliError::usage(format!("{flag}: {error}"))),
+                Err(error) => Err(CliError::usage(format!("--{limit}: {error}"))),
             })
             .transpose()
     };
-    let least = bkg_schema::Limits::LEAST;
+    let [cpus, memory, timeout, disk, _pids] = bkg_schema::Limits::LEAST.named();
     Ok(LimitOverrides {
-        cpu_millis: checked(&flags.cpus, "--cpus", bkg_schema::parse_cpus, least.cpu_millis, format_cpus)?,
-        memory_bytes: checked(&flags.memory, "--memory", bkg_schema::parse_size, least.memory_bytes, format_size)?,
-        timeout_ms: checked(
-            &flags.timeout,
-            "--timeout",
-            bkg_schema::parse_duration_ms,
-            least.timeout_ms,
-            format_duration_ms,
-        )?,
-        disk_bytes: checked(&flags.disk, "--disk", bkg_schema::parse_size, least.disk_bytes, format_size)?,
+        cpu_millis: checked(&flags.cpus, cpus, bkg_schema::parse_cpus)?,
+        memory_bytes: checked(&flags.memory, memory, bkg_schema::parse_size)?,
+        timeout_ms: checked(&flags.timeout, timeout, bkg_schema::parse_duration_ms)?,
+        disk_bytes: checked(&flags.disk, disk, bkg_schema::parse_size)?,
         pids: None,
     })
 }
