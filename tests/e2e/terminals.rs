@@ -214,7 +214,7 @@ fn bkg_repl_keeps_going_on_ctrl_c_and_leaves_on_ctrl_d() {
     terminal.expect(">>> ");
     // Each Ctrl-C is an interrupt: code that catches the first gets the second.
     terminal.type_in(
-        "exec(\"import time\\nn = 0\\nwhile n < 2:\\n try:\\n  print('wait', n, flush=True); time.sleep(60)\\n \
+        "exec(\"import time\\nn = 0\\nwhile n < 2:\\n try:\\n  print('wait', n, flush=True); time.sleep(600)\\n \
          except KeyboardInterrupt:\\n  n += 1; print('caught', n, flush=True)\")\r",
     );
     terminal.expect("wait 0");
