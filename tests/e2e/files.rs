@@ -295,7 +295,10 @@ fn the_next_run_waits_for_a_download_that_outlasts_its_run_instead_of_mounting_t
     let workspaces = agent.state_dir.join("workspaces");
     let next = std::thread::scope(|scope| {
         let next = scope.spawn(|| agent.bkgr(dir, &["box", "show", "--", "/workspace/big.bin"]));
-        std::thread::sleep(std::time::Duration::from_secs(2));
+        // Longer than the napping sandbox's disposal waits for its loop device once nothing
+        // holds it (engine/sandbox.rs `dispose`), so that a disposal not waiting for the
+        // download would give up on the disk meanwhile.
+        std::thread::sleep(std::time::Duration::from_secs(4));
         let devices = bkg_tests::loop_devices_under(&workspaces);
         assert!(devices.len() <= 1, "the sandbox's disk is attached twice: {devices:?}");
         assert!(!next.is_finished(), "the next run did not wait for the download");
@@ -307,6 +310,21 @@ fn the_next_run_waits_for_a_download_that_outlasts_its_run_instead_of_mounting_t
     });
     assert_eq!(code(&next), 0, "the next run went on once the download was done: {}", stderr(&next));
     assert_eq!(next.stdout.len(), 8 * 1024 * 1024);
+
+    // The napping run's disposal waited for the download instead of giving up on its disk: every
+    // run of the sandbox has its cleanup confirmed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let runs = unix_request(&agent.socket, "GET", &format!("/api/v1/runs?sandbox={id}"), None).json();
+        let listed = runs.as_array().map(Vec::len).unwrap_or_default();
+        let confirmed = runs.as_array().into_iter().flatten().filter(|run| run["cleaned_up"] == true).count();
+        if listed >= 3 && confirmed == listed {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a run's cleanup was never confirmed: {runs}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!agent.log().contains("cleanup incomplete"), "{}", agent.log());
 }
 
 /// Sandboxes are per project: where cave.yaml declares a name its own sandbox has not run yet,

@@ -52,6 +52,44 @@ const BYTES_PER_INODE: &str = "4096";
 /// two mounts of one ext4 image would corrupt it.
 pub type DiskHold = Arc<OwnedMutexGuard<()>>;
 
+/// A sandbox's disk as used from outside the sandbox (a file transfer's `Workspace`,
+/// engine/files.rs): the hold of its persistent image, if it has one, and a token the sandbox's
+/// disposal waits on: while a clone is left, the disk's files are open and its loop device
+/// cannot be freed.
+#[derive(Clone, Debug)]
+pub struct DiskUse {
+    image: Option<DiskHold>,
+    _open: tokio::sync::mpsc::Sender<std::convert::Infallible>,
+}
+
+/// The disposal's side of `DiskUse`.
+pub struct DiskUsers(tokio::sync::mpsc::Receiver<std::convert::Infallible>);
+
+impl DiskUse {
+    pub fn new() -> (Self, DiskUsers) {
+        // Nothing is ever sent: the channel only says when the last sender is gone.
+        let (open, users) = tokio::sync::mpsc::channel(1);
+        (Self { image: None, _open: open }, DiskUsers(users))
+    }
+
+    /// Holds the sandbox's persistent image as long as any clone lives.
+    pub fn hold_image(&mut self, hold: Option<DiskHold>) {
+        self.image = hold;
+    }
+}
+
+impl DiskUsers {
+    /// Whether a `DiskUse` other than ones already dropped is left.
+    pub fn any(&mut self) -> bool {
+        matches!(self.0.try_recv(), Err(tokio::sync::mpsc::error::TryRecvError::Empty))
+    }
+
+    /// Resolves once every `DiskUse` is dropped.
+    pub async fn gone(mut self) {
+        while self.0.recv().await.is_some() {}
+    }
+}
+
 /// Which persistent disk images are in use (`DiskHold`).
 #[derive(Default)]
 pub struct DiskLocks {

@@ -44,9 +44,9 @@ pub enum FilesError {
 pub struct Workspace {
     root: OwnedFd,
     owner: u32,
-    /// The hold of a persistent sandbox's disk: declared after `root`, so it is let go of only
-    /// once the descriptor that keeps the disk's filesystem mounted is closed (`disk::DiskHold`).
-    _disk: Option<super::disk::DiskHold>,
+    /// The use of the sandbox's disk: declared after `root`, so it is let go of only once the
+    /// descriptor that keeps the disk's filesystem mounted is closed (`disk::DiskUse`).
+    _disk: Option<super::disk::DiskUse>,
 }
 
 /// What an upload wrote.
@@ -132,9 +132,9 @@ fn kind_of(stat: &FileStat) -> FileKind {
 impl Workspace {
     /// /workspace as the sandbox whose pid 1 has host pid `pid_one` sees it; new files are
     /// `owner`'s (the sandbox user's host uid and gid). `Ended` when that pid 1 has exited: an
-    /// ended process has no root, and every live sandbox has a /workspace. `disk` is the hold
-    /// of the sandbox's persistent disk, kept while this is open.
-    pub fn open(pid_one: i32, owner: u32, disk: Option<super::disk::DiskHold>) -> Result<Self, FilesError> {
+    /// ended process has no root, and every live sandbox has a /workspace. `disk` is the use of
+    /// the sandbox's disk, kept while this is open.
+    pub fn open(pid_one: i32, owner: u32, disk: Option<super::disk::DiskUse>) -> Result<Self, FilesError> {
         let path = format!("/proc/{pid_one}/root{}", super::plan::WORKSPACE);
         let root =
             nix::fcntl::open(path.as_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())

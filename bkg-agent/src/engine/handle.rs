@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::Engine;
-use super::disk::DiskHold;
+use super::disk::DiskUse;
 use super::request::{RunError, ValidatedRun};
 
 /// How far a run has come. Each step comes after the one before it.
@@ -55,8 +55,8 @@ pub struct RunTracker {
     pub run_id: String,
     progress: watch::Sender<RunProgress>,
     stop: Notify,
-    /// How to reach its sandbox, and the hold of the sandbox's persistent disk, while it lives.
-    access: Mutex<Option<(SandboxAccess, Option<DiskHold>)>>,
+    /// How to reach its sandbox, and the use of the sandbox's disk, while it lives.
+    access: Mutex<Option<(SandboxAccess, DiskUse)>>,
     /// Whether the run only holds its sandbox for a file transfer.
     for_transfer: bool,
 }
@@ -76,13 +76,13 @@ impl RunTracker {
         self.access.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(|(access, _)| *access)
     }
 
-    /// The hold of its sandbox's persistent disk, while the run holds the sandbox: what keeps the
-    /// disk's files open beyond the run takes it along (a file transfer's `Workspace`).
-    pub fn disk_hold(&self) -> Option<DiskHold> {
-        self.access.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().and_then(|(_, hold)| hold.clone())
+    /// The use of its sandbox's disk, while the run holds the sandbox: what keeps the disk's
+    /// files open beyond the run takes it along (a file transfer's `Workspace`).
+    pub fn disk_use(&self) -> Option<DiskUse> {
+        self.access.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(|(_, disk)| disk.clone())
     }
 
-    pub(super) fn set_access(&self, access: Option<(SandboxAccess, Option<DiskHold>)>) {
+    pub(super) fn set_access(&self, access: Option<(SandboxAccess, DiskUse)>) {
         *self.access.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = access;
     }
 

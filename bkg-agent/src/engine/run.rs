@@ -151,7 +151,7 @@ impl Engine {
             },
             None => None,
         };
-        tracker.set_access(Some((sandbox.access(), sandbox.disk_hold())));
+        tracker.set_access(Some((sandbox.access(), sandbox.disk_use())));
 
         let mut relay = Relay::default();
         relay.offer(&output, RunOutput::Started(run_id.clone()));

@@ -55,8 +55,10 @@ pub struct PreparedSandbox {
     host_ids: IdSlot,
     /// This sandbox's share of the agent's disk budget, returned when it is gone.
     _disk: DiskGrant,
-    /// Its persistent disk image, held until the sandbox is disposed of (`disk::DiskHold`).
-    disk_hold: Option<super::disk::DiskHold>,
+    /// Its disk's use, with its persistent image's hold, kept until the sandbox is disposed of
+    /// (`disk::DiskUse`); the disposal waits for the clones given out to be dropped.
+    disk_use: super::disk::DiskUse,
+    disk_users: super::disk::DiskUsers,
 }
 
 pub fn cgroup_limits(limits: &bkg_schema::Limits) -> CgroupLimits {
@@ -160,25 +162,29 @@ impl PreparedSandbox {
         }
         let started_ahead = plan.prestart.as_ref().map(|prestart| prestart.language);
         match spawn_init(plan).await {
-            Ok(Spawned { pid_one, disk_device, control, stdin, stdout, stderr }) => Ok(Self {
-                id: id.to_owned(),
-                disk_bytes,
-                run_dir: run_dir.to_path_buf(),
-                disk_image,
-                disk_device,
-                cgroup,
-                limits_held: limits,
-                background,
-                started_ahead,
-                pid_one,
-                control,
-                stdin: Some(stdin),
-                stdout,
-                stderr,
-                host_ids: ids,
-                _disk: disk,
-                disk_hold: None,
-            }),
+            Ok(Spawned { pid_one, disk_device, control, stdin, stdout, stderr }) => {
+                let (disk_use, disk_users) = super::disk::DiskUse::new();
+                Ok(Self {
+                    id: id.to_owned(),
+                    disk_bytes,
+                    run_dir: run_dir.to_path_buf(),
+                    disk_image,
+                    disk_device,
+                    cgroup,
+                    limits_held: limits,
+                    background,
+                    started_ahead,
+                    pid_one,
+                    control,
+                    stdin: Some(stdin),
+                    stdout,
+                    stderr,
+                    host_ids: ids,
+                    _disk: disk,
+                    disk_use,
+                    disk_users,
+                })
+            }
             Err(error) => {
                 let _ = tokio::task::spawn_blocking(move || {
                     let _ = cgroup.kill_all();
@@ -229,12 +235,12 @@ impl PreparedSandbox {
 
     /// Keeps `hold` of its persistent disk image until it is disposed of.
     pub fn keep_disk_hold(&mut self, hold: Option<super::disk::DiskHold>) {
-        self.disk_hold = hold;
+        self.disk_use.hold_image(hold);
     }
 
-    /// Its hold of its persistent disk image, for what may keep the disk open beyond it.
-    pub fn disk_hold(&self) -> Option<super::disk::DiskHold> {
-        self.disk_hold.clone()
+    /// Its disk's use, for what may keep the disk open beyond it.
+    pub fn disk_use(&self) -> super::disk::DiskUse {
+        self.disk_use.clone()
     }
 
     /// How the agent reaches this sandbox's files and processes while it lives.
@@ -293,6 +299,14 @@ impl PreparedSandbox {
             Err(_) => false,
         };
 
+        // A file transfer that outlasts the run keeps the disk's files open: the device can be
+        // freed only after it ends.
+        let mut users = self.disk_users;
+        drop(self.disk_use);
+        if users.any() {
+            tracing::debug!(sandbox = %id, "disposal waits for a file transfer to close the disk");
+        }
+        users.gone().await;
         // The kernel frees the device once the sandbox's mount namespace, the disk's only user,
         // is gone, which may be just after pid 1 is reaped; nothing announces it.
         let mut loop_released = false;

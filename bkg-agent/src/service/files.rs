@@ -139,7 +139,7 @@ impl Service {
         };
         // The transfer may outlast the run: its open files keep the disk's filesystem mounted,
         // so it holds the disk until it closes them, and the sandbox's next run waits for that.
-        let workspace = match Workspace::open(access.pid_one, access.owner, run.disk_hold()) {
+        let workspace = match Workspace::open(access.pid_one, access.owner, run.disk_use()) {
             Ok(workspace) => workspace,
             Err(FilesError::Ended) => return Ok(None),
             Err(error) => return Err(error.into()),
