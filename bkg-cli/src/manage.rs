@@ -374,7 +374,11 @@ async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Res
     let id = id_of(project, name);
     let known = fetch(&client, &id).await?;
     if edited.is_none() && known.is_none() {
-        return Err(CliError::usage(format!("no sandbox `{name}` in {}", cave_path.display())));
+        // A cave.yaml that does not load still cannot hold `name`: the names are then left out.
+        return Err(match crate::project::load_cave(project) {
+            Ok(cave) => crate::project::unknown_sandbox(&cave, name),
+            Err(_) => CliError::usage(format!("no sandbox `{name}` in {}", cave_path.display())),
+        });
     }
 
     if !force {
