@@ -471,7 +471,10 @@ pub fn parse(text: &str, file: &str) -> Result<CaveFile, CaveErrors> {
         return Err(fail(vec![CaveError::new(String::new(), empty.to_owned())]));
     }
     let mut errors = schema_errors(&value);
-    if errors.is_empty() {
+    if !errors.is_empty() {
+        let accepted = rules_of_the_sandboxes_the_schema_accepts(value, &errors);
+        errors.extend(accepted);
+    } else {
         match serde_json::from_value::<CaveFile>(value) {
             Ok(cave) => {
                 errors = cave.check();
@@ -491,6 +494,25 @@ pub fn parse(text: &str, file: &str) -> Result<CaveFile, CaveErrors> {
     errors.sort_by(|a, b| (a.line, &a.pointer).cmp(&(b.line, &b.pointer)));
     errors.dedup();
     Err(fail(errors))
+}
+
+/// The type rules' problems of the sandboxes without schema errors, so that one pass of
+/// `bkg validate` shows every problem, not the schema's first and the rules' after a fix. None
+/// when the schema faults something outside the sandboxes.
+fn rules_of_the_sandboxes_the_schema_accepts(mut value: Value, schema_faults: &[CaveError]) -> Vec<CaveError> {
+    let Some(sandboxes) = value.get_mut("sandboxes").and_then(Value::as_object_mut) else {
+        return Vec::new();
+    };
+    sandboxes.retain(|name, _| {
+        let pointer = format!("/sandboxes/{}", name.replace('~', "~0").replace('/', "~1"));
+        !schema_faults.iter().any(|fault| {
+            fault.pointer.strip_prefix(&pointer).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    });
+    if !schema_errors(&value).is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_value::<CaveFile>(value).map(|cave| cave.check()).unwrap_or_default()
 }
 
 /// Reads YAML into the JSON data model the schema speaks. Duplicate keys are refused here, since
@@ -997,6 +1019,22 @@ sandboxes:
             messages.iter().any(|message| message.contains("0.005 is too small: the least is 0.01")),
             "{messages:?}"
         );
+    }
+
+    #[test]
+    fn the_rules_of_other_sandboxes_are_checked_beside_a_schema_error() {
+        let text = GOOD
+            .replace("    type: node\n", "    type: node\n    colour: red\n")
+            .replace("memory: 256MiB", "memory: 8MiB");
+        let messages: Vec<String> = errors_of(&text).into_iter().map(|error| error.message).collect();
+        assert!(messages.iter().any(|message| message.contains("\"colour\" is not allowed")), "{messages:?}");
+        assert!(messages.iter().any(|message| message.contains("8MiB is too small")), "{messages:?}");
+        // A sandbox the schema faults is not checked further: its rules would speak of a guess.
+        let same_sandbox = GOOD
+            .replace("    type: python\n", "    type: python\n    colour: red\n")
+            .replace("memory: 256MiB", "memory: 8MiB");
+        let messages: Vec<String> = errors_of(&same_sandbox).into_iter().map(|error| error.message).collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
     }
 
     #[test]
