@@ -211,6 +211,9 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
 enum Prompt {
     Terminal(Box<rustyline::DefaultEditor>),
     Lines,
+    /// Input has ended (Ctrl-D or the end of stdin) while a cell was being typed: that cell runs,
+    /// and the next read must leave instead of prompting again.
+    Ended,
 }
 
 /// A line from the prompt, or what ended it.
@@ -238,12 +241,16 @@ impl Prompt {
     }
 
     fn read_line(&mut self, prompt: &str) -> Result<Line, CliError> {
-        let Self::Terminal(editor) = self else {
-            let mut line = String::new();
-            let read = std::io::stdin()
-                .read_line(&mut line)
-                .map_err(|error| CliError::usage(format!("cannot read stdin: {error}")))?;
-            return Ok(if read == 0 { Line::End } else { Line::Text(line.trim_end_matches('\n').to_owned()) });
+        let editor = match self {
+            Self::Terminal(editor) => editor,
+            Self::Ended => return Ok(Line::End),
+            Self::Lines => {
+                let mut line = String::new();
+                let read = std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|error| CliError::usage(format!("cannot read stdin: {error}")))?;
+                return Ok(if read == 0 { Line::End } else { Line::Text(line.trim_end_matches('\n').to_owned()) });
+            }
         };
         match editor.readline(&format!("{prompt} ")) {
             Ok(line) => Ok(Line::Text(line)),
@@ -253,8 +260,10 @@ impl Prompt {
         }
     }
 
-    /// One cell: a line, or, after a line ending in `:`, `{`, `(`, `[` or `\`, the lines up to
-    /// an empty one. `None` at the end of input.
+    /// One cell: lines up to the first that leaves nothing open (see [`openness`]), so a complete
+    /// first line runs at once and `print(1,` waits for its `)`. A Python block (a line ending in
+    /// `:`) goes on until an empty line with no bracket or string still open. Ctrl-D or the end
+    /// of stdin runs the cell typed so far, then `None` leaves.
     fn read_cell(&mut self, language: Language) -> Result<Option<String>, CliError> {
         let prompt = match language {
             Language::Python => ">>>",
@@ -268,20 +277,206 @@ impl Prompt {
                     cell.clear();
                     continue;
                 }
-                Line::End if matches!(self, Self::Lines) && !cell.is_empty() => return Ok(Some(cell)),
-                Line::End => return Ok(None),
+                Line::End => {
+                    *self = Self::Ended;
+                    return Ok((!cell.is_empty()).then_some(cell));
+                }
             };
-            let continues = line.trim_end().ends_with([':', '{', '(', '[', '\\']);
-            if cell.is_empty() && !continues {
-                return Ok(Some(line));
-            }
-            if !cell.is_empty() && line.trim().is_empty() {
+            if completes_cell(language, &mut cell, &line) {
                 return Ok(Some(cell));
             }
-            cell.push_str(&line);
-            cell.push('\n');
         }
     }
+}
+
+/// Whether `line`, typed after `cell`, makes the cell ready to run; if it belongs to the cell, it
+/// is added. An empty line closing a Python block is not: it only ends the block.
+fn completes_cell(language: Language, cell: &mut String, line: &str) -> bool {
+    if line.trim().is_empty() && openness(language, cell) == Openness::Block {
+        return true;
+    }
+    cell.push_str(line);
+    cell.push('\n');
+    openness(language, cell) == Openness::Complete
+}
+
+/// Whether the text of a cell typed so far can go to its interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Openness {
+    /// Nothing is left open. A syntax error the next line could not mend (an unmatched `)`, a
+    /// one-line string cut by its line's end) counts too: the interpreter reports it.
+    Complete,
+    /// A Python block (a line ending in `:`), which ends at an empty line.
+    Block,
+    /// A bracket, a string or comment spanning lines, or a line ending in a backslash: the next
+    /// line belongs to the cell even when empty.
+    Unfinished,
+}
+
+/// What is open at a point of a cell's text, innermost last.
+enum Opener {
+    /// `(`, `[` or `{`, waiting for this closing character.
+    Bracket(char),
+    /// A Node template literal (`` `…` ``).
+    Template,
+    /// `${…}` in a Node template literal: code, up to its `}`.
+    Substitution,
+}
+
+/// How far `text`, the lines of a cell typed so far, is from complete in `language`. Brackets,
+/// quotes and backslashes in strings and comments are text, not syntax.
+fn openness(language: Language, text: &str) -> Openness {
+    let mut chars: Vec<char> = text.chars().collect();
+    // Every line, the last one too, ends in a newline, so "the text ends here" and "this line
+    // ends here" are the same case below.
+    if chars.last() != Some(&'\n') {
+        chars.push('\n');
+    }
+    let mut openers: Vec<Opener> = Vec::new();
+    let mut in_block = false;
+    // The last character of code (not a comment or whitespace) so far: a Python line ending in
+    // `:` opens a block, and a Node `/` after an operator starts a regular expression.
+    let mut last_code: Option<char> = None;
+    let mut at = 0;
+    while let Some(&c) = chars.get(at) {
+        at += 1;
+        if matches!(openers.last(), Some(Opener::Template)) {
+            match c {
+                '\\' => at += 1,
+                '`' => {
+                    openers.pop();
+                    last_code = Some(c);
+                }
+                '$' if chars.get(at) == Some(&'{') => {
+                    at += 1;
+                    openers.push(Opener::Substitution);
+                    last_code = Some('{');
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '\n' => {
+                if language == Language::Python && openers.is_empty() && last_code == Some(':') {
+                    in_block = true;
+                }
+            }
+            c if c.is_whitespace() => {}
+            '\\' => {
+                while matches!(chars.get(at), Some(' ' | '\t')) {
+                    at += 1;
+                }
+                if chars.get(at) == Some(&'\n') {
+                    at += 1;
+                    if at == chars.len() {
+                        return Openness::Unfinished;
+                    }
+                }
+            }
+            '#' if language == Language::Python => at = end_of_line(&chars, at),
+            '/' if language == Language::Node && chars.get(at) == Some(&'/') => at = end_of_line(&chars, at),
+            '/' if language == Language::Node && chars.get(at) == Some(&'*') => {
+                match chars[at + 1..].windows(2).position(|pair| pair == ['*', '/']) {
+                    Some(offset) => at += 1 + offset + 2,
+                    None => return Openness::Unfinished,
+                }
+            }
+            '/' if language == Language::Node && starts_regex(last_code) => {
+                if let Some(end) = end_of_regex(&chars, at) {
+                    at = end;
+                }
+                last_code = Some(c);
+            }
+            '`' if language == Language::Node => openers.push(Opener::Template),
+            '\'' | '"' => {
+                let triple = language == Language::Python && chars.get(at..at + 2) == Some(&[c, c][..]);
+                match end_of_string(&chars, if triple { at + 2 } else { at }, c, triple) {
+                    Quoted::EndsAt(end) => at = end,
+                    Quoted::Cell(openness) => return openness,
+                }
+                last_code = Some(c);
+            }
+            '(' | '[' | '{' => {
+                openers.push(Opener::Bracket(match c {
+                    '(' => ')',
+                    '[' => ']',
+                    _ => '}',
+                }));
+                last_code = Some(c);
+            }
+            ')' | ']' | '}' => {
+                match openers.last() {
+                    Some(Opener::Bracket(closing)) if *closing == c => {}
+                    Some(Opener::Substitution) if c == '}' => {}
+                    _ => return Openness::Complete,
+                }
+                openers.pop();
+                last_code = Some(c);
+            }
+            _ => last_code = Some(c),
+        }
+    }
+    if !openers.is_empty() {
+        Openness::Unfinished
+    } else if in_block {
+        Openness::Block
+    } else {
+        Openness::Complete
+    }
+}
+
+/// The index of the newline ending the line that `at` is in, left for the caller to see.
+fn end_of_line(chars: &[char], at: usize) -> usize {
+    chars[at..].iter().position(|&c| c == '\n').map_or(chars.len(), |offset| at + offset)
+}
+
+/// Where a string ends, or what its open end makes of the cell.
+enum Quoted {
+    /// Just past its closing quote.
+    EndsAt(usize),
+    Cell(Openness),
+}
+
+/// The string opened by `quote` (three of them if `triple`) just before `at`. Only a triple-quoted
+/// string, or a line ending in a backslash inside one, spans lines; at any other line's end the
+/// string is a syntax error that the interpreter should report.
+fn end_of_string(chars: &[char], mut at: usize, quote: char, triple: bool) -> Quoted {
+    while let Some(&c) = chars.get(at) {
+        match c {
+            '\\' => at += 2,
+            '\n' if !triple => return Quoted::Cell(Openness::Complete),
+            c if c == quote && (!triple || chars.get(at + 1..at + 3) == Some(&[quote, quote][..])) => {
+                return Quoted::EndsAt(at + if triple { 3 } else { 1 });
+            }
+            _ => at += 1,
+        }
+    }
+    Quoted::Cell(Openness::Unfinished)
+}
+
+/// Whether a Node `/` after `last_code` starts a regular expression rather than dividing: as an
+/// operand, where a value and not an operator is expected.
+fn starts_regex(last_code: Option<char>) -> bool {
+    last_code.is_none_or(|c| "(,=:[!&|?{};+-*%<>~^".contains(c))
+}
+
+/// Just past the `/` closing the regular expression whose opening `/` is just before `at`, if
+/// it has one on its line (a `/` in a `[…]` class does not close it).
+fn end_of_regex(chars: &[char], mut at: usize) -> Option<usize> {
+    let mut in_class = false;
+    while let Some(&c) = chars.get(at) {
+        at += 1;
+        match c {
+            '\\' => at += 1,
+            '\n' => return None,
+            '[' => in_class = true,
+            ']' => in_class = false,
+            '/' if !in_class => return Some(at),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// What ended a session's interpreter, as the end of "the session's interpreter …".
@@ -295,5 +490,179 @@ fn died_of(killed_by: Option<bkg_schema::KilledBy>) -> &'static str {
         Some(KilledBy::Cancelled) => "was stopped (`bkg stop`)",
         Some(KilledBy::Shutdown | KilledBy::Interrupted) => "ended with the agent",
         None => "ended",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(language: Language, expected: Openness, cells: &[&str]) {
+        for cell in cells {
+            assert_eq!(openness(language, cell), expected, "{language:?} cell {cell:?}");
+        }
+    }
+
+    /// The cells `lines` typed one after the other make, and what is left typed when they end.
+    fn cells(language: Language, lines: &[&str]) -> (Vec<String>, String) {
+        let mut done = Vec::new();
+        let mut cell = String::new();
+        for line in lines {
+            if completes_cell(language, &mut cell, line) {
+                done.push(std::mem::take(&mut cell));
+            }
+        }
+        (done, cell)
+    }
+
+    #[test]
+    fn a_cell_ends_where_nothing_is_left_open() {
+        assert_eq!(
+            cells(Language::Python, &["print(1)", "x = 2"]),
+            (vec!["print(1)\n".into(), "x = 2\n".into()], "".into())
+        );
+        assert_eq!(cells(Language::Python, &["print(1,", "", "2)"]), (vec!["print(1,\n\n2)\n".into()], "".into()));
+        assert_eq!(
+            cells(Language::Python, &["s = \"\"\"a", "", "b\"\"\"", "x"]),
+            (vec!["s = \"\"\"a\n\nb\"\"\"\n".into(), "x\n".into()], "".into())
+        );
+        assert_eq!(
+            cells(Language::Python, &["for i in range(2):", "    print(i,", "", "    i)", "", "x"]),
+            (vec!["for i in range(2):\n    print(i,\n\n    i)\n".into(), "x\n".into()], "".into())
+        );
+        assert_eq!(
+            cells(Language::Python, &["for i in range(2):", "    print(i)"]),
+            (vec![], "for i in range(2):\n    print(i)\n".into())
+        );
+        assert_eq!(
+            cells(Language::Node, &["function f() {", "", "  return `a", "", "${1}`", "}", "f()"]),
+            (vec!["function f() {\n\n  return `a\n\n${1}`\n}\n".into(), "f()\n".into()], "".into())
+        );
+    }
+
+    #[test]
+    fn python_cells_that_run_at_once() {
+        check(
+            Language::Python,
+            Openness::Complete,
+            &[
+                "",
+                "print(1)",
+                "print(\"(\")",
+                "print('[', \"{\")",
+                "x = 1  # (",
+                "x = 1  # ends in a colon:",
+                "x = 1  # \\",
+                "\"\"\"done\"\"\"",
+                "s = '''a ( b'''",
+                "s = 'it\\'s ('",
+                "s = r'\\'('",
+                "d = {1: 2}",
+                "a[1:]",
+                "print(1,\n2)\n",
+                "x = 1 + \\\n2\n",
+                "x = [1,\n\n2]\n",
+                "s = \"\"\"abc\n\ndef\"\"\"\n",
+                "s = 'abc\\\ndef'\n",
+                // Syntax errors that no next line mends: the interpreter reports them.
+                "print(1))",
+                "print(\"abc",
+                "x = 'abc\n",
+                "(]",
+            ],
+        );
+    }
+
+    #[test]
+    fn python_cells_left_unfinished() {
+        check(
+            Language::Python,
+            Openness::Unfinished,
+            &[
+                "print(1,",
+                "x = [1,",
+                "foo({a: 1,",
+                "print(1,\n",
+                "s = \"\"\"abc",
+                "s = '''abc\n\n",
+                "s = f\"\"\"{x}\" ''' \\\"\"\"",
+                "x = 1 + \\",
+                "x = 1 + \\  ",
+                "s = 'abc\\",
+                "if x:\n    y = (1,\n\n",
+                "print(')',",
+            ],
+        );
+    }
+
+    #[test]
+    fn python_blocks_wait_for_an_empty_line() {
+        check(
+            Language::Python,
+            Openness::Block,
+            &[
+                "for i in range(2):",
+                "for i in range(2):\n",
+                "def f(x):  # a comment (\n",
+                "for i in range(2):\n    print(i)\n",
+                "if (a and\n    b):\n",
+                "if x:\n    y = (1,\n\n2)\n",
+                "class A:\n    s = \"\"\"\n\n\"\"\"\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn node_cells_that_run_at_once() {
+        check(
+            Language::Node,
+            Openness::Complete,
+            &[
+                "console.log(1)",
+                "console.log(\"(\")",
+                "console.log('{', \"[\")",
+                "`a${b}`",
+                "`a${ {x: 1}.x }b`",
+                "`a${`b${c}`}`",
+                "// {",
+                "x = 1 // (",
+                "/* ( */ x",
+                "x = a / b / c",
+                "s.replace(/[(/]/g, '')",
+                "x = /\\(/.test(s)",
+                "function f() {\n  return 1\n}\n",
+                "x = `a\n\nb`\n",
+                "const label = 'ends in a colon:'",
+                "case_label:",
+                "console.log(1))",
+                "x = 'abc\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn node_cells_left_unfinished() {
+        check(
+            Language::Node,
+            Openness::Unfinished,
+            &[
+                "console.log(1,",
+                "x = [1,",
+                "foo({a: 1,",
+                "function f() {",
+                "function f() {\n\n",
+                "`abc",
+                "`abc\n\n",
+                "`a${b",
+                "`a${ {x: 1",
+                "`a${`b`",
+                "/* (",
+                "/* (\n\n",
+                "x = 1 + \\",
+                "s = 'abc\\",
+                "s = 'abc\\\n",
+                "console.log(')',",
+            ],
+        );
     }
 }

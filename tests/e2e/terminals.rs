@@ -195,7 +195,8 @@ fn a_terminal_is_refused_without_one_and_an_unknown_sandbox_is_named() {
 }
 
 /// `bkg repl` on a real terminal: Ctrl-C at the prompt drops what was typed and gives a fresh
-/// prompt (the REPL stays), Ctrl-C during an execution interrupts it, and Ctrl-D leaves with 0.
+/// prompt (the REPL stays), Ctrl-C during an execution interrupts it, a bracket left open continues
+/// the cell, and Ctrl-D leaves with 0, running first the cell typed at `...`.
 #[test]
 fn bkg_repl_keeps_going_on_ctrl_c_and_leaves_on_ctrl_d() {
     let agent = Agent::start();
@@ -224,6 +225,19 @@ fn bkg_repl_keeps_going_on_ctrl_c_and_leaves_on_ctrl_d() {
     terminal.type_in("\x03");
     terminal.expect("caught 2");
     terminal.expect(">>> ");
+    // A bracket left open mid-line continues the cell; its closing line runs it.
+    terminal.type_in("print(1,\r");
+    terminal.expect("... ");
+    terminal.type_in("2)\r");
+    terminal.expect("1 2");
+    terminal.expect(">>> ");
+    // Ctrl-D at `...` runs the cell typed so far before leaving.
+    terminal.type_in("for i in range(2):\r");
+    terminal.expect("... ");
+    terminal.type_in("    print('ctrl-d ran', i)\r");
+    terminal.expect("... ");
     terminal.type_in("\x04");
+    terminal.expect("ctrl-d ran 0");
+    terminal.expect("ctrl-d ran 1");
     assert_eq!(terminal.exit_code(), 0, "Ctrl-D leaves the REPL");
 }
