@@ -126,6 +126,30 @@ fn a_matplotlib_figure_comes_back_as_a_png_and_node_keeps_its_state() {
     assert!(stderr(&failing).contains("<cell 3>:2"), "{}", stderr(&failing));
 }
 
+/// What a timer or a thread prints after its execution ended comes with the next execution,
+/// before that one's own output, instead of being lost.
+#[test]
+fn output_written_between_executions_comes_with_the_next_one() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let dir = project.path();
+    for (sandbox, later, next) in [
+        ("js", "setTimeout(() => console.log('from the timer'), 200); console.log('cell ends')", "console.log('next')"),
+        (
+            "box",
+            "import threading\nthreading.Timer(0.2, lambda: print('from the timer')).start()\nprint('cell ends')",
+            "print('next')",
+        ),
+    ] {
+        let first = agent.bkg_in(dir, &["exec", sandbox, "-c", later]);
+        assert_eq!((code(&first), stdout(&first)), (0, "cell ends\n".to_owned()), "{}", stderr(&first));
+        std::thread::sleep(Duration::from_millis(800));
+        let second = agent.bkg_in(dir, &["exec", sandbox, "-c", next]);
+        assert_eq!(code(&second), 0, "{}", stderr(&second));
+        assert_eq!(stdout(&second), "from the timer\nnext\n", "{sandbox}: {}", stderr(&second));
+    }
+}
+
 /// A session's stdout is its runner's events, which are nobody's log: `bkg logs` goes on
 /// showing the sandbox's last run that has one.
 #[test]

@@ -56,6 +56,52 @@ impl SessionTable {
 /// The execution going on: where its events go, and the permit that keeps a second one out.
 type Current = (mpsc::Sender<SessionEvent>, OwnedSemaphorePermit);
 
+/// Output written between executions (a timer, a thread) that is kept for the next one.
+const KEPT_BETWEEN_BYTES: usize = 1 << 20;
+
+/// Where the runner's events go: to the execution going on, or, between executions, kept for
+/// the next one, whose caller gets them first.
+#[derive(Default)]
+struct Delivery {
+    current: Option<Current>,
+    stdout: String,
+    stderr: String,
+    /// Bytes beyond `KEPT_BETWEEN_BYTES`, not kept.
+    dropped: usize,
+}
+
+impl Delivery {
+    fn keep(&mut self, name: StreamName, text: String) {
+        let kept = self.stdout.len() + self.stderr.len();
+        if kept + text.len() > KEPT_BETWEEN_BYTES {
+            self.dropped += text.len();
+            return;
+        }
+        match name {
+            StreamName::Stdout => self.stdout.push_str(&text),
+            StreamName::Stderr => self.stderr.push_str(&text),
+        }
+    }
+
+    /// What was kept since the last execution, as the events that open the next one.
+    fn take_kept(&mut self) -> Vec<SessionEvent> {
+        let mut events = Vec::new();
+        for (name, text) in [(StreamName::Stdout, &mut self.stdout), (StreamName::Stderr, &mut self.stderr)] {
+            if !text.is_empty() {
+                events.push(SessionEvent::Stream { name, text: std::mem::take(text) });
+            }
+        }
+        if self.dropped > 0 {
+            let text = format!(
+                "[bkg: {} bytes of output written between executions were not kept]\n",
+                std::mem::take(&mut self.dropped)
+            );
+            events.push(SessionEvent::Stream { name: StreamName::Stderr, text });
+        }
+        events
+    }
+}
+
 struct Session {
     name: String,
     sandbox_id: String,
@@ -64,7 +110,7 @@ struct Session {
     stdin: mpsc::Sender<RunInput>,
     executions: AtomicU64,
     one_at_a_time: Arc<Semaphore>,
-    current: Mutex<Option<Current>>,
+    delivery: Mutex<Delivery>,
 }
 
 impl Session {
@@ -79,19 +125,27 @@ impl Session {
         }
     }
 
-    fn current(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
-        self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn delivery(&self) -> std::sync::MutexGuard<'_, Delivery> {
+        self.delivery.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Passes an event to the execution going on; its end releases the session.
+    /// Passes an event to the execution going on; its end releases the session. Output that
+    /// comes between executions is kept for the next one.
     async fn deliver(&self, event: SessionEvent) {
-        let ends = matches!(event, SessionEvent::End { .. });
-        let sender = if ends {
-            self.current().take().map(|(sender, _permit)| sender)
-        } else {
-            self.current().as_ref().map(|(sender, _)| sender.clone())
+        let sender = {
+            let mut delivery = self.delivery();
+            match (event, delivery.current.is_some()) {
+                (SessionEvent::Stream { name, text }, false) => {
+                    delivery.keep(name, text);
+                    return;
+                }
+                (event @ SessionEvent::End { .. }, _) => {
+                    delivery.current.take().map(|(sender, _permit)| (sender, event))
+                }
+                (event, _) => delivery.current.as_ref().map(|(sender, _)| (sender.clone(), event)),
+            }
         };
-        if let Some(sender) = sender {
+        if let Some((sender, event)) = sender {
             // A caller that hung up misses the rest; the execution still runs to its end.
             let _ = sender.send(event).await;
         }
@@ -192,7 +246,7 @@ impl Service {
             stdin,
             executions: AtomicU64::new(0),
             one_at_a_time: Arc::new(Semaphore::new(1)),
-            current: Mutex::new(None),
+            delivery: Mutex::new(Delivery::default()),
         });
         tokio::spawn(read_output(Arc::clone(self), Arc::clone(&session), output));
         self.sessions.lock().insert(id.to_owned(), Arc::clone(&session));
@@ -230,12 +284,20 @@ impl Service {
         })?;
         let execution = session.executions.fetch_add(1, Ordering::Relaxed) + 1;
         let (sender, events) = mpsc::channel(64);
-        *session.current() = Some((sender, permit));
+        {
+            let mut delivery = session.delivery();
+            // At most three events into a new channel of 64: never full. Sent under the lock, so
+            // that no newer output overtakes them.
+            for kept in delivery.take_kept() {
+                let _ = sender.try_send(kept);
+            }
+            delivery.current = Some((sender, permit));
+        }
         let mut request = serde_json::to_vec(&serde_json::json!({ "code": code, "execution": execution }))
             .map_err(|error| OpError::Internal(error.to_string()))?;
         request.push(b'\n');
         if session.stdin.send(RunInput::Stdin(request)).await.is_err() {
-            session.current().take();
+            session.delivery().current.take();
             return Err(OpError::NotFound(format!("session `{name}` has ended: create it again")));
         }
         Ok(events)
@@ -305,5 +367,21 @@ mod tests {
         assert_eq!(raw, SessionEvent::Stream { name: StreamName::Stdout, text: "from a subprocess\n".into() });
         let garbled = parse_line(b"\x1enot json\n".to_vec());
         assert!(matches!(garbled, SessionEvent::Stream { name: StreamName::Stdout, .. }));
+    }
+
+    #[test]
+    fn output_between_executions_is_kept_up_to_its_bound_and_what_is_not_is_counted() {
+        let mut delivery = Delivery::default();
+        delivery.keep(StreamName::Stdout, "a\n".into());
+        delivery.keep(StreamName::Stderr, "b\n".into());
+        delivery.keep(StreamName::Stdout, "c\n".into());
+        delivery.keep(StreamName::Stdout, "x".repeat(KEPT_BETWEEN_BYTES));
+        let kept = delivery.take_kept();
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        assert_eq!(kept[0], SessionEvent::Stream { name: StreamName::Stdout, text: "a\nc\n".into() });
+        assert_eq!(kept[1], SessionEvent::Stream { name: StreamName::Stderr, text: "b\n".into() });
+        let SessionEvent::Stream { text, .. } = &kept[2] else { panic!("{kept:?}") };
+        assert!(text.contains(&format!("{KEPT_BETWEEN_BYTES} bytes")), "{text}");
+        assert!(delivery.take_kept().is_empty(), "taken once");
     }
 }
