@@ -337,9 +337,16 @@ fn openness(language: Language, text: &str) -> Openness {
     // The last character of code (not a comment or whitespace) so far: a Python line ending in
     // `:` opens a block, and a Node `/` after an operator starts a regular expression.
     let mut last_code: Option<char> = None;
+    // A Python statement starting with `@` is a decorator, which a definition must follow.
+    let mut at_statement_start = true;
+    let mut decorator = false;
     let mut at = 0;
     while let Some(&c) = chars.get(at) {
         at += 1;
+        if at_statement_start && openers.is_empty() && !c.is_whitespace() && c != '#' {
+            decorator = c == '@';
+            at_statement_start = false;
+        }
         if matches!(openers.last(), Some(Opener::Template)) {
             match c {
                 '\\' => at += 1,
@@ -357,11 +364,13 @@ fn openness(language: Language, text: &str) -> Openness {
             continue;
         }
         match c {
-            '\n' => {
-                if language == Language::Python && openers.is_empty() && last_code == Some(':') {
+            '\n' if openers.is_empty() => {
+                if language == Language::Python && (last_code == Some(':') || decorator) {
                     in_block = true;
                 }
+                at_statement_start = true;
             }
+            '\n' => {}
             c if c.is_whitespace() => {}
             '\\' => {
                 while matches!(chars.get(at), Some(' ' | '\t')) {
@@ -548,6 +557,7 @@ mod tests {
             &[
                 "",
                 "print(1)",
+                "m = a @ b",
                 "print(\"(\")",
                 "print('[', \"{\")",
                 "x = 1  # (",
@@ -608,6 +618,9 @@ mod tests {
                 "if (a and\n    b):\n",
                 "if x:\n    y = (1,\n\n2)\n",
                 "class A:\n    s = \"\"\"\n\n\"\"\"\n",
+                "@functools.cache",
+                "@app.route(\n    '/')\n",
+                "@property\ndef x(self): return 1\n",
             ],
         );
     }
