@@ -101,7 +101,17 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
         (Place::Sandbox { name, path }, Place::Host(dest)) => {
             client.ensure_running().await?;
             let id = find_sandbox(&client, &args.project, &name).await?.id;
-            download(&client, &id, &path, &dest).await?;
+            let copied = download(&client, &id, &path, &dest).await?;
+            if settings.out.is_json() {
+                let path = dest.display().to_string();
+                settings.out.json(&UploadResult { path, files: copied.files, bytes: copied.bytes })?;
+            } else {
+                let size = bkg_schema::units::format_size(copied.bytes);
+                let files = crate::out::count(copied.files as usize, "file", "files");
+                // The trailing slash says what DEST is: the directory the copy went into.
+                let into = dest.join("");
+                settings.out.note(format_args!("{files}, {size}, into {}", into.display()));
+            }
         }
         (Place::Host(_), Place::Host(_)) => {
             return Err(CliError::usage("one side of bkg cp must be a sandbox: NAME:PATH"));
@@ -153,7 +163,7 @@ pub async fn upload(client: &AgentClient, id: &str, source: &Path, dest: &str) -
 }
 
 /// Writes sandbox path `path` (relative to /workspace) into host directory `dest`.
-pub async fn download(client: &AgentClient, id: &str, path: &str, dest: &Path) -> Result<(), CliError> {
+pub async fn download(client: &AgentClient, id: &str, path: &str, dest: &Path) -> Result<Unpacked, CliError> {
     let url = client.url(&format!("/api/v1/sandboxes/{id}/files?path={}", percent_encode(path)));
     let response = client.send(client.http().get(url)).await?;
     if !response.status().is_success() {
@@ -163,7 +173,7 @@ pub async fn download(client: &AgentClient, id: &str, path: &str, dest: &Path) -
 }
 
 /// Unpacks the tar stream of `response` into `dest` as it arrives.
-async fn unpack_stream(response: reqwest::Response, dest: &Path) -> Result<(), CliError> {
+async fn unpack_stream(response: reqwest::Response, dest: &Path) -> Result<Unpacked, CliError> {
     let unpacker = Unpacker::start(dest)?;
     let mut stream = response.bytes_stream();
     use futures_util::StreamExt as _;
@@ -183,19 +193,52 @@ async fn unpack_stream(response: reqwest::Response, dest: &Path) -> Result<(), C
 /// tar reader refuses entries that would land outside it.
 pub struct Unpacker {
     sender: mpsc::Sender<Chunk>,
-    unpacking: tokio::task::JoinHandle<std::io::Result<()>>,
+    unpacking: tokio::task::JoinHandle<std::io::Result<Unpacked>>,
+}
+
+/// What an `Unpacker` wrote: regular files and their bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unpacked {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Unpacks `archive` into `dest` as `tar::Archive::unpack` does (directories last, deepest
+/// first, so that a read-only one does not stop what goes into it), counting the files.
+fn unpack_counting<R: std::io::Read>(archive: &mut tar::Archive<R>, dest: &Path) -> std::io::Result<Unpacked> {
+    let mut unpacked = Unpacked::default();
+    let mut directories = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::Directory {
+            directories.push(entry);
+            continue;
+        }
+        let size = entry.size();
+        // `false`: an entry that would land outside `dest`, skipped.
+        if entry.unpack_in(dest)? && kind.is_file() {
+            unpacked.files += 1;
+            unpacked.bytes += size;
+        }
+    }
+    directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut directory in directories {
+        directory.unpack_in(dest)?;
+    }
+    Ok(unpacked)
 }
 
 impl Unpacker {
     pub fn start(dest: &Path) -> Result<Self, CliError> {
         std::fs::create_dir_all(dest).map_err(|error| CliError::usage(format!("{}: {error}", dest.display())))?;
         let (sender, chunks) = chunks::channel();
-        let dest = dest.to_path_buf();
+        let dest = dest.canonicalize().map_err(|error| CliError::usage(format!("{}: {error}", dest.display())))?;
         let unpacking = tokio::task::spawn_blocking(move || {
             let mut archive = tar::Archive::new(ChunkReader::new(chunks));
             archive.set_preserve_permissions(true);
             archive.set_overwrite(true);
-            archive.unpack(&dest)
+            unpack_counting(&mut archive, &dest)
         });
         Ok(Self { sender, unpacking })
     }
@@ -209,7 +252,7 @@ impl Unpacker {
         let _ = self.sender.send(Err(error)).await;
     }
 
-    pub async fn finish(self) -> Result<(), CliError> {
+    pub async fn finish(self) -> Result<Unpacked, CliError> {
         drop(self.sender);
         self.unpacking
             .await

@@ -87,6 +87,12 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     let back = dir.join("back");
     let downloaded = agent.bkg_in(dir, &["cp", "box:in/src", back.to_str().expect("utf-8")]);
     assert_eq!(code(&downloaded), 0, "cp out: {}", stderr(&downloaded));
+    // It says what it wrote, and where: DEST is the directory the copy went into.
+    assert!(
+        stderr(&downloaded).contains(&format!("3 files, 31B, into {}/", back.display())),
+        "{}",
+        stderr(&downloaded)
+    );
     assert_eq!(std::fs::read_to_string(back.join("src/deep/er/data.txt")).expect("read"), "deep data\n");
     assert_eq!(std::fs::read_link(back.join("src/link.py")).expect("link"), Path::new("helper.py"));
     // Modes make the round trip unchanged (the agent's own umask is 077).
@@ -97,8 +103,10 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
 
     // A download's answer ends only once the sandbox is free: the next call never finds it busy.
     for attempt in 0..5 {
-        let one = agent.bkg_in(dir, &["cp", "box:in/src/helper.py", back.to_str().expect("utf-8")]);
+        let one = agent.bkg_in(dir, &["cp", "--json", "box:in/src/helper.py", back.to_str().expect("utf-8")]);
         assert_eq!(code(&one), 0, "cp one file, attempt {attempt}: {}", stderr(&one));
+        let answer: serde_json::Value = serde_json::from_slice(&one.stdout).expect("cp --json");
+        assert_eq!(answer, serde_json::json!({ "path": back.display().to_string(), "files": 1, "bytes": 11 }));
         assert_eq!(std::fs::read_to_string(back.join("helper.py")).expect("read"), "VALUE = 42\n");
     }
 
