@@ -127,7 +127,8 @@ fn a_matplotlib_figure_comes_back_as_a_png_and_node_keeps_its_state() {
 }
 
 /// What a timer or a thread prints after its execution ended comes with the next execution,
-/// before that one's own output, instead of being lost.
+/// before that one's own output, instead of being lost; output without a final newline is
+/// output, not the runner's protocol.
 #[test]
 fn output_written_between_executions_comes_with_the_next_one() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
@@ -148,6 +149,11 @@ fn output_written_between_executions_comes_with_the_next_one() {
         assert_eq!(code(&second), 0, "{}", stderr(&second));
         assert_eq!(stdout(&second), "from the timer\nnext\n", "{sandbox}: {}", stderr(&second));
     }
+    // Output without a final newline is output, and the execution still ends.
+    let partial = agent.bkg_in(dir, &["exec", "js", "-c", "process.stdout.write('partial'); undefined"]);
+    assert_eq!((code(&partial), stdout(&partial)), (0, "partial".to_owned()), "{}", stderr(&partial));
+    let after = agent.bkg_in(dir, &["exec", "js", "-c", "40 + 2"]);
+    assert_eq!((code(&after), stdout(&after)), (0, "42\n".to_owned()), "{}", stderr(&after));
 }
 
 /// A session's stdout is its runner's events, which are nobody's log: `bkg logs` goes on

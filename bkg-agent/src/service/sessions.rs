@@ -71,16 +71,20 @@ struct Delivery {
 }
 
 impl Delivery {
+    /// Keeps `text` as far as the bound allows; once output is dropped, all that follows is too,
+    /// so that what is kept is the output's start, whole.
     fn keep(&mut self, name: StreamName, text: String) {
-        let kept = self.stdout.len() + self.stderr.len();
-        if kept + text.len() > KEPT_BETWEEN_BYTES {
-            self.dropped += text.len();
-            return;
+        let room = KEPT_BETWEEN_BYTES.saturating_sub(self.stdout.len() + self.stderr.len());
+        let mut fits = if self.dropped > 0 { 0 } else { room.min(text.len()) };
+        while !text.is_char_boundary(fits) {
+            fits -= 1;
         }
-        match name {
-            StreamName::Stdout => self.stdout.push_str(&text),
-            StreamName::Stderr => self.stderr.push_str(&text),
-        }
+        self.dropped += text.len() - fits;
+        let kept = match name {
+            StreamName::Stdout => &mut self.stdout,
+            StreamName::Stderr => &mut self.stderr,
+        };
+        kept.push_str(&text[..fits]);
     }
 
     /// What was kept since the last execution, as the events that open the next one.
@@ -93,8 +97,9 @@ impl Delivery {
         }
         if self.dropped > 0 {
             let text = format!(
-                "[bkg: {} bytes of output written between executions were not kept]\n",
-                std::mem::take(&mut self.dropped)
+                "\nbkg: {} more bytes of output written between executions were not kept (the first {} were)\n",
+                std::mem::take(&mut self.dropped),
+                bkg_schema::units::format_size(KEPT_BETWEEN_BYTES as u64)
             );
             events.push(SessionEvent::Stream { name: StreamName::Stderr, text });
         }
@@ -161,7 +166,9 @@ async fn read_output(service: Arc<Service>, session: Arc<Session>, mut output: m
                 pending.extend_from_slice(&bytes);
                 while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
                     let line: Vec<u8> = pending.drain(..=newline).collect();
-                    session.deliver(parse_line(line)).await;
+                    for event in parse_line(line) {
+                        session.deliver(event).await;
+                    }
                 }
             }
             RunOutput::Stderr(bytes) => {
@@ -183,13 +190,21 @@ async fn read_output(service: Arc<Service>, session: Arc<Session>, mut output: m
     session.deliver(SessionEvent::End { status: ExecutionStatus::Died, execution, killed_by }).await;
 }
 
-fn parse_line(line: Vec<u8>) -> SessionEvent {
-    if line.first() == Some(&EVENT_MARK)
-        && let Ok(event) = serde_json::from_slice::<SessionEvent>(&line[1..])
-    {
-        return event;
+/// A line of the runner's stdout: an event, output, or output the code wrote without a final
+/// newline (`process.stdout.write("partial")`, a subprocess) followed by the runner's next event.
+fn parse_line(line: Vec<u8>) -> Vec<SessionEvent> {
+    let output = |bytes: &[u8]| SessionEvent::Stream {
+        name: StreamName::Stdout,
+        text: String::from_utf8_lossy(bytes).into_owned(),
+    };
+    let Some(mark) = line.iter().rposition(|byte| *byte == EVENT_MARK) else {
+        return vec![output(&line)];
+    };
+    match serde_json::from_slice::<SessionEvent>(&line[mark + 1..]) {
+        Ok(event) if mark == 0 => vec![event],
+        Ok(event) => vec![output(&line[..mark]), event],
+        Err(_) => vec![output(&line)],
     }
-    SessionEvent::Stream { name: StreamName::Stdout, text: String::from_utf8_lossy(&line).into_owned() }
 }
 
 /// The host pid of the code a run's pid 1 started: its only child.
@@ -361,12 +376,15 @@ mod tests {
 
     #[test]
     fn marked_lines_are_events_and_the_rest_is_output() {
+        let end = SessionEvent::End { status: ExecutionStatus::Ok, execution: 2, killed_by: None };
         let event = parse_line(b"\x1e{\"type\":\"end\",\"status\":\"ok\",\"execution\":2}\n".to_vec());
-        assert_eq!(event, SessionEvent::End { status: ExecutionStatus::Ok, execution: 2, killed_by: None });
+        assert_eq!(event, vec![end.clone()]);
         let raw = parse_line(b"from a subprocess\n".to_vec());
-        assert_eq!(raw, SessionEvent::Stream { name: StreamName::Stdout, text: "from a subprocess\n".into() });
+        assert_eq!(raw, vec![SessionEvent::Stream { name: StreamName::Stdout, text: "from a subprocess\n".into() }]);
         let garbled = parse_line(b"\x1enot json\n".to_vec());
-        assert!(matches!(garbled, SessionEvent::Stream { name: StreamName::Stdout, .. }));
+        assert!(matches!(garbled[..], [SessionEvent::Stream { name: StreamName::Stdout, .. }]));
+        let unended = parse_line(b"partial\x1e{\"type\":\"end\",\"status\":\"ok\",\"execution\":2}\n".to_vec());
+        assert_eq!(unended, vec![SessionEvent::Stream { name: StreamName::Stdout, text: "partial".into() }, end]);
     }
 
     #[test]
@@ -376,12 +394,16 @@ mod tests {
         delivery.keep(StreamName::Stderr, "b\n".into());
         delivery.keep(StreamName::Stdout, "c\n".into());
         delivery.keep(StreamName::Stdout, "x".repeat(KEPT_BETWEEN_BYTES));
+        delivery.keep(StreamName::Stdout, "\n".into());
         let kept = delivery.take_kept();
         assert_eq!(kept.len(), 3, "{kept:?}");
-        assert_eq!(kept[0], SessionEvent::Stream { name: StreamName::Stdout, text: "a\nc\n".into() });
+        let SessionEvent::Stream { name: StreamName::Stdout, text } = &kept[0] else { panic!("{kept:?}") };
+        assert_eq!(text.len() + "b\n".len(), KEPT_BETWEEN_BYTES, "the output's start, up to the bound");
+        assert!(text.starts_with("a\nc\nxx"), "in order");
         assert_eq!(kept[1], SessionEvent::Stream { name: StreamName::Stderr, text: "b\n".into() });
         let SessionEvent::Stream { text, .. } = &kept[2] else { panic!("{kept:?}") };
-        assert!(text.contains(&format!("{KEPT_BETWEEN_BYTES} bytes")), "{text}");
+        // 6 bytes of the bound went to a, b and c; the newline after the cut is dropped too.
+        assert!(text.contains("bkg: 7 more bytes"), "{text}");
         assert!(delivery.take_kept().is_empty(), "taken once");
     }
 }
