@@ -82,7 +82,7 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
         }
     };
     ensure_session(&client, &id, session, language(args.language.as_deref())?).await?;
-    let status = execute(&client, &id, session, &code, settings.out).await?;
+    let (status, _) = execute(&client, &id, session, &code, settings.out).await?;
     Ok(exit_code(status))
 }
 
@@ -94,14 +94,15 @@ fn exit_code(status: ExecutionStatus) -> i32 {
     }
 }
 
-/// Runs `code` in the session and prints its events as they come; Ctrl-C interrupts it.
+/// Runs `code` in the session and prints its events as they come; Ctrl-C interrupts it. Says
+/// too whether its printed output ended mid-line.
 async fn execute(
     client: &AgentClient,
     id: &str,
     session: &str,
     code: &str,
     out: Printer,
-) -> Result<ExecutionStatus, CliError> {
+) -> Result<(ExecutionStatus, bool), CliError> {
     let path = format!("/api/v1/sandboxes/{id}/sessions/{session}/execute");
     let request = client.http().post(client.url(&path)).json(&ExecuteRequest { code: code.to_owned() });
     // An execution may rightly run long: no patience bound on its answer.
@@ -111,13 +112,18 @@ async fn execute(
     }
     let mut stream = response.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
+    let mut mid_line = false;
+    // One registration for the whole execution: a `ctrl_c()` made anew each turn of the loop
+    // misses a Ctrl-C that comes while output is being printed.
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|error| CliError::internal(format!("cannot watch for Ctrl-C: {error}")))?;
     use futures_util::StreamExt as _;
     loop {
         // Every Ctrl-C is an interrupt, as at the interpreter's own prompt: code that catches
         // one gets the next.
         let chunk = tokio::select! {
             chunk = stream.next() => chunk,
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupts.recv() => {
                 let _: Result<SessionInfo, CliError> =
                     client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;
                 continue;
@@ -131,8 +137,15 @@ async fn execute(
             let line: Vec<u8> = pending.drain(..=newline).collect();
             let event: SessionEvent = serde_json::from_slice(&line)
                 .map_err(|error| CliError::internal(format!("the agent sent an event bkg cannot read: {error}")))?;
+            if let SessionEvent::Stream { name: StreamName::Stdout, text } = &event
+                && !text.is_empty()
+            {
+                mid_line = !text.ends_with('\n');
+            } else if matches!(event, SessionEvent::Result { .. } | SessionEvent::Display { .. }) {
+                mid_line = false;
+            }
             if let Some(status) = show(&event, out)? {
-                return Ok(status);
+                return Ok((status, mid_line && !out.is_json()));
             }
         }
     }
@@ -203,7 +216,15 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
         if code.trim().is_empty() {
             continue;
         }
-        execute(&client, &id, &args.session, &code, out).await?;
+        let (status, mid_line) = execute(&client, &id, &args.session, &code, out).await?;
+        if mid_line {
+            // The prompt redraws its line: output left without a newline would be wiped.
+            out.text("\n");
+        }
+        if status == ExecutionStatus::Died {
+            ensure_session(&client, &id, &args.session, Some(info.language)).await?;
+            out.note(format_args!("a fresh {} interpreter is ready", info.language.as_str()));
+        }
     }
 }
 

@@ -196,7 +196,8 @@ fn a_terminal_is_refused_without_one_and_an_unknown_sandbox_is_named() {
 
 /// `bkg repl` on a real terminal: Ctrl-C at the prompt drops what was typed and gives a fresh
 /// prompt (the REPL stays), Ctrl-C during an execution interrupts it, a bracket left open continues
-/// the cell, and Ctrl-D leaves with 0, running first the cell typed at `...`.
+/// the cell, output without a final newline is not wiped by the next prompt, a dead interpreter is
+/// replaced, and Ctrl-D leaves with 0, running first the cell typed at `...`.
 #[test]
 fn bkg_repl_keeps_going_on_ctrl_c_and_leaves_on_ctrl_d() {
     let agent = Agent::start();
@@ -230,6 +231,16 @@ fn bkg_repl_keeps_going_on_ctrl_c_and_leaves_on_ctrl_d() {
     terminal.expect("... ");
     terminal.type_in("2)\r");
     terminal.expect("1 2");
+    terminal.expect(">>> ");
+    // Output without a final newline stays on screen: the next prompt starts a line of its own.
+    terminal.type_in("print('no new' 'line', end='')\r");
+    terminal.expect("no newline\r\n");
+    terminal.expect(">>> ");
+    // An interpreter that dies is replaced: the REPL goes on.
+    terminal.type_in("import os; os._exit(4)\r");
+    terminal.expect("interpreter is ready");
+    terminal.type_in("print('alive' 'again')\r");
+    terminal.expect("aliveagain");
     terminal.expect(">>> ");
     // Ctrl-D at `...` runs the cell typed so far before leaving.
     terminal.type_in("for i in range(2):\r");
