@@ -126,8 +126,20 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
 /// Sends `source` (a file or a directory, named by its last part) into directory `dest` of the
 /// sandbox's /workspace.
 pub async fn upload(client: &AgentClient, id: &str, source: &Path, dest: &str) -> Result<UploadResult, CliError> {
-    let metadata =
-        std::fs::symlink_metadata(source).map_err(|error| CliError::usage(format!("{}: {error}", source.display())))?;
+    if source.as_os_str().is_empty() {
+        return Err(CliError::usage("the source path is empty: name a file or a directory to copy"));
+    }
+    let metadata = std::fs::symlink_metadata(source).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => CliError::usage(format!("{} does not exist", source.display())),
+        _ => CliError::usage(format!("{}: {error}", source.display())),
+    })?;
+    let kind = metadata.file_type();
+    if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+        return Err(CliError::usage(format!(
+            "{} is not a file or a directory (a device, a pipe or a socket cannot be copied)",
+            source.display()
+        )));
+    }
     let name = source
         .canonicalize()
         .ok()
@@ -231,6 +243,12 @@ fn unpack_counting<R: std::io::Read>(archive: &mut tar::Archive<R>, dest: &Path)
 
 impl Unpacker {
     pub fn start(dest: &Path) -> Result<Self, CliError> {
+        if dest.exists() && !dest.is_dir() {
+            return Err(CliError::usage(format!(
+                "{} is a file: give a directory to write into (e.g. `.`)",
+                dest.display()
+            )));
+        }
         std::fs::create_dir_all(dest).map_err(|error| CliError::usage(format!("{}: {error}", dest.display())))?;
         let (sender, chunks) = chunks::channel();
         let dest = dest.canonicalize().map_err(|error| CliError::usage(format!("{}: {error}", dest.display())))?;

@@ -113,6 +113,17 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     let missing = agent.bkg_in(dir, &["cp", "box:no/such", back.to_str().expect("utf-8")]);
     assert_eq!(code(&missing), 125);
     assert!(stderr(&missing).contains("/workspace/no/such does not exist"), "{}", stderr(&missing));
+    // A host side that cannot be: one line that says what to give instead.
+    for (args, says) in [
+        (["cp", "no-such.txt", "box:"], "no-such.txt does not exist"),
+        (["cp", "/dev/null", "box:"], "/dev/null is not a file or a directory"),
+        (["cp", "box:in/src/helper.py", "src/helper.py"], "src/helper.py is a file: give a directory"),
+    ] {
+        let refused = agent.bkg_in(dir, &args);
+        assert_eq!(code(&refused), 125, "{args:?}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains(says), "{args:?}: {}", stderr(&refused));
+    }
+    assert_eq!(std::fs::read_to_string(dir.join("src/helper.py")).expect("read"), "VALUE = 42\n");
 }
 
 #[test]
