@@ -39,7 +39,7 @@ complete -c bkg -n "__fish_bkg_needs_command" -f -a "status" -d 'Show one persis
 complete -c bkg -n "__fish_bkg_needs_command" -f -a "logs" -d 'Print the output of a sandbox\'s latest run (`-f` follows it)'
 complete -c bkg -n "__fish_bkg_needs_command" -f -a "shell" -d 'Open an interactive shell (or run a command) in a persistent sandbox, on a terminal'
 complete -c bkg -n "__fish_bkg_needs_command" -f -a "cp" -d 'Copy files and directories into or out of a persistent sandbox (NAME:PATH, relative to its /workspace)'
-complete -c bkg -n "__fish_bkg_needs_command" -f -a "exec" -d 'Run code in a session of a persistent sandbox: its variables, imports and cwd stay for the next'
+complete -c bkg -n "__fish_bkg_needs_command" -f -a "exec" -d 'Run code in a session of a persistent sandbox: its variables, imports and cwd stay from one execution to the next'
 complete -c bkg -n "__fish_bkg_needs_command" -f -a "repl" -d 'An interactive Python or Node prompt in a session of a persistent sandbox, with history'
 complete -c bkg -n "__fish_bkg_needs_command" -f -a "stop" -d 'Stop the run going on in one or more sandboxes (`--all`: every sandbox of the project)'
 complete -c bkg -n "__fish_bkg_needs_command" -f -a "rm" -d 'Remove sandboxes: their workspace, logs and their entry in cave.yaml'
@@ -187,7 +187,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand cp" -l cacert -d 'Verify an http
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -l json -d 'Print the upload\'s JSON answer ({"path", "files", "bytes"})'
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand exec" -s s -l session -d 'The session to run in; made on first use [default: default]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exec" -s s -l session -d 'The session to run in; made on first use' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s c -l code -d 'The code to run [default: read from stdin]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s t -l type -d 'The session\'s language when it is made: python or node [default: the sandbox\'s]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
@@ -199,7 +199,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand exec" -l restart -d 'Restart the
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -l json -d 'Print each event of the execution as a line of JSON instead of the output'
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand repl" -s s -l session -d 'The session to use; made on first use [default: default]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand repl" -s s -l session -d 'The session to use; made on first use' -r
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s t -l type -d 'The session\'s language when it is made: python or node [default: the sandbox\'s]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
@@ -486,7 +486,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcom
 complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs shell cp exec repl stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help" -f -a "logs" -d 'Print the output of a sandbox\'s latest run (`-f` follows it)'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs shell cp exec repl stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help" -f -a "shell" -d 'Open an interactive shell (or run a command) in a persistent sandbox, on a terminal'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs shell cp exec repl stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help" -f -a "cp" -d 'Copy files and directories into or out of a persistent sandbox (NAME:PATH, relative to its /workspace)'
-complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs shell cp exec repl stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help" -f -a "exec" -d 'Run code in a session of a persistent sandbox: its variables, imports and cwd stay for the next'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs shell cp exec repl stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help" -f -a "exec" -d 'Run code in a session of a persistent sandbox: its variables, imports and cwd stay from one execution to the next'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs shell cp exec repl stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help" -f -a "repl" -d 'An interactive Python or Node prompt in a session of a persistent sandbox, with history'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs shell cp exec repl stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help" -f -a "stop" -d 'Stop the run going on in one or more sandboxes (`--all`: every sandbox of the project)'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs shell cp exec repl stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help" -f -a "rm" -d 'Remove sandboxes: their workspace, logs and their entry in cave.yaml'

@@ -56,7 +56,7 @@ pub enum Command {
     Shell(ShellArgs),
     /// Copy files and directories into or out of a persistent sandbox (NAME:PATH, relative to its /workspace).
     Cp(CpArgs),
-    /// Run code in a session of a persistent sandbox: its variables, imports and cwd stay for the next.
+    /// Run code in a session of a persistent sandbox: its variables, imports and cwd stay from one execution to the next.
     #[command(after_help = "Exit codes: 0 the code ran; 1 it raised (the traceback is on stderr); 130 interrupted; \
 125 bkg failed.")]
     Exec(ExecArgs),
@@ -271,7 +271,7 @@ pub struct CpArgs {
 pub struct ExecArgs {
     /// The sandbox's name (in cave.yaml, or made with the API).
     pub name: String,
-    /// The session to run in; made on first use [default: default].
+    /// The session to run in; made on first use.
     #[arg(short = 's', long, value_name = "S", default_value = "default")]
     pub session: String,
     /// The code to run [default: read from stdin].
@@ -297,7 +297,7 @@ pub struct ExecArgs {
 pub struct ReplArgs {
     /// The sandbox's name (in cave.yaml, or made with the API).
     pub name: String,
-    /// The session to use; made on first use [default: default].
+    /// The session to use; made on first use.
     #[arg(short = 's', long, value_name = "S", default_value = "default")]
     pub session: String,
     /// The session's language when it is made: python or node [default: the sandbox's].
