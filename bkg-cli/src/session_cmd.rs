@@ -63,6 +63,8 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
         let info: SessionInfo = client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/{action}")).await?;
         if settings.out.is_json() {
             settings.out.json(&info)?;
+        } else if args.interrupt && !info.busy {
+            settings.out.note(format_args!("session {session} of {} was running nothing to interrupt", args.name));
         } else {
             settings.out.note(format_args!("{action}ed session {session} of {}", args.name));
         }
