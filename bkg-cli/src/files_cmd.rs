@@ -95,7 +95,9 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
             } else {
                 let size = bkg_schema::units::format_size(uploaded.bytes);
                 let files = crate::out::count(uploaded.files as usize, "file", "files");
-                settings.out.note(format_args!("{files}, {size}, into {name}:{}", uploaded.path));
+                settings
+                    .out
+                    .note(format_args!("{files}, {size}, into {name}:{}/", uploaded.path.trim_end_matches('/')));
             }
         }
         (Place::Sandbox { name, path }, Place::Host(dest)) => {

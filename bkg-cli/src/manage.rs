@@ -337,10 +337,14 @@ async fn stop(settings: &Settings, project: &Path, name: String) -> Result<StopA
     Ok(StopAnswer { name, stopped })
 }
 
-/// `bkg rm NAME...`: each sandbox in turn, stopping at the first that fails or is kept. With
-/// `--json`, one array of those removed, also when one failed after them.
+/// `bkg rm NAME...`: each sandbox in turn, stopping at the first that fails or is kept; a name
+/// that is nowhere refuses them all before any is removed. With `--json`, one array of those
+/// removed, also when one failed after them.
 pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError> {
     let project = project_dir(args.project.dir.as_deref())?;
+    for name in &args.names {
+        removal_of(settings, &project, name).await?;
+    }
     let mut removed = Vec::new();
     let mut outcome = Ok(SUCCESS);
     for name in &args.names {
@@ -362,17 +366,20 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
     outcome
 }
 
-/// Removes sandbox `name`; `None` when the user kept it.
-async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Result<Option<Removed>, CliError> {
-    let out = settings.out;
+/// What removing sandbox `name` takes: cave.yaml without it (if it declares it), the agent
+/// and the sandbox as the agent knows it (if it does). Refused when it is in neither.
+async fn removal_of(
+    settings: &Settings,
+    project: &Path,
+    name: &str,
+) -> Result<(Option<String>, AgentClient, Option<SandboxInfo>), CliError> {
     let cave_path = project.join("cave.yaml");
     let cave_text = std::fs::read_to_string(&cave_path)
         .map_err(|error| CliError::usage(format!("{}: {error}", cave_path.display())))?;
     let edited = remove_sandbox_block(&cave_text, name);
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let id = id_of(project, name);
-    let known = fetch(&client, &id).await?;
+    let known = fetch(&client, &id_of(project, name)).await?;
     if edited.is_none() && known.is_none() {
         // A cave.yaml that does not load still cannot hold `name`: the names are then left out.
         return Err(match crate::project::load_cave(project) {
@@ -380,6 +387,15 @@ async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Res
             Err(_) => CliError::usage(format!("no sandbox `{name}` in {}", cave_path.display())),
         });
     }
+    Ok((edited, client, known))
+}
+
+/// Removes sandbox `name`; `None` when the user kept it.
+async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Result<Option<Removed>, CliError> {
+    let out = settings.out;
+    let cave_path = project.join("cave.yaml");
+    let (edited, client, known) = removal_of(settings, project, name).await?;
+    let id = id_of(project, name);
 
     if !force {
         if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {

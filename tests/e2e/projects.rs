@@ -45,9 +45,10 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     assert_eq!(listed[0]["name"], "api");
     assert_eq!(listed[0]["last_run"]["exit_code"], 0);
 
-    let typo = agent.bkg_in(dir, &["rm", "apj", "--force"]);
+    let typo = agent.bkg_in(dir, &["rm", "api", "apj", "--force"]);
     assert_eq!(code(&typo), 125, "{}", stderr(&typo));
     assert!(stderr(&typo).contains("(it has: api)"), "the names it could have meant: {}", stderr(&typo));
+    assert!(home.exists(), "a name that is nowhere refuses them all before any is removed");
     let rm = agent.bkg_in(dir, &["rm", "api", "--force", "--json"]);
     assert_eq!(code(&rm), 0, "rm: {}", stderr(&rm));
     let removed: serde_json::Value = serde_json::from_slice(&rm.stdout).expect("rm --json");
