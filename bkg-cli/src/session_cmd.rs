@@ -204,21 +204,30 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
     let (client, id) = connect(settings, &args.project, &args.name).await?;
     let info = ensure_session(&client, &id, &args.session, language(args.language.as_deref())?).await?;
     let out = settings.out;
-    out.note(format_args!(
-        "{} session `{}` in {} (Ctrl-C interrupts, Ctrl-D leaves; the session stays)",
-        info.language.as_str(),
-        info.name,
-        args.name
-    ));
     let mut prompt = Prompt::new()?;
+    let piped = !matches!(prompt, Prompt::Terminal(_));
+    if !piped {
+        out.note(format_args!(
+            "{} session `{}` in {} (Ctrl-C interrupts, Ctrl-D leaves; the session stays)",
+            info.language.as_str(),
+            info.name,
+            args.name
+        ));
+    }
+    // Cells read from a pipe all run; the exit code says whether one failed, as a script's would.
+    // At a terminal the person saw each outcome: Ctrl-D leaves with 0.
+    let mut worst = SUCCESS;
     loop {
         let Some(code) = prompt.read_cell(info.language)? else {
-            return Ok(SUCCESS);
+            return Ok(worst);
         };
         if code.trim().is_empty() {
             continue;
         }
         let (status, mid_line) = execute(&client, &id, &args.session, &code, out).await?;
+        if piped && worst == SUCCESS {
+            worst = exit_code(status);
+        }
         if mid_line {
             // The prompt redraws its line: output left without a newline would be wiped.
             out.text("\n");

@@ -159,6 +159,34 @@ fn output_written_between_executions_comes_with_the_next_one() {
     assert_eq!((code(&after), stdout(&after)), (0, "42\n".to_owned()), "{}", stderr(&after));
 }
 
+/// `bkg repl` reading a pipe runs every cell and says with its exit code whether one failed,
+/// without the banner meant for a person at a terminal.
+#[test]
+fn a_piped_repl_runs_every_cell_and_exits_1_when_one_failed() {
+    use std::io::Write as _;
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let mut repl = agent
+        .bkg()
+        .args(["repl", "box"])
+        .current_dir(project.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bkg repl");
+    repl.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"x = 1\nraise ValueError('piped')\nprint('after', x)\n")
+        .expect("write the cells");
+    let done = repl.wait_with_output().expect("bkg repl");
+    assert_eq!(code(&done), 1, "{}", stderr(&done));
+    assert_eq!(stdout(&done), "after 1\n");
+    assert!(stderr(&done).contains("ValueError: piped"), "{}", stderr(&done));
+    assert!(!stderr(&done).contains("Ctrl-D"), "no banner for a pipe: {}", stderr(&done));
+}
+
 /// A session's stdout is its runner's events, which are nobody's log: `bkg logs` goes on
 /// showing the sandbox's last run that has one.
 #[test]
