@@ -496,16 +496,21 @@ pub fn parse(text: &str, file: &str) -> Result<CaveFile, CaveErrors> {
     Err(fail(errors))
 }
 
-/// The type rules' problems of the sandboxes without schema errors, so that one pass of
-/// `bkg validate` shows every problem, not the schema's first and the rules' after a fix. None
-/// when the schema faults something outside the sandboxes.
+/// The type rules' problems of what the schema accepts, so that one pass of `bkg validate` shows
+/// every problem, not the schema's first and the rules' after a fix: the faulted keys of a
+/// sandbox are left out, and a sandbox still faulted without them is not checked. None when the
+/// schema faults something outside the sandboxes.
 fn rules_of_the_sandboxes_the_schema_accepts(mut value: Value, schema_faults: &[CaveError]) -> Vec<CaveError> {
+    for fault in schema_faults {
+        remove_key_at(&mut value, &fault.pointer);
+    }
+    let still = schema_errors(&value);
     let Some(sandboxes) = value.get_mut("sandboxes").and_then(Value::as_object_mut) else {
         return Vec::new();
     };
     sandboxes.retain(|name, _| {
         let pointer = format!("/sandboxes/{}", name.replace('~', "~0").replace('/', "~1"));
-        !schema_faults.iter().any(|fault| {
+        !still.iter().any(|fault| {
             fault.pointer.strip_prefix(&pointer).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
     });
@@ -513,6 +518,19 @@ fn rules_of_the_sandboxes_the_schema_accepts(mut value: Value, schema_faults: &[
         return Vec::new();
     }
     serde_json::from_value::<CaveFile>(value).map(|cave| cave.check()).unwrap_or_default()
+}
+
+/// Removes the key `pointer` names inside a sandbox (`/sandboxes/NAME/KEY...`), if it is an
+/// object's key; a sandbox itself or an array's item stays.
+fn remove_key_at(value: &mut Value, pointer: &str) {
+    let Some((parent, key)) = pointer.rsplit_once('/') else { return };
+    if parent.matches('/').count() < 2 {
+        return;
+    }
+    let key = key.replace("~1", "/").replace("~0", "~");
+    if let Some(object) = value.pointer_mut(parent).and_then(Value::as_object_mut) {
+        object.remove(&key);
+    }
 }
 
 /// Reads YAML into the JSON data model the schema speaks. Duplicate keys are refused here, since
@@ -1029,12 +1047,17 @@ sandboxes:
         let messages: Vec<String> = errors_of(&text).into_iter().map(|error| error.message).collect();
         assert!(messages.iter().any(|message| message.contains("\"colour\" is not allowed")), "{messages:?}");
         assert!(messages.iter().any(|message| message.contains("8MiB is too small")), "{messages:?}");
-        // A sandbox the schema faults is not checked further: its rules would speak of a guess.
+        // In one sandbox too: its unknown key is left out and the rest checked.
         let same_sandbox = GOOD
             .replace("    type: python\n", "    type: python\n    colour: red\n")
             .replace("memory: 256MiB", "memory: 8MiB");
         let messages: Vec<String> = errors_of(&same_sandbox).into_iter().map(|error| error.message).collect();
-        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(messages.iter().any(|message| message.contains("8MiB is too small")), "{messages:?}");
+        // A sandbox whose type is wrong is not checked further: its rules would speak of a guess.
+        let wrong_type = GOOD.replace("type: python", "type: ruby").replace("memory: 256MiB", "memory: 8MiB");
+        let messages: Vec<String> = errors_of(&wrong_type).into_iter().map(|error| error.message).collect();
+        assert!(messages.iter().any(|message| message.contains("ruby")), "{messages:?}");
+        assert!(!messages.iter().any(|message| message.contains("8MiB")), "{messages:?}");
     }
 
     #[test]
