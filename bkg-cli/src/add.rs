@@ -61,7 +61,12 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
         )));
     }
     write_atomically(&path, &edited)?;
-    out.note(format_args!("added sandbox `{name}` ({}) to {file}", sandbox.language.as_str()));
+    let project = path.parent().unwrap_or(std::path::Path::new("."));
+    let starter = match crate::project::write_starter(project, &name, &sandbox)? {
+        Some(file) => format!(" and a starter {file}"),
+        None => String::new(),
+    };
+    out.note(format_args!("added sandbox `{name}` ({}) to {file}{starter}", sandbox.language.as_str()));
     Ok(SUCCESS)
 }
 

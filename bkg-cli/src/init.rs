@@ -50,7 +50,7 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     make_state_dir(&dir)?;
     let first = match &answers.first {
         Some((name, sandbox)) => {
-            let starter = match write_starter(&dir, name, sandbox)? {
+            let starter = match crate::project::write_starter(&dir, name, sandbox)? {
                 Some(file) => format!(" and a starter {file}"),
                 None => String::new(),
             };
@@ -77,32 +77,6 @@ fn make_state_dir(dir: &Path) -> Result<(), CliError> {
     let failed = |error: std::io::Error| CliError::usage(format!("cannot create {}: {error}", state.display()));
     std::fs::create_dir_all(&state).map_err(failed)?;
     std::fs::write(state.join(".gitignore"), "*\n").map_err(failed)
-}
-
-/// With the default start script and no such file yet, writes one, so `bkgr` runs the new
-/// project as it is. Returns the file's name when it wrote it.
-fn write_starter(dir: &Path, name: &str, sandbox: &NewSandbox) -> Result<Option<&'static str>, CliError> {
-    let language = sandbox.language;
-    let file = language.default_script_name();
-    let path = dir.join(file);
-    let is_default = sandbox
-        .scripts
-        .iter()
-        .any(|(script, command)| script == "start" && *command == NewSandbox::default_start(language));
-    if !is_default || path.symlink_metadata().is_ok() {
-        return Ok(None);
-    }
-    let (comment, print) = match language {
-        Language::Python => ("#", format!("print(\"hello from {name}\")")),
-        Language::Node => ("//", format!("console.log(\"hello from {name}\");")),
-    };
-    let text = format!(
-        "{comment} Run with `bkgr {name}`. It starts in /project, this folder, which the sandbox reads but\n\
-         {comment} cannot change; write to /workspace (kept between runs) or /tmp (emptied each run).\n{print}\n"
-    );
-    std::fs::write(&path, text)
-        .map_err(|error| CliError::usage(format!("cannot write {}: {error}", path.display())))?;
-    Ok(Some(file))
 }
 
 fn from_flags(args: &InitArgs) -> Result<Answers, CliError> {

@@ -143,3 +143,29 @@ pub fn checked_language(text: &str) -> Result<Language, CliError> {
     Language::parse(text)
         .ok_or_else(|| CliError::usage(format!("unknown type `{text}`: use --type python or --type node")))
 }
+
+/// With the default start script and no such file yet, writes one, so `bkgr` runs the new
+/// project as it is. Returns the file's name when it wrote it.
+pub fn write_starter(dir: &Path, name: &str, sandbox: &NewSandbox) -> Result<Option<&'static str>, CliError> {
+    let language = sandbox.language;
+    let file = language.default_script_name();
+    let path = dir.join(file);
+    let is_default = sandbox
+        .scripts
+        .iter()
+        .any(|(script, command)| script == "start" && *command == NewSandbox::default_start(language));
+    if !is_default || path.symlink_metadata().is_ok() {
+        return Ok(None);
+    }
+    let (comment, print) = match language {
+        Language::Python => ("#", format!("print(\"hello from {name}\")")),
+        Language::Node => ("//", format!("console.log(\"hello from {name}\");")),
+    };
+    let text = format!(
+        "{comment} Run with `bkgr {name}`. It starts in /project, this folder, which the sandbox reads but\n\
+         {comment} cannot change; write to /workspace (kept between runs) or /tmp (emptied each run).\n{print}\n"
+    );
+    std::fs::write(&path, text)
+        .map_err(|error| CliError::usage(format!("cannot write {}: {error}", path.display())))?;
+    Ok(Some(file))
+}

@@ -312,6 +312,23 @@ fn add_appends_a_block_keeping_comments_order_and_spacing() {
     assert_eq!(stderr(&output), "cave.yaml: valid (3 sandboxes)\n");
 }
 
+/// A sandbox added with the default start script gets a starter script, as `bkg init --sandbox`
+/// gives one, so that its first `bkgr` runs; a file of that name is never replaced.
+#[test]
+fn add_with_the_default_start_writes_a_starter_script_unless_one_exists() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    fs::write(dir.path().join("cave.yaml"), EXISTING).expect("write");
+    let output = bkg(dir.path(), &["add", "worker", "--type", "python"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stderr(&output), "bkg: added sandbox `worker` (python) to cave.yaml and a starter main.py\n");
+    let starter = fs::read_to_string(dir.path().join("main.py")).expect("main.py");
+    assert!(starter.contains("print(\"hello from worker\")"), "{starter}");
+    fs::write(dir.path().join("main.js"), "// mine\n").expect("write");
+    let output = bkg(dir.path(), &["add", "front", "--type", "node"]);
+    assert_eq!(stderr(&output), "bkg: added sandbox `front` (node) to cave.yaml\n");
+    assert_eq!(fs::read_to_string(dir.path().join("main.js")).expect("main.js"), "// mine\n");
+}
+
 #[test]
 fn add_refuses_duplicates_and_bad_input_and_leaves_the_file_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
