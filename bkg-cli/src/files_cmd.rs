@@ -274,10 +274,11 @@ impl Unpacker {
 
     pub async fn finish(self) -> Result<Unpacked, CliError> {
         drop(self.sender);
-        self.unpacking
-            .await
-            .map_err(|_| CliError::internal("the download's writer failed"))?
-            .map_err(|error| CliError::usage(format!("cannot write what was downloaded: {error}")))
+        self.unpacking.await.map_err(|_| CliError::internal("the download's writer failed"))?.map_err(|error| {
+            // tar names the entry; what went wrong with it is the error's source.
+            let cause = std::error::Error::source(&error).map(|source| format!(": {source}")).unwrap_or_default();
+            CliError::usage(format!("cannot write what was downloaded: {error}{cause}"))
+        })
     }
 }
 

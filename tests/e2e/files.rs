@@ -124,6 +124,11 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
         assert!(stderr(&refused).contains(says), "{args:?}: {}", stderr(&refused));
     }
     assert_eq!(std::fs::read_to_string(dir.join("src/helper.py")).expect("read"), "VALUE = 42\n");
+    // A host file where the copy needs a directory: the line says why it failed.
+    write(&dir.join("clash/src"), "a file\n");
+    let clash = agent.bkg_in(dir, &["cp", "box:in/src", "clash"]);
+    assert_eq!(code(&clash), 125, "{}", stderr(&clash));
+    assert!(stderr(&clash).contains("os error"), "the cause is named: {}", stderr(&clash));
 }
 
 #[test]
