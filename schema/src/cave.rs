@@ -504,18 +504,16 @@ fn rules_of_the_sandboxes_the_schema_accepts(mut value: Value, schema_faults: &[
     for fault in schema_faults {
         remove_key_at(&mut value, &fault.pointer);
     }
-    let still = schema_errors(&value);
-    let Some(sandboxes) = value.get_mut("sandboxes").and_then(Value::as_object_mut) else {
-        return Vec::new();
-    };
-    sandboxes.retain(|name, _| {
-        let pointer = format!("/sandboxes/{}", name.replace('~', "~0").replace('/', "~1"));
-        !still.iter().any(|fault| {
-            fault.pointer.strip_prefix(&pointer).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
-    });
-    if !schema_errors(&value).is_empty() {
-        return Vec::new();
+    let mut still_faulted = Vec::new();
+    for fault in schema_errors(&value) {
+        let sandbox = fault.pointer.strip_prefix("/sandboxes/").and_then(|rest| rest.split('/').next());
+        match sandbox {
+            Some(escaped) => still_faulted.push(unescaped(escaped)),
+            None => return Vec::new(),
+        }
+    }
+    if let Some(sandboxes) = value.get_mut("sandboxes").and_then(Value::as_object_mut) {
+        sandboxes.retain(|name, _| !still_faulted.contains(name));
     }
     serde_json::from_value::<CaveFile>(value).map(|cave| cave.check()).unwrap_or_default()
 }
@@ -527,9 +525,8 @@ fn remove_key_at(value: &mut Value, pointer: &str) {
     if parent.matches('/').count() < 2 {
         return;
     }
-    let key = key.replace("~1", "/").replace("~0", "~");
     if let Some(object) = value.pointer_mut(parent).and_then(Value::as_object_mut) {
-        object.remove(&key);
+        object.remove(&unescaped(key));
     }
 }
 
@@ -668,6 +665,11 @@ fn child(pointer: &str, key: &str) -> String {
     format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"))
 }
 
+/// A JSON pointer's segment as the key it names (`child` escapes it).
+fn unescaped(segment: &str) -> String {
+    segment.replace("~1", "/").replace("~0", "~")
+}
+
 fn pointer_to(segments: &[&str]) -> String {
     segments.iter().fold(String::new(), |pointer, segment| child(&pointer, segment))
 }
@@ -752,10 +754,7 @@ fn find_duplicate(text: &str) -> Option<CaveError> {
     Some(CaveError {
         line: error.location().map(|location| location.line()),
         pointer: pointer.to_owned(),
-        message: format!(
-            "duplicate key \"{}\": the first one would be lost",
-            key.replace("~1", "/").replace("~0", "~")
-        ),
+        message: format!("duplicate key \"{}\": the first one would be lost", unescaped(key)),
     })
 }
 
@@ -875,8 +874,7 @@ const FOUND: &str = "bkg-cave-found";
 /// positions in its values, but an error raised while a node is deserialized carries that node's
 /// position, so [`Seek`] walks the document and fails on purpose where the pointer leads.
 fn line_of(text: &str, pointer: &str) -> Option<usize> {
-    let segments: Vec<String> =
-        pointer.split('/').skip(1).map(|segment| segment.replace("~1", "/").replace("~0", "~")).collect();
+    let segments: Vec<String> = pointer.split('/').skip(1).map(unescaped).collect();
     // A missing required key has no line: its nearest existing ancestor stands in.
     (1..=segments.len()).rev().find_map(|len| {
         match (Seek { path: &segments[..len] }).deserialize(yaml_serde::Deserializer::from_str(text)) {
