@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::args::{LogsArgs, LsArgs, NameArgs, RmArgs, StopArgs};
 use crate::client::AgentClient;
-use crate::exit::{BKG_FAILED, CliError, NEGATIVE, SUCCESS};
+use crate::exit::{CliError, NEGATIVE, SUCCESS};
 use crate::project::{checked_project, missing_sandbox, project_dir};
 use crate::settings::Settings;
 
@@ -342,13 +342,15 @@ async fn stop(settings: &Settings, project: &Path, name: String) -> Result<StopA
 /// removed, also when one failed after them.
 pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError> {
     let project = project_dir(args.project.dir.as_deref())?;
+    let client = AgentClient::new(&settings.endpoint()?)?;
+    client.ensure_running().await?;
     for name in &args.names {
-        removal_of(settings, &project, name).await?;
+        removal_of(&client, &project, name).await?;
     }
     let mut removed = Vec::new();
     let mut outcome = Ok(SUCCESS);
     for name in &args.names {
-        match rm(settings, &project, name, args.force).await {
+        match rm(settings.out, &client, &project, name, args.force).await {
             Ok(Some(one)) => removed.push(one),
             Ok(None) => {
                 outcome = Ok(NEGATIVE);
@@ -366,20 +368,18 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
     outcome
 }
 
-/// What removing sandbox `name` takes: cave.yaml without it (if it declares it), the agent
-/// and the sandbox as the agent knows it (if it does). Refused when it is in neither.
+/// What removing sandbox `name` takes: cave.yaml without it (if it declares it) and the sandbox
+/// as the agent knows it (if it does). Refused when it is in neither.
 async fn removal_of(
-    settings: &Settings,
+    client: &AgentClient,
     project: &Path,
     name: &str,
-) -> Result<(Option<String>, AgentClient, Option<SandboxInfo>), CliError> {
+) -> Result<(Option<String>, Option<SandboxInfo>), CliError> {
     let cave_path = project.join("cave.yaml");
     let cave_text = std::fs::read_to_string(&cave_path)
         .map_err(|error| CliError::usage(format!("{}: {error}", cave_path.display())))?;
     let edited = remove_sandbox_block(&cave_text, name);
-    let client = AgentClient::new(&settings.endpoint()?)?;
-    client.ensure_running().await?;
-    let known = fetch(&client, &id_of(project, name)).await?;
+    let known = fetch(client, &id_of(project, name)).await?;
     if edited.is_none() && known.is_none() {
         // A cave.yaml that does not load still cannot hold `name`: the names are then left out.
         return Err(match crate::project::load_cave(project) {
@@ -387,14 +387,18 @@ async fn removal_of(
             Err(_) => CliError::usage(format!("no sandbox `{name}` in {}", cave_path.display())),
         });
     }
-    Ok((edited, client, known))
+    Ok((edited, known))
 }
 
 /// Removes sandbox `name`; `None` when the user kept it.
-async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Result<Option<Removed>, CliError> {
-    let out = settings.out;
-    let cave_path = project.join("cave.yaml");
-    let (edited, client, known) = removal_of(settings, project, name).await?;
+async fn rm(
+    out: crate::out::Printer,
+    client: &AgentClient,
+    project: &Path,
+    name: &str,
+    force: bool,
+) -> Result<Option<Removed>, CliError> {
+    let (edited, known) = removal_of(client, project, name).await?;
     let id = id_of(project, name);
 
     if !force {
@@ -416,10 +420,7 @@ async fn rm(settings: &Settings, project: &Path, name: &str, force: bool) -> Res
         let _: Deleted = client.delete(&format!("/api/v1/sandboxes/{id}")).await?;
     }
     if let Some(edited) = &edited {
-        let temporary = cave_path.with_extension("yaml.tmp");
-        std::fs::write(&temporary, edited)
-            .and_then(|()| std::fs::rename(&temporary, &cave_path))
-            .map_err(|error| CliError::new(BKG_FAILED, format!("cannot update {}: {error}", cave_path.display())))?;
+        crate::project::write_atomically(&project.join("cave.yaml"), edited)?;
     }
     if !out.is_json() {
         out.note(format_args!("removed {name}"));
