@@ -90,30 +90,17 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
             client.ensure_running().await?;
             let id = find_sandbox(&client, &args.project, &name).await?.id;
             let uploaded = upload(&client, &id, &source, &path).await?;
-            if settings.out.is_json() {
-                settings.out.json(&uploaded)?;
-            } else {
-                let size = bkg_schema::units::format_size(uploaded.bytes);
-                let files = crate::out::count(uploaded.files as usize, "file", "files");
-                settings
-                    .out
-                    .note(format_args!("{files}, {size}, into {name}:{}/", uploaded.path.trim_end_matches('/')));
-            }
+            let into = format!("{name}:{}/", uploaded.path.trim_end_matches('/'));
+            report(settings.out, &uploaded, &into)?;
         }
         (Place::Sandbox { name, path }, Place::Host(dest)) => {
             client.ensure_running().await?;
             let id = find_sandbox(&client, &args.project, &name).await?.id;
             let copied = download(&client, &id, &path, &dest).await?;
-            if settings.out.is_json() {
-                let path = dest.display().to_string();
-                settings.out.json(&UploadResult { path, files: copied.files, bytes: copied.bytes })?;
-            } else {
-                let size = bkg_schema::units::format_size(copied.bytes);
-                let files = crate::out::count(copied.files as usize, "file", "files");
-                // The trailing slash says what DEST is: the directory the copy went into.
-                let into = dest.join("");
-                settings.out.note(format_args!("{files}, {size}, into {}", into.display()));
-            }
+            let path = dest.display().to_string();
+            // The trailing slash says what DEST is: the directory the copy went into.
+            let into = dest.join("").display().to_string();
+            report(settings.out, &UploadResult { path, files: copied.files, bytes: copied.bytes }, &into)?;
         }
         (Place::Host(_), Place::Host(_)) => {
             return Err(CliError::usage("one side of bkg cp must be a sandbox: NAME:PATH"));
@@ -123,6 +110,18 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
         }
     }
     Ok(SUCCESS)
+}
+
+/// What a copy wrote, `into` a directory shown as given: `{path, files, bytes}` with `--json`,
+/// else a note.
+fn report(out: crate::out::Printer, copied: &UploadResult, into: &str) -> Result<(), CliError> {
+    if out.is_json() {
+        return out.json(copied);
+    }
+    let size = bkg_schema::units::format_size(copied.bytes);
+    let files = crate::out::count(copied.files as usize, "file", "files");
+    out.note(format_args!("{files}, {size}, into {into}"));
+    Ok(())
 }
 
 /// Sends `source` (a file or a directory, named by its last part) into directory `dest` of the
