@@ -1,7 +1,8 @@
 //! A cave.yaml sandbox as the agent knows it (`SandboxDefinition`): built from the file, with
 //! its volumes resolved against the project and its package files read as the user who runs
-//! bkg, and given to the agent. `bkgr` gives it before every run; `bkg exec`, `bkg repl` and
-//! `bkg shell` before they start, so that each sees cave.yaml as it is now.
+//! bkg, and given to the agent. `bkgr` gives it before every run; `bkg exec`, `bkg repl`,
+//! `bkg shell` and `bkg cp` before they start, so that each sees cave.yaml as it is now, and
+//! make it if it has not run yet.
 
 use std::path::Path;
 
@@ -105,25 +106,42 @@ pub async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Res
         .map_err(|error| CliError::new(error.code, format!("sandbox `{}`: {}", definition.name, error.message)))
 }
 
-/// Gives the agent sandbox `name` as `cave`, the project's cave.yaml, has it now; the caller
-/// knows the agent has the sandbox already (its first definition is bkgr's). A definition whose
-/// volumes reach outside the project is left as the agent has it: only `bkgr --allow-outside`
-/// gives one. One that cannot be made (a package file gone, say) is said, and the sandbox goes
-/// on as the agent has it.
-pub async fn refresh(
+/// The first volume of `definition` that reaches outside `project`: only `bkgr --allow-outside`
+/// gives the agent such a definition.
+fn outside<'a>(definition: &'a SandboxDefinition, project: &Path) -> Option<&'a VolumeSpec> {
+    definition.volumes.iter().find(|volume| !Path::new(&volume.host).starts_with(project))
+}
+
+/// Gives the agent the project's sandbox `name` as `cave`, the project's cave.yaml, has it now,
+/// for the commands that work in a sandbox (`bkg exec`, `repl`, `shell`, `cp`); `known`: whether
+/// the agent has it already. One it does not have yet is made here, as bkgr would make it, unless
+/// a volume reaches outside the project (that takes `bkgr --allow-outside` once). For one it has,
+/// a definition whose volumes reach outside the project is left as the agent has it, and one that
+/// cannot be made (a package file gone, say) is said, and the sandbox goes on as the agent has it.
+pub async fn ensure(
     client: &AgentClient,
     project: &Path,
     cave: &CaveFile,
     name: &str,
+    known: bool,
     out: crate::out::Printer,
 ) -> Result<(), CliError> {
     let Some(spec) = cave.sandboxes.get(name) else {
-        return Ok(());
+        return if known { Ok(()) } else { Err(crate::project::unknown_sandbox(cave, name)) };
     };
-    match definition(cave, project, name, spec, true) {
-        Ok(definition) if definition.volumes.iter().all(|volume| Path::new(&volume.host).starts_with(project)) => {
-            define(client, &definition).await
+    let made = definition(cave, project, name, spec, true);
+    if !known {
+        let definition = made?;
+        if let Some(volume) = outside(&definition, project) {
+            return Err(CliError::usage(format!(
+                "sandbox `{name}` has a volume outside the project ({}): make it once with `bkgr --allow-outside {name}`",
+                volume.host
+            )));
         }
+        return define(client, &definition).await;
+    }
+    match made {
+        Ok(definition) if outside(&definition, project).is_none() => define(client, &definition).await,
         Ok(_) => Ok(()),
         Err(error) => {
             out.note(format_args!("{}; `{name}` goes on as bkgr last gave it", error.message));

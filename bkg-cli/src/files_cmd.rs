@@ -32,16 +32,15 @@ fn place(text: &str) -> Place {
     }
 }
 
-/// A sandbox as bkg finds it by name.
-pub struct FoundSandbox {
-    pub id: String,
-    /// The project and its cave.yaml, when the sandbox is the project's own.
-    pub own: Option<(PathBuf, bkg_schema::cave::CaveFile)>,
-}
-
-/// Sandbox `name`: the project's (cave.yaml around the current directory, or `-C`), else the one
-/// sandbox of that name the agent shows this caller (made with the API or MCP).
-pub async fn find_sandbox(client: &AgentClient, project: &ProjectArgs, name: &str) -> Result<FoundSandbox, CliError> {
+/// Sandbox `name`'s id: the project's (cave.yaml around the current directory, or `-C`), given
+/// to the agent as cave.yaml has it now (made if it has not run yet), else the one sandbox of
+/// that name the agent shows this caller (made with the API or MCP).
+pub async fn find_sandbox(
+    client: &AgentClient,
+    project: &ProjectArgs,
+    name: &str,
+    out: crate::out::Printer,
+) -> Result<String, CliError> {
     // An invalid cave.yaml is refused with its problems, as bkgr and bkg ls do: it cannot say
     // whether it declares the name.
     let project = match crate::project::project_dir(project.dir.as_deref()) {
@@ -50,16 +49,11 @@ pub async fn find_sandbox(client: &AgentClient, project: &ProjectArgs, name: &st
     };
     if let Some((cave, dir)) = project {
         let id = sandbox_id(&dir.to_string_lossy(), name);
-        let found: Option<SandboxInfo> = client.get_found(&format!("/api/v1/sandboxes/{id}")).await?;
-        if found.is_some() {
-            return Ok(FoundSandbox { id, own: Some((dir, cave)) });
-        }
-        // The project's own sandbox of that name, not yet made: never another project's.
-        if cave.sandboxes.contains_key(name) {
-            return Err(CliError::usage(format!(
-                "sandbox `{name}` has not run yet in {}: run it once with `bkgr {name}`",
-                dir.display()
-            )));
+        let known = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?.is_some();
+        // The project's own sandbox of that name, made now if need be: never another project's.
+        if known || cave.sandboxes.contains_key(name) {
+            crate::define::ensure(client, &dir, &cave, name, known, out).await?;
+            return Ok(id);
         }
         return agent_wide(client, name).await?.ok_or_else(|| crate::project::unknown_sandbox(&cave, name));
     }
@@ -71,11 +65,11 @@ pub async fn find_sandbox(client: &AgentClient, project: &ProjectArgs, name: &st
 }
 
 /// The one sandbox named `name` the agent shows this caller, if there is one.
-async fn agent_wide(client: &AgentClient, name: &str) -> Result<Option<FoundSandbox>, CliError> {
+async fn agent_wide(client: &AgentClient, name: &str) -> Result<Option<String>, CliError> {
     let all: Vec<SandboxInfo> = client.get("/api/v1/sandboxes").await?;
     let mut named = all.into_iter().filter(|info| info.name == name);
     match (named.next(), named.next()) {
-        (Some(info), None) => Ok(Some(FoundSandbox { id: info.id, own: None })),
+        (Some(info), None) => Ok(Some(info.id)),
         (Some(_), Some(_)) => Err(CliError::usage(format!(
             "more than one sandbox is named `{name}`: run bkg from its project directory (or give -C DIR)"
         ))),
@@ -88,14 +82,14 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
     match (place(&args.source), place(&args.dest)) {
         (Place::Host(source), Place::Sandbox { name, path }) => {
             client.ensure_running().await?;
-            let id = find_sandbox(&client, &args.project, &name).await?.id;
+            let id = find_sandbox(&client, &args.project, &name, settings.out).await?;
             let uploaded = upload(&client, &id, &source, &path).await?;
             let into = format!("{name}:{}/", uploaded.path.trim_end_matches('/'));
             report(settings.out, &uploaded, &into)?;
         }
         (Place::Sandbox { name, path }, Place::Host(dest)) => {
             client.ensure_running().await?;
-            let id = find_sandbox(&client, &args.project, &name).await?.id;
+            let id = find_sandbox(&client, &args.project, &name, settings.out).await?;
             let copied = download(&client, &id, &path, &dest).await?;
             let path = dest.display().to_string();
             // The trailing slash says what DEST is: the directory the copy went into.

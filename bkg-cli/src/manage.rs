@@ -4,6 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
+use bkg_schema::Language;
 use bkg_schema::egress::{RestartPolicy, ServiceState};
 use bkg_schema::sandbox::{Deleted, SandboxInfo, SandboxState, Stopped, sandbox_id};
 use bkg_schema::units::format_size;
@@ -12,7 +13,7 @@ use serde::Serialize;
 use crate::args::{LogsArgs, LsArgs, NameArgs, RmArgs, StopArgs};
 use crate::client::AgentClient;
 use crate::exit::{CliError, NEGATIVE, SUCCESS};
-use crate::project::{checked_project, missing_sandbox, project_dir};
+use crate::project::{load_cave, missing_sandbox, project_dir};
 use crate::settings::Settings;
 
 /// `bkg stop --json`: the agent's answer for one sandbox, with its name.
@@ -60,23 +61,48 @@ async fn list(client: &AgentClient, project: Option<&Path>) -> Result<Vec<Sandbo
     client.get(&format!("/api/v1/sandboxes{query}")).await
 }
 
+/// A sandbox cave.yaml declares that the agent does not have yet: nothing has run in it.
+pub struct Declared {
+    pub name: String,
+    pub language: Language,
+    pub project_dir: String,
+}
+
 pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
     let out = settings.out;
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let project = if args.all { None } else { Some(checked_project(args.project.dir.as_deref())?) };
+    let project = if args.all { None } else { Some(project_dir(args.project.dir.as_deref())?) };
+    let cave = project.as_deref().map(|dir| load_cave(dir)).transpose()?;
     let sandboxes = list(&client, project.as_deref()).await?;
-    if sandboxes.is_empty() && !out.is_json() {
-        out.note(format_args!("no sandbox has run yet (`bkgr` runs them)"));
+    let declared: Vec<Declared> = match (&project, &cave) {
+        (Some(dir), Some(cave)) => cave
+            .sandboxes
+            .iter()
+            .filter(|(name, _)| !sandboxes.iter().any(|info| &info.name == *name))
+            .map(|(name, spec)| Declared {
+                name: name.clone(),
+                language: spec.r#type,
+                project_dir: dir.to_string_lossy().into_owned(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if sandboxes.is_empty() && declared.is_empty() && !out.is_json() {
+        match project {
+            Some(_) => out.note(format_args!("cave.yaml declares no sandbox: `bkg add NAME --type python` adds one")),
+            None => out.note(format_args!("the agent has no sandbox: `bkgr NAME` in a project makes one")),
+        }
         return Ok(SUCCESS);
     }
-    out.answer(&sandboxes, |sandboxes| sandbox_table(sandboxes, crate::table::width()))?;
+    out.answer(&sandboxes, |sandboxes| sandbox_table(sandboxes, &declared, crate::table::width()))?;
     Ok(SUCCESS)
 }
 
-/// The `bkg ls` table.
-pub fn sandbox_table(sandboxes: &[SandboxInfo], width: Option<u16>) -> String {
-    let rows = sandboxes.iter().map(|info| {
+/// The `bkg ls` table: the agent's sandboxes and those cave.yaml declares that it has not made
+/// yet, by project and name.
+pub fn sandbox_table(sandboxes: &[SandboxInfo], declared: &[Declared], width: Option<u16>) -> String {
+    let made = sandboxes.iter().map(|info| {
         vec![
             info.name.clone(),
             info.language.as_str().to_owned(),
@@ -86,6 +112,18 @@ pub fn sandbox_table(sandboxes: &[SandboxInfo], width: Option<u16>) -> String {
             info.project_dir.clone(),
         ]
     });
+    let not_made = declared.iter().map(|sandbox| {
+        vec![
+            sandbox.name.clone(),
+            sandbox.language.as_str().to_owned(),
+            "not created".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            sandbox.project_dir.clone(),
+        ]
+    });
+    let mut rows: Vec<Vec<String>> = made.chain(not_made).collect();
+    rows.sort_by(|a, b| (&a[5], &a[0]).cmp(&(&b[5], &b[0])));
     crate::table::render(&["NAME", "TYPE", "STATE", "LAST EXIT", "DISK", "PROJECT"], &[4], &[5], rows, width)
 }
 

@@ -45,14 +45,6 @@ pub fn missing_sandbox(project: &Path, name: &str, otherwise: String) -> CliErro
     }
 }
 
-/// The project around the current directory (or `--dir`), its cave.yaml checked: an invalid
-/// file is refused with its problems rather than listing the sandboxes of a file bkgr cannot run.
-pub fn checked_project(dir: Option<&Path>) -> Result<PathBuf, CliError> {
-    let project = project_dir(dir)?;
-    load_cave(&project)?;
-    Ok(project)
-}
-
 /// The cave.yaml of `project`, checked: an invalid one is refused with its problems.
 pub fn load_cave(project: &Path) -> Result<CaveFile, CliError> {
     bkg_schema::cave::load(&project.join("cave.yaml"))

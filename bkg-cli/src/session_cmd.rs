@@ -48,11 +48,8 @@ async fn ensure_session(
 async fn connect(settings: &Settings, project: &ProjectArgs, name: &str) -> Result<(AgentClient, String), CliError> {
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let found = crate::files_cmd::find_sandbox(&client, project, name).await?;
-    if let Some((dir, cave)) = &found.own {
-        crate::define::refresh(&client, dir, cave, name, settings.out).await?;
-    }
-    Ok((client, found.id))
+    let id = crate::files_cmd::find_sandbox(&client, project, name, settings.out).await?;
+    Ok((client, id))
 }
 
 pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> {

@@ -44,9 +44,9 @@ pub async fn shell(settings: &Settings, args: ShellArgs) -> Result<i32, CliError
     client.ensure_running().await?;
     let cave = crate::project::load_cave(&project)?;
     let id = sandbox_id(&project.to_string_lossy(), &args.name);
-    if client.get_found::<bkg_schema::sandbox::SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?.is_some() {
-        crate::define::refresh(&client, &project, &cave, &args.name, settings.out).await?;
-    }
+    let known =
+        client.get_found::<bkg_schema::sandbox::SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?.is_some();
+    crate::define::ensure(&client, &project, &cave, &args.name, known, settings.out).await?;
     let open = ShellTerminalOpen {
         size: own_size(),
         term: own_term(),

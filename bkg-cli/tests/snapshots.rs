@@ -142,10 +142,15 @@ fn tables() {
         }))
         .expect("a sandbox"),
     ];
+    let declared = [bkg_cli::manage::Declared {
+        name: "api".into(),
+        language: bkg_schema::Language::Python,
+        project_dir: "/srv/app".into(),
+    }];
     let mut text = String::new();
     for width in [None, Some(100), Some(60)] {
         text.push_str(&format!("--- bkg ls, width {width:?}\n"));
-        text.push_str(&bkg_cli::manage::sandbox_table(&sandboxes, width));
+        text.push_str(&bkg_cli::manage::sandbox_table(&sandboxes, &declared, width));
         text.push_str(&format!("--- bkg runs ls, width {width:?}\n"));
         text.push_str(&bkg_cli::runs_cmd::runs_table(&runs, width));
     }

@@ -352,23 +352,22 @@ fn the_next_run_waits_for_a_download_that_outlasts_its_run_instead_of_mounting_t
 }
 
 /// Sandboxes are per project: where cave.yaml declares a name its own sandbox has not run yet,
-/// `bkg cp` and `bkg exec` say so instead of taking another project's sandbox of that name.
+/// `bkg cp` and `bkg exec` make that one, as bkgr would, and never take another project's
+/// sandbox of that name; `bkg ls` lists it as not created until then.
 #[test]
-fn cp_and_exec_never_take_another_projects_sandbox_of_the_same_name() {
+fn cp_and_exec_make_the_projects_own_sandbox_never_another_projects_of_the_same_name() {
     let agent = Agent::start();
-    let _first = project_with_box(&agent, &[]);
+    let first = project_with_box(&agent, &[]);
+    let first_id = the_sandbox_id(&agent);
     let second = tempfile::tempdir().expect("second project");
     let dir = second.path();
     assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
     let added = agent.bkg_in(dir, &["add", "box", "--type", "python"]);
     assert_eq!(code(&added), 0, "{}", stderr(&added));
     write(&dir.join("mine.txt"), "the second project's\n");
-    for attempt in
-        [agent.bkg_in(dir, &["cp", "mine.txt", "box:"]), agent.bkg_in(dir, &["exec", "box", "-c", "print(1)"])]
-    {
-        assert_eq!(code(&attempt), 125, "{}", stderr(&attempt));
-        assert!(stderr(&attempt).contains("has not run yet"), "{}", stderr(&attempt));
-    }
+    let listed = agent.bkg_in(dir, &["ls"]);
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    assert!(stdout(&listed).contains("not created"), "{}", stdout(&listed));
     // A cave.yaml that cannot be read cannot say which sandbox it means: refused, as bkgr does.
     let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
     write(&dir.join("cave.yaml"), &format!("{cave}colour: 1\n"));
@@ -378,10 +377,17 @@ fn cp_and_exec_never_take_another_projects_sandbox_of_the_same_name() {
         assert_eq!(code(&attempt), 125, "{}", stderr(&attempt));
         assert!(stderr(&attempt).contains("colour"), "the file's problem is named: {}", stderr(&attempt));
     }
-    let id = the_sandbox_id(&agent);
-    let files = unix_request(&agent.socket, "GET", &format!("/api/v1/sandboxes/{id}/files/list"), None).json();
+    write(&dir.join("cave.yaml"), &cave);
+    let copied = agent.bkg_in(dir, &["cp", "mine.txt", "box:"]);
+    assert_eq!(code(&copied), 0, "{}", stderr(&copied));
+    let read = agent.bkg_in(dir, &["exec", "box", "-c", "print(open('mine.txt').read(), end='')"]);
+    assert_eq!((code(&read), stdout(&read).as_str()), (0, "the second project's\n"), "{}", stderr(&read));
+    let listed = agent.bkg_in(dir, &["ls"]);
+    assert!(!stdout(&listed).contains("not created"), "{}", stdout(&listed));
+    let files = unix_request(&agent.socket, "GET", &format!("/api/v1/sandboxes/{first_id}/files/list"), None).json();
     assert!(files.is_array(), "{files}");
     assert!(!entry_names(&files).contains(&"mine.txt".to_owned()), "the first project's sandbox got it: {files}");
+    drop(first);
 }
 
 /// A disk limit lowered below the disk a sandbox has is refused before it is stored: the

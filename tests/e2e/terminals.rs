@@ -190,7 +190,7 @@ fn a_terminal_is_refused_without_one_and_an_unknown_sandbox_is_named() {
     assert!(stderr(&piped).contains("needs a terminal"), "{}", stderr(&piped));
 
     let mut terminal = OnTerminal::spawn(in_project(&agent, project.path(), &["shell", "nobox"]));
-    terminal.expect("does not know sandbox `nobox`");
+    terminal.expect("no sandbox `nobox` in cave.yaml (it has: box)");
     assert_eq!(terminal.exit_code(), 125);
 }
 
