@@ -73,7 +73,7 @@ pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
     let project = if args.all { None } else { Some(project_dir(args.project.dir.as_deref())?) };
-    let cave = project.as_deref().map(|dir| load_cave(dir)).transpose()?;
+    let cave = project.as_deref().map(load_cave).transpose()?;
     let sandboxes = list(&client, project.as_deref()).await?;
     let declared: Vec<Declared> = match (&project, &cave) {
         (Some(dir), Some(cave)) => cave
