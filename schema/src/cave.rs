@@ -616,15 +616,15 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
             };
             return vec![CaveError::new(
                 child(at, name.as_str().unwrap_or_default()),
-                format!("{name} is not a valid {what} ({how}; {})", rule_text(inner)),
+                format!("{name} is not a valid {what} ({})", rule_text(how, inner)),
             )];
         }
         Kind::Pattern { .. } => match rule_of(schema_path) {
             Some(("name", how)) if at == "/namespace" => {
-                format!("{instance} is not a valid namespace ({how}; {})", rule_text(error))
+                format!("{instance} is not a valid namespace ({})", rule_text(how, error))
             }
             Some((what, how)) => {
-                format!("{instance} is not a valid {what} ({how}; {})", rule_text(error))
+                format!("{instance} is not a valid {what} ({})", rule_text(how, error))
             }
             None => error.to_string(),
         },
@@ -640,12 +640,12 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
     vec![CaveError::new(at.to_owned(), message)]
 }
 
-/// The broken rule as the schema states it.
-fn rule_text(error: &jsonschema::ValidationError<'_>) -> String {
+/// The broken rule in words (`how`), or as the schema states it where it has none: a pattern
+/// is noise beside words a person reads.
+fn rule_text(how: &str, error: &jsonschema::ValidationError<'_>) -> String {
     match error.kind() {
-        jsonschema::error::ValidationErrorKind::Pattern { pattern } => {
-            format!("pattern \"{pattern}\"")
-        }
+        _ if !how.is_empty() => how.to_owned(),
+        jsonschema::error::ValidationErrorKind::Pattern { pattern } => format!("pattern \"{pattern}\""),
         _ => error.to_string(),
     }
 }
@@ -1115,12 +1115,11 @@ sandboxes:
                 (Some(16), "/sandboxes/web/colour"),
             ]
         );
-        assert!(
-            errors[0]
-                .render("cave.yaml")
-                .starts_with("cave.yaml:7: /sandboxes/api/limits/memory: \"lots\" is not a valid size"),
-            "{}",
-            errors[0].render("cave.yaml")
+        // The rule in words, without the schema's pattern beside them.
+        assert_eq!(
+            errors[0].render("cave.yaml"),
+            "cave.yaml:7: /sandboxes/api/limits/memory: \"lots\" is not a valid size \
+             (a number with an optional unit, like 512MiB, 1GiB or 500M)"
         );
         assert!(errors[1].message.contains(r#"is not one of ["python","node"]"#));
         assert!(errors[2].message.starts_with(r#"additional property "colour" is not allowed"#));
