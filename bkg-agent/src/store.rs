@@ -901,7 +901,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 
 const RUN_COLUMNS: &str = "id, language, started_at_ms, finished_at_ms, limits, exit_code, signal, killed_by, wall_ms, \
     cpu_ms, peak_memory_bytes, stdout_bytes, stderr_bytes, cleaned_up, error, namespace, sandbox_id, denials, \
-    network_denials";
+    network_denials, for_transfer";
 
 struct RawRecord {
     id: String,
@@ -923,6 +923,7 @@ struct RawRecord {
     sandbox_id: Option<String>,
     denials: Option<String>,
     network_denials: Option<String>,
+    for_transfer: bool,
 }
 
 fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
@@ -946,6 +947,7 @@ fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         sandbox_id: row.get(16)?,
         denials: row.get(17)?,
         network_denials: row.get(18)?,
+        for_transfer: row.get(19)?,
     })
 }
 
@@ -976,6 +978,7 @@ impl RawRecord {
                 .map(|text| serde_json::from_str(&text))
                 .transpose()?
                 .unwrap_or_default(),
+            file_transfer: self.for_transfer,
         })
     }
 }
@@ -1010,9 +1013,13 @@ mod tests {
         store.run_started(&caller(), transfer).await?;
         let last = store.last_run_of("sbx_1").await?;
         assert_eq!(last.map(|run| run.id), Some("run_code".to_owned()));
-        let listed: Vec<String> =
-            store.list_runs(None, Some("sbx_1".into()), 10).await?.into_iter().map(|run| run.id).collect();
-        assert_eq!(listed, ["run_transfer", "run_code"]);
+        let listed: Vec<(String, bool)> = store
+            .list_runs(None, Some("sbx_1".into()), 10)
+            .await?
+            .into_iter()
+            .map(|run| (run.id, run.file_transfer))
+            .collect();
+        assert_eq!(listed, [("run_transfer".to_owned(), true), ("run_code".to_owned(), false)]);
         Ok(())
     }
 

@@ -225,13 +225,18 @@ fn or_dash(value: Option<u64>, format: fn(u64) -> String) -> String {
     value.map_or_else(|| "-".into(), format)
 }
 
+/// What ran: the interpreter, or `cp` for a run that only held its sandbox for a file transfer.
+fn kind(run: &RunRecord) -> &'static str {
+    if run.file_transfer { "cp" } else { run.language.as_str() }
+}
+
 /// The `bkg runs ls` table.
 pub fn runs_table(runs: &[RunRecord], width: Option<u16>) -> String {
     let rows = runs.iter().map(|run| {
         vec![
             run.id.clone(),
             sandbox_name(run),
-            run.language.as_str().to_owned(),
+            kind(run).to_owned(),
             short_time(run.started_at_ms),
             outcome(run),
             or_dash(run.wall_ms, short_duration),
@@ -267,7 +272,7 @@ pub fn describe(run: &RunRecord) -> String {
     line("id", run.id.clone());
     line("sandbox", run.sandbox_id.clone().unwrap_or_else(|| "- (temporary)".into()));
     line("namespace", run.namespace.clone());
-    line("type", run.language.as_str().to_owned());
+    line("type", kind(run).to_owned());
     line("started", time(run.started_at_ms));
     line("finished", run.finished_at_ms.map_or_else(|| "-".into(), time));
     line("outcome", outcome(run));

@@ -121,6 +121,13 @@ fn runs() -> Vec<RunRecord> {
             "exit_code": 0, "signal": null, "killed_by": null, "wall_ms": 14, "cpu_ms": 12,
             "peak_memory_bytes": 7_651_328, "stdout_bytes": 3, "stderr_bytes": 0, "cleaned_up": true, "error": null
         })),
+        run_record(serde_json::json!({
+            "id": "run_19bc0a1f2e3d4c58", "namespace": "default", "sandbox_id": "web-6f1c2d3e4f5a6b7c",
+            "language": "node", "started_at_ms": 1_795_829_500_000u64, "finished_at_ms": 1_795_829_500_031u64, "limits": limits,
+            "exit_code": 0, "signal": null, "killed_by": null, "wall_ms": 31, "cpu_ms": 2,
+            "peak_memory_bytes": 1_048_576, "stdout_bytes": 0, "stderr_bytes": 0, "cleaned_up": true, "error": null,
+            "file_transfer": true
+        })),
     ]
 }
 

@@ -461,6 +461,10 @@ pub struct RunRecord {
     /// Connections its network refused (as in its result).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_denials: Vec<egress::NetworkDenial>,
+    /// The run only held its idle sandbox for a file transfer (`bkg cp`, the files API): no
+    /// code of the user's ran, and it is never the sandbox's last run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file_transfer: bool,
 }
 
 /// The namespace of everything made without naming one.

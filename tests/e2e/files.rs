@@ -279,6 +279,10 @@ fn a_transfer_holds_an_idle_sandbox_without_taking_the_place_of_its_runs() {
     let transfer = newest_run(&agent, &id);
     assert_ne!(transfer["id"], own_run, "the transfer's run is listed: {transfer}");
     assert_eq!(transfer["exit_code"], 0, "the transfer's run ended as a success: {transfer}");
+    assert_eq!(transfer["file_transfer"], true, "the record says what the run was: {transfer}");
+    let listed = agent.bkg_in(dir, &["runs", "ls", "--sandbox", "box"]);
+    let row = stdout(&listed).lines().nth(1).map(str::to_owned).unwrap_or_default();
+    assert!(row.split_whitespace().nth(2) == Some("cp"), "the newest run's type is cp: {}", stdout(&listed));
     let shown = agent.bkg_in(dir, &["exec", "box", "-c", "print(open('/workspace/in/a.txt').read(), end='')"]);
     assert_eq!(stdout(&shown), "uploaded\n", "{}", stderr(&shown));
 }
