@@ -335,7 +335,8 @@ enum Openness {
     /// Nothing is left open. A syntax error the next line could not mend (an unmatched `)`, a
     /// one-line string cut by its line's end) counts too: the interpreter reports it.
     Complete,
-    /// A Python block (a line ending in `:`), which ends at an empty line.
+    /// A Python block (a line ending in `:`), or a Node statement that cannot end where the
+    /// text does (`if (x)`, `} else`, `a +`, `=>`): the cell ends at an empty line.
     Block,
     /// A bracket, a string or comment spanning lines, or a line ending in a backslash: the next
     /// line belongs to the cell even when empty.
@@ -344,8 +345,9 @@ enum Openness {
 
 /// What is open at a point of a cell's text, innermost last.
 enum Opener {
-    /// `(`, `[` or `{`, waiting for this closing character.
-    Bracket(char),
+    /// `(`, `[` or `{`, waiting for this closing character; `head`: the parentheses of a Node
+    /// statement that a body must follow (`if (…)`, `function f(…)`).
+    Bracket { closing: char, head: bool },
     /// A Node template literal (`` `…` ``).
     Template,
     /// `${…}` in a Node template literal: code, up to its `}`.
@@ -369,9 +371,23 @@ fn openness(language: Language, text: &str) -> Openness {
     // A Python statement starting with `@` is a decorator, which a definition must follow.
     let mut at_statement_start = true;
     let mut decorator = false;
+    // Node: the code seen last (strings as their quotes, runs of whitespace as one space), and
+    // whether the last code closed a statement head's parentheses.
+    let mut tail = String::new();
+    let mut after_head = false;
     let mut at = 0;
     while let Some(&c) = chars.get(at) {
         at += 1;
+        if openers.is_empty() && !matches!(c, '/' | '#') {
+            if c.is_whitespace() {
+                if !tail.ends_with(' ') {
+                    tail.push(' ');
+                }
+            } else {
+                after_head = false;
+                tail.push(c);
+            }
+        }
         if at_statement_start && openers.is_empty() && !c.is_whitespace() && c != '#' {
             decorator = c == '@';
             at_statement_start = false;
@@ -424,6 +440,11 @@ fn openness(language: Language, text: &str) -> Openness {
                 if let Some(end) = end_of_regex(&chars, at) {
                     at = end;
                 }
+                if openers.is_empty() {
+                    // A value, not an operator wanting one.
+                    tail.push('/');
+                    after_head = false;
+                }
                 last_code = Some(c);
             }
             '`' if language == Language::Node => openers.push(Opener::Template),
@@ -436,20 +457,26 @@ fn openness(language: Language, text: &str) -> Openness {
                 last_code = Some(c);
             }
             '(' | '[' | '{' => {
-                openers.push(Opener::Bracket(match c {
+                let closing = match c {
                     '(' => ')',
                     '[' => ']',
                     _ => '}',
-                }));
+                };
+                // `tail` has this `(` already.
+                let before = tail.strip_suffix('(').unwrap_or(&tail);
+                let head = c == '(' && openers.is_empty() && language == Language::Node && is_statement_head(before);
+                openers.push(Opener::Bracket { closing, head });
                 last_code = Some(c);
             }
             ')' | ']' | '}' => {
-                match openers.last() {
-                    Some(Opener::Bracket(closing)) if *closing == c => {}
+                match openers.pop() {
+                    Some(Opener::Bracket { closing, head }) if closing == c => after_head = head,
                     Some(Opener::Substitution) if c == '}' => {}
                     _ => return Openness::Complete,
                 }
-                openers.pop();
+                if openers.is_empty() {
+                    tail.push(c);
+                }
                 last_code = Some(c);
             }
             _ => last_code = Some(c),
@@ -457,11 +484,38 @@ fn openness(language: Language, text: &str) -> Openness {
     }
     if !openers.is_empty() {
         Openness::Unfinished
-    } else if in_block {
+    } else if in_block || (language == Language::Node && (after_head || node_statement_goes_on(&tail))) {
         Openness::Block
     } else {
         Openness::Complete
     }
+}
+
+/// The last word of `code` (letters, digits, `_`, `$`), if it ends in one.
+fn last_word(code: &str) -> &str {
+    let code = code.trim_end();
+    code.rsplit(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).next().unwrap_or_default()
+}
+
+/// Whether a `(` after the Node code `tail` opens the head of a statement a body must follow:
+/// `if (`, `for (`, `while (`, `switch (`, `catch (`, `with (`, `function f(`, `function (`.
+fn is_statement_head(tail: &str) -> bool {
+    let word = last_word(tail);
+    if matches!(word, "if" | "for" | "while" | "switch" | "catch" | "with" | "function") {
+        return true;
+    }
+    let before = tail.trim_end()[..tail.trim_end().len() - word.len()].trim_end().trim_end_matches('*');
+    !word.is_empty() && last_word(before) == "function"
+}
+
+/// Whether Node code ending in `tail` (brackets all closed) cannot end there: an operator that
+/// wants its right side (not `x++`, `x--`, nor a regular expression's closing `/`), or a
+/// keyword a statement must follow (`} else`, `do`, `try`, `finally`).
+fn node_statement_goes_on(tail: &str) -> bool {
+    let code = tail.trim_end();
+    let operator = code.ends_with(|c: char| "=+-*%&|^!~?:,.<>".contains(c));
+    (operator && !code.ends_with("++") && !code.ends_with("--"))
+        || matches!(last_word(code), "else" | "do" | "try" | "finally")
 }
 
 /// The index of the newline ending the line that `at` is in, left for the caller to see.
@@ -675,9 +729,47 @@ mod tests {
                 "function f() {\n  return 1\n}\n",
                 "x = `a\n\nb`\n",
                 "const label = 'ends in a colon:'",
-                "case_label:",
                 "console.log(1))",
+                "x++",
+                "x--",
+                "if (x) y()",
+                "if (x) { y() }",
+                "for (const a of b) console.log(a)",
+                "x = /a/",
+                "somethingelse",
+                "elsewhere(1)",
+                "a.b",
+                "f(a)",
+                "const g = function () { return 1 }",
                 "x = 'abc\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn node_statements_that_go_on_wait_for_an_empty_line() {
+        check(
+            Language::Node,
+            Openness::Block,
+            &[
+                "if (true)",
+                "if (a && (b || c))\n",
+                "for (let i = 0; i < 3; i++)",
+                "while (x) // a comment",
+                "if (x) { y() } else",
+                "if (x) y(); else",
+                "x = 1 +",
+                "const f = (a) =>",
+                "obj.",
+                "a ?",
+                "do",
+                "try",
+                "function f(a)",
+                "function (a, b)",
+                "function* gen()",
+                "label:",
+                "switch (x)",
+                "try { f() } catch (e)",
             ],
         );
     }
