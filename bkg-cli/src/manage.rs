@@ -362,8 +362,11 @@ async fn stop(settings: &Settings, project: &Path, name: String) -> Result<StopA
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
     let id = id_of(project, &name);
-    let Some(Stopped { stopped }) = client.post_found(&format!("/api/v1/sandboxes/{id}/stop")).await? else {
-        return Err(missing_sandbox(project, &name, format!("sandbox `{name}` has not run yet")));
+    let stopped = match client.post_found(&format!("/api/v1/sandboxes/{id}/stop")).await? {
+        Some(Stopped { stopped }) => stopped,
+        // Declared in cave.yaml and never made: there is nothing to stop, which is what was asked.
+        None if load_cave(project).is_ok_and(|cave| cave.sandboxes.contains_key(&name)) => false,
+        None => return Err(missing_sandbox(project, &name, format!("no sandbox `{name}` in cave.yaml"))),
     };
     if !out.is_json() {
         if stopped {
@@ -440,12 +443,14 @@ async fn rm(
     let id = id_of(project, name);
 
     if !force {
+        // A sandbox that never ran has no workspace: only its entry in cave.yaml goes.
+        let loses = if known.is_some() { "its workspace and logs" } else { "its entry in cave.yaml (it never ran)" };
         if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
             return Err(CliError::usage(format!(
-                "removing `{name}` deletes its workspace; add --force to do it without a terminal"
+                "removing `{name}` deletes {loses}; add --force to do it without a terminal"
             )));
         }
-        out.ask(format_args!("remove sandbox `{name}` with its workspace and logs? [y/N] "));
+        out.ask(format_args!("remove sandbox `{name}` with {loses}? [y/N] "));
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer).map_err(|error| CliError::usage(error.to_string()))?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {

@@ -219,6 +219,9 @@ fn a_missing_sandbox_or_script_is_one_clear_line() {
     }
     let not_run = agent.bkg_in(project.path(), &["logs", "api"]);
     assert!(stderr(&not_run).contains("`bkgr api` runs it"), "{}", stderr(&not_run));
+    // Stopping a declared sandbox that never ran leaves it as asked: not running.
+    let stopped = agent.bkg_in(project.path(), &["stop", "api"]);
+    assert_eq!((code(&stopped), stderr(&stopped).as_str()), (0, "bkg: api was not running\n"));
     let no_script = agent.bkgr(project.path(), &["api", "test"]);
     assert_eq!(stderr(&no_script), "bkgr: sandbox `api` has no script `test` (it has: start)\n");
     let nowhere = tempfile::tempdir().expect("empty dir");
