@@ -113,8 +113,11 @@ pub fn format_size(bytes: u64) -> String {
             return format!("{}{name}", bytes / size);
         }
     }
-    if bytes >= 1 << 20 {
-        return format!("{:.1}MiB", bytes as f64 / (1u64 << 20) as f64);
+    // Not a whole number of any unit: one decimal of the largest unit it reaches, from MiB up.
+    for (size, name) in &UNITS[..3] {
+        if bytes >= *size {
+            return format!("{:.1}{name}", bytes as f64 / *size as f64);
+        }
     }
     format!("{bytes}B")
 }
@@ -122,6 +125,9 @@ pub fn format_size(bytes: u64) -> String {
 pub fn format_duration_ms(millis: u64) -> String {
     if millis == crate::NO_TIMEOUT_MS {
         "none".to_owned()
+    } else if millis == 0 {
+        // Every unit divides 0: the smallest says it best.
+        "0ms".to_owned()
     } else if millis.is_multiple_of(3_600_000) {
         format!("{}h", millis / 3_600_000)
     } else if millis.is_multiple_of(60_000) {
@@ -212,8 +218,11 @@ mod tests {
         for text in ["45s", "2m", "1h", "1500ms"] {
             assert_eq!(format_duration_ms(parse_duration_ms(text).unwrap_or_default()), text);
         }
+        assert_eq!(format_duration_ms(0), "0ms", "a run that took no measurable time");
         assert_eq!(format_size(15_208_448), "14.5MiB", "a measurement in whole pages");
         assert_eq!(format_size(1536 * 1024 * 1024), "1536MiB");
+        assert_eq!(format_size(10_000_000_000_000), "9.1TiB", "10TB, not millions of MiB");
+        assert_eq!(format_size(1_288_490_189), "1.2GiB");
         assert_eq!(format_cpus(500), "0.5");
         assert_eq!(format_cpus(2000), "2");
     }
