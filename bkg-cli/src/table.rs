@@ -5,15 +5,15 @@ use std::io::IsTerminal;
 
 use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table, Width, presets};
 
-/// The width to fit: `COLUMNS` when set, else the terminal's; none when stdout is not a terminal
-/// (a pipe gets whole lines).
+/// The width to fit when stdout is a terminal: `COLUMNS` when set, else the terminal's; none
+/// otherwise (a pipe gets whole lines, whatever `COLUMNS` says).
 pub fn width() -> Option<u16> {
-    if let Some(columns) = std::env::var("COLUMNS").ok().and_then(|value| value.parse::<u16>().ok()) {
-        return Some(columns);
-    }
     let stdout = std::io::stdout();
     if !stdout.is_terminal() {
         return None;
+    }
+    if let Some(columns) = std::env::var("COLUMNS").ok().and_then(|value| value.parse::<u16>().ok()) {
+        return Some(columns);
     }
     terminal_size::terminal_size_of(&stdout).map(|(terminal_size::Width(columns), _)| columns)
 }
@@ -52,11 +52,15 @@ pub fn render(
     }
     let last = headers.len().saturating_sub(1);
     for (index, column) in table.column_iter_mut().enumerate() {
-        column.set_padding((0, if index == last { 0 } else { 2 }));
+        let padding = if index == last { 0 } else { 2 };
+        column.set_padding((0, padding));
         if right.contains(&index) {
             column.set_cell_alignment(CellAlignment::Right);
         }
-        let narrowest = u16::try_from(widest.get(index).copied().unwrap_or(0)).unwrap_or(u16::MAX).min(NARROWEST);
+        // The boundary counts the padding too; a header is never cut.
+        let header = headers.get(index).map_or(0, |header| header.chars().count());
+        let narrowest = widest.get(index).copied().unwrap_or(0).min(usize::from(NARROWEST)).max(header);
+        let narrowest = u16::try_from(narrowest).unwrap_or(u16::MAX).saturating_add(padding);
         column.set_constraint(if wrap.contains(&index) {
             ColumnConstraint::LowerBoundary(Width::Fixed(narrowest))
         } else {
@@ -127,6 +131,10 @@ mod tests {
         let tight = render(&["NAME", "N", "PROJECT"], &[1], &[2], rows, Some(20));
         assert!(tight.contains("a-very-long-sandbox-name"), "{tight}");
         assert!(tight.lines().all(|line| line.chars().count() >= 5 || line.is_empty()), "{tight}");
+        // A wrapping column of short cells under a longer header keeps the header whole.
+        let short = vec![vec!["a".to_owned(), "p1".to_owned(), "/srv/a/much/longer/project/path".to_owned()]];
+        let text = render(&["NAME", "SANDBOX", "PROJECT"], &[], &[1, 2], short, Some(20));
+        assert!(text.lines().next().is_some_and(|header| header.contains("SANDBOX")), "{text}");
     }
 
     #[test]
