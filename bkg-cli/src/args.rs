@@ -898,7 +898,10 @@ pub fn bkgr_command() -> clap::Command {
         ("cpus", "CPU limit in CPUs, e.g. 0.5 [default: cave.yaml's limits.cpus, else 1]"),
         ("memory", "Memory limit, swap included, e.g. 1.5GiB [default: cave.yaml's limits.memory, else 512MiB]"),
         ("timeout", "Wall-clock limit of the run, e.g. 1m30s [default: cave.yaml's limits.timeout, else 60s]"),
-        ("disk", "Disk limit of the sandbox, e.g. 1GiB [default: cave.yaml's limits.disk, else 500MiB]"),
+        (
+            "disk",
+            "Disk limit of the sandbox, e.g. 1GiB; a disk grown by it keeps its size [default: cave.yaml's limits.disk, else 500MiB]",
+        ),
     ] {
         command = command.mut_arg(flag, |arg| arg.help(help));
     }

@@ -395,8 +395,8 @@ fn cp_and_exec_make_the_projects_own_sandbox_never_another_projects_of_the_same_
 }
 
 /// A disk limit lowered below the disk a sandbox has is refused before it is stored: the
-/// sandbox keeps its limit, bkg exec (which gives cave.yaml's definition first) says the same,
-/// and with cave.yaml's limit back the sandbox works again.
+/// sandbox keeps its limit, bkg exec and bkg cp (which give cave.yaml's definition first) say
+/// so and go on with it, and with cave.yaml's limit back the sandbox works again.
 #[test]
 fn a_refused_disk_shrink_leaves_the_stored_limit_as_it_was() {
     let agent = Agent::start();
@@ -407,17 +407,17 @@ fn a_refused_disk_shrink_leaves_the_stored_limit_as_it_was() {
     std::fs::write(dir.join("cave.yaml"), cave.replace("disk: 64MiB", "disk: 32MiB")).expect("edit cave.yaml");
     let shrunk = agent.bkgr(dir, &["box"]);
     assert_eq!(code(&shrunk), 125, "{}", stderr(&shrunk));
-    assert!(stderr(&shrunk).contains("shrinking could lose files"), "{}", stderr(&shrunk));
+    assert!(stderr(&shrunk).contains("a disk only grows: ask for 64MiB or more"), "{}", stderr(&shrunk));
     let status = agent.bkg_in(dir, &["status", "box", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
     assert_eq!(status["limits"]["disk_bytes"], 64 * 1024 * 1024, "{status}");
-    let exec = agent.bkg_in(dir, &["exec", "box", "-c", "print('still works')"]);
-    assert_eq!(code(&exec), 125, "{}", stderr(&exec));
-    assert_eq!(
-        stderr(&exec),
-        "bkg: sandbox `box`: the disk limit 32MiB is below the 64MiB this sandbox's disk already has; \
-         shrinking could lose files (remove the sandbox to start over)\n"
-    );
+    // bkg exec and bkg cp say so and go on with the sandbox as it is: its files stay reachable.
+    let exec = agent.bkg_in(dir, &["exec", "box", "-c", "open('/workspace/kept.txt', 'w').write('mine')"]);
+    assert_eq!(code(&exec), 0, "{}", stderr(&exec));
+    assert!(stderr(&exec).contains("goes on as bkgr last gave it"), "{}", stderr(&exec));
+    let rescued = agent.bkg_in(dir, &["cp", "box:kept.txt", "rescued"]);
+    assert_eq!(code(&rescued), 0, "{}", stderr(&rescued));
+    assert_eq!(std::fs::read_to_string(dir.join("rescued/kept.txt")).expect("the copy"), "mine");
     std::fs::write(dir.join("cave.yaml"), cave).expect("restore cave.yaml");
     let exec = agent.bkg_in(dir, &["exec", "box", "-c", "print('still works')"]);
     assert_eq!((code(&exec), stdout(&exec)), (0, "still works\n".to_owned()), "{}", stderr(&exec));

@@ -29,7 +29,7 @@ pub enum DiskError {
     #[error("{tool} failed: {message}")]
     Tool { tool: &'static str, message: String },
     #[error(
-        "the disk limit {asked} is below the {current} this sandbox's disk already has; shrinking could lose files (remove the sandbox to start over)"
+        "the disk limit {asked} is below the {current} this sandbox's disk already has, and a disk only grows: ask for {current} or more (cave.yaml's limits.disk), or remove the sandbox to start over (its files go with it)"
     )]
     WouldShrink { asked: String, current: String },
 }
