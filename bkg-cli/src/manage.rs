@@ -337,8 +337,14 @@ pub async fn stop_many(settings: &Settings, args: StopArgs) -> Result<i32, CliEr
         let client = AgentClient::new(&settings.endpoint()?)?;
         client.ensure_running().await?;
         let sandboxes = list(&client, Some(&project)).await?;
-        let running: Vec<String> =
-            sandboxes.into_iter().filter(|info| info.state == SandboxState::Running).map(|info| info.name).collect();
+        // A service waiting to restart after a failure has no run now, but is not stopped.
+        let restarting =
+            |info: &SandboxInfo| info.service.as_ref().is_some_and(|service| service.state == ServiceState::Restarting);
+        let running: Vec<String> = sandboxes
+            .into_iter()
+            .filter(|info| info.state == SandboxState::Running || restarting(info))
+            .map(|info| info.name)
+            .collect();
         if running.is_empty() && !out.is_json() {
             out.note(format_args!("no sandbox of {} is running", project.display()));
         }

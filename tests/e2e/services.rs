@@ -190,3 +190,40 @@ fn exe_publishes_a_port_for_the_run_and_refuses_timeout_none() {
         stderr(&busy)
     );
 }
+
+/// A service that keeps failing waits between restarts; `bkg stop --all` stops it there too
+/// (it has no run then, but is not stopped), says it did, and no restart follows.
+#[test]
+fn stop_all_calls_off_the_restart_a_failing_service_waits_for() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  flaky:\n    type: python\n    restart: on-failure\n    scripts:\n      \
+         start: python -c \"raise SystemExit(4)\"\n",
+    )
+    .expect("cave.yaml");
+    let started = agent.bkgr(dir, &["-d", "flaky"]);
+    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
+    let flaky_status = || {
+        let output = agent.bkg_in(dir, &["status", "flaky", "--json"]);
+        assert_eq!(code(&output), 0, "status: {}", stderr(&output));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("status JSON")
+    };
+    poll("the service to wait for its restart", || {
+        let info = flaky_status();
+        (info["service"]["state"] == "restarting" && info["current_run"].is_null()).then_some(())
+    });
+    let stopped = agent.bkg_in(dir, &["stop", "--all", "--json"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+    let answers: serde_json::Value = serde_json::from_slice(&stopped.stdout).expect("stop --json");
+    assert_eq!(answers, serde_json::json!([{"name": "flaky", "stopped": true}]));
+    let after = flaky_status();
+    assert_eq!(after["service"]["state"], "stopped", "{after}");
+    let restarts = after["service"]["restarts"].clone();
+    // Longer than the first pauses between restarts: none comes.
+    std::thread::sleep(Duration::from_secs(3));
+    let later = flaky_status();
+    assert_eq!((&later["service"]["state"], &later["service"]["restarts"]), (&"stopped".into(), &restarts), "{later}");
+}

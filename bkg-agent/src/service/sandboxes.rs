@@ -387,11 +387,12 @@ impl Service {
         Ok(self.stop_and_wait(id).await)
     }
 
-    /// Stops the sandbox's service (no restart after this) and its run, if one goes on.
+    /// Stops the sandbox's service (no restart after this) and its run, if one goes on: whether
+    /// there was either to stop.
     async fn stop_and_wait(&self, id: &str) -> bool {
-        self.services.stop(id);
+        let restart_called_off = self.services.stop(id);
         let Some(run) = self.engine.current_run(id) else {
-            return false;
+            return restart_called_off;
         };
         run.stop();
         if !wait_until(run.watch(), RUN_PATIENCE, |progress| progress.phase == RunPhase::Recorded).await {

@@ -55,13 +55,18 @@ impl Services {
     }
 
     /// Marks the service of sandbox `id` stopped, so that it is not started again.
-    pub fn stop(&self, id: &str) {
+    /// Whether a restart was pending (the service was waiting out its pause after a failure),
+    /// which is now called off.
+    pub fn stop(&self, id: &str) -> bool {
         if let Ok(mut services) = self.0.lock()
             && let Some(supervised) = services.get_mut(id)
         {
             supervised.stopped.send_replace(true);
+            let pending = supervised.health.state == ServiceState::Restarting;
             supervised.health.state = ServiceState::Stopped;
+            return pending;
         }
+        false
     }
 
     fn health(&self, id: &str) -> Option<ServiceHealth> {
