@@ -181,7 +181,7 @@ pub async fn download(client: &AgentClient, id: &str, path: &str, dest: &Path) -
 
 /// Unpacks the tar stream of `response` into `dest` as it arrives.
 async fn unpack_stream(response: reqwest::Response, dest: &Path) -> Result<Unpacked, CliError> {
-    let unpacker = Unpacker::start(dest)?;
+    let unpacker = Unpacker::start(dest, Links::Copied)?;
     let mut stream = response.bytes_stream();
     use futures_util::StreamExt as _;
     while let Some(chunk) = stream.next().await {
@@ -210,9 +210,23 @@ pub struct Unpacked {
     pub bytes: u64,
 }
 
+/// What a download brings back of the symbolic links in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Made as links (`bkg cp`: the user's own files, copied as they are).
+    Copied,
+    /// Left out (`bkg exe -o`: what a run's code made, which must not leave links to host
+    /// paths in the user's directory; its kept files leave them out too).
+    LeftOut,
+}
+
 /// Unpacks `archive` into `dest` as `tar::Archive::unpack` does (directories last, deepest
 /// first, so that a read-only one does not stop what goes into it), counting the files.
-fn unpack_counting<R: std::io::Read>(archive: &mut tar::Archive<R>, dest: &Path) -> std::io::Result<Unpacked> {
+fn unpack_counting<R: std::io::Read>(
+    archive: &mut tar::Archive<R>,
+    dest: &Path,
+    links: Links,
+) -> std::io::Result<Unpacked> {
     let mut unpacked = Unpacked::default();
     let mut directories = Vec::new();
     for entry in archive.entries()? {
@@ -220,6 +234,9 @@ fn unpack_counting<R: std::io::Read>(archive: &mut tar::Archive<R>, dest: &Path)
         let kind = entry.header().entry_type();
         if kind == tar::EntryType::Directory {
             directories.push(entry);
+            continue;
+        }
+        if links == Links::LeftOut && matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
             continue;
         }
         let size = entry.size();
@@ -237,7 +254,7 @@ fn unpack_counting<R: std::io::Read>(archive: &mut tar::Archive<R>, dest: &Path)
 }
 
 impl Unpacker {
-    pub fn start(dest: &Path) -> Result<Self, CliError> {
+    pub fn start(dest: &Path, links: Links) -> Result<Self, CliError> {
         if dest.exists() && !dest.is_dir() {
             return Err(CliError::usage(format!(
                 "{} is a file: give a directory to write into (e.g. `.`)",
@@ -251,7 +268,7 @@ impl Unpacker {
             let mut archive = tar::Archive::new(ChunkReader::new(chunks));
             archive.set_preserve_permissions(true);
             archive.set_overwrite(true);
-            unpack_counting(&mut archive, &dest)
+            unpack_counting(&mut archive, &dest, links)
         });
         Ok(Self { sender, unpacking })
     }

@@ -56,6 +56,11 @@ pub async fn run_keeping_out_dir(
     stdin: Stdin,
     out_dir: Option<&std::path::Path>,
 ) -> Result<RunResult, CliError> {
+    // DEST is made, or found unusable, before the run is asked for: a bad one runs nothing.
+    let archive = out_dir
+        .map(|dir| crate::files_cmd::Unpacker::start(dir, crate::files_cmd::Links::LeftOut))
+        .transpose()
+        .map_err(|error| CliError::new(error.code, format!("--output {}", error.message)))?;
     // The first run of a persistent sandbox makes its disk; a busy agent prepares one afresh.
     let spinner = match output {
         Output::Raw => crate::progress::Spinner::start("preparing the sandbox"),
@@ -87,7 +92,6 @@ pub async fn run_keeping_out_dir(
         }
     });
 
-    let archive = out_dir.map(crate::files_cmd::Unpacker::start).transpose()?;
     let outcome = receive(client, &mut reader, output, spinner, archive.as_ref()).await;
     stdin_task.abort();
     cancel_task.abort();

@@ -476,6 +476,38 @@ fn exe_file_dir_puts_siblings_beside_the_script_and_output_brings_out_back() {
     assert_eq!(std::fs::read_to_string(results.join("result.txt")).expect("result"), "made in the sandbox\n");
 }
 
+/// `-o` brings back no symbolic link the code made (one could point anywhere on the host), and
+/// a DIR it cannot use is refused before a run is asked for: none is recorded.
+#[test]
+fn output_leaves_links_out_and_a_bad_dir_runs_nothing() {
+    let agent = Agent::start();
+    let work = tempfile::tempdir().expect("dir");
+    let dir = work.path();
+    let results = dir.join("results");
+    let linking = "import os\nos.symlink('/etc/hostname', 'out/host')\nos.symlink('data.txt', 'out/near')\n\
+                   open('out/data.txt', 'w').write('data\\n')\n";
+    let run = agent.bkg().args(["exe", "-t", "python", "-c", linking, "-o"]).arg(&results).output().expect("bkg exe");
+    assert_eq!(code(&run), 0, "stderr: {}", stderr(&run));
+    assert_eq!(std::fs::read_to_string(results.join("data.txt")).expect("the file"), "data\n");
+    for link in ["host", "near"] {
+        assert!(std::fs::symlink_metadata(results.join(link)).is_err(), "{link} was brought back");
+    }
+    let run_ids = || {
+        let runs = unix_request(&agent.socket, "GET", "/api/v1/runs", None).json();
+        runs.as_array().into_iter().flatten().map(|run| run["id"].to_string()).collect::<Vec<_>>()
+    };
+    let runs_before = run_ids();
+    write(&dir.join("a-file"), "mine\n");
+    for bad in [dir.join("a-file"), std::path::PathBuf::from("/proc/nope")] {
+        let refused =
+            agent.bkg().args(["exe", "-t", "python", "-c", "print('ran')", "-o"]).arg(&bad).output().expect("bkg exe");
+        assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+        assert!(stderr(&refused).starts_with("bkg: --output "), "{}", stderr(&refused));
+        assert_eq!(stdout(&refused), "", "nothing ran");
+    }
+    assert_eq!(run_ids(), runs_before, "no run was asked for");
+}
+
 fn sha256(path: &Path) -> String {
     let output = Command::new("sha256sum").arg(path).output().expect("sha256sum");
     assert!(output.status.success());
