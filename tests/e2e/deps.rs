@@ -222,6 +222,10 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     let error = text.lines().find(|line| line.contains(" failed ")).unwrap_or_default();
     assert_eq!(error, "bkg: installing 1 Python package failed (pip exited with code 1); the installer said:");
     assert!(text.contains("No matching distribution found for no-such-package-bkg==1.0"), "{text}");
+    // The run never got a sandbox, so nothing of it is left: its record says so.
+    agent.wait_idle();
+    let runs = bkg_tests::http::unix_request(&agent.socket, "GET", "/api/v1/runs", None).json();
+    assert_eq!(runs[0]["cleaned_up"], true, "{runs}");
 
     let options = agent.exe(&["--with=--index-url=http://elsewhere/simple", "-c", "1", "--type", "python"]);
     assert_eq!(code(&options), 125);

@@ -59,12 +59,22 @@ pub struct RunTracker {
     access: Mutex<Option<(SandboxAccess, DiskUse)>>,
     /// Whether the run only holds its sandbox for a file transfer.
     for_transfer: bool,
+    /// Whether it ever held a sandbox: one that did not (cancelled in the queue, its
+    /// environment not made) has nothing to clean up.
+    held_a_sandbox: std::sync::atomic::AtomicBool,
 }
 
 impl RunTracker {
     fn new(run_id: String, for_transfer: bool) -> Arc<Self> {
         let progress = watch::Sender::new(RunProgress { phase: RunPhase::Queued, holds_sandbox: false });
-        Arc::new(Self { run_id, progress, stop: Notify::new(), access: Mutex::new(None), for_transfer })
+        Arc::new(Self {
+            run_id,
+            progress,
+            stop: Notify::new(),
+            access: Mutex::new(None),
+            for_transfer,
+            held_a_sandbox: Default::default(),
+        })
     }
 
     pub fn is_for_transfer(&self) -> bool {
@@ -97,7 +107,14 @@ impl RunTracker {
         });
     }
 
+    pub fn held_a_sandbox(&self) -> bool {
+        self.held_a_sandbox.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub(super) fn set_holds_sandbox(&self, holds: bool) {
+        if holds {
+            self.held_a_sandbox.store(true, std::sync::atomic::Ordering::Release);
+        }
         self.progress.send_if_modified(|progress| std::mem::replace(&mut progress.holds_sandbox, holds) != holds);
     }
 

@@ -185,6 +185,13 @@ impl Service {
         if let Err(error) = recorded {
             tracing::error!(%error, run = %run_id, "could not record the run's end");
         }
+        // A run that never held a sandbox left nothing on the host; the cleanup listener, which
+        // hears of disposed sandboxes, never hears of it.
+        if !tracker.held_a_sandbox()
+            && let Err(error) = self.store.run_cleaned_up(&run_id, true).await
+        {
+            tracing::error!(%error, run = %run_id, "could not record the cleanup");
+        }
         tracker.advance(RunPhase::Recorded);
         self.metrics.run_ended(outcome.as_ref().map_err(|_| ()));
         Ok(outcome?)
