@@ -21,10 +21,11 @@ ajv_flags=(--spec=draft2020 --strict=true --allow-union-types -c ajv-formats -s 
 "$bin/ajv" compile "${ajv_flags[@]}" >/dev/null
 
 # ajv's errors as JSON pointers the way bkg names them: an unknown, missing or badly named key
-# is pointed at itself rather than at the object holding it.
+# is pointed at itself rather than at the object holding it; an `if` whose `then` failed is
+# only the summary of the error under it.
 pointers_js='
 const text = require("fs").readFileSync(process.argv[1], "utf8");
-const errors = JSON.parse(text.slice(text.indexOf("[")));
+const errors = JSON.parse(text.slice(text.indexOf("["))).filter((error) => error.keyword !== "if");
 const key = (name) => "/" + String(name).replace(/~/g, "~0").replace(/\//g, "~1");
 const pointers = new Set(errors.map((error) => {
   const named = error.params.additionalProperty ?? error.params.missingProperty

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use bkg_schema::Language;
 use bkg_schema::cave::{CaveFile, SandboxSpec, Volume};
 use bkg_schema::envs::NodePackages;
 use bkg_schema::sandbox::{SandboxDefinition, SandboxInfo, VolumeSpec, sandbox_id};
@@ -71,9 +70,6 @@ fn node_packages(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Optio
     let Some(file) = spec.node.as_ref().and_then(|node| node.package.as_deref()) else {
         return Ok(None);
     };
-    if spec.r#type != Language::Node {
-        return Err(CliError::usage(format!("sandbox `{name}`: node.package is for sandboxes of type node")));
-    }
     let manifest = project.join(file);
     let lockfile = manifest.with_file_name("package-lock.json");
     let read = |path: &Path| {
@@ -88,9 +84,6 @@ fn requirements(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Vec<St
     let Some(file) = spec.python.as_ref().and_then(|python| python.requirements.as_deref()) else {
         return Ok(Vec::new());
     };
-    if spec.r#type != Language::Python {
-        return Err(CliError::usage(format!("sandbox `{name}`: python.requirements is for sandboxes of type python")));
-    }
     let path = project.join(file);
     let text = std::fs::read_to_string(&path)
         .map_err(|error| CliError::usage(format!("sandbox `{name}`: requirements {}: {error}", path.display())))?;

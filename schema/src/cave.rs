@@ -629,6 +629,11 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
             None => error.to_string(),
         },
         Kind::Enum { options } => format!("{instance} is not one of {options}"),
+        // A key the sandbox's type does not take (`python:` for node): the def says why.
+        Kind::Not { .. } => match description_of(schema, schema_path) {
+            Some(description) => description.trim_end_matches('.').to_owned(),
+            None => error.to_string(),
+        },
         Kind::Constant { expected_value } => {
             format!("{instance} is not supported: it must be {expected_value}")
         }
@@ -648,6 +653,13 @@ fn rule_text(how: &str, error: &jsonschema::ValidationError<'_>) -> String {
         jsonschema::error::ValidationErrorKind::Pattern { pattern } => format!("pattern \"{pattern}\""),
         _ => error.to_string(),
     }
+}
+
+/// The description of the innermost `$defs` entry of `schema_path`.
+fn description_of<'a>(schema: &'a Value, schema_path: &str) -> Option<&'a str> {
+    let (_, def) = schema_path.rsplit_once("/$defs/")?;
+    let def = def.split('/').next()?;
+    schema.pointer(&format!("/$defs/{def}/description"))?.as_str()
 }
 
 /// The keys an object may have, from the `properties` beside the `additionalProperties: false`
@@ -732,6 +744,15 @@ impl CaveFile {
             for (index, port) in sandbox.ports.iter().enumerate() {
                 if let Err(error) = crate::egress::PortMapping::parse(port) {
                     fail(&["sandboxes", name, "ports", &index.to_string()], error.to_string());
+                }
+            }
+            // The schema's pythonOnly and nodeOnly.
+            for (key, present, language) in [
+                ("python", sandbox.python.is_some(), Language::Python),
+                ("node", sandbox.node.is_some(), Language::Node),
+            ] {
+                if present && sandbox.r#type != language {
+                    fail(&["sandboxes", name, key], format!("only sandboxes of type {key} take it"));
                 }
             }
         }
