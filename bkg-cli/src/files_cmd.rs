@@ -64,6 +64,15 @@ pub async fn find_sandbox(
     })
 }
 
+/// The id of sandbox `name` where no project is around: the one sandbox of that name the agent
+/// shows this caller (made with the API, MCP, or in a project elsewhere); else `no_project`, why
+/// there is no project to look in.
+pub async fn outside_a_project(client: &AgentClient, name: &str, no_project: CliError) -> Result<String, CliError> {
+    agent_wide(client, name)
+        .await?
+        .ok_or_else(|| CliError::usage(format!("no sandbox `{name}` on the agent ({})", no_project.message)))
+}
+
 /// The one sandbox named `name` the agent shows this caller, if there is one.
 async fn agent_wide(client: &AgentClient, name: &str) -> Result<Option<String>, CliError> {
     let all: Vec<SandboxInfo> = client.get("/api/v1/sandboxes").await?;

@@ -134,11 +134,27 @@ fn state_word(state: SandboxState) -> &'static str {
     }
 }
 
+/// Sandbox `name`'s id: the project's (cave.yaml around the current directory, or `-C`), else,
+/// with no project around, the one of that name the agent shows this caller; and the project.
+async fn locate(
+    client: &AgentClient,
+    dir: Option<&Path>,
+    name: &str,
+) -> Result<(String, Option<std::path::PathBuf>), CliError> {
+    match project_dir(dir) {
+        Ok(project) => Ok((id_of(&project, name), Some(project))),
+        Err(no_project) => Ok((crate::files_cmd::outside_a_project(client, name, no_project).await?, None)),
+    }
+}
+
 pub async fn status(settings: &Settings, args: NameArgs) -> Result<i32, CliError> {
-    let project = project_dir(args.project.dir.as_deref())?;
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let Some(info) = fetch(&client, &id_of(&project, &args.name)).await? else {
+    let (id, project) = locate(&client, args.project.dir.as_deref(), &args.name).await?;
+    let Some(info) = fetch(&client, &id).await? else {
+        let Some(project) = project else {
+            return Err(CliError::usage(format!("no sandbox `{}` on the agent", args.name)));
+        };
         let otherwise = format!(
             "sandbox `{}` has not run yet in {}: run it once with `bkgr {}`",
             args.name,
@@ -205,10 +221,9 @@ fn service_word(state: ServiceState) -> &'static str {
 }
 
 pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> {
-    let project = project_dir(args.project.dir.as_deref())?;
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let id = id_of(&project, &args.name);
+    let (id, project) = locate(&client, args.project.dir.as_deref(), &args.name).await?;
     if args.policy {
         return policy(settings, &client, &id).await;
     }
@@ -216,10 +231,13 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
         let path = format!("/api/v1/sandboxes/{id}/logs?follow={follow}");
         let (client, name, project) = (&client, &args.name, &project);
         async move {
-            client.open_found(&path).await?.ok_or_else(|| {
-                let otherwise =
-                    format!("sandbox `{name}` has no output yet in {}: `bkgr {name}` runs it", project.display());
-                missing_sandbox(project, name, otherwise)
+            client.open_found(&path).await?.ok_or_else(|| match project {
+                Some(project) => {
+                    let otherwise =
+                        format!("sandbox `{name}` has no output yet in {}: `bkgr {name}` runs it", project.display());
+                    missing_sandbox(project, name, otherwise)
+                }
+                None => CliError::usage(format!("sandbox `{name}` has no output yet")),
             })
         }
     };
@@ -332,10 +350,10 @@ impl LogLines {
 /// `bkg stop NAME... | --all`.
 pub async fn stop_many(settings: &Settings, args: StopArgs) -> Result<i32, CliError> {
     let out = settings.out;
-    let project = project_dir(args.project.dir.as_deref())?;
+    let client = AgentClient::new(&settings.endpoint()?)?;
+    client.ensure_running().await?;
     let names = if args.all {
-        let client = AgentClient::new(&settings.endpoint()?)?;
-        client.ensure_running().await?;
+        let project = project_dir(args.project.dir.as_deref())?;
         let sandboxes = list(&client, Some(&project)).await?;
         // A service waiting to restart after a failure has no run now, but is not stopped.
         let restarting =
@@ -354,7 +372,7 @@ pub async fn stop_many(settings: &Settings, args: StopArgs) -> Result<i32, CliEr
     };
     let mut answers = Vec::new();
     for name in names {
-        answers.push(stop(settings, &project, name).await?);
+        answers.push(stop(&client, out, args.project.dir.as_deref(), name).await?);
     }
     if out.is_json() {
         out.json(&answers)?;
@@ -363,16 +381,21 @@ pub async fn stop_many(settings: &Settings, args: StopArgs) -> Result<i32, CliEr
 }
 
 /// Stops the run of one sandbox: whether one was going on.
-async fn stop(settings: &Settings, project: &Path, name: String) -> Result<StopAnswer, CliError> {
-    let out = settings.out;
-    let client = AgentClient::new(&settings.endpoint()?)?;
-    client.ensure_running().await?;
-    let id = id_of(project, &name);
-    let stopped = match client.post_found(&format!("/api/v1/sandboxes/{id}/stop")).await? {
-        Some(Stopped { stopped }) => stopped,
+async fn stop(
+    client: &AgentClient,
+    out: crate::out::Printer,
+    dir: Option<&Path>,
+    name: String,
+) -> Result<StopAnswer, CliError> {
+    let (id, project) = locate(client, dir, &name).await?;
+    let stopped = match (client.post_found(&format!("/api/v1/sandboxes/{id}/stop")).await?, &project) {
+        (Some(Stopped { stopped }), _) => stopped,
         // Declared in cave.yaml and never made: there is nothing to stop, which is what was asked.
-        None if load_cave(project).is_ok_and(|cave| cave.sandboxes.contains_key(&name)) => false,
-        None => return Err(missing_sandbox(project, &name, format!("no sandbox `{name}` in cave.yaml"))),
+        (None, Some(project)) if load_cave(project).is_ok_and(|cave| cave.sandboxes.contains_key(&name)) => false,
+        (None, Some(project)) => {
+            return Err(missing_sandbox(project, &name, format!("no sandbox `{name}` in cave.yaml")));
+        }
+        (None, None) => return Err(CliError::usage(format!("no sandbox `{name}` on the agent"))),
     };
     if !out.is_json() {
         if stopped {

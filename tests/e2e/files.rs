@@ -554,3 +554,30 @@ fn a_gibibyte_goes_in_and_out_unchanged_while_the_agent_stays_small() {
     let peak = peak_rss(agent.pid());
     assert!(peak < 100 * 1024 * 1024, "the agent's peak RSS was {peak} bytes");
 }
+
+/// Away from any project, a sandbox is the one of that name the agent shows the caller: `bkg
+/// exec` finds it, and so do `bkg status`, `bkg logs` and `bkg stop`, which end the session
+/// exec left (as its own hints say); an unknown name says neither place has it.
+#[test]
+fn outside_a_project_the_commands_find_the_agents_sandbox_by_name() {
+    let agent = Agent::start();
+    let _project = project_with_box(&agent, &[]);
+    let elsewhere = tempfile::tempdir().expect("a directory without cave.yaml");
+    let away = elsewhere.path();
+    let exec = agent.bkg_in(away, &["exec", "box", "-c", "print(40 + 2)"]);
+    assert_eq!((code(&exec), stdout(&exec).as_str()), (0, "42\n"), "{}", stderr(&exec));
+    for command in [&["status", "box"][..], &["logs", "box"]] {
+        let found = agent.bkg_in(away, command);
+        assert_eq!(code(&found), 0, "{command:?}: {}", stderr(&found));
+    }
+    let stopped = agent.bkg_in(away, &["stop", "box", "--json"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+    assert_eq!(stdout(&stopped), "[{\"name\":\"box\",\"stopped\":true}]\n", "the session ended");
+    let unknown = agent.bkg_in(away, &["stop", "nobox"]);
+    assert_eq!(code(&unknown), 125);
+    assert!(
+        stderr(&unknown).starts_with("bkg: no sandbox `nobox` on the agent (no cave.yaml in "),
+        "{}",
+        stderr(&unknown)
+    );
+}
