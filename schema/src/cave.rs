@@ -573,7 +573,7 @@ const RULES: [(&str, &str, &str); 8] = [
     ("dnsLabel", "name", NAME_RULE),
     ("size", "size", "a number with an optional unit, like 512MiB, 1GiB or 500M"),
     ("duration", "duration", "a number with an optional unit, like 500ms, 60s, 1m30s or 1h"),
-    ("cpus", "CPU count", "a number from 0.001 to 4096, like 0.5, 1 or 2"),
+    ("cpus", "CPU count", "a number from 0.01 to 4096, like 0.5, 1 or 2"),
     ("scriptName", "script name", SCRIPT_NAME_RULE),
     ("command", "command", "it must not be empty"),
     ("envKey", "variable name", ENV_KEY_RULE),
@@ -629,6 +629,8 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
             None => error.to_string(),
         },
         Kind::Enum { options } => format!("{instance} is not one of {options}"),
+        Kind::Minimum { limit } => format!("{instance} is too small: the least is {limit}"),
+        Kind::Maximum { limit } => format!("{instance} is too large: the most is {limit}"),
         // A key the sandbox's type does not take (`python:` for node): the def says why.
         Kind::Not { .. } => match description_of(schema, schema_path) {
             Some(description) => description.trim_end_matches('.').to_owned(),
@@ -704,6 +706,11 @@ impl CaveFile {
             for (key, parsed) in sandbox.limits.iter().flat_map(CaveLimits::parsed) {
                 let floor = least.iter().find(|(name, _, _)| *name == key);
                 match (parsed, floor) {
+                    // Too small to be a size at all (`0.1` bytes): the limit's own floor says more.
+                    (Some(Err(UnitError::Zero { text, .. })), Some((_, floor, shown))) => fail(
+                        &["sandboxes", name, "limits", key],
+                        format!("`{text}` is too small: the least is {}", shown(*floor)),
+                    ),
                     (Some(Err(error)), _) => fail(&["sandboxes", name, "limits", key], error.to_string()),
                     (Some(Ok(value)), Some((_, floor, shown))) if value < *floor => fail(
                         &["sandboxes", name, "limits", key],
@@ -1056,6 +1063,10 @@ sandboxes:
             messages.iter().any(|message| message.contains("0.005 is too small: the least is 0.01")),
             "{messages:?}"
         );
+        // A size too small to be a byte is measured against the limit's floor, not a byte's.
+        let text = GOOD.replace("memory: 256MiB", "memory: \"0.1\"");
+        let messages: Vec<String> = errors_of(&text).into_iter().map(|error| error.message).collect();
+        assert_eq!(messages, ["`0.1` is too small: the least is 16MiB"]);
     }
 
     #[test]
