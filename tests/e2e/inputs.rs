@@ -57,6 +57,8 @@ fn bad_flags_and_limits_are_125() {
         (&["--cpus", "0", hello], "--cpus"),
         (&["--memory", "1TiB", hello], "memory 1TiB is above this agent's maximum of 8GiB"),
         (&["--timeout", "2h", hello], "timeout 2h is above this agent's maximum of 1h"),
+        (&["--timeout", "none", hello], "timeout none is only for persistent sandboxes (cave.yaml, bkgr)"),
+        (&["--memory", "10TB", hello], "memory 9.1TiB is above this agent's maximum of 8GiB"),
         (&["--env", "1X=y", hello], "--env: `1X` is not a variable name"),
         (&["--env-file", "/nonexistent/.env", hello], "--env-file /nonexistent/.env"),
         (&["--file", "/nonexistent/data", hello], "--file /nonexistent/data"),

@@ -221,7 +221,10 @@ impl Engine {
                 return Err(RunError::BadRequest(format!("{name} limit must be greater than zero")));
             }
         }
-        if let Some((name, asked, allowed)) = limits.first_above(&self.config.max_limits) {
+        if let Some((name, asked, mut allowed)) = limits.first_above(&self.config.max_limits) {
+            if limits.timeout_ms == bkg_schema::NO_TIMEOUT_MS && name == "timeout" {
+                allowed.push_str(" (it takes none only when started with --max-timeout none)");
+            }
             return Err(RunError::LimitAboveMaximum { name, asked, allowed });
         }
         if let Some((name, asked, least)) = limits.first_below(&Limits::LEAST) {
@@ -287,12 +290,13 @@ impl Engine {
     }
 
     pub fn validate(&self, request: RunRequest) -> Result<ValidatedRun, RunError> {
-        let limits = self.resolve_limits(&request.limits)?;
-        if limits.timeout_ms == bkg_schema::NO_TIMEOUT_MS {
+        // Said before any maximum: no agent takes it for a temporary run.
+        if request.limits.timeout_ms == Some(bkg_schema::NO_TIMEOUT_MS) {
             return Err(RunError::BadRequest(
                 "timeout none is only for persistent sandboxes (cave.yaml, bkgr); a run needs a timeout".into(),
             ));
         }
+        let limits = self.resolve_limits(&request.limits)?;
         let network = self.network_plan(&request.network, &request.ports)?;
         let interpreter = self.interpreter(request.language)?;
 
