@@ -227,6 +227,12 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     let runs = bkg_tests::http::unix_request(&agent.socket, "GET", "/api/v1/runs", None).json();
     assert_eq!(runs[0]["cleaned_up"], true, "{runs}");
 
+    // A requirement pip cannot parse: its exception, not the traceback pip prints with it.
+    let malformed = agent.exe(&["--with", "numpy; rm", "-c", "1", "--type", "python"]);
+    assert_eq!(code(&malformed), 125, "{}", stderr(&malformed));
+    assert!(stderr(&malformed).contains("Invalid marker"), "{}", stderr(&malformed));
+    assert!(!stderr(&malformed).contains("Traceback"), "{}", stderr(&malformed));
+
     let options = agent.exe(&["--with=--index-url=http://elsewhere/simple", "-c", "1", "--type", "python"]);
     assert_eq!(code(&options), 125);
     assert!(stderr(&options).contains("options are not taken"), "{}", stderr(&options));

@@ -128,6 +128,7 @@ impl Service {
         let engine = Arc::clone(&self.engine);
         let running = tokio::spawn(async move { engine.run(ticket, install, input, Some(lines_tx)).await });
         let mut tail = VecDeque::new();
+        let mut tracebacks = Tracebacks::default();
         let mut partial = Vec::new();
         while let Some(event) = lines_rx.recv().await {
             let (RunOutput::Stdout(bytes) | RunOutput::Stderr(bytes)) = event else { continue };
@@ -135,7 +136,7 @@ impl Service {
             while let Some(end) = partial.iter().position(|byte| *byte == b'\n') {
                 let line: Vec<u8> = partial.drain(..=end).collect();
                 let line = String::from_utf8_lossy(&line).trim_end().to_owned();
-                if line.is_empty() {
+                if line.is_empty() || !tracebacks.keeps(&line) {
                     continue;
                 }
                 progress(line.clone());
@@ -206,5 +207,62 @@ impl Service {
             self.note_config(principal.actor(), None, pruned).await?;
         }
         Ok(PruneResult { removed, freed_bytes })
+    }
+}
+
+/// What an installer's Python traceback leaves of itself in what bkg shows: the exception each
+/// ends with, not its frames (pip prints one for a requirement it cannot parse).
+#[derive(Default)]
+struct Tracebacks {
+    inside: bool,
+}
+
+impl Tracebacks {
+    fn keeps(&mut self, line: &str) -> bool {
+        if line.starts_with("Traceback (most recent call last):")
+            || line.starts_with("During handling of the above exception")
+            || line.starts_with("The above exception was the direct cause")
+        {
+            self.inside = true;
+            return false;
+        }
+        if self.inside && line.starts_with(char::is_whitespace) {
+            return false;
+        }
+        self.inside = false;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tracebacks;
+
+    #[test]
+    fn a_traceback_is_shown_as_the_exception_it_ends_with() {
+        let pip = [
+            "ERROR: Exception:",
+            "Traceback (most recent call last):",
+            "  File \"/usr/lib/python3/dist-packages/pip/_internal/req/constructors.py\", line 297, in parse",
+            "    markers = Marker(markers_as_string)",
+            "              ^^^^^^^^^^^^^^^^^^^^^^^^^",
+            "pip._vendor.packaging.markers.InvalidMarker: Invalid marker: 'rm'",
+            "During handling of the above exception, another exception occurred:",
+            "Traceback (most recent call last):",
+            "  File \"x.py\", line 1, in <module>",
+            "ValueError: no",
+            "  indented, but no longer a frame",
+        ];
+        let mut tracebacks = Tracebacks::default();
+        let kept: Vec<&str> = pip.into_iter().filter(|line| tracebacks.keeps(line)).collect();
+        assert_eq!(
+            kept,
+            [
+                "ERROR: Exception:",
+                "pip._vendor.packaging.markers.InvalidMarker: Invalid marker: 'rm'",
+                "ValueError: no",
+                "  indented, but no longer a frame"
+            ]
+        );
     }
 }
