@@ -363,7 +363,8 @@ fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
     assert!(leaks.is_empty(), "the secret's value is in {leaks:?}");
 
     // A secret that is not set is named before anything runs; python: on a node sandbox is refused.
-    let api = "version: 1\nsandboxes:\n  api:\n    type: python\n    secrets: [MISSING]\n    scripts:\n      start: 'true'\n";
+    let api =
+        "version: 1\nsandboxes:\n  api:\n    type: python\n    secrets: [MISSING]\n    scripts:\n      start: 'true'\n";
     std::fs::write(dir.join("cave.yaml"), api).expect("cave.yaml");
     let missing = agent.bkgr(dir, &["api"]);
     assert_eq!(code(&missing), 125, "{}", stderr(&missing));
@@ -372,7 +373,11 @@ fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
     std::fs::write(dir.join("cave.yaml"), format!("{api}{web}")).expect("cave.yaml");
     let node = agent.bkgr(dir, &["web"]);
     assert_eq!(code(&node), 125, "{}", stderr(&node));
-    assert!(stderr(&node).contains("/sandboxes/web/python: only sandboxes of type python take it"), "{}", stderr(&node));
+    assert!(
+        stderr(&node).contains("/sandboxes/web/python: only sandboxes of type python take it"),
+        "{}",
+        stderr(&node)
+    );
 }
 
 #[test]

@@ -53,8 +53,10 @@ pub fn collect(workspace: &Workspace, keep: &[String], spool: &Path) -> (Vec<Spo
     for path in keep {
         match open_beneath(&workspace.0, path) {
             Ok(Some(fd)) => walk.take(fd, path, 0),
-            // Nothing there: a run that wrote no /workspace/out keeps nothing, quietly.
-            Ok(None) => {}
+            // Nothing there: a run that wrote no /workspace/out keeps nothing, quietly; a path
+            // the caller named (`--keep`, cave.yaml's `keep`) is said to be missing.
+            Ok(None) if path == crate::engine::run::OUT_DIR => {}
+            Ok(None) => walk.left_out.push(format!("{path}: the run left nothing there")),
             Err(reason) => walk.left_out.push(format!("{path}: {reason}")),
         }
     }
@@ -221,7 +223,8 @@ mod tests {
         assert_eq!(taken, [("out/a.txt", 5), ("out/deep/b.txt", 0)]);
         assert_eq!(files[0].sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
         assert_eq!(std::fs::read(&files[0].spool)?, b"hello");
-        assert_eq!(left_out.len(), 3, "{left_out:?}");
+        assert_eq!(left_out.len(), 4, "{left_out:?}");
+        assert!(left_out.contains(&"missing: the run left nothing there".to_owned()), "{left_out:?}");
         assert!(left_out.iter().any(|line| line.starts_with("out/link: a symbolic link")), "{left_out:?}");
         assert!(left_out.iter().any(|line| line.starts_with("out/fifo: only regular files")), "{left_out:?}");
         assert!(
