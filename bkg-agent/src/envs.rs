@@ -30,6 +30,27 @@ const MAX_REQUIREMENT_BYTES: usize = 1000;
 /// The largest package.json or package-lock.json a run may send.
 const MAX_NODE_FILE_BYTES: usize = 8 * 1024 * 1024;
 
+/// `line` with the user part of every URL in it (`https://user:token@host/…`) replaced by `***`:
+/// what an environment shows (its listing, its audit line) never holds a password.
+pub fn without_credentials(line: &str) -> String {
+    let mut shown = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(scheme_end) = rest.find("://") {
+        let (before, after) = rest.split_at(scheme_end + 3);
+        shown.push_str(before);
+        let authority_end = after.find(['/', '?', '#', ' ']).unwrap_or(after.len());
+        match after[..authority_end].rfind('@') {
+            Some(at) => {
+                shown.push_str("***");
+                rest = &after[at..];
+            }
+            None => rest = after,
+        }
+    }
+    shown.push_str(rest);
+    shown
+}
+
 /// What a run's environment is built from: what its id hashes, what the listing shows, and the
 /// files the installer reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +66,8 @@ impl EnvRequest {
     pub fn python(set: Vec<String>) -> Self {
         let mut text = set.join("\n");
         text.push('\n');
-        Self { language: Language::Python, shown: set.clone(), set, files: vec![("requirements.txt", text)] }
+        let shown = set.iter().map(|line| without_credentials(line)).collect();
+        Self { language: Language::Python, shown, set, files: vec![("requirements.txt", text)] }
     }
 
     /// A Node.js project's package.json and lockfile, checked: both JSON objects, the lockfile
@@ -72,7 +94,9 @@ impl EnvRequest {
             .iter()
             .filter_map(|field| manifest.get(*field).and_then(serde_json::Value::as_object))
             .flat_map(|dependencies| {
-                dependencies.iter().map(|(name, range)| format!("{name}@{}", range.as_str().unwrap_or("*")))
+                dependencies
+                    .iter()
+                    .map(|(name, range)| without_credentials(&format!("{name}@{}", range.as_str().unwrap_or("*"))))
             })
             .collect();
         shown.sort();
@@ -373,6 +397,24 @@ mod tests {
         assert!(matches!(packages("[]", lock), Err(EnvError::Invalid(_))));
         assert!(matches!(packages("{}", "{}"), Err(EnvError::Invalid(message)) if message.contains("lockfileVersion")));
         assert!(matches!(packages("{", lock), Err(EnvError::Invalid(_))));
+    }
+
+    #[test]
+    fn what_an_environment_shows_holds_no_password() {
+        let request = EnvRequest::python(vec![
+            "tinypkg @ https://user:s3cret@example.org/simple/tinypkg-1.0.whl".into(),
+            "plain==1.0".into(),
+            "git+https://token@github.com/a/b.git@v1 ; python_version > '3'".into(),
+        ]);
+        assert_eq!(
+            request.shown,
+            [
+                "tinypkg @ https://***@example.org/simple/tinypkg-1.0.whl",
+                "plain==1.0",
+                "git+https://***@github.com/a/b.git@v1 ; python_version > '3'"
+            ]
+        );
+        assert!(request.set[0].contains("s3cret"), "the installer still gets the real line");
     }
 
     #[test]

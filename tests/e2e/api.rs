@@ -770,6 +770,14 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
         .expect("bkg exe");
     assert_eq!(code(&remote_run), 0, "{}", stderr(&remote_run));
     assert_eq!(stdout(&remote_run), "remote run\n");
+    // Environments are every namespace's: a namespace key may not list them.
+    let envs = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "envs", "ls"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .output()
+        .expect("bkg envs ls");
+    assert_eq!(code(&envs), 125, "{}", stderr(&envs));
+    assert!(stderr(&envs).contains("only an admin may list the dependency environments"), "{}", stderr(&envs));
     let listed = bkg_at(&api, home.path())
         .args(["--remote", &remote, "keys", "ls", "--json"])
         .env("BKG_CREDENTIAL_STORE", "file")

@@ -46,6 +46,7 @@ pub enum AdminTask {
     ReadAudit,
     VerifyAudit,
     PruneEnvs,
+    ListEnvs,
 }
 
 impl AdminTask {
@@ -64,6 +65,7 @@ impl AdminTask {
             Self::ReadAudit => "only an admin may read the audit log",
             Self::VerifyAudit => "only an admin may verify the audit log",
             Self::PruneEnvs => "only an admin may prune the dependency environments",
+            Self::ListEnvs => "only an admin may list the dependency environments: every namespace's runs share them",
         }
     }
 }
@@ -384,6 +386,7 @@ mod tests {
         assert!(require_admin(&team, AdminTask::ReadAgent).is_err());
         assert!(require_admin(&Principal::Local { uid: 0 }, AdminTask::StopAgent).is_ok());
         assert!(require_admin(&team, AdminTask::ReadAudit).is_err());
+        assert!(require_admin(&team, AdminTask::ListEnvs).is_err(), "environments are every namespace's");
         assert!(!administers(&team));
         assert_eq!(require_socket_peer(&Principal::Local { uid: 7 }).ok(), Some(7));
         let admin_key = Principal::Key(key("key_5", Role::Admin, None));

@@ -9,7 +9,7 @@ use bkg_schema::audit::ConfigChanged;
 use bkg_schema::envs::{EnvInfo, PruneRequest, PruneResult};
 use tokio::sync::mpsc;
 
-use super::access::{AdminTask, require_admin, require_code_runner};
+use super::access::{AdminTask, require_admin};
 use super::{OpError, OpResult, RunOutput, Service};
 use crate::auth::Principal;
 use crate::engine::run::{RunError, ValidatedRun};
@@ -184,7 +184,7 @@ impl Service {
 
     /// Every environment the agent has built.
     pub fn list_envs(&self, principal: &Principal) -> OpResult<Vec<EnvInfo>> {
-        require_code_runner(principal)?;
+        require_admin(principal, AdminTask::ListEnvs)?;
         let mut listed = self.envs.list()?;
         listed.extend(self.node_envs.list()?);
         Ok(listed)
