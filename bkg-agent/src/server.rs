@@ -145,6 +145,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/keys/{id}/revoke", post(auth_api::revoke_key))
         .nest_service("/mcp", crate::mcp::service(Arc::clone(&state.service)))
         .nest("/ui", crate::ui::router(state.clone()))
+        // The nested router's "/" is "/ui" alone; "/ui/" is what a person types as often.
+        .route("/ui/", get(|| async { axum::response::Redirect::to("/ui/sandboxes") }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), gatekeeper))

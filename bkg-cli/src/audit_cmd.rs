@@ -19,6 +19,7 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// `bkg audit verify`: 0 when the chain is intact, 1 at the first bad line, 125 on bad input.
 pub async fn verify(settings: &Settings, args: AuditVerifyArgs) -> Result<i32, CliError> {
     if !args.from_db {
+        refuse_remote(settings, "bkg audit verify", " (--from-db --key HEX verifies bkg_db's copy through it)")?;
         return verify_to(&args, &mut io::stdout().lock(), &mut io::stderr().lock());
     }
     // bkg_db holds the agent's lines in seq order: verify them as one file, with the agent's key.
@@ -36,7 +37,21 @@ pub async fn verify(settings: &Settings, args: AuditVerifyArgs) -> Result<i32, C
     verify_to(&from_db, &mut io::stdout().lock(), &mut io::stderr().lock())
 }
 
+/// The log files are this host's: a remote agent's are on its own host, out of reach.
+fn refuse_remote(settings: &Settings, command: &str, instead: &str) -> Result<(), CliError> {
+    match settings.remote {
+        Some(_) => Err(CliError::usage(format!(
+            "{command} reads the audit log on this host; run it on the remote agent's host{instead}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub fn verify_to(args: &AuditVerifyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, CliError> {
+    // A file that is not there is the mistake to name, not the key that would sit beside it.
+    if let Some((file, error)) = args.files.iter().find_map(|file| File::open(file).err().map(|error| (file, error))) {
+        return Err(CliError::usage(format!("cannot read {}: {error}", file.display())));
+    }
     let (files, default_key) = match args.files.first() {
         Some(first) => (args.files.clone(), key_beside(first)),
         None => {
@@ -134,7 +149,8 @@ fn emit(out: &mut dyn Write, text: &str) -> Result<(), CliError> {
 }
 
 /// `bkg audit tail`: the last records, then (with `-f`) new ones as they come, until interrupted.
-pub async fn tail(args: AuditTailArgs) -> Result<i32, CliError> {
+pub async fn tail(settings: &Settings, args: AuditTailArgs) -> Result<i32, CliError> {
+    refuse_remote(settings, "bkg audit tail", "")?;
     let dir = state_dir(args.state_dir.as_deref()).join("audit");
     let mut tail = Tail::start(&dir, args.lines, args.json, &mut io::stdout().lock())?;
     if !args.follow {

@@ -40,41 +40,72 @@ pub async fn run(settings: &Settings, args: DoctorArgs) -> Result<i32, CliError>
 }
 
 async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport, CliError> {
-    let endpoint = settings.endpoint()?;
-    let local_socket = match &endpoint.place {
-        Place::Socket(socket) => Some(socket.clone()),
-        Place::Remote { .. } => None,
+    let remote = settings.remote_url()?;
+    if remote.is_some() && args.state_dir.is_some() {
+        return Err(CliError::usage(
+            "--state-dir names a directory of this host; with --remote the agent's is on its own host",
+        ));
+    }
+    let (client, local_socket) = match settings.endpoint() {
+        Ok(endpoint) => {
+            let local_socket = match &endpoint.place {
+                Place::Socket(socket) => Some(socket.clone()),
+                Place::Remote { .. } => None,
+            };
+            (Ok(AgentClient::new(&endpoint)?), local_socket)
+        }
+        // No key kept for the remote agent: a finding of doctor's, not a reason to stop.
+        Err(error) if remote.is_some() => (Err(error.message), None),
+        Err(error) => return Err(error),
     };
-    let client = AgentClient::new(&endpoint)?;
-    let (agent_check, info) = agent(&client).await;
-    let host = host_report(args).await?;
-    let mut checks = host.checks;
+    let (agent_check, info) = match &client {
+        Ok(client) => agent(client).await,
+        Err(no_key) => (Check::fail("agent", no_key, "bkg login --remote URL, or set BKG_API_KEY"), None),
+    };
+    // With --remote the agent is on another host: this host's kernel and state directory say
+    // nothing about it, and the agent's own level is in its check.
+    let (mut checks, host_level) = match &local_socket {
+        Some(_) => {
+            let host = host_report(args).await?;
+            (host.checks, host.level)
+        }
+        None => (Vec::new(), None),
+    };
     checks.push(agent_check);
     if let Some(socket_path) = &local_socket {
         checks.push(socket(socket_path));
+        let state_dir = args
+            .state_dir
+            .clone()
+            .or_else(|| info.as_ref().map(|info| PathBuf::from(&info.state_dir)))
+            .unwrap_or_else(bkg_schema::paths::default_state_dir);
+        checks.push(state_dir_check(&state_dir));
     }
-    let state_dir = args
-        .state_dir
-        .clone()
-        .or_else(|| info.as_ref().filter(|_| local_socket.is_some()).map(|info| PathBuf::from(&info.state_dir)))
-        .unwrap_or_else(bkg_schema::paths::default_state_dir);
-    checks.push(state_dir_check(&state_dir));
     if let Some(cert) = &args.tls_cert {
         checks.push(tls_cert(cert, std::time::SystemTime::now()));
     }
     if info.is_some()
-        && let Some(check) = bkg_db(&client).await
+        && let Ok(client) = &client
+        && let Some(check) = bkg_db(client).await
     {
         checks.push(check);
     }
     let status = checks.iter().map(|check| check.status).max().unwrap_or(CheckStatus::Pass);
-    Ok(DoctorReport { status, host_level: host.level, agent_level: info.and_then(|info| info.security_level), checks })
+    Ok(DoctorReport { status, host_level, agent_level: info.and_then(|info| info.security_level), checks })
 }
 
 /// The agent binary beside this bkg, else the one on PATH (as `bkg agent start` finds it).
 async fn host_report(args: &DoctorArgs) -> Result<HostReport, CliError> {
     let mut command = tokio::process::Command::new(crate::client::agent_program());
     command.arg("--check-host");
+    // The agent reads its flags from BKG_* too; those of a running agent's listener or TLS (or
+    // any a user exported) would make it refuse, or check something else. Only the runtimes
+    // matter to the report, and doctor's own --python and --node name them.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|name| name.starts_with("BKG_") && name != "BKG_PYTHON" && name != "BKG_NODE") {
+            command.env_remove(name);
+        }
+    }
     if let Some(python) = &args.python {
         command.arg("--python").arg(python);
     }

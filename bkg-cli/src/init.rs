@@ -4,7 +4,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use bkg_schema::Language;
-use bkg_schema::cave::{self, DEFAULT_NAMESPACE, FILE_NAME, NAME_RULE, is_command, is_dns_label, yaml_scalar};
+use bkg_schema::cave::{self, DEFAULT_NAMESPACE, FILE_NAME, NAME_RULE, is_command, yaml_scalar};
+use bkg_schema::sandbox::is_dns_label;
 use dialoguer::theme::ColorfulTheme;
 use dialoguer::{Input, Select};
 

@@ -72,7 +72,7 @@ async fn dispatch(settings: Settings, command: Command) -> Result<i32, CliError>
         Command::Runs(args) => runs_cmd::run(settings, args).await,
         Command::Audit(args) => match args.action {
             AuditAction::Verify(args) => audit_cmd::verify(settings, args).await,
-            AuditAction::Tail(args) => audit_cmd::tail(args).await,
+            AuditAction::Tail(args) => audit_cmd::tail(settings, args).await,
         },
         Command::Sync(args) => sync_cmd::sync(settings, args).await,
         Command::Db(args) => sync_cmd::db(settings, args).await,

@@ -7,7 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bkg_schema::Language;
-use bkg_schema::cave::{CaveFile, NAME_RULE, is_dns_label, yaml_scalar as scalar};
+use bkg_schema::cave::{CaveFile, NAME_RULE, yaml_scalar as scalar};
+use bkg_schema::sandbox::is_dns_label;
 
 use crate::exit::CliError;
 

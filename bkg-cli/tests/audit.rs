@@ -266,6 +266,6 @@ async fn the_commands_return_their_exit_codes() -> TestResult {
     edit_line(&log.path(1), 2, "ns1", "ns9")?;
     assert_eq!(audit_cmd::verify(&settings, log.verify_args()).await.map_err(message)?, 1);
     let tail = AuditTailArgs { lines: 1, follow: false, state_dir: Some(log.state.path().to_owned()), json: true };
-    assert_eq!(audit_cmd::tail(tail).await.map_err(message)?, 0);
+    assert_eq!(audit_cmd::tail(&settings, tail).await.map_err(message)?, 0);
     Ok(())
 }

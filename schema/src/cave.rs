@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::sandbox::is_dns_label;
 use crate::units::{UnitError, parse_cpus, parse_duration_ms, parse_size};
 use crate::{Language, LimitOverrides};
 
@@ -269,14 +270,6 @@ impl Volume {
         };
         Ok(Self { host: PathBuf::from(host), guest: guest.to_owned(), read_only })
     }
-}
-
-pub fn is_dns_label(name: &str) -> bool {
-    let edge = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    (1..=63).contains(&name.len())
-        && name.starts_with(edge)
-        && name.ends_with(edge)
-        && name.chars().all(|c| edge(c) || c == '-')
 }
 
 pub fn is_script_name(name: &str) -> bool {

@@ -71,7 +71,8 @@ pub struct Check {
     pub name: String,
     pub status: CheckStatus,
     pub found: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The narrowest fix; null when the check passes (the key is always there: stable JSON).
+    #[serde(default)]
     pub fix: Option<String>,
 }
 

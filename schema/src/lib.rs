@@ -154,6 +154,7 @@ pub const NO_TIMEOUT_MS: u64 = u64::MAX;
 /// Limits a caller asks for; the agent fills the gaps with its defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     /// At least 10 (a hundredth of a CPU): the kernel's smallest CPU quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,9 +171,10 @@ pub struct LimitOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 16777216))]
     pub disk_bytes: Option<u64>,
-    /// At least 3: the sandbox's own init takes two.
+    /// At least 8 (`Limits::LEAST`): the sandbox's own init takes two, and the code needs a
+    /// few before it can do anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 3))]
+    #[cfg_attr(feature = "openapi", schema(minimum = 8))]
     pub pids: Option<u64>,
 }
 

@@ -242,6 +242,10 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
         422,
         "above max",
     );
+    // A misspelt limit would otherwise run with the default in its place.
+    let misspelt = admin.post("/api/v1/runs", &json!({ "language": "python", "code": "", "limits": { "memory": 1 } }));
+    expect(&misspelt, 422, "an unknown limit");
+    assert!(misspelt.text().contains("unknown field `memory`"), "{}", misspelt.text());
     let huge = request(
         &api.address,
         "POST",

@@ -120,6 +120,13 @@ fn an_agent_without_bkg_db_serves_its_own_feed_and_resumes_after_a_cursor() {
     let bad = agent.bkg().args(["watch", "--kinds", "runs,logs"]).output().expect("bkg watch");
     assert_eq!(code(&bad), 125);
     assert!(stderr(&bad).contains("unknown kind \"logs\""), "{}", stderr(&bad));
+    let misnamed = agent.bkg().args(["watch", "--namespace", "Team_A"]).output().expect("bkg watch");
+    assert_eq!(code(&misnamed), 125, "{}", stderr(&misnamed));
+    assert!(stderr(&misnamed).contains("namespace `Team_A` must be a DNS label"), "{}", stderr(&misnamed));
+    // A cursor past the newest change would skip the changes up to it when they came.
+    let ahead = agent.bkg().args(["watch", "--since", "1000000"]).output().expect("bkg watch");
+    assert_eq!(code(&ahead), 125, "{}", stderr(&ahead));
+    assert!(stderr(&ahead).contains("since 1000000 is past this feed's newest change"), "{}", stderr(&ahead));
 
     // A stopping agent ends the stream itself, saying where to resume (not a cut connection).
     let mut open = agent.bkg().args(["watch"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
@@ -152,6 +159,10 @@ fn a_watch_on_one_agent_sees_a_run_made_on_another_sharing_bkg_db() {
         watch.until(|change| change["action"] == "run.finished" && change["agent_id"] == second_id.as_str());
     assert_eq!(finished["source"], "bkg_db");
     assert_eq!(finished["kind"], "runs");
+    let newest = finished["position"].as_u64().expect("a position");
+    let ahead = first.bkg().args(["watch", "--since", &(newest + 1000).to_string()]).output().expect("bkg watch");
+    assert_eq!(code(&ahead), 125, "{}", stderr(&ahead));
+    assert!(stderr(&ahead).contains("is past this feed's newest change"), "{}", stderr(&ahead));
 }
 
 /// Makes `count` changes on `agent` (keys: one audit event each, cheap), from `workers` threads.

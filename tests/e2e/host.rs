@@ -74,6 +74,15 @@ fn the_security_level_is_in_the_status_every_run_and_the_audit_log() {
 
 /// `bkg doctor --json` with `args`, run through `wrapper` (e.g. `unshare …`) when given.
 fn doctor(agent: Option<&Agent>, wrapper: &[&str], args: &[&str]) -> (serde_json::Value, Output) {
+    doctor_with_env(agent, wrapper, args, &[])
+}
+
+fn doctor_with_env(
+    agent: Option<&Agent>,
+    wrapper: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (serde_json::Value, Output) {
     let bkg = bkg_tests::bkg_bin();
     let mut command = match wrapper.split_first() {
         Some((program, rest)) => {
@@ -88,7 +97,7 @@ fn doctor(agent: Option<&Agent>, wrapper: &[&str], args: &[&str]) -> (serde_json
         Some(agent) => command.env("BKG_SOCKET", &agent.socket),
         None => command.env("BKG_SOCKET", "/nonexistent/bkg/agent.sock"),
     };
-    let output = command.env_remove("BKG_REMOTE").output().expect("run bkg doctor");
+    let output = command.env_remove("BKG_REMOTE").envs(env.iter().copied()).output().expect("run bkg doctor");
     let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
         panic!("bkg doctor printed no JSON ({error}): {}\n{}", stdout(&output), stderr(&output))
     });
@@ -116,6 +125,49 @@ fn doctor_passes_here_with_an_agent_running() {
     assert!(check(&report, "socket")["found"].as_str().is_some_and(|found| found.contains("mode 0600")), "{report:#}");
     let state_dir = check(&report, "state_dir")["found"].as_str().unwrap_or_default().to_owned();
     assert!(state_dir.starts_with(&agent.state_dir.display().to_string()), "{state_dir}");
+}
+
+/// The agent's flags a user exported for `bkg agent start` (BKG_LISTEN, BKG_WARM_POOL, …) are not
+/// `--check-host`'s: doctor's probe runs without them. Every check has its `fix` key, null when
+/// it passes.
+#[test]
+fn doctor_is_not_misled_by_the_agents_flags_in_the_environment() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let (report, output) =
+        doctor_with_env(Some(&agent), &[], &[], &[("BKG_WARM_POOL", "lots"), ("BKG_LISTEN", "nowhere")]);
+    assert_eq!(code(&output), 0, "{report:#}\n{}", stderr(&output));
+    assert_eq!(report["host_level"], "strict");
+    for check in report["checks"].as_array().into_iter().flatten() {
+        assert!(check.get("fix").is_some_and(serde_json::Value::is_null), "{check}");
+    }
+}
+
+/// With --remote the agent is elsewhere: this host's kernel and state directory are not checked.
+#[test]
+fn doctor_with_remote_checks_the_agent_not_this_host() {
+    let remote = ["--remote", "http://127.0.0.1:9"];
+    let home = tempfile::tempdir().expect("tempdir");
+    let home = home.path().to_str().unwrap_or_default();
+    let env = [("HOME", home), ("XDG_CONFIG_HOME", home), ("BKG_CREDENTIAL_STORE", "file")];
+    let (keyless, output) = doctor_with_env(None, &[], &remote, &env);
+    assert_eq!(code(&output), 1, "{keyless:#}\n{}", stderr(&output));
+    assert!(
+        check(&keyless, "agent")["found"].as_str().is_some_and(|found| found.contains("no API key")),
+        "{keyless:#}"
+    );
+    let (report, output) = doctor_with_env(None, &[], &remote, &[("BKG_API_KEY", "bkg_admin_0")]);
+    assert_eq!(code(&output), 0, "{report:#}\n{}", stderr(&output));
+    let names: Vec<&str> =
+        report["checks"].as_array().into_iter().flatten().filter_map(|check| check["name"].as_str()).collect();
+    assert_eq!(names, ["agent"], "{report:#}");
+    assert_eq!(check(&report, "agent")["status"], "warn");
+    assert!(report["host_level"].is_null(), "{report:#}");
+    let refused = Command::new(bkg_tests::bkg_bin())
+        .args(["--remote", "http://127.0.0.1:9", "doctor", "--state-dir", "/tmp"])
+        .output()
+        .expect("run bkg doctor");
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("--state-dir names a directory of this host"), "{}", stderr(&refused));
 }
 
 #[test]

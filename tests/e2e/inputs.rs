@@ -120,3 +120,20 @@ fn a_runtime_that_cannot_be_executed_is_126() {
         python.to_str().unwrap_or_default(),
     );
 }
+
+/// The audit log is read from this host's files: a file that is not there is named (not the key
+/// that would sit beside it), and `--remote` is refused rather than ignored.
+#[test]
+fn audit_commands_name_a_missing_file_and_refuse_remote() {
+    let bkg = |args: &[&str]| {
+        std::process::Command::new(bkg_tests::bkg_bin()).args(args).env_remove("BKG_REMOTE").output().expect("run bkg")
+    };
+    assert_one_line_error(
+        &bkg(&["audit", "verify", "/nonexistent/audit-1.jsonl"]),
+        125,
+        "cannot read /nonexistent/audit-1.jsonl",
+    );
+    let remote = ["--remote", "http://127.0.0.1:9"];
+    assert_one_line_error(&bkg(&[&remote[..], &["audit", "tail"]].concat()), 125, "run it on the remote agent's host");
+    assert_one_line_error(&bkg(&[&remote[..], &["audit", "verify"]].concat()), 125, "--from-db --key HEX");
+}

@@ -255,6 +255,11 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
         assert_eq!(answer.header("x-content-type-options"), Some("nosniff"), "{page}");
         assert!(!answer.text().contains("<script>"), "{page} has an inline script");
     }
+    // The UI's root, with or without its slash, as a person types it.
+    for root in ["/ui", "/ui/"] {
+        let answer = browser.get(root);
+        assert_eq!((answer.status, answer.header("location")), (303, Some("/ui/sandboxes")), "{root}");
+    }
     let verified = browser.get("/ui/admin/audit?verify=1").text();
     assert!(verified.contains("Intact: "), "the audit log verifies: {verified}");
 }

@@ -100,6 +100,13 @@ impl Reader {
         }
     }
 
+    /// The newest position of the feed, every namespace's (positions are global).
+    pub(super) async fn newest(&mut self) -> Result<u64, FeedError> {
+        let client = self.client().await?;
+        let position: i64 = client.query_one("SELECT position FROM bkg_change_head", &[]).await?.try_get(0)?;
+        Ok(position.max(0) as u64)
+    }
+
     /// The next `limit` changes after `after`, as the namespace's role sees them.
     pub(super) async fn read(
         &mut self,

@@ -33,6 +33,9 @@ pub enum FeedError {
     Forbidden(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A cursor past the newest change: resuming there would skip what comes up to it.
+    #[error("{0}")]
+    PastNewest(String),
     #[error("bkg_db: {0}")]
     Db(#[from] crate::sync::SyncError),
     #[error("bkg_db: {0}")]
@@ -133,17 +136,32 @@ impl Feed {
     /// The changes of `namespace` (all of them for `None`: an admin's), from `since` on, live
     /// until the client leaves or the agent stops, or with `follow` false only until the reader
     /// has caught up. Who may read which namespace is decided by the caller (service/access.rs).
-    pub fn subscribe(
+    ///
+    /// A `since` past the newest change is refused: the changes up to it would be skipped
+    /// when they came (a cursor of another feed, or of a state directory since reset).
+    pub async fn subscribe(
         &self,
         namespace: Option<String>,
         since: u64,
         kinds: BTreeSet<ChangeKind>,
         follow: bool,
-    ) -> impl Stream<Item = FeedItem> + Send + 'static {
-        let source = match &self.db_url {
+    ) -> Result<impl Stream<Item = FeedItem> + Send + 'static, FeedError> {
+        let mut source = match &self.db_url {
             Some(url) => Source::Db(db::Reader::new(url.clone(), namespace.clone())),
             None => Source::Local(self.store.clone()),
         };
+        if since > 0 {
+            let newest = match &mut source {
+                Source::Local(store) => store.outbox_newest().await?,
+                Source::Db(reader) => reader.newest().await?,
+            };
+            if since > newest {
+                return Err(FeedError::PastNewest(format!(
+                    "since {since} is past this feed's newest change ({newest}): resuming there would skip the \
+                     changes up to it; give a position this feed sent, or 0 for all"
+                )));
+            }
+        }
         let reader = Reader {
             source,
             after: since,
@@ -156,10 +174,10 @@ impl Feed {
             stopping: false,
             finished: false,
         };
-        futures_util::stream::unfold(reader, |mut reader| async move {
+        Ok(futures_util::stream::unfold(reader, |mut reader| async move {
             let item = reader.next().await?;
             Some((item, reader))
-        })
+        }))
     }
 }
 

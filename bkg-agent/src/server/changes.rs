@@ -61,14 +61,17 @@ pub async fn changes(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok());
-    let stream = state.service.changes(
-        &principal,
-        query.since.map(|since| since.to_string()).as_deref(),
-        last_event_id,
-        query.kinds.as_deref(),
-        query.namespace,
-        query.follow.unwrap_or(true),
-    )?;
+    let stream = state
+        .service
+        .changes(
+            &principal,
+            query.since.map(|since| since.to_string()).as_deref(),
+            last_event_id,
+            query.kinds.as_deref(),
+            query.namespace,
+            query.follow.unwrap_or(true),
+        )
+        .await?;
     let events = stream.map(|item| {
         let event = match item {
             FeedItem::Change(change) => {

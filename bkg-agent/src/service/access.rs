@@ -267,13 +267,20 @@ pub fn reaches(principal: &Principal, namespace: &str) -> bool {
     principal.is_admin() || principal.namespace() == Some(namespace)
 }
 
+/// A namespace's name is a DNS label: it becomes a PostgreSQL role's and a directory's name.
+pub fn check_namespace_name(name: &str) -> Result<(), OpError> {
+    if bkg_schema::sandbox::is_dns_label(name) {
+        Ok(())
+    } else {
+        Err(OpError::Invalid(format!("namespace `{name}` must be a DNS label (a-z, 0-9, -)")))
+    }
+}
+
 /// The namespace a new thing of this caller goes in: the one asked for (only admins may ask for
 /// another than their own), else the caller's, else `default`.
 pub fn namespace_for(principal: &Principal, asked: Option<&str>) -> Result<String, OpError> {
-    if let Some(asked) = asked
-        && !bkg_schema::sandbox::is_dns_label(asked)
-    {
-        return Err(OpError::Invalid(format!("namespace `{asked}` must be a DNS label (a-z, 0-9, -)")));
+    if let Some(asked) = asked {
+        check_namespace_name(asked)?;
     }
     match (principal.namespace(), asked) {
         (Some(own), Some(asked)) if own != asked => {
@@ -297,6 +304,9 @@ pub fn definition_namespace(principal: &Principal, named: &str) -> String {
 /// The namespace a listing is confined to: the caller's own (asking for another is refused), or
 /// for an admin the one asked for, if any.
 pub fn listing_namespace(principal: &Principal, asked: Option<String>) -> Result<Option<String>, OpError> {
+    if let Some(asked) = &asked {
+        check_namespace_name(asked)?;
+    }
     match (principal.namespace(), asked) {
         (Some(own), Some(asked)) if own != asked => {
             Err(OpError::Forbidden(format!("this key sees only namespace `{own}`")))

@@ -17,7 +17,7 @@ impl Service {
     /// The changes after `since` (else the `Last-Event-ID` an SSE client resends), of the
     /// comma-separated `kinds` (all when absent), in the caller's namespace or, for an admin,
     /// the one asked for; with `follow` false the stream ends once it has caught up.
-    pub fn changes(
+    pub async fn changes(
         &self,
         principal: &Principal,
         since: Option<&str>,
@@ -29,6 +29,6 @@ impl Service {
         require_change_reader(principal)?;
         let request = FeedRequest::parse(since, last_event_id, kinds, namespace)?;
         let namespace = listing_namespace(principal, request.namespace)?;
-        Ok(Box::pin(self.feed.subscribe(namespace, request.since, request.kinds, follow)))
+        Ok(Box::pin(self.feed.subscribe(namespace, request.since, request.kinds, follow).await?))
     }
 }

@@ -9,7 +9,7 @@ use bkg_schema::auth::{
 };
 use bkg_schema::sandbox::is_dns_label;
 
-use super::access::{AdminTask, manages, may_create_key, namespace_for, require_admin};
+use super::access::{AdminTask, check_namespace_name, manages, may_create_key, namespace_for, require_admin};
 use super::{OpError, OpResult, Service};
 use crate::auth::notice::{Delivery, MAX_SKEW};
 use crate::auth::{Principal, keys, password};
@@ -118,9 +118,7 @@ impl Service {
         if !is_dns_label(&request.username) {
             return Err(OpError::Invalid("the username must be a DNS label (a-z, 0-9, -)".into()));
         }
-        if !is_dns_label(&request.namespace) {
-            return Err(OpError::Invalid("the namespace must be a DNS label (a-z, 0-9, -)".into()));
-        }
+        check_namespace_name(&request.namespace)?;
         if request.password.chars().count() < password::MIN_PASSWORD_CHARS {
             return Err(OpError::Invalid(format!(
                 "the password must have at least {} characters",

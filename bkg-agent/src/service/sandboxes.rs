@@ -16,8 +16,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::access::{
-    HostPaths, definition_namespace, host_paths, may_forward_ports, may_keep_sandbox, namespace_for, reaches,
-    require_code_runner, user_limit_defaults, within_user_limits,
+    HostPaths, check_namespace_name, definition_namespace, host_paths, may_forward_ports, may_keep_sandbox,
+    namespace_for, reaches, require_code_runner, user_limit_defaults, within_user_limits,
 };
 use super::runs::Accepted;
 use super::secrets::check_secret_names;
@@ -154,12 +154,7 @@ impl Service {
                 definition.name
             )));
         }
-        if !is_dns_label(&definition.namespace) {
-            return Err(OpError::Invalid(format!(
-                "namespace `{}` must be a DNS label (a-z, 0-9, -)",
-                definition.namespace
-            )));
-        }
+        check_namespace_name(&definition.namespace)?;
         if !reaches(principal, &definition.namespace) {
             return Err(OpError::Forbidden(format!(
                 "this key cannot define sandboxes in namespace `{}`",

@@ -26,6 +26,15 @@ impl Store {
         .await
     }
 
+    /// The seq of the newest outbox event, 0 when there is none (the outbox is never pruned).
+    pub async fn outbox_newest(&self) -> Result<u64, StoreError> {
+        self.with(|db| {
+            let newest: i64 = db.query_row("SELECT coalesce(max(seq), 0) FROM outbox", [], |row| row.get(0))?;
+            Ok(newest.max(0) as u64)
+        })
+        .await
+    }
+
     /// Changes whenever events were added to the outbox.
     pub fn outbox_bumps(&self) -> tokio::sync::watch::Receiver<u64> {
         self.outbox_bumped.subscribe()
