@@ -151,6 +151,20 @@ def test_an_outsider_gets_one_line_saying_how_to_get_access(users):
     assert eve.agent.alive(), "an outsider's `bkg agent stop` stopped the agent"
 
 
+def test_a_user_of_an_agent_without_a_socket_group_is_told_how_to_get_one(users):
+    """A socket 0600 root: no group to name (the hint once named a `bkg` that need not exist)."""
+    agent = bkgsec.Agent("rootonly", warm_pool=0)
+    try:
+        agent.start()
+        alice = User(users["alice"].name, users["alice"].home, agent)
+        rc, out, err = alice.run("bkg", "exe", "--type", "python", "-c", "print(1)")
+        assert (rc, out) == (125, ""), (rc, out, err)
+        assert one_line(err) and "only root may" in err and "--socket-group GROUP" in err, err
+        assert "usermod -aG GROUP %s" % alice.name in err, err
+    finally:
+        agent.remove()
+
+
 def test_a_member_runs_a_project_in_a_0700_home_and_sees_only_their_own(users):
     alice, bob = users["alice"], users["bob"]
     for user in (alice, bob):
@@ -223,6 +237,9 @@ def test_a_member_cannot_make_an_admin_key_nor_stop_the_agent(users):
     assert one_line(err), err
     status, _ = bkgsec_request_as(alice, "POST", "/api/v1/agent/shutdown")
     assert status == 403
+    rc, out, err = alice.run("bkg", "agent", "stop")
+    assert (rc, out) == (125, ""), (rc, out, err)
+    assert one_line(err) and "only an admin may stop the agent" in err, err
     assert alice.agent.alive()
     status, body = bkgsec_request_as(alice, "GET", "/api/v1/auth/whoami")
     assert status == 200 and json.loads(body)["namespace"] == alice.namespace, body

@@ -204,7 +204,7 @@ fn charge_anonymous(state: &AppState, peer: Option<SocketAddr>) -> Result<(), Fa
     let limiter = &state.service.auth.limiter;
     limiter.check(&format!("addr:{address}"), KEYLESS_ROUTES_PER_MINUTE, Instant::now()).map_err(|wait| {
         state.service.metrics.rate_limited(crate::metrics::ANONYMOUS);
-        Failure::rate_limited(retry_after_seconds(wait))
+        Failure::rate_limited("this address (requests without a valid key)", retry_after_seconds(wait))
     })
 }
 
@@ -249,7 +249,7 @@ async fn authenticate(
         let allowance = state.service.auth.policy.rate_per_minute.get(key.role);
         if let Err(wait) = state.service.auth.limiter.check(&key.id, allowance, Instant::now()) {
             state.service.metrics.rate_limited(key.role.as_str());
-            return Err(Failure::rate_limited(retry_after_seconds(wait)));
+            return Err(Failure::rate_limited("this key", retry_after_seconds(wait)));
         }
     }
     Ok(Some(principal))

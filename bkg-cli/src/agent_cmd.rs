@@ -65,7 +65,15 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
             // on its state directory at once. A remote agent's process cannot be watched.
             let process = match client.is_remote() {
                 true => None,
-                false => AgentProcess::watch(client.get::<AgentInfo>("/api/v1/agent").await?.pid),
+                false => match client.get::<AgentInfo>("/api/v1/agent").await {
+                    Ok(info) => AgentProcess::watch(info.pid),
+                    // Who may not read the agent may not stop it either: the shutdown's own
+                    // refusal says why.
+                    Err(error) => {
+                        client.post_empty("/api/v1/agent/shutdown").await?;
+                        return Err(error);
+                    }
+                },
             };
             client.post_empty("/api/v1/agent/shutdown").await?;
             let deadline = std::time::Instant::now() + STOP_PATIENCE;

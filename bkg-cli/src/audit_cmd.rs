@@ -6,7 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bkg_schema::audit::{self, PublicKey, SignedRecord, VerifyReport};
+use bkg_schema::audit::{self, Details, PublicKey, RunFinished, RunOutcome, SignedRecord, VerifyReport};
 use serde::Serialize;
 
 use crate::args::{AuditTailArgs, AuditVerifyArgs};
@@ -264,8 +264,26 @@ fn cells(record: &SignedRecord) -> Vec<String> {
         text(&record.namespace),
         text(&record.sandbox),
         text(&record.run),
-        record.outcome.as_ref().map_or_else(|| "-".to_owned(), serde_json::Value::to_string),
+        outcome(record),
     ]
+}
+
+/// How a run ended, as `bkg runs ls` says it (`exit 0`, `timeout`, `signal 9`, `failed`) and
+/// in how long; `-` for records without an outcome. The whole of it is in `--json`.
+fn outcome(record: &SignedRecord) -> String {
+    match record.details() {
+        Ok(Details::RunFinished(RunFinished { outcome: RunOutcome::Ended(end), .. })) => {
+            let how = match (end.killed_by, end.exit_code, end.signal) {
+                (Some(killed), _, _) => killed.as_str().to_owned(),
+                (None, Some(code), _) => format!("exit {code}"),
+                (None, None, Some(signal)) => format!("signal {signal}"),
+                (None, None, None) => "ended".to_owned(),
+            };
+            format!("{how} in {}", bkg_schema::units::format_duration_ms(end.wall_ms))
+        }
+        Ok(Details::RunFinished(RunFinished { outcome: RunOutcome::Failed { error }, .. })) => format!("failed: {error}"),
+        _ => "-".to_owned(),
+    }
 }
 
 /// The bytes of `path` from `offset` on.
@@ -288,28 +306,5 @@ fn whole_lines(bytes: &[u8]) -> &[u8] {
 
 /// `2024-05-01T12:00:00.000Z` from milliseconds since the epoch, in UTC.
 fn format_time(ts_ms: u64) -> String {
-    let seconds = ts_ms / 1000;
-    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60,
-        ts_ms % 1000
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let shifted = days + 719_468;
-    let era = shifted / 146_097;
-    let day_of_era = shifted % 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ts_ms)).to_string()
 }

@@ -443,12 +443,19 @@ fn access_hint(socket: &std::path::Path) -> String {
         .ok()
         .map(|meta| meta.gid())
         .filter(|gid| *gid != 0)
-        .and_then(|gid| nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten())
-        .map_or_else(|| "bkg".to_owned(), |group| group.name);
+        .and_then(|gid| nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten());
     let name = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
         .flatten()
         .map_or_else(|| nix::unistd::getuid().to_string(), |user| user.name);
+    let Some(group) = group.map(|group| group.name) else {
+        // Root's group (or none readable): the agent was started without --socket-group.
+        return format!(
+            "you may not use the agent at {}: only root may, the agent having no --socket-group; an \
+             administrator starts it with `--socket-group GROUP` and adds you with `sudo usermod -aG GROUP {name}`",
+            socket.display()
+        );
+    };
     format!(
         "you may not use the agent at {}: only members of group `{group}` may; an administrator adds you \
          with `sudo usermod -aG {group} {name}` (then log in again)",

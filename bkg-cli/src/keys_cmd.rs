@@ -24,7 +24,8 @@ fn remaining(expires_at_ms: u64) -> String {
         Some(left) if left > 0 => {
             let (days, hours, minutes) = (left / 86_400_000, left / 3_600_000 % 24, left / 60_000 % 60);
             match (days, hours) {
-                (0, 0) => format!("{}m", minutes.max(1)),
+                (0, 0) if left < 60_000 => format!("{}s", left.div_ceil(1000)),
+                (0, 0) => format!("{minutes}m"),
                 (0, _) => format!("{hours}h{minutes:02}m"),
                 _ => format!("{days}d{hours:02}h"),
             }
@@ -102,4 +103,19 @@ fn table(keys: &[KeyInfo]) -> String {
     });
     let headers = ["ID", "ROLE", "NAMESPACE", "STATE", "EXPIRES IN", "NAME"];
     crate::table::render(&headers, &[], &[2, 5], rows, crate::table::width())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_left_of_a_key_is_said_in_its_largest_units() {
+        assert_eq!(remaining(now_ms() + 900), "1s", "a --ttl under a minute is not rounded to one");
+        assert_eq!(remaining(now_ms() + 42_000), "42s");
+        assert_eq!(remaining(now_ms() + 5 * 60_000 + 30_000), "5m");
+        assert_eq!(remaining(now_ms() + 3 * 3_600_000 + 7 * 60_000 + 30_000), "3h07m");
+        assert_eq!(remaining(now_ms() + 2 * 86_400_000 + 3_600_000 + 30_000), "2d01h");
+        assert_eq!(remaining(now_ms().saturating_sub(1)), "0s (expired)");
+    }
 }

@@ -227,7 +227,7 @@ fn tail_prints_the_last_records_then_follows_across_rotation() -> TestResult {
     assert_eq!(rows.len(), 4, "{text}");
     assert!(rows[0].starts_with("SEQ  TIME") && rows[0].ends_with("OUTCOME"), "{text}");
     assert!(rows[1].starts_with(" 11  2024-05-01T12:00:00.011Z  log.opened  "), "{}", rows[1]);
-    assert!(rows[3].starts_with(" 13  ") && rows[3].contains("sbx_10") && rows[3].contains("\"exit_code\":10"));
+    assert!(rows[3].starts_with(" 13  ") && rows[3].contains("sbx_10") && rows[3].ends_with("exit 10 in 1ms"));
     // Every row's columns start where the header's do.
     let run_column = rows[0].find("RUN").unwrap_or(0);
     assert!(rows[3].get(run_column..).is_some_and(|rest| rest.starts_with("run_")), "{text}");

@@ -557,6 +557,8 @@ fn keys_over_their_rate_get_429_with_retry_after_and_socket_peers_are_not_limite
     let flooded = anonymous.post("/api/v1/auth/login", &json!({ "username": "x", "password": "y" }));
     expect(&flooded, 429, "the 31st request without a key");
     assert!(flooded.header("retry-after").is_some());
+    assert!(flooded.text().contains("this address (requests without a valid key) is over"), "{}", flooded.text());
+    assert!(limited.text().contains("this key is over its request rate"), "{}", limited.text());
 
     let metrics = api.admin().get("/metrics").text();
     assert!(metrics.contains("bkg_rate_limited_requests_total{role=\"anonymous\"} 1"), "{metrics}");

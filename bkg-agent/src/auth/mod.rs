@@ -90,6 +90,16 @@ impl Principal {
         }
     }
 
+    /// The caller as a refusal names them: `a namespace key`, or `local user alice` for a
+    /// member of the socket's group, who holds no key.
+    pub fn named(&self) -> String {
+        match self {
+            Self::Local { .. } => "an admin".into(),
+            Self::User(user) => format!("local user {}", user.name),
+            Self::Key(key) => format!("a {} key", key.role.as_str()),
+        }
+    }
+
     /// Who the audit log names: `uid:<uid>` or `key:<id>`.
     pub fn actor(&self) -> String {
         match self {

@@ -58,13 +58,14 @@ impl Failure {
         )
     }
 
-    pub fn rate_limited(retry_after: u64) -> Self {
+    /// `who`: `this key`, or for requests without a valid key `this address`.
+    pub fn rate_limited(who: &str, retry_after: u64) -> Self {
         Self {
             retry_after: Some(retry_after),
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimited,
-                format!("this key is over its request rate; retry in {retry_after} s"),
+                format!("{who} is over its request rate; retry in {retry_after} s"),
             )
         }
     }

@@ -284,7 +284,10 @@ pub fn namespace_for(principal: &Principal, asked: Option<&str>) -> Result<Strin
     }
     match (principal.namespace(), asked) {
         (Some(own), Some(asked)) if own != asked => {
-            Err(OpError::Forbidden(format!("this key is confined to namespace `{own}`; it cannot act in `{asked}`")))
+            Err(OpError::Forbidden(format!(
+                "{} is confined to namespace `{own}`; it cannot act in `{asked}`",
+                principal.named()
+            )))
         }
         (Some(own), _) => Ok(own.to_owned()),
         (None, Some(asked)) => Ok(asked.to_owned()),
@@ -309,7 +312,7 @@ pub fn listing_namespace(principal: &Principal, asked: Option<String>) -> Result
     }
     match (principal.namespace(), asked) {
         (Some(own), Some(asked)) if own != asked => {
-            Err(OpError::Forbidden(format!("this key sees only namespace `{own}`")))
+            Err(OpError::Forbidden(format!("{} sees only namespace `{own}`", principal.named())))
         }
         (Some(own), _) => Ok(Some(own.to_owned())),
         (None, asked) => Ok(asked),
@@ -322,7 +325,7 @@ pub fn may_create_key(principal: &Principal, role: Role) -> Result<(), OpError> 
         Role::Admin => Ok(()),
         Role::Namespace if matches!(role, Role::Session | Role::ModelAccess) => Ok(()),
         Role::Namespace => {
-            Err(OpError::Forbidden("a namespace key may create only session and model-access keys".into()))
+            Err(OpError::Forbidden(format!("{} may create only session and model-access keys", principal.named())))
         }
         Role::Session | Role::ModelAccess => {
             Err(OpError::Forbidden(format!("a {} key cannot create keys", principal.role().as_str())))

@@ -157,7 +157,8 @@ impl Service {
         check_namespace_name(&definition.namespace)?;
         if !reaches(principal, &definition.namespace) {
             return Err(OpError::Forbidden(format!(
-                "this key cannot define sandboxes in namespace `{}`",
+                "{} cannot define sandboxes in namespace `{}`",
+                principal.named(),
                 definition.namespace
             )));
         }
