@@ -143,7 +143,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/keys/{id}", get(auth_api::get_key).delete(auth_api::delete_key))
         .route("/api/v1/auth/keys/{id}/rotate", post(auth_api::rotate_key))
         .route("/api/v1/auth/keys/{id}/revoke", post(auth_api::revoke_key))
-        .nest_service("/mcp", crate::mcp::service(Arc::clone(&state.service)))
+        .route(
+            "/mcp",
+            axum::routing::any_service(crate::mcp::service(Arc::clone(&state.service)))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), mcp_gate)),
+        )
         .nest("/ui", crate::ui::router(state.clone()))
         // The nested router's "/" is "/ui" alone; "/ui/" is what a person types as often.
         .route("/ui/", get(|| async { axum::response::Redirect::to("/ui/sandboxes") }))
@@ -151,6 +155,46 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), gatekeeper))
         .with_state(state)
+}
+
+/// `/mcp`'s door: who may use MCP is the operations' to say, before the protocol answers
+/// anything; and rmcp's own refusals (a wrong method, Accept or Content-Type, a body that is not
+/// JSON), which it writes as plain text, get the API's one error shape.
+async fn mcp_gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(principal) = request.extensions().get::<Principal>()
+        && let Err(refusal) = state.service.admit_mcp(principal)
+    {
+        return Failure::from(refusal).into_response();
+    }
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !response.status().is_client_error() || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let said = match http_body_util::Limited::new(body, 4096).collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let failure = match parts.status {
+        axum::http::StatusCode::METHOD_NOT_ALLOWED => {
+            Failure::new(parts.status, bkg_schema::ErrorCode::MethodNotAllowed, "MCP takes only POST here")
+        }
+        // rmcp answers a body it cannot read with 415; it is a malformed request.
+        _ if said.starts_with("fail to deserialize") => {
+            Failure::bad_request(format!("the MCP request is not JSON-RPC: {said}"))
+        }
+        status => Failure::new(status, bkg_schema::ErrorCode::BadRequest, said),
+    };
+    let mut answer = failure.into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        answer.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    answer
 }
 
 async fn not_found() -> Failure {

@@ -281,7 +281,9 @@ fn outcome(record: &SignedRecord) -> String {
             };
             format!("{how} in {}", bkg_schema::units::format_duration_ms(end.wall_ms))
         }
-        Ok(Details::RunFinished(RunFinished { outcome: RunOutcome::Failed { error }, .. })) => format!("failed: {error}"),
+        Ok(Details::RunFinished(RunFinished { outcome: RunOutcome::Failed { error }, .. })) => {
+            format!("failed: {error}")
+        }
         _ => "-".to_owned(),
     }
 }

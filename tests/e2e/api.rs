@@ -206,6 +206,34 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     expect(&model.get("/api/v1/sandboxes"), 403, "model-access lists sandboxes");
     assert_eq!(model.get("/api/v1/auth/whoami").json()["role"], "model-access");
     assert_eq!(model.get(&format!("/api/v1/auth/keys/{model_id}")).json()["id"], model_id.as_str());
+    // Nor MCP, whose tools run code: refused before it says what they are.
+    let mcp_accept = [("Accept", "application/json, text/event-stream")];
+    let initialize = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } } });
+    let tools = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" });
+    for message in [&initialize, &tools] {
+        let refused = model.send("POST", "/mcp", Some(message), &mcp_accept);
+        expect(&refused, 403, "model-access on MCP");
+        assert!(refused.json()["error"]["message"].as_str().is_some_and(|text| text.contains("cannot use MCP")));
+    }
+    expect(&team.send("POST", "/mcp", Some(&initialize), &mcp_accept), 200, "a namespace key initializes MCP");
+    // MCP's refusals of malformed requests come in the API's one error shape.
+    let no_accept = team.post("/mcp", &initialize);
+    expect(&no_accept, 406, "MCP without Accept");
+    assert_eq!(no_accept.error_code(), "bad_request");
+    let get = team.get("/mcp");
+    expect(&get, 405, "MCP by GET");
+    assert_eq!((get.error_code().as_str(), get.header("allow")), ("method_not_allowed", Some("POST")));
+    let team_key = team.key.clone().unwrap_or_default();
+    let not_json = request(
+        &api.address,
+        "POST",
+        "/mcp",
+        &[("Authorization", &format!("Bearer {team_key}")), ("Content-Type", "application/json"), mcp_accept[0]],
+        b"{not json",
+    );
+    expect(&not_json, 400, "MCP with a body that is not JSON");
+    assert_eq!(not_json.error_code(), "bad_request");
 
     // Admin-only endpoints.
     for client in [&team, &session, &model] {
@@ -216,6 +244,15 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
         expect(&client.post("/api/v1/auth/signup", &signup), 403, "signup");
     }
     assert_eq!(admin.get("/api/v1/agent").json()["version"], env!("CARGO_PKG_VERSION"));
+
+    // A secret is set in the namespace `?namespace=` names, as it is listed and removed there.
+    let set = admin.send("PUT", "/api/v1/secrets/TOKEN?namespace=team", Some(&json!({ "value": "s3cret" })), &[]);
+    expect(&set, 200, "a secret set with ?namespace=");
+    assert_eq!(set.json()["namespace"], "team");
+    assert_eq!(admin.get("/api/v1/secrets?namespace=team").json()[0]["name"], "TOKEN");
+    let both = json!({ "value": "x", "namespace": "other" });
+    expect(&admin.send("PUT", "/api/v1/secrets/TOKEN?namespace=team", Some(&both), &[]), 422, "two namespaces");
+    expect(&admin.delete("/api/v1/secrets/TOKEN?namespace=team"), 200, "removed where it was set");
 
     // Malformed input: 400 for broken JSON, 422 for wrong values, 413 for a huge body, 405 for a
     // wrong method; never 500.

@@ -9,7 +9,7 @@ use bkg_schema::sandbox::Deleted;
 use serde::Deserialize;
 
 use super::AppState;
-use super::failure::ApiResult;
+use super::failure::{ApiResult, Failure};
 use super::input::{self, PathParam, QueryParams, SMALL_BODY_BYTES};
 use crate::auth::Principal;
 
@@ -73,7 +73,7 @@ pub async fn list_secrets(
     put,
     path = "/api/v1/secrets/{name}",
     tag = "secrets",
-    params(("name" = String, Path, description = "The secret's name: an environment variable name")),
+    params(("name" = String, Path, description = "The secret's name: an environment variable name"), SecretQuery),
     request_body = SecretValue,
     responses((status = 200, description = "Set", body = SecretInfo)),
 )]
@@ -81,9 +81,17 @@ pub async fn put_secret(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     PathParam(name): PathParam<String>,
+    QueryParams(query): QueryParams<SecretQuery>,
     body: Body,
 ) -> ApiResult<Json<SecretInfo>> {
-    let value: SecretValue = input::json(body, SMALL_BODY_BYTES).await?;
+    let mut value: SecretValue = input::json(body, SMALL_BODY_BYTES).await?;
+    // `?namespace=` as listing and removing take it, or `namespace` in the body; never two.
+    value.namespace = match (query.namespace, value.namespace) {
+        (Some(asked), Some(named)) if asked != named => {
+            return Err(Failure::invalid(format!("?namespace={asked} and the body's namespace `{named}` differ")));
+        }
+        (asked, named) => asked.or(named),
+    };
     Ok(Json(state.service.set_secret(&principal, &name, value).await?))
 }
 

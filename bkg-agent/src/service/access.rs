@@ -254,6 +254,15 @@ pub fn require_code_runner(principal: &Principal) -> Result<(), OpError> {
     Ok(())
 }
 
+/// MCP is for agents that run code: a model-access key is refused at its door, before it learns
+/// the tools (initialize, tools/list), not only at each call.
+pub fn require_mcp_client(principal: &Principal) -> Result<(), OpError> {
+    if principal.role() == Role::ModelAccess {
+        return Err(OpError::Forbidden("a model-access key cannot use MCP: its tools run code".into()));
+    }
+    Ok(())
+}
+
 /// Model-access keys do not read the change feed either.
 pub fn require_change_reader(principal: &Principal) -> Result<(), OpError> {
     if principal.role() == Role::ModelAccess {
@@ -283,12 +292,10 @@ pub fn namespace_for(principal: &Principal, asked: Option<&str>) -> Result<Strin
         check_namespace_name(asked)?;
     }
     match (principal.namespace(), asked) {
-        (Some(own), Some(asked)) if own != asked => {
-            Err(OpError::Forbidden(format!(
-                "{} is confined to namespace `{own}`; it cannot act in `{asked}`",
-                principal.named()
-            )))
-        }
+        (Some(own), Some(asked)) if own != asked => Err(OpError::Forbidden(format!(
+            "{} is confined to namespace `{own}`; it cannot act in `{asked}`",
+            principal.named()
+        ))),
         (Some(own), _) => Ok(own.to_owned()),
         (None, Some(asked)) => Ok(asked.to_owned()),
         (None, None) => Ok(bkg_schema::DEFAULT_NAMESPACE.to_owned()),

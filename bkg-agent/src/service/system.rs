@@ -7,7 +7,7 @@ use bkg_schema::AgentInfo;
 use bkg_schema::health::HealthReason;
 use bkg_schema::sync::{Migrated, Retried, RetryRequest, SyncStatus, SyncView};
 
-use super::access::{AdminTask, require_admin};
+use super::access::{AdminTask, require_admin, require_mcp_client};
 use super::{OpError, OpResult, Service};
 use crate::auth::Principal;
 use crate::engine::Engine;
@@ -92,6 +92,11 @@ pub enum HealthVerdict {
 pub struct MetricsText(pub String);
 
 impl Service {
+    /// Whether `principal` may open MCP at all (`/mcp`, every method of it).
+    pub fn admit_mcp(&self, principal: &Principal) -> OpResult<()> {
+        require_mcp_client(principal)
+    }
+
     /// The first check that fails: its reason word, and the detail only a caller with a key sees.
     /// A new check goes here, with a new `HealthReason`.
     async fn sickness(&self) -> Option<(HealthReason, String)> {
