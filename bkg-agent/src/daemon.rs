@@ -234,6 +234,23 @@ fn parse_level(name: &str) -> Result<SecurityLevel, String> {
     SecurityLevel::parse(name).ok_or_else(|| format!("{name:?} is not a level: strict, standard or degraded"))
 }
 
+/// An error and its causes on one line, `context: cause: cause`, each said once: many of the
+/// engine's errors already show their source in their own text (thiserror's `{0}` with
+/// `#[from]`), which `{:#}` would print twice.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 /// Prints what `--check-host` found; the exit code is 1 only when the report cannot be written.
 fn print_host_report(args: &AgentArgs) -> ExitCode {
     let report = host_check::report(&host_check::probe(&args.python, &args.node));
@@ -284,7 +301,7 @@ pub fn main() -> ExitCode {
         return match written {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("bkg-agent: {error:#}");
+                eprintln!("bkg-agent: {}", one_line(&error));
                 ExitCode::from(1)
             }
         };
@@ -292,7 +309,7 @@ pub fn main() -> ExitCode {
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("bkg-agent: {error:#}");
+            eprintln!("bkg-agent: {}", one_line(&error));
             ExitCode::from(1)
         }
     }
@@ -651,20 +668,7 @@ async fn serve(
         }
         None => None,
     };
-    let listener = match activated {
-        Some(passed) => tokio::net::UnixListener::from_std(passed).context("serve the socket systemd passed")?,
-        None => bind_socket(&socket, api.local.socket_group.as_ref())?,
-    };
-    if let Some(group) = &api.local.socket_group {
-        tracing::info!(group = %group.name, "members of the socket's group use the agent as themselves");
-        let parent = socket.parent().and_then(|parent| std::fs::metadata(parent).ok());
-        if parent.is_some_and(|meta| std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o001 == 0) {
-            tracing::warn!(
-                socket = %socket.display(),
-                "the socket's directory is closed to others: the group's members cannot reach the socket (chmod 755 it)"
-            );
-        }
-    }
+    // TCP first: a port taken stops the start before the socket file exists.
     let tcp_listener = match api.listen {
         Some(address) => {
             let tcp = tokio::net::TcpListener::bind(address).await.with_context(|| format!("listen on {address}"))?;
@@ -678,6 +682,22 @@ async fn serve(
         }
         None => None,
     };
+    let listener = match activated {
+        Some(passed) => tokio::net::UnixListener::from_std(passed).context("serve the socket systemd passed")?,
+        None => bind_socket(&socket, api.local.socket_group.as_ref())?,
+    };
+    // A start that fails from here on leaves no socket file behind for clients to find.
+    let socket_file = SocketFile { path: owns_socket_file.then(|| socket.clone()) };
+    if let Some(group) = &api.local.socket_group {
+        tracing::info!(group = %group.name, "members of the socket's group use the agent as themselves");
+        let parent = socket.parent().and_then(|parent| std::fs::metadata(parent).ok());
+        if parent.is_some_and(|meta| std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o001 == 0) {
+            tracing::warn!(
+                socket = %socket.display(),
+                "the socket's directory is closed to others: the group's members cannot reach the socket (chmod 755 it)"
+            );
+        }
+    }
 
     let (cleanup_tx, mut cleanup_rx) = tokio::sync::mpsc::unbounded_channel::<CleanedUp>();
     engine.on_cleanup(cleanup_tx);
@@ -869,11 +889,23 @@ async fn serve(
     {
         handle.stop().await;
     }
-    // systemd keeps an activated socket, to start the agent again on the next connection.
-    if owns_socket_file {
-        let _ = std::fs::remove_file(&socket);
-    }
+    drop(socket_file);
     Ok(())
+}
+
+/// The socket file this agent made, removed when the agent ends, or fails to start, in any way
+/// but a crash. systemd keeps an activated socket (`path` none), to start the agent again on
+/// the next connection.
+struct SocketFile {
+    path: Option<PathBuf>,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// How long runs may go on after the agent is asked to stop, before they are killed with
@@ -936,4 +968,24 @@ fn bind_socket(socket: &Path, group: Option<&NamedGroup>) -> anyhow::Result<toki
             .with_context(|| format!("make {} 0660", socket.display()))?;
     }
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cgroups: {0}")]
+        Inner(#[from] std::io::Error),
+    }
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::other("\"../x\" is not usable");
+        let error = anyhow::Error::from(Outer::from(io)).context("start the sandbox engine");
+        assert_eq!(one_line(&error), "start the sandbox engine: cgroups: \"../x\" is not usable");
+        let plain = anyhow::Error::from(std::io::Error::other("denied")).context("bind /run/bkg.sock");
+        assert_eq!(one_line(&plain), "bind /run/bkg.sock: denied");
+    }
 }

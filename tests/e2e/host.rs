@@ -34,6 +34,19 @@ fn an_agent_whose_runtime_does_not_exist_refuses_to_start_with_one_line_and_the_
     );
 }
 
+/// A start that fails once the store is open (here: the TCP port is taken) leaves no socket
+/// file behind for a client to find and wait on.
+#[test]
+fn an_agent_whose_port_is_taken_says_so_in_one_line_and_leaves_no_socket() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let address = taken.local_addr().expect("its address").to_string();
+    let (output, _dir) = refused_start(&["--listen", &address, "--warm-pool", "0"]);
+    assert_eq!(code(&output), 1, "stderr: {}", stderr(&output));
+    let said = stderr(&output);
+    let lines: Vec<&str> = said.lines().filter(|line| line.starts_with("bkg-agent: ")).collect();
+    assert_eq!(lines, [format!("bkg-agent: listen on {address}: Address already in use (os error 98)")], "{said}");
+}
+
 #[test]
 fn an_unknown_security_level_is_a_usage_error() {
     let (output, _dir) = refused_start(&["--allow-degraded", "paranoid"]);
