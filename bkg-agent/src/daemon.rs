@@ -104,7 +104,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "URL", default_value = "https://registry.npmjs.org/", env = "BKG_NPM_REGISTRY")]
     pub npm_registry: String,
     /// Directory created beneath the agent's own cgroup for its sandboxes' cgroups.
-    #[arg(long, default_value = "bkg", env = "BKG_CGROUP_DIR")]
+    #[arg(long, default_value = "bkg", env = "BKG_CGROUP_DIR", value_parser = cgroup_dir)]
     pub cgroup_dir: String,
     /// First of the 65,536 host uids given to sandboxes (four per live sandbox); from 65536 to
     /// 4294901759, and overlapping no other agent's range.
@@ -232,6 +232,11 @@ pub struct AgentArgs {
 
 fn parse_level(name: &str) -> Result<SecurityLevel, String> {
     SecurityLevel::parse(name).ok_or_else(|| format!("{name:?} is not a level: strict, standard or degraded"))
+}
+
+/// `--cgroup-dir`: one plain path component, checked before anything is written.
+fn cgroup_dir(text: &str) -> Result<String, String> {
+    crate::engine::cgroup::validate_component(text).map(|()| text.to_owned()).map_err(|error| error.to_string())
 }
 
 /// An error and its causes on one line, `context: cause: cause`, each said once: many of the
@@ -671,7 +676,11 @@ async fn serve(
     // TCP first: a port taken stops the start before the socket file exists.
     let tcp_listener = match api.listen {
         Some(address) => {
-            let tcp = tokio::net::TcpListener::bind(address).await.with_context(|| format!("listen on {address}"))?;
+            let tcp = tokio::net::TcpListener::bind(address).await.with_context(|| {
+                format!(
+                    "listen on {address} (is another agent or program there? `ss -ltnp` says; or give another --listen)"
+                )
+            })?;
             let bound = tcp.local_addr().context("the TCP listener's address")?;
             if let Some(path) = &api.listen_address_file {
                 std::fs::write(path, format!("{bound}\n")).with_context(|| format!("write {}", path.display()))?;

@@ -149,8 +149,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(axum::middleware::from_fn_with_state(state.clone(), mcp_gate)),
         )
         .nest("/ui", crate::ui::router(state.clone()))
-        // The nested router's "/" is "/ui" alone; "/ui/" is what a person types as often.
-        .route("/ui/", get(|| async { axum::response::Redirect::to("/ui/sandboxes") }))
+        .route("/ui/", crate::ui::slash_root(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), gatekeeper))
@@ -186,7 +185,8 @@ async fn mcp_gate(State(state): State<AppState>, request: Request, next: Next) -
         }
         // rmcp answers a body it cannot read with 415; it is a malformed request.
         _ if said.starts_with("fail to deserialize") => {
-            Failure::bad_request(format!("the MCP request is not JSON-RPC: {said}"))
+            let reason = said.strip_prefix("fail to deserialize request body").unwrap_or(&said).trim();
+            Failure::bad_request(format!("the MCP request is not JSON-RPC: {reason}"))
         }
         status => Failure::new(status, bkg_schema::ErrorCode::BadRequest, said),
     };

@@ -52,8 +52,17 @@ pub fn verify_to(args: &AuditVerifyArgs, out: &mut dyn Write, err: &mut dyn Writ
     if let Some((file, error)) = args.files.iter().find_map(|file| File::open(file).err().map(|error| (file, error))) {
         return Err(CliError::usage(format!("cannot read {}: {error}", file.display())));
     }
-    let (files, default_key) = match args.files.first() {
-        Some(first) => (args.files.clone(), key_beside(first)),
+    // A directory given stands for its log files (`bkg audit verify STATE_DIR/audit`).
+    let mut given = Vec::new();
+    for file in &args.files {
+        if file.is_dir() {
+            given.extend(list_log(file)?.into_iter().map(|(_, path)| path));
+        } else {
+            given.push(file.clone());
+        }
+    }
+    let (files, default_key) = match given.first() {
+        Some(first) => (given.clone(), key_beside(first)),
         None => {
             let state_dir = state_dir(args.state_dir.as_deref());
             let files = list_log(&state_dir.join("audit"))?.into_iter().map(|(_, path)| path).collect();
@@ -73,7 +82,12 @@ pub fn verify_to(args: &AuditVerifyArgs, out: &mut dyn Write, err: &mut dyn Writ
 
 fn report_line(report: &VerifyReport) -> String {
     match &report.first_bad {
-        None => format!("audit: ok, {} records in {} files, chain intact", report.records, report.files),
+        None => format!(
+            "audit: ok, {} records in {} file{}, chain intact",
+            report.records,
+            report.files,
+            if report.files == 1 { "" } else { "s" }
+        ),
         Some(bad) => format!("audit: {}:{}: {}: {}", bad.file.display(), bad.line, bad.reason, bad.detail),
     }
 }

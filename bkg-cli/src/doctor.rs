@@ -60,7 +60,10 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
     };
     let (agent_check, info) = match &client {
         Ok(client) => agent(client).await,
-        Err(no_key) => (Check::fail("agent", no_key, "bkg login --remote URL, or set BKG_API_KEY"), None),
+        Err(no_key) => (
+            Check::fail("agent", no_key, "bkg login --remote URL (--user NAME, or --key-stdin), or set BKG_API_KEY"),
+            None,
+        ),
     };
     // With --remote the agent is on another host: this host's kernel and state directory say
     // nothing about it, and the agent's own level is in its check.
@@ -135,8 +138,14 @@ async fn agent(client: &AgentClient) -> (Check, Option<AgentInfo>) {
         Err(error) => return (Check::warn(name, error.message, "ask an administrator to add you to the group"), None),
     };
     if !up {
-        let fix = if client.is_remote() { "check --remote and the agent's host" } else { "sudo bkg agent start" };
-        return (Check::warn(name, format!("no agent answers on {}", client.location()), fix), None);
+        let found = format!("no agent answers on {}", client.location());
+        // A local agent not started yet is started on first use; a remote one is the point.
+        let check = if client.is_remote() {
+            Check::fail(name, found, "check --remote and the agent's host")
+        } else {
+            Check::warn(name, found, "sudo bkg agent start")
+        };
+        return (check, None);
     }
     match client.get::<AgentInfo>("/api/v1/agent").await {
         Ok(info) => {
@@ -153,14 +162,30 @@ async fn agent(client: &AgentClient) -> (Check, Option<AgentInfo>) {
             };
             (check, Some(info))
         }
-        Err(error) => (
-            Check::warn(
-                name,
-                format!("the agent on {} answers, but: {}", client.location(), error.message),
-                "use an admin key (`bkg login`)",
+        // The agent's version and level are an admin's to read; whether the key works at all
+        // is whoami's to say.
+        Err(error) => match client.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await {
+            Ok(caller) => (
+                Check::warn(
+                    name,
+                    format!(
+                        "the agent on {} answers; a {} key cannot read its version and level",
+                        client.location(),
+                        caller.role.as_str()
+                    ),
+                    "use an admin key for the agent's view",
+                ),
+                None,
             ),
-            None,
-        ),
+            Err(_) => (
+                Check::fail(
+                    name,
+                    format!("the agent on {} answers, but: {}", client.location(), error.message),
+                    "bkg login --remote URL (--user NAME, or --key-stdin), or set BKG_API_KEY",
+                ),
+                None,
+            ),
+        },
     }
 }
 
@@ -329,10 +354,19 @@ pub fn describe(report: &DoctorReport) -> String {
     let level = |level: Option<bkg_schema::host::SecurityLevel>, none: &str| {
         level.map(|level| level.to_string()).unwrap_or_else(|| none.to_owned())
     };
+    // No host checks: the agent is remote (`examine`); an agent check that is not "no agent
+    // answers" found one it could not ask for its level.
+    let host_checked = report.checks.iter().any(|check| check.name == bkg_schema::host::KERNEL_CHECK);
+    let agent_answered =
+        report.checks.iter().any(|check| check.name == "agent" && !check.found.starts_with("no agent answers"));
     text.push_str(&format!(
         "\nhost level: {} · agent level: {} · overall: {}\n",
-        level(report.host_level, "none (a piece every level needs is missing)"),
-        level(report.agent_level, "no agent answers"),
+        if host_checked {
+            level(report.host_level, "none (a piece every level needs is missing)")
+        } else {
+            "not checked (the agent is remote)".to_owned()
+        },
+        level(report.agent_level, if agent_answered { "unknown (see the agent check)" } else { "no agent answers" }),
         report.status.as_str()
     ));
     text

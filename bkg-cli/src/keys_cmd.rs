@@ -44,6 +44,15 @@ fn state(key: &KeyInfo) -> &'static str {
     }
 }
 
+/// `--ttl` in the whole seconds keys expire in: a fraction is refused, not rounded.
+fn ttl_seconds(text: &str) -> Result<u64, CliError> {
+    let ms = bkg_schema::parse_duration_ms(text).map_err(|error| CliError::usage(format!("--ttl: {error}")))?;
+    if ms < 1000 || ms % 1000 != 0 {
+        return Err(CliError::usage(format!("--ttl {text}: keys expire in whole seconds, at least 1s")));
+    }
+    Ok(ms / 1000)
+}
+
 /// Prints a key's secret on stdout (the data) and what it is on stderr (for people).
 fn print_issued(out: Printer, issued: &IssuedKey, what: &str) -> Result<(), CliError> {
     out.answer(issued, |issued| format!("{}\n", issued.key))?;
@@ -59,13 +68,7 @@ pub async fn run(settings: &Settings, args: KeysArgs) -> Result<i32, CliError> {
             let role = Role::parse(&role).ok_or_else(|| {
                 CliError::usage(format!("--role `{role}` must be admin, namespace, session or model-access"))
             })?;
-            let ttl_seconds = ttl
-                .map(|text| {
-                    bkg_schema::parse_duration_ms(&text)
-                        .map(|ms| ms.div_ceil(1000))
-                        .map_err(|error| CliError::usage(format!("--ttl: {error}")))
-                })
-                .transpose()?;
+            let ttl_seconds = ttl.map(|text| ttl_seconds(&text)).transpose()?;
             let request = CreateKeyRequest { role, namespace, name, ttl_seconds };
             let issued: IssuedKey = client.post_json("/api/v1/auth/keys", &request).await?;
             print_issued(out, &issued, "created")?;
@@ -108,6 +111,17 @@ fn table(keys: &[KeyInfo]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ttl_is_whole_seconds() {
+        assert_eq!(ttl_seconds("2h").ok(), Some(7200));
+        assert_eq!(ttl_seconds("1s").ok(), Some(1));
+        for fraction in ["500ms", "1500ms", "0s"] {
+            let refused = ttl_seconds(fraction).err().map(|error| error.message).unwrap_or_default();
+            assert!(refused.starts_with("--ttl"), "{fraction}: {refused}");
+        }
+        assert!(ttl_seconds("500ms").is_err_and(|error| error.message.contains("whole seconds, at least 1s")));
+    }
 
     #[test]
     fn what_is_left_of_a_key_is_said_in_its_largest_units() {

@@ -142,6 +142,12 @@ fn a_clean_log_is_ok_with_exit_0() -> TestResult {
     let log = TestLog::ten()?;
     let (code, out, err) = run_verify(&log.verify_args()).map_err(message)?;
     assert_eq!((code, out.as_str(), err.as_str()), (0, "", "audit: ok, 13 records in 3 files, chain intact\n"));
+    // The log's directory given stands for its files, with the key beside it.
+    let by_dir = AuditVerifyArgs { files: vec![log.dir()], state_dir: None, ..log.verify_args() };
+    let (code, _, err) = run_verify(&by_dir).map_err(message)?;
+    assert_eq!((code, err.as_str()), (0, "audit: ok, 13 records in 3 files, chain intact\n"));
+    let one = AuditVerifyArgs { files: vec![log.path(1)], state_dir: None, ..log.verify_args() };
+    assert!(run_verify(&one).map_err(message)?.2.contains(" in 1 file, "), "one file is not files");
     let (code, out, err) = run_verify(&AuditVerifyArgs { json: true, ..log.verify_args() }).map_err(message)?;
     assert_eq!((code, err.as_str()), (0, ""));
     assert_eq!(out, "{\"ok\":true,\"records\":13,\"files\":3,\"first_bad\":null}\n");

@@ -109,6 +109,9 @@ pub struct HostReport {
     pub runtimes: Vec<Runtime>,
 }
 
+/// The host report's first check, there whenever `bkg-agent --check-host` ran.
+pub const KERNEL_CHECK: &str = "kernel";
+
 /// `bkg doctor --json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DoctorReport {

@@ -780,6 +780,23 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
         (issued["id"].as_str().unwrap_or_default().to_owned(), issued["key"].as_str().unwrap_or_default().to_owned());
     assert!(stderr(&created).contains("shown only this once"));
 
+    // `bkg doctor` of a remote agent: a namespace key reaches it but cannot read its level (a
+    // warning); a key it does not know is a failure.
+    let doctor = |key: &str| {
+        let output = bkg_at(&api, home.path())
+            .args(["--remote", &remote, "doctor", "--json"])
+            .env("BKG_API_KEY", key)
+            .output()
+            .expect("bkg doctor");
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        (code(&output), report["checks"][0].clone())
+    };
+    let (status, agent) = doctor(&key);
+    assert_eq!((status, agent["status"].as_str()), (0, Some("warn")), "{agent}");
+    assert!(agent["found"].as_str().is_some_and(|found| found.contains("a namespace key cannot read")), "{agent}");
+    let (status, agent) = doctor("bkg_ns_not-a-real-key");
+    assert_eq!((status, agent["status"].as_str()), (1, Some("fail")), "{agent}");
+
     // Remote without any key: one clear line, exit 125.
     let keyless = bkg_at(&api, home.path()).args(["--remote", &remote, "keys", "ls"]).output().expect("bkg");
     assert_eq!(code(&keyless), 125);

@@ -44,7 +44,25 @@ fn an_agent_whose_port_is_taken_says_so_in_one_line_and_leaves_no_socket() {
     assert_eq!(code(&output), 1, "stderr: {}", stderr(&output));
     let said = stderr(&output);
     let lines: Vec<&str> = said.lines().filter(|line| line.starts_with("bkg-agent: ")).collect();
-    assert_eq!(lines, [format!("bkg-agent: listen on {address}: Address already in use (os error 98)")], "{said}");
+    assert_eq!(lines.len(), 1, "{said}");
+    assert!(lines[0].starts_with(&format!("bkg-agent: listen on {address} (is another agent")), "{said}");
+    assert!(lines[0].ends_with("or give another --listen): Address already in use (os error 98)"), "{said}");
+}
+
+/// A `--cgroup-dir` that is not one plain name is a usage error, found before anything is written.
+#[test]
+fn a_cgroup_dir_that_would_climb_out_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(bin_dir().join("bkg-agent"))
+        .args(["--foreground", "--cgroup-dir", "../x", "--socket"])
+        .arg(dir.path().join("agent.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("run bkg-agent");
+    assert_eq!(code(&output), 2, "stderr: {}", stderr(&output));
+    assert!(stderr(&output).contains("'--cgroup-dir <CGROUP_DIR>': \"../x\" is not usable"), "{}", stderr(&output));
+    assert!(!dir.path().join("state").exists(), "nothing is written before the flags are checked");
 }
 
 #[test]
@@ -168,13 +186,24 @@ fn doctor_with_remote_checks_the_agent_not_this_host() {
         check(&keyless, "agent")["found"].as_str().is_some_and(|found| found.contains("no API key")),
         "{keyless:#}"
     );
+    // A remote agent that does not answer is a failure: there is nothing to start here.
     let (report, output) = doctor_with_env(None, &[], &remote, &[("BKG_API_KEY", "bkg_admin_0")]);
-    assert_eq!(code(&output), 0, "{report:#}\n{}", stderr(&output));
+    assert_eq!(code(&output), 1, "{report:#}\n{}", stderr(&output));
     let names: Vec<&str> =
         report["checks"].as_array().into_iter().flatten().filter_map(|check| check["name"].as_str()).collect();
     assert_eq!(names, ["agent"], "{report:#}");
-    assert_eq!(check(&report, "agent")["status"], "warn");
+    assert_eq!(check(&report, "agent")["status"], "fail");
     assert!(report["host_level"].is_null(), "{report:#}");
+    let text = Command::new(bkg_tests::bkg_bin())
+        .args([&remote[..], &["doctor"]].concat())
+        .env("BKG_API_KEY", "bkg_admin_0")
+        .output()
+        .expect("run bkg doctor");
+    assert!(
+        stdout(&text).contains("host level: not checked (the agent is remote) · agent level: no agent answers"),
+        "{}",
+        stdout(&text)
+    );
     let refused = Command::new(bkg_tests::bkg_bin())
         .args(["--remote", "http://127.0.0.1:9", "doctor", "--state-dir", "/tmp"])
         .output()

@@ -137,3 +137,27 @@ fn audit_commands_name_a_missing_file_and_refuse_remote() {
     assert_one_line_error(&bkg(&[&remote[..], &["audit", "tail"]].concat()), 125, "run it on the remote agent's host");
     assert_one_line_error(&bkg(&[&remote[..], &["audit", "verify"]].concat()), 125, "--from-db --key HEX");
 }
+
+/// A key's lifetime is whole seconds within its role's: the refusals name the flag and the limit.
+#[test]
+fn a_keys_ttl_is_refused_with_the_flag_and_the_roles_lifetime() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let create = |ttl: &str| {
+        agent
+            .bkg()
+            .args(["keys", "create", "--role", "session", "--namespace", "team", "--ttl", ttl])
+            .output()
+            .expect("bkg keys create")
+    };
+    assert_one_line_error(&create("500ms"), 125, "--ttl 500ms: keys expire in whole seconds, at least 1s");
+    assert_one_line_error(
+        &create("2h"),
+        125,
+        "a lifetime of 2h (ttl_seconds, bkg keys create --ttl) is above the session role's 1h",
+    );
+    let made = create("30s");
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    assert!(stderr(&made).contains("expires in 30s"), "{}", stderr(&made));
+    let no_namespace = agent.bkg().args(["keys", "create", "--role", "session"]).output().expect("bkg keys create");
+    assert_one_line_error(&no_namespace, 125, "needs a namespace (`namespace`, bkg keys create --namespace NS)");
+}

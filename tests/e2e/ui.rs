@@ -259,6 +259,7 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
     for root in ["/ui", "/ui/"] {
         let answer = browser.get(root);
         assert_eq!((answer.status, answer.header("location")), (303, Some("/ui/sandboxes")), "{root}");
+        assert_eq!(answer.header("content-security-policy"), Some(CSP), "{root}");
     }
     let verified = browser.get("/ui/admin/audit?verify=1").text();
     assert!(verified.contains("Intact: "), "the audit log verifies: {verified}");

@@ -287,7 +287,7 @@ pub fn checks(facts: &HostFacts) -> Vec<Check> {
 }
 
 fn kernel_check(release: &str) -> Check {
-    let name = "kernel";
+    let name = bkg_schema::host::KERNEL_CHECK;
     match kernel_version(release) {
         Some(version) if version >= MIN_KERNEL => Check::pass(name, format!("Linux {release}")),
         Some(_) => Check::fail(

@@ -8,6 +8,7 @@ use bkg_schema::auth::{
     SignupRequest, UserInfo,
 };
 use bkg_schema::sandbox::is_dns_label;
+use bkg_schema::units::format_duration_ms;
 
 use super::access::{AdminTask, check_namespace_name, manages, may_create_key, namespace_for, require_admin};
 use super::{OpError, OpResult, Service};
@@ -193,7 +194,10 @@ impl Service {
             }
             (_, asked) => {
                 if principal.is_admin() && asked.is_none() {
-                    return Err(OpError::Invalid(format!("a {} key needs a namespace", request.role.as_str())));
+                    return Err(OpError::Invalid(format!(
+                        "a {} key needs a namespace (`namespace`, bkg keys create --namespace NS)",
+                        request.role.as_str()
+                    )));
                 }
                 Some(namespace_for(principal, asked.as_deref())?)
             }
@@ -201,12 +205,14 @@ impl Service {
         let role_ttl = self.ttl_ms(request.role);
         let ttl = match request.ttl_seconds {
             None => role_ttl,
-            Some(0) => return Err(OpError::Invalid("ttl_seconds must be above zero".into())),
+            Some(0) => return Err(OpError::Invalid("ttl_seconds (bkg keys create --ttl) must be above zero".into())),
             Some(seconds) if seconds.saturating_mul(1000) > role_ttl => {
+                let role = request.role.as_str();
                 return Err(OpError::Invalid(format!(
-                    "ttl_seconds {seconds} is above the {} role's lifetime of {} s",
-                    request.role.as_str(),
-                    role_ttl / 1000
+                    "a lifetime of {} (ttl_seconds, bkg keys create --ttl) is above the {role} role's {} (the agent's \
+                     --{role}-key-ttl)",
+                    format_duration_ms(seconds.saturating_mul(1000)),
+                    format_duration_ms(role_ttl),
                 )));
             }
             Some(seconds) => seconds * 1000,

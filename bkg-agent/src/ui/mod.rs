@@ -88,6 +88,12 @@ pub fn router(state: AppState) -> Router<AppState> {
         .layer(axum::middleware::from_fn_with_state(state, guard))
 }
 
+/// `/ui/`, which the nested router's "/" (`/ui` alone) does not match: the same redirect, behind
+/// the same guard (its headers, its session check).
+pub fn slash_root(state: AppState) -> axum::routing::MethodRouter<AppState> {
+    get(|| async { Redirect::to("/ui/sandboxes") }).layer(axum::middleware::from_fn_with_state(state, guard))
+}
+
 /// The value of cookie `name` in the request.
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers

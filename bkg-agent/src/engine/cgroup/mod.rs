@@ -338,7 +338,7 @@ fn own_dir_in_mount(mount: &Mount, cgroup_path: &Path) -> Option<PathBuf> {
 
 /// Guards every path we build from a name: anything but one plain component could climb out of
 /// the agent's directory.
-fn validate_component(name: &str) -> Result<(), CgroupError> {
+pub fn validate_component(name: &str) -> Result<(), CgroupError> {
     let mut components = Path::new(name).components();
     match (components.next(), components.next()) {
         (Some(Component::Normal(part)), None) if part == name && !name.contains('\0') => Ok(()),
