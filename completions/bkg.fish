@@ -267,7 +267,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subco
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -f -a "tail" -d 'Print the newest records (`-f` follows)'
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l key -d 'The agent\'s public key: 64 hex digits or a file holding them [default: audit.pub beside the log\'s directory]' -r
-complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l state-dir -d 'The agent\'s state directory [default: /var/lib/bkg as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l state-dir -d 'The agent\'s state directory [default: the running agent\'s, else /var/lib/bkg as root]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
@@ -276,7 +276,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcomman
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from verify" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -s n -l lines -d 'How many of the last records to print' -r
-complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l state-dir -d 'The agent\'s state directory [default: /var/lib/bkg as root]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l state-dir -d 'The agent\'s state directory [default: the running agent\'s, else /var/lib/bkg as root]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and __fish_seen_subcommand_from tail" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F

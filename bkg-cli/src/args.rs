@@ -551,7 +551,7 @@ pub struct AuditVerifyArgs {
     /// The agent's public key: 64 hex digits or a file holding them [default: audit.pub beside the log's directory]
     #[arg(long, value_name = "HEX|FILE")]
     pub key: Option<String>,
-    /// The agent's state directory [default: /var/lib/bkg as root]
+    /// The agent's state directory [default: the running agent's, else /var/lib/bkg as root]
     #[arg(long, env = "BKG_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Print one JSON object on stdout instead of a line on stderr.
@@ -570,7 +570,7 @@ pub struct AuditTailArgs {
     /// Keep printing records as they are written, across file rotation.
     #[arg(short = 'f', long)]
     pub follow: bool,
-    /// The agent's state directory [default: /var/lib/bkg as root]
+    /// The agent's state directory [default: the running agent's, else /var/lib/bkg as root]
     #[arg(long, env = "BKG_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Print the records' JSON lines as written.

@@ -17,10 +17,16 @@ use crate::settings::Settings;
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 /// `bkg audit verify`: 0 when the chain is intact, 1 at the first bad line, 125 on bad input.
-pub async fn verify(settings: &Settings, args: AuditVerifyArgs) -> Result<i32, CliError> {
+pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i32, CliError> {
     if !args.from_db {
         refuse_remote(settings, "bkg audit verify", " (--from-db --key HEX verifies bkg_db's copy through it)")?;
+        if args.files.is_empty() {
+            args.state_dir = running_agents_state_dir(settings, args.state_dir).await;
+        }
         return verify_to(&args, &mut io::stdout().lock(), &mut io::stderr().lock());
+    }
+    if args.key.is_none() {
+        args.state_dir = running_agents_state_dir(settings, args.state_dir).await;
     }
     // bkg_db holds the agent's lines in seq order: verify them as one file, with the agent's key.
     let state_dir = state_dir(args.state_dir.as_deref());
@@ -35,6 +41,20 @@ pub async fn verify(settings: &Settings, args: AuditVerifyArgs) -> Result<i32, C
     std::fs::write(copy.path(), lines).map_err(|error| CliError::internal(error.to_string()))?;
     let from_db = AuditVerifyArgs { files: vec![copy.path().to_path_buf()], key: Some(key.to_hex()), ..args };
     verify_to(&from_db, &mut io::stdout().lock(), &mut io::stderr().lock())
+}
+
+/// `--state-dir` (or `BKG_STATE_DIR`) when given, else the state directory of the agent on the
+/// socket when one answers (as `bkg doctor` finds it), else none: the default.
+async fn running_agents_state_dir(settings: &Settings, given: Option<PathBuf>) -> Option<PathBuf> {
+    if given.is_some() || settings.remote.is_some() {
+        return given;
+    }
+    let client = crate::client::AgentClient::new(&settings.endpoint().ok()?).ok()?;
+    if !client.is_up().unwrap_or(false) {
+        return None;
+    }
+    let info: bkg_schema::AgentInfo = client.get("/api/v1/agent").await.ok()?;
+    Some(PathBuf::from(info.state_dir))
 }
 
 /// The log files are this host's: a remote agent's are on its own host, out of reach.
@@ -165,7 +185,8 @@ fn emit(out: &mut dyn Write, text: &str) -> Result<(), CliError> {
 /// `bkg audit tail`: the last records, then (with `-f`) new ones as they come, until interrupted.
 pub async fn tail(settings: &Settings, args: AuditTailArgs) -> Result<i32, CliError> {
     refuse_remote(settings, "bkg audit tail", "")?;
-    let dir = state_dir(args.state_dir.as_deref()).join("audit");
+    let state_dir = running_agents_state_dir(settings, args.state_dir).await;
+    let dir = self::state_dir(state_dir.as_deref()).join("audit");
     let mut tail = Tail::start(&dir, args.lines, args.json, &mut io::stdout().lock())?;
     if !args.follow {
         return Ok(SUCCESS);

@@ -161,3 +161,16 @@ fn a_keys_ttl_is_refused_with_the_flag_and_the_roles_lifetime() {
     let no_namespace = agent.bkg().args(["keys", "create", "--role", "session"]).output().expect("bkg keys create");
     assert_one_line_error(&no_namespace, 125, "needs a namespace (`namespace`, bkg keys create --namespace NS)");
 }
+
+/// Without --state-dir the audit commands read the log of the agent on the socket, wherever its
+/// state directory is, as `bkg doctor` finds it.
+#[test]
+fn audit_commands_find_the_running_agents_log() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let tail = agent.bkg().args(["audit", "tail", "-n", "2", "--json"]).output().expect("bkg audit tail");
+    assert_eq!(code(&tail), 0, "{}", stderr(&tail));
+    assert_eq!(String::from_utf8_lossy(&tail.stdout).lines().count(), 2, "{}", String::from_utf8_lossy(&tail.stdout));
+    let verify = agent.bkg().args(["audit", "verify"]).output().expect("bkg audit verify");
+    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+    assert!(stderr(&verify).contains("chain intact"), "{}", stderr(&verify));
+}
