@@ -301,7 +301,10 @@ impl Environments {
     /// Marks `id` as used by a run (now, and until the guard is dropped).
     pub fn hold(&self, id: &str) -> InUse {
         let used = self.root.join(id).join(USED_FILE);
-        if let Err(error) = std::fs::File::create(&used) {
+        // Not built yet (NotFound): held against pruning all the same, and marked once built.
+        if let Err(error) = std::fs::File::create(&used)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
             tracing::warn!(file = %used.display(), %error, "could not note an environment's use");
         }
         let mut in_use = self.in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

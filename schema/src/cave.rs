@@ -491,11 +491,18 @@ pub fn parse(text: &str, file: &str) -> Result<CaveFile, CaveErrors> {
 
 /// The type rules' problems of what the schema accepts, so that one pass of `bkg validate` shows
 /// every problem, not the schema's first and the rules' after a fix: the faulted keys of a
-/// sandbox are left out, and a sandbox still faulted without them is not checked. None when the
-/// schema faults something outside the sandboxes.
+/// sandbox are left out, and a sandbox still faulted without them is not checked. A fault outside
+/// the sandboxes (`version`, `namespace`, an unknown top-level key) is the schema's to say: the
+/// sandboxes are then checked in an otherwise minimal document.
 fn rules_of_the_sandboxes_the_schema_accepts(mut value: Value, schema_faults: &[CaveError]) -> Vec<CaveError> {
     for fault in schema_faults {
         remove_key_at(&mut value, &fault.pointer);
+    }
+    if schema_faults.iter().any(|fault| !fault.pointer.starts_with("/sandboxes/")) {
+        let Some(sandboxes) = value.get("sandboxes").filter(|sandboxes| sandboxes.is_object()).cloned() else {
+            return Vec::new();
+        };
+        value = serde_json::json!({ "version": 1, "sandboxes": sandboxes });
     }
     let mut still_faulted = Vec::new();
     for fault in schema_errors(&value) {
@@ -619,7 +626,11 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
             Some((what, how)) => {
                 format!("{instance} is not a valid {what} ({})", rule_text(how, error))
             }
-            None => error.to_string(),
+            // The def's description says the rule in words; its pattern is noise to a person.
+            None => match description_of(schema, schema_path) {
+                Some(description) => format!("{instance} is not valid here: {}", lowercase_first(description)),
+                None => error.to_string(),
+            },
         },
         Kind::Enum { options } => format!("{instance} is not one of {options}"),
         Kind::Minimum { limit } => format!("{instance} is too small: the least is {limit}"),
@@ -629,6 +640,10 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
             Some(description) => description.trim_end_matches('.').to_owned(),
             None => error.to_string(),
         },
+        // `version: "1"`: the right value, quoted into a string.
+        Kind::Constant { expected_value } if instance.as_str() == Some(expected_value.to_string().as_str()) => {
+            format!("{instance} is a string: write {expected_value}, without quotes")
+        }
         Kind::Constant { expected_value } => {
             format!("{instance} is not supported: it must be {expected_value}")
         }
@@ -648,6 +663,13 @@ fn rule_text(how: &str, error: &jsonschema::ValidationError<'_>) -> String {
         jsonschema::error::ValidationErrorKind::Pattern { pattern } => format!("pattern \"{pattern}\""),
         _ => error.to_string(),
     }
+}
+
+/// `A path …` as `a path …`, to follow a colon.
+fn lowercase_first(text: &str) -> String {
+    let text = text.trim_end_matches('.');
+    let mut chars = text.chars();
+    chars.next().map(|first| first.to_lowercase().chain(chars).collect()).unwrap_or_default()
 }
 
 /// The description of the innermost `$defs` entry of `schema_path`.
@@ -1076,6 +1098,14 @@ sandboxes:
             .replace("memory: 256MiB", "memory: 8MiB");
         let messages: Vec<String> = errors_of(&same_sandbox).into_iter().map(|error| error.message).collect();
         assert!(messages.iter().any(|message| message.contains("8MiB is too small")), "{messages:?}");
+        // Nor do faults outside the sandboxes keep the sandboxes' rules from being checked.
+        let top_level = GOOD.replace("version: 1", "version: 2\ncolour: red").replace("memory: 256MiB", "memory: 8MiB");
+        let messages: Vec<String> = errors_of(&top_level).into_iter().map(|error| error.message).collect();
+        assert!(messages.iter().any(|message| message.contains("must be 1")), "{messages:?}");
+        assert!(messages.iter().any(|message| message.contains("8MiB is too small")), "{messages:?}");
+        let quoted = GOOD.replace("version: 1", "version: \"1\"");
+        let messages: Vec<String> = errors_of(&quoted).into_iter().map(|error| error.message).collect();
+        assert_eq!(messages, ["\"1\" is a string: write 1, without quotes"]);
         // A sandbox whose type is wrong is not checked further: its rules would speak of a guess.
         let wrong_type = GOOD.replace("type: python", "type: ruby").replace("memory: 256MiB", "memory: 8MiB");
         let messages: Vec<String> = errors_of(&wrong_type).into_iter().map(|error| error.message).collect();
@@ -1124,6 +1154,21 @@ sandboxes:
     fn the_namespace_defaults() {
         let cave = parse("version: 1\nsandboxes: {}\n", "x.yaml");
         assert_eq!(cave.map(|cave| cave.namespace), Ok("default".to_owned()));
+    }
+
+    #[test]
+    fn a_rule_without_words_of_its_own_is_said_by_its_description_not_its_pattern() {
+        let text = "version: 1\nsandboxes:\n  api:\n    type: python\n    keep: [/etc/passwd]\n    ports: [abc]\n";
+        let messages: Vec<String> = errors_of(text).into_iter().map(|error| error.message).collect();
+        assert_eq!(
+            messages,
+            [
+                "\"/etc/passwd\" is not valid here: a path under /workspace, relative or starting with /workspace/, \
+                 without '.' or '..' parts; not stdout or stderr",
+                "\"abc\" is not valid here: [ADDRESS:]HOST_PORT:SANDBOX_PORT, or one PORT for both; ADDRESS is \
+                 127.0.0.1 unless given",
+            ]
+        );
     }
 
     #[test]
