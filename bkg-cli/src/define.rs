@@ -4,7 +4,7 @@
 //! `bkg shell` and `bkg cp` before they start, so that each sees cave.yaml as it is now, and
 //! make it if it has not run yet.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bkg_schema::cave::{CaveFile, SandboxSpec, Volume};
 use bkg_schema::envs::NodePackages;
@@ -29,10 +29,14 @@ pub fn definition(
     let mut volumes = Vec::new();
     for text in &spec.volumes {
         let volume = Volume::parse(text).map_err(|error| CliError::usage(format!("sandbox `{name}`: {error}")))?;
-        let host = project.join(&volume.host);
-        let host = host
-            .canonicalize()
-            .map_err(|error| CliError::usage(format!("sandbox `{name}`: volume {}: {error}", host.display())))?;
+        // Collected through its components, `./data` is shown as `PROJECT/data`.
+        let host: PathBuf = project.join(&volume.host).components().collect();
+        let host = host.canonicalize().map_err(|error| {
+            CliError::usage(format!(
+                "sandbox `{name}`: volume {}: {error}: create it, or fix the volume in cave.yaml",
+                host.display()
+            ))
+        })?;
         if !allow_outside && !host.starts_with(project) {
             return Err(CliError::usage(format!(
                 "sandbox `{name}`: volume {text} reaches outside the project ({}); add --allow-outside to allow it",
@@ -70,13 +74,23 @@ fn node_packages(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Optio
     let Some(file) = spec.node.as_ref().and_then(|node| node.package.as_deref()) else {
         return Ok(None);
     };
-    let manifest = project.join(file);
+    let manifest: PathBuf = project.join(file).components().collect();
     let lockfile = manifest.with_file_name("package-lock.json");
-    let read = |path: &Path| {
-        std::fs::read_to_string(path)
-            .map_err(|error| CliError::usage(format!("sandbox `{name}`: {}: {error}", path.display())))
-    };
-    Ok(Some(NodePackages { package_json: read(&manifest)?, package_lock: read(&lockfile)? }))
+    let package_json = std::fs::read_to_string(&manifest).map_err(|error| {
+        CliError::usage(format!(
+            "sandbox `{name}`: node.package {}: {error}: fix the path in cave.yaml",
+            manifest.display()
+        ))
+    })?;
+    // As `bkg exe` says it (exe.rs): the lockfile is what `npm ci` installs.
+    let package_lock = std::fs::read_to_string(&lockfile).map_err(|error| {
+        CliError::usage(format!(
+            "sandbox `{name}`: {} cannot be read ({error}): make it with `npm install --package-lock-only` in {}",
+            lockfile.display(),
+            lockfile.parent().unwrap_or(project).display()
+        ))
+    })?;
+    Ok(Some(NodePackages { package_json, package_lock }))
 }
 
 /// The lines of the sandbox's `python.requirements` file, read as the user who runs bkg.
@@ -84,9 +98,13 @@ fn requirements(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Vec<St
     let Some(file) = spec.python.as_ref().and_then(|python| python.requirements.as_deref()) else {
         return Ok(Vec::new());
     };
-    let path = project.join(file);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|error| CliError::usage(format!("sandbox `{name}`: requirements {}: {error}", path.display())))?;
+    let path: PathBuf = project.join(file).components().collect();
+    let text = std::fs::read_to_string(&path).map_err(|error| {
+        CliError::usage(format!(
+            "sandbox `{name}`: python.requirements {}: {error}: fix the path in cave.yaml, or create the file",
+            path.display()
+        ))
+    })?;
     Ok(text.lines().map(str::to_owned).collect())
 }
 

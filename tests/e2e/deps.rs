@@ -378,6 +378,25 @@ fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
         "{}",
         stderr(&node)
     );
+
+    // Files cave.yaml names but the project lacks: each named, with what to do.
+    let missing_files = "version: 1\nsandboxes:\n  req:\n    type: python\n    python: { requirements: nosuch.txt }\n\
+                         \x20   scripts: { start: 'true' }\n  npm:\n    type: node\n    node: { package: package.json }\n\
+                         \x20   scripts: { start: 'true' }\n  vol:\n    type: python\n    volumes: ['./nosuch:/workspace/data']\n\
+                         \x20   scripts: { start: 'true' }\n";
+    std::fs::write(dir.join("cave.yaml"), missing_files).expect("cave.yaml");
+    std::fs::write(dir.join("package.json"), r#"{"name":"x","dependencies":{"left-pad":"1"}}"#).expect("package.json");
+    for (sandbox, said) in [
+        ("req", "python.requirements"),
+        ("npm", "make it with `npm install --package-lock-only` in"),
+        ("vol", "create it, or fix the volume in cave.yaml"),
+    ] {
+        let refused = agent.bkgr(dir, &[sandbox]);
+        assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+        let err = stderr(&refused);
+        assert!(err.contains(said) && !err.contains("/./"), "{sandbox}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
 }
 
 #[test]
