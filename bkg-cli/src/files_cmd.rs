@@ -249,8 +249,22 @@ fn unpack_counting<R: std::io::Read>(
             continue;
         }
         let size = entry.size();
-        // `false`: an entry that would land outside `dest`, skipped.
-        if entry.unpack_in(dest)? && kind.is_file() {
+        let path = entry.path().map(|path| path.into_owned()).unwrap_or_default();
+        // `false`: an entry that would land outside `dest`, skipped. tar refuses to write
+        // through a symbolic link that is already in `dest` (one copied out before) with an
+        // error that names neither the entry nor the link.
+        let unpacked_in = entry.unpack_in(dest).map_err(|error| match error.to_string() {
+            refusal if refusal.starts_with("trying to unpack outside of destination path") => {
+                std::io::Error::other(format!(
+                    "{} would be written through a symbolic link already in {}; remove the link there, or copy \
+                 into an empty directory",
+                    path.display(),
+                    dest.display()
+                ))
+            }
+            _ => error,
+        })?;
+        if unpacked_in && kind.is_file() {
             unpacked.files += 1;
             unpacked.bytes += size;
         }
@@ -311,5 +325,28 @@ mod tests {
         assert_eq!(place("box:"), Place::Sandbox { name: "box".into(), path: String::new() });
         assert_eq!(place("./a:b"), Place::Host(PathBuf::from("./a:b")));
         assert_eq!(place("data.csv"), Place::Host(PathBuf::from("data.csv")));
+    }
+
+    /// A link copied out earlier now sits in the destination: the next download's entry under
+    /// it is refused, naming the entry and what to do, and nothing lands outside.
+    #[test]
+    fn an_entry_under_a_link_already_in_the_destination_is_refused_by_name() -> std::io::Result<()> {
+        let dest = tempfile::tempdir()?;
+        let outside = tempfile::tempdir()?;
+        std::os::unix::fs::symlink(outside.path(), dest.path().join("t2"))?;
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, "t2/note.txt", &b"hi"[..])?;
+        let bytes = builder.into_inner()?;
+        let refused = unpack_counting(&mut tar::Archive::new(&bytes[..]), dest.path(), Links::Copied)
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(refused.starts_with("t2/note.txt would be written through a symbolic link already in"), "{refused}");
+        assert!(!outside.path().join("note.txt").exists());
+        Ok(())
     }
 }

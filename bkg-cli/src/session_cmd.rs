@@ -26,14 +26,14 @@ fn language(name: Option<&str>) -> Result<Option<Language>, CliError> {
 /// another language than `language` is refused: its interpreter would run the code as its own.
 async fn ensure_session(
     client: &AgentClient,
-    id: &str,
+    (sandbox, id): (&str, &str),
     name: &str,
     language: Option<Language>,
 ) -> Result<SessionInfo, CliError> {
     if let Some(info) = client.get_found::<SessionInfo>(&format!("/api/v1/sandboxes/{id}/sessions/{name}")).await? {
         return match language {
             Some(language) if language != info.language => Err(CliError::usage(format!(
-                "session `{name}` runs {}, not {}: leave out --type, or end the session first (`bkg stop NAME`)",
+                "session `{name}` runs {}, not {}: leave out --type, or end the session first (`bkg stop {sandbox}`)",
                 info.language.as_str(),
                 language.as_str()
             ))),
@@ -80,7 +80,7 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
             code
         }
     };
-    ensure_session(&client, &id, session, language(args.language.as_deref())?).await?;
+    ensure_session(&client, (&args.name, &id), session, language(args.language.as_deref())?).await?;
     let (status, _) = execute(&client, &id, session, &code, settings.out).await?;
     Ok(exit_code(status))
 }
@@ -199,7 +199,7 @@ fn show(event: &SessionEvent, out: Printer) -> Result<Option<ExecutionStatus>, C
 
 pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> {
     let (client, id) = connect(settings, &args.project, &args.name).await?;
-    let info = ensure_session(&client, &id, &args.session, language(args.language.as_deref())?).await?;
+    let info = ensure_session(&client, (&args.name, &id), &args.session, language(args.language.as_deref())?).await?;
     let out = settings.out;
     let mut prompt = Prompt::new()?;
     let piped = !matches!(prompt, Prompt::Terminal(_));
@@ -230,7 +230,7 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
             out.text("\n");
         }
         if status == ExecutionStatus::Died {
-            ensure_session(&client, &id, &args.session, Some(info.language)).await?;
+            ensure_session(&client, (&args.name, &id), &args.session, Some(info.language)).await?;
             out.note(format_args!("a fresh {} interpreter is ready", info.language.as_str()));
         }
     }

@@ -46,7 +46,7 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     assert_eq!(code(&other), 125, "{}", stderr(&other));
     assert_eq!(
         stderr(&other),
-        "bkg: session `default` runs python, not node: leave out --type, or end the session first (`bkg stop NAME`)\n"
+        "bkg: session `default` runs python, not node: leave out --type, or end the session first (`bkg stop box`)\n"
     );
     assert_eq!(stdout(&other), "");
 
