@@ -35,18 +35,33 @@ async fn run(args: Args) -> Result<i32, CliError> {
     };
 
     let mut runs = Vec::new();
+    let mut left_out = Vec::new();
     for (name, spec) in &selected {
-        let command = spec.scripts.get(&args.script).ok_or_else(|| {
+        let Some(command) = spec.scripts.get(&args.script) else {
             let known: Vec<&str> = spec.scripts.keys().map(String::as_str).collect();
             let has = match known.as_slice() {
                 [] => "it has none: add one under `scripts:` in cave.yaml".to_owned(),
                 known => format!("it has: {}", known.join(", ")),
             };
-            CliError::usage(format!("sandbox `{name}` has no script `{}` ({has})", args.script))
-        })?;
+            let missing = format!("sandbox `{name}` has no script `{}` ({has})", args.script);
+            // Named, it is the mistake; among all, a sandbox without the script is not run
+            // (one with only a `test` script), as a Procfile runner runs what is declared.
+            if args.name.is_some() {
+                return Err(CliError::usage(missing));
+            }
+            left_out.push(missing);
+            continue;
+        };
         let mut definition = definition(&cave, &project, name, spec, args.allow_outside)?;
         over(&mut definition.limits, &args.limits)?;
         runs.push((definition, with_args(command, &args.args)));
+    }
+
+    if runs.is_empty() {
+        return Err(CliError::usage(format!("no sandbox has a script `{}`: {}", args.script, left_out.join("; "))));
+    }
+    for missing in &left_out {
+        out.note(format_args!("{missing}: left out"));
     }
 
     let endpoint = Endpoint::socket(args.socket.clone().unwrap_or_else(bkg_schema::paths::default_socket))?;

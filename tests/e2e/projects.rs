@@ -224,6 +224,23 @@ fn a_missing_sandbox_or_script_is_one_clear_line() {
     assert_eq!((code(&stopped), stderr(&stopped).as_str()), (0, "bkg: api was not running\n"));
     let no_script = agent.bkgr(project.path(), &["api", "test"]);
     assert_eq!(stderr(&no_script), "bkgr: sandbox `api` has no script `test` (it has: start)\n");
+    // Without a name, a sandbox without the script is left out with a note; the others run.
+    write(
+        &project.path().join("cave.yaml"),
+        "version: 1\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: echo up\n  \
+         web:\n    type: python\n    scripts:\n      test: echo tested\n",
+    );
+    let all = agent.bkgr(project.path(), &[]);
+    assert_eq!(code(&all), 0, "{}", stderr(&all));
+    assert!(stdout(&all).contains("up"), "{}", stdout(&all));
+    assert_eq!(stderr(&all), "bkgr: sandbox `web` has no script `start` (it has: test): left out\n");
+    write(
+        &project.path().join("cave.yaml"),
+        "version: 1\nsandboxes:\n  web:\n    type: python\n    scripts:\n      test: echo tested\n",
+    );
+    let none = agent.bkgr(project.path(), &[]);
+    assert_eq!(code(&none), 125, "{}", stderr(&none));
+    assert!(stderr(&none).starts_with("bkgr: no sandbox has a script `start`: sandbox `web`"), "{}", stderr(&none));
     let nowhere = tempfile::tempdir().expect("empty dir");
     let no_project = agent.bkgr(nowhere.path(), &[]);
     assert_eq!(code(&no_project), 125);
