@@ -290,6 +290,10 @@ fn a_namespace_keys_stream_and_psql_as_its_role_show_only_its_namespace() {
     let refused = remote(&alpha).args(["watch", "--namespace", "beta"]).output().expect("bkg watch");
     assert_eq!(code(&refused), 125);
     assert!(stderr(&refused).contains("sees only namespace `alpha`"), "{}", stderr(&refused));
+    // Past the newest change: refused without the newest position, which counts every namespace.
+    let ahead = remote(&alpha).args(["watch", "--since", "9000000"]).output().expect("bkg watch");
+    assert_eq!(code(&ahead), 125, "{}", stderr(&ahead));
+    assert!(stderr(&ahead).contains("since 9000000 is past this feed's newest change: "), "{}", stderr(&ahead));
 
     // psql as the namespace's role: its own rows of runs and changes, nothing else.
     let as_alpha = |sql: &str| postgres.query_as("bkg_ns_alpha", "alpha-password", sql);

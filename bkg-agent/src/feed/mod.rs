@@ -139,12 +139,16 @@ impl Feed {
     ///
     /// A `since` past the newest change is refused: the changes up to it would be skipped
     /// when they came (a cursor of another feed, or of a state directory since reset).
+    ///
+    /// `sees_every_namespace`: whether the refusal may name the newest position, which counts
+    /// every namespace's changes.
     pub async fn subscribe(
         &self,
         namespace: Option<String>,
         since: u64,
         kinds: BTreeSet<ChangeKind>,
         follow: bool,
+        sees_every_namespace: bool,
     ) -> Result<impl Stream<Item = FeedItem> + Send + 'static, FeedError> {
         let mut source = match &self.db_url {
             Some(url) => Source::Db(db::Reader::new(url.clone(), namespace.clone())),
@@ -156,8 +160,9 @@ impl Feed {
                 Source::Db(reader) => reader.newest().await?,
             };
             if since > newest {
+                let shown = if sees_every_namespace { format!(" ({newest})") } else { String::new() };
                 return Err(FeedError::PastNewest(format!(
-                    "since {since} is past this feed's newest change ({newest}): resuming there would skip the \
+                    "since {since} is past this feed's newest change{shown}: resuming there would skip the \
                      changes up to it; give a position this feed sent, or 0 for all"
                 )));
             }

@@ -29,6 +29,7 @@ impl Service {
         require_change_reader(principal)?;
         let request = FeedRequest::parse(since, last_event_id, kinds, namespace)?;
         let namespace = listing_namespace(principal, request.namespace)?;
-        Ok(Box::pin(self.feed.subscribe(namespace, request.since, request.kinds, follow).await?))
+        let stream = self.feed.subscribe(namespace, request.since, request.kinds, follow, principal.is_admin()).await?;
+        Ok(Box::pin(stream))
     }
 }
