@@ -260,6 +260,7 @@ impl SandboxTools {
             detach: false,
             env: BTreeMap::new(),
             stdin_base64: Some(base64::engine::general_purpose::STANDARD.encode(args.code.as_bytes())),
+            language: Some(language),
         };
         self.exec(&principal, &args.sandbox_id, exec).await
     }
@@ -274,7 +275,13 @@ impl SandboxTools {
         Parameters(args): Parameters<RunCommandArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&parts)?;
-        let exec = ExecRequest { command: args.command, detach: false, env: BTreeMap::new(), stdin_base64: None };
+        let exec = ExecRequest {
+            command: args.command,
+            detach: false,
+            env: BTreeMap::new(),
+            stdin_base64: None,
+            language: None,
+        };
         self.exec(&principal, &args.sandbox_id, exec).await
     }
 

@@ -442,8 +442,9 @@ pub struct RunRecord {
     /// The persistent sandbox the run was in; null for a temporary run.
     #[serde(default)]
     pub sandbox_id: Option<String>,
-    /// A temporary run's language; for a command in a persistent sandbox (exec, a script, MCP's
-    /// tools) the sandbox's main language, whichever program the command starts.
+    /// A temporary run's language; for a command in a persistent sandbox, the language its
+    /// request names (`ExecRequest::language`: MCP's `sandbox_run_code`, the Web UI's code),
+    /// else the sandbox's main language, whichever program the command starts.
     pub language: Language,
     pub started_at_ms: u64,
     pub finished_at_ms: Option<u64>,

@@ -167,6 +167,11 @@ pub struct ExecRequest {
     /// Standard input for a non-streamed run, base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin_base64: Option<String>,
+    /// The language of the program the command is, when it is one interpreter given code (MCP's
+    /// `sandbox_run_code`, the Web UI's code cell): what the run's record says. Default: the
+    /// sandbox's main language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<Language>,
 }
 
 /// `POST /api/v1/sandboxes`: a sandbox in the namespace's own project directory on the agent

@@ -680,6 +680,11 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
     assert_eq!(summary["first_stdout"], "read 41\n", "{summary}");
     assert_eq!(summary["second_result"], "42", "a two-step session keeps x: {summary}");
     assert_eq!(summary["exit_code"], 3);
+    assert_eq!(
+        (&summary["python_language"], &summary["node_stdout"], &summary["node_language"]),
+        (&json!("python"), &json!("string\n"), &json!("node")),
+        "node code in a python sandbox runs, and is recorded, as node: {summary}"
+    );
     assert_eq!(summary["command_stdout"], "kept\n");
     assert_eq!(summary["metrics_exit_code"], 0, "the metrics are of the last run (the command)");
     assert!(summary["command_run"].as_str().is_some_and(|id| id.starts_with("run_")), "{summary}");

@@ -48,6 +48,14 @@ const ran = structured(
   }),
   "sandbox_run_code",
 );
+// Node code in the Python sandbox: run by node, and recorded as node.
+const ranNode = structured(
+  await client.callTool({
+    name: "sandbox_run_code",
+    arguments: { sandbox_id: started.sandbox_id, code: "console.log(typeof process.versions.node)", language: "node" },
+  }),
+  "sandbox_run_code",
+);
 const command = structured(
   await client.callTool({ name: "sandbox_run_command", arguments: { sandbox_id: started.sandbox_id, command: "echo kept > note && cat note" } }),
   "sandbox_run_command",
@@ -101,6 +109,9 @@ console.log(
     started,
     stdout: ran.stdout,
     exit_code: ran.exit_code,
+    python_language: ran.language,
+    node_stdout: ranNode.stdout,
+    node_language: ranNode.language,
     command_stdout: command.stdout,
     command_run: command.id,
     metrics_run: metrics.id,

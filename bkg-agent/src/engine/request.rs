@@ -422,7 +422,8 @@ impl Engine {
         mapped_owner: Option<Owner>,
     ) -> Result<ValidatedRun, RunError> {
         let limits = self.resolve_limits(&definition.limits)?;
-        self.interpreter(definition.language)?;
+        let language = exec.language.unwrap_or(definition.language);
+        self.interpreter(language)?;
         if exec.command.trim().is_empty() || exec.command.contains('\0') {
             return Err(RunError::BadRequest("the command is empty or contains a NUL byte".into()));
         }
@@ -462,7 +463,7 @@ impl Engine {
         let mut env = definition.env.clone();
         env.extend(exec.env);
         Ok(ValidatedRun {
-            language: definition.language,
+            language,
             limits,
             namespace: definition.namespace.clone(),
             order: GoOrder {

@@ -66,6 +66,7 @@ impl Service {
             detach: false,
             env: Default::default(),
             stdin_base64: Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, code)),
+            language: Some(language),
         };
         self.accept_exec(principal, id, exec).await
     }
