@@ -35,7 +35,8 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     let output = if out.is_json() { Output::Quiet } else { Output::Raw };
     let stdin = if stdin_is_code { Stdin::Empty } else { Stdin::Relay };
     let result =
-        stream::run_keeping_out_dir(&client, "/api/v1/runs", &request, output, stdin, args.output.as_deref()).await?;
+        stream::run_keeping_out_dir(&client, "/api/v1/runs", &request, (output, out), stdin, args.output.as_deref())
+            .await?;
     if out.is_json() {
         out.json(&result)?;
     }

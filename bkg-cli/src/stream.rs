@@ -40,10 +40,10 @@ pub async fn run(
     client: &AgentClient,
     path: &str,
     body: &impl serde::Serialize,
-    output: Output,
+    (output, out): (Output, crate::out::Printer),
     stdin: Stdin,
 ) -> Result<RunResult, CliError> {
-    run_keeping_out_dir(client, path, body, output, stdin, None).await
+    run_keeping_out_dir(client, path, body, (output, out), stdin, None).await
 }
 
 /// `run`, writing the `Archive` frames (the run's /workspace/out/, `return_out_dir`) into the
@@ -52,7 +52,7 @@ pub async fn run_keeping_out_dir(
     client: &AgentClient,
     path: &str,
     body: &impl serde::Serialize,
-    output: Output,
+    (output, out): (Output, crate::out::Printer),
     stdin: Stdin,
     out_dir: Option<&std::path::Path>,
 ) -> Result<RunResult, CliError> {
@@ -92,7 +92,7 @@ pub async fn run_keeping_out_dir(
         }
     });
 
-    let outcome = receive(client, &mut reader, output, spinner, archive.as_ref()).await;
+    let outcome = receive(client, &mut reader, (output, out), spinner, archive.as_ref()).await;
     stdin_task.abort();
     cancel_task.abort();
     if let Some(archive) = archive {
@@ -251,7 +251,7 @@ async fn watched<T>(client: &AgentClient, read: impl std::future::Future<Output 
 async fn receive(
     client: &AgentClient,
     reader: &mut (impl AsyncReadExt + Unpin),
-    output: Output,
+    (output, out): (Output, crate::out::Printer),
     mut spinner: Option<crate::progress::Spinner>,
     archive: Option<&crate::files_cmd::Unpacker>,
 ) -> Result<RunResult, CliError> {
@@ -281,7 +281,7 @@ async fn receive(
                 }
                 // Without a terminal only the agent's own lines are shown, not the installer's.
                 if installing.is_none() && (line.starts_with("installing ") || line.starts_with("environment ")) {
-                    write_through(&mut std::io::stderr().lock(), format!("bkg: {line}\n").as_bytes());
+                    out.note(format_args!("{line}"));
                 }
             }
             (FrameKind::Stdout, Output::Raw) => write_through(&mut std::io::stdout().lock(), &payload),

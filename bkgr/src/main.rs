@@ -144,7 +144,14 @@ async fn exec(
         stdin_base64: None,
         language: None,
     };
-    run_streamed(client, &format!("/api/v1/sandboxes/{id}/exec"), &request, output, stdin).await
+    run_streamed(
+        client,
+        &format!("/api/v1/sandboxes/{id}/exec"),
+        &request,
+        (output, Printer::new("bkgr", false)),
+        stdin,
+    )
+    .await
 }
 
 /// The limit flags of the command line, over those of cave.yaml.

@@ -342,7 +342,7 @@ fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
     let first = agent.bkgr(dir, &["api"]);
     assert_eq!(code(&first), 0, "{}\n{}", stderr(&first), agent.log());
     assert_eq!(stdout(&first), "1.17.0 True True\n");
-    assert!(stderr(&first).contains("installing 1 Python package"), "{}", stderr(&first));
+    assert!(stderr(&first).contains("bkgr: installing 1 Python package"), "{}", stderr(&first));
     let second = agent.bkgr(dir, &["api"]);
     assert_eq!((code(&second), stdout(&second).as_str()), (0, "1.17.0 True True\n"), "{}", stderr(&second));
     assert!(!stderr(&second).contains("installing"), "the second run installed again: {}", stderr(&second));
