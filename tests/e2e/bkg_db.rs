@@ -223,7 +223,7 @@ pub(crate) fn agent_with_db_and_tcp(url: &str, files: &Path) -> (Agent, AgentOpt
     (agent, options, address)
 }
 
-fn listen_address(agent: &Agent, file: &Path) -> String {
+pub(crate) fn listen_address(agent: &Agent, file: &Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(text) = std::fs::read_to_string(file)

@@ -304,3 +304,85 @@ fn a_namespace_keys_stream_and_psql_as_its_role_show_only_its_namespace() {
     assert_eq!(as_alpha("SELECT string_agg(DISTINCT namespace, ',') FROM runs"), "alpha");
     assert_eq!(as_alpha("SELECT count(*) FROM runs"), "2");
 }
+
+/// A stream opened with a key is held to that key: a session key sees no other key's events (it
+/// may see no other key), and its stream ends once the key is revoked, before a later change
+/// reaches it.
+#[test]
+fn a_keys_stream_shows_only_what_the_key_may_see_and_ends_with_the_key() {
+    let files = tempfile::tempdir().expect("temp dir");
+    let address_file = files.path().join("address");
+    let agent = Agent::start_with(bkg_tests::AgentOptions {
+        extra_args: vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--listen-address-file".into(),
+            address_file.display().to_string(),
+        ],
+        warm_pool: 0,
+        ..bkg_tests::AgentOptions::default()
+    });
+    let address = super::bkg_db::listen_address(&agent, &address_file);
+    let key = |role: &str| {
+        let output = agent
+            .bkg()
+            .args(["keys", "create", "--role", role, "--namespace", "team", "--json"])
+            .output()
+            .expect("bkg keys create");
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        let issued: serde_json::Value = serde_json::from_slice(&output.stdout).expect("issued key");
+        (issued["id"].as_str().unwrap_or_default().to_owned(), issued["key"].as_str().unwrap_or_default().to_owned())
+    };
+    let (session_id, session) = key("session");
+    let (_, team) = key("namespace");
+    let remote = |key: &str| {
+        let mut command = agent.bkg();
+        command.env("BKG_REMOTE", format!("http://{address}")).env("BKG_API_KEY", key).stdin(Stdio::null());
+        command
+    };
+
+    let seen = remote(&session).args(["watch", "--json", "--no-follow", "--kinds", "keys"]).output();
+    let seen = seen.expect("bkg watch");
+    assert_eq!(code(&seen), 0, "{}", stderr(&seen));
+    let objects: Vec<String> = stdout(&seen)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a change")["object_id"].to_string())
+        .collect();
+    assert_eq!(objects, [format!("\"{session_id}\"")], "only its own key's events");
+
+    let run_in_team = || {
+        let ran = remote(&team).args(["exe", "--json", "--type", "python", "-c", "print(1)"]).output();
+        let ran = ran.expect("bkg exe");
+        assert_eq!(code(&ran), 0, "{}", stderr(&ran));
+        serde_json::from_slice::<serde_json::Value>(&ran.stdout).expect("a result")["id"].to_string()
+    };
+    let mut watching = remote(&session)
+        .args(["watch", "--json", "--kinds", "runs"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg watch");
+    let mut lines = BufReader::new(watching.stdout.take().expect("piped stdout"));
+    // The stream is open once it shows a run made after it started.
+    let first_run = run_in_team();
+    let mut first = String::new();
+    lines.read_line(&mut first).expect("the first run's change");
+    assert!(first.contains(first_run.trim_matches('"')), "{first}");
+    let revoked = agent.bkg().args(["keys", "revoke", &session_id]).output().expect("bkg keys revoke");
+    assert_eq!(code(&revoked), 0, "{}", stderr(&revoked));
+    let second_run = run_in_team();
+    // A stream that outlived its key would never end: it is stopped after the patience.
+    let pid = watching.id().to_string();
+    let (sender, waited) = mpsc::channel();
+    std::thread::spawn(move || sender.send(watching.wait_with_output()));
+    let Ok(ended) = waited.recv_timeout(PATIENCE) else {
+        let _ = Command::new("kill").arg(&pid).status();
+        panic!("the stream outlived its revoked key");
+    };
+    let ended = ended.expect("bkg watch ends");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut lines, &mut rest).expect("the rest of stdout");
+    assert_eq!(code(&ended), 125, "{}", stderr(&ended));
+    assert!(stderr(&ended).contains("the key was revoked; resume with --since "), "{}", stderr(&ended));
+    assert!(!rest.contains(second_run.trim_matches('"')), "a change after the revocation reached the key: {rest}");
+}

@@ -2,13 +2,18 @@
 //! caller may see them (the feed itself is in feed/).
 
 use std::pin::Pin;
+use std::time::Duration;
 
-use futures_util::Stream;
+use bkg_schema::auth::{KeyInfo, Role};
+use bkg_schema::changes::{ChangeKind, Resume};
+use futures_util::{Stream, StreamExt};
 
 use super::access::{listing_namespace, require_change_reader};
 use super::{FeedItem, OpResult, Service};
 use crate::auth::Principal;
 use crate::feed::FeedRequest;
+use crate::ids::now_ms;
+use crate::store::Store;
 
 /// The changes of one subscription, live until the client leaves or the agent stops.
 pub type ChangeStream = Pin<Box<dyn Stream<Item = FeedItem> + Send>>;
@@ -29,7 +34,82 @@ impl Service {
         require_change_reader(principal)?;
         let request = FeedRequest::parse(since, last_event_id, kinds, namespace)?;
         let namespace = listing_namespace(principal, request.namespace)?;
-        let stream = self.feed.subscribe(namespace, request.since, request.kinds, follow, principal.is_admin()).await?;
-        Ok(Box::pin(stream))
+        let since = request.since;
+        let stream = self.feed.subscribe(namespace, since, request.kinds, follow, principal.is_admin()).await?;
+        Ok(match principal {
+            Principal::Key(key) => KeyGate::hold(Box::pin(stream), self.store.clone(), key.clone(), since),
+            Principal::Local { .. } | Principal::User(_) => Box::pin(stream),
+        })
+    }
+}
+
+/// What a stream opened with a key is held to while it stays open: the key must still speak for
+/// it (not revoked, rotated, deleted or expired since), checked before each change goes out and
+/// at its expiry, so that no change reaches a key the API already answers 401; and a session
+/// key sees no other key's events, as it may see no other key (docs/governance.md).
+struct KeyGate {
+    changes: ChangeStream,
+    store: Store,
+    key: KeyInfo,
+    /// The position of the last change sent or left out: where the client resumes.
+    after: u64,
+    ended: bool,
+}
+
+impl KeyGate {
+    fn hold(changes: ChangeStream, store: Store, key: KeyInfo, since: u64) -> ChangeStream {
+        let gate = KeyGate { changes, store, key, after: since, ended: false };
+        Box::pin(futures_util::stream::unfold(gate, |mut gate| async move {
+            let item = gate.next().await?;
+            Some((item, gate))
+        }))
+    }
+
+    async fn next(&mut self) -> Option<FeedItem> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let left = Duration::from_millis(self.key.expires_at_ms.saturating_sub(now_ms()));
+            let item = tokio::select! {
+                item = self.changes.next() => item?,
+                () = tokio::time::sleep(left) => return Some(self.end("the key has expired")),
+            };
+            let FeedItem::Change(change) = &item else {
+                self.ended = true;
+                return Some(item);
+            };
+            if let Some(reason) = refusal(&self.store, &self.key).await {
+                return Some(self.end(reason));
+            }
+            let position = change.position;
+            let others_key =
+                change.kind == ChangeKind::Keys && change.object_id.as_deref() != Some(self.key.id.as_str());
+            self.after = position;
+            if self.key.role == Role::Session && others_key {
+                continue;
+            }
+            return Some(item);
+        }
+    }
+
+    fn end(&mut self, reason: &str) -> FeedItem {
+        self.ended = true;
+        FeedItem::Resume(Resume { resume_from: self.after, reason: reason.to_owned() })
+    }
+}
+
+/// Why `key` no longer speaks for a stream it opened, if it does not; a key that cannot be looked
+/// up is refused too.
+async fn refusal(store: &Store, key: &KeyInfo) -> Option<&'static str> {
+    match store.get_key(&key.id).await {
+        Ok(Some(now)) if now.revoked_at_ms.is_some() => Some("the key was revoked"),
+        Ok(Some(now)) if now.rotated_at_ms != key.rotated_at_ms => {
+            Some("the key was rotated: its old secret no longer opens this stream")
+        }
+        Ok(Some(now)) if now.expires_at_ms <= now_ms() => Some("the key has expired"),
+        Ok(Some(_)) => None,
+        Ok(None) => Some("the key was deleted"),
+        Err(_) => Some("the key could not be checked"),
     }
 }
