@@ -286,9 +286,11 @@ impl AgentClient {
         tokio::time::timeout(self.patience, work).await.unwrap_or_else(|_| Err(self.not_answering()))
     }
 
-    /// Whether the agent still answers a call (a cheap one: who the caller is).
+    /// Whether the agent still answers a call: any answer at all, a 429 of a key over its rate
+    /// too (the probe's keyless view costs no allowance, but the key goes along); only silence
+    /// or a lost connection means it does not.
     pub(crate) async fn check_alive(&self) -> Result<(), CliError> {
-        self.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await.map(drop)
+        self.send(self.http().get(self.url("/healthz"))).await.map(drop)
     }
 
     /// How long a call waits for the agent.

@@ -601,6 +601,21 @@ fn keys_over_their_rate_get_429_with_retry_after_and_socket_peers_are_not_limite
     assert!(metrics.contains("bkg_rate_limited_requests_total{role=\"anonymous\"} 1"), "{metrics}");
     assert!(metrics.contains("bkg_rate_limited_requests_total{role=\"session\"} 1"), "{metrics}");
     assert!(metrics.contains("bkg_rate_limited_requests_total{role=\"namespace\"} 1"), "{metrics}");
+
+    // A long silent run of a key near its rate: the client's "does the agent still answer?"
+    // checks (one per BKG_CLIENT_TIMEOUT of silence) must not cancel it when the key's allowance
+    // runs out, since a 429 is an answer.
+    let (_, busy) = api.key("namespace", Some("rl"));
+    let home = tempfile::tempdir().expect("home");
+    let slow = bkg_at(&api, home.path())
+        .args(["--remote", &format!("http://{}", api.address), "exe", "--type", "python", "-c"])
+        .arg("import time; time.sleep(10); print('done')")
+        .env("BKG_API_KEY", &busy)
+        .env("BKG_CLIENT_TIMEOUT", "1s")
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkg exe");
+    assert_eq!((code(&slow), stdout(&slow).as_str()), (0, "done\n"), "{}", stderr(&slow));
 }
 
 #[test]
