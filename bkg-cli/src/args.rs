@@ -836,16 +836,16 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("db migrate", "bkg db migrate\n  bkg db migrate --json"),
     (
         "login",
-        "bkg --remote http://10.0.0.5:7070 login --user alice\n  \
-         echo \"$KEY\" | bkg --remote http://10.0.0.5:7070 login --key-stdin",
+        "bkg --remote https://10.0.0.5:7070 login --user alice\n  \
+         echo \"$KEY\" | bkg --remote https://10.0.0.5:7070 login --key-stdin",
     ),
-    ("logout", "bkg --remote http://10.0.0.5:7070 logout"),
+    ("logout", "bkg --remote https://10.0.0.5:7070 logout"),
     ("keys", "sudo bkg keys create --role admin\n  bkg keys ls\n  bkg keys rotate key_19bc0a1f"),
     (
         "keys create",
         "sudo bkg keys create --role admin\n  bkg keys create --role namespace --namespace team-a --ttl 7d --name ci",
     ),
-    ("keys ls", "bkg keys ls\n  bkg --remote http://10.0.0.5:7070 keys ls --json"),
+    ("keys ls", "bkg keys ls\n  bkg --remote https://10.0.0.5:7070 keys ls --json"),
     ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
     ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
     (

@@ -22,11 +22,34 @@ pub enum Kept {
 
 /// The agent's base URL: `http://HOST:PORT`. TLS is not built in (see docs/api.md).
 pub fn parse_remote(text: &str) -> Result<reqwest::Url, CliError> {
-    let url = reqwest::Url::parse(text).map_err(|error| CliError::usage(format!("--remote `{text}`: {error}")))?;
+    let url = reqwest::Url::parse(text).map_err(|error| {
+        let hint = if text.contains("://") { "" } else { " (give the scheme: https://HOST:PORT)" };
+        CliError::usage(format!("--remote `{text}`: {error}{hint}"))
+    })?;
     match url.scheme() {
-        "http" | "https" if url.host().is_some() => Ok(url),
+        "https" if url.host().is_some() => Ok(url),
+        "http" if url.host().is_some() && (is_loopback(&url) || allows_http()) => Ok(url),
+        "http" if url.host().is_some() => Err(CliError::usage(format!(
+            "--remote `{text}` would send the key (and a login's password) across the network in clear: use \
+             https://, or set {ALLOW_HTTP_ENV}=1 for a tunnel or a network you trust"
+        ))),
         _ => Err(CliError::usage(format!("--remote `{text}` must be an https://HOST:PORT (or http://) URL"))),
     }
+}
+
+/// `1`: `--remote http://` may reach a host that is not loopback.
+pub const ALLOW_HTTP_ENV: &str = "BKG_ALLOW_HTTP";
+
+fn allows_http() -> bool {
+    std::env::var(ALLOW_HTTP_ENV).is_ok_and(|value| value == "1")
+}
+
+/// Whether `url` names this machine: `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else { return false };
+    let address = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || address.parse::<std::net::IpAddr>().is_ok_and(|address| address.is_loopback())
 }
 
 /// The name a key is kept under: the agent's origin.
@@ -139,5 +162,19 @@ mod tests {
         assert!(parse_remote("not a url").is_err());
         let url = parse_remote("http://127.0.0.1:8080/").map(|url| account(&url)).unwrap_or_default();
         assert_eq!(url, "http://127.0.0.1:8080");
+    }
+
+    /// A key (and a login's password) would cross the network in clear: plain http only to this
+    /// machine unless BKG_ALLOW_HTTP=1 (not set where the tests run).
+    #[test]
+    fn plain_http_reaches_only_loopback() {
+        for loopback in ["http://127.0.0.1:7070", "http://127.1.2.3:7070", "http://localhost:7070", "http://[::1]:7070"] {
+            assert!(parse_remote(loopback).is_ok(), "{loopback}");
+        }
+        let refused = parse_remote("http://10.0.0.5:7070").err().map(|error| error.message).unwrap_or_default();
+        assert!(refused.contains("in clear: use https://, or set BKG_ALLOW_HTTP=1"), "{refused}");
+        assert!(parse_remote("https://10.0.0.5:7070").is_ok());
+        let bare = parse_remote("127.0.0.1:7070").err().map(|error| error.message).unwrap_or_default();
+        assert!(bare.contains("give the scheme: https://HOST:PORT"), "{bare}");
     }
 }

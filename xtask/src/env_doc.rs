@@ -28,6 +28,11 @@ const READ_IN_CODE: &[Described] = &[
         meaning: "tests only: `1` turns a missing kernel feature into a skip that says so instead of a failure",
     },
     Described {
+        name: "BKG_ALLOW_HTTP",
+        default: "unset",
+        meaning: "`1`: let `--remote http://` reach a host that is not loopback (a tunnel, a network you trust); the key crosses it in clear",
+    },
+    Described {
         name: "BKG_API_KEY",
         default: "unset",
         meaning: "the API key for `--remote`; wins over the one `bkg login` kept",
