@@ -20,7 +20,7 @@ pub enum Kept {
     File(PathBuf),
 }
 
-/// The agent's base URL: `http://HOST:PORT`. TLS is not built in (see docs/api.md).
+/// The agent's base URL: `https://HOST:PORT`, or `http://` to loopback (`BKG_ALLOW_HTTP`).
 pub fn parse_remote(text: &str) -> Result<reqwest::Url, CliError> {
     let url = reqwest::Url::parse(text).map_err(|error| {
         let hint = if text.contains("://") { "" } else { " (give the scheme: https://HOST:PORT)" };
@@ -85,12 +85,15 @@ fn read_file() -> Result<BTreeMap<String, String>, CliError> {
     }
 }
 
+/// `BKG_API_KEY`, when it holds a key.
+pub fn key_from_env() -> Option<String> {
+    std::env::var(API_KEY_ENV).ok().map(|key| key.trim().to_owned()).filter(|key| !key.is_empty())
+}
+
 /// The key for `remote`: `BKG_API_KEY`, else the keyring, else the credentials file.
 pub fn key_for(remote: &reqwest::Url) -> Result<String, CliError> {
-    if let Ok(key) = std::env::var(API_KEY_ENV)
-        && !key.trim().is_empty()
-    {
-        return Ok(key.trim().to_owned());
+    if let Some(key) = key_from_env() {
+        return Ok(key);
     }
     if !file_only()
         && let Ok(key) = keyring_entry(remote).and_then(|entry| entry.get_password())
@@ -168,7 +171,8 @@ mod tests {
     /// machine unless BKG_ALLOW_HTTP=1 (not set where the tests run).
     #[test]
     fn plain_http_reaches_only_loopback() {
-        for loopback in ["http://127.0.0.1:7070", "http://127.1.2.3:7070", "http://localhost:7070", "http://[::1]:7070"] {
+        for loopback in ["http://127.0.0.1:7070", "http://127.1.2.3:7070", "http://localhost:7070", "http://[::1]:7070"]
+        {
             assert!(parse_remote(loopback).is_ok(), "{loopback}");
         }
         let refused = parse_remote("http://10.0.0.5:7070").err().map(|error| error.message).unwrap_or_default();

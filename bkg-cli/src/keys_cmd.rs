@@ -78,8 +78,28 @@ pub async fn run(settings: &Settings, args: KeysArgs) -> Result<i32, CliError> {
             out.answer(&keys, |keys| table(keys))?;
         }
         KeysAction::Rotate { id, .. } => {
+            // The key this command speaks with, when it is the one rotated: its old secret stops
+            // working at once, so the kept one is replaced (a BKG_API_KEY cannot be).
+            let remote = settings.remote_url()?;
+            let speaking = match &remote {
+                Some(_) => client.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await.ok(),
+                None => None,
+            };
             let issued: IssuedKey = client.post(&format!("/api/v1/auth/keys/{id}/rotate")).await?;
             print_issued(out, &issued, "rotated")?;
+            if let (Some(remote), Some(speaking)) = (&remote, speaking)
+                && speaking.key_id.as_deref() == Some(issued.info.id.as_str())
+            {
+                if crate::credentials::key_from_env().is_some() {
+                    out.note(format_args!(
+                        "{} still holds the old secret, which no longer works: set it to the new one",
+                        crate::credentials::API_KEY_ENV
+                    ));
+                } else {
+                    crate::credentials::keep(remote, &issued.key)?;
+                    out.note(format_args!("the key kept for {remote} is the new one"));
+                }
+            }
         }
         KeysAction::Revoke { id, .. } => {
             let key: KeyInfo = client.post(&format!("/api/v1/auth/keys/{id}/revoke")).await?;

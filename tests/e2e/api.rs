@@ -953,6 +953,20 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     assert!(!keyring_home.path().join(".config/bkg/credentials").exists());
     assert!(stdout(&in_keyring).contains(&id));
 
+    // Rotating the very key kept for this agent keeps its new secret: the next command works.
+    let rotated = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "keys", "rotate", &id])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .output()
+        .expect("bkg keys rotate");
+    assert_eq!(code(&rotated), 0, "{}", stderr(&rotated));
+    assert!(stderr(&rotated).contains(&format!("the key kept for {remote}/ is the new one")), "{}", stderr(&rotated));
+    let after = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "keys", "ls"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .output()
+        .expect("bkg keys ls");
+    assert_eq!(code(&after), 0, "the kept key works after its own rotation: {}", stderr(&after));
     // Rotate and revoke from the CLI: the old secret and then the key stop working.
     let rotated = bkg_at(&api, home.path()).args(["keys", "rotate", &id]).output().expect("bkg");
     assert_eq!(code(&rotated), 0, "{}", stderr(&rotated));
