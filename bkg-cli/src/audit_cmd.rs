@@ -39,8 +39,14 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
         .tempfile()
         .map_err(|error| CliError::internal(format!("cannot make a temporary file: {error}")))?;
     std::fs::write(copy.path(), lines).map_err(|error| CliError::internal(error.to_string()))?;
-    let from_db = AuditVerifyArgs { files: vec![copy.path().to_path_buf()], key: Some(key.to_hex()), ..args };
-    verify_to(&from_db, &mut io::stdout().lock(), &mut io::stderr().lock())
+    let mut report =
+        audit::verify(&[copy.path().to_path_buf()], &key).map_err(|error| CliError::usage(error.to_string()))?;
+    // The copy is gone when this returns: a bad line is named where it is, bkg_db's copy of the
+    // agent's log, in seq order.
+    if let Some(bad) = &mut report.first_bad {
+        bad.file = PathBuf::from(format!("bkg_db (agent {}, line in seq order)", key.agent_id()));
+    }
+    print_report(&report, args.json, &mut io::stdout().lock(), &mut io::stderr().lock())
 }
 
 /// `--state-dir` (or `BKG_STATE_DIR`) when given, else the state directory of the agent on the
@@ -91,13 +97,17 @@ pub fn verify_to(args: &AuditVerifyArgs, out: &mut dyn Write, err: &mut dyn Writ
     };
     let key = load_key(args.key.as_deref(), &default_key)?;
     let report = audit::verify(&files, &key).map_err(|error| CliError::usage(error.to_string()))?;
-    let code = if report.first_bad.is_some() { NEGATIVE } else { SUCCESS };
-    if args.json {
-        emit(out, &report_json(&report)?)?;
+    print_report(&report, args.json, out, err)
+}
+
+/// The verdict, as JSON on `out` or a line on `err`; 0 when intact, 1 at a bad line.
+fn print_report(report: &VerifyReport, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, CliError> {
+    if json {
+        emit(out, &report_json(report)?)?;
     } else {
-        emit(err, &report_line(&report))?;
+        emit(err, &report_line(report))?;
     }
-    Ok(code)
+    Ok(if report.first_bad.is_some() { NEGATIVE } else { SUCCESS })
 }
 
 fn report_line(report: &VerifyReport) -> String {

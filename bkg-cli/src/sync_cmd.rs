@@ -29,7 +29,8 @@ pub async fn sync(settings: &Settings, args: SyncArgs) -> Result<i32, CliError> 
                 out.note(format_args!("no parked events"));
             } else {
                 let seqs: Vec<String> = retried.retried.iter().map(u64::to_string).collect();
-                out.note(format_args!("{} parked events queued again (seq {})", seqs.len(), seqs.join(", ")));
+                let events = if seqs.len() == 1 { "event" } else { "events" };
+                out.note(format_args!("{} parked {events} queued again (seq {})", seqs.len(), seqs.join(", ")));
             }
             Ok(SUCCESS)
         }
@@ -48,7 +49,8 @@ fn describe(view: &SyncView) -> String {
     let mut line = |key: &str, value: String| text.push_str(&format!("{key:<14}{value}\n"));
     line("bkg_db", if view.configured { "configured" } else { "not configured (--db-url)" }.to_owned());
     line("backlog", format!("{} events", status.backlog));
-    line("parked", format!("{parked} events{}", if parked > 0 { " (bkg sync retry)" } else { "" }));
+    let events = if parked == 1 { "event" } else { "events" };
+    line("parked", format!("{parked} {events}{}", if parked > 0 { " (bkg sync retry)" } else { "" }));
     for event in &view.parked_events {
         text.push_str(&format!("  {} {}: {}\n", event.seq, event.action, event.reason));
     }

@@ -568,10 +568,11 @@ fn place(
                 ),
             });
         }
+        let (records, are) = if missing == 1 { ("record", "is") } else { ("records", "are") };
         let detail = if last == 0 {
-            format!("the log begins at seq {}: {missing} earlier records are missing", record.seq)
+            format!("the log begins at seq {}: {missing} earlier {records} {are} missing", record.seq)
         } else {
-            format!("seq {} follows seq {last}: {missing} records are missing", record.seq)
+            format!("seq {} follows seq {last}: {missing} {records} {are} missing", record.seq)
         };
         return Err(bad(BadReason::Removed, detail));
     }

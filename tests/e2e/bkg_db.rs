@@ -376,7 +376,7 @@ fn every_kind_of_record_reaches_bkg_db_and_a_bad_one_is_parked_then_retried() {
     let (exit, _) = sync_status(&agent);
     assert_eq!(exit, 1, "parked events make sync status exit 1");
     let human = ok_or_one(&agent.bkg().args(["sync", "status"]).output().expect("bkg"));
-    assert!(human.contains("parked        1 events") && human.contains("key.created"), "{human}");
+    assert!(human.contains("parked        1 event ") && human.contains("key.created"), "{human}");
     let metrics = admin.get("/metrics").text();
     assert!(metrics.contains("bkg_sync_parked_events 1"), "{metrics}");
     let health = admin.get("/healthz").json();
@@ -579,6 +579,7 @@ fn audit_verify_from_db_names_what_was_tampered_with_in_bkg_db() {
         assert_eq!(code(&output), 1, "{what}: {}", stderr(&output));
         let said = format!("{}{}", stdout(&output), stderr(&output));
         assert!(said.contains(seq), "{what}: the report names seq {seq}: {said}");
+        assert!(said.contains("audit: bkg_db (agent "), "{what}: the report names bkg_db, not a copy: {said}");
         verify(&agent, false);
     };
 

@@ -36,7 +36,8 @@ pub enum FeedError {
     /// A cursor past the newest change: resuming there would skip what comes up to it.
     #[error("{0}")]
     PastNewest(String),
-    #[error("bkg_db: {0}")]
+    /// Says `bkg_db` itself.
+    #[error(transparent)]
     Db(#[from] crate::sync::SyncError),
     #[error("bkg_db: {0}")]
     Postgres(#[from] tokio_postgres::Error),
