@@ -328,7 +328,15 @@ impl AgentClient {
         if causes.len() > 1 {
             causes.remove(0);
         }
-        let hint = if certificate { " (give the agent's CA with --cacert FILE or BKG_CACERT)" } else { "" };
+        // rustls reading a plain HTTP answer as a TLS record.
+        let plain_http = causes.iter().any(|cause| cause.contains("InvalidContentType"));
+        let hint = if certificate {
+            " (give the agent's CA with --cacert FILE or BKG_CACERT)"
+        } else if plain_http {
+            " (the agent there speaks plain http, not https: it was started without --tls-cert)"
+        } else {
+            ""
+        };
         CliError::new(BKG_FAILED, format!("cannot reach the agent at {}: {}{hint}", self.location(), causes.join(": ")))
     }
 }

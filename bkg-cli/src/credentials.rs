@@ -26,6 +26,12 @@ pub fn parse_remote(text: &str) -> Result<reqwest::Url, CliError> {
         let hint = if text.contains("://") { "" } else { " (give the scheme: https://HOST:PORT)" };
         CliError::usage(format!("--remote `{text}`: {error}{hint}"))
     })?;
+    // The agent's base URL: the API's paths go after it.
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        return Err(CliError::usage(format!(
+            "--remote `{text}` names a path: give the agent's address alone, like https://HOST:PORT"
+        )));
+    }
     match url.scheme() {
         "https" if url.host().is_some() => Ok(url),
         "http" if url.host().is_some() && (is_loopback(&url) || allows_http()) => Ok(url),
@@ -178,6 +184,8 @@ mod tests {
         let refused = parse_remote("http://10.0.0.5:7070").err().map(|error| error.message).unwrap_or_default();
         assert!(refused.contains("in clear: use https://, or set BKG_ALLOW_HTTP=1"), "{refused}");
         assert!(parse_remote("https://10.0.0.5:7070").is_ok());
+        let path = parse_remote("https://agent.example/foo").err().map(|error| error.message).unwrap_or_default();
+        assert!(path.contains("names a path"), "{path}");
         let bare = parse_remote("127.0.0.1:7070").err().map(|error| error.message).unwrap_or_default();
         assert!(bare.contains("give the scheme: https://HOST:PORT"), "{bare}");
     }

@@ -825,6 +825,14 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
         bkg_at(&api, home.path()).args(["--remote", "https://example.invalid", "keys", "ls"]).output().expect("bkg");
     assert_eq!(code(&https), 125);
     assert_eq!(stderr(&https).lines().count(), 1);
+    // https to the plain-http listener: what rustls saw, and why.
+    let tls_to_plain = bkg_at(&api, home.path())
+        .args(["--remote", &remote.replace("http://", "https://"), "keys", "ls"])
+        .env("BKG_API_KEY", &key)
+        .output()
+        .expect("bkg");
+    assert_eq!(code(&tls_to_plain), 125);
+    assert!(stderr(&tls_to_plain).contains("speaks plain http, not https"), "{}", stderr(&tls_to_plain));
 
     // `login --key-stdin` falls back to the 0600 credentials file when told to (or when no kernel
     // keyring can be had), and every later `--remote` command uses the key.
