@@ -338,6 +338,49 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
+/// A followed log opened with a key is held to it: once the key is revoked, the log stops coming
+/// while its run goes on.
+#[test]
+fn a_followed_log_ends_when_its_key_is_revoked() {
+    use std::io::{Read, Write};
+    let api = ApiAgent::start(&[]);
+    let (_, key) = api.key("namespace", Some("web"));
+    let (session_id, session) = api.key("session", Some("web"));
+    let team = api.client(&key);
+    let ticks = "for i in $(seq 1 100); do echo tick $i; sleep 0.2; done";
+    let created = team
+        .post("/api/v1/sandboxes", &json!({ "name": "ticker", "language": "python", "scripts": { "start": ticks } }));
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    expect(&team.send("POST", &format!("/api/v1/sandboxes/{id}/start"), None, &[]), 202, "start");
+
+    let mut follow = std::net::TcpStream::connect(&api.address).expect("connect");
+    follow.set_read_timeout(Some(Duration::from_secs(120))).expect("read timeout");
+    let head = format!(
+        "GET /api/v1/sandboxes/{id}/logs?follow=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {session}\r\n\
+         Connection: close\r\n\r\n",
+        api.address
+    );
+    follow.write_all(head.as_bytes()).expect("send");
+    // The log is streaming once its first tick has come.
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("tick 1\n") {
+        let read = follow.read(&mut buffer).expect("read the log");
+        assert!(read > 0, "the log ended before its first tick: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buffer[..read]);
+    }
+    assert!(String::from_utf8_lossy(&received).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&received));
+    let revoked = api.admin().post(&format!("/api/v1/auth/keys/{session_id}/revoke"), &json!({}));
+    expect(&revoked, 200, "revoke");
+    // Read until the agent ends the stream: soon, not when the 20 s run ends.
+    let _ = follow.read_to_end(&mut received);
+    let state = team.get(&format!("/api/v1/sandboxes/{id}")).json();
+    assert_eq!(state["state"], "running", "the log outlived its key until the run ended: {state}");
+    assert!(!String::from_utf8_lossy(&received).contains("tick 100"));
+    expect(&team.post(&format!("/api/v1/sandboxes/{id}/stop"), &json!({})), 200, "stop");
+}
+
 #[test]
 fn sandboxes_are_created_started_followed_executed_stopped_and_deleted_over_tcp() {
     let api = ApiAgent::start(&[]);

@@ -9,6 +9,7 @@ use bkg_schema::changes::{ChangeKind, Resume};
 use futures_util::{Stream, StreamExt};
 
 use super::access::{listing_namespace, require_change_reader};
+use super::keys::key_refusal;
 use super::{FeedItem, OpResult, Service};
 use crate::auth::Principal;
 use crate::feed::FeedRequest;
@@ -79,7 +80,7 @@ impl KeyGate {
                 self.ended = true;
                 return Some(item);
             };
-            if let Some(reason) = refusal(&self.store, &self.key).await {
+            if let Some(reason) = key_refusal(&self.store, &self.key).await {
                 return Some(self.end(reason));
             }
             let position = change.position;
@@ -96,20 +97,5 @@ impl KeyGate {
     fn end(&mut self, reason: &str) -> FeedItem {
         self.ended = true;
         FeedItem::Resume(Resume { resume_from: self.after, reason: reason.to_owned() })
-    }
-}
-
-/// Why `key` no longer speaks for a stream it opened, if it does not; a key that cannot be looked
-/// up is refused too.
-async fn refusal(store: &Store, key: &KeyInfo) -> Option<&'static str> {
-    match store.get_key(&key.id).await {
-        Ok(Some(now)) if now.revoked_at_ms.is_some() => Some("the key was revoked"),
-        Ok(Some(now)) if now.rotated_at_ms != key.rotated_at_ms => {
-            Some("the key was rotated: its old secret no longer opens this stream")
-        }
-        Ok(Some(now)) if now.expires_at_ms <= now_ms() => Some("the key has expired"),
-        Ok(Some(_)) => None,
-        Ok(None) => Some("the key was deleted"),
-        Err(_) => Some("the key could not be checked"),
     }
 }

@@ -319,3 +319,19 @@ fn agent_name() -> String {
     let host = nix::unistd::gethostname().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     format!("{host}/{}", std::process::id())
 }
+
+/// Why `key` no longer speaks for a stream it opened (revoked, rotated, deleted or expired since),
+/// if it does not; a key that cannot be looked up is refused too. Open streams check it before
+/// each piece they send (service/changes.rs, a followed log).
+pub(super) async fn key_refusal(store: &crate::store::Store, key: &KeyInfo) -> Option<&'static str> {
+    match store.get_key(&key.id).await {
+        Ok(Some(now)) if now.revoked_at_ms.is_some() => Some("the key was revoked"),
+        Ok(Some(now)) if now.rotated_at_ms != key.rotated_at_ms => {
+            Some("the key was rotated: its old secret no longer opens this stream")
+        }
+        Ok(Some(now)) if now.expires_at_ms <= now_ms() => Some("the key has expired"),
+        Ok(Some(_)) => None,
+        Ok(None) => Some("the key was deleted"),
+        Err(_) => Some("the key could not be checked"),
+    }
+}

@@ -447,15 +447,38 @@ impl Service {
         // The run's progress while it goes on; a log of a run that has ended is read once.
         let going_on = self.engine.current_run(id).filter(|run| follow && run.run_id == run_id).map(|run| run.watch());
         let (sender, chunks) = mpsc::channel(16);
-        tokio::spawn(read_log(path, going_on, sender));
+        // Opened with a key, a followed log is held to it, as the change feed is.
+        let held_to = match principal {
+            Principal::Key(key) => Some((self.store.clone(), key.clone())),
+            Principal::Local { .. } | Principal::User(_) => None,
+        };
+        tokio::spawn(read_log(path, going_on, held_to, sender));
         Ok(LogTail { run_id, chunks })
     }
 }
 
-/// Sends the log file at `path` as it grows, until its run (if `going_on`) has ended.
+/// Sends `bytes` if the key the log was opened with (if any) still speaks for it, else says why;
+/// whether the log may go on.
+async fn send_held(
+    sender: &mpsc::Sender<std::io::Result<Vec<u8>>>,
+    held_to: Option<&(crate::store::Store, bkg_schema::auth::KeyInfo)>,
+    bytes: Vec<u8>,
+) -> bool {
+    if let Some((store, key)) = held_to
+        && let Some(reason) = super::keys::key_refusal(store, key).await
+    {
+        let _ = sender.send(Err(std::io::Error::other(reason))).await;
+        return false;
+    }
+    sender.send(Ok(bytes)).await.is_ok()
+}
+
+/// Sends the log file at `path` as it grows, until its run (if `going_on`) has ended, or until
+/// the key it was opened with (`held_to`) no longer speaks for it.
 async fn read_log(
     path: std::path::PathBuf,
     mut going_on: Option<watch::Receiver<RunProgress>>,
+    held_to: Option<(crate::store::Store, bkg_schema::auth::KeyInfo)>,
     sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) {
     let Ok(mut file) = tokio::fs::File::open(&path).await else { return };
@@ -468,7 +491,7 @@ async fn read_log(
                     // One more read: the run may have written its last bytes as it ended.
                     let last = file.read(&mut buffer).await.unwrap_or(0);
                     if last > 0 {
-                        let _ = sender.send(Ok(buffer[..last].to_vec())).await;
+                        let _ = send_held(&sender, held_to.as_ref(), buffer[..last].to_vec()).await;
                     }
                     return;
                 };
@@ -480,7 +503,7 @@ async fn read_log(
                 }
             }
             Ok(read) => {
-                if sender.send(Ok(buffer[..read].to_vec())).await.is_err() {
+                if !send_held(&sender, held_to.as_ref(), buffer[..read].to_vec()).await {
                     return;
                 }
             }
