@@ -318,12 +318,8 @@ fn cells(record: &SignedRecord) -> Vec<String> {
 fn outcome(record: &SignedRecord) -> String {
     match record.details() {
         Ok(Details::RunFinished(RunFinished { outcome: RunOutcome::Ended(end), .. })) => {
-            let how = match (end.killed_by, end.exit_code, end.signal) {
-                (Some(killed), _, _) => killed.as_str().to_owned(),
-                (None, Some(code), _) => format!("exit {code}"),
-                (None, None, Some(signal)) => format!("signal {signal}"),
-                (None, None, None) => "ended".to_owned(),
-            };
+            let how =
+                crate::runs_cmd::ending(end.killed_by, end.exit_code, end.signal).unwrap_or_else(|| "ended".to_owned());
             format!("{how} in {}", bkg_schema::units::format_duration_ms(end.wall_ms))
         }
         Ok(Details::RunFinished(RunFinished { outcome: RunOutcome::Failed { error }, .. })) => {

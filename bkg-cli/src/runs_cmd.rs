@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bkg_schema::artefacts::RunFiles;
 use bkg_schema::units::{format_cpus, format_duration_ms, format_size};
-use bkg_schema::{RunRecord, RunResult};
+use bkg_schema::{KilledBy, RunRecord, RunResult};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -204,12 +204,21 @@ pub fn outcome(run: &RunRecord) -> String {
     if run.finished_at_ms.is_none() {
         return "running".into();
     }
-    match (run.killed_by, run.exit_code, run.signal, &run.error) {
-        (Some(killed), _, _, _) => killed.as_str().into(),
-        (None, Some(code), _, _) => format!("exit {code}"),
-        (None, None, Some(signal), _) => format!("signal {signal}"),
-        (None, None, None, Some(_)) => "failed".into(),
-        (None, None, None, None) => "-".into(),
+    match (ending(run.killed_by, run.exit_code, run.signal), &run.error) {
+        (Some(ending), _) => ending,
+        (None, Some(_)) => "failed".into(),
+        (None, None) => "-".into(),
+    }
+}
+
+/// A run's end in a word or two, as run lists and the audit log show it: the limit that killed
+/// it, its exit code, or the signal; none when its record has neither.
+pub fn ending(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Option<i32>) -> Option<String> {
+    match (killed_by, exit_code, signal) {
+        (Some(killed), _, _) => Some(killed.as_str().into()),
+        (None, Some(code), _) => Some(format!("exit {code}")),
+        (None, None, Some(signal)) => Some(format!("signal {signal}")),
+        (None, None, None) => None,
     }
 }
 

@@ -4,17 +4,16 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use bkg_schema::auth::{KeyInfo, Role};
+use bkg_schema::auth::Role;
 use bkg_schema::changes::{ChangeKind, Resume};
 use futures_util::{Stream, StreamExt};
 
 use super::access::{listing_namespace, require_change_reader};
-use super::keys::key_refusal;
+use super::keys::KeyHold;
 use super::{FeedItem, OpResult, Service};
 use crate::auth::Principal;
 use crate::feed::FeedRequest;
 use crate::ids::now_ms;
-use crate::store::Store;
 
 /// The changes of one subscription, live until the client leaves or the agent stops.
 pub type ChangeStream = Pin<Box<dyn Stream<Item = FeedItem> + Send>>;
@@ -37,9 +36,9 @@ impl Service {
         let namespace = listing_namespace(principal, request.namespace)?;
         let since = request.since;
         let stream = self.feed.subscribe(namespace, since, request.kinds, follow, principal.is_admin()).await?;
-        Ok(match principal {
-            Principal::Key(key) => KeyGate::hold(Box::pin(stream), self.store.clone(), key.clone(), since),
-            Principal::Local { .. } | Principal::User(_) => Box::pin(stream),
+        Ok(match KeyHold::of(&self.store, principal) {
+            Some(hold) => KeyGate::hold(Box::pin(stream), hold, since),
+            None => Box::pin(stream),
         })
     }
 }
@@ -50,16 +49,15 @@ impl Service {
 /// key sees no other key's events, as it may see no other key (docs/governance.md).
 struct KeyGate {
     changes: ChangeStream,
-    store: Store,
-    key: KeyInfo,
+    hold: KeyHold,
     /// The position of the last change sent or left out: where the client resumes.
     after: u64,
     ended: bool,
 }
 
 impl KeyGate {
-    fn hold(changes: ChangeStream, store: Store, key: KeyInfo, since: u64) -> ChangeStream {
-        let gate = KeyGate { changes, store, key, after: since, ended: false };
+    fn hold(changes: ChangeStream, hold: KeyHold, since: u64) -> ChangeStream {
+        let gate = KeyGate { changes, hold, after: since, ended: false };
         Box::pin(futures_util::stream::unfold(gate, |mut gate| async move {
             let item = gate.next().await?;
             Some((item, gate))
@@ -71,7 +69,7 @@ impl KeyGate {
             return None;
         }
         loop {
-            let left = Duration::from_millis(self.key.expires_at_ms.saturating_sub(now_ms()));
+            let left = Duration::from_millis(self.hold.key().expires_at_ms.saturating_sub(now_ms()));
             let item = tokio::select! {
                 item = self.changes.next() => item?,
                 () = tokio::time::sleep(left) => return Some(self.end("the key has expired")),
@@ -80,14 +78,14 @@ impl KeyGate {
                 self.ended = true;
                 return Some(item);
             };
-            if let Some(reason) = key_refusal(&self.store, &self.key).await {
+            if let Some(reason) = self.hold.refusal().await {
                 return Some(self.end(reason));
             }
             let position = change.position;
             let others_key =
-                change.kind == ChangeKind::Keys && change.object_id.as_deref() != Some(self.key.id.as_str());
+                change.kind == ChangeKind::Keys && change.object_id.as_deref() != Some(self.hold.key().id.as_str());
             self.after = position;
-            if self.key.role == Role::Session && others_key {
+            if self.hold.key().role == Role::Session && others_key {
                 continue;
             }
             return Some(item);

@@ -320,18 +320,37 @@ fn agent_name() -> String {
     format!("{host}/{}", std::process::id())
 }
 
-/// Why `key` no longer speaks for a stream it opened (revoked, rotated, deleted or expired since),
-/// if it does not; a key that cannot be looked up is refused too. Open streams check it before
-/// each piece they send (service/changes.rs, a followed log).
-pub(super) async fn key_refusal(store: &crate::store::Store, key: &KeyInfo) -> Option<&'static str> {
-    match store.get_key(&key.id).await {
-        Ok(Some(now)) if now.revoked_at_ms.is_some() => Some("the key was revoked"),
-        Ok(Some(now)) if now.rotated_at_ms != key.rotated_at_ms => {
-            Some("the key was rotated: its old secret no longer opens this stream")
+/// The key a stream was opened with, which it stays held to: checked before each piece the
+/// stream sends (service/changes.rs, a followed log). A peer on the socket holds no key.
+pub(super) struct KeyHold {
+    store: crate::store::Store,
+    key: KeyInfo,
+}
+
+impl KeyHold {
+    pub(super) fn of(store: &crate::store::Store, principal: &Principal) -> Option<Self> {
+        match principal {
+            Principal::Key(key) => Some(Self { store: store.clone(), key: key.clone() }),
+            Principal::Local { .. } | Principal::User(_) => None,
         }
-        Ok(Some(now)) if now.expires_at_ms <= now_ms() => Some("the key has expired"),
-        Ok(Some(_)) => None,
-        Ok(None) => Some("the key was deleted"),
-        Err(_) => Some("the key could not be checked"),
+    }
+
+    pub(super) fn key(&self) -> &KeyInfo {
+        &self.key
+    }
+
+    /// Why the key no longer speaks for the stream (revoked, rotated, deleted or expired since),
+    /// if it does not; a key that cannot be looked up is refused too.
+    pub(super) async fn refusal(&self) -> Option<&'static str> {
+        match self.store.get_key(&self.key.id).await {
+            Ok(Some(now)) if now.revoked_at_ms.is_some() => Some("the key was revoked"),
+            Ok(Some(now)) if now.rotated_at_ms != self.key.rotated_at_ms => {
+                Some("the key was rotated: its old secret no longer opens this stream")
+            }
+            Ok(Some(now)) if now.expires_at_ms <= now_ms() => Some("the key has expired"),
+            Ok(Some(_)) => None,
+            Ok(None) => Some("the key was deleted"),
+            Err(_) => Some("the key could not be checked"),
+        }
     }
 }

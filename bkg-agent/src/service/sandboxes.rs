@@ -19,6 +19,7 @@ use super::access::{
     HostPaths, check_namespace_name, definition_namespace, host_paths, may_forward_ports, may_keep_sandbox,
     namespace_for, reaches, require_code_runner, user_limit_defaults, within_user_limits,
 };
+use super::keys::KeyHold;
 use super::runs::Accepted;
 use super::secrets::check_secret_names;
 use super::{OpError, OpResult, Service};
@@ -448,24 +449,16 @@ impl Service {
         let going_on = self.engine.current_run(id).filter(|run| follow && run.run_id == run_id).map(|run| run.watch());
         let (sender, chunks) = mpsc::channel(16);
         // Opened with a key, a followed log is held to it, as the change feed is.
-        let held_to = match principal {
-            Principal::Key(key) => Some((self.store.clone(), key.clone())),
-            Principal::Local { .. } | Principal::User(_) => None,
-        };
-        tokio::spawn(read_log(path, going_on, held_to, sender));
+        tokio::spawn(read_log(path, going_on, KeyHold::of(&self.store, principal), sender));
         Ok(LogTail { run_id, chunks })
     }
 }
 
 /// Sends `bytes` if the key the log was opened with (if any) still speaks for it, else says why;
 /// whether the log may go on.
-async fn send_held(
-    sender: &mpsc::Sender<std::io::Result<Vec<u8>>>,
-    held_to: Option<&(crate::store::Store, bkg_schema::auth::KeyInfo)>,
-    bytes: Vec<u8>,
-) -> bool {
-    if let Some((store, key)) = held_to
-        && let Some(reason) = super::keys::key_refusal(store, key).await
+async fn send_held(sender: &mpsc::Sender<std::io::Result<Vec<u8>>>, held_to: Option<&KeyHold>, bytes: Vec<u8>) -> bool {
+    if let Some(hold) = held_to
+        && let Some(reason) = hold.refusal().await
     {
         let _ = sender.send(Err(std::io::Error::other(reason))).await;
         return false;
@@ -478,7 +471,7 @@ async fn send_held(
 async fn read_log(
     path: std::path::PathBuf,
     mut going_on: Option<watch::Receiver<RunProgress>>,
-    held_to: Option<(crate::store::Store, bkg_schema::auth::KeyInfo)>,
+    held_to: Option<KeyHold>,
     sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) {
     let Ok(mut file) = tokio::fs::File::open(&path).await else { return };

@@ -54,7 +54,7 @@ const LAUNCH_ROUTE: &str = "/launch";
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/ui/sandboxes") }))
+        .route("/", get(to_sandboxes))
         .route("/assets/{name}", get(assets::asset))
         .route("/launch", post(launch::launch))
         .route("/login", get(auth_pages::login_page).post(auth_pages::login_password))
@@ -91,7 +91,12 @@ pub fn router(state: AppState) -> Router<AppState> {
 /// `/ui/`, which the nested router's "/" (`/ui` alone) does not match: the same redirect, behind
 /// the same guard (its headers, its session check).
 pub fn slash_root(state: AppState) -> axum::routing::MethodRouter<AppState> {
-    get(|| async { Redirect::to("/ui/sandboxes") }).layer(axum::middleware::from_fn_with_state(state, guard))
+    get(to_sandboxes).layer(axum::middleware::from_fn_with_state(state, guard))
+}
+
+/// The UI's root, `/ui` or `/ui/`: a user's sandboxes.
+async fn to_sandboxes() -> Redirect {
+    Redirect::to("/ui/sandboxes")
 }
 
 /// The value of cookie `name` in the request.
