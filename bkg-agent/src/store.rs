@@ -166,6 +166,9 @@ pub struct Store {
     outbox_bumped: Arc<tokio::sync::watch::Sender<u64>>,
     /// Audit-log syncs started after a commit and not finished yet (see `durable`).
     syncing: Arc<tokio::sync::watch::Sender<usize>>,
+    /// Bumped after a key is rotated, revoked or deleted, for the streams and runs held to
+    /// their key (service/keys.rs `KeyHold`).
+    keys_changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// The agent's state dir, where each sandbox's env file lives.
     state_dir: Arc<PathBuf>,
 }
@@ -232,6 +235,7 @@ impl Store {
             committed: Arc::new(tokio::sync::Notify::new()),
             outbox_bumped: Arc::new(tokio::sync::watch::Sender::new(0)),
             syncing: Arc::new(tokio::sync::watch::Sender::new(0)),
+            keys_changed: Arc::new(tokio::sync::watch::Sender::new(0)),
             state_dir,
         })
     }

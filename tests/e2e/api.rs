@@ -382,6 +382,48 @@ fn a_followed_log_ends_when_its_key_is_revoked() {
 }
 
 #[test]
+fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_goes_on() {
+    use std::io::BufRead;
+    let api = ApiAgent::start(&[]);
+    let (key_id, key) = api.key("namespace", Some("web"));
+    let team = api.client(&key);
+    let created = team.post(
+        "/api/v1/sandboxes",
+        &json!({ "name": "service", "language": "python", "scripts": { "start": "sleep 60" } }),
+    );
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    expect(&team.send("POST", &format!("/api/v1/sandboxes/{id}/start"), None, &[]), 202, "start");
+
+    let home = tempfile::tempdir().expect("home");
+    let mut run = bkg_at(&api, home.path())
+        .args(["--remote", &format!("http://{}", api.address), "exe", "--type", "python", "-c"])
+        .arg("import time; print('ready', flush=True); time.sleep(60)")
+        .env("BKG_API_KEY", &key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exe");
+    let mut first = String::new();
+    let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
+    out.read_line(&mut first).expect("read the run's output");
+    assert_eq!(first, "ready\n");
+    let revoked = api.admin().post(&format!("/api/v1/auth/keys/{key_id}/revoke"), &json!({}));
+    expect(&revoked, 200, "revoke");
+    // The run ends at once, cancelled; not when its 60 s sleep would.
+    let ended = run.wait_with_output().expect("bkg exe ends");
+    assert_eq!(code(&ended), 130, "{}", stderr(&ended));
+    let runs = api.admin().get("/api/v1/runs?namespace=web").json();
+    let cancelled = runs.as_array().into_iter().flatten().filter(|run| run["killed_by"] == "cancelled").count();
+    assert_eq!(cancelled, 1, "{runs}");
+    // The service belongs to its sandbox: it outlives the key that started it.
+    let state = api.admin().get(&format!("/api/v1/sandboxes/{id}")).json();
+    assert_eq!(state["state"], "running", "{state}");
+    expect(&api.admin().post(&format!("/api/v1/sandboxes/{id}/stop"), &json!({})), 200, "stop");
+}
+
+#[test]
 fn sandboxes_are_created_started_followed_executed_stopped_and_deleted_over_tcp() {
     let api = ApiAgent::start(&[]);
     let (_, key) = api.key("namespace", Some("web"));

@@ -2,6 +2,8 @@
 //! login with a password), API keys (create, list, get, rotate, revoke, delete), session refresh
 //! and signed rotation notices from peers.
 
+use std::time::Duration;
+
 use bkg_schema::audit::Details;
 use bkg_schema::auth::{
     CreateKeyRequest, IssuedKey, KEY_ROTATED_EVENT, KeyInfo, LoginRequest, NoticeAccepted, Role, RotationNotice,
@@ -351,6 +353,28 @@ impl KeyHold {
             Ok(Some(_)) => None,
             Ok(None) => Some("the key was deleted"),
             Err(_) => Some("the key could not be checked"),
+        }
+    }
+
+    /// Resolves, with the reason, once the key no longer speaks for what it holds: when it is
+    /// rotated, revoked or deleted (the store says so) or at its expiry.
+    pub(super) async fn lost(&self) -> &'static str {
+        // Watching before the first look: a change between the two is not missed.
+        let mut changes = self.store.key_changes();
+        loop {
+            if let Some(reason) = self.refusal().await {
+                return reason;
+            }
+            let left = Duration::from_millis(self.key.expires_at_ms.saturating_sub(now_ms()));
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The store is gone with the agent; only the expiry is left to wait for.
+                        tokio::time::sleep(left).await;
+                    }
+                }
+                () = tokio::time::sleep(left) => {}
+            }
         }
     }
 }

@@ -14,9 +14,10 @@ use super::access::{
     listing_namespace, may_forward_ports, namespace_for, reaches, require_code_runner, user_limit_defaults,
     within_user_limits,
 };
+use super::keys::KeyHold;
 use super::{OpError, OpResult, RunInput, RunOutput, Service};
 use crate::auth::Principal;
-use crate::engine::handle::{RunPhase, RunTicket};
+use crate::engine::handle::{RunPhase, RunTicket, RunTracker};
 use crate::engine::run::ValidatedRun;
 use crate::envs::EnvRequest;
 use crate::ids::{new_id, now_ms};
@@ -52,7 +53,7 @@ impl Accepted {
         self.exec.as_ref().map(|(_, restart)| *restart).unwrap_or_default()
     }
 
-    pub(super) fn tracker(&self) -> Arc<crate::engine::handle::RunTracker> {
+    pub(super) fn tracker(&self) -> Arc<RunTracker> {
         self.ticket.tracker()
     }
 
@@ -131,11 +132,17 @@ impl Service {
         input: mpsc::Receiver<RunInput>,
         output: Option<mpsc::Sender<RunOutput>>,
     ) -> OpResult<RunResult> {
-        let Accepted { principal, ticket, mut validated, exec: _, environment } = accepted;
+        let Accepted { principal, ticket, mut validated, exec, environment } = accepted;
         // Shutdown waits for this: a run's end is recorded before the agent stops.
         let _in_flight = self.engine.run_in_flight();
         let caller = principal.audit_caller(&validated.namespace);
         let tracker = ticket.tracker();
+        // A service belongs to its sandbox and outlives the key that started it; any other run
+        // started with a key ends with it (docs/governance.md).
+        let service = exec.as_ref().is_some_and(|(exec, _)| exec.detach);
+        if let Some(hold) = KeyHold::of(&self.store, &principal).filter(|_| !service) {
+            tokio::spawn(end_with_key(hold, Arc::clone(&tracker)));
+        }
         let run_id = tracker.run_id.clone();
         let sandbox_id = validated.sandbox_id().map(str::to_owned);
         let namespace = validated.namespace.clone();
@@ -221,5 +228,18 @@ impl Service {
             // Another namespace's run is answered as missing: its existence is not ours to tell.
             _ => Err(OpError::NotFound(format!("no run {id}"))),
         }
+    }
+}
+
+/// Cancels the run (`killed_by: cancelled`) once the key it was started with no longer speaks
+/// for it: revoked, rotated, deleted or expired. Ends with the run.
+async fn end_with_key(hold: KeyHold, run: Arc<RunTracker>) {
+    let mut progress = run.watch();
+    tokio::select! {
+        reason = hold.lost() => {
+            tracing::info!(run = %run.run_id, key = %hold.key().id, reason, "cancelling a run: its key no longer speaks for it");
+            run.stop();
+        }
+        _ = progress.wait_for(|progress| progress.phase >= RunPhase::Ended) => {}
     }
 }

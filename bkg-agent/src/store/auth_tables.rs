@@ -147,18 +147,21 @@ impl Store {
         let rotated = KeyInfo { rotated_at_ms: Some(now_ms), expires_at_ms, ..current };
         let event = key_event(caller, Details::KeyRotated, &rotated, false);
         let (id, new_hash) = (id.to_owned(), new_hash.to_owned());
-        self.record(event, move |db| {
-            let changed = db.execute(
-                "UPDATE api_keys SET hash = ?2, rotated_at_ms = ?3, expires_at_ms = ?4
+        let rotated = self
+            .record(event, move |db| {
+                let changed = db.execute(
+                    "UPDATE api_keys SET hash = ?2, rotated_at_ms = ?3, expires_at_ms = ?4
                  WHERE id = ?1 AND revoked_at_ms IS NULL",
-                params![id, new_hash, now_ms as i64, expires_at_ms as i64],
-            )?;
-            if changed == 0 {
-                return Ok(None);
-            }
-            select_key(db, &id)
-        })
-        .await
+                    params![id, new_hash, now_ms as i64, expires_at_ms as i64],
+                )?;
+                if changed == 0 {
+                    return Ok(None);
+                }
+                select_key(db, &id)
+            })
+            .await;
+        self.key_changed();
+        rotated
     }
 
     /// Revokes key `id`; revoking a revoked key changes nothing. `None` when there is no such key.
@@ -171,14 +174,17 @@ impl Store {
         }
         let event = key_event(caller, Details::KeyRevoked, &current, false);
         let id = id.to_owned();
-        self.record(event, move |db| {
-            db.execute(
-                "UPDATE api_keys SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
-                params![id, now_ms as i64],
-            )?;
-            select_key(db, &id)
-        })
-        .await
+        let revoked = self
+            .record(event, move |db| {
+                db.execute(
+                    "UPDATE api_keys SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
+                    params![id, now_ms as i64],
+                )?;
+                select_key(db, &id)
+            })
+            .await;
+        self.key_changed();
+        revoked
     }
 
     /// Removes key `id` for good (it stops working at once); false when there was none.
@@ -188,7 +194,20 @@ impl Store {
         };
         let event = key_event(caller, Details::KeyRevoked, &current, true);
         let id = id.to_owned();
-        self.record(event, move |db| Ok(db.execute("DELETE FROM api_keys WHERE id = ?1", params![id])? > 0)).await
+        let deleted =
+            self.record(event, move |db| Ok(db.execute("DELETE FROM api_keys WHERE id = ?1", params![id])? > 0)).await;
+        self.key_changed();
+        deleted
+    }
+
+    /// Tells whoever holds to a key (`key_changes`) to look at it again.
+    fn key_changed(&self) {
+        self.keys_changed.send_modify(|changes| *changes = changes.wrapping_add(1));
+    }
+
+    /// Moves on each time a key is rotated, revoked or deleted.
+    pub fn key_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.keys_changed.subscribe()
     }
 
     /// Adds a user; false when the name is taken.
