@@ -3,5 +3,6 @@ fn main() -> std::process::ExitCode {
     if std::env::args_os().nth(1).is_some_and(|arg| arg == "__sandbox-init") {
         bkg_agent::engine::init::main();
     }
+    bkg_schema::environment::forget_empty_variables();
     bkg_agent::daemon::main()
 }

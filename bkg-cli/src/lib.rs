@@ -44,6 +44,7 @@ use crate::out::Printer;
 use crate::settings::Settings;
 
 pub fn main() -> ExitCode {
+    bkg_schema::environment::forget_empty_variables();
     let cli: Cli = match args::parse(args::bkg_command()) {
         Ok(cli) => cli,
         Err(error) => return out::clap_error(error, "bkg"),

@@ -12,6 +12,7 @@ use bkg_schema::cave::SandboxSpec;
 use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, sandbox_id};
 
 fn main() -> ExitCode {
+    bkg_schema::environment::forget_empty_variables();
     let args: Args = match bkg_cli::shared::parse(bkgr_command()) {
         Ok(args) => args,
         Err(error) => return bkg_cli::shared::clap_error(error, "bkgr"),

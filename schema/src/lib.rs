@@ -11,6 +11,7 @@ pub mod changes;
 #[cfg(feature = "chunks")]
 pub mod chunks;
 pub mod egress;
+pub mod environment;
 pub mod envs;
 pub mod files;
 pub mod frame;

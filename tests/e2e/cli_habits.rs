@@ -161,6 +161,15 @@ fn version_names_both_sides() {
     assert_eq!(value["agent"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(value["cli"]["commit"], value["agent"]["commit"], "{value}");
     assert!(value["agent"]["protections"].as_array().is_some_and(|list| list.iter().any(|p| p == "seccomp filter")));
+    // An empty BKG_* variable counts as unset (schema/src/environment.rs): exported empty, as a
+    // script does to turn one off, BKG_REMOTE leaves the local agent and BKG_TLS_CERT nothing.
+    let unset = agent.bkg().current_dir(dir.path()).env("BKG_REMOTE", "").args(["version", "--json"]).output();
+    let unset = unset.expect("bkg version");
+    assert_eq!(code(&unset), 0, "{}", stderr(&unset));
+    assert_eq!(json(&unset)["agent"]["version"], env!("CARGO_PKG_VERSION"));
+    let agent_help = Command::new(bin_dir().join("bkg-agent")).env("BKG_TLS_CERT", "").arg("--print-openapi").output();
+    let agent_help = agent_help.expect("bkg-agent --print-openapi");
+    assert_eq!(code(&agent_help), 0, "{}", stderr(&agent_help));
     let text = agent.bkg_in(dir.path(), &["version"]);
     assert!(stdout(&text).starts_with("bkg        "), "{}", stdout(&text));
 

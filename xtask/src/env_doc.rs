@@ -370,8 +370,8 @@ pub fn render(repo: &Path, binaries: &[clap::Command]) -> Result<String, String>
          Generated from the code by `cargo run -p xtask -- env-doc` (`make env-doc`); do not edit by hand. \
          A test (`cargo test -p xtask`) fails when this file differs from what the code reads: a flag or \
          a variable added, removed or changed.\n\n\
-         A flag wins over its variable; a variable set to the empty string counts as unset where the \
-         meaning says so. [cli.md](cli.md) explains the commands, [operations.md](operations.md) running \
+         A flag wins over its variable. A `BKG_*` variable set to the empty string counts as unset \
+         (schema/src/environment.rs): `BKG_REMOTE= bkg ls` talks to the local agent. [cli.md](cli.md) explains the commands, [operations.md](operations.md) running \
          the agent.\n\n\
          ## Environment variables\n\n\
          | variable | flag | default | meaning | read in |\n|---|---|---|---|---|"
