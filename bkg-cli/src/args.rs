@@ -917,8 +917,27 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
         let help = command.render_help().to_string();
         return Err(clap::Error::raw(clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand, help));
     }
-    let matches = command.try_get_matches_from_mut(std::env::args_os())?;
+    let given: Vec<_> = std::env::args_os().collect();
+    let unbuilt = command.clone();
+    let matches = match command.try_get_matches_from_mut(&given) {
+        Ok(matches) => matches,
+        // clap's usage line names every argument it was given, those from the environment too
+        // (`Usage: bkg exe --socket <PATH> <SCRIPT>` with BKG_SOCKET set): the same error without
+        // the environment shows the user's own command line.
+        Err(error) if error.kind() == clap::error::ErrorKind::MissingRequiredArgument => {
+            return Err(match without_environment(unbuilt).try_get_matches_from(&given) {
+                Err(plain) if plain.kind() == error.kind() => plain,
+                _ => error,
+            });
+        }
+        Err(error) => return Err(error),
+    };
     T::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
+}
+
+/// `command` with no argument read from the environment, in every subcommand.
+fn without_environment(command: clap::Command) -> clap::Command {
+    command.mut_args(|arg| arg.env(None)).mut_subcommands(without_environment)
 }
 
 #[cfg(test)]

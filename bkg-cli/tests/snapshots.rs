@@ -17,8 +17,8 @@ fn run(program: &str, args: &[&str]) -> String {
         .args(args)
         .env("COLUMNS", "100")
         .env("NO_COLOR", "1")
-        // Unset, not pointed elsewhere: clap lists an option given by env in its usage lines.
-        .env_remove("BKG_SOCKET")
+        // Empty counts as unset (schema/src/environment.rs), so help shows no value of the user's.
+        .env("BKG_SOCKET", "")
         .env("BKG_NO_AUTOSTART", "1")
         .env_remove("BKG_REMOTE")
         .env_remove("BKG_API_KEY")
@@ -94,6 +94,20 @@ fn common_errors() {
     }
     text.push_str(&run(&bkgr(), &["--bogus"]));
     insta::assert_snapshot!("errors", text);
+}
+
+#[test]
+fn a_usage_line_shows_what_was_typed_not_what_the_environment_gave() {
+    let output = Command::new(BKG)
+        .arg("exe")
+        .env("BKG_SOCKET", "/nonexistent/agent.sock")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("\nUsage: bkg exe <SCRIPT> [ARGS]...\n"), "{stderr}");
 }
 
 fn run_record(json: serde_json::Value) -> RunRecord {
