@@ -75,6 +75,45 @@ pub fn render(
     text
 }
 
+/// `render`, but on a terminal too narrow for the whole table the columns at `optional` are
+/// left out, in that order, until it fits (as `kubectl get` shows fewer columns): a narrow
+/// terminal sees the ids whole and loses the least needed columns; a pipe gets them all.
+pub fn render_fitting(
+    headers: &[&str],
+    right: &[usize],
+    wrap: &[usize],
+    rows: Vec<Vec<String>>,
+    width: Option<u16>,
+    optional: &[usize],
+) -> String {
+    let mut kept: Vec<usize> = (0..headers.len()).collect();
+    if let Some(width) = width {
+        let widths = widths(headers, rows.iter());
+        // A wrapping column can give up all but its narrowest, as `render` lets it.
+        let narrowest = |index: usize| {
+            let widest = widths.get(index).copied().unwrap_or(0);
+            let header = headers.get(index).map_or(0, |header| header.chars().count());
+            if wrap.contains(&index) { widest.min(NARROWEST).max(header as u16) } else { widest }
+        };
+        let natural = |kept: &[usize]| -> usize {
+            kept.iter().map(|&index| usize::from(narrowest(index)) + 2).sum::<usize>() - 2
+        };
+        for column in optional {
+            if natural(&kept) <= usize::from(width) {
+                break;
+            }
+            kept.retain(|index| index != column);
+        }
+    }
+    let place = |list: &[usize]| -> Vec<usize> {
+        kept.iter().enumerate().filter(|(_, index)| list.contains(index)).map(|(place, _)| place).collect()
+    };
+    let headers: Vec<&str> = kept.iter().map(|&index| headers[index]).collect();
+    let rows =
+        rows.into_iter().map(|row| kept.iter().map(|&index| row.get(index).cloned().unwrap_or_default()).collect());
+    render(&headers, &place(right), &place(wrap), rows, width)
+}
+
 /// The width of each column of `render(headers, .., rows, None)`: its widest cell.
 pub fn widths<'a>(headers: &[&str], rows: impl IntoIterator<Item = &'a Vec<String>>) -> Vec<u16> {
     let mut widest: Vec<usize> = headers.iter().map(|header| header.chars().count()).collect();

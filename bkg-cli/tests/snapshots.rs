@@ -169,7 +169,7 @@ fn tables() {
         project_dir: "/srv/app".into(),
     }];
     let mut text = String::new();
-    for width in [None, Some(100), Some(60)] {
+    for width in [None, Some(100), Some(80), Some(60)] {
         text.push_str(&format!("--- bkg ls, width {width:?}\n"));
         text.push_str(&bkg_cli::manage::sandbox_table(&sandboxes, &declared, width));
         text.push_str(&format!("--- bkg runs ls, width {width:?}\n"));
