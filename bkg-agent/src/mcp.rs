@@ -256,11 +256,9 @@ impl SandboxTools {
             Language::Node => "node -",
         };
         let exec = ExecRequest {
-            command: interpreter.into(),
-            detach: false,
-            env: BTreeMap::new(),
             stdin_base64: Some(base64::engine::general_purpose::STANDARD.encode(args.code.as_bytes())),
             language: Some(language),
+            ..ExecRequest::command(interpreter)
         };
         self.exec(&principal, &args.sandbox_id, exec).await
     }
@@ -275,13 +273,7 @@ impl SandboxTools {
         Parameters(args): Parameters<RunCommandArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&parts)?;
-        let exec = ExecRequest {
-            command: args.command,
-            detach: false,
-            env: BTreeMap::new(),
-            stdin_base64: None,
-            language: None,
-        };
+        let exec = ExecRequest::command(args.command);
         self.exec(&principal, &args.sandbox_id, exec).await
     }
 

@@ -76,8 +76,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
     if args.detach {
         for (definition, command) in runs {
             let id = sandbox_id(&definition.project_dir, &definition.name);
-            let request =
-                ExecRequest { command, detach: true, env: Default::default(), stdin_base64: None, language: None };
+            let request = ExecRequest { detach: true, ..ExecRequest::command(command) };
             let detached: DetachedRun = client.post_json(&format!("/api/v1/sandboxes/{id}/exec"), &request).await?;
             out.line(format_args!("{}\t{}", definition.name, detached.run_id));
         }
@@ -138,13 +137,7 @@ async fn exec(
     stdin: Stdin,
 ) -> Result<bkg_schema::RunResult, CliError> {
     let id = sandbox_id(&definition.project_dir, &definition.name);
-    let request = ExecRequest {
-        command: command.to_owned(),
-        detach: false,
-        env: Default::default(),
-        stdin_base64: None,
-        language: None,
-    };
+    let request = ExecRequest::command(command);
     run_streamed(
         client,
         &format!("/api/v1/sandboxes/{id}/exec"),

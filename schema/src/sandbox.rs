@@ -174,6 +174,13 @@ pub struct ExecRequest {
     pub language: Option<Language>,
 }
 
+impl ExecRequest {
+    /// `command` alone: attached, with no environment, stdin or language of its own.
+    pub fn command(command: impl Into<String>) -> Self {
+        Self { command: command.into(), detach: false, env: BTreeMap::new(), stdin_base64: None, language: None }
+    }
+}
+
 /// `POST /api/v1/sandboxes`: a sandbox in the namespace's own project directory on the agent
 /// (for callers without a project on the agent's host: API keys, MCP).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -114,13 +114,7 @@ impl Service {
     /// Starts a run in idle sandbox `id` whose code waits on its stdin, holding the sandbox
     /// until the transfer is done; `None` if it ended before it could be held.
     async fn start_holder(self: &Arc<Self>, principal: &Principal, id: &str) -> OpResult<Option<Held>> {
-        let exec = ExecRequest {
-            command: HOLDER_COMMAND.into(),
-            detach: false,
-            env: Default::default(),
-            stdin_base64: None,
-            language: None,
-        };
+        let exec = ExecRequest::command(HOLDER_COMMAND);
         let (definition, mut validated) = self.validate_sandbox_exec(principal, id, exec, None).await?;
         // A big transfer may take longer than the sandbox's code may run.
         validated.limits.timeout_ms = self.engine.config.max_limits.timeout_ms;

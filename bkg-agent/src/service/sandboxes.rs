@@ -372,7 +372,7 @@ impl Service {
         let Some(command) = stored.definition.scripts.get(&script).cloned() else {
             return Err(OpError::Invalid(format!("sandbox {} has no script `{script}`", stored.definition.name)));
         };
-        let exec = ExecRequest { command, detach: true, env: start.env, stdin_base64: None, language: None };
+        let exec = ExecRequest { detach: true, env: start.env, ..ExecRequest::command(command) };
         let accepted = self.accept_exec(principal, id, exec).await?;
         Ok(self.detach(id, accepted))
     }

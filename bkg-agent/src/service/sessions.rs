@@ -244,13 +244,7 @@ impl Service {
             Language::Python => PYTHON_RUNNER,
             Language::Node => NODE_RUNNER,
         };
-        let placeholder = ExecRequest {
-            command: "true".into(),
-            detach: false,
-            env: Default::default(),
-            stdin_base64: None,
-            language: None,
-        };
+        let placeholder = ExecRequest::command("true");
         let (definition, validated) = self.validate_sandbox_exec(principal, id, placeholder, None).await?;
         let validated = self.engine.session_run(validated, language, runner)?;
         let accepted = self.accept_in_sandbox(principal, &definition, validated)?;

@@ -21,7 +21,7 @@ impl Service {
     /// the run's until it ends.
     pub async fn accept_shell(&self, principal: &Principal, id: &str, open: ShellTerminalOpen) -> OpResult<Accepted> {
         let command = open.request.command.unwrap_or_else(|| DEFAULT_SHELL_COMMAND.to_owned());
-        let exec = ExecRequest { command, detach: false, env: open.request.env, stdin_base64: None, language: None };
+        let exec = ExecRequest { env: open.request.env, ..ExecRequest::command(command) };
         let (definition, mut validated) =
             self.validate_sandbox_exec(principal, id, exec, open.request.timeout_ms).await?;
         validated.on_terminal(open.size, open.term)?;

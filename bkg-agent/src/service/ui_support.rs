@@ -62,11 +62,9 @@ impl Service {
             Language::Node => &self.engine.config.node,
         };
         let exec = ExecRequest {
-            command: format!("exec {} -", interpreter.display()),
-            detach: false,
-            env: Default::default(),
             stdin_base64: Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, code)),
             language: Some(language),
+            ..ExecRequest::command(format!("exec {} -", interpreter.display()))
         };
         self.accept_exec(principal, id, exec).await
     }
