@@ -762,7 +762,7 @@ async fn serve(
     crate::retention::spawn(
         store.clone(),
         api.retention,
-        api.db_url.clone().map(|url| (url, agent_id)),
+        sync.as_ref().map(|(handle, url)| (url.clone(), agent_id, handle.migrated())),
         Arc::clone(&artefacts),
     );
     let feed = crate::feed::Feed::start(store.clone(), api.db_url.clone());

@@ -73,14 +73,28 @@ impl RetentionPolicy {
     }
 }
 
+/// bkg_db for retention: its URL, this agent's id, and whether the sync worker has brought its
+/// schema up to date (`SyncHandle::migrated`): before that its tables may not be there yet.
+pub type RetentionDb = (String, String, tokio::sync::watch::Receiver<bool>);
+
+/// How long the first pass waits for bkg_db's schema before it expires the local store alone.
+const FIRST_PASS_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Expires runs now and then every hour, until the runtime ends.
-pub fn spawn(store: Store, policy: RetentionPolicy, db: Option<(String, String)>, artefacts: Arc<Artefacts>) {
+pub fn spawn(store: Store, policy: RetentionPolicy, db: Option<RetentionDb>, artefacts: Arc<Artefacts>) {
     let policy = Arc::new(policy);
     tokio::spawn(async move {
+        if let Some((_, _, migrated)) = &db {
+            let mut migrated = migrated.clone();
+            let _ = tokio::time::timeout(FIRST_PASS_PATIENCE, migrated.wait_for(|migrated| *migrated)).await;
+        }
         let mut ticks = tokio::time::interval(EVERY);
         loop {
             ticks.tick().await;
-            if let Err(error) = expire(&store, &policy, db.as_ref(), &artefacts, crate::ids::now_ms()).await {
+            // bkg_db's rows wait for a pass after its schema is there; the local store does not.
+            let ready = db.as_ref().filter(|(_, _, migrated)| *migrated.borrow());
+            let ready = ready.map(|(url, agent_id, _)| (url.clone(), agent_id.clone()));
+            if let Err(error) = expire(&store, &policy, ready.as_ref(), &artefacts, crate::ids::now_ms()).await {
                 tracing::warn!(%error, "retention could not expire runs");
             }
         }

@@ -28,6 +28,8 @@ fn a_namespaces_runs_expire_locally_and_in_bkg_db_while_the_audit_log_keeps_them
     }
     wait_synced(&agent);
     assert_eq!(postgres.query("SELECT count(*) FROM runs WHERE namespace = 'brief'"), "2");
+    // The first pass, at start-up, waits for the schema the sync worker makes in a new bkg_db.
+    assert!(!agent.log().contains("retention could not expire runs"), "{}", agent.log());
 
     agent.stop();
     options.extra_args.extend(["--retention-for".into(), "brief=1ms".into()]);

@@ -60,6 +60,8 @@ struct Progress {
 struct Shared {
     progress: Mutex<Progress>,
     wake: Notify,
+    /// Whether this worker has brought bkg_db's schema up to date (retention.rs waits for it).
+    migrated: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -85,7 +87,11 @@ impl<O: Outbox> SyncWorker<O> {
         config.max_attempts = config.max_attempts.max(1);
         config.backoff_max = config.backoff_max.max(config.backoff_min);
         let outbox = Arc::new(outbox);
-        let shared = Arc::new(Shared { progress: Mutex::new(Progress::default()), wake: Notify::new() });
+        let shared = Arc::new(Shared {
+            progress: Mutex::new(Progress::default()),
+            wake: Notify::new(),
+            migrated: watch::Sender::new(false),
+        });
         let (stop_tx, stop_rx) = watch::channel(false);
         let worker = SyncWorker {
             outbox: Arc::clone(&outbox),
@@ -189,6 +195,7 @@ impl<O: Outbox> SyncWorker<O> {
                 }
             };
             self.migrated = true;
+            self.shared.migrated.send_replace(true);
         }
 
         let events = self.outbox.pending(self.config.batch).await?;
@@ -226,6 +233,11 @@ pub struct SyncHandle<O> {
 }
 
 impl<O: Outbox> SyncHandle<O> {
+    /// Turns true once bkg_db's schema is up to date (the worker migrates it first thing).
+    pub fn migrated(&self) -> watch::Receiver<bool> {
+        self.shared.migrated.subscribe()
+    }
+
     pub async fn status(&self) -> Result<SyncStatus, SyncError> {
         let backlog = self.outbox.backlog().await?;
         let progress = self.shared.progress();
