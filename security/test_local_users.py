@@ -421,3 +421,37 @@ def test_bkg_cp_moves_files_only_where_the_member_may_write_and_from_what_they_m
         assert SECRET not in out + err and SHADOW_MARK not in out + err
     rc, out, err = alice.run("bkgr", "box", cwd=project)
     assert rc == 0 and out.split() == ["note.txt"], (out, err)
+
+
+def test_a_shared_project_keeps_each_sandbox_in_its_namespace(users):
+    """USR-14: a project directory two members (and root) may write, where one has run a sandbox."""
+    import grp
+    alice, bob = users["alice"], users["bob"]
+    agent = alice.agent
+    shared = Path(agent.dir) / "shared"
+    shared.mkdir()
+    os.chown(shared, alice.uid, grp.getgrnam(GROUP).gr_gid)
+    os.chmod(shared, 0o2775)
+    assert alice.run("bkg", "init", "--yes", cwd=shared)[0] == 0
+    assert alice.run("bkg", "add", "api", "--type", "python", "--script", "start=python main.py",
+                     cwd=shared)[0] == 0
+    main = shared / "main.py"
+    main.write_text("open('/workspace/kept', 'a').write('x')\nprint('ran', len(open('/workspace/kept').read()))\n")
+    os.chmod(main, 0o664)
+    rc, out, err = alice.run("bkgr", "api", cwd=shared)
+    assert (rc, out.strip()) == (0, "ran 1"), err
+    cave = (shared / "cave.yaml").read_text()
+    # Bob reads the same cave.yaml: he is told whose it is, not sent to make it, and his
+    # `bkg rm` neither says it removed it nor takes it out of cave.yaml.
+    for argv in (("bkg", "status", "api"), ("bkgr", "api"), ("bkg", "rm", "api", "--force")):
+        rc, out, err = bob.run(*argv, cwd=shared)
+        assert rc == 125 and one_line(err) and "belongs to another namespace" in err, (argv, rc, out, err)
+    assert (shared / "cave.yaml").read_text() == cave
+    # Root (an admin) does not take it over into its own namespace, with a disk of its own.
+    root = subprocess.run([str(agent.bin_dir / "bkgr"), "api"], cwd=str(shared), capture_output=True,
+                          env=agent.cli_env(), timeout=90)
+    err = root.stderr.decode()
+    assert root.returncode == 125 and "is in namespace `%s`" % alice.namespace in err, (root.returncode, err)
+    rc, out, err = alice.run("bkgr", "api", cwd=shared)
+    assert (rc, out.strip()) == (0, "ran 2"), (out, err)
+

@@ -50,6 +50,24 @@ fn no_sandbox(id: &str) -> OpError {
     OpError::NotFound(format!("no sandbox {id}"))
 }
 
+/// Whether `principal` is a user on this machine who may read the project directory of
+/// `definition` (opened with their own rights).
+fn shares_project(principal: &Principal, definition: &SandboxDefinition) -> bool {
+    principal.local_user().is_some_and(|user| {
+        crate::caller_fs::open_as(user, Path::new(&definition.project_dir), "project directory")
+            .is_ok_and(|opened| opened.is_dir)
+    })
+}
+
+/// A sandbox of another namespace, refused to a user on this machine who shares its project.
+fn not_yours(definition: &SandboxDefinition) -> OpError {
+    let (name, project) = (&definition.name, &definition.project_dir);
+    OpError::Forbidden(format!(
+        "sandbox `{name}` of {project} belongs to another namespace: give yours another name in cave.yaml, or ask \
+         its owner to remove it (`bkg rm {name}`)"
+    ))
+}
+
 /// What holds a sandbox when a run of it is refused.
 enum Holder {
     /// A run that only holds it for a file transfer.
@@ -111,6 +129,10 @@ impl Service {
         require_code_runner(principal)?;
         match self.store.get_sandbox(id).await? {
             Some(stored) if reaches(principal, &stored.definition.namespace) => Ok(stored),
+            // A user on this machine who shares the project directory with its owner reads the
+            // same cave.yaml (and so the id): "no sandbox" would send them to make one, and
+            // `bkg rm` would take its entry out of cave.yaml. Anyone else learns nothing of it.
+            Some(stored) if shares_project(principal, &stored.definition) => Err(not_yours(&stored.definition)),
             _ => Err(no_sandbox(id)),
         }
     }
@@ -186,10 +208,23 @@ impl Service {
             )));
         }
         let existing = self.store.get_sandbox(id).await?;
+        // A sandbox stays in its namespace: its disk lives there (engine/workspace.rs), so a
+        // definition naming another one would leave the disk behind and hand the sandbox over.
         if let Some(existing) = &existing
-            && !reaches(principal, &existing.definition.namespace)
+            && existing.definition.namespace != definition.namespace
         {
-            return Err(OpError::Forbidden(format!("sandbox {id} belongs to another namespace")));
+            let name = &definition.name;
+            let project = &definition.project_dir;
+            // The caller names this project directory and could open it (`open_host_paths`).
+            if !reaches(principal, &existing.definition.namespace) {
+                return Err(not_yours(&existing.definition));
+            }
+            return Err(OpError::Conflict(format!(
+                "sandbox `{name}` of {project} is in namespace `{}`, not `{}`: a sandbox keeps its namespace; \
+                 remove it there first (`bkg rm {name}` as its owner, its data goes with it) or give this one \
+                 another name",
+                existing.definition.namespace, definition.namespace
+            )));
         }
         if principal.local_user().is_some() {
             self.check_user_policy(principal, id, &definition).await?;
