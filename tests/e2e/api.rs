@@ -424,6 +424,90 @@ fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_g
 }
 
 #[test]
+fn an_upload_made_with_a_key_fails_when_the_key_is_revoked_and_keeps_nothing() {
+    use std::io::{Read, Write};
+    let api = ApiAgent::start(&[]);
+    let (_, key) = api.key("namespace", Some("web"));
+    let (session_id, session) = api.key("session", Some("web"));
+    let team = api.client(&key);
+    let created = team.post("/api/v1/sandboxes", &json!({ "name": "box", "language": "python" }));
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    let payload = tempfile::tempdir().expect("payload dir");
+    std::fs::write(payload.path().join("a.txt"), "uploaded\n").expect("write");
+    let archive = Command::new("tar").args(["-cf", "-", "a.txt"]).current_dir(payload.path()).output().expect("tar");
+    assert!(archive.status.success());
+
+    // The body comes in two parts, the key revoked in between.
+    let mut upload = std::net::TcpStream::connect(&api.address).expect("connect");
+    upload.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
+    let head = format!(
+        "PUT /api/v1/sandboxes/{id}/files?path=in HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {session}\r\n\
+         Connection: close\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+        api.address,
+        archive.stdout.len()
+    );
+    upload.write_all(head.as_bytes()).expect("send head");
+    upload.write_all(&archive.stdout[..512]).expect("send the first block");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while team.get(&format!("/api/v1/sandboxes/{id}")).json()["current_run"].is_null() {
+        assert!(Instant::now() < deadline, "the upload never held the sandbox");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    expect(&api.admin().post(&format!("/api/v1/auth/keys/{session_id}/revoke"), &json!({})), 200, "revoke");
+    // The agent may have answered and closed already: the rest may not go out.
+    let _ = upload.write_all(&archive.stdout[512..]);
+    let mut answer = String::new();
+    let _ = upload.read_to_string(&mut answer);
+    assert!(!answer.starts_with("HTTP/1.1 200"), "the upload outlived its key: {answer}");
+    assert!(answer.contains("the key was revoked"), "{answer}");
+    let listed = team.get(&format!("/api/v1/sandboxes/{id}/files/list"));
+    expect(&listed, 200, "list");
+    let entries = listed.json();
+    let names: Vec<&str> = entries.as_array().into_iter().flatten().filter_map(|e| e["name"].as_str()).collect();
+    assert!(!names.iter().any(|name| name.starts_with("in")), "a revoked key's upload left {names:?}");
+}
+
+#[test]
+fn a_quiet_followed_log_ends_at_once_with_the_reason_when_its_key_is_revoked() {
+    use std::io::{Read, Write};
+    let api = ApiAgent::start(&[]);
+    let (_, key) = api.key("namespace", Some("web"));
+    let (session_id, session) = api.key("session", Some("web"));
+    let team = api.client(&key);
+    let created = team.post(
+        "/api/v1/sandboxes",
+        &json!({ "name": "quiet", "language": "python", "scripts": { "start": "echo first; sleep 60" } }),
+    );
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    expect(&team.send("POST", &format!("/api/v1/sandboxes/{id}/start"), None, &[]), 202, "start");
+    let mut follow = std::net::TcpStream::connect(&api.address).expect("connect");
+    follow.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+    let head = format!(
+        "GET /api/v1/sandboxes/{id}/logs?follow=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {session}\r\n\
+         Accept: text/event-stream\r\nConnection: close\r\n\r\n",
+        api.address
+    );
+    follow.write_all(head.as_bytes()).expect("send");
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("data: first\n") {
+        let read = follow.read(&mut buffer).expect("read the log");
+        assert!(read > 0, "the log ended early: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buffer[..read]);
+    }
+    expect(&api.admin().post(&format!("/api/v1/auth/keys/{session_id}/revoke"), &json!({})), 200, "revoke");
+    // The run prints nothing more for a minute: the stream still ends now (within the read
+    // timeout), with an event that says why.
+    follow.read_to_end(&mut received).expect("the log ends before the read timeout");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("event: error\ndata: {\"message\":\"the key was revoked\"}"), "{text}");
+    assert!(!text.contains("event: end"), "{text}");
+    expect(&team.post(&format!("/api/v1/sandboxes/{id}/stop"), &json!({})), 200, "stop");
+}
+
+#[test]
 fn sandboxes_are_created_started_followed_executed_stopped_and_deleted_over_tcp() {
     let api = ApiAgent::start(&[]);
     let (_, key) = api.key("namespace", Some("web"));

@@ -163,7 +163,9 @@ impl Workspace {
 
     /// Makes `dir` and any missing parents, each the sandbox user's; returns it opened (for
     /// reading, not as a path only: its mode can be set through it).
-    fn make_dirs(&self, dir: &Path) -> Result<OwnedFd, FilesError> {
+    /// Opens directory `dir`, made with its missing parents first; those it made are added to
+    /// `made`, outermost first.
+    fn make_dirs(&self, dir: &Path, made: &mut Vec<PathBuf>) -> Result<OwnedFd, FilesError> {
         let directory = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
         match self.open_beneath(dir, directory, Mode::empty()) {
             Ok(fd) => return Ok(fd),
@@ -173,9 +175,10 @@ impl Workspace {
         let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
             return Err(FilesError::Io("/workspace is missing".into()));
         };
-        let parent_fd = self.make_dirs(parent)?;
+        let parent_fd = self.make_dirs(parent, made)?;
         match nix::sys::stat::mkdirat(parent_fd.as_fd(), name, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
+            Ok(()) => made.push(dir.to_path_buf()),
+            Err(Errno::EEXIST) => {}
             Err(errno) => return Err(failed("create", dir, errno)),
         }
         let fd = self.open_beneath(dir, directory, Mode::empty()).map_err(|errno| failed("open", dir, errno))?;
@@ -187,8 +190,26 @@ impl Workspace {
 
     /// Writes the tar stream `archive` into `dest` (made if missing). Entries are files,
     /// directories and symbolic links; each entry's path is checked like the caller's.
+    /// A failed upload takes away the directories it made that are still empty, so that a
+    /// refused or broken one leaves nothing behind.
     pub fn unpack(&self, dest: &Path, archive: impl Read) -> Result<Unpacked, FilesError> {
-        self.make_dirs(dest)?;
+        let mut made = Vec::new();
+        let unpacked = self.unpack_making(dest, archive, &mut made);
+        if unpacked.is_err() {
+            for dir in made.iter().rev() {
+                let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else { continue };
+                let directory = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+                if let Ok(parent_fd) = self.open_beneath(parent, directory, Mode::empty()) {
+                    // Only an empty one goes (rmdir): what the code put there meanwhile stays.
+                    let _ = nix::unistd::unlinkat(parent_fd.as_fd(), name, nix::unistd::UnlinkatFlags::RemoveDir);
+                }
+            }
+        }
+        unpacked
+    }
+
+    fn unpack_making(&self, dest: &Path, archive: impl Read, made: &mut Vec<PathBuf>) -> Result<Unpacked, FilesError> {
+        self.make_dirs(dest, made)?;
         let mut archive = tar::Archive::new(archive);
         let mut unpacked = Unpacked::default();
         let entries = archive.entries().map_err(|error| FilesError::BadArchive(error.to_string()))?;
@@ -203,7 +224,7 @@ impl Workspace {
             let kind = entry.header().entry_type();
             if kind.is_dir() {
                 // The archive's mode; directories it only implies get 0755.
-                set_mode(self.make_dirs(&path)?, mode, &path)?;
+                set_mode(self.make_dirs(&path, made)?, mode, &path)?;
                 continue;
             }
             if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() {
@@ -212,7 +233,7 @@ impl Workspace {
             let (Some(parent), Some(file_name)) = (path.parent(), path.file_name()) else {
                 continue;
             };
-            let parent_fd = self.make_dirs(parent)?;
+            let parent_fd = self.make_dirs(parent, made)?;
             if kind.is_symlink() {
                 let target = entry
                     .link_name_bytes()
@@ -251,15 +272,22 @@ impl Workspace {
                 .map_err(|errno| failed("create", &path, errno))?;
             let mut file = std::fs::File::from(file);
             // The mode the archive gives, not the one the agent's private umask leaves of it.
+            let size = entry.size();
             let written = self.chown(&file, &path).and_then(|()| set_mode(&file, mode, &path)).and_then(|()| {
+                let mut copied = 0u64;
                 loop {
                     let read = entry.read(&mut buffer).map_err(|error| FilesError::BadArchive(error.to_string()))?;
                     if read == 0 {
                         break;
                     }
                     file.write_all(&buffer[..read]).map_err(|error| io_failed("write", &path, &error))?;
-                    unpacked.bytes += read as u64;
+                    copied += read as u64;
                 }
+                // The tar reader ends an entry quietly where the stream broke off.
+                if copied != size {
+                    return Err(FilesError::BadArchive(format!("the stream ended inside {name}")));
+                }
+                unpacked.bytes += copied;
                 // The disk may be full only now, when the kernel writes the pages back.
                 file.sync_data().map_err(|error| io_failed("write", &path, &error))?;
                 nix::fcntl::renameat(parent_fd.as_fd(), staging_name.as_os_str(), parent_fd.as_fd(), file_name)
@@ -425,6 +453,35 @@ mod tests {
         assert!(matches!(relative("/etc/passwd"), Err(FilesError::Refused(_))));
         assert!(matches!(relative("a/../../b"), Err(FilesError::Refused(_))));
         assert!(matches!(relative("a\0b"), Err(FilesError::Refused(_))));
+    }
+
+    #[test]
+    fn a_failed_upload_takes_away_the_directories_it_made_and_no_others() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("kept")).expect("mkdir");
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let root = nix::fcntl::open(dir.path(), flags, Mode::empty()).expect("open the temp dir");
+        let owner = nix::unistd::geteuid().as_raw();
+        let workspace = Workspace { root, owner, _disk: None };
+        // A header promising 4 KiB of a file, then the stream breaks off.
+        let mut header = tar::Header::new_gnu();
+        header.set_path("deep/file.txt").expect("path");
+        header.set_size(4096);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut broken = header.as_bytes().to_vec();
+        broken.extend_from_slice(&[b'x'; 100]);
+        assert!(workspace.unpack(Path::new("kept/new/er"), broken.as_slice()).is_err());
+        assert!(dir.path().join("kept").is_dir(), "a directory that was there stays");
+        assert!(!dir.path().join("kept/new").exists(), "the upload's own directories are gone");
+        // A whole one keeps them.
+        let mut whole = tar::Builder::new(Vec::new());
+        header.set_size(3);
+        header.set_cksum();
+        whole.append(&header, &b"abc"[..]).expect("append");
+        let whole = whole.into_inner().expect("tar");
+        assert_eq!(workspace.unpack(Path::new("kept/new"), whole.as_slice()).map(|done| done.files).ok(), Some(1));
+        assert_eq!(std::fs::read(dir.path().join("kept/new/deep/file.txt")).ok(), Some(b"abc".to_vec()));
     }
 
     #[test]

@@ -238,6 +238,10 @@ fn log_stream(
             loop {
                 let item = match chunks.recv().await {
                     Some(Ok(bytes)) if sse => Ok(lines.events(&bytes)),
+                    // An event client hears why the log stops early (its key, say), in place of `end`.
+                    Some(Err(error)) if sse => {
+                        return Some((Ok(lines.failed(&error.to_string())), (chunks, lines, None)));
+                    }
                     Some(chunk) => chunk,
                     None => {
                         // The end event once the log is read, naming its run.
@@ -268,6 +272,17 @@ impl SseLines {
             let line: Vec<u8> = self.pending.drain(..=end).collect();
             push_event(&mut out, "log", &line[..line.len() - 1]);
         }
+        out
+    }
+
+    /// What is left of a partial line, then an `error` event saying why the log stops early.
+    fn failed(&mut self, message: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            push_event(&mut out, "log", &rest);
+        }
+        push_event(&mut out, "error", serde_json::json!({ "message": message }).to_string().as_bytes());
         out
     }
 

@@ -78,7 +78,7 @@ impl KeyGate {
                 self.ended = true;
                 return Some(item);
             };
-            if let Some(reason) = self.hold.refusal().await {
+            if let Some(reason) = self.hold.check().await {
                 return Some(self.end(reason));
             }
             let position = change.position;

@@ -322,17 +322,28 @@ fn agent_name() -> String {
     format!("{host}/{}", std::process::id())
 }
 
-/// The key a stream was opened with, which it stays held to: checked before each piece the
-/// stream sends (service/changes.rs, a followed log). A peer on the socket holds no key.
+/// The key a stream, a transfer or a run was started with, which it stays held to: checked
+/// before each piece a stream sends (`check`), or waited on (`lost`). A peer on the socket
+/// holds no key.
+#[derive(Clone)]
 pub(super) struct KeyHold {
     store: crate::store::Store,
     key: KeyInfo,
+    /// Moves when any key is rotated, revoked or deleted: the store is asked again only then.
+    /// The store moves it before the change's own answer goes out, so a piece sent after a
+    /// caller heard "revoked" is always checked against the change.
+    changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl KeyHold {
     pub(super) fn of(store: &crate::store::Store, principal: &Principal) -> Option<Self> {
         match principal {
-            Principal::Key(key) => Some(Self { store: store.clone(), key: key.clone() }),
+            Principal::Key(key) => {
+                let mut changes = store.key_changes();
+                // The key may have changed since the request was let in: the first check asks.
+                changes.mark_changed();
+                Some(Self { store: store.clone(), key: key.clone(), changes })
+            }
             Principal::Local { .. } | Principal::User(_) => None,
         }
     }
@@ -341,9 +352,22 @@ impl KeyHold {
         &self.key
     }
 
+    /// Why the key no longer speaks for what it holds (expired, or revoked, rotated or deleted
+    /// since the last check), if it does not; the store is asked only after a key changed.
+    pub(super) async fn check(&mut self) -> Option<&'static str> {
+        if self.key.expires_at_ms <= now_ms() {
+            return Some("the key has expired");
+        }
+        if !self.changes.has_changed().unwrap_or(false) {
+            return None;
+        }
+        self.changes.borrow_and_update();
+        self.refusal().await
+    }
+
     /// Why the key no longer speaks for the stream (revoked, rotated, deleted or expired since),
     /// if it does not; a key that cannot be looked up is refused too.
-    pub(super) async fn refusal(&self) -> Option<&'static str> {
+    async fn refusal(&self) -> Option<&'static str> {
         match self.store.get_key(&self.key.id).await {
             Ok(Some(now)) if now.revoked_at_ms.is_some() => Some("the key was revoked"),
             Ok(Some(now)) if now.rotated_at_ms != self.key.rotated_at_ms => {
@@ -359,8 +383,7 @@ impl KeyHold {
     /// Resolves, with the reason, once the key no longer speaks for what it holds: when it is
     /// rotated, revoked or deleted (the store says so) or at its expiry.
     pub(super) async fn lost(&self) -> &'static str {
-        // Watching before the first look: a change between the two is not missed.
-        let mut changes = self.store.key_changes();
+        let mut changes = self.changes.clone();
         loop {
             if let Some(reason) = self.refusal().await {
                 return reason;

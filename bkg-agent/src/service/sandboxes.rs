@@ -491,9 +491,13 @@ impl Service {
 
 /// Sends `bytes` if the key the log was opened with (if any) still speaks for it, else says why;
 /// whether the log may go on.
-async fn send_held(sender: &mpsc::Sender<std::io::Result<Vec<u8>>>, held_to: Option<&KeyHold>, bytes: Vec<u8>) -> bool {
+async fn send_held(
+    sender: &mpsc::Sender<std::io::Result<Vec<u8>>>,
+    held_to: Option<&mut KeyHold>,
+    bytes: Vec<u8>,
+) -> bool {
     if let Some(hold) = held_to
-        && let Some(reason) = hold.refusal().await
+        && let Some(reason) = hold.check().await
     {
         let _ = sender.send(Err(std::io::Error::other(reason))).await;
         return false;
@@ -506,7 +510,7 @@ async fn send_held(sender: &mpsc::Sender<std::io::Result<Vec<u8>>>, held_to: Opt
 async fn read_log(
     path: std::path::PathBuf,
     mut going_on: Option<watch::Receiver<RunProgress>>,
-    held_to: Option<KeyHold>,
+    mut held_to: Option<KeyHold>,
     sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) {
     let Ok(mut file) = tokio::fs::File::open(&path).await else { return };
@@ -519,7 +523,7 @@ async fn read_log(
                     // One more read: the run may have written its last bytes as it ended.
                     let last = file.read(&mut buffer).await.unwrap_or(0);
                     if last > 0 {
-                        let _ = send_held(&sender, held_to.as_ref(), buffer[..last].to_vec()).await;
+                        let _ = send_held(&sender, held_to.as_mut(), buffer[..last].to_vec()).await;
                     }
                     return;
                 };
@@ -529,9 +533,16 @@ async fn read_log(
                     _ = progress.wait_for(|progress| progress.phase >= RunPhase::Ended) => {}
                     () = sender.closed() => return,
                 }
+                // A quiet run's log ends with its key too, not at its next bytes.
+                if let Some(hold) = held_to.as_mut()
+                    && let Some(reason) = hold.check().await
+                {
+                    let _ = sender.send(Err(std::io::Error::other(reason))).await;
+                    return;
+                }
             }
             Ok(read) => {
-                if !send_held(&sender, held_to.as_ref(), buffer[..read].to_vec()).await {
+                if !send_held(&sender, held_to.as_mut(), buffer[..read].to_vec()).await {
                     return;
                 }
             }
