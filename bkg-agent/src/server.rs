@@ -230,9 +230,14 @@ fn origin(request: &Request) -> Origin {
 }
 
 fn bearer(request: &Request) -> Result<Option<String>, Failure> {
-    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+    let mut given = request.headers().get_all(header::AUTHORIZATION).iter();
+    let Some(value) = given.next() else {
         return Ok(None);
     };
+    // Two keys leave it open which one speaks: a proxy's and the client's, say.
+    if given.next().is_some() {
+        return Err(Failure::unauthorized("give one Authorization header, not several"));
+    }
     let text = value.to_str().map_err(|_| Failure::unauthorized("the Authorization header is not text"))?;
     match text.split_once(' ') {
         Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() => {

@@ -61,12 +61,12 @@ pub async fn run(settings: &Settings, args: LoginArgs) -> Result<i32, CliError> 
     if out.is_json() {
         out.json(&principal)?;
     }
-    out.note(format_args!(
-        "logged in to {} as {}{}; the key is kept in {place}",
-        client.location(),
-        principal.role.as_str(),
-        principal.namespace.map(|namespace| format!(" of namespace {namespace}")).unwrap_or_default(),
-    ));
+    let key_kind = match (principal.role.as_str(), principal.namespace) {
+        ("admin", _) => "an admin key".to_owned(),
+        (role, Some(namespace)) => format!("a {role} key for namespace `{namespace}`"),
+        (role, None) => format!("a {role} key"),
+    };
+    out.note(format_args!("logged in to {} with {key_kind}; the key is kept in {place}", client.location()));
     Ok(SUCCESS)
 }
 

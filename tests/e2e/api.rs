@@ -508,6 +508,26 @@ fn a_quiet_followed_log_ends_at_once_with_the_reason_when_its_key_is_revoked() {
 }
 
 #[test]
+fn a_key_speaks_for_itself_alone_and_its_name_cannot_rewrite_a_terminal() {
+    let api = ApiAgent::start(&[]);
+    let (_, team_key) = api.key("namespace", Some("team"));
+    let (_, other_key) = api.key("namespace", Some("other"));
+    let team = api.client(&team_key);
+    // Naming another namespace is refused for sandboxes as for runs, not answered empty.
+    let listed = api.client(&other_key).get("/api/v1/sandboxes?namespace=team");
+    expect(&listed, 403, "another namespace's sandboxes");
+    assert!(listed.text().contains("sees only namespace `other`"), "{}", listed.text());
+    // Two keys in one request: neither is taken.
+    let both = team.send("GET", "/api/v1/auth/whoami", None, &[("Authorization", &format!("Bearer {other_key}"))]);
+    expect(&both, 401, "two Authorization headers");
+    assert!(both.text().contains("one Authorization header"), "{}", both.text());
+    // A name with an escape sequence would repaint the admin's `bkg keys ls`.
+    let named = team.post("/api/v1/auth/keys", &json!({ "role": "session", "name": "evil\u{1b}[2J\rkey_fake" }));
+    expect(&named, 422, "a control character in a key's name");
+    assert!(named.text().contains("control characters"), "{}", named.text());
+}
+
+#[test]
 fn sandboxes_are_created_started_followed_executed_stopped_and_deleted_over_tcp() {
     let api = ApiAgent::start(&[]);
     let (_, key) = api.key("namespace", Some("web"));

@@ -57,19 +57,19 @@ pub struct FeedRequest {
 }
 
 impl FeedRequest {
-    /// Reads the request's parts as the API takes them: `since` (the query's, else the
-    /// `Last-Event-ID` an SSE client resends), a comma-separated list of kinds.
+    /// Reads the request's parts as the API takes them: the `Last-Event-ID` an SSE client sends
+    /// when it reconnects, else `since` (an EventSource reconnects to the URL it was given, so
+    /// its `?since=` is the old start), and a comma-separated list of kinds.
     pub fn parse(
         since: Option<&str>,
         last_event_id: Option<&str>,
         kinds: Option<&str>,
         namespace: Option<String>,
     ) -> Result<Self, FeedError> {
-        // Both are read, so a malformed header is refused even when `?since=` wins; an empty
-        // `?since=` says nothing and leaves the header to count.
+        // Both are read, so a malformed `?since=` is refused even when the header wins.
         let since = position(since)?;
         let resent = position(last_event_id)?;
-        let since = since.or(resent).unwrap_or(0);
+        let since = resent.or(since).unwrap_or(0);
         // Exactly the documented form (an empty list is all kinds): the CLI tidies what people
         // type before it asks.
         let kinds = kinds
@@ -320,7 +320,8 @@ mod tests {
         let request = FeedRequest::parse(None, Some("42"), Some("runs,keys"), None)?;
         assert_eq!(request.since, 42);
         assert_eq!(request.kinds, BTreeSet::from([ChangeKind::Runs, ChangeKind::Keys]));
-        assert_eq!(FeedRequest::parse(Some("7"), Some("42"), None, None)?.since, 7, "?since= wins");
+        assert_eq!(FeedRequest::parse(Some("7"), Some("42"), None, None)?.since, 42, "a reconnect's header wins");
+        assert_eq!(FeedRequest::parse(Some("7"), None, None, None)?.since, 7);
         assert!(matches!(FeedRequest::parse(Some("x"), None, None, None), Err(FeedError::BadRequest(_))));
         assert_eq!(FeedRequest::parse(Some("9223372036854775807"), None, None, None)?.since, i64::MAX as u64);
         assert!(
@@ -335,7 +336,7 @@ mod tests {
                 FeedRequest::parse(Some("0"), Some("9223372036854775808"), None, None),
                 Err(FeedError::BadRequest(_))
             ),
-            "a malformed header is refused even when ?since= wins"
+            "a malformed header is refused whatever ?since= says"
         );
         for beyond in ["9223372036854775808", "-1"] {
             assert!(

@@ -24,8 +24,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ChangesQuery {
-    /// Deliver the changes after this position (default 0, from the start; else the
-    /// `Last-Event-ID` header an SSE client sends when it reconnects).
+    /// Deliver the changes after this position (default 0, from the start); the
+    /// `Last-Event-ID` header an SSE client sends when it reconnects wins over it.
     #[param(maximum = 9223372036854775807_u64)]
     since: Option<u64>,
     /// Only these kinds, comma-separated: runs, sandboxes, keys, audit (default all).

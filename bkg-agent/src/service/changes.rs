@@ -19,7 +19,7 @@ use crate::ids::now_ms;
 pub type ChangeStream = Pin<Box<dyn Stream<Item = FeedItem> + Send>>;
 
 impl Service {
-    /// The changes after `since` (else the `Last-Event-ID` an SSE client resends), of the
+    /// The changes after the `Last-Event-ID` an SSE client resends (else `since`), of the
     /// comma-separated `kinds` (all when absent), in the caller's namespace or, for an admin,
     /// the one asked for; with `follow` false the stream ends once it has caught up.
     pub async fn changes(

@@ -224,6 +224,14 @@ impl Service {
         {
             return Err(OpError::Invalid("a key's name has 1 to 200 characters".into()));
         }
+        // Names are printed in tables and logs: a control character could rewrite a terminal.
+        if let Some(name) = &request.name
+            && name.chars().any(char::is_control)
+        {
+            return Err(OpError::Invalid(
+                "a key's name may not hold control characters (tabs, newlines, escapes)".into(),
+            ));
+        }
         let caller = principal.audit_caller(namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
         let wanted = Wanted { role: request.role, namespace, name: request.name, user: None, ttl_ms: ttl };
         self.issue(&caller, Details::KeyCreated, wanted).await

@@ -16,8 +16,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::access::{
-    HostPaths, check_namespace_name, definition_namespace, host_paths, may_forward_ports, may_keep_sandbox,
-    namespace_for, reaches, require_code_runner, user_limit_defaults, within_user_limits,
+    HostPaths, check_namespace_name, definition_namespace, host_paths, listing_namespace, may_forward_ports,
+    may_keep_sandbox, namespace_for, reaches, require_code_runner, user_limit_defaults, within_user_limits,
 };
 use super::keys::KeyHold;
 use super::runs::Accepted;
@@ -146,6 +146,8 @@ impl Service {
         namespace: Option<String>,
     ) -> OpResult<Vec<SandboxInfo>> {
         require_code_runner(principal)?;
+        // Naming another namespace is refused, as for runs and the change feed.
+        let namespace = if namespace.is_some() { listing_namespace(principal, namespace)? } else { None };
         let stored = self.store.list_sandboxes(project_dir).await?;
         let mut infos = Vec::with_capacity(stored.len());
         for sandbox in stored {
