@@ -6,11 +6,11 @@ complete -c bkg-agent -l user-limit -d 'What one local user may ask for (repeata
 complete -c bkg-agent -l state-dir -d 'Directory for the run store and sandbox disk images' -r -F
 complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-sized runs when idle; the pool grows while runs find it empty and shrinks back when they stop (0 turns the pool off)' -r
 complete -c bkg-agent -l warm-pool-memory -d 'Memory the warm pool\'s prepared sandboxes together may take as it grows with demand' -r
-complete -c bkg-agent -l max-cpus -d 'Highest CPU count a run may ask for' -r
-complete -c bkg-agent -l max-memory -d 'Highest memory limit a run may ask for' -r
-complete -c bkg-agent -l max-timeout -d 'Highest timeout a run may ask for; `none` lets persistent sandboxes run without one (`timeout: none` in cave.yaml, for services)' -r
+complete -c bkg-agent -l max-cpus -d 'Highest CPU count a run may ask for (below 1, also the default)' -r
+complete -c bkg-agent -l max-memory -d 'Highest memory limit a run may ask for (below 512MiB, also the default)' -r
+complete -c bkg-agent -l max-timeout -d 'Highest timeout a run may ask for (below 60s, also the default); `none` lets persistent sandboxes run without one (`timeout: none` in cave.yaml, for services)' -r
 complete -c bkg-agent -l egress-allow -d 'What runs may reach through their proxy, at most (repeatable): HOST[:PORT], *.DOMAIN, `*` (every public host by name), an address (opens that internal address), host.bkg.internal[:PORT] (the host\'s loopback), or `none`. A run names its own hosts (`bkg exe --net`, cave.yaml); each must be within these' -r
-complete -c bkg-agent -l max-disk -d 'Highest disk limit a run may ask for' -r
+complete -c bkg-agent -l max-disk -d 'Highest disk limit a run may ask for (below 500MiB, also the default)' -r
 complete -c bkg-agent -l python -d 'Python interpreter used for `python` runs' -r -F
 complete -c bkg-agent -l node -d 'Node.js interpreter used for `node` runs' -r -F
 complete -c bkg-agent -l package-index -d 'The Python package index runs\' packages are installed from (PEP 503 simple API): the only network an install sandbox has. A host name, or a loopback address for a mirror on this machine' -r

@@ -66,13 +66,13 @@ pub struct AgentArgs {
     /// Memory the warm pool's prepared sandboxes together may take as it grows with demand.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", env = "BKG_WARM_POOL_MEMORY")]
     pub warm_pool_memory: String,
-    /// Highest CPU count a run may ask for.
+    /// Highest CPU count a run may ask for (below 1, also the default).
     #[arg(long, default_value = "available CPUs")]
     pub max_cpus: String,
-    /// Highest memory limit a run may ask for.
+    /// Highest memory limit a run may ask for (below 512MiB, also the default).
     #[arg(long, default_value = "8GiB")]
     pub max_memory: String,
-    /// Highest timeout a run may ask for; `none` lets persistent sandboxes run without one
+    /// Highest timeout a run may ask for (below 60s, also the default); `none` lets persistent sandboxes run without one
     /// (`timeout: none` in cave.yaml, for services).
     #[arg(long, default_value = "1h")]
     pub max_timeout: String,
@@ -82,7 +82,7 @@ pub struct AgentArgs {
     /// (`bkg exe --net`, cave.yaml); each must be within these.
     #[arg(long = "egress-allow", value_name = "RULE", default_value = "*", value_delimiter = ',')]
     pub egress_allow: Vec<String>,
-    /// Highest disk limit a run may ask for.
+    /// Highest disk limit a run may ask for (below 500MiB, also the default).
     #[arg(long, default_value = "10GiB")]
     pub max_disk: String,
     /// Python interpreter used for `python` runs.
@@ -451,11 +451,9 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     };
     let state_dir = args.state_dir.clone().unwrap_or_else(bkg_schema::paths::default_state_dir);
     let max = max_limits(&args)?;
-    let mut defaults = Limits::DEFAULT;
-    defaults.cpu_millis = defaults.cpu_millis.min(max.cpu_millis);
-    if let Some((name, default, allowed)) = defaults.first_above(&max) {
-        bail!("the default {name} limit {default} is above the configured maximum {allowed}");
-    }
+    // A maximum below a default lowers the default with it: `--max-memory 256MiB` is how an
+    // operator gives every run less.
+    let defaults = Limits::DEFAULT.at_most(&max);
     // Disk images, logs and the store hold callers' code and output: nothing the agent makes
     // is for other local users.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));

@@ -114,6 +114,17 @@ impl Limits {
         }
     }
 
+    /// Each limit no higher than `max`'s.
+    pub fn at_most(&self, max: &Limits) -> Limits {
+        Limits {
+            cpu_millis: self.cpu_millis.min(max.cpu_millis),
+            memory_bytes: self.memory_bytes.min(max.memory_bytes),
+            timeout_ms: self.timeout_ms.min(max.timeout_ms),
+            disk_bytes: self.disk_bytes.min(max.disk_bytes),
+            pids: self.pids.min(max.pids),
+        }
+    }
+
     /// Names the first limit of `self` that is above `max`, for a refusal message.
     pub fn first_above(&self, max: &Limits) -> Option<(&'static str, String, String)> {
         self.first_where(max, |asked, bound| asked > bound)

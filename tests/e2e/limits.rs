@@ -1,7 +1,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bkg_tests::{Agent, code, stderr};
+use bkg_tests::{Agent, AgentOptions, code, stderr};
 
 #[test]
 fn timeout_ends_the_run_with_124() {
@@ -167,4 +167,26 @@ fn a_sandbox_limited_to_one_cpu_sees_one_cpu() {
     // A fraction reaches into the next CPU: 1.5 CPUs are two to run on, and the count says so.
     let (result, _) = agent.exe_json(&["--cpus", "1.5", "--type", "python", "-c", "import os; print(os.cpu_count())"]);
     assert_eq!(result["stdout"], "2\n", "{result}");
+}
+
+#[test]
+fn maxima_below_the_defaults_lower_them_and_a_disk_beyond_the_budget_is_refused_at_once() {
+    let options = AgentOptions {
+        extra_args: ["--max-memory", "256MiB", "--max-timeout", "30s", "--disk-budget", "300MiB"]
+            .map(String::from)
+            .to_vec(),
+        ..AgentOptions::default()
+    };
+    // It starts (it refused to: "the default memory limit 512MiB is above the configured maximum").
+    let agent = Agent::start_with(options);
+    let (result, output) = agent.exe_json(&["--disk", "100MiB", "--type", "python", "-c", "print(1)"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(result["limits"]["memory_bytes"], 256 * 1024 * 1024);
+    assert_eq!(result["limits"]["timeout_ms"], 30_000);
+    // The default 500MiB disk cannot fit a 300MiB budget, ever: refused now, not "try again".
+    let refused = agent.bkg().args(["exe", "--type", "python", "-c", "print(1)"]).stdin(Stdio::null()).output();
+    let refused = refused.expect("bkg exe");
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("300MiB (the agent's whole --disk-budget)"), "{}", stderr(&refused));
+    assert!(!stderr(&refused).contains("try again"), "{}", stderr(&refused));
 }

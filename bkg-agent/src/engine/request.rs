@@ -227,6 +227,17 @@ impl Engine {
             }
             return Err(RunError::LimitAboveMaximum { name, asked, allowed });
         }
+        // A disk larger than every sandbox's together could have is refused now, not queued for
+        // a budget that can never hold it.
+        let budget = self.config.capacity.disk_budget;
+        if limits.disk_bytes > budget {
+            let size = bkg_schema::units::format_size;
+            return Err(RunError::LimitAboveMaximum {
+                name: "disk",
+                asked: size(limits.disk_bytes),
+                allowed: format!("{} (the agent's whole --disk-budget)", size(budget)),
+            });
+        }
         if let Some((name, asked, least)) = limits.first_below(&Limits::LEAST) {
             return Err(RunError::BadRequest(format!("{name} limit {asked} is too small: the least is {least}")));
         }
