@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// bkg runs untrusted Python and Node.js code in sandboxes with hard limits.
@@ -915,7 +916,7 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
     // bare `bkg` would be "requires a subcommand" instead of the help it shows without one.
     if std::env::args_os().len() <= 1 && command.is_arg_required_else_help_set() {
         let help = command.render_help().to_string();
-        return Err(clap::Error::raw(clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand, help));
+        return Err(clap::Error::raw(ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand, help));
     }
     let given: Vec<_> = std::env::args_os().collect();
     let unbuilt = command.clone();
@@ -923,8 +924,16 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
         Ok(matches) => matches,
         // clap's usage line names every argument it was given, those from the environment too
         // (`Usage: bkg exe --socket <PATH> <SCRIPT>` with BKG_SOCKET set): the same error without
-        // the environment shows the user's own command line.
-        Err(error) if error.kind() == clap::error::ErrorKind::MissingRequiredArgument => {
+        // the environment shows the user's own command line. Help is left as it is: it shows
+        // what the environment gives on purpose.
+        Err(error)
+            if !matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
             return Err(match without_environment(unbuilt).try_get_matches_from(&given) {
                 Err(plain) if plain.kind() == error.kind() => plain,
                 _ => error,

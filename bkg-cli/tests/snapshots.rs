@@ -108,6 +108,15 @@ fn a_usage_line_shows_what_was_typed_not_what_the_environment_gave() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(125), "{stderr}");
     assert!(stderr.contains("\nUsage: bkg exe <SCRIPT> [ARGS]...\n"), "{stderr}");
+    let conflict = Command::new(BKG)
+        .args(["stop", "--all", "web"])
+        .env("BKG_SOCKET", "/nonexistent/agent.sock")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&conflict.stderr);
+    assert!(stderr.contains("\nUsage: bkg stop --all [NAME]...\n"), "{stderr}");
 }
 
 fn run_record(json: serde_json::Value) -> RunRecord {
