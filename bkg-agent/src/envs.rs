@@ -203,7 +203,9 @@ impl Environments {
     pub fn requirement_set(lines: &[String]) -> Result<Vec<String>, EnvError> {
         let mut set: Vec<String> = Vec::new();
         for line in lines {
-            let line = line.split_once(" #").map_or(line.as_str(), |(before, _)| before).trim();
+            // A byte-order mark (Windows editors) is not part of the first requirement.
+            let line = line.trim_start_matches('\u{feff}');
+            let line = line.split_once(" #").map_or(line, |(before, _)| before).trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
@@ -428,6 +430,8 @@ mod tests {
         let first = set(&["numpy==2.1.3", "", "# tools", "requests>=2 # http", "numpy==2.1.3"]);
         let second = set(&["requests>=2", "numpy==2.1.3"]);
         assert_eq!(first.ok(), second.ok());
+        // A file saved with a byte-order mark is the same set.
+        assert_eq!(set(&["\u{feff}requests>=2\r", "numpy==2.1.3"]).ok(), set(&["requests>=2", "numpy==2.1.3"]).ok());
         assert!(matches!(set(&["--index-url http://evil/simple"]), Err(EnvError::Invalid(_))));
         assert!(matches!(set(&["-e ."]), Err(EnvError::Invalid(_))));
     }
