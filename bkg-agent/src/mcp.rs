@@ -68,6 +68,7 @@ impl From<CodeLanguage> for Language {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StartArgs {
     /// The sandbox's main language (both python and node can run in it). Default: python.
     #[serde(default)]
@@ -81,6 +82,7 @@ pub struct StartArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RunCodeArgs {
     /// The id `sandbox_start` returned.
     pub sandbox_id: String,
@@ -91,6 +93,7 @@ pub struct RunCodeArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RunCommandArgs {
     /// The id `sandbox_start` returned.
     pub sandbox_id: String,
@@ -99,12 +102,14 @@ pub struct RunCommandArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SandboxArgs {
     /// The id `sandbox_start` returned.
     pub sandbox_id: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SessionArgs {
     /// The id `sandbox_start` returned.
     pub sandbox_id: String,
@@ -113,6 +118,7 @@ pub struct SessionArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SessionExecuteArgs {
     /// The id `sandbox_start` returned.
     pub sandbox_id: String,
@@ -121,6 +127,7 @@ pub struct SessionExecuteArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UploadArgs {
     /// The id `sandbox_start` returned.
     pub sandbox_id: String,
@@ -131,6 +138,7 @@ pub struct UploadArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PathArgs {
     /// The id `sandbox_start` returned.
     pub sandbox_id: String,

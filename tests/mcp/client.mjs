@@ -100,6 +100,8 @@ const stopped = structured(
   "sandbox_stop",
 );
 const gone = await client.callTool({ name: "sandbox_get_metrics", arguments: { sandbox_id: started.sandbox_id } });
+// An argument the tool does not take is refused, as the REST API refuses an unknown field.
+const unknownArgument = await client.callTool({ name: "sandbox_start", arguments: { language: "python", bogus: 1 } });
 await client.close();
 
 console.log(
@@ -124,5 +126,6 @@ console.log(
     second_result: second.result && second.result["text/plain"],
     stopped: stopped.stopped,
     gone_is_error: gone.isError === true,
+    unknown_argument: { is_error: unknownArgument.isError === true, text: unknownArgument.content?.[0]?.text ?? "" },
   }),
 );
