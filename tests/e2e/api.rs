@@ -528,6 +528,21 @@ fn a_key_speaks_for_itself_alone_and_its_name_cannot_rewrite_a_terminal() {
 }
 
 #[test]
+fn a_terminal_address_asked_without_a_websocket_answers_in_the_error_shape() {
+    let api = ApiAgent::start(&[]);
+    let (_, key) = api.key("namespace", Some("team"));
+    let team = api.client(&key);
+    let plain = team.get("/api/v1/runs/terminal");
+    expect(&plain, 400, "a terminal without the WebSocket headers");
+    assert_eq!(plain.error_code(), "bad_request");
+    assert!(plain.json()["error"]["message"].as_str().is_some_and(|m| m.contains("WebSocket")), "{}", plain.text());
+    // A sandbox that is not there is that, first.
+    let missing = team.get("/api/v1/sandboxes/nope-0000000000000000/terminal");
+    expect(&missing, 404, "a terminal of no sandbox");
+    assert_eq!(missing.error_code(), "not_found");
+}
+
+#[test]
 fn sandboxes_are_created_started_followed_executed_stopped_and_deleted_over_tcp() {
     let api = ApiAgent::start(&[]);
     let (_, key) = api.key("namespace", Some("web"));

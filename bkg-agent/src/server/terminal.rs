@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
@@ -41,8 +42,12 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn run_terminal(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return not_a_websocket(rejection),
+    };
     let service = Arc::clone(&state.service);
     upgrade_to_terminal(upgrade, service.clone(), move |open: RunTerminalOpen| async move {
         service.accept_run_terminal(&principal, open).map_err(api_error)
@@ -66,16 +71,27 @@ pub async fn sandbox_terminal(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     PathParam(id): PathParam<String>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     // A wrong name is a plain 404, before any upgrade.
     if let Err(error) = state.service.get_sandbox(&principal, &id).await {
         return Failure::from(error).into_response();
     }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return not_a_websocket(rejection),
+    };
     let service = Arc::clone(&state.service);
     upgrade_to_terminal(upgrade, service.clone(), move |open: ShellTerminalOpen| async move {
         service.accept_shell(&principal, &id, open).await.map_err(api_error)
     })
+}
+
+/// A plain request to a terminal's address: refused in the API's error shape, with axum's reason
+/// (no `Upgrade` header, no `Sec-WebSocket-Key`, …) and status.
+fn not_a_websocket(rejection: WebSocketUpgradeRejection) -> Response {
+    let message = format!("this address is a WebSocket (a terminal): {}", rejection.body_text());
+    Failure::new(rejection.status(), bkg_schema::ErrorCode::BadRequest, message).into_response()
 }
 
 /// An operation's refusal as the terminal's last message carries it.
