@@ -139,8 +139,11 @@ impl Engine {
             .to_vec(),
             // No package's own install scripts run: what is installed is files, never code run
             // with the install's network.
+            // The system's CA store, as pip uses, not Node's own bundle: an npm registry behind a
+            // private or intercepting CA is reached as the host's trust says.
             Language::Node => [
                 interpreter.as_str(),
+                "--use-openssl-ca",
                 &npm,
                 "ci",
                 "--prefix",
