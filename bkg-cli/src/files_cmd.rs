@@ -109,7 +109,14 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
             return Err(CliError::usage("one side of bkg cp must be a sandbox: NAME:PATH"));
         }
         (Place::Sandbox { .. }, Place::Sandbox { .. }) => {
-            return Err(CliError::usage("bkg cp copies between the host and a sandbox, not between two sandboxes"));
+            // `NAME:PATH` is a sandbox's, so a host file with a colon in its name needs a `./`.
+            let host_file = [&args.source, &args.dest].into_iter().find(|text| Path::new(text.as_str()).exists());
+            return Err(CliError::usage(match host_file {
+                Some(file) => {
+                    format!("`{file}` reads as SANDBOX:PATH; for the file of that name here write `./{file}`")
+                }
+                None => "bkg cp copies between the host and a sandbox, not between two sandboxes".to_owned(),
+            }));
         }
     }
     Ok(SUCCESS)

@@ -300,3 +300,20 @@ fn a_bare_bkg_shows_its_help_with_bkg_socket_set_too() {
     let shown = without.replace("[env: BKG_SOCKET=]", "[env: BKG_SOCKET=/nonexistent/agent.sock]");
     assert_eq!((with_code, words(&with)), (without_code, words(&shown)));
 }
+
+#[test]
+fn a_host_file_with_a_colon_in_its_name_is_pointed_to_with_dot_slash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("a:b.txt"), "x").expect("write");
+    let output = Command::new(BKG)
+        .args(["cp", "a:b.txt", "box:in"])
+        .current_dir(dir.path())
+        .env("BKG_SOCKET", "/nonexistent/agent.sock")
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("for the file of that name here write `./a:b.txt`"), "{stderr}");
+}
