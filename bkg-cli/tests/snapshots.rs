@@ -96,26 +96,27 @@ fn common_errors() {
     insta::assert_snapshot!("errors", text);
 }
 
+/// `bkg ARGS` in `dir` with BKG_SOCKET set (to no agent), as a user's shell may have it: its
+/// exit code and stderr.
+fn with_socket_set(args: &[&str], dir: &std::path::Path) -> (Option<i32>, String) {
+    let output = Command::new(BKG)
+        .args(args)
+        .current_dir(dir)
+        .env("BKG_SOCKET", "/nonexistent/agent.sock")
+        .env("BKG_NO_AUTOSTART", "1")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
 #[test]
 fn a_usage_line_shows_what_was_typed_not_what_the_environment_gave() {
-    let output = Command::new(BKG)
-        .arg("exe")
-        .env("BKG_SOCKET", "/nonexistent/agent.sock")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    let (code, stderr) = with_socket_set(&["exe"], &std::env::temp_dir());
+    assert_eq!(code, Some(125), "{stderr}");
     assert!(stderr.contains("\nUsage: bkg exe <SCRIPT> [ARGS]...\n"), "{stderr}");
-    let conflict = Command::new(BKG)
-        .args(["stop", "--all", "web"])
-        .env("BKG_SOCKET", "/nonexistent/agent.sock")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&conflict.stderr);
+    let (_, stderr) = with_socket_set(&["stop", "--all", "web"], &std::env::temp_dir());
     assert!(stderr.contains("\nUsage: bkg stop --all [NAME]...\n"), "{stderr}");
 }
 
@@ -305,15 +306,7 @@ fn a_bare_bkg_shows_its_help_with_bkg_socket_set_too() {
 fn a_host_file_with_a_colon_in_its_name_is_pointed_to_with_dot_slash() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("a:b.txt"), "x").expect("write");
-    let output = Command::new(BKG)
-        .args(["cp", "a:b.txt", "box:in"])
-        .current_dir(dir.path())
-        .env("BKG_SOCKET", "/nonexistent/agent.sock")
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    let (code, stderr) = with_socket_set(&["cp", "a:b.txt", "box:in"], dir.path());
+    assert_eq!(code, Some(125), "{stderr}");
     assert!(stderr.contains("for the file of that name here write `./a:b.txt`"), "{stderr}");
 }

@@ -340,36 +340,50 @@ fn workspace() -> PathBuf {
 
 /// A followed log opened with a key is held to it: once the key is revoked, the log stops coming
 /// while its run goes on.
+/// `GET …/logs?follow=true` of sandbox `id` with `key` (and `extra` header lines), read until
+/// `until` has come (at most 60 s a read): the connection and what it brought so far.
+fn follow_log(api: &ApiAgent, id: &str, key: &str, extra: &str, until: &str) -> (std::net::TcpStream, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut follow = std::net::TcpStream::connect(&api.address).expect("connect");
+    follow.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
+    let head = format!(
+        "GET /api/v1/sandboxes/{id}/logs?follow=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\n\
+         {extra}Connection: close\r\n\r\n",
+        api.address
+    );
+    follow.write_all(head.as_bytes()).expect("send");
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains(until) {
+        let read = follow.read(&mut buffer).expect("read the log");
+        assert!(read > 0, "the log ended before {until:?}: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buffer[..read]);
+    }
+    (follow, received)
+}
+
+/// Sandbox `name` made with `team`'s key and its `start` script started as a service; its id.
+fn started_service(team: &Client, name: &str, start: &str) -> String {
+    let created =
+        team.post("/api/v1/sandboxes", &json!({ "name": name, "language": "python", "scripts": { "start": start } }));
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    expect(&team.send("POST", &format!("/api/v1/sandboxes/{id}/start"), None, &[]), 202, "start");
+    id
+}
+
 #[test]
 fn a_followed_log_ends_when_its_key_is_revoked() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let api = ApiAgent::start(&[]);
     let (_, key) = api.key("namespace", Some("web"));
     let (session_id, session) = api.key("session", Some("web"));
     let team = api.client(&key);
     let ticks = "for i in $(seq 1 100); do echo tick $i; sleep 0.2; done";
-    let created = team
-        .post("/api/v1/sandboxes", &json!({ "name": "ticker", "language": "python", "scripts": { "start": ticks } }));
-    expect(&created, 201, "create");
-    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
-    expect(&team.send("POST", &format!("/api/v1/sandboxes/{id}/start"), None, &[]), 202, "start");
+    let id = started_service(&team, "ticker", ticks);
 
-    let mut follow = std::net::TcpStream::connect(&api.address).expect("connect");
-    follow.set_read_timeout(Some(Duration::from_secs(120))).expect("read timeout");
-    let head = format!(
-        "GET /api/v1/sandboxes/{id}/logs?follow=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {session}\r\n\
-         Connection: close\r\n\r\n",
-        api.address
-    );
-    follow.write_all(head.as_bytes()).expect("send");
     // The log is streaming once its first tick has come.
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !String::from_utf8_lossy(&received).contains("tick 1\n") {
-        let read = follow.read(&mut buffer).expect("read the log");
-        assert!(read > 0, "the log ended before its first tick: {}", String::from_utf8_lossy(&received));
-        received.extend_from_slice(&buffer[..read]);
-    }
+    let (mut follow, mut received) = follow_log(&api, &id, &session, "", "tick 1\n");
     assert!(String::from_utf8_lossy(&received).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&received));
     let revoked = api.admin().post(&format!("/api/v1/auth/keys/{session_id}/revoke"), &json!({}));
     expect(&revoked, 200, "revoke");
@@ -387,13 +401,7 @@ fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_g
     let api = ApiAgent::start(&[]);
     let (key_id, key) = api.key("namespace", Some("web"));
     let team = api.client(&key);
-    let created = team.post(
-        "/api/v1/sandboxes",
-        &json!({ "name": "service", "language": "python", "scripts": { "start": "sleep 60" } }),
-    );
-    expect(&created, 201, "create");
-    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
-    expect(&team.send("POST", &format!("/api/v1/sandboxes/{id}/start"), None, &[]), 202, "start");
+    let id = started_service(&team, "service", "sleep 60");
 
     let home = tempfile::tempdir().expect("home");
     let mut run = bkg_at(&api, home.path())
@@ -470,33 +478,14 @@ fn an_upload_made_with_a_key_fails_when_the_key_is_revoked_and_keeps_nothing() {
 
 #[test]
 fn a_quiet_followed_log_ends_at_once_with_the_reason_when_its_key_is_revoked() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let api = ApiAgent::start(&[]);
     let (_, key) = api.key("namespace", Some("web"));
     let (session_id, session) = api.key("session", Some("web"));
     let team = api.client(&key);
-    let created = team.post(
-        "/api/v1/sandboxes",
-        &json!({ "name": "quiet", "language": "python", "scripts": { "start": "echo first; sleep 60" } }),
-    );
-    expect(&created, 201, "create");
-    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
-    expect(&team.send("POST", &format!("/api/v1/sandboxes/{id}/start"), None, &[]), 202, "start");
-    let mut follow = std::net::TcpStream::connect(&api.address).expect("connect");
-    follow.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
-    let head = format!(
-        "GET /api/v1/sandboxes/{id}/logs?follow=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {session}\r\n\
-         Accept: text/event-stream\r\nConnection: close\r\n\r\n",
-        api.address
-    );
-    follow.write_all(head.as_bytes()).expect("send");
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !String::from_utf8_lossy(&received).contains("data: first\n") {
-        let read = follow.read(&mut buffer).expect("read the log");
-        assert!(read > 0, "the log ended early: {}", String::from_utf8_lossy(&received));
-        received.extend_from_slice(&buffer[..read]);
-    }
+    let id = started_service(&team, "quiet", "echo first; sleep 60");
+    let sse = "Accept: text/event-stream\r\n";
+    let (mut follow, mut received) = follow_log(&api, &id, &session, sse, "data: first\n");
     expect(&api.admin().post(&format!("/api/v1/auth/keys/{session_id}/revoke"), &json!({})), 200, "revoke");
     // The run prints nothing more for a minute: the stream still ends now (within the read
     // timeout), with an event that says why.

@@ -277,22 +277,21 @@ impl SseLines {
 
     /// What is left of a partial line, then an `error` event saying why the log stops early.
     fn failed(&mut self, message: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        if !self.pending.is_empty() {
-            let rest = std::mem::take(&mut self.pending);
-            push_event(&mut out, "log", &rest);
-        }
-        push_event(&mut out, "error", serde_json::json!({ "message": message }).to_string().as_bytes());
-        out
+        self.last("error", serde_json::json!({ "message": message }))
     }
 
     fn finish(&mut self, run_id: &str) -> Vec<u8> {
+        self.last("end", serde_json::json!({ "run_id": run_id }))
+    }
+
+    /// What is left of a partial line, then the last event.
+    fn last(&mut self, event: &str, data: serde_json::Value) -> Vec<u8> {
         let mut out = Vec::new();
         if !self.pending.is_empty() {
             let rest = std::mem::take(&mut self.pending);
             push_event(&mut out, "log", &rest);
         }
-        push_event(&mut out, "end", serde_json::json!({ "run_id": run_id }).to_string().as_bytes());
+        push_event(&mut out, event, data.to_string().as_bytes());
         out
     }
 }
