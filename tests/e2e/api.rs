@@ -148,7 +148,7 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
         listed.as_array().is_some_and(|runs| !runs.is_empty() && runs.iter().all(|run| run["namespace"] == "team"))
     );
     expect(&team.get("/api/v1/runs?namespace=other"), 403, "listing another namespace");
-    expect(&team.get("/api/v1/runs?limit=0"), 400, "a limit out of range");
+    expect(&team.get("/api/v1/runs?limit=0"), 422, "a limit out of range (read, then refused)");
     assert_eq!(admin.get("/api/v1/runs?namespace=elsewhere").json().as_array().map(Vec::len), Some(1));
 
     // Sandboxes: the team's are invisible to the other namespace.

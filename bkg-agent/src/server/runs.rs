@@ -106,7 +106,10 @@ pub struct RunListQuery {
     path = "/api/v1/runs",
     tag = "runs",
     params(RunListQuery),
-    responses((status = 200, description = "Runs, newest first", body = Vec<RunRecord>)),
+    responses(
+        (status = 200, description = "Runs, newest first", body = Vec<RunRecord>),
+        (status = 422, description = "A limit out of range", body = ApiError),
+    ),
 )]
 pub async fn list_runs(
     State(state): State<AppState>,

@@ -98,7 +98,10 @@ pub async fn delete_session(
     tag = "sessions",
     params(("id" = String, Path, description = "The sandbox's id"), ("name" = String, Path, description = "The session's name")),
     request_body = ExecuteRequest,
-    responses((status = 200, description = "The execution's events, one JSON object a line", content((SessionEvent = "application/x-ndjson")))),
+    responses(
+        (status = 200, description = "The execution's events, one JSON object a line", content((SessionEvent = "application/x-ndjson"))),
+        (status = 409, description = "The session is running an execution already", body = ApiError),
+    ),
 )]
 pub async fn execute(
     State(state): State<AppState>,

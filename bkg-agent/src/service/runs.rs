@@ -214,7 +214,7 @@ impl Service {
     ) -> OpResult<Vec<RunRecord>> {
         require_code_runner(principal)?;
         if !(1..=MAX_LISTED_RUNS).contains(&limit) {
-            return Err(OpError::BadRequest(format!("limit must be from 1 to {MAX_LISTED_RUNS}, not {limit}")));
+            return Err(OpError::Invalid(format!("limit must be from 1 to {MAX_LISTED_RUNS}, not {limit}")));
         }
         let namespace = listing_namespace(principal, namespace)?;
         Ok(self.store.list_runs(namespace, sandbox, limit).await?)
