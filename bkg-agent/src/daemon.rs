@@ -518,7 +518,11 @@ fn take_ready_fd(fd: i32) -> anyhow::Result<OwnedFd> {
 }
 
 fn egress_policy(rules: &[String]) -> anyhow::Result<Vec<bkg_schema::egress::NetRule>> {
+    let none = rules.iter().any(|rule| rule.trim() == "none");
     let rules: Vec<String> = rules.iter().filter(|rule| rule.trim() != "none").cloned().collect();
+    if none && !rules.is_empty() {
+        bail!("--egress-allow none allows nothing: give it alone, not beside {}", rules.join(","));
+    }
     bkg_schema::egress::NetRule::parse_list(&rules).context("--egress-allow")
 }
 
@@ -980,6 +984,15 @@ fn bind_socket(socket: &Path, group: Option<&NamedGroup>) -> anyhow::Result<toki
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_none_stands_alone() {
+        let rules = |list: &[&str]| egress_policy(&list.iter().map(|rule| rule.to_string()).collect::<Vec<_>>());
+        assert!(rules(&["none"]).is_ok_and(|rules| rules.is_empty()));
+        assert!(rules(&["pypi.org"]).is_ok_and(|rules| rules.len() == 1));
+        let mixed = rules(&["none", "pypi.org"]).err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(mixed.contains("give it alone"), "{mixed}");
+    }
 
     #[derive(Debug, thiserror::Error)]
     enum Outer {
