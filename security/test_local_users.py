@@ -417,8 +417,13 @@ def test_bkg_cp_moves_files_only_where_the_member_may_write_and_from_what_they_m
     secret = bob.write("secret.txt", SECRET + "\n", mode=0o600)
     for source in (secret, Path("/etc/shadow")):
         rc, out, err = alice.run("bkg", "cp", source, "box:", cwd=project)
-        assert rc == 125 and one_line(err), (source, rc, out, err)
+        assert rc == 125 and one_line(err) and str(source) in err, (source, rc, out, err)
         assert SECRET not in out + err and SHADOW_MARK not in out + err
+    # A directory with one file she may not read: that file is named, and nothing is copied.
+    alice.write("copies/mixed/ok.txt", "fine\n")
+    locked = alice.write("copies/mixed/locked.txt", "locked\n", mode=0o000)
+    rc, out, err = alice.run("bkg", "cp", "mixed", "box:", cwd=project)
+    assert rc == 125 and one_line(err) and str(locked.relative_to(project)) in err, (rc, out, err)
     rc, out, err = alice.run("bkgr", "box", cwd=project)
     assert rc == 0 and out.split() == ["note.txt"], (out, err)
 

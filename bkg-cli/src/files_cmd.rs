@@ -122,6 +122,22 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
     Ok(SUCCESS)
 }
 
+/// Checks that every file under `path` (itself, or what a directory holds) can be opened, and
+/// every directory listed; links are not followed. The first that cannot is named.
+fn readable(path: &Path) -> Result<(), CliError> {
+    let refused =
+        |path: &Path, error: std::io::Error| CliError::usage(format!("cannot read {}: {error}", path.display()));
+    let kind = std::fs::symlink_metadata(path).map_err(|error| refused(path, error))?.file_type();
+    if kind.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(|error| refused(path, error))? {
+            readable(&entry.map_err(|error| refused(path, error))?.path())?;
+        }
+    } else if kind.is_file() {
+        std::fs::File::open(path).map_err(|error| refused(path, error))?;
+    }
+    Ok(())
+}
+
 /// What a copy wrote, `into` a directory shown as given: `{path, files, bytes}` with `--json`,
 /// else a note.
 fn report(out: crate::out::Printer, copied: &UploadResult, into: &str) -> Result<(), CliError> {
@@ -156,6 +172,9 @@ pub async fn upload(client: &AgentClient, id: &str, source: &Path, dest: &str) -
         .ok()
         .and_then(|path| path.file_name().map(PathBuf::from))
         .ok_or_else(|| CliError::usage(format!("{}: has no name to copy it under", source.display())))?;
+    // Everything is read once before the agent is asked, so a file this user may not read is
+    // named, and the sandbox gets nothing of a copy that could not be whole.
+    readable(source)?;
     let (sender, chunks) = chunks::channel();
     let source = source.to_path_buf();
     let packing = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
