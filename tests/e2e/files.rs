@@ -423,6 +423,20 @@ fn a_refused_disk_shrink_leaves_the_stored_limit_as_it_was() {
     assert_eq!((code(&exec), stdout(&exec)), (0, "still works\n".to_owned()), "{}", stderr(&exec));
 }
 
+/// A disk grown by one run's flag keeps its size, and later runs that name no disk limit run
+/// on it as it is (they were refused: "the disk limit 500MiB is below the 600MiB ...").
+#[test]
+fn a_disk_grown_by_a_flag_keeps_its_size_for_the_runs_after() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let grown = agent.bkgr(dir, &["box", "--disk", "600MiB"]);
+    assert_eq!(code(&grown), 0, "{}", stderr(&grown));
+    let after = agent.bkgr(dir, &["box", "show", "--", "/etc/hostname"]);
+    assert_eq!(code(&after), 0, "{}", stderr(&after));
+    assert_eq!(last_run(&agent, dir)["limits"]["disk_bytes"], 600 * 1024 * 1024, "the run had the disk as it is");
+}
+
 #[test]
 fn an_upload_larger_than_the_disk_says_the_disk_is_full_and_leaves_what_was_there() {
     let agent = Agent::start();

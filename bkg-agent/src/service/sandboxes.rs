@@ -249,14 +249,23 @@ impl Service {
 
     /// A definition whose disk limit is below what the sandbox's disk already has is refused
     /// before it is stored: its runs could not start (engine/disk.rs `refuse_shrinking`).
+    /// Only a disk limit the definition names counts: one that names none runs on the disk as it
+    /// is (`validate_sandbox_exec`).
     fn refuse_shrinking_disk(&self, principal: &Principal, id: &str, definition: &SandboxDefinition) -> OpResult<()> {
-        let image = self.engine.sandbox_home(&definition.namespace, id).disk_image();
-        let Ok(meta) = std::fs::metadata(&image) else {
+        let Some(current) = self.disk_image_size(&definition.namespace, id) else {
             return Ok(());
         };
+        if definition.limits.disk_bytes.is_none() {
+            return Ok(());
+        }
         let limits = self.limits_of(principal, definition);
-        crate::engine::disk::refuse_shrinking(meta.len(), limits.disk_bytes)
+        crate::engine::disk::refuse_shrinking(current, limits.disk_bytes)
             .map_err(|error| OpError::Invalid(error.to_string()))
+    }
+
+    /// The size of sandbox `id`'s disk image, once it has one.
+    fn disk_image_size(&self, namespace: &str, id: &str) -> Option<u64> {
+        std::fs::metadata(self.engine.sandbox_home(namespace, id).disk_image()).ok().map(|meta| meta.len())
     }
 
     /// The limits the runs of `definition` get for `principal`: the agent's defaults, under a
@@ -361,6 +370,11 @@ impl Service {
         may_forward_ports(principal, &stored.definition.ports)?;
         if timeout_ms.is_some() {
             opened.limits.timeout_ms = timeout_ms;
+        }
+        // A disk grown once (`bkgr --disk 1GiB`) keeps its size: a definition that names no disk
+        // limit runs on the disk as it is, not refused for being smaller than it.
+        if opened.limits.disk_bytes.is_none() {
+            opened.limits.disk_bytes = self.disk_image_size(&stored.definition.namespace, id);
         }
         let defaults = &self.engine.config.default_limits;
         opened.limits = user_limit_defaults(principal, &self.auth.policy.user, &opened.limits, defaults);
