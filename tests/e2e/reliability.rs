@@ -155,7 +155,7 @@ fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
 }
 
 #[test]
-fn a_spent_disk_budget_refuses_a_run_with_one_line() {
+fn a_disk_beyond_the_budget_refuses_a_run_with_one_line() {
     let agent = Agent::start_with(AgentOptions {
         warm_pool: 0,
         extra_args: ["--disk-budget", "100MiB"].map(String::from).to_vec(),
@@ -165,7 +165,7 @@ fn a_spent_disk_budget_refuses_a_run_with_one_line() {
     let err = stderr(&output);
     assert_eq!(code(&output), 125, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("disk budget"), "{err}");
+    assert!(err.contains("100MiB (the agent's whole --disk-budget)"), "{err}");
     let (result, output) = agent.exe_json(&["--disk", "64MiB", "--type", "python", "-c", "print('fits')"]);
     assert_eq!(code(&output), 0, "{result}");
     assert_eq!(result["stdout"], "fits\n");
