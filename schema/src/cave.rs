@@ -768,6 +768,11 @@ impl CaveFile {
                     fail(&["sandboxes", name, "ports", &index.to_string()], error.to_string());
                 }
             }
+            if let Err(error @ crate::egress::EgressError::PortTwice { .. }) =
+                crate::egress::PortMapping::parse_all(&sandbox.ports)
+            {
+                fail(&["sandboxes", name, "ports"], error.to_string());
+            }
             // The schema's pythonOnly and nodeOnly.
             for (key, present, language) in [
                 ("python", sandbox.python.is_some(), Language::Python),
@@ -1154,6 +1159,22 @@ sandboxes:
     fn the_namespace_defaults() {
         let cave = parse("version: 1\nsandboxes: {}\n", "x.yaml");
         assert_eq!(cave.map(|cave| cave.namespace), Ok("default".to_owned()));
+    }
+
+    #[test]
+    fn a_host_port_forwarded_twice_is_found_by_validate() {
+        let text =
+            "version: 1\nsandboxes:\n  api:\n    type: python\n    ports: [\"127.0.0.1:18777:8000\", \"18777:8001\"]\n";
+        let errors = errors_of(text);
+        let found: Vec<(&str, &str)> =
+            errors.iter().map(|error| (error.pointer.as_str(), error.message.as_str())).collect();
+        assert_eq!(
+            found,
+            [(
+                "/sandboxes/api/ports",
+                "host port 127.0.0.1:18777 is forwarded twice: `127.0.0.1:18777:8000` and `18777:8001`"
+            )]
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub enum EgressError {
     Rule(String),
     #[error("`{0}` is not a port mapping: use [ADDRESS:]HOST_PORT:SANDBOX_PORT, e.g. 127.0.0.1:8080:8000")]
     Port(String),
+    #[error("host port {host} is forwarded twice: `{first}` and `{second}`")]
+    PortTwice { host: String, first: String, second: String },
 }
 
 /// Which hosts a rule names.
@@ -214,6 +216,26 @@ pub struct PortMapping {
 }
 
 impl PortMapping {
+    /// Each of `texts` parsed, refused when one is not a mapping or two take the same host port
+    /// (`8080:80` is `127.0.0.1:8080:80`).
+    pub fn parse_all(texts: &[String]) -> Result<Vec<Self>, EgressError> {
+        let mut mappings: Vec<(Self, &String)> = Vec::new();
+        for text in texts {
+            let mapping = Self::parse(text)?;
+            if let Some((seen, first)) =
+                mappings.iter().find(|(seen, _)| seen.address == mapping.address && seen.host_port == mapping.host_port)
+            {
+                let host = match seen.address {
+                    IpAddr::V6(address) => format!("[{address}]:{}", seen.host_port),
+                    IpAddr::V4(address) => format!("{address}:{}", seen.host_port),
+                };
+                return Err(EgressError::PortTwice { host, first: (*first).clone(), second: text.clone() });
+            }
+            mappings.push((mapping, text));
+        }
+        Ok(mappings.into_iter().map(|(mapping, _)| mapping).collect())
+    }
+
     pub fn parse(text: &str) -> Result<Self, EgressError> {
         let refuse = || EgressError::Port(text.to_owned());
         let port = |part: &str| part.parse::<u16>().ok().filter(|port| *port != 0).ok_or_else(refuse);

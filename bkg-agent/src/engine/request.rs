@@ -286,14 +286,7 @@ impl Engine {
                 if shown.is_empty() { "none".to_owned() } else { shown.join(",") }
             )));
         }
-        let mut mappings: Vec<PortMapping> = Vec::new();
-        for text in ports {
-            let mapping = PortMapping::parse(text).map_err(|error| RunError::BadRequest(error.to_string()))?;
-            if mappings.iter().any(|seen| seen.address == mapping.address && seen.host_port == mapping.host_port) {
-                return Err(RunError::BadRequest(format!("host port {mapping} is forwarded twice")));
-            }
-            mappings.push(mapping);
-        }
+        let mappings = PortMapping::parse_all(ports).map_err(|error| RunError::BadRequest(error.to_string()))?;
         if allow.is_empty() && mappings.is_empty() {
             return Ok(None);
         }
