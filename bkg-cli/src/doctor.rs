@@ -59,7 +59,7 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
         Err(error) => return Err(error),
     };
     let (agent_check, info) = match &client {
-        Ok(client) => agent(client).await,
+        Ok(client) => agent(client, local_socket.as_deref()).await,
         Err(no_key) => (
             Check::fail("agent", no_key, "bkg login --remote URL (--user NAME, or --key-stdin), or set BKG_API_KEY"),
             None,
@@ -131,7 +131,17 @@ async fn host_report(args: &DoctorArgs) -> Result<HostReport, CliError> {
         .map_err(|error| CliError::new(BKG_FAILED, format!("bkg-agent --check-host printed no report: {error}")))
 }
 
-async fn agent(client: &AgentClient) -> (Check, Option<AgentInfo>) {
+/// How root starts the agent on `socket`: sudo does not keep BKG_SOCKET, so a socket other than
+/// the machine's is given as a flag.
+fn start_command(socket: &Path) -> String {
+    if socket == Path::new(bkg_schema::paths::MACHINE_SOCKET) {
+        "sudo bkg agent start".to_owned()
+    } else {
+        format!("sudo bkg --socket {} agent start", socket.display())
+    }
+}
+
+async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<AgentInfo>) {
     let name = "agent";
     let up = match client.is_up() {
         Ok(up) => up,
@@ -140,10 +150,9 @@ async fn agent(client: &AgentClient) -> (Check, Option<AgentInfo>) {
     if !up {
         let found = format!("no agent answers on {}", client.location());
         // A local agent not started yet is started on first use; a remote one is the point.
-        let check = if client.is_remote() {
-            Check::fail(name, found, "check --remote and the agent's host")
-        } else {
-            Check::warn(name, found, "sudo bkg agent start")
+        let check = match socket {
+            Some(socket) => Check::warn(name, found, start_command(socket)),
+            None => Check::fail(name, found, "check --remote and the agent's host"),
         };
         return (check, None);
     }
@@ -195,7 +204,7 @@ fn socket(path: &Path) -> Check {
     let name = "socket";
     match std::fs::symlink_metadata(path) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            Check::warn(name, format!("no socket at {}", path.display()), "sudo bkg agent start")
+            Check::warn(name, format!("no socket at {}", path.display()), start_command(path))
         }
         Err(error) => Check::warn(name, format!("cannot inspect {}: {error}", path.display()), "run `sudo bkg doctor`"),
         Ok(metadata) => {

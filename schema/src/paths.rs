@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 pub const SOCKET_ENV: &str = "BKG_SOCKET";
+/// The socket of the machine's one agent, when `BKG_SOCKET` names no other.
+pub const MACHINE_SOCKET: &str = "/run/bkg/agent.sock";
 pub const STATE_DIR_ENV: &str = "BKG_STATE_DIR";
 
 fn is_root() -> bool {
@@ -25,7 +27,7 @@ pub fn default_socket() -> PathBuf {
     if let Some(path) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
-    PathBuf::from("/run/bkg/agent.sock")
+    PathBuf::from(MACHINE_SOCKET)
 }
 
 /// `$BKG_STATE_DIR`, else `/var/lib/bkg` for root, else `$XDG_STATE_HOME/bkg` (`~/.local/state/bkg`).
