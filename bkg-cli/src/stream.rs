@@ -87,6 +87,7 @@ pub async fn run_keeping_out_dir(
     let cancel_writer = Arc::clone(&writer);
     let cancel_task = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
+            CANCELLED_HERE.store(true, std::sync::atomic::Ordering::Relaxed);
             let mut writer = cancel_writer.lock().await;
             let _ = send_frame(&mut *writer, FrameKind::Cancel, &[]).await;
         }
@@ -142,6 +143,10 @@ impl LimitsFrom {
 
 /// Why the run ended, when it was not the script's own doing; the limit it met says where it is
 /// set (`from`).
+/// Whether this process sent the run a cancel (Ctrl-C): a cancelled run it did not cancel was
+/// cancelled by the agent.
+static CANCELLED_HERE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
     let limits = &result.limits;
     match result.killed_by {
@@ -159,6 +164,16 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
             format_size(limits.disk_bytes),
             from.hint("disk")
         )),
+        // Not by this terminal's Ctrl-C: by the agent, which cancels a run when its key stops
+        // working (docs/governance.md).
+        Some(KilledBy::Cancelled) if !CANCELLED_HERE.load(std::sync::atomic::Ordering::Relaxed) => Some(match from {
+            LimitsFrom::Flags => {
+                "cancelled by the agent: the API key it ran with was revoked, rotated or expired".into()
+            }
+            LimitsFrom::CaveOrFlags(_) => {
+                "stopped (`bkg stop` or `bkg rm` of the sandbox, or its API key was revoked, rotated or expired)".into()
+            }
+        }),
         Some(KilledBy::Cancelled) => Some(match from {
             LimitsFrom::Flags => "cancelled".into(),
             // Another terminal may have stopped or removed the sandbox.

@@ -422,6 +422,11 @@ fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_g
     // The run ends at once, cancelled; not when its 60 s sleep would.
     let ended = run.wait_with_output().expect("bkg exe ends");
     assert_eq!(code(&ended), 130, "{}", stderr(&ended));
+    assert!(
+        stderr(&ended).contains("cancelled by the agent: the API key it ran with was revoked"),
+        "{}",
+        stderr(&ended)
+    );
     let runs = api.admin().get("/api/v1/runs?namespace=web").json();
     let cancelled = runs.as_array().into_iter().flatten().filter(|run| run["killed_by"] == "cancelled").count();
     assert_eq!(cancelled, 1, "{runs}");

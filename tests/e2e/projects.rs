@@ -455,5 +455,8 @@ fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
         running.join().expect("bkgr's thread")
     });
     assert_eq!(code(&running), 130, "{}", stderr(&running));
-    assert_eq!(stderr(&running), "bkgr: box: stopped (Ctrl-C, or `bkg stop` or `bkg rm` of the sandbox)\n");
+    assert_eq!(
+        stderr(&running),
+        "bkgr: box: stopped (`bkg stop` or `bkg rm` of the sandbox, or its API key was revoked, rotated or expired)\n"
+    );
 }
