@@ -96,7 +96,8 @@ def users():
     os.chmod(homes, 0o755)
     try:
         people = {}
-        for role, groups in (("alice", [GROUP]), ("bob", [GROUP]), ("carol", [GROUP]), ("eve", [])):
+        for role, groups in (("alice", [GROUP]), ("bob", [GROUP]), ("carol", [GROUP]), ("dave", [GROUP]),
+                             ("eve", [])):
             name = "bks%s%s" % (role[:3], TAG)
             home = homes / name
             argv = ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh",
@@ -429,21 +430,22 @@ def test_bkg_cp_moves_files_only_where_the_member_may_write_and_from_what_they_m
 
 
 def test_a_shared_project_keeps_each_sandbox_in_its_namespace(users):
-    """USR-14: a project directory two members (and root) may write, where one has run a sandbox."""
+    """USR-14: a project directory two members (and root) may write, where one has run a sandbox.
+    Dave owns it: the other members' sandboxes are at the per-user limit by now."""
     import grp
-    alice, bob = users["alice"], users["bob"]
-    agent = alice.agent
+    dave, bob = users["dave"], users["bob"]
+    agent = dave.agent
     shared = Path(agent.dir) / "shared"
     shared.mkdir()
-    os.chown(shared, alice.uid, grp.getgrnam(GROUP).gr_gid)
+    os.chown(shared, dave.uid, grp.getgrnam(GROUP).gr_gid)
     os.chmod(shared, 0o2775)
-    assert alice.run("bkg", "init", "--yes", cwd=shared)[0] == 0
-    assert alice.run("bkg", "add", "api", "--type", "python", "--script", "start=python main.py",
+    assert dave.run("bkg", "init", "--yes", cwd=shared)[0] == 0
+    assert dave.run("bkg", "add", "api", "--type", "python", "--script", "start=python main.py",
                      cwd=shared)[0] == 0
     main = shared / "main.py"
     main.write_text("open('/workspace/kept', 'a').write('x')\nprint('ran', len(open('/workspace/kept').read()))\n")
     os.chmod(main, 0o664)
-    rc, out, err = alice.run("bkgr", "api", cwd=shared)
+    rc, out, err = dave.run("bkgr", "api", cwd=shared)
     assert (rc, out.strip()) == (0, "ran 1"), err
     cave = (shared / "cave.yaml").read_text()
     # Bob reads the same cave.yaml: he is told whose it is, not sent to make it, and his
@@ -456,7 +458,7 @@ def test_a_shared_project_keeps_each_sandbox_in_its_namespace(users):
     root = subprocess.run([str(agent.bin_dir / "bkgr"), "api"], cwd=str(shared), capture_output=True,
                           env=agent.cli_env(), timeout=90)
     err = root.stderr.decode()
-    assert root.returncode == 125 and "is in namespace `%s`" % alice.namespace in err, (root.returncode, err)
-    rc, out, err = alice.run("bkgr", "api", cwd=shared)
+    assert root.returncode == 125 and "is in namespace `%s`" % dave.namespace in err, (root.returncode, err)
+    rc, out, err = dave.run("bkgr", "api", cwd=shared)
     assert (rc, out.strip()) == (0, "ran 2"), (out, err)
 
