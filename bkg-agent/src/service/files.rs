@@ -43,42 +43,6 @@ impl From<FilesError> for OpError {
     }
 }
 
-/// `chunks` as they come, until the key the transfer was made with (if any) no longer speaks for
-/// it: then an error saying why, which fails the upload (nothing of it is kept) or ends the
-/// download, and the end. A transfer's own run ends with the key too (runs.rs), but the stream
-/// does not need the run to go on.
-fn held_to_key(chunks: Chunks, hold: Option<KeyHold>) -> Chunks {
-    let Some(mut hold) = hold else { return chunks };
-    let (sender, held) = chunks::channel();
-    tokio::spawn(async move {
-        let mut chunks = chunks;
-        // Waited on while no chunk comes; checked again before each one that does.
-        let waiter = hold.clone();
-        let lost = waiter.lost();
-        tokio::pin!(lost);
-        loop {
-            let chunk = tokio::select! {
-                reason = &mut lost => Err(reason),
-                chunk = chunks.recv() => Ok(chunk),
-            };
-            let refused = match chunk {
-                Err(reason) => Some(reason),
-                Ok(None) => return,
-                Ok(Some(chunk)) => match hold.check().await {
-                    Some(reason) => Some(reason),
-                    None if sender.send(chunk).await.is_ok() => None,
-                    None => return,
-                },
-            };
-            if let Some(reason) = refused {
-                let _ = sender.send(Err(std::io::Error::other(reason))).await;
-                return;
-            }
-        }
-    });
-    held
-}
-
 /// A sandbox held for a transfer: the run going on in it, or one started for the transfer.
 struct Held {
     workspace: Workspace,
@@ -198,7 +162,7 @@ impl Service {
         body: Chunks,
     ) -> OpResult<UploadResult> {
         let dest = relative(dest)?;
-        let body = held_to_key(body, KeyHold::of(&self.store, principal));
+        let body = KeyHold::hold_chunks(KeyHold::of(&self.store, principal), body);
         let held = self.hold_workspace(principal, id).await?;
         let Held { workspace, release } = held;
         let target = dest.clone();
@@ -241,7 +205,7 @@ impl Service {
             release.release(packed).await;
             drop(held_open);
         });
-        Ok(held_to_key(chunks, hold))
+        Ok(KeyHold::hold_chunks(hold, chunks))
     }
 
     /// What is in `path` (relative to /workspace), or the file itself.

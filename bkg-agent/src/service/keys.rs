@@ -13,6 +13,7 @@ use bkg_schema::sandbox::is_dns_label;
 use bkg_schema::units::format_duration_ms;
 
 use super::access::{AdminTask, check_namespace_name, manages, may_create_key, namespace_for, require_admin};
+use super::files::Chunks;
 use super::{OpError, OpResult, Service};
 use crate::auth::notice::{Delivery, MAX_SKEW};
 use crate::auth::{Principal, keys, password};
@@ -386,6 +387,41 @@ impl KeyHold {
             Ok(None) => Some("the key was deleted"),
             Err(_) => Some("the key could not be checked"),
         }
+    }
+
+    /// `chunks` as they come, until the key (if any) no longer speaks for them: then an error
+    /// saying why, and the end. Waited on while no chunk comes (a quiet log ends with its key
+    /// too), checked again before each one that does. A transfer's upload fails with it and
+    /// keeps nothing, a download or a followed log ends.
+    pub(super) fn hold_chunks(hold: Option<Self>, chunks: Chunks) -> Chunks {
+        let Some(mut hold) = hold else { return chunks };
+        let (sender, held) = bkg_schema::chunks::channel();
+        tokio::spawn(async move {
+            let mut chunks = chunks;
+            let waiter = hold.clone();
+            let lost = waiter.lost();
+            tokio::pin!(lost);
+            loop {
+                let chunk = tokio::select! {
+                    reason = &mut lost => Err(reason),
+                    chunk = chunks.recv() => Ok(chunk),
+                };
+                let refused = match chunk {
+                    Err(reason) => Some(reason),
+                    Ok(None) => return,
+                    Ok(Some(chunk)) => match hold.check().await {
+                        Some(reason) => Some(reason),
+                        None if sender.send(chunk).await.is_ok() => None,
+                        None => return,
+                    },
+                };
+                if let Some(reason) = refused {
+                    let _ = sender.send(Err(std::io::Error::other(reason))).await;
+                    return;
+                }
+            }
+        });
+        held
     }
 
     /// Resolves, with the reason, once the key no longer speaks for what it holds: when it is

@@ -499,34 +499,16 @@ impl Service {
         // The run's progress while it goes on; a log of a run that has ended is read once.
         let going_on = self.engine.current_run(id).filter(|run| follow && run.run_id == run_id).map(|run| run.watch());
         let (sender, chunks) = mpsc::channel(16);
+        tokio::spawn(read_log(path, going_on, sender));
         // Opened with a key, a followed log is held to it, as the change feed is.
-        tokio::spawn(read_log(path, going_on, KeyHold::of(&self.store, principal), sender));
-        Ok(LogTail { run_id, chunks })
+        Ok(LogTail { run_id, chunks: KeyHold::hold_chunks(KeyHold::of(&self.store, principal), chunks) })
     }
 }
 
-/// Sends `bytes` if the key the log was opened with (if any) still speaks for it, else says why;
-/// whether the log may go on.
-async fn send_held(
-    sender: &mpsc::Sender<std::io::Result<Vec<u8>>>,
-    held_to: Option<&mut KeyHold>,
-    bytes: Vec<u8>,
-) -> bool {
-    if let Some(hold) = held_to
-        && let Some(reason) = hold.check().await
-    {
-        let _ = sender.send(Err(std::io::Error::other(reason))).await;
-        return false;
-    }
-    sender.send(Ok(bytes)).await.is_ok()
-}
-
-/// Sends the log file at `path` as it grows, until its run (if `going_on`) has ended, or until
-/// the key it was opened with (`held_to`) no longer speaks for it.
+/// Sends the log file at `path` as it grows, until its run (if `going_on`) has ended.
 async fn read_log(
     path: std::path::PathBuf,
     mut going_on: Option<watch::Receiver<RunProgress>>,
-    mut held_to: Option<KeyHold>,
     sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) {
     let Ok(mut file) = tokio::fs::File::open(&path).await else { return };
@@ -539,7 +521,7 @@ async fn read_log(
                     // One more read: the run may have written its last bytes as it ended.
                     let last = file.read(&mut buffer).await.unwrap_or(0);
                     if last > 0 {
-                        let _ = send_held(&sender, held_to.as_mut(), buffer[..last].to_vec()).await;
+                        let _ = sender.send(Ok(buffer[..last].to_vec())).await;
                     }
                     return;
                 };
@@ -549,16 +531,9 @@ async fn read_log(
                     _ = progress.wait_for(|progress| progress.phase >= RunPhase::Ended) => {}
                     () = sender.closed() => return,
                 }
-                // A quiet run's log ends with its key too, not at its next bytes.
-                if let Some(hold) = held_to.as_mut()
-                    && let Some(reason) = hold.check().await
-                {
-                    let _ = sender.send(Err(std::io::Error::other(reason))).await;
-                    return;
-                }
             }
             Ok(read) => {
-                if !send_held(&sender, held_to.as_mut(), buffer[..read].to_vec()).await {
+                if sender.send(Ok(buffer[..read].to_vec())).await.is_err() {
                     return;
                 }
             }
