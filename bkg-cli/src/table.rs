@@ -21,6 +21,11 @@ pub fn width() -> Option<u16> {
 /// How narrow a wrapping column may get before the table grows wider than the terminal instead.
 const NARROWEST: u16 = 12;
 
+/// The least a wrapping column takes: its widest cell up to `NARROWEST`, its header whole.
+fn narrowest(widest: usize, header: &str) -> usize {
+    widest.min(usize::from(NARROWEST)).max(header.chars().count())
+}
+
 /// Renders `rows` under `headers`, the columns at `right` aligned right, each line ending in a
 /// newline without trailing blanks. Only the columns at `wrap` wrap when space is short (never
 /// below a few characters); the others, ids and names, stay whole.
@@ -58,8 +63,8 @@ pub fn render(
             column.set_cell_alignment(CellAlignment::Right);
         }
         // The boundary counts the padding too; a header is never cut.
-        let header = headers.get(index).map_or(0, |header| header.chars().count());
-        let narrowest = widest.get(index).copied().unwrap_or(0).min(usize::from(NARROWEST)).max(header);
+        let header = headers.get(index).copied().unwrap_or_default();
+        let narrowest = narrowest(widest.get(index).copied().unwrap_or(0), header);
         let narrowest = u16::try_from(narrowest).unwrap_or(u16::MAX).saturating_add(padding);
         column.set_constraint(if wrap.contains(&index) {
             ColumnConstraint::LowerBoundary(Width::Fixed(narrowest))
@@ -90,14 +95,12 @@ pub fn render_fitting(
     if let Some(width) = width {
         let widths = widths(headers, rows.iter());
         // A wrapping column can give up all but its narrowest, as `render` lets it.
-        let narrowest = |index: usize| {
-            let widest = widths.get(index).copied().unwrap_or(0);
-            let header = headers.get(index).map_or(0, |header| header.chars().count());
-            if wrap.contains(&index) { widest.min(NARROWEST).max(header as u16) } else { widest }
+        let least = |index: usize| {
+            let widest = usize::from(widths.get(index).copied().unwrap_or(0));
+            let header = headers.get(index).copied().unwrap_or_default();
+            if wrap.contains(&index) { narrowest(widest, header) } else { widest }
         };
-        let natural = |kept: &[usize]| -> usize {
-            kept.iter().map(|&index| usize::from(narrowest(index)) + 2).sum::<usize>() - 2
-        };
+        let natural = |kept: &[usize]| kept.iter().map(|&index| least(index) + 2).sum::<usize>().saturating_sub(2);
         for column in optional {
             if natural(&kept) <= usize::from(width) {
                 break;
