@@ -87,11 +87,14 @@ pub struct AgentOptions {
     pub extra_args: Vec<String>,
     /// Extra environment of the agent process.
     pub env: Vec<(String, String)>,
+    /// A command the agent is started through, which must exec it (`sh -c '…; exec "$0" "$@"'`)
+    /// so that it keeps the agent's pid; the state directory exists when it runs.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { warm_pool: 1, extra_args: Vec::new(), env: Vec::new() }
+        Self { warm_pool: 1, extra_args: Vec::new(), env: Vec::new(), wrapper: Vec::new() }
     }
 }
 
@@ -114,7 +117,8 @@ impl Agent {
         agent
     }
 
-    fn unstarted() -> Self {
+    /// An agent not started yet: `spawn` starts it.
+    pub fn unstarted() -> Self {
         let dir = tempfile::Builder::new().prefix("bkg-e2e-").tempdir().expect("temp dir");
         let serial = NEXT_AGENT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{serial}", std::process::id());
@@ -147,6 +151,11 @@ impl Agent {
             let mut activate = Command::new("systemd-socket-activate");
             activate.arg("--listen").arg(&self.socket).arg(bin_dir().join("bkg-agent"));
             activate
+        } else if let Some((program, args)) = options.wrapper.split_first() {
+            std::fs::create_dir_all(&self.state_dir).expect("state dir");
+            let mut wrapped = Command::new(program);
+            wrapped.args(args).arg(bin_dir().join("bkg-agent")).arg("--socket").arg(&self.socket);
+            wrapped
         } else {
             let mut direct = Command::new(bin_dir().join("bkg-agent"));
             direct.arg("--socket").arg(&self.socket);

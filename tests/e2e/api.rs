@@ -36,7 +36,7 @@ impl ApiAgent {
             address_file.display().to_string(),
         ];
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
-        let agent = Agent::start_with(AgentOptions { warm_pool, extra_args: args, env });
+        let agent = Agent::start_with(AgentOptions { warm_pool, extra_args: args, env, ..AgentOptions::default() });
         let deadline = Instant::now() + Duration::from_secs(10);
         let address = loop {
             if let Ok(text) = std::fs::read_to_string(&address_file)

@@ -1,7 +1,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bkg_tests::{Agent, AgentOptions, code, stderr};
+use bkg_tests::{Agent, AgentOptions, code, stderr, stdout};
 
 #[test]
 fn timeout_ends_the_run_with_124() {
@@ -189,4 +189,36 @@ fn maxima_below_the_defaults_lower_them_and_a_disk_beyond_the_budget_is_refused_
     assert_eq!(code(&refused), 125, "{}", stderr(&refused));
     assert!(stderr(&refused).contains("300MiB (the agent's whole --disk-budget)"), "{}", stderr(&refused));
     assert!(!stderr(&refused).contains("try again"), "{}", stderr(&refused));
+}
+
+/// The host's own disk has less room than a run's disk (here the state directory is a 64 MiB
+/// tmpfs of the agent's own mount namespace; the budget allows more). The disk is refused when
+/// it is made: it was made sparse, and the code's writes past the host's room were lost inside
+/// the loop device while the run reported success.
+#[test]
+fn a_disk_the_host_has_no_room_for_is_refused_when_made() {
+    let mut agent = Agent::unstarted();
+    let script =
+        format!("mount -t tmpfs -o size=64M,mode=0700 tmpfs {} && exec \"$0\" \"$@\"", agent.state_dir.display());
+    agent.spawn(&AgentOptions {
+        warm_pool: 0,
+        extra_args: ["--disk-budget", "1GiB"].map(String::from).to_vec(),
+        wrapper: ["unshare", "--mount", "--propagation", "private", "sh", "-c", &script].map(String::from).to_vec(),
+        ..AgentOptions::default()
+    });
+    let write = "open('/workspace/f', 'wb').write(b'x' * 80_000_000); print('wrote')";
+    let refused = agent.exe(&["--disk", "100MiB", "--type", "python", "-c", write]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(!stdout(&refused).contains("wrote"), "{}", stdout(&refused));
+    assert!(stderr(&refused).contains("the host has no room for this sandbox's 100MiB disk"), "{}", stderr(&refused));
+    let fits = agent.exe(&[
+        "--disk",
+        "20MiB",
+        "--type",
+        "python",
+        "-c",
+        "open('/workspace/f', 'wb').write(b'x' * 15_000_000); print('wrote')",
+    ]);
+    assert_eq!(code(&fits), 0, "{}", stderr(&fits));
+    assert_eq!(stdout(&fits), "wrote\n");
 }

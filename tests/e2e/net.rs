@@ -31,7 +31,7 @@ impl NetAgent {
             address_file.display().to_string(),
         ];
         args.extend(extra_args.iter().cloned());
-        let agent = Agent::start_with(AgentOptions { warm_pool: 1, extra_args: args, env: Vec::new() });
+        let agent = Agent::start_with(AgentOptions { warm_pool: 1, extra_args: args, ..AgentOptions::default() });
         let address = poll("the TCP address is written", || {
             std::fs::read_to_string(&address_file)
                 .ok()
@@ -522,6 +522,7 @@ fn webhooks_and_otlp_export_reach_https_receivers_verified_by_the_agent() {
             // The receivers' CA, the way an operator names a private one (docs/operations.md).
             ("SSL_CERT_FILE".into(), path_arg(&pki.ca)),
         ],
+        ..AgentOptions::default()
     });
     let created =
         agent.bkg().args(["keys", "create", "--role", "namespace", "--namespace", "hooks", "--json"]).output();
@@ -557,6 +558,7 @@ fn webhooks_and_otlp_export_reach_https_receivers_verified_by_the_agent() {
             path_arg(&secret),
         ],
         env: vec![("SSL_CERT_FILE".into(), "/nonexistent/ca.pem".into())],
+        ..AgentOptions::default()
     });
     let created = stranger.bkg().args(["keys", "create", "--role", "namespace", "--namespace", "x", "--json"]).output();
     let id = serde_json::from_slice::<serde_json::Value>(&created.expect("bkg").stdout).expect("key JSON")["id"]

@@ -107,7 +107,7 @@ fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
     let agent = Agent::start_with(AgentOptions {
         warm_pool: 0,
         extra_args: ["--max-running-runs", "1", "--max-queued-runs", "1"].map(String::from).to_vec(),
-        env: Vec::new(),
+        ..AgentOptions::default()
     });
     let sleeper = || {
         agent
@@ -159,7 +159,7 @@ fn a_disk_beyond_the_budget_refuses_a_run_with_one_line() {
     let agent = Agent::start_with(AgentOptions {
         warm_pool: 0,
         extra_args: ["--disk-budget", "100MiB"].map(String::from).to_vec(),
-        env: Vec::new(),
+        ..AgentOptions::default()
     });
     let output = agent.exe(&["--disk", "200MiB", "--type", "python", "-c", "print(1)"]);
     let err = stderr(&output);
@@ -176,7 +176,7 @@ fn health_is_503_with_the_reason_once_runs_fail() {
     let agent = Agent::start_with(AgentOptions {
         warm_pool: 0,
         extra_args: ["--health-interval", "1s"].map(String::from).to_vec(),
-        env: Vec::new(),
+        ..AgentOptions::default()
     });
     let healthy = api(&agent, "GET", "/healthz", None);
     assert_eq!(healthy.status, 200, "{}", healthy.text());

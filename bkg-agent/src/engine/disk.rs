@@ -1,8 +1,15 @@
 //! The ext4 disk images of sandboxes. A freshly formatted filesystem of a given size is the same
 //! few blocks every time (superblocks, group descriptors, bitmaps, the root directory: 128 KiB
 //! of a 500 MiB image), so `mkfs.ext4` runs once per size, into a template, and each temporary
-//! sandbox gets a sparse file of that size holding a copy of the template's written blocks:
+//! sandbox gets a file of that size holding a copy of the template's written blocks:
 //! a fraction of a millisecond instead of a mkfs process per run.
+//!
+//! Every sandbox's image has all its blocks reserved on the host (`fallocate`) before it is
+//! used. A sparse image takes host blocks only as the sandbox writes, and once the host's own
+//! disk is full those writes fail inside the loop device, under the sandbox's filesystem,
+//! where nothing reports them: the files were lost while the code saw its writes succeed.
+//! Reserved, a disk that does not fit on the host is refused when it is made, and one that
+//! was made can always be filled to its size.
 //!
 //! Templates are kept for the few most recently used sizes (the default limit's among them).
 //! The host's kernel may lack quota support (ext4 project quotas need CONFIG_QFMT_V2), so one
@@ -28,6 +35,10 @@ pub enum DiskError {
     NoResize,
     #[error("{tool} failed: {message}")]
     Tool { tool: &'static str, message: String },
+    #[error(
+        "the host has no room for this sandbox's {size} disk: {free} free in {dir}; free space there or ask for a smaller disk (--disk, cave.yaml's limits.disk)"
+    )]
+    HostFull { size: String, free: String, dir: String },
     #[error(
         "the disk limit {asked} is below the {current} this sandbox's disk already has, and a disk only grows: ask for {current} or more (cave.yaml's limits.disk), or remove the sandbox to start over (its files go with it)"
     )]
@@ -178,7 +189,7 @@ impl DiskTemplates {
     }
 }
 
-/// Copies the written ranges of `template` into a new sparse file `image` of `bytes`.
+/// Copies the written ranges of `template` into a new file `image` of `bytes`, reserved.
 fn copy_sparse(template: &Path, image: &Path, bytes: u64) -> Result<(), DiskError> {
     let source = File::open(template).map_err(io_error(format!("open {}", template.display())))?;
     let target = OpenOptions::new()
@@ -187,6 +198,7 @@ fn copy_sparse(template: &Path, image: &Path, bytes: u64) -> Result<(), DiskErro
         .open(image)
         .map_err(io_error(format!("create {}", image.display())))?;
     target.set_len(bytes).map_err(io_error("size the disk image"))?;
+    reserve(&target, image, bytes)?;
     let mut buffer = vec![0u8; 64 * 1024];
     let mut offset: i64 = 0;
     loop {
@@ -210,6 +222,48 @@ fn copy_sparse(template: &Path, image: &Path, bytes: u64) -> Result<(), DiskErro
         offset = hole;
     }
     Ok(())
+}
+
+/// Reserves on the host every block of the `bytes` long image `file` (at `path`), so that no
+/// write of the sandbox into it can fail for want of host space (the module's comment). A
+/// filesystem that cannot reserve (EOPNOTSUPP) is checked for free space instead. The file's
+/// length stays: an image about to grow is reserved first.
+fn reserve(file: &File, path: &Path, bytes: u64) -> Result<(), DiskError> {
+    use nix::errno::Errno;
+    let length = i64::try_from(bytes).unwrap_or(i64::MAX);
+    match nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, length) {
+        Ok(()) => Ok(()),
+        Err(Errno::ENOSPC) => Err(host_full(path, bytes)),
+        Err(Errno::EOPNOTSUPP) => {
+            let dir = path.parent().unwrap_or(path);
+            match nix::sys::statvfs::statvfs(dir) {
+                Ok(stats) if stats.blocks_available() * stats.fragment_size() < bytes => Err(host_full(path, bytes)),
+                _ => Ok(()),
+            }
+        }
+        Err(errno) => Err(io_error(format!("reserve {}", path.display()))(errno.into())),
+    }
+}
+
+/// Names the directory that holds the sandboxes' own directories: one a user can find, where
+/// the image's own one may already be gone with its failed sandbox.
+fn host_full(path: &Path, bytes: u64) -> DiskError {
+    let dir = path.ancestors().nth(2).unwrap_or(path);
+    let free = nix::sys::statvfs::statvfs(dir)
+        .map(|stats| bkg_schema::units::format_size(stats.blocks_available() * stats.fragment_size()))
+        .unwrap_or_else(|_| "no space".into());
+    DiskError::HostFull { size: bkg_schema::units::format_size(bytes), free, dir: dir.display().to_string() }
+}
+
+/// Reserves the blocks of the persistent image at `path` (`reserve`).
+async fn reserve_image(path: &Path, bytes: u64) -> Result<(), DiskError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let file = OpenOptions::new().write(true).open(&path).map_err(io_error(format!("open {}", path.display())))?;
+        reserve(&file, &path, bytes)
+    })
+    .await
+    .map_err(|error| io_error("reserve the disk image")(std::io::Error::other(error)))?
 }
 
 /// A sparse file with an ext4 filesystem whose root directory `owner` owns. Disk-backed, so
@@ -253,8 +307,9 @@ pub fn refuse_shrinking(current: u64, bytes: u64) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// A persistent sandbox's disk: made on its first run, grown when its limit grows. Shrinking
-/// could lose the user's files, so it is refused.
+/// A persistent sandbox's disk: made on its first run, grown when its limit grows, its blocks
+/// reserved on the host at each run (an image made before they were is reserved at its next).
+/// Shrinking could lose the user's files, so it is refused.
 pub async fn ensure_persistent_image(path: &Path, bytes: u64, owner: u32) -> Result<(), DiskError> {
     let current = match tokio::fs::metadata(path).await {
         Ok(meta) => meta.len(),
@@ -262,11 +317,14 @@ pub async fn ensure_persistent_image(path: &Path, bytes: u64, owner: u32) -> Res
             if let Some(parent) = path.parent() {
                 tokio::fs::create_dir_all(parent).await.map_err(io_error(format!("create {}", parent.display())))?;
             }
-            return format(path, bytes, owner).await;
+            format(path, bytes, owner).await?;
+            return reserve_image(path, bytes).await;
         }
         Err(error) => return Err(io_error(format!("inspect {}", path.display()))(error)),
     };
     refuse_shrinking(current, bytes)?;
+    // Before the image grows, so a host without room leaves it as it was.
+    reserve_image(path, bytes).await?;
     if bytes > current {
         let file = tokio::fs::OpenOptions::new()
             .write(true)
@@ -310,7 +368,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_copy_holds_the_templates_bytes_in_a_file_of_the_asked_size() {
+    async fn a_copy_holds_the_templates_bytes_in_a_reserved_file_of_the_asked_size() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let templates = DiskTemplates::new(dir.path().join("templates")).expect("templates");
         let bytes = 64 * 1024 * 1024;
@@ -322,9 +380,34 @@ mod tests {
         assert!(copy == template, "the copy differs from the template");
         // ext4's magic number in the primary superblock.
         assert_eq!(&copy[1024 + 0x38..1024 + 0x3a], &[0x53, 0xef]);
+        assert!(allocated(&image) >= bytes, "every block is reserved: {} of {bytes}", allocated(&image));
+        let template_blocks = allocated(&templates.path_of(bytes));
+        assert!(template_blocks < bytes / 16, "the template stays sparse: {template_blocks} bytes");
+    }
+
+    fn allocated(path: &Path) -> u64 {
         use std::os::unix::fs::MetadataExt as _;
-        let allocated = std::fs::metadata(&image).expect("stat").blocks() * 512;
-        assert!(allocated < bytes / 16, "the copy is sparse: {allocated} bytes allocated");
+        std::fs::metadata(path).expect("stat").blocks() * 512
+    }
+
+    /// Made, then used again after an agent that left it sparse, then grown: reserved each time.
+    #[tokio::test]
+    async fn a_persistent_image_is_reserved_when_made_when_used_and_when_grown() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let image = dir.path().join("home").join("disk.img");
+        let mib = 1024 * 1024;
+        ensure_persistent_image(&image, 32 * mib, 1000).await.expect("made");
+        assert!(allocated(&image) >= 32 * mib, "reserved when made: {}", allocated(&image));
+
+        std::fs::remove_file(&image).expect("remove");
+        format(&image, 32 * mib, 1000).await.expect("a sparse image, as agents before made them");
+        assert!(allocated(&image) < 4 * mib);
+        ensure_persistent_image(&image, 32 * mib, 1000).await.expect("used");
+        assert!(allocated(&image) >= 32 * mib, "reserved when used: {}", allocated(&image));
+
+        ensure_persistent_image(&image, 48 * mib, 1000).await.expect("grown");
+        assert_eq!(std::fs::metadata(&image).expect("stat").len(), 48 * mib);
+        assert!(allocated(&image) >= 48 * mib, "reserved when grown: {}", allocated(&image));
     }
 
     #[tokio::test]

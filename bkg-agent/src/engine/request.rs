@@ -48,6 +48,10 @@ impl From<EngineError> for RunError {
             EngineError::Capacity(bound) => {
                 Self::Overloaded { retry_after_secs: bound.retry_after_secs(), reason: bound.to_string() }
             }
+            // Runs that end give their disks' room back, as with a spent disk budget.
+            EngineError::Disk(full @ super::disk::DiskError::HostFull { .. }) => {
+                Self::Overloaded { retry_after_secs: 5, reason: full.to_string() }
+            }
             other => Self::Engine(other),
         }
     }
