@@ -315,8 +315,19 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("bkg-agent: {}", one_line(&error));
-            ExitCode::from(1)
+            if error.downcast_ref::<FlagValue>().is_some() { ExitCode::from(USAGE_EXIT) } else { ExitCode::from(1) }
         }
+    }
+}
+
+/// The flag whose value could not be parsed, as the context of that error: a usage error
+/// (exit 2, docs/operations.md), as clap's own are, where other start-up failures exit 1.
+#[derive(Debug)]
+struct FlagValue(String);
+
+impl std::fmt::Display for FlagValue {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
     }
 }
 
@@ -324,13 +335,13 @@ fn max_limits(args: &AgentArgs) -> anyhow::Result<Limits> {
     let cpus = if args.max_cpus == "available CPUs" {
         std::thread::available_parallelism().map(|n| n.get() as u64 * 1000).unwrap_or(1000)
     } else {
-        parse_cpus(&args.max_cpus).context("--max-cpus")?
+        parse_cpus(&args.max_cpus).context(FlagValue("--max-cpus".into()))?
     };
     Ok(Limits {
         cpu_millis: cpus,
-        memory_bytes: parse_size(&args.max_memory).context("--max-memory")?,
-        timeout_ms: parse_duration_ms(&args.max_timeout).context("--max-timeout")?,
-        disk_bytes: parse_size(&args.max_disk).context("--max-disk")?,
+        memory_bytes: parse_size(&args.max_memory).context(FlagValue("--max-memory".into()))?,
+        timeout_ms: parse_duration_ms(&args.max_timeout).context(FlagValue("--max-timeout".into()))?,
+        disk_bytes: parse_size(&args.max_disk).context(FlagValue("--max-disk".into()))?,
         pids: 4096,
     })
 }
@@ -368,7 +379,7 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
         crate::telemetry::sampling_rate_from(std::env::var(crate::telemetry::SAMPLING_RATE_ENV).ok().as_deref())?;
     // A zero lifetime is refused by the parser itself.
     let ttl = |flag: &str, text: &str| -> anyhow::Result<Duration> {
-        Ok(Duration::from_millis(parse_duration_ms(text).with_context(|| format!("--{flag}"))?))
+        Ok(Duration::from_millis(parse_duration_ms(text).with_context(|| FlagValue(format!("--{flag}")))?))
     };
     let policy = AuthPolicy {
         ttl: RoleTable {
@@ -386,7 +397,7 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
         user: crate::auth::local::UserPolicy::parse(&args.user_limits)?,
     };
     for url in &args.webhooks {
-        let parsed = reqwest::Url::parse(url).with_context(|| format!("--webhook {url}"))?;
+        let parsed = reqwest::Url::parse(url).with_context(|| FlagValue(format!("--webhook {url}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             bail!("--webhook {url}: only http:// and https:// URLs are supported");
         }
@@ -398,8 +409,8 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
     let connections = ConnectionOptions {
         header_timeout: ttl("header-timeout", &args.header_timeout)?,
         body_timeout: ttl("body-timeout", &args.body_timeout)?,
-        body_budget: usize::try_from(parse_size(&args.body_budget).context("--body-budget")?)
-            .context("--body-budget")?,
+        body_budget: usize::try_from(parse_size(&args.body_budget).context(FlagValue("--body-budget".into()))?)
+            .context(FlagValue("--body-budget".into()))?,
         max_connections: args.max_connections as usize,
         max_unix_connections: args.max_unix_connections as usize,
     };
@@ -490,7 +501,7 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         node: args.node,
         npm: args.npm,
         warm_pool: args.warm_pool,
-        warm_pool_memory: parse_size(&args.warm_pool_memory).context("--warm-pool-memory")?,
+        warm_pool_memory: parse_size(&args.warm_pool_memory).context(FlagValue("--warm-pool-memory".into()))?,
         uid_base: args.uid_base,
         cgroup_dir: args.cgroup_dir,
         capacity: capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?,
@@ -498,7 +509,8 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         runtimes: host.runtimes,
         egress_policy: std::sync::Arc::new(egress_policy(&args.egress_allow)?),
     };
-    let health_interval = Duration::from_millis(parse_duration_ms(&args.health_interval).context("--health-interval")?);
+    let health_interval =
+        Duration::from_millis(parse_duration_ms(&args.health_interval).context(FlagValue("--health-interval".into()))?);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
     let activated = activated.map(|passed| passed.listener);
@@ -523,7 +535,7 @@ fn egress_policy(rules: &[String]) -> anyhow::Result<Vec<bkg_schema::egress::Net
     if none && !rules.is_empty() {
         bail!("--egress-allow none allows nothing: give it alone, not beside {}", rules.join(","));
     }
-    bkg_schema::egress::NetRule::parse_list(&rules).context("--egress-allow")
+    bkg_schema::egress::NetRule::parse_list(&rules).context(FlagValue("--egress-allow".into()))
 }
 
 fn capacity_config(
@@ -535,14 +547,18 @@ fn capacity_config(
     let max_running = if max_running == "4 per CPU" {
         std::thread::available_parallelism().map(|n| n.get() * 4).unwrap_or(4)
     } else {
-        max_running.parse().ok().filter(|n| *n > 0).context("--max-running-runs must be a number above 0")?
+        max_running
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .context(FlagValue("--max-running-runs must be a number above 0".into()))?
     };
     let disk_budget = if disk_budget == "80% of the free space" {
         let stats = nix::sys::statvfs::statvfs(state_dir)
             .with_context(|| format!("read the free space of {}", state_dir.display()))?;
         stats.blocks_available() * stats.fragment_size() / 5 * 4
     } else {
-        parse_size(disk_budget).context("--disk-budget")?
+        parse_size(disk_budget).context(FlagValue("--disk-budget".into()))?
     };
     Ok(CapacityConfig { max_running, max_queued, disk_budget })
 }
@@ -551,11 +567,11 @@ fn capacity_config(
 /// it exists; the admin group, which must exist when named.
 fn local_access(args: &AgentArgs) -> anyhow::Result<LocalAccess> {
     let socket_group = match &args.socket_group {
-        Some(name) => Some(NamedGroup::require(name).context("--socket-group")?),
+        Some(name) => Some(NamedGroup::require(name).context(FlagValue("--socket-group".into()))?),
         None => NamedGroup::find(DEFAULT_SOCKET_GROUP)?,
     };
     let admin_group = match &args.admin_group {
-        Some(name) => Some(NamedGroup::require(name).context("--admin-group")?),
+        Some(name) => Some(NamedGroup::require(name).context(FlagValue("--admin-group".into()))?),
         None => None,
     };
     Ok(LocalAccess::new(socket_group, admin_group, &args.user_namespace)?)

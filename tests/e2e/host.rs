@@ -65,6 +65,25 @@ fn a_cgroup_dir_that_would_climb_out_is_a_usage_error() {
     assert!(!dir.path().join("state").exists(), "nothing is written before the flags are checked");
 }
 
+/// A value the agent parses itself (sizes, durations, counts, rules, groups) is a usage error
+/// as clap's own are: one line naming the flag, exit 2 (docs/operations.md).
+#[test]
+fn a_flag_value_the_agent_cannot_parse_is_a_usage_error() {
+    for (flag, value, says) in [
+        ("--max-memory", "lots", "--max-memory: `lots` is not a size"),
+        ("--disk-budget", "12XB", "--disk-budget: `12XB` is not a size"),
+        ("--max-timeout", "soon", "--max-timeout: "),
+        ("--health-interval", "0", "--health-interval: `0` is too small"),
+        ("--max-running-runs", "0", "--max-running-runs must be a number above 0"),
+        ("--egress-allow", "bad host!", "--egress-allow: `bad host!` is not a network rule"),
+    ] {
+        let (output, _dir) = refused_start(&[flag, value]);
+        assert_eq!(code(&output), 2, "{flag} {value}: {}", stderr(&output));
+        assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+        assert!(stderr(&output).starts_with(&format!("bkg-agent: {says}")), "{}", stderr(&output));
+    }
+}
+
 #[test]
 fn an_unknown_security_level_is_a_usage_error() {
     let (output, _dir) = refused_start(&["--allow-degraded", "paranoid"]);
