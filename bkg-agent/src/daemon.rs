@@ -834,18 +834,24 @@ async fn serve(
         let _ = nix::unistd::write(&ready, b"1");
     }
 
+    // Which signal stopped the agent; none when the API did (which recorded its own line).
     let signals = async move {
         tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-            () = shutdown.notified() => {}
+            _ = terminate.recv() => Some("SIGTERM"),
+            _ = interrupt.recv() => Some("SIGINT"),
+            () = shutdown.notified() => None,
         }
     };
     // Both listeners stop on the same signal; runs get SHUTDOWN_GRACE to end by themselves.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let grace_engine = Arc::clone(&engine);
+    let stop_record = Arc::clone(&state.service);
     tokio::spawn(async move {
-        signals.await;
+        if let Some(signal) = signals.await
+            && let Err(error) = stop_record.note_stop(bkg_schema::audit::AGENT_ACTOR.into(), signal).await
+        {
+            tracing::error!(%error, "could not record the stop in the audit log");
+        }
         grace_engine.close();
         // Streams of the change feed end, or the listeners would wait for them forever.
         feed.stop();

@@ -207,6 +207,39 @@ fn agent_status_start_and_stop() {
     assert_eq!(code(&status), 1);
     agent.stop();
     assert!(agent.leftovers().is_clean());
+    // The stop is audited with who asked, before the record of the run it ended.
+    let records = agent.audit_records();
+    let stopped = records.iter().position(|record| record["details"].get("agent_stopped").is_some());
+    let stopped = stopped.unwrap_or_else(|| panic!("no stop record in {records:#?}"));
+    assert_eq!(records[stopped]["action"], "config.changed");
+    assert_eq!(records[stopped]["details"]["agent_stopped"], "asked through the API");
+    assert_eq!(records[stopped]["actor"], records[stopped - 1]["actor"], "the actor who started the run");
+    let ended = records.iter().rposition(|record| record["outcome"]["killed_by"] == "shutdown");
+    assert!(ended.is_some_and(|ended| ended > stopped), "{records:#?}");
+}
+
+/// A stop by signal is audited as the agent's, naming the signal; each start has its line too.
+#[test]
+fn a_stop_by_signal_is_audited() {
+    let mut agent = Agent::start();
+    agent.stop();
+    agent.spawn(&bkg_tests::AgentOptions::default());
+    agent.stop();
+    let lines: Vec<(String, serde_json::Value)> = agent
+        .audit_records()
+        .into_iter()
+        .filter(|record| record["action"] == "config.changed")
+        .map(|record| {
+            let what = if record["details"].get("agent_stopped").is_some() { "stopped" } else { "started" };
+            (what.to_owned(), record)
+        })
+        .collect();
+    let order: Vec<&str> = lines.iter().map(|(what, _)| what.as_str()).collect();
+    assert_eq!(order, ["started", "stopped", "started", "stopped"], "{lines:#?}");
+    for (_, record) in lines.iter().filter(|(what, _)| what == "stopped") {
+        assert_eq!(record["details"]["agent_stopped"], "SIGTERM");
+        assert_eq!(record["actor"], "agent");
+    }
 }
 
 #[test]

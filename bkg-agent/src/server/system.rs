@@ -87,7 +87,7 @@ pub async fn shutdown(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> ApiResult<StatusCode> {
-    state.service.shut_down(&principal)?;
+    state.service.shut_down(&principal).await?;
     Ok(StatusCode::ACCEPTED)
 }
 

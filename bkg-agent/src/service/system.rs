@@ -188,10 +188,17 @@ impl Service {
     }
 
     /// Stops the agent: warm sandboxes are removed, running ones get the shutdown grace.
-    pub fn shut_down(&self, principal: &Principal) -> OpResult<()> {
+    pub async fn shut_down(&self, principal: &Principal) -> OpResult<()> {
         require_admin(principal, AdminTask::StopAgent)?;
+        self.note_stop(principal.actor(), "asked through the API").await?;
         self.shutdown.notify_one();
         Ok(())
+    }
+
+    /// The audit line of a stop beginning: by whom (`actor`) and why.
+    pub async fn note_stop(&self, actor: String, reason: &str) -> OpResult<()> {
+        let stopped = bkg_schema::audit::ConfigChanged::AgentStopped { agent_stopped: reason.to_owned() };
+        self.note_config(actor, None, stopped).await
     }
 
     fn sync_url(&self) -> OpResult<&str> {

@@ -307,6 +307,10 @@ pub struct KeyChange {
 pub enum ConfigChanged {
     /// The configuration an agent started with.
     AgentStarted(AgentConfig),
+    /// The agent began to stop, and why: `SIGTERM`, `SIGINT` or `asked through the API` (the
+    /// record's actor then says by whom). Its runs' own records follow (`killed_by: shutdown`
+    /// for those that outlive the grace); a crash leaves no such line.
+    AgentStopped { agent_stopped: String },
     /// An admin added a user.
     UserCreated { user_created: String },
     /// A secret of the record's namespace was set (its name; never its value).
