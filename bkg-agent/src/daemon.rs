@@ -815,6 +815,11 @@ async fn serve(
         ),
         secrets: crate::secrets::SecretStore::new(&state_dir),
     });
+    // Services the last agent's stop or crash ended go on, beside the first requests.
+    tokio::spawn({
+        let (service, access) = (Arc::clone(&service), api.local.clone());
+        async move { service.resume_services(&access).await }
+    });
     let state = AppState {
         service,
         tracer: Tracer::from_env(api.sampling_rate),

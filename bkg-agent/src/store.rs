@@ -18,9 +18,11 @@ mod changes;
 mod retention;
 mod run_files;
 mod sandbox_env;
+mod services;
 pub use auth_tables::{KeyKind, NewKey};
 pub use retention::{Expired, ExpiredRun};
 pub use run_files::NamespaceObjects;
+pub use services::LeftService;
 
 /// Each entry upgrades the schema by one version; `PRAGMA user_version` records how far a
 /// database has come. Never edit a released entry: add a new one.
@@ -118,6 +120,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE runs ADD COLUMN network_denials TEXT;",
     // Runs a file transfer held an idle sandbox with (`RunStart::for_transfer`): 1.
     "ALTER TABLE runs ADD COLUMN for_transfer INTEGER NOT NULL DEFAULT 0;",
+    // Services the next agent starts again (store/services.rs): the command as JSON, never
+    // with environment values, and the actor who started it.
+    "CREATE TABLE services (
+        sandbox_id TEXT PRIMARY KEY,
+        exec TEXT NOT NULL,
+        actor TEXT NOT NULL
+    );",
 ];
 
 /// A run as it starts (`Store::run_started`).

@@ -120,6 +120,41 @@ fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
     assert!(after["current_run"].is_null(), "{after}");
 }
 
+/// A `restart: on-failure` service ended by the agent's stop, or by its crash, is started again
+/// by the next agent on the same state directory; one stopped with `bkg stop` is not.
+#[test]
+fn a_service_outlives_an_agent_restart_and_a_crash_but_not_a_stop() {
+    let (mut agent, project, port) = service_example();
+    let dir = project.path();
+    let marker = format!("svc-resume-{}-{port}", std::process::id());
+    let options = AgentOptions { extra_args: vec!["--max-timeout".into(), "none".into()], ..Default::default() };
+    let token = |body: &str| body.rsplit(' ').next().unwrap_or_default().to_owned();
+    let mut last = token(&start_service(&agent, dir, port, &marker));
+
+    for (how, end) in [("a stop", Agent::stop as fn(&mut Agent)), ("a crash", Agent::crash)] {
+        end(&mut agent);
+        agent.spawn(&options);
+        let again = poll(&format!("the service to answer again after {how}"), || {
+            get(port).filter(|body| body.starts_with(&marker) && token(body) != last)
+        });
+        last = token(&again);
+        let info = status(&agent, dir);
+        assert_eq!(info["service"]["state"], "running", "after {how}: {info}");
+    }
+
+    let stop = agent.bkg_in(dir, &["stop", "web"]);
+    assert_eq!(code(&stop), 0, "stop: {}", stderr(&stop));
+    agent.stop();
+    let earlier_log = agent.log().len();
+    agent.spawn(&options);
+    poll("the next agent to read the services left", || {
+        agent.log()[earlier_log..].contains("services the last agent left").then_some(())
+    });
+    let info = status(&agent, dir);
+    assert!(info["current_run"].is_null(), "a stopped service is not started by the next agent: {info}");
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "nothing answers on the port");
+}
+
 /// Ten minutes of a service: `make test` runs this beside the rest of the suite, in the
 /// background (scripts/background-test.sh), so the suite takes no longer for it.
 #[test]

@@ -154,7 +154,7 @@ pub async fn exec_sandbox(
         let detached = exec.detach;
         let accepted = state.service.accept_exec(&principal, &id, exec).await?;
         if detached {
-            let run = state.service.detach(&id, accepted);
+            let run = state.service.detach(&id, accepted).await;
             return Ok((StatusCode::ACCEPTED, Json(run)).into_response());
         }
         Ok::<_, Failure>(dispatch(Arc::clone(&state.service), parts, accepted).await)

@@ -425,7 +425,7 @@ impl Service {
         };
         let exec = ExecRequest { detach: true, env: start.env, ..ExecRequest::command(command) };
         let accepted = self.accept_exec(principal, id, exec).await?;
-        Ok(self.detach(id, accepted))
+        Ok(self.detach(id, accepted).await)
     }
 
     /// Stops the run going on in sandbox `id` (`killed_by: cancelled`) and waits until its end
@@ -439,6 +439,8 @@ impl Service {
     /// there was either to stop.
     async fn stop_and_wait(&self, id: &str) -> bool {
         let restart_called_off = self.services.stop(id);
+        // At once, not when the run's end is seen: an agent stopped right after would leave it.
+        self.forget_service(id).await;
         let Some(run) = self.engine.current_run(id) else {
             return restart_called_off;
         };

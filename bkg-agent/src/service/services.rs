@@ -1,6 +1,8 @@
 //! A persistent sandbox's detached run as a service (`bkgr -d`): its health for `bkg status`,
 //! and, when its definition says `restart: on-failure`, started again after a failure (with a
-//! growing pause) until a stop ends it (`bkg stop`, a delete, the agent's shutdown).
+//! growing pause) until a stop ends it (`bkg stop`, a delete, the agent's shutdown). Such a
+//! service that the agent's stop or crash ended is started again by the next agent
+//! (`resume_services`, store/services.rs).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -77,15 +79,18 @@ impl Services {
 /// How a service's run ended, as far as restarting goes.
 enum Ending {
     Success,
-    /// Stopped by a caller or the agent's shutdown: never restarted.
+    /// Stopped by a caller: never restarted.
     Stopped,
+    /// Ended by the agent's stop: not restarted by this agent, but by the next.
+    AgentStopped,
     Failure(Option<i32>),
 }
 
 fn ending_of(outcome: &Result<OpResult<bkg_schema::RunResult>, tokio::task::JoinError>) -> Ending {
     match outcome {
         Ok(Ok(result)) => match result.killed_by {
-            Some(KilledBy::Cancelled | KilledBy::Shutdown | KilledBy::Interrupted) => Ending::Stopped,
+            Some(KilledBy::Cancelled) => Ending::Stopped,
+            Some(KilledBy::Shutdown | KilledBy::Interrupted) => Ending::AgentStopped,
             Some(_) => Ending::Failure(result.exit_code),
             None if result.exit_code == Some(0) => Ending::Success,
             None => Ending::Failure(result.exit_code),
@@ -97,11 +102,13 @@ fn ending_of(outcome: &Result<OpResult<bkg_schema::RunResult>, tokio::task::Join
 impl Service {
     /// Starts an accepted exec of sandbox `id` and returns at once; its output goes to the
     /// sandbox's log, and it is supervised as the sandbox's service.
-    pub fn detach(self: &Arc<Self>, sandbox_id: &str, accepted: Accepted) -> DetachedRun {
+    pub async fn detach(self: &Arc<Self>, sandbox_id: &str, accepted: Accepted) -> DetachedRun {
         let run_id = accepted.run_id().to_owned();
         let principal = accepted.principal().clone();
         let exec = accepted.exec().cloned();
         let restart = accepted.restart();
+        // Before it can be stopped, so a stop's forgetting comes after.
+        self.remember_service(sandbox_id, &principal, exec.as_ref()).await;
         let stopped = self.services.begin(sandbox_id, restart);
         let task = self.start(accepted, mpsc::channel(1).1, None);
         tokio::spawn(Arc::clone(self).supervise(sandbox_id.to_owned(), principal, exec, task, stopped));
@@ -126,10 +133,15 @@ impl Service {
             };
             let exit_code = match ending {
                 Ending::Failure(code) => code,
+                Ending::AgentStopped => {
+                    self.services.update(&id, |health| health.state = ServiceState::Stopped);
+                    return;
+                }
                 Ending::Success | Ending::Stopped => {
                     let state =
                         if matches!(ending, Ending::Stopped) { ServiceState::Stopped } else { ServiceState::Exited };
                     self.services.update(&id, |health| health.state = state);
+                    self.forget_service(&id).await;
                     return;
                 }
             };
@@ -138,9 +150,11 @@ impl Service {
                     health.state = if *stopped.borrow() { ServiceState::Stopped } else { ServiceState::Exited };
                     health.last_exit_code = exit_code;
                 });
+                self.forget_service(&id).await;
                 return;
             };
             if self.engine.is_closing() {
+                // It failed as the agent stopped: the next agent starts it again.
                 self.services.update(&id, |health| health.state = ServiceState::Stopped);
                 return;
             }
@@ -149,9 +163,15 @@ impl Service {
                 health.last_exit_code = exit_code;
             });
             tracing::info!(sandbox = %id, ?exit_code, pause_ms = pause.as_millis() as u64, "service failed; restarting");
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                _ = stopped.wait_for(|stopped| *stopped) => return,
+            let stopped_meanwhile = tokio::select! {
+                () = tokio::time::sleep(pause) => false,
+                _ = stopped.wait_for(|stopped| *stopped) => true,
+            };
+            if stopped_meanwhile {
+                if !self.engine.is_closing() {
+                    self.forget_service(&id).await;
+                }
+                return;
             }
             pause = (pause * 2).min(LONGEST_PAUSE);
             let accepted = match self.accept_exec(&principal, &id, exec).await {
@@ -159,6 +179,7 @@ impl Service {
                 Err(error) => {
                     tracing::warn!(sandbox = %id, %error, "the service could not be started again");
                     self.services.update(&id, |health| health.state = ServiceState::Exited);
+                    self.forget_service(&id).await;
                     return;
                 }
             };
@@ -174,6 +195,68 @@ impl Service {
                 run.stop();
             }
         }
+    }
+
+    /// Records sandbox `id`'s service for the next agent when its sandbox restarts it on failure
+    /// and nothing of its command goes unstored (one-off environment values are never stored);
+    /// otherwise forgets an earlier one of the sandbox.
+    async fn remember_service(&self, id: &str, principal: &Principal, exec: Option<&ExecRequest>) {
+        let restart = match self.store.get_sandbox(id).await {
+            Ok(Some(stored)) => stored.definition.restart,
+            _ => RestartPolicy::No,
+        };
+        let recorded = match exec.filter(|exec| restart == RestartPolicy::OnFailure && exec.env.is_empty()) {
+            Some(exec) => self.store.service_started(id, exec, &principal.actor()).await,
+            None => self.store.service_ended(id).await,
+        };
+        if let Err(error) = recorded {
+            tracing::warn!(sandbox = %id, %error, "could not record the service for the next agent");
+        }
+    }
+
+    pub(super) async fn forget_service(&self, id: &str) {
+        if let Err(error) = self.store.service_ended(id).await {
+            tracing::warn!(sandbox = %id, %error, "could not forget the service");
+        }
+    }
+
+    /// Starts again the services the last agent left running (its stop or crash ended them), each
+    /// as the caller who started it, if that caller may still: a local user still in the
+    /// socket's group, a key still valid. One that cannot start is forgotten, with a warning.
+    pub async fn resume_services(self: &Arc<Self>, access: &crate::auth::local::LocalAccess) {
+        let left = match self.store.left_services().await {
+            Ok(left) => left,
+            Err(error) => {
+                tracing::error!(%error, "could not read the services to start again");
+                return;
+            }
+        };
+        tracing::info!(services = left.len(), "services the last agent left");
+        for service in left {
+            let started = match self.principal_of(access, &service.actor).await {
+                Some(principal) => match self.accept_exec(&principal, &service.sandbox_id, service.exec).await {
+                    Ok(accepted) => Ok(self.detach(&service.sandbox_id, accepted).await),
+                    Err(error) => Err(error.to_string()),
+                },
+                None => Err(format!("{} may no longer start it", service.actor)),
+            };
+            match started {
+                Ok(run) => tracing::info!(sandbox = %service.sandbox_id, run = %run.run_id, "service started again"),
+                Err(error) => {
+                    tracing::warn!(sandbox = %service.sandbox_id, %error, "the service could not be started again");
+                    self.forget_service(&service.sandbox_id).await;
+                }
+            }
+        }
+    }
+
+    /// The caller an audit actor (`uid:N`, `key:ID`) names, as the agent would let them in now.
+    async fn principal_of(&self, access: &crate::auth::local::LocalAccess, actor: &str) -> Option<Principal> {
+        if let Some(uid) = actor.strip_prefix("uid:") {
+            return super::access::socket_principal(access, uid.parse().ok()?);
+        }
+        let key = self.store.get_key(actor.strip_prefix("key:")?).await.ok()??;
+        (key.revoked_at_ms.is_none() && key.expires_at_ms > crate::ids::now_ms()).then_some(Principal::Key(key))
     }
 
     /// The health of sandbox `id`'s service, with whether its forwarded ports accept connections.
