@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use bkg_schema::files::ExecutionStatus;
 use bkg_schema::{KilledBy, RunResult};
 
 /// The command did what it was asked.
@@ -44,6 +45,20 @@ fn of_run_end(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Optio
             (None, Some(signal)) => SIGNALLED + signal,
             (None, None) => BKG_FAILED,
         },
+    }
+}
+
+/// The exit code of `bkg exec` (and of `bkg repl` fed from a pipe) for an execution that ended
+/// with `status`: 0, 1 when the code raised, 130 interrupted; an interpreter that died takes
+/// the code of what killed it, as a run would (137 at its memory limit), else 1.
+pub fn of_execution(status: ExecutionStatus, killed_by: Option<KilledBy>) -> i32 {
+    match (status, killed_by) {
+        (ExecutionStatus::Ok, _) => SUCCESS,
+        (ExecutionStatus::Interrupted, _) => CANCELLED,
+        (ExecutionStatus::Died, Some(killed_by)) if killed_by != KilledBy::Disk => {
+            of_run_end(Some(killed_by), None, None)
+        }
+        (ExecutionStatus::Error | ExecutionStatus::Died, _) => NEGATIVE,
     }
 }
 
@@ -111,6 +126,26 @@ mod tests {
         ];
         for (killed_by, exit_code, signal, expected) in cases {
             assert_eq!(of_run_end(killed_by, exit_code, signal), expected, "{killed_by:?} {exit_code:?} {signal:?}");
+        }
+    }
+
+    #[test]
+    fn every_way_an_execution_ends_has_its_documented_exit_code() {
+        use ExecutionStatus::{Died, Error, Interrupted, Ok};
+        let cases = [
+            (Ok, None, 0),
+            (Error, None, 1),
+            (Interrupted, None, 130),
+            (Died, Some(KilledBy::Memory), 137),
+            (Died, Some(KilledBy::Pids), 137),
+            (Died, Some(KilledBy::Timeout), 124),
+            (Died, Some(KilledBy::Cancelled), 130),
+            (Died, Some(KilledBy::Shutdown), 143),
+            (Died, Some(KilledBy::Disk), 1),
+            (Died, None, 1),
+        ];
+        for (status, killed_by, expected) in cases {
+            assert_eq!(of_execution(status, killed_by), expected, "{status:?} {killed_by:?}");
         }
     }
 }

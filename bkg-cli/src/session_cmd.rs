@@ -10,7 +10,7 @@ use bkg_schema::files::{ExecuteRequest, ExecutionStatus, NewSession, SessionEven
 
 use crate::args::{ExecArgs, ProjectArgs, ReplArgs};
 use crate::client::{AgentClient, api_error};
-use crate::exit::{CANCELLED, CliError, NEGATIVE, SUCCESS};
+use crate::exit::{CliError, SUCCESS};
 use crate::out::Printer;
 use crate::settings::Settings;
 
@@ -81,17 +81,12 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
         }
     };
     ensure_session(&client, (&args.name, &id), session, language(args.language.as_deref())?).await?;
-    let (status, _) = execute(&client, &id, session, &code, settings.out).await?;
-    Ok(exit_code(status))
+    let (ended, _) = execute(&client, &id, session, &code, settings.out).await?;
+    Ok(crate::exit::of_execution(ended.0, ended.1))
 }
 
-fn exit_code(status: ExecutionStatus) -> i32 {
-    match status {
-        ExecutionStatus::Ok => SUCCESS,
-        ExecutionStatus::Error | ExecutionStatus::Died => NEGATIVE,
-        ExecutionStatus::Interrupted => CANCELLED,
-    }
-}
+/// How an execution ended: its status and, when its interpreter died, what killed it.
+type Ended = (ExecutionStatus, Option<bkg_schema::KilledBy>);
 
 /// Runs `code` in the session and prints its events as they come; Ctrl-C interrupts it. Says
 /// too whether its printed output ended mid-line.
@@ -101,7 +96,7 @@ async fn execute(
     session: &str,
     code: &str,
     out: Printer,
-) -> Result<(ExecutionStatus, bool), CliError> {
+) -> Result<(Ended, bool), CliError> {
     let path = format!("/api/v1/sandboxes/{id}/sessions/{session}/execute");
     let request = client.http().post(client.url(&path)).json(&ExecuteRequest { code: code.to_owned() });
     // An execution may rightly run long: no patience bound on its answer.
@@ -143,19 +138,19 @@ async fn execute(
             } else if matches!(event, SessionEvent::Result { .. } | SessionEvent::Display { .. }) {
                 mid_line = false;
             }
-            if let Some(status) = show(&event, out)? {
-                return Ok((status, mid_line && !out.is_json()));
+            if let Some(ended) = show(&event, out)? {
+                return Ok((ended, mid_line && !out.is_json()));
             }
         }
     }
 }
 
-/// Prints one event; the execution's status when it is the end.
-fn show(event: &SessionEvent, out: Printer) -> Result<Option<ExecutionStatus>, CliError> {
+/// Prints one event; how the execution ended when it is the end.
+fn show(event: &SessionEvent, out: Printer) -> Result<Option<Ended>, CliError> {
     if out.is_json() {
         out.json(event)?;
         return Ok(match event {
-            SessionEvent::End { status, .. } => Some(*status),
+            SessionEvent::End { status, killed_by, .. } => Some((*status, *killed_by)),
             _ => None,
         });
     }
@@ -191,7 +186,7 @@ fn show(event: &SessionEvent, out: Printer) -> Result<Option<ExecutionStatus>, C
                 )),
                 ExecutionStatus::Ok | ExecutionStatus::Error => {}
             }
-            return Ok(Some(*status));
+            return Ok(Some((*status, *killed_by)));
         }
     }
     Ok(None)
@@ -221,9 +216,9 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
         if code.trim().is_empty() {
             continue;
         }
-        let (status, mid_line) = execute(&client, &id, &args.session, &code, out).await?;
+        let ((status, killed_by), mid_line) = execute(&client, &id, &args.session, &code, out).await?;
         if piped && worst == SUCCESS {
-            worst = exit_code(status);
+            worst = crate::exit::of_execution(status, killed_by);
         }
         if mid_line {
             // The prompt redraws its line: output left without a newline would be wiped.

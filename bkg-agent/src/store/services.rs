@@ -47,10 +47,14 @@ impl Store {
         self.with(move |db| {
             let mut statement = db.prepare("SELECT sandbox_id, exec, actor FROM services ORDER BY sandbox_id")?;
             let rows = statement
-                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)))?
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|(sandbox_id, exec, actor)| Ok(LeftService { sandbox_id, exec: serde_json::from_str(&exec)?, actor }))
+                .map(|(sandbox_id, exec, actor)| {
+                    Ok(LeftService { sandbox_id, exec: serde_json::from_str(&exec)?, actor })
+                })
                 .collect()
         })
         .await
