@@ -128,7 +128,7 @@ impl Service {
         let engine = Arc::clone(&self.engine);
         let running = tokio::spawn(async move { engine.run(ticket, install, input, Some(lines_tx)).await });
         let mut tail = VecDeque::new();
-        let mut tracebacks = Tracebacks::default();
+        let mut noise = InstallerNoise::default();
         let mut partial = Vec::new();
         while let Some(event) = lines_rx.recv().await {
             let (RunOutput::Stdout(bytes) | RunOutput::Stderr(bytes)) = event else { continue };
@@ -136,7 +136,7 @@ impl Service {
             while let Some(end) = partial.iter().position(|byte| *byte == b'\n') {
                 let line: Vec<u8> = partial.drain(..=end).collect();
                 let line = String::from_utf8_lossy(&line).trim_end().to_owned();
-                if line.is_empty() || !tracebacks.keeps(&line) {
+                if line.is_empty() || !noise.keeps(&line) {
                     continue;
                 }
                 progress(line.clone());
@@ -210,33 +210,48 @@ impl Service {
     }
 }
 
-/// What an installer's Python traceback leaves of itself in what bkg shows: the exception each
-/// ends with, not its frames (pip prints one for a requirement it cannot parse).
+/// What bkg shows of an installer's output, which keeps its last lines: of a Python traceback
+/// (pip prints one for a requirement it cannot parse) the exception it ends with, not its
+/// frames; of npm's error, not the usage of the command that follows it (`npm ci`'s is longer
+/// than the lines kept, and pushed out the reason, such as a package-lock.json out of sync),
+/// its bare `npm error` lines or where its log went inside the install sandbox.
 #[derive(Default)]
-struct Tracebacks {
-    inside: bool,
+struct InstallerNoise {
+    in_traceback: bool,
+    in_npm_usage: bool,
 }
 
-impl Tracebacks {
+impl InstallerNoise {
     fn keeps(&mut self, line: &str) -> bool {
+        if self.in_npm_usage {
+            self.in_npm_usage = !line.starts_with("npm error Run \"npm help");
+            return false;
+        }
+        if line == "npm error Usage:" {
+            self.in_npm_usage = true;
+            return false;
+        }
+        if line == "npm error" || line.starts_with("npm error A complete log of this run can be found in") {
+            return false;
+        }
         if line.starts_with("Traceback (most recent call last):")
             || line.starts_with("During handling of the above exception")
             || line.starts_with("The above exception was the direct cause")
         {
-            self.inside = true;
+            self.in_traceback = true;
             return false;
         }
-        if self.inside && line.starts_with(char::is_whitespace) {
+        if self.in_traceback && line.starts_with(char::is_whitespace) {
             return false;
         }
-        self.inside = false;
+        self.in_traceback = false;
         true
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Tracebacks;
+    use super::InstallerNoise;
 
     #[test]
     fn a_traceback_is_shown_as_the_exception_it_ends_with() {
@@ -253,8 +268,8 @@ mod tests {
             "ValueError: no",
             "  indented, but no longer a frame",
         ];
-        let mut tracebacks = Tracebacks::default();
-        let kept: Vec<&str> = pip.into_iter().filter(|line| tracebacks.keeps(line)).collect();
+        let mut noise = InstallerNoise::default();
+        let kept: Vec<&str> = pip.into_iter().filter(|line| noise.keeps(line)).collect();
         assert_eq!(
             kept,
             [
@@ -262,6 +277,45 @@ mod tests {
                 "pip._vendor.packaging.markers.InvalidMarker: Invalid marker: 'rm'",
                 "ValueError: no",
                 "  indented, but no longer a frame"
+            ]
+        );
+    }
+
+    /// npm 10's own output for a package-lock.json out of sync with its package.json (cut in
+    /// the middle of its option list).
+    #[test]
+    fn npm_s_reason_is_kept_and_the_usage_after_it_is_not() {
+        let npm = [
+            "npm error code EUSAGE",
+            "npm error",
+            "npm error `npm ci` can only install packages when your package.json and package-lock.json or npm-shrinkwrap.json are in sync. Please update your lock file with `npm install` before continuing.",
+            "npm error",
+            "npm error Invalid: lock file's ms@2.1.2 does not satisfy ms@2.1.3",
+            "npm error",
+            "npm error Clean install a project",
+            "npm error",
+            "npm error Usage:",
+            "npm error npm ci",
+            "npm error",
+            "npm error Options:",
+            "npm error [--install-strategy <hoisted|nested|shallow|linked>] [--legacy-bundling]",
+            "npm error   --install-links",
+            "npm error     When set file: protocol dependencies will be packed and installed as",
+            "npm error",
+            "npm error aliases: clean-install, ic, install-clean, isntall-clean",
+            "npm error",
+            "npm error Run \"npm help ci\" for more info",
+            "npm error A complete log of this run can be found in: /tmp/npm-cache/_logs/2026-12-03T12_11_25_286Z-debug-0.log",
+        ];
+        let mut noise = InstallerNoise::default();
+        let kept: Vec<&str> = npm.into_iter().filter(|line| noise.keeps(line)).collect();
+        assert_eq!(
+            kept,
+            [
+                "npm error code EUSAGE",
+                "npm error `npm ci` can only install packages when your package.json and package-lock.json or npm-shrinkwrap.json are in sync. Please update your lock file with `npm install` before continuing.",
+                "npm error Invalid: lock file's ms@2.1.2 does not satisfy ms@2.1.3",
+                "npm error Clean install a project",
             ]
         );
     }
