@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use bkg_cli::shared::{
-    AgentClient, Bkgr as Args, CliError, Endpoint, LimitArgs, LimitsFrom, Output, Printer, SUCCESS, Stdin,
-    bkgr_command, define, definition, denial_lines, exit_code_of_run, limit_overrides, load_cave, project_dir,
-    reason_line, run_streamed, unknown_sandbox,
+    AgentClient, Bkgr as Args, CliError, Endpoint, LimitsFrom, Output, Printer, SUCCESS, Stdin, bkgr_command, define,
+    definition, denial_lines, exit_code_of_run, limit_overrides, load_cave, project_dir, reason_line, run_streamed,
+    unknown_sandbox,
 };
 use bkg_schema::LimitOverrides;
 use bkg_schema::cave::SandboxSpec;
@@ -35,6 +35,8 @@ async fn run(args: Args) -> Result<i32, CliError> {
         None => cave.sandboxes.iter().collect(),
     };
 
+    // The flags hold for these runs only: the sandboxes keep cave.yaml's limits.
+    let one_off = limit_overrides(&args.limits)?;
     let mut runs = Vec::new();
     let mut left_out = Vec::new();
     for (name, spec) in &selected {
@@ -53,8 +55,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
             left_out.push(missing);
             continue;
         };
-        let mut definition = definition(&cave, &project, name, spec, args.allow_outside)?;
-        over(&mut definition.limits, &args.limits)?;
+        let definition = definition(&cave, &project, name, spec, args.allow_outside)?;
         runs.push((definition, with_args(command, &args.args)));
     }
 
@@ -71,12 +72,12 @@ async fn run(args: Args) -> Result<i32, CliError> {
     for (definition, _) in &runs {
         define(&client, definition).await?;
     }
-    let limits_from = LimitsFrom::CaveOrFlags(limit_overrides(&args.limits)?);
+    let limits_from = LimitsFrom::CaveOrFlags(one_off);
 
     if args.detach {
         for (definition, command) in runs {
             let id = sandbox_id(&definition.project_dir, &definition.name);
-            let request = ExecRequest { detach: true, ..ExecRequest::command(command) };
+            let request = ExecRequest { detach: true, limits: one_off, ..ExecRequest::command(command) };
             let detached: DetachedRun = client.post_json(&format!("/api/v1/sandboxes/{id}/exec"), &request).await?;
             out.line(format_args!("{}\t{}", definition.name, detached.run_id));
         }
@@ -86,7 +87,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
     // One named sandbox runs in the foreground with our stdin; without a name every sandbox
     // runs at once, like a Procfile runner, each line after its sandbox's name.
     if let (Some(_), [(definition, command)]) = (&args.name, runs.as_slice()) {
-        let result = exec(&client, definition, command, Output::Raw, Stdin::Relay).await?;
+        let result = exec(&client, (definition, one_off), command, Output::Raw, Stdin::Relay).await?;
         if let Some(reason) = reason_line(&result, limits_from) {
             out.note(format_args!("{}: {reason}", definition.name));
         }
@@ -103,7 +104,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
         let client = AgentClient::new(&endpoint)?;
         let prefix = format!("{:<width$}", definition.name);
         tasks.spawn(async move {
-            let outcome = exec(&client, &definition, &command, Output::Prefixed(prefix), Stdin::Empty).await;
+            let outcome = exec(&client, (&definition, one_off), &command, Output::Prefixed(prefix), Stdin::Empty).await;
             (definition.name, outcome)
         });
     }
@@ -131,13 +132,13 @@ async fn run(args: Args) -> Result<i32, CliError> {
 
 async fn exec(
     client: &AgentClient,
-    definition: &SandboxDefinition,
+    (definition, limits): (&SandboxDefinition, LimitOverrides),
     command: &str,
     output: Output,
     stdin: Stdin,
 ) -> Result<bkg_schema::RunResult, CliError> {
     let id = sandbox_id(&definition.project_dir, &definition.name);
-    let request = ExecRequest::command(command);
+    let request = ExecRequest { limits, ..ExecRequest::command(command) };
     run_streamed(
         client,
         &format!("/api/v1/sandboxes/{id}/exec"),
@@ -146,22 +147,6 @@ async fn exec(
         stdin,
     )
     .await
-}
-
-/// The limit flags of the command line, over those of cave.yaml.
-fn over(limits: &mut LimitOverrides, flags: &LimitArgs) -> Result<(), CliError> {
-    let given = limit_overrides(flags)?;
-    for (limit, value) in [
-        (&mut limits.cpu_millis, given.cpu_millis),
-        (&mut limits.memory_bytes, given.memory_bytes),
-        (&mut limits.timeout_ms, given.timeout_ms),
-        (&mut limits.disk_bytes, given.disk_bytes),
-    ] {
-        if value.is_some() {
-            *limit = value;
-        }
-    }
-    Ok(())
 }
 
 /// The script's command with the arguments after `--`, each quoted for `/bin/sh -c`.

@@ -190,6 +190,23 @@ pub struct LimitOverrides {
     pub pids: Option<u64>,
 }
 
+impl LimitOverrides {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// These overrides over `base`'s: each limit this one sets wins.
+    pub fn over(self, base: LimitOverrides) -> LimitOverrides {
+        LimitOverrides {
+            cpu_millis: self.cpu_millis.or(base.cpu_millis),
+            memory_bytes: self.memory_bytes.or(base.memory_bytes),
+            timeout_ms: self.timeout_ms.or(base.timeout_ms),
+            disk_bytes: self.disk_bytes.or(base.disk_bytes),
+            pids: self.pids.or(base.pids),
+        }
+    }
+}
+
 /// A file placed in the sandbox before the code starts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -172,12 +172,23 @@ pub struct ExecRequest {
     /// sandbox's main language.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<Language>,
+    /// Limits over the sandbox's for this run only (`bkgr NAME --memory 1GiB`): the sandbox's
+    /// own stay as its definition says. A service started again after a failure keeps them.
+    #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
+    pub limits: LimitOverrides,
 }
 
 impl ExecRequest {
-    /// `command` alone: attached, with no environment, stdin or language of its own.
+    /// `command` alone: attached, with no environment, stdin, language or limits of its own.
     pub fn command(command: impl Into<String>) -> Self {
-        Self { command: command.into(), detach: false, env: BTreeMap::new(), stdin_base64: None, language: None }
+        Self {
+            command: command.into(),
+            detach: false,
+            env: BTreeMap::new(),
+            stdin_base64: None,
+            language: None,
+            limits: LimitOverrides::default(),
+        }
     }
 }
 

@@ -434,6 +434,36 @@ fn exec_sees_an_edited_cave_yaml_and_an_unchanged_definition_is_not_audited_agai
     assert_eq!(definitions(), 2, "the edited definition was given once");
 }
 
+/// `bkgr NAME --memory …` holds for that run (and a detached one's restarts) only: the
+/// sandbox's limits stay cave.yaml's, in `bkg status` and for the next plain `bkgr`.
+#[test]
+fn limit_flags_of_bkgr_hold_for_that_run_only() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    write(
+        &dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  box:\n    type: python\n    limits: { memory: 128MiB }\n    scripts:\n      start: 'true'\n",
+    );
+    let status = || {
+        let output = agent.bkg_in(dir, &["status", "box", "--json"]);
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("status JSON")
+    };
+    let mib = 1024 * 1024;
+    for args in [&["box", "--memory", "256MiB"][..], &["-d", "box", "--memory", "256MiB"][..]] {
+        let run = agent.bkgr(dir, args);
+        assert_eq!(code(&run), 0, "{args:?}: {}", stderr(&run));
+        agent.wait_idle();
+        let info = status();
+        assert_eq!(info["limits"]["memory_bytes"], 128 * mib, "{args:?}: the sandbox's own: {info}");
+        assert_eq!(info["last_run"]["limits"]["memory_bytes"], 256 * mib, "{args:?}: the run's: {info}");
+    }
+    let plain = agent.bkgr(dir, &["box"]);
+    assert_eq!(code(&plain), 0, "{}", stderr(&plain));
+    assert_eq!(status()["last_run"]["limits"]["memory_bytes"], 128 * mib, "the next plain run has cave.yaml's");
+}
+
 /// A bkgr whose run another terminal stops says what may have stopped it, not just "cancelled".
 #[test]
 fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {

@@ -368,6 +368,7 @@ impl Service {
         // The paths are opened again for every run: they may have changed since the definition.
         let (mut opened, mapped_owner) = self.open_host_paths(principal, &stored.definition)?;
         may_forward_ports(principal, &stored.definition.ports)?;
+        opened.limits = exec.limits.over(opened.limits);
         if timeout_ms.is_some() {
             opened.limits.timeout_ms = timeout_ms;
         }
