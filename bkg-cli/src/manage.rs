@@ -191,7 +191,7 @@ fn describe(info: &SandboxInfo) -> String {
             format_size(limits.disk_bytes)
         ),
     );
-    line("disk on host", format_size(info.disk_bytes_allocated));
+    line("disk holds", format_size(info.disk_bytes_allocated));
     if let Some(service) = &info.service {
         let mut health = service_word(service.state).to_owned();
         if service.restart == RestartPolicy::OnFailure {

@@ -142,8 +142,9 @@ pub struct SandboxInfo {
     /// transfer (those are listed with the runs).
     pub last_run: Option<RunRecord>,
     pub created_at_ms: u64,
-    /// Space the sandbox's disk image takes on the host: the blocks its files have used. The
-    /// image is sparse and only grows: deleting files in the sandbox does not give them back.
+    /// What the sandbox's disk holds: the blocks its filesystem has written (its metadata and
+    /// every block its files have used); deleting files in the sandbox does not lower it. The
+    /// host keeps the disk's whole size (`limits.disk_bytes`) reserved for it.
     pub disk_bytes_allocated: u64,
     /// Its detached run's health, since this agent started one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

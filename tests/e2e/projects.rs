@@ -464,6 +464,32 @@ fn limit_flags_of_bkgr_hold_for_that_run_only() {
     assert_eq!(status()["last_run"]["limits"]["memory_bytes"], 128 * mib, "the next plain run has cave.yaml's");
 }
 
+/// `bkg status` shows what a sandbox's disk holds, not the host space reserved for all of it.
+#[test]
+fn status_shows_what_the_disk_holds() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    write(
+        &dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: 'true'\n      \
+         fill: python3 -c \"open('/workspace/f', 'wb').write(b'x' * (40 << 20))\"\n",
+    );
+    let held = |script: &str| {
+        let run = agent.bkgr(dir, &["box", script]);
+        assert_eq!(code(&run), 0, "{}", stderr(&run));
+        agent.wait_idle();
+        let output = agent.bkg_in(dir, &["status", "box", "--json"]);
+        let info: serde_json::Value = serde_json::from_slice(&output.stdout).expect("status JSON");
+        info["disk_bytes_allocated"].as_u64().unwrap_or_default()
+    };
+    let mib = 1024 * 1024;
+    let empty = held("start");
+    assert!(empty < 16 * mib, "a fresh 500MiB disk holds {empty} bytes");
+    let filled = held("fill");
+    assert!(filled >= empty + 40 * mib && filled < 100 * mib, "after 40MiB written: {filled} bytes");
+}
+
 /// A bkgr whose run another terminal stops says what may have stopped it, not just "cancelled".
 #[test]
 fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {

@@ -200,18 +200,10 @@ fn copy_sparse(template: &Path, image: &Path, bytes: u64) -> Result<(), DiskErro
     target.set_len(bytes).map_err(io_error("size the disk image"))?;
     reserve(&target, image, bytes)?;
     let mut buffer = vec![0u8; 64 * 1024];
-    let mut offset: i64 = 0;
-    loop {
-        let data = match lseek(&source, offset, Whence::SeekData) {
-            Ok(data) => data,
-            // ENXIO: no data at or after `offset`.
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(errno) => return Err(io_error("find the template's data")(errno.into())),
-        };
-        let hole = lseek(&source, data, Whence::SeekHole).map_err(|errno| io_error("find a hole")(errno.into()))?;
-        let mut position = data as u64;
-        while position < hole as u64 {
-            let want = buffer.len().min((hole as u64 - position) as usize);
+    for (data, hole) in data_ranges(&source)? {
+        let mut position = data;
+        while position < hole {
+            let want = buffer.len().min((hole - position) as usize);
             let read = source.read_at(&mut buffer[..want], position).map_err(io_error("read the template"))?;
             if read == 0 {
                 break;
@@ -219,9 +211,35 @@ fn copy_sparse(template: &Path, image: &Path, bytes: u64) -> Result<(), DiskErro
             target.write_all_at(&buffer[..read], position).map_err(io_error("write the disk image"))?;
             position += read as u64;
         }
-        offset = hole;
     }
     Ok(())
+}
+
+/// The ranges `[start, end)` of `file` that hold data. A block reserved (`reserve`) but never
+/// written counts as a hole, as it reads as zeros.
+fn data_ranges(file: &File) -> Result<Vec<(u64, u64)>, DiskError> {
+    let mut ranges = Vec::new();
+    let mut offset: i64 = 0;
+    loop {
+        let data = match lseek(file, offset, Whence::SeekData) {
+            Ok(data) => data,
+            // ENXIO: no data at or after `offset`.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(errno) => return Err(io_error("find a file's data")(errno.into())),
+        };
+        let hole = lseek(file, data, Whence::SeekHole).map_err(|errno| io_error("find a hole")(errno.into()))?;
+        ranges.push((data as u64, hole as u64));
+        offset = hole;
+    }
+    Ok(ranges)
+}
+
+/// The bytes of the disk image at `path` its filesystem has written so far (its metadata and
+/// every block its files have used; blocks freed inside stay counted): what the disk holds,
+/// where the host space it takes is its whole size, reserved. 0 when it cannot be read.
+pub fn written_bytes(path: &Path) -> u64 {
+    let ranges = File::open(path).map_err(io_error("open")).and_then(|file| data_ranges(&file));
+    ranges.map(|ranges| ranges.iter().map(|(data, hole)| hole - data).sum()).unwrap_or(0)
 }
 
 /// Reserves on the host every block of the `bytes` long image `file` (at `path`), so that no
@@ -374,6 +392,10 @@ mod tests {
         let bytes = 64 * 1024 * 1024;
         let image = dir.path().join("disk.img");
         templates.make_image(&image, bytes).await.expect("image");
+        // What the disk holds is what was written into it, not what is reserved. (Before the
+        // reads below: a reserved block read through the page cache counts as data.)
+        assert_eq!(written_bytes(&image), written_bytes(&templates.path_of(bytes)));
+        assert!(written_bytes(&image) < bytes / 16, "{} bytes written", written_bytes(&image));
         let copy = std::fs::read(&image).expect("read the copy");
         let template = std::fs::read(templates.path_of(bytes)).expect("read the template");
         assert_eq!(copy.len() as u64, bytes);

@@ -106,8 +106,7 @@ impl Service {
         let current_run = self.engine.current_run(&id).map(|run| run.run_id.clone());
         let limits = self.engine.config.default_limits.with(&definition.limits);
         let image = self.engine.sandbox_home(&definition.namespace, &id).disk_image();
-        let disk_bytes_allocated =
-            std::fs::metadata(image).map(|meta| std::os::unix::fs::MetadataExt::blocks(&meta) * 512).unwrap_or(0);
+        let disk_bytes_allocated = crate::engine::disk::written_bytes(&image);
         Ok(SandboxInfo {
             state: if current_run.is_some() { SandboxState::Running } else { SandboxState::Idle },
             id,
