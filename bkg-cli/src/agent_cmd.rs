@@ -170,17 +170,26 @@ pub fn describe(info: &AgentInfo) -> String {
     line(
         "runs",
         format!(
-            "{} active · {} warm sandboxes · {} cleanups pending",
-            info.active_runs, info.warm_sandboxes, info.pending_cleanups
+            "{} active of {} at once · {} waiting of {} · {} cleanups pending",
+            info.active_runs, info.max_running_runs, info.queued_runs, info.max_queued_runs, info.pending_cleanups
+        ),
+    );
+    line(
+        "disk",
+        format!(
+            "{} of {} given to live sandboxes (--disk-budget)",
+            format_size(info.disk_in_use_bytes),
+            format_size(info.disk_budget_bytes)
         ),
     );
     line(
         "warm pool",
         format!(
-            "{} of {} prepared · {} of memory · {} runs took an interpreter started ahead",
+            "{} of {} prepared · memory {} of {} · {} runs took an interpreter started ahead",
             info.warm_sandboxes,
             info.warm_target,
             format_size(info.warm_memory_bytes),
+            format_size(info.warm_memory_limit_bytes),
             info.prestarted_runs
         ),
     );

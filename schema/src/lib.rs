@@ -559,6 +559,21 @@ pub struct AgentInfo {
     /// Each prepared sandbox of the warm pool, oldest first.
     #[serde(default)]
     pub warm_pool: Vec<WarmSandbox>,
+    /// `--warm-pool-memory`: the memory the warm pool may hold before it stops growing.
+    #[serde(default)]
+    pub warm_memory_limit_bytes: u64,
+    /// Runs waiting for a place now; at most `max_queued_runs` wait, `max_running_runs` run.
+    #[serde(default)]
+    pub queued_runs: usize,
+    #[serde(default)]
+    pub max_running_runs: usize,
+    #[serde(default)]
+    pub max_queued_runs: usize,
+    /// The disk limits of the live sandboxes (warm ones too), summed, and `--disk-budget`.
+    #[serde(default)]
+    pub disk_in_use_bytes: u64,
+    #[serde(default)]
+    pub disk_budget_bytes: u64,
     /// Runs, since the agent started, whose script was given to an interpreter started ahead in
     /// a warm sandbox instead of a fresh one (docs/testing.md, "The zygote").
     #[serde(default)]

@@ -191,6 +191,16 @@ fn agent_status_start_and_stop() {
     let status = agent.status_json();
     assert_eq!(status["running"], true);
     assert_eq!(status["default_limits"]["timeout_ms"], 60_000);
+    // The bounds the agent runs under, from its flags' defaults, once its pool is full.
+    agent.wait_warm(1);
+    let status = agent.status_json();
+    assert_eq!(status["max_queued_runs"], 256, "{status}");
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    assert_eq!(status["max_running_runs"], 4 * cpus, "{status}");
+    assert_eq!(status["queued_runs"], 0, "{status}");
+    assert!(status["disk_budget_bytes"].as_u64().is_some_and(|budget| budget > 0), "{status}");
+    assert_eq!(status["disk_in_use_bytes"], 500 * 1024 * 1024, "the warm sandbox's disk: {status}");
+    assert!(status["warm_memory_limit_bytes"].as_u64().is_some_and(|bound| bound > 0), "{status}");
     assert!(status["cgroup_version"].as_str().is_some_and(|v| v.contains('v') || v.contains('V')));
 
     // A run going on holds the agent for its 5 s grace after it stops listening: `stop` returns

@@ -134,6 +134,12 @@ impl Capacity {
         self.config
     }
 
+    /// Runs waiting for a place now, and the disk given to live sandboxes now.
+    pub fn load(&self) -> (usize, u64) {
+        let queued = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).queued;
+        (queued, *self.disk_in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
     /// Waits for a place for a run of `namespace`; refused at once when the queue is full.
     pub async fn wait_turn(&self, namespace: &str) -> Result<Turn<'_>, CapacityError> {
         let woken = {

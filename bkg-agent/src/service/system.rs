@@ -164,6 +164,8 @@ impl Service {
         require_admin(principal, AdminTask::ReadAgent)?;
         let engine = &self.engine;
         let warm_pool = engine.warm_pool();
+        let (queued_runs, disk_in_use_bytes) = engine.capacity.load();
+        let bounds = engine.capacity.config();
         Ok(AgentInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             commit: env!("BKG_COMMIT").to_owned(),
@@ -179,6 +181,12 @@ impl Service {
             warm_target: engine.warm_target(),
             warm_memory_bytes: warm_pool.iter().map(|sandbox| sandbox.memory_bytes).sum(),
             warm_pool,
+            warm_memory_limit_bytes: engine.config.warm_pool_memory,
+            queued_runs,
+            max_running_runs: bounds.max_running,
+            max_queued_runs: bounds.max_queued,
+            disk_in_use_bytes,
+            disk_budget_bytes: bounds.disk_budget,
             prestarted_runs: engine.prestarted_runs(),
             active_runs: engine.active_runs(),
             pending_cleanups: engine.cleanups_pending(),
