@@ -240,6 +240,37 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     assert_eq!(stdout(&listed).trim(), "[]", "a failed install leaves no environment");
 }
 
+/// An install the agent's stop cuts short (its index accepts connections and never answers, so
+/// pip waits) is the agent's stop, not a failed install of the run's packages.
+#[test]
+fn an_install_cut_short_by_the_agents_stop_is_not_a_failed_install() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a silent index");
+    let url = format!("http://127.0.0.1:{}/", silent.local_addr().expect("address").port());
+    let mut agent = Agent::start_with(AgentOptions {
+        extra_args: vec!["--package-index".into(), url],
+        ..AgentOptions::default()
+    });
+    let mut run = agent
+        .bkg()
+        .args(["exe", "--with", "six==1.17.0", "--type", "python", "-c", "print('ran')"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exe");
+    let mut said = BufReader::new(run.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    said.read_line(&mut first).expect("the install's first line");
+    assert!(first.starts_with("bkg: installing 1 Python package"), "{first}");
+    agent.stop();
+    let mut rest = String::new();
+    said.read_to_string(&mut rest).expect("the rest of stderr");
+    let status = run.wait().expect("bkg exe");
+    assert_eq!(status.code(), Some(125), "{rest}");
+    assert!(rest.contains("the agent is shutting down"), "{rest}");
+    assert!(!rest.contains("failed"), "{rest}");
+}
+
 /// Every file under `dir` (the agent's state, its log) that contains `needle`. Sandbox disk
 /// images are left out: they are the warm pool's fresh, empty disks, never records.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {

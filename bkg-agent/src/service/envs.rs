@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bkg_schema::Language;
+use bkg_schema::{KilledBy, Language};
 use bkg_schema::audit::ConfigChanged;
 use bkg_schema::envs::{EnvInfo, PruneRequest, PruneResult};
 use tokio::sync::mpsc;
@@ -152,7 +152,13 @@ impl Service {
         };
         let ended = match result {
             Ok((result, _nothing_kept)) if result.exit_code == Some(0) && result.killed_by.is_none() => None,
+            // Not the packages' fault: the run waiting for them is refused as the agent's stop.
+            Ok((result, _)) if matches!(result.killed_by, Some(KilledBy::Shutdown | KilledBy::Interrupted)) => {
+                envs.abandon_build(dirs);
+                return Err(RunError::Engine(crate::engine::EngineError::ShuttingDown));
+            }
             Ok((result, _nothing_kept)) => Some(match (result.killed_by, result.exit_code) {
+                (Some(KilledBy::Cancelled), _) => "it was cancelled".to_owned(),
                 (Some(limit), _) => format!("it was stopped by its {} limit", limit.as_str()),
                 (None, Some(code)) => format!("{installer} exited with code {code}"),
                 (None, None) => format!("{installer} was ended by signal {}", result.signal.unwrap_or_default()),
