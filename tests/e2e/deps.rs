@@ -246,10 +246,8 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
 fn an_install_cut_short_by_the_agents_stop_is_not_a_failed_install() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a silent index");
     let url = format!("http://127.0.0.1:{}/", silent.local_addr().expect("address").port());
-    let mut agent = Agent::start_with(AgentOptions {
-        extra_args: vec!["--package-index".into(), url],
-        ..AgentOptions::default()
-    });
+    let mut agent =
+        Agent::start_with(AgentOptions { extra_args: vec!["--package-index".into(), url], ..AgentOptions::default() });
     let mut run = agent
         .bkg()
         .args(["exe", "--with", "six==1.17.0", "--type", "python", "-c", "print('ran')"])

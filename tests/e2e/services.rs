@@ -226,6 +226,56 @@ fn exe_publishes_a_port_for_the_run_and_refuses_timeout_none() {
     );
 }
 
+/// `bkg logs -f` of a service follows it into each restart's run, and ends when it is stopped.
+#[test]
+fn logs_follow_a_service_across_its_restarts() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("attempt.py"),
+        "import os\nn = len(os.listdir('/workspace')) + 1\n\
+        open(f'/workspace/{n}', 'w').close()\nprint('attempt', n, flush=True)\nraise SystemExit(1)\n",
+    )
+    .expect("attempt.py");
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  flaky:\n    type: python\n    restart: on-failure\n    scripts:\n      \
+         start: python /project/attempt.py\n",
+    )
+    .expect("cave.yaml");
+    let started = agent.bkgr(dir, &["-d", "flaky"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    let mut follow = agent
+        .bkg()
+        .current_dir(dir)
+        .args(["logs", "flaky", "-f"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg logs -f");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        BufReader::new(stdout).lines().map_while(Result::ok).try_for_each(|line| lines_tx.send(line))
+    });
+    let mut seen = Vec::new();
+    // Attempts 2 and 3 start after pauses of 1 s and 2 s: the follow waits them out.
+    while seen.len() < 3 {
+        match lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => seen.push(line),
+            Err(error) => panic!("the follow gave no line ({error}) after {seen:?}"),
+        }
+    }
+    let first: u32 = seen[0].trim_start_matches("attempt ").parse().expect("an attempt");
+    assert_eq!(seen, (first..first + 3).map(|n| format!("attempt {n}")).collect::<Vec<_>>());
+    let stop = agent.bkg_in(dir, &["stop", "flaky"]);
+    assert_eq!(code(&stop), 0, "{}", stderr(&stop));
+    let status = poll("the follow to end with the service", || follow.try_wait().ok().flatten());
+    assert!(status.success(), "{status:?}");
+}
+
 /// A service that keeps failing waits between restarts; `bkg stop --all` stops it there too
 /// (it has no run then, but is not stopped), says it did, and no restart follows.
 #[test]

@@ -4,9 +4,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bkg_schema::{KilledBy, Language};
 use bkg_schema::audit::ConfigChanged;
 use bkg_schema::envs::{EnvInfo, PruneRequest, PruneResult};
+use bkg_schema::{KilledBy, Language};
 use tokio::sync::mpsc;
 
 use super::access::{AdminTask, require_admin};

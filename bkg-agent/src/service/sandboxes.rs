@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bkg_schema::RunRecord;
+use bkg_schema::egress::{ServiceHealth, ServiceState};
 use bkg_schema::sandbox::{
     DetachedRun, ExecRequest, NewSandbox, SandboxDefinition, SandboxInfo, SandboxState, StartRequest, is_dns_label,
     sandbox_id,
@@ -24,6 +25,7 @@ use super::runs::Accepted;
 use super::secrets::check_secret_names;
 use super::{OpError, OpResult, Service};
 use crate::auth::Principal;
+use crate::engine::Engine;
 use crate::engine::handle::{RunPhase, RunProgress, wait_until};
 use crate::engine::request::ValidatedRun;
 use crate::engine::run::RunError;
@@ -484,34 +486,76 @@ impl Service {
         Ok(self.store.last_run_of(id).await?)
     }
 
-    /// The newest run's log, read from its start; with `follow`, until that run ends.
+    /// The newest run's log, read from its start; with `follow`, until that run ends, or, for
+    /// a service its sandbox starts again after a failure, on into each restart's run until the
+    /// service ends.
     pub async fn sandbox_log(&self, principal: &Principal, id: &str, follow: bool) -> OpResult<LogTail> {
         let definition = self.visible_sandbox(principal, id).await?.definition;
         let log_dir = self.engine.sandbox_home(&definition.namespace, id).logs_dir();
-        // A run just accepted opens its log before it starts: the newest log is the one it opens.
-        if let Some(run) = self.engine.current_run(id) {
-            wait_until(run.watch(), RUN_PATIENCE, |progress| progress.phase >= RunPhase::Started).await;
-        }
-        let newest =
-            std::fs::read_dir(&log_dir).map(|entries| entries.flatten().map(|entry| entry.path()).max()).ok().flatten();
-        let Some(path) = newest else {
+        // Read first: a restart after this one is followed, the run below may be its.
+        let service = self.services.watch(id).filter(|_| follow);
+        let mut restarts = service.as_ref().map(|service| service.borrow().restarts).unwrap_or_default();
+        let Some((path, going_on)) = newest_log(&self.engine, id, &log_dir).await else {
             return Err(OpError::NotFound(format!("sandbox {} has not run yet", definition.name)));
         };
         let run_id = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
         // The run's progress while it goes on; a log of a run that has ended is read once.
-        let going_on = self.engine.current_run(id).filter(|run| follow && run.run_id == run_id).map(|run| run.watch());
+        let going_on = going_on.filter(|_| follow);
         let (sender, chunks) = mpsc::channel(16);
-        tokio::spawn(read_log(path, going_on, sender));
+        let engine = Arc::clone(&self.engine);
+        let id = id.to_owned();
+        let mut followed = run_id.clone();
+        tokio::spawn(async move {
+            read_log(path, going_on, &sender).await;
+            let Some(mut service) = service else { return };
+            loop {
+                let ended = |health: &ServiceHealth| {
+                    health.restarts > restarts || matches!(health.state, ServiceState::Stopped | ServiceState::Exited)
+                };
+                let restarted = tokio::select! {
+                    changed = service.wait_for(ended) => changed.is_ok_and(|health| health.restarts > restarts),
+                    () = sender.closed() => false,
+                };
+                if !restarted {
+                    return;
+                }
+                restarts = service.borrow().restarts;
+                let Some((path, going_on)) = newest_log(&engine, &id, &log_dir).await else { return };
+                let run_id = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+                // Already sent: the restart was counted after its run opened this log.
+                if run_id != followed {
+                    read_log(path, going_on, &sender).await;
+                    followed = run_id;
+                }
+            }
+        });
         // Opened with a key, a followed log is held to it, as the change feed is.
         Ok(LogTail { run_id, chunks: KeyHold::hold_chunks(KeyHold::of(&self.store, principal), chunks) })
     }
+}
+
+/// The newest log of sandbox `id` (in `log_dir`), with its run's progress if that run goes on.
+/// A run just accepted opens its log before it starts: the newest log is the one it opens.
+async fn newest_log(
+    engine: &Engine,
+    id: &str,
+    log_dir: &std::path::Path,
+) -> Option<(std::path::PathBuf, Option<watch::Receiver<RunProgress>>)> {
+    let current = engine.current_run(id);
+    if let Some(run) = &current {
+        wait_until(run.watch(), RUN_PATIENCE, |progress| progress.phase >= RunPhase::Started).await;
+    }
+    let newest = std::fs::read_dir(log_dir).ok()?.flatten().map(|entry| entry.path()).max()?;
+    let run_id = newest.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+    let going_on = current.filter(|run| run.run_id == run_id).map(|run| run.watch());
+    Some((newest, going_on))
 }
 
 /// Sends the log file at `path` as it grows, until its run (if `going_on`) has ended.
 async fn read_log(
     path: std::path::PathBuf,
     mut going_on: Option<watch::Receiver<RunProgress>>,
-    sender: mpsc::Sender<std::io::Result<Vec<u8>>>,
+    sender: &mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) {
     let Ok(mut file) = tokio::fs::File::open(&path).await else { return };
     let mut buffer = vec![0u8; 64 * 1024];

@@ -26,7 +26,8 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(30);
 pub struct Services(Mutex<HashMap<String, Supervised>>);
 
 struct Supervised {
-    health: ServiceHealth,
+    /// Watched by followers of its log (`sandbox_log`), which go on into each restart's run.
+    health: watch::Sender<ServiceHealth>,
     /// Turns true when the service is stopped: no restart after that.
     stopped: watch::Sender<bool>,
 }
@@ -43,7 +44,7 @@ impl Services {
             ports: Vec::new(),
         };
         if let Ok(mut services) = self.0.lock() {
-            services.insert(id.to_owned(), Supervised { health, stopped });
+            services.insert(id.to_owned(), Supervised { health: watch::Sender::new(health), stopped });
         }
         receiver
     }
@@ -52,7 +53,7 @@ impl Services {
         if let Ok(mut services) = self.0.lock()
             && let Some(supervised) = services.get_mut(id)
         {
-            change(&mut supervised.health);
+            supervised.health.send_modify(change);
         }
     }
 
@@ -64,15 +65,20 @@ impl Services {
             && let Some(supervised) = services.get_mut(id)
         {
             supervised.stopped.send_replace(true);
-            let pending = supervised.health.state == ServiceState::Restarting;
-            supervised.health.state = ServiceState::Stopped;
+            let pending = supervised.health.borrow().state == ServiceState::Restarting;
+            supervised.health.send_modify(|health| health.state = ServiceState::Stopped);
             return pending;
         }
         false
     }
 
     fn health(&self, id: &str) -> Option<ServiceHealth> {
-        self.0.lock().ok()?.get(id).map(|supervised| supervised.health.clone())
+        self.0.lock().ok()?.get(id).map(|supervised| supervised.health.borrow().clone())
+    }
+
+    /// The health of sandbox `id`'s service as it changes.
+    pub(super) fn watch(&self, id: &str) -> Option<watch::Receiver<ServiceHealth>> {
+        self.0.lock().ok()?.get(id).map(|supervised| supervised.health.subscribe())
     }
 }
 
