@@ -14,6 +14,20 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write");
 }
 
+/// A project directory holding `cave` as its cave.yaml.
+fn project_with(cave: &str) -> tempfile::TempDir {
+    let project = tempfile::tempdir().expect("project dir");
+    write(&project.path().join("cave.yaml"), cave);
+    project
+}
+
+/// `bkg status NAME --json` in the project at `dir`.
+fn status_of(agent: &Agent, dir: &Path, name: &str) -> serde_json::Value {
+    let output = agent.bkg_in(dir, &["status", name, "--json"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    serde_json::from_slice(&output.stdout).expect("status JSON")
+}
+
 #[test]
 fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     let agent = Agent::start();
@@ -105,12 +119,10 @@ fn rm_without_a_terminal_needs_force() {
 #[test]
 fn two_sandboxes_interleave_prefixed_output_and_the_failure_decides_the_exit_code() {
     let agent = Agent::start();
-    let project = tempfile::tempdir().expect("project dir");
-    let dir = project.path();
-    write(
-        &dir.join("cave.yaml"),
+    let project = project_with(
         "version: 1\nnamespace: default\nsandboxes:\n  slow:\n    type: python\n    scripts:\n      start: python /project/slow.py\n  fails:\n    type: node\n    scripts:\n      start: node /project/fails.js\n",
     );
+    let dir = project.path();
     write(&dir.join("slow.py"), "import time\nprint('slow 1')\ntime.sleep(1.5)\nprint('slow 2')\n");
     write(
         &dir.join("fails.js"),
@@ -130,12 +142,10 @@ fn two_sandboxes_interleave_prefixed_output_and_the_failure_decides_the_exit_cod
 #[test]
 fn detach_logs_and_stop() {
     let agent = Agent::start();
-    let project = tempfile::tempdir().expect("project dir");
-    let dir = project.path();
-    write(
-        &dir.join("cave.yaml"),
+    let project = project_with(
         "version: 1\nnamespace: default\nsandboxes:\n  ticker:\n    type: python\n    limits: { timeout: 2m }\n    scripts:\n      start: python /project/ticker.py\n",
     );
+    let dir = project.path();
     write(
         &dir.join("ticker.py"),
         "import time\nfor i in range(1000):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n",
@@ -144,9 +154,7 @@ fn detach_logs_and_stop() {
     assert_eq!(code(&detached), 0, "stderr: {}", stderr(&detached));
     assert!(stdout(&detached).starts_with("ticker\trun_"), "{}", stdout(&detached));
 
-    let status = agent.bkg_in(dir, &["status", "ticker", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
-    assert_eq!(status["state"], "running");
+    assert_eq!(status_of(&agent, dir, "ticker")["state"], "running");
 
     eventually("the log shows two ticks", || {
         let logs = stdout(&agent.bkg_in(dir, &["logs", "ticker"]));
@@ -159,8 +167,7 @@ fn detach_logs_and_stop() {
 
     let stop = agent.bkg_in(dir, &["stop", "ticker"]);
     assert_eq!(code(&stop), 0);
-    let status = agent.bkg_in(dir, &["status", "ticker", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let status = status_of(&agent, dir, "ticker");
     assert_eq!(status["state"], "idle");
     assert_eq!(status["last_run"]["killed_by"], "cancelled");
 }
@@ -439,17 +446,11 @@ fn exec_sees_an_edited_cave_yaml_and_an_unchanged_definition_is_not_audited_agai
 #[test]
 fn limit_flags_of_bkgr_hold_for_that_run_only() {
     let agent = Agent::start();
-    let project = tempfile::tempdir().expect("project dir");
-    let dir = project.path();
-    write(
-        &dir.join("cave.yaml"),
+    let project = project_with(
         "version: 1\nsandboxes:\n  box:\n    type: python\n    limits: { memory: 128MiB }\n    scripts:\n      start: 'true'\n",
     );
-    let status = || {
-        let output = agent.bkg_in(dir, &["status", "box", "--json"]);
-        assert_eq!(code(&output), 0, "{}", stderr(&output));
-        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("status JSON")
-    };
+    let dir = project.path();
+    let status = || status_of(&agent, dir, "box");
     let mib = 1024 * 1024;
     for args in [&["box", "--memory", "256MiB"][..], &["-d", "box", "--memory", "256MiB"][..]] {
         let run = agent.bkgr(dir, args);
@@ -468,20 +469,16 @@ fn limit_flags_of_bkgr_hold_for_that_run_only() {
 #[test]
 fn status_shows_what_the_disk_holds() {
     let agent = Agent::start();
-    let project = tempfile::tempdir().expect("project dir");
-    let dir = project.path();
-    write(
-        &dir.join("cave.yaml"),
+    let project = project_with(
         "version: 1\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: 'true'\n      \
          fill: python3 -c \"open('/workspace/f', 'wb').write(b'x' * (40 << 20))\"\n",
     );
+    let dir = project.path();
     let held = |script: &str| {
         let run = agent.bkgr(dir, &["box", script]);
         assert_eq!(code(&run), 0, "{}", stderr(&run));
         agent.wait_idle();
-        let output = agent.bkg_in(dir, &["status", "box", "--json"]);
-        let info: serde_json::Value = serde_json::from_slice(&output.stdout).expect("status JSON");
-        info["disk_bytes_allocated"].as_u64().unwrap_or_default()
+        status_of(&agent, dir, "box")["disk_bytes_allocated"].as_u64().unwrap_or_default()
     };
     let mib = 1024 * 1024;
     let empty = held("start");
