@@ -239,12 +239,20 @@ impl Service {
         };
         tracing::info!(services = left.len(), "services the last agent left");
         for service in left {
-            let started = match self.principal_of(access, &service.actor).await {
-                Some(principal) => match self.accept_exec(&principal, &service.sandbox_id, service.exec).await {
-                    Ok(accepted) => Ok(self.detach(&service.sandbox_id, accepted).await),
-                    Err(error) => Err(error.to_string()),
-                },
-                None => Err(format!("{} may no longer start it", service.actor)),
+            // cave.yaml may have changed since, as the last `bkgr` gave it.
+            let restarts = match self.store.get_sandbox(&service.sandbox_id).await {
+                Ok(Some(stored)) => stored.definition.restart == RestartPolicy::OnFailure,
+                _ => false,
+            };
+            let started = match (restarts, self.principal_of(access, &service.actor).await) {
+                (false, _) => Err("its sandbox no longer says `restart: on-failure`".to_owned()),
+                (true, None) => Err(format!("{} may no longer start it", service.actor)),
+                (true, Some(principal)) => {
+                    match self.accept_exec(&principal, &service.sandbox_id, service.exec).await {
+                        Ok(accepted) => Ok(self.detach(&service.sandbox_id, accepted).await),
+                        Err(error) => Err(error.to_string()),
+                    }
+                }
             };
             match started {
                 Ok(run) => tracing::info!(sandbox = %service.sandbox_id, run = %run.run_id, "service started again"),
