@@ -320,10 +320,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The flag whose value could not be parsed, as the context of that error: a usage error
-/// (exit 2, docs/operations.md), as clap's own are, where other start-up failures exit 1.
+/// The flag whose value could not be parsed, as the context of that error (or the whole
+/// error, when it names the flag itself): a usage error (exit 2, docs/operations.md), as clap's
+/// own are, where other start-up failures exit 1.
 #[derive(Debug)]
 struct FlagValue(String);
+
+impl std::error::Error for FlagValue {}
 
 impl std::fmt::Display for FlagValue {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -394,7 +397,7 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
             session: args.session_rate_limit,
             model_access: args.model_access_rate_limit,
         },
-        user: crate::auth::local::UserPolicy::parse(&args.user_limits)?,
+        user: crate::auth::local::UserPolicy::parse(&args.user_limits).map_err(|error| FlagValue(error.to_string()))?,
     };
     for url in &args.webhooks {
         let parsed = reqwest::Url::parse(url).with_context(|| FlagValue(format!("--webhook {url}")))?;
@@ -439,7 +442,8 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
         webhook_key,
         sampling_rate,
         db_url: args.db_url.clone().filter(|url| !url.is_empty()),
-        retention: crate::retention::RetentionPolicy::parse(&args.retention, &args.retention_for)?,
+        retention: crate::retention::RetentionPolicy::parse(&args.retention, &args.retention_for)
+            .map_err(|error| FlagValue(error.to_string()))?,
         local: local_access(args)?,
         object_store: args.object_store.clone().filter(|url| !url.is_empty()),
         artefact_quota: crate::artefacts::QuotaPolicy::parse(&args.artefact_quota, &args.artefact_quota_for)?,

@@ -35,8 +35,11 @@ async fn run(args: Args) -> Result<i32, CliError> {
         None => cave.sandboxes.iter().collect(),
     };
 
-    // The flags hold for these runs only: the sandboxes keep cave.yaml's limits.
-    let one_off = limit_overrides(&args.limits)?;
+    // The flags hold for these runs only: the sandboxes keep cave.yaml's limits. But for
+    // `--disk`: a disk grows for good, so the sandbox's definition says the size it now has
+    // (a disk limit below it could not run).
+    let flags = limit_overrides(&args.limits)?;
+    let one_off = LimitOverrides { disk_bytes: None, ..flags };
     let mut runs = Vec::new();
     let mut left_out = Vec::new();
     for (name, spec) in &selected {
@@ -55,7 +58,8 @@ async fn run(args: Args) -> Result<i32, CliError> {
             left_out.push(missing);
             continue;
         };
-        let definition = definition(&cave, &project, name, spec, args.allow_outside)?;
+        let mut definition = definition(&cave, &project, name, spec, args.allow_outside)?;
+        definition.limits.disk_bytes = flags.disk_bytes.or(definition.limits.disk_bytes);
         runs.push((definition, with_args(command, &args.args)));
     }
 
@@ -72,7 +76,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
     for (definition, _) in &runs {
         define(&client, definition).await?;
     }
-    let limits_from = LimitsFrom::CaveOrFlags(one_off);
+    let limits_from = LimitsFrom::CaveOrFlags(flags);
 
     if args.detach {
         for (definition, command) in runs {

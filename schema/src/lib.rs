@@ -578,6 +578,7 @@ pub struct AgentInfo {
     /// a warm sandbox instead of a fresh one (docs/testing.md, "The zygote").
     #[serde(default)]
     pub prestarted_runs: u64,
+    /// Runs going on now, not those waiting for a place (`queued_runs`).
     pub active_runs: usize,
     /// Sandboxes whose cleanup is still under way.
     pub pending_cleanups: usize,

@@ -437,6 +437,28 @@ fn a_disk_grown_by_a_flag_keeps_its_size_for_the_runs_after() {
     assert_eq!(last_run(&agent, dir)["limits"]["disk_bytes"], 600 * 1024 * 1024, "the run had the disk as it is");
 }
 
+/// A disk grown by a flag over cave.yaml's own `disk`: the flag asked again runs, and so do
+/// `bkg exec` and `bkg cp`, on the disk as it is (while bkgr's other limit flags hold for one
+/// run only, a grown disk stays grown, and its sandbox says so).
+#[test]
+fn a_disk_grown_by_a_flag_over_cave_yaml_s_own_stays_usable() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &["--disk", "64MiB"]);
+    let dir = project.path();
+    for _ in 0..2 {
+        let grown = agent.bkgr(dir, &["box", "--disk", "128MiB"]);
+        assert_eq!(code(&grown), 0, "{}", stderr(&grown));
+    }
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(status["limits"]["disk_bytes"], 128 * 1024 * 1024, "{status}");
+    let exec = agent.bkg_in(dir, &["exec", "box", "-c", "open('/workspace/kept.txt', 'w').write('mine')"]);
+    assert_eq!(code(&exec), 0, "{}", stderr(&exec));
+    let copied = agent.bkg_in(dir, &["cp", "box:kept.txt", "copied"]);
+    assert_eq!(code(&copied), 0, "{}", stderr(&copied));
+    assert_eq!(std::fs::read_to_string(dir.join("copied/kept.txt")).expect("the copy"), "mine");
+}
+
 #[test]
 fn an_upload_larger_than_the_disk_says_the_disk_is_full_and_leaves_what_was_there() {
     let agent = Agent::start();

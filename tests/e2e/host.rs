@@ -76,6 +76,9 @@ fn a_flag_value_the_agent_cannot_parse_is_a_usage_error() {
         ("--health-interval", "0", "--health-interval: `0` is too small"),
         ("--max-running-runs", "0", "--max-running-runs must be a number above 0"),
         ("--egress-allow", "bad host!", "--egress-allow: `bad host!` is not a network rule"),
+        ("--retention", "x", "retention \"x\": `x` is not a duration"),
+        ("--retention-for", "x", "--retention-for wants NAMESPACE=DURATION"),
+        ("--user-limit", "memory=lots", "--user-limit \"memory=lots\": `lots` is not a size"),
     ] {
         let (output, _dir) = refused_start(&[flag, value]);
         assert_eq!(code(&output), 2, "{flag} {value}: {}", stderr(&output));

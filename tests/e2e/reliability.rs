@@ -123,8 +123,11 @@ fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
     wait_for("the first run", Duration::from_secs(30), || (agent.status_json()["active_runs"] == 1).then_some(()));
     let queued = sleeper();
     wait_for("the second run to queue", Duration::from_secs(30), || {
-        (agent.status_json()["active_runs"] == 2).then_some(())
+        (agent.status_json()["queued_runs"] == 1).then_some(())
     });
+    // A run waiting for a place is not counted as going on.
+    let status = agent.status_json();
+    assert_eq!((&status["active_runs"], &status["queued_runs"]), (&json!(1), &json!(1)), "{status}");
 
     let refused = api(&agent, "POST", "/api/v1/runs", Some(&json!({ "language": "python", "code": "print(1)" })));
     assert_eq!(refused.status, 503, "{}", refused.text());
@@ -139,8 +142,9 @@ fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
     // A caller that gives up while queued leaves the queue at once, while the first still runs.
     kill(queued);
     wait_for("the queued run to leave", Duration::from_secs(30), || {
-        (agent.status_json()["active_runs"] == 1).then_some(())
+        (agent.status_json()["queued_runs"] == 0).then_some(())
     });
+    assert_eq!(agent.status_json()["active_runs"], 1);
     // Its record is closed just after it leaves.
     wait_for("the queued run to be recorded as cancelled", Duration::from_secs(30), || {
         let runs = api(&agent, "GET", "/api/v1/runs?limit=10", None).json();

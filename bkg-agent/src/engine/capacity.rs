@@ -107,6 +107,42 @@ impl Drop for Turn<'_> {
     }
 }
 
+/// A run waiting for its place. Dropped unreceived (its caller gave up), it takes its entry out
+/// of the queue, so that it no longer counts against `--max-queued-runs`, or, if a place was
+/// handed to it meanwhile, gives that place on.
+struct Waiting<'a> {
+    capacity: &'a Capacity,
+    namespace: String,
+    ticket: u64,
+    woken: oneshot::Receiver<()>,
+    received: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.received {
+            return;
+        }
+        let mut queue = self.capacity.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(waiting) = queue.waiting.get_mut(&self.namespace)
+            && let Some(position) = waiting.iter().position(|(ticket, _)| *ticket == self.ticket)
+        {
+            waiting.remove(position);
+            if waiting.is_empty() {
+                queue.waiting.remove(&self.namespace);
+            }
+            queue.queued -= 1;
+            return;
+        }
+        // Out of the queue: `hand_on` started it under the lock held here and sent the word,
+        // which this receiver, alive until now, holds.
+        if self.woken.try_recv().is_ok() {
+            queue.end(&self.namespace);
+            self.capacity.hand_on(&mut queue);
+        }
+    }
+}
+
 /// Disk given to one live sandbox, returned to the budget when the sandbox is gone.
 pub struct DiskGrant {
     capacity: Arc<Capacity>,
@@ -142,7 +178,7 @@ impl Capacity {
 
     /// Waits for a place for a run of `namespace`; refused at once when the queue is full.
     pub async fn wait_turn(&self, namespace: &str) -> Result<Turn<'_>, CapacityError> {
-        let woken = {
+        let mut waiting = {
             let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if queue.running < self.config.max_running && queue.queued == 0 {
                 queue.start(namespace);
@@ -157,11 +193,12 @@ impl Capacity {
             queue.next_ticket += 1;
             queue.waiting.entry(namespace.to_owned()).or_default().push_back((ticket, wake));
             queue.queued += 1;
-            woken
+            Waiting { capacity: self, namespace: namespace.to_owned(), ticket, woken, received: false }
         };
-        // The place was counted as ours by whoever woke us. If this wait is dropped first, the
-        // send fails and `hand_on` gives the place to the next run instead.
-        let _ = woken.await;
+        // The place was counted as ours by whoever woke us; a wait dropped before (its caller
+        // gave up) leaves the queue, or gives back the place it was just handed (`Waiting`).
+        let _ = (&mut waiting.woken).await;
+        waiting.received = true;
         Ok(Turn { capacity: self, namespace: namespace.to_owned() })
     }
 
@@ -257,6 +294,33 @@ mod tests {
         let b_going = futures_poll(&mut b1);
         assert!(matches!(b_going, Some(Ok(_))));
         assert!(futures_poll(&mut a3).is_none());
+    }
+
+    /// A caller that gives up while waiting leaves the queue at once: it no longer counts
+    /// against the bound (it stayed counted until a place freed), and one that gives up just
+    /// after it was handed a place gives the place on.
+    #[tokio::test]
+    async fn a_wait_given_up_leaves_the_queue_and_gives_on_a_place_it_was_handed() {
+        let capacity = capacity(1, 1);
+        let first = capacity.wait_turn("a").await;
+        assert!(first.is_ok());
+        {
+            let given_up = capacity.wait_turn("a");
+            tokio::pin!(given_up);
+            assert!(futures_poll(&mut given_up).is_none());
+            assert_eq!(capacity.load().0, 1);
+        }
+        assert_eq!(capacity.load().0, 0, "the wait given up left the queue");
+        {
+            let handed = capacity.wait_turn("a");
+            tokio::pin!(handed);
+            assert!(futures_poll(&mut handed).is_none(), "queued, not refused: the queue has room again");
+            // The place is handed on (under the lock) as `first` ends; the wait is never polled again.
+            drop(first);
+        }
+        let next = capacity.wait_turn("a");
+        tokio::pin!(next);
+        assert!(matches!(futures_poll(&mut next), Some(Ok(_))), "the place handed to the wait given up came back");
     }
 
     #[test]

@@ -188,7 +188,8 @@ impl Service {
             disk_in_use_bytes,
             disk_budget_bytes: bounds.disk_budget,
             prestarted_runs: engine.prestarted_runs(),
-            active_runs: engine.active_runs(),
+            // The engine counts a run from its acceptance; one waiting for a place is not going on.
+            active_runs: engine.active_runs().saturating_sub(queued_runs),
             pending_cleanups: engine.cleanups_pending(),
             default_limits: engine.config.default_limits,
             max_limits: engine.config.max_limits,
