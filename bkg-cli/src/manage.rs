@@ -197,8 +197,10 @@ fn describe(info: &SandboxInfo) -> String {
         if service.restart == RestartPolicy::OnFailure {
             health.push_str(&format!(" · restart on-failure · restarted {}×", service.restarts));
         }
-        if let Some(code) = service.last_exit_code {
-            health.push_str(&format!(" · last failure exit {code}"));
+        match (service.last_killed_by, service.last_exit_code) {
+            (Some(limit), _) => health.push_str(&format!(" · last failure: {} limit", limit.as_str())),
+            (None, Some(code)) => health.push_str(&format!(" · last failure exit {code}")),
+            (None, None) => {}
         }
         line("service", health);
         for port in &service.ports {

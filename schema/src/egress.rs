@@ -340,6 +340,9 @@ pub struct ServiceHealth {
     /// The exit code of its last failed run, if it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit_code: Option<i32>,
+    /// The limit that ended its last failed run, if one did (`timeout`, `memory`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_killed_by: Option<crate::KilledBy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortHealth>,
 }

@@ -276,6 +276,33 @@ fn logs_follow_a_service_across_its_restarts() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A service ended by its time limit is shown failed by that limit, where an exit code names
+/// the others.
+#[test]
+fn a_service_ended_by_its_time_limit_says_so() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  slow:\n    type: python\n    restart: on-failure\n    limits: { timeout: 1s }\n    \
+         scripts:\n      start: sleep 30\n",
+    )
+    .expect("cave.yaml");
+    let started = agent.bkgr(dir, &["-d", "slow"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    let info = poll("the service to fail by its time limit", || {
+        let output = agent.bkg_in(dir, &["status", "slow", "--json"]);
+        let info: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        (info["service"]["last_killed_by"] == "timeout").then_some(info)
+    });
+    assert!(info["service"]["last_exit_code"].is_null(), "{info}");
+    let shown = agent.bkg_in(dir, &["status", "slow"]);
+    assert!(stdout(&shown).contains("last failure: timeout limit"), "{}", stdout(&shown));
+    let stop = agent.bkg_in(dir, &["stop", "slow"]);
+    assert_eq!(code(&stop), 0, "{}", stderr(&stop));
+}
+
 /// A service that keeps failing waits between restarts; `bkg stop --all` stops it there too
 /// (it has no run then, but is not stopped), says it did, and no restart follows.
 #[test]

@@ -41,6 +41,7 @@ impl Services {
             restart,
             restarts: 0,
             last_exit_code: None,
+            last_killed_by: None,
             ports: Vec::new(),
         };
         if let Ok(mut services) = self.0.lock() {
@@ -89,7 +90,8 @@ enum Ending {
     Stopped,
     /// Ended by the agent's stop: not restarted by this agent, but by the next.
     AgentStopped,
-    Failure(Option<i32>),
+    /// Its exit code, and the limit that ended it, if one did.
+    Failure(Option<i32>, Option<KilledBy>),
 }
 
 fn ending_of(outcome: &Result<OpResult<bkg_schema::RunResult>, tokio::task::JoinError>) -> Ending {
@@ -97,11 +99,11 @@ fn ending_of(outcome: &Result<OpResult<bkg_schema::RunResult>, tokio::task::Join
         Ok(Ok(result)) => match result.killed_by {
             Some(KilledBy::Cancelled) => Ending::Stopped,
             Some(KilledBy::Shutdown | KilledBy::Interrupted) => Ending::AgentStopped,
-            Some(_) => Ending::Failure(result.exit_code),
+            Some(limit) => Ending::Failure(result.exit_code, Some(limit)),
             None if result.exit_code == Some(0) => Ending::Success,
-            None => Ending::Failure(result.exit_code),
+            None => Ending::Failure(result.exit_code, None),
         },
-        _ => Ending::Failure(None),
+        _ => Ending::Failure(None, None),
     }
 }
 
@@ -137,8 +139,8 @@ impl Service {
                 Ok(Some(stored)) => stored.definition.restart,
                 _ => RestartPolicy::No,
             };
-            let exit_code = match ending {
-                Ending::Failure(code) => code,
+            let (exit_code, killed_by) = match ending {
+                Ending::Failure(code, killed_by) => (code, killed_by),
                 Ending::AgentStopped => {
                     self.services.update(&id, |health| health.state = ServiceState::Stopped);
                     return;
@@ -155,6 +157,7 @@ impl Service {
                 self.services.update(&id, |health| {
                     health.state = if *stopped.borrow() { ServiceState::Stopped } else { ServiceState::Exited };
                     health.last_exit_code = exit_code;
+                    health.last_killed_by = killed_by;
                 });
                 self.forget_service(&id).await;
                 return;
@@ -167,6 +170,7 @@ impl Service {
             self.services.update(&id, |health| {
                 health.state = ServiceState::Restarting;
                 health.last_exit_code = exit_code;
+                health.last_killed_by = killed_by;
             });
             tracing::info!(sandbox = %id, ?exit_code, pause_ms = pause.as_millis() as u64, "service failed; restarting");
             let stopped_meanwhile = tokio::select! {
