@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::args::{LogsArgs, LsArgs, NameArgs, RmArgs, StopArgs};
 use crate::client::AgentClient;
-use crate::exit::{CliError, NEGATIVE, SUCCESS};
+use crate::exit::{BKG_FAILED, CliError, NEGATIVE, SUCCESS};
 use crate::project::{load_cave, missing_sandbox, project_dir};
 use crate::settings::Settings;
 
@@ -271,6 +271,17 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
         }
     }
     let _ = out.write_all(&lines.finish()).and_then(|()| out.flush());
+    // The log ended: its run did, or the agent stopped (and ended it), which says nothing on a
+    // raw log. A stopped agent no longer takes connections.
+    if client.http().get(client.url("/healthz")).send().await.is_err() {
+        return Err(CliError::new(
+            BKG_FAILED,
+            format!(
+                "the agent stopped, so following ended; a `restart: on-failure` service starts again with the next agent: `bkg logs {} -f` follows it then",
+                args.name
+            ),
+        ));
+    }
     Ok(SUCCESS)
 }
 

@@ -130,6 +130,16 @@ fn a_service_outlives_an_agent_restart_and_a_crash_but_not_a_stop() {
     let options = AgentOptions { extra_args: vec!["--max-timeout".into(), "none".into()], ..Default::default() };
     let token = |body: &str| body.rsplit(' ').next().unwrap_or_default().to_owned();
     let mut last = token(&start_service(&agent, dir, port, &marker));
+    // A follow of its log ends with the agent's stop, saying so.
+    let follow = agent
+        .bkg()
+        .current_dir(dir)
+        .args(["logs", "web", "-f"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg logs -f");
 
     for (how, end) in [("a stop", Agent::stop as fn(&mut Agent)), ("a crash", Agent::crash)] {
         end(&mut agent);
@@ -141,6 +151,9 @@ fn a_service_outlives_an_agent_restart_and_a_crash_but_not_a_stop() {
         let info = status(&agent, dir);
         assert_eq!(info["service"]["state"], "running", "after {how}: {info}");
     }
+    let followed = follow.wait_with_output().expect("bkg logs -f ended with the first stop");
+    assert_eq!(code(&followed), 125, "{}", stderr(&followed));
+    assert!(stderr(&followed).contains("the agent stopped, so following ended"), "{}", stderr(&followed));
 
     let stop = agent.bkg_in(dir, &["stop", "web"]);
     assert_eq!(code(&stop), 0, "stop: {}", stderr(&stop));
