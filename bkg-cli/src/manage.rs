@@ -263,7 +263,24 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
         skip = backlog.len();
     }
     let mut response = open(true).await?;
-    while let Some(chunk) = response.chunk().await.map_err(|error| client.unreachable(error))? {
+    // The agent's stop ends the log cleanly or cuts its connection, as it goes.
+    let agent_stopped = || {
+        CliError::new(
+            BKG_FAILED,
+            format!(
+                "the agent stopped, so following ended; a `restart: on-failure` service starts again with the next agent: `bkg logs {} -f` follows it then",
+                args.name
+            ),
+        )
+    };
+    let gone = || async { client.http().get(client.url("/healthz")).send().await.is_err() };
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) if gone().await => return Err(agent_stopped()),
+            Err(error) => return Err(client.unreachable(error)),
+        };
         let skipped = skip.min(chunk.len());
         skip -= skipped;
         if out.write_all(&lines.live(&chunk[skipped..])).and_then(|()| out.flush()).is_err() {
@@ -273,14 +290,8 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
     let _ = out.write_all(&lines.finish()).and_then(|()| out.flush());
     // The log ended: its run did, or the agent stopped (and ended it), which says nothing on a
     // raw log. A stopped agent no longer takes connections.
-    if client.http().get(client.url("/healthz")).send().await.is_err() {
-        return Err(CliError::new(
-            BKG_FAILED,
-            format!(
-                "the agent stopped, so following ended; a `restart: on-failure` service starts again with the next agent: `bkg logs {} -f` follows it then",
-                args.name
-            ),
-        ));
+    if gone().await {
+        return Err(agent_stopped());
     }
     Ok(SUCCESS)
 }
