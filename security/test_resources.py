@@ -332,8 +332,13 @@ def test_a_flood_of_runs_and_a_disk_hog_are_refused_not_queued_forever(bounded_a
     held = [bounded_agent.spawn_exe(sleeper), bounded_agent.spawn_exe(sleeper)]
     try:
         deadline = time.monotonic() + 30
-        while (bounded_agent.request("GET", "/api/v1/agent").json or {}).get("active_runs") != 2:
-            assert time.monotonic() < deadline, "two runs never went in"
+
+        def going_and_waiting():
+            info = bounded_agent.request("GET", "/api/v1/agent").json or {}
+            return info.get("active_runs"), info.get("queued_runs")
+
+        while going_and_waiting() != (1, 1):
+            assert time.monotonic() < deadline, f"one run never went in and one never waited: {going_and_waiting()}"
             time.sleep(0.05)
         refused = bounded_agent.request("POST", "/api/v1/runs", {"language": "python", "code": "print(1)"})
         assert refused.status == 503, refused
