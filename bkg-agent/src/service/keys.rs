@@ -58,6 +58,11 @@ impl Service {
         let Some(key) = self.store.key_by_hash(hash).await? else {
             return Err(OpError::Unauthorized("unknown API key".into()));
         };
+        self.usable_key(key)
+    }
+
+    /// `key` as the caller it speaks for, if it is unexpired and unrevoked (its use noted).
+    pub(super) fn usable_key(&self, key: KeyInfo) -> OpResult<Principal> {
         let now = now_ms();
         if key.revoked_at_ms.is_some() {
             return Err(OpError::Unauthorized(format!("API key {} is revoked", key.id)));

@@ -495,10 +495,9 @@ impl Service {
         // Read first: a restart after this one is followed, the run below may be its.
         let service = self.services.watch(id).filter(|_| follow);
         let mut restarts = service.as_ref().map(|service| service.borrow().restarts).unwrap_or_default();
-        let Some((path, going_on)) = newest_log(&self.engine, id, &log_dir).await else {
+        let Some((path, run_id, going_on)) = newest_log(&self.engine, id, &log_dir).await else {
             return Err(OpError::NotFound(format!("sandbox {} has not run yet", definition.name)));
         };
-        let run_id = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
         // The run's progress while it goes on; a log of a run that has ended is read once.
         let going_on = going_on.filter(|_| follow);
         let (sender, chunks) = mpsc::channel(16);
@@ -520,8 +519,7 @@ impl Service {
                     return;
                 }
                 restarts = service.borrow().restarts;
-                let Some((path, going_on)) = newest_log(&engine, &id, &log_dir).await else { return };
-                let run_id = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+                let Some((path, run_id, going_on)) = newest_log(&engine, &id, &log_dir).await else { return };
                 // Already sent: the restart was counted after its run opened this log.
                 if run_id != followed {
                     read_log(path, going_on, &sender).await;
@@ -534,13 +532,14 @@ impl Service {
     }
 }
 
-/// The newest log of sandbox `id` (in `log_dir`), with its run's progress if that run goes on.
-/// A run just accepted opens its log before it starts: the newest log is the one it opens.
+/// The newest log of sandbox `id` (in `log_dir`), its run's id, and that run's progress if it
+/// goes on. A run just accepted opens its log before it starts: the newest log is the one it
+/// opens.
 async fn newest_log(
     engine: &Engine,
     id: &str,
     log_dir: &std::path::Path,
-) -> Option<(std::path::PathBuf, Option<watch::Receiver<RunProgress>>)> {
+) -> Option<(std::path::PathBuf, String, Option<watch::Receiver<RunProgress>>)> {
     let current = engine.current_run(id);
     if let Some(run) = &current {
         wait_until(run.watch(), RUN_PATIENCE, |progress| progress.phase >= RunPhase::Started).await;
@@ -548,7 +547,7 @@ async fn newest_log(
     let newest = std::fs::read_dir(log_dir).ok()?.flatten().map(|entry| entry.path()).max()?;
     let run_id = newest.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
     let going_on = current.filter(|run| run.run_id == run_id).map(|run| run.watch());
-    Some((newest, going_on))
+    Some((newest, run_id, going_on))
 }
 
 /// Sends the log file at `path` as it grows, until its run (if `going_on`) has ended.

@@ -116,7 +116,8 @@ impl Service {
         let exec = accepted.exec().cloned();
         let restart = accepted.restart();
         // Before it can be stopped, so a stop's forgetting comes after.
-        self.remember_service(sandbox_id, &principal, exec.as_ref()).await;
+        self.remember_service(sandbox_id, &principal, exec.as_ref().filter(|_| restart == RestartPolicy::OnFailure))
+            .await;
         let stopped = self.services.begin(sandbox_id, restart);
         let task = self.start(accepted, mpsc::channel(1).1, None);
         tokio::spawn(Arc::clone(self).supervise(sandbox_id.to_owned(), principal, exec, task, stopped));
@@ -207,15 +208,11 @@ impl Service {
         }
     }
 
-    /// Records sandbox `id`'s service for the next agent when its sandbox restarts it on failure
-    /// and nothing of its command goes unstored (one-off environment values are never stored);
-    /// otherwise forgets an earlier one of the sandbox.
+    /// Records sandbox `id`'s service for the next agent, given the `exec` of one its sandbox
+    /// restarts on failure, when nothing of its command goes unstored (one-off environment
+    /// values are never stored); otherwise forgets an earlier one of the sandbox.
     async fn remember_service(&self, id: &str, principal: &Principal, exec: Option<&ExecRequest>) {
-        let restart = match self.store.get_sandbox(id).await {
-            Ok(Some(stored)) => stored.definition.restart,
-            _ => RestartPolicy::No,
-        };
-        let recorded = match exec.filter(|exec| restart == RestartPolicy::OnFailure && exec.env.is_empty()) {
+        let recorded = match exec.filter(|exec| exec.env.is_empty()) {
             Some(exec) => self.store.service_started(id, exec, &principal.actor()).await,
             None => self.store.service_ended(id).await,
         };
@@ -274,7 +271,7 @@ impl Service {
             return super::access::socket_principal(access, uid.parse().ok()?);
         }
         let key = self.store.get_key(actor.strip_prefix("key:")?).await.ok()??;
-        (key.revoked_at_ms.is_none() && key.expires_at_ms > crate::ids::now_ms()).then_some(Principal::Key(key))
+        self.usable_key(key).ok()
     }
 
     /// The health of sandbox `id`'s service, with whether its forwarded ports accept connections.
