@@ -335,16 +335,30 @@ impl std::fmt::Display for FlagValue {
 }
 
 fn max_limits(args: &AgentArgs) -> anyhow::Result<Limits> {
-    let cpus = if args.max_cpus == "available CPUs" {
+    let [cpus, memory, timeout, disk, _pids] = Limits::LEAST.named();
+    // A maximum below the least a run may have would refuse every run; zero is one of those.
+    let maximum = |text: &str,
+                   (name, least, shown): bkg_schema::NamedLimit,
+                   parse: fn(&str) -> Result<u64, bkg_schema::UnitError>| {
+        let too_small =
+            || FlagValue(format!("--max-{name}: `{text}` is too small: a run needs at least {}", shown(least)));
+        match parse(text) {
+            Ok(value) if value < least => Err(anyhow::Error::new(too_small())),
+            Ok(value) => Ok(value),
+            Err(bkg_schema::UnitError::Zero { .. }) => Err(anyhow::Error::new(too_small())),
+            Err(error) => Err(anyhow::Error::new(error).context(FlagValue(format!("--max-{name}")))),
+        }
+    };
+    let cpu_millis = if args.max_cpus == "available CPUs" {
         std::thread::available_parallelism().map(|n| n.get() as u64 * 1000).unwrap_or(1000)
     } else {
-        parse_cpus(&args.max_cpus).context(FlagValue("--max-cpus".into()))?
+        maximum(&args.max_cpus, cpus, parse_cpus)?
     };
     Ok(Limits {
-        cpu_millis: cpus,
-        memory_bytes: parse_size(&args.max_memory).context(FlagValue("--max-memory".into()))?,
-        timeout_ms: parse_duration_ms(&args.max_timeout).context(FlagValue("--max-timeout".into()))?,
-        disk_bytes: parse_size(&args.max_disk).context(FlagValue("--max-disk".into()))?,
+        cpu_millis,
+        memory_bytes: maximum(&args.max_memory, memory, parse_size)?,
+        timeout_ms: maximum(&args.max_timeout, timeout, parse_duration_ms)?,
+        disk_bytes: maximum(&args.max_disk, disk, parse_size)?,
         pids: 4096,
     })
 }

@@ -79,6 +79,12 @@ fn a_flag_value_the_agent_cannot_parse_is_a_usage_error() {
         ("--retention", "x", "retention \"x\": `x` is not a duration"),
         ("--retention-for", "x", "--retention-for wants NAMESPACE=DURATION"),
         ("--user-limit", "memory=lots", "--user-limit \"memory=lots\": `lots` is not a size"),
+        // A maximum no run could stay under would refuse every run.
+        ("--max-cpus", "0", "--max-cpus: `0` is too small: a run needs at least 0.01"),
+        ("--max-cpus", "0.005", "--max-cpus: `0.005` is too small: a run needs at least 0.01"),
+        ("--max-memory", "8MiB", "--max-memory: `8MiB` is too small: a run needs at least 16MiB"),
+        ("--max-disk", "1KiB", "--max-disk: `1KiB` is too small: a run needs at least 16MiB"),
+        ("--max-timeout", "0s", "--max-timeout: `0s` is too small: a run needs at least 1ms"),
     ] {
         let (output, _dir) = refused_start(&[flag, value]);
         assert_eq!(code(&output), 2, "{flag} {value}: {}", stderr(&output));
