@@ -232,6 +232,8 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     assert_eq!(code(&malformed), 125, "{}", stderr(&malformed));
     assert!(stderr(&malformed).contains("Invalid marker"), "{}", stderr(&malformed));
     assert!(!stderr(&malformed).contains("Traceback"), "{}", stderr(&malformed));
+    // pip names the line of its requirements file, which is the install sandbox's, not the user's.
+    assert!(stderr(&malformed).contains("(from line 1 of the requirements)"), "{}", stderr(&malformed));
 
     let options = agent.exe(&["--with=--index-url=http://elsewhere/simple", "-c", "1", "--type", "python"]);
     assert_eq!(code(&options), 125);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use bkg_schema::{Language, Limits, MIB};
 
 use super::control::GoOrder;
-use super::plan::{Additions, Owner, PROJECT, ProjectMounts, Volume, WORKSPACE};
+use super::plan::{Additions, Owner, ProjectMounts, Volume, WORKSPACE};
 use super::relay::RelayTarget;
 use super::request::{PersistentRun, RunError, ValidatedRun, cpu_count, sandbox_env};
 use super::sandbox::PersistentDisk;
@@ -88,6 +88,9 @@ impl InstallDirs {
 /// Where the environment being built is written, inside.
 const SITE: &str = "/workspace/site";
 
+/// The requirements pip reads, inside: the `requirements.txt` envs.rs writes into [`PROJECT`](super::plan::PROJECT).
+pub const REQUIREMENTS_FILE: &str = "/project/requirements.txt";
+
 /// An install may take longer than a run's default minute; the agent's maximum still bounds it.
 /// Its disk is the agent's default (`INSTALL_LIMITS.disk_bytes` is replaced): pip stages the
 /// whole environment in the sandbox's /tmp before moving it to the target, so that bounds an
@@ -115,7 +118,6 @@ impl Engine {
             pids: INSTALL_LIMITS.pids.min(max.pids),
         };
         let root = Owner { uid: 0, gid: 0 };
-        let requirements = format!("{PROJECT}/requirements.txt");
         let npm = self.config.npm.to_string_lossy();
         let argv: Vec<String> = match language {
             Language::Python => [
@@ -133,7 +135,7 @@ impl Engine {
                 "--target",
                 SITE,
                 "-r",
-                &requirements,
+                REQUIREMENTS_FILE,
             ]
             .map(str::to_owned)
             .to_vec(),
@@ -231,6 +233,14 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pip_reads_the_requirements_file_the_project_directory_is_given() {
+        use crate::engine::plan::PROJECT;
+        let written = crate::envs::EnvRequest::python(vec!["six".into()]);
+        let name = written.files.first().map(|(name, _)| *name);
+        assert_eq!(Some(REQUIREMENTS_FILE), name.map(|name| format!("{PROJECT}/{name}")).as_deref());
+    }
 
     #[test]
     fn a_loopback_index_is_relayed_at_its_own_address_and_pypi_with_its_file_host() {

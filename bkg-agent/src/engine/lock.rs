@@ -35,11 +35,14 @@ pub enum LockError {
     )]
     Held { dir: PathBuf, lock: PathBuf, holder: String },
     #[error(
-        "uids {first}-{last} overlap those of another agent ({holder}; lock {}): give this agent a range of its own with --uid-base UID (or BKG_UID_BASE), {UID_RANGE} or more from the other's",
+        "uids {first}-{last} overlap those of {} ({}; lock {}): give this agent a range of its own with --uid-base UID (or BKG_UID_BASE){}",
+        if holders.len() > 1 { "other agents" } else { "another agent" },
+        holders.join("; "),
         lock.display(),
+        match free { Some(free) => format!(", e.g. --uid-base {free}, free now"), None => format!(", {UID_RANGE} or more from the other's") },
         last = first + (UID_RANGE - 1)
     )]
-    UidsHeld { first: u32, lock: PathBuf, holder: String },
+    UidsHeld { first: u32, lock: PathBuf, holders: Vec<String>, free: Option<u32> },
     #[error("cannot {action} {}: {source}", path.display())]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
 }
@@ -75,19 +78,32 @@ pub struct UidRangeLock {
 pub fn lock_uid_range(lock_dir: &Path, first: u32, owner: &str) -> Result<UidRangeLock, LockError> {
     let path = lock_dir.join(UID_LOCK_FILE);
     let file = open_lock_file(lock_dir, &path)?;
-    let mut range = uid_range_lock(first);
+    let range = uid_range_lock(first);
     match fcntl(&file, FcntlArg::F_OFD_SETLK(&range)) {
         Ok(_) => {}
         Err(Errno::EAGAIN | Errno::EACCES) => {
-            fcntl(&file, FcntlArg::F_OFD_GETLK(&mut range))
-                .map_err(|errno| io("inspect a lock of", &path)(errno.into()))?;
-            let holder = if i32::from(range.l_type) == libc::F_UNLCK {
+            let held = |start: u64, len: u64| held_within(&file, start, len).map_err(io("inspect a lock of", &path));
+            let (start, end) = (u64::from(first), u64::from(first) + u64::from(UID_RANGE));
+            // Every agent holds exactly UID_RANGE uids and no two overlap: besides the one found,
+            // another can only hold uids below its start or above its end.
+            let holders = match held(start, end - start)? {
                 // Released between the two calls: it was stopping.
-                "an agent that is stopping".to_owned()
-            } else {
-                holder_at(&file, range.l_start)
+                None => vec!["an agent that is stopping".to_owned()],
+                Some(found) => {
+                    let (found_start, found_end) = (found.max(start), found + u64::from(UID_RANGE));
+                    let mut holders = Vec::new();
+                    if let Some(below) = held(start, found_start - start)?.filter(|_| found_start > start) {
+                        holders.push(holder_at(&file, below));
+                    }
+                    holders.push(holder_at(&file, found));
+                    if let Some(above) = held(found_end, end.saturating_sub(found_end))?.filter(|_| end > found_end) {
+                        holders.push(holder_at(&file, above));
+                    }
+                    holders
+                }
             };
-            return Err(LockError::UidsHeld { first, lock: path, holder });
+            let free = free_range_above(&file, end);
+            return Err(LockError::UidsHeld { first, lock: path, holders, free });
         }
         Err(errno) => return Err(io("lock", &path)(errno.into())),
     }
@@ -131,10 +147,40 @@ fn uid_range_lock(first: u32) -> libc::flock {
     lock
 }
 
+/// The first uid of a range another agent holds within `len` uids from `start`, if any does
+/// (`len` 0 asks about none).
+fn held_within(file: &File, start: u64, len: u64) -> std::io::Result<Option<u64>> {
+    let (Ok(start), Ok(len)) = (libc::off_t::try_from(start), libc::off_t::try_from(len)) else {
+        return Ok(None);
+    };
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut probe = uid_range_lock(0);
+    probe.l_start = start;
+    probe.l_len = len;
+    fcntl(file, FcntlArg::F_OFD_GETLK(&mut probe))?;
+    Ok((i32::from(probe.l_type) != libc::F_UNLCK).then(|| u64::try_from(probe.l_start).unwrap_or(0)))
+}
+
+/// A `--uid-base` from `from` on whose range no agent holds now, for the refusal's hint: past
+/// each holder found in turn, a few times at most.
+fn free_range_above(file: &File, from: u64) -> Option<u32> {
+    let mut candidate = from;
+    for _ in 0..16 {
+        let base = u32::try_from(candidate).ok().filter(|base| *base <= u32::MAX - UID_RANGE)?;
+        match held_within(file, candidate, u64::from(UID_RANGE)).ok()? {
+            None => return Some(base),
+            Some(holder) => candidate = holder + u64::from(UID_RANGE),
+        }
+    }
+    None
+}
+
 /// The owner record a holder wrote at `offset`, the first byte of its range.
-fn holder_at(file: &File, offset: libc::off_t) -> String {
+fn holder_at(file: &File, offset: u64) -> String {
     let mut record = vec![0u8; HOLDER_BYTES];
-    let read = u64::try_from(offset).ok().and_then(|offset| file.read_at(&mut record, offset).ok()).unwrap_or(0);
+    let read = file.read_at(&mut record, offset).unwrap_or(0);
     record.truncate(read);
     let text = String::from_utf8_lossy(record.split(|byte| *byte == b'\n').next().unwrap_or_default()).into_owned();
     match text.trim_matches(char::from(0)).trim() {
@@ -248,6 +294,16 @@ mod tests {
         // Ranges that only touch are both free.
         let below = lock_uid_range(locks.path(), 0x7000_0000 - 65_536, "pid 3")?;
         let above = lock_uid_range(locks.path(), 0x7000_0000 + 65_536, "pid 4")?;
+        // A range across two holders names both, and the hint is a base no one holds.
+        let across = lock_uid_range(locks.path(), 0x7000_0000 + 32_768, "pid 5");
+        let Err(error @ LockError::UidsHeld { .. }) = across else {
+            return Err(format!("a range across two holders was not refused: {across:?}").into());
+        };
+        let message = error.to_string();
+        assert!(message.contains("overlap those of other agents (pid 1, state directory /a; pid 4;"), "{message}");
+        let suggested = 0x7000_0000 + 2 * 65_536;
+        assert!(message.ends_with(&format!("e.g. --uid-base {suggested}, free now")), "{message}");
+        drop(lock_uid_range(locks.path(), suggested, "pid 5")?);
         drop(first);
         lock_uid_range(locks.path(), 0x7000_0000, "pid 2, state directory /b")?;
         drop((below, above));

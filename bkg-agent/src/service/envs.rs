@@ -139,6 +139,8 @@ impl Service {
                 if line.is_empty() || !noise.keeps(&line) {
                     continue;
                 }
+                // The file pip reads is the install sandbox's, made from the requirements sent.
+                let line = line.replace(crate::engine::install::REQUIREMENTS_FILE, "the requirements");
                 progress(line.clone());
                 tail.push_back(line);
                 if tail.len() > ERROR_LINES {
@@ -237,7 +239,11 @@ impl InstallerNoise {
             self.in_npm_usage = true;
             return false;
         }
-        if line == "npm error" || line.starts_with("npm error A complete log of this run can be found in") {
+        // The title of `npm ci`'s usage (the one npm command installs run), printed before it.
+        if line == "npm error"
+            || line == "npm error Clean install a project"
+            || line.starts_with("npm error A complete log of this run can be found in")
+        {
             return false;
         }
         if line.starts_with("Traceback (most recent call last):")
@@ -321,7 +327,6 @@ mod tests {
                 "npm error code EUSAGE",
                 "npm error `npm ci` can only install packages when your package.json and package-lock.json or npm-shrinkwrap.json are in sync. Please update your lock file with `npm install` before continuing.",
                 "npm error Invalid: lock file's ms@2.1.2 does not satisfy ms@2.1.3",
-                "npm error Clean install a project",
             ]
         );
     }
