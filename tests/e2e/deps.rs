@@ -233,7 +233,10 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     assert!(stderr(&malformed).contains("Invalid marker"), "{}", stderr(&malformed));
     assert!(!stderr(&malformed).contains("Traceback"), "{}", stderr(&malformed));
     // pip names the line of its requirements file, which is the install sandbox's, not the user's.
-    assert!(stderr(&malformed).contains("(from line 1 of the requirements)"), "{}", stderr(&malformed));
+    let unparsable = agent.exe(&["--with", "six[", "-c", "1", "--type", "python"]);
+    assert_eq!(code(&unparsable), 125, "{}", stderr(&unparsable));
+    let said = "bkg: ERROR: Invalid requirement: 'six[' (from line 1 of the requirements)";
+    assert!(stderr(&unparsable).lines().any(|line| line == said), "{}", stderr(&unparsable));
 
     let options = agent.exe(&["--with=--index-url=http://elsewhere/simple", "-c", "1", "--type", "python"]);
     assert_eq!(code(&options), 125);

@@ -140,7 +140,8 @@ impl Service {
                     continue;
                 }
                 // The file pip reads is the install sandbox's, made from the requirements sent.
-                let line = line.replace(crate::engine::install::REQUIREMENTS_FILE, "the requirements");
+                let file = crate::engine::install::REQUIREMENTS_FILE;
+                let line = line.replace(&format!("-r {file}"), file).replace(file, "the requirements");
                 progress(line.clone());
                 tail.push_back(line);
                 if tail.len() > ERROR_LINES {
