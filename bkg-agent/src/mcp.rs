@@ -231,6 +231,7 @@ impl SandboxTools {
             limits,
             env: BTreeMap::new(),
             scripts: BTreeMap::new(),
+            restart: Default::default(),
         };
         answer(self.operations.create_sandbox(&principal, new).await.map(|info| {
             serde_json::json!({

@@ -213,6 +213,9 @@ pub struct NewSandbox {
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scripts: BTreeMap<String, String>,
+    /// What its service (`POST …/start`) does when it fails, as cave.yaml's `restart`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub restart: RestartPolicy,
 }
 
 /// `POST /api/v1/sandboxes/{id}/start`: run one of the sandbox's scripts, detached.

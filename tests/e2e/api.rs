@@ -18,7 +18,8 @@ struct ApiAgent {
     agent: Agent,
     address: String,
     admin_key: String,
-    _files: tempfile::TempDir,
+    options: AgentOptions,
+    files: tempfile::TempDir,
 }
 
 impl ApiAgent {
@@ -36,22 +37,23 @@ impl ApiAgent {
             address_file.display().to_string(),
         ];
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
-        let agent = Agent::start_with(AgentOptions { warm_pool, extra_args: args, env, ..AgentOptions::default() });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let address = loop {
-            if let Ok(text) = std::fs::read_to_string(&address_file)
-                && text.ends_with('\n')
-            {
-                break text.trim().to_owned();
-            }
-            assert!(Instant::now() < deadline, "no TCP address written:\n{}", agent.log());
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let options = AgentOptions { warm_pool, extra_args: args, env, ..AgentOptions::default() };
+        let agent = Agent::start_with(options.clone());
+        let address = listening_address(&agent, &address_file);
         let created = agent.bkg().args(["keys", "create", "--role", "admin", "--name", "tests"]).output().expect("bkg");
         assert_eq!(code(&created), 0, "bkg keys create: {}", stderr(&created));
         let admin_key = stdout(&created).trim().to_owned();
         assert!(admin_key.starts_with("bkg_admin_"), "{admin_key}");
-        Self { agent, address, admin_key, _files: files }
+        Self { agent, address, admin_key, options, files }
+    }
+
+    /// Stops the agent and starts the next one on the same state directory (and keys).
+    fn restart(&mut self) {
+        self.agent.stop();
+        let address_file = self.files.path().join("address");
+        std::fs::remove_file(&address_file).expect("the last agent's address file");
+        self.agent.spawn(&self.options);
+        self.address = listening_address(&self.agent, &address_file);
     }
 
     fn client(&self, key: &str) -> Client {
@@ -76,6 +78,20 @@ impl ApiAgent {
         assert_eq!(answer.status, 201, "create {role} key: {}", answer.text());
         let key = answer.json();
         (key["id"].as_str().unwrap_or_default().to_owned(), key["key"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+/// The TCP address `agent` wrote once it listens.
+fn listening_address(agent: &Agent, address_file: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(address_file)
+            && text.ends_with('\n')
+        {
+            return text.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no TCP address written:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -434,6 +450,58 @@ fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_g
     let state = api.admin().get(&format!("/api/v1/sandboxes/{id}")).json();
     assert_eq!(state["state"], "running", "{state}");
     expect(&api.admin().post(&format!("/api/v1/sandboxes/{id}/stop"), &json!({})), 200, "stop");
+}
+
+/// A `restart: on-failure` service a key started is started again by the next agent, as that
+/// key, while the key may run code; once the key is revoked, the next agent leaves it
+/// (docs/operations.md).
+#[test]
+fn a_service_a_key_started_is_resumed_as_that_key_until_the_key_is_revoked() {
+    let mut api = ApiAgent::start(&[]);
+    let (key_id, key) = api.key("namespace", Some("web"));
+    let body =
+        json!({ "name": "svc", "language": "python", "restart": "on-failure", "scripts": { "start": "sleep 600" } });
+    let created = api.client(&key).post("/api/v1/sandboxes", &body);
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    let started = api.client(&key).send("POST", &format!("/api/v1/sandboxes/{id}/start"), None, &[]);
+    expect(&started, 202, "start");
+    let first_run = started.json()["run_id"].as_str().unwrap_or_default().to_owned();
+
+    api.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resumed = loop {
+        let info = api.client(&key).get(&format!("/api/v1/sandboxes/{id}")).json();
+        if info["current_run"].is_string() && info["current_run"] != first_run.as_str() {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "the service was not started again: {info}\n{}", api.agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(resumed["service"]["state"], "running", "{resumed}");
+    // It runs as the key that started it: the key's own view of the runs holds the new one.
+    let runs = api.client(&key).get("/api/v1/runs").json();
+    assert!(
+        runs.as_array().into_iter().flatten().any(|run| run["id"] == resumed["current_run"]),
+        "the key sees the resumed run: {runs}"
+    );
+
+    // Revoked, the key may no longer start anything: the next agent leaves the service.
+    expect(&api.admin().post(&format!("/api/v1/auth/keys/{key_id}/revoke"), &json!({})), 200, "revoke");
+    let earlier_log = api.agent.log().len();
+    api.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !api.agent.log()[earlier_log..].contains("the service could not be started again") {
+        assert!(Instant::now() < deadline, "no word on the service left:\n{}", api.agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        api.agent.log()[earlier_log..].contains(&format!("key:{key_id} may no longer start it")),
+        "{}",
+        api.agent.log()
+    );
+    let info = api.admin().get(&format!("/api/v1/sandboxes/{id}")).json();
+    assert!(info["current_run"].is_null(), "{info}");
 }
 
 #[test]

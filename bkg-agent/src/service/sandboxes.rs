@@ -314,6 +314,7 @@ impl Service {
             limits: new.limits,
             env: new.env,
             scripts: new.scripts,
+            restart: new.restart,
             ..SandboxDefinition::new(new.name, namespace, project, new.language)
         };
         self.define_sandbox(principal, &id, definition).await

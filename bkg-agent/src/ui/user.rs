@@ -146,7 +146,15 @@ fn new_sandbox(form: NewSandboxForm) -> Result<NewSandbox, String> {
         env.insert(name.trim().to_owned(), value.to_owned());
     }
     let namespace = Some(form.namespace.trim().to_owned()).filter(|namespace| !namespace.is_empty());
-    Ok(NewSandbox { name: form.name.trim().to_owned(), namespace, language, limits, env, scripts: BTreeMap::new() })
+    Ok(NewSandbox {
+        name: form.name.trim().to_owned(),
+        namespace,
+        language,
+        limits,
+        env,
+        scripts: BTreeMap::new(),
+        restart: Default::default(),
+    })
 }
 
 pub async fn create_sandbox(
