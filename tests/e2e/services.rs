@@ -352,3 +352,74 @@ fn stop_all_calls_off_the_restart_a_failing_service_waits_for() {
     let later = flaky_status();
     assert_eq!((&later["service"]["state"], &later["service"]["restarts"]), (&"stopped".into(), &restarts), "{later}");
 }
+
+/// A failing `restart: on-failure` service is started again by the next agent both when it was
+/// started anew (`bkgr -d`) while it waited to restart, and when its restart fell in the agent's
+/// shutdown grace (another run kept the agent stopping): neither forgets it, and the stopping
+/// agent records no refused restart as a run.
+#[test]
+fn a_failing_service_outlives_a_new_start_in_its_pause_and_a_restart_due_in_the_shutdown_grace() {
+    let mut agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  flaky:\n    type: python\n    restart: on-failure\n    scripts:\n      \
+         start: python -c \"raise SystemExit(3)\"\n",
+    )
+    .expect("cave.yaml");
+    let flaky_status = |agent: &Agent| {
+        let output = agent.bkg_in(dir, &["status", "flaky", "--json"]);
+        assert_eq!(code(&output), 0, "status: {}", stderr(&output));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("status JSON")
+    };
+    let waiting_to_restart = |agent: &Agent| {
+        poll("the service to wait for its restart", || {
+            let info = flaky_status(agent);
+            (info["service"]["state"] == "restarting" && info["current_run"].is_null()).then_some(())
+        })
+    };
+    let started = agent.bkgr(dir, &["-d", "flaky"]);
+    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
+    waiting_to_restart(&agent);
+    let again = agent.bkgr(dir, &["-d", "flaky"]);
+    assert_eq!(code(&again), 0, "bkgr -d while it waits to restart: {}", stderr(&again));
+    waiting_to_restart(&agent);
+
+    // A run that outlasts the shutdown grace keeps the agent stopping past the service's next
+    // restart (its pauses are 1, 2, then 4 s; the grace is 5 s).
+    let mut long_run = agent
+        .bkg()
+        .args(["exe", "--type", "python", "-c", "import time; print('up', flush=True); time.sleep(60)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bkg exe");
+    let mut up = String::new();
+    BufReader::new(long_run.stdout.take().expect("stdout")).read_line(&mut up).expect("the long run's first line");
+    assert_eq!(up, "up\n");
+    agent.stop();
+    let _ = long_run.wait();
+
+    let earlier_log = agent.log().len();
+    agent.spawn(&AgentOptions::default());
+    poll("the next agent to read the services left", || {
+        agent.log()[earlier_log..].contains("services the last agent left services=1").then_some(())
+    });
+    poll("the service to run or wait for its restart again", || {
+        let info = flaky_status(&agent);
+        matches!(info["service"]["state"].as_str(), Some("running" | "restarting")).then_some(())
+    });
+    let runs = bkg_tests::http::unix_request(&agent.socket, "GET", "/api/v1/runs", None).json();
+    let refused: Vec<serde_json::Value> = runs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|run| run["error"].as_str().is_some_and(|error| error.contains("shutting down")))
+        .cloned()
+        .collect();
+    assert!(refused.is_empty(), "no run is recorded for a restart the stopping agent refused: {refused:?}");
+    let stop = agent.bkg_in(dir, &["stop", "flaky"]);
+    assert_eq!(code(&stop), 0, "{}", stderr(&stop));
+}

@@ -83,6 +83,15 @@ impl Services {
     }
 }
 
+/// How the pause before a restart ended.
+enum Pause {
+    Over,
+    /// The service was stopped (`bkg stop`, a delete, the agent's shutdown).
+    Stopped,
+    /// The sandbox's service was started anew meanwhile.
+    Superseded,
+}
+
 /// How a service's run ended, as far as restarting goes.
 enum Ending {
     Success,
@@ -174,19 +183,37 @@ impl Service {
                 health.last_killed_by = killed_by;
             });
             tracing::info!(sandbox = %id, ?exit_code, pause_ms = pause.as_millis() as u64, "service failed; restarting");
-            let stopped_meanwhile = tokio::select! {
-                () = tokio::time::sleep(pause) => false,
-                _ = stopped.wait_for(|stopped| *stopped) => true,
+            let paused = tokio::select! {
+                () = tokio::time::sleep(pause) => Pause::Over,
+                stop = stopped.wait_for(|stopped| *stopped) => match stop {
+                    Ok(_) => Pause::Stopped,
+                    // A new start of the sandbox's service (`bkgr -d`) took its place, and its
+                    // record for the next agent: that is the new one's to keep or forget.
+                    Err(_) => Pause::Superseded,
+                },
             };
-            if stopped_meanwhile {
-                if !self.engine.is_closing() {
-                    self.forget_service(&id).await;
+            match paused {
+                Pause::Over => {}
+                Pause::Stopped => {
+                    if !self.engine.is_closing() {
+                        self.forget_service(&id).await;
+                    }
+                    return;
                 }
+                Pause::Superseded => return,
+            }
+            if self.engine.is_closing() {
+                // The agent began to stop during the pause: the next agent starts it again.
+                self.services.update(&id, |health| health.state = ServiceState::Stopped);
                 return;
             }
             pause = (pause * 2).min(LONGEST_PAUSE);
             let accepted = match self.accept_exec(&principal, &id, exec).await {
                 Ok(accepted) => accepted,
+                Err(_) if self.engine.is_closing() => {
+                    self.services.update(&id, |health| health.state = ServiceState::Stopped);
+                    return;
+                }
                 Err(error) => {
                     tracing::warn!(sandbox = %id, %error, "the service could not be started again");
                     self.services.update(&id, |health| health.state = ServiceState::Exited);
