@@ -83,10 +83,31 @@ pub struct Limits {
     /// CPU bandwidth in thousandths of a CPU: 1000 is one vCPU.
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+    /// `null`: no timeout (`timeout: none`).
+    #[serde(with = "timeout_or_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, required = true))]
     pub timeout_ms: u64,
     pub disk_bytes: u64,
     /// Most processes and threads alive at once.
     pub pids: u64,
+}
+
+/// A resolved timeout on the wire: `null` for [`NO_TIMEOUT_MS`], which as a JSON number is
+/// beyond what JavaScript reads exactly (it parses as 18446744073709552000). The number itself
+/// is still read, as records written before were.
+mod timeout_or_none {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(timeout_ms: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        match *timeout_ms {
+            crate::NO_TIMEOUT_MS => serializer.serialize_none(),
+            ms => serializer.serialize_u64(ms),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        Ok(Option::<u64>::deserialize(deserializer)?.unwrap_or(crate::NO_TIMEOUT_MS))
+    }
 }
 
 /// One limit of `Limits::named`: its name, its value and how it is written.
@@ -588,7 +609,20 @@ pub struct AgentInfo {
 
 #[cfg(test)]
 mod tests {
-    use super::Language;
+    use super::{Language, Limits, NO_TIMEOUT_MS};
+
+    #[test]
+    fn no_timeout_is_null_in_json_and_the_old_number_still_reads() -> Result<(), serde_json::Error> {
+        let none = Limits { timeout_ms: NO_TIMEOUT_MS, ..Limits::DEFAULT };
+        let json = serde_json::to_value(none)?;
+        assert!(json["timeout_ms"].is_null(), "{json}");
+        assert_eq!(serde_json::from_value::<Limits>(json)?, none);
+        let mut old = serde_json::to_value(Limits::DEFAULT)?;
+        old["timeout_ms"] = serde_json::json!(u64::MAX);
+        assert_eq!(serde_json::from_value::<Limits>(old)?, none);
+        assert_eq!(serde_json::to_value(Limits::DEFAULT)?["timeout_ms"], 60_000);
+        Ok(())
+    }
 
     #[test]
     fn a_language_is_known_by_its_aliases_in_any_case() {
