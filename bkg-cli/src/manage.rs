@@ -425,7 +425,7 @@ async fn stop(
         if stopped {
             out.note(format_args!("stopped {name}"));
         } else {
-            out.note(format_args!("{name} was not running"));
+            out.note(format_args!("sandbox `{name}` was not running"));
         }
     }
     Ok(StopAnswer { name, stopped })

@@ -620,6 +620,8 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
             )];
         }
         Kind::Pattern { .. } => match rule_of(schema_path) {
+            // `0s`, `0MiB`: the form is right; the value is below the limit's least.
+            Some(("duration" | "size", _)) if let Some(least) = zero_limit(at, instance) => least,
             Some(("name", how)) if at == "/namespace" => {
                 format!("{instance} is not a valid namespace ({})", rule_text(how, error))
             }
@@ -647,12 +649,37 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
         Kind::Constant { expected_value } => {
             format!("{instance} is not supported: it must be {expected_value}")
         }
+        // `timeout: 60`: YAML makes it a number, where a size or a duration is a string.
+        Kind::Type { .. } if instance.is_number() && matches!(rule_of(schema_path), Some(("duration" | "size", _))) => {
+            // As the string of the same number would read: seconds, or bytes.
+            let (what, example) = match (rule_of(schema_path), instance.as_u64()) {
+                (Some(("duration", _)), _) => ("duration", format!("\"{instance}s\"")),
+                (_, Some(bytes)) => ("size", format!("\"{}\"", crate::units::format_size(bytes))),
+                (_, None) => ("size", "\"512MiB\"".to_owned()),
+            };
+            format!("{instance} is a number: write the {what} with its unit, as a string like {example}")
+        }
         _ => match rule_of(schema_path) {
             Some((what, how)) => format!("{error} (a {what}: {how})"),
             None => error.to_string(),
         },
     };
     vec![CaveError::new(at.to_owned(), message)]
+}
+
+/// For a limit at `at` (`/sandboxes/NAME/limits/KEY`) written as zero in a valid form (`0s`,
+/// `0 MiB`): that it is too small, with the limit's least.
+fn zero_limit(at: &str, instance: &Value) -> Option<String> {
+    let (_, key) = at.rsplit_once('/')?;
+    let text = instance.as_str()?;
+    let parse = match key {
+        "timeout" => crate::units::parse_duration_ms,
+        "memory" | "disk" => crate::units::parse_size,
+        _ => return None,
+    };
+    let Err(UnitError::Zero { .. }) = parse(text) else { return None };
+    let (_, least, shown) = crate::Limits::LEAST.named().into_iter().find(|(name, _, _)| *name == key)?;
+    Some(format!("`{text}` is too small: the least is {}", shown(least)))
 }
 
 /// The broken rule in words (`how`), or as the schema states it where it has none: a pattern
@@ -1087,6 +1114,30 @@ sandboxes:
         let text = GOOD.replace("memory: 256MiB", "memory: \"0.1\"");
         let messages: Vec<String> = errors_of(&text).into_iter().map(|error| error.message).collect();
         assert_eq!(messages, ["`0.1` is too small: the least is 16MiB"]);
+        // Zero in a size's or a duration's own form is too small too, not malformed.
+        for (written, said) in
+            [("timeout: 30s", "timeout: 0s"), ("memory: 256MiB", "memory: 0MiB"), ("disk: 1GiB", "disk: 0 GiB")]
+        {
+            let (key, zero) = said.split_once(": ").unwrap_or_default();
+            let least = if key == "timeout" { "1ms" } else { "16MiB" };
+            let messages: Vec<String> =
+                errors_of(&GOOD.replace(written, said)).into_iter().map(|error| error.message).collect();
+            assert_eq!(messages, [format!("`{zero}` is too small: the least is {least}")]);
+        }
+    }
+
+    #[test]
+    fn a_size_or_duration_written_as_a_number_is_told_to_take_its_unit() {
+        for (written, said) in [
+            ("timeout: 30s", "60 is a number: write the duration with its unit, as a string like \"60s\""),
+            ("memory: 256MiB", "536870912 is a number: write the size with its unit, as a string like \"512MiB\""),
+        ] {
+            let number = said.split_once(' ').map(|(number, _)| number).unwrap_or_default();
+            let (key, _) = written.split_once(": ").unwrap_or_default();
+            let text = GOOD.replace(written, &format!("{key}: {number}"));
+            let messages: Vec<String> = errors_of(&text).into_iter().map(|error| error.message).collect();
+            assert_eq!(messages, [said]);
+        }
     }
 
     #[test]

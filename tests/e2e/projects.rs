@@ -163,7 +163,7 @@ fn detach_logs_and_stop() {
 
     let busy = agent.bkgr(dir, &["ticker"]);
     assert_eq!(code(&busy), 125, "a second run of a running sandbox is refused");
-    assert!(stderr(&busy).contains("already running"), "{}", stderr(&busy));
+    assert_eq!(stderr(&busy), "bkgr: sandbox `ticker` is already running: stop it first (`bkg stop ticker`)\n");
 
     let stop = agent.bkg_in(dir, &["stop", "ticker"]);
     assert_eq!(code(&stop), 0);
@@ -228,7 +228,7 @@ fn a_missing_sandbox_or_script_is_one_clear_line() {
     assert!(stderr(&not_run).contains("`bkgr api` runs it"), "{}", stderr(&not_run));
     // Stopping a declared sandbox that never ran leaves it as asked: not running.
     let stopped = agent.bkg_in(project.path(), &["stop", "api"]);
-    assert_eq!((code(&stopped), stderr(&stopped).as_str()), (0, "bkg: api was not running\n"));
+    assert_eq!((code(&stopped), stderr(&stopped).as_str()), (0, "bkg: sandbox `api` was not running\n"));
     let no_script = agent.bkgr(project.path(), &["api", "test"]);
     assert_eq!(stderr(&no_script), "bkgr: sandbox `api` has no script `test` (it has: start)\n");
     // Without a name, a sandbox without the script is left out with a note; the others run.

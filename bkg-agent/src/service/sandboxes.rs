@@ -89,7 +89,7 @@ fn busy(name: &str, holder: Holder) -> OpError {
         Holder::Session(session) => format!(
             "sandbox {name} is held by session `{session}` (`bkg exec`): run code in it with `bkg exec {name}`, or end it with `bkg stop {name}`"
         ),
-        Holder::Run => format!("sandbox {name} is already running; stop it first"),
+        Holder::Run => format!("sandbox `{name}` is already running: stop it first (`bkg stop {name}`)"),
     }))
 }
 
