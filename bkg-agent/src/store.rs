@@ -127,6 +127,9 @@ const MIGRATIONS: &[&str] = &[
         exec TEXT NOT NULL,
         actor TEXT NOT NULL
     );",
+    // A sandbox's service as it last stood (`ServiceHealth` as JSON), for `bkg status` after an
+    // agent restart; it goes with the sandbox.
+    "ALTER TABLE sandboxes ADD COLUMN last_service TEXT;",
 ];
 
 /// A run as it starts (`Store::run_started`).

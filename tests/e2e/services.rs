@@ -165,6 +165,9 @@ fn a_service_outlives_an_agent_restart_and_a_crash_but_not_a_stop() {
     });
     let info = status(&agent, dir);
     assert!(info["current_run"].is_null(), "a stopped service is not started by the next agent: {info}");
+    // Its status still says how it ended, with the restarts it had.
+    assert_eq!(info["service"]["state"], "stopped", "{info}");
+    assert_eq!(info["service"]["restart"], "on-failure", "{info}");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "nothing answers on the port");
 }
 

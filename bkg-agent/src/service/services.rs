@@ -128,9 +128,23 @@ impl Service {
         self.remember_service(sandbox_id, &principal, exec.as_ref().filter(|_| restart == RestartPolicy::OnFailure))
             .await;
         let stopped = self.services.begin(sandbox_id, restart);
+        self.keep_service_health(sandbox_id).await;
         let task = self.start(accepted, mpsc::channel(1).1, None);
-        tokio::spawn(Arc::clone(self).supervise(sandbox_id.to_owned(), principal, exec, task, stopped));
+        let service = Arc::clone(self);
+        let id = sandbox_id.to_owned();
+        tokio::spawn(async move {
+            Arc::clone(&service).supervise(id.clone(), principal, exec, task, stopped).await;
+            service.keep_service_health(&id).await;
+        });
         DetachedRun { sandbox_id: sandbox_id.to_owned(), run_id }
+    }
+
+    /// Keeps how sandbox `id`'s service stands now, for `bkg status` after the agent restarts.
+    async fn keep_service_health(&self, id: &str) {
+        let Some(health) = self.services.health(id) else { return };
+        if let Err(error) = self.store.keep_service_health(id, &health).await {
+            tracing::warn!(sandbox = %id, %error, "could not keep the service's state");
+        }
     }
 
     async fn supervise(
@@ -303,7 +317,18 @@ impl Service {
 
     /// The health of sandbox `id`'s service, with whether its forwarded ports accept connections.
     pub(super) async fn service_health(&self, id: &str, definition: &SandboxDefinition) -> Option<ServiceHealth> {
-        let mut health = self.services.health(id)?;
+        let mut health = match self.services.health(id) {
+            Some(health) => health,
+            // Not this agent's: as the last agent left it. One that was going on then ended with
+            // that agent (unless it was started again, and so is this agent's).
+            None => {
+                let mut kept = self.store.kept_service_health(id).await.ok()??;
+                if matches!(kept.state, ServiceState::Running | ServiceState::Restarting) {
+                    kept.state = ServiceState::Stopped;
+                }
+                kept
+            }
+        };
         let current = self.engine.current_run(id).map(|run| run.run_id.clone());
         for text in &definition.ports {
             let Ok(mapping) = PortMapping::parse(text) else { continue };

@@ -4,8 +4,9 @@
 //! it. One-off environment values are never stored (docs/operations.md), so a service given
 //! any has no row.
 
+use bkg_schema::egress::ServiceHealth;
 use bkg_schema::sandbox::ExecRequest;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError};
 
@@ -56,6 +57,30 @@ impl Store {
                     Ok(LeftService { sandbox_id, exec: serde_json::from_str(&exec)?, actor })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    /// Keeps how sandbox `sandbox_id`'s service stands now (its ports are not kept: they are
+    /// probed when shown).
+    pub async fn keep_service_health(&self, sandbox_id: &str, health: &ServiceHealth) -> Result<(), StoreError> {
+        let kept = ServiceHealth { ports: Vec::new(), ..health.clone() };
+        let (sandbox_id, health) = (sandbox_id.to_owned(), serde_json::to_string(&kept)?);
+        self.with(move |db| {
+            db.execute("UPDATE sandboxes SET last_service = ?2 WHERE id = ?1", params![sandbox_id, health])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// How sandbox `sandbox_id`'s service stood when last kept, if it ever had one.
+    pub async fn kept_service_health(&self, sandbox_id: &str) -> Result<Option<ServiceHealth>, StoreError> {
+        let sandbox_id = sandbox_id.to_owned();
+        self.with(move |db| {
+            let kept: Option<Option<String>> = db
+                .query_row("SELECT last_service FROM sandboxes WHERE id = ?1", params![sandbox_id], |row| row.get(0))
+                .optional()?;
+            kept.flatten().map(|text| serde_json::from_str(&text)).transpose().map_err(StoreError::from)
         })
         .await
     }
