@@ -415,10 +415,12 @@ async fn stop(
     let stopped = match (client.post_found(&format!("/api/v1/sandboxes/{id}/stop")).await?, &project) {
         (Some(Stopped { stopped }), _) => stopped,
         // Declared in cave.yaml and never made: there is nothing to stop, which is what was asked.
-        (None, Some(project)) if load_cave(project).is_ok_and(|cave| cave.sandboxes.contains_key(&name)) => false,
-        (None, Some(project)) => {
-            return Err(missing_sandbox(project, &name, format!("no sandbox `{name}` in cave.yaml")));
-        }
+        // A cave.yaml that does not load cannot say whether it declares the name: its problems.
+        (None, Some(project)) => match load_cave(project) {
+            Ok(cave) if cave.sandboxes.contains_key(&name) => false,
+            Ok(cave) => return Err(crate::project::unknown_sandbox(&cave, &name)),
+            Err(problems) => return Err(problems),
+        },
         (None, None) => return Err(CliError::usage(format!("no sandbox `{name}` on the agent"))),
     };
     if !out.is_json() {

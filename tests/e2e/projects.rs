@@ -229,6 +229,21 @@ fn a_missing_sandbox_or_script_is_one_clear_line() {
     // Stopping a declared sandbox that never ran leaves it as asked: not running.
     let stopped = agent.bkg_in(project.path(), &["stop", "api"]);
     assert_eq!((code(&stopped), stderr(&stopped).as_str()), (0, "bkg: sandbox `api` was not running\n"));
+    // A cave.yaml that does not load cannot say whether it declares `api`: its problem is said,
+    // not that it has no such sandbox.
+    let cave = std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml");
+    write(
+        &project.path().join("cave.yaml"),
+        &cave.replace("    type: python\n", "    type: python\n    colour: red\n"),
+    );
+    let broken = agent.bkg_in(project.path(), &["stop", "api"]);
+    assert_eq!(code(&broken), 125, "{}", stderr(&broken));
+    assert!(
+        stderr(&broken).contains("/sandboxes/api/colour: additional property \"colour\" is not allowed"),
+        "{}",
+        stderr(&broken)
+    );
+    write(&project.path().join("cave.yaml"), &cave);
     let no_script = agent.bkgr(project.path(), &["api", "test"]);
     assert_eq!(stderr(&no_script), "bkgr: sandbox `api` has no script `test` (it has: start)\n");
     // Without a name, a sandbox without the script is left out with a note; the others run.
