@@ -39,7 +39,7 @@ impl ApiAgent {
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let options = AgentOptions { warm_pool, extra_args: args, env, ..AgentOptions::default() };
         let agent = Agent::start_with(options.clone());
-        let address = listening_address(&agent, &address_file);
+        let address = crate::bkg_db::listen_address(&agent, &address_file);
         let created = agent.bkg().args(["keys", "create", "--role", "admin", "--name", "tests"]).output().expect("bkg");
         assert_eq!(code(&created), 0, "bkg keys create: {}", stderr(&created));
         let admin_key = stdout(&created).trim().to_owned();
@@ -53,7 +53,7 @@ impl ApiAgent {
         let address_file = self.files.path().join("address");
         std::fs::remove_file(&address_file).expect("the last agent's address file");
         self.agent.spawn(&self.options);
-        self.address = listening_address(&self.agent, &address_file);
+        self.address = crate::bkg_db::listen_address(&self.agent, &address_file);
     }
 
     fn client(&self, key: &str) -> Client {
@@ -78,20 +78,6 @@ impl ApiAgent {
         assert_eq!(answer.status, 201, "create {role} key: {}", answer.text());
         let key = answer.json();
         (key["id"].as_str().unwrap_or_default().to_owned(), key["key"].as_str().unwrap_or_default().to_owned())
-    }
-}
-
-/// The TCP address `agent` wrote once it listens.
-fn listening_address(agent: &Agent, address_file: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(address_file)
-            && text.ends_with('\n')
-        {
-            return text.trim().to_owned();
-        }
-        assert!(Instant::now() < deadline, "no TCP address written:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -472,19 +458,27 @@ fn a_service_a_key_started_is_resumed_as_that_key_until_the_key_is_revoked() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let resumed = loop {
         let info = api.client(&key).get(&format!("/api/v1/sandboxes/{id}")).json();
-        if info["current_run"].is_string() && info["current_run"] != first_run.as_str() {
+        // Its run is registered a moment before its service is: both say it is back.
+        if info["current_run"].is_string()
+            && info["current_run"] != first_run.as_str()
+            && info["service"]["state"] == "running"
+        {
             break info;
         }
         assert!(Instant::now() < deadline, "the service was not started again: {info}\n{}", api.agent.log());
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(resumed["service"]["state"], "running", "{resumed}");
-    // It runs as the key that started it: the key's own view of the runs holds the new one.
-    let runs = api.client(&key).get("/api/v1/runs").json();
-    assert!(
-        runs.as_array().into_iter().flatten().any(|run| run["id"] == resumed["current_run"]),
-        "the key sees the resumed run: {runs}"
-    );
+    // It runs as the key that started it: the key's own view of the runs holds the new one (once
+    // its start is recorded, as its run begins).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let runs = api.client(&key).get("/api/v1/runs").json();
+        if runs.as_array().into_iter().flatten().any(|run| run["id"] == resumed["current_run"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the key does not see the resumed run: {runs}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Revoked, the key may no longer start anything: the next agent leaves the service.
     expect(&api.admin().post(&format!("/api/v1/auth/keys/{key_id}/revoke"), &json!({})), 200, "revoke");

@@ -39,9 +39,26 @@ fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 }
 
 fn status(agent: &Agent, project: &Path) -> serde_json::Value {
-    let output = agent.bkg_in(project, &["status", "web", "--json"]);
+    status_of(agent, project, "web")
+}
+
+/// `bkg status NAME --json` in `project`.
+fn status_of(agent: &Agent, project: &Path, name: &str) -> serde_json::Value {
+    let output = agent.bkg_in(project, &["status", name, "--json"]);
     assert_eq!(code(&output), 0, "status: {}", stderr(&output));
     serde_json::from_slice(&output.stdout).expect("status JSON")
+}
+
+/// A project whose sandbox `flaky` is a `restart: on-failure` service that always fails.
+fn flaky_project() -> tempfile::TempDir {
+    let project = tempfile::tempdir().expect("project dir");
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        "version: 1\nsandboxes:\n  flaky:\n    type: python\n    restart: on-failure\n    scripts:\n      \
+         start: python -c \"raise SystemExit(4)\"\n",
+    )
+    .expect("cave.yaml");
+    project
 }
 
 /// An agent that allows `timeout: none`, and a copy of examples/python-service forwarding a
@@ -131,15 +148,20 @@ fn a_service_outlives_an_agent_restart_and_a_crash_but_not_a_stop() {
     let token = |body: &str| body.rsplit(' ').next().unwrap_or_default().to_owned();
     let mut last = token(&start_service(&agent, dir, port, &marker));
     // A follow of its log ends with the agent's stop, saying so.
-    let follow = agent
+    let mut follow = agent
         .bkg()
         .current_dir(dir)
         .args(["logs", "web", "-f"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("bkg logs -f");
+    // Following once the log's first line has come: a stop before that would cut its request.
+    let mut followed_out = BufReader::new(follow.stdout.take().expect("the follow's stdout"));
+    let mut first = String::new();
+    followed_out.read_line(&mut first).expect("the log's first line");
+    assert_eq!(first, "serving on port 8000\n");
 
     for (how, end) in [("a stop", Agent::stop as fn(&mut Agent)), ("a crash", Agent::crash)] {
         end(&mut agent);
@@ -151,6 +173,7 @@ fn a_service_outlives_an_agent_restart_and_a_crash_but_not_a_stop() {
         let info = status(&agent, dir);
         assert_eq!(info["service"]["state"], "running", "after {how}: {info}");
     }
+    std::io::copy(&mut followed_out, &mut std::io::sink()).expect("the rest of the log");
     let followed = follow.wait_with_output().expect("bkg logs -f ended with the first stop");
     assert_eq!(code(&followed), 125, "{}", stderr(&followed));
     assert!(stderr(&followed).contains("the agent stopped, so following ended"), "{}", stderr(&followed));
@@ -324,21 +347,11 @@ fn a_service_ended_by_its_time_limit_says_so() {
 #[test]
 fn stop_all_calls_off_the_restart_a_failing_service_waits_for() {
     let agent = Agent::start();
-    let project = tempfile::tempdir().expect("project dir");
+    let project = flaky_project();
     let dir = project.path();
-    std::fs::write(
-        dir.join("cave.yaml"),
-        "version: 1\nsandboxes:\n  flaky:\n    type: python\n    restart: on-failure\n    scripts:\n      \
-         start: python -c \"raise SystemExit(4)\"\n",
-    )
-    .expect("cave.yaml");
     let started = agent.bkgr(dir, &["-d", "flaky"]);
     assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
-    let flaky_status = || {
-        let output = agent.bkg_in(dir, &["status", "flaky", "--json"]);
-        assert_eq!(code(&output), 0, "status: {}", stderr(&output));
-        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("status JSON")
-    };
+    let flaky_status = || status_of(&agent, dir, "flaky");
     poll("the service to wait for its restart", || {
         let info = flaky_status();
         (info["service"]["state"] == "restarting" && info["current_run"].is_null()).then_some(())
@@ -363,19 +376,9 @@ fn stop_all_calls_off_the_restart_a_failing_service_waits_for() {
 #[test]
 fn a_failing_service_outlives_a_new_start_in_its_pause_and_a_restart_due_in_the_shutdown_grace() {
     let mut agent = Agent::start();
-    let project = tempfile::tempdir().expect("project dir");
+    let project = flaky_project();
     let dir = project.path();
-    std::fs::write(
-        dir.join("cave.yaml"),
-        "version: 1\nsandboxes:\n  flaky:\n    type: python\n    restart: on-failure\n    scripts:\n      \
-         start: python -c \"raise SystemExit(3)\"\n",
-    )
-    .expect("cave.yaml");
-    let flaky_status = |agent: &Agent| {
-        let output = agent.bkg_in(dir, &["status", "flaky", "--json"]);
-        assert_eq!(code(&output), 0, "status: {}", stderr(&output));
-        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("status JSON")
-    };
+    let flaky_status = |agent: &Agent| status_of(agent, dir, "flaky");
     let waiting_to_restart = |agent: &Agent| {
         poll("the service to wait for its restart", || {
             let info = flaky_status(agent);
