@@ -179,7 +179,9 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
             // Another terminal may have stopped or removed the sandbox.
             LimitsFrom::CaveOrFlags(_) => "stopped (Ctrl-C, or `bkg stop` or `bkg rm` of the sandbox)".into(),
         }),
-        Some(KilledBy::Shutdown) => Some("killed: the agent was stopped and the run outlived its 5 s grace".into()),
+        Some(KilledBy::Shutdown) => {
+            Some("ended by the agent's stop (SIGTERM to the script, SIGKILL after a 5 s grace)".into())
+        }
         Some(KilledBy::Interrupted) => Some("interrupted: the agent stopped before the run ended".into()),
         None => result.signal.map(|signal| format!("the script was killed by signal {signal}")),
     }

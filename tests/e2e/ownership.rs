@@ -405,6 +405,44 @@ fn sigterm_ends_runs_after_the_grace_with_killed_by_shutdown_and_leaves_no_cgrou
     assert!(runs.iter().any(|run| run["id"] == detached_run.as_str()), "{runs:?}");
 }
 
+/// A stopping agent asks each run's script to end (SIGTERM) before its grace is over: a script
+/// that handles it ends cleanly, with its own exit code, and its caller is told the agent's stop
+/// ended it.
+#[test]
+fn a_stopping_agent_sends_sigterm_first_so_a_script_can_end_cleanly() {
+    let mut agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let handler = "import signal, sys, time\n\
+                   def ended(*_):\n    print('got TERM', flush=True)\n    sys.exit(9)\n\
+                   signal.signal(signal.SIGTERM, ended)\nprint('ready', flush=True)\ntime.sleep(300)";
+    let mut run = agent
+        .bkg()
+        .args(["exe", "--type", "python", "--timeout", "5m", "-c", handler])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bkg exe");
+    let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("the script's first line");
+    assert_eq!(line, "ready\n");
+    // SAFETY: kill(2) has no memory effects; the agent is this test's child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).expect("the rest of the output");
+    let ended = run.wait_with_output().expect("bkg exe ends");
+    assert_eq!(rest, "got TERM\n", "the script's handler ran: {}", stderr(&ended));
+    assert_eq!(code(&ended), 143, "{}", stderr(&ended));
+    assert_eq!(stderr(&ended), "bkg: ended by the agent's stop (SIGTERM to the script, SIGKILL after a 5 s grace)\n");
+    wait_for_exit(&agent);
+    agent.stop();
+    agent.spawn(&AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let runs = socket_json(&agent, "/api/v1/runs?limit=1");
+    // It ended by itself, with its own code: not killed at the end of the grace.
+    assert_eq!((&runs[0]["exit_code"], &runs[0]["signal"]), (&9.into(), &serde_json::Value::Null), "{runs}");
+    assert_eq!(runs[0]["killed_by"], "shutdown", "{runs}");
+}
+
 /// `bkg ARGS` with its stdout and stderr on a pipe nobody reads: `bkg … 2>&1 | head -0`.
 fn bkg_into_a_closed_pipe(agent: &Agent, args: &[&str]) -> Option<i32> {
     let (read, write) = std::io::pipe().expect("pipe");

@@ -161,7 +161,9 @@ pub struct Engine {
     pool: pool::WarmPool<PreparedSandbox>,
     /// Whether the task that shrinks an idle pool has been started.
     pool_keeper: AtomicBool,
-    closing: AtomicBool,
+    /// Set when the agent begins to stop: new runs are refused, and the code of each run going
+    /// on is sent SIGTERM (engine/run.rs), to end within the grace.
+    closing: watch::Sender<bool>,
     active_runs: AtomicUsize,
     /// Runs whose code was started by a prestarted interpreter (engine/prestart.rs).
     prestarted_runs: AtomicU64,
@@ -243,7 +245,7 @@ impl Engine {
                     .unwrap_or(usize::MAX),
             }),
             pool_keeper: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
+            closing: watch::Sender::new(false),
             active_runs: AtomicUsize::new(0),
             prestarted_runs: AtomicU64::new(0),
             last_run_was_node: AtomicBool::new(false),
@@ -344,7 +346,12 @@ impl Engine {
 
     /// Whether new runs are refused (the agent is stopping).
     pub fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+        *self.closing.borrow()
+    }
+
+    /// Turns true when the agent begins to stop (see `close`).
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Resolves once the shutdown grace is over and runs must end (see `kill_runs`).
@@ -352,9 +359,10 @@ impl Engine {
         self.kill_runs.subscribe()
     }
 
-    /// Refuses new runs and stops refilling the warm pool: the first step of a shutdown.
+    /// Refuses new runs, stops refilling the warm pool and asks the runs going on to end (their
+    /// code gets SIGTERM): the first step of a shutdown.
     pub fn close(&self) {
-        self.closing.store(true, Ordering::Release);
+        self.closing.send_replace(true);
     }
 
     /// Ends every run still going, each with `killed_by: shutdown` (the grace is over).

@@ -81,6 +81,7 @@ impl Engine {
             return Err(EngineError::ShuttingDown.into());
         }
         let must_end = self.runs_must_end();
+        let closing = self.closing();
         self.active_runs.fetch_add(1, Ordering::Relaxed);
         let _active = ActiveRun(Arc::clone(self));
         let run_id = ticket.run_id().to_owned();
@@ -189,6 +190,7 @@ impl Engine {
             stop: &tracker,
             cancel: cancel_rx,
             must_end,
+            closing,
             output: &output,
             relay: &mut relay,
             log: log.as_mut(),
@@ -637,6 +639,8 @@ struct Watch<'a> {
     cancel: mpsc::Receiver<()>,
     /// Turns true when the agent shuts down and its grace for runs is over.
     must_end: tokio::sync::watch::Receiver<bool>,
+    /// Turns true when the agent begins to stop: the code is asked to end (SIGTERM).
+    closing: tokio::sync::watch::Receiver<bool>,
     output: &'a Option<mpsc::Sender<RunOutput>>,
     relay: &'a mut Relay,
     log: Option<&'a mut tokio::fs::File>,
@@ -697,6 +701,9 @@ impl Watch<'_> {
         let mut phase = Phase::Running;
         let mut shutdown_seen = false;
         let mut must_end = self.must_end.clone();
+        let mut closing = self.closing.clone();
+        let mut asked_to_end = false;
+        let mut closing_seen = false;
         let mut ended_at = None;
         let (mut stdout_open, mut stderr_open) = (true, true);
         let mut terminal_open = self.terminal.is_some();
@@ -763,6 +770,14 @@ impl Watch<'_> {
                 }
                 () = self.stop.stopped(), if phase == Phase::Running => kill_for = Some(KilledBy::Cancelled),
                 Some(()) = self.cancel.recv(), if phase == Phase::Running => kill_for = Some(KilledBy::Cancelled),
+                stopping = async { closing.wait_for(|closing| *closing).await.is_ok() }, if phase == Phase::Running && !closing_seen => {
+                    // Once: a closed channel (the engine gone) is no order either.
+                    closing_seen = true;
+                    if stopping {
+                        asked_to_end = true;
+                        self.sandbox.terminate_code();
+                    }
+                }
                 ended = async { must_end.wait_for(|end| *end).await.is_ok() }, if phase == Phase::Running && !shutdown_seen => {
                     // Once is enough: pid 1 is killed, and the loop ends as its pipes close. A
                     // closed channel (the engine gone) is no order to end.
@@ -792,6 +807,11 @@ impl Watch<'_> {
             }
         }
         watched.wall = ended_at.unwrap_or_else(|| self.started.elapsed());
+        // However it ended after the agent asked it to, the agent's stop ended it: a service is
+        // started again by the next agent, and its caller is told why.
+        if asked_to_end && watched.killed_by.is_none() {
+            watched.killed_by = Some(KilledBy::Shutdown);
+        }
         watched
     }
 

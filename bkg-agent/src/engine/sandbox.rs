@@ -256,6 +256,15 @@ impl PreparedSandbox {
         }
     }
 
+    /// Asks the run's code to end (SIGTERM to its process, as `docker stop` does to a
+    /// container's): the agent is stopping, and the code may end cleanly within the grace.
+    pub fn terminate_code(&self) {
+        let Some(code) = code_pid(self.pid_one()) else { return };
+        if let Err(errno) = nix::sys::signal::kill(Pid::from_raw(code), nix::sys::signal::Signal::SIGTERM) {
+            tracing::debug!(sandbox = %self.id, %errno, "could not send SIGTERM to the code");
+        }
+    }
+
     /// Whether the sandbox's disk is out of blocks or inodes, seen from the agent through pid 1's
     /// root: the code may free space again before it exits, so the end report alone can miss it.
     pub fn workspace_is_full(&self) -> bool {
@@ -438,4 +447,10 @@ fn set_nonblocking(fd: OwnedFd) -> Result<OwnedFd, EngineError> {
     nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))
         .map_err(|e| EngineError::io("pipe flags")(e.into()))?;
     Ok(fd)
+}
+
+/// Host pid of the run's code in the sandbox whose pid 1 is `pid_one`: pid 1's one child.
+pub fn code_pid(pid_one: i32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid_one}/task/{pid_one}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
 }

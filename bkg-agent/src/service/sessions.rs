@@ -207,12 +207,6 @@ fn parse_line(line: Vec<u8>) -> Vec<SessionEvent> {
     }
 }
 
-/// The host pid of the code a run's pid 1 started: its only child.
-fn code_pid(pid_one: i32) -> Option<i32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid_one}/task/{pid_one}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
-}
-
 impl Service {
     fn session_of(&self, id: &str, name: &str) -> OpResult<Arc<Session>> {
         match self.sessions.live(id) {
@@ -325,7 +319,7 @@ impl Service {
             // Nothing is running: there is nothing to interrupt.
             return Ok(session.info());
         }
-        let code = session.tracker.access().and_then(|access| code_pid(access.pid_one));
+        let code = session.tracker.access().and_then(|access| crate::engine::sandbox::code_pid(access.pid_one));
         let Some(pid) = code else {
             return Err(OpError::NotFound(format!("session `{name}` has no interpreter running")));
         };
