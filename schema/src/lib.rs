@@ -42,8 +42,9 @@ pub enum Language {
 impl Language {
     /// Picks the language from a script's file name, as `bkg exe FILE` does without `--type`.
     pub fn from_file_name(name: &str) -> Option<Self> {
-        let extension = name.rsplit_once('.')?.1;
-        match extension {
+        // In any case, as `--type` is taken: `SCRIPT.PY` is Python to python3 too.
+        let extension = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        match extension.as_str() {
             "py" => Some(Self::Python),
             "js" | "mjs" | "cjs" => Some(Self::Node),
             _ => None,
@@ -622,6 +623,20 @@ mod tests {
         assert_eq!(serde_json::from_value::<Limits>(old)?, none);
         assert_eq!(serde_json::to_value(Limits::DEFAULT)?["timeout_ms"], 60_000);
         Ok(())
+    }
+
+    #[test]
+    fn a_script_s_language_is_known_by_its_extension_in_any_case() {
+        for (name, language) in [
+            ("a.py", Some(Language::Python)),
+            ("A.PY", Some(Language::Python)),
+            ("b.Js", Some(Language::Node)),
+            ("c.mjs", Some(Language::Node)),
+            ("d.txt", None),
+            ("py", None),
+        ] {
+            assert_eq!(Language::from_file_name(name), language, "{name}");
+        }
     }
 
     #[test]
