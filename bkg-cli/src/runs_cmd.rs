@@ -256,7 +256,7 @@ pub fn runs_table(runs: &[RunRecord], width: Option<u16>) -> String {
     });
     // On an 80-column terminal the whole ids fit, with what `bkg runs show ID` adds left out.
     crate::table::render_fitting(
-        &["ID", "SANDBOX", "TYPE", "STARTED", "OUTCOME", "WALL", "CPU", "MEMORY", "NAMESPACE"],
+        &["ID", "SANDBOX", "TYPE", "STARTED (UTC)", "OUTCOME", "WALL", "CPU", "MEMORY", "NAMESPACE"],
         &[5, 6, 7],
         &[1, 8],
         rows.collect(),
