@@ -392,11 +392,13 @@ fn a_failing_service_outlives_a_new_start_in_its_pause_and_a_restart_due_in_the_
     assert_eq!(code(&again), 0, "bkgr -d while it waits to restart: {}", stderr(&again));
     waiting_to_restart(&agent);
 
-    // A run that outlasts the shutdown grace keeps the agent stopping past the service's next
-    // restart (its pauses are 1, 2, then 4 s; the grace is 5 s).
+    // A run that ignores the stop's SIGTERM and outlasts the shutdown grace keeps the agent
+    // stopping past the service's next restart (its pauses are 1, 2, then 4 s; the grace is 5 s).
+    let stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\n\
+                    time.sleep(60)";
     let mut long_run = agent
         .bkg()
-        .args(["exe", "--type", "python", "-c", "import time; print('up', flush=True); time.sleep(60)"])
+        .args(["exe", "--type", "python", "-c", stubborn])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
