@@ -349,7 +349,9 @@ fn wait_for_exit(agent: &Agent) {
 #[test]
 fn sigterm_ends_runs_after_the_grace_with_killed_by_shutdown_and_leaves_no_cgroup() {
     let mut agent = Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() });
-    let mut streamed = long_run(&agent, "import time\ntime.sleep(300)");
+    // It ignores the stop's SIGTERM: only the end of the grace ends it.
+    let mut streamed =
+        long_run(&agent, "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)");
     // A plain (not streamed) HTTP run, answered only when it ends.
     let plain = {
         let socket = agent.socket.clone();
@@ -368,6 +370,7 @@ fn sigterm_ends_runs_after_the_grace_with_killed_by_shutdown_and_leaves_no_cgrou
     let result: serde_json::Value = serde_json::from_str(&result)
         .unwrap_or_else(|error| panic!("no JSON result ({error}): {result}\nagent log:\n{}", agent.log()));
     assert_eq!(result["killed_by"], "shutdown", "{result}");
+    assert_eq!(result["signal"], 9, "killed at the end of the grace: {result}");
     assert_eq!(status.code(), Some(143), "bkg exe's exit code for a run ended by a shutdown");
 
     let (plain_status, plain_body) = plain.join().expect("plain run");
