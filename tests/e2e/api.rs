@@ -1347,4 +1347,15 @@ fn client_mistakes_are_422_naming_the_field_not_sandbox_failures() {
     expect(&answer, 422, "a NUL in a sandbox's env");
     assert!(answer.text().contains("env"), "{}", answer.text());
     assert_eq!(admin.get("/api/v1/sandboxes").json().as_array().map(Vec::len), Some(0));
+    // A query parameter a route does not take, or one that does not parse, is a 400 naming it:
+    // a misspelt `limt` is not silently ignored.
+    for (query, says) in [
+        ("limt=2", "the query string: limt: unknown field `limt`"),
+        ("limit=x", "the query string: limit: invalid digit found in string"),
+    ] {
+        let answer = admin.get(&format!("/api/v1/runs?{query}"));
+        expect(&answer, 400, query);
+        let message = answer.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.starts_with(says), "{query}: {message}");
+    }
 }

@@ -23,6 +23,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ChangesQuery {
     /// Deliver the changes after this position (default 0, from the start); the
     /// `Last-Event-ID` header an SSE client sends when it reconnects wins over it.

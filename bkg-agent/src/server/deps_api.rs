@@ -47,6 +47,7 @@ pub async fn prune_envs(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct SecretQuery {
     /// The namespace (an admin's choice; other keys act in their own).
     namespace: Option<String>,

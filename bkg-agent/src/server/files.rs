@@ -28,6 +28,7 @@ pub const FILES_ROUTE: &str = "/api/v1/sandboxes/{id}/files";
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct FilesQuery {
     /// A path relative to /workspace (no `..`, not absolute) [default: /workspace itself].
     #[serde(default)]

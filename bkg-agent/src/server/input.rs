@@ -58,7 +58,8 @@ where
     }
 }
 
-/// A query string, refused as a 400 in the API's error shape when it does not parse.
+/// A query string, refused as a 400 in the API's error shape when it does not parse or names a
+/// parameter the route does not take (a misspelt `limt` is not silently ignored).
 pub struct QueryParams<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for QueryParams<T>
@@ -69,8 +70,12 @@ where
     type Rejection = Failure;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::try_from_uri(&parts.uri)
-            .map(|axum::extract::Query(value)| Self(value))
-            .map_err(|rejection| Failure::bad_request(rejection.body_text()))
+        axum::extract::Query::<T>::try_from_uri(&parts.uri).map(|axum::extract::Query(value)| Self(value)).map_err(
+            |rejection| {
+                let text = rejection.body_text();
+                let detail = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+                Failure::bad_request(format!("the query string: {detail}"))
+            },
+        )
     }
 }

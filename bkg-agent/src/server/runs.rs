@@ -90,6 +90,7 @@ pub async fn dispatch(service: Arc<Service>, mut parts: axum::http::request::Par
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct RunListQuery {
     /// How many runs, newest first (default 50).
     #[param(minimum = 1, maximum = 1000)]

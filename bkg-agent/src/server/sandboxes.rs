@@ -23,6 +23,7 @@ use crate::service::LogTail;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct SandboxListQuery {
     /// Only the sandboxes of this project directory.
     project_dir: Option<String>,
@@ -182,6 +183,7 @@ pub async fn stop_sandbox(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// Keep the answer open until the run ends.
     #[serde(default)]
