@@ -49,6 +49,19 @@ fn status_of(agent: &Agent, project: &Path, name: &str) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("status JSON")
 }
 
+/// `bkg logs NAME -f` in `project`, its stdout and stderr on pipes.
+fn follow_log(agent: &Agent, project: &Path, name: &str) -> std::process::Child {
+    agent
+        .bkg()
+        .current_dir(project)
+        .args(["logs", name, "-f"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg logs -f")
+}
+
 /// A project whose sandbox `flaky` is a `restart: on-failure` service that always fails.
 fn flaky_project() -> tempfile::TempDir {
     let project = tempfile::tempdir().expect("project dir");
@@ -148,15 +161,7 @@ fn a_service_outlives_an_agent_restart_and_a_crash_but_not_a_stop() {
     let token = |body: &str| body.rsplit(' ').next().unwrap_or_default().to_owned();
     let mut last = token(&start_service(&agent, dir, port, &marker));
     // A follow of its log ends with the agent's stop, saying so.
-    let mut follow = agent
-        .bkg()
-        .current_dir(dir)
-        .args(["logs", "web", "-f"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg logs -f");
+    let mut follow = follow_log(&agent, dir, "web");
     // Following once the log's first line has come: a stop before that would cut its request.
     let mut followed_out = BufReader::new(follow.stdout.take().expect("the follow's stdout"));
     let mut first = String::new();
@@ -285,15 +290,7 @@ fn logs_follow_a_service_across_its_restarts() {
     .expect("cave.yaml");
     let started = agent.bkgr(dir, &["-d", "flaky"]);
     assert_eq!(code(&started), 0, "{}", stderr(&started));
-    let mut follow = agent
-        .bkg()
-        .current_dir(dir)
-        .args(["logs", "flaky", "-f"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg logs -f");
+    let mut follow = follow_log(&agent, dir, "flaky");
     let (lines_tx, lines) = std::sync::mpsc::channel();
     let stdout = follow.stdout.take().expect("stdout");
     std::thread::spawn(move || {

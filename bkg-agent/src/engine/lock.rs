@@ -92,11 +92,11 @@ pub fn lock_uid_range(lock_dir: &Path, first: u32, owner: &str) -> Result<UidRan
                 Some(found) => {
                     let (found_start, found_end) = (found.max(start), found + u64::from(UID_RANGE));
                     let mut holders = Vec::new();
-                    if let Some(below) = held(start, found_start - start)?.filter(|_| found_start > start) {
+                    if let Some(below) = held(start, found_start - start)? {
                         holders.push(holder_at(&file, below));
                     }
                     holders.push(holder_at(&file, found));
-                    if let Some(above) = held(found_end, end.saturating_sub(found_end))?.filter(|_| end > found_end) {
+                    if let Some(above) = held(found_end, end.saturating_sub(found_end))? {
                         holders.push(holder_at(&file, above));
                     }
                     holders

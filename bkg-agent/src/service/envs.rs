@@ -129,6 +129,10 @@ impl Service {
         let running = tokio::spawn(async move { engine.run(ticket, install, input, Some(lines_tx)).await });
         let mut tail = VecDeque::new();
         let mut noise = InstallerNoise::default();
+        // The file pip reads is the install sandbox's, made from the requirements sent: pip names
+        // it in either form.
+        let file = crate::engine::install::REQUIREMENTS_FILE;
+        let pip_option = format!("-r {file}");
         let mut partial = Vec::new();
         while let Some(event) = lines_rx.recv().await {
             let (RunOutput::Stdout(bytes) | RunOutput::Stderr(bytes)) = event else { continue };
@@ -139,9 +143,7 @@ impl Service {
                 if line.is_empty() || !noise.keeps(&line) {
                     continue;
                 }
-                // The file pip reads is the install sandbox's, made from the requirements sent.
-                let file = crate::engine::install::REQUIREMENTS_FILE;
-                let line = line.replace(&format!("-r {file}"), file).replace(file, "the requirements");
+                let line = line.replace(&pip_option, file).replace(file, "the requirements");
                 progress(line.clone());
                 tail.push_back(line);
                 if tail.len() > ERROR_LINES {
