@@ -150,32 +150,69 @@ pub fn write_with_fd_blocking<T: Serialize>(
 pub async fn read_with_fd_async<T: DeserializeOwned>(
     stream: &mut tokio::net::UnixStream,
 ) -> Result<(T, Option<OwnedFd>), ControlError> {
-    let mut received: Option<OwnedFd> = None;
-    let mut frame: Vec<u8> = Vec::new();
-    let mut wanted = 4;
-    while frame.len() < wanted {
-        let mut chunk = vec![0u8; wanted - frame.len()];
+    let mut frame = FrameWithFd::default();
+    while let Some(missing) = frame.missing() {
+        let mut chunk = vec![0u8; missing];
         let (read, fd) =
             stream.async_io(tokio::io::Interest::READABLE, || recv_with_fd(stream.as_raw_fd(), &mut chunk)).await?;
-        if read == 0 {
+        frame.take(&chunk[..read], fd)?;
+    }
+    frame.finish()
+}
+
+/// Reads one message like [`read_blocking`], and the descriptor that came with it, if any.
+pub fn read_with_fd_blocking<T: DeserializeOwned>(
+    stream: &std::os::unix::net::UnixStream,
+) -> Result<(T, Option<OwnedFd>), ControlError> {
+    let mut frame = FrameWithFd::default();
+    while let Some(missing) = frame.missing() {
+        let mut chunk = vec![0u8; missing];
+        let (read, fd) = recv_with_fd(stream.as_raw_fd(), &mut chunk)?;
+        frame.take(&chunk[..read], fd)?;
+    }
+    frame.finish()
+}
+
+/// One message being read in pieces that may carry a descriptor: its length, then its body.
+#[derive(Default)]
+struct FrameWithFd {
+    frame: Vec<u8>,
+    /// The body's length, once the first four bytes are in.
+    body: Option<usize>,
+    fd: Option<OwnedFd>,
+}
+
+impl FrameWithFd {
+    /// How many bytes are still to come, if any.
+    fn missing(&self) -> Option<usize> {
+        let wanted = 4 + self.body.unwrap_or(0);
+        (self.frame.len() < wanted).then(|| wanted - self.frame.len())
+    }
+
+    fn take(&mut self, chunk: &[u8], fd: Option<OwnedFd>) -> Result<(), ControlError> {
+        if chunk.is_empty() {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
         if let Some(fd) = fd {
-            received = Some(fd);
+            self.fd = Some(fd);
         }
-        frame.extend_from_slice(&chunk[..read]);
-        if wanted == 4 && frame.len() == 4 {
-            let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        self.frame.extend_from_slice(chunk);
+        if self.body.is_none() && self.frame.len() == 4 {
+            let len = u32::from_be_bytes([self.frame[0], self.frame[1], self.frame[2], self.frame[3]]) as usize;
             if len > MAX_MESSAGE {
                 return Err(ControlError::TooLong(len));
             }
-            wanted = 4 + len;
+            self.body = Some(len);
         }
+        Ok(())
     }
-    Ok((serde_json::from_slice(&frame[4..])?, received))
+
+    fn finish<T: DeserializeOwned>(self) -> Result<(T, Option<OwnedFd>), ControlError> {
+        Ok((serde_json::from_slice(&self.frame[4..])?, self.fd))
+    }
 }
 
-/// One `recvmsg` on a non-blocking socket: the bytes read and a descriptor passed with them.
+/// One `recvmsg`: the bytes read and a descriptor passed with them.
 fn recv_with_fd(socket: RawFd, buffer: &mut [u8]) -> std::io::Result<(usize, Option<OwnedFd>)> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut space = nix::cmsg_space!([RawFd; 1]);

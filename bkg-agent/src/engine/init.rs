@@ -58,12 +58,23 @@ pub fn main() -> ! {
     // What the init makes in the new root (directories, mount points, files) is for the
     // sandbox to read; the agent's private umask must not leak into it.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    // SAFETY: the agent placed our end of the control socket pair at CONTROL_FD before exec, and
-    // nothing else in this process owns that descriptor.
+    // Our stdin is the control socket, and the sandbox's stdin comes with the plan
+    // (engine/sandbox.rs, `spawn_init`). The socket moves to CONTROL_FD, where the code's
+    // process closes it with every other descriptor of ours.
+    // SAFETY: dup2 takes two descriptor numbers and no pointer; CONTROL_FD is no descriptor of
+    // this process's own (the agent's are close-on-exec).
+    if unsafe { libc::dup2(libc::STDIN_FILENO, CONTROL_FD) } != CONTROL_FD {
+        // Without the socket there is no one to tell; the agent reads the end of the stream.
+        std::process::exit(1);
+    }
+    // SAFETY: CONTROL_FD is the duplicate just made, and nothing else owns it.
     let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
-    let outcome = match control::read_blocking::<ToInit>(&mut control) {
-        Ok(ToInit::Prepare(plan)) => outer(&plan, &mut control),
-        Ok(ToInit::Go(_)) => Err(StageError::new("handshake", "expected a plan first")),
+    let outcome = match control::read_with_fd_blocking::<ToInit>(&control) {
+        Ok((ToInit::Prepare(plan), Some(stdin))) => take_stdin(stdin).and_then(|()| outer(&plan, &mut control)),
+        Ok((ToInit::Prepare(_), None)) => {
+            Err(StageError::new("handshake", "the plan came without the sandbox's stdin"))
+        }
+        Ok((ToInit::Go(_), _)) => Err(StageError::new("handshake", "expected a plan first")),
         Err(error) => Err(StageError::new("handshake", error)),
     };
     if let Err(error) = outcome {
@@ -71,6 +82,11 @@ pub fn main() -> ! {
         let _ = control::write_blocking(&mut control, &FromInit::Failed { stage: error.stage, message: error.message });
     }
     std::process::exit(1)
+}
+
+/// Puts the sandbox's stdin, which came with the plan, where the code will find it.
+fn take_stdin(stdin: OwnedFd) -> Result<(), StageError> {
+    nix::unistd::dup2_stdin(&stdin).stage("take the sandbox's stdin")
 }
 
 fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError> {

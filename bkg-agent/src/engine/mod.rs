@@ -24,6 +24,7 @@ pub mod request;
 pub mod run;
 pub mod sandbox;
 pub mod seccomp;
+pub mod seccomp_dispatch;
 pub mod seccomp_notify;
 pub mod terminal;
 #[cfg(test)]

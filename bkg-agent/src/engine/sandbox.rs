@@ -15,7 +15,7 @@ use tokio::net::unix::pipe;
 
 use super::capacity::DiskGrant;
 use super::cgroup::{CgroupError, CgroupLimits, RunCgroup};
-use super::control::{self, CONTROL_FD, FromInit, ToInit};
+use super::control::{self, FromInit, ToInit};
 use super::plan::{Additions, PlanInputs, ProjectMounts, Runtimes, SandboxPlan};
 use super::prestart::PrestartPlan;
 use super::{Engine, EngineError, IdSlot};
@@ -353,52 +353,42 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     let (stdin_read, stdin_write) = nonblocking_pipe()?;
     let (stdout_read, stdout_write) = nonblocking_pipe()?;
     let (stderr_read, stderr_write) = nonblocking_pipe()?;
-    let (agent_end, init_end) =
+    let (mut agent_end, init_end) =
         std::os::unix::net::UnixStream::pair().map_err(EngineError::io("create control socket"))?;
-    let init_fd = init_end.as_raw_fd();
 
     let mut command = std::process::Command::new("/proc/self/exe");
     // `ps` shows it by the agent's name, not as /proc/self/exe.
     if let Some(name) = std::env::args_os().next() {
         command.arg0(name);
     }
+    // The init's stdin is its end of the control socket, and the sandbox's stdin comes with the
+    // plan (engine/init.rs, `main`): with no code of ours to run between fork and exec, the
+    // standard library starts it by posix_spawn, which neither copies the agent's page tables
+    // nor leaves the agent copy-on-write faults for every page it writes next.
     command
         .arg("__sandbox-init")
         .env_clear()
         .current_dir("/")
-        .stdin(Stdio::from(stdin_read))
+        .stdin(Stdio::from(OwnedFd::from(init_end)))
         .stdout(Stdio::from(stdout_write))
         .stderr(Stdio::from(stderr_write));
-    // Until it execs, the child holds every descriptor of the agent, its listening socket among
-    // them: it gets there at the agent's priority (a pool sandbox's init lowers its own later,
-    // engine/init.rs), or a crash of the agent meanwhile would leave the socket answering and
-    // the next agent refusing to start ("another agent is already listening").
-    // SAFETY: the closure runs between fork and exec and only calls dup2 and fcntl, which are
-    // async-signal-safe.
-    unsafe {
-        command.pre_exec(move || {
-            let result = if init_fd == CONTROL_FD {
-                libc::fcntl(init_fd, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(init_fd, CONTROL_FD)
-            };
-            if result < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-        });
-    }
     // Spawned from a runtime worker, which lives as long as the agent: the init's parent-death
-    // signal follows the thread that forked it, so a blocking-pool thread (gone after 10 s idle)
-    // would take the sandbox with it.
+    // signal follows the thread that started it, so a blocking-pool thread (gone after 10 s
+    // idle) would take the sandbox with it.
     let mut init = tokio::process::Command::from(command)
         .kill_on_drop(true)
         .spawn()
         .map_err(EngineError::io("start the sandbox init"))?;
-    drop(init_end);
+    // A few KiB into an empty socket buffer: this does not block.
+    let sent =
+        control::write_with_fd_blocking(&mut agent_end, &ToInit::Prepare(Box::new(plan)), stdin_read.as_raw_fd());
+    drop(stdin_read);
 
     agent_end.set_nonblocking(true).map_err(EngineError::io("control socket"))?;
     let mut control = UnixStream::from_std(agent_end).map_err(EngineError::io("control socket"))?;
     let mut pid_one = None;
     let handshake = async {
-        control::write_async(&mut control, &ToInit::Prepare(Box::new(plan))).await?;
+        sent?;
         let first = control::read_async::<FromInit>(&mut control).await?;
         let FromInit::Forked { pid } = first else {
             return Ok(first);

@@ -18,16 +18,16 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use seccompiler::{BpfProgram, sock_filter};
 
 /// The kernel's limit on one classic BPF program (`BPF_MAXINSNS`).
-const MAX_INSTRUCTIONS: usize = 4096;
+pub(super) const MAX_INSTRUCTIONS: usize = 4096;
 
-const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-const ALU_AND_K: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
-const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
-const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-const JGT_K: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
-const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
-const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
-const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+pub(super) const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+pub(super) const ALU_AND_K: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+pub(super) const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+pub(super) const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+pub(super) const JGT_K: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+pub(super) const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+pub(super) const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+pub(super) const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
 const RET_ACTION: u32 = 0xffff_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
@@ -39,9 +39,9 @@ const RET_ALLOW: u32 = 0x7fff_0000;
 const ROUTINE_REFUSALS: [i64; 1] = [libc::SYS_clone3];
 
 #[cfg(target_arch = "x86_64")]
-const NATIVE_ARCH: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+pub(super) const NATIVE_ARCH: u32 = 62 | 0x8000_0000 | 0x4000_0000;
 #[cfg(target_arch = "aarch64")]
-const NATIVE_ARCH: u32 = 183 | 0x8000_0000 | 0x4000_0000;
+pub(super) const NATIVE_ARCH: u32 = 183 | 0x8000_0000 | 0x4000_0000;
 
 /// The policy in the two forms a counted run needs.
 pub struct CountedPolicy {
@@ -70,6 +70,7 @@ pub fn counted(programs: &[BpfProgram]) -> Option<CountedPolicy> {
         ]);
     }
     let installed: BpfProgram = routine.iter().cloned().chain(notifying(&merged)).collect();
+    let installed = super::seccomp_dispatch::with_dispatch(&installed).unwrap_or(installed);
     let evaluated: BpfProgram = routine.into_iter().chain(merged).collect();
     (installed.len() <= MAX_INSTRUCTIONS).then_some(CountedPolicy { evaluated, installed })
 }
@@ -246,7 +247,6 @@ mod tests {
         let programs = seccomp::compile(&seccomp::sandbox_policy()).unwrap_or_default();
         let Some(policy) = counted(&programs) else { panic!("the counted policy does not fit") };
         let installed = policy.installed;
-        assert_eq!(installed.len(), policy.evaluated.len());
         assert_eq!(evaluate(&installed, &call(libc::SYS_read, [0; 6])), Some(RET_ALLOW));
         assert_eq!(evaluate(&installed, &call(libc::SYS_ptrace, [0; 6])), Some(libc::SECCOMP_RET_USER_NOTIF));
         assert_eq!(evaluate(&installed, &call(libc::SYS_clone3, [0; 6])), Some(RET_ERRNO | libc::ENOSYS as u32));
