@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use bkg_schema::artefacts::RunFileKind;
 use bkg_schema::frame::{self, FrameKind, STREAM_PROTOCOL};
 use bkg_schema::units::{format_duration_ms, format_size};
 use bkg_schema::{ApiError, KilledBy, RunResult};
@@ -112,6 +113,65 @@ pub fn denial_lines(result: &RunResult) -> Vec<String> {
             format!("network: refused {} {}{times}: {}", denial.transport.as_str(), denial.destination, denial.reason)
         })
         .collect()
+}
+
+/// Writes the end of each stream that the agent dropped (it keeps waiting output for a reader
+/// that takes none of it for 2 s after the run ended), fetched from the run's kept copy of the
+/// stream; returns the bytes still missing (a stream the agent did not keep, or a failed fetch).
+async fn write_what_did_not_arrive(client: &AgentClient, result: &RunResult, written: [u64; 2]) -> u64 {
+    if result.undelivered_bytes == 0 {
+        return 0;
+    }
+    let streams = [(RunFileKind::Stdout, result.stdout_bytes), (RunFileKind::Stderr, result.stderr_bytes)];
+    let mut missing = 0;
+    for ((kind, total), written) in streams.into_iter().zip(written) {
+        if written >= total {
+            continue;
+        }
+        let kept = result.files.iter().find(|file| file.kind == kind);
+        let fetched = match kept {
+            Some(file) => {
+                write_kept_stream_from(client, &result.id, &file.path, kind == RunFileKind::Stderr, written).await
+            }
+            None => written,
+        };
+        missing += total.saturating_sub(fetched);
+    }
+    missing
+}
+
+/// Writes the kept stream `path` of run `run_id` from byte `from` on to our stdout (or stderr);
+/// returns how far it got.
+async fn write_kept_stream_from(client: &AgentClient, run_id: &str, path: &str, to_stderr: bool, from: u64) -> u64 {
+    let Ok(Some(mut response)) = client.open_found(&format!("/api/v1/runs/{run_id}/files/{path}")).await else {
+        return from;
+    };
+    let mut at = 0u64;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let skip = from.saturating_sub(at).min(chunk.len() as u64) as usize;
+        let rest = chunk.get(skip..).unwrap_or_default();
+        match to_stderr {
+            true => write_through(&mut std::io::stderr().lock(), rest),
+            false => write_through(&mut std::io::stdout().lock(), rest),
+        }
+        at += chunk.len() as u64;
+    }
+    at.max(from)
+}
+
+/// What of the output never reached us, and where the run keeps it, for stderr.
+fn undelivered_line(result: &RunResult, missing: u64) -> Option<String> {
+    if missing == 0 {
+        return None;
+    }
+    let kept = match result.files.is_empty() {
+        true => "it is not kept".to_owned(),
+        false => format!("the whole output is kept: bkg runs files {} --output DIR", result.id),
+    };
+    Some(format!(
+        "{} of the output did not reach you: nothing read it for 2s after the run ended; {kept}",
+        format_size(missing)
+    ))
 }
 
 /// Where the user sets a run's limits, for the reason line's hint.
@@ -275,6 +335,8 @@ async fn receive(
     let lost = |_| CliError::new(BKG_FAILED, "the agent closed the connection before the run ended");
     let mut stdout_lines = LineBuffer::default();
     let mut stderr_lines = LineBuffer::default();
+    // What reached our stdout and stderr: the result may hold what the agent could not send.
+    let mut written = [0u64; 2];
     // The packages' install before the code runs: its latest line on a spinner.
     let mut installing: Option<crate::progress::Spinner> = None;
     loop {
@@ -301,8 +363,14 @@ async fn receive(
                     out.note(format_args!("{line}"));
                 }
             }
-            (FrameKind::Stdout, Output::Raw) => write_through(&mut std::io::stdout().lock(), &payload),
-            (FrameKind::Stderr, Output::Raw) => write_through(&mut std::io::stderr().lock(), &payload),
+            (FrameKind::Stdout, Output::Raw) => {
+                write_through(&mut std::io::stdout().lock(), &payload);
+                written[0] += payload.len() as u64;
+            }
+            (FrameKind::Stderr, Output::Raw) => {
+                write_through(&mut std::io::stderr().lock(), &payload);
+                written[1] += payload.len() as u64;
+            }
             (FrameKind::Stdout, Output::Prefixed(prefix)) => {
                 for line in stdout_lines.complete_lines(&payload) {
                     write_prefixed(&mut std::io::stdout().lock(), prefix, &line);
@@ -327,8 +395,17 @@ async fn receive(
                         write_prefixed(&mut std::io::stderr().lock(), prefix, &rest);
                     }
                 }
-                return serde_json::from_slice(&payload)
-                    .map_err(|error| CliError::new(BKG_FAILED, format!("unreadable result from the agent: {error}")));
+                let result: RunResult = serde_json::from_slice(&payload)
+                    .map_err(|error| CliError::new(BKG_FAILED, format!("unreadable result from the agent: {error}")))?;
+                let missing = match output {
+                    Output::Raw => write_what_did_not_arrive(client, &result, written).await,
+                    Output::Quiet => 0,
+                    Output::Prefixed(_) => result.undelivered_bytes,
+                };
+                if let Some(line) = undelivered_line(&result, missing) {
+                    out.note(format_args!("{line}"));
+                }
+                return Ok(result);
             }
             (FrameKind::Error, _) => {
                 let error: ApiError = serde_json::from_slice(&payload)

@@ -58,6 +58,32 @@ fn a_flooding_run_ends_at_its_timeout_while_its_client_stops_reading() {
     assert!(agent.leftovers().is_clean(), "{:?}", agent.leftovers());
 }
 
+/// A reader that takes nothing for a while after the run has ended still gets all of the output:
+/// the agent drops what waits for it after 2 s, and bkg writes that end from the run's kept copy.
+#[test]
+fn a_reader_that_pauses_after_the_run_still_gets_the_whole_output() {
+    let agent = Agent::start();
+    let script = "import sys\nsys.stdout.write('y' * (5 * 1024 * 1024 - 3) + 'end')\n";
+    let mut client = agent
+        .bkg()
+        .args(["exe", "--type", "python", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bkg exe");
+    // bkg blocks on its stdout meanwhile and stops reading the agent, which ends the run.
+    wait_for("the run to end", Duration::from_secs(25), || finished_run(&agent));
+    std::thread::sleep(Duration::from_secs(3));
+    let mut stdout = Vec::new();
+    std::io::Read::read_to_end(&mut client.stdout.take().expect("stdout"), &mut stdout).expect("read stdout");
+    let output = client.wait_with_output().expect("bkg exits");
+    assert_eq!(stdout.len(), 5 * 1024 * 1024, "{}", stderr(&output));
+    assert!(stdout.ends_with(b"end"));
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(!stderr(&output).contains("did not reach you"), "{}", stderr(&output));
+}
+
 #[test]
 fn a_script_that_dies_of_a_full_disk_reports_killed_by_disk_with_its_own_exit_code() {
     let agent = Agent::start();

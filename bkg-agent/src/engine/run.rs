@@ -346,8 +346,9 @@ pub const OUT_DIR: &str = "out";
 /// while the deadline, the limits and cancellation keep being watched.
 const RELAY_BUFFER_BYTES: usize = 1024 * 1024;
 
-/// How long output still waiting when the run ends may take to reach the caller before it is
-/// dropped (and counted in `undelivered_bytes`).
+/// Once the run has ended, how long the caller may take nothing of the output still waiting
+/// before the rest is dropped (and counted in `undelivered_bytes`). A caller that keeps
+/// taking it gets all of it: at most `RELAY_BUFFER_BYTES` wait, so that takes a bounded time.
 const RELAY_FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// Once pid 1 has reported, how long to wait for pipes that a leftover process may hold open.
@@ -585,16 +586,15 @@ impl Relay {
         self.waiting_bytes = 0;
     }
 
-    /// Gives what is still waiting `RELAY_FLUSH_GRACE` to go out; returns the bytes that never
-    /// reached the caller.
+    /// Sends what is still waiting for as long as the caller keeps taking it, with at most
+    /// `RELAY_FLUSH_GRACE` between two takes; returns the bytes that never reached the caller.
     async fn finish(mut self, to: &Option<mpsc::Sender<RunOutput>>) -> u64 {
-        let flush = async {
-            while self.has_waiting() {
-                let permit = reserve(to).await;
-                self.deliver(permit);
+        while self.has_waiting() {
+            match tokio::time::timeout(RELAY_FLUSH_GRACE, reserve(to)).await {
+                Ok(permit) => self.deliver(permit),
+                Err(_) => break,
             }
-        };
-        let _ = tokio::time::timeout(RELAY_FLUSH_GRACE, flush).await;
+        }
         self.close();
         self.undelivered
     }
