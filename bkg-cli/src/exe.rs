@@ -124,9 +124,9 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
 
     let language = match (named_language, script_name.as_deref()) {
         (Some(language), _) => language,
-        (None, Some(name)) => Language::from_file_name(name).ok_or_else(|| {
+        (None, Some(name)) => Language::from_file_name(name).or_else(|| Language::from_shebang(&code)).ok_or_else(|| {
             CliError::usage(format!(
-                "cannot tell the language of `{name}` from its extension: add --type python or --type node"
+                "cannot tell the language of `{name}` from its extension or a #! line: add --type python or --type node"
             ))
         })?,
         (None, None) => return Err(CliError::usage("-c and - need --type python or --type node")),

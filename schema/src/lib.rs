@@ -51,6 +51,26 @@ impl Language {
         }
     }
 
+    /// Picks the language from a script's `#!` line, as the kernel would run it without bkg:
+    /// the interpreter named there, or the program after `/usr/bin/env` (and its options),
+    /// `python`, `python3`, `python3.11`, `node` or `nodejs`.
+    pub fn from_shebang(code: &str) -> Option<Self> {
+        let line = code.lines().next()?.strip_prefix("#!")?;
+        let mut words = line.split_whitespace();
+        let first = words.next()?;
+        let program = match first.rsplit('/').next()? {
+            "env" => words.find(|word| !word.starts_with('-'))?,
+            program => program,
+        };
+        let name = program.rsplit('/').next()?;
+        let version_free = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        match version_free {
+            "python" => Some(Self::Python),
+            "node" | "nodejs" => Some(Self::Node),
+            _ => None,
+        }
+    }
+
     /// A language by its name or an alias, in any case: `python` (`py`, `python3`), `node`
     /// (`nodejs`, `js`).
     pub fn parse(name: &str) -> Option<Self> {
@@ -636,6 +656,24 @@ mod tests {
             ("py", None),
         ] {
             assert_eq!(Language::from_file_name(name), language, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_script_s_language_is_known_by_its_shebang() {
+        for (code, language) in [
+            ("#!/usr/bin/env python3\nprint(1)\n", Some(Language::Python)),
+            ("#!/usr/bin/python3.11 -u\n", Some(Language::Python)),
+            ("#! /usr/bin/env -S python -X dev\n", Some(Language::Python)),
+            ("#!/usr/bin/env node\nconsole.log(1)\n", Some(Language::Node)),
+            ("#!/usr/local/bin/nodejs\n", Some(Language::Node)),
+            ("#!/bin/sh\n", None),
+            ("#!/usr/bin/env ruby\n", None),
+            ("#!/usr/bin/env pythonista\n", None),
+            ("print(1)\n#!/usr/bin/env python3\n", None),
+            ("", None),
+        ] {
+            assert_eq!(Language::from_shebang(code), language, "{code:?}");
         }
     }
 

@@ -1,6 +1,6 @@
 //! Bad input gets one clear line on stderr and a documented exit code, never a panic.
 
-use bkg_tests::{Agent, AgentOptions, code, examples_dir, stderr};
+use bkg_tests::{Agent, AgentOptions, code, examples_dir, stderr, stdout};
 
 fn assert_one_line_error(output: &std::process::Output, expected_code: i32, needle: &str) {
     let err = stderr(output);
@@ -87,6 +87,11 @@ fn a_file_without_a_known_extension_needs_a_type() {
     );
     let output = agent.exe(&["--type", "python", script.to_str().unwrap_or_default()]);
     assert_eq!(code(&output), 0, "stderr: {}", stderr(&output));
+    // A `#!` line tells it, as it would tell the kernel.
+    let tool = dir.path().join("tool");
+    std::fs::write(&tool, "#!/usr/bin/env node\nconsole.log(typeof require)").expect("write");
+    let output = agent.exe(&[tool.to_str().unwrap_or_default()]);
+    assert_eq!((code(&output), stdout(&output)), (0, "function\n".to_owned()), "stderr: {}", stderr(&output));
 }
 
 #[test]
