@@ -45,7 +45,7 @@ complete -c bkg-agent -l session-rate-limit -d 'Requests per minute of each sess
 complete -c bkg-agent -l model-access-rate-limit -d 'Requests per minute of each model-access key on TCP' -r
 complete -c bkg-agent -l max-running-runs -d 'Runs going on at once; more wait in the queue, a freed place going to the namespace with the fewest runs going' -r
 complete -c bkg-agent -l max-queued-runs -d 'Runs that may wait for a place; more are refused with 503 and Retry-After' -r
-complete -c bkg-agent -l disk-budget -d 'Disk all live sandboxes together (warm ones too) may be given, their disk limits summed; a run that would go over it is refused with 503 and Retry-After' -r
+complete -c bkg-agent -l disk-budget -d 'Disk all live sandboxes together (warm ones too) may be given, their disk limits summed; a run that would go over it is refused with 503 and Retry-After. The default is read at each sandbox: 80% of the state directory\'s free space and of what this agent\'s sandboxes hold, so other agents and writers on that filesystem shrink it' -r
 complete -c bkg-agent -l health-interval -d 'How recent a successful run must be for /healthz to answer ok without running a tiny sandbox of its own to find out' -r
 complete -c bkg-agent -l allow-degraded -d 'Run at this lower security level (`standard` or `degraded`) when the host gives no better; without it the agent starts only where the host gives `strict` (docs/compatibility.md)' -r
 complete -c bkg-agent -l ready-fd -d 'Internal: the descriptor on which an agent started without --foreground tells the process that started it that it serves its socket (one byte), or, closed unwritten, that it failed to start' -r

@@ -16,7 +16,7 @@ use crate::auth::{AuthPolicy, RoleTable};
 use bkg_schema::host::SecurityLevel;
 
 use crate::auth::local::{DEFAULT_SOCKET_GROUP, LocalAccess, NamedGroup};
-use crate::engine::capacity::CapacityConfig;
+use crate::engine::capacity::{CapacityConfig, DiskBudget};
 use crate::engine::host_check;
 use crate::engine::{CleanedUp, Engine, EngineConfig};
 use crate::metrics::Metrics;
@@ -205,7 +205,9 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N", default_value_t = 256, env = "BKG_MAX_QUEUED_RUNS")]
     pub max_queued_runs: usize,
     /// Disk all live sandboxes together (warm ones too) may be given, their disk limits summed;
-    /// a run that would go over it is refused with 503 and Retry-After.
+    /// a run that would go over it is refused with 503 and Retry-After. The default is read at
+    /// each sandbox: 80% of the state directory's free space and of what this agent's
+    /// sandboxes hold, so other agents and writers on that filesystem shrink it.
     #[arg(long, value_name = "SIZE", default_value = "80% of the free space", env = "BKG_DISK_BUDGET")]
     pub disk_budget: String,
     /// How recent a successful run must be for /healthz to answer ok without running a tiny
@@ -572,11 +574,11 @@ fn capacity_config(
             .context(FlagValue("--max-running-runs must be a number above 0".into()))?
     };
     let disk_budget = if disk_budget == "80% of the free space" {
-        let stats = nix::sys::statvfs::statvfs(state_dir)
+        nix::sys::statvfs::statvfs(state_dir)
             .with_context(|| format!("read the free space of {}", state_dir.display()))?;
-        stats.blocks_available() * stats.fragment_size() / 5 * 4
+        DiskBudget::FreeShare(state_dir.to_path_buf())
     } else {
-        parse_size(disk_budget).context(FlagValue("--disk-budget".into()))?
+        DiskBudget::Fixed(parse_size(disk_budget).context(FlagValue("--disk-budget".into()))?)
     };
     Ok(CapacityConfig { max_running, max_queued, disk_budget })
 }
@@ -769,7 +771,7 @@ async fn serve(
         warm_pool: engine.config.warm_pool as u64,
         max_running_runs: Some(engine.config.capacity.max_running as u64),
         max_queued_runs: Some(engine.config.capacity.max_queued as u64),
-        disk_budget: Some(engine.config.capacity.disk_budget),
+        disk_budget: engine.capacity.disk_budget().ok(),
         cgroups: engine.cgroup_version(),
         listen: api.listen.map(|address| address.to_string()),
         bkg_db: api.db_url.is_some(),

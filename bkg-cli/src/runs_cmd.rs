@@ -4,7 +4,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use bkg_schema::artefacts::RunFiles;
+use bkg_schema::artefacts::{RunFileKind, RunFiles};
 use bkg_schema::units::{format_cpus, format_duration_ms, format_size};
 use bkg_schema::{KilledBy, RunRecord, RunResult};
 use sha2::{Digest, Sha256};
@@ -84,13 +84,16 @@ fn check_run_id(id: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// After `bkg exe`: what the run kept and how to fetch it, on stderr.
+/// After `bkg exe`: the files the code wrote that the run kept and how to fetch them, on
+/// stderr. The kept copies of its stdout and stderr are not named: the caller got those as they
+/// came (`stream.rs` says what did not arrive).
 pub fn note_kept_files(out: crate::out::Printer, result: &RunResult) {
-    if !result.files.is_empty() {
-        let bytes: u64 = result.files.iter().map(|file| file.bytes).sum();
+    let written: Vec<_> = result.files.iter().filter(|file| file.kind == RunFileKind::File).collect();
+    if !written.is_empty() {
+        let bytes: u64 = written.iter().map(|file| file.bytes).sum();
         out.note(format_args!(
             "kept {} ({}): bkg runs files {} --output DIR",
-            crate::out::count(result.files.len(), "file", "files"),
+            crate::out::count(written.len(), "file", "files"),
             format_size(bytes),
             result.id
         ));

@@ -325,6 +325,10 @@ async fn watched<T>(client: &AgentClient, read: impl std::future::Future<Output 
     }
 }
 
+/// How the agent's own progress lines begin (a run waiting for its place, installing its
+/// packages, making its environment); the others are the installer's.
+const AGENT_PROGRESS: [&str; 3] = ["waiting for a place", "installing ", "environment "];
+
 async fn receive(
     client: &AgentClient,
     reader: &mut (impl AsyncReadExt + Unpin),
@@ -359,7 +363,7 @@ async fn receive(
                     None => installing = crate::progress::Spinner::start(&line),
                 }
                 // Without a terminal only the agent's own lines are shown, not the installer's.
-                if installing.is_none() && (line.starts_with("installing ") || line.starts_with("environment ")) {
+                if installing.is_none() && AGENT_PROGRESS.iter().any(|prefix| line.starts_with(prefix)) {
                     out.note(format_args!("{line}"));
                 }
             }

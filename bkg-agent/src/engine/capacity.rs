@@ -1,22 +1,48 @@
 //! What the agent takes on at once: a bounded queue of runs with per-namespace fairness, a disk
 //! budget shared by every live sandbox (warm ones too), and when a run last succeeded (for the
 //! health probe). Over a bound a run is refused at once with the reason, never left to pile up.
+//!
+//! The default disk budget is a share of the free space read at each grant, not once at start:
+//! every sandbox's image has its blocks reserved on the host (engine/disk.rs), so another agent
+//! on the same filesystem, or anything else writing there, shrinks what this one may give, and
+//! two agents together never give away the whole disk.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 /// The bounds, from the agent's flags.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CapacityConfig {
     /// Runs going on at once; more wait in the queue.
     pub max_running: usize,
     /// Runs waiting for a place; more are refused.
     pub max_queued: usize,
-    /// Bytes of disk all live sandboxes together may be given (their disk limits summed).
-    pub disk_budget: u64,
+    /// Disk all live sandboxes together may be given (their disk limits summed).
+    pub disk_budget: DiskBudget,
+}
+
+/// How much disk the live sandboxes together may be given.
+#[derive(Debug, Clone)]
+pub enum DiskBudget {
+    /// Bytes named with `--disk-budget`.
+    Fixed(u64),
+    /// The default: `FREE_SHARE_PERCENT` of what the filesystem holding this directory has for
+    /// sandboxes, its free space now and what this agent's sandboxes hold, read at each grant.
+    FreeShare(PathBuf),
+}
+
+/// The part of the free space the default disk budget gives to sandboxes.
+pub const FREE_SHARE_PERCENT: u64 = 80;
+
+/// The default budget when `free` bytes are free and this agent's sandboxes hold `in_use`: their
+/// images' blocks are reserved, so they are no longer counted free.
+fn share_of_free(free: u64, in_use: u64) -> u64 {
+    let share = u128::from(free.saturating_add(in_use)) * u128::from(FREE_SHARE_PERCENT) / 100;
+    u64::try_from(share).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +50,11 @@ pub enum CapacityError {
     #[error("{queued} runs are already waiting (this agent's --max-queued-runs); try again shortly")]
     QueueFull { queued: usize },
     #[error(
-        "the agent's disk budget is spent: {asked} asked, {in_use} of {budget} given to live sandboxes (--disk-budget); try again when runs end"
+        "the agent's disk budget is spent: {asked} asked, {in_use} of {budget} given to live sandboxes ({bound}); try again when runs end"
     )]
-    DiskBudget { asked: String, in_use: String, budget: String },
+    DiskBudget { asked: String, in_use: String, budget: String, bound: &'static str },
+    #[error("cannot read the free space of {dir}: {error}")]
+    FreeSpace { dir: String, error: nix::errno::Errno },
 }
 
 impl CapacityError {
@@ -34,7 +62,7 @@ impl CapacityError {
     pub fn retry_after_secs(&self) -> u32 {
         match self {
             Self::QueueFull { .. } => 1,
-            Self::DiskBudget { .. } => 5,
+            Self::DiskBudget { .. } | Self::FreeSpace { .. } => 5,
         }
     }
 }
@@ -166,8 +194,42 @@ impl Capacity {
         }
     }
 
-    pub fn config(&self) -> CapacityConfig {
-        self.config
+    pub fn config(&self) -> &CapacityConfig {
+        &self.config
+    }
+
+    /// The disk budget now (it moves with the free space when it is the default share of it).
+    pub fn disk_budget(&self) -> Result<u64, CapacityError> {
+        let in_use = *self.disk_in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.budget_with(in_use)
+    }
+
+    /// What a run waiting for its place is told.
+    pub fn queue_notice(&self) -> String {
+        let queued = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).queued;
+        format!(
+            "waiting for a place: this agent runs {} at once (--max-running-runs) and {} wait for one",
+            self.config.max_running, queued
+        )
+    }
+
+    /// Where the disk budget comes from, for messages.
+    pub fn budget_source(&self) -> &'static str {
+        match self.config.disk_budget {
+            DiskBudget::Fixed(_) => "--disk-budget",
+            DiskBudget::FreeShare(_) => "80% of the free space now, which other writers shrink; see --disk-budget",
+        }
+    }
+
+    fn budget_with(&self, in_use: u64) -> Result<u64, CapacityError> {
+        match &self.config.disk_budget {
+            DiskBudget::Fixed(bytes) => Ok(*bytes),
+            DiskBudget::FreeShare(dir) => {
+                let stats = nix::sys::statvfs::statvfs(dir)
+                    .map_err(|error| CapacityError::FreeSpace { dir: dir.display().to_string(), error })?;
+                Ok(share_of_free(stats.blocks_available() * stats.fragment_size(), in_use))
+            }
+        }
     }
 
     /// Runs waiting for a place now, and the disk given to live sandboxes now.
@@ -216,13 +278,15 @@ impl Capacity {
     /// Takes `bytes` of the disk budget for a sandbox about to be made.
     pub fn grant_disk(self: &Arc<Self>, bytes: u64) -> Result<DiskGrant, CapacityError> {
         let mut in_use = self.disk_in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if in_use.saturating_add(bytes) > self.config.disk_budget {
+        let budget = self.budget_with(*in_use)?;
+        if in_use.saturating_add(bytes) > budget {
             let size = bkg_schema::units::format_size;
-            tracing::warn!(asked = bytes, in_use = *in_use, budget = self.config.disk_budget, "disk budget spent");
+            tracing::warn!(asked = bytes, in_use = *in_use, budget, "disk budget spent");
             return Err(CapacityError::DiskBudget {
                 asked: size(bytes),
                 in_use: size(*in_use),
-                budget: size(self.config.disk_budget),
+                budget: size(budget),
+                bound: self.budget_source(),
             });
         }
         *in_use += bytes;
@@ -253,7 +317,7 @@ mod tests {
     use super::*;
 
     fn capacity(max_running: usize, max_queued: usize) -> Arc<Capacity> {
-        Arc::new(Capacity::new(CapacityConfig { max_running, max_queued, disk_budget: 100 }))
+        Arc::new(Capacity::new(CapacityConfig { max_running, max_queued, disk_budget: DiskBudget::Fixed(100) }))
     }
 
     #[tokio::test]
@@ -331,6 +395,44 @@ mod tests {
         assert!(matches!(capacity.grant_disk(50), Err(CapacityError::DiskBudget { .. })));
         drop(grant);
         assert!(capacity.grant_disk(100).is_ok());
+    }
+
+    #[test]
+    fn the_default_budget_is_a_share_of_the_free_space_and_of_what_this_agent_holds() {
+        const GIB: u64 = 1024 * 1024 * 1024;
+        assert_eq!(share_of_free(10 * GIB, 0), 8 * GIB);
+        // What this agent's sandboxes reserved is no longer free but is still its own to give.
+        assert_eq!(share_of_free(8 * GIB, 2 * GIB), 8 * GIB);
+        // Another writer's 5 GiB is gone from it.
+        assert_eq!(share_of_free(3 * GIB, 2 * GIB), 4 * GIB);
+        // Two agents that each give out their whole share leave part of the disk free.
+        let total = 100 * GIB;
+        let first = share_of_free(total, 0);
+        let second = share_of_free(total - first, 0);
+        assert!(first + second < total, "{first} + {second}");
+        assert_eq!(share_of_free(u64::MAX, 1), 14_757_395_258_967_641_292);
+    }
+
+    #[test]
+    fn the_default_budget_reads_the_free_space_at_each_grant() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let capacity = Arc::new(Capacity::new(CapacityConfig {
+            max_running: 1,
+            max_queued: 1,
+            disk_budget: DiskBudget::FreeShare(dir.path().to_path_buf()),
+        }));
+        let budget = capacity.disk_budget().expect("budget");
+        assert!(budget > 0);
+        let grant = capacity.grant_disk(budget / 2).expect("half the budget");
+        let refused = capacity.grant_disk(budget).err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(refused.contains("80% of the free space"), "{refused}");
+        drop(grant);
+        let gone = Capacity::new(CapacityConfig {
+            max_running: 1,
+            max_queued: 1,
+            disk_budget: DiskBudget::FreeShare(dir.path().join("gone")),
+        });
+        assert!(matches!(gone.disk_budget(), Err(CapacityError::FreeSpace { .. })));
     }
 
     /// Polls a future once.

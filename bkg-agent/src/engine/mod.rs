@@ -232,6 +232,9 @@ impl Engine {
             .map(|dir| lock::lock_cgroup_dir(std::path::Path::new(lock::LOCK_DIR), dir, &owner))
             .collect::<Result<Vec<_>, _>>()?;
         let disks = disk::DiskTemplates::new(config.state_dir.join("disk-templates"))?;
+        let capacity = Arc::new(capacity::Capacity::new(config.capacity.clone()));
+        // Read once: the pool's bound by disk need not follow the free space as grants do.
+        let disk_budget = capacity.disk_budget()?;
         let engine = Arc::new(Self {
             host: HostLayout::discover(),
             cgroups,
@@ -242,7 +245,7 @@ impl Engine {
                 base: config.warm_pool,
                 memory_bytes: config.warm_pool_memory,
                 // A quarter of the budget at most: the rest stays for runs of any disk size.
-                max_by_disk: usize::try_from(config.capacity.disk_budget / 4 / config.default_limits.disk_bytes.max(1))
+                max_by_disk: usize::try_from(disk_budget / 4 / config.default_limits.disk_bytes.max(1))
                     .unwrap_or(usize::MAX),
             }),
             pool_keeper: AtomicBool::new(false),
@@ -257,7 +260,7 @@ impl Engine {
             registry: handle::Registry::default(),
             cleanup_listener: OnceLock::new(),
             agent_pid: std::process::id(),
-            capacity: Arc::new(capacity::Capacity::new(config.capacity)),
+            capacity,
             config,
             cgroup_locks: Mutex::new(cgroup_locks),
             _uid_lock: uid_lock,

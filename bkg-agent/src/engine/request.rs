@@ -233,13 +233,13 @@ impl Engine {
         }
         // A disk larger than every sandbox's together could have is refused now, not queued for
         // a budget that can never hold it.
-        let budget = self.config.capacity.disk_budget;
+        let budget = self.capacity.disk_budget()?;
         if limits.disk_bytes > budget {
             let size = bkg_schema::units::format_size;
             return Err(RunError::LimitAboveMaximum {
                 name: "disk",
                 asked: size(limits.disk_bytes),
-                allowed: format!("{} (the agent's whole --disk-budget)", size(budget)),
+                allowed: format!("{} (the agent's whole disk budget: {})", size(budget), self.capacity.budget_source()),
             });
         }
         if let Some((name, asked, least)) = limits.first_below(&Limits::LEAST) {

@@ -13,7 +13,7 @@ use bkg_schema::{KilledBy, LimitOverrides, OUTPUT_CAP_BYTES, RunRequest, RunResu
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::capacity::{CapacityError, Turn};
+use super::capacity::{Capacity, CapacityError, Turn};
 use super::cgroup::CgroupUsage as Usage;
 use super::control::{self, FromInit, ToInit};
 use super::egress::{EgressError, NetworkSession};
@@ -87,7 +87,8 @@ impl Engine {
         let run_id = ticket.run_id().to_owned();
         let tracker = ticket.tracker();
         let waiting = self.capacity.wait_turn(&run.namespace);
-        let (turn, early_input) = match wait_in_queue(waiting, &tracker, &mut input).await? {
+        let notice = output.as_ref().map(|output| (output, &*self.capacity));
+        let (turn, early_input) = match wait_in_queue(waiting, &tracker, &mut input, notice).await? {
             Queued::Turn(turn, early_input) => (turn, early_input),
             Queued::Cancelled => return Ok((cancelled_in_queue(run_id, &run), Kept::default())),
         };
@@ -366,6 +367,9 @@ const LIMIT_POLL: Duration = Duration::from_millis(100);
 /// How much stdin a queued run keeps for its code; past it the caller's stdin waits.
 const QUEUED_STDIN_BYTES: usize = 1024 * 1024;
 
+/// How long a run waits for its place before its caller is told why nothing happens yet.
+const QUEUE_NOTICE_AFTER: Duration = Duration::from_secs(1);
+
 /// How a run's wait in the queue ended.
 enum Queued<'a> {
     /// Its turn came; with the stdin the caller sent meanwhile.
@@ -375,20 +379,30 @@ enum Queued<'a> {
 }
 
 /// Waits for the run's turn while listening to the caller: a run cancelled in the queue leaves
-/// it at once rather than taking a sandbox when its turn comes.
+/// it at once rather than taking a sandbox when its turn comes. A caller that streams the
+/// output is told why it waits (`Capacity::queue_notice`) as progress once the wait has lasted `QUEUE_NOTICE_AFTER`.
 async fn wait_in_queue<'a>(
     waiting: impl std::future::Future<Output = Result<Turn<'a>, CapacityError>>,
     stop: &RunTracker,
     input: &mut mpsc::Receiver<RunInput>,
+    mut notice: Option<(&mpsc::Sender<RunOutput>, &Capacity)>,
 ) -> Result<Queued<'a>, RunError> {
     tokio::pin!(waiting);
     let mut early = Vec::new();
     let mut early_bytes = 0;
     let mut listening = true;
+    let notice_due = tokio::time::sleep(QUEUE_NOTICE_AFTER);
+    tokio::pin!(notice_due);
     loop {
         tokio::select! {
             turn = &mut waiting => return Ok(Queued::Turn(turn?, early)),
             () = stop.stopped() => return Ok(Queued::Cancelled),
+            () = &mut notice_due, if notice.is_some() => {
+                if let Some((output, capacity)) = notice.take() {
+                    // A caller too slow to take it loses only the notice.
+                    let _ = output.try_send(RunOutput::Progress(capacity.queue_notice()));
+                }
+            }
             event = input.recv(), if listening => match event {
                 Some(RunInput::Cancel) => return Ok(Queued::Cancelled),
                 Some(event) => {

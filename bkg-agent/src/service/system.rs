@@ -186,7 +186,7 @@ impl Service {
             max_running_runs: bounds.max_running,
             max_queued_runs: bounds.max_queued,
             disk_in_use_bytes,
-            disk_budget_bytes: bounds.disk_budget,
+            disk_budget_bytes: engine.capacity.disk_budget().unwrap_or(0),
             prestarted_runs: engine.prestarted_runs(),
             // The engine counts a run from its acceptance; one waiting for a place is not going on.
             active_runs: engine.active_runs().saturating_sub(queued_runs),
