@@ -21,7 +21,7 @@ pub const RUNTIME_NOT_EXECUTABLE: i32 = 126;
 pub const SCRIPT_NOT_FOUND: i32 = 127;
 /// A run killed by signal N exits with this plus N, as a shell reports it.
 pub const SIGNALLED: i32 = 128;
-/// A run cancelled with Ctrl-C (128 + SIGINT).
+/// A run cancelled with Ctrl-C (128 + SIGINT); on SIGTERM or SIGHUP to bkg, 128 + that.
 pub const CANCELLED: i32 = SIGNALLED + 2;
 /// A run killed by its memory or process limit (128 + SIGKILL).
 pub const LIMIT_KILLED: i32 = SIGNALLED + 9;
@@ -38,7 +38,9 @@ fn of_run_end(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Optio
     match killed_by {
         Some(KilledBy::Timeout) => TIMEOUT,
         Some(KilledBy::Memory | KilledBy::Pids) => LIMIT_KILLED,
-        Some(KilledBy::Cancelled) => CANCELLED,
+        Some(KilledBy::Cancelled) => {
+            crate::stream::cancelled_by_signal().map_or(CANCELLED, |signal| SIGNALLED + signal)
+        }
         Some(KilledBy::Shutdown | KilledBy::Interrupted) => AGENT_STOPPED,
         Some(KilledBy::Disk) | None => match (exit_code, signal) {
             (Some(code), _) => code,

@@ -36,7 +36,8 @@ pub enum Stdin {
 }
 
 /// Runs `body` at `path` (which must accept `Upgrade: bkg-stream/1`) and returns its result.
-/// Ctrl-C cancels the run; the agent still answers with a result (`killed_by: cancelled`).
+/// Ctrl-C (or SIGTERM, SIGHUP) cancels the run; the agent still answers with a result
+/// (`killed_by: cancelled`); a second one ends bkg without waiting for it.
 pub async fn run(
     client: &AgentClient,
     path: &str,
@@ -86,11 +87,19 @@ pub async fn run_keeping_out_dir(
 
     let stdin_task = tokio::spawn(relay_stdin(Arc::clone(&writer), stdin));
     let cancel_writer = Arc::clone(&writer);
+    let mut stop_signals = StopSignals::listen()?;
+    let printer = out;
     let cancel_task = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            CANCELLED_HERE.store(true, std::sync::atomic::Ordering::Relaxed);
+        let Some(signal) = stop_signals.next().await else { return };
+        CANCELLED_BY.store(signal, std::sync::atomic::Ordering::Relaxed);
+        {
             let mut writer = cancel_writer.lock().await;
             let _ = send_frame(&mut *writer, FrameKind::Cancel, &[]).await;
+        }
+        // The run's end is awaited for its result; a second signal is a caller who will not wait.
+        if let Some(signal) = stop_signals.next().await {
+            printer.note(format_args!("stopped without waiting for the run's end"));
+            std::process::exit(crate::exit::SIGNALLED + signal);
         }
     });
 
@@ -203,9 +212,38 @@ impl LimitsFrom {
 
 /// Why the run ended, when it was not the script's own doing; the limit it met says where it is
 /// set (`from`).
-/// Whether this process sent the run a cancel (Ctrl-C): a cancelled run it did not cancel was
-/// cancelled by the agent.
-static CANCELLED_HERE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The signal on which this process sent the run a cancel (Ctrl-C's SIGINT, SIGTERM, SIGHUP),
+/// 0 for none: a cancelled run it did not cancel was cancelled by the agent.
+static CANCELLED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The signal on which this process cancelled its runs, if it did.
+pub fn cancelled_by_signal() -> Option<i32> {
+    Some(CANCELLED_BY.load(std::sync::atomic::Ordering::Relaxed)).filter(|signal| *signal != 0)
+}
+
+/// The signals that stop a run: Ctrl-C, and the ones a service manager, `timeout` or a closed
+/// terminal send. Listening replaces their default action (ending bkg at once) for the process.
+struct StopSignals([tokio::signal::unix::Signal; 3]);
+
+impl StopSignals {
+    fn listen() -> Result<Self, CliError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind| {
+            signal(kind).map_err(|error| CliError::new(BKG_FAILED, format!("cannot listen for signals: {error}")))
+        };
+        Ok(Self([listen(SignalKind::interrupt())?, listen(SignalKind::terminate())?, listen(SignalKind::hangup())?]))
+    }
+
+    /// The next of them to arrive, as its number.
+    async fn next(&mut self) -> Option<i32> {
+        let [interrupt, terminate, hangup] = &mut self.0;
+        tokio::select! {
+            got = interrupt.recv() => got.map(|()| libc::SIGINT),
+            got = terminate.recv() => got.map(|()| libc::SIGTERM),
+            got = hangup.recv() => got.map(|()| libc::SIGHUP),
+        }
+    }
+}
 
 pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
     let limits = &result.limits;
@@ -226,7 +264,7 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
         )),
         // Not by this terminal's Ctrl-C: by the agent, which cancels a run when its key stops
         // working (docs/governance.md).
-        Some(KilledBy::Cancelled) if !CANCELLED_HERE.load(std::sync::atomic::Ordering::Relaxed) => Some(match from {
+        Some(KilledBy::Cancelled) if cancelled_by_signal().is_none() => Some(match from {
             LimitsFrom::Flags => {
                 "cancelled by the agent: the API key it ran with was revoked, rotated or expired".into()
             }

@@ -1,4 +1,5 @@
-//! Ctrl-C on `bkg exe` and `bkgr`, and the agent that `bkg exe` starts by itself.
+//! Ctrl-C (and SIGTERM, SIGHUP) on `bkg exe` and `bkgr`, and the agent that `bkg exe` starts
+//! by itself.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -26,6 +27,63 @@ fn ctrl_c_cancels_a_run_with_130_and_leaves_no_sandbox() {
     assert!(runs.status.success(), "{}", stderr(&runs));
     let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
     assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on a process this test spawned; no memory is involved.
+    unsafe { libc::kill(child.id() as i32, signal) };
+}
+
+/// What `timeout`, a service manager or a closed terminal sends is a Ctrl-C too: the run is
+/// cancelled and recorded so, and bkg exits as the signal's convention says.
+#[test]
+fn sigterm_and_sighup_cancel_a_run_like_ctrl_c_with_128_plus_the_signal() {
+    let agent = Agent::start();
+    for (sent, exit) in [(libc::SIGTERM, 143), (libc::SIGHUP, 129)] {
+        let child = agent.start_long_run();
+        signal(&child, sent);
+        let output = child.wait_with_output().expect("wait");
+        assert_eq!(code(&output), exit, "stderr: {}", stderr(&output));
+        assert_eq!(stderr(&output), "bkg: cancelled\n");
+        agent.wait_idle();
+        let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
+        let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+        assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
+    }
+}
+
+/// Ctrl-C waits for the agent to end the run and say so; a second one does not wait (here the
+/// agent is stopped and cannot answer).
+#[test]
+fn a_second_ctrl_c_ends_bkg_without_waiting_for_the_run() {
+    let agent = Agent::start();
+    let mut child = agent.start_long_run();
+    let agent_pid = agent.pid() as i32;
+    struct Continue(i32);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the test's own agent; no memory is involved.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(agent_pid, libc::SIGSTOP) };
+    let _continue = Continue(agent_pid);
+    interrupt(&child);
+    // Apart, so that they are two signals, not one delivered twice.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(child.try_wait().expect("try_wait").is_none(), "bkg waits for the run's end after one Ctrl-C");
+    interrupt(&child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "bkg did not end on a second Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(code(&output), 130);
+    assert_eq!(stderr(&output), "bkg: stopped without waiting for the run's end\n");
+    drop(_continue);
+    agent.wait_idle();
 }
 
 #[test]
