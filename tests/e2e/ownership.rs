@@ -341,6 +341,15 @@ fn a_run_cut_off_by_a_crash_is_closed_as_interrupted_at_the_next_start() {
     }
 }
 
+/// Whether process `pid` ignores SIGTERM (`SigIgn` in its status, a mask with bit N-1 for N).
+fn ignores_sigterm(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let ignored = status.lines().find_map(|line| line.strip_prefix("SigIgn:")).map(str::trim);
+    ignored
+        .and_then(|mask| u64::from_str_radix(mask, 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
 /// Waits for the agent's socket file to go: the last thing a stopping agent does.
 fn wait_for_exit(agent: &Agent) {
     wait_until("the agent has stopped", Duration::from_secs(60), || !agent.socket.exists());
@@ -361,6 +370,11 @@ fn sigterm_ends_runs_after_the_grace_with_killed_by_shutdown_and_leaves_no_cgrou
     // A detached run (`bkgr -d`), whose caller is long gone.
     let (_project, detached_run) = detached_sleeper(&agent);
     wait_for_active_runs(&agent, 3);
+    // A run is active from its acceptance: the stop must not come before the script ignores it
+    // (it did once, and the run ended by the SIGTERM itself).
+    wait_until("the script to ignore SIGTERM", Duration::from_secs(30), || {
+        bkg_tests::processes_with_uid_in(agent.uid_base, agent.uid_base + 65_536).into_iter().any(ignores_sigterm)
+    });
 
     // SAFETY: kill(2) has no memory effects; the agent is this test's child.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
