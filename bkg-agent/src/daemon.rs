@@ -218,8 +218,9 @@ pub struct AgentArgs {
     /// without it the agent starts only where the host gives `strict` (docs/compatibility.md).
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, env = "BKG_ALLOW_DEGRADED")]
     pub allow_degraded: Option<SecurityLevel>,
-    /// Check the host (namespaces, cgroups, Landlock, seccomp, loop devices, runtimes), print
-    /// the report as JSON and exit; needs no root (`bkg doctor` runs it).
+    /// Check the host (namespaces, cgroups, Landlock, seccomp, loop devices, runtimes, the state
+    /// directory's filesystem), print the report as JSON and exit; needs no root (`bkg doctor`
+    /// runs it).
     #[arg(long, hide = true)]
     pub check_host: bool,
     /// Print the API's OpenAPI document (YAML) and exit.
@@ -260,7 +261,8 @@ fn one_line(error: &anyhow::Error) -> String {
 
 /// Prints what `--check-host` found; the exit code is 1 only when the report cannot be written.
 fn print_host_report(args: &AgentArgs) -> ExitCode {
-    let report = host_check::report(&host_check::probe(&args.python, &args.node));
+    let state_dir = args.state_dir.clone().unwrap_or_else(bkg_schema::paths::default_state_dir);
+    let report = host_check::report(&host_check::probe(&args.python, &args.node, &state_dir));
     let written = serde_json::to_string_pretty(&report).map_err(anyhow::Error::from).and_then(|json| {
         std::io::Write::write_all(&mut std::io::stdout().lock(), format!("{json}\n").as_bytes())
             .context("write the report")
@@ -493,7 +495,7 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("make {} private", state_dir.display()))?;
     // Before any thread exists (the probe forks) and before detaching, so a host that lacks a
     // piece is told on the terminal that started the agent.
-    let host = host_check::report(&host_check::probe(&args.python, &args.node));
+    let host = host_check::report(&host_check::probe(&args.python, &args.node, &state_dir));
     let security_level = host_check::admit(&host, args.allow_degraded.unwrap_or(SecurityLevel::Strict))?;
 
     // systemd supervises an activated agent: it stays in the foreground, logging to the journal.
@@ -511,6 +513,11 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         .init();
     if security_level < SecurityLevel::Strict {
         tracing::warn!(level = %security_level, "running below the strict security level, as --allow-degraded allows");
+    }
+    for check in host.checks.iter().filter(|check| check.name == bkg_schema::host::STATE_DIR_FS_CHECK) {
+        if check.status != bkg_schema::host::CheckStatus::Pass {
+            tracing::warn!(fix = check.fix.as_deref().unwrap_or_default(), "{}", check.found);
+        }
     }
 
     let config = EngineConfig {

@@ -67,9 +67,14 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
     };
     // With --remote the agent is on another host: this host's kernel and state directory say
     // nothing about it, and the agent's own level is in its check.
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or_else(|| info.as_ref().map(|info| PathBuf::from(&info.state_dir)))
+        .unwrap_or_else(bkg_schema::paths::default_state_dir);
     let (mut checks, host_level) = match &local_socket {
         Some(_) => {
-            let host = host_report(args).await?;
+            let host = host_report(args, &state_dir).await?;
             (host.checks, host.level)
         }
         None => (Vec::new(), None),
@@ -77,11 +82,6 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
     checks.push(agent_check);
     if let Some(socket_path) = &local_socket {
         checks.push(socket(socket_path));
-        let state_dir = args
-            .state_dir
-            .clone()
-            .or_else(|| info.as_ref().map(|info| PathBuf::from(&info.state_dir)))
-            .unwrap_or_else(bkg_schema::paths::default_state_dir);
         checks.push(state_dir_check(&state_dir));
     }
     if let Some(cert) = &args.tls_cert {
@@ -98,12 +98,12 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
 }
 
 /// The agent binary beside this bkg, else the one on PATH (as `bkg agent start` finds it).
-async fn host_report(args: &DoctorArgs) -> Result<HostReport, CliError> {
+async fn host_report(args: &DoctorArgs, state_dir: &Path) -> Result<HostReport, CliError> {
     let mut command = tokio::process::Command::new(crate::client::agent_program());
     command.arg("--check-host");
     // The agent reads its flags from BKG_* too; those of a running agent's listener or TLS (or
-    // any a user exported) would make it refuse, or check something else. Only the runtimes
-    // matter to the report, and doctor's own --python and --node name them.
+    // any a user exported) would make it refuse, or check something else. Only the runtimes and
+    // the state directory matter to the report, and doctor's own flags name them.
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(|name| name.starts_with("BKG_") && name != "BKG_PYTHON" && name != "BKG_NODE") {
             command.env_remove(name);
@@ -115,6 +115,7 @@ async fn host_report(args: &DoctorArgs) -> Result<HostReport, CliError> {
     if let Some(node) = &args.node {
         command.arg("--node").arg(node);
     }
+    command.arg("--state-dir").arg(state_dir);
     let output = command
         .stdin(std::process::Stdio::null())
         .output()

@@ -256,7 +256,7 @@ fn doctor() {
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     let mut report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("doctor JSON");
     for check in report["checks"].as_array_mut().into_iter().flatten() {
-        let volatile = ["kernel", "cgroups", "runtime.python", "runtime.node", "state_dir"];
+        let volatile = ["kernel", "cgroups", "runtime.python", "runtime.node", "state_dir", "state_dir_fs"];
         if volatile.iter().any(|name| check["name"] == *name) {
             check["found"] = "[redacted]".into();
         }

@@ -111,6 +111,8 @@ pub struct HostReport {
 
 /// The host report's first check, there whenever `bkg-agent --check-host` ran.
 pub const KERNEL_CHECK: &str = "kernel";
+/// The check of the filesystem under the agent's state directory (warns when it is in memory).
+pub const STATE_DIR_FS_CHECK: &str = "state_dir_fs";
 
 /// `bkg doctor --json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

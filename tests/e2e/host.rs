@@ -271,6 +271,28 @@ fn doctor_fails_a_state_dir_that_cannot_be_written() {
     assert!(state_check["fix"].as_str().is_some_and(|fix| fix.contains("--state-dir")), "{report:#}");
 }
 
+/// A state directory on tmpfs works but would hold every sandbox's disk in the host's memory:
+/// doctor warns (the agent's own probe, as the agent logs it at start), and does not fail.
+#[test]
+fn doctor_warns_of_a_state_dir_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    let script = format!("mount -t tmpfs tmpfs {} && exec \"$0\" \"$@\"", state.display());
+    let (report, output) = doctor(
+        None,
+        &["unshare", "--mount", "--propagation", "private", "sh", "-c", &script],
+        &["--state-dir", state.to_str().unwrap_or_default()],
+    );
+    let in_memory = check(&report, "state_dir_fs");
+    assert_eq!(in_memory["status"], "warn", "{report:#}");
+    assert!(in_memory["found"].as_str().is_some_and(|found| found.contains("is on tmpfs")), "{report:#}");
+    assert!(in_memory["fix"].as_str().is_some_and(|fix| fix.contains("--state-dir")), "{report:#}");
+    assert_eq!(check(&report, "state_dir")["status"], "pass", "{report:#}");
+    // Only the agent that does not answer (none runs for this test) and this warn.
+    assert_eq!(code(&output), 0, "{report:#}");
+}
+
 /// Network namespaces blocked in a user namespace of the test's own (`user.max_net_namespaces`
 /// is per user namespace): doctor, and the agent's probe it runs, find the kind missing.
 #[test]

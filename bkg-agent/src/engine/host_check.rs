@@ -137,11 +137,33 @@ pub struct HostFacts {
     pub seccomp: SeccompFacts,
     pub disk: DiskFacts,
     pub runtimes: Vec<RuntimeFacts>,
+    pub state_dir: StateDirFacts,
+}
+
+/// The filesystem that holds the state directory, where every sandbox's disk image lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDirFacts {
+    pub path: PathBuf,
+    /// The name of the filesystem when it keeps its files in memory (`tmpfs`, `ramfs`).
+    pub memory_backed: Option<&'static str>,
+}
+
+/// Which memory-backed filesystem holds `dir` (or, before it is made, its nearest ancestor).
+fn memory_backed(dir: &Path) -> Option<&'static str> {
+    use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
+    // Neither nix nor libc names ramfs's magic number; statfs(2) lists it.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    let stats = dir.ancestors().find_map(|dir| statfs(dir).ok())?;
+    match stats.filesystem_type() {
+        TMPFS_MAGIC => Some("tmpfs"),
+        RAMFS_MAGIC => Some("ramfs"),
+        _ => None,
+    }
 }
 
 /// Reads the host. Forks a short-lived child per namespace kind: call it before threads hold
 /// locks a child could need (the child only exits, so any process is fine in practice).
-pub fn probe(python: &Path, node: &Path) -> HostFacts {
+pub fn probe(python: &Path, node: &Path, state_dir: &Path) -> HostFacts {
     let is_root = nix::unistd::geteuid().is_root();
     HostFacts {
         kernel_release: nix::sys::utsname::uname()
@@ -171,6 +193,7 @@ pub fn probe(python: &Path, node: &Path) -> HostFacts {
             mkfs_ext4: MKFS_EXT4_PATHS.into_iter().map(PathBuf::from).find(|path| path.exists()),
         },
         runtimes: vec![probe_runtime(Language::Python, python), probe_runtime(Language::Node, node)],
+        state_dir: StateDirFacts { path: state_dir.to_path_buf(), memory_backed: memory_backed(state_dir) },
     }
 }
 
@@ -282,6 +305,7 @@ pub fn checks(facts: &HostFacts) -> Vec<Check> {
     checks.push(landlock_check(facts.landlock_abi));
     checks.push(seccomp_check(&facts.seccomp));
     checks.push(disk_check(&facts.disk));
+    checks.push(state_dir_check(&facts.state_dir));
     checks.extend(facts.runtimes.iter().map(runtime_check));
     checks
 }
@@ -460,6 +484,23 @@ fn disk_check(facts: &DiskFacts) -> Check {
     }
 }
 
+/// A sandbox's disk image takes its blocks when it is made (engine/disk.rs): on a filesystem in
+/// memory that is the host's memory, outside every sandbox's limit.
+fn state_dir_check(facts: &StateDirFacts) -> Check {
+    let name = bkg_schema::host::STATE_DIR_FS_CHECK;
+    let dir = facts.path.display();
+    match facts.memory_backed {
+        None => Check::pass(name, format!("{dir} is on a filesystem on disk")),
+        Some(filesystem) => Check::warn(
+            name,
+            format!(
+                "{dir} is on {filesystem}: every sandbox's disk (500MiB by default, warm ones too) would take that much of the host's memory"
+            ),
+            "start the agent with --state-dir (BKG_STATE_DIR) on a filesystem on disk, such as the default /var/lib/bkg",
+        ),
+    }
+}
+
 fn runtime_check(runtime: &RuntimeFacts) -> Check {
     let language = runtime.language.as_str();
     let name = format!("runtime.{language}");
@@ -574,7 +615,23 @@ mod tests {
                 },
                 RuntimeFacts { language: Language::Node, path: "/usr/bin/node".into(), version: Ok("v20.20.2".into()) },
             ],
+            state_dir: StateDirFacts { path: "/var/lib/bkg".into(), memory_backed: None },
         }
+    }
+
+    #[test]
+    fn a_state_directory_in_memory_warns_without_lowering_the_level() {
+        let mut facts = healthy();
+        facts.state_dir.memory_backed = Some("tmpfs");
+        assert_eq!(status_of(&facts, bkg_schema::host::STATE_DIR_FS_CHECK), CheckStatus::Warn);
+        assert_eq!(admit(&report(&facts), SecurityLevel::Strict).ok(), Some(SecurityLevel::Strict));
+    }
+
+    #[test]
+    fn a_memory_backed_filesystem_is_recognised_before_the_directory_exists() {
+        // Under /dev/shm (tmpfs on Debian) and under the source tree (on disk), neither made yet.
+        assert_eq!(memory_backed(Path::new("/dev/shm/bkg-not-made/state")), Some("tmpfs"));
+        assert_eq!(memory_backed(&Path::new(env!("CARGO_MANIFEST_DIR")).join("not-made/state")), None);
     }
 
     fn status_of(facts: &HostFacts, name: &str) -> CheckStatus {
