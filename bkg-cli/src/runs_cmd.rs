@@ -4,7 +4,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use bkg_schema::artefacts::{RunFileKind, RunFiles};
+use bkg_schema::artefacts::{RunFile, RunFileKind, RunFiles};
 use bkg_schema::units::{format_cpus, format_duration_ms, format_size};
 use bkg_schema::{KilledBy, RunRecord, RunResult};
 use sha2::{Digest, Sha256};
@@ -132,13 +132,38 @@ async fn fetch_files(client: &AgentClient, files: &RunFiles, dir: &Path) -> Resu
             existing.display()
         )));
     }
-    for (file, target) in files.files.iter().zip(&targets) {
-        let path = format!("/api/v1/runs/{}/files/{}", files.run_id, encode_path(&file.path));
+    fetch_files_to(client, &files.run_id, files.files.iter().zip(targets)).await
+}
+
+/// After `bkg exe -o DIR`: writes into `DIR` each file of /workspace/out/ that the run kept but
+/// the run's archive did not bring (one ended by its process limit takes pid 1 with it, which
+/// sends the archive); returns how many. Files already in `DIR` stay as they are.
+pub async fn fetch_kept_out_files(client: &AgentClient, result: &RunResult, dir: &Path) -> Result<usize, CliError> {
+    let missing = result
+        .files
+        .iter()
+        .filter(|file| file.kind == RunFileKind::File)
+        .filter_map(|file| Some((file, target(dir, file.path.strip_prefix("out/")?))))
+        .map(|(file, target)| target.map(|target| (file, target)))
+        .filter(|found| found.as_ref().map_or(true, |(_, target)| !target.exists()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let count = missing.len();
+    fetch_files_to(client, &result.id, missing).await?;
+    Ok(count)
+}
+
+/// Fetches each file of run `run_id` to its target, streamed to disk and checked against its
+/// SHA-256.
+async fn fetch_files_to(
+    client: &AgentClient,
+    run_id: &str,
+    files: impl IntoIterator<Item = (&RunFile, PathBuf)>,
+) -> Result<(), CliError> {
+    for (file, target) in files {
+        let target = &target;
+        let path = format!("/api/v1/runs/{run_id}/files/{}", encode_path(&file.path));
         let Some(mut response) = client.open_found(&path).await? else {
-            return Err(CliError::new(
-                BKG_FAILED,
-                format!("the agent no longer has {} of run {}", file.path, files.run_id),
-            ));
+            return Err(CliError::new(BKG_FAILED, format!("the agent no longer has {} of run {run_id}", file.path)));
         };
         let write_error =
             |error: std::io::Error| CliError::new(BKG_FAILED, format!("cannot write {}: {error}", target.display()));

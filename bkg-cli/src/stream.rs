@@ -109,6 +109,9 @@ pub async fn run_keeping_out_dir(
     if let Some(archive) = archive {
         archive.finish().await?;
     }
+    if let (Some(dir), Ok(result)) = (out_dir, &outcome) {
+        crate::runs_cmd::fetch_kept_out_files(client, result, dir).await?;
+    }
     outcome
 }
 
@@ -125,28 +128,46 @@ pub fn denial_lines(result: &RunResult) -> Vec<String> {
 }
 
 /// Writes the end of each stream that the agent dropped (it keeps waiting output for a reader
-/// that takes none of it for 2 s after the run ended), fetched from the run's kept copy of the
-/// stream; returns the bytes still missing (a stream the agent did not keep, or a failed fetch).
+/// that takes none of it for 2 s after the run ended), from the result itself when it holds the
+/// whole stream (up to 1 MiB), else from the run's kept copy of the stream (past 1 MiB); returns
+/// the bytes still missing (a failed fetch, or output the result only holds lossily).
 async fn write_what_did_not_arrive(client: &AgentClient, result: &RunResult, written: [u64; 2]) -> u64 {
     if result.undelivered_bytes == 0 {
         return 0;
     }
-    let streams = [(RunFileKind::Stdout, result.stdout_bytes), (RunFileKind::Stderr, result.stderr_bytes)];
+    let streams = [
+        (RunFileKind::Stdout, result.stdout_bytes, &result.stdout),
+        (RunFileKind::Stderr, result.stderr_bytes, &result.stderr),
+    ];
     let mut missing = 0;
-    for ((kind, total), written) in streams.into_iter().zip(written) {
+    for ((kind, total, inline), written) in streams.into_iter().zip(written) {
         if written >= total {
             continue;
         }
+        let to_stderr = kind == RunFileKind::Stderr;
         let kept = result.files.iter().find(|file| file.kind == kind);
-        let fetched = match kept {
-            Some(file) => {
-                write_kept_stream_from(client, &result.id, &file.path, kind == RunFileKind::Stderr, written).await
+        let fetched = match (whole_stream(inline, total), kept) {
+            (Some(bytes), _) => {
+                let rest = bytes.get(usize::try_from(written).unwrap_or(usize::MAX)..).unwrap_or_default();
+                match to_stderr {
+                    true => write_through(&mut std::io::stderr().lock(), rest),
+                    false => write_through(&mut std::io::stdout().lock(), rest),
+                }
+                total
             }
-            None => written,
+            (None, Some(file)) => write_kept_stream_from(client, &result.id, &file.path, to_stderr, written).await,
+            (None, None) => written,
         };
         missing += total.saturating_sub(fetched);
     }
     missing
+}
+
+/// A stream's bytes from the result's text of it, when that is all of it and exact: the result
+/// holds the first 1 MiB, with bytes that are not UTF-8 replaced by U+FFFD (so text that holds
+/// U+FFFD cannot be told from a replacement and is not used).
+fn whole_stream(inline: &str, total: u64) -> Option<&[u8]> {
+    (inline.len() as u64 == total && !inline.contains(char::REPLACEMENT_CHARACTER)).then_some(inline.as_bytes())
 }
 
 /// Writes the kept stream `path` of run `run_id` from byte `from` on to our stdout (or stderr);
@@ -394,13 +415,15 @@ async fn receive(
             drop(installing.take());
         }
         match (kind, &output) {
-            (FrameKind::Progress, Output::Raw | Output::Prefixed(_)) => {
+            (FrameKind::Progress, _) => {
                 let line = String::from_utf8_lossy(&payload);
-                match &installing {
-                    Some(spinner) => spinner.say(&line),
-                    None => installing = crate::progress::Spinner::start(&line),
+                match (&installing, &output) {
+                    // `--json`: stderr is for people still, but a spinner would be noise there.
+                    (_, Output::Quiet) => {}
+                    (Some(spinner), _) => spinner.say(&line),
+                    (None, _) => installing = crate::progress::Spinner::start(&line),
                 }
-                // Without a terminal only the agent's own lines are shown, not the installer's.
+                // Without a spinner only the agent's own lines are shown, not the installer's.
                 if installing.is_none() && AGENT_PROGRESS.iter().any(|prefix| line.starts_with(prefix)) {
                     out.note(format_args!("{line}"));
                 }
@@ -470,5 +493,13 @@ mod tests {
         assert_eq!(buffer.complete_lines(b"o\nthree\nfo"), vec![b"two\n".to_vec(), b"three\n".to_vec()]);
         assert_eq!(buffer.rest(), Some(b"fo\n".to_vec()));
         assert_eq!(buffer.rest(), None);
+    }
+
+    #[test]
+    fn the_results_text_serves_as_the_stream_only_when_it_is_all_of_it_and_exact() {
+        assert_eq!(whole_stream("héllo\n", 7), Some("héllo\n".as_bytes()));
+        // Cut at the cap, or replaced bytes that happen to keep the length.
+        assert_eq!(whole_stream("hello", 1024 * 1024 + 5), None);
+        assert_eq!(whole_stream("\u{FFFD}", 3), None);
     }
 }

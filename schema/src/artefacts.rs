@@ -59,21 +59,20 @@ pub struct RunFiles {
 }
 
 /// Checks a path a request asks to keep: relative to /workspace (or absolute inside it), with
-/// no `..`, no empty or `.` part, and not `stdout`/`stderr`, the names of the streams. Returns
-/// it relative to /workspace.
+/// no `..` and not `stdout`/`stderr`, the names of the streams. Returns it relative to
+/// /workspace, without `.` or empty parts (`./out//a.csv` is `out/a.csv`, as the shell takes it).
 pub fn keep_path(path: &str) -> Result<String, String> {
-    let relative = path.strip_prefix("/workspace/").unwrap_or(path).trim_end_matches('/');
-    let bad = relative.is_empty()
-        || relative.starts_with('/')
-        || relative.contains('\0')
-        || relative.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+    let inside = if path == "/workspace" { "" } else { path.strip_prefix("/workspace/").unwrap_or(path) };
+    let parts: Vec<&str> = inside.split('/').filter(|part| !part.is_empty() && *part != ".").collect();
+    let bad = parts.is_empty() || inside.starts_with('/') || inside.contains('\0') || parts.contains(&"..");
     if bad {
         return Err(format!("keep path `{path}` must name a file or directory under /workspace, without `..`"));
     }
-    if matches!(relative, "stdout" | "stderr") {
+    let relative = parts.join("/");
+    if matches!(relative.as_str(), "stdout" | "stderr") {
         return Err(format!("keep path `{path}`: `stdout` and `stderr` are the names of the kept streams"));
     }
-    Ok(relative.to_owned())
+    Ok(relative)
 }
 
 #[cfg(test)]
@@ -85,7 +84,9 @@ mod tests {
         assert_eq!(keep_path("out"), Ok("out".to_owned()));
         assert_eq!(keep_path("/workspace/model/weights.bin"), Ok("model/weights.bin".to_owned()));
         assert_eq!(keep_path("data/"), Ok("data".to_owned()));
-        for bad in ["", "/", "/etc/passwd", "../x", "a/../b", "./a", "a//b", "/workspace/", "stdout"] {
+        assert_eq!(keep_path("./a"), Ok("a".to_owned()));
+        assert_eq!(keep_path("/workspace/./out//a.csv"), Ok("out/a.csv".to_owned()));
+        for bad in ["", "/", ".", "/etc/passwd", "../x", "a/../b", "/workspace/", "/workspace", "stdout", "./stderr"] {
             assert!(keep_path(bad).is_err(), "{bad}");
         }
     }

@@ -513,6 +513,28 @@ fn exe_file_dir_puts_siblings_beside_the_script_and_output_brings_out_back() {
     assert_eq!(std::fs::read_to_string(results.join("result.txt")).expect("result"), "made in the sandbox\n");
 }
 
+/// A run ended by its process limit takes its sandbox's pid 1 with it, which would have sent
+/// /workspace/out/ back: `-o` then writes the files the run kept of it (found by a new-user
+/// trial: the directory stayed empty without a word).
+#[test]
+fn output_brings_out_back_after_the_process_limit_ended_the_run() {
+    let agent = Agent::start();
+    let work = tempfile::tempdir().expect("dir");
+    let results = work.path().join("results");
+    let forking = "import os\nos.makedirs('out/deep', exist_ok=True)\nopen('out/deep/result.txt', 'w').write('kept\\n')\n\
+                   while True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
+    let run = agent
+        .bkg()
+        .args(["exe", "--timeout", "30s", "-t", "python", "-c", forking, "-o"])
+        .arg(&results)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkg exe");
+    assert_eq!(code(&run), 137, "stderr: {}", stderr(&run));
+    assert!(stderr(&run).contains("process limit"), "{}", stderr(&run));
+    assert_eq!(std::fs::read_to_string(results.join("deep/result.txt")).expect("the file"), "kept\n");
+}
+
 /// `-o` brings back no symbolic link the code made (one could point anywhere on the host), and
 /// a DIR it cannot use is refused before a run is asked for: none is recorded.
 #[test]

@@ -59,31 +59,43 @@ fn a_flooding_run_ends_at_its_timeout_while_its_client_stops_reading() {
 }
 
 /// A reader that takes nothing for a while after the run has ended still gets all of the output:
-/// the agent drops what waits for it after 2 s, and bkg writes that end from the run's kept copy.
+/// the agent drops what waits for it after 2 s, and bkg writes that end from the result (up to
+/// 1 MiB, which the result holds as text) or from the run's kept copy of the stream (past 1 MiB,
+/// or whenever the result's text is not exact).
 #[test]
 fn a_reader_that_pauses_after_the_run_still_gets_the_whole_output() {
     let agent = Agent::start();
-    let script = "import sys\nsys.stdout.write('y' * (5 * 1024 * 1024 - 3) + 'end')\n";
-    let mut client = agent
-        .bkg()
-        .args(["exe", "--type", "python", "-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bkg exe");
-    // bkg blocks on its stdout meanwhile and stops reading the agent, which ends the run.
-    wait_for("the run to end", Duration::from_secs(25), || finished_run(&agent));
-    std::thread::sleep(Duration::from_secs(3));
-    let mut stdout = Vec::new();
-    std::io::Read::read_to_end(&mut client.stdout.take().expect("stdout"), &mut stdout).expect("read stdout");
-    let output = client.wait_with_output().expect("bkg exits");
-    assert_eq!(stdout.len(), 5 * 1024 * 1024, "{}", stderr(&output));
-    assert!(stdout.ends_with(b"end"));
-    assert_eq!(code(&output), 0, "{}", stderr(&output));
-    // All of it arrived, so nothing is said: not what did not arrive, nor that the agent kept a
-    // copy of the stream (it does past 1 MiB).
-    assert_eq!(stderr(&output), "");
+    // Long; short; short and not UTF-8 (the result's text of it is not exact).
+    for (runs, size, fill) in [(1, 5 * 1024 * 1024, "y"), (2, 512 * 1024, "y"), (3, 512 * 1024, "\\xff")] {
+        let script = format!("import sys\nsys.stdout.buffer.write(b'{fill}' * ({size} - 3) + b'end')\n");
+        let mut client = agent
+            .bkg()
+            .args(["exe", "--type", "python", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bkg exe");
+        // bkg blocks on its stdout meanwhile and stops reading the agent, which ends the run.
+        wait_for("the run to end", Duration::from_secs(25), || (finished_runs(&agent) == runs).then_some(()));
+        std::thread::sleep(Duration::from_secs(3));
+        let mut stdout = Vec::new();
+        std::io::Read::read_to_end(&mut client.stdout.take().expect("stdout"), &mut stdout).expect("read stdout");
+        let output = client.wait_with_output().expect("bkg exits");
+        assert_eq!(stdout.len(), size, "{}", stderr(&output));
+        assert!(stdout.ends_with(b"end"));
+        assert_eq!(stdout[0], if fill == "y" { b'y' } else { 0xff });
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        // All of it arrived, so nothing is said: not what did not arrive, nor that the agent
+        // kept a copy of the stream (it does past 1 MiB).
+        assert_eq!(stderr(&output), "");
+    }
+}
+
+/// How many runs the agent has recorded as finished.
+fn finished_runs(agent: &Agent) -> usize {
+    let runs = api(agent, "GET", "/api/v1/runs?limit=50", None).json();
+    runs.as_array().map_or(0, |runs| runs.iter().filter(|run| !run["finished_at_ms"].is_null()).count())
 }
 
 #[test]
@@ -134,7 +146,7 @@ fn a_hundred_thousand_small_files_fit_in_500mib() {
 fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
     let agent = Agent::start_with(AgentOptions {
         warm_pool: 0,
-        extra_args: ["--max-running-runs", "1", "--max-queued-runs", "1"].map(String::from).to_vec(),
+        extra_args: ["--max-running-runs", "1", "--max-queued-runs", "2"].map(String::from).to_vec(),
         ..AgentOptions::default()
     });
     let sleeper = || {
@@ -149,30 +161,42 @@ fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
     };
     let running = sleeper();
     wait_for("the first run", Duration::from_secs(30), || (agent.status_json()["active_runs"] == 1).then_some(()));
-    let mut queued = agent
-        .bkg()
-        .args(["exe", "--type", "python", "-c", "print(1)"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bkg exe");
-    wait_for("the second run to queue", Duration::from_secs(30), || {
-        (agent.status_json()["queued_runs"] == 1).then_some(())
-    });
-    // Its caller is told, within a second or so, why nothing happens.
-    let queued_stderr = queued.stderr.take().expect("stderr");
-    let (told, notice) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(queued_stderr), &mut line);
-        let _ = told.send(line);
-    });
-    let notice = notice.recv_timeout(Duration::from_secs(30)).expect("a line on the queued run's stderr");
-    assert_eq!(notice, "bkg: waiting for a place: this agent runs 1 at once (--max-running-runs) and 1 wait for one\n");
+    // Each caller is told, within a second or so, why nothing happens; with --json too (its
+    // stdout is the result's, its stderr still people's).
+    let mut queued = Vec::new();
+    for (waiting, json) in [(1, false), (2, true)] {
+        let mut args = vec!["exe", "--type", "python", "-c", "print(1)"];
+        if json {
+            args.push("--json");
+        }
+        let mut child = agent
+            .bkg()
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bkg exe");
+        wait_for("the run to queue", Duration::from_secs(30), || {
+            (agent.status_json()["queued_runs"] == waiting).then_some(())
+        });
+        let queued_stderr = child.stderr.take().expect("stderr");
+        let (told, notice) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(queued_stderr), &mut line);
+            let _ = told.send(line);
+        });
+        let notice = notice.recv_timeout(Duration::from_secs(30)).expect("a line on the queued run's stderr");
+        let expected = format!(
+            "bkg: waiting for a place: this agent runs 1 at once (--max-running-runs) and {waiting} wait for one\n"
+        );
+        assert_eq!(notice, expected, "--json: {json}");
+        queued.push(child);
+    }
     // A run waiting for a place is not counted as going on.
     let status = agent.status_json();
-    assert_eq!((&status["active_runs"], &status["queued_runs"]), (&json!(1), &json!(1)), "{status}");
+    assert_eq!((&status["active_runs"], &status["queued_runs"]), (&json!(1), &json!(2)), "{status}");
 
     let refused = api(&agent, "POST", "/api/v1/runs", Some(&json!({ "language": "python", "code": "print(1)" })));
     assert_eq!(refused.status, 503, "{}", refused.text());
@@ -185,7 +209,7 @@ fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
     assert!(err.contains("--max-queued-runs"), "{err}");
 
     // A caller that gives up while queued leaves the queue at once, while the first still runs.
-    kill(queued);
+    queued.into_iter().for_each(kill);
     wait_for("the queued run to leave", Duration::from_secs(30), || {
         (agent.status_json()["queued_runs"] == 0).then_some(())
     });
@@ -195,7 +219,7 @@ fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
         let runs = api(&agent, "GET", "/api/v1/runs?limit=10", None).json();
         let cancelled =
             runs.as_array().map_or(0, |runs| runs.iter().filter(|run| run["killed_by"] == "cancelled").count());
-        (cancelled == 1).then_some(())
+        (cancelled == 2).then_some(())
     });
     kill(running);
     agent.wait_idle();

@@ -1,6 +1,7 @@
 //! A run's stdout or stderr kept whole once it is longer than a result retains
 //! (`OUTPUT_CAP_BYTES`): from the moment it overflows, everything it wrote goes to a spool
-//! file, hashed as it is written, and is stored with the run's files.
+//! file, hashed as it is written, and is stored with the run's files. A shorter stream is kept
+//! too when its caller did not take all of it (engine/run.rs).
 
 use std::path::PathBuf;
 

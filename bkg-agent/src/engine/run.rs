@@ -223,13 +223,6 @@ impl Engine {
                 Err(_) => kept.not_kept.push("taking the files out of the sandbox failed".into()),
             }
         }
-        for spool in [watched.stdout_spool.take(), watched.stderr_spool.take()].into_iter().flatten() {
-            match spool.finish().await {
-                Some(Ok(spooled)) => kept.files.push(spooled),
-                Some(Err(reason)) => kept.not_kept.push(reason),
-                None => {}
-            }
-        }
         self.track_network(&run_id, None);
         let network_denials = network.map(NetworkSession::finish).unwrap_or_default();
         self.dispose_later(&tracker, sandbox);
@@ -241,6 +234,24 @@ impl Engine {
         // The sandbox is gone; what the caller has not taken yet gets a short grace, then is
         // dropped and counted.
         let undelivered_bytes = relay.finish(&output).await;
+        // A stream the caller did not get all of is kept even when it is short: the result's
+        // text of it is not exact when it is not UTF-8, and bkg writes the end from the copy.
+        if undelivered_bytes > 0 {
+            for (captured, spool) in
+                [(&watched.stdout, &mut watched.stdout_spool), (&watched.stderr, &mut watched.stderr_spool)]
+            {
+                if let Some(spool) = spool.as_mut().filter(|spool| !spool.is_open() && captured.total > 0) {
+                    spool.write(&captured.kept, &[]).await;
+                }
+            }
+        }
+        for spool in [watched.stdout_spool.take(), watched.stderr_spool.take()].into_iter().flatten() {
+            match spool.finish().await {
+                Some(Ok(spooled)) => kept.files.push(spooled),
+                Some(Err(reason)) => kept.not_kept.push(reason),
+                None => {}
+            }
+        }
         let result = watched.into_result(run_id, run.language, run.limits, &before, &usage, undelivered_bytes);
         result.map(|result| {
             (RunResult { security_level: Some(self.config.security_level), network_denials, ..result }, kept)
