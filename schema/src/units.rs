@@ -40,7 +40,8 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         return Err(UnitError::Size(text.to_owned()));
     }
     let bytes = value * multiplier as f64;
-    if bytes > u64::MAX as f64 {
+    // `u64::MAX as f64` is 2^64, one past the largest u64.
+    if bytes >= u64::MAX as f64 {
         return Err(UnitError::TooLarge(text.to_owned()));
     }
     let bytes = bytes.round() as u64;
@@ -74,7 +75,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
     if !value.is_finite() || value < 0.0 {
         return Err(UnitError::Duration(text.to_owned()));
     }
-    if value * multiplier > u64::MAX as f64 {
+    if value * multiplier >= u64::MAX as f64 {
         return Err(UnitError::TooLarge(text.to_owned()));
     }
     let millis = (value * multiplier).round() as u64;
@@ -168,6 +169,8 @@ mod tests {
         assert!(matches!(parse_size("12parsecs"), Err(UnitError::Size(_))));
         assert!(matches!(parse_size(""), Err(UnitError::Size(_))));
         assert_eq!(parse_size("99999999999TiB"), Err(UnitError::TooLarge("99999999999TiB".into())));
+        assert_eq!(parse_size("18446744073709551616"), Err(UnitError::TooLarge("18446744073709551616".into())));
+        assert_eq!(parse_size("16777216TiB"), Err(UnitError::TooLarge("16777216TiB".into())));
         assert_eq!(
             parse_duration_ms("99999999999999999999h"),
             Err(UnitError::TooLarge("99999999999999999999h".into()))

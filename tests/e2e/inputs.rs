@@ -55,8 +55,14 @@ fn bad_flags_and_limits_are_125() {
         (&["--memory", "lots", hello], "--memory: `lots` is not a size"),
         (&["--timeout", "-1", hello], "--timeout: `-1` is not a duration"),
         (&["--cpus", "0", hello], "--cpus"),
-        (&["--memory", "1TiB", hello], "memory 1TiB is above this agent's maximum of 8GiB"),
-        (&["--timeout", "2h", hello], "timeout 2h is above this agent's maximum of 1h"),
+        (
+            &["--memory", "1TiB", hello],
+            "memory 1TiB is above this agent's maximum of 8GiB; ask for less, or start the agent with a higher --max-memory",
+        ),
+        (
+            &["--timeout", "2h", hello],
+            "timeout 2h is above this agent's maximum of 1h; ask for less, or start the agent with a higher --max-timeout",
+        ),
         (&["--timeout", "none", hello], "timeout none is only for persistent sandboxes (cave.yaml, bkgr)"),
         (&["--memory", "10TB", hello], "memory 9.1TiB is above this agent's maximum of 8GiB"),
         (&["--env", "1X=y", hello], "--env: `1X` is not a variable name"),

@@ -187,7 +187,7 @@ fn maxima_below_the_defaults_lower_them_and_a_disk_beyond_the_budget_is_refused_
     let refused = agent.bkg().args(["exe", "--type", "python", "-c", "print(1)"]).stdin(Stdio::null()).output();
     let refused = refused.expect("bkg exe");
     assert_eq!(code(&refused), 125, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("300MiB (the agent's whole disk budget: --disk-budget)"), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("300MiB (the agent's whole disk budget: --disk-budget); ask for less, or start the agent with a larger --disk-budget"), "{}", stderr(&refused));
     assert!(!stderr(&refused).contains("try again"), "{}", stderr(&refused));
 }
 

@@ -221,6 +221,14 @@ impl Capacity {
         }
     }
 
+    /// How to give the sandboxes more disk, for messages.
+    pub fn budget_fix(&self) -> &'static str {
+        match self.config.disk_budget {
+            DiskBudget::Fixed(_) => "start the agent with a larger --disk-budget",
+            DiskBudget::FreeShare(_) => "free space on the filesystem of the agent's state directory",
+        }
+    }
+
     fn budget_with(&self, in_use: u64) -> Result<u64, CapacityError> {
         match &self.config.disk_budget {
             DiskBudget::Fixed(bytes) => Ok(*bytes),

@@ -23,8 +23,8 @@ use super::{Engine, EngineError};
 pub enum RunError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("{name} {asked} is above this agent's maximum of {allowed}")]
-    LimitAboveMaximum { name: &'static str, asked: String, allowed: String },
+    #[error("{name} {asked} is above this agent's maximum of {allowed}; {fix}")]
+    LimitAboveMaximum { name: &'static str, asked: String, allowed: String, fix: String },
     #[error("{0}")]
     RuntimeNotExecutable(String),
     #[error("{0}")]
@@ -229,7 +229,11 @@ impl Engine {
             if limits.timeout_ms == bkg_schema::NO_TIMEOUT_MS && name == "timeout" {
                 allowed.push_str(" (it takes none only when started with --max-timeout none)");
             }
-            return Err(RunError::LimitAboveMaximum { name, asked, allowed });
+            let fix = match name {
+                "pids" => "ask for fewer".to_owned(),
+                _ => format!("ask for less, or start the agent with a higher --max-{name}"),
+            };
+            return Err(RunError::LimitAboveMaximum { name, asked, allowed, fix });
         }
         // A disk larger than every sandbox's together could have is refused now, not queued for
         // a budget that can never hold it.
@@ -240,6 +244,7 @@ impl Engine {
                 name: "disk",
                 asked: size(limits.disk_bytes),
                 allowed: format!("{} (the agent's whole disk budget: {})", size(budget), self.capacity.budget_source()),
+                fix: format!("ask for less, or {}", self.capacity.budget_fix()),
             });
         }
         if let Some((name, asked, least)) = limits.first_below(&Limits::LEAST) {

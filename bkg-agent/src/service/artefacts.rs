@@ -27,8 +27,7 @@ impl Service {
         let (files, not_kept) = self.artefacts.store(namespace, kept, objects.bytes, &objects.digests).await;
         result.files = files;
         if !not_kept.is_empty() {
-            let more = if not_kept.len() > 1 { format!(" (and {} more)", not_kept.len() - 1) } else { String::new() };
-            result.files_not_kept = Some(format!("not kept: {}{more}", not_kept[0]));
+            result.files_not_kept = Some(not_kept_line(&not_kept));
         }
     }
 
@@ -53,5 +52,30 @@ impl Service {
             .await
             .map_err(|error| OpError::Unavailable(format!("the object store cannot give {path}: {error}")))?;
         Ok(FileDownload { file, content })
+    }
+}
+
+/// How many paths the line of what was not kept names; it counts the rest.
+const NOT_KEPT_NAMED: usize = 10;
+
+/// Why paths were not kept, each named up to `NOT_KEPT_NAMED`, in one line.
+fn not_kept_line(not_kept: &[String]) -> String {
+    let named = not_kept.iter().take(NOT_KEPT_NAMED).map(String::as_str).collect::<Vec<_>>().join("; ");
+    match not_kept.len().saturating_sub(NOT_KEPT_NAMED) {
+        0 => format!("not kept: {named}"),
+        more => format!("not kept: {named} (and {more} more)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_not_kept_is_named_up_to_ten() {
+        let reasons = |count: usize| (0..count).map(|index| format!("p{index}: gone")).collect::<Vec<_>>();
+        assert_eq!(not_kept_line(&reasons(2)), "not kept: p0: gone; p1: gone");
+        let line = not_kept_line(&reasons(12));
+        assert!(line.starts_with("not kept: p0: gone; ") && line.ends_with("p9: gone (and 2 more)"), "{line}");
     }
 }
