@@ -73,9 +73,13 @@ pub async fn outside_a_project(client: &AgentClient, name: &str, no_project: Cli
         .ok_or_else(|| CliError::usage(format!("no sandbox `{name}` on the agent ({})", no_project.message)))
 }
 
-/// The one sandbox named `name` the agent shows this caller, if there is one.
+/// The one sandbox named `name` the agent shows this caller (or whose id `name` is, as `bkg ls
+/// --all` lists them), if there is one.
 async fn agent_wide(client: &AgentClient, name: &str) -> Result<Option<String>, CliError> {
     let all: Vec<SandboxInfo> = client.get("/api/v1/sandboxes").await?;
+    if let Some(info) = all.iter().find(|info| info.id == name) {
+        return Ok(Some(info.id.clone()));
+    }
     let mut named = all.into_iter().filter(|info| info.name == name);
     match (named.next(), named.next()) {
         (Some(info), None) => Ok(Some(info.id)),

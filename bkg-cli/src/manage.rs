@@ -437,16 +437,36 @@ async fn stop(
 /// that is nowhere refuses them all before any is removed. With `--json`, one array of those
 /// removed, also when one failed after them.
 pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError> {
-    let project = project_dir(args.project.dir.as_deref())?;
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    for name in &args.names {
-        removal_of(&client, &project, name).await?;
+    // Every name is checked before any sandbox is removed.
+    let mut removals = Vec::new();
+    match project_dir(args.project.dir.as_deref()) {
+        Ok(project) => {
+            for name in &args.names {
+                let (edited, known) = removal_of(&client, &project, name).await?;
+                let edit = edited.map(|text| (project.join("cave.yaml"), text));
+                removals.push(Removal { name, id: id_of(&project, name), known: known.is_some(), edit });
+            }
+        }
+        // A sandbox whose project was moved or deleted is still the agent's: found by its name
+        // (or id) among this caller's sandboxes, as `bkg stop` and `bkg logs` find one.
+        Err(no_project) => {
+            for name in &args.names {
+                let id = crate::files_cmd::outside_a_project(
+                    &client,
+                    name,
+                    CliError::new(no_project.code, no_project.message.clone()),
+                )
+                .await?;
+                removals.push(Removal { name, id, known: true, edit: None });
+            }
+        }
     }
     let mut removed = Vec::new();
     let mut outcome = Ok(SUCCESS);
-    for name in &args.names {
-        match rm(settings.out, &client, &project, name, args.force).await {
+    for removal in removals {
+        match rm(settings.out, &client, removal, args.force).await {
             Ok(Some(one)) => removed.push(one),
             Ok(None) => {
                 outcome = Ok(NEGATIVE);
@@ -462,6 +482,15 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
         settings.out.json(&removed)?;
     }
     outcome
+}
+
+/// One sandbox to remove: its id, whether the agent has it, and cave.yaml's new text (the file
+/// and its text without the sandbox) when the project declares it.
+struct Removal<'a> {
+    name: &'a str,
+    id: String,
+    known: bool,
+    edit: Option<(std::path::PathBuf, String)>,
 }
 
 /// What removing sandbox `name` takes: cave.yaml without it (if it declares it) and the sandbox
@@ -486,20 +515,16 @@ async fn removal_of(
     Ok((edited, known))
 }
 
-/// Removes sandbox `name`; `None` when the user kept it.
+/// Removes a sandbox; `None` when the user kept it.
 async fn rm(
     out: crate::out::Printer,
     client: &AgentClient,
-    project: &Path,
-    name: &str,
+    Removal { name, id, known, edit }: Removal<'_>,
     force: bool,
 ) -> Result<Option<Removed>, CliError> {
-    let (edited, known) = removal_of(client, project, name).await?;
-    let id = id_of(project, name);
-
     if !force {
         // A sandbox that never ran has no workspace: only its entry in cave.yaml goes.
-        let loses = if known.is_some() { "its workspace and logs" } else { "its entry in cave.yaml (it never ran)" };
+        let loses = if known { "its workspace and logs" } else { "its entry in cave.yaml (it never ran)" };
         if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
             return Err(CliError::usage(format!(
                 "removing `{name}` deletes {loses}; add --force to do it without a terminal"
@@ -514,11 +539,11 @@ async fn rm(
         }
     }
 
-    if known.is_some() {
+    if known {
         let _: Deleted = client.delete(&format!("/api/v1/sandboxes/{id}")).await?;
     }
-    if let Some(edited) = &edited {
-        crate::project::write_atomically(&project.join("cave.yaml"), edited)?;
+    if let Some((cave_path, edited)) = &edit {
+        crate::project::write_atomically(cave_path, edited)?;
     }
     if !out.is_json() {
         out.note(format_args!("removed {name}"));

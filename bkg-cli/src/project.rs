@@ -34,7 +34,12 @@ pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
 /// A name `cave` does not declare, with the names it does.
 pub fn unknown_sandbox(cave: &CaveFile, name: &str) -> CliError {
     let known: Vec<&str> = cave.sandboxes.keys().map(String::as_str).collect();
-    CliError::usage(format!("no sandbox `{name}` in cave.yaml (it has: {})", known.join(", ")))
+    match known.is_empty() {
+        true => {
+            CliError::usage(format!("no sandbox `{name}` in cave.yaml (it declares none: `bkg add {name}` adds one)"))
+        }
+        false => CliError::usage(format!("no sandbox `{name}` in cave.yaml (it has: {})", known.join(", "))),
+    }
 }
 
 /// Why sandbox `name` of the project at `project` has nothing to show: its cave.yaml does not
@@ -101,26 +106,37 @@ fn quoted(entries: &[(String, String)]) -> Vec<(&str, String)> {
 }
 
 /// Replaces `path` with `text` all at once: a reader sees the old file or the new one, never
-/// half of it. A replaced file keeps its permissions.
+/// half of it. A replaced file keeps its permissions, owner and group; a symbolic link stays
+/// one, and the file it leads to is replaced. Where this user cannot give the new file the old
+/// one's owner and group, the file is rewritten in place instead (not all at once).
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), CliError> {
     let failed = |error: std::io::Error| CliError::usage(format!("cannot write {}: {error}", path.display()));
-    let dir = match path.parent() {
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = match target.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    let existing = std::fs::metadata(path).ok().map(|meta| meta.permissions());
+    let existing = std::fs::metadata(&target).ok();
     let mut file = tempfile::Builder::new()
         .prefix(".cave.yaml.")
         .suffix(".tmp")
         .permissions(Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(failed)?;
-    if let Some(permissions) = existing {
-        file.as_file().set_permissions(permissions).map_err(failed)?;
+    if let Some(existing) = &existing {
+        use std::os::unix::fs::MetadataExt;
+        let made = file.as_file().metadata().map_err(failed)?;
+        let owned = (made.uid(), made.gid()) == (existing.uid(), existing.gid())
+            || std::os::unix::fs::fchown(file.as_file(), Some(existing.uid()), Some(existing.gid())).is_ok();
+        if !owned {
+            drop(file);
+            return std::fs::write(&target, text).map_err(failed);
+        }
+        file.as_file().set_permissions(existing.permissions()).map_err(failed)?;
     }
     file.write_all(text.as_bytes()).map_err(failed)?;
     file.as_file().sync_all().map_err(failed)?;
-    file.persist(path).map_err(|error| failed(error.error))?;
+    file.persist(&target).map_err(|error| failed(error.error))?;
     Ok(())
 }
 

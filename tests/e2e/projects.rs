@@ -102,6 +102,36 @@ fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Result<
     }
 }
 
+/// cave.yaml kept as a link to a file elsewhere (a dotfiles repository), with a group of its
+/// own: `bkg add` and `bkg rm` change the file it leads to and keep its mode, owner and group
+/// (found by a new-user trial: the link became a file of root's group).
+#[test]
+fn a_linked_cave_yaml_stays_a_link_and_keeps_its_group() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    write(&dir.join("shared/real.yaml"), "version: 1\nnamespace: default\nsandboxes: {}\n");
+    std::os::unix::fs::symlink("shared/real.yaml", dir.join("cave.yaml")).expect("link");
+    let real = dir.join("shared/real.yaml");
+    std::os::unix::fs::chown(&real, None, Some(1)).expect("chgrp");
+    std::fs::set_permissions(&real, Permissions::from_mode(0o640)).expect("chmod");
+    let absent = agent.bkg_in(dir, &["rm", "nothing", "--force"]);
+    assert_eq!(
+        stderr(&absent),
+        "bkg: no sandbox `nothing` in cave.yaml (it declares none: `bkg add nothing` adds one)\n"
+    );
+    for args in [&["add", "one", "--type", "python"][..], &["add", "two", "--type", "node"], &["rm", "one", "--force"]]
+    {
+        let output = agent.bkg_in(dir, args);
+        assert_eq!(code(&output), 0, "{args:?}: {}", stderr(&output));
+    }
+    assert!(std::fs::symlink_metadata(dir.join("cave.yaml")).expect("cave.yaml").file_type().is_symlink());
+    let text = std::fs::read_to_string(&real).expect("real.yaml");
+    assert!(text.contains("two:") && !text.contains("one:"), "{text}");
+    let meta = std::fs::metadata(&real).expect("real.yaml");
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (1, 0o640));
+}
+
 #[test]
 fn rm_without_a_terminal_needs_force() {
     let agent = Agent::start();
@@ -114,6 +144,39 @@ fn rm_without_a_terminal_needs_force() {
     assert_eq!(code(&rm), 125);
     assert!(stderr(&rm).contains("--force"), "{}", stderr(&rm));
     assert!(std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave").contains("api:"));
+}
+
+/// A deleted project leaves its sandbox (and its reserved disk) on the agent: from where no
+/// cave.yaml is around, `bkg rm` finds it by name as `bkg stop` does, and by id.
+#[test]
+fn the_sandboxes_of_a_deleted_project_are_removed_by_name_or_id() {
+    let agent = Agent::start();
+    let nowhere = tempfile::tempdir().expect("a directory without cave.yaml");
+    let ids = || -> Vec<String> {
+        let listed = agent.bkg_in(nowhere.path(), &["ls", "--all", "--json"]);
+        assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("ls JSON");
+        listed.as_array().into_iter().flatten().map(|info| info["id"].as_str().unwrap_or("").to_owned()).collect()
+    };
+    for (name, by_id) in [("gone", false), ("also", true)] {
+        let project = project_with(&format!(
+            "version: 1\nnamespace: default\nsandboxes:\n  {name}:\n    type: python\n    scripts:\n      start: python -c 'print(1)'\n"
+        ));
+        let run = agent.bkgr(project.path(), &[name]);
+        assert_eq!(code(&run), 0, "{}", stderr(&run));
+        let id = status_of(&agent, project.path(), name)["id"].as_str().expect("id").to_owned();
+        drop(project);
+        assert!(ids().contains(&id));
+        let target = if by_id { id.as_str() } else { name };
+        let asked = agent.bkg_in(nowhere.path(), &["rm", target]);
+        assert_eq!(code(&asked), 125, "{}", stderr(&asked));
+        assert!(stderr(&asked).contains("--force"), "{}", stderr(&asked));
+        let removed = agent.bkg_in(nowhere.path(), &["rm", target, "--force"]);
+        assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+        assert_eq!(stderr(&removed), format!("bkg: removed {target}\n"));
+        let ids = ids();
+        assert!(!ids.contains(&id), "{ids:?}");
+    }
 }
 
 #[test]
