@@ -92,6 +92,12 @@ async fn agent_wide(client: &AgentClient, name: &str) -> Result<Option<String>, 
 
 pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
     let client = AgentClient::new(&settings.endpoint()?)?;
+    // `-` is not stdin or stdout here (a copy is a tree of files): a file named `-` is `./-`.
+    if args.source == "-" || args.dest == "-" {
+        return Err(CliError::usage(
+            "bkg cp copies files, not standard input or output: name a host file or directory (`./-` for one named -)",
+        ));
+    }
     match (place(&args.source), place(&args.dest)) {
         (Place::Host(source), Place::Sandbox { name, path }) => {
             client.ensure_running().await?;

@@ -296,7 +296,14 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
         Some(KilledBy::Cancelled) => Some(match from {
             LimitsFrom::Flags => "cancelled".into(),
             // Another terminal may have stopped or removed the sandbox.
-            LimitsFrom::CaveOrFlags(_) => "stopped (Ctrl-C, or `bkg stop` or `bkg rm` of the sandbox)".into(),
+            LimitsFrom::CaveOrFlags(_) => {
+                let here = match cancelled_by_signal() {
+                    Some(libc::SIGTERM) => "SIGTERM",
+                    Some(libc::SIGHUP) => "SIGHUP",
+                    _ => "Ctrl-C",
+                };
+                format!("stopped ({here}, or `bkg stop` or `bkg rm` of the sandbox)")
+            }
         }),
         Some(KilledBy::Shutdown) => {
             Some("ended by the agent's stop (SIGTERM to the script, SIGKILL after a 5 s grace)".into())

@@ -780,10 +780,24 @@ impl CaveFile {
                     );
                 }
             }
+            let volumes: Vec<Option<Volume>> =
+                sandbox.volumes.iter().map(|volume| Volume::parse(volume).ok()).collect();
             for (index, volume) in sandbox.volumes.iter().enumerate() {
                 if let Err(error) = Volume::parse(volume) {
                     fail(&["sandboxes", name, "volumes", &index.to_string()], error.to_string());
                 }
+            }
+            if volumes.iter().all(Option::is_some)
+                && let Some((earlier, later)) =
+                    crate::sandbox::overlapping_volumes(volumes.iter().flatten().map(|volume| volume.guest.as_str()))
+            {
+                fail(
+                    &["sandboxes", name, "volumes", &later.to_string()],
+                    format!(
+                        "`{}` is at or inside `{}`, the place of volume {earlier}: give each volume a place of its own",
+                        sandbox.volumes[later], sandbox.volumes[earlier]
+                    ),
+                );
             }
             for (index, rule) in sandbox.network.iter().flat_map(|network| network.allow.iter()).enumerate() {
                 if let Err(error) = crate::egress::NetRule::parse(rule) {
@@ -1224,6 +1238,21 @@ sandboxes:
             [(
                 "/sandboxes/api/ports",
                 "host port 127.0.0.1:18777 is forwarded twice: `127.0.0.1:18777:8000` and `18777:8001`"
+            )]
+        );
+    }
+
+    #[test]
+    fn volumes_at_one_place_or_nested_are_found_by_validate() {
+        let text = "version: 1\nsandboxes:\n  api:\n    type: python\n    volumes: [\"./data:/workspace/m\", \"./d2:/workspace/m/sub\"]\n";
+        let errors = errors_of(text);
+        let found: Vec<(&str, &str)> =
+            errors.iter().map(|error| (error.pointer.as_str(), error.message.as_str())).collect();
+        assert_eq!(
+            found,
+            [(
+                "/sandboxes/api/volumes/1",
+                "`./d2:/workspace/m/sub` is at or inside `./data:/workspace/m`, the place of volume 0: give each volume a place of its own"
             )]
         );
     }

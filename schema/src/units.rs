@@ -93,7 +93,8 @@ pub fn parse_cpus(text: &str) -> Result<u64, UnitError> {
     }
     let millis = (value * 1000.0).round() as u64;
     if millis == 0 {
-        return Err(UnitError::Zero { text: text.to_owned(), least: "0.001" });
+        // The least a run may have (`Limits::LEAST`), which a value between this and it meets.
+        return Err(UnitError::Zero { text: text.to_owned(), least: "0.01" });
     }
     Ok(millis)
 }
@@ -207,7 +208,7 @@ mod tests {
         assert!(matches!(parse_cpus("0"), Err(UnitError::Zero { .. })));
         assert_eq!(
             parse_cpus("0.0001").map_err(|error| error.to_string()),
-            Err("`0.0001` is too small: the least is 0.001".into())
+            Err("`0.0001` is too small: the least is 0.01".into())
         );
         assert!(matches!(parse_cpus("-2"), Err(UnitError::Cpus(_))));
         assert!(matches!(parse_cpus("many"), Err(UnitError::Cpus(_))));

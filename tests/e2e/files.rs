@@ -118,11 +118,14 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
         (["cp", "no-such.txt", "box:"], "no-such.txt does not exist"),
         (["cp", "/dev/null", "box:"], "/dev/null is not a file or a directory"),
         (["cp", "box:in/src/helper.py", "src/helper.py"], "src/helper.py is a file: give a directory"),
+        (["cp", "box:in/src/helper.py", "-"], "not standard input or output"),
+        (["cp", "-", "box:in"], "not standard input or output"),
     ] {
         let refused = agent.bkg_in(dir, &args);
         assert_eq!(code(&refused), 125, "{args:?}: {}", stderr(&refused));
         assert!(stderr(&refused).contains(says), "{args:?}: {}", stderr(&refused));
     }
+    assert!(!dir.join("-").exists(), "no directory named - was made");
     assert_eq!(std::fs::read_to_string(dir.join("src/helper.py")).expect("read"), "VALUE = 42\n");
     // A host file where the copy needs a directory: the line says why it failed.
     write(&dir.join("clash/src"), "a file\n");

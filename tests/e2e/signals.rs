@@ -86,6 +86,35 @@ fn a_second_ctrl_c_ends_bkg_without_waiting_for_the_run() {
     agent.wait_idle();
 }
 
+/// `bkgr NAME` stopped by SIGTERM names it as what stopped the sandbox's run.
+#[test]
+fn sigterm_on_bkgr_is_named_as_what_stopped_the_run() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        "version: 1\nnamespace: default\nsandboxes:\n  one:\n    type: python\n    scripts:\n      start: python -c \"import time; print('up', flush=True); time.sleep(60)\"\n",
+    )
+    .expect("cave.yaml");
+    let mut bkgr = Command::new(bin_dir().join("bkgr"))
+        .arg("one")
+        .current_dir(project.path())
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bkgr");
+    let mut line = String::new();
+    BufReader::new(bkgr.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+    assert_eq!(line, "up\n");
+    signal(&bkgr, libc::SIGTERM);
+    let output = bkgr.wait_with_output().expect("wait bkgr");
+    assert_eq!(code(&output), 143, "{}", stderr(&output));
+    assert_eq!(stderr(&output), "bkgr: one: stopped (SIGTERM, or `bkg stop` or `bkg rm` of the sandbox)\n");
+}
+
 #[test]
 fn ctrl_c_on_bkgr_stops_every_sandbox_of_the_project() {
     let agent = Agent::start();

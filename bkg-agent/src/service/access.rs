@@ -224,7 +224,13 @@ pub fn host_paths<'a>(
 }
 
 pub fn require_admin(principal: &Principal, task: AdminTask) -> Result<(), OpError> {
-    if principal.is_admin() { Ok(()) } else { Err(OpError::Forbidden(task.refusal().to_owned())) }
+    match principal.is_admin() {
+        true => Ok(()),
+        false => Err(OpError::Forbidden(format!(
+            "{}: ask an admin (root, a member of the agent's admin group, or the holder of an admin key)",
+            task.refusal()
+        ))),
+    }
 }
 
 /// Whether the caller may use what only admins may (the Web UI shows its admin pages to them).
