@@ -501,16 +501,15 @@ async fn removal_of(
     name: &str,
 ) -> Result<(Option<String>, Option<SandboxInfo>), CliError> {
     let cave_path = project.join("cave.yaml");
+    // An invalid cave.yaml is refused with its problems, as `bkg add` refuses it: an edit
+    // could only make it worse, and it cannot say whether it declares `name`.
+    let cave = load_cave(project)?;
     let cave_text = std::fs::read_to_string(&cave_path)
         .map_err(|error| CliError::usage(format!("{}: {error}", cave_path.display())))?;
     let edited = remove_sandbox_block(&cave_text, name);
     let known = fetch(client, &id_of(project, name)).await?;
     if edited.is_none() && known.is_none() {
-        // A cave.yaml that does not load still cannot hold `name`: the names are then left out.
-        return Err(match crate::project::load_cave(project) {
-            Ok(cave) => crate::project::unknown_sandbox(&cave, name),
-            Err(_) => CliError::usage(format!("no sandbox `{name}` in {}", cave_path.display())),
-        });
+        return Err(crate::project::unknown_sandbox(&cave, name));
     }
     Ok((edited, known))
 }

@@ -45,9 +45,11 @@ pub fn unknown_sandbox(cave: &CaveFile, name: &str) -> CliError {
 /// Why sandbox `name` of the project at `project` has nothing to show: its cave.yaml does not
 /// declare it, or else `otherwise` (it has not run yet).
 pub fn missing_sandbox(project: &Path, name: &str, otherwise: String) -> CliError {
-    match bkg_schema::cave::load(&project.join("cave.yaml")) {
+    // A cave.yaml that does not load cannot say: its problems are what to fix first.
+    match load_cave(project) {
         Ok(cave) if !cave.sandboxes.contains_key(name) => unknown_sandbox(&cave, name),
-        _ => CliError::usage(otherwise),
+        Ok(_) => CliError::usage(otherwise),
+        Err(problems) => problems,
     }
 }
 

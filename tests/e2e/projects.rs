@@ -299,13 +299,21 @@ fn a_missing_sandbox_or_script_is_one_clear_line() {
         &project.path().join("cave.yaml"),
         &cave.replace("    type: python\n", "    type: python\n    colour: red\n"),
     );
-    let broken = agent.bkg_in(project.path(), &["stop", "api"]);
-    assert_eq!(code(&broken), 125, "{}", stderr(&broken));
-    assert!(
-        stderr(&broken).contains("/sandboxes/api/colour: additional property \"colour\" is not allowed"),
-        "{}",
-        stderr(&broken)
-    );
+    let broken_cave = std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml");
+    // Every command says so, `bkg rm` edits nothing (found by a new-user trial: `status` and
+    // `logs` advised `bkgr`, `rm` cut the entry out of the broken file).
+    for command in
+        [&["stop", "api"][..], &["status", "api"], &["logs", "api"], &["rm", "api", "--force"], &["status", "typo"]]
+    {
+        let broken = agent.bkg_in(project.path(), command);
+        assert_eq!(code(&broken), 125, "{command:?}: {}", stderr(&broken));
+        assert!(
+            stderr(&broken).contains("/sandboxes/api/colour: additional property \"colour\" is not allowed"),
+            "{command:?}: {}",
+            stderr(&broken)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml"), broken_cave);
     write(&project.path().join("cave.yaml"), &cave);
     let no_script = agent.bkgr(project.path(), &["api", "test"]);
     assert_eq!(stderr(&no_script), "bkgr: sandbox `api` has no script `test` (it has: start)\n");
