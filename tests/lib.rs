@@ -231,17 +231,16 @@ impl Agent {
     /// Starts `bkg exe` of a script that prints `up` and then sleeps for a minute, and returns it
     /// once `up` has arrived: from then on the run is going on in its sandbox. stderr is piped.
     pub fn start_long_run(&self) -> Child {
+        self.start_long_run_with(&[])
+    }
+
+    /// `start_long_run` with `flags` of `bkg exe` besides its own (`--disk 8GiB`).
+    pub fn start_long_run_with(&self, flags: &[&str]) -> Child {
         let mut child = self
             .bkg()
-            .args([
-                "exe",
-                "--timeout",
-                "60s",
-                "--type",
-                "python",
-                "-c",
-                "import time\nprint('up', flush=True)\ntime.sleep(60)",
-            ])
+            .args(["exe", "--timeout", "60s"])
+            .args(flags)
+            .args(["--type", "python", "-c", "import time\nprint('up', flush=True)\ntime.sleep(60)"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

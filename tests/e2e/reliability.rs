@@ -255,26 +255,7 @@ fn a_second_agent_on_the_same_filesystem_shrinks_the_default_disk_budget() {
     let budget = |agent: &Agent| agent.status_json()["disk_budget_bytes"].as_u64().expect("disk_budget_bytes");
     let (holder_before, other_before) = (budget(&holder), budget(&other));
     assert!(other_before > 12 * GIB, "this test needs 15 GiB free: the budget is {other_before} bytes");
-    let mut run = holder
-        .bkg()
-        .args([
-            "exe",
-            "--disk",
-            "8GiB",
-            "--type",
-            "python",
-            "-c",
-            "import time\nprint('up', flush=True)\ntime.sleep(60)",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bkg exe");
-    let mut first_line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(run.stdout.take().expect("stdout")), &mut first_line)
-        .expect("read the run's first line");
-    assert_eq!(first_line, "up\n", "the run did not start");
+    let run = holder.start_long_run_with(&["--disk", "8GiB"]);
     // 80% of the 8 GiB reserved; other tests' sandboxes come and go meanwhile (500 MiB each).
     let shrunk = other_before.saturating_sub(budget(&other));
     let held = holder_before.abs_diff(budget(&holder));

@@ -86,6 +86,20 @@ fn a_second_ctrl_c_ends_bkg_without_waiting_for_the_run() {
     agent.wait_idle();
 }
 
+/// `bkgr ARGS` in the project at `dir`, its output piped.
+fn spawn_bkgr(agent: &Agent, dir: &Path, args: &[&str]) -> Child {
+    Command::new(bin_dir().join("bkgr"))
+        .args(args)
+        .current_dir(dir)
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bkgr")
+}
+
 /// `bkgr NAME` stopped by SIGTERM names it as what stopped the sandbox's run.
 #[test]
 fn sigterm_on_bkgr_is_named_as_what_stopped_the_run() {
@@ -96,16 +110,7 @@ fn sigterm_on_bkgr_is_named_as_what_stopped_the_run() {
         "version: 1\nnamespace: default\nsandboxes:\n  one:\n    type: python\n    scripts:\n      start: python -c \"import time; print('up', flush=True); time.sleep(60)\"\n",
     )
     .expect("cave.yaml");
-    let mut bkgr = Command::new(bin_dir().join("bkgr"))
-        .arg("one")
-        .current_dir(project.path())
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bkgr");
+    let mut bkgr = spawn_bkgr(&agent, project.path(), &["one"]);
     let mut line = String::new();
     BufReader::new(bkgr.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
     assert_eq!(line, "up\n");
@@ -125,15 +130,7 @@ fn ctrl_c_on_bkgr_stops_every_sandbox_of_the_project() {
         "version: 1\nnamespace: default\nsandboxes:\n  one:\n    type: python\n    scripts:\n      start: python -c \"import time; print('one up', flush=True); time.sleep(60)\"\n  two:\n    type: python\n    scripts:\n      start: python -c \"import time; print('two up', flush=True); time.sleep(60)\"\n",
     )
     .expect("cave.yaml");
-    let mut bkgr = Command::new(bin_dir().join("bkgr"))
-        .current_dir(dir)
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bkgr");
+    let mut bkgr = spawn_bkgr(&agent, dir, &[]);
     let mut reader = BufReader::new(bkgr.stdout.take().expect("stdout"));
     let mut up = Vec::new();
     while up.len() < 2 {
