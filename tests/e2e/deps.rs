@@ -316,6 +316,15 @@ fn a_secret_reaches_the_script_and_no_record() {
     ]);
     assert_eq!((code(&run), stdout(&run).as_str()), (0, "True 17\n"), "{}", stderr(&run));
 
+    // Given a plain value too, the secret's would win without a word: refused.
+    let both = agent.exe(&["--secret", "API_TOKEN", "-e", "API_TOKEN=plain", "-c", "1", "--type", "python"]);
+    assert_eq!(code(&both), 125, "{}", stderr(&both));
+    assert!(
+        stderr(&both).contains("`API_TOKEN` is given both as a secret and as a plain variable"),
+        "{}",
+        stderr(&both)
+    );
+
     let missing = agent.exe(&["--secret", "NOPE", "-c", "1", "--type", "python"]);
     assert_eq!(code(&missing), 125);
     assert!(stderr(&missing).contains("no secret `NOPE` in namespace `default`"), "{}", stderr(&missing));

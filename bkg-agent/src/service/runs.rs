@@ -87,6 +87,7 @@ impl Service {
         let namespace = namespace_for(principal, request.namespace.as_deref())?;
         may_forward_ports(principal, &request.ports)?;
         let secrets = request.secrets.clone();
+        Self::refuse_secret_clash(&secrets, request.env.keys())?;
         let mut request = request;
         let policy = &self.auth.policy.user;
         request.limits = user_limit_defaults(principal, policy, &request.limits, &self.engine.config.default_limits);

@@ -381,6 +381,7 @@ impl Service {
         }
         let defaults = &self.engine.config.default_limits;
         opened.limits = user_limit_defaults(principal, &self.auth.policy.user, &opened.limits, defaults);
+        Self::refuse_secret_clash(&stored.definition.secrets, stored.definition.env.keys().chain(exec.env.keys()))?;
         let mut validated = self.engine.validate_exec(&opened, exec, mapped_owner)?;
         within_user_limits(principal, &self.auth.policy.user, &validated.limits)?;
         self.give_secrets(&mut validated, &stored.definition.secrets)?;

@@ -80,6 +80,20 @@ impl Service {
         }
     }
 
+    /// Refuses a variable given both as one of the secrets `names` and with a plain value
+    /// (`plain`): the secret's value would win without a word.
+    pub(super) fn refuse_secret_clash<'a>(
+        names: &[String],
+        plain: impl IntoIterator<Item = &'a String>,
+    ) -> OpResult<()> {
+        match plain.into_iter().find(|key| names.contains(key)) {
+            Some(name) => Err(OpError::Invalid(format!(
+                "`{name}` is given both as a secret and as a plain variable (--env, env: in cave.yaml): give it one way"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Puts the named secrets of the run's namespace into its environment.
     pub(super) fn give_secrets(&self, run: &mut ValidatedRun, names: &[String]) -> OpResult<()> {
         check_secret_names(names)?;
