@@ -100,7 +100,30 @@ pub struct YamlError(String);
 
 /// The document as YAML, as checked in at schema/openapi.yaml.
 pub fn yaml() -> Result<String, YamlError> {
-    ApiDoc::openapi().to_yaml().map_err(|error| YamlError(error.to_string()))
+    let plain = ApiDoc::openapi().to_yaml().map_err(|error| YamlError(error.to_string()))?;
+    Ok(plain.lines().map(|line| quote_yaml_1_1_word(line) + "\n").collect())
+}
+
+/// The words YAML 1.1 reads as booleans, which YAML 1.2 (the writer's) leaves plain.
+const YAML_1_1_BOOLEANS: [&str; 6] = ["y", "n", "yes", "no", "on", "off"];
+
+/// `line` with a value or list item that is one of `YAML_1_1_BOOLEANS` quoted: the writer
+/// leaves `- no` (`RestartPolicy`) plain, which YAML 1.1 parsers (PyYAML, SnakeYAML, so many
+/// code generators) read as `false`.
+fn quote_yaml_1_1_word(line: &str) -> String {
+    let value_at = line.strip_suffix(line.trim_start_matches(' ')).map_or(0, str::len);
+    let rest = &line[value_at..];
+    let (head, word) = match rest.strip_prefix("- ") {
+        Some(item) => (&line[..value_at + 2], item),
+        None => match rest.split_once(": ") {
+            Some((key, value)) if !key.contains(' ') => (&line[..line.len() - value.len()], value),
+            _ => return line.to_owned(),
+        },
+    };
+    match YAML_1_1_BOOLEANS.iter().any(|boolean| word.eq_ignore_ascii_case(boolean)) {
+        true => format!("{head}'{word}'"),
+        false => line.to_owned(),
+    }
 }
 
 struct BearerAuth;
@@ -174,6 +197,21 @@ mod tests {
             }
         }
         assert!(yaml()?.starts_with("openapi: 3.1"));
+        Ok(())
+    }
+
+    #[test]
+    fn words_yaml_1_1_reads_as_booleans_are_quoted_and_nothing_else_changes() -> Result<(), YamlError> {
+        assert_eq!(quote_yaml_1_1_word("      - no"), "      - 'no'");
+        assert_eq!(quote_yaml_1_1_word("  default: Off"), "  default: 'Off'");
+        for kept in ["      - on-failure", "  nullable: true", "  description: no such run", "no"] {
+            assert_eq!(quote_yaml_1_1_word(kept), kept);
+        }
+        let plain = ApiDoc::openapi().to_yaml().map_err(|error| YamlError(error.to_string()))?;
+        let read =
+            |text: &str| yaml_serde::from_str::<yaml_serde::Value>(text).map_err(|error| YamlError(error.to_string()));
+        assert_eq!(read(&yaml()?)?, read(&plain)?);
+        assert!(yaml()?.contains("- 'no'"));
         Ok(())
     }
 
