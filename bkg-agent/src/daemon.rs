@@ -1006,18 +1006,27 @@ async fn audit_sync_failures(store: Store, sync: Arc<crate::sync::SyncHandle<Sto
 /// a socket group, then gives it to that group with mode 0660 (and lets everyone reach a socket
 /// directory the agent made, so the socket's own mode decides).
 fn bind_socket(socket: &Path, group: Option<&NamedGroup>) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(parent) = socket.parent()
-        && !parent.exists()
-    {
+    if let Some(parent) = socket.parent() {
+        // Every directory made on the way, not only the last: one left 0700 (the agent's umask)
+        // would keep the group out as surely.
+        let missing: Vec<&Path> =
+            parent.ancestors().take_while(|dir| !dir.as_os_str().is_empty() && !dir.exists()).collect();
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
         if group.is_some() {
-            std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .with_context(|| format!("open {} to the socket's group", parent.display()))?;
+            for dir in missing {
+                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .with_context(|| format!("open {} to the socket's group", dir.display()))?;
+            }
         }
     }
-    if socket.exists() {
+    if let Ok(found) = std::fs::symlink_metadata(socket) {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             bail!("another agent is already listening on {}", socket.display());
+        }
+        // Only a socket left by an agent that is gone is replaced: a typo in --socket must not
+        // delete a file.
+        if !std::os::unix::fs::FileTypeExt::is_socket(&found.file_type()) {
+            bail!("{} exists and is not a socket: give --socket a path of its own", socket.display());
         }
         std::fs::remove_file(socket).with_context(|| format!("remove stale socket {}", socket.display()))?;
     }

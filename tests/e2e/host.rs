@@ -49,6 +49,72 @@ fn an_agent_whose_port_is_taken_says_so_in_one_line_and_leaves_no_socket() {
     assert!(lines[0].ends_with("or give another --listen): Address already in use (os error 98)"), "{said}");
 }
 
+/// A file at the `--socket` path is the user's, not a stale socket: the agent refuses to start
+/// and leaves it as it is (found by a new-user trial: it was deleted without a word).
+#[test]
+fn an_agent_given_a_files_path_as_its_socket_refuses_and_keeps_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "important\n").expect("the user's file");
+    let output = Command::new(bin_dir().join("bkg-agent"))
+        .arg("--foreground")
+        .arg("--socket")
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--cgroup-dir")
+        .arg(format!("bkg-test-file-socket-{}", std::process::id()))
+        .args(["--warm-pool", "0"])
+        .output()
+        .expect("run bkg-agent");
+    assert_eq!(code(&output), 1, "stderr: {}", stderr(&output));
+    let said = stderr(&output);
+    let lines: Vec<&str> = said.lines().filter(|line| line.starts_with("bkg-agent: ")).collect();
+    assert_eq!(
+        lines,
+        [format!("bkg-agent: {} exists and is not a socket: give --socket a path of its own", file.display())],
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).expect("the file is still there"), "important\n");
+}
+
+/// With a socket group, every directory the agent makes on the way to its socket is 0755, so
+/// the socket's own mode decides who gets in (found by a new-user trial: all but the last were
+/// left 0700, and the group was kept out).
+#[test]
+fn the_directories_made_for_a_group_socket_let_the_group_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("pub/sub/agent.sock");
+    let uids = bkg_tests::UidRange::reserve();
+    let mut agent = Command::new(bin_dir().join("bkg-agent"))
+        .arg("--foreground")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--cgroup-dir")
+        .arg(format!("bkg-test-group-socket-{}", std::process::id()))
+        .args(["--warm-pool", "0", "--socket-group", "daemon", "--uid-base", &uids.base.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start bkg-agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(agent.try_wait().expect("try_wait").is_none(), "the agent ended");
+        assert!(std::time::Instant::now() < deadline, "the agent did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).expect("made").permissions().mode() & 0o777;
+    let modes = (mode(&dir.path().join("pub")), mode(&dir.path().join("pub/sub")), mode(&socket));
+    // SAFETY: kill(2) on the agent this test started; no memory is involved.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let stopped = agent.wait().expect("the agent stops");
+    assert_eq!(modes, (0o755, 0o755, 0o660));
+    assert!(stopped.success(), "{stopped}");
+}
+
 /// A `--cgroup-dir` that is not one plain name is a usage error, found before anything is written.
 #[test]
 fn a_cgroup_dir_that_would_climb_out_is_a_usage_error() {
