@@ -286,11 +286,19 @@ impl AgentClient {
         tokio::time::timeout(self.patience, work).await.unwrap_or_else(|_| Err(self.not_answering()))
     }
 
-    /// Whether the agent still answers a call: any answer at all, a 429 of a key over its rate
-    /// too (the probe's keyless view costs no allowance, but the key goes along); only silence
-    /// or a lost connection means it does not.
+    /// Whether the agent still answers a call, asked while a stream of it is open and quiet:
+    /// any answer at all, a 429 of a key over its rate too (the probe's keyless view costs no
+    /// allowance, but the key goes along); only silence means it does not. A refused connection
+    /// does not either: a stopping agent closes its listener first and still ends the stream's
+    /// run within its grace, and one that died would have closed the stream.
     pub(crate) async fn check_alive(&self) -> Result<(), CliError> {
-        self.send(self.http().get(self.url("/healthz"))).await.map(drop)
+        let answer = async {
+            match self.http().get(self.url("/healthz")).send().await {
+                Err(error) if error.is_connect() => Ok(()),
+                other => other.map(drop).map_err(|error| self.unreachable(error)),
+            }
+        };
+        self.bounded(answer).await
     }
 
     /// How long a call waits for the agent.

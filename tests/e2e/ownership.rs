@@ -52,10 +52,14 @@ fn wait_for_active_runs(agent: &Agent, count: u64) {
     });
 }
 
-/// A `bkg exe --json` run of `code` that sleeps, started in the background.
+/// A `bkg exe --json` run of `code` that sleeps, started in the background. It asks whether
+/// the agent is alive after 2 s of silence (not 10), so within a stop's 5 s grace too: a
+/// stopping agent refuses that question, and the run must still get its result (found by a
+/// new-user trial: a quiet run's caller gave up and cancelled it).
 fn long_run(agent: &Agent, code: &str) -> Child {
     agent
         .bkg()
+        .env("BKG_CLIENT_TIMEOUT", "2s")
         .args(["exe", "--json", "--type", "python", "--timeout", "5m", "-c", code])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
