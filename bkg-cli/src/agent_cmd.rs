@@ -39,6 +39,25 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
                 )));
             };
             if client.is_up()? {
+                // The one asked for is running, or another: a state directory named that is not
+                // the running agent's would be ignored without a word.
+                let running = match &state_dir {
+                    Some(_) => client.get::<AgentInfo>("/api/v1/agent").await.ok().map(|info| info.state_dir),
+                    None => None,
+                };
+                let asked = state_dir.as_deref().map(|dir| dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()));
+                if let (Some(running), Some(asked)) = (running, asked)
+                    && std::path::Path::new(&running) != asked
+                {
+                    return Err(CliError::new(
+                        BKG_FAILED,
+                        format!(
+                            "the agent on {} keeps its state in {running}, not {}: stop it first (`bkg agent stop`), or start this one on another socket (BKG_SOCKET)",
+                            socket.display(),
+                            asked.display()
+                        ),
+                    ));
+                }
                 out.note(format_args!("an agent is already running on {}", socket.display()));
                 return Ok(SUCCESS);
             }

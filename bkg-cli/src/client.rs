@@ -438,7 +438,13 @@ pub async fn start_agent(socket: &Path, state_dir: &Path) -> Result<u32, CliErro
         .await
         .map_err(|error| CliError::new(BKG_FAILED, format!("cannot start bkg-agent: {error}")))?;
     let said = String::from_utf8_lossy(&output.stderr);
-    let reason = said.lines().rev().find_map(|line| line.strip_prefix("bkg-agent: ")).unwrap_or(said.trim());
+    // Its own line, else the one clap's refusal of a flag starts with (the rest is advice).
+    let reason = said
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("bkg-agent: "))
+        .or_else(|| said.lines().find_map(|line| line.strip_prefix("error: ")))
+        .unwrap_or_else(|| said.lines().find(|line| !line.trim().is_empty()).unwrap_or_default());
     let pid = String::from_utf8_lossy(&output.stdout).trim().parse::<u32>();
     match (output.status.success(), pid) {
         (true, Ok(pid)) => {
@@ -457,6 +463,15 @@ pub async fn start_agent(socket: &Path, state_dir: &Path) -> Result<u32, CliErro
 /// The one line a user the socket refuses reads: who may use it, and the command that lets them.
 fn access_hint(socket: &std::path::Path) -> String {
     use std::os::unix::fs::MetadataExt;
+    if let Err(error) = std::fs::metadata(socket)
+        && error.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return format!(
+            "you may not reach the agent's socket {}: a directory on its way is closed to you; an administrator \
+             opens it to the socket's group, or starts the agent with its socket elsewhere",
+            socket.display()
+        );
+    }
     let group = std::fs::metadata(socket)
         .ok()
         .map(|meta| meta.gid())

@@ -115,6 +115,47 @@ fn the_directories_made_for_a_group_socket_let_the_group_through() {
     assert!(stopped.success(), "{stopped}");
 }
 
+/// `bkg agent start --state-dir DIR` where an agent with another state directory already serves
+/// the socket says so (exit 125) rather than "already running" with DIR ignored (found by a
+/// new-user trial); the same directory is the agent asked for.
+#[test]
+fn agent_start_on_a_socket_an_agent_with_another_state_dir_serves_is_refused() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let elsewhere = agent.dir.path().join("elsewhere");
+    let refused = agent.bkg().args(["agent", "start", "--state-dir"]).arg(&elsewhere).output().expect("bkg");
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    let expected = format!(
+        "bkg: the agent on {} keeps its state in {}, not {}: stop it first (`bkg agent stop`), or start this one on another socket (BKG_SOCKET)\n",
+        agent.socket.display(),
+        agent.state_dir.display(),
+        elsewhere.display()
+    );
+    assert_eq!(stderr(&refused), expected);
+    let same = agent.bkg().args(["agent", "start", "--state-dir"]).arg(&agent.state_dir).output().expect("bkg");
+    assert_eq!(
+        (code(&same), stderr(&same)),
+        (0, format!("bkg: an agent is already running on {}\n", agent.socket.display()))
+    );
+}
+
+/// `bkg agent start` that the agent refuses for a flag's value says so in one line (was: clap's
+/// three, blank and advice included; found by a new-user trial).
+#[test]
+fn agent_start_refused_for_a_flag_says_why_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(bkg_tests::bkg_bin())
+        .args(["agent", "start", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .env("BKG_SOCKET", dir.path().join("agent.sock"))
+        .env("BKG_UID_BASE", "5")
+        .output()
+        .expect("bkg agent start");
+    assert_eq!(code(&output), 125, "{}", stderr(&output));
+    let said = stderr(&output);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(said.starts_with("bkg: invalid value '5' for '--uid-base"), "{said}");
+}
+
 /// A `--cgroup-dir` that is not one plain name is a usage error, found before anything is written.
 #[test]
 fn a_cgroup_dir_that_would_climb_out_is_a_usage_error() {

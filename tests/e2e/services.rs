@@ -150,6 +150,28 @@ fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
     assert!(after["current_run"].is_null(), "{after}");
 }
 
+/// `bkgr -d` refuses a host port another process holds, as plain `bkgr` does, rather than
+/// saying the service runs and then restarting it for ever (found by a new-user trial).
+#[test]
+fn a_detached_service_whose_host_port_is_taken_is_refused_at_once() {
+    let (agent, project, port) = service_example();
+    let dir = project.path();
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold the service's port");
+    let started = agent.bkgr(dir, &["-d", "web"]);
+    assert_eq!(code(&started), 125, "{}", stderr(&started));
+    assert_eq!(stdout(&started), "", "no run was started");
+    assert!(
+        stderr(&started).contains(&format!("host port 127.0.0.1:{port}:8000 cannot be used")),
+        "{}",
+        stderr(&started)
+    );
+    let listed = agent.bkg_in(dir, &["ls", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("ls JSON");
+    for sandbox in listed.as_array().into_iter().flatten() {
+        assert!(sandbox["current_run"].is_null() && sandbox["service"].is_null(), "{sandbox}");
+    }
+}
+
 /// A `restart: on-failure` service ended by the agent's stop, or by its crash, is started again
 /// by the next agent on the same state directory; one stopped with `bkg stop` is not.
 #[test]

@@ -163,6 +163,20 @@ impl ValidatedRun {
         env.push(("NODE_PATH".into(), node_path.unwrap_or(modules)));
     }
 
+    /// Refuses now a host port to forward that another process holds: a detached run would
+    /// fail only as it starts, after its caller was told it runs (and a service would then be
+    /// restarted for ever). The run itself binds it again (engine/egress.rs).
+    pub fn check_ports_free(&self) -> Result<(), RunError> {
+        for mapping in self.network.iter().flat_map(|plan| &plan.ports) {
+            let address = std::net::SocketAddr::new(mapping.address, mapping.host_port);
+            if let Err(source) = std::net::TcpListener::bind(address) {
+                let taken = super::egress::EgressError::PortTaken { mapping: mapping.to_string(), source };
+                return Err(RunError::Busy(taken.to_string()));
+            }
+        }
+        Ok(())
+    }
+
     /// Adds environment variables that must not be checked against the caller's rules again
     /// (secret values, checked when they were set); each replaces a variable of its name.
     pub fn add_env(&mut self, variables: Vec<(String, String)>) {

@@ -351,6 +351,9 @@ impl Service {
     /// Checks a command for sandbox `id` and takes it on; the sandbox is the run's until it ends.
     pub async fn accept_exec(&self, principal: &Principal, id: &str, exec: ExecRequest) -> OpResult<Accepted> {
         let (definition, validated) = self.validate_sandbox_exec(principal, id, exec.clone(), None).await?;
+        if exec.detach {
+            validated.check_ports_free()?;
+        }
         let mut accepted = self.accept_in_sandbox(principal, &definition, validated)?;
         // Kept to start it again when it fails and its sandbox says `restart: on-failure`.
         accepted.exec = Some((exec, definition.restart));

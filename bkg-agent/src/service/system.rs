@@ -199,15 +199,22 @@ impl Service {
     /// Stops the agent: warm sandboxes are removed, running ones get the shutdown grace.
     pub async fn shut_down(&self, principal: &Principal) -> OpResult<()> {
         require_admin(principal, AdminTask::StopAgent)?;
-        self.note_stop(principal.actor(), "asked through the API").await?;
-        self.shutdown.notify_one();
+        // In a task of its own: a caller who hangs up drops this future, which must not fall
+        // between the audit line and the stop (the log said the agent stopped when it did not).
+        let (store, shutdown) = (self.store.clone(), Arc::clone(&self.shutdown));
+        let event = stop_event(principal.actor(), "asked through the API");
+        let stopping = tokio::spawn(async move {
+            store.note(event).await?;
+            shutdown.notify_one();
+            Ok::<(), crate::store::StoreError>(())
+        });
+        stopping.await.map_err(|error| OpError::Internal(format!("the stop failed: {error}")))??;
         Ok(())
     }
 
     /// The audit line of a stop beginning: by whom (`actor`) and why.
     pub async fn note_stop(&self, actor: String, reason: &str) -> OpResult<()> {
-        let stopped = bkg_schema::audit::ConfigChanged::AgentStopped { agent_stopped: reason.to_owned() };
-        self.note_config(actor, None, stopped).await
+        Ok(self.store.note(stop_event(actor, reason)).await?)
     }
 
     fn sync_url(&self) -> OpResult<&str> {
@@ -292,4 +299,10 @@ fn protections(cgroup_version: &str) -> Vec<String> {
         "capabilities dropped".to_owned(),
         "own disk per sandbox".to_owned(),
     ]
+}
+
+/// The audit line of a stop beginning: by whom (`actor`) and why.
+fn stop_event(actor: String, reason: &str) -> bkg_schema::audit::AuditEvent {
+    let stopped = bkg_schema::audit::ConfigChanged::AgentStopped { agent_stopped: reason.to_owned() };
+    bkg_schema::audit::AuditEvent::new(actor, bkg_schema::audit::Details::ConfigChanged(stopped))
 }
