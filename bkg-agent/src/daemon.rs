@@ -580,9 +580,8 @@ fn capacity_config(
             .filter(|n| *n > 0)
             .context(FlagValue("--max-running-runs must be a number above 0".into()))?
     };
+    // The free space is read as the engine starts (its pool's bound) and at each grant.
     let disk_budget = if disk_budget == "80% of the free space" {
-        nix::sys::statvfs::statvfs(state_dir)
-            .with_context(|| format!("read the free space of {}", state_dir.display()))?;
         DiskBudget::FreeShare(state_dir.to_path_buf())
     } else {
         DiskBudget::Fixed(parse_size(disk_budget).context(FlagValue("--disk-budget".into()))?)

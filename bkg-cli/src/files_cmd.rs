@@ -67,7 +67,7 @@ pub async fn find_sandbox(
 /// The id of sandbox `name` where no project is around: the one sandbox of that name the agent
 /// shows this caller (made with the API, MCP, or in a project elsewhere); else `no_project`, why
 /// there is no project to look in.
-pub async fn outside_a_project(client: &AgentClient, name: &str, no_project: CliError) -> Result<String, CliError> {
+pub async fn outside_a_project(client: &AgentClient, name: &str, no_project: &CliError) -> Result<String, CliError> {
     agent_wide(client, name)
         .await?
         .ok_or_else(|| CliError::usage(format!("no sandbox `{name}` on the agent ({})", no_project.message)))

@@ -143,7 +143,7 @@ async fn locate(
 ) -> Result<(String, Option<std::path::PathBuf>), CliError> {
     match project_dir(dir) {
         Ok(project) => Ok((id_of(&project, name), Some(project))),
-        Err(no_project) => Ok((crate::files_cmd::outside_a_project(client, name, no_project).await?, None)),
+        Err(no_project) => Ok((crate::files_cmd::outside_a_project(client, name, &no_project).await?, None)),
     }
 }
 
@@ -453,12 +453,7 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
         // (or id) among this caller's sandboxes, as `bkg stop` and `bkg logs` find one.
         Err(no_project) => {
             for name in &args.names {
-                let id = crate::files_cmd::outside_a_project(
-                    &client,
-                    name,
-                    CliError::new(no_project.code, no_project.message.clone()),
-                )
-                .await?;
+                let id = crate::files_cmd::outside_a_project(&client, name, &no_project).await?;
                 removals.push(Removal { name, id, known: true, edit: None });
             }
         }

@@ -137,19 +137,18 @@ async fn fetch_files(client: &AgentClient, files: &RunFiles, dir: &Path) -> Resu
 
 /// After `bkg exe -o DIR`: writes into `DIR` each file of /workspace/out/ that the run kept but
 /// the run's archive did not bring (one ended by its process limit takes pid 1 with it, which
-/// sends the archive); returns how many. Files already in `DIR` stay as they are.
-pub async fn fetch_kept_out_files(client: &AgentClient, result: &RunResult, dir: &Path) -> Result<usize, CliError> {
-    let missing = result
-        .files
-        .iter()
-        .filter(|file| file.kind == RunFileKind::File)
-        .filter_map(|file| Some((file, target(dir, file.path.strip_prefix("out/")?))))
-        .map(|(file, target)| target.map(|target| (file, target)))
-        .filter(|found| found.as_ref().map_or(true, |(_, target)| !target.exists()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let count = missing.len();
-    fetch_files_to(client, &result.id, missing).await?;
-    Ok(count)
+/// sends the archive). Files already in `DIR` stay as they are.
+pub async fn fetch_kept_out_files(client: &AgentClient, result: &RunResult, dir: &Path) -> Result<(), CliError> {
+    let mut missing = Vec::new();
+    for file in result.files.iter().filter(|file| file.kind == RunFileKind::File) {
+        if let Some(inside) = file.path.strip_prefix("out/") {
+            let target = target(dir, inside)?;
+            if !target.exists() {
+                missing.push((file, target));
+            }
+        }
+    }
+    fetch_files_to(client, &result.id, missing).await
 }
 
 /// Fetches each file of run `run_id` to its target, streamed to disk and checked against its

@@ -148,11 +148,7 @@ async fn write_what_did_not_arrive(client: &AgentClient, result: &RunResult, wri
         let kept = result.files.iter().find(|file| file.kind == kind);
         let fetched = match (whole_stream(inline, total), kept) {
             (Some(bytes), _) => {
-                let rest = bytes.get(usize::try_from(written).unwrap_or(usize::MAX)..).unwrap_or_default();
-                match to_stderr {
-                    true => write_through(&mut std::io::stderr().lock(), rest),
-                    false => write_through(&mut std::io::stdout().lock(), rest),
-                }
+                write_ours(to_stderr, bytes.get(usize::try_from(written).unwrap_or(usize::MAX)..).unwrap_or_default());
                 total
             }
             (None, Some(file)) => write_kept_stream_from(client, &result.id, &file.path, to_stderr, written).await,
@@ -179,14 +175,18 @@ async fn write_kept_stream_from(client: &AgentClient, run_id: &str, path: &str, 
     let mut at = 0u64;
     while let Ok(Some(chunk)) = response.chunk().await {
         let skip = from.saturating_sub(at).min(chunk.len() as u64) as usize;
-        let rest = chunk.get(skip..).unwrap_or_default();
-        match to_stderr {
-            true => write_through(&mut std::io::stderr().lock(), rest),
-            false => write_through(&mut std::io::stdout().lock(), rest),
-        }
+        write_ours(to_stderr, chunk.get(skip..).unwrap_or_default());
         at += chunk.len() as u64;
     }
     at.max(from)
+}
+
+/// Writes the end of a stream of the run to our stderr (`to_stderr`) or stdout.
+fn write_ours(to_stderr: bool, bytes: &[u8]) {
+    match to_stderr {
+        true => write_through(&mut std::io::stderr().lock(), bytes),
+        false => write_through(&mut std::io::stdout().lock(), bytes),
+    }
 }
 
 /// What of the output never reached us, and where the run keeps it, for stderr.

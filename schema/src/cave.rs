@@ -780,16 +780,17 @@ impl CaveFile {
                     );
                 }
             }
-            let volumes: Vec<Option<Volume>> =
-                sandbox.volumes.iter().map(|volume| Volume::parse(volume).ok()).collect();
+            let mut volumes = Vec::new();
             for (index, volume) in sandbox.volumes.iter().enumerate() {
-                if let Err(error) = Volume::parse(volume) {
-                    fail(&["sandboxes", name, "volumes", &index.to_string()], error.to_string());
+                match Volume::parse(volume) {
+                    Ok(parsed) => volumes.push(parsed),
+                    Err(error) => fail(&["sandboxes", name, "volumes", &index.to_string()], error.to_string()),
                 }
             }
-            if volumes.iter().all(Option::is_some)
+            // Their places are compared once each volume is well formed.
+            if volumes.len() == sandbox.volumes.len()
                 && let Some((earlier, later)) =
-                    crate::sandbox::overlapping_volumes(volumes.iter().flatten().map(|volume| volume.guest.as_str()))
+                    crate::sandbox::overlapping_volumes(volumes.iter().map(|volume| volume.guest.as_str()))
             {
                 fail(
                     &["sandboxes", name, "volumes", &later.to_string()],

@@ -36,7 +36,7 @@ pub enum DiskBudget {
 }
 
 /// The part of the free space the default disk budget gives to sandboxes.
-pub const FREE_SHARE_PERCENT: u64 = 80;
+const FREE_SHARE_PERCENT: u64 = 80;
 
 /// The default budget when `free` bytes are free and this agent's sandboxes hold `in_use`: their
 /// images' blocks are reserved, so they are no longer counted free.
