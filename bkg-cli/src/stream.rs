@@ -189,14 +189,20 @@ fn write_ours(to_stderr: bool, bytes: &[u8]) {
     }
 }
 
+/// Whether the run kept a copy of its stdout or stderr: the files the code wrote are not its
+/// output.
+fn keeps_a_stream(files: &[bkg_schema::artefacts::RunFile]) -> bool {
+    files.iter().any(|file| file.kind != RunFileKind::File)
+}
+
 /// What of the output never reached us, and where the run keeps it, for stderr.
 fn undelivered_line(result: &RunResult, missing: u64) -> Option<String> {
     if missing == 0 {
         return None;
     }
-    let kept = match result.files.is_empty() {
-        true => "it is not kept".to_owned(),
-        false => format!("the whole output is kept: bkg runs files {} --output DIR", result.id),
+    let kept = match keeps_a_stream(&result.files) {
+        false => "it is not kept".to_owned(),
+        true => format!("the whole output is kept: bkg runs files {} --output DIR", result.id),
     };
     Some(format!(
         "{} of the output did not reach you: nothing read it for 2s after the run ended; {kept}",
@@ -500,6 +506,18 @@ mod tests {
         assert_eq!(buffer.complete_lines(b"o\nthree\nfo"), vec![b"two\n".to_vec(), b"three\n".to_vec()]);
         assert_eq!(buffer.rest(), Some(b"fo\n".to_vec()));
         assert_eq!(buffer.rest(), None);
+    }
+
+    #[test]
+    fn only_a_kept_stream_is_kept_output() {
+        let file = |path: &str, kind| bkg_schema::artefacts::RunFile {
+            path: path.into(),
+            kind,
+            bytes: 1,
+            sha256: String::new(),
+        };
+        assert!(!keeps_a_stream(&[file("out/report.csv", RunFileKind::File)]));
+        assert!(keeps_a_stream(&[file("out/report.csv", RunFileKind::File), file("stderr", RunFileKind::Stderr)]));
     }
 
     #[test]
