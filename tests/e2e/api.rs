@@ -1359,3 +1359,44 @@ fn client_mistakes_are_422_naming_the_field_not_sandbox_failures() {
         assert!(message.starts_with(says), "{query}: {message}");
     }
 }
+
+#[test]
+fn a_plain_run_whose_caller_hangs_up_is_cancelled_not_left_to_its_timeout() {
+    let api = ApiAgent::start(&[]);
+    let body = json!({
+        "language": "python",
+        "code": "import time\nprint('started', flush=True)\ntime.sleep(50)",
+        "limits": { "timeout_ms": 60_000 },
+    })
+    .to_string();
+    let mut caller = std::net::TcpStream::connect(&api.address).expect("connect");
+    let head = format!(
+        "POST /api/v1/runs HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        api.address,
+        api.admin_key,
+        body.len()
+    );
+    std::io::Write::write_all(&mut caller, head.as_bytes()).expect("send the request");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let runs = api.admin().get("/api/v1/runs?limit=1").json();
+        if runs.get(0).is_some_and(|run| run["finished_at_ms"].is_null()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run did not start: {runs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(caller);
+    // Well before the script's 50 s sleep, let alone its 60 s timeout, could end it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let run = loop {
+        let runs = api.admin().get("/api/v1/runs?limit=1").json();
+        if let Some(run) = runs.get(0).filter(|run| !run["finished_at_ms"].is_null()) {
+            break run.clone();
+        }
+        assert!(Instant::now() < deadline, "the run went on after its caller hung up: {runs}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(run["killed_by"], "cancelled", "{run}");
+}

@@ -63,6 +63,19 @@ impl Accepted {
     }
 }
 
+/// Cancels a run when its waiting caller goes away first (the future holding this is dropped
+/// when an HTTP client hangs up).
+struct CancelOnDrop(Option<mpsc::Sender<RunInput>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            // The channel holds one message and nothing else sends on it.
+            let _ = cancel.try_send(RunInput::Cancel);
+        }
+    }
+}
+
 /// A run going on in a task of its own; its result when awaited.
 pub type RunTask = JoinHandle<OpResult<RunResult>>;
 
@@ -116,10 +129,14 @@ impl Service {
     }
 
     /// Runs with no stdin but what the request carries, and returns the result when it ends.
-    /// The run is its own task: a caller that hangs up must not leave a sandbox half-done.
+    /// The run is its own task, so a caller that hangs up leaves no sandbox half-done; it is
+    /// cancelled then (`killed_by: cancelled`, recorded), as nobody is left to read its result.
     pub async fn run_to_end(self: &Arc<Self>, accepted: Accepted) -> OpResult<RunResult> {
-        let (_no_input, input) = mpsc::channel(1);
-        match self.start(accepted, input, None).await {
+        let (cancel, input) = mpsc::channel(1);
+        let mut hang_up = CancelOnDrop(Some(cancel));
+        let outcome = self.start(accepted, input, None).await;
+        hang_up.0 = None;
+        match outcome {
             Ok(outcome) => outcome,
             Err(_) => Err(OpError::Internal("the run's task failed".into())),
         }
