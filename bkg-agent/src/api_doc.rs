@@ -2,10 +2,14 @@
 //! (`bkg-agent --print-openapi`, `make api-schema` → schema/openapi.yaml). `/mcp` speaks
 //! JSON-RPC (MCP) and is described in docs/api.md instead; `/ui` serves HTML pages (docs/ui.md).
 
+use std::collections::HashMap;
+
+use axum::http::Method;
 use utoipa::Modify;
 use utoipa::OpenApi;
+use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder};
 
 use crate::server::{auth_api, changes, deps_api, files, run_files, runs, sandboxes, sessions, system, terminal};
 
@@ -102,6 +106,36 @@ pub struct YamlError(String);
 pub fn yaml() -> Result<String, YamlError> {
     let plain = ApiDoc::openapi().to_yaml().map_err(|error| YamlError(error.to_string()))?;
     Ok(plain.lines().map(|line| quote_yaml_1_1_word(line) + "\n").collect())
+}
+
+/// The query parameters each operation takes, by method and path as the document writes it
+/// (`/api/v1/runs/{id}`): the document is the one place that says what a route takes, and the
+/// gatekeeper refuses any other name (server.rs).
+pub fn query_parameters() -> HashMap<(Method, String), Vec<String>> {
+    let document = ApiDoc::openapi();
+    let mut taken = HashMap::new();
+    for (path, item) in &document.paths.paths {
+        let shared = item.parameters.iter().flatten();
+        let operations = [
+            (Method::GET, &item.get),
+            (Method::PUT, &item.put),
+            (Method::POST, &item.post),
+            (Method::DELETE, &item.delete),
+        ];
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let names = shared
+                .clone()
+                .chain(operation.parameters.iter().flatten())
+                .filter_map(|parameter| match parameter {
+                    RefOr::T(parameter) if parameter.parameter_in == ParameterIn::Query => Some(parameter.name.clone()),
+                    _ => None,
+                })
+                .collect();
+            taken.insert((method, path.clone()), names);
+        }
+    }
+    taken
 }
 
 /// The words YAML 1.1 reads as booleans, which YAML 1.2 (the writer's) leaves plain.

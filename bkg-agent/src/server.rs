@@ -338,7 +338,9 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);
                 }
-                let body = if streamed && principal_known {
+                let body = if let Err(failure) = input::check_query_names(&method, &route, request.uri().query()) {
+                    Err(failure)
+                } else if streamed && principal_known {
                     Ok((request, None))
                 } else {
                     read_body(&state.bodies, request, limit).await

@@ -1349,15 +1349,30 @@ fn client_mistakes_are_422_naming_the_field_not_sandbox_failures() {
     assert_eq!(admin.get("/api/v1/sandboxes").json().as_array().map(Vec::len), Some(0));
     // A query parameter a route does not take, or one that does not parse, is a 400 naming it:
     // a misspelt `limt` is not silently ignored.
-    for (query, says) in [
-        ("limt=2", "the query string: limt: unknown field `limt`"),
-        ("limit=x", "the query string: limit: invalid digit found in string"),
+    // Routes that read no query string refuse one too.
+    let run = admin.post("/api/v1/runs", &python_run(None)).json();
+    let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap_or_default());
+    for (path, says) in [
+        ("/api/v1/runs?limt=2", "the query string: limt: unknown parameter `limt`; this endpoint takes `limit`, "),
+        ("/api/v1/runs?limit=x", "the query string: limit: invalid digit found in string"),
+        (
+            &format!("{run_path}?fields=id"),
+            "the query string: fields: unknown parameter `fields`; this endpoint takes none",
+        ),
+        (&format!("{run_path}/files/out/a.txt?raw=1"), "the query string: raw: unknown parameter"),
+        (
+            "/api/v1/sandboxes/sb_none/logs?follw=true",
+            "the query string: follw: unknown parameter `follw`; this endpoint takes `follow`",
+        ),
     ] {
-        let answer = admin.get(&format!("/api/v1/runs?{query}"));
-        expect(&answer, 400, query);
+        let answer = admin.get(path);
+        expect(&answer, 400, path);
         let message = answer.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
-        assert!(message.starts_with(says), "{query}: {message}");
+        assert!(message.starts_with(says), "{path}: {message}");
     }
+    expect(&admin.get(&format!("{run_path}?")), 200, "an empty query string");
+    let refused = admin.send("POST", "/api/v1/runs?wait=false", Some(&python_run(None)), &[]);
+    expect(&refused, 400, "POST /api/v1/runs with a query");
 }
 
 #[test]

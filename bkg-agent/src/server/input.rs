@@ -2,8 +2,12 @@
 //! API's JSON error. Bodies are size-limited, then parsed; broken JSON is a 400, well-formed JSON
 //! with values that do not fit is a 422.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use axum::body::Body;
 use axum::extract::FromRequestParts;
+use axum::http::Method;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -56,6 +60,35 @@ where
             .map(|axum::extract::Path(value)| Self(value))
             .map_err(|rejection| Failure::bad_request(rejection.body_text()))
     }
+}
+
+/// The query parameters of each documented route, read once from the OpenAPI document.
+static QUERY_PARAMETERS: LazyLock<HashMap<(Method, String), Vec<String>>> =
+    LazyLock::new(crate::api_doc::query_parameters);
+
+/// Refuses a query string that names a parameter the route does not take, on every documented
+/// route, those that read no query at all too (docs/api.md, "Errors"). `route` is axum's
+/// (`{*path}` for the rest of a path, `{path}` in the document); routes the document does not
+/// describe (`/mcp`, `/ui`) are left to their own handlers.
+pub fn check_query_names(method: &Method, route: &str, query: Option<&str>) -> Result<(), Failure> {
+    let Some(query) = query.filter(|query| !query.is_empty()) else {
+        return Ok(());
+    };
+    let Some(taken) = QUERY_PARAMETERS.get(&(method.clone(), route.replace("{*", "{"))) else {
+        return Ok(());
+    };
+    let given: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|error| Failure::bad_request(format!("the query string: {error}")))?;
+    let Some((unknown, _)) = given.iter().find(|(name, _)| !taken.contains(name)) else {
+        return Ok(());
+    };
+    let takes = match taken.as_slice() {
+        [] => "none".to_owned(),
+        names => names.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", "),
+    };
+    Err(Failure::bad_request(format!(
+        "the query string: {unknown}: unknown parameter `{unknown}`; this endpoint takes {takes}"
+    )))
 }
 
 /// A query string, refused as a 400 in the API's error shape when it does not parse or names a
