@@ -2701,7 +2701,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__runs__subcmd__ls)
-            opts="-n -C -h -V --limit --sandbox --dir --json --socket --remote --cacert --help --version"
+            opts="-n -C -h -V --limit --sandbox --before --dir --json --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2716,6 +2716,10 @@ _bkg() {
                     return 0
                     ;;
                 --sandbox)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --before)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -777,19 +777,22 @@ impl Store {
         .await
     }
 
-    /// The newest runs, of every namespace or of one, of every sandbox or of one.
+    /// The newest runs, of every namespace or of one, of every sandbox or of one; with `before`
+    /// (a run's id) those that come after it in this order, the next page.
     pub async fn list_runs(
         &self,
         namespace: Option<String>,
         sandbox_id: Option<String>,
+        before: Option<String>,
         limit: u32,
     ) -> Result<Vec<RunRecord>, StoreError> {
         self.with(move |db| {
             let mut statement = db.prepare(&format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE (?2 IS NULL OR namespace = ?2) AND (?3 IS NULL OR sandbox_id = ?3) \
+                 AND (?4 IS NULL OR (started_at_ms, id) < (SELECT started_at_ms, id FROM runs WHERE id = ?4)) \
                  ORDER BY started_at_ms DESC, id DESC LIMIT ?1"
             ))?;
-            let rows = statement.query_map(params![limit, namespace, sandbox_id], raw_record)?;
+            let rows = statement.query_map(params![limit, namespace, sandbox_id, before], raw_record)?;
             rows.map(|row| row.map_err(StoreError::from).and_then(RawRecord::into_record)).collect()
         })
         .await
@@ -1030,7 +1033,7 @@ mod tests {
         let last = store.last_run_of("sbx_1").await?;
         assert_eq!(last.map(|run| run.id), Some("run_code".to_owned()));
         let listed: Vec<(String, bool)> = store
-            .list_runs(None, Some("sbx_1".into()), 10)
+            .list_runs(None, Some("sbx_1".into()), None, 10)
             .await?
             .into_iter()
             .map(|run| (run.id, run.file_transfer))
@@ -1052,7 +1055,7 @@ mod tests {
         drop(store);
 
         let reopened = Store::open(&path, AuditLog::open(dir.path())?)?;
-        let runs = reopened.list_runs(None, None, 10).await?;
+        let runs = reopened.list_runs(None, None, None, 10).await?;
         assert_eq!(runs.len(), 1);
         assert!(runs[0].cleaned_up);
         assert_eq!(runs[0].limits, Limits::DEFAULT);

@@ -382,6 +382,9 @@ pub enum RunsAction {
         /// Only the runs of this persistent sandbox of the project.
         #[arg(long, value_name = "NAME")]
         sandbox: Option<String>,
+        /// The runs older than this one: the next page after a listing's last run.
+        #[arg(long, value_name = "ID")]
+        before: Option<String>,
         #[command(flatten)]
         project: ProjectArgs,
         /// Print JSON: an array of runs.

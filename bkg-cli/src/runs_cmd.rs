@@ -18,11 +18,15 @@ use crate::settings::Settings;
 pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
     let out = settings.out;
     match args.action {
-        RunsAction::Ls { limit, sandbox, project, .. } => {
+        RunsAction::Ls { limit, sandbox, before, project, .. } => {
             if !(1..=1000).contains(&limit) {
                 return Err(CliError::usage(format!("--limit {limit}: give 1 to 1000")));
             }
             let mut query = format!("?limit={limit}");
+            if let Some(before) = &before {
+                check_run_id(before)?;
+                query.push_str(&format!("&before={before}"));
+            }
             if let Some(name) = &sandbox {
                 let project = crate::project::project_dir(project.dir.as_deref())?;
                 if let Ok(cave) = bkg_schema::cave::load(&project.join("cave.yaml"))
@@ -39,7 +43,10 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
             client.ensure_running().await?;
             let runs: Vec<RunRecord> = client.get(&format!("/api/v1/runs{query}")).await?;
             if runs.is_empty() && !out.is_json() {
-                out.note(format_args!("no runs yet"));
+                match &before {
+                    Some(before) => out.note(format_args!("no runs before {before}")),
+                    None => out.note(format_args!("no runs yet")),
+                }
             } else {
                 out.answer(&runs, |runs| runs_table(runs, crate::table::width()))?;
             }

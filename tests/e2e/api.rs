@@ -152,6 +152,27 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     expect(&team.get("/api/v1/runs?namespace=other"), 403, "listing another namespace");
     expect(&team.get("/api/v1/runs?limit=0"), 422, "a limit out of range (read, then refused)");
     assert_eq!(admin.get("/api/v1/runs?namespace=elsewhere").json().as_array().map(Vec::len), Some(1));
+    // Pages: `before` a listing's last run gives the runs after it, without gap or repeat.
+    let ids = |answer: &Answer| -> Vec<String> {
+        answer.json().as_array().into_iter().flatten().filter_map(|run| run["id"].as_str().map(str::to_owned)).collect()
+    };
+    let all = ids(&admin.get("/api/v1/runs"));
+    assert!(all.len() >= 2, "{all:?}");
+    let mut paged = ids(&admin.get("/api/v1/runs?limit=1"));
+    while let Some(last) = paged.last().cloned() {
+        let page = ids(&admin.get(&format!("/api/v1/runs?limit=1&before={last}")));
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    let elsewhere = by_admin.json()["id"].as_str().unwrap_or_default().to_owned();
+    for before in [elsewhere.as_str(), "run_0000000000000000"] {
+        let refused = team.get(&format!("/api/v1/runs?before={before}"));
+        expect(&refused, 422, "paging from a run the key cannot see, or none");
+        assert!(refused.text().contains(&format!("no run {before}")), "{}", refused.text());
+    }
 
     // Sandboxes: the team's are invisible to the other namespace.
     let created = team.post("/api/v1/sandboxes", &json!({ "name": "box", "language": "python" }));

@@ -65,6 +65,22 @@ fn runs_ls_and_show_list_the_last_runs_with_their_accounting() {
     assert!(runs[1]["wall_ms"].as_u64().is_some() && runs[1]["cpu_ms"].as_u64().is_some(), "{runs}");
     assert!(runs[1]["sandbox_id"].is_null(), "a temporary run has no sandbox");
 
+    // The next page starts after the last run listed.
+    let second_id = second["id"].as_str().unwrap_or_default();
+    let page = agent.bkg_in(dir.path(), &["runs", "ls", "--json", "--limit", "1", "--before", second_id]);
+    assert_eq!(code(&page), 0, "{}", stderr(&page));
+    assert_eq!(
+        json(&page).as_array().map(|runs| runs.iter().map(|run| run["id"].clone()).collect::<Vec<_>>()),
+        Some(vec![first["id"].clone()])
+    );
+    let first_id = first["id"].as_str().unwrap_or_default();
+    let last = agent.bkg_in(dir.path(), &["runs", "ls", "--before", first_id]);
+    assert_eq!((code(&last), stderr(&last)), (0, format!("bkg: no runs before {first_id}\n")));
+    let unknown = agent.bkg_in(dir.path(), &["runs", "ls", "--before", "run_nope"]);
+    assert_eq!(code(&unknown), 125, "{}", stderr(&unknown));
+    assert_eq!(stderr(&unknown).lines().count(), 1, "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("no run run_nope"), "{}", stderr(&unknown));
+
     let table = agent.bkg_in(dir.path(), &["runs", "ls"]);
     let text = stdout(&table);
     assert!(text.starts_with("ID "), "{text}");

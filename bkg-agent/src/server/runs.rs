@@ -99,6 +99,8 @@ pub struct RunListQuery {
     namespace: Option<String>,
     /// Only runs of this persistent sandbox (its id).
     sandbox: Option<String>,
+    /// Only runs older than this one (its id): the next page after a listing's last run.
+    before: Option<String>,
 }
 
 /// The newest runs the caller may see.
@@ -109,7 +111,7 @@ pub struct RunListQuery {
     params(RunListQuery),
     responses(
         (status = 200, description = "Runs, newest first", body = Vec<RunRecord>),
-        (status = 422, description = "A limit out of range", body = ApiError),
+        (status = 422, description = "A limit out of range, or a `before` that names no run the key may see", body = ApiError),
     ),
 )]
 pub async fn list_runs(
@@ -118,7 +120,7 @@ pub async fn list_runs(
     QueryParams(query): QueryParams<RunListQuery>,
 ) -> ApiResult<Json<Vec<RunRecord>>> {
     let limit = query.limit.unwrap_or(50);
-    Ok(Json(state.service.list_runs(&principal, limit, query.namespace, query.sandbox).await?))
+    Ok(Json(state.service.list_runs(&principal, limit, query.namespace, query.sandbox, query.before).await?))
 }
 
 /// One run.

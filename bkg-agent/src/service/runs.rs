@@ -229,13 +229,21 @@ impl Service {
         limit: u32,
         namespace: Option<String>,
         sandbox: Option<String>,
+        before: Option<String>,
     ) -> OpResult<Vec<RunRecord>> {
         require_code_runner(principal)?;
         if !(1..=MAX_LISTED_RUNS).contains(&limit) {
             return Err(OpError::Invalid(format!("limit must be from 1 to {MAX_LISTED_RUNS}, not {limit}")));
         }
         let namespace = listing_namespace(principal, namespace)?;
-        Ok(self.store.list_runs(namespace, sandbox, limit).await?)
+        if let Some(before) = &before {
+            // A run the caller may not see is no place to page from, as if it did not exist.
+            match self.store.get_run(before).await? {
+                Some(run) if reaches(principal, &run.namespace) => {}
+                _ => return Err(OpError::Invalid(format!("before: no run {before} here to list the runs older than"))),
+            }
+        }
+        Ok(self.store.list_runs(namespace, sandbox, before, limit).await?)
     }
 
     /// One run, if the caller may see it.

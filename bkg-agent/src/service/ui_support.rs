@@ -104,7 +104,7 @@ impl Service {
                 namespaces.entry(namespace).or_default().keys += 1;
             }
         }
-        for run in self.store.list_runs(None, None, MAX_LISTED_RUNS).await? {
+        for run in self.store.list_runs(None, None, None, MAX_LISTED_RUNS).await? {
             let entry = namespaces.entry(run.namespace).or_default();
             entry.recent_runs += 1;
             entry.last_run_ms = entry.last_run_ms.max(Some(run.started_at_ms));

@@ -180,7 +180,7 @@ pub struct RunFilter {
 /// The newest runs the caller may see, as `GET /api/v1/runs` (a namespace user asking for
 /// another namespace is refused, as there).
 pub async fn list_runs(state: &AppState, principal: &Principal, filter: RunFilter) -> OpResult<Vec<RunRecord>> {
-    Ok(state.service.list_runs(principal, filter.limit.clamp(1, 1000), filter.namespace, filter.sandbox).await?)
+    Ok(state.service.list_runs(principal, filter.limit.clamp(1, 1000), filter.namespace, filter.sandbox, None).await?)
 }
 
 /// One run, as `GET /api/v1/runs/{id}`: another namespace's is "not found".
