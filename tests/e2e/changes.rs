@@ -120,6 +120,9 @@ fn an_agent_without_bkg_db_serves_its_own_feed_and_resumes_after_a_cursor() {
     let bad = agent.bkg().args(["watch", "--kinds", "runs,logs"]).output().expect("bkg watch");
     assert_eq!(code(&bad), 125);
     assert!(stderr(&bad).contains("unknown kind \"logs\""), "{}", stderr(&bad));
+    // Over HTTP a kind there is not is a value read and refused (422), as docs/api.md sorts them.
+    let refused = bkg_tests::http::unix_request(&agent.socket, "GET", "/api/v1/changes?kinds=runs,logs", None);
+    assert_eq!(refused.status, 422, "{}", refused.text());
     let misnamed = agent.bkg().args(["watch", "--namespace", "Team_A"]).output().expect("bkg watch");
     assert_eq!(code(&misnamed), 125, "{}", stderr(&misnamed));
     assert!(stderr(&misnamed).contains("namespace `Team_A` must be a DNS label"), "{}", stderr(&misnamed));

@@ -36,6 +36,9 @@ pub enum FeedError {
     /// A cursor past the newest change: resuming there would skip what comes up to it.
     #[error("{0}")]
     PastNewest(String),
+    /// A kind of change there is not (`kinds=logs`): read, and refused.
+    #[error("{0}")]
+    UnknownKind(String),
     /// Says `bkg_db` itself.
     #[error(transparent)]
     Db(#[from] crate::sync::SyncError),
@@ -78,7 +81,7 @@ impl FeedRequest {
             .flat_map(|kinds| kinds.split(','))
             .map(|kind| {
                 ChangeKind::parse(kind).ok_or_else(|| {
-                    FeedError::BadRequest(format!("unknown kind {kind:?}: use runs, sandboxes, keys or audit"))
+                    FeedError::UnknownKind(format!("unknown kind {kind:?}: use runs, sandboxes, keys or audit"))
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -344,10 +347,10 @@ mod tests {
                 "{beyond}"
             );
         }
-        assert!(matches!(FeedRequest::parse(None, None, Some("runs,logs"), None), Err(FeedError::BadRequest(_))));
+        assert!(matches!(FeedRequest::parse(None, None, Some("runs,logs"), None), Err(FeedError::UnknownKind(_))));
         for untidy in [" runs", "runs,", "runs,,keys"] {
             assert!(
-                matches!(FeedRequest::parse(None, None, Some(untidy), None), Err(FeedError::BadRequest(_))),
+                matches!(FeedRequest::parse(None, None, Some(untidy), None), Err(FeedError::UnknownKind(_))),
                 "{untidy}"
             );
         }

@@ -84,7 +84,9 @@ impl From<crate::feed::FeedError> for OpError {
         match error {
             crate::feed::FeedError::Forbidden(message) => Self::Forbidden(message),
             crate::feed::FeedError::BadRequest(message) => Self::BadRequest(message),
-            crate::feed::FeedError::PastNewest(message) => Self::Invalid(message),
+            crate::feed::FeedError::PastNewest(message) | crate::feed::FeedError::UnknownKind(message) => {
+                Self::Invalid(message)
+            }
             other => Self::Unavailable(other.to_string()),
         }
     }
