@@ -40,6 +40,26 @@ pub enum FilesError {
     Io(String),
 }
 
+/// The tar reader's complaint as one printable line: it quotes the header bytes it could not
+/// read, which in a body that is not a tar stream at all are binary.
+fn bad_archive(error: &std::io::Error) -> FilesError {
+    let mut said = String::new();
+    for c in error.to_string().chars() {
+        let c = if c.is_ascii_graphic() || c == ' ' { c } else { '?' };
+        if !(c == '?' && said.ends_with('?')) {
+            said.push(c);
+        }
+    }
+    if said.len() > MAX_ARCHIVE_COMPLAINT {
+        said.truncate(MAX_ARCHIVE_COMPLAINT);
+        said.push_str("...");
+    }
+    FilesError::BadArchive(said)
+}
+
+/// How much of the tar reader's complaint an error repeats.
+const MAX_ARCHIVE_COMPLAINT: usize = 160;
+
 /// /workspace of a live sandbox and who owns what is written there.
 pub struct Workspace {
     root: OwnedFd,
@@ -212,10 +232,10 @@ impl Workspace {
         self.make_dirs(dest, made)?;
         let mut archive = tar::Archive::new(archive);
         let mut unpacked = Unpacked::default();
-        let entries = archive.entries().map_err(|error| FilesError::BadArchive(error.to_string()))?;
+        let entries = archive.entries().map_err(|error| bad_archive(&error))?;
         let mut buffer = vec![0u8; COPY_BUFFER];
         for entry in entries {
-            let mut entry = entry.map_err(|error| FilesError::BadArchive(error.to_string()))?;
+            let mut entry = entry.map_err(|error| bad_archive(&error))?;
             let name_bytes = entry.path_bytes().into_owned();
             let name = String::from_utf8_lossy(&name_bytes).into_owned();
             let inner = relative(&name).map_err(|error| FilesError::Refused(format!("tar entry: {error}")))?;
@@ -276,7 +296,7 @@ impl Workspace {
             let written = self.chown(&file, &path).and_then(|()| set_mode(&file, mode, &path)).and_then(|()| {
                 let mut copied = 0u64;
                 loop {
-                    let read = entry.read(&mut buffer).map_err(|error| FilesError::BadArchive(error.to_string()))?;
+                    let read = entry.read(&mut buffer).map_err(|error| bad_archive(&error))?;
                     if read == 0 {
                         break;
                     }
@@ -453,6 +473,21 @@ mod tests {
         assert!(matches!(relative("/etc/passwd"), Err(FilesError::Refused(_))));
         assert!(matches!(relative("a/../../b"), Err(FilesError::Refused(_))));
         assert!(matches!(relative("a\0b"), Err(FilesError::Refused(_))));
+    }
+
+    #[test]
+    fn a_body_that_is_not_tar_is_named_in_printable_words() {
+        // Bytes no tar writer makes: the reader quotes the checksum field it cannot read.
+        let block: Vec<u8> = (0..1024u32).map(|i| [0xff, 0x1e, 0xc3, 0x28, 0x9b][(i % 5) as usize]).collect();
+        let mut archive = tar::Archive::new(&block[..]);
+        let error = match archive.entries().map(|mut entries| entries.next()) {
+            Ok(Some(Err(error))) | Err(error) => error,
+            Ok(_) => panic!("the tar reader took binary bytes for a header"),
+        };
+        let FilesError::BadArchive(said) = bad_archive(&error) else { panic!("not a bad archive") };
+        assert!(said.chars().all(|c| c.is_ascii_graphic() || c == ' '), "{said:?}");
+        assert!(!said.contains("??") && said.len() <= MAX_ARCHIVE_COMPLAINT + 3, "{said:?}");
+        assert!(error.to_string().chars().any(|c| !c.is_ascii()), "the reader quotes the bytes: {error}");
     }
 
     #[test]
