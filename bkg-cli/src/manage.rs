@@ -180,6 +180,14 @@ fn describe(info: &SandboxInfo) -> String {
     if let Some(run) = &info.current_run {
         line("run", run.clone());
     }
+    if let Some(session) = &info.session {
+        let doing = if session.busy { "executing" } else { "idle" };
+        let executions = match session.executions {
+            1 => "1 execution".to_owned(),
+            count => format!("{count} executions"),
+        };
+        line("session", format!("{} ({} · {executions} · {doing})", session.name, session.language.as_str()));
+    }
     line("last exit", last_exit(info));
     line(
         "limits",

@@ -164,6 +164,9 @@ pub struct SandboxInfo {
     /// Its detached run's health, since this agent started one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceHealth>,
+    /// The interpreter session that holds it (its run is `current_run`), if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<crate::files::SessionInfo>,
 }
 
 /// `POST /api/v1/sandboxes/{id}/exec`: run a command in a persistent sandbox.

@@ -215,6 +215,19 @@ fn a_run_refused_for_a_session_names_the_session() {
     assert_eq!(code(&refused), 125, "{}", stderr(&refused));
     assert!(stderr(&refused).contains("held by session `default` (`bkg exec`)"), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("bkg stop box"), "{}", stderr(&refused));
+    // What holds it shows where its state is asked.
+    let status = agent.bkg_in(dir, &["status", "box"]);
+    assert_eq!(code(&status), 0, "{}", stderr(&status));
+    assert!(stdout(&status).contains("\nsession      default (python · 1 execution · idle)\n"), "{}", stdout(&status));
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(&stdout(&status)).expect("JSON");
+    assert_eq!(info["session"]["run_id"], info["current_run"], "{info}");
+    assert_eq!(info["session"]["executions"], 1, "{info}");
+    let stopped = agent.bkg_in(dir, &["stop", "box"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(&stdout(&status)).expect("JSON");
+    assert!(info.get("session").is_none(), "{info}");
 }
 
 /// A session whose interpreter is killed at its memory limit says so, and the next execution

@@ -106,6 +106,7 @@ impl Service {
         let service = self.service_health(&id, &definition).await;
         let last_run = self.store.last_run_of(&id).await?;
         let current_run = self.engine.current_run(&id).map(|run| run.run_id.clone());
+        let session = self.sessions.info_of(&id);
         let limits = self.engine.config.default_limits.with(&definition.limits);
         let image = self.engine.sandbox_home(&definition.namespace, &id).disk_image();
         let disk_bytes_allocated = crate::engine::disk::written_bytes(&image);
@@ -121,6 +122,7 @@ impl Service {
             last_run,
             created_at_ms: stored.created_at_ms,
             disk_bytes_allocated,
+            session,
             service,
         })
     }

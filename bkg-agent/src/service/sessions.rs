@@ -41,6 +41,11 @@ impl SessionTable {
         self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// What the live session of sandbox `id` is, if one is.
+    pub(super) fn info_of(&self, id: &str) -> Option<SessionInfo> {
+        self.live(id).map(|session| session.info())
+    }
+
     /// The live session of sandbox `id`; one whose interpreter has ended is forgotten.
     fn live(&self, id: &str) -> Option<Arc<Session>> {
         let mut sessions = self.lock();
@@ -268,7 +273,7 @@ impl Service {
 
     pub async fn list_sessions(&self, principal: &Principal, id: &str) -> OpResult<Vec<SessionInfo>> {
         self.visible_sandbox(principal, id).await?;
-        Ok(self.sessions.live(id).map(|session| session.info()).into_iter().collect())
+        Ok(self.sessions.info_of(id).into_iter().collect())
     }
 
     pub async fn get_session(&self, principal: &Principal, id: &str, name: &str) -> OpResult<SessionInfo> {
