@@ -89,6 +89,7 @@ def users():
     run_root("groupadd", GROUP)
     agent = bkgsec.Agent("users", warm_pool=0,
                          extra_args=("--socket-group", GROUP, "--user-limit", "memory=256MiB",
+                                     "--user-limit", "timeout=30s",
                                      "--user-limit", "sandboxes=%d" % MAX_SANDBOXES))
     made = []
     homes = Path(agent.dir) / "home"
@@ -355,6 +356,19 @@ def test_a_member_is_held_to_the_per_user_limits(users):
     assert [rc for rc, _, _ in outcomes[:MAX_SANDBOXES]] == [0] * MAX_SANDBOXES, outcomes
     rc, _, err = outcomes[MAX_SANDBOXES]
     assert rc != 0 and one_line(err) and "persistent sandboxes" in err, err
+    # A sandbox shows the limits the member's runs of it get, and a session, which otherwise
+    # lives as long as the agent's longest run, ends at the member's timeout cap too.
+    project = carol.home / "p0"
+    assert carol.run("bkg", "exec", "api", "-c", "x = 1", cwd=project)[0] == 0
+    rc, out, err = carol.run("bkg", "status", "api", "--json", cwd=project)
+    assert rc == 0, err
+    shown = json.loads(out)
+    assert shown["limits"]["memory_bytes"] == 256 * 1024 * 1024, out
+    assert shown["limits"]["timeout_ms"] == 30_000, out
+    rc, out, err = carol.run("bkg", "runs", "show", shown["session"]["run_id"], "--json")
+    assert rc == 0, err
+    assert json.loads(out)["limits"]["timeout_ms"] == 30_000, out
+    assert carol.run("bkg", "stop", "api", cwd=project)[0] == 0
 
 
 def free_port():

@@ -112,6 +112,12 @@ pub fn within_user_limits(
     }
 }
 
+/// How long a local user's run may take at most, when their policy caps it: a session, which
+/// otherwise lives as long as the agent's longest run, ends there too.
+pub fn user_timeout_cap(principal: &Principal, policy: &UserPolicy) -> Option<u64> {
+    principal.local_user().and(policy.max.timeout_ms)
+}
+
 /// The limits a local user's run asks for: where it names none, the agent's default or the
 /// user's cap, whichever is lower, so a cap below the defaults does not refuse a plain run.
 pub fn user_limit_defaults(

@@ -100,14 +100,16 @@ impl Service {
         self.engine.scratch_project_dir(namespace)
     }
 
-    async fn sandbox_info(&self, stored: StoredSandbox) -> OpResult<SandboxInfo> {
+    /// What `principal` is shown of a sandbox: its limits as the caller's runs of it get them
+    /// (a local user's under their policy's caps).
+    async fn sandbox_info(&self, principal: &Principal, stored: StoredSandbox) -> OpResult<SandboxInfo> {
         let definition = stored.definition;
         let id = sandbox_id(&definition.project_dir, &definition.name);
         let service = self.service_health(&id, &definition).await;
         let last_run = self.store.last_run_of(&id).await?;
         let current_run = self.engine.current_run(&id).map(|run| run.run_id.clone());
         let session = self.sessions.info_of(&id);
-        let limits = self.engine.config.default_limits.with(&definition.limits);
+        let limits = self.limits_of(principal, &definition);
         let image = self.engine.sandbox_home(&definition.namespace, &id).disk_image();
         let disk_bytes_allocated = crate::engine::disk::written_bytes(&image);
         Ok(SandboxInfo {
@@ -156,7 +158,7 @@ impl Service {
         for sandbox in stored {
             let own = &sandbox.definition.namespace;
             if reaches(principal, own) && namespace.as_ref().is_none_or(|wanted| wanted == own) {
-                infos.push(self.sandbox_info(sandbox).await?);
+                infos.push(self.sandbox_info(principal, sandbox).await?);
             }
         }
         Ok(infos)
@@ -164,7 +166,7 @@ impl Service {
 
     pub async fn get_sandbox(&self, principal: &Principal, id: &str) -> OpResult<SandboxInfo> {
         let stored = self.visible_sandbox(principal, id).await?;
-        self.sandbox_info(stored).await
+        self.sandbox_info(principal, stored).await
     }
 
     /// Checks a definition and stores it; `id` must be the one it computes to.
@@ -243,11 +245,11 @@ impl Service {
         if let Some(existing) = existing
             && existing.definition == definition
         {
-            return self.sandbox_info(existing).await;
+            return self.sandbox_info(principal, existing).await;
         }
         let caller = principal.audit_caller(&definition.namespace);
         let stored = self.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
-        self.sandbox_info(stored).await
+        self.sandbox_info(principal, stored).await
     }
 
     /// A definition whose disk limit is below what the sandbox's disk already has is refused

@@ -16,6 +16,7 @@ use bkg_schema::files::{ExecutionStatus, NewSession, SessionEvent, SessionInfo, 
 use bkg_schema::sandbox::{ExecRequest, is_dns_label};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use super::access::user_timeout_cap;
 use super::{OpError, OpResult, RunInput, RunOutput, Service};
 use crate::auth::Principal;
 use crate::engine::handle::{RunPhase, RunTracker, wait_until};
@@ -245,7 +246,10 @@ impl Service {
         };
         let placeholder = ExecRequest::command("true");
         let (definition, validated) = self.validate_sandbox_exec(principal, id, placeholder, None).await?;
-        let validated = self.engine.session_run(validated, language, runner)?;
+        let mut validated = self.engine.session_run(validated, language, runner)?;
+        if let Some(cap) = user_timeout_cap(principal, &self.auth.policy.user) {
+            validated.limits.timeout_ms = validated.limits.timeout_ms.min(cap);
+        }
         let accepted = self.accept_in_sandbox(principal, &definition, validated)?;
         let tracker = accepted.tracker();
         let (stdin, input) = mpsc::channel(16);
