@@ -322,8 +322,9 @@ fn outcome(record: &SignedRecord) -> String {
                 crate::runs_cmd::ending(end.killed_by, end.exit_code, end.signal).unwrap_or_else(|| "ended".to_owned());
             format!("{how} in {}", bkg_schema::units::format_duration_ms(end.wall_ms))
         }
+        // A row is one line: an install's error quotes pip's or npm's lines.
         Ok(Details::RunFinished(RunFinished { outcome: RunOutcome::Failed { error }, .. })) => {
-            format!("failed: {error}")
+            format!("failed: {}", error.split_whitespace().collect::<Vec<_>>().join(" "))
         }
         _ => "-".to_owned(),
     }

@@ -344,7 +344,8 @@ pub fn describe(run: &RunRecord) -> String {
         ),
     );
     if let Some(error) = &run.error {
-        line("error", error.clone());
+        // An install's error quotes pip's or npm's lines: each stays under the value column.
+        line("error", error.trim_end().replace('\n', &format!("\n{:11}", "")));
     }
     line("cleaned up", if run.cleaned_up { "yes" } else { "not yet" }.to_owned());
     text

@@ -264,6 +264,40 @@ fn tail_prints_the_last_records_then_follows_across_rotation() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn tail_shows_each_record_on_one_row_though_an_install_error_has_several_lines() -> TestResult {
+    let mut log = TestLog::new()?;
+    log.event(1)?;
+    // An install's error as the agent words it, quoting the installer's lines.
+    let error = "installing 1 Python package failed (pip exited with code 1); the installer said:\n\
+                 ERROR: Could not find a version that satisfies the requirement six==99.0\n\
+                 ERROR: No matching distribution found for six==99.0";
+    log.write(&AuditEvent {
+        run: Some("run_2".into()),
+        ..AuditEvent::new(
+            "uid:0",
+            Details::RunFinished(RunFinished {
+                outcome: RunOutcome::Failed { error: error.into() },
+                details: RunFinishedDetails {
+                    language: Some(bkg_schema::Language::Python),
+                    finished_at_ms: 2,
+                    denials: Vec::new(),
+                    network_denials: Vec::new(),
+                },
+            }),
+        )
+    })?;
+    log.event(3)?;
+    let mut out = Vec::new();
+    Tail::start(&log.dir(), 2, false, &mut out).map_err(message)?;
+    let text = String::from_utf8(out)?;
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 3, "a header and two records: {text}");
+    assert!(rows[1].starts_with("  3  ") && rows[1].ends_with("failed: installing 1 Python package failed (pip exited with code 1); the installer said: ERROR: Could not find a version that satisfies the requirement six==99.0 ERROR: No matching distribution found for six==99.0"), "{text}");
+    assert!(rows[2].starts_with("  4  ") && rows[2].ends_with("exit 3 in 1ms"), "{text}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_commands_return_their_exit_codes() -> TestResult {
     let log = TestLog::ten()?;

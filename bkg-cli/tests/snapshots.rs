@@ -187,6 +187,16 @@ fn tables() {
     }
     text.push_str("--- bkg runs show\n");
     text.push_str(&bkg_cli::runs_cmd::describe(&runs[1]));
+    text.push_str("--- bkg runs show, an install that failed\n");
+    let mut failed = runs[1].clone();
+    (failed.exit_code, failed.signal, failed.killed_by) = (None, None, None);
+    failed.error = Some(
+        "installing 1 Python package failed (pip exited with code 1); the installer said:\n\
+         ERROR: Could not find a version that satisfies the requirement six==99.0\n\
+         ERROR: No matching distribution found for six==99.0"
+            .into(),
+    );
+    text.push_str(&bkg_cli::runs_cmd::describe(&failed));
     insta::assert_snapshot!("tables", text);
 }
 
