@@ -153,6 +153,26 @@ def test_an_outsider_gets_one_line_saying_how_to_get_access(users):
     assert eve.agent.alive(), "an outsider's `bkg agent stop` stopped the agent"
 
 
+def test_doctor_tells_a_member_and_an_outsider_only_what_is_true(users):
+    """A member cannot see the agent's configuration: doctor says so, and checks no directory
+    of the member's own in place of the agent's state directory. An outsider's every command
+    fails, and so does their doctor's agent check."""
+    alice = users["alice"]
+    rc, out, err = alice.run("bkg", "doctor", "--json")
+    assert rc == 0, err
+    checks = {check["name"]: check for check in json.loads(out)["checks"]}
+    assert checks["agent"]["status"] == "warn" and "admins only" in checks["agent"]["found"], checks["agent"]
+    assert "key" not in checks["agent"]["found"], checks["agent"]
+    assert checks["state_dir"]["status"] == "warn" and "sudo bkg doctor" in checks["state_dir"]["fix"], checks
+    assert "state_dir_fs" not in checks, checks
+    assert str(alice.home) not in out, "a directory of the member's own stood for the agent's: %s" % out
+    eve = users["eve"]
+    rc, out, err = eve.run("bkg", "doctor", "--json")
+    assert rc == 1, (rc, out, err)
+    agent = [check for check in json.loads(out)["checks"] if check["name"] == "agent"][0]
+    assert agent["status"] == "fail" and "usermod -aG" in agent["found"], agent
+
+
 def test_a_user_of_an_agent_without_a_socket_group_is_told_how_to_get_one(users):
     """A socket 0600 root: no group to name (the hint once named a `bkg` that need not exist)."""
     agent = bkgsec.Agent("rootonly", warm_pool=0)

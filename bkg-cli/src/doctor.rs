@@ -67,14 +67,17 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
     };
     // With --remote the agent is on another host: this host's kernel and state directory say
     // nothing about it, and the agent's own level is in its check.
+    // An agent that answers but does not show its configuration (to a member of its socket's
+    // group) keeps its state directory to itself: this user's default is not it.
+    let agent_hidden = info.is_none() && client.as_ref().is_ok_and(|client| client.is_up().unwrap_or(false));
     let state_dir = args
         .state_dir
         .clone()
         .or_else(|| info.as_ref().map(|info| PathBuf::from(&info.state_dir)))
-        .unwrap_or_else(bkg_schema::paths::default_state_dir);
+        .or_else(|| (!agent_hidden).then(bkg_schema::paths::default_state_dir));
     let (mut checks, host_level) = match &local_socket {
         Some(_) => {
-            let host = host_report(args, &state_dir).await?;
+            let host = host_report(args, state_dir.as_deref()).await?;
             (host.checks, host.level)
         }
         None => (Vec::new(), None),
@@ -82,7 +85,14 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
     checks.push(agent_check);
     if let Some(socket_path) = &local_socket {
         checks.push(socket(socket_path));
-        checks.push(state_dir_check(&state_dir));
+        checks.push(match &state_dir {
+            Some(state_dir) => state_dir_check(state_dir),
+            None => Check::warn(
+                "state_dir",
+                "the agent's state directory is shown to its admins only",
+                "run `sudo bkg doctor` (or give --state-dir DIR)",
+            ),
+        });
     }
     if let Some(cert) = &args.tls_cert {
         checks.push(tls_cert(cert, std::time::SystemTime::now()));
@@ -98,7 +108,7 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
 }
 
 /// The agent binary beside this bkg, else the one on PATH (as `bkg agent start` finds it).
-async fn host_report(args: &DoctorArgs, state_dir: &Path) -> Result<HostReport, CliError> {
+async fn host_report(args: &DoctorArgs, state_dir: Option<&Path>) -> Result<HostReport, CliError> {
     let mut command = tokio::process::Command::new(crate::client::agent_program());
     command.arg("--check-host");
     // The agent reads its flags from BKG_* too; those of a running agent's listener or TLS (or
@@ -115,7 +125,9 @@ async fn host_report(args: &DoctorArgs, state_dir: &Path) -> Result<HostReport, 
     if let Some(node) = &args.node {
         command.arg("--node").arg(node);
     }
-    command.arg("--state-dir").arg(state_dir);
+    if let Some(state_dir) = state_dir {
+        command.arg("--state-dir").arg(state_dir);
+    }
     let output = command
         .stdin(std::process::Stdio::null())
         .output()
@@ -128,8 +140,13 @@ async fn host_report(args: &DoctorArgs, state_dir: &Path) -> Result<HostReport, 
             format!("bkg-agent --check-host failed ({}): {}", output.status, reason.lines().next().unwrap_or("")),
         ));
     }
-    serde_json::from_slice(&output.stdout)
-        .map_err(|error| CliError::new(BKG_FAILED, format!("bkg-agent --check-host printed no report: {error}")))
+    let mut report: HostReport = serde_json::from_slice(&output.stdout)
+        .map_err(|error| CliError::new(BKG_FAILED, format!("bkg-agent --check-host printed no report: {error}")))?;
+    // Without the agent's state directory the probe looked at its own default, not the agent's.
+    if state_dir.is_none() {
+        report.checks.retain(|check| check.name != "state_dir_fs");
+    }
+    Ok(report)
 }
 
 /// How root starts the agent on `socket`: sudo does not keep BKG_SOCKET, so a socket other than
@@ -146,7 +163,8 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
     let name = "agent";
     let up = match client.is_up() {
         Ok(up) => up,
-        Err(error) => return (Check::warn(name, error.message, "ask an administrator to add you to the group"), None),
+        // Every command this user runs fails the same way: a failure, not a warning.
+        Err(error) => return (Check::fail(name, error.message, "ask an administrator to add you to the group"), None),
     };
     if !up {
         let found = format!("no agent answers on {}", client.location());
@@ -175,6 +193,19 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
         // The agent's version and level are an admin's to read; whether the key works at all
         // is whoami's to say.
         Err(error) => match client.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await {
+            // A member of the socket's group, who brought no key.
+            Ok(caller) if caller.key_id.is_none() => (
+                Check::warn(
+                    name,
+                    format!(
+                        "the agent on {} answers you in namespace {}; its version and level are shown to its admins only",
+                        client.location(),
+                        caller.namespace.as_deref().unwrap_or("-")
+                    ),
+                    "run `sudo bkg doctor` for the agent's view",
+                ),
+                None,
+            ),
             Ok(caller) => (
                 Check::warn(
                     name,
