@@ -166,6 +166,11 @@ def test_doctor_tells_a_member_and_an_outsider_only_what_is_true(users):
     assert checks["state_dir"]["status"] == "warn" and "sudo bkg doctor" in checks["state_dir"]["fix"], checks
     assert "state_dir_fs" not in checks, checks
     assert str(alice.home) not in out, "a directory of the member's own stood for the agent's: %s" % out
+    # The agent runs and serves them: status and version say so, without its configuration.
+    rc, out, err = alice.run("bkg", "agent", "status", "--json")
+    assert rc == 0 and json.loads(out) == {"running": True, "socket": str(alice.agent.socket)}, (rc, out, err)
+    rc, out, err = alice.run("bkg", "version")
+    assert rc == 0 and "its version is shown to its admins only" in out, (rc, out, err)
     eve = users["eve"]
     rc, out, err = eve.run("bkg", "doctor", "--json")
     assert rc == 1, (rc, out, err)

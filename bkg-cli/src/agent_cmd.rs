@@ -19,9 +19,10 @@ struct Running<'a> {
     info: &'a AgentInfo,
 }
 
-/// `bkg agent status --json` when no agent answers.
+/// `bkg agent status --json` when no agent answers, or one answers that shows its configuration
+/// to its admins only.
 #[derive(Serialize)]
-struct NotRunning {
+struct Answering {
     running: bool,
     socket: String,
 }
@@ -114,13 +115,31 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
         AgentAction::Status { .. } => {
             if !client.is_up()? {
                 if out.is_json() {
-                    out.json(&NotRunning { running: false, socket: client.location() })?;
+                    out.json(&Answering { running: false, socket: client.location() })?;
                 } else {
                     out.note(format_args!("no agent is running on {}", client.location()));
                 }
                 return Ok(NEGATIVE);
             }
-            let info: AgentInfo = client.get("/api/v1/agent").await?;
+            let info: AgentInfo = match client.get("/api/v1/agent").await {
+                Ok(info) => info,
+                Err(error) => {
+                    // A member of the socket's group: it runs and serves them, its
+                    // configuration is its admins'.
+                    if client.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await.is_err() {
+                        return Err(error);
+                    }
+                    if out.is_json() {
+                        out.json(&Answering { running: true, socket: client.location() })?;
+                    } else {
+                        out.line(format_args!(
+                            "agent      running on {} (its configuration is shown to its admins only)",
+                            client.location()
+                        ));
+                    }
+                    return Ok(SUCCESS);
+                }
+            };
             out.answer(&Running { running: true, info: &info }, |running| describe(running.info))?;
             Ok(SUCCESS)
         }

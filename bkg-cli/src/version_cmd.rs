@@ -55,7 +55,13 @@ pub async fn run(settings: &Settings) -> Result<i32, CliError> {
                 }),
                 None,
             ),
-            Err(error) => (None, Some(error.message)),
+            // It answers, but its configuration is its admins' to read.
+            Err(error) => match client.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await {
+                Ok(_) => {
+                    (None, Some(format!("answers on {}; its version is shown to its admins only", client.location())))
+                }
+                Err(_) => (None, Some(error.message)),
+            },
         },
         Ok(false) => (None, Some(format!("no agent is running on {}", client.location()))),
         Err(error) => (None, Some(error.message)),
