@@ -177,10 +177,12 @@ pub async fn upload(client: &AgentClient, id: &str, source: &Path, dest: &str) -
             source.display()
         )));
     }
+    // A link is copied as a link under its own name (its target's could replace a file there);
+    // only `.` and `..` take the name of the directory they stand for.
     let name = source
-        .canonicalize()
-        .ok()
-        .and_then(|path| path.file_name().map(PathBuf::from))
+        .file_name()
+        .map(PathBuf::from)
+        .or_else(|| source.canonicalize().ok().and_then(|path| path.file_name().map(PathBuf::from)))
         .ok_or_else(|| CliError::usage(format!("{}: has no name to copy it under", source.display())))?;
     // Everything is read once before the agent is asked, so a file this user may not read is
     // named, and the sandbox gets nothing of a copy that could not be whole.
@@ -289,7 +291,8 @@ fn unpack_counting<R: std::io::Read>(
         // `false`: an entry that would land outside `dest`, skipped. tar refuses to write
         // through a symbolic link that is already in `dest` (one copied out before) with an
         // error that names neither the entry nor the link.
-        let unpacked_in = entry.unpack_in(dest).map_err(|error| match error.to_string() {
+        let written = if kind.is_file() { unpack_file_whole(&mut entry, &path, dest) } else { entry.unpack_in(dest) };
+        let unpacked_in = written.map_err(|error| match error.to_string() {
             refusal if refusal.starts_with("trying to unpack outside of destination path") => {
                 std::io::Error::other(format!(
                     "{} would be written through a symbolic link already in {}; remove the link there, or copy \
@@ -310,6 +313,59 @@ fn unpack_counting<R: std::io::Read>(
         directory.unpack_in(dest)?;
     }
     Ok(unpacked)
+}
+
+/// Unpacks a file entry as `Entry::unpack_in` does (parts that climb out skipped, each directory
+/// made only inside `dest`), but under a name of its own beside its place, renamed over it once
+/// whole: a download that breaks off, or is killed, leaves the file it was to replace as it was.
+fn unpack_file_whole<R: std::io::Read>(
+    entry: &mut tar::Entry<'_, R>,
+    path: &Path,
+    dest: &Path,
+) -> std::io::Result<bool> {
+    let mut target = dest.to_path_buf();
+    for part in path.components() {
+        match part {
+            std::path::Component::Normal(name) => target.push(name),
+            std::path::Component::ParentDir => return Ok(false),
+            _ => {}
+        }
+    }
+    let (Some(parent), Some(_)) = (target.parent(), target.file_name()) else {
+        return Ok(false);
+    };
+    let mut missing = Vec::new();
+    let mut ancestor = parent;
+    while ancestor.symlink_metadata().is_err() {
+        missing.push(ancestor);
+        match ancestor.parent() {
+            Some(up) => ancestor = up,
+            None => break,
+        }
+    }
+    for dir in missing.into_iter().rev() {
+        inside(dest, dir.parent().unwrap_or(dest))?;
+        std::fs::create_dir(dir).or_else(|error| match error.kind() {
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(error),
+        })?;
+    }
+    inside(dest, parent)?;
+    let staging = parent.join(format!(".bkg-download-{}", std::process::id()));
+    let written = entry.unpack(&staging).and_then(|_| std::fs::rename(&staging, &target));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    written.map(|()| true)
+}
+
+/// Refuses `dir` when, links followed, it is not inside `dest` (tar's own words, which
+/// `unpack_counting` turns into the user's).
+fn inside(dest: &Path, dir: &Path) -> std::io::Result<()> {
+    if dir.canonicalize()?.starts_with(dest) {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!("trying to unpack outside of destination path: {}", dest.display())))
 }
 
 impl Unpacker {
@@ -361,6 +417,32 @@ mod tests {
         assert_eq!(place("box:"), Place::Sandbox { name: "box".into(), path: String::new() });
         assert_eq!(place("./a:b"), Place::Host(PathBuf::from("./a:b")));
         assert_eq!(place("data.csv"), Place::Host(PathBuf::from("data.csv")));
+    }
+
+    /// A download that breaks off inside a file leaves the file it was to replace as it was, and
+    /// nothing beside it.
+    #[test]
+    fn a_download_cut_short_leaves_the_file_it_replaces_whole() -> std::io::Result<()> {
+        let dest = tempfile::tempdir()?;
+        std::fs::create_dir(dest.path().join("out"))?;
+        std::fs::write(dest.path().join("out/big.bin"), "precious")?;
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(64 * 1024);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, "out/big.bin", &vec![7u8; 64 * 1024][..])?;
+        let bytes = builder.into_inner()?;
+        let cut = &bytes[..512 + 10 * 1024];
+        let dest_path = dest.path().canonicalize()?;
+        assert!(unpack_counting(&mut tar::Archive::new(cut), &dest_path, Links::Copied).is_err());
+        assert_eq!(std::fs::read_to_string(dest.path().join("out/big.bin"))?, "precious");
+        assert_eq!(std::fs::read_dir(dest.path().join("out"))?.count(), 1, "nothing left beside it");
+        // Whole, it replaces the file.
+        let unpacked = unpack_counting(&mut tar::Archive::new(&bytes[..]), &dest_path, Links::Copied)?;
+        assert_eq!((unpacked.files, unpacked.bytes), (1, 64 * 1024));
+        assert_eq!(std::fs::read(dest.path().join("out/big.bin"))?, vec![7u8; 64 * 1024]);
+        Ok(())
     }
 
     /// A link copied out earlier now sits in the destination: the next download's entry under

@@ -110,6 +110,13 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
         assert_eq!(std::fs::read_to_string(back.join("helper.py")).expect("read"), "VALUE = 42\n");
     }
 
+    // A link given as the source is copied as itself, under its own name: under its target's
+    // it replaced the file it points to with a link to itself.
+    let linked = agent.bkg_in(dir, &["cp", "src/link.py", "box:in/src"]);
+    assert_eq!(code(&linked), 0, "cp a link: {}", stderr(&linked));
+    let shown = agent.bkgr(dir, &["box", "show", "--", "/workspace/in/src/link.py", "/workspace/in/src/helper.py"]);
+    assert_eq!((code(&shown), stdout(&shown)), (0, "VALUE = 42\nVALUE = 42\n".to_owned()), "{}", stderr(&shown));
+
     let missing = agent.bkg_in(dir, &["cp", "box:no/such", back.to_str().expect("utf-8")]);
     assert_eq!(code(&missing), 125);
     assert!(stderr(&missing).contains("/workspace/no/such does not exist"), "{}", stderr(&missing));
