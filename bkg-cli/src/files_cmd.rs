@@ -43,7 +43,7 @@ pub async fn find_sandbox(
 ) -> Result<String, CliError> {
     // An invalid cave.yaml is refused with its problems, as bkgr and bkg ls do: it cannot say
     // whether it declares the name.
-    let project = match crate::project::project_dir(project.dir.as_deref()) {
+    let project = match crate::project::project_if_any(project.dir.as_deref())? {
         Ok(dir) => Some((crate::project::load_cave(&dir)?, dir)),
         Err(_) => None,
     };

@@ -141,7 +141,7 @@ async fn locate(
     dir: Option<&Path>,
     name: &str,
 ) -> Result<(String, Option<std::path::PathBuf>), CliError> {
-    match project_dir(dir) {
+    match crate::project::project_if_any(dir)? {
         Ok(project) => Ok((id_of(&project, name), Some(project))),
         Err(no_project) => Ok((crate::files_cmd::outside_a_project(client, name, &no_project).await?, None)),
     }
@@ -449,7 +449,7 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
     client.ensure_running().await?;
     // Every name is checked before any sandbox is removed.
     let mut removals = Vec::new();
-    match project_dir(args.project.dir.as_deref()) {
+    match crate::project::project_if_any(args.project.dir.as_deref())? {
         Ok(project) => {
             for name in &args.names {
                 let (edited, known) = removal_of(&client, &project, name).await?;

@@ -31,6 +31,16 @@ pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
     Ok(cave.parent().map(Path::to_path_buf).unwrap_or(start))
 }
 
+/// The project a command acts in when it can act outside one too: `Ok(Err(why))` when no
+/// cave.yaml is around the current directory (the command then looks agent-wide), but a
+/// `-C DIR` that names no project is an error, never a silent look elsewhere.
+pub fn project_if_any(dir: Option<&Path>) -> Result<Result<PathBuf, CliError>, CliError> {
+    match project_dir(dir) {
+        Err(error) if dir.is_some() => Err(error),
+        found => Ok(found),
+    }
+}
+
 /// A name `cave` does not declare, with the names it does.
 pub fn unknown_sandbox(cave: &CaveFile, name: &str) -> CliError {
     let known: Vec<&str> = cave.sandboxes.keys().map(String::as_str).collect();

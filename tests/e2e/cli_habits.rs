@@ -159,6 +159,30 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     assert_eq!(answers.as_array().map(Vec::len), Some(2), "{answers}");
     assert!(answers.as_array().into_iter().flatten().all(|answer| answer["stopped"] == true), "{answers}");
 
+    // `-C DIR` naming no project is an error, never a look for a sandbox of that name elsewhere
+    // (the agent knows `b` of this project, and was found from anywhere).
+    let elsewhere = tempfile::tempdir().expect("elsewhere");
+    std::fs::write(elsewhere.path().join("data.txt"), "data\n").expect("data.txt");
+    let missing = dir.join("no-such-dir");
+    for (given, says) in [(missing.as_path(), "No such file or directory"), (elsewhere.path(), "no cave.yaml in")] {
+        let given = given.to_str().expect("utf-8");
+        for args in [
+            vec!["status", "-C", given, "b"],
+            vec!["exec", "-C", given, "b", "-c", "1"],
+            vec!["cp", "-C", given, "data.txt", "b:x"],
+            vec!["logs", "-C", given, "b"],
+        ] {
+            let refused = agent.bkg_in(elsewhere.path(), &args);
+            assert_eq!(code(&refused), 125, "{args:?}: {}", stderr(&refused));
+            assert!(
+                stderr(&refused).contains(says) && stderr(&refused).lines().count() == 1,
+                "{args:?}: {}",
+                stderr(&refused)
+            );
+        }
+    }
+    assert_eq!(code(&agent.bkg_in(elsewhere.path(), &["status", "b"])), 0, "without -C it is found by name");
+
     // An invalid cave.yaml: ls says why instead of listing.
     std::fs::write(dir.join("cave.yaml"), "version: 1\nsandboxes:\n  BAD:\n    type: ruby\n").expect("cave.yaml");
     let ls = agent.bkg_in(dir, &["ls"]);
