@@ -141,6 +141,21 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     assert!(stderr(&clash).contains("os error"), "the cause is named: {}", stderr(&clash));
 }
 
+/// A file's name may take all 255 bytes a name has: the name it is written under first is
+/// short (it was the file's own name and a suffix, so 244 bytes and more were refused).
+#[test]
+fn a_file_whose_name_takes_255_bytes_is_uploaded() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let name = "n".repeat(255);
+    write(&dir.join("long").join(&name), "long name\n");
+    let uploaded = agent.bkg_in(dir, &["cp", "long", "box:in"]);
+    assert_eq!(code(&uploaded), 0, "{}", stderr(&uploaded));
+    let shown = agent.bkgr(dir, &["box", "show", "--", &format!("/workspace/in/long/{name}")]);
+    assert_eq!((code(&shown), stdout(&shown)), (0, "long name\n".to_owned()), "{}", stderr(&shown));
+}
+
 #[test]
 fn paths_that_leave_the_workspace_are_refused() {
     let agent = Agent::start();

@@ -282,13 +282,12 @@ impl Workspace {
             }
             // Written beside its place under a name of its own and renamed over it once whole: a
             // failed upload (a full disk, a broken stream) leaves neither a truncated file nor an
-            // old one half replaced. O_NOFOLLOW: a symbolic link at that name is not written through.
-            let mut staging_name = std::ffi::OsString::from(".");
-            staging_name.push(file_name);
-            staging_name.push(".bkg-upload");
+            // old one half replaced. The name is short, so that a file's own name may take all
+            // 255 bytes, and new (O_EXCL), so that no file of the sandbox's is written over.
+            let staging_name = std::ffi::OsString::from(format!(".{}", crate::ids::new_id("bkg-upload")));
             let staging = parent.join(&staging_name);
             let file = self
-                .open_beneath(&staging, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW, mode)
+                .open_beneath(&staging, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW, mode)
                 .map_err(|errno| failed("create", &path, errno))?;
             let mut file = std::fs::File::from(file);
             // The mode the archive gives, not the one the agent's private umask leaves of it.
