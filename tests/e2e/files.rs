@@ -141,6 +141,41 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     assert!(stderr(&clash).contains("os error"), "the cause is named: {}", stderr(&clash));
 }
 
+/// An upload whose client stops sending (suspended, stalled) ends after `--body-timeout` of
+/// silence with 408, keeps nothing half-written, and gives the sandbox back (it held it for
+/// ever, `bkg stop` included).
+#[test]
+fn a_stalled_upload_ends_at_the_body_timeout_and_frees_its_sandbox() {
+    let agent = Agent::start_with(bkg_tests::AgentOptions {
+        extra_args: vec!["--body-timeout".into(), "2s".into()],
+        ..bkg_tests::AgentOptions::default()
+    });
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let id = the_sandbox_id(&agent);
+    write(&dir.join("payload/a.txt"), &"x".repeat(4096));
+    let archive =
+        Command::new("tar").args(["-C", "payload", "-cf", "-", "a.txt"]).current_dir(dir).output().expect("tar");
+    assert!(archive.status.success());
+    let mut upload = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+    let head = format!(
+        "PUT /api/v1/sandboxes/{id}/files?path=in HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
+         Content-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+        archive.stdout.len()
+    );
+    upload.write_all(head.as_bytes()).expect("send head");
+    upload.write_all(&archive.stdout[..1024]).expect("send a header and part of the file");
+    // Then nothing: the answer comes by itself.
+    upload.set_read_timeout(Some(std::time::Duration::from_secs(60))).expect("read timeout");
+    let mut answer = String::new();
+    let _ = upload.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    let again = agent.bkgr(dir, &["box", "show", "--", "/workspace/in/a.txt"]);
+    assert_eq!(code(&again), 1, "the sandbox runs again, and nothing of the file is there: {}", stderr(&again));
+    assert!(stderr(&again).contains("No such file"), "{}", stderr(&again));
+}
+
 /// A file's name may take all 255 bytes a name has: the name it is written under first is
 /// short (it was the file's own name and a suffix, so 244 bytes and more were refused).
 #[test]

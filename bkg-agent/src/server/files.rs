@@ -73,10 +73,21 @@ pub async fn upload(
     // past what the unpacking took): a refusal answered before the client has sent it all
     // would close the connection under the client's writes, and the client would see a broken
     // pipe instead of the refusal.
+    // A client that stops sending (stalled, suspended) must not hold the sandbox for ever: a
+    // streamed body may take long in all, but not `--body-timeout` without a byte.
+    let patience = state.bodies.timeout;
     let pump = tokio::spawn(async move {
         let mut unpacking = Some(sender);
         let mut drained = 0usize;
-        while let Some(chunk) = body.next().await {
+        loop {
+            let Ok(next) = tokio::time::timeout(patience, body.next()).await else {
+                if let Some(sender) = &unpacking {
+                    let stalled = std::io::Error::new(std::io::ErrorKind::TimedOut, "the upload stalled");
+                    let _ = sender.send(Err(stalled)).await;
+                }
+                return Stalled(unpacking.is_some());
+            };
+            let Some(chunk) = next else { return Stalled(false) };
             match &unpacking {
                 Some(sender) => {
                     let chunk = chunk.map(|bytes| bytes.to_vec()).map_err(std::io::Error::other);
@@ -87,16 +98,21 @@ pub async fn upload(
                 None => {
                     drained += chunk.map_or(0, |bytes| bytes.len());
                     if drained > DRAIN_LIMIT_BYTES {
-                        return;
+                        return Stalled(false);
                     }
                 }
             }
         }
     });
     let uploaded = state.service.upload_files(&principal, &id, &query.path, chunks).await;
-    let _ = pump.await;
+    if let Ok(Stalled(true)) = pump.await {
+        return Err(Failure::body_timeout(patience));
+    }
     Ok(Json(uploaded?))
 }
+
+/// Whether an upload's body stopped arriving for `--body-timeout`.
+struct Stalled(bool);
 
 /// Downloads `path` (a file or a directory) as a tar stream whose entries are named from its
 /// last part (`out/a.txt` → `a.txt`; a directory `out` → `out/…`; /workspace → its contents).
