@@ -106,10 +106,9 @@ pub struct AgentArgs {
     /// Directory created beneath the agent's own cgroup for its sandboxes' cgroups.
     #[arg(long, default_value = "bkg", env = "BKG_CGROUP_DIR", value_parser = cgroup_dir)]
     pub cgroup_dir: String,
-    /// First of the 65,536 host uids given to sandboxes (four per live sandbox); from 65536 to
-    /// 4294901759, and overlapping no other agent's range.
-    #[arg(long, default_value_t = 0x7000_0000, env = "BKG_UID_BASE",
-          value_parser = clap::value_parser!(u32).range(i64::from(UID_BASE_MIN)..=i64::from(UID_BASE_MAX)))]
+    /// First of the 65,536 host uids given to sandboxes (four per live sandbox), in decimal or
+    /// hex (0x70000000); from 65536 to 4294901759, and overlapping no other agent's range.
+    #[arg(long, default_value_t = 0x7000_0000, env = "BKG_UID_BASE", value_parser = parse_uid_base)]
     pub uid_base: u32,
     /// Also serve the API on TCP at ADDR:PORT; every request there needs an API key. An address
     /// other than loopback needs --tls-cert (or --plain-http-behind-proxy).
@@ -1043,9 +1042,32 @@ fn bind_socket(socket: &Path, group: Option<&NamedGroup>) -> anyhow::Result<toki
     Ok(bound)
 }
 
+/// `--uid-base`: decimal, or hex with `0x`, as uids are often written.
+fn parse_uid_base(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse::<u32>(),
+    };
+    let base = parsed.map_err(|error| format!("`{text}` is not a uid (decimal, or hex with 0x): {error}"))?;
+    if !(UID_BASE_MIN..=UID_BASE_MAX).contains(&base) {
+        return Err(format!("{base} is not in {UID_BASE_MIN}..={UID_BASE_MAX}"));
+    }
+    Ok(base)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uid_base_is_decimal_or_hex_and_in_range() {
+        assert_eq!(parse_uid_base("0x70000000"), Ok(0x7000_0000));
+        assert_eq!(parse_uid_base("1879048192"), Ok(0x7000_0000));
+        assert_eq!(parse_uid_base("0X10000"), Ok(65_536));
+        for refused in ["5", "0xffffffff", "0xzz", "-1", ""] {
+            assert!(parse_uid_base(refused).is_err(), "{refused}");
+        }
+    }
 
     #[test]
     fn egress_none_stands_alone() {
