@@ -249,3 +249,44 @@ fn a_session_killed_at_its_memory_limit_says_so() {
     let fresh = agent.bkg_in(dir, &["exec", "box", "-c", "print('x' in globals())"]);
     assert_eq!((code(&fresh), stdout(&fresh)), (0, "False\n".to_owned()), "{}", stderr(&fresh));
 }
+
+/// An execution whose caller went away runs to its end (as a notebook kernel's does), and what
+/// it printed after comes first in the next execution's output, as a timer's does (was: lost).
+#[test]
+fn the_output_of_an_execution_whose_caller_went_away_opens_the_next() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let dir = project.path();
+    let mut abandoned = agent
+        .bkg()
+        .args([
+            "exec",
+            "box",
+            "-c",
+            "import time\nprint('started', flush=True)\ntime.sleep(1)\nprint('after the caller left')\nr = 7",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn bkg exec");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(abandoned.stdout.take().expect("stdout")), &mut first)
+        .expect("read");
+    assert_eq!(first, "started\n");
+    abandoned.kill().expect("kill the caller");
+    abandoned.wait().expect("reap");
+    // Busy (125) until the abandoned execution has ended.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let next = loop {
+        let next = agent.bkg_in(dir, &["exec", "box", "-c", "print('r is', r)"]);
+        if code(&next) == 0 {
+            break next;
+        }
+        assert!(stderr(&next).contains("busy") || stderr(&next).contains("execution"), "{}", stderr(&next));
+        assert!(Instant::now() < deadline, "the abandoned execution never ended");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(stdout(&next), "after the caller left\nr is 7\n", "{}", stderr(&next));
+}

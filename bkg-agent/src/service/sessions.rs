@@ -141,11 +141,12 @@ impl Session {
     }
 
     /// Passes an event to the execution going on; its end releases the session. Output that
-    /// comes between executions is kept for the next one.
+    /// comes between executions, or of one whose caller went away, is kept for the next one.
     async fn deliver(&self, event: SessionEvent) {
         let sender = {
             let mut delivery = self.delivery();
-            match (event, delivery.current.is_some()) {
+            let heard = delivery.current.as_ref().is_some_and(|(sender, _)| !sender.is_closed());
+            match (event, heard) {
                 (SessionEvent::Stream { name, text }, false) => {
                     delivery.keep(name, text);
                     return;
