@@ -144,6 +144,13 @@ fn readable(path: &Path) -> Result<(), CliError> {
         }
     } else if kind.is_file() {
         std::fs::File::open(path).map_err(|error| refused(path, error))?;
+    } else if !kind.is_symlink() {
+        // The agent would refuse it after what came before it was written.
+        return Err(CliError::usage(format!(
+            "{} is not a file, a directory or a link (a device, a pipe or a socket cannot be copied): move it \
+             out of what you copy",
+            path.display()
+        )));
     }
     Ok(())
 }

@@ -134,6 +134,21 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     }
     assert!(!dir.join("-").exists(), "no directory named - was made");
     assert_eq!(std::fs::read_to_string(dir.join("src/helper.py")).expect("read"), "VALUE = 42\n");
+    // A pipe inside a directory is refused before anything is sent (was: by the agent, after
+    // what came before it was written).
+    write(&dir.join("withfifo/a.txt"), "a\n");
+    assert!(Command::new("mkfifo").arg(dir.join("withfifo/fifo")).status().expect("mkfifo").success());
+    let piped = agent.bkg_in(dir, &["cp", "withfifo", "box:in"]);
+    assert_eq!(code(&piped), 125, "{}", stderr(&piped));
+    assert!(stderr(&piped).contains("withfifo/fifo is not a file, a directory or a link"), "{}", stderr(&piped));
+    let listed = unix_request(
+        &agent.socket,
+        "GET",
+        &format!("/api/v1/sandboxes/{}/files/list?path=in", the_sandbox_id(&agent)),
+        None,
+    );
+    assert!(!listed.text().contains("withfifo"), "{}", listed.text());
+
     // A host file where the copy needs a directory: the line says why it failed.
     write(&dir.join("clash/src"), "a file\n");
     let clash = agent.bkg_in(dir, &["cp", "box:in/src", "clash"]);
