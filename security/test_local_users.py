@@ -171,6 +171,10 @@ def test_doctor_tells_a_member_and_an_outsider_only_what_is_true(users):
     assert rc == 0 and json.loads(out) == {"running": True, "socket": str(alice.agent.socket)}, (rc, out, err)
     rc, out, err = alice.run("bkg", "version")
     assert rc == 0 and "its version is shown to its admins only" in out, (rc, out, err)
+    # The audit log is the admins': said so, not "no such file" of the member's own directory.
+    for command in (("audit", "tail"), ("audit", "verify")):
+        rc, out, err = alice.run("bkg", *command)
+        assert rc == 125 and one_line(err) and "admins' to read" in err, (command, rc, out, err)
     eve = users["eve"]
     rc, out, err = eve.run("bkg", "doctor", "--json")
     assert rc == 1, (rc, out, err)

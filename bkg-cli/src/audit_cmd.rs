@@ -21,12 +21,12 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
     if !args.from_db {
         refuse_remote(settings, "bkg audit verify", " (--from-db --key HEX verifies bkg_db's copy through it)")?;
         if args.files.is_empty() {
-            args.state_dir = running_agents_state_dir(settings, args.state_dir).await;
+            args.state_dir = running_agents_state_dir(settings, args.state_dir).await?;
         }
         return verify_to(&args, &mut io::stdout().lock(), &mut io::stderr().lock());
     }
     if args.key.is_none() {
-        args.state_dir = running_agents_state_dir(settings, args.state_dir).await;
+        args.state_dir = running_agents_state_dir(settings, args.state_dir).await?;
     }
     // bkg_db holds the agent's lines in seq order: verify them as one file, with the agent's key.
     let state_dir = state_dir(args.state_dir.as_deref());
@@ -50,17 +50,28 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
 }
 
 /// `--state-dir` (or `BKG_STATE_DIR`) when given, else the state directory of the agent on the
-/// socket when one answers (as `bkg doctor` finds it), else none: the default.
-async fn running_agents_state_dir(settings: &Settings, given: Option<PathBuf>) -> Option<PathBuf> {
+/// socket when one answers (as `bkg doctor` finds it), else none: the default. An agent that
+/// answers but keeps its configuration from this caller (a member of its socket's group) keeps
+/// its audit log from them too: that is the error, not this user's own missing directory.
+async fn running_agents_state_dir(settings: &Settings, given: Option<PathBuf>) -> Result<Option<PathBuf>, CliError> {
     if given.is_some() || settings.remote.is_some() {
-        return given;
+        return Ok(given);
     }
-    let client = crate::client::AgentClient::new(&settings.endpoint().ok()?).ok()?;
+    let Some(client) = settings.endpoint().ok().and_then(|endpoint| crate::client::AgentClient::new(&endpoint).ok())
+    else {
+        return Ok(None);
+    };
     if !client.is_up().unwrap_or(false) {
-        return None;
+        return Ok(None);
     }
-    let info: bkg_schema::AgentInfo = client.get("/api/v1/agent").await.ok()?;
-    Some(PathBuf::from(info.state_dir))
+    match client.get::<bkg_schema::AgentInfo>("/api/v1/agent").await {
+        Ok(info) => Ok(Some(PathBuf::from(info.state_dir))),
+        Err(_) if !nix::unistd::geteuid().is_root() => Err(CliError::new(
+            crate::exit::BKG_FAILED,
+            "the agent's audit log is its admins' to read: run `sudo bkg audit …`, or give --state-dir DIR of a log you may read",
+        )),
+        Err(_) => Ok(None),
+    }
 }
 
 /// The log files are this host's: a remote agent's are on its own host, out of reach.
@@ -195,7 +206,7 @@ fn emit(out: &mut dyn Write, text: &str) -> Result<(), CliError> {
 /// `bkg audit tail`: the last records, then (with `-f`) new ones as they come, until interrupted.
 pub async fn tail(settings: &Settings, args: AuditTailArgs) -> Result<i32, CliError> {
     refuse_remote(settings, "bkg audit tail", "")?;
-    let state_dir = running_agents_state_dir(settings, args.state_dir).await;
+    let state_dir = running_agents_state_dir(settings, args.state_dir).await?;
     let dir = self::state_dir(state_dir.as_deref()).join("audit");
     let mut tail = Tail::start(&dir, args.lines, args.json, &mut io::stdout().lock())?;
     if !args.follow {
