@@ -324,6 +324,11 @@ def test_a_volume_naming_another_users_0600_file_is_refused(users):
         assert "permission denied" in err, err
     finally:
         os.chmod(bob.home, 0o700)
+    # Behind a directory closed to alice, the fix is not to create it.
+    project = project_with_volume(alice, "peek2", bob.home / "private", guest="/workspace/private")
+    rc, out, err = alice.run("bkgr", "api", "--allow-outside", cwd=project)
+    assert rc != 0 and one_line(err), err
+    assert "closed to you" in err and "create it" not in err, err
 
 
 def test_bkg_exe_file_naming_another_users_0600_file_is_refused(users):

@@ -32,10 +32,14 @@ pub fn definition(
         // Collected through its components, `./data` is shown as `PROJECT/data`.
         let host: PathBuf = project.join(&volume.host).components().collect();
         let host = host.canonicalize().map_err(|error| {
-            CliError::usage(format!(
-                "sandbox `{name}`: volume {}: {error}: create it, or fix the volume in cave.yaml",
-                host.display()
-            ))
+            let fix = match error.kind() {
+                std::io::ErrorKind::NotFound => "create it, or fix the volume in cave.yaml",
+                std::io::ErrorKind::PermissionDenied => {
+                    "a directory on its way is closed to you: give a path you may read, or fix the volume in cave.yaml"
+                }
+                _ => "fix the volume in cave.yaml",
+            };
+            CliError::usage(format!("sandbox `{name}`: volume {}: {error}: {fix}", host.display()))
         })?;
         if !allow_outside && !host.starts_with(project) {
             return Err(CliError::usage(format!(
