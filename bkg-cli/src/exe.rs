@@ -211,7 +211,10 @@ fn requirements(args: &ExeArgs, script: Option<&str>, language: Language) -> Res
     }
     lines.extend(args.with.iter().cloned());
     if !lines.is_empty() && language != Language::Python {
-        return Err(CliError::usage("--with and requirements files are for Python scripts"));
+        return Err(CliError::usage(
+            "--with and requirements files are for Python scripts: a Node script's packages come from a package.json \
+             and its lock file beside it",
+        ));
     }
     Ok(lines)
 }

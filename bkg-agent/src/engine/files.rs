@@ -118,8 +118,14 @@ fn failed(action: &str, path: &Path, errno: Errno) -> FilesError {
             shown(path)
         )),
         Errno::ENOSPC | Errno::EDQUOT => FilesError::DiskFull(format!("{action} {}", shown(path))),
-        Errno::ENOTDIR => FilesError::Refused(format!("{}: a part of the path is not a directory", shown(path))),
-        Errno::EISDIR => FilesError::Refused(format!("{} is a directory", shown(path))),
+        Errno::ENOTDIR => FilesError::Refused(format!(
+            "{}: a part of the path is a file, not a directory: give a directory there, or another path",
+            shown(path)
+        )),
+        Errno::EISDIR => FilesError::Refused(format!(
+            "{} is a directory: a file cannot take its place; give another path",
+            shown(path)
+        )),
         other => FilesError::Io(format!("{action} {}: {other}", shown(path))),
     }
 }

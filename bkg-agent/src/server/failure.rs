@@ -54,7 +54,10 @@ impl Failure {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::PayloadTooLarge,
-            format!("the request body is over the limit of {limit_bytes} bytes"),
+            format!(
+                "the request body is over the limit of {}: send less at once (a file upload is streamed, not bounded by this)",
+                bkg_schema::units::format_size(limit_bytes as u64)
+            ),
         )
     }
 

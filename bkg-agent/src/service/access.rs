@@ -343,9 +343,10 @@ pub fn may_create_key(principal: &Principal, role: Role) -> Result<(), OpError> 
     match principal.role() {
         Role::Admin => Ok(()),
         Role::Namespace if matches!(role, Role::Session | Role::ModelAccess) => Ok(()),
-        Role::Namespace => {
-            Err(OpError::Forbidden(format!("{} may create only session and model-access keys", principal.named())))
-        }
+        Role::Namespace => Err(OpError::Forbidden(format!(
+            "{} may create only session and model-access keys: ask an admin for a key of another role",
+            principal.named()
+        ))),
         Role::Session | Role::ModelAccess => {
             Err(OpError::Forbidden(format!("a {} key cannot create keys", principal.role().as_str())))
         }

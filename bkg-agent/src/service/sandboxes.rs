@@ -186,8 +186,13 @@ impl Service {
         }
         check_namespace_name(&definition.namespace)?;
         if !reaches(principal, &definition.namespace) {
+            // `namespace: default` is where a local user's project lands in their own.
+            let hint = match principal.local_user() {
+                Some(_) => ": make cave.yaml's `namespace:` `default` (as `bkg init` writes it) to use their own",
+                None => "",
+            };
             return Err(OpError::Forbidden(format!(
-                "{} cannot define sandboxes in namespace `{}`",
+                "{} cannot define sandboxes in namespace `{}`{hint}",
                 principal.named(),
                 definition.namespace
             )));

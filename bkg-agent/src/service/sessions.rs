@@ -218,7 +218,10 @@ impl Service {
     fn session_of(&self, id: &str, name: &str) -> OpResult<Arc<Session>> {
         match self.sessions.live(id) {
             Some(session) if session.name == name => Ok(session),
-            _ => Err(OpError::NotFound(format!("no session `{name}` in sandbox {id}"))),
+            _ => Err(OpError::NotFound(format!(
+                "no session `{name}` in sandbox {}: `bkg exec` (POST …/sessions) starts one",
+                id.rsplit_once('-').map_or(id, |(name, _)| name)
+            ))),
         }
     }
 
