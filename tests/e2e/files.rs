@@ -192,9 +192,10 @@ fn a_stalled_upload_ends_at_the_body_timeout_and_frees_its_sandbox() {
 }
 
 /// A file's name may take all 255 bytes a name has: the name it is written under first is
-/// short (it was the file's own name and a suffix, so 244 bytes and more were refused).
+/// short (it was the file's own name and a suffix, so 244 bytes and more were refused); and any
+/// bytes, UTF-8 or not.
 #[test]
-fn a_file_whose_name_takes_255_bytes_is_uploaded() {
+fn a_file_whose_name_takes_255_bytes_or_is_not_utf8_is_copied_as_named() {
     let agent = Agent::start();
     let project = project_with_box(&agent, &[]);
     let dir = project.path();
@@ -204,6 +205,18 @@ fn a_file_whose_name_takes_255_bytes_is_uploaded() {
     assert_eq!(code(&uploaded), 0, "{}", stderr(&uploaded));
     let shown = agent.bkgr(dir, &["box", "show", "--", &format!("/workspace/in/long/{name}")]);
     assert_eq!((code(&shown), stdout(&shown)), (0, "long name\n".to_owned()), "{}", stderr(&shown));
+    // A name that is not UTF-8 makes the round trip byte for byte (was: U+FFFD in its place).
+    use std::os::unix::ffi::OsStrExt;
+    let odd = std::ffi::OsStr::from_bytes(b"bad\xff.txt");
+    write(&dir.join("odd").join(odd), "odd name\n");
+    let uploaded = agent.bkg_in(dir, &["cp", "odd", "box:in"]);
+    assert_eq!(code(&uploaded), 0, "{}", stderr(&uploaded));
+    let back = dir.join("back");
+    let downloaded = agent.bkg_in(dir, &["cp", "box:in/odd", back.to_str().expect("utf-8")]);
+    assert_eq!(code(&downloaded), 0, "{}", stderr(&downloaded));
+    let names: Vec<std::ffi::OsString> =
+        std::fs::read_dir(back.join("odd")).expect("odd").map(|entry| entry.expect("entry").file_name()).collect();
+    assert_eq!(names, vec![odd.to_os_string()]);
 }
 
 #[test]

@@ -78,11 +78,12 @@ pub struct Unpacked {
 
 /// A path as the caller gave it, checked: relative to /workspace, without `..`. Empty or `.`
 /// is /workspace itself.
-pub fn relative(path: &str) -> Result<PathBuf, FilesError> {
-    if path.contains('\0') {
+pub fn relative(given: impl AsRef<Path>) -> Result<PathBuf, FilesError> {
+    let given = given.as_ref();
+    let path = given.display();
+    if given.as_os_str().as_bytes().contains(&0) {
         return Err(FilesError::Refused("a path may not contain a NUL byte".into()));
     }
-    let given = Path::new(path);
     if given.is_absolute() {
         return Err(FilesError::Refused(format!(
             "`{path}` is absolute: give a path relative to /workspace (the sandbox's writable root)"
@@ -244,7 +245,9 @@ impl Workspace {
             let mut entry = entry.map_err(|error| bad_archive(&error))?;
             let name_bytes = entry.path_bytes().into_owned();
             let name = String::from_utf8_lossy(&name_bytes).into_owned();
-            let inner = relative(&name).map_err(|error| FilesError::Refused(format!("tar entry: {error}")))?;
+            // The entry's own bytes: a name that is not UTF-8 is kept as it is, not mangled.
+            let inner = relative(OsStr::from_bytes(&name_bytes))
+                .map_err(|error| FilesError::Refused(format!("tar entry: {error}")))?;
             let path = dest.join(&inner);
             let mode = Mode::from_bits_truncate(entry.header().mode().unwrap_or(0o644) & 0o777);
             let kind = entry.header().entry_type();
