@@ -22,7 +22,9 @@ fn now_ms() -> u64 {
 fn remaining(expires_at_ms: u64) -> String {
     match expires_at_ms.checked_sub(now_ms()) {
         Some(left) if left > 0 => {
-            let (days, hours, minutes) = (left / 86_400_000, left / 3_600_000 % 24, left / 60_000 % 60);
+            // Rounded up: a key made for 10m expires in 10m, not 9m, the moment it is made.
+            let whole_minutes = left.div_ceil(60_000);
+            let (days, hours, minutes) = (whole_minutes / 1440, whole_minutes / 60 % 24, whole_minutes % 60);
             match (days, hours) {
                 (0, 0) if left < 60_000 => format!("{}s", left.div_ceil(1000)),
                 (0, 0) => format!("{minutes}m"),
@@ -147,8 +149,10 @@ mod tests {
     fn what_is_left_of_a_key_is_said_in_its_largest_units() {
         assert_eq!(remaining(now_ms() + 900), "1s", "a --ttl under a minute is not rounded to one");
         assert_eq!(remaining(now_ms() + 42_000), "42s");
-        assert_eq!(remaining(now_ms() + 5 * 60_000 + 30_000), "5m");
-        assert_eq!(remaining(now_ms() + 3 * 3_600_000 + 7 * 60_000 + 30_000), "3h07m");
+        // Part of a minute counts as one: what a key made for 10m shows at once.
+        assert_eq!(remaining(now_ms() + 10 * 60_000 - 50), "10m");
+        assert_eq!(remaining(now_ms() + 5 * 60_000 + 30_000), "6m");
+        assert_eq!(remaining(now_ms() + 3 * 3_600_000 + 7 * 60_000 + 30_000), "3h08m");
         assert_eq!(remaining(now_ms() + 2 * 86_400_000 + 3_600_000 + 30_000), "2d01h");
         assert_eq!(remaining(now_ms().saturating_sub(1)), "0s (expired)");
     }
