@@ -171,6 +171,8 @@ def test_doctor_tells_a_member_and_an_outsider_only_what_is_true(users):
     assert rc == 0 and json.loads(out) == {"running": True, "socket": str(alice.agent.socket)}, (rc, out, err)
     rc, out, err = alice.run("bkg", "version")
     assert rc == 0 and "its version is shown to its admins only" in out, (rc, out, err)
+    rc, out, err = alice.run("bkg", "agent", "start", "--state-dir", str(alice.home / "st"))
+    assert rc == 125 and one_line(err) and "cannot be checked" in err, (rc, out, err)
     # The audit log is the admins': said so, not "no such file" of the member's own directory.
     for command in (("audit", "tail"), ("audit", "verify")):
         rc, out, err = alice.run("bkg", *command)

@@ -47,6 +47,16 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
                     None => None,
                 };
                 let asked = state_dir.as_deref().map(|dir| dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()));
+                if running.is_none() && asked.is_some() {
+                    return Err(CliError::new(
+                        BKG_FAILED,
+                        format!(
+                            "an agent is already running on {}, and its state directory is shown to its admins only: \
+                             --state-dir cannot be checked against it (`sudo bkg agent start --state-dir DIR` can)",
+                            socket.display()
+                        ),
+                    ));
+                }
                 if let (Some(running), Some(asked)) = (running, asked)
                     && std::path::Path::new(&running) != asked
                 {
