@@ -68,6 +68,22 @@ impl ApiAgent {
         Client::new(&self.address, None)
     }
 
+    /// Sends `POST /api/v1/runs` with `body` as the admin on a raw connection (`extra` headers
+    /// first) and returns the connection unread: what the caller does next is the test.
+    fn raw_run(&self, body: &Value, extra: &str) -> std::net::TcpStream {
+        let body = body.to_string();
+        let mut caller = std::net::TcpStream::connect(&self.address).expect("connect");
+        let head = format!(
+            "POST /api/v1/runs HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n{extra}Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            self.address,
+            self.admin_key,
+            body.len()
+        );
+        std::io::Write::write_all(&mut caller, head.as_bytes()).expect("send the request");
+        caller
+    }
+
     /// Creates a key with the admin key; returns (id, secret).
     fn key(&self, role: &str, namespace: Option<&str>) -> (String, String) {
         let mut body = json!({ "role": role });
@@ -1316,18 +1332,9 @@ fn a_streamed_run_over_tcp_ends_at_its_timeout_while_the_client_stops_reading() 
         "language": "python",
         "code": "while True: print('x' * 4096)",
         "limits": { "timeout_ms": 2000 },
-    })
-    .to_string();
+    });
     // A raw client that upgrades to the stream, then never reads a byte.
-    let mut stalled = std::net::TcpStream::connect(&api.address).expect("connect");
-    let head = format!(
-        "POST /api/v1/runs HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: upgrade\r\n\
-         Upgrade: bkg-stream/1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        api.address,
-        api.admin_key,
-        body.len()
-    );
-    std::io::Write::write_all(&mut stalled, head.as_bytes()).expect("send the request");
+    let stalled = api.raw_run(&body, "Connection: upgrade\r\nUpgrade: bkg-stream/1\r\n");
     let deadline = Instant::now() + Duration::from_secs(25);
     let run = loop {
         let runs = api.admin().get("/api/v1/runs?limit=1").json();
@@ -1403,17 +1410,8 @@ fn a_plain_run_whose_caller_hangs_up_is_cancelled_not_left_to_its_timeout() {
         "language": "python",
         "code": "import time\nprint('started', flush=True)\ntime.sleep(50)",
         "limits": { "timeout_ms": 60_000 },
-    })
-    .to_string();
-    let mut caller = std::net::TcpStream::connect(&api.address).expect("connect");
-    let head = format!(
-        "POST /api/v1/runs HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        api.address,
-        api.admin_key,
-        body.len()
-    );
-    std::io::Write::write_all(&mut caller, head.as_bytes()).expect("send the request");
+    });
+    let caller = api.raw_run(&body, "");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let runs = api.admin().get("/api/v1/runs?limit=1").json();

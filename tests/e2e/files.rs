@@ -35,6 +35,31 @@ fn project_with_box(agent: &Agent, extra: &[&str]) -> tempfile::TempDir {
     project
 }
 
+/// Starts an upload of `payload/a.txt` (holding `text`) into `in/` of sandbox `id` on a raw
+/// connection, sending the request and the archive's first `sent` bytes; returns the connection
+/// and the whole archive, the rest of which is the test's to send, or not.
+fn partial_upload(
+    agent: &Agent,
+    dir: &Path,
+    id: &str,
+    text: &str,
+    sent: usize,
+) -> (std::os::unix::net::UnixStream, Vec<u8>) {
+    write(&dir.join("payload/a.txt"), text);
+    let archive =
+        Command::new("tar").args(["-C", "payload", "-cf", "-", "a.txt"]).current_dir(dir).output().expect("tar");
+    assert!(archive.status.success());
+    let mut upload = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+    let head = format!(
+        "PUT /api/v1/sandboxes/{id}/files?path=in HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
+         Content-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+        archive.stdout.len()
+    );
+    upload.write_all(head.as_bytes()).expect("send head");
+    upload.write_all(&archive.stdout[..sent]).expect("send the archive's start");
+    (upload, archive.stdout)
+}
+
 /// The id of the one sandbox the agent has.
 fn the_sandbox_id(agent: &Agent) -> String {
     let listed = unix_request(&agent.socket, "GET", "/api/v1/sandboxes", None).json();
@@ -168,19 +193,9 @@ fn a_stalled_upload_ends_at_the_body_timeout_and_frees_its_sandbox() {
     let project = project_with_box(&agent, &[]);
     let dir = project.path();
     let id = the_sandbox_id(&agent);
-    write(&dir.join("payload/a.txt"), &"x".repeat(4096));
-    let archive =
-        Command::new("tar").args(["-C", "payload", "-cf", "-", "a.txt"]).current_dir(dir).output().expect("tar");
-    assert!(archive.status.success());
-    let mut upload = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
-    let head = format!(
-        "PUT /api/v1/sandboxes/{id}/files?path=in HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
-         Content-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
-        archive.stdout.len()
-    );
-    upload.write_all(head.as_bytes()).expect("send head");
-    upload.write_all(&archive.stdout[..1024]).expect("send a header and part of the file");
-    // Then nothing: the answer comes by itself.
+    // A header and part of the file,
+    let (mut upload, _) = partial_upload(&agent, dir, &id, &"x".repeat(4096), 1024);
+    // then nothing: the answer comes by itself.
     upload.set_read_timeout(Some(std::time::Duration::from_secs(60))).expect("read timeout");
     let mut answer = String::new();
     let _ = upload.read_to_string(&mut answer);
@@ -334,18 +349,7 @@ fn a_transfer_holds_an_idle_sandbox_without_taking_the_place_of_its_runs() {
     assert!(own_run.is_string(), "bkgr's run is the last run");
 
     // An upload whose body this test sends in two parts: the sandbox is held in between.
-    write(&dir.join("payload/a.txt"), "uploaded\n");
-    let archive =
-        Command::new("tar").args(["-C", "payload", "-cf", "-", "a.txt"]).current_dir(dir).output().expect("tar");
-    assert!(archive.status.success());
-    let mut upload = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
-    let head = format!(
-        "PUT /api/v1/sandboxes/{id}/files?path=in HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
-         Content-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
-        archive.stdout.len()
-    );
-    upload.write_all(head.as_bytes()).expect("send head");
-    upload.write_all(&archive.stdout[..512]).expect("send the first block");
+    let (mut upload, archive) = partial_upload(&agent, dir, &id, "uploaded\n", 512);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while unix_request(&agent.socket, "GET", &format!("/api/v1/sandboxes/{id}"), None).json()["current_run"].is_null() {
         assert!(std::time::Instant::now() < deadline, "the upload never held the sandbox");
@@ -355,7 +359,7 @@ fn a_transfer_holds_an_idle_sandbox_without_taking_the_place_of_its_runs() {
     assert_eq!(code(&refused), 125, "{}", stderr(&refused));
     assert!(stderr(&refused).contains("busy with a file transfer"), "{}", stderr(&refused));
     assert!(!stderr(&refused).contains("stop it first"), "{}", stderr(&refused));
-    upload.write_all(&archive.stdout[512..]).expect("send the rest");
+    upload.write_all(&archive[512..]).expect("send the rest");
     let mut answer = String::new();
     upload.read_to_string(&mut answer).expect("read the answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
