@@ -17,7 +17,7 @@ complete -c bkg-agent -l package-index -d 'The Python package index runs\' packa
 complete -c bkg-agent -l npm -d 'npm, which installs Node.js runs\' packages (`npm ci`) in an install sandbox, run by --node' -r -F
 complete -c bkg-agent -l npm-registry -d 'The npm registry runs\' Node.js packages are installed from: the only network a Node install sandbox has. A host name, or a loopback address for a mirror on this machine' -r
 complete -c bkg-agent -l cgroup-dir -d 'Directory created beneath the agent\'s own cgroup for its sandboxes\' cgroups' -r
-complete -c bkg-agent -l uid-base -d 'First of the 65,536 host uids given to sandboxes (four per live sandbox); from 65536 to 4294901759, and overlapping no other agent\'s range' -r
+complete -c bkg-agent -l uid-base -d 'First of the 65,536 host uids given to sandboxes (four per live sandbox), in decimal or hex (0x70000000); from 65536 to 4294901759, and overlapping no other agent\'s range' -r
 complete -c bkg-agent -l listen -d 'Also serve the API on TCP at ADDR:PORT; every request there needs an API key. An address other than loopback needs --tls-cert (or --plain-http-behind-proxy)' -r
 complete -c bkg-agent -l tls-cert -d 'Serve TLS on --listen with this certificate chain (PEM, leaf first); re-read on SIGHUP' -r -F
 complete -c bkg-agent -l tls-key -d 'The private key of --tls-cert (PEM); re-read with it on SIGHUP' -r -F
