@@ -150,6 +150,7 @@ fn runs_made_while_bkg_db_is_down_and_across_an_agent_crash_all_arrive_once() {
     let url = postgres.url();
     postgres.down();
 
+    let started = std::time::Instant::now();
     let mut agent = agent_with_db(&url);
     assert_eq!(runs(&agent, 100, 4), 100);
     let status = agent.bkg().args(["sync", "status", "--json"]).output().expect("sync status");
@@ -157,6 +158,14 @@ fn runs_made_while_bkg_db_is_down_and_across_an_agent_crash_all_arrive_once() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     assert!(status["backlog"].as_u64().unwrap_or(0) >= 200, "{status}");
     assert!(status["last_error"].is_string(), "{status}");
+    // The backoff holds while events keep coming (docs/operations.md: 200 ms doubling up to
+    // 10 s, jittered down to half): seven attempts in the first 13 s at most, then at most one
+    // every 5 s; new events used to cut each pause short, one attempt per event.
+    let allowed = 8 + started.elapsed().as_secs() / 5;
+    assert!(
+        status["failures"].as_u64().unwrap_or(u64::MAX) <= allowed,
+        "more attempts than the backoff allows ({allowed}): {status}"
+    );
 
     agent.crash();
     agent.spawn(&AgentOptions { extra_args: vec!["--db-url".into(), url.clone()], ..AgentOptions::default() });

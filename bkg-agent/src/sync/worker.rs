@@ -70,6 +70,14 @@ impl Shared {
     }
 }
 
+/// Why the worker waits: nothing to ship (new events end it), or a failure's backoff (they
+/// do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Idle,
+    Backoff,
+}
+
 pub struct SyncWorker<O> {
     outbox: Arc<O>,
     config: SyncConfig,
@@ -119,8 +127,9 @@ impl<O: Outbox> SyncWorker<O> {
                     if shipped > 0 {
                         progress.last_success_ms = Some(now_ms());
                     }
-                    // A full batch means more is probably waiting: go on at once.
-                    if shipped == self.config.batch { None } else { Some(self.config.idle_poll) }
+                    // A full batch means more is probably waiting: go on at once. An idle
+                    // wait ends early when new events come.
+                    if shipped == self.config.batch { None } else { Some((self.config.idle_poll, Wait::Idle)) }
                 }
                 Err(error) => {
                     if let SyncError::Gap { after, .. } = &error
@@ -156,18 +165,20 @@ impl<O: Outbox> SyncWorker<O> {
                         tracing::warn!(error = %error, "parked an outbox event bkg_db keeps refusing");
                         None
                     } else {
-                        Some(pause)
+                        Some((pause, Wait::Backoff))
                     }
                 }
             };
             if *self.stop.borrow() {
                 break;
             }
-            let Some(pause) = pause else { continue };
+            let Some((pause, wait)) = pause else { continue };
             tokio::select! {
                 // A dropped handle stops the worker too.
                 _ = self.stop.changed() => break,
-                _ = self.shared.wake.notified() => {}
+                // New events do not cut a backoff short: a busy agent would try a bkg_db that
+                // is down, or refuses it, once per event instead of ever more rarely.
+                _ = self.shared.wake.notified(), if wait == Wait::Idle => {}
                 _ = tokio::time::sleep(pause) => {}
             }
         }
