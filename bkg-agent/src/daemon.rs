@@ -458,7 +458,13 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
         webhooks: args.webhooks.clone(),
         webhook_key,
         sampling_rate,
-        db_url: args.db_url.clone().filter(|url| !url.is_empty()),
+        db_url: match args.db_url.clone().filter(|url| !url.is_empty()) {
+            // The URL is not repeated: it holds the password.
+            Some(url) => Some(
+                crate::sync::check_url(&url).map(|()| url).map_err(|error| FlagValue(format!("--db-url: {error}")))?,
+            ),
+            None => None,
+        },
         retention: crate::retention::RetentionPolicy::parse(&args.retention, &args.retention_for)
             .map_err(|error| FlagValue(error.to_string()))?,
         local: local_access(args)?,

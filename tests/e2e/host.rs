@@ -192,11 +192,25 @@ fn a_flag_value_the_agent_cannot_parse_is_a_usage_error() {
         ("--max-memory", "8MiB", "--max-memory: `8MiB` is too small: a run needs at least 16MiB"),
         ("--max-disk", "1KiB", "--max-disk: `1KiB` is too small: a run needs at least 16MiB"),
         ("--max-timeout", "0s", "--max-timeout: `0s` is too small: a run needs at least 1ms"),
+        // A bkg_db URL that could never connect (a server down is the sync's to retry).
+        ("--db-url", "mysql://u:hunter2@db/bkg", "--db-url: bkg_db URL: expected postgres://"),
+        ("--db-url", "postgres://u:hunter2@db/bkg?sslmode=bogus", "--db-url: bkg_db URL: unknown sslmode \"bogus\""),
+        (
+            "--db-url",
+            "postgres://u:hunter2@db/bkg?connect_timeout=abc",
+            "--db-url: bkg_db URL: invalid connection string",
+        ),
+        (
+            "--db-url",
+            "postgres://u:hunter2@db/bkg?sslmode=require&sslrootcert=/nonexistent.pem",
+            "--db-url: bkg_db TLS: /nonexistent.pem",
+        ),
     ] {
         let (output, _dir) = refused_start(&[flag, value]);
         assert_eq!(code(&output), 2, "{flag} {value}: {}", stderr(&output));
         assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
         assert!(stderr(&output).starts_with(&format!("bkg-agent: {says}")), "{}", stderr(&output));
+        assert!(!stderr(&output).contains("hunter2"), "a password is never repeated: {}", stderr(&output));
     }
 }
 

@@ -34,6 +34,14 @@ pub async fn connect(db_url: &str) -> Result<Client, SyncError> {
     Ok(client)
 }
 
+/// Whether `db_url` could ever connect: it parses, its `sslmode` is known, its `sslrootcert`
+/// is read. Checked at start, so that a URL that never can is refused then, not retried for
+/// ever; a server that is down or refuses the login is the sync's to retry.
+pub fn check_url(db_url: &str) -> Result<(), SyncError> {
+    let (config, root_cert) = parse_url(db_url)?;
+    tls_connector(config.get_ssl_mode(), root_cert.as_deref()).map(drop)
+}
+
 /// Like [`connect`], for a connection that LISTENs: `notified` is called for every notification
 /// the server sends. The returned task ends when the connection does.
 pub async fn connect_notified(
