@@ -11,8 +11,9 @@ use tokio_postgres::Client;
 use super::FeedError;
 use crate::sync::{CHANGES_CHANNEL, SyncError, connect, connect_notified};
 
-/// Longest pause between two attempts to (re)connect the LISTEN connection.
-const LISTEN_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest pause between two attempts to (re)connect the LISTEN connection: as the sync's, so
+/// that a feed does not stay blind to the other agents' changes long after bkg_db is back.
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The changes after `$1`, of namespace `$2` (all when null), of kinds `$3` (all when empty).
 /// RLS filters the rows as the role the transaction runs as.
@@ -45,7 +46,7 @@ pub(super) fn listen(db_url: String, mut stop: watch::Receiver<bool>) -> watch::
                 }
                 Err(error) => {
                     tracing::warn!(%error, "the change feed cannot LISTEN to bkg_db; trying again");
-                    let pause = retry;
+                    let pause = crate::sync::jitter(retry);
                     retry = (retry * 2).min(LISTEN_RETRY_MAX);
                     pause
                 }

@@ -25,7 +25,7 @@ use crate::store::{OutboxRow, Store, StoreError};
 const PAGE: usize = 100;
 
 /// How long a reader waits before it tries bkg_db again after a failure, at most.
-const RETRY_MAX: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
@@ -241,7 +241,7 @@ impl Reader {
                 Ok(false) => None,
                 Err(error) => {
                     tracing::warn!(%error, after = self.after, "the change feed could not read; trying again");
-                    let pause = retry;
+                    let pause = crate::sync::jitter(retry);
                     retry = (retry * 2).min(RETRY_MAX);
                     Some(pause)
                 }

@@ -25,7 +25,7 @@ pub use bkg_schema::sync::{ParkedEvent, SyncStatus};
 pub use connect::{check_url, connect, connect_notified};
 pub use schema::{ensure_namespace_role, latest_version, migrate};
 pub(crate) use ship::CHANGES_CHANNEL;
-pub use worker::{SyncConfig, SyncHandle, SyncWorker};
+pub use worker::{SyncConfig, SyncHandle, SyncWorker, jitter};
 
 /// One event waiting in the agent's outbox, in seq order.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

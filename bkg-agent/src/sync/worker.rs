@@ -228,8 +228,9 @@ impl<O: Outbox> SyncWorker<O> {
     }
 }
 
-/// Between half and all of `delay`.
-fn jitter(delay: Duration) -> Duration {
+/// Between half and all of `delay`: so that the agents (and the change feeds) that lost bkg_db
+/// together do not all come back at once.
+pub fn jitter(delay: Duration) -> Duration {
     let random = RandomState::new().hash_one(now_ms());
     let half = delay / 2;
     half + half.mul_f64((random % 1024) as f64 / 1024.0)
