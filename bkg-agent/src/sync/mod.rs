@@ -107,12 +107,31 @@ pub enum SyncError {
     Namespace(String),
 }
 
-/// tokio-postgres keeps the server's message in the error's source, not in its `Display`.
+/// tokio-postgres keeps the server's message in the error's source, not in its `Display`; the
+/// usual causes get what to do.
 fn describe(error: &tokio_postgres::Error) -> String {
+    use tokio_postgres::error::SqlState;
     if let Some(db) = error.as_db_error() {
-        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        let fix = match db.code() {
+            code if *code == SqlState::INSUFFICIENT_PRIVILEGE => {
+                ": the login lacks the right (the schema's owner migrates it, `bkg db migrate`; an agent logs in \
+                 as a member of bkg_agent, docs/operations.md)"
+            }
+            code if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+                ": check the user and password in --db-url"
+            }
+            code if *code == SqlState::INVALID_CATALOG_NAME => ": create that database, or fix its name in --db-url",
+            _ => "",
+        };
+        return format!("{} {}: {}{fix}", db.severity(), db.code().code(), db.message());
     }
+    let refused = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
     match std::error::Error::source(error) {
+        Some(source) if refused => {
+            format!("{error}: {source}: is PostgreSQL up, at the host and port --db-url names? (`bkg sync status`)")
+        }
         Some(source) => format!("{error}: {source}"),
         None => error.to_string(),
     }
