@@ -17,6 +17,9 @@ struct Running<'a> {
     running: bool,
     #[serde(flatten)]
     info: &'a AgentInfo,
+    /// The link to bkg_db, when the agent has one (`bkg sync status` has it all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bkg_db: Option<bkg_schema::sync::SyncStatus>,
 }
 
 /// `bkg agent status --json` when no agent answers, or one answers that shows its configuration
@@ -150,7 +153,20 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
                     return Ok(SUCCESS);
                 }
             };
-            out.answer(&Running { running: true, info: &info }, |running| describe(running.info))?;
+            let sync = client
+                .get::<bkg_schema::sync::SyncView>("/api/v1/sync")
+                .await
+                .ok()
+                .filter(|view| view.configured)
+                .map(|view| view.status);
+            let running = Running { running: true, info: &info, bkg_db: sync };
+            out.answer(&running, |running| {
+                let mut text = describe(running.info);
+                if let Some(sync) = &running.bkg_db {
+                    text.push_str(&format!("{:<11}{}\n", "bkg_db", sync_state(sync)));
+                }
+                text
+            })?;
             Ok(SUCCESS)
         }
     }
@@ -191,6 +207,18 @@ impl AgentProcess {
         })
         .await
         .unwrap_or(false)
+    }
+}
+
+/// The sync to bkg_db in a line: healthy or failing, what waits, what to run for the rest.
+pub fn sync_state(sync: &bkg_schema::sync::SyncStatus) -> String {
+    let waiting = format!("{} events waiting · {} parked", sync.backlog, sync.parked);
+    match (&sync.last_error, sync.failures) {
+        (Some(error), failures) if failures > 0 => {
+            format!("failing ({failures} attempts): {error} · {waiting} (`bkg sync status`)")
+        }
+        _ if sync.parked > 0 => format!("in sync but for parked events · {waiting} (`bkg sync retry`)"),
+        _ => format!("in sync · {waiting}"),
     }
 }
 

@@ -166,6 +166,9 @@ fn runs_made_while_bkg_db_is_down_and_across_an_agent_crash_all_arrive_once() {
         status["failures"].as_u64().unwrap_or(u64::MAX) <= allowed,
         "more attempts than the backoff allows ({allowed}): {status}"
     );
+    // The agent's own status says so too.
+    let shown = agent.bkg().args(["agent", "status"]).output().expect("agent status");
+    assert!(stdout(&shown).contains("\nbkg_db     failing ("), "{}", stdout(&shown));
 
     agent.crash();
     agent.spawn(&AgentOptions { extra_args: vec!["--db-url".into(), url.clone()], ..AgentOptions::default() });
@@ -173,6 +176,10 @@ fn runs_made_while_bkg_db_is_down_and_across_an_agent_crash_all_arrive_once() {
 
     postgres.up();
     wait_synced(&agent);
+    let shown = agent.bkg().args(["agent", "status", "--json"]).output().expect("agent status");
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(shown["bkg_db"]["backlog"], 0, "{shown}");
+    assert_eq!(shown["bkg_db"]["failures"], 0, "{shown}");
     let id = agent_id(&agent);
     assert_eq!(postgres.query(&format!("SELECT count(*) FROM runs WHERE agent_id = '{id}'")), "200");
     assert_eq!(
