@@ -16,6 +16,15 @@ use crate::stream::{self, Output, Stdin};
 use bkg_schema::egress::{NetRule, PortMapping};
 
 pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
+    if let Some(script) = args.script.as_deref().filter(|_| args.code.is_none()) {
+        let argv: Vec<String> = std::env::args_os().map(|arg| arg.to_string_lossy().into_owned()).collect();
+        if let Some(taken) = options_after_script(&argv, script, &args.args) {
+            settings.out.note(format_args!(
+                "`{taken}` after {script} was taken as bkg's own; to give it to the script, put `--` before it: \
+                 bkg exe {script} -- {taken} …"
+            ));
+        }
+    }
     if args.tty {
         crate::terminal::require_terminal("bkg exe --tty")?;
     }
@@ -50,6 +59,21 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
         out.note(format_args!("{denial}"));
     }
     Ok(crate::exit::of_run(&result))
+}
+
+/// The words of `argv` after the script that bkg took as its own options rather than the
+/// script's arguments (`bkg exe conv.py -o out.csv in.csv`: `-o out.csv`), if any. Once the
+/// script's first argument comes, the rest are the script's (args.rs), so bkg's own lie between
+/// the script and its arguments.
+fn options_after_script(argv: &[String], script: &str, script_args: &[String]) -> Option<String> {
+    let at = argv
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(index, word)| (word == script && argv[index + 1..].ends_with(script_args)).then_some(index))?;
+    let between = &argv[at + 1..argv.len() - script_args.len()];
+    let between = between.strip_suffix(&["--".to_owned()]).unwrap_or(between);
+    (!between.is_empty()).then(|| between.join(" "))
 }
 
 /// `--net`'s rules, each checked here for a one-line error before the agent sees them.
@@ -327,4 +351,28 @@ fn read_upload(source: &str, destination: Option<&str>) -> Result<FileUpload, Cl
         content_base64: base64::engine::general_purpose::STANDARD.encode(content),
         executable,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn options_bkg_took_after_the_script_are_named() {
+        let taken = |line: &str, script: &str, args: &str| options_after_script(&words(line), script, &words(args));
+        assert_eq!(taken("bkg exe conv.py -o out.csv in.csv", "conv.py", "in.csv"), Some("-o out.csv".to_owned()));
+        assert_eq!(taken("bkg exe conv.py --json", "conv.py", ""), Some("--json".to_owned()));
+        assert_eq!(taken("bkg exe --json conv.py in.csv --verbose", "conv.py", "in.csv --verbose"), None);
+        assert_eq!(taken("bkg exe conv.py -- -o out.csv", "conv.py", "-o out.csv"), None);
+        assert_eq!(
+            taken("bkg exe -e X=1 conv.py conv.py", "conv.py", "conv.py"),
+            None,
+            "the script's own name as an argument"
+        );
+        assert_eq!(taken("bkg --json exe job.py", "job.py", ""), None);
+    }
 }

@@ -182,3 +182,24 @@ fn retained_output_is_capped_and_marked_truncated() {
     assert_eq!(result["stdout"].as_str().map(str::len), Some(1024 * 1024));
     assert_eq!(result["truncated"], true);
 }
+
+/// A bkg option between the script and its arguments is bkg's, as documented; bkg says so, with
+/// the way to give it to the script instead (found by a new-user trial: `conv.py -o out.csv`
+/// made a directory `out.csv` without a word).
+#[test]
+fn an_option_taken_after_the_script_is_named_with_the_way_to_pass_it_on() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("conv.py"), "import sys\nprint(sys.argv[1:])\n").expect("conv.py");
+    let taken = agent.bkg_in(dir.path(), &["exe", "conv.py", "--timeout", "30s", "in.csv"]);
+    assert_eq!((code(&taken), stdout(&taken)), (0, "['in.csv']\n".to_owned()), "{}", stderr(&taken));
+    assert_eq!(
+        stderr(&taken),
+        "bkg: `--timeout 30s` after conv.py was taken as bkg's own; to give it to the script, put `--` before it: bkg exe conv.py -- --timeout 30s …\n"
+    );
+    let passed = agent.bkg_in(dir.path(), &["exe", "conv.py", "--", "--timeout", "30s", "in.csv"]);
+    assert_eq!(
+        (code(&passed), stdout(&passed), stderr(&passed)),
+        (0, "['--timeout', '30s', 'in.csv']\n".to_owned(), String::new())
+    );
+}
