@@ -740,6 +740,8 @@ impl CaveFile {
         if !is_dns_label(&self.namespace) {
             fail(&["namespace"], format!("`{}` is not a valid namespace ({NAME_RULE})", self.namespace));
         }
+        // Each sandbox's host ports, to find one two sandboxes forward.
+        let mut forwarded: Vec<(String, crate::egress::PortMapping, String)> = Vec::new();
         for (name, sandbox) in &self.sandboxes {
             if !is_dns_label(name) {
                 fail(&["sandboxes", name], format!("`{name}` is not a valid sandbox name ({NAME_RULE})"));
@@ -814,6 +816,28 @@ impl CaveFile {
                 crate::egress::PortMapping::parse_all(&sandbox.ports)
             {
                 fail(&["sandboxes", name, "ports"], error.to_string());
+            }
+            // Two sandboxes cannot both listen there: the second to start would fail at once,
+            // and, started detached, only after `bkgr -d` had said it was running.
+            for (index, text) in sandbox.ports.iter().enumerate() {
+                let Ok(mapping) = crate::egress::PortMapping::parse(text) else { continue };
+                let clash = forwarded.iter().find(|(other, seen, _)| {
+                    other != name
+                        && seen.host_port == mapping.host_port
+                        && (seen.address == mapping.address
+                            || seen.address.is_unspecified()
+                            || mapping.address.is_unspecified())
+                });
+                if let Some((other, _, first)) = clash {
+                    fail(
+                        &["sandboxes", name, "ports", &index.to_string()],
+                        format!(
+                            "host port {} is forwarded by sandbox `{other}` too (`{first}`): give each sandbox a port of its own",
+                            mapping.host_port
+                        ),
+                    );
+                }
+                forwarded.push((name.clone(), mapping, text.clone()));
             }
             // The schema's pythonOnly and nodeOnly.
             for (key, present, language) in [
@@ -1240,6 +1264,22 @@ sandboxes:
                 "/sandboxes/api/ports",
                 "host port 127.0.0.1:18777 is forwarded twice: `127.0.0.1:18777:8000` and `18777:8001`"
             )]
+        );
+    }
+
+    #[test]
+    fn a_host_port_two_sandboxes_forward_is_found_by_validate() {
+        let text = "version: 1\nsandboxes:\n  a:\n    type: python\n    ports: [\"127.0.0.1:18777:8000\"]\n  b:\n    type: python\n    ports: [\"0.0.0.0:18777:8000\", \"18778:8000\"]\n  c:\n    type: python\n    ports: [\"127.0.0.2:18778:8000\"]\n";
+        let errors = errors_of(text);
+        let found: Vec<(&str, &str)> =
+            errors.iter().map(|error| (error.pointer.as_str(), error.message.as_str())).collect();
+        assert_eq!(
+            found,
+            [(
+                "/sandboxes/b/ports/0",
+                "host port 18777 is forwarded by sandbox `a` too (`127.0.0.1:18777:8000`): give each sandbox a port of its own"
+            )],
+            "another address of the same port is another socket: c keeps 18778"
         );
     }
 
