@@ -124,6 +124,18 @@ fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
     let shown = agent.bkg_in(dir, &["status", "web"]);
     assert!(stdout(&shown).contains(&format!("127.0.0.1:{port}:8000 (accepting)")), "{}", stdout(&shown));
 
+    // cave.yaml edited while it runs, and `bkgr -d` refused as busy: the running service keeps
+    // its definition, so its restart below still listens on `port` (found by a new-user trial:
+    // the refused start had stored the new port, and the restart took it).
+    let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    let elsewhere = free_port();
+    std::fs::write(dir.join("cave.yaml"), cave.replace(&format!(":{port}:"), &format!(":{elsewhere}:"))).expect("edit");
+    let refused = agent.bkgr(dir, &["-d", "web"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("already running"), "{}", stderr(&refused));
+    let shown = agent.bkg_in(dir, &["status", "web"]);
+    assert!(stdout(&shown).contains(&format!("127.0.0.1:{port}:8000 (accepting)")), "{}", stdout(&shown));
+
     // Kill the server from the host, as an OOM or a crash would.
     let killed = Command::new("pkill").args(["-KILL", "-f", &format!("server.py {marker}")]).status().expect("pkill");
     assert!(killed.success(), "the server process was found");

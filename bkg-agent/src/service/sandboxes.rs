@@ -360,7 +360,8 @@ impl Service {
     /// Checks a command for sandbox `id` and takes it on; the sandbox is the run's until it ends.
     pub async fn accept_exec(&self, principal: &Principal, id: &str, exec: ExecRequest) -> OpResult<Accepted> {
         let (definition, validated) = self.validate_sandbox_exec(principal, id, exec.clone(), None).await?;
-        if exec.detach {
+        // A running sandbox holds its own ports: it is refused as busy below, not for them.
+        if exec.detach && self.engine.current_run(id).is_none() {
             validated.check_ports_free()?;
         }
         let mut accepted = self.accept_in_sandbox(principal, &definition, validated)?;
