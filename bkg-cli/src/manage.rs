@@ -453,7 +453,7 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
         Ok(project) => {
             for name in &args.names {
                 let (edited, known) = removal_of(&client, &project, name).await?;
-                let edit = edited.map(|text| (project.join("cave.yaml"), text));
+                let edit = edited.map(|_| project.join("cave.yaml"));
                 removals.push(Removal { name, id: id_of(&project, name), known: known.is_some(), edit });
             }
         }
@@ -487,13 +487,13 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
     outcome
 }
 
-/// One sandbox to remove: its id, whether the agent has it, and cave.yaml's new text (the file
-/// and its text without the sandbox) when the project declares it.
+/// One sandbox to remove: its id, whether the agent has it, and the cave.yaml that declares it,
+/// if one does.
 struct Removal<'a> {
     name: &'a str,
     id: String,
     known: bool,
-    edit: Option<(std::path::PathBuf, String)>,
+    edit: Option<std::path::PathBuf>,
 }
 
 /// What removing sandbox `name` takes: cave.yaml without it (if it declares it) and the sandbox
@@ -544,8 +544,14 @@ async fn rm(
     if known {
         let _: Deleted = client.delete(&format!("/api/v1/sandboxes/{id}")).await?;
     }
-    if let Some((cave_path, edited)) = &edit {
-        crate::project::write_atomically(cave_path, edited)?;
+    // The file as it is now, once the sandboxes before this one are out of it: an edit made
+    // from the text read at the start would put them back.
+    if let Some(cave_path) = &edit {
+        let text = std::fs::read_to_string(cave_path)
+            .map_err(|error| CliError::usage(format!("{}: {error}", cave_path.display())))?;
+        if let Some(edited) = remove_sandbox_block(&text, name) {
+            crate::project::write_atomically(cave_path, &edited)?;
+        }
     }
     if !out.is_json() {
         out.note(format_args!("removed {name}"));

@@ -130,6 +130,16 @@ fn a_linked_cave_yaml_stays_a_link_and_keeps_its_group() {
     assert!(text.contains("two:") && !text.contains("one:"), "{text}");
     let meta = std::fs::metadata(&real).expect("real.yaml");
     assert_eq!((meta.gid(), meta.mode() & 0o777), (1, 0o640));
+    // Several at once: each comes out of cave.yaml (was: each edit made from the text read at
+    // the start, so only the last name's stuck; found by a new-user trial).
+    for name in ["three", "four"] {
+        let added = agent.bkg_in(dir, &["add", name, "--type", "python"]);
+        assert_eq!(code(&added), 0, "{}", stderr(&added));
+    }
+    let removed = agent.bkg_in(dir, &["rm", "--force", "two", "three", "four"]);
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    let text = std::fs::read_to_string(&real).expect("real.yaml");
+    assert!(!["two:", "three:", "four:"].iter().any(|name| text.contains(name)), "{text}");
 }
 
 #[test]
