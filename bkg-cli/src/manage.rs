@@ -210,6 +210,9 @@ fn describe(info: &SandboxInfo) -> String {
             (None, Some(code)) => health.push_str(&format!(" · last failure exit {code}")),
             (None, None) => {}
         }
+        if let Some(why) = &service.not_restarted {
+            health.push_str(&format!(" · not started again: {why}"));
+        }
         line("service", health);
         for port in &service.ports {
             let state = if port.accepting { "accepting" } else { "not accepting" };

@@ -345,6 +345,10 @@ pub struct ServiceHealth {
     pub last_killed_by: Option<crate::KilledBy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortHealth>,
+    /// Why it was not started again when its policy or an agent's restart called for it (a host
+    /// port taken meanwhile, a volume gone, its key revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_restarted: Option<String>,
 }
 
 #[cfg(test)]

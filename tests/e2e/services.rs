@@ -217,6 +217,21 @@ fn a_service_outlives_an_agent_restart_and_a_crash_but_not_a_stop() {
     assert_eq!(code(&followed), 125, "{}", stderr(&followed));
     assert!(stderr(&followed).contains("the agent stopped, so following ended"), "{}", stderr(&followed));
 
+    // Its port taken while no agent ran: the next agent cannot start it again, and `bkg status`
+    // says why (was: only the agent's log did; found by a new-user trial).
+    agent.stop();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the service's port");
+    agent.spawn(&options);
+    let info = poll("status to say why the service was not started again", || {
+        let info = status(&agent, dir);
+        info["service"]["not_restarted"].as_str().is_some_and(|why| why.contains("in use")).then_some(info)
+    });
+    assert_eq!(info["service"]["state"], "stopped", "{info}");
+    let shown = agent.bkg_in(dir, &["status", "web"]);
+    assert!(stdout(&shown).contains(" · not started again: "), "{}", stdout(&shown));
+    drop(squatter);
+    start_service(&agent, dir, port, &marker);
+
     let stop = agent.bkg_in(dir, &["stop", "web"]);
     assert_eq!(code(&stop), 0, "stop: {}", stderr(&stop));
     agent.stop();

@@ -43,6 +43,7 @@ impl Services {
             last_exit_code: None,
             last_killed_by: None,
             ports: Vec::new(),
+            not_restarted: None,
         };
         if let Ok(mut services) = self.0.lock() {
             services.insert(id.to_owned(), Supervised { health: watch::Sender::new(health), stopped });
@@ -230,7 +231,11 @@ impl Service {
                 }
                 Err(error) => {
                     tracing::warn!(sandbox = %id, %error, "the service could not be started again");
-                    self.services.update(&id, |health| health.state = ServiceState::Exited);
+                    self.services.update(&id, |health| {
+                        health.state = ServiceState::Exited;
+                        health.not_restarted = Some(error.to_string());
+                    });
+                    self.keep_service_health(&id).await;
                     self.forget_service(&id).await;
                     return;
                 }
@@ -300,6 +305,14 @@ impl Service {
                 Ok(run) => tracing::info!(sandbox = %service.sandbox_id, run = %run.run_id, "service started again"),
                 Err(error) => {
                     tracing::warn!(sandbox = %service.sandbox_id, %error, "the service could not be started again");
+                    // Said where its user looks (`bkg status`), not only in this log.
+                    if let Ok(Some(mut kept)) = self.store.kept_service_health(&service.sandbox_id).await {
+                        kept.state = ServiceState::Stopped;
+                        kept.not_restarted = Some(error);
+                        if let Err(error) = self.store.keep_service_health(&service.sandbox_id, &kept).await {
+                            tracing::warn!(sandbox = %service.sandbox_id, %error, "could not keep the service's state");
+                        }
+                    }
                     self.forget_service(&service.sandbox_id).await;
                 }
             }
