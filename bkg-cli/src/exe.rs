@@ -43,7 +43,7 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     let out = settings.out;
     let output = if out.is_json() { Output::Quiet } else { Output::Raw };
     let stdin = if stdin_is_code { Stdin::Empty } else { Stdin::Relay };
-    let result =
+    let (result, not_written) =
         stream::run_keeping_out_dir(&client, "/api/v1/runs", &request, (output, out), stdin, args.output.as_deref())
             .await?;
     if out.is_json() {
@@ -58,7 +58,16 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     for denial in stream::denial_lines(&result) {
         out.note(format_args!("{denial}"));
     }
-    Ok(crate::exit::of_run(&result))
+    let code = crate::exit::of_run(&result);
+    if let Some(error) = not_written {
+        out.note(format_args!(
+            "--output: {}; the run keeps its files: `bkg runs files {} --output DIR`",
+            error.message, result.id
+        ));
+        // The run's own failure says more; a run that succeeded did not give what was asked.
+        return Ok(if code == crate::exit::SUCCESS { crate::exit::BKG_FAILED } else { code });
+    }
+    Ok(code)
 }
 
 /// The words of `argv` after the script that bkg took as its own options rather than the

@@ -363,7 +363,7 @@ fn unpack_file_whole<R: std::io::Read>(
     if written.is_err() {
         let _ = std::fs::remove_file(&staging);
     }
-    written.map(|()| true)
+    written.map(|()| true).map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", target.display())))
 }
 
 /// Refuses `dir` when, links followed, it is not inside `dest` (tar's own words, which

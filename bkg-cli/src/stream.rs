@@ -45,7 +45,7 @@ pub async fn run(
     (output, out): (Output, crate::out::Printer),
     stdin: Stdin,
 ) -> Result<RunResult, CliError> {
-    run_keeping_out_dir(client, path, body, (output, out), stdin, None).await
+    run_keeping_out_dir(client, path, body, (output, out), stdin, None).await.map(|(result, _)| result)
 }
 
 /// `run`, writing the `Archive` frames (the run's /workspace/out/, `return_out_dir`) into the
@@ -57,7 +57,7 @@ pub async fn run_keeping_out_dir(
     (output, out): (Output, crate::out::Printer),
     stdin: Stdin,
     out_dir: Option<&std::path::Path>,
-) -> Result<RunResult, CliError> {
+) -> Result<(RunResult, Option<CliError>), CliError> {
     // DEST is made, or found unusable, before the run is asked for: a bad one runs nothing.
     let archive = out_dir
         .map(|dir| crate::files_cmd::Unpacker::start(dir, crate::files_cmd::Links::LeftOut))
@@ -106,13 +106,18 @@ pub async fn run_keeping_out_dir(
     let outcome = receive(client, &mut reader, (output, out), spinner, archive.as_ref()).await;
     stdin_task.abort();
     cancel_task.abort();
-    if let Some(archive) = archive {
-        archive.finish().await?;
-    }
-    if let (Some(dir), Ok(result)) = (out_dir, &outcome) {
-        crate::runs_cmd::fetch_kept_out_files(client, result, dir).await?;
-    }
-    outcome
+    let unpacked = match archive {
+        Some(archive) => archive.finish().await.map(drop),
+        None => Ok(()),
+    };
+    // The run's result is the caller's whatever became of its files: a file DIR could not take
+    // is a failure beside it, not instead of it.
+    let result = outcome?;
+    let written = match (unpacked, out_dir) {
+        (Ok(()), Some(dir)) => crate::runs_cmd::fetch_kept_out_files(client, &result, dir).await,
+        (unpacked, _) => unpacked,
+    };
+    Ok((result, written.err()))
 }
 
 /// One line per destination the run was refused (`--net`), for stderr.

@@ -657,6 +657,30 @@ fn output_leaves_links_out_and_a_bad_dir_runs_nothing() {
         assert_eq!(stdout(&refused), "", "nothing ran");
     }
     assert_eq!(run_ids(), runs_before, "no run was asked for");
+
+    // A file DIR cannot take (a directory of that name is there): the run's result and exit
+    // code still come, with a line that says what was not written and where the files are
+    // kept; a run that succeeded is then 125 (found by a new-user trial: 125 and no result).
+    let clash = dir.join("clash");
+    std::fs::create_dir_all(clash.join("a.txt")).expect("a directory where a file goes");
+    for (exit, code_expected) in [(3, 3), (0, 125)] {
+        let writing = format!("open('out/a.txt', 'w').write('A')\nraise SystemExit({exit})");
+        let run = agent
+            .bkg()
+            .args(["exe", "--json", "-t", "python", "-c", &writing, "-o"])
+            .arg(&clash)
+            .output()
+            .expect("bkg exe");
+        assert_eq!(code(&run), code_expected, "{}", stderr(&run));
+        let result: serde_json::Value = serde_json::from_slice(&run.stdout).expect("the run's JSON");
+        assert_eq!(result["exit_code"], exit, "{result}");
+        let said = stderr(&run);
+        assert!(said.contains("--output: ") && said.contains(&clash.join("a.txt").display().to_string()), "{said}");
+        assert!(
+            said.contains(&format!("`bkg runs files {} --output DIR`", result["id"].as_str().unwrap_or("?"))),
+            "{said}"
+        );
+    }
 }
 
 fn sha256(path: &Path) -> String {
