@@ -186,11 +186,30 @@ async fn write_kept_stream_from(client: &AgentClient, run_id: &str, path: &str, 
     at.max(from)
 }
 
-/// Writes the end of a stream of the run to our stderr (`to_stderr`) or stdout.
+/// Writes the run's output to our stderr (`to_stderr`) or stdout, as it is, remembering whether
+/// it left a line unfinished there.
 fn write_ours(to_stderr: bool, bytes: &[u8]) {
+    let Some(last) = bytes.last() else { return };
     match to_stderr {
         true => write_through(&mut std::io::stderr().lock(), bytes),
         false => write_through(&mut std::io::stdout().lock(), bytes),
+    }
+    MID_LINE[usize::from(to_stderr)].store(*last != b'\n', std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the run's output last left our stdout, and our stderr, in the middle of a line.
+static MID_LINE: [std::sync::atomic::AtomicBool; 2] =
+    [std::sync::atomic::AtomicBool::new(false), std::sync::atomic::AtomicBool::new(false)];
+
+/// Ends the line the run's output left unfinished where bkg's own lines go next (stderr, and
+/// stdout too when both show on one terminal), so that `bkg: timed out …` starts a line of its
+/// own instead of ending the script's `progress 50%`.
+pub fn start_own_line() {
+    use std::io::IsTerminal as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let on_one_screen = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    if MID_LINE[1].swap(false, Relaxed) || (on_one_screen && MID_LINE[0].swap(false, Relaxed)) {
+        write_through(&mut std::io::stderr().lock(), b"\n");
     }
 }
 
@@ -447,11 +466,11 @@ async fn receive(
                 }
             }
             (FrameKind::Stdout, Output::Raw) => {
-                write_through(&mut std::io::stdout().lock(), &payload);
+                write_ours(false, &payload);
                 written[0] += payload.len() as u64;
             }
             (FrameKind::Stderr, Output::Raw) => {
-                write_through(&mut std::io::stderr().lock(), &payload);
+                write_ours(true, &payload);
                 written[1] += payload.len() as u64;
             }
             (FrameKind::Stdout, Output::Prefixed(prefix)) => {

@@ -203,3 +203,23 @@ fn an_option_taken_after_the_script_is_named_with_the_way_to_pass_it_on() {
         (0, "['--timeout', '30s', 'in.csv']\n".to_owned(), String::new())
     );
 }
+
+/// bkg's reason starts a line of its own after output that left one unfinished (found by a
+/// new-user trial: `progress 50%bkg: timed out after 1s (--timeout)`).
+#[test]
+fn the_reason_line_starts_a_line_of_its_own() {
+    let agent = Agent::start();
+    let code_text = "import sys, time\nsys.stderr.write('progress 50%')\nsys.stderr.flush()\ntime.sleep(30)";
+    let timed_out = agent.exe(&["--timeout", "1s", "--type", "python", "-c", code_text]);
+    assert_eq!(code(&timed_out), 124, "{}", stderr(&timed_out));
+    assert_eq!(stderr(&timed_out), "progress 50%\nbkg: timed out after 1s (--timeout)\n");
+    let whole = agent.exe(&[
+        "--timeout",
+        "1s",
+        "--type",
+        "python",
+        "-c",
+        "import sys, time\nprint('line', file=sys.stderr)\ntime.sleep(30)",
+    ]);
+    assert_eq!(stderr(&whole), "line\nbkg: timed out after 1s (--timeout)\n", "no blank line after a whole one");
+}
