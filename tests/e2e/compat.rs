@@ -109,3 +109,12 @@ print(os.getpid() > 0, len(os.listdir("/")) > 0)
 "#;
     assert_eq!(python(&agent, script), "-1 ENOSYS\nTrue True\n");
 }
+
+/// A difference docs/compatibility.md states: the run ends with its script, so a child still
+/// running then ends with the sandbox and what it would have printed later is not there.
+#[test]
+fn a_child_still_running_when_the_script_exits_ends_with_the_sandbox() {
+    let agent = Agent::start();
+    let script = "import os, time\nif os.fork() == 0:\n    time.sleep(2)\n    print('child late', flush=True)\n    os._exit(0)\nprint('parent done')";
+    assert_eq!(python(&agent, script), "parent done\n");
+}
