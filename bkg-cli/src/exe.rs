@@ -129,15 +129,22 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
                 ));
             }
             let mut code = String::new();
-            std::io::stdin()
-                .read_to_string(&mut code)
-                .map_err(|error| CliError::usage(format!("cannot read the code from stdin: {error}")))?;
+            std::io::stdin().read_to_string(&mut code).map_err(|error| match error.kind() {
+                std::io::ErrorKind::InvalidData => CliError::usage(
+                    "the code on stdin is not UTF-8 text: bkg sends code as text; convert it (`iconv -t UTF-8`)",
+                ),
+                _ => CliError::usage(format!("cannot read the code from stdin: {error}")),
+            })?;
             (code, None, true)
         }
         (None, Some(path)) => {
             let code = match std::fs::read(path) {
                 Ok(bytes) => {
-                    String::from_utf8(bytes).map_err(|_| CliError::usage(format!("{path} is not UTF-8 text")))?
+                    String::from_utf8(bytes).map_err(|_| {
+                        CliError::usage(format!(
+                            "{path} is not UTF-8 text: bkg sends code as text; convert it (`iconv -t UTF-8`, and drop a `coding:` line)"
+                        ))
+                    })?
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     return Err(CliError::new(SCRIPT_NOT_FOUND, format!("script not found: {path}")));
