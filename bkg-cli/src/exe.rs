@@ -318,8 +318,13 @@ pub(crate) fn env_entry(entry: &str, place: &str) -> Result<Option<(String, Stri
 /// script, so that it can import them.
 fn read_uploads(spec: &str, script: Option<&Path>) -> Result<Vec<FileUpload>, CliError> {
     let (source, destination) = match spec.split_once(':') {
-        Some((source, destination)) if !destination.is_empty() => (source, Some(destination)),
-        _ => (spec, None),
+        Some((source, "")) => {
+            return Err(CliError::usage(format!(
+                "--file {spec}: give the place in /workspace after `:` ({source}:DEST), or leave the `:` out"
+            )));
+        }
+        Some((source, destination)) => (source, Some(destination)),
+        None => (spec, None),
     };
     let path = Path::new(source);
     let metadata = std::fs::metadata(path).map_err(|error| CliError::usage(format!("--file {source}: {error}")))?;
@@ -356,6 +361,11 @@ fn read_upload(source: &str, destination: Option<&str>) -> Result<FileUpload, Cl
     }
     let content = std::fs::read(path).map_err(|error| CliError::usage(format!("--file {source}: {error}")))?;
     let destination = match destination {
+        // `hi.py:lib/` is a directory to put it in, as `cp` reads it.
+        Some(directory) if directory.ends_with('/') => {
+            let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+            format!("{directory}{name}")
+        }
         Some(destination) => destination.to_owned(),
         None => path
             .file_name()

@@ -69,6 +69,7 @@ fn bad_flags_and_limits_are_125() {
         (&["--env-file", "/nonexistent/.env", hello], "--env-file /nonexistent/.env"),
         (&["--file", "/nonexistent/data", hello], "--file /nonexistent/data"),
         (&["--file", "/etc/hostname:../escape", hello], "must be inside /workspace or /tmp"),
+        (&["--file", "/etc/hostname:", hello], "--file /etc/hostname:: give the place in /workspace after `:`"),
     ];
     for (args, needle) in cases {
         assert_one_line_error(&agent.exe(args), 125, needle);
@@ -184,4 +185,17 @@ fn audit_commands_find_the_running_agents_log() {
     let verify = agent.bkg().args(["audit", "verify"]).output().expect("bkg audit verify");
     assert_eq!(code(&verify), 0, "{}", stderr(&verify));
     assert!(stderr(&verify).contains("chain intact"), "{}", stderr(&verify));
+}
+
+/// `--file SRC:DIR/` puts the file in that directory under its own name, as `cp` would (was: a
+/// sandbox that failed at 'start' writing /workspace/DIR/).
+#[test]
+fn a_file_given_a_directory_lands_in_it_under_its_name() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data.txt");
+    std::fs::write(&data, "in sub\n").expect("write");
+    let spec = format!("{}:sub/", data.display());
+    let ran = agent.exe(&["--file", &spec, "--type", "python", "-c", "print(open('sub/data.txt').read(), end='')"]);
+    assert_eq!((code(&ran), stdout(&ran)), (0, "in sub\n".to_owned()), "{}", stderr(&ran));
 }
