@@ -304,7 +304,37 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
     if gone().await {
         return Err(agent_stopped());
     }
+    // A service's end is said: a raw log cannot tell a stop from a removal or a failure.
+    if let Some(why) = why_following_ended(&client, &id, &args.name).await {
+        settings.out.note(format_args!("{why}; following ended"));
+    }
     Ok(SUCCESS)
+}
+
+/// Why the log of sandbox `id` (`name`) ended, when it was a service's or the sandbox went:
+/// removed, stopped, ended for good (and how), not started again (and why). Nothing for a run
+/// that simply ended, nor while the agent has not yet marked the service's end.
+async fn why_following_ended(client: &AgentClient, id: &str, name: &str) -> Option<String> {
+    let Ok(found) = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await else {
+        return None;
+    };
+    let Some(info) = found else {
+        return Some(format!("{name} was removed"));
+    };
+    let service = info.service?;
+    match service.state {
+        ServiceState::Stopped => Some(format!("{name}'s service was stopped")),
+        ServiceState::Exited => {
+            let how = match (&service.not_restarted, service.last_killed_by, service.last_exit_code) {
+                (Some(why), _, _) => format!("was not started again: {why}"),
+                (None, Some(limit), _) => format!("ended at its {} limit", limit.as_str()),
+                (None, None, Some(code)) => format!("ended with exit {code}"),
+                (None, None, None) => "ended".to_owned(),
+            };
+            Some(format!("{name}'s service {how}"))
+        }
+        ServiceState::Running | ServiceState::Restarting => None,
+    }
 }
 
 /// `bkg logs NAME --policy`: what the sandbox refused its newest runs, newest first, one line

@@ -359,6 +359,10 @@ fn logs_follow_a_service_across_its_restarts() {
     assert_eq!(code(&stop), 0, "{}", stderr(&stop));
     let status = poll("the follow to end with the service", || follow.try_wait().ok().flatten());
     assert!(status.success(), "{status:?}");
+    // It says why (was: silent, as if the service had ended by itself; found by a new-user trial).
+    let mut said = String::new();
+    follow.stderr.take().expect("stderr").read_to_string(&mut said).expect("the follow's stderr");
+    assert_eq!(said, "bkg: flaky's service was stopped; following ended\n");
 }
 
 /// A service ended by its time limit is shown failed by that limit, where an exit code names
