@@ -104,7 +104,17 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
             let id = find_sandbox(&client, &args.project, &name, settings.out).await?;
             let uploaded = upload(&client, &id, &source, &path).await?;
             let into = format!("{name}:{}/", uploaded.path.trim_end_matches('/'));
-            report(settings.out, &uploaded, &into)?;
+            // A link is no file: "0 files" would say nothing was copied.
+            match std::fs::read_link(&source) {
+                Ok(target) if !settings.out.is_json() => settings.out.note(format_args!(
+                    "a symbolic link ({} -> {}), into {into}",
+                    source
+                        .file_name()
+                        .map_or_else(|| source.display().to_string(), |name| name.to_string_lossy().into_owned()),
+                    target.display()
+                )),
+                _ => report(settings.out, &uploaded, &into)?,
+            }
         }
         (Place::Sandbox { name, path }, Place::Host(dest)) => {
             client.ensure_running().await?;

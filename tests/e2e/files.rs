@@ -139,6 +139,7 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     // it replaced the file it points to with a link to itself.
     let linked = agent.bkg_in(dir, &["cp", "src/link.py", "box:in/src"]);
     assert_eq!(code(&linked), 0, "cp a link: {}", stderr(&linked));
+    assert_eq!(stderr(&linked), "bkg: a symbolic link (link.py -> helper.py), into box:/workspace/in/src/\n");
     let shown = agent.bkgr(dir, &["box", "show", "--", "/workspace/in/src/link.py", "/workspace/in/src/helper.py"]);
     assert_eq!((code(&shown), stdout(&shown)), (0, "VALUE = 42\nVALUE = 42\n".to_owned()), "{}", stderr(&shown));
 
