@@ -16,15 +16,16 @@ use crate::stream::{self, Output, Stdin};
 use bkg_schema::egress::{NetRule, PortMapping};
 
 pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
-    if let Some(script) = args.script.as_deref().filter(|_| args.code.is_none()) {
+    // Said once the run has come back (a refusal stays one line).
+    let taken_after_script = args.script.as_deref().filter(|_| args.code.is_none()).and_then(|script| {
         let argv: Vec<String> = std::env::args_os().map(|arg| arg.to_string_lossy().into_owned()).collect();
-        if let Some(taken) = options_after_script(&argv, script, &args.args) {
-            settings.out.note(format_args!(
+        options_after_script(&argv, script, &args.args).map(|taken| {
+            format!(
                 "`{taken}` after {script} was taken as bkg's own; to give it to the script, put `--` before it: \
                  bkg exe {script} -- {taken} …"
-            ));
-        }
-    }
+            )
+        })
+    });
     if args.tty {
         crate::terminal::require_terminal("bkg exe --tty")?;
     }
@@ -58,6 +59,9 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     }
     for denial in stream::denial_lines(&result) {
         out.note(format_args!("{denial}"));
+    }
+    if let Some(taken) = &taken_after_script {
+        out.note(format_args!("{taken}"));
     }
     let code = crate::exit::of_run(&result);
     if let Some(error) = not_written {
