@@ -7,7 +7,7 @@ use bkg_schema::units::{format_cpus, format_duration_ms, format_size};
 use serde::Serialize;
 
 use crate::args::{AgentAction, AgentArgs};
-use crate::client::{AgentClient, agent_command, start_agent};
+use crate::client::{AgentClient, AgentView, agent_command, start_agent};
 use crate::exit::{BKG_FAILED, CliError, NEGATIVE, SUCCESS};
 use crate::settings::{Place, Settings};
 
@@ -134,14 +134,10 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
                 }
                 return Ok(NEGATIVE);
             }
-            let info: AgentInfo = match client.get("/api/v1/agent").await {
-                Ok(info) => info,
-                Err(error) => {
-                    // A member of the socket's group: it runs and serves them, its
-                    // configuration is its admins'.
-                    if client.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await.is_err() {
-                        return Err(error);
-                    }
+            let info = match client.agent_view().await? {
+                AgentView::Shown(info) => info,
+                // A member of the socket's group: it runs and serves them.
+                AgentView::AdminsOnly(_) => {
                     if out.is_json() {
                         out.json(&Answering { running: true, socket: client.location() })?;
                     } else {

@@ -23,6 +23,13 @@ const BASE_URL: &str = "http://bkg-agent";
 /// No body: for the calls that send none.
 const NO_BODY: Option<&()> = None;
 
+/// What an agent that answers shows a caller of itself (`AgentClient::agent_view`).
+pub enum AgentView {
+    Shown(Box<bkg_schema::AgentInfo>),
+    /// Its configuration is its admins' to see: the caller, as the agent knows them.
+    AdminsOnly(bkg_schema::auth::Principal),
+}
+
 /// A client of one agent. `bkgr` defines and runs sandboxes with it (`new`, `ensure_running`,
 /// `put_json`, `post_json`); the other calls are `bkg`'s.
 pub struct AgentClient {
@@ -161,6 +168,19 @@ impl AgentClient {
         crate::out::Printer::new("bkg", false)
             .note(format_args!("started an agent (pid {pid}) on {}; stop it with `bkg agent stop`", socket.display()));
         Ok(())
+    }
+
+    /// What the agent says of itself (`GET /api/v1/agent`), or, to a caller it serves but shows
+    /// its configuration to admins only (a member of its socket's group, a key that is not an
+    /// admin's), who that caller is; the refusal itself when the caller is not served at all.
+    pub(crate) async fn agent_view(&self) -> Result<AgentView, CliError> {
+        match self.get::<bkg_schema::AgentInfo>("/api/v1/agent").await {
+            Ok(info) => Ok(AgentView::Shown(Box::new(info))),
+            Err(refused) => match self.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await {
+                Ok(caller) => Ok(AgentView::AdminsOnly(caller)),
+                Err(_) => Err(refused),
+            },
+        }
     }
 
     /// `GET path`, its JSON answer decoded.

@@ -12,7 +12,7 @@ use bkg_schema::sync::SyncView;
 use bkg_schema::units::format_size;
 
 use crate::args::DoctorArgs;
-use crate::client::AgentClient;
+use crate::client::{AgentClient, AgentView};
 use crate::exit::{BKG_FAILED, CliError};
 use crate::settings::{Place, Settings};
 
@@ -175,8 +175,8 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
         };
         return (check, None);
     }
-    match client.get::<AgentInfo>("/api/v1/agent").await {
-        Ok(info) => {
+    match client.agent_view().await {
+        Ok(AgentView::Shown(info)) => {
             let level = info.security_level.map(|level| format!(", security level {level}")).unwrap_or_default();
             let found = format!("version {} (commit {}) on {}{level}", info.version, info.commit, client.location());
             let check = if info.version == env!("CARGO_PKG_VERSION") {
@@ -188,45 +188,43 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
                     "restart the agent from the same release as bkg (`sudo bkg agent stop; sudo bkg agent start`)",
                 )
             };
-            (check, Some(info))
+            (check, Some(*info))
         }
-        // The agent's version and level are an admin's to read; whether the key works at all
-        // is whoami's to say.
-        Err(error) => match client.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await {
-            // A member of the socket's group, who brought no key.
-            Ok(caller) if caller.key_id.is_none() => (
-                Check::warn(
-                    name,
-                    format!(
-                        "the agent on {} answers you in namespace {}; its version and level are shown to its admins only",
-                        client.location(),
-                        caller.namespace.as_deref().unwrap_or("-")
-                    ),
-                    "run `sudo bkg doctor` for the agent's view",
+        // Its version and level are an admin's to read: a member of the socket's group, who
+        // brought no key.
+        Ok(AgentView::AdminsOnly(caller)) if caller.key_id.is_none() => (
+            Check::warn(
+                name,
+                format!(
+                    "the agent on {} answers you in namespace {}; its version and level are shown to its admins only",
+                    client.location(),
+                    caller.namespace.as_deref().unwrap_or("-")
                 ),
-                None,
+                "run `sudo bkg doctor` for the agent's view",
             ),
-            Ok(caller) => (
-                Check::warn(
-                    name,
-                    format!(
-                        "the agent on {} answers; a {} key cannot read its version and level",
-                        client.location(),
-                        caller.role.as_str()
-                    ),
-                    "use an admin key for the agent's view",
+            None,
+        ),
+        Ok(AgentView::AdminsOnly(caller)) => (
+            Check::warn(
+                name,
+                format!(
+                    "the agent on {} answers; a {} key cannot read its version and level",
+                    client.location(),
+                    caller.role.as_str()
                 ),
-                None,
+                "use an admin key for the agent's view",
             ),
-            Err(_) => (
-                Check::fail(
-                    name,
-                    format!("the agent on {} answers, but: {}", client.location(), error.message),
-                    "bkg login --remote URL (--user NAME, or --key-stdin), or set BKG_API_KEY",
-                ),
-                None,
+            None,
+        ),
+        // Whether the key works at all is whoami's to say: it did not.
+        Err(error) => (
+            Check::fail(
+                name,
+                format!("the agent on {} answers, but: {}", client.location(), error.message),
+                "bkg login --remote URL (--user NAME, or --key-stdin), or set BKG_API_KEY",
             ),
-        },
+            None,
+        ),
     }
 }
 

@@ -260,7 +260,7 @@ pub fn ending(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Optio
 fn sandbox_name(run: &RunRecord) -> String {
     run.sandbox_id
         .as_deref()
-        .map(|id| id.rsplit_once('-').map_or(id, |(name, _)| name).to_owned())
+        .map(|id| bkg_schema::sandbox::sandbox_name_of(id).to_owned())
         .unwrap_or_else(|| "-".into())
 }
 

@@ -3,7 +3,7 @@
 use bkg_schema::AgentInfo;
 use serde::Serialize;
 
-use crate::client::AgentClient;
+use crate::client::{AgentClient, AgentView};
 use crate::exit::{CliError, SUCCESS};
 use crate::settings::Settings;
 
@@ -44,24 +44,17 @@ pub async fn run(settings: &Settings) -> Result<i32, CliError> {
     // Only an agent that is there already: `bkg version` starts nothing. Its reason for not
     // answering (down, not an admin key) is the agent's line of the output.
     let (agent, missing) = match client.is_up() {
-        Ok(true) => match client.get::<AgentInfo>("/api/v1/agent").await {
-            Ok(info) => (
-                Some(AgentVersion {
-                    version: info.version,
-                    commit: info.commit,
-                    build_date: info.build_date,
-                    endpoint: client.location(),
-                    protections: info.protections,
-                }),
-                None,
-            ),
+        Ok(true) => match client.agent_view().await {
+            Ok(AgentView::Shown(info)) => {
+                let AgentInfo { version, commit, build_date, protections, .. } = *info;
+                let endpoint = client.location();
+                (Some(AgentVersion { version, commit, build_date, endpoint, protections }), None)
+            }
             // It answers, but its configuration is its admins' to read.
-            Err(error) => match client.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await {
-                Ok(_) => {
-                    (None, Some(format!("answers on {}; its version is shown to its admins only", client.location())))
-                }
-                Err(_) => (None, Some(error.message)),
-            },
+            Ok(AgentView::AdminsOnly(_)) => {
+                (None, Some(format!("answers on {}; its version is shown to its admins only", client.location())))
+            }
+            Err(error) => (None, Some(error.message)),
         },
         Ok(false) => (None, Some(format!("no agent is running on {}", client.location()))),
         Err(error) => (None, Some(error.message)),

@@ -28,6 +28,11 @@ pub fn sandbox_id(project_dir: &str, name: &str) -> String {
     format!("{name}-{hash:016x}")
 }
 
+/// The sandbox's name in an id [`sandbox_id`] made; the id itself when it is not one.
+pub fn sandbox_name_of(id: &str) -> &str {
+    id.rsplit_once('-').map_or(id, |(name, _)| name)
+}
+
 /// A host directory bound into the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -281,6 +286,12 @@ mod tests {
         assert_eq!(overlapping_volumes(["/workspace/m", "/workspace/m"]), Some((0, 1)));
         assert_eq!(overlapping_volumes(["/workspace/x", "/workspace/m", "/workspace/m/sub"]), Some((1, 2)));
         assert_eq!(overlapping_volumes(["/workspace/m/sub/", "/workspace/m"]), Some((0, 1)));
+    }
+
+    #[test]
+    fn a_sandbox_id_gives_back_its_name() {
+        assert_eq!(sandbox_name_of(&sandbox_id("/srv/app", "web-2")), "web-2");
+        assert_eq!(sandbox_name_of("plain"), "plain");
     }
 
     #[test]

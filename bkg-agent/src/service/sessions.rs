@@ -220,7 +220,7 @@ impl Service {
             Some(session) if session.name == name => Ok(session),
             _ => Err(OpError::NotFound(format!(
                 "no session `{name}` in sandbox {}: `bkg exec` (POST …/sessions) starts one",
-                id.rsplit_once('-').map_or(id, |(name, _)| name)
+                bkg_schema::sandbox::sandbox_name_of(id)
             ))),
         }
     }

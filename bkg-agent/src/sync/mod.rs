@@ -125,11 +125,12 @@ fn describe(error: &tokio_postgres::Error) -> String {
         };
         return format!("{} {}: {}{fix}", db.severity(), db.code().code(), db.message());
     }
-    let refused = std::error::Error::source(error)
-        .and_then(|source| source.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
     match std::error::Error::source(error) {
-        Some(source) if refused => {
+        Some(source)
+            if source
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) =>
+        {
             format!("{error}: {source}: is PostgreSQL up, at the host and port --db-url names? (`bkg sync status`)")
         }
         Some(source) => format!("{error}: {source}"),
