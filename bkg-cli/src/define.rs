@@ -115,9 +115,8 @@ fn requirements(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Vec<St
 /// Gives the agent `definition`; one it has already is left as it is.
 pub async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Result<(), CliError> {
     let id = sandbox_id(&definition.project_dir, &definition.name);
-    // A running sandbox keeps the definition it started with until it stops: a command that is
-    // then refused as busy (`bkgr -d` of a running service) must not have changed it, nor the
-    // next restart of its service run the old command with the new environment and ports.
+    // A running sandbox keeps the definition it started with until it stops (the agent refuses
+    // another, service/sandboxes.rs): not asking spares bkgr -d, bkg exec and cp that refusal.
     let running = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?;
     if running.is_some_and(|info| info.current_run.is_some()) {
         return Ok(());

@@ -135,6 +135,21 @@ fn a_service_is_forwarded_restarted_when_killed_shown_healthy_and_stopped() {
     assert!(stderr(&refused).contains("already running"), "{}", stderr(&refused));
     let shown = agent.bkg_in(dir, &["status", "web"]);
     assert!(stdout(&shown).contains(&format!("127.0.0.1:{port}:8000 (accepting)")), "{}", stdout(&shown));
+    // The agent keeps to that for API clients too: another definition is refused while it
+    // runs, so no restart can mix the old command with new ports.
+    let info = status(&agent, dir);
+    let mut changed = serde_json::json!({
+        "name": "web", "namespace": info["namespace"], "project_dir": info["project_dir"],
+        "language": info["language"], "restart": "on-failure",
+        "ports": [format!("127.0.0.1:{elsewhere}:8000")],
+    });
+    let id = info["id"].as_str().expect("id");
+    let put = bkg_tests::http::unix_request(&agent.socket, "PUT", &format!("/api/v1/sandboxes/{id}"), Some(&changed));
+    assert_eq!(put.status, 409, "{}", put.text());
+    assert!(put.text().contains("keeps the definition it started with"), "{}", put.text());
+    changed["ports"] = serde_json::json!([]);
+    let put = bkg_tests::http::unix_request(&agent.socket, "PUT", &format!("/api/v1/sandboxes/{id}"), Some(&changed));
+    assert_eq!(put.status, 409, "{}", put.text());
 
     // Kill the server from the host, as an OOM or a crash would.
     let killed = Command::new("pkill").args(["-KILL", "-f", &format!("server.py {marker}")]).status().expect("pkill");

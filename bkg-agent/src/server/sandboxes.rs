@@ -70,7 +70,10 @@ pub async fn get_sandbox(
     tag = "sandboxes",
     params(("id" = String, Path, description = "NAME-<hash of the project directory>, as `sandbox_id` computes it")),
     request_body = SandboxDefinition,
-    responses((status = 200, description = "The sandbox as defined", body = SandboxInfo)),
+    responses(
+        (status = 200, description = "The sandbox as defined", body = SandboxInfo),
+        (status = 409, description = "Another definition of a sandbox that is running (it keeps the one it started with until it stops), or of one in another namespace", body = ApiError),
+    ),
 )]
 pub async fn put_sandbox(
     State(state): State<AppState>,

@@ -247,14 +247,29 @@ impl Service {
         check_secret_names(&definition.secrets)?;
         // bkgr gives the definition before every run, bkg exec and bkg shell before they start:
         // an unchanged one is neither stored again nor audited again.
-        if let Some(existing) = existing
-            && existing.definition == definition
-        {
-            return self.sandbox_info(principal, existing).await;
+        if let Some(existing) = existing {
+            if existing.definition == definition {
+                return self.sandbox_info(principal, existing).await;
+            }
+            self.refuse_redefining_while_running(id, &definition.name)?;
         }
         let caller = principal.audit_caller(&definition.namespace);
         let stored = self.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
         self.sandbox_info(principal, stored).await
+    }
+
+    /// A running sandbox keeps the definition it started with until it stops, its service's
+    /// restarts included: a new one stored now would have the next restart run the old command
+    /// with the new environment, ports and limits.
+    fn refuse_redefining_while_running(&self, id: &str, name: &str) -> OpResult<()> {
+        let restarting = self.services.health(id).is_some_and(|health| health.state == ServiceState::Restarting);
+        if self.engine.current_run(id).is_none() && !restarting {
+            return Ok(());
+        }
+        Err(OpError::Conflict(format!(
+            "sandbox `{name}` is running and keeps the definition it started with: stop it first \
+             (`bkg stop {name}`), then give the new one"
+        )))
     }
 
     /// A definition whose disk limit is below what the sandbox's disk already has is refused

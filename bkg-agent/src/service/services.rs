@@ -74,7 +74,7 @@ impl Services {
         false
     }
 
-    fn health(&self, id: &str) -> Option<ServiceHealth> {
+    pub(super) fn health(&self, id: &str) -> Option<ServiceHealth> {
         self.0.lock().ok()?.get(id).map(|supervised| supervised.health.borrow().clone())
     }
 
