@@ -76,6 +76,14 @@ pub struct Unpacked {
     pub bytes: u64,
 }
 
+/// A file or link of an upload written under a name of its own beside its place, renamed into
+/// place once the whole upload has been taken.
+struct Staged {
+    parent: PathBuf,
+    staging_name: std::ffi::OsString,
+    name: std::ffi::OsString,
+}
+
 /// A path as the caller gave it, checked: relative to /workspace, without `..`. Empty or `.`
 /// is /workspace itself.
 pub fn relative(given: impl AsRef<Path>) -> Result<PathBuf, FilesError> {
@@ -217,12 +225,33 @@ impl Workspace {
 
     /// Writes the tar stream `archive` into `dest` (made if missing). Entries are files,
     /// directories and symbolic links; each entry's path is checked like the caller's.
-    /// A failed upload takes away the directories it made that are still empty, so that a
-    /// refused or broken one leaves nothing behind.
+    /// All or nothing for files and links: each is written beside its place under a name of its
+    /// own, and only once the whole stream has been taken are they renamed into place. A refused
+    /// or broken upload takes its own files away again, and the directories it made that are then
+    /// empty, so it leaves nothing behind and replaces nothing.
     pub fn unpack(&self, dest: &Path, archive: impl Read) -> Result<Unpacked, FilesError> {
         let mut made = Vec::new();
-        let unpacked = self.unpack_making(dest, archive, &mut made);
+        let mut staged = Vec::new();
+        let mut placed = 0;
+        let unpacked = self.unpack_making(dest, archive, &mut made, &mut staged).and_then(|unpacked| {
+            for file in &staged {
+                self.place_staged(file)?;
+                placed += 1;
+            }
+            Ok(unpacked)
+        });
         if unpacked.is_err() {
+            for file in &staged[placed..] {
+                if let Ok(parent_fd) =
+                    self.open_beneath(&file.parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+                {
+                    let _ = nix::unistd::unlinkat(
+                        parent_fd.as_fd(),
+                        file.staging_name.as_os_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                }
+            }
             for dir in made.iter().rev() {
                 let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else { continue };
                 let directory = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
@@ -235,7 +264,32 @@ impl Workspace {
         unpacked
     }
 
-    fn unpack_making(&self, dest: &Path, archive: impl Read, made: &mut Vec<PathBuf>) -> Result<Unpacked, FilesError> {
+    /// Renames a staged file or link over its place.
+    fn place_staged(&self, file: &Staged) -> Result<(), FilesError> {
+        let parent_fd = self
+            .open_beneath(&file.parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+            .map_err(|errno| failed("open", &file.parent, errno))?;
+        nix::fcntl::renameat(parent_fd.as_fd(), file.staging_name.as_os_str(), parent_fd.as_fd(), file.name.as_os_str())
+            .map_err(|errno| failed("replace", &file.parent.join(&file.name), errno))
+    }
+
+    /// Refuses to stage `file_name` in `parent_fd` when a directory holds its place: a file
+    /// cannot be renamed over one, and finding that only once every file is staged would
+    /// leave the upload half placed.
+    fn refuse_directory_in_place(parent_fd: &OwnedFd, file_name: &OsStr, path: &Path) -> Result<(), FilesError> {
+        match nix::sys::stat::fstatat(parent_fd, file_name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) if kind_of(&stat) == FileKind::Directory => Err(failed("replace", path, Errno::EISDIR)),
+            _ => Ok(()),
+        }
+    }
+
+    fn unpack_making(
+        &self,
+        dest: &Path,
+        archive: impl Read,
+        made: &mut Vec<PathBuf>,
+        staged: &mut Vec<Staged>,
+    ) -> Result<Unpacked, FilesError> {
         self.make_dirs(dest, made)?;
         let mut archive = tar::Archive::new(archive);
         let mut unpacked = Unpacked::default();
@@ -263,20 +317,23 @@ impl Workspace {
                 continue;
             };
             let parent_fd = self.make_dirs(parent, made)?;
+            Self::refuse_directory_in_place(&parent_fd, file_name, &path)?;
+            // A name of its own beside its place, short so that a file's own name may take all
+            // 255 bytes, and new (O_EXCL), so that no file of the sandbox's is written over.
+            let staging_name = std::ffi::OsString::from(format!(".{}", crate::ids::new_id("bkg-upload")));
+            let stage = Staged { parent: parent.to_path_buf(), staging_name, name: file_name.to_os_string() };
             if kind.is_symlink() {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| FilesError::BadArchive(format!("symbolic link {name} has no target")))?
                     .into_owned();
-                match nix::unistd::unlinkat(parent_fd.as_fd(), file_name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
-                    Ok(()) | Err(Errno::ENOENT) => {}
-                    Err(errno) => return Err(failed("replace", &path, errno)),
-                }
-                nix::unistd::symlinkat(OsStr::from_bytes(&target), parent_fd.as_fd(), file_name)
+                nix::unistd::symlinkat(OsStr::from_bytes(&target), parent_fd.as_fd(), stage.staging_name.as_os_str())
                     .map_err(|errno| failed("create", &path, errno))?;
+                let staging_name = stage.staging_name.clone();
+                staged.push(stage);
                 nix::unistd::fchownat(
                     parent_fd.as_fd(),
-                    file_name,
+                    staging_name.as_os_str(),
                     Some(Uid::from_raw(self.owner)),
                     Some(Gid::from_raw(self.owner)),
                     nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -289,47 +346,35 @@ impl Workspace {
                     "tar entry {name} is a {kind:?}: only files, directories and symbolic links are taken"
                 )));
             }
-            // Written beside its place under a name of its own and renamed over it once whole: a
-            // failed upload (a full disk, a broken stream) leaves neither a truncated file nor an
-            // old one half replaced. The name is short, so that a file's own name may take all
-            // 255 bytes, and new (O_EXCL), so that no file of the sandbox's is written over.
-            let staging_name = std::ffi::OsString::from(format!(".{}", crate::ids::new_id("bkg-upload")));
-            let staging = parent.join(&staging_name);
             let file = self
-                .open_beneath(&staging, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW, mode)
+                .open_beneath(
+                    &parent.join(&stage.staging_name),
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+                    mode,
+                )
                 .map_err(|errno| failed("create", &path, errno))?;
+            staged.push(stage);
             let mut file = std::fs::File::from(file);
-            // The mode the archive gives, not the one the agent's private umask leaves of it.
             let size = entry.size();
-            let written = self.chown(&file, &path).and_then(|()| set_mode(&file, mode, &path)).and_then(|()| {
-                let mut copied = 0u64;
-                loop {
-                    let read = entry.read(&mut buffer).map_err(|error| bad_archive(&error))?;
-                    if read == 0 {
-                        break;
-                    }
-                    file.write_all(&buffer[..read]).map_err(|error| io_failed("write", &path, &error))?;
-                    copied += read as u64;
+            // The mode the archive gives, not the one the agent's private umask leaves of it.
+            self.chown(&file, &path)?;
+            set_mode(&file, mode, &path)?;
+            let mut copied = 0u64;
+            loop {
+                let read = entry.read(&mut buffer).map_err(|error| bad_archive(&error))?;
+                if read == 0 {
+                    break;
                 }
-                // The tar reader ends an entry quietly where the stream broke off.
-                if copied != size {
-                    return Err(FilesError::BadArchive(format!("the stream ended inside {name}")));
-                }
-                unpacked.bytes += copied;
-                // The disk may be full only now, when the kernel writes the pages back.
-                file.sync_data().map_err(|error| io_failed("write", &path, &error))?;
-                nix::fcntl::renameat(parent_fd.as_fd(), staging_name.as_os_str(), parent_fd.as_fd(), file_name)
-                    .map_err(|errno| failed("replace", &path, errno))
-            });
-            if let Err(error) = written {
-                drop(file);
-                let _ = nix::unistd::unlinkat(
-                    parent_fd.as_fd(),
-                    staging_name.as_os_str(),
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                );
-                return Err(error);
+                file.write_all(&buffer[..read]).map_err(|error| io_failed("write", &path, &error))?;
+                copied += read as u64;
             }
+            // The tar reader ends an entry quietly where the stream broke off.
+            if copied != size {
+                return Err(FilesError::BadArchive(format!("the stream ended inside {name}")));
+            }
+            unpacked.bytes += copied;
+            // The disk may be full only now, when the kernel writes the pages back.
+            file.sync_data().map_err(|error| io_failed("write", &path, &error))?;
             unpacked.files += 1;
         }
         Ok(unpacked)
@@ -500,12 +545,8 @@ mod tests {
 
     #[test]
     fn a_failed_upload_takes_away_the_directories_it_made_and_no_others() {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let (dir, workspace) = temp_workspace();
         std::fs::create_dir(dir.path().join("kept")).expect("mkdir");
-        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let root = nix::fcntl::open(dir.path(), flags, Mode::empty()).expect("open the temp dir");
-        let owner = nix::unistd::geteuid().as_raw();
-        let workspace = Workspace { root, owner, _disk: None };
         // A header promising 4 KiB of a file, then the stream breaks off.
         let mut header = tar::Header::new_gnu();
         header.set_path("deep/file.txt").expect("path");
@@ -525,6 +566,87 @@ mod tests {
         let whole = whole.into_inner().expect("tar");
         assert_eq!(workspace.unpack(Path::new("kept/new"), whole.as_slice()).map(|done| done.files).ok(), Some(1));
         assert_eq!(std::fs::read(dir.path().join("kept/new/deep/file.txt")).ok(), Some(b"abc".to_vec()));
+    }
+
+    /// A tar of `entries` (name, contents; `None`: a link to `target`), its last file cut short
+    /// when `broken`.
+    fn tar_of(entries: &[(&str, Option<&[u8]>)], broken: bool) -> Vec<u8> {
+        let mut archive = tar::Builder::new(Vec::new());
+        for (name, contents) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o644);
+            match contents {
+                Some(bytes) => {
+                    header.set_size(bytes.len() as u64);
+                    header.set_cksum();
+                    archive.append_data(&mut header, name, *bytes).expect("append");
+                }
+                None => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    header.set_size(0);
+                    archive.append_link(&mut header, name, "target").expect("append link");
+                }
+            }
+        }
+        let mut bytes = archive.into_inner().expect("tar");
+        if broken {
+            let mut header = tar::Header::new_gnu();
+            header.set_path("last.txt").expect("path");
+            header.set_size(4096);
+            header.set_mode(0o644);
+            header.set_cksum();
+            // The stream breaks off inside the last file (no end-of-archive blocks).
+            bytes.truncate(bytes.len() - 1024);
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.extend_from_slice(&[b'x'; 100]);
+        }
+        bytes
+    }
+
+    fn temp_workspace() -> (tempfile::TempDir, Workspace) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let root = nix::fcntl::open(dir.path(), flags, Mode::empty()).expect("open the temp dir");
+        let workspace = Workspace { root, owner: nix::unistd::geteuid().as_raw(), _disk: None };
+        (dir, workspace)
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_failed_upload_places_none_of_its_files_and_replaces_nothing() {
+        let (dir, workspace) = temp_workspace();
+        std::fs::write(dir.path().join("a.txt"), "old").expect("write");
+        let entries: [(&str, Option<&[u8]>); 3] = [("a.txt", Some(b"new")), ("b.txt", Some(b"b")), ("link", None)];
+        assert!(workspace.unpack(Path::new(""), tar_of(&entries, true).as_slice()).is_err());
+        assert_eq!(std::fs::read_to_string(dir.path().join("a.txt")).ok().as_deref(), Some("old"));
+        assert_eq!(names_in(dir.path()), ["a.txt"], "no file, link or staged name is left");
+
+        // A directory where a file would go is refused before any file is placed.
+        std::fs::create_dir(dir.path().join("b.txt")).expect("mkdir");
+        let refused = workspace.unpack(Path::new(""), tar_of(&entries, false).as_slice());
+        assert!(
+            matches!(&refused, Err(FilesError::Refused(said)) if said.contains("b.txt is a directory")),
+            "{:?}",
+            refused.err()
+        );
+        assert_eq!(std::fs::read_to_string(dir.path().join("a.txt")).ok().as_deref(), Some("old"));
+        assert_eq!(names_in(dir.path()), ["a.txt", "b.txt"]);
+
+        // A whole one places them all.
+        std::fs::remove_dir(dir.path().join("b.txt")).expect("rmdir");
+        let placed = workspace.unpack(Path::new(""), tar_of(&entries, false).as_slice()).map(|done| done.files);
+        assert_eq!(placed.ok(), Some(2));
+        assert_eq!(std::fs::read_to_string(dir.path().join("a.txt")).ok().as_deref(), Some("new"));
+        assert_eq!(std::fs::read_link(dir.path().join("link")).ok(), Some(PathBuf::from("target")));
+        assert_eq!(names_in(dir.path()), ["a.txt", "b.txt", "link"]);
     }
 
     #[test]
