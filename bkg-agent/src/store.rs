@@ -499,17 +499,22 @@ impl Store {
         .await
     }
 
+    /// Stores sandbox `id`'s definition, recorded as `sandbox.created`, or as `sandbox.updated`
+    /// when it `replaces` one the store has.
     pub async fn put_sandbox(
         &self,
         caller: &Caller,
         id: &str,
         definition: &SandboxDefinition,
+        replaces: bool,
         now_ms: u64,
     ) -> Result<StoredSandbox, StoreError> {
+        let shown = SandboxCreated::from(definition);
+        let details = if replaces { Details::SandboxUpdated(shown) } else { Details::SandboxCreated(shown) };
         let event = AuditEvent {
             namespace: Some(definition.namespace.clone()),
             sandbox: Some(id.to_owned()),
-            ..AuditEvent::new(caller.actor.clone(), Details::SandboxCreated(SandboxCreated::from(definition)))
+            ..AuditEvent::new(caller.actor.clone(), details)
         };
         let id = id.to_owned();
         let definition = definition.clone();
@@ -1129,7 +1134,7 @@ mod tests {
                 Language::Python,
             )
         };
-        store.put_sandbox(&caller(), "api-1", &definition, 5).await?;
+        store.put_sandbox(&caller(), "api-1", &definition, false, 5).await?;
         let stored: String =
             store.with(|db| Ok(db.query_row("SELECT definition FROM sandboxes", [], |row| row.get(0))?)).await?;
         assert!(stored.contains("TOKEN") && !stored.contains("value-kept-apart"), "{stored}");
@@ -1154,7 +1159,9 @@ mod tests {
             store.with(|db| Ok(db.query_row("SELECT definition FROM sandboxes", [], |row| row.get(0))?)).await?;
         assert!(!stored.contains("value-kept-apart"), "{stored}");
         // Defined again without env: the file goes.
-        store.put_sandbox(&caller(), "api-1", &SandboxDefinition { env: Default::default(), ..definition }, 6).await?;
+        store
+            .put_sandbox(&caller(), "api-1", &SandboxDefinition { env: Default::default(), ..definition }, true, 6)
+            .await?;
         assert!(!file.exists());
         Ok(())
     }

@@ -518,6 +518,7 @@ fn exec_sees_an_edited_cave_yaml_and_an_unchanged_definition_is_not_audited_agai
         let run = agent.bkgr(dir, &["box"]);
         assert_eq!(code(&run), 0, "{}", stderr(&run));
     }
+    // How many times the sandbox was recorded as created, and as given another definition.
     let definitions = || {
         let tail = agent
             .bkg()
@@ -525,16 +526,17 @@ fn exec_sees_an_edited_cave_yaml_and_an_unchanged_definition_is_not_audited_agai
             .arg(&agent.state_dir)
             .output()
             .expect("bkg audit tail");
-        String::from_utf8_lossy(&tail.stdout).matches("\"sandbox.created\"").count()
+        let tail = String::from_utf8_lossy(&tail.stdout).into_owned();
+        (tail.matches("\"sandbox.created\"").count(), tail.matches("\"sandbox.updated\"").count())
     };
-    assert_eq!(definitions(), 1, "the second bkgr gave the same definition");
+    assert_eq!(definitions(), (1, 0), "the second bkgr gave the same definition");
 
     let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
     assert!(cave.contains("MODE: one"), "{cave}");
     write(&dir.join("cave.yaml"), &cave.replace("MODE: one", "MODE: two"));
     let shown = agent.bkg_in(dir, &["exec", "box", "-c", "import os; print(os.environ['MODE'])"]);
     assert_eq!((code(&shown), stdout(&shown)), (0, "two\n".to_owned()), "{}", stderr(&shown));
-    assert_eq!(definitions(), 2, "the edited definition was given once");
+    assert_eq!(definitions(), (1, 1), "the edited definition was given once, as an update");
 }
 
 /// `bkgr NAME --memory …` holds for that run (and a detached one's restarts) only: the

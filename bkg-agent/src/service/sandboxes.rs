@@ -247,6 +247,7 @@ impl Service {
         check_secret_names(&definition.secrets)?;
         // bkgr gives the definition before every run, bkg exec and bkg shell before they start:
         // an unchanged one is neither stored again nor audited again.
+        let replaces = existing.is_some();
         if let Some(existing) = existing {
             if existing.definition == definition {
                 return self.sandbox_info(principal, existing).await;
@@ -254,7 +255,7 @@ impl Service {
             self.refuse_redefining_while_running(id, &definition.name)?;
         }
         let caller = principal.audit_caller(&definition.namespace);
-        let stored = self.store.put_sandbox(&caller, id, &definition, now_ms()).await?;
+        let stored = self.store.put_sandbox(&caller, id, &definition, replaces, now_ms()).await?;
         self.sandbox_info(principal, stored).await
     }
 

@@ -43,7 +43,7 @@ const UPSERT_RUN: &str = "INSERT INTO runs (agent_id, id, namespace, seq, sandbo
         state = runs.state || EXCLUDED.state
     WHERE runs.seq < EXCLUDED.seq";
 
-// `deleted_at_ms` is set by sandbox.deleted and cleared by a later sandbox.created of the same id.
+// `deleted_at_ms` is set by sandbox.deleted and cleared by a later sandbox.created (or .updated) of the same id.
 const UPSERT_SANDBOX: &str = "INSERT INTO sandboxes (agent_id, id, namespace, seq, name, project_dir, language,
         created_at_ms, updated_at_ms, deleted_at_ms, state)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
@@ -434,7 +434,7 @@ fn state_upsert(event: &OutboxEvent, read: &Read) -> Result<Option<(Kind, Vec<Pa
                 Box::new(merged(parts)),
             ],
         ),
-        Details::SandboxCreated(created) => (
+        Details::SandboxCreated(created) | Details::SandboxUpdated(created) => (
             Kind::Sandbox,
             head(record.sandbox.as_ref(), "sandbox")?,
             vec![

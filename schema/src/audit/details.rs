@@ -115,6 +115,8 @@ kinds! {
     /// was killed) without closing it.
     RunInterrupted(RunInterrupted) = "run.interrupted",
     SandboxCreated(SandboxCreated) = "sandbox.created",
+    /// A sandbox given another definition: the new one, as `sandbox.created` shows it.
+    SandboxUpdated(SandboxCreated) = "sandbox.updated",
     SandboxDeleted(Nothing) = "sandbox.deleted",
     KeyCreated(KeyChange) = "key.created",
     KeyRotated(KeyChange) = "key.rotated",
