@@ -130,6 +130,9 @@ const MIGRATIONS: &[&str] = &[
     // A sandbox's service as it last stood (`ServiceHealth` as JSON), for `bkg status` after an
     // agent restart; it goes with the sandbox.
     "ALTER TABLE sandboxes ADD COLUMN last_service TEXT;",
+    // The key that made a key (a namespace key's session keys): revoking it revokes them.
+    "ALTER TABLE api_keys ADD COLUMN created_by_key TEXT;
+    CREATE INDEX api_keys_created_by_key ON api_keys (created_by_key);",
 ];
 
 /// A run as it starts (`Store::run_started`).

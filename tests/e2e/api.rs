@@ -1434,3 +1434,45 @@ fn a_plain_run_whose_caller_hangs_up_is_cancelled_not_left_to_its_timeout() {
     };
     assert_eq!(run["killed_by"], "cancelled", "{run}");
 }
+
+/// The session and model-access keys a namespace key made, and their refreshes, end with it:
+/// a leaked namespace key that is revoked must not live on through them. An admin key's keys
+/// are the namespaces' own and outlive it. An expired key stays expired (found by a new-user
+/// trial: rotating one brought it back, and a namespace key's keys outlived its revocation).
+#[test]
+fn the_keys_a_namespace_key_made_end_with_it_and_an_expired_key_cannot_be_rotated() {
+    let api = ApiAgent::start(&[]);
+    let admin = api.admin();
+    let (team_id, team) = api.key("namespace", Some("team"));
+    let made = |maker: &str, body: Value| {
+        let answer = api.client(maker).post("/api/v1/auth/keys", &body);
+        expect(&answer, 201, "a key made with a key");
+        let key = answer.json();
+        (key["id"].as_str().unwrap_or_default().to_owned(), key["key"].as_str().unwrap_or_default().to_owned(), key)
+    };
+    let (_, session, shown) = made(&team, json!({ "role": "session", "name": "minted" }));
+    assert_eq!(shown["created_by_key"], team_id.as_str(), "{shown}");
+    let (_, model, _) = made(&team, json!({ "role": "model-access" }));
+    let refreshed = api.client(&session).send("POST", "/api/v1/auth/refresh", None, &[]);
+    expect(&refreshed, 201, "refresh");
+    assert_eq!(refreshed.json()["created_by_key"], team_id.as_str(), "a refresh continues the session");
+    let session = refreshed.json()["key"].as_str().unwrap_or_default().to_owned();
+    expect(&api.client(&session).get("/api/v1/auth/whoami"), 200, "the refreshed session key");
+
+    expect(&admin.post(&format!("/api/v1/auth/keys/{team_id}/revoke"), &json!({})), 200, "revoke the namespace key");
+    expect(&api.client(&session).get("/api/v1/auth/whoami"), 401, "its session key, refreshed");
+    expect(&api.client(&model).get("/api/v1/auth/whoami"), 401, "its model-access key");
+    expect(&api.client(&session).send("POST", "/api/v1/auth/refresh", None, &[]), 401, "a refresh of it");
+
+    let (other_admin_id, other_admin) = api.key("admin", None);
+    let (_, team_again, _) = made(&other_admin, json!({ "role": "namespace", "namespace": "team" }));
+    expect(&admin.post(&format!("/api/v1/auth/keys/{other_admin_id}/revoke"), &json!({})), 200, "revoke the admin key");
+    expect(&api.client(&team_again).get("/api/v1/auth/whoami"), 200, "a namespace key an admin key made");
+
+    let (short_id, short, _) = made(&team_again, json!({ "role": "session", "ttl_seconds": 1 }));
+    std::thread::sleep(Duration::from_millis(1200));
+    expect(&api.client(&short).get("/api/v1/auth/whoami"), 401, "an expired key");
+    let rotated = admin.send("POST", &format!("/api/v1/auth/keys/{short_id}/rotate"), None, &[]);
+    expect(&rotated, 409, "rotating an expired key");
+    assert!(rotated.text().contains("has expired"), "{}", rotated.text());
+}

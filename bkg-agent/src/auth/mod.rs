@@ -164,6 +164,7 @@ pub(crate) mod tests {
             rotated_at_ms: None,
             revoked_at_ms: None,
             last_used_at_ms: None,
+            created_by_key: None,
         }
     }
 

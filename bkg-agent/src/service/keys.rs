@@ -40,6 +40,8 @@ struct Wanted {
     name: Option<String>,
     user: Option<String>,
     ttl_ms: u64,
+    /// The key that makes it (`KeyInfo::created_by_key`).
+    created_by_key: Option<String>,
 }
 
 fn hashing_failed<E>(_: E) -> OpError {
@@ -97,7 +99,7 @@ impl Service {
 
     /// Makes and stores a new key, recorded as `kind`; the secret is returned once and never kept.
     async fn issue(&self, caller: &Caller, kind: KeyKind, wanted: Wanted) -> OpResult<IssuedKey> {
-        let Wanted { role, namespace, name, user, ttl_ms } = wanted;
+        let Wanted { role, namespace, name, user, ttl_ms, created_by_key } = wanted;
         let secret = keys::generate(role).map_err(|error| OpError::Internal(error.to_string()))?;
         let now = now_ms();
         let new = NewKey {
@@ -109,6 +111,7 @@ impl Service {
             user,
             created_at_ms: now,
             expires_at_ms: now.saturating_add(ttl_ms),
+            created_by_key,
         };
         let info = self.store.insert_key(caller, kind, new).await?;
         Ok(IssuedKey { key: secret, info })
@@ -166,6 +169,7 @@ impl Service {
             name: None,
             user: Some(user.username),
             ttl_ms: self.ttl_ms(Role::Session),
+            created_by_key: None,
         };
         self.issue(&caller, Details::Login, wanted).await
     }
@@ -185,6 +189,9 @@ impl Service {
             name: current.name.clone(),
             user: current.user.clone(),
             ttl_ms: self.ttl_ms(Role::Session),
+            // The same session, so the same lineage: revoking the key that made the first still
+            // ends it.
+            created_by_key: current.created_by_key.clone(),
         };
         let issued = self.issue(&caller, Details::KeyCreated, wanted).await?;
         self.store.revoke_key(&caller, &current.id, now_ms()).await?;
@@ -239,8 +246,45 @@ impl Service {
             ));
         }
         let caller = principal.audit_caller(namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
-        let wanted = Wanted { role: request.role, namespace, name: request.name, user: None, ttl_ms: ttl };
-        self.issue(&caller, Details::KeyCreated, wanted).await
+        let maker = match principal {
+            Principal::Key(key) => Some(key.id.clone()),
+            _ => None,
+        };
+        let wanted = Wanted {
+            role: request.role,
+            namespace,
+            name: request.name,
+            user: None,
+            ttl_ms: ttl,
+            created_by_key: maker,
+        };
+        let issued = self.issue(&caller, Details::KeyCreated, wanted).await?;
+        // The maker revoked while this was being made: the revocation missed it, so it goes now.
+        if let Principal::Key(maker) = principal
+            && self.store.get_key(&maker.id).await?.is_none_or(|maker| maker.revoked_at_ms.is_some())
+        {
+            self.revoke_made_keys(&caller, maker).await?;
+            return Err(OpError::Unauthorized("the key that made this request was revoked".into()));
+        }
+        Ok(issued)
+    }
+
+    /// Revokes the keys `key` made, and theirs, unless `key` is an admin's: an admin's keys
+    /// are the namespaces' own, made for them (revoking an old admin key must not end every
+    /// team's access), while a namespace key's session and model-access keys are its own
+    /// extensions, and must not outlive it (a leaked key revoked would live on through them).
+    async fn revoke_made_keys(&self, caller: &Caller, key: &KeyInfo) -> OpResult<()> {
+        if key.role == Role::Admin {
+            return Ok(());
+        }
+        let mut makers = vec![key.id.clone()];
+        while let Some(maker) = makers.pop() {
+            for made in self.store.live_keys_made_by(&maker).await? {
+                self.store.revoke_key(caller, &made.id, now_ms()).await?;
+                makers.push(made.id);
+            }
+        }
+        Ok(())
     }
 
     /// The keys the caller may manage, newest first.
@@ -259,6 +303,11 @@ impl Service {
         let key = self.managed_key(principal, id).await?;
         if key.revoked_at_ms.is_some() {
             return Err(OpError::Conflict(format!("key {id} is revoked; a revoked key cannot be rotated")));
+        }
+        if key.expires_at_ms <= now_ms() {
+            return Err(OpError::Conflict(format!(
+                "key {id} has expired; an expired key cannot be rotated: create a new one (bkg keys create)"
+            )));
         }
         let secret = keys::generate(key.role).map_err(|error| OpError::Internal(error.to_string()))?;
         let now = now_ms();
@@ -287,7 +336,13 @@ impl Service {
     pub async fn revoke_key(&self, principal: &Principal, id: &str) -> OpResult<KeyInfo> {
         let key = self.managed_key(principal, id).await?;
         let caller = principal.audit_caller(key.namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
-        self.store.revoke_key(&caller, id, now_ms()).await?.ok_or_else(|| OpError::NotFound(format!("no key {id}")))
+        let revoked = self
+            .store
+            .revoke_key(&caller, id, now_ms())
+            .await?
+            .ok_or_else(|| OpError::NotFound(format!("no key {id}")))?;
+        self.revoke_made_keys(&caller, &key).await?;
+        Ok(revoked)
     }
 
     /// Deletes a key for good.
@@ -297,7 +352,7 @@ impl Service {
         if !self.store.delete_key(&caller, id).await? {
             return Err(OpError::NotFound(format!("no key {id}")));
         }
-        Ok(())
+        self.revoke_made_keys(&caller, &key).await
     }
 
     /// Accepts a peer's key-rotation notice: its signature (HMAC under the shared webhook

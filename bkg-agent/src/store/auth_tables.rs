@@ -18,10 +18,11 @@ pub struct NewKey {
     pub user: Option<String>,
     pub created_at_ms: u64,
     pub expires_at_ms: u64,
+    pub created_by_key: Option<String>,
 }
 
 const KEY_COLUMNS: &str = "id, role, namespace, name, user, created_at_ms, expires_at_ms, rotated_at_ms, \
-    revoked_at_ms, last_used_at_ms";
+    revoked_at_ms, last_used_at_ms, created_by_key";
 
 fn key_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
     let role: String = row.get(1)?;
@@ -39,6 +40,7 @@ fn key_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
         rotated_at_ms: millis(row.get(7)?),
         revoked_at_ms: millis(row.get(8)?),
         last_used_at_ms: millis(row.get(9)?),
+        created_by_key: row.get(10)?,
     })
 }
 
@@ -69,12 +71,13 @@ impl Store {
             rotated_at_ms: None,
             revoked_at_ms: None,
             last_used_at_ms: None,
+            created_by_key: key.created_by_key.clone(),
         };
         let event = key_event(caller, kind, &info, false);
         self.record(event, move |db| {
             db.execute(
-                "INSERT INTO api_keys (id, hash, role, namespace, name, user, created_at_ms, expires_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO api_keys (id, hash, role, namespace, name, user, created_at_ms, expires_at_ms,
+                 created_by_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     key.id,
                     key.hash,
@@ -83,7 +86,8 @@ impl Store {
                     key.name,
                     key.user,
                     key.created_at_ms as i64,
-                    key.expires_at_ms as i64
+                    key.expires_at_ms as i64,
+                    key.created_by_key
                 ],
             )?;
             Ok(())
@@ -124,6 +128,19 @@ impl Store {
         self.with(move |db| {
             db.execute("UPDATE api_keys SET last_used_at_ms = ?2 WHERE id = ?1", params![id, now_ms as i64])?;
             Ok(())
+        })
+        .await
+    }
+
+    /// The keys key `id` made that are not revoked yet.
+    pub async fn live_keys_made_by(&self, id: &str) -> Result<Vec<KeyInfo>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |db| {
+            let mut statement = db.prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE created_by_key = ?1 AND revoked_at_ms IS NULL"
+            ))?;
+            let rows = statement.query_map(params![id], key_info)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
