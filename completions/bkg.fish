@@ -133,13 +133,13 @@ complete -c bkg -n "__fish_bkg_using_subcommand add" -s e -l env -d 'Set an envi
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l volume -d 'Mount a project folder, read-only unless :rw (repeatable)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l cave -d 'The cave.yaml to edit [default: DIR/cave.yaml]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l file -d 'The old name of --cave (`bkg exe --file` copies a file in); warns' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand add" -s C -l dir -d 'The project directory [default: .]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand add" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand add" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand validate" -s C -l dir -d 'The project directory [default: .]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand validate" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F

@@ -3,7 +3,6 @@
 //! file.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use bkg_schema::cave::{
     self, CaveLimits, CpuCount, ENV_KEY_RULE, FILE_NAME, SCRIPT_NAME_RULE, Volume, is_command, is_env_key,
@@ -25,7 +24,7 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
     let path = match (args.cave.or(args.file), args.dir) {
         (Some(path), _) => path,
         (None, Some(dir)) => dir.join(FILE_NAME),
-        (None, None) => PathBuf::from(FILE_NAME),
+        (None, None) => crate::project::nearest_cave_file(),
     };
     let file = path.display().to_string();
     let text = std::fs::read_to_string(&path).map_err(|error| {

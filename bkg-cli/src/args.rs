@@ -480,7 +480,7 @@ pub struct AddArgs {
     /// The old name of --cave (`bkg exe --file` copies a file in); warns.
     #[arg(long, value_name = "PATH", hide = true, conflicts_with_all = ["cave", "dir"])]
     pub file: Option<PathBuf>,
-    /// The project directory [default: .]
+    /// The project directory [default: the nearest with a cave.yaml, from the current one up]
     #[arg(short = 'C', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
@@ -490,7 +490,7 @@ pub struct ValidateArgs {
     /// The file to check [default: DIR/cave.yaml]
     #[arg(value_name = "FILE", conflicts_with = "dir")]
     pub file: Option<PathBuf>,
-    /// The project directory [default: .]
+    /// The project directory [default: the nearest with a cave.yaml, from the current one up]
     #[arg(short = 'C', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Print only one JSON object: {"file", "valid", "errors": [{"line", "pointer", "message"}]}.

@@ -487,7 +487,7 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
             for name in &args.names {
                 let (edited, known) = removal_of(&client, &project, name).await?;
                 let edit = edited.map(|_| project.join("cave.yaml"));
-                removals.push(Removal { name, id: id_of(&project, name), known: known.is_some(), edit });
+                removals.push(Removal { name: name.clone(), id: id_of(&project, name), known: known.is_some(), edit });
             }
         }
         // A sandbox whose project was moved or deleted is still the agent's: found by its name
@@ -495,10 +495,15 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
         Err(no_project) => {
             for name in &args.names {
                 let id = crate::files_cmd::outside_a_project(&client, name, &no_project).await?;
+                // Given by its id (`bkg ls --all`), it is still called by its name.
+                let name = bkg_schema::sandbox::sandbox_name_of(&id).to_owned();
                 removals.push(Removal { name, id, known: true, edit: None });
             }
         }
     }
+    // A sandbox named twice (or by its name and its id) is removed once.
+    let mut seen = std::collections::HashSet::new();
+    removals.retain(|removal| seen.insert(removal.id.clone()));
     let mut removed = Vec::new();
     let mut outcome = Ok(SUCCESS);
     for removal in removals {
@@ -522,8 +527,8 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
 
 /// One sandbox to remove: its id, whether the agent has it, and the cave.yaml that declares it,
 /// if one does.
-struct Removal<'a> {
-    name: &'a str,
+struct Removal {
+    name: String,
     id: String,
     known: bool,
     edit: Option<std::path::PathBuf>,
@@ -543,6 +548,14 @@ async fn removal_of(
     let cave_text = std::fs::read_to_string(&cave_path)
         .map_err(|error| CliError::usage(format!("{}: {error}", cave_path.display())))?;
     let edited = remove_sandbox_block(&cave_text, name);
+    // Refused before anything is removed: the sandbox's data would go and cave.yaml keep it.
+    if edited.is_none() && cave.sandboxes.contains_key(name) {
+        return Err(CliError::usage(format!(
+            "cave.yaml declares `{name}` in a form bkg rm cannot edit (`sandboxes:` written inline): nothing was \
+             removed; write `sandboxes:` as a block, one entry per line (as bkg add writes it), or take `{name}` out \
+             of cave.yaml yourself and run `bkg rm {name}` again"
+        )));
+    }
     let known = fetch(client, &id_of(project, name)).await?;
     if edited.is_none() && known.is_none() {
         return Err(crate::project::unknown_sandbox(&cave, name));
@@ -554,7 +567,7 @@ async fn removal_of(
 async fn rm(
     out: crate::out::Printer,
     client: &AgentClient,
-    Removal { name, id, known, edit }: Removal<'_>,
+    Removal { name, id, known, edit }: Removal,
     force: bool,
 ) -> Result<Option<Removed>, CliError> {
     if !force {
@@ -582,14 +595,14 @@ async fn rm(
     if let Some(cave_path) = &edit {
         let text = std::fs::read_to_string(cave_path)
             .map_err(|error| CliError::usage(format!("{}: {error}", cave_path.display())))?;
-        if let Some(edited) = remove_sandbox_block(&text, name) {
+        if let Some(edited) = remove_sandbox_block(&text, &name) {
             crate::project::write_atomically(cave_path, &edited)?;
         }
     }
     if !out.is_json() {
         out.note(format_args!("removed {name}"));
     }
-    Ok(Some(Removed { name: name.to_owned(), id, removed: true }))
+    Ok(Some(Removed { name, id, removed: true }))
 }
 
 /// cave.yaml without the block of sandbox `name` (its key line and every more-indented line
@@ -597,7 +610,9 @@ async fn rm(
 fn remove_sandbox_block(text: &str, name: &str) -> Option<String> {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let indent_of = |line: &str| line.len() - line.trim_start().len();
-    let sandboxes = lines.iter().position(|line| line.trim_end() == "sandboxes:" && indent_of(line) == 0)?;
+    // `sandboxes:`, maybe with a comment after it; a value there is an inline mapping.
+    let is_key_line = |line: &str| line.split('#').next().is_some_and(|key| key.trim_end() == "sandboxes:");
+    let sandboxes = lines.iter().position(|line| is_key_line(line) && indent_of(line) == 0)?;
     let block_end = (sandboxes + 1..lines.len())
         .find(|&index| !lines[index].trim().is_empty() && indent_of(lines[index]) == 0)
         .unwrap_or(lines.len());
@@ -625,7 +640,11 @@ fn remove_sandbox_block(text: &str, name: &str) -> Option<String> {
         .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'));
     if !entries_left {
         let key = &lines[sandboxes];
-        kept[sandboxes] = format!("sandboxes: {{}}{}", &key[key.trim_end().len()..]);
+        let ending = &key[key.trim_end().len()..];
+        kept[sandboxes] = match key.find('#') {
+            Some(at) => format!("sandboxes: {{}} {}{ending}", key[at..].trim_end()),
+            None => format!("sandboxes: {{}}{ending}"),
+        };
     }
     Some(kept.concat())
 }
@@ -675,6 +694,14 @@ mod tests {
             remove_sandbox_block(&two, "worker").as_deref(),
             Some("# my project\nversion: 1\nnamespace: default\nsandboxes: {}\n")
         );
+    }
+
+    #[test]
+    fn a_comment_after_sandboxes_is_read_past_and_kept() {
+        let commented = "version: 1\nsandboxes:  # the boxes\n  api:\n    type: python\n";
+        assert_eq!(remove_sandbox_block(commented, "api").as_deref(), Some("version: 1\nsandboxes: {} # the boxes\n"));
+        let inline = "version: 1\nsandboxes: { api: { type: python } }\n";
+        assert_eq!(remove_sandbox_block(inline, "api"), None, "an inline mapping is not edited");
     }
 
     #[test]

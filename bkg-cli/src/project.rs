@@ -7,14 +7,26 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bkg_schema::Language;
-use bkg_schema::cave::{CaveFile, NAME_RULE, yaml_scalar as scalar};
+use bkg_schema::cave::{CaveFile, FILE_NAME, NAME_RULE, yaml_scalar as scalar};
 use bkg_schema::sandbox::is_dns_label;
 
 use crate::exit::CliError;
 
 /// The cave.yaml in `start` or the nearest directory above it.
-fn find_cave_file(start: &Path) -> Option<PathBuf> {
+pub(crate) fn find_cave_file(start: &Path) -> Option<PathBuf> {
     start.ancestors().map(|dir| dir.join("cave.yaml")).find(|candidate| candidate.is_file())
+}
+
+/// The cave.yaml a command that reads or edits the file itself (`bkg validate`, `bkg add`)
+/// takes when given no path: the project's around the current directory, as every other
+/// command finds it (`./cave.yaml` when it is here, or when there is none to find, so the
+/// error names the file `bkg init` would write).
+pub fn nearest_cave_file() -> PathBuf {
+    let here = PathBuf::from(FILE_NAME);
+    if here.is_file() {
+        return here;
+    }
+    std::env::current_dir().ok().and_then(|dir| find_cave_file(&dir)).unwrap_or(here)
 }
 
 /// The project around the current directory (or `--dir`): its absolute directory.

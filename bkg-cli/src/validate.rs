@@ -10,7 +10,11 @@ use crate::settings::Settings;
 
 pub fn run(settings: &Settings, args: ValidateArgs) -> Result<i32, CliError> {
     let out = settings.out;
-    let path = args.file.unwrap_or_else(|| args.dir.unwrap_or_default().join(FILE_NAME));
+    let path = match (args.file, args.dir) {
+        (Some(file), _) => file,
+        (None, Some(dir)) => dir.join(FILE_NAME),
+        (None, None) => crate::project::nearest_cave_file(),
+    };
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,

@@ -378,6 +378,30 @@ fn add_after_init_turns_the_empty_mapping_into_a_block() {
     assert_eq!(stderr(&output), "cave.yaml: valid (2 sandboxes)\n");
 }
 
+/// From a subdirectory of a project, `bkg add` and `bkg validate` take the project's cave.yaml,
+/// as bkgr, ls and status find it (found by a new-user trial: they looked only in the current
+/// directory, and the hint to run `bkg init` there made a second project that hid the first);
+/// an init inside a project says so.
+#[test]
+fn add_and_validate_find_the_project_from_a_subdirectory_and_init_says_it_nests() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sub = dir.path().join("src/deep");
+    fs::create_dir_all(&sub).expect("mkdir");
+    assert_eq!(bkg(dir.path(), &["init", "--yes"]).status.code(), Some(0));
+    let added = bkg(&sub, &["add", "api", "--type", "python"]);
+    assert_eq!(added.status.code(), Some(0), "{}", stderr(&added));
+    let root = dir.path().canonicalize().expect("canonical");
+    assert!(fs::read_to_string(root.join("cave.yaml")).expect("cave.yaml").contains("api:"));
+    assert!(root.join("main.py").is_file() && !sub.join("main.py").exists(), "the starter goes beside cave.yaml");
+    let checked = bkg(&sub, &["validate"]);
+    assert_eq!(stderr(&checked), format!("{}: valid (1 sandbox)\n", root.join("cave.yaml").display()));
+
+    let nested = bkg(&sub, &["init", "--yes"]);
+    assert_eq!(nested.status.code(), Some(0), "{}", stderr(&nested));
+    assert!(stderr(&nested).contains(&format!("is inside the project of {}", root.join("cave.yaml").display())));
+    assert_eq!(stderr(&bkg(&sub, &["validate"])), "cave.yaml: valid (0 sandboxes)\n");
+}
+
 /// Starts `bkg ARGS` on a new pseudo-terminal.
 fn spawn_on_terminal(args: &[&str]) -> (Terminal, std::process::Child) {
     spawn_on_terminal_with_ci(args, None)

@@ -156,6 +156,27 @@ fn rm_without_a_terminal_needs_force() {
     assert!(std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave").contains("api:"));
 }
 
+/// A cave.yaml whose `sandboxes:` is inline cannot be edited by `bkg rm`: it refuses before
+/// anything goes (found by a new-user trial: the workspace went, cave.yaml kept the entry, and
+/// rm said "removed").
+#[test]
+fn rm_refuses_an_inline_sandboxes_mapping_before_removing_anything() {
+    let agent = Agent::start();
+    let project = project_with(
+        "version: 1\nnamespace: default\nsandboxes: { a: { type: python, scripts: { start: 'true' } }, b: { type: node } }\n",
+    );
+    let dir = project.path();
+    let run = agent.bkgr(dir, &["a"]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    for name in ["a", "b"] {
+        let refused = agent.bkg_in(dir, &["rm", name, "--force", "--json"]);
+        assert_eq!(code(&refused), 125, "{name}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains("cannot edit"), "{name}: {}", stderr(&refused));
+        assert!(refused.stdout.is_empty(), "{name}: nothing said removed");
+    }
+    assert_eq!(status_of(&agent, dir, "a")["name"], "a", "the sandbox that ran is still there");
+}
+
 /// A deleted project leaves its sandbox (and its reserved disk) on the agent: from where no
 /// cave.yaml is around, `bkg rm` finds it by name as `bkg stop` does, and by id.
 #[test]
@@ -183,7 +204,8 @@ fn the_sandboxes_of_a_deleted_project_are_removed_by_name_or_id() {
         assert!(stderr(&asked).contains("--force"), "{}", stderr(&asked));
         let removed = agent.bkg_in(nowhere.path(), &["rm", target, "--force"]);
         assert_eq!(code(&removed), 0, "{}", stderr(&removed));
-        assert_eq!(stderr(&removed), format!("bkg: removed {target}\n"));
+        // Given by its id, it is still called by its name.
+        assert_eq!(stderr(&removed), format!("bkg: removed {name}\n"));
         let ids = ids();
         assert!(!ids.contains(&id), "{ids:?}");
     }

@@ -232,9 +232,9 @@ impl Service {
                 return Err(not_yours(&existing.definition));
             }
             return Err(OpError::Conflict(format!(
-                "sandbox `{name}` of {project} is in namespace `{}`, not `{}`: a sandbox keeps its namespace; \
-                 remove it there first (`bkg rm {name}` as its owner, its data goes with it) or give this one \
-                 another name",
+                "`{name}` of {project} is in namespace `{}`, not `{}`: a sandbox keeps its namespace; give this \
+                 one another name, or put the namespace back (`bkg rm {name}` there removes the sandbox with its \
+                 data and its cave.yaml entry)",
                 existing.definition.namespace, definition.namespace
             )));
         }
