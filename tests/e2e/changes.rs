@@ -297,6 +297,15 @@ fn a_namespace_keys_stream_and_psql_as_its_role_show_only_its_namespace() {
     let ahead = remote(&alpha).args(["watch", "--since", "9000000"]).output().expect("bkg watch");
     assert_eq!(code(&ahead), 125, "{}", stderr(&ahead));
     assert!(stderr(&ahead).contains("since 9000000 is past this feed's newest change: "), "{}", stderr(&ahead));
+    // Held to its own namespace's newest: probing `since` must not count the others' changes
+    // (found by a new-user trial: it was every namespace's newest).
+    make_keys(&agent, 1, 1, "beta");
+    wait_synced(&agent);
+    let alpha_newest: u64 =
+        postgres.query("SELECT max(position) FROM changes WHERE namespace = 'alpha'").parse().expect("a position");
+    let since = (alpha_newest + 1).to_string();
+    let beyond = remote(&alpha).args(["watch", "--no-follow", "--since", &since]).output().expect("bkg watch");
+    assert_eq!(code(&beyond), 125, "past alpha's newest, not past beta's: {}", stderr(&beyond));
 
     // psql as the namespace's role: its own rows of runs and changes, nothing else.
     let as_alpha = |sql: &str| postgres.query_as("bkg_ns_alpha", "alpha-password", sql);

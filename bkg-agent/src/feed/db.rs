@@ -102,9 +102,25 @@ impl Reader {
     }
 
     /// The newest position of the feed, every namespace's (positions are global).
+    /// The newest position of the feed, or of the reader's namespace when it has one: a
+    /// namespace's reader must not learn how far the others' changes go.
     pub(super) async fn newest(&mut self) -> Result<u64, FeedError> {
+        let namespace = self.namespace.clone();
+        let set_role = self.set_role.clone();
         let client = self.client().await?;
-        let position: i64 = client.query_one("SELECT position FROM bkg_change_head", &[]).await?.try_get(0)?;
+        let Some(namespace) = namespace else {
+            let position: i64 = client.query_one("SELECT position FROM bkg_change_head", &[]).await?.try_get(0)?;
+            return Ok(position.max(0) as u64);
+        };
+        let transaction = client.transaction().await?;
+        if let Some(set_role) = &set_role {
+            transaction.batch_execute(set_role).await?;
+        }
+        let row = transaction
+            .query_one("SELECT coalesce(max(position), 0) FROM changes WHERE namespace = $1", &[&namespace])
+            .await?;
+        transaction.commit().await?;
+        let position: i64 = row.try_get(0)?;
         Ok(position.max(0) as u64)
     }
 

@@ -142,7 +142,9 @@ impl Feed {
     /// has caught up. Who may read which namespace is decided by the caller (service/access.rs).
     ///
     /// A `since` past the newest change is refused: the changes up to it would be skipped
-    /// when they came (a cursor of another feed, or of a state directory since reset).
+    /// when they came (a cursor of another feed, or of a state directory since reset). The
+    /// newest of `namespace`'s changes for a reader of one namespace, whose positions never go
+    /// past it: against every namespace's, probing `since` would count the others' changes.
     ///
     /// `sees_every_namespace`: whether the refusal may name the newest position, which counts
     /// every namespace's changes.
@@ -160,7 +162,7 @@ impl Feed {
         };
         if since > 0 {
             let newest = match &mut source {
-                Source::Local(store) => store.outbox_newest().await?,
+                Source::Local(store) => store.outbox_newest(namespace.clone()).await?,
                 Source::Db(reader) => reader.newest().await?,
             };
             if since > newest {

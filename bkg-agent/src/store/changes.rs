@@ -26,10 +26,15 @@ impl Store {
         .await
     }
 
-    /// The seq of the newest outbox event, 0 when there is none (the outbox is never pruned).
-    pub async fn outbox_newest(&self) -> Result<u64, StoreError> {
-        self.with(|db| {
-            let newest: i64 = db.query_row("SELECT coalesce(max(seq), 0) FROM outbox", [], |row| row.get(0))?;
+    /// The seq of the newest outbox event (of `namespace`'s, when one is given), 0 when there is
+    /// none (the outbox is never pruned).
+    pub async fn outbox_newest(&self, namespace: Option<String>) -> Result<u64, StoreError> {
+        self.with(move |db| {
+            let newest: i64 = db.query_row(
+                "SELECT coalesce(max(seq), 0) FROM outbox WHERE ?1 IS NULL OR namespace = ?1",
+                params![namespace],
+                |row| row.get(0),
+            )?;
             Ok(newest.max(0) as u64)
         })
         .await
