@@ -168,7 +168,7 @@ pub async fn status(settings: &Settings, args: NameArgs) -> Result<i32, CliError
 }
 
 /// `bkg status`: one field a line.
-fn describe(info: &SandboxInfo) -> String {
+pub fn describe(info: &SandboxInfo) -> String {
     let limits = &info.limits;
     let mut text = String::new();
     let mut line = |key: &str, value: String| text.push_str(&format!("{key:<13}{value}\n"));
@@ -189,6 +189,10 @@ fn describe(info: &SandboxInfo) -> String {
         line("session", format!("{} ({} · {executions} · {doing})", session.name, session.language.as_str()));
     }
     line("last exit", last_exit(info));
+    // What ended a run that failed before (or instead of) its script: the log cannot say it.
+    if let Some(error) = info.last_run.as_ref().and_then(|run| run.error.as_deref()) {
+        line("last error", error.replace('\n', " "));
+    }
     line(
         "limits",
         format!(
@@ -260,7 +264,10 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
     let mut lines = LogLines::new(args.tail, args.timestamps);
     if !args.follow {
         let all = open(false).await?.bytes().await.map_err(|error| client.unreachable(error))?;
-        let _ = out.write_all(&lines.backlog(&all, true));
+        let _ = out.write_all(&lines.backlog(&all, true)).and_then(|()| out.flush());
+        if let Some(why) = last_run_failure(&client, &id).await {
+            settings.out.note(format_args!("{why}"));
+        }
         return Ok(SUCCESS);
     }
     // Following from the last N lines: what is there now is read first, and skipped when the
@@ -309,6 +316,15 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
         settings.out.note(format_args!("{why}; following ended"));
     }
     Ok(SUCCESS)
+}
+
+/// What ended the last run of sandbox `id` when it failed without its script's say (the
+/// sandbox could not be prepared, its project was gone): its log holds nothing of it.
+async fn last_run_failure(client: &AgentClient, id: &str) -> Option<String> {
+    let info = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await.ok()??;
+    let run = info.last_run?;
+    let error = run.error?;
+    Some(format!("{}'s last run ({}) failed: {}", info.name, run.id, error.replace('\n', " ")))
 }
 
 /// Why the log of sandbox `id` (`name`) ended, when it was a service's or the sandbox went:

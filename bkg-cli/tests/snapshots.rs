@@ -197,6 +197,14 @@ fn tables() {
             .into(),
     );
     text.push_str(&bkg_cli::runs_cmd::describe(&failed));
+    text.push_str("--- bkg status, a run that failed before its script\n");
+    let mut idle = sandboxes[1].clone();
+    let mut prepared_not = runs[2].clone();
+    (prepared_not.exit_code, prepared_not.signal, prepared_not.killed_by) = (None, None, None);
+    prepared_not.error =
+        Some("preparing the sandbox failed at `inspect /srv/app`: No such file or directory (os error 2)".into());
+    idle.last_run = Some(prepared_not);
+    text.push_str(&bkg_cli::manage::describe(&idle));
     insta::assert_snapshot!("tables", text);
 }
 
