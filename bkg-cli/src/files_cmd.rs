@@ -84,7 +84,8 @@ async fn agent_wide(client: &AgentClient, name: &str) -> Result<Option<String>, 
     match (named.next(), named.next()) {
         (Some(info), None) => Ok(Some(info.id)),
         (Some(_), Some(_)) => Err(CliError::usage(format!(
-            "more than one sandbox is named `{name}`: run bkg from its project directory (or give -C DIR)"
+            "more than one sandbox is named `{name}`: run bkg from its project directory (or give -C DIR), or name it \
+             by its id (`bkg ls --all` lists them)"
         ))),
         (None, _) => Ok(None),
     }

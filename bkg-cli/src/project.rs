@@ -36,7 +36,13 @@ pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
         None => std::env::current_dir()
             .map_err(|error| CliError::usage(format!("cannot read the current directory: {error}")))?,
     };
-    let start = start.canonicalize().map_err(|error| CliError::usage(format!("{}: {error}", start.display())))?;
+    let start = start.canonicalize().map_err(|error| {
+        let given = if dir.is_some() { format!("-C {}", start.display()) } else { start.display().to_string() };
+        match error.kind() {
+            std::io::ErrorKind::NotFound => CliError::usage(format!("{given}: no such directory")),
+            _ => CliError::usage(format!("{given}: {error}")),
+        }
+    })?;
     let cave = find_cave_file(&start).ok_or_else(|| {
         CliError::usage(format!("no cave.yaml in {} or above: run `bkg init` first", start.display()))
     })?;

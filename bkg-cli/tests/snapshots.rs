@@ -93,6 +93,8 @@ fn common_errors() {
         text.push('\n');
     }
     text.push_str(&run(&bkgr(), &["--bogus"]));
+    text.push('\n');
+    text.push_str(&run(&bkgr(), &["-C", "/nonexistent/project", "api"]));
     insta::assert_snapshot!("errors", text);
 }
 

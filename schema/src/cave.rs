@@ -140,7 +140,10 @@ impl CpuCount {
     pub fn millis(&self) -> Result<u64, UnitError> {
         match self {
             // The schema's bounds; parse_cpus alone would round 0.0004 up to a valid 0.001.
-            Self::Number(cpus) if !(0.001..=4096.0).contains(cpus) => Err(UnitError::Cpus(cpus.to_string())),
+            Self::Number(cpus) if *cpus > crate::units::MAX_CPUS => Err(UnitError::TooManyCpus(cpus.to_string())),
+            Self::Number(cpus) if !(0.001..=crate::units::MAX_CPUS).contains(cpus) => {
+                Err(UnitError::Cpus(cpus.to_string()))
+            }
             Self::Number(cpus) => parse_cpus(&cpus.to_string()),
             Self::Text(text) => quantity(text, parse_cpus, UnitError::Cpus),
         }

@@ -10,6 +10,8 @@ pub enum UnitError {
     Duration(String),
     #[error("`{0}` is not a CPU count: use a positive number like 0.5, 1 or 2")]
     Cpus(String),
+    #[error("`{0}` is more CPUs than a limit can name: the most is {MAX_CPUS}")]
+    TooManyCpus(String),
     /// More than any limit can be (it does not fit in 64 bits of bytes or milliseconds).
     #[error("`{0}` is too large")]
     TooLarge(String),
@@ -86,9 +88,15 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
 }
 
 /// Parses a CPU count into thousandths of a CPU.
+/// The most CPUs a limit may name.
+pub const MAX_CPUS: f64 = 4096.0;
+
 pub fn parse_cpus(text: &str) -> Result<u64, UnitError> {
     let value: f64 = text.trim().parse().map_err(|_| UnitError::Cpus(text.to_owned()))?;
-    if !value.is_finite() || !(0.0..=4096.0).contains(&value) {
+    if value.is_finite() && value > MAX_CPUS {
+        return Err(UnitError::TooManyCpus(text.to_owned()));
+    }
+    if !value.is_finite() || value < 0.0 {
         return Err(UnitError::Cpus(text.to_owned()));
     }
     let millis = (value * 1000.0).round() as u64;
@@ -212,6 +220,11 @@ mod tests {
         );
         assert!(matches!(parse_cpus("-2"), Err(UnitError::Cpus(_))));
         assert!(matches!(parse_cpus("many"), Err(UnitError::Cpus(_))));
+        assert_eq!(parse_cpus("4096"), Ok(4_096_000));
+        assert_eq!(
+            parse_cpus("99999").map_err(|error| error.to_string()),
+            Err("`99999` is more CPUs than a limit can name: the most is 4096".into())
+        );
     }
 
     #[test]

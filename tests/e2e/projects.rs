@@ -156,6 +156,27 @@ fn rm_without_a_terminal_needs_force() {
     assert!(std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave").contains("api:"));
 }
 
+/// A definition above the agent's maximum is refused with the fix that applies to it: cave.yaml's
+/// limit, not the run's flags, which hold for one run only (found by a new-user trial: "ask for
+/// less" after `bkgr --timeout 10s`, which had asked for less).
+#[test]
+fn a_definition_above_the_maximum_names_cave_yamls_limit_as_the_fix() {
+    let agent = Agent::start();
+    let project = project_with(
+        "version: 1\nnamespace: default\nsandboxes:\n  t:\n    type: python\n    limits: { timeout: 2h }\n    scripts:\n      start: 'true'\n",
+    );
+    let refused = agent.bkgr(project.path(), &["t", "--timeout", "10s"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(
+            "timeout 2h is above this agent's maximum of 1h; give the sandbox's limits.timeout (cave.yaml's) at most that"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(stderr(&refused).lines().count(), 1, "{}", stderr(&refused));
+}
+
 /// A cave.yaml whose `sandboxes:` is inline cannot be edited by `bkg rm`: it refuses before
 /// anything goes (found by a new-user trial: the workspace went, cave.yaml kept the entry, and
 /// rm said "removed").

@@ -270,7 +270,20 @@ impl Engine {
     /// Checks a persistent sandbox's definition when it is stored, so that a mistake in it is
     /// refused once, at the door, rather than by every run of the sandbox.
     pub fn check_definition(&self, definition: &SandboxDefinition) -> Result<(), RunError> {
-        self.resolve_limits(&definition.limits)?;
+        // The definition's own limits (cave.yaml's): a run's flags (`bkgr --timeout`) hold for
+        // that run only and cannot make a definition above the maximum fit.
+        self.resolve_limits(&definition.limits).map_err(|error| match error {
+            RunError::LimitAboveMaximum { name, asked, allowed, .. } => RunError::LimitAboveMaximum {
+                fix: format!(
+                    "give the sandbox's limits.{name} (cave.yaml's) at most that, or start the agent with a higher \
+                     --max-{name}; bkgr's limit flags hold for one run and do not change it"
+                ),
+                name,
+                asked,
+                allowed,
+            },
+            other => other,
+        })?;
         sandbox_env(&definition.env)?;
         self.network_plan(&definition.network, &definition.ports)?;
         kept_by_sandbox(&definition.keep)?;
