@@ -370,6 +370,10 @@ impl SandboxTools {
         let Ok(content) = base64::engine::general_purpose::STANDARD.decode(&args.content_base64) else {
             return Ok(refused(OpError::Invalid("content_base64 is not valid base64".into())));
         };
+        // The whole path is checked here, so a refusal names it and not its directory.
+        if let Err(error) = crate::engine::files::relative(&args.path) {
+            return Ok(refused(OpError::Invalid(error.to_string())));
+        }
         let path = std::path::Path::new(&args.path);
         let (Some(name), parent) = (path.file_name(), path.parent().unwrap_or(std::path::Path::new(""))) else {
             return Ok(refused(OpError::Invalid(format!("`{}` names no file", args.path))));
@@ -387,7 +391,13 @@ impl SandboxTools {
         let _ = sender.send(Ok(packed)).await;
         drop(sender);
         let parent = parent.to_string_lossy().into_owned();
-        answer(self.operations.upload_files(&principal, &args.sandbox_id, &parent, body).await)
+        let uploaded = self.operations.upload_files(&principal, &args.sandbox_id, &parent, body).await;
+        // The file written, not the directory it went into.
+        let name = name.to_string_lossy();
+        answer(uploaded.map(|mut result| {
+            result.path = format!("{}/{name}", result.path.trim_end_matches('/'));
+            result
+        }))
     }
 
     #[tool(description = "Read a file of a sandbox's /workspace; returns its content base64 (at most 16 MiB).")]
@@ -417,21 +427,32 @@ impl SandboxTools {
             }
         }
         let mut archive = tar::Archive::new(packed.as_slice());
-        let mut content = None;
+        let mut content = Err(format!("{} is not a file", args.path));
         if let Ok(mut entries) = archive.entries()
             && let Some(Ok(mut entry)) = entries.next()
-            && entry.header().entry_type().is_file()
         {
-            let mut bytes = Vec::new();
-            if std::io::Read::read_to_end(&mut entry, &mut bytes).is_ok() {
-                content = Some(bytes);
-            }
+            let kind = entry.header().entry_type();
+            content = if kind.is_file() {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut bytes)
+                    .map(|_| bytes)
+                    .map_err(|error| format!("{} could not be read: {error}", args.path))
+            } else if kind.is_dir() {
+                Err(format!("{} is a directory: sandbox_list_files lists it", args.path))
+            } else if kind.is_symlink() {
+                let target = entry.link_name().ok().flatten().map(|target| target.display().to_string());
+                Err(format!(
+                    "{} is a symbolic link (to {}): download the file it points to",
+                    args.path,
+                    target.as_deref().unwrap_or("?")
+                ))
+            } else {
+                Err(format!("{} is not a file", args.path))
+            };
         }
-        let Some(content) = content else {
-            return Ok(refused(OpError::Invalid(format!(
-                "{} is not a file (sandbox_list_files lists a directory)",
-                args.path
-            ))));
+        let content = match content {
+            Ok(content) => content,
+            Err(message) => return Ok(refused(OpError::Invalid(message))),
         };
         structured(&serde_json::json!({
             "path": args.path,

@@ -988,6 +988,14 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
     assert_eq!(summary["started"]["namespace"], "agents", "MCP sandboxes are in the key's namespace");
     assert_eq!(summary["stdout"], "hello from mcp 45\n");
     assert_eq!(summary["uploaded_files"], 1, "{summary}");
+    assert_eq!(summary["uploaded_path"], "/workspace/data/in.txt", "the file written: {summary}");
+    assert_eq!(summary["outside"]["is_error"], true, "{summary}");
+    assert!(summary["outside"]["text"].as_str().is_some_and(|text| text.contains("../../etc/x")), "{summary}");
+    assert_eq!(summary["link"]["is_error"], true, "{summary}");
+    assert!(
+        summary["link"]["text"].as_str().is_some_and(|text| text.contains("data/link is a symbolic link (to in.txt)")),
+        "{summary}"
+    );
     assert_eq!(summary["listed"], serde_json::json!(["in.txt"]), "{summary}");
     assert_eq!(summary["downloaded"], "41\n", "{summary}");
     assert_eq!(summary["session_language"], "python", "{summary}");

@@ -80,6 +80,16 @@ const downloaded = structured(
   await client.callTool({ name: "sandbox_download", arguments: { sandbox_id: started.sandbox_id, path: "data/in.txt" } }),
   "sandbox_download",
 );
+// Refusals name what was asked: the whole path, a link as a link.
+const outside = await client.callTool({
+  name: "sandbox_upload",
+  arguments: { sandbox_id: started.sandbox_id, path: "../../etc/x", content_base64: "" },
+});
+structured(
+  await client.callTool({ name: "sandbox_run_command", arguments: { sandbox_id: started.sandbox_id, command: "ln -s in.txt data/link" } }),
+  "sandbox_run_command",
+);
+const link = await client.callTool({ name: "sandbox_download", arguments: { sandbox_id: started.sandbox_id, path: "data/link" } });
 const session = structured(
   await client.callTool({ name: "session_create", arguments: { sandbox_id: started.sandbox_id } }),
   "session_create",
@@ -119,6 +129,9 @@ console.log(
     metrics_run: metrics.id,
     metrics_exit_code: metrics.exit_code,
     uploaded_files: uploaded.files,
+    uploaded_path: uploaded.path,
+    outside: { is_error: outside.isError === true, text: outside.content?.[0]?.text ?? "" },
+    link: { is_error: link.isError === true, text: link.content?.[0]?.text ?? "" },
     listed: listed.entries.map((entry) => entry.name),
     downloaded: Buffer.from(downloaded.content_base64, "base64").toString(),
     session_language: session.language,
