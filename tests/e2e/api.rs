@@ -1484,3 +1484,37 @@ fn the_keys_a_namespace_key_made_end_with_it_and_an_expired_key_cannot_be_rotate
     expect(&rotated, 409, "rotating an expired key");
     assert!(rotated.text().contains("has expired"), "{}", rotated.text());
 }
+
+/// A streamed run whose caller breaks the frame protocol ends with an `error` frame saying what
+/// it sent, not a `result` that reads as a cancel of its own (found by a new-user trial).
+#[test]
+fn a_broken_stream_is_answered_with_an_error_frame_naming_the_bad_frame() {
+    use std::io::{Read, Write};
+    let api = ApiAgent::start(&[]);
+    let body = json!({ "language": "python", "code": "import sys; sys.stdin.read()" });
+    for (bad, said) in
+        [([99u8, 0, 0, 0, 0], "unknown frame kind 99"), ([11, 0, 0, 0, 0], "a Stdout frame is the agent's")]
+    {
+        let mut caller = api.raw_run(&body, "Connection: upgrade\r\nUpgrade: bkg-stream/1\r\n");
+        caller.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            caller.read_exact(&mut byte).expect("the answer's head");
+            head.push(byte[0]);
+        }
+        assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        caller.write_all(&bad).expect("send the bad frame");
+        let last = loop {
+            let mut header = [0u8; 5];
+            caller.read_exact(&mut header).expect("a frame");
+            let mut payload = vec![0u8; u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize];
+            caller.read_exact(&mut payload).expect("its payload");
+            if matches!(header[0], 13 | 14) {
+                break (header[0], String::from_utf8_lossy(&payload).into_owned());
+            }
+        };
+        assert_eq!(last.0, 14, "an error frame: {}", last.1);
+        assert!(last.1.contains(said) && last.1.contains("bad_request"), "{}", last.1);
+    }
+}

@@ -166,31 +166,42 @@ where
     let (input_tx, input_rx) = mpsc::channel::<RunInput>(16);
     let (output_tx, mut output_rx) = mpsc::channel::<RunOutput>(64);
 
-    // Frames from the caller: stdin, its end, or cancellation. A caller that goes away cancels.
-    let reader_task = tokio::spawn(async move {
+    // Frames from the caller: stdin, its end, or cancellation. A caller that goes away cancels;
+    // one that breaks the protocol cancels too, and is told what it sent (the task's answer).
+    let mut reader_task = tokio::spawn(async move {
         loop {
             let mut header = [0u8; frame::HEADER_LEN];
             if reader.read_exact(&mut header).await.is_err() {
                 let _ = input_tx.send(RunInput::Cancel).await;
-                return;
+                return None;
             }
-            let Ok((kind, len)) = frame::decode_header(header) else {
-                let _ = input_tx.send(RunInput::Cancel).await;
-                return;
+            let (kind, len) = match frame::decode_header(header) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    let _ = input_tx.send(RunInput::Cancel).await;
+                    return Some(format!("the stream broke its protocol: {error}; the run was cancelled"));
+                }
             };
             let mut payload = vec![0u8; len];
             if reader.read_exact(&mut payload).await.is_err() {
                 let _ = input_tx.send(RunInput::Cancel).await;
-                return;
+                return None;
             }
             let event = match kind {
                 FrameKind::Stdin => RunInput::Stdin(payload),
                 FrameKind::StdinEnd => RunInput::StdinEnd,
-                _ => RunInput::Cancel,
+                FrameKind::Cancel => RunInput::Cancel,
+                other => {
+                    let _ = input_tx.send(RunInput::Cancel).await;
+                    return Some(format!(
+                        "the stream broke its protocol: a {other:?} frame is the agent's to send, not the caller's; \
+                         the run was cancelled"
+                    ));
+                }
             };
             let cancel = matches!(event, RunInput::Cancel);
             if input_tx.send(event).await.is_err() || cancel {
-                return;
+                return None;
             }
         }
     });
@@ -217,7 +228,16 @@ where
         reader_task.abort();
         return;
     }
-    let (kind, payload) = match run.await {
+    let outcome = run.await;
+    // A broken stream has cancelled the run: its reader has ended with what was wrong.
+    let broken = match reader_task.is_finished() {
+        true => (&mut reader_task).await.ok().flatten(),
+        false => None,
+    };
+    let (kind, payload) = match outcome {
+        Ok(Ok(_)) if let Some(broken) = broken => {
+            (FrameKind::Error, serde_json::to_vec(&ApiError::new(ErrorCode::BadRequest, broken)))
+        }
         Ok(Ok(result)) => (FrameKind::Result, serde_json::to_vec(&result)),
         Ok(Err(error)) => (FrameKind::Error, serde_json::to_vec(&ApiError::new(error.code(), error.to_string()))),
         Err(_) => (FrameKind::Error, serde_json::to_vec(&ApiError::new(ErrorCode::Internal, "run task failed"))),
