@@ -50,6 +50,16 @@ fn of_run_end(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Optio
     }
 }
 
+/// The exit code of `bkgr` running several sandboxes at once, from their codes in the order they
+/// ended: a signal that stopped bkgr (Ctrl-C) is what the user did last and decides, else the
+/// first failure.
+pub fn of_runs(codes: &[i32]) -> i32 {
+    if let Some(signal) = crate::stream::cancelled_by_signal() {
+        return SIGNALLED + signal;
+    }
+    codes.iter().copied().find(|&code| code != SUCCESS).unwrap_or(SUCCESS)
+}
+
 /// The exit code of `bkg exec` (and of `bkg repl` fed from a pipe) for an execution that ended
 /// with `status`: 0, 1 when the code raised, 130 interrupted; an interpreter that died takes
 /// the code of what killed it, as a run would (137 at its memory limit), else 1.

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use bkg_cli::shared::{
     AgentClient, Bkgr as Args, CliError, Endpoint, LimitsFrom, Output, Printer, SUCCESS, Stdin, bkgr_command, define,
-    definition, denial_lines, exit_code_of_run, limit_overrides, load_cave, project_dir, reason_line, run_streamed,
-    start_own_line, unknown_sandbox,
+    definition, denial_lines, exit_code_of_run, exit_code_of_runs, limit_overrides, load_cave, project_dir,
+    reason_line, run_streamed, start_own_line, unknown_sandbox,
 };
 use bkg_schema::LimitOverrides;
 use bkg_schema::cave::SandboxSpec;
@@ -102,7 +102,6 @@ async fn run(args: Args) -> Result<i32, CliError> {
         return Ok(exit_code_of_run(&result));
     }
 
-    // The first failure decides the exit code.
     let width = runs.iter().map(|(definition, _)| definition.name.len()).max().unwrap_or(0);
     let mut tasks = tokio::task::JoinSet::new();
     for (definition, command) in runs {
@@ -113,26 +112,28 @@ async fn run(args: Args) -> Result<i32, CliError> {
             (definition.name, outcome)
         });
     }
-    let mut first_failure = None;
+    let mut codes = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let Ok((name, outcome)) = joined else { continue };
         let code = match outcome {
             Ok(result) => {
-                if let Some(reason) = reason_line(&result, limits_from) {
-                    out.note(format_args!("{name}: {reason}"));
+                let code = exit_code_of_run(&result);
+                match reason_line(&result, limits_from) {
+                    Some(reason) => out.note(format_args!("{name}: {reason}")),
+                    // Several sandboxes' codes come out as one: each failure is said with its own.
+                    None if code != SUCCESS => out.note(format_args!("{name}: exited with {code}")),
+                    None => {}
                 }
-                exit_code_of_run(&result)
+                code
             }
             Err(error) => {
                 out.note(format_args!("{name}: {}", error.message));
                 error.code
             }
         };
-        if code != SUCCESS && first_failure.is_none() {
-            first_failure = Some(code);
-        }
+        codes.push(code);
     }
-    Ok(first_failure.unwrap_or(SUCCESS))
+    Ok(exit_code_of_runs(&codes))
 }
 
 async fn exec(

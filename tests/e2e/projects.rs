@@ -253,6 +253,37 @@ fn two_sandboxes_interleave_prefixed_output_and_the_failure_decides_the_exit_cod
     }
     assert!(position("fails | fails 2") < position("slow  | slow 2"), "output is interleaved live: {lines:?}");
     assert!(position("slow  | slow 1") < position("fails | fails 2"), "output is interleaved live: {lines:?}");
+    // Each failure is said with its own code: one exit code cannot tell whose it was.
+    assert!(stderr(&output).contains("bkgr: fails: exited with 3\n"), "{}", stderr(&output));
+}
+
+/// Ctrl-C is what the user did last: after it bkgr exits 130, though a sandbox failed before
+/// (found by a new-user trial: it exited with that sandbox's 5).
+#[test]
+fn ctrl_c_after_a_failure_exits_130() {
+    use std::io::BufRead;
+    let agent = Agent::start();
+    let project = project_with(
+        "version: 1\nnamespace: default\nsandboxes:\n  slow:\n    type: python\n    scripts:\n      start: python -c 'import time; time.sleep(60)'\n  fails:\n    type: python\n    scripts:\n      start: python -c 'raise SystemExit(5)'\n",
+    );
+    let mut child = Command::new(bkg_tests::bin_dir().join("bkgr"))
+        .current_dir(project.path())
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bkgr");
+    let mut said = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("fails: exited with 5") {
+        line.clear();
+        assert!(said.read_line(&mut line).expect("stderr") > 0, "bkgr ended before the failure was said");
+    }
+    // SAFETY: kill(2) on the child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    assert_eq!(child.wait().expect("bkgr").code(), Some(130));
 }
 
 #[test]
