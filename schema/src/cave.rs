@@ -163,6 +163,20 @@ impl CaveLimits {
     }
 
     /// Each limit under its key, parsed where it is set.
+    /// The limit `key` as it is written, for messages.
+    fn written(&self, key: &str) -> Option<String> {
+        match key {
+            "cpus" => self.cpus.as_ref().map(|cpus| match cpus {
+                CpuCount::Number(number) => number.to_string(),
+                CpuCount::Text(text) => text.clone(),
+            }),
+            "memory" => self.memory.clone(),
+            "timeout" => self.timeout.clone(),
+            "disk" => self.disk.clone(),
+            _ => None,
+        }
+    }
+
     fn parsed(&self) -> [(&'static str, Option<Result<u64, UnitError>>); 4] {
         let size = |text: &String| quantity(text, parse_size, UnitError::Size);
         [
@@ -652,15 +666,36 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
         Kind::Constant { expected_value } => {
             format!("{instance} is not supported: it must be {expected_value}")
         }
+        // `sandboxes:` with nothing after it: YAML reads null, not an empty mapping.
+        Kind::Type { kind: jsonschema::error::TypeKind::Single(jsonschema::JsonType::Object) }
+            if instance.is_null() =>
+        {
+            let key = at.rsplit('/').next().unwrap_or_default();
+            format!("`{key}:` is empty (null): give its entries, or write `{key}: {{}}` for none")
+        }
         // `timeout: 60`: YAML makes it a number, where a size or a duration is a string.
         Kind::Type { .. } if instance.is_number() && matches!(rule_of(schema_path), Some(("duration" | "size", _))) => {
-            // As the string of the same number would read: seconds, or bytes.
-            let (what, example) = match (rule_of(schema_path), instance.as_u64()) {
-                (Some(("duration", _)), _) => ("duration", format!("\"{instance}s\"")),
-                (_, Some(bytes)) => ("size", format!("\"{}\"", crate::units::format_size(bytes))),
-                (_, None) => ("size", "\"512MiB\"".to_owned()),
+            // As the string of the same number would read: seconds, or bytes; unless that is
+            // below the limit's least, where an example of it would be refused in turn.
+            let is_duration = matches!(rule_of(schema_path), Some(("duration", _)));
+            let as_written =
+                instance.as_u64().map(|number| if is_duration { number.saturating_mul(1000) } else { number });
+            let least = at
+                .rsplit_once('/')
+                .and_then(|(_, key)| crate::Limits::LEAST.named().into_iter().find(|(name, _, _)| *name == key));
+            let (what, example) = match (is_duration, as_written) {
+                (true, _) => ("duration", format!("\"{instance}s\"")),
+                (false, Some(bytes)) => ("size", format!("\"{}\"", crate::units::format_size(bytes))),
+                (false, None) => ("size", "\"512MiB\"".to_owned()),
             };
-            format!("{instance} is a number: write the {what} with its unit, as a string like {example}")
+            match (as_written, least) {
+                (Some(value), Some((_, floor, shown))) if value < floor => format!(
+                    "{instance} is too small: the least is {}, written as a string with its unit (\"{}\")",
+                    shown(floor),
+                    shown(floor)
+                ),
+                _ => format!("{instance} is a number: write the {what} with its unit, as a string like {example}"),
+            }
         }
         _ => match rule_of(schema_path) {
             Some((what, how)) => format!("{error} (a {what}: {how})"),
@@ -759,10 +794,15 @@ impl CaveFile {
                         format!("`{text}` is too small: the least is {}", shown(*floor)),
                     ),
                     (Some(Err(error)), _) => fail(&["sandboxes", name, "limits", key], error.to_string()),
-                    (Some(Ok(value)), Some((_, floor, shown))) if value < *floor => fail(
-                        &["sandboxes", name, "limits", key],
-                        format!("{} is too small: the least is {}", shown(value), shown(*floor)),
-                    ),
+                    // As written: the value shown in units (`16.0MiB`) may round up to the least.
+                    (Some(Ok(value)), Some((_, floor, shown))) if value < *floor => {
+                        let written = sandbox.limits.as_ref().and_then(|limits| limits.written(key));
+                        let written = written.map_or_else(|| shown(value), |text| format!("`{text}`"));
+                        fail(
+                            &["sandboxes", name, "limits", key],
+                            format!("{written} is too small: the least is {}", shown(*floor)),
+                        )
+                    }
                     _ => {}
                 }
             }
@@ -1145,7 +1185,7 @@ sandboxes:
         let text = GOOD.replace("cpus: 0.5, memory: 256MiB", "cpus: 0.005, memory: 8MiB");
         let messages: Vec<String> = errors_of(&text).into_iter().map(|error| error.message).collect();
         assert!(
-            messages.iter().any(|message| message.contains("8MiB is too small: the least is 16MiB")),
+            messages.iter().any(|message| message.contains("`8MiB` is too small: the least is 16MiB")),
             "{messages:?}"
         );
         assert!(
@@ -1156,6 +1196,20 @@ sandboxes:
         let text = GOOD.replace("memory: 256MiB", "memory: \"0.1\"");
         let messages: Vec<String> = errors_of(&text).into_iter().map(|error| error.message).collect();
         assert_eq!(messages, ["`0.1` is too small: the least is 16MiB"]);
+        // As written, not rounded up to the least in the message (found by a new-user trial).
+        let text = GOOD.replace("memory: 256MiB", "memory: 15.99MiB");
+        let messages: Vec<String> = errors_of(&text).into_iter().map(|error| error.message).collect();
+        assert_eq!(messages, ["`15.99MiB` is too small: the least is 16MiB"]);
+        // A bare number below the least is not told to become another value below it.
+        for (written, number) in [("memory: 256MiB", "memory: 512"), ("disk: 1GiB", "disk: 0")] {
+            let messages: Vec<String> =
+                errors_of(&GOOD.replace(written, number)).into_iter().map(|error| error.message).collect();
+            let value = number.split_once(": ").unwrap_or_default().1;
+            assert_eq!(
+                messages,
+                [format!("{value} is too small: the least is 16MiB, written as a string with its unit (\"16MiB\")")]
+            );
+        }
         // Zero in a size's or a duration's own form is too small too, not malformed.
         for (written, said) in
             [("timeout: 30s", "timeout: 0s"), ("memory: 256MiB", "memory: 0MiB"), ("disk: 1GiB", "disk: 0 GiB")]
@@ -1183,24 +1237,31 @@ sandboxes:
     }
 
     #[test]
+    fn an_empty_mapping_key_is_told_how_to_say_none() {
+        let messages: Vec<String> =
+            errors_of("version: 1\nsandboxes:\n").into_iter().map(|error| error.message).collect();
+        assert_eq!(messages, ["`sandboxes:` is empty (null): give its entries, or write `sandboxes: {}` for none"]);
+    }
+
+    #[test]
     fn the_rules_of_other_sandboxes_are_checked_beside_a_schema_error() {
         let text = GOOD
             .replace("    type: node\n", "    type: node\n    colour: red\n")
             .replace("memory: 256MiB", "memory: 8MiB");
         let messages: Vec<String> = errors_of(&text).into_iter().map(|error| error.message).collect();
         assert!(messages.iter().any(|message| message.contains("\"colour\" is not allowed")), "{messages:?}");
-        assert!(messages.iter().any(|message| message.contains("8MiB is too small")), "{messages:?}");
+        assert!(messages.iter().any(|message| message.contains("`8MiB` is too small")), "{messages:?}");
         // In one sandbox too: its unknown key is left out and the rest checked.
         let same_sandbox = GOOD
             .replace("    type: python\n", "    type: python\n    colour: red\n")
             .replace("memory: 256MiB", "memory: 8MiB");
         let messages: Vec<String> = errors_of(&same_sandbox).into_iter().map(|error| error.message).collect();
-        assert!(messages.iter().any(|message| message.contains("8MiB is too small")), "{messages:?}");
+        assert!(messages.iter().any(|message| message.contains("`8MiB` is too small")), "{messages:?}");
         // Nor do faults outside the sandboxes keep the sandboxes' rules from being checked.
         let top_level = GOOD.replace("version: 1", "version: 2\ncolour: red").replace("memory: 256MiB", "memory: 8MiB");
         let messages: Vec<String> = errors_of(&top_level).into_iter().map(|error| error.message).collect();
         assert!(messages.iter().any(|message| message.contains("must be 1")), "{messages:?}");
-        assert!(messages.iter().any(|message| message.contains("8MiB is too small")), "{messages:?}");
+        assert!(messages.iter().any(|message| message.contains("`8MiB` is too small")), "{messages:?}");
         let quoted = GOOD.replace("version: 1", "version: \"1\"");
         let messages: Vec<String> = errors_of(&quoted).into_iter().map(|error| error.message).collect();
         assert_eq!(messages, ["\"1\" is a string: write 1, without quotes"]);
