@@ -490,10 +490,11 @@ impl Workspace {
         Ok(children)
     }
 
-    /// What is in directory `dir` (or, for a file, the file itself).
-    pub fn list(&self, dir: &Path) -> Result<Vec<FileEntry>, FilesError> {
+    /// What is in directory `dir` (or, for a file or a link, itself); with `follow`, what is in
+    /// the directory a link `dir` leads to, which must be inside /workspace.
+    pub fn list(&self, dir: &Path, follow: bool) -> Result<Vec<FileEntry>, FilesError> {
         let stat = self.stat(dir)?;
-        let entries = if kind_of(&stat) == FileKind::Directory {
+        let entries = if kind_of(&stat) == FileKind::Directory || (follow && kind_of(&stat) == FileKind::Symlink) {
             self.children(dir)?
         } else {
             vec![(dir.file_name().map(PathBuf::from).unwrap_or_default(), stat)]
@@ -647,6 +648,23 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.path().join("a.txt")).ok().as_deref(), Some("new"));
         assert_eq!(std::fs::read_link(dir.path().join("link")).ok(), Some(PathBuf::from("target")));
         assert_eq!(names_in(dir.path()), ["a.txt", "b.txt", "link"]);
+    }
+
+    #[test]
+    fn a_link_listed_with_a_trailing_slash_is_followed_inside_the_workspace_only() {
+        let (dir, workspace) = temp_workspace();
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("sub/file"), "x").expect("write");
+        std::os::unix::fs::symlink("sub", dir.path().join("inside")).expect("link");
+        std::os::unix::fs::symlink("../..", dir.path().join("up")).expect("link");
+        let names = |listed: Vec<FileEntry>| listed.into_iter().map(|entry| entry.name).collect::<Vec<_>>();
+        assert_eq!(workspace.list(Path::new("inside"), true).map(names).ok(), Some(vec!["file".to_owned()]));
+        assert_eq!(workspace.list(Path::new("up"), false).map(names).ok(), Some(vec!["up".to_owned()]));
+        let refused = workspace.list(Path::new("up"), true);
+        assert!(
+            matches!(&refused, Err(FilesError::Refused(said)) if said.contains("leads out of /workspace")),
+            "{refused:?}"
+        );
     }
 
     #[test]

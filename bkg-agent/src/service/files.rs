@@ -179,7 +179,7 @@ impl Service {
         let held = self.hold_workspace(principal, id).await?;
         let Held { workspace, release } = held;
         // A missing or escaping path is an answer of its own, not a broken stream.
-        if let Err(error) = workspace.list(&source) {
+        if let Err(error) = workspace.list(&source, false) {
             // The sandbox's disk can go only once nothing of the agent holds it open.
             drop(workspace);
             release.release(false).await;
@@ -211,9 +211,11 @@ impl Service {
     /// What is in `path` (relative to /workspace), or the file itself.
     pub async fn list_files(self: &Arc<Self>, principal: &Principal, id: &str, path: &str) -> OpResult<Vec<FileEntry>> {
         let dir = relative(path)?;
+        // `link/` asks for the directory the link leads to, as `ls link/` does.
+        let follow = path.ends_with('/');
         let held = self.hold_workspace(principal, id).await?;
         let Held { workspace, release } = held;
-        let listed = tokio::task::spawn_blocking(move || workspace.list(&dir)).await;
+        let listed = tokio::task::spawn_blocking(move || workspace.list(&dir, follow)).await;
         release.release(matches!(listed, Ok(Ok(_)))).await;
         Ok(listed.map_err(|_| OpError::Internal("the listing's task failed".into()))??)
     }
