@@ -490,6 +490,22 @@ impl Workspace {
         Ok(children)
     }
 
+    /// Refuses `dir` unless it is a directory (or a link inside /workspace to one): a path given
+    /// as `a.txt/` names a directory, as it does to `cp`.
+    pub fn require_directory(&self, dir: &Path) -> Result<(), FilesError> {
+        self.open_beneath(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).map(drop).map_err(|errno| {
+            match errno {
+                Errno::ENOTDIR if self.stat(dir).is_ok_and(|stat| kind_of(&stat) != FileKind::Directory) => {
+                    FilesError::Refused(format!(
+                        "{}/ names a directory, but it is not one: give it without the trailing slash",
+                        shown(dir)
+                    ))
+                }
+                other => failed("open", dir, other),
+            }
+        })
+    }
+
     /// What is in directory `dir` (or, for a file or a link, itself); with `follow`, what is in
     /// the directory a link `dir` leads to, which must be inside /workspace.
     pub fn list(&self, dir: &Path, follow: bool) -> Result<Vec<FileEntry>, FilesError> {
@@ -660,6 +676,12 @@ mod tests {
         let names = |listed: Vec<FileEntry>| listed.into_iter().map(|entry| entry.name).collect::<Vec<_>>();
         assert_eq!(workspace.list(Path::new("inside"), true).map(names).ok(), Some(vec!["file".to_owned()]));
         assert_eq!(workspace.list(Path::new("up"), false).map(names).ok(), Some(vec!["up".to_owned()]));
+        let refused = workspace.require_directory(Path::new("sub/file"));
+        assert!(
+            matches!(&refused, Err(FilesError::Refused(said)) if said.contains("sub/file/ names a directory")),
+            "{refused:?}"
+        );
+        assert!(workspace.require_directory(Path::new("inside")).is_ok());
         let refused = workspace.list(Path::new("up"), true);
         assert!(
             matches!(&refused, Err(FilesError::Refused(said)) if said.contains("leads out of /workspace")),

@@ -178,8 +178,13 @@ impl Service {
         let hold = KeyHold::of(&self.store, principal);
         let held = self.hold_workspace(principal, id).await?;
         let Held { workspace, release } = held;
-        // A missing or escaping path is an answer of its own, not a broken stream.
-        if let Err(error) = workspace.list(&source, false) {
+        // A missing or escaping path is an answer of its own, not a broken stream; so is a file
+        // named as a directory (`a.txt/`).
+        let checked = match path.ends_with('/') {
+            true => workspace.require_directory(&source),
+            false => Ok(()),
+        };
+        if let Err(error) = checked.and_then(|()| workspace.list(&source, false).map(drop)) {
             // The sandbox's disk can go only once nothing of the agent holds it open.
             drop(workspace);
             release.release(false).await;
