@@ -371,8 +371,8 @@ impl SandboxTools {
             return Ok(refused(OpError::Invalid("content_base64 is not valid base64".into())));
         };
         // The whole path is checked here, so a refusal names it and not its directory.
-        if let Err(error) = crate::engine::files::relative(&args.path) {
-            return Ok(refused(OpError::Invalid(error.to_string())));
+        if let Err(error) = crate::service::files::check_workspace_path(&args.path) {
+            return Ok(refused(error));
         }
         let path = std::path::Path::new(&args.path);
         let (Some(name), parent) = (path.file_name(), path.parent().unwrap_or(std::path::Path::new(""))) else {

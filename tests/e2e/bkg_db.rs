@@ -340,7 +340,7 @@ fn every_kind_of_record_reaches_bkg_db_and_a_bad_one_is_parked_then_retried() {
         .post("/api/v1/auth/login", &serde_json::json!({"username": "walker", "password": "a long enough password"}));
     assert_eq!(login.status, 201, "{}", login.text());
 
-    // A run, and a persistent sandbox defined, run and removed.
+    // A run, and a persistent sandbox defined, run, given another definition and removed.
     ok(
         &agent.bkg().args(["exe", "--type", "python", "-c", "print(1)"]).stdin(Stdio::null()).output().expect("bkg"),
         "exe",
@@ -352,6 +352,9 @@ fn every_kind_of_record_reaches_bkg_db_and_a_bad_one_is_parked_then_retried() {
     )
     .expect("cave.yaml");
     ok(&agent.bkgr(project.path(), &["api"]), "bkgr");
+    let cave = std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml");
+    std::fs::write(project.path().join("cave.yaml"), cave.replace("print(2)", "print(3)")).expect("cave.yaml");
+    ok(&agent.bkgr(project.path(), &["api"]), "bkgr again");
     ok(&agent.bkg().args(["rm", "api", "--force"]).current_dir(project.path()).output().expect("bkg"), "rm");
 
     // Killed in the middle of a run (run.interrupted on the next start), the agent's outbox gets
@@ -409,7 +412,8 @@ fn every_kind_of_record_reaches_bkg_db_and_a_bad_one_is_parked_then_retried() {
     );
     wait_shipped(&agent, 1);
     let id = agent_id(&agent);
-    assert_eq!(postgres.query(&format!("SELECT count(*) FROM runs WHERE agent_id = '{id}' AND exit_code = 0")), "3");
+    // print(1), the sandbox's two runs, print(3).
+    assert_eq!(postgres.query(&format!("SELECT count(*) FROM runs WHERE agent_id = '{id}' AND exit_code = 0")), "4");
     assert_eq!(
         postgres.query(&format!("SELECT count(*) FROM audit_events WHERE agent_id = '{id}' AND seq = {key_seq}")),
         "0"

@@ -164,7 +164,7 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     let elsewhere = tempfile::tempdir().expect("elsewhere");
     std::fs::write(elsewhere.path().join("data.txt"), "data\n").expect("data.txt");
     let missing = dir.join("no-such-dir");
-    for (given, says) in [(missing.as_path(), "No such file or directory"), (elsewhere.path(), "no cave.yaml in")] {
+    for (given, says) in [(missing.as_path(), "no such directory"), (elsewhere.path(), "no cave.yaml in")] {
         let given = given.to_str().expect("utf-8");
         for args in [
             vec!["status", "-C", given, "b"],

@@ -30,6 +30,12 @@ const HOLDER_COMMAND: &str = "read outcome; test -z \"$outcome\"";
 /// Chunks of a streamed body, in either direction.
 pub type Chunks = mpsc::Receiver<Chunk>;
 
+/// Refuses a path a transfer may not name (absolute, `..`), naming it whole: for a transport
+/// that splits it before the operation sees it (MCP's one-file upload).
+pub fn check_workspace_path(path: &str) -> OpResult<()> {
+    relative(path).map(drop).map_err(OpError::from)
+}
+
 impl From<FilesError> for OpError {
     fn from(error: FilesError) -> Self {
         match error {

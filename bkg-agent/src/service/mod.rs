@@ -8,7 +8,7 @@ pub mod access;
 mod artefacts;
 mod changes;
 mod envs;
-mod files;
+pub mod files;
 mod keys;
 mod runs;
 mod sandboxes;
