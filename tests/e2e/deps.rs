@@ -243,6 +243,19 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     assert!(stderr(&options).contains("options are not taken"), "{}", stderr(&options));
     let listed = agent.bkg().args(["envs", "ls", "--json"]).output().expect("bkg envs ls");
     assert_eq!(stdout(&listed).trim(), "[]", "a failed install leaves no environment");
+
+    // A requirement's URL with a password: pip names it as given when it fails, and neither
+    // what the caller sees nor any record keeps the password (found by a new-user trial).
+    let password = "PWLEAK-bkg-31f7";
+    // From the agent's own index, which answers 404 at once (a closed port has pip retry).
+    let missing = index.url.replacen("://", &format!("://tokuser:{password}@"), 1);
+    let with = format!("six @ {}/no-such/six-9.9.9-py2.py3-none-any.whl", missing.trim_end_matches('/'));
+    let leaked = agent.exe(&["--with", &with, "-c", "1", "--type", "python"]);
+    assert_eq!(code(&leaked), 125, "{}", stderr(&leaked));
+    assert!(stderr(&leaked).contains("://***@127.0.0.1:"), "{}", stderr(&leaked));
+    assert!(!stderr(&leaked).contains(password), "{}", stderr(&leaked));
+    agent.wait_idle();
+    assert_eq!(files_containing(&agent.state_dir, password.as_bytes()), Vec::<PathBuf>::new());
 }
 
 /// An install the agent's stop cuts short (its index accepts connections and never answers, so

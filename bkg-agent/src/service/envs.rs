@@ -143,7 +143,11 @@ impl Service {
                 if line.is_empty() || !noise.keeps(&line) {
                     continue;
                 }
-                let line = line.replace(&pip_option, file).replace(file, "the requirements");
+                // pip names a requirement's URL as given, password and all: what the caller sees,
+                // and what the run's error keeps in the audit log, never holds one.
+                let line = crate::envs::without_credentials(
+                    &line.replace(&pip_option, file).replace(file, "the requirements"),
+                );
                 progress(line.clone());
                 tail.push_back(line);
                 if tail.len() > ERROR_LINES {
