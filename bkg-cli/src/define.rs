@@ -13,14 +13,28 @@ use bkg_schema::sandbox::{SandboxDefinition, SandboxInfo, VolumeSpec, sandbox_id
 use crate::client::AgentClient;
 use crate::exit::CliError;
 
+/// What reaching outside the project `definition` lets through: volumes, files it reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Outside {
+    pub volumes: bool,
+    pub files: bool,
+}
+
+impl Outside {
+    /// Both, or neither (`bkgr --allow-outside`).
+    pub fn allowed(allowed: bool) -> Self {
+        Self { volumes: allowed, files: allowed }
+    }
+}
+
 /// What the agent needs to know of sandbox `name`, with volumes resolved against the project;
-/// a volume reaching outside the project is refused unless `allow_outside`.
+/// a volume or a package file reaching outside the project is refused unless `outside` allows it.
 pub fn definition(
     cave: &CaveFile,
     project: &Path,
     name: &str,
     spec: &SandboxSpec,
-    allow_outside: bool,
+    outside: Outside,
 ) -> Result<SandboxDefinition, CliError> {
     let limits = match &spec.limits {
         Some(limits) => limits.to_overrides().map_err(|error| CliError::usage(format!("sandbox `{name}`: {error}")))?,
@@ -41,7 +55,7 @@ pub fn definition(
             };
             CliError::usage(format!("sandbox `{name}`: volume {}: {error}: {fix}", host.display()))
         })?;
-        if !allow_outside && !host.starts_with(project) {
+        if !outside.volumes && !host.starts_with(project) {
             return Err(CliError::usage(format!(
                 "sandbox `{name}`: volume {text} reaches outside the project ({}); add --allow-outside to allow it",
                 host.display()
@@ -65,27 +79,49 @@ pub fn definition(
         network: spec.network.as_ref().map(|network| network.allow.clone()).unwrap_or_default(),
         ports: spec.ports.clone(),
         restart: spec.restart,
-        requirements: requirements(project, name, spec)?,
-        node_packages: node_packages(project, name, spec)?,
+        requirements: requirements(project, name, spec, outside.files)?,
+        node_packages: node_packages(project, name, spec, outside.files)?,
         secrets: spec.secrets.clone(),
         keep: spec.keep.clone(),
     })
 }
 
+/// Refuses a file cave.yaml names for sandbox `name` under `key` (`python.requirements`) when it
+/// leads outside the project, as a volume is refused, unless `allow_outside`: a cave.yaml from
+/// someone else must not send the agent your other files. One that cannot be resolved is left
+/// to its reading, which says why.
+fn inside_project(project: &Path, name: &str, key: &str, path: &Path, allow_outside: bool) -> Result<(), CliError> {
+    match path.canonicalize() {
+        Ok(resolved) if !allow_outside && !resolved.starts_with(project) => Err(CliError::usage(format!(
+            "sandbox `{name}`: {key} {} reaches outside the project ({}); add --allow-outside to allow it",
+            path.display(),
+            resolved.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The sandbox's `node.package` and the package-lock.json beside it, read as the user who runs
 /// bkg.
-fn node_packages(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Option<NodePackages>, CliError> {
+fn node_packages(
+    project: &Path,
+    name: &str,
+    spec: &SandboxSpec,
+    allow_outside: bool,
+) -> Result<Option<NodePackages>, CliError> {
     let Some(file) = spec.node.as_ref().and_then(|node| node.package.as_deref()) else {
         return Ok(None);
     };
     let manifest: PathBuf = project.join(file).components().collect();
     let lockfile = manifest.with_file_name("package-lock.json");
+    inside_project(project, name, "node.package", &manifest, allow_outside)?;
     let package_json = std::fs::read_to_string(&manifest).map_err(|error| {
         CliError::usage(format!(
             "sandbox `{name}`: node.package {}: {error}: fix the path in cave.yaml",
             manifest.display()
         ))
     })?;
+    inside_project(project, name, "node.package's lockfile", &lockfile, allow_outside)?;
     // As `bkg exe` says it (exe.rs): the lockfile is what `npm ci` installs.
     let package_lock = std::fs::read_to_string(&lockfile).map_err(|error| {
         CliError::usage(format!(
@@ -98,11 +134,12 @@ fn node_packages(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Optio
 }
 
 /// The lines of the sandbox's `python.requirements` file, read as the user who runs bkg.
-fn requirements(project: &Path, name: &str, spec: &SandboxSpec) -> Result<Vec<String>, CliError> {
+fn requirements(project: &Path, name: &str, spec: &SandboxSpec, allow_outside: bool) -> Result<Vec<String>, CliError> {
     let Some(file) = spec.python.as_ref().and_then(|python| python.requirements.as_deref()) else {
         return Ok(Vec::new());
     };
     let path: PathBuf = project.join(file).components().collect();
+    inside_project(project, name, "python.requirements", &path, allow_outside)?;
     let text = std::fs::read_to_string(&path).map_err(|error| {
         CliError::usage(format!(
             "sandbox `{name}`: python.requirements {}: {error}: fix the path in cave.yaml, or create the file",
@@ -151,7 +188,8 @@ pub async fn ensure(
     let Some(spec) = cave.sandboxes.get(name) else {
         return if known { Ok(()) } else { Err(crate::project::unknown_sandbox(cave, name)) };
     };
-    let made = definition(cave, project, name, spec, true);
+    // Volumes outside are looked at below, to keep what the agent has; files outside are refused.
+    let made = definition(cave, project, name, spec, Outside { volumes: true, files: false });
     if !known {
         let definition = made?;
         if let Some(volume) = outside(&definition, project) {

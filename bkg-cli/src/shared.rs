@@ -10,7 +10,7 @@ use bkg_schema::LimitOverrides;
 
 pub use crate::args::{Bkgr, LimitArgs, bkgr_command, parse};
 pub use crate::client::AgentClient;
-pub use crate::define::{define, definition};
+pub use crate::define::{Outside, define, definition};
 pub use crate::exit::{CliError, SUCCESS, of_run as exit_code_of_run, of_runs as exit_code_of_runs};
 pub use crate::out::{Printer, clap_error};
 pub use crate::project::{load_cave, project_dir, unknown_sandbox};

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use bkg_cli::shared::{
-    AgentClient, Bkgr as Args, CliError, Endpoint, LimitsFrom, Output, Printer, SUCCESS, Stdin, bkgr_command, define,
-    definition, denial_lines, exit_code_of_run, exit_code_of_runs, limit_overrides, load_cave, project_dir,
+    AgentClient, Bkgr as Args, CliError, Endpoint, LimitsFrom, Output, Outside, Printer, SUCCESS, Stdin, bkgr_command,
+    define, definition, denial_lines, exit_code_of_run, exit_code_of_runs, limit_overrides, load_cave, project_dir,
     reason_line, run_streamed, start_own_line, unknown_sandbox,
 };
 use bkg_schema::LimitOverrides;
@@ -58,7 +58,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
             left_out.push(missing);
             continue;
         };
-        let mut definition = definition(&cave, &project, name, spec, args.allow_outside)?;
+        let mut definition = definition(&cave, &project, name, spec, Outside::allowed(args.allow_outside))?;
         definition.limits.disk_bytes = flags.disk_bytes.or(definition.limits.disk_bytes);
         runs.push((definition, with_args(command, &args.args)));
     }

@@ -177,6 +177,33 @@ fn a_definition_above_the_maximum_names_cave_yamls_limit_as_the_fix() {
     assert_eq!(stderr(&refused).lines().count(), 1, "{}", stderr(&refused));
 }
 
+/// A package file cave.yaml names is read only inside the project, as a volume is, unless
+/// `bkgr --allow-outside`: a cave.yaml from someone else must not send the agent your other files
+/// (found by a new-user trial: `requirements: /etc/hostname` installed the package it named).
+#[test]
+fn package_files_outside_the_project_need_allow_outside() {
+    let agent = Agent::start();
+    let outside = tempfile::tempdir().expect("outside");
+    write(&outside.path().join("creds.txt"), "");
+    let project = project_with(&format!(
+        "version: 1\nnamespace: default\nsandboxes:\n  far:\n    type: python\n    python: {{ requirements: {} }}\n    scripts:\n      start: 'true'\n  near:\n    type: python\n    python: {{ requirements: link.txt }}\n    scripts:\n      start: 'true'\n",
+        outside.path().join("creds.txt").display()
+    ));
+    let dir = project.path();
+    std::os::unix::fs::symlink(outside.path().join("creds.txt"), dir.join("link.txt")).expect("link");
+    for name in ["far", "near"] {
+        let refused = agent.bkgr(dir, &[name]);
+        assert_eq!(code(&refused), 125, "{name}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains("python.requirements"), "{name}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains("reaches outside the project"), "{name}: {}", stderr(&refused));
+        let exec = agent.bkg_in(dir, &["exec", name, "-c", "1"]);
+        assert_eq!(code(&exec), 125, "{name}: {}", stderr(&exec));
+        assert!(stderr(&exec).contains("reaches outside the project"), "{name}: {}", stderr(&exec));
+    }
+    let allowed = agent.bkgr(dir, &["--allow-outside", "far"]);
+    assert_eq!(code(&allowed), 0, "{}", stderr(&allowed));
+}
+
 /// A cave.yaml whose `sandboxes:` is inline cannot be edited by `bkg rm`: it refuses before
 /// anything goes (found by a new-user trial: the workspace went, cave.yaml kept the entry, and
 /// rm said "removed").
