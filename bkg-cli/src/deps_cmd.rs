@@ -70,7 +70,7 @@ pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliE
         |namespace: &Option<String>| namespace.as_ref().map(|ns| format!("?namespace={ns}")).unwrap_or_default();
     match args.action {
         SecretsAction::Set { name, namespace } => {
-            let value = read_value(out, &name)?;
+            let value = read_value(&name)?;
             let set: SecretInfo =
                 client.put_json(&format!("/api/v1/secrets/{name}"), &SecretValue { value, namespace }).await?;
             out.note(format_args!("secret {} set in namespace {}", set.name, set.namespace));
@@ -88,10 +88,20 @@ pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliE
 }
 
 /// A secret's value from stdin: never from an argument, which `ps` and shell history would show.
-fn read_value(out: crate::out::Printer, name: &str) -> Result<String, CliError> {
+fn read_value(name: &str) -> Result<String, CliError> {
     let stdin = std::io::stdin();
+    // Typed on a terminal it is not shown (nor left in its scrollback): one line, as a password
+    // is asked; a value of several lines comes from a pipe or a file.
     if stdin.is_terminal() {
-        out.note(format_args!("type the value of {name}, then Enter and Ctrl-D"));
+        let value = dialoguer::Password::new()
+            .with_prompt(format!("value of {name} (not shown; several lines: pipe it in)"))
+            .allow_empty_password(true)
+            .interact()
+            .map_err(|error| CliError::usage(format!("cannot ask for the secret: {error}")))?;
+        if value.is_empty() {
+            return Err(CliError::usage("the secret's value is empty"));
+        }
+        return Ok(value);
     }
     let mut value = String::new();
     stdin

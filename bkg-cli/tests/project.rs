@@ -504,3 +504,23 @@ fn init_on_a_terminal_does_not_ask_with_yes_or_in_ci() {
         assert!(written.ends_with("sandboxes:\n  api:\n    type: python\n    scripts:\n      start: python main.py\n"));
     }
 }
+
+/// A secret typed on a terminal is not shown on it (found by a new-user trial: it was echoed,
+/// and stayed in the scrollback).
+#[test]
+fn a_secret_typed_on_a_terminal_is_not_shown() {
+    let mut command = Command::new(BKG);
+    command
+        .args(["secrets", "set", "TOKEN"])
+        .env("TERM", "xterm")
+        .env_remove("CI")
+        .env("BKG_SOCKET", "/nonexistent/bkg-test.sock")
+        .env("BKG_NO_AUTOSTART", "1");
+    let (mut terminal, mut child) = Terminal::spawn(command, 120, Duration::from_millis(150));
+    terminal.expect("value of TOKEN");
+    terminal.type_keys("hunter2-typed\r");
+    let status = wait(&mut child);
+    // No agent answers here: what matters is what the terminal showed meanwhile.
+    assert_eq!(status.code(), Some(125), "{}", terminal.screen());
+    assert!(!terminal.screen().contains("hunter2-typed"), "{}", terminal.screen());
+}
