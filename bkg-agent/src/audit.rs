@@ -19,6 +19,9 @@
 //! - A crash in the middle of a write leaves a last line without `\n`. No caller was told that
 //!   line was written, so on open it is moved to `audit-NNNNNN.jsonl.torn-<ms>`, the file is cut
 //!   back to its last whole line, and a signed `log.recovered` record says so in the chain.
+//! - A record whose state change then fails (its transaction: a full disk) is cut back off the
+//!   file while the log's lock is still held (`retract_last_write`), so the chain never tells of a
+//!   change that was refused and the outbox has no hole.
 //! - A failed write is cut back off the file. A failed `fdatasync` (after which the page cache
 //!   cannot be trusted) or a failure that could not be undone poisons the log: every later append
 //!   fails until the agent reopens it, which runs the recovery above.
@@ -141,8 +144,18 @@ pub struct AuditLog {
     written: Vec<WrittenLine>,
     /// Lines were written since the last `sync`.
     unsynced: bool,
+    /// Where the newest record's write began, for [`retract_last_write`](Self::retract_last_write).
+    last_write: Option<LastWrite>,
     /// Held, never read: the lock is what keeps a second writer out.
     _lock: Flock<File>,
+}
+
+/// The log as it stood before its newest write of records.
+struct LastWrite {
+    len: u64,
+    head: ChainHead,
+    only_header: bool,
+    lines: usize,
 }
 
 /// Lines written to the log, made durable by [`finish`](Self::finish) outside its lock.
@@ -216,6 +229,7 @@ impl AuditLog {
             recovered: None,
             written: Vec::new(),
             unsynced: false,
+            last_write: None,
             _lock: lock,
         };
         if last_line.is_none() {
@@ -304,8 +318,10 @@ impl AuditLog {
             // The header moved the chain on: sign again at the new head.
             (first_line, rest_lines) = self.sign_all(first, rest, ts_ms)?;
         }
+        let before = LastWrite { len: self.len, head: self.head, only_header: self.only_header, lines: 1 + rest.len() };
         self.write(&first_line, &rest_lines)?;
         self.only_header = false;
+        self.last_write = Some(before);
         Ok((first_line.record, rest_lines.into_iter().map(|line| line.record).collect()))
     }
 
@@ -350,6 +366,29 @@ impl AuditLog {
         let file = self.file.try_clone().map_err(io_error("sync", &path))?;
         self.unsynced = false;
         Ok(Some(PendingSync { file, path }))
+    }
+
+    /// Takes the newest write of records back off the file: the state change they record was not
+    /// made (its transaction failed), and a line for it would stay in the signed chain forever,
+    /// with the outbox missing it for good. `taken` is what [`take_written`](Self::take_written)
+    /// gave since the write; what it holds besides the write's lines (a new file's header) stays
+    /// written and is handed out again. A cut that fails poisons the log.
+    pub fn retract_last_write(&mut self, mut taken: Vec<WrittenLine>) -> Result<(), AuditError> {
+        let Some(before) = self.last_write.take() else {
+            return Err(AuditError::Poisoned);
+        };
+        let path = self.dir.join(file_name(self.index));
+        if let Err(error) = self.file.set_len(before.len) {
+            self.poisoned = true;
+            return Err(io_error("cut back", &path)(error));
+        }
+        self.len = before.len;
+        self.head = before.head;
+        self.only_header = before.only_header;
+        taken.truncate(taken.len().saturating_sub(before.lines));
+        taken.append(&mut self.written);
+        self.written = taken;
+        Ok(())
     }
 
     /// No more records: what was written may not be durable (a [`PendingSync`] failed).

@@ -258,6 +258,7 @@ impl Store {
     /// Appends `event` to the audit log (durably, first), then makes `change` and puts every line
     /// just written into the outbox, in one SQLite transaction. A crash in between leaves a line
     /// without its change, never a change without its line; `open` moves such lines to the outbox.
+    /// A transaction that fails (a full disk) takes its line back off the log.
     async fn record<T: Send + 'static>(
         &self,
         event: AuditEvent,
@@ -270,11 +271,20 @@ impl Store {
             audit.append(&event)?;
             let lines = audit.take_written();
             let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let transaction = connection.transaction()?;
-            let value = change(&transaction)?;
-            insert_outbox(&transaction, &lines)?;
-            transaction.commit()?;
-            Ok::<_, StoreError>(value)
+            let committed = connection.transaction().map_err(StoreError::from).and_then(|transaction| {
+                let value = change(&transaction)?;
+                insert_outbox(&transaction, &lines)?;
+                transaction.commit()?;
+                Ok::<_, StoreError>(value)
+            });
+            // The change was not made: its line goes too (the log's lock is still held, so it is
+            // the newest), or the chain would record it forever and the outbox miss it for good.
+            if committed.is_err()
+                && let Err(error) = audit.retract_last_write(lines)
+            {
+                tracing::error!(%error, "a record whose change failed could not be taken back");
+            }
+            committed
         })
         .await
         .map_err(|_| StoreError::Task)??;
@@ -1068,6 +1078,45 @@ mod tests {
         assert!(runs[0].cleaned_up);
         assert_eq!(runs[0].limits, Limits::DEFAULT);
         reopened.check_writable().await?;
+        Ok(())
+    }
+
+    /// A change whose transaction fails (a full disk) takes its line back: the signed chain never
+    /// tells of it, and the outbox has no hole that the sync would stop at (found by a new-user
+    /// trial with a full state directory).
+    #[tokio::test]
+    async fn a_change_that_fails_leaves_no_line_and_no_hole() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.db");
+        let log = AuditLog::open(dir.path())?;
+        let key = log.public_key().clone();
+        let store = Store::open(&path, log)?;
+        store.run_started(&caller(), started("run_1", None, 10)).await?;
+        let failed = store
+            .record(
+                AuditEvent::new(
+                    "uid:0",
+                    Details::ConfigChanged(bkg_schema::audit::ConfigChanged::UserCreated {
+                        user_created: "ann".into(),
+                    }),
+                ),
+                |db| Ok(db.execute("INSERT INTO no_such_table VALUES (1)", []).map(drop)?),
+            )
+            .await;
+        assert!(failed.is_err());
+        store.run_started(&caller(), started("run_2", None, 11)).await?;
+        store.durable().await;
+        let pending = store.outbox_pending(100).await?;
+        let seqs: Vec<u64> = pending.iter().map(|row| row.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
+        assert!(!pending.iter().any(|row| row.action == "config.changed"), "{seqs:?}");
+        let files: Vec<PathBuf> =
+            bkg_schema::audit::log_files(&dir.path().join("audit"))?.into_iter().map(|(_, file)| file).collect();
+        let text: String = files.iter().map(std::fs::read_to_string).collect::<Result<_, _>>()?;
+        assert!(!text.contains("config.changed"), "{text}");
+        assert_eq!(text.lines().count(), seqs.len(), "the log holds what the outbox does");
+        let report = bkg_schema::audit::verify(&files, &key)?;
+        assert!(report.first_bad.is_none(), "the chain verifies");
         Ok(())
     }
 
