@@ -1089,7 +1089,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("state.db");
         let log = AuditLog::open(dir.path())?;
-        let key = log.public_key().clone();
+        let key = *log.public_key();
         let store = Store::open(&path, log)?;
         store.run_started(&caller(), started("run_1", None, 10)).await?;
         let failed = store
