@@ -7,7 +7,9 @@
 //!   `O_EXCL` and mode 0600, synced, then hard-linked into place, so a crash never leaves a half-written key and two
 //!   agents racing agree on one. A key file that is a symlink, not owned by the agent's uid, open
 //!   to group or others, or not 32 bytes is refused with an error that says how to fix it.
-//! - `STATE_DIR/audit.pub` holds the public key in hex, rewritten from the secret on every open.
+//! - `STATE_DIR/audit.pub` holds the public key in hex, rewritten from the secret on every open
+//!   that finds the log going on with it. A key missing beside an existing log is refused, and
+//!   nothing is written: a new key would make the intact log read as forged.
 //!   Each log file also names the key in its `log.opened` record.
 //! - One writer per log: the open log holds an exclusive `flock` on the key file.
 //! - An append writes its lines with one `write` on an `O_APPEND` descriptor, and the agent appends
@@ -83,6 +85,13 @@ pub enum AuditError {
     ForeignLog { path: PathBuf, reason: BadReason, detail: String },
     #[error("audit: an earlier write failed and could not be undone; the log must be reopened")]
     Poisoned,
+    #[error(
+        "audit: the key {} is missing, but {} holds a log signed with it: restore the key (from a backup \
+         of the state directory), or move the audit directory aside to start a new log",
+        key.display(),
+        log.display()
+    )]
+    KeyMissing { key: PathBuf, log: PathBuf },
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AuditError {
@@ -177,9 +186,17 @@ impl AuditLog {
     }
 
     pub fn open_with_max_bytes(state_dir: &Path, max_bytes: u64) -> Result<Self, AuditError> {
-        let (lock, secret) = load_or_create_key(&state_dir.join(KEY_FILE))?;
+        // A new key for an existing log would be refused below as a foreign key, after it had
+        // been written and audit.pub rewritten with it: nothing is written then.
+        let key = state_dir.join(KEY_FILE);
+        let log = state_dir.join(LOG_DIR);
+        if matches!(key.symlink_metadata(), Err(error) if error.kind() == io::ErrorKind::NotFound)
+            && log_files(&log).is_ok_and(|files| !files.is_empty())
+        {
+            return Err(AuditError::KeyMissing { key, log });
+        }
+        let (lock, secret) = load_or_create_key(&key)?;
         let signer = AuditSigner::from_secret(&secret);
-        write_public_key(&state_dir.join(PUBLIC_KEY_FILE), signer.public_key())?;
         let dir = state_dir.join(LOG_DIR);
         match DirBuilder::new().mode(0o700).create(&dir) {
             Err(error) if error.kind() != io::ErrorKind::AlreadyExists => {
@@ -216,6 +233,8 @@ impl AuditLog {
                 None => (ChainHead::GENESIS, None),
             },
         };
+        // Only once the log is known to go on with this key.
+        write_public_key(&state_dir.join(PUBLIC_KEY_FILE), signer.public_key())?;
         let mut log = AuditLog {
             dir,
             signer,
@@ -825,9 +844,23 @@ mod tests {
         let second = AuditLog::open(state.path()).err().ok_or("a second writer was let in")?;
         assert!(matches!(second, AuditError::Locked { .. }), "{second}");
         drop(log);
-        std::fs::remove_file(state.path().join(KEY_FILE))?;
+        // The key gone: refused as missing, with nothing written (found by a new-user trial: a
+        // new key and audit.pub were written, and `bkg audit verify` then called the log forged).
+        let public = std::fs::read(state.path().join(PUBLIC_KEY_FILE))?;
+        std::fs::rename(state.path().join(KEY_FILE), state.path().join("kept.key"))?;
+        let missing = AuditLog::open(state.path()).err().ok_or("a new key took over the log")?;
+        assert!(matches!(missing, AuditError::KeyMissing { .. }), "{missing}");
+        assert!(!state.path().join(KEY_FILE).exists(), "no new key");
+        assert_eq!(std::fs::read(state.path().join(PUBLIC_KEY_FILE))?, public, "audit.pub as it was");
+        // Another key put in its place is refused as foreign.
+        std::fs::write(state.path().join(KEY_FILE), [7u8; 32])?;
+        std::fs::set_permissions(state.path().join(KEY_FILE), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let replaced = AuditLog::open(state.path()).err().ok_or("a new key took over the log")?;
         assert!(matches!(replaced, AuditError::ForeignLog { reason: BadReason::Forged, .. }), "{replaced}");
+        assert_eq!(std::fs::read(state.path().join(PUBLIC_KEY_FILE))?, public, "audit.pub as it was");
+        // The key back: the log goes on.
+        std::fs::rename(state.path().join("kept.key"), state.path().join(KEY_FILE))?;
+        AuditLog::open(state.path())?.append(&event(2))?;
         Ok(())
     }
 }
