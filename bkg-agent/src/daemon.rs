@@ -487,7 +487,11 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         Some(passed) => passed.path.clone(),
         None => args.socket.clone().unwrap_or_else(bkg_schema::paths::default_socket),
     };
+    // Sandboxes are prepared from other working directories (their pid 1's): a relative state
+    // directory would name nothing there.
     let state_dir = args.state_dir.clone().unwrap_or_else(bkg_schema::paths::default_state_dir);
+    let state_dir = std::path::absolute(&state_dir)
+        .with_context(|| format!("make the state directory {} absolute", state_dir.display()))?;
     let max = max_limits(&args)?;
     // A maximum below a default lowers the default with it: `--max-memory 256MiB` is how an
     // operator gives every run less.

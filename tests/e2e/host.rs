@@ -115,6 +115,46 @@ fn the_directories_made_for_a_group_socket_let_the_group_through() {
     assert!(stopped.success(), "{stopped}");
 }
 
+/// A relative `--state-dir` is taken from where the agent starts (found by a new-user trial: the
+/// agent said ready, and every run failed to find its disk image from its sandbox's directory).
+#[test]
+fn a_relative_state_dir_is_taken_from_where_the_agent_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock");
+    let uids = bkg_tests::UidRange::reserve();
+    let mut agent = Command::new(bin_dir().join("bkg-agent"))
+        .current_dir(dir.path())
+        .args(["--foreground", "--state-dir", "relative/state", "--warm-pool", "0"])
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--cgroup-dir")
+        .arg(format!("bkg-test-relative-{}", std::process::id()))
+        .args(["--uid-base", &uids.base.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start bkg-agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(agent.try_wait().expect("try_wait").is_none(), "the agent ended");
+        assert!(std::time::Instant::now() < deadline, "the agent did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ran = Command::new(bin_dir().join("bkg"))
+        .args(["exe", "--type", "python", "-c", "print('ran')"])
+        .env("BKG_SOCKET", &socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bkg exe");
+    // SAFETY: kill(2) on the agent this test started; no memory is involved.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let stopped = agent.wait().expect("the agent stops");
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "ran\n", "{}", String::from_utf8_lossy(&ran.stderr));
+    assert!(dir.path().join("relative/state/state.db").is_file());
+    assert!(stopped.success(), "{stopped}");
+}
+
 /// `bkg agent start --state-dir DIR` where an agent with another state directory already serves
 /// the socket says so (exit 125) rather than "already running" with DIR ignored (found by a
 /// new-user trial); the same directory is the agent asked for.
