@@ -273,6 +273,11 @@ impl AuditLog {
         self.signer.public_key()
     }
 
+    /// How many records the log holds, its files' headers included.
+    pub fn records(&self) -> u64 {
+        self.head.next_seq.saturating_sub(1)
+    }
+
     /// Every line written since the last call, in order: the agent puts them in its outbox in
     /// the same transaction as the state change they describe.
     pub fn take_written(&mut self) -> Vec<WrittenLine> {

@@ -702,7 +702,9 @@ async fn serve(
     }
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
     let agent_id = audit.public_key().agent_id();
-    let store = Store::open(&state_dir.join("state.db"), audit).context("open the run store")?;
+    let store_path = state_dir.join("state.db");
+    let store =
+        Store::open(&store_path, audit).with_context(|| format!("open the run store {}", store_path.display()))?;
     let artefacts = Arc::new(
         crate::artefacts::Artefacts::open(api.object_store.as_deref(), &state_dir, api.artefact_quota.clone())
             .context("open the object store of runs' files")?,

@@ -169,6 +169,12 @@ pub enum StoreError {
     Audit(#[from] AuditError),
     #[error("store: cannot {action} {path}: {source}")]
     SandboxEnv { action: &'static str, path: String, source: std::io::Error },
+    #[error(
+        "store: {} is empty, but the audit log beside it holds {records} records: restore state.db (from a \
+         backup of the state directory), or move the audit directory aside too to start anew",
+        path.display()
+    )]
+    EmptyWithHistory { path: PathBuf, records: u64 },
 }
 
 #[derive(Clone)]
@@ -229,6 +235,13 @@ impl Store {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        // A store never made beside a log that tells of runs, keys and sandboxes was lost (cut to
+        // nothing, deleted): taking it as new would forget them all without a word. A new log
+        // holds its header alone.
+        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version == 0 && audit.records() > 1 {
+            return Err(StoreError::EmptyWithHistory { path: path.to_owned(), records: audit.records() });
+        }
         migrate(&mut connection)?;
         // The env files live beside the store, in the sandboxes' homes (bkg_schema::paths::SandboxHome).
         let state_dir = Arc::new(path.parent().map(Path::to_path_buf).unwrap_or_default());
@@ -1078,6 +1091,27 @@ mod tests {
         assert!(runs[0].cleaned_up);
         assert_eq!(runs[0].limits, Limits::DEFAULT);
         reopened.check_writable().await?;
+        Ok(())
+    }
+
+    /// A store cut to nothing beside a log with history is refused, not started anew: it would
+    /// forget every run, key and sandbox without a word (found by a new-user trial).
+    #[tokio::test]
+    async fn an_empty_store_beside_a_log_with_history_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path, AuditLog::open(dir.path())?)?;
+        store.run_started(&caller(), started("run_1", None, 10)).await?;
+        store.durable().await;
+        drop(store);
+        std::fs::write(&path, b"")?;
+        for extra in ["state.db-wal", "state.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(extra));
+        }
+        let refused = Store::open(&path, AuditLog::open(dir.path())?).err().ok_or("an empty store was taken")?;
+        assert!(matches!(refused, StoreError::EmptyWithHistory { records: 2, .. }), "{refused}");
+        // Refused again: the refusal made no store of it.
+        assert!(Store::open(&path, AuditLog::open(dir.path())?).is_err());
         Ok(())
     }
 
