@@ -502,6 +502,7 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&state_dir).with_context(|| format!("create state directory {}", state_dir.display()))?;
     std::fs::set_permissions(&state_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("make {} private", state_dir.display()))?;
+    refuse_foreign_state_dir(&state_dir)?;
     // Before any thread exists (the probe forks) and before detaching, so a host that lacks a
     // piece is told on the terminal that started the agent.
     let host = host_check::report(&host_check::probe(&args.python, &args.node, &state_dir));
@@ -615,6 +616,30 @@ fn local_access(args: &AgentArgs) -> anyhow::Result<LocalAccess> {
 /// Starts `bkg-agent --foreground` in its own session, logging to STATE_DIR/agent.log, and
 /// returns once it serves its socket: it says so on a pipe (`--ready-fd`), whose end without a
 /// word means it failed to start. Its own one-line reason, from the log, is the error then.
+/// The state directory holds keys, code and output: one another user owns could be read or
+/// replaced by them, whatever its mode. The store's own files, made under an older umask or by
+/// hand, are made private too (SQLite gives its -wal and -shm files the store's mode).
+fn refuse_foreign_state_dir(state_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let owner = std::fs::metadata(state_dir).with_context(|| format!("inspect {}", state_dir.display()))?.uid();
+    let uid = nix::unistd::geteuid().as_raw();
+    if owner != uid {
+        anyhow::bail!(
+            "the state directory {} belongs to uid {owner}, not to the agent's uid {uid}: chown it to the agent's \
+             user, or give another --state-dir",
+            state_dir.display()
+        );
+    }
+    for name in ["state.db", "state.db-wal", "state.db-shm"] {
+        let path = state_dir.join(name);
+        if path.symlink_metadata().is_ok_and(|meta| meta.is_file() && meta.mode() & 0o077 != 0) {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("make {} private", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn detach(state_dir: &Path, socket: &Path) -> anyhow::Result<()> {
     let log_path = state_dir.join("agent.log");
     let log = std::fs::OpenOptions::new()

@@ -281,6 +281,17 @@ fn state_dir_check(dir: &Path) -> Check {
             format!("{} is not writable: {error}", dir.display()),
             "give the agent a writable --state-dir (BKG_STATE_DIR) on a local file system",
         ),
+        // The agent refuses one another user owns (bkg-agent's daemon.rs), whatever its mode.
+        Ok(())
+            if nix::unistd::geteuid().is_root()
+                && std::fs::metadata(dir).is_ok_and(|meta| std::os::unix::fs::MetadataExt::uid(&meta) != 0) =>
+        {
+            Check::fail(
+                name,
+                format!("{} does not belong to root, the agent's user", dir.display()),
+                format!("chown root {} (the agent refuses it), or give another --state-dir", dir.display()),
+            )
+        }
         Ok(()) => match free {
             Ok(free) if free < LOW_FREE_SPACE => Check::warn(
                 name,

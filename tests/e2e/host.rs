@@ -155,6 +155,64 @@ fn a_relative_state_dir_is_taken_from_where_the_agent_starts() {
     assert!(stopped.success(), "{stopped}");
 }
 
+/// A state directory another user owns is refused (its owner could read or replace the keys in
+/// it, whatever its mode), and the store's files are made private (found by a new-user trial).
+#[test]
+fn a_state_dir_another_user_owns_is_refused_and_the_store_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    std::fs::write(state.join("state.db"), b"").expect("state.db");
+    std::fs::set_permissions(state.join("state.db"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let start = || {
+        let uids = bkg_tests::UidRange::reserve();
+        Command::new(bin_dir().join("bkg-agent"))
+            .args(["--foreground", "--warm-pool", "0", "--uid-base", &uids.base.to_string()])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .arg("--cgroup-dir")
+            .arg(format!("bkg-test-foreign-{}", std::process::id()))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("bkg-agent")
+    };
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown");
+    let refused = start();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("belongs to uid 65534, not to the agent's uid 0"), "{said}");
+    // Its own: the agent starts, with the store made private.
+    std::os::unix::fs::chown(&state, Some(0), Some(0)).expect("chown back");
+    let uids = bkg_tests::UidRange::reserve();
+    let socket = dir.path().join("agent.sock");
+    let mut agent = Command::new(bin_dir().join("bkg-agent"))
+        .args(["--foreground", "--warm-pool", "0", "--uid-base", &uids.base.to_string()])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--cgroup-dir")
+        .arg(format!("bkg-test-foreign-{}", std::process::id()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start bkg-agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(agent.try_wait().expect("try_wait").is_none(), "the agent ended");
+        assert!(std::time::Instant::now() < deadline, "the agent did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the agent this test started; no memory is involved.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    assert!(agent.wait().expect("the agent stops").success());
+    let mode = std::fs::metadata(state.join("state.db")).expect("state.db").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
 /// `bkg agent start --state-dir DIR` where an agent with another state directory already serves
 /// the socket says so (exit 125) rather than "already running" with DIR ignored (found by a
 /// new-user trial); the same directory is the agent asked for.
