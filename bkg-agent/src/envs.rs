@@ -210,9 +210,15 @@ impl Environments {
                 continue;
             }
             if line.starts_with('-') {
-                return Err(EnvError::Invalid(format!(
-                    "requirement `{line}`: options are not taken (the agent chooses the index: --package-index)"
-                )));
+                // What to do instead depends on the option.
+                let instead = if line.starts_with("-r") || line.starts_with("--requirement") || line.starts_with("-c") {
+                    "put the lines of the file it names in this one"
+                } else if line.starts_with("-e") || line.starts_with("--editable") {
+                    "name the package as a requirement (a URL or a name and version)"
+                } else {
+                    "the agent chooses the index and the installer's options (--package-index)"
+                };
+                return Err(EnvError::Invalid(format!("requirement `{line}`: options are not taken: {instead}")));
             }
             if line.len() > MAX_REQUIREMENT_BYTES || line.chars().any(char::is_control) {
                 return Err(EnvError::Invalid(format!(
@@ -434,5 +440,10 @@ mod tests {
         assert_eq!(set(&["\u{feff}requests>=2\r", "numpy==2.1.3"]).ok(), set(&["requests>=2", "numpy==2.1.3"]).ok());
         assert!(matches!(set(&["--index-url http://evil/simple"]), Err(EnvError::Invalid(_))));
         assert!(matches!(set(&["-e ."]), Err(EnvError::Invalid(_))));
+        // Each refusal says what to do instead of that option (found by a new-user trial: `-r`
+        // was told about the index).
+        let said = |line: &str| set(&[line]).err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(said("-r other.txt").contains("put the lines of the file it names in this one"), "{}", said("-r x"));
+        assert!(said("--index-url http://evil/simple").contains("--package-index"));
     }
 }

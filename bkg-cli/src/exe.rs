@@ -181,10 +181,17 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
 
     let mut env = BTreeMap::new();
     for path in &args.env_files {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| CliError::usage(format!("--env-file {}: {error}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            let fix = match error.kind() {
+                std::io::ErrorKind::InvalidData => ": it is not UTF-8 text; convert it (`iconv -t UTF-8`)",
+                std::io::ErrorKind::NotFound => ": give a file of KEY=VALUE lines",
+                _ => "",
+            };
+            CliError::usage(format!("--env-file {}: {error}{fix}", path.display()))
+        })?;
         for (number, line) in text.lines().enumerate() {
-            let line = line.trim();
+            // A byte-order mark (Windows editors) is not part of the first name.
+            let line = line.trim_start_matches('\u{feff}').trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
@@ -275,8 +282,12 @@ fn node_packages(script: Option<&str>, language: Language) -> Result<Option<Node
     };
     let manifest = Path::new(script).with_file_name("package.json");
     let Ok(package_json) = std::fs::read_to_string(&manifest) else { return Ok(None) };
-    let parsed: serde_json::Value = serde_json::from_str(&package_json)
-        .map_err(|error| CliError::usage(format!("{}: {error}", manifest.display())))?;
+    let parsed: serde_json::Value = serde_json::from_str(&package_json).map_err(|error| {
+        CliError::usage(format!(
+            "{} beside the script is not JSON ({error}): fix it, or move it away if the script needs no packages",
+            manifest.display()
+        ))
+    })?;
     let has_dependencies = ["dependencies", "devDependencies", "optionalDependencies"]
         .iter()
         .any(|field| parsed.get(field).and_then(serde_json::Value::as_object).is_some_and(|deps| !deps.is_empty()));

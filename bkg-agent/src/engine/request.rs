@@ -595,7 +595,11 @@ pub(super) fn sandbox_env(extra: &BTreeMap<String, String>) -> Result<Vec<(Strin
         }
         total += key.len() + value.len() + 2;
         if total > MAX_ENV_BYTES {
-            return Err(RunError::BadRequest(format!("env: the variables take more than {MAX_ENV_BYTES} bytes")));
+            return Err(RunError::BadRequest(format!(
+                "env: the variables take more than {} (names and values together): give large data as a file \
+                 (bkg exe --file, bkg cp) and its path in a variable",
+                bkg_schema::units::format_size(MAX_ENV_BYTES as u64)
+            )));
         }
         env.retain(|(existing, _)| existing != key);
         env.push((key.clone(), value.clone()));
