@@ -258,6 +258,23 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     assert_eq!(files_containing(&agent.state_dir, password.as_bytes()), Vec::<PathBuf>::new());
 }
 
+/// An index the agent cannot reach is said as that, not as what the installer makes of a closed
+/// connection (TLS, a proxy) (found by a new-user trial).
+#[test]
+fn an_index_the_agent_cannot_reach_is_named_as_the_cause() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = closed.local_addr().expect("address").port();
+    drop(closed);
+    let url = format!("http://127.0.0.1:{port}/simple");
+    let agent =
+        Agent::start_with(AgentOptions { extra_args: vec!["--package-index".into(), url], ..AgentOptions::default() });
+    let failed = agent.exe(&["--with", "six==1.17.0", "--type", "python", "-c", "print('ran')"]);
+    assert_eq!(code(&failed), 125, "{}", stderr(&failed));
+    let said = format!("the agent cannot reach its package index at 127.0.0.1:{port}: ");
+    let first = stderr(&failed).lines().find(|line| line.contains(" failed ")).unwrap_or_default().to_owned();
+    assert!(first.contains(&said), "{}", stderr(&failed));
+}
+
 /// An install the agent's stop cuts short (its index accepts connections and never answers, so
 /// pip waits) is the agent's stop, not a failed install of the run's packages.
 #[test]

@@ -38,8 +38,13 @@ impl Drop for Relay {
 }
 
 /// Opens every target's listener in the network namespace of `pid_one` (a sandbox's pid 1) and
-/// starts relaying.
-pub fn open(pid_one: nix::unistd::Pid, targets: &[RelayTarget]) -> Result<Relay, EngineError> {
+/// starts relaying. A target that cannot be reached is said once on `told` (the install's own
+/// output): the installer inside sees only a connection closed, and blames TLS or a proxy.
+pub fn open(
+    pid_one: nix::unistd::Pid,
+    targets: &[RelayTarget],
+    told: Option<tokio::sync::mpsc::Sender<super::run::RunOutput>>,
+) -> Result<Relay, EngineError> {
     let addresses: Vec<(Ipv4Addr, u16)> = targets.iter().map(|target| (target.inside, target.port)).collect();
     // setns applies to the calling thread only: a thread of its own enters the namespace, binds,
     // and ends; the sockets stay in the namespace they were made in.
@@ -62,24 +67,38 @@ pub fn open(pid_one: nix::unistd::Pid, targets: &[RelayTarget]) -> Result<Relay,
     let mut tasks = Vec::new();
     for (listener, target) in listeners.into_iter().zip(targets) {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(EngineError::io("register the relay"))?;
-        tasks.push(tokio::spawn(serve(listener, target.host.clone(), target.port)));
+        tasks.push(tokio::spawn(serve(listener, target.host.clone(), target.port, told.clone())));
     }
     Ok(Relay { tasks })
 }
 
 /// Accepts the sandbox's connections and joins each to a new one to the target. Ends (with every
 /// connection) when its task is aborted.
-async fn serve(listener: tokio::net::TcpListener, host: String, port: u16) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    host: String,
+    port: u16,
+    told: Option<tokio::sync::mpsc::Sender<super::run::RunOutput>>,
+) {
     let mut connections = JoinSet::new();
+    let said = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let Ok((mut inside, _)) = listener.accept().await else { return };
-        let host = host.clone();
+        let (host, told, said) = (host.clone(), told.clone(), std::sync::Arc::clone(&said));
         connections.spawn(async move {
             match tokio::net::TcpStream::connect((host.as_str(), port)).await {
                 Ok(mut outside) => {
                     let _ = tokio::io::copy_bidirectional(&mut inside, &mut outside).await;
                 }
-                Err(error) => tracing::warn!(%host, port, %error, "the package index is unreachable"),
+                Err(error) => {
+                    tracing::warn!(%host, port, %error, "the package index is unreachable");
+                    if let Some(told) = told
+                        && !said.swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        let line = format!("the agent cannot reach its package index at {host}:{port}: {error}");
+                        let _ = told.try_send(super::run::RunOutput::Progress(line));
+                    }
+                }
             }
         });
         // Finished connections are collected as new ones come.

@@ -108,7 +108,8 @@ impl Engine {
         // Held until the run ends: the install sandbox's way to its package index.
         let _relay = match run.relay.as_slice() {
             [] => None,
-            targets => match super::relay::open(nix::unistd::Pid::from_raw(sandbox.pid_one()), targets) {
+            targets => match super::relay::open(nix::unistd::Pid::from_raw(sandbox.pid_one()), targets, output.clone())
+            {
                 Ok(relay) => Some(relay),
                 Err(error) => {
                     self.dispose_later(&tracker, sandbox);

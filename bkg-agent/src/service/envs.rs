@@ -134,8 +134,18 @@ impl Service {
         let file = crate::engine::install::REQUIREMENTS_FILE;
         let pip_option = format!("-r {file}");
         let mut partial = Vec::new();
+        // The agent's own word on the install (its index unreachable): what explains the rest.
+        let mut unreachable = None;
         while let Some(event) = lines_rx.recv().await {
-            let (RunOutput::Stdout(bytes) | RunOutput::Stderr(bytes)) = event else { continue };
+            let bytes = match event {
+                RunOutput::Stdout(bytes) | RunOutput::Stderr(bytes) => bytes,
+                RunOutput::Progress(line) => {
+                    progress(line.clone());
+                    unreachable = Some(line);
+                    continue;
+                }
+                _ => continue,
+            };
             partial.extend_from_slice(&bytes);
             while let Some(end) = partial.iter().position(|byte| *byte == b'\n') {
                 let line: Vec<u8> = partial.drain(..=end).collect();
@@ -189,6 +199,10 @@ impl Service {
             Some(reason) => {
                 envs.abandon_build(dirs);
                 let said: Vec<String> = tail.into_iter().collect();
+                let reason = match unreachable {
+                    Some(unreachable) => format!("{reason}; {unreachable}"),
+                    None => reason,
+                };
                 Err(failed(format!(
                     "installing {packages} failed ({reason}); the installer said:\n{}",
                     said.join("\n")
