@@ -44,8 +44,9 @@ def fetch(url):
         return type(e).__name__
 out["allowed"] = fetch("http://host.bkg.internal:%d/" % allowed_port)
 out["other_port"] = fetch("http://host.bkg.internal:%d/" % other_port)
-out["other_host"] = fetch("http://not-on-the-list.example/")
+out["other_host"] = fetch("http://not-on-the-list.test/")
 out["address_by_proxy"] = fetch("http://169.254.169.254/latest/meta-data/")
+out["unresolved"] = fetch("http://no-such-name-bkg.invalid/")
 def connect(host, port):
     s = socket.socket()
     s.settimeout(20)
@@ -78,7 +79,7 @@ fn allowed_host_answers_and_everything_else_is_refused_and_reported() {
         extra_args: vec!["--egress-allow".into(), format!("*,host.bkg.internal:{allowed_port}")],
         ..Default::default()
     });
-    let net = format!("host.bkg.internal:{allowed_port},*.example");
+    let net = format!("host.bkg.internal:{allowed_port},*.example,*.invalid");
     let (allowed, other) = (allowed_port.to_string(), other_port.to_string());
     let (result, output) =
         agent.exe_json(&["--net", &net, "--type", "python", "-c", PROBES, allowed.as_str(), other.as_str()]);
@@ -89,6 +90,9 @@ fn allowed_host_answers_and_everything_else_is_refused_and_reported() {
     assert_eq!(seen["other_port"], "HTTP 403", "a port of the host that was not allowed: {seen}");
     assert_eq!(seen["other_host"], "HTTP 403", "{seen}");
     assert_eq!(seen["address_by_proxy"], "HTTP 403", "{seen}");
+    // A name on the list that does not resolve is no refusal: a gateway's failure (found by a
+    // new-user trial: it was 403 like one).
+    assert_eq!(seen["unresolved"], "HTTP 502", "{seen}");
     assert_eq!(seen["direct_address"], "ConnectionRefusedError", "{seen}");
     assert_eq!(seen["direct_metadata"], "ConnectionRefusedError", "{seen}");
     assert_eq!(seen["udp"], "ConnectionRefusedError", "{seen}");
@@ -99,7 +103,8 @@ fn allowed_host_answers_and_everything_else_is_refused_and_reported() {
     };
     for (transport, destination) in [
         ("proxy", format!("host.bkg.internal:{other_port}")),
-        ("proxy", "not-on-the-list.example:80".to_owned()),
+        ("proxy", "not-on-the-list.test:80".to_owned()),
+        ("proxy", "no-such-name-bkg.invalid:80".to_owned()),
         ("proxy", "169.254.169.254:80".to_owned()),
         ("tcp", "192.0.2.10:80".to_owned()),
         ("tcp", "169.254.169.254:80".to_owned()),

@@ -189,6 +189,10 @@ struct ProxyContext {
     denials: Arc<Denials>,
 }
 
+/// Why a name on the list got no connection: not a refusal by the policy, so the proxy answers
+/// it as a gateway's failure (502), as one that does not connect.
+const UNRESOLVED: &str = "the name does not resolve";
+
 impl ProxyContext {
     /// Where a request for `host`:`port` may go, or why not.
     async fn decide(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, &'static str> {
@@ -206,7 +210,7 @@ impl ProxyContext {
             Ok(address) => vec![SocketAddr::new(address, port)],
             Err(_) => match tokio::net::lookup_host((host, port)).await {
                 Ok(found) => found.collect(),
-                Err(_) => return Err("the name does not resolve"),
+                Err(_) => return Err(UNRESOLVED),
             },
         };
         let reachable: Vec<SocketAddr> = addresses
@@ -319,7 +323,10 @@ async fn proxy_one(mut client: TcpStream, context: Arc<ProxyContext>) {
         Ok(addresses) => addresses,
         Err(reason) => {
             context.denials.note(Transport::Proxy, shown.clone(), reason);
-            answer(&mut client, "403 Forbidden", &format!("bkg: egress to {shown} refused: {reason}\n")).await;
+            match reason {
+                UNRESOLVED => answer(&mut client, "502 Bad Gateway", &format!("bkg: {shown}: {reason}\n")).await,
+                _ => answer(&mut client, "403 Forbidden", &format!("bkg: egress to {shown} refused: {reason}\n")).await,
+            }
             return;
         }
     };
