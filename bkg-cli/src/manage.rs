@@ -640,7 +640,14 @@ fn remove_sandbox_block(text: &str, name: &str) -> Option<String> {
         indent_of(line) == level && (key == format!("{name}:") || key.starts_with(&format!("{name}: ")))
     })?;
     let indent = indent_of(lines[start]);
-    let end = (start + 1..lines.len())
+    // Comment lines right above it, at its indentation, are its own (`# the api`).
+    let key = start;
+    let start = (sandboxes + 1..key)
+        .rev()
+        .take_while(|&index| indent_of(lines[index]) == indent && lines[index].trim_start().starts_with('#'))
+        .last()
+        .unwrap_or(key);
+    let end = (key + 1..lines.len())
         .find(|&index| {
             let line = lines[index];
             !line.trim().is_empty() && indent_of(line) <= indent
@@ -703,7 +710,7 @@ mod tests {
         let one = "# my project\nversion: 1\nsandboxes:\r\n  # the only one\n  api:\n    type: python\n\n# end\nnamespace: x\n";
         assert_eq!(
             remove_sandbox_block(one, "api").as_deref(),
-            Some("# my project\nversion: 1\nsandboxes: {}\r\n  # the only one\n# end\nnamespace: x\n")
+            Some("# my project\nversion: 1\nsandboxes: {}\r\n# end\nnamespace: x\n")
         );
         let two = remove_sandbox_block(CAVE, "api").unwrap_or_default();
         assert_eq!(
