@@ -751,7 +751,7 @@ pub enum KeysAction {
 #[command(
     name = "bkgr",
     version,
-    after_help = "Exit codes: as `bkg exe` (the script's own, 124, 137, 125, 126); with several sandboxes, the first failure's."
+    after_help = "Exit codes: as `bkg exe` (the script's own, 124, 137, 130, 125, 126, 127); with several sandboxes, the first failure's, or 130 after Ctrl-C."
 )]
 pub struct Bkgr {
     /// The sandbox to run [default: every sandbox, each with its `start` script]
