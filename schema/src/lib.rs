@@ -439,6 +439,9 @@ pub const OUTPUT_CAP_BYTES: usize = 1024 * 1024;
 /// into a persistent sandbox with `bkg cp`, streamed.
 pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
 
+/// Largest body of the small JSON requests: a sandbox's definition, keys, logins.
+pub const MAX_SMALL_BODY_BYTES: usize = 64 * 1024;
+
 /// One server-sent event as a client reads it (`text/event-stream`): the event's name, its id
 /// when it has one (a position to resume after), and its data. What each endpoint's events carry
 /// in `data` its documentation says (`bkg_schema::changes` for the change feed, a line of output

@@ -204,6 +204,25 @@ fn package_files_outside_the_project_need_allow_outside() {
     assert_eq!(code(&allowed), 0, "{}", stderr(&allowed));
 }
 
+/// A definition too big for the agent is said with what makes it big (found by a new-user trial:
+/// a 200 KB env value got "the request body is over the limit", naming nothing of cave.yaml).
+#[test]
+fn a_definition_too_big_for_the_agent_names_what_makes_it_big() {
+    let agent = Agent::start();
+    let big = "x".repeat(100 * 1024);
+    let project = project_with(&format!(
+        "version: 1\nnamespace: default\nsandboxes:\n  big:\n    type: python\n    env: {{ DATA: {big} }}\n    scripts:\n      start: 'true'\n"
+    ));
+    let refused = agent.bkgr(project.path(), &["big"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("its definition (cave.yaml's env, scripts and package lists) comes to"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(stderr(&refused).lines().count(), 1, "{}", stderr(&refused));
+}
+
 /// A cave.yaml whose `sandboxes:` is inline cannot be edited by `bkg rm`: it refuses before
 /// anything goes (found by a new-user trial: the workspace went, cave.yaml kept the entry, and
 /// rm said "removed").

@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 
 use super::failure::Failure;
 
-/// Bodies of the auth endpoints: a few names and a password.
-pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+/// Bodies of the auth endpoints and sandbox definitions: a few names, a password, cave.yaml's.
+pub const SMALL_BODY_BYTES: usize = bkg_schema::MAX_SMALL_BODY_BYTES;
 
 pub async fn json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, Failure> {
     let bytes = bytes(body, limit).await?;
