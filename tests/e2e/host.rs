@@ -78,6 +78,23 @@ fn an_agent_given_a_files_path_as_its_socket_refuses_and_keeps_the_file() {
     assert_eq!(std::fs::read_to_string(&file).expect("the file is still there"), "important\n");
 }
 
+/// Waits until `agent`, started by a test with its own flags, answers on `socket`.
+fn until_it_answers(agent: &mut std::process::Child, socket: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(agent.try_wait().expect("try_wait").is_none(), "the agent ended");
+        assert!(std::time::Instant::now() < deadline, "the agent did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Stops an agent a test started with SIGTERM, as a service manager does.
+fn stop(mut agent: std::process::Child) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on the agent this test started; no memory is involved.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    agent.wait().expect("the agent stops")
+}
+
 /// With a socket group, every directory the agent makes on the way to its socket is 0755, so
 /// the socket's own mode decides who gets in (found by a new-user trial: all but the last were
 /// left 0700, and the group was kept out).
@@ -99,18 +116,11 @@ fn the_directories_made_for_a_group_socket_let_the_group_through() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start bkg-agent");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(agent.try_wait().expect("try_wait").is_none(), "the agent ended");
-        assert!(std::time::Instant::now() < deadline, "the agent did not come up");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    until_it_answers(&mut agent, &socket);
     use std::os::unix::fs::PermissionsExt;
     let mode = |path: &std::path::Path| std::fs::metadata(path).expect("made").permissions().mode() & 0o777;
     let modes = (mode(&dir.path().join("pub")), mode(&dir.path().join("pub/sub")), mode(&socket));
-    // SAFETY: kill(2) on the agent this test started; no memory is involved.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let stopped = agent.wait().expect("the agent stops");
+    let stopped = stop(agent);
     assert_eq!(modes, (0o755, 0o755, 0o660));
     assert!(stopped.success(), "{stopped}");
 }
@@ -134,12 +144,7 @@ fn a_relative_state_dir_is_taken_from_where_the_agent_starts() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start bkg-agent");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(agent.try_wait().expect("try_wait").is_none(), "the agent ended");
-        assert!(std::time::Instant::now() < deadline, "the agent did not come up");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    until_it_answers(&mut agent, &socket);
     let ran = Command::new(bin_dir().join("bkg"))
         .args(["exe", "--type", "python", "-c", "print('ran')"])
         .env("BKG_SOCKET", &socket)
@@ -147,9 +152,7 @@ fn a_relative_state_dir_is_taken_from_where_the_agent_starts() {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("bkg exe");
-    // SAFETY: kill(2) on the agent this test started; no memory is involved.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let stopped = agent.wait().expect("the agent stops");
+    let stopped = stop(agent);
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "ran\n", "{}", String::from_utf8_lossy(&ran.stderr));
     assert!(dir.path().join("relative/state/state.db").is_file());
     assert!(stopped.success(), "{stopped}");
@@ -200,15 +203,8 @@ fn a_state_dir_another_user_owns_is_refused_and_the_store_made_private() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start bkg-agent");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(agent.try_wait().expect("try_wait").is_none(), "the agent ended");
-        assert!(std::time::Instant::now() < deadline, "the agent did not come up");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // SAFETY: kill(2) on the agent this test started; no memory is involved.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    assert!(agent.wait().expect("the agent stops").success());
+    until_it_answers(&mut agent, &socket);
+    assert!(stop(agent).success());
     let mode = std::fs::metadata(state.join("state.db")).expect("state.db").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
