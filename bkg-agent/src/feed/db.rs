@@ -101,26 +101,17 @@ impl Reader {
         }
     }
 
-    /// The newest position of the feed, every namespace's (positions are global).
     /// The newest position of the feed, or of the reader's namespace when it has one: a
     /// namespace's reader must not learn how far the others' changes go.
     pub(super) async fn newest(&mut self) -> Result<u64, FeedError> {
-        let namespace = self.namespace.clone();
-        let set_role = self.set_role.clone();
-        let client = self.client().await?;
-        let Some(namespace) = namespace else {
-            let position: i64 = client.query_one("SELECT position FROM bkg_change_head", &[]).await?.try_get(0)?;
-            return Ok(position.max(0) as u64);
+        let rows = match self.namespace.clone() {
+            None => self.query_as_role("SELECT position FROM bkg_change_head", &[]).await?,
+            Some(namespace) => {
+                self.query_as_role("SELECT coalesce(max(position), 0) FROM changes WHERE namespace = $1", &[&namespace])
+                    .await?
+            }
         };
-        let transaction = client.transaction().await?;
-        if let Some(set_role) = &set_role {
-            transaction.batch_execute(set_role).await?;
-        }
-        let row = transaction
-            .query_one("SELECT coalesce(max(position), 0) FROM changes WHERE namespace = $1", &[&namespace])
-            .await?;
-        transaction.commit().await?;
-        let position: i64 = row.try_get(0)?;
+        let position: i64 = rows.first().map(|row| row.try_get(0)).transpose()?.unwrap_or(0);
         Ok(position.max(0) as u64)
     }
 
@@ -134,15 +125,27 @@ impl Reader {
         let after = i64::try_from(after).map_err(|_| FeedError::BadRequest(format!("no position {after}")))?;
         let kinds: Vec<&str> = kinds.iter().map(|kind| kind.as_str()).collect();
         let namespace = self.namespace.clone();
+        let rows = self.query_as_role(READ, &[&after, &namespace, &kinds, &(limit as i64)]).await?;
+        rows.iter().map(change).collect()
+    }
+
+    /// `sql` in a transaction of its own, as the namespace's role when it has one.
+    async fn query_as_role(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, FeedError> {
+        // Connecting is what finds the role: it is read after.
+        self.client().await?;
         let set_role = self.set_role.clone();
         let client = self.client().await?;
         let transaction = client.transaction().await?;
         if let Some(set_role) = &set_role {
             transaction.batch_execute(set_role).await?;
         }
-        let rows = transaction.query(READ, &[&after, &namespace, &kinds, &(limit as i64)]).await?;
+        let rows = transaction.query(sql, params).await?;
         transaction.commit().await?;
-        rows.iter().map(change).collect()
+        Ok(rows)
     }
 }
 
