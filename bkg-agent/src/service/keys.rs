@@ -259,8 +259,10 @@ impl Service {
             created_by_key: maker,
         };
         let issued = self.issue(&caller, Details::KeyCreated, wanted).await?;
-        // The maker revoked while this was being made: the revocation missed it, so it goes now.
+        // The maker revoked while this was being made: the revocation missed it, so it goes now
+        // (an admin key's keys outlive it, as `revoke_made_keys` says).
         if let Principal::Key(maker) = principal
+            && maker.role != Role::Admin
             && self.store.get_key(&maker.id).await?.is_none_or(|maker| maker.revoked_at_ms.is_some())
         {
             self.revoke_made_keys(&caller, maker).await?;
@@ -304,13 +306,13 @@ impl Service {
         if key.revoked_at_ms.is_some() {
             return Err(OpError::Conflict(format!("key {id} is revoked; a revoked key cannot be rotated")));
         }
-        if key.expires_at_ms <= now_ms() {
+        let now = now_ms();
+        if key.expires_at_ms <= now {
             return Err(OpError::Conflict(format!(
                 "key {id} has expired; an expired key cannot be rotated: create a new one (bkg keys create)"
             )));
         }
         let secret = keys::generate(key.role).map_err(|error| OpError::Internal(error.to_string()))?;
-        let now = now_ms();
         // The key's own lifetime (what it was issued or last rotated with), within its role's.
         let own_ttl = key.expires_at_ms.saturating_sub(key.rotated_at_ms.unwrap_or(key.created_at_ms));
         let expires = now.saturating_add(own_ttl.clamp(1, self.ttl_ms(key.role)));

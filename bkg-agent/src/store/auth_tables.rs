@@ -113,11 +113,14 @@ impl Store {
 
     /// Every key, or those of one namespace, newest first.
     pub async fn list_keys(&self, namespace: Option<String>) -> Result<Vec<KeyInfo>, StoreError> {
+        self.keys_where("?1 IS NULL OR namespace = ?1 ORDER BY created_at_ms DESC, id DESC", namespace).await
+    }
+
+    /// The keys `condition` (on `?1`, bound to `value`) selects.
+    async fn keys_where(&self, condition: &'static str, value: Option<String>) -> Result<Vec<KeyInfo>, StoreError> {
         self.with(move |db| {
-            let mut statement = db.prepare(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys WHERE ?1 IS NULL OR namespace = ?1 ORDER BY created_at_ms DESC, id DESC"
-            ))?;
-            let rows = statement.query_map(params![namespace], key_info)?;
+            let mut statement = db.prepare(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE {condition}"))?;
+            let rows = statement.query_map(params![value], key_info)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -134,15 +137,7 @@ impl Store {
 
     /// The keys key `id` made that are not revoked yet.
     pub async fn live_keys_made_by(&self, id: &str) -> Result<Vec<KeyInfo>, StoreError> {
-        let id = id.to_owned();
-        self.with(move |db| {
-            let mut statement = db.prepare(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys WHERE created_by_key = ?1 AND revoked_at_ms IS NULL"
-            ))?;
-            let rows = statement.query_map(params![id], key_info)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        self.keys_where("created_by_key = ?1 AND revoked_at_ms IS NULL", Some(id.to_owned())).await
     }
 
     /// Gives key `id` a new secret (its old one stops working at once) and a new expiry.
