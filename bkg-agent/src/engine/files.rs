@@ -201,8 +201,7 @@ impl Workspace {
     /// Opens directory `dir`, made with its missing parents first; those it made are added to
     /// `made`, outermost first.
     fn make_dirs(&self, dir: &Path, made: &mut Vec<PathBuf>) -> Result<OwnedFd, FilesError> {
-        let directory = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
-        match self.open_beneath(dir, directory, Mode::empty()) {
+        match self.open_dir(dir) {
             Ok(fd) => return Ok(fd),
             Err(Errno::ENOENT) => {}
             Err(errno) => return Err(failed("open", dir, errno)),
@@ -216,7 +215,7 @@ impl Workspace {
             Err(Errno::EEXIST) => {}
             Err(errno) => return Err(failed("create", dir, errno)),
         }
-        let fd = self.open_beneath(dir, directory, Mode::empty()).map_err(|errno| failed("open", dir, errno))?;
+        let fd = self.open_dir(dir).map_err(|errno| failed("open", dir, errno))?;
         self.chown(&fd, dir)?;
         // The agent's umask (077) would leave it to its owner alone.
         set_mode(&fd, Mode::from_bits_truncate(0o755), dir)?;
@@ -242,33 +241,33 @@ impl Workspace {
         });
         if unpacked.is_err() {
             for file in &staged[placed..] {
-                if let Ok(parent_fd) =
-                    self.open_beneath(&file.parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
-                {
-                    let _ = nix::unistd::unlinkat(
-                        parent_fd.as_fd(),
-                        file.staging_name.as_os_str(),
-                        nix::unistd::UnlinkatFlags::NoRemoveDir,
-                    );
-                }
+                self.take_away(&file.parent, &file.staging_name, nix::unistd::UnlinkatFlags::NoRemoveDir);
             }
             for dir in made.iter().rev() {
                 let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else { continue };
-                let directory = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
-                if let Ok(parent_fd) = self.open_beneath(parent, directory, Mode::empty()) {
-                    // Only an empty one goes (rmdir): what the code put there meanwhile stays.
-                    let _ = nix::unistd::unlinkat(parent_fd.as_fd(), name, nix::unistd::UnlinkatFlags::RemoveDir);
-                }
+                // Only an empty one goes (rmdir): what the code put there meanwhile stays.
+                self.take_away(parent, name, nix::unistd::UnlinkatFlags::RemoveDir);
             }
         }
         unpacked
     }
 
+    /// Opens directory `dir` beneath /workspace (for reading: its entries, its mode).
+    fn open_dir(&self, dir: &Path) -> Result<OwnedFd, Errno> {
+        self.open_beneath(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+    }
+
+    /// Removes `name` from directory `parent` as far as it can: a failed upload's own, taken
+    /// away on the way out, where a failure has nothing left to tell.
+    fn take_away(&self, parent: &Path, name: &OsStr, how: nix::unistd::UnlinkatFlags) {
+        if let Ok(parent_fd) = self.open_dir(parent) {
+            let _ = nix::unistd::unlinkat(parent_fd.as_fd(), name, how);
+        }
+    }
+
     /// Renames a staged file or link over its place.
     fn place_staged(&self, file: &Staged) -> Result<(), FilesError> {
-        let parent_fd = self
-            .open_beneath(&file.parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
-            .map_err(|errno| failed("open", &file.parent, errno))?;
+        let parent_fd = self.open_dir(&file.parent).map_err(|errno| failed("open", &file.parent, errno))?;
         nix::fcntl::renameat(parent_fd.as_fd(), file.staging_name.as_os_str(), parent_fd.as_fd(), file.name.as_os_str())
             .map_err(|errno| failed("replace", &file.parent.join(&file.name), errno))
     }
@@ -321,16 +320,19 @@ impl Workspace {
             // A name of its own beside its place, short so that a file's own name may take all
             // 255 bytes, and new (O_EXCL), so that no file of the sandbox's is written over.
             let staging_name = std::ffi::OsString::from(format!(".{}", crate::ids::new_id("bkg-upload")));
-            let stage = Staged { parent: parent.to_path_buf(), staging_name, name: file_name.to_os_string() };
             if kind.is_symlink() {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| FilesError::BadArchive(format!("symbolic link {name} has no target")))?
                     .into_owned();
-                nix::unistd::symlinkat(OsStr::from_bytes(&target), parent_fd.as_fd(), stage.staging_name.as_os_str())
+                nix::unistd::symlinkat(OsStr::from_bytes(&target), parent_fd.as_fd(), staging_name.as_os_str())
                     .map_err(|errno| failed("create", &path, errno))?;
-                let staging_name = stage.staging_name.clone();
-                staged.push(stage);
+                // Staged once made: a failure from here on takes it away.
+                staged.push(Staged {
+                    parent: parent.to_path_buf(),
+                    staging_name: staging_name.clone(),
+                    name: file_name.to_os_string(),
+                });
                 nix::unistd::fchownat(
                     parent_fd.as_fd(),
                     staging_name.as_os_str(),
@@ -348,12 +350,12 @@ impl Workspace {
             }
             let file = self
                 .open_beneath(
-                    &parent.join(&stage.staging_name),
+                    &parent.join(&staging_name),
                     OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
                     mode,
                 )
                 .map_err(|errno| failed("create", &path, errno))?;
-            staged.push(stage);
+            staged.push(Staged { parent: parent.to_path_buf(), staging_name, name: file_name.to_os_string() });
             let mut file = std::fs::File::from(file);
             let size = entry.size();
             // The mode the archive gives, not the one the agent's private umask leaves of it.
@@ -469,9 +471,7 @@ impl Workspace {
 
     /// The entries of directory `dir`, by name, with what they are (symbolic links not followed).
     fn children(&self, dir: &Path) -> Result<Vec<(PathBuf, FileStat)>, FilesError> {
-        let fd = self
-            .open_beneath(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
-            .map_err(|errno| failed("open", dir, errno))?;
+        let fd = self.open_dir(dir).map_err(|errno| failed("open", dir, errno))?;
         let mut listing = nix::dir::Dir::from_fd(fd).map_err(|errno| failed("read", dir, errno))?;
         let mut names = Vec::new();
         for entry in listing.iter() {
@@ -493,16 +493,14 @@ impl Workspace {
     /// Refuses `dir` unless it is a directory (or a link inside /workspace to one): a path given
     /// as `a.txt/` names a directory, as it does to `cp`.
     pub fn require_directory(&self, dir: &Path) -> Result<(), FilesError> {
-        self.open_beneath(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).map(drop).map_err(|errno| {
-            match errno {
-                Errno::ENOTDIR if self.stat(dir).is_ok_and(|stat| kind_of(&stat) != FileKind::Directory) => {
-                    FilesError::Refused(format!(
-                        "{}/ names a directory, but it is not one: give it without the trailing slash",
-                        shown(dir)
-                    ))
-                }
-                other => failed("open", dir, other),
+        self.open_dir(dir).map(drop).map_err(|errno| match errno {
+            Errno::ENOTDIR if self.stat(dir).is_ok_and(|stat| kind_of(&stat) != FileKind::Directory) => {
+                FilesError::Refused(format!(
+                    "{}/ names a directory, but it is not one: give it without the trailing slash",
+                    shown(dir)
+                ))
             }
+            other => failed("open", dir, other),
         })
     }
 
