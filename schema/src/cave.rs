@@ -152,7 +152,7 @@ impl CpuCount {
 
 impl CaveLimits {
     pub fn to_overrides(&self) -> Result<LimitOverrides, UnitError> {
-        let [cpus, memory, timeout, disk] = self.parsed().map(|(_, value)| value.transpose());
+        let [cpus, memory, timeout, disk] = self.parsed().map(|(_, value)| value.map(|(_, parsed)| parsed).transpose());
         Ok(LimitOverrides {
             cpu_millis: cpus?,
             memory_bytes: memory?,
@@ -162,27 +162,20 @@ impl CaveLimits {
         })
     }
 
-    /// Each limit under its key, parsed where it is set.
-    /// The limit `key` as it is written, for messages.
-    fn written(&self, key: &str) -> Option<String> {
-        match key {
-            "cpus" => self.cpus.as_ref().map(|cpus| match cpus {
+    /// Each limit under its key, where it is set: as written (for messages) and parsed.
+    fn parsed(&self) -> [(&'static str, Option<(String, Result<u64, UnitError>)>); 4] {
+        let size = |text: &String| (text.clone(), quantity(text, parse_size, UnitError::Size));
+        let cpus = |cpus: &CpuCount| {
+            let written = match cpus {
                 CpuCount::Number(number) => number.to_string(),
                 CpuCount::Text(text) => text.clone(),
-            }),
-            "memory" => self.memory.clone(),
-            "timeout" => self.timeout.clone(),
-            "disk" => self.disk.clone(),
-            _ => None,
-        }
-    }
-
-    fn parsed(&self) -> [(&'static str, Option<Result<u64, UnitError>>); 4] {
-        let size = |text: &String| quantity(text, parse_size, UnitError::Size);
+            };
+            (written, cpus.millis())
+        };
         [
-            ("cpus", self.cpus.as_ref().map(CpuCount::millis)),
+            ("cpus", self.cpus.as_ref().map(cpus)),
             ("memory", self.memory.as_ref().map(size)),
-            ("timeout", self.timeout.as_ref().map(|text| duration(text))),
+            ("timeout", self.timeout.as_ref().map(|text| (text.clone(), duration(text)))),
             ("disk", self.disk.as_ref().map(size)),
         ]
     }
@@ -680,9 +673,7 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
             let is_duration = matches!(rule_of(schema_path), Some(("duration", _)));
             let as_written =
                 instance.as_u64().map(|number| if is_duration { number.saturating_mul(1000) } else { number });
-            let least = at
-                .rsplit_once('/')
-                .and_then(|(_, key)| crate::Limits::LEAST.named().into_iter().find(|(name, _, _)| *name == key));
+            let least = at.rsplit_once('/').and_then(|(_, key)| least_of(key));
             let (what, example) = match (is_duration, as_written) {
                 (true, _) => ("duration", format!("\"{instance}s\"")),
                 (false, Some(bytes)) => ("size", format!("\"{}\"", crate::units::format_size(bytes))),
@@ -705,6 +696,11 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
     vec![CaveError::new(at.to_owned(), message)]
 }
 
+/// The least limit `key` (`memory`) may be, as `Limits::LEAST` names it.
+fn least_of(key: &str) -> Option<crate::NamedLimit> {
+    crate::Limits::LEAST.named().into_iter().find(|(name, _, _)| *name == key)
+}
+
 /// For a limit at `at` (`/sandboxes/NAME/limits/KEY`) written as zero in a valid form (`0s`,
 /// `0 MiB`): that it is too small, with the limit's least.
 fn zero_limit(at: &str, instance: &Value) -> Option<String> {
@@ -716,7 +712,7 @@ fn zero_limit(at: &str, instance: &Value) -> Option<String> {
         _ => return None,
     };
     let Err(UnitError::Zero { .. }) = parse(text) else { return None };
-    let (_, least, shown) = crate::Limits::LEAST.named().into_iter().find(|(name, _, _)| *name == key)?;
+    let (_, least, shown) = least_of(key)?;
     Some(format!("`{text}` is too small: the least is {}", shown(least)))
 }
 
@@ -784,25 +780,20 @@ impl CaveFile {
             if !is_dns_label(name) {
                 fail(&["sandboxes", name], format!("`{name}` is not a valid sandbox name ({NAME_RULE})"));
             }
-            let least = crate::Limits::LEAST.named();
             for (key, parsed) in sandbox.limits.iter().flat_map(CaveLimits::parsed) {
-                let floor = least.iter().find(|(name, _, _)| *name == key);
-                match (parsed, floor) {
+                let Some((written, parsed)) = parsed else { continue };
+                match (parsed, least_of(key)) {
                     // Too small to be a size at all (`0.1` bytes): the limit's own floor says more.
-                    (Some(Err(UnitError::Zero { text, .. })), Some((_, floor, shown))) => fail(
+                    (Err(UnitError::Zero { text, .. }), Some((_, floor, shown))) => fail(
                         &["sandboxes", name, "limits", key],
-                        format!("`{text}` is too small: the least is {}", shown(*floor)),
+                        format!("`{text}` is too small: the least is {}", shown(floor)),
                     ),
-                    (Some(Err(error)), _) => fail(&["sandboxes", name, "limits", key], error.to_string()),
+                    (Err(error), _) => fail(&["sandboxes", name, "limits", key], error.to_string()),
                     // As written: the value shown in units (`16.0MiB`) may round up to the least.
-                    (Some(Ok(value)), Some((_, floor, shown))) if value < *floor => {
-                        let written = sandbox.limits.as_ref().and_then(|limits| limits.written(key));
-                        let written = written.map_or_else(|| shown(value), |text| format!("`{text}`"));
-                        fail(
-                            &["sandboxes", name, "limits", key],
-                            format!("{written} is too small: the least is {}", shown(*floor)),
-                        )
-                    }
+                    (Ok(value), Some((_, floor, shown))) if value < floor => fail(
+                        &["sandboxes", name, "limits", key],
+                        format!("`{written}` is too small: the least is {}", shown(floor)),
+                    ),
                     _ => {}
                 }
             }
