@@ -150,6 +150,9 @@ impl CpuCount {
     }
 }
 
+/// A limit as cave.yaml writes it, and what it parses to.
+type WrittenLimit = (String, Result<u64, UnitError>);
+
 impl CaveLimits {
     pub fn to_overrides(&self) -> Result<LimitOverrides, UnitError> {
         let [cpus, memory, timeout, disk] = self.parsed().map(|(_, value)| value.map(|(_, parsed)| parsed).transpose());
@@ -163,7 +166,7 @@ impl CaveLimits {
     }
 
     /// Each limit under its key, where it is set: as written (for messages) and parsed.
-    fn parsed(&self) -> [(&'static str, Option<(String, Result<u64, UnitError>)>); 4] {
+    fn parsed(&self) -> [(&'static str, Option<WrittenLimit>); 4] {
         let size = |text: &String| (text.clone(), quantity(text, parse_size, UnitError::Size));
         let cpus = |cpus: &CpuCount| {
             let written = match cpus {
