@@ -367,8 +367,9 @@ pub struct RunResult {
     pub wall_ms: u64,
     pub cpu_ms: u64,
     pub peak_memory_bytes: u64,
-    /// Bytes in use on the sandbox's disk when its script ended, as the sandbox measured them;
-    /// 0 when the sandbox ended first (a run killed at its timeout or process limit, cancelled).
+    /// Bytes in use on the sandbox's disk when its script ended, as the sandbox measured them, or,
+    /// for a run the agent ended (timeout, process limit, cancel), as the agent read them just
+    /// before it ended the run.
     pub disk_bytes_used: u64,
     pub stdout: String,
     pub stderr: String,

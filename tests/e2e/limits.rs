@@ -15,6 +15,26 @@ fn timeout_ends_the_run_with_124() {
     assert!(stderr(&output).contains("timed out after 1s"), "stderr: {}", stderr(&output));
 }
 
+/// Pid 1 dies with a run the agent ends and reports nothing: the disk the run filled is still
+/// counted (the agent reads it before the kill), not shown as 0.
+#[test]
+fn a_run_ended_at_its_timeout_reports_the_disk_it_filled() {
+    let agent = Agent::start();
+    let (result, output) = agent.exe_json(&[
+        "--timeout",
+        "2s",
+        "--type",
+        "python",
+        "-c",
+        "import os, time\nwith open('/workspace/big', 'wb') as f:\n    f.write(os.urandom(20 * 1048576))\n    f.flush()\n    os.fsync(f.fileno())\nprint('written', flush=True)\ntime.sleep(300)",
+    ]);
+    assert_eq!(code(&output), 124, "result: {result}");
+    assert_eq!(result["killed_by"], "timeout");
+    assert_eq!(result["stdout"], "written\n", "the file was not written before the timeout: {result}");
+    let used = result["disk_bytes_used"].as_u64().unwrap_or(0);
+    assert!(used >= 20 * 1048576 && used < 100 * 1048576, "disk used {used}: {result}");
+}
+
 #[test]
 fn a_process_that_ignores_sigterm_still_dies_at_the_timeout() {
     let agent = Agent::start();

@@ -376,9 +376,21 @@ pub async fn ensure_persistent_image(path: &Path, bytes: u64, owner: u32) -> Res
 /// the ones it keeps for its own metadata (96 KiB on a 500 MiB disk).
 const FULL_MARGIN_BYTES: u64 = 1024 * 1024;
 
-/// Whether a sandbox disk is out of room for data or for files.
-pub fn is_full(stats: &nix::sys::statvfs::Statvfs) -> bool {
-    stats.blocks_available() * stats.fragment_size() <= FULL_MARGIN_BYTES || stats.files_free() == 0
+/// What a sandbox's disk holds, as pid 1 reports it at the code's end and as the agent reads it
+/// through pid 1's root when it ends a run itself (a timeout, a cancel: no report comes then).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskFill {
+    pub used_bytes: u64,
+    /// Out of room for data or for files.
+    pub full: bool,
+}
+
+/// What the disk mounted at `path` holds; `None` if it cannot be read (gone already).
+pub fn usage_at(path: &str) -> Option<DiskFill> {
+    let stats = nix::sys::statvfs::statvfs(path).ok()?;
+    let used_bytes = (stats.blocks() - stats.blocks_free()) * stats.fragment_size();
+    let full = stats.blocks_available() * stats.fragment_size() <= FULL_MARGIN_BYTES || stats.files_free() == 0;
+    Some(DiskFill { used_bytes, full })
 }
 
 #[cfg(test)]

@@ -829,7 +829,8 @@ fn watch_code(
     drop_privileges(plan.ids.init)?;
     control::write_blocking(control, &FromInit::Running { prestarted }).stage("report running")?;
     let (exit_code, signal) = reap_while_the_agent_lives(code, control, supervisor.as_mut())?;
-    let (disk_used_bytes, disk_full) = disk_usage();
+    let disk = super::disk::usage_at(super::plan::WORKSPACE).unwrap_or_default();
+    let (disk_used_bytes, disk_full) = (disk.used_bytes, disk.full);
     let denied_syscalls = supervisor.map(|supervisor| supervisor.counts()).unwrap_or_default();
     control::write_blocking(
         control,
@@ -1087,17 +1088,6 @@ fn reap(code: Pid) -> (Option<i32>, Option<i32>) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return (None, None),
         }
-    }
-}
-
-fn disk_usage() -> (u64, bool) {
-    match nix::sys::statvfs::statvfs(super::plan::WORKSPACE) {
-        Ok(stats) => {
-            let block = stats.fragment_size();
-            let used = (stats.blocks() - stats.blocks_free()) * block;
-            (used, super::disk::is_full(&stats))
-        }
-        Err(_) => (0, false),
     }
 }
 

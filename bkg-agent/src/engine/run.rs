@@ -687,6 +687,8 @@ struct Watched {
     wall: Duration,
     /// The agent saw the sandbox's disk out of blocks or inodes while the code ran.
     disk_seen_full: bool,
+    /// What the disk held when the agent ended the run (pid 1 then reports nothing).
+    disk_used_at_kill: Option<u64>,
     stdout: Captured,
     stderr: Captured,
     stdout_spool: Option<OutputSpool>,
@@ -719,6 +721,7 @@ impl Watch<'_> {
             killed_by: None,
             wall: Duration::ZERO,
             disk_seen_full: false,
+            disk_used_at_kill: None,
             stdout: Captured::default(),
             stderr: Captured::default(),
             stdout_spool: Some(OutputSpool::new(self.spool_dir.to_owned(), RunFileKind::Stdout)),
@@ -817,7 +820,7 @@ impl Watch<'_> {
                     if hits > self.pids_hits_before {
                         kill_for = Some(KilledBy::Pids);
                     }
-                    if !watched.disk_seen_full && self.sandbox.workspace_is_full() {
+                    if !watched.disk_seen_full && self.sandbox.workspace_usage().is_some_and(|disk| disk.full) {
                         watched.disk_seen_full = true;
                     }
                 }
@@ -825,6 +828,10 @@ impl Watch<'_> {
             if let Some(limit) = kill_for {
                 ended_at.get_or_insert(self.started.elapsed());
                 watched.killed_by.get_or_insert(limit);
+                // Pid 1 dies with the sandbox and reports nothing: what its disk holds is read now.
+                if let Some(disk) = self.sandbox.workspace_usage() {
+                    watched.disk_used_at_kill.get_or_insert(disk.used_bytes);
+                }
                 self.sandbox.kill();
                 // At the deadline nothing more is waited for, not even pid 1's end.
                 if limit == KilledBy::Timeout {
@@ -892,7 +899,7 @@ impl Watched {
             Ending::InitFailed(failure) => {
                 return Err(EngineError::Prepare { stage: "start".into(), message: failure }.into());
             }
-            Ending::Vanished => (None, None, 0, false),
+            Ending::Vanished => (None, None, self.disk_used_at_kill.unwrap_or(0), false),
         };
         let reported = matches!(self.ending, Ending::Exited { .. });
         let mut killed_by = self.killed_by;

@@ -265,11 +265,11 @@ impl PreparedSandbox {
         }
     }
 
-    /// Whether the sandbox's disk is out of blocks or inodes, seen from the agent through pid 1's
-    /// root: the code may free space again before it exits, so the end report alone can miss it.
-    pub fn workspace_is_full(&self) -> bool {
-        let workspace = format!("/proc/{}/root{}", self.pid_one, super::plan::WORKSPACE);
-        nix::sys::statvfs::statvfs(workspace.as_str()).is_ok_and(|stats| super::disk::is_full(&stats))
+    /// What the sandbox's disk holds now, seen from the agent through pid 1's root: the code may
+    /// free space again before it exits, so the end report alone can miss a full disk, and a run
+    /// the agent ends itself gets no end report.
+    pub fn workspace_usage(&self) -> Option<super::disk::DiskFill> {
+        super::disk::usage_at(&format!("/proc/{}/root{}", self.pid_one, super::plan::WORKSPACE))
     }
 
     /// Kills what is left, reaps pid 1, removes the cgroup, waits for the loop device to be
