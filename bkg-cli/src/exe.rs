@@ -330,7 +330,9 @@ pub(crate) fn env_entry(entry: &str, place: &str) -> Result<Option<(String, Stri
 
 /// `SRC[:DEST]`: a host file and where it goes (default: its name, in /workspace), or a
 /// directory whose files go, with their subdirectories, into /workspace (or DEST): beside the
-/// script, so that it can import them.
+/// script, so that it can import them. A link in the directory is followed only to a place
+/// inside it (a repository's link to `~/.aws` must not hand its files to the code); a name
+/// that is not UTF-8 is refused, since the request carries names as text.
 fn read_uploads(spec: &str, script: Option<&Path>) -> Result<Vec<FileUpload>, CliError> {
     let (source, destination) = match spec.split_once(':') {
         Some((source, "")) => {
@@ -346,22 +348,49 @@ fn read_uploads(spec: &str, script: Option<&Path>) -> Result<Vec<FileUpload>, Cl
     if !metadata.is_dir() {
         return Ok(vec![read_upload(source, destination)?]);
     }
+    let failed = |path: &Path, error: std::io::Error| CliError::usage(format!("--file {}: {error}", path.display()));
+    let root = path.canonicalize().map_err(|error| failed(path, error))?;
     let mut uploads = Vec::new();
-    let mut pending = vec![(path.to_path_buf(), destination.map(std::path::PathBuf::from).unwrap_or_default())];
-    while let Some((dir, inside)) = pending.pop() {
-        let entries =
-            std::fs::read_dir(&dir).map_err(|error| CliError::usage(format!("--file {}: {error}", dir.display())))?;
+    let mut read_bytes = 0;
+    let mut pending =
+        vec![(path.to_path_buf(), root.clone(), destination.map(std::path::PathBuf::from).unwrap_or_default())];
+    while let Some((dir, real_dir, inside)) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|error| failed(&dir, error))?;
         for entry in entries {
-            let entry = entry.map_err(|error| CliError::usage(format!("--file {}: {error}", dir.display())))?;
+            let entry = entry.map_err(|error| failed(&dir, error))?;
             let host = entry.path();
-            let name = inside.join(entry.file_name());
-            let kind = std::fs::metadata(&host)
-                .map_err(|error| CliError::usage(format!("--file {}: {error}", host.display())))?;
+            let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
+                return Err(CliError::usage(format!(
+                    "--file {source}: the name of {} is not UTF-8, and a run's files are named in UTF-8: rename it, \
+                     or copy it into a persistent sandbox with `bkg cp`",
+                    host.display()
+                )));
+            };
+            let name = inside.join(file_name);
+            let real = host.canonicalize().map_err(|error| failed(&host, error))?;
+            if !real.starts_with(&root) {
+                return Err(CliError::usage(format!(
+                    "--file {source}: {} is a link to {}, outside {source}: give it its own --file if the code \
+                     should have it",
+                    host.display(),
+                    real.display()
+                )));
+            }
+            let kind = std::fs::metadata(&real).map_err(|error| failed(&host, error))?;
             if kind.is_dir() {
-                pending.push((host, name));
-            } else if kind.is_file() && host.canonicalize().ok().as_deref() != script {
+                // A link to the directory it is in, or to one around it, would go round for ever.
+                if !real_dir.starts_with(&real) {
+                    pending.push((host, real, name));
+                }
+            } else if kind.is_file() && Some(real.as_path()) != script {
                 let (host, name) = (host.to_string_lossy().into_owned(), name.to_string_lossy().into_owned());
-                uploads.push(read_upload(&host, Some(&name))?);
+                let upload = read_upload(&host, Some(&name))?;
+                read_bytes += upload.content_base64.len();
+                uploads.push(upload);
+                // Past what one run may send, the caller refuses it anyway: read no further.
+                if read_bytes > bkg_schema::MAX_REQUEST_BODY_BYTES {
+                    return Ok(uploads);
+                }
             }
         }
     }

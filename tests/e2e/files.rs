@@ -606,6 +606,57 @@ fn exe_file_dir_puts_siblings_beside_the_script_and_output_brings_out_back() {
     assert_eq!(std::fs::read_to_string(results.join("result.txt")).expect("result"), "made in the sandbox\n");
 }
 
+/// `--file DIR/` follows a link only to a place inside DIR (found by a new-user trial: a
+/// repository's link to a file outside handed that file to the code); a link to a directory
+/// around it is not gone round; a name that is not UTF-8 and two uploads to one place are
+/// refused with what to do, not lost or overwritten without a word.
+#[test]
+fn exe_file_dir_keeps_links_inside_it_and_refuses_what_it_cannot_send() {
+    use std::os::unix::ffi::OsStrExt;
+    let agent = Agent::start();
+    let work = tempfile::tempdir().expect("dir");
+    let dir = work.path();
+    write(&dir.join("secret.txt"), "outside\n");
+    write(&dir.join("repo/data/values.txt"), "inside\n");
+    write(
+        &dir.join("repo/main.py"),
+        "print(open('near.txt').read(), end='')\nprint(open('alias/values.txt').read(), end='')\n",
+    );
+    std::os::unix::fs::symlink("data/values.txt", dir.join("repo/near.txt")).expect("link");
+    std::os::unix::fs::symlink("data", dir.join("repo/alias")).expect("link");
+    std::os::unix::fs::symlink("..", dir.join("repo/data/up")).expect("link");
+    let exe = |args: &[&str]| {
+        agent.bkg().arg("exe").args(args).current_dir(dir).stdin(Stdio::null()).output().expect("bkg exe")
+    };
+
+    let run = exe(&["--file", "repo/", "repo/main.py"]);
+    assert_eq!(code(&run), 0, "stderr: {}", stderr(&run));
+    assert_eq!(stdout(&run), "inside\ninside\n");
+
+    std::os::unix::fs::symlink(dir.join("secret.txt"), dir.join("repo/creds")).expect("link");
+    let leaking = exe(&["--file", "repo/", "repo/main.py"]);
+    assert_eq!(code(&leaking), 125, "stdout: {}", stdout(&leaking));
+    assert!(
+        stderr(&leaking).contains("is a link to") && stderr(&leaking).contains("outside repo/"),
+        "{}",
+        stderr(&leaking)
+    );
+    assert!(!stdout(&leaking).contains("outside"));
+    std::fs::remove_file(dir.join("repo/creds")).expect("unlink");
+
+    std::fs::write(dir.join("repo").join(std::ffi::OsStr::from_bytes(b"\xffbad")), "x").expect("odd name");
+    let odd = exe(&["--file", "repo/", "repo/main.py"]);
+    assert_eq!(code(&odd), 125);
+    assert!(stderr(&odd).contains("is not UTF-8"), "{}", stderr(&odd));
+    std::fs::remove_file(dir.join("repo").join(std::ffi::OsStr::from_bytes(b"\xffbad"))).expect("unlink");
+
+    write(&dir.join("d1/same.txt"), "one\n");
+    write(&dir.join("d2/same.txt"), "two\n");
+    let twice = exe(&["--file", "d1/", "--file", "d2/", "-t", "python", "-c", "print(open('same.txt').read())"]);
+    assert_eq!(code(&twice), 125, "stdout: {}", stdout(&twice));
+    assert!(stderr(&twice).contains("/workspace/same.txt is given twice"), "{}", stderr(&twice));
+}
+
 /// A run ended by its process limit takes its sandbox's pid 1 with it, which would have sent
 /// /workspace/out/ back: `-o` then writes the files the run kept of it (found by a new-user
 /// trial: the directory stayed empty without a word).

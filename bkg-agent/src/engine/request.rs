@@ -368,6 +368,12 @@ impl Engine {
             if file.path == script_path {
                 return Err(RunError::BadRequest(format!("file {} would replace the script", file.path)));
             }
+            if files.iter().any(|placed| placed.path == file.path) {
+                return Err(RunError::BadRequest(format!(
+                    "file {} is given twice: two uploads would go to the same place",
+                    file.path
+                )));
+            }
             upload_bytes += size;
             files.push(file);
         }
