@@ -98,6 +98,7 @@ with open("/workspace/out/big.bin", "wb") as big:
 with open("/workspace/out/nested/small.txt", "w") as small:
     small.write("small\n")
 os.symlink("/etc/hostname", "/workspace/out/link")
+open(b"/workspace/out/\xffodd", "w").write("odd")
 for n in range(30000):
     print(f"line {n:06d} " + "x" * 40)
 import sys
@@ -147,6 +148,13 @@ fn a_large_artefact_round_trips(agent: &Agent) -> serde_json::Value {
     assert_eq!(kept_stdout["bytes"], result["stdout_bytes"]);
     assert_eq!(result["truncated"], true);
     assert!(result["files_not_kept"].as_str().is_some_and(|reason| reason.contains("out/link")), "{result}");
+    // A name that is not UTF-8 cannot be named in the API: it is said to be left out, not lost.
+    assert!(
+        result["files_not_kept"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("out/\u{fffd}odd: a name that is not UTF-8")),
+        "{result}"
+    );
 
     let listed = agent.bkg().args(["runs", "files", &run_id, "--json"]).output().expect("bkg runs files");
     assert_eq!(code(&listed), 0, "{}", stderr(&listed));

@@ -87,10 +87,14 @@ impl Walk {
             if depth >= MAX_DEPTH {
                 return self.left_out.push(format!("{path}: directories deeper than {MAX_DEPTH} are not kept"));
             }
-            let mut names = match entries(&fd) {
-                Ok(names) => names,
+            let (mut names, mut not_utf8) = match entries(&fd) {
+                Ok(entries) => entries,
                 Err(error) => return self.left_out.push(format!("{path}: {error}")),
             };
+            not_utf8.sort();
+            for name in not_utf8 {
+                self.left_out.push(format!("{path}/{name}: a name that is not UTF-8 is not kept (rename it)"));
+            }
             // The same run keeps its files in the same order.
             names.sort();
             for name in names {
@@ -182,17 +186,18 @@ fn open_child(dir: &OwnedFd, name: &str) -> Result<Option<OwnedFd>, String> {
 }
 
 /// The names in a directory, read through its descriptor (`/proc/self/fd/N` is that very
-/// directory, not a path looked up again).
-fn entries(dir: &OwnedFd) -> std::io::Result<Vec<String>> {
-    let mut names = Vec::new();
+/// directory, not a path looked up again): those in UTF-8, and the others as they can be shown
+/// (a kept file's name is text in the API, so those cannot be kept).
+fn entries(dir: &OwnedFd) -> std::io::Result<(Vec<String>, Vec<String>)> {
+    let (mut names, mut not_utf8) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))? {
         let name = entry?.file_name();
         match name.into_string() {
             Ok(name) => names.push(name),
-            Err(name) => tracing::debug!(?name, "a kept directory's entry that is not UTF-8 is left out"),
+            Err(name) => not_utf8.push(name.to_string_lossy().into_owned()),
         }
     }
-    Ok(names)
+    Ok((names, not_utf8))
 }
 
 #[cfg(test)]
