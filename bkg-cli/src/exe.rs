@@ -78,8 +78,12 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
 /// The words of `argv` after the script that bkg took as its own options rather than the
 /// script's arguments (`bkg exe conv.py -o out.csv in.csv`: `-o out.csv`), if any. Once the
 /// script's first argument comes, the rest are the script's (args.rs), so bkg's own lie between
-/// the script and its arguments.
+/// the script and its arguments. Code read from stdin (`-`) takes its options after it, as the
+/// documented `bkg exe - --type node` does: those are bkg's and nothing is said.
 fn options_after_script(argv: &[String], script: &str, script_args: &[String]) -> Option<String> {
+    if script == "-" {
+        return None;
+    }
     let at = argv
         .iter()
         .enumerate()
@@ -445,5 +449,6 @@ mod tests {
             "the script's own name as an argument"
         );
         assert_eq!(taken("bkg --json exe job.py", "job.py", ""), None);
+        assert_eq!(taken("bkg exe - --type node", "-", ""), None, "the documented form for code on stdin");
     }
 }

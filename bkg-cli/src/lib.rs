@@ -90,11 +90,11 @@ async fn dispatch(settings: Settings, command: Command) -> Result<i32, CliError>
     }
 }
 
-/// `bkg completions SHELL`: the script on stdout, generated from the same grammar that parses.
+/// `bkg completions SHELL`: the script on stdout, generated from the same grammar that parses;
+/// what a closed stdout cannot take is dropped, as for every command (out.rs).
 fn completions(args: args::CompletionsArgs) -> Result<i32, CliError> {
-    let mut out = Vec::new();
-    clap_complete::generate(args.shell, &mut args::bkg_command(), "bkg", &mut out);
-    std::io::Write::write_all(&mut std::io::stdout().lock(), &out)
-        .map_err(|error| CliError::internal(format!("cannot write the completions: {error}")))?;
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut args::bkg_command(), "bkg", &mut script);
+    out::Printer::new("bkg", false).text(&String::from_utf8_lossy(&script));
     Ok(exit::SUCCESS)
 }

@@ -499,6 +499,8 @@ fn bkg_into_a_closed_pipe_exits_with_its_documented_code() {
     // A command that prints until its reader goes ends quietly with 0.
     let state_dir = agent.state_dir.to_str().unwrap_or_default();
     assert_eq!(bkg_into_a_closed_pipe(&agent, &["audit", "tail", "-n", "100", "--state-dir", state_dir]), Some(0));
+    // Found by a new-user trial: `bkg completions bash | head -1` ended with 125.
+    assert_eq!(bkg_into_a_closed_pipe(&agent, &["completions", "bash"]), Some(0));
 }
 
 #[test]
