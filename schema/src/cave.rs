@@ -219,7 +219,7 @@ fn duration(text: &str) -> Result<u64, UnitError> {
         }
         let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         let letters = rest[digits..].find(|c: char| !c.is_ascii_alphabetic()).map_or(rest.len(), |end| digits + end);
-        if digits == 0 || !matches!(&rest[digits..letters], "ms" | "s" | "sec" | "m" | "min" | "h") {
+        if digits == 0 || !matches!(&rest[digits..letters], "ms" | "s" | "sec" | "m" | "min" | "h" | "d") {
             return Err(refuse());
         }
         rest = &rest[letters..];
@@ -1464,6 +1464,8 @@ sandboxes:
             ("1m30s", true),
             ("1h 15m", true),
             ("2s500ms", true),
+            ("2d", true),
+            ("1d 12h", true),
             ("1m  30s", false),
             ("1 m30s", false),
             ("1m30", false),
@@ -1471,6 +1473,9 @@ sandboxes:
         ] {
             assert_eq!(duration(text).is_ok(), ok, "{text}");
         }
+        // As `--timeout 2d` reads it (found by a new-user trial: cave.yaml refused days).
+        assert_eq!(duration("2d"), parse_duration_ms("2d"));
+        assert_eq!(duration("1d 12h"), Ok(36 * 3_600_000));
         assert!(CpuCount::Number(0.0004).millis().is_err());
         assert!(CpuCount::Number(5000.0).millis().is_err());
         assert_eq!(CpuCount::Text("0.25".into()).millis(), Ok(250));
