@@ -508,6 +508,14 @@ pub fn parse(text: &str, file: &str) -> Result<CaveFile, CaveErrors> {
 /// the sandboxes (`version`, `namespace`, an unknown top-level key) is the schema's to say: the
 /// sandboxes are then checked in an otherwise minimal document.
 fn rules_of_the_sandboxes_the_schema_accepts(mut value: Value, schema_faults: &[CaveError]) -> Vec<CaveError> {
+    let untyped: Vec<String> = value
+        .get("sandboxes")
+        .and_then(Value::as_object)
+        .map(|sandboxes| {
+            let untyped = sandboxes.iter().filter(|(_, sandbox)| sandbox.is_object() && sandbox.get("type").is_none());
+            untyped.map(|(name, _)| name.clone()).collect()
+        })
+        .unwrap_or_default();
     for fault in schema_faults {
         remove_key_at(&mut value, &fault.pointer);
     }
@@ -516,6 +524,17 @@ fn rules_of_the_sandboxes_the_schema_accepts(mut value: Value, schema_faults: &[
             return Vec::new();
         };
         value = serde_json::json!({ "version": 1, "sandboxes": sandboxes });
+    }
+    // A sandbox written without a `type` (the schema has said so) is checked as one of the type
+    // its keys suggest, so that its other problems are said in the same pass; one whose type is
+    // wrong is not: its rules would speak of a guess against what it says.
+    if let Some(sandboxes) = value.get_mut("sandboxes").and_then(Value::as_object_mut) {
+        for name in &untyped {
+            if let Some(sandbox) = sandboxes.get_mut(name).and_then(Value::as_object_mut) {
+                let guessed = if sandbox.contains_key("node") { "node" } else { "python" };
+                sandbox.insert("type".to_owned(), Value::String(guessed.to_owned()));
+            }
+        }
     }
     let mut still_faulted = Vec::new();
     for fault in schema_errors(&value) {
@@ -876,6 +895,16 @@ impl CaveFile {
                 }
                 forwarded.push((name.clone(), mapping, text.clone()));
             }
+            // The agent refuses it too (bkg-agent/src/service/secrets.rs); said here, it is said
+            // by `bkg validate` and before bkgr asks for anything.
+            for (index, secret) in sandbox.secrets.iter().enumerate() {
+                if sandbox.env.contains_key(secret) {
+                    fail(
+                        &["sandboxes", name, "secrets", &index.to_string()],
+                        format!("`{secret}` is given both as a secret and as a plain variable (env:): give it one way"),
+                    );
+                }
+            }
             // The schema's pythonOnly and nodeOnly.
             for (key, present, language) in [
                 ("python", sandbox.python.is_some(), Language::Python),
@@ -1172,6 +1201,35 @@ sandboxes:
             Ok(cave) => panic!("accepted: {cave:?}"),
             Err(errors) => errors.errors,
         }
+    }
+
+    /// Found by a new-user trial: the disk below its least was said only once `type` was back.
+    #[test]
+    fn a_sandbox_without_its_type_has_its_other_problems_said_in_the_same_pass() {
+        let text = "version: 1\nsandboxes:\n  api:\n    typ: python\n    limits: { cpus: 0, disk: 10MiB }\n";
+        let pointers: Vec<(String, String)> =
+            errors_of(text).into_iter().map(|error| (error.pointer, error.message)).collect();
+        let at = |pointer: &str| pointers.iter().any(|(at, _)| at == pointer);
+        assert!(
+            at("/sandboxes/api/type") && at("/sandboxes/api/typ") && at("/sandboxes/api/limits/cpus"),
+            "{pointers:?}"
+        );
+        assert!(
+            pointers
+                .iter()
+                .any(|(at, message)| at == "/sandboxes/api/limits/disk" && message.contains("the least is 16MiB")),
+            "{pointers:?}"
+        );
+    }
+
+    /// Found by a new-user trial: `bkg validate` passed it and `bkgr` then refused it.
+    #[test]
+    fn a_secret_given_as_a_plain_variable_too_is_an_error() {
+        let text = "version: 1\nsandboxes:\n  api:\n    type: python\n    secrets: [API_TOKEN]\n    env: { API_TOKEN: plain }\n";
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].pointer, "/sandboxes/api/secrets/0");
+        assert!(errors[0].message.contains("both as a secret and as a plain variable"), "{errors:?}");
     }
 
     #[test]
