@@ -47,7 +47,12 @@ fn describe(view: &SyncView) -> String {
     let parked = status.parked;
     let mut text = String::new();
     let mut line = |key: &str, value: String| text.push_str(&format!("{key:<14}{value}\n"));
-    line("bkg_db", if view.configured { "configured" } else { "not configured (--db-url)" }.to_owned());
+    if !view.configured {
+        line("bkg_db", "not configured (--db-url)".to_owned());
+        line("backlog", format!("{} events, kept for a bkg_db once one is configured", status.backlog));
+        return text;
+    }
+    line("bkg_db", "configured".to_owned());
     line("backlog", format!("{} events", status.backlog));
     let events = if parked == 1 { "event" } else { "events" };
     line("parked", format!("{parked} {events}{}", if parked > 0 { " (bkg sync retry)" } else { "" }));

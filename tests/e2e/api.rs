@@ -347,6 +347,17 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     assert!(metrics.header("content-type").is_some_and(|value| value.starts_with("application/openmetrics-text")));
     let parsed = parse_metrics(&metrics.text());
     assert!(parsed["bkg_runs"]["ok"].as_f64().unwrap_or(0.0) >= 3.0, "{parsed}");
+    // This agent has no bkg_db: its outbox keeps the events for one, and no lag grows (found by
+    // a new-user trial: an alert on a growing lag would fire on every agent without one).
+    assert!(metrics.text().contains("bkg_sync_lag_seconds 0.0\n"), "{}", metrics.text());
+    let sync = api.agent.bkg().args(["sync", "status", "--json"]).output().expect("bkg sync status");
+    assert_eq!(code(&sync), 0, "{}", stderr(&sync));
+    let sync: Value = serde_json::from_slice(&sync.stdout).expect("sync JSON");
+    assert_eq!((&sync["configured"], &sync["lag_ms"]), (&json!(false), &Value::Null), "{sync}");
+    assert!(sync["backlog"].as_u64().is_some_and(|backlog| backlog > 0), "{sync}");
+    let said = api.agent.bkg().args(["sync", "status"]).output().expect("bkg sync status");
+    assert!(stdout(&said).contains("events, kept for a bkg_db once one is configured"), "{}", stdout(&said));
+    assert!(!stdout(&said).contains("oldest"), "{}", stdout(&said));
     assert!(parsed["bkg_http_requests"]["401"].as_f64().unwrap_or(0.0) >= 7.0, "{parsed}");
     assert!(parsed["bkg_run_duration_seconds"]["count"].as_f64().unwrap_or(0.0) >= 3.0, "{parsed}");
     for family in ["bkg_active_sandboxes", "bkg_warm_sandboxes", "bkg_limit_kills", "bkg_rate_limited_requests"] {

@@ -151,7 +151,11 @@ impl Service {
     pub async fn metrics_text(&self, principal: &Principal) -> OpResult<MetricsText> {
         require_admin(principal, AdminTask::ReadMetrics)?;
         let backlog = self.store.outbox_backlog().await?;
-        let lag_ms = backlog.oldest_ts_ms.map(|oldest| crate::ids::now_ms().saturating_sub(oldest));
+        // Without a bkg_db nothing waits to be sent: no lag (sync_status).
+        let lag_ms = backlog
+            .oldest_ts_ms
+            .filter(|_| self.sync.is_some())
+            .map(|oldest| crate::ids::now_ms().saturating_sub(oldest));
         let text = self
             .metrics
             .encode(self.engine.active_runs(), self.engine.warm_count(), backlog.events, lag_ms, backlog.parked)
@@ -231,13 +235,14 @@ impl Service {
         require_admin(principal, AdminTask::ReadSync)?;
         let (configured, status) = match &self.sync {
             Some((handle, _)) => (true, handle.status().await.map_err(|error| OpError::Internal(error.to_string()))?),
-            // Without a bkg_db the outbox still holds what one would get.
+            // Without a bkg_db the outbox still holds what one would get; nothing waits to be
+            // sent, so no lag grows (an alert on a growing lag would fire on every such agent).
             None => {
                 let backlog = self.store.outbox_backlog().await?;
                 let status = SyncStatus {
                     backlog: backlog.events,
                     parked: backlog.parked,
-                    lag_ms: backlog.oldest_ts_ms.map(|oldest| crate::ids::now_ms().saturating_sub(oldest)),
+                    lag_ms: None,
                     last_success_ms: None,
                     last_error: None,
                     last_error_ms: None,
