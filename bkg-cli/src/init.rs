@@ -64,7 +64,10 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
         .note(format_args!("wrote {}{first}; add sandboxes with `bkg add NAME --type python|node`", path.display()));
     // bkg finds the nearest cave.yaml from where it runs: this one now hides the outer project
     // from here down.
-    let outer = dir.canonicalize().ok().and_then(|dir| dir.parent().and_then(crate::project::find_cave_file));
+    let outer = dir
+        .canonicalize()
+        .ok()
+        .and_then(|dir| dir.parent().and_then(|parent| crate::project::find_cave_file(parent).ok().flatten()));
     if let Some(outer) = outer {
         settings.out.note(format_args!(
             "{} is inside the project of {}: bkg run from here down now finds this cave.yaml, not that one",

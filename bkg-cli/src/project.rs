@@ -12,9 +12,21 @@ use bkg_schema::sandbox::is_dns_label;
 
 use crate::exit::CliError;
 
-/// The cave.yaml in `start` or the nearest directory above it.
-pub(crate) fn find_cave_file(start: &Path) -> Option<PathBuf> {
-    start.ancestors().map(|dir| dir.join("cave.yaml")).find(|candidate| candidate.is_file())
+/// The cave.yaml in `start` or the nearest directory above it. A directory that cannot be
+/// looked into ends the search with its error: going past it could find another project's file.
+pub(crate) fn find_cave_file(start: &Path) -> Result<Option<PathBuf>, CliError> {
+    for dir in start.ancestors() {
+        let candidate = dir.join(FILE_NAME);
+        match std::fs::metadata(&candidate) {
+            Ok(metadata) if metadata.is_file() => return Ok(Some(candidate)),
+            Ok(_) => {}
+            Err(error) if matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {}
+            Err(error) => {
+                return Err(CliError::usage(format!("cannot look for cave.yaml in {}: {error}", dir.display())));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The cave.yaml a command that reads or edits the file itself (`bkg validate`, `bkg add`)
@@ -26,7 +38,7 @@ pub fn nearest_cave_file() -> PathBuf {
     if here.is_file() {
         return here;
     }
-    std::env::current_dir().ok().and_then(|dir| find_cave_file(&dir)).unwrap_or(here)
+    std::env::current_dir().ok().and_then(|dir| find_cave_file(&dir).ok().flatten()).unwrap_or(here)
 }
 
 /// The project around the current directory (or `--dir`): its absolute directory.
@@ -43,7 +55,7 @@ pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
             _ => CliError::usage(format!("{given}: {error}")),
         }
     })?;
-    let cave = find_cave_file(&start).ok_or_else(|| {
+    let cave = find_cave_file(&start)?.ok_or_else(|| {
         CliError::usage(format!("no cave.yaml in {} or above: run `bkg init` first", start.display()))
     })?;
     Ok(cave.parent().map(Path::to_path_buf).unwrap_or(start))

@@ -125,6 +125,53 @@ fn the_directories_made_for_a_group_socket_let_the_group_through() {
     assert!(stopped.success(), "{stopped}");
 }
 
+/// A project directory the user cannot look into is said to be that, not a directory without a
+/// cave.yaml (found by a new-user trial: `bkg status api -C DIR` said "run bkg init first").
+#[test]
+fn a_project_directory_the_user_cannot_enter_is_named_as_such() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let project = dir.path().join("private");
+    std::fs::create_dir(&project).expect("mkdir");
+    std::fs::set_permissions(&project, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::fs::write(project.join("cave.yaml"), "version: 1\nsandboxes:\n  api:\n    type: python\n").expect("cave.yaml");
+    let socket = dir.path().join("run/agent.sock");
+    let uids = bkg_tests::UidRange::reserve();
+    let mut agent = Command::new(bin_dir().join("bkg-agent"))
+        .arg("--foreground")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--cgroup-dir")
+        .arg(format!("bkg-test-private-project-{}", std::process::id()))
+        .args(["--warm-pool", "0", "--socket-group", "nogroup", "--uid-base", &uids.base.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start bkg-agent");
+    until_it_answers(&mut agent, &socket);
+    // nobody, whose group is nogroup: a local user of this agent.
+    let status = Command::new(bin_dir().join("bkg"))
+        .args(["status", "api", "-C"])
+        .arg(&project)
+        .env("BKG_SOCKET", &socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .current_dir(dir.path())
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bkg status");
+    let stopped = stop(agent);
+    let said = String::from_utf8_lossy(&status.stderr).into_owned();
+    assert_eq!(status.status.code(), Some(125), "{said}");
+    assert!(said.contains(&format!("cannot look for cave.yaml in {}: Permission denied", project.display())), "{said}");
+    assert!(stopped.success(), "{stopped}");
+}
+
 /// A relative `--state-dir` is taken from where the agent starts (found by a new-user trial: the
 /// agent said ready, and every run failed to find its disk image from its sandbox's directory).
 #[test]
