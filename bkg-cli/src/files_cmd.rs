@@ -80,14 +80,21 @@ async fn agent_wide(client: &AgentClient, name: &str) -> Result<Option<String>, 
     if let Some(info) = all.iter().find(|info| info.id == name) {
         return Ok(Some(info.id.clone()));
     }
-    let mut named = all.into_iter().filter(|info| info.name == name);
-    match (named.next(), named.next()) {
-        (Some(info), None) => Ok(Some(info.id)),
-        (Some(_), Some(_)) => Err(CliError::usage(format!(
-            "more than one sandbox is named `{name}`: run bkg from its project directory (or give -C DIR), or name it \
-             by its id (`bkg ls --all` lists them)"
-        ))),
-        (None, _) => Ok(None),
+    let named: Vec<SandboxInfo> = all.into_iter().filter(|info| info.name == name).collect();
+    match named.as_slice() {
+        [] => Ok(None),
+        [info] => Ok(Some(info.id.clone())),
+        several => {
+            let ids: Vec<String> = several
+                .iter()
+                .map(|info| format!("{} (of {}, namespace {})", info.id, info.project_dir, info.namespace))
+                .collect();
+            Err(CliError::usage(format!(
+                "more than one sandbox is named `{name}`: {}; run bkg from its project directory (or give -C DIR), or \
+                 name it by its id",
+                ids.join(", ")
+            )))
+        }
     }
 }
 

@@ -100,16 +100,22 @@ pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
 }
 
 /// The `bkg ls` table: the agent's sandboxes and those cave.yaml declares that it has not made
-/// yet, by project and name.
+/// yet, by project and name; with each one's namespace when they are of more than one (an
+/// admin's `bkg ls --all` shows every user's).
 pub fn sandbox_table(sandboxes: &[SandboxInfo], declared: &[Declared], width: Option<u16>) -> String {
+    let mixed = sandboxes.iter().any(|info| info.namespace != sandboxes[0].namespace);
     let made = sandboxes.iter().map(|info| {
+        let project = match mixed {
+            true => format!("{} ({})", info.project_dir, info.namespace),
+            false => info.project_dir.clone(),
+        };
         vec![
             info.name.clone(),
             info.language.as_str().to_owned(),
             state_word(info.state).to_owned(),
             last_exit(info),
             format_size(info.disk_bytes_allocated),
-            info.project_dir.clone(),
+            project,
         ]
     });
     let not_made = declared.iter().map(|sandbox| {
@@ -124,7 +130,8 @@ pub fn sandbox_table(sandboxes: &[SandboxInfo], declared: &[Declared], width: Op
     });
     let mut rows: Vec<Vec<String>> = made.chain(not_made).collect();
     rows.sort_by(|a, b| (&a[5], &a[0]).cmp(&(&b[5], &b[0])));
-    crate::table::render(&["NAME", "TYPE", "STATE", "LAST EXIT", "DISK", "PROJECT"], &[4], &[5], rows, width)
+    let project = if mixed { "PROJECT (NAMESPACE)" } else { "PROJECT" };
+    crate::table::render(&["NAME", "TYPE", "STATE", "LAST EXIT", "DISK", project], &[4], &[5], rows, width)
 }
 
 fn state_word(state: SandboxState) -> &'static str {

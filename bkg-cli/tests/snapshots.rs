@@ -187,6 +187,11 @@ fn tables() {
         text.push_str(&format!("--- bkg runs ls, width {width:?}\n"));
         text.push_str(&bkg_cli::runs_cmd::runs_table(&runs, width));
     }
+    // An admin's `bkg ls --all`: sandboxes of several namespaces say whose they are.
+    let mut mixed = sandboxes.clone();
+    mixed[1].namespace = "user-alice".into();
+    text.push_str("--- bkg ls --all, two namespaces\n");
+    text.push_str(&bkg_cli::manage::sandbox_table(&mixed, &[], None));
     text.push_str("--- bkg runs show\n");
     text.push_str(&bkg_cli::runs_cmd::describe(&runs[1]));
     text.push_str("--- bkg runs show, an install that failed\n");

@@ -278,6 +278,34 @@ fn the_sandboxes_of_a_deleted_project_are_removed_by_name_or_id() {
     }
 }
 
+/// Two projects' sandboxes of one name, asked for from where neither is: the error names both
+/// ids with their projects (found by a new-user trial: it sent the user to `bkg ls --all`, whose
+/// table shows no ids).
+#[test]
+fn a_name_two_projects_use_is_answered_with_both_ids() {
+    let agent = Agent::start();
+    let nowhere = tempfile::tempdir().expect("a directory without cave.yaml");
+    let cave = "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: python -c 'print(1)'\n";
+    let (first, second) = (project_with(cave), project_with(cave));
+    let mut ids = Vec::new();
+    for project in [&first, &second] {
+        let run = agent.bkgr(project.path(), &["api"]);
+        assert_eq!(code(&run), 0, "{}", stderr(&run));
+        ids.push(status_of(&agent, project.path(), "api")["id"].as_str().expect("id").to_owned());
+    }
+    let asked = agent.bkg_in(nowhere.path(), &["status", "api"]);
+    assert_eq!(code(&asked), 125, "{}", stderr(&asked));
+    for (id, project) in ids.iter().zip([&first, &second]) {
+        assert!(
+            stderr(&asked).contains(&format!("{id} (of {}, namespace default)", project.path().display())),
+            "{}",
+            stderr(&asked)
+        );
+    }
+    let by_id = agent.bkg_in(nowhere.path(), &["status", &ids[1], "--json"]);
+    assert_eq!(code(&by_id), 0, "{}", stderr(&by_id));
+}
+
 #[test]
 fn two_sandboxes_interleave_prefixed_output_and_the_failure_decides_the_exit_code() {
     let agent = Agent::start();
