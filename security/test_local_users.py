@@ -509,6 +509,8 @@ def test_a_shared_project_keeps_each_sandbox_in_its_namespace(users):
                           env=agent.cli_env(), timeout=90)
     err = root.stderr.decode()
     assert root.returncode == 125 and "is in namespace `%s`" % dave.namespace in err, (root.returncode, err)
+    # Nobody changed cave.yaml: the way out named first is running it as its maker.
+    assert "Run it as a caller of `%s`" % dave.namespace in err, err
     rc, out, err = dave.run("bkgr", "api", cwd=shared)
     assert (rc, out.strip()) == (0, "ran 2"), (out, err)
 

@@ -232,10 +232,12 @@ impl Service {
                 return Err(not_yours(&existing.definition));
             }
             return Err(OpError::Conflict(format!(
-                "`{name}` of {project} is in namespace `{}`, not `{}`: a sandbox keeps its namespace; give this \
-                 one another name, or put the namespace back (`bkg rm {name}` there removes the sandbox with its \
-                 data and its cave.yaml entry)",
-                existing.definition.namespace, definition.namespace
+                "`{name}` of {project} is in namespace `{existing}`, not `{new}`, where this definition would put \
+                 it: a sandbox keeps its namespace. Run it as a caller of `{existing}` (the one who made it), give \
+                 this one another name, or, if cave.yaml's `namespace:` was changed, put it back (`bkg rm {name}` \
+                 by a caller of `{existing}` removes the sandbox with its data and its cave.yaml entry)",
+                existing = existing.definition.namespace,
+                new = definition.namespace
             )));
         }
         if principal.local_user().is_some() {
