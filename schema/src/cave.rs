@@ -752,6 +752,10 @@ fn rule_text(how: &str, error: &jsonschema::ValidationError<'_>) -> String {
 fn lowercase_first(text: &str) -> String {
     let text = text.trim_end_matches('.');
     let mut chars = text.chars();
+    // A word written in capitals (`HOST[:PORT]`, `IP`) stays as it is.
+    if text.chars().nth(1).is_some_and(char::is_uppercase) {
+        return text.to_owned();
+    }
     chars.next().map(|first| first.to_lowercase().chain(chars).collect()).unwrap_or_default()
 }
 
@@ -1220,6 +1224,12 @@ sandboxes:
                 .any(|(at, message)| at == "/sandboxes/api/limits/disk" && message.contains("the least is 16MiB")),
             "{pointers:?}"
         );
+    }
+
+    #[test]
+    fn a_rule_that_starts_with_a_word_in_capitals_keeps_it() {
+        assert_eq!(lowercase_first("HOST[:PORT], *.DOMAIN[:PORT]."), "HOST[:PORT], *.DOMAIN[:PORT]");
+        assert_eq!(lowercase_first("A positive duration."), "a positive duration");
     }
 
     /// Found by a new-user trial: `bkg validate` passed it and `bkgr` then refused it.
