@@ -622,3 +622,89 @@ fn audit_verify_from_db_names_what_was_tampered_with_in_bkg_db() {
     postgres.query(&format!("DELETE FROM audit_events WHERE agent_id = '{id}' AND seq = {started} RETURNING seq"));
     verify_fails("removed", &started);
 }
+
+/// The URL of `postgres` with login `role` (password `password`) in place of the owner.
+fn url_as(postgres: &Postgres, role: &str, password: &str) -> String {
+    let url = postgres.url();
+    let port = url.rsplit(':').next().and_then(|rest| rest.split('/').next()).expect("the cluster's port");
+    format!("postgres://{role}:{password}@127.0.0.1:{port}/postgres")
+}
+
+/// Each agent's rows are written only by the login it writes with (migration 6; until then any
+/// bkg_agent login could rewrite another agent's runs or mark its keys revoked), and an agent
+/// whose id another login holds is refused with that login's name, not shipped half.
+#[test]
+fn an_agents_rows_are_written_only_by_its_own_login() {
+    let postgres = Postgres::start();
+    let owner = agent_with_db(&postgres.url());
+    wait_for_action(&owner, "log.opened");
+    wait_synced(&owner);
+    postgres.query(
+        "CREATE ROLE agent_host1 LOGIN PASSWORD 'host1-password' IN ROLE bkg_agent;
+         CREATE ROLE agent_host2 LOGIN PASSWORD 'host2-password' IN ROLE bkg_agent",
+    );
+    let mut first = agent_with_db(&url_as(&postgres, "agent_host1", "host1-password"));
+    let second = agent_with_db(&url_as(&postgres, "agent_host2", "host2-password"));
+    for agent in [&first, &second] {
+        assert_eq!(runs(agent, 2, 1), 2);
+        wait_synced(agent);
+    }
+    let (first_id, second_id) = (agent_id(&first), agent_id(&second));
+    assert_eq!(
+        postgres.query(&format!("SELECT role FROM bkg_agent_logins WHERE agent_id = '{first_id}'")),
+        "agent_host1"
+    );
+    assert_eq!(postgres.query("SELECT count(*) FROM bkg_agent_logins"), "2", "the owner's agent binds nothing");
+
+    // host2 reads host1's agent's rows, and changes none of them.
+    let as_host2 = |sql: &str| postgres.psql_as("agent_host2", "host2-password", sql);
+    let read = as_host2(&format!("SELECT count(*) FROM runs WHERE agent_id = '{first_id}'"));
+    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "2");
+    let changed = as_host2(&format!("UPDATE runs SET exit_code = 99 WHERE agent_id = '{first_id}'"));
+    assert_eq!(
+        String::from_utf8_lossy(&changed.stdout).trim(),
+        "UPDATE 0",
+        "{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
+    let deleted = as_host2(&format!("DELETE FROM runs WHERE agent_id = '{first_id}'"));
+    assert_eq!(String::from_utf8_lossy(&deleted.stdout).trim(), "DELETE 0");
+    let forged = as_host2(&format!(
+        "INSERT INTO keys (agent_id, id, namespace, seq, revoked_at_ms) VALUES ('{first_id}', 'key_forged', 'default', 999999, 1)"
+    ));
+    assert!(String::from_utf8_lossy(&forged.stderr).contains("row-level security"), "{forged:?}");
+    let taken = as_host2(&format!(
+        "INSERT INTO bkg_agent_logins (agent_id, role, claimed_ms) VALUES ('{first_id}', 'agent_host2', 0)"
+    ));
+    assert!(!taken.status.success(), "{taken:?}");
+    // Its own agent's rows it still writes.
+    let own = as_host2(&format!("UPDATE agents SET last_seen_ms = last_seen_ms WHERE agent_id = '{second_id}'"));
+    assert!(String::from_utf8_lossy(&own.stdout).trim().starts_with("UPDATE ") && own.status.success(), "{own:?}");
+    assert_eq!(
+        postgres.query(&format!("SELECT count(*) FROM runs WHERE agent_id = '{first_id}' AND exit_code = 0")),
+        "2"
+    );
+
+    // The first agent, started again with host2's login: refused, naming the login it has.
+    first.stop();
+    first.spawn(&AgentOptions {
+        extra_args: vec!["--db-url".into(), url_as(&postgres, "agent_host2", "host2-password")],
+        ..AgentOptions::default()
+    });
+    assert_eq!(runs(&first, 1, 1), 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let (_, status) = sync_status(&first);
+        if status["last_error"].as_str().is_some_and(|error| error.contains("agent_host1")) {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "never refused: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("agent {first_id} writes to bkg_db as login `agent_host1`, not `agent_host2`")),
+        "{error}"
+    );
+    assert!(status["backlog"].as_u64().is_some_and(|backlog| backlog > 0), "nothing of it was shipped: {status}");
+}

@@ -105,6 +105,12 @@ pub enum SyncError {
     Gap { agent_id: String, after: u64, found: u64 },
     #[error("namespace role: {0}")]
     Namespace(String),
+    /// The agent's id is bound to another login (migration 6): its rows are that login's to write.
+    #[error(
+        "agent {agent_id} writes to bkg_db as login `{bound}`, not `{login}`: give it that login again in --db-url, \
+         or have an admin move it (DELETE FROM bkg_agent_logins WHERE agent_id = '{agent_id}')"
+    )]
+    OtherLogin { agent_id: String, bound: String, login: String },
 }
 
 /// tokio-postgres keeps the server's message in the error's source, not in its `Display`; the

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "retention", include_str!("migrations/0003_retention.sql")),
     (4, "run_files", include_str!("migrations/0004_run_files.sql")),
     (5, "namespace_roles_read_only", include_str!("migrations/0005_namespace_roles_read_only.sql")),
+    (6, "agent_logins", include_str!("migrations/0006_agent_logins.sql")),
 ];
 
 /// Serializes migrations (and role changes) of one database: every agent migrates at start-up,

@@ -18,6 +18,16 @@ use super::{OutboxEvent, SyncError};
 const INSERT_RUN_FILE: &str = "INSERT INTO run_files (agent_id, run_id, path, namespace, seq, kind, sha256, bytes)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (agent_id, run_id, path) DO NOTHING";
 
+/// Binds an agent id to the login writing for it, once (migration 6); a login in bkg_admin binds
+/// nothing, as it writes every row anyway.
+const CLAIM_AGENT: &str = "INSERT INTO bkg_agent_logins (agent_id, role, claimed_ms)
+    SELECT $1, current_user, $2 WHERE NOT pg_has_role(current_user, 'bkg_admin', 'MEMBER')
+    ON CONFLICT (agent_id) DO NOTHING";
+
+/// The login an agent id is bound to (none for an admin's), this login, and whether it is an admin.
+const AGENT_LOGIN: &str = "SELECT l.role::text, current_user::text, pg_has_role(current_user, 'bkg_admin', 'MEMBER')
+    FROM (SELECT 1) AS one LEFT JOIN bkg_agent_logins l ON l.agent_id = $1";
+
 const INSERT_AUDIT: &str = "INSERT INTO audit_events (agent_id, seq, namespace, action, ts_ms, line)
     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (agent_id, seq) DO NOTHING";
 
@@ -151,6 +161,21 @@ fn refused(seq: u64, error: tokio_postgres::Error) -> SyncError {
     }
 }
 
+/// Binds `agent_id` to this login if no login has it yet; refuses, saying which login has it,
+/// if another does: bkg_db would refuse every row of it (its row-level security, migration 6).
+async fn claim(transaction: &tokio_postgres::Transaction<'_>, agent_id: &str) -> Result<(), SyncError> {
+    let now = i64::try_from(crate::ids::now_ms()).unwrap_or(i64::MAX);
+    transaction.execute(CLAIM_AGENT, &[&agent_id, &now]).await?;
+    let row = transaction.query_one(AGENT_LOGIN, &[&agent_id]).await?;
+    let (bound, login, admin): (Option<String>, String, bool) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    match bound {
+        Some(bound) if bound != login && !admin => {
+            Err(SyncError::OtherLogin { agent_id: agent_id.to_owned(), bound, login })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes `events` (in seq order) in one transaction. Every statement is an idempotent upsert,
 /// so shipping a batch twice leaves bkg_db as shipping it once. `parked` are the seqs of parked
 /// events: the only holes the batch may leave in what bkg_db holds.
@@ -165,6 +190,7 @@ pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent], parked: &B
         if held.contains_key(event.agent_id.as_str()) {
             continue;
         }
+        claim(&transaction, &event.agent_id).await?;
         let row =
             transaction.query_one("SELECT max(seq) FROM audit_events WHERE agent_id = $1", &[&event.agent_id]).await?;
         held.insert(&event.agent_id, row.try_get::<_, Option<i64>>(0)?.map_or(0, |last| last.max(0) as u64));
