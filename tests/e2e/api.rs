@@ -1496,6 +1496,54 @@ fn the_keys_a_namespace_key_made_end_with_it_and_an_expired_key_cannot_be_rotate
     assert!(rotated.text().contains("has expired"), "{}", rotated.text());
 }
 
+/// A key's lifetime bounds what it makes and renews (found by a new-user trial: a namespace key
+/// given 4 s minted a session key that, refreshed, ran code an hour later, and a key rotating
+/// itself every 3 s never expired). An admin key's keys get their own lifetimes.
+#[test]
+fn a_short_lived_key_lives_on_neither_through_its_keys_nor_by_rotating_itself() {
+    let api = ApiAgent::start(&[]);
+    let admin = api.admin();
+    let created = |client: &Client, body: Value| {
+        let answer = client.post("/api/v1/auth/keys", &body);
+        expect(&answer, 201, "create a key");
+        answer.json()
+    };
+    let short = created(&admin, json!({ "role": "namespace", "namespace": "exp", "ttl_seconds": 3 }));
+    let short_secret = short["key"].as_str().unwrap_or_default().to_owned();
+    let short_expiry = short["expires_at_ms"].as_u64().expect("an expiry");
+    let session = created(&api.client(&short_secret), json!({ "role": "session" }));
+    assert_eq!(session["expires_at_ms"].as_u64(), Some(short_expiry), "capped at its maker's: {session}");
+    let session_secret = session["key"].as_str().unwrap_or_default().to_owned();
+    let refreshed = api.client(&session_secret).send("POST", "/api/v1/auth/refresh", None, &[]);
+    expect(&refreshed, 201, "refresh");
+    assert_eq!(refreshed.json()["expires_at_ms"].as_u64(), Some(short_expiry), "{}", refreshed.text());
+    let session_secret = refreshed.json()["key"].as_str().unwrap_or_default().to_owned();
+    let rotated = api.client(&short_secret).send(
+        "POST",
+        &format!("/api/v1/auth/keys/{}/rotate", short["id"].as_str().unwrap_or_default()),
+        None,
+        &[],
+    );
+    expect(&rotated, 200, "rotate itself");
+    assert_eq!(rotated.json()["expires_at_ms"].as_u64(), Some(short_expiry), "a key rotating itself keeps its expiry");
+    let short_secret = rotated.json()["key"].as_str().unwrap_or_default().to_owned();
+
+    let wait = short_expiry.saturating_sub(bkg_now_ms()) + 300;
+    std::thread::sleep(Duration::from_millis(wait));
+    for (secret, what) in [(&short_secret, "the short-lived key"), (&session_secret, "the session key it made")] {
+        expect(&api.client(secret).get("/api/v1/auth/whoami"), 401, what);
+    }
+    expect(&api.client(&session_secret).send("POST", "/api/v1/auth/refresh", None, &[]), 401, "a refresh of it");
+
+    // An admin key's keys are the namespaces' own: their lifetimes are theirs.
+    let long = created(&admin, json!({ "role": "namespace", "namespace": "exp", "ttl_seconds": 3600 }));
+    assert!(long["expires_at_ms"].as_u64().is_some_and(|at| at > short_expiry + 3_000_000), "{long}");
+}
+
+fn bkg_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
+}
+
 /// A streamed run whose caller breaks the frame protocol ends with an `error` frame saying what
 /// it sent, not a `result` that reads as a cancel of its own (found by a new-user trial).
 #[test]

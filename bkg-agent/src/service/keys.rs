@@ -42,6 +42,20 @@ struct Wanted {
     ttl_ms: u64,
     /// The key that makes it (`KeyInfo::created_by_key`).
     created_by_key: Option<String>,
+    /// When it must have expired at the latest: a key made by a key that is not an admin's ends
+    /// with its maker (`lifetime_cap`).
+    until_ms: Option<u64>,
+}
+
+/// The latest a key `principal` makes or rotates may live to: its own expiry, if it is a key and
+/// not an admin's. A namespace key's session and model-access keys are its extensions (as
+/// `revoke_made_keys` treats them), so a short-lived key must not live on through them, nor
+/// renew itself (or a key of its namespace that renews it back) past the lifetime it was given.
+fn lifetime_cap(principal: &Principal) -> Option<u64> {
+    match principal {
+        Principal::Key(key) if key.role != Role::Admin => Some(key.expires_at_ms),
+        _ => None,
+    }
 }
 
 fn hashing_failed<E>(_: E) -> OpError {
@@ -99,7 +113,7 @@ impl Service {
 
     /// Makes and stores a new key, recorded as `kind`; the secret is returned once and never kept.
     async fn issue(&self, caller: &Caller, kind: KeyKind, wanted: Wanted) -> OpResult<IssuedKey> {
-        let Wanted { role, namespace, name, user, ttl_ms, created_by_key } = wanted;
+        let Wanted { role, namespace, name, user, ttl_ms, created_by_key, until_ms } = wanted;
         let secret = keys::generate(role).map_err(|error| OpError::Internal(error.to_string()))?;
         let now = now_ms();
         let new = NewKey {
@@ -110,7 +124,7 @@ impl Service {
             name,
             user,
             created_at_ms: now,
-            expires_at_ms: now.saturating_add(ttl_ms),
+            expires_at_ms: now.saturating_add(ttl_ms).min(until_ms.unwrap_or(u64::MAX)),
             created_by_key,
         };
         let info = self.store.insert_key(caller, kind, new).await?;
@@ -170,6 +184,7 @@ impl Service {
             user: Some(user.username),
             ttl_ms: self.ttl_ms(Role::Session),
             created_by_key: None,
+            until_ms: None,
         };
         self.issue(&caller, Details::Login, wanted).await
     }
@@ -183,6 +198,22 @@ impl Service {
             return Err(OpError::Forbidden("only session keys are refreshed; rotate other keys".into()));
         }
         let caller = principal.audit_caller(current.namespace.as_deref().unwrap_or_default());
+        // A session a key made ends with that key: refreshed, it still does.
+        let until_ms = match &current.created_by_key {
+            Some(maker) => match self.store.get_key(maker).await? {
+                Some(maker) if maker.role == Role::Admin => None,
+                Some(maker) if maker.revoked_at_ms.is_none() && maker.expires_at_ms > now_ms() => {
+                    Some(maker.expires_at_ms)
+                }
+                _ => {
+                    return Err(OpError::Unauthorized(
+                        "the key that made this session has expired or was revoked: the session cannot be refreshed"
+                            .into(),
+                    ));
+                }
+            },
+            None => None,
+        };
         let wanted = Wanted {
             role: Role::Session,
             namespace: current.namespace.clone(),
@@ -192,6 +223,7 @@ impl Service {
             // The same session, so the same lineage: revoking the key that made the first still
             // ends it.
             created_by_key: current.created_by_key.clone(),
+            until_ms,
         };
         let issued = self.issue(&caller, Details::KeyCreated, wanted).await?;
         self.store.revoke_key(&caller, &current.id, now_ms()).await?;
@@ -257,6 +289,7 @@ impl Service {
             user: None,
             ttl_ms: ttl,
             created_by_key: maker,
+            until_ms: lifetime_cap(principal),
         };
         let issued = self.issue(&caller, Details::KeyCreated, wanted).await?;
         // The maker revoked while this was being made: the revocation missed it, so it goes now
@@ -300,7 +333,9 @@ impl Service {
     }
 
     /// Gives a key a new secret and a fresh lifetime as long as the one it was issued with (at
-    /// most its role's); the old secret stops working at once and webhooks hear of it.
+    /// most its role's, and, rotated by a key that is not an admin's, at most that key's: a key
+    /// rotating itself keeps its expiry); the old secret stops working at once and webhooks hear
+    /// of it.
     pub async fn rotate_key(&self, principal: &Principal, id: &str) -> OpResult<IssuedKey> {
         let key = self.managed_key(principal, id).await?;
         if key.revoked_at_ms.is_some() {
@@ -315,7 +350,9 @@ impl Service {
         let secret = keys::generate(key.role).map_err(|error| OpError::Internal(error.to_string()))?;
         // The key's own lifetime (what it was issued or last rotated with), within its role's.
         let own_ttl = key.expires_at_ms.saturating_sub(key.rotated_at_ms.unwrap_or(key.created_at_ms));
-        let expires = now.saturating_add(own_ttl.clamp(1, self.ttl_ms(key.role)));
+        let expires = now
+            .saturating_add(own_ttl.clamp(1, self.ttl_ms(key.role)))
+            .min(lifetime_cap(principal).unwrap_or(u64::MAX));
         let caller = principal.audit_caller(key.namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
         let Some(info) = self.store.rotate_key(&caller, id, &keys::hash(&secret), now, expires).await? else {
             return Err(OpError::Conflict(format!("key {id} was revoked meanwhile")));
