@@ -35,6 +35,28 @@ fn a_run_ended_at_its_timeout_reports_the_disk_it_filled() {
     assert!((20 * 1048576..100 * 1048576).contains(&used), "disk used {used}: {result}");
 }
 
+/// The output a run leaves on the host (its kept stdout and stderr, a sandbox's log) is bounded
+/// by the run's disk limit: found by a new-user trial, a sandbox with a 16 MiB disk left 100 MiB
+/// of log and 100 MiB of kept stdout on the host, at 40 MB/s for as long as its timeout.
+#[test]
+fn the_output_a_run_leaves_on_the_host_is_bounded_by_its_disk_limit() {
+    let agent = Agent::start();
+    let (result, output) = agent.exe_json(&[
+        "--disk",
+        "16MiB",
+        "--type",
+        "python",
+        "-c",
+        "import sys\nfor _ in range(40):\n    sys.stdout.buffer.write(b'x' * 1048576)\n    sys.stdout.flush()",
+    ]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(result["stdout_bytes"], 40 * 1048576, "every byte counted: {}", result["stdout_bytes"]);
+    assert_eq!(result["truncated"], true);
+    let files = result["files"].as_array().cloned().unwrap_or_default();
+    let kept = files.iter().find(|file| file["path"] == "stdout").expect("the long stdout kept in part");
+    assert!(kept["bytes"].as_u64().is_some_and(|bytes| bytes <= 16 * 1048576), "{kept}");
+}
+
 #[test]
 fn a_process_that_ignores_sigterm_still_dies_at_the_timeout() {
     let agent = Agent::start();

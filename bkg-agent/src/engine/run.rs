@@ -198,6 +198,7 @@ impl Engine {
             log: log.as_mut(),
             terminal,
             spool_dir: &spool_dir,
+            host_room: run.limits.disk_bytes,
         }
         .until_the_end()
         .await;
@@ -674,6 +675,10 @@ struct Watch<'a> {
     terminal: Option<TerminalMaster>,
     /// Where output longer than a result keeps is spooled whole.
     spool_dir: &'a Path,
+    /// How much more of the run's output the host keeps (its log and its spools): the run's disk
+    /// limit in all, so that a run printing for an hour cannot fill the host's disk whatever its
+    /// own disk's size. Past it the output is still relayed to the caller, not kept.
+    host_room: u64,
 }
 
 /// What watching a run found.
@@ -693,6 +698,8 @@ struct Watched {
     stderr: Captured,
     stdout_spool: Option<OutputSpool>,
     stderr_spool: Option<OutputSpool>,
+    /// Output past `Watch::host_room` was relayed and not kept on the host.
+    host_copy_cut: bool,
 }
 
 /// Reads the run's terminal, if it has one (the branch reading it is off otherwise).
@@ -726,6 +733,7 @@ impl Watch<'_> {
             stderr: Captured::default(),
             stdout_spool: Some(OutputSpool::new(self.spool_dir.to_owned(), RunFileKind::Stdout)),
             stderr_spool: Some(OutputSpool::new(self.spool_dir.to_owned(), RunFileKind::Stderr)),
+            host_copy_cut: false,
         };
         let mut phase = Phase::Running;
         let mut shutdown_seen = false;
@@ -849,8 +857,30 @@ impl Watch<'_> {
     }
 
     /// Output read from the sandbox: kept (up to the cap, and whole in a spool past it), logged,
-    /// and relayed.
+    /// and relayed; past the host's room for it (`host_room`), only relayed.
     async fn take(&mut self, stream: Stream, bytes: &[u8], watched: &mut Watched) {
+        let output = match stream {
+            Stream::Stdout => RunOutput::Stdout(bytes.to_vec()),
+            Stream::Stderr => RunOutput::Stderr(bytes.to_vec()),
+        };
+        if bytes.len() as u64 > self.host_room {
+            if !watched.host_copy_cut {
+                watched.host_copy_cut = true;
+                if let Some(log) = self.log.as_mut() {
+                    let said = "\n[bkg: the rest of this run's output was not kept: it passed the run's disk limit]\n";
+                    let _ = log.write_all(said.as_bytes()).await;
+                }
+            }
+            self.host_room = 0;
+            // Counted still (and the result's first MiB kept, in memory): only the host's copy ends.
+            match stream {
+                Stream::Stdout => watched.stdout.push(bytes),
+                Stream::Stderr => watched.stderr.push(bytes),
+            }
+            self.relay.offer(self.output, output);
+            return;
+        }
+        self.host_room -= bytes.len() as u64;
         let (captured, spool) = match stream {
             Stream::Stdout => (&mut watched.stdout, &mut watched.stdout_spool),
             Stream::Stderr => (&mut watched.stderr, &mut watched.stderr_spool),
@@ -867,10 +897,6 @@ impl Watch<'_> {
         if let Some(log) = self.log.as_mut() {
             let _ = log.write_all(bytes).await;
         }
-        let output = match stream {
-            Stream::Stdout => RunOutput::Stdout(bytes.to_vec()),
-            Stream::Stderr => RunOutput::Stderr(bytes.to_vec()),
-        };
         self.relay.offer(self.output, output);
     }
 }
@@ -933,7 +959,7 @@ impl Watched {
             cpu_ms: usage.cpu_nanos.saturating_sub(before.cpu_nanos) / 1_000_000,
             peak_memory_bytes: usage.peak_memory_bytes,
             disk_bytes_used: disk_used_bytes,
-            truncated: self.stdout.truncated || self.stderr.truncated,
+            truncated: self.stdout.truncated || self.stderr.truncated || self.host_copy_cut,
             undelivered_bytes,
             stdout_bytes: self.stdout.total,
             stderr_bytes: self.stderr.total,
