@@ -758,8 +758,11 @@ fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
         running.join().expect("bkgr's thread")
     });
     assert_eq!(code(&running), 130, "{}", stderr(&running));
+    // The script's shell, whose command the stop ended with SIGTERM, says so first (as `sh -c` does
+    // on a terminal); bkgr's own word is one line.
     assert_eq!(
         stderr(&running),
-        "bkgr: box: stopped (`bkg stop` or `bkg rm` of the sandbox, or its API key was revoked, rotated or expired)\n"
+        "Terminated\nbkgr: box: stopped (`bkg stop` or `bkg rm` of the sandbox, or its API key was revoked, rotated or \
+         expired)\n"
     );
 }

@@ -496,3 +496,54 @@ fn a_failing_service_outlives_a_new_start_in_its_pause_and_a_restart_due_in_the_
     let stop = agent.bkg_in(dir, &["stop", "flaky"]);
     assert_eq!(code(&stop), 0, "{}", stderr(&stop));
 }
+
+/// `bkg stop` asks the code to end (SIGTERM) before it kills it, so a service can save its work
+/// (found by a new-user trial: it was killed outright and lost what it had not flushed), and a
+/// service that ignores SIGTERM is still ended, after the grace.
+#[test]
+fn bkg_stop_lets_a_service_save_its_work_and_kills_one_that_ignores_it() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  saver:\n    type: python\n    scripts:\n      start: python /project/saver.py\n  \
+         stubborn:\n    type: python\n    scripts:\n      start: python /project/stubborn.py\n",
+    )
+    .expect("cave.yaml");
+    std::fs::write(
+        dir.join("saver.py"),
+        "import signal, sys, time\nkept = ['a', 'b']\n\ndef save(*_):\n    open('/workspace/journal.txt', 'w').write(''.join(kept))\n    sys.exit(0)\n\n\
+         signal.signal(signal.SIGTERM, save)\nprint('ready', flush=True)\nwhile True:\n    time.sleep(1)\n",
+    )
+    .expect("saver.py");
+    std::fs::write(
+        dir.join("stubborn.py"),
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\nwhile True:\n    time.sleep(1)\n",
+    )
+    .expect("stubborn.py");
+    for name in ["saver", "stubborn"] {
+        let started = agent.bkgr(dir, &["-d", name]);
+        assert_eq!(code(&started), 0, "{}", stderr(&started));
+        poll(&format!("{name} to be ready"), || {
+            let logs = agent.bkg_in(dir, &["logs", name]);
+            stdout(&logs).contains("ready").then_some(())
+        });
+    }
+    let stop = agent.bkg_in(dir, &["stop", "saver"]);
+    assert_eq!(code(&stop), 0, "{}", stderr(&stop));
+    let copied = agent.bkg_in(dir, &["cp", "saver:journal.txt", "fetched"]);
+    assert_eq!(code(&copied), 0, "{}", stderr(&copied));
+    assert_eq!(std::fs::read_to_string(dir.join("fetched/journal.txt")).expect("the journal"), "ab");
+
+    let began = std::time::Instant::now();
+    let stop = agent.bkg_in(dir, &["stop", "stubborn"]);
+    assert_eq!(code(&stop), 0, "{}", stderr(&stop));
+    assert!(began.elapsed() >= std::time::Duration::from_secs(4), "killed before its grace: {:?}", began.elapsed());
+    let info = status_of(&agent, dir, "stubborn");
+    assert_eq!(
+        (&info["last_run"]["killed_by"], &info["last_run"]["signal"]),
+        (&serde_json::json!("cancelled"), &serde_json::json!(9)),
+        "{info}"
+    );
+}

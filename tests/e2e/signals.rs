@@ -117,7 +117,8 @@ fn sigterm_on_bkgr_is_named_as_what_stopped_the_run() {
     signal(&bkgr, libc::SIGTERM);
     let output = bkgr.wait_with_output().expect("wait bkgr");
     assert_eq!(code(&output), 143, "{}", stderr(&output));
-    assert_eq!(stderr(&output), "bkgr: one: stopped (SIGTERM, or `bkg stop` or `bkg rm` of the sandbox)\n");
+    // The script's shell says its command was ended by SIGTERM (the run is asked to end, engine/run.rs).
+    assert_eq!(stderr(&output), "Terminated\nbkgr: one: stopped (SIGTERM, or `bkg stop` or `bkg rm` of the sandbox)\n");
 }
 
 #[test]

@@ -62,6 +62,8 @@ pub struct RunTracker {
     /// Whether it ever held a sandbox: one that did not (cancelled in the queue, its
     /// environment not made) has nothing to clean up.
     held_a_sandbox: std::sync::atomic::AtomicBool,
+    /// Whether the stop asked for is `stop_gracefully`'s.
+    graceful_stop: std::sync::atomic::AtomicBool,
 }
 
 impl RunTracker {
@@ -74,6 +76,7 @@ impl RunTracker {
             access: Mutex::new(None),
             for_transfer,
             held_a_sandbox: Default::default(),
+            graceful_stop: Default::default(),
         })
     }
 
@@ -122,13 +125,24 @@ impl RunTracker {
         self.progress.subscribe()
     }
 
-    /// Asks the run to stop (`killed_by: cancelled`), whether it is queued or running.
+    /// Ends the run at once (`killed_by: cancelled`), whether it is queued or running: for a
+    /// run that must not go on (its key no longer speaks for it, its sandbox is being removed).
     pub fn stop(&self) {
+        self.graceful_stop.store(false, std::sync::atomic::Ordering::Release);
         self.stop.notify_one();
     }
 
-    pub(super) async fn stopped(&self) {
-        self.stop.notified().await
+    /// Asks the run to end (`killed_by: cancelled`): its code is sent SIGTERM and killed if it
+    /// is still going after `STOP_GRACE` (engine/run.rs), so a service can save its work.
+    pub fn stop_gracefully(&self) {
+        self.graceful_stop.store(true, std::sync::atomic::Ordering::Release);
+        self.stop.notify_one();
+    }
+
+    /// Waits for a stop; whether it may be graceful.
+    pub(super) async fn stopped(&self) -> bool {
+        self.stop.notified().await;
+        self.graceful_stop.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -521,7 +521,12 @@ impl Engine {
             limits,
             namespace: definition.namespace.clone(),
             order: GoOrder {
-                argv: vec!["/bin/sh".into(), "-c".into(), exec.command],
+                // The shell catches SIGTERM (a trap that does nothing), so that when a stop asks
+                // the command's process group to end (`terminate_code`) it waits for the command
+                // to end as it chooses (a service saving its work) instead of dying first and
+                // taking the sandbox with it. On the command's own line: its errors keep their
+                // line numbers.
+                argv: vec!["/bin/sh".into(), "-c".into(), format!("trap : TERM; {}", exec.command)],
                 env: with_proxy(sandbox_env(&env)?, network.as_ref()),
                 cwd: if project_dir == self.scratch_project_dir(&definition.namespace) {
                     WORKSPACE.into()

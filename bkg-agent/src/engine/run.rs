@@ -368,6 +368,10 @@ const RELAY_FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// Once pid 1 has reported, how long to wait for pipes that a leftover process may hold open.
 const PIPE_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a run asked to end (`bkg stop`, Ctrl-C) has after SIGTERM before it is killed: the
+/// agent's own grace for runs when it stops.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// How many run logs a persistent sandbox keeps.
 const KEPT_LOGS: usize = 20;
 
@@ -409,7 +413,7 @@ async fn wait_in_queue<'a>(
     loop {
         tokio::select! {
             turn = &mut waiting => return Ok(Queued::Turn(turn?, early)),
-            () = stop.stopped() => return Ok(Queued::Cancelled),
+            _ = stop.stopped() => return Ok(Queued::Cancelled),
             () = &mut notice_due, if notice.is_some() => {
                 if let Some((output, capacity)) = notice.take() {
                     // A caller too slow to take it loses only the notice.
@@ -750,6 +754,9 @@ impl Watch<'_> {
         let mut terminal_buf = vec![0u8; 64 * 1024];
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
+        // Armed when the run is asked to end (`ask_to_end`): then the code is killed.
+        let grace = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace);
         let mut limit_poll = tokio::time::interval(LIMIT_POLL);
         limit_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
@@ -805,8 +812,15 @@ impl Watch<'_> {
                     }
                     kill_for = Some(KilledBy::Timeout);
                 }
-                () = self.stop.stopped(), if phase == Phase::Running => kill_for = Some(KilledBy::Cancelled),
-                Some(()) = self.cancel.recv(), if phase == Phase::Running => kill_for = Some(KilledBy::Cancelled),
+                graceful = self.stop.stopped(), if phase == Phase::Running => match graceful {
+                    true => self.ask_to_end(&mut watched, grace.as_mut()),
+                    false => kill_for = Some(KilledBy::Cancelled),
+                },
+                // The caller's Ctrl-C (or its going away) asks, as `bkg stop` does.
+                Some(()) = self.cancel.recv(), if phase == Phase::Running => self.ask_to_end(&mut watched, grace.as_mut()),
+                () = &mut grace, if phase == Phase::Running && watched.killed_by == Some(KilledBy::Cancelled) => {
+                    kill_for = Some(KilledBy::Cancelled);
+                }
                 stopping = async { closing.wait_for(|closing| *closing).await.is_ok() }, if phase == Phase::Running && !closing_seen => {
                     // Once: a closed channel (the engine gone) is no order either.
                     closing_seen = true;
@@ -854,6 +868,17 @@ impl Watch<'_> {
             watched.killed_by = Some(KilledBy::Shutdown);
         }
         watched
+    }
+
+    /// A stop or a cancel: the code is sent SIGTERM and has `STOP_GRACE` to end (a service saves
+    /// its work), then it is killed; asked again meanwhile, nothing more happens.
+    fn ask_to_end(&mut self, watched: &mut Watched, grace: std::pin::Pin<&mut tokio::time::Sleep>) {
+        if watched.killed_by.is_some() {
+            return;
+        }
+        watched.killed_by = Some(KilledBy::Cancelled);
+        self.sandbox.terminate_code();
+        grace.reset(tokio::time::Instant::now() + STOP_GRACE);
     }
 
     /// Output read from the sandbox: kept (up to the cap, and whole in a spool past it), logged,

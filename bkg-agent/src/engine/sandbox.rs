@@ -256,11 +256,14 @@ impl PreparedSandbox {
         }
     }
 
-    /// Asks the run's code to end (SIGTERM to its process, as `docker stop` does to a
-    /// container's): the agent is stopping, and the code may end cleanly within the grace.
+    /// Asks the run's code to end (SIGTERM to its process group, as `docker stop` signals a
+    /// container's): the agent is stopping, or a caller stopped the run, and the code may end
+    /// cleanly within the grace. The group, not the process alone: a script's command runs under
+    /// a shell (engine/request.rs), and the code's process leads its own group (engine/init.rs
+    /// makes it a session leader).
     pub fn terminate_code(&self) {
         let Some(code) = code_pid(self.pid_one()) else { return };
-        if let Err(errno) = nix::sys::signal::kill(Pid::from_raw(code), nix::sys::signal::Signal::SIGTERM) {
+        if let Err(errno) = nix::sys::signal::killpg(Pid::from_raw(code), nix::sys::signal::Signal::SIGTERM) {
             tracing::debug!(sandbox = %self.id, %errno, "could not send SIGTERM to the code");
         }
     }

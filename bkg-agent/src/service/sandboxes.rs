@@ -70,6 +70,15 @@ fn not_yours(definition: &SandboxDefinition) -> OpError {
     ))
 }
 
+/// How a sandbox's run is stopped.
+#[derive(Clone, Copy)]
+enum Stopping {
+    /// SIGTERM first, a kill after the grace (`bkg stop`).
+    Gracefully,
+    /// A kill at once (`bkg rm`).
+    AtOnce,
+}
+
 /// What holds a sandbox when a run of it is refused.
 enum Holder {
     /// A run that only holds it for a file transfer.
@@ -467,19 +476,22 @@ impl Service {
     /// is recorded, so what the caller reads next shows it. False when none was going on.
     pub async fn stop_sandbox(&self, principal: &Principal, id: &str) -> OpResult<bool> {
         self.visible_sandbox(principal, id).await?;
-        Ok(self.stop_and_wait(id).await)
+        Ok(self.stop_and_wait(id, Stopping::Gracefully).await)
     }
 
     /// Stops the sandbox's service (no restart after this) and its run, if one goes on: whether
     /// there was either to stop.
-    async fn stop_and_wait(&self, id: &str) -> bool {
+    async fn stop_and_wait(&self, id: &str, how: Stopping) -> bool {
         let restart_called_off = self.services.stop(id);
         // At once, not when the run's end is seen: an agent stopped right after would leave it.
         self.forget_service(id).await;
         let Some(run) = self.engine.current_run(id) else {
             return restart_called_off;
         };
-        run.stop();
+        match how {
+            Stopping::Gracefully => run.stop_gracefully(),
+            Stopping::AtOnce => run.stop(),
+        }
         if !wait_until(run.watch(), RUN_PATIENCE, |progress| progress.phase == RunPhase::Recorded).await {
             tracing::warn!(sandbox = %id, run = %run.run_id, "the stopped run was not recorded in time");
         }
@@ -490,7 +502,8 @@ impl Service {
     pub async fn delete_sandbox(&self, principal: &Principal, id: &str) -> OpResult<()> {
         let stored = self.visible_sandbox(principal, id).await?;
         let last_run = self.engine.current_run(id);
-        self.stop_and_wait(id).await;
+        // Its files go with it: there is nothing for the code to save.
+        self.stop_and_wait(id, Stopping::AtOnce).await;
         if self.engine.current_run(id).is_some() {
             return Err(OpError::Run(RunError::Busy(format!("sandbox {id} did not stop"))));
         }
