@@ -283,7 +283,7 @@ async fn authenticate(
         (None, _) if crate::ui::is_ui_route(route) => return Ok(None),
         (None, Origin::Tcp(peer)) => {
             // The probe's keyless answer is a status and a reason word (server/system.rs).
-            if *method == Method::GET && route == PROBE_ROUTE {
+            if (*method == Method::GET || *method == Method::HEAD) && route == PROBE_ROUTE {
                 return Ok(None);
             }
             if *method == Method::POST && OPEN_ROUTES.contains(&route) {

@@ -121,6 +121,8 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     // No key, a malformed header or an unknown key: 401 everywhere, even for unknown paths, but
     // for the health probe's keyless view (tests/e2e/net.rs).
     assert_eq!(anonymous.get("/healthz").json(), json!({ "status": "ok" }));
+    // A load balancer that probes with HEAD (found by a new-user trial: 401).
+    assert_eq!(request(&api.address, "HEAD", "/healthz", &[], b"").status, 200);
     for path in ["/metrics", "/api/v1/runs", "/api/v1/sandboxes", "/mcp", "/no/such/path"] {
         expect(&anonymous.get(path), 401, path);
     }
