@@ -23,11 +23,13 @@ struct StopAnswer {
     stopped: bool,
 }
 
-/// One sandbox `bkg rm --json` removed, in the shape of `bkg stop --json`'s.
+/// One sandbox `bkg rm --json` removed, in the shape of `bkg stop --json`'s; `id` is null when
+/// the agent had no sandbox of it here (it never ran in this directory): only its entry in
+/// cave.yaml went.
 #[derive(Serialize)]
 struct Removed {
     name: String,
-    id: String,
+    id: Option<String>,
     removed: bool,
 }
 
@@ -508,7 +510,18 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
     match crate::project::project_if_any(args.project.dir.as_deref())? {
         Ok(project) => {
             for name in &args.names {
-                let (edited, known) = removal_of(&client, &project, name).await?;
+                let (edited, known) = match removal_of(&client, &project, name).await {
+                    Ok(found) => found,
+                    // An id the agent has (a sandbox left under a directory that is gone, as `bkg
+                    // rm` of a moved project names it) is removed from anywhere.
+                    Err(error) => match fetch(&client, name).await? {
+                        Some(info) => {
+                            removals.push(Removal { name: info.name, id: info.id, known: true, edit: None });
+                            continue;
+                        }
+                        None => return Err(error),
+                    },
+                };
                 let edit = edited.map(|_| project.join("cave.yaml"));
                 removals.push(Removal { name: name.clone(), id: id_of(&project, name), known: known.is_some(), edit });
             }
@@ -622,10 +635,25 @@ async fn rm(
             crate::project::write_atomically(cave_path, &edited)?;
         }
     }
-    if !out.is_json() {
-        out.note(format_args!("removed {name}"));
+    if known {
+        if !out.is_json() {
+            out.note(format_args!("removed {name}"));
+        }
+        return Ok(Some(Removed { name, id: Some(id), removed: true }));
     }
-    Ok(Some(Removed { name, id, removed: true }))
+    if !out.is_json() {
+        out.note(format_args!("removed {name} from cave.yaml (the agent has no sandbox of it in this directory)"));
+    }
+    // A project moved or renamed leaves its sandboxes under the old directory: say so, with what
+    // removes them, rather than let the user think they went.
+    let all: Vec<SandboxInfo> = client.get("/api/v1/sandboxes").await?;
+    for left in all.iter().filter(|info| info.name == name && !Path::new(&info.project_dir).exists()) {
+        out.note(format_args!(
+            "`{name}` of {}, a directory that is gone, is still on the agent with its workspace: `bkg rm {}` removes it",
+            left.project_dir, left.id
+        ));
+    }
+    Ok(Some(Removed { name, id: None, removed: true }))
 }
 
 /// cave.yaml without the block of sandbox `name` (its key line and every more-indented line

@@ -278,6 +278,35 @@ fn the_sandboxes_of_a_deleted_project_are_removed_by_name_or_id() {
     }
 }
 
+/// `bkg rm` in a project moved after its sandbox ran removes the cave.yaml entry, and says the
+/// sandbox is still on the agent under the old directory, with what removes it (found by a
+/// new-user trial: it answered `removed: true` with an id the agent never had).
+#[test]
+fn rm_in_a_moved_project_names_the_sandbox_left_under_the_old_directory() {
+    let agent = Agent::start();
+    let parent = tempfile::tempdir().expect("dir");
+    let (old, new) = (parent.path().join("p5"), parent.path().join("p5m"));
+    write(
+        &old.join("cave.yaml"),
+        "version: 1\nnamespace: default\nsandboxes:\n  s2:\n    type: python\n    scripts:\n      start: python -c 'print(1)'\n",
+    );
+    let run = agent.bkgr(&old, &["s2"]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    let id = status_of(&agent, &old, "s2")["id"].as_str().expect("id").to_owned();
+    std::fs::rename(&old, &new).expect("move the project");
+    let removed = agent.bkg_in(&new, &["rm", "s2", "--force", "--json"]);
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    let answer: serde_json::Value = serde_json::from_slice(&removed.stdout).expect("rm JSON");
+    assert_eq!(answer, serde_json::json!([{ "name": "s2", "id": null, "removed": true }]));
+    assert!(
+        stderr(&removed).contains(&format!("is still on the agent with its workspace: `bkg rm {id}` removes it")),
+        "{}",
+        stderr(&removed)
+    );
+    let gone = agent.bkg_in(&new, &["rm", &id, "--force"]);
+    assert_eq!(code(&gone), 0, "{}", stderr(&gone));
+}
+
 /// Two projects' sandboxes of one name, asked for from where neither is: the error names both
 /// ids with their projects (found by a new-user trial: it sent the user to `bkg ls --all`, whose
 /// table shows no ids).
