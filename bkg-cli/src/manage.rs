@@ -114,7 +114,7 @@ pub fn sandbox_table(sandboxes: &[SandboxInfo], declared: &[Declared], width: Op
         vec![
             info.name.clone(),
             info.language.as_str().to_owned(),
-            state_word(info.state).to_owned(),
+            state_word(info).to_owned(),
             last_exit(info),
             format_size(info.disk_bytes_allocated),
             project,
@@ -136,9 +136,13 @@ pub fn sandbox_table(sandboxes: &[SandboxInfo], declared: &[Declared], width: Op
     crate::table::render(&["NAME", "TYPE", "STATE", "LAST EXIT", "DISK", project], &[4], &[5], rows, width)
 }
 
-fn state_word(state: SandboxState) -> &'static str {
-    match state {
+/// What the sandbox is doing in a word: a service waiting to be started again after a failure
+/// is `restarting`, not `idle` (it has no run, and one comes).
+fn state_word(info: &SandboxInfo) -> &'static str {
+    let restarting = info.service.as_ref().is_some_and(|service| service.state == ServiceState::Restarting);
+    match info.state {
         SandboxState::Running => "running",
+        SandboxState::Idle if restarting => "restarting",
         SandboxState::Idle => "idle",
     }
 }
@@ -185,7 +189,7 @@ pub fn describe(info: &SandboxInfo) -> String {
     line("type", info.language.as_str().to_owned());
     line("namespace", info.namespace.clone());
     line("project", info.project_dir.clone());
-    line("state", state_word(info.state).to_owned());
+    line("state", state_word(info).to_owned());
     if let Some(run) = &info.current_run {
         line("run", run.clone());
     }

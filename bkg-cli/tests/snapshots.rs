@@ -190,6 +190,11 @@ fn tables() {
     // An admin's `bkg ls --all`: sandboxes of several namespaces say whose they are.
     let mut mixed = sandboxes.clone();
     mixed[1].namespace = "user-alice".into();
+    // A service waiting to be started again after a failure is not idle.
+    mixed[1].service = Some(
+        serde_json::from_value(serde_json::json!({ "state": "restarting", "restart": "on-failure", "restarts": 2 }))
+            .expect("a service's health"),
+    );
     text.push_str("--- bkg ls --all, two namespaces\n");
     text.push_str(&bkg_cli::manage::sandbox_table(&mixed, &[], None));
     text.push_str("--- bkg runs show\n");
