@@ -95,6 +95,30 @@ fn stop(mut agent: std::process::Child) -> std::process::ExitStatus {
     agent.wait().expect("the agent stops")
 }
 
+/// An agent whose state is in `dir`, on `socket`, open to the members of `group`; once it answers.
+fn start_with_socket_group(
+    dir: &std::path::Path,
+    socket: &std::path::Path,
+    group: &str,
+    uids: &bkg_tests::UidRange,
+) -> std::process::Child {
+    let mut agent = Command::new(bin_dir().join("bkg-agent"))
+        .arg("--foreground")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--cgroup-dir")
+        .arg(format!("bkg-test-socket-group-{group}-{}", std::process::id()))
+        .args(["--warm-pool", "0", "--socket-group", group, "--uid-base", &uids.base.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start bkg-agent");
+    until_it_answers(&mut agent, socket);
+    agent
+}
+
 /// With a socket group, every directory the agent makes on the way to its socket is 0755, so
 /// the socket's own mode decides who gets in (found by a new-user trial: all but the last were
 /// left 0700, and the group was kept out).
@@ -103,20 +127,7 @@ fn the_directories_made_for_a_group_socket_let_the_group_through() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("pub/sub/agent.sock");
     let uids = bkg_tests::UidRange::reserve();
-    let mut agent = Command::new(bin_dir().join("bkg-agent"))
-        .arg("--foreground")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--cgroup-dir")
-        .arg(format!("bkg-test-group-socket-{}", std::process::id()))
-        .args(["--warm-pool", "0", "--socket-group", "daemon", "--uid-base", &uids.base.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start bkg-agent");
-    until_it_answers(&mut agent, &socket);
+    let agent = start_with_socket_group(dir.path(), &socket, "daemon", &uids);
     use std::os::unix::fs::PermissionsExt;
     let mode = |path: &std::path::Path| std::fs::metadata(path).expect("made").permissions().mode() & 0o777;
     let modes = (mode(&dir.path().join("pub")), mode(&dir.path().join("pub/sub")), mode(&socket));
@@ -139,20 +150,7 @@ fn a_project_directory_the_user_cannot_enter_is_named_as_such() {
     std::fs::write(project.join("cave.yaml"), "version: 1\nsandboxes:\n  api:\n    type: python\n").expect("cave.yaml");
     let socket = dir.path().join("run/agent.sock");
     let uids = bkg_tests::UidRange::reserve();
-    let mut agent = Command::new(bin_dir().join("bkg-agent"))
-        .arg("--foreground")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--cgroup-dir")
-        .arg(format!("bkg-test-private-project-{}", std::process::id()))
-        .args(["--warm-pool", "0", "--socket-group", "nogroup", "--uid-base", &uids.base.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start bkg-agent");
-    until_it_answers(&mut agent, &socket);
+    let agent = start_with_socket_group(dir.path(), &socket, "nogroup", &uids);
     // nobody, whose group is nogroup: a local user of this agent.
     let status = Command::new(bin_dir().join("bkg"))
         .args(["status", "api", "-C"])
