@@ -48,7 +48,12 @@ fn state(key: &KeyInfo) -> &'static str {
 
 /// `--ttl` in the whole seconds keys expire in: a fraction is refused, not rounded.
 fn ttl_seconds(text: &str) -> Result<u64, CliError> {
-    let ms = bkg_schema::parse_duration_ms(text).map_err(|error| CliError::usage(format!("--ttl: {error}")))?;
+    let whole_seconds = || CliError::usage(format!("--ttl {text}: keys expire in whole seconds, at least 1s"));
+    // A zero is told the least a key takes (1s), not the least a duration takes (1ms).
+    let ms = bkg_schema::parse_duration_ms(text).map_err(|error| match error {
+        bkg_schema::UnitError::Zero { .. } => whole_seconds(),
+        other => CliError::usage(format!("--ttl: {other}")),
+    })?;
     if ms < 1000 || ms % 1000 != 0 {
         return Err(CliError::usage(format!("--ttl {text}: keys expire in whole seconds, at least 1s")));
     }
@@ -143,6 +148,7 @@ mod tests {
             assert!(refused.starts_with("--ttl"), "{fraction}: {refused}");
         }
         assert!(ttl_seconds("500ms").is_err_and(|error| error.message.contains("whole seconds, at least 1s")));
+        assert!(ttl_seconds("0s").is_err_and(|error| error.message.contains("whole seconds, at least 1s")));
     }
 
     #[test]
