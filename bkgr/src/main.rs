@@ -74,7 +74,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
     let client = AgentClient::new(&endpoint)?;
     client.ensure_running().await?;
     for (definition, _) in &runs {
-        define(&client, definition).await?;
+        define(&client, definition).await.map_err(|error| disk_flag_above_maximum(error, flags.disk_bytes))?;
     }
     let limits_from = LimitsFrom::CaveOrFlags(flags);
 
@@ -176,4 +176,21 @@ mod tests {
         assert_eq!(with_args("pytest", &[]), "pytest");
         assert_eq!(with_args("pytest", &["-k".into(), "it's $HOME".into()]), "pytest '-k' 'it'\\''s $HOME'");
     }
+}
+
+/// The agent's refusal of a disk above its maximum names cave.yaml's `limits.disk` as the fix
+/// (engine/request.rs, `check_definition`); when `--disk` gave the size, the flag is what to
+/// change (found by a new-user trial: the error sent the user to cave.yaml, which set no disk).
+fn disk_flag_above_maximum(mut error: CliError, disk_flag: Option<u64>) -> CliError {
+    const CAVE_FIX: &str = "; give the sandbox's limits.disk (cave.yaml's) at most that";
+    if disk_flag.is_some()
+        && let Some(at) = error.message.find(CAVE_FIX)
+    {
+        error.message.truncate(at);
+        error.message.push_str(
+            "; ask for less with --disk, or start the agent with a higher --max-disk (a disk keeps the size --disk \
+             gives it)",
+        );
+    }
+    error
 }

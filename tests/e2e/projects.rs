@@ -175,6 +175,16 @@ fn a_definition_above_the_maximum_names_cave_yamls_limit_as_the_fix() {
         stderr(&refused)
     );
     assert_eq!(stderr(&refused).lines().count(), 1, "{}", stderr(&refused));
+    // `--disk` is kept by the sandbox (a disk grows for good): above the maximum, the flag is the
+    // fix, not cave.yaml, which sets no disk here.
+    let too_big = project_with(
+        "version: 1\nnamespace: default\nsandboxes:\n  d:\n    type: python\n    scripts:\n      start: 'true'\n",
+    );
+    let refused = agent.bkgr(too_big.path(), &["d", "--disk", "20TiB"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("disk 20TiB is above this agent's maximum"), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("ask for less with --disk"), "{}", stderr(&refused));
+    assert!(!stderr(&refused).contains("cave.yaml"), "{}", stderr(&refused));
 }
 
 /// A package file cave.yaml names is read only inside the project, as a volume is, unless
