@@ -167,17 +167,6 @@ fn with_args(command: &str, args: &[String]) -> String {
     line
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arguments_are_quoted_for_the_shell() {
-        assert_eq!(with_args("pytest", &[]), "pytest");
-        assert_eq!(with_args("pytest", &["-k".into(), "it's $HOME".into()]), "pytest '-k' 'it'\\''s $HOME'");
-    }
-}
-
 /// The agent's refusal of a disk above its maximum names cave.yaml's `limits.disk` as the fix
 /// (engine/request.rs, `check_definition`); when `--disk` gave the size, the flag is what to
 /// change (found by a new-user trial: the error sent the user to cave.yaml, which set no disk).
@@ -193,4 +182,15 @@ fn disk_flag_above_maximum(mut error: CliError, disk_flag: Option<u64>) -> CliEr
         );
     }
     error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_quoted_for_the_shell() {
+        assert_eq!(with_args("pytest", &[]), "pytest");
+        assert_eq!(with_args("pytest", &["-k".into(), "it's $HOME".into()]), "pytest '-k' 'it'\\''s $HOME'");
+    }
 }
