@@ -22,14 +22,15 @@ fn language(name: Option<&str>) -> Result<Option<Language>, CliError> {
     .transpose()
 }
 
-/// The session `name` of sandbox `id`, made if it does not exist yet. An existing session of
-/// another language than `language` is refused: its interpreter would run the code as its own.
+/// The session `name` of sandbox `id`, made if it does not exist yet (then `true`). An existing
+/// session of another language than `language` is refused: its interpreter would run the code
+/// as its own.
 async fn ensure_session(
     client: &AgentClient,
     (sandbox, id): (&str, &str),
     name: &str,
     language: Option<Language>,
-) -> Result<SessionInfo, CliError> {
+) -> Result<(SessionInfo, bool), CliError> {
     if let Some(info) = client.get_found::<SessionInfo>(&format!("/api/v1/sandboxes/{id}/sessions/{name}")).await? {
         return match language {
             Some(language) if language != info.language => Err(CliError::usage(format!(
@@ -37,11 +38,11 @@ async fn ensure_session(
                 info.language.as_str(),
                 language.as_str()
             ))),
-            _ => Ok(info),
+            _ => Ok((info, false)),
         };
     }
     let new = NewSession { name: Some(name.to_owned()), language };
-    client.post_json(&format!("/api/v1/sandboxes/{id}/sessions"), &new).await
+    Ok((client.post_json(&format!("/api/v1/sandboxes/{id}/sessions"), &new).await?, true))
 }
 
 /// The agent and sandbox `name`'s id, the sandbox given as cave.yaml has it now.
@@ -80,7 +81,16 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
             code
         }
     };
-    ensure_session(&client, (&args.name, &id), session, language(args.language.as_deref())?).await?;
+    let (info, made) = ensure_session(&client, (&args.name, &id), session, language(args.language.as_deref())?).await?;
+    // Said each time one is made: after an agent's restart (its interpreters go with it) the
+    // code would otherwise meet a NameError for what it set before, with no word why.
+    if made {
+        settings.out.note(format_args!(
+            "started session {session} of {} (a fresh {} interpreter: nothing of an earlier session is in it)",
+            args.name,
+            info.language.as_str()
+        ));
+    }
     let (ended, _) = execute(&client, &id, session, &code, settings.out).await?;
     Ok(crate::exit::of_execution(ended.0, ended.1))
 }
@@ -194,7 +204,8 @@ fn show(event: &SessionEvent, out: Printer) -> Result<Option<Ended>, CliError> {
 
 pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> {
     let (client, id) = connect(settings, &args.project, &args.name).await?;
-    let info = ensure_session(&client, (&args.name, &id), &args.session, language(args.language.as_deref())?).await?;
+    let (info, _) =
+        ensure_session(&client, (&args.name, &id), &args.session, language(args.language.as_deref())?).await?;
     let out = settings.out;
     let mut prompt = Prompt::new()?;
     let piped = !matches!(prompt, Prompt::Terminal(_));

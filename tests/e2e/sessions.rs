@@ -41,6 +41,10 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     let next = agent.bkg_in(dir, &["exec", "box", "-c", "x + 1"]);
     assert_eq!(code(&next), 0, "{}", stderr(&next));
     assert_eq!(stdout(&next), "42\n", "the value of the last expression, with x kept");
+    // A session made is said (after an agent's restart, the code would otherwise meet a
+    // NameError with no word why); one in use is not.
+    assert!(stderr(&set).contains("started session default of box (a fresh python interpreter"), "{}", stderr(&set));
+    assert_eq!(stderr(&next), "");
     // A Python session does not run code given as Node's.
     let other = agent.bkg_in(dir, &["exec", "box", "--type", "node", "-c", "console.log(1)"]);
     assert_eq!(code(&other), 125, "{}", stderr(&other));
