@@ -337,6 +337,9 @@ fn outcome(record: &SignedRecord) -> String {
         Ok(Details::RunFinished(RunFinished { outcome: RunOutcome::Failed { error }, .. })) => {
             format!("failed: {}", error.split_whitespace().collect::<Vec<_>>().join(" "))
         }
+        // A key removed for good is recorded as revoked (it is, and more): the row says which.
+        Ok(Details::KeyRevoked(change)) if change.deleted => format!("deleted key {}", change.key_id),
+        Ok(Details::KeyRevoked(change)) => format!("revoked key {}", change.key_id),
         _ => "-".to_owned(),
     }
 }

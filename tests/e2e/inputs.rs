@@ -187,6 +187,35 @@ fn audit_commands_find_the_running_agents_log() {
     assert!(stderr(&verify).contains("chain intact"), "{}", stderr(&verify));
 }
 
+/// `bkg audit tail` tells a key deleted from one revoked (found by a new-user trial: a deletion
+/// read as a revocation; the record is `key.revoked` with `deleted: true`).
+#[test]
+fn audit_tail_tells_a_deleted_key_from_a_revoked_one() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let made = |name: &str| {
+        let output = agent
+            .bkg()
+            .args(["keys", "create", "--role", "namespace", "--namespace", "t", "--name", name, "--json"])
+            .output()
+            .expect("bkg keys create");
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        let key: serde_json::Value = serde_json::from_slice(&output.stdout).expect("key JSON");
+        key["id"].as_str().expect("an id").to_owned()
+    };
+    let (revoked, deleted) = (made("to-revoke"), made("to-delete"));
+    let revoke = agent.bkg().args(["keys", "revoke", &revoked]).output().expect("bkg keys revoke");
+    assert_eq!(code(&revoke), 0, "{}", stderr(&revoke));
+    let answer = bkg_tests::http::unix_request(&agent.socket, "DELETE", &format!("/api/v1/auth/keys/{deleted}"), None);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let tail = agent.bkg().args(["audit", "tail", "-n", "2"]).output().expect("bkg audit tail");
+    assert_eq!(code(&tail), 0, "{}", stderr(&tail));
+    let shown = stdout(&tail);
+    assert!(
+        shown.contains(&format!("revoked key {revoked}")) && shown.contains(&format!("deleted key {deleted}")),
+        "{shown}"
+    );
+}
+
 /// `--file SRC:DIR/` puts the file in that directory under its own name, as `cp` would (was: a
 /// sandbox that failed at 'start' writing /workspace/DIR/).
 #[test]
