@@ -2411,7 +2411,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__logs)
-            opts="-C -f -n -t -h -V --dir --follow --tail --timestamps --policy --socket --remote --cacert --help --version"
+            opts="-C -f -n -t -h -V --dir --follow --tail --timestamps --policy --run --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2430,6 +2430,10 @@ _bkg() {
                     return 0
                     ;;
                 -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

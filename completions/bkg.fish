@@ -163,6 +163,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand status" -s h -l help -d 'Print h
 complete -c bkg -n "__fish_bkg_using_subcommand status" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s n -l tail -d 'Start with the last N lines of the output' -r
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -l run -d 'Print the output of this earlier run (one of the last 20; `bkg runs ls --sandbox NAME` lists them), not the newest\'s' -r
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F

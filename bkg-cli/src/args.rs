@@ -546,6 +546,9 @@ pub struct LogsArgs {
     /// List what the sandbox refused its recent runs (system calls, limits) instead of the output.
     #[arg(long, conflicts_with_all = ["follow", "tail", "timestamps"])]
     pub policy: bool,
+    /// Print the output of this earlier run (one of the last 20; `bkg runs ls --sandbox NAME` lists them), not the newest's.
+    #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["follow", "policy"])]
+    pub run: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -257,6 +257,25 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
     if args.policy {
         return policy(settings, &client, &id).await;
     }
+    if let Some(run) = &args.run {
+        // A service's failed run, since started again: its log is one of those kept.
+        if run.is_empty() || !run.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_') {
+            return Err(CliError::usage(format!(
+                "--run {run}: not a run id (`bkg runs ls --sandbox {}` lists them)",
+                args.name
+            )));
+        }
+        let request = client.http().get(client.url(&format!("/api/v1/sandboxes/{id}/logs?run={run}")));
+        let response = request.send().await.map_err(|error| client.unreachable(error))?;
+        if !response.status().is_success() {
+            return Err(crate::client::api_error(response).await);
+        }
+        let all = response.bytes().await.map_err(|error| client.unreachable(error))?;
+        let mut out = std::io::stdout().lock();
+        let _ =
+            out.write_all(&LogLines::new(args.tail, args.timestamps).backlog(&all, true)).and_then(|()| out.flush());
+        return Ok(SUCCESS);
+    }
     let open = |follow: bool| {
         let path = format!("/api/v1/sandboxes/{id}/logs?follow={follow}");
         let (client, name, project) = (&client, &args.name, &project);

@@ -547,3 +547,44 @@ fn bkg_stop_lets_a_service_save_its_work_and_kills_one_that_ignores_it() {
         "{info}"
     );
 }
+
+/// The output of a service's failed run stays readable once it is started again: `bkg logs NAME
+/// --run ID` (found by a new-user trial: only the newest run's log could be read, and a 3 a.m.
+/// crash's traceback was gone with the restart).
+#[test]
+fn a_failed_runs_log_is_read_after_its_service_started_again() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  crash:\n    type: python\n    restart: on-failure\n    scripts:\n      \
+         start: python -c \"import uuid; print('run', uuid.uuid4().hex, flush=True); raise SystemExit(3)\"\n",
+    )
+    .expect("cave.yaml");
+    let started = agent.bkgr(dir, &["-d", "crash"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    let runs = poll("a restart", || {
+        let listed = agent.bkg_in(dir, &["runs", "ls", "--sandbox", "crash", "--json"]);
+        let runs: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).ok()?;
+        (runs.len() >= 2 && runs.iter().all(|run| run["finished_at_ms"].is_u64())).then_some(runs)
+    });
+    let stop = agent.bkg_in(dir, &["stop", "crash"]);
+    assert_eq!(code(&stop), 0, "{}", stderr(&stop));
+    let (newest, older) = (&runs[0], &runs[1]);
+    let shown = |run: &serde_json::Value| {
+        let output = agent.bkg_in(dir, &["logs", "crash", "--run", run["id"].as_str().expect("a run id")]);
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        stdout(&output)
+    };
+    let (newest_log, older_log) = (shown(newest), shown(older));
+    assert!(
+        older_log.starts_with("run ") && newest_log.starts_with("run ") && older_log != newest_log,
+        "{older_log} {newest_log}"
+    );
+    let unknown = agent.bkg_in(dir, &["logs", "crash", "--run", "run_0"]);
+    assert_eq!(code(&unknown), 125, "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("no log of run run_0 in sandbox crash"), "{}", stderr(&unknown));
+    let bad = agent.bkg_in(dir, &["logs", "crash", "--run", "../x"]);
+    assert_eq!(code(&bad), 125, "{}", stderr(&bad));
+}

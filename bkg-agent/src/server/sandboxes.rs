@@ -191,10 +191,14 @@ pub struct LogsQuery {
     /// Keep the answer open until the run ends.
     #[serde(default)]
     follow: bool,
+    /// The log of this earlier run of the sandbox (its last 20 runs' logs are kept), not the
+    /// newest: a service's run before it was started again. Not with `follow`.
+    #[serde(default)]
+    run: Option<String>,
 }
 
-/// The newest run's output: plain text, or server-sent events with `Accept: text/event-stream`
-/// (one `log` event per line, then an `end` event naming the run).
+/// The newest run's output, or that of an earlier run (`run`): plain text, or server-sent events
+/// with `Accept: text/event-stream` (one `log` event per line, then an `end` event naming the run).
 #[utoipa::path(
     get,
     path = "/api/v1/sandboxes/{id}/logs",
@@ -216,7 +220,10 @@ pub async fn sandbox_logs(
     QueryParams(query): QueryParams<LogsQuery>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
-    let tail = state.service.sandbox_log(&principal, &id, query.follow).await?;
+    let tail = match &query.run {
+        Some(run) => state.service.run_log(&principal, &id, run, query.follow).await?,
+        None => state.service.sandbox_log(&principal, &id, query.follow).await?,
+    };
     let sse = headers
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok())

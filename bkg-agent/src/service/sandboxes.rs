@@ -578,6 +578,35 @@ impl Service {
     }
 }
 
+impl Service {
+    /// The log of run `run` of sandbox `id`, read once: one of the runs before the newest (a
+    /// service's failed run, since started again), whose logs are kept (the last 20).
+    pub async fn run_log(&self, principal: &Principal, id: &str, run: &str, follow: bool) -> OpResult<LogTail> {
+        if follow {
+            return Err(OpError::Invalid("follow reads the newest run's log: give it without run".into()));
+        }
+        let definition = self.visible_sandbox(principal, id).await?.definition;
+        // A run id names a file in the sandbox's log directory: nothing else may.
+        if run.is_empty() || !run.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_') {
+            return Err(OpError::Invalid(format!("`{run}` is not a run id (bkg runs ls --sandbox NAME lists them)")));
+        }
+        let path = self.engine.sandbox_home(&definition.namespace, id).logs_dir().join(format!("{run}.log"));
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Err(OpError::NotFound(format!(
+                "no log of run {run} in sandbox {}: the logs of its last 20 runs are kept (bkg runs ls --sandbox {} \
+                 lists its runs)",
+                definition.name, definition.name
+            )));
+        }
+        let (sender, chunks) = mpsc::channel(16);
+        tokio::spawn(async move { read_log(path, None, &sender).await });
+        Ok(LogTail {
+            run_id: run.to_owned(),
+            chunks: KeyHold::hold_chunks(KeyHold::of(&self.store, principal), chunks),
+        })
+    }
+}
+
 /// The newest log of sandbox `id` (in `log_dir`), its run's id, and that run's progress if it
 /// goes on. A run just accepted opens its log before it starts: the newest log is the one it
 /// opens.
