@@ -588,3 +588,29 @@ fn a_failed_runs_log_is_read_after_its_service_started_again() {
     let bad = agent.bkg_in(dir, &["logs", "crash", "--run", "../x"]);
     assert_eq!(code(&bad), 125, "{}", stderr(&bad));
 }
+
+/// A service started again by the next agent keeps its restarts and its last failure (found by a
+/// new-user trial: after an agent's restart a service in a crash loop showed `restarted 0×`).
+#[test]
+fn a_services_restarts_and_last_failure_outlive_an_agent_restart() {
+    let mut agent = Agent::start();
+    let project = flaky_project();
+    let dir = project.path();
+    let started = agent.bkgr(dir, &["-d", "flaky"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    let before = poll("a restart", || {
+        let info = status_of(&agent, dir, "flaky");
+        (info["service"]["restarts"].as_u64().is_some_and(|restarts| restarts >= 1)).then_some(info)
+    });
+    let restarts = before["service"]["restarts"].as_u64().unwrap_or_default();
+    agent.stop();
+    agent.spawn(&AgentOptions::default());
+    let after = poll("the service started again", || {
+        let info = status_of(&agent, dir, "flaky");
+        (info["service"]["state"] != "stopped" && info["service"].is_object()).then_some(info)
+    });
+    assert!(after["service"]["restarts"].as_u64().is_some_and(|now| now >= restarts), "{before} then {after}");
+    assert_eq!(after["service"]["last_exit_code"], 4, "{after}");
+    let stop = agent.bkg_in(dir, &["stop", "flaky"]);
+    assert_eq!(code(&stop), 0, "{}", stderr(&stop));
+}

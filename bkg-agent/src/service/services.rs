@@ -291,6 +291,9 @@ impl Service {
                 Ok(Some(stored)) => stored.definition.restart == RestartPolicy::OnFailure,
                 _ => false,
             };
+            // How it stood when the last agent left it: its restarts and last failure go on
+            // being its own (a service in a crash loop must not look healthy after a restart).
+            let earlier = self.store.kept_service_health(&service.sandbox_id).await.ok().flatten();
             let started = match (restarts, self.principal_of(access, &service.actor).await) {
                 (false, _) => Err("its sandbox no longer says `restart: on-failure`".to_owned()),
                 (true, None) => Err(format!("{} may no longer start it", service.actor)),
@@ -302,7 +305,20 @@ impl Service {
                 }
             };
             match started {
-                Ok(run) => tracing::info!(sandbox = %service.sandbox_id, run = %run.run_id, "service started again"),
+                Ok(run) => {
+                    tracing::info!(sandbox = %service.sandbox_id, run = %run.run_id, "service started again");
+                    if let Some(earlier) = earlier {
+                        self.services.update(&service.sandbox_id, |health| {
+                            health.restarts += earlier.restarts;
+                            // One failure's code and limit go together: the newer failure's, if any.
+                            if health.last_exit_code.is_none() && health.last_killed_by.is_none() {
+                                health.last_exit_code = earlier.last_exit_code;
+                                health.last_killed_by = earlier.last_killed_by;
+                            }
+                        });
+                        self.keep_service_health(&service.sandbox_id).await;
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(sandbox = %service.sandbox_id, %error, "the service could not be started again");
                     // Said where its user looks (`bkg status`), not only in this log.
