@@ -33,15 +33,16 @@ struct Supervised {
 }
 
 impl Services {
-    /// A new service in sandbox `id`, replacing what an earlier one left.
-    fn begin(&self, id: &str, restart: RestartPolicy) -> watch::Receiver<bool> {
+    /// A new service in sandbox `id`, replacing what an earlier one left; one the last agent left
+    /// (`resumed`) goes on with its restarts and last failure.
+    fn begin(&self, id: &str, restart: RestartPolicy, resumed: Option<&ServiceHealth>) -> watch::Receiver<bool> {
         let (stopped, receiver) = watch::channel(false);
         let health = ServiceHealth {
             state: ServiceState::Running,
             restart,
-            restarts: 0,
-            last_exit_code: None,
-            last_killed_by: None,
+            restarts: resumed.map_or(0, |earlier| earlier.restarts),
+            last_exit_code: resumed.and_then(|earlier| earlier.last_exit_code),
+            last_killed_by: resumed.and_then(|earlier| earlier.last_killed_by),
             ports: Vec::new(),
             not_restarted: None,
         };
@@ -121,6 +122,16 @@ impl Service {
     /// Starts an accepted exec of sandbox `id` and returns at once; its output goes to the
     /// sandbox's log, and it is supervised as the sandbox's service.
     pub async fn detach(self: &Arc<Self>, sandbox_id: &str, accepted: Accepted) -> DetachedRun {
+        self.detach_resumed(sandbox_id, accepted, None).await
+    }
+
+    /// `detach`, for a service the last agent left as `resumed` stood.
+    async fn detach_resumed(
+        self: &Arc<Self>,
+        sandbox_id: &str,
+        accepted: Accepted,
+        resumed: Option<&ServiceHealth>,
+    ) -> DetachedRun {
         let run_id = accepted.run_id().to_owned();
         let principal = accepted.principal().clone();
         let exec = accepted.exec().cloned();
@@ -128,7 +139,7 @@ impl Service {
         // Before it can be stopped, so a stop's forgetting comes after.
         self.remember_service(sandbox_id, &principal, exec.as_ref().filter(|_| restart == RestartPolicy::OnFailure))
             .await;
-        let stopped = self.services.begin(sandbox_id, restart);
+        let stopped = self.services.begin(sandbox_id, restart, resumed);
         self.keep_service_health(sandbox_id).await;
         let task = self.start(accepted, mpsc::channel(1).1, None);
         let service = Arc::clone(self);
@@ -299,26 +310,13 @@ impl Service {
                 (true, None) => Err(format!("{} may no longer start it", service.actor)),
                 (true, Some(principal)) => {
                     match self.accept_exec(&principal, &service.sandbox_id, service.exec).await {
-                        Ok(accepted) => Ok(self.detach(&service.sandbox_id, accepted).await),
+                        Ok(accepted) => Ok(self.detach_resumed(&service.sandbox_id, accepted, earlier.as_ref()).await),
                         Err(error) => Err(error.to_string()),
                     }
                 }
             };
             match started {
-                Ok(run) => {
-                    tracing::info!(sandbox = %service.sandbox_id, run = %run.run_id, "service started again");
-                    if let Some(earlier) = earlier {
-                        self.services.update(&service.sandbox_id, |health| {
-                            health.restarts += earlier.restarts;
-                            // One failure's code and limit go together: the newer failure's, if any.
-                            if health.last_exit_code.is_none() && health.last_killed_by.is_none() {
-                                health.last_exit_code = earlier.last_exit_code;
-                                health.last_killed_by = earlier.last_killed_by;
-                            }
-                        });
-                        self.keep_service_health(&service.sandbox_id).await;
-                    }
-                }
+                Ok(run) => tracing::info!(sandbox = %service.sandbox_id, run = %run.run_id, "service started again"),
                 Err(error) => {
                     tracing::warn!(sandbox = %service.sandbox_id, %error, "the service could not be started again");
                     // Said where its user looks (`bkg status`), not only in this log.
