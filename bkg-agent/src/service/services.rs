@@ -208,6 +208,9 @@ impl Service {
                 health.last_exit_code = exit_code;
                 health.last_killed_by = killed_by;
             });
+            // Kept as it changes, not only when the service ends: an agent killed (or stopped
+            // before this task ends) would leave the next agent the state of its start.
+            self.keep_service_health(&id).await;
             tracing::info!(sandbox = %id, ?exit_code, pause_ms = pause.as_millis() as u64, "service failed; restarting");
             let paused = tokio::select! {
                 () = tokio::time::sleep(pause) => Pause::Over,
@@ -256,6 +259,7 @@ impl Service {
                 health.state = ServiceState::Running;
                 health.restarts += 1;
             });
+            self.keep_service_health(&id).await;
             // A stop that came while it was being started again ends the new run at once.
             if *stopped.borrow()
                 && let Some(run) = self.engine.current_run(&id)
