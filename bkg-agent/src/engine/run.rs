@@ -884,33 +884,13 @@ impl Watch<'_> {
     /// Output read from the sandbox: kept (up to the cap, and whole in a spool past it), logged,
     /// and relayed; past the host's room for it (`host_room`), only relayed.
     async fn take(&mut self, stream: Stream, bytes: &[u8], watched: &mut Watched) {
-        let output = match stream {
-            Stream::Stdout => RunOutput::Stdout(bytes.to_vec()),
-            Stream::Stderr => RunOutput::Stderr(bytes.to_vec()),
-        };
-        if bytes.len() as u64 > self.host_room {
-            if !watched.host_copy_cut {
-                watched.host_copy_cut = true;
-                if let Some(log) = self.log.as_mut() {
-                    let said = "\n[bkg: the rest of this run's output was not kept: it passed the run's disk limit]\n";
-                    let _ = log.write_all(said.as_bytes()).await;
-                }
-            }
-            self.host_room = 0;
-            // Counted still (and the result's first MiB kept, in memory): only the host's copy ends.
-            match stream {
-                Stream::Stdout => watched.stdout.push(bytes),
-                Stream::Stderr => watched.stderr.push(bytes),
-            }
-            self.relay.offer(self.output, output);
-            return;
-        }
-        self.host_room -= bytes.len() as u64;
         let (captured, spool) = match stream {
             Stream::Stdout => (&mut watched.stdout, &mut watched.stdout_spool),
             Stream::Stderr => (&mut watched.stderr, &mut watched.stderr_spool),
         };
-        if let Some(spool) = spool {
+        let kept_on_host = bytes.len() as u64 <= self.host_room;
+        self.host_room = if kept_on_host { self.host_room - bytes.len() as u64 } else { 0 };
+        if kept_on_host && let Some(spool) = spool {
             if spool.is_open() {
                 spool.write(&[], bytes).await;
             } else if captured.total + bytes.len() as u64 > OUTPUT_CAP_BYTES as u64 {
@@ -918,10 +898,21 @@ impl Watch<'_> {
                 spool.write(&captured.kept, bytes).await;
             }
         }
+        // Counted whatever the host keeps (and the result's first MiB kept, in memory).
         captured.push(bytes);
         if let Some(log) = self.log.as_mut() {
-            let _ = log.write_all(bytes).await;
+            if kept_on_host {
+                let _ = log.write_all(bytes).await;
+            } else if !watched.host_copy_cut {
+                let said = "\n[bkg: the rest of this run's output was not kept: it passed the run's disk limit]\n";
+                let _ = log.write_all(said.as_bytes()).await;
+            }
         }
+        watched.host_copy_cut |= !kept_on_host;
+        let output = match stream {
+            Stream::Stdout => RunOutput::Stdout(bytes.to_vec()),
+            Stream::Stderr => RunOutput::Stderr(bytes.to_vec()),
+        };
         self.relay.offer(self.output, output);
     }
 }
