@@ -201,9 +201,11 @@ impl Service {
         // A session a key made ends with that key: refreshed, it still does.
         let until_ms = match &current.created_by_key {
             Some(maker) => match self.store.get_key(maker).await? {
-                Some(maker) if maker.role == Role::Admin => None,
-                Some(maker) if maker.revoked_at_ms.is_none() && maker.expires_at_ms > now_ms() => {
-                    Some(maker.expires_at_ms)
+                Some(maker)
+                    if maker.role == Role::Admin
+                        || (maker.revoked_at_ms.is_none() && maker.expires_at_ms > now_ms()) =>
+                {
+                    lifetime_cap(&Principal::Key(maker))
                 }
                 _ => {
                     return Err(OpError::Unauthorized(
