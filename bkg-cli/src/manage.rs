@@ -259,12 +259,8 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
     }
     if let Some(run) = &args.run {
         // A service's failed run, since started again: its log is one of those kept.
-        if run.is_empty() || !run.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_') {
-            return Err(CliError::usage(format!(
-                "--run {run}: not a run id (`bkg runs ls --sandbox {}` lists them)",
-                args.name
-            )));
-        }
+        // Checked before it goes into the URL.
+        crate::runs_cmd::check_run_id(run)?;
         let request = client.http().get(client.url(&format!("/api/v1/sandboxes/{id}/logs?run={run}")));
         let response = request.send().await.map_err(|error| client.unreachable(error))?;
         if !response.status().is_success() {

@@ -84,7 +84,7 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
     Ok(SUCCESS)
 }
 
-fn check_run_id(id: &str) -> Result<(), CliError> {
+pub(crate) fn check_run_id(id: &str) -> Result<(), CliError> {
     if id.is_empty() || !id.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-') {
         return Err(CliError::usage(format!("`{id}` is not a run id: `bkg runs ls` lists them")));
     }

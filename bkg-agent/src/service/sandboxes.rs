@@ -576,9 +576,7 @@ impl Service {
         // Opened with a key, a followed log is held to it, as the change feed is.
         Ok(LogTail { run_id, chunks: KeyHold::hold_chunks(KeyHold::of(&self.store, principal), chunks) })
     }
-}
 
-impl Service {
     /// The log of run `run` of sandbox `id`, read once: one of the runs before the newest (a
     /// service's failed run, since started again), whose logs are kept (the last 20).
     pub async fn run_log(&self, principal: &Principal, id: &str, run: &str, follow: bool) -> OpResult<LogTail> {
