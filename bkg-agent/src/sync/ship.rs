@@ -18,15 +18,20 @@ use super::{OutboxEvent, SyncError};
 const INSERT_RUN_FILE: &str = "INSERT INTO run_files (agent_id, run_id, path, namespace, seq, kind, sha256, bytes)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (agent_id, run_id, path) DO NOTHING";
 
-/// Binds an agent id to the login writing for it, once (migration 6); a login in bkg_admin binds
-/// nothing, as it writes every row anyway.
-const CLAIM_AGENT: &str = "INSERT INTO bkg_agent_logins (agent_id, role, claimed_ms)
-    SELECT $1, current_user, $2 WHERE NOT pg_has_role(current_user, 'bkg_admin', 'MEMBER')
-    ON CONFLICT (agent_id) DO NOTHING";
-
-/// The login an agent id is bound to (none for an admin's), this login, and whether it is an admin.
-const AGENT_LOGIN: &str = "SELECT l.role::text, current_user::text, pg_has_role(current_user, 'bkg_admin', 'MEMBER')
-    FROM (SELECT 1) AS one LEFT JOIN bkg_agent_logins l ON l.agent_id = $1";
+/// Binds an agent id to the login writing for it, once (migration 6), in one round trip: a login
+/// in bkg_admin binds nothing, as it writes every row anyway. Answers the login the id is bound
+/// to (none for an admin's), this login, and whether it is an admin. The bound login is the one
+/// just claimed or, if another was first, the one in the table (a statement's subqueries see the
+/// table as it was before its own insert).
+const CLAIM_AGENT: &str = "WITH admin AS (SELECT pg_has_role(current_user, 'bkg_admin', 'MEMBER') AS yes),
+    claimed AS (
+        INSERT INTO bkg_agent_logins (agent_id, role, claimed_ms)
+        SELECT $1, current_user, $2 FROM admin WHERE NOT admin.yes
+        ON CONFLICT (agent_id) DO NOTHING
+        RETURNING role
+    )
+    SELECT coalesce((SELECT role FROM claimed), (SELECT role FROM bkg_agent_logins WHERE agent_id = $1))::text,
+        current_user::text, (SELECT yes FROM admin)";
 
 const INSERT_AUDIT: &str = "INSERT INTO audit_events (agent_id, seq, namespace, action, ts_ms, line)
     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (agent_id, seq) DO NOTHING";
@@ -165,8 +170,7 @@ fn refused(seq: u64, error: tokio_postgres::Error) -> SyncError {
 /// if another does: bkg_db would refuse every row of it (its row-level security, migration 6).
 async fn claim(transaction: &tokio_postgres::Transaction<'_>, agent_id: &str) -> Result<(), SyncError> {
     let now = i64::try_from(crate::ids::now_ms()).unwrap_or(i64::MAX);
-    transaction.execute(CLAIM_AGENT, &[&agent_id, &now]).await?;
-    let row = transaction.query_one(AGENT_LOGIN, &[&agent_id]).await?;
+    let row = transaction.query_one(CLAIM_AGENT, &[&agent_id, &now]).await?;
     let (bound, login, admin): (Option<String>, String, bool) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
     match bound {
         Some(bound) if bound != login && !admin => {
