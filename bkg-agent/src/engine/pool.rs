@@ -1,10 +1,13 @@
 //! The warm pool: default-sized sandboxes prepared ahead, so a run starts in one instead of
 //! building its own. It is elastic: `--warm-pool N` is its size when idle; each run that finds
 //! it empty raises its target by one, up to what `--warm-pool-memory` holds (at the memory a
-//! prepared sandbox was measured to take), to a quarter of the disk budget and to the runs going
-//! on (more than one sandbox ready or in preparation per run cannot be used before the next
-//! shrink, and preparing it spends CPU the runs need); every
-//! `SHRINK_AFTER` without such a miss it halves back towards N, disposing of what is over.
+//! prepared sandbox was measured to take), to a quarter of the disk budget and to N more than
+//! the runs going on. Each run's caller may send its next run while the sandbox taken for this
+//! one is still being prepared again (at idle priority, with its interpreter, that takes longer
+//! than a short run), so N more than the runs covers a burst of runs one after another as well
+//! as runs side by side; more would be prepared for nobody and disposed of unused at the next
+//! shrink (docs/testing.md, "Runs one after another"). Every `SHRINK_AFTER` without such a miss
+//! it halves back towards N, disposing of what is over.
 //! Sandboxes are prepared in parallel, at most one per CPU at a time. `--warm-pool 0` turns all
 //! of it off.
 
@@ -102,7 +105,7 @@ impl<T> WarmPool<T> {
     }
 
     /// A prepared sandbox, if one is ready. Finding none is demand: the target grows by one, up
-    /// to `runs`, the runs going on or waiting (this one included).
+    /// to `runs` (the runs going on or waiting, this one included) more than the base.
     pub fn take(&self, runs: usize) -> Option<T> {
         if self.is_off() {
             return None;
@@ -110,7 +113,7 @@ impl<T> WarmPool<T> {
         let mut state = self.state();
         let taken = state.ready.pop();
         if taken.is_none() {
-            let grown = (state.target + 1).min(runs).min(self.ceiling(&state));
+            let grown = (state.target + 1).min(self.config.base + runs).min(self.ceiling(&state));
             state.target = state.target.max(grown);
             state.last_miss = Instant::now();
         }
@@ -254,16 +257,29 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_grows_to_no_more_sandboxes_than_runs_go_on() {
+    fn the_pool_grows_to_its_base_more_than_the_runs_going_on() {
         let pool = pool(2, 64 * MIB);
         for _ in 0..10 {
             assert_eq!(pool.take(4), None);
         }
-        assert_eq!(pool.target(), 4, "four runs use four sandboxes at most");
+        assert_eq!(pool.target(), 6, "four runs, and a sandbox being prepared again behind each of two");
         assert_eq!(pool.take(1), None);
-        assert_eq!(pool.target(), 4, "fewer runs later do not shrink it: only idle time does");
+        assert_eq!(pool.target(), 6, "fewer runs later do not shrink it: only idle time does");
         assert_eq!(pool.take(6), None);
-        assert_eq!(pool.target(), 5, "one step per miss");
+        assert_eq!(pool.target(), 7, "one step per miss");
+    }
+
+    #[test]
+    fn runs_one_after_another_grow_the_pool_by_one() {
+        let pool = pool(2, 64 * MIB);
+        let mut next = 0;
+        fill(&pool, &mut next);
+        assert!(pool.take(1).is_some() && pool.take(1).is_some());
+        assert_eq!(pool.target(), 2, "taking ready sandboxes is no miss");
+        for _ in 0..3 {
+            assert_eq!(pool.take(1), None);
+        }
+        assert_eq!(pool.target(), 3);
     }
 
     #[test]
