@@ -245,6 +245,16 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     // Model-access keys reach no sandbox and no code.
     expect(&model.post("/api/v1/runs", &python_run(None)), 403, "model-access runs code");
     expect(&model.get("/api/v1/sandboxes"), 403, "model-access lists sandboxes");
+    // A run on a terminal is refused before the WebSocket upgrade, in the API's error shape.
+    let upgrade = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let terminal = model.send("GET", "/api/v1/runs/terminal", None, &upgrade);
+    expect(&terminal, 403, "model-access opens a run terminal");
+    assert!(terminal.json()["error"]["message"].as_str().is_some_and(|text| text.contains("cannot run code")));
     assert_eq!(model.get("/api/v1/auth/whoami").json()["role"], "model-access");
     assert_eq!(model.get(&format!("/api/v1/auth/keys/{model_id}")).json()["id"], model_id.as_str());
     // Nor MCP, whose tools run code: refused before it says what they are.

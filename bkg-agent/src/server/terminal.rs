@@ -44,6 +44,9 @@ pub async fn run_terminal(
     Extension(principal): Extension<Principal>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Err(error) = state.service.may_open_run_terminal(&principal) {
+        return Failure::from(error).into_response();
+    }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => return not_a_websocket(rejection),

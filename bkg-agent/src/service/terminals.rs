@@ -10,6 +10,12 @@ use super::{OpResult, Service};
 use crate::auth::Principal;
 
 impl Service {
+    /// Whether the caller may open a terminal for a run at all: answered before the WebSocket
+    /// upgrade, so a caller who may not run code gets a plain refusal, as a streamed run does.
+    pub fn may_open_run_terminal(&self, principal: &Principal) -> OpResult<()> {
+        super::access::require_code_runner(principal)
+    }
+
     /// Checks a run in a temporary sandbox on a terminal and takes it on.
     pub fn accept_run_terminal(&self, principal: &Principal, open: RunTerminalOpen) -> OpResult<Accepted> {
         let mut validated = self.validate_run(principal, open.request)?;
