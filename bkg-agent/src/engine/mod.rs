@@ -461,8 +461,56 @@ impl Engine {
                     }
                 }
             }
+            if let Some(next) = self.pool.wait_for_next() {
+                return self.first_prepared(next, disk_bytes).await;
+            }
         }
         PreparedSandbox::prepare(self, disk_bytes, None, &plan::Additions::default()).await
+    }
+
+    /// For a run that found the pool empty while the pool prepares more: a sandbox of its own,
+    /// prepared now, or the pool's next one, whichever is ready first. The pool's was begun
+    /// earlier (with its interpreter started ahead), so runs one after another wait for it
+    /// rather than for a whole preparation; the one not taken goes to the pool.
+    async fn first_prepared(
+        self: &Arc<Self>,
+        next: tokio::sync::oneshot::Receiver<PreparedSandbox>,
+        disk_bytes: u64,
+    ) -> Result<PreparedSandbox, EngineError> {
+        let (own_sender, own) = tokio::sync::oneshot::channel();
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            let prepared = PreparedSandbox::prepare(&engine, disk_bytes, None, &plan::Additions::default()).await;
+            if let Err(Ok(unwanted)) = own_sender.send(prepared) {
+                engine.return_to_pool(unwanted);
+            }
+        });
+        let mut own = OnItsWay { receiver: own, engine: Arc::clone(self) };
+        let mut next = OnItsWay { receiver: next, engine: Arc::clone(self) };
+        tokio::select! {
+            prepared = &mut own.receiver => return prepared.unwrap_or(Err(EngineError::ShuttingDown)),
+            Ok(sandbox) = &mut next.receiver => match sandbox.broken() {
+                None => return Ok(sandbox),
+                Some(reason) => {
+                    tracing::warn!(sandbox = %sandbox.id, reason, "replacing a broken warm sandbox");
+                    self.warm_replaced.inc();
+                    self.dispose_in_background(sandbox, None);
+                }
+            },
+        }
+        (&mut own.receiver).await.unwrap_or(Err(EngineError::ShuttingDown))
+    }
+
+    /// A prepared sandbox no run took goes to the warm pool, or is disposed of when the pool
+    /// has no room for it or the agent is stopping.
+    fn return_to_pool(self: &Arc<Self>, sandbox: PreparedSandbox) {
+        let surplus = match self.is_closing() {
+            true => Some(sandbox),
+            false => self.pool.put_back(sandbox),
+        };
+        if let Some(surplus) = surplus {
+            self.dispose_in_background(surplus, None);
+        }
     }
 
     /// Disposes of a sandbox in the background; for a run's sandbox, tells its handle and the
@@ -563,6 +611,40 @@ impl Engine {
         for sandbox in self.pool.take_all() {
             sandbox.dispose().await;
         }
+    }
+}
+
+/// A prepared sandbox on its way to a run that may stop waiting for it (it took another, or its
+/// caller went away): one that arrives after that goes back to the pool, for a prepared sandbox
+/// dropped would leave its processes, cgroup and disk behind.
+struct OnItsWay<T: Arrival> {
+    receiver: tokio::sync::oneshot::Receiver<T>,
+    engine: Arc<Engine>,
+}
+
+impl<T: Arrival> Drop for OnItsWay<T> {
+    fn drop(&mut self) {
+        self.receiver.close();
+        if let Some(sandbox) = self.receiver.try_recv().ok().and_then(Arrival::sandbox) {
+            self.engine.return_to_pool(sandbox);
+        }
+    }
+}
+
+/// What comes down an `OnItsWay`: a sandbox, or the outcome of preparing one.
+trait Arrival {
+    fn sandbox(self) -> Option<PreparedSandbox>;
+}
+
+impl Arrival for PreparedSandbox {
+    fn sandbox(self) -> Option<PreparedSandbox> {
+        Some(self)
+    }
+}
+
+impl Arrival for Result<PreparedSandbox, EngineError> {
+    fn sandbox(self) -> Option<PreparedSandbox> {
+        self.ok()
     }
 }
 

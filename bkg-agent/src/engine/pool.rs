@@ -11,10 +11,11 @@
 //! Sandboxes are prepared in parallel, at most one per CPU at a time. `--warm-pool 0` turns all
 //! of it off.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// The pool's bounds, from the agent's flags.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +54,15 @@ struct State<T> {
     last_miss: Instant,
     /// Memory of the most recently measured prepared sandbox.
     sandbox_bytes: u64,
+    /// Runs that found the pool empty and wait for the next sandbox it prepares (each also
+    /// has one prepared for itself, and takes whichever is ready first), oldest first.
+    waiting: VecDeque<oneshot::Sender<T>>,
+}
+
+/// Where a sandbox goes among the ready ones: runs take the newest, shrinking drops the oldest.
+enum Place {
+    Newest,
+    Oldest,
 }
 
 /// What `WarmPool::plan_refill` decided.
@@ -71,6 +81,7 @@ impl<T> WarmPool<T> {
                 target: config.base,
                 last_miss: Instant::now(),
                 sandbox_bytes: FIRST_ESTIMATE_BYTES,
+                waiting: VecDeque::new(),
             }),
             preparing: watch::Sender::new(0),
             parallel,
@@ -136,22 +147,59 @@ impl<T> WarmPool<T> {
         Refill { start }
     }
 
-    /// Adds a freshly prepared sandbox, measured at `bytes`, and ends its preparation's count.
-    /// Returns it when the pool has no room for it any more (it shrank meanwhile).
+    /// Adds a freshly prepared sandbox, measured at `bytes`, and ends its preparation's count:
+    /// a run waiting for the next one takes it (`wait_for_next`). Returns it when the pool has no
+    /// room for it any more (it shrank meanwhile).
     pub fn add(&self, sandbox: T, bytes: Option<u64>) -> Option<T> {
         let mut state = self.state();
         if let Some(bytes) = bytes.filter(|bytes| *bytes > 0) {
             state.sandbox_bytes = bytes;
         }
-        let surplus = if state.ready.len() < state.target {
-            state.ready.push(sandbox);
-            None
-        } else {
-            Some(sandbox)
-        };
+        let surplus = Self::offer(&mut state, sandbox, Place::Newest);
         drop(state);
         self.preparation_ended();
         surplus
+    }
+
+    /// Takes back a prepared sandbox no run took: one a run prepared for itself while it
+    /// waited for the pool's next one, and did not need. It has no interpreter started ahead,
+    /// so it is taken after the others and disposed of first when the pool shrinks. Returns it
+    /// when there is no room.
+    pub fn put_back(&self, sandbox: T) -> Option<T> {
+        Self::offer(&mut self.state(), sandbox, Place::Oldest)
+    }
+
+    /// To the oldest run still waiting, else into the pool at `place` if it has room.
+    fn offer(state: &mut State<T>, mut sandbox: T, place: Place) -> Option<T> {
+        while let Some(run) = state.waiting.pop_front() {
+            match run.send(sandbox) {
+                Ok(()) => return None,
+                // That run took its own meanwhile.
+                Err(back) => sandbox = back,
+            }
+        }
+        if state.ready.len() >= state.target {
+            return Some(sandbox);
+        }
+        match place {
+            Place::Newest => state.ready.push(sandbox),
+            Place::Oldest => state.ready.insert(0, sandbox),
+        }
+        None
+    }
+
+    /// For a run that found the pool empty: the next sandbox the pool prepares, if one is
+    /// being prepared that no other waiting run will take first. What the run does not take
+    /// must go back (`put_back`), or it is lost.
+    pub fn wait_for_next(&self) -> Option<oneshot::Receiver<T>> {
+        let mut state = self.state();
+        state.waiting.retain(|run| !run.is_closed());
+        if *self.preparing.borrow() <= state.waiting.len() {
+            return None;
+        }
+        let (run, next) = oneshot::channel();
+        state.waiting.push_back(run);
+        Some(next)
     }
 
     /// Ends the count of a preparation that did not add a sandbox.
@@ -182,9 +230,12 @@ impl<T> WarmPool<T> {
         let _ = self.preparing.subscribe().wait_for(|preparing| *preparing == 0).await;
     }
 
-    /// Every ready sandbox, taken out of the pool (shutdown).
+    /// Every ready sandbox, taken out of the pool (shutdown); runs still waiting for the next
+    /// one stop waiting.
     pub fn take_all(&self) -> Vec<T> {
-        self.state().ready.drain(..).collect()
+        let mut state = self.state();
+        state.waiting.clear();
+        state.ready.drain(..).collect()
     }
 }
 
@@ -316,6 +367,35 @@ mod tests {
         let surplus = pool.shrink_if_idle(now + 2 * SHRINK_AFTER);
         assert_eq!((pool.target(), surplus.len(), pool.ready()), (2, 2, 2));
         assert!(pool.shrink_if_idle(now + 3 * SHRINK_AFTER).is_empty());
+    }
+
+    #[test]
+    fn a_run_that_found_it_empty_takes_the_next_sandbox_prepared_before_the_pool_does() {
+        let pool = pool(1, 64 * MIB);
+        assert_eq!(pool.take(1), None);
+        assert!(pool.wait_for_next().is_none(), "nothing is being prepared yet: nothing to wait for");
+        let started = pool.plan_refill().start;
+        let mut waiting: Vec<_> = std::iter::from_fn(|| pool.wait_for_next()).take(10).collect();
+        assert_eq!(waiting.len(), started, "one preparation serves one waiting run");
+        assert_eq!(pool.add(7, None), None);
+        assert_eq!(waiting[0].try_recv(), Ok(7), "the oldest waiting run takes it");
+        assert_eq!(pool.ready(), 0, "the waiting run took it, not the pool");
+        assert_eq!(*pool.preparing.borrow(), started - 1);
+    }
+
+    #[test]
+    fn a_run_that_stopped_waiting_leaves_the_next_sandbox_to_the_pool() {
+        let pool = pool(2, 64 * MIB);
+        assert_eq!(pool.plan_refill().start, 2);
+        drop(pool.wait_for_next());
+        assert_eq!(pool.add(7, None), None);
+        assert_eq!(pool.describe_ready(|sandbox| *sandbox), vec![7]);
+        // What a run prepared for itself and did not need goes to the pool while it has room,
+        // behind what the pool prepared (with an interpreter started ahead).
+        assert_eq!(pool.put_back(8), None);
+        assert_eq!(pool.put_back(9), Some(9), "the pool is at its target");
+        assert_eq!(pool.describe_ready(|sandbox| *sandbox), vec![8, 7], "oldest first");
+        assert_eq!(pool.take(1), Some(7));
     }
 
     #[test]
