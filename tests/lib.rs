@@ -340,6 +340,22 @@ impl Agent {
         }
     }
 
+    /// Waits until the warm pool holds as many prepared sandboxes as it aims for, whatever a
+    /// burst of runs grew that to (engine/pool.rs): nothing is being prepared for it then.
+    pub fn wait_pool_full(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status_json();
+            if status["warm_sandboxes"].as_u64().is_some_and(|ready| ready > 0)
+                && status["warm_sandboxes"] == status["warm_target"]
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the warm pool never filled: {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops the agent with SIGTERM (it is our child) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -28,7 +28,7 @@ fn nothing_is_left_behind_after_100_runs() {
 
     let status = agent.status_json();
     assert_eq!((status["active_runs"].as_u64(), status["pending_cleanups"].as_u64()), (Some(0), Some(0)), "{status}");
-    agent.wait_warm(2);
+    agent.wait_pool_full();
     agent.stop();
     let leftovers = agent.leftovers();
     assert!(leftovers.is_clean(), "left behind: {leftovers:#?}");
