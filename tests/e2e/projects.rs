@@ -783,14 +783,15 @@ fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
     let project = tempfile::tempdir().expect("project dir");
     let dir = project.path();
     assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
-    let added = agent.bkg_in(dir, &["add", "box", "--type", "python", "--script", "start=sleep 600"]);
+    let added = agent.bkg_in(dir, &["add", "box", "--type", "python", "--script", "start=echo started; sleep 600"]);
     assert_eq!(code(&added), 0, "{}", stderr(&added));
     let running = std::thread::scope(|scope| {
         let running = scope.spawn(|| agent.bkgr(dir, &["box"]));
-        eventually("the run has started", || {
-            let status = agent.bkg_in(dir, &["status", "box", "--json"]);
-            let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-            if status["state"] == "running" { Ok(()) } else { Err(status.to_string()) }
+        // Once the script says so, its shell has set its trap and waits for `sleep`: a stop
+        // before that would end the shell itself, which then prints nothing.
+        eventually("the script has started", || {
+            let logs = agent.bkg_in(dir, &["logs", "box"]);
+            if stdout(&logs).contains("started") { Ok(()) } else { Err(format!("{logs:?}")) }
         });
         let stopped = agent.bkg_in(dir, &["stop", "box"]);
         assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
