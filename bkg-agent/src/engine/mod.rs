@@ -479,11 +479,15 @@ impl Engine {
     ) -> Result<PreparedSandbox, EngineError> {
         let (own_sender, own) = tokio::sync::oneshot::channel();
         let engine = Arc::clone(self);
+        // It may outlive the run that asked for it: a stopping agent waits for it as for a run,
+        // or it would leave its half-made sandbox behind.
+        let in_flight = self.run_in_flight();
         tokio::spawn(async move {
             let prepared = PreparedSandbox::prepare(&engine, disk_bytes, None, &plan::Additions::default()).await;
             if let Err(Ok(unwanted)) = own_sender.send(prepared) {
                 engine.return_to_pool(unwanted);
             }
+            drop(in_flight);
         });
         let mut own = OnItsWay { receiver: own, engine: Arc::clone(self) };
         let mut next = OnItsWay { receiver: next, engine: Arc::clone(self) };
