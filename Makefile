@@ -23,12 +23,16 @@ LONG_TEST := services::a_service_keeps_answering_for_ten_minutes_and_stops_clean
 test: setup build ## Every test: unit, integration, end-to-end, schema and API checks, the security suite (as root)
 ifeq ($(NEXTEST),yes)
 	bash scripts/background-test.sh start service-ten-minutes 'test(=$(LONG_TEST))'
-	$(CARGO) nextest run --workspace --locked --no-fail-fast
+	$(CARGO) nextest run --workspace --locked --no-fail-fast || { bash scripts/background-test.sh stop service-ten-minutes; exit 1; }
 else
 	$(CARGO) test --workspace --locked --no-fail-fast
 	$(CARGO) test -p bkg-tests --test e2e --locked -- --ignored --exact $(LONG_TEST)
 endif
+ifeq ($(NEXTEST),yes)
+	$(MAKE) schema-validate api-validate ui-browser security api-fuzz || { bash scripts/background-test.sh stop service-ten-minutes; exit 1; }
+else
 	$(MAKE) schema-validate api-validate ui-browser security api-fuzz
+endif
 ifeq ($(NEXTEST),yes)
 	bash scripts/background-test.sh wait service-ten-minutes
 endif
