@@ -162,6 +162,9 @@ fn python_sees_the_same_start_bare_cold_and_warm() {
     let killed = agents.compare(PYTHON, "killed.py", &[]);
     assert_eq!(killed.status, 128 + libc::SIGTERM, "{killed:?}");
 
+    let depth = agents.compare(PYTHON, "depth.py", &[]);
+    assert!(depth.stdout.starts_with("limit 1000 script 9"), "{depth:?}");
+
     let shutdown = agents.compare(PYTHON, "shutdown.py", &[]);
     for line in
         ["finalized a cycle a global still holds", "finalized a garbage cycle", "finalized a weakly referenced object"]

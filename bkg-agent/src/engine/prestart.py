@@ -7,7 +7,7 @@ def _bkg_start():
     # The '' of `-c`: nothing of the working directory is imported, and it is not bare's.
     del sys.path[0]
     cache = dict(sys.path_importer_cache)
-    import _ctypes, collections, functools, gc, itertools, os
+    import _ctypes, functools, gc, itertools, operator, os
 
     # The C types and functions needed, made as the ctypes package makes them (`pythonapi`,
     # `CDLL(None, use_errno=True)`) but from _ctypes alone: importing the package around it
@@ -27,6 +27,10 @@ def _bkg_start():
     class python_api(_ctypes.CFuncPtr):
         _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_PYTHONAPI
         _restype_ = c_int
+
+    class thread_state_api(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_PYTHONAPI
+        _restype_ = c_void_p
 
     class c_function(_ctypes.CFuncPtr):
         _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
@@ -87,12 +91,32 @@ def _bkg_start():
         if status != 0 and getattr(sys, "last_type", None) is not KeyboardInterrupt:
             exit_now(1)
 
+    # Python 3.11 counts each call into C towards the recursion limit, so the script, run from
+    # the call into PyRun_SimpleFileExFlags, would have one frame less before RecursionError
+    # than bare python3 gives it. Its thread's remaining depth (PyThreadState's
+    # recursion_remaining, written only once it and the limit beside it read as expected) is
+    # given that frame while the script runs, and it is taken back after; the limit
+    # (`sys.getrecursionlimit()`) is untouched.
+    give, take = iter(()), iter([None])
+    if sys.version_info[:2] == (3, 11):
+        state = thread_state_api(("PyThreadState_Get", this_process))()
+        remaining, limit = c_int.from_address(state + 32), c_int.from_address(state + 36)
+        if limit.value == sys.getrecursionlimit() and 0 < limit.value - remaining.value < 16:
+            # Each write is made inside the call to setattr, which the interpreter counts on
+            # entry and gives back on return: at the depth of the shutdown (none), the script's
+            # call then starts from the limit, as bare python3's script does.
+            write = functools.partial(setattr, remaining, "value")
+            give = map(write, [limit.value])
+            take = map(write, map(functools.partial(operator.add, -1), itertools.starmap(sys.getrecursionlimit, [()])))
+
     # Interpreter shutdown calls `threading._shutdown()` from C before anything else. Built of
-    # C callables only, this one runs the script with no Python frame below it.
+    # C callables only (`list` and `partial` count no depth), this one runs the script with no
+    # Python frame below it.
     unhook = map(functools.partial(sys.modules.pop, "threading"), [None])
-    run = map(after, itertools.starmap(run_file, [(file, os.fsencode(script), 1, None)]))
+    ran = itertools.starmap(run_file, [(file, os.fsencode(script), 1, None)])
+    run = map(after, map(operator.itemgetter(0), zip(ran, take)))
     stand_in = type(sys)("threading")
-    stand_in._shutdown = functools.partial(collections.deque, itertools.chain(unhook, run), 0)
+    stand_in._shutdown = functools.partial(list, itertools.chain(unhook, give, run))
     for name in set(sys.modules) - before:
         del sys.modules[name]
     sys.path_importer_cache.clear()
