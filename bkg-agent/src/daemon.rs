@@ -976,7 +976,8 @@ async fn serve(
     engine.drain().await;
     // Every run has been handed its result (the grace task ends those that outlive it) and
     // every sandbox is disposed of: only then are the cgroup directories empty and removable.
-    if tokio::time::timeout(SHUTDOWN_GRACE + CLEANUP_BOUND, engine.idle()).await.is_err() {
+    let idle = tokio::time::timeout(SHUTDOWN_GRACE + CLEANUP_BOUND, engine.idle()).await.is_ok();
+    if !idle {
         tracing::error!(
             runs = engine.active_runs(),
             cleanups = engine.cleanups_pending(),
@@ -984,6 +985,11 @@ async fn serve(
         );
     }
     engine.remove_own_dirs();
+    if idle {
+        // Said, not only implied by the absence of an error: an operator reading the log after a
+        // stop learns that nothing of the agent's is left.
+        tracing::info!("stopped: every run has ended and every sandbox is disposed of");
+    }
     if let Some((handle, _)) = sync
         && let Ok(handle) = Arc::try_unwrap(handle)
     {
