@@ -55,7 +55,7 @@ fn ttl_seconds(text: &str) -> Result<u64, CliError> {
         other => CliError::usage(format!("--ttl: {other}")),
     })?;
     if ms < 1000 || ms % 1000 != 0 {
-        return Err(CliError::usage(format!("--ttl {text}: keys expire in whole seconds, at least 1s")));
+        return Err(whole_seconds());
     }
     Ok(ms / 1000)
 }

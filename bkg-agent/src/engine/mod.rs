@@ -450,15 +450,9 @@ impl Engine {
                 let warm = self.pool.take(self.active_runs());
                 self.refill();
                 let Some(sandbox) = warm else { break };
-                match sandbox.broken() {
-                    None => return Ok(sandbox),
-                    Some(reason) => {
-                        // Something outside killed it or removed its cgroup: a run given it would
-                        // fail, so it is replaced and the next one (or a new one) is tried.
-                        tracing::warn!(sandbox = %sandbox.id, reason, "replacing a broken warm sandbox");
-                        self.warm_replaced.inc();
-                        self.dispose_in_background(sandbox, None);
-                    }
+                // A broken one is replaced and the next one (or a new one) is tried.
+                if let Some(sandbox) = self.unbroken(sandbox) {
+                    return Ok(sandbox);
                 }
             }
             if let Some(next) = self.pool.wait_for_next() {
@@ -493,16 +487,21 @@ impl Engine {
         let mut next = OnItsWay { receiver: next, engine: Arc::clone(self) };
         tokio::select! {
             prepared = &mut own.receiver => return prepared.unwrap_or(Err(EngineError::ShuttingDown)),
-            Ok(sandbox) = &mut next.receiver => match sandbox.broken() {
-                None => return Ok(sandbox),
-                Some(reason) => {
-                    tracing::warn!(sandbox = %sandbox.id, reason, "replacing a broken warm sandbox");
-                    self.warm_replaced.inc();
-                    self.dispose_in_background(sandbox, None);
-                }
+            Ok(sandbox) = &mut next.receiver => if let Some(sandbox) = self.unbroken(sandbox) {
+                return Ok(sandbox);
             },
         }
         (&mut own.receiver).await.unwrap_or(Err(EngineError::ShuttingDown))
+    }
+
+    /// A warm sandbox, unless something outside killed it or removed its cgroup: a run given it
+    /// would fail, so it is disposed of (and counted) instead.
+    fn unbroken(self: &Arc<Self>, sandbox: PreparedSandbox) -> Option<PreparedSandbox> {
+        let Some(reason) = sandbox.broken() else { return Some(sandbox) };
+        tracing::warn!(sandbox = %sandbox.id, reason, "replacing a broken warm sandbox");
+        self.warm_replaced.inc();
+        self.dispose_in_background(sandbox, None);
+        None
     }
 
     /// A prepared sandbox no run took goes to the warm pool, or is disposed of when the pool

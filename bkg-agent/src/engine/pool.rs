@@ -6,7 +6,7 @@
 //! one is still being prepared again (at idle priority, with its interpreter, that takes longer
 //! than a short run), so N more than the runs covers a burst of runs one after another as well
 //! as runs side by side; more would be prepared for nobody and disposed of unused at the next
-//! shrink (docs/testing.md, "Runs one after another"). Every `SHRINK_AFTER` without such a miss
+//! shrink (docs/testing.md, "Three more cuts"). Every `SHRINK_AFTER` without such a miss
 //! it halves back towards N, disposing of what is over.
 //! Sandboxes are prepared in parallel, at most one per CPU at a time. `--warm-pool 0` turns all
 //! of it off.

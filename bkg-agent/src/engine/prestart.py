@@ -28,10 +28,6 @@ def _bkg_start():
         _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_PYTHONAPI
         _restype_ = c_int
 
-    class thread_state_api(_ctypes.CFuncPtr):
-        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_PYTHONAPI
-        _restype_ = c_void_p
-
     class c_function(_ctypes.CFuncPtr):
         _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
         _restype_ = c_int
@@ -99,7 +95,9 @@ def _bkg_start():
     # (`sys.getrecursionlimit()`) is untouched.
     give, take = iter(()), iter([None])
     if sys.version_info[:2] == (3, 11):
-        state = thread_state_api(("PyThreadState_Get", this_process))()
+        thread_state = python_api(("PyThreadState_Get", this_process))
+        thread_state.restype = c_void_p
+        state = thread_state()
         remaining, limit = c_int.from_address(state + 32), c_int.from_address(state + 36)
         if limit.value == sys.getrecursionlimit() and 0 < limit.value - remaining.value < 16:
             # Each write is made inside the call to setattr, which the interpreter counts on
