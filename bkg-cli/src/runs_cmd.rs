@@ -85,7 +85,7 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
 }
 
 pub(crate) fn check_run_id(id: &str) -> Result<(), CliError> {
-    if id.is_empty() || !id.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-') {
+    if !bkg_schema::sandbox::is_run_id(id) {
         return Err(CliError::usage(format!("`{id}` is not a run id: `bkg runs ls` lists them")));
     }
     Ok(())

@@ -276,6 +276,12 @@ pub struct DetachedRun {
     pub run_id: String,
 }
 
+/// Whether `text` can be a run's id: the agent makes them of ASCII letters, digits and `_`
+/// (`run_<ms hex><random hex>`), and a run's log is the file named by it, so nothing else is one.
+pub fn is_run_id(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +292,14 @@ mod tests {
         assert_eq!(overlapping_volumes(["/workspace/m", "/workspace/m"]), Some((0, 1)));
         assert_eq!(overlapping_volumes(["/workspace/x", "/workspace/m", "/workspace/m/sub"]), Some((1, 2)));
         assert_eq!(overlapping_volumes(["/workspace/m/sub/", "/workspace/m"]), Some((0, 1)));
+    }
+
+    #[test]
+    fn a_run_id_is_letters_digits_and_underscores() {
+        assert!(is_run_id("run_19a3f0c2b1d4e5f6a7b8c9"));
+        for not_one in ["", "run-1", "../x", "run 1", "rün"] {
+            assert!(!is_run_id(not_one), "{not_one:?}");
+        }
     }
 
     #[test]
