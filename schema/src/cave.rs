@@ -32,7 +32,7 @@ pub const NAME_RULE: &str =
     "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
 pub const SCRIPT_NAME_RULE: &str =
     "lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters";
-pub const ENV_KEY_RULE: &str = "letters, digits and '_', not starting with a digit";
+pub use crate::{ENV_KEY_RULE, is_env_key};
 pub const VOLUME_RULE: &str = "HOST:GUEST[:ro|:rw], GUEST under /workspace";
 
 /// A whole cave.yaml.
@@ -289,11 +289,6 @@ pub fn is_script_name(name: &str) -> bool {
     (1..=63).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-}
-
-pub fn is_env_key(name: &str) -> bool {
-    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A command needs something besides blanks.

@@ -199,6 +199,15 @@ impl Limits {
     }
 }
 
+/// What an environment variable's name may be, for messages.
+pub const ENV_KEY_RULE: &str = "letters, digits and '_', not starting with a digit";
+
+/// Whether `name` may name an environment variable a run is given (`ENV_KEY_RULE`).
+pub fn is_env_key(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 pub const MIB: u64 = 1024 * 1024;
 
 /// `timeout: none`: a run that only ends by itself or by a stop; only persistent sandboxes may

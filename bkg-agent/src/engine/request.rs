@@ -178,12 +178,17 @@ impl ValidatedRun {
     }
 
     /// Adds environment variables that must not be checked against the caller's rules again
-    /// (secret values, checked when they were set); each replaces a variable of its name.
-    pub fn add_env(&mut self, variables: Vec<(String, String)>) {
+    /// (secret values, checked when they were set); each replaces a variable of its name. One
+    /// that names a proxy is refused in a run given network, as `with_proxy` refuses it.
+    pub fn add_env(&mut self, variables: Vec<(String, String)>) -> Result<(), RunError> {
+        if self.network.as_ref().is_some_and(|plan| !plan.allow.is_empty()) {
+            refuse_proxy_variables(variables.iter().map(|(key, _)| key.as_str()))?;
+        }
         for (key, value) in variables {
             self.order.env.retain(|(existing, _)| *existing != key);
             self.order.env.push((key, value));
         }
+        Ok(())
     }
 
     /// Runs the code on a pseudo-terminal of `size` (its stdin, stdout and stderr, and its
@@ -395,7 +400,7 @@ impl Engine {
             namespace: "default".into(),
             order: GoOrder {
                 argv,
-                env: with_proxy(sandbox_env(&request.env)?, network.as_ref()),
+                env: with_proxy(sandbox_env(&request.env)?, network.as_ref())?,
                 cwd: WORKSPACE.into(),
                 files,
                 clear: Vec::new(),
@@ -527,7 +532,7 @@ impl Engine {
                 // taking the sandbox with it. On the command's own line: its errors keep their
                 // line numbers.
                 argv: vec!["/bin/sh".into(), "-c".into(), format!("trap : TERM; {}", exec.command)],
-                env: with_proxy(sandbox_env(&env)?, network.as_ref()),
+                env: with_proxy(sandbox_env(&env)?, network.as_ref())?,
                 cwd: if project_dir == self.scratch_project_dir(&definition.namespace) {
                     WORKSPACE.into()
                 } else {
@@ -565,14 +570,30 @@ impl Engine {
     }
 }
 
-/// A run with hosts to reach finds its proxy in the environment, over any the caller set.
-fn with_proxy(mut env: Vec<(String, String)>, network: Option<&NetworkPlan>) -> Vec<(String, String)> {
+/// A run with hosts to reach finds its proxy in the environment; a proxy variable of the
+/// caller's is refused, as it would send the run's clients past the proxy, where nothing leads.
+fn with_proxy(
+    mut env: Vec<(String, String)>,
+    network: Option<&NetworkPlan>,
+) -> Result<Vec<(String, String)>, RunError> {
     if network.is_some_and(|plan| !plan.allow.is_empty()) {
-        let proxy = proxy_env();
-        env.retain(|(key, _)| !proxy.iter().any(|(proxy_key, _)| proxy_key == key));
-        env.extend(proxy);
+        refuse_proxy_variables(env.iter().map(|(key, _)| key.as_str()))?;
+        env.extend(proxy_env());
     }
-    env
+    Ok(env)
+}
+
+/// Refuses the caller's variable that names a proxy in a run given network: that run's
+/// proxy is the agent's (engine/egress.rs `proxy_env`).
+fn refuse_proxy_variables<'a>(mut keys: impl Iterator<Item = &'a str>) -> Result<(), RunError> {
+    let proxy = proxy_env();
+    match keys.find(|key| proxy.iter().any(|(proxy_key, _)| proxy_key == key)) {
+        Some(key) => Err(RunError::BadRequest(format!(
+            "env: `{key}` is set by bkg in a run given network (the sandbox's clients reach the hosts it may \
+             reach through bkg's proxy): leave it out"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The scrubbed environment every sandbox starts from, plus the caller's variables.
@@ -592,13 +613,11 @@ pub(super) fn sandbox_env(extra: &BTreeMap<String, String>) -> Result<Vec<(Strin
     .collect();
     let mut total = 0;
     for (key, value) in extra {
-        let valid_key = !key.is_empty()
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !key.starts_with(|c: char| c.is_ascii_digit());
-        if !valid_key {
+        if !bkg_schema::is_env_key(key) {
             return Err(RunError::BadRequest(format!(
-                "env: `{}` is not a valid variable name (letters, digits and _, not starting with a digit)",
-                key.escape_debug()
+                "env: `{}` is not a valid variable name ({})",
+                key.escape_debug(),
+                bkg_schema::ENV_KEY_RULE
             )));
         }
         if value.contains('\0') {

@@ -98,10 +98,7 @@ impl Service {
     pub(super) fn give_secrets(&self, run: &mut ValidatedRun, names: &[String]) -> OpResult<()> {
         check_secret_names(names)?;
         match self.secrets.open(&run.namespace, names)? {
-            Ok(values) => {
-                run.add_env(values);
-                Ok(())
-            }
+            Ok(values) => Ok(run.add_env(values)?),
             Err(missing) => Err(OpError::Invalid(format!(
                 "no secret `{missing}` in namespace `{}`: set it with `bkg secrets set {missing}`",
                 run.namespace
