@@ -198,8 +198,8 @@ impl Environments {
         })
     }
 
-    /// The requirement set of `lines` as it is keyed: trimmed, without blanks and comments,
-    /// sorted, each once. Options are refused: the index and the install's flags are the agent's.
+    /// The requirement set of `lines` as it is keyed: trimmed, without blanks and comments, each
+    /// in its normal spelling (`normal_requirement`), sorted, each once. Options are refused: the index and the install's flags are the agent's.
     pub fn requirement_set(lines: &[String]) -> Result<Vec<String>, EnvError> {
         let mut set: Vec<String> = Vec::new();
         for line in lines {
@@ -226,7 +226,7 @@ impl Environments {
                     line.escape_debug()
                 )));
             }
-            set.push(line.to_owned());
+            set.push(normal_requirement(line));
         }
         set.sort();
         set.dedup();
@@ -387,6 +387,40 @@ fn disk_usage(dir: &Path) -> u64 {
         .sum()
 }
 
+/// A requirement line as pip reads it, spelled one way, so that `Six`, `six` and `SIX` or
+/// `six == 1.16` and `six==1.16` key one environment: the project name as PEP 503 normalizes it
+/// (lowercase, each run of `-`, `_` and `.` one `-`), and the blanks of a version specifier
+/// dropped. A line that names a URL (`name @ URL`, `git+…`) or has environment markers (`;`) keeps
+/// everything after its name as written: blanks separate words there.
+fn normal_requirement(line: &str) -> String {
+    let name_end =
+        line.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))).unwrap_or(line.len());
+    let (name, rest) = line.split_at(name_end);
+    let looks_like_a_name = !name.is_empty() && !rest.starts_with([':', '/', '+']);
+    if !looks_like_a_name {
+        return line.to_owned();
+    }
+    let mut normal = String::with_capacity(line.len());
+    let mut in_separators = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !in_separators {
+                normal.push('-');
+            }
+            in_separators = true;
+        } else {
+            normal.push(c.to_ascii_lowercase());
+            in_separators = false;
+        }
+    }
+    if rest.contains([';', '@']) {
+        normal.push_str(rest);
+    } else {
+        normal.extend(rest.chars().filter(|c| !c.is_whitespace()));
+    }
+    normal
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +472,23 @@ mod tests {
         assert_eq!(first.ok(), second.ok());
         // A file saved with a byte-order mark is the same set.
         assert_eq!(set(&["\u{feff}requests>=2\r", "numpy==2.1.3"]).ok(), set(&["requests>=2", "numpy==2.1.3"]).ok());
+        // One package spelled several ways is one set (found by a new-user trial: each built an
+        // environment of its own).
+        assert_eq!(
+            set(&["Six == 1.16", "Zope.Interface>=5, <6"]).ok(),
+            set(&["six==1.16", "zope-interface>=5,<6"]).ok()
+        );
+        assert_eq!(set(&["typing__extensions"]).ok(), Some(vec!["typing-extensions".to_owned()]));
+        // Blanks stay where they separate words: markers, URLs and VCS lines are kept as written.
+        for kept in
+            ["pkg @ https://example.org/pkg-1.0.whl", "git+https://github.com/a/b.git@v1", "https://example.org/x.whl"]
+        {
+            assert_eq!(set(&[kept]).ok(), Some(vec![kept.to_owned()]));
+        }
+        assert_eq!(
+            set(&["Attrs ; python_version >= '3.8'"]).ok(),
+            Some(vec!["attrs ; python_version >= '3.8'".to_owned()])
+        );
         assert!(matches!(set(&["--index-url http://evil/simple"]), Err(EnvError::Invalid(_))));
         assert!(matches!(set(&["-e ."]), Err(EnvError::Invalid(_))));
         // Each refusal says what to do instead of that option (found by a new-user trial: `-r`
