@@ -380,6 +380,36 @@ fn logs_follow_a_service_across_its_restarts() {
     assert_eq!(said, "bkg: flaky's service was stopped; following ended\n");
 }
 
+/// `bkg logs -f` of a service ended by `bkg rm` says the sandbox was removed (was: "was
+/// stopped" when the follower asked before the removal ended; found by a new-user trial).
+#[test]
+fn a_follow_ended_by_rm_says_the_sandbox_was_removed() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    std::fs::write(dir.join("tick.py"), "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(1)\n")
+        .expect("tick.py");
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  ticker:\n    type: python\n    scripts:\n      start: python /project/tick.py\n",
+    )
+    .expect("cave.yaml");
+    let started = agent.bkgr(dir, &["-d", "ticker"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    let mut follow = follow_log(&agent, dir, "ticker");
+    let mut stdout = BufReader::new(follow.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("the follow's first line");
+    assert_eq!(first, "tick\n");
+    let removed = agent.bkg_in(dir, &["rm", "ticker", "--force"]);
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    let status = poll("the follow to end with the sandbox", || follow.try_wait().ok().flatten());
+    assert!(status.success(), "{status:?}");
+    let mut said = String::new();
+    follow.stderr.take().expect("stderr").read_to_string(&mut said).expect("the follow's stderr");
+    assert_eq!(said, "bkg: ticker was removed; following ended\n");
+}
+
 /// A service ended by its time limit is shown failed by that limit, where an exit code names
 /// the others.
 #[test]

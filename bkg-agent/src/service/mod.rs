@@ -192,6 +192,8 @@ pub struct Service {
     node_envs: Arc<crate::envs::Environments>,
     secrets: crate::secrets::SecretStore,
     sessions: sessions::SessionTable,
+    /// The sandboxes being removed, so that a log followed until one goes ends once it is gone.
+    removals: sandboxes::Removals,
 }
 
 /// The parts a `Service` is made of.
@@ -244,6 +246,7 @@ impl Service {
             node_envs,
             secrets,
             sessions: sessions::SessionTable::default(),
+            removals: Default::default(),
         })
     }
 

@@ -70,6 +70,41 @@ fn not_yours(definition: &SandboxDefinition) -> OpError {
     ))
 }
 
+/// The sandboxes being removed: each one's removal holds a sender, and whoever waits for the
+/// removal to end waits for that sender to go.
+#[derive(Default, Clone)]
+pub(super) struct Removals(Arc<std::sync::Mutex<std::collections::HashMap<String, watch::Receiver<()>>>>);
+
+/// A removal going on; it ends when this is dropped.
+struct Removing<'a> {
+    removals: &'a Removals,
+    id: String,
+    _going_on: watch::Sender<()>,
+}
+
+impl Removals {
+    fn begin(&self, id: &str) -> Removing<'_> {
+        let (going_on, seen) = watch::channel(());
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id.to_owned(), seen);
+        Removing { removals: self, id: id.to_owned(), _going_on: going_on }
+    }
+
+    /// Waits until the removal of sandbox `id` going on, if one is, has ended.
+    async fn ended(&self, id: &str) {
+        let seen = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(id).cloned();
+        if let Some(mut seen) = seen {
+            // Only the sender's end is ever seen: nothing is sent.
+            while seen.changed().await.is_ok() {}
+        }
+    }
+}
+
+impl Drop for Removing<'_> {
+    fn drop(&mut self) {
+        self.removals.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.id);
+    }
+}
+
 /// How a sandbox's run is stopped.
 #[derive(Clone, Copy)]
 enum Stopping {
@@ -502,6 +537,7 @@ impl Service {
     pub async fn delete_sandbox(&self, principal: &Principal, id: &str) -> OpResult<()> {
         let stored = self.visible_sandbox(principal, id).await?;
         let last_run = self.engine.current_run(id);
+        let _removing = self.removals.begin(id);
         // Its files go with it: there is nothing for the code to save.
         self.stop_and_wait(id, Stopping::AtOnce).await;
         if self.engine.current_run(id).is_some() {
@@ -550,26 +586,37 @@ impl Service {
         let engine = Arc::clone(&self.engine);
         let id = id.to_owned();
         let mut followed = run_id.clone();
+        let removals = follow.then(|| self.removals.clone());
         tokio::spawn(async move {
             read_log(path, going_on, &sender).await;
-            let Some(mut service) = service else { return };
-            loop {
-                let ended = |health: &ServiceHealth| {
-                    health.restarts > restarts || matches!(health.state, ServiceState::Stopped | ServiceState::Exited)
-                };
-                let restarted = tokio::select! {
-                    changed = service.wait_for(ended) => changed.is_ok_and(|health| health.restarts > restarts),
-                    () = sender.closed() => false,
-                };
-                if !restarted {
-                    return;
+            if let Some(mut service) = service {
+                loop {
+                    let ended = |health: &ServiceHealth| {
+                        health.restarts > restarts
+                            || matches!(health.state, ServiceState::Stopped | ServiceState::Exited)
+                    };
+                    let restarted = tokio::select! {
+                        changed = service.wait_for(ended) => changed.is_ok_and(|health| health.restarts > restarts),
+                        () = sender.closed() => false,
+                    };
+                    if !restarted {
+                        break;
+                    }
+                    restarts = service.borrow().restarts;
+                    let Some((path, run_id, going_on)) = newest_log(&engine, &id, &log_dir).await else { break };
+                    // Already sent: the restart was counted after its run opened this log.
+                    if run_id != followed {
+                        read_log(path, going_on, &sender).await;
+                        followed = run_id;
+                    }
                 }
-                restarts = service.borrow().restarts;
-                let Some((path, run_id, going_on)) = newest_log(&engine, &id, &log_dir).await else { return };
-                // Already sent: the restart was counted after its run opened this log.
-                if run_id != followed {
-                    read_log(path, going_on, &sender).await;
-                    followed = run_id;
+            }
+            // A log that ends because its sandbox is being removed ends once the sandbox is
+            // gone, so that its follower, asking why it ended, hears it was removed (bkg logs -f).
+            if let Some(removals) = removals {
+                tokio::select! {
+                    () = removals.ended(&id) => {}
+                    () = sender.closed() => {}
                 }
             }
         });
@@ -585,7 +632,7 @@ impl Service {
         }
         let definition = self.visible_sandbox(principal, id).await?.definition;
         // A run id names a file in the sandbox's log directory: nothing else may.
-        if run.is_empty() || !run.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_') {
+        if !bkg_schema::sandbox::is_run_id(run) {
             return Err(OpError::Invalid(format!("`{run}` is not a run id (bkg runs ls --sandbox NAME lists them)")));
         }
         let path = self.engine.sandbox_home(&definition.namespace, id).logs_dir().join(format!("{run}.log"));
