@@ -857,6 +857,7 @@ async fn serve(
         sync: sync.clone(),
         shutdown: Arc::clone(&shutdown),
         socket: socket.clone(),
+        socket_activated: !owns_socket_file,
         envs: Arc::new(
             crate::envs::Environments::open(
                 &state_dir,

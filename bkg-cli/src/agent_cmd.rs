@@ -99,7 +99,7 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
             let process = match client.is_remote() {
                 true => None,
                 false => match client.get::<AgentInfo>("/api/v1/agent").await {
-                    Ok(info) => AgentProcess::watch(info.pid),
+                    Ok(info) => AgentProcess::watch(info.pid).map(|process| (process, info)),
                     // Who may not read the agent may not stop it either: the shutdown's own
                     // refusal says why.
                     Err(error) => {
@@ -111,7 +111,22 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
             client.post_empty("/api/v1/agent/shutdown").await?;
             let deadline = std::time::Instant::now() + STOP_PATIENCE;
             let stopped = match process {
-                Some(process) => process.exited_by(deadline).await,
+                Some((process, info)) => {
+                    let exited = process.exited_by(deadline).await;
+                    // An agent removes the socket file it made as its stop ends; one still there
+                    // after its process is gone means the process was killed (or crashed) first.
+                    if exited && !info.socket_activated && std::path::Path::new(&client.location()).exists() {
+                        return Err(CliError::new(
+                            BKG_FAILED,
+                            format!(
+                                "the agent (pid {}) ended before its stop did, killed or crashed: the next agent on \
+                                 {} removes what it left and records its runs as interrupted",
+                                info.pid, info.state_dir
+                            ),
+                        ));
+                    }
+                    exited
+                }
                 None => {
                     while client.is_up()? && std::time::Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -601,6 +601,10 @@ pub struct AgentInfo {
     pub runtimes: Vec<host::Runtime>,
     pub pid: u32,
     pub socket: String,
+    /// Whether systemd made the socket and keeps it (socket activation). An agent that made its
+    /// socket file removes it when it ends in any way but a crash or a kill.
+    #[serde(default)]
+    pub socket_activated: bool,
     pub state_dir: String,
     pub cgroup_version: String,
     pub warm_sandboxes: usize,

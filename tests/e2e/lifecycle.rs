@@ -167,6 +167,38 @@ fn a_run_with_a_start_up_variable_of_its_own_gets_a_fresh_interpreter() {
     assert_eq!(prestarted(), Some(1), "the run was given a fresh interpreter");
 }
 
+/// `bkg agent stop` tells an agent killed during its stop from one that stopped: it fails and
+/// says so (was: "agent stopped", found by a new-user trial). The next agent cleans up after it.
+#[test]
+fn an_agent_killed_while_it_stops_is_not_reported_stopped() {
+    use std::io::BufRead;
+    let mut agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    // A run that outlives the stop's first signal holds the agent in its grace.
+    let code_text = "import signal, time\n\
+        signal.signal(signal.SIGTERM, lambda *_: print('asked to end', flush=True))\n\
+        print('up', flush=True)\nwhile True: time.sleep(1)\n";
+    let mut run = agent
+        .bkg()
+        .args(["exe", "--type", "python", "-c", code_text])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exe");
+    let mut lines = std::io::BufReader::new(run.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("up"));
+    let stop = agent.bkg().args(["agent", "stop"]).stderr(Stdio::piped()).spawn().expect("bkg agent stop");
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("asked to end"), "the stop reached the run");
+    agent.crash();
+    let stopped = stop.wait_with_output().expect("bkg agent stop");
+    assert_eq!(code(&stopped), 125, "{}", stderr(&stopped));
+    assert!(stderr(&stopped).contains("ended before its stop did, killed or crashed"), "{}", stderr(&stopped));
+    assert_eq!(run.wait().expect("bkg exe").code(), Some(125));
+
+    agent.spawn(&AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    assert!(agent.leftovers().is_clean(), "the next agent cleaned up");
+}
+
 #[test]
 fn a_restarted_agent_cleans_what_a_killed_one_left() {
     let mut agent = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });

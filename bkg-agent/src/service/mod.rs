@@ -186,6 +186,8 @@ pub struct Service {
     /// Told when an admin asks the agent to stop.
     shutdown: Arc<Notify>,
     socket: PathBuf,
+    /// Whether systemd made the socket (activation) and keeps it after the agent ends.
+    socket_activated: bool,
     /// Detached runs of persistent sandboxes, supervised (`services.rs`).
     services: services::Services,
     envs: Arc<crate::envs::Environments>,
@@ -208,6 +210,7 @@ pub struct ServiceParts {
     pub sync: Option<SyncLink>,
     pub shutdown: Arc<Notify>,
     pub socket: PathBuf,
+    pub socket_activated: bool,
     pub envs: Arc<crate::envs::Environments>,
     pub node_envs: Arc<crate::envs::Environments>,
     pub secrets: crate::secrets::SecretStore,
@@ -226,6 +229,7 @@ impl Service {
             sync,
             shutdown,
             socket,
+            socket_activated,
             envs,
             node_envs,
             secrets,
@@ -241,6 +245,7 @@ impl Service {
             sync,
             shutdown,
             socket,
+            socket_activated,
             services: Default::default(),
             envs,
             node_envs,

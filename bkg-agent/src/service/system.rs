@@ -179,6 +179,7 @@ impl Service {
             runtimes: engine.config.runtimes.clone(),
             pid: std::process::id(),
             socket: self.socket.display().to_string(),
+            socket_activated: self.socket_activated,
             state_dir: engine.config.state_dir.display().to_string(),
             cgroup_version: engine.cgroup_version(),
             warm_sandboxes: warm_pool.len(),
