@@ -294,6 +294,9 @@ impl Workspace {
         let mut unpacked = Unpacked::default();
         let entries = archive.entries().map_err(|error| bad_archive(&error))?;
         let mut buffer = vec![0u8; COPY_BUFFER];
+        // The symbolic links this archive makes: they are placed last, so nothing of it can go
+        // beneath one (it would go into a directory of that name, which the link cannot replace).
+        let mut links: Vec<PathBuf> = Vec::new();
         for entry in entries {
             let mut entry = entry.map_err(|error| bad_archive(&error))?;
             let name_bytes = entry.path_bytes().into_owned();
@@ -302,6 +305,13 @@ impl Workspace {
             let inner = relative(OsStr::from_bytes(&name_bytes))
                 .map_err(|error| FilesError::Refused(format!("tar entry: {error}")))?;
             let path = dest.join(&inner);
+            if let Some(link) = links.iter().find(|link| path.starts_with(link) && path != **link) {
+                return Err(FilesError::Refused(format!(
+                    "tar entry {name}: {} is a symbolic link this archive makes, and nothing of an archive goes \
+                     beneath a link it makes: put the entry at the link's target instead",
+                    shown(link)
+                )));
+            }
             let mode = Mode::from_bits_truncate(entry.header().mode().unwrap_or(0o644) & 0o777);
             let kind = entry.header().entry_type();
             if kind.is_dir() {
@@ -327,6 +337,7 @@ impl Workspace {
                     .into_owned();
                 nix::unistd::symlinkat(OsStr::from_bytes(&target), parent_fd.as_fd(), staging_name.as_os_str())
                     .map_err(|errno| failed("create", &path, errno))?;
+                links.push(path.clone());
                 // Staged once made: a failure from here on takes it away.
                 staged.push(Staged {
                     parent: parent.to_path_buf(),
@@ -633,6 +644,22 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn nothing_goes_beneath_a_link_the_archive_makes() {
+        let (dir, workspace) = temp_workspace();
+        let entries: [(&str, Option<&[u8]>); 2] = [("link", None), ("link/file.txt", Some(b"x"))];
+        let refused = workspace.unpack(Path::new("up"), tar_of(&entries, false).as_slice());
+        // Was: "/workspace/up/link is a directory", as the file made a directory of the link's name.
+        assert!(
+            matches!(&refused, Err(FilesError::Refused(said)) if said == "tar entry link/file.txt: /workspace/up/link is \
+                a symbolic link this archive makes, and nothing of an archive goes beneath a link it makes: put the \
+                entry at the link's target instead"),
+            "{:?}",
+            refused.err()
+        );
+        assert_eq!(names_in(dir.path()), Vec::<String>::new(), "nothing is left, not even the directory it made");
     }
 
     #[test]
