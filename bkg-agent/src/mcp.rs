@@ -500,3 +500,72 @@ impl ServerHandler for SandboxTools {
             )
     }
 }
+
+/// Why the JSON-RPC request `message` has params its method cannot take, with the request's
+/// id, for the methods this server answers. rmcp reads a request whose params do not fit its
+/// method as a method it does not know, and answers -32601 with the method's name; a client is
+/// owed -32602 and what is wrong (found by a new-user trial). None for anything else, which
+/// rmcp answers itself.
+pub fn invalid_params(message: &serde_json::Value) -> Option<(serde_json::Value, String)> {
+    use serde_json::Value;
+    let request = message.as_object()?;
+    let id = request.get("id").filter(|id| id.is_string() || id.is_number())?.clone();
+    let method = request.get("method")?.as_str()?;
+    let params = request.get("params").filter(|params| !params.is_null());
+    let fields = match params {
+        None => None,
+        Some(Value::Object(fields)) => Some(fields),
+        Some(_) => return Some((id, format!("{method}: params must be an object"))),
+    };
+    let text = |name: &str| fields.and_then(|fields| fields.get(name)).is_some_and(Value::is_string);
+    let object = |name: &str| fields.and_then(|fields| fields.get(name)).is_some_and(Value::is_object);
+    let why = match method {
+        "tools/call" if !text("name") => "tools/call: params.name must be the name of a tool (tools/list lists them)",
+        "tools/call"
+            if fields
+                .and_then(|fields| fields.get("arguments"))
+                .is_some_and(|arguments| !(arguments.is_object() || arguments.is_null())) =>
+        {
+            "tools/call: params.arguments must be an object of the tool's arguments (its inputSchema)"
+        }
+        "initialize" if !(text("protocolVersion") && object("capabilities") && object("clientInfo")) => {
+            "initialize: params must have protocolVersion (a string), capabilities and clientInfo (objects)"
+        }
+        _ => return None,
+    };
+    Some((id, why.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::invalid_params;
+
+    #[test]
+    fn params_a_method_cannot_take_are_named_with_the_request_s_id() {
+        let call =
+            |params: serde_json::Value| json!({ "jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params });
+        let why = |message: serde_json::Value| {
+            invalid_params(&message).map(|(id, why)| (id, why.split(':').next().map(str::to_owned)))
+        };
+        assert_eq!(invalid_params(&call(json!({ "name": "sandbox_list" }))), None);
+        assert_eq!(invalid_params(&call(json!({ "name": "run", "arguments": { "code": "1" } }))), None);
+        assert_eq!(invalid_params(&call(json!({ "name": "run", "arguments": null }))), None);
+        for bad in [json!({}), json!({ "name": 5 }), json!({ "name": "run", "arguments": "x" }), json!(5), json!([1])] {
+            assert_eq!(why(call(bad.clone())), Some((json!(7), Some("tools/call".to_owned()))), "{bad}");
+        }
+        let no_params = json!({ "jsonrpc": "2.0", "id": "a", "method": "tools/call" });
+        assert!(invalid_params(&no_params).is_some_and(|(id, why)| id == "a" && why.contains("params.name")));
+        let initialize = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize" });
+        assert!(invalid_params(&initialize).is_some_and(|(_, why)| why.starts_with("initialize: ")));
+        let good = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } } });
+        assert_eq!(invalid_params(&good), None);
+        // Any method's params must be an object; a notification (no id) is answered by nobody.
+        let listed = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": 5 });
+        assert_eq!(why(listed), Some((json!(2), Some("tools/list".to_owned()))));
+        assert_eq!(invalid_params(&json!({ "jsonrpc": "2.0", "method": "tools/call" })), None);
+        assert_eq!(invalid_params(&json!([{ "jsonrpc": "2.0", "id": 1, "method": "tools/call" }])), None);
+    }
+}

@@ -165,6 +165,10 @@ async fn mcp_gate(State(state): State<AppState>, request: Request, next: Next) -
     {
         return Failure::from(refusal).into_response();
     }
+    let request = match params_checked(request).await {
+        Ok(request) => request,
+        Err(answer) => return answer,
+    };
     let response = next.run(request).await;
     let is_json = response
         .headers()
@@ -195,6 +199,25 @@ async fn mcp_gate(State(state): State<AppState>, request: Request, next: Next) -
         answer.headers_mut().insert(header::ALLOW, allow.clone());
     }
     answer
+}
+
+/// A POSTed MCP request whose params its method cannot take, answered as JSON-RPC's invalid
+/// params (-32602) with its id (`mcp::invalid_params`); any other request goes on to rmcp with
+/// its body as it came.
+async fn params_checked(request: Request) -> Result<Request, Response> {
+    if request.method() != Method::POST {
+        return Ok(request);
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| Failure::too_large(MAX_BODY_BYTES).into_response())?;
+    let invalid = serde_json::from_slice(&bytes).ok().and_then(|message| crate::mcp::invalid_params(&message));
+    if let Some((id, why)) = invalid {
+        let error = serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32602, "message": why } });
+        return Err(axum::Json(error).into_response());
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
 async fn not_found() -> Failure {

@@ -285,6 +285,14 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     );
     expect(&not_json, 400, "MCP with a body that is not JSON");
     assert_eq!(not_json.error_code(), "bad_request");
+    // A request whose params its method cannot take is JSON-RPC's invalid params, with its id
+    // (was: -32601, "method not found", naming the method).
+    let call = json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": { "arguments": {} } });
+    let invalid = team.send("POST", "/mcp", Some(&call), &mcp_accept);
+    expect(&invalid, 200, "tools/call without a tool's name");
+    assert_eq!(invalid.json()["id"], 9);
+    assert_eq!(invalid.json()["error"]["code"], -32602, "{}", invalid.json());
+    assert!(invalid.json()["error"]["message"].as_str().is_some_and(|text| text.contains("params.name")));
 
     // Admin-only endpoints.
     for client in [&team, &session, &model] {
