@@ -829,12 +829,15 @@ impl CaveFile {
                     fail(&["sandboxes", name, "scripts", script], "the command is empty".to_owned());
                 }
             }
+            let given_network = sandbox.network.as_ref().is_some_and(|network| !network.allow.is_empty());
             for key in sandbox.env.keys() {
                 if !is_env_key(key) {
                     fail(
                         &["sandboxes", name, "env", key],
                         format!("`{key}` is not a valid variable name ({ENV_KEY_RULE})"),
                     );
+                } else if let Some(why) = crate::egress::refused_with_network(key).filter(|_| given_network) {
+                    fail(&["sandboxes", name, "env", key], why);
                 }
             }
             let mut volumes = Vec::new();
@@ -902,6 +905,8 @@ impl CaveFile {
                         &["sandboxes", name, "secrets", &index.to_string()],
                         format!("`{secret}` is given both as a secret and as a plain variable (env:): give it one way"),
                     );
+                } else if let Some(why) = crate::egress::refused_with_network(secret).filter(|_| given_network) {
+                    fail(&["sandboxes", name, "secrets", &index.to_string()], why);
                 }
             }
             // The schema's pythonOnly and nodeOnly.
@@ -1235,6 +1240,21 @@ sandboxes:
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].pointer, "/sandboxes/api/secrets/0");
         assert!(errors[0].message.contains("both as a secret and as a plain variable"), "{errors:?}");
+    }
+
+    /// `bkgr` would be refused it: the proxy variables are bkg's in a sandbox given network.
+    #[test]
+    fn a_proxy_variable_of_a_sandbox_given_network_is_an_error() {
+        let sandbox = "version: 1\nsandboxes:\n  api:\n    type: python\n    env: { HTTP_PROXY: http://x:1 }\n";
+        assert!(parse(sandbox, "cave.yaml").is_ok(), "without network the variable is the sandbox's own");
+        let errors = errors_of(&format!("{sandbox}    network: {{ allow: [pypi.org] }}\n"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].pointer, "/sandboxes/api/env/HTTP_PROXY");
+        assert!(errors[0].message.contains("is set by bkg in a run given network"), "{errors:?}");
+        let secret = "version: 1\nsandboxes:\n  api:\n    type: python\n    secrets: [http_proxy]\n    \
+                      network: { allow: [pypi.org] }\n";
+        let errors = errors_of(secret);
+        assert_eq!(errors.iter().map(|error| error.pointer.as_str()).collect::<Vec<_>>(), ["/sandboxes/api/secrets/0"]);
     }
 
     #[test]

@@ -14,6 +14,21 @@ pub const HOST_ALIAS: &str = "host.bkg.internal";
 /// Where a sandbox with network finds its proxy: on its own loopback.
 pub const PROXY_PORT: u16 = 3128;
 
+/// The variables that name the proxy to a sandbox with network: set by bkg, so a run's own
+/// (`--env`, cave.yaml's `env:`, a secret) are refused there.
+pub const PROXY_VARIABLES: [&str; 6] =
+    ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"];
+
+/// Why `name` may not be a variable of a run given network, if it may not.
+pub fn refused_with_network(name: &str) -> Option<String> {
+    PROXY_VARIABLES.contains(&name).then(|| {
+        format!(
+            "`{name}` is set by bkg in a run given network (the sandbox's clients reach the hosts it may reach \
+             through bkg's proxy): leave it out"
+        )
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EgressError {
     #[error("`{0}` is not a network rule: use HOST[:PORT], *.DOMAIN[:PORT], *[:PORT] or an IP address")]

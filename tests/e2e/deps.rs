@@ -397,7 +397,7 @@ fn a_proxy_variable_of_the_callers_is_refused_in_a_run_given_network() {
     set_secret(&agent, "http_proxy", "http://10.9.9.9:1");
     let secret = agent.exe(&["--secret", "http_proxy", "--net", "pypi.org:443", "-t", "python", "-c", "1"]);
     assert_eq!(code(&secret), 125, "{}", stderr(&secret));
-    assert!(stderr(&secret).contains(&format!("env: `http_proxy` {refused}")), "{}", stderr(&secret));
+    assert!(stderr(&secret).contains(&format!("secret: `http_proxy` {refused}")), "{}", stderr(&secret));
     let offline = agent.exe(&[
         "--secret",
         "http_proxy",

@@ -14,7 +14,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bkg_schema::egress::{HOST_ALIAS, NetRule, NetworkDenial, PROXY_PORT, PortMapping, Transport, is_internal};
+use bkg_schema::egress::{
+    HOST_ALIAS, NetRule, NetworkDenial, PROXY_PORT, PROXY_VARIABLES, PortMapping, Transport, is_internal,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -40,18 +42,18 @@ pub struct NetworkPlan {
     pub ports: Vec<PortMapping>,
 }
 
-/// The environment that sends a sandbox's HTTP clients to its proxy.
+/// The environment that sends a sandbox's HTTP clients to its proxy: each of
+/// `PROXY_VARIABLES`, the `NO_PROXY` ones naming the sandbox's own loopback.
 pub fn proxy_env() -> Vec<(String, String)> {
     let proxy = format!("http://127.0.0.1:{PROXY_PORT}");
-    let local = "localhost,127.0.0.1,::1".to_owned();
-    vec![
-        ("HTTP_PROXY".into(), proxy.clone()),
-        ("HTTPS_PROXY".into(), proxy.clone()),
-        ("http_proxy".into(), proxy.clone()),
-        ("https_proxy".into(), proxy),
-        ("NO_PROXY".into(), local.clone()),
-        ("no_proxy".into(), local),
-    ]
+    let local = "localhost,127.0.0.1,::1";
+    PROXY_VARIABLES
+        .iter()
+        .map(|name| {
+            let value = if name.eq_ignore_ascii_case("NO_PROXY") { local.to_owned() } else { proxy.clone() };
+            ((*name).to_owned(), value)
+        })
+        .collect()
 }
 
 /// The most distinct denials one run keeps (each with its count).

@@ -182,7 +182,7 @@ impl ValidatedRun {
     /// that names a proxy is refused in a run given network, as `with_proxy` refuses it.
     pub fn add_env(&mut self, variables: Vec<(String, String)>) -> Result<(), RunError> {
         if self.network.as_ref().is_some_and(|plan| !plan.allow.is_empty()) {
-            refuse_proxy_variables(variables.iter().map(|(key, _)| key.as_str()))?;
+            refuse_proxy_variables(variables.iter().map(|(key, _)| key.as_str()), "secret")?;
         }
         for (key, value) in variables {
             self.order.env.retain(|(existing, _)| *existing != key);
@@ -577,7 +577,7 @@ fn with_proxy(
     network: Option<&NetworkPlan>,
 ) -> Result<Vec<(String, String)>, RunError> {
     if network.is_some_and(|plan| !plan.allow.is_empty()) {
-        refuse_proxy_variables(env.iter().map(|(key, _)| key.as_str()))?;
+        refuse_proxy_variables(env.iter().map(|(key, _)| key.as_str()), "env")?;
         env.extend(proxy_env());
     }
     Ok(env)
@@ -585,13 +585,10 @@ fn with_proxy(
 
 /// Refuses the caller's variable that names a proxy in a run given network: that run's
 /// proxy is the agent's (engine/egress.rs `proxy_env`).
-fn refuse_proxy_variables<'a>(mut keys: impl Iterator<Item = &'a str>) -> Result<(), RunError> {
-    let proxy = proxy_env();
-    match keys.find(|key| proxy.iter().any(|(proxy_key, _)| proxy_key == key)) {
-        Some(key) => Err(RunError::BadRequest(format!(
-            "env: `{key}` is set by bkg in a run given network (the sandbox's clients reach the hosts it may \
-             reach through bkg's proxy): leave it out"
-        ))),
+/// `given` says how the variables were given (`env`, `secret`), for the message.
+fn refuse_proxy_variables<'a>(mut keys: impl Iterator<Item = &'a str>, given: &str) -> Result<(), RunError> {
+    match keys.find_map(bkg_schema::egress::refused_with_network) {
+        Some(why) => Err(RunError::BadRequest(format!("{given}: {why}"))),
         None => Ok(()),
     }
 }
