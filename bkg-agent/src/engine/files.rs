@@ -6,6 +6,7 @@
 //! message before that. What is written belongs to the sandbox's user, and lands on its disk:
 //! a full disk is an error that says so.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -82,6 +83,12 @@ struct Staged {
     parent: PathBuf,
     staging_name: std::ffi::OsString,
     name: std::ffi::OsString,
+}
+
+/// What an upload staged at a path, and what it counted for it.
+enum StagedKind {
+    File { bytes: u64 },
+    Link,
 }
 
 /// A path as the caller gave it, checked: relative to /workspace, without `..`. Empty or `.`
@@ -294,9 +301,10 @@ impl Workspace {
         let mut unpacked = Unpacked::default();
         let entries = archive.entries().map_err(|error| bad_archive(&error))?;
         let mut buffer = vec![0u8; COPY_BUFFER];
-        // The symbolic links this archive makes: they are placed last, so nothing of it can go
-        // beneath one (it would go into a directory of that name, which the link cannot replace).
-        let mut links: Vec<PathBuf> = Vec::new();
+        // The files and links this archive makes, staged to be placed last: nothing of it can go
+        // beneath one (it would go into a directory of that name, which they could not replace),
+        // and one named twice is the later one, as tar extracts it.
+        let mut placed_last: HashMap<PathBuf, StagedKind> = HashMap::new();
         for entry in entries {
             let mut entry = entry.map_err(|error| bad_archive(&error))?;
             let name_bytes = entry.path_bytes().into_owned();
@@ -305,15 +313,33 @@ impl Workspace {
             let inner = relative(OsStr::from_bytes(&name_bytes))
                 .map_err(|error| FilesError::Refused(format!("tar entry: {error}")))?;
             let path = dest.join(&inner);
-            if let Some(link) = links.iter().find(|link| path.starts_with(link) && path != **link) {
-                return Err(FilesError::Refused(format!(
-                    "tar entry {name}: {} is a symbolic link this archive makes, and nothing of an archive goes \
-                     beneath a link it makes: put the entry at the link's target instead",
-                    shown(link)
-                )));
-            }
             let mode = Mode::from_bits_truncate(entry.header().mode().unwrap_or(0o644) & 0o777);
             let kind = entry.header().entry_type();
+            let mut beneath = path.ancestors().filter(|ancestor| *ancestor != path || kind.is_dir());
+            if let Some((made, what)) =
+                beneath.find_map(|ancestor| placed_last.get(ancestor).map(|what| (ancestor, what)))
+            {
+                let (what, instead) = match what {
+                    StagedKind::Link => ("symbolic link", "put the entry at the link's target instead"),
+                    StagedKind::File { .. } => ("file", "give the file or the directory another name"),
+                };
+                return Err(FilesError::Refused(format!(
+                    "tar entry {name}: {} is a {what} this archive makes, and nothing of an archive goes beneath a \
+                     file or link it makes: {instead}",
+                    shown(made)
+                )));
+            }
+            // Named again: the earlier one gives way.
+            if let Some(earlier) = placed_last.remove(&path) {
+                if let StagedKind::File { bytes } = earlier {
+                    unpacked.files -= 1;
+                    unpacked.bytes -= bytes;
+                }
+                if let Some(index) = staged.iter().position(|file| file.parent.join(&file.name) == path) {
+                    let file = staged.remove(index);
+                    self.take_away(&file.parent, &file.staging_name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+                }
+            }
             if kind.is_dir() {
                 // The archive's mode; directories it only implies get 0755.
                 set_mode(self.make_dirs(&path, made)?, mode, &path)?;
@@ -337,7 +363,7 @@ impl Workspace {
                     .into_owned();
                 nix::unistd::symlinkat(OsStr::from_bytes(&target), parent_fd.as_fd(), staging_name.as_os_str())
                     .map_err(|errno| failed("create", &path, errno))?;
-                links.push(path.clone());
+                placed_last.insert(path.clone(), StagedKind::Link);
                 // Staged once made: a failure from here on takes it away.
                 staged.push(Staged {
                     parent: parent.to_path_buf(),
@@ -389,6 +415,7 @@ impl Workspace {
             // The disk may be full only now, when the kernel writes the pages back.
             file.sync_data().map_err(|error| io_failed("write", &path, &error))?;
             unpacked.files += 1;
+            placed_last.insert(path, StagedKind::File { bytes: copied });
         }
         Ok(unpacked)
     }
@@ -654,12 +681,56 @@ mod tests {
         // Was: "/workspace/up/link is a directory", as the file made a directory of the link's name.
         assert!(
             matches!(&refused, Err(FilesError::Refused(said)) if said == "tar entry link/file.txt: /workspace/up/link is \
-                a symbolic link this archive makes, and nothing of an archive goes beneath a link it makes: put the \
-                entry at the link's target instead"),
+                a symbolic link this archive makes, and nothing of an archive goes beneath a file or link it makes: \
+                put the entry at the link's target instead"),
             "{:?}",
             refused.err()
         );
         assert_eq!(names_in(dir.path()), Vec::<String>::new(), "nothing is left, not even the directory it made");
+        // A file it makes, then a file beneath it, however deep (was: "up/a is a
+        // directory", though the archive made it a file).
+        for beneath in ["a/b", "a/b/c"] {
+            let entries: [(&str, Option<&[u8]>); 2] = [("a", Some(b"x")), (beneath, Some(b"y"))];
+            let refused = workspace.unpack(Path::new("up"), tar_of(&entries, false).as_slice());
+            assert!(
+                matches!(&refused, Err(FilesError::Refused(said)) if said.starts_with(&format!("tar entry {beneath}: \
+                    /workspace/up/a is a file this archive makes"))),
+                "{beneath}: {:?}",
+                refused.err()
+            );
+            assert_eq!(names_in(dir.path()), Vec::<String>::new());
+        }
+        // Or a directory of its name.
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(1);
+        archive.append_data(&mut header, "a", b"x".as_slice()).expect("append a file");
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        archive.append_data(&mut header, "a/", std::io::empty()).expect("append a directory");
+        let bytes = archive.into_inner().expect("tar");
+        let refused = workspace.unpack(Path::new("up"), bytes.as_slice());
+        assert!(
+            matches!(&refused, Err(FilesError::Refused(said)) if said.contains("up/a is a file this archive makes")),
+            "{:?}",
+            refused.err()
+        );
+    }
+
+    /// An archive that names a file twice leaves the later one, as tar does, and counts it once
+    /// (was: counted twice).
+    #[test]
+    fn a_file_named_twice_is_the_later_one_counted_once() {
+        let (dir, workspace) = temp_workspace();
+        let entries: [(&str, Option<&[u8]>); 4] =
+            [("one", Some(b"1")), ("dup", Some(b"first")), ("dup", None), ("dup", Some(b"last"))];
+        let unpacked = workspace.unpack(Path::new(""), tar_of(&entries, false).as_slice()).expect("unpacked");
+        assert_eq!((unpacked.files, unpacked.bytes), (2, 5));
+        assert_eq!(std::fs::read_to_string(dir.path().join("dup")).ok().as_deref(), Some("last"));
+        assert_eq!(names_in(dir.path()), ["dup", "one"], "no staged name is left");
     }
 
     #[test]
