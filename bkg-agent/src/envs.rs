@@ -212,7 +212,7 @@ impl Environments {
             if line.starts_with('-') {
                 // What to do instead depends on the option.
                 let instead = if line.starts_with("-r") || line.starts_with("--requirement") || line.starts_with("-c") {
-                    "put the lines of the file it names in this one"
+                    "give the requirements of the file it names instead, each on its own (a line, or --with)"
                 } else if line.starts_with("-e") || line.starts_with("--editable") {
                     "name the package as a requirement (a URL or a name and version)"
                 } else {
@@ -494,7 +494,11 @@ mod tests {
         // Each refusal says what to do instead of that option (found by a new-user trial: `-r`
         // was told about the index).
         let said = |line: &str| set(&[line]).err().map(|error| error.to_string()).unwrap_or_default();
-        assert!(said("-r other.txt").contains("put the lines of the file it names in this one"), "{}", said("-r x"));
+        assert!(
+            said("-r other.txt").contains("give the requirements of the file it names instead"),
+            "{}",
+            said("-r x")
+        );
         assert!(said("--index-url http://evil/simple").contains("--package-index"));
     }
 }

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Read};
 
 use bkg_schema::envs::{EnvInfo, PruneRequest, PruneResult, SecretInfo, SecretValue};
 use bkg_schema::sandbox::Deleted;
-use bkg_schema::units::{format_duration_ms, format_size};
+use bkg_schema::units::format_size;
 
 use crate::args::{EnvsAction, EnvsArgs, SecretsAction, SecretsArgs};
 use crate::client::AgentClient;
@@ -55,7 +55,7 @@ fn envs_table(envs: &[EnvInfo]) -> String {
             env.id.clone(),
             env.language.as_str().to_owned(),
             format_size(env.bytes),
-            format!("{} ago", format_duration_ms(now.saturating_sub(env.last_used_at_ms) / 1000 * 1000)),
+            crate::out::ago(now.saturating_sub(env.last_used_at_ms)),
             env.requirements.join(" "),
         ]
     });

@@ -265,6 +265,10 @@ fn requirements(args: &ExeArgs, script: Option<&str>, language: Language) -> Res
             .map_err(|error| CliError::usage(format!("requirements {}: {error}", file.display())))?;
         lines.extend(text.lines().map(str::to_owned));
     }
+    // An empty one is most likely a variable that was not set (`--with "$PACKAGE"`).
+    if args.with.iter().any(|requirement| requirement.trim().is_empty()) {
+        return Err(CliError::usage("--with: a requirement is empty: give a package (`--with numpy`) or leave it out"));
+    }
     lines.extend(args.with.iter().cloned());
     if !lines.is_empty() && language != Language::Python {
         return Err(CliError::usage(

@@ -393,14 +393,20 @@ fn inside(dest: &Path, dir: &Path) -> std::io::Result<()> {
     Err(std::io::Error::other(format!("trying to unpack outside of destination path: {}", dest.display())))
 }
 
+/// Refuses `dest`, a host directory files are to be written into, when it is a file.
+pub fn refuse_file_as_directory(dest: &Path) -> Result<(), CliError> {
+    if dest.exists() && !dest.is_dir() {
+        return Err(CliError::usage(format!(
+            "{} is a file: give a directory to write into (e.g. `.`)",
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
 impl Unpacker {
     pub fn start(dest: &Path, links: Links) -> Result<Self, CliError> {
-        if dest.exists() && !dest.is_dir() {
-            return Err(CliError::usage(format!(
-                "{} is a file: give a directory to write into (e.g. `.`)",
-                dest.display()
-            )));
-        }
+        refuse_file_as_directory(dest)?;
         std::fs::create_dir_all(dest).map_err(|error| CliError::usage(format!("{}: {error}", dest.display())))?;
         let (sender, chunks) = chunks::channel();
         let dest = dest.canonicalize().map_err(|error| CliError::usage(format!("{}: {error}", dest.display())))?;

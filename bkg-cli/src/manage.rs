@@ -314,7 +314,8 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
         CliError::new(
             BKG_FAILED,
             format!(
-                "the agent stopped, so following ended; a `restart: on-failure` service starts again with the next agent: `bkg logs {} -f` follows it then",
+                "the agent stopped, so following ended: once an agent runs again, `bkg logs {} -f` follows the \
+                 sandbox again (a service with `restart: on-failure` is started again by that agent)",
                 args.name
             ),
         )

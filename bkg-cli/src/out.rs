@@ -112,6 +112,19 @@ pub fn count(count: usize, singular: &str, plural: &str) -> String {
     }
 }
 
+/// How long ago something was, `elapsed_ms` ago, in its largest whole unit: "just now" under a
+/// second, then "42s ago", "5m ago", "3h ago", "2d ago".
+pub fn ago(elapsed_ms: u64) -> String {
+    let seconds = elapsed_ms / 1000;
+    match seconds {
+        0 => "just now".to_owned(),
+        1..60 => format!("{seconds}s ago"),
+        60..3600 => format!("{}m ago", seconds / 60),
+        3600..86_400 => format!("{}h ago", seconds / 3600),
+        _ => format!("{}d ago", seconds / 86_400),
+    }
+}
+
 /// Ends `TOOL` on one of clap's own errors. Help and version print as usual; a usage error keeps
 /// clap's whole message, with its tips and the usage line, under `TOOL: ` instead of clap's
 /// `error: `. The exit code is `exit::of_clap`'s.
@@ -133,4 +146,14 @@ pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
         }
     }
     crate::exit::code(crate::exit::of_clap(&error))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_age_is_said_in_its_largest_whole_unit() {
+        let said: Vec<String> =
+            [0, 999, 1_000, 59_999, 60_000, 3_599_999, 3_600_000, 86_400_000 * 3].map(super::ago).into();
+        assert_eq!(said, ["just now", "just now", "1s ago", "59s ago", "1m ago", "59m ago", "1h ago", "3d ago"]);
+    }
 }

@@ -62,6 +62,9 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
         }
         RunsAction::Files { id, output, .. } => {
             check_run_id(&id)?;
+            if let Some(dir) = &output {
+                crate::files_cmd::refuse_file_as_directory(dir)?;
+            }
             let client = AgentClient::new(&settings.endpoint()?)?;
             client.ensure_running().await?;
             let Some(files) = client.get_found::<RunFiles>(&format!("/api/v1/runs/{id}/files")).await? else {

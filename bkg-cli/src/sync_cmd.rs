@@ -8,7 +8,7 @@ use crate::exit::{CliError, NEGATIVE, SUCCESS};
 use crate::settings::Settings;
 
 fn age(now_ms: u64, then_ms: Option<u64>) -> String {
-    then_ms.map_or_else(|| "never".into(), |then| format!("{:.1}s ago", now_ms.saturating_sub(then) as f64 / 1000.0))
+    then_ms.map_or_else(|| "never".into(), |then| crate::out::ago(now_ms.saturating_sub(then)))
 }
 
 pub async fn sync(settings: &Settings, args: SyncArgs) -> Result<i32, CliError> {

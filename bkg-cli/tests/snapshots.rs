@@ -83,6 +83,8 @@ fn common_errors() {
         &["add", "web"],
         &["ls", "--bogus"],
         &["runs", "ls", "--limit", "0"],
+        &["exe", "--with", "", "-t", "python", "-c", "print(1)"],
+        &["runs", "files", "run_1", "--output", "/etc/hostname"],
         &["logout"],
         &["completions", "tcsh"],
         &[],
@@ -341,4 +343,21 @@ fn a_host_file_with_a_colon_in_its_name_is_pointed_to_with_dot_slash() {
     let (code, stderr) = with_socket_set(&["cp", "a:b.txt", "box:in"], dir.path());
     assert_eq!(code, Some(125), "{stderr}");
     assert!(stderr.contains("for the file of that name here write `./a:b.txt`"), "{stderr}");
+}
+
+/// docs/cli.md's example of a usage error is what `bkg` prints (it had drifted as clap's tips
+/// changed; found by a new-user trial).
+#[test]
+fn the_usage_error_docs_cli_md_shows_is_the_real_one() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md")).expect("docs/cli.md");
+    let shown = docs.split("```\n$ bkg stopp\n").nth(1).and_then(|rest| rest.split("```").next());
+    let output = Command::new(BKG)
+        .arg("stopp")
+        .env("NO_COLOR", "1")
+        .env("BKG_SOCKET", "")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(Some(String::from_utf8_lossy(&output.stderr).as_ref()), shown);
+    assert_eq!(output.status.code(), Some(125), "a usage error's, as the docs say");
 }

@@ -240,7 +240,11 @@ impl Service {
             // A run the caller may not see is no place to page from, as if it did not exist.
             match self.store.get_run(before).await? {
                 Some(run) if reaches(principal, &run.namespace) => {}
-                _ => return Err(OpError::Invalid(format!("before: no run {before} here to list the runs older than"))),
+                _ => {
+                    return Err(OpError::Invalid(format!(
+                        "before: there is no run {before} here to list older runs from"
+                    )));
+                }
             }
         }
         Ok(self.store.list_runs(namespace, sandbox, before, limit).await?)
