@@ -187,6 +187,18 @@ impl SandboxTools {
         Self { operations, tool_router: Self::tool_router() }
     }
 
+    /// Refuses a session tool on a sandbox without the session, naming the tool that starts
+    /// one (the operation's own refusal names the CLI's and the API's ways); None when it has one
+    /// or the sandbox is not the caller's to see, which the operation then says.
+    async fn without_session(&self, principal: &Principal, sandbox_id: &str) -> Option<CallToolResult> {
+        let sessions = self.operations.list_sessions(principal, sandbox_id).await.ok()?;
+        (!sessions.iter().any(|session| session.name == MCP_SESSION)).then(|| {
+            CallToolResult::error(vec![ContentBlock::text(format!(
+                "sandbox {sandbox_id} has no session: call session_create first"
+            ))])
+        })
+    }
+
     async fn exec(
         &self,
         principal: &Principal,
@@ -322,6 +334,9 @@ impl SandboxTools {
     ) -> Result<CallToolResult, ErrorData> {
         use bkg_schema::files::{SessionEvent, StreamName};
         let principal = principal_of(&parts)?;
+        if let Some(refusal) = self.without_session(&principal, &args.sandbox_id).await {
+            return Ok(refusal);
+        }
         let started = self.operations.execute_in_session(&principal, &args.sandbox_id, MCP_SESSION, args.code).await;
         let mut events = match started {
             Ok(events) => events,
@@ -357,6 +372,9 @@ impl SandboxTools {
         Parameters(args): Parameters<SandboxArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&parts)?;
+        if let Some(refusal) = self.without_session(&principal, &args.sandbox_id).await {
+            return Ok(refusal);
+        }
         answer(self.operations.restart_session(&principal, &args.sandbox_id, MCP_SESSION).await)
     }
 

@@ -1027,6 +1027,15 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
         summary["link"]["text"].as_str().is_some_and(|text| text.contains("data/link is a symbolic link (to in.txt)")),
         "{summary}"
     );
+    // Was: "`bkg exec` (POST …/sessions) starts one", the CLI's and the API's ways (found by a
+    // new-user trial).
+    assert_eq!(summary["no_session"]["is_error"], true, "{summary}");
+    assert!(
+        summary["no_session"]["text"]
+            .as_str()
+            .is_some_and(|text| text.ends_with("has no session: call session_create first")),
+        "{summary}"
+    );
     assert_eq!(summary["listed"], serde_json::json!(["in.txt"]), "{summary}");
     assert_eq!(summary["downloaded"], "41\n", "{summary}");
     assert_eq!(summary["session_language"], "python", "{summary}");

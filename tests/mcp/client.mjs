@@ -90,6 +90,8 @@ structured(
   "sandbox_run_command",
 );
 const link = await client.callTool({ name: "sandbox_download", arguments: { sandbox_id: started.sandbox_id, path: "data/link" } });
+// Before session_create, the session tools say to call it.
+const noSession = await client.callTool({ name: "session_execute", arguments: { sandbox_id: started.sandbox_id, code: "1" } });
 const session = structured(
   await client.callTool({ name: "session_create", arguments: { sandbox_id: started.sandbox_id } }),
   "session_create",
@@ -132,6 +134,7 @@ console.log(
     uploaded_path: uploaded.path,
     outside: { is_error: outside.isError === true, text: outside.content?.[0]?.text ?? "" },
     link: { is_error: link.isError === true, text: link.content?.[0]?.text ?? "" },
+    no_session: { is_error: noSession.isError === true, text: noSession.content?.[0]?.text ?? "" },
     listed: listed.entries.map((entry) => entry.name),
     downloaded: Buffer.from(downloaded.content_base64, "base64").toString(),
     session_language: session.language,
