@@ -375,6 +375,19 @@ fn unpack_file_whole<R: std::io::Read>(
             _ => Err(error),
         })?;
     }
+    // A file of the destination's where the download has a directory (was: tar's "failed to
+    // unpack" into a staging name nobody asked for).
+    if parent.symlink_metadata().is_ok_and(|meta| meta.is_file()) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!(
+                "{} is a file here and a directory in the download, so {} cannot be written: move the file, or \
+                 download into another directory",
+                parent.display(),
+                path.display()
+            ),
+        ));
+    }
     inside(dest, parent)?;
     let staging = parent.join(format!(".bkg-download-{}", std::process::id()));
     let written = entry.unpack(&staging).and_then(|_| std::fs::rename(&staging, &target));
@@ -473,6 +486,30 @@ mod tests {
         let unpacked = unpack_counting(&mut tar::Archive::new(&bytes[..]), &dest_path, Links::Copied)?;
         assert_eq!((unpacked.files, unpacked.bytes), (1, 64 * 1024));
         assert_eq!(std::fs::read(dest.path().join("out/big.bin"))?, vec![7u8; 64 * 1024]);
+        Ok(())
+    }
+
+    /// A file where the download has a directory is named as that, and the files before it are
+    /// written (a download is not all or nothing; docs/cli.md).
+    #[test]
+    fn a_file_where_the_download_has_a_directory_is_named() -> std::io::Result<()> {
+        let dest = tempfile::tempdir()?;
+        std::fs::create_dir(dest.path().join("in"))?;
+        std::fs::write(dest.path().join("in/dir"), "mine")?;
+        let mut builder = tar::Builder::new(Vec::new());
+        for name in ["in/a.txt", "in/dir/c.txt"] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(1);
+            header.set_mode(0o644);
+            builder.append_data(&mut header, name, &b"x"[..])?;
+        }
+        let bytes = builder.into_inner()?;
+        let dest_path = dest.path().canonicalize()?;
+        let refused = unpack_counting(&mut tar::Archive::new(&bytes[..]), &dest_path, Links::Copied);
+        let said = refused.err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(said.contains("in/dir is a file here and a directory in the download, so in/dir/c.txt"), "{said}");
+        assert_eq!(std::fs::read_to_string(dest.path().join("in/dir"))?, "mine");
+        assert_eq!(std::fs::read_to_string(dest.path().join("in/a.txt"))?, "x");
         Ok(())
     }
 
