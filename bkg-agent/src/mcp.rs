@@ -425,6 +425,11 @@ impl SandboxTools {
         Parameters(args): Parameters<PathArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&parts)?;
+        // /workspace itself comes as its contents, whose first entry may be any of its files.
+        if std::path::Path::new(&args.path).components().all(|part| part == std::path::Component::CurDir) {
+            return Ok(refused(OpError::Invalid("/workspace is a directory: sandbox_list_files lists it".into())));
+        }
+        let shown = &args.path;
         let mut chunks = match self.operations.download_files(&principal, &args.sandbox_id, &args.path).await {
             Ok(chunks) => chunks,
             Err(error) => return Ok(refused(error)),
@@ -438,14 +443,14 @@ impl SandboxTools {
                 Ok(_) => {
                     return Ok(refused(OpError::Invalid(format!(
                         "{} is over 16 MiB: download it with GET /api/v1/sandboxes/{{id}}/files",
-                        args.path
+                        shown
                     ))));
                 }
                 Err(error) => return Ok(refused(OpError::Internal(error.to_string()))),
             }
         }
         let mut archive = tar::Archive::new(packed.as_slice());
-        let mut content = Err(format!("{} is not a file", args.path));
+        let mut content = Err(format!("{} is not a file", shown));
         if let Ok(mut entries) = archive.entries()
             && let Some(Ok(mut entry)) = entries.next()
         {
@@ -454,18 +459,18 @@ impl SandboxTools {
                 let mut bytes = Vec::new();
                 std::io::Read::read_to_end(&mut entry, &mut bytes)
                     .map(|_| bytes)
-                    .map_err(|error| format!("{} could not be read: {error}", args.path))
+                    .map_err(|error| format!("{} could not be read: {error}", shown))
             } else if kind.is_dir() {
-                Err(format!("{} is a directory: sandbox_list_files lists it", args.path))
+                Err(format!("{} is a directory: sandbox_list_files lists it", shown))
             } else if kind.is_symlink() {
                 let target = entry.link_name().ok().flatten().map(|target| target.display().to_string());
                 Err(format!(
                     "{} is a symbolic link (to {}): download the file it points to",
-                    args.path,
+                    shown,
                     target.as_deref().unwrap_or("?")
                 ))
             } else {
-                Err(format!("{} is not a file", args.path))
+                Err(format!("{} is not a file", shown))
             };
         }
         let content = match content {

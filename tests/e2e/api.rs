@@ -1027,6 +1027,9 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
         summary["link"]["text"].as_str().is_some_and(|text| text.contains("data/link is a symbolic link (to in.txt)")),
         "{summary}"
     );
+    // Was: " is a directory", or the first file of /workspace when that came first.
+    assert_eq!(summary["whole"]["is_error"], true, "{summary}");
+    assert_eq!(summary["whole"]["text"], "/workspace is a directory: sandbox_list_files lists it", "{summary}");
     // Was: "`bkg exec` (POST …/sessions) starts one", the CLI's and the API's ways (found by a
     // new-user trial).
     assert_eq!(summary["no_session"]["is_error"], true, "{summary}");

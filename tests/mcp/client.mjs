@@ -90,6 +90,8 @@ structured(
   "sandbox_run_command",
 );
 const link = await client.callTool({ name: "sandbox_download", arguments: { sandbox_id: started.sandbox_id, path: "data/link" } });
+// No path is /workspace itself, a directory, whatever its first file is.
+const whole = await client.callTool({ name: "sandbox_download", arguments: { sandbox_id: started.sandbox_id } });
 // Before session_create, the session tools say to call it.
 const noSession = await client.callTool({ name: "session_execute", arguments: { sandbox_id: started.sandbox_id, code: "1" } });
 const session = structured(
@@ -134,6 +136,7 @@ console.log(
     uploaded_path: uploaded.path,
     outside: { is_error: outside.isError === true, text: outside.content?.[0]?.text ?? "" },
     link: { is_error: link.isError === true, text: link.content?.[0]?.text ?? "" },
+    whole: { is_error: whole.isError === true, text: whole.content?.[0]?.text ?? "" },
     no_session: { is_error: noSession.isError === true, text: noSession.content?.[0]?.text ?? "" },
     listed: listed.entries.map((entry) => entry.name),
     downloaded: Buffer.from(downloaded.content_base64, "base64").toString(),
