@@ -90,7 +90,7 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
         }
         AgentAction::Stop => {
             if !client.is_up()? {
-                out.note(format_args!("no agent is running on {}", client.location()));
+                out.note(format_args!("{}", client.not_running()));
                 return Ok(SUCCESS);
             }
             // The agent stops listening first, then gives runs their grace and disposes of its
@@ -145,7 +145,7 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
                 if out.is_json() {
                     out.json(&Answering { running: false, socket: client.location() })?;
                 } else {
-                    out.note(format_args!("no agent is running on {}", client.location()));
+                    out.note(format_args!("{}", client.not_running()));
                 }
                 return Ok(NEGATIVE);
             }

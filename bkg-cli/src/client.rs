@@ -121,6 +121,19 @@ impl AgentClient {
         }
     }
 
+    /// That no agent answers, for messages: none runs, or, when its socket file is still there,
+    /// one is stopping (the file goes as its stop ends) or ended without removing it.
+    pub(crate) fn not_running(&self) -> String {
+        match &self.place {
+            Place::Socket(socket) if socket.exists() => format!(
+                "no agent answers on {}, though its socket file is there: one is stopping (it disposes of its \
+                 sandboxes first), or one ended without removing it (the next agent does)",
+                socket.display()
+            ),
+            _ => format!("no agent is running on {}", self.location()),
+        }
+    }
+
     /// Makes sure an agent answers, starting one in the background unless BKG_NO_AUTOSTART=1.
     /// A remote agent is never started: an unreachable one shows in the first request.
     pub async fn ensure_running(&self) -> Result<(), CliError> {

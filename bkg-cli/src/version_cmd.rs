@@ -56,7 +56,7 @@ pub async fn run(settings: &Settings) -> Result<i32, CliError> {
             }
             Err(error) => (None, Some(error.message)),
         },
-        Ok(false) => (None, Some(format!("no agent is running on {}", client.location()))),
+        Ok(false) => (None, Some(client.not_running())),
         Err(error) => (None, Some(error.message)),
     };
     let versions = Versions { cli: cli_build(), agent };

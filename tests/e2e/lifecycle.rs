@@ -194,6 +194,10 @@ fn an_agent_killed_while_it_stops_is_not_reported_stopped() {
     assert_eq!(code(&stopped), 125, "{}", stderr(&stopped));
     assert!(stderr(&stopped).contains("ended before its stop did, killed or crashed"), "{}", stderr(&stopped));
     assert_eq!(run.wait().expect("bkg exe").code(), Some(125));
+    // Its socket file is left: status says so rather than that no agent runs.
+    let status = agent.bkg().args(["agent", "status"]).output().expect("bkg agent status");
+    assert_eq!(code(&status), 1, "{}", stderr(&status));
+    assert!(stderr(&status).contains("though its socket file is there: one is stopping"), "{}", stderr(&status));
 
     agent.spawn(&AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     assert!(agent.leftovers().is_clean(), "the next agent cleaned up");
