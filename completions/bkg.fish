@@ -185,7 +185,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand cp" -s C -l dir -d 'The project 
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand cp" -l json -d 'Print the upload\'s JSON answer ({"path", "files", "bytes"})'
+complete -c bkg -n "__fish_bkg_using_subcommand cp" -l json -d 'Print the copy\'s JSON answer ({"path", "files", "bytes", "links"})'
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s s -l session -d 'The session to run in; made on first use' -r

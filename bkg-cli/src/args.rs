@@ -264,7 +264,7 @@ pub struct CpArgs {
     pub dest: String,
     #[command(flatten)]
     pub project: ProjectArgs,
-    /// Print the upload's JSON answer ({"path", "files", "bytes"}).
+    /// Print the copy's JSON answer ({"path", "files", "bytes", "links"}).
     #[arg(long)]
     pub json: bool,
 }

@@ -131,7 +131,8 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
             let path = dest.display().to_string();
             // The trailing slash says what DEST is: the directory the copy went into.
             let into = dest.join("").display().to_string();
-            report(settings.out, &UploadResult { path, files: copied.files, bytes: copied.bytes }, &into)?;
+            let copied = UploadResult { path, files: copied.files, bytes: copied.bytes, links: copied.links };
+            report(settings.out, &copied, &into)?;
         }
         (Place::Host(_), Place::Host(_)) => {
             return Err(CliError::usage("one side of bkg cp must be a sandbox: NAME:PATH"));
@@ -181,7 +182,12 @@ fn report(out: crate::out::Printer, copied: &UploadResult, into: &str) -> Result
     }
     let size = bkg_schema::units::format_size(copied.bytes);
     let files = crate::out::count(copied.files as usize, "file", "files");
-    out.note(format_args!("{files}, {size}, into {into}"));
+    // Links are no files: "0 files" alone would say a tree of links was not copied.
+    let links = match copied.links {
+        0 => String::new(),
+        links => format!(" and {}", crate::out::count(links as usize, "symbolic link", "symbolic links")),
+    };
+    out.note(format_args!("{files}{links}, {size}, into {into}"));
     Ok(())
 }
 
@@ -280,6 +286,7 @@ pub struct Unpacker {
 pub struct Unpacked {
     pub files: u64,
     pub bytes: u64,
+    pub links: u64,
 }
 
 /// What a download brings back of the symbolic links in it.
@@ -331,6 +338,8 @@ fn unpack_counting<R: std::io::Read>(
         if unpacked_in && kind.is_file() {
             unpacked.files += 1;
             unpacked.bytes += size;
+        } else if unpacked_in && kind.is_symlink() {
+            unpacked.links += 1;
         }
     }
     directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));

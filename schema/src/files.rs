@@ -35,8 +35,12 @@ pub struct FileEntry {
 pub struct UploadResult {
     /// Where the entries went, e.g. `/workspace/data`.
     pub path: String,
+    /// The regular files written (`bytes` is theirs).
     pub files: u64,
     pub bytes: u64,
+    /// The symbolic links written, besides the files.
+    #[serde(default)]
+    pub links: u64,
 }
 
 /// `POST /api/v1/sandboxes/{id}/sessions`.

@@ -102,7 +102,7 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     assert_eq!(code(&uploaded), 0, "cp in: {}", stderr(&uploaded));
     let answer: serde_json::Value = serde_json::from_slice(&uploaded.stdout).expect("cp --json");
     assert_eq!(answer["path"], "/workspace/in");
-    assert_eq!(answer["files"], 3, "three files (the link is not a file)");
+    assert_eq!((&answer["files"], &answer["links"]), (&3.into(), &1.into()), "three files and a link: {answer}");
 
     let shown =
         agent.bkgr(dir, &["box", "show", "--", "/workspace/in/src/deep/er/data.txt", "/workspace/in/src/link.py"]);
@@ -114,7 +114,7 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     assert_eq!(code(&downloaded), 0, "cp out: {}", stderr(&downloaded));
     // It says what it wrote, and where: DEST is the directory the copy went into.
     assert!(
-        stderr(&downloaded).contains(&format!("3 files, 31B, into {}/", back.display())),
+        stderr(&downloaded).contains(&format!("3 files and 1 symbolic link, 31B, into {}/", back.display())),
         "{}",
         stderr(&downloaded)
     );
@@ -131,7 +131,8 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
         let one = agent.bkg_in(dir, &["cp", "--json", "box:in/src/helper.py", back.to_str().expect("utf-8")]);
         assert_eq!(code(&one), 0, "cp one file, attempt {attempt}: {}", stderr(&one));
         let answer: serde_json::Value = serde_json::from_slice(&one.stdout).expect("cp --json");
-        assert_eq!(answer, serde_json::json!({ "path": back.display().to_string(), "files": 1, "bytes": 11 }));
+        let whole = serde_json::json!({ "path": back.display().to_string(), "files": 1, "bytes": 11, "links": 0 });
+        assert_eq!(answer, whole);
         assert_eq!(std::fs::read_to_string(back.join("helper.py")).expect("read"), "VALUE = 42\n");
     }
 

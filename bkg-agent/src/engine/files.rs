@@ -75,6 +75,7 @@ pub struct Workspace {
 pub struct Unpacked {
     pub files: u64,
     pub bytes: u64,
+    pub links: u64,
 }
 
 /// A file or link of an upload written under a name of its own beside its place, renamed into
@@ -331,9 +332,12 @@ impl Workspace {
             }
             // Named again: the earlier one gives way.
             if let Some(earlier) = placed_last.remove(&path) {
-                if let StagedKind::File { bytes } = earlier {
-                    unpacked.files -= 1;
-                    unpacked.bytes -= bytes;
+                match earlier {
+                    StagedKind::File { bytes } => {
+                        unpacked.files -= 1;
+                        unpacked.bytes -= bytes;
+                    }
+                    StagedKind::Link => unpacked.links -= 1,
                 }
                 if let Some(index) = staged.iter().position(|file| file.parent.join(&file.name) == path) {
                     let file = staged.remove(index);
@@ -364,6 +368,7 @@ impl Workspace {
                 nix::unistd::symlinkat(OsStr::from_bytes(&target), parent_fd.as_fd(), staging_name.as_os_str())
                     .map_err(|errno| failed("create", &path, errno))?;
                 placed_last.insert(path.clone(), StagedKind::Link);
+                unpacked.links += 1;
                 // Staged once made: a failure from here on takes it away.
                 staged.push(Staged {
                     parent: parent.to_path_buf(),
@@ -728,7 +733,7 @@ mod tests {
         let entries: [(&str, Option<&[u8]>); 4] =
             [("one", Some(b"1")), ("dup", Some(b"first")), ("dup", None), ("dup", Some(b"last"))];
         let unpacked = workspace.unpack(Path::new(""), tar_of(&entries, false).as_slice()).expect("unpacked");
-        assert_eq!((unpacked.files, unpacked.bytes), (2, 5));
+        assert_eq!((unpacked.files, unpacked.bytes, unpacked.links), (2, 5, 0), "the link named between gave way too");
         assert_eq!(std::fs::read_to_string(dir.path().join("dup")).ok().as_deref(), Some("last"));
         assert_eq!(names_in(dir.path()), ["dup", "one"], "no staged name is left");
     }

@@ -175,7 +175,7 @@ impl Service {
         let unpacked = tokio::task::spawn_blocking(move || workspace.unpack(&target, ChunkReader::new(body))).await;
         release.release(matches!(unpacked, Ok(Ok(_)))).await;
         let unpacked = unpacked.map_err(|_| OpError::Internal("the upload's task failed".into()))??;
-        Ok(UploadResult { path: shown(&dest), files: unpacked.files, bytes: unpacked.bytes })
+        Ok(UploadResult { path: shown(&dest), files: unpacked.files, bytes: unpacked.bytes, links: unpacked.links })
     }
 
     /// `path` (relative to /workspace) as a tar stream, its entries named from its last part.
