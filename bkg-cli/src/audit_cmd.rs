@@ -212,9 +212,13 @@ pub async fn tail(settings: &Settings, args: AuditTailArgs) -> Result<i32, CliEr
     if !args.follow {
         return Ok(SUCCESS);
     }
+    let reader_gone = crate::out::stdout_closed();
+    tokio::pin!(reader_gone);
     loop {
-        tokio::time::sleep(FOLLOW_POLL).await;
-        tail.poll(&mut io::stdout().lock())?;
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW_POLL) => tail.poll(&mut io::stdout().lock())?,
+            () = &mut reader_gone => return Ok(SUCCESS),
+        }
     }
 }
 

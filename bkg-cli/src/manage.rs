@@ -321,8 +321,15 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
         )
     };
     let gone = || async { client.http().get(client.url("/healthz")).send().await.is_err() };
+    let reader_gone = crate::out::stdout_closed();
+    tokio::pin!(reader_gone);
     loop {
-        let chunk = match response.chunk().await {
+        let next = tokio::select! {
+            next = response.chunk() => next,
+            // As `head` leaves it: quietly, with 0, even while the sandbox prints nothing.
+            () = &mut reader_gone => return Ok(SUCCESS),
+        };
+        let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(_) if gone().await => return Err(agent_stopped()),

@@ -24,6 +24,35 @@ fn stdout(args: fmt::Arguments<'_>) {
     let _ = out.write_fmt(args).and_then(|()| out.flush());
 }
 
+/// Resolves once stdout's reader has gone (the reading end of its pipe or socket closed), so
+/// that a command that follows something quiet (`bkg watch | head -1`) ends as `head` leaves it,
+/// not at its next write; never for a terminal or a file. A thread of its own waits in poll(2)
+/// for the error a closed pipe raises, and is left behind when the command ends first.
+pub async fn stdout_closed() {
+    let (closed, heard) = tokio::sync::oneshot::channel();
+    let watcher = std::thread::Builder::new().name("stdout-reader".into()).spawn(move || {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let stdout = std::io::stdout();
+        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&stdout), PollFlags::empty())];
+        loop {
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_)
+                    if fds[0].revents().is_some_and(|got| got.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)) =>
+                {
+                    let _ = closed.send(());
+                    return;
+                }
+                // Nothing else ends a poll for no events; an error is no reason to end the command.
+                _ => return,
+            }
+        }
+    });
+    if watcher.is_err() || heard.await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Writes to stderr, dropping what a closed or failing stderr cannot take.
 fn stderr(args: fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_fmt(args);

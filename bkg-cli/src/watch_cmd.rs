@@ -48,8 +48,15 @@ pub async fn run(settings: &Settings, args: WatchArgs) -> Result<i32, CliError> 
     let mut last = args.since.unwrap_or(0);
     let mut delivered = 0;
     let mut pending = Vec::new();
+    let reader_gone = crate::out::stdout_closed();
+    tokio::pin!(reader_gone);
     loop {
-        let chunk = match response.chunk().await {
+        let next = tokio::select! {
+            next = response.chunk() => next,
+            // As `head` leaves it: quietly, with 0 (docs/cli.md).
+            () = &mut reader_gone => return Ok(0),
+        };
+        let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) | Err(_) => {
                 return Err(CliError::new(

@@ -131,6 +131,16 @@ fn an_agent_without_bkg_db_serves_its_own_feed_and_resumes_after_a_cursor() {
     assert_eq!(code(&ahead), 125, "{}", stderr(&ahead));
     assert!(stderr(&ahead).contains("since 1000000 is past this feed's newest change"), "{}", stderr(&ahead));
 
+    // Its reader gone (`bkg watch | head -1`), it ends with 0 though no change comes (was: only
+    // at its next write, so on a quiet feed never; found by a new-user trial).
+    let mut quiet = agent.bkg().args(["watch"]).stdout(Stdio::piped()).spawn().expect("bkg watch");
+    let mut first = String::new();
+    BufReader::new(quiet.stdout.take().expect("piped stdout")).read_line(&mut first).expect("a first change");
+    let (ended, status) = mpsc::channel();
+    std::thread::spawn(move || ended.send(quiet.wait().map(|status| status.code())));
+    let status = status.recv_timeout(PATIENCE).expect("bkg watch ends once its reader has gone");
+    assert_eq!(status.ok().flatten(), Some(0));
+
     // A stopping agent ends the stream itself, saying where to resume (not a cut connection).
     let mut open = agent.bkg().args(["watch"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     let open = open.as_mut().expect("bkg watch");
