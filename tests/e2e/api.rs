@@ -1501,12 +1501,14 @@ fn the_keys_a_namespace_key_made_end_with_it_and_an_expired_key_cannot_be_rotate
         let key = answer.json();
         (key["id"].as_str().unwrap_or_default().to_owned(), key["key"].as_str().unwrap_or_default().to_owned(), key)
     };
-    let (_, session, shown) = made(&team, json!({ "role": "session", "name": "minted" }));
+    let (_, session, shown) = made(&team, json!({ "role": "session", "name": "minted", "ttl_seconds": 1200 }));
     assert_eq!(shown["created_by_key"], team_id.as_str(), "{shown}");
     let (_, model, _) = made(&team, json!({ "role": "model-access" }));
     let refreshed = api.client(&session).send("POST", "/api/v1/auth/refresh", None, &[]);
     expect(&refreshed, 201, "refresh");
     assert_eq!(refreshed.json()["created_by_key"], team_id.as_str(), "a refresh continues the session");
+    // Within the lifetime its maker gave it (was: --session-key-ttl again at each refresh).
+    assert_eq!(refreshed.json()["expires_at_ms"], shown["expires_at_ms"], "{}", refreshed.text());
     let session = refreshed.json()["key"].as_str().unwrap_or_default().to_owned();
     expect(&api.client(&session).get("/api/v1/auth/whoami"), 200, "the refreshed session key");
 

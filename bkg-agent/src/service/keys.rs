@@ -198,14 +198,18 @@ impl Service {
             return Err(OpError::Forbidden("only session keys are refreshed; rotate other keys".into()));
         }
         let caller = principal.audit_caller(current.namespace.as_deref().unwrap_or_default());
-        // A session a key made ends with that key: refreshed, it still does.
+        // A session a key made ends with that key, and within the lifetime that key gave it:
+        // refreshed, it gets a new secret, not a longer life (was: --session-key-ttl again at each
+        // refresh, so an admin's 20-minute session key lived for ever; found by a new-user trial).
+        // A login's session slides: its holder could log in again.
         let until_ms = match &current.created_by_key {
             Some(maker) => match self.store.get_key(maker).await? {
                 Some(maker)
                     if maker.role == Role::Admin
                         || (maker.revoked_at_ms.is_none() && maker.expires_at_ms > now_ms()) =>
                 {
-                    lifetime_cap(&Principal::Key(maker))
+                    let given = current.expires_at_ms;
+                    Some(lifetime_cap(&Principal::Key(maker)).map_or(given, |cap| cap.min(given)))
                 }
                 _ => {
                     return Err(OpError::Unauthorized(
