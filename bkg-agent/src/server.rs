@@ -345,37 +345,37 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
             .is_some_and(|length| length > MAX_BODY_BYTES as u64);
-    let (response, role) = if too_large {
-        (Failure::too_large(MAX_BODY_BYTES).into_response(), None)
-    } else {
-        let checked = match bearer(&request) {
-            Ok(key) => authenticate(&state, origin(&request), key, &method, &route).await,
-            Err(failure) => Err(failure),
-        };
-        match checked {
-            Ok(principal) => {
-                let role = principal.as_ref().map(Principal::role);
-                let principal_known = principal.is_some();
-                // Callers without a key (login, notices, probes) send a few hundred bytes at most.
-                let limit = if principal.is_some() { MAX_BODY_BYTES } else { input::SMALL_BODY_BYTES };
-                if let Some(principal) = principal {
-                    request.extensions_mut().insert(principal);
-                }
-                let body = if let Err(failure) = input::check_query_names(&method, &route, request.uri().query()) {
-                    Err(failure)
-                } else if streamed && principal_known {
-                    Ok((request, None))
-                } else {
-                    read_body(&state.bodies, request, limit).await
-                };
-                match body {
-                    // The body's share of the budget is held until the handler has answered.
-                    Ok((request, _held)) => (next.run(request).await, role),
-                    Err(failure) => (failure.into_response(), role),
-                }
-            }
-            Err(failure) => (failure.into_response(), None),
+    // Who asks comes first: a caller without a valid key is told that, whatever it sends.
+    let checked = match bearer(&request) {
+        Ok(key) => authenticate(&state, origin(&request), key, &method, &route).await,
+        Err(failure) => Err(failure),
+    };
+    let (response, role) = match checked {
+        Ok(principal) if too_large => {
+            (Failure::too_large(MAX_BODY_BYTES).into_response(), principal.as_ref().map(Principal::role))
         }
+        Ok(principal) => {
+            let role = principal.as_ref().map(Principal::role);
+            let principal_known = principal.is_some();
+            // Callers without a key (login, notices, probes) send a few hundred bytes at most.
+            let limit = if principal.is_some() { MAX_BODY_BYTES } else { input::SMALL_BODY_BYTES };
+            if let Some(principal) = principal {
+                request.extensions_mut().insert(principal);
+            }
+            let body = if let Err(failure) = input::check_query_names(&method, &route, request.uri().query()) {
+                Err(failure)
+            } else if streamed && principal_known {
+                Ok((request, None))
+            } else {
+                read_body(&state.bodies, request, limit).await
+            };
+            match body {
+                // The body's share of the budget is held until the handler has answered.
+                Ok((request, _held)) => (next.run(request).await, role),
+                Err(failure) => (failure.into_response(), role),
+            }
+        }
+        Err(failure) => (failure.into_response(), None),
     };
 
     let status = response.status();
