@@ -518,7 +518,7 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         .with_ansi(std::env::var_os("NO_COLOR").is_none() && nix::unistd::isatty(std::io::stderr()).unwrap_or(false))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BKG_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
     if security_level < SecurityLevel::Strict {
@@ -1015,6 +1015,10 @@ impl Drop for SocketFile {
     }
 }
 
+/// The agent's log without `BKG_LOG`: its own events, and the MCP library's warnings only (at
+/// info it logs three lines of its own for every `/mcp` request, one naming itself as the client).
+const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
+
 /// How long runs may go on after the agent is asked to stop, before they are killed with
 /// `killed_by: shutdown` (docs/cli.md, `bkg agent stop`).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -1102,6 +1106,12 @@ fn parse_uid_base(text: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_log_filter_keeps_the_mcp_library_to_its_warnings() {
+        let filter = tracing_subscriber::EnvFilter::try_new(DEFAULT_LOG_FILTER).expect("a filter");
+        assert_eq!(filter.to_string(), "rmcp=warn,info");
+    }
 
     #[test]
     fn a_uid_base_is_decimal_or_hex_and_in_range() {

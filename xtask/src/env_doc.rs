@@ -49,7 +49,7 @@ const READ_IN_CODE: &[Described] = &[
     },
     Described {
         name: "BKG_LOG",
-        default: "`info`",
+        default: "`info,rmcp=warn`",
         meaning: "the agent's log filter (tracing's `EnvFilter` syntax, e.g. `debug`, `bkg_agent::sync=trace`)",
     },
     Described {
