@@ -133,13 +133,7 @@ impl Printer {
     }
 }
 
-/// `count` of a thing, its noun in the singular or `plural`: "1 file", "2 files".
-pub fn count(count: usize, singular: &str, plural: &str) -> String {
-    match count {
-        1 => format!("1 {singular}"),
-        _ => format!("{count} {plural}"),
-    }
-}
+pub use bkg_schema::units::count;
 
 /// How long ago something was, `elapsed_ms` ago, in its largest whole unit: "just now" under a
 /// second, then "42s ago", "5m ago", "3h ago", "2d ago".

@@ -149,6 +149,14 @@ pub fn format_duration_ms(millis: u64) -> String {
     }
 }
 
+/// `count` of a thing, its noun in the singular or `plural`: "1 file", "2 files".
+pub fn count(count: usize, singular: &str, plural: &str) -> String {
+    match count {
+        1 => format!("1 {singular}"),
+        _ => format!("{count} {plural}"),
+    }
+}
+
 pub fn format_cpus(millis: u64) -> String {
     if millis.is_multiple_of(1000) { (millis / 1000).to_string() } else { format!("{}", millis as f64 / 1000.0) }
 }

@@ -263,6 +263,8 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
     }
     let verified = browser.get("/ui/admin/audit?verify=1").text();
     assert!(verified.contains("Intact: "), "the audit log verifies: {verified}");
+    // One file is "1 file" (was: "1 files"; found by a new-user trial).
+    assert!(verified.contains(" records in 1 file, "), "{verified}");
 }
 
 #[test]

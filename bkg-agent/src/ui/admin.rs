@@ -6,6 +6,7 @@ use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use bkg_schema::Limits;
+use bkg_schema::units::count;
 use maud::html;
 use serde::Deserialize;
 
@@ -259,7 +260,10 @@ pub async fn audit(State(state): State<AppState>, viewer: Viewer, Query(query): 
             @match &verified {
                 None => p { "The chain of hashes and signatures is checked when you ask." },
                 Some(Ok(report)) => @match &report.first_bad {
-                    None => p #audit-verdict.ok-text role="status" { "Intact: " (report.records) " records in " (report.files) " files, every signature and link good." },
+                    None => p #audit-verdict.ok-text role="status" {
+                        "Intact: " (count(report.records as usize, "record", "records")) " in "
+                        (count(report.files, "file", "files")) ", every signature and link good."
+                    },
                     Some(bad) => p #audit-verdict.error role="alert" { "Broken at " (bad.file.display()) " line " (bad.line) ": " (bad.reason.as_str()) ": " (bad.detail) },
                 },
                 Some(Err(message)) => p #audit-verdict.error role="alert" { "Could not verify: " (message) },
