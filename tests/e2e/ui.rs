@@ -265,6 +265,17 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
     assert!(verified.contains("Intact: "), "the audit log verifies: {verified}");
     // One file is "1 file" (was: "1 files"; found by a new-user trial).
     assert!(verified.contains(" records in 1 file, "), "{verified}");
+    // An address edited by hand gets the error page, naming what it cannot read (was: axum's
+    // plain text for `limit=abc`, and a value of no outcome taken as no filter).
+    let unreadable = browser.get("/ui/runs?limit=abc");
+    assert_eq!(unreadable.status, 400);
+    assert_eq!(unreadable.header("content-security-policy"), Some(CSP));
+    assert!(unreadable.text().contains("cannot read (limit: invalid digit found in string)"), "{}", unreadable.text());
+    for query in ["outcome=bogus", "language=ruby"] {
+        let answer = browser.get(&format!("/ui/runs?{query}"));
+        assert_eq!(answer.status, 400, "{query}");
+        assert!(answer.text().contains("an outcome or a language there is none of"), "{query}: {}", answer.text());
+    }
 }
 
 #[test]

@@ -406,7 +406,24 @@ fn outcome_badge(run: &RunRecord) -> Markup {
     html! { span class={ "badge " (outcome) } { (label) } }
 }
 
-pub async fn runs(State(state): State<AppState>, viewer: Viewer, Query(query): Query<RunsQuery>) -> Response {
+pub async fn runs(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return super::view::unreadable_query(&viewer, &rejection),
+    };
+    let known = |value: &str, allowed: &[&str]| value.is_empty() || allowed.contains(&value);
+    if !known(&query.outcome, &["ok", "failed", "killed", "running"]) || !known(&query.language, &["python", "node"]) {
+        return super::view::error_page(
+            Some(&viewer),
+            StatusCode::BAD_REQUEST,
+            "This page's address asks for an outcome or a language there is none of: set the filters with the \
+             page's form.",
+        );
+    }
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let filter = ops::RunFilter {
         namespace: Some(query.namespace.trim().to_owned()).filter(|text| !text.is_empty()),

@@ -82,6 +82,18 @@ pub fn error_page(viewer: Option<&Viewer>, status: StatusCode, message: &str) ->
     (status, page(viewer, title, body)).into_response()
 }
 
+/// The page for an address whose query a page cannot read (`?limit=abc`, typed or edited by
+/// hand; the page's own forms never make one): the error page, saying which value.
+pub fn unreadable_query(viewer: &Viewer, rejection: &axum::extract::rejection::QueryRejection) -> Response {
+    let said = rejection.body_text();
+    let what = said.strip_prefix("Failed to deserialize query string: ").unwrap_or(&said);
+    error_page(
+        Some(viewer),
+        StatusCode::BAD_REQUEST,
+        &format!("This page's address has a value it cannot read ({what}): set the filters with the page's form."),
+    )
+}
+
 pub fn login(csrf: &str, error: Option<&str>) -> Html<String> {
     let body = html! {
         @if let Some(error) = error { p.error role="alert" { (error) } }
