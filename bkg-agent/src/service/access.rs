@@ -261,7 +261,10 @@ pub fn require_socket_peer(principal: &Principal) -> Result<u32, OpError> {
 /// Model-access keys reach model endpoints only; everything that runs code is refused to them.
 pub fn require_code_runner(principal: &Principal) -> Result<(), OpError> {
     if principal.role() == Role::ModelAccess {
-        return Err(OpError::Forbidden("a model-access key cannot run code or manage sandboxes".into()));
+        return Err(OpError::Forbidden(
+            "a model-access key cannot run code, nor see or manage sandboxes and runs: it reaches model endpoints only"
+                .into(),
+        ));
     }
     Ok(())
 }
