@@ -21,17 +21,26 @@ fn now_ms() -> u64 {
 
 fn remaining(expires_at_ms: u64) -> String {
     match expires_at_ms.checked_sub(now_ms()) {
-        Some(left) if left > 0 => {
-            // Rounded up: a key made for 10m expires in 10m, not 9m, the moment it is made.
-            let whole_minutes = left.div_ceil(60_000);
-            let (days, hours, minutes) = (whole_minutes / 1440, whole_minutes / 60 % 24, whole_minutes % 60);
-            match (days, hours) {
-                (0, 0) if left < 60_000 => format!("{}s", left.div_ceil(1000)),
-                (0, 0) => format!("{minutes}m"),
-                (0, _) => format!("{hours}h{minutes:02}m"),
-                _ => format!("{days}d{hours:02}h"),
+        // Two units at most, rounded up in the smaller: a key made for 10m expires in 10m, not
+        // 9m59s, the moment it is made, and one made for 90s in 1m30s, not 2m.
+        Some(left) if left > 0 => match left {
+            0..60_000 => format!("{}s", left.div_ceil(1000)),
+            60_000..3_600_000 => {
+                let seconds = left.div_ceil(1000);
+                match seconds % 60 {
+                    0 => format!("{}m", seconds / 60),
+                    rest => format!("{}m{rest:02}s", seconds / 60),
+                }
             }
-        }
+            3_600_000..86_400_000 => {
+                let minutes = left.div_ceil(60_000);
+                format!("{}h{:02}m", minutes / 60, minutes % 60)
+            }
+            _ => {
+                let hours = left.div_ceil(3_600_000);
+                format!("{}d{:02}h", hours / 24, hours % 24)
+            }
+        },
         _ => "0s (expired)".into(),
     }
 }
@@ -157,9 +166,11 @@ mod tests {
         assert_eq!(remaining(now_ms() + 42_000), "42s");
         // Part of a minute counts as one: what a key made for 10m shows at once.
         assert_eq!(remaining(now_ms() + 10 * 60_000 - 50), "10m");
-        assert_eq!(remaining(now_ms() + 5 * 60_000 + 30_000), "6m");
+        assert_eq!(remaining(now_ms() + 5 * 60_000 + 30_000 - 50), "5m30s", "a --ttl of 90s was shown as 2m");
         assert_eq!(remaining(now_ms() + 3 * 3_600_000 + 7 * 60_000 + 30_000), "3h08m");
-        assert_eq!(remaining(now_ms() + 2 * 86_400_000 + 3_600_000 + 30_000), "2d01h");
+        // Rounded up in the smaller unit shown, days as minutes are (29d23h59m was shown 29d23h).
+        assert_eq!(remaining(now_ms() + 2 * 86_400_000 + 3_600_000 + 30_000), "2d02h");
+        assert_eq!(remaining(now_ms() + 30 * 86_400_000 - 60_000 - 50), "30d00h");
         assert_eq!(remaining(now_ms().saturating_sub(1)), "0s (expired)");
     }
 }

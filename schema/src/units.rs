@@ -138,6 +138,8 @@ pub fn format_duration_ms(millis: u64) -> String {
     } else if millis == 0 {
         // Every unit divides 0: the smallest says it best.
         "0ms".to_owned()
+    } else if millis.is_multiple_of(86_400_000) {
+        format!("{}d", millis / 86_400_000)
     } else if millis.is_multiple_of(3_600_000) {
         format!("{}h", millis / 3_600_000)
     } else if millis.is_multiple_of(60_000) {
@@ -240,7 +242,7 @@ mod tests {
         for text in ["512MiB", "1GiB", "4KiB"] {
             assert_eq!(format_size(parse_size(text).unwrap_or_default()), text);
         }
-        for text in ["45s", "2m", "1h", "1500ms"] {
+        for text in ["45s", "2m", "1h", "1500ms", "30d", "36h"] {
             assert_eq!(format_duration_ms(parse_duration_ms(text).unwrap_or_default()), text);
         }
         assert_eq!(format_duration_ms(0), "0ms", "a run that took no measurable time");
