@@ -21,6 +21,14 @@ use crate::auth::Principal;
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 const LONGEST_PAUSE: Duration = Duration::from_secs(30);
 
+/// The pause before a failed service is started again, given the one it was to wait and how
+/// long its run went on: a run that went on at least as long as the longest pause was a healthy
+/// one, and its failure starts the pauses over (was: a service that failed twice at its start
+/// waited 30 s after a crash hours later; found by a new-user trial).
+fn pause_after(pause: Duration, ran_for: Duration) -> Duration {
+    if ran_for >= LONGEST_PAUSE { FIRST_PAUSE } else { pause }
+}
+
 /// Every sandbox's service since this agent started it, by sandbox id.
 #[derive(Default)]
 pub struct Services(Mutex<HashMap<String, Supervised>>);
@@ -168,8 +176,10 @@ impl Service {
         mut stopped: watch::Receiver<bool>,
     ) {
         let mut pause = FIRST_PAUSE;
+        let mut started = tokio::time::Instant::now();
         loop {
             let ending = ending_of(&(&mut task).await);
+            pause = pause_after(pause, started.elapsed());
             // The definition as it is now: an edited cave.yaml applies from the next start.
             let restart = match self.store.get_sandbox(&id).await {
                 Ok(Some(stored)) => stored.definition.restart,
@@ -255,6 +265,7 @@ impl Service {
                 }
             };
             task = self.start(accepted, mpsc::channel(1).1, None);
+            started = tokio::time::Instant::now();
             self.services.update(&id, |health| {
                 health.state = ServiceState::Running;
                 health.restarts += 1;
@@ -370,5 +381,18 @@ impl Service {
             health.ports.push(PortHealth { mapping: mapping.to_string(), accepting });
         }
         Some(health)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_after_a_healthy_run_starts_the_pauses_over() {
+        assert_eq!(pause_after(Duration::from_secs(8), Duration::from_secs(2)), Duration::from_secs(8));
+        assert_eq!(pause_after(LONGEST_PAUSE, Duration::from_secs(29)), LONGEST_PAUSE);
+        assert_eq!(pause_after(Duration::from_secs(8), LONGEST_PAUSE), FIRST_PAUSE);
+        assert_eq!(pause_after(LONGEST_PAUSE, Duration::from_secs(3600)), FIRST_PAUSE);
     }
 }
