@@ -202,7 +202,7 @@ impl AgentClient {
     }
 
     /// `GET path`, its JSON answer decoded; `None` when the agent has no such thing (404).
-    pub(crate) async fn get_found<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, CliError> {
+    pub async fn get_found<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, CliError> {
         self.call_found(Method::GET, path, NO_BODY).await
     }
 

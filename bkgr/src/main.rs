@@ -9,7 +9,7 @@ use bkg_cli::shared::{
 };
 use bkg_schema::LimitOverrides;
 use bkg_schema::cave::SandboxSpec;
-use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, sandbox_id};
+use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, SandboxInfo, sandbox_id};
 
 fn main() -> ExitCode {
     bkg_schema::environment::forget_empty_variables();
@@ -84,6 +84,18 @@ async fn run(args: Args) -> Result<i32, CliError> {
             let request = ExecRequest { detach: true, limits: one_off, ..ExecRequest::command(command) };
             let detached: DetachedRun = client.post_json(&format!("/api/v1/sandboxes/{id}/exec"), &request).await?;
             out.line(format_args!("{}\t{}", definition.name, detached.run_id));
+            // A detached run reads as "keeps running": its timeout is said, as it ends it (found
+            // by a new-user trial: a server went away after the default minute, without a word).
+            let info: Option<SandboxInfo> = client.get_found(&format!("/api/v1/sandboxes/{id}")).await?;
+            let timeout_ms = one_off.timeout_ms.or(info.map(|info| info.limits.timeout_ms));
+            if let Some(timeout_ms) = timeout_ms.filter(|ms| *ms != bkg_schema::NO_TIMEOUT_MS) {
+                out.note(format_args!(
+                    "{}: its run ends at its timeout, {} (`limits: {{timeout: …}}` in cave.yaml; `none` where the \
+                     agent allows it)",
+                    definition.name,
+                    bkg_schema::units::format_duration_ms(timeout_ms)
+                ));
+            }
         }
         return Ok(SUCCESS);
     }

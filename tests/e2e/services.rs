@@ -97,6 +97,7 @@ fn service_example() -> (Agent, tempfile::TempDir, u16) {
 fn start_service(agent: &Agent, dir: &Path, port: u16, marker: &str) -> String {
     let started = agent.bkgr(dir, &["-d", "web", "start", "--", marker]);
     assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
+    assert_eq!(stderr(&started), "", "`timeout: none`: nothing to say of a timeout");
     poll("the service on its forwarded port", || get(port).filter(|body| body.starts_with(marker)))
 }
 
@@ -354,6 +355,9 @@ fn logs_follow_a_service_across_its_restarts() {
     .expect("cave.yaml");
     let started = agent.bkgr(dir, &["-d", "flaky"]);
     assert_eq!(code(&started), 0, "{}", stderr(&started));
+    // A detached run's timeout is said, as it ends it (was: a server went away after the
+    // default minute without a word; found by a new-user trial).
+    assert!(stderr(&started).starts_with("bkgr: flaky: its run ends at its timeout, 1m "), "{}", stderr(&started));
     let mut follow = follow_log(&agent, dir, "flaky");
     let (lines_tx, lines) = std::sync::mpsc::channel();
     let stdout = follow.stdout.take().expect("stdout");
