@@ -333,6 +333,12 @@ fn exe_publishes_a_port_for_the_run_and_refuses_timeout_none() {
         "{}",
         stderr(&busy)
     );
+    // It says what to do (found by a new-user trial: only what went wrong).
+    assert!(
+        stderr(&busy).contains(": free it, or forward another host port (`ports:` in cave.yaml, `-p`)"),
+        "{}",
+        stderr(&busy)
+    );
 }
 
 /// `bkg logs -f` of a service follows it into each restart's run, and ends when it is stopped.

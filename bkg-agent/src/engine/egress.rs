@@ -26,7 +26,10 @@ use super::netns::{NetnsError, NetnsWorker, make_link};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
-    #[error("host port {mapping} cannot be used: {source}")]
+    #[error(
+        "host port {mapping} cannot be used: {source}: free it, or forward another host port (`ports:` in \
+         cave.yaml, `-p`)"
+    )]
     PortTaken { mapping: String, source: std::io::Error },
     #[error(transparent)]
     Netns(#[from] NetnsError),
