@@ -219,8 +219,12 @@ pub fn describe(info: &SandboxInfo) -> String {
     line("disk holds", format_size(info.disk_bytes_allocated));
     if let Some(service) = &info.service {
         let mut health = service_word(service.state).to_owned();
-        if service.restart == RestartPolicy::OnFailure {
-            health.push_str(&format!(" · restart on-failure · restarted {}×", service.restarts));
+        // The policy either way, as docs/cli.md says (was: nothing for `no`; found by a new-user trial).
+        match service.restart {
+            RestartPolicy::OnFailure => {
+                health.push_str(&format!(" · restart on-failure · restarted {}×", service.restarts));
+            }
+            RestartPolicy::No => health.push_str(" · restart no"),
         }
         match (service.last_killed_by, service.last_exit_code) {
             (Some(limit), _) => health.push_str(&format!(" · last failure: {} limit", limit.as_str())),

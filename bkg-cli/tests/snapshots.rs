@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 
 use bkg_cli::version_cmd::{AgentVersion, Build, Versions};
 use bkg_schema::RunRecord;
+use bkg_schema::egress::{RestartPolicy, ServiceHealth, ServiceState};
 use bkg_schema::sandbox::SandboxInfo;
 
 const BKG: &str = env!("CARGO_BIN_EXE_bkg");
@@ -219,6 +220,21 @@ fn tables() {
         Some("preparing the sandbox failed at `inspect /srv/app`: No such file or directory (os error 2)".into());
     idle.last_run = Some(prepared_not);
     text.push_str(&bkg_cli::manage::describe(&idle));
+    // A service says its restart policy, `no` too (was: nothing for it; found by a new-user trial).
+    text.push_str("--- bkg status, services with each restart policy\n");
+    for restart in [RestartPolicy::No, RestartPolicy::OnFailure] {
+        let mut serving = sandboxes[1].clone();
+        serving.service = Some(ServiceHealth {
+            state: ServiceState::Running,
+            restart,
+            restarts: 2,
+            last_exit_code: Some(3),
+            last_killed_by: None,
+            ports: Vec::new(),
+            not_restarted: None,
+        });
+        text.push_str(&bkg_cli::manage::describe(&serving));
+    }
     insta::assert_snapshot!("tables", text);
 }
 
