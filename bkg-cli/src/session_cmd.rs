@@ -325,14 +325,26 @@ impl Prompt {
 }
 
 /// Whether `line`, typed after `cell`, makes the cell ready to run; if it belongs to the cell, it
-/// is added. An empty line closing a Python block is not: it only ends the block.
+/// is added. An empty line closing a Python block is not: it only ends the block. A cell that
+/// opened a block runs at an empty line even where its text could end before (Node's
+/// `if (x)`, a body, then `else`: was run at the body, and the `else` then refused; found by a
+/// new-user trial).
 fn completes_cell(language: Language, cell: &mut String, line: &str) -> bool {
-    if line.trim().is_empty() && openness(language, cell) == Openness::Block {
-        return true;
+    if line.trim().is_empty() {
+        match openness(language, cell) {
+            Openness::Block => return true,
+            Openness::Complete if opened_a_block(language, cell) => return true,
+            _ => {}
+        }
     }
     cell.push_str(line);
     cell.push('\n');
-    openness(language, cell) == Openness::Complete
+    openness(language, cell) == Openness::Complete && !opened_a_block(language, cell)
+}
+
+/// Whether `cell` opened a block at the end of one of its lines.
+fn opened_a_block(language: Language, cell: &str) -> bool {
+    cell.match_indices('\n').any(|(at, _)| openness(language, &cell[..=at]) == Openness::Block)
 }
 
 /// Whether the text of a cell typed so far can go to its interpreter.
@@ -777,6 +789,27 @@ mod tests {
                 "switch (x)",
                 "try { f() } catch (e)",
             ],
+        );
+    }
+
+    #[test]
+    fn a_node_block_runs_at_the_empty_line_after_its_else() {
+        let lines = ["let x = 0", "if (x)", "  console.log('yes')", "else", "  console.log('no')", "", "x"];
+        assert_eq!(
+            cells(Language::Node, &lines),
+            (
+                vec![
+                    "let x = 0\n".into(),
+                    "if (x)\n  console.log('yes')\nelse\n  console.log('no')\n".into(),
+                    "x\n".into()
+                ],
+                "".into()
+            )
+        );
+        let lines = ["for (let i = 0; i < 2; i++)", "  console.log(i)", ""];
+        assert_eq!(
+            cells(Language::Node, &lines),
+            (vec!["for (let i = 0; i < 2; i++)\n  console.log(i)\n".into()], "".into())
         );
     }
 
