@@ -199,7 +199,8 @@ impl Environments {
     }
 
     /// The requirement set of `lines` as it is keyed: trimmed, without blanks and comments, each
-    /// in its normal spelling (`normal_requirement`), sorted, each once. Options are refused: the index and the install's flags are the agent's.
+    /// in its normal spelling (`normal_requirement`), sorted, each once. Options are refused: the
+    /// index and the install's flags are the agent's.
     pub fn requirement_set(lines: &[String]) -> Result<Vec<String>, EnvError> {
         let mut set: Vec<String> = Vec::new();
         for line in lines {

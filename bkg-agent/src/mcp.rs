@@ -187,16 +187,19 @@ impl SandboxTools {
         Self { operations, tool_router: Self::tool_router() }
     }
 
-    /// Refuses a session tool on a sandbox without the session, naming the tool that starts
-    /// one (the operation's own refusal names the CLI's and the API's ways); None when it has one
-    /// or the sandbox is not the caller's to see, which the operation then says.
-    async fn without_session(&self, principal: &Principal, sandbox_id: &str) -> Option<CallToolResult> {
-        let sessions = self.operations.list_sessions(principal, sandbox_id).await.ok()?;
-        (!sessions.iter().any(|session| session.name == MCP_SESSION)).then(|| {
-            CallToolResult::error(vec![ContentBlock::text(format!(
+    /// A session tool's refusal: where the sandbox the caller sees has no session, the tool
+    /// that starts one is named (the operation's own refusal names the CLI's and the API's ways);
+    /// any other refusal is the operation's. Asked only once the operation has refused.
+    async fn session_refusal(&self, principal: &Principal, sandbox_id: &str, error: OpError) -> CallToolResult {
+        if matches!(error, OpError::NotFound(_))
+            && let Ok(sessions) = self.operations.list_sessions(principal, sandbox_id).await
+            && !sessions.iter().any(|session| session.name == MCP_SESSION)
+        {
+            return CallToolResult::error(vec![ContentBlock::text(format!(
                 "sandbox {sandbox_id} has no session: call session_create first"
-            ))])
-        })
+            ))]);
+        }
+        refused(error)
     }
 
     async fn exec(
@@ -334,13 +337,10 @@ impl SandboxTools {
     ) -> Result<CallToolResult, ErrorData> {
         use bkg_schema::files::{SessionEvent, StreamName};
         let principal = principal_of(&parts)?;
-        if let Some(refusal) = self.without_session(&principal, &args.sandbox_id).await {
-            return Ok(refusal);
-        }
         let started = self.operations.execute_in_session(&principal, &args.sandbox_id, MCP_SESSION, args.code).await;
         let mut events = match started {
             Ok(events) => events,
-            Err(error) => return Ok(refused(error)),
+            Err(error) => return Ok(self.session_refusal(&principal, &args.sandbox_id, error).await),
         };
         let (mut stdout, mut stderr) = (String::new(), String::new());
         let (mut result, mut error, mut displays, mut status) = (None, None, Vec::new(), None);
@@ -372,10 +372,10 @@ impl SandboxTools {
         Parameters(args): Parameters<SandboxArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&parts)?;
-        if let Some(refusal) = self.without_session(&principal, &args.sandbox_id).await {
-            return Ok(refusal);
+        match self.operations.restart_session(&principal, &args.sandbox_id, MCP_SESSION).await {
+            Ok(session) => structured(&session),
+            Err(error) => Ok(self.session_refusal(&principal, &args.sandbox_id, error).await),
         }
-        answer(self.operations.restart_session(&principal, &args.sandbox_id, MCP_SESSION).await)
     }
 
     #[tool(description = "Write a file into a sandbox's /workspace (content base64; directories are made).")]
@@ -429,7 +429,6 @@ impl SandboxTools {
         if std::path::Path::new(&args.path).components().all(|part| part == std::path::Component::CurDir) {
             return Ok(refused(OpError::Invalid("/workspace is a directory: sandbox_list_files lists it".into())));
         }
-        let shown = &args.path;
         let mut chunks = match self.operations.download_files(&principal, &args.sandbox_id, &args.path).await {
             Ok(chunks) => chunks,
             Err(error) => return Ok(refused(error)),
@@ -443,14 +442,14 @@ impl SandboxTools {
                 Ok(_) => {
                     return Ok(refused(OpError::Invalid(format!(
                         "{} is over 16 MiB: download it with GET /api/v1/sandboxes/{{id}}/files",
-                        shown
+                        args.path
                     ))));
                 }
                 Err(error) => return Ok(refused(OpError::Internal(error.to_string()))),
             }
         }
         let mut archive = tar::Archive::new(packed.as_slice());
-        let mut content = Err(format!("{} is not a file", shown));
+        let mut content = Err(format!("{} is not a file", args.path));
         if let Ok(mut entries) = archive.entries()
             && let Some(Ok(mut entry)) = entries.next()
         {
@@ -459,18 +458,18 @@ impl SandboxTools {
                 let mut bytes = Vec::new();
                 std::io::Read::read_to_end(&mut entry, &mut bytes)
                     .map(|_| bytes)
-                    .map_err(|error| format!("{} could not be read: {error}", shown))
+                    .map_err(|error| format!("{} could not be read: {error}", args.path))
             } else if kind.is_dir() {
-                Err(format!("{} is a directory: sandbox_list_files lists it", shown))
+                Err(format!("{} is a directory: sandbox_list_files lists it", args.path))
             } else if kind.is_symlink() {
                 let target = entry.link_name().ok().flatten().map(|target| target.display().to_string());
                 Err(format!(
                     "{} is a symbolic link (to {}): download the file it points to",
-                    shown,
+                    args.path,
                     target.as_deref().unwrap_or("?")
                 ))
             } else {
-                Err(format!("{} is not a file", shown))
+                Err(format!("{} is not a file", args.path))
             };
         }
         let content = match content {

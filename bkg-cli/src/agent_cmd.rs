@@ -113,9 +113,9 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
             let stopped = match process {
                 Some((process, info)) => {
                     let exited = process.exited_by(deadline).await;
-                    // An agent removes the socket file it made as its stop ends; one still there
-                    // after its process is gone means the process was killed (or crashed) first.
-                    if exited && !info.socket_activated && std::path::Path::new(&client.location()).exists() {
+                    // Its socket file still there after its process is gone: killed or crashed
+                    // before its stop ended (a socket systemd made stays, whatever the agent did).
+                    if exited && !info.socket_activated && client.socket_file_remains() {
                         return Err(CliError::new(
                             BKG_FAILED,
                             format!(

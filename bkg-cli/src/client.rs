@@ -121,16 +121,23 @@ impl AgentClient {
         }
     }
 
+    /// Whether the local agent's socket file is there: an agent that made it removes it as its
+    /// stop ends, so one left without an agent answering is a stop going on or an agent that
+    /// ended otherwise (killed, crashed).
+    pub(crate) fn socket_file_remains(&self) -> bool {
+        matches!(&self.place, Place::Socket(socket) if socket.exists())
+    }
+
     /// That no agent answers, for messages: none runs, or, when its socket file is still there,
-    /// one is stopping (the file goes as its stop ends) or ended without removing it.
+    /// one is stopping or ended without removing it.
     pub(crate) fn not_running(&self) -> String {
-        match &self.place {
-            Place::Socket(socket) if socket.exists() => format!(
+        match self.socket_file_remains() {
+            true => format!(
                 "no agent answers on {}, though its socket file is there: one is stopping (it disposes of its \
                  sandboxes first), or one ended without removing it (the next agent does)",
-                socket.display()
+                self.location()
             ),
-            _ => format!("no agent is running on {}", self.location()),
+            false => format!("no agent is running on {}", self.location()),
         }
     }
 

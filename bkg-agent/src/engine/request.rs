@@ -583,9 +583,9 @@ fn with_proxy(
     Ok(env)
 }
 
-/// Refuses the caller's variable that names a proxy in a run given network: that run's
-/// proxy is the agent's (engine/egress.rs `proxy_env`).
-/// `given` says how the variables were given (`env`, `secret`), for the message.
+/// Refuses the caller's variable that names a proxy in a run given network: that run's proxy is
+/// the agent's (engine/egress.rs `proxy_env`). `given` says how the variables came (`env`,
+/// `secret`), for the message.
 fn refuse_proxy_variables<'a>(mut keys: impl Iterator<Item = &'a str>, given: &str) -> Result<(), RunError> {
     match keys.find_map(bkg_schema::egress::refused_with_network) {
         Some(why) => Err(RunError::BadRequest(format!("{given}: {why}"))),
