@@ -11,7 +11,7 @@ use bkg_schema::cave::{
 
 use crate::args::AddArgs;
 use crate::exit::{CliError, SUCCESS};
-use crate::project::{NewSandbox, checked_language, checked_name, write_atomically};
+use crate::project::{NewSandbox, checked_name, write_atomically};
 use crate::settings::Settings;
 
 pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
@@ -61,10 +61,7 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
     }
     write_atomically(&path, &edited)?;
     let project = path.parent().unwrap_or(std::path::Path::new("."));
-    let starter = match crate::project::write_starter(project, &name, &sandbox)? {
-        Some(file) => format!(" and a starter {file}"),
-        None => String::new(),
-    };
+    let starter = crate::project::write_starter(project, &name, &sandbox)?;
     out.note(format_args!("added sandbox `{name}` ({}) to {file}{starter}", sandbox.language.as_str()));
     Ok(SUCCESS)
 }
@@ -74,7 +71,7 @@ type LimitFlag<'a> = (&'static str, Option<&'a String>, fn(String) -> CaveLimits
 
 /// Checks every flag before the file is touched: one line for the first bad one.
 fn new_sandbox(args: &AddArgs) -> Result<NewSandbox, CliError> {
-    let language = checked_language(&args.language)?;
+    let language = args.language;
     let limit_flags: [LimitFlag<'_>; 4] = [
         ("cpus", args.limits.cpus.as_ref(), |value| CaveLimits {
             cpus: Some(CpuCount::Text(value)),

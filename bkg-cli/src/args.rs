@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use bkg_schema::Language;
+
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -191,8 +193,8 @@ pub struct ExeArgs {
     #[arg(short = 'c', long = "code", value_name = "CODE")]
     pub code: Option<String>,
     /// The language: python or node [default: from the file extension]
-    #[arg(short = 't', long = "type", value_name = "TYPE")]
-    pub language: Option<String>,
+    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = exe_language)]
+    pub language: Option<Language>,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// Set a variable in the sandbox; a bare NAME passes the host's value (repeatable).
@@ -280,8 +282,8 @@ pub struct ExecArgs {
     #[arg(short = 'c', long = "code", value_name = "CODE")]
     pub code: Option<String>,
     /// The session's language when it is made: python or node [default: the sandbox's].
-    #[arg(short = 't', long = "type", value_name = "TYPE")]
-    pub language: Option<String>,
+    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language)]
+    pub language: Option<Language>,
     /// Interrupt what the session is running instead of running code.
     #[arg(long, conflicts_with = "code")]
     pub interrupt: bool,
@@ -303,8 +305,8 @@ pub struct ReplArgs {
     #[arg(short = 's', long, value_name = "S", default_value = "default")]
     pub session: String,
     /// The session's language when it is made: python or node [default: the sandbox's].
-    #[arg(short = 't', long = "type", value_name = "TYPE")]
-    pub language: Option<String>,
+    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language)]
+    pub language: Option<Language>,
     #[command(flatten)]
     pub project: ProjectArgs,
 }
@@ -448,8 +450,8 @@ pub struct InitArgs {
     #[arg(long, value_name = "NAME")]
     pub sandbox: Option<String>,
     /// The first sandbox's type: python or node [default: python]
-    #[arg(short = 't', long = "type", value_name = "TYPE")]
-    pub language: Option<String>,
+    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language)]
+    pub language: Option<Language>,
     /// The first sandbox's start script [default: python main.py or node main.js]
     #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
     pub start: Option<String>,
@@ -461,8 +463,8 @@ pub struct AddArgs {
     #[arg(value_name = "NAME")]
     pub name: String,
     /// The language: python or node.
-    #[arg(short = 't', long = "type", value_name = "TYPE")]
-    pub language: String,
+    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language)]
+    pub language: Language,
     /// A script, NAME=COMMAND (repeatable) [default: start=python main.py or node main.js]
     #[arg(short = 's', long = "script", value_name = "NAME=CMD", allow_hyphen_values = true)]
     pub scripts: Vec<String>,
@@ -897,6 +899,20 @@ fn add_examples(mut command: clap::Command, path: &str) -> clap::Command {
 /// The whole `bkg` command, examples included: what parses, completes and makes man pages.
 pub fn bkg_command() -> clap::Command {
     add_examples(Cli::command(), "")
+}
+
+/// `--type`'s value.
+fn language(text: &str) -> Result<Language, String> {
+    Language::parse(text).ok_or_else(|| format!("`{text}` is not a language: use python or node"))
+}
+
+/// `bkg exe --type`'s value. A path there is most likely Docker's `-t` (a terminal), typed out of
+/// habit.
+fn exe_language(text: &str) -> Result<Language, String> {
+    language(text).map_err(|error| match text.contains(['.', '/']) {
+        true => format!("{error} (-t is the language; the script comes after it, and a terminal is -T)"),
+        false => error,
+    })
 }
 
 /// The whole `bkgr` command, examples included. Its limit flags default to cave.yaml's limits.

@@ -114,13 +114,7 @@ fn checked_ports(ports: &[String]) -> Result<Vec<String>, CliError> {
 /// Turns the command line into a request, reading the script and uploads. The flag says whether
 /// stdin was consumed as the code.
 fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
-    let named_language = match &args.language {
-        Some(name) => Some(
-            Language::parse(name)
-                .ok_or_else(|| CliError::usage(format!("unknown type `{name}`: use --type python or --type node")))?,
-        ),
-        None => None,
-    };
+    let named_language = args.language;
 
     // With -c there is no script file: every positional argument is the script's.
     let script_args: Vec<String> = match (&args.code, &args.script) {

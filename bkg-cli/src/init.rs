@@ -11,7 +11,7 @@ use dialoguer::{Input, Select};
 
 use crate::args::InitArgs;
 use crate::exit::{CliError, SUCCESS};
-use crate::project::{NewSandbox, checked_language, checked_name, write_atomically};
+use crate::project::{NewSandbox, checked_name, write_atomically};
 use crate::settings::Settings;
 
 /// What the new cave.yaml holds.
@@ -51,10 +51,7 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     make_state_dir(&dir)?;
     let first = match &answers.first {
         Some((name, sandbox)) => {
-            let starter = match crate::project::write_starter(&dir, name, sandbox)? {
-                Some(file) => format!(" and a starter {file}"),
-                None => String::new(),
-            };
+            let starter = crate::project::write_starter(&dir, name, sandbox)?;
             format!(" with sandbox `{name}` ({}){starter}", sandbox.language.as_str())
         }
         None => String::new(),
@@ -101,10 +98,7 @@ fn from_flags(args: &InitArgs) -> Result<Answers, CliError> {
         }
         return Ok(Answers { namespace, first: None });
     };
-    let language = match &args.language {
-        Some(text) => checked_language(text)?,
-        None => Language::Python,
-    };
+    let language = args.language.unwrap_or(Language::Python);
     let start = match &args.start {
         Some(command) => checked_start(command)?,
         None => NewSandbox::default_start(language),
@@ -137,8 +131,8 @@ fn ask(args: &InitArgs) -> Result<Answers, CliError> {
     if name == NO_SANDBOX && args.sandbox.is_none() {
         return Ok(Answers { namespace, first: None });
     }
-    let language = match &args.language {
-        Some(text) => checked_language(text)?,
+    let language = match args.language {
+        Some(language) => language,
         None => {
             let choices = [Language::Python, Language::Node];
             let names = choices.map(Language::as_str);

@@ -162,6 +162,14 @@ pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
             let rendered = error.render().to_string();
             stderr(format_args!("{}", rendered.strip_prefix("error: ").unwrap_or(&rendered)));
         }
+        // A flag's bad value is one line, as the values bkg checks itself say it (`--memory: ...`).
+        ErrorKind::ValueValidation if let Some(reason) = std::error::Error::source(&error) => {
+            let flag = match error.get(clap::error::ContextKind::InvalidArg) {
+                Some(clap::error::ContextValue::String(arg)) => arg.split(' ').next().unwrap_or(arg).to_owned(),
+                _ => "a flag".to_owned(),
+            };
+            stderr(format_args!("{tool}: {flag}: {reason}\n"));
+        }
         _ => {
             let rendered = error.render().to_string();
             let body = rendered.strip_prefix("error: ").unwrap_or(&rendered);

@@ -190,14 +190,29 @@ pub fn checked_name(name: &str) -> Result<String, CliError> {
     }
 }
 
-pub fn checked_language(text: &str) -> Result<Language, CliError> {
-    Language::parse(text)
-        .ok_or_else(|| CliError::usage(format!("unknown type `{text}`: use --type python or --type node")))
+/// What `write_starter` did, said after `added sandbox ...` (`bkg init`, `bkg add`).
+pub enum Starter {
+    /// The sandbox starts a command of its own.
+    NotNeeded,
+    Written(&'static str),
+    /// The default start script was there already (another sandbox's starter, say): the new
+    /// sandbox runs it too, which it must say, or `bkgr NEW` printing `hello from OLD` puzzles.
+    AlreadyThere(&'static str),
+}
+
+impl std::fmt::Display for Starter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotNeeded => Ok(()),
+            Self::Written(file) => write!(f, " and a starter {file}"),
+            Self::AlreadyThere(file) => write!(f, "; it starts the {file} already there"),
+        }
+    }
 }
 
 /// With the default start script and no such file yet, writes one, so `bkgr` runs the new
-/// project as it is. Returns the file's name when it wrote it.
-pub fn write_starter(dir: &Path, name: &str, sandbox: &NewSandbox) -> Result<Option<&'static str>, CliError> {
+/// project as it is.
+pub fn write_starter(dir: &Path, name: &str, sandbox: &NewSandbox) -> Result<Starter, CliError> {
     let language = sandbox.language;
     let file = language.default_script_name();
     let path = dir.join(file);
@@ -205,8 +220,11 @@ pub fn write_starter(dir: &Path, name: &str, sandbox: &NewSandbox) -> Result<Opt
         .scripts
         .iter()
         .any(|(script, command)| script == "start" && *command == NewSandbox::default_start(language));
-    if !is_default || path.symlink_metadata().is_ok() {
-        return Ok(None);
+    if !is_default {
+        return Ok(Starter::NotNeeded);
+    }
+    if path.symlink_metadata().is_ok() {
+        return Ok(Starter::AlreadyThere(file));
     }
     let (comment, print) = match language {
         Language::Python => ("#", format!("print(\"hello from {name}\")")),
@@ -218,5 +236,5 @@ pub fn write_starter(dir: &Path, name: &str, sandbox: &NewSandbox) -> Result<Opt
     );
     std::fs::write(&path, text)
         .map_err(|error| CliError::usage(format!("cannot write {}: {error}", path.display())))?;
-    Ok(Some(file))
+    Ok(Starter::Written(file))
 }

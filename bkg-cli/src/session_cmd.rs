@@ -14,14 +14,6 @@ use crate::exit::{CliError, SUCCESS};
 use crate::out::Printer;
 use crate::settings::Settings;
 
-fn language(name: Option<&str>) -> Result<Option<Language>, CliError> {
-    name.map(|name| {
-        Language::parse(name)
-            .ok_or_else(|| CliError::usage(format!("unknown type `{name}`: use --type python or --type node")))
-    })
-    .transpose()
-}
-
 /// The session `name` of sandbox `id`, made if it does not exist yet (then `true`). An existing
 /// session of another language than `language` is refused: its interpreter would run the code
 /// as its own.
@@ -81,7 +73,7 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
             code
         }
     };
-    let (info, made) = ensure_session(&client, (&args.name, &id), session, language(args.language.as_deref())?).await?;
+    let (info, made) = ensure_session(&client, (&args.name, &id), session, args.language).await?;
     // Said each time one is made: after an agent's restart (its interpreters go with it) the
     // code would otherwise meet a NameError for what it set before, with no word why.
     if made {
@@ -204,8 +196,7 @@ fn show(event: &SessionEvent, out: Printer) -> Result<Option<Ended>, CliError> {
 
 pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> {
     let (client, id) = connect(settings, &args.project, &args.name).await?;
-    let (info, _) =
-        ensure_session(&client, (&args.name, &id), &args.session, language(args.language.as_deref())?).await?;
+    let (info, _) = ensure_session(&client, (&args.name, &id), &args.session, args.language).await?;
     let out = settings.out;
     let mut prompt = Prompt::new()?;
     let piped = !matches!(prompt, Prompt::Terminal(_));

@@ -313,7 +313,8 @@ fn add_appends_a_block_keeping_comments_order_and_spacing() {
 }
 
 /// A sandbox added with the default start script gets a starter script, as `bkg init --sandbox`
-/// gives one, so that its first `bkgr` runs; a file of that name is never replaced.
+/// gives one, so that its first `bkgr` runs; a file of that name is never replaced, and the new
+/// sandbox says it runs that file.
 #[test]
 fn add_with_the_default_start_writes_a_starter_script_unless_one_exists() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -325,8 +326,18 @@ fn add_with_the_default_start_writes_a_starter_script_unless_one_exists() {
     assert!(starter.contains("print(\"hello from worker\")"), "{starter}");
     fs::write(dir.path().join("main.js"), "// mine\n").expect("write");
     let output = bkg(dir.path(), &["add", "front", "--type", "node"]);
-    assert_eq!(stderr(&output), "bkg: added sandbox `front` (node) to cave.yaml\n");
+    assert_eq!(
+        stderr(&output),
+        "bkg: added sandbox `front` (node) to cave.yaml; it starts the main.js already there\n"
+    );
     assert_eq!(fs::read_to_string(dir.path().join("main.js")).expect("main.js"), "// mine\n");
+    // Another sandbox's starter is not its own: it says so, since it prints `hello from worker`.
+    let output = bkg(dir.path(), &["add", "batch", "--type", "python"]);
+    assert_eq!(
+        stderr(&output),
+        "bkg: added sandbox `batch` (python) to cave.yaml; it starts the main.py already there\n"
+    );
+    assert!(fs::read_to_string(dir.path().join("main.py")).expect("main.py").contains("hello from worker"));
 }
 
 #[test]
@@ -339,7 +350,7 @@ fn add_refuses_duplicates_and_bad_input_and_leaves_the_file_alone() {
             "bkg: sandbox `api` already exists in cave.yaml: pick another name, or change its entry there\n",
         ),
         (&["add", "Web_2", "--type", "node"], "bkg: `Web_2` is not a valid sandbox name"),
-        (&["add", "x", "--type", "ruby"], "bkg: unknown type `ruby`"),
+        (&["add", "x", "--type", "ruby"], "bkg: --type: `ruby` is not a language: use python or node\n"),
         (&["add", "x", "--type", "node", "--memory", "lots"], "bkg: --memory: `lots` is not a size"),
         (&["add", "x", "--type", "node", "--timeout", "0s"], "bkg: --timeout: `0s` is too small: the least is 1ms"),
         (&["add", "x", "--type", "node", "--volume", "a:/tmp/x"], "bkg: --volume: the guest path `/tmp/x`"),

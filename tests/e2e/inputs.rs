@@ -47,7 +47,11 @@ fn bad_flags_and_limits_are_125() {
     let examples = examples.to_str().unwrap_or_default();
     let cases: &[(&[&str], &str)] = &[
         (&["--type", "python", examples], "is a directory: give the script in it (`bkg exe --file "),
-        (&["--type", "ruby", "-c", "puts 1"], "unknown type `ruby`"),
+        (&["--type", "ruby", "-c", "puts 1"], "--type: `ruby` is not a language: use python or node"),
+        (
+            &["-t", hello],
+            "is not a language: use python or node (-t is the language; the script comes after it, and a terminal is -T)",
+        ),
         (&["-c", "print(1)"], "need --type"),
         (&["--memory", "0", hello], "--memory: `0` is too small: the least is 16MiB"),
         (&["--memory", "8MiB", hello], "--memory: `8MiB` is too small: the least is 16MiB"),

@@ -156,6 +156,10 @@ impl Engine {
                 "--no-audit",
                 "--no-fund",
                 "--no-update-notifier",
+                // Each download as it happens, as pip says each package: npm's default level is
+                // silent until its summary, minutes later on a slow registry.
+                "--loglevel",
+                "http",
                 "--cache",
                 "/tmp/npm-cache",
             ]
