@@ -400,12 +400,55 @@ fn write_through(out: &mut impl Write, bytes: &[u8]) {
     let _ = out.write_all(bytes).and_then(|()| out.flush());
 }
 
-fn write_prefixed(out: &mut impl Write, prefix: &str, line: &[u8]) {
+fn prefixed(prefix: &str, line: &[u8]) -> Vec<u8> {
     let mut prefixed = Vec::with_capacity(prefix.len() + 3 + line.len());
     prefixed.extend_from_slice(prefix.as_bytes());
     prefixed.extend_from_slice(b" | ");
     prefixed.extend_from_slice(line);
-    write_through(out, &prefixed);
+    prefixed
+}
+
+/// Our stdout and stderr while a run streams, written on a thread of their own: a reader that
+/// takes nothing (`bkg exe job.py | less`) blocks that thread, not the runtime, so Ctrl-C still
+/// cancels the run, and a second one still ends bkg, while the output waits for its reader.
+struct OutputWriter {
+    queue: Option<tokio::sync::mpsc::Sender<(bool, Vec<u8>)>>,
+    drained: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl OutputWriter {
+    /// Output frames the writer may hold beyond what its reader has taken.
+    const QUEUED: usize = 16;
+
+    fn start() -> Result<Self, CliError> {
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<(bool, Vec<u8>)>(Self::QUEUED);
+        let (done, drained) = tokio::sync::oneshot::channel();
+        // Not one of the runtime's blocking threads: those are waited for when it ends, and a
+        // second Ctrl-C must end bkg while this one may still wait for its reader.
+        std::thread::Builder::new()
+            .name("run-output".into())
+            .spawn(move || {
+                while let Some((to_stderr, bytes)) = queued.blocking_recv() {
+                    write_ours(to_stderr, &bytes);
+                }
+                let _ = done.send(());
+            })
+            .map_err(|error| CliError::new(BKG_FAILED, format!("cannot start the output's writer: {error}")))?;
+        Ok(Self { queue: Some(queue), drained })
+    }
+
+    /// Waits only for room in the queue, so the runtime goes on meanwhile.
+    async fn write(&self, to_stderr: bool, bytes: Vec<u8>) {
+        if let Some(queue) = &self.queue {
+            let _ = queue.send((to_stderr, bytes)).await;
+        }
+    }
+
+    /// Once all that was queued has been written: bkg's own lines come after the run's.
+    async fn finish(mut self) {
+        drop(self.queue.take());
+        let _ = (&mut self.drained).await;
+    }
 }
 
 /// Waits for `read` however long the run takes, as long as the agent answers: each time the
@@ -439,6 +482,7 @@ async fn receive(
     let mut written = [0u64; 2];
     // The packages' install before the code runs: its latest line on a spinner.
     let mut installing: Option<crate::progress::Spinner> = None;
+    let writer = OutputWriter::start()?;
     loop {
         let mut header = [0u8; frame::HEADER_LEN];
         watched(client, reader.read_exact(&mut header)).await?.map_err(lost)?;
@@ -466,21 +510,21 @@ async fn receive(
                 }
             }
             (FrameKind::Stdout, Output::Raw) => {
-                write_ours(false, &payload);
                 written[0] += payload.len() as u64;
+                writer.write(false, payload).await;
             }
             (FrameKind::Stderr, Output::Raw) => {
-                write_ours(true, &payload);
                 written[1] += payload.len() as u64;
+                writer.write(true, payload).await;
             }
             (FrameKind::Stdout, Output::Prefixed(prefix)) => {
                 for line in stdout_lines.complete_lines(&payload) {
-                    write_prefixed(&mut std::io::stdout().lock(), prefix, &line);
+                    writer.write(false, prefixed(prefix, &line)).await;
                 }
             }
             (FrameKind::Stderr, Output::Prefixed(prefix)) => {
                 for line in stderr_lines.complete_lines(&payload) {
-                    write_prefixed(&mut std::io::stderr().lock(), prefix, &line);
+                    writer.write(true, prefixed(prefix, &line)).await;
                 }
             }
             (FrameKind::Archive, _) => {
@@ -491,12 +535,13 @@ async fn receive(
             (FrameKind::Result, _) => {
                 if let Output::Prefixed(prefix) = &output {
                     if let Some(rest) = stdout_lines.rest() {
-                        write_prefixed(&mut std::io::stdout().lock(), prefix, &rest);
+                        writer.write(false, prefixed(prefix, &rest)).await;
                     }
                     if let Some(rest) = stderr_lines.rest() {
-                        write_prefixed(&mut std::io::stderr().lock(), prefix, &rest);
+                        writer.write(true, prefixed(prefix, &rest)).await;
                     }
                 }
+                writer.finish().await;
                 let result: RunResult = serde_json::from_slice(&payload)
                     .map_err(|error| CliError::new(BKG_FAILED, format!("unreadable result from the agent: {error}")))?;
                 let missing = match output {
@@ -510,6 +555,7 @@ async fn receive(
                 return Ok(result);
             }
             (FrameKind::Error, _) => {
+                writer.finish().await;
                 let error: ApiError = serde_json::from_slice(&payload)
                     .map_err(|error| CliError::new(BKG_FAILED, format!("unreadable error from the agent: {error}")))?;
                 return Err(from_api_error(&error));

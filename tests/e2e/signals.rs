@@ -86,6 +86,53 @@ fn a_second_ctrl_c_ends_bkg_without_waiting_for_the_run() {
     agent.wait_idle();
 }
 
+/// A reader that takes nothing (`bkg exe job.py | less`) does not stop Ctrl-C: the run is
+/// cancelled while bkg waits for its output to be read, and a second Ctrl-C ends bkg.
+#[test]
+fn ctrl_c_cancels_a_run_whose_output_nobody_reads() {
+    let agent = Agent::start();
+    let mut child = agent
+        .bkg()
+        .args(["exe", "--timeout", "60s", "--type", "python", "-c"])
+        .arg("import sys\nprint('up', flush=True)\nwhile True: sys.stdout.write('x' * 65536)")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bkg exe");
+    // Held open and not read after the first line: bkg's writes to it block.
+    let mut unread = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first_line = String::new();
+    unread.read_line(&mut first_line).expect("the run's first line");
+    assert_eq!(first_line, "up\n");
+    // Long enough for the pipe and bkg's own queue to fill.
+    std::thread::sleep(Duration::from_secs(1));
+    interrupt(&child);
+    // Recorded once the agent has given up on the output nobody took (2 s after the run ended).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
+        let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+        if !runs[0]["finished_at_ms"].is_null() {
+            assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run was not cancelled: {runs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(child.try_wait().expect("try_wait").is_none(), "bkg still holds output nobody has read");
+    interrupt(&child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "bkg did not end on a second Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(code(&output), 130, "stderr: {}", stderr(&output));
+    drop(unread);
+    agent.wait_idle();
+}
+
 /// `bkgr ARGS` in the project at `dir`, its output piped.
 fn spawn_bkgr(agent: &Agent, dir: &Path, args: &[&str]) -> Child {
     Command::new(bin_dir().join("bkgr"))
