@@ -57,6 +57,56 @@ fn the_output_a_run_leaves_on_the_host_is_bounded_by_its_disk_limit() {
     assert!(kept["bytes"].as_u64().is_some_and(|bytes| bytes <= 16 * 1048576), "{kept}");
 }
 
+/// A persistent sandbox's log and the kept copy of a long stream hold the same bytes: both
+/// together stay within the run's disk limit (a new-user trial found a 32 MiB log beside 32 MiB
+/// of kept stdout for a 32 MiB disk, and with the default disk 500 MiB of each).
+#[test]
+fn a_sandboxs_log_and_kept_output_together_are_bounded_by_its_disk_limit() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        "version: 1\nnamespace: default\nsandboxes:\n  spew:\n    type: python\n    limits: { disk: 16MiB }\n    scripts:\n      start: python3 spew.py\n",
+    )
+    .expect("cave.yaml");
+    std::fs::write(
+        project.path().join("spew.py"),
+        "import sys\nfor _ in range(40):\n    sys.stdout.buffer.write(b'x' * 1048576)\n",
+    )
+    .expect("spew.py");
+    let run = agent.bkgr(project.path(), &["spew"]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    assert_eq!(run.stdout.len(), 40 * 1048576, "every byte relayed");
+    let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+    let id = runs[0]["id"].as_str().expect("run id").to_owned();
+    let files = agent.bkg().args(["runs", "files", &id, "--json"]).output().expect("bkg runs files");
+    let files: serde_json::Value = serde_json::from_slice(&files.stdout).expect("files JSON");
+    let files = files["files"].as_array().cloned().unwrap_or_default();
+    let kept: u64 =
+        files.iter().filter(|file| file["path"] == "stdout").filter_map(|file| file["bytes"].as_u64()).sum();
+    let logged = files_named(&agent.state_dir, &format!("{id}.log"));
+    assert_eq!(logged.len(), 1, "one log of the run: {logged:?}");
+    let logged = logged.iter().map(|log| std::fs::metadata(log).expect("log").len()).sum::<u64>();
+    assert!(kept > 0 && logged > 0, "both copies kept some: {kept} kept, {logged} logged; {files:?} {runs}");
+    // The log's own line saying where it was cut is beside what the disk limit allows.
+    assert!(kept + logged <= 16 * 1048576 + 200, "{kept} kept and {logged} logged for a 16 MiB disk");
+}
+
+/// Every file called `name` beneath `dir`.
+fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => found.extend(files_named(&path, name)),
+            _ if entry.file_name() == name => found.push(path),
+            _ => {}
+        }
+    }
+    found
+}
+
 #[test]
 fn a_process_that_ignores_sigterm_still_dies_at_the_timeout() {
     let agent = Agent::start();

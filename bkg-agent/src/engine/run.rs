@@ -888,14 +888,24 @@ impl Watch<'_> {
             Stream::Stdout => (&mut watched.stdout, &mut watched.stdout_spool),
             Stream::Stderr => (&mut watched.stderr, &mut watched.stderr_spool),
         };
-        let kept_on_host = bytes.len() as u64 <= self.host_room;
-        self.host_room = if kept_on_host { self.host_room - bytes.len() as u64 } else { 0 };
-        if kept_on_host && let Some(spool) = spool {
-            if spool.is_open() {
-                spool.write(&[], bytes).await;
-            } else if captured.total + bytes.len() as u64 > OUTPUT_CAP_BYTES as u64 {
-                // Until now the stream was kept whole: that goes first.
-                spool.write(&captured.kept, bytes).await;
+        // Each copy counts: a sandbox's log and a long stream's spool hold the same bytes twice.
+        let len = bytes.len() as u64;
+        let spooled = match spool {
+            Some(spool) if spool.is_open() => len,
+            // Until now the stream was kept whole: that goes first.
+            Some(_) if captured.total + len > OUTPUT_CAP_BYTES as u64 => captured.kept.len() as u64 + len,
+            _ => 0,
+        };
+        let logged = if self.log.is_some() { len } else { 0 };
+        let kept_on_host = spooled + logged <= self.host_room;
+        self.host_room = if kept_on_host { self.host_room - spooled - logged } else { 0 };
+        if kept_on_host
+            && spooled > 0
+            && let Some(spool) = spool
+        {
+            match spool.is_open() {
+                true => spool.write(&[], bytes).await,
+                false => spool.write(&captured.kept, bytes).await,
             }
         }
         // Counted whatever the host keeps (and the result's first MiB kept, in memory).
