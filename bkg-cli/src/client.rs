@@ -160,21 +160,24 @@ impl AgentClient {
                 ));
             }
         }
+        // Only root starts an agent: everyone else's comes from the service manager (the unit
+        // packaging/bkg-agent.socket).
+        let is_root = nix::unistd::geteuid().is_root();
         if std::env::var("BKG_NO_AUTOSTART").is_ok_and(|value| !value.is_empty() && value != "0") {
+            let start = if is_root { "bkg agent start" } else { "sudo bkg agent start" };
             return Err(CliError::new(
                 BKG_FAILED,
                 format!(
-                    "no agent is running at {} (BKG_NO_AUTOSTART is set): start one with `bkg agent start`",
+                    "no agent is running at {} (BKG_NO_AUTOSTART is set): start one with `{start}`",
                     socket.display()
                 ),
             ));
         }
-        // Only root starts an agent: everyone else's comes from the service manager.
-        if !nix::unistd::geteuid().is_root() {
+        if !is_root {
             return Err(CliError::new(
                 BKG_FAILED,
                 format!(
-                    "no agent is running at {}: the service manager starts it (`sudo systemctl start bkg`), \
+                    "no agent is running at {}: the service manager starts it (`sudo systemctl start bkg-agent.socket`), \
                      or root does (`sudo bkg agent start`)",
                     socket.display()
                 ),

@@ -612,7 +612,23 @@ fn rule_of(schema_path: &str) -> Option<(&'static str, &'static str)> {
     RULES.iter().find(|(name, _, _)| *name == def).map(|(_, what, how)| (*what, *how))
 }
 
+/// How much of a wrong value an error quotes: a file that is one long string (`bkg validate
+/// /etc/passwd`) must not come back whole on one line.
+const QUOTED_CHARS: usize = 60;
+
 fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<CaveError> {
+    let mut described = describe_in_full(schema, error);
+    let full = error.instance().to_string();
+    if full.chars().count() > QUOTED_CHARS {
+        let cut: String = full.chars().take(QUOTED_CHARS).collect();
+        for error in &mut described {
+            error.message = error.message.replacen(&full, &format!("{cut}…"), 1);
+        }
+    }
+    described
+}
+
+fn describe_in_full(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<CaveError> {
     use jsonschema::error::ValidationErrorKind as Kind;
     let at = error.instance_path().as_str();
     let schema_path = error.schema_path().as_str();
@@ -675,6 +691,18 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>) -> Vec<Cave
         }
         Kind::Constant { expected_value } => {
             format!("{instance} is not supported: it must be {expected_value}")
+        }
+        // Not a cave.yaml at all (`bkg validate /etc/passwd`, a list, a bare word).
+        Kind::Type { .. } if at.is_empty() && !instance.is_null() => {
+            let read_as = match instance.as_ref() {
+                Value::String(_) => "one string",
+                Value::Array(_) => "a list",
+                Value::Number(_) => "a number",
+                _ => "a true or false",
+            };
+            format!(
+                "{instance} is not a cave.yaml: the file reads as {read_as}, where a mapping of `version:`, `namespace:` and `sandboxes:` belongs"
+            )
         }
         // `sandboxes:` with nothing after it: YAML reads null, not an empty mapping.
         Kind::Type { kind: jsonschema::error::TypeKind::Single(jsonschema::JsonType::Object) }
@@ -1226,6 +1254,21 @@ sandboxes:
         );
     }
 
+    /// Found by a new-user trial: `bkg validate /etc/passwd` printed the whole file on one line.
+    #[test]
+    fn a_file_that_is_no_mapping_says_so_and_quotes_only_the_start_of_a_long_value() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n".repeat(50);
+        let errors = errors_of(&passwd);
+        let [error] = errors.as_slice() else { panic!("{errors:?}") };
+        assert!(error.message.starts_with("\"root:x:0:0:root:/root:/bin/bash daemon:x:1:1:daemon:/usr/sb… is not a cave.yaml: the file reads as one string"), "{}", error.message);
+        assert!(error.message.len() < 200, "{}", error.message);
+        let errors = errors_of("- a\n- b\n");
+        assert!(errors[0].message.contains("reads as a list"), "{errors:?}");
+        let long_env = format!("version: 1\nsandboxes:\n  a:\n    type: python\n    env: \"{}\"\n", "x".repeat(500));
+        let errors = errors_of(&long_env);
+        assert!(errors.iter().all(|error| error.message.len() < 150), "{errors:?}");
+    }
+
     #[test]
     fn a_rule_that_starts_with_a_word_in_capitals_keeps_it() {
         assert_eq!(lowercase_first("HOST[:PORT], *.DOMAIN[:PORT]."), "HOST[:PORT], *.DOMAIN[:PORT]");
@@ -1448,8 +1491,30 @@ sandboxes:
             [
                 "\"/etc/passwd\" is not valid here: a path under /workspace, relative or starting with /workspace/, \
                  without '.' or '..' parts; not stdout or stderr",
-                "\"abc\" is not valid here: [ADDRESS:]HOST_PORT:SANDBOX_PORT, or one PORT for both; ADDRESS is \
-                 127.0.0.1 unless given",
+                "\"abc\" is not valid here: [ADDRESS:]HOST_PORT:SANDBOX_PORT, or one PORT for both, each 1-65535; \
+                 ADDRESS is 127.0.0.1 unless given",
+            ]
+        );
+    }
+
+    /// Found by a new-user trial: ports out of range were said only once the file's other
+    /// problems were fixed, and editors checking against the schema took them.
+    #[test]
+    fn ports_out_of_range_are_the_schemas_to_refuse_in_the_same_pass_as_the_rest() {
+        let text = "version: 1\nnamespace: Bad_NS\nsandboxes:\n  api:\n    type: python\n    colour: red\n    \
+                    ports: ['0:80', '70000:80', '8080:0', '127.0.0.1:8080:80', '9090']\n    \
+                    network: { allow: ['pypi.org:99999', 'pypi.org:0', 'pypi.org:443'] }\n";
+        let pointers: Vec<String> = errors_of(text).into_iter().map(|error| error.pointer).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/namespace",
+                "/sandboxes/api/colour",
+                "/sandboxes/api/ports/0",
+                "/sandboxes/api/ports/1",
+                "/sandboxes/api/ports/2",
+                "/sandboxes/api/network/allow/0",
+                "/sandboxes/api/network/allow/1",
             ]
         );
     }
