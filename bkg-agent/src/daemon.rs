@@ -826,6 +826,15 @@ async fn serve(
     );
     store.note(configuration).await.context("record the configuration in the audit log")?;
 
+    if let Some(url) = &api.db_url
+        && crate::sync::has_password(url)
+        && std::env::var("BKG_DB_URL").ok().as_deref() != Some(url.as_str())
+    {
+        tracing::warn!(
+            "--db-url holds a password, which every local user can read in this process's command line \
+             (/proc/PID/cmdline): give the URL in BKG_DB_URL instead (docs/operations.md)"
+        );
+    }
     // The outbox keeps every event until bkg_db has it; a bkg_db that is down only delays it.
     let sync = api.db_url.as_ref().map(|url| {
         let handle = Arc::new(crate::sync::SyncWorker::spawn(store.clone(), crate::sync::SyncConfig::new(url.clone())));

@@ -198,6 +198,34 @@ fn runs_made_while_bkg_db_is_down_and_across_an_agent_crash_all_arrive_once() {
     verify(&agent, true);
 }
 
+/// Found by a new-user trial: with bkg_db down, `bkg watch --no-follow` (without `--since`)
+/// waited without a word until bkg_db came back. It fails at once, as `--since N` did.
+#[test]
+fn watch_no_follow_says_bkg_db_is_down_instead_of_waiting_for_it() {
+    // A port nothing listens on: every connection is refused.
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("port").port();
+    let agent =
+        agent_with_db(&format!("postgres://agent:pw@127.0.0.1:{port}/bkg_db?sslmode=disable&connect_timeout=2"));
+    for since in [&[][..], &["--since", "0"]] {
+        let watched = Command::new("timeout")
+            .arg("60")
+            .arg(bkg_tests::bkg_bin())
+            .args(["watch", "--no-follow"])
+            .args(since)
+            .env("BKG_SOCKET", &agent.socket)
+            .env("BKG_NO_AUTOSTART", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("bkg watch");
+        assert_eq!(code(&watched), 125, "{since:?}: {}", stderr(&watched));
+        assert!(stderr(&watched).starts_with("bkg: bkg_db"), "{since:?}: {}", stderr(&watched));
+        assert!(!stderr(&watched).contains("pw@"), "the URL's password is never repeated: {}", stderr(&watched));
+    }
+    // Found by the same trial: on the command line the password is every local user's to read.
+    assert!(agent.log().contains("--db-url holds a password, which every local user can read"), "{}", agent.log());
+}
+
 #[test]
 fn two_agents_share_one_bkg_db() {
     let postgres = Postgres::start();

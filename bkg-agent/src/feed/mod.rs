@@ -139,7 +139,7 @@ impl Feed {
 
     /// The changes of `namespace` (all of them for `None`: an admin's), from `since` on, live
     /// until the client leaves or the agent stops, or with `follow` false only until the reader
-    /// has caught up. Who may read which namespace is decided by the caller (service/access.rs).
+    /// has caught up or bkg_db fails (said as an error, never waited out). Who may read which namespace is decided by the caller (service/access.rs).
     ///
     /// A `since` past the newest change is refused: the changes up to it would be skipped
     /// when they came (a cursor of another feed, or of a state directory since reset). The
@@ -173,7 +173,7 @@ impl Feed {
                 )));
             }
         }
-        let reader = Reader {
+        let mut reader = Reader {
             source,
             after: since,
             namespace,
@@ -185,6 +185,11 @@ impl Feed {
             stopping: false,
             finished: false,
         };
+        // A reader that will not wait (`bkg watch --no-follow`) is answered with bkg_db's failure
+        // at once, as an error of the request, rather than a stream that waits for bkg_db.
+        if !follow {
+            reader.read().await?;
+        }
         Ok(futures_util::stream::unfold(reader, |mut reader| async move {
             let item = reader.next().await?;
             Some((item, reader))
@@ -241,6 +246,13 @@ impl Reader {
                     return Some(FeedItem::Resume(Resume { resume_from: self.after, reason: CAUGHT_UP.into() }));
                 }
                 Ok(false) => None,
+                Err(error) if !self.follow => {
+                    self.finished = true;
+                    return Some(FeedItem::Resume(Resume {
+                        resume_from: self.after,
+                        reason: format!("the feed could not be read: {error}"),
+                    }));
+                }
                 Err(error) => {
                     tracing::warn!(%error, after = self.after, "the change feed could not read; trying again");
                     let pause = crate::sync::jitter(retry);

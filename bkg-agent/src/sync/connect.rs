@@ -12,8 +12,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::SyncError;
 
-/// A server that does not answer must not hold the worker (or `bkg db migrate`) forever.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A server that does not answer must not hold the worker (or `bkg db migrate`) forever; under
+/// the 10 s a client waits for the agent (`BKG_CLIENT_TIMEOUT`), so the client hears that bkg_db
+/// did not answer rather than giving up on the agent.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens one connection to bkg_db and drives it on the current tokio runtime.
 ///
@@ -25,7 +27,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn connect(db_url: &str) -> Result<Client, SyncError> {
     let (config, root_cert) = parse_url(db_url)?;
     let tls = tls_connector(config.get_ssl_mode(), root_cert.as_deref())?;
-    let (client, connection) = config.connect(tls).await?;
+    let (client, connection) = within_connect_timeout(&config, config.connect(tls)).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "bkg_db connection ended");
@@ -42,6 +44,11 @@ pub fn check_url(db_url: &str) -> Result<(), SyncError> {
     tls_connector(config.get_ssl_mode(), root_cert.as_deref()).map(drop)
 }
 
+/// Whether `db_url` holds a password: on the command line every local user can read it.
+pub fn has_password(db_url: &str) -> bool {
+    parse_url(db_url).is_ok_and(|(config, _)| config.get_password().is_some())
+}
+
 /// Like [`connect`], for a connection that LISTENs: `notified` is called for every notification
 /// the server sends. The returned task ends when the connection does.
 pub async fn connect_notified(
@@ -50,7 +57,7 @@ pub async fn connect_notified(
 ) -> Result<(Client, tokio::task::JoinHandle<()>), SyncError> {
     let (config, root_cert) = parse_url(db_url)?;
     let tls = tls_connector(config.get_ssl_mode(), root_cert.as_deref())?;
-    let (client, mut connection) = config.connect(tls).await?;
+    let (client, mut connection) = within_connect_timeout(&config, config.connect(tls)).await?;
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |context| connection.poll_message(context));
         while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
@@ -65,6 +72,20 @@ pub async fn connect_notified(
         }
     });
     Ok((client, driver))
+}
+
+/// `connecting` bounded by the URL's `connect_timeout` (or `DEFAULT_CONNECT_TIMEOUT`) as a whole,
+/// as libpq bounds it: tokio-postgres bounds only the TCP connect with it, so a server that
+/// accepts and never answers (TLS, the login) held the connection's caller for minutes.
+async fn within_connect_timeout<T>(
+    config: &Config,
+    connecting: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, SyncError> {
+    let limit = config.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(connected) => Ok(connected?),
+        Err(_) => Err(SyncError::Timeout(limit)),
+    }
 }
 
 /// Splits off what tokio-postgres does not parse itself (`sslrootcert`, the `verify-*` modes) and
@@ -172,6 +193,28 @@ mod tests {
         assert!(root.is_none());
 
         assert_eq!(parse_url("postgres://h/db")?.0.get_ssl_mode(), SslMode::Prefer);
+        Ok(())
+    }
+
+    /// Found by a new-user trial: a server that accepts and never answers held `bkg db migrate`
+    /// past any client's patience, though the URL said `connect_timeout=2`.
+    #[tokio::test]
+    async fn connect_timeout_bounds_the_whole_connection_not_only_its_tcp_connect() -> std::io::Result<()> {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = silent.local_addr()?.port();
+        let held = tokio::spawn(async move {
+            // Accepted, then never answered, until the test ends.
+            let accepted = silent.accept().await;
+            std::future::pending::<()>().await;
+            drop(accepted);
+        });
+        let url = format!("postgres://u:p@127.0.0.1:{port}/bkg?sslmode=disable&connect_timeout=1");
+        let outcome = tokio::time::timeout(Duration::from_secs(30), connect(&url)).await;
+        held.abort();
+        assert!(
+            matches!(outcome, Ok(Err(SyncError::Timeout(limit))) if limit == Duration::from_secs(1)),
+            "{outcome:?}"
+        );
         Ok(())
     }
 

@@ -22,7 +22,7 @@ mod worker;
 use std::future::Future;
 
 pub use bkg_schema::sync::{ParkedEvent, SyncStatus};
-pub use connect::{check_url, connect, connect_notified};
+pub use connect::{check_url, connect, connect_notified, has_password};
 pub use schema::{ensure_namespace_role, latest_version, migrate};
 pub(crate) use ship::CHANGES_CHANNEL;
 pub use worker::{SyncConfig, SyncHandle, SyncWorker, jitter};
