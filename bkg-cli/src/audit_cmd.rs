@@ -46,7 +46,8 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
     if let Some(bad) = &mut report.first_bad {
         bad.file = PathBuf::from(format!("bkg_db (agent {}, line in seq order)", key.agent_id()));
     }
-    print_report(&report, args.json, &mut io::stdout().lock(), &mut io::stderr().lock())
+    let from = format!("bkg_db's copy of agent {}", key.agent_id());
+    print_report(&report, Some(&from), args.json, &mut io::stdout().lock(), &mut io::stderr().lock())
 }
 
 /// `--state-dir` (or `BKG_STATE_DIR`) when given, else the state directory of the agent on the
@@ -108,28 +109,34 @@ pub fn verify_to(args: &AuditVerifyArgs, out: &mut dyn Write, err: &mut dyn Writ
     };
     let key = load_key(args.key.as_deref(), &default_key)?;
     let report = audit::verify(&files, &key).map_err(|error| CliError::usage(error.to_string()))?;
-    print_report(&report, args.json, out, err)
+    print_report(&report, None, args.json, out, err)
 }
 
-/// The verdict, as JSON on `out` or a line on `err`; 0 when intact, 1 at a bad line.
-fn print_report(report: &VerifyReport, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, CliError> {
+/// The verdict, as JSON on `out` or a line on `err`; 0 when intact, 1 at a bad line. `from` names
+/// where the records came from when not from the log's files.
+fn print_report(
+    report: &VerifyReport,
+    from: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32, CliError> {
     if json {
         emit(out, &report_json(report)?)?;
     } else {
-        emit(err, &report_line(report))?;
+        emit(err, &report_line(report, from))?;
     }
     Ok(if report.first_bad.is_some() { NEGATIVE } else { SUCCESS })
 }
 
-fn report_line(report: &VerifyReport) -> String {
-    match &report.first_bad {
-        None => format!(
-            "audit: ok, {} records in {} file{}, chain intact",
-            report.records,
-            report.files,
-            if report.files == 1 { "" } else { "s" }
-        ),
-        Some(bad) => format!("audit: {}:{}: {}: {}", bad.file.display(), bad.line, bad.reason, bad.detail),
+fn report_line(report: &VerifyReport, from: Option<&str>) -> String {
+    let records = crate::out::count(report.records as usize, "record", "records");
+    match (&report.first_bad, from) {
+        (None, Some(from)) => format!("audit: ok, {records} in {from}, chain intact"),
+        (None, None) => {
+            format!("audit: ok, {records} in {}, chain intact", crate::out::count(report.files, "file", "files"))
+        }
+        (Some(bad), _) => format!("audit: {}:{}: {}: {}", bad.file.display(), bad.line, bad.reason, bad.detail),
     }
 }
 
@@ -341,6 +348,8 @@ fn outcome(record: &SignedRecord) -> String {
         Ok(Details::RunFinished(RunFinished { outcome: RunOutcome::Failed { error }, .. })) => {
             format!("failed: {}", error.split_whitespace().collect::<Vec<_>>().join(" "))
         }
+        // A run the agent's end cut short, closed by the next agent at its start.
+        Ok(Details::RunInterrupted(interrupted)) => format!("interrupted: {}", interrupted.reason),
         // A key removed for good is recorded as revoked (it is, and more): the row says which.
         Ok(Details::KeyRevoked(change)) if change.deleted => format!("deleted key {}", change.key_id),
         Ok(Details::KeyRevoked(change)) => format!("revoked key {}", change.key_id),

@@ -5,6 +5,7 @@ use bkg_schema::sync::{Migrated, Retried, RetryRequest, SyncView};
 use crate::args::{DbAction, DbArgs, SyncAction, SyncArgs};
 use crate::client::AgentClient;
 use crate::exit::{CliError, NEGATIVE, SUCCESS};
+use crate::out::count;
 use crate::settings::Settings;
 
 fn age(now_ms: u64, then_ms: Option<u64>) -> String {
@@ -29,8 +30,8 @@ pub async fn sync(settings: &Settings, args: SyncArgs) -> Result<i32, CliError> 
                 out.note(format_args!("no parked events"));
             } else {
                 let seqs: Vec<String> = retried.retried.iter().map(u64::to_string).collect();
-                let events = if seqs.len() == 1 { "event" } else { "events" };
-                out.note(format_args!("{} parked {events} queued again (seq {})", seqs.len(), seqs.join(", ")));
+                let events = count(seqs.len(), "parked event", "parked events");
+                out.note(format_args!("{events} queued again (seq {})", seqs.join(", ")));
             }
             Ok(SUCCESS)
         }
@@ -49,13 +50,18 @@ fn describe(view: &SyncView) -> String {
     let mut line = |key: &str, value: String| text.push_str(&format!("{key:<14}{value}\n"));
     if !view.configured {
         line("bkg_db", "not configured (--db-url)".to_owned());
-        line("backlog", format!("{} events, kept for a bkg_db once one is configured", status.backlog));
+        line(
+            "backlog",
+            format!("{}, kept for a bkg_db once one is configured", count(status.backlog as usize, "event", "events")),
+        );
         return text;
     }
     line("bkg_db", "configured".to_owned());
-    line("backlog", format!("{} events", status.backlog));
-    let events = if parked == 1 { "event" } else { "events" };
-    line("parked", format!("{parked} {events}{}", if parked > 0 { " (bkg sync retry)" } else { "" }));
+    line("backlog", count(status.backlog as usize, "event", "events"));
+    line(
+        "parked",
+        format!("{}{}", count(parked as usize, "event", "events"), if parked > 0 { " (bkg sync retry)" } else { "" }),
+    );
     for event in &view.parked_events {
         text.push_str(&format!("  {} {}: {}\n", event.seq, event.action, event.reason));
     }

@@ -142,6 +142,8 @@ fn verify(agent: &Agent, from_db: bool) {
     let output = command.output().expect("audit verify");
     assert_eq!(code(&output), 0, "audit verify (from_db {from_db}): {}", stderr(&output));
     assert!(stderr(&output).contains("chain intact"), "{}", stderr(&output));
+    // Found by a new-user trial: bkg_db's copy was said to be "in 1 file".
+    assert_eq!(stderr(&output).contains("in bkg_db's copy of agent "), from_db, "{}", stderr(&output));
 }
 
 #[test]
