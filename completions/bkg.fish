@@ -59,7 +59,8 @@ complete -c bkg -n "__fish_bkg_needs_command" -f -a "doctor" -d 'Check this host
 complete -c bkg -n "__fish_bkg_needs_command" -f -a "completions" -d 'Print the shell completion script for bash, zsh, fish, elvish or powershell'
 complete -c bkg -n "__fish_bkg_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -s c -l code -d 'Run this code instead of a file (needs --type); then every other argument is the script\'s' -r
-complete -c bkg -n "__fish_bkg_using_subcommand exe" -s t -l type -d 'The language: python or node [default: from the file extension]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -s t -l type -d 'The language: python or node [default: from the file extension]' -r -f -a "python\t''
+node\t''"
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l cpus -d 'CPU limit in CPUs, e.g. 0.5 [default: 1]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l memory -d 'Memory limit, swap included, e.g. 256MiB or 1.5GiB [default: 512MiB]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l timeout -d 'Wall-clock limit of a run, e.g. 10s or 1m30s [default: 60s]' -r
@@ -114,7 +115,8 @@ complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcomman
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l namespace -d 'The namespace [default: default]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l sandbox -d 'Add a first sandbox with this name [default: none without prompts]' -r
-complete -c bkg -n "__fish_bkg_using_subcommand init" -s t -l type -d 'The first sandbox\'s type: python or node [default: python]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand init" -s t -l type -d 'The first sandbox\'s type: python or node [default: python]' -r -f -a "python\t''
+node\t''"
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l start -d 'The first sandbox\'s start script [default: python main.py or node main.js]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
@@ -123,7 +125,8 @@ complete -c bkg -n "__fish_bkg_using_subcommand init" -s y -l yes -d 'Never ask:
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l force -d 'Overwrite an existing cave.yaml'
 complete -c bkg -n "__fish_bkg_using_subcommand init" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand init" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand add" -s t -l type -d 'The language: python or node' -r
+complete -c bkg -n "__fish_bkg_using_subcommand add" -s t -l type -d 'The language: python or node' -r -f -a "python\t''
+node\t''"
 complete -c bkg -n "__fish_bkg_using_subcommand add" -s s -l script -d 'A script, NAME=COMMAND (repeatable) [default: start=python main.py or node main.js]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l cpus -d 'CPU limit in CPUs, e.g. 0.5 [default: 1]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l memory -d 'Memory limit, swap included, e.g. 256MiB or 1.5GiB [default: 512MiB]' -r
@@ -190,7 +193,8 @@ complete -c bkg -n "__fish_bkg_using_subcommand cp" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s s -l session -d 'The session to run in; made on first use' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s c -l code -d 'The code to run [default: read from stdin]' -r
-complete -c bkg -n "__fish_bkg_using_subcommand exec" -s t -l type -d 'The session\'s language when it is made: python or node [default: the sandbox\'s]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exec" -s t -l type -d 'The session\'s language when it is made: python or node [default: the sandbox\'s]' -r -f -a "python\t''
+node\t''"
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
@@ -201,7 +205,8 @@ complete -c bkg -n "__fish_bkg_using_subcommand exec" -l json -d 'Print each eve
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s s -l session -d 'The session to use; made on first use' -r
-complete -c bkg -n "__fish_bkg_using_subcommand repl" -s t -l type -d 'The session\'s language when it is made: python or node [default: the sandbox\'s]' -r
+complete -c bkg -n "__fish_bkg_using_subcommand repl" -s t -l type -d 'The session\'s language when it is made: python or node [default: the sandbox\'s]' -r -f -a "python\t''
+node\t''"
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r

@@ -828,7 +828,7 @@ async fn serve(
 
     if let Some(url) = &api.db_url
         && crate::sync::has_password(url)
-        && std::env::var("BKG_DB_URL").ok().as_deref() != Some(url.as_str())
+        && std::env::args().any(|arg| arg == "--db-url" || arg.starts_with("--db-url="))
     {
         tracing::warn!(
             "--db-url holds a password, which every local user can read in this process's command line \

@@ -37,7 +37,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run a script once in a temporary sandbox and return its output and exit code.
     #[command(after_help = "Exit codes: the script's own; 124 timeout; 137 killed by the memory or process limit; \
-130 cancelled; 125 bkg failed (bad input, agent unreachable); 126 runtime not executable; 127 script not found.")]
+128+N killed by signal N; 130 cancelled (Ctrl-C; 143 on SIGTERM, 129 on SIGHUP); 143 the agent stopped; \
+125 bkg failed (bad input, agent unreachable); 126 runtime not executable; 127 script not found.")]
     Exe(Box<ExeArgs>),
     /// Start, stop or inspect the local agent.
     Agent(AgentArgs),
@@ -193,7 +194,7 @@ pub struct ExeArgs {
     #[arg(short = 'c', long = "code", value_name = "CODE")]
     pub code: Option<String>,
     /// The language: python or node [default: from the file extension]
-    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = exe_language)]
+    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = exe_language(), hide_possible_values = true)]
     pub language: Option<Language>,
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -282,7 +283,7 @@ pub struct ExecArgs {
     #[arg(short = 'c', long = "code", value_name = "CODE")]
     pub code: Option<String>,
     /// The session's language when it is made: python or node [default: the sandbox's].
-    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language)]
+    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language(), hide_possible_values = true)]
     pub language: Option<Language>,
     /// Interrupt what the session is running instead of running code.
     #[arg(long, conflicts_with = "code")]
@@ -305,7 +306,7 @@ pub struct ReplArgs {
     #[arg(short = 's', long, value_name = "S", default_value = "default")]
     pub session: String,
     /// The session's language when it is made: python or node [default: the sandbox's].
-    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language)]
+    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language(), hide_possible_values = true)]
     pub language: Option<Language>,
     #[command(flatten)]
     pub project: ProjectArgs,
@@ -450,7 +451,7 @@ pub struct InitArgs {
     #[arg(long, value_name = "NAME")]
     pub sandbox: Option<String>,
     /// The first sandbox's type: python or node [default: python]
-    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language)]
+    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language(), hide_possible_values = true)]
     pub language: Option<Language>,
     /// The first sandbox's start script [default: python main.py or node main.js]
     #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
@@ -463,7 +464,7 @@ pub struct AddArgs {
     #[arg(value_name = "NAME")]
     pub name: String,
     /// The language: python or node.
-    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language)]
+    #[arg(short = 't', long = "type", value_name = "TYPE", value_parser = language(), hide_possible_values = true)]
     pub language: Language,
     /// A script, NAME=COMMAND (repeatable) [default: start=python main.py or node main.js]
     #[arg(short = 's', long = "script", value_name = "NAME=CMD", allow_hyphen_values = true)]
@@ -901,17 +902,45 @@ pub fn bkg_command() -> clap::Command {
     add_examples(Cli::command(), "")
 }
 
-/// `--type`'s value.
-fn language(text: &str) -> Result<Language, String> {
-    Language::parse(text).ok_or_else(|| format!("`{text}` is not a language: use python or node"))
+/// `--type`'s value: python or node (or an alias, `Language::parse`), offered as those two to
+/// help and shell completion.
+#[derive(Clone, Copy)]
+struct LanguageParser(fn(&str) -> Result<Language, String>);
+
+impl clap::builder::TypedValueParser for LanguageParser {
+    type Value = Language;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Language, clap::Error> {
+        self.0.parse_ref(command, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new([Language::Python, Language::Node].into_iter().map(|language| language.as_str().into())))
+    }
+}
+
+fn language() -> LanguageParser {
+    LanguageParser(|text| {
+        Language::parse(text).ok_or_else(|| format!("`{text}` is not a language: use python or node"))
+    })
 }
 
 /// `bkg exe --type`'s value. A path there is most likely Docker's `-t` (a terminal), typed out of
 /// habit.
-fn exe_language(text: &str) -> Result<Language, String> {
-    language(text).map_err(|error| match text.contains(['.', '/']) {
-        true => format!("{error} (-t is the language; the script comes after it, and a terminal is -T)"),
-        false => error,
+fn exe_language() -> LanguageParser {
+    LanguageParser(|text| {
+        Language::parse(text).ok_or_else(|| {
+            let hint = match text.contains(['.', '/']) {
+                true => " (-t is the language; the script comes after it, and a terminal is -T)",
+                false => "",
+            };
+            format!("`{text}` is not a language: use python or node{hint}")
+        })
     })
 }
 

@@ -55,7 +55,7 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
         out.note(format_args!("{reason}"));
     }
     if !out.is_json() {
-        crate::runs_cmd::note_kept_files(out, &result);
+        crate::runs_cmd::note_kept_files(out, &result, args.output.is_some() && not_written.is_none());
     }
     for denial in stream::denial_lines(&result) {
         out.note(format_args!("{denial}"));

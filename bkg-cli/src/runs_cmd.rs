@@ -96,9 +96,14 @@ pub(crate) fn check_run_id(id: &str) -> Result<(), CliError> {
 
 /// After `bkg exe`: the files the code wrote that the run kept and how to fetch them, on
 /// stderr. The kept copies of its stdout and stderr are not named: the caller got those as they
-/// came (`stream.rs` says what did not arrive).
-pub fn note_kept_files(out: crate::out::Printer, result: &RunResult) {
-    let written: Vec<_> = result.files.iter().filter(|file| file.kind == RunFileKind::File).collect();
+/// came (`stream.rs` says what did not arrive); nor are those of `/workspace/out` when `-o` has
+/// brought them (`out_fetched`).
+pub fn note_kept_files(out: crate::out::Printer, result: &RunResult, out_fetched: bool) {
+    let written: Vec<_> = result
+        .files
+        .iter()
+        .filter(|file| file.kind == RunFileKind::File && !(out_fetched && file.path.starts_with("out/")))
+        .collect();
     if !written.is_empty() {
         let bytes: u64 = written.iter().map(|file| file.bytes).sum();
         out.note(format_args!(

@@ -605,6 +605,8 @@ fn exe_file_dir_puts_siblings_beside_the_script_and_output_brings_out_back() {
     assert_eq!(code(&run), 0, "stderr: {}", stderr(&run));
     assert_eq!(stdout(&run), "hello from helper pkg\n");
     assert_eq!(std::fs::read_to_string(results.join("result.txt")).expect("result"), "made in the sandbox\n");
+    // Found by a new-user trial: the note told how to fetch the file `-o` had just brought.
+    assert!(!stderr(&run).contains("bkg runs files"), "stderr: {}", stderr(&run));
 }
 
 /// `--file DIR/` follows a link only to a place inside DIR (found by a new-user trial: a
