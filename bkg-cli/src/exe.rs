@@ -153,9 +153,17 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
                 }
                 Err(_) if Path::new(path).is_dir() => {
                     let dir = path.trim_end_matches('/');
-                    return Err(CliError::usage(format!(
-                        "{dir} is a directory: give the script in it (`bkg exe --file {dir} {dir}/main.py` sends the rest beside it)"
-                    )));
+                    // The way to run a project directory, shown with its own entry script: for
+                    // a directory without one (`/tmp`) it would send all of it for nothing.
+                    let entry = ["main.py", "__main__.py", "main.js", "index.js"]
+                        .into_iter()
+                        .find(|name| Path::new(dir).join(name).is_file());
+                    return Err(CliError::usage(match entry {
+                        Some(entry) => format!(
+                            "{dir} is a directory: give the script in it (`bkg exe --file {dir} {dir}/{entry}` sends the rest beside it)"
+                        ),
+                        None => format!("{dir} is a directory: give a script file"),
+                    }));
                 }
                 Err(error) => return Err(CliError::usage(format!("cannot read {path}: {error}"))),
             };

@@ -45,8 +45,15 @@ fn bad_flags_and_limits_are_125() {
     let hello = hello.to_str().unwrap_or_default();
     let examples = examples_dir();
     let examples = examples.to_str().unwrap_or_default();
+    let project = tempfile::tempdir().expect("dir");
+    std::fs::write(project.path().join("main.py"), "print(1)\n").expect("main.py");
+    let project = project.path().to_str().unwrap_or_default().to_owned();
+    let with_main =
+        format!("{project} is a directory: give the script in it (`bkg exe --file {project} {project}/main.py`");
     let cases: &[(&[&str], &str)] = &[
-        (&["--type", "python", examples], "is a directory: give the script in it (`bkg exe --file "),
+        (&["--type", "python", &project], &with_main),
+        // Found by a new-user trial: for `/tmp` it suggested sending all of /tmp.
+        (&["--type", "python", examples], "is a directory: give a script file"),
         (&["--type", "ruby", "-c", "puts 1"], "--type: `ruby` is not a language: use python or node"),
         (
             &["-t", hello],
