@@ -287,11 +287,27 @@ startup() {
         printf '%s %s\n' "$warm_runs" "$((prestarted_after - prestarted_before))" >"$RAW/prestarted-$lang.txt"
     fi
 }
+# spaced LANG INTERPRETER SCRIPT: bare and warm bkg once more, each run 200 ms after the last
+# (`--prepare sleep`), as a person's runs come: the pool has refilled between runs and nothing
+# else runs beside them. Reported apart from the back-to-back rounds above, which issue 16's
+# targets are read from.
+spaced() {
+    local lang=$1 interp=$2 script=$3
+    log "startup, $lang, spaced 200 ms apart: $RUNS runs per command"
+    wait_pool "$WARM_SOCK" 2
+    "${CLEAN_ENV[@]}" hyperfine -N --style basic --warmup 2 --runs "$RUNS" --prepare "sleep 0.2" \
+        --export-json "$RAW/spaced-$lang.json" \
+        -n "bare" "$(quote "$interp" "$EXAMPLES/$script")" \
+        -n "bkg-warm" "$(quote "$BKG" exe --socket "$WARM_SOCK" "$EXAMPLES/$script")" >&2
+}
 mark start
 startup python "$PYTHON" hello.py
 mark startup-python
 startup node "$NODE" hello.js
 mark startup-node
+spaced python "$PYTHON" hello.py
+spaced node "$NODE" hello.js
+mark startup-spaced
 
 # Agent-side accounting of the same runs (wall_ms measured inside the agent).
 for script in hello.py hello.js; do

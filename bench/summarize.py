@@ -112,10 +112,11 @@ def versions(args):
     }
 
 
-def startup(raw, lang):
-    """Every command's times over all interleaved rounds (startup-LANG-roundN.json), merged."""
+def startup(raw, lang, pattern="startup-{lang}-round*.json"):
+    """Every command's times over all interleaved rounds (startup-LANG-roundN.json), merged; or
+    those of the files `pattern` names (the spaced runs: spaced-LANG.json)."""
     times = {}
-    rounds = sorted(raw.glob(f"startup-{lang}-round*.json"))
+    rounds = sorted(raw.glob(pattern.format(lang=lang)))
     for path in rounds:
         data = load_json(path) or {"results": []}
         for r in data["results"]:
@@ -330,6 +331,12 @@ def markdown(doc):
             lines += ["", f"Runs of the warm agent (warmups included) that took a sandbox with the "
                       f"interpreter started ahead: {p['prestarted']} of {p['runs']}; the others "
                       f"found none ready that fit and had one prepared for them."]
+        sp = (doc.get("startup_spaced") or {}).get(lang) or {}
+        if sp.get("bare") and sp.get("bkg-warm"):
+            lines += ["", f"Spaced 200 ms apart ({sp['bare']['runs']} runs each, the pool refilled "
+                      f"between runs; not what the targets below are read from): bare "
+                      f"{fms(sp['bare']['median_ms'])} ms, warm bkg {fms(sp['bkg-warm']['median_ms'])} ms, "
+                      f"{fx(sp['bkg-warm']['ratio_vs_bare'])} bare."]
         a = doc["agent_side"].get(lang)
         if a and a["wall_ms_median"] is not None:
             lines += ["", f"Agent-reported `wall_ms` of `bkg exe --json {script}` (median of "
@@ -467,6 +474,7 @@ def main():
         "versions": versions(args),
         "commands": {"bwrap": text("bwrap-command.txt"), "unshare": text("unshare-command.txt")},
         "startup": {lang: startup(raw, lang) for lang in ("python", "node")},
+        "startup_spaced": {lang: startup(raw, lang, "spaced-{lang}.json") for lang in ("python", "node")},
         "agent_side": {"python": agent_side(raw, "hello-py"), "node": agent_side(raw, "hello-js")},
         "prestarted": {lang: prestarted(raw, lang) for lang in ("python", "node")},
         "throughput": throughput(raw),
