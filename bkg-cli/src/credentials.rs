@@ -63,8 +63,27 @@ fn account(remote: &reqwest::Url) -> String {
     remote.origin().ascii_serialization()
 }
 
-fn file_only() -> bool {
-    std::env::var(STORE_ENV).is_ok_and(|value| value == "file")
+/// Whether keys are kept in the credentials file only (`BKG_CREDENTIAL_STORE=file`), else in the
+/// kernel keyring when it works (`keyring`, or unset). Any other value is refused: a typo must
+/// not send a secret where the user asked it not to go.
+fn file_only() -> Result<bool, CliError> {
+    match std::env::var(STORE_ENV).as_deref() {
+        Ok("file") => Ok(true),
+        Ok("keyring" | "") | Err(_) => Ok(false),
+        Ok(other) => Err(CliError::usage(format!("{STORE_ENV}={other}: use `file` or `keyring`"))),
+    }
+}
+
+/// Whether the keyring keeps what is put in it where this process finds it again: tried with an
+/// entry that holds no secret, so that a keyring that takes a key and then refuses to give it
+/// back (or to delete it) never holds a real one.
+fn keyring_round_trips() -> bool {
+    const PROBE_ACCOUNT: &str = "bkg-probe";
+    let Ok(store) = linux_keyutils_keyring_store::Store::new() else { return false };
+    let store: Arc<keyring_core::CredentialStore> = store;
+    let Ok(probe) = keyring_core::Entry::new_in_store(&store, KEYRING_SERVICE, PROBE_ACCOUNT) else { return false };
+    let works = probe.set_password("probe").and_then(|()| probe.get_password()).is_ok_and(|back| back == "probe");
+    works && probe.delete_credential().is_ok()
 }
 
 fn keyring_entry(remote: &reqwest::Url) -> Result<keyring_core::Entry, keyring_core::Error> {
@@ -101,7 +120,7 @@ pub fn key_for(remote: &reqwest::Url) -> Result<String, CliError> {
     if let Some(key) = key_from_env() {
         return Ok(key);
     }
-    if !file_only()
+    if !file_only()?
         && let Ok(key) = keyring_entry(remote).and_then(|entry| entry.get_password())
     {
         return Ok(key);
@@ -118,12 +137,17 @@ pub fn key_for(remote: &reqwest::Url) -> Result<String, CliError> {
 /// Keeps `key` for `remote`: in the keyring when it works (read back to be sure), else in the
 /// credentials file.
 pub fn keep(remote: &reqwest::Url, key: &str) -> Result<Kept, CliError> {
-    if !file_only() {
-        let kept = keyring_entry(remote)
-            .and_then(|entry| entry.set_password(key).and_then(|()| entry.get_password()))
-            .is_ok_and(|stored| stored == key);
+    if !file_only()? && keyring_round_trips() {
+        let entry = keyring_entry(remote);
+        let kept = entry.as_ref().is_ok_and(|entry| {
+            entry.set_password(key).and_then(|()| entry.get_password()).is_ok_and(|stored| stored == key)
+        });
         if kept {
             return Ok(Kept::Keyring);
+        }
+        // Not kept there after all: nothing of it may stay there either.
+        if let Ok(entry) = entry {
+            let _ = entry.delete_credential();
         }
     }
     let path = credentials_file();
@@ -143,7 +167,7 @@ pub fn keep(remote: &reqwest::Url, key: &str) -> Result<Kept, CliError> {
 /// Forgets the key kept for `remote`, in the keyring and in the credentials file. Whether there
 /// was one.
 pub fn forget(remote: &reqwest::Url) -> Result<bool, CliError> {
-    let in_keyring = !file_only() && keyring_entry(remote).and_then(|entry| entry.delete_credential()).is_ok();
+    let in_keyring = !file_only()? && keyring_entry(remote).and_then(|entry| entry.delete_credential()).is_ok();
     let mut keys = read_file()?;
     let in_file = keys.remove(&account(remote)).is_some();
     if in_file {

@@ -181,6 +181,11 @@ fn show(event: &SessionEvent, out: Printer) -> Result<Option<Ended>, CliError> {
         }
         SessionEvent::End { status, killed_by, .. } => {
             match status {
+                ExecutionStatus::Interrupted if *killed_by == Some(bkg_schema::KilledBy::Cancelled) => {
+                    out.note(format_args!(
+                        "interrupted by the agent: the API key it was sent with was revoked, rotated or expired"
+                    ))
+                }
                 ExecutionStatus::Interrupted => out.note(format_args!("interrupted")),
                 ExecutionStatus::Died => out.note(format_args!(
                     "the session's interpreter {}; the next `bkg exec` starts a fresh one",

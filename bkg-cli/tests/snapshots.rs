@@ -101,6 +101,22 @@ fn common_errors() {
     insta::assert_snapshot!("errors", text);
 }
 
+/// Found by a new-user trial: any value of BKG_CREDENTIAL_STORE counted as the keyring, so a typo
+/// of `file` sent a key where the user had asked it not to go.
+#[test]
+fn an_unknown_credential_store_is_refused_before_a_key_is_looked_for() {
+    let output = Command::new(BKG)
+        .args(["--remote", "http://127.0.0.1:9", "keys", "ls"])
+        .env("BKG_CREDENTIAL_STORE", "flie")
+        .env("NO_COLOR", "1")
+        .env_remove("BKG_API_KEY")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(125));
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "bkg: BKG_CREDENTIAL_STORE=flie: use `file` or `keyring`\n");
+}
+
 /// `bkg ARGS` in `dir` with BKG_SOCKET set (to no agent), as a user's shell may have it: its
 /// exit code and stderr.
 fn with_socket_set(args: &[&str], dir: &std::path::Path) -> (Option<i32>, String) {

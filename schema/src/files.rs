@@ -98,7 +98,8 @@ pub enum SessionEvent {
     Error { name: String, message: String, traceback: Vec<String> },
     /// The execution is over. `status` is `ok`, `error` or `interrupted`; `execution` counts
     /// the session's executions from 1. When the interpreter died (`died`), `killed_by` is the
-    /// limit or stop that ended its run, if one did.
+    /// limit or stop that ended its run, if one did; an execution `interrupted` because the key
+    /// that sent it was revoked, rotated, deleted or expired has `killed_by: cancelled`.
     End {
         status: ExecutionStatus,
         execution: u64,

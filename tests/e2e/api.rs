@@ -635,6 +635,53 @@ fn a_quiet_followed_log_ends_at_once_with_the_reason_when_its_key_is_revoked() {
     expect(&team.post(&format!("/api/v1/sandboxes/{id}/stop"), &json!({})), 200, "stop");
 }
 
+/// Found by a new-user trial: a session key revoked while a cell it sent ran (in a session
+/// another key made) kept receiving the cell's output to its end. The cell is interrupted and
+/// the key's stream ends, saying so; the session stays for the keys that still speak for it.
+#[test]
+fn a_cell_sent_with_a_key_is_cut_off_when_the_key_is_revoked() {
+    use std::io::{Read, Write};
+    let api = ApiAgent::start(&[]);
+    let (_, key) = api.key("namespace", Some("web"));
+    let (session_id, session) = api.key("session", Some("web"));
+    let team = api.client(&key);
+    let created = team.post("/api/v1/sandboxes", &json!({ "name": "ticker", "language": "python" }));
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    expect(&team.post(&format!("/api/v1/sandboxes/{id}/sessions"), &json!({})), 201, "the team's session");
+
+    let mut cell = std::net::TcpStream::connect(&api.address).expect("connect");
+    cell.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
+    let body = json!({ "code": "import time\nprint('first', flush=True)\nfor i in range(60):\n    time.sleep(1)\n    print('tick', i, flush=True)" })
+        .to_string();
+    let head = format!(
+        "POST /api/v1/sandboxes/{id}/sessions/default/execute HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {session}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        api.address,
+        body.len()
+    );
+    cell.write_all(head.as_bytes()).expect("send");
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("first") {
+        let read = cell.read(&mut buffer).expect("read the cell's events");
+        assert!(read > 0, "the cell ended before its first line: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buffer[..read]);
+    }
+    expect(&api.admin().post(&format!("/api/v1/auth/keys/{session_id}/revoke"), &json!({})), 200, "revoke");
+    cell.read_to_end(&mut received).expect("the stream ends before the read timeout");
+    let text = String::from_utf8_lossy(&received);
+    let last = text.lines().rfind(|line| line.starts_with('{')).unwrap_or_default();
+    let last: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
+    assert_eq!((last["type"].as_str(), last["status"].as_str()), (Some("end"), Some("interrupted")), "{text}");
+    assert_eq!(last["killed_by"], "cancelled", "{text}");
+    assert!(text.matches("tick").count() < 5, "the cell ran on for its revoked key: {text}");
+    // The session is the team's still: its next cell runs.
+    let next = team.post(&format!("/api/v1/sandboxes/{id}/sessions/default/execute"), &json!({ "code": "6 * 7" }));
+    expect(&next, 200, "the team's next cell");
+    assert!(next.text().contains("42"), "{}", next.text());
+}
+
 #[test]
 fn a_key_speaks_for_itself_alone_and_its_name_cannot_rewrite_a_terminal() {
     let api = ApiAgent::start(&[]);
@@ -1297,8 +1344,11 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     // In a session keyring of its own, `login` keeps the key in the kernel keyring (keyutils) and
     // writes no file.
     let keyring_home = tempfile::tempdir().expect("home");
+    // `logout` at the end, in the same session: the key must not stay in the kernel's keyrings
+    // after the test (found by a new-user trial: runs of this test left theirs behind).
     let script = format!(
-        "printf '%s\\n' \"$KEY\" | {bkg} --remote {remote} login --key-stdin && {bkg} --remote {remote} keys ls --json",
+        "printf '%s\\n' \"$KEY\" | {bkg} --remote {remote} login --key-stdin && {bkg} --remote {remote} keys ls --json \
+         && {bkg} --remote {remote} logout",
         bkg = bkg_tests::bkg_bin().display()
     );
     let in_keyring = Command::new("python3")
@@ -1314,6 +1364,13 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     assert!(stderr(&in_keyring).contains("kernel keyring"), "{}", stderr(&in_keyring));
     assert!(!keyring_home.path().join(".config/bkg/credentials").exists());
     assert!(stdout(&in_keyring).contains(&id));
+    // Invalidated keys (flag `i`) stay listed until the kernel's garbage collector takes them.
+    let kept_keys = std::fs::read_to_string("/proc/keys").unwrap_or_default();
+    let left = kept_keys.lines().find(|line| {
+        line.contains(&format!("keyring:{remote}@bkg"))
+            && !line.split_whitespace().nth(1).is_some_and(|flags| flags.contains('i'))
+    });
+    assert_eq!(left, None, "logout left the key in a keyring");
 
     // Rotating the very key kept for this agent keeps its new secret: the next command works.
     let rotated = bkg_at(&api, home.path())

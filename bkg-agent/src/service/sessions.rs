@@ -17,6 +17,7 @@ use bkg_schema::sandbox::{ExecRequest, is_dns_label};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::access::user_timeout_cap;
+use super::keys::KeyHold;
 use super::{OpError, OpResult, RunInput, RunOutput, Service};
 use crate::auth::Principal;
 use crate::engine::handle::{RunPhase, RunTracker, wait_until};
@@ -29,6 +30,66 @@ const EVENT_MARK: u8 = 0x1e;
 
 /// How long a restart or delete waits for the session's run to be over and its sandbox free.
 const END_PATIENCE: Duration = Duration::from_secs(15);
+
+/// SIGINT to the session's interpreter; `Err(None)` when it has none running.
+fn interrupt(session: &Session) -> Result<(), Option<nix::errno::Errno>> {
+    let code = session.tracker.access().and_then(|access| crate::engine::sandbox::code_pid(access.pid_one));
+    let pid = code.ok_or(None)?;
+    // The interpreter is the run's code, inside the run's own cgroup (docs/architecture.md).
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT).map_err(Some)
+}
+
+/// An execution's `events` for as long as the caller's key speaks for them (docs/governance.md):
+/// once it is revoked, rotated, deleted or expired the execution is interrupted and the caller's
+/// stream ends with `interrupted`, `killed_by: cancelled`; no event reaches it after. What the
+/// interrupted code still writes is kept for the session's next execution, as for a caller that
+/// hung up.
+fn held_by_key(
+    mut hold: KeyHold,
+    session: Arc<Session>,
+    execution: u64,
+    mut events: mpsc::Receiver<SessionEvent>,
+) -> mpsc::Receiver<SessionEvent> {
+    let (sender, held) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let waiter = hold.clone();
+        let lost = waiter.lost();
+        tokio::pin!(lost);
+        loop {
+            let event = tokio::select! {
+                _ = &mut lost => None,
+                event = events.recv() => match event {
+                    None => return,
+                    Some(event) if hold.check().await.is_none() => Some(event),
+                    Some(_) => None,
+                },
+            };
+            match event {
+                Some(event) => {
+                    let ended = matches!(event, SessionEvent::End { .. });
+                    if sender.send(event).await.is_err() || ended {
+                        return;
+                    }
+                }
+                None => break,
+            }
+        }
+        drop(events);
+        // Only while the execution goes on: the idle runner must not take a SIGINT.
+        if session.one_at_a_time.available_permits() == 0
+            && let Err(Some(errno)) = interrupt(&session)
+        {
+            tracing::warn!(%errno, "could not interrupt a session's execution whose key was revoked");
+        }
+        let cut = SessionEvent::End {
+            status: ExecutionStatus::Interrupted,
+            execution,
+            killed_by: Some(bkg_schema::KilledBy::Cancelled),
+        };
+        let _ = sender.send(cut).await;
+    });
+    held
+}
 
 /// The sessions going on, by sandbox id.
 #[derive(Default)]
@@ -321,7 +382,10 @@ impl Service {
             session.delivery().current.take();
             return Err(OpError::NotFound(format!("session `{name}` has ended: create it again")));
         }
-        Ok(events)
+        match KeyHold::of(&self.store, principal) {
+            Some(hold) => Ok(held_by_key(hold, session, execution, events)),
+            None => Ok(events),
+        }
     }
 
     /// Interrupts the execution going on (SIGINT to the interpreter); the session stays.
@@ -332,13 +396,10 @@ impl Service {
             // Nothing is running: there is nothing to interrupt.
             return Ok(session.info());
         }
-        let code = session.tracker.access().and_then(|access| crate::engine::sandbox::code_pid(access.pid_one));
-        let Some(pid) = code else {
-            return Err(OpError::NotFound(format!("session `{name}` has no interpreter running")));
-        };
-        // The interpreter is the run's code, inside the run's own cgroup (docs/architecture.md).
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT)
-            .map_err(|errno| OpError::Internal(format!("interrupt the session: {errno}")))?;
+        interrupt(&session).map_err(|error| match error {
+            None => OpError::NotFound(format!("session `{name}` has no interpreter running")),
+            Some(errno) => OpError::Internal(format!("interrupt the session: {errno}")),
+        })?;
         Ok(session.info())
     }
 
