@@ -115,23 +115,28 @@ pub fn key_from_env() -> Option<String> {
     std::env::var(API_KEY_ENV).ok().map(|key| key.trim().to_owned()).filter(|key| !key.is_empty())
 }
 
-/// The key for `remote`: `BKG_API_KEY`, else the keyring, else the credentials file.
+/// The key for `remote`: `BKG_API_KEY`, else the one `bkg login` kept.
 pub fn key_for(remote: &reqwest::Url) -> Result<String, CliError> {
     if let Some(key) = key_from_env() {
         return Ok(key);
     }
-    if !file_only()?
-        && let Ok(key) = keyring_entry(remote).and_then(|entry| entry.get_password())
-    {
-        return Ok(key);
-    }
-    read_file()?.remove(&account(remote)).ok_or_else(|| {
+    kept_key(remote)?.ok_or_else(|| {
         CliError::usage(format!(
-            "no API key for {}: run `bkg login --remote {}` or set {API_KEY_ENV}",
+            "no API key for {}: run `bkg login --remote {} --user NAME` (or `--key-stdin` with a key), or set {API_KEY_ENV}",
             account(remote),
             account(remote)
         ))
     })
+}
+
+/// The key `bkg login` kept for `remote`: in the keyring, else in the credentials file.
+pub fn kept_key(remote: &reqwest::Url) -> Result<Option<String>, CliError> {
+    if !file_only()?
+        && let Ok(key) = keyring_entry(remote).and_then(|entry| entry.get_password())
+    {
+        return Ok(Some(key));
+    }
+    Ok(read_file()?.remove(&account(remote)))
 }
 
 /// Keeps `key` for `remote`: in the keyring when it works (read back to be sure), else in the

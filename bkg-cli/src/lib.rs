@@ -78,7 +78,7 @@ async fn dispatch(settings: Settings, command: Command) -> Result<i32, CliError>
         Command::Sync(args) => sync_cmd::sync(settings, args).await,
         Command::Db(args) => sync_cmd::db(settings, args).await,
         Command::Login(args) => login_cmd::run(settings, args).await,
-        Command::Logout => login_cmd::logout(settings),
+        Command::Logout => login_cmd::logout(settings).await,
         Command::Keys(args) => keys_cmd::run(settings, args).await,
         Command::Envs(args) => deps_cmd::envs(settings, args).await,
         Command::Secrets(args) => deps_cmd::secrets(settings, args).await,

@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, IsTerminal};
 
-use bkg_schema::auth::{IssuedKey, LoginRequest, Principal};
+use bkg_schema::auth::{IssuedKey, KeyInfo, LoginRequest, Principal};
 
 use crate::args::LoginArgs;
 use crate::client::AgentClient;
@@ -70,13 +70,24 @@ pub async fn run(settings: &Settings, args: LoginArgs) -> Result<i32, CliError> 
     Ok(SUCCESS)
 }
 
-/// `bkg logout`: forgets the key kept for `--remote`.
-pub fn logout(settings: &Settings) -> Result<i32, CliError> {
+/// `bkg logout`: forgets the key kept for `--remote`; one a password login made is revoked first,
+/// as the Web UI's logout revokes its own (a key given with `--key-stdin` may be shared: it stays).
+pub async fn logout(settings: &Settings) -> Result<i32, CliError> {
     let out = settings.out;
     let Some(remote) = settings.remote_url()? else {
         return Err(CliError::usage("bkg logout forgets the key of a remote agent: give --remote URL"));
     };
     let origin = remote.origin().ascii_serialization();
+    if let Some(key) = credentials::kept_key(&remote)? {
+        match revoke_if_a_logins(settings, &remote, key).await {
+            Ok(Some(id)) => out.note(format_args!("revoked {id}, the session key the login made")),
+            Ok(None) => {}
+            Err(error) => out.note(format_args!(
+                "could not revoke the login's session key ({}); it ends at its expiry",
+                error.message
+            )),
+        }
+    }
     if credentials::forget(&remote)? {
         out.note(format_args!("logged out of {origin}; its key is no longer kept"));
     } else {
@@ -86,4 +97,21 @@ pub fn logout(settings: &Settings) -> Result<i32, CliError> {
         out.note(format_args!("{} is still set and still sends its key", credentials::API_KEY_ENV));
     }
     Ok(SUCCESS)
+}
+
+/// Revokes `key` if a password login made it (its `user` is set); its id when it did.
+async fn revoke_if_a_logins(
+    settings: &Settings,
+    remote: &reqwest::Url,
+    key: String,
+) -> Result<Option<String>, CliError> {
+    let client = AgentClient::new(&Endpoint::remote(remote.clone(), Some(key), settings.cacert.clone())?)?;
+    let principal: Principal = client.get("/api/v1/auth/whoami").await?;
+    let Some(id) = principal.key_id else { return Ok(None) };
+    let info: KeyInfo = client.get(&format!("/api/v1/auth/keys/{id}")).await?;
+    if info.user.is_none() {
+        return Ok(None);
+    }
+    let _: KeyInfo = client.post(&format!("/api/v1/auth/keys/{id}/revoke")).await?;
+    Ok(Some(id))
 }

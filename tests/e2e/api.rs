@@ -1304,14 +1304,22 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     assert_eq!(code(&wrong), 125);
     assert_eq!(stderr(&wrong).trim(), "bkg: wrong username or password");
 
-    // `logout` forgets the kept key: the next command has none.
+    // `logout` revokes the session key the password login made, as the Web UI's logout does
+    // (found by a new-user trial: it stayed usable for its hour), and forgets it: the next
+    // command has none.
+    let login_key = std::fs::read_to_string(user_home.path().join(".config/bkg/credentials")).expect("credentials");
+    let login_key: Value = serde_json::from_str(&login_key).expect("credentials JSON");
+    let login_key = login_key[remote.as_str()].as_str().expect("the login's key").to_owned();
+    expect(&api.client(&login_key).get("/api/v1/auth/whoami"), 200, "the login's key before logout");
     let logout = bkg_at(&api, user_home.path())
         .args(["--remote", &remote, "logout"])
         .env("BKG_CREDENTIAL_STORE", "file")
         .output()
         .expect("bkg logout");
     assert_eq!(code(&logout), 0, "{}", stderr(&logout));
-    assert!(stderr(&logout).starts_with("bkg: logged out of "), "{}", stderr(&logout));
+    assert!(stderr(&logout).starts_with("bkg: revoked key_"), "{}", stderr(&logout));
+    assert!(stderr(&logout).contains("bkg: logged out of "), "{}", stderr(&logout));
+    expect(&api.client(&login_key).get("/api/v1/auth/whoami"), 401, "the login's key after logout");
     let after = bkg_at(&api, user_home.path())
         .args(["--remote", &remote, "keys", "ls"])
         .env("BKG_CREDENTIAL_STORE", "file")
