@@ -321,7 +321,22 @@ impl AgentClient {
     /// Sends `request` and waits for the answer's head at most the client's patience; the body
     /// is the caller's to read (a followed log may rightly stay open).
     pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
-        self.bounded(async { request.send().await.map_err(|error| self.unreachable(error)) }).await
+        let response = self.bounded(async { request.send().await.map_err(|error| self.unreachable(error)) }).await?;
+        // A key the agent no longer takes (revoked, expired, rotated away): say how to get one.
+        if response.status() == StatusCode::UNAUTHORIZED
+            && let Place::Remote { url, key: Some(_), .. } = &self.place
+        {
+            let refused = api_error(response).await;
+            let fix = match crate::credentials::key_from_env() {
+                Some(_) => format!("{} holds that key: give it one the agent takes", crate::credentials::API_KEY_ENV),
+                None => format!(
+                    "log in again: `bkg login --remote {} --user NAME` (or `--key-stdin` with a key)",
+                    url.origin().ascii_serialization()
+                ),
+            };
+            return Err(CliError::new(refused.code, format!("{}; {fix}", refused.message)));
+        }
+        Ok(response)
     }
 
     /// `work` if it ends within the client's patience; else the agent does not answer.

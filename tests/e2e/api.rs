@@ -1403,6 +1403,19 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     let revoked = bkg_at(&api, home.path()).args(["keys", "revoke", &id]).output().expect("bkg");
     assert_eq!(code(&revoked), 0, "{}", stderr(&revoked));
     expect(&api.client(&new_key).get("/api/v1/auth/whoami"), 401, "the revoked key");
+    // The key kept for the agent is that revoked one now: the refusal says how to get another
+    // (found by a new-user trial: it said only that the key was revoked).
+    let refused = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "keys", "ls"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .output()
+        .expect("bkg keys ls");
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(&format!("; log in again: `bkg login --remote {remote} --user NAME`")),
+        "{}",
+        stderr(&refused)
+    );
     let bad_role = bkg_at(&api, home.path()).args(["keys", "create", "--role", "root"]).output().expect("bkg");
     assert_eq!(code(&bad_role), 125);
     assert_eq!(stderr(&bad_role).lines().count(), 1, "{}", stderr(&bad_role));
