@@ -276,6 +276,17 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
         assert_eq!(answer.status, 400, "{query}");
         assert!(answer.text().contains("an outcome or a language there is none of"), "{query}: {}", answer.text());
     }
+    // So does a form sent without a field it needs (was: axum's plain-text 422; found by a
+    // new-user trial).
+    let csrf = csrf_of(&browser.get("/ui/sandboxes"));
+    let unreadable = browser.post("/ui/sandboxes", &[("csrf", &csrf), ("name", "no-language")]);
+    assert_eq!(unreadable.status, 422);
+    assert_eq!(unreadable.header("content-security-policy"), Some(CSP));
+    assert!(
+        unreadable.text().contains("This form came without a value it needs, or with one it cannot read (missing field `language`)"),
+        "{}",
+        unreadable.text()
+    );
 }
 
 #[test]

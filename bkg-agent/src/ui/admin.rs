@@ -2,7 +2,7 @@
 //! namespace, and the bkg_db sync with its parked events. The operations refuse everyone else
 //! (403).
 
-use axum::extract::{Form, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use bkg_schema::Limits;
@@ -10,6 +10,7 @@ use bkg_schema::units::count;
 use maud::html;
 use serde::Deserialize;
 
+use super::UiForm;
 use super::view::{bytes, csrf_field, maybe_time, millis, page, time};
 use super::{Viewer, ops, refusal};
 use crate::server::AppState;
@@ -209,7 +210,7 @@ pub struct RetryForm {
     seq: Option<u64>,
 }
 
-pub async fn sync_retry(State(state): State<AppState>, viewer: Viewer, Form(form): Form<RetryForm>) -> Response {
+pub async fn sync_retry(State(state): State<AppState>, viewer: Viewer, UiForm(form): UiForm<RetryForm>) -> Response {
     match ops::sync_retry(&state, &viewer.principal, form.seq).await {
         Ok(_) => Redirect::to("/ui/admin/sync").into_response(),
         Err(failure) if failure.status == StatusCode::NOT_FOUND => Redirect::to("/ui/admin/sync").into_response(),

@@ -3,11 +3,12 @@
 use std::net::SocketAddr;
 
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{Extension, Form, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
+use super::UiForm;
 use super::session::{self, Identity, LOGIN_COOKIE, SESSION_COOKIE};
 use super::{Viewer, ops, view};
 use crate::auth::keys;
@@ -85,7 +86,7 @@ pub async fn login_password(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    Form(form): Form<PasswordLogin>,
+    UiForm(form): UiForm<PasswordLogin>,
 ) -> Response {
     if let Some(refused) = over_allowance(&state, &headers, peer.as_ref()) {
         return refused;
@@ -105,7 +106,7 @@ pub async fn login_key(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    Form(form): Form<KeyLogin>,
+    UiForm(form): UiForm<KeyLogin>,
 ) -> Response {
     if let Some(refused) = over_allowance(&state, &headers, peer.as_ref()) {
         return refused;
@@ -126,7 +127,7 @@ pub async fn login_token(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    Form(form): Form<TokenLogin>,
+    UiForm(form): UiForm<TokenLogin>,
 ) -> Response {
     if let Some(refused) = over_allowance(&state, &headers, peer.as_ref()) {
         return refused;

@@ -199,6 +199,31 @@ impl FromRequestParts<AppState> for Viewer {
     }
 }
 
+/// A form of the UI's own pages. One it cannot read (a field missing or of the wrong kind: sent
+/// by hand, or from a page of another version) gets the error page rather than axum's plain text.
+pub struct UiForm<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for UiForm<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Form::<T>::from_request(request, state).await {
+            Ok(axum::Form(form)) => Ok(Self(form)),
+            Err(rejection) => {
+                let said = rejection.body_text();
+                let what = said.strip_prefix("Failed to deserialize form body: ").unwrap_or(&said);
+                Err(view::error_page(
+                    None,
+                    rejection.status(),
+                    &format!(
+                        "This form came without a value it needs, or with one it cannot read ({what}): send it from its page."
+                    ),
+                ))
+            }
+        }
+    }
+}
+
 /// An operation's refusal as a page: 404 for what the caller may not see, the message else.
 pub fn refusal(viewer: Option<&Viewer>, failure: Failure) -> Response {
     let status = failure.status;

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use bkg_schema::Language;
@@ -15,6 +15,7 @@ use bkg_schema::files::SessionInfo;
 use maud::html;
 use serde::Deserialize;
 
+use super::UiForm;
 use super::user::{event, json_text, refused_stream};
 use super::view::{csrf_field, page};
 use super::{Viewer, ops, refusal};
@@ -118,7 +119,7 @@ pub async fn start(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
-    Form(form): Form<StartForm>,
+    UiForm(form): UiForm<StartForm>,
 ) -> Response {
     let Some(language) = Language::parse(&form.language) else {
         return refusal(Some(&viewer), Failure::invalid(format!("unknown language `{}`", form.language)));
@@ -138,7 +139,7 @@ pub async fn interrupt(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
-    Form(form): Form<SessionForm>,
+    UiForm(form): UiForm<SessionForm>,
 ) -> Response {
     match ops::interrupt_session(&state, &viewer.principal, &id, &form.session).await {
         Ok(()) => Redirect::to(&notebook_path(&id)).into_response(),
@@ -150,7 +151,7 @@ pub async fn restart(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
-    Form(form): Form<SessionForm>,
+    UiForm(form): UiForm<SessionForm>,
 ) -> Response {
     match ops::restart_session(&state, &viewer.principal, &id, &form.session).await {
         Ok(()) => Redirect::to(&notebook_path(&id)).into_response(),
@@ -162,7 +163,7 @@ pub async fn end(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
-    Form(form): Form<SessionForm>,
+    UiForm(form): UiForm<SessionForm>,
 ) -> Response {
     match ops::delete_session(&state, &viewer.principal, &id, &form.session).await {
         Ok(()) => Redirect::to(&notebook_path(&id)).into_response(),
@@ -182,7 +183,7 @@ pub async fn execute(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
-    Form(form): Form<CellForm>,
+    UiForm(form): UiForm<CellForm>,
 ) -> Response {
     let events = match ops::execute_in_session(&state, &viewer.principal, &id, &form.session, form.code).await {
         Ok(events) => events,

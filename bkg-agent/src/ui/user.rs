@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use bkg_schema::auth::{CreateKeyRequest, IssuedKey, KeyInfo, Role};
@@ -14,6 +14,7 @@ use bkg_schema::{Language, LimitOverrides, Limits, RunRecord, RunResult};
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::UiForm;
 use super::view::{bytes, copyable, csrf_field, maybe_time, millis, page, time};
 use super::{Viewer, ansi, ops, refusal};
 use crate::server::{AppState, Failure};
@@ -160,7 +161,7 @@ fn new_sandbox(form: NewSandboxForm) -> Result<NewSandbox, String> {
 pub async fn create_sandbox(
     State(state): State<AppState>,
     viewer: Viewer,
-    Form(form): Form<NewSandboxForm>,
+    UiForm(form): UiForm<NewSandboxForm>,
 ) -> Response {
     let created = match new_sandbox(form) {
         Ok(new) => ops::create_sandbox(&state, &viewer.principal, new)
@@ -302,7 +303,7 @@ pub async fn run_code(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
-    Form(form): Form<RunForm>,
+    UiForm(form): UiForm<RunForm>,
 ) -> Response {
     let Some(language) = Language::parse(&form.language) else {
         return refusal(Some(&viewer), Failure::invalid(format!("unknown language `{}`", form.language)));
@@ -660,7 +661,7 @@ async fn after_key_change(
     }
 }
 
-pub async fn create_key(State(state): State<AppState>, viewer: Viewer, Form(form): Form<NewKeyForm>) -> Response {
+pub async fn create_key(State(state): State<AppState>, viewer: Viewer, UiForm(form): UiForm<NewKeyForm>) -> Response {
     let outcome = match key_request(form) {
         Ok(request) => ops::create_key(&state, &viewer.principal, request).await.map_err(|f| (f.status, f.message)),
         Err(message) => Err((StatusCode::UNPROCESSABLE_ENTITY, message)),
