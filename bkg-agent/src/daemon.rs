@@ -112,7 +112,7 @@ pub struct AgentArgs {
     pub uid_base: u32,
     /// Also serve the API on TCP at ADDR:PORT; every request there needs an API key. An address
     /// other than loopback needs --tls-cert (or --plain-http-behind-proxy).
-    #[arg(long, value_name = "ADDR:PORT", env = "BKG_LISTEN")]
+    #[arg(long, value_name = "ADDR:PORT", env = "BKG_LISTEN", value_parser = listen_address)]
     pub listen: Option<std::net::SocketAddr>,
     /// Serve TLS on --listen with this certificate chain (PEM, leaf first); re-read on SIGHUP.
     #[arg(long, value_name = "PEM", env = "BKG_TLS_CERT", requires_all = ["listen", "tls_key"])]
@@ -364,6 +364,16 @@ fn max_limits(args: &AgentArgs) -> anyhow::Result<Limits> {
         disk_bytes: maximum(&args.max_disk, disk, parse_size)?,
         pids: 4096,
     })
+}
+
+/// `--listen`'s value: an IP address and a port, or `localhost:PORT` for 127.0.0.1 (the one name
+/// taken: any other would depend on what it resolves to at each start).
+fn listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Some(port) = text.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| format!("`{port}` is not a port"))?;
+        return Ok(std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
+    }
+    text.parse().map_err(|_| format!("`{text}` is not ADDR:PORT: give an IP address and a port, like 127.0.0.1:7878"))
 }
 
 /// What the API needs from the flags and the environment, checked before anything starts.
@@ -1120,6 +1130,17 @@ mod tests {
     fn the_default_log_filter_keeps_the_mcp_library_to_its_warnings() {
         let filter = tracing_subscriber::EnvFilter::try_new(DEFAULT_LOG_FILTER).expect("a filter");
         assert_eq!(filter.to_string(), "rmcp=warn,info");
+    }
+
+    /// Found by a new-user trial: `--listen localhost:7878` was "invalid socket address syntax".
+    #[test]
+    fn listen_takes_an_ip_address_or_localhost_with_a_port() {
+        assert_eq!(listen_address("localhost:7878"), Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 7878))));
+        assert_eq!(listen_address("[::1]:7878"), "[::1]:7878".parse().map_err(|_| String::new()));
+        assert_eq!(listen_address("0.0.0.0:0"), Ok(std::net::SocketAddr::from(([0, 0, 0, 0], 0))));
+        assert_eq!(listen_address("localhost:http"), Err("`http` is not a port".to_owned()));
+        let refused = listen_address("agent.example:7878").err().unwrap_or_default();
+        assert!(refused.contains("give an IP address and a port, like 127.0.0.1:7878"), "{refused}");
     }
 
     #[test]

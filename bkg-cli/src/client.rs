@@ -396,10 +396,18 @@ impl AgentClient {
         }
         // rustls reading a plain HTTP answer as a TLS record.
         let plain_http = causes.iter().any(|cause| cause.contains("InvalidContentType"));
-        let hint = if certificate {
+        // hyper reading a TLS record (the agent's alert) as an HTTP answer.
+        let tls_answer = matches!(&self.place, Place::Remote { url, .. } if url.scheme() == "http")
+            && causes.iter().any(|cause| cause.contains("invalid HTTP version"));
+        let given_cacert = matches!(&self.place, Place::Remote { cacert: Some(_), .. });
+        let hint = if certificate && given_cacert {
+            " (the certificate does not verify against --cacert's CA, or does not name this host)"
+        } else if certificate {
             " (give the agent's CA with --cacert FILE or BKG_CACERT)"
         } else if plain_http {
             " (the agent there speaks plain http, not https: it was started without --tls-cert)"
+        } else if tls_answer {
+            " (the agent there speaks https: give --remote https://…)"
         } else {
             ""
         };

@@ -175,9 +175,11 @@ fn tls_listener_verifies_against_the_ca_refuses_plain_http_and_reloads_on_sighup
         stderr(&unverified)
     );
 
-    // Plain HTTP to the TLS port gets no HTTP answer, from the CLI or by hand.
+    // Plain HTTP to the TLS port gets no HTTP answer, from the CLI or by hand; the CLI says to
+    // use https (found by a new-user trial: "invalid HTTP version parsed" alone).
     let plain = agent_status(&api, &format!("http://{}", api.address), None);
     assert_eq!(code(&plain), 125, "{}", stderr(&plain));
+    assert!(stderr(&plain).contains("(the agent there speaks https: give --remote https://…)"), "{}", stderr(&plain));
     let mut stream = TcpStream::connect(&api.address).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
     stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").expect("send");
@@ -196,6 +198,8 @@ fn tls_listener_verifies_against_the_ca_refuses_plain_http_and_reloads_on_sighup
     });
     let old = agent_status(&api, &url, Some(&first.ca));
     assert_eq!(code(&old), 125, "the old CA still verifies: {}", stdout(&old));
+    // --cacert was given: the hint is not to give it (found by the same trial).
+    assert!(stderr(&old).contains("does not verify against --cacert's CA"), "{}", stderr(&old));
     assert!(api.agent.log().contains("reloaded TLS certificate"), "{}", api.agent.log());
 
     // A broken file on SIGHUP keeps the certificate served so far.

@@ -175,6 +175,48 @@ fn the_token_of_bkg_ui_logs_in_once_and_a_loopback_listener_is_started_for_it() 
     assert!(launch(&agent)["started_listener"] == false, "the second `bkg ui` reuses the listener");
 }
 
+/// Found by a new-user trial: a model-access key was signed in and sent to a page that refused
+/// it, whose only link led back to it. It is refused at the login, saying why.
+#[test]
+fn a_model_access_key_is_refused_at_the_login_with_the_reason() {
+    let (agent, address, _files) = agent_on_tcp();
+    let created = agent
+        .bkg()
+        .args(["keys", "create", "--role", "model-access", "--namespace", "team-a"])
+        .output()
+        .expect("bkg keys create");
+    assert_eq!(code(&created), 0, "bkg keys create: {}", stderr(&created));
+    let mut browser = Browser::new(&address);
+    let answer = browser.log_in_with_key(stdout(&created).trim());
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    assert!(answer.text().contains("a model-access key opens no page of the Web UI"), "{}", answer.text());
+    assert!(!browser.cookies.contains_key("bkg_session"), "no session for it");
+}
+
+/// Found by a new-user trial: a session whose key was revoked went back to the login page
+/// without a word. The login page says why.
+#[test]
+fn a_session_ended_by_its_keys_revocation_says_so_on_the_login_page() {
+    let (agent, address, _files) = agent_on_tcp();
+    let created = agent
+        .bkg()
+        .args(["keys", "create", "--role", "namespace", "--namespace", "team-a", "--json"])
+        .output()
+        .expect("bkg keys create");
+    assert_eq!(code(&created), 0, "bkg keys create: {}", stderr(&created));
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).expect("key JSON");
+    let (key, id) = (created["key"].as_str().unwrap_or_default(), created["id"].as_str().unwrap_or_default());
+    let mut browser = Browser::new(&address);
+    assert_eq!(browser.log_in_with_key(key).status, 303);
+    assert_eq!(browser.get("/ui/sandboxes").status, 200);
+    let revoked = agent.bkg().args(["keys", "revoke", id]).output().expect("bkg keys revoke");
+    assert_eq!(code(&revoked), 0, "{}", stderr(&revoked));
+    let answer = browser.get("/ui/sandboxes");
+    assert_eq!((answer.status, answer.header("location")), (303, Some("/ui/login?ended=key")));
+    let login = browser.get("/ui/login?ended=key");
+    assert!(login.text().contains("Your session ended: the key it was signed in with was revoked"), "{}", login.text());
+}
+
 #[test]
 fn session_cookies_are_http_only_same_site_strict_and_logout_ends_the_session_on_the_agent() {
     let (agent, address, _files) = agent_on_tcp();
@@ -283,7 +325,9 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
     assert_eq!(unreadable.status, 422);
     assert_eq!(unreadable.header("content-security-policy"), Some(CSP));
     assert!(
-        unreadable.text().contains("This form came without a value it needs, or with one it cannot read (missing field `language`)"),
+        unreadable
+            .text()
+            .contains("This form came without a value it needs, or with one it cannot read (missing field `language`)"),
         "{}",
         unreadable.text()
     );

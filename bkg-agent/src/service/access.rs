@@ -13,6 +13,7 @@
 //! | refresh a key | — | — | — | itself | — |
 //! | sign users up; agent, metrics, shutdown, sync, bkg_db audit; prune environments | yes | no | no | no | no |
 //! | list environments; set, list, remove secrets of a namespace | all namespaces | its namespace | its namespace | its namespace | no |
+//! | sign in to the Web UI | yes | yes | yes | yes | no |
 //! | the Web UI's admin pages: every namespace, the audit log, the key policy | yes | no | no | no | no |
 //! | a one-time login URL of the Web UI (`bkg ui`) | a socket peer only | no | no | no | no |
 //!
@@ -274,6 +275,17 @@ pub fn require_code_runner(principal: &Principal) -> Result<(), OpError> {
 pub fn require_mcp_client(principal: &Principal) -> Result<(), OpError> {
     if principal.role() == Role::ModelAccess {
         return Err(OpError::Forbidden("a model-access key cannot use MCP: its tools run code".into()));
+    }
+    Ok(())
+}
+
+/// Every page of the Web UI shows sandboxes, runs or keys: a model-access key is refused at its
+/// login, not sent to a page that refuses it.
+pub fn require_ui_user(principal: &Principal) -> Result<(), OpError> {
+    if principal.role() == Role::ModelAccess {
+        return Err(OpError::Forbidden(
+            "a model-access key opens no page of the Web UI: it reaches model endpoints only".into(),
+        ));
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use bkg_schema::AgentInfo;
 use bkg_schema::health::HealthReason;
 use bkg_schema::sync::{Migrated, Retried, RetryRequest, SyncStatus, SyncView};
 
-use super::access::{AdminTask, require_admin, require_mcp_client};
+use super::access::{AdminTask, require_admin, require_mcp_client, require_ui_user};
 use super::{OpError, OpResult, Service};
 use crate::auth::Principal;
 use crate::engine::Engine;
@@ -95,6 +95,11 @@ impl Service {
     /// Whether `principal` may open MCP at all (`/mcp`, every method of it).
     pub fn admit_mcp(&self, principal: &Principal) -> OpResult<()> {
         require_mcp_client(principal)
+    }
+
+    /// Whether `principal` may sign in to the Web UI at all.
+    pub fn admit_ui(&self, principal: &Principal) -> OpResult<()> {
+        require_ui_user(principal)
     }
 
     /// The first check that fails: its reason word, and the detail only a caller with a key sees.

@@ -28,8 +28,12 @@ fn cookie_header(state: &AppState, name: &str, value: &str, max_age: Option<u64>
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-pub async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    login_form(&state, &headers, StatusCode::OK, None)
+pub async fn login_page(State(state): State<AppState>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    // Sent here by `Viewer` when the key behind the session stopped speaking for it.
+    let ended = (uri.query() == Some(super::KEY_ENDED_QUERY)).then_some(
+        "Your session ended: the key it was signed in with was revoked, rotated or has expired. Sign in again.",
+    );
+    login_form(&state, &headers, StatusCode::OK, ended)
 }
 
 /// The login page, with a login cookie (its CSRF token) made now unless the browser has one.
@@ -112,8 +116,8 @@ pub async fn login_key(
         return refused;
     }
     let hash = keys::hash(form.key.trim());
-    match ops::key_principal(&state, &hash).await {
-        Ok(_) => signed_in(&state, Identity::Key { hash, own: false }),
+    match ops::key_principal(&state, &hash).await.and_then(|principal| ops::admit(&state, &principal)) {
+        Ok(()) => signed_in(&state, Identity::Key { hash, own: false }),
         Err(failure) => login_form(&state, &headers, failure.status, Some(&failure.message)),
     }
 }

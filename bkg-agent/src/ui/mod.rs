@@ -171,6 +171,9 @@ fn form_urlencoded_field(bytes: &[u8], name: &str) -> Option<String> {
         .map(|(_, value)| value)
 }
 
+/// The login page's query when a session ended with its key (`Viewer`, `auth_pages::login_page`).
+const KEY_ENDED_QUERY: &str = "ended=key";
+
 /// The signed-in caller of a page: the principal its session speaks for, and the session's
 /// CSRF token for the forms it renders. A request without a working session is sent to login.
 pub struct Viewer {
@@ -191,9 +194,10 @@ impl FromRequestParts<AppState> for Viewer {
             return Err(to_login());
         };
         let Some(principal) = session::principal(state, &session).await else {
-            // The key behind it was revoked or expired: the session ends with it.
+            // The key behind it was revoked or expired: the session ends with it, and the login
+            // page says so rather than only asking again.
             state.ui.close(&session_id);
-            return Err(to_login());
+            return Err(Redirect::to(&format!("/ui/login?{KEY_ENDED_QUERY}")).into_response());
         };
         Ok(Viewer { principal, session_id, csrf: session.csrf })
     }

@@ -36,6 +36,11 @@ pub async fn key_principal(state: &AppState, key_hash: &str) -> OpResult<Princip
     Ok(state.service.authenticate_key_hash(key_hash).await?)
 }
 
+/// Whether the key's caller may sign in at all (a model-access key opens no page).
+pub fn admit(state: &AppState, principal: &Principal) -> OpResult<()> {
+    Ok(state.service.admit_ui(principal)?)
+}
+
 /// A user's password exchanged for a session key of their namespace, as `POST /api/v1/auth/login`.
 pub async fn login(state: &AppState, username: String, password: String) -> OpResult<IssuedKey> {
     Ok(state.service.log_in(LoginRequest { username, password }).await?)
