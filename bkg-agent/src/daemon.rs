@@ -1048,22 +1048,28 @@ const CLEANUP_BOUND: Duration = Duration::from_secs(20);
 /// Puts a `sync.error` in the audit log when the sync starts failing, once per outage: each
 /// record also lands in the outbox, so one per failed attempt would grow it while bkg_db is down.
 async fn audit_sync_failures(store: Store, sync: Arc<crate::sync::SyncHandle<Store>>) {
-    let mut failing = false;
+    let mut failing = sync.failing();
     loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let Ok(status) = sync.status().await else { continue };
-        let now_failing = status.failures > 0;
-        if now_failing && !failing {
-            let failed = bkg_schema::audit::SyncFailed { error: status.last_error, backlog: status.backlog };
-            let event = bkg_schema::audit::AuditEvent::new(
-                bkg_schema::audit::AGENT_ACTOR,
-                bkg_schema::audit::Details::SyncError(failed),
-            );
-            if let Err(error) = store.note(event).await {
-                tracing::error!(%error, "could not record the sync failure in the audit log");
-            }
+        // The worker gone (the agent stopping) ends the wait.
+        if failing.wait_for(|failing| *failing).await.is_err() {
+            return;
         }
-        failing = now_failing;
+        let failed = match sync.status().await {
+            Ok(status) => bkg_schema::audit::SyncFailed { error: status.last_error, backlog: status.backlog },
+            Err(error) => {
+                bkg_schema::audit::SyncFailed { error: Some(format!("the sync's status: {error}")), backlog: 0 }
+            }
+        };
+        let event = bkg_schema::audit::AuditEvent::new(
+            bkg_schema::audit::AGENT_ACTOR,
+            bkg_schema::audit::Details::SyncError(failed),
+        );
+        if let Err(error) = store.note(event).await {
+            tracing::error!(%error, "could not record the sync failure in the audit log");
+        }
+        if failing.wait_for(|failing| !*failing).await.is_err() {
+            return;
+        }
     }
 }
 

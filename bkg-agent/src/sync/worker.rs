@@ -62,6 +62,9 @@ struct Shared {
     wake: Notify,
     /// Whether this worker has brought bkg_db's schema up to date (retention.rs waits for it).
     migrated: watch::Sender<bool>,
+    /// Whether the sync is failing now (its last attempt failed): true at an outage's start,
+    /// false once an attempt succeeds again.
+    failing: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -99,6 +102,7 @@ impl<O: Outbox> SyncWorker<O> {
             progress: Mutex::new(Progress::default()),
             wake: Notify::new(),
             migrated: watch::Sender::new(false),
+            failing: watch::Sender::new(false),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let worker = SyncWorker {
@@ -124,6 +128,7 @@ impl<O: Outbox> SyncWorker<O> {
                         tracing::info!(failures = progress.failures, "bkg_db sync recovered");
                     }
                     progress.failures = 0;
+                    self.shared.failing.send_if_modified(|failing| std::mem::replace(failing, false));
                     if shipped > 0 {
                         progress.last_success_ms = Some(now_ms());
                     }
@@ -160,6 +165,8 @@ impl<O: Outbox> SyncWorker<O> {
                     tracing::warn!(error = %message, failures = progress.failures, retry_in = ?pause, "bkg_db sync failed");
                     progress.last_error = Some(message);
                     progress.last_error_ms = Some(now_ms());
+                    drop(progress);
+                    self.shared.failing.send_if_modified(|failing| !std::mem::replace(failing, true));
                     // Set aside, the event no longer holds the others back: go on at once.
                     if parked {
                         tracing::warn!(error = %error, "parked an outbox event bkg_db keeps refusing");
@@ -248,6 +255,12 @@ impl<O: Outbox> SyncHandle<O> {
     /// Turns true once bkg_db's schema is up to date (the worker migrates it first thing).
     pub fn migrated(&self) -> watch::Receiver<bool> {
         self.shared.migrated.subscribe()
+    }
+
+    /// True while the sync fails: it turns true as an outage begins, false once bkg_db takes
+    /// events again.
+    pub fn failing(&self) -> watch::Receiver<bool> {
+        self.shared.failing.subscribe()
     }
 
     pub async fn status(&self) -> Result<SyncStatus, SyncError> {
