@@ -29,6 +29,17 @@ fn ctrl_c_cancels_a_run_with_130_and_leaves_no_sandbox() {
     assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
 }
 
+/// A second Ctrl-C to `child`, which must end at once (within 20 s), and its output.
+fn second_ctrl_c(mut child: Child) -> std::process::Output {
+    interrupt(&child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "bkg did not end on a second Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("wait")
+}
+
 fn signal(child: &Child, signal: i32) {
     // SAFETY: kill(2) on a process this test spawned; no memory is involved.
     unsafe { libc::kill(child.id() as i32, signal) };
@@ -73,13 +84,7 @@ fn a_second_ctrl_c_ends_bkg_without_waiting_for_the_run() {
     // Apart, so that they are two signals, not one delivered twice.
     std::thread::sleep(Duration::from_secs(1));
     assert!(child.try_wait().expect("try_wait").is_none(), "bkg waits for the run's end after one Ctrl-C");
-    interrupt(&child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("try_wait").is_none() {
-        assert!(Instant::now() < deadline, "bkg did not end on a second Ctrl-C");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("wait");
+    let output = second_ctrl_c(child);
     assert_eq!(code(&output), 130);
     assert_eq!(stderr(&output), "bkg: stopped without waiting for the run's end\n");
     drop(_continue);
@@ -121,13 +126,7 @@ fn ctrl_c_cancels_a_run_whose_output_nobody_reads() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(child.try_wait().expect("try_wait").is_none(), "bkg still holds output nobody has read");
-    interrupt(&child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("try_wait").is_none() {
-        assert!(Instant::now() < deadline, "bkg did not end on a second Ctrl-C");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("wait");
+    let output = second_ctrl_c(child);
     assert_eq!(code(&output), 130, "stderr: {}", stderr(&output));
     drop(unread);
     agent.wait_idle();
