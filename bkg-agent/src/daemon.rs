@@ -953,12 +953,20 @@ async fn serve(
     });
     let metrics = Arc::clone(&state.service.metrics);
     let ui = Arc::clone(&state.ui);
+    let service = Arc::clone(&state.service);
     let app = router(state);
     let header_timeout = api.connections.header_timeout;
     let tcp_address = match &tcp_listener {
         Some(tcp) => Some((tcp.local_addr().context("the TCP listener's address")?, tls.is_some())),
         None => None,
     };
+    if let Some((address, tls)) = tcp_address {
+        let scheme = if tls { "https" } else { "http" };
+        service.note_listener(bkg_schema::TcpListenerInfo {
+            url: format!("{scheme}://{address}"),
+            started_by: "--listen".into(),
+        });
+    }
     let _ = ui.listening.set(crate::ui::launch::Listening {
         tcp: tcp_address,
         app: app.clone(),

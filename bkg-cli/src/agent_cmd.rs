@@ -249,6 +249,10 @@ pub fn describe(info: &AgentInfo) -> String {
     let mut line = |key: &str, value: String| text.push_str(&format!("{key:<11}{value}\n"));
     line("agent", format!("running (pid {}, version {})", info.pid, info.version));
     line("socket", info.socket.clone());
+    // What takes API keys from the network, `bkg ui`'s loopback listener too.
+    for listener in &info.listeners {
+        line("listening", format!("{} (started by {})", listener.url, listener.started_by));
+    }
     line("state dir", info.state_dir.clone());
     line("cgroups", info.cgroup_version.clone());
     if let Some(level) = info.security_level {

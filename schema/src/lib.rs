@@ -644,6 +644,20 @@ pub struct AgentInfo {
     pub pending_cleanups: usize,
     pub default_limits: Limits,
     pub max_limits: Limits,
+    /// The TCP listeners serving the API (and the Web UI), which take API keys: `--listen`'s, and
+    /// the loopback one `bkg ui` starts when there is none. Absent from older agents.
+    #[serde(default)]
+    pub listeners: Vec<TcpListenerInfo>,
+}
+
+/// One TCP listener of the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TcpListenerInfo {
+    /// `http://ADDR:PORT` or `https://ADDR:PORT`.
+    pub url: String,
+    /// `--listen`, or `bkg ui` (a loopback listener it started, which lives as long as the agent).
+    pub started_by: String,
 }
 
 #[cfg(test)]

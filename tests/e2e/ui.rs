@@ -152,11 +152,17 @@ fn run_id_of(events: &str) -> String {
 fn the_token_of_bkg_ui_logs_in_once_and_a_loopback_listener_is_started_for_it() {
     // No --listen: `bkg ui` has the agent listen on loopback for the browser.
     let agent = Agent::start();
+    assert_eq!(agent.status_json()["listeners"], serde_json::json!([]), "no TCP listener before `bkg ui`");
     let launched = launch(&agent);
     assert_eq!(launched["started_listener"], true, "{launched}");
     let url = launched["url"].as_str().unwrap_or_default().to_owned();
     let address = url.trim_start_matches("http://").split('/').next().unwrap_or_default().to_owned();
     assert!(address.starts_with("127.0.0.1:"), "{url}");
+    // The agent says it now takes keys on TCP (found by a new-user trial: nothing showed it).
+    assert_eq!(
+        agent.status_json()["listeners"],
+        serde_json::json!([{ "url": format!("http://{address}"), "started_by": "bkg ui" }])
+    );
 
     let mut browser = Browser::new(&address);
     let first = browser.log_in_with_url(&url);
@@ -191,6 +197,10 @@ fn a_model_access_key_is_refused_at_the_login_with_the_reason() {
     assert_eq!(answer.status, 403, "{}", answer.text());
     assert!(answer.text().contains("a model-access key opens no page of the Web UI"), "{}", answer.text());
     assert!(!browser.cookies.contains_key("bkg_session"), "no session for it");
+    assert_eq!(
+        agent.status_json()["listeners"],
+        serde_json::json!([{ "url": format!("http://{address}"), "started_by": "--listen" }])
+    );
 }
 
 /// Found by a new-user trial: a session whose key was revoked went back to the login page

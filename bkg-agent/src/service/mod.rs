@@ -196,6 +196,8 @@ pub struct Service {
     sessions: sessions::SessionTable,
     /// The sandboxes being removed, so that a log followed until one goes ends once it is gone.
     removals: sandboxes::Removals,
+    /// The TCP listeners serving the API, for `agent_info` (`note_listener`).
+    listeners: std::sync::Mutex<Vec<bkg_schema::TcpListenerInfo>>,
 }
 
 /// The parts a `Service` is made of.
@@ -252,7 +254,14 @@ impl Service {
             secrets,
             sessions: sessions::SessionTable::default(),
             removals: Default::default(),
+            listeners: Default::default(),
         })
+    }
+
+    /// A TCP listener now serves the API: `agent_info` names it, for admins to see what takes
+    /// keys from the network.
+    pub fn note_listener(&self, listener: bkg_schema::TcpListenerInfo) {
+        self.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(listener);
     }
 
     /// Counts a run until the guard is dropped: shutdown waits until the caller has its result.

@@ -203,6 +203,7 @@ impl Service {
             pending_cleanups: engine.cleanups_pending(),
             default_limits: engine.config.default_limits,
             max_limits: engine.config.max_limits,
+            listeners: self.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone(),
         })
     }
 

@@ -64,6 +64,7 @@ async fn launch_url(state: &AppState, uid: u32) -> Result<UiLaunch, Failure> {
                 None => {
                     let address = start_loopback(listening).await?;
                     *started = Some(address);
+                    super::ops::note_listener(state, base_url(address, false), "bkg ui");
                     (base_url(address, false), true)
                 }
             }

@@ -36,6 +36,11 @@ pub async fn key_principal(state: &AppState, key_hash: &str) -> OpResult<Princip
     Ok(state.service.authenticate_key_hash(key_hash).await?)
 }
 
+/// A listener the UI started (`bkg ui`'s loopback one), for the agent's description of itself.
+pub fn note_listener(state: &AppState, url: String, started_by: &str) {
+    state.service.note_listener(bkg_schema::TcpListenerInfo { url, started_by: started_by.to_owned() });
+}
+
 /// Whether the key's caller may sign in at all (a model-access key opens no page).
 pub fn admit(state: &AppState, principal: &Principal) -> OpResult<()> {
     Ok(state.service.admit_ui(principal)?)
