@@ -528,14 +528,22 @@ pub async fn start_agent(socket: &Path, state_dir: &Path) -> Result<u32, CliErro
 
 /// The one line a user the socket refuses reads: who may use it, and the command that lets them.
 fn access_hint(socket: &std::path::Path) -> String {
+    let (problem, fix) = access_refusal(socket);
+    format!("{problem}; {fix}")
+}
+
+/// Why this user may not use the agent at `socket`, and who can change that, how.
+pub(crate) fn access_refusal(socket: &std::path::Path) -> (String, String) {
     use std::os::unix::fs::MetadataExt;
     if let Err(error) = std::fs::metadata(socket)
         && error.kind() == std::io::ErrorKind::PermissionDenied
     {
-        return format!(
-            "you may not reach the agent's socket {}: a directory on its way is closed to you; an administrator \
-             opens it to the socket's group, or starts the agent with its socket elsewhere",
-            socket.display()
+        return (
+            format!(
+                "you may not reach the agent's socket {}: a directory on its way is closed to you",
+                socket.display()
+            ),
+            "an administrator opens it to the socket's group, or starts the agent with its socket elsewhere".to_owned(),
         );
     }
     let group = std::fs::metadata(socket)
@@ -549,15 +557,18 @@ fn access_hint(socket: &std::path::Path) -> String {
         .map_or_else(|| nix::unistd::getuid().to_string(), |user| user.name);
     let Some(group) = group.map(|group| group.name) else {
         // Root's group (or none readable): the agent was started without --socket-group.
-        return format!(
-            "you may not use the agent at {}: only root may, the agent having no --socket-group; an \
-             administrator starts it with `--socket-group GROUP` and adds you with `sudo usermod -aG GROUP {name}`",
-            socket.display()
+        return (
+            format!(
+                "you may not use the agent at {}: only root may, the agent having no --socket-group",
+                socket.display()
+            ),
+            format!(
+                "an administrator starts it with `--socket-group GROUP` and adds you with `sudo usermod -aG GROUP {name}`"
+            ),
         );
     };
-    format!(
-        "you may not use the agent at {}: only members of group `{group}` may; an administrator adds you \
-         with `sudo usermod -aG {group} {name}` (then log in again)",
-        socket.display()
+    (
+        format!("you may not use the agent at {}: only members of group `{group}` may", socket.display()),
+        format!("an administrator adds you with `sudo usermod -aG {group} {name}` (then log in again)"),
     )
 }

@@ -164,7 +164,16 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
     let up = match client.is_up() {
         Ok(up) => up,
         // Every command this user runs fails the same way: a failure, not a warning.
-        Err(error) => return (Check::fail(name, error.message, "ask an administrator to add you to the group"), None),
+        Err(error) => {
+            let check = match socket {
+                Some(socket) => {
+                    let (problem, fix) = crate::client::access_refusal(socket);
+                    Check::fail(name, problem, fix)
+                }
+                None => Check::fail(name, error.message, "check --remote and the agent's host"),
+            };
+            return (check, None);
+        }
     };
     if !up {
         let found = format!("no agent answers on {}", client.location());
