@@ -131,6 +131,19 @@ fn a_matplotlib_figure_comes_back_as_a_png_and_node_keeps_its_state() {
     let failing = agent.bkg_in(dir, &["exec", "js", "-c", "\nnull.x"]);
     assert_eq!(code(&failing), 1);
     assert!(stderr(&failing).contains("<cell 3>:2"), "{}", stderr(&failing));
+    // Found by a new-user trial: a promise rejected with no handler, or a timer that throws,
+    // ended the interpreter without a word, and every variable with it. Node's REPL says
+    // `Uncaught …` and goes on; so does a session.
+    let rejected = agent.bkg_in(dir, &["exec", "js", "-c", "Promise.reject(new Error('nobody waits')); 'v'"]);
+    assert_eq!(code(&rejected), 0, "{}", stderr(&rejected));
+    let thrown = agent.bkg_in(dir, &["exec", "js", "-c", "setTimeout(() => { throw new Error('late') }, 10); 'w'"]);
+    assert_eq!(code(&thrown), 0, "{}", stderr(&thrown));
+    // Its value comes once the timer above has surely fired.
+    let after = agent.bkg_in(dir, &["exec", "js", "-c", "new Promise((done) => setTimeout(() => done(y), 100))"]);
+    assert_eq!(stdout(&after), "41\n", "the session lived on: {}", stderr(&after));
+    let said = format!("{}{}{}", stderr(&rejected), stderr(&thrown), stderr(&after));
+    assert!(said.contains("Uncaught Error: nobody waits"), "{said}");
+    assert!(said.contains("Uncaught Error: late"), "{said}");
 }
 
 /// What a timer or a thread prints after its execution ended comes with the next execution,

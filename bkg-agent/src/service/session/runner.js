@@ -31,12 +31,22 @@ const context = vm.createContext({
 });
 // Ctrl-C between executions must not end the session; during one, breakOnSigint throws in it.
 process.on("SIGINT", () => {});
+// The agent's end of stdout gone: the session is over (its errors must not loop through the
+// handlers below).
+process.stdout.on("error", () => process.exit(1));
 
 const userTrace = (error) => {
   const stack = String((error && error.stack) || error);
   return stack.split("\n").filter((line) => !/\[eval\]|\(node:|at Script\.runInContext|at runInContext/.test(line))
     .map((line) => line + "\n");
 };
+
+// An error no cell's run catches (a promise rejected with no handler, a timer that throws) is
+// reported as Node's REPL reports it, and the session goes on: Node would end the process, and
+// every variable with it. It reaches the execution going on, else the next one.
+const uncaught = (error) => send({ type: "stream", name: "stderr", text: "Uncaught " + userTrace(error).join("") });
+process.on("uncaughtException", uncaught);
+process.on("unhandledRejection", uncaught);
 
 const run = async ({ code, execution }) => {
   let status = "ok";
