@@ -114,18 +114,23 @@ async fn execute(
     let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|error| CliError::internal(format!("cannot watch for Ctrl-C: {error}")))?;
     use futures_util::StreamExt as _;
+    let interrupt = || async {
+        let _: Result<SessionInfo, CliError> =
+            client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;
+    };
+    let mut shown = Shower::start(out)?;
     loop {
         // Every Ctrl-C is an interrupt, as at the interpreter's own prompt: code that catches
         // one gets the next.
         let chunk = tokio::select! {
             chunk = stream.next() => chunk,
             _ = interrupts.recv() => {
-                let _: Result<SessionInfo, CliError> =
-                    client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;
+                interrupt().await;
                 continue;
             }
         };
         let Some(chunk) = chunk else {
+            shown.finish(&mut interrupts).await?;
             return Err(CliError::usage("the agent ended the execution without its end"));
         };
         pending.extend_from_slice(&chunk.map_err(|error| client.unreachable(error))?);
@@ -140,9 +145,81 @@ async fn execute(
             } else if matches!(event, SessionEvent::Result { .. } | SessionEvent::Display { .. }) {
                 mid_line = false;
             }
-            if let Some(ended) = show(&event, out)? {
-                return Ok((ended, mid_line && !out.is_json()));
+            let is_end = matches!(event, SessionEvent::End { .. });
+            // Room in the queue is waited for with Ctrl-C heard meanwhile.
+            {
+                let room = loop {
+                    tokio::select! {
+                        room = shown.room() => break room,
+                        _ = interrupts.recv() => interrupt().await,
+                    }
+                };
+                if let Some(room) = room {
+                    room.send(event);
+                }
             }
+            if is_end {
+                let ended = shown.finish(&mut interrupts).await?;
+                return match ended {
+                    Some(ended) => Ok((ended, mid_line && !out.is_json())),
+                    None => Err(CliError::internal("the execution's end was not shown")),
+                };
+            }
+        }
+    }
+}
+
+/// An execution's events, shown on a thread of their own: a reader that takes none of the output
+/// (`bkg exec box -c … | less`) blocks that thread, not the runtime, so Ctrl-C still interrupts
+/// the execution while its output waits.
+struct Shower {
+    queue: Option<tokio::sync::mpsc::Sender<SessionEvent>>,
+    done: tokio::sync::oneshot::Receiver<Result<Option<Ended>, CliError>>,
+}
+
+impl Shower {
+    /// Events the thread may hold beyond what the reader has taken.
+    const QUEUED: usize = 16;
+
+    fn start(out: Printer) -> Result<Self, CliError> {
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<SessionEvent>(Self::QUEUED);
+        let (finished, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("execution-output".into())
+            .spawn(move || {
+                let mut ended = Ok(None);
+                while let Some(event) = queued.blocking_recv() {
+                    match show(&event, out) {
+                        Ok(None) => {}
+                        Ok(Some(end)) => {
+                            ended = Ok(Some(end));
+                            break;
+                        }
+                        Err(error) => {
+                            ended = Err(error);
+                            break;
+                        }
+                    }
+                }
+                let _ = finished.send(ended);
+            })
+            .map_err(|error| CliError::internal(format!("cannot start the output's writer: {error}")))?;
+        Ok(Self { queue: Some(queue), done })
+    }
+
+    /// Room for one more event; none once the thread has stopped (it showed the end, or failed).
+    async fn room(&self) -> Option<tokio::sync::mpsc::Permit<'_, SessionEvent>> {
+        self.queue.as_ref()?.reserve().await.ok()
+    }
+
+    /// Once every event queued is shown: how the execution ended, if its end was among them. The
+    /// execution is over by then, so a Ctrl-C while its output still waits for the reader ends
+    /// bkg without waiting.
+    async fn finish(&mut self, interrupts: &mut tokio::signal::unix::Signal) -> Result<Option<Ended>, CliError> {
+        drop(self.queue.take());
+        tokio::select! {
+            done = &mut self.done => done.unwrap_or(Ok(None)),
+            _ = interrupts.recv() => std::process::exit(crate::exit::CANCELLED),
         }
     }
 }

@@ -96,6 +96,52 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     assert!(stderr(&gone).contains("NameError"), "{}", stderr(&gone));
 }
 
+/// Found by a new-user trial: with its output waiting for a reader that took none
+/// (`bkg exec … | less`), Ctrl-C reached nobody until the reader went away.
+#[test]
+fn ctrl_c_interrupts_an_execution_whose_output_nobody_reads() {
+    use std::io::{BufRead, BufReader, Read};
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let dir = project.path();
+    let cell = "try:\n    i = 0\n    while True:\n        print(i)\n        i += 1\n\
+                except KeyboardInterrupt:\n    open('/workspace/interrupted', 'w').write('yes')\n    raise";
+    let mut child = Command::new(bkg_tests::bkg_bin())
+        .args(["exec", "box", "-c", cell])
+        .current_dir(dir)
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exec");
+    // Held open and not read after the first line: bkg's writes to it block.
+    let mut unread = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    unread.read_line(&mut first).expect("the first line");
+    assert_eq!(first, "0\n");
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: kill(2) on the bkg this test started; no memory is touched.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    // The cell took the interrupt while its output still waits: it says so in a file.
+    let fetched = tempfile::tempdir().expect("dir");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let copied = agent.bkg_in(dir, &["cp", "box:interrupted", fetched.path().to_str().unwrap_or_default()]);
+        if code(&copied) == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the interrupt never reached the cell: {}", stderr(&copied));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(std::fs::read_to_string(fetched.path().join("interrupted")).expect("the cell's file"), "yes");
+    let mut rest = Vec::new();
+    unread.read_to_end(&mut rest).expect("the output, to its end");
+    let status = child.wait().expect("bkg exec");
+    assert_eq!(status.code(), Some(130), "an interrupted execution ends with 130");
+}
+
 #[test]
 fn a_matplotlib_figure_comes_back_as_a_png_and_node_keeps_its_state() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
