@@ -169,6 +169,13 @@ fn a_matplotlib_figure_comes_back_as_a_png_and_node_keeps_its_state() {
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG image");
     assert_eq!(events.last().map(|event| event["type"].clone()), Some(serde_json::json!("end")));
 
+    // Found by a new-user trial: `sys.stdout.buffer` raised and `sys.stdout.encoding` was None.
+    let bytes = agent.bkg_in(
+        dir,
+        &["exec", "box", "-c", "import sys\nsys.stdout.buffer.write('é'.encode()[:1])\nsys.stdout.buffer.write('é\\n'.encode()[1:])\nprint(sys.stdout.encoding)"],
+    );
+    assert_eq!((code(&bytes), stdout(&bytes).as_str()), (0, "é\nutf-8\n"), "{}", stderr(&bytes));
+
     let set = agent.bkg_in(dir, &["exec", "js", "-c", "let y = 41; console.log('set')"]);
     assert_eq!(code(&set), 0, "{}", stderr(&set));
     assert_eq!(stdout(&set), "set\n");

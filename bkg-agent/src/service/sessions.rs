@@ -157,9 +157,16 @@ impl Delivery {
     /// What was kept since the last execution, as the events that open the next one.
     fn take_kept(&mut self) -> Vec<SessionEvent> {
         let mut events = Vec::new();
+        let cut = self.dropped > 0;
         for (name, text) in [(StreamName::Stdout, &mut self.stdout), (StreamName::Stderr, &mut self.stderr)] {
             if !text.is_empty() {
-                events.push(SessionEvent::Stream { name, text: std::mem::take(text) });
+                let mut text = std::mem::take(text);
+                // Cut at the bound, it may end mid-line: the next execution's output starts a
+                // line of its own (found by a new-user trial: `000104next`).
+                if cut && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                events.push(SessionEvent::Stream { name, text });
             }
         }
         if self.dropped > 0 {

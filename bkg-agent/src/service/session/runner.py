@@ -19,8 +19,14 @@ def _send(event):
 
 
 class _Stream(io.TextIOBase):
+    # What code that writes bytes or encodes by hand asks of a text stream (found by a new-user
+    # trial: `sys.stdout.buffer` raised, `sys.stdout.encoding` was None).
+    encoding = "utf-8"
+    errors = "strict"
+
     def __init__(self, stream):
         self._stream = stream
+        self.buffer = _Bytes(self)
 
     def writable(self):
         return True
@@ -29,6 +35,23 @@ class _Stream(io.TextIOBase):
         if text:
             _send({"type": "stream", "name": self._stream, "text": str(text)})
         return len(text)
+
+
+class _Bytes(io.RawIOBase):
+    """`sys.stdout.buffer`: bytes as UTF-8 text (events carry text), a character split across
+    writes kept whole, bytes that are not UTF-8 replaced."""
+
+    def __init__(self, text):
+        import codecs
+        self._text = text
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self._text.write(self._decoder.decode(bytes(data)))
+        return len(data)
 
 
 sys.stdout = _Stream("stdout")
@@ -81,6 +104,16 @@ def _user_frames(tb):
     # The runner's own frames come first: drop them, so the traceback starts at the cell.
     while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
         tb = tb.tb_next
+    # And may come last (a Ctrl-C while the cell's output was being sent): the traceback ends
+    # at the user's code.
+    runner = _user_frames.__code__.co_filename
+    last_of_user, node = None, tb
+    while node is not None:
+        if node.tb_frame.f_code.co_filename != runner:
+            last_of_user = node
+        node = node.tb_next
+    if last_of_user is not None:
+        last_of_user.tb_next = None
     return tb
 
 
