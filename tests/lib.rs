@@ -649,3 +649,22 @@ pub fn stderr(output: &Output) -> String {
 pub fn code(output: &Output) -> i32 {
     output.status.code().unwrap_or(-1)
 }
+
+/// `command` (a bkg client) started with its stdout piped and its first line read, which must
+/// be `first`; the pipe is then held open and never read, as by a reader that takes nothing
+/// (`| less`), for a second, long enough for the pipe and bkg's own queue to fill. The reader is
+/// returned with the child: dropping it lets bkg's writes fail.
+pub fn spawn_with_stdout_unread(
+    mut command: Command,
+    first: &str,
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::BufRead;
+    let mut child =
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the command");
+    let mut unread = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first_line = String::new();
+    unread.read_line(&mut first_line).expect("its first line");
+    assert_eq!(first_line, first);
+    std::thread::sleep(Duration::from_secs(1));
+    (child, unread)
+}

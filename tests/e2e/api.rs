@@ -676,7 +676,12 @@ fn a_cell_sent_with_a_key_is_cut_off_when_the_key_is_revoked() {
     assert_eq!((last["type"].as_str(), last["status"].as_str()), (Some("end"), Some("interrupted")), "{text}");
     assert_eq!(last["killed_by"], "cancelled", "{text}");
     assert!(text.matches("tick").count() < 5, "the cell ran on for its revoked key: {text}");
-    // The session is the team's still: its next cell runs.
+    // The session is the team's still: its next cell runs, once the interrupted one has ended.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while team.get(&format!("/api/v1/sandboxes/{id}/sessions/default")).json()["busy"] != false {
+        assert!(Instant::now() < deadline, "the interrupted cell never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let next = team.post(&format!("/api/v1/sandboxes/{id}/sessions/default/execute"), &json!({ "code": "6 * 7" }));
     expect(&next, 200, "the team's next cell");
     assert!(next.text().contains("42"), "{}", next.text());

@@ -100,28 +100,19 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
 /// (`bkg exec … | less`), Ctrl-C reached nobody until the reader went away.
 #[test]
 fn ctrl_c_interrupts_an_execution_whose_output_nobody_reads() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::Read;
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
     let dir = project.path();
     let cell = "try:\n    i = 0\n    while True:\n        print(i)\n        i += 1\n\
                 except KeyboardInterrupt:\n    open('/workspace/interrupted', 'w').write('yes')\n    raise";
-    let mut child = Command::new(bkg_tests::bkg_bin())
+    let mut command = Command::new(bkg_tests::bkg_bin());
+    command
         .args(["exec", "box", "-c", cell])
         .current_dir(dir)
         .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg exec");
-    // Held open and not read after the first line: bkg's writes to it block.
-    let mut unread = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut first = String::new();
-    unread.read_line(&mut first).expect("the first line");
-    assert_eq!(first, "0\n");
-    std::thread::sleep(Duration::from_secs(1));
+        .env("BKG_NO_AUTOSTART", "1");
+    let (mut child, mut unread) = bkg_tests::spawn_with_stdout_unread(command, "0\n");
     // SAFETY: kill(2) on the bkg this test started; no memory is touched.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     // The cell took the interrupt while its output still waits: it says so in a file.

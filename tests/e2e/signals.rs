@@ -96,22 +96,11 @@ fn a_second_ctrl_c_ends_bkg_without_waiting_for_the_run() {
 #[test]
 fn ctrl_c_cancels_a_run_whose_output_nobody_reads() {
     let agent = Agent::start();
-    let mut child = agent
-        .bkg()
+    let mut command = agent.bkg();
+    command
         .args(["exe", "--timeout", "60s", "--type", "python", "-c"])
-        .arg("import sys\nprint('up', flush=True)\nwhile True: sys.stdout.write('x' * 65536)")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bkg exe");
-    // Held open and not read after the first line: bkg's writes to it block.
-    let mut unread = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut first_line = String::new();
-    unread.read_line(&mut first_line).expect("the run's first line");
-    assert_eq!(first_line, "up\n");
-    // Long enough for the pipe and bkg's own queue to fill.
-    std::thread::sleep(Duration::from_secs(1));
+        .arg("import sys\nprint('up', flush=True)\nwhile True: sys.stdout.write('x' * 65536)");
+    let (mut child, unread) = bkg_tests::spawn_with_stdout_unread(command, "up\n");
     interrupt(&child);
     // Recorded once the agent has given up on the output nobody took (2 s after the run ended).
     let deadline = Instant::now() + Duration::from_secs(30);
