@@ -181,7 +181,9 @@ def test_doctor_tells_a_member_and_an_outsider_only_what_is_true(users):
     rc, out, err = eve.run("bkg", "doctor", "--json")
     assert rc == 1, (rc, out, err)
     agent = [check for check in json.loads(out)["checks"] if check["name"] == "agent"][0]
-    assert agent["status"] == "fail" and "usermod -aG" in agent["found"], agent
+    # The problem as found, the fix as the fix (the commands' own line joins them).
+    assert agent["status"] == "fail" and "only members of group" in agent["found"], agent
+    assert "usermod -aG" in agent["fix"], agent
 
 
 def test_a_user_of_an_agent_without_a_socket_group_is_told_how_to_get_one(users):
