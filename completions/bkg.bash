@@ -295,6 +295,9 @@ _bkg() {
             bkg__subcmd__help__subcmd__keys,revoke)
                 cmd="bkg__subcmd__help__subcmd__keys__subcmd__revoke"
                 ;;
+            bkg__subcmd__help__subcmd__keys,rm)
+                cmd="bkg__subcmd__help__subcmd__keys__subcmd__rm"
+                ;;
             bkg__subcmd__help__subcmd__keys,rotate)
                 cmd="bkg__subcmd__help__subcmd__keys__subcmd__rotate"
                 ;;
@@ -334,6 +337,9 @@ _bkg() {
             bkg__subcmd__keys,revoke)
                 cmd="bkg__subcmd__keys__subcmd__revoke"
                 ;;
+            bkg__subcmd__keys,rm)
+                cmd="bkg__subcmd__keys__subcmd__rm"
+                ;;
             bkg__subcmd__keys,rotate)
                 cmd="bkg__subcmd__keys__subcmd__rotate"
                 ;;
@@ -348,6 +354,9 @@ _bkg() {
                 ;;
             bkg__subcmd__keys__subcmd__help,revoke)
                 cmd="bkg__subcmd__keys__subcmd__help__subcmd__revoke"
+                ;;
+            bkg__subcmd__keys__subcmd__help,rm)
+                cmd="bkg__subcmd__keys__subcmd__help__subcmd__rm"
                 ;;
             bkg__subcmd__keys__subcmd__help,rotate)
                 cmd="bkg__subcmd__keys__subcmd__help__subcmd__rotate"
@@ -1673,7 +1682,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help__subcmd__keys)
-            opts="create ls rotate revoke"
+            opts="create ls rotate revoke rm"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1715,6 +1724,20 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help__subcmd__keys__subcmd__revoke)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__keys__subcmd__rm)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -2125,7 +2148,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__keys)
-            opts="-h -V --socket --remote --cacert --help --version create ls rotate revoke help"
+            opts="-h -V --socket --remote --cacert --help --version create ls rotate revoke rm help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2193,7 +2216,7 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__keys__subcmd__help)
-            opts="create ls rotate revoke help"
+            opts="create ls rotate revoke rm help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2262,6 +2285,20 @@ _bkg() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        bkg__subcmd__keys__subcmd__help__subcmd__rm)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         bkg__subcmd__keys__subcmd__help__subcmd__rotate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -2303,6 +2340,32 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__keys__subcmd__revoke)
+            opts="-h -V --json --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__keys__subcmd__rm)
             opts="-h -V --json --socket --remote --cacert --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

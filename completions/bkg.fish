@@ -345,16 +345,17 @@ complete -c bkg -n "__fish_bkg_using_subcommand logout" -l remote -d 'Talk to th
 complete -c bkg -n "__fish_bkg_using_subcommand logout" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand logout" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand logout" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -s h -l help -d 'Print help'
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -f -a "create" -d 'Create a key and print it (it is shown only this once)'
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -f -a "ls" -d 'List the keys you may manage (never their secrets)'
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -f -a "rotate" -d 'Give a key a new secret and print it; the old one stops working at once'
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -f -a "revoke" -d 'Revoke a key: it is refused from its next request on'
-complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke rm help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke rm help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke rm help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke rm help" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke rm help" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke rm help" -f -a "create" -d 'Create a key and print it (it is shown only this once)'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke rm help" -f -a "ls" -d 'List the keys you may manage (never their secrets)'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke rm help" -f -a "rotate" -d 'Give a key a new secret and print it; the old one stops working at once'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke rm help" -f -a "revoke" -d 'Revoke a key: it is refused from its next request on'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke rm help" -f -a "rm" -d 'Delete a key for good: refused at once and gone from `bkg keys ls` (a revoked one stays listed); the audit log keeps its history'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and not __fish_seen_subcommand_from create ls rotate revoke rm help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l role -d 'admin, namespace, session or model-access' -r
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l namespace -d 'The namespace the key is confined to (every role but admin)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from create" -l name -d 'A label for people' -r
@@ -383,10 +384,17 @@ complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -l json
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from revoke" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rm" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rm" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rm" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rm" -l json
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rm" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from rm" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create a key and print it (it is shown only this once)'
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from help" -f -a "ls" -d 'List the keys you may manage (never their secrets)'
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from help" -f -a "rotate" -d 'Give a key a new secret and print it; the old one stops working at once'
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from help" -f -a "revoke" -d 'Revoke a key: it is refused from its next request on'
+complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from help" -f -a "rm" -d 'Delete a key for good: refused at once and gone from `bkg keys ls` (a revoked one stays listed); the audit log keeps its history'
 complete -c bkg -n "__fish_bkg_using_subcommand keys; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and not __fish_seen_subcommand_from ls prune help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand envs; and not __fish_seen_subcommand_from ls prune help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
@@ -527,6 +535,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from keys" -f -a "ls" -d 'List the keys you may manage (never their secrets)'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from keys" -f -a "rotate" -d 'Give a key a new secret and print it; the old one stops working at once'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from keys" -f -a "revoke" -d 'Revoke a key: it is refused from its next request on'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from keys" -f -a "rm" -d 'Delete a key for good: refused at once and gone from `bkg keys ls` (a revoked one stays listed); the audit log keeps its history'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from envs" -f -a "ls" -d 'List the environments: id, size, last use and packages'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from envs" -f -a "prune" -d 'Remove environments no run is using (admins); a run that needs one builds it again'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from secrets" -f -a "set" -d 'Set a secret; its value is read from stdin (one trailing newline is dropped)'

@@ -135,7 +135,8 @@ impl Command {
                     KeysAction::Create { json, .. }
                     | KeysAction::Ls { json }
                     | KeysAction::Rotate { json, .. }
-                    | KeysAction::Revoke { json, .. },
+                    | KeysAction::Revoke { json, .. }
+                    | KeysAction::Rm { json, .. },
             }) => *json,
             Command::Agent(_)
             | Command::Init(_)
@@ -749,6 +750,14 @@ pub enum KeysAction {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a key for good: refused at once and gone from `bkg keys ls` (a revoked one stays
+    /// listed); the audit log keeps its history.
+    Rm {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Run the sandboxes of a bkg project (cave.yaml): SCRIPT of sandbox NAME, or the `start`
@@ -859,6 +868,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("keys ls", "bkg keys ls\n  bkg --remote https://10.0.0.5:7070 keys ls --json"),
     ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
     ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
+    ("keys rm", "bkg keys rm key_19bc0a1f\n  bkg keys rm key_19bc0a1f --json"),
     (
         "watch",
         "bkg watch\n  bkg watch --json --kinds runs --namespace team-a\n  bkg watch --since 1200 --count 50\n  bkg watch --no-follow --json",
@@ -1046,6 +1056,7 @@ mod tests {
             &["keys", "ls", "--json"],
             &["keys", "rotate", "key_1", "--json"],
             &["keys", "revoke", "key_1", "--json"],
+            &["keys", "rm", "key_1", "--json"],
             &["version", "--json"],
             &["watch", "--json"],
             &["doctor", "--json"],

@@ -1,4 +1,4 @@
-//! `bkg keys create|ls|rotate|revoke`: API keys, on the local socket (as admin) or a remote agent.
+//! `bkg keys create|ls|rotate|revoke|rm`: API keys, on the local socket (as admin) or a remote agent.
 
 use crate::args::{KeysAction, KeysArgs};
 use crate::client::AgentClient;
@@ -123,6 +123,13 @@ pub async fn run(settings: &Settings, args: KeysArgs) -> Result<i32, CliError> {
                 out.json(&key)?;
             }
             out.note(format_args!("revoked {}", key.id));
+        }
+        KeysAction::Rm { id, .. } => {
+            let deleted: bkg_schema::sandbox::Deleted = client.delete(&format!("/api/v1/auth/keys/{id}")).await?;
+            if out.is_json() {
+                out.json(&deleted)?;
+            }
+            out.note(format_args!("deleted {}", deleted.deleted));
         }
     }
     Ok(SUCCESS)

@@ -216,8 +216,17 @@ fn audit_tail_tells_a_deleted_key_from_a_revoked_one() {
     let (revoked, deleted) = (made("to-revoke"), made("to-delete"));
     let revoke = agent.bkg().args(["keys", "revoke", &revoked]).output().expect("bkg keys revoke");
     assert_eq!(code(&revoke), 0, "{}", stderr(&revoke));
-    let answer = bkg_tests::http::unix_request(&agent.socket, "DELETE", &format!("/api/v1/auth/keys/{deleted}"), None);
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    // `bkg keys rm` (found by a new-user trial: the CLI had no way to delete a key).
+    let rm = agent.bkg().args(["keys", "rm", &deleted]).output().expect("bkg keys rm");
+    assert_eq!((code(&rm), stderr(&rm)), (0, format!("bkg: deleted {deleted}\n")));
+    let listed = agent.bkg().args(["keys", "ls", "--json"]).output().expect("bkg keys ls");
+    let listed = stdout(&listed);
+    assert!(
+        listed.contains(&revoked) && !listed.contains(&deleted),
+        "a revoked key stays listed, a deleted one not: {listed}"
+    );
+    let again = agent.bkg().args(["keys", "rm", &deleted]).output().expect("bkg keys rm");
+    assert_eq!(code(&again), 125, "{}", stderr(&again));
     let tail = agent.bkg().args(["audit", "tail", "-n", "2"]).output().expect("bkg audit tail");
     assert_eq!(code(&tail), 0, "{}", stderr(&tail));
     let shown = stdout(&tail);
