@@ -934,22 +934,21 @@ impl clap::builder::TypedValueParser for LanguageParser {
     }
 }
 
+fn language_named(text: &str) -> Result<Language, String> {
+    Language::parse(text).ok_or_else(|| format!("`{text}` is not a language: use python or node"))
+}
+
 fn language() -> LanguageParser {
-    LanguageParser(|text| {
-        Language::parse(text).ok_or_else(|| format!("`{text}` is not a language: use python or node"))
-    })
+    LanguageParser(language_named)
 }
 
 /// `bkg exe --type`'s value. A path there is most likely Docker's `-t` (a terminal), typed out of
 /// habit.
 fn exe_language() -> LanguageParser {
     LanguageParser(|text| {
-        Language::parse(text).ok_or_else(|| {
-            let hint = match text.contains(['.', '/']) {
-                true => " (-t is the language; the script comes after it, and a terminal is -T)",
-                false => "",
-            };
-            format!("`{text}` is not a language: use python or node{hint}")
+        language_named(text).map_err(|error| match text.contains(['.', '/']) {
+            true => format!("{error} (-t is the language; the script comes after it, and a terminal is -T)"),
+            false => error,
         })
     })
 }

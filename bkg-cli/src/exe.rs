@@ -114,8 +114,6 @@ fn checked_ports(ports: &[String]) -> Result<Vec<String>, CliError> {
 /// Turns the command line into a request, reading the script and uploads. The flag says whether
 /// stdin was consumed as the code.
 fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
-    let named_language = args.language;
-
     // With -c there is no script file: every positional argument is the script's.
     let script_args: Vec<String> = match (&args.code, &args.script) {
         (Some(_), Some(first)) => std::iter::once(first.clone()).chain(args.args.iter().cloned()).collect(),
@@ -173,7 +171,7 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
         (None, None) => return Err(CliError::usage("give a script, `-` for stdin, or -c CODE")),
     };
 
-    let language = match (named_language, script_name.as_deref()) {
+    let language = match (args.language, script_name.as_deref()) {
         (Some(language), _) => language,
         (None, Some(name)) => Language::from_file_name(name).or_else(|| Language::from_shebang(&code)).ok_or_else(|| {
             CliError::usage(format!(

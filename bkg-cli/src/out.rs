@@ -135,6 +135,60 @@ impl Printer {
 
 pub use bkg_schema::units::count;
 
+/// A stream's output, written on a thread of its own in the order given: a reader that takes
+/// none of it (`bkg exe job.py | less`) blocks that thread, not the runtime, so a Ctrl-C is still
+/// heard and acted on while the output waits (stream.rs, session_cmd.rs). Not one of the runtime's
+/// blocking threads: those are waited for when it ends, and a second Ctrl-C must end bkg while
+/// this one may still wait for its reader. `write` takes each item until it returns the last
+/// word (`Some`); the thread then ends with it.
+pub struct WriterThread<T, R> {
+    queue: Option<tokio::sync::mpsc::Sender<T>>,
+    done: tokio::sync::oneshot::Receiver<Option<R>>,
+}
+
+impl<T: Send + 'static, R: Send + 'static> WriterThread<T, R> {
+    /// Items the thread may hold beyond what the reader has taken.
+    const QUEUED: usize = 16;
+
+    pub fn start(name: &str, mut write: impl FnMut(T) -> Option<R> + Send + 'static) -> Result<Self, CliError> {
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<T>(Self::QUEUED);
+        let (finished, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let mut last = None;
+                while let Some(item) = queued.blocking_recv() {
+                    last = write(item);
+                    if last.is_some() {
+                        break;
+                    }
+                }
+                let _ = finished.send(last);
+            })
+            .map_err(|error| CliError::internal(format!("cannot start the output's writer: {error}")))?;
+        Ok(Self { queue: Some(queue), done })
+    }
+
+    /// Room for one more item, waited for without holding the runtime; none once the thread has
+    /// ended (it had its last word).
+    pub async fn room(&self) -> Option<tokio::sync::mpsc::Permit<'_, T>> {
+        self.queue.as_ref()?.reserve().await.ok()
+    }
+
+    /// `item`, once there is room for it.
+    pub async fn write(&self, item: T) {
+        if let Some(room) = self.room().await {
+            room.send(item);
+        }
+    }
+
+    /// Once everything queued has been written: the thread's last word, if it had one.
+    pub async fn finish(&mut self) -> Option<R> {
+        drop(self.queue.take());
+        (&mut self.done).await.ok().flatten()
+    }
+}
+
 /// How long ago something was, `elapsed_ms` ago, in its largest whole unit: "just now" under a
 /// second, then "42s ago", "5m ago", "3h ago", "2d ago".
 pub fn ago(elapsed_ms: u64) -> String {

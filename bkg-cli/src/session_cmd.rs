@@ -11,7 +11,7 @@ use bkg_schema::files::{ExecuteRequest, ExecutionStatus, NewSession, SessionEven
 use crate::args::{ExecArgs, ProjectArgs, ReplArgs};
 use crate::client::{AgentClient, api_error};
 use crate::exit::{CliError, SUCCESS};
-use crate::out::Printer;
+use crate::out::{Printer, WriterThread};
 use crate::settings::Settings;
 
 /// The session `name` of sandbox `id`, made if it does not exist yet (then `true`). An existing
@@ -118,7 +118,9 @@ async fn execute(
         let _: Result<SessionInfo, CliError> =
             client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;
     };
-    let mut shown = Shower::start(out)?;
+    // The events are shown on a thread of their own (out::WriterThread): Ctrl-C is heard while
+    // the output waits for a reader that takes none (`| less`).
+    let mut shown = WriterThread::start("execution-output", move |event: SessionEvent| show(&event, out).transpose())?;
     loop {
         // Every Ctrl-C is an interrupt, as at the interpreter's own prompt: code that catches
         // one gets the next.
@@ -130,7 +132,7 @@ async fn execute(
             }
         };
         let Some(chunk) = chunk else {
-            shown.finish(&mut interrupts).await?;
+            shown_to_the_end(&mut shown, &mut interrupts).await?;
             return Err(CliError::usage("the agent ended the execution without its end"));
         };
         pending.extend_from_slice(&chunk.map_err(|error| client.unreachable(error))?);
@@ -159,7 +161,7 @@ async fn execute(
                 }
             }
             if is_end {
-                let ended = shown.finish(&mut interrupts).await?;
+                let ended = shown_to_the_end(&mut shown, &mut interrupts).await?;
                 return match ended {
                     Some(ended) => Ok((ended, mid_line && !out.is_json())),
                     None => Err(CliError::internal("the execution's end was not shown")),
@@ -169,58 +171,16 @@ async fn execute(
     }
 }
 
-/// An execution's events, shown on a thread of their own: a reader that takes none of the output
-/// (`bkg exec box -c … | less`) blocks that thread, not the runtime, so Ctrl-C still interrupts
-/// the execution while its output waits.
-struct Shower {
-    queue: Option<tokio::sync::mpsc::Sender<SessionEvent>>,
-    done: tokio::sync::oneshot::Receiver<Result<Option<Ended>, CliError>>,
-}
-
-impl Shower {
-    /// Events the thread may hold beyond what the reader has taken.
-    const QUEUED: usize = 16;
-
-    fn start(out: Printer) -> Result<Self, CliError> {
-        let (queue, mut queued) = tokio::sync::mpsc::channel::<SessionEvent>(Self::QUEUED);
-        let (finished, done) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("execution-output".into())
-            .spawn(move || {
-                let mut ended = Ok(None);
-                while let Some(event) = queued.blocking_recv() {
-                    match show(&event, out) {
-                        Ok(None) => {}
-                        Ok(Some(end)) => {
-                            ended = Ok(Some(end));
-                            break;
-                        }
-                        Err(error) => {
-                            ended = Err(error);
-                            break;
-                        }
-                    }
-                }
-                let _ = finished.send(ended);
-            })
-            .map_err(|error| CliError::internal(format!("cannot start the output's writer: {error}")))?;
-        Ok(Self { queue: Some(queue), done })
-    }
-
-    /// Room for one more event; none once the thread has stopped (it showed the end, or failed).
-    async fn room(&self) -> Option<tokio::sync::mpsc::Permit<'_, SessionEvent>> {
-        self.queue.as_ref()?.reserve().await.ok()
-    }
-
-    /// Once every event queued is shown: how the execution ended, if its end was among them. The
-    /// execution is over by then, so a Ctrl-C while its output still waits for the reader ends
-    /// bkg without waiting.
-    async fn finish(&mut self, interrupts: &mut tokio::signal::unix::Signal) -> Result<Option<Ended>, CliError> {
-        drop(self.queue.take());
-        tokio::select! {
-            done = &mut self.done => done.unwrap_or(Ok(None)),
-            _ = interrupts.recv() => std::process::exit(crate::exit::CANCELLED),
-        }
+/// Once every event queued is shown: how the execution ended, if its end was among them. The
+/// execution is over by then, so a Ctrl-C while its output still waits for the reader ends bkg
+/// without waiting.
+async fn shown_to_the_end(
+    shown: &mut WriterThread<SessionEvent, Result<Ended, CliError>>,
+    interrupts: &mut tokio::signal::unix::Signal,
+) -> Result<Option<Ended>, CliError> {
+    tokio::select! {
+        last = shown.finish() => last.transpose(),
+        _ = interrupts.recv() => std::process::exit(crate::exit::CANCELLED),
     }
 }
 

@@ -408,49 +408,6 @@ fn prefixed(prefix: &str, line: &[u8]) -> Vec<u8> {
     prefixed
 }
 
-/// Our stdout and stderr while a run streams, written on a thread of their own: a reader that
-/// takes nothing (`bkg exe job.py | less`) blocks that thread, not the runtime, so Ctrl-C still
-/// cancels the run, and a second one still ends bkg, while the output waits for its reader.
-struct OutputWriter {
-    queue: Option<tokio::sync::mpsc::Sender<(bool, Vec<u8>)>>,
-    drained: tokio::sync::oneshot::Receiver<()>,
-}
-
-impl OutputWriter {
-    /// Output frames the writer may hold beyond what its reader has taken.
-    const QUEUED: usize = 16;
-
-    fn start() -> Result<Self, CliError> {
-        let (queue, mut queued) = tokio::sync::mpsc::channel::<(bool, Vec<u8>)>(Self::QUEUED);
-        let (done, drained) = tokio::sync::oneshot::channel();
-        // Not one of the runtime's blocking threads: those are waited for when it ends, and a
-        // second Ctrl-C must end bkg while this one may still wait for its reader.
-        std::thread::Builder::new()
-            .name("run-output".into())
-            .spawn(move || {
-                while let Some((to_stderr, bytes)) = queued.blocking_recv() {
-                    write_ours(to_stderr, &bytes);
-                }
-                let _ = done.send(());
-            })
-            .map_err(|error| CliError::new(BKG_FAILED, format!("cannot start the output's writer: {error}")))?;
-        Ok(Self { queue: Some(queue), drained })
-    }
-
-    /// Waits only for room in the queue, so the runtime goes on meanwhile.
-    async fn write(&self, to_stderr: bool, bytes: Vec<u8>) {
-        if let Some(queue) = &self.queue {
-            let _ = queue.send((to_stderr, bytes)).await;
-        }
-    }
-
-    /// Once all that was queued has been written: bkg's own lines come after the run's.
-    async fn finish(mut self) {
-        drop(self.queue.take());
-        let _ = (&mut self.drained).await;
-    }
-}
-
 /// Waits for `read` however long the run takes, as long as the agent answers: each time the
 /// stream has been silent for the client's patience, the agent is asked on a call of its own, and
 /// one that does not answer that either ends the wait. A run's own timeout is the agent's to keep.
@@ -482,7 +439,11 @@ async fn receive(
     let mut written = [0u64; 2];
     // The packages' install before the code runs: its latest line on a spinner.
     let mut installing: Option<crate::progress::Spinner> = None;
-    let writer = OutputWriter::start()?;
+    // Our stdout and stderr, in the order the run wrote them.
+    let mut writer = crate::out::WriterThread::start("run-output", |(to_stderr, bytes): (bool, Vec<u8>)| {
+        write_ours(to_stderr, &bytes);
+        None::<()>
+    })?;
     loop {
         let mut header = [0u8; frame::HEADER_LEN];
         watched(client, reader.read_exact(&mut header)).await?.map_err(lost)?;
@@ -511,20 +472,20 @@ async fn receive(
             }
             (FrameKind::Stdout, Output::Raw) => {
                 written[0] += payload.len() as u64;
-                writer.write(false, payload).await;
+                writer.write((false, payload)).await;
             }
             (FrameKind::Stderr, Output::Raw) => {
                 written[1] += payload.len() as u64;
-                writer.write(true, payload).await;
+                writer.write((true, payload)).await;
             }
             (FrameKind::Stdout, Output::Prefixed(prefix)) => {
                 for line in stdout_lines.complete_lines(&payload) {
-                    writer.write(false, prefixed(prefix, &line)).await;
+                    writer.write((false, prefixed(prefix, &line))).await;
                 }
             }
             (FrameKind::Stderr, Output::Prefixed(prefix)) => {
                 for line in stderr_lines.complete_lines(&payload) {
-                    writer.write(true, prefixed(prefix, &line)).await;
+                    writer.write((true, prefixed(prefix, &line))).await;
                 }
             }
             (FrameKind::Archive, _) => {
@@ -535,10 +496,10 @@ async fn receive(
             (FrameKind::Result, _) => {
                 if let Output::Prefixed(prefix) = &output {
                     if let Some(rest) = stdout_lines.rest() {
-                        writer.write(false, prefixed(prefix, &rest)).await;
+                        writer.write((false, prefixed(prefix, &rest))).await;
                     }
                     if let Some(rest) = stderr_lines.rest() {
-                        writer.write(true, prefixed(prefix, &rest)).await;
+                        writer.write((true, prefixed(prefix, &rest))).await;
                     }
                 }
                 writer.finish().await;

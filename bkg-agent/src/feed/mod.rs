@@ -139,7 +139,8 @@ impl Feed {
 
     /// The changes of `namespace` (all of them for `None`: an admin's), from `since` on, live
     /// until the client leaves or the agent stops, or with `follow` false only until the reader
-    /// has caught up or bkg_db fails (said as an error, never waited out). Who may read which namespace is decided by the caller (service/access.rs).
+    /// has caught up or bkg_db fails (said as an error, never waited out). Who may read which
+    /// namespace is decided by the caller (service/access.rs).
     ///
     /// A `since` past the newest change is refused: the changes up to it would be skipped
     /// when they came (a cursor of another feed, or of a state directory since reset). The

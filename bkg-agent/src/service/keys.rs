@@ -495,38 +495,50 @@ impl KeyHold {
     }
 
     /// `chunks` as they come, until the key (if any) no longer speaks for them: then an error
-    /// saying why, and the end. Waited on while no chunk comes (a quiet log ends with its key
-    /// too), checked again before each one that does. A transfer's upload fails with it and
-    /// keeps nothing, a download or a followed log ends.
+    /// saying why, and the end. A transfer's upload fails with it and keeps nothing, a download
+    /// or a followed log ends.
     pub(super) fn hold_chunks(hold: Option<Self>, chunks: Chunks) -> Chunks {
-        let Some(mut hold) = hold else { return chunks };
+        let Some(hold) = hold else { return chunks };
         let (sender, held) = bkg_schema::chunks::channel();
+        hold.forward(chunks, sender, |_| false, |reason| Some(Err(std::io::Error::other(reason))));
+        held
+    }
+
+    /// Forwards `items` to `to` as they come, until the key no longer speaks for them: then the
+    /// source is dropped, `cut(reason)` makes the last item, if any, and the forwarding ends.
+    /// Waited on while no item comes (a quiet stream ends with its key too), checked again before
+    /// each one that does. It ends as well at the source's end, at `to`'s, and after an item
+    /// `is_last` says closes the stream (nothing is cut after it).
+    pub(super) fn forward<T: Send + 'static>(
+        mut self,
+        mut items: tokio::sync::mpsc::Receiver<T>,
+        to: tokio::sync::mpsc::Sender<T>,
+        is_last: fn(&T) -> bool,
+        cut: impl FnOnce(&'static str) -> Option<T> + Send + 'static,
+    ) {
         tokio::spawn(async move {
-            let mut chunks = chunks;
-            let waiter = hold.clone();
+            let waiter = self.clone();
             let lost = waiter.lost();
             tokio::pin!(lost);
-            loop {
-                let chunk = tokio::select! {
-                    reason = &mut lost => Err(reason),
-                    chunk = chunks.recv() => Ok(chunk),
+            let reason = loop {
+                let item = tokio::select! {
+                    reason = &mut lost => break reason,
+                    item = items.recv() => item,
                 };
-                let refused = match chunk {
-                    Err(reason) => Some(reason),
-                    Ok(None) => return,
-                    Ok(Some(chunk)) => match hold.check().await {
-                        Some(reason) => Some(reason),
-                        None if sender.send(chunk).await.is_ok() => None,
-                        None => return,
-                    },
-                };
-                if let Some(reason) = refused {
-                    let _ = sender.send(Err(std::io::Error::other(reason))).await;
+                let Some(item) = item else { return };
+                if let Some(reason) = self.check().await {
+                    break reason;
+                }
+                let last = is_last(&item);
+                if to.send(item).await.is_err() || last {
                     return;
                 }
+            };
+            drop(items);
+            if let Some(item) = cut(reason) {
+                let _ = to.send(item).await;
             }
         });
-        held
     }
 
     /// Resolves, with the reason, once the key no longer speaks for what it holds: when it is

@@ -45,48 +45,25 @@ fn interrupt(session: &Session) -> Result<(), Option<nix::errno::Errno>> {
 /// interrupted code still writes is kept for the session's next execution, as for a caller that
 /// hung up.
 fn held_by_key(
-    mut hold: KeyHold,
+    hold: KeyHold,
     session: Arc<Session>,
     execution: u64,
-    mut events: mpsc::Receiver<SessionEvent>,
+    events: mpsc::Receiver<SessionEvent>,
 ) -> mpsc::Receiver<SessionEvent> {
     let (sender, held) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let waiter = hold.clone();
-        let lost = waiter.lost();
-        tokio::pin!(lost);
-        loop {
-            let event = tokio::select! {
-                _ = &mut lost => None,
-                event = events.recv() => match event {
-                    None => return,
-                    Some(event) if hold.check().await.is_none() => Some(event),
-                    Some(_) => None,
-                },
-            };
-            match event {
-                Some(event) => {
-                    let ended = matches!(event, SessionEvent::End { .. });
-                    if sender.send(event).await.is_err() || ended {
-                        return;
-                    }
-                }
-                None => break,
-            }
-        }
-        drop(events);
+    let is_end = |event: &SessionEvent| matches!(event, SessionEvent::End { .. });
+    hold.forward(events, sender, is_end, move |_| {
         // Only while the execution goes on: the idle runner must not take a SIGINT.
         if session.one_at_a_time.available_permits() == 0
             && let Err(Some(errno)) = interrupt(&session)
         {
             tracing::warn!(%errno, "could not interrupt a session's execution whose key was revoked");
         }
-        let cut = SessionEvent::End {
+        Some(SessionEvent::End {
             status: ExecutionStatus::Interrupted,
             execution,
             killed_by: Some(bkg_schema::KilledBy::Cancelled),
-        };
-        let _ = sender.send(cut).await;
+        })
     });
     held
 }
