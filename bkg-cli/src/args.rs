@@ -256,6 +256,9 @@ pub struct ShellArgs {
     /// How long the shell may last, e.g. 30m [default: the sandbox's timeout]
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Option<String>,
+    /// Run this program with these arguments (after `--`) instead of an interactive shell.
+    #[arg(last = true, value_name = "PROGRAM", conflicts_with = "command")]
+    pub program: Vec<String>,
 }
 
 #[derive(Debug, Args)]

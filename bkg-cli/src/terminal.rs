@@ -40,6 +40,14 @@ pub async fn shell(settings: &Settings, args: ShellArgs) -> Result<i32, CliError
         .as_deref()
         .map(|text| bkg_schema::parse_duration_ms(text).map_err(|error| CliError::usage(format!("--timeout: {error}"))))
         .transpose()?;
+    // `bkg shell NAME -- PROGRAM ARGS…` runs as `-c` does, each word quoted for /bin/sh.
+    let command = match args.command {
+        Some(line) => Some(line),
+        None if args.program.is_empty() => None,
+        None => Some(shlex::try_join(args.program.iter().map(String::as_str)).map_err(|_| {
+            CliError::usage("bkg shell: an argument after `--` holds a NUL byte, which no program can be given")
+        })?),
+    };
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
     let cave = crate::project::load_cave(&project)?;
@@ -47,11 +55,8 @@ pub async fn shell(settings: &Settings, args: ShellArgs) -> Result<i32, CliError
     let known =
         client.get_found::<bkg_schema::sandbox::SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?.is_some();
     crate::define::ensure(&client, &project, &cave, &args.name, known, settings.out).await?;
-    let open = ShellTerminalOpen {
-        size: own_size(),
-        term: own_term(),
-        request: ShellRequest { command: args.command, env, timeout_ms },
-    };
+    let open =
+        ShellTerminalOpen { size: own_size(), term: own_term(), request: ShellRequest { command, env, timeout_ms } };
     let path = format!("/api/v1/sandboxes/{id}/terminal");
     let missing = format!(
         "the agent does not know sandbox `{}` of {} yet: run it once with `bkgr {}`",

@@ -181,6 +181,24 @@ fn bkg_exe_tty_runs_a_script_on_a_terminal() {
     assert_eq!(terminal.exit_code(), 3, "bkg exits with the script's code");
 }
 
+/// `bkg shell NAME -- PROGRAM ARGS…`: each word reaches the program as it was given (spaces,
+/// quotes, `$`), as `docker exec` and `kubectl exec` take a command; `-c` and `--` are one or the other.
+#[test]
+fn bkg_shell_runs_the_program_given_after_dashes_with_its_words_intact() {
+    let agent = Agent::start();
+    let project = project_with_a_sandbox(&agent);
+    let words = ["python3", "-c", "import sys; print(sys.argv[1:]); sys.exit(4)", "a b", "it's", "$HOME"];
+    let mut terminal =
+        OnTerminal::spawn(in_project(&agent, project.path(), &[&["shell", "box", "--"][..], &words].concat()));
+    terminal.expect(r#"['a b', "it's", '$HOME']"#);
+    assert_eq!(terminal.exit_code(), 4, "bkg exits with the program's code");
+
+    let both =
+        in_project(&agent, project.path(), &["shell", "box", "-c", "true", "--", "true"]).output().expect("bkg shell");
+    assert_eq!(code(&both), 125, "{}", stderr(&both));
+    assert!(stderr(&both).contains("cannot be used with"), "{}", stderr(&both));
+}
+
 #[test]
 fn a_terminal_is_refused_without_one_and_an_unknown_sandbox_is_named() {
     let agent = Agent::start();
