@@ -50,7 +50,32 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
     let session = &args.session;
     if args.interrupt || args.restart {
         let action = if args.interrupt { "interrupt" } else { "restart" };
-        let info: SessionInfo = client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/{action}")).await?;
+        let found: Option<SessionInfo> =
+            client.post_found(&format!("/api/v1/sandboxes/{id}/sessions/{session}/{action}")).await?;
+        let info = match found {
+            Some(info) => info,
+            // Nothing runs in a session that is not there; a restart of one is a fresh start.
+            None if args.interrupt => {
+                settings.out.note(format_args!("{} has no session {session}: nothing to interrupt", args.name));
+                if settings.out.is_json() {
+                    settings.out.json(&serde_json::Value::Null)?;
+                }
+                return Ok(SUCCESS);
+            }
+            None => {
+                let (info, _) = ensure_session(&client, (&args.name, &id), session, args.language).await?;
+                if settings.out.is_json() {
+                    settings.out.json(&info)?;
+                } else {
+                    settings.out.note(format_args!(
+                        "started session {session} of {} (there was none to restart: a fresh {} interpreter)",
+                        args.name,
+                        info.language.as_str()
+                    ));
+                }
+                return Ok(SUCCESS);
+            }
+        };
         if settings.out.is_json() {
             settings.out.json(&info)?;
         } else if args.interrupt && !info.busy {

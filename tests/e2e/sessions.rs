@@ -94,6 +94,18 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     let gone = agent.bkg_in(dir, &["exec", "box", "-c", "x"]);
     assert_eq!(code(&gone), 1);
     assert!(stderr(&gone).contains("NameError"), "{}", stderr(&gone));
+
+    // A session that is not there (ended with the sandbox): nothing runs in it to interrupt,
+    // and a restart starts it.
+    let stopped = agent.bkg_in(dir, &["stop", "box"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+    let none = agent.bkg_in(dir, &["exec", "box", "--interrupt"]);
+    assert_eq!(code(&none), 0, "{}", stderr(&none));
+    assert!(stderr(&none).contains("box has no session default: nothing to interrupt"), "{}", stderr(&none));
+    let fresh = agent.bkg_in(dir, &["exec", "box", "--restart", "--json"]);
+    assert_eq!(code(&fresh), 0, "{}", stderr(&fresh));
+    let info: serde_json::Value = serde_json::from_str(&stdout(&fresh)).expect("session JSON");
+    assert_eq!((info["name"].as_str(), info["executions"].as_u64()), (Some("default"), Some(0)), "{info}");
 }
 
 /// Found by a new-user trial: with its output waiting for a reader that took none
