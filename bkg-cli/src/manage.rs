@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use bkg_schema::Language;
+use bkg_schema::cave::SandboxSpec;
 use bkg_schema::egress::{RestartPolicy, ServiceState};
 use bkg_schema::sandbox::{Deleted, SandboxInfo, SandboxState, Stopped, sandbox_id};
 use bkg_schema::units::format_size;
@@ -98,6 +99,13 @@ pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
         return Ok(SUCCESS);
     }
     out.answer(&sandboxes, |sandboxes| sandbox_table(sandboxes, &declared, crate::table::width()))?;
+    if let Some(cave) = &cave {
+        for info in &sandboxes {
+            if let Some(spec) = cave.sandboxes.get(&info.name) {
+                note_changed_definition(out, info, spec);
+            }
+        }
+    }
     Ok(SUCCESS)
 }
 
@@ -177,7 +185,54 @@ pub async fn status(settings: &Settings, args: NameArgs) -> Result<i32, CliError
         return Err(missing_sandbox(&project, &args.name, otherwise));
     };
     settings.out.answer(&info, describe)?;
+    let cave = project.as_deref().map(load_cave).transpose()?;
+    if let Some(spec) = cave.as_ref().and_then(|cave| cave.sandboxes.get(&args.name)) {
+        note_changed_definition(settings.out, &info, spec);
+    }
     Ok(SUCCESS)
+}
+
+/// What cave.yaml now says of `spec`'s type and limits that differs from what the agent has
+/// (`info`): the definition the sandbox's last run gave, until the next one.
+fn changed_since_last_run(info: &SandboxInfo, spec: &SandboxSpec) -> Vec<String> {
+    let mut changed = Vec::new();
+    if spec.r#type != info.language {
+        changed.push(format!("type {} → {}", info.language.as_str(), spec.r#type.as_str()));
+    }
+    let Some(Ok(wanted)) = spec.limits.as_ref().map(|limits| limits.to_overrides()) else {
+        return changed;
+    };
+    let had = &info.limits;
+    let mut compare = |name: &str, wanted: Option<u64>, had: u64, show: fn(u64) -> String| {
+        if let Some(wanted) = wanted.filter(|wanted| *wanted != had) {
+            changed.push(format!("{name} {} → {}", show(had), show(wanted)));
+        }
+    };
+    compare("cpus", wanted.cpu_millis, had.cpu_millis, bkg_schema::units::format_cpus);
+    compare("memory", wanted.memory_bytes, had.memory_bytes, format_size);
+    compare("timeout", wanted.timeout_ms, had.timeout_ms, bkg_schema::units::format_duration_ms);
+    compare("disk", wanted.disk_bytes, had.disk_bytes, format_size);
+    compare("pids", wanted.pids, had.pids, |pids| pids.to_string());
+    changed
+}
+
+/// Says when cave.yaml has changed `info`'s sandbox since the agent was last given it, and when
+/// the change takes effect: `bkg ls` and `bkg status` show the agent's definition.
+fn note_changed_definition(out: crate::out::Printer, info: &SandboxInfo, spec: &SandboxSpec) {
+    let changed = changed_since_last_run(info, spec);
+    if changed.is_empty() {
+        return;
+    }
+    let when = match info.state {
+        SandboxState::Running => "once it stops, at its next run",
+        SandboxState::Idle => "at its next run",
+    };
+    out.note(format_args!(
+        "{}: changed in cave.yaml since its last run ({}); applied {when} (`bkgr {}`)",
+        info.name,
+        changed.join(", "),
+        info.name
+    ));
 }
 
 /// `bkg status`: one field a line.

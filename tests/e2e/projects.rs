@@ -776,6 +776,38 @@ fn status_shows_what_the_disk_holds() {
     assert!(filled >= empty + 40 * mib && filled < 100 * mib, "after 40MiB written: {filled} bytes");
 }
 
+/// `bkg ls` and `bkg status` show the definition the agent was last given; when cave.yaml has
+/// changed since, they say what and when it applies (found by a new-user trial: the old limits
+/// were shown with no word).
+#[test]
+fn ls_and_status_say_when_cave_yaml_changed_since_the_last_run() {
+    let agent = Agent::start();
+    let project = project_with("version: 1\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: 'true'\n");
+    let dir = project.path();
+    let run = agent.bkgr(dir, &["box"]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    let unchanged = agent.bkg_in(dir, &["status", "box"]);
+    assert!(!stderr(&unchanged).contains("changed"), "{}", stderr(&unchanged));
+
+    write(
+        &dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  box:\n    type: node\n    limits:\n      memory: 256MiB\n    scripts:\n      start: 'true'\n",
+    );
+    let said = "box: changed in cave.yaml since its last run (type python → node, memory 512MiB → 256MiB); \
+                applied at its next run (`bkgr box`)";
+    for command in [&["status", "box"][..], &["ls"]] {
+        let shown = agent.bkg_in(dir, command);
+        assert_eq!(code(&shown), 0, "{}", stderr(&shown));
+        assert!(stdout(&shown).contains("python"), "the agent's definition is shown: {}", stdout(&shown));
+        assert!(stderr(&shown).contains(said), "{command:?}: {}", stderr(&shown));
+    }
+    let run = agent.bkgr(dir, &["box"]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    let applied = agent.bkg_in(dir, &["status", "box"]);
+    assert!(stdout(&applied).contains("memory 256MiB"), "{}", stdout(&applied));
+    assert!(!stderr(&applied).contains("changed"), "{}", stderr(&applied));
+}
+
 /// A bkgr whose run another terminal stops says what may have stopped it, not just "cancelled".
 #[test]
 fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
