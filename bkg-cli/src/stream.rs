@@ -96,9 +96,21 @@ pub async fn run_keeping_out_dir(
             let mut writer = cancel_writer.lock().await;
             let _ = send_frame(&mut *writer, FrameKind::Cancel, &[]).await;
         }
+        use std::sync::atomic::Ordering::Relaxed;
+        if UNWRITTEN.load(Relaxed) > 0 {
+            printer.note(format_args!(
+                "cancelling the run; its output waits for a reader that takes none (Ctrl-C again to quit without it)"
+            ));
+        }
         // The run's end is awaited for its result; a second signal is a caller who will not wait.
         if let Some(signal) = stop_signals.next().await {
-            printer.note(format_args!("stopped without waiting for the run's end"));
+            // Output waiting for its reader holds up the result behind it too.
+            match UNWRITTEN.load(Relaxed) {
+                0 => printer.note(format_args!("stopped without waiting for the run's end")),
+                _ => printer.note(format_args!(
+                    "stopped with the run's output unwritten: `bkg runs ls` shows how the run ended"
+                )),
+            }
             std::process::exit(crate::exit::SIGNALLED + signal);
         }
     });
@@ -261,11 +273,13 @@ impl LimitsFrom {
     }
 }
 
-/// Why the run ended, when it was not the script's own doing; the limit it met says where it is
-/// set (`from`).
 /// The signal on which this process sent the run a cancel (Ctrl-C's SIGINT, SIGTERM, SIGHUP),
 /// 0 for none: a cancelled run it did not cancel was cancelled by the agent.
 static CANCELLED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Output handed to the writer thread and not yet written: more than none while a reader takes
+/// none (`| less`), which is when a Ctrl-C's cancel cannot show at once.
+static UNWRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The signal on which this process cancelled its runs, if it did.
 pub fn cancelled_by_signal() -> Option<i32> {
@@ -296,6 +310,8 @@ impl StopSignals {
     }
 }
 
+/// Why the run ended, when it was not the script's own doing; the limit it met says where it is
+/// set (`from`).
 pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
     let limits = &result.limits;
     match result.killed_by {
@@ -421,6 +437,20 @@ async fn watched<T>(client: &AgentClient, read: impl std::future::Future<Output 
     }
 }
 
+/// The run's output writer, counting in `UNWRITTEN` what it was handed and has not written.
+struct Counted(crate::out::WriterThread<(bool, Vec<u8>), ()>);
+
+impl Counted {
+    async fn write(&self, item: (bool, Vec<u8>)) {
+        UNWRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.write(item).await;
+    }
+
+    async fn finish(&mut self) {
+        self.0.finish().await;
+    }
+}
+
 /// How the agent's own progress lines begin (a run waiting for its place, installing its
 /// packages, making its environment); the others are the installer's.
 const AGENT_PROGRESS: [&str; 3] = ["waiting for a place", "installing ", "environment "];
@@ -440,10 +470,13 @@ async fn receive(
     // The packages' install before the code runs: its latest line on a spinner.
     let mut installing: Option<crate::progress::Spinner> = None;
     // Our stdout and stderr, in the order the run wrote them.
-    let mut writer = crate::out::WriterThread::start("run-output", |(to_stderr, bytes): (bool, Vec<u8>)| {
+    use std::sync::atomic::Ordering::Relaxed;
+    let writer = crate::out::WriterThread::start("run-output", |(to_stderr, bytes): (bool, Vec<u8>)| {
         write_ours(to_stderr, &bytes);
+        UNWRITTEN.fetch_sub(1, Relaxed);
         None::<()>
     })?;
+    let mut writer = Counted(writer);
     loop {
         let mut header = [0u8; frame::HEADER_LEN];
         watched(client, reader.read_exact(&mut header)).await?.map_err(lost)?;

@@ -117,6 +117,11 @@ fn ctrl_c_cancels_a_run_whose_output_nobody_reads() {
     assert!(child.try_wait().expect("try_wait").is_none(), "bkg still holds output nobody has read");
     let output = second_ctrl_c(child);
     assert_eq!(code(&output), 130, "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "bkg: cancelling the run; its output waits for a reader that takes none (Ctrl-C again to quit without it)\n\
+         bkg: stopped with the run's output unwritten: `bkg runs ls` shows how the run ended\n"
+    );
     drop(unread);
     agent.wait_idle();
 }
