@@ -25,6 +25,7 @@ use crate::server::{auth_api, changes, deps_api, files, run_files, runs, sandbox
     paths(
         system::healthz,
         system::metrics,
+        system::openapi,
         system::agent_info,
         system::shutdown,
         system::sync_status,
@@ -106,6 +107,11 @@ pub struct YamlError(String);
 pub fn yaml() -> Result<String, YamlError> {
     let plain = ApiDoc::openapi().to_yaml().map_err(|error| YamlError(error.to_string()))?;
     Ok(plain.lines().map(|line| quote_yaml_1_1_word(line) + "\n").collect())
+}
+
+/// The document as JSON, as `GET /api/v1/openapi.json` serves it.
+pub fn json() -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::to_value(ApiDoc::openapi())
 }
 
 /// The query parameters each operation takes, by method and path as the document writes it

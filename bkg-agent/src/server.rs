@@ -101,6 +101,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
+        .route("/api/v1/openapi.json", get(system::openapi))
         .route("/api/v1/agent", get(system::agent_info))
         .route("/api/v1/agent/shutdown", post(system::shutdown))
         .route("/api/v1/sync", get(system::sync_status))

@@ -138,6 +138,21 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     let (team_id, team) = api.key("namespace", Some("team"));
     let (_, other) = api.key("namespace", Some("other"));
     let (model_id, model) = api.key("model-access", Some("team"));
+
+    // The API's own description, for any key (a client generator needs nothing more), not without one.
+    expect(&anonymous.get("/api/v1/openapi.json"), 401, "the document without a key");
+    let document = api.client(&model).get("/api/v1/openapi.json").json();
+    assert!(document["openapi"].as_str().is_some_and(|version| version.starts_with("3.1")), "{}", document["openapi"]);
+    let served: std::collections::BTreeSet<String> =
+        document["paths"].as_object().expect("paths").keys().cloned().collect();
+    let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/openapi.yaml"))
+        .expect("schema/openapi.yaml");
+    let documented: std::collections::BTreeSet<String> = checked_in
+        .lines()
+        .filter_map(|line| line.strip_prefix("  /")?.strip_suffix(':').map(|path| format!("/{path}")))
+        .collect();
+    assert_eq!(served, documented, "the served document is schema/openapi.yaml's");
+    assert!(served.contains("/api/v1/openapi.json"), "{served:?}");
     let team = api.client(&team);
     let other = api.client(&other);
     let model = api.client(&model);

@@ -48,6 +48,19 @@ pub async fn healthz(State(state): State<AppState>, principal: Option<Extension<
     }
 }
 
+/// This API's OpenAPI 3.1 document, as JSON (`bkg-agent --print-openapi` prints it as YAML), for
+/// any caller the agent knows: generated from the same handlers and types that serve.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "agent",
+    responses((status = 200, description = "The OpenAPI document", body = serde_json::Value)),
+)]
+pub async fn openapi() -> ApiResult<Response> {
+    let document = crate::api_doc::json().map_err(|error| Failure::internal(error.to_string()))?;
+    Ok(Json(document).into_response())
+}
+
 /// Prometheus metrics, OpenMetrics text (admins only).
 #[utoipa::path(
     get,
