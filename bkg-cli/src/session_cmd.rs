@@ -48,40 +48,27 @@ async fn connect(settings: &Settings, project: &ProjectArgs, name: &str) -> Resu
 pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> {
     let (client, id) = connect(settings, &args.project, &args.name).await?;
     let session = &args.session;
-    if args.interrupt || args.restart {
-        let action = if args.interrupt { "interrupt" } else { "restart" };
+    if args.restart {
+        return restart(settings, &args, client, id).await;
+    }
+    if args.interrupt {
+        let action = "interrupt";
         let found: Option<SessionInfo> =
             client.post_found(&format!("/api/v1/sandboxes/{id}/sessions/{session}/{action}")).await?;
-        let info = match found {
-            Some(info) => info,
-            // Nothing runs in a session that is not there; a restart of one is a fresh start.
-            None if args.interrupt => {
-                settings.out.note(format_args!("{} has no session {session}: nothing to interrupt", args.name));
-                if settings.out.is_json() {
-                    settings.out.json(&serde_json::Value::Null)?;
-                }
-                return Ok(SUCCESS);
+        let Some(info) = found else {
+            // Nothing runs in a session that is not there.
+            settings.out.note(format_args!("{} has no session {session}: nothing to interrupt", args.name));
+            if settings.out.is_json() {
+                settings.out.json(&serde_json::Value::Null)?;
             }
-            None => {
-                let (info, _) = ensure_session(&client, (&args.name, &id), session, args.language).await?;
-                if settings.out.is_json() {
-                    settings.out.json(&info)?;
-                } else {
-                    settings.out.note(format_args!(
-                        "started session {session} of {} (there was none to restart: a fresh {} interpreter)",
-                        args.name,
-                        info.language.as_str()
-                    ));
-                }
-                return Ok(SUCCESS);
-            }
+            return Ok(SUCCESS);
         };
         if settings.out.is_json() {
             settings.out.json(&info)?;
-        } else if args.interrupt && !info.busy {
+        } else if !info.busy {
             settings.out.note(format_args!("session {session} of {} was running nothing to interrupt", args.name));
         } else {
-            settings.out.note(format_args!("{action}ed session {session} of {}", args.name));
+            settings.out.note(format_args!("interrupted session {session} of {}", args.name));
         }
         return Ok(SUCCESS);
     }
@@ -110,6 +97,32 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
     }
     let (ended, _) = execute(&client, &id, session, &code, settings.out).await?;
     Ok(crate::exit::of_execution(ended.0, ended.1))
+}
+
+/// `bkg exec NAME --restart`: the session's run ends with the sandbox's stop, and a fresh one
+/// starts with cave.yaml's definition as it is now (sent when the sandbox was found), in the
+/// language it had unless `--type` says otherwise; none there is a fresh start too.
+async fn restart(settings: &Settings, args: &ExecArgs, client: AgentClient, id: String) -> Result<i32, CliError> {
+    let session = &args.session;
+    let had = client.get_found::<SessionInfo>(&format!("/api/v1/sandboxes/{id}/sessions/{session}")).await?;
+    if had.is_some() {
+        let _: bkg_schema::sandbox::Stopped = client.post(&format!("/api/v1/sandboxes/{id}/stop")).await?;
+        // Given again now that the sandbox is stopped: a running one keeps what it started with.
+        crate::files_cmd::find_sandbox(&client, &args.project, &args.name, settings.out).await?;
+    }
+    let language = args.language.or(had.as_ref().map(|info| info.language));
+    let (info, _) = ensure_session(&client, (&args.name, &id), session, language).await?;
+    if settings.out.is_json() {
+        settings.out.json(&info)?;
+    } else {
+        let what = if had.is_some() { "restarted" } else { "started (there was none to restart)" };
+        settings.out.note(format_args!(
+            "{what} session {session} of {}: a fresh {} interpreter, with cave.yaml's definition as it is now",
+            args.name,
+            info.language.as_str()
+        ));
+    }
+    Ok(SUCCESS)
 }
 
 /// How an execution ended: its status and, when its interpreter died, what killed it.

@@ -95,6 +95,16 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     assert_eq!(code(&gone), 1);
     assert!(stderr(&gone).contains("NameError"), "{}", stderr(&gone));
 
+    // A restart gives the session cave.yaml's definition as it is now, as docs/cli.md says (found
+    // by a new-user trial: the environment it had started with stayed).
+    let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    std::fs::write(dir.join("cave.yaml"), cave.replacen("  box:\n", "  box:\n    env:\n      MODE: v5\n", 1))
+        .expect("cave.yaml");
+    let restarted = agent.bkg_in(dir, &["exec", "box", "--restart"]);
+    assert_eq!(code(&restarted), 0, "{}", stderr(&restarted));
+    let mode = agent.bkg_in(dir, &["exec", "box", "-c", "import os; os.environ.get('MODE')"]);
+    assert_eq!(stdout(&mode), "'v5'\n", "{}", stderr(&mode));
+
     // A session that is not there (ended with the sandbox): nothing runs in it to interrupt,
     // and a restart starts it.
     let stopped = agent.bkg_in(dir, &["stop", "box"]);
