@@ -55,13 +55,34 @@ pub async fn find_sandbox(
             crate::define::ensure(client, &dir, &cave, name, known, out).await?;
             return Ok(id);
         }
-        return agent_wide(client, name).await?.ok_or_else(|| crate::project::unknown_sandbox(&cave, name));
+        return elsewhere(client, &cave, name, out).await;
     }
     agent_wide(client, name).await?.ok_or_else(|| {
         CliError::usage(format!(
             "no sandbox `{name}` on the agent: run it once with `bkgr {name}`, or create it with the API"
         ))
     })
+}
+
+/// The id of sandbox `name`, which the project's cave.yaml (`cave`) does not declare: the one
+/// of that name the agent shows this caller from elsewhere, said so that nobody works in another
+/// project's sandbox unawares; else the project's names.
+pub async fn elsewhere(
+    client: &AgentClient,
+    cave: &bkg_schema::cave::CaveFile,
+    name: &str,
+    out: crate::out::Printer,
+) -> Result<String, CliError> {
+    let Some(id) = agent_wide(client, name).await? else {
+        return Err(crate::project::unknown_sandbox(cave, name));
+    };
+    if let Some(info) = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await? {
+        out.note(format_args!(
+            "`{name}` is not in this project's cave.yaml: using sandbox {} of {}",
+            info.name, info.project_dir
+        ));
+    }
+    Ok(id)
 }
 
 /// The id of sandbox `name` where no project is around: the one sandbox of that name the agent
@@ -81,6 +102,15 @@ async fn agent_wide(client: &AgentClient, name: &str) -> Result<Option<String>, 
         return Ok(Some(info.id.clone()));
     }
     let named: Vec<SandboxInfo> = all.into_iter().filter(|info| info.name == name).collect();
+    // Of several, the one of the project the caller is in (its cave.yaml gone, say), if any.
+    if named.len() > 1 {
+        let here = std::env::current_dir().unwrap_or_default();
+        if let Some(nearest) =
+            named.iter().filter(|info| here.starts_with(&info.project_dir)).max_by_key(|info| info.project_dir.len())
+        {
+            return Ok(Some(nearest.id.clone()));
+        }
+    }
     match named.as_slice() {
         [] => Ok(None),
         [info] => Ok(Some(info.id.clone())),

@@ -161,17 +161,28 @@ async fn locate(
     client: &AgentClient,
     dir: Option<&Path>,
     name: &str,
+    out: crate::out::Printer,
 ) -> Result<(String, Option<std::path::PathBuf>), CliError> {
-    match crate::project::project_if_any(dir)? {
-        Ok(project) => Ok((id_of(&project, name), Some(project))),
-        Err(no_project) => Ok((crate::files_cmd::outside_a_project(client, name, &no_project).await?, None)),
+    let project = match crate::project::project_if_any(dir)? {
+        Ok(project) => project,
+        Err(no_project) => return Ok((crate::files_cmd::outside_a_project(client, name, &no_project).await?, None)),
+    };
+    let id = id_of(&project, name);
+    // One the project neither declares nor has made is looked for elsewhere, as `bkg exec` and
+    // `bkg cp` look for it (said when found).
+    if let Ok(cave) = load_cave(&project)
+        && !cave.sandboxes.contains_key(name)
+        && fetch(client, &id).await?.is_none()
+    {
+        return Ok((crate::files_cmd::elsewhere(client, &cave, name, out).await?, None));
     }
+    Ok((id, Some(project)))
 }
 
 pub async fn status(settings: &Settings, args: NameArgs) -> Result<i32, CliError> {
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let (id, project) = locate(&client, args.project.dir.as_deref(), &args.name).await?;
+    let (id, project) = locate(&client, args.project.dir.as_deref(), &args.name, settings.out).await?;
     let Some(info) = fetch(&client, &id).await? else {
         let Some(project) = project else {
             return Err(CliError::usage(format!("no sandbox `{}` on the agent", args.name)));
@@ -312,7 +323,7 @@ fn service_word(state: ServiceState) -> &'static str {
 pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> {
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let (id, project) = locate(&client, args.project.dir.as_deref(), &args.name).await?;
+    let (id, project) = locate(&client, args.project.dir.as_deref(), &args.name, settings.out).await?;
     if args.policy {
         return policy(settings, &client, &id).await;
     }
@@ -563,7 +574,7 @@ async fn stop(
     dir: Option<&Path>,
     name: String,
 ) -> Result<StopAnswer, CliError> {
-    let (id, project) = locate(client, dir, &name).await?;
+    let (id, project) = locate(client, dir, &name, out).await?;
     let stopped = match (client.post_found(&format!("/api/v1/sandboxes/{id}/stop")).await?, &project) {
         (Some(Stopped { stopped }), _) => stopped,
         // Declared in cave.yaml and never made: there is nothing to stop, which is what was asked.

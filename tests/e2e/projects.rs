@@ -808,6 +808,44 @@ fn ls_and_status_say_when_cave_yaml_changed_since_the_last_run() {
     assert!(!stderr(&applied).contains("changed"), "{}", stderr(&applied));
 }
 
+/// A name the project does not declare is looked for elsewhere by every command alike, and said
+/// when found there; of several with that name, the one of the directory bkg runs in is taken,
+/// also when its cave.yaml is gone (found by a new-user trial: `exec` used another project's
+/// sandbox silently while `status` and `stop` refused it, and a project without its cave.yaml
+/// was told to run bkg from its own directory).
+#[test]
+fn a_sandbox_of_another_project_is_named_when_used_and_the_own_directorys_comes_first() {
+    let agent = Agent::start();
+    let cave = "version: 1\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: 'true'\n";
+    let (first, second) = (project_with(cave), project_with(cave));
+    for project in [&first, &second] {
+        let run = agent.bkgr(project.path(), &["api"]);
+        assert_eq!(code(&run), 0, "{}", stderr(&run));
+    }
+    let other = project_with("version: 1\nsandboxes:\n  small:\n    type: python\n");
+    std::fs::remove_file(second.path().join("cave.yaml")).expect("rm cave.yaml");
+
+    // Two sandboxes named api: from the second's directory, its own.
+    let own = agent.bkg_in(second.path(), &["status", "api", "--json"]);
+    assert_eq!(code(&own), 0, "{}", stderr(&own));
+    let info: serde_json::Value = serde_json::from_slice(&own.stdout).expect("status JSON");
+    assert_eq!(info["project_dir"].as_str(), second.path().to_str(), "{info}");
+    // From a project with neither: the name is ambiguous.
+    let ambiguous = agent.bkg_in(other.path(), &["status", "api"]);
+    assert_eq!(code(&ambiguous), 125, "{}", stderr(&ambiguous));
+    assert!(stderr(&ambiguous).contains("more than one sandbox is named `api`"), "{}", stderr(&ambiguous));
+
+    // With one left, every command takes it, and says whose it is.
+    let removed = agent.bkg_in(second.path(), &["rm", "api", "--force", "-C", first.path().to_str().expect("utf-8")]);
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    let said = format!("`api` is not in this project's cave.yaml: using sandbox api of {}", second.path().display());
+    for command in [&["status", "api"][..], &["exec", "api", "-c", "1"], &["stop", "api"]] {
+        let output = agent.bkg_in(other.path(), command);
+        assert_eq!(code(&output), 0, "{command:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains(&said), "{command:?}: {}", stderr(&output));
+    }
+}
+
 /// A bkgr whose run another terminal stops says what may have stopped it, not just "cancelled".
 #[test]
 fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
