@@ -20,9 +20,11 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     let taken_after_script = args.script.as_deref().filter(|_| args.code.is_none()).and_then(|script| {
         let argv: Vec<String> = std::env::args_os().map(|arg| arg.to_string_lossy().into_owned()).collect();
         options_after_script(&argv, script, &args.args).map(|taken| {
+            // The script's name quoted, so that the command can be pasted (spaces in it, say).
+            let quoted = shlex::try_quote(script).map_or_else(|_| script.to_owned(), |word| word.into_owned());
             format!(
                 "`{taken}` after {script} was taken as bkg's own; to give it to the script, put `--` before it: \
-                 bkg exe {script} -- {taken} …"
+                 bkg exe {quoted} -- {taken} …"
             )
         })
     });
@@ -131,7 +133,7 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
             let mut code = String::new();
             std::io::stdin().read_to_string(&mut code).map_err(|error| match error.kind() {
                 std::io::ErrorKind::InvalidData => CliError::usage(
-                    "the code on stdin is not UTF-8 text: bkg sends code as text; convert it (`iconv -t UTF-8`)",
+                    "the code on stdin is not UTF-8 text: bkg sends code as text; convert it from its encoding (`iconv -f LATIN1 -t UTF-8`, say)",
                 ),
                 _ => CliError::usage(format!("cannot read the code from stdin: {error}")),
             })?;
@@ -142,7 +144,7 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
                 Ok(bytes) => {
                     String::from_utf8(bytes).map_err(|_| {
                         CliError::usage(format!(
-                            "{path} is not UTF-8 text: bkg sends code as text; convert it (`iconv -t UTF-8`, and drop a `coding:` line)"
+                            "{path} is not UTF-8 text: bkg sends code as text; convert it from its encoding (`iconv -f LATIN1 -t UTF-8 {path}`, say) and drop a `coding:` line"
                         ))
                     })?
                 }
@@ -174,9 +176,15 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
     let language = match (args.language, script_name.as_deref()) {
         (Some(language), _) => language,
         (None, Some(name)) => Language::from_file_name(name).or_else(|| Language::from_shebang(&code)).ok_or_else(|| {
-            CliError::usage(format!(
-                "cannot tell the language of `{name}` from its extension or a #! line: add --type python or --type node"
-            ))
+            CliError::usage(match bkg_schema::shebang_program(&code) {
+                Some(program) => format!(
+                    "`{name}`'s #! line names {program}, which bkg does not run: bkg runs python and node \
+                     (add --type python or --type node for code in one of them)"
+                ),
+                None => format!(
+                    "cannot tell the language of `{name}` from its extension or a #! line: add --type python or --type node"
+                ),
+            })
         })?,
         (None, None) => return Err(CliError::usage("-c and - need --type python or --type node")),
     };
@@ -187,7 +195,9 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
     for path in &args.env_files {
         let text = std::fs::read_to_string(path).map_err(|error| {
             let fix = match error.kind() {
-                std::io::ErrorKind::InvalidData => ": it is not UTF-8 text; convert it (`iconv -t UTF-8`)",
+                std::io::ErrorKind::InvalidData => {
+                    ": it is not UTF-8 text; convert it from its encoding (`iconv -f LATIN1 -t UTF-8`, say)"
+                }
                 std::io::ErrorKind::NotFound => ": give a file of KEY=VALUE lines",
                 _ => "",
             };

@@ -42,8 +42,16 @@ pub fn limit_overrides(flags: &LimitArgs) -> Result<LimitOverrides, CliError> {
     type Parse = fn(&str) -> Result<u64, bkg_schema::UnitError>;
     // Below the agent's least (`Limits::LEAST`) is refused here already, with that least.
     let checked = |value: &Option<String>, (limit, least, shown): bkg_schema::NamedLimit, parse: Parse| {
-        let too_small =
-            |text: &str| CliError::usage(format!("--{limit}: `{text}` is too small: the least is {}", shown(least)));
+        let too_small = |text: &str| {
+            // A bare number is bytes (or seconds), which is seldom what was meant by `512`.
+            let unit = match limit {
+                "memory" | "disk" if text.bytes().all(|byte| byte.is_ascii_digit()) => {
+                    format!(" (a number without a unit is bytes: `{text}MiB`?)")
+                }
+                _ => String::new(),
+            };
+            CliError::usage(format!("--{limit}: `{text}` is too small: the least is {}{unit}", shown(least)))
+        };
         value
             .as_deref()
             .map(|text| match parse(text) {

@@ -55,14 +55,7 @@ impl Language {
     /// the interpreter named there, or the program after `/usr/bin/env` (and its options),
     /// `python`, `python3`, `python3.11`, `node` or `nodejs`.
     pub fn from_shebang(code: &str) -> Option<Self> {
-        let line = code.lines().next()?.strip_prefix("#!")?;
-        let mut words = line.split_whitespace();
-        let first = words.next()?;
-        let program = match first.rsplit('/').next()? {
-            "env" => words.find(|word| !word.starts_with('-'))?,
-            program => program,
-        };
-        let name = program.rsplit('/').next()?;
+        let name = shebang_program(code)?;
         let version_free = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
         match version_free {
             "python" => Some(Self::Python),
@@ -95,6 +88,19 @@ impl Language {
             Self::Node => "node",
         }
     }
+}
+
+/// The program a `#!` line on `code`'s first line runs (`python3` of `#!/usr/bin/env python3`,
+/// `ruby` of `#!/usr/bin/ruby -w`), if it has one.
+pub fn shebang_program(code: &str) -> Option<&str> {
+    let line = code.lines().next()?.strip_prefix("#!")?;
+    let mut words = line.split_whitespace();
+    let first = words.next()?;
+    let program = match first.rsplit('/').next()? {
+        "env" => words.find(|word| !word.starts_with('-'))?,
+        program => program,
+    };
+    program.rsplit('/').next()
 }
 
 /// Resource limits of one run, fully resolved (no defaults left to apply).
@@ -707,6 +713,9 @@ mod tests {
         ] {
             assert_eq!(Language::from_shebang(code), language, "{code:?}");
         }
+        assert_eq!(super::shebang_program("#!/usr/bin/env -S ruby -w\n"), Some("ruby"));
+        assert_eq!(super::shebang_program("#!/bin/bash\n"), Some("bash"));
+        assert_eq!(super::shebang_program("print(1)\n"), None);
     }
 
     #[test]

@@ -110,6 +110,15 @@ fn a_file_without_a_known_extension_needs_a_type() {
     std::fs::write(&tool, "#!/usr/bin/env node\nconsole.log(typeof require)").expect("write");
     let output = agent.exe(&[tool.to_str().unwrap_or_default()]);
     assert_eq!((code(&output), stdout(&output)), (0, "function\n".to_owned()), "stderr: {}", stderr(&output));
+    // One that names another interpreter is told so (found by a new-user trial: it was told to
+    // add --type, as if the language were unknown).
+    let ruby = dir.path().join("gem-tool");
+    std::fs::write(&ruby, "#!/usr/bin/env ruby\nputs 1").expect("write");
+    assert_one_line_error(
+        &agent.exe(&[ruby.to_str().unwrap_or_default()]),
+        125,
+        "`gem-tool`'s #! line names ruby, which bkg does not run: bkg runs python and node",
+    );
 }
 
 #[test]

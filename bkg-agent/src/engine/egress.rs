@@ -27,10 +27,10 @@ use super::netns::{NetnsError, NetnsWorker, make_link};
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
     #[error(
-        "host port {mapping} cannot be used: {source}: free it, or forward another host port (`ports:` in \
-         cave.yaml, `-p`)"
+        "host port {host} cannot be used: {source}: free it, or forward another host port (`ports:` in \
+         cave.yaml, `bkg exe -p`)"
     )]
-    PortTaken { mapping: String, source: std::io::Error },
+    PortTaken { host: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Netns(#[from] NetnsError),
 }
@@ -103,9 +103,8 @@ impl NetworkSession {
     pub async fn open(plan: &NetworkPlan, pid: i32) -> Result<Self, EgressError> {
         let mut listeners = Vec::new();
         for mapping in &plan.ports {
-            let taken = |source| EgressError::PortTaken { mapping: mapping.to_string(), source };
-            let listener =
-                TcpListener::bind(SocketAddr::new(mapping.address, mapping.host_port)).await.map_err(taken)?;
+            let host = SocketAddr::new(mapping.address, mapping.host_port);
+            let listener = TcpListener::bind(host).await.map_err(|source| EgressError::PortTaken { host, source })?;
             listeners.push((listener, mapping.sandbox_port));
         }
         let worker = Arc::new(NetnsWorker::enter(pid)?);

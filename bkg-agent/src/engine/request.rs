@@ -168,9 +168,9 @@ impl ValidatedRun {
     /// restarted for ever). The run itself binds it again (engine/egress.rs).
     pub fn check_ports_free(&self) -> Result<(), RunError> {
         for mapping in self.network.iter().flat_map(|plan| &plan.ports) {
-            let address = std::net::SocketAddr::new(mapping.address, mapping.host_port);
-            if let Err(source) = std::net::TcpListener::bind(address) {
-                let taken = super::egress::EgressError::PortTaken { mapping: mapping.to_string(), source };
+            let host = std::net::SocketAddr::new(mapping.address, mapping.host_port);
+            if let Err(source) = std::net::TcpListener::bind(host) {
+                let taken = super::egress::EgressError::PortTaken { host, source };
                 return Err(RunError::Busy(taken.to_string()));
             }
         }
@@ -281,7 +281,7 @@ impl Engine {
             RunError::LimitAboveMaximum { name, asked, allowed, .. } => RunError::LimitAboveMaximum {
                 fix: format!(
                     "give the sandbox's limits.{name} (cave.yaml's) at most that, or start the agent with a higher \
-                     --max-{name}; bkgr's limit flags hold for one run and do not change it"
+                     --max-{name}"
                 ),
                 name,
                 asked,
