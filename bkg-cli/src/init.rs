@@ -45,8 +45,10 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
             errors.to_string().replace('\n', "; ")
         )));
     }
-    std::fs::create_dir_all(&dir)
-        .map_err(|error| CliError::usage(format!("cannot create {}: {error}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|error| {
+        let hint = if dir.is_file() { ": it is a file; give the project's directory (made if missing)" } else { "" };
+        CliError::usage(format!("cannot create {}: {error}{hint}", dir.display()))
+    })?;
     write_atomically(&path, &text)?;
     make_state_dir(&dir)?;
     let first = match &answers.first {

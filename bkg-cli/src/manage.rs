@@ -705,7 +705,11 @@ async fn rm(
 ) -> Result<Option<Removed>, CliError> {
     if !force {
         // A sandbox that never ran has no workspace: only its entry in cave.yaml goes.
-        let loses = if known { "its workspace and logs" } else { "its entry in cave.yaml (it never ran)" };
+        let loses = match (known, edit.is_some()) {
+            (true, true) => "its workspace, its logs and its entry in cave.yaml",
+            (true, false) => "its workspace and logs",
+            (false, _) => "its entry in cave.yaml (it never ran)",
+        };
         if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
             return Err(CliError::usage(format!(
                 "removing `{name}` deletes {loses}; add --force to do it without a terminal"

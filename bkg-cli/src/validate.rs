@@ -19,7 +19,11 @@ pub fn run(settings: &Settings, args: ValidateArgs) -> Result<i32, CliError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) => {
-            let hint = if error.kind() == std::io::ErrorKind::NotFound { " (`bkg init` writes one)" } else { "" };
+            let hint = match error.kind() {
+                std::io::ErrorKind::NotFound => " (`bkg init` writes one)".to_owned(),
+                _ if path.is_dir() => format!(": give a file, or `bkg validate -C {name}` for the cave.yaml in it"),
+                _ => String::new(),
+            };
             let message = format!("cannot read {name}: {error}{hint}");
             if out.is_json() {
                 let unreadable = CaveError { line: None, pointer: String::new(), message: message.clone() };

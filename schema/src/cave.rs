@@ -733,6 +733,13 @@ fn describe_in_full(schema: &Value, error: &jsonschema::ValidationError<'_>) -> 
                 _ => format!("{instance} is a number: write the {what} with its unit, as a string like {example}"),
             }
         }
+        // `PORT: 8080`, `DEBUG: true` under `env:`: YAML reads a number or a boolean, where a
+        // variable's value is a string.
+        Kind::Type { kind: jsonschema::error::TypeKind::Single(jsonschema::JsonType::String) }
+            if instance.is_number() || instance.is_boolean() =>
+        {
+            format!("{instance} is not a string: quote it (\"{instance}\") to have it as text")
+        }
         _ => match rule_of(schema_path) {
             Some((what, how)) => format!("{error} (a {what}: {how})"),
             None => error.to_string(),
