@@ -79,7 +79,7 @@ pub enum AuditError {
     Record(#[from] RecordError),
     #[error(
         "audit: the last record of {} does not continue with this agent's key ({reason}: {detail}); \
-         move the audit directory aside to start a new log",
+         restore this agent's audit directory and audit.key, or move them and state.db aside to start anew",
         path.display()
     )]
     ForeignLog { path: PathBuf, reason: BadReason, detail: String },
@@ -87,7 +87,7 @@ pub enum AuditError {
     Poisoned,
     #[error(
         "audit: the key {} is missing, but {} holds a log signed with it: restore the key (from a backup \
-         of the state directory), or move the audit directory aside to start a new log",
+         of the state directory), or move the audit directory and state.db aside to start anew",
         key.display(),
         log.display()
     )]

@@ -175,6 +175,14 @@ pub enum StoreError {
         path.display()
     )]
     EmptyWithHistory { path: PathBuf, records: u64 },
+    #[error(
+        "store: {} has audit events up to seq {stored}, but the audit log beside it ends at seq {logged} (it was \
+         moved aside or cut): restore the audit directory and audit.key (from a backup of the state directory), or \
+         move state.db aside too to start anew; a log that began again would reuse seqs the change feed and bkg_db \
+         already have, and its events would be lost",
+        path.display()
+    )]
+    LogBehind { path: PathBuf, stored: u64, logged: u64 },
 }
 
 #[derive(Clone)]
@@ -250,6 +258,9 @@ impl Store {
         let mut lines = audit.take_written();
         let last: Option<i64> = connection.query_row("SELECT max(seq) FROM outbox", [], |row| row.get(0))?;
         let last = last.map_or(0, |seq| seq.max(0) as u64);
+        if last > audit.records() {
+            return Err(StoreError::LogBehind { path: path.to_owned(), stored: last, logged: audit.records() });
+        }
         lines.retain(|line| line.seq > last);
         if lines.first().is_none_or(|first| first.seq > last + 1) {
             lines = audit.lines_after(last)?;
@@ -1091,6 +1102,24 @@ mod tests {
         assert!(runs[0].cleaned_up);
         assert_eq!(runs[0].limits, Limits::DEFAULT);
         reopened.check_writable().await?;
+        Ok(())
+    }
+
+    /// A log begun again beside a store whose outbox holds later events is refused: its seqs
+    /// would be those the outbox has, and its events never reach the change feed or bkg_db (found
+    /// by a new-user trial who moved the audit directory aside, as the agent's advice said then).
+    #[tokio::test]
+    async fn a_log_begun_again_beside_a_store_with_later_events_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path, AuditLog::open(dir.path())?)?;
+        store.run_started(&caller(), started("run_1", None, 10)).await?;
+        store.durable().await;
+        drop(store);
+        std::fs::rename(dir.path().join("audit"), dir.path().join("audit.old"))?;
+        std::fs::rename(dir.path().join("audit.key"), dir.path().join("audit.key.old"))?;
+        let refused = Store::open(&path, AuditLog::open(dir.path())?).err().ok_or("a log begun again was taken")?;
+        assert!(matches!(refused, StoreError::LogBehind { stored: 2, logged: 1, .. }), "{refused}");
         Ok(())
     }
 
