@@ -41,7 +41,9 @@ fn of_run_end(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Optio
         Some(KilledBy::Cancelled) => {
             crate::stream::cancelled_by_signal().map_or(CANCELLED, |signal| SIGNALLED + signal)
         }
-        Some(KilledBy::Shutdown | KilledBy::Interrupted) => AGENT_STOPPED,
+        // A script that ended by itself when the agent's stop asked it to has its own code.
+        Some(KilledBy::Shutdown) => exit_code.unwrap_or(AGENT_STOPPED),
+        Some(KilledBy::Interrupted) => AGENT_STOPPED,
         Some(KilledBy::Disk) | None => match (exit_code, signal) {
             (Some(code), _) => code,
             (None, Some(signal)) => SIGNALLED + signal,
@@ -128,6 +130,8 @@ mod tests {
             (Some(KilledBy::Pids), None, Some(9), 137),
             (Some(KilledBy::Cancelled), None, Some(9), 130),
             (Some(KilledBy::Shutdown), None, Some(9), 143),
+            (Some(KilledBy::Shutdown), None, Some(15), 143),
+            (Some(KilledBy::Shutdown), Some(0), None, 0),
             (Some(KilledBy::Interrupted), None, None, 143),
             (Some(KilledBy::Disk), Some(1), None, 1),
             (Some(KilledBy::Disk), None, Some(6), 134),

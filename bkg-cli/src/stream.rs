@@ -351,9 +351,11 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
                 format!("stopped ({here}, or `bkg stop` or `bkg rm` of the sandbox)")
             }
         }),
-        Some(KilledBy::Shutdown) => {
-            Some("ended by the agent's stop (SIGTERM to the script, SIGKILL after a 5 s grace)".into())
-        }
+        Some(KilledBy::Shutdown) => Some(match (result.exit_code, result.signal) {
+            (Some(code), _) => format!("the agent's stop asked the script to end (SIGTERM); it exited with {code}"),
+            (None, Some(libc::SIGKILL)) => "ended by the agent's stop: SIGKILL after the script's 5 s grace".into(),
+            (None, _) => "ended by the agent's stop (SIGTERM to the script)".into(),
+        }),
         Some(KilledBy::Interrupted) => Some("interrupted: the agent stopped before the run ended".into()),
         None => result.signal.map(|signal| format!("the script was killed by signal {signal}")),
     }
