@@ -100,6 +100,19 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
                 true => None,
                 false => match client.get::<AgentInfo>("/api/v1/agent").await {
                     Ok(info) => AgentProcess::watch(info.pid).map(|process| (process, info)),
+                    // Silent: nothing more is asked, or a stop would wait in its socket and
+                    // happen whenever it wakes, long after this command failed.
+                    Err(error) if client.is_not_answering(&error) => {
+                        return Err(CliError::new(
+                            error.code,
+                            format!(
+                                "the agent at {} does not answer (nothing within {} s), so it was not asked to stop: \
+                                 if its process is stopped or hung, `kill PID` stops it as `bkg agent stop` does",
+                                client.location(),
+                                client.patience().as_secs_f64()
+                            ),
+                        ));
+                    }
                     // Who may not read the agent may not stop it either: the shutdown's own
                     // refusal says why.
                     Err(error) => {

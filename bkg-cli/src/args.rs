@@ -335,7 +335,7 @@ pub enum AgentAction {
     },
     /// Stop the agent and wait until it has exited: runs going on get 5 s, then are killed.
     Stop,
-    /// Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running.
+    /// Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running, 125 it does not answer.
     Status {
         /// Print JSON.
         #[arg(long)]

@@ -197,13 +197,17 @@ impl AgentClient {
     /// its configuration to admins only (a member of its socket's group, a key that is not an
     /// admin's), who that caller is; the refusal itself when the caller is not served at all.
     pub(crate) async fn agent_view(&self) -> Result<AgentView, CliError> {
-        match self.get::<bkg_schema::AgentInfo>("/api/v1/agent").await {
-            Ok(info) => Ok(AgentView::Shown(Box::new(info))),
-            Err(refused) => match self.get::<bkg_schema::auth::Principal>("/api/v1/auth/whoami").await {
-                Ok(caller) => Ok(AgentView::AdminsOnly(caller)),
-                Err(_) => Err(refused),
-            },
-        }
+        // Within one wait: an agent that does not answer is not asked twice.
+        self.bounded(async {
+            let response = self.send(self.request(Method::GET, "/api/v1/agent", NO_BODY)).await?;
+            if response.status() != StatusCode::FORBIDDEN {
+                return decode(response).await.map(|info| AgentView::Shown(Box::new(info)));
+            }
+            let refused = api_error(response).await;
+            let caller = self.send(self.request(Method::GET, "/api/v1/auth/whoami", NO_BODY)).await?;
+            decode::<bkg_schema::auth::Principal>(caller).await.map(AgentView::AdminsOnly).map_err(|_| refused)
+        })
+        .await
     }
 
     /// `GET path`, its JSON answer decoded.
@@ -362,6 +366,11 @@ impl AgentClient {
     /// How long a call waits for the agent.
     pub(crate) fn patience(&self) -> Duration {
         self.patience
+    }
+
+    /// Whether `error` is [`not_answering`](Self::not_answering)'s: the agent was silent.
+    pub(crate) fn is_not_answering(&self, error: &CliError) -> bool {
+        error.message == self.not_answering().message
     }
 
     pub(crate) fn not_answering(&self) -> CliError {

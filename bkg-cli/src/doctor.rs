@@ -87,6 +87,12 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
         checks.push(socket(socket_path));
         checks.push(match &state_dir {
             Some(state_dir) => state_dir_check(state_dir),
+            // Root is an admin: the agent did not say (it did not answer).
+            None if nix::unistd::geteuid().is_root() => Check::warn(
+                "state_dir",
+                "the agent did not say its state directory",
+                "give --state-dir DIR to check it",
+            ),
             None => Check::warn(
                 "state_dir",
                 "the agent's state directory is shown to its admins only",
@@ -225,12 +231,25 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
             ),
             None,
         ),
+        // Its socket takes connections, but nothing comes back within the wait.
+        Err(error) if client.is_not_answering(&error) => (
+            Check::fail(
+                name,
+                error.message,
+                "the agent's process may be stopped (SIGSTOP, a debugger) or overloaded: look at it with `ps`, \
+                 or restart it (`sudo bkg agent stop; sudo bkg agent start`)",
+            ),
+            None,
+        ),
         // Whether the key works at all is whoami's to say: it did not.
         Err(error) => (
             Check::fail(
                 name,
                 format!("the agent on {} answers, but: {}", client.location(), error.message),
-                "bkg login --remote URL (--user NAME, or --key-stdin), or set BKG_API_KEY",
+                match socket {
+                    Some(_) => "see the agent's log (agent.log in its state directory)",
+                    None => "bkg login --remote URL (--user NAME, or --key-stdin), or set BKG_API_KEY",
+                },
             ),
             None,
         ),

@@ -306,3 +306,35 @@ fn a_silent_run_outlasts_many_liveness_checks_and_ends_with_its_result() {
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "done\n");
 }
+
+/// An agent that takes connections and answers nothing (its process stopped): `bkg agent status`
+/// and `bkg doctor` say so once, and `bkg agent stop` asks nothing of it, so that no stop waits
+/// in its socket to happen when it wakes (found by a new-user trial: the stop queued there
+/// stopped the agent on SIGCONT, after the command had failed; doctor told root to log in).
+#[test]
+fn a_silent_agent_is_named_as_such_and_not_stopped_behind_the_callers_back() {
+    let agent = Agent::start();
+    let pid = agent.pid() as i32;
+    // SAFETY: kill(2) has no memory effects; the agent is this test's child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP the agent");
+    let silent = |args: &[&str]| agent.bkg().args(args).env("BKG_CLIENT_TIMEOUT", "1s").output().expect("bkg");
+    let status = silent(&["agent", "status"]);
+    let stop = silent(&["agent", "stop"]);
+    let doctor = silent(&["doctor"]);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "SIGCONT the agent");
+
+    assert_eq!(code(&status), 125, "{}", stderr(&status));
+    assert!(stderr(&status).contains("does not answer (nothing within 1 s"), "{}", stderr(&status));
+    assert_eq!(code(&stop), 125, "{}", stderr(&stop));
+    assert!(stderr(&stop).contains("so it was not asked to stop"), "{}", stderr(&stop));
+    let doctor = String::from_utf8_lossy(&doctor.stdout).into_owned();
+    assert!(doctor.contains("the agent's process may be stopped"), "{doctor}");
+    assert!(!doctor.contains("bkg login"), "{doctor}");
+
+    // Awake again, it serves: nothing had asked it to stop.
+    let awake = agent.bkg().args(["agent", "status"]).output().expect("bkg agent status");
+    assert_eq!(code(&awake), 0, "{}", stderr(&awake));
+    let ran = agent.bkg().args(["exe", "--type", "python", "-c", "print(6 * 7)"]).output().expect("bkg exe");
+    assert_eq!((code(&ran), String::from_utf8_lossy(&ran.stdout).into_owned()), (0, "42\n".to_owned()));
+}
