@@ -63,7 +63,22 @@ async fn running_agents_state_dir(settings: &Settings, given: Option<PathBuf>) -
         return Ok(None);
     };
     if !client.is_up().unwrap_or(false) {
-        return Ok(None);
+        // The default state directory is the default socket's agent's: said, since it is a guess.
+        let out = settings.out;
+        return match client.location() == bkg_schema::paths::MACHINE_SOCKET {
+            true => {
+                out.note(format_args!(
+                    "no agent answers on {}: reading the log of {}",
+                    client.location(),
+                    bkg_schema::paths::default_state_dir().display()
+                ));
+                Ok(None)
+            }
+            false => Err(CliError::usage(format!(
+                "no agent answers on {} to say where its audit log is: give --state-dir DIR (its state directory)",
+                client.location()
+            ))),
+        };
     }
     match client.get::<bkg_schema::AgentInfo>("/api/v1/agent").await {
         Ok(info) => Ok(Some(PathBuf::from(info.state_dir))),

@@ -168,6 +168,20 @@ fn audit_commands_name_a_missing_file_and_refuse_remote() {
     let remote = ["--remote", "http://127.0.0.1:9"];
     assert_one_line_error(&bkg(&[&remote[..], &["audit", "tail"]].concat()), 125, "run it on the remote agent's host");
     assert_one_line_error(&bkg(&[&remote[..], &["audit", "verify"]].concat()), 125, "--from-db --key HEX");
+    // With no agent on a socket of its own to say its state directory, the default one's log is
+    // not read in its place (found by a new-user trial: an unrelated log was reported intact).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let silent = |args: &[&str]| {
+        std::process::Command::new(bkg_tests::bkg_bin())
+            .args(args)
+            .env("BKG_SOCKET", dir.path().join("nobody.sock"))
+            .env_remove("BKG_STATE_DIR")
+            .output()
+            .expect("run bkg")
+    };
+    for command in [["audit", "verify"], ["audit", "tail"]] {
+        assert_one_line_error(&silent(&command), 125, "to say where its audit log is: give --state-dir DIR");
+    }
 }
 
 /// A key's lifetime is whole seconds within its role's: the refusals name the flag and the limit.
