@@ -287,7 +287,17 @@ pub fn main() -> ExitCode {
     // reqwest is built without a provider of its own (no aws-lc): every TLS client of the agent
     // gets ring, the provider bkg_db's TLS builds, even one made without server/tls.rs's builder.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let args = AgentArgs::parse();
+    let args = match AgentArgs::try_parse() {
+        Ok(args) => args,
+        Err(error) if !error.use_stderr() => error.exit(),
+        // One line, as every other refusal of the agent's (clap's own is three).
+        Err(error) => {
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!("bkg-agent: {} (`bkg-agent --help` lists the flags)", first.trim_start_matches("error: "));
+            return ExitCode::from(USAGE_EXIT);
+        }
+    };
     if let Some(address) = args.listen
         && !address.ip().is_loopback()
         && args.tls_cert.is_none()
@@ -733,7 +743,12 @@ async fn serve(
     // the agent accepts them below.
     let owns_socket_file = activated.is_none();
     if owns_socket_file && socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        bail!("another agent is already listening on {}", socket.display());
+        bail!(
+            "another agent is already listening on {}: stop it first (`BKG_SOCKET={} bkg agent stop`), or give this \
+             one a socket of its own with --socket PATH",
+            socket.display(),
+            socket.display()
+        );
     }
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
     let agent_id = audit.public_key().agent_id();
@@ -1100,7 +1115,12 @@ fn bind_socket(socket: &Path, group: Option<&NamedGroup>) -> anyhow::Result<toki
     }
     if let Ok(found) = std::fs::symlink_metadata(socket) {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            bail!("another agent is already listening on {}", socket.display());
+            bail!(
+                "another agent is already listening on {}: stop it first (`BKG_SOCKET={} bkg agent stop`), or give this \
+             one a socket of its own with --socket PATH",
+                socket.display(),
+                socket.display()
+            );
         }
         // Only a socket left by an agent that is gone is replaced: a typo in --socket must not
         // delete a file.

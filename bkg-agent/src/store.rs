@@ -183,6 +183,12 @@ pub enum StoreError {
         path.display()
     )]
     LogBehind { path: PathBuf, stored: u64, logged: u64 },
+    #[error(
+        "store: {} is not a SQLite database (damaged, or another file put there): restore it from a backup of the \
+         state directory, or move it, audit.key and the audit directory aside to start anew",
+        path.display()
+    )]
+    NotADatabase { path: PathBuf },
 }
 
 #[derive(Clone)]
@@ -240,7 +246,11 @@ impl Store {
     /// without its state change still reaches the outbox.
     pub fn open(path: &Path, audit: AuditLog) -> Result<Self, StoreError> {
         let mut connection = Connection::open(path)?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
+        let not_a_database = |error: rusqlite::Error| match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => StoreError::NotADatabase { path: path.to_owned() },
+            _ => StoreError::from(error),
+        };
+        connection.pragma_update(None, "journal_mode", "WAL").map_err(not_a_database)?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         // A store never made beside a log that tells of runs, keys and sandboxes was lost (cut to
@@ -1102,6 +1112,17 @@ mod tests {
         assert!(runs[0].cleaned_up);
         assert_eq!(runs[0].limits, Limits::DEFAULT);
         reopened.check_writable().await?;
+        Ok(())
+    }
+
+    /// A file that is not a database where state.db belongs is named, with what to do.
+    #[tokio::test]
+    async fn a_damaged_store_is_named_with_what_to_do() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.db");
+        std::fs::write(&path, vec![b'x'; 8192])?;
+        let refused = Store::open(&path, AuditLog::open(dir.path())?).err().ok_or("a damaged store was taken")?;
+        assert!(matches!(refused, StoreError::NotADatabase { .. }), "{refused}");
         Ok(())
     }
 

@@ -196,7 +196,17 @@ fn load_key(given: Option<&str>, default: &Path) -> Result<PublicKey, CliError> 
         _ => {
             let path = given.map_or(default, Path::new);
             let text = std::fs::read_to_string(path).map_err(|error| {
-                let hint = if given.is_none() { " (give the agent's public key with --key)" } else { "" };
+                let hint = match error.kind() {
+                    // audit.key is the agent's secret key, 32 raw bytes: the public one is its hex.
+                    std::io::ErrorKind::InvalidData => {
+                        " (not text: give the agent's public key, audit.pub, not its secret audit.key)"
+                    }
+                    std::io::ErrorKind::PermissionDenied if !nix::unistd::geteuid().is_root() => {
+                        " (the agent's files are root's: run `sudo bkg audit …`)"
+                    }
+                    _ if given.is_none() => " (give the agent's public key with --key)",
+                    _ => "",
+                };
                 CliError::usage(format!("cannot read the audit key {}: {error}{hint}", path.display()))
             })?;
             (text, path.display().to_string())
@@ -210,8 +220,15 @@ fn state_dir(given: Option<&Path>) -> PathBuf {
 }
 
 fn list_log(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CliError> {
-    let files = audit::log_files(dir)
-        .map_err(|error| CliError::usage(format!("cannot read the audit log {}: {error}", dir.display())))?;
+    let files = audit::log_files(dir).map_err(|error| {
+        let hint = match error.kind() {
+            std::io::ErrorKind::PermissionDenied if !nix::unistd::geteuid().is_root() => {
+                " (the agent's files are root's: run `sudo bkg audit …`)"
+            }
+            _ => "",
+        };
+        CliError::usage(format!("cannot read the audit log {}: {error}{hint}", dir.display()))
+    })?;
     if files.is_empty() {
         return Err(CliError::usage(format!("no audit log in {}", dir.display())));
     }

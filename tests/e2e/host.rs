@@ -293,6 +293,12 @@ fn agent_start_refused_for_a_flag_says_why_in_one_line() {
     let said = stderr(&output);
     assert_eq!(said.lines().count(), 1, "{said}");
     assert!(said.starts_with("bkg: invalid value '5' for '--uid-base"), "{said}");
+    // bkg-agent itself says it in one line too, as its other refusals (clap's own is three).
+    let direct =
+        Command::new(bkg_tests::bin_dir().join("bkg-agent")).args(["--uid-base", "5"]).output().expect("bkg-agent");
+    assert_eq!(code(&direct), 2, "{}", stderr(&direct));
+    assert_eq!(stderr(&direct).lines().count(), 1, "{}", stderr(&direct));
+    assert!(stderr(&direct).starts_with("bkg-agent: invalid value '5' for '--uid-base"), "{}", stderr(&direct));
 }
 
 /// A `--cgroup-dir` that is not one plain name is a usage error, found before anything is written.

@@ -241,6 +241,7 @@ fn a_second_agent_on_a_busy_socket_refuses_in_the_foreground_and_in_the_backgrou
         assert_eq!(code(&output), 1, "detached: {detached}: {message}");
         assert_eq!(message.lines().count(), 1, "one line: {message}");
         assert!(message.starts_with(&expected), "detached: {detached}: {message}");
+        assert!(message.contains("or give this one a socket of its own with --socket PATH"), "{message}");
         assert!(output.stdout.is_empty(), "no pid is printed for an agent that did not start");
     }
     assert!(cgroup_dirs_named(&own_cgroup_dir).is_empty(), "the refused agent made no cgroup directory");
