@@ -22,6 +22,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::auth::Principal;
+use crate::engine::run::RunError;
 use crate::ids::new_id;
 use crate::server::MAX_BODY_BYTES;
 use crate::service::{OpError, Service};
@@ -202,6 +203,12 @@ impl SandboxTools {
         refused(error)
     }
 
+    /// The session the caller's sandbox holds, if it holds one: a refusal that names the CLI's
+    /// way of using or ending it then names the tools instead.
+    async fn session_of(&self, principal: &Principal, sandbox_id: &str) -> Option<bkg_schema::files::SessionInfo> {
+        self.operations.list_sessions(principal, sandbox_id).await.ok()?.into_iter().next()
+    }
+
     async fn exec(
         &self,
         principal: &Principal,
@@ -210,6 +217,16 @@ impl SandboxTools {
     ) -> Result<CallToolResult, ErrorData> {
         let ran = match self.operations.accept_exec(principal, sandbox_id, exec).await {
             Ok(accepted) => self.operations.run_to_end(accepted).await,
+            Err(error @ OpError::Run(RunError::Busy(_))) => match self.session_of(principal, sandbox_id).await {
+                Some(session) => {
+                    return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                        "sandbox {sandbox_id} is held by its {} session: run code there with session_execute, or \
+                         use another sandbox (sandbox_start)",
+                        session.language.as_str()
+                    ))]));
+                }
+                None => Err(error),
+            },
             Err(error) => Err(error),
         };
         answer(ran)
@@ -248,7 +265,16 @@ impl SandboxTools {
             scripts: BTreeMap::new(),
             restart: Default::default(),
         };
-        answer(self.operations.create_sandbox(&principal, new).await.map(|info| {
+        let created = self.operations.create_sandbox(&principal, new).await.map_err(|error| match error {
+            // The refusal's fix names cave.yaml and the agent's flags; here it is this tool's argument.
+            OpError::Run(RunError::LimitAboveMaximum {
+                name: name @ ("memory" | "timeout"), asked, allowed, ..
+            }) => OpError::Invalid(format!(
+                "{name} {asked} is above this agent's maximum, {allowed}: ask for at most that with `{name}`"
+            )),
+            other => other,
+        });
+        answer(created.map(|info| {
             serde_json::json!({
                 "sandbox_id": info.id,
                 "name": info.name,
@@ -324,7 +350,19 @@ impl SandboxTools {
             name: Some(MCP_SESSION.into()),
             language: args.language.map(Language::from),
         };
-        answer(self.operations.create_session(&principal, &args.sandbox_id, new).await)
+        match self.operations.create_session(&principal, &args.sandbox_id, new).await {
+            Err(OpError::Conflict(message)) => match self.session_of(&principal, &args.sandbox_id).await {
+                Some(session) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "sandbox {} already has its {} session ({} executions): run code in it with session_execute, \
+                     or start it afresh with session_restart",
+                    args.sandbox_id,
+                    session.language.as_str(),
+                    session.executions
+                ))])),
+                None => Ok(refused(OpError::Conflict(message))),
+            },
+            outcome => answer(outcome),
+        }
     }
 
     #[tool(description = "Run code in the sandbox's session (session_create first); state is kept. Returns \

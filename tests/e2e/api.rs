@@ -1115,6 +1115,23 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
     assert_eq!(summary["session_language"], "python", "{summary}");
     assert_eq!(summary["first_stdout"], "read 41\n", "{summary}");
     assert_eq!(summary["second_result"], "42", "a two-step session keeps x: {summary}");
+    // Found by a new-user trial: these named `bkg exec`, `bkg stop` and cave.yaml's limits.
+    for (refusal, says) in [
+        (
+            "again",
+            "already has its python session (2 executions): run code in it with session_execute, or start it afresh with session_restart",
+        ),
+        ("beside", "is held by its python session: run code there with session_execute"),
+        ("too_big", "is above this agent's maximum"),
+    ] {
+        assert_eq!(summary[refusal]["is_error"], true, "{refusal}: {summary}");
+        let text = summary[refusal]["text"].as_str().unwrap_or_default();
+        assert!(text.contains(says), "{refusal}: {text}");
+        assert!(!text.contains("bkg ") && !text.contains("cave.yaml"), "{refusal}: {text}");
+    }
+    assert!(
+        summary["too_big"]["text"].as_str().is_some_and(|text| text.ends_with("ask for at most that with `memory`"))
+    );
     assert_eq!(summary["exit_code"], 3);
     assert_eq!(
         (&summary["python_language"], &summary["node_stdout"], &summary["node_language"]),

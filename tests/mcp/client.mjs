@@ -109,6 +109,11 @@ const second = structured(
   await client.callTool({ name: "session_execute", arguments: { sandbox_id: started.sandbox_id, code: "x + 1" } }),
   "session_execute",
 );
+// Refusals name the tools, not the CLI's commands or the agent's flags: a second session_create,
+// code run beside the session, a limit above the agent's maximum.
+const again = await client.callTool({ name: "session_create", arguments: { sandbox_id: started.sandbox_id } });
+const beside = await client.callTool({ name: "sandbox_run_code", arguments: { sandbox_id: started.sandbox_id, code: "print(1)" } });
+const tooBig = await client.callTool({ name: "sandbox_start", arguments: { language: "python", memory: "1000GiB" } });
 const stopped = structured(
   await client.callTool({ name: "sandbox_stop", arguments: { sandbox_id: started.sandbox_id } }),
   "sandbox_stop",
@@ -145,6 +150,9 @@ console.log(
     second_result: second.result && second.result["text/plain"],
     stopped: stopped.stopped,
     gone_is_error: gone.isError === true,
+    again: { is_error: again.isError === true, text: again.content?.[0]?.text ?? "" },
+    beside: { is_error: beside.isError === true, text: beside.content?.[0]?.text ?? "" },
+    too_big: { is_error: tooBig.isError === true, text: tooBig.content?.[0]?.text ?? "" },
     unknown_argument: { is_error: unknownArgument.isError === true, text: unknownArgument.content?.[0]?.text ?? "" },
   }),
 );
