@@ -89,7 +89,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subco
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -f -a "start" -d 'Start the agent in the background (needs root)'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -f -a "stop" -d 'Stop the agent and wait until it has exited: runs going on get 5 s, then are killed'
-complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running, 125 it does not answer'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and not __fish_seen_subcommand_from start stop status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l state-dir -d 'The agent\'s state directory [default: /var/lib/bkg as root]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from start" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
@@ -111,7 +111,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcomman
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "start" -d 'Start the agent in the background (needs root)'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "stop" -d 'Stop the agent and wait until it has exited: runs going on get 5 s, then are killed'
-complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running'
+complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running, 125 it does not answer'
 complete -c bkg -n "__fish_bkg_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l namespace -d 'The namespace [default: default]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l sandbox -d 'Add a first sandbox with this name [default: none without prompts]' -r
@@ -522,7 +522,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcom
 complete -c bkg -n "__fish_bkg_using_subcommand help; and not __fish_seen_subcommand_from exe agent init add validate ls status logs shell cp exec repl stop rm runs audit sync db login logout keys envs secrets watch ui version doctor completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "start" -d 'Start the agent in the background (needs root)'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "stop" -d 'Stop the agent and wait until it has exited: runs going on get 5 s, then are killed'
-complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running, 125 it does not answer'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "show" -d 'One run with its limits and accounting'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "files" -d 'The files a run kept (/workspace/out, --keep paths, long stdout/stderr): listed, or fetched into a directory'

@@ -22,7 +22,6 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::auth::Principal;
-use crate::engine::run::RunError;
 use crate::ids::new_id;
 use crate::server::MAX_BODY_BYTES;
 use crate::service::{OpError, Service};
@@ -217,7 +216,7 @@ impl SandboxTools {
     ) -> Result<CallToolResult, ErrorData> {
         let ran = match self.operations.accept_exec(principal, sandbox_id, exec).await {
             Ok(accepted) => self.operations.run_to_end(accepted).await,
-            Err(error @ OpError::Run(RunError::Busy(_))) => match self.session_of(principal, sandbox_id).await {
+            Err(error) if error.is_busy() => match self.session_of(principal, sandbox_id).await {
                 Some(session) => {
                     return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
                         "sandbox {sandbox_id} is held by its {} session: run code there with session_execute, or \
@@ -265,14 +264,14 @@ impl SandboxTools {
             scripts: BTreeMap::new(),
             restart: Default::default(),
         };
-        let created = self.operations.create_sandbox(&principal, new).await.map_err(|error| match error {
+        let created = self.operations.create_sandbox(&principal, new).await.map_err(|error| {
             // The refusal's fix names cave.yaml and the agent's flags; here it is this tool's argument.
-            OpError::Run(RunError::LimitAboveMaximum {
-                name: name @ ("memory" | "timeout"), asked, allowed, ..
-            }) => OpError::Invalid(format!(
-                "{name} {asked} is above this agent's maximum, {allowed}: ask for at most that with `{name}`"
-            )),
-            other => other,
+            match error.limit_above_maximum() {
+                Some((name @ ("memory" | "timeout"), asked, allowed)) => OpError::Invalid(format!(
+                    "{name} {asked} is above this agent's maximum, {allowed}: ask for at most that with `{name}`"
+                )),
+                _ => error,
+            }
         });
         answer(created.map(|info| {
             serde_json::json!({

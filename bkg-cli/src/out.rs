@@ -175,6 +175,12 @@ impl<T: Send + 'static, R: Send + 'static> WriterThread<T, R> {
         self.queue.as_ref()?.reserve().await.ok()
     }
 
+    /// Room for one more item now, if there is: none while the thread waits for its reader
+    /// with its queue full (or has ended).
+    pub fn room_now(&self) -> Option<tokio::sync::mpsc::Permit<'_, T>> {
+        self.queue.as_ref()?.try_reserve().ok()
+    }
+
     /// `item`, once there is room for it.
     pub async fn write(&self, item: T) {
         if let Some(room) = self.room().await {

@@ -97,7 +97,7 @@ pub async fn run_keeping_out_dir(
             let _ = send_frame(&mut *writer, FrameKind::Cancel, &[]).await;
         }
         use std::sync::atomic::Ordering::Relaxed;
-        if UNWRITTEN.load(Relaxed) > 0 {
+        if WAITING_FOR_READER.load(Relaxed) {
             printer.note(format_args!(
                 "cancelling the run; its output waits for a reader that takes none (Ctrl-C again to quit without it)"
             ));
@@ -105,9 +105,9 @@ pub async fn run_keeping_out_dir(
         // The run's end is awaited for its result; a second signal is a caller who will not wait.
         if let Some(signal) = stop_signals.next().await {
             // Output waiting for its reader holds up the result behind it too.
-            match UNWRITTEN.load(Relaxed) {
-                0 => printer.note(format_args!("stopped without waiting for the run's end")),
-                _ => printer.note(format_args!(
+            match WAITING_FOR_READER.load(Relaxed) {
+                false => printer.note(format_args!("stopped without waiting for the run's end")),
+                true => printer.note(format_args!(
                     "stopped with the run's output unwritten: `bkg runs ls` shows how the run ended"
                 )),
             }
@@ -277,9 +277,10 @@ impl LimitsFrom {
 /// 0 for none: a cancelled run it did not cancel was cancelled by the agent.
 static CANCELLED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// Output handed to the writer thread and not yet written: more than none while a reader takes
-/// none (`| less`), which is when a Ctrl-C's cancel cannot show at once.
-static UNWRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Whether the run's output now waits for a reader that takes none (`| less`): the writer's
+/// queue is full, or the result has come and what is queued is not written yet. A Ctrl-C's
+/// cancel cannot show at once then.
+static WAITING_FOR_READER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The signal on which this process cancelled its runs, if it did.
 pub fn cancelled_by_signal() -> Option<i32> {
@@ -439,17 +440,24 @@ async fn watched<T>(client: &AgentClient, read: impl std::future::Future<Output 
     }
 }
 
-/// The run's output writer, counting in `UNWRITTEN` what it was handed and has not written.
-struct Counted(crate::out::WriterThread<(bool, Vec<u8>), ()>);
+/// The run's output writer, telling `WAITING_FOR_READER` while it waits for its reader.
+struct Watched(crate::out::WriterThread<(bool, Vec<u8>), ()>);
 
-impl Counted {
+impl Watched {
     async fn write(&self, item: (bool, Vec<u8>)) {
-        UNWRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(room) = self.0.room_now() {
+            room.send(item);
+            return;
+        }
+        WAITING_FOR_READER.store(true, std::sync::atomic::Ordering::Relaxed);
         self.0.write(item).await;
+        WAITING_FOR_READER.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn finish(&mut self) {
+        WAITING_FOR_READER.store(true, std::sync::atomic::Ordering::Relaxed);
         self.0.finish().await;
+        WAITING_FOR_READER.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -472,13 +480,11 @@ async fn receive(
     // The packages' install before the code runs: its latest line on a spinner.
     let mut installing: Option<crate::progress::Spinner> = None;
     // Our stdout and stderr, in the order the run wrote them.
-    use std::sync::atomic::Ordering::Relaxed;
     let writer = crate::out::WriterThread::start("run-output", |(to_stderr, bytes): (bool, Vec<u8>)| {
         write_ours(to_stderr, &bytes);
-        UNWRITTEN.fetch_sub(1, Relaxed);
         None::<()>
     })?;
-    let mut writer = Counted(writer);
+    let mut writer = Watched(writer);
     loop {
         let mut header = [0u8; frame::HEADER_LEN];
         watched(client, reader.read_exact(&mut header)).await?.map_err(lost)?;

@@ -109,6 +109,20 @@ pub enum Refusal {
 }
 
 impl OpError {
+    /// A limit above the agent's maximum (a transport words the fix its own way): the limit's
+    /// name, what was asked and what is allowed.
+    pub fn limit_above_maximum(&self) -> Option<(&'static str, &str, &str)> {
+        match self {
+            Self::Run(RunError::LimitAboveMaximum { name, asked, allowed, .. }) => Some((name, asked, allowed)),
+            _ => None,
+        }
+    }
+
+    /// The sandbox is held by another run, session or transfer.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Run(RunError::Busy(_)))
+    }
+
     pub fn refusal(&self) -> Refusal {
         match self {
             Self::BadRequest(_) => Refusal::BadRequest,
