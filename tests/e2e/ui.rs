@@ -225,6 +225,14 @@ fn a_session_ended_by_its_keys_revocation_says_so_on_the_login_page() {
     assert_eq!((answer.status, answer.header("location")), (303, Some("/ui/login?ended=key")));
     let login = browser.get("/ui/login?ended=key");
     assert!(login.text().contains("Your session ended: the key it was signed in with was revoked"), "{}", login.text());
+
+    // A session cookie this agent does not know (it restarted: sessions live in its memory) is
+    // said too (found by a new-user trial: the login page gave no reason).
+    browser.cookies.insert("bkg_session".into(), "no-such-session".into());
+    let answer = browser.get("/ui/sandboxes");
+    assert_eq!((answer.status, answer.header("location")), (303, Some("/ui/login?ended=unknown")));
+    let login = browser.get("/ui/login?ended=unknown");
+    assert!(login.text().contains("Your session is not known to this agent: it was restarted"), "{}", login.text());
 }
 
 #[test]
@@ -251,7 +259,7 @@ fn session_cookies_are_http_only_same_site_strict_and_logout_ends_the_session_on
     let mut replay = Browser::new(&address);
     replay.cookies.insert("bkg_session".into(), session);
     let answer = replay.get("/ui/sandboxes");
-    assert_eq!((answer.status, answer.header("location")), (303, Some("/ui/login")));
+    assert_eq!((answer.status, answer.header("location")), (303, Some("/ui/login?ended=unknown")));
 }
 
 #[test]

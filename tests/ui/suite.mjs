@@ -154,6 +154,22 @@ await step("a user logs in, creates a sandbox, runs print(6*7), sees 42 stream i
   await record(alice, "not-found", `${base}/ui/no-such-page`);
 });
 
+await step("a page whose session ended says so when it runs code, with a link to sign in again", async () => {
+  const ctx = await context();
+  const page = await logIn(ctx, "alice");
+  await page.goto(sandboxUrl);
+  // As after the agent's restart: the browser holds a session the agent no longer has (found by
+  // a new-user trial: Run stayed at "Running…" for good).
+  const [session] = (await ctx.cookies()).filter((cookie) => cookie.name === "bkg_session");
+  await ctx.addCookies([{ ...session, value: "gone" }]);
+  await page.getByLabel("Code", { exact: true }).fill("print(1)");
+  await page.getByRole("button", { name: "Run" }).click();
+  await page.locator("#run-summary").getByText("Your session ended").waitFor();
+  await page.getByRole("link", { name: "Sign in again" }).click();
+  await page.getByText("Your session is not known to this agent").waitFor();
+  await ctx.close();
+});
+
 await step("a user of another namespace gets 404 for that sandbox and run by URL", async () => {
   const bob = await context();
   const page = await logIn(bob, "bob");

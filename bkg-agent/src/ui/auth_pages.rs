@@ -29,10 +29,18 @@ fn cookie_header(state: &AppState, name: &str, value: &str, max_age: Option<u64>
 }
 
 pub async fn login_page(State(state): State<AppState>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
-    // Sent here by `Viewer` when the key behind the session stopped speaking for it.
-    let ended = (uri.query() == Some(super::KEY_ENDED_QUERY)).then_some(
-        "Your session ended: the key it was signed in with was revoked, rotated or has expired. Sign in again.",
-    );
+    // Sent here by `Viewer` when the key behind the session stopped speaking for it, or when
+    // the agent does not know the session at all.
+    let ended = match uri.query() {
+        Some(super::KEY_ENDED_QUERY) => Some(
+            "Your session ended: the key it was signed in with was revoked, rotated or has expired. Sign in again.",
+        ),
+        Some(super::UNKNOWN_SESSION_QUERY) => Some(
+            "Your session is not known to this agent: it was restarted (sessions end with it), or the session was \
+             signed out. Sign in again.",
+        ),
+        _ => None,
+    };
     login_form(&state, &headers, StatusCode::OK, ended)
 }
 

@@ -135,6 +135,25 @@ function parseEvents(buffer, onEvent) {
   return buffer;
 }
 
+// What stops an answer fetched by a page from being used, said in `line` (null when it can be):
+// a session that ended while the page was open (the agent sends such a request to the login
+// page, which says why), or a refusal.
+function showUnusable(line, response) {
+  const login = response.redirected && new URL(response.url).pathname === "/ui/login" ? response.url : null;
+  if (!login && response.ok) return false;
+  line.textContent = login
+    ? "Your session ended (its key was revoked, rotated or expired, or the agent restarted). "
+    : "Refused (" + response.status + "): reload the page. ";
+  line.className = "error";
+  if (login) {
+    const link = document.createElement("a");
+    link.href = login;
+    link.textContent = "Sign in again";
+    line.appendChild(link);
+  }
+  return true;
+}
+
 // Reads a streamed answer of server-sent events to its end, calling onEvent(name, data).
 async function readEvents(response, onEvent) {
   const reader = response.body.getReader();
@@ -170,6 +189,7 @@ function runForm() {
         method: "POST", body, credentials: "same-origin",
         headers: { "x-csrf-token": form.elements.csrf.value, "accept": "text/event-stream" },
       });
+      if (showUnusable(summary, response)) return;
       await readEvents(response, (name, data) => {
         const payload = JSON.parse(data);
         if (name === "stdout" || name === "stderr") terminal.write(payload, name);
@@ -247,6 +267,7 @@ function notebook() {
         body: new URLSearchParams({ session: book.dataset.session, code: code.value }),
         headers: { "x-csrf-token": csrf, "accept": "text/event-stream" },
       });
+      if (showUnusable(status, response)) { cell.dataset.state = "refused"; return; }
       await readEvents(response, (name, data) => {
         const payload = JSON.parse(data);
         if (name === "error") { status.textContent = "Refused: " + payload; cell.dataset.state = "refused"; return; }
@@ -305,7 +326,7 @@ function fetchForms() {
       const response = await fetch(form.action, {
         method: "POST", credentials: "same-origin", body: new URLSearchParams(new FormData(form)),
       });
-      status.textContent = response.ok ? form.dataset.fetch : "Refused (" + response.status + "): reload the page.";
+      if (!showUnusable(status, response)) { status.textContent = form.dataset.fetch; status.className = ""; }
     } catch (error) {
       status.textContent = "The connection to the agent was lost: " + error;
     }
