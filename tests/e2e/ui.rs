@@ -235,6 +235,58 @@ fn a_session_ended_by_its_keys_revocation_says_so_on_the_login_page() {
     assert!(login.text().contains("Your session is not known to this agent: it was restarted"), "{}", login.text());
 }
 
+/// Found by a new-user trial: reloading the page that showed a new key's secret issued, or
+/// rotated, once more. The form's answer sends the browser to the keys page, which shows the
+/// secret once; rotating the session's own key shows it in the answer, with the way back in.
+#[test]
+fn a_keys_new_secret_is_shown_once_and_a_reload_issues_nothing() {
+    let (agent, address, _files) = agent_on_tcp();
+    let created = agent
+        .bkg()
+        .args(["keys", "create", "--role", "admin", "--name", "the-admin", "--json"])
+        .output()
+        .expect("bkg keys create");
+    assert_eq!(code(&created), 0, "bkg keys create: {}", stderr(&created));
+    let created: Value = serde_json::from_slice(&created.stdout).expect("key JSON");
+    let (key, own_id) = (created["key"].as_str().unwrap_or_default(), created["id"].as_str().unwrap_or_default());
+    let mut browser = Browser::new(&address);
+    assert_eq!(browser.log_in_with_key(key).status, 303);
+    let count_keys = || {
+        let listed = agent.bkg().args(["keys", "ls", "--json"]).output().expect("bkg keys ls");
+        assert_eq!(code(&listed), 0, "bkg keys ls: {}", stderr(&listed));
+        serde_json::from_slice::<Value>(&listed.stdout).expect("keys JSON").as_array().map(Vec::len).unwrap_or_default()
+    };
+    let before = count_keys();
+
+    let csrf = csrf_of(&browser.get("/ui/keys"));
+    let issued = browser.post(
+        "/ui/keys",
+        &[("csrf", &csrf), ("role", "namespace"), ("namespace", "team-a"), ("name", "from-the-form"), ("ttl", "")],
+    );
+    assert_eq!((issued.status, issued.header("location")), (303, Some("/ui/keys")), "{}", issued.text());
+    let shown = browser.get("/ui/keys");
+    assert_eq!(shown.status, 200);
+    assert!(shown.text().contains("Copy it now: it is shown only this once.") && shown.text().contains("bkg_ns_"));
+    let reloaded = browser.get("/ui/keys");
+    assert!(!reloaded.text().contains("bkg_ns_"), "a reload shows the secret again: {}", reloaded.text());
+    assert_eq!(count_keys(), before + 1, "one key issued, however often the page is loaded");
+
+    let csrf = csrf_of(&reloaded);
+    let rotated = browser.post(&format!("/ui/keys/{own_id}/rotate"), &[("csrf", &csrf)]);
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let text = rotated.text();
+    assert!(text.contains("shown only this once") && text.contains("bkg_admin_"), "{text}");
+    assert!(text.contains("It was the key of this session, which has ended"), "{text}");
+    let next = browser.get("/ui/keys");
+    assert_eq!((next.status, next.header("location")), (303, Some("/ui/login?ended=key")));
+
+    // A visit to a form's address gets a page saying so (found by a new-user trial: raw JSON).
+    let mut visitor = Browser::new(&address);
+    let visited = visitor.get(&format!("/ui/keys/{own_id}/rotate"));
+    assert_eq!(visited.status, 405);
+    assert!(visited.text().contains("This address is a form's action"), "{}", visited.text());
+}
+
 #[test]
 fn session_cookies_are_http_only_same_site_strict_and_logout_ends_the_session_on_the_agent() {
     let (agent, address, _files) = agent_on_tcp();

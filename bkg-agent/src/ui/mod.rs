@@ -85,6 +85,14 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/sync/retry", post(admin::sync_retry))
         // A route, not a fallback: the gatekeeper lets only matched UI routes through keyless.
         .route("/{*unknown}", get(|| async { view::error_page(None, StatusCode::NOT_FOUND, "There is no such page.") }))
+        // A visit to a form's address (a bookmarked or reloaded POST) gets a page, not the API's JSON.
+        .method_not_allowed_fallback(|| async {
+            view::error_page(
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "This address is a form's action: use its button on the page it belongs to.",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(state, guard))
 }
 

@@ -46,6 +46,9 @@ pub struct Session {
 #[derive(Default)]
 pub struct UiState {
     sessions: Mutex<HashMap<String, Session>>,
+    /// A key's secret issued by a session's form, held for the page the form's answer sends the
+    /// browser to, which shows it once: a reload of that page issues nothing again.
+    secrets_to_show: Mutex<HashMap<String, bkg_schema::auth::IssuedKey>>,
     tokens: Mutex<HashMap<String, (u32, u64)>>,
     pub logins: RateLimiter,
     /// Where `bkg ui` sends the browser, once the daemon has said how it listens.
@@ -83,7 +86,18 @@ impl UiState {
     }
 
     pub fn close(&self, id: &str) -> Option<Session> {
+        self.secrets_to_show.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id);
         self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id)
+    }
+
+    /// Holds `issued` for session `id`'s next keys page (one at a time: a newer one replaces it).
+    pub fn show_once(&self, id: &str, issued: bkg_schema::auth::IssuedKey) {
+        self.secrets_to_show.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id.to_owned(), issued);
+    }
+
+    /// The secret held for session `id`, given up as it is taken.
+    pub fn take_shown_once(&self, id: &str) -> Option<bkg_schema::auth::IssuedKey> {
+        self.secrets_to_show.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id)
     }
 
     /// A token that logs the socket peer `uid` in once, within `TOKEN_TTL_MS`.

@@ -559,6 +559,9 @@ fn keys_page(
                 h2 { "The new secret of " (issued.info.id) }
                 p { "Copy it now: it is shown only this once." }
                 (copyable(&issued.key))
+                @if viewer.principal.key_id() == Some(issued.info.id.as_str()) {
+                    p { "It was the key of this session, which has ended: " a href="/ui/login" { "sign in again" } " with the new secret." }
+                }
             }
         }
         @if keys.is_empty() {
@@ -581,7 +584,9 @@ fn keys_page(
                                 td { (maybe_time(key.last_used_at_ms)) }
                                 td.actions {
                                     @if key.revoked_at_ms.is_none() {
-                                        form method="post" action={ "/ui/keys/" (key.id) "/rotate" } data-confirm={ "Rotate " (key.id) "? Its old secret stops working at once." } {
+                                        @let own = viewer.principal.key_id() == Some(key.id.as_str());
+                                        @let warning = if own { " It is the key you are signed in with: this session ends, and you sign in again with the new secret." } else { "" };
+                                        form method="post" action={ "/ui/keys/" (key.id) "/rotate" } data-confirm={ "Rotate " (key.id) "? Its old secret stops working at once." (warning) } {
                                             (csrf_field(viewer)) button.small type="submit" aria-label={ "Rotate " (key.id) } { "Rotate" }
                                         }
                                         form method="post" action={ "/ui/keys/" (key.id) "/revoke" } data-confirm={ "Revoke " (key.id) "? It stops working at once." } {
@@ -620,8 +625,9 @@ fn keys_page(
 }
 
 pub async fn keys(State(state): State<AppState>, viewer: Viewer) -> Response {
+    let issued = state.ui.take_shown_once(&viewer.session_id);
     match ops::list_keys(&state, &viewer.principal).await {
-        Ok(keys) => keys_page(&viewer, &keys, None, None, StatusCode::OK),
+        Ok(keys) => keys_page(&viewer, &keys, issued.as_ref(), None, StatusCode::OK),
         Err(failure) => refusal(Some(&viewer), failure),
     }
 }
@@ -654,10 +660,23 @@ async fn after_key_change(
     viewer: &Viewer,
     outcome: Result<IssuedKey, (StatusCode, String)>,
 ) -> Response {
-    let keys = ops::list_keys(state, &viewer.principal).await.unwrap_or_default();
     match outcome {
-        Ok(issued) => keys_page(viewer, &keys, Some(&issued), None, StatusCode::OK),
-        Err((status, message)) => keys_page(viewer, &keys, None, Some(&message), status),
+        // The keys page shows the secret, reached by a redirect, so that a reload issues nothing
+        // again (found by a new-user trial: it issued, or rotated, once more). The key of this
+        // very session is the exception: its rotation ended the session, whose next page is the
+        // login, so the secret is shown in this answer.
+        Ok(issued) if viewer.principal.key_id() == Some(issued.info.id.as_str()) => {
+            let keys = ops::list_keys(state, &viewer.principal).await.unwrap_or_default();
+            keys_page(viewer, &keys, Some(&issued), None, StatusCode::OK)
+        }
+        Ok(issued) => {
+            state.ui.show_once(&viewer.session_id, issued);
+            Redirect::to("/ui/keys").into_response()
+        }
+        Err((status, message)) => {
+            let keys = ops::list_keys(state, &viewer.principal).await.unwrap_or_default();
+            keys_page(viewer, &keys, None, Some(&message), status)
+        }
     }
 }
 
