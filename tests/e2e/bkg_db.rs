@@ -707,6 +707,31 @@ fn an_agents_rows_are_written_only_by_its_own_login() {
         "INSERT INTO bkg_agent_logins (agent_id, role, claimed_ms) VALUES ('{first_id}', 'agent_host2', 0)"
     ));
     assert!(!taken.status.success(), "{taken:?}");
+    // The change feed's head moves only forward, changes land only at positions taken from it,
+    // and a namespace's row only widens (migration 7; found by a new-user trial: a login set the
+    // head back, and every other agent's next batch clashed on a position and was parked).
+    let refused = |output: std::process::Output, reason: &str| {
+        let error = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!output.status.success() && error.contains(reason), "not refused for {reason:?}: {output:?}");
+    };
+    refused(as_host2("UPDATE bkg_change_head SET position = 0"), "moves forward only");
+    refused(as_host2("UPDATE bkg_change_head SET position = position + 1000000"), "moves forward only");
+    let forged_change = format!(
+        "INSERT INTO changes (position, agent_id, seq, namespace, kind, action, object_id, ts_ms)
+         SELECT position + 1, '{second_id}', 999999, 'default', 'audit', 'forged', NULL, 0 FROM bkg_change_head"
+    );
+    refused(as_host2(&forged_change), "was not taken from bkg_change_head");
+    // A temporary table of the same name does not stand in for the head.
+    refused(
+        as_host2(&format!(
+            "CREATE TEMP TABLE bkg_change_head (position bigint); INSERT INTO bkg_change_head VALUES (9000000000000);
+             {}",
+            forged_change.replace("FROM bkg_change_head", "FROM public.bkg_change_head")
+        )),
+        "was not taken from bkg_change_head",
+    );
+    refused(as_host2("UPDATE namespaces SET namespace = namespace || '-renamed'"), "keeps its name");
+    refused(as_host2("UPDATE namespaces SET last_seen_ms = 0"), "only widens");
     // Its own agent's rows it still writes.
     let own = as_host2(&format!("UPDATE agents SET last_seen_ms = last_seen_ms WHERE agent_id = '{second_id}'"));
     assert!(String::from_utf8_lossy(&own.stdout).trim().starts_with("UPDATE ") && own.status.success(), "{own:?}");
@@ -714,6 +739,13 @@ fn an_agents_rows_are_written_only_by_its_own_login() {
         postgres.query(&format!("SELECT count(*) FROM runs WHERE agent_id = '{first_id}' AND exit_code = 0")),
         "2"
     );
+
+    // The head still moves for the next batches of both logins.
+    for agent in [&first, &second] {
+        assert_eq!(runs(agent, 1, 1), 1);
+        let status = wait_synced(agent);
+        assert_eq!(status["parked"], 0, "{status}");
+    }
 
     // The first agent, started again with host2's login: refused, naming the login it has.
     first.stop();

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (4, "run_files", include_str!("migrations/0004_run_files.sql")),
     (5, "namespace_roles_read_only", include_str!("migrations/0005_namespace_roles_read_only.sql")),
     (6, "agent_logins", include_str!("migrations/0006_agent_logins.sql")),
+    (7, "feed_and_namespaces_guarded", include_str!("migrations/0007_feed_and_namespaces_guarded.sql")),
 ];
 
 /// Serializes migrations (and role changes) of one database: every agent migrates at start-up,
