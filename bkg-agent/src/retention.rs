@@ -25,9 +25,10 @@ pub enum RetentionError {
     Duration(String, bkg_schema::UnitError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("bkg_db: {0}")]
+    /// Says `bkg_db` itself.
+    #[error(transparent)]
     Db(#[from] crate::sync::SyncError),
-    #[error("bkg_db: {0}")]
+    #[error("bkg_db: {}", crate::sync::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
 }
 

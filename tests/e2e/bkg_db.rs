@@ -228,6 +228,31 @@ fn watch_no_follow_says_bkg_db_is_down_instead_of_waiting_for_it() {
     assert!(agent.log().contains("--db-url holds a password, which every local user can read"), "{}", agent.log());
 }
 
+/// Found by a new-user trial: `bkg watch` on an agent whose login may not read the feed said
+/// only "bkg_db: db error". It gives the server's message and what to do.
+#[test]
+fn watch_says_what_bkg_db_refused_and_what_to_do() {
+    let postgres = Postgres::start();
+    postgres.query("CREATE ROLE outsider LOGIN PASSWORD 'outsider-password'");
+    let owner = agent_with_db(&postgres.url());
+    wait_synced(&owner);
+    drop(owner);
+    let agent = agent_with_db(&url_as(&postgres, "outsider", "outsider-password"));
+    let watched = Command::new("timeout")
+        .arg("60")
+        .arg(bkg_tests::bkg_bin())
+        .args(["watch", "--no-follow"])
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkg watch");
+    assert_eq!(code(&watched), 125, "{}", stderr(&watched));
+    let said = stderr(&watched);
+    assert!(said.contains("permission denied for table") && said.contains("a member of bkg_agent"), "{said}");
+    assert!(!said.contains("db error"), "{said}");
+}
+
 #[test]
 fn two_agents_share_one_bkg_db() {
     let postgres = Postgres::start();

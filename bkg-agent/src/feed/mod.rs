@@ -42,7 +42,8 @@ pub enum FeedError {
     /// Says `bkg_db` itself.
     #[error(transparent)]
     Db(#[from] crate::sync::SyncError),
-    #[error("bkg_db: {0}")]
+    /// Said as the sync says it: the server's message, not tokio-postgres's bare "db error".
+    #[error("bkg_db: {}", crate::sync::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Store(#[from] StoreError),

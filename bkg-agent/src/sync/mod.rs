@@ -115,7 +115,7 @@ pub enum SyncError {
 
 /// tokio-postgres keeps the server's message in the error's source, not in its `Display`; the
 /// usual causes get what to do.
-fn describe(error: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     use tokio_postgres::error::SqlState;
     if let Some(db) = error.as_db_error() {
         let fix = match db.code() {
