@@ -227,6 +227,7 @@ impl Environments {
                     line.escape_debug()
                 )));
             }
+            check_form(line)?;
             set.push(normal_requirement(line));
         }
         set.sort();
@@ -388,19 +389,39 @@ fn disk_usage(dir: &Path) -> u64 {
         .sum()
 }
 
+/// A requirement line's project name and what follows it; none for a URL or a path
+/// (`https://…`, `git+…`, `./dir`), which name no project first.
+fn project_name(line: &str) -> Option<(&str, &str)> {
+    let name_end =
+        line.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))).unwrap_or(line.len());
+    let (name, rest) = line.split_at(name_end);
+    (!name.is_empty() && !rest.starts_with([':', '/', '+'])).then_some((name, rest))
+}
+
+/// After a project name (PEP 508) comes nothing, its extras, a version, a marker or a URL: a
+/// line like `bad name!!` is refused here, in one line, rather than by the installer's log
+/// after a wait (found by a new-user trial).
+fn check_form(line: &str) -> Result<(), EnvError> {
+    let Some((name, rest)) = project_name(line) else { return Ok(()) };
+    let rest = rest.trim_start();
+    if rest.is_empty() || rest.starts_with(['[', '(', ';', '@', '=', '<', '>', '!', '~']) {
+        return Ok(());
+    }
+    Err(EnvError::Invalid(format!(
+        "requirement `{line}`: after the package name `{name}` comes `{rest}`, which is not a version (`{name}==1.2`), \
+         extras (`{name}[extra]`), a marker (`; python_version >= \"3.9\"`) or a URL (`{name} @ https://…`)"
+    )))
+}
+
 /// A requirement line as pip reads it, spelled one way, so that `Six`, `six` and `SIX` or
 /// `six == 1.16` and `six==1.16` key one environment: the project name as PEP 503 normalizes it
 /// (lowercase, each run of `-`, `_` and `.` one `-`), and the blanks of a version specifier
 /// dropped. A line that names a URL (`name @ URL`, `git+…`) or has environment markers (`;`) keeps
 /// everything after its name as written: blanks separate words there.
 fn normal_requirement(line: &str) -> String {
-    let name_end =
-        line.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))).unwrap_or(line.len());
-    let (name, rest) = line.split_at(name_end);
-    let looks_like_a_name = !name.is_empty() && !rest.starts_with([':', '/', '+']);
-    if !looks_like_a_name {
+    let Some((name, rest)) = project_name(line) else {
         return line.to_owned();
-    }
+    };
     let mut normal = String::with_capacity(line.len());
     let mut in_separators = false;
     for c in name.chars() {
@@ -501,5 +522,17 @@ mod tests {
             said("-r x")
         );
         assert!(said("--index-url http://evil/simple").contains("--package-index"));
+        // A line that is not a requirement is refused before anything is installed.
+        assert_eq!(
+            said("bad name!!"),
+            "requirement `bad name!!`: after the package name `bad` comes `name!!`, which is not a version \
+             (`bad==1.2`), extras (`bad[extra]`), a marker (`; python_version >= \"3.9\"`) or a URL \
+             (`bad @ https://…`)"
+        );
+        for good in
+            ["six", "six [x]", "six ( >=1 )", "six;python_version>'3'", "six ~= 1.0", "six!=1", "six<2", "./dir"]
+        {
+            assert!(set(&[good]).is_ok(), "{good}");
+        }
     }
 }
