@@ -50,8 +50,19 @@ fn bad_flags_and_limits_are_125() {
     let project = project.path().to_str().unwrap_or_default().to_owned();
     let with_main =
         format!("{project} is a directory: give the script in it (`bkg exe --file {project} {project}/main.py`");
+    // Found by a new-user trial: files larger than the disk were told only that they did not fit.
+    let big = tempfile::NamedTempFile::new().expect("file");
+    big.as_file().set_len(20 << 20).expect("a 20 MiB file");
+    let big = big.path().to_str().unwrap_or_default().to_owned();
     let cases: &[(&[&str], &str)] = &[
         (&["--type", "python", &project], &with_main),
+        (
+            &["--disk", "16MiB", "--file", &big, hello],
+            "the script and its files come to 20.0MiB, which do not fit: the sandbox's disk is 16MiB: give fewer \
+             files, or ask for a larger disk limit",
+        ),
+        // Found by a new-user trial: it was refused by the installer's log, after a wait.
+        (&["--with", "bad name!!", hello], "requirement `bad name!!`: after the package name `bad` comes `name!!`"),
         // Found by a new-user trial: for `/tmp` it suggested sending all of /tmp.
         (&["--type", "python", examples], "is a directory: give a script file"),
         (&["--type", "ruby", "-c", "puts 1"], "--type: `ruby` is not a language: use python or node"),

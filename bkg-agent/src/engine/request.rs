@@ -383,7 +383,19 @@ impl Engine {
             files.push(file);
         }
         if upload_bytes > MAX_UPLOAD_BYTES.min(limits.disk_bytes) {
-            return Err(RunError::BadRequest("uploaded files do not fit the sandbox's disk".into()));
+            let size = bkg_schema::units::format_size;
+            let fix = if limits.disk_bytes < MAX_UPLOAD_BYTES {
+                format!(
+                    "the sandbox's disk is {}: give fewer files, or ask for a larger disk limit",
+                    size(limits.disk_bytes)
+                )
+            } else {
+                format!("at most {} are uploaded with a run: give fewer files", size(MAX_UPLOAD_BYTES))
+            };
+            return Err(RunError::BadRequest(format!(
+                "the script and its files come to {}, which do not fit: {fix}",
+                size(upload_bytes)
+            )));
         }
 
         let mut argv = vec![interpreter.to_string_lossy().into_owned(), script_path];
