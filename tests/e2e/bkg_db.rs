@@ -678,6 +678,31 @@ fn audit_verify_from_db_names_what_was_tampered_with_in_bkg_db() {
     verify_fails("removed", &started);
 }
 
+/// Found by a new-user trial: an agent whose login row-level security shows only some rows (a
+/// namespace's) had `bkg audit verify --from-db` report the lines it could not see as tampering.
+#[test]
+fn audit_verify_from_db_through_a_narrow_login_says_so_instead_of_tampering() {
+    let postgres = Postgres::start();
+    let owner = agent_with_db(&postgres.url());
+    assert_eq!(runs(&owner, 1, 1), 1);
+    wait_synced(&owner);
+    drop(owner);
+    postgres.query("CREATE ROLE narrow LOGIN PASSWORD 'narrow-password' IN ROLE bkg_namespace");
+    let agent = agent_with_db(&url_as(&postgres, "narrow", "narrow-password"));
+    let output = agent
+        .bkg()
+        .args(["audit", "verify", "--from-db"])
+        .env("BKG_STATE_DIR", &agent.state_dir)
+        .output()
+        .expect("audit verify");
+    assert_eq!(code(&output), 125, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("bkg_db login `narrow` reads only the rows row-level security gives it"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 /// The URL of `postgres` with login `role` (password `password`) in place of the owner.
 fn url_as(postgres: &Postgres, role: &str, password: &str) -> String {
     let url = postgres.url();

@@ -166,7 +166,7 @@ pub async fn sync_migrate(
     params(("agent_id" = String, Path, description = "The agent whose chain to read")),
     responses(
         (status = 200, description = "The lines", content_type = "text/plain"),
-        (status = 409, description = "No bkg_db is configured", body = ApiError),
+        (status = 409, description = "No bkg_db is configured, or the agent's login reads only some of its rows", body = ApiError),
         (status = 503, description = "bkg_db cannot be reached", body = ApiError),
     ),
 )]

@@ -289,9 +289,10 @@ impl Service {
         require_admin(principal, AdminTask::ReadDbAudit)?;
         let client =
             crate::sync::connect(self.sync_url()?).await.map_err(|error| OpError::Unavailable(error.to_string()))?;
-        let lines = crate::sync::audit_lines(&client, agent_id)
-            .await
-            .map_err(|error| OpError::Unavailable(error.to_string()))?;
+        let lines = crate::sync::audit_lines(&client, agent_id).await.map_err(|error| match error {
+            crate::sync::SyncError::Restricted { .. } => OpError::Conflict(error.to_string()),
+            error => OpError::Unavailable(error.to_string()),
+        })?;
         Ok(lines.into_iter().flat_map(|line| [line, "\n".to_owned()]).collect())
     }
 }

@@ -105,6 +105,12 @@ pub enum SyncError {
     Gap { agent_id: String, after: u64, found: u64 },
     #[error("namespace role: {0}")]
     Namespace(String),
+    /// A login that row-level security shows only some rows to.
+    #[error(
+        "bkg_db login `{login}` reads only the rows row-level security gives it, not every agent's audit lines: \
+         the agent's --db-url needs a login in bkg_agent or bkg_admin (docs/operations.md)"
+    )]
+    Restricted { login: String },
     /// The agent's id is bound to another login (migration 6): its rows are that login's to write.
     #[error(
         "agent {agent_id} writes to bkg_db as login `{bound}`, not `{login}`: give it that login again in --db-url, \
@@ -144,9 +150,25 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether this login reads every row of `audit_events`, as bkg_agent and bkg_admin do, and
+/// its name. The roles are looked up first: an unmigrated bkg_db has none, and pg_has_role
+/// fails on a role that does not exist.
+const SEES_EVERY_AUDIT_LINE: &str =
+    "SELECT coalesce((SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user), false)
+        OR EXISTS (SELECT FROM pg_roles r WHERE r.rolname IN ('bkg_agent', 'bkg_admin')
+                   AND pg_has_role(current_user, r.oid, 'MEMBER')),
+    current_user::text";
+
 /// An agent's audit lines as bkg_db holds them, in order: what `bkg audit verify --from-db`
 /// checks against the agent's public key.
 pub async fn audit_lines(client: &tokio_postgres::Client, agent_id: &str) -> Result<Vec<String>, SyncError> {
+    // Row-level security would hand a narrower login (a namespace's role) only some of the
+    // lines, and the chain's holes would read as tampering (found by a new-user trial).
+    let row = client.query_one(SEES_EVERY_AUDIT_LINE, &[]).await?;
+    let (sees_all, login): (bool, String) = (row.try_get(0)?, row.try_get(1)?);
+    if !sees_all {
+        return Err(SyncError::Restricted { login });
+    }
     let rows = client.query("SELECT line FROM audit_events WHERE agent_id = $1 ORDER BY seq", &[&agent_id]).await?;
     Ok(rows.into_iter().map(|row| row.get(0)).collect())
 }
