@@ -51,6 +51,7 @@ complete -c bkg-agent -l allow-degraded -d 'Run at this lower security level (`s
 complete -c bkg-agent -l ready-fd -d 'Internal: the descriptor on which an agent started without --foreground tells the process that started it that it serves its socket (one byte), or, closed unwritten, that it failed to start' -r
 complete -c bkg-agent -l foreground -d 'Stay in the foreground and log to stderr (without it the agent detaches and logs to STATE_DIR/agent.log)'
 complete -c bkg-agent -l plain-http-behind-proxy -d 'Serve plain HTTP on a --listen address other than loopback: only behind a proxy that terminates TLS, since API keys would otherwise cross the network in clear'
+complete -c bkg-agent -l migrate-db -d 'Apply bkg_db\'s migrations with --db-url and exit, serving nothing: how the schema\'s owner upgrades a bkg_db whose agents log in as members of bkg_agent, which may not (needs no root)'
 complete -c bkg-agent -l check-host -d 'Check the host (namespaces, cgroups, Landlock, seccomp, loop devices, runtimes, the state directory\'s filesystem), print the report as JSON and exit; needs no root (`bkg doctor` runs it)'
 complete -c bkg-agent -l print-openapi -d 'Print the API\'s OpenAPI document (YAML) and exit'
 complete -c bkg-agent -s h -l help -d 'Print help'

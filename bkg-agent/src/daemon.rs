@@ -144,6 +144,11 @@ pub struct AgentArgs {
     /// The shared bkg_db (PostgreSQL URL, `sslmode=` for TLS): every event is synced there.
     #[arg(long, value_name = "URL", env = "BKG_DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
+    /// Apply bkg_db's migrations with --db-url and exit, serving nothing: how the schema's owner
+    /// upgrades a bkg_db whose agents log in as members of bkg_agent, which may not (needs no
+    /// root).
+    #[arg(long)]
+    pub migrate_db: bool,
     /// How long finished runs (and their logs) are kept, here and in bkg_db; the audit log is kept
     /// for ever.
     #[arg(long, value_name = "DURATION", default_value = "30d", env = "BKG_RETENTION")]
@@ -275,6 +280,36 @@ fn print_host_report(args: &AgentArgs) -> ExitCode {
     }
 }
 
+/// `--migrate-db`: one connection, the migrations, a line saying where bkg_db is now.
+fn migrate_db(url: &str) -> ExitCode {
+    let migrated =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(
+            |runtime| {
+                runtime.block_on(async {
+                    let mut client = crate::sync::connect(url).await?;
+                    Ok(crate::sync::migrate(&mut client).await?)
+                })
+            },
+        );
+    match migrated {
+        Ok(migrated) if migrated.version > migrated.latest => {
+            println!(
+                "bkg_db is at schema version {}, newer than this agent's {}: nothing to apply",
+                migrated.version, migrated.latest
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(migrated) => {
+            println!("bkg_db is at schema version {} ({} applied now)", migrated.version, migrated.applied.len());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("bkg-agent: {}", one_line(&error));
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// The lowest `--uid-base`: below it sandboxes would get the ids of the host's own users.
 const UID_BASE_MIN: u32 = 65_536;
 /// The highest `--uid-base`: its range must end below the invalid uid 2^32 - 1.
@@ -311,6 +346,17 @@ pub fn main() -> ExitCode {
     }
     if args.check_host {
         return print_host_report(&args);
+    }
+    if args.migrate_db {
+        return match args.db_url.as_deref().filter(|url| !url.is_empty()) {
+            Some(url) => migrate_db(url),
+            None => {
+                eprintln!(
+                    "bkg-agent: --migrate-db needs the bkg_db URL of the schema's owner in BKG_DB_URL (or --db-url)"
+                );
+                ExitCode::from(USAGE_EXIT)
+            }
+        };
     }
     if args.print_openapi {
         let written = crate::api_doc::yaml().map_err(anyhow::Error::from).and_then(|yaml| {

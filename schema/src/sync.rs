@@ -78,5 +78,9 @@ pub struct Retried {
 pub struct Migrated {
     /// Versions applied now (empty when bkg_db was current).
     pub applied: Vec<i32>,
+    /// The newest version this agent brings.
     pub latest: i32,
+    /// The version bkg_db is at now: above `latest` when a newer agent migrated it (migrations
+    /// only add, so this agent keeps working).
+    pub version: i32,
 }

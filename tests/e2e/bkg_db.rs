@@ -703,6 +703,58 @@ fn audit_verify_from_db_through_a_narrow_login_says_so_instead_of_tampering() {
     );
 }
 
+/// Found by a new-user trial: an agent that logs in as a bkg_agent member, newer than its
+/// bkg_db, was told to have the owner run `bkg db migrate`, which goes through that same agent
+/// and its login, and fails the same way. The owner migrates with `bkg-agent --migrate-db`; and
+/// a bkg_db newer than the agent is said to be newer, not to be at the agent's version.
+#[test]
+fn a_bkg_db_behind_is_migrated_by_its_owner_and_one_ahead_is_said_to_be() {
+    let postgres = Postgres::start();
+    let migrate_as_owner = || {
+        let output = Command::new(bkg_tests::bin_dir().join("bkg-agent"))
+            .arg("--migrate-db")
+            .env("BKG_DB_URL", postgres.url())
+            .output()
+            .expect("bkg-agent --migrate-db");
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output)
+    };
+    let latest = migrate_as_owner();
+    assert!(latest.starts_with("bkg_db is at schema version ") && latest.contains(" applied now)"), "{latest}");
+    let version: i32 = postgres.query("SELECT max(version) FROM bkg_schema_migrations").parse().expect("a version");
+    // bkg_db as it was one version ago: the newest migration's objects and record gone.
+    postgres.query(&format!(
+        "DROP TRIGGER bkg_head_moves_forward ON bkg_change_head; DROP FUNCTION bkg_head_moves_forward();
+         DROP TRIGGER bkg_change_at_a_taken_position ON changes; DROP FUNCTION bkg_change_at_a_taken_position();
+         DROP TRIGGER bkg_namespace_widens_only ON namespaces; DROP FUNCTION bkg_namespace_widens_only();
+         DELETE FROM bkg_schema_migrations WHERE version = {version}"
+    ));
+    postgres.query("CREATE ROLE agent_host LOGIN PASSWORD 'host-password' IN ROLE bkg_agent");
+    let agent = agent_with_db(&url_as(&postgres, "agent_host", "host-password"));
+    let migrate = agent.bkg().args(["db", "migrate"]).output().expect("bkg db migrate");
+    assert_eq!(code(&migrate), 125, "{}", stderr(&migrate));
+    assert!(stderr(&migrate).contains("BKG_DB_URL=OWNER_URL bkg-agent --migrate-db"), "{}", stderr(&migrate));
+    assert_eq!(migrate_as_owner(), format!("bkg_db is at schema version {version} (1 applied now)\n"));
+    let migrate = agent.bkg().args(["db", "migrate", "--json"]).output().expect("bkg db migrate");
+    assert_eq!(code(&migrate), 0, "{}", stderr(&migrate));
+    let migrated: serde_json::Value = serde_json::from_slice(&migrate.stdout).expect("JSON");
+    assert_eq!(migrated, serde_json::json!({ "applied": [], "latest": version, "version": version }));
+
+    // A newer agent's migration is there: this one is older, and says so.
+    postgres.query(&format!(
+        "INSERT INTO bkg_schema_migrations (version, name) VALUES ({}, 'from_the_future')",
+        version + 1
+    ));
+    let migrate = agent.bkg().args(["db", "migrate"]).output().expect("bkg db migrate");
+    assert_eq!(code(&migrate), 0, "{}", stderr(&migrate));
+    assert!(
+        stderr(&migrate)
+            .contains(&format!("bkg_db is at schema version {}, newer than this agent's {version}", version + 1)),
+        "{}",
+        stderr(&migrate)
+    );
+}
+
 /// The URL of `postgres` with login `role` (password `password`) in place of the owner.
 fn url_as(postgres: &Postgres, role: &str, password: &str) -> String {
     let url = postgres.url();

@@ -279,9 +279,7 @@ impl Service {
         require_admin(principal, AdminTask::MigrateDb)?;
         let mut client =
             crate::sync::connect(self.sync_url()?).await.map_err(|error| OpError::Unavailable(error.to_string()))?;
-        let applied =
-            crate::sync::migrate(&mut client).await.map_err(|error| OpError::Unavailable(error.to_string()))?;
-        Ok(Migrated { applied, latest: crate::sync::latest_version() })
+        crate::sync::migrate(&mut client).await.map_err(|error| OpError::Unavailable(error.to_string()))
     }
 
     /// An agent's audit lines as bkg_db holds them, in order, one per line.

@@ -126,8 +126,8 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
         let fix = match db.code() {
             code if *code == SqlState::INSUFFICIENT_PRIVILEGE => {
-                ": the login lacks the right (the schema's owner migrates it, `bkg db migrate`; an agent logs in \
-                 as a member of bkg_agent, docs/operations.md)"
+                ": the login lacks the right (an agent logs in as a member of bkg_agent; the schema's owner \
+                 migrates bkg_db, with `BKG_DB_URL=OWNER_URL bkg-agent --migrate-db`, docs/operations.md)"
             }
             code if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
                 ": check the user and password in --db-url"

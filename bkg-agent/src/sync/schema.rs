@@ -1,5 +1,6 @@
 //! bkg_db's versioned migrations and its namespace roles.
 
+use bkg_schema::sync::Migrated;
 use tokio_postgres::Client;
 
 use super::SyncError;
@@ -26,10 +27,11 @@ pub fn latest_version() -> i32 {
     MIGRATIONS.iter().map(|(version, ..)| *version).max().unwrap_or(0)
 }
 
-/// Brings bkg_db up to [`latest_version`] and returns the versions it applied (none when it was
-/// there already). Run as a superuser or as the database's owner with CREATEROLE; a role that may
-/// not create tables (an agent's `bkg_agent` login) succeeds only when nothing is left to apply.
-pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, SyncError> {
+/// Brings bkg_db up to [`latest_version`]: the versions it applied (none when it was there
+/// already) and the version it is at now. Run as a superuser or as the database's owner with
+/// CREATEROLE; a role that may not create tables (an agent's `bkg_agent` login) succeeds only
+/// when nothing is left to apply.
+pub async fn migrate(client: &mut Client) -> Result<Migrated, SyncError> {
     let transaction = client.transaction().await?;
     transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
     // Checked first because CREATE TABLE IF NOT EXISTS still needs CREATE on the schema.
@@ -60,7 +62,8 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, SyncError> {
     if !applied.is_empty() {
         tracing::info!(?applied, "bkg_db migrated");
     }
-    Ok(applied)
+    let latest = latest_version();
+    Ok(Migrated { applied, latest, version: current.max(latest) })
 }
 
 /// Creates (or updates) the login role of `namespace`, `bkg_ns_<namespace>`, with `password`, and
