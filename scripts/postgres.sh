@@ -6,6 +6,9 @@
 #   scripts/postgres.sh stop [DIR]    stop it (fast shutdown). Not running: ok.
 #   scripts/postgres.sh url [DIR]     print the superuser URL, postgres://postgres:…@127.0.0.1:PORT/postgres
 #
+# The server takes TLS too, with a certificate for 127.0.0.1 and localhost signed by DIR/ca.crt: a
+# URL with `sslmode=verify-full&sslrootcert=DIR/ca.crt` in place of `sslmode=disable` uses it.
+#
 # The cluster belongs to the `postgres` OS user when run as root (initdb refuses root), to the
 # caller otherwise. DIR holds the data (DIR/data), the unix socket, the server log (DIR/log), the
 # port (kept across restarts, so a URL stays valid) and the superuser's password. Durability is
@@ -83,6 +86,7 @@ init_cluster() {
   chmod 600 "$dir/password"
   as_owner "$bin/initdb" -D "$data" -U postgres --pwfile="$dir/password" -E UTF8 --locale=C \
     --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null
+  make_certificates
   cat >>"$data/postgresql.conf" <<EOF
 
 # scripts/postgres.sh: a disposable cluster on loopback.
@@ -91,7 +95,30 @@ unix_socket_directories = '$dir'
 fsync = off
 synchronous_commit = off
 full_page_writes = off
+ssl = on
+ssl_cert_file = '$dir/server.crt'
+ssl_key_file = '$dir/server.key'
 EOF
+}
+
+# TLS as a real server has it: a CA of the cluster's own (DIR/ca.crt, for a client's
+# `sslrootcert=`) signs the server's certificate for 127.0.0.1 and localhost.
+make_certificates() {
+  local days=30
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$dir/ca.key" \
+    -out "$dir/ca.crt" -days "$days" -subj /CN=bkg-test-ca \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$dir/server.key" \
+    -out "$dir/server.csr" -subj /CN=localhost 2>/dev/null
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+    -out "$dir/server.crt" -days "$days" -extfile <(printf '%s\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' \
+    'basicConstraints=CA:FALSE' 'extendedKeyUsage=serverAuth') 2>/dev/null
+  rm -f -- "$dir/server.csr" "$dir/ca.key" "$dir/ca.srl"
+  chmod 600 "$dir/server.key"
+  chmod 644 "$dir/ca.crt" "$dir/server.crt"
+  if [[ $(id -u) -eq 0 ]]; then
+    chown postgres: "$dir/server.key" "$dir/server.crt" "$dir/ca.crt"
+  fi
 }
 
 # Whether a recorded user of the cluster is still running.

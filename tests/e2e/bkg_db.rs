@@ -755,11 +755,39 @@ fn a_bkg_db_behind_is_migrated_by_its_owner_and_one_ahead_is_said_to_be() {
     );
 }
 
+/// bkg_db over TLS, verified against the CA given in the URL; a certificate this host does not
+/// trust is one line saying what to do (found by a new-user trial: a bare rustls error).
+#[test]
+fn bkg_db_over_tls_is_verified_and_an_untrusted_certificate_says_what_to_do() {
+    let postgres = Postgres::start();
+    let ca = postgres.data().join("ca.crt");
+    let over_tls = |query: &str| postgres.url().replace("sslmode=disable", query);
+    let agent = agent_with_db(&over_tls(&format!("sslmode=verify-full&sslrootcert={}", ca.display())));
+    assert_eq!(runs(&agent, 1, 1), 1);
+    let status = wait_synced(&agent);
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+    assert_ne!(postgres.query("SELECT count(*) FROM audit_events"), "0");
+    drop(agent);
+
+    // The system's roots do not hold the cluster's CA; `prefer`, the default, verifies too.
+    for query in ["sslmode=verify-full", "sslmode=prefer"] {
+        let agent = agent_with_db(&over_tls(query));
+        let migrate = agent.bkg().args(["db", "migrate"]).output().expect("bkg db migrate");
+        assert_eq!(code(&migrate), 125, "{query}: {}", stderr(&migrate));
+        let said = stderr(&migrate);
+        assert_eq!(said.lines().count(), 1, "{said}");
+        assert!(
+            said.contains("not signed by a CA this host trusts: give the CA's certificate as `sslrootcert=PATH`"),
+            "{query}: {said}"
+        );
+    }
+}
+
 /// The URL of `postgres` with login `role` (password `password`) in place of the owner.
 fn url_as(postgres: &Postgres, role: &str, password: &str) -> String {
     let url = postgres.url();
     let port = url.rsplit(':').next().and_then(|rest| rest.split('/').next()).expect("the cluster's port");
-    format!("postgres://{role}:{password}@127.0.0.1:{port}/postgres")
+    format!("postgres://{role}:{password}@127.0.0.1:{port}/postgres?sslmode=disable")
 }
 
 /// Each agent's rows are written only by the login it writes with (migration 6; until then any

@@ -137,6 +137,10 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
         };
         return format!("{} {}: {}{fix}", db.severity(), db.code().code(), db.message());
     }
+    if let Some(fix) = tls_fix(error) {
+        let source = std::error::Error::source(error).map(|source| format!(": {source}")).unwrap_or_default();
+        return format!("{error}{source}: {fix}");
+    }
     match std::error::Error::source(error) {
         Some(source)
             if source
@@ -148,6 +152,40 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
         Some(source) => format!("{error}: {source}"),
         None => error.to_string(),
     }
+}
+
+/// What to do about a TLS handshake rustls refused, found down `error`'s sources (tokio-postgres
+/// wraps it, sometimes in an `io::Error`).
+fn tls_fix(error: &tokio_postgres::Error) -> Option<&'static str> {
+    use rustls::{CertificateError, Error as Tls};
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(current) = next {
+        let tls = current.downcast_ref::<Tls>().or_else(|| {
+            current
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<Tls>())
+        });
+        if let Some(Tls::InvalidCertificate(certificate)) = tls {
+            return Some(match certificate {
+                CertificateError::UnknownIssuer => {
+                    "the server's certificate is not signed by a CA this host trusts: give the CA's certificate as \
+                     `sslrootcert=PATH` in the URL (or add it to the host's trust store); `sslmode=disable` only for \
+                     a server on loopback"
+                }
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                    "the server's certificate is not for the host the URL names: use a name (or address) its \
+                     certificate has"
+                }
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    "the server's certificate has expired: renew it on the server"
+                }
+                _ => "the server's certificate was refused: check it and the CA given as `sslrootcert=PATH`",
+            });
+        }
+        next = current.source();
+    }
+    None
 }
 
 /// Whether this login reads every row of `audit_events`, as bkg_agent and bkg_admin do, and
