@@ -181,6 +181,23 @@ impl SignedRecord {
         Details::decode(&self.action, Parts { outcome: self.outcome.clone(), details: self.details.clone() })
     }
 
+    /// What the record is about: the key of a key or login record, else its run or sandbox. The
+    /// one rule for bkg_db's `changes.object_id`, the change feed's `object_id` and the Web UI's
+    /// audit page (which showed nothing for key records).
+    pub fn subject(&self) -> Option<String> {
+        self.subject_given(self.details().ok().as_ref())
+    }
+
+    /// [`Self::subject`] when the details are decoded already.
+    pub fn subject_given(&self, details: Option<&Details>) -> Option<String> {
+        match details {
+            Some(
+                Details::KeyCreated(key) | Details::Login(key) | Details::KeyRotated(key) | Details::KeyRevoked(key),
+            ) => Some(key.key_id.clone()),
+            _ => self.run.clone().or_else(|| self.sandbox.clone()),
+        }
+    }
+
     /// The key a `log.opened` record declares.
     fn declared_key(&self) -> Option<PublicKey> {
         if self.action != LOG_OPENED {

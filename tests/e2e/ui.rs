@@ -239,7 +239,7 @@ fn a_session_ended_by_its_keys_revocation_says_so_on_the_login_page() {
 /// rotated, once more. The form's answer sends the browser to the keys page, which shows the
 /// secret once; rotating the session's own key shows it in the answer, with the way back in.
 #[test]
-fn a_keys_new_secret_is_shown_once_and_a_reload_issues_nothing() {
+fn forms_issue_a_key_once_give_refused_input_back_and_the_audit_names_keys() {
     let (agent, address, _files) = agent_on_tcp();
     let created = agent
         .bkg()
@@ -270,6 +270,30 @@ fn a_keys_new_secret_is_shown_once_and_a_reload_issues_nothing() {
     let reloaded = browser.get("/ui/keys");
     assert!(!reloaded.text().contains("bkg_ns_"), "a reload shows the secret again: {}", reloaded.text());
     assert_eq!(count_keys(), before + 1, "one key issued, however often the page is loaded");
+
+    // A refused form comes back as it was sent (found by a new-user trial: it came back empty).
+    let csrf = csrf_of(&reloaded);
+    let refused = browser.post(
+        "/ui/keys",
+        &[("csrf", &csrf), ("role", "session"), ("namespace", ""), ("name", "nightly-ci"), ("ttl", "soon")],
+    );
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let text = refused.text();
+    assert!(text.contains(r#"value="nightly-ci""#) && text.contains(r#"value="soon""#), "{text}");
+    assert!(text.contains(r#"<option value="session" selected>"#), "{text}");
+    let csrf = csrf_of(&browser.get("/ui/sandboxes"));
+    let refused = browser.post(
+        "/ui/sandboxes",
+        &[("csrf", &csrf), ("name", "web"), ("language", "node"), ("memory", "lots"), ("env", "A=1")],
+    );
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let text = refused.text();
+    assert!(text.contains(r#"value="web""#) && text.contains(r#"value="lots""#), "{text}");
+    assert!(text.contains(r#"<option value="node" selected>"#) && text.contains(">A=1</textarea>"), "{text}");
+
+    // The audit page names the key a key record is about (found by a new-user trial: blank).
+    let audit = browser.get("/ui/admin/audit?action=key.created");
+    assert!(audit.text().contains(&format!("<td>{own_id}</td>")), "{}", audit.text());
 
     let csrf = csrf_of(&reloaded);
     let rotated = browser.post(&format!("/ui/keys/{own_id}/rotate"), &[("csrf", &csrf)]);

@@ -311,22 +311,15 @@ fn local_change(row: OutboxRow) -> Change {
         position: row.seq,
         source: ChangeSource::Local,
         kind,
-        object_id: object_id(kind, &record),
+        object_id: serde_json::from_str::<bkg_schema::audit::SignedRecord>(&row.line)
+            .ok()
+            .and_then(|line| line.subject()),
         action: row.action,
         namespace: row.namespace,
         agent_id: row.agent_id,
         seq: row.seq,
         ts_ms: row.ts_ms,
         record,
-    }
-}
-
-/// The run, sandbox or key a record names (sync/ship.rs stores the same in bkg_db).
-fn object_id(kind: ChangeKind, record: &serde_json::Value) -> Option<String> {
-    let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
-    match kind {
-        ChangeKind::Keys => text(&record["details"]["key_id"]),
-        _ => text(&record["run"]).or_else(|| text(&record["sandbox"])),
     }
 }
 
@@ -372,13 +365,5 @@ mod tests {
         }
         assert!(FeedRequest::parse(None, None, Some(""), None)?.kinds.is_empty(), "empty: every kind");
         Ok(())
-    }
-
-    #[test]
-    fn a_key_record_names_its_key_and_a_run_record_its_run() {
-        let key = serde_json::json!({"details": {"key_id": "key_1"}, "sandbox": "sb"});
-        assert_eq!(object_id(ChangeKind::Keys, &key).as_deref(), Some("key_1"));
-        let run = serde_json::json!({"run": "run_1", "sandbox": "sb"});
-        assert_eq!(object_id(ChangeKind::Runs, &run).as_deref(), Some("run_1"));
     }
 }

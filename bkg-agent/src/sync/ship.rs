@@ -303,7 +303,7 @@ async fn append_changes(
     for (position, (event, read)) in (last - count + 1..).zip(new_events) {
         let (seq, ts_ms) = (int(event.seq, event.seq)?, int(event.seq, event.ts_ms)?);
         let kind = bkg_schema::changes::ChangeKind::of_action(&event.action).as_str();
-        let object_id = object_id(read);
+        let object_id = read.record.subject_given(Some(&read.details));
         transaction
             .execute(
                 &insert,
@@ -346,16 +346,6 @@ async fn insert_run_files(
             .map_err(|error| refused(event.seq, error))?;
     }
     Ok(())
-}
-
-/// The run, sandbox or key an event changed.
-fn object_id(read: &Read) -> Option<String> {
-    match &read.details {
-        Details::KeyCreated(key) | Details::Login(key) | Details::KeyRotated(key) | Details::KeyRevoked(key) => {
-            Some(key.key_id.clone())
-        }
-        _ => read.record.run.clone().or_else(|| read.record.sandbox.clone()),
-    }
 }
 
 /// Checks that, once `events` are in, bkg_db holds every seq of each agent up to the highest

@@ -298,7 +298,7 @@ pub async fn audit(State(state): State<AppState>, viewer: Viewer, Query(query): 
                                 td { code { (record.action) } }
                                 td { (record.actor) }
                                 td { (record.namespace.as_deref().unwrap_or("")) }
-                                td { (record.run.as_deref().or(record.sandbox.as_deref()).unwrap_or("")) }
+                                td { (record.subject().unwrap_or_default()) }
                             }
                         }
                     }

@@ -43,10 +43,18 @@ pub async fn sandboxes(State(state): State<AppState>, viewer: Viewer) -> Respons
         Ok(list) => list,
         Err(failure) => return refusal(Some(&viewer), failure),
     };
-    sandboxes_page(&viewer, &list, None, StatusCode::OK)
+    sandboxes_page(&viewer, &list, None, None, StatusCode::OK)
 }
 
-fn sandboxes_page(viewer: &Viewer, list: &[SandboxInfo], error: Option<&str>, status: StatusCode) -> Response {
+fn sandboxes_page(
+    viewer: &Viewer,
+    list: &[SandboxInfo],
+    error: Option<&str>,
+    refill: Option<&NewSandboxForm>,
+    status: StatusCode,
+) -> Response {
+    // A refused form comes back as it was sent (found by a new-user trial: it came back empty).
+    let sent = refill.cloned().unwrap_or_default();
     let body = html! {
         @if let Some(error) = error { p.error role="alert" { (error) } }
         @if list.is_empty() {
@@ -79,20 +87,23 @@ fn sandboxes_page(viewer: &Viewer, list: &[SandboxInfo], error: Option<&str>, st
                 div.grid {
                     div { label for="name" { "Name" }
                         input #name name="name" required pattern="[a-z0-9]([a-z0-9\\-]{0,61}[a-z0-9])?"
-                            aria-describedby="name-help";
+                            aria-describedby="name-help" value=(sent.name);
                         small #name-help { "Lowercase letters, digits and dashes." } }
                     div { label for="language" { "Language" }
-                        select #language name="language" { option value="python" { "Python" } option value="node" { "Node" } } }
+                        select #language name="language" {
+                            option value="python" { "Python" }
+                            option value="node" selected[sent.language == "node"] { "Node" }
+                        } }
                     @if ops::administers(&viewer.principal) {
-                        div { label for="namespace" { "Namespace" } input #namespace name="namespace" placeholder="default"; }
+                        div { label for="namespace" { "Namespace" } input #namespace name="namespace" placeholder="default" value=(sent.namespace); }
                     }
-                    div { label for="cpus" { "CPUs" } input #cpus name="cpus" placeholder="1" inputmode="decimal"; }
-                    div { label for="memory" { "Memory" } input #memory name="memory" placeholder="512MiB"; }
-                    div { label for="timeout" { "Timeout" } input #timeout name="timeout" placeholder="60s"; }
-                    div { label for="disk" { "Disk" } input #disk name="disk" placeholder="500MiB"; }
+                    div { label for="cpus" { "CPUs" } input #cpus name="cpus" placeholder="1" inputmode="decimal" value=(sent.cpus); }
+                    div { label for="memory" { "Memory" } input #memory name="memory" placeholder="512MiB" value=(sent.memory); }
+                    div { label for="timeout" { "Timeout" } input #timeout name="timeout" placeholder="60s" value=(sent.timeout); }
+                    div { label for="disk" { "Disk" } input #disk name="disk" placeholder="500MiB" value=(sent.disk); }
                 }
                 label for="env" { "Environment (NAME=value, one a line)" }
-                textarea #env name="env" rows="3" spellcheck="false" {}
+                textarea #env name="env" rows="3" spellcheck="false" { (sent.env) }
                 button type="submit" { "Create" }
             }
         }
@@ -100,7 +111,7 @@ fn sandboxes_page(viewer: &Viewer, list: &[SandboxInfo], error: Option<&str>, st
     (status, page(Some(viewer), "Sandboxes", body)).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Default)]
 pub struct NewSandboxForm {
     name: String,
     language: String,
@@ -130,7 +141,7 @@ fn optional<T>(
     parse(text).map(Some).map_err(|error| format!("{what}: {error}"))
 }
 
-fn new_sandbox(form: NewSandboxForm) -> Result<NewSandbox, String> {
+fn new_sandbox(form: &NewSandboxForm) -> Result<NewSandbox, String> {
     let language =
         Language::parse(form.language.trim()).ok_or_else(|| format!("unknown language `{}`", form.language))?;
     let limits = LimitOverrides {
@@ -163,7 +174,7 @@ pub async fn create_sandbox(
     viewer: Viewer,
     UiForm(form): UiForm<NewSandboxForm>,
 ) -> Response {
-    let created = match new_sandbox(form) {
+    let created = match new_sandbox(&form) {
         Ok(new) => ops::create_sandbox(&state, &viewer.principal, new)
             .await
             .map_err(|failure| (failure.status, failure.message)),
@@ -173,7 +184,7 @@ pub async fn create_sandbox(
         Ok(info) => Redirect::to(&format!("/ui/sandboxes/{}", info.id)).into_response(),
         Err((status, message)) => {
             let list = ops::list_sandboxes(&state, &viewer.principal).await.unwrap_or_default();
-            sandboxes_page(&viewer, &list, Some(&message), status)
+            sandboxes_page(&viewer, &list, Some(&message), Some(&form), status)
         }
     }
 }
@@ -548,9 +559,13 @@ fn keys_page(
     keys: &[KeyInfo],
     issued: Option<&IssuedKey>,
     error: Option<&str>,
+    refill: Option<&NewKeyForm>,
     status: StatusCode,
 ) -> Response {
     let admin = ops::administers(&viewer.principal);
+    // A refused form comes back as it was sent (found by a new-user trial: it came back empty).
+    let sent = refill.cloned().unwrap_or_default();
+    let chosen_role = if sent.role.is_empty() && admin { "namespace" } else { sent.role.as_str() };
     let may_issue = matches!(viewer.principal.role(), Role::Admin | Role::Namespace);
     let body = html! {
         @if let Some(error) = error { p.error role="alert" { (error) } }
@@ -580,7 +595,8 @@ fn keys_page(
                                 td { (key.namespace.as_deref().unwrap_or("all")) }
                                 td { (key.name.as_deref().or(key.user.as_deref()).unwrap_or("")) }
                                 td { (key_status(key)) }
-                                td { (time(key.expires_at_ms)) }
+                                // A revoked key's expiry means nothing any more (found by a new-user trial).
+                                td { @if key.revoked_at_ms.is_some() { span.muted { "—" } } @else { (time(key.expires_at_ms)) } }
                                 td { (maybe_time(key.last_used_at_ms)) }
                                 td.actions {
                                     @if key.revoked_at_ms.is_none() {
@@ -592,6 +608,8 @@ fn keys_page(
                                         form method="post" action={ "/ui/keys/" (key.id) "/revoke" } data-confirm={ "Revoke " (key.id) "? It stops working at once." } {
                                             (csrf_field(viewer)) button.small.danger type="submit" aria-label={ "Revoke " (key.id) } { "Revoke" }
                                         }
+                                    } @else {
+                                        span.muted { "none: revoked" }
                                     }
                                 }
                             }
@@ -608,13 +626,15 @@ fn keys_page(
                     div.grid {
                         div { label for="role" { "Role" }
                             select #role name="role" {
-                                @if admin { option value="admin" { "admin" } option value="namespace" selected { "namespace" } }
-                                option value="session" { "session" }
-                                option value="model-access" { "model-access" }
+                                @for role in ["admin", "namespace", "session", "model-access"] {
+                                    @if admin || !matches!(role, "admin" | "namespace") {
+                                        option value=(role) selected[role == chosen_role] { (role) }
+                                    }
+                                }
                             } }
-                        @if admin { div { label for="key-namespace" { "Namespace" } input #key-namespace name="namespace" placeholder="team-a"; } }
-                        div { label for="key-name" { "Name" } input #key-name name="name" placeholder="ci"; }
-                        div { label for="ttl" { "Lifetime" } input #ttl name="ttl" placeholder="the role's"; }
+                        @if admin { div { label for="key-namespace" { "Namespace" } input #key-namespace name="namespace" placeholder="team-a" value=(sent.namespace); } }
+                        div { label for="key-name" { "Name" } input #key-name name="name" placeholder="ci" value=(sent.name); }
+                        div { label for="ttl" { "Lifetime" } input #ttl name="ttl" placeholder="the role's" value=(sent.ttl); }
                     }
                     button type="submit" { "Issue" }
                 }
@@ -627,12 +647,12 @@ fn keys_page(
 pub async fn keys(State(state): State<AppState>, viewer: Viewer) -> Response {
     let issued = state.ui.take_shown_once(&viewer.session_id);
     match ops::list_keys(&state, &viewer.principal).await {
-        Ok(keys) => keys_page(&viewer, &keys, issued.as_ref(), None, StatusCode::OK),
+        Ok(keys) => keys_page(&viewer, &keys, issued.as_ref(), None, None, StatusCode::OK),
         Err(failure) => refusal(Some(&viewer), failure),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Default)]
 pub struct NewKeyForm {
     role: String,
     #[serde(default)]
@@ -643,7 +663,7 @@ pub struct NewKeyForm {
     ttl: String,
 }
 
-fn key_request(form: NewKeyForm) -> Result<CreateKeyRequest, String> {
+fn key_request(form: &NewKeyForm) -> Result<CreateKeyRequest, String> {
     let role: Role = serde_json::from_value(serde_json::Value::String(form.role.trim().to_owned()))
         .map_err(|_| format!("unknown role `{}`", form.role))?;
     let ttl_ms = optional(&form.ttl, bkg_schema::parse_duration_ms, "lifetime")?;
@@ -659,6 +679,7 @@ async fn after_key_change(
     state: &AppState,
     viewer: &Viewer,
     outcome: Result<IssuedKey, (StatusCode, String)>,
+    refill: Option<&NewKeyForm>,
 ) -> Response {
     match outcome {
         // The keys page shows the secret, reached by a redirect, so that a reload issues nothing
@@ -667,7 +688,7 @@ async fn after_key_change(
         // login, so the secret is shown in this answer.
         Ok(issued) if viewer.principal.key_id() == Some(issued.info.id.as_str()) => {
             let keys = ops::list_keys(state, &viewer.principal).await.unwrap_or_default();
-            keys_page(viewer, &keys, Some(&issued), None, StatusCode::OK)
+            keys_page(viewer, &keys, Some(&issued), None, None, StatusCode::OK)
         }
         Ok(issued) => {
             state.ui.show_once(&viewer.session_id, issued);
@@ -675,22 +696,22 @@ async fn after_key_change(
         }
         Err((status, message)) => {
             let keys = ops::list_keys(state, &viewer.principal).await.unwrap_or_default();
-            keys_page(viewer, &keys, None, Some(&message), status)
+            keys_page(viewer, &keys, None, Some(&message), refill, status)
         }
     }
 }
 
 pub async fn create_key(State(state): State<AppState>, viewer: Viewer, UiForm(form): UiForm<NewKeyForm>) -> Response {
-    let outcome = match key_request(form) {
+    let outcome = match key_request(&form) {
         Ok(request) => ops::create_key(&state, &viewer.principal, request).await.map_err(|f| (f.status, f.message)),
         Err(message) => Err((StatusCode::UNPROCESSABLE_ENTITY, message)),
     };
-    after_key_change(&state, &viewer, outcome).await
+    after_key_change(&state, &viewer, outcome, Some(&form)).await
 }
 
 pub async fn rotate_key(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
     let outcome = ops::rotate_key(&state, &viewer.principal, &id).await.map_err(|f| (f.status, f.message));
-    after_key_change(&state, &viewer, outcome).await
+    after_key_change(&state, &viewer, outcome, None).await
 }
 
 pub async fn revoke_key(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
