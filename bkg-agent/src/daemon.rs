@@ -280,31 +280,43 @@ fn print_host_report(args: &AgentArgs) -> ExitCode {
     }
 }
 
-/// `--migrate-db`: one connection, the migrations, a line saying where bkg_db is now.
+/// `--migrate-db`: one connection, the migrations, a line saying which database is where now. A
+/// URL that can never connect is a usage error (exit 2), as it is for the agent itself; what
+/// the server says is exit 1.
 fn migrate_db(url: &str) -> ExitCode {
+    if let Err(error) = crate::sync::check_url(url) {
+        eprintln!("bkg-agent: --db-url: {error}");
+        return ExitCode::from(USAGE_EXIT);
+    }
+    let target = crate::sync::describe_target(url);
     let migrated =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| error.to_string()).and_then(
             |runtime| {
                 runtime.block_on(async {
-                    let mut client = crate::sync::connect(url).await?;
-                    Ok(crate::sync::migrate(&mut client).await?)
+                    let mut client = crate::sync::connect(url).await.map_err(|error| error.to_string())?;
+                    crate::sync::migrate(&mut client).await.map_err(|error| error.to_string())
                 })
             },
         );
     match migrated {
         Ok(migrated) if migrated.version > migrated.latest => {
             println!(
-                "bkg_db is at schema version {}, newer than this agent's {}: nothing to apply",
+                "bkg_db ({target}) is at schema version {}, newer than this agent's {}: nothing to apply",
                 migrated.version, migrated.latest
             );
             ExitCode::SUCCESS
         }
         Ok(migrated) => {
-            println!("bkg_db is at schema version {} ({} applied now)", migrated.version, migrated.applied.len());
+            println!(
+                "bkg_db ({target}) is at schema version {} ({} applied now)",
+                migrated.version,
+                migrated.applied.len()
+            );
             ExitCode::SUCCESS
         }
+        // The sync's errors say the server's message and the fix themselves, in one line.
         Err(error) => {
-            eprintln!("bkg-agent: {}", one_line(&error));
+            eprintln!("bkg-agent: {error}");
             ExitCode::from(1)
         }
     }

@@ -87,13 +87,13 @@ pub async fn db(settings: &Settings, args: DbArgs) -> Result<i32, CliError> {
             if out.is_json() {
                 out.json(&migrated)?;
             } else if migrated.version > migrated.latest {
-                out.note(format_args!(
+                out.line(format_args!(
                     "bkg_db is at schema version {}, newer than this agent's {}: nothing to apply (migrations only \
                      add, so this agent keeps working; upgrade it to use what the newer ones bring)",
                     migrated.version, migrated.latest
                 ));
             } else {
-                out.note(format_args!(
+                out.line(format_args!(
                     "bkg_db is at schema version {} ({} applied now)",
                     migrated.version,
                     migrated.applied.len()

@@ -719,8 +719,10 @@ fn a_bkg_db_behind_is_migrated_by_its_owner_and_one_ahead_is_said_to_be() {
         assert!(output.status.success(), "{}", stderr(&output));
         stdout(&output)
     };
+    let port = postgres.url().rsplit(':').next().and_then(|rest| rest.split('/').next()).unwrap_or_default().to_owned();
     let latest = migrate_as_owner();
-    assert!(latest.starts_with("bkg_db is at schema version ") && latest.contains(" applied now)"), "{latest}");
+    let named = format!("bkg_db (database postgres at 127.0.0.1:{port}) is at schema version ");
+    assert!(latest.starts_with(&named) && latest.contains(" applied now)"), "{latest}");
     let version: i32 = postgres.query("SELECT max(version) FROM bkg_schema_migrations").parse().expect("a version");
     // bkg_db as it was one version ago: the newest migration's objects and record gone.
     postgres.query(&format!(
@@ -734,7 +736,7 @@ fn a_bkg_db_behind_is_migrated_by_its_owner_and_one_ahead_is_said_to_be() {
     let migrate = agent.bkg().args(["db", "migrate"]).output().expect("bkg db migrate");
     assert_eq!(code(&migrate), 125, "{}", stderr(&migrate));
     assert!(stderr(&migrate).contains("BKG_DB_URL=OWNER_URL bkg-agent --migrate-db"), "{}", stderr(&migrate));
-    assert_eq!(migrate_as_owner(), format!("bkg_db is at schema version {version} (1 applied now)\n"));
+    assert_eq!(migrate_as_owner(), format!("{named}{version} (1 applied now)\n"));
     let migrate = agent.bkg().args(["db", "migrate", "--json"]).output().expect("bkg db migrate");
     assert_eq!(code(&migrate), 0, "{}", stderr(&migrate));
     let migrated: serde_json::Value = serde_json::from_slice(&migrate.stdout).expect("JSON");
@@ -748,11 +750,27 @@ fn a_bkg_db_behind_is_migrated_by_its_owner_and_one_ahead_is_said_to_be() {
     let migrate = agent.bkg().args(["db", "migrate"]).output().expect("bkg db migrate");
     assert_eq!(code(&migrate), 0, "{}", stderr(&migrate));
     assert!(
-        stderr(&migrate)
+        stdout(&migrate)
             .contains(&format!("bkg_db is at schema version {}, newer than this agent's {version}", version + 1)),
         "{}",
-        stderr(&migrate)
+        stdout(&migrate)
     );
+    // A URL that can never connect is a usage error, as for the agent; a refused login says the
+    // server's message once, with the fix.
+    let refused = |url: &str| {
+        let output = Command::new(bkg_tests::bin_dir().join("bkg-agent"))
+            .arg("--migrate-db")
+            .env("BKG_DB_URL", url)
+            .output()
+            .expect("bkg-agent --migrate-db");
+        (output.status.code(), stderr(&output))
+    };
+    let (exit, said) = refused(&postgres.url().replace("sslmode=disable", "sslmode=bogus"));
+    assert_eq!((exit, said.lines().count()), (Some(2), 1), "{said}");
+    let (exit, said) = refused(&url_as(&postgres, "agent_host", "wrong-password"));
+    assert_eq!((exit, said.lines().count()), (Some(1), 1), "{said}");
+    assert_eq!(said.matches("password authentication failed").count(), 1, "{said}");
+    assert!(said.contains("check the user and password in the bkg_db URL (BKG_DB_URL or --db-url)"), "{said}");
 }
 
 /// bkg_db over TLS, verified against the CA given in the URL; a certificate this host does not
@@ -870,6 +888,22 @@ fn an_agents_rows_are_written_only_by_its_own_login() {
         "2"
     );
 
+    // A namespace role made without `GRANT … TO bkg_agent`: a stream of that namespace still
+    // holds to it, and the agent says why it does not read as the role (found by a new-user
+    // trial: silent).
+    postgres.query(
+        "CREATE ROLE bkg_ns_beta LOGIN PASSWORD 'beta-password' IN ROLE bkg_namespace;
+         INSERT INTO bkg_namespace_roles (role, namespace) VALUES ('bkg_ns_beta', 'beta')",
+    );
+    let seen =
+        second.bkg().args(["watch", "--json", "--no-follow", "--namespace", "beta"]).output().expect("bkg watch");
+    assert_eq!(code(&seen), 0, "{}", stderr(&seen));
+    assert!(
+        second.log().contains("namespace role bkg_ns_beta exists but this agent's login may not act as it"),
+        "{}",
+        second.log()
+    );
+
     // The head still moves for the next batches of both logins.
     for agent in [&first, &second] {
         assert_eq!(runs(agent, 1, 1), 1);
@@ -899,4 +933,18 @@ fn an_agents_rows_are_written_only_by_its_own_login() {
         "{error}"
     );
     assert!(status["backlog"].as_u64().is_some_and(|backlog| backlog > 0), "nothing of it was shipped: {status}");
+    // bkg_db's copy, checked meanwhile, is intact and said not to hold what waits (found by a
+    // new-user trial: "intact" read as complete).
+    let verified = first
+        .bkg()
+        .args(["audit", "verify", "--from-db"])
+        .env("BKG_STATE_DIR", &first.state_dir)
+        .output()
+        .expect("audit verify");
+    assert_eq!(code(&verified), 0, "{}", stderr(&verified));
+    assert!(
+        stderr(&verified).contains("of this agent's events are not in bkg_db yet: the copy checked ends before them"),
+        "{}",
+        stderr(&verified)
+    );
 }

@@ -158,13 +158,23 @@ async fn namespace_role(client: &Client, namespace: &str) -> Result<Option<Strin
         .query_one(
             "SELECT CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = $1)
                           AND pg_has_role(current_user, $1::text, 'MEMBER')
-                     THEN format('SET LOCAL ROLE %I', $1::text) END",
+                     THEN format('SET LOCAL ROLE %I', $1::text) END,
+                    EXISTS (SELECT FROM pg_roles WHERE rolname = $1)",
             &[&role],
         )
         .await?;
-    let set_role: Option<String> = row.try_get(0)?;
-    if set_role.is_none() {
-        tracing::debug!(%namespace, "no namespace role to read the change feed as: filtering by namespace only");
+    let (set_role, exists): (Option<String>, bool) = (row.try_get(0)?, row.try_get(1)?);
+    match (&set_role, exists) {
+        (Some(_), _) => {}
+        // Found by a new-user trial: a role made without the grant was passed over in silence.
+        (None, true) => tracing::warn!(
+            %namespace,
+            "namespace role {role} exists but this agent's login may not act as it: the change feed filters by \
+             namespace itself; `GRANT \"{role}\" TO bkg_agent` (docs/operations.md) lets it read as the role"
+        ),
+        (None, false) => {
+            tracing::debug!(%namespace, "no namespace role to read the change feed as: filtering by namespace only")
+        }
     }
     Ok(set_role)
 }

@@ -44,6 +44,19 @@ pub fn check_url(db_url: &str) -> Result<(), SyncError> {
     tls_connector(config.get_ssl_mode(), root_cert.as_deref()).map(drop)
 }
 
+/// Which database `db_url` names, and where: `database bkg_db at db.example:5432`, never its
+/// login or password.
+pub fn describe_target(db_url: &str) -> String {
+    let Ok((config, _)) = parse_url(db_url) else { return "the URL given".to_owned() };
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("database {} at {host}:{port}", config.get_dbname().unwrap_or("postgres"))
+}
+
 /// Whether `db_url` holds a password: on the command line every local user can read it.
 pub fn has_password(db_url: &str) -> bool {
     parse_url(db_url).is_ok_and(|(config, _)| config.get_password().is_some())

@@ -22,7 +22,7 @@ mod worker;
 use std::future::Future;
 
 pub use bkg_schema::sync::{ParkedEvent, SyncStatus};
-pub use connect::{check_url, connect, connect_notified, has_password};
+pub use connect::{check_url, connect, connect_notified, describe_target, has_password};
 pub use schema::{ensure_namespace_role, latest_version, migrate};
 pub(crate) use ship::CHANGES_CHANNEL;
 pub use worker::{SyncConfig, SyncHandle, SyncWorker, jitter};
@@ -126,13 +126,16 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
         let fix = match db.code() {
             code if *code == SqlState::INSUFFICIENT_PRIVILEGE => {
-                ": the login lacks the right (an agent logs in as a member of bkg_agent; the schema's owner \
-                 migrates bkg_db, with `BKG_DB_URL=OWNER_URL bkg-agent --migrate-db`, docs/operations.md)"
+                ": the login lacks the right: migrations need the schema's owner (`BKG_DB_URL=OWNER_URL \
+                 bkg-agent --migrate-db`), and an agent's login must be a member of bkg_agent \
+                 (docs/operations.md)"
             }
             code if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
-                ": check the user and password in --db-url"
+                ": check the user and password in the bkg_db URL (BKG_DB_URL or --db-url)"
             }
-            code if *code == SqlState::INVALID_CATALOG_NAME => ": create that database, or fix its name in --db-url",
+            code if *code == SqlState::INVALID_CATALOG_NAME => {
+                ": create that database, or fix its name in the bkg_db URL (BKG_DB_URL or --db-url)"
+            }
             _ => "",
         };
         return format!("{} {}: {}{fix}", db.severity(), db.code().code(), db.message());
@@ -147,7 +150,7 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
                 .downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) =>
         {
-            format!("{error}: {source}: is PostgreSQL up, at the host and port --db-url names? (`bkg sync status`)")
+            format!("{error}: {source}: is PostgreSQL up, at the host and port the bkg_db URL names?")
         }
         Some(source) => format!("{error}: {source}"),
         None => error.to_string(),
