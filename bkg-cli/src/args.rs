@@ -1003,9 +1003,35 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
                 _ => error,
             });
         }
+        Err(error) if error.kind() == ErrorKind::DisplayHelp => match help_after_script(&unbuilt, &given) {
+            Some(rewritten) => command.try_get_matches_from_mut(&rewritten)?,
+            None => return Err(error),
+        },
         Err(error) => return Err(error),
     };
     T::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
+}
+
+/// `bkg exe tool.py --help` asks the script for its help, as `python3 tool.py --help` does (found
+/// by a new-user trial: bkg's help came instead and the script never ran): `given` with `--`
+/// before the help flag when a script comes before it. None when the help is bkg's: no script,
+/// or the flag before it.
+fn help_after_script(command: &clap::Command, given: &[std::ffi::OsString]) -> Option<Vec<std::ffi::OsString>> {
+    let exe = given.iter().position(|word| word == "exe")?;
+    let help = exe + given[exe..].iter().position(|word| word == "--help" || word == "-h")?;
+    let without: Vec<_> = given.iter().enumerate().filter(|(index, _)| *index != help).map(|(_, word)| word).collect();
+    let matches = command.clone().try_get_matches_from(&without).ok()?;
+    let (name, exe_matches) = matches.subcommand()?;
+    if name != "exe" || exe_matches.contains_id("code") {
+        return None;
+    }
+    let script = exe_matches.get_one::<String>("script")?;
+    given[exe + 1..help].iter().any(|word| word == script.as_str()).then(|| {
+        let mut rewritten = given[..help].to_vec();
+        rewritten.push("--".into());
+        rewritten.extend_from_slice(&given[help..]);
+        rewritten
+    })
 }
 
 /// `command` with no argument read from the environment, in every subcommand.
@@ -1034,6 +1060,24 @@ mod tests {
         paths(&Cli::command(), "", &mut found);
         let missing: Vec<&String> = found.iter().filter(|path| !EXAMPLES.iter().any(|(key, _)| key == path)).collect();
         assert!(missing.is_empty(), "commands without examples in args.rs EXAMPLES: {missing:?}");
+    }
+
+    #[test]
+    fn help_after_a_script_is_the_scripts() {
+        let rewritten = |words: &[&str]| {
+            let given: Vec<std::ffi::OsString> = words.iter().map(Into::into).collect();
+            help_after_script(&bkg_command(), &given)
+                .map(|words| words.iter().map(|word| word.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "))
+        };
+        assert_eq!(rewritten(&["bkg", "exe", "tool.py", "--help"]).as_deref(), Some("bkg exe tool.py -- --help"));
+        assert_eq!(
+            rewritten(&["bkg", "exe", "--memory", "1GiB", "exe", "-h", "x"]).as_deref(),
+            Some("bkg exe --memory 1GiB exe -- -h x")
+        );
+        for bkgs in [&["bkg", "exe", "--help"][..], &["bkg", "exe", "-h", "tool.py"], &["bkg", "ls", "--help"]] {
+            assert_eq!(rewritten(bkgs), None, "{bkgs:?}");
+        }
+        assert_eq!(rewritten(&["bkg", "exe", "-t", "python", "-c", "pass", "--help"]), None);
     }
 
     #[test]
