@@ -147,6 +147,25 @@ pub struct PathArgs {
     pub path: String,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunFileArgs {
+    /// The run's id: `id` in the result of `sandbox_run_code` or `sandbox_run_command`.
+    pub run_id: String,
+    /// `stdout` or `stderr` (kept whole when longer than a result holds), or a file the run kept,
+    /// as its result's `files` list names it.
+    pub path: String,
+    /// Where to start, in bytes; default 0.
+    #[serde(default)]
+    pub offset: u64,
+    /// How many bytes at most; default and most 1 MiB.
+    pub length: Option<u64>,
+}
+
+/// The most `run_read_file` returns in one call: a result's own output cap, so that a caller
+/// pages through output longer than a result holds as it read the result.
+const MCP_READ_BYTES: u64 = bkg_schema::OUTPUT_CAP_BYTES as u64;
+
 /// The largest file `sandbox_download` returns (base64 in a JSON answer); bigger ones go by the
 /// HTTP API's tar stream.
 const MCP_DOWNLOAD_BYTES: u64 = 16 * 1024 * 1024;
@@ -285,7 +304,7 @@ impl SandboxTools {
     }
 
     #[tool(description = "Run a Python or Node.js program in a sandbox and return its stdout, stderr, exit code and \
-        resource use.")]
+        resource use. Output longer than 1 MiB is cut (`truncated`); run_read_file reads the rest.")]
     async fn sandbox_run_code(
         &self,
         Extension(parts): Extension<Parts>,
@@ -520,6 +539,67 @@ impl SandboxTools {
         }))
     }
 
+    #[tool(description = "Read what a run kept: its whole stdout or stderr when the result held only the first \
+        MiB (`truncated`), or a file it kept (its result's `files`). Returns up to 1 MiB from `offset`, as `text` \
+        when that is UTF-8, else `content_base64`, with the file's `size` and `next_offset` (null at its end).")]
+    async fn run_read_file(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<RunFileArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        use futures_util::StreamExt as _;
+        let principal = principal_of(&parts)?;
+        let length = args.length.unwrap_or(MCP_READ_BYTES);
+        if length == 0 || length > MCP_READ_BYTES {
+            return Ok(refused(OpError::Invalid(format!(
+                "length {length}: ask for 1 to {MCP_READ_BYTES} bytes, and for the rest from next_offset"
+            ))));
+        }
+        let mut download = match self.operations.open_run_file(&principal, &args.run_id, &args.path).await {
+            Ok(download) => download,
+            Err(error) => return Ok(refused(error)),
+        };
+        let size = download.file.bytes;
+        if args.offset > size {
+            return Ok(refused(OpError::Invalid(format!(
+                "offset {} is past the end of {} ({size} bytes)",
+                args.offset, args.path
+            ))));
+        }
+        let end = size.min(args.offset + length);
+        let (mut at, mut piece) = (0_u64, Vec::new());
+        while at < end {
+            let Some(chunk) = download.content.next().await else { break };
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(error) => return Ok(refused(OpError::Unavailable(format!("{}: {error}", args.path)))),
+            };
+            let (from, to) = (args.offset.max(at), end.min(at + chunk.len() as u64));
+            if from < to {
+                piece.extend_from_slice(&chunk[(from - at) as usize..(to - at) as usize]);
+            }
+            at += chunk.len() as u64;
+        }
+        let next_offset = (end < size).then_some(end);
+        let mut answer = serde_json::json!({
+            "run_id": args.run_id,
+            "path": args.path,
+            "size": size,
+            "offset": args.offset,
+            "bytes": piece.len(),
+            "next_offset": next_offset,
+        });
+        // A cut through a character leaves text that is not UTF-8: such a page comes as base64.
+        match String::from_utf8(piece) {
+            Ok(text) => answer["text"] = serde_json::Value::String(text),
+            Err(error) => {
+                answer["content_base64"] =
+                    serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(error.into_bytes()))
+            }
+        }
+        structured(&answer)
+    }
+
     #[tool(description = "List a directory of a sandbox's /workspace: names, kinds, sizes, modes and times.")]
     async fn sandbox_list_files(
         &self,
@@ -560,21 +640,65 @@ impl ServerHandler for SandboxTools {
     }
 }
 
-/// Why the JSON-RPC request `message` has params its method cannot take, with the request's
-/// id, for the methods this server answers. rmcp reads a request whose params do not fit its
-/// method as a method it does not know, and answers -32601 with the method's name; a client is
-/// owed -32602 and what is wrong (found by a new-user trial). None for anything else, which
-/// rmcp answers itself.
-pub fn invalid_params(message: &serde_json::Value) -> Option<(serde_json::Value, String)> {
+/// JSON-RPC's "method not found".
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// JSON-RPC's "invalid params".
+pub const INVALID_PARAMS: i64 = -32602;
+
+/// The requests of the MCP specification a client may send a server; rmcp answers each (those
+/// of capabilities this server lacks with -32601 itself).
+const SPECIFIED_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "logging/setLevel",
+    "completion/complete",
+];
+
+/// The names of this server's tools, in order.
+fn tool_names() -> &'static [String] {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut names: Vec<String> =
+            SandboxTools::tool_router().list_all().into_iter().map(|tool| tool.name.into_owned()).collect();
+        names.sort_unstable();
+        names
+    })
+}
+
+/// Why the JSON-RPC request `message` is refused before rmcp reads it, with the request's id
+/// and the error's code, so that the client learns what is wrong (found by new-user trials: rmcp
+/// answers "tool not found", a bare method name for a method it does not know, and -32601 with
+/// the method's name for params that do not fit the method, which are owed -32602). None for
+/// anything else, which rmcp answers itself.
+pub fn refused_request(message: &serde_json::Value) -> Option<(serde_json::Value, i64, String)> {
     use serde_json::Value;
     let request = message.as_object()?;
     let id = request.get("id").filter(|id| id.is_string() || id.is_number())?.clone();
     let method = request.get("method")?.as_str()?;
+    if !SPECIFIED_METHODS.contains(&method) {
+        return Some((
+            id,
+            METHOD_NOT_FOUND,
+            format!(
+                "method `{method}` is not an MCP request; this server answers initialize, ping, tools/list and \
+                 tools/call"
+            ),
+        ));
+    }
     let params = request.get("params").filter(|params| !params.is_null());
     let fields = match params {
         None => None,
         Some(Value::Object(fields)) => Some(fields),
-        Some(_) => return Some((id, format!("{method}: params must be an object"))),
+        Some(_) => return Some((id, INVALID_PARAMS, format!("{method}: params must be an object"))),
     };
     let text = |name: &str| fields.and_then(|fields| fields.get(name)).is_some_and(Value::is_string);
     let object = |name: &str| fields.and_then(|fields| fields.get(name)).is_some_and(Value::is_object);
@@ -590,16 +714,28 @@ pub fn invalid_params(message: &serde_json::Value) -> Option<(serde_json::Value,
         "initialize" if !(text("protocolVersion") && object("capabilities") && object("clientInfo")) => {
             "initialize: params must have protocolVersion (a string), capabilities and clientInfo (objects)"
         }
+        "tools/call" => {
+            let name = fields.and_then(|fields| fields.get("name")).and_then(Value::as_str).unwrap_or_default();
+            if tool_names().iter().any(|tool| tool == name) {
+                return None;
+            }
+            let tools = tool_names().join(", ");
+            return Some((id, INVALID_PARAMS, format!("tools/call: there is no tool `{name}`; the tools are {tools}")));
+        }
         _ => return None,
     };
-    Some((id, why.to_owned()))
+    Some((id, INVALID_PARAMS, why.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
-    use super::invalid_params;
+    use super::{INVALID_PARAMS, METHOD_NOT_FOUND, refused_request};
+
+    fn invalid_params(message: &serde_json::Value) -> Option<(serde_json::Value, String)> {
+        refused_request(message).filter(|(_, code, _)| *code == INVALID_PARAMS).map(|(id, _, why)| (id, why))
+    }
 
     #[test]
     fn params_a_method_cannot_take_are_named_with_the_request_s_id() {
@@ -608,10 +744,12 @@ mod tests {
         let why = |message: serde_json::Value| {
             invalid_params(&message).map(|(id, why)| (id, why.split(':').next().map(str::to_owned)))
         };
-        assert_eq!(invalid_params(&call(json!({ "name": "sandbox_list" }))), None);
-        assert_eq!(invalid_params(&call(json!({ "name": "run", "arguments": { "code": "1" } }))), None);
-        assert_eq!(invalid_params(&call(json!({ "name": "run", "arguments": null }))), None);
-        for bad in [json!({}), json!({ "name": 5 }), json!({ "name": "run", "arguments": "x" }), json!(5), json!([1])] {
+        assert_eq!(invalid_params(&call(json!({ "name": "sandbox_list_files" }))), None);
+        assert_eq!(invalid_params(&call(json!({ "name": "sandbox_run_code", "arguments": { "code": "1" } }))), None);
+        assert_eq!(invalid_params(&call(json!({ "name": "sandbox_stop", "arguments": null }))), None);
+        for bad in
+            [json!({}), json!({ "name": 5 }), json!({ "name": "sandbox_stop", "arguments": "x" }), json!(5), json!([1])]
+        {
             assert_eq!(why(call(bad.clone())), Some((json!(7), Some("tools/call".to_owned()))), "{bad}");
         }
         let no_params = json!({ "jsonrpc": "2.0", "id": "a", "method": "tools/call" });
@@ -626,5 +764,20 @@ mod tests {
         assert_eq!(why(listed), Some((json!(2), Some("tools/list".to_owned()))));
         assert_eq!(invalid_params(&json!({ "jsonrpc": "2.0", "method": "tools/call" })), None);
         assert_eq!(invalid_params(&json!([{ "jsonrpc": "2.0", "id": 1, "method": "tools/call" }])), None);
+    }
+
+    #[test]
+    fn an_unknown_tool_or_method_is_named_with_what_there_is() {
+        let unknown = json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": { "name": "run" } });
+        let (id, code, why) = refused_request(&unknown).unwrap_or_default();
+        assert_eq!((id, code), (json!(3), INVALID_PARAMS));
+        assert!(why.starts_with("tools/call: there is no tool `run`; the tools are run_read_file, sandbox_download"));
+        let typo = json!({ "jsonrpc": "2.0", "id": 4, "method": "tools/lists" });
+        let (_, code, why) = refused_request(&typo).unwrap_or_default();
+        assert_eq!(code, METHOD_NOT_FOUND);
+        assert!(why.starts_with("method `tools/lists` is not an MCP request"), "{why}");
+        // What the specification has is rmcp's to answer, known or not to this server.
+        let prompts = json!({ "jsonrpc": "2.0", "id": 5, "method": "prompts/list" });
+        assert_eq!(refused_request(&prompts), None);
     }
 }

@@ -213,9 +213,9 @@ async fn params_checked(request: Request) -> Result<Request, Response> {
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| Failure::too_large(MAX_BODY_BYTES).into_response())?;
-    let invalid = serde_json::from_slice(&bytes).ok().and_then(|message| crate::mcp::invalid_params(&message));
-    if let Some((id, why)) = invalid {
-        let error = serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32602, "message": why } });
+    let refused = serde_json::from_slice(&bytes).ok().and_then(|message| crate::mcp::refused_request(&message));
+    if let Some((id, code, why)) = refused {
+        let error = serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": why } });
         return Err(axum::Json(error).into_response());
     }
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))

@@ -308,6 +308,26 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     assert_eq!(invalid.json()["id"], 9);
     assert_eq!(invalid.json()["error"]["code"], -32602, "{}", invalid.json());
     assert!(invalid.json()["error"]["message"].as_str().is_some_and(|text| text.contains("params.name")));
+    // An unknown tool and a method MCP does not have are named, with what there is (found by a
+    // new-user trial: "tool not found", and the bare method name).
+    let unknown = json!({ "jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": { "name": "run_code" } });
+    let unknown = team.send("POST", "/mcp", Some(&unknown), &mcp_accept).json();
+    assert_eq!((&unknown["id"], &unknown["error"]["code"]), (&json!(10), &json!(-32602)), "{unknown}");
+    assert!(
+        unknown["error"]["message"]
+            .as_str()
+            .is_some_and(|text| text.contains("there is no tool `run_code`; the tools are")),
+        "{unknown}"
+    );
+    let typo = json!({ "jsonrpc": "2.0", "id": 11, "method": "tools/lists" });
+    let typo = team.send("POST", "/mcp", Some(&typo), &mcp_accept).json();
+    assert_eq!((&typo["id"], &typo["error"]["code"]), (&json!(11), &json!(-32601)), "{typo}");
+    assert!(
+        typo["error"]["message"]
+            .as_str()
+            .is_some_and(|text| text.contains("method `tools/lists` is not an MCP request")),
+        "{typo}"
+    );
 
     // Admin-only endpoints.
     for client in [&team, &session, &model] {
@@ -1073,6 +1093,7 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
     assert_eq!(
         tools,
         [
+            "run_read_file",
             "sandbox_download",
             "sandbox_get_metrics",
             "sandbox_list_files",
@@ -1089,6 +1110,26 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
     assert!(summary["tools"].as_array().into_iter().flatten().all(|tool| tool["schema_type"] == "object"));
     assert_eq!(summary["started"]["namespace"], "agents", "MCP sandboxes are in the key's namespace");
     assert_eq!(summary["stdout"], "hello from mcp 45\n");
+    assert_eq!(
+        summary["long"],
+        json!({
+            "truncated": true,
+            "kept": ["stdout"],
+            "pages": [
+                { "offset": 0, "bytes": 1048576, "size": 1500003, "next": 1048576 },
+                { "offset": 1048576, "bytes": 451427, "size": 1500003, "next": null },
+            ],
+            "whole": true,
+        }),
+        "{summary}"
+    );
+    assert_eq!(summary["past_end"]["is_error"], true, "{summary}");
+    assert!(
+        summary["past_end"]["text"]
+            .as_str()
+            .is_some_and(|text| text.contains("is past the end of stdout (1500003 bytes)")),
+        "{summary}"
+    );
     assert_eq!(summary["uploaded_files"], 1, "{summary}");
     assert_eq!(summary["uploaded_path"], "/workspace/data/in.txt", "the file written: {summary}");
     assert_eq!(summary["outside"]["is_error"], true, "{summary}");

@@ -48,6 +48,25 @@ const ran = structured(
   }),
   "sandbox_run_code",
 );
+// Output longer than a result holds (1 MiB) is read whole with run_read_file, a page at a time
+// (found by a new-user trial: there was no way to it over MCP).
+const long = structured(
+  await client.callTool({
+    name: "sandbox_run_code",
+    arguments: { sandbox_id: started.sandbox_id, code: "import sys\nsys.stdout.write('0123456789' * 150000 + 'end')\n" },
+  }),
+  "sandbox_run_code",
+);
+const pages = [];
+for (let offset = 0; offset !== null && pages.length < 5; ) {
+  const page = structured(
+    await client.callTool({ name: "run_read_file", arguments: { run_id: long.id, path: "stdout", offset } }),
+    "run_read_file",
+  );
+  pages.push(page);
+  offset = page.next_offset;
+}
+const pastEnd = await client.callTool({ name: "run_read_file", arguments: { run_id: long.id, path: "stdout", offset: 9999999 } });
 // Node code in the Python sandbox: run by node, and recorded as node.
 const ranNode = structured(
   await client.callTool({
@@ -134,6 +153,13 @@ console.log(
     node_stdout: ranNode.stdout,
     node_language: ranNode.language,
     command_stdout: command.stdout,
+    long: {
+      truncated: long.truncated,
+      kept: (long.files ?? []).map((file) => file.path),
+      pages: pages.map((page) => ({ offset: page.offset, bytes: page.bytes, size: page.size, next: page.next_offset })),
+      whole: pages.map((page) => page.text).join("") === "0123456789".repeat(150000) + "end",
+    },
+    past_end: { is_error: pastEnd.isError === true, text: pastEnd.content?.[0]?.text ?? "" },
     command_run: command.id,
     metrics_run: metrics.id,
     metrics_exit_code: metrics.exit_code,
