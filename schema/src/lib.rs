@@ -356,6 +356,9 @@ pub enum KilledBy {
 }
 
 impl KilledBy {
+    pub const ALL: [KilledBy; 7] =
+        [Self::Timeout, Self::Memory, Self::Pids, Self::Disk, Self::Cancelled, Self::Shutdown, Self::Interrupted];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Timeout => "timeout",

@@ -382,6 +382,7 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
         "/ui/admin/audit?verify=1".to_owned(),
         "/ui/no-such-page".to_owned(),
         "/ui/assets/app.js".to_owned(),
+        "/ui/assets/favicon.svg".to_owned(),
     ];
     for page in pages {
         let answer = browser.get(&page);
@@ -391,6 +392,17 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
         assert_eq!(answer.header("x-content-type-options"), Some("nosniff"), "{page}");
         assert!(!answer.text().contains("<script>"), "{page} has an inline script");
     }
+    // Every page names its icon, which comes without a session (found by a new-user trial: the
+    // browser asked for /favicon.ico, which the API answers 401).
+    let mut stranger = Browser::new(&address);
+    assert!(
+        stranger
+            .get("/ui/login")
+            .text()
+            .contains(r#"<link rel="icon" type="image/svg+xml" href="/ui/assets/favicon.svg">"#)
+    );
+    let icon = stranger.get("/ui/assets/favicon.svg");
+    assert_eq!((icon.status, icon.header("content-type")), (200, Some("image/svg+xml")));
     // The UI's root, with or without its slash, as a person types it.
     for root in ["/ui", "/ui/"] {
         let answer = browser.get(root);
@@ -425,6 +437,26 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
         "{}",
         unreadable.text()
     );
+}
+
+/// Found by a new-user trial: a run the agent ended said "killed by cancelled" or "killed: timeout".
+#[test]
+fn a_run_the_agent_ended_says_how_in_words() {
+    let (agent, address, _files) = agent_on_tcp();
+    let mut browser = Browser::new(&address);
+    assert_eq!(browser.log_in_with_url(launch(&agent)["url"].as_str().unwrap_or_default()).status, 303);
+    let csrf = csrf_of(&browser.get("/ui/sandboxes"));
+    let created =
+        browser.post("/ui/sandboxes", &[("csrf", &csrf), ("name", "slow"), ("language", "python"), ("timeout", "1s")]);
+    assert_eq!(created.status, 303, "{}", created.text());
+    let page = created.header("location").unwrap_or_default().to_owned();
+    let events = run_code(&mut browser, &page, "import time\ntime.sleep(30)\n");
+    assert!(events.contains(r#""killed":"stopped at its time limit""#), "{events}");
+    let run = browser.get(&format!("/ui/runs/{}", run_id_of(&events)));
+    assert!(run.text().contains("stopped at its time limit"), "{}", run.text());
+    assert!(!run.text().contains("killed: timeout"), "{}", run.text());
+    let terminal = browser.get(&format!("{page}/terminal"));
+    assert!(terminal.text().contains("&quot;cancelled&quot;:&quot;cancelled&quot;"), "{}", terminal.text());
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The UI's stylesheet and script, built into the binary: nothing is fetched from elsewhere.
+//! The UI's stylesheet, script and icon, built into the binary: nothing is fetched from elsewhere.
 
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -6,11 +6,13 @@ use axum::response::{IntoResponse, Response};
 
 const APP_CSS: &str = include_str!("assets/app.css");
 const APP_JS: &str = include_str!("assets/app.js");
+const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
 
 pub async fn asset(Path(name): Path<String>) -> Response {
     let (body, content_type) = match name.as_str() {
         "app.css" => (APP_CSS, "text/css; charset=utf-8"),
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "favicon.svg" => (FAVICON_SVG, "image/svg+xml"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     let mut response = body.into_response();

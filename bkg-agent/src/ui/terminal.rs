@@ -35,7 +35,8 @@ pub async fn terminal(State(state): State<AppState>, viewer: Viewer, Path(id): P
         section.card {
             p #term-status role="status" { "Connecting…" }
             pre #term-screen.terminal role="log" aria-label="Terminal" tabindex="0"
-                data-socket={ "/ui/sandboxes/" (info.id) "/terminal/socket" } {}
+                data-socket={ "/ui/sandboxes/" (info.id) "/terminal/socket" }
+                data-killed=(crate::ui::view::killed_words_json()) {}
             form #term-form {
                 (csrf_field(&viewer))
                 label for="term-input" { "Input" }

@@ -280,7 +280,8 @@ struct Ended<'a> {
     id: &'a str,
     exit_code: Option<i32>,
     signal: Option<i32>,
-    killed_by: Option<bkg_schema::KilledBy>,
+    /// How the agent ended it, in words; none when it ended by itself.
+    killed: Option<&'static str>,
     wall: String,
     cpu: String,
     peak_memory: String,
@@ -292,7 +293,7 @@ fn ended(result: &RunResult) -> Ended<'_> {
         id: &result.id,
         exit_code: result.exit_code,
         signal: result.signal,
-        killed_by: result.killed_by,
+        killed: result.killed_by.map(crate::ui::view::killed_words),
         wall: millis(result.wall_ms),
         cpu: millis(result.cpu_ms),
         peak_memory: bytes(result.peak_memory_bytes),
@@ -408,10 +409,7 @@ fn outcome(run: &RunRecord) -> &'static str {
 fn outcome_badge(run: &RunRecord) -> Markup {
     let outcome = outcome(run);
     let label = match (run.killed_by, run.exit_code) {
-        (Some(killed_by), _) => format!(
-            "killed: {}",
-            serde_json::to_value(killed_by).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-        ),
+        (Some(killed_by), _) => crate::ui::view::killed_words(killed_by).to_owned(),
         (None, Some(code)) if outcome != "running" => format!("exit {code}"),
         _ => outcome.to_owned(),
     };

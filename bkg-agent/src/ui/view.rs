@@ -4,6 +4,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
+use bkg_schema::KilledBy;
 use maud::{DOCTYPE, Markup, html};
 
 use super::{CSRF_FIELD, Viewer};
@@ -23,6 +24,9 @@ fn frame(viewer: Option<&Viewer>, title: &str, body: Markup) -> Markup {
                 meta name="color-scheme" content="light dark";
                 title { (title) " · bkg" }
                 link rel="stylesheet" href="/ui/assets/app.css";
+                // Named, so that a browser does not ask for /favicon.ico, which the API refuses
+                // without a key (found by a new-user trial: a 401 in every page's console).
+                link rel="icon" type="image/svg+xml" href="/ui/assets/favicon.svg";
                 script src="/ui/assets/app.js" defer {}
             }
             body {
@@ -180,6 +184,27 @@ pub fn millis(ms: u64) -> String {
 }
 
 /// A value with a button that copies it.
+/// How a run the agent ended ended, in the UI's words (found by a new-user trial: "killed by
+/// cancelled"). The terminal's script reads them from its page (`killed_words_json`).
+pub fn killed_words(killed_by: KilledBy) -> &'static str {
+    match killed_by {
+        KilledBy::Timeout => "stopped at its time limit",
+        KilledBy::Memory => "killed at its memory limit",
+        KilledBy::Pids => "killed at its process limit",
+        KilledBy::Disk => "ended with its disk full",
+        KilledBy::Cancelled => "cancelled",
+        KilledBy::Shutdown => "stopped as the agent stopped",
+        KilledBy::Interrupted => "interrupted: the agent stopped before it ended",
+    }
+}
+
+/// [`killed_words`] of every way, by `killed_by`'s JSON name, for a page's script.
+pub fn killed_words_json() -> String {
+    let words: serde_json::Map<String, serde_json::Value> =
+        KilledBy::ALL.iter().map(|way| (way.as_str().to_owned(), killed_words(*way).into())).collect();
+    serde_json::Value::Object(words).to_string()
+}
+
 pub fn copyable(value: &str) -> Markup {
     html! {
         span.copyable {

@@ -208,7 +208,7 @@ function runForm() {
 function showResult(summary, result) {
   summary.textContent = "";
   summary.className = "";
-  const ended = result.killed_by ? "killed by " + result.killed_by
+  const ended = result.killed ? result.killed
     : result.exit_code !== null ? "exit code " + result.exit_code : "signal " + result.signal;
   const strong = document.createElement("strong");
   strong.textContent = ended;
@@ -489,7 +489,8 @@ function terminalPage() {
       } else if (message.type === "result") {
         ended = true;
         const result = message.result;
-        say("The shell ended: " + (result.killed_by ? "killed by " + result.killed_by
+        const killed = JSON.parse(pre.dataset.killed || "{}");
+        say("The shell ended: " + (result.killed_by ? killed[result.killed_by] || result.killed_by
           : result.exit_code !== null ? "exit code " + result.exit_code : "signal " + result.signal) + ".");
       } else if (message.type === "error") {
         ended = true;
