@@ -283,14 +283,11 @@ impl SandboxTools {
             scripts: BTreeMap::new(),
             restart: Default::default(),
         };
+        // The refusal's fix names cave.yaml and the agent's flags; here it is this tool's argument.
         let created = self.operations.create_sandbox(&principal, new).await.map_err(|error| {
-            // The refusal's fix names cave.yaml and the agent's flags; here it is this tool's argument.
-            match error.limit_above_maximum() {
-                Some((name @ ("memory" | "timeout"), asked, allowed)) => OpError::Invalid(format!(
-                    "{name} {asked} is above this agent's maximum, {allowed}: ask for at most that with `{name}`"
-                )),
-                _ => error,
-            }
+            error.with_limit_fix(|name| {
+                matches!(name, "memory" | "timeout").then(|| format!("ask for at most that with `{name}`"))
+            })
         });
         answer(created.map(|info| {
             serde_json::json!({

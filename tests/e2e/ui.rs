@@ -290,6 +290,14 @@ fn forms_issue_a_key_once_give_refused_input_back_and_the_audit_names_keys() {
     let text = refused.text();
     assert!(text.contains(r#"value="web""#) && text.contains(r#"value="lots""#), "{text}");
     assert!(text.contains(r#"<option value="node" selected>"#) && text.contains(">A=1</textarea>"), "{text}");
+    // A limit above the agent's maximum names the form's field, not cave.yaml or the agent's flags.
+    let csrf = csrf_of(&browser.get("/ui/sandboxes"));
+    let refused = browser
+        .post("/ui/sandboxes", &[("csrf", &csrf), ("name", "big"), ("language", "python"), ("memory", "1000GiB")]);
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let text = refused.text();
+    assert!(text.contains("ask for at most that in the Memory field"), "{text}");
+    assert!(!text.contains("--max-") && !text.contains("cave.yaml"), "{text}");
 
     // The audit page names the key a key record is about (found by a new-user trial: blank).
     let audit = browser.get("/ui/admin/audit?action=key.created");
@@ -576,6 +584,12 @@ fn a_notebooks_cells_share_their_variables_until_the_session_restarts() {
     }
     start_session(&mut alice, &sandbox);
     let csrf = csrf_of(&alice.get(&format!("{sandbox}/notebook")));
+    // The Run form, while the notebook's session holds the sandbox, says so in the page's terms
+    // (found by a new-user trial: it named `bkg exec` and `bkg stop`).
+    let beside = alice.post(&format!("{sandbox}/run"), &[("csrf", &csrf), ("language", "python"), ("code", "1")]);
+    assert_eq!(beside.status, 409, "{}", beside.text());
+    assert!(beside.text().contains("session holds it: run code in its Notebook"), "{}", beside.text());
+    assert!(!beside.text().contains("bkg "), "{}", beside.text());
 
     let (status, first, text) = run_cell(&mut alice, &sandbox, &csrf, "x = 6*7");
     assert_eq!(status, 200, "{text}");

@@ -109,12 +109,14 @@ pub enum Refusal {
 }
 
 impl OpError {
-    /// A limit above the agent's maximum (a transport words the fix its own way): the limit's
-    /// name, what was asked and what is allowed.
-    pub fn limit_above_maximum(&self) -> Option<(&'static str, &str, &str)> {
-        match self {
-            Self::Run(RunError::LimitAboveMaximum { name, asked, allowed, .. }) => Some((name, asked, allowed)),
-            _ => None,
+    /// A limit above the agent's maximum with its fix in a transport's terms: `fix` words it
+    /// for the limit's name (the service's names cave.yaml and the agent's flags), or keeps the
+    /// service's with None. Any other error is kept.
+    pub fn with_limit_fix(self, fix: impl Fn(&str) -> Option<String>) -> Self {
+        let Self::Run(RunError::LimitAboveMaximum { name, asked, allowed, .. }) = &self else { return self };
+        match fix(name) {
+            Some(fix) => Self::Invalid(format!("{name} {asked} is above this agent's maximum, {allowed}: {fix}")),
+            None => self,
         }
     }
 

@@ -23,7 +23,7 @@ pub use crate::service::{AuditFilter, KeyPolicy, NamespaceSummary, RunOutput, Ru
 
 use crate::auth::Principal;
 use crate::server::{AppState, Failure};
-use crate::service::{Accepted, HealthVerdict, RunInput};
+use crate::service::{Accepted, HealthVerdict, OpError, RunInput};
 
 pub type OpResult<T> = Result<T, Failure>;
 
@@ -73,7 +73,19 @@ pub async fn get_sandbox(state: &AppState, principal: &Principal, id: &str) -> O
 }
 
 pub async fn create_sandbox(state: &AppState, principal: &Principal, new: NewSandbox) -> OpResult<SandboxInfo> {
-    Ok(state.service.create_sandbox(principal, new).await?)
+    // The service's fix names cave.yaml and the agent's flags; here it is the form's field.
+    state.service.create_sandbox(principal, new).await.map_err(|error| {
+        let field = |name: &str| match name {
+            "cpus" => Some("CPUs"),
+            "memory" => Some("Memory"),
+            "timeout" => Some("Timeout"),
+            "disk" => Some("Disk"),
+            _ => None,
+        };
+        error
+            .with_limit_fix(|name| field(name).map(|field| format!("ask for at most that in the {field} field")))
+            .into()
+    })
 }
 
 pub async fn delete_sandbox(state: &AppState, principal: &Principal, id: &str) -> OpResult<()> {
@@ -95,12 +107,29 @@ pub async fn run_code(
     language: Language,
     code: &str,
 ) -> OpResult<CodeRun> {
-    let accepted = state.service.accept_code(principal, id, language, code).await?;
+    let accepted = match state.service.accept_code(principal, id, language, code).await {
+        Ok(accepted) => accepted,
+        Err(error) if error.is_busy() => return Err(busy(state, principal, id).await.into()),
+        Err(error) => return Err(error.into()),
+    };
     // No input but the script: the closed channel is the end of stdin.
     let (_, input) = mpsc::channel::<RunInput>(1);
     let (output_tx, output) = mpsc::channel(64);
     let result = state.service.start(accepted, input, Some(output_tx));
     Ok(CodeRun { output, result })
+}
+
+/// Why a sandbox cannot take a run now, in the UI's terms: the service's refusal names the
+/// CLI's commands (`bkg exec`, `bkg stop`), which a page's user has not got (found by a new-user
+/// trial).
+async fn busy(state: &AppState, principal: &Principal, id: &str) -> OpError {
+    OpError::Conflict(match sandbox_session(state, principal, id).await {
+        Ok(Some(session)) => format!(
+            "this sandbox's {} session holds it: run code in its Notebook, or end the session there first",
+            session.language.as_str()
+        ),
+        _ => "this sandbox is busy with another run or a file transfer: run this again once that has ended".to_owned(),
+    })
 }
 
 /// The sandbox's interpreter session, if it has one (one per sandbox; `bkg repl`'s too).
