@@ -122,7 +122,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand init" -l socket -d 'The agent\'s
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand init" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand init" -s y -l yes -d 'Never ask: use the flags and defaults (also the case without a terminal or with CI set)'
-complete -c bkg -n "__fish_bkg_using_subcommand init" -l force -d 'Overwrite an existing cave.yaml'
+complete -c bkg -n "__fish_bkg_using_subcommand init" -l force -d 'Overwrite an existing cave.yaml, keeping it as cave.yaml.bak'
 complete -c bkg -n "__fish_bkg_using_subcommand init" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand init" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand add" -s t -l type -d 'The language: python or node' -r -f -a "python\t''

@@ -445,7 +445,7 @@ pub struct InitArgs {
     /// Never ask: use the flags and defaults (also the case without a terminal or with CI set).
     #[arg(short = 'y', long)]
     pub yes: bool,
-    /// Overwrite an existing cave.yaml.
+    /// Overwrite an existing cave.yaml, keeping it as cave.yaml.bak.
     #[arg(long)]
     pub force: bool,
     /// The namespace [default: default]

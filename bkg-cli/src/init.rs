@@ -49,7 +49,16 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
         let hint = if dir.is_file() { ": it is a file; give the project's directory (made if missing)" } else { "" };
         CliError::usage(format!("cannot create {}: {error}{hint}", dir.display()))
     })?;
+    // --force replaces the file, and keeps the one it replaces beside it: nothing the user
+    // wrote is lost (found by a new-user trial: it was gone without a word).
+    let kept = match path.symlink_metadata() {
+        Ok(_) => Some(keep_beside(&path)?),
+        Err(_) => None,
+    };
     write_atomically(&path, &text)?;
+    if let Some(kept) = kept {
+        settings.out.note(format_args!("the cave.yaml it replaces is kept as {}", kept.display()));
+    }
     make_state_dir(&dir)?;
     let first = match &answers.first {
         Some((name, sandbox)) => {
@@ -75,6 +84,21 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
         ));
     }
     Ok(SUCCESS)
+}
+
+/// Copies `path` to the first free name of `cave.yaml.bak`, `cave.yaml.bak.1`, … beside it.
+fn keep_beside(path: &Path) -> Result<PathBuf, CliError> {
+    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let backup = (0..1000)
+        .map(|index| match index {
+            0 => path.with_file_name(format!("{name}.bak")),
+            index => path.with_file_name(format!("{name}.bak.{index}")),
+        })
+        .find(|candidate| candidate.symlink_metadata().is_err())
+        .ok_or_else(|| CliError::usage(format!("{}.bak … .bak.999 are all taken: remove some", path.display())))?;
+    std::fs::copy(path, &backup)
+        .map_err(|error| CliError::usage(format!("cannot keep {} as {}: {error}", path.display(), backup.display())))?;
+    Ok(backup)
 }
 
 /// Prompts only with someone to answer them: both ends on a terminal, and not asked to skip.

@@ -216,11 +216,18 @@ fn init_yes_writes_a_valid_file_and_a_git_ignored_state_folder_once() {
     assert!(stderr(&output).contains("already exists: use --force"), "{}", stderr(&output));
     assert_eq!(fs::read_to_string(project.join("cave.yaml")).expect("cave.yaml"), written);
 
-    // --force overwrites; without a terminal no question is asked even without --yes.
+    // --force overwrites, keeping the file it replaces beside it; without a terminal no
+    // question is asked even without --yes.
+    let before = written;
     let output = bkg(&project, &["init", "--force"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let written = fs::read_to_string(project.join("cave.yaml")).expect("cave.yaml");
     assert!(written.ends_with("version: 1\nnamespace: default\nsandboxes: {}\n"), "{written}");
+    assert_eq!(fs::read_to_string(project.join("cave.yaml.bak")).expect("cave.yaml.bak"), before);
+    assert!(stderr(&output).contains("the cave.yaml it replaces is kept as ./cave.yaml.bak"), "{}", stderr(&output));
+    let output = bkg(&project, &["init", "--force"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(fs::read_to_string(project.join("cave.yaml.bak.1")).expect("cave.yaml.bak.1"), written);
 }
 
 #[test]
