@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use bkg_schema::artefacts::RunFileKind;
-use bkg_schema::frame::{self, FrameKind, STREAM_PROTOCOL};
+use bkg_schema::frame::{self, FrameKind, RUN_ID_HEADER, STREAM_PROTOCOL};
 use bkg_schema::units::{format_duration_ms, format_size};
 use bkg_schema::{ApiError, KilledBy, RunResult};
 use reqwest::header::{CONNECTION, UPGRADE};
@@ -74,6 +74,7 @@ pub async fn run_keeping_out_dir(
     if response.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
         return Err(api_error(response).await);
     }
+    let run_id = response.headers().get(RUN_ID_HEADER).and_then(|value| value.to_str().ok()).map(str::to_owned);
     let upgraded = client
         .bounded(async {
             response
@@ -115,7 +116,7 @@ pub async fn run_keeping_out_dir(
         }
     });
 
-    let outcome = receive(client, &mut reader, (output, out), spinner, archive.as_ref()).await;
+    let outcome = receive(client, &mut reader, (output, out), spinner, archive.as_ref(), run_id.as_deref()).await;
     stdin_task.abort();
     cancel_task.abort();
     let unpacked = match archive {
@@ -471,8 +472,21 @@ async fn receive(
     (output, out): (Output, crate::out::Printer),
     mut spinner: Option<crate::progress::Spinner>,
     archive: Option<&crate::files_cmd::Unpacker>,
+    run_id: Option<&str>,
 ) -> Result<RunResult, CliError> {
-    let lost = |_| CliError::new(BKG_FAILED, "the agent closed the connection before the run ended");
+    // Which run, so that it can be looked up once the agent is back (found by a new-user trial:
+    // an agent that crashed mid-run left no way to it).
+    let lost = |_| {
+        CliError::new(
+            BKG_FAILED,
+            match run_id {
+                Some(id) => format!(
+                    "the agent closed the connection before run {id} ended: `bkg runs show {id}` says how it ended"
+                ),
+                None => "the agent closed the connection before the run ended".to_owned(),
+            },
+        )
+    };
     let mut stdout_lines = LineBuffer::default();
     let mut stderr_lines = LineBuffer::default();
     // What reached our stdout and stderr: the result may hold what the agent could not send.

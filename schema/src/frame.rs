@@ -6,6 +6,10 @@ use thiserror::Error;
 /// The value of the `Upgrade` header that asks for a streamed run.
 pub const STREAM_PROTOCOL: &str = "bkg-stream/1";
 
+/// The header of the upgrade's answer that names the run, so that a caller whose connection is
+/// cut before the result can still say which run it was.
+pub const RUN_ID_HEADER: &str = "bkg-run-id";
+
 /// Largest payload one frame may carry. Output frames are far smaller; a `Result` frame holds
 /// up to two capped streams, JSON-escaped (at worst six bytes per byte), in one frame.
 pub const MAX_FRAME_PAYLOAD: usize = 16 * 1024 * 1024;

@@ -296,7 +296,7 @@ fn detached_sleeper(agent: &Agent) -> (tempfile::TempDir, String) {
 fn a_run_cut_off_by_a_crash_is_closed_as_interrupted_at_the_next_start() {
     let mut agent = Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() });
     let (project, _) = detached_sleeper(&agent);
-    let mut temporary = long_run(&agent, "import time\ntime.sleep(300)");
+    let temporary = long_run(&agent, "import time\ntime.sleep(300)");
     wait_for_active_runs(&agent, 2);
     let mut open = Vec::new();
     wait_until("both runs are recorded as started", Duration::from_secs(30), || {
@@ -311,7 +311,12 @@ fn a_run_cut_off_by_a_crash_is_closed_as_interrupted_at_the_next_start() {
     });
 
     agent.crash();
-    assert_eq!(temporary.wait().expect("bkg exe ends with its agent").code(), Some(125));
+    let cut = temporary.wait_with_output().expect("bkg exe ends with its agent");
+    assert_eq!(cut.status.code(), Some(125));
+    // It names its run, to be looked up once the agent is back (found by a new-user trial).
+    let said = String::from_utf8_lossy(&cut.stderr).into_owned();
+    let named = open.iter().find(|id| said.contains(&format!("before run {id} ended: `bkg runs show {id}`")));
+    assert!(named.is_some(), "{said}");
     agent.spawn(&AgentOptions { warm_pool: 0, ..AgentOptions::default() });
 
     for id in &open {

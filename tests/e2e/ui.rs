@@ -400,6 +400,14 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
         assert_eq!(answer.header("x-content-type-options"), Some("nosniff"), "{page}");
         assert!(!answer.text().contains("<script>"), "{page} has an inline script");
     }
+    // A mistyped address keeps a signed-in user's navigation (found by a new-user trial: none).
+    let missing = browser.get("/ui/no-such-page");
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.text().contains("There is no such page.") && missing.text().contains("Log out"),
+        "{}",
+        missing.text()
+    );
     // Every page names its icon, which comes without a session (found by a new-user trial: the
     // browser asked for /favicon.ico, which the API answers 401).
     let mut stranger = Browser::new(&address);

@@ -133,7 +133,16 @@ await step("a user logs in, creates a sandbox, runs print(6*7), sees 42 stream i
   await page.getByRole("button", { name: "Create" }).click();
   await page.waitForURL(/\/ui\/sandboxes\/demo-/);
   sandboxUrl = page.url();
-  await page.getByLabel("Code", { exact: true }).fill("print(6*7)");
+  // Tab indents in the code box, and Escape then Tab moves on.
+  const code = page.getByLabel("Code", { exact: true });
+  await code.fill("if True:\n");
+  await code.press("Control+End");
+  await code.press("Tab");
+  await code.pressSequentially("print(6*7)");
+  assert.equal(await code.inputValue(), "if True:\n    print(6*7)");
+  await code.press("Escape");
+  await code.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement?.id), "run-button");
   await page.getByRole("button", { name: "Run" }).click();
   await page.locator("#run-output").filter({ hasText: "42" }).waitFor();
   await page.locator("#run-exit").waitFor();

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bkg_schema::frame::{self, FrameKind, STREAM_PROTOCOL};
+use bkg_schema::frame::{self, FrameKind, RUN_ID_HEADER, STREAM_PROTOCOL};
 use bkg_schema::{ApiError, ErrorCode, RunRecord, RunRequest, RunResult};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -72,6 +72,7 @@ pub async fn dispatch(service: Arc<Service>, mut parts: axum::http::request::Par
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return Failure::bad_request("this connection cannot be upgraded").into_response();
     };
+    let run_id = HeaderValue::from_str(accepted.run_id()).ok();
     // Shutdown waits until the caller has been sent the result frame.
     let in_flight = service.run_in_flight();
     tokio::spawn(async move {
@@ -85,6 +86,9 @@ pub async fn dispatch(service: Arc<Service>, mut parts: axum::http::request::Par
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(STREAM_PROTOCOL));
+    if let Some(run_id) = run_id {
+        response.headers_mut().insert(RUN_ID_HEADER, run_id);
+    }
     response
 }
 

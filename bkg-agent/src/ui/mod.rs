@@ -84,16 +84,26 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/sync", get(admin::sync))
         .route("/admin/sync/retry", post(admin::sync_retry))
         // A route, not a fallback: the gatekeeper lets only matched UI routes through keyless.
-        .route("/{*unknown}", get(|| async { view::error_page(None, StatusCode::NOT_FOUND, "There is no such page.") }))
+        .route("/{*unknown}", get(no_such_page))
         // A visit to a form's address (a bookmarked or reloaded POST) gets a page, not the API's JSON.
-        .method_not_allowed_fallback(|| async {
-            view::error_page(
-                None,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "This address is a form's action: use its button on the page it belongs to.",
-            )
-        })
+        .method_not_allowed_fallback(not_a_page)
         .layer(axum::middleware::from_fn_with_state(state, guard))
+}
+
+/// An error page with the navigation of the viewer's session when there is one (found by a
+/// new-user trial: a mistyped address left a signed-in user with no way on but "Back").
+async fn error_for(state: &AppState, parts: &mut Parts, status: StatusCode, message: &str) -> Response {
+    let viewer = Viewer::from_request_parts(parts, state).await.ok();
+    view::error_page(viewer.as_ref(), status, message)
+}
+
+async fn no_such_page(State(state): State<AppState>, mut parts: Parts) -> Response {
+    error_for(&state, &mut parts, StatusCode::NOT_FOUND, "There is no such page.").await
+}
+
+async fn not_a_page(State(state): State<AppState>, mut parts: Parts) -> Response {
+    let message = "This address is a form's action: use its button on the page it belongs to.";
+    error_for(&state, &mut parts, StatusCode::METHOD_NOT_ALLOWED, message).await
 }
 
 /// `/ui/`, which the nested router's "/" (`/ui` alone) does not match: the same redirect, behind

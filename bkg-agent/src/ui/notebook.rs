@@ -71,7 +71,7 @@ pub async fn notebook(State(state): State<AppState>, viewer: Viewer, Path(id): P
                     textarea.cell-code rows="4" spellcheck="false" autocapitalize="off" {}
                     div.actions {
                         button.cell-run type="button" { "Run" }
-                        small.muted { "Ctrl+Enter runs" }
+                        small.muted { "Ctrl+Enter runs; Tab indents (Esc, then Tab, moves on)" }
                     }
                     pre.output.cell-output tabindex="0" aria-live="polite" hidden {}
                 }

@@ -220,7 +220,7 @@ pub async fn sandbox(State(state): State<AppState>, viewer: Viewer, Path(id): Pa
                 label for="code" { "Code" }
                 textarea #code name="code" rows="10" spellcheck="false" autocapitalize="off" { (sample) }
                 div.actions {
-                    button #run-button type="submit" { "Run" } small.muted { "Ctrl+Enter runs" }
+                    button #run-button type="submit" { "Run" } small.muted { "Ctrl+Enter runs; Tab indents (Esc, then Tab, moves on)" }
                 }
             }
             div #run-live hidden {
@@ -607,7 +607,7 @@ fn keys_page(
                                             (csrf_field(viewer)) button.small.danger type="submit" aria-label={ "Revoke " (key.id) } { "Revoke" }
                                         }
                                     } @else {
-                                        span.muted { "none: revoked" }
+                                        span.muted { "—" }
                                     }
                                 }
                             }

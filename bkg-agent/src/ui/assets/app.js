@@ -173,6 +173,7 @@ function runForm() {
   const summary = document.getElementById("run-summary");
   const live = document.getElementById("run-live");
   const button = document.getElementById("run-button");
+  indentsWithTab(form.elements.code);
   form.elements.code.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); form.requestSubmit(); }
   });
@@ -202,6 +203,21 @@ function runForm() {
     } finally {
       button.disabled = false;
     }
+  });
+}
+
+// Tab in a code box indents by four spaces, as in an editor (found by a new-user trial: it left
+// the box). Escape first lets the next Tab move on, so the keyboard is never trapped there.
+function indentsWithTab(box) {
+  let leaving = false;
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") { leaving = true; return; }
+    if (event.key !== "Tab" || event.shiftKey || event.ctrlKey || event.altKey || event.metaKey || leaving) {
+      leaving = false;
+      return;
+    }
+    event.preventDefault();
+    box.setRangeText("    ", box.selectionStart, box.selectionEnd, "end");
   });
 }
 
@@ -302,6 +318,7 @@ function notebook() {
     const run = cell.querySelector(".cell-run");
     run.setAttribute("aria-label", "Run cell " + count);
     run.addEventListener("click", () => runCell(cell));
+    indentsWithTab(code);
     code.addEventListener("keydown", (event) => {
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey || event.shiftKey)) { event.preventDefault(); runCell(cell); }
     });
