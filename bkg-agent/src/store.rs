@@ -1126,17 +1126,24 @@ mod tests {
         Ok(())
     }
 
-    /// A log begun again beside a store whose outbox holds later events is refused: its seqs
-    /// would be those the outbox has, and its events never reach the change feed or bkg_db (found
-    /// by a new-user trial who moved the audit directory aside, as the agent's advice said then).
-    #[tokio::test]
-    async fn a_log_begun_again_beside_a_store_with_later_events_is_refused() -> TestResult {
+    /// A state directory whose store (its `state.db`, closed) and log hold one run's start.
+    async fn a_closed_store_with_one_run() -> Result<(tempfile::TempDir, std::path::PathBuf), Box<dyn std::error::Error>>
+    {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("state.db");
         let store = Store::open(&path, AuditLog::open(dir.path())?)?;
         store.run_started(&caller(), started("run_1", None, 10)).await?;
         store.durable().await;
         drop(store);
+        Ok((dir, path))
+    }
+
+    /// A log begun again beside a store whose outbox holds later events is refused: its seqs
+    /// would be those the outbox has, and its events never reach the change feed or bkg_db (found
+    /// by a new-user trial who moved the audit directory aside, as the agent's advice said then).
+    #[tokio::test]
+    async fn a_log_begun_again_beside_a_store_with_later_events_is_refused() -> TestResult {
+        let (dir, path) = a_closed_store_with_one_run().await?;
         std::fs::rename(dir.path().join("audit"), dir.path().join("audit.old"))?;
         std::fs::rename(dir.path().join("audit.key"), dir.path().join("audit.key.old"))?;
         let refused = Store::open(&path, AuditLog::open(dir.path())?).err().ok_or("a log begun again was taken")?;
@@ -1148,12 +1155,7 @@ mod tests {
     /// forget every run, key and sandbox without a word (found by a new-user trial).
     #[tokio::test]
     async fn an_empty_store_beside_a_log_with_history_is_refused() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("state.db");
-        let store = Store::open(&path, AuditLog::open(dir.path())?)?;
-        store.run_started(&caller(), started("run_1", None, 10)).await?;
-        store.durable().await;
-        drop(store);
+        let (dir, path) = a_closed_store_with_one_run().await?;
         std::fs::write(&path, b"")?;
         for extra in ["state.db-wal", "state.db-shm"] {
             let _ = std::fs::remove_file(dir.path().join(extra));

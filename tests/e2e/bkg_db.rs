@@ -133,13 +133,18 @@ pub(crate) fn wait_synced(agent: &Agent) -> serde_json::Value {
     }
 }
 
-fn verify(agent: &Agent, from_db: bool) {
+/// `bkg audit verify` of `agent`'s own chain, from its files or (`from_db`) bkg_db's copy.
+fn audit_verify(agent: &Agent, from_db: bool) -> std::process::Output {
     let mut command = agent.bkg();
     command.args(["audit", "verify"]).env("BKG_STATE_DIR", &agent.state_dir);
     if from_db {
         command.arg("--from-db");
     }
-    let output = command.output().expect("audit verify");
+    command.output().expect("audit verify")
+}
+
+fn verify(agent: &Agent, from_db: bool) {
+    let output = audit_verify(agent, from_db);
     assert_eq!(code(&output), 0, "audit verify (from_db {from_db}): {}", stderr(&output));
     assert!(stderr(&output).contains("chain intact"), "{}", stderr(&output));
     // Found by a new-user trial: bkg_db's copy was said to be "in 1 file".
@@ -645,12 +650,7 @@ fn audit_verify_from_db_names_what_was_tampered_with_in_bkg_db() {
         ))
     };
     let verify_fails = |what: &str, seq: &str| {
-        let output = agent
-            .bkg()
-            .args(["audit", "verify", "--from-db"])
-            .env("BKG_STATE_DIR", &agent.state_dir)
-            .output()
-            .expect("audit verify");
+        let output = audit_verify(&agent, true);
         assert_eq!(code(&output), 1, "{what}: {}", stderr(&output));
         let said = format!("{}{}", stdout(&output), stderr(&output));
         assert!(said.contains(seq), "{what}: the report names seq {seq}: {said}");
@@ -689,12 +689,7 @@ fn audit_verify_from_db_through_a_narrow_login_says_so_instead_of_tampering() {
     drop(owner);
     postgres.query("CREATE ROLE narrow LOGIN PASSWORD 'narrow-password' IN ROLE bkg_namespace");
     let agent = agent_with_db(&url_as(&postgres, "narrow", "narrow-password"));
-    let output = agent
-        .bkg()
-        .args(["audit", "verify", "--from-db"])
-        .env("BKG_STATE_DIR", &agent.state_dir)
-        .output()
-        .expect("audit verify");
+    let output = audit_verify(&agent, true);
     assert_eq!(code(&output), 125, "{}", stderr(&output));
     assert!(
         stderr(&output).contains("bkg_db login `narrow` reads only the rows row-level security gives it"),
@@ -935,12 +930,7 @@ fn an_agents_rows_are_written_only_by_its_own_login() {
     assert!(status["backlog"].as_u64().is_some_and(|backlog| backlog > 0), "nothing of it was shipped: {status}");
     // bkg_db's copy, checked meanwhile, is intact and said not to hold what waits (found by a
     // new-user trial: "intact" read as complete).
-    let verified = first
-        .bkg()
-        .args(["audit", "verify", "--from-db"])
-        .env("BKG_STATE_DIR", &first.state_dir)
-        .output()
-        .expect("audit verify");
+    let verified = audit_verify(&first, true);
     assert_eq!(code(&verified), 0, "{}", stderr(&verified));
     assert!(
         stderr(&verified).contains("of this agent's events are not in bkg_db yet: the copy checked ends before them"),
