@@ -236,7 +236,8 @@ impl AgentProcess {
 
 /// The sync to bkg_db in a line: healthy or failing, what waits, what to run for the rest.
 pub fn sync_state(sync: &bkg_schema::sync::SyncStatus) -> String {
-    let waiting = format!("{} events waiting · {} parked", sync.backlog, sync.parked);
+    let waiting =
+        format!("{} waiting · {} parked", crate::out::count(sync.backlog as usize, "event", "events"), sync.parked);
     match (&sync.last_error, sync.failures) {
         (Some(error), failures) if failures > 0 => {
             format!("failing ({failures} attempts): {error} · {waiting} (`bkg sync status`)")

@@ -53,8 +53,8 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
         && view.status.backlog > 0
     {
         settings.out.note(format_args!(
-            "{} of this agent's events are not in bkg_db yet: the copy checked ends before them (`bkg sync status`)",
-            view.status.backlog
+            "{} not in bkg_db yet: the copy checked ends before them (`bkg sync status`)",
+            crate::out::count(view.status.backlog as usize, "of this agent's events is", "of this agent's events are")
         ));
     }
     let from = format!("bkg_db's copy of agent {}", key.agent_id());

@@ -409,7 +409,10 @@ async fn bkg_db(client: &AgentClient) -> Option<Check> {
     } else if status.parked > 0 {
         Check::warn(
             name,
-            format!("bkg_db is reachable and migrated; {} events are parked", status.parked),
+            format!(
+                "bkg_db is reachable and migrated; {} parked",
+                crate::out::count(status.parked as usize, "event is", "events are")
+            ),
             "see `bkg sync status`, then `bkg sync retry`",
         )
     } else if status.last_success_ms.is_some() {
