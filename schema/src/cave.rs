@@ -905,8 +905,12 @@ impl CaveFile {
                     fail(&["sandboxes", name, "ports", &index.to_string()], error.to_string());
                 }
             }
+            // Among the valid ones: an invalid entry must not hide a port taken twice (found by
+            // a new-user trial).
+            let valid: Vec<String> =
+                sandbox.ports.iter().filter(|port| crate::egress::PortMapping::parse(port).is_ok()).cloned().collect();
             if let Err(error @ crate::egress::EgressError::PortTwice { .. }) =
-                crate::egress::PortMapping::parse_all(&sandbox.ports)
+                crate::egress::PortMapping::parse_all(&valid)
             {
                 fail(&["sandboxes", name, "ports"], error.to_string());
             }
@@ -1456,6 +1460,15 @@ sandboxes:
                 "host port 127.0.0.1:18777 is forwarded twice: `127.0.0.1:18777:8000` and `18777:8001`"
             )]
         );
+    }
+
+    #[test]
+    fn a_host_port_forwarded_twice_is_found_beside_an_invalid_entry() {
+        let text =
+            "version: 1\nsandboxes:\n  api:\n    type: python\n    ports: [\"999.0.0.1:8080:80\", \"18777:8000\", \"18777:8001\"]\n";
+        let errors = errors_of(text);
+        let found: Vec<&str> = errors.iter().map(|error| error.pointer.as_str()).collect();
+        assert_eq!(found, ["/sandboxes/api/ports", "/sandboxes/api/ports/0"], "{errors:?}");
     }
 
     #[test]
