@@ -141,7 +141,9 @@ pub fn sandbox_table(sandboxes: &[SandboxInfo], declared: &[Declared], width: Op
     let mut rows: Vec<Vec<String>> = made.chain(not_made).collect();
     rows.sort_by(|a, b| (&a[5], &a[0]).cmp(&(&b[5], &b[0])));
     let project = if mixed { "PROJECT (NAMESPACE)" } else { "PROJECT" };
-    crate::table::render(&["NAME", "TYPE", "STATE", "LAST EXIT", "DISK", project], &[4], &[5], rows, width)
+    // The project's path is not wrapped: one cut in two cannot be copied (found by a new-user
+    // trial on a narrow terminal).
+    crate::table::render(&["NAME", "TYPE", "STATE", "LAST EXIT", "DISK", project], &[4], &[], rows, width)
 }
 
 /// What the sandbox is doing in a word: a service waiting to be started again after a failure

@@ -122,7 +122,7 @@ fn files_table(files: &RunFiles) -> String {
     let rows = files.files.iter().map(|file| {
         vec![file.path.clone(), file.kind.as_str().to_owned(), format_size(file.bytes), file.sha256.clone()]
     });
-    crate::table::render(&["PATH", "KIND", "SIZE", "SHA256"], &[2], &[0], rows, crate::table::width())
+    crate::table::render(&["PATH", "KIND", "SIZE", "SHA256"], &[2], &[], rows, crate::table::width())
 }
 
 /// Where a kept file goes under `dir`: its path as listed, which must stay under `dir`.
