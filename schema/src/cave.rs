@@ -1464,8 +1464,7 @@ sandboxes:
 
     #[test]
     fn a_host_port_forwarded_twice_is_found_beside_an_invalid_entry() {
-        let text =
-            "version: 1\nsandboxes:\n  api:\n    type: python\n    ports: [\"999.0.0.1:8080:80\", \"18777:8000\", \"18777:8001\"]\n";
+        let text = "version: 1\nsandboxes:\n  api:\n    type: python\n    ports: [\"999.0.0.1:8080:80\", \"18777:8000\", \"18777:8001\"]\n";
         let errors = errors_of(text);
         let found: Vec<&str> = errors.iter().map(|error| error.pointer.as_str()).collect();
         assert_eq!(found, ["/sandboxes/api/ports", "/sandboxes/api/ports/0"], "{errors:?}");

@@ -264,6 +264,13 @@ fn a_broken_warm_sandbox_is_replaced_not_handed_to_a_run() {
     wait_until("the warm sandbox's pid 1 has ended", Duration::from_secs(30), || {
         live_children_of(agent.pid()).iter().all(|pid| !victims.contains(pid))
     });
+    // Not listed as warm while it waits to be replaced (found by a new-user trial).
+    let status = agent.status_json();
+    assert_eq!(
+        (status["warm_sandboxes"].as_u64(), &status["warm_pool"]),
+        (Some(0), &serde_json::json!([])),
+        "{status}"
+    );
     hello_runs(&agent);
     let metrics = socket_request(&agent.socket, "GET", "/metrics", None).1;
     assert!(metrics.contains("bkg_warm_sandboxes_replaced_total 1"), "{metrics}");

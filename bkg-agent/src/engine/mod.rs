@@ -304,12 +304,17 @@ impl Engine {
     }
 
     /// The prepared sandboxes waiting in the pool, oldest first, with the memory each holds now.
+    /// The warm sandboxes that can take a run: one broken from outside is replaced when a run
+    /// claims it, and is not listed meanwhile (found by a new-user trial).
     pub fn warm_pool(&self) -> Vec<bkg_schema::WarmSandbox> {
-        self.pool.describe_ready(|sandbox| bkg_schema::WarmSandbox {
-            id: sandbox.id.clone(),
-            memory_bytes: sandbox.cgroup.memory_now().unwrap_or(0),
-            started_ahead: sandbox.started_ahead,
-        })
+        let described = self.pool.describe_ready(|sandbox| {
+            sandbox.broken().is_none().then(|| bkg_schema::WarmSandbox {
+                id: sandbox.id.clone(),
+                memory_bytes: sandbox.cgroup.memory_now().unwrap_or(0),
+                started_ahead: sandbox.started_ahead,
+            })
+        });
+        described.into_iter().flatten().collect()
     }
 
     pub fn prestarted_runs(&self) -> u64 {
