@@ -577,6 +577,16 @@ impl SandboxTools {
             }
             at += chunk.len() as u64;
         }
+        // A page ends on a character's boundary where the text is UTF-8, so that each page comes
+        // as text, not base64 (found by a new-user trial: one `é` cut at 1 MiB made both pages
+        // base64).
+        let end = match std::str::from_utf8(&piece) {
+            Err(error) if error.error_len().is_none() && error.valid_up_to() > 0 && end < size => {
+                piece.truncate(error.valid_up_to());
+                args.offset + piece.len() as u64
+            }
+            _ => end,
+        };
         let next_offset = (end < size).then_some(end);
         let mut answer = serde_json::json!({
             "run_id": args.run_id,

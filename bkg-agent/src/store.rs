@@ -354,11 +354,13 @@ impl Store {
         self.committed.notified().await;
     }
 
-    /// Hands out again every synced event after `seq` (bkg_db was restored from an older backup).
-    pub async fn outbox_requeue_after(&self, seq: u64) -> Result<(), StoreError> {
+    /// Hands out again every synced event after `seq` (bkg_db was restored from an older backup);
+    /// returns how many.
+    pub async fn outbox_requeue_after(&self, seq: u64) -> Result<u64, StoreError> {
         self.with(move |db| {
-            db.execute("UPDATE outbox SET synced = 0 WHERE seq > ?1", params![seq as i64])?;
-            Ok(())
+            let requeued =
+                db.execute("UPDATE outbox SET synced = 0 WHERE seq > ?1 AND synced = 1", params![seq as i64])?;
+            Ok(requeued as u64)
         })
         .await
     }
@@ -910,7 +912,7 @@ impl crate::sync::Outbox for Store {
         self.outbox_backlog().await.map_err(outbox_error)
     }
 
-    async fn requeue_after(&self, seq: u64) -> Result<(), crate::sync::SyncError> {
+    async fn requeue_after(&self, seq: u64) -> Result<u64, crate::sync::SyncError> {
         self.outbox_requeue_after(seq).await.map_err(outbox_error)
     }
 

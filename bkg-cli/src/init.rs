@@ -51,7 +51,10 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     })?;
     // --force replaces the file, and keeps the one it replaces beside it: nothing the user
     // wrote is lost (found by a new-user trial: it was gone without a word).
+    // One the same as what is written needs no copy (found by a new-user trial: `.bak.1`s of
+    // the default file).
     let kept = match path.symlink_metadata() {
+        Ok(_) if std::fs::read_to_string(&path).is_ok_and(|old| old == text) => None,
         Ok(_) => Some(keep_beside(&path)?),
         Err(_) => None,
     };

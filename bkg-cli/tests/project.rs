@@ -225,9 +225,17 @@ fn init_yes_writes_a_valid_file_and_a_git_ignored_state_folder_once() {
     assert!(written.ends_with("version: 1\nnamespace: default\nsandboxes: {}\n"), "{written}");
     assert_eq!(fs::read_to_string(project.join("cave.yaml.bak")).expect("cave.yaml.bak"), before);
     assert!(stderr(&output).contains("the cave.yaml it replaces is kept as ./cave.yaml.bak"), "{}", stderr(&output));
+    // The same file again: nothing to keep.
     let output = bkg(&project, &["init", "--force"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert_eq!(fs::read_to_string(project.join("cave.yaml.bak.1")).expect("cave.yaml.bak.1"), written);
+    assert!(!project.join("cave.yaml.bak.1").exists() && !stderr(&output).contains("kept as"));
+    fs::write(project.join("cave.yaml"), format!("{written}# mine\n")).expect("edit cave.yaml");
+    let output = bkg(&project, &["init", "--force"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        fs::read_to_string(project.join("cave.yaml.bak.1")).expect("cave.yaml.bak.1"),
+        format!("{written}# mine\n")
+    );
 }
 
 #[test]

@@ -1116,8 +1116,8 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
             "truncated": true,
             "kept": ["stdout"],
             "pages": [
-                { "offset": 0, "bytes": 1048576, "size": 1500003, "next": 1048576 },
-                { "offset": 1048576, "bytes": 451427, "size": 1500003, "next": null },
+                { "offset": 0, "bytes": 1048575, "size": 1400001, "next": 1048575 },
+                { "offset": 1048575, "bytes": 351426, "size": 1400001, "next": null },
             ],
             "whole": true,
         }),
@@ -1127,7 +1127,7 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
     assert!(
         summary["past_end"]["text"]
             .as_str()
-            .is_some_and(|text| text.contains("is past the end of stdout (1500003 bytes)")),
+            .is_some_and(|text| text.contains("is past the end of stdout (1400001 bytes)")),
         "{summary}"
     );
     assert_eq!(summary["uploaded_files"], 1, "{summary}");

@@ -796,6 +796,36 @@ fn bkg_db_over_tls_is_verified_and_an_untrusted_certificate_says_what_to_do() {
     }
 }
 
+/// Found by a new-user trial: an agent pointed at a bkg_db that lacks its earlier events (a new
+/// or restored database) sends them again, and that showed as a sync failure ("event N follows
+/// 0") in `bkg sync status` long after. It is not one.
+#[test]
+fn an_agent_moved_to_a_new_bkg_db_sends_its_history_again_without_a_failure() {
+    let postgres = Postgres::start();
+    let mut agent = agent_with_db(&postgres.url());
+    assert_eq!(runs(&agent, 1, 1), 1);
+    wait_synced(&agent);
+    postgres.query("CREATE DATABASE moved");
+    let moved = postgres.url().replace("/postgres?", "/moved?");
+    agent.stop();
+    agent.spawn(&AgentOptions { extra_args: vec!["--db-url".into(), moved.clone()], ..AgentOptions::default() });
+    assert_eq!(runs(&agent, 1, 1), 1);
+    let status = wait_synced(&agent);
+    assert_eq!(
+        (&status["failures"], &status["last_error"]),
+        (&serde_json::json!(0), &serde_json::Value::Null),
+        "{status}"
+    );
+    assert!(agent.log().contains("sending them again"), "{}", agent.log());
+    let id = agent_id(&agent);
+    let held = Command::new("psql")
+        .arg(&moved)
+        .args(["-tAX", "-c", &format!("SELECT count(*) = max(seq) FROM audit_events WHERE agent_id = '{id}'")])
+        .output()
+        .expect("psql");
+    assert_eq!(stdout(&held).trim(), "t", "the whole history, without a hole: {}", stderr(&held));
+}
+
 /// The URL of `postgres` with login `role` (password `password`) in place of the owner.
 fn url_as(postgres: &Postgres, role: &str, password: &str) -> String {
     let url = postgres.url();

@@ -281,6 +281,7 @@ fn forms_issue_a_key_once_give_refused_input_back_and_the_audit_names_keys() {
     let text = refused.text();
     assert!(text.contains(r#"value="nightly-ci""#) && text.contains(r#"value="soon""#), "{text}");
     assert!(text.contains(r#"<option value="session" selected>"#), "{text}");
+    assert!(text.contains("lifetime: `soon` is not a duration: use one like 12h, 7d or 30d"), "{text}");
     let csrf = csrf_of(&browser.get("/ui/sandboxes"));
     let refused = browser.post(
         "/ui/sandboxes",
@@ -309,8 +310,11 @@ fn forms_issue_a_key_once_give_refused_input_back_and_the_audit_names_keys() {
     let text = rotated.text();
     assert!(text.contains("shown only this once") && text.contains("bkg_admin_"), "{text}");
     assert!(text.contains("It was the key of this session, which has ended"), "{text}");
+    // A signed-out page: no navigation of the session, its cookie cleared (found by a new-user
+    // trial: it still looked signed in).
+    assert!(!text.contains("Log out") && !browser.cookies.contains_key("bkg_session"), "{text}");
     let next = browser.get("/ui/keys");
-    assert_eq!((next.status, next.header("location")), (303, Some("/ui/login?ended=key")));
+    assert_eq!((next.status, next.header("location")), (303, Some("/ui/login")));
 
     // A visit to a form's address gets a page saying so (found by a new-user trial: raw JSON).
     let mut visitor = Browser::new(&address);

@@ -49,11 +49,12 @@ const ran = structured(
   "sandbox_run_code",
 );
 // Output longer than a result holds (1 MiB) is read whole with run_read_file, a page at a time
-// (found by a new-user trial: there was no way to it over MCP).
+// (found by a new-user trial: there was no way to it over MCP); a page ends on a character's
+// boundary, so each comes as text (the 1 MiB mark falls inside an "é" here).
 const long = structured(
   await client.callTool({
     name: "sandbox_run_code",
-    arguments: { sandbox_id: started.sandbox_id, code: "import sys\nsys.stdout.write('0123456789' * 150000 + 'end')\n" },
+    arguments: { sandbox_id: started.sandbox_id, code: "import sys\nsys.stdout.write('a' + '\\u00e9' * 700000)\n" },
   }),
   "sandbox_run_code",
 );
@@ -157,7 +158,7 @@ console.log(
       truncated: long.truncated,
       kept: (long.files ?? []).map((file) => file.path),
       pages: pages.map((page) => ({ offset: page.offset, bytes: page.bytes, size: page.size, next: page.next_offset })),
-      whole: pages.map((page) => page.text).join("") === "0123456789".repeat(150000) + "end",
+      whole: pages.map((page) => page.text).join("") === "a" + "\u00e9".repeat(700000),
     },
     past_end: { is_error: pastEnd.isError === true, text: pastEnd.content?.[0]?.text ?? "" },
     command_run: command.id,

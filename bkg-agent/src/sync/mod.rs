@@ -66,8 +66,9 @@ pub trait Outbox: Send + Sync + 'static {
     fn backlog(&self) -> impl Future<Output = Result<Backlog, SyncError>> + Send;
     /// bkg_db holds this agent's events only up to `seq` (it was restored from an older backup):
     /// hand out again, from `pending`, every event after `seq` the outbox still has. The worker
-    /// calls it when the next pending event does not follow what bkg_db holds.
-    fn requeue_after(&self, seq: u64) -> impl Future<Output = Result<(), SyncError>> + Send;
+    /// calls it when the next pending event does not follow what bkg_db holds. Returns how many
+    /// it handed out again: none when the outbox itself lacks them.
+    fn requeue_after(&self, seq: u64) -> impl Future<Output = Result<u64, SyncError>> + Send;
     /// bkg_db refused event `seq` for `reason`: count the attempt, and park the event when it has
     /// had `max_attempts`. Returns whether it was parked now.
     fn attempt_failed(

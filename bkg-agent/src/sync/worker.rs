@@ -136,12 +136,22 @@ impl<O: Outbox> SyncWorker<O> {
                     // wait ends early when new events come.
                     if shipped == self.config.batch { None } else { Some((self.config.idle_poll, Wait::Idle)) }
                 }
+                // bkg_db lacks this agent's earlier events (a new or restored database): they
+                // are sent again at once. Not a failure, which `bkg sync status` would show as
+                // its last error long after (found by a new-user trial).
+                // A hole in the outbox itself (nothing to send again) is a failure, below.
+                Err(SyncError::Gap { agent_id, after, found })
+                    if self.outbox.requeue_after(after).await.is_ok_and(|requeued| requeued > 0) =>
+                {
+                    tracing::info!(
+                        %agent_id,
+                        after,
+                        found,
+                        "bkg_db lacks this agent's events after {after}: sending them again"
+                    );
+                    None
+                }
                 Err(error) => {
-                    if let SyncError::Gap { after, .. } = &error
-                        && let Err(requeue) = self.outbox.requeue_after(*after).await
-                    {
-                        tracing::warn!(error = %requeue, "could not requeue the outbox after a gap");
-                    }
                     let parked = match &error {
                         SyncError::Event { seq, reason } => {
                             match self.outbox.attempt_failed(*seq, reason, self.config.max_attempts).await {

@@ -157,6 +157,13 @@ pub async fn login_token(
 
 /// Ends the session here (the cookie is worthless from now on) and, for a password login, its
 /// session key.
+/// `response` with session `session_id` ended: closed on the agent, its cookie cleared.
+pub fn signed_out(state: &AppState, session_id: &str, mut response: Response) -> Response {
+    state.ui.close(session_id);
+    response.headers_mut().append(header::SET_COOKIE, cookie_header(state, SESSION_COOKIE, "", Some(0)));
+    response
+}
+
 pub async fn logout(State(state): State<AppState>, viewer: Viewer) -> Response {
     if let Some(session) = state.ui.close(&viewer.session_id)
         && let Identity::Key { own: true, .. } = session.identity

@@ -552,6 +552,17 @@ fn key_status(key: &KeyInfo) -> Markup {
     }
 }
 
+/// A key's new secret, shown once.
+fn new_secret(issued: &IssuedKey) -> Markup {
+    html! {
+        section.card.secret role="status" {
+            h2 { "The new secret of " (issued.info.id) }
+            p { "Copy it now: it is shown only this once." }
+            (copyable(&issued.key))
+        }
+    }
+}
+
 fn keys_page(
     viewer: &Viewer,
     keys: &[KeyInfo],
@@ -567,16 +578,7 @@ fn keys_page(
     let may_issue = matches!(viewer.principal.role(), Role::Admin | Role::Namespace);
     let body = html! {
         @if let Some(error) = error { p.error role="alert" { (error) } }
-        @if let Some(issued) = issued {
-            section.card.secret role="status" {
-                h2 { "The new secret of " (issued.info.id) }
-                p { "Copy it now: it is shown only this once." }
-                (copyable(&issued.key))
-                @if viewer.principal.key_id() == Some(issued.info.id.as_str()) {
-                    p { "It was the key of this session, which has ended: " a href="/ui/login" { "sign in again" } " with the new secret." }
-                }
-            }
-        }
+        @if let Some(issued) = issued { (new_secret(issued)) }
         @if keys.is_empty() {
             p.empty { "No keys to show." }
         } @else {
@@ -664,7 +666,10 @@ pub struct NewKeyForm {
 fn key_request(form: &NewKeyForm) -> Result<CreateKeyRequest, String> {
     let role: Role = serde_json::from_value(serde_json::Value::String(form.role.trim().to_owned()))
         .map_err(|_| format!("unknown role `{}`", form.role))?;
-    let ttl_ms = optional(&form.ttl, bkg_schema::parse_duration_ms, "lifetime")?;
+    // A key's lifetime is hours or days: examples of those, not a run's seconds (found by a
+    // new-user trial).
+    let ttl_ms = optional(&form.ttl, bkg_schema::parse_duration_ms, "lifetime")
+        .map_err(|_| format!("lifetime: `{}` is not a duration: use one like 12h, 7d or 30d", form.ttl.trim()))?;
     Ok(CreateKeyRequest {
         role,
         namespace: Some(form.namespace.trim().to_owned()).filter(|text| !text.is_empty()),
@@ -682,11 +687,15 @@ async fn after_key_change(
     match outcome {
         // The keys page shows the secret, reached by a redirect, so that a reload issues nothing
         // again (found by a new-user trial: it issued, or rotated, once more). The key of this
-        // very session is the exception: its rotation ended the session, whose next page is the
-        // login, so the secret is shown in this answer.
+        // very session is the exception: its rotation ended the session, so this answer shows
+        // the secret on a signed-out page and clears the session's cookie (found by a new-user
+        // trial: the page still looked signed in).
         Ok(issued) if viewer.principal.key_id() == Some(issued.info.id.as_str()) => {
-            let keys = ops::list_keys(state, &viewer.principal).await.unwrap_or_default();
-            keys_page(viewer, &keys, Some(&issued), None, None, StatusCode::OK)
+            let body = html! {
+                (new_secret(&issued))
+                p { "It was the key of this session, which has ended: " a href="/ui/login" { "sign in again" } " with the new secret." }
+            };
+            super::auth_pages::signed_out(state, &viewer.session_id, page(None, "Key rotated", body).into_response())
         }
         Ok(issued) => {
             state.ui.show_once(&viewer.session_id, issued);
