@@ -423,6 +423,8 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
     );
     let icon = stranger.get("/ui/assets/favicon.svg");
     assert_eq!((icon.status, icon.header("content-type")), (200, Some("image/svg+xml")));
+    let asked = stranger.get("/favicon.ico");
+    assert_eq!((asked.status, asked.header("location")), (308, Some("/ui/assets/favicon.svg")));
     // The UI's root, with or without its slash, as a person types it.
     for root in ["/ui", "/ui/"] {
         let answer = browser.get(root);

@@ -43,7 +43,15 @@ pub const CSRF_FIELD: &str = "csrf";
 
 /// Whether the gatekeeper's route (a matched path) belongs to the UI.
 pub fn is_ui_route(route: &str) -> bool {
-    route == "/ui" || route.starts_with("/ui/")
+    route == "/ui" || route.starts_with("/ui/") || route == FAVICON_ROUTE
+}
+
+/// Where browsers look for a site's icon when a page names none (a bookmark, a tab opened on
+/// an API URL): sent to the UI's own (found by a new-user trial: the API's 401 JSON).
+pub const FAVICON_ROUTE: &str = "/favicon.ico";
+
+pub async fn favicon() -> Redirect {
+    Redirect::permanent("/ui/assets/favicon.svg")
 }
 
 /// Routes that log in: their CSRF token is the login cookie's, there being no session yet.
