@@ -989,8 +989,8 @@ impl Watched {
             undelivered_bytes,
             stdout_bytes: self.stdout.total,
             stderr_bytes: self.stderr.total,
-            stdout: String::from_utf8_lossy(&self.stdout.kept).into_owned(),
-            stderr: String::from_utf8_lossy(&self.stderr.kept).into_owned(),
+            stdout: self.stdout.text(),
+            stderr: self.stderr.text(),
             limits,
             security_level: None,
             denials: super::denials::of_run(&self.denied_syscalls, killed_by),
@@ -1044,6 +1044,16 @@ impl Captured {
         }
         self.kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
+
+    /// What was kept, as text: a character the cap cut in two is left out rather than shown as
+    /// U+FFFD (found by a new-user trial); other bytes that are not UTF-8 are U+FFFD.
+    fn text(&self) -> String {
+        let whole = match std::str::from_utf8(&self.kept) {
+            Err(error) if self.truncated && error.error_len().is_none() => &self.kept[..error.valid_up_to()],
+            _ => &self.kept[..],
+        };
+        String::from_utf8_lossy(whole).into_owned()
+    }
 }
 
 #[cfg(test)]
@@ -1059,5 +1069,18 @@ mod tests {
         assert!(captured.truncated);
         assert_eq!(captured.kept.len(), OUTPUT_CAP_BYTES);
         assert_eq!(captured.total, OUTPUT_CAP_BYTES as u64 + 2);
+    }
+
+    #[test]
+    fn a_character_the_cap_cuts_is_left_out_of_the_text() {
+        let mut captured = Captured::default();
+        captured.push(&vec![b'a'; OUTPUT_CAP_BYTES - 1]);
+        captured.push("é".as_bytes());
+        assert!(captured.truncated);
+        assert_eq!(captured.text().len(), OUTPUT_CAP_BYTES - 1);
+        assert!(captured.text().ends_with('a'));
+        let mut broken = Captured::default();
+        broken.push(b"a\xffb");
+        assert_eq!(broken.text(), "a\u{fffd}b");
     }
 }
