@@ -35,6 +35,9 @@ pub enum EgressError {
     Rule(String),
     #[error("`{0}` is not a port mapping: use [ADDRESS:]HOST_PORT:SANDBOX_PORT, e.g. 127.0.0.1:8080:8000")]
     Port(String),
+    /// The form is right, its address is not one (found by a new-user trial: it was told the form).
+    #[error("`{address}` in `{mapping}` is not an IP address: give one such as 127.0.0.1, 0.0.0.0 or [::1]")]
+    PortAddress { address: String, mapping: String },
     #[error("host port {host} is forwarded twice: `{first}` and `{second}`")]
     PortTwice { host: String, first: String, second: String },
 }
@@ -260,7 +263,11 @@ impl PortMapping {
             [sandbox, host] => (IpAddr::V4(Ipv4Addr::LOCALHOST), port(host)?, port(sandbox)?),
             [sandbox, host, address] => {
                 let address = address.trim_start_matches('[').trim_end_matches(']');
-                (address.parse().map_err(|_| refuse())?, port(host)?, port(sandbox)?)
+                let parsed = address.parse().map_err(|_| EgressError::PortAddress {
+                    address: address.to_owned(),
+                    mapping: text.trim().to_owned(),
+                })?;
+                (parsed, port(host)?, port(sandbox)?)
             }
             _ => return Err(refuse()),
         };
@@ -445,5 +452,11 @@ mod tests {
         for bad in ["", "0", "a:1", "1:2:3:4", "x:1:2", "70000:1"] {
             assert!(PortMapping::parse(bad).is_err(), "{bad}");
         }
+        // The form right, the address not one: the address is named, not the form.
+        let said = PortMapping::parse("999.0.0.1:8080:80").err().map(|error| error.to_string()).unwrap_or_default();
+        assert_eq!(
+            said,
+            "`999.0.0.1` in `999.0.0.1:8080:80` is not an IP address: give one such as 127.0.0.1, 0.0.0.0 or [::1]"
+        );
     }
 }
