@@ -115,9 +115,12 @@ pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
 pub fn sandbox_table(sandboxes: &[SandboxInfo], declared: &[Declared], width: Option<u16>) -> String {
     let mixed = sandboxes.iter().any(|info| info.namespace != sandboxes[0].namespace);
     let made = sandboxes.iter().map(|info| {
+        // One made through the API, MCP or the Web UI has no project: its directory is the
+        // agent's (found by a new-user trial: it showed as if it were the user's project).
+        let dir = if info.has_project { info.project_dir.as_str() } else { "(no project)" };
         let project = match mixed {
-            true => format!("{} ({})", info.project_dir, info.namespace),
-            false => info.project_dir.clone(),
+            true => format!("{dir} ({})", info.namespace),
+            false => dir.to_owned(),
         };
         vec![
             info.name.clone(),

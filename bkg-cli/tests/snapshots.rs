@@ -214,6 +214,10 @@ fn tables() {
         serde_json::from_value(serde_json::json!({ "state": "restarting", "restart": "on-failure", "restarts": 2 }))
             .expect("a service's health"),
     );
+    // One made through the API, MCP or the Web UI has no project of its own.
+    mixed.push(sandboxes[1].clone());
+    (mixed[2].name, mixed[2].namespace, mixed[2].has_project) = ("from-mcp".into(), "team-a".into(), false);
+    mixed[2].project_dir = "/var/lib/bkg/namespaces/team-a".into();
     text.push_str("--- bkg ls --all, two namespaces\n");
     text.push_str(&bkg_cli::manage::sandbox_table(&mixed, &[], None));
     text.push_str("--- bkg runs show\n");

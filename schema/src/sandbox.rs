@@ -145,6 +145,11 @@ pub enum SandboxState {
     Running,
 }
 
+/// `has_project`'s default, for an answer of an agent older than the field.
+fn yes() -> bool {
+    true
+}
+
 /// A persistent sandbox as the agent reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -153,6 +158,10 @@ pub struct SandboxInfo {
     pub name: String,
     pub namespace: String,
     pub project_dir: String,
+    /// False for a sandbox made through the API, MCP or the Web UI: its `project_dir` is then
+    /// the agent's own directory for its namespace, not a project of the user's.
+    #[serde(default = "crate::sandbox::yes")]
+    pub has_project: bool,
     pub language: Language,
     pub limits: Limits,
     pub state: SandboxState,

@@ -774,6 +774,8 @@ fn sandboxes_are_created_started_followed_executed_stopped_and_deleted_over_tcp(
     expect(&created, 201, "create");
     let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
     assert!(created.json()["project_dir"].as_str().is_some_and(|dir| dir.ends_with("/namespaces/web")));
+    // That directory is the agent's, not a project of the user's (`bkg ls` says so).
+    assert_eq!(created.json()["has_project"], false, "{}", created.json());
     assert_eq!(team.get(&format!("/api/v1/sandboxes/{id}")).json()["state"], "idle");
     expect(&team.get(&format!("/api/v1/sandboxes/{id}/logs")), 404, "logs before any run");
 

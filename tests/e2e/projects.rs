@@ -830,6 +830,7 @@ fn a_sandbox_of_another_project_is_named_when_used_and_the_own_directorys_comes_
     assert_eq!(code(&own), 0, "{}", stderr(&own));
     let info: serde_json::Value = serde_json::from_slice(&own.stdout).expect("status JSON");
     assert_eq!(info["project_dir"].as_str(), second.path().to_str(), "{info}");
+    assert_eq!(info["has_project"], true, "{info}");
     // From a project with neither: the name is ambiguous.
     let ambiguous = agent.bkg_in(other.path(), &["status", "api"]);
     assert_eq!(code(&ambiguous), 125, "{}", stderr(&ambiguous));

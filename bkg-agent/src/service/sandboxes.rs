@@ -156,12 +156,15 @@ impl Service {
         let limits = self.limits_of(principal, &definition);
         let image = self.engine.sandbox_home(&definition.namespace, &id).disk_image();
         let disk_bytes_allocated = crate::engine::disk::written_bytes(&image);
+        let has_project =
+            std::path::Path::new(&definition.project_dir) != self.engine.scratch_project_dir(&definition.namespace);
         Ok(SandboxInfo {
             state: if current_run.is_some() { SandboxState::Running } else { SandboxState::Idle },
             id,
             name: definition.name,
             namespace: definition.namespace,
             project_dir: definition.project_dir,
+            has_project,
             language: definition.language,
             limits,
             current_run,
