@@ -322,6 +322,15 @@ fn migrate_db(url: &str) -> ExitCode {
     }
 }
 
+/// Refusing to start beside an agent that serves `socket` already, with the two ways on.
+fn already_listening(socket: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "another agent is already listening on {0}: stop it first (`BKG_SOCKET={0} bkg agent stop`), or give this \
+         one a socket of its own with --socket PATH",
+        socket.display()
+    )
+}
+
 /// The lowest `--uid-base`: below it sandboxes would get the ids of the host's own users.
 const UID_BASE_MIN: u32 = 65_536;
 /// The highest `--uid-base`: its range must end below the invalid uid 2^32 - 1.
@@ -801,12 +810,7 @@ async fn serve(
     // the agent accepts them below.
     let owns_socket_file = activated.is_none();
     if owns_socket_file && socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        bail!(
-            "another agent is already listening on {}: stop it first (`BKG_SOCKET={} bkg agent stop`), or give this \
-             one a socket of its own with --socket PATH",
-            socket.display(),
-            socket.display()
-        );
+        return Err(already_listening(&socket));
     }
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
     let agent_id = audit.public_key().agent_id();
@@ -1173,12 +1177,7 @@ fn bind_socket(socket: &Path, group: Option<&NamedGroup>) -> anyhow::Result<toki
     }
     if let Ok(found) = std::fs::symlink_metadata(socket) {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            bail!(
-                "another agent is already listening on {}: stop it first (`BKG_SOCKET={} bkg agent stop`), or give this \
-             one a socket of its own with --socket PATH",
-                socket.display(),
-                socket.display()
-            );
+            return Err(already_listening(socket));
         }
         // Only a socket left by an agent that is gone is replaced: a typo in --socket must not
         // delete a file.

@@ -224,7 +224,7 @@ impl SandboxTools {
     /// The session the caller's sandbox holds, if it holds one: a refusal that names the CLI's
     /// way of using or ending it then names the tools instead.
     async fn session_of(&self, principal: &Principal, sandbox_id: &str) -> Option<bkg_schema::files::SessionInfo> {
-        self.operations.list_sessions(principal, sandbox_id).await.ok()?.into_iter().next()
+        self.operations.sandbox_session(principal, sandbox_id).await.ok().flatten()
     }
 
     async fn exec(

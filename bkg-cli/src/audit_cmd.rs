@@ -207,17 +207,14 @@ fn load_key(given: Option<&str>, default: &Path) -> Result<PublicKey, CliError> 
         _ => {
             let path = given.map_or(default, Path::new);
             let text = std::fs::read_to_string(path).map_err(|error| {
-                let hint = match error.kind() {
+                let hint = root_only_hint(&error).unwrap_or(match error.kind() {
                     // audit.key is the agent's secret key, 32 raw bytes: the public one is its hex.
                     std::io::ErrorKind::InvalidData => {
                         " (not text: give the agent's public key, audit.pub, not its secret audit.key)"
                     }
-                    std::io::ErrorKind::PermissionDenied if !nix::unistd::geteuid().is_root() => {
-                        " (the agent's files are root's: run `sudo bkg audit …`)"
-                    }
                     _ if given.is_none() => " (give the agent's public key with --key)",
                     _ => "",
-                };
+                });
                 CliError::usage(format!("cannot read the audit key {}: {error}{hint}", path.display()))
             })?;
             (text, path.display().to_string())
@@ -230,14 +227,15 @@ fn state_dir(given: Option<&Path>) -> PathBuf {
     given.map_or_else(bkg_schema::paths::default_state_dir, Path::to_owned)
 }
 
+/// The hint for a file of the agent's this user may not read: they are root's.
+fn root_only_hint(error: &std::io::Error) -> Option<&'static str> {
+    (error.kind() == std::io::ErrorKind::PermissionDenied && !nix::unistd::geteuid().is_root())
+        .then_some(" (the agent's files are root's: run `sudo bkg audit …`)")
+}
+
 fn list_log(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CliError> {
     let files = audit::log_files(dir).map_err(|error| {
-        let hint = match error.kind() {
-            std::io::ErrorKind::PermissionDenied if !nix::unistd::geteuid().is_root() => {
-                " (the agent's files are root's: run `sudo bkg audit …`)"
-            }
-            _ => "",
-        };
+        let hint = root_only_hint(&error).unwrap_or_default();
         CliError::usage(format!("cannot read the audit log {}: {error}{hint}", dir.display()))
     })?;
     if files.is_empty() {

@@ -311,7 +311,8 @@ fn local_change(row: OutboxRow) -> Change {
         position: row.seq,
         source: ChangeSource::Local,
         kind,
-        object_id: serde_json::from_str::<bkg_schema::audit::SignedRecord>(&row.line)
+        // Read from the record parsed above, not from the line a second time.
+        object_id: <bkg_schema::audit::SignedRecord as serde::Deserialize>::deserialize(&record)
             .ok()
             .and_then(|line| line.subject()),
         action: row.action,

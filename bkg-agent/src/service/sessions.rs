@@ -325,8 +325,14 @@ impl Service {
     }
 
     pub async fn list_sessions(&self, principal: &Principal, id: &str) -> OpResult<Vec<SessionInfo>> {
+        Ok(self.sandbox_session(principal, id).await?.into_iter().collect())
+    }
+
+    /// The session that holds sandbox `id`, if one does (a sandbox has one at a time): what a
+    /// transport names when it refuses a run beside it (mcp.rs, ui/ops.rs).
+    pub async fn sandbox_session(&self, principal: &Principal, id: &str) -> OpResult<Option<SessionInfo>> {
         self.visible_sandbox(principal, id).await?;
-        Ok(self.sessions.info_of(id).into_iter().collect())
+        Ok(self.sessions.info_of(id))
     }
 
     pub async fn get_session(&self, principal: &Principal, id: &str, name: &str) -> OpResult<SessionInfo> {

@@ -155,23 +155,23 @@ pub async fn login_token(
     }
 }
 
-/// Ends the session here (the cookie is worthless from now on) and, for a password login, its
-/// session key.
-/// `response` with session `session_id` ended: closed on the agent, its cookie cleared.
-pub fn signed_out(state: &AppState, session_id: &str, mut response: Response) -> Response {
-    state.ui.close(session_id);
+/// `response` with session `session_id` ended: closed on the agent, its cookie cleared. Also
+/// the session closed, if it was open.
+pub fn signed_out(state: &AppState, session_id: &str, mut response: Response) -> (Option<session::Session>, Response) {
+    let closed = state.ui.close(session_id);
     response.headers_mut().append(header::SET_COOKIE, cookie_header(state, SESSION_COOKIE, "", Some(0)));
-    response
+    (closed, response)
 }
 
+/// Ends the session here (the cookie is worthless from now on) and, for a password login, its
+/// session key.
 pub async fn logout(State(state): State<AppState>, viewer: Viewer) -> Response {
-    if let Some(session) = state.ui.close(&viewer.session_id)
+    let (closed, response) = signed_out(&state, &viewer.session_id, Redirect::to("/ui/login").into_response());
+    if let Some(session) = closed
         && let Identity::Key { own: true, .. } = session.identity
         && let Err(failure) = ops::revoke_own_key(&state, &viewer.principal).await
     {
         tracing::warn!(message = %failure.message, "could not revoke a logged-out session's key");
     }
-    let mut response = Redirect::to("/ui/login").into_response();
-    response.headers_mut().append(header::SET_COOKIE, cookie_header(&state, SESSION_COOKIE, "", Some(0)));
     response
 }

@@ -167,13 +167,12 @@ async fn check_csrf(state: &AppState, request: Request) -> Result<Request, Respo
     let expected = if LOGIN_ROUTES.contains(&path.as_str()) {
         cookie(request.headers(), session::LOGIN_COOKIE)
     } else {
-        let session_id = cookie(request.headers(), session::SESSION_COOKIE);
         // A session the agent does not know cannot have sent this form: its page is from before
         // the agent restarted (or the session was signed out), which the login page says.
-        if session_id.as_ref().is_some_and(|id| state.ui.session(id).is_none()) {
-            return Err(Redirect::to(&format!("/ui/login?{UNKNOWN_SESSION_QUERY}")).into_response());
+        match cookie(request.headers(), session::SESSION_COOKIE) {
+            Some(id) => Some(state.ui.session(&id).ok_or_else(to_login_unknown)?.csrf),
+            None => None,
         }
-        session_id.and_then(|id| state.ui.session(&id)).map(|session| session.csrf)
     };
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, crate::server::MAX_BODY_BYTES)
@@ -207,6 +206,11 @@ const KEY_ENDED_QUERY: &str = "ended=key";
 /// (sessions live in its memory), or the session was signed out elsewhere.
 const UNKNOWN_SESSION_QUERY: &str = "ended=unknown";
 
+/// The login page, saying the session the request named is not known to this agent.
+fn to_login_unknown() -> Response {
+    Redirect::to(&format!("/ui/login?{UNKNOWN_SESSION_QUERY}")).into_response()
+}
+
 /// The signed-in caller of a page: the principal its session speaks for, and the session's
 /// CSRF token for the forms it renders. A request without a working session is sent to login.
 pub struct Viewer {
@@ -224,7 +228,7 @@ impl FromRequestParts<AppState> for Viewer {
             return Err(to_login());
         };
         let Some(session) = state.ui.session(&session_id) else {
-            return Err(Redirect::to(&format!("/ui/login?{UNKNOWN_SESSION_QUERY}")).into_response());
+            return Err(to_login_unknown());
         };
         let Some(principal) = session::principal(state, &session).await else {
             // The key behind it was revoked or expired: the session ends with it, and the login

@@ -134,7 +134,7 @@ async fn busy(state: &AppState, principal: &Principal, id: &str) -> OpError {
 
 /// The sandbox's interpreter session, if it has one (one per sandbox; `bkg repl`'s too).
 pub async fn sandbox_session(state: &AppState, principal: &Principal, id: &str) -> OpResult<Option<SessionInfo>> {
-    Ok(state.service.list_sessions(principal, id).await?.into_iter().next())
+    Ok(state.service.sandbox_session(principal, id).await?)
 }
 
 /// Starts the sandbox's session (named `default`) in `language`, as `POST …/sessions`.

@@ -695,7 +695,7 @@ async fn after_key_change(
                 (new_secret(&issued))
                 p { "It was the key of this session, which has ended: " a href="/ui/login" { "sign in again" } " with the new secret." }
             };
-            super::auth_pages::signed_out(state, &viewer.session_id, page(None, "Key rotated", body).into_response())
+            super::auth_pages::signed_out(state, &viewer.session_id, page(None, "Key rotated", body).into_response()).1
         }
         Ok(issued) => {
             state.ui.show_once(&viewer.session_id, issued);
