@@ -518,7 +518,8 @@ fn a_refused_disk_shrink_leaves_the_stored_limit_as_it_was() {
 }
 
 /// A disk grown by one run's flag keeps its size, and later runs that name no disk limit run
-/// on it as it is (they were refused: "the disk limit 500MiB is below the 600MiB ...").
+/// on it as it is (they were refused: "the disk limit 500MiB is below the 600MiB ..."), and
+/// `bkg status` shows it.
 #[test]
 fn a_disk_grown_by_a_flag_keeps_its_size_for_the_runs_after() {
     let agent = Agent::start();
@@ -529,6 +530,10 @@ fn a_disk_grown_by_a_flag_keeps_its_size_for_the_runs_after() {
     let after = agent.bkgr(dir, &["box", "show", "--", "/etc/hostname"]);
     assert_eq!(code(&after), 0, "{}", stderr(&after));
     assert_eq!(last_run(&agent, dir)["limits"]["disk_bytes"], 600 * 1024 * 1024, "the run had the disk as it is");
+    // And its sandbox says so (it showed the default 500MiB).
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(status["limits"]["disk_bytes"], 600 * 1024 * 1024, "{status}");
 }
 
 /// A disk grown by a flag over cave.yaml's own `disk`: the flag asked again runs, and so do

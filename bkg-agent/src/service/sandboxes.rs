@@ -345,9 +345,21 @@ impl Service {
 
     /// The limits the runs of `definition` get for `principal`: the agent's defaults, under a
     /// local user's policy defaults, under the definition's own.
+    /// A definition that names no disk limit gets the sandbox's disk as it is (`grown_disk`).
     fn limits_of(&self, principal: &Principal, definition: &SandboxDefinition) -> bkg_schema::Limits {
         let defaults = &self.engine.config.default_limits;
-        defaults.with(&user_limit_defaults(principal, &self.auth.policy.user, &definition.limits, defaults))
+        let mut named = definition.limits.clone();
+        if named.disk_bytes.is_none() {
+            named.disk_bytes = self.grown_disk(definition);
+        }
+        defaults.with(&user_limit_defaults(principal, &self.auth.policy.user, &named, defaults))
+    }
+
+    /// The size of the disk `definition`'s sandbox has, if it has one: a disk grown once (`bkgr
+    /// --disk 1GiB`) keeps its size, so a definition that names no disk limit runs on the disk
+    /// as it is, is not refused for being smaller than it, and is shown with it.
+    fn grown_disk(&self, definition: &SandboxDefinition) -> Option<u64> {
+        self.disk_image_size(&definition.namespace, &sandbox_id(&definition.project_dir, &definition.name))
     }
 
     /// A local user's sandboxes against what the policy lets one user keep: their number and
@@ -452,10 +464,8 @@ impl Service {
         if timeout_ms.is_some() {
             opened.limits.timeout_ms = timeout_ms;
         }
-        // A disk grown once (`bkgr --disk 1GiB`) keeps its size: a definition that names no disk
-        // limit runs on the disk as it is, not refused for being smaller than it.
         if opened.limits.disk_bytes.is_none() {
-            opened.limits.disk_bytes = self.disk_image_size(&stored.definition.namespace, id);
+            opened.limits.disk_bytes = self.grown_disk(&stored.definition);
         }
         let defaults = &self.engine.config.default_limits;
         opened.limits = user_limit_defaults(principal, &self.auth.policy.user, &opened.limits, defaults);
