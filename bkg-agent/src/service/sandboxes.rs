@@ -348,7 +348,7 @@ impl Service {
     /// A definition that names no disk limit gets the sandbox's disk as it is (`grown_disk`).
     fn limits_of(&self, principal: &Principal, definition: &SandboxDefinition) -> bkg_schema::Limits {
         let defaults = &self.engine.config.default_limits;
-        let mut named = definition.limits.clone();
+        let mut named = definition.limits;
         if named.disk_bytes.is_none() {
             named.disk_bytes = self.grown_disk(definition);
         }
