@@ -19,6 +19,7 @@ use crate::auth::local::{DEFAULT_SOCKET_GROUP, LocalAccess, NamedGroup};
 use crate::engine::capacity::{CapacityConfig, DiskBudget};
 use crate::engine::host_check;
 use crate::engine::{CleanedUp, Engine, EngineConfig};
+use crate::local_socket::{SocketFile, SocketWatch};
 use crate::metrics::Metrics;
 use crate::server::{AppState, BodyBudget, PeerCheckedListener, UnixPeer, listen, router};
 use crate::service::{AuthState, HealthProbe, Service, ServiceParts};
@@ -323,14 +324,6 @@ fn migrate_db(url: &str) -> ExitCode {
 }
 
 /// Refusing to start beside an agent that serves `socket` already, with the two ways on.
-fn already_listening(socket: &Path) -> anyhow::Error {
-    anyhow::anyhow!(
-        "another agent is already listening on {0}: stop it first (`BKG_SOCKET={0} bkg agent stop`), or give this \
-         one a socket of its own with --socket PATH",
-        socket.display()
-    )
-}
-
 /// The lowest `--uid-base`: below it sandboxes would get the ids of the host's own users.
 const UID_BASE_MIN: u32 = 65_536;
 /// The highest `--uid-base`: its range must end below the invalid uid 2^32 - 1.
@@ -810,7 +803,7 @@ async fn serve(
     // the agent accepts them below.
     let owns_socket_file = activated.is_none();
     if owns_socket_file && socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        return Err(already_listening(&socket));
+        return Err(crate::local_socket::already_listening(&socket));
     }
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
     let agent_id = audit.public_key().agent_id();
@@ -858,12 +851,23 @@ async fn serve(
         }
         None => None,
     };
-    let listener = match activated {
-        Some(passed) => tokio::net::UnixListener::from_std(passed).context("serve the socket systemd passed")?,
-        None => bind_socket(&socket, api.local.socket_group.as_ref())?,
+    // A start that fails from here on leaves no socket file behind for clients to find (the
+    // socket file goes with the last holder); systemd keeps an activated socket, to start the
+    // agent again on the next connection.
+    let (listener, socket_file) = match activated {
+        Some(passed) => (tokio::net::UnixListener::from_std(passed).context("serve the socket systemd passed")?, None),
+        None => {
+            let (file, listener) = SocketFile::bind(&socket, api.local.socket_group.as_ref())?;
+            (listener, Some(file))
+        }
     };
-    // A start that fails from here on leaves no socket file behind for clients to find.
-    let socket_file = SocketFile { path: owns_socket_file.then(|| socket.clone()) };
+    let watch = socket_file.as_ref().and_then(|file| {
+        SocketWatch::new(Arc::clone(file))
+            .map_err(
+                |error| tracing::warn!(%error, "cannot watch the socket file: if it is deleted, restart the agent"),
+            )
+            .ok()
+    });
     if let Some(group) = &api.local.socket_group {
         tracing::info!(group = %group.name, "members of the socket's group use the agent as themselves");
         let parent = socket.parent().and_then(|parent| std::fs::metadata(parent).ok());
@@ -1063,7 +1067,7 @@ async fn serve(
         tls: None,
     };
     listen::serve(
-        PeerCheckedListener::new(listener, api.local),
+        PeerCheckedListener::new(listener, api.local, watch),
         app,
         unix,
         metrics,
@@ -1104,21 +1108,6 @@ async fn serve(
     Ok(())
 }
 
-/// The socket file this agent made, removed when the agent ends, or fails to start, in any way
-/// but a crash. systemd keeps an activated socket (`path` none), to start the agent again on
-/// the next connection.
-struct SocketFile {
-    path: Option<PathBuf>,
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        if let Some(path) = &self.path {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 /// The agent's log without `BKG_LOG`: its own events, and the MCP library's warnings only (at
 /// info it logs three lines of its own for every `/mcp` request, one naming itself as the client).
 const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
@@ -1156,48 +1145,6 @@ async fn audit_sync_failures(store: Store, sync: Arc<crate::sync::SyncHandle<Sto
             return;
         }
     }
-}
-
-/// Binds the socket with mode 0600, replacing a stale socket file but never a live agent's; with
-/// a socket group, then gives it to that group with mode 0660 (and lets everyone reach a socket
-/// directory the agent made, so the socket's own mode decides).
-fn bind_socket(socket: &Path, group: Option<&NamedGroup>) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(parent) = socket.parent() {
-        // Every directory made on the way, not only the last: one left 0700 (the agent's umask)
-        // would keep the group out as surely.
-        let missing: Vec<&Path> =
-            parent.ancestors().take_while(|dir| !dir.as_os_str().is_empty() && !dir.exists()).collect();
-        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-        if group.is_some() {
-            for dir in missing {
-                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                    .with_context(|| format!("open {} to the socket's group", dir.display()))?;
-            }
-        }
-    }
-    if let Ok(found) = std::fs::symlink_metadata(socket) {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Err(already_listening(socket));
-        }
-        // Only a socket left by an agent that is gone is replaced: a typo in --socket must not
-        // delete a file.
-        if !std::os::unix::fs::FileTypeExt::is_socket(&found.file_type()) {
-            bail!("{} exists and is not a socket: give --socket a path of its own", socket.display());
-        }
-        std::fs::remove_file(socket).with_context(|| format!("remove stale socket {}", socket.display()))?;
-    }
-    // The socket must never exist with a wider mode, not even for a moment.
-    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = tokio::net::UnixListener::bind(socket);
-    nix::sys::stat::umask(previous);
-    let bound = bound.with_context(|| format!("bind {}", socket.display()))?;
-    if let Some(group) = group {
-        nix::unistd::chown(socket, None, Some(nix::unistd::Gid::from_raw(group.gid)))
-            .with_context(|| format!("give {} to group {}", socket.display(), group.name))?;
-        std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o660))
-            .with_context(|| format!("make {} 0660", socket.display()))?;
-    }
-    Ok(bound)
 }
 
 /// `--uid-base`: decimal, or hex with `0x`, as uids are often written.

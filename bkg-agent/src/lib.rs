@@ -12,6 +12,7 @@ pub mod engine;
 pub mod envs;
 pub mod feed;
 pub mod ids;
+pub mod local_socket;
 pub mod mcp;
 pub mod metrics;
 pub mod retention;

@@ -446,14 +446,36 @@ async fn read_body(
 
 /// A unix listener that hands axum only connections from peers the agent serves, each with who
 /// it is (service/access.rs decides).
+/// With a watch on the socket's file, it listens on the file made again when that is deleted.
 pub struct PeerCheckedListener {
     listener: UnixListener,
     access: crate::auth::local::LocalAccess,
+    watch: Option<crate::local_socket::SocketWatch>,
 }
 
 impl PeerCheckedListener {
-    pub fn new(listener: UnixListener, access: crate::auth::local::LocalAccess) -> Self {
-        Self { listener, access }
+    pub fn new(
+        listener: UnixListener,
+        access: crate::auth::local::LocalAccess,
+        watch: Option<crate::local_socket::SocketWatch>,
+    ) -> Self {
+        Self { listener, access, watch }
+    }
+
+    /// The next connection, on the socket as it is now.
+    async fn next(&mut self) -> std::io::Result<(UnixStream, tokio::net::unix::SocketAddr)> {
+        loop {
+            let Some(watch) = self.watch.as_mut() else {
+                return self.listener.accept().await;
+            };
+            tokio::select! {
+                accepted = self.listener.accept() => return accepted,
+                rebound = watch.rebound() => match rebound {
+                    Some(listener) => self.listener = listener,
+                    None => self.watch = None,
+                },
+            }
+        }
     }
 }
 
@@ -463,7 +485,7 @@ impl axum::serve::Listener for PeerCheckedListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            match self.listener.accept().await {
+            match self.next().await {
                 Ok((stream, _)) => match stream.peer_cred() {
                     Ok(credentials) => {
                         match crate::service::access::socket_principal(&self.access, credentials.uid()) {

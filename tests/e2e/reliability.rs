@@ -5,7 +5,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use bkg_tests::http::{Answer, unix_request};
-use bkg_tests::{Agent, AgentOptions, code, stderr};
+use bkg_tests::{Agent, AgentOptions, code, stderr, stdout};
 use serde_json::{Value, json};
 
 /// Polls `check` until it gives a value; panics after `bound` with `what`.
@@ -337,4 +337,44 @@ fn a_silent_agent_is_named_as_such_and_not_stopped_behind_the_callers_back() {
     assert_eq!(code(&awake), 0, "{}", stderr(&awake));
     let ran = agent.bkg().args(["exe", "--type", "python", "-c", "print(6 * 7)"]).output().expect("bkg exe");
     assert_eq!((code(&ran), String::from_utf8_lossy(&ran.stdout).into_owned()), (0, "42\n".to_owned()));
+}
+
+/// Found by a new-user trial: with its socket file deleted, the agent ran on unreachable (`bkg
+/// agent status` said none runs, and one started beside it was refused for the state it
+/// holds). It makes the file again; and a socket another agent bound at the path meanwhile is
+/// left to that agent, also when this one stops.
+#[test]
+fn a_deleted_socket_file_is_made_again_and_another_agent_s_is_left_alone() {
+    let mut agent = Agent::start();
+    std::fs::remove_file(&agent.socket).expect("delete the socket file");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.socket.exists() {
+        assert!(Instant::now() < deadline, "the socket file was not made again:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ran = agent.bkg().args(["exe", "--type", "python", "-c", "print(6 * 7)"]).output().expect("bkg exe");
+    assert_eq!((code(&ran), String::from_utf8_lossy(&ran.stdout).into_owned()), (0, "42\n".to_owned()));
+    assert!(agent.log().contains("the socket file was deleted: made it again"), "{}", agent.log());
+
+    // Another agent binds the path while this one cannot make its file again: it is left to it.
+    let pid = agent.pid() as i32;
+    // SAFETY: kill(2) has no memory effects; the agent is this test's child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP the agent");
+    std::fs::remove_file(&agent.socket).expect("delete the socket file");
+    let mut other = Agent::unstarted();
+    other.socket = agent.socket.clone();
+    other.spawn(&AgentOptions::default());
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "SIGCONT the agent");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("the socket file was replaced by another") {
+        assert!(Instant::now() < deadline, "the agent did not see its socket taken:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.stop();
+    assert!(agent.socket.exists(), "the agent that stopped took the other's socket file with it");
+    let status = agent.bkg().args(["agent", "status", "--json"]).output().expect("bkg agent status");
+    assert_eq!(code(&status), 0, "the other agent answers on the path: {}{}", stderr(&status), stdout(&status));
+    let status: Value = serde_json::from_slice(&status.stdout).expect("agent status --json");
+    assert_eq!(status["pid"], other.pid(), "{status}");
 }
