@@ -11,7 +11,7 @@ use bkg_schema::cave::{
 
 use crate::args::AddArgs;
 use crate::exit::{CliError, SUCCESS};
-use crate::project::{NewSandbox, checked_name, write_atomically};
+use crate::project::{NewSandbox, checked_name};
 use crate::settings::Settings;
 
 pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
@@ -27,39 +27,41 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
         (None, None) => crate::project::nearest_cave_file(),
     };
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(&path).map_err(|error| {
+    let unreadable = |error: std::io::Error| {
         if error.kind() == std::io::ErrorKind::NotFound {
             CliError::usage(format!("{file} does not exist: create it with `bkg init`"))
         } else {
             CliError::usage(format!("cannot read {file}: {error}"))
         }
+    };
+    crate::project::edit_locked(&path, unreadable, |text| {
+        let before = cave::parse(text, &file).map_err(|errors| {
+            out.human(format_args!("{errors}"));
+            CliError::usage(format!("{file} is not valid: fix the problems above first"))
+        })?;
+        if before.sandboxes.contains_key(&name) {
+            return Err(CliError::usage(format!(
+                "sandbox `{name}` already exists in {file}: pick another name, or change its entry there"
+            )));
+        }
+        let edited = insert(text, &name, &sandbox)
+            .map_err(|reason| CliError::usage(format!("cannot add to {file}: {reason}; add the sandbox by hand")))?;
+        let after = cave::parse(&edited, &file).map_err(|errors| {
+            CliError::usage(format!(
+                "the new sandbox would make {file} invalid: {}",
+                errors.to_string().replace('\n', "; ")
+            ))
+        })?;
+        // The edit must add this one sandbox and change nothing else the file says.
+        let mut others = after.sandboxes.clone();
+        let added = others.remove(&name);
+        if added.is_none() || others != before.sandboxes || after.namespace != before.namespace {
+            return Err(CliError::internal(format!(
+                "cannot add to {file} without changing its other entries; add the sandbox by hand"
+            )));
+        }
+        Ok((Some(edited), ()))
     })?;
-    let before = cave::parse(&text, &file).map_err(|errors| {
-        out.human(format_args!("{errors}"));
-        CliError::usage(format!("{file} is not valid: fix the problems above first"))
-    })?;
-    if before.sandboxes.contains_key(&name) {
-        return Err(CliError::usage(format!(
-            "sandbox `{name}` already exists in {file}: pick another name, or change its entry there"
-        )));
-    }
-    let edited = insert(&text, &name, &sandbox)
-        .map_err(|reason| CliError::usage(format!("cannot add to {file}: {reason}; add the sandbox by hand")))?;
-    let after = cave::parse(&edited, &file).map_err(|errors| {
-        CliError::usage(format!(
-            "the new sandbox would make {file} invalid: {}",
-            errors.to_string().replace('\n', "; ")
-        ))
-    })?;
-    // The edit must add this one sandbox and change nothing else the file says.
-    let mut others = after.sandboxes.clone();
-    let added = others.remove(&name);
-    if added.is_none() || others != before.sandboxes || after.namespace != before.namespace {
-        return Err(CliError::internal(format!(
-            "cannot add to {file} without changing its other entries; add the sandbox by hand"
-        )));
-    }
-    write_atomically(&path, &edited)?;
     let project = path.parent().unwrap_or(std::path::Path::new("."));
     let starter = crate::project::write_starter(project, &name, &sandbox)?;
     out.note(format_args!("added sandbox `{name}` ({}) to {file}{starter}", sandbox.language.as_str()));

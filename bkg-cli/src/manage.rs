@@ -735,11 +735,8 @@ async fn rm(
     // The file as it is now, once the sandboxes before this one are out of it: an edit made
     // from the text read at the start would put them back.
     if let Some(cave_path) = &edit {
-        let text = std::fs::read_to_string(cave_path)
-            .map_err(|error| CliError::usage(format!("{}: {error}", cave_path.display())))?;
-        if let Some(edited) = remove_sandbox_block(&text, &name) {
-            crate::project::write_atomically(cave_path, &edited)?;
-        }
+        let unreadable = |error| CliError::usage(format!("{}: {error}", cave_path.display()));
+        crate::project::edit_locked(cave_path, unreadable, |text| Ok((remove_sandbox_block(text, &name), ())))?;
     }
     if known {
         if !out.is_json() {

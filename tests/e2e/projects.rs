@@ -3,7 +3,7 @@
 use std::fs::Permissions;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use bkg_tests::{Agent, code, stderr, stdout};
 
@@ -140,6 +140,51 @@ fn a_linked_cave_yaml_stays_a_link_and_keeps_its_group() {
     assert_eq!(code(&removed), 0, "{}", stderr(&removed));
     let text = std::fs::read_to_string(&real).expect("real.yaml");
     assert!(!["two:", "three:", "four:"].iter().any(|name| text.contains(name)), "{text}");
+}
+
+fn piped(command: &mut Command) -> &mut Command {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped())
+}
+
+/// Found by a new-user trial: `bkg add` run several at once each said it had added its sandbox,
+/// and one of them was in cave.yaml (each wrote its edit of the same old text). They edit one
+/// after the other; and `bkg rm` of several at once leaves the rest.
+#[test]
+fn add_and_rm_run_at_once_each_keep_the_others_edits() {
+    let agent = Agent::start();
+    let project = project_with("version: 1\nnamespace: default\nsandboxes: {}\n");
+    let dir = project.path();
+    let names: Vec<String> = (0..8).map(|index| format!("box{index}")).collect();
+    let adds: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let mut add = agent.bkg();
+            add.current_dir(dir).args(["add", name, "--type", "python"]);
+            piped(&mut add).spawn().expect("bkg add")
+        })
+        .collect();
+    for add in adds {
+        let output = add.wait_with_output().expect("bkg add");
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+    }
+    let listed = |text: &str| names.iter().filter(|name| text.contains(&format!("  {name}:"))).count();
+    let text = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    assert_eq!(listed(&text), names.len(), "{text}");
+    let removes: Vec<_> = names[..4]
+        .iter()
+        .map(|name| {
+            let mut remove = agent.bkg();
+            remove.current_dir(dir).args(["rm", "--force", name]);
+            piped(&mut remove).spawn().expect("bkg rm")
+        })
+        .collect();
+    for remove in removes {
+        let output = remove.wait_with_output().expect("bkg rm");
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+    }
+    let text = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    assert_eq!(listed(&text), 4, "{text}");
+    assert!(names[4..].iter().all(|name| text.contains(&format!("  {name}:"))), "{text}");
 }
 
 #[test]
