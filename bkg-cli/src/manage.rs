@@ -192,18 +192,23 @@ pub async fn status(settings: &Settings, args: NameArgs) -> Result<i32, CliError
         let Some(project) = project else {
             return Err(CliError::usage(format!("no sandbox `{}` on the agent", args.name)));
         };
-        let otherwise = format!(
-            "sandbox `{}` has not run yet in {}: run it once with `bkgr {}`",
-            args.name,
-            project.display(),
-            args.name
-        );
+        let otherwise = |run: &str| {
+            format!("sandbox `{}` has not run yet in {}: run it once with {run}", args.name, project.display())
+        };
         return Err(missing_sandbox(&project, &args.name, otherwise));
     };
     settings.out.answer(&info, describe)?;
-    let cave = project.as_deref().map(load_cave).transpose()?;
-    if let Some(spec) = cave.as_ref().and_then(|cave| cave.sandboxes.get(&args.name)) {
-        note_changed_definition(settings.out, &info, spec);
+    // The status is the agent's; a cave.yaml that does not load only keeps us from comparing.
+    match project.as_deref().map(load_cave).transpose() {
+        Ok(cave) => {
+            if let Some(spec) = cave.as_ref().and_then(|cave| cave.sandboxes.get(&args.name)) {
+                note_changed_definition(settings.out, &info, spec);
+            }
+        }
+        Err(problems) => settings.out.note(format_args!(
+            "{}; shown is what the agent has, not compared with cave.yaml",
+            problems.message.lines().next().unwrap_or_default()
+        )),
     }
     Ok(SUCCESS)
 }
@@ -353,8 +358,9 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
         async move {
             client.open_found(&path).await?.ok_or_else(|| match project {
                 Some(project) => {
-                    let otherwise =
-                        format!("sandbox `{name}` has no output yet in {}: `bkgr {name}` runs it", project.display());
+                    let otherwise = |run: &str| {
+                        format!("sandbox `{name}` has no output yet in {}: {run} runs it", project.display())
+                    };
                     missing_sandbox(project, name, otherwise)
                 }
                 None => CliError::usage(format!("sandbox `{name}` has no output yet")),

@@ -84,12 +84,27 @@ pub fn unknown_sandbox(cave: &CaveFile, name: &str) -> CliError {
 
 /// Why sandbox `name` of the project at `project` has nothing to show: its cave.yaml does not
 /// declare it, or else `otherwise` (it has not run yet).
-pub fn missing_sandbox(project: &Path, name: &str, otherwise: String) -> CliError {
+/// `otherwise` says it has not run, given the command that runs it (`run_command`).
+pub fn missing_sandbox(project: &Path, name: &str, otherwise: impl FnOnce(&str) -> String) -> CliError {
     // A cave.yaml that does not load cannot say: its problems are what to fix first.
     match load_cave(project) {
-        Ok(cave) if !cave.sandboxes.contains_key(name) => unknown_sandbox(&cave, name),
-        Ok(_) => CliError::usage(otherwise),
+        Ok(cave) => match cave.sandboxes.get(name) {
+            Some(spec) => CliError::usage(otherwise(&run_command(name, spec))),
+            None => unknown_sandbox(&cave, name),
+        },
         Err(problems) => problems,
+    }
+}
+
+/// The command that runs sandbox `name` once: `bkgr NAME` runs its `start` script, so one
+/// without it is run by another of its scripts, or by a command of the user's (`bkg exec`).
+fn run_command(name: &str, spec: &bkg_schema::cave::SandboxSpec) -> String {
+    if spec.scripts.contains_key("start") {
+        return format!("`bkgr {name}`");
+    }
+    match spec.scripts.keys().next() {
+        Some(script) => format!("`bkgr {name} {script}`"),
+        None => format!("`bkg exec {name} -c CODE`"),
     }
 }
 

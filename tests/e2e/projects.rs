@@ -187,6 +187,39 @@ fn add_and_rm_run_at_once_each_keep_the_others_edits() {
     assert!(names[4..].iter().all(|name| text.contains(&format!("  {name}:"))), "{text}");
 }
 
+/// Found by a new-user trial: with cave.yaml broken, `bkg status NAME --json` printed the
+/// status and exited 125, which scripts read as "nothing on stdout"; and a sandbox without a
+/// `start` script was to be run with `bkgr NAME`, which refuses it for that.
+#[test]
+fn status_shows_the_agent_s_sandbox_beside_a_broken_cave_yaml_and_hints_a_command_that_runs() {
+    let agent = Agent::start();
+    let cave = "version: 1\nnamespace: default\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: \"true\"\n  tool:\n    type: python\n    scripts:\n      build: \"true\"\n";
+    let project = project_with(cave);
+    let dir = project.path();
+    let ran = agent.bkgr(dir, &["api"]);
+    assert_eq!(code(&ran), 0, "{}", stderr(&ran));
+    for (command, hint) in [
+        (&["status", "tool"][..], "bkg: sandbox `tool` has not run yet in "),
+        (&["logs", "tool"], "bkg: sandbox `tool` has no output yet in "),
+    ] {
+        let never = agent.bkg_in(dir, command);
+        assert_eq!(code(&never), 125, "{}", stderr(&never));
+        assert!(stderr(&never).starts_with(hint) && stderr(&never).contains("`bkgr tool build`"), "{}", stderr(&never));
+    }
+    write(&dir.join("cave.yaml"), &format!("{cave}  broken: [\n"));
+    let status = agent.bkg_in(dir, &["status", "api", "--json"]);
+    assert_eq!(code(&status), 0, "{}", stderr(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["name"], "api", "{status}");
+    let text = agent.bkg_in(dir, &["status", "api"]);
+    assert_eq!(code(&text), 0, "{}", stderr(&text));
+    assert!(
+        stderr(&text).contains("invalid YAML") && stderr(&text).contains("not compared with cave.yaml"),
+        "{}",
+        stderr(&text)
+    );
+}
+
 #[test]
 fn rm_without_a_terminal_needs_force() {
     let agent = Agent::start();
