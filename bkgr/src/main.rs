@@ -22,6 +22,15 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<i32, CliError> {
     let out = Printer::new("bkgr", false);
+    // A project's sandboxes run on this machine's agent, beside the project and its volumes;
+    // with `bkg` talking to a remote agent, running here instead would go unnoticed.
+    if let Some(remote) = std::env::var_os("BKG_REMOTE") {
+        return Err(CliError::usage(format!(
+            "cave.yaml's sandboxes run on this machine's agent, and BKG_REMOTE is set ({}): unset it for bkgr \
+             (`BKG_REMOTE= bkgr …`), or run code on the remote agent with `bkg exe`",
+            remote.to_string_lossy()
+        )));
+    }
     let project = project_dir(args.dir.as_deref())?;
     let cave = load_cave(&project)?;
     let selected: Vec<(&String, &SandboxSpec)> = match &args.name {

@@ -220,6 +220,31 @@ fn status_shows_the_agent_s_sandbox_beside_a_broken_cave_yaml_and_hints_a_comman
     );
 }
 
+/// Found by a new-user trial: with `BKG_REMOTE` set, `bkg` talked to the remote agent while
+/// `bkgr` ran the project on the local one, without a word.
+#[test]
+fn bkgr_refuses_a_remote_agent_rather_than_run_here_unnoticed() {
+    let agent = Agent::start();
+    let project =
+        project_with("version: 1\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: \"true\"\n");
+    let output = Command::new(bkg_tests::bin_dir().join("bkgr"))
+        .current_dir(project.path())
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .env("BKG_REMOTE", "http://127.0.0.1:9")
+        .output()
+        .expect("bkgr");
+    assert_eq!(code(&output), 125, "{}", stderr(&output));
+    assert!(
+        stderr(&output).starts_with(
+            "bkgr: cave.yaml's sandboxes run on this machine's agent, and BKG_REMOTE is set (http://127.0.0.1:9)"
+        ),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(agent.bkg_in(project.path(), &["ls", "--json"]).stdout, b"[]\n", "nothing ran here");
+}
+
 #[test]
 fn rm_without_a_terminal_needs_force() {
     let agent = Agent::start();
