@@ -160,13 +160,13 @@ pub async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Res
     }
     // Said here with what makes it big: the agent can only say its body is.
     let size = serde_json::to_vec(definition).map_or(0, |body| body.len());
-    if size > bkg_schema::MAX_SMALL_BODY_BYTES {
+    if size > bkg_schema::MAX_DEFINITION_BODY_BYTES {
         return Err(CliError::usage(format!(
             "sandbox `{}`: its definition (cave.yaml's env, scripts and package lists) comes to {}, over the {} the \
              agent takes: keep large values in files of the project",
             definition.name,
             bkg_schema::units::format_size(size as u64),
-            bkg_schema::units::format_size(bkg_schema::MAX_SMALL_BODY_BYTES as u64)
+            bkg_schema::units::format_size(bkg_schema::MAX_DEFINITION_BODY_BYTES as u64)
         )));
     }
     let defined: Result<SandboxInfo, CliError> = client.put_json(&format!("/api/v1/sandboxes/{id}"), definition).await;

@@ -865,6 +865,18 @@ impl CaveFile {
                 }
             }
             let given_network = sandbox.network.as_ref().is_some_and(|network| !network.allow.is_empty());
+            let env_bytes = crate::env_bytes(&sandbox.env);
+            if env_bytes > crate::MAX_ENV_BYTES {
+                fail(
+                    &["sandboxes", name, "env"],
+                    format!(
+                        "the variables take {}, over the {} a sandbox's may (names and values together): give large \
+                         data as a file of the project (a volume, or bkg cp) and its path in a variable",
+                        crate::units::format_size(env_bytes as u64),
+                        crate::units::format_size(crate::MAX_ENV_BYTES as u64)
+                    ),
+                );
+            }
             for key in sandbox.env.keys() {
                 if !is_env_key(key) {
                     fail(
@@ -1263,6 +1275,20 @@ sandboxes:
                 .any(|(at, message)| at == "/sandboxes/api/limits/disk" && message.contains("the least is 16MiB")),
             "{pointers:?}"
         );
+    }
+
+    /// Found by a new-user trial: `bkg validate` took variables over what the agent takes, so
+    /// every run of the sandbox was refused instead.
+    #[test]
+    fn variables_over_the_environment_bound_are_refused_at_their_sandbox() {
+        let with = |bytes: usize| {
+            format!("version: 1\nsandboxes:\n  a:\n    type: python\n    env:\n      BIG: \"{}\"\n", "x".repeat(bytes))
+        };
+        assert!(parse(&with(100_000), "cave.yaml").is_ok());
+        let errors = errors_of(&with(crate::MAX_ENV_BYTES));
+        let [error] = errors.as_slice() else { panic!("{errors:?}") };
+        assert_eq!(error.pointer, "/sandboxes/a/env");
+        assert!(error.message.contains("over the 128KiB a sandbox's may"), "{}", error.message);
     }
 
     /// Found by a new-user trial: `bkg validate /etc/passwd` printed the whole file on one line.

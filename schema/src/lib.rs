@@ -458,8 +458,22 @@ pub const OUTPUT_CAP_BYTES: usize = 1024 * 1024;
 /// into a persistent sandbox with `bkg cp`, streamed.
 pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
 
-/// Largest body of the small JSON requests: a sandbox's definition, keys, logins.
+/// Largest body of the small JSON requests: keys, logins, sessions.
 pub const MAX_SMALL_BODY_BYTES: usize = 64 * 1024;
+
+/// Largest body of a sandbox's definition: its variables (`MAX_ENV_BYTES`, which JSON may
+/// write six times as long, `\u0001` for a control character), scripts and package lists.
+pub const MAX_DEFINITION_BODY_BYTES: usize = 1024 * 1024;
+
+/// Environment a run may bring, names and values together (each counted with its `=` and NUL):
+/// the kernel refuses an exec whose environment is too large, which would fail every run of a
+/// sandbox defined with it.
+pub const MAX_ENV_BYTES: usize = 128 * 1024;
+
+/// What `env` takes of `MAX_ENV_BYTES`.
+pub fn env_bytes<'a>(env: impl IntoIterator<Item = (&'a String, &'a String)>) -> usize {
+    env.into_iter().map(|(key, value)| key.len() + value.len() + 2).sum()
+}
 
 /// One server-sent event as a client reads it (`text/event-stream`): the event's name, its id
 /// when it has one (a position to resume after), and its data. What each endpoint's events carry

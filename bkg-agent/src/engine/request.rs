@@ -225,9 +225,7 @@ const MAX_NAME_BYTES: usize = 255;
 /// The longest path the kernel takes (PATH_MAX, with its NUL).
 const MAX_PATH_BYTES: usize = 4095;
 
-/// Environment a run may bring, names and values together: the kernel refuses an exec whose
-/// environment is too large, which would fail every run of a sandbox defined with it.
-const MAX_ENV_BYTES: usize = 128 * 1024;
+use bkg_schema::MAX_ENV_BYTES;
 
 impl Engine {
     /// The caller's limits on top of the defaults, refused (not clipped) above the maximum.
@@ -632,7 +630,7 @@ pub(super) fn sandbox_env(extra: &BTreeMap<String, String>) -> Result<Vec<(Strin
         if value.contains('\0') {
             return Err(RunError::BadRequest(format!("env: the value of `{key}` contains a NUL byte")));
         }
-        total += key.len() + value.len() + 2;
+        total += bkg_schema::env_bytes([(key, value)]);
         if total > MAX_ENV_BYTES {
             return Err(RunError::BadRequest(format!(
                 "env: the variables take more than {} (names and values together): give large data as a file \

@@ -13,8 +13,11 @@ use serde::de::DeserializeOwned;
 
 use super::failure::Failure;
 
-/// Bodies of the auth endpoints and sandbox definitions: a few names, a password, cave.yaml's.
+/// Bodies of the auth endpoints and the like: a few names, a password.
 pub const SMALL_BODY_BYTES: usize = bkg_schema::MAX_SMALL_BODY_BYTES;
+
+/// Bodies of sandbox definitions: cave.yaml's, variables and all.
+pub const DEFINITION_BODY_BYTES: usize = bkg_schema::MAX_DEFINITION_BODY_BYTES;
 
 pub async fn json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, Failure> {
     let bytes = bytes(body, limit).await?;

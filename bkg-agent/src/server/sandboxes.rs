@@ -15,7 +15,7 @@ use bkg_schema::{ApiError, RunResult, ServerSentEvent};
 use serde::Deserialize;
 
 use super::failure::{ApiResult, Failure};
-use super::input::{self, PathParam, QueryParams, SMALL_BODY_BYTES};
+use super::input::{self, DEFINITION_BODY_BYTES, PathParam, QueryParams, SMALL_BODY_BYTES};
 use super::runs::dispatch;
 use super::{AppState, MAX_BODY_BYTES};
 use crate::auth::Principal;
@@ -81,7 +81,7 @@ pub async fn put_sandbox(
     PathParam(id): PathParam<String>,
     body: Body,
 ) -> ApiResult<Json<SandboxInfo>> {
-    let definition: SandboxDefinition = input::json(body, SMALL_BODY_BYTES).await?;
+    let definition: SandboxDefinition = input::json(body, DEFINITION_BODY_BYTES).await?;
     Ok(Json(state.service.define_sandbox(&principal, &id, definition).await?))
 }
 
@@ -101,7 +101,7 @@ pub async fn create_sandbox(
     Extension(principal): Extension<Principal>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<SandboxInfo>)> {
-    let new: NewSandbox = input::json(body, SMALL_BODY_BYTES).await?;
+    let new: NewSandbox = input::json(body, DEFINITION_BODY_BYTES).await?;
     let info = state.service.create_sandbox(&principal, new).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
