@@ -54,7 +54,7 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     // One the same as what is written needs no copy (found by a new-user trial: `.bak.1`s of
     // the default file).
     let kept = match path.symlink_metadata() {
-        Ok(_) if std::fs::read_to_string(&path).is_ok_and(|old| old == text) => None,
+        Ok(_) if bkg_schema::cave::read_text(&path).is_ok_and(|old| old == text) => None,
         Ok(_) => Some(keep_beside(&path)?),
         Err(_) => None,
     };

@@ -182,7 +182,7 @@ pub fn edit_locked<T>(
     let _lock = std::fs::File::open(dir)
         .ok()
         .and_then(|dir| nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).ok());
-    let text = std::fs::read_to_string(path).map_err(read)?;
+    let text = bkg_schema::cave::read_text(path).map_err(read)?;
     let (edited, outcome) = edit(&text)?;
     if let Some(edited) = edited {
         write_atomically(path, &edited)?;

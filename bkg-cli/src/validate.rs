@@ -16,7 +16,7 @@ pub fn run(settings: &Settings, args: ValidateArgs) -> Result<i32, CliError> {
         (None, None) => crate::project::nearest_cave_file(),
     };
     let name = path.display().to_string();
-    let text = match std::fs::read_to_string(&path) {
+    let text = match cave::read_text(&path) {
         Ok(text) => text,
         Err(error) => {
             let hint = match error.kind() {

@@ -451,12 +451,50 @@ impl std::error::Error for CaveErrors {}
 /// Reads and checks a cave.yaml.
 pub fn load(path: &Path) -> Result<CaveFile, CaveErrors> {
     let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    match read_text(path) {
         Ok(text) => parse(&text, &file),
         Err(error) => {
             Err(CaveErrors { file, errors: vec![CaveError::new(String::new(), format!("cannot be read: {error}"))] })
         }
     }
+}
+
+/// The most a cave.yaml may hold: a project's sandboxes, each at most a definition the agent
+/// takes (`MAX_DEFINITION_BODY_BYTES`), with room for comments.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The text of the cave.yaml at `path`. A pipe, a device or a socket is refused unread (a FIFO
+/// would wait for a writer, `/dev/zero` never end: found by a new-user trial, with a cave.yaml
+/// linked to them, as a repository may ship it), and so is a file over `MAX_FILE_BYTES`.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let too_big = |bytes: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "it holds {}, over the {} a cave.yaml may",
+                crate::units::format_size(bytes),
+                crate::units::format_size(MAX_FILE_BYTES)
+            ),
+        )
+    };
+    let meta = std::fs::metadata(path)?;
+    // A directory is left to the read below, whose error the callers explain.
+    if !meta.is_file() && !meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file (a pipe, a device or a socket)",
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(text.len() as u64));
+    }
+    Ok(text)
 }
 
 /// Checks the text of a cave.yaml against the schema and the rules of the types; `file` names it

@@ -245,6 +245,47 @@ fn bkgr_refuses_a_remote_agent_rather_than_run_here_unnoticed() {
     assert_eq!(agent.bkg_in(project.path(), &["ls", "--json"]).stdout, b"[]\n", "nothing ran here");
 }
 
+/// Found by a new-user trial: a cave.yaml that is a FIFO made `bkg validate` wait forever, one
+/// linked to `/dev/zero` read until memory ran out, and a huge one took most of a minute. Each
+/// is refused at once with one line; `bkg add` leaves it be.
+#[test]
+fn a_cave_yaml_that_is_no_regular_file_or_is_huge_is_refused_unread() {
+    let project = tempfile::tempdir().expect("project dir");
+    let cave = project.path().join("cave.yaml");
+    let make_fifo = Command::new("mkfifo").arg(&cave).status().expect("mkfifo");
+    assert!(make_fifo.success());
+    let refused = |args: &[&str], expected: &str| {
+        let mut child = Command::new(bkg_tests::bkg_bin())
+            .current_dir(project.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bkg");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("bkg {args:?} did not end");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("bkg");
+        assert_eq!(code(&output), 125, "{}", stderr(&output));
+        assert_eq!(stderr(&output), format!("bkg: cannot read cave.yaml: {expected}\n"));
+    };
+    let not_a_file = "it is not a regular file (a pipe, a device or a socket)";
+    refused(&["validate"], not_a_file);
+    refused(&["add", "api", "--type", "python"], not_a_file);
+    std::fs::remove_file(&cave).expect("remove the FIFO");
+    std::os::unix::fs::symlink("/dev/zero", &cave).expect("link to /dev/zero");
+    refused(&["validate"], not_a_file);
+    std::fs::remove_file(&cave).expect("remove the link");
+    std::fs::File::create(&cave).expect("create").set_len(20 * 1024 * 1024).expect("grow");
+    refused(&["validate"], "it holds 20MiB, over the 16MiB a cave.yaml may");
+}
+
 #[test]
 fn rm_without_a_terminal_needs_force() {
     let agent = Agent::start();
