@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bkg_tests::{Agent, UidRange, bin_dir, bkg_bin, cgroup_dirs_named, code, stderr};
+use bkg_tests::{Agent, UidRange, bin_dir, bkg_bin, cgroup_dirs_named, code, stderr, stdout};
 
 fn interrupt(child: &Child) {
     // SAFETY: kill(2) on a child this test spawned; no memory is involved.
@@ -60,6 +60,39 @@ fn sigterm_and_sighup_cancel_a_run_like_ctrl_c_with_128_plus_the_signal() {
         let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
         let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
         assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
+    }
+}
+
+/// Found by a new-user trial: a SIGTERM in the first few tens of milliseconds of a run was lost
+/// (no code to signal yet, or only the interpreter started ahead, which died of it and was
+/// replaced by a fresh one), so the script ran to its end and its record said both exit 0 and
+/// cancelled. However early it comes, the code does not finish.
+#[test]
+fn a_cancel_as_the_run_starts_ends_the_code() {
+    let agent = Agent::start();
+    for delay_ms in (0..=60).step_by(2) {
+        let child = agent
+            .bkg()
+            .args(["exe", "--type", "python", "-c", "import time; time.sleep(3); print('finished')"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bkg exe");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        signal(&child, libc::SIGTERM);
+        let output = child.wait_with_output().expect("wait");
+        // So early, bkg itself may not handle SIGTERM yet and die of it: the run, if it began,
+        // is cancelled as its client hangs up.
+        let died = std::os::unix::process::ExitStatusExt::signal(&output.status) == Some(libc::SIGTERM);
+        assert!(code(&output) == 143 || died, "after {delay_ms} ms: {:?} {}", output.status, stderr(&output));
+        assert_eq!(stdout(&output), "", "after {delay_ms} ms");
+        agent.wait_idle();
+        let runs = agent.bkg().args(["runs", "ls", "--json", "-n", "1"]).output().expect("bkg runs ls");
+        let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+        // A run cancelled before it left the queue has no record of its own.
+        if let Some(run) = runs.as_array().and_then(|runs| runs.first()) {
+            assert_eq!(run["exit_code"], serde_json::Value::Null, "after {delay_ms} ms: {run}");
+        }
     }
 }
 

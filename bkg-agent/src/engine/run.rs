@@ -687,6 +687,8 @@ struct Watch<'a> {
 
 /// What watching a run found.
 struct Watched {
+    /// Pid 1 reported the code started (`FromInit::Running`).
+    code_running: bool,
     /// The code was started by the interpreter pid 1 had started ahead (engine/prestart.rs).
     prestarted: bool,
     /// System call numbers the seccomp policy refused, with how often (pid 1's count).
@@ -726,6 +728,7 @@ impl Watch<'_> {
     /// `select!`, so no caller and no quiet pipe can hold off the deadline or a kill.
     async fn until_the_end(mut self) -> Watched {
         let mut watched = Watched {
+            code_running: false,
             prestarted: false,
             denied_syscalls: Vec::new(),
             ending: Ending::Vanished,
@@ -768,6 +771,11 @@ impl Watch<'_> {
                     let ending = match message {
                         Ok(FromInit::Running { prestarted }) => {
                             watched.prestarted = prestarted;
+                            watched.code_running = true;
+                            // Asked to end before the code ran: the signal goes now, to it.
+                            if watched.killed_by == Some(KilledBy::Cancelled) || asked_to_end {
+                                self.sandbox.terminate_code();
+                            }
                             continue;
                         }
                         Ok(FromInit::Ready { .. } | FromInit::Forked { .. } | FromInit::Terminal) => continue,
@@ -826,7 +834,9 @@ impl Watch<'_> {
                     closing_seen = true;
                     if stopping {
                         asked_to_end = true;
-                        self.sandbox.terminate_code();
+                        if watched.code_running {
+                            self.sandbox.terminate_code();
+                        }
                     }
                 }
                 ended = async { must_end.wait_for(|end| *end).await.is_ok() }, if phase == Phase::Running && !shutdown_seen => {
@@ -877,7 +887,13 @@ impl Watch<'_> {
             return;
         }
         watched.killed_by = Some(KilledBy::Cancelled);
-        self.sandbox.terminate_code();
+        // Before pid 1 reports the code running there may be no code to signal yet, or only the
+        // interpreter it started ahead, which dies of it and leaves pid 1 to start the code
+        // afresh: the signal waits for the report (found by a new-user trial: a Ctrl-C in a run's
+        // first few tens of milliseconds was lost, and the script ran to its end).
+        if watched.code_running {
+            self.sandbox.terminate_code();
+        }
         grace.reset(tokio::time::Instant::now() + STOP_GRACE);
     }
 
