@@ -60,7 +60,8 @@ async function context(viewport = widths.desktop) {
 }
 function watch(page) {
   page.on("console", (message) => {
-    if (message.type() === "error" && !/status of 404|status of 401|status of 403/.test(message.text())) {
+    // Refusals the pages show in words (a busy sandbox is a 409) are logged by the browser too.
+    if (message.type() === "error" && !/status of (404|401|403|409)/.test(message.text())) {
       problems.push(`console error on ${page.url()}: ${message.text()}`);
     }
   });
@@ -217,6 +218,14 @@ await step("in the sandbox's notebook a second cell uses the first's variable, a
   await third.locator(".cell-status").filter({ hasText: "[1] error" }).waitFor();
   assert.match(await third.locator(".cell-output").textContent(), /NameError: name 'x' is not defined/);
   await record(alice, "notebook", `${sandboxUrl}/notebook`);
+  // The session holds the sandbox: the sandbox page's Run box says so, in the agent's words
+  // (it said "Refused (409): reload the page.").
+  const other = await alice.newPage();
+  await other.goto(sandboxUrl);
+  await other.getByLabel("Code", { exact: true }).fill("print(1)");
+  await other.getByRole("button", { name: "Run" }).click();
+  await other.locator("#run-summary").getByText("Refused: this sandbox's python session holds it").waitFor();
+  await other.close();
   // The session holds the sandbox; the terminal needs it free.
   page.once("dialog", (dialog) => dialog.accept());
   await page.getByRole("button", { name: "End session" }).click();

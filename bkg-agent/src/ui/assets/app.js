@@ -135,15 +135,37 @@ function parseEvents(buffer, onEvent) {
   return buffer;
 }
 
+// The agent's reason for a refusal, from its body: the error event of a stream, or the API's
+// JSON error (found by a new-user trial: "Refused (409): reload the page." hid "this sandbox's
+// python session holds it: run code in its Notebook …", and reloading never helped).
+async function refusalReason(response) {
+  let text;
+  try { text = await response.text(); } catch (error) { return null; }
+  let reason = null;
+  if ((response.headers.get("content-type") || "").startsWith("text/event-stream")) {
+    parseEvents(text + "\n\n", (name, data) => {
+      if (name === "error" && reason === null) {
+        try { reason = JSON.parse(data); } catch (error) { reason = data; }
+      }
+    });
+    return typeof reason === "string" ? reason : null;
+  }
+  try { reason = JSON.parse(text).error.message; } catch (error) { return null; }
+  return typeof reason === "string" ? reason : null;
+}
+
 // What stops an answer fetched by a page from being used, said in `line` (null when it can be):
 // a session that ended while the page was open (the agent sends such a request to the login
 // page, which says why), or a refusal.
-function showUnusable(line, response) {
+async function showUnusable(line, response) {
   const login = response.redirected && new URL(response.url).pathname === "/ui/login" ? response.url : null;
   if (!login && response.ok) return false;
+  const reason = login ? null : await refusalReason(response);
   line.textContent = login
     ? "Your session ended (its key was revoked, rotated or expired, or the agent restarted). "
-    : "Refused (" + response.status + "): reload the page. ";
+    : reason
+      ? "Refused: " + reason
+      : "Refused (" + response.status + "): reload the page. ";
   line.className = "error";
   if (login) {
     const link = document.createElement("a");
@@ -190,7 +212,7 @@ function runForm() {
         method: "POST", body, credentials: "same-origin",
         headers: { "x-csrf-token": form.elements.csrf.value, "accept": "text/event-stream" },
       });
-      if (showUnusable(summary, response)) return;
+      if (await showUnusable(summary, response)) return;
       await readEvents(response, (name, data) => {
         const payload = JSON.parse(data);
         if (name === "stdout" || name === "stderr") terminal.write(payload, name);
@@ -283,7 +305,7 @@ function notebook() {
         body: new URLSearchParams({ session: book.dataset.session, code: code.value }),
         headers: { "x-csrf-token": csrf, "accept": "text/event-stream" },
       });
-      if (showUnusable(status, response)) { cell.dataset.state = "refused"; return; }
+      if (await showUnusable(status, response)) { cell.dataset.state = "refused"; return; }
       await readEvents(response, (name, data) => {
         const payload = JSON.parse(data);
         if (name === "error") { status.textContent = "Refused: " + payload; cell.dataset.state = "refused"; return; }
@@ -343,7 +365,7 @@ function fetchForms() {
       const response = await fetch(form.action, {
         method: "POST", credentials: "same-origin", body: new URLSearchParams(new FormData(form)),
       });
-      if (!showUnusable(status, response)) { status.textContent = form.dataset.fetch; status.className = ""; }
+      if (!(await showUnusable(status, response))) { status.textContent = form.dataset.fetch; status.className = ""; }
     } catch (error) {
       status.textContent = "The connection to the agent was lost: " + error;
     }
