@@ -162,7 +162,7 @@ fn state_word(info: &SandboxInfo) -> &'static str {
 
 /// Sandbox `name`'s id: the project's (cave.yaml around the current directory, or `-C`), else,
 /// with no project around, the one of that name the agent shows this caller; and the project.
-async fn locate(
+pub(crate) async fn locate(
     client: &AgentClient,
     dir: Option<&Path>,
     name: &str,

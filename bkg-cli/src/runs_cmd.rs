@@ -27,20 +27,14 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
                 check_run_id(before)?;
                 query.push_str(&format!("&before={before}"));
             }
-            if let Some(name) = &sandbox {
-                let project = crate::project::project_dir(project.dir.as_deref())?;
-                if let Ok(cave) = bkg_schema::cave::load(&project.join("cave.yaml"))
-                    && !cave.sandboxes.contains_key(name)
-                {
-                    return Err(crate::project::unknown_sandbox(&cave, name));
-                }
-                query.push_str(&format!(
-                    "&sandbox={}",
-                    bkg_schema::sandbox::sandbox_id(&project.to_string_lossy(), name)
-                ));
-            }
             let client = AgentClient::new(&settings.endpoint()?)?;
             client.ensure_running().await?;
+            // Found as `bkg status` finds it: the project's, else one made through the API, MCP
+            // or the Web UI, by name or id (found by a new-user trial: only the project's were).
+            if let Some(name) = &sandbox {
+                let (id, _) = crate::manage::locate(&client, project.dir.as_deref(), name, out).await?;
+                query.push_str(&format!("&sandbox={id}"));
+            }
             let runs: Vec<RunRecord> = client.get(&format!("/api/v1/runs{query}")).await?;
             if runs.is_empty() && !out.is_json() {
                 match &before {

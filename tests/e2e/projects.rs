@@ -992,11 +992,21 @@ fn a_sandbox_of_another_project_is_named_when_used_and_the_own_directorys_comes_
     let removed = agent.bkg_in(second.path(), &["rm", "api", "--force", "-C", first.path().to_str().expect("utf-8")]);
     assert_eq!(code(&removed), 0, "{}", stderr(&removed));
     let said = format!("`api` is not in this project's cave.yaml: using sandbox api of {}", second.path().display());
-    for command in [&["status", "api"][..], &["exec", "api", "-c", "1"], &["stop", "api"]] {
+    // `runs ls --sandbox` too (found by a new-user trial: it knew the project's own only).
+    for command in
+        [&["status", "api"][..], &["exec", "api", "-c", "1"], &["stop", "api"], &["runs", "ls", "--sandbox", "api"]]
+    {
         let output = agent.bkg_in(other.path(), command);
         assert_eq!(code(&output), 0, "{command:?}: {}", stderr(&output));
         assert!(stderr(&output).contains(&said), "{command:?}: {}", stderr(&output));
     }
+    let runs = agent.bkg_in(other.path(), &["runs", "ls", "--sandbox", "api", "--json"]);
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+    let id = bkg_schema::sandbox::sandbox_id(&second.path().to_string_lossy(), "api");
+    assert!(
+        runs.as_array().is_some_and(|runs| !runs.is_empty() && runs.iter().all(|run| run["sandbox_id"] == id.as_str())),
+        "{runs}"
+    );
 }
 
 /// A bkgr whose run another terminal stops says what may have stopped it, not just "cancelled".
