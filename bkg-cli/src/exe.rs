@@ -52,7 +52,6 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     if out.is_json() {
         out.json(&result)?;
     }
-    stream::start_own_line();
     if let Some(reason) = stream::reason_line(&result, stream::LimitsFrom::Flags) {
         out.note(format_args!("{reason}"));
     }

@@ -54,7 +54,11 @@ pub async fn stdout_closed() {
 }
 
 /// Writes to stderr, dropping what a closed or failing stderr cannot take.
+/// bkg's own lines start where the run's output left off on a line of its own
+/// (`stream::start_own_line`), and only when a line of ours follows: the output itself is
+/// passed on as the code wrote it, byte for byte.
 fn stderr(args: fmt::Arguments<'_>) {
+    crate::stream::start_own_line();
     let _ = std::io::stderr().lock().write_fmt(args);
 }
 

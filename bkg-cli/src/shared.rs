@@ -15,7 +15,7 @@ pub use crate::exit::{CliError, SUCCESS, of_run as exit_code_of_run, of_runs as 
 pub use crate::out::{Printer, clap_error};
 pub use crate::project::{load_cave, project_dir, unknown_sandbox};
 pub use crate::settings::Endpoint;
-pub use crate::stream::{LimitsFrom, Output, Stdin, denial_lines, reason_line, run as run_streamed, start_own_line};
+pub use crate::stream::{LimitsFrom, Output, Stdin, denial_lines, reason_line, run as run_streamed};
 
 /// Runs `work` to its end and makes its outcome the process's exit code; an error is reported
 /// as `TOOL: message`.

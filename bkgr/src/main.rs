@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use bkg_cli::shared::{
     AgentClient, Bkgr as Args, CliError, Endpoint, LimitsFrom, Output, Outside, Printer, SUCCESS, Stdin, bkgr_command,
     define, definition, denial_lines, exit_code_of_run, exit_code_of_runs, limit_overrides, load_cave, project_dir,
-    reason_line, run_streamed, start_own_line, unknown_sandbox,
+    reason_line, run_streamed, unknown_sandbox,
 };
 use bkg_schema::LimitOverrides;
 use bkg_schema::cave::SandboxSpec;
@@ -113,7 +113,6 @@ async fn run(args: Args) -> Result<i32, CliError> {
     // runs at once, like a Procfile runner, each line after its sandbox's name.
     if let (Some(_), [(definition, command)]) = (&args.name, runs.as_slice()) {
         let result = exec(&client, (definition, one_off), command, Output::Raw, Stdin::Relay).await?;
-        start_own_line();
         if let Some(reason) = reason_line(&result, limits_from) {
             out.note(format_args!("{}: {reason}", definition.name));
         }

@@ -222,4 +222,11 @@ fn the_reason_line_starts_a_line_of_its_own() {
         "import sys, time\nprint('line', file=sys.stderr)\ntime.sleep(30)",
     ]);
     assert_eq!(stderr(&whole), "line\nbkg: timed out after 1s (--timeout)\n", "no blank line after a whole one");
+    // Without a line of bkg's to follow, the script's stderr is passed on as it wrote it (found
+    // by a new-user trial: a newline was added to its end, and to binary output too).
+    for exit in [0, 3] {
+        let code_text = format!("import sys\nsys.stderr.write('abc')\nsys.exit({exit})");
+        let unfinished = agent.exe(&["--type", "python", "-c", &code_text]);
+        assert_eq!((code(&unfinished), stderr(&unfinished)), (exit, "abc".to_owned()));
+    }
 }
