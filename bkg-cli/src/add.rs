@@ -65,7 +65,34 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
     let project = path.parent().unwrap_or(std::path::Path::new("."));
     let starter = crate::project::write_starter(project, &name, &sandbox)?;
     out.note(format_args!("added sandbox `{name}` ({}) to {file}{starter}", sandbox.language.as_str()));
+    for volume in &sandbox.volumes {
+        if let Some(said) = volume_folder(project, volume)? {
+            out.note(format_args!("{said}"));
+        }
+    }
     Ok(SUCCESS)
+}
+
+/// Makes the project folder a new volume shares, if it is missing: `bkgr NAME` would refuse the
+/// volume until it exists (found by a new-user trial: `bkg add api --volume data:/workspace/data`
+/// was taken, and the sandbox could not run). A folder outside the project is only named: what
+/// lies there is not the project's to make.
+fn volume_folder(project: &std::path::Path, volume: &str) -> Result<Option<String>, CliError> {
+    let Ok(volume) = bkg_schema::cave::Volume::parse(volume) else { return Ok(None) };
+    let host = project.join(&volume.host);
+    if std::fs::symlink_metadata(&host).is_ok() {
+        return Ok(None);
+    }
+    let inside = volume
+        .host
+        .components()
+        .all(|part| matches!(part, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    if !inside {
+        return Ok(Some(format!("{} does not exist: `bkgr` refuses the volume until it does", volume.host.display())));
+    }
+    std::fs::create_dir_all(&host)
+        .map_err(|error| CliError::usage(format!("cannot make the volume's folder {}: {error}", host.display())))?;
+    Ok(Some(format!("made the volume's folder {}", volume.host.display())))
 }
 
 /// A limit flag: its key in cave.yaml, its value, and how to check it as that limit.

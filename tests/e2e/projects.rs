@@ -286,6 +286,42 @@ fn a_cave_yaml_that_is_no_regular_file_or_is_huge_is_refused_unread() {
     refused(&["validate"], "it holds 20MiB, over the 16MiB a cave.yaml may");
 }
 
+/// Found by a new-user trial: `bkg add api --volume data:/workspace/data:rw` was taken without
+/// `./data`, and `bkgr api` then refused the volume. The project's folder is made; one outside
+/// the project is only named.
+#[test]
+fn add_makes_a_missing_volume_folder_of_the_project_and_the_sandbox_runs() {
+    let agent = Agent::start();
+    let project = project_with("version: 1\nnamespace: default\nsandboxes: {}\n");
+    let dir = project.path();
+    let added = agent.bkg_in(
+        dir,
+        &[
+            "add",
+            "api",
+            "--type",
+            "python",
+            "--script",
+            "start=ls -d /workspace/data",
+            "--volume",
+            "data:/workspace/data:rw",
+        ],
+    );
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    assert!(stderr(&added).contains("bkg: made the volume's folder data\n"), "{}", stderr(&added));
+    assert!(dir.join("data").is_dir());
+    let ran = agent.bkgr(dir, &["api"]);
+    assert_eq!((code(&ran), stdout(&ran)), (0, "/workspace/data\n".to_owned()), "{}", stderr(&ran));
+    let outside = agent.bkg_in(dir, &["add", "other", "--type", "python", "--volume", "/nonexistent/x:/workspace/x"]);
+    assert_eq!(code(&outside), 0, "{}", stderr(&outside));
+    assert!(
+        stderr(&outside).contains("/nonexistent/x does not exist: `bkgr` refuses the volume until it does"),
+        "{}",
+        stderr(&outside)
+    );
+    assert!(!Path::new("/nonexistent").exists());
+}
+
 #[test]
 fn rm_without_a_terminal_needs_force() {
     let agent = Agent::start();
