@@ -601,10 +601,15 @@ pub fn to_json(text: &str) -> Result<Value, CaveError> {
     if let Some(duplicate) = find_duplicate(text) {
         return Err(duplicate);
     }
-    let yaml: yaml_serde::Value = yaml_serde::from_str(text).map_err(|error| CaveError {
-        line: error.location().map(|location| location.line()),
-        pointer: String::new(),
-        message: format!("invalid YAML: {error}"),
+    let yaml: yaml_serde::Value = yaml_serde::from_str(text).map_err(|error| {
+        let line = error.location().map(|location| location.line());
+        // YAML indents with spaces only; the parser's own words do not say so (found by a
+        // new-user trial: "found character that cannot start any token").
+        let tab = line
+            .and_then(|line| text.lines().nth(line.saturating_sub(1)))
+            .is_some_and(|text| text.trim_start_matches(' ').starts_with('\t'));
+        let hint = if tab { ": YAML indents with spaces, not tabs" } else { "" };
+        CaveError { line, pointer: String::new(), message: format!("invalid YAML: {error}{hint}") }
     })?;
     serde_json::to_value(&yaml)
         .map_err(|error| CaveError::new(String::new(), format!("cannot be read as JSON data: {error}")))
@@ -1327,6 +1332,16 @@ sandboxes:
         let [error] = errors.as_slice() else { panic!("{errors:?}") };
         assert_eq!(error.pointer, "/sandboxes/a/env");
         assert!(error.message.contains("over the 128KiB a sandbox's may"), "{}", error.message);
+    }
+
+    /// Found by a new-user trial: a line indented with a tab got only the parser's "found
+    /// character that cannot start any token".
+    #[test]
+    fn a_tab_in_the_indentation_is_named() {
+        let errors = errors_of("version: 1\nsandboxes:\n\tapi:\n\t\ttype: python\n");
+        let [error] = errors.as_slice() else { panic!("{errors:?}") };
+        assert_eq!(error.line, Some(3));
+        assert!(error.message.ends_with(": YAML indents with spaces, not tabs"), "{}", error.message);
     }
 
     /// Found by a new-user trial: `bkg validate /etc/passwd` printed the whole file on one line.

@@ -93,7 +93,10 @@ pub const MAX_CPUS: f64 = 4096.0;
 
 pub fn parse_cpus(text: &str) -> Result<u64, UnitError> {
     let value: f64 = text.trim().parse().map_err(|_| UnitError::Cpus(text.to_owned()))?;
-    if value.is_finite() && value > MAX_CPUS {
+    // Digits past what a float holds read as infinity: too many, not "no CPU count" (found by a
+    // new-user trial); `inf` itself is no count.
+    let digits = text.trim().bytes().all(|byte| byte.is_ascii_digit() || byte == b'.');
+    if (value.is_finite() || digits) && value > MAX_CPUS {
         return Err(UnitError::TooManyCpus(text.to_owned()));
     }
     if !value.is_finite() || value < 0.0 {
@@ -235,6 +238,8 @@ mod tests {
             parse_cpus("99999").map_err(|error| error.to_string()),
             Err("`99999` is more CPUs than a limit can name: the most is 4096".into())
         );
+        assert!(matches!(parse_cpus(&"9".repeat(400)), Err(UnitError::TooManyCpus(_))));
+        assert!(matches!(parse_cpus("inf"), Err(UnitError::Cpus(_))));
     }
 
     #[test]
