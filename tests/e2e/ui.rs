@@ -481,6 +481,31 @@ fn a_run_the_agent_ended_says_how_in_words() {
     assert!(terminal.text().contains("&quot;cancelled&quot;:&quot;cancelled&quot;"), "{}", terminal.text());
 }
 
+/// Found by a new-user trial: the runs page filtered by sandbox id only and showed the newest
+/// 100 runs with no way to older ones, ignoring `before=` where the API answers 422.
+#[test]
+fn the_runs_page_filters_by_sandbox_name_and_pages_to_older_runs() {
+    let (agent, address, _files) = agent_on_tcp();
+    let mut browser = Browser::new(&address);
+    assert_eq!(browser.log_in_with_url(launch(&agent)["url"].as_str().unwrap_or_default()).status, 303);
+    let first = created_sandbox(&mut browser, "first");
+    let second = created_sandbox(&mut browser, "second");
+    let runs: Vec<String> =
+        ["print(1)", "print(2)"].iter().map(|code| run_id_of(&run_code(&mut browser, &first, code))).collect();
+    let other = run_id_of(&run_code(&mut browser, &second, "print(3)"));
+    let page = browser.get("/ui/runs?sandbox=first&limit=1");
+    assert_eq!(page.status, 200, "{}", page.text());
+    let text = page.text();
+    assert!(text.contains(&runs[1]) && !text.contains(&runs[0]) && !text.contains(&other), "{text}");
+    let older = format!("/ui/runs?sandbox=first&amp;limit=1&amp;before={}", runs[1]);
+    assert!(text.contains(&older), "{text}");
+    let next = browser.get(&older.replace("&amp;", "&")).text();
+    assert!(next.contains(&runs[0]) && !next.contains(&runs[1]) && !next.contains(&other), "{next}");
+    let unknown = browser.get("/ui/runs?before=run_nope");
+    assert_eq!(unknown.status, 422, "{}", unknown.text());
+    assert!(unknown.text().contains("there is no run run_nope here to list older runs from"), "{}", unknown.text());
+}
+
 #[test]
 fn markup_and_terminal_sequences_in_output_are_shown_as_text() {
     let (agent, address, _files) = agent_on_tcp();

@@ -213,13 +213,16 @@ where
 pub struct RunFilter {
     pub namespace: Option<String>,
     pub sandbox: Option<String>,
+    /// The runs older than this one (the next page).
+    pub before: Option<String>,
     pub limit: u32,
 }
 
 /// The newest runs the caller may see, as `GET /api/v1/runs` (a namespace user asking for
 /// another namespace is refused, as there).
 pub async fn list_runs(state: &AppState, principal: &Principal, filter: RunFilter) -> OpResult<Vec<RunRecord>> {
-    Ok(state.service.list_runs(principal, filter.limit.clamp(1, 1000), filter.namespace, filter.sandbox, None).await?)
+    let limit = filter.limit.clamp(1, 1000);
+    Ok(state.service.list_runs(principal, limit, filter.namespace, filter.sandbox, filter.before).await?)
 }
 
 /// One run, as `GET /api/v1/runs/{id}`: another namespace's is "not found".

@@ -385,8 +385,12 @@ fn whole_chars(carry: &mut Vec<u8>, bytes: &[u8]) -> String {
 
 #[derive(Deserialize, Default)]
 pub struct RunsQuery {
+    /// A sandbox's name or id.
     #[serde(default)]
     sandbox: String,
+    /// The runs older than this one: the next page.
+    #[serde(default)]
+    before: String,
     #[serde(default)]
     namespace: String,
     /// `ok`, `failed` or `killed`.
@@ -435,9 +439,14 @@ pub async fn runs(
         );
     }
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let sandbox = match sandbox_by_name_or_id(&state, &viewer, query.sandbox.trim()).await {
+        Ok(sandbox) => sandbox,
+        Err(refused) => return refused,
+    };
     let filter = ops::RunFilter {
         namespace: Some(query.namespace.trim().to_owned()).filter(|text| !text.is_empty()),
-        sandbox: Some(query.sandbox.trim().to_owned()).filter(|text| !text.is_empty()),
+        sandbox,
+        before: Some(query.before.trim().to_owned()).filter(|text| !text.is_empty()),
         limit,
     };
     let list = match ops::list_runs(&state, &viewer.principal, filter).await {
@@ -451,7 +460,7 @@ pub async fn runs(
         .collect();
     let body = html! {
         form.filters method="get" action="/ui/runs" {
-            div { label for="f-sandbox" { "Sandbox id" } input #f-sandbox name="sandbox" value=(query.sandbox); }
+            div { label for="f-sandbox" { "Sandbox" } input #f-sandbox name="sandbox" value=(query.sandbox) placeholder="name or id"; }
             @if ops::administers(&viewer.principal) {
                 div { label for="f-namespace" { "Namespace" } input #f-namespace name="namespace" value=(query.namespace); }
             }
@@ -493,8 +502,57 @@ pub async fn runs(
                 }
             }
         }
+        // A full page may have older runs behind it (the filters above hold for it too).
+        @if let Some(last) = list.last().filter(|_| list.len() as u32 == limit) {
+            p { a href={ "/ui/runs?" (older_runs_query(&query, &last.id)) } { "Older runs" } }
+        }
     };
     page(Some(&viewer), "Runs", body).into_response()
+}
+
+/// The runs page's query for the page of runs older than `last`, with the same filters.
+fn older_runs_query(query: &RunsQuery, last: &str) -> String {
+    let limit = query.limit.map(|limit| limit.to_string()).unwrap_or_default();
+    let pairs = [
+        ("sandbox", query.sandbox.as_str()),
+        ("namespace", query.namespace.as_str()),
+        ("outcome", query.outcome.as_str()),
+        ("language", query.language.as_str()),
+        ("limit", limit.as_str()),
+        ("before", last),
+    ];
+    let given: Vec<(&str, &str)> = pairs.into_iter().filter(|(_, value)| !value.is_empty()).collect();
+    serde_urlencoded::to_string(given).unwrap_or_default()
+}
+
+/// The sandbox id a runs filter names: an id the caller sees, else the one sandbox of that name
+/// (found by a new-user trial: the filter took ids only, which nobody types). A name several
+/// sandboxes share is refused with the fix; a name of none filters to nothing.
+async fn sandbox_by_name_or_id(state: &AppState, viewer: &Viewer, text: &str) -> Result<Option<String>, Response> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let sandboxes =
+        ops::list_sandboxes(state, &viewer.principal).await.map_err(|failure| refusal(Some(viewer), failure))?;
+    if sandboxes.iter().any(|info| info.id == text) {
+        return Ok(Some(text.to_owned()));
+    }
+    let named: Vec<&SandboxInfo> = sandboxes.iter().filter(|info| info.name == text).collect();
+    match named.as_slice() {
+        [one] => Ok(Some(one.id.clone())),
+        [] => Ok(Some(text.to_owned())),
+        several => {
+            let ids: Vec<&str> = several.iter().map(|info| info.id.as_str()).collect();
+            Err(super::view::error_page(
+                Some(viewer),
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "Several sandboxes are named {text}: filter by the id of the one you mean ({}).",
+                    ids.join(", ")
+                ),
+            ))
+        }
+    }
 }
 
 pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
