@@ -387,7 +387,8 @@ pub fn main() -> ExitCode {
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("bkg-agent: {}", one_line(&error));
+            // Not `eprintln!`, which panics when stderr's reader is gone (`LogWriter`).
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("bkg-agent: {}\n", one_line(&error)));
             if error.downcast_ref::<FlagValue>().is_some() { ExitCode::from(USAGE_EXIT) } else { ExitCode::from(1) }
         }
     }
@@ -594,7 +595,7 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     }
 
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .with_ansi(std::env::var_os("NO_COLOR").is_none() && nix::unistd::isatty(std::io::stderr()).unwrap_or(false))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BKG_LOG")
@@ -1106,6 +1107,24 @@ async fn serve(
     }
     drop(socket_file);
     Ok(())
+}
+
+/// The agent's log on stderr, whose reader may go away (`| tee` killed, a journal restarted):
+/// a line that cannot be written is dropped, and the agent goes on (found by a new-user trial:
+/// tracing-subscriber reported the failed write with `eprintln!`, which panicked on the closed
+/// pipe, and the agent died with its runs and left its cgroups).
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::Write::flush(&mut std::io::stderr().lock());
+        Ok(())
+    }
 }
 
 /// The agent's log without `BKG_LOG`: its own events, and the MCP library's warnings only (at

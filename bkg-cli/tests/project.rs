@@ -302,7 +302,10 @@ fn add_appends_a_block_keeping_comments_order_and_spacing() {
         ],
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert_eq!(stderr(&output), "bkg: added sandbox `worker` (python) to cave.yaml\n");
+    assert_eq!(
+        stderr(&output),
+        "bkg: added sandbox `worker` (python) to cave.yaml\nbkg: made the volume's folder ./jobs\n"
+    );
     let expected = EXISTING.replace(
         "    limits: { memory: 1GiB }\n",
         "    limits: { memory: 1GiB }

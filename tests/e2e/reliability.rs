@@ -378,3 +378,23 @@ fn a_deleted_socket_file_is_made_again_and_another_agent_s_is_left_alone() {
     let status: Value = serde_json::from_slice(&status.stdout).expect("agent status --json");
     assert_eq!(status["pid"], other.pid(), "{status}");
 }
+
+/// Found by a new-user trial: once the reader of the agent's stderr went away (`| head -1`, a
+/// `tee` killed), its next log line made it panic (exit 101), ending its runs and leaving its
+/// cgroups. It goes on serving, and stops cleanly.
+#[test]
+fn the_agent_outlives_the_reader_of_its_log() {
+    let closed_stderr = "exec 2> >(head -c 1 > /dev/null); exec \"$0\" \"$@\"";
+    let options = AgentOptions {
+        wrapper: vec!["bash".to_owned(), "-c".to_owned(), closed_stderr.to_owned()],
+        ..AgentOptions::default()
+    };
+    let mut agent = Agent::start_with(options);
+    for _ in 0..3 {
+        let ran = agent.bkg().args(["exe", "--type", "python", "-c", "print(6 * 7)"]).output().expect("bkg exe");
+        assert_eq!((code(&ran), stdout(&ran)), (0, "42\n".to_owned()), "{}", stderr(&ran));
+    }
+    let stop = agent.bkg().args(["agent", "stop"]).output().expect("bkg agent stop");
+    assert_eq!(code(&stop), 0, "{}", stderr(&stop));
+    assert_eq!(agent.wait_for_exit().code(), Some(0));
+}

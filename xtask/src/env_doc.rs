@@ -58,6 +58,11 @@ const READ_IN_CODE: &[Described] = &[
         meaning: "set and not `0`: bkg never starts an agent when none answers (root's bkg otherwise does)",
     },
     Described {
+        name: "BKG_REMOTE",
+        default: "unset",
+        meaning: "also read directly by bkgr, which runs a project on this machine's agent only: set, it refuses to run (exit 125)",
+    },
+    Described {
         name: "BKG_SOCKET",
         default: "`/run/bkg/agent.sock`",
         meaning: "also read directly where bkg or bkgr needs the default socket outside clap",

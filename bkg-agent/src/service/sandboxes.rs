@@ -338,9 +338,12 @@ impl Service {
             .map_err(|error| OpError::Invalid(error.to_string()))
     }
 
-    /// The size of sandbox `id`'s disk image, once it has one.
+    /// The size of sandbox `id`'s disk image, once it has one. An image of no bytes is one being
+    /// made (engine/disk.rs sizes it just after creating it): no disk yet, not a disk of none,
+    /// which a run beside it was refused for ("disk limit must be greater than zero").
     fn disk_image_size(&self, namespace: &str, id: &str) -> Option<u64> {
-        std::fs::metadata(self.engine.sandbox_home(namespace, id).disk_image()).ok().map(|meta| meta.len())
+        let image = std::fs::metadata(self.engine.sandbox_home(namespace, id).disk_image()).ok();
+        image.map(|meta| meta.len()).filter(|bytes| *bytes > 0)
     }
 
     /// The limits the runs of `definition` get for `principal`: the agent's defaults, under a
