@@ -388,7 +388,8 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // Not `eprintln!`, which panics when stderr's reader is gone (`LogWriter`).
-            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("bkg-agent: {}\n", one_line(&error)));
+            let _ =
+                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("bkg-agent: {}\n", one_line(&error)));
             if error.downcast_ref::<FlagValue>().is_some() { ExitCode::from(USAGE_EXIT) } else { ExitCode::from(1) }
         }
     }

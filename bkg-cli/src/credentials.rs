@@ -139,10 +139,16 @@ pub fn kept_key(remote: &reqwest::Url) -> Result<Option<String>, CliError> {
     Ok(read_file()?.remove(&account(remote)))
 }
 
-/// Keeps `key` for `remote`: in the keyring when it works (read back to be sure), else in the
-/// credentials file.
+/// Keeps `key` for `remote` in one place: in the keyring when it works (read back to be sure)
+/// and the credentials file does not hold `remote`'s key already, else in the file. Where the
+/// file holds it (`login` fell back to it), a new key replaces it there and none is left in the
+/// keyring to shadow it (found by a new-user trial: `keys rotate` of the kept key put the new
+/// one in a keyring the next command could not read, which then fell back to the old key in
+/// the file and was refused).
 pub fn keep(remote: &reqwest::Url, key: &str) -> Result<Kept, CliError> {
-    if !file_only()? && keyring_round_trips() {
+    let mut keys = read_file()?;
+    let in_file = keys.contains_key(&account(remote));
+    if !file_only()? && !in_file && keyring_round_trips() {
         let entry = keyring_entry(remote);
         let kept = entry.as_ref().is_ok_and(|entry| {
             entry.set_password(key).and_then(|()| entry.get_password()).is_ok_and(|stored| stored == key)
@@ -155,8 +161,11 @@ pub fn keep(remote: &reqwest::Url, key: &str) -> Result<Kept, CliError> {
             let _ = entry.delete_credential();
         }
     }
+    // The keyring is read first (`kept_key`): an older key there would win over this one.
+    if !file_only()? {
+        let _ = keyring_entry(remote).and_then(|entry| entry.delete_credential());
+    }
     let path = credentials_file();
-    let mut keys = read_file()?;
     keys.insert(account(remote), key.to_owned());
     let failed = |error: std::io::Error| CliError::usage(format!("cannot write {}: {error}", path.display()));
     let dir = path.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
