@@ -240,6 +240,19 @@ fn output_written_between_executions_comes_with_the_next_one() {
     assert_eq!((code(&partial), stdout(&partial)), (0, "partial".to_owned()), "{}", stderr(&partial));
     let after = agent.bkg_in(dir, &["exec", "js", "-c", "40 + 2"]);
     assert_eq!((code(&after), stdout(&after)), (0, "42\n".to_owned()), "{}", stderr(&after));
+    // Long output without a newline, written past the runner (Node's, `os.write`) or through it
+    // (one event line), comes whole, its characters uncut (found by a new-user trial: the agent
+    // searched all of it again at every piece, 12 s of CPU for 20 MB).
+    let long = "é".repeat(300_000);
+    for (sandbox, code_text) in [
+        ("js", "process.stdout.write('é'.repeat(300000)); undefined"),
+        ("box", "import os\nos.write(1, ('é' * 300000).encode())\nNone"),
+        ("box", "import sys\nsys.stdout.write('é' * 300000)\nNone"),
+    ] {
+        let written = agent.bkg_in(dir, &["exec", sandbox, "-c", code_text]);
+        assert_eq!(code(&written), 0, "{sandbox}: {}", stderr(&written));
+        assert!(stdout(&written) == long, "{sandbox}: {} bytes", written.stdout.len());
+    }
 }
 
 /// `bkg repl` reading a pipe runs every cell and says with its exit code whether one failed,

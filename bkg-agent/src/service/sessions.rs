@@ -209,19 +209,55 @@ impl Session {
     }
 }
 
+/// How much output without a newline a session holds back before passing it on.
+const UNENDED_LINE_BYTES: usize = 64 * 1024;
+
 /// Reads the runner's output for the session's whole life, turning it into events.
 async fn read_output(service: Arc<Service>, session: Arc<Session>, mut output: mpsc::Receiver<RunOutput>) {
+    // What came after the last newline, and where in it the last event mark is (an event whose
+    // line has not ended). Each piece is searched once (found by a new-user trial: searching all
+    // of it again at every piece cost the agent CPU by the square of the output's length, 12 s
+    // for 20 MB written at once, which the Python runner sends as one event line).
     let mut pending: Vec<u8> = Vec::new();
+    let mut mark: Option<usize> = None;
     while let Some(piece) = output.recv().await {
         match piece {
             RunOutput::Stdout(bytes) => {
+                let searched = pending.len();
                 pending.extend_from_slice(&bytes);
-                while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=newline).collect();
-                    for event in parse_line(line) {
+                let mut start = 0;
+                let mut from = searched;
+                while let Some(offset) = pending[from..].iter().position(|byte| *byte == b'\n') {
+                    let end = from + offset;
+                    for event in parse_line(pending[start..=end].to_vec()) {
                         session.deliver(event).await;
                     }
+                    start = end + 1;
+                    from = start;
                 }
+                let fresh = searched.max(start);
+                mark = pending[fresh..]
+                    .iter()
+                    .rposition(|byte| *byte == EVENT_MARK)
+                    .map(|at| fresh + at)
+                    .or(mark.filter(|at| *at >= start));
+                // A long stretch of output without a newline (Node's, a subprocess's) is passed
+                // on as it comes, but for the event its mark may begin and a character cut.
+                if pending.len() - start > UNENDED_LINE_BYTES {
+                    let upto = mark.unwrap_or(pending.len());
+                    let rest = &pending[start..upto];
+                    let whole = match std::str::from_utf8(rest) {
+                        Err(error) if error.error_len().is_none() => error.valid_up_to(),
+                        _ => rest.len(),
+                    };
+                    if whole > 0 {
+                        let text = String::from_utf8_lossy(&rest[..whole]).into_owned();
+                        session.deliver(SessionEvent::Stream { name: StreamName::Stdout, text }).await;
+                        start += whole;
+                    }
+                }
+                pending.drain(..start);
+                mark = mark.map(|at| at - start);
             }
             RunOutput::Stderr(bytes) => {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
