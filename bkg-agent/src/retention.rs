@@ -21,6 +21,10 @@ const EVERY: Duration = Duration::from_secs(3600);
 pub enum RetentionError {
     #[error("--retention-for wants NAMESPACE=DURATION, not {0:?}")]
     Shape(String),
+    #[error("--retention-for {0:?}: `{1}` is no namespace's name (a DNS label: a-z, 0-9, -)")]
+    Namespace(String, String),
+    #[error("--retention-for names namespace `{0}` twice: give each namespace one duration")]
+    Twice(String),
     #[error("retention {0:?}: {1}")]
     Duration(String, bkg_schema::UnitError),
     #[error(transparent)]
@@ -59,7 +63,13 @@ impl RetentionPolicy {
                 .split_once('=')
                 .filter(|(namespace, _)| !namespace.is_empty())
                 .ok_or_else(|| RetentionError::Shape(entry.clone()))?;
-            policy.per_namespace.insert(namespace.to_owned(), duration(text)?);
+            // A typo would hold for no namespace, without a word (found by a new-user trial).
+            if !bkg_schema::sandbox::is_dns_label(namespace) {
+                return Err(RetentionError::Namespace(entry.clone(), namespace.to_owned()));
+            }
+            if policy.per_namespace.insert(namespace.to_owned(), duration(text)?).is_some() {
+                return Err(RetentionError::Twice(namespace.to_owned()));
+            }
         }
         Ok(policy)
     }
@@ -209,6 +219,13 @@ mod tests {
         assert_eq!(policy.cutoff_ms("audit", 5), 0);
         assert!(matches!(RetentionPolicy::parse("30d", &["=1h".into()]), Err(RetentionError::Shape(_))));
         assert!(matches!(RetentionPolicy::parse("soon", &[]), Err(RetentionError::Duration(..))));
+        let typo = RetentionPolicy::parse("30d", &["Team=1d".into()]).err().map(|error| error.to_string());
+        assert_eq!(
+            typo.as_deref(),
+            Some("--retention-for \"Team=1d\": `Team` is no namespace's name (a DNS label: a-z, 0-9, -)")
+        );
+        let twice = RetentionPolicy::parse("30d", &["ci=1h".into(), "ci=2h".into()]);
+        assert!(matches!(twice, Err(RetentionError::Twice(namespace)) if namespace == "ci"));
         Ok(())
     }
 }

@@ -180,6 +180,14 @@ pub const KEY_ROTATED_EVENT: &str = "key.rotated";
 /// The header that carries a notice's signature.
 pub const SIGNATURE_HEADER: &str = "x-bkg-signature";
 
+/// Whether `text` has the shape of a key's id (`key_` and lowercase hex, as the agent makes
+/// them): the CLI puts an id in a request's path, where `?` or `../` would reach another.
+pub fn is_key_id(text: &str) -> bool {
+    text.strip_prefix("key_").is_some_and(|rest| {
+        !rest.is_empty() && rest.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

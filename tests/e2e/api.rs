@@ -1503,6 +1503,14 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     );
     let bad_role = bkg_at(&api, home.path()).args(["keys", "create", "--role", "root"]).output().expect("bkg");
     assert_eq!(code(&bad_role), 125);
+    // An id is checked before it goes into a request's path (found by a new-user trial: this one
+    // reached another endpoint, which said it did not take that method).
+    let odd = bkg_at(&api, home.path()).args(["keys", "revoke", "key_x?role=admin"]).output().expect("bkg");
+    assert_eq!(code(&odd), 125);
+    assert_eq!(
+        stderr(&odd),
+        "bkg: `key_x?role=admin` is not a key id: give one as `bkg keys ls` lists it (key_ and hex)\n"
+    );
     assert_eq!(stderr(&bad_role).lines().count(), 1, "{}", stderr(&bad_role));
 }
 
