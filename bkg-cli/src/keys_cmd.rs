@@ -154,6 +154,19 @@ fn table(keys: &[KeyInfo]) -> String {
     crate::table::render(&headers, &[], &[2, 5], rows, crate::table::width())
 }
 
+/// An id as `bkg keys ls` lists it, before it goes into a request's path (found by a new-user
+/// trial: `keys revoke 'key_x?role=admin'` reached another endpoint and said "this endpoint does
+/// not take that method").
+fn check_key_id(id: &str) -> Result<(), CliError> {
+    if bkg_schema::auth::is_key_id(id) {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "`{}` is not a key id: give one as `bkg keys ls` lists it (key_ and hex)",
+        id.escape_debug()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,17 +196,4 @@ mod tests {
         assert_eq!(remaining(now_ms() + 30 * 86_400_000 - 60_000 - 50), "30d00h");
         assert_eq!(remaining(now_ms().saturating_sub(1)), "0s (expired)");
     }
-}
-
-/// An id as `bkg keys ls` lists it, before it goes into a request's path (found by a new-user
-/// trial: `keys revoke 'key_x?role=admin'` reached another endpoint and said "this endpoint does
-/// not take that method").
-fn check_key_id(id: &str) -> Result<(), CliError> {
-    if bkg_schema::auth::is_key_id(id) {
-        return Ok(());
-    }
-    Err(CliError::usage(format!(
-        "`{}` is not a key id: give one as `bkg keys ls` lists it (key_ and hex)",
-        id.escape_debug()
-    )))
 }
