@@ -568,9 +568,16 @@ pub async fn stop_many(settings: &Settings, args: StopArgs) -> Result<i32, CliEr
     } else {
         args.names
     };
-    let mut answers = Vec::new();
+    // Every name is found before any sandbox is stopped, as `bkg rm` does (found by a new-user
+    // trial: `bkg stop api nosuch` stopped api, then failed).
+    let mut located = Vec::new();
     for name in names {
-        answers.push(stop(&client, out, args.project.dir.as_deref(), name).await?);
+        let (id, project) = locate(&client, args.project.dir.as_deref(), &name, out).await?;
+        located.push((name, id, project));
+    }
+    let mut answers = Vec::new();
+    for (name, id, project) in located {
+        answers.push(stop(&client, out, name, &id, project.as_deref()).await?);
     }
     if out.is_json() {
         out.json(&answers)?;
@@ -582,11 +589,11 @@ pub async fn stop_many(settings: &Settings, args: StopArgs) -> Result<i32, CliEr
 async fn stop(
     client: &AgentClient,
     out: crate::out::Printer,
-    dir: Option<&Path>,
     name: String,
+    id: &str,
+    project: Option<&Path>,
 ) -> Result<StopAnswer, CliError> {
-    let (id, project) = locate(client, dir, &name, out).await?;
-    let stopped = match (client.post_found(&format!("/api/v1/sandboxes/{id}/stop")).await?, &project) {
+    let stopped = match (client.post_found(&format!("/api/v1/sandboxes/{id}/stop")).await?, project) {
         (Some(Stopped { stopped }), _) => stopped,
         // Declared in cave.yaml and never made: there is nothing to stop, which is what was asked.
         // A cave.yaml that does not load cannot say whether it declares the name: its problems.

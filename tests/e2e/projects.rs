@@ -322,6 +322,24 @@ fn add_makes_a_missing_volume_folder_of_the_project_and_the_sandbox_runs() {
     assert!(!Path::new("/nonexistent").exists());
 }
 
+/// Found by a new-user trial: `bkg stop api nosuch` stopped api, then failed on nosuch; every
+/// name is found first, as `bkg rm` does.
+#[test]
+fn stop_finds_every_name_before_it_stops_any() {
+    let agent = Agent::start();
+    let project =
+        project_with("version: 1\nsandboxes:\n  api:\n    type: python\n    scripts:\n      start: sleep 600\n");
+    let dir = project.path();
+    let started = agent.bkgr(dir, &["-d", "api"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    let refused = agent.bkg_in(dir, &["stop", "api", "nosuch"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("nosuch"), "{}", stderr(&refused));
+    assert_eq!(status_of(&agent, dir, "api")["state"], "running", "api was not stopped");
+    let stopped = agent.bkg_in(dir, &["stop", "api"]);
+    assert_eq!((code(&stopped), stderr(&stopped)), (0, "bkg: stopped api\n".to_owned()));
+}
+
 #[test]
 fn rm_without_a_terminal_needs_force() {
     let agent = Agent::start();
