@@ -204,8 +204,17 @@ pub async fn ensure(
     if !known {
         let definition = made?;
         if let Some(volume) = outside(&definition, project) {
+            // bkgr runs a script: the hint names one the sandbox has (found by a new-user trial:
+            // `bkgr --allow-outside NAME` refused a sandbox without `start`).
+            let make = match (spec.scripts.contains_key("start"), spec.scripts.keys().next()) {
+                (true, _) => format!("make it once with `bkgr --allow-outside {name}`"),
+                (false, Some(script)) => format!("make it once with `bkgr --allow-outside {name} {script}`"),
+                (false, None) => format!(
+                    "give it a script in cave.yaml (`scripts:`) and make it once with `bkgr --allow-outside {name} SCRIPT`"
+                ),
+            };
             return Err(CliError::usage(format!(
-                "sandbox `{name}` has a volume outside the project ({}): make it once with `bkgr --allow-outside {name}`",
+                "sandbox `{name}` has a volume outside the project ({}): {make}",
                 volume.host
             )));
         }

@@ -340,6 +340,27 @@ fn stop_finds_every_name_before_it_stops_any() {
     assert_eq!((code(&stopped), stderr(&stopped)), (0, "bkg: stopped api\n".to_owned()));
 }
 
+/// Found by a new-user trial: a sandbox with a volume outside the project was to be made with
+/// `bkgr --allow-outside NAME`, which refuses a sandbox without a `start` script. The hint names
+/// a script it has, and works.
+#[test]
+fn the_allow_outside_hint_names_a_script_the_sandbox_has() {
+    let agent = Agent::start();
+    let outside = tempfile::tempdir().expect("outside dir");
+    let project = project_with(&format!(
+        "version: 1\nsandboxes:\n  v:\n    type: python\n    volumes: [\"{}:/workspace/outside\"]\n    scripts:\n      build: \"true\"\n",
+        outside.path().display()
+    ));
+    let dir = project.path();
+    let refused = agent.bkg_in(dir, &["exec", "v", "-c", "1"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("make it once with `bkgr --allow-outside v build`"), "{}", stderr(&refused));
+    let made = agent.bkgr(dir, &["--allow-outside", "v", "build"]);
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let exec = agent.bkg_in(dir, &["exec", "v", "-c", "print(6 * 7)"]);
+    assert_eq!((code(&exec), stdout(&exec)), (0, "42\n".to_owned()), "{}", stderr(&exec));
+}
+
 #[test]
 fn rm_without_a_terminal_needs_force() {
     let agent = Agent::start();
