@@ -407,8 +407,12 @@ impl SandboxTools {
                     error =
                         Some(serde_json::json!({ "name": name, "message": message, "traceback": traceback.concat() }));
                 }
-                SessionEvent::End { status: end, .. } => {
+                SessionEvent::End { status: end, error: not_started, .. } => {
                     status = Some(end);
+                    // Why the interpreter could not start (its packages failed to install).
+                    if let Some(message) = not_started {
+                        error = Some(serde_json::json!({ "name": "not started", "message": message, "traceback": "" }));
+                    }
                     break;
                 }
             }

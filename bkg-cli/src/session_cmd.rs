@@ -254,7 +254,12 @@ fn show(event: &SessionEvent, out: Printer) -> Result<Option<Ended>, CliError> {
                 }
             }
         }
-        SessionEvent::End { status, killed_by, .. } => {
+        SessionEvent::End { status, killed_by, error, .. } => {
+            // The interpreter never started (its packages failed to install): the agent's words,
+            // and exit 125, as bkgr gives them.
+            if let (ExecutionStatus::Died, Some(error)) = (status, error) {
+                return Err(CliError::usage(error.clone()));
+            }
             match status {
                 ExecutionStatus::Interrupted if *killed_by == Some(bkg_schema::KilledBy::Cancelled) => {
                     out.note(format_args!(

@@ -99,12 +99,16 @@ pub enum SessionEvent {
     /// The execution is over. `status` is `ok`, `error` or `interrupted`; `execution` counts
     /// the session's executions from 1. When the interpreter died (`died`), `killed_by` is the
     /// limit or stop that ended its run, if one did; an execution `interrupted` because the key
-    /// that sent it was revoked, rotated, deleted or expired has `killed_by: cancelled`.
+    /// that sent it was revoked, rotated, deleted or expired has `killed_by: cancelled`. `error`
+    /// says why the session's interpreter could not start, when it could not (its packages
+    /// failed to install, say): the same words a run's `error` has.
     End {
         status: ExecutionStatus,
         execution: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         killed_by: Option<crate::KilledBy>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
 }
 

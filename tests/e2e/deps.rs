@@ -211,6 +211,39 @@ fn a_requirements_file_beside_the_script_is_installed_once_and_reused() {
     assert_eq!(stdout(&listed).trim(), "[]");
 }
 
+/// Found by a new-user trial: `bkg exec` and `bkg repl` in a sandbox whose packages cannot be
+/// installed said only that the interpreter had ended (the repl even that a fresh one was
+/// ready). They give the installer's error and exit 125, as bkgr does.
+#[test]
+fn a_session_whose_packages_fail_to_install_says_so() {
+    let index = LocalIndex::start();
+    let agent = agent_with_index(&index);
+    let project = tempfile::tempdir().expect("project");
+    std::fs::write(project.path().join("requirements.txt"), "no-such-package-bkg==1.0\n").expect("requirements");
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        "version: 1\nsandboxes:\n  pk:\n    type: python\n    python:\n      requirements: requirements.txt\n",
+    )
+    .expect("cave.yaml");
+    let exec = agent.bkg_in(project.path(), &["exec", "pk", "-c", "print('ran')"]);
+    assert_eq!((code(&exec), stdout(&exec)), (125, String::new()), "{}", stderr(&exec));
+    assert!(
+        stderr(&exec).contains("bkg: installing 1 Python package failed (pip exited with code 1)"),
+        "{}",
+        stderr(&exec)
+    );
+    assert!(stderr(&exec).contains("No matching distribution found for no-such-package-bkg==1.0"), "{}", stderr(&exec));
+    let mut repl = agent.bkg();
+    repl.current_dir(project.path()).args(["repl", "pk"]).stdin(Stdio::piped());
+    let mut repl =
+        repl.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("repl");
+    repl.stdin.take().expect("stdin").write_all(b"print(1)\n").expect("cell");
+    let repl = repl.wait_with_output().expect("repl");
+    assert_eq!(code(&repl), 125, "{}", stderr(&repl));
+    assert!(stderr(&repl).contains("No matching distribution found"), "{}", stderr(&repl));
+    assert!(!stderr(&repl).contains("interpreter is ready"), "{}", stderr(&repl));
+}
+
 #[test]
 fn an_install_failure_is_one_line_with_the_installers_error_below() {
     let index = LocalIndex::start();

@@ -63,6 +63,7 @@ fn held_by_key(
             status: ExecutionStatus::Interrupted,
             execution,
             killed_by: Some(bkg_schema::KilledBy::Cancelled),
+            error: None,
         })
     });
     held
@@ -270,12 +271,14 @@ async fn read_output(service: Arc<Service>, session: Arc<Session>, mut output: m
     // is recorded, the caller learns what ended it.
     let execution = session.executions.load(Ordering::Relaxed);
     let tracker = &session.tracker;
-    let killed_by =
-        match wait_until(tracker.watch(), END_PATIENCE, |progress| progress.phase >= RunPhase::Recorded).await {
-            true => service.store.get_run(&tracker.run_id).await.ok().flatten().and_then(|run| run.killed_by),
-            false => None,
-        };
-    session.deliver(SessionEvent::End { status: ExecutionStatus::Died, execution, killed_by }).await;
+    let run = match wait_until(tracker.watch(), END_PATIENCE, |progress| progress.phase >= RunPhase::Recorded).await {
+        true => service.store.get_run(&tracker.run_id).await.ok().flatten(),
+        false => None,
+    };
+    // A run that never started its interpreter (its packages failed to install) says why (found
+    // by a new-user trial: `bkg exec` said only that the interpreter had ended).
+    let (killed_by, error) = run.map(|run| (run.killed_by, run.error)).unwrap_or_default();
+    session.deliver(SessionEvent::End { status: ExecutionStatus::Died, execution, killed_by, error }).await;
 }
 
 /// A line of the runner's stdout: an event, output, or output the code wrote without a final
@@ -469,7 +472,7 @@ mod tests {
 
     #[test]
     fn marked_lines_are_events_and_the_rest_is_output() {
-        let end = SessionEvent::End { status: ExecutionStatus::Ok, execution: 2, killed_by: None };
+        let end = SessionEvent::End { status: ExecutionStatus::Ok, execution: 2, killed_by: None, error: None };
         let event = parse_line(b"\x1e{\"type\":\"end\",\"status\":\"ok\",\"execution\":2}\n".to_vec());
         assert_eq!(event, vec![end.clone()]);
         let raw = parse_line(b"from a subprocess\n".to_vec());

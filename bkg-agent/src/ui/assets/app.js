@@ -317,6 +317,8 @@ function notebook() {
         } else if (payload.type === "end") {
           status.textContent = "[" + payload.execution + "] " + payload.status;
           cell.dataset.state = payload.status;
+          // Why the interpreter could not start (its packages failed to install).
+          if (payload.error) terminal.write(payload.error + "\n", "stderr");
         }
       });
     } catch (error) {
