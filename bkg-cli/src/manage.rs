@@ -307,8 +307,10 @@ pub fn describe(info: &SandboxInfo) -> String {
             (None, Some(code)) => health.push_str(&format!(" · last failure exit {code}")),
             (None, None) => {}
         }
-        if let Some(why) = &service.not_restarted {
-            health.push_str(&format!(" · not started again: {why}"));
+        match (&service.not_restarted, service.state) {
+            (Some(why), ServiceState::Restarting) => health.push_str(&format!(" · waits to start again: {why}")),
+            (Some(why), _) => health.push_str(&format!(" · not started again: {why}")),
+            (None, _) => {}
         }
         line("service", health);
         for port in &service.ports {

@@ -368,7 +368,8 @@ pub struct ServiceHealth {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortHealth>,
     /// Why it was not started again when its policy or an agent's restart called for it (a host
-    /// port taken meanwhile, a volume gone, its key revoked).
+    /// port taken meanwhile, a volume gone, its key revoked); while it is `restarting`, what holds
+    /// its sandbox meanwhile (a session, a file transfer), which it waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_restarted: Option<String>,
 }

@@ -466,6 +466,47 @@ fn stop_all_calls_off_the_restart_a_failing_service_waits_for() {
     assert_eq!((&later["service"]["state"], &later["service"]["restarts"]), (&"stopped".into(), &restarts), "{later}");
 }
 
+/// Found by a new-user trial: a `bkg exec` while a failing service waited to restart switched
+/// the service off for good ("not started again: held by session"). It waits for the session,
+/// says so, and starts again once the session ends.
+#[test]
+fn a_failing_service_waits_for_a_session_that_holds_its_sandbox() {
+    let agent = Agent::start();
+    let project = flaky_project();
+    let dir = project.path();
+    let started = agent.bkgr(dir, &["-d", "flaky"]);
+    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
+    let flaky_status = || status_of(&agent, dir, "flaky");
+    poll("the service to wait for its restart", || {
+        let info = flaky_status();
+        (info["service"]["state"] == "restarting" && info["current_run"].is_null()).then_some(())
+    });
+    let exec = agent.bkg_in(dir, &["exec", "flaky", "-c", "print(6 * 7)"]);
+    assert_eq!((code(&exec), stdout(&exec)), (0, "42\n".to_owned()), "{}", stderr(&exec));
+    let waiting = poll("the service to wait for the session", || {
+        let info = flaky_status();
+        info["service"]["not_restarted"].as_str().is_some_and(|why| why.contains("held by session")).then_some(info)
+    });
+    assert_eq!(waiting["service"]["state"], "restarting", "{waiting}");
+    let text = agent.bkg_in(dir, &["status", "flaky"]);
+    assert!(stdout(&text).contains("waits to start again: sandbox flaky is held by session"), "{}", stdout(&text));
+    let id = waiting["id"].as_str().unwrap_or_default().to_owned();
+    let ended = bkg_tests::http::unix_request(
+        &agent.socket,
+        "DELETE",
+        &format!("/api/v1/sandboxes/{id}/sessions/default"),
+        None,
+    );
+    assert!(ended.status < 300, "end the session: {}", ended.status);
+    let restarts = waiting["service"]["restarts"].as_u64().unwrap_or_default();
+    poll("the service to start again after the session", || {
+        let info = flaky_status();
+        (info["service"]["restarts"].as_u64().unwrap_or_default() > restarts).then_some(())
+    });
+    let stopped = agent.bkg_in(dir, &["stop", "flaky"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+}
+
 /// A failing `restart: on-failure` service is started again by the next agent both when it was
 /// started anew (`bkgr -d`) while it waited to restart, and when its restart fell in the agent's
 /// shutdown grace (another run kept the agent stopping): neither forgets it, and the stopping

@@ -14,8 +14,9 @@ use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition};
 use tokio::sync::{mpsc, watch};
 
 use super::runs::{Accepted, RunTask};
-use super::{OpResult, Service};
+use super::{OpError, OpResult, Service};
 use crate::auth::Principal;
+use crate::engine::run::RunError;
 
 /// The first pause before a failed service is started again; it doubles up to `LONGEST_PAUSE`.
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
@@ -222,46 +223,56 @@ impl Service {
             // before this task ends) would leave the next agent the state of its start.
             self.keep_service_health(&id).await;
             tracing::info!(sandbox = %id, ?exit_code, pause_ms = pause.as_millis() as u64, "service failed; restarting");
-            let paused = tokio::select! {
-                () = tokio::time::sleep(pause) => Pause::Over,
-                stop = stopped.wait_for(|stopped| *stopped) => match stop {
-                    Ok(_) => Pause::Stopped,
-                    // A new start of the sandbox's service (`bkgr -d`) took its place, and its
-                    // record for the next agent: that is the new one's to keep or forget.
-                    Err(_) => Pause::Superseded,
-                },
-            };
-            match paused {
-                Pause::Over => {}
-                Pause::Stopped => {
-                    if !self.engine.is_closing() {
-                        self.forget_service(&id).await;
+            // A sandbox held meanwhile (`bkg exec`, `bkg shell`, `bkg cp`) is waited for, pause
+            // after pause: the service starts again once it is free (found by a new-user trial:
+            // a `bkg exec` during the pause switched the service off for good, without a word).
+            let accepted = loop {
+                let paused = tokio::select! {
+                    () = tokio::time::sleep(pause) => Pause::Over,
+                    stop = stopped.wait_for(|stopped| *stopped) => match stop {
+                        Ok(_) => Pause::Stopped,
+                        // A new start of the sandbox's service (`bkgr -d`) took its place, and its
+                        // record for the next agent: that is the new one's to keep or forget.
+                        Err(_) => Pause::Superseded,
+                    },
+                };
+                match paused {
+                    Pause::Over => {}
+                    Pause::Stopped => {
+                        if !self.engine.is_closing() {
+                            self.forget_service(&id).await;
+                        }
+                        return;
                     }
-                    return;
+                    Pause::Superseded => return,
                 }
-                Pause::Superseded => return,
-            }
-            if self.engine.is_closing() {
-                // The agent began to stop during the pause: the next agent starts it again.
-                self.services.update(&id, |health| health.state = ServiceState::Stopped);
-                return;
-            }
-            pause = (pause * 2).min(LONGEST_PAUSE);
-            let accepted = match self.accept_exec(&principal, &id, exec).await {
-                Ok(accepted) => accepted,
-                Err(_) if self.engine.is_closing() => {
+                if self.engine.is_closing() {
+                    // The agent began to stop during the pause: the next agent starts it again.
                     self.services.update(&id, |health| health.state = ServiceState::Stopped);
                     return;
                 }
-                Err(error) => {
-                    tracing::warn!(sandbox = %id, %error, "the service could not be started again");
-                    self.services.update(&id, |health| {
-                        health.state = ServiceState::Exited;
-                        health.not_restarted = Some(error.to_string());
-                    });
-                    self.keep_service_health(&id).await;
-                    self.forget_service(&id).await;
-                    return;
+                pause = (pause * 2).min(LONGEST_PAUSE);
+                match self.accept_exec(&principal, &id, exec.clone()).await {
+                    Ok(accepted) => break accepted,
+                    Err(_) if self.engine.is_closing() => {
+                        self.services.update(&id, |health| health.state = ServiceState::Stopped);
+                        return;
+                    }
+                    Err(OpError::Run(RunError::Busy(holder))) => {
+                        tracing::info!(sandbox = %id, %holder, "the service waits for its sandbox to start again");
+                        self.services.update(&id, |health| health.not_restarted = Some(holder));
+                        self.keep_service_health(&id).await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(sandbox = %id, %error, "the service could not be started again");
+                        self.services.update(&id, |health| {
+                            health.state = ServiceState::Exited;
+                            health.not_restarted = Some(error.to_string());
+                        });
+                        self.keep_service_health(&id).await;
+                        self.forget_service(&id).await;
+                        return;
+                    }
                 }
             };
             task = self.start(accepted, mpsc::channel(1).1, None);
@@ -269,6 +280,7 @@ impl Service {
             self.services.update(&id, |health| {
                 health.state = ServiceState::Running;
                 health.restarts += 1;
+                health.not_restarted = None;
             });
             self.keep_service_health(&id).await;
             // A stop that came while it was being started again ends the new run at once.
