@@ -95,7 +95,12 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
             info.language.as_str()
         ));
     }
-    let (ended, _) = execute(&client, &id, session, &code, settings.out).await?;
+    let Some((ended, _)) = execute(&client, &id, session, &code, settings.out).await? else {
+        return Err(CliError::usage(format!(
+            "session {session} of {} ended before the code reached it (`bkg stop`, or the agent restarted): run it again, in a fresh session",
+            args.name
+        )));
+    };
     Ok(crate::exit::of_execution(ended.0, ended.1))
 }
 
@@ -136,11 +141,15 @@ async fn execute(
     session: &str,
     code: &str,
     out: Printer,
-) -> Result<(Ended, bool), CliError> {
+) -> Result<Option<(Ended, bool)>, CliError> {
     let path = format!("/api/v1/sandboxes/{id}/sessions/{session}/execute");
     let request = client.http().post(client.url(&path)).json(&ExecuteRequest { code: code.to_owned() });
     // An execution may rightly run long: no patience bound on its answer.
     let response = request.send().await.map_err(|error| client.unreachable(error))?;
+    // The session ended since it was found (`bkg stop`, the agent restarted): `None`.
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
     if !response.status().is_success() {
         return Err(api_error(response).await);
     }
@@ -201,7 +210,7 @@ async fn execute(
             if is_end {
                 let ended = shown_to_the_end(&mut shown, &mut interrupts).await?;
                 return match ended {
-                    Some(ended) => Ok((ended, mid_line && !out.is_json())),
+                    Some(ended) => Ok(Some((ended, mid_line && !out.is_json()))),
                     None => Err(CliError::internal("the execution's end was not shown")),
                 };
             }
@@ -303,7 +312,24 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
         if code.trim().is_empty() {
             continue;
         }
-        let ((status, killed_by), mid_line) = execute(&client, &id, &args.session, &code, out).await?;
+        let executed = match execute(&client, &id, &args.session, &code, out).await? {
+            Some(executed) => executed,
+            // The session was ended meanwhile (found by a new-user trial: the repl left with the
+            // API's "no session" and the cell was lost): a fresh one takes the cell.
+            None => {
+                ensure_session(&client, (&args.name, &id), &args.session, Some(info.language)).await?;
+                out.note(format_args!(
+                    "session {} of {} had ended (`bkg stop`, or the agent restarted): a fresh {} interpreter runs this cell; nothing of the earlier one is in it",
+                    args.session,
+                    args.name,
+                    info.language.as_str()
+                ));
+                execute(&client, &id, &args.session, &code, out).await?.ok_or_else(|| {
+                    CliError::usage(format!("session {} of {} ended again at once", args.session, args.name))
+                })?
+            }
+        };
+        let ((status, killed_by), mid_line) = executed;
         if piped && worst == SUCCESS {
             worst = crate::exit::of_execution(status, killed_by);
         }

@@ -255,6 +255,44 @@ fn output_written_between_executions_comes_with_the_next_one() {
     }
 }
 
+/// Found by a new-user trial: a `bkg repl` whose session was stopped from elsewhere left with
+/// the API's "no session … (POST …/sessions)", and the cell typed was lost. A fresh session
+/// runs it, and the repl says why its state is gone.
+#[test]
+fn a_repl_whose_session_was_stopped_goes_on_in_a_fresh_one() {
+    use std::io::{BufRead as _, Write as _};
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let mut repl = agent
+        .bkg()
+        .args(["repl", "box"])
+        .current_dir(project.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bkg repl");
+    let mut input = repl.stdin.take().expect("stdin");
+    let mut output = std::io::BufReader::new(repl.stdout.take().expect("stdout"));
+    input.write_all(b"print('one')\n").expect("cell");
+    let mut line = String::new();
+    output.read_line(&mut line).expect("first output");
+    assert_eq!(line, "one\n");
+    let stopped = agent.bkg_in(project.path(), &["stop", "box"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+    input.write_all(b"print('two')\n").expect("cell");
+    drop(input);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut output, &mut rest).expect("rest");
+    let ended = repl.wait_with_output().expect("repl");
+    assert_eq!((code(&ended), rest), (0, "two\n".to_owned()), "{}", stderr(&ended));
+    assert!(
+        stderr(&ended).contains("session default of box had ended (`bkg stop`, or the agent restarted)"),
+        "{}",
+        stderr(&ended)
+    );
+}
+
 /// `bkg repl` reading a pipe runs every cell and says with its exit code whether one failed,
 /// without the banner meant for a person at a terminal.
 #[test]
