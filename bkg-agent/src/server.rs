@@ -348,6 +348,10 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
             .is_some_and(|length| length > MAX_BODY_BYTES as u64);
     // Who asks comes first: a caller without a valid key is told that, whatever it sends.
+    let peer = match origin(&request) {
+        Origin::Tcp(peer) => peer,
+        Origin::Unix(_) => None,
+    };
     let checked = match bearer(&request) {
         Ok(key) => authenticate(&state, origin(&request), key, &method, &route).await,
         Err(failure) => Err(failure),
@@ -382,6 +386,14 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
 
     let status = response.status();
     state.service.metrics.http_answered(&route, method.as_str(), status.as_u16());
+    // Who was refused a key or a login, or slowed for too many: the address an operator looks
+    // for (found by a new-user trial: 33 guessed keys and wrong passwords left no line). The
+    // rate limiter bounds these lines to what it lets through from an address.
+    if let Some(address) = peer
+        && matches!(status, axum::http::StatusCode::UNAUTHORIZED | axum::http::StatusCode::TOO_MANY_REQUESTS)
+    {
+        tracing::warn!(%address, %method, %route, status = status.as_u16(), "refused a request without a valid key or login");
+    }
     if trace.sampled {
         let mut attributes = vec![
             ("http.request.method", serde_json::json!(method.as_str())),

@@ -129,6 +129,16 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     let basic = request(&api.address, "GET", "/healthz", &[("Authorization", "Basic YTpi")], b"");
     expect(&basic, 401, "basic auth");
     expect(&api.client("bkg_admin_not-a-real-key").get("/healthz"), 401, "unknown key");
+    // Each refusal is in the agent's log with the address it came from, never the key (found by
+    // a new-user trial: guessed keys left no line).
+    let log = api.agent.log();
+    assert!(
+        log.lines().any(|line| line.contains("refused a request without a valid key or login")
+            && line.contains("address=127.0.0.1:")
+            && line.contains("route=/healthz")),
+        "{log}"
+    );
+    assert!(!log.contains("not-a-real-key"), "the key itself is never logged");
     assert_eq!(admin.get("/healthz").json()["status"], "ok");
     // With a key the probe names the agent's security level, the one its runs report.
     let level = admin.get("/healthz").json()["security_level"].clone();
