@@ -826,6 +826,28 @@ fn an_agent_moved_to_a_new_bkg_db_sends_its_history_again_without_a_failure() {
     assert_eq!(stdout(&held).trim(), "t", "the whole history, without a hole: {}", stderr(&held));
 }
 
+/// Found by a new-user trial: a bkg_db whose schema went (made anew, restored from before its
+/// migrations) gave `relation "…" does not exist`, with no word of the fix.
+#[test]
+fn a_bkg_db_without_its_schema_names_the_migration_as_the_fix() {
+    let postgres = Postgres::start();
+    let agent = agent_with_db(&postgres.url());
+    wait_synced(&agent);
+    postgres.query("DROP SCHEMA public CASCADE; CREATE SCHEMA public");
+    assert_eq!(runs(&agent, 1, 1), 1);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let error = loop {
+        let (_, status) = sync_status(&agent);
+        if let Some(error) = status["last_error"].as_str() {
+            break error.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no sync error: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(error.contains("does not exist"), "{error}");
+    assert!(error.contains("bkg-agent --migrate-db"), "{error}");
+}
+
 /// The URL of `postgres` with login `role` (password `password`) in place of the owner.
 fn url_as(postgres: &Postgres, role: &str, password: &str) -> String {
     let url = postgres.url();

@@ -137,6 +137,12 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
             code if *code == SqlState::INVALID_CATALOG_NAME => {
                 ": create that database, or fix its name in the bkg_db URL (BKG_DB_URL or --db-url)"
             }
+            // A database made anew, or restored from before a migration (found by a new-user
+            // trial: `relation "bkg_agent_logins" does not exist`, with no word of the fix).
+            code if *code == SqlState::UNDEFINED_TABLE || *code == SqlState::UNDEFINED_FUNCTION => {
+                ": bkg_db's schema is missing or older than this agent: migrate it as its owner \
+                 (`BKG_DB_URL=OWNER_URL bkg-agent --migrate-db`, docs/operations.md)"
+            }
             _ => "",
         };
         return format!("{} {}: {}{fix}", db.severity(), db.code().code(), db.message());
