@@ -912,6 +912,7 @@ async fn serve(
         bkg_db: api.db_url.is_some(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         security_level: Some(engine.config.security_level),
+        retention: Some(api.retention.recorded()),
     };
     let configuration = bkg_schema::audit::AuditEvent::new(
         bkg_schema::audit::AGENT_ACTOR,

@@ -74,6 +74,19 @@ impl RetentionPolicy {
         Ok(policy)
     }
 
+    /// The policy as the audit log's start record keeps it.
+    pub fn recorded(&self) -> bkg_schema::audit::Retention {
+        let millis = |duration: &Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        bkg_schema::audit::Retention {
+            default_ms: millis(&self.default),
+            per_namespace: self
+                .per_namespace
+                .iter()
+                .map(|(namespace, kept)| (namespace.clone(), millis(kept)))
+                .collect(),
+        }
+    }
+
     pub fn of(&self, namespace: &str) -> Duration {
         self.per_namespace.get(namespace).copied().unwrap_or(self.default)
     }

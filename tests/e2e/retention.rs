@@ -49,4 +49,19 @@ fn a_namespaces_runs_expire_locally_and_in_bkg_db_while_the_audit_log_keeps_them
     let verify = agent.bkg().args(["audit", "verify"]).env("BKG_STATE_DIR", &agent.state_dir).output();
     let verify = verify.expect("bkg audit verify");
     assert_eq!(code(&verify), 0, "the local audit log is whole: {}", stderr(&verify));
+    // The start's record says the retention it ran under, so the deletion can be traced (found
+    // by a new-user trial: nothing recorded a shortened retention).
+    let started: Vec<serde_json::Value> = agent
+        .audit_records()
+        .into_iter()
+        .filter(|record| record["action"] == "config.changed")
+        .map(|record| record["details"].clone())
+        .filter(|details| details.get("default_limits").is_some())
+        .collect();
+    let last = started.last().expect("a start record");
+    assert_eq!(
+        last["retention"],
+        serde_json::json!({ "default_ms": 30 * 24 * 3600 * 1000_u64, "per_namespace": { "brief": 1 } }),
+        "{last}"
+    );
 }

@@ -345,6 +345,18 @@ pub struct AgentConfig {
     /// The security level the agent runs at (absent in lines of agents older than the levels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_level: Option<crate::host::SecurityLevel>,
+    /// How long runs are kept (`--retention`, `--retention-for`): a shorter one deletes history
+    /// at the agent's next pass, which this line traces (absent in lines of older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// How long the agent keeps finished runs, in ms: by default, and for namespaces of their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    pub default_ms: u64,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub per_namespace: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
