@@ -916,7 +916,9 @@ async fn serve(
     };
     let configuration = bkg_schema::audit::AuditEvent::new(
         bkg_schema::audit::AGENT_ACTOR,
-        bkg_schema::audit::Details::ConfigChanged(bkg_schema::audit::ConfigChanged::AgentStarted(configuration)),
+        bkg_schema::audit::Details::ConfigChanged(bkg_schema::audit::ConfigChanged::AgentStarted(Box::new(
+            configuration,
+        ))),
     );
     store.note(configuration).await.context("record the configuration in the audit log")?;
 

@@ -308,7 +308,7 @@ pub struct KeyChange {
 #[serde(untagged)]
 pub enum ConfigChanged {
     /// The configuration an agent started with.
-    AgentStarted(AgentConfig),
+    AgentStarted(Box<AgentConfig>),
     /// The agent began to stop, and why: `SIGTERM`, `SIGINT` or `asked through the API` (the
     /// record's actor then says by whom). Its runs' own records follow (`killed_by: shutdown`
     /// for those that outlive the grace); a crash leaves no such line.
