@@ -182,9 +182,20 @@ async fn execute(
             shown_to_the_end(&mut shown, &mut interrupts).await?;
             return Err(CliError::usage("the agent ended the execution without its end"));
         };
-        pending.extend_from_slice(&chunk.map_err(|error| client.unreachable(error))?);
-        while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
-            let line: Vec<u8> = pending.drain(..=newline).collect();
+        // The stream broke off: the agent stopped or crashed (found by a new-user trial: the
+        // transport's own words, "unexpected EOF during chunk size line").
+        let chunk = chunk.map_err(|error| {
+            CliError::usage(format!(
+                "the connection to the agent broke during the execution ({error}): if the agent stopped, its sessions \
+                 went with it, and the next `bkg exec` starts a fresh one"
+            ))
+        })?;
+        // Only what came since is searched for a newline: one event line may be megabytes long.
+        let mut from = pending.len();
+        pending.extend_from_slice(&chunk);
+        while let Some(offset) = pending[from..].iter().position(|byte| *byte == b'\n') {
+            let line: Vec<u8> = pending.drain(..=from + offset).collect();
+            from = 0;
             let event: SessionEvent = serde_json::from_slice(&line)
                 .map_err(|error| CliError::internal(format!("the agent sent an event bkg cannot read: {error}")))?;
             if let SessionEvent::Stream { name: StreamName::Stdout, text } = &event

@@ -439,6 +439,17 @@ fn a_service_ended_by_its_time_limit_says_so() {
     assert_eq!(code(&stop), 0, "{}", stderr(&stop));
 }
 
+/// Starts `flaky` (`flaky_project`) in the background and waits until it has failed and waits
+/// to be started again.
+fn start_until_it_waits_to_restart(agent: &Agent, dir: &Path) {
+    let started = agent.bkgr(dir, &["-d", "flaky"]);
+    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
+    poll("the service to wait for its restart", || {
+        let info = status_of(agent, dir, "flaky");
+        (info["service"]["state"] == "restarting" && info["current_run"].is_null()).then_some(())
+    });
+}
+
 /// A service that keeps failing waits between restarts; `bkg stop --all` stops it there too
 /// (it has no run then, but is not stopped), says it did, and no restart follows.
 #[test]
@@ -446,13 +457,8 @@ fn stop_all_calls_off_the_restart_a_failing_service_waits_for() {
     let agent = Agent::start();
     let project = flaky_project();
     let dir = project.path();
-    let started = agent.bkgr(dir, &["-d", "flaky"]);
-    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
+    start_until_it_waits_to_restart(&agent, dir);
     let flaky_status = || status_of(&agent, dir, "flaky");
-    poll("the service to wait for its restart", || {
-        let info = flaky_status();
-        (info["service"]["state"] == "restarting" && info["current_run"].is_null()).then_some(())
-    });
     let stopped = agent.bkg_in(dir, &["stop", "--all", "--json"]);
     assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
     let answers: serde_json::Value = serde_json::from_slice(&stopped.stdout).expect("stop --json");
@@ -474,13 +480,8 @@ fn a_failing_service_waits_for_a_session_that_holds_its_sandbox() {
     let agent = Agent::start();
     let project = flaky_project();
     let dir = project.path();
-    let started = agent.bkgr(dir, &["-d", "flaky"]);
-    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
+    start_until_it_waits_to_restart(&agent, dir);
     let flaky_status = || status_of(&agent, dir, "flaky");
-    poll("the service to wait for its restart", || {
-        let info = flaky_status();
-        (info["service"]["state"] == "restarting" && info["current_run"].is_null()).then_some(())
-    });
     let exec = agent.bkg_in(dir, &["exec", "flaky", "-c", "print(6 * 7)"]);
     assert_eq!((code(&exec), stdout(&exec)), (0, "42\n".to_owned()), "{}", stderr(&exec));
     let waiting = poll("the service to wait for the session", || {

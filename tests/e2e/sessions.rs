@@ -255,6 +255,47 @@ fn output_written_between_executions_comes_with_the_next_one() {
     }
 }
 
+/// Found by a new-user trial: `bkg exec` whose agent died during the execution said only the
+/// transport's "unexpected EOF during chunk size line".
+#[test]
+fn an_execution_whose_agent_dies_says_the_connection_broke() {
+    let mut agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let started = agent.bkg_in(project.path(), &["exec", "box", "-c", "print('ready')"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    use std::io::BufRead as _;
+    let mut exec = agent
+        .bkg()
+        .args(["exec", "box", "-c", "import time\nprint('waiting', flush=True)\ntime.sleep(60)"])
+        .current_dir(project.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exec");
+    let mut output = std::io::BufReader::new(exec.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    output.read_line(&mut line).expect("the execution's first line");
+    assert_eq!(line, "waiting\n");
+    agent.crash();
+    let ended = exec.wait_with_output().expect("bkg exec");
+    assert_eq!(code(&ended), 125, "{}", stderr(&ended));
+    assert!(stderr(&ended).contains("the connection to the agent broke during the execution"), "{}", stderr(&ended));
+}
+
+/// `bkg repl box` in `dir`, its stdin, stdout and stderr piped.
+fn piped_repl(agent: &Agent, dir: &std::path::Path) -> std::process::Child {
+    agent
+        .bkg()
+        .args(["repl", "box"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bkg repl")
+}
+
 /// Found by a new-user trial: a `bkg repl` whose session was stopped from elsewhere left with
 /// the API's "no session … (POST …/sessions)", and the cell typed was lost. A fresh session
 /// runs it, and the repl says why its state is gone.
@@ -263,15 +304,7 @@ fn a_repl_whose_session_was_stopped_goes_on_in_a_fresh_one() {
     use std::io::{BufRead as _, Write as _};
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
-    let mut repl = agent
-        .bkg()
-        .args(["repl", "box"])
-        .current_dir(project.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bkg repl");
+    let mut repl = piped_repl(&agent, project.path());
     let mut input = repl.stdin.take().expect("stdin");
     let mut output = std::io::BufReader::new(repl.stdout.take().expect("stdout"));
     input.write_all(b"print('one')\n").expect("cell");
@@ -300,15 +333,7 @@ fn a_piped_repl_runs_every_cell_and_exits_1_when_one_failed() {
     use std::io::Write as _;
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
-    let mut repl = agent
-        .bkg()
-        .args(["repl", "box"])
-        .current_dir(project.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bkg repl");
+    let mut repl = piped_repl(&agent, project.path());
     repl.stdin
         .take()
         .expect("stdin")
