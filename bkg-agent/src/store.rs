@@ -133,6 +133,9 @@ const MIGRATIONS: &[&str] = &[
     // The key that made a key (a namespace key's session keys): revoking it revokes them.
     "ALTER TABLE api_keys ADD COLUMN created_by_key TEXT;
     CREATE INDEX api_keys_created_by_key ON api_keys (created_by_key);",
+    // When a batch last reached bkg_db, for `bkg sync status` after an agent restart (it said
+    // "never" until the next batch).
+    "CREATE TABLE sync_state (id INTEGER PRIMARY KEY CHECK (id = 1), last_success_ms INTEGER NOT NULL);",
 ];
 
 /// A run as it starts (`Store::run_started`).
@@ -386,9 +389,16 @@ impl Store {
             {
                 let mut statement =
                     transaction.prepare("UPDATE outbox SET synced = 1 WHERE seq = ?1 AND parked_at_ms IS NULL")?;
-                for seq in seqs {
-                    statement.execute(params![seq as i64])?;
+                for seq in &seqs {
+                    statement.execute(params![*seq as i64])?;
                 }
+            }
+            if !seqs.is_empty() {
+                transaction.execute(
+                    "INSERT INTO sync_state (id, last_success_ms) VALUES (1, ?1)
+                     ON CONFLICT (id) DO UPDATE SET last_success_ms = excluded.last_success_ms",
+                    params![crate::ids::now_ms() as i64],
+                )?;
             }
             transaction.commit()?;
             Ok(())
@@ -398,6 +408,16 @@ impl Store {
 
     /// How many events wait to be synced (parked ones apart), the time of the oldest, and how
     /// many are parked.
+    /// When a batch last reached bkg_db, if one ever did.
+    pub async fn outbox_last_synced_ms(&self) -> Result<Option<u64>, StoreError> {
+        self.with(|db| {
+            let last: Option<i64> =
+                db.query_row("SELECT last_success_ms FROM sync_state WHERE id = 1", [], |row| row.get(0)).optional()?;
+            Ok(last.map(|ms| ms.max(0) as u64))
+        })
+        .await
+    }
+
     pub async fn outbox_backlog(&self) -> Result<crate::sync::Backlog, StoreError> {
         self.with(|db| {
             let (count, oldest, parked): (i64, Option<i64>, i64) = db.query_row(
@@ -910,6 +930,10 @@ impl crate::sync::Outbox for Store {
 
     async fn backlog(&self) -> Result<crate::sync::Backlog, crate::sync::SyncError> {
         self.outbox_backlog().await.map_err(outbox_error)
+    }
+
+    async fn last_synced_ms(&self) -> Result<Option<u64>, crate::sync::SyncError> {
+        self.outbox_last_synced_ms().await.map_err(outbox_error)
     }
 
     async fn requeue_after(&self, seq: u64) -> Result<u64, crate::sync::SyncError> {

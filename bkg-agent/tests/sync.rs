@@ -230,6 +230,11 @@ impl Outbox for MemOutbox {
         })
     }
 
+    /// Kept only as long as the test's outbox lives: no earlier worker shipped from it.
+    async fn last_synced_ms(&self) -> Result<Option<u64>, SyncError> {
+        Ok(None)
+    }
+
     async fn attempt_failed(&self, seq: u64, reason: &str, max_attempts: u32) -> Result<bool, SyncError> {
         let mut state = self.state();
         let attempts = state.attempts.entry(seq).or_insert(0);

@@ -848,6 +848,25 @@ fn a_bkg_db_without_its_schema_names_the_migration_as_the_fix() {
     assert!(error.contains("bkg-agent --migrate-db"), "{error}");
 }
 
+/// Found by a new-user trial: right after a restart `bkg sync status` said "last success:
+/// never" until a batch went through, though bkg_db held the agent's events. It is kept.
+#[test]
+fn the_last_sync_is_remembered_across_an_agent_restart() {
+    let postgres = Postgres::start();
+    let url = postgres.url();
+    let mut agent = agent_with_db(&url);
+    let synced = wait_synced(&agent);
+    let before = synced["last_success_ms"].as_u64().expect("a last success");
+    agent.stop();
+    // With bkg_db down, nothing new can reach it: what status says is what was kept.
+    postgres.down();
+    agent.spawn(&AgentOptions { extra_args: vec!["--db-url".into(), url], ..AgentOptions::default() });
+    let (_, status) = sync_status(&agent);
+    postgres.up();
+    // At least the one seen before the stop: later batches of the first agent may follow it.
+    assert!(status["last_success_ms"].as_u64().is_some_and(|last| last >= before), "{status}");
+}
+
 /// The URL of `postgres` with login `role` (password `password`) in place of the owner.
 fn url_as(postgres: &Postgres, role: &str, password: &str) -> String {
     let url = postgres.url();

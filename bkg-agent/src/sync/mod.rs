@@ -64,6 +64,8 @@ pub trait Outbox: Send + Sync + 'static {
     /// The events `seqs` (one shipped batch) are in PostgreSQL.
     fn mark_synced(&self, seqs: Vec<u64>) -> impl Future<Output = Result<(), SyncError>> + Send;
     fn backlog(&self) -> impl Future<Output = Result<Backlog, SyncError>> + Send;
+    /// When `mark_synced` last marked a batch, kept across agent restarts.
+    fn last_synced_ms(&self) -> impl Future<Output = Result<Option<u64>, SyncError>> + Send;
     /// bkg_db holds this agent's events only up to `seq` (it was restored from an older backup):
     /// hand out again, from `pending`, every event after `seq` the outbox still has. The worker
     /// calls it when the next pending event does not follow what bkg_db holds. Returns how many

@@ -118,6 +118,11 @@ impl<O: Outbox> SyncWorker<O> {
     }
 
     async fn run(mut self) {
+        // What an earlier agent shipped counts (found by a new-user trial: "last success: never"
+        // right after a restart).
+        if let Ok(last) = self.outbox.last_synced_ms().await {
+            self.shared.progress().last_success_ms = last;
+        }
         let mut delay = self.config.backoff_min;
         loop {
             let pause = match self.step().await {
