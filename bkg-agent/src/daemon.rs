@@ -900,6 +900,7 @@ async fn serve(
     let shutdown = Arc::new(Notify::new());
     let notifier = Notifier::new(api.webhooks, api.webhook_key).context("build the webhook client")?;
     // Every start is in the audit trail with the configuration it runs under.
+    let retention = api.retention.recorded();
     let configuration = bkg_schema::audit::AgentConfig {
         default_limits: engine.config.default_limits,
         max_limits: engine.config.max_limits,
@@ -912,7 +913,7 @@ async fn serve(
         bkg_db: api.db_url.is_some(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         security_level: Some(engine.config.security_level),
-        retention: Some(api.retention.recorded()),
+        retention: Some(retention.clone()),
     };
     let configuration = bkg_schema::audit::AuditEvent::new(
         bkg_schema::audit::AGENT_ACTOR,
@@ -982,6 +983,7 @@ async fn serve(
             .context("open the Node.js environments")?,
         ),
         secrets: crate::secrets::SecretStore::new(&state_dir),
+        retention,
     });
     // Services the last agent's stop or crash ended go on, beside the first requests.
     tokio::spawn({

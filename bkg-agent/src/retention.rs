@@ -75,9 +75,9 @@ impl RetentionPolicy {
     }
 
     /// The policy as the audit log's start record keeps it.
-    pub fn recorded(&self) -> bkg_schema::audit::Retention {
+    pub fn recorded(&self) -> bkg_schema::Retention {
         let millis = |duration: &Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        bkg_schema::audit::Retention {
+        bkg_schema::Retention {
             default_ms: millis(&self.default),
             per_namespace: self
                 .per_namespace

@@ -287,6 +287,15 @@ pub fn describe(info: &AgentInfo) -> String {
             format_size(info.disk_budget_bytes)
         ),
     );
+    // How long runs are kept: a shortened retention deletes history at the agent's next pass.
+    if let Some(retention) = &info.retention {
+        let duration = bkg_schema::units::format_duration_ms;
+        let mut kept = format!("{} (--retention)", duration(retention.default_ms));
+        for (namespace, ms) in &retention.per_namespace {
+            kept.push_str(&format!(" · {namespace} {}", duration(*ms)));
+        }
+        line("runs kept", kept);
+    }
     line(
         "warm pool",
         format!(

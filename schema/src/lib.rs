@@ -671,6 +671,19 @@ pub struct AgentInfo {
     /// the loopback one `bkg ui` starts when there is none. Absent from older agents.
     #[serde(default)]
     pub listeners: Vec<TcpListenerInfo>,
+    /// How long finished runs are kept (`--retention`, `--retention-for`). Absent from older
+    /// agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// How long the agent keeps finished runs, in ms: by default, and for namespaces of their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Retention {
+    pub default_ms: u64,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub per_namespace: std::collections::BTreeMap<String, u64>,
 }
 
 /// One TCP listener of the agent.

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use bkg_tests::{Agent, code, stderr, stdout};
+use bkg_tests::{Agent, AgentOptions, code, stderr, stdout};
 
 use super::bkg_db::{Postgres, agent_with_db_and_tcp, print_one, wait_synced};
 
@@ -63,5 +63,25 @@ fn a_namespaces_runs_expire_locally_and_in_bkg_db_while_the_audit_log_keeps_them
         last["retention"],
         serde_json::json!({ "default_ms": 30 * 24 * 3600 * 1000_u64, "per_namespace": { "brief": 1 } }),
         "{last}"
+    );
+}
+
+/// Found by a new-user trial: nothing an operator reads said how long runs are kept.
+#[test]
+fn agent_status_says_how_long_runs_are_kept() {
+    let options =
+        AgentOptions { extra_args: vec!["--retention-for".into(), "ci=1h".into()], ..AgentOptions::default() };
+    let agent = Agent::start_with(options);
+    let status = agent.status_json();
+    assert_eq!(
+        status["retention"],
+        serde_json::json!({ "default_ms": 30 * 24 * 3600 * 1000_u64, "per_namespace": { "ci": 3_600_000 } }),
+        "{status}"
+    );
+    let text = agent.bkg().args(["agent", "status"]).output().expect("bkg agent status");
+    let text = stdout(&text);
+    assert!(
+        text.lines().any(|line| line.starts_with("runs kept") && line.ends_with("30d (--retention) · ci 1h")),
+        "{text}"
     );
 }

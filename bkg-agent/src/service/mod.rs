@@ -209,6 +209,7 @@ pub struct Service {
     envs: Arc<crate::envs::Environments>,
     node_envs: Arc<crate::envs::Environments>,
     secrets: crate::secrets::SecretStore,
+    retention: bkg_schema::Retention,
     sessions: sessions::SessionTable,
     /// The sandboxes being removed, so that a log followed until one goes ends once it is gone.
     removals: sandboxes::Removals,
@@ -232,6 +233,8 @@ pub struct ServiceParts {
     pub envs: Arc<crate::envs::Environments>,
     pub node_envs: Arc<crate::envs::Environments>,
     pub secrets: crate::secrets::SecretStore,
+    /// How long finished runs are kept, as `bkg agent status` says it.
+    pub retention: bkg_schema::Retention,
 }
 
 impl Service {
@@ -251,6 +254,7 @@ impl Service {
             envs,
             node_envs,
             secrets,
+            retention,
         } = parts;
         Arc::new(Self {
             engine,
@@ -268,6 +272,7 @@ impl Service {
             envs,
             node_envs,
             secrets,
+            retention,
             sessions: sessions::SessionTable::default(),
             removals: Default::default(),
             listeners: Default::default(),

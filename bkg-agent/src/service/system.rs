@@ -204,6 +204,7 @@ impl Service {
             default_limits: engine.config.default_limits,
             max_limits: engine.config.max_limits,
             listeners: self.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone(),
+            retention: Some(self.retention.clone()),
         })
     }
 

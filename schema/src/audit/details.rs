@@ -351,13 +351,7 @@ pub struct AgentConfig {
     pub retention: Option<Retention>,
 }
 
-/// How long the agent keeps finished runs, in ms: by default, and for namespaces of their own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Retention {
-    pub default_ms: u64,
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub per_namespace: std::collections::BTreeMap<String, u64>,
-}
+pub use crate::Retention;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncFailed {
