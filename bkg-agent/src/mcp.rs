@@ -653,6 +653,8 @@ impl ServerHandler for SandboxTools {
 
 /// JSON-RPC's "method not found".
 pub const METHOD_NOT_FOUND: i64 = -32601;
+/// JSON-RPC's "Invalid Request": not a request object as the specification has it.
+pub const INVALID_REQUEST: i64 = -32600;
 /// JSON-RPC's "invalid params".
 pub const INVALID_PARAMS: i64 = -32602;
 
@@ -692,7 +694,22 @@ fn tool_names() -> &'static [String] {
 /// anything else, which rmcp answers itself.
 pub fn refused_request(message: &serde_json::Value) -> Option<(serde_json::Value, i64, String)> {
     use serde_json::Value;
+    // Not a request rmcp could answer in JSON-RPC's terms: it said HTTP 400 "not JSON-RPC" (found
+    // by a new-user trial). Batches left MCP with its 2025-06-18 revision.
+    if message.is_array() {
+        let why = "a batch of requests is not taken (MCP has none since its 2025-06-18 revision): send each in a POST of its own";
+        return Some((Value::Null, INVALID_REQUEST, why.to_owned()));
+    }
     let request = message.as_object()?;
+    if request.contains_key("method") {
+        if request.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return Some((Value::Null, INVALID_REQUEST, "a request's jsonrpc must be \"2.0\"".to_owned()));
+        }
+        if request.get("id").is_some_and(|id| !(id.is_string() || id.is_number())) {
+            let why = "a request's id must be a string or a number (a notification has none)";
+            return Some((Value::Null, INVALID_REQUEST, why.to_owned()));
+        }
+    }
     let id = request.get("id").filter(|id| id.is_string() || id.is_number())?.clone();
     let method = request.get("method")?.as_str()?;
     if !SPECIFIED_METHODS.contains(&method) {

@@ -338,6 +338,19 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
             .is_some_and(|text| text.contains("method `tools/lists` is not an MCP request")),
         "{typo}"
     );
+    // What is no request in JSON-RPC's terms is its Invalid Request, not HTTP 400 (found by a
+    // new-user trial): a batch, an id of another type, another jsonrpc.
+    for (request, said) in [
+        (json!([{ "jsonrpc": "2.0", "id": 1, "method": "ping" }]), "a batch of requests is not taken"),
+        (json!({ "jsonrpc": "2.0", "id": { "a": 1 }, "method": "ping" }), "id must be a string or a number"),
+        (json!({ "jsonrpc": "1.0", "id": 1, "method": "ping" }), "jsonrpc must be \"2.0\""),
+    ] {
+        let answer = team.send("POST", "/mcp", Some(&request), &mcp_accept);
+        expect(&answer, 200, "an invalid JSON-RPC request");
+        let answer = answer.json();
+        assert_eq!((&answer["id"], &answer["error"]["code"]), (&json!(null), &json!(-32600)), "{answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|text| text.contains(said)), "{answer}");
+    }
 
     // Admin-only endpoints.
     for client in [&team, &session, &model] {
