@@ -239,7 +239,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcom
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -f -a "files" -d 'The files a run kept (/workspace/out, --keep paths, long stdout/stderr): listed, or fetched into a directory'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s n -l limit -d 'How many runs to list, 1 to 1000' -r
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l sandbox -d 'Only the runs of this persistent sandbox of the project' -r
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l sandbox -d 'Only the runs of this persistent sandbox: its name (this project\'s first) or its id' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l before -d 'The runs older than this one: the next page after a listing\'s last run' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F

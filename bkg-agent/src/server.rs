@@ -386,13 +386,19 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
 
     let status = response.status();
     state.service.metrics.http_answered(&route, method.as_str(), status.as_u16());
-    // Who was refused a key or a login, or slowed for too many: the address an operator looks
-    // for (found by a new-user trial: 33 guessed keys and wrong passwords left no line). The
-    // rate limiter bounds these lines to what it lets through from an address.
-    if let Some(address) = peer
-        && matches!(status, axum::http::StatusCode::UNAUTHORIZED | axum::http::StatusCode::TOO_MANY_REQUESTS)
-    {
-        tracing::warn!(%address, %method, %route, status = status.as_u16(), "refused a request without a valid key or login");
+    // Who was refused a key or a login: the address an operator looks for (found by a new-user
+    // trial: 33 guessed keys and wrong passwords left no line). The rate limiter bounds these
+    // lines to what it lets through from an address.
+    // A 429 goes to the debug log only: those past the allowance are not bounded by it, and
+    // would fill the log.
+    match (peer, status) {
+        (Some(address), axum::http::StatusCode::UNAUTHORIZED) => {
+            tracing::warn!(%address, %method, %route, "refused a request without a valid key or login");
+        }
+        (Some(address), axum::http::StatusCode::TOO_MANY_REQUESTS) => {
+            tracing::debug!(%address, %method, %route, "slowed an address that sent too many requests without a valid key");
+        }
+        _ => {}
     }
     if trace.sampled {
         let mut attributes = vec![

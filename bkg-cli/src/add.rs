@@ -34,7 +34,7 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
             CliError::usage(format!("cannot read {file}: {error}"))
         }
     };
-    crate::project::edit_locked(&path, unreadable, |text| {
+    let made = crate::project::edit_locked(&path, unreadable, |text| {
         let before = cave::parse(text, &file).map_err(|errors| {
             out.human(format_args!("{errors}"));
             CliError::usage(format!("{file} is not valid: fix the problems above first"))
@@ -60,15 +60,19 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
                 "cannot add to {file} without changing its other entries; add the sandbox by hand"
             )));
         }
-        Ok((Some(edited), ()))
+        // Before cave.yaml is written: a folder that cannot be made leaves the file as it was.
+        let project = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let mut said = Vec::new();
+        for volume in &sandbox.volumes {
+            said.extend(volume_folder(project, volume)?);
+        }
+        Ok((Some(edited), said))
     })?;
-    let project = path.parent().unwrap_or(std::path::Path::new("."));
+    let project = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let starter = crate::project::write_starter(project, &name, &sandbox)?;
     out.note(format_args!("added sandbox `{name}` ({}) to {file}{starter}", sandbox.language.as_str()));
-    for volume in &sandbox.volumes {
-        if let Some(said) = volume_folder(project, volume)? {
-            out.note(format_args!("{said}"));
-        }
+    for said in made {
+        out.note(format_args!("{said}"));
     }
     Ok(SUCCESS)
 }
@@ -83,12 +87,22 @@ fn volume_folder(project: &std::path::Path, volume: &str) -> Result<Option<Strin
     if std::fs::symlink_metadata(&host).is_ok() {
         return Ok(None);
     }
-    let inside = volume
+    // Inside as bkgr judges it, links followed: the nearest part that exists, resolved, is in
+    // the project (found by a new-user trial: a link in the path made the folder outside).
+    let existing = host.ancestors().find(|part| part.exists()).and_then(|part| std::fs::canonicalize(part).ok());
+    let project_dir = std::fs::canonicalize(project).ok();
+    let lexically_inside = volume
         .host
         .components()
         .all(|part| matches!(part, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    let inside = lexically_inside
+        && matches!((&existing, &project_dir), (Some(existing), Some(project)) if existing.starts_with(project));
     if !inside {
-        return Ok(Some(format!("{} does not exist: `bkgr` refuses the volume until it does", volume.host.display())));
+        return Ok(Some(format!(
+            "{} does not exist, and is not the project's to make: `bkgr` refuses the volume until it does (one outside \
+             the project needs `bkgr --allow-outside`)",
+            volume.host.display()
+        )));
     }
     std::fs::create_dir_all(&host)
         .map_err(|error| CliError::usage(format!("cannot make the volume's folder {}: {error}", host.display())))?;

@@ -386,7 +386,7 @@ pub enum RunsAction {
         /// How many runs to list, 1 to 1000.
         #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
         limit: u32,
-        /// Only the runs of this persistent sandbox of the project.
+        /// Only the runs of this persistent sandbox: its name (this project's first) or its id.
         #[arg(long, value_name = "NAME")]
         sandbox: Option<String>,
         /// The runs older than this one: the next page after a listing's last run.

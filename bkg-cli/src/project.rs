@@ -19,7 +19,14 @@ pub(crate) fn find_cave_file(start: &Path) -> Result<Option<PathBuf>, CliError> 
         let candidate = dir.join(FILE_NAME);
         match std::fs::metadata(&candidate) {
             Ok(metadata) if metadata.is_file() => return Ok(Some(candidate)),
-            Ok(_) => {}
+            // Not passed over for a project further up, whose file would then be used unnoticed
+            // (found by a new-user trial: a FIFO named cave.yaml made `bkg ls` say there was none).
+            Ok(_) => {
+                return Err(CliError::usage(format!(
+                    "cannot read {}: it is not a regular file (a pipe, a device, a socket or a directory)",
+                    candidate.display()
+                )));
+            }
             Err(error) if matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {}
             Err(error) => {
                 return Err(CliError::usage(format!("cannot look for cave.yaml in {}: {error}", dir.display())));
@@ -104,7 +111,8 @@ fn run_command(name: &str, spec: &bkg_schema::cave::SandboxSpec) -> String {
     }
     match spec.scripts.keys().next() {
         Some(script) => format!("`bkgr {name} {script}`"),
-        None => format!("`bkg exec {name} -c CODE`"),
+        // Not `bkg exec`: a session's output is not the sandbox's log.
+        None => format!("a script of its own (`scripts:` in cave.yaml) and `bkgr {name} SCRIPT`"),
     }
 }
 

@@ -278,6 +278,10 @@ fn a_cave_yaml_that_is_no_regular_file_or_is_huge_is_refused_unread() {
     let not_a_file = "it is not a regular file (a pipe, a device or a socket)";
     refused(&["validate"], not_a_file);
     refused(&["add", "api", "--type", "python"], not_a_file);
+    // Commands that look for the project do not pass it over for one further up.
+    let listed = Command::new(bkg_tests::bkg_bin()).current_dir(project.path()).args(["ls"]).output().expect("bkg ls");
+    assert_eq!(code(&listed), 125, "{}", stderr(&listed));
+    assert!(stderr(&listed).contains("cave.yaml: it is not a regular file"), "{}", stderr(&listed));
     std::fs::remove_file(&cave).expect("remove the FIFO");
     std::os::unix::fs::symlink("/dev/zero", &cave).expect("link to /dev/zero");
     refused(&["validate"], not_a_file);
@@ -315,11 +319,29 @@ fn add_makes_a_missing_volume_folder_of_the_project_and_the_sandbox_runs() {
     let outside = agent.bkg_in(dir, &["add", "other", "--type", "python", "--volume", "/nonexistent/x:/workspace/x"]);
     assert_eq!(code(&outside), 0, "{}", stderr(&outside));
     assert!(
-        stderr(&outside).contains("/nonexistent/x does not exist: `bkgr` refuses the volume until it does"),
+        stderr(&outside).contains("/nonexistent/x does not exist, and is not the project's to make"),
         "{}",
         stderr(&outside)
     );
     assert!(!Path::new("/nonexistent").exists());
+    // Through a link out of the project, nothing is made there (found by a trial of this fix).
+    let elsewhere = tempfile::tempdir().expect("outside dir");
+    std::os::unix::fs::symlink(elsewhere.path(), dir.join("link")).expect("link");
+    let linked = agent.bkg_in(dir, &["add", "linked", "--type", "python", "--volume", "link/new:/workspace/new"]);
+    assert_eq!(code(&linked), 0, "{}", stderr(&linked));
+    assert!(
+        stderr(&linked).contains("link/new does not exist, and is not the project's to make"),
+        "{}",
+        stderr(&linked)
+    );
+    assert!(!elsewhere.path().join("new").exists());
+    // A folder that cannot be made refuses the sandbox, and cave.yaml stays as it was.
+    let before = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    write(&dir.join("afile"), "a file\n");
+    let blocked = agent.bkg_in(dir, &["add", "blocked", "--type", "python", "--volume", "afile/sub:/workspace/sub"]);
+    assert_eq!(code(&blocked), 125, "{}", stderr(&blocked));
+    assert!(stderr(&blocked).contains("cannot make the volume's folder"), "{}", stderr(&blocked));
+    assert_eq!(std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml"), before);
 }
 
 /// Found by a new-user trial: `bkg stop api nosuch` stopped api, then failed on nosuch; every

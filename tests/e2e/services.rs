@@ -486,11 +486,12 @@ fn a_failing_service_waits_for_a_session_that_holds_its_sandbox() {
     assert_eq!((code(&exec), stdout(&exec)), (0, "42\n".to_owned()), "{}", stderr(&exec));
     let waiting = poll("the service to wait for the session", || {
         let info = flaky_status();
-        info["service"]["not_restarted"].as_str().is_some_and(|why| why.contains("held by session")).then_some(info)
+        info["service"]["not_restarted"].as_str().is_some_and(|why| why.contains("holds its sandbox")).then_some(info)
     });
     assert_eq!(waiting["service"]["state"], "restarting", "{waiting}");
     let text = agent.bkg_in(dir, &["status", "flaky"]);
-    assert!(stdout(&text).contains("waits to start again: sandbox flaky is held by session"), "{}", stdout(&text));
+    let said = "waits to start again: session `default` holds its sandbox; it starts again once the session ends";
+    assert!(stdout(&text).contains(said), "{}", stdout(&text));
     let id = waiting["id"].as_str().unwrap_or_default().to_owned();
     let ended = bkg_tests::http::unix_request(
         &agent.socket,

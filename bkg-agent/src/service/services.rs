@@ -78,7 +78,11 @@ impl Services {
         {
             supervised.stopped.send_replace(true);
             let pending = supervised.health.borrow().state == ServiceState::Restarting;
-            supervised.health.send_modify(|health| health.state = ServiceState::Stopped);
+            // What it waited for is no longer why it does not run (found by a trial of this stop).
+            supervised.health.send_modify(|health| {
+                health.state = ServiceState::Stopped;
+                health.not_restarted = None;
+            });
             return pending;
         }
         false
@@ -258,9 +262,19 @@ impl Service {
                         self.services.update(&id, |health| health.state = ServiceState::Stopped);
                         return;
                     }
-                    Err(OpError::Run(RunError::Busy(holder))) => {
-                        tracing::info!(sandbox = %id, %holder, "the service waits for its sandbox to start again");
-                        self.services.update(&id, |health| health.not_restarted = Some(holder));
+                    Err(OpError::Run(RunError::Busy(_))) => {
+                        // Said without the refusal's hint to `bkg stop`, which would stop the
+                        // service too (found by a trial of this stop).
+                        let waits_for = match self.session_holding(&id) {
+                            Some(session) => {
+                                format!("session `{session}` holds its sandbox; it starts again once the session ends")
+                            }
+                            None => {
+                                "its sandbox is busy (a file transfer); it starts again once that is done".to_owned()
+                            }
+                        };
+                        tracing::info!(sandbox = %id, %waits_for, "the service waits for its sandbox to start again");
+                        self.services.update(&id, |health| health.not_restarted = Some(waits_for));
                         self.keep_service_health(&id).await;
                     }
                     Err(error) => {
