@@ -279,7 +279,14 @@ fn a_cave_yaml_that_is_no_regular_file_or_is_huge_is_refused_unread() {
     refused(&["validate"], not_a_file);
     refused(&["add", "api", "--type", "python"], not_a_file);
     // Commands that look for the project do not pass it over for one further up.
-    let listed = Command::new(bkg_tests::bkg_bin()).current_dir(project.path()).args(["ls"]).output().expect("bkg ls");
+    // No agent is asked (nor started: bkgr reads the project first).
+    let listed = Command::new(bkg_tests::bin_dir().join("bkgr"))
+        .current_dir(project.path())
+        .env("BKG_SOCKET", project.path().join("no-agent.sock"))
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("bkgr");
     assert_eq!(code(&listed), 125, "{}", stderr(&listed));
     assert!(stderr(&listed).contains("cave.yaml: it is not a regular file"), "{}", stderr(&listed));
     std::fs::remove_file(&cave).expect("remove the FIFO");
