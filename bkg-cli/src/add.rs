@@ -34,6 +34,7 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
             CliError::usage(format!("cannot read {file}: {error}"))
         }
     };
+    let project = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let made = crate::project::edit_locked(&path, unreadable, |text| {
         let before = cave::parse(text, &file).map_err(|errors| {
             out.human(format_args!("{errors}"));
@@ -61,14 +62,12 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
             )));
         }
         // Before cave.yaml is written: a folder that cannot be made leaves the file as it was.
-        let project = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
         let mut said = Vec::new();
         for volume in &sandbox.volumes {
             said.extend(volume_folder(project, volume)?);
         }
         Ok((Some(edited), said))
     })?;
-    let project = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let starter = crate::project::write_starter(project, &name, &sandbox)?;
     out.note(format_args!("added sandbox `{name}` ({}) to {file}{starter}", sandbox.language.as_str()));
     for said in made {

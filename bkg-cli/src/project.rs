@@ -182,12 +182,8 @@ pub fn edit_locked<T>(
     read: impl FnOnce(std::io::Error) -> CliError,
     edit: impl FnOnce(&str) -> Result<(Option<String>, T), CliError>,
 ) -> Result<T, CliError> {
-    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let dir = match target.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let _lock = std::fs::File::open(dir)
+    let (_, dir) = resolved(path);
+    let _lock = std::fs::File::open(&dir)
         .ok()
         .and_then(|dir| nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).ok());
     let text = bkg_schema::cave::read_text(path).map_err(read)?;
@@ -198,17 +194,24 @@ pub fn edit_locked<T>(
     Ok(outcome)
 }
 
+/// The file `path` names, links followed, and the directory that holds it: where an edit locks
+/// and where its replacement is written.
+fn resolved(path: &Path) -> (PathBuf, PathBuf) {
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    (target, dir)
+}
+
 /// Replaces `path` with `text` all at once: a reader sees the old file or the new one, never
 /// half of it. A replaced file keeps its permissions, owner and group; a symbolic link stays
 /// one, and the file it leads to is replaced. Where this user cannot give the new file the old
 /// one's owner and group, the file is rewritten in place instead (not all at once).
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), CliError> {
     let failed = |error: std::io::Error| CliError::usage(format!("cannot write {}: {error}", path.display()));
-    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let dir = match target.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
+    let (target, dir) = resolved(path);
     let existing = std::fs::metadata(&target).ok();
     let mut file = tempfile::Builder::new()
         .prefix(".cave.yaml.")
