@@ -6,6 +6,8 @@ complete -c bkg-agent -l user-limit -d 'What one local user may ask for (repeata
 complete -c bkg-agent -l state-dir -d 'Directory for the run store and sandbox disk images' -r -F
 complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-sized runs when idle; the pool grows while runs find it empty and shrinks back when they stop (0 turns the pool off)' -r
 complete -c bkg-agent -l warm-pool-memory -d 'Memory the warm pool\'s prepared sandboxes together may take as it grows with demand' -r
+complete -c bkg-agent -l zygote -d 'Fork warm sandboxes\' Python interpreters from one initialised once (the zygote; what its forks share: docs/security.md), instead of starting one in each sandbox' -r -f -a "true\t''
+false\t''"
 complete -c bkg-agent -l max-cpus -d 'Highest CPU count a run may ask for (below 1, also the default)' -r
 complete -c bkg-agent -l max-memory -d 'Highest memory limit a run may ask for (below 512MiB, also the default)' -r
 complete -c bkg-agent -l max-timeout -d 'Highest timeout a run may ask for (below 60s, also the default); `none` lets persistent sandboxes run without one (`timeout: none` in cave.yaml, for services)' -r

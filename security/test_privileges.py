@@ -1,6 +1,8 @@
 """PRIV: identity, capabilities, no_new_privs, seccomp, namespaces, dangerous syscalls."""
 
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -46,6 +48,51 @@ def test_namespaces_differ_from_the_host(posture):
         host = os.readlink("/proc/self/ns/" + name)
         assert sandbox_ns.get(name, "").startswith(name + ":["), (name, sandbox_ns)
         assert sandbox_ns[name] != host, "the sandbox shares the host's %s namespace" % name
+
+
+def _zygote_forks(agent):
+    return agent.request("GET", "/api/v1/agent").json["zygote_runs"]
+
+
+def _posture_of(agent):
+    outcome = agent.exe(bkgsec.PROBE)
+    assert outcome.rc == 0 and outcome.result is not None, outcome.describe()
+    return json.loads(outcome.out)
+
+
+def _comparable(posture):
+    """What must not differ between two sandboxes of two agents: not the host ids, namespace
+    inodes, pids or devices, which differ from sandbox to sandbox."""
+    return {
+        "ids": [posture[key] for key in ("uid", "euid", "gid", "egid", "groups", "setgroups")],
+        "maps": [[line.split()[0::2] for line in posture[key].splitlines()] for key in ("uid_map", "gid_map")],
+        "status": {key: value for key, value in posture["status"].items()
+                   if key.startswith("Cap") or key in ("NoNewPrivs", "Seccomp", "Seccomp_filters")},
+        "landlock": posture["landlock"],
+        "mounts": sorted((m["mount_point"], m["fstype"], sorted(m["options"])) for m in posture["mounts"]),
+        "outside_writes": posture["outside_writes"],
+        "fds": {fd: re.sub(r"\[\d+\]", "[]", target) for fd, target in posture["fds"].items()},
+        "cwd": posture["cwd"], "environ": posture["environ"],
+        "cgroup": posture["cgroup"], "hostname": posture["hostname"],
+        "interfaces": posture["interfaces"], "sys_exists": posture["sys_exists"],
+    }
+
+
+def test_a_zygote_fork_is_locked_down_as_a_cold_run(agent, second_agent):
+    """A warm Python run's process is a fork of the zygote (engine/zygote.rs), made on the host
+    and locked down inside the sandbox by the init's own lock_down: its posture must be exactly
+    that of code pid 1 forked in a sandbox prepared on demand."""
+    deadline = time.monotonic() + 30
+    while agent.wait_idle().get("warm_sandboxes", 0) < 1:
+        assert time.monotonic() < deadline, "the warm pool stayed empty"
+        time.sleep(0.05)
+    forks = _zygote_forks(agent)
+    warm = _posture_of(agent)
+    assert _zygote_forks(agent) == forks + 1, "the warm run was not a fork of the zygote"
+    second_agent.start(warm_pool=0)
+    cold = _posture_of(second_agent)
+    assert _zygote_forks(second_agent) == 0
+    assert _comparable(warm) == _comparable(cold)
 
 
 def test_setuid_binary_gains_nothing(sandbox):

@@ -67,6 +67,10 @@ pub struct AgentArgs {
     /// Memory the warm pool's prepared sandboxes together may take as it grows with demand.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", env = "BKG_WARM_POOL_MEMORY")]
     pub warm_pool_memory: String,
+    /// Fork warm sandboxes' Python interpreters from one initialised once (the zygote; what its
+    /// forks share: docs/security.md), instead of starting one in each sandbox.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, env = "BKG_ZYGOTE")]
+    pub zygote: bool,
     /// Highest CPU count a run may ask for (below 1, also the default).
     #[arg(long, default_value = "available CPUs")]
     pub max_cpus: String,
@@ -621,6 +625,7 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         npm: args.npm,
         warm_pool: args.warm_pool,
         warm_pool_memory: parse_size(&args.warm_pool_memory).context(FlagValue("--warm-pool-memory".into()))?,
+        zygote: args.zygote,
         uid_base: args.uid_base,
         cgroup_dir: args.cgroup_dir,
         capacity: capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?,

@@ -313,6 +313,18 @@ pub fn describe(info: &AgentInfo) -> String {
         });
         line("", format!("{} · {} · {started}", sandbox.id, format_size(sandbox.memory_bytes)));
     }
+    if let Some(zygote) = &info.zygote {
+        line(
+            "zygote",
+            format!(
+                "generation {} · pid {} · memory {} · {} runs forked from it",
+                zygote.generation,
+                zygote.pid,
+                format_size(zygote.memory_bytes),
+                info.zygote_runs
+            ),
+        );
+    }
     line("defaults", limits(&info.default_limits));
     line("maximum", limits(&info.max_limits));
     text

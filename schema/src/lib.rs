@@ -661,6 +661,12 @@ pub struct AgentInfo {
     /// a warm sandbox instead of a fresh one (docs/testing.md, "The zygote").
     #[serde(default)]
     pub prestarted_runs: u64,
+    /// Of `prestarted_runs`, those whose interpreter was a fork of the zygote.
+    #[serde(default)]
+    pub zygote_runs: u64,
+    /// The zygote generation serving now, if one does (Python; docs/security.md, "The zygote").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zygote: Option<ZygoteInfo>,
     /// Runs going on now, not those waiting for a place (`queued_runs`).
     pub active_runs: usize,
     /// Sandboxes whose cleanup is still under way.
@@ -675,6 +681,19 @@ pub struct AgentInfo {
     /// agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+}
+
+/// The zygote: one interpreter initialised once whose forks become the prestarted interpreters
+/// of warm sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ZygoteInfo {
+    /// Its generation: a new one starts after 100 forks or 10 minutes.
+    pub generation: u64,
+    /// Its host pid.
+    pub pid: u32,
+    /// Its resident memory now, shared with its forks until they write to it.
+    pub memory_bytes: u64,
 }
 
 /// How long the agent keeps finished runs, in ms: by default, and for namespaces of their own.

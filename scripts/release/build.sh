@@ -29,6 +29,7 @@ export CARGO_INCREMENTAL=0
 say "building ${BINARIES[*]} $VERSION for $TRIPLE (rustc $actual, SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)"
 cd "$ROOT"
 cargo build --release --locked -p bkg-cli -p bkgr -p bkg-agent --bins
-for binary in "${BINARIES[@]}"; do
+cargo build --release --locked -p bkg-zygote
+for binary in "${BINARIES[@]}" "$ZYGOTE_LIBRARY"; do
   [[ -x $(binary_path "$binary") ]] || die "the build made no $binary"
 done

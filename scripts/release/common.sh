@@ -24,3 +24,6 @@ die() { echo "release: $*" >&2; exit 1; }
 
 # The binaries as the reproducible build left them.
 binary_path() { echo "$RELEASE_TARGET_DIR/release/$1"; }
+# The zygote's library (bkg-agent/src/engine/zygote.rs), installed as USR/lib/bkg/$ZYGOTE_LIBRARY,
+# where bkg-agent looks for it (beside itself first, as in target/).
+ZYGOTE_LIBRARY=libbkg_zygote.so

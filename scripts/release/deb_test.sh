@@ -69,6 +69,7 @@ for binary in bkg bkgr bkg-agent; do
   check "zsh completion of $binary" test -f "$root/usr/share/zsh/vendor-completions/_$binary"
   check "fish completion of $binary" test -f "$root/usr/share/fish/vendor_completions.d/$binary.fish"
 done
+check "the zygote's library" test -f "$root/usr/lib/bkg/libbkg_zygote.so"
 check "man page bkg(1)" test -f "$root/usr/share/man/man1/bkg.1.gz"
 check "man page bkg-exe(1)" test -f "$root/usr/share/man/man1/bkg-exe.1.gz"
 check "man page bkg-agent(8)" test -f "$root/usr/share/man/man8/bkg-agent.8.gz"

@@ -7,13 +7,14 @@ stage_tree() {
   install -d -m 0755 "$dest/$usr/bin" "$dest/$usr/share/man/man1" "$dest/$usr/share/man/man8" \
     "$dest/$usr/share/bash-completion/completions" "$dest/$usr/share/zsh/vendor-completions" \
     "$dest/$usr/share/fish/vendor_completions.d" "$dest/lib/systemd/system" "$dest/etc/bkg" \
-    "$dest/$usr/share/doc/bkg"
+    "$dest/$usr/share/doc/bkg" "$dest/$usr/lib/bkg"
   for binary in "${BINARIES[@]}"; do
     install -m 0755 "$(binary_path "$binary")" "$dest/$usr/bin/$binary"
     install -m 0644 "$ROOT/completions/$binary.bash" "$dest/$usr/share/bash-completion/completions/$binary"
     install -m 0644 "$ROOT/completions/_$binary" "$dest/$usr/share/zsh/vendor-completions/_$binary"
     install -m 0644 "$ROOT/completions/$binary.fish" "$dest/$usr/share/fish/vendor_completions.d/$binary.fish"
   done
+  install -m 0644 "$(binary_path "$ZYGOTE_LIBRARY")" "$dest/$usr/lib/bkg/$ZYGOTE_LIBRARY"
   local page section
   for page in "$ROOT"/docs/man/*.[18]; do
     section=${page##*.}

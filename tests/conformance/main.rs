@@ -108,6 +108,11 @@ fn prestarted_runs(agent: &Agent) -> u64 {
     agent.status_json()["prestarted_runs"].as_u64().unwrap_or(u64::MAX)
 }
 
+/// How many of those interpreters were forks of the zygote.
+fn zygote_runs(agent: &Agent) -> u64 {
+    agent.status_json()["zygote_runs"].as_u64().unwrap_or(u64::MAX)
+}
+
 struct Agents {
     cold: Agent,
     warm: Agent,
@@ -133,10 +138,13 @@ impl Agents {
         self.warm.wait_warm(1);
         sandboxed(&self.warm, script, args);
         self.warm.wait_warm(1);
-        let prestarted_before = prestarted_runs(&self.warm);
+        let (prestarted_before, forked_before) = (prestarted_runs(&self.warm), zygote_runs(&self.warm));
         let warm = sandboxed(&self.warm, script, args);
         let prestarted = prestarted_runs(&self.warm) - prestarted_before;
         assert_eq!(prestarted, 1, "{script}: the warm run was not given the interpreter started ahead");
+        // Python's is a fork of the zygote (engine/zygote.rs); Node has none.
+        let forked = zygote_runs(&self.warm) - forked_before;
+        assert_eq!(forked, u64::from(interpreter == PYTHON), "{script}: runs forked by the zygote");
         assert_eq!(prestarted_runs(&self.cold), 0, "a sandbox prepared on demand starts nothing ahead");
         assert_eq!(cold, bare, "{script} {args:?}: a cold sandbox differs from bare {interpreter}");
         assert_eq!(warm, bare, "{script} {args:?}: a warm sandbox differs from bare {interpreter}");
@@ -173,23 +181,32 @@ fn python_sees_the_same_start_bare_cold_and_warm() {
     }
 }
 
+/// Each cold run's interpreter draws its own hash seed. Warm runs' interpreters are forks of the
+/// zygote, which share its seed within one generation (docs/security.md, "The zygote"), and
+/// two generations (here the zygotes of two agents) do not share one.
 #[test]
-fn no_two_python_runs_share_a_hash_seed_cold_or_warm() {
+fn python_hash_seeds_differ_between_cold_runs_and_between_zygote_generations() {
     let agents = Agents::start();
-    for (mode, agent) in [("cold", &agents.cold), ("warm", &agents.warm)] {
-        let hashes: Vec<String> = (0..3)
-            .map(|_| {
-                if mode == "warm" {
-                    agent.wait_warm(1);
-                }
-                sandboxed(agent, "hash.py", &[]).stdout
-            })
-            .collect();
-        assert!(
-            hashes[0] != hashes[1] || hashes[1] != hashes[2],
-            "{mode}: three runs with one string hash: {hashes:?} (a shared interpreter start)"
-        );
-    }
+    let hashes: Vec<String> = (0..3).map(|_| sandboxed(&agents.cold, "hash.py", &[]).stdout).collect();
+    assert!(
+        hashes[0] != hashes[1] || hashes[1] != hashes[2],
+        "cold: three runs with one string hash: {hashes:?} (a shared interpreter start)"
+    );
+
+    let forked = |agent: &Agent| {
+        agent.wait_warm(1);
+        let before = zygote_runs(agent);
+        let hash = sandboxed(agent, "hash.py", &[]).stdout;
+        assert_eq!(zygote_runs(agent), before + 1, "the warm run was not a fork of the zygote");
+        (hash, agent.status_json()["zygote"]["generation"].as_u64())
+    };
+    let (first, generation) = forked(&agents.warm);
+    let (second, same_generation) = forked(&agents.warm);
+    assert_eq!(generation, same_generation, "the zygote was replaced between two runs");
+    assert_eq!(first, second, "forks of one zygote generation share its hash seed");
+    let other = Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() });
+    let (another, _) = forked(&other);
+    assert_ne!(first, another, "two zygotes with one hash seed");
 }
 
 #[test]

@@ -304,3 +304,59 @@ fn runs_are_recorded_in_the_store() {
         .expect("query the store");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "(0, 1, 1)\n");
 }
+
+/// The zygote (engine/zygote.rs): a warm Python run is a fork of it, the sandbox's pid 2 and pid 1's
+/// child as a cold run's code is, and `bkg agent status` counts it. The zygote is the agent's
+/// child running the Python interpreter; when it dies, a new generation serves the next
+/// sandboxes.
+#[test]
+fn warm_python_runs_are_forks_of_the_zygote_which_a_new_generation_replaces() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() });
+    let ids = "import os\nprint(os.getpid(), os.getppid(), os.getuid())";
+    let forked_run = |expected_forks: u64| {
+        agent.wait_warm(1);
+        let output = agent.exe(&["-t", "python", "-c", ids]);
+        assert_eq!((code(&output), stdout(&output).as_str()), (0, "2 1 1000\n"), "{}", stderr(&output));
+        assert_eq!(agent.status_json()["zygote_runs"].as_u64(), Some(expected_forks), "{}", agent.status_json());
+    };
+    forked_run(1);
+    let info = agent.status_json();
+    let zygote = &info["zygote"];
+    assert_eq!(zygote["generation"].as_u64(), Some(1), "{info}");
+    assert!(zygote["memory_bytes"].as_u64().is_some_and(|bytes| bytes > 1 << 20), "{info}");
+    let pid = zygote["pid"].as_u64().and_then(|pid| i32::try_from(pid).ok()).expect("the zygote's pid");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the zygote's stat");
+    let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).unwrap_or_default();
+    assert_eq!(parent, agent.pid().to_string(), "the zygote is the agent's child: {stat}");
+    let command = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the zygote's command line");
+    assert!(command.starts_with(b"/usr/bin/python3\0-c\0"), "{}", String::from_utf8_lossy(&command));
+    let text = stdout(&agent.bkg().args(["agent", "status"]).output().expect("bkg agent status"));
+    assert!(text.contains("zygote     generation 1 · pid "), "{text}");
+
+    // SAFETY: kill takes a pid and a signal number; `pid` is the zygote this test's agent started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill the zygote");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while agent.status_json()["zygote"]["generation"].as_u64() != Some(2) {
+        assert!(std::time::Instant::now() < deadline, "no new generation: {}", agent.status_json());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The sandbox waiting in the pool was forked by the dead generation; the one prepared in
+    // its place by the new one.
+    forked_run(2);
+    forked_run(3);
+    assert_eq!(agent.status_json()["zygote"]["generation"].as_u64(), Some(2), "{}", agent.status_json());
+}
+
+/// With `--zygote false`, each warm sandbox starts its own interpreter, as without the library.
+#[test]
+fn without_the_zygote_each_warm_sandbox_starts_its_own_interpreter() {
+    let options =
+        AgentOptions { warm_pool: 1, extra_args: vec!["--zygote".into(), "false".into()], ..Default::default() };
+    let agent = Agent::start_with(options);
+    agent.wait_warm(1);
+    let output = agent.exe(&["-t", "python", "-c", "import os\nprint(os.getpid(), os.getppid())"]);
+    assert_eq!((code(&output), stdout(&output).as_str()), (0, "2 1\n"), "{}", stderr(&output));
+    let info = agent.status_json();
+    assert_eq!((info["prestarted_runs"].as_u64(), info["zygote_runs"].as_u64()), (Some(1), Some(0)), "{info}");
+    assert!(info["zygote"].is_null(), "{info}");
+}

@@ -69,8 +69,8 @@ pub enum FromInit {
     /// with [`read_with_fd_async`].
     Terminal,
     /// The code was started; `prestarted`: by the interpreter pid 1 had started ahead
-    /// (engine/prestart.rs).
-    Running { prestarted: bool },
+    /// (engine/prestart.rs), `from_zygote`: one the zygote forked (engine/zygote.rs).
+    Running { prestarted: bool, from_zygote: bool },
     /// The code could not be executed; `errno` from execve.
     ExecFailed { errno: i32 },
     /// The code ended. `denied_syscalls`: how often each system call number was refused by
@@ -271,14 +271,15 @@ mod tests {
             denied_syscalls: vec![(101, 2)],
         };
         write_blocking(&mut wire, &sent).unwrap_or_default();
-        let received: FromInit = read_blocking(&mut wire.as_slice()).unwrap_or(FromInit::Running { prestarted: true });
+        let received: FromInit =
+            read_blocking(&mut wire.as_slice()).unwrap_or(FromInit::Running { prestarted: true, from_zygote: false });
         assert_eq!(received, sent);
     }
 
     #[test]
     fn a_truncated_message_is_an_error() {
         let mut wire = Vec::new();
-        write_blocking(&mut wire, &FromInit::Running { prestarted: false }).unwrap_or_default();
+        write_blocking(&mut wire, &FromInit::Running { prestarted: false, from_zygote: false }).unwrap_or_default();
         wire.pop();
         assert!(read_blocking::<FromInit>(&mut wire.as_slice()).is_err());
     }

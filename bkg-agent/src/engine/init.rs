@@ -24,6 +24,7 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
+use serde::{Deserialize, Serialize};
 
 use super::control::{self, CONTROL_FD, FromInit, GoOrder, ToInit};
 use super::plan::{CPU_DIR, IdMap, MountStep, SandboxPlan, id_map_text};
@@ -32,7 +33,7 @@ use super::{landlock, loopdev, seccomp};
 
 /// A failed step of building or starting the sandbox.
 #[derive(Debug)]
-struct StageError {
+pub(super) struct StageError {
     stage: String,
     message: String,
 }
@@ -53,11 +54,14 @@ impl<T, E: std::fmt::Display> Stage<T> for Result<T, E> {
     }
 }
 
+/// The umask of the init, and so of the code (which the zygote's forks take as well).
+pub(super) const SANDBOX_UMASK: libc::mode_t = 0o022;
+
 /// Entry point of `bkg-agent __sandbox-init`. Never returns.
 pub fn main() -> ! {
     // What the init makes in the new root (directories, mount points, files) is for the
     // sandbox to read; the agent's private umask must not leak into it.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(SANDBOX_UMASK));
     // Our stdin is the control socket, and the sandbox's stdin comes with the plan
     // (engine/sandbox.rs, `spawn_init`). The socket moves to CONTROL_FD, where the code's
     // process closes it with every other descriptor of ours.
@@ -94,6 +98,9 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
     if nix::unistd::getppid().as_raw() as u32 != plan.agent_pid {
         return Err(StageError::new("check parent", "the agent that started this sandbox is gone"));
     }
+    // Connected here, while the host's files are still in view; without it the interpreter
+    // is started in the sandbox.
+    let zygote = plan.zygote.as_deref().and_then(|path| super::zygote::connect(path).ok());
     // Joining writes `0` (the writer itself) into files that move the calling thread alone on
     // v1 (RunCgroup::join_files): with a second thread the process would be half inside.
     if own_thread_count()? != 1 {
@@ -138,7 +145,7 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
             drop(go_ahead_write);
             let mut wait = [0u8; 1];
             let _ = File::from(go_ahead_read).read(&mut wait);
-            if let Err(error) = pid_one(plan, idmaps, control) {
+            if let Err(error) = pid_one(plan, idmaps, zygote, control) {
                 let _ =
                     control::write_blocking(control, &FromInit::Failed { stage: error.stage, message: error.message });
             }
@@ -196,7 +203,12 @@ fn idmap_user_namespace(idmap: IdMap) -> Result<OwnedFd, StageError> {
     }
 }
 
-fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream) -> Result<(), StageError> {
+fn pid_one(
+    plan: &SandboxPlan,
+    idmaps: IdmapNamespaces,
+    zygote: Option<OwnedFd>,
+    control: &mut UnixStream,
+) -> Result<(), StageError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).stage("set parent-death signal")?;
     let disk_device = build_root(plan, &idmaps)?;
     drop(idmaps);
@@ -205,7 +217,8 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
     // Compiled while the sandbox waits in the pool, not once the caller is waiting.
     let seccomp = seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
     // A sandbox whose interpreter cannot be started ahead still serves: its run starts cold.
-    let prestarted = plan.prestart.as_ref().and_then(|prestart| prestart_code(plan, prestart, seccomp.clone()).ok());
+    let prestarted =
+        plan.prestart.as_ref().and_then(|prestart| prestart_code(plan, prestart, seccomp.clone(), zygote).ok());
     control::write_blocking(control, &FromInit::Ready { disk_device }).stage("report ready")?;
 
     let order = match control::read_blocking::<ToInit>(control) {
@@ -238,7 +251,7 @@ fn pid_one(plan: &SandboxPlan, idmaps: IdmapNamespaces, control: &mut UnixStream
         }
     });
     match given {
-        Some(given) => watch_code(plan, given.pid, given.supervisor, true, control)?,
+        Some(given) => watch_code(plan, given.pid, given.supervisor, Some(given.from_zygote), control)?,
         None => run_code(plan, Launch::new(&order, seccomp)?, control)?,
     }
     if order.hold_after_exit {
@@ -262,7 +275,7 @@ fn own_thread_count() -> Result<u64, StageError> {
 /// Sets this process's scheduling policy (`SCHED_IDLE` or `SCHED_OTHER`, priority 0); the
 /// processes it starts afterwards inherit it. Async-signal-safe: the agent calls it between
 /// fork and exec (engine/sandbox.rs).
-fn set_scheduling(policy: libc::c_int) -> std::io::Result<()> {
+pub(super) fn set_scheduling(policy: libc::c_int) -> std::io::Result<()> {
     set_scheduling_of(Pid::from_raw(0), policy)
 }
 
@@ -696,14 +709,48 @@ struct Launch {
     program: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
+    setup: CodeSetup,
+    terminal: Option<bkg_schema::terminal::TerminalSize>,
+    /// Descriptors the program keeps across exec (a prestarted interpreter's order and report).
+    inherit: Vec<i32>,
+}
+
+/// What the code's process applies to itself as it locks down, besides its `Confinement`.
+pub(super) struct CodeSetup {
     cwd: CString,
     seccomp: Vec<seccompiler::BpfProgram>,
     /// The policy as one program (seccomp_notify.rs), as pid 1 evaluates it and, with its
     /// refusals turned into notifications, as the code installs it; `None` if it does not fit.
     counted_seccomp: Option<seccomp_notify::CountedPolicy>,
-    terminal: Option<bkg_schema::terminal::TerminalSize>,
-    /// Descriptors the program keeps across exec (a prestarted interpreter's order and report).
-    inherit: Vec<i32>,
+}
+
+impl CodeSetup {
+    pub(super) fn new(cwd: &str, seccomp: Vec<seccompiler::BpfProgram>) -> Result<Self, StageError> {
+        let cwd = CString::new(cwd).stage("argument with a NUL byte")?;
+        let counted_seccomp = seccomp_notify::counted(&seccomp);
+        Ok(Self { cwd, seccomp, counted_seccomp })
+    }
+}
+
+/// Who the code runs as and what it may touch: the part of the plan that the code's process
+/// applies to itself, whether pid 1 forked it or the zygote did (engine/zygote.rs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Confinement {
+    pub sandbox_id: u32,
+    pub process_limits: super::plan::ProcessLimits,
+    pub landlock_read_exec: Vec<PathBuf>,
+    pub landlock_read_write: Vec<PathBuf>,
+}
+
+impl Confinement {
+    pub(super) fn of(plan: &SandboxPlan) -> Self {
+        Self {
+            sandbox_id: plan.ids.sandbox,
+            process_limits: plan.process_limits,
+            landlock_read_exec: plan.landlock_read_exec.clone(),
+            landlock_read_write: plan.landlock_read_write.clone(),
+        }
+    }
 }
 
 impl Launch {
@@ -722,8 +769,7 @@ impl Launch {
         let argv = argv.iter().map(|arg| cstring(arg)).collect::<Result<Vec<_>, _>>()?;
         let program = argv.first().cloned().ok_or_else(|| StageError::new("start code", "empty command"))?;
         let env = env.iter().map(|(key, value)| cstring(&format!("{key}={value}"))).collect::<Result<Vec<_>, _>>()?;
-        let counted_seccomp = seccomp_notify::counted(&seccomp);
-        Ok(Self { program, argv, env, cwd: cstring(cwd)?, seccomp, counted_seccomp, terminal, inherit: Vec::new() })
+        Ok(Self { program, argv, env, setup: CodeSetup::new(cwd, seccomp)?, terminal, inherit: Vec::new() })
     }
 }
 
@@ -732,15 +778,15 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
         Some(size) => Some(open_terminal(plan, size, control)?),
         None => None,
     };
-    match start_code(plan, &launch, terminal)? {
+    match start_code(plan, &launch, terminal, Origin::Fork)? {
         Started::Running { pid, listener } => {
             // The code holds the stdio pipes now; ours would keep them open past its end.
             redirect_stdio_to_null();
-            let supervisor = match (listener, launch.counted_seccomp) {
+            let supervisor = match (listener, launch.setup.counted_seccomp) {
                 (Some(listener), Some(policy)) => Some(Supervisor::new(listener, policy.evaluated)),
                 _ => None,
             };
-            watch_code(plan, pid, supervisor, false, control)
+            watch_code(plan, pid, supervisor, None, control)
         }
         Started::ExecFailed(errno) => {
             control::write_blocking(control, &FromInit::ExecFailed { errno }).stage("report exec failure")
@@ -756,8 +802,22 @@ enum Started {
     ExecFailed(i32),
 }
 
-/// Forks the code's process, which locks itself down and execs `launch`; returns once it has.
-fn start_code(plan: &SandboxPlan, launch: &Launch, terminal: Option<OwnedFd>) -> Result<Started, StageError> {
+/// Where the code's process comes from: a fork of pid 1 that execs the program, or a fork of
+/// the zygote (engine/zygote.rs) that is the prestarted interpreter already, over this connection.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    Fork,
+    Zygote(&'a OwnedFd),
+}
+
+/// Makes the code's process, which locks itself down and execs `launch` (or, made by the
+/// zygote, returns into its loader); returns once it has.
+fn start_code(
+    plan: &SandboxPlan,
+    launch: &Launch,
+    terminal: Option<OwnedFd>,
+    origin: Origin,
+) -> Result<Started, StageError> {
     let (exec_error_read, exec_error_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create exec-error pipe")?;
     let (unshared_read, unshared_write) =
@@ -766,56 +826,96 @@ fn start_code(plan: &SandboxPlan, launch: &Launch, terminal: Option<OwnedFd>) ->
     // The code hands pid 1 its seccomp listener over this pair (std's are close-on-exec).
     let (listener_read, listener_write) = UnixStream::pair().stage("create the seccomp listener's socket pair")?;
 
-    // SAFETY: pid 1 is single-threaded, so the child may run arbitrary code after fork.
-    match unsafe { fork() }.stage("fork code")? {
-        ForkResult::Child => {
-            drop(exec_error_read);
-            drop(unshared_read);
-            drop(mapped_write);
-            drop(listener_read);
-            let handshake = IdMapHandshake { unshared: unshared_write, mapped: mapped_read, listener: listener_write };
-            let error = become_code(plan, launch, &handshake, terminal.as_ref());
-            let errno = match &error {
-                CodeError::Exec(errno) => *errno,
-                CodeError::Setup(..) => -1,
-            };
-            let mut pipe = File::from(exec_error_write);
-            let message = match error {
-                CodeError::Exec(_) => String::new(),
-                CodeError::Setup(stage, message) => format!("{stage}: {message}"),
-            };
-            let _ = pipe.write_all(&errno.to_be_bytes());
-            let _ = pipe.write_all(message.as_bytes());
-            // SAFETY: _exit ends this forked child without running the parent's atexit handlers.
-            unsafe { libc::_exit(127) }
-        }
-        ForkResult::Parent { child } => {
-            drop(exec_error_write);
-            drop(unshared_write);
-            drop(mapped_read);
-            // The code holds the terminal now: ours would keep the agent's master from its end.
-            drop(terminal);
-            drop(listener_write);
-            let mapped = map_code_ids(plan, child, unshared_read, mapped_write);
-            let mut report = Vec::new();
-            let _ = File::from(exec_error_read).read_to_end(&mut report);
-            if let Err(error) = mapped {
-                reap(child);
-                return Err(error);
+    let forked = match origin {
+        Origin::Zygote(connection) => {
+            // SAFETY: pidfd_open takes a pid and flags; pid 1 opens a descriptor of itself.
+            let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, 1, 0) };
+            if pidfd < 0 {
+                return Err(StageError::new("ask the zygote", std::io::Error::last_os_error()));
             }
-            if report.len() >= 4 {
-                let errno = i32::from_be_bytes([report[0], report[1], report[2], report[3]]);
-                reap(child);
-                if errno >= 0 {
-                    return Ok(Started::ExecFailed(errno));
-                }
-                let message = String::from_utf8_lossy(&report[4..]).into_owned();
-                return Err(StageError::new("start code", message));
-            }
-            // The code has exec'd: the listener it sent, if its kernel has them, is waiting.
-            Ok(Started::Running { pid: child, listener: receive_listener(&listener_read) })
+            // SAFETY: the descriptor was just returned to us and nothing else owns it.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+            let [order, ready] = launch.inherit[..] else {
+                return Err(StageError::new("ask the zygote", "no order and report pipes"));
+            };
+            let request = super::zygote::ForkRequest {
+                cgroup_joins: plan.cgroup_joins.clone(),
+                background: plan.background,
+                confinement: Confinement::of(plan),
+            };
+            let fds = super::zygote::RequestFds {
+                pid_one: pidfd.as_raw_fd(),
+                stdio: [0, 1, 2],
+                order,
+                ready,
+                unshared: unshared_write.as_raw_fd(),
+                mapped: mapped_read.as_raw_fd(),
+                listener: listener_write.as_raw_fd(),
+                setup_error: exec_error_write.as_raw_fd(),
+            };
+            super::zygote::ask(connection, &request, &fds).stage("ask the zygote")?;
+            None
         }
+        // SAFETY: pid 1 is single-threaded, so the child may run arbitrary code after fork.
+        Origin::Fork => match unsafe { fork() }.stage("fork code")? {
+            ForkResult::Child => {
+                drop(exec_error_read);
+                drop(unshared_read);
+                drop(mapped_write);
+                drop(listener_read);
+                let handshake =
+                    IdMapHandshake { unshared: unshared_write, mapped: mapped_read, listener: listener_write };
+                let error = become_code(plan, launch, &handshake, terminal.as_ref());
+                let errno = match &error {
+                    CodeError::Exec(errno) => *errno,
+                    CodeError::Setup(..) => -1,
+                };
+                let mut pipe = File::from(exec_error_write);
+                let message = match error {
+                    CodeError::Exec(_) => String::new(),
+                    CodeError::Setup(stage, message) => format!("{stage}: {message}"),
+                };
+                let _ = pipe.write_all(&errno.to_be_bytes());
+                let _ = pipe.write_all(message.as_bytes());
+                // SAFETY: _exit ends this forked child without running the parent's atexit handlers.
+                unsafe { libc::_exit(127) }
+            }
+            ForkResult::Parent { child } => Some(child),
+        },
+    };
+    drop(exec_error_write);
+    drop(unshared_write);
+    drop(mapped_read);
+    // The code holds the terminal now: ours would keep the agent's master from its end.
+    drop(terminal);
+    drop(listener_write);
+    let mapped = map_code_ids(plan, unshared_read, mapped_write);
+    let mut report = Vec::new();
+    let _ = File::from(exec_error_read).read_to_end(&mut report);
+    let code = forked.or_else(|| mapped.as_ref().ok().copied().flatten());
+    let end = |code: Option<Pid>| {
+        if let Some(code) = code {
+            reap(code);
+        }
+    };
+    if let Err(error) = mapped {
+        end(code);
+        return Err(error);
     }
+    if report.len() >= 4 {
+        let errno = i32::from_be_bytes([report[0], report[1], report[2], report[3]]);
+        end(code);
+        if errno >= 0 {
+            return Ok(Started::ExecFailed(errno));
+        }
+        let message = String::from_utf8_lossy(&report[4..]).into_owned();
+        return Err(StageError::new("start code", message));
+    }
+    let Some(pid) = code else {
+        return Err(StageError::new("start code", "the zygote's fork ended before it made the code"));
+    };
+    // The code has exec'd (or is locked down): the listener it sent, if its kernel has them, is waiting.
+    Ok(Started::Running { pid, listener: receive_listener(&listener_read) })
 }
 
 /// Pid 1's part once the code runs: give up root, report, reap the code, report its end.
@@ -823,11 +923,12 @@ fn watch_code(
     plan: &SandboxPlan,
     code: Pid,
     mut supervisor: Option<Supervisor>,
-    prestarted: bool,
+    prestarted: Option<bool>,
     control: &mut UnixStream,
 ) -> Result<(), StageError> {
     drop_privileges(plan.ids.init)?;
-    control::write_blocking(control, &FromInit::Running { prestarted }).stage("report running")?;
+    let running = FromInit::Running { prestarted: prestarted.is_some(), from_zygote: prestarted == Some(true) };
+    control::write_blocking(control, &running).stage("report running")?;
     let (exit_code, signal) = reap_while_the_agent_lives(code, control, supervisor.as_mut())?;
     let disk = super::disk::usage_at(super::plan::WORKSPACE).unwrap_or_default();
     let (disk_used_bytes, disk_full) = (disk.used_bytes, disk.full);
@@ -848,6 +949,8 @@ struct Prestarted {
     policy: Option<seccomp_notify::CountedPolicy>,
     /// The loader's file, which the loader deletes once loaded (Node's).
     loader: Option<&'static str>,
+    /// Forked by the zygote (engine/zygote.rs), not started by pid 1.
+    from_zygote: bool,
 }
 
 /// Deletes a loader's file that its interpreter did not (it ended first).
@@ -861,20 +964,40 @@ fn remove_loader(loader: Option<&str>) {
 struct Given {
     pid: Pid,
     supervisor: Option<Supervisor>,
+    from_zygote: bool,
 }
 
 /// Starts the interpreter of `prestart` as the code's process, as `run_code` would start the
-/// code, and waits until its loader says it waits for the order.
+/// code, and waits until its loader says it waits for the order: a fork of the zygote if pid 1
+/// has a connection to one and it serves, else a process of its own.
 fn prestart_code(
     plan: &SandboxPlan,
     prestart: &super::prestart::PrestartPlan,
     seccomp: Vec<seccompiler::BpfProgram>,
+    zygote: Option<OwnedFd>,
+) -> Result<Prestarted, StageError> {
+    if let Some(connection) = zygote
+        && let Ok(prestarted) = prestart_from(plan, prestart, seccomp.clone(), Origin::Zygote(&connection))
+    {
+        return Ok(prestarted);
+    }
+    prestart_from(plan, prestart, seccomp, Origin::Fork)
+}
+
+fn prestart_from(
+    plan: &SandboxPlan,
+    prestart: &super::prestart::PrestartPlan,
+    seccomp: Vec<seccompiler::BpfProgram>,
+    origin: Origin,
 ) -> Result<Prestarted, StageError> {
     let stage = "start the interpreter ahead";
     let (order_read, order_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
     let (order_fd, ready_fd) = (order_read.as_raw_fd(), ready_write.as_raw_fd());
-    let loader = prestart.loader_file(order_fd, ready_fd);
+    let loader = match origin {
+        Origin::Fork => prestart.loader_file(order_fd, ready_fd),
+        Origin::Zygote(_) => None,
+    };
     if let Some((path, contents)) = &loader {
         fs::write(path, contents).stage(stage)?;
     }
@@ -882,14 +1005,21 @@ fn prestart_code(
     let mut launch = Launch::of(&argv, &prestart.start_env(), "/", None, seccomp)?;
     launch.inherit = vec![order_fd, ready_fd];
     let loader = loader.map(|(path, _)| path);
-    let started = start_code(plan, &launch, None);
+    let started = start_code(plan, &launch, None, origin);
     drop((order_read, ready_write));
     let Ok(Started::Running { pid, listener }) = started else {
         remove_loader(loader);
         return Err(StageError::new(stage, "the interpreter could not be started"));
     };
-    let prestarted =
-        Prestarted { pid, order: File::from(order_write), listener, policy: launch.counted_seccomp, loader };
+    let from_zygote = matches!(origin, Origin::Zygote(_));
+    let prestarted = Prestarted {
+        pid,
+        order: File::from(order_write),
+        listener,
+        policy: launch.setup.counted_seccomp,
+        loader,
+        from_zygote,
+    };
     let mut ready = [0u8; 1];
     match File::from(ready_read).read(&mut ready) {
         Ok(1) => Ok(prestarted),
@@ -918,7 +1048,7 @@ impl Prestarted {
             (Some(listener), Some(policy)) => Some(Supervisor::new(listener, policy.evaluated)),
             _ => None,
         };
-        Ok(Given { pid: self.pid, supervisor })
+        Ok(Given { pid: self.pid, supervisor, from_zygote: self.from_zygote })
     }
 
     /// Ends the process unused.
@@ -950,13 +1080,14 @@ fn open_terminal(
 /// How the code's process and pid 1 hand over the id map of the code's user namespace: an
 /// unprivileged process may map only its own id, so pid 1, still root on the host, writes the
 /// map (root, the sandbox user and nobody, `HostIds::code_id_map`) once the namespace exists.
-struct IdMapHandshake {
-    /// The code's process writes a byte here once it is in its new user namespace.
-    unshared: OwnedFd,
+pub(super) struct IdMapHandshake {
+    /// The code's process writes its pid here (4 bytes, big-endian) once it is in its new user
+    /// namespace.
+    pub unshared: OwnedFd,
     /// Pid 1 writes a byte here once the map is written; end of file means it could not.
-    mapped: OwnedFd,
+    pub mapped: OwnedFd,
     /// The code sends its seccomp listener here, just before it execs.
-    listener: UnixStream,
+    pub listener: UnixStream,
 }
 
 /// The seccomp listener the code sent before its exec, if it sent one (a kernel without user
@@ -987,8 +1118,8 @@ fn receive_listener(socket: &UnixStream) -> Option<OwnedFd> {
 
 /// The code's last step before exec: the seccomp policy, counted when the kernel can (the
 /// listener goes to pid 1), else as it is.
-fn apply_seccomp(launch: &Launch, handshake: &IdMapHandshake) -> Result<(), (&'static str, String)> {
-    if let Some(policy) = &launch.counted_seccomp
+fn apply_seccomp(setup: &CodeSetup, handshake: &IdMapHandshake) -> Result<(), (&'static str, String)> {
+    if let Some(policy) = &setup.counted_seccomp
         && let Ok(listener) = seccomp_notify::install_with_listener(&policy.installed)
     {
         use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
@@ -1003,23 +1134,25 @@ fn apply_seccomp(launch: &Launch, handshake: &IdMapHandshake) -> Result<(), (&'s
         .map_err(|error| ("hand the seccomp listener over", error.to_string()))?;
         return Ok(());
     }
-    seccomp::install(&launch.seccomp).map_err(|error| ("apply seccomp", error.to_string()))
+    seccomp::install(&setup.seccomp).map_err(|error| ("apply seccomp", error.to_string()))
 }
 
-/// Pid 1's side of `IdMapHandshake`. When the code's process ends before it unshares, there is
-/// nothing to map and its own report says why.
-fn map_code_ids(plan: &SandboxPlan, code: Pid, unshared: OwnedFd, mapped: OwnedFd) -> Result<(), StageError> {
-    let mut byte = [0u8; 1];
-    if File::from(unshared).read(&mut byte).stage("wait for the code's user namespace")? == 0 {
-        return Ok(());
+/// Pid 1's side of `IdMapHandshake`: returns the code's pid, which it sent. When the code's
+/// process ends before it unshares, there is nothing to map and its own report says why.
+fn map_code_ids(plan: &SandboxPlan, unshared: OwnedFd, mapped: OwnedFd) -> Result<Option<Pid>, StageError> {
+    let mut pid = [0u8; 4];
+    if File::from(unshared).read_exact(&mut pid).is_err() {
+        return Ok(None);
     }
+    let code = Pid::from_raw(i32::from_be_bytes(pid));
     let proc_dir = PathBuf::from(format!("/proc/{code}"));
     let map = id_map_text(&plan.ids.code_id_map());
     // Nothing inside may drop or gain supplementary groups: `deny` before the gid map.
     fs::write(proc_dir.join("setgroups"), "deny").stage("deny setgroups")?;
     fs::write(proc_dir.join("uid_map"), &map).stage("map uids")?;
     fs::write(proc_dir.join("gid_map"), &map).stage("map gids")?;
-    File::from(mapped).write_all(&[1]).stage("hand the id map over")
+    File::from(mapped).write_all(&[1]).stage("hand the id map over")?;
+    Ok(Some(code))
 }
 
 /// Waits for the code's process like `reap`, but gives up, ending the whole sandbox, as soon as
@@ -1123,7 +1256,7 @@ fn become_code(
     handshake: &IdMapHandshake,
     terminal: Option<&OwnedFd>,
 ) -> CodeError {
-    match lock_down(plan, launch, handshake, terminal) {
+    match lock_down(&Confinement::of(plan), &launch.setup, handshake, terminal) {
         Ok(()) => {}
         Err((stage, error)) => return CodeError::Setup(stage, error),
     }
@@ -1137,9 +1270,12 @@ fn become_code(
     CodeError::Exec(error.map_or_else(|errno| errno as i32, |never| match never {}))
 }
 
-fn lock_down(
-    plan: &SandboxPlan,
-    launch: &Launch,
+/// The code's process locks itself down: its own session, limits, the sandbox user in a user
+/// namespace of its own, no capabilities, Landlock and seccomp. Shared by code forked by pid 1
+/// and by the zygote (engine/zygote.rs).
+pub(super) fn lock_down(
+    confinement: &Confinement,
+    setup: &CodeSetup,
     handshake: &IdMapHandshake,
     terminal: Option<&OwnedFd>,
 ) -> Result<(), (&'static str, String)> {
@@ -1167,7 +1303,7 @@ fn lock_down(
     // The OOM killer must pick the code, never the init that reports on it. Raising the score
     // needs no privilege (lowering the init's would need CAP_SYS_RESOURCE, which root may lack).
     step("raise OOM score", fs::write("/proc/self/oom_score_adj", "1000"))?;
-    let limits = plan.process_limits;
+    let limits = confinement.process_limits;
     step(
         "limit open files",
         nix::sys::resource::setrlimit(
@@ -1180,9 +1316,9 @@ fn lock_down(
         "limit core dumps",
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, limits.core_bytes, limits.core_bytes),
     )?;
-    step("enter working directory", nix::unistd::chdir(launch.cwd.as_c_str()))?;
+    step("enter working directory", nix::unistd::chdir(setup.cwd.as_c_str()))?;
 
-    let id = plan.ids.sandbox;
+    let id = confinement.sandbox_id;
     step("drop groups", nix::unistd::setgroups(&[]))?;
     step("drop gid", nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)))?;
     step("drop uid", nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)))?;
@@ -1190,7 +1326,7 @@ fn lock_down(
     step("own /proc/self", nix::sys::prctl::set_dumpable(true))?;
     // Unprivileged now, so the namespace is owned by our host id; pid 1 writes its map.
     step("create user namespace", unshare(CloneFlags::CLONE_NEWUSER))?;
-    step("ask for the id map", nix::unistd::write(&handshake.unshared, &[1]))?;
+    step("ask for the id map", nix::unistd::write(&handshake.unshared, &nix::unistd::getpid().as_raw().to_be_bytes()))?;
     match nix::unistd::read(&handshake.mapped, &mut [0u8; 1]) {
         Ok(1) => {}
         Ok(_) => return Err(("wait for the id map", "pid 1 could not write it".into())),
@@ -1202,11 +1338,11 @@ fn lock_down(
     step(
         "apply landlock",
         landlock::restrict_self(&landlock::LandlockPaths {
-            read_exec: plan.landlock_read_exec.clone(),
-            read_write: plan.landlock_read_write.clone(),
+            read_exec: confinement.landlock_read_exec.clone(),
+            read_write: confinement.landlock_read_write.clone(),
         }),
     )?;
-    apply_seccomp(launch, handshake)?;
+    apply_seccomp(setup, handshake)?;
     Ok(())
 }
 

@@ -30,6 +30,7 @@ pub mod terminal;
 #[cfg(test)]
 mod test_support;
 pub mod workspace;
+pub mod zygote;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -58,6 +59,8 @@ pub struct EngineConfig {
     pub warm_pool: usize,
     /// Memory the prepared sandboxes together may take when the pool grows with demand.
     pub warm_pool_memory: u64,
+    /// `--zygote`: warm sandboxes' Python interpreters are forks of the zygote (`zygote.rs`).
+    pub zygote: bool,
     /// First host uid handed to sandboxes; each live sandbox takes `IDS_PER_SANDBOX`.
     pub uid_base: u32,
     /// Name of this agent's directory beneath its own cgroup.
@@ -168,6 +171,10 @@ pub struct Engine {
     active_runs: AtomicUsize,
     /// Runs whose code was started by a prestarted interpreter (engine/prestart.rs).
     prestarted_runs: AtomicU64,
+    /// Of those, the ones whose interpreter the zygote forked (engine/zygote.rs).
+    zygote_runs: AtomicU64,
+    /// The zygote generation serving now.
+    zygote: Mutex<Option<zygote::Generation>>,
     /// The last run that a pool sandbox could serve was Node's: pool sandboxes start Node ahead
     /// (`prestart_language`).
     last_run_was_node: AtomicBool,
@@ -252,6 +259,8 @@ impl Engine {
             closing: watch::Sender::new(false),
             active_runs: AtomicUsize::new(0),
             prestarted_runs: AtomicU64::new(0),
+            zygote_runs: AtomicU64::new(0),
+            zygote: Mutex::new(None),
             last_run_was_node: AtomicBool::new(false),
             cleanups: watch::Sender::new(0),
             in_flight: watch::Sender::new(0),
@@ -330,8 +339,36 @@ impl Engine {
         }
     }
 
-    pub(crate) fn note_prestarted_run(&self) {
+    pub(crate) fn note_prestarted_run(&self, from_zygote: bool) {
         self.prestarted_runs.fetch_add(1, Ordering::Relaxed);
+        if from_zygote {
+            self.zygote_runs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn zygote_runs(&self) -> u64 {
+        self.zygote_runs.load(Ordering::Relaxed)
+    }
+
+    /// The zygote generation serving now, with its memory.
+    pub fn zygote(&self) -> Option<bkg_schema::ZygoteInfo> {
+        let generation = self.zygote.lock().ok()?.clone()?;
+        Some(bkg_schema::ZygoteInfo {
+            generation: generation.number,
+            pid: generation.pid,
+            memory_bytes: zygote::resident_bytes(generation.pid).unwrap_or(0),
+        })
+    }
+
+    /// The socket of the zygote serving now, for a pool sandbox that starts Python ahead.
+    fn zygote_socket(&self) -> Option<PathBuf> {
+        Some(self.zygote.lock().ok()?.as_ref()?.socket.clone())
+    }
+
+    pub(crate) fn set_zygote(&self, generation: Option<zygote::Generation>) {
+        if let Ok(mut serving) = self.zygote.lock() {
+            *serving = generation;
+        }
     }
 
     pub fn active_runs(&self) -> usize {
@@ -582,6 +619,16 @@ impl Engine {
     fn start_pool_keeper(self: &Arc<Self>) {
         if self.pool_keeper.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if self.config.zygote {
+            match zygote::library() {
+                Some(library) => {
+                    tokio::spawn(zygote::keep(Arc::downgrade(self), library));
+                }
+                None => {
+                    tracing::info!("no libbkg_zygote.so beside the agent: each warm sandbox starts its own interpreter")
+                }
+            }
         }
         let engine = Arc::downgrade(self);
         tokio::spawn(async move {

@@ -264,6 +264,9 @@ pub struct SandboxPlan {
     pub background: bool,
     /// The interpreter pid 1 starts ahead for the run to come (engine/prestart.rs), if any.
     pub prestart: Option<super::prestart::PrestartPlan>,
+    /// The zygote's socket (engine/zygote.rs), whose fork becomes the prestarted interpreter.
+    #[serde(default)]
+    pub zygote: Option<PathBuf>,
 }
 
 /// What the host offers, discovered once; kept apart so the plan is a pure function of it.
@@ -407,6 +410,7 @@ impl SandboxPlan {
             process_limits: ProcessLimits { open_files: 4096, core_bytes: 0 },
             background: false,
             prestart: None,
+            zygote: None,
         }
     }
 }

@@ -50,6 +50,28 @@ def _bkg_start():
     main = type(sys)("__main__")
     main.__dict__.update((name, value) for name, value in vars(sys.modules["__main__"]).items() if name != "_bkg_start")
     sys.modules["__main__"] = main
+    if ZYGOTE:
+        # The zygote (engine/zygote.rs): its library's loop returns only in a fork that is a
+        # sandbox's code, locked down, its order and report pipes at ORDER_FD and READY_FD;
+        # in the zygote itself, once its generation is over. The interpreter's own after-fork
+        # work is done then, as os.fork does it.
+        site = sys.modules.get("site")
+        if site is not None and getattr(site, "USER_SITE", None) in sys.path:
+            # The host's user site-packages under HOME would be on sys.path, as no sandbox's are.
+            sys.stderr.write(f"{site.USER_SITE} exists on the host: no zygote\n")
+            os._exit(3)
+
+        class zygote:
+            _handle = _ctypes.dlopen(ZYGOTE, _ctypes.RTLD_LOCAL)
+
+        serve = python_api(("bkg_zygote_serve", zygote))
+        serve.argtypes = []
+        if serve() != 0:
+            os._exit(0)
+        after_fork = python_api(("PyOS_AfterFork_Child", this_process))
+        after_fork.argtypes = []
+        after_fork.restype = None
+        after_fork()
     os.write(READY_FD, b"1")
     os.close(READY_FD)
     order = bytearray()

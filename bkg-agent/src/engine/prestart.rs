@@ -34,16 +34,18 @@ impl PrestartPlan {
     /// line, or Node with its placeholder main module.
     pub fn argv(&self, order_fd: i32, ready_fd: i32) -> Vec<String> {
         match self.language {
-            Language::Python => {
-                let loader: String = PYTHON_LOADER
-                    .lines()
-                    .filter(|line| !line.trim_start().starts_with('#'))
-                    .map(|line| format!("{line}\n"))
-                    .collect();
-                vec![self.interpreter.clone(), "-c".into(), with_descriptors(&loader, order_fd, ready_fd)]
-            }
+            Language::Python => vec![self.interpreter.clone(), "-c".into(), python_loader(order_fd, ready_fd, "None")],
             Language::Node => vec![self.interpreter.clone(), NODE_PLACEHOLDER.into()],
         }
+    }
+
+    /// The zygote's command line (engine/zygote.rs): Python's loader, which loads `library` and
+    /// serves forks, its order and report at the places its forks put them. `None` for Node,
+    /// which has no zygote, or a library path that is not UTF-8.
+    pub fn zygote_argv(&self, library: &std::path::Path) -> Option<Vec<String>> {
+        let library = serde_json::to_string(library.to_str()?).ok()?;
+        let loader = python_loader(super::zygote::ORDER_FD, super::zygote::READY_FD, &library);
+        (self.language == Language::Python).then(|| vec![self.interpreter.clone(), "-c".into(), loader])
     }
 
     /// The environment the interpreter starts with: the plan's, and for Node the preload of
@@ -105,6 +107,17 @@ impl PrestartPlan {
             && start_env(&order.env) == start_env(&self.env)
             && !touches_user_site
     }
+}
+
+/// Python's loader without its comments, its descriptors and zygote library (a Python
+/// expression: `None`, or the path as a string literal) filled in.
+fn python_loader(order_fd: i32, ready_fd: i32, zygote: &str) -> String {
+    let loader: String = PYTHON_LOADER
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    with_descriptors(&loader, order_fd, ready_fd).replace("ZYGOTE", zygote)
 }
 
 fn with_descriptors(loader: &str, order_fd: i32, ready_fd: i32) -> String {

@@ -203,7 +203,7 @@ impl Engine {
         .until_the_end()
         .await;
         if watched.prestarted {
-            self.note_prestarted_run();
+            self.note_prestarted_run(watched.from_zygote);
         }
         stdin_task.abort();
         if run.return_out_dir
@@ -691,6 +691,8 @@ struct Watched {
     code_running: bool,
     /// The code was started by the interpreter pid 1 had started ahead (engine/prestart.rs).
     prestarted: bool,
+    /// That interpreter was a fork of the zygote (engine/zygote.rs).
+    from_zygote: bool,
     /// System call numbers the seccomp policy refused, with how often (pid 1's count).
     denied_syscalls: Vec<(i64, u64)>,
     ending: Ending,
@@ -730,6 +732,7 @@ impl Watch<'_> {
         let mut watched = Watched {
             code_running: false,
             prestarted: false,
+            from_zygote: false,
             denied_syscalls: Vec::new(),
             ending: Ending::Vanished,
             killed_by: None,
@@ -769,8 +772,9 @@ impl Watch<'_> {
             tokio::select! {
                 message = control::read_async::<FromInit>(&mut self.sandbox.control), if phase == Phase::Running => {
                     let ending = match message {
-                        Ok(FromInit::Running { prestarted }) => {
+                        Ok(FromInit::Running { prestarted, from_zygote }) => {
                             watched.prestarted = prestarted;
+                            watched.from_zygote = from_zygote;
                             watched.code_running = true;
                             // Asked to end before the code ran: the signal goes now, to it.
                             if watched.killed_by == Some(KilledBy::Cancelled) || asked_to_end {

@@ -158,6 +158,9 @@ impl PreparedSandbox {
                     interpreter: interpreter.to_string_lossy().into_owned(),
                     env: super::request::sandbox_env(&std::collections::BTreeMap::new()).unwrap_or_default(),
                 });
+                if language == bkg_schema::Language::Python {
+                    plan.zygote = engine.zygote_socket();
+                }
             }
         }
         let started_ahead = plan.prestart.as_ref().map(|prestart| prestart.language);

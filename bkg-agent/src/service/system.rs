@@ -198,6 +198,8 @@ impl Service {
             disk_in_use_bytes,
             disk_budget_bytes: engine.capacity.disk_budget().unwrap_or(0),
             prestarted_runs: engine.prestarted_runs(),
+            zygote_runs: engine.zygote_runs(),
+            zygote: engine.zygote(),
             // The engine counts a run from its acceptance; one waiting for a place is not going on.
             active_runs: engine.active_runs().saturating_sub(queued_runs),
             pending_cleanups: engine.cleanups_pending(),

@@ -78,6 +78,10 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
             p.muted {
                 (info.warm_sandboxes) " of " (info.warm_target) " prepared, " (bytes(info.warm_memory_bytes))
                 " in all; " (info.prestarted_runs) " runs took an interpreter started ahead."
+                @if let Some(zygote) = &info.zygote {
+                    " Python's are forks of the zygote (generation " (zygote.generation) ", "
+                    (bytes(zygote.memory_bytes)) "): " (info.zygote_runs) " runs."
+                }
             }
             @if !info.warm_pool.is_empty() {
                 div.table-wrap tabindex="0" {

@@ -1,0 +1,580 @@
+//! The zygote (issue 16 item 3; docs/testing.md, "The zygote"): one Python interpreter, started
+//! by the agent on the host and initialised once, whose forks become the prestarted code
+//! processes of pool sandboxes, so a pool sandbox no longer pays for an interpreter's start.
+//! A generation serves at most [`MAX_FORKS`] forks and lives at most [`GENERATION_LIFETIME`];
+//! what its forks share is in docs/security.md ("The zygote").
+//!
+//! A pool sandbox's pid 1 asks for its code process over a connection that its outer init made
+//! to the zygote's socket (engine/init.rs, `start_code`). The zygote forks (A); A joins the
+//! run's cgroups and pid 1's namespaces and forks (B, inside the sandbox's pid namespace); B
+//! forks the code (C, pid 2 there, as a cold run's code is) and exits, so C is orphaned inside
+//! the sandbox and adopted by pid 1, its parent as in a cold run. C locks itself down exactly
+//! as a code process forked by pid 1 does (`init::lock_down`), moves its order and report pipes
+//! to [`ORDER_FD`] and [`READY_FD`], and returns into the loader (prestart.py), which reports
+//! and waits for its order. The zygote itself reads no order: only what a sandbox's lock-down
+//! needs, in a buffer cleared after each fork.
+
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+
+use super::init::{CodeSetup, Confinement, IdMapHandshake, lock_down, set_scheduling};
+use super::seccomp;
+
+/// The zygote's listening socket, where the agent puts it as it starts the interpreter.
+pub const LISTENER_FD: RawFd = 3;
+/// Where the forked code finds its order and tells it waits for it (prestart.py's ORDER_FD and
+/// READY_FD in the zygote's loader).
+pub const ORDER_FD: RawFd = 3;
+pub const READY_FD: RawFd = 4;
+/// Forks of one generation: a new one then starts, with its own address layout and hash seed.
+pub const MAX_FORKS: u32 = 100;
+/// How long one generation serves at most.
+pub const GENERATION_LIFETIME: Duration = Duration::from_secs(600);
+/// A request is a few paths and numbers; a longer message is refused.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Where B is made in the sandbox's pid namespace, leaving pid 2 for the code.
+const BRIDGE_PID: libc::pid_t = 1000;
+/// The code's pid in its sandbox, as in a cold run (pid 1 forks it first).
+const CODE_PID: libc::pid_t = 2;
+
+/// What pid 1 sends, as JSON, beside the descriptors of [`RequestFds`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct ForkRequest {
+    /// Files that move the writer into the run's cgroups (`RunCgroup::join_files`).
+    pub cgroup_joins: Vec<PathBuf>,
+    /// A pool sandbox's: the code waits at idle priority until its run.
+    pub background: bool,
+    pub confinement: Confinement,
+}
+
+/// The descriptors of a request, in the order they are sent.
+pub(super) struct RequestFds {
+    /// A pidfd of pid 1, whose namespaces the code joins.
+    pub pid_one: RawFd,
+    pub stdio: [RawFd; 3],
+    pub order: RawFd,
+    pub ready: RawFd,
+    /// `IdMapHandshake`'s three.
+    pub unshared: RawFd,
+    pub mapped: RawFd,
+    pub listener: RawFd,
+    /// Where a failed lock-down is reported, as a code process forked by pid 1 reports it; its
+    /// end of file without a word means the code is locked down.
+    pub setup_error: RawFd,
+}
+
+const FD_COUNT: usize = 10;
+
+impl RequestFds {
+    fn all(&self) -> [RawFd; FD_COUNT] {
+        let [stdin, stdout, stderr] = self.stdio;
+        [
+            self.pid_one,
+            stdin,
+            stdout,
+            stderr,
+            self.order,
+            self.ready,
+            self.unshared,
+            self.mapped,
+            self.listener,
+            self.setup_error,
+        ]
+    }
+}
+
+/// The received descriptors, in [`RequestFds`]'s order.
+struct Received {
+    pid_one: OwnedFd,
+    stdio: [OwnedFd; 3],
+    order: OwnedFd,
+    ready: OwnedFd,
+    handshake: IdMapHandshake,
+    setup_error: OwnedFd,
+}
+
+impl Received {
+    fn of(fds: Vec<OwnedFd>) -> Option<Self> {
+        let [pid_one, stdin, stdout, stderr, order, ready, unshared, mapped, listener, setup_error]: [OwnedFd;
+            FD_COUNT] = fds.try_into().ok()?;
+        Some(Self {
+            pid_one,
+            stdio: [stdin, stdout, stderr],
+            order,
+            ready,
+            handshake: IdMapHandshake { unshared, mapped, listener: UnixStream::from(listener) },
+            setup_error,
+        })
+    }
+}
+
+/// Connects to the zygote's socket at `path` (the outer init, before the sandbox's root hides it).
+pub(super) fn connect(path: &Path) -> nix::Result<OwnedFd> {
+    let connection = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::connect(connection.as_raw_fd(), &socket::UnixAddr::new(path)?)?;
+    Ok(connection)
+}
+
+/// Sends one fork request over `connection` (pid 1's side).
+pub(super) fn ask(connection: &OwnedFd, request: &ForkRequest, fds: &RequestFds) -> std::io::Result<()> {
+    let body = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+    let fds = fds.all();
+    socket::sendmsg::<()>(
+        connection.as_raw_fd(),
+        &[std::io::IoSlice::new(&body)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
+
+/// How [`serve`] returned.
+pub enum Served {
+    /// In a forked code process, locked down, its order at [`ORDER_FD`] and report at
+    /// [`READY_FD`], nothing else open but stdio: the loader goes on.
+    Code,
+    /// The zygote's generation is over: its socket closed, or it made [`MAX_FORKS`] forks.
+    Ended,
+}
+
+/// The zygote's loop: accepts pid 1s' connections on `listener` and forks for each request.
+/// Runs in the zygote's interpreter, called by its loader (the `bkg-zygote` library).
+pub fn serve(listener: RawFd) -> Served {
+    let Some(setup) =
+        seccomp::compile(&seccomp::sandbox_policy()).ok().and_then(|programs| CodeSetup::new("/", programs).ok())
+    else {
+        return Served::Ended;
+    };
+    let mut connections: Vec<OwnedFd> = Vec::new();
+    let mut buffer = vec![0u8; MAX_REQUEST_BYTES];
+    let mut forks = 0;
+    while forks < MAX_FORKS {
+        let mut polled: Vec<libc::pollfd> = std::iter::once(listener)
+            .chain(connections.iter().map(AsRawFd::as_raw_fd))
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .collect();
+        // SAFETY: `polled` is a valid array of pollfd structs of the length given, for the call.
+        let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
+        if ready < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Served::Ended;
+        }
+        if polled[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            return Served::Ended;
+        }
+        let mut waiting = Vec::with_capacity(connections.len());
+        let mut code = None;
+        for (connection, polled) in connections.into_iter().zip(&polled[1..]) {
+            if polled.revents == 0 {
+                waiting.push(connection);
+                continue;
+            }
+            // One request per connection: it is served or refused, and the connection closes.
+            let received = receive(&connection, &mut buffer);
+            drop(connection);
+            if let Some((length, fds)) = received {
+                forks += 1;
+                code = fork_code(&buffer[..length], fds, &setup);
+                // Nothing of this request stays in the memory later forks inherit.
+                buffer[..length].fill(0);
+                if code.is_some() {
+                    break;
+                }
+            }
+        }
+        if let Some(code) = code {
+            // Every descriptor of the zygote's is closed before the code's are moved into place.
+            drop(waiting);
+            return code.finish();
+        }
+        connections = waiting;
+        if polled[0].revents & libc::POLLIN != 0
+            && let Ok(fd) = socket::accept4(listener, SockFlag::SOCK_CLOEXEC)
+        {
+            // SAFETY: accept4 just returned this descriptor and nothing else owns it.
+            let connection = unsafe { OwnedFd::from_raw_fd(fd) };
+            // Only root reaches the socket (the agent's state directory); checked all the same.
+            if socket::getsockopt(&connection, socket::sockopt::PeerCredentials).is_ok_and(|peer| peer.uid() == 0) {
+                connections.push(connection);
+            }
+        }
+    }
+    Served::Ended
+}
+
+/// Reads one request into `buffer`: its length and its descriptors, if it is whole.
+fn receive(connection: &OwnedFd, buffer: &mut [u8]) -> Option<(usize, Received)> {
+    let mut iov = [std::io::IoSliceMut::new(buffer)];
+    let mut space = nix::cmsg_space!([RawFd; FD_COUNT]);
+    let message =
+        socket::recvmsg::<()>(connection.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+    let mut fds = Vec::new();
+    for control in message.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(received) = control {
+            // SAFETY: the kernel just installed these descriptors for us; nothing else owns them.
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let whole = !message.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    let length = message.bytes;
+    (whole && length > 0).then_some(())?;
+    Some((length, Received::of(fds)?))
+}
+
+/// The code process's pipes, before they move to their places.
+struct ForkedCode {
+    order: OwnedFd,
+    ready: OwnedFd,
+}
+
+impl ForkedCode {
+    /// Puts the order and report pipes at [`ORDER_FD`] and [`READY_FD`] and closes everything
+    /// else but stdio: the zygote's socket and whatever its interpreter had open.
+    fn finish(self) -> Served {
+        let high = |fd: OwnedFd| {
+            // SAFETY: F_DUPFD takes a lowest descriptor number and no pointer.
+            let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, 64) };
+            drop(fd);
+            moved
+        };
+        let (order, ready) = (high(self.order), high(self.ready));
+        if order < 0 || ready < 0 {
+            // SAFETY: _exit ends this forked process without running the interpreter's handlers.
+            unsafe { libc::_exit(127) }
+        }
+        // SAFETY: dup2 and close_range take descriptor numbers only; nothing of ours owns the
+        // descriptors they replace or close (the zygote's socket is not owned here).
+        unsafe {
+            if libc::dup2(order, ORDER_FD) != ORDER_FD || libc::dup2(ready, READY_FD) != READY_FD {
+                libc::_exit(127);
+            }
+            libc::syscall(libc::SYS_close_range, (READY_FD + 1) as u32, u32::MAX, 0u32);
+        }
+        Served::Code
+    }
+}
+
+/// Forks for one request: in the zygote, returns `None` once the fork has made the code (or
+/// failed); in the code process, returns its pipes.
+fn fork_code(request: &[u8], received: Received, setup: &CodeSetup) -> Option<ForkedCode> {
+    // SAFETY: the zygote's interpreter runs no threads (prestart.py starts none), so the child
+    // may run any code after fork.
+    match unsafe { nix::unistd::fork() } {
+        Err(_) => None,
+        Ok(ForkResult::Parent { child }) => {
+            drop(received);
+            let _ = waitpid(child, None);
+            None
+        }
+        Ok(ForkResult::Child) => Some(become_code(request, received, setup)),
+    }
+}
+
+/// In A: enters the sandbox and makes B, which makes the code; returns only in the code,
+/// locked down. Every failure is reported on the setup-error pipe and ends the process.
+fn become_code(request: &[u8], received: Received, setup: &CodeSetup) -> ForkedCode {
+    let request: ForkRequest = match serde_json::from_slice(request) {
+        Ok(request) => request,
+        Err(error) => fail(&received.setup_error, "read the fork request", error.to_string()),
+    };
+    // A joins before it enters the cgroup namespace, so the code's cgroup is that namespace's root.
+    for join in &request.cgroup_joins {
+        if let Err(error) = fs::write(join, "0") {
+            fail(&received.setup_error, "join cgroup", format!("{}: {error}", join.display()));
+        }
+    }
+    if request.background
+        && let Err(error) = set_scheduling(libc::SCHED_IDLE)
+    {
+        fail(&received.setup_error, "lower priority", error.to_string());
+    }
+    let namespaces = libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWCGROUP
+        | libc::CLONE_NEWPID;
+    // SAFETY: setns takes a descriptor and flags, no pointer.
+    if unsafe { libc::setns(received.pid_one.as_raw_fd(), namespaces) } != 0 {
+        fail(&received.setup_error, "enter the sandbox", std::io::Error::last_os_error().to_string());
+    }
+    // The pid namespace holds for children only: B is the first process made inside.
+    match fork_as(BRIDGE_PID) {
+        Err(error) => fail(&received.setup_error, "fork into the sandbox", error.to_string()),
+        Ok(ForkResult::Parent { child }) => {
+            let _ = waitpid(child, None);
+            // SAFETY: _exit ends this forked process without running the interpreter's handlers.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(ForkResult::Child) => {}
+    }
+    match fork_as(CODE_PID) {
+        Err(error) => fail(&received.setup_error, "fork the code", error.to_string()),
+        // SAFETY: as above; B's end orphans the code, which pid 1 adopts.
+        Ok(ForkResult::Parent { .. }) => unsafe { libc::_exit(0) },
+        Ok(ForkResult::Child) => {}
+    }
+    wait_for_adoption();
+    for (fd, target) in received.stdio.iter().zip(0..) {
+        // SAFETY: dup2 onto the standard descriptors; `fd` stays open for the call.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+            fail(&received.setup_error, "take the sandbox's stdio", std::io::Error::last_os_error().to_string());
+        }
+    }
+    let Received { pid_one, stdio, order, ready, handshake, setup_error } = received;
+    drop((pid_one, stdio));
+    own_writable_pages();
+    if let Err((stage, message)) = lock_down(&request.confinement, setup, &handshake, None) {
+        fail(&setup_error, stage, message);
+    }
+    // The end of this pipe with nothing in it tells pid 1 the code is locked down.
+    drop((handshake, setup_error));
+    ForkedCode { order, ready }
+}
+
+/// Copies now, while the sandbox waits in the pool (and into its cgroup), every page this fork
+/// shares with the zygote and may write. Left shared, each would be copied at the run's first
+/// write to it (Python's reference counts write to every object it touches): measured, a
+/// warm `hello.py` then took about 3 ms more CPU than in an interpreter of its own. The
+/// zygote's writable memory is a few MiB, all of it in use.
+fn own_writable_pages() {
+    let Ok(maps) = fs::read_to_string("/proc/self/maps") else { return };
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(permissions)) = (fields.next(), fields.next()) else { continue };
+        if !permissions.starts_with("rw") || !permissions.ends_with('p') {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
+            continue;
+        };
+        // SAFETY: madvise on a mapping of this process; MADV_POPULATE_WRITE only faults its
+        // pages in as writable (copying shared ones), it changes no contents.
+        unsafe { libc::madvise(start as *mut libc::c_void, end.saturating_sub(start), libc::MADV_POPULATE_WRITE) };
+    }
+}
+
+/// Reports a failed step on the setup-error pipe, as a code process forked by pid 1 does, and ends
+/// the forked process.
+fn fail(setup_error: &OwnedFd, stage: &str, message: String) -> ! {
+    let mut report = (-1i32).to_be_bytes().to_vec();
+    report.extend_from_slice(format!("{stage}: {message}").as_bytes());
+    let _ = nix::unistd::write(setup_error, &report);
+    // SAFETY: _exit ends this forked process without running the interpreter's handlers.
+    unsafe { libc::_exit(127) }
+}
+
+/// Waits until B, which made this process, is gone and pid 1 is this process's parent.
+fn wait_for_adoption() {
+    let parent = nix::unistd::getppid();
+    if parent.as_raw() == 1 {
+        return;
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, parent.as_raw(), 0) };
+    if pidfd < 0 {
+        // B is gone already.
+        return;
+    }
+    // SAFETY: the descriptor was just returned to us and nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let mut watched = [libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    // A pidfd reads as ready once its process has exited, after its children were reparented.
+    // SAFETY: `watched` is a valid array of one pollfd for the call.
+    while unsafe { libc::poll(watched.as_mut_ptr(), 1, -1) } < 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
+}
+
+/// Forks like fork(2), the child taking `pid` in the pid namespace it is made in if it is free
+/// (clone3's `set_tid`; the agent is root there), another one if not.
+fn fork_as(pid: libc::pid_t) -> nix::Result<ForkResult> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let wanted = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: wanted.as_ptr() as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack duplicates this single-threaded
+    // process as fork does; `args` and `wanted` are valid for the call.
+    let made = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match made {
+        // SAFETY: as for `fork_code`: a single-threaded process.
+        -1 => unsafe { nix::unistd::fork() },
+        0 => Ok(ForkResult::Child),
+        child => Ok(ForkResult::Parent { child: Pid::from_raw(child as libc::pid_t) }),
+    }
+}
+
+/// The zygote's resident memory, from /proc (`VmRSS`).
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Where the zygote's library is, if it is there: beside the agent's binary (as `cargo build`
+/// puts it in target/), else in `../lib/bkg/` from it (as the release installs it:
+/// /usr/lib/bkg/ for /usr/bin/bkg-agent).
+pub fn library() -> Option<PathBuf> {
+    const NAME: &str = "libbkg_zygote.so";
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let installed = dir.parent().map(|prefix| prefix.join("lib/bkg").join(NAME));
+    std::iter::once(dir.join(NAME)).chain(installed).find(|path| path.is_file())
+}
+
+/// The zygote's socket of generation `generation` in the agent's state directory.
+pub fn socket_path(state_dir: &Path, generation: u64) -> PathBuf {
+    state_dir.join(format!("zygote-{generation}.sock"))
+}
+
+/// A zygote generation serving: pool sandboxes prepared now ask it for their interpreter.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub number: u64,
+    pub pid: u32,
+    pub socket: PathBuf,
+}
+
+/// A generation that ends with a failure this soon after its start is counted towards giving up.
+const QUICK_END: Duration = Duration::from_secs(2);
+/// Failed starts in a row after which warm sandboxes go on starting their own interpreters.
+const FAILED_STARTS_ALLOWED: u32 = 3;
+
+/// Keeps one zygote generation serving while the engine lives: starts the next when one ends
+/// (after its forks, its lifetime, or a failure) and gives up after repeated failed starts.
+pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
+    let mut failed_starts = 0;
+    for number in 1.. {
+        let Some(strong) = engine.upgrade() else { return };
+        if strong.is_closing() {
+            return;
+        }
+        let mut closing = strong.closing();
+        let (mut child, socket) = match spawn(&strong, &library, number) {
+            Ok(spawned) => spawned,
+            Err(error) => {
+                tracing::warn!(%error, "could not start the zygote; each warm sandbox starts its own interpreter");
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        strong.set_zygote(Some(Generation { number, pid, socket: socket.clone() }));
+        drop(strong);
+        let started = tokio::time::Instant::now();
+        let ended = tokio::select! {
+            status = child.wait() => status.ok(),
+            () = tokio::time::sleep(GENERATION_LIFETIME) => None,
+            _ = closing.wait_for(|closing| *closing) => None,
+        };
+        if let Some(engine) = engine.upgrade() {
+            engine.set_zygote(None);
+        }
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        let _ = fs::remove_file(&socket);
+        match ended {
+            Some(status) if !status.success() && started.elapsed() < QUICK_END => {
+                failed_starts += 1;
+                tracing::warn!(generation = number, %status, "the zygote ended at its start");
+                if failed_starts >= FAILED_STARTS_ALLOWED {
+                    tracing::warn!("the zygote keeps failing; each warm sandbox starts its own interpreter");
+                    return;
+                }
+            }
+            _ => failed_starts = 0,
+        }
+    }
+}
+
+/// Starts generation `number`: binds its socket and starts the interpreter with the loader
+/// that serves it, as a pool sandbox starts Python ahead (same interpreter, flags and
+/// environment), on the host.
+fn spawn(engine: &super::Engine, library: &Path, number: u64) -> std::io::Result<(tokio::process::Child, PathBuf)> {
+    use std::os::unix::process::CommandExt as _;
+
+    let interpreter = engine.interpreter(bkg_schema::Language::Python).map_err(std::io::Error::other)?;
+    let socket = socket_path(&engine.config.state_dir, number);
+    let _ = fs::remove_file(&socket);
+    let listener = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::bind(listener.as_raw_fd(), &socket::UnixAddr::new(&socket)?)?;
+    socket::listen(&listener, socket::Backlog::new(128)?)?;
+    let prestart = super::prestart::PrestartPlan {
+        language: bkg_schema::Language::Python,
+        interpreter: interpreter.to_string_lossy().into_owned(),
+        env: super::request::sandbox_env(&std::collections::BTreeMap::new()).unwrap_or_default(),
+    };
+    let argv = prestart.zygote_argv(library).ok_or_else(|| std::io::Error::other("the library's path is not UTF-8"))?;
+    let mut command = std::process::Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .env_clear()
+        .envs(prestart.start_env())
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let raw = listener.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls are made (dup2, fcntl, umask, prctl),
+    // on descriptors that are open in the child.
+    unsafe {
+        command.pre_exec(move || {
+            if raw == LISTENER_FD {
+                if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, LISTENER_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Its forks have the umask a sandbox's code has, not the agent's private one.
+            libc::umask(super::init::SANDBOX_UMASK);
+            // The zygote ends with the agent, whose runtime worker thread starts it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn()?;
+    drop(listener);
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt as _;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::warn!(generation = number, "zygote: {line}");
+            }
+        });
+    }
+    Ok((child, socket))
+}
