@@ -357,13 +357,20 @@ throughput() {
 }
 
 # agent_cpu NAME PID: the agent's own CPU time (utime + stime) and that of the children it has
-# reaped (cutime + cstime: the sandboxes' inits, which include the code they reaped), in clock
-# ticks, appended to agent-cpu.tsv with NAME.
+# reaped (cutime + cstime: the sandboxes' inits, which include the code they reaped) plus all of
+# its live zygote's (the forks it reaped that entered the sandboxes; a zygote the agent has
+# replaced is in the agent's cutime), in clock ticks, appended to agent-cpu.tsv with NAME.
 agent_cpu() {
-    local fields
+    local fields zygote children
     read -ra fields <"/proc/$2/stat"
     # /proc/PID/stat: (comm) holds no space for bkg-agent, so utime is field 14 (index 13).
-    printf '%s\t%s\t%s\t%s\n' "$1" "$((fields[13] + fields[14]))" "$((fields[15] + fields[16]))" \
+    children=$((fields[15] + fields[16]))
+    for zygote in $(pgrep -P "$2" -x python3 || true); do
+        read -ra fields <"/proc/$zygote/stat" || continue
+        children=$((children + fields[13] + fields[14] + fields[15] + fields[16]))
+    done
+    read -ra fields <"/proc/$2/stat"
+    printf '%s\t%s\t%s\t%s\n' "$1" "$((fields[13] + fields[14]))" "$children" \
         "$(getconf CLK_TCK)" >>"$RAW/agent-cpu.tsv"
 }
 

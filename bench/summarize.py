@@ -204,7 +204,7 @@ def throughput(raw):
 def agent_cpu(raw, tp):
     """Agent CPU per run in each bkg throughput cell, from /proc/PID/stat before and after it:
     the agent process itself, and with the children it reaped (the sandboxes' inits, which
-    include the interpreter they reaped)."""
+    include the interpreter they reaped) and its zygote (bench/run.sh, `agent_cpu`)."""
     path = raw / "agent-cpu.tsv"
     if not path.exists():
         return []
@@ -376,7 +376,8 @@ def markdown(doc):
             lines += ["", "FAILED runs: " + "; ".join(failures) + "."]
     if doc["agent_cpu"]:
         lines += ["", "Agent CPU per `bkg exe -c pass` run (from /proc/PID/stat over each throughput "
-                  "cell; with sandboxes = plus the children it reaped: sandbox inits and the interpreter):", "",
+                  "cell; with sandboxes = plus the children it reaped, sandbox inits and the interpreter, and "
+                  "its zygote with the forks it reaped):", "",
                   "| agent | concurrency | agent ms/run | with sandboxes ms/run |", "|---|---:|---:|---:|"]
         for r in doc["agent_cpu"]:
             lines.append(f"| {r['agent']} | {r['concurrency']} | {r['agent_cpu_ms_per_run']:.1f} | "

@@ -253,8 +253,9 @@ fn a_second_agent_on_a_busy_socket_refuses_in_the_foreground_and_in_the_backgrou
 fn a_broken_warm_sandbox_is_replaced_not_handed_to_a_run() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() });
     wait_until("the warm sandbox is ready", Duration::from_secs(30), || agent.status_json()["warm_sandboxes"] == 1);
-    // Break it from outside: the idle agent's only live child is the warm sandbox's pid 1.
-    let victims = live_children_of(agent.pid());
+    // Break it from outside: the idle agent's only sandbox init is the warm sandbox's pid 1 (its
+    // other child is the zygote).
+    let victims = agent.sandbox_inits();
     assert_eq!(victims.len(), 1, "the warm sandbox's pid 1: {victims:?}");
     for &pid in &victims {
         // SAFETY: kill(2) has no memory effects; these processes belong to this test's agent.

@@ -458,6 +458,18 @@ pub fn socket_path(state_dir: &Path, generation: u64) -> PathBuf {
     state_dir.join(format!("zygote-{generation}.sock"))
 }
 
+/// Removes the sockets of generations an agent with this state directory left when it was killed.
+fn remove_old_sockets(state_dir: &Path) {
+    let Ok(entries) = fs::read_dir(state_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("zygote-") && name.ends_with(".sock") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// A zygote generation serving: pool sandboxes prepared now ask it for their interpreter.
 #[derive(Debug, Clone)]
 pub struct Generation {
@@ -474,6 +486,9 @@ const FAILED_STARTS_ALLOWED: u32 = 3;
 /// Keeps one zygote generation serving while the engine lives: starts the next when one ends
 /// (after its forks, its lifetime, or a failure) and gives up after repeated failed starts.
 pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
+    if let Some(engine) = engine.upgrade() {
+        remove_old_sockets(&engine.config.state_dir);
+    }
     let mut failed_starts = 0;
     for number in 1.. {
         let Some(strong) = engine.upgrade() else { return };
