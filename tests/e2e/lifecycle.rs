@@ -360,3 +360,30 @@ fn without_the_zygote_each_warm_sandbox_starts_its_own_interpreter() {
     assert_eq!((info["prestarted_runs"].as_u64(), info["zygote_runs"].as_u64()), (Some(1), Some(0)), "{info}");
     assert!(info["zygote"].is_null(), "{info}");
 }
+
+/// A zygote that does not answer (here stopped) does not hold warm sandboxes back: their pid 1
+/// gives up on it after a few seconds and starts the interpreter itself.
+#[test]
+fn a_stopped_zygote_leaves_warm_sandboxes_to_start_their_own_interpreters() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() });
+    agent.wait_warm(1);
+    let zygote = agent.status_json()["zygote"]["pid"].as_u64().and_then(|pid| i32::try_from(pid).ok());
+    let zygote = zygote.expect("the zygote's pid");
+    // SAFETY: kill takes a pid and a signal number; `zygote` is the one this test's agent started.
+    assert_eq!(unsafe { libc::kill(zygote, libc::SIGSTOP) }, 0, "stop the zygote");
+    let run = || {
+        let output = agent.exe(&["-t", "python", "-c", "print('ran')"]);
+        assert_eq!((code(&output), stdout(&output).as_str()), (0, "ran\n"), "{}", stderr(&output));
+    };
+    // This run takes the sandbox the zygote forked for; the one prepared in its place waits for
+    // the stopped zygote, gives up and is taken by the next run.
+    run();
+    agent.wait_warm(1);
+    run();
+    let info = agent.status_json();
+    assert_eq!((info["prestarted_runs"].as_u64(), info["zygote_runs"].as_u64()), (Some(2), Some(1)), "{info}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(zygote, libc::SIGCONT) }, 0, "let the zygote go on");
+    agent.wait_warm(1);
+    run();
+}

@@ -802,6 +802,9 @@ enum Started {
     ExecFailed(i32),
 }
 
+/// How long pid 1 waits for the zygote's fork to say its pid (it takes about a millisecond).
+const ZYGOTE_ANSWER_MS: libc::c_int = 5000;
+
 /// Where the code's process comes from: a fork of pid 1 that execs the program, or a fork of
 /// the zygote (engine/zygote.rs) that is the prestarted interpreter already, over this connection.
 #[derive(Clone, Copy)]
@@ -854,6 +857,13 @@ fn start_code(
                 setup_error: exec_error_write.as_raw_fd(),
             };
             super::zygote::ask(connection, &request, &fds).stage("ask the zygote")?;
+            // A zygote that does not answer (stopped, or overwhelmed) must not hold the sandbox's
+            // preparation: pid 1 starts the interpreter itself instead.
+            let mut waiting = [libc::pollfd { fd: unshared_read.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            // SAFETY: `waiting` is a valid array of one pollfd for the call.
+            if unsafe { libc::poll(waiting.as_mut_ptr(), 1, ZYGOTE_ANSWER_MS) } <= 0 {
+                return Err(StageError::new("ask the zygote", "no answer"));
+            }
             None
         }
         // SAFETY: pid 1 is single-threaded, so the child may run arbitrary code after fork.

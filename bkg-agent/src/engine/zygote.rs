@@ -131,7 +131,7 @@ pub(super) fn ask(connection: &OwnedFd, request: &ForkRequest, fds: &RequestFds)
         connection.as_raw_fd(),
         &[std::io::IoSlice::new(&body)],
         &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
+        MsgFlags::MSG_NOSIGNAL,
         None,
     )?;
     Ok(())
@@ -183,7 +183,9 @@ pub fn serve(listener: RawFd) -> Served {
             // One request per connection: it is served or refused, and the connection closes.
             let received = receive(&connection, &mut buffer);
             drop(connection);
-            if let Some((length, fds)) = received {
+            if let Some((length, fds)) = received
+                && !abandoned(&fds.setup_error)
+            {
                 forks += 1;
                 code = fork_code(&buffer[..length], fds, &setup);
                 // Nothing of this request stays in the memory later forks inherit.
@@ -211,6 +213,16 @@ pub fn serve(listener: RawFd) -> Served {
         }
     }
     Served::Ended
+}
+
+/// Whether pid 1 gave up waiting for this request (it stopped reading its pipes): a fork made
+/// for it now would only enter a sandbox that has gone on without it.
+fn abandoned(setup_error: &OwnedFd) -> bool {
+    let mut polled = [libc::pollfd { fd: setup_error.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
+    // SAFETY: `polled` is a valid array of one pollfd for the call; a zero timeout never waits.
+    let ready = unsafe { libc::poll(polled.as_mut_ptr(), 1, 0) };
+    // A pipe's write end polls as an error once no reader is left.
+    ready > 0 && polled[0].revents & libc::POLLERR != 0
 }
 
 /// Reads one request into `buffer`: its length and its descriptors, if it is whole.
