@@ -337,6 +337,11 @@ const UID_BASE_MAX: u32 = u32::MAX - crate::engine::lock::UID_RANGE;
 const USAGE_EXIT: u8 = 2;
 
 pub fn main() -> ExitCode {
+    // Descriptors whoever started the agent left open stay the agent's: no sandbox init and no
+    // zygote, a root process on the host too, inherits them (found by a new-user trial). The
+    // agent itself still uses the ones it is given (`--ready-fd`, socket activation's).
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     // reqwest is built without a provider of its own (no aws-lc): every TLS client of the agent
     // gets ring, the provider bkg_db's TLS builds, even one made without server/tls.rs's builder.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -347,7 +352,13 @@ pub fn main() -> ExitCode {
         Err(error) => {
             let rendered = error.render().to_string();
             let first = rendered.lines().next().unwrap_or_default();
-            eprintln!("bkg-agent: {} (`bkg-agent --help` lists the flags)", first.trim_start_matches("error: "));
+            // The values a flag takes, which clap puts on a line of their own.
+            let values = rendered.lines().map(str::trim).find(|line| line.starts_with("[possible values:"));
+            let values = values.map(|values| format!(" {values}")).unwrap_or_default();
+            eprintln!(
+                "bkg-agent: {}{values} (`bkg-agent --help` lists the flags)",
+                first.trim_start_matches("error: ")
+            );
             return ExitCode::from(USAGE_EXIT);
         }
     };

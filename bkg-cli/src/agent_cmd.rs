@@ -314,16 +314,16 @@ pub fn describe(info: &AgentInfo) -> String {
         line("", format!("{} · {} · {started}", sandbox.id, format_size(sandbox.memory_bytes)));
     }
     if let Some(zygote) = &info.zygote {
-        line(
-            "zygote",
-            format!(
-                "generation {} · pid {} · memory {} · {} runs forked from it",
-                zygote.generation,
-                zygote.pid,
-                format_size(zygote.memory_bytes),
-                info.zygote_runs
-            ),
-        );
+        let state = match (zygote.state, zygote.generation, zygote.pid) {
+            (bkg_schema::ZygoteState::Serving, Some(generation), Some(pid)) => {
+                format!("generation {generation} · pid {pid} · memory {}", format_size(zygote.memory_bytes))
+            }
+            (state, ..) => {
+                let state = serde_json::to_value(state).ok().and_then(|value| value.as_str().map(str::to_owned));
+                format!("{}: {}", state.unwrap_or_default(), zygote.reason.as_deref().unwrap_or("no reason given"))
+            }
+        };
+        line("zygote", format!("{state} · {} runs forked by zygotes since the agent started", info.zygote_runs));
     }
     line("defaults", limits(&info.default_limits));
     line("maximum", limits(&info.max_limits));

@@ -274,7 +274,7 @@ fn agent_status() {
         ],
         "warm_memory_limit_bytes": 268_435_456u64, "queued_runs": 3, "max_running_runs": 8, "max_queued_runs": 256,
         "disk_in_use_bytes": 1_572_864_000u64, "disk_budget_bytes": 42_949_672_960u64,
-        "prestarted_runs": 17, "zygote_runs": 12, "zygote": {"generation": 3, "pid": 4250, "memory_bytes": 11_812_864u64},
+        "prestarted_runs": 17, "zygote_runs": 12, "zygote": {"state": "serving", "generation": 3, "pid": 4250, "memory_bytes": 11_812_864u64},
         "active_runs": 1, "pending_cleanups": 0,
         "default_limits": limits, "max_limits": limits,
         "listeners": [{"url": "http://127.0.0.1:41823", "started_by": "bkg ui"}]

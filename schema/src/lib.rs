@@ -661,10 +661,10 @@ pub struct AgentInfo {
     /// a warm sandbox instead of a fresh one (docs/testing.md, "The zygote").
     #[serde(default)]
     pub prestarted_runs: u64,
-    /// Of `prestarted_runs`, those whose interpreter was a fork of the zygote.
+    /// Of `prestarted_runs`, those whose interpreter was a fork of a zygote (any generation).
     #[serde(default)]
     pub zygote_runs: u64,
-    /// The zygote generation serving now, if one does (Python; docs/security.md, "The zygote").
+    /// The zygote: serving, off or unavailable, and why. Absent from older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zygote: Option<ZygoteInfo>,
     /// Runs going on now, not those waiting for a place (`queued_runs`).
@@ -683,17 +683,37 @@ pub struct AgentInfo {
     pub retention: Option<Retention>,
 }
 
-/// The zygote: one interpreter initialised once whose forks become the prestarted interpreters
-/// of warm sandboxes.
+/// The zygote: one interpreter initialised once whose forks become the prestarted Python
+/// interpreters of warm sandboxes (docs/security.md, "the zygote").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ZygoteInfo {
-    /// Its generation: a new one starts after 100 forks or 10 minutes.
-    pub generation: u64,
-    /// Its host pid.
-    pub pid: u32,
-    /// Its resident memory now, shared with its forks until they write to it.
+    pub state: ZygoteState,
+    /// The generation serving (`serving`): a new one starts after 100 forks or 10 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Its host pid (`serving`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Its resident memory now, shared with its forks until they write to it (`serving`).
+    #[serde(default)]
     pub memory_bytes: u64,
+    /// Why it does not serve (`off`, `unavailable`), in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ZygoteState {
+    /// Warm sandboxes' Python interpreters are its forks.
+    Serving,
+    /// Turned off (`--zygote false`, or no warm pool): each warm sandbox starts its own.
+    Off,
+    /// Meant to serve but does not (its library is missing, it keeps failing, or the next
+    /// generation is starting): each warm sandbox starts its own interpreter meanwhile.
+    Unavailable,
 }
 
 /// How long the agent keeps finished runs, in ms: by default, and for namespaces of their own.

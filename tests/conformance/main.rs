@@ -173,6 +173,10 @@ fn python_sees_the_same_start_bare_cold_and_warm() {
     let depth = agents.compare(PYTHON, "depth.py", &[]);
     assert!(depth.stdout.starts_with("limit 1000 script 9"), "{depth:?}");
 
+    let threads = agents.compare(PYTHON, "threads.py", &[]);
+    assert!(threads.stdout.starts_with("pthread_kill [10]\nthread CPU clock True\n"), "{threads:?}");
+    assert!(threads.stdout.contains("seekable [False, False, False]\nstdin cannot seek:"), "{threads:?}");
+
     let shutdown = agents.compare(PYTHON, "shutdown.py", &[]);
     for line in
         ["finalized a cycle a global still holds", "finalized a garbage cycle", "finalized a weakly referenced object"]

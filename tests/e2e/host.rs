@@ -299,6 +299,15 @@ fn agent_start_refused_for_a_flag_says_why_in_one_line() {
     assert_eq!(code(&direct), 2, "{}", stderr(&direct));
     assert_eq!(stderr(&direct).lines().count(), 1, "{}", stderr(&direct));
     assert!(stderr(&direct).starts_with("bkg-agent: invalid value '5' for '--uid-base"), "{}", stderr(&direct));
+    // A flag of a few values names them (found by a new-user trial of --zygote).
+    let values =
+        Command::new(bkg_tests::bin_dir().join("bkg-agent")).args(["--zygote", "maybe"]).output().expect("bkg-agent");
+    assert_eq!((code(&values), stderr(&values).lines().count()), (2, 1), "{}", stderr(&values));
+    assert!(
+        stderr(&values).contains("'maybe' for '--zygote <BOOL>' [possible values: true, false]"),
+        "{}",
+        stderr(&values)
+    );
 }
 
 /// A `--cgroup-dir` that is not one plain name is a usage error, found before anything is written.

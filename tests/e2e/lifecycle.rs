@@ -358,7 +358,29 @@ fn without_the_zygote_each_warm_sandbox_starts_its_own_interpreter() {
     assert_eq!((code(&output), stdout(&output).as_str()), (0, "2 1\n"), "{}", stderr(&output));
     let info = agent.status_json();
     assert_eq!((info["prestarted_runs"].as_u64(), info["zygote_runs"].as_u64()), (Some(1), Some(0)), "{info}");
-    assert!(info["zygote"].is_null(), "{info}");
+    assert_eq!(
+        (info["zygote"]["state"].as_str(), info["zygote"]["reason"].as_str()),
+        (Some("off"), Some("--zygote false"))
+    );
+}
+
+/// An agent whose binary has no libbkg_zygote.so beside it (nor in ../lib/bkg from it) says so in
+/// `bkg agent status`, and its warm sandboxes start their own interpreters.
+#[test]
+fn an_agent_without_the_zygote_library_says_so() {
+    // The agent's own binary, copied alone into the test's directory (beside its socket).
+    let alone =
+        r#"alone="$(dirname "$2")/alone" && mkdir "$alone" && cp "$0" "$alone/" && exec "$alone/bkg-agent" "$@""#;
+    let wrapper = vec!["bash".to_owned(), "-c".to_owned(), alone.to_owned()];
+    let agent = Agent::start_with(AgentOptions { warm_pool: 1, wrapper, ..AgentOptions::default() });
+    agent.wait_warm(1);
+    let output = agent.exe(&["-t", "python", "-c", "print('ran')"]);
+    assert_eq!((code(&output), stdout(&output).as_str()), (0, "ran\n"), "{}", stderr(&output));
+    let info = agent.status_json();
+    assert_eq!((info["prestarted_runs"].as_u64(), info["zygote_runs"].as_u64()), (Some(1), Some(0)), "{info}");
+    assert_eq!(info["zygote"]["state"].as_str(), Some("unavailable"), "{info}");
+    let text = stdout(&agent.bkg().args(["agent", "status"]).output().expect("bkg agent status"));
+    assert!(text.contains("zygote     unavailable: no libbkg_zygote.so beside the agent"), "{text}");
 }
 
 /// A zygote that does not answer (here stopped) does not hold warm sandboxes back: their pid 1

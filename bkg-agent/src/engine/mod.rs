@@ -173,8 +173,8 @@ pub struct Engine {
     prestarted_runs: AtomicU64,
     /// Of those, the ones whose interpreter the zygote forked (engine/zygote.rs).
     zygote_runs: AtomicU64,
-    /// The zygote generation serving now.
-    zygote: Mutex<Option<zygote::Generation>>,
+    /// The zygote generation serving now, or why none does.
+    zygote: Mutex<zygote::ZygoteStatus>,
     /// The last run that a pool sandbox could serve was Node's: pool sandboxes start Node ahead
     /// (`prestart_language`).
     last_run_was_node: AtomicBool,
@@ -260,7 +260,11 @@ impl Engine {
             active_runs: AtomicUsize::new(0),
             prestarted_runs: AtomicU64::new(0),
             zygote_runs: AtomicU64::new(0),
-            zygote: Mutex::new(None),
+            zygote: Mutex::new(match (config.zygote, config.warm_pool) {
+                (false, _) => zygote::ZygoteStatus::Off("--zygote false".into()),
+                (true, 0) => zygote::ZygoteStatus::Off("no warm pool (--warm-pool 0)".into()),
+                (true, _) => zygote::ZygoteStatus::Unavailable("not started yet".into()),
+            }),
             last_run_was_node: AtomicBool::new(false),
             cleanups: watch::Sender::new(0),
             in_flight: watch::Sender::new(0),
@@ -350,24 +354,23 @@ impl Engine {
         self.zygote_runs.load(Ordering::Relaxed)
     }
 
-    /// The zygote generation serving now, with its memory.
+    /// The zygote: the generation serving now with its memory, or why none does.
     pub fn zygote(&self) -> Option<bkg_schema::ZygoteInfo> {
-        let generation = self.zygote.lock().ok()?.clone()?;
-        Some(bkg_schema::ZygoteInfo {
-            generation: generation.number,
-            pid: generation.pid,
-            memory_bytes: zygote::resident_bytes(generation.pid).unwrap_or(0),
-        })
+        let status = self.zygote.lock().ok()?.clone();
+        Some(status.describe())
     }
 
     /// The socket of the zygote serving now, for a pool sandbox that starts Python ahead.
     fn zygote_socket(&self) -> Option<PathBuf> {
-        Some(self.zygote.lock().ok()?.as_ref()?.socket.clone())
+        match &*self.zygote.lock().ok()? {
+            zygote::ZygoteStatus::Serving(generation) => Some(generation.socket.clone()),
+            _ => None,
+        }
     }
 
-    pub(crate) fn set_zygote(&self, generation: Option<zygote::Generation>) {
-        if let Ok(mut serving) = self.zygote.lock() {
-            *serving = generation;
+    pub(crate) fn set_zygote(&self, status: zygote::ZygoteStatus) {
+        if let Ok(mut current) = self.zygote.lock() {
+            *current = status;
         }
     }
 
@@ -626,7 +629,9 @@ impl Engine {
                     tokio::spawn(zygote::keep(Arc::downgrade(self), library));
                 }
                 None => {
-                    tracing::info!("no libbkg_zygote.so beside the agent: each warm sandbox starts its own interpreter")
+                    let reason = "no libbkg_zygote.so beside the agent or in ../lib/bkg from it";
+                    tracing::warn!("{reason}: each warm sandbox starts its own interpreter");
+                    self.set_zygote(zygote::ZygoteStatus::Unavailable(reason.into()));
                 }
             }
         }

@@ -3,8 +3,9 @@
 //! `prestart.cjs`) that waits for the run's order. A run that fits takes it: its script starts
 //! without waiting for the interpreter's own start-up. One that does not (another runtime, a
 //! terminal, a start-up environment of its own) gets a fresh process, as without it. Each
-//! sandbox still serves one run, and each prestarted interpreter belongs to one sandbox: nothing
-//! is shared between runs.
+//! sandbox still serves one run, and each prestarted interpreter belongs to one sandbox. Python's
+//! is a fork of the zygote (engine/zygote.rs) when one serves: forks of one generation share
+//! its address layout and hash seed (docs/security.md, "the zygote").
 
 use bkg_schema::Language;
 use serde::{Deserialize, Serialize};

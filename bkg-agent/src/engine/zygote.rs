@@ -6,8 +6,8 @@
 //!
 //! A pool sandbox's pid 1 asks for its code process over a connection that its outer init made
 //! to the zygote's socket (engine/init.rs, `start_code`). The zygote forks (A); A joins the
-//! run's cgroups and pid 1's namespaces and forks (B, inside the sandbox's pid namespace); B
-//! forks the code (C, pid 2 there, as a cold run's code is) and exits, so C is orphaned inside
+//! run's cgroups and pid 1's namespaces and forks (B, inside the sandbox's pid namespace, at a
+//! pid out of turn); B forks the code (C, pid 2 there, as a cold run's code is) and exits, so C is orphaned inside
 //! the sandbox and adopted by pid 1, its parent as in a cold run. C locks itself down exactly
 //! as a code process forked by pid 1 does (`init::lock_down`), moves its order and report pipes
 //! to [`ORDER_FD`] and [`READY_FD`], and returns into the loader (prestart.py), which reports
@@ -40,10 +40,9 @@ pub const MAX_FORKS: u32 = 100;
 pub const GENERATION_LIFETIME: Duration = Duration::from_secs(600);
 /// A request is a few paths and numbers; a longer message is refused.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// Where B is made in the sandbox's pid namespace, leaving pid 2 for the code.
+/// Where B is made in the sandbox's pid namespace, out of turn (clone3's `set_tid` does not move
+/// the namespace's next pid), so that the code takes pid 2, as in a cold run.
 const BRIDGE_PID: libc::pid_t = 1000;
-/// The code's pid in its sandbox, as in a cold run (pid 1 forks it first).
-const CODE_PID: libc::pid_t = 2;
 
 /// What pid 1 sends, as JSON, beside the descriptors of [`RequestFds`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -331,7 +330,11 @@ fn become_code(request: &[u8], received: Received, setup: &CodeSetup) -> ForkedC
         }
         Ok(ForkResult::Child) => {}
     }
-    match fork_as(CODE_PID) {
+    // glibc's fork, not a raw clone: the code's thread id cache and robust-futex list must be
+    // its own (`signal.pthread_kill` and thread CPU clocks use them). It takes the namespace's
+    // next pid, 2, as B's was chosen out of turn.
+    // SAFETY: B is single-threaded, as the zygote is.
+    match unsafe { nix::unistd::fork() } {
         Err(error) => fail(&received.setup_error, "fork the code", error.to_string()),
         // SAFETY: as above; B's end orphans the code, which pid 1 adopts.
         Ok(ForkResult::Parent { .. }) => unsafe { libc::_exit(0) },
@@ -411,7 +414,8 @@ fn wait_for_adoption() {
 }
 
 /// Forks like fork(2), the child taking `pid` in the pid namespace it is made in if it is free
-/// (clone3's `set_tid`; the agent is root there), another one if not.
+/// (clone3's `set_tid`; the agent is root there), another one if not. A raw clone leaves the
+/// child's glibc thread state stale: only for a process that forks once more and exits.
 fn fork_as(pid: libc::pid_t) -> nix::Result<ForkResult> {
     #[repr(C)]
     #[derive(Default)]
@@ -490,13 +494,48 @@ pub struct Generation {
     pub socket: PathBuf,
 }
 
-/// A generation that ends with a failure this soon after its start is counted towards giving up.
+/// Whether a zygote serves, and why not.
+#[derive(Debug, Clone)]
+pub enum ZygoteStatus {
+    Serving(Generation),
+    Off(String),
+    Unavailable(String),
+}
+
+impl ZygoteStatus {
+    pub fn describe(&self) -> bkg_schema::ZygoteInfo {
+        use bkg_schema::{ZygoteInfo, ZygoteState};
+        let not_serving = |state, reason: &String| ZygoteInfo {
+            state,
+            generation: None,
+            pid: None,
+            memory_bytes: 0,
+            reason: Some(reason.clone()),
+        };
+        match self {
+            Self::Serving(generation) => ZygoteInfo {
+                state: ZygoteState::Serving,
+                generation: Some(generation.number),
+                pid: Some(generation.pid),
+                memory_bytes: resident_bytes(generation.pid).unwrap_or(0),
+                reason: None,
+            },
+            Self::Off(reason) => not_serving(ZygoteState::Off, reason),
+            Self::Unavailable(reason) => not_serving(ZygoteState::Unavailable, reason),
+        }
+    }
+}
+
+/// A generation that exits with an error this soon after its start failed to start.
 const QUICK_END: Duration = Duration::from_secs(2);
 /// Failed starts in a row after which warm sandboxes go on starting their own interpreters.
 const FAILED_STARTS_ALLOWED: u32 = 3;
+/// The pause before the next generation after one ended this soon, whatever ended it.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// Keeps one zygote generation serving while the engine lives: starts the next when one ends
 /// (after its forks, its lifetime, or a failure) and gives up after repeated failed starts.
+/// Every end but a planned one is logged as a warning, and `bkg agent status` says what serves.
 pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
     if let Some(engine) = engine.upgrade() {
         remove_old_sockets(&engine.config.state_dir);
@@ -511,12 +550,14 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
         let (mut child, socket) = match spawn(&strong, &library, number) {
             Ok(spawned) => spawned,
             Err(error) => {
-                tracing::warn!(%error, "could not start the zygote; each warm sandbox starts its own interpreter");
+                let reason = format!("could not start the zygote: {error}");
+                tracing::warn!("{reason}; each warm sandbox starts its own interpreter");
+                strong.set_zygote(ZygoteStatus::Unavailable(reason));
                 return;
             }
         };
         let pid = child.id().unwrap_or(0);
-        strong.set_zygote(Some(Generation { number, pid, socket: socket.clone() }));
+        strong.set_zygote(ZygoteStatus::Serving(Generation { number, pid, socket: socket.clone() }));
         drop(strong);
         let started = tokio::time::Instant::now();
         let ended = tokio::select! {
@@ -524,23 +565,53 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
             () = tokio::time::sleep(GENERATION_LIFETIME) => None,
             _ = closing.wait_for(|closing| *closing) => None,
         };
-        if let Some(engine) = engine.upgrade() {
-            engine.set_zygote(None);
-        }
         let _ = child.start_kill();
         let _ = child.wait().await;
         let _ = fs::remove_file(&socket);
+        let Some(engine) = engine.upgrade() else { return };
+        let quick = started.elapsed() < QUICK_END;
         match ended {
-            Some(status) if !status.success() && started.elapsed() < QUICK_END => {
-                failed_starts += 1;
-                tracing::warn!(generation = number, %status, "the zygote ended at its start");
+            // Its lifetime is over, or the agent stops.
+            None => tracing::info!(generation = number, "the zygote's generation is over"),
+            // It made its forks and ended by itself.
+            Some(status) if status.success() => tracing::info!(generation = number, "the zygote made its forks"),
+            Some(status) => {
+                // Only an exit of its own at its start counts: a kill from outside is no failure
+                // of the zygote's.
+                failed_starts = if quick && status.code().is_some() { failed_starts + 1 } else { 0 };
+                tracing::warn!(generation = number, %status, "the zygote ended unexpectedly");
                 if failed_starts >= FAILED_STARTS_ALLOWED {
-                    tracing::warn!("the zygote keeps failing; each warm sandbox starts its own interpreter");
+                    let reason = format!(
+                        "it failed to start {FAILED_STARTS_ALLOWED} times (last: {status}); see the agent's log"
+                    );
+                    tracing::warn!("the zygote {reason}: each warm sandbox starts its own interpreter");
+                    engine.set_zygote(ZygoteStatus::Unavailable(reason));
                     return;
                 }
             }
-            _ => failed_starts = 0,
         }
+        engine.set_zygote(ZygoteStatus::Unavailable(format!("generation {number} ended; the next is starting")));
+        drop(engine);
+        if quick {
+            tokio::time::sleep(RESTART_PAUSE).await;
+        }
+    }
+}
+
+/// The kernel's `struct sigaction` for rt_sigaction(2) on x86_64 and aarch64.
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+async fn log_lines(output: impl tokio::io::AsyncRead + Unpin, generation: u64) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(output).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::warn!(generation, "zygote: {line}");
     }
 }
 
@@ -568,12 +639,18 @@ fn spawn(engine: &super::Engine, library: &Path, number: u64) -> std::io::Result
         .env_clear()
         .envs(prestart.start_env())
         .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        // Pipes, as a sandbox's stdio: Python notes at its start whether they can seek, and its
+        // forks keep what it noted.
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let raw = listener.as_raw_fd();
-    // SAFETY: between fork and exec only async-signal-safe calls are made (dup2, fcntl, umask, prctl),
-    // on descriptors that are open in the child.
+    let root = c"/";
+    let workspace = std::ffi::CString::new(super::plan::WORKSPACE).map_err(std::io::Error::other)?;
+    let tmpfs = c"tmpfs";
+    // SAFETY: between fork and exec only async-signal-safe calls are made (dup2, fcntl, umask,
+    // signal, unshare, mount, stat, prctl) on descriptors open in the child and strings made
+    // before the fork.
     unsafe {
         command.pre_exec(move || {
             if raw == LISTENER_FD {
@@ -585,6 +662,51 @@ fn spawn(engine: &super::Engine, library: &Path, number: u64) -> std::io::Result
             }
             // Its forks have the umask a sandbox's code has, not the agent's private one.
             libc::umask(super::init::SANDBOX_UMASK);
+            // And the signal dispositions: the init is started by posix_spawn, whose child
+            // ignores glibc's two internal signals (SIGCANCEL 32, SIGSETXID 33), and so does the
+            // code it starts.
+            // glibc's own sigaction refuses them: the system call is made directly.
+            for signal in [libc::SIGRTMIN() - 2, libc::SIGRTMIN() - 1] {
+                let ignore = KernelSigaction { handler: libc::SIG_IGN, flags: 0, restorer: 0, mask: 0 };
+                let set = libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    &ignore as *const KernelSigaction,
+                    std::ptr::null::<KernelSigaction>(),
+                    std::mem::size_of::<u64>(),
+                );
+                if set != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Python's start reads the user site-packages under HOME (/workspace) and runs their
+            // .pth files: as root on the host, a /workspace another user can write to would run
+            // their code. The zygote gets a mount namespace of its own with an empty, read-only
+            // /workspace, as an empty sandbox's is.
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut stat: libc::stat = std::mem::zeroed();
+            if libc::stat(workspace.as_ptr(), &mut stat) == 0
+                && stat.st_mode & libc::S_IFMT == libc::S_IFDIR
+                && libc::mount(
+                    tmpfs.as_ptr(),
+                    workspace.as_ptr(),
+                    tmpfs.as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             // The zygote ends with the agent, whose runtime worker thread starts it.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -594,14 +716,11 @@ fn spawn(engine: &super::Engine, library: &Path, number: u64) -> std::io::Result
     }
     let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn()?;
     drop(listener);
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(async move {
-            use tokio::io::AsyncBufReadExt as _;
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::warn!(generation = number, "zygote: {line}");
-            }
-        });
+    // Its stdin ends at once; what it writes (only ever a failure) goes to the log.
+    drop(child.stdin.take());
+    if let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) {
+        tokio::spawn(log_lines(stdout, number));
+        tokio::spawn(log_lines(stderr, number));
     }
     Ok((child, socket))
 }

@@ -79,8 +79,15 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
                 (info.warm_sandboxes) " of " (info.warm_target) " prepared, " (bytes(info.warm_memory_bytes))
                 " in all; " (info.prestarted_runs) " runs took an interpreter started ahead."
                 @if let Some(zygote) = &info.zygote {
-                    " Python's are forks of the zygote (generation " (zygote.generation) ", "
-                    (bytes(zygote.memory_bytes)) "): " (info.zygote_runs) " runs."
+                    @match (zygote.generation, &zygote.reason) {
+                        (Some(generation), _) => {
+                            " Python's are forks of the zygote (generation " (generation) ", "
+                            (bytes(zygote.memory_bytes)) "); "
+                        }
+                        (None, Some(reason)) => { " No zygote: " (reason) "; " }
+                        (None, None) => {}
+                    }
+                    (info.zygote_runs) " runs were forks of a zygote."
                 }
             }
             @if !info.warm_pool.is_empty() {
