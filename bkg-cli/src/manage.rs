@@ -572,10 +572,14 @@ pub async fn stop_many(settings: &Settings, args: StopArgs) -> Result<i32, CliEr
     };
     // Every name is found before any sandbox is stopped, as `bkg rm` does (found by a new-user
     // trial: `bkg stop api nosuch` stopped api, then failed).
-    let mut located = Vec::new();
+    let mut located: Vec<(String, String, _)> = Vec::new();
     for name in names {
         let (id, project) = locate(&client, args.project.dir.as_deref(), &name, out).await?;
-        located.push((name, id, project));
+        // A sandbox named twice (by name and by id, or the same name again) is stopped once: its
+        // second stop said "was not running" after the first said "stopped".
+        if !located.iter().any(|(_, seen, _)| seen == &id) {
+            located.push((name, id, project));
+        }
     }
     let mut answers = Vec::new();
     for (name, id, project) in located {
