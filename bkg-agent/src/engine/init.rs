@@ -216,9 +216,15 @@ fn pid_one(
     bring_up_loopback().stage("bring up loopback")?;
     // Compiled while the sandbox waits in the pool, not once the caller is waiting.
     let seccomp = seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
-    // A sandbox whose interpreter cannot be started ahead still serves: its run starts cold.
-    let prestarted =
-        plan.prestart.as_ref().and_then(|prestart| prestart_code(plan, prestart, seccomp.clone(), zygote).ok());
+    let prestarted = match &plan.prestart {
+        Some(prestart) => match prestart_code(plan, prestart, seccomp.clone(), zygote) {
+            Ok(prestarted) => Some(prestarted),
+            Err(error) if error.stage == ZYGOTE_SILENT => return Err(error),
+            // A sandbox whose interpreter cannot be started ahead still serves: its run starts cold.
+            Err(_) => None,
+        },
+        None => None,
+    };
     control::write_blocking(control, &FromInit::Ready { disk_device }).stage("report ready")?;
 
     let order = match control::read_blocking::<ToInit>(control) {
@@ -804,6 +810,9 @@ enum Started {
 
 /// How long pid 1 waits for the zygote's fork to say its pid (it takes about a millisecond).
 const ZYGOTE_ANSWER_MS: libc::c_int = 5000;
+/// The stage of a preparation that failed because the zygote did not answer in time; the agent
+/// replaces that zygote (engine/zygote.rs, `keep`).
+pub const ZYGOTE_SILENT: &str = "wait for the zygote";
 
 /// Where the code's process comes from: a fork of pid 1 that execs the program, or a fork of
 /// the zygote (engine/zygote.rs) that is the prestarted interpreter already, over this connection.
@@ -857,12 +866,15 @@ fn start_code(
                 setup_error: exec_error_write.as_raw_fd(),
             };
             super::zygote::ask(connection, &request, &fds).stage("ask the zygote")?;
-            // A zygote that does not answer (stopped, or overwhelmed) must not hold the sandbox's
-            // preparation: pid 1 starts the interpreter itself instead.
+            // Ours go at once: a zygote that ends without forking (its generation over, or
+            // killed) is then an end of file here, and pid 1 starts the interpreter itself.
+            drop((exec_error_write, unshared_write, mapped_read, listener_write));
             let mut waiting = [libc::pollfd { fd: unshared_read.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
             // SAFETY: `waiting` is a valid array of one pollfd for the call.
             if unsafe { libc::poll(waiting.as_mut_ptr(), 1, ZYGOTE_ANSWER_MS) } <= 0 {
-                return Err(StageError::new("ask the zygote", "no answer"));
+                // Silent (stopped, or overwhelmed): its fork may still come, so this sandbox is
+                // given up whole rather than given a second code process (`ZYGOTE_SILENT`).
+                return Err(StageError::new(ZYGOTE_SILENT, format!("no answer within {} s", ZYGOTE_ANSWER_MS / 1000)));
             }
             None
         }
@@ -890,15 +902,14 @@ fn start_code(
                 // SAFETY: _exit ends this forked child without running the parent's atexit handlers.
                 unsafe { libc::_exit(127) }
             }
-            ForkResult::Parent { child } => Some(child),
+            ForkResult::Parent { child } => {
+                drop((exec_error_write, unshared_write, mapped_read, listener_write));
+                Some(child)
+            }
         },
     };
-    drop(exec_error_write);
-    drop(unshared_write);
-    drop(mapped_read);
     // The code holds the terminal now: ours would keep the agent's master from its end.
     drop(terminal);
-    drop(listener_write);
     let mapped = map_code_ids(plan, unshared_read, mapped_write);
     let mut report = Vec::new();
     let _ = File::from(exec_error_read).read_to_end(&mut report);
@@ -986,10 +997,13 @@ fn prestart_code(
     seccomp: Vec<seccompiler::BpfProgram>,
     zygote: Option<OwnedFd>,
 ) -> Result<Prestarted, StageError> {
-    if let Some(connection) = zygote
-        && let Ok(prestarted) = prestart_from(plan, prestart, seccomp.clone(), Origin::Zygote(&connection))
-    {
-        return Ok(prestarted);
+    if let Some(connection) = zygote {
+        match prestart_from(plan, prestart, seccomp.clone(), Origin::Zygote(&connection)) {
+            Ok(prestarted) => return Ok(prestarted),
+            Err(error) if error.stage == ZYGOTE_SILENT => return Err(error),
+            // It said no, or ended: no fork of it can come any more.
+            Err(_) => {}
+        }
     }
     prestart_from(plan, prestart, seccomp, Origin::Fork)
 }
@@ -1017,9 +1031,13 @@ fn prestart_from(
     let loader = loader.map(|(path, _)| path);
     let started = start_code(plan, &launch, None, origin);
     drop((order_read, ready_write));
-    let Ok(Started::Running { pid, listener }) = started else {
-        remove_loader(loader);
-        return Err(StageError::new(stage, "the interpreter could not be started"));
+    let (pid, listener) = match started {
+        Ok(Started::Running { pid, listener }) => (pid, listener),
+        Err(error) if error.stage == ZYGOTE_SILENT => return Err(error),
+        _ => {
+            remove_loader(loader);
+            return Err(StageError::new(stage, "the interpreter could not be started"));
+        }
     };
     let from_zygote = matches!(origin, Origin::Zygote(_));
     let prestarted = Prestarted {

@@ -175,6 +175,8 @@ pub struct Engine {
     zygote_runs: AtomicU64,
     /// The zygote generation serving now, or why none does.
     zygote: Mutex<zygote::ZygoteStatus>,
+    /// Tells the zygote's keeper to replace the generation serving now (it did not answer).
+    zygote_replace: Arc<tokio::sync::Notify>,
     /// The last run that a pool sandbox could serve was Node's: pool sandboxes start Node ahead
     /// (`prestart_language`).
     last_run_was_node: AtomicBool,
@@ -265,6 +267,7 @@ impl Engine {
                 (true, 0) => zygote::ZygoteStatus::Off("no warm pool (--warm-pool 0)".into()),
                 (true, _) => zygote::ZygoteStatus::Unavailable("not started yet".into()),
             }),
+            zygote_replace: Arc::new(tokio::sync::Notify::new()),
             last_run_was_node: AtomicBool::new(false),
             cleanups: watch::Sender::new(0),
             in_flight: watch::Sender::new(0),
@@ -366,6 +369,26 @@ impl Engine {
             zygote::ZygoteStatus::Serving(generation) => Some(generation.socket.clone()),
             _ => None,
         }
+    }
+
+    /// A pool sandbox's pid 1 had no answer from the zygote at `socket`: if that generation
+    /// still serves, it is taken out of service at once and replaced.
+    fn zygote_did_not_answer(&self, socket: &std::path::Path) {
+        let Ok(mut current) = self.zygote.lock() else { return };
+        if let zygote::ZygoteStatus::Serving(generation) = &*current
+            && generation.socket == socket
+        {
+            tracing::warn!(generation = generation.number, "the zygote did not answer a sandbox; replacing it");
+            *current = zygote::ZygoteStatus::Unavailable(format!(
+                "generation {} did not answer a sandbox; the next is starting",
+                generation.number
+            ));
+            self.zygote_replace.notify_one();
+        }
+    }
+
+    pub(crate) fn zygote_replacements(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.zygote_replace)
     }
 
     pub(crate) fn set_zygote(&self, status: zygote::ZygoteStatus) {

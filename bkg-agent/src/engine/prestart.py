@@ -66,8 +66,9 @@ def _bkg_start():
 
         serve = python_api(("bkg_zygote_serve", zygote))
         serve.argtypes = []
-        if serve() != 0:
-            os._exit(0)
+        served = serve()
+        if served != 0:
+            os._exit(served - 1)
         after_fork = python_api(("PyOS_AfterFork_Child", this_process))
         after_fork.argtypes = []
         after_fork.restype = None

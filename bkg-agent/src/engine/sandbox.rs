@@ -164,6 +164,7 @@ impl PreparedSandbox {
             }
         }
         let started_ahead = plan.prestart.as_ref().map(|prestart| prestart.language);
+        let zygote = plan.zygote.clone();
         match spawn_init(plan).await {
             Ok(Spawned { pid_one, disk_device, control, stdin, stdout, stderr }) => {
                 let (disk_use, disk_users) = super::disk::DiskUse::new();
@@ -189,6 +190,11 @@ impl PreparedSandbox {
                 })
             }
             Err(error) => {
+                if let (EngineError::Prepare { stage, .. }, Some(socket)) = (&error, &zygote)
+                    && stage == super::init::ZYGOTE_SILENT
+                {
+                    engine.zygote_did_not_answer(socket);
+                }
                 let _ = tokio::task::spawn_blocking(move || {
                     let _ = cgroup.kill_all();
                     cgroup.remove()

@@ -143,6 +143,8 @@ pub enum Served {
     Code,
     /// The zygote's generation is over: its socket closed, or it made [`MAX_FORKS`] forks.
     Ended,
+    /// The zygote could not serve at all (its seccomp filter could not be compiled).
+    Failed,
 }
 
 /// The zygote's loop: accepts pid 1s' connections on `listener` and forks for each request.
@@ -151,7 +153,7 @@ pub fn serve(listener: RawFd) -> Served {
     let Some(setup) =
         seccomp::compile(&seccomp::sandbox_policy()).ok().and_then(|programs| CodeSetup::new("/", programs).ok())
     else {
-        return Served::Ended;
+        return Served::Failed;
     };
     let mut connections: Vec<OwnedFd> = Vec::new();
     let mut buffer = vec![0u8; MAX_REQUEST_BYTES];
@@ -547,6 +549,7 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
             return;
         }
         let mut closing = strong.closing();
+        let replace = strong.zygote_replacements();
         let (mut child, socket) = match spawn(&strong, &library, number) {
             Ok(spawned) => spawned,
             Err(error) => {
@@ -564,6 +567,8 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
             status = child.wait() => status.ok(),
             () = tokio::time::sleep(GENERATION_LIFETIME) => None,
             _ = closing.wait_for(|closing| *closing) => None,
+            // It did not answer a sandbox in time (stopped, or stuck): a new one takes over.
+            () = replace.notified() => None,
         };
         let _ = child.start_kill();
         let _ = child.wait().await;
@@ -571,10 +576,17 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
         let Some(engine) = engine.upgrade() else { return };
         let quick = started.elapsed() < QUICK_END;
         match ended {
-            // Its lifetime is over, or the agent stops.
-            None => tracing::info!(generation = number, "the zygote's generation is over"),
+            // Its lifetime is over, the agent stops, or it was replaced (logged where that was
+            // decided).
+            None => {
+                failed_starts = 0;
+                tracing::info!(generation = number, "the zygote's generation is over");
+            }
             // It made its forks and ended by itself.
-            Some(status) if status.success() => tracing::info!(generation = number, "the zygote made its forks"),
+            Some(status) if status.success() => {
+                failed_starts = 0;
+                tracing::info!(generation = number, "the zygote made its forks");
+            }
             Some(status) => {
                 // Only an exit of its own at its start counts: a kill from outside is no failure
                 // of the zygote's.
