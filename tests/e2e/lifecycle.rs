@@ -333,6 +333,8 @@ fn warm_python_runs_are_forks_of_the_zygote_which_a_new_generation_replaces() {
     let text = stdout(&agent.bkg().args(["agent", "status"]).output().expect("bkg agent status"));
     assert!(text.contains("zygote     generation 1 · pid "), "{text}");
 
+    // The pool's next sandbox is forked before the zygote goes.
+    agent.wait_warm(1);
     // SAFETY: kill takes a pid and a signal number; `pid` is the zygote this test's agent started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill the zygote");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -409,12 +411,14 @@ fn a_stopped_zygote_is_replaced() {
     assert!(agent.log().contains("the zygote did not answer a sandbox; replacing it"), "{}", agent.log());
     let state = stat_fields(zygote).and_then(|fields| fields.first().cloned());
     assert!(state.as_deref().is_none_or(|state| state == "Z"), "the stopped zygote lives on: {state:?}");
-    // The next run finds the pool empty (which grows it), and the sandboxes prepared after it
-    // are the new generation's forks.
+    // The sandboxes prepared from now on are the new generation's forks.
     run();
     agent.wait_pool_full();
+    let forks = || agent.status_json()["zygote_runs"].as_u64().unwrap_or_default();
+    let before = forks();
     run();
-    assert_eq!(agent.status_json()["zygote_runs"].as_u64(), Some(2), "{}", agent.status_json());
+    assert_eq!(forks(), before + 1, "{}", agent.status_json());
+    assert_eq!(agent.status_json()["zygote"]["generation"].as_u64(), Some(2), "{}", agent.status_json());
 }
 
 /// A zygote generation makes at most 100 forks (engine/zygote.rs, `MAX_FORKS`): under load the
