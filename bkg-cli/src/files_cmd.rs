@@ -55,7 +55,7 @@ pub async fn find_sandbox(
             crate::define::ensure(client, &dir, &cave, name, known, out).await?;
             return Ok(id);
         }
-        return elsewhere(client, &cave, name, out).await;
+        return elsewhere(client, (&cave, &dir), name, out).await;
     }
     agent_wide(client, name).await?.ok_or_else(|| {
         CliError::usage(format!(
@@ -69,14 +69,19 @@ pub async fn find_sandbox(
 /// project's sandbox unawares; else the project's names.
 pub async fn elsewhere(
     client: &AgentClient,
-    cave: &bkg_schema::cave::CaveFile,
+    (cave, project): (&bkg_schema::cave::CaveFile, &std::path::Path),
     name: &str,
     out: crate::out::Printer,
 ) -> Result<String, CliError> {
     let Some(id) = agent_wide(client, name).await? else {
         return Err(crate::project::unknown_sandbox(cave, name));
     };
-    if let Some(info) = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await? {
+    // One of this project's own sandboxes named by its id needs no word (found by a new-user
+    // trial: it was said to be "not in this project's cave.yaml").
+    let ours = |info: &SandboxInfo| std::path::Path::new(&info.project_dir) == project;
+    if let Some(info) = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?
+        && !ours(&info)
+    {
         out.note(format_args!(
             "`{name}` is not in this project's cave.yaml: using sandbox {} of {}",
             info.name, info.project_dir

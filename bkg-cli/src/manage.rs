@@ -179,7 +179,7 @@ pub(crate) async fn locate(
         && !cave.sandboxes.contains_key(name)
         && fetch(client, &id).await?.is_none()
     {
-        return Ok((crate::files_cmd::elsewhere(client, &cave, name, out).await?, None));
+        return Ok((crate::files_cmd::elsewhere(client, (&cave, &project), name, out).await?, None));
     }
     Ok((id, Some(project)))
 }

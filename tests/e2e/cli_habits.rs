@@ -143,6 +143,12 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     let runs = json(&history);
     assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
     assert!(runs[0]["sandbox_id"].as_str().is_some_and(|id| id.starts_with(long)), "{runs}");
+    // By its id, the project's own sandbox is not said to be another's (found by a new-user
+    // trial: "not in this project's cave.yaml: using sandbox … of" this project).
+    let id = runs[0]["sandbox_id"].as_str().unwrap_or_default();
+    let by_id = agent.bkg_in(dir, &["runs", "ls", "--sandbox", id, "--json"]);
+    assert_eq!((code(&by_id), stderr(&by_id)), (0, String::new()));
+    assert_eq!(json(&by_id).as_array().map(Vec::len), Some(1), "{}", stdout(&by_id));
     let unknown = agent.bkg_in(dir, &["runs", "ls", "--sandbox", "nope"]);
     assert_eq!(code(&unknown), 125, "a name cave.yaml lacks is not 'no runs yet': {}", stderr(&unknown));
     assert!(stderr(&unknown).starts_with("bkg: no sandbox `nope` in cave.yaml (it has: "), "{}", stderr(&unknown));
