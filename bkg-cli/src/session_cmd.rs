@@ -287,8 +287,11 @@ fn show(event: &SessionEvent, out: Printer) -> Result<Option<Ended>, CliError> {
                     ))
                 }
                 ExecutionStatus::Interrupted => out.note(format_args!("interrupted")),
+                // Said alike by `bkg exec` and `bkg repl` (whose next cell is the next code): the
+                // repl then says its fresh interpreter is ready (found by a new-user trial: it was
+                // told the next `bkg exec` would start one).
                 ExecutionStatus::Died => out.note(format_args!(
-                    "the session's interpreter {}; the next `bkg exec` starts a fresh one",
+                    "the session's interpreter {}: what it held is gone, and the next code runs in a fresh one",
                     died_of(*killed_by)
                 )),
                 ExecutionStatus::Ok | ExecutionStatus::Error => {}

@@ -401,7 +401,10 @@ fn a_session_killed_at_its_memory_limit_says_so() {
     let killed = agent.bkg_in(dir, &["exec", "box", "-c", "hog = b'x' * (900 << 20)"]);
     assert_eq!(code(&killed), 137, "as a run killed at its limit: {}", stderr(&killed));
     assert!(
-        stderr(&killed).contains("the session's interpreter was killed at its memory limit"),
+        stderr(&killed).contains(
+            "the session's interpreter was killed at its memory limit (limits.memory in cave.yaml): what it held is \
+             gone, and the next code runs in a fresh one"
+        ),
         "{}",
         stderr(&killed)
     );

@@ -256,6 +256,7 @@ fn bkg_repl_keeps_going_on_ctrl_c_and_leaves_on_ctrl_d() {
     terminal.expect(">>> ");
     // An interpreter that dies is replaced: the REPL goes on.
     terminal.type_in("import os; os._exit(4)\r");
+    terminal.expect("the next code runs in a fresh one");
     terminal.expect("interpreter is ready");
     terminal.type_in("print('alive' 'again')\r");
     terminal.expect("aliveagain");
