@@ -54,6 +54,14 @@ impl<T, E: std::fmt::Display> Stage<T> for Result<T, E> {
     }
 }
 
+/// The namespaces the outer init makes for a sandbox, besides its pid namespace (pid 1's) and the
+/// code's own user namespace; the zygote's forks join these and the pid namespace.
+pub(super) const SANDBOX_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
+    .union(CloneFlags::CLONE_NEWNET)
+    .union(CloneFlags::CLONE_NEWUTS)
+    .union(CloneFlags::CLONE_NEWIPC)
+    .union(CloneFlags::CLONE_NEWCGROUP);
+
 /// The umask of the init, and so of the code (which the zygote's forks take as well).
 pub(super) const SANDBOX_UMASK: libc::mode_t = 0o022;
 
@@ -114,14 +122,7 @@ fn outer(plan: &SandboxPlan, control: &mut UnixStream) -> Result<(), StageError>
     if plan.background {
         set_scheduling(libc::SCHED_IDLE).stage("lower priority")?;
     }
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWNET
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWCGROUP,
-    )
-    .stage("create namespaces")?;
+    unshare(SANDBOX_NAMESPACES).stage("create namespaces")?;
     // Made here, where /proc still shows host pids, for pid 1 to use as it builds the root.
     let idmaps = plan
         .idmaps()
@@ -257,7 +258,7 @@ fn pid_one(
         }
     });
     match given {
-        Some(given) => watch_code(plan, given.pid, given.supervisor, Some(given.from_zygote), control)?,
+        Some(given) => watch_code(plan, given.pid, given.supervisor, (true, given.from_zygote), control)?,
         None => run_code(plan, Launch::new(&order, seccomp)?, control)?,
     }
     if order.hold_after_exit {
@@ -792,7 +793,7 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
                 (Some(listener), Some(policy)) => Some(Supervisor::new(listener, policy.evaluated)),
                 _ => None,
             };
-            watch_code(plan, pid, supervisor, None, control)
+            watch_code(plan, pid, supervisor, (false, false), control)
         }
         Started::ExecFailed(errno) => {
             control::write_blocking(control, &FromInit::ExecFailed { errno }).stage("report exec failure")
@@ -840,13 +841,8 @@ fn start_code(
 
     let forked = match origin {
         Origin::Zygote(connection) => {
-            // SAFETY: pidfd_open takes a pid and flags; pid 1 opens a descriptor of itself.
-            let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, 1, 0) };
-            if pidfd < 0 {
-                return Err(StageError::new("ask the zygote", std::io::Error::last_os_error()));
-            }
-            // SAFETY: the descriptor was just returned to us and nothing else owns it.
-            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+            // Pid 1's own, for the zygote's fork to enter its namespaces.
+            let pidfd = super::pidfd_open(1).stage("ask the zygote")?;
             let [order, ready] = launch.inherit[..] else {
                 return Err(StageError::new("ask the zygote", "no order and report pipes"));
             };
@@ -892,13 +888,11 @@ fn start_code(
                     CodeError::Exec(errno) => *errno,
                     CodeError::Setup(..) => -1,
                 };
-                let mut pipe = File::from(exec_error_write);
                 let message = match error {
                     CodeError::Exec(_) => String::new(),
                     CodeError::Setup(stage, message) => format!("{stage}: {message}"),
                 };
-                let _ = pipe.write_all(&errno.to_be_bytes());
-                let _ = pipe.write_all(message.as_bytes());
+                report_start_failure(&exec_error_write, errno, &message);
                 // SAFETY: _exit ends this forked child without running the parent's atexit handlers.
                 unsafe { libc::_exit(127) }
             }
@@ -939,17 +933,24 @@ fn start_code(
     Ok(Started::Running { pid, listener: receive_listener(&listener_read) })
 }
 
+/// How the code's process says on its exec-error pipe that it could not start: the errno of its
+/// exec (-1 for a step before it), then what failed; `start_code` reads it.
+pub(super) fn report_start_failure(pipe: &OwnedFd, errno: i32, message: &str) {
+    let mut report = errno.to_be_bytes().to_vec();
+    report.extend_from_slice(message.as_bytes());
+    let _ = nix::unistd::write(pipe, &report);
+}
+
 /// Pid 1's part once the code runs: give up root, report, reap the code, report its end.
 fn watch_code(
     plan: &SandboxPlan,
     code: Pid,
     mut supervisor: Option<Supervisor>,
-    prestarted: Option<bool>,
+    (prestarted, from_zygote): (bool, bool),
     control: &mut UnixStream,
 ) -> Result<(), StageError> {
     drop_privileges(plan.ids.init)?;
-    let running = FromInit::Running { prestarted: prestarted.is_some(), from_zygote: prestarted == Some(true) };
-    control::write_blocking(control, &running).stage("report running")?;
+    control::write_blocking(control, &FromInit::Running { prestarted, from_zygote }).stage("report running")?;
     let (exit_code, signal) = reap_while_the_agent_lives(code, control, supervisor.as_mut())?;
     let disk = super::disk::usage_at(super::plan::WORKSPACE).unwrap_or_default();
     let (disk_used_bytes, disk_full) = (disk.used_bytes, disk.full);
@@ -1191,13 +1192,7 @@ fn reap_while_the_agent_lives(
     control: &UnixStream,
     mut supervisor: Option<&mut Supervisor>,
 ) -> Result<(Option<i32>, Option<i32>), StageError> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, code.as_raw(), 0) };
-    if pidfd < 0 {
-        return Err(StageError::new("watch the code", std::io::Error::last_os_error()));
-    }
-    // SAFETY: the descriptor was just returned to us and nothing else owns it.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let pidfd = super::pidfd_open(code.as_raw()).stage("watch the code")?;
     loop {
         // A negative descriptor is skipped by poll: no listener, or one nobody can notify any more.
         let listener = supervisor.as_ref().map_or(-1, |supervisor| supervisor.listener());

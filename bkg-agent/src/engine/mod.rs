@@ -32,6 +32,19 @@ mod test_support;
 pub mod workspace;
 pub mod zygote;
 
+/// A pidfd of process `pid` (in the caller's pid namespace).
+pub(crate) fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: pidfd_open(2) takes a pid and flags by value and touches none of our memory.
+    let result = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::c_long::from(pid), 0 as libc::c_long) };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = std::os::fd::RawFd::try_from(result).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -641,7 +654,8 @@ impl Engine {
         }
     }
 
-    /// Starts (once) the task that steps an idle pool back to its base size.
+    /// Starts (once) the task that steps an idle pool back to its base size, and the one that
+    /// keeps a zygote serving the pool's Python sandboxes (`zygote::keep`).
     fn start_pool_keeper(self: &Arc<Self>) {
         if self.pool_keeper.swap(true, Ordering::AcqRel) {
             return;

@@ -44,9 +44,12 @@ impl PrestartPlan {
     /// serves forks, its order and report at the places its forks put them. `None` for Node,
     /// which has no zygote, or a library path that is not UTF-8.
     pub fn zygote_argv(&self, library: &std::path::Path) -> Option<Vec<String>> {
+        if self.language != Language::Python {
+            return None;
+        }
         let library = serde_json::to_string(library.to_str()?).ok()?;
         let loader = python_loader(super::zygote::ORDER_FD, super::zygote::READY_FD, &library);
-        (self.language == Language::Python).then(|| vec![self.interpreter.clone(), "-c".into(), loader])
+        Some(vec![self.interpreter.clone(), "-c".into(), loader])
     }
 
     /// The environment the interpreter starts with: the plan's, and for Node the preload of

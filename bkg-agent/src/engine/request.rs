@@ -298,6 +298,19 @@ impl Engine {
         Ok(())
     }
 
+    /// What a pool sandbox starts ahead for `language`: its interpreter with the environment
+    /// every sandbox gets. The zygote starts with the same, so that its forks fit the same runs.
+    pub(super) fn prestart_plan(
+        &self,
+        language: bkg_schema::Language,
+    ) -> Result<super::prestart::PrestartPlan, RunError> {
+        Ok(super::prestart::PrestartPlan {
+            language,
+            interpreter: self.interpreter(language)?.to_string_lossy().into_owned(),
+            env: sandbox_env(&std::collections::BTreeMap::new()).unwrap_or_default(),
+        })
+    }
+
     pub(super) fn interpreter(&self, language: bkg_schema::Language) -> Result<&Path, RunError> {
         let interpreter = match language {
             bkg_schema::Language::Python => &self.config.python,

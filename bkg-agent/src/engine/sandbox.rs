@@ -17,7 +17,6 @@ use super::capacity::DiskGrant;
 use super::cgroup::{CgroupError, CgroupLimits, RunCgroup};
 use super::control::{self, FromInit, ToInit};
 use super::plan::{Additions, PlanInputs, ProjectMounts, Runtimes, SandboxPlan};
-use super::prestart::PrestartPlan;
 use super::{Engine, EngineError, IdSlot};
 use crate::ids::new_id;
 
@@ -152,12 +151,8 @@ impl PreparedSandbox {
         // A pool sandbox starts ahead the interpreter the last run took.
         if background {
             let language = engine.prestart_language();
-            if let Ok(interpreter) = engine.interpreter(language) {
-                plan.prestart = Some(PrestartPlan {
-                    language,
-                    interpreter: interpreter.to_string_lossy().into_owned(),
-                    env: super::request::sandbox_env(&std::collections::BTreeMap::new()).unwrap_or_default(),
-                });
+            if let Ok(prestart) = engine.prestart_plan(language) {
+                plan.prestart = Some(prestart);
                 if language == bkg_schema::Language::Python {
                     plan.zygote = engine.zygote_socket();
                 }

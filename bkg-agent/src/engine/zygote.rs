@@ -25,7 +25,9 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
-use super::init::{CodeSetup, Confinement, IdMapHandshake, lock_down, set_scheduling};
+use super::init::{
+    CodeSetup, Confinement, IdMapHandshake, SANDBOX_NAMESPACES, lock_down, report_start_failure, set_scheduling,
+};
 use super::seccomp;
 
 /// The zygote's listening socket, where the agent puts it as it starts the interpreter.
@@ -312,14 +314,9 @@ fn become_code(request: &[u8], received: Received, setup: &CodeSetup) -> ForkedC
     {
         fail(&received.setup_error, "lower priority", error.to_string());
     }
-    let namespaces = libc::CLONE_NEWNS
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWCGROUP
-        | libc::CLONE_NEWPID;
+    let namespaces = SANDBOX_NAMESPACES | nix::sched::CloneFlags::CLONE_NEWPID;
     // SAFETY: setns takes a descriptor and flags, no pointer.
-    if unsafe { libc::setns(received.pid_one.as_raw_fd(), namespaces) } != 0 {
+    if unsafe { libc::setns(received.pid_one.as_raw_fd(), namespaces.bits()) } != 0 {
         fail(&received.setup_error, "enter the sandbox", std::io::Error::last_os_error().to_string());
     }
     // The pid namespace holds for children only: B is the first process made inside.
@@ -386,9 +383,7 @@ fn own_writable_pages() {
 /// Reports a failed step on the setup-error pipe, as a code process forked by pid 1 does, and ends
 /// the forked process.
 fn fail(setup_error: &OwnedFd, stage: &str, message: String) -> ! {
-    let mut report = (-1i32).to_be_bytes().to_vec();
-    report.extend_from_slice(format!("{stage}: {message}").as_bytes());
-    let _ = nix::unistd::write(setup_error, &report);
+    report_start_failure(setup_error, -1, &format!("{stage}: {message}"));
     // SAFETY: _exit ends this forked process without running the interpreter's handlers.
     unsafe { libc::_exit(127) }
 }
@@ -399,14 +394,10 @@ fn wait_for_adoption() {
     if parent.as_raw() == 1 {
         return;
     }
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, parent.as_raw(), 0) };
-    if pidfd < 0 {
+    let Ok(pidfd) = super::pidfd_open(parent.as_raw()) else {
         // B is gone already.
         return;
-    }
-    // SAFETY: the descriptor was just returned to us and nothing else owns it.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    };
     let mut watched = [libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
     // A pidfd reads as ready once its process has exited, after its children were reparented.
     // SAFETY: `watched` is a valid array of one pollfd for the call.
@@ -471,18 +462,22 @@ pub fn library() -> Option<PathBuf> {
     std::iter::once(dir.join(NAME)).chain(installed).find(|path| path.is_file())
 }
 
-/// The zygote's socket of generation `generation` in the agent's state directory.
-pub fn socket_path(state_dir: &Path, generation: u64) -> PathBuf {
-    state_dir.join(format!("zygote-{generation}.sock"))
+/// The zygote's socket of a generation in the agent's state directory: `zygote-N.sock`.
+const SOCKET_NAME: (&str, &str) = ("zygote-", ".sock");
+
+fn socket_path(state_dir: &Path, generation: u64) -> PathBuf {
+    let (prefix, suffix) = SOCKET_NAME;
+    state_dir.join(format!("{prefix}{generation}{suffix}"))
 }
 
 /// Removes the sockets of generations an agent with this state directory left when it was killed.
 fn remove_old_sockets(state_dir: &Path) {
+    let (prefix, suffix) = SOCKET_NAME;
     let Ok(entries) = fs::read_dir(state_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("zygote-") && name.ends_with(".sock") {
+        if name.starts_with(prefix) && name.ends_with(suffix) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -633,17 +628,12 @@ async fn log_lines(output: impl tokio::io::AsyncRead + Unpin, generation: u64) {
 fn spawn(engine: &super::Engine, library: &Path, number: u64) -> std::io::Result<(tokio::process::Child, PathBuf)> {
     use std::os::unix::process::CommandExt as _;
 
-    let interpreter = engine.interpreter(bkg_schema::Language::Python).map_err(std::io::Error::other)?;
+    let prestart = engine.prestart_plan(bkg_schema::Language::Python).map_err(std::io::Error::other)?;
     let socket = socket_path(&engine.config.state_dir, number);
     let _ = fs::remove_file(&socket);
     let listener = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
     socket::bind(listener.as_raw_fd(), &socket::UnixAddr::new(&socket)?)?;
     socket::listen(&listener, socket::Backlog::new(128)?)?;
-    let prestart = super::prestart::PrestartPlan {
-        language: bkg_schema::Language::Python,
-        interpreter: interpreter.to_string_lossy().into_owned(),
-        env: super::request::sandbox_env(&std::collections::BTreeMap::new()).unwrap_or_default(),
-    };
     let argv = prestart.zygote_argv(library).ok_or_else(|| std::io::Error::other("the library's path is not UTF-8"))?;
     let mut command = std::process::Command::new(&argv[0]);
     command

@@ -15,7 +15,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 use std::thread;
@@ -472,7 +472,7 @@ fn kill_members(dirs: &[PathBuf]) -> Result<(), CgroupError> {
     for batch in listed.chunks(KILL_BATCH) {
         let mut pinned = Vec::with_capacity(batch.len());
         for &pid in batch {
-            match pidfd_open(pid) {
+            match super::pidfd_open(pid) {
                 Ok(pidfd) => pinned.push((pid, Some(pidfd))),
                 Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
                 Err(error) if error.raw_os_error() == Some(libc::ENOSYS) => pinned.push((pid, None)),
@@ -496,17 +496,6 @@ fn kill_members(dirs: &[PathBuf]) -> Result<(), CgroupError> {
         }
     }
     Ok(())
-}
-
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open(2) takes a pid and flags by value and touches none of our memory.
-    let result = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::c_long::from(pid), 0 as libc::c_long) };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = RawFd::try_from(result).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn pidfd_send_sigkill(pidfd: &OwnedFd) -> io::Result<()> {
@@ -556,7 +545,7 @@ fn wait_for_exits(pids: &[i32], deadline: Instant) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut pinned = Vec::with_capacity(pids.len().min(KILL_BATCH));
     for &pid in pids.iter().take(KILL_BATCH) {
-        match pidfd_open(pid) {
+        match super::pidfd_open(pid) {
             Ok(pidfd) => pinned.push(pidfd),
             Err(error) if error.raw_os_error() == Some(libc::ENOSYS) => {
                 thread::sleep(DRAIN_POLL);
