@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::plan::SandboxPlan;
 
@@ -66,7 +66,7 @@ pub enum FromInit {
     /// (`/dev/loopN`), which the agent watches for its release once the sandbox is gone.
     Ready { disk_device: PathBuf },
     /// The code's pseudo-terminal: its master comes with this message (`SCM_RIGHTS`), read
-    /// with [`read_with_fd_async`].
+    /// with [`ControlSocket::read_with_fd`].
     Terminal,
     /// The code was started; `prestarted`: by the interpreter pid 1 had started ahead
     /// (engine/prestart.rs), `from_zygote`: one the zygote forked (engine/zygote.rs).
@@ -146,20 +146,6 @@ pub fn write_with_fd_blocking<T: Serialize>(
     Ok(())
 }
 
-/// Reads one message like [`read_async`], and the descriptor that came with it, if any.
-pub async fn read_with_fd_async<T: DeserializeOwned>(
-    stream: &mut tokio::net::UnixStream,
-) -> Result<(T, Option<OwnedFd>), ControlError> {
-    let mut frame = FrameWithFd::default();
-    while let Some(missing) = frame.missing() {
-        let mut chunk = vec![0u8; missing];
-        let (read, fd) =
-            stream.async_io(tokio::io::Interest::READABLE, || recv_with_fd(stream.as_raw_fd(), &mut chunk)).await?;
-        frame.take(&chunk[..read], fd)?;
-    }
-    frame.finish()
-}
-
 /// Reads one message like [`read_blocking`], and the descriptor that came with it, if any.
 pub fn read_with_fd_blocking<T: DeserializeOwned>(
     stream: &std::os::unix::net::UnixStream,
@@ -233,31 +219,55 @@ fn recv_with_fd(socket: RawFd, buffer: &mut [u8]) -> std::io::Result<(usize, Opt
     Ok((message.bytes, fd))
 }
 
-pub async fn write_async<T: Serialize>(
-    stream: &mut (impl AsyncWriteExt + Unpin),
-    message: &T,
-) -> Result<(), ControlError> {
-    let body = serde_json::to_vec(message)?;
-    let len = u32::try_from(body.len()).map_err(|_| ControlError::TooLong(body.len()))?;
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&body);
-    stream.write_all(&frame).await?;
-    Ok(())
+/// The agent's end of a sandbox's control socket. Its reads are cancel-safe: a message read in
+/// part when its future is dropped (in a `select!` another branch won) stays here, and the next
+/// read finishes it. Found by CI: the run watcher's `select!` dropped a read between a message's
+/// length and its body while the code's output flooded in, read the body as the next length, and
+/// took the sandbox for gone ("killed from outside the agent").
+pub struct ControlSocket {
+    stream: tokio::net::UnixStream,
+    /// The message being read, as far as it has come.
+    partial: FrameWithFd,
 }
 
-pub async fn read_async<T: DeserializeOwned>(stream: &mut (impl AsyncReadExt + Unpin)) -> Result<T, ControlError> {
-    let len = stream.read_u32().await? as usize;
-    if len > MAX_MESSAGE {
-        return Err(ControlError::TooLong(len));
+impl ControlSocket {
+    pub fn new(stream: tokio::net::UnixStream) -> Self {
+        Self { stream, partial: FrameWithFd::default() }
     }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
-    Ok(serde_json::from_slice(&body)?)
+
+    pub async fn write<T: Serialize>(&mut self, message: &T) -> Result<(), ControlError> {
+        let body = serde_json::to_vec(message)?;
+        let len = u32::try_from(body.len()).map_err(|_| ControlError::TooLong(body.len()))?;
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&body);
+        self.stream.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Reads one message (a descriptor sent with it is closed).
+    pub async fn read<T: DeserializeOwned>(&mut self) -> Result<T, ControlError> {
+        Ok(self.read_with_fd().await?.0)
+    }
+
+    /// Reads one message and the descriptor that came with it, if any.
+    pub async fn read_with_fd<T: DeserializeOwned>(&mut self) -> Result<(T, Option<OwnedFd>), ControlError> {
+        while let Some(missing) = self.partial.missing() {
+            let mut chunk = vec![0u8; missing];
+            let stream = &self.stream;
+            let (read, fd) =
+                stream.async_io(tokio::io::Interest::READABLE, || recv_with_fd(stream.as_raw_fd(), &mut chunk)).await?;
+            // No await between the read and keeping what it read: cancelled, nothing is lost.
+            self.partial.take(&chunk[..read], fd)?;
+        }
+        std::mem::take(&mut self.partial).finish()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -282,5 +292,32 @@ mod tests {
         write_blocking(&mut wire, &FromInit::Running { prestarted: false, from_zygote: false }).unwrap_or_default();
         wire.pop();
         assert!(read_blocking::<FromInit>(&mut wire.as_slice()).is_err());
+    }
+
+    /// The run watcher reads pid 1's messages in a `select!` beside the code's output: a read
+    /// dropped after a message's length came in must not lose it.
+    #[test]
+    fn a_read_dropped_halfway_through_a_message_is_finished_by_the_next() -> Result<(), Box<dyn std::error::Error>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let (agent_end, mut init_end) = std::os::unix::net::UnixStream::pair()?;
+            agent_end.set_nonblocking(true)?;
+            let mut socket = ControlSocket::new(tokio::net::UnixStream::from_std(agent_end)?);
+            let mut frame = Vec::new();
+            let sent = FromInit::Running { prestarted: true, from_zygote: true };
+            write_blocking(&mut frame, &sent)?;
+            let (length, body) = frame.split_at(4);
+            init_end.write_all(length)?;
+            let dropped = tokio::time::timeout(Duration::from_millis(200), socket.read::<FromInit>()).await;
+            assert!(dropped.is_err(), "the read ended without the body: {dropped:?}");
+            assert_eq!(socket.partial.frame.len(), 4, "the length was read before the read was dropped");
+            init_end.write_all(body)?;
+            write_blocking(&mut init_end, &FromInit::Terminal)?;
+            // Bounded: a read that lost the length waits for a body that never comes.
+            let next = Duration::from_secs(10);
+            assert_eq!(tokio::time::timeout(next, socket.read::<FromInit>()).await??, sent);
+            assert_eq!(tokio::time::timeout(next, socket.read::<FromInit>()).await??, FromInit::Terminal);
+            Ok(())
+        })
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::capacity::{Capacity, CapacityError, Turn};
 use super::cgroup::CgroupUsage as Usage;
-use super::control::{self, FromInit, ToInit};
+use super::control::{FromInit, ToInit};
 use super::egress::{EgressError, NetworkSession};
 use super::handle::{RunPhase, RunTicket, RunTracker};
 use super::sandbox::{PreparedSandbox, cgroup_limits};
@@ -161,7 +161,7 @@ impl Engine {
         let started = Instant::now();
         tracker.advance(RunPhase::Started);
         let wants_terminal = run.order.terminal.is_some();
-        if let Err(error) = control::write_async(&mut sandbox.control, &ToInit::Go(run.order)).await {
+        if let Err(error) = sandbox.control.write(&ToInit::Go(run.order)).await {
             self.track_network(&run_id, None);
             self.dispose_later(&tracker, sandbox);
             return Err(EngineError::from(error).into());
@@ -465,7 +465,7 @@ fn cancelled_in_queue(id: String, run: &ValidatedRun) -> RunResult {
 /// Pid 1's first answer to a `Go` on a terminal: the terminal's master, or why it has none.
 async fn receive_terminal(sandbox: &mut PreparedSandbox) -> Result<TerminalMaster, EngineError> {
     let failed = |message: String| EngineError::Prepare { stage: "open the terminal".into(), message };
-    match control::read_with_fd_async::<FromInit>(&mut sandbox.control).await? {
+    match sandbox.control.read_with_fd::<FromInit>().await? {
         (FromInit::Terminal, Some(master)) => TerminalMaster::new(master).map_err(|error| failed(error.to_string())),
         (FromInit::Failed { stage, message }, _) => Err(EngineError::Prepare { stage, message }),
         (other, _) => Err(failed(format!("pid 1 answered {other:?} instead of the terminal"))),
@@ -770,7 +770,7 @@ impl Watch<'_> {
             let room = self.relay.has_room();
             let mut kill_for = None;
             tokio::select! {
-                message = control::read_async::<FromInit>(&mut self.sandbox.control), if phase == Phase::Running => {
+                message = self.sandbox.control.read::<FromInit>(), if phase == Phase::Running => {
                     let ending = match message {
                         Ok(FromInit::Running { prestarted, from_zygote }) => {
                             watched.prestarted = prestarted;

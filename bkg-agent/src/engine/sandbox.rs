@@ -47,7 +47,7 @@ pub struct PreparedSandbox {
     /// Host pid of the sandbox's pid 1: our child until `dispose` reaps it, so the pid cannot
     /// be reused before then and killing it is always safe.
     pid_one: Pid,
-    pub control: UnixStream,
+    pub control: control::ControlSocket,
     pub stdin: Option<pipe::Sender>,
     pub stdout: pipe::Receiver,
     pub stderr: pipe::Receiver,
@@ -350,7 +350,7 @@ impl PreparedSandbox {
 struct Spawned {
     pid_one: Pid,
     disk_device: PathBuf,
-    control: UnixStream,
+    control: control::ControlSocket,
     stdin: pipe::Sender,
     stdout: pipe::Receiver,
     stderr: pipe::Receiver,
@@ -392,16 +392,17 @@ async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
     drop(stdin_read);
 
     agent_end.set_nonblocking(true).map_err(EngineError::io("control socket"))?;
-    let mut control = UnixStream::from_std(agent_end).map_err(EngineError::io("control socket"))?;
+    let mut control =
+        control::ControlSocket::new(UnixStream::from_std(agent_end).map_err(EngineError::io("control socket"))?);
     let mut pid_one = None;
     let handshake = async {
         sent?;
-        let first = control::read_async::<FromInit>(&mut control).await?;
+        let first = control.read::<FromInit>().await?;
         let FromInit::Forked { pid } = first else {
             return Ok(first);
         };
         pid_one = Some(Pid::from_raw(pid));
-        control::read_async::<FromInit>(&mut control).await
+        control.read::<FromInit>().await
     };
     let reply = tokio::time::timeout(PREPARE_TIMEOUT, handshake).await;
     let handshake_failed = |message: String| EngineError::Prepare { stage: "handshake".into(), message };
