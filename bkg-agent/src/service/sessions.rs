@@ -394,6 +394,15 @@ impl Service {
             OpError::Conflict(format!("session `{name}` is running an execution: interrupt it or wait"))
         })?;
         let execution = session.executions.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut request = serde_json::to_vec(&serde_json::json!({ "code": code, "execution": execution }))
+            .map_err(|error| OpError::Internal(error.to_string()))?;
+        request.push(b'\n');
+        // The interpreter's input is reserved before the execution is taken on, and then sent
+        // with no wait: a caller that goes away while the input is full leaves no execution
+        // that holds the session and was never sent.
+        let Ok(input) = session.stdin.reserve().await else {
+            return Err(OpError::NotFound(format!("session `{name}` has ended: create it again")));
+        };
         let (sender, events) = mpsc::channel(64);
         {
             let mut delivery = session.delivery();
@@ -404,13 +413,7 @@ impl Service {
             }
             delivery.current = Some((sender, permit));
         }
-        let mut request = serde_json::to_vec(&serde_json::json!({ "code": code, "execution": execution }))
-            .map_err(|error| OpError::Internal(error.to_string()))?;
-        request.push(b'\n');
-        if session.stdin.send(RunInput::Stdin(request)).await.is_err() {
-            session.delivery().current.take();
-            return Err(OpError::NotFound(format!("session `{name}` has ended: create it again")));
-        }
+        input.send(RunInput::Stdin(request));
         match KeyHold::of(&self.store, principal) {
             Some(hold) => Ok(held_by_key(hold, session, execution, events)),
             None => Ok(events),
