@@ -301,6 +301,9 @@ _bkg() {
             bkg__subcmd__help__subcmd__keys,rotate)
                 cmd="bkg__subcmd__help__subcmd__keys__subcmd__rotate"
                 ;;
+            bkg__subcmd__help__subcmd__runs,cancel)
+                cmd="bkg__subcmd__help__subcmd__runs__subcmd__cancel"
+                ;;
             bkg__subcmd__help__subcmd__runs,files)
                 cmd="bkg__subcmd__help__subcmd__runs__subcmd__files"
                 ;;
@@ -361,6 +364,9 @@ _bkg() {
             bkg__subcmd__keys__subcmd__help,rotate)
                 cmd="bkg__subcmd__keys__subcmd__help__subcmd__rotate"
                 ;;
+            bkg__subcmd__runs,cancel)
+                cmd="bkg__subcmd__runs__subcmd__cancel"
+                ;;
             bkg__subcmd__runs,files)
                 cmd="bkg__subcmd__runs__subcmd__files"
                 ;;
@@ -372,6 +378,9 @@ _bkg() {
                 ;;
             bkg__subcmd__runs,show)
                 cmd="bkg__subcmd__runs__subcmd__show"
+                ;;
+            bkg__subcmd__runs__subcmd__help,cancel)
+                cmd="bkg__subcmd__runs__subcmd__help__subcmd__cancel"
                 ;;
             bkg__subcmd__runs__subcmd__help,files)
                 cmd="bkg__subcmd__runs__subcmd__help__subcmd__files"
@@ -1850,8 +1859,22 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__help__subcmd__runs)
-            opts="ls show files"
+            opts="ls show cancel files"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__help__subcmd__runs__subcmd__cancel)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -2638,8 +2661,34 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__runs)
-            opts="-h -V --socket --remote --cacert --help --version ls show files help"
+            opts="-h -V --socket --remote --cacert --help --version ls show cancel files help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remote)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__runs__subcmd__cancel)
+            opts="-h -V --json --socket --remote --cacert --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -2698,8 +2747,22 @@ _bkg() {
             return 0
             ;;
         bkg__subcmd__runs__subcmd__help)
-            opts="ls show files help"
+            opts="ls show cancel files help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        bkg__subcmd__runs__subcmd__help__subcmd__cancel)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

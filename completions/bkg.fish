@@ -229,15 +229,16 @@ complete -c bkg -n "__fish_bkg_using_subcommand rm" -l force -d 'Do not ask (req
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -l json -d 'Print JSON'
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -s h -l help -d 'Print help'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -f -a "show" -d 'One run with its limits and accounting'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -f -a "files" -d 'The files a run kept (/workspace/out, --keep paths, long stdout/stderr): listed, or fetched into a directory'
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show files help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show cancel files help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show cancel files help" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show cancel files help" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show cancel files help" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show cancel files help" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show cancel files help" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show cancel files help" -f -a "show" -d 'One run with its limits and accounting'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show cancel files help" -f -a "cancel" -d 'Ends a queued or running run, as Ctrl-C on its `bkg exe` does: its code gets SIGTERM, and SIGKILL after 5 s. Prints the run as recorded once it has ended'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show cancel files help" -f -a "files" -d 'The files a run kept (/workspace/out, --keep paths, long stdout/stderr): listed, or fetched into a directory'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcommand_from ls show cancel files help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s n -l limit -d 'How many runs to list, 1 to 1000' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l sandbox -d 'Only the runs of this persistent sandbox: its name (this project\'s first) or its id' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l before -d 'The runs older than this one: the next page after a listing\'s last run' -r
@@ -254,6 +255,12 @@ complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -l json -d 'Print JSON'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from cancel" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from cancel" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from cancel" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from cancel" -l json -d 'Print JSON: the run, as `bkg runs show --json` prints it'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from cancel" -s h -l help -d 'Print help'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from cancel" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from files" -s o -l output -d 'Fetch the files into this directory (made if missing; existing files are never overwritten), each checked against its SHA-256' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from files" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from files" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
@@ -263,6 +270,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from files" -s V -l version -d 'Print version'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "show" -d 'One run with its limits and accounting'
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "cancel" -d 'Ends a queued or running run, as Ctrl-C on its `bkg exe` does: its code gets SIGTERM, and SIGKILL after 5 s. Prints the run as recorded once it has ended'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "files" -d 'The files a run kept (/workspace/out, --keep paths, long stdout/stderr): listed, or fetched into a directory'
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c bkg -n "__fish_bkg_using_subcommand audit; and not __fish_seen_subcommand_from verify tail help" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
@@ -525,6 +533,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "status" -d 'Show whether the agent runs, and its limits and load. Exit 0 running, 1 not running, 125 it does not answer'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "ls" -d 'The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "show" -d 'One run with its limits and accounting'
+complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "cancel" -d 'Ends a queued or running run, as Ctrl-C on its `bkg exe` does: its code gets SIGTERM, and SIGKILL after 5 s. Prints the run as recorded once it has ended'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from runs" -f -a "files" -d 'The files a run kept (/workspace/out, --keep paths, long stdout/stderr): listed, or fetched into a directory'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from audit" -f -a "verify" -d 'Check the hash chain and signatures; name the first bad line. Exit 0 intact, 1 tampered'
 complete -c bkg -n "__fish_bkg_using_subcommand help; and __fish_seen_subcommand_from audit" -f -a "tail" -d 'Print the newest records (`-f` follows)'

@@ -36,6 +36,7 @@ use crate::server::{auth_api, changes, deps_api, files, run_files, runs, sandbox
         runs::create_run,
         runs::list_runs,
         runs::get_run,
+        runs::cancel_run,
         run_files::list_run_files,
         run_files::get_run_file,
         sandboxes::list_sandboxes,

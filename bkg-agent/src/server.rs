@@ -112,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs", post(runs::create_run).get(runs::list_runs))
         .route("/api/v1/runs/terminal", get(terminal::run_terminal))
         .route("/api/v1/runs/{id}", get(runs::get_run))
+        .route("/api/v1/runs/{id}/cancel", post(runs::cancel_run))
         .route("/api/v1/runs/{id}/files", get(run_files::list_run_files))
         .route("/api/v1/runs/{id}/files/{*path}", get(run_files::get_run_file))
         .route("/api/v1/sandboxes", get(sandboxes::list_sandboxes).post(sandboxes::create_sandbox))

@@ -120,7 +120,11 @@ impl Command {
             | Command::Doctor(DoctorArgs { json, .. })
             | Command::Agent(AgentArgs { action: AgentAction::Status { json } })
             | Command::Runs(RunsArgs {
-                action: RunsAction::Ls { json, .. } | RunsAction::Show { json, .. } | RunsAction::Files { json, .. },
+                action:
+                    RunsAction::Ls { json, .. }
+                    | RunsAction::Show { json, .. }
+                    | RunsAction::Cancel { json, .. }
+                    | RunsAction::Files { json, .. },
             })
             | Command::Audit(AuditArgs {
                 action:
@@ -404,6 +408,16 @@ pub enum RunsAction {
         #[arg(value_name = "ID")]
         id: String,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ends a queued or running run, as Ctrl-C on its `bkg exe` does: its code gets SIGTERM,
+    /// and SIGKILL after 5 s. Prints the run as recorded once it has ended.
+    Cancel {
+        /// The run's id (`bkg runs ls` lists them).
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Print JSON: the run, as `bkg runs show --json` prints it.
         #[arg(long)]
         json: bool,
     },
@@ -832,6 +846,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("runs", "bkg runs ls\n  bkg runs ls --sandbox web --limit 5\n  bkg runs show run_19bc0a1f2e3d4c5b"),
     ("runs ls", "bkg runs ls\n  bkg runs ls --sandbox web --limit 5\n  bkg runs ls --json | jq '.[0].wall_ms'"),
     ("runs show", "bkg runs show run_19bc0a1f2e3d4c5b\n  bkg runs show run_19bc0a1f2e3d4c5b --json"),
+    ("runs cancel", "bkg runs cancel run_19bc0a1f2e3d4c5b\n  bkg runs cancel run_19bc0a1f2e3d4c5b --json"),
     ("runs files", "bkg runs files run_19bc0a1f2e3d4c5b\n  bkg runs files run_19bc0a1f2e3d4c5b --output results/"),
     ("envs", "bkg envs ls\n  sudo bkg envs prune --unused-for 7d"),
     ("envs ls", "bkg envs ls\n  bkg envs ls --json"),
@@ -1092,6 +1107,7 @@ mod tests {
             &["rm", "web", "--json"],
             &["runs", "ls", "--json"],
             &["runs", "show", "run_1", "--json"],
+            &["runs", "cancel", "run_1", "--json"],
             &["audit", "verify", "--json"],
             &["audit", "tail", "--json"],
             &["sync", "status", "--json"],

@@ -32,6 +32,7 @@ pub enum AgentView {
 
 /// A client of one agent. `bkgr` defines and runs sandboxes with it (`new`, `ensure_running`,
 /// `put_json`, `post_json`); the other calls are `bkg`'s.
+#[derive(Clone)]
 pub struct AgentClient {
     place: Place,
     http: reqwest::Client,

@@ -1,4 +1,5 @@
 //! `bkg runs ls` and `bkg runs show`: the agent's history of runs with their accounting;
+//! `bkg runs cancel`: ending one that goes on;
 //! `bkg runs files`: the files a run kept, listed or fetched.
 
 use std::path::{Component, Path, PathBuf};
@@ -50,6 +51,16 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
             let client = AgentClient::new(&settings.endpoint()?)?;
             client.ensure_running().await?;
             let Some(record) = client.get_found::<RunRecord>(&format!("/api/v1/runs/{id}")).await? else {
+                return Err(CliError::usage(format!("no run `{id}` here: `bkg runs ls` lists the runs you may see")));
+            };
+            out.answer(&record, describe)?;
+        }
+        RunsAction::Cancel { id, .. } => {
+            check_run_id(&id)?;
+            let client = AgentClient::new(&settings.endpoint()?)?;
+            client.ensure_running().await?;
+            // The agent answers once the run's end is recorded: SIGTERM's grace is 5 s.
+            let Some(record) = client.post_found::<RunRecord>(&format!("/api/v1/runs/{id}/cancel")).await? else {
                 return Err(CliError::usage(format!("no run `{id}` here: `bkg runs ls` lists the runs you may see")));
             };
             out.answer(&record, describe)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bkg_schema::artefacts::RunFileKind;
 use bkg_schema::frame::{self, FrameKind, RUN_ID_HEADER, STREAM_PROTOCOL};
 use bkg_schema::units::{format_duration_ms, format_size};
-use bkg_schema::{ApiError, KilledBy, RunResult};
+use bkg_schema::{ApiError, KilledBy, RunRecord, RunResult};
 use reqwest::header::{CONNECTION, UPGRADE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -88,14 +88,24 @@ pub async fn run_keeping_out_dir(
 
     let stdin_task = tokio::spawn(relay_stdin(Arc::clone(&writer), stdin));
     let cancel_writer = Arc::clone(&writer);
+    let canceller = client.clone();
+    let cancel_path = run_id.as_ref().map(|id| format!("/api/v1/runs/{id}/cancel"));
     let mut stop_signals = StopSignals::listen()?;
     let printer = out;
     let cancel_task = tokio::spawn(async move {
         let Some(signal) = stop_signals.next().await else { return };
         CANCELLED_BY.store(signal, std::sync::atomic::Ordering::Relaxed);
-        {
+        // On the stream, the cancel waits behind the stdin frames sent before it, which wait for
+        // code that may never read them (`yes | bkg exe x.py`): the agent is also asked on a call
+        // of its own. Neither send holds up a second signal.
+        tokio::spawn(async move {
             let mut writer = cancel_writer.lock().await;
             let _ = send_frame(&mut *writer, FrameKind::Cancel, &[]).await;
+        });
+        if let Some(path) = cancel_path {
+            tokio::spawn(async move {
+                let _ = canceller.post::<RunRecord>(&path).await;
+            });
         }
         use std::sync::atomic::Ordering::Relaxed;
         if WAITING_FOR_READER.load(Relaxed) {
@@ -331,15 +341,15 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
             format_size(limits.disk_bytes),
             from.hint("disk")
         )),
-        // Not by this terminal's Ctrl-C: by the agent, which cancels a run when its key stops
-        // working (docs/governance.md).
+        // Not by this terminal's Ctrl-C: from elsewhere, or by the agent, which cancels a run
+        // when its key stops working (docs/governance.md).
         Some(KilledBy::Cancelled) if cancelled_by_signal().is_none() => Some(match from {
             LimitsFrom::Flags => {
-                "cancelled by the agent: the API key it ran with was revoked, rotated or expired".into()
+                "cancelled (`bkg runs cancel`, or the API key it ran with was revoked, rotated or expired)".into()
             }
-            LimitsFrom::CaveOrFlags(_) => {
-                "stopped (`bkg stop` or `bkg rm` of the sandbox, or its API key was revoked, rotated or expired)".into()
-            }
+            LimitsFrom::CaveOrFlags(_) => "stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`, or its API key was \
+                                           revoked, rotated or expired)"
+                .into(),
         }),
         Some(KilledBy::Cancelled) => Some(match from {
             LimitsFrom::Flags => "cancelled".into(),

@@ -555,7 +555,7 @@ fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_g
     let ended = run.wait_with_output().expect("bkg exe ends");
     assert_eq!(code(&ended), 130, "{}", stderr(&ended));
     assert!(
-        stderr(&ended).contains("cancelled by the agent: the API key it ran with was revoked"),
+        stderr(&ended).contains("cancelled (`bkg runs cancel`, or the API key it ran with was revoked"),
         "{}",
         stderr(&ended)
     );
@@ -566,6 +566,64 @@ fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_g
     let state = api.admin().get(&format!("/api/v1/sandboxes/{id}")).json();
     assert_eq!(state["state"], "running", "{state}");
     expect(&api.admin().post(&format!("/api/v1/sandboxes/{id}/stop"), &json!({})), 200, "stop");
+}
+
+/// `bkg runs cancel` (`POST /api/v1/runs/{id}/cancel`) ends a run of the key's own namespace as
+/// its Ctrl-C would, answers with the run as recorded, and says when there is nothing to cancel;
+/// another namespace's key is told there is no such run.
+#[test]
+fn bkg_runs_cancel_ends_a_run_of_the_keys_own_namespace_only() {
+    use std::io::BufRead;
+    let api = ApiAgent::start(&[]);
+    let (_, key) = api.key("namespace", Some("web"));
+    let (_, other) = api.key("namespace", Some("shop"));
+    let team = api.client(&key);
+    let home = tempfile::tempdir().expect("home");
+    let remote = format!("http://{}", api.address);
+    let mut run = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "exe", "--type", "python", "-c"])
+        .arg("import time; print('ready', flush=True); time.sleep(60)")
+        .env("BKG_API_KEY", &key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exe");
+    let mut first = String::new();
+    std::io::BufReader::new(run.stdout.take().expect("stdout")).read_line(&mut first).expect("read the run's output");
+    assert_eq!(first, "ready\n");
+    let runs = team.get("/api/v1/runs").json();
+    let id = runs[0]["id"].as_str().expect("the run's id").to_owned();
+    let cancel = format!("/api/v1/runs/{id}/cancel");
+
+    let elsewhere = api.client(&other).post(&cancel, &json!({}));
+    expect(&elsewhere, 404, "another namespace's cancel");
+    let cancelled = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "runs", "cancel", &id, "--json"])
+        .env("BKG_API_KEY", &key)
+        .output()
+        .expect("bkg runs cancel");
+    assert_eq!(code(&cancelled), 0, "{}", stderr(&cancelled));
+    let record: Value = serde_json::from_slice(&cancelled.stdout).expect("the run as JSON");
+    assert_eq!(record["killed_by"], "cancelled", "{record}");
+    assert!(record["finished_at_ms"].is_u64(), "answered once the end is recorded: {record}");
+    let ended = run.wait_with_output().expect("bkg exe ends");
+    assert_eq!(code(&ended), 130, "{}", stderr(&ended));
+    assert_eq!(
+        stderr(&ended),
+        "bkg: cancelled (`bkg runs cancel`, or the API key it ran with was revoked, rotated or expired)\n"
+    );
+
+    let again = team.post(&cancel, &json!({}));
+    expect(&again, 409, "a second cancel");
+    assert_eq!(again.error_code(), "conflict");
+    let said = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "runs", "cancel", &id])
+        .env("BKG_API_KEY", &key)
+        .output()
+        .expect("bkg runs cancel");
+    assert_eq!(code(&said), 125);
+    assert_eq!(stderr(&said), format!("bkg: run {id} has already ended: `bkg runs show {id}` shows how\n"));
 }
 
 /// A `restart: on-failure` service a key started is started again by the next agent, as that

@@ -1141,7 +1141,7 @@ fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
     // on a terminal); bkgr's own word is one line.
     assert_eq!(
         stderr(&running),
-        "Terminated\nbkgr: box: stopped (`bkg stop` or `bkg rm` of the sandbox, or its API key was revoked, rotated or \
-         expired)\n"
+        "Terminated\nbkgr: box: stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`, or its API key was revoked, \
+         rotated or expired)\n"
     );
 }

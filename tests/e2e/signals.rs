@@ -29,6 +29,49 @@ fn ctrl_c_cancels_a_run_with_130_and_leaves_no_sandbox() {
     assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
 }
 
+/// Stdin the code never reads (`yes | bkg exe job.py`) fills every buffer on its way to the
+/// code, and the run stream's cancel frame waits behind it: Ctrl-C still ends the run, as bkg
+/// also asks the agent on a call of its own (`POST /api/v1/runs/{id}/cancel`).
+#[test]
+fn ctrl_c_cancels_a_run_whose_stdin_the_code_does_not_read() {
+    let agent = Agent::start();
+    let mut child = agent
+        .bkg()
+        .args([
+            "exe",
+            "--timeout",
+            "60s",
+            "--type",
+            "python",
+            "-c",
+            "import time\nprint('up', flush=True)\ntime.sleep(60)",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bkg exe");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let (fed, taken) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let chunk = vec![b'y'; 64 * 1024];
+        while std::io::Write::write_all(&mut stdin, &chunk).is_ok() && fed.send(()).is_ok() {}
+    });
+    let mut first = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut first).expect("read the run's output");
+    assert_eq!(first, "up\n");
+    // Backed up: no more stdin has gone in for a second (the code reads none of it).
+    while taken.recv_timeout(Duration::from_secs(1)).is_ok() {}
+    interrupt(&child);
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(code(&output), 130, "stderr: {}", stderr(&output));
+    assert_eq!(stderr(&output), "bkg: cancelled\n");
+    let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+    assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
+    agent.wait_idle();
+}
+
 /// A second Ctrl-C to `child`, which must end at once (within 20 s), and its output.
 fn second_ctrl_c(mut child: Child) -> std::process::Output {
     interrupt(&child);

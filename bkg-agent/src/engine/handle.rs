@@ -156,8 +156,8 @@ pub async fn wait_until(
         || done(&progress.borrow())
 }
 
-/// An accepted run: its tracker, and for a persistent sandbox the registry entry that keeps a
-/// second run out until this one has ended.
+/// An accepted run: its tracker, and its registry entry, which makes it found by its id and, for
+/// a persistent sandbox, keeps a second run out until this one has ended.
 pub struct RunTicket {
     pub(super) tracker: Arc<RunTracker>,
     registered: Option<Registered>,
@@ -182,32 +182,39 @@ impl Drop for RunTicket {
     }
 }
 
-/// Persistent sandboxes with a run going on: sandbox id → the run's tracker.
+/// The runs going on: by their id, and for persistent sandboxes by the sandbox's id.
 #[derive(Default)]
 pub struct Registry {
-    runs: Mutex<HashMap<String, Arc<RunTracker>>>,
+    maps: Mutex<RegistryMaps>,
+}
+
+#[derive(Default)]
+struct RegistryMaps {
+    runs: HashMap<String, Arc<RunTracker>>,
+    sandboxes: HashMap<String, Arc<RunTracker>>,
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RunTracker>>> {
-        // Every change is one insert or remove: the map stays consistent under a panic elsewhere.
-        self.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub fn get(&self, sandbox_id: &str) -> Option<Arc<RunTracker>> {
-        self.lock().get(sandbox_id).cloned()
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryMaps> {
+        // Every change is one insert or remove per map: they stay consistent under a panic elsewhere.
+        self.maps.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-/// Removes a persistent sandbox's run from the registry when dropped.
+/// Removes a run from the registry when dropped.
 struct Registered {
     engine: Arc<Engine>,
-    sandbox_id: String,
+    run_id: String,
+    sandbox_id: Option<String>,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.engine.registry.lock().remove(&self.sandbox_id);
+        let mut maps = self.engine.registry.lock();
+        maps.runs.remove(&self.run_id);
+        if let Some(sandbox_id) = &self.sandbox_id {
+            maps.sandboxes.remove(sandbox_id);
+        }
     }
 }
 
@@ -215,25 +222,31 @@ impl Engine {
     /// Accepts a validated run under `run_id`. A persistent sandbox takes one run at a time (two
     /// would mount the same disk): a second is refused as busy until the first has ended.
     pub fn accept(self: &Arc<Self>, run_id: String, run: &ValidatedRun) -> Result<RunTicket, RunError> {
-        let tracker = RunTracker::new(run_id, run.is_for_transfer());
-        let Some(sandbox_id) = run.sandbox_id() else {
-            return Ok(RunTicket { tracker, registered: None });
-        };
-        let mut runs = self.registry.lock();
-        if let Some(running) = runs.get(sandbox_id) {
-            return Err(RunError::Busy(format!(
-                "sandbox {sandbox_id} is already running ({}); stop it first",
-                running.run_id
-            )));
+        let tracker = RunTracker::new(run_id.clone(), run.is_for_transfer());
+        let mut maps = self.registry.lock();
+        if let Some(sandbox_id) = run.sandbox_id() {
+            if let Some(running) = maps.sandboxes.get(sandbox_id) {
+                return Err(RunError::Busy(format!(
+                    "sandbox {sandbox_id} is already running ({}); stop it first",
+                    running.run_id
+                )));
+            }
+            maps.sandboxes.insert(sandbox_id.to_owned(), Arc::clone(&tracker));
         }
-        runs.insert(sandbox_id.to_owned(), Arc::clone(&tracker));
-        let registered = Registered { engine: Arc::clone(self), sandbox_id: sandbox_id.to_owned() };
+        maps.runs.insert(run_id.clone(), Arc::clone(&tracker));
+        let registered =
+            Registered { engine: Arc::clone(self), run_id, sandbox_id: run.sandbox_id().map(str::to_owned) };
         Ok(RunTicket { tracker, registered: Some(registered) })
     }
 
     /// The run going on in persistent sandbox `sandbox_id`, if any.
     pub fn current_run(&self, sandbox_id: &str) -> Option<Arc<RunTracker>> {
-        self.registry.get(sandbox_id)
+        self.registry.lock().sandboxes.get(sandbox_id).cloned()
+    }
+
+    /// Run `run_id`, if it is queued or going on.
+    pub fn going_run(&self, run_id: &str) -> Option<Arc<RunTracker>> {
+        self.registry.lock().runs.get(run_id).cloned()
     }
 }
 

@@ -143,6 +143,27 @@ pub async fn get_run(
     Ok(Json(state.service.get_run(&principal, &id).await?))
 }
 
+/// Asks a queued or running run to end, as its caller's Ctrl-C does: its code gets SIGTERM,
+/// and SIGKILL after a 5 s grace. Answers once the run's end is recorded.
+#[utoipa::path(
+    post,
+    path = "/api/v1/runs/{id}/cancel",
+    tag = "runs",
+    params(("id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run as recorded after its end (`killed_by: cancelled`, unless it ended first)", body = RunRecord),
+        (status = 404, description = "No run of this id that the key may see", body = ApiError),
+        (status = 409, description = "The run has already ended", body = ApiError),
+    ),
+)]
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Json<RunRecord>> {
+    Ok(Json(state.service.cancel_run(&principal, &id).await?))
+}
+
 /// How long one frame may take to reach a streaming caller. One that takes no bytes for this
 /// long has stopped reading: its connection is closed (the run itself never waits on it).
 const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);

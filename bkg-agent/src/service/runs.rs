@@ -15,9 +15,10 @@ use super::access::{
     within_user_limits,
 };
 use super::keys::KeyHold;
+use super::sandboxes::RUN_PATIENCE;
 use super::{OpError, OpResult, RunInput, RunOutput, Service};
 use crate::auth::Principal;
-use crate::engine::handle::{RunPhase, RunTicket, RunTracker};
+use crate::engine::handle::{RunPhase, RunTicket, RunTracker, wait_until};
 use crate::engine::run::ValidatedRun;
 use crate::envs::EnvRequest;
 use crate::ids::{new_id, now_ms};
@@ -258,6 +259,23 @@ impl Service {
             // Another namespace's run is answered as missing: its existence is not ours to tell.
             _ => Err(OpError::NotFound(format!("no run {id}"))),
         }
+    }
+
+    /// Asks a queued or running run to end, as its caller's Ctrl-C does (`killed_by: cancelled`:
+    /// its code gets SIGTERM, and SIGKILL after its grace), and returns it as recorded once it has
+    /// ended. Its caller's own stream may be the one thing it cannot hear on: stdin that the code
+    /// does not read holds up every frame behind it, the cancel too.
+    pub async fn cancel_run(&self, principal: &Principal, id: &str) -> OpResult<RunRecord> {
+        let run = self.get_run(principal, id).await?;
+        let Some(going) = self.engine.going_run(id) else {
+            return Err(OpError::Conflict(format!("run {id} has already ended: `bkg runs show {id}` shows how")));
+        };
+        going.stop_gracefully();
+        if !wait_until(going.watch(), RUN_PATIENCE, |progress| progress.phase >= RunPhase::Recorded).await {
+            tracing::warn!(run = %id, "the cancelled run was not recorded in time");
+            return Ok(run);
+        }
+        self.get_run(principal, id).await
     }
 }
 
