@@ -8,6 +8,7 @@ complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-
 complete -c bkg-agent -l warm-pool-memory -d 'Memory the warm pool\'s prepared sandboxes together may take as it grows with demand' -r
 complete -c bkg-agent -l zygote -d 'Fork warm sandboxes\' Python interpreters from one initialised once (the zygote; what its forks share: docs/security.md), instead of starting one in each sandbox' -r -f -a "true\t''
 false\t''"
+complete -c bkg-agent -l zygote-memory -d 'Memory the zygote may take, as its own cgroup\'s limit: a generation that reaches it ends, and the next one starts' -r
 complete -c bkg-agent -l max-cpus -d 'Highest CPU count a run may ask for (below 1, also the default)' -r
 complete -c bkg-agent -l max-memory -d 'Highest memory limit a run may ask for (below 512MiB, also the default)' -r
 complete -c bkg-agent -l max-timeout -d 'Highest timeout a run may ask for (below 60s, also the default); `none` lets persistent sandboxes run without one (`timeout: none` in cave.yaml, for services)' -r

@@ -71,6 +71,10 @@ pub struct AgentArgs {
     /// forks share: docs/security.md), instead of starting one in each sandbox.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, env = "BKG_ZYGOTE")]
     pub zygote: bool,
+    /// Memory the zygote may take, as its own cgroup's limit: a generation that reaches it ends,
+    /// and the next one starts.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", env = "BKG_ZYGOTE_MEMORY")]
+    pub zygote_memory: String,
     /// Highest CPU count a run may ask for (below 1, also the default).
     #[arg(long, default_value = "available CPUs")]
     pub max_cpus: String,
@@ -637,6 +641,7 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
         warm_pool: args.warm_pool,
         warm_pool_memory: parse_size(&args.warm_pool_memory).context(FlagValue("--warm-pool-memory".into()))?,
         zygote: args.zygote,
+        zygote_memory: parse_size(&args.zygote_memory).context(FlagValue("--zygote-memory".into()))?,
         uid_base: args.uid_base,
         cgroup_dir: args.cgroup_dir,
         capacity: capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?,

@@ -316,7 +316,11 @@ pub fn describe(info: &AgentInfo) -> String {
     if let Some(zygote) = &info.zygote {
         let state = match (zygote.state, zygote.generation, zygote.pid) {
             (bkg_schema::ZygoteState::Serving, Some(generation), Some(pid)) => {
-                format!("generation {generation} · pid {pid} · memory {}", format_size(zygote.memory_bytes))
+                let limit = match zygote.memory_limit_bytes {
+                    0 => String::new(),
+                    limit => format!(" of {}", format_size(limit)),
+                };
+                format!("generation {generation} · pid {pid} · memory {}{limit}", format_size(zygote.memory_bytes))
             }
             (state, ..) => {
                 let state = serde_json::to_value(state).ok().and_then(|value| value.as_str().map(str::to_owned));

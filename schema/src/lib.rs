@@ -698,6 +698,10 @@ pub struct ZygoteInfo {
     /// Its resident memory now, shared with its forks until they write to it (`serving`).
     #[serde(default)]
     pub memory_bytes: u64,
+    /// The memory its cgroup lets it take (`--zygote-memory`): a generation that reaches it is
+    /// ended, and the next starts. 0 from older agents.
+    #[serde(default)]
+    pub memory_limit_bytes: u64,
     /// Why it does not serve (`off`, `unavailable`), in one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

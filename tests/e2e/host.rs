@@ -336,6 +336,8 @@ fn a_flag_value_the_agent_cannot_parse_is_a_usage_error() {
         ("--max-timeout", "soon", "--max-timeout: "),
         ("--health-interval", "0", "--health-interval: `0` is too small"),
         ("--max-running-runs", "0", "--max-running-runs must be a number above 0"),
+        ("--zygote-memory", "lots", "--zygote-memory: `lots` is not a size"),
+        ("--zygote-memory", "0", "--zygote-memory: `0` is too small: the least is 1 byte"),
         ("--egress-allow", "bad host!", "--egress-allow: `bad host!` is not a network rule"),
         ("--retention", "x", "retention \"x\": `x` is not a duration"),
         ("--retention-for", "x", "--retention-for wants NAMESPACE=DURATION"),

@@ -332,6 +332,12 @@ fn warm_python_runs_are_forks_of_the_zygote_which_a_new_generation_replaces() {
     assert!(command.starts_with(b"/usr/bin/python3\0-c\0"), "{}", String::from_utf8_lossy(&command));
     let text = stdout(&agent.bkg().args(["agent", "status"]).output().expect("bkg agent status"));
     assert!(text.contains("zygote     generation 1 · pid "), "{text}");
+    // In a cgroup of its own beneath the agent's, which bounds its memory (`--zygote-memory`).
+    assert_eq!(zygote["memory_limit_bytes"].as_u64(), Some(64 << 20), "{info}");
+    assert!(text.contains(" of 64MiB · "), "{text}");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the zygote's cgroups");
+    let own = format!("/{}/zygote-1\n", agent.cgroup_dir);
+    assert!(cgroups.lines().any(|line| line.contains(":memory:") && format!("{line}\n").ends_with(&own)), "{cgroups}");
 
     // The pool's next sandbox is forked before the zygote goes.
     agent.wait_warm(1);
@@ -347,6 +353,34 @@ fn warm_python_runs_are_forks_of_the_zygote_which_a_new_generation_replaces() {
     forked_run(2);
     forked_run(3);
     assert_eq!(agent.status_json()["zygote"]["generation"].as_u64(), Some(2), "{}", agent.status_json());
+}
+
+/// A zygote generation that reaches its memory limit (`--zygote-memory`; here too small for an
+/// interpreter's start) is ended by its cgroup; after three such starts the agent gives up on it,
+/// says why, and warm sandboxes start their own interpreters.
+#[test]
+fn a_zygote_over_its_memory_limit_is_given_up_and_warm_sandboxes_start_their_own() {
+    let options =
+        AgentOptions { warm_pool: 1, extra_args: vec!["--zygote-memory".into(), "2MiB".into()], ..Default::default() };
+    let agent = Agent::start_with(options);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while agent.status_json()["zygote"]["state"].as_str() != Some("unavailable")
+        || !agent.status_json()["zygote"]["reason"].as_str().is_some_and(|reason| reason.contains("failed to start"))
+    {
+        assert!(std::time::Instant::now() < deadline, "the zygote was not given up: {}", agent.status_json());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let info = agent.status_json();
+    assert_eq!(
+        info["zygote"]["reason"].as_str(),
+        Some("it failed to start 3 times (last: its memory reached --zygote-memory (2MiB)); see the agent's log"),
+        "{info}"
+    );
+    agent.wait_warm(1);
+    let output = agent.exe(&["-t", "python", "-c", "print('ran')"]);
+    assert_eq!((code(&output), stdout(&output).as_str()), (0, "ran\n"), "{}", stderr(&output));
+    let info = agent.status_json();
+    assert_eq!((info["prestarted_runs"].as_u64(), info["zygote_runs"].as_u64()), (Some(1), Some(0)), "{info}");
 }
 
 /// With `--zygote false`, each warm sandbox starts its own interpreter, as without the library.

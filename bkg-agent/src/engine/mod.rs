@@ -74,6 +74,8 @@ pub struct EngineConfig {
     pub warm_pool_memory: u64,
     /// `--zygote`: warm sandboxes' Python interpreters are forks of the zygote (`zygote.rs`).
     pub zygote: bool,
+    /// `--zygote-memory`: the memory limit of each zygote generation's cgroup.
+    pub zygote_memory: u64,
     /// First host uid handed to sandboxes; each live sandbox takes `IDS_PER_SANDBOX`.
     pub uid_base: u32,
     /// Name of this agent's directory beneath its own cgroup.
@@ -190,6 +192,9 @@ pub struct Engine {
     zygote: Mutex<zygote::ZygoteStatus>,
     /// Tells the zygote's keeper to replace the generation serving now (it did not answer).
     zygote_replace: Arc<tokio::sync::Notify>,
+    /// The zygote's keeper (`zygote::keep`), awaited at shutdown: it removes the last
+    /// generation's cgroup before the agent's own cgroup directories go.
+    zygote_keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The last run that a pool sandbox could serve was Node's: pool sandboxes start Node ahead
     /// (`prestart_language`).
     last_run_was_node: AtomicBool,
@@ -281,6 +286,7 @@ impl Engine {
                 (true, _) => zygote::ZygoteStatus::Unavailable("not started yet".into()),
             }),
             zygote_replace: Arc::new(tokio::sync::Notify::new()),
+            zygote_keeper: Mutex::new(None),
             last_run_was_node: AtomicBool::new(false),
             cleanups: watch::Sender::new(0),
             in_flight: watch::Sender::new(0),
@@ -373,7 +379,7 @@ impl Engine {
     /// The zygote: the generation serving now with its memory, or why none does.
     pub fn zygote(&self) -> Option<bkg_schema::ZygoteInfo> {
         let status = self.zygote.lock().ok()?.clone();
-        Some(status.describe())
+        Some(status.describe(self.config.zygote_memory))
     }
 
     /// The socket of the zygote serving now, for a pool sandbox that starts Python ahead.
@@ -663,7 +669,10 @@ impl Engine {
         if self.config.zygote {
             match zygote::library() {
                 Some(library) => {
-                    tokio::spawn(zygote::keep(Arc::downgrade(self), library));
+                    let keeper = tokio::spawn(zygote::keep(Arc::downgrade(self), library));
+                    if let Ok(mut held) = self.zygote_keeper.lock() {
+                        *held = Some(keeper);
+                    }
                 }
                 None => {
                     let reason = "no libbkg_zygote.so beside the agent or in ../lib/bkg from it";
@@ -707,6 +716,10 @@ impl Engine {
         self.pool.preparations_done().await;
         for sandbox in self.pool.take_all() {
             sandbox.dispose().await;
+        }
+        let keeper = self.zygote_keeper.lock().ok().and_then(|mut held| held.take());
+        if let Some(keeper) = keeper {
+            let _ = keeper.await;
         }
     }
 }

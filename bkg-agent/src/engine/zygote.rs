@@ -20,11 +20,13 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bkg_schema::units::format_size;
 use nix::sys::socket::{self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
+use super::cgroup::{CgroupLimits, RunCgroup};
 use super::init::{
     CodeSetup, Confinement, IdMapHandshake, SANDBOX_NAMESPACES, lock_down, report_start_failure, set_scheduling,
 };
@@ -500,13 +502,15 @@ pub enum ZygoteStatus {
 }
 
 impl ZygoteStatus {
-    pub fn describe(&self) -> bkg_schema::ZygoteInfo {
+    /// The status as the API shows it, with the memory limit of each generation (`--zygote-memory`).
+    pub fn describe(&self, memory_limit_bytes: u64) -> bkg_schema::ZygoteInfo {
         use bkg_schema::{ZygoteInfo, ZygoteState};
         let not_serving = |state, reason: &String| ZygoteInfo {
             state,
             generation: None,
             pid: None,
             memory_bytes: 0,
+            memory_limit_bytes,
             reason: Some(reason.clone()),
         };
         match self {
@@ -515,6 +519,7 @@ impl ZygoteStatus {
                 generation: Some(generation.number),
                 pid: Some(generation.pid),
                 memory_bytes: resident_bytes(generation.pid).unwrap_or(0),
+                memory_limit_bytes,
                 reason: None,
             },
             Self::Off(reason) => not_serving(ZygoteState::Off, reason),
@@ -545,12 +550,22 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
         }
         let mut closing = strong.closing();
         let replace = strong.zygote_replacements();
-        let (mut child, socket) = match spawn(&strong, &library, number) {
+        let cgroup = match cgroup_of(&strong, number) {
+            Ok(cgroup) => cgroup,
+            Err(error) => {
+                let reason = format!("could not make the zygote's cgroup: {error}");
+                tracing::warn!("{reason}; each warm sandbox starts its own interpreter");
+                strong.set_zygote(ZygoteStatus::Unavailable(reason));
+                return;
+            }
+        };
+        let (mut child, socket) = match spawn(&strong, &library, number, cgroup.as_ref()) {
             Ok(spawned) => spawned,
             Err(error) => {
                 let reason = format!("could not start the zygote: {error}");
                 tracing::warn!("{reason}; each warm sandbox starts its own interpreter");
                 strong.set_zygote(ZygoteStatus::Unavailable(reason));
+                remove_cgroup(cgroup).await;
                 return;
             }
         };
@@ -568,7 +583,12 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
         let _ = child.start_kill();
         let _ = child.wait().await;
         let _ = fs::remove_file(&socket);
+        let out_of_memory = cgroup.usage().is_ok_and(|usage| usage.oom_kills > 0);
+        remove_cgroup(cgroup).await;
         let Some(engine) = engine.upgrade() else { return };
+        if engine.is_closing() {
+            return;
+        }
         let quick = started.elapsed() < QUICK_END;
         match ended {
             // Its lifetime is over, the agent stops, or it was replaced (logged where that was
@@ -583,13 +603,20 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
                 tracing::info!(generation = number, "the zygote made its forks");
             }
             Some(status) => {
-                // Only an exit of its own at its start counts: a kill from outside is no failure
-                // of the zygote's.
-                failed_starts = if quick && status.code().is_some() { failed_starts + 1 } else { 0 };
-                tracing::warn!(generation = number, %status, "the zygote ended unexpectedly");
+                // Only an end of its own at its start counts: an exit, or its memory limit; a
+                // kill from outside is no failure of the zygote's.
+                let own = status.code().is_some() || out_of_memory;
+                failed_starts = if quick && own { failed_starts + 1 } else { 0 };
+                let ended = match out_of_memory {
+                    true => {
+                        format!("its memory reached --zygote-memory ({})", format_size(engine.config.zygote_memory))
+                    }
+                    false => status.to_string(),
+                };
+                tracing::warn!(generation = number, "the zygote ended unexpectedly: {ended}");
                 if failed_starts >= FAILED_STARTS_ALLOWED {
                     let reason = format!(
-                        "it failed to start {FAILED_STARTS_ALLOWED} times (last: {status}); see the agent's log"
+                        "it failed to start {FAILED_STARTS_ALLOWED} times (last: {ended}); see the agent's log"
                     );
                     tracing::warn!("the zygote {reason}: each warm sandbox starts its own interpreter");
                     engine.set_zygote(ZygoteStatus::Unavailable(reason));
@@ -602,6 +629,32 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
         if quick {
             tokio::time::sleep(RESTART_PAUSE).await;
         }
+    }
+}
+
+/// Processes in a zygote's cgroup: the zygote, and a fork of it until that fork joins its run's.
+const CGROUP_PIDS: u64 = 16;
+
+/// Generation `number`'s cgroup, beneath the agent's own as a sandbox's is, which bounds its
+/// memory (`--zygote-memory`). Its forks leave it for their runs' cgroups at once.
+fn cgroup_of(engine: &super::Engine, number: u64) -> Result<Box<dyn RunCgroup>, super::cgroup::CgroupError> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64;
+    let limits =
+        CgroupLimits { cpu_millis: 1000 * cpus, memory_bytes: engine.config.zygote_memory, pids_max: CGROUP_PIDS };
+    engine.cgroups.create(&format!("zygote-{number}"), &limits)
+}
+
+/// Kills what is left in a generation's cgroup (a fork on its way out) and removes it.
+async fn remove_cgroup(cgroup: Box<dyn RunCgroup>) {
+    let removed = tokio::task::spawn_blocking(move || {
+        if !cgroup.pids().unwrap_or_default().is_empty() {
+            cgroup.kill_all()?;
+        }
+        cgroup.remove()
+    })
+    .await;
+    if let Ok(Err(error)) = removed {
+        tracing::warn!(%error, "could not remove the zygote's cgroup");
     }
 }
 
@@ -625,8 +678,21 @@ async fn log_lines(output: impl tokio::io::AsyncRead + Unpin, generation: u64) {
 /// Starts generation `number`: binds its socket and starts the interpreter with the loader
 /// that serves it, as a pool sandbox starts Python ahead (same interpreter, flags and
 /// environment), on the host.
-fn spawn(engine: &super::Engine, library: &Path, number: u64) -> std::io::Result<(tokio::process::Child, PathBuf)> {
+fn spawn(
+    engine: &super::Engine,
+    library: &Path,
+    number: u64,
+    cgroup: &dyn RunCgroup,
+) -> std::io::Result<(tokio::process::Child, PathBuf)> {
     use std::os::unix::process::CommandExt as _;
+
+    // Opened here, written in the child before its exec: all it allocates is charged to its cgroup.
+    let joins = cgroup
+        .join_files()
+        .iter()
+        .map(|path| fs::OpenOptions::new().write(true).open(path))
+        .collect::<std::io::Result<Vec<fs::File>>>()?;
+    let join_fds: Vec<RawFd> = joins.iter().map(AsRawFd::as_raw_fd).collect();
 
     let prestart = engine.prestart_plan(bkg_schema::Language::Python).map_err(std::io::Error::other)?;
     let socket = socket_path(&engine.config.state_dir, number);
@@ -655,6 +721,12 @@ fn spawn(engine: &super::Engine, library: &Path, number: u64) -> std::io::Result
     // before the fork.
     unsafe {
         command.pre_exec(move || {
+            // The child alone, single-threaded, joins (`0` is the writer).
+            for fd in &join_fds {
+                if libc::write(*fd, c"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if raw == LISTENER_FD {
                 if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -717,7 +789,7 @@ fn spawn(engine: &super::Engine, library: &Path, number: u64) -> std::io::Result
         });
     }
     let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn()?;
-    drop(listener);
+    drop((listener, joins));
     // Its stdin ends at once; what it writes (only ever a failure) goes to the log.
     drop(child.stdin.take());
     if let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) {
