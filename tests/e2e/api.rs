@@ -527,28 +527,34 @@ fn a_followed_log_ends_when_its_key_is_revoked() {
     expect(&team.post(&format!("/api/v1/sandboxes/{id}/stop"), &json!({})), 200, "stop");
 }
 
-#[test]
-fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_goes_on() {
+/// `bkg --remote exe` as `key` of a script that says `ready` and sleeps for a minute, once it has
+/// said it.
+fn remote_run_until_ready(api: &ApiAgent, home: &Path, key: &str) -> std::process::Child {
     use std::io::BufRead;
-    let api = ApiAgent::start(&[]);
-    let (key_id, key) = api.key("namespace", Some("web"));
-    let team = api.client(&key);
-    let id = started_service(&team, "service", "sleep 60");
-
-    let home = tempfile::tempdir().expect("home");
-    let mut run = bkg_at(&api, home.path())
+    let mut run = bkg_at(api, home)
         .args(["--remote", &format!("http://{}", api.address), "exe", "--type", "python", "-c"])
         .arg("import time; print('ready', flush=True); time.sleep(60)")
-        .env("BKG_API_KEY", &key)
+        .env("BKG_API_KEY", key)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("bkg exe");
     let mut first = String::new();
-    let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
-    out.read_line(&mut first).expect("read the run's output");
+    std::io::BufReader::new(run.stdout.take().expect("stdout")).read_line(&mut first).expect("read the run's output");
     assert_eq!(first, "ready\n");
+    run
+}
+
+#[test]
+fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_goes_on() {
+    let api = ApiAgent::start(&[]);
+    let (key_id, key) = api.key("namespace", Some("web"));
+    let team = api.client(&key);
+    let id = started_service(&team, "service", "sleep 60");
+
+    let home = tempfile::tempdir().expect("home");
+    let run = remote_run_until_ready(&api, home.path(), &key);
     let revoked = api.admin().post(&format!("/api/v1/auth/keys/{key_id}/revoke"), &json!({}));
     expect(&revoked, 200, "revoke");
     // The run ends at once, cancelled; not when its 60 s sleep would.
@@ -573,25 +579,13 @@ fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_g
 /// another namespace's key is told there is no such run.
 #[test]
 fn bkg_runs_cancel_ends_a_run_of_the_keys_own_namespace_only() {
-    use std::io::BufRead;
     let api = ApiAgent::start(&[]);
     let (_, key) = api.key("namespace", Some("web"));
     let (_, other) = api.key("namespace", Some("shop"));
     let team = api.client(&key);
     let home = tempfile::tempdir().expect("home");
     let remote = format!("http://{}", api.address);
-    let mut run = bkg_at(&api, home.path())
-        .args(["--remote", &remote, "exe", "--type", "python", "-c"])
-        .arg("import time; print('ready', flush=True); time.sleep(60)")
-        .env("BKG_API_KEY", &key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg exe");
-    let mut first = String::new();
-    std::io::BufReader::new(run.stdout.take().expect("stdout")).read_line(&mut first).expect("read the run's output");
-    assert_eq!(first, "ready\n");
+    let run = remote_run_until_ready(&api, home.path(), &key);
     let runs = team.get("/api/v1/runs").json();
     let id = runs[0]["id"].as_str().expect("the run's id").to_owned();
     let cancel = format!("/api/v1/runs/{id}/cancel");

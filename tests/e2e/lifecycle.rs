@@ -40,7 +40,11 @@ fn nothing_is_left_behind_after_100_runs() {
 fn cpu_weights(agent: &Agent) -> Vec<(String, String)> {
     let mut weights = Vec::new();
     for dir in cgroup_dirs_named(&agent.cgroup_dir) {
-        for sandbox in run_cgroups_in(&dir) {
+        // The zygote's own cgroup (`zygote-N`, engine/zygote.rs) holds no sandbox.
+        let sandboxes = run_cgroups_in(&dir)
+            .into_iter()
+            .filter(|dir| !dir.file_name().is_some_and(|name| name.to_string_lossy().starts_with("zygote-")));
+        for sandbox in sandboxes {
             for name in ["cpu.shares", "cpu.weight"] {
                 if let Ok(weight) = std::fs::read_to_string(sandbox.join(name)) {
                     let id = sandbox.file_name().map(|id| id.to_string_lossy().into_owned()).unwrap_or_default();
