@@ -253,6 +253,16 @@ fn output_written_between_executions_comes_with_the_next_one() {
         assert_eq!(code(&written), 0, "{sandbox}: {}", stderr(&written));
         assert!(stdout(&written) == long, "{sandbox}: {} bytes", written.stdout.len());
     }
+    // Long output through a runner goes as several events: characters outside the BMP (two
+    // UTF-16 units in Node) are never cut between them.
+    let faces = "😀".repeat(100_000);
+    for (sandbox, code_text) in
+        [("js", "console.log('a' + '😀'.repeat(100000))"), ("box", "print('a' + '😀' * 100000)")]
+    {
+        let written = agent.bkg_in(dir, &["exec", sandbox, "-c", code_text]);
+        assert_eq!(code(&written), 0, "{sandbox}: {}", stderr(&written));
+        assert!(stdout(&written) == format!("a{faces}\n"), "{sandbox}: {} bytes", written.stdout.len());
+    }
 }
 
 /// Found by a new-user trial: `bkg exec` whose agent died during the execution said only the

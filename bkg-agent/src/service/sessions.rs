@@ -213,52 +213,74 @@ impl Session {
 /// How much output without a newline a session holds back before passing it on.
 const UNENDED_LINE_BYTES: usize = 64 * 1024;
 
+/// The longest line an event may take (a figure's PNG, base64): past it, what follows a mark
+/// is output, not an event, so that code writing a mark and no newline cannot make the agent
+/// hold all it writes. The runners send long output as several events (session/runner.py).
+const MAX_EVENT_LINE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The runner's stdout, split into events and output as it comes.
+#[derive(Default)]
+struct RunnerOutput {
+    /// What came after the last newline.
+    pending: Vec<u8>,
+    /// Where in it the last event mark is (an event whose line has not ended).
+    mark: Option<usize>,
+}
+
+impl RunnerOutput {
+    /// The events that `bytes` completes. Each piece is searched once (found by a new-user
+    /// trial: searching all of it again at every piece cost the agent CPU by the square of the
+    /// output's length, 12 s for 20 MB written at once).
+    fn take(&mut self, bytes: &[u8]) -> Vec<SessionEvent> {
+        let mut events = Vec::new();
+        let pending = &mut self.pending;
+        let searched = pending.len();
+        pending.extend_from_slice(bytes);
+        let mut start = 0;
+        let mut from = searched;
+        while let Some(offset) = pending[from..].iter().position(|byte| *byte == b'\n') {
+            let end = from + offset;
+            events.extend(parse_line(pending[start..=end].to_vec()));
+            start = end + 1;
+            from = start;
+        }
+        let fresh = searched.max(start);
+        let mark = pending[fresh..]
+            .iter()
+            .rposition(|byte| *byte == EVENT_MARK)
+            .map(|at| fresh + at)
+            .or(self.mark.filter(|at| *at >= start))
+            .filter(|at| pending.len() - at <= MAX_EVENT_LINE_BYTES);
+        // A long stretch of output without a newline (Node's, a subprocess's) is passed on as it
+        // comes, but for the event its mark may begin and a character cut.
+        if pending.len() - start > UNENDED_LINE_BYTES {
+            let upto = mark.unwrap_or(pending.len());
+            let rest = &pending[start..upto];
+            let whole = match std::str::from_utf8(rest) {
+                Err(error) if error.error_len().is_none() => error.valid_up_to(),
+                _ => rest.len(),
+            };
+            if whole > 0 {
+                let text = String::from_utf8_lossy(&rest[..whole]).into_owned();
+                events.push(SessionEvent::Stream { name: StreamName::Stdout, text });
+                start += whole;
+            }
+        }
+        pending.drain(..start);
+        self.mark = mark.map(|at| at - start);
+        events
+    }
+}
+
 /// Reads the runner's output for the session's whole life, turning it into events.
 async fn read_output(service: Arc<Service>, session: Arc<Session>, mut output: mpsc::Receiver<RunOutput>) {
-    // What came after the last newline, and where in it the last event mark is (an event whose
-    // line has not ended). Each piece is searched once (found by a new-user trial: searching all
-    // of it again at every piece cost the agent CPU by the square of the output's length, 12 s
-    // for 20 MB written at once, which the Python runner sends as one event line).
-    let mut pending: Vec<u8> = Vec::new();
-    let mut mark: Option<usize> = None;
+    let mut lines = RunnerOutput::default();
     while let Some(piece) = output.recv().await {
         match piece {
             RunOutput::Stdout(bytes) => {
-                let searched = pending.len();
-                pending.extend_from_slice(&bytes);
-                let mut start = 0;
-                let mut from = searched;
-                while let Some(offset) = pending[from..].iter().position(|byte| *byte == b'\n') {
-                    let end = from + offset;
-                    for event in parse_line(pending[start..=end].to_vec()) {
-                        session.deliver(event).await;
-                    }
-                    start = end + 1;
-                    from = start;
+                for event in lines.take(&bytes) {
+                    session.deliver(event).await;
                 }
-                let fresh = searched.max(start);
-                mark = pending[fresh..]
-                    .iter()
-                    .rposition(|byte| *byte == EVENT_MARK)
-                    .map(|at| fresh + at)
-                    .or(mark.filter(|at| *at >= start));
-                // A long stretch of output without a newline (Node's, a subprocess's) is passed
-                // on as it comes, but for the event its mark may begin and a character cut.
-                if pending.len() - start > UNENDED_LINE_BYTES {
-                    let upto = mark.unwrap_or(pending.len());
-                    let rest = &pending[start..upto];
-                    let whole = match std::str::from_utf8(rest) {
-                        Err(error) if error.error_len().is_none() => error.valid_up_to(),
-                        _ => rest.len(),
-                    };
-                    if whole > 0 {
-                        let text = String::from_utf8_lossy(&rest[..whole]).into_owned();
-                        session.deliver(SessionEvent::Stream { name: StreamName::Stdout, text }).await;
-                        start += whole;
-                    }
-                }
-                pending.drain(..start);
-                mark = mark.map(|at| at - start);
             }
             RunOutput::Stderr(bytes) => {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -484,6 +506,31 @@ mod tests {
         assert!(matches!(garbled[..], [SessionEvent::Stream { name: StreamName::Stdout, .. }]));
         let unended = parse_line(b"partial\x1e{\"type\":\"end\",\"status\":\"ok\",\"execution\":2}\n".to_vec());
         assert_eq!(unended, vec![SessionEvent::Stream { name: StreamName::Stdout, text: "partial".into() }, end]);
+    }
+
+    #[test]
+    fn an_event_split_across_pieces_is_one_event_and_a_mark_without_an_end_is_output_past_its_bound() {
+        let mut lines = RunnerOutput::default();
+        assert_eq!(lines.take(b"before\x1e{\"type\":\"end\",\"sta"), vec![]);
+        let end = SessionEvent::End { status: ExecutionStatus::Ok, execution: 2, killed_by: None, error: None };
+        let text = |text: &str| SessionEvent::Stream { name: StreamName::Stdout, text: text.into() };
+        assert_eq!(lines.take(b"tus\":\"ok\",\"execution\":2}\n"), vec![text("before"), end]);
+
+        // A mark and then no newline: the agent holds the line up to the bound, then passes it on.
+        let piece = vec![b'x'; 1024 * 1024];
+        let mut passed = lines.take(b"\x1e").len();
+        for _ in 1..MAX_EVENT_LINE_BYTES / piece.len() {
+            passed += lines.take(&piece).len();
+        }
+        assert_eq!(passed, 0, "held while it may still be an event");
+        assert_eq!(lines.pending.len(), MAX_EVENT_LINE_BYTES - piece.len() + 1);
+        let past = lines.take(&piece);
+        assert_eq!(past.len(), 1, "{} events", past.len());
+        assert!(lines.pending.is_empty() && lines.mark.is_none(), "{} bytes held", lines.pending.len());
+        for _ in 0..8 {
+            assert_eq!(lines.take(&piece).len(), 1);
+            assert!(lines.pending.is_empty(), "nothing more held: {}", lines.pending.len());
+        }
     }
 
     #[test]

@@ -6,8 +6,18 @@ const util = require("util");
 const readline = require("readline");
 
 const send = (event) => process.stdout.write("\x1e" + JSON.stringify(event) + "\n");
+// A long output goes as several events of this many UTF-16 units at most (the agent holds an
+// event's line whole until it ends), never splitting a surrogate pair.
+const STREAM_CHUNK = 65536;
 const stream = (name) => (...args) => {
-  send({ type: "stream", name, text: util.format(...args) + "\n" });
+  const text = util.format(...args) + "\n";
+  for (let at = 0; at < text.length;) {
+    let end = Math.min(at + STREAM_CHUNK, text.length);
+    const last = text.charCodeAt(end - 1);
+    if (end < text.length && last >= 0xd800 && last <= 0xdbff) end -= 1;
+    send({ type: "stream", name, text: text.slice(at, end) });
+    at = end;
+  }
 };
 const userConsole = {
   log: stream("stdout"), info: stream("stdout"), debug: stream("stdout"),

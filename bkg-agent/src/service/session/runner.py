@@ -18,6 +18,10 @@ def _send(event):
     _proto.flush()
 
 
+# Characters of output in one event at most.
+_STREAM_CHUNK = 65536
+
+
 class _Stream(io.TextIOBase):
     # What code that writes bytes or encodes by hand asks of a text stream (found by a new-user
     # trial: `sys.stdout.buffer` raised, `sys.stdout.encoding` was None).
@@ -32,8 +36,10 @@ class _Stream(io.TextIOBase):
         return True
 
     def write(self, text):
-        if text:
-            _send({"type": "stream", "name": self._stream, "text": str(text)})
+        text = str(text)
+        # A long write goes as several events: the agent holds an event's line whole until it ends.
+        for at in range(0, len(text), _STREAM_CHUNK):
+            _send({"type": "stream", "name": self._stream, "text": text[at:at + _STREAM_CHUNK]})
         return len(text)
 
 
