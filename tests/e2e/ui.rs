@@ -506,6 +506,38 @@ fn the_runs_page_filters_by_sandbox_name_and_pages_to_older_runs() {
     assert!(unknown.text().contains("there is no run run_nope here to list older runs from"), "{}", unknown.text());
 }
 
+/// A run going on can be cancelled from its page, as `bkg runs cancel` does; the page of an
+/// ended run has no such form, and another namespace's user is told it is not found.
+#[test]
+fn a_run_going_on_is_cancelled_from_its_page() {
+    let (agent, address, _files) = agent_on_tcp();
+    let mut browser = Browser::new(&address);
+    assert_eq!(browser.log_in_with_url(launch(&agent)["url"].as_str().unwrap_or_default()).status, 303);
+    let running = agent.start_long_run();
+    let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
+    let runs: Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+    let id = runs[0]["id"].as_str().expect("the run's id").to_owned();
+    let page = format!("/ui/runs/{id}");
+    let going = browser.get(&page);
+    assert!(going.text().contains("Cancel this run"), "{}", going.text());
+
+    let mut stranger = Browser::new(&address);
+    assert_eq!(stranger.log_in_with_key(&namespace_key(&agent, "team-b")).status, 303);
+    let csrf = csrf_of(&stranger.get("/ui/runs"));
+    assert_eq!(stranger.post(&format!("{page}/cancel"), &[("csrf", &csrf)]).status, 404);
+
+    let cancelled = browser.post(&format!("{page}/cancel"), &[("csrf", &csrf_of(&going))]);
+    assert_eq!((cancelled.status, cancelled.header("location")), (303, Some(page.as_str())), "{}", cancelled.text());
+    let ended = running.wait_with_output().expect("bkg exe ends");
+    assert_eq!(code(&ended), 130, "{}", stderr(&ended));
+    let shown = browser.get(&page).text();
+    assert!(shown.contains("cancelled") && !shown.contains("Cancel this run"), "{shown}");
+    // Asked again once it has ended, the page shows how it ended.
+    let csrf = csrf_of(&browser.get(&page));
+    let again = browser.post(&format!("{page}/cancel"), &[("csrf", &csrf)]);
+    assert_eq!((again.status, again.header("location")), (303, Some(page.as_str())), "{}", again.text());
+}
+
 #[test]
 fn markup_and_terminal_sequences_in_output_are_shown_as_text() {
     let (agent, address, _files) = agent_on_tcp();

@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/sandboxes/{id}/terminal/socket", get(terminal::socket))
         .route("/runs", get(user::runs))
         .route("/runs/{id}", get(user::run))
+        .route("/runs/{id}/cancel", post(user::cancel_run))
         .route("/keys", get(user::keys).post(user::create_key))
         .route("/keys/{id}/rotate", post(user::rotate_key))
         .route("/keys/{id}/revoke", post(user::revoke_key))

@@ -230,6 +230,11 @@ pub async fn get_run(state: &AppState, principal: &Principal, id: &str) -> OpRes
     Ok(state.service.get_run(principal, id).await?)
 }
 
+/// Ends a queued or running run, as `POST /api/v1/runs/{id}/cancel`.
+pub async fn cancel_run(state: &AppState, principal: &Principal, id: &str) -> OpResult<RunRecord> {
+    Ok(state.service.cancel_run(principal, id).await?)
+}
+
 /// A run's output as its sandbox's log kept it, up to `MAX_SHOWN_OUTPUT_BYTES`.
 pub async fn run_output(state: &AppState, principal: &Principal, run: &RunRecord) -> OpResult<Option<Vec<u8>>> {
     Ok(state.service.run_output(principal, run, MAX_SHOWN_OUTPUT_BYTES).await?)

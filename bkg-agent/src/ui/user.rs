@@ -585,6 +585,15 @@ pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<S
             h2 { "Limits" }
             (limits_cells(&record.limits))
         }
+        @if record.finished_at_ms.is_none() {
+            section.card.danger {
+                h2 { "Cancel" }
+                form method="post" action={ "/ui/runs/" (record.id) "/cancel" } data-confirm={ "Cancel run " (record.id) "? Its code gets SIGTERM, and SIGKILL 5 s later." } {
+                    (csrf_field(&viewer))
+                    button.danger type="submit" { "Cancel this run" }
+                }
+            }
+        }
         section.card {
             h2 { "Output" }
             @match &output {
@@ -598,6 +607,18 @@ pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<S
         }
     };
     page(Some(&viewer), &format!("Run {}", record.id), body).into_response()
+}
+
+/// Ends a run going on, then shows it; one that had ended already is shown as it ended.
+pub async fn cancel_run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    match ops::cancel_run(&state, &viewer.principal, &id).await {
+        Ok(record) => Redirect::to(&format!("/ui/runs/{}", record.id)).into_response(),
+        // It was found, so its id is a run id: no text of the caller's goes into the address.
+        Err(failure) if failure.status == StatusCode::CONFLICT && bkg_schema::sandbox::is_run_id(&id) => {
+            Redirect::to(&format!("/ui/runs/{id}")).into_response()
+        }
+        Err(failure) => refusal(Some(&viewer), failure),
+    }
 }
 
 fn key_status(key: &KeyInfo) -> Markup {
