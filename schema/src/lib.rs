@@ -695,7 +695,8 @@ pub struct ZygoteInfo {
     /// Its host pid (`serving`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
-    /// Its resident memory now, shared with its forks until they write to it (`serving`).
+    /// Its memory now as its cgroup counts it, which `memory_limit_bytes` bounds; its forks share
+    /// it until they write to it (`serving`).
     #[serde(default)]
     pub memory_bytes: u64,
     /// The memory its cgroup lets it take (`--zygote-memory`): a generation that reaches it is

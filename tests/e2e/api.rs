@@ -605,7 +605,7 @@ fn bkg_runs_cancel_ends_a_run_of_the_keys_own_namespace_only() {
     assert_eq!(code(&ended), 130, "{}", stderr(&ended));
     assert_eq!(
         stderr(&ended),
-        "bkg: cancelled (`bkg runs cancel`, or the API key it ran with was revoked, rotated or expired)\n"
+        "bkg: cancelled (`bkg runs cancel`, or the API key it ran with was revoked, rotated, deleted or expired)\n"
     );
 
     let again = team.post(&cancel, &json!({}));

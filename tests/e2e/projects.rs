@@ -1142,6 +1142,6 @@ fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
     assert_eq!(
         stderr(&running),
         "Terminated\nbkgr: box: stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`, or its API key was revoked, \
-         rotated or expired)\n"
+         rotated, deleted or expired)\n"
     );
 }

@@ -29,6 +29,32 @@ fn project(agent: &Agent) -> tempfile::TempDir {
     project
 }
 
+/// `bkg runs cancel` does not end a session's interpreter, which holds its variables: it says
+/// what does (found by a new-user trial: the session's state was gone, and `bkg exec` blamed
+/// `bkg stop`).
+#[test]
+fn bkg_runs_cancel_leaves_a_sessions_interpreter_and_says_what_ends_it() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let dir = project.path();
+    let set = agent.bkg_in(dir, &["exec", "box", "-c", "x = 41"]);
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let run = status["current_run"].as_str().expect("the session's run").to_owned();
+    let refused = agent.bkg_in(dir, &["runs", "cancel", &run]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert_eq!(
+        stderr(&refused),
+        format!(
+            "bkg: run {run} is the interpreter of session `default` of sandbox box, which holds its variables: \
+             interrupt its execution (Ctrl-C on `bkg exec`), or end the session with `bkg stop box`\n"
+        )
+    );
+    let kept = agent.bkg_in(dir, &["exec", "box", "-c", "x + 1"]);
+    assert_eq!((code(&kept), stdout(&kept)), (0, "42\n".to_owned()), "{}", stderr(&kept));
+}
+
 #[test]
 fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interrupt() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });

@@ -445,14 +445,6 @@ fn fork_as(pid: libc::pid_t) -> nix::Result<ForkResult> {
     }
 }
 
-/// The zygote's resident memory, from /proc (`VmRSS`).
-pub fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// Where the zygote's library is, if it is there: beside the agent's binary (as `cargo build`
 /// puts it in target/), else in `../lib/bkg/` from it (as the release installs it:
 /// /usr/lib/bkg/ for /usr/bin/bkg-agent).
@@ -486,11 +478,24 @@ fn remove_old_sockets(state_dir: &Path) {
 }
 
 /// A zygote generation serving: pool sandboxes prepared now ask it for their interpreter.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Generation {
     pub number: u64,
     pub pid: u32,
     pub socket: PathBuf,
+    /// Its cgroup, whose count of its memory `--zygote-memory` bounds.
+    cgroup: std::sync::Arc<dyn RunCgroup>,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Generation")
+            .field("number", &self.number)
+            .field("pid", &self.pid)
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether a zygote serves, and why not.
@@ -518,7 +523,7 @@ impl ZygoteStatus {
                 state: ZygoteState::Serving,
                 generation: Some(generation.number),
                 pid: Some(generation.pid),
-                memory_bytes: resident_bytes(generation.pid).unwrap_or(0),
+                memory_bytes: generation.cgroup.memory_now().unwrap_or(0),
                 memory_limit_bytes,
                 reason: None,
             },
@@ -550,8 +555,8 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
         }
         let mut closing = strong.closing();
         let replace = strong.zygote_replacements();
-        let cgroup = match cgroup_of(&strong, number) {
-            Ok(cgroup) => cgroup,
+        let cgroup: std::sync::Arc<dyn RunCgroup> = match cgroup_of(&strong, number) {
+            Ok(cgroup) => cgroup.into(),
             Err(error) => {
                 let reason = format!("could not make the zygote's cgroup: {error}");
                 tracing::warn!("{reason}; each warm sandbox starts its own interpreter");
@@ -570,7 +575,13 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
             }
         };
         let pid = child.id().unwrap_or(0);
-        strong.set_zygote(ZygoteStatus::Serving(Generation { number, pid, socket: socket.clone() }));
+        let cgroup_held = std::sync::Arc::clone(&cgroup);
+        strong.set_zygote(ZygoteStatus::Serving(Generation {
+            number,
+            pid,
+            socket: socket.clone(),
+            cgroup: cgroup_held,
+        }));
         drop(strong);
         let started = tokio::time::Instant::now();
         let ended = tokio::select! {
@@ -618,7 +629,10 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
                     let reason = format!(
                         "it failed to start {FAILED_STARTS_ALLOWED} times (last: {ended}); see the agent's log"
                     );
-                    tracing::warn!("the zygote {reason}: each warm sandbox starts its own interpreter");
+                    tracing::warn!(
+                        "the zygote failed to start {FAILED_STARTS_ALLOWED} times (last: {ended}): each warm sandbox \
+                         starts its own interpreter"
+                    );
                     engine.set_zygote(ZygoteStatus::Unavailable(reason));
                     return;
                 }
@@ -645,7 +659,7 @@ fn cgroup_of(engine: &super::Engine, number: u64) -> Result<Box<dyn RunCgroup>, 
 }
 
 /// Kills what is left in a generation's cgroup (a fork on its way out) and removes it.
-async fn remove_cgroup(cgroup: Box<dyn RunCgroup>) {
+async fn remove_cgroup(cgroup: std::sync::Arc<dyn RunCgroup>) {
     let removed = tokio::task::spawn_blocking(move || {
         if !cgroup.pids().unwrap_or_default().is_empty() {
             cgroup.kill_all()?;

@@ -153,7 +153,7 @@ pub async fn get_run(
     responses(
         (status = 200, description = "The run as recorded after its end (`killed_by: cancelled`, unless it ended first)", body = RunRecord),
         (status = 404, description = "No run of this id that the key may see", body = ApiError),
-        (status = 409, description = "The run has already ended", body = ApiError),
+        (status = 409, description = "The run has already ended, or it is a session's interpreter", body = ApiError),
     ),
 )]
 pub async fn cancel_run(

@@ -267,6 +267,16 @@ impl Service {
     /// does not read holds up every frame behind it, the cancel too.
     pub async fn cancel_run(&self, principal: &Principal, id: &str) -> OpResult<RunRecord> {
         let run = self.get_run(principal, id).await?;
+        // A session's interpreter holds the state of its executions: ending it is for `bkg stop`
+        // (found by a new-user trial: the session's variables were gone, and `bkg exec` blamed
+        // `bkg stop`).
+        if let Some((sandbox_id, session)) = self.sessions.holding_run(id) {
+            let sandbox = bkg_schema::sandbox::sandbox_name_of(&sandbox_id);
+            return Err(OpError::Conflict(format!(
+                "run {id} is the interpreter of session `{session}` of sandbox {sandbox}, which holds its \
+                 variables: interrupt its execution (Ctrl-C on `bkg exec`), or end the session with `bkg stop {sandbox}`"
+            )));
+        }
         let Some(going) = self.engine.going_run(id) else {
             return Err(OpError::Conflict(format!("run {id} has already ended: `bkg runs show {id}` shows how")));
         };

@@ -86,6 +86,13 @@ impl SessionTable {
         self.live(id).map(|session| session.info())
     }
 
+    /// The sandbox id and session name of the session whose interpreter is run `run_id`.
+    pub(super) fn holding_run(&self, run_id: &str) -> Option<(String, String)> {
+        let sessions = self.lock();
+        let session = sessions.values().find(|session| session.tracker.run_id == run_id)?;
+        Some((session.sandbox_id.clone(), session.name.clone()))
+    }
+
     /// The live session of sandbox `id`; one whose interpreter has ended is forgotten.
     fn live(&self, id: &str) -> Option<Arc<Session>> {
         let mut sessions = self.lock();

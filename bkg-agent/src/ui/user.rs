@@ -613,9 +613,14 @@ pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<S
 pub async fn cancel_run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
     match ops::cancel_run(&state, &viewer.principal, &id).await {
         Ok(record) => Redirect::to(&format!("/ui/runs/{}", record.id)).into_response(),
-        // It was found, so its id is a run id: no text of the caller's goes into the address.
-        Err(failure) if failure.status == StatusCode::CONFLICT && bkg_schema::sandbox::is_run_id(&id) => {
-            Redirect::to(&format!("/ui/runs/{id}")).into_response()
+        // Ended meanwhile: the run is shown as it ended (a session's interpreter, refused, is not).
+        Err(failure) if failure.status == StatusCode::CONFLICT => {
+            match ops::get_run(&state, &viewer.principal, &id).await {
+                Ok(record) if record.finished_at_ms.is_some() => {
+                    Redirect::to(&format!("/ui/runs/{}", record.id)).into_response()
+                }
+                _ => refusal(Some(&viewer), failure),
+            }
         }
         Err(failure) => refusal(Some(&viewer), failure),
     }
