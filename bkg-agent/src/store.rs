@@ -1076,6 +1076,7 @@ impl RawRecord {
                 .transpose()?
                 .unwrap_or_default(),
             file_transfer: self.for_transfer,
+            queued: false,
         })
     }
 }

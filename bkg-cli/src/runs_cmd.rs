@@ -249,7 +249,7 @@ fn short_time(at_ms: u64) -> String {
 /// How the run ended, in a word or two.
 pub fn outcome(run: &RunRecord) -> String {
     if run.finished_at_ms.is_none() {
-        return "running".into();
+        return if run.queued { "queued" } else { "running" }.into();
     }
     match (ending(run.killed_by, run.exit_code, run.signal), &run.error) {
         (Some(ending), _) => ending,

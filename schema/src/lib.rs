@@ -578,6 +578,10 @@ pub struct RunRecord {
     /// code of the user's ran, and it is never the sandbox's last run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub file_transfer: bool,
+    /// It waits for a place among the runs going on (`--max-running-runs`): queued, not
+    /// started. Said by the agent that has it, while it waits; never stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
 }
 
 /// The namespace of everything made without naming one.

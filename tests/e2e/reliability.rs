@@ -197,6 +197,12 @@ fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
     // A run waiting for a place is not counted as going on.
     let status = agent.status_json();
     assert_eq!((&status["active_runs"], &status["queued_runs"]), (&json!(1), &json!(2)), "{status}");
+    // Listed as queued, not as running (found by a new-user trial: all three said running).
+    let runs = api(&agent, "GET", "/api/v1/runs?limit=10", None).json();
+    let flags: Vec<bool> = runs.as_array().expect("runs").iter().map(|run| run["queued"] == true).collect();
+    assert_eq!(flags, [true, true, false], "newest first: {runs}");
+    let table = stdout(&agent.bkg().args(["runs", "ls"]).output().expect("bkg runs ls"));
+    assert_eq!((table.matches(" queued ").count(), table.matches(" running ").count()), (2, 1), "{table}");
 
     let refused = api(&agent, "POST", "/api/v1/runs", Some(&json!({ "language": "python", "code": "print(1)" })));
     assert_eq!(refused.status, 503, "{}", refused.text());

@@ -64,6 +64,8 @@ pub struct RunTracker {
     held_a_sandbox: std::sync::atomic::AtomicBool,
     /// Whether the stop asked for is `stop_gracefully`'s.
     graceful_stop: std::sync::atomic::AtomicBool,
+    /// Whether it waits for a place among the runs going on (`--max-running-runs`).
+    waiting_for_place: std::sync::atomic::AtomicBool,
 }
 
 impl RunTracker {
@@ -77,6 +79,7 @@ impl RunTracker {
             for_transfer,
             held_a_sandbox: Default::default(),
             graceful_stop: Default::default(),
+            waiting_for_place: Default::default(),
         })
     }
 
@@ -119,6 +122,15 @@ impl RunTracker {
             self.held_a_sandbox.store(true, std::sync::atomic::Ordering::Release);
         }
         self.progress.send_if_modified(|progress| std::mem::replace(&mut progress.holds_sandbox, holds) != holds);
+    }
+
+    pub(super) fn set_waiting_for_place(&self, waiting: bool) {
+        self.waiting_for_place.store(waiting, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether it waits for a place among the runs going on: queued, as `bkg runs ls` says.
+    pub fn is_waiting_for_place(&self) -> bool {
+        self.waiting_for_place.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn watch(&self) -> watch::Receiver<RunProgress> {

@@ -88,7 +88,10 @@ impl Engine {
         let tracker = ticket.tracker();
         let waiting = self.capacity.wait_turn(&run.namespace);
         let notice = output.as_ref().map(|output| (output, &*self.capacity));
-        let (turn, early_input) = match wait_in_queue(waiting, &tracker, &mut input, notice).await? {
+        tracker.set_waiting_for_place(true);
+        let queued = wait_in_queue(waiting, &tracker, &mut input, notice).await;
+        tracker.set_waiting_for_place(false);
+        let (turn, early_input) = match queued? {
             Queued::Turn(turn, early_input) => (turn, early_input),
             Queued::Cancelled => return Ok((cancelled_in_queue(run_id, &run), Kept::default())),
         };

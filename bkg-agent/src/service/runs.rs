@@ -248,14 +248,23 @@ impl Service {
                 }
             }
         }
-        Ok(self.store.list_runs(namespace, sandbox, before, limit).await?)
+        let runs = self.store.list_runs(namespace, sandbox, before, limit).await?;
+        Ok(runs.into_iter().map(|run| self.with_queue_state(run)).collect())
+    }
+
+    /// `run` as the agent knows it now: whether it waits for a place, which the store does not
+    /// keep.
+    fn with_queue_state(&self, mut run: RunRecord) -> RunRecord {
+        run.queued = run.finished_at_ms.is_none()
+            && self.engine.going_run(&run.id).is_some_and(|going| going.is_waiting_for_place());
+        run
     }
 
     /// One run, if the caller may see it.
     pub async fn get_run(&self, principal: &Principal, id: &str) -> OpResult<RunRecord> {
         require_code_runner(principal)?;
         match self.store.get_run(id).await? {
-            Some(run) if reaches(principal, &run.namespace) => Ok(run),
+            Some(run) if reaches(principal, &run.namespace) => Ok(self.with_queue_state(run)),
             // Another namespace's run is answered as missing: its existence is not ours to tell.
             _ => Err(OpError::NotFound(format!("no run {id}"))),
         }

@@ -413,6 +413,7 @@ fn outcome(run: &RunRecord) -> &'static str {
 fn outcome_badge(run: &RunRecord) -> Markup {
     let outcome = outcome(run);
     let label = match (run.killed_by, run.exit_code) {
+        _ if run.queued => "queued".to_owned(),
         (Some(killed_by), _) => crate::ui::view::killed_words(killed_by).to_owned(),
         (None, Some(code)) if outcome != "running" => format!("exit {code}"),
         _ => outcome.to_owned(),
