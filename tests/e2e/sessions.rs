@@ -29,6 +29,35 @@ fn project(agent: &Agent) -> tempfile::TempDir {
     project
 }
 
+/// A cell that writes an event's mark and then 256 MiB without a newline cannot make the agent
+/// hold all it writes: past 16 MiB the line is output, passed on as it comes (docs/security.md,
+/// RES-21). The agent held all of it before.
+#[test]
+fn a_mark_without_an_end_does_not_grow_the_agents_memory() {
+    const MIB: u64 = 1024 * 1024;
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let flood = "import os\nos.write(1, b'\\x1e')\nchunk = b'x' * (1 << 20)\nfor _ in range(256):\n    \
+                 os.write(1, chunk)\nos.write(1, b'\\n')";
+    let output = agent
+        .bkg()
+        .args(["exec", "box", "-c", flood])
+        .current_dir(project.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("bkg exec");
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("the agent's status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM");
+    assert!(peak_kib * 1024 < 160 * MIB, "the agent's memory peaked at {} MiB", peak_kib / 1024);
+}
+
 /// `bkg runs cancel` does not end a session's interpreter, which holds its variables: it says
 /// what does (found by a new-user trial: the session's state was gone, and `bkg exec` blamed
 /// `bkg stop`).

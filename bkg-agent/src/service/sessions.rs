@@ -223,7 +223,7 @@ const UNENDED_LINE_BYTES: usize = 64 * 1024;
 /// The longest line an event may take (a figure's PNG, base64): past it, what follows a mark
 /// is output, not an event, so that code writing a mark and no newline cannot make the agent
 /// hold all it writes. The runners send long output as several events (session/runner.py).
-const MAX_EVENT_LINE_BYTES: usize = 64 * 1024 * 1024;
+const MAX_EVENT_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The runner's stdout, split into events and output as it comes.
 #[derive(Default)]
@@ -267,11 +267,20 @@ impl RunnerOutput {
                 Err(error) if error.error_len().is_none() => error.valid_up_to(),
                 _ => rest.len(),
             };
-            if whole > 0 {
-                let text = String::from_utf8_lossy(&rest[..whole]).into_owned();
+            // In events of at most the bound each, as the runners send long output (a line
+            // that stopped being an event may be 16 MiB long).
+            let mut taken = 0;
+            while taken < whole {
+                let mut end = (taken + UNENDED_LINE_BYTES).min(whole);
+                // Not inside a character: a UTF-8 continuation byte is 0b10xxxxxx.
+                while end < whole && end > taken + 1 && rest[end] & 0xC0 == 0x80 {
+                    end -= 1;
+                }
+                let text = String::from_utf8_lossy(&rest[taken..end]).into_owned();
                 events.push(SessionEvent::Stream { name: StreamName::Stdout, text });
-                start += whole;
+                taken = end;
             }
+            start += whole;
         }
         pending.drain(..start);
         self.mark = mark.map(|at| at - start);
@@ -532,12 +541,36 @@ mod tests {
         assert_eq!(passed, 0, "held while it may still be an event");
         assert_eq!(lines.pending.len(), MAX_EVENT_LINE_BYTES - piece.len() + 1);
         let past = lines.take(&piece);
-        assert_eq!(past.len(), 1, "{} events", past.len());
+        let bytes = |events: &[SessionEvent]| -> Vec<usize> {
+            events
+                .iter()
+                .map(|event| match event {
+                    SessionEvent::Stream { text, .. } => text.len(),
+                    _ => usize::MAX,
+                })
+                .collect()
+        };
+        // All of it, as output in events of at most UNENDED_LINE_BYTES.
+        let sizes = bytes(&past);
+        assert_eq!(sizes.iter().sum::<usize>(), MAX_EVENT_LINE_BYTES + 1, "{} events", sizes.len());
+        assert!(sizes.iter().all(|size| *size <= UNENDED_LINE_BYTES), "{sizes:?}");
         assert!(lines.pending.is_empty() && lines.mark.is_none(), "{} bytes held", lines.pending.len());
         for _ in 0..8 {
-            assert_eq!(lines.take(&piece).len(), 1);
+            assert_eq!(bytes(&lines.take(&piece)).iter().sum::<usize>(), piece.len());
             assert!(lines.pending.is_empty(), "nothing more held: {}", lines.pending.len());
         }
+        // A long line of characters of several bytes is never cut inside one.
+        let mut lines = RunnerOutput::default();
+        let text = format!("a{}", "é".repeat(UNENDED_LINE_BYTES));
+        let events = lines.take(text.as_bytes());
+        let joined: String = events
+            .iter()
+            .map(|event| match event {
+                SessionEvent::Stream { text, .. } => text.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        assert!(joined == text && events.len() > 1, "{} events", events.len());
     }
 
     #[test]
