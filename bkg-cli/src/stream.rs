@@ -345,7 +345,8 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
         // when its key stops working (docs/governance.md).
         Some(KilledBy::Cancelled) if cancelled_by_signal().is_none() => Some(match from {
             LimitsFrom::Flags => {
-                "cancelled (`bkg runs cancel`, or the API key it ran with was revoked, rotated, deleted or expired)"
+                "cancelled (by `bkg runs cancel`, the API or the Web UI, or as the API key it ran with was revoked, \
+                 rotated, deleted or expired)"
                     .into()
             }
             LimitsFrom::CaveOrFlags(_) => "stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`, or its API key was \

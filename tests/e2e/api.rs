@@ -561,7 +561,7 @@ fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_g
     let ended = run.wait_with_output().expect("bkg exe ends");
     assert_eq!(code(&ended), 130, "{}", stderr(&ended));
     assert!(
-        stderr(&ended).contains("cancelled (`bkg runs cancel`, or the API key it ran with was revoked"),
+        stderr(&ended).contains("cancelled (by `bkg runs cancel`, the API or the Web UI, or as the API key"),
         "{}",
         stderr(&ended)
     );
@@ -605,7 +605,8 @@ fn bkg_runs_cancel_ends_a_run_of_the_keys_own_namespace_only() {
     assert_eq!(code(&ended), 130, "{}", stderr(&ended));
     assert_eq!(
         stderr(&ended),
-        "bkg: cancelled (`bkg runs cancel`, or the API key it ran with was revoked, rotated, deleted or expired)\n"
+        "bkg: cancelled (by `bkg runs cancel`, the API or the Web UI, or as the API key it ran with was revoked, \
+         rotated, deleted or expired)\n"
     );
 
     let again = team.post(&cancel, &json!({}));

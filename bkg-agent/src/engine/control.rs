@@ -253,7 +253,8 @@ impl ControlSocket {
     /// Reads one message and the descriptor that came with it, if any.
     pub async fn read_with_fd<T: DeserializeOwned>(&mut self) -> Result<(T, Option<OwnedFd>), ControlError> {
         while let Some(missing) = self.partial.missing() {
-            let mut chunk = vec![0u8; missing];
+            // Not the whole of a long message at once: this runs again at each poll.
+            let mut chunk = vec![0u8; missing.min(64 * 1024)];
             let stream = &self.stream;
             let (read, fd) =
                 stream.async_io(tokio::io::Interest::READABLE, || recv_with_fd(stream.as_raw_fd(), &mut chunk)).await?;

@@ -62,8 +62,8 @@ pub struct RunTracker {
     /// Whether it ever held a sandbox: one that did not (cancelled in the queue, its
     /// environment not made) has nothing to clean up.
     held_a_sandbox: std::sync::atomic::AtomicBool,
-    /// Whether the stop asked for is `stop_gracefully`'s.
-    graceful_stop: std::sync::atomic::AtomicBool,
+    /// Whether a stop at once was asked for: a graceful one asked as well does not soften it.
+    hard_stop: std::sync::atomic::AtomicBool,
     /// Whether it waits for a place among the runs going on (`--max-running-runs`).
     waiting_for_place: std::sync::atomic::AtomicBool,
 }
@@ -78,7 +78,7 @@ impl RunTracker {
             access: Mutex::new(None),
             for_transfer,
             held_a_sandbox: Default::default(),
-            graceful_stop: Default::default(),
+            hard_stop: Default::default(),
             waiting_for_place: Default::default(),
         })
     }
@@ -140,21 +140,20 @@ impl RunTracker {
     /// Ends the run at once (`killed_by: cancelled`), whether it is queued or running: for a
     /// run that must not go on (its key no longer speaks for it, its sandbox is being removed).
     pub fn stop(&self) {
-        self.graceful_stop.store(false, std::sync::atomic::Ordering::Release);
+        self.hard_stop.store(true, std::sync::atomic::Ordering::Release);
         self.stop.notify_one();
     }
 
     /// Asks the run to end (`killed_by: cancelled`): its code is sent SIGTERM and killed if it
     /// is still going after `STOP_GRACE` (engine/run.rs), so a service can save its work.
     pub fn stop_gracefully(&self) {
-        self.graceful_stop.store(true, std::sync::atomic::Ordering::Release);
         self.stop.notify_one();
     }
 
-    /// Waits for a stop; whether it may be graceful.
+    /// Waits for a stop; whether it may be graceful (no stop at once was asked for).
     pub(super) async fn stopped(&self) -> bool {
         self.stop.notified().await;
-        self.graceful_stop.load(std::sync::atomic::Ordering::Acquire)
+        !self.hard_stop.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -246,8 +245,8 @@ impl Engine {
             maps.sandboxes.insert(sandbox_id.to_owned(), Arc::clone(&tracker));
         }
         maps.runs.insert(run_id.clone(), Arc::clone(&tracker));
-        let registered =
-            Registered { engine: Arc::clone(self), run_id, sandbox_id: run.sandbox_id().map(str::to_owned) };
+        let sandbox_id = run.sandbox_id().map(str::to_owned);
+        let registered = Registered { engine: Arc::clone(self), run_id, sandbox_id };
         Ok(RunTicket { tracker, registered: Some(registered) })
     }
 

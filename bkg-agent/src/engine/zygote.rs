@@ -730,8 +730,8 @@ fn spawn(
     let root = c"/";
     let workspace = std::ffi::CString::new(super::plan::WORKSPACE).map_err(std::io::Error::other)?;
     let tmpfs = c"tmpfs";
-    // SAFETY: between fork and exec only async-signal-safe calls are made (dup2, fcntl, umask,
-    // signal, unshare, mount, stat, prctl) on descriptors open in the child and strings made
+    // SAFETY: between fork and exec only async-signal-safe calls are made (write, dup2, fcntl,
+    // umask, signal, unshare, mount, stat, prctl) on descriptors open in the child and strings made
     // before the fork.
     unsafe {
         command.pre_exec(move || {

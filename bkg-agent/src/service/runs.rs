@@ -15,7 +15,6 @@ use super::access::{
     within_user_limits,
 };
 use super::keys::KeyHold;
-use super::sandboxes::RUN_PATIENCE;
 use super::{OpError, OpResult, RunInput, RunOutput, Service};
 use crate::auth::Principal;
 use crate::engine::handle::{RunPhase, RunTicket, RunTracker, wait_until};
@@ -76,6 +75,10 @@ impl Drop for CancelOnDrop {
         }
     }
 }
+
+/// How long a cancel waits for the run's end to be recorded: its code's 5 s grace, and less than
+/// a client waits for an answer (10 s).
+const CANCEL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// A run going on in a task of its own; its result when awaited.
 pub type RunTask = JoinHandle<OpResult<RunResult>>;
@@ -275,7 +278,7 @@ impl Service {
     /// ended. Its caller's own stream may be the one thing it cannot hear on: stdin that the code
     /// does not read holds up every frame behind it, the cancel too.
     pub async fn cancel_run(&self, principal: &Principal, id: &str) -> OpResult<RunRecord> {
-        let run = self.get_run(principal, id).await?;
+        self.get_run(principal, id).await?;
         // A session's interpreter holds the state of its executions: ending it is for `bkg stop`
         // (found by a new-user trial: the session's variables were gone, and `bkg exec` blamed
         // `bkg stop`).
@@ -290,9 +293,9 @@ impl Service {
             return Err(OpError::Conflict(format!("run {id} has already ended: `bkg runs show {id}` shows how")));
         };
         going.stop_gracefully();
-        if !wait_until(going.watch(), RUN_PATIENCE, |progress| progress.phase >= RunPhase::Recorded).await {
+        if !wait_until(going.watch(), CANCEL_PATIENCE, |progress| progress.phase >= RunPhase::Recorded).await {
+            // Still installing its packages, say, which it ends only after: as it is now.
             tracing::warn!(run = %id, "the cancelled run was not recorded in time");
-            return Ok(run);
         }
         self.get_run(principal, id).await
     }

@@ -34,7 +34,7 @@ use crate::store::StoredSandbox;
 
 /// How long an operation waits on a run's progress: a stopped run's recorded end (so what the
 /// caller reads next shows it; the kill itself takes far less), or a queued run's start.
-pub(super) const RUN_PATIENCE: Duration = Duration::from_secs(10);
+const RUN_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long a removal waits for the last run's sandbox to let go of the disk image.
 const RELEASE_PATIENCE: Duration = Duration::from_secs(10);

@@ -220,9 +220,10 @@ impl Session {
 /// How much output without a newline a session holds back before passing it on.
 const UNENDED_LINE_BYTES: usize = 64 * 1024;
 
-/// The longest line an event may take (a figure's PNG, base64): past it, what follows a mark
-/// is output, not an event, so that code writing a mark and no newline cannot make the agent
-/// hold all it writes. The runners send long output as several events (session/runner.py).
+/// The longest line an event may take (a figure's PNG, base64). A longer one (a result or figure
+/// too large to show, or code writing the mark itself) is left out up to its end, with a word on
+/// stderr: code that writes a mark and no newline cannot make the agent hold all it writes. The
+/// runners send long output as several events (session/runner.py, session/runner.js).
 const MAX_EVENT_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The runner's stdout, split into events and output as it comes.
@@ -232,6 +233,8 @@ struct RunnerOutput {
     pending: Vec<u8>,
     /// Where in it the last event mark is (an event whose line has not ended).
     mark: Option<usize>,
+    /// A line too long for an event is being left out, up to its newline.
+    skipping: bool,
 }
 
 impl RunnerOutput {
@@ -240,6 +243,16 @@ impl RunnerOutput {
     /// output's length, 12 s for 20 MB written at once).
     fn take(&mut self, bytes: &[u8]) -> Vec<SessionEvent> {
         let mut events = Vec::new();
+        let bytes = match self.skipping {
+            false => bytes,
+            true => match bytes.iter().position(|byte| *byte == b'\n') {
+                None => return events,
+                Some(end) => {
+                    self.skipping = false;
+                    &bytes[end + 1..]
+                }
+            },
+        };
         let pending = &mut self.pending;
         let searched = pending.len();
         pending.extend_from_slice(bytes);
@@ -256,8 +269,22 @@ impl RunnerOutput {
             .iter()
             .rposition(|byte| *byte == EVENT_MARK)
             .map(|at| fresh + at)
-            .or(self.mark.filter(|at| *at >= start))
-            .filter(|at| pending.len() - at <= MAX_EVENT_LINE_BYTES);
+            .or(self.mark.filter(|at| *at >= start));
+        if let Some(at) = mark
+            && pending.len() - at > MAX_EVENT_LINE_BYTES
+        {
+            events.extend(output_events(&pending[start..at]));
+            let said = format!(
+                "bkg: left out a line of over {} that the session's interpreter began as an event (a result or \
+                 figure too large to show)\n",
+                bkg_schema::units::format_size(MAX_EVENT_LINE_BYTES as u64)
+            );
+            events.push(SessionEvent::Stream { name: StreamName::Stderr, text: said });
+            pending.clear();
+            self.mark = None;
+            self.skipping = true;
+            return events;
+        }
         // A long stretch of output without a newline (Node's, a subprocess's) is passed on as it
         // comes, but for the event its mark may begin and a character cut.
         if pending.len() - start > UNENDED_LINE_BYTES {
@@ -267,25 +294,31 @@ impl RunnerOutput {
                 Err(error) if error.error_len().is_none() => error.valid_up_to(),
                 _ => rest.len(),
             };
-            // In events of at most the bound each, as the runners send long output (a line
-            // that stopped being an event may be 16 MiB long).
-            let mut taken = 0;
-            while taken < whole {
-                let mut end = (taken + UNENDED_LINE_BYTES).min(whole);
-                // Not inside a character: a UTF-8 continuation byte is 0b10xxxxxx.
-                while end < whole && end > taken + 1 && rest[end] & 0xC0 == 0x80 {
-                    end -= 1;
-                }
-                let text = String::from_utf8_lossy(&rest[taken..end]).into_owned();
-                events.push(SessionEvent::Stream { name: StreamName::Stdout, text });
-                taken = end;
-            }
+            events.extend(output_events(&rest[..whole]));
             start += whole;
         }
         pending.drain(..start);
         self.mark = mark.map(|at| at - start);
         events
     }
+}
+
+/// `bytes` of output as stdout events of at most `UNENDED_LINE_BYTES` each, as the runners send
+/// long output, never cut inside a character.
+fn output_events(bytes: &[u8]) -> Vec<SessionEvent> {
+    let mut events = Vec::new();
+    let mut taken = 0;
+    while taken < bytes.len() {
+        let mut end = (taken + UNENDED_LINE_BYTES).min(bytes.len());
+        // A UTF-8 continuation byte is 0b10xxxxxx.
+        while end < bytes.len() && end > taken + 1 && bytes[end] & 0xC0 == 0x80 {
+            end -= 1;
+        }
+        let text = String::from_utf8_lossy(&bytes[taken..end]).into_owned();
+        events.push(SessionEvent::Stream { name: StreamName::Stdout, text });
+        taken = end;
+    }
+    events
 }
 
 /// Reads the runner's output for the session's whole life, turning it into events.
@@ -532,7 +565,8 @@ mod tests {
         let text = |text: &str| SessionEvent::Stream { name: StreamName::Stdout, text: text.into() };
         assert_eq!(lines.take(b"tus\":\"ok\",\"execution\":2}\n"), vec![text("before"), end]);
 
-        // A mark and then no newline: the agent holds the line up to the bound, then passes it on.
+        // A mark and then no newline: the agent holds the line up to the bound, then leaves it
+        // out up to its end, and says so.
         let piece = vec![b'x'; 1024 * 1024];
         let mut passed = lines.take(b"\x1e").len();
         for _ in 1..MAX_EVENT_LINE_BYTES / piece.len() {
@@ -541,24 +575,17 @@ mod tests {
         assert_eq!(passed, 0, "held while it may still be an event");
         assert_eq!(lines.pending.len(), MAX_EVENT_LINE_BYTES - piece.len() + 1);
         let past = lines.take(&piece);
-        let bytes = |events: &[SessionEvent]| -> Vec<usize> {
-            events
-                .iter()
-                .map(|event| match event {
-                    SessionEvent::Stream { text, .. } => text.len(),
-                    _ => usize::MAX,
-                })
-                .collect()
-        };
-        // All of it, as output in events of at most UNENDED_LINE_BYTES.
-        let sizes = bytes(&past);
-        assert_eq!(sizes.iter().sum::<usize>(), MAX_EVENT_LINE_BYTES + 1, "{} events", sizes.len());
-        assert!(sizes.iter().all(|size| *size <= UNENDED_LINE_BYTES), "{sizes:?}");
+        assert!(
+            matches!(&past[..], [SessionEvent::Stream { name: StreamName::Stderr, text }] if text.starts_with("bkg: left out a line of over 16MiB")),
+            "{past:?}"
+        );
         assert!(lines.pending.is_empty() && lines.mark.is_none(), "{} bytes held", lines.pending.len());
         for _ in 0..8 {
-            assert_eq!(bytes(&lines.take(&piece)).iter().sum::<usize>(), piece.len());
+            assert_eq!(lines.take(&piece), vec![]);
             assert!(lines.pending.is_empty(), "nothing more held: {}", lines.pending.len());
         }
+        // Its end ends the leaving out.
+        assert_eq!(lines.take(b"xx\nafter\n"), vec![text("after\n")]);
         // A long line of characters of several bytes is never cut inside one.
         let mut lines = RunnerOutput::default();
         let text = format!("a{}", "é".repeat(UNENDED_LINE_BYTES));
