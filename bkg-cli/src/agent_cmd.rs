@@ -121,11 +121,22 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
                     }
                 },
             };
-            client.post_empty("/api/v1/agent/shutdown").await?;
+            let asked = client.post_empty("/api/v1/agent/shutdown").await;
             let deadline = std::time::Instant::now() + STOP_PATIENCE;
             let stopped = match process {
                 Some((process, info)) => {
+                    // Cut off before its answer, the agent was killed or crashed as its stop began
+                    // (its process is gone at once), or it could not be asked (it is still there).
+                    let deadline = match asked {
+                        Ok(()) => deadline,
+                        Err(_) => std::time::Instant::now() + GONE_PATIENCE,
+                    };
                     let exited = process.exited_by(deadline).await;
+                    if let Err(error) = asked
+                        && !exited
+                    {
+                        return Err(error);
+                    }
                     // Its socket file still there after its process is gone: killed or crashed
                     // before its stop ended (a socket systemd made stays, whatever the agent did).
                     if exited && !info.socket_activated && client.socket_file_remains() {
@@ -141,6 +152,7 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
                     exited
                 }
                 None => {
+                    asked?;
                     while client.is_up()? && std::time::Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -199,6 +211,9 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
 /// How long `bkg agent stop` waits: the agent's 5 s grace for runs and its 20 s bound on
 /// disposing of sandboxes (docs/operations.md), and a margin.
 const STOP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a stop whose request was cut off waits to learn whether the agent's process is gone.
+const GONE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// A local agent's process, held by a pidfd: it cannot be confused with a later process that
 /// reuses the pid.
