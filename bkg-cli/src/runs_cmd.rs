@@ -51,7 +51,7 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
             let client = AgentClient::new(&settings.endpoint()?)?;
             client.ensure_running().await?;
             let Some(record) = client.get_found::<RunRecord>(&format!("/api/v1/runs/{id}")).await? else {
-                return Err(CliError::usage(format!("no run `{id}` here: `bkg runs ls` lists the runs you may see")));
+                return Err(unknown_run(&id));
             };
             out.answer(&record, describe)?;
         }
@@ -61,7 +61,7 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
             client.ensure_running().await?;
             // The agent answers once the run's end is recorded: SIGTERM's grace is 5 s.
             let Some(record) = client.post_found::<RunRecord>(&format!("/api/v1/runs/{id}/cancel")).await? else {
-                return Err(CliError::usage(format!("no run `{id}` here: `bkg runs ls` lists the runs you may see")));
+                return Err(unknown_run(&id));
             };
             out.answer(&record, describe)?;
         }
@@ -73,7 +73,7 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
             let client = AgentClient::new(&settings.endpoint()?)?;
             client.ensure_running().await?;
             let Some(files) = client.get_found::<RunFiles>(&format!("/api/v1/runs/{id}/files")).await? else {
-                return Err(CliError::usage(format!("no run `{id}` here: `bkg runs ls` lists the runs you may see")));
+                return Err(unknown_run(&id));
             };
             match output {
                 None if files.files.is_empty() && !out.is_json() => out.note(format_args!("run {id} kept no files")),
@@ -90,6 +90,11 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
         }
     }
     Ok(SUCCESS)
+}
+
+/// What the agent's 404 for run `id` means here.
+fn unknown_run(id: &str) -> CliError {
+    CliError::usage(format!("no run `{id}` here: `bkg runs ls` lists the runs you may see"))
 }
 
 pub(crate) fn check_run_id(id: &str) -> Result<(), CliError> {

@@ -99,13 +99,18 @@ pub enum ControlError {
     Passing(#[from] nix::errno::Errno),
 }
 
-pub fn write_blocking<T: Serialize>(stream: &mut impl Write, message: &T) -> Result<(), ControlError> {
+/// `message` as a frame: its length (u32, big-endian), then its JSON.
+fn frame_of<T: Serialize>(message: &T) -> Result<Vec<u8>, ControlError> {
     let body = serde_json::to_vec(message)?;
     let len = u32::try_from(body.len()).map_err(|_| ControlError::TooLong(body.len()))?;
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&body);
-    stream.write_all(&frame)?;
+    Ok(frame)
+}
+
+pub fn write_blocking<T: Serialize>(stream: &mut impl Write, message: &T) -> Result<(), ControlError> {
+    stream.write_all(&frame_of(message)?)?;
     Ok(())
 }
 
@@ -128,11 +133,7 @@ pub fn write_with_fd_blocking<T: Serialize>(
     fd: RawFd,
 ) -> Result<(), ControlError> {
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    let body = serde_json::to_vec(message)?;
-    let len = u32::try_from(body.len()).map_err(|_| ControlError::TooLong(body.len()))?;
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&body);
+    let frame = frame_of(message)?;
     let fds = [fd];
     let sent = sendmsg::<()>(
         stream.as_raw_fd(),
@@ -236,12 +237,7 @@ impl ControlSocket {
     }
 
     pub async fn write<T: Serialize>(&mut self, message: &T) -> Result<(), ControlError> {
-        let body = serde_json::to_vec(message)?;
-        let len = u32::try_from(body.len()).map_err(|_| ControlError::TooLong(body.len()))?;
-        let mut frame = Vec::with_capacity(4 + body.len());
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(&body);
-        self.stream.write_all(&frame).await?;
+        self.stream.write_all(&frame_of(message)?).await?;
         Ok(())
     }
 

@@ -234,18 +234,18 @@ impl Engine {
     /// would mount the same disk): a second is refused as busy until the first has ended.
     pub fn accept(self: &Arc<Self>, run_id: String, run: &ValidatedRun) -> Result<RunTicket, RunError> {
         let tracker = RunTracker::new(run_id.clone(), run.is_for_transfer());
+        let sandbox_id = run.sandbox_id().map(str::to_owned);
         let mut maps = self.registry.lock();
-        if let Some(sandbox_id) = run.sandbox_id() {
+        if let Some(sandbox_id) = &sandbox_id {
             if let Some(running) = maps.sandboxes.get(sandbox_id) {
                 return Err(RunError::Busy(format!(
                     "sandbox {sandbox_id} is already running ({}); stop it first",
                     running.run_id
                 )));
             }
-            maps.sandboxes.insert(sandbox_id.to_owned(), Arc::clone(&tracker));
+            maps.sandboxes.insert(sandbox_id.clone(), Arc::clone(&tracker));
         }
         maps.runs.insert(run_id.clone(), Arc::clone(&tracker));
-        let sandbox_id = run.sandbox_id().map(str::to_owned);
         let registered = Registered { engine: Arc::clone(self), run_id, sandbox_id };
         Ok(RunTicket { tracker, registered: Some(registered) })
     }

@@ -297,15 +297,9 @@ impl PreparedSandbox {
         .await;
         let id = self.id.clone();
         let cgroup = self.cgroup;
-        // Nothing should be left once pid 1 is gone; kill_all is the safety net for anything
-        // that is (it waits for the freezer, so it stays off the async workers).
-        let cgroup_removed = tokio::task::spawn_blocking(move || {
-            if !cgroup.pids().unwrap_or_default().is_empty() {
-                cgroup.kill_all()?;
-            }
-            cgroup.remove()
-        })
-        .await;
+        // Nothing should be left once pid 1 is gone.
+        let cgroup_removed =
+            tokio::task::spawn_blocking(move || super::cgroup::empty_and_remove(cgroup.as_ref())).await;
         let cgroup_removed = match cgroup_removed {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {

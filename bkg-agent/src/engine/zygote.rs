@@ -487,19 +487,8 @@ pub struct Generation {
     cgroup: std::sync::Arc<dyn RunCgroup>,
 }
 
-impl std::fmt::Debug for Generation {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("Generation")
-            .field("number", &self.number)
-            .field("pid", &self.pid)
-            .field("socket", &self.socket)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Whether a zygote serves, and why not.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum ZygoteStatus {
     Serving(Generation),
     Off(String),
@@ -575,12 +564,11 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
             }
         };
         let pid = child.id().unwrap_or(0);
-        let cgroup_held = std::sync::Arc::clone(&cgroup);
         strong.set_zygote(ZygoteStatus::Serving(Generation {
             number,
             pid,
             socket: socket.clone(),
-            cgroup: cgroup_held,
+            cgroup: std::sync::Arc::clone(&cgroup),
         }));
         drop(strong);
         let started = tokio::time::Instant::now();
@@ -660,13 +648,7 @@ fn cgroup_of(engine: &super::Engine, number: u64) -> Result<Box<dyn RunCgroup>, 
 
 /// Kills what is left in a generation's cgroup (a fork on its way out) and removes it.
 async fn remove_cgroup(cgroup: std::sync::Arc<dyn RunCgroup>) {
-    let removed = tokio::task::spawn_blocking(move || {
-        if !cgroup.pids().unwrap_or_default().is_empty() {
-            cgroup.kill_all()?;
-        }
-        cgroup.remove()
-    })
-    .await;
+    let removed = tokio::task::spawn_blocking(move || super::cgroup::empty_and_remove(cgroup.as_ref())).await;
     if let Ok(Err(error)) = removed {
         tracing::warn!(%error, "could not remove the zygote's cgroup");
     }

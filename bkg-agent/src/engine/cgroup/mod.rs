@@ -599,6 +599,16 @@ fn remove_cgroup_tree(dir: &Path) -> Result<(), CgroupError> {
     remove(dir, Instant::now() + DRAIN_TIMEOUT)
 }
 
+/// Kills what is still in `cgroup` (a safety net: its processes should be gone by now) and removes
+/// it. Blocking: it waits for the freezer and for dying tasks, so callers keep it off the async
+/// workers.
+pub fn empty_and_remove(cgroup: &dyn RunCgroup) -> Result<(), CgroupError> {
+    if !cgroup.pids().unwrap_or_default().is_empty() {
+        cgroup.kill_all()?;
+    }
+    cgroup.remove()
+}
+
 /// Kills and removes every run cgroup in `names`, continuing past failures so one stuck cgroup
 /// does not keep the others around. Returns how many were removed, or the first failure.
 fn remove_stale_runs(names: Vec<OsString>, open: impl Fn(&OsStr) -> Box<dyn RunCgroup>) -> Result<usize, CgroupError> {
