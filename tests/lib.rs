@@ -182,7 +182,14 @@ impl Agent {
         self.child = Some(child);
         self.crashed = false;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+        // A socket that accepts is not enough: a process forked by a killed agent may hold its
+        // listener for a moment (until its exec), so the agent that answers must be this one.
+        // (Every wrapper execs the agent: it keeps the child's pid.)
+        let answers = |agent: &Self| {
+            std::os::unix::net::UnixStream::connect(&agent.socket).is_ok()
+                && agent.status_json_if_up().is_some_and(|status| status["pid"] == agent.pid())
+        };
+        while !answers(self) {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("agent exited during start-up ({status}):\n{}", self.log());
             }
@@ -307,6 +314,12 @@ impl Agent {
             .filter_map(|path| std::fs::read_to_string(path).ok())
             .flat_map(|text| text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect::<Vec<_>>())
             .collect()
+    }
+
+    /// `bkg agent status --json`, if an agent answers.
+    fn status_json_if_up(&self) -> Option<serde_json::Value> {
+        let output = self.bkg().args(["agent", "status", "--json"]).output().ok()?;
+        serde_json::from_slice(&output.stdout).ok()
     }
 
     pub fn status_json(&self) -> serde_json::Value {

@@ -709,14 +709,25 @@ fn spawn(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let raw = listener.as_raw_fd();
+    let agent_pid = nix::unistd::getpid().as_raw();
     let root = c"/";
     let workspace = std::ffi::CString::new(super::plan::WORKSPACE).map_err(std::io::Error::other)?;
     let tmpfs = c"tmpfs";
-    // SAFETY: between fork and exec only async-signal-safe calls are made (write, dup2, fcntl,
-    // umask, signal, unshare, mount, stat, prctl) on descriptors open in the child and strings made
-    // before the fork.
+    // SAFETY: between fork and exec only async-signal-safe calls are made (prctl, getppid,
+    // write, dup2, fcntl, umask, signal, unshare, mount, stat) on descriptors open in the child
+    // and strings made before the fork; nothing allocates.
     unsafe {
         command.pre_exec(move || {
+            // The zygote ends with the agent, whose runtime worker thread starts it. First, and
+            // checked: an agent killed before this would leave a zygote serving nobody, and one
+            // killed during the steps below a child holding the agent's socket until its exec.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != agent_pid {
+                // No allocation here: ESRCH, "no such process", is the agent.
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
             // The child alone, single-threaded, joins (`0` is the writer).
             for fd in &join_fds {
                 if libc::write(*fd, c"0".as_ptr().cast(), 1) != 1 {
@@ -775,10 +786,6 @@ fn spawn(
                     std::ptr::null(),
                 ) != 0
             {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The zygote ends with the agent, whose runtime worker thread starts it.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
