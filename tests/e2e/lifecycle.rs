@@ -500,3 +500,32 @@ fn zygote_generations_turn_over_under_load() {
     assert!(log.contains("the zygote made its forks"), "{log}");
     assert!(!log.contains("wait for the zygote"), "a sandbox waited for a zygote that had ended:\n{log}");
 }
+
+/// A run that finds the pool empty has a sandbox prepared for itself with the interpreter started
+/// ahead as the pool's are (engine/mod.rs, `first_prepared`): under more clients than the pool
+/// holds, every Python run is still a fork of the zygote. Before, such a run started a cold
+/// interpreter, and at 8 clients four runs in five did (docs/testing.md).
+#[test]
+fn runs_that_find_the_pool_empty_still_take_forks_of_the_zygote() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() });
+    agent.wait_warm(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while agent.status_json()["zygote"]["state"] != "serving" {
+        assert!(std::time::Instant::now() < deadline, "no zygote: {}", agent.status_json());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..5 {
+                    let output = agent.exe(&["-t", "python", "-c", "import os\nprint(os.getpid(), os.getppid())"]);
+                    assert_eq!((code(&output), stdout(&output).as_str()), (0, "2 1\n"), "{}", stderr(&output));
+                }
+            });
+        }
+    });
+    let info = agent.status_json();
+    // 20 runs and their sandboxes' forks stay far below a generation's 100: no turnover.
+    assert_eq!(info["zygote"]["generation"].as_u64(), Some(1), "{info}");
+    assert_eq!((info["prestarted_runs"].as_u64(), info["zygote_runs"].as_u64()), (Some(20), Some(20)), "{info}");
+}

@@ -57,7 +57,7 @@ use bkg_schema::Limits;
 
 use self::cgroup::CgroupDriver;
 use self::plan::HostLayout;
-use self::sandbox::PreparedSandbox;
+use self::sandbox::{Preparation, PreparedSandbox};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -542,20 +542,22 @@ impl Engine {
                     return Ok(sandbox);
                 }
             }
-            if let Some(next) = self.pool.wait_for_next() {
-                return self.first_prepared(next, disk_bytes).await;
+            if !self.pool.is_off() {
+                return self.first_prepared(self.pool.wait_for_next(), disk_bytes).await;
             }
         }
         PreparedSandbox::prepare(self, disk_bytes, None, &plan::Additions::default()).await
     }
 
-    /// For a run that found the pool empty while the pool prepares more: a sandbox of its own,
-    /// prepared now, or the pool's next one, whichever is ready first. The pool's was begun
-    /// earlier (with its interpreter started ahead), so runs one after another wait for it
-    /// rather than for a whole preparation; the one not taken goes to the pool.
+    /// For a run that found the pool empty: a sandbox of its own, prepared now at normal
+    /// priority with its interpreter started ahead as the pool's are (so the run still takes a
+    /// fork of the zygote, not a cold start), or the pool's `next` one (if one is being
+    /// prepared that no other waiting run will take first), whichever is ready first. The
+    /// pool's was begun earlier, so runs one after another wait for it rather than for a whole
+    /// preparation; the one not taken goes to the pool.
     async fn first_prepared(
         self: &Arc<Self>,
-        next: tokio::sync::oneshot::Receiver<PreparedSandbox>,
+        next: Option<tokio::sync::oneshot::Receiver<PreparedSandbox>>,
         disk_bytes: u64,
     ) -> Result<PreparedSandbox, EngineError> {
         let (own_sender, own) = tokio::sync::oneshot::channel();
@@ -564,19 +566,21 @@ impl Engine {
         // or it would leave its half-made sandbox behind.
         let in_flight = self.run_in_flight();
         tokio::spawn(async move {
-            let prepared = PreparedSandbox::prepare(&engine, disk_bytes, None, &plan::Additions::default()).await;
+            let prepared = PreparedSandbox::prepare_default(&engine, disk_bytes, Preparation::ForWaitingRun).await;
             if let Err(Ok(unwanted)) = own_sender.send(prepared) {
                 engine.return_to_pool(unwanted);
             }
             drop(in_flight);
         });
         let mut own = OnItsWay { receiver: own, engine: Arc::clone(self) };
-        let mut next = OnItsWay { receiver: next, engine: Arc::clone(self) };
-        tokio::select! {
-            prepared = &mut own.receiver => return prepared.unwrap_or(Err(EngineError::ShuttingDown)),
-            Ok(sandbox) = &mut next.receiver => if let Some(sandbox) = self.unbroken(sandbox) {
-                return Ok(sandbox);
-            },
+        if let Some(next) = next {
+            let mut next = OnItsWay { receiver: next, engine: Arc::clone(self) };
+            tokio::select! {
+                prepared = &mut own.receiver => return prepared.unwrap_or(Err(EngineError::ShuttingDown)),
+                Ok(sandbox) = &mut next.receiver => if let Some(sandbox) = self.unbroken(sandbox) {
+                    return Ok(sandbox);
+                },
+            }
         }
         (&mut own.receiver).await.unwrap_or(Err(EngineError::ShuttingDown))
     }
@@ -636,7 +640,7 @@ impl Engine {
             let engine = Arc::clone(self);
             tokio::spawn(async move {
                 let disk_bytes = engine.config.default_limits.disk_bytes;
-                match PreparedSandbox::prepare_in_background(&engine, disk_bytes).await {
+                match PreparedSandbox::prepare_default(&engine, disk_bytes, Preparation::Ahead).await {
                     Ok(sandbox) => {
                         let bytes = sandbox.cgroup.usage().ok().map(|usage| usage.peak_memory_bytes);
                         if engine.is_closing() {

@@ -56,13 +56,8 @@ struct State<T> {
     sandbox_bytes: u64,
     /// Runs that found the pool empty and wait for the next sandbox it prepares (each also
     /// has one prepared for itself, and takes whichever is ready first), oldest first.
+    /// Runs take the newest ready sandbox; shrinking drops the oldest.
     waiting: VecDeque<oneshot::Sender<T>>,
-}
-
-/// Where a sandbox goes among the ready ones: runs take the newest, shrinking drops the oldest.
-enum Place {
-    Newest,
-    Oldest,
 }
 
 /// What `WarmPool::plan_refill` decided.
@@ -155,22 +150,22 @@ impl<T> WarmPool<T> {
         if let Some(bytes) = bytes.filter(|bytes| *bytes > 0) {
             state.sandbox_bytes = bytes;
         }
-        let surplus = Self::offer(&mut state, sandbox, Place::Newest);
+        let surplus = Self::offer(&mut state, sandbox);
         drop(state);
         self.preparation_ended();
         surplus
     }
 
     /// Takes back a prepared sandbox no run took: one a run prepared for itself while it
-    /// waited for the pool's next one, and did not need. It has no interpreter started ahead,
-    /// so it is taken after the others and disposed of first when the pool shrinks. Returns it
+    /// waited for the pool's next one, and did not need (it too has its interpreter started
+    /// ahead), or the pool's next one that arrived after its run stopped waiting. Returns it
     /// when there is no room.
     pub fn put_back(&self, sandbox: T) -> Option<T> {
-        Self::offer(&mut self.state(), sandbox, Place::Oldest)
+        Self::offer(&mut self.state(), sandbox)
     }
 
-    /// To the oldest run still waiting, else into the pool at `place` if it has room.
-    fn offer(state: &mut State<T>, mut sandbox: T, place: Place) -> Option<T> {
+    /// To the oldest run still waiting, else into the pool as its newest if it has room.
+    fn offer(state: &mut State<T>, mut sandbox: T) -> Option<T> {
         while let Some(run) = state.waiting.pop_front() {
             match run.send(sandbox) {
                 Ok(()) => return None,
@@ -181,10 +176,7 @@ impl<T> WarmPool<T> {
         if state.ready.len() >= state.target {
             return Some(sandbox);
         }
-        match place {
-            Place::Newest => state.ready.push(sandbox),
-            Place::Oldest => state.ready.insert(0, sandbox),
-        }
+        state.ready.push(sandbox);
         None
     }
 
@@ -390,12 +382,11 @@ mod tests {
         drop(pool.wait_for_next());
         assert_eq!(pool.add(7, None), None);
         assert_eq!(pool.describe_ready(|sandbox| *sandbox), vec![7]);
-        // What a run prepared for itself and did not need goes to the pool while it has room,
-        // behind what the pool prepared (with an interpreter started ahead).
+        // What a run prepared for itself and did not need goes to the pool while it has room.
         assert_eq!(pool.put_back(8), None);
         assert_eq!(pool.put_back(9), Some(9), "the pool is at its target");
-        assert_eq!(pool.describe_ready(|sandbox| *sandbox), vec![8, 7], "oldest first");
-        assert_eq!(pool.take(1), Some(7));
+        assert_eq!(pool.describe_ready(|sandbox| *sandbox), vec![7, 8], "oldest first");
+        assert_eq!(pool.take(1), Some(8), "runs take the newest");
     }
 
     #[test]

@@ -68,6 +68,19 @@ fn nonblocking_pipe() -> Result<(OwnedFd, OwnedFd), EngineError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|errno| EngineError::io("create pipe")(errno.into()))
 }
 
+/// How a default sandbox (no persistent disk, nothing added) is prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preparation {
+    /// For the warm pool, ahead of any run: at idle priority (`SandboxPlan::background`), with
+    /// the last run's interpreter started ahead.
+    Ahead,
+    /// For a run that found the pool empty and waits: at normal priority, with the interpreter
+    /// started ahead as well, so the run still takes a zygote's fork rather than a cold start.
+    ForWaitingRun,
+    /// Nothing ahead: the code starts its own interpreter when the run begins.
+    Plain,
+}
+
 impl PreparedSandbox {
     pub async fn prepare(
         engine: &Arc<Engine>,
@@ -75,26 +88,30 @@ impl PreparedSandbox {
         persistent: Option<&PersistentDisk>,
         additions: &Additions,
     ) -> Result<Self, EngineError> {
-        Self::prepare_as(engine, disk_bytes, (persistent, additions), false).await
+        Self::prepare_as(engine, disk_bytes, (persistent, additions), Preparation::Plain).await
     }
 
-    /// A default sandbox for the warm pool, built at idle priority (`SandboxPlan::background`).
-    pub async fn prepare_in_background(engine: &Arc<Engine>, disk_bytes: u64) -> Result<Self, EngineError> {
-        Self::prepare_as(engine, disk_bytes, (None, &Additions::default()), true).await
+    /// A default sandbox with its interpreter started ahead, prepared as `preparation` says.
+    pub async fn prepare_default(
+        engine: &Arc<Engine>,
+        disk_bytes: u64,
+        preparation: Preparation,
+    ) -> Result<Self, EngineError> {
+        Self::prepare_as(engine, disk_bytes, (None, &Additions::default()), preparation).await
     }
 
     async fn prepare_as(
         engine: &Arc<Engine>,
         disk_bytes: u64,
         (persistent, additions): (Option<&PersistentDisk>, &Additions),
-        background: bool,
+        preparation: Preparation,
     ) -> Result<Self, EngineError> {
         let id = new_id("sbx");
         let run_dir = engine.runs_dir().join(&id);
         let disk = engine.capacity.grant_disk(disk_bytes)?;
         let ids = engine.ids.allocate()?;
         let result =
-            Self::build(engine, &id, &run_dir, disk_bytes, (persistent, additions, background), ids, disk).await;
+            Self::build(engine, &id, &run_dir, disk_bytes, (persistent, additions, preparation), ids, disk).await;
         if let Err(error) = &result {
             tracing::warn!(sandbox = %id, %error, "preparing a sandbox failed");
             // Whatever was made for the failed attempt goes; the cgroup was removed by `build`.
@@ -108,10 +125,11 @@ impl PreparedSandbox {
         id: &str,
         run_dir: &Path,
         disk_bytes: u64,
-        (persistent, additions, background): (Option<&PersistentDisk>, &Additions, bool),
+        (persistent, additions, preparation): (Option<&PersistentDisk>, &Additions, Preparation),
         ids: IdSlot,
         disk: DiskGrant,
     ) -> Result<Self, EngineError> {
+        let background = preparation == Preparation::Ahead;
         for dir in [run_dir.join("root"), run_dir.join("disk")] {
             tokio::fs::create_dir_all(&dir).await.map_err(EngineError::io(format!("create {}", dir.display())))?;
         }
@@ -148,8 +166,9 @@ impl PreparedSandbox {
             },
         );
         plan.background = background;
-        // A pool sandbox starts ahead the interpreter the last run took.
-        if background {
+        // A pool sandbox, and one for a run waiting for the pool, starts ahead the interpreter
+        // the last run took.
+        if preparation != Preparation::Plain {
             let language = engine.prestart_language();
             if let Ok(prestart) = engine.prestart_plan(language) {
                 plan.prestart = Some(prestart);
