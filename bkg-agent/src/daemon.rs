@@ -1159,8 +1159,8 @@ impl std::io::Write for LogWriter {
 const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
 
 /// How long runs may go on after the agent is asked to stop, before they are killed with
-/// `killed_by: shutdown` (docs/cli.md, `bkg agent stop`).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// `killed_by: shutdown` (docs/cli.md, `bkg agent stop`): the grace a stopped run has.
+const SHUTDOWN_GRACE: Duration = bkg_schema::STOP_GRACE;
 /// How long disposing of the sandboxes may take after the grace, before the agent gives up
 /// waiting and stops anyway (logging what is left).
 const CLEANUP_BOUND: Duration = Duration::from_secs(20);

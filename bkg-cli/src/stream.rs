@@ -35,6 +35,9 @@ pub enum Stdin {
     Empty,
 }
 
+/// How long after a Ctrl-C a run still going is said to be ending within its grace.
+const GRACE_NOTE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs `body` at `path` (which must accept `Upgrade: bkg-stream/1`) and returns its result.
 /// Ctrl-C (or SIGTERM, SIGHUP) cancels the run; the agent still answers with a result
 /// (`killed_by: cancelled`); a second one ends bkg without waiting for it.
@@ -108,13 +111,27 @@ pub async fn run_keeping_out_dir(
             });
         }
         use std::sync::atomic::Ordering::Relaxed;
-        if WAITING_FOR_READER.load(Relaxed) {
+        let second = if WAITING_FOR_READER.load(Relaxed) {
             printer.note(format_args!(
                 "cancelling the run; its output waits for a reader that takes none (Ctrl-C again to quit without it)"
             ));
-        }
+            stop_signals.next().await
+        } else {
+            // Code that takes its time to end, or ignores SIGTERM, keeps the caller waiting up to
+            // the grace: said once the run is not over soon (this task ends with the run).
+            tokio::select! {
+                second = stop_signals.next() => second,
+                () = tokio::time::sleep(GRACE_NOTE_AFTER) => {
+                    printer.note(format_args!(
+                        "cancelling the run: its code has SIGTERM, and SIGKILL if still going {} s after it (Ctrl-C again to stop waiting)",
+                        bkg_schema::STOP_GRACE.as_secs()
+                    ));
+                    stop_signals.next().await
+                }
+            }
+        };
         // The run's end is awaited for its result; a second signal is a caller who will not wait.
-        if let Some(signal) = stop_signals.next().await {
+        if let Some(signal) = second {
             // Output waiting for its reader holds up the result behind it too.
             match WAITING_FOR_READER.load(Relaxed) {
                 false => printer.note(format_args!("stopped without waiting for the run's end")),

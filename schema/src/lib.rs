@@ -216,6 +216,10 @@ pub fn is_env_key(name: &str) -> bool {
 
 pub const MIB: u64 = 1024 * 1024;
 
+/// How long a run asked to end (a stop, a cancel, Ctrl-C on its `bkg exe`) has after its code is
+/// sent SIGTERM before it is killed with SIGKILL.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `timeout: none`: a run that only ends by itself or by a stop; only persistent sandboxes may
 /// ask for it, and only from an agent started with `--max-timeout none`.
 pub const NO_TIMEOUT_MS: u64 = u64::MAX;

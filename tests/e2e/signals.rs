@@ -29,6 +29,34 @@ fn ctrl_c_cancels_a_run_with_130_and_leaves_no_sandbox() {
     assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
 }
 
+/// Code that ignores SIGTERM keeps Ctrl-C waiting for the grace (bkg_schema::STOP_GRACE) before
+/// SIGKILL: bkg says so once the run has not ended soon, rather than seem to hang.
+#[test]
+fn ctrl_c_on_code_that_ignores_sigterm_says_it_waits_for_the_grace() {
+    let agent = Agent::start();
+    let script =
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(60)";
+    let mut child = agent
+        .bkg()
+        .args(["exe", "--type", "python", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bkg exe");
+    let mut first = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut first).expect("read the run's output");
+    assert_eq!(first, "up\n");
+    interrupt(&child);
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(code(&output), 130, "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "bkg: cancelling the run: its code has SIGTERM, and SIGKILL if still going 5 s after it (Ctrl-C again to stop waiting)\nbkg: cancelled\n"
+    );
+    agent.wait_idle();
+}
+
 /// Stdin the code never reads (`yes | bkg exe job.py`) fills every buffer on its way to the
 /// code, and the run stream's cancel frame waits behind it: Ctrl-C still ends the run, as bkg
 /// also asks the agent on a call of its own (`POST /api/v1/runs/{id}/cancel`).

@@ -145,7 +145,7 @@ impl RunTracker {
     }
 
     /// Asks the run to end (`killed_by: cancelled`): its code is sent SIGTERM and killed if it
-    /// is still going after `STOP_GRACE` (engine/run.rs), so a service can save its work.
+    /// is still going after `bkg_schema::STOP_GRACE`, so a service can save its work.
     pub fn stop_gracefully(&self) {
         self.stop.notify_one();
     }

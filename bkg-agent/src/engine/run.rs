@@ -371,10 +371,6 @@ const RELAY_FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// Once pid 1 has reported, how long to wait for pipes that a leftover process may hold open.
 const PIPE_GRACE: Duration = Duration::from_secs(2);
 
-/// How long a run asked to end (`bkg stop`, Ctrl-C) has after SIGTERM before it is killed: the
-/// agent's own grace for runs when it stops.
-const STOP_GRACE: Duration = Duration::from_secs(5);
-
 /// How many run logs a persistent sandbox keeps.
 const KEPT_LOGS: usize = 20;
 
@@ -887,8 +883,8 @@ impl Watch<'_> {
         watched
     }
 
-    /// A stop or a cancel: the code is sent SIGTERM and has `STOP_GRACE` to end (a service saves
-    /// its work), then it is killed; asked again meanwhile, nothing more happens.
+    /// A stop or a cancel: the code is sent SIGTERM and has `bkg_schema::STOP_GRACE` to end (a
+    /// service saves its work), then it is killed; asked again meanwhile, nothing more happens.
     fn ask_to_end(&mut self, watched: &mut Watched, grace: std::pin::Pin<&mut tokio::time::Sleep>) {
         if watched.killed_by.is_some() {
             return;
@@ -901,7 +897,7 @@ impl Watch<'_> {
         if watched.code_running {
             self.sandbox.terminate_code();
         }
-        grace.reset(tokio::time::Instant::now() + STOP_GRACE);
+        grace.reset(tokio::time::Instant::now() + bkg_schema::STOP_GRACE);
     }
 
     /// Output read from the sandbox: kept (up to the cap, and whole in a spool past it), logged,
