@@ -538,6 +538,31 @@ fn a_run_going_on_is_cancelled_from_its_page() {
     assert_eq!((again.status, again.header("location")), (303, Some(page.as_str())), "{}", again.text());
 }
 
+/// The page of a session's interpreter offers no cancel, which would be refused (it would take
+/// the session's variables): it says what ends the session instead.
+#[test]
+fn a_sessions_interpreter_is_not_offered_for_cancelling() {
+    let (agent, address, _files) = agent_on_tcp();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
+    let added = agent.bkg_in(dir, &["add", "box", "--type", "python", "--script", "start=true", "--disk", "64MiB"]);
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    let set = agent.bkg_in(dir, &["exec", "box", "-c", "x = 41"]);
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let run = status["current_run"].as_str().expect("the session's run").to_owned();
+
+    let mut browser = Browser::new(&address);
+    assert_eq!(browser.log_in_with_url(launch(&agent)["url"].as_str().unwrap_or_default()).status, 303);
+    let page = browser.get(&format!("/ui/runs/{run}")).text();
+    assert!(page.contains("is the interpreter of session <code>default</code>"), "{page}");
+    assert!(!page.contains("Cancel this run"), "{page}");
+    let kept = agent.bkg_in(dir, &["exec", "box", "-c", "x + 1"]);
+    assert_eq!((code(&kept), stdout(&kept)), (0, "42\n".to_owned()), "{}", stderr(&kept));
+}
+
 #[test]
 fn markup_and_terminal_sequences_in_output_are_shown_as_text() {
     let (agent, address, _files) = agent_on_tcp();

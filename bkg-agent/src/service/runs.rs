@@ -277,12 +277,18 @@ impl Service {
     /// its code gets SIGTERM, and SIGKILL after its grace), and returns it as recorded once it has
     /// ended. Its caller's own stream may be the one thing it cannot hear on: stdin that the code
     /// does not read holds up every frame behind it, the cancel too.
+    /// The sandbox id and session name of the session whose interpreter is run `id`, if it is
+    /// one: a run that cancelling would take its variables from.
+    pub fn session_of_run(&self, id: &str) -> Option<(String, String)> {
+        self.sessions.holding_run(id)
+    }
+
     pub async fn cancel_run(&self, principal: &Principal, id: &str) -> OpResult<RunRecord> {
         self.get_run(principal, id).await?;
         // A session's interpreter holds the state of its executions: ending it is for `bkg stop`
         // (found by a new-user trial: the session's variables were gone, and `bkg exec` blamed
         // `bkg stop`).
-        if let Some((sandbox_id, session)) = self.sessions.holding_run(id) {
+        if let Some((sandbox_id, session)) = self.session_of_run(id) {
             let sandbox = bkg_schema::sandbox::sandbox_name_of(&sandbox_id);
             return Err(OpError::Conflict(format!(
                 "run {id} is the interpreter of session `{session}` of sandbox {sandbox}, which holds its \

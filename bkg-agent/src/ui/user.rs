@@ -565,6 +565,7 @@ pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<S
         Ok(output) => output,
         Err(failure) => return refusal(Some(&viewer), failure),
     };
+    let session = state.service.session_of_run(&record.id);
     let body = html! {
         section.card {
             dl.facts {
@@ -587,11 +588,25 @@ pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<S
             (limits_cells(&record.limits))
         }
         @if record.finished_at_ms.is_none() {
-            section.card.danger {
-                h2 { "Cancel" }
-                form method="post" action={ "/ui/runs/" (record.id) "/cancel" } data-confirm={ "Cancel run " (record.id) "? Its code gets SIGTERM, and SIGKILL 5 s later." } {
-                    (csrf_field(&viewer))
-                    button.danger type="submit" { "Cancel this run" }
+            @if let Some((sandbox_id, session)) = &session {
+                // Cancelling is refused (service/runs.rs, `cancel_run`): it would lose the
+                // session's variables.
+                section.card {
+                    h2 { "Session" }
+                    p {
+                        "This run is the interpreter of session " code { (session) } " of sandbox "
+                        a href={ "/ui/sandboxes/" (sandbox_id) } { (sandbox_id) }
+                        ", which holds its variables: it is not cancelled. Interrupt its execution (Ctrl-C on "
+                        code { "bkg exec" } "), or end the session by stopping the sandbox."
+                    }
+                }
+            } @else {
+                section.card.danger {
+                    h2 { "Cancel" }
+                    form method="post" action={ "/ui/runs/" (record.id) "/cancel" } data-confirm={ "Cancel run " (record.id) "? Its code gets SIGTERM, and SIGKILL " (bkg_schema::STOP_GRACE.as_secs()) " s later." } {
+                        (csrf_field(&viewer))
+                        button.danger type="submit" { "Cancel this run" }
+                    }
                 }
             }
         }
