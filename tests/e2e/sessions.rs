@@ -62,6 +62,92 @@ fn a_mark_without_an_end_does_not_grow_the_agents_memory() {
     assert!(peak_kib * 1024 < 160 * MIB, "the agent's memory peaked at {} MiB", peak_kib / 1024);
 }
 
+/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`).
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .expect("the field")
+}
+
+/// A caller that reads slower than a cell displays cannot make the agent hold what the cell
+/// made: the events on their way are bounded by their bytes (32 MiB), not only by their count,
+/// and the cell waits for room. Before, 60 displays of 8 MB each could all wait in the agent.
+#[test]
+fn a_slow_reader_of_large_displays_does_not_grow_the_agents_memory() {
+    const MIB: u64 = 1024 * 1024;
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let started = agent.bkg_in(project.path(), &["exec", "box", "-c", "big = 'x' * 8_000_000"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    let before = vm_kib(agent.pid(), "VmRSS:") * 1024;
+    let cells = "import sys\nprint('go', file=sys.stderr, flush=True)\nfor _ in range(60):\n    \
+                 display(data={'text/plain': big})\nprint('done')";
+    let mut child = agent
+        .bkg()
+        .args(["exec", "box", "-c", cells])
+        .current_dir(project.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exec");
+    let mut said = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while line != "go\n" {
+        line.clear();
+        assert_ne!(std::io::BufRead::read_line(&mut said, &mut line).expect("bkg exec's stderr"), 0, "no go");
+    }
+    // Nothing is read until the interpreter waits for room to write its next event while the
+    // agent is idle (it took all it would), or has finished the cell and waits for the next one
+    // (the agent took all of it). The agent's own CPU tells its idling from its parsing an
+    // event, which in a debug build is slow enough to hold the interpreter up too.
+    let waits = || -> Vec<String> {
+        bkg_tests::processes_with_uid_in(agent.uid_base, agent.uid_base + 65_536)
+            .into_iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok())
+            .collect()
+    };
+    let agent_cpu = || -> u64 {
+        let fields = bkg_tests::stat_fields(agent.pid()).expect("the agent's stat");
+        // utime and stime, fields 14 and 15 of /proc/PID/stat (these start at field 3).
+        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut cpu = agent_cpu();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let (now, cpu_now) = (waits(), agent_cpu());
+        let agent_idle = cpu_now <= cpu + 1;
+        cpu = cpu_now;
+        if now.iter().any(|wchan| wchan.contains("pipe_read"))
+            || (agent_idle && now.iter().any(|wchan| wchan.contains("pipe_write")))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the interpreter neither finished nor waited for room: {now:?}");
+    }
+    let peak = vm_kib(agent.pid(), "VmHWM:") * 1024;
+    // The caller goes away and the cell is interrupted: the session serves on.
+    child.kill().expect("end bkg exec");
+    drop(child.wait());
+    let interrupted = agent.bkg_in(project.path(), &["exec", "box", "--interrupt"]);
+    assert_eq!(code(&interrupted), 0, "{}", stderr(&interrupted));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let next = loop {
+        let next = agent.bkg_in(project.path(), &["exec", "box", "-c", "print(len(big))"]);
+        if !stderr(&next).contains("is running an execution") || Instant::now() > deadline {
+            break next;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code(&next), 0, "{}", stderr(&next));
+    assert!(stdout(&next).ends_with("8000000\n"), "{}", stdout(&next));
+    assert!(peak < before + 200 * MIB, "the agent grew from {} to {} MiB", before / MIB, peak / MIB);
+}
+
 /// `bkg runs cancel` does not end a session's interpreter, which holds its variables: it says
 /// what does (found by a new-user trial: the session's state was gone, and `bkg exec` blamed
 /// `bkg stop`).

@@ -41,6 +41,7 @@ pub use changes::ChangeStream;
 pub use keys::{KEYLESS_ROUTES_PER_MINUTE, SignedNotice};
 pub use runs::{Accepted, RunTask};
 pub use sandboxes::LogTail;
+pub use sessions::SessionEvents;
 pub use system::{HealthProbe, HealthVerdict, MetricsText};
 pub use ui_support::{AuditFilter, KeyPolicy, NamespaceSummary};
 

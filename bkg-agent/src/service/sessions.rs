@@ -48,10 +48,10 @@ fn held_by_key(
     hold: KeyHold,
     session: Arc<Session>,
     execution: u64,
-    events: mpsc::Receiver<SessionEvent>,
-) -> mpsc::Receiver<SessionEvent> {
+    events: mpsc::Receiver<MeteredEvent>,
+) -> mpsc::Receiver<MeteredEvent> {
     let (sender, held) = mpsc::channel(64);
-    let is_end = |event: &SessionEvent| matches!(event, SessionEvent::End { .. });
+    let is_end = |metered: &MeteredEvent| matches!(metered.event, SessionEvent::End { .. });
     hold.forward(events, sender, is_end, move |_| {
         // Only while the execution goes on: the idle runner must not take a SIGINT.
         if session.one_at_a_time.available_permits() == 0
@@ -59,12 +59,12 @@ fn held_by_key(
         {
             tracing::warn!(%errno, "could not interrupt a session's execution whose key was revoked");
         }
-        Some(SessionEvent::End {
+        Some(MeteredEvent::unmetered(SessionEvent::End {
             status: ExecutionStatus::Interrupted,
             execution,
             killed_by: Some(bkg_schema::KilledBy::Cancelled),
             error: None,
-        })
+        }))
     });
     held
 }
@@ -106,7 +106,58 @@ impl SessionTable {
 }
 
 /// The execution going on: where its events go, and the permit that keeps a second one out.
-type Current = (mpsc::Sender<SessionEvent>, OwnedSemaphorePermit);
+type Current = (mpsc::Sender<MeteredEvent>, OwnedSemaphorePermit);
+
+/// How many bytes of events a session may have on their way to its caller (in the channels
+/// between the runner's output and the caller's connection): events wait for room beyond it,
+/// and so, through the runner's stdout, does the code. Counting events alone let a slow caller
+/// make the agent hold 128 of them, a figure's each up to `MAX_EVENT_LINE_BYTES`: 2 GiB.
+const EVENTS_ON_THEIR_WAY_BYTES: usize = 32 * 1024 * 1024;
+
+/// An event with its share of its session's `EVENTS_ON_THEIR_WAY_BYTES`, given back when the
+/// caller takes the event.
+struct MeteredEvent {
+    event: SessionEvent,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+impl MeteredEvent {
+    /// An event too small to count (the kept output of `KEPT_BETWEEN_BYTES` at most, an end).
+    fn unmetered(event: SessionEvent) -> Self {
+        Self { event, _share: None }
+    }
+}
+
+/// An execution's events, as its caller takes them.
+pub struct SessionEvents(mpsc::Receiver<MeteredEvent>);
+
+impl SessionEvents {
+    pub async fn recv(&mut self) -> Option<SessionEvent> {
+        self.0.recv().await.map(|metered| metered.event)
+    }
+}
+
+/// About the memory an event takes: the text it carries.
+fn footprint(event: &SessionEvent) -> usize {
+    fn of_value(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::String(text) => text.len(),
+            serde_json::Value::Array(items) => items.iter().map(of_value).sum(),
+            serde_json::Value::Object(fields) => fields.iter().map(|(key, value)| key.len() + of_value(value)).sum(),
+            _ => 8,
+        }
+    }
+    match event {
+        SessionEvent::Stream { text, .. } => text.len(),
+        SessionEvent::Display { data } | SessionEvent::Result { data } => {
+            data.iter().map(|(key, value)| key.len() + of_value(value)).sum()
+        }
+        SessionEvent::Error { name, message, traceback } => {
+            name.len() + message.len() + traceback.iter().map(String::len).sum::<usize>()
+        }
+        SessionEvent::End { .. } => 0,
+    }
+}
 
 /// Output written between executions (a timer, a thread) that is kept for the next one.
 const KEPT_BETWEEN_BYTES: usize = 1 << 20;
@@ -175,6 +226,8 @@ struct Session {
     executions: AtomicU64,
     one_at_a_time: Arc<Semaphore>,
     delivery: Mutex<Delivery>,
+    /// `EVENTS_ON_THEIR_WAY_BYTES`, shared by the events on their way.
+    events_room: Arc<Semaphore>,
 }
 
 impl Session {
@@ -211,8 +264,14 @@ impl Session {
             }
         };
         if let Some((sender, event)) = sender {
+            let bytes = footprint(&event).min(EVENTS_ON_THEIR_WAY_BYTES);
+            // Events dropped with a caller that hung up give their shares back.
+            let share = match bytes {
+                0 => None,
+                _ => Arc::clone(&self.events_room).acquire_many_owned(bytes as u32).await.ok(),
+            };
             // A caller that hung up misses the rest; the execution still runs to its end.
-            let _ = sender.send(event).await;
+            let _ = sender.send(MeteredEvent { event, _share: share }).await;
         }
     }
 }
@@ -423,6 +482,7 @@ impl Service {
             executions: AtomicU64::new(0),
             one_at_a_time: Arc::new(Semaphore::new(1)),
             delivery: Mutex::new(Delivery::default()),
+            events_room: Arc::new(Semaphore::new(EVENTS_ON_THEIR_WAY_BYTES)),
         });
         tokio::spawn(read_output(Arc::clone(self), Arc::clone(&session), output));
         self.sessions.lock().insert(id.to_owned(), Arc::clone(&session));
@@ -458,7 +518,7 @@ impl Service {
         id: &str,
         name: &str,
         code: String,
-    ) -> OpResult<mpsc::Receiver<SessionEvent>> {
+    ) -> OpResult<SessionEvents> {
         self.visible_sandbox(principal, id).await?;
         let session = self.session_of(id, name)?;
         let permit = Arc::clone(&session.one_at_a_time).try_acquire_owned().map_err(|_| {
@@ -480,14 +540,14 @@ impl Service {
             // At most three events into a new channel of 64: never full. Sent under the lock, so
             // that no newer output overtakes them.
             for kept in delivery.take_kept() {
-                let _ = sender.try_send(kept);
+                let _ = sender.try_send(MeteredEvent::unmetered(kept));
             }
             delivery.current = Some((sender, permit));
         }
         input.send(RunInput::Stdin(request));
         match KeyHold::of(&self.store, principal) {
-            Some(hold) => Ok(held_by_key(hold, session, execution, events)),
-            None => Ok(events),
+            Some(hold) => Ok(SessionEvents(held_by_key(hold, session, execution, events))),
+            None => Ok(SessionEvents(events)),
         }
     }
 

@@ -10,7 +10,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::response::Response;
 use bkg_schema::audit::{SignedRecord, VerifyReport};
 use bkg_schema::auth::{CreateKeyRequest, IssuedKey, KeyInfo, LoginRequest};
-use bkg_schema::files::{NewSession, SessionEvent, SessionInfo};
+use bkg_schema::files::{NewSession, SessionInfo};
 use bkg_schema::health::HealthReason;
 use bkg_schema::sandbox::{NewSandbox, SandboxInfo};
 use bkg_schema::sync::{Retried, RetryRequest, SyncView};
@@ -155,7 +155,7 @@ pub async fn execute_in_session(
     id: &str,
     name: &str,
     code: String,
-) -> OpResult<mpsc::Receiver<SessionEvent>> {
+) -> OpResult<crate::service::SessionEvents> {
     Ok(state.service.execute_in_session(principal, id, name, code).await?)
 }
 
