@@ -65,11 +65,11 @@ mkdir -p "$RAW"
 BKG=$ROOT/target/release/bkg
 AGENT=$ROOT/target/release/bkg-agent
 if ((BUILD)); then
-    # Only the two binaries measured here and the zygote's library beside them (what `cargo
-    # build --release --workspace` would build for them, with the same profile), so unrelated
-    # crates cannot stop the benchmark.
-    log "building release binaries (bkg, bkg-agent, libbkg_zygote.so)"
-    { cargo build --release -q -p bkg-cli --bin bkg -p bkg-agent --bin bkg-agent &&
+    # Only the two binaries measured here and the sandbox init and the zygote's library beside
+    # them (what `cargo build --release --workspace` would build for them, with the same
+    # profile), so unrelated crates cannot stop the benchmark.
+    log "building release binaries (bkg, bkg-agent, bkg-sandbox-init, libbkg_zygote.so)"
+    { cargo build --release -q -p bkg-cli --bin bkg -p bkg-agent --bin bkg-agent --bin bkg-sandbox-init &&
         cargo build --release -q -p bkg-zygote; } ||
         die "cargo build --release failed (use --no-build to benchmark the existing binaries)"
 else

@@ -1,5 +1,6 @@
 fn main() -> std::process::ExitCode {
-    // The sandbox init is this same binary re-executed; it must not start a runtime or logger.
+    // The sandbox init, when no bkg-sandbox-init is installed beside the agent: this same binary
+    // started again, which must not start a runtime or logger.
     if std::env::args_os().nth(1).is_some_and(|arg| arg == "__sandbox-init") {
         bkg_agent::engine::init::main();
     }

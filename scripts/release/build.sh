@@ -30,6 +30,6 @@ say "building ${BINARIES[*]} $VERSION for $TRIPLE (rustc $actual, SOURCE_DATE_EP
 cd "$ROOT"
 cargo build --release --locked -p bkg-cli -p bkgr -p bkg-agent --bins
 cargo build --release --locked -p bkg-zygote
-for binary in "${BINARIES[@]}" "$ZYGOTE_LIBRARY"; do
+for binary in "${BINARIES[@]}" "${HELPERS[@]}"; do
   [[ -x $(binary_path "$binary") ]] || die "the build made no $binary"
 done

@@ -24,6 +24,7 @@ die() { echo "release: $*" >&2; exit 1; }
 
 # The binaries as the reproducible build left them.
 binary_path() { echo "$RELEASE_TARGET_DIR/release/$1"; }
-# The zygote's library (bkg-agent/src/engine/zygote.rs), installed as USR/lib/bkg/$ZYGOTE_LIBRARY,
-# where bkg-agent looks for it (beside itself first, as in target/).
-ZYGOTE_LIBRARY=libbkg_zygote.so
+# What bkg-agent starts besides itself, installed in USR/lib/bkg/, where it looks for them (beside
+# itself first, as in target/; bkg-agent/src/engine/mod.rs, `installed_beside_agent`): the
+# zygote's library (engine/zygote.rs) and the sandbox init's binary (src/bin/bkg-sandbox-init.rs).
+HELPERS=(libbkg_zygote.so bkg-sandbox-init)

@@ -70,6 +70,7 @@ for binary in bkg bkgr bkg-agent; do
   check "fish completion of $binary" test -f "$root/usr/share/fish/vendor_completions.d/$binary.fish"
 done
 check "the zygote's library" test -f "$root/usr/lib/bkg/libbkg_zygote.so"
+check "the sandbox init's binary" test -x "$root/usr/lib/bkg/bkg-sandbox-init"
 check "man page bkg(1)" test -f "$root/usr/share/man/man1/bkg.1.gz"
 check "man page bkg-exe(1)" test -f "$root/usr/share/man/man1/bkg-exe.1.gz"
 check "man page bkg-agent(8)" test -f "$root/usr/share/man/man8/bkg-agent.8.gz"

@@ -5,7 +5,7 @@
 source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/stage.sh"
 
-for binary in "${BINARIES[@]}" "$ZYGOTE_LIBRARY"; do
+for binary in "${BINARIES[@]}" "${HELPERS[@]}"; do
   [[ -x $(binary_path "$binary") ]] || die "$(binary_path "$binary") is missing: run scripts/release/build.sh (make release) first"
 done
 mkdir -p "$DIST"
@@ -26,7 +26,7 @@ make_tarball() {
 # The glibc the binaries need at least: the highest GLIBC_ symbol version they import.
 glibc_floor() {
   local binary
-  for binary in "${BINARIES[@]}" "$ZYGOTE_LIBRARY"; do
+  for binary in "${BINARIES[@]}" "${HELPERS[@]}"; do
     objdump -T "$(binary_path "$binary")"
   done | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1
 }

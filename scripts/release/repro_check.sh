@@ -20,7 +20,7 @@ DIST=$elsewhere/dist RELEASE_TARGET_DIR=$elsewhere/src/target/dist bash "$elsewh
 DIST=$elsewhere/dist RELEASE_TARGET_DIR=$elsewhere/src/target/dist bash "$elsewhere/src/scripts/release/package.sh"
 
 differ=()
-for binary in "${BINARIES[@]}" "$ZYGOTE_LIBRARY"; do
+for binary in "${BINARIES[@]}" "${HELPERS[@]}"; do
   cmp -s "$(binary_path "$binary")" "$elsewhere/src/target/dist/release/$binary" || differ+=("bin/$binary")
 done
 for artefact in "$TARBALL" "$DEB"; do
@@ -30,4 +30,4 @@ if ((${#differ[@]})); then
   echo "repro-check: FAIL: differ between $ROOT and $elsewhere/src: ${differ[*]}" >&2
   exit 1
 fi
-echo "repro-check: identical in two directories: bin/${BINARIES[*]}, $ZYGOTE_LIBRARY, $TARBALL, $DEB" >&2
+echo "repro-check: identical in two directories: bin/${BINARIES[*]}, ${HELPERS[*]}, $TARBALL, $DEB" >&2

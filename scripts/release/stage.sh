@@ -14,7 +14,15 @@ stage_tree() {
     install -m 0644 "$ROOT/completions/_$binary" "$dest/$usr/share/zsh/vendor-completions/_$binary"
     install -m 0644 "$ROOT/completions/$binary.fish" "$dest/$usr/share/fish/vendor_completions.d/$binary.fish"
   done
-  install -m 0644 "$(binary_path "$ZYGOTE_LIBRARY")" "$dest/$usr/lib/bkg/$ZYGOTE_LIBRARY"
+  local helper
+  for helper in "${HELPERS[@]}"; do
+    # A shared library is not run: only the init's binary is executable.
+    if [[ $helper == *.so ]]; then
+      install -m 0644 "$(binary_path "$helper")" "$dest/$usr/lib/bkg/$helper"
+    else
+      install -m 0755 "$(binary_path "$helper")" "$dest/$usr/lib/bkg/$helper"
+    fi
+  done
   local page section
   for page in "$ROOT"/docs/man/*.[18]; do
     section=${page##*.}

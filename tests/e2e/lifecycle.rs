@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -405,8 +406,22 @@ fn without_the_zygote_each_warm_sandbox_starts_its_own_interpreter() {
     );
 }
 
+/// Each sandbox's init is `bkg-sandbox-init`, installed beside the agent (bkg-agent/src/bin), not
+/// the agent's whole binary started again.
+#[test]
+fn sandbox_inits_run_the_init_binary_of_their_own() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
+    agent.wait_warm(2);
+    let programs: Vec<PathBuf> =
+        agent.sandbox_inits().iter().filter_map(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok()).collect();
+    assert_eq!(programs, vec![bkg_tests::bin_dir().join("bkg-sandbox-init"); 2]);
+    assert!(!agent.log().contains("no bkg-sandbox-init"), "{}", agent.log());
+}
+
 /// An agent whose binary has no libbkg_zygote.so beside it (nor in ../lib/bkg from it) says so in
-/// `bkg agent status`, and its warm sandboxes start their own interpreters.
+/// `bkg agent status`, and its warm sandboxes start their own interpreters. Without
+/// bkg-sandbox-init beside it either, each sandbox's init is the agent's binary again, and the
+/// log says so.
 #[test]
 fn an_agent_without_the_zygote_library_says_so() {
     // The agent's own binary, copied alone into the test's directory (beside its socket).
@@ -422,6 +437,13 @@ fn an_agent_without_the_zygote_library_says_so() {
     assert_eq!(info["zygote"]["state"].as_str(), Some("unavailable"), "{info}");
     let text = stdout(&agent.bkg().args(["agent", "status"]).output().expect("bkg agent status"));
     assert!(text.contains("zygote     unavailable: no libbkg_zygote.so beside the agent"), "{text}");
+    assert!(agent.log().contains("no bkg-sandbox-init beside the agent"), "{}", agent.log());
+    let programs: Vec<PathBuf> =
+        agent.sandbox_inits().iter().filter_map(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok()).collect();
+    assert!(
+        !programs.is_empty() && programs.iter().all(|program| program.ends_with("alone/bkg-agent")),
+        "{programs:?}"
+    );
 }
 
 /// A zygote that does not answer (here stopped) does not hold warm sandboxes back: the sandbox

@@ -1,4 +1,5 @@
-//! The sandbox's init: the agent binary re-executed as `bkg-agent __sandbox-init`. It applies a
+//! The sandbox's init: `bkg-sandbox-init` (bkg-agent/src/bin), or the agent's binary started
+//! again as `bkg-agent __sandbox-init` where that is not installed. It applies a
 //! `SandboxPlan` without making decisions of its own, waits for a `GoOrder`, runs the code as an
 //! unprivileged user in its own user namespace, and reports how it ended.
 //!
@@ -65,7 +66,7 @@ pub(super) const SANDBOX_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
 /// The umask of the init, and so of the code (which the zygote's forks take as well).
 pub(super) const SANDBOX_UMASK: libc::mode_t = 0o022;
 
-/// Entry point of `bkg-agent __sandbox-init`. Never returns.
+/// Entry point of `bkg-sandbox-init` and `bkg-agent __sandbox-init`. Never returns.
 pub fn main() -> ! {
     // What the init makes in the new root (directories, mount points, files) is for the
     // sandbox to read; the agent's private umask must not leak into it.

@@ -171,6 +171,10 @@ impl Drop for IdSlot {
 
 pub struct Engine {
     pub config: EngineConfig,
+    /// `bkg-sandbox-init` (bkg-agent/src/bin), the sandbox init alone: a binary of about 1 MB
+    /// whose start costs a sandbox less than the agent's own 25 MB (docs/testing.md). Without
+    /// it each init is the agent's binary again.
+    sandbox_init: Option<std::path::PathBuf>,
     host: HostLayout,
     cgroups: Box<dyn CgroupDriver>,
     disks: disk::DiskTemplates,
@@ -245,6 +249,18 @@ impl Drop for Busy {
     }
 }
 
+/// The sandbox init's own binary (bkg-agent/src/bin/bkg-sandbox-init.rs).
+const SANDBOX_INIT: &str = "bkg-sandbox-init";
+
+/// A file installed with the agent: beside its binary (as in target/), or in `../lib/bkg` from
+/// it (a package's `/usr/lib/bkg`): the zygote's library, the sandbox init.
+pub fn installed_beside_agent(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let installed = dir.parent().map(|prefix| prefix.join("lib/bkg").join(name));
+    std::iter::once(dir.join(name)).chain(installed).find(|path| path.is_file())
+}
+
 impl Engine {
     /// Sets the engine up, locks its cgroup directories and removes whatever a previous holder of
     /// them (with the same state directory) left behind. Returns whether all of it is gone.
@@ -262,7 +278,15 @@ impl Engine {
         let capacity = Arc::new(capacity::Capacity::new(config.capacity.clone()));
         // Read once: the pool's bound by disk need not follow the free space as grants do.
         let disk_budget = capacity.disk_budget()?;
+        let sandbox_init = installed_beside_agent(SANDBOX_INIT);
+        if sandbox_init.is_none() {
+            tracing::warn!(
+                "no {SANDBOX_INIT} beside the agent or in ../lib/bkg from it: each sandbox's init starts the \
+                 agent's own binary again, which costs every sandbox more"
+            );
+        }
         let engine = Arc::new(Self {
+            sandbox_init,
             host: HostLayout::discover(),
             cgroups,
             disks,

@@ -179,7 +179,7 @@ impl PreparedSandbox {
         }
         let started_ahead = plan.prestart.as_ref().map(|prestart| prestart.language);
         let zygote = plan.zygote.clone();
-        match spawn_init(plan).await {
+        match spawn_init(plan, engine.sandbox_init.as_deref()).await {
             Ok(Spawned { pid_one, disk_device, control, stdin, stdout, stderr }) => {
                 let (disk_use, disk_users) = super::disk::DiskUse::new();
                 Ok(Self {
@@ -369,19 +369,28 @@ struct Spawned {
     stderr: pipe::Receiver,
 }
 
-async fn spawn_init(plan: SandboxPlan) -> Result<Spawned, EngineError> {
+/// Starts a sandbox's init (engine/init.rs) as `init_program` (`Engine::sandbox_init`), or as
+/// the agent's own binary again (`bkg-agent __sandbox-init`) without one.
+async fn spawn_init(plan: SandboxPlan, init_program: Option<&Path>) -> Result<Spawned, EngineError> {
     let (stdin_read, stdin_write) = nonblocking_pipe()?;
     let (stdout_read, stdout_write) = nonblocking_pipe()?;
     let (stderr_read, stderr_write) = nonblocking_pipe()?;
     let (mut agent_end, init_end) =
         std::os::unix::net::UnixStream::pair().map_err(EngineError::io("create control socket"))?;
 
-    let mut command = std::process::Command::new("/proc/self/exe");
-    // `ps` shows it by the agent's name, not as /proc/self/exe.
-    if let Some(name) = std::env::args_os().next() {
-        command.arg0(name);
-    }
-    // The init's stdin is its end of the control socket, and the sandbox's stdin comes with the
+    let mut command = match init_program {
+        Some(program) => std::process::Command::new(program),
+        None => {
+            let mut own = std::process::Command::new("/proc/self/exe");
+            // `ps` shows it by the agent's name, not as /proc/self/exe.
+            if let Some(name) = std::env::args_os().next() {
+                own.arg0(name);
+            }
+            own
+        }
+    };
+    // `__sandbox-init` is what tells a sandbox init from other processes (`ps`, the tests) either
+    // way. The init's stdin is its end of the control socket, and the sandbox's stdin comes with the
     // plan (engine/init.rs, `main`): with no code of ours to run between fork and exec, the
     // standard library starts it by posix_spawn, which neither copies the agent's page tables
     // nor leaves the agent copy-on-write faults for every page it writes next.

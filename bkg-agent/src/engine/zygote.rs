@@ -449,11 +449,7 @@ fn fork_as(pid: libc::pid_t) -> nix::Result<ForkResult> {
 /// puts it in target/), else in `../lib/bkg/` from it (as the release installs it:
 /// /usr/lib/bkg/ for /usr/bin/bkg-agent).
 pub fn library() -> Option<PathBuf> {
-    const NAME: &str = "libbkg_zygote.so";
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    let installed = dir.parent().map(|prefix| prefix.join("lib/bkg").join(NAME));
-    std::iter::once(dir.join(NAME)).chain(installed).find(|path| path.is_file())
+    super::installed_beside_agent("libbkg_zygote.so")
 }
 
 /// The zygote's socket of a generation in the agent's state directory: `zygote-N.sock`.
