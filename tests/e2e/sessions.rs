@@ -53,12 +53,7 @@ fn a_mark_without_an_end_does_not_grow_the_agents_memory() {
     let said = "bkg: left out a line of over 16MiB that the session's interpreter began as an event (a result or \
                 figure too large to show)\n";
     assert!(stderr(&output).ends_with(said), "{}", stderr(&output));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("the agent's status");
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .expect("VmHWM");
+    let peak_kib = vm_kib(agent.pid(), "VmHWM:");
     assert!(peak_kib * 1024 < 160 * MIB, "the agent's memory peaked at {} MiB", peak_kib / 1024);
 }
 
