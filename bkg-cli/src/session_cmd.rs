@@ -161,25 +161,51 @@ async fn execute(
     let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|error| CliError::internal(format!("cannot watch for Ctrl-C: {error}")))?;
     use futures_util::StreamExt as _;
-    let interrupt = || async {
-        let _: Result<SessionInfo, CliError> =
-            client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;
-    };
     // The events are shown on a thread of their own (out::WriterThread): Ctrl-C is heard while
     // the output waits for a reader that takes none (`| less`).
     let mut shown = WriterThread::start("execution-output", move |event: SessionEvent| show(&event, out).transpose())?;
+    // Code that catches or ignores SIGINT goes on after an interrupt: said once it has not ended
+    // soon after one, with what ends it (found by a new-user trial: Ctrl-C seemed to do nothing).
+    let still_going = tokio::time::sleep(std::time::Duration::MAX);
+    tokio::pin!(still_going);
+    let mut said_still_going = false;
+    let mut said_unread = false;
+    let restart = match session {
+        "default" => format!("bkg exec {} --restart", bkg_schema::sandbox::sandbox_name_of(id)),
+        named => format!("bkg exec {} --session {named} --restart", bkg_schema::sandbox::sandbox_name_of(id)),
+    };
+    let interrupt = async |still_going: std::pin::Pin<&mut tokio::time::Sleep>, said_unread: &mut bool, room: bool| {
+        let _: Result<SessionInfo, CliError> =
+            client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;
+        still_going.reset(tokio::time::Instant::now() + STILL_GOING_NOTE_AFTER);
+        if !room && !std::mem::replace(said_unread, true) {
+            out.note(format_args!(
+                "interrupting the execution; its output waits for a reader that takes none (a Ctrl-C after its end \
+                 quits without it)"
+            ));
+        }
+    };
     loop {
         // Every Ctrl-C is an interrupt, as at the interpreter's own prompt: code that catches
         // one gets the next.
         let chunk = tokio::select! {
             chunk = stream.next() => chunk,
             _ = interrupts.recv() => {
-                interrupt().await;
+                let room = shown.room_now().is_some();
+                interrupt(still_going.as_mut(), &mut said_unread, room).await;
+                continue;
+            }
+            () = &mut still_going, if !said_still_going => {
+                said_still_going = true;
+                out.note(format_args!(
+                    "the execution goes on after the interrupt (its code may catch or ignore SIGINT): `{restart}` ends \
+                     the session's interpreter, and its variables with it"
+                ));
                 continue;
             }
         };
         let Some(chunk) = chunk else {
-            shown_to_the_end(&mut shown, &mut interrupts).await?;
+            shown_to_the_end(&mut shown, &mut interrupts, out).await?;
             return Err(CliError::usage("the agent ended the execution without its end"));
         };
         // The stream broke off: the agent stopped or crashed (found by a new-user trial: the
@@ -211,7 +237,7 @@ async fn execute(
                 let room = loop {
                     tokio::select! {
                         room = shown.room() => break room,
-                        _ = interrupts.recv() => interrupt().await,
+                        _ = interrupts.recv() => interrupt(still_going.as_mut(), &mut said_unread, false).await,
                     }
                 };
                 if let Some(room) = room {
@@ -219,7 +245,7 @@ async fn execute(
                 }
             }
             if is_end {
-                let ended = shown_to_the_end(&mut shown, &mut interrupts).await?;
+                let ended = shown_to_the_end(&mut shown, &mut interrupts, out).await?;
                 return match ended {
                     Some(ended) => Ok(Some((ended, mid_line && !out.is_json()))),
                     None => Err(CliError::internal("the execution's end was not shown")),
@@ -235,12 +261,19 @@ async fn execute(
 async fn shown_to_the_end(
     shown: &mut WriterThread<SessionEvent, Result<Ended, CliError>>,
     interrupts: &mut tokio::signal::unix::Signal,
+    out: Printer,
 ) -> Result<Option<Ended>, CliError> {
     tokio::select! {
         last = shown.finish() => last.transpose(),
-        _ = interrupts.recv() => std::process::exit(crate::exit::CANCELLED),
+        _ = interrupts.recv() => {
+            out.note(format_args!("stopped with the execution's output unwritten"));
+            std::process::exit(crate::exit::CANCELLED)
+        }
     }
 }
+
+/// How long after a Ctrl-C an execution still going is said to go on.
+const STILL_GOING_NOTE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Prints one event; how the execution ended when it is the end.
 fn show(event: &SessionEvent, out: Printer) -> Result<Option<Ended>, CliError> {

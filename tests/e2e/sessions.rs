@@ -143,6 +143,40 @@ fn a_slow_reader_of_large_displays_does_not_grow_the_agents_memory() {
     assert!(peak < before + 200 * MIB, "the agent grew from {} to {} MiB", before / MIB, peak / MIB);
 }
 
+/// Code that ignores SIGINT goes on after Ctrl-C: `bkg exec` says so, and what ends it, rather
+/// than seem to do nothing (found by a new-user trial).
+#[test]
+fn ctrl_c_on_an_execution_that_ignores_it_says_what_ends_it() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let started = agent.bkg_in(project.path(), &["exec", "box", "-c", "x = 41"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    let cell = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('up', flush=True)\n\
+                time.sleep(4)\nprint(x + 1)";
+    let mut child = agent
+        .bkg()
+        .args(["exec", "box", "-c", cell])
+        .current_dir(project.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exec");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")), &mut first)
+        .expect("the cell's output");
+    assert_eq!(first, "up\n");
+    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let output = child.wait_with_output().expect("bkg exec");
+    assert_eq!((code(&output), stdout(&output).as_str()), (0, "42\n"), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "bkg: the execution goes on after the interrupt (its code may catch or ignore SIGINT): `bkg exec box \
+         --restart` ends the session's interpreter, and its variables with it\n"
+    );
+}
+
 /// `bkg runs cancel` does not end a session's interpreter, which holds its variables: it says
 /// what does (found by a new-user trial: the session's state was gone, and `bkg exec` blamed
 /// `bkg stop`).
