@@ -35,6 +35,9 @@ pub enum Stdin {
     Empty,
 }
 
+/// How long a Ctrl-C waits for the agent to say whether the run has ended already.
+const ASKED_IF_ENDED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long after a Ctrl-C a run still going is said to be ending within its grace.
 const GRACE_NOTE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -92,12 +95,41 @@ pub async fn run_keeping_out_dir(
     let stdin_task = tokio::spawn(relay_stdin(Arc::clone(&writer), stdin));
     let cancel_writer = Arc::clone(&writer);
     let canceller = client.clone();
-    let cancel_path = run_id.as_ref().map(|id| format!("/api/v1/runs/{id}/cancel"));
+    let run_path = run_id.as_ref().map(|id| format!("/api/v1/runs/{id}"));
     let mut stop_signals = StopSignals::listen()?;
     let printer = out;
     let cancel_task = tokio::spawn(async move {
         let Some(signal) = stop_signals.next().await else { return };
-        CANCELLED_BY.store(signal, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        // A run that has ended, whose output only waits for its reader, has nothing to cancel
+        // (found by a new-user trial: bkg said it was cancelling a run that had exited 0). Its
+        // result may still be queued behind that output: the agent says.
+        let ended = RESULT_CAME.load(Relaxed)
+            || (WAITING_FOR_READER.load(Relaxed)
+                && match &run_path {
+                    // Asked briefly: a second Ctrl-C must not wait for an agent that is slow to answer.
+                    Some(path) => tokio::time::timeout(ASKED_IF_ENDED_FOR, canceller.get::<RunRecord>(path))
+                        .await
+                        .is_ok_and(|answer| {
+                            answer.is_ok_and(|run| {
+                                run.finished_at_ms.is_some() && run.killed_by != Some(KilledBy::Cancelled)
+                            })
+                        }),
+                    None => false,
+                });
+        if ended {
+            printer.note(format_args!(
+                "the run has ended; its output waits for a reader that takes none (Ctrl-C again to quit without it)"
+            ));
+            if let Some(signal) = stop_signals.next().await {
+                printer.note(format_args!(
+                    "stopped with the run's output unwritten: `bkg runs ls` shows how the run ended"
+                ));
+                std::process::exit(crate::exit::SIGNALLED + signal);
+            }
+            return;
+        }
+        CANCELLED_BY.store(signal, Relaxed);
         // On the stream, the cancel waits behind the stdin frames sent before it, which wait for
         // code that may never read them (`yes | bkg exe x.py`): the agent is also asked on a call
         // of its own. Neither send holds up a second signal.
@@ -105,12 +137,11 @@ pub async fn run_keeping_out_dir(
             let mut writer = cancel_writer.lock().await;
             let _ = send_frame(&mut *writer, FrameKind::Cancel, &[]).await;
         });
-        if let Some(path) = cancel_path {
+        if let Some(path) = run_path {
             tokio::spawn(async move {
-                let _ = canceller.post::<RunRecord>(&path).await;
+                let _ = canceller.post::<RunRecord>(&format!("{path}/cancel")).await;
             });
         }
-        use std::sync::atomic::Ordering::Relaxed;
         let second = if WAITING_FOR_READER.load(Relaxed) {
             printer.note(format_args!(
                 "cancelling the run; its output waits for a reader that takes none (Ctrl-C again to quit without it)"
@@ -300,6 +331,9 @@ impl LimitsFrom {
         }
     }
 }
+
+/// Whether the run's result has come: what is left is writing its output.
+static RESULT_CAME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The signal on which this process sent the run a cancel (Ctrl-C's SIGINT, SIGTERM, SIGHUP),
 /// 0 for none: a cancelled run it did not cancel was cancelled by the agent.
@@ -578,6 +612,7 @@ async fn receive(
                 }
             }
             (FrameKind::Result, _) => {
+                RESULT_CAME.store(true, std::sync::atomic::Ordering::Relaxed);
                 if let Output::Prefixed(prefix) = &output {
                     if let Some(rest) = stdout_lines.rest() {
                         writer.write((false, prefixed(prefix, &rest))).await;

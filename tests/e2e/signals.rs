@@ -230,6 +230,45 @@ fn ctrl_c_cancels_a_run_whose_output_nobody_reads() {
     agent.wait_idle();
 }
 
+/// Ctrl-C once the run has ended, its output still waiting for a reader that takes none: there
+/// is nothing to cancel, and bkg says so rather than that it cancels the run (found by a
+/// new-user trial); a second Ctrl-C ends bkg.
+#[test]
+fn ctrl_c_after_the_run_ended_with_its_output_unread_says_it_has_ended() {
+    let agent = Agent::start();
+    let mut command = agent.bkg();
+    command
+        .args(["exe", "--type", "python", "-c"])
+        .arg("import sys\nprint('up', flush=True)\nsys.stdout.write('x' * 3_000_000)");
+    let (mut child, unread) = bkg_tests::spawn_with_stdout_unread(command, "up\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
+        let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+        if !runs[0]["finished_at_ms"].is_null() {
+            assert_eq!(runs[0]["exit_code"], 0, "{runs}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run did not end: {runs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    interrupt(&child);
+    let mut line = String::new();
+    BufReader::new(child.stderr.as_mut().expect("stderr")).read_line(&mut line).expect("bkg's note");
+    assert_eq!(
+        line,
+        "bkg: the run has ended; its output waits for a reader that takes none (Ctrl-C again to quit without it)\n"
+    );
+    let output = second_ctrl_c(child);
+    assert_eq!(code(&output), 130, "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "bkg: stopped with the run's output unwritten: `bkg runs ls` shows how the run ended\n"
+    );
+    drop(unread);
+    agent.wait_idle();
+}
+
 /// `bkgr ARGS` in the project at `dir`, its output piped.
 fn spawn_bkgr(agent: &Agent, dir: &Path, args: &[&str]) -> Child {
     Command::new(bin_dir().join("bkgr"))
