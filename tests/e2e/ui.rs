@@ -520,6 +520,9 @@ fn a_run_going_on_is_cancelled_from_its_page() {
     let page = format!("/ui/runs/{id}");
     let going = browser.get(&page);
     assert!(going.text().contains("Cancel this run"), "{}", going.text());
+    // Going on: nothing finished, nothing counted yet (found by a new-user trial: "never", "0 B").
+    assert!(going.text().contains("<dd>not yet</dd>"), "{}", going.text());
+    assert!(going.text().contains("counted when the run ends"), "{}", going.text());
 
     let mut stranger = Browser::new(&address);
     assert_eq!(stranger.log_in_with_key(&namespace_key(&agent, "team-b")).status, 303);
@@ -532,6 +535,7 @@ fn a_run_going_on_is_cancelled_from_its_page() {
     assert_eq!(code(&ended), 130, "{}", stderr(&ended));
     let shown = browser.get(&page).text();
     assert!(shown.contains("cancelled") && !shown.contains("Cancel this run"), "{shown}");
+    assert!(shown.contains("(<code>bkg exe</code>) went to its caller"), "{shown}");
     // Asked again once it has ended, the page shows how it ended.
     let csrf = csrf_of(&browser.get(&page));
     let again = browser.post(&format!("{page}/cancel"), &[("csrf", &csrf)]);
@@ -558,6 +562,13 @@ fn a_sessions_interpreter_is_not_offered_for_cancelling() {
     assert_eq!(browser.log_in_with_url(launch(&agent)["url"].as_str().unwrap_or_default()).status, 303);
     let page = browser.get(&format!("/ui/runs/{run}")).text();
     assert!(page.contains("is the interpreter of session <code>default</code>"), "{page}");
+    assert!(
+        page.contains(&format!(
+            "of sandbox <a href=\"/ui/sandboxes/{}\">box</a>",
+            status["id"].as_str().unwrap_or("?")
+        )),
+        "{page}"
+    );
     assert!(!page.contains("Cancel this run"), "{page}");
     let kept = agent.bkg_in(dir, &["exec", "box", "-c", "x + 1"]);
     assert_eq!((code(&kept), stdout(&kept)), (0, "42\n".to_owned()), "{}", stderr(&kept));

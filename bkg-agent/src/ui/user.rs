@@ -577,11 +577,15 @@ pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<S
                 }
                 dt { "Language" } dd { (record.language.as_str()) }
                 dt { "Started" } dd { (time(record.started_at_ms)) }
-                dt { "Finished" } dd { (maybe_time(record.finished_at_ms)) }
+                dt { "Finished" } dd { @if record.finished_at_ms.is_some() { (maybe_time(record.finished_at_ms)) } @else { "not yet" } }
                 dt { "Wall" } dd { (record.wall_ms.map(millis).unwrap_or_default()) }
                 dt { "CPU" } dd { (record.cpu_ms.map(millis).unwrap_or_default()) }
                 dt { "Peak memory" } dd { (record.peak_memory_bytes.map(bytes).unwrap_or_default()) }
-                dt { "Output" } dd { (bytes(record.stdout_bytes.unwrap_or(0))) " stdout, " (bytes(record.stderr_bytes.unwrap_or(0))) " stderr" }
+                dt { "Output" } dd {
+                    @if record.finished_at_ms.is_some() {
+                        (bytes(record.stdout_bytes.unwrap_or(0))) " stdout, " (bytes(record.stderr_bytes.unwrap_or(0))) " stderr"
+                    } @else { "counted when the run ends" }
+                }
                 @if let Some(error) = &record.error { dt { "Error" } dd { (error) } }
             }
             h2 { "Limits" }
@@ -595,7 +599,7 @@ pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<S
                     h2 { "Session" }
                     p {
                         "This run is the interpreter of session " code { (session) } " of sandbox "
-                        a href={ "/ui/sandboxes/" (sandbox_id) } { (sandbox_id) }
+                        a href={ "/ui/sandboxes/" (sandbox_id) } { (bkg_schema::sandbox::sandbox_name_of(sandbox_id)) }
                         ", which holds its variables: it is not cancelled. Interrupt its execution (Ctrl-C on "
                         code { "bkg exec" } "), or end the session by stopping the sandbox."
                     }
@@ -618,6 +622,7 @@ pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<S
                     pre.output tabindex="0" { (ansi::render(output)) }
                     @if output.len() as u64 >= ops::MAX_SHOWN_OUTPUT_BYTES { p.muted { "Only the first " (bytes(ops::MAX_SHOWN_OUTPUT_BYTES)) " are shown." } }
                 },
+                None if record.sandbox_id.is_none() => p.empty { "The output of a run in a sandbox of its own (" code { "bkg exe" } ") went to its caller: the agent keeps none of it beyond its size and, past 1 MiB, a copy among its files (" code { "bkg runs files " (record.id) } ")." },
                 None => p.empty { "The agent keeps the output of the newest runs of each sandbox; this run's is not kept." },
             }
         }
