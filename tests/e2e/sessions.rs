@@ -234,6 +234,17 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     assert!(trace.contains("File \"<cell 3>\", line 2, in f"), "{trace}");
     assert!(trace.contains("ZeroDivisionError: division by zero"), "{trace}");
     assert!(!trace.contains("<string>"), "the runner's frames are not shown: {trace}");
+    // What `display` could not send ends the traceback at the cell, not inside the runner and
+    // the json module it called (found by a new-user trial); what the cell itself calls of the
+    // standard library stays.
+    let unsendable = agent.bkg_in(dir, &["exec", "box", "-c", "display(data={'text/plain': object()})"]);
+    assert_eq!(code(&unsendable), 1);
+    let trace = stderr(&unsendable);
+    assert!(trace.contains("File \"<cell 4>\", line 1, in <module>"), "{trace}");
+    assert!(trace.contains("TypeError: Object of type object is not JSON serializable"), "{trace}");
+    assert!(!trace.contains("<string>") && !trace.contains("json/encoder.py"), "{trace}");
+    let own = agent.bkg_in(dir, &["exec", "box", "-c", "import json\njson.dumps(object())"]);
+    assert!(stderr(&own).contains("json/encoder.py"), "{}", stderr(&own));
 
     let mut looping = agent
         .bkg()

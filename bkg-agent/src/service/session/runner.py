@@ -1,7 +1,7 @@
 # The interpreter of a bkg session (bkg-agent/src/service/sessions.rs): reads one JSON request a
 # line on stdin ({"code", "execution"}), runs it in one namespace kept between executions, and
 # answers with events, one JSON object a line after \x1e, on its stdout.
-import ast, base64, io, json, linecache, os, signal, sys, traceback
+import ast, base64, io, json, linecache, os, signal, sys, sysconfig, traceback
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("MPLCONFIGDIR", "/tmp/.bkg-matplotlib")
@@ -106,16 +106,26 @@ def _show_figures():
 _namespace = {"__name__": "__main__", "__builtins__": __builtins__, "display": display}
 
 
+_STDLIB = (sysconfig.get_paths()["stdlib"] + os.sep, "<frozen ")
+
+
 def _user_frames(tb):
     # The runner's own frames come first: drop them, so the traceback starts at the cell.
     while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
         tb = tb.tb_next
-    # And may come last (a Ctrl-C while the cell's output was being sent): the traceback ends
-    # at the user's code.
+    # And may come last (a Ctrl-C while the cell's output was being sent, a value `display`
+    # could not send), with the standard library's below them: the traceback ends at the
+    # user's code. What the user's code calls of the standard library itself stays.
     runner = _user_frames.__code__.co_filename
-    last_of_user, node = None, tb
+    last_of_user, in_runner, node = None, False, tb
     while node is not None:
-        if node.tb_frame.f_code.co_filename != runner:
+        filename = node.tb_frame.f_code.co_filename
+        if filename == runner:
+            in_runner = True
+        elif not filename.startswith(_STDLIB):
+            in_runner = False
+            last_of_user = node
+        elif not in_runner:
             last_of_user = node
         node = node.tb_next
     if last_of_user is not None:
