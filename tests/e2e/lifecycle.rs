@@ -551,3 +551,27 @@ fn runs_that_find_the_pool_empty_still_take_forks_of_the_zygote() {
     assert_eq!(info["zygote"]["generation"].as_u64(), Some(1), "{info}");
     assert_eq!((info["prestarted_runs"].as_u64(), info["zygote_runs"].as_u64()), (Some(20), Some(20)), "{info}");
 }
+
+/// Runs of both languages, one after another: the pool's sandboxes start the interpreters the
+/// latest runs called for, and each run takes one with its own (`pool::LanguageMix`). When the
+/// last run's language alone decided, every run here found the other's interpreter started.
+#[test]
+fn alternating_python_and_node_runs_each_find_their_interpreter_started() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 2, ..AgentOptions::default() });
+    let run = |language: &str| {
+        agent.wait_pool_full();
+        let code_of = if language == "python" { "print(1)" } else { "console.log(1)" };
+        let output = agent.exe(&["-t", language, "-c", code_of]);
+        assert_eq!((code(&output), stdout(&output).as_str()), (0, "1\n"), "{}", stderr(&output));
+    };
+    // Two runs for the pool to learn the mix from.
+    run("python");
+    run("node");
+    let prestarted = || agent.status_json()["prestarted_runs"].as_u64().unwrap_or_default();
+    let before = prestarted();
+    for _ in 0..4 {
+        run("python");
+        run("node");
+    }
+    assert_eq!(prestarted(), before + 8, "{}", agent.status_json());
+}

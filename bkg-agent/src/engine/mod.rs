@@ -201,7 +201,8 @@ pub struct Engine {
     zygote_keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The last run that a pool sandbox could serve was Node's: pool sandboxes start Node ahead
     /// (`prestart_language`).
-    last_run_was_node: AtomicBool,
+    /// The interpreters the pool's sandboxes start ahead, following the latest runs'.
+    language_mix: Mutex<pool::LanguageMix>,
     /// Sandboxes being disposed of; shutdown waits for 0 before removing the cgroup directories.
     cleanups: watch::Sender<usize>,
     /// Runs from acceptance until their result was handed to the caller; shutdown waits for 0.
@@ -311,7 +312,7 @@ impl Engine {
             }),
             zygote_replace: Arc::new(tokio::sync::Notify::new()),
             zygote_keeper: Mutex::new(None),
-            last_run_was_node: AtomicBool::new(false),
+            language_mix: Mutex::new(pool::LanguageMix::default()),
             cleanups: watch::Sender::new(0),
             in_flight: watch::Sender::new(0),
             kill_runs: watch::Sender::new(false),
@@ -380,13 +381,27 @@ impl Engine {
         self.prestarted_runs.load(Ordering::Relaxed)
     }
 
-    /// Which runtime the next pool sandbox starts ahead: the last run's that a pool sandbox
-    /// could serve.
-    pub fn prestart_language(&self) -> bkg_schema::Language {
-        match self.last_run_was_node.load(Ordering::Relaxed) {
-            true => bkg_schema::Language::Node,
-            false => bkg_schema::Language::Python,
+    /// The interpreter a sandbox prepared as `preparation` starts ahead (`Preparation::Plain`:
+    /// none), counted as being prepared until `prepared` is told.
+    pub(crate) fn prestart_language(&self, preparation: sandbox::Preparation) -> Option<bkg_schema::Language> {
+        let ready = match preparation {
+            sandbox::Preparation::Ahead => self.pool.describe_ready(|sandbox| sandbox.started_ahead),
+            _ => Vec::new(),
+        };
+        let mut mix = self.language_mix.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match preparation {
+            sandbox::Preparation::Ahead => Some(mix.choose(&ready)),
+            sandbox::Preparation::ForWaitingRun(language) => {
+                mix.preparing(language);
+                Some(language)
+            }
+            sandbox::Preparation::Plain => None,
         }
+    }
+
+    /// Ends the count `prestart_language` began.
+    pub(crate) fn prepared(&self, language: bkg_schema::Language) {
+        self.language_mix.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).prepared(language);
     }
 
     pub(crate) fn note_prestarted_run(&self, from_zygote: bool) {
@@ -555,10 +570,10 @@ impl Engine {
             return PreparedSandbox::prepare(self, disk_bytes, persistent, additions).await;
         }
         if disk_bytes == self.config.default_limits.disk_bytes {
-            // The pool's next sandboxes start this run's interpreter ahead.
-            self.last_run_was_node.store(language == bkg_schema::Language::Node, Ordering::Relaxed);
+            // The pool's next sandboxes start the interpreters of the latest runs ahead.
+            self.language_mix.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).note_run(language);
             loop {
-                let warm = self.pool.take(self.active_runs());
+                let warm = self.pool.take(self.active_runs(), |sandbox| sandbox.started_ahead == Some(language));
                 self.refill();
                 let Some(sandbox) = warm else { break };
                 // A broken one is replaced and the next one (or a new one) is tried.
@@ -567,7 +582,7 @@ impl Engine {
                 }
             }
             if !self.pool.is_off() {
-                return self.first_prepared(self.pool.wait_for_next(), disk_bytes).await;
+                return self.first_prepared(self.pool.wait_for_next(), language, disk_bytes).await;
             }
         }
         PreparedSandbox::prepare(self, disk_bytes, None, &plan::Additions::default()).await
@@ -582,6 +597,7 @@ impl Engine {
     async fn first_prepared(
         self: &Arc<Self>,
         next: Option<tokio::sync::oneshot::Receiver<PreparedSandbox>>,
+        language: bkg_schema::Language,
         disk_bytes: u64,
     ) -> Result<PreparedSandbox, EngineError> {
         let (own_sender, own) = tokio::sync::oneshot::channel();
@@ -590,7 +606,8 @@ impl Engine {
         // or it would leave its half-made sandbox behind.
         let in_flight = self.run_in_flight();
         tokio::spawn(async move {
-            let prepared = PreparedSandbox::prepare_default(&engine, disk_bytes, Preparation::ForWaitingRun).await;
+            let prepared =
+                PreparedSandbox::prepare_default(&engine, disk_bytes, Preparation::ForWaitingRun(language)).await;
             if let Err(Ok(unwanted)) = own_sender.send(prepared) {
                 engine.return_to_pool(unwanted);
             }
@@ -602,7 +619,12 @@ impl Engine {
             tokio::select! {
                 prepared = &mut own.receiver => return prepared.unwrap_or(Err(EngineError::ShuttingDown)),
                 Ok(sandbox) = &mut next.receiver => if let Some(sandbox) = self.unbroken(sandbox) {
-                    return Ok(sandbox);
+                    // The other language's interpreter would be thrown away: the run's own,
+                    // with its own, is waited for instead.
+                    match sandbox.started_ahead == Some(language) {
+                        true => return Ok(sandbox),
+                        false => self.return_to_pool(sandbox),
+                    }
                 },
             }
         }

@@ -72,11 +72,13 @@ fn nonblocking_pipe() -> Result<(OwnedFd, OwnedFd), EngineError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preparation {
     /// For the warm pool, ahead of any run: at idle priority (`SandboxPlan::background`), with
-    /// the last run's interpreter started ahead.
+    /// an interpreter started ahead, of the language the latest runs call for
+    /// (`pool::LanguageMix`).
     Ahead,
-    /// For a run that found the pool empty and waits: at normal priority, with the interpreter
-    /// started ahead as well, so the run still takes a zygote's fork rather than a cold start.
-    ForWaitingRun,
+    /// For a run of this language that found the pool empty and waits: at normal priority,
+    /// with its interpreter started ahead as well, so the run still takes a zygote's fork
+    /// rather than a cold start.
+    ForWaitingRun(bkg_schema::Language),
     /// Nothing ahead: the code starts its own interpreter when the run begins.
     Plain,
 }
@@ -166,20 +168,23 @@ impl PreparedSandbox {
             },
         );
         plan.background = background;
-        // A pool sandbox, and one for a run waiting for the pool, starts ahead the interpreter
-        // the last run took.
-        if preparation != Preparation::Plain {
-            let language = engine.prestart_language();
-            if let Ok(prestart) = engine.prestart_plan(language) {
-                plan.prestart = Some(prestart);
-                if language == bkg_schema::Language::Python {
-                    plan.zygote = engine.zygote_socket();
-                }
+        // A pool sandbox, and one for a run waiting for the pool, starts an interpreter ahead.
+        let language = engine.prestart_language(preparation);
+        if let Some(language) = language
+            && let Ok(prestart) = engine.prestart_plan(language)
+        {
+            plan.prestart = Some(prestart);
+            if language == bkg_schema::Language::Python {
+                plan.zygote = engine.zygote_socket();
             }
         }
         let started_ahead = plan.prestart.as_ref().map(|prestart| prestart.language);
         let zygote = plan.zygote.clone();
-        match spawn_init(plan, engine.sandbox_init.as_deref()).await {
+        let spawned = spawn_init(plan, engine.sandbox_init.as_deref()).await;
+        if let Some(language) = language {
+            engine.prepared(language);
+        }
+        match spawned {
             Ok(Spawned { pid_one, disk_device, control, stdin, stdout, stderr }) => {
                 let (disk_use, disk_users) = super::disk::DiskUse::new();
                 Ok(Self {
