@@ -98,13 +98,17 @@ pub async fn run_keeping_out_dir(
     let run_path = run_id.as_ref().map(|id| format!("/api/v1/runs/{id}"));
     let mut stop_signals = StopSignals::listen()?;
     let printer = out;
+    // Whether this run's result has come: what is left is writing its output. Its own, not the
+    // process's: bkgr streams several runs at once.
+    let result_came = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let result_came_in_task = Arc::clone(&result_came);
     let cancel_task = tokio::spawn(async move {
         let Some(signal) = stop_signals.next().await else { return };
         use std::sync::atomic::Ordering::Relaxed;
         // A run that has ended, whose output only waits for its reader, has nothing to cancel
         // (found by a new-user trial: bkg said it was cancelling a run that had exited 0). Its
         // result may still be queued behind that output: the agent says.
-        let ended = RESULT_CAME.load(Relaxed)
+        let ended = result_came_in_task.load(Relaxed)
             || (WAITING_FOR_READER.load(Relaxed)
                 && match &run_path {
                     // Asked briefly: a second Ctrl-C must not wait for an agent that is slow to answer.
@@ -174,7 +178,8 @@ pub async fn run_keeping_out_dir(
         }
     });
 
-    let outcome = receive(client, &mut reader, (output, out), spinner, archive.as_ref(), run_id.as_deref()).await;
+    let outcome =
+        receive(client, &mut reader, (output, out), spinner, (archive.as_ref(), run_id.as_deref()), &result_came).await;
     stdin_task.abort();
     cancel_task.abort();
     let unpacked = match archive {
@@ -331,9 +336,6 @@ impl LimitsFrom {
         }
     }
 }
-
-/// Whether the run's result has come: what is left is writing its output.
-static RESULT_CAME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The signal on which this process sent the run a cancel (Ctrl-C's SIGINT, SIGTERM, SIGHUP),
 /// 0 for none: a cancelled run it did not cancel was cancelled by the agent.
@@ -534,8 +536,8 @@ async fn receive(
     reader: &mut (impl AsyncReadExt + Unpin),
     (output, out): (Output, crate::out::Printer),
     mut spinner: Option<crate::progress::Spinner>,
-    archive: Option<&crate::files_cmd::Unpacker>,
-    run_id: Option<&str>,
+    (archive, run_id): (Option<&crate::files_cmd::Unpacker>, Option<&str>),
+    result_came: &std::sync::atomic::AtomicBool,
 ) -> Result<RunResult, CliError> {
     // Which run, so that it can be looked up once the agent is back (found by a new-user trial:
     // an agent that crashed mid-run left no way to it).
@@ -612,7 +614,7 @@ async fn receive(
                 }
             }
             (FrameKind::Result, _) => {
-                RESULT_CAME.store(true, std::sync::atomic::Ordering::Relaxed);
+                result_came.store(true, std::sync::atomic::Ordering::Relaxed);
                 if let Output::Prefixed(prefix) = &output {
                     if let Some(rest) = stdout_lines.rest() {
                         writer.write((false, prefixed(prefix, &rest))).await;
