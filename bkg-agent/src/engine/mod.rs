@@ -193,7 +193,7 @@ pub struct Engine {
     /// Of those, the ones whose interpreter the zygote forked (engine/zygote.rs).
     zygote_runs: AtomicU64,
     /// The zygote generation serving now, or why none does.
-    zygote: Mutex<zygote::ZygoteStatus>,
+    zygote: watch::Sender<zygote::ZygoteStatus>,
     /// Tells the zygote's keeper to replace the generation serving now (it did not answer).
     zygote_replace: Arc<tokio::sync::Notify>,
     /// The zygote's keeper (`zygote::keep`), awaited at shutdown: it removes the last
@@ -250,6 +250,9 @@ impl Drop for Busy {
     }
 }
 
+/// How long a pool sandbox that starts Python waits for a zygote generation being started.
+const ZYGOTE_START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The sandbox init's own binary (bkg-agent/src/bin/bkg-sandbox-init.rs).
 const SANDBOX_INIT: &str = "bkg-sandbox-init";
 
@@ -305,10 +308,10 @@ impl Engine {
             active_runs: AtomicUsize::new(0),
             prestarted_runs: AtomicU64::new(0),
             zygote_runs: AtomicU64::new(0),
-            zygote: Mutex::new(match (config.zygote, config.warm_pool) {
+            zygote: watch::Sender::new(match (config.zygote, config.warm_pool) {
                 (false, _) => zygote::ZygoteStatus::Off("--zygote false".into()),
                 (true, 0) => zygote::ZygoteStatus::Off("no warm pool (--warm-pool 0)".into()),
-                (true, _) => zygote::ZygoteStatus::Unavailable("not started yet".into()),
+                (true, _) => zygote::ZygoteStatus::Starting("not started yet".into()),
             }),
             zygote_replace: Arc::new(tokio::sync::Notify::new()),
             zygote_keeper: Mutex::new(None),
@@ -417,32 +420,43 @@ impl Engine {
 
     /// The zygote: the generation serving now with its memory, or why none does.
     pub fn zygote(&self) -> Option<bkg_schema::ZygoteInfo> {
-        let status = self.zygote.lock().ok()?.clone();
+        let status = self.zygote.borrow().clone();
         Some(status.describe(self.config.zygote_memory))
     }
 
     /// The socket of the zygote serving now, for a pool sandbox that starts Python ahead.
     fn zygote_socket(&self) -> Option<PathBuf> {
-        match &*self.zygote.lock().ok()? {
+        match &*self.zygote.borrow() {
             zygote::ZygoteStatus::Serving(generation) => Some(generation.socket.clone()),
             _ => None,
         }
     }
 
+    /// Waits, `ZYGOTE_START_PATIENCE` at most, while a zygote generation is being started: a
+    /// pool sandbox prepared meanwhile would start a Python of its own (found flaky in the
+    /// tests: one fresh agent in eight prepared its first warm sandbox before its zygote served).
+    pub(crate) async fn zygote_settled(&self) {
+        let mut status = self.zygote.subscribe();
+        let settled = status.wait_for(|status| !matches!(status, zygote::ZygoteStatus::Starting(_)));
+        let _ = tokio::time::timeout(ZYGOTE_START_PATIENCE, settled).await;
+    }
+
     /// A pool sandbox's pid 1 had no answer from the zygote at `socket`: if that generation
     /// still serves, it is taken out of service at once and replaced.
     fn zygote_did_not_answer(&self, socket: &std::path::Path) {
-        let Ok(mut current) = self.zygote.lock() else { return };
-        if let zygote::ZygoteStatus::Serving(generation) = &*current
-            && generation.socket == socket
-        {
+        self.zygote.send_if_modified(|current| {
+            let zygote::ZygoteStatus::Serving(generation) = &*current else { return false };
+            if generation.socket != socket {
+                return false;
+            }
             tracing::warn!(generation = generation.number, "the zygote did not answer a sandbox; replacing it");
-            *current = zygote::ZygoteStatus::Unavailable(format!(
+            *current = zygote::ZygoteStatus::Starting(format!(
                 "generation {} did not answer a sandbox; the next is starting",
                 generation.number
             ));
             self.zygote_replace.notify_one();
-        }
+            true
+        });
     }
 
     pub(crate) fn zygote_replacements(&self) -> Arc<tokio::sync::Notify> {
@@ -450,9 +464,7 @@ impl Engine {
     }
 
     pub(crate) fn set_zygote(&self, status: zygote::ZygoteStatus) {
-        if let Ok(mut current) = self.zygote.lock() {
-            *current = status;
-        }
+        self.zygote.send_replace(status);
     }
 
     pub fn active_runs(&self) -> usize {

@@ -170,6 +170,11 @@ impl PreparedSandbox {
         plan.background = background;
         // A pool sandbox, and one for a run waiting for the pool, starts an interpreter ahead.
         let language = engine.prestart_language(preparation);
+        // Ahead of any run, a moment's wait for a zygote being started saves starting a Python
+        // here; a run waiting for this sandbox does not wait for it.
+        if preparation == Preparation::Ahead && language == Some(bkg_schema::Language::Python) {
+            engine.zygote_settled().await;
+        }
         if let Some(language) = language
             && let Ok(prestart) = engine.prestart_plan(language)
         {

@@ -487,6 +487,9 @@ pub struct Generation {
 #[derive(Clone)]
 pub enum ZygoteStatus {
     Serving(Generation),
+    /// A generation is being started (at the agent's start, or after one ended): a pool
+    /// sandbox that starts Python waits for it a moment (`Engine::zygote_settled`).
+    Starting(String),
     Off(String),
     Unavailable(String),
 }
@@ -513,7 +516,7 @@ impl ZygoteStatus {
                 reason: None,
             },
             Self::Off(reason) => not_serving(ZygoteState::Off, reason),
-            Self::Unavailable(reason) => not_serving(ZygoteState::Unavailable, reason),
+            Self::Starting(reason) | Self::Unavailable(reason) => not_serving(ZygoteState::Unavailable, reason),
         }
     }
 }
@@ -622,7 +625,7 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
                 }
             }
         }
-        engine.set_zygote(ZygoteStatus::Unavailable(format!("generation {number} ended; the next is starting")));
+        engine.set_zygote(ZygoteStatus::Starting(format!("generation {number} ended; the next is starting")));
         drop(engine);
         if quick {
             tokio::time::sleep(RESTART_PAUSE).await;
