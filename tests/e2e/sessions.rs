@@ -57,6 +57,19 @@ fn a_mark_without_an_end_does_not_grow_the_agents_memory() {
     assert!(peak_kib * 1024 < 160 * MIB, "the agent's memory peaked at {} MiB", peak_kib / 1024);
 }
 
+/// `bkg exec box -c CELL` in the project at `dir`, its output piped.
+fn spawn_exec(agent: &Agent, dir: &std::path::Path, cell: &str) -> std::process::Child {
+    agent
+        .bkg()
+        .args(["exec", "box", "-c", cell])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exec")
+}
+
 /// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`).
 fn vm_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
@@ -80,15 +93,7 @@ fn a_slow_reader_of_large_displays_does_not_grow_the_agents_memory() {
     let before = vm_kib(agent.pid(), "VmRSS:") * 1024;
     let cells = "import sys\nprint('go', file=sys.stderr, flush=True)\nfor _ in range(60):\n    \
                  display(data={'text/plain': big})\nprint('done')";
-    let mut child = agent
-        .bkg()
-        .args(["exec", "box", "-c", cells])
-        .current_dir(project.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg exec");
+    let mut child = spawn_exec(&agent, project.path(), cells);
     let mut said = std::io::BufReader::new(child.stderr.take().expect("stderr"));
     let mut line = String::new();
     while line != "go\n" {
@@ -153,15 +158,7 @@ fn ctrl_c_on_an_execution_that_ignores_it_says_what_ends_it() {
     assert_eq!(code(&started), 0, "{}", stderr(&started));
     let cell = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('up', flush=True)\n\
                 time.sleep(4)\nprint(x + 1)";
-    let mut child = agent
-        .bkg()
-        .args(["exec", "box", "-c", cell])
-        .current_dir(project.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg exec");
+    let mut child = spawn_exec(&agent, project.path(), cell);
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")), &mut first)
         .expect("the cell's output");
