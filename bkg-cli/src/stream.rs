@@ -121,54 +121,50 @@ pub async fn run_keeping_out_dir(
                         }),
                     None => false,
                 });
-        if ended {
+        let second = if ended {
             printer.note(format_args!(
                 "the run has ended; its output waits for a reader that takes none (Ctrl-C again to quit without it)"
             ));
-            if let Some(signal) = stop_signals.next().await {
-                printer.note(format_args!(
-                    "stopped with the run's output unwritten: `bkg runs ls` shows how the run ended"
-                ));
-                std::process::exit(crate::exit::SIGNALLED + signal);
-            }
-            return;
-        }
-        CANCELLED_BY.store(signal, Relaxed);
-        // On the stream, the cancel waits behind the stdin frames sent before it, which wait for
-        // code that may never read them (`yes | bkg exe x.py`): the agent is also asked on a call
-        // of its own. Neither send holds up a second signal.
-        tokio::spawn(async move {
-            let mut writer = cancel_writer.lock().await;
-            let _ = send_frame(&mut *writer, FrameKind::Cancel, &[]).await;
-        });
-        if let Some(path) = run_path {
-            tokio::spawn(async move {
-                let _ = canceller.post::<RunRecord>(&format!("{path}/cancel")).await;
-            });
-        }
-        let second = if WAITING_FOR_READER.load(Relaxed) {
-            printer.note(format_args!(
-                "cancelling the run; its output waits for a reader that takes none (Ctrl-C again to quit without it)"
-            ));
             stop_signals.next().await
         } else {
-            // Code that takes its time to end, or ignores SIGTERM, keeps the caller waiting up to
-            // the grace: said once the run is not over soon (this task ends with the run).
-            tokio::select! {
-                second = stop_signals.next() => second,
-                () = tokio::time::sleep(GRACE_NOTE_AFTER) => {
-                    printer.note(format_args!(
-                        "cancelling the run: its code has SIGTERM, and SIGKILL if still going {} s after it (Ctrl-C again to stop waiting)",
-                        bkg_schema::STOP_GRACE.as_secs()
-                    ));
-                    stop_signals.next().await
+            CANCELLED_BY.store(signal, Relaxed);
+            // On the stream, the cancel waits behind the stdin frames sent before it, which wait
+            // for code that may never read them (`yes | bkg exe x.py`): the agent is also asked on
+            // a call of its own. Neither send holds up a second signal.
+            tokio::spawn(async move {
+                let mut writer = cancel_writer.lock().await;
+                let _ = send_frame(&mut *writer, FrameKind::Cancel, &[]).await;
+            });
+            if let Some(path) = run_path {
+                tokio::spawn(async move {
+                    let _ = canceller.post::<RunRecord>(&format!("{path}/cancel")).await;
+                });
+            }
+            if WAITING_FOR_READER.load(Relaxed) {
+                printer.note(format_args!(
+                    "cancelling the run; its output waits for a reader that takes none (Ctrl-C again to quit without it)"
+                ));
+                stop_signals.next().await
+            } else {
+                // Code that takes its time to end, or ignores SIGTERM, keeps the caller waiting up
+                // to the grace: said once the run is not over soon (this task ends with the run).
+                tokio::select! {
+                    second = stop_signals.next() => second,
+                    () = tokio::time::sleep(GRACE_NOTE_AFTER) => {
+                        printer.note(format_args!(
+                            "cancelling the run: its code has SIGTERM, and SIGKILL if still going {} s after it (Ctrl-C again to stop waiting)",
+                            bkg_schema::STOP_GRACE.as_secs()
+                        ));
+                        stop_signals.next().await
+                    }
                 }
             }
         };
         // The run's end is awaited for its result; a second signal is a caller who will not wait.
         if let Some(signal) = second {
-            // Output waiting for its reader holds up the result behind it too.
-            match WAITING_FOR_READER.load(Relaxed) {
+            // Output waiting for its reader holds up the result behind it too (an ended run's
+            // is all that is left of it).
+            match ended || WAITING_FOR_READER.load(Relaxed) {
                 false => printer.note(format_args!("stopped without waiting for the run's end")),
                 true => printer.note(format_args!(
                     "stopped with the run's output unwritten: `bkg runs ls` shows how the run ended"

@@ -199,9 +199,8 @@ pub struct Engine {
     /// The zygote's keeper (`zygote::keep`), awaited at shutdown: it removes the last
     /// generation's cgroup before the agent's own cgroup directories go.
     zygote_keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The last run that a pool sandbox could serve was Node's: pool sandboxes start Node ahead
+    /// The interpreters the pool's sandboxes start ahead, following the latest runs'
     /// (`prestart_language`).
-    /// The interpreters the pool's sandboxes start ahead, following the latest runs'.
     language_mix: Mutex<pool::LanguageMix>,
     /// Sandboxes being disposed of; shutdown waits for 0 before removing the cgroup directories.
     cleanups: watch::Sender<usize>,
@@ -386,19 +385,19 @@ impl Engine {
 
     /// The interpreter a sandbox prepared as `preparation` starts ahead (`Preparation::Plain`:
     /// none), counted as being prepared until `prepared` is told.
-    pub(crate) fn prestart_language(&self, preparation: sandbox::Preparation) -> Option<bkg_schema::Language> {
+    pub(crate) fn prestart_language(&self, preparation: Preparation) -> Option<bkg_schema::Language> {
         let ready = match preparation {
-            sandbox::Preparation::Ahead => self.pool.describe_ready(|sandbox| sandbox.started_ahead),
+            Preparation::Ahead => self.pool.describe_ready(|sandbox| sandbox.started_ahead),
             _ => Vec::new(),
         };
         let mut mix = self.language_mix.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match preparation {
-            sandbox::Preparation::Ahead => Some(mix.choose(&ready)),
-            sandbox::Preparation::ForWaitingRun(language) => {
+            Preparation::Ahead => Some(mix.choose(&ready)),
+            Preparation::ForWaitingRun(language) => {
                 mix.preparing(language);
                 Some(language)
             }
-            sandbox::Preparation::Plain => None,
+            Preparation::Plain => None,
         }
     }
 

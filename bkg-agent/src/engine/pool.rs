@@ -48,6 +48,7 @@ pub struct WarmPool<T> {
 }
 
 struct State<T> {
+    /// Oldest first: runs take the newest (of those that fit), shrinking drops the oldest.
     ready: Vec<T>,
     /// How many the pool aims to hold (ready and being prepared).
     target: usize,
@@ -57,7 +58,6 @@ struct State<T> {
     sandbox_bytes: u64,
     /// Runs that found the pool empty and wait for the next sandbox it prepares (each also
     /// has one prepared for itself, and takes whichever is ready first), oldest first.
-    /// Runs take the newest ready sandbox; shrinking drops the oldest.
     waiting: VecDeque<oneshot::Sender<T>>,
 }
 

@@ -93,7 +93,7 @@ impl PreparedSandbox {
         Self::prepare_as(engine, disk_bytes, (persistent, additions), Preparation::Plain).await
     }
 
-    /// A default sandbox with its interpreter started ahead, prepared as `preparation` says.
+    /// A default sandbox (no persistent disk, nothing added), prepared as `preparation` says.
     pub async fn prepare_default(
         engine: &Arc<Engine>,
         disk_bytes: u64,
@@ -399,11 +399,11 @@ async fn spawn_init(plan: SandboxPlan, init_program: Option<&Path>) -> Result<Sp
             own
         }
     };
-    // `__sandbox-init` is what tells a sandbox init from other processes (`ps`, the tests) either
-    // way. The init's stdin is its end of the control socket, and the sandbox's stdin comes with the
-    // plan (engine/init.rs, `main`): with no code of ours to run between fork and exec, the
-    // standard library starts it by posix_spawn, which neither copies the agent's page tables
-    // nor leaves the agent copy-on-write faults for every page it writes next.
+    // `__sandbox-init` is what tells a sandbox init from other processes (`ps`, the tests)
+    // either way. The init's stdin is its end of the control socket, and the sandbox's stdin
+    // comes with the plan (engine/init.rs, `main`): with no code of ours to run between fork and
+    // exec, the standard library starts it by posix_spawn, which neither copies the agent's page
+    // tables nor leaves the agent copy-on-write faults for every page it writes next.
     command
         .arg("__sandbox-init")
         .env_clear()

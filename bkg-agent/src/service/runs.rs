@@ -76,9 +76,9 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// How long a cancel waits for the run's end to be recorded: its code's 5 s grace, and less than
-/// a client waits for an answer (10 s).
-const CANCEL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(8);
+/// How long a cancel waits for the run's end to be recorded: its code's grace and a little more,
+/// and less than a client waits for an answer (10 s).
+const CANCEL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(bkg_schema::STOP_GRACE.as_secs() + 3);
 
 /// A run going on in a task of its own; its result when awaited.
 pub type RunTask = JoinHandle<OpResult<RunResult>>;
@@ -273,16 +273,16 @@ impl Service {
         }
     }
 
-    /// Asks a queued or running run to end, as its caller's Ctrl-C does (`killed_by: cancelled`:
-    /// its code gets SIGTERM, and SIGKILL after its grace), and returns it as recorded once it has
-    /// ended. Its caller's own stream may be the one thing it cannot hear on: stdin that the code
-    /// does not read holds up every frame behind it, the cancel too.
     /// The sandbox id and session name of the session whose interpreter is run `id`, if it is
     /// one: a run that cancelling would take its variables from.
     pub fn session_of_run(&self, id: &str) -> Option<(String, String)> {
         self.sessions.holding_run(id)
     }
 
+    /// Asks a queued or running run to end, as its caller's Ctrl-C does (`killed_by: cancelled`:
+    /// its code gets SIGTERM, and SIGKILL after its grace), and returns it as recorded once it has
+    /// ended. Its caller's own stream may be the one thing it cannot hear on: stdin that the code
+    /// does not read holds up every frame behind it, the cancel too.
     pub async fn cancel_run(&self, principal: &Principal, id: &str) -> OpResult<RunRecord> {
         self.get_run(principal, id).await?;
         // A session's interpreter holds the state of its executions: ending it is for `bkg stop`
