@@ -7,7 +7,7 @@ use std::os::raw::c_int;
 use bkg_agent::engine::zygote::{LISTENER_FD, Served, serve};
 
 /// Serves forks on the socket at `LISTENER_FD`. Returns 0 in a fork that is a sandbox's code,
-/// locked down; in the zygote, 1 once its generation is over and 2 if it could not serve (the
+/// locked down; in the zygote, 1 once it made its forks and 2 if it could not serve (the
 /// loader exits with 0 and 1: the agent counts the second as a failed start).
 #[unsafe(no_mangle)]
 pub extern "C" fn bkg_zygote_serve() -> c_int {

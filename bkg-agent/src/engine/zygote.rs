@@ -145,9 +145,10 @@ pub enum Served {
     /// In a forked code process, locked down, its order at [`ORDER_FD`] and report at
     /// [`READY_FD`], nothing else open but stdio: the loader goes on.
     Code,
-    /// The zygote's generation is over: its socket closed, or it made [`MAX_FORKS`] forks.
+    /// The zygote's generation is over: it made [`MAX_FORKS`] forks.
     Ended,
-    /// The zygote could not serve at all (its seccomp filter could not be compiled).
+    /// The zygote could not serve (its seccomp filter could not be compiled, or its socket
+    /// failed).
     Failed,
 }
 
@@ -173,10 +174,10 @@ pub fn serve(listener: RawFd) -> Served {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            return Served::Ended;
+            return Served::Failed;
         }
         if polled[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
-            return Served::Ended;
+            return Served::Failed;
         }
         let mut waiting = Vec::with_capacity(connections.len());
         let mut code = None;
@@ -362,10 +363,15 @@ fn become_code(request: &[u8], received: Received, setup: &CodeSetup) -> ForkedC
 /// Copies now, while the sandbox waits in the pool (and into its cgroup), every page this fork
 /// shares with the zygote and may write. Left shared, each would be copied at the run's first
 /// write to it (Python's reference counts write to every object it touches): measured, a
-/// warm `hello.py` then took about 3 ms more CPU than in an interpreter of its own. The
-/// zygote's writable memory is a few MiB, all of it in use.
+/// warm `hello.py` then took about 3 ms more CPU than in an interpreter of its own. Only the
+/// pages the zygote has in memory are copied: about a quarter of its writable mappings were
+/// never touched (the rest of its allocator's arenas, its stack), and faulting them in would
+/// only give the run zeroed pages it may never use.
 fn own_writable_pages() {
     let Ok(maps) = fs::read_to_string("/proc/self/maps") else { return };
+    // SAFETY: sysconf takes a constant and no pointer.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let mut resident = Vec::new();
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
         let (Some(range), Some(permissions)) = (fields.next(), fields.next()) else { continue };
@@ -376,9 +382,34 @@ fn own_writable_pages() {
         let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
             continue;
         };
-        // SAFETY: madvise on a mapping of this process; MADV_POPULATE_WRITE only faults its
-        // pages in as writable (copying shared ones), it changes no contents.
-        unsafe { libc::madvise(start as *mut libc::c_void, end.saturating_sub(start), libc::MADV_POPULATE_WRITE) };
+        let pages = end.saturating_sub(start) / page;
+        resident.clear();
+        resident.resize(pages, 0u8);
+        // SAFETY: mincore writes one byte per page of the range into `resident`, which has that
+        // many; the range is a mapping of this process, page-aligned as /proc/self/maps gives it.
+        if unsafe { libc::mincore(start as *mut libc::c_void, pages * page, resident.as_mut_ptr()) } != 0 {
+            resident.fill(1);
+        }
+        let mut index = 0;
+        while index < pages {
+            if resident[index] & 1 == 0 {
+                index += 1;
+                continue;
+            }
+            let first = index;
+            while index < pages && resident[index] & 1 != 0 {
+                index += 1;
+            }
+            // SAFETY: madvise on pages of a mapping of this process; MADV_POPULATE_WRITE only
+            // faults them in as writable (copying shared ones), it changes no contents.
+            unsafe {
+                libc::madvise(
+                    (start + first * page) as *mut libc::c_void,
+                    (index - first) * page,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
+        }
     }
 }
 
@@ -525,7 +556,9 @@ impl ZygoteStatus {
 const QUICK_END: Duration = Duration::from_secs(2);
 /// Failed starts in a row after which warm sandboxes go on starting their own interpreters.
 const FAILED_STARTS_ALLOWED: u32 = 3;
-/// The pause before the next generation after one ended this soon, whatever ended it.
+/// The pause before the next generation after one ended this soon, for any reason but having
+/// made its forks: under load a generation makes them in about a second, and a pause then
+/// would leave the runs of that second to start interpreters of their own.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// Keeps one zygote generation serving while the engine lives: starts the next when one ends
@@ -588,6 +621,7 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
             return;
         }
         let quick = started.elapsed() < QUICK_END;
+        let mut pause = quick;
         match ended {
             // Its lifetime is over, the agent stops, or it was replaced (logged where that was
             // decided).
@@ -598,6 +632,7 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
             // It made its forks and ended by itself.
             Some(status) if status.success() => {
                 failed_starts = 0;
+                pause = false;
                 tracing::info!(generation = number, "the zygote made its forks");
             }
             Some(status) => {
@@ -627,7 +662,7 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
         }
         engine.set_zygote(ZygoteStatus::Starting(format!("generation {number} ended; the next is starting")));
         drop(engine);
-        if quick {
+        if pause {
             tokio::time::sleep(RESTART_PAUSE).await;
         }
     }
