@@ -12,6 +12,12 @@
 //! was made can always be filled to its size.
 //!
 //! Templates are kept for the few most recently used sizes (the default limit's among them).
+//! A temporary sandbox's image is used again after it: once its loop device is released, it
+//! is emptied (`FALLOC_FL_ZERO_RANGE`: every block reads as zeros and stays reserved) and the
+//! template's blocks are written into it again, so it is the same as a new copy, and the next
+//! sandbox of its size takes it (`DiskTemplates::recycle`). Making a new one instead cost more
+//! than the emptying: freeing and reserving 500 MiB of blocks, and on a host mounted with
+//! `discard` a discard of all of them, for every run. A few are kept, for a few seconds.
 //! The host's kernel may lack quota support (ext4 project quotas need CONFIG_QFMT_V2), so one
 //! shared filesystem with a quota per run is not an option everywhere; an image per sandbox is.
 
@@ -119,11 +125,30 @@ impl DiskLocks {
     }
 }
 
-/// Formatted templates by size, each made at most once while it is kept.
+/// Emptied images kept for the next sandboxes of their size: enough for the sandboxes disposed
+/// of while as many are prepared under load. Each holds its whole size of the host's disk.
+const SPARE_IMAGES: usize = 4;
+/// How long an emptied image waits for a sandbox before it is deleted: under load the next
+/// sandbox takes it at once, and an idle agent holds no host space for nothing.
+const SPARE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An emptied image (`DiskTemplates::recycle`).
+struct Spare {
+    bytes: u64,
+    path: PathBuf,
+}
+
+/// Formatted templates by size, each made at most once while it is kept, and the emptied
+/// images of sandboxes disposed of.
 pub struct DiskTemplates {
     dir: PathBuf,
     /// Most recently used first.
     kept: Mutex<VecDeque<(u64, Arc<OnceCell<PathBuf>>)>>,
+    /// Oldest first.
+    spares: Mutex<VecDeque<Spare>>,
+    spares_made: std::sync::atomic::AtomicU64,
+    /// Set by `remove`: an image disposed of after it is deleted.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 impl DiskTemplates {
@@ -136,22 +161,125 @@ impl DiskTemplates {
             Err(error) => return Err(io_error(format!("remove {}", dir.display()))(error)),
         }
         std::fs::create_dir_all(&dir).map_err(io_error(format!("create {}", dir.display())))?;
-        Ok(Self { dir, kept: Mutex::new(VecDeque::new()) })
+        Ok(Self {
+            dir,
+            kept: Mutex::new(VecDeque::new()),
+            spares: Mutex::new(VecDeque::new()),
+            spares_made: Default::default(),
+            removed: Default::default(),
+        })
     }
 
-    /// Removes every template (agent shutdown).
+    /// Removes every template and emptied image (agent shutdown).
     pub fn remove(&self) -> Result<(), DiskError> {
+        self.removed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        self.spares().clear();
         std::fs::remove_dir_all(&self.dir).map_err(io_error(format!("remove {}", self.dir.display())))
     }
 
-    /// Writes a fresh, empty ext4 filesystem of `bytes` to `image` (a new file).
+    fn spares(&self) -> std::sync::MutexGuard<'_, VecDeque<Spare>> {
+        self.spares.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes a fresh, empty ext4 filesystem of `bytes` to `image` (a new file): an emptied
+    /// image of that size if one is kept, else a new copy of the template. A host without room
+    /// for the copy gets the space of the emptied images back first.
     pub async fn make_image(&self, image: &Path, bytes: u64) -> Result<(), DiskError> {
         let template = self.template(bytes).await?;
-        let image = image.to_path_buf();
-        tokio::task::spawn_blocking(move || copy_sparse(&template, &image, bytes))
-            .await
-            .map_err(|error| io_error("copy the disk template")(std::io::Error::other(error)))?
+        let spare = {
+            let mut spares = self.spares();
+            spares.iter().position(|spare| spare.bytes == bytes).and_then(|index| spares.remove(index))
+        };
+        if let Some(spare) = spare {
+            match tokio::fs::rename(&spare.path, image).await {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::warn!(%error, image = %spare.path.display(), "an emptied disk image could not be used");
+                    let _ = tokio::fs::remove_file(&spare.path).await;
+                }
+            }
+        }
+        let copy = |image: PathBuf, template: PathBuf| async move {
+            tokio::task::spawn_blocking(move || copy_sparse(&template, &image, bytes))
+                .await
+                .map_err(|error| io_error("copy the disk template")(std::io::Error::other(error)))?
+        };
+        match copy(image.to_path_buf(), template.clone()).await {
+            Err(DiskError::HostFull { .. }) if self.remove_spares() > 0 => {
+                let _ = tokio::fs::remove_file(image).await;
+                copy(image.to_path_buf(), template).await
+            }
+            copied => copied,
+        }
+    }
+
+    /// Deletes every emptied image; returns how many there were. For a host short of space:
+    /// they hold theirs.
+    pub fn remove_spares(&self) -> usize {
+        let spares: Vec<Spare> = self.spares().drain(..).collect();
+        for spare in &spares {
+            let _ = std::fs::remove_file(&spare.path);
+        }
+        spares.len()
+    }
+
+    /// Keeps the disk image of a temporary sandbox, of `bytes`, for the next sandbox of its size:
+    /// moves it out of the sandbox's directory, empties it and writes the template's blocks into
+    /// it again. Only for an image nothing uses any more (its loop device released). An image
+    /// that cannot be emptied, or one over [`SPARE_IMAGES`], is deleted instead (the oldest
+    /// kept goes first), and so is one still kept after [`SPARE_LIFETIME`].
+    pub async fn recycle(self: &Arc<Self>, image: &Path, bytes: u64) {
+        if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let Some(template) = self.kept_template(bytes) else { return };
+        let number = self.spares_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spare = self.dir.join(format!("spare-{number}.img"));
+        if tokio::fs::rename(image, &spare).await.is_err() {
+            return;
+        }
+        let emptied = {
+            let spare = spare.clone();
+            tokio::task::spawn_blocking(move || empty_into_template(&template, &spare, bytes)).await
+        };
+        if !matches!(emptied, Ok(Ok(()))) {
+            if let Ok(Err(error)) = emptied {
+                tracing::debug!(%error, "a disk image could not be emptied for the next sandbox");
+            }
+            let _ = tokio::fs::remove_file(&spare).await;
+            return;
+        }
+        let over = {
+            let mut spares = self.spares();
+            if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
+                Some(spare.clone())
+            } else {
+                spares.push_back(Spare { bytes, path: spare.clone() });
+                (spares.len() > SPARE_IMAGES).then(|| spares.pop_front()).flatten().map(|oldest| oldest.path)
+            }
+        };
+        if let Some(over) = over {
+            let _ = tokio::fs::remove_file(over).await;
+        }
+        let templates = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(SPARE_LIFETIME).await;
+            let Some(templates) = templates.upgrade() else { return };
+            let unused = {
+                let mut spares = templates.spares();
+                spares.iter().position(|kept| kept.path == spare).and_then(|index| spares.remove(index))
+            };
+            if let Some(unused) = unused {
+                let _ = tokio::fs::remove_file(unused.path).await;
+            }
+        });
+    }
+
+    /// The template of `bytes` if it is made and kept.
+    fn kept_template(&self, bytes: u64) -> Option<PathBuf> {
+        let kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        kept.iter().find(|(size, _)| *size == bytes).and_then(|(_, cell)| cell.get().cloned())
     }
 
     /// The template of `bytes`, formatted now if it is not kept.
@@ -199,8 +327,31 @@ fn copy_sparse(template: &Path, image: &Path, bytes: u64) -> Result<(), DiskErro
         .map_err(io_error(format!("create {}", image.display())))?;
     target.set_len(bytes).map_err(io_error("size the disk image"))?;
     reserve(&target, image, bytes)?;
+    write_data_of(&source, &target)
+}
+
+/// Makes the image at `path`, of `bytes`, used by a sandbox before, what `copy_sparse` makes of
+/// `template`: every block zeros and reserved (one the filesystem inside wrote and freed as
+/// well as one it holds), then the template's data.
+fn empty_into_template(template: &Path, path: &Path, bytes: u64) -> Result<(), DiskError> {
+    let source = File::open(template).map_err(io_error(format!("open {}", template.display())))?;
+    let target = OpenOptions::new().write(true).open(path).map_err(io_error(format!("open {}", path.display())))?;
+    let length = target.metadata().map_err(io_error("inspect the disk image"))?.len();
+    if length != bytes {
+        return Err(io_error("empty the disk image")(std::io::Error::other(format!(
+            "it holds {length} bytes, not {bytes}"
+        ))));
+    }
+    let whole = i64::try_from(bytes).unwrap_or(i64::MAX);
+    let zero = nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    nix::fcntl::fallocate(&target, zero, 0, whole).map_err(|errno| io_error("empty the disk image")(errno.into()))?;
+    write_data_of(&source, &target)
+}
+
+/// Writes the data of `source` into `target` at the same offsets.
+fn write_data_of(source: &File, target: &File) -> Result<(), DiskError> {
     let mut buffer = vec![0u8; 64 * 1024];
-    for (data, hole) in data_ranges(&source)? {
+    for (data, hole) in data_ranges(source)? {
         let mut position = data;
         while position < hole {
             let want = buffer.len().min((hole - position) as usize);
@@ -488,6 +639,69 @@ mod tests {
         assert!(allocated(&image) >= bytes, "every block is reserved: {} of {bytes}", allocated(&image));
         let template_blocks = allocated(&templates.path_of(bytes));
         assert!(template_blocks < bytes / 16, "the template stays sparse: {template_blocks} bytes");
+    }
+
+    /// What a sandbox wrote into its image (data anywhere, the filesystem's own blocks) is gone
+    /// from the image the next sandbox takes: it is the template's copy again, reserved whole.
+    #[tokio::test]
+    async fn a_recycled_image_is_a_new_copy_of_the_template_again() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let templates = Arc::new(DiskTemplates::new(dir.path().join("templates")).expect("templates"));
+        let bytes = 64 * 1024 * 1024;
+        let used = dir.path().join("used.img");
+        templates.make_image(&used, bytes).await.expect("image");
+        let fresh = std::fs::read(&used).expect("read the new image");
+        let file = OpenOptions::new().write(true).open(&used).expect("open");
+        for offset in [0, 1024, 4096 * 7, bytes / 2 + 5, bytes - 4096] {
+            file.write_all_at(b"what the last sandbox wrote", offset).expect("write");
+        }
+        file.sync_all().expect("sync");
+        drop(file);
+
+        templates.recycle(&used, bytes).await;
+        assert!(!used.exists(), "the image left the sandbox's directory");
+        let next = dir.path().join("next.img");
+        templates.make_image(&next, bytes).await.expect("image");
+        assert!(templates.spares().is_empty(), "the next sandbox took the emptied image");
+        assert!(std::fs::read(&next).expect("read the recycled image") == fresh, "it differs from a new copy");
+        assert!(allocated(&next) >= bytes, "every block is reserved: {} of {bytes}", allocated(&next));
+        assert_eq!(written_bytes(&next), written_bytes(&templates.path_of(bytes)));
+
+        // An image of another size is not taken for this one, and none is kept after removal.
+        templates.recycle(&next, bytes).await;
+        let other = dir.path().join("other.img");
+        templates.make_image(&other, bytes * 2).await.expect("image");
+        assert_eq!(templates.spares().len(), 1);
+        templates.remove().expect("remove");
+        templates.recycle(&other, bytes * 2).await;
+        assert!(other.exists() && !dir.path().join("templates").exists(), "nothing kept after removal");
+    }
+
+    /// Emptied images hold host space: no more than [`SPARE_IMAGES`] are kept, and all of it is
+    /// given back at once when a new disk does not fit.
+    #[tokio::test]
+    async fn spares_are_kept_up_to_their_number_and_removed_on_demand() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let templates = Arc::new(DiskTemplates::new(dir.path().join("templates")).expect("templates"));
+        let bytes = 16 * 1024 * 1024;
+        for n in 0..SPARE_IMAGES + 2 {
+            let image = dir.path().join(format!("{n}.img"));
+            templates.make_image(&image, bytes).await.expect("image");
+        }
+        for n in 0..SPARE_IMAGES + 2 {
+            templates.recycle(&dir.path().join(format!("{n}.img")), bytes).await;
+        }
+        let on_disk = || {
+            std::fs::read_dir(dir.path().join("templates"))
+                .expect("list")
+                .filter(|entry| {
+                    entry.as_ref().is_ok_and(|entry| entry.file_name().to_string_lossy().starts_with("spare-"))
+                })
+                .count()
+        };
+        assert_eq!((templates.spares().len(), on_disk()), (SPARE_IMAGES, SPARE_IMAGES));
+        assert_eq!(templates.remove_spares(), SPARE_IMAGES);
+        assert_eq!((templates.spares().len(), on_disk()), (0, 0));
     }
 
     fn allocated(path: &Path) -> u64 {

@@ -177,7 +177,7 @@ pub struct Engine {
     sandbox_init: Option<std::path::PathBuf>,
     host: HostLayout,
     cgroups: Box<dyn CgroupDriver>,
-    disks: disk::DiskTemplates,
+    disks: Arc<disk::DiskTemplates>,
     /// Persistent disk images in use (`disk::DiskHold`).
     disk_locks: disk::DiskLocks,
     ids: Arc<IdSlots>,
@@ -277,7 +277,7 @@ impl Engine {
             .iter()
             .map(|dir| lock::lock_cgroup_dir(std::path::Path::new(lock::LOCK_DIR), dir, &owner))
             .collect::<Result<Vec<_>, _>>()?;
-        let disks = disk::DiskTemplates::new(config.state_dir.join("disk-templates"))?;
+        let disks = Arc::new(disk::DiskTemplates::new(config.state_dir.join("disk-templates"))?);
         let capacity = Arc::new(capacity::Capacity::new(config.capacity.clone()));
         // Read once: the pool's bound by disk need not follow the free space as grants do.
         let disk_budget = capacity.disk_budget()?;

@@ -58,6 +58,9 @@ pub struct PreparedSandbox {
     /// (`disk::DiskUse`); the disposal waits for the clones given out to be dropped.
     disk_use: super::disk::DiskUse,
     disk_users: super::disk::DiskUsers,
+    /// Where a temporary disk image goes once the sandbox is gone: emptied, to the next
+    /// sandbox of its size (`DiskTemplates::recycle`). `None` for a persistent one.
+    recycle_into: Option<Arc<super::disk::DiskTemplates>>,
 }
 
 pub fn cgroup_limits(limits: &bkg_schema::Limits) -> CgroupLimits {
@@ -110,7 +113,11 @@ impl PreparedSandbox {
     ) -> Result<Self, EngineError> {
         let id = new_id("sbx");
         let run_dir = engine.runs_dir().join(&id);
-        let disk = engine.capacity.grant_disk(disk_bytes)?;
+        // Emptied disk images kept for reuse hold host space the budget counts as taken.
+        let disk = match engine.capacity.grant_disk(disk_bytes) {
+            Err(_) if engine.disks.remove_spares() > 0 => engine.capacity.grant_disk(disk_bytes)?,
+            granted => granted?,
+        };
         let ids = engine.ids.allocate()?;
         let result =
             Self::build(engine, &id, &run_dir, disk_bytes, (persistent, additions, preparation), ids, disk).await;
@@ -211,6 +218,7 @@ impl PreparedSandbox {
                     _disk: disk,
                     disk_use,
                     disk_users,
+                    recycle_into: persistent.is_none().then(|| Arc::clone(&engine.disks)),
                 })
             }
             Err(error) => {
@@ -358,6 +366,8 @@ impl PreparedSandbox {
         }
         if !loop_released {
             tracing::warn!(sandbox = %id, "loop device still attached");
+        } else if let Some(disks) = &self.recycle_into {
+            disks.recycle(&self.disk_image, self.disk_bytes).await;
         }
         let dir_removed = match tokio::fs::remove_dir_all(&self.run_dir).await {
             Ok(()) => true,
