@@ -589,3 +589,37 @@ fn alternating_python_and_node_runs_each_find_their_interpreter_started() {
     }
     assert_eq!(prestarted(), before + 3, "{}", agent.status_json());
 }
+
+/// A temporary sandbox's disk image and directory go to the next sandbox of its size
+/// (engine/disk.rs, `DiskTemplates::recycle`), emptied: the next run finds none of the files of
+/// the run before it, and a disk that holds what a new one holds.
+#[test]
+fn a_sandbox_given_the_disk_of_one_before_it_finds_a_new_disk() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let inspect = "import os, shutil\n\
+                   print(sorted(os.listdir('/workspace')), sorted(os.listdir('/tmp')), sorted(os.listdir('/dev/shm')))\n\
+                   print(shutil.disk_usage('/workspace').used)";
+    let first = agent.exe(&["-t", "python", "-c", inspect]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    agent.wait_idle();
+
+    let write = "import os\n\
+                 for path in ('/workspace/secret', '/tmp/secret', '/dev/shm/secret'):\n    \
+                     with open(path, 'wb') as f: f.write(b'the last run wrote this' * 100000)\n\
+                 os.mkdir('/workspace/dir')\n\
+                 with open('/workspace/gone', 'wb') as f: f.write(os.urandom(1 << 20))\n\
+                 os.remove('/workspace/gone')";
+    let wrote = agent.exe(&["-t", "python", "-c", write]);
+    assert_eq!(code(&wrote), 0, "{}", stderr(&wrote));
+    agent.wait_idle();
+    let spares = || {
+        std::fs::read_dir(agent.state_dir.join("disk-templates"))
+            .map(|entries| entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("spare-")).count())
+            .unwrap_or(0)
+    };
+    assert!(spares() > 0, "the sandbox's disk was not kept for the next one");
+
+    let next = agent.exe(&["-t", "python", "-c", inspect]);
+    assert_eq!(code(&next), 0, "{}", stderr(&next));
+    assert_eq!(stdout(&next), stdout(&first), "the next run's disk differs from a new one");
+}

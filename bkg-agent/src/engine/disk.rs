@@ -15,9 +15,10 @@
 //! A temporary sandbox's image is used again after it: once its loop device is released, it
 //! is emptied (`FALLOC_FL_ZERO_RANGE`: every block reads as zeros and stays reserved) and the
 //! template's blocks are written into it again, so it is the same as a new copy, and the next
-//! sandbox of its size takes it (`DiskTemplates::recycle`). Making a new one instead cost more
-//! than the emptying: freeing and reserving 500 MiB of blocks, and on a host mounted with
-//! `discard` a discard of all of them, for every run. A few are kept, for a few seconds.
+//! sandbox of its size takes it with the directory it is in (`DiskTemplates::recycle`). Making
+//! new ones instead cost more than the emptying: freeing and reserving 500 MiB of blocks, on a
+//! host mounted with `discard` a discard of all of them, and the sandbox's directories, for
+//! every run. A few are kept, for a few seconds.
 //! The host's kernel may lack quota support (ext4 project quotas need CONFIG_QFMT_V2), so one
 //! shared filesystem with a quota per run is not an option everywhere; an image per sandbox is.
 
@@ -132,10 +133,10 @@ const SPARE_IMAGES: usize = 4;
 /// sandbox takes it at once, and an idle agent holds no host space for nothing.
 const SPARE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// An emptied image (`DiskTemplates::recycle`).
+/// A temporary sandbox's directory with its emptied image (`DiskTemplates::recycle`).
 struct Spare {
     bytes: u64,
-    path: PathBuf,
+    dir: PathBuf,
 }
 
 /// Formatted templates by size, each made at most once while it is kept, and the emptied
@@ -182,24 +183,28 @@ impl DiskTemplates {
         self.spares.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Writes a fresh, empty ext4 filesystem of `bytes` to `image` (a new file): an emptied
-    /// image of that size if one is kept, else a new copy of the template. A host without room
-    /// for the copy gets the space of the emptied images back first.
-    pub async fn make_image(&self, image: &Path, bytes: u64) -> Result<(), DiskError> {
-        let template = self.template(bytes).await?;
+    /// Puts a directory a temporary sandbox of a disk of `bytes` left, its image emptied
+    /// (`recycle`), at `dir`, which does not exist; `false` if none is kept.
+    pub async fn take_spare(&self, dir: &Path, bytes: u64) -> bool {
         let spare = {
             let mut spares = self.spares();
             spares.iter().position(|spare| spare.bytes == bytes).and_then(|index| spares.remove(index))
         };
-        if let Some(spare) = spare {
-            match tokio::fs::rename(&spare.path, image).await {
-                Ok(()) => return Ok(()),
-                Err(error) => {
-                    tracing::warn!(%error, image = %spare.path.display(), "an emptied disk image could not be used");
-                    let _ = tokio::fs::remove_file(&spare.path).await;
-                }
+        let Some(spare) = spare else { return false };
+        match tokio::fs::rename(&spare.dir, dir).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, dir = %spare.dir.display(), "an emptied disk image could not be used");
+                let _ = tokio::fs::remove_dir_all(&spare.dir).await;
+                false
             }
         }
+    }
+
+    /// Writes a fresh, empty ext4 filesystem of `bytes` to `image` (a new file), a copy of the
+    /// template. A host without room for it gets the space of the emptied images back first.
+    pub async fn make_image(&self, image: &Path, bytes: u64) -> Result<(), DiskError> {
+        let template = self.template(bytes).await?;
         let copy = |image: PathBuf, template: PathBuf| async move {
             tokio::task::spawn_blocking(move || copy_sparse(&template, &image, bytes))
                 .await
@@ -219,48 +224,49 @@ impl DiskTemplates {
     pub fn remove_spares(&self) -> usize {
         let spares: Vec<Spare> = self.spares().drain(..).collect();
         for spare in &spares {
-            let _ = std::fs::remove_file(&spare.path);
+            let _ = std::fs::remove_dir_all(&spare.dir);
         }
         spares.len()
     }
 
-    /// Keeps the disk image of a temporary sandbox, of `bytes`, for the next sandbox of its size:
-    /// moves it out of the sandbox's directory, empties it and writes the template's blocks into
-    /// it again. Only for an image nothing uses any more (its loop device released). An image
-    /// that cannot be emptied, or one over [`SPARE_IMAGES`], is deleted instead (the oldest
-    /// kept goes first), and so is one still kept after [`SPARE_LIFETIME`].
-    pub async fn recycle(self: &Arc<Self>, image: &Path, bytes: u64) {
+    /// Keeps the directory `dir` of a temporary sandbox, with its disk image `image` (a name in
+    /// it) of `bytes`, for the next sandbox of its size: moves it out of the way, empties the
+    /// image and writes the template's blocks into it again. Only for a directory that holds
+    /// nothing else a sandbox needs new, and an image nothing uses any more (its loop device
+    /// released). One whose image cannot be emptied, or one over [`SPARE_IMAGES`], is deleted
+    /// instead (the oldest kept goes first), and so is one still kept after [`SPARE_LIFETIME`].
+    /// Returns whether `dir` is gone from its place (kept or deleted); `false` leaves it there.
+    pub async fn recycle(self: &Arc<Self>, dir: &Path, image: &str, bytes: u64) -> bool {
         if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
+            return false;
         }
-        let Some(template) = self.kept_template(bytes) else { return };
+        let Some(template) = self.kept_template(bytes) else { return false };
         let number = self.spares_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let spare = self.dir.join(format!("spare-{number}.img"));
-        if tokio::fs::rename(image, &spare).await.is_err() {
-            return;
+        let spare = self.dir.join(format!("spare-{number}"));
+        if tokio::fs::rename(dir, &spare).await.is_err() {
+            return false;
         }
         let emptied = {
-            let spare = spare.clone();
-            tokio::task::spawn_blocking(move || empty_into_template(&template, &spare, bytes)).await
+            let image = spare.join(image);
+            tokio::task::spawn_blocking(move || empty_into_template(&template, &image, bytes)).await
         };
         if !matches!(emptied, Ok(Ok(()))) {
             if let Ok(Err(error)) = emptied {
                 tracing::debug!(%error, "a disk image could not be emptied for the next sandbox");
             }
-            let _ = tokio::fs::remove_file(&spare).await;
-            return;
+            return tokio::fs::remove_dir_all(&spare).await.is_ok();
         }
         let over = {
             let mut spares = self.spares();
             if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
                 Some(spare.clone())
             } else {
-                spares.push_back(Spare { bytes, path: spare.clone() });
-                (spares.len() > SPARE_IMAGES).then(|| spares.pop_front()).flatten().map(|oldest| oldest.path)
+                spares.push_back(Spare { bytes, dir: spare.clone() });
+                (spares.len() > SPARE_IMAGES).then(|| spares.pop_front()).flatten().map(|oldest| oldest.dir)
             }
         };
         if let Some(over) = over {
-            let _ = tokio::fs::remove_file(over).await;
+            let _ = tokio::fs::remove_dir_all(over).await;
         }
         let templates = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -268,12 +274,13 @@ impl DiskTemplates {
             let Some(templates) = templates.upgrade() else { return };
             let unused = {
                 let mut spares = templates.spares();
-                spares.iter().position(|kept| kept.path == spare).and_then(|index| spares.remove(index))
+                spares.iter().position(|kept| kept.dir == spare).and_then(|index| spares.remove(index))
             };
             if let Some(unused) = unused {
-                let _ = tokio::fs::remove_file(unused.path).await;
+                let _ = tokio::fs::remove_dir_all(unused.dir).await;
             }
         });
+        true
     }
 
     /// The template of `bytes` if it is made and kept.
@@ -648,33 +655,33 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let templates = Arc::new(DiskTemplates::new(dir.path().join("templates")).expect("templates"));
         let bytes = 64 * 1024 * 1024;
-        let used = dir.path().join("used.img");
-        templates.make_image(&used, bytes).await.expect("image");
-        let fresh = std::fs::read(&used).expect("read the new image");
-        let file = OpenOptions::new().write(true).open(&used).expect("open");
+        let used = dir.path().join("sbx-used");
+        std::fs::create_dir_all(used.join("root")).expect("a sandbox's directory");
+        templates.make_image(&used.join("disk.img"), bytes).await.expect("image");
+        let fresh = std::fs::read(used.join("disk.img")).expect("read the new image");
+        let file = OpenOptions::new().write(true).open(used.join("disk.img")).expect("open");
         for offset in [0, 1024, 4096 * 7, bytes / 2 + 5, bytes - 4096] {
             file.write_all_at(b"what the last sandbox wrote", offset).expect("write");
         }
         file.sync_all().expect("sync");
         drop(file);
 
-        templates.recycle(&used, bytes).await;
-        assert!(!used.exists(), "the image left the sandbox's directory");
-        let next = dir.path().join("next.img");
-        templates.make_image(&next, bytes).await.expect("image");
+        assert!(templates.recycle(&used, "disk.img", bytes).await);
+        assert!(!used.exists(), "the directory was moved out of the way");
+        let next = dir.path().join("sbx-next");
+        assert!(!templates.take_spare(&next, bytes * 2).await, "no spare of another size is taken");
+        assert!(templates.take_spare(&next, bytes).await);
         assert!(templates.spares().is_empty(), "the next sandbox took the emptied image");
-        assert!(std::fs::read(&next).expect("read the recycled image") == fresh, "it differs from a new copy");
-        assert!(allocated(&next) >= bytes, "every block is reserved: {} of {bytes}", allocated(&next));
-        assert_eq!(written_bytes(&next), written_bytes(&templates.path_of(bytes)));
+        assert!(next.join("root").is_dir(), "with the directory it was in");
+        let image = next.join("disk.img");
+        assert!(std::fs::read(&image).expect("read the recycled image") == fresh, "it differs from a new copy");
+        assert!(allocated(&image) >= bytes, "every block is reserved: {} of {bytes}", allocated(&image));
+        assert_eq!(written_bytes(&image), written_bytes(&templates.path_of(bytes)));
 
-        // An image of another size is not taken for this one, and none is kept after removal.
-        templates.recycle(&next, bytes).await;
-        let other = dir.path().join("other.img");
-        templates.make_image(&other, bytes * 2).await.expect("image");
-        assert_eq!(templates.spares().len(), 1);
+        // Nothing is kept once the templates are removed (agent shutdown).
         templates.remove().expect("remove");
-        templates.recycle(&other, bytes * 2).await;
-        assert!(other.exists() && !dir.path().join("templates").exists(), "nothing kept after removal");
+        assert!(!templates.recycle(&next, "disk.img", bytes).await);
+        assert!(next.exists() && !dir.path().join("templates").exists(), "nothing kept after removal");
     }
 
     /// Emptied images hold host space: no more than [`SPARE_IMAGES`] are kept, and all of it is
@@ -685,11 +692,10 @@ mod tests {
         let templates = Arc::new(DiskTemplates::new(dir.path().join("templates")).expect("templates"));
         let bytes = 16 * 1024 * 1024;
         for n in 0..SPARE_IMAGES + 2 {
-            let image = dir.path().join(format!("{n}.img"));
-            templates.make_image(&image, bytes).await.expect("image");
-        }
-        for n in 0..SPARE_IMAGES + 2 {
-            templates.recycle(&dir.path().join(format!("{n}.img")), bytes).await;
+            let run = dir.path().join(format!("sbx-{n}"));
+            std::fs::create_dir(&run).expect("a sandbox's directory");
+            templates.make_image(&run.join("disk.img"), bytes).await.expect("image");
+            assert!(templates.recycle(&run, "disk.img", bytes).await);
         }
         let on_disk = || {
             std::fs::read_dir(dir.path().join("templates"))

@@ -19,6 +19,12 @@ pub const NOBODY_ID: u32 = 65534;
 /// nothing inside is setuid, and no file is owned by its host id.
 pub const ROOT_ID: u32 = 0;
 
+/// What a sandbox's own directory on the host holds: the mount points of its root and of its
+/// disk, and a temporary sandbox's disk image. Nothing else is made in it.
+pub const RUN_DIR_ROOT: &str = "root";
+pub const RUN_DIR_DISK: &str = "disk";
+pub const RUN_DIR_IMAGE: &str = "disk.img";
+
 /// Directories of the new root that are writable, backed by the sandbox's own disk image.
 pub const WORKSPACE: &str = "/workspace";
 pub const TMP: &str = "/tmp";
@@ -397,10 +403,10 @@ impl SandboxPlan {
 
         SandboxPlan {
             agent_pid: inputs.agent_pid,
-            root_dir: inputs.run_dir.join("root"),
+            root_dir: inputs.run_dir.join(RUN_DIR_ROOT),
             root_tmpfs_bytes: ROOT_TMPFS_BYTES,
             disk_image: inputs.disk_image,
-            disk_mount_dir: inputs.run_dir.join("disk"),
+            disk_mount_dir: inputs.run_dir.join(RUN_DIR_DISK),
             hostname: inputs.hostname,
             ids: inputs.ids,
             cgroup_joins: inputs.cgroup_joins,

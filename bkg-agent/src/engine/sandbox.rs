@@ -139,8 +139,14 @@ impl PreparedSandbox {
         disk: DiskGrant,
     ) -> Result<Self, EngineError> {
         let background = preparation == Preparation::Ahead;
-        for dir in [run_dir.join("root"), run_dir.join("disk")] {
-            tokio::fs::create_dir_all(&dir).await.map_err(EngineError::io(format!("create {}", dir.display())))?;
+        use super::plan::{RUN_DIR_DISK, RUN_DIR_IMAGE, RUN_DIR_ROOT};
+        // A temporary sandbox takes the directory of one gone before it, its image emptied, if
+        // one is kept (`DiskTemplates::recycle`).
+        let recycled = persistent.is_none() && engine.disks.take_spare(run_dir, disk_bytes).await;
+        if !recycled {
+            for dir in [run_dir.join(RUN_DIR_ROOT), run_dir.join(RUN_DIR_DISK)] {
+                tokio::fs::create_dir_all(&dir).await.map_err(EngineError::io(format!("create {}", dir.display())))?;
+            }
         }
         let disk_image = match persistent {
             Some(persistent) => {
@@ -148,8 +154,10 @@ impl PreparedSandbox {
                 persistent.image.clone()
             }
             None => {
-                let image = run_dir.join("disk.img");
-                engine.disks.make_image(&image, disk_bytes).await?;
+                let image = run_dir.join(RUN_DIR_IMAGE);
+                if !recycled {
+                    engine.disks.make_image(&image, disk_bytes).await?;
+                }
                 image
             }
         };
@@ -366,18 +374,49 @@ impl PreparedSandbox {
         }
         if !loop_released {
             tracing::warn!(sandbox = %id, "loop device still attached");
-        } else if let Some(disks) = &self.recycle_into {
-            disks.recycle(&self.disk_image, self.disk_bytes).await;
         }
-        let dir_removed = match tokio::fs::remove_dir_all(&self.run_dir).await {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(sandbox = %id, %error, "sandbox directory not removed");
-                false
+        let recycled = match &self.recycle_into {
+            Some(disks) if loop_released && holds_only_what_build_made(&self.run_dir).await => {
+                disks.recycle(&self.run_dir, super::plan::RUN_DIR_IMAGE, self.disk_bytes).await
             }
+            _ => false,
         };
+        let dir_removed = recycled
+            || match tokio::fs::remove_dir_all(&self.run_dir).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(sandbox = %id, %error, "sandbox directory not removed");
+                    false
+                }
+            };
         cgroup_removed && loop_released && dir_removed
     }
+}
+
+/// Whether a temporary sandbox's directory holds what `PreparedSandbox::build` made and
+/// nothing more (its mount points empty), so that the next sandbox may take it as it is.
+async fn holds_only_what_build_made(run_dir: &Path) -> bool {
+    use super::plan::{RUN_DIR_DISK, RUN_DIR_IMAGE, RUN_DIR_ROOT};
+    let run_dir = run_dir.to_path_buf();
+    let names = |dir: &Path| -> Option<Vec<String>> {
+        let mut names = std::fs::read_dir(dir)
+            .ok()?
+            .map(|entry| entry.map(|entry| entry.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .ok()?;
+        names.sort_unstable();
+        Some(names)
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut made = [RUN_DIR_DISK, RUN_DIR_IMAGE, RUN_DIR_ROOT].map(String::from).to_vec();
+        made.sort_unstable();
+        names(&run_dir) == Some(made)
+            && [RUN_DIR_ROOT, RUN_DIR_DISK]
+                .iter()
+                .all(|mount_point| names(&run_dir.join(mount_point)) == Some(Vec::new()))
+    })
+    .await
+    .unwrap_or(false)
 }
 
 struct Spawned {
