@@ -508,6 +508,17 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep, idmaps: &IdmapNamespaces) ->
             )
             .stage(&format!("hide {}", target.display()))
         }
+        MountStep::MaskFile { target } => {
+            let target = inside(root, target);
+            if !target.exists() {
+                return Ok(());
+            }
+            bind(
+                &inside(root, Path::new("/dev/null")),
+                &target,
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            )
+        }
         MountStep::Proc { target } => {
             let target = inside(root, target);
             fs::create_dir_all(&target).stage("create /proc")?;

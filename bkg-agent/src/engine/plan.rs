@@ -19,6 +19,13 @@ pub const NOBODY_ID: u32 = 65534;
 /// nothing inside is setuid, and no file is owned by its host id.
 pub const ROOT_ID: u32 = 0;
 
+/// What of a sandbox's procfs is hidden (docs/security.md, TEN-04): the host-wide statistics
+/// of every block device and filesystem, which show other sandboxes' disks (their loop
+/// devices, what they wrote, as they write it) and the host's. Nothing a program needs at run
+/// time reads them.
+const PROC_HIDDEN_DIRS: &[&str] = &["fs"];
+const PROC_HIDDEN_FILES: &[&str] = &["diskstats"];
+
 /// What a sandbox's own directory on the host holds: the mount points of its root and of its
 /// disk, and a temporary sandbox's disk image. Nothing else is made in it.
 pub const RUN_DIR_ROOT: &str = "root";
@@ -119,6 +126,10 @@ pub enum MountStep {
     },
     /// A fresh procfs for the sandbox's pid namespace, with kernel knobs read-only.
     Proc {
+        target: PathBuf,
+    },
+    /// The empty device `/dev/null` of the new root, read-only, over the file `target`.
+    MaskFile {
         target: PathBuf,
     },
     /// A private devpts instance (`newinstance`): the sandbox sees and makes only its own
@@ -395,6 +406,9 @@ impl SandboxPlan {
             }
         }
         steps.push(MountStep::Proc { target: "/proc".into() });
+        steps.extend(PROC_HIDDEN_DIRS.iter().map(|dir| MountStep::Mask { target: Path::new("/proc").join(dir) }));
+        steps
+            .extend(PROC_HIDDEN_FILES.iter().map(|file| MountStep::MaskFile { target: Path::new("/proc").join(file) }));
 
         // The new root holds only what the steps above put there, so all of it may be read;
         // Landlock's part is to keep every write inside the disk image and /dev.
@@ -752,6 +766,12 @@ mod tests {
     #[test]
     fn proc_comes_after_every_bind_so_it_is_not_shadowed() {
         let plan = plan();
-        assert!(matches!(plan.steps.last(), Some(MountStep::Proc { .. })));
+        let proc = plan.steps.iter().position(|step| matches!(step, MountStep::Proc { .. })).expect("a procfs");
+        // Only what hides parts of it comes after it.
+        let after: Vec<_> = plan.steps[proc + 1..].iter().collect();
+        assert_eq!(
+            after,
+            [&MountStep::Mask { target: "/proc/fs".into() }, &MountStep::MaskFile { target: "/proc/diskstats".into() }]
+        );
     }
 }
