@@ -221,6 +221,12 @@ impl Capacity {
         }
     }
 
+    /// Whether the budget follows the host's free space (which space held elsewhere shrinks),
+    /// not a fixed `--disk-budget`.
+    pub fn budget_follows_free_space(&self) -> bool {
+        matches!(self.config.disk_budget, DiskBudget::FreeShare(_))
+    }
+
     /// How to give the sandboxes more disk, for messages.
     pub fn budget_fix(&self) -> &'static str {
         match self.config.disk_budget {

@@ -113,9 +113,12 @@ impl PreparedSandbox {
     ) -> Result<Self, EngineError> {
         let id = new_id("sbx");
         let run_dir = engine.runs_dir().join(&id);
-        // Emptied disk images kept for reuse hold host space the budget counts as taken.
+        // Emptied disk images kept for reuse hold host space, which a budget that follows the
+        // free space counts as taken.
         let disk = match engine.capacity.grant_disk(disk_bytes) {
-            Err(_) if engine.disks.remove_spares() > 0 => engine.capacity.grant_disk(disk_bytes)?,
+            Err(_) if engine.capacity.budget_follows_free_space() && engine.disks.remove_spares() > 0 => {
+                engine.capacity.grant_disk(disk_bytes)?
+            }
             granted => granted?,
         };
         let ids = engine.ids.allocate()?;
@@ -150,7 +153,14 @@ impl PreparedSandbox {
         }
         let disk_image = match persistent {
             Some(persistent) => {
-                super::disk::ensure_persistent_image(&persistent.image, disk_bytes, ids.ids().sandbox).await?;
+                let owner = ids.ids().sandbox;
+                match super::disk::ensure_persistent_image(&persistent.image, disk_bytes, owner).await {
+                    // The host's room held by emptied images is given back first, as for a new copy.
+                    Err(super::disk::DiskError::HostFull { .. }) if engine.disks.remove_spares() > 0 => {
+                        super::disk::ensure_persistent_image(&persistent.image, disk_bytes, owner).await?
+                    }
+                    made => made?,
+                }
                 persistent.image.clone()
             }
             None => {
