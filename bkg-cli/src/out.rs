@@ -144,24 +144,47 @@ pub use bkg_schema::units::count;
 /// heard and acted on while the output waits (stream.rs, session_cmd.rs). Not one of the runtime's
 /// blocking threads: those are waited for when it ends, and a second Ctrl-C must end bkg while
 /// this one may still wait for its reader. `write` takes each item until it returns the last
-/// word (`Some`); the thread then ends with it.
+/// word (`Some`); the thread then ends with it. What waits for the reader is bounded by count
+/// and by bytes (`weight`): a session's figure may be 16 MiB, and 16 of them held for a stalled
+/// reader grew bkg by 190 MB (found by a new-user trial).
 pub struct WriterThread<T, R> {
-    queue: Option<tokio::sync::mpsc::Sender<T>>,
+    queue: Option<tokio::sync::mpsc::Sender<(T, tokio::sync::OwnedSemaphorePermit)>>,
+    bytes: std::sync::Arc<tokio::sync::Semaphore>,
+    weight: fn(&T) -> usize,
     done: tokio::sync::oneshot::Receiver<Option<R>>,
+}
+
+/// Room for one item in a `WriterThread`'s queue, its bytes counted until it is written.
+pub struct Room<'a, T> {
+    slot: tokio::sync::mpsc::Permit<'a, (T, tokio::sync::OwnedSemaphorePermit)>,
+    bytes: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<T> Room<'_, T> {
+    pub fn send(self, item: T) {
+        self.slot.send((item, self.bytes));
+    }
 }
 
 impl<T: Send + 'static, R: Send + 'static> WriterThread<T, R> {
     /// Items the thread may hold beyond what the reader has taken.
     const QUEUED: usize = 16;
+    /// Their bytes at most; a larger item waits for the queue to be empty.
+    const QUEUED_BYTES: usize = 16 << 20;
 
-    pub fn start(name: &str, mut write: impl FnMut(T) -> Option<R> + Send + 'static) -> Result<Self, CliError> {
-        let (queue, mut queued) = tokio::sync::mpsc::channel::<T>(Self::QUEUED);
+    pub fn start(
+        name: &str,
+        weight: fn(&T) -> usize,
+        mut write: impl FnMut(T) -> Option<R> + Send + 'static,
+    ) -> Result<Self, CliError> {
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<(T, tokio::sync::OwnedSemaphorePermit)>(Self::QUEUED);
         let (finished, done) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
                 let mut last = None;
-                while let Some(item) = queued.blocking_recv() {
+                // The item's bytes are given back once it is written.
+                while let Some((item, _bytes)) = queued.blocking_recv() {
                     last = write(item);
                     if last.is_some() {
                         break;
@@ -170,24 +193,40 @@ impl<T: Send + 'static, R: Send + 'static> WriterThread<T, R> {
                 let _ = finished.send(last);
             })
             .map_err(|error| CliError::internal(format!("cannot start the output's writer: {error}")))?;
-        Ok(Self { queue: Some(queue), done })
+        let bytes = std::sync::Arc::new(tokio::sync::Semaphore::new(Self::QUEUED_BYTES));
+        Ok(Self { queue: Some(queue), bytes, weight, done })
     }
 
-    /// Room for one more item, waited for without holding the runtime; none once the thread has
+    /// The permits `item` takes: its bytes, at least one, at most all.
+    fn permits(&self, item: &T) -> u32 {
+        (self.weight)(item).clamp(1, Self::QUEUED_BYTES) as u32
+    }
+
+    /// Room for `item`, waited for without holding the runtime; none once the thread has
     /// ended (it had its last word).
-    pub async fn room(&self) -> Option<tokio::sync::mpsc::Permit<'_, T>> {
-        self.queue.as_ref()?.reserve().await.ok()
+    pub async fn room(&self, item: &T) -> Option<Room<'_, T>> {
+        let bytes = std::sync::Arc::clone(&self.bytes).acquire_many_owned(self.permits(item)).await.ok()?;
+        let slot = self.queue.as_ref()?.reserve().await.ok()?;
+        Some(Room { slot, bytes })
     }
 
-    /// Room for one more item now, if there is: none while the thread waits for its reader
-    /// with its queue full (or has ended).
-    pub fn room_now(&self) -> Option<tokio::sync::mpsc::Permit<'_, T>> {
-        self.queue.as_ref()?.try_reserve().ok()
+    /// Room for `item` now, if there is: none while the thread waits for its reader with its
+    /// queue full (or has ended).
+    pub fn room_now(&self, item: &T) -> Option<Room<'_, T>> {
+        let bytes = std::sync::Arc::clone(&self.bytes).try_acquire_many_owned(self.permits(item)).ok()?;
+        let slot = self.queue.as_ref()?.try_reserve().ok()?;
+        Some(Room { slot, bytes })
+    }
+
+    /// Whether the thread is taking items: false while it waits for its reader with its queue
+    /// full (or has ended).
+    pub fn takes_more(&self) -> bool {
+        self.queue.as_ref().is_some_and(|queue| queue.capacity() > 0) && self.bytes.available_permits() > 0
     }
 
     /// `item`, once there is room for it.
     pub async fn write(&self, item: T) {
-        if let Some(room) = self.room().await {
+        if let Some(room) = self.room(&item).await {
             room.send(item);
         }
     }

@@ -163,7 +163,9 @@ async fn execute(
     use futures_util::StreamExt as _;
     // The events are shown on a thread of their own (out::WriterThread): Ctrl-C is heard while
     // the output waits for a reader that takes none (`| less`).
-    let mut shown = WriterThread::start("execution-output", move |event: SessionEvent| show(&event, out).transpose())?;
+    let mut shown = WriterThread::start("execution-output", SessionEvent::footprint, move |event: SessionEvent| {
+        show(&event, out).transpose()
+    })?;
     // Code that catches or ignores SIGINT goes on after an interrupt: said once it has not ended
     // soon after one, with what ends it (found by a new-user trial: Ctrl-C seemed to do nothing).
     let still_going = tokio::time::sleep(std::time::Duration::MAX);
@@ -191,7 +193,7 @@ async fn execute(
         let chunk = tokio::select! {
             chunk = stream.next() => chunk,
             _ = interrupts.recv() => {
-                let room = shown.room_now().is_some();
+                let room = shown.takes_more();
                 interrupt(still_going.as_mut(), &mut said_unread, room).await;
                 continue;
             }
@@ -236,7 +238,7 @@ async fn execute(
             {
                 let room = loop {
                     tokio::select! {
-                        room = shown.room() => break room,
+                        room = shown.room(&event) => break room,
                         _ = interrupts.recv() => interrupt(still_going.as_mut(), &mut said_unread, false).await,
                     }
                 };

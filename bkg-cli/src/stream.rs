@@ -507,7 +507,7 @@ struct Watched(crate::out::WriterThread<(bool, Vec<u8>), ()>);
 
 impl Watched {
     async fn write(&self, item: (bool, Vec<u8>)) {
-        if let Some(room) = self.0.room_now() {
+        if let Some(room) = self.0.room_now(&item) {
             room.send(item);
             return;
         }
@@ -555,10 +555,14 @@ async fn receive(
     // The packages' install before the code runs: its latest line on a spinner.
     let mut installing: Option<crate::progress::Spinner> = None;
     // Our stdout and stderr, in the order the run wrote them.
-    let writer = crate::out::WriterThread::start("run-output", |(to_stderr, bytes): (bool, Vec<u8>)| {
-        write_ours(to_stderr, &bytes);
-        None::<()>
-    })?;
+    let writer = crate::out::WriterThread::start(
+        "run-output",
+        |(_, bytes): &(bool, Vec<u8>)| bytes.len(),
+        |(to_stderr, bytes): (bool, Vec<u8>)| {
+            write_ours(to_stderr, &bytes);
+            None::<()>
+        },
+    )?;
     let mut writer = Watched(writer);
     loop {
         let mut header = [0u8; frame::HEADER_LEN];

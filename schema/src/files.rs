@@ -112,6 +112,33 @@ pub enum SessionEvent {
     },
 }
 
+impl SessionEvent {
+    /// About the memory the event takes: the text it carries. What bounds the events held for
+    /// a slow reader, by the agent and by bkg.
+    pub fn footprint(&self) -> usize {
+        fn of_value(value: &serde_json::Value) -> usize {
+            match value {
+                serde_json::Value::String(text) => text.len(),
+                serde_json::Value::Array(items) => items.iter().map(of_value).sum(),
+                serde_json::Value::Object(fields) => {
+                    fields.iter().map(|(key, value)| key.len() + of_value(value)).sum()
+                }
+                _ => 8,
+            }
+        }
+        match self {
+            SessionEvent::Stream { text, .. } => text.len(),
+            SessionEvent::Display { data } | SessionEvent::Result { data } => {
+                data.iter().map(|(key, value)| key.len() + of_value(value)).sum()
+            }
+            SessionEvent::Error { name, message, traceback } => {
+                name.len() + message.len() + traceback.iter().map(String::len).sum::<usize>()
+            }
+            SessionEvent::End { .. } => 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]

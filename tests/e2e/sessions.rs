@@ -83,8 +83,10 @@ fn vm_kib(pid: u32, field: &str) -> u64 {
 /// A caller that reads slower than a cell displays cannot make the agent hold what the cell
 /// made: the events on their way are bounded by their bytes (32 MiB), not only by their count,
 /// and the cell waits for room. Before, 60 displays of 8 MB each could all wait in the agent.
+/// Nor bkg itself: what waits for its reader is bounded by bytes (16 MiB) as well; before, 16
+/// such displays waited there (found by a new-user trial: bkg grew to 188 MB).
 #[test]
-fn a_slow_reader_of_large_displays_does_not_grow_the_agents_memory() {
+fn a_slow_reader_of_large_displays_grows_neither_the_agent_nor_bkg() {
     const MIB: u64 = 1024 * 1024;
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
@@ -130,6 +132,7 @@ fn a_slow_reader_of_large_displays_does_not_grow_the_agents_memory() {
         assert!(Instant::now() < deadline, "the interpreter neither finished nor waited for room: {now:?}");
     }
     let peak = vm_kib(agent.pid(), "VmHWM:") * 1024;
+    let bkg_peak = vm_kib(child.id(), "VmHWM:") * 1024;
     // The caller goes away and the cell is interrupted: the session serves on.
     child.kill().expect("end bkg exec");
     drop(child.wait());
@@ -146,6 +149,8 @@ fn a_slow_reader_of_large_displays_does_not_grow_the_agents_memory() {
     assert_eq!(code(&next), 0, "{}", stderr(&next));
     assert!(stdout(&next).ends_with("8000000\n"), "{}", stdout(&next));
     assert!(peak < before + 200 * MIB, "the agent grew from {} to {} MiB", before / MIB, peak / MIB);
+    // Its queue's 16 MiB, the event it is writing, the one it is reading and their copies.
+    assert!(bkg_peak < 100 * MIB, "bkg exec grew to {} MiB", bkg_peak / MIB);
 }
 
 /// Code that ignores SIGINT goes on after Ctrl-C: `bkg exec` says so, and what ends it, rather

@@ -137,28 +137,6 @@ impl SessionEvents {
     }
 }
 
-/// About the memory an event takes: the text it carries.
-fn footprint(event: &SessionEvent) -> usize {
-    fn of_value(value: &serde_json::Value) -> usize {
-        match value {
-            serde_json::Value::String(text) => text.len(),
-            serde_json::Value::Array(items) => items.iter().map(of_value).sum(),
-            serde_json::Value::Object(fields) => fields.iter().map(|(key, value)| key.len() + of_value(value)).sum(),
-            _ => 8,
-        }
-    }
-    match event {
-        SessionEvent::Stream { text, .. } => text.len(),
-        SessionEvent::Display { data } | SessionEvent::Result { data } => {
-            data.iter().map(|(key, value)| key.len() + of_value(value)).sum()
-        }
-        SessionEvent::Error { name, message, traceback } => {
-            name.len() + message.len() + traceback.iter().map(String::len).sum::<usize>()
-        }
-        SessionEvent::End { .. } => 0,
-    }
-}
-
 /// Output written between executions (a timer, a thread) that is kept for the next one.
 const KEPT_BETWEEN_BYTES: usize = 1 << 20;
 
@@ -264,7 +242,7 @@ impl Session {
             }
         };
         if let Some((sender, event)) = sender {
-            let bytes = footprint(&event).min(EVENTS_ON_THEIR_WAY_BYTES);
+            let bytes = event.footprint().min(EVENTS_ON_THEIR_WAY_BYTES);
             // Events dropped with a caller that hung up give their shares back.
             let share = match bytes {
                 0 => None,
