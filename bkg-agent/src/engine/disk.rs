@@ -205,17 +205,26 @@ impl DiskTemplates {
     /// template. A host without room for it gets the space of the emptied images back first.
     pub async fn make_image(&self, image: &Path, bytes: u64) -> Result<(), DiskError> {
         let template = self.template(bytes).await?;
-        let copy = |image: PathBuf, template: PathBuf| async move {
-            tokio::task::spawn_blocking(move || copy_sparse(&template, &image, bytes))
-                .await
-                .map_err(|error| io_error("copy the disk template")(std::io::Error::other(error)))?
-        };
-        match copy(image.to_path_buf(), template.clone()).await {
-            Err(DiskError::HostFull { .. }) if self.remove_spares() > 0 => {
-                let _ = tokio::fs::remove_file(image).await;
-                copy(image.to_path_buf(), template).await
+        self.with_host_room(|| {
+            let (template, image) = (template.clone(), image.to_path_buf());
+            async move {
+                tokio::task::spawn_blocking(move || copy_sparse(&template, &image, bytes))
+                    .await
+                    .map_err(|error| io_error("copy the disk template")(std::io::Error::other(error)))?
             }
-            copied => copied,
+        })
+        .await
+    }
+
+    /// `attempt`, made once more after the emptied images are deleted when the host had no
+    /// room for it and there were any: they hold theirs.
+    pub async fn with_host_room<T, F>(&self, attempt: impl Fn() -> F) -> Result<T, DiskError>
+    where
+        F: std::future::Future<Output = Result<T, DiskError>>,
+    {
+        match attempt().await {
+            Err(DiskError::HostFull { .. }) if self.remove_spares() > 0 => attempt().await,
+            done => done,
         }
     }
 
@@ -332,9 +341,16 @@ fn copy_sparse(template: &Path, image: &Path, bytes: u64) -> Result<(), DiskErro
         .create_new(true)
         .open(image)
         .map_err(io_error(format!("create {}", image.display())))?;
-    target.set_len(bytes).map_err(io_error("size the disk image"))?;
-    reserve(&target, image, bytes)?;
-    write_data_of(&source, &target)
+    let copied = target
+        .set_len(bytes)
+        .map_err(io_error("size the disk image"))
+        .and_then(|()| reserve(&target, image, bytes))
+        .and_then(|()| write_data_of(&source, &target));
+    // A copy cut short is not left for the next attempt to trip over (`create_new`).
+    if copied.is_err() {
+        let _ = std::fs::remove_file(image);
+    }
+    copied
 }
 
 /// Makes the image at `path`, of `bytes`, used by a sandbox before, what `copy_sparse` makes of

@@ -154,13 +154,10 @@ impl PreparedSandbox {
         let disk_image = match persistent {
             Some(persistent) => {
                 let owner = ids.ids().sandbox;
-                match super::disk::ensure_persistent_image(&persistent.image, disk_bytes, owner).await {
-                    // The host's room held by emptied images is given back first, as for a new copy.
-                    Err(super::disk::DiskError::HostFull { .. }) if engine.disks.remove_spares() > 0 => {
-                        super::disk::ensure_persistent_image(&persistent.image, disk_bytes, owner).await?
-                    }
-                    made => made?,
-                }
+                engine
+                    .disks
+                    .with_host_room(|| super::disk::ensure_persistent_image(&persistent.image, disk_bytes, owner))
+                    .await?;
                 persistent.image.clone()
             }
             None => {

@@ -390,25 +390,20 @@ fn own_writable_pages() {
         if unsafe { libc::mincore(start as *mut libc::c_void, pages * page, resident.as_mut_ptr()) } != 0 {
             resident.fill(1);
         }
-        let mut index = 0;
-        while index < pages {
-            if resident[index] & 1 == 0 {
-                index += 1;
-                continue;
+        let mut first = 0;
+        for run in resident.chunk_by(|a, b| a & 1 == b & 1) {
+            if run[0] & 1 != 0 {
+                // SAFETY: madvise on pages of a mapping of this process; MADV_POPULATE_WRITE only
+                // faults them in as writable (copying shared ones), it changes no contents.
+                unsafe {
+                    libc::madvise(
+                        (start + first * page) as *mut libc::c_void,
+                        run.len() * page,
+                        libc::MADV_POPULATE_WRITE,
+                    )
+                };
             }
-            let first = index;
-            while index < pages && resident[index] & 1 != 0 {
-                index += 1;
-            }
-            // SAFETY: madvise on pages of a mapping of this process; MADV_POPULATE_WRITE only
-            // faults them in as writable (copying shared ones), it changes no contents.
-            unsafe {
-                libc::madvise(
-                    (start + first * page) as *mut libc::c_void,
-                    (index - first) * page,
-                    libc::MADV_POPULATE_WRITE,
-                )
-            };
+            first += run.len();
         }
     }
 }
@@ -621,7 +616,7 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
             return;
         }
         let quick = started.elapsed() < QUICK_END;
-        let mut pause = quick;
+        let made_its_forks = matches!(&ended, Some(status) if status.success());
         match ended {
             // Its lifetime is over, the agent stops, or it was replaced (logged where that was
             // decided).
@@ -632,7 +627,6 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
             // It made its forks and ended by itself.
             Some(status) if status.success() => {
                 failed_starts = 0;
-                pause = false;
                 tracing::info!(generation = number, "the zygote made its forks");
             }
             Some(status) => {
@@ -662,7 +656,7 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
         }
         engine.set_zygote(ZygoteStatus::Starting(format!("generation {number} ended; the next is starting")));
         drop(engine);
-        if pause {
+        if quick && !made_its_forks {
             tokio::time::sleep(RESTART_PAUSE).await;
         }
     }
