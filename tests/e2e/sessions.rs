@@ -248,15 +248,7 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     let own = agent.bkg_in(dir, &["exec", "box", "-c", "import json\njson.dumps(object())"]);
     assert!(stderr(&own).contains("json/encoder.py"), "{}", stderr(&own));
 
-    let mut looping = agent
-        .bkg()
-        .args(["exec", "box", "-c", "while True: pass"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bkg exec");
+    let mut looping = spawn_exec(&agent, dir, "while True: pass");
     // The interrupt is sent until the execution it meant has ended (one sent before it started
     // finds the session idle, where an interrupt does nothing).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -461,15 +453,7 @@ fn an_execution_whose_agent_dies_says_the_connection_broke() {
     let started = agent.bkg_in(project.path(), &["exec", "box", "-c", "print('ready')"]);
     assert_eq!(code(&started), 0, "{}", stderr(&started));
     use std::io::BufRead as _;
-    let mut exec = agent
-        .bkg()
-        .args(["exec", "box", "-c", "import time\nprint('waiting', flush=True)\ntime.sleep(60)"])
-        .current_dir(project.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg exec");
+    let mut exec = spawn_exec(&agent, project.path(), "import time\nprint('waiting', flush=True)\ntime.sleep(60)");
     let mut output = std::io::BufReader::new(exec.stdout.take().expect("stdout"));
     let mut line = String::new();
     output.read_line(&mut line).expect("the execution's first line");
