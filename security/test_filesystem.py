@@ -346,9 +346,9 @@ def test_mounts_are_read_only_nosuid_and_nodev(posture):
     mounts = {m["mount_point"]: m for m in posture["mounts"]}
     assert "ro" in mounts["/"]["options"], mounts["/"]
     writable = {"/workspace", "/tmp", "/dev/shm", "/proc"}
-    # /proc/diskstats is /dev/null bound over it (hidden: TEN-04).
+    # /proc/diskstats and /proc/partitions are /dev/null bound over them (hidden: TEN-04).
     devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
-               "/dev/pts", "/proc/diskstats"}
+               "/dev/pts", "/proc/diskstats", "/proc/partitions"}
     assert mounts["/dev/pts"]["fstype"] == "devpts", mounts["/dev/pts"]
     for point, mount in mounts.items():
         assert "nosuid" in mount["options"], mount

@@ -99,13 +99,15 @@ def test_kill_minus_one_spares_a_concurrent_run(sandbox):
 
 
 def test_other_sandboxes_disks_are_not_shown(sandbox):
-    """The host-wide statistics of block devices and filesystems would show a concurrent run's
-    disk (its loop device, what it wrote, as it writes it): hidden in the sandbox's procfs."""
+    """The host-wide lists and statistics of block devices and filesystems would show a
+    concurrent run's disk (its loop device and size, what it wrote, as it writes it): hidden in
+    the sandbox's procfs."""
     with tenant_a(sandbox) as (run, _):
         # Positive control: on the host they show the loop devices of live sandboxes, A's too.
         host_ext4 = [name for name in os.listdir("/proc/fs/ext4") if name.startswith("loop")]
         host_stats = [line for line in open("/proc/diskstats").read().splitlines() if " loop" in line]
-        assert host_ext4 and host_stats, (host_ext4, host_stats)
+        host_partitions = [line for line in open("/proc/partitions").read().splitlines() if " loop" in line]
+        assert host_ext4 and host_stats and host_partitions, (host_ext4, host_stats, host_partitions)
         r = sandbox.attack("""
             found = {}
             for path in ("/proc/fs", "/proc/fs/ext4"):
@@ -113,18 +115,20 @@ def test_other_sandboxes_disks_are_not_shown(sandbox):
                     found[path] = sorted(os.listdir(path))
                 except OSError as e:
                     found[path] = errname(e)
-            found["/proc/diskstats"] = open("/proc/diskstats").read()
-            try:
-                open("/proc/diskstats", "w")
-                found["write"] = "OPENED"
-            except OSError as e:
-                found["write"] = errname(e)
+            for path in ("/proc/diskstats", "/proc/partitions"):
+                found[path] = open(path).read()
+                try:
+                    open(path, "w")
+                    found[path + " write"] = "OPENED"
+                except OSError as e:
+                    found[path + " write"] = errname(e)
             report(**found)
         """)
         assert r.rc == 0, r
         assert r.report["/proc/fs"] == [], r
         assert r.report["/proc/fs/ext4"] == "ENOENT", r
-        assert r.report["/proc/diskstats"] == "", r
-        assert r.report["write"] in ("EACCES", "EROFS", "EPERM"), r
+        for path in ("/proc/diskstats", "/proc/partitions"):
+            assert r.report[path] == "", r
+            assert r.report[path + " write"] in ("EACCES", "EROFS", "EPERM"), r
         code, out, _ = finish(run)
         assert code == 0 and "ALIVE" in out, (code, out)

@@ -19,12 +19,12 @@ pub const NOBODY_ID: u32 = 65534;
 /// nothing inside is setuid, and no file is owned by its host id.
 pub const ROOT_ID: u32 = 0;
 
-/// What of a sandbox's procfs is hidden (docs/security.md, TEN-04): the host-wide statistics
-/// of every block device and filesystem, which show other sandboxes' disks (their loop
+/// What of a sandbox's procfs is hidden (docs/security.md, TEN-04): the host-wide lists and
+/// statistics of every block device and filesystem, which show other sandboxes' disks (their loop
 /// devices, what they wrote, as they write it) and the host's. Nothing a program needs at run
 /// time reads them.
 const PROC_HIDDEN_DIRS: &[&str] = &["fs"];
-const PROC_HIDDEN_FILES: &[&str] = &["diskstats"];
+const PROC_HIDDEN_FILES: &[&str] = &["diskstats", "partitions"];
 
 /// What a sandbox's own directory on the host holds: the mount points of its root and of its
 /// disk, and a temporary sandbox's disk image. Nothing else is made in it.
@@ -771,7 +771,11 @@ mod tests {
         let after: Vec<_> = plan.steps[proc + 1..].iter().collect();
         assert_eq!(
             after,
-            [&MountStep::Mask { target: "/proc/fs".into() }, &MountStep::MaskFile { target: "/proc/diskstats".into() }]
+            [
+                &MountStep::Mask { target: "/proc/fs".into() },
+                &MountStep::MaskFile { target: "/proc/diskstats".into() },
+                &MountStep::MaskFile { target: "/proc/partitions".into() },
+            ]
         );
     }
 }
