@@ -420,7 +420,20 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
             (None, _) => "ended by the agent's stop (SIGTERM to the script)".into(),
         }),
         Some(KilledBy::Interrupted) => Some("interrupted: the agent stopped before the run ended".into()),
-        None => result.signal.map(|signal| format!("the script was killed by signal {signal}")),
+        None => result.signal.map(|signal| format!("the script was killed by signal {signal}")).or_else(|| {
+            // A child the kernel killed for the memory limit, in a run that went on.
+            let killed = result
+                .denials
+                .iter()
+                .find(|denial| denial.kind == bkg_schema::DenialKind::Limit && denial.what == "memory")?;
+            let processes =
+                if killed.count == 1 { "a process".to_owned() } else { format!("{} processes", killed.count) };
+            Some(format!(
+                "{processes} of the run killed: memory limit of {} reached ({})",
+                format_size(limits.memory_bytes),
+                from.hint("memory")
+            ))
+        }),
     }
 }
 

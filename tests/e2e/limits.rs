@@ -160,6 +160,32 @@ fn a_child_killed_at_the_memory_limit_is_reported_as_memory() {
     assert!(stderr(&output).contains("memory limit of 64MiB"), "stderr: {}", stderr(&output));
 }
 
+/// A child the memory limit killed in a run that went on and succeeded: the run was not ended by
+/// the limit, but the result counts the kill among its denials and bkg says it (found by a
+/// new-user trial: the child's -9 was all there was to see).
+#[test]
+fn a_child_killed_at_the_memory_limit_in_a_run_that_succeeds_is_said() {
+    let agent = Agent::start();
+    let (result, output) = agent.exe_json(&[
+        "--memory",
+        "64MiB",
+        "--type",
+        "python",
+        "-c",
+        "import subprocess, sys\n\
+         print(subprocess.call([sys.executable, '-c', 'hog = b\"x\" * (200 << 20)']))",
+    ]);
+    assert_eq!((code(&output), result["stdout"].as_str()), (0, Some("-9\n")), "result: {result}");
+    assert_eq!(result["killed_by"], serde_json::Value::Null, "{result}");
+    assert_eq!(result["denials"], serde_json::json!([{"kind": "limit", "what": "memory", "count": 1}]), "{result}");
+    assert_eq!(
+        stderr(&output).trim_end(),
+        "bkg: a process of the run killed: memory limit of 64MiB reached (--memory)",
+        "stderr: {}",
+        stderr(&output)
+    );
+}
+
 #[test]
 fn a_fork_bomb_is_contained_and_the_host_stays_responsive() {
     let agent = Agent::start();

@@ -1,13 +1,15 @@
 //! What a sandbox refused its code, as the run's result names it (`denials`): the system calls
-//! the seccomp policy refused, counted by pid 1 as it answers them, and the limit that ended the
-//! run, if one did.
+//! the seccomp policy refused, counted by pid 1 as it answers them, the limit that ended the
+//! run, if one did, and the processes the memory limit killed in a run that went on.
 
 use std::collections::BTreeMap;
 
 use bkg_schema::{Denial, DenialKind, KilledBy};
 
-/// The run's denials: refused system calls by name (most frequent first), then the limit.
-pub fn of_run(denied_syscalls: &[(i64, u64)], killed_by: Option<KilledBy>) -> Vec<Denial> {
+/// The run's denials: refused system calls by name (most frequent first), then the limit. The
+/// memory limit counts the processes the kernel killed for it (`oom_kills`): one may be a child
+/// of a script that then went on (found by a new-user trial: nothing said why the child died).
+pub fn of_run(denied_syscalls: &[(i64, u64)], killed_by: Option<KilledBy>, oom_kills: u64) -> Vec<Denial> {
     let names: BTreeMap<i64, &'static str> =
         super::seccomp::sandbox_policy().iter().map(|rule| (rule.nr, rule.name)).collect();
     let mut denials: Vec<Denial> = denied_syscalls
@@ -27,8 +29,15 @@ pub fn of_run(denied_syscalls: &[(i64, u64)], killed_by: Option<KilledBy>) -> Ve
         Some(KilledBy::Disk) => Some("disk"),
         Some(KilledBy::Cancelled | KilledBy::Shutdown | KilledBy::Interrupted) | None => None,
     };
-    if let Some(limit) = limit {
-        denials.push(Denial { kind: DenialKind::Limit, what: limit.to_owned(), count: 1 });
+    match limit {
+        Some("memory") => {
+            denials.push(Denial { kind: DenialKind::Limit, what: "memory".into(), count: oom_kills.max(1) })
+        }
+        Some(limit) => denials.push(Denial { kind: DenialKind::Limit, what: limit.to_owned(), count: 1 }),
+        None => {}
+    }
+    if oom_kills > 0 && limit.is_none_or(|limit| limit != "memory") {
+        denials.push(Denial { kind: DenialKind::Limit, what: "memory".into(), count: oom_kills });
     }
     denials
 }
@@ -39,7 +48,7 @@ mod tests {
 
     #[test]
     fn syscalls_are_named_by_the_policy_and_limits_follow() {
-        let denials = of_run(&[(libc::SYS_ptrace, 2), (libc::SYS_mount, 5), (99_999, 1)], Some(KilledBy::Pids));
+        let denials = of_run(&[(libc::SYS_ptrace, 2), (libc::SYS_mount, 5), (99_999, 1)], Some(KilledBy::Pids), 0);
         let seen: Vec<(DenialKind, &str, u64)> =
             denials.iter().map(|denial| (denial.kind, denial.what.as_str(), denial.count)).collect();
         assert_eq!(
@@ -51,6 +60,23 @@ mod tests {
                 (DenialKind::Limit, "pids", 1),
             ]
         );
-        assert!(of_run(&[], Some(KilledBy::Cancelled)).is_empty());
+        assert!(of_run(&[], Some(KilledBy::Cancelled), 0).is_empty());
+    }
+
+    #[test]
+    fn processes_the_memory_limit_killed_are_counted_whether_or_not_the_run_ended_of_it() {
+        let limits = |killed_by, oom_kills| {
+            of_run(&[], killed_by, oom_kills)
+                .into_iter()
+                .map(|denial| (denial.kind, denial.what, denial.count))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(limits(None, 2), [(DenialKind::Limit, "memory".to_owned(), 2)]);
+        assert_eq!(limits(Some(KilledBy::Memory), 3), [(DenialKind::Limit, "memory".to_owned(), 3)]);
+        assert_eq!(limits(Some(KilledBy::Memory), 0), [(DenialKind::Limit, "memory".to_owned(), 1)]);
+        assert_eq!(
+            limits(Some(KilledBy::Timeout), 1),
+            [(DenialKind::Limit, "timeout".to_owned(), 1), (DenialKind::Limit, "memory".to_owned(), 1)]
+        );
     }
 }

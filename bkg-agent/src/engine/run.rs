@@ -984,7 +984,8 @@ impl Watched {
         // The OOM killer picks the biggest process, which may be a child of the script (a shell
         // script's python): a run that failed after one in its cgroup met its memory limit.
         let failed = signal.is_some() || exit_code.is_some_and(|code| code != 0) || !reported;
-        if killed_by.is_none() && usage.oom_kills > 0 && failed {
+        let oom_kills = usage.oom_kills.saturating_sub(before.oom_kills);
+        if killed_by.is_none() && oom_kills > 0 && failed {
             killed_by = Some(KilledBy::Memory);
         }
         if killed_by.is_none() && (disk_full || self.disk_seen_full) && exit_code.is_some_and(|code| code != 0) {
@@ -1019,7 +1020,7 @@ impl Watched {
             stderr: self.stderr.text(),
             limits,
             security_level: None,
-            denials: super::denials::of_run(&self.denied_syscalls, killed_by),
+            denials: super::denials::of_run(&self.denied_syscalls, killed_by, oom_kills),
             files: Vec::new(),
             files_not_kept: None,
             network_denials: Vec::new(),
