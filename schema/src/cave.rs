@@ -938,10 +938,11 @@ impl CaveFile {
                 }
             }
             // Their places are compared once each volume is well formed.
-            if volumes.len() == sandbox.volumes.len()
-                && let Some((earlier, later)) =
-                    crate::sandbox::overlapping_volumes(volumes.iter().map(|volume| volume.guest.as_str()))
-            {
+            let overlapping = match volumes.len() == sandbox.volumes.len() {
+                true => crate::sandbox::overlapping_volumes(volumes.iter().map(|volume| volume.guest.as_str())),
+                false => Vec::new(),
+            };
+            for (earlier, later) in overlapping {
                 fail(
                     &["sandboxes", name, "volumes", &later.to_string()],
                     format!(
@@ -1567,16 +1568,23 @@ sandboxes:
 
     #[test]
     fn volumes_at_one_place_or_nested_are_found_by_validate() {
-        let text = "version: 1\nsandboxes:\n  api:\n    type: python\n    volumes: [\"./data:/workspace/m\", \"./d2:/workspace/m/sub\"]\n";
+        let text = "version: 1\nsandboxes:\n  api:\n    type: python\n    volumes: [\"./data:/workspace/m\", \"./d2:/workspace/m/sub\", \"./d3:/workspace/m\"]\n";
         let errors = errors_of(text);
         let found: Vec<(&str, &str)> =
             errors.iter().map(|error| (error.pointer.as_str(), error.message.as_str())).collect();
+        // Each one is named, not only the first (found by a new-user trial).
         assert_eq!(
             found,
-            [(
-                "/sandboxes/api/volumes/1",
-                "`./d2:/workspace/m/sub` is at or inside `./data:/workspace/m`, the place of volume 0: give each volume a place of its own"
-            )]
+            [
+                (
+                    "/sandboxes/api/volumes/1",
+                    "`./d2:/workspace/m/sub` is at or inside `./data:/workspace/m`, the place of volume 0: give each volume a place of its own"
+                ),
+                (
+                    "/sandboxes/api/volumes/2",
+                    "`./d3:/workspace/m` is at or inside `./data:/workspace/m`, the place of volume 0: give each volume a place of its own"
+                )
+            ]
         );
     }
 

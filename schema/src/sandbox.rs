@@ -46,19 +46,21 @@ pub struct VolumeSpec {
     pub read_only: bool,
 }
 
-/// The first two volumes, by index (earlier, later), whose guest paths are the same or one is
-/// inside the other: the later would hide the earlier, or be made inside a volume it may not
-/// write to. Each volume needs a place of its own.
-pub fn overlapping_volumes<'a>(guests: impl IntoIterator<Item = &'a str>) -> Option<(usize, usize)> {
+/// Each volume, by index, whose guest path is the same as an earlier one's or one is inside the
+/// other, with the first such earlier one: (earlier, later). The later would hide the earlier,
+/// or be made inside a volume it may not write to. Each volume needs a place of its own.
+pub fn overlapping_volumes<'a>(guests: impl IntoIterator<Item = &'a str>) -> Vec<(usize, usize)> {
     let guests: Vec<&str> = guests.into_iter().map(|guest| guest.trim_end_matches('/')).collect();
     let within = |inner: &str, outer: &str| {
         inner.strip_prefix(outer).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
-    (1..guests.len()).find_map(|later| {
-        (0..later)
-            .find(|&earlier| within(guests[later], guests[earlier]) || within(guests[earlier], guests[later]))
-            .map(|earlier| (earlier, later))
-    })
+    (1..guests.len())
+        .filter_map(|later| {
+            (0..later)
+                .find(|&earlier| within(guests[later], guests[earlier]) || within(guests[earlier], guests[later]))
+                .map(|earlier| (earlier, later))
+        })
+        .collect()
 }
 
 /// `PUT /api/v1/sandboxes/{id}`: create or update a persistent sandbox.
@@ -297,10 +299,15 @@ mod tests {
 
     #[test]
     fn volumes_at_the_same_or_a_nested_place_overlap() {
-        assert_eq!(overlapping_volumes(["/workspace/a", "/workspace/ab", "/workspace/b/c"]), None);
-        assert_eq!(overlapping_volumes(["/workspace/m", "/workspace/m"]), Some((0, 1)));
-        assert_eq!(overlapping_volumes(["/workspace/x", "/workspace/m", "/workspace/m/sub"]), Some((1, 2)));
-        assert_eq!(overlapping_volumes(["/workspace/m/sub/", "/workspace/m"]), Some((0, 1)));
+        assert_eq!(overlapping_volumes(["/workspace/a", "/workspace/ab", "/workspace/b/c"]), []);
+        assert_eq!(overlapping_volumes(["/workspace/m", "/workspace/m"]), [(0, 1)]);
+        assert_eq!(overlapping_volumes(["/workspace/x", "/workspace/m", "/workspace/m/sub"]), [(1, 2)]);
+        assert_eq!(overlapping_volumes(["/workspace/m/sub/", "/workspace/m"]), [(0, 1)]);
+        // Every one is found, each with the first earlier one it meets.
+        assert_eq!(
+            overlapping_volumes(["/workspace/m", "/workspace/m/sub", "/workspace/m", "/workspace/y"]),
+            [(0, 1), (0, 2)]
+        );
     }
 
     #[test]

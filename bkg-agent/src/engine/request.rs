@@ -510,8 +510,9 @@ impl Engine {
         let sandbox_id = bkg_schema::sandbox::sandbox_id(&definition.project_dir, &definition.name);
         let home = self.sandbox_home(&definition.namespace, &sandbox_id);
         super::workspace::adopt_legacy_image(&project_dir, &definition.name, &home, self.config.uid_base)?;
-        if let Some((earlier, later)) =
+        if let Some(&(earlier, later)) =
             bkg_schema::sandbox::overlapping_volumes(definition.volumes.iter().map(|volume| volume.guest.as_str()))
+                .first()
         {
             return Err(RunError::BadRequest(format!(
                 "volume {later} ({}) is at or inside volume {earlier} ({}): give each volume a place of its own",
