@@ -998,6 +998,13 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
         return Err(clap::Error::raw(ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand, help));
     }
     let given: Vec<_> = std::env::args_os().collect();
+    // clap's own error names no argument and adds a usage line (found by a new-user trial).
+    if let Some(bytes) = given.iter().skip(1).find(|arg| arg.to_str().is_none()) {
+        let message = format!(
+            "{bytes:?} is not valid UTF-8: names, arguments and values go to the agent as text; rename the file, or give the value another way (a file, stdin)\n"
+        );
+        return Err(clap::Error::raw(ErrorKind::InvalidUtf8, message));
+    }
     let unbuilt = command.clone();
     let matches = match command.try_get_matches_from_mut(&given) {
         Ok(matches) => matches,

@@ -32,6 +32,35 @@ fn files_over_the_request_limit_are_refused_with_bkg_cp_as_the_way() {
     );
 }
 
+/// A script name or an argument that is not UTF-8 cannot travel to the agent as text: one line
+/// that shows its bytes, not clap's generic error and usage block (found by a new-user trial).
+#[test]
+fn an_argument_that_is_not_utf8_is_named_in_one_line() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let script = dir.path().join(std::ffi::OsStr::from_bytes(b"n\xffame.py"));
+    std::fs::write(&script, "print(1)\n").expect("script");
+    for args in [
+        vec![script.as_os_str()],
+        vec![
+            std::ffi::OsStr::new("-tpython"),
+            std::ffi::OsStr::new("-c"),
+            std::ffi::OsStr::new("pass"),
+            std::ffi::OsStr::from_bytes(b"\xfe"),
+        ],
+    ] {
+        let output = std::process::Command::new(bkg_tests::bkg_bin())
+            .arg("exe")
+            .args(&args)
+            .env("BKG_SOCKET", dir.path().join("no-agent.sock"))
+            .env("BKG_NO_AUTOSTART", "1")
+            .output()
+            .expect("bkg exe");
+        assert_one_line_error(&output, 125, "is not valid UTF-8: names, arguments and values go to the agent as text");
+        assert!(stderr(&output).contains("\\xFF") || stderr(&output).contains("\\xFE"), "{}", stderr(&output));
+    }
+}
+
 #[test]
 fn a_missing_script_is_127() {
     let agent = Agent::start();
