@@ -4,9 +4,9 @@ complete -c bkg-agent -l admin-group -d 'Members of this group are admins on the
 complete -c bkg-agent -l user-namespace -d 'The namespace of a member of the socket\'s group; `{name}` is their login name' -r
 complete -c bkg-agent -l user-limit -d 'What one local user may ask for (repeatable): `cpus=`, `memory=`, `timeout=`, `disk=` cap each run; `sandboxes=N` the persistent sandboxes they keep; `disk-budget=SIZE` those sandboxes\' disk limits summed' -r
 complete -c bkg-agent -l state-dir -d 'Directory for the run store and sandbox disk images' -r -F
-complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-sized runs when idle; the pool grows while runs find it empty and shrinks back when they stop (0 turns the pool off)' -r
+complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-sized runs when idle; the pool grows while runs find it empty and shrinks back when they stop (0 turns the pool off: each run\'s sandbox is prepared when it starts, its Python still forked from the zygote unless --zygote false)' -r
 complete -c bkg-agent -l warm-pool-memory -d 'Memory the warm pool\'s prepared sandboxes together may take as it grows with demand' -r
-complete -c bkg-agent -l zygote -d 'Fork warm sandboxes\' Python interpreters from one initialised once (the zygote; what its forks share: docs/security.md), instead of starting one in each sandbox' -r -f -a "true\t''
+complete -c bkg-agent -l zygote -d 'Fork sandboxes\' Python interpreters from one initialised once (the zygote; what its forks share: docs/security.md), instead of starting one in each sandbox. Without a warm pool it starts at the first Python run' -r -f -a "true\t''
 false\t''"
 complete -c bkg-agent -l zygote-memory -d 'Memory the zygote may take, as its own cgroup\'s limit: a generation that reaches it ends, and the next one starts' -r
 complete -c bkg-agent -l max-cpus -d 'Highest CPU count a run may ask for (below 1, also the default)' -r

@@ -298,9 +298,11 @@ class Agent:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def start(self, warm_pool=None, timeout=30):
+    def start(self, warm_pool=None, timeout=30, extra_args=None):
         if warm_pool is not None:
             self.warm_pool = warm_pool
+        if extra_args is not None:
+            self.extra_args = [str(arg) for arg in extra_args]
         env = dict(os.environ)
         env.update(self.extra_env)
         env.setdefault("BKG_LOG", "debug")

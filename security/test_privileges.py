@@ -89,7 +89,8 @@ def test_a_zygote_fork_is_locked_down_as_a_cold_run(agent, second_agent):
     forks = _zygote_forks(agent)
     warm = _posture_of(agent)
     assert _zygote_forks(agent) == forks + 1, "the warm run was not a fork of the zygote"
-    second_agent.start(warm_pool=0)
+    # Without a pool a Python run forks the zygote once one serves: --zygote false keeps it cold.
+    second_agent.start(warm_pool=0, extra_args=("--zygote", "false"))
     cold = _posture_of(second_agent)
     assert _zygote_forks(second_agent) == 0
     assert _comparable(warm) == _comparable(cold)

@@ -441,6 +441,7 @@ impl Agent {
             sandbox_dirs: std::fs::read_dir(self.state_dir.join("sandboxes"))
                 .map(|entries| entries.flatten().map(|e| e.path()).collect())
                 .unwrap_or_default(),
+            agent_running: self.child.is_some(),
         }
     }
 }
@@ -500,18 +501,24 @@ pub struct Leftovers {
     pub lock_files: Vec<PathBuf>,
     pub processes: Vec<u32>,
     pub sandbox_dirs: Vec<PathBuf>,
+    /// Whether the agent was running when they were looked at: its zygote's cgroup
+    /// (`zygote-N`, engine/zygote.rs) is then its own, as its locks are, not a run's leftover.
+    pub agent_running: bool,
 }
 
 impl Leftovers {
-    /// Only empty per-agent directories may remain; no run cgroup, mount, device, lock file,
-    /// process or dir.
+    /// Only empty per-agent directories may remain (and a running agent's zygote cgroup); no run
+    /// cgroup, mount, device, lock file, process or dir.
     pub fn is_clean(&self) -> bool {
+        let the_zygotes = |cgroup: &PathBuf| {
+            self.agent_running && cgroup.file_name().is_some_and(|name| name.to_string_lossy().starts_with("zygote-"))
+        };
         self.mounts.is_empty()
             && self.loop_devices.is_empty()
             && self.lock_files.is_empty()
             && self.processes.is_empty()
             && self.sandbox_dirs.is_empty()
-            && self.cgroups.iter().all(|dir| run_cgroups_in(dir).is_empty())
+            && self.cgroups.iter().all(|dir| run_cgroups_in(dir).iter().all(the_zygotes))
     }
 }
 

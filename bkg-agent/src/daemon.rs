@@ -61,14 +61,16 @@ pub struct AgentArgs {
     #[arg(long)]
     pub foreground: bool,
     /// Prepared sandboxes kept warm for default-sized runs when idle; the pool grows while runs
-    /// find it empty and shrinks back when they stop (0 turns the pool off).
+    /// find it empty and shrinks back when they stop (0 turns the pool off: each run's sandbox is
+    /// prepared when it starts, its Python still forked from the zygote unless --zygote false).
     #[arg(long, default_value_t = 2, env = "BKG_WARM_POOL")]
     pub warm_pool: usize,
     /// Memory the warm pool's prepared sandboxes together may take as it grows with demand.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", env = "BKG_WARM_POOL_MEMORY")]
     pub warm_pool_memory: String,
-    /// Fork warm sandboxes' Python interpreters from one initialised once (the zygote; what its
-    /// forks share: docs/security.md), instead of starting one in each sandbox.
+    /// Fork sandboxes' Python interpreters from one initialised once (the zygote; what its forks
+    /// share: docs/security.md), instead of starting one in each sandbox. Without a warm pool it
+    /// starts at the first Python run.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, env = "BKG_ZYGOTE")]
     pub zygote: bool,
     /// Memory the zygote may take, as its own cgroup's limit: a generation that reaches it ends,

@@ -720,12 +720,13 @@ pub struct ZygoteInfo {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ZygoteState {
-    /// Warm sandboxes' Python interpreters are its forks.
+    /// Sandboxes' Python interpreters are its forks.
     Serving,
-    /// Turned off (`--zygote false`, or no warm pool): each warm sandbox starts its own.
+    /// Turned off (`--zygote false`): each sandbox starts its own.
     Off,
-    /// Meant to serve but does not (its library is missing, it keeps failing, or the next
-    /// generation is starting): each warm sandbox starts its own interpreter meanwhile.
+    /// Meant to serve but does not (its library is missing, it keeps failing, the next
+    /// generation is starting, or without a warm pool no Python run has started it yet): each
+    /// sandbox starts its own interpreter meanwhile.
     Unavailable,
 }
 

@@ -1,9 +1,10 @@
 //! The conformance suite (issue 16, docs/testing.md): the same scripts run bare, in a sandbox
-//! prepared on demand (`--warm-pool 0`, "cold") and in one taken from the warm pool ("warm"),
-//! and everything they print, their exit status and what they can learn about how they were
-//! started must be the same. A faster start (a warm pool whose interpreter is started ahead,
-//! engine/prestart.rs; a zygote later) must not be visible to the code. The scripts print facts relative to their own directory, so the bare
-//! run's temporary directory and the sandbox's /workspace compare equal as `<dir>`.
+//! prepared on demand with an interpreter of its own (`--warm-pool 0 --zygote false`, "cold")
+//! and in one taken from the warm pool ("warm"), and everything they print, their exit status
+//! and what they can learn about how they were started must be the same. A faster start (an
+//! interpreter started ahead, engine/prestart.rs, or forked from the zygote, engine/zygote.rs)
+//! must not be visible to the code. The scripts print facts relative to their own directory, so
+//! the bare run's temporary directory and the sandbox's /workspace compare equal as `<dir>`.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -121,7 +122,13 @@ struct Agents {
 impl Agents {
     fn start() -> Self {
         Self {
-            cold: Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() }),
+            // Without a pool a Python run forks the zygote once one serves: `--zygote false`
+            // keeps every run cold.
+            cold: Agent::start_with(AgentOptions {
+                warm_pool: 0,
+                extra_args: vec!["--zygote".into(), "false".into()],
+                ..AgentOptions::default()
+            }),
             warm: Agent::start_with(AgentOptions { warm_pool: 1, ..AgentOptions::default() }),
         }
     }

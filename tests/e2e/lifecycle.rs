@@ -552,6 +552,52 @@ fn runs_that_find_the_pool_empty_still_take_forks_of_the_zygote() {
     assert_eq!((info["prestarted_runs"].as_u64(), info["zygote_runs"].as_u64()), (Some(20), Some(20)), "{info}");
 }
 
+/// Without a warm pool (`--warm-pool 0`) each run's sandbox is prepared on demand, and a Python
+/// run's interpreter is still a fork of the zygote once one serves (engine/mod.rs, `claim`): the
+/// first Python run starts the zygote and its own interpreter; the runs after it fork. Before,
+/// `--warm-pool 0` turned the zygote off and every run started a cold interpreter. A Node run
+/// starts its own, and `--zygote false` keeps every run cold.
+#[test]
+fn without_a_warm_pool_python_runs_are_forks_of_the_zygote() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let zygote = &agent.status_json()["zygote"];
+    assert_eq!(zygote["state"], "unavailable", "{zygote}");
+    assert!(zygote["reason"].as_str().is_some_and(|reason| reason.contains("first Python run")), "{zygote}");
+    let run = |language: &str| {
+        let code_of =
+            if language == "python" { "import os\nprint(os.getpid(), os.getppid())" } else { "console.log(1)" };
+        let output = agent.exe(&["-t", language, "-c", code_of]);
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        stdout(&output)
+    };
+    run("python");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while agent.status_json()["zygote"]["state"] != "serving" {
+        assert!(std::time::Instant::now() < deadline, "no zygote: {}", agent.status_json());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let forks = || agent.status_json()["zygote_runs"].as_u64().unwrap_or_default();
+    let before = forks();
+    for _ in 0..3 {
+        assert_eq!(run("python"), "2 1\n");
+    }
+    assert_eq!(run("node"), "1\n");
+    assert_eq!(forks(), before + 3, "{}", agent.status_json());
+    assert_eq!(agent.status_json()["warm_sandboxes"].as_u64(), Some(0), "{}", agent.status_json());
+
+    let cold = Agent::start_with(AgentOptions {
+        warm_pool: 0,
+        extra_args: vec!["--zygote".into(), "false".into()],
+        ..AgentOptions::default()
+    });
+    for _ in 0..2 {
+        let output = cold.exe(&["-t", "python", "-c", "pass"]);
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+    }
+    let info = cold.status_json();
+    assert_eq!((info["zygote"]["state"].as_str(), info["zygote_runs"].as_u64()), (Some("off"), Some(0)), "{info}");
+}
+
 /// Runs of both languages, one after another: the pool's sandboxes start the interpreters the
 /// latest runs called for, and each run takes one with its own (`pool::LanguageMix`). When the
 /// last run's language alone decided, every run here found the other's interpreter started;

@@ -184,6 +184,8 @@ pub struct Engine {
     pool: pool::WarmPool<PreparedSandbox>,
     /// Whether the task that shrinks an idle pool has been started.
     pool_keeper: AtomicBool,
+    /// Whether the zygote's keeper was started (`start_zygote_keeper`).
+    zygote_kept: AtomicBool,
     /// Set when the agent begins to stop: new runs are refused, and the code of each run going
     /// on is sent SIGTERM (engine/run.rs), to end within the grace.
     closing: watch::Sender<bool>,
@@ -303,13 +305,16 @@ impl Engine {
                     .unwrap_or(usize::MAX),
             }),
             pool_keeper: AtomicBool::new(false),
+            zygote_kept: AtomicBool::new(false),
             closing: watch::Sender::new(false),
             active_runs: AtomicUsize::new(0),
             prestarted_runs: AtomicU64::new(0),
             zygote_runs: AtomicU64::new(0),
             zygote: watch::Sender::new(match (config.zygote, config.warm_pool) {
                 (false, _) => zygote::ZygoteStatus::Off("--zygote false".into()),
-                (true, 0) => zygote::ZygoteStatus::Off("no warm pool (--warm-pool 0)".into()),
+                (true, 0) => {
+                    zygote::ZygoteStatus::Starting("not started yet: it starts at the first Python run".into())
+                }
                 (true, _) => zygote::ZygoteStatus::Starting("not started yet".into()),
             }),
             zygote_replace: Arc::new(tokio::sync::Notify::new()),
@@ -595,6 +600,15 @@ impl Engine {
             if !self.pool.is_off() {
                 return self.first_prepared(self.pool.wait_for_next(), language, disk_bytes).await;
             }
+            // No pool: the run's sandbox is prepared now, and a Python run's interpreter is a
+            // fork of the zygote once one serves (the first runs start their own meanwhile).
+            if language == bkg_schema::Language::Python && self.config.zygote {
+                self.start_zygote_keeper();
+                if self.zygote_socket().is_some() {
+                    return PreparedSandbox::prepare_default(self, disk_bytes, Preparation::ForWaitingRun(language))
+                        .await;
+                }
+            }
         }
         PreparedSandbox::prepare(self, disk_bytes, None, &plan::Additions::default()).await
     }
@@ -721,27 +735,13 @@ impl Engine {
         }
     }
 
-    /// Starts (once) the task that steps an idle pool back to its base size, and the one that
-    /// keeps a zygote serving the pool's Python sandboxes (`zygote::keep`).
+    /// Starts (once) the task that steps an idle pool back to its base size, and the zygote's
+    /// keeper.
     fn start_pool_keeper(self: &Arc<Self>) {
         if self.pool_keeper.swap(true, Ordering::AcqRel) {
             return;
         }
-        if self.config.zygote {
-            match zygote::library() {
-                Some(library) => {
-                    let keeper = tokio::spawn(zygote::keep(Arc::downgrade(self), library));
-                    if let Ok(mut held) = self.zygote_keeper.lock() {
-                        *held = Some(keeper);
-                    }
-                }
-                None => {
-                    let reason = "no libbkg_zygote.so beside the agent or in ../lib/bkg from it";
-                    tracing::warn!("{reason}: each warm sandbox starts its own interpreter");
-                    self.set_zygote(zygote::ZygoteStatus::Unavailable(reason.into()));
-                }
-            }
-        }
+        self.start_zygote_keeper();
         let engine = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(pool::SHRINK_AFTER / 2);
@@ -756,6 +756,27 @@ impl Engine {
                 }
             }
         });
+    }
+
+    /// Starts (once, with `--zygote`) the task that keeps a zygote serving the Python sandboxes
+    /// (`zygote::keep`): at the pool's first refill, or at the first Python run without a pool.
+    fn start_zygote_keeper(self: &Arc<Self>) {
+        if !self.config.zygote || self.zygote_kept.swap(true, Ordering::AcqRel) || self.is_closing() {
+            return;
+        }
+        match zygote::library() {
+            Some(library) => {
+                let keeper = tokio::spawn(zygote::keep(Arc::downgrade(self), library));
+                if let Ok(mut held) = self.zygote_keeper.lock() {
+                    *held = Some(keeper);
+                }
+            }
+            None => {
+                let reason = "no libbkg_zygote.so beside the agent or in ../lib/bkg from it";
+                tracing::warn!("{reason}: each sandbox starts its own interpreter");
+                self.set_zygote(zygote::ZygoteStatus::Unavailable(reason.into()));
+            }
+        }
     }
 
     /// Removes the agent's own cgroup directories, their locks and the disk templates; the last

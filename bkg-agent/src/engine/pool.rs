@@ -9,7 +9,7 @@
 //! shrink (docs/testing.md, "Three more cuts"). Every `SHRINK_AFTER` without such a miss
 //! it halves back towards N, disposing of what is over.
 //! Sandboxes are prepared in parallel, at most one per CPU at a time. `--warm-pool 0` turns all
-//! of it off.
+//! of it off (runs still fork the zygote: engine/mod.rs, `claim`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
