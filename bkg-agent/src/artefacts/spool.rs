@@ -7,15 +7,20 @@ use std::path::PathBuf;
 
 use bkg_schema::artefacts::RunFileKind;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::Spooled;
+
+/// What a spool gathers before each write to its file: each write is a hop to a blocking
+/// thread, and a stream comes in pipe-sized pieces (a script's `print` to a pipe writes 8 KiB at
+/// a time), so a hop each made the agent's CPU per byte spooled several times the script's.
+const SPOOL_BUFFER_BYTES: usize = 1 << 20;
 
 /// One stream's spool, opened when the stream first overflows the cap.
 pub struct OutputSpool {
     kind: RunFileKind,
     path: PathBuf,
-    file: Option<tokio::fs::File>,
+    file: Option<BufWriter<tokio::fs::File>>,
     hasher: Sha256,
     bytes: u64,
     /// Writing failed (disk full, …): the stream is not kept, the run goes on.
@@ -52,7 +57,8 @@ impl OutputSpool {
                 if let Some(dir) = self.path.parent() {
                     tokio::fs::create_dir_all(dir).await?;
                 }
-                self.file.insert(tokio::fs::File::create(&self.path).await?)
+                let file = tokio::fs::File::create(&self.path).await?;
+                self.file.insert(BufWriter::with_capacity(SPOOL_BUFFER_BYTES, file))
             }
         };
         for chunk in [before, bytes] {
