@@ -140,21 +140,21 @@ fn allocating_1gib_under_256mib_is_killed_by_memory() {
     assert!(stderr(&output).contains("memory limit of 256MiB"), "stderr: {}", stderr(&output));
 }
 
+/// Runs, with a 64 MiB memory limit, a script whose child takes 200 MiB (and is killed for it:
+/// its exit `code` is -9), then `then`.
+fn with_a_child_over_64mib(then: &str) -> (serde_json::Value, std::process::Output) {
+    let agent = Agent::start();
+    let script = format!(
+        "import subprocess, sys\ncode = subprocess.call([sys.executable, '-c', 'hog = b\"x\" * (200 << 20)'])\n{then}"
+    );
+    agent.exe_json(&["--memory", "64MiB", "--type", "python", "-c", &script])
+}
+
 /// The OOM killer kills the biggest process, here a child of the script: the run that then
 /// fails is still reported as killed by its memory limit.
 #[test]
 fn a_child_killed_at_the_memory_limit_is_reported_as_memory() {
-    let agent = Agent::start();
-    let (result, output) = agent.exe_json(&[
-        "--memory",
-        "64MiB",
-        "--type",
-        "python",
-        "-c",
-        "import subprocess, sys\n\
-         code = subprocess.call([sys.executable, '-c', 'hog = b\"x\" * (200 << 20)'])\n\
-         sys.exit(137 if code == -9 else code)",
-    ]);
+    let (result, output) = with_a_child_over_64mib("sys.exit(137 if code == -9 else code)");
     assert_eq!(code(&output), 137, "result: {result}");
     assert_eq!(result["killed_by"], "memory", "{result}");
     assert!(stderr(&output).contains("memory limit of 64MiB"), "stderr: {}", stderr(&output));
@@ -165,16 +165,7 @@ fn a_child_killed_at_the_memory_limit_is_reported_as_memory() {
 /// new-user trial: the child's -9 was all there was to see).
 #[test]
 fn a_child_killed_at_the_memory_limit_in_a_run_that_succeeds_is_said() {
-    let agent = Agent::start();
-    let (result, output) = agent.exe_json(&[
-        "--memory",
-        "64MiB",
-        "--type",
-        "python",
-        "-c",
-        "import subprocess, sys\n\
-         print(subprocess.call([sys.executable, '-c', 'hog = b\"x\" * (200 << 20)']))",
-    ]);
+    let (result, output) = with_a_child_over_64mib("print(code)");
     assert_eq!((code(&output), result["stdout"].as_str()), (0, Some("-9\n")), "result: {result}");
     assert_eq!(result["killed_by"], serde_json::Value::Null, "{result}");
     assert_eq!(result["denials"], serde_json::json!([{"kind": "limit", "what": "memory", "count": 1}]), "{result}");
