@@ -388,7 +388,14 @@ pub enum RunsAction {
     /// The newest runs, newest first: id, type, start, outcome, wall and CPU time, peak memory.
     Ls {
         /// How many runs to list, 1 to 1000.
-        #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+        #[arg(
+            short = 'n',
+            long,
+            value_name = "N",
+            default_value_t = 20,
+            value_parser = whole_number::<u32>,
+            allow_negative_numbers = true
+        )]
         limit: u32,
         /// Only the runs of this persistent sandbox: its name (this project's first) or its id.
         #[arg(long, value_name = "NAME")]
@@ -559,7 +566,7 @@ pub struct LogsArgs {
     #[arg(short = 'f', long)]
     pub follow: bool,
     /// Start with the last N lines of the output.
-    #[arg(short = 'n', long, value_name = "N")]
+    #[arg(short = 'n', long, value_name = "N", value_parser = whole_number::<usize>, allow_negative_numbers = true)]
     pub tail: Option<usize>,
     /// Lead each line with the time bkg read it (RFC 3339, UTC): when it was written, for lines that arrive with -f.
     #[arg(short = 't', long)]
@@ -594,7 +601,14 @@ pub struct AuditVerifyArgs {
 #[derive(Debug, Args)]
 pub struct AuditTailArgs {
     /// How many of the last records to print.
-    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 10)]
+    #[arg(
+        short = 'n',
+        long = "lines",
+        value_name = "N",
+        default_value_t = 10,
+        value_parser = whole_number::<usize>,
+        allow_negative_numbers = true
+    )]
     pub lines: usize,
     /// Keep printing records as they are written, across file rotation.
     #[arg(short = 'f', long)]
@@ -988,6 +1002,12 @@ pub fn bkgr_command() -> clap::Command {
     command
 }
 
+/// A count or a position given to a flag: a whole number, 0 or more. Said so when it is not:
+/// clap alone took `-1` for a flag and suggested `-- -1` (found by a new-user trial).
+fn whole_number<T: std::str::FromStr>(given: &str) -> Result<T, String> {
+    given.parse().map_err(|_| format!("`{given}` is not a whole number of 0 or more"))
+}
+
 /// Parses our own command line into `T` by `command`.
 pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error> {
     let mut command = command;
@@ -1171,10 +1191,10 @@ pub struct WatchArgs {
     #[arg(long, value_name = "LIST")]
     pub kinds: Option<String>,
     /// Start after this position (a change's `position`, or what an ended stream said to resume from) [default: 0, from the start]
-    #[arg(long, value_name = "CURSOR")]
+    #[arg(long, value_name = "CURSOR", value_parser = whole_number::<u64>, allow_negative_numbers = true)]
     pub since: Option<u64>,
     /// Stop after this many changes.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole_number::<u64>, allow_negative_numbers = true)]
     pub count: Option<u64>,
     /// Print the changes made so far and exit 0 instead of waiting for new ones.
     #[arg(long)]

@@ -61,6 +61,27 @@ fn an_argument_that_is_not_utf8_is_named_in_one_line() {
     }
 }
 
+/// A count or position below 0 is one line that says what the flag takes, not clap's "unexpected
+/// argument" with advice to write `-- -1` (found by a new-user trial).
+#[test]
+fn a_negative_count_is_one_line_that_says_what_the_flag_takes() {
+    for (args, flag) in [
+        (&["logs", "web", "-n", "-1"][..], "--tail: `-1`"),
+        (&["audit", "tail", "-n", "-1"][..], "--lines: `-1`"),
+        (&["runs", "ls", "--limit", "-1"][..], "--limit: `-1`"),
+        (&["watch", "--count", "-3"][..], "--count: `-3`"),
+        (&["logs", "web", "-n", "ten"][..], "--tail: `ten`"),
+    ] {
+        let output = std::process::Command::new(bkg_tests::bkg_bin())
+            .args(args)
+            .env("BKG_SOCKET", "/nonexistent/agent.sock")
+            .env("BKG_NO_AUTOSTART", "1")
+            .output()
+            .expect("bkg");
+        assert_one_line_error(&output, 125, &format!("{flag} is not a whole number of 0 or more"));
+    }
+}
+
 #[test]
 fn a_missing_script_is_127() {
     let agent = Agent::start();
