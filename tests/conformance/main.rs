@@ -233,6 +233,15 @@ fn node_sees_the_same_start_bare_cold_and_warm() {
     assert!(module.stdout.contains("\"url\":\"file://<dir>/facts.mjs\""), "{module:?}");
     assert!(module.stdout.contains("\"requireType\":\"undefined\""), "{module:?}");
 
+    // Found by a flaky test: a prestarted Node's loader deleted itself, and each Worker, which
+    // preloads it again, failed with "Cannot find module".
+    let workers = agents.compare(NODE, "worker.js", &[]);
+    assert_eq!(
+        (workers.status, workers.stdout.as_str()),
+        (0, "the worker said 42\nthe worker exited with 0\n"),
+        "{workers:?}"
+    );
+
     let traceback = agents.compare(NODE, "traceback.js", &[]);
     assert_eq!(traceback.status, 1);
     for line in ["RangeError: no zero", "at inner (<dir>/traceback.js:4:", "at outer (<dir>/traceback.js:8:"] {

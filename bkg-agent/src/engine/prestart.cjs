@@ -1,13 +1,13 @@
 // The loader of a prestarted Node (engine/prestart.rs): preloaded through NODE_OPTIONS when a
 // pool sandbox is prepared, it waits for its run's order, then lets Node's own main-module start
 // run the script: the placeholder main path resolves, once, to the script. Why it is built the
-// way it is: docs/testing.md, "The zygote".
+// way it is: docs/testing.md, "The zygote". A Worker of the script preloads it too, and it does
+// nothing there.
 'use strict';
-{
+if (require('worker_threads').isMainThread) {
   const fs = require('fs');
   const path = require('path');
   const Module = require('module');
-  fs.unlinkSync(__filename);
   delete require.cache[__filename];
 
   // The run's stdout and stderr are pipes to the agent. Node makes process.stdout on its first

@@ -24,8 +24,11 @@ pub struct PrestartPlan {
 /// The loaders' sources; the descriptors they read their order from and report on are filled in.
 const PYTHON_LOADER: &str = include_str!("prestart.py");
 const NODE_LOADER: &str = include_str!("prestart.cjs");
-/// Where Node's loader is written for its preload; it deletes itself once loaded.
-const NODE_LOADER_PATH: &str = "/workspace/.bkg-prestart.cjs";
+/// Where Node's loader is written for its preload. It stays for the whole run: NODE_OPTIONS'
+/// `--require` holds for every thread, so each `Worker` the script starts preloads it again
+/// (and finds it inert). Deleted once loaded, it made every Worker of a prestarted run fail
+/// with "Cannot find module". Not in /workspace, which is the user's own.
+const NODE_LOADER_PATH: &str = "/tmp/.bkg-prestart.cjs";
 /// Node's main module until the order names the script (nothing is there).
 const NODE_PLACEHOLDER: &str = "/workspace/.bkg-main";
 
