@@ -311,17 +311,17 @@ pub fn describe(info: &AgentInfo) -> String {
         }
         line("runs kept", kept);
     }
-    line(
-        "warm pool",
-        format!(
-            "{} of {} prepared · memory {} of {} · {} runs took an interpreter started ahead",
-            info.warm_sandboxes,
-            info.warm_target,
+    let started_ahead = crate::out::count(info.prestarted_runs as usize, "run", "runs");
+    let pool = match (info.warm_target, info.warm_sandboxes) {
+        // Off: its target never moves from 0 (engine/pool.rs).
+        (0, 0) => "off (--warm-pool 0)".to_owned(),
+        (target, ready) => format!(
+            "{ready} of {target} prepared · memory {} of {}",
             format_size(info.warm_memory_bytes),
-            format_size(info.warm_memory_limit_bytes),
-            info.prestarted_runs
+            format_size(info.warm_memory_limit_bytes)
         ),
-    );
+    };
+    line("warm pool", format!("{pool} · {started_ahead} took an interpreter started ahead"));
     for sandbox in &info.warm_pool {
         let started = sandbox.started_ahead.map_or("no interpreter started ahead".to_owned(), |language| {
             format!("{} started ahead", language.as_str())
@@ -342,7 +342,8 @@ pub fn describe(info: &AgentInfo) -> String {
                 format!("{}: {}", state.unwrap_or_default(), zygote.reason.as_deref().unwrap_or("no reason given"))
             }
         };
-        line("zygote", format!("{state} · {} runs forked by zygotes since the agent started", info.zygote_runs));
+        let forked = crate::out::count(info.zygote_runs as usize, "run", "runs");
+        line("zygote", format!("{state} · {forked} forked by zygotes since the agent started"));
     }
     line("defaults", limits(&info.default_limits));
     line("maximum", limits(&info.max_limits));

@@ -598,6 +598,32 @@ fn without_a_warm_pool_python_runs_are_forks_of_the_zygote() {
     assert_eq!((info["zygote"]["state"].as_str(), info["zygote_runs"].as_u64()), (Some("off"), Some(0)), "{info}");
 }
 
+/// Without a pool a stopped zygote does not fail the run waiting for it: the sandbox it did not
+/// answer is given up, the zygote replaced, and the run's sandbox prepared again (found by a
+/// new-user trial: the run failed at `wait for the zygote` after 5 s).
+#[test]
+fn without_a_warm_pool_a_stopped_zygote_does_not_fail_the_run() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let run = || {
+        let output = agent.exe(&["-t", "python", "-c", "print('ran')"]);
+        assert_eq!((code(&output), stdout(&output).as_str()), (0, "ran\n"), "{}", stderr(&output));
+    };
+    run();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while agent.status_json()["zygote"]["state"] != "serving" {
+        assert!(std::time::Instant::now() < deadline, "no zygote: {}", agent.status_json());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let zygote = &agent.status_json()["zygote"];
+    let (generation, pid) = (zygote["generation"].as_u64(), zygote["pid"].as_i64().unwrap_or_default());
+    // SAFETY: kill takes a pid and a signal number; `pid` is the zygote this test's agent started
+    // (and kills when it replaces it).
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) }, 0, "stop the zygote {pid}");
+    run();
+    let after = &agent.status_json()["zygote"];
+    assert_ne!(after["generation"].as_u64(), generation, "the stopped zygote was not replaced: {after}");
+}
+
 /// Runs of both languages, one after another: the pool's sandboxes start the interpreters the
 /// latest runs called for, and each run takes one with its own (`pool::LanguageMix`). When the
 /// last run's language alone decided, every run here found the other's interpreter started;

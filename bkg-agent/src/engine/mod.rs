@@ -605,12 +605,30 @@ impl Engine {
             if language == bkg_schema::Language::Python && self.config.zygote {
                 self.start_zygote_keeper();
                 if self.zygote_socket().is_some() {
-                    return PreparedSandbox::prepare_default(self, disk_bytes, Preparation::ForWaitingRun(language))
-                        .await;
+                    return self.prepare_for_waiting_run(disk_bytes, language).await;
                 }
             }
         }
         PreparedSandbox::prepare(self, disk_bytes, None, &plan::Additions::default()).await
+    }
+
+    /// A sandbox for a run that waits for it, its interpreter started ahead; prepared once more if
+    /// the zygote did not answer it (`zygote_did_not_answer` has begun its replacement, so the
+    /// second takes the next generation or starts an interpreter of its own). Given up whole, the
+    /// first would have failed the run (found by a new-user trial of `--warm-pool 0`, with the
+    /// zygote stopped).
+    async fn prepare_for_waiting_run(
+        self: &Arc<Self>,
+        disk_bytes: u64,
+        language: bkg_schema::Language,
+    ) -> Result<PreparedSandbox, EngineError> {
+        let waiting = Preparation::ForWaitingRun(language);
+        match PreparedSandbox::prepare_default(self, disk_bytes, waiting).await {
+            Err(EngineError::Prepare { stage, .. }) if stage == init::ZYGOTE_SILENT => {
+                PreparedSandbox::prepare_default(self, disk_bytes, waiting).await
+            }
+            prepared => prepared,
+        }
     }
 
     /// For a run that found the pool empty: a sandbox of its own, prepared now at normal
@@ -631,8 +649,7 @@ impl Engine {
         // or it would leave its half-made sandbox behind.
         let in_flight = self.run_in_flight();
         tokio::spawn(async move {
-            let prepared =
-                PreparedSandbox::prepare_default(&engine, disk_bytes, Preparation::ForWaitingRun(language)).await;
+            let prepared = engine.prepare_for_waiting_run(disk_bytes, language).await;
             if let Err(Ok(unwanted)) = own_sender.send(prepared) {
                 engine.return_to_pool(unwanted);
             }
