@@ -29,15 +29,11 @@ pub fn of_run(denied_syscalls: &[(i64, u64)], killed_by: Option<KilledBy>, oom_k
         Some(KilledBy::Disk) => Some("disk"),
         Some(KilledBy::Cancelled | KilledBy::Shutdown | KilledBy::Interrupted) | None => None,
     };
-    match limit {
-        Some("memory") => {
-            denials.push(Denial { kind: DenialKind::Limit, what: "memory".into(), count: oom_kills.max(1) })
-        }
-        Some(limit) => denials.push(Denial { kind: DenialKind::Limit, what: limit.to_owned(), count: 1 }),
-        None => {}
+    if let Some(limit) = limit.filter(|limit| *limit != "memory") {
+        denials.push(Denial { kind: DenialKind::Limit, what: limit.to_owned(), count: 1 });
     }
-    if oom_kills > 0 && limit.is_none_or(|limit| limit != "memory") {
-        denials.push(Denial { kind: DenialKind::Limit, what: "memory".into(), count: oom_kills });
+    if limit == Some("memory") || oom_kills > 0 {
+        denials.push(Denial { kind: DenialKind::Limit, what: "memory".into(), count: oom_kills.max(1) });
     }
     denials
 }

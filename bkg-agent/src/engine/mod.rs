@@ -602,7 +602,7 @@ impl Engine {
             }
             // No pool: the run's sandbox is prepared now, and a Python run's interpreter is a
             // fork of the zygote once one serves (the first runs start their own meanwhile).
-            if language == bkg_schema::Language::Python && self.config.zygote {
+            if language == bkg_schema::Language::Python {
                 self.start_zygote_keeper();
                 if self.zygote_socket().is_some() {
                     return self.prepare_for_waiting_run(disk_bytes, language).await;
