@@ -9,7 +9,7 @@ use bkg_schema::frame::{self, FrameKind, RUN_ID_HEADER, STREAM_PROTOCOL};
 use bkg_schema::units::{format_duration_ms, format_size};
 use bkg_schema::{ApiError, KilledBy, RunRecord, RunResult};
 use reqwest::header::{CONNECTION, UPGRADE};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use crate::client::{AgentClient, api_error, from_api_error};
@@ -89,7 +89,11 @@ pub async fn run_keeping_out_dir(
                 .map_err(|error| CliError::new(BKG_FAILED, format!("the agent did not open the run stream: {error}")))
         })
         .await?;
-    let (mut reader, writer) = tokio::io::split(upgraded);
+    let (reader, writer) = tokio::io::split(upgraded);
+    // The agent writes the frames it has queued at once (bkg-agent/src/server/runs.rs,
+    // `GATHERED_BYTES`): read so, a script's output printed line by line costs one read for
+    // many frames, not two per frame.
+    let mut reader = tokio::io::BufReader::with_capacity(256 << 10, reader);
     let writer = Arc::new(Mutex::new(writer));
 
     let stdin_task = tokio::spawn(relay_stdin(Arc::clone(&writer), stdin));
@@ -540,9 +544,33 @@ impl Watched {
 /// packages, making its environment); the others are the installer's.
 const AGENT_PROGRESS: [&str; 3] = ["waiting for a place", "installing ", "environment "];
 
-async fn receive(
+/// Output frames of `kind` buffered right behind one just read, their payloads added to
+/// `payload` (up to `MERGED_BYTES`): output printed line by line reaches our stdout in one
+/// write per read from the agent, not one per line.
+fn merge_buffered_frames<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut tokio::io::BufReader<R>,
+    kind: FrameKind,
+    payload: &mut Vec<u8>,
+) {
+    const MERGED_BYTES: usize = 1 << 20;
+    loop {
+        let buffered = reader.buffer();
+        let Some(Ok(header)) = buffered.get(..frame::HEADER_LEN).map(<[u8; frame::HEADER_LEN]>::try_from) else {
+            return;
+        };
+        let Ok((next_kind, len)) = frame::decode_header(header) else { return };
+        let Some(next) = buffered.get(frame::HEADER_LEN..frame::HEADER_LEN + len) else { return };
+        if next_kind != kind || payload.len() + len > MERGED_BYTES {
+            return;
+        }
+        payload.extend_from_slice(next);
+        std::pin::Pin::new(&mut *reader).consume(frame::HEADER_LEN + len);
+    }
+}
+
+async fn receive<R: tokio::io::AsyncRead + Unpin>(
     client: &AgentClient,
-    reader: &mut (impl AsyncReadExt + Unpin),
+    reader: &mut tokio::io::BufReader<R>,
     (output, out): (Output, crate::out::Printer),
     mut spinner: Option<crate::progress::Spinner>,
     (archive, run_id): (Option<&crate::files_cmd::Unpacker>, Option<&str>),
@@ -586,6 +614,9 @@ async fn receive(
             .map_err(|error| CliError::new(BKG_FAILED, format!("garbled stream from the agent: {error}")))?;
         let mut payload = vec![0u8; len];
         watched(client, reader.read_exact(&mut payload)).await?.map_err(lost)?;
+        if matches!(kind, FrameKind::Stdout | FrameKind::Stderr) {
+            merge_buffered_frames(reader, kind, &mut payload);
+        }
         if kind != FrameKind::Progress {
             drop(installing.take());
         }
@@ -663,6 +694,33 @@ async fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn frames_of_one_stream_buffered_behind_one_are_merged_into_it_and_no_others() {
+        let mut wire = Vec::new();
+        for (kind, payload) in [
+            (FrameKind::Stdout, &b"one\n"[..]),
+            (FrameKind::Stdout, b"two\n"),
+            (FrameKind::Stderr, b"oops\n"),
+            (FrameKind::Stdout, b"three\n"),
+        ] {
+            wire.extend_from_slice(&frame::encode_header(kind, payload.len()).unwrap_or_default());
+            wire.extend_from_slice(payload);
+        }
+        let mut reader = tokio::io::BufReader::new(&wire[..]);
+        let mut next = async || {
+            let mut header = [0u8; frame::HEADER_LEN];
+            reader.read_exact(&mut header).await.unwrap_or_default();
+            let (kind, len) = frame::decode_header(header).unwrap_or((FrameKind::Error, 0));
+            let mut payload = vec![0u8; len];
+            reader.read_exact(&mut payload).await.unwrap_or_default();
+            merge_buffered_frames(&mut reader, kind, &mut payload);
+            (kind, String::from_utf8_lossy(&payload).into_owned())
+        };
+        assert_eq!(next().await, (FrameKind::Stdout, "one\ntwo\n".to_owned()));
+        assert_eq!(next().await, (FrameKind::Stderr, "oops\n".to_owned()));
+        assert_eq!(next().await, (FrameKind::Stdout, "three\n".to_owned()));
+    }
 
     #[test]
     fn lines_are_split_and_partial_lines_kept() {

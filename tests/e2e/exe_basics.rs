@@ -144,6 +144,25 @@ fn output_is_streamed_while_the_script_runs() {
 }
 
 #[test]
+fn output_printed_line_by_line_arrives_whole_and_in_order() {
+    let agent = Agent::start();
+    // Each print is a write of its own (PYTHONUNBUFFERED): the agent sends the frames it has
+    // queued together, and bkg writes the frames of one stream it has read together. Neither
+    // may lose, reorder or mix up a line of either stream.
+    let output = agent.exe(&[
+        "--type",
+        "python",
+        "-c",
+        "import sys\nfor i in range(200000): print(i)\nprint('half', file=sys.stderr)\n\
+         for i in range(200000, 300000): print(i)\nprint('end', file=sys.stderr)",
+    ]);
+    assert_eq!(code(&output), 0, "stderr: {}", stderr(&output));
+    let expected: String = (0..300_000).map(|i| format!("{i}\n")).collect();
+    assert!(stdout(&output) == expected, "{} bytes of stdout, {} expected", stdout(&output).len(), expected.len());
+    assert_eq!(stderr(&output), "half\nend\n");
+}
+
+#[test]
 fn arguments_env_and_files_reach_the_script() {
     let agent = Agent::start();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -168,17 +168,30 @@ pub async fn cancel_run(
 /// long has stopped reading: its connection is closed (the run itself never waits on it).
 const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn write_frame(
-    writer: &mut (impl AsyncWriteExt + Unpin),
-    kind: FrameKind,
-    payload: &[u8],
-) -> std::io::Result<()> {
-    let header = frame::encode_header(kind, payload.len()).map_err(std::io::Error::other)?;
-    let write = async {
-        writer.write_all(&header).await?;
-        writer.write_all(payload).await
-    };
-    tokio::time::timeout(STREAM_WRITE_TIMEOUT, write)
+/// Frames queued together are written together, up to about this many bytes: a script that
+/// prints line by line (`PYTHONUNBUFFERED`) would otherwise cost the agent two writes, and its
+/// caller two reads, per line.
+const GATHERED_BYTES: usize = 256 << 10;
+
+/// `payload` as one frame at the end of `frames`.
+fn push_frame(frames: &mut Vec<u8>, kind: FrameKind, payload: &[u8]) -> std::io::Result<()> {
+    frames.extend_from_slice(&frame::encode_header(kind, payload.len()).map_err(std::io::Error::other)?);
+    frames.extend_from_slice(payload);
+    Ok(())
+}
+
+fn push_output(frames: &mut Vec<u8>, event: RunOutput) -> std::io::Result<()> {
+    match event {
+        RunOutput::Started(id) => push_frame(frames, FrameKind::Started, id.as_bytes()),
+        RunOutput::Stdout(bytes) => push_frame(frames, FrameKind::Stdout, &bytes),
+        RunOutput::Stderr(bytes) => push_frame(frames, FrameKind::Stderr, &bytes),
+        RunOutput::Progress(line) => push_frame(frames, FrameKind::Progress, line.as_bytes()),
+        RunOutput::Archive(bytes) => push_frame(frames, FrameKind::Archive, &bytes),
+    }
+}
+
+async fn write_frames(writer: &mut (impl AsyncWriteExt + Unpin), frames: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(STREAM_WRITE_TIMEOUT, writer.write_all(frames))
         .await
         .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the caller stopped reading")))
 }
@@ -237,12 +250,17 @@ where
         if caller_gone {
             continue;
         }
-        let written = match event {
-            RunOutput::Started(id) => write_frame(&mut writer, FrameKind::Started, id.as_bytes()).await,
-            RunOutput::Stdout(bytes) => write_frame(&mut writer, FrameKind::Stdout, &bytes).await,
-            RunOutput::Stderr(bytes) => write_frame(&mut writer, FrameKind::Stderr, &bytes).await,
-            RunOutput::Progress(line) => write_frame(&mut writer, FrameKind::Progress, line.as_bytes()).await,
-            RunOutput::Archive(bytes) => write_frame(&mut writer, FrameKind::Archive, &bytes).await,
+        let mut frames = Vec::new();
+        let mut gathered = push_output(&mut frames, event);
+        while gathered.is_ok()
+            && frames.len() < GATHERED_BYTES
+            && let Ok(next) = output_rx.try_recv()
+        {
+            gathered = push_output(&mut frames, next);
+        }
+        let written = match gathered {
+            Ok(()) => write_frames(&mut writer, &frames).await,
+            Err(error) => Err(error),
         };
         // Keep draining, so the run's output buffer empties, but write nothing more.
         caller_gone = written.is_err();
@@ -267,8 +285,11 @@ where
         Ok(Err(error)) => (FrameKind::Error, serde_json::to_vec(&ApiError::new(error.code(), error.to_string()))),
         Err(_) => (FrameKind::Error, serde_json::to_vec(&ApiError::new(ErrorCode::Internal, "run task failed"))),
     };
-    if let Ok(payload) = payload {
-        let _ = write_frame(&mut writer, kind, &payload).await;
+    let mut frames = Vec::new();
+    if let Ok(payload) = payload
+        && push_frame(&mut frames, kind, &payload).is_ok()
+    {
+        let _ = write_frames(&mut writer, &frames).await;
     }
     let _ = writer.shutdown().await;
     reader_task.abort();
