@@ -711,7 +711,7 @@ pub struct ZygoteInfo {
     /// ended, and the next starts. 0 from older agents.
     #[serde(default)]
     pub memory_limit_bytes: u64,
-    /// Why it does not serve (`off`, `unavailable`), in one line.
+    /// Why it does not serve (`off`, `starting`, `unavailable`), in one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -724,9 +724,11 @@ pub enum ZygoteState {
     Serving,
     /// Turned off (`--zygote false`): each sandbox starts its own.
     Off,
-    /// Meant to serve but does not (its library is missing, it keeps failing, the next
-    /// generation is starting, or without a warm pool no Python run has started it yet): each
-    /// sandbox starts its own interpreter meanwhile.
+    /// Being started: its first generation, the next one after a generation ended, or, without
+    /// a warm pool, at the first Python run. Sandboxes start their own interpreters meanwhile.
+    Starting,
+    /// Meant to serve but cannot (its library is missing, or it kept failing to start): each
+    /// sandbox starts its own interpreter.
     Unavailable,
 }
 

@@ -561,8 +561,10 @@ fn runs_that_find_the_pool_empty_still_take_forks_of_the_zygote() {
 fn without_a_warm_pool_python_runs_are_forks_of_the_zygote() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let zygote = &agent.status_json()["zygote"];
-    assert_eq!(zygote["state"], "unavailable", "{zygote}");
+    assert_eq!(zygote["state"], "starting", "{zygote}");
     assert!(zygote["reason"].as_str().is_some_and(|reason| reason.contains("first Python run")), "{zygote}");
+    let text = stdout(&agent.bkg().args(["agent", "status"]).output().expect("bkg agent status"));
+    assert!(text.contains("zygote     starting: at the first Python run (no warm pool)"), "{text}");
     let run = |language: &str| {
         let code_of =
             if language == "python" { "import os\nprint(os.getpid(), os.getppid())" } else { "console.log(1)" };

@@ -312,10 +312,8 @@ impl Engine {
             zygote_runs: AtomicU64::new(0),
             zygote: watch::Sender::new(match (config.zygote, config.warm_pool) {
                 (false, _) => zygote::ZygoteStatus::Off("--zygote false".into()),
-                (true, 0) => {
-                    zygote::ZygoteStatus::Starting("not started yet: it starts at the first Python run".into())
-                }
-                (true, _) => zygote::ZygoteStatus::Starting("not started yet".into()),
+                (true, 0) => zygote::ZygoteStatus::Starting("at the first Python run (no warm pool)".into()),
+                (true, _) => zygote::ZygoteStatus::Starting("its first generation".into()),
             }),
             zygote_replace: Arc::new(tokio::sync::Notify::new()),
             zygote_keeper: Mutex::new(None),
@@ -455,7 +453,7 @@ impl Engine {
             }
             tracing::warn!(generation = generation.number, "the zygote did not answer a sandbox; replacing it");
             *current = zygote::ZygoteStatus::Starting(format!(
-                "generation {} did not answer a sandbox; the next is starting",
+                "generation {} did not answer a sandbox; the next one",
                 generation.number
             ));
             self.zygote_replace.notify_one();

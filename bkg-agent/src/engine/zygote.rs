@@ -542,7 +542,8 @@ impl ZygoteStatus {
                 reason: None,
             },
             Self::Off(reason) => not_serving(ZygoteState::Off, reason),
-            Self::Starting(reason) | Self::Unavailable(reason) => not_serving(ZygoteState::Unavailable, reason),
+            Self::Starting(reason) => not_serving(ZygoteState::Starting, reason),
+            Self::Unavailable(reason) => not_serving(ZygoteState::Unavailable, reason),
         }
     }
 }
@@ -654,7 +655,7 @@ pub async fn keep(engine: std::sync::Weak<super::Engine>, library: PathBuf) {
                 }
             }
         }
-        engine.set_zygote(ZygoteStatus::Starting(format!("generation {number} ended; the next is starting")));
+        engine.set_zygote(ZygoteStatus::Starting(format!("generation {number} ended; the next one")));
         drop(engine);
         if quick && !made_its_forks {
             tokio::time::sleep(RESTART_PAUSE).await;

@@ -84,6 +84,9 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
                             " Python's are forks of the zygote (generation " (generation) ", "
                             (bytes(zygote.memory_bytes)) "); "
                         }
+                        (None, Some(reason)) if zygote.state == bkg_schema::ZygoteState::Starting => {
+                            " The zygote is starting (" (reason) "); "
+                        }
                         (None, Some(reason)) => { " No zygote: " (reason) "; " }
                         (None, None) => {}
                     }
