@@ -70,6 +70,10 @@ pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliE
         |namespace: &Option<String>| namespace.as_ref().map(|ns| format!("?namespace={ns}")).unwrap_or_default();
     match args.action {
         SecretsAction::Set { name, namespace } => {
+            // Checked before the value is asked for: typed in for nothing otherwise.
+            if let Some(error) = bkg_schema::envs::secret_name_error(&name) {
+                return Err(CliError::usage(error));
+            }
             let value = read_value(&name)?;
             let set: SecretInfo =
                 client.put_json(&format!("/api/v1/secrets/{name}"), &SecretValue { value, namespace }).await?;

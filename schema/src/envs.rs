@@ -68,6 +68,22 @@ pub struct SecretValue {
     pub namespace: Option<String>,
 }
 
+/// Why `name` cannot name a secret, if it cannot: it becomes an environment variable of the
+/// runs that open it, so it must be one's name. The agent's rule, checked by bkg too before it
+/// asks for the value.
+pub fn secret_name_error(name: &str) -> Option<String> {
+    let is_variable_name = !name.is_empty()
+        && name.len() <= 255
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    (!is_variable_name).then(|| {
+        format!(
+            "secret name `{}` must be an environment variable name (letters, digits and '_', not starting with a digit)",
+            name.escape_debug()
+        )
+    })
+}
+
 /// A secret as listed: its name and when it was set, never its value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -82,6 +82,21 @@ fn a_negative_count_is_one_line_that_says_what_the_flag_takes() {
     }
 }
 
+/// A secret's name is checked before its value is asked for: typed in (on a terminal, unshown)
+/// only to hear the name was wrong, or refused as empty when the name was what was wrong
+/// (found by a new-user trial: `bkg secrets set bad-name </dev/null` said the value was empty).
+#[test]
+fn a_bad_secret_name_is_said_before_the_value_is_read() {
+    let output = std::process::Command::new(bkg_tests::bkg_bin())
+        .args(["secrets", "set", "bad-name"])
+        .env("BKG_SOCKET", "/nonexistent/agent.sock")
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bkg");
+    assert_one_line_error(&output, 125, "secret name `bad-name` must be an environment variable name");
+}
+
 #[test]
 fn a_missing_script_is_127() {
     let agent = Agent::start();

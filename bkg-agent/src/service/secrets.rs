@@ -23,18 +23,7 @@ pub(super) fn check_secret_names(names: &[String]) -> OpResult<()> {
 }
 
 fn check_name(name: &str) -> OpResult<()> {
-    let is_variable_name = !name.is_empty()
-        && name.len() <= 255
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
-    if is_variable_name {
-        Ok(())
-    } else {
-        Err(OpError::Invalid(format!(
-            "secret name `{}` must be an environment variable name (letters, digits and '_', not starting with a digit)",
-            name.escape_debug()
-        )))
-    }
+    bkg_schema::envs::secret_name_error(name).map_or(Ok(()), |error| Err(OpError::Invalid(error)))
 }
 
 impl Service {
