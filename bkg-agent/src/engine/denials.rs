@@ -10,11 +10,14 @@ use bkg_schema::{Denial, DenialKind, KilledBy};
 /// memory limit counts the processes the kernel killed for it (`oom_kills`): one may be a child
 /// of a script that then went on (found by a new-user trial: nothing said why the child died).
 pub fn of_run(denied_syscalls: &[(i64, u64)], killed_by: Option<KilledBy>, oom_kills: u64) -> Vec<Denial> {
-    let names: BTreeMap<i64, &'static str> =
-        super::seccomp::sandbox_policy().iter().map(|rule| (rule.nr, rule.name)).collect();
-    let mut denials: Vec<Denial> = denied_syscalls
-        .iter()
-        .filter(|(_, count)| *count > 0)
+    let denied = denied_syscalls.iter().filter(|(_, count)| *count > 0);
+    // Named from the whole policy, built only for a run that was denied one (most are not, and
+    // building it is most of what this costs each run's end).
+    let names: BTreeMap<i64, &'static str> = match denied.clone().next() {
+        Some(_) => super::seccomp::sandbox_policy().iter().map(|rule| (rule.nr, rule.name)).collect(),
+        None => BTreeMap::new(),
+    };
+    let mut denials: Vec<Denial> = denied
         .map(|(nr, count)| Denial {
             kind: DenialKind::Seccomp,
             what: names.get(nr).map_or_else(|| format!("syscall {nr}"), |name| (*name).to_owned()),
