@@ -221,6 +221,9 @@ async fn execute(
         // Only what came since is searched for a newline: one event line may be megabytes long.
         let mut from = pending.len();
         pending.extend_from_slice(&chunk);
+        // The chunk's events, text of one stream after the other merged: shown with a write
+        // each, not one per line the code printed.
+        let mut events: Vec<SessionEvent> = Vec::new();
         while let Some(offset) = pending[from..].iter().position(|byte| *byte == b'\n') {
             let line: Vec<u8> = pending.drain(..=from + offset).collect();
             from = 0;
@@ -233,6 +236,20 @@ async fn execute(
             } else if matches!(event, SessionEvent::Result { .. } | SessionEvent::Display { .. }) {
                 mid_line = false;
             }
+            let is_end = matches!(event, SessionEvent::End { .. });
+            match (events.last_mut(), event) {
+                (Some(SessionEvent::Stream { name: last_name, text: last }), SessionEvent::Stream { name, text })
+                    if *last_name == name && !out.is_json() =>
+                {
+                    last.push_str(&text)
+                }
+                (_, event) => events.push(event),
+            }
+            if is_end {
+                break;
+            }
+        }
+        for event in events {
             let is_end = matches!(event, SessionEvent::End { .. });
             // Room in the queue is waited for with Ctrl-C heard meanwhile.
             {

@@ -153,6 +153,35 @@ fn a_slow_reader_of_large_displays_grows_neither_the_agent_nor_bkg() {
     assert!(bkg_peak < 100 * MIB, "bkg exec grew to {} MiB", bkg_peak / MIB);
 }
 
+/// Lines printed one by one, with stderr between them, arrive whole and in their order: the
+/// agent merges the output lines it reads together into one event and sends the events queued
+/// together at once, and bkg shows the text of one stream in a row with one write.
+#[test]
+fn lines_printed_one_by_one_arrive_whole_and_in_order() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let cell = "import sys\nfor i in range(100000): print(i)\nprint('half', file=sys.stderr)\n\
+                for i in range(100000, 150000): print(i)";
+    let output = agent.bkg_in(project.path(), &["exec", "box", "-c", cell]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let expected: String = (0..150_000).map(|i| format!("{i}\n")).collect();
+    assert!(stdout(&output) == expected, "{} bytes of stdout, {} expected", stdout(&output).len(), expected.len());
+    assert!(stderr(&output).ends_with("half\n"), "{}", stderr(&output));
+
+    // Events as JSON: each line once, stdout's before and after stderr's line as printed.
+    let output = agent.bkg_in(project.path(), &["exec", "box", "--json", "-c", cell]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let mut streams = String::new();
+    for line in stdout(&output).lines() {
+        let event: serde_json::Value = serde_json::from_str(line).expect("event");
+        if event["type"] == "stream" {
+            streams.push_str(event["text"].as_str().unwrap_or_default());
+        }
+    }
+    let (before, after) = expected.split_at(expected.find("100000\n").unwrap_or_default());
+    assert!(streams == format!("{before}half\n{after}"), "{} bytes of streams", streams.len());
+}
+
 /// Code that ignores SIGINT goes on after Ctrl-C: `bkg exec` says so, and what ends it, rather
 /// than seem to do nothing (found by a new-user trial).
 #[test]

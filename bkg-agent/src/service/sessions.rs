@@ -135,6 +135,11 @@ impl SessionEvents {
     pub async fn recv(&mut self) -> Option<SessionEvent> {
         self.0.recv().await.map(|metered| metered.event)
     }
+
+    /// The next event if one is queued already.
+    pub fn try_recv(&mut self) -> Option<SessionEvent> {
+        self.0.try_recv().ok().map(|metered| metered.event)
+    }
 }
 
 /// Output written between executions (a timer, a thread) that is kept for the next one.
@@ -297,7 +302,9 @@ impl RunnerOutput {
         let mut from = searched;
         while let Some(offset) = pending[from..].iter().position(|byte| *byte == b'\n') {
             let end = from + offset;
-            events.extend(parse_line(pending[start..=end].to_vec()));
+            for event in parse_line(pending[start..=end].to_vec()) {
+                push_merged(&mut events, event);
+            }
             start = end + 1;
             from = start;
         }
@@ -338,6 +345,20 @@ impl RunnerOutput {
         self.mark = mark.map(|at| at - start);
         events
     }
+}
+
+/// Adds `event` to `events`, as more text of the last one when both are stdout: output the code
+/// printed line by line is one event per piece the agent read, not one per line (found measuring
+/// `bkg exec`: 300,000 printed lines took 3.3 s, bkg and the agent each a second or more of
+/// CPU for as many events).
+fn push_merged(events: &mut Vec<SessionEvent>, event: SessionEvent) {
+    if let SessionEvent::Stream { name: StreamName::Stdout, text } = &event
+        && let Some(SessionEvent::Stream { name: StreamName::Stdout, text: last }) = events.last_mut()
+    {
+        last.push_str(text);
+        return;
+    }
+    events.push(event);
 }
 
 /// `bytes` of output as stdout events of at most `UNENDED_LINE_BYTES` each, as the runners send
@@ -593,6 +614,17 @@ mod tests {
         assert!(matches!(garbled[..], [SessionEvent::Stream { name: StreamName::Stdout, .. }]));
         let unended = parse_line(b"partial\x1e{\"type\":\"end\",\"status\":\"ok\",\"execution\":2}\n".to_vec());
         assert_eq!(unended, vec![SessionEvent::Stream { name: StreamName::Stdout, text: "partial".into() }, end]);
+    }
+
+    #[test]
+    fn output_lines_read_together_are_one_event_up_to_the_next_event() {
+        let mut lines = RunnerOutput::default();
+        let end = SessionEvent::End { status: ExecutionStatus::Ok, execution: 1, killed_by: None, error: None };
+        let text = |text: &str| SessionEvent::Stream { name: StreamName::Stdout, text: text.into() };
+        let events = lines.take(b"one\ntwo\nthr");
+        assert_eq!(events, vec![text("one\ntwo\n")]);
+        let events = lines.take(b"ee\nfour\x1e{\"type\":\"end\",\"status\":\"ok\",\"execution\":1}\nfive\n");
+        assert_eq!(events, vec![text("three\nfour"), end, text("five\n")]);
     }
 
     #[test]
