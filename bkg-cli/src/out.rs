@@ -6,8 +6,10 @@
 //! `eprintln!` panic on any failed write; with the release profile's `panic = "abort"` that ended
 //! `bkg exe x.py 2>&1 | head -1` with 134. bkg's rule instead (docs/cli.md): output that cannot
 //! be written is dropped, and the command ends with the exit code it would have had anyway. A
-//! run goes on when its caller's stdout closes; only the caller decides when to stop it. The
-//! crate denies std's print macros (`lib.rs`), so every write comes through here.
+//! run's code has its own stdout closed when bkg's closes (bkg-cli/src/stream.rs, `receive`),
+//! and decides itself how to end, as in a pipeline. The crate denies std's print macros
+//! (`lib.rs`), so every write but a run's output comes through here (that one goes through
+//! stream.rs, `write_ours`, which must hear of a closed stdout).
 //!
 //! bkg's own output has no colour; clap's help and errors and `bkg init`'s prompts honour
 //! `NO_COLOR` themselves (anstream, console), and spinners are plain text.

@@ -172,6 +172,11 @@ async fn execute(
     tokio::pin!(still_going);
     let mut said_still_going = false;
     let mut said_unread = false;
+    // Our stdout's reader gone (`bkg exec box -c '…' | head`): the execution is interrupted, as
+    // a Ctrl-C would, rather than left printing for nobody until it ends by itself.
+    let reader_gone = crate::out::stdout_closed();
+    tokio::pin!(reader_gone);
+    let mut heard_reader_gone = false;
     let restart = match session {
         "default" => format!("bkg exec {} --restart", bkg_schema::sandbox::sandbox_name_of(id)),
         named => format!("bkg exec {} --session {named} --restart", bkg_schema::sandbox::sandbox_name_of(id)),
@@ -195,6 +200,12 @@ async fn execute(
             _ = interrupts.recv() => {
                 let room = shown.takes_more();
                 interrupt(still_going.as_mut(), &mut said_unread, room).await;
+                continue;
+            }
+            () = &mut reader_gone, if !heard_reader_gone => {
+                heard_reader_gone = true;
+                let _: Result<SessionInfo, CliError> =
+                    client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;
                 continue;
             }
             () = &mut still_going, if !said_still_going => {

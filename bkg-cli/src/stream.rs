@@ -97,6 +97,15 @@ pub async fn run_keeping_out_dir(
     let writer = Arc::new(Mutex::new(writer));
 
     let stdin_task = tokio::spawn(relay_stdin(Arc::clone(&writer), stdin));
+    // Our stdout closed (`bkg exe gen.py | head`): the code's is closed too, so that it ends as
+    // it would in that pipeline, instead of running on to its timeout with nobody reading.
+    let stdout_closed = Arc::new(tokio::sync::Notify::new());
+    let close_writer = Arc::clone(&writer);
+    let closing = Arc::clone(&stdout_closed);
+    let close_task = tokio::spawn(async move {
+        closing.notified().await;
+        let _ = send_frame(&mut *close_writer.lock().await, FrameKind::StdoutClosed, &[]).await;
+    });
     let cancel_writer = Arc::clone(&writer);
     let canceller = client.clone();
     let run_path = run_id.as_ref().map(|id| format!("/api/v1/runs/{id}"));
@@ -178,9 +187,17 @@ pub async fn run_keeping_out_dir(
         }
     });
 
-    let outcome =
-        receive(client, &mut reader, (output, out), spinner, (archive.as_ref(), run_id.as_deref()), &result_came).await;
+    let outcome = receive(
+        client,
+        &mut reader,
+        (output, out),
+        spinner,
+        (archive.as_ref(), run_id.as_deref()),
+        (&result_came, stdout_closed),
+    )
+    .await;
     stdin_task.abort();
+    close_task.abort();
     cancel_task.abort();
     let unpacked = match archive {
         Some(archive) => archive.finish().await.map(drop),
@@ -229,7 +246,10 @@ async fn write_what_did_not_arrive(client: &AgentClient, result: &RunResult, wri
         let kept = result.files.iter().find(|file| file.kind == kind);
         let fetched = match (whole_stream(inline, total), kept) {
             (Some(bytes), _) => {
-                write_ours(to_stderr, bytes.get(usize::try_from(written).unwrap_or(usize::MAX)..).unwrap_or_default());
+                let _ = write_ours(
+                    to_stderr,
+                    bytes.get(usize::try_from(written).unwrap_or(usize::MAX)..).unwrap_or_default(),
+                );
                 total
             }
             (None, Some(file)) => write_kept_stream_from(client, &result.id, &file.path, to_stderr, written).await,
@@ -256,7 +276,7 @@ async fn write_kept_stream_from(client: &AgentClient, run_id: &str, path: &str, 
     let mut at = 0u64;
     while let Ok(Some(chunk)) = response.chunk().await {
         let skip = from.saturating_sub(at).min(chunk.len() as u64) as usize;
-        write_ours(to_stderr, chunk.get(skip..).unwrap_or_default());
+        let _ = write_ours(to_stderr, chunk.get(skip..).unwrap_or_default());
         at += chunk.len() as u64;
     }
     at.max(from)
@@ -264,13 +284,14 @@ async fn write_kept_stream_from(client: &AgentClient, run_id: &str, path: &str, 
 
 /// Writes the run's output to our stderr (`to_stderr`) or stdout, as it is, remembering whether
 /// it left a line unfinished there.
-fn write_ours(to_stderr: bool, bytes: &[u8]) {
-    let Some(last) = bytes.last() else { return };
-    match to_stderr {
+fn write_ours(to_stderr: bool, bytes: &[u8]) -> std::io::Result<()> {
+    let Some(last) = bytes.last() else { return Ok(()) };
+    let written = match to_stderr {
         true => write_through(&mut std::io::stderr().lock(), bytes),
         false => write_through(&mut std::io::stdout().lock(), bytes),
-    }
+    };
     MID_LINE[usize::from(to_stderr)].store(*last != b'\n', std::sync::atomic::Ordering::Relaxed);
+    written
 }
 
 /// Whether the run's output last left our stdout, and our stderr, in the middle of a line.
@@ -285,7 +306,7 @@ pub fn start_own_line() {
     use std::sync::atomic::Ordering::Relaxed;
     let on_one_screen = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     if MID_LINE[1].swap(false, Relaxed) || (on_one_screen && MID_LINE[0].swap(false, Relaxed)) {
-        write_through(&mut std::io::stderr().lock(), b"\n");
+        let _ = write_through(&mut std::io::stderr().lock(), b"\n");
     }
 }
 
@@ -493,9 +514,10 @@ impl LineBuffer {
     }
 }
 
-fn write_through(out: &mut impl Write, bytes: &[u8]) {
-    // A closed stdout (`bkg exe x.py | head`) must not end the run early; the bytes are dropped.
-    let _ = out.write_all(bytes).and_then(|()| out.flush());
+/// A failed write drops the bytes: a closed stdout (`bkg exe x.py | head`) is the caller's to
+/// act on (the run's code has its own closed, `receive`), not an end of bkg.
+fn write_through(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(bytes).and_then(|()| out.flush())
 }
 
 fn prefixed(prefix: &str, line: &[u8]) -> Vec<u8> {
@@ -574,7 +596,7 @@ async fn receive<R: tokio::io::AsyncRead + Unpin>(
     (output, out): (Output, crate::out::Printer),
     mut spinner: Option<crate::progress::Spinner>,
     (archive, run_id): (Option<&crate::files_cmd::Unpacker>, Option<&str>),
-    result_came: &std::sync::atomic::AtomicBool,
+    (result_came, stdout_closed): (&std::sync::atomic::AtomicBool, Arc<tokio::sync::Notify>),
 ) -> Result<RunResult, CliError> {
     // Which run, so that it can be looked up once the agent is back (found by a new-user trial:
     // an agent that crashed mid-run left no way to it).
@@ -599,8 +621,13 @@ async fn receive<R: tokio::io::AsyncRead + Unpin>(
     let writer = crate::out::WriterThread::start(
         "run-output",
         |(_, bytes): &(bool, Vec<u8>)| bytes.len(),
-        |(to_stderr, bytes): (bool, Vec<u8>)| {
-            write_ours(to_stderr, &bytes);
+        move |(to_stderr, bytes): (bool, Vec<u8>)| {
+            if let Err(error) = write_ours(to_stderr, &bytes)
+                && error.kind() == std::io::ErrorKind::BrokenPipe
+                && !to_stderr
+            {
+                stdout_closed.notify_one();
+            }
             None::<()>
         },
     )?;

@@ -25,6 +25,10 @@ pub enum FrameKind {
     StdinEnd = 2,
     /// client → agent: stop the run now (Ctrl-C).
     Cancel = 3,
+    /// client → agent: the client's stdout is closed (its reader went away, as `| head` does).
+    /// The code's stdout is closed too, so that its next write fails (EPIPE, SIGPIPE) as it
+    /// would in a pipeline; the run goes on to its end as the code decides.
+    StdoutClosed = 4,
     /// agent → client: the run started; payload is its id.
     Started = 10,
     /// agent → client: bytes the script wrote to stdout.
@@ -49,6 +53,7 @@ impl FrameKind {
             1 => Self::Stdin,
             2 => Self::StdinEnd,
             3 => Self::Cancel,
+            4 => Self::StdoutClosed,
             10 => Self::Started,
             11 => Self::Stdout,
             12 => Self::Stderr,
@@ -101,6 +106,7 @@ mod tests {
             FrameKind::Stdin,
             FrameKind::StdinEnd,
             FrameKind::Cancel,
+            FrameKind::StdoutClosed,
             FrameKind::Started,
             FrameKind::Stdout,
             FrameKind::Stderr,

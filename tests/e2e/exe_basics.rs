@@ -162,6 +162,38 @@ fn output_printed_line_by_line_arrives_whole_and_in_order() {
     assert_eq!(stderr(&output), "half\nend\n");
 }
 
+/// A reader that goes away (`bkg exe gen.py | head -1`) ends the run as it would end bare
+/// `python3 gen.py | head -1`: the code's own stdout is closed, and its next print fails with
+/// BrokenPipeError. Before, bkg dropped the output and the code printed on to its timeout.
+#[test]
+fn a_reader_that_goes_away_closes_the_codes_stdout_as_a_pipeline_does() {
+    let agent = Agent::start();
+    let mut child = agent
+        .bkg()
+        .args([
+            "exe",
+            "--timeout",
+            "2m",
+            "--type",
+            "python",
+            "-c",
+            "import itertools\nfor i in itertools.count(): print(i)",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bkg");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("the first line");
+    assert_eq!(first, "0\n");
+    drop(stdout);
+    let output = child.wait_with_output().expect("bkg");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("BrokenPipeError"), "the code's own error: {err}");
+    assert!(matches!(output.status.code(), Some(1 | 120)), "the code's exit, not a timeout: {:?} {err}", output.status);
+}
+
 #[test]
 fn arguments_env_and_files_reach_the_script() {
     let agent = Agent::start();

@@ -498,14 +498,16 @@ fn bkg_into_a_closed_pipe(agent: &Agent, args: &[&str]) -> Option<i32> {
 #[test]
 fn bkg_into_a_closed_pipe_exits_with_its_documented_code() {
     let agent = Agent::start();
-    let chatty = "import sys\nfor i in range(2000):\n    print('line', i)\nprint('done', file=sys.stderr)\nsys.exit(3)";
+    // A closed stderr changes nothing for the code: its exit code is bkg's.
+    let chatty = "import sys\nfor i in range(2000):\n    print('line', i, file=sys.stderr)\nsys.exit(3)";
     assert_eq!(bkg_into_a_closed_pipe(&agent, &["exe", "--type", "python", "-c", chatty]), Some(3));
-    // The reason line (`timed out …`) goes to the closed stderr.
+    // A closed stdout closes the code's: its next print raises BrokenPipeError, and the code
+    // ends as it would in `python3 x.py | head -0` (1), long before its timeout (124).
     let endless = "while True:\n    print('x' * 100)";
-    assert_eq!(
-        bkg_into_a_closed_pipe(&agent, &["exe", "--type", "python", "--timeout", "2s", "-c", endless]),
-        Some(124)
-    );
+    assert_eq!(bkg_into_a_closed_pipe(&agent, &["exe", "--type", "python", "--timeout", "1m", "-c", endless]), Some(1));
+    // The reason line (`timed out …`) goes to the closed stderr.
+    let quiet = "import time\ntime.sleep(30)";
+    assert_eq!(bkg_into_a_closed_pipe(&agent, &["exe", "--type", "python", "--timeout", "2s", "-c", quiet]), Some(124));
     // bkg's own one-line error, to the closed stderr.
     assert_eq!(
         bkg_into_a_closed_pipe(&agent, &["exe", Path::new("/nonexistent/x.py").to_str().unwrap_or_default()]),

@@ -182,6 +182,27 @@ fn lines_printed_one_by_one_arrive_whole_and_in_order() {
     assert!(streams == format!("{before}half\n{after}"), "{} bytes of streams", streams.len());
 }
 
+/// A `bkg exec` whose reader goes away (`| head -1`) interrupts its execution, as Ctrl-C would,
+/// instead of reading on for nobody while the execution prints forever; the session and its
+/// variables stay.
+#[test]
+fn an_execution_whose_reader_goes_away_is_interrupted() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let mut child =
+        spawn_exec(&agent, project.path(), "x = 41\nimport itertools\nfor i in itertools.count(): print(i)");
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut first).expect("the cell's output");
+    assert_eq!(first, "0\n");
+    drop(reader);
+    let output = child.wait_with_output().expect("bkg exec");
+    assert_eq!(code(&output), 130, "{}", stderr(&output));
+    assert!(stderr(&output).contains("KeyboardInterrupt"), "{}", stderr(&output));
+    let next = agent.bkg_in(project.path(), &["exec", "box", "-c", "print(x + 1)"]);
+    assert_eq!((code(&next), stdout(&next).as_str()), (0, "42\n"), "{}", stderr(&next));
+}
+
 /// Code that ignores SIGINT goes on after Ctrl-C: `bkg exec` says so, and what ends it, rather
 /// than seem to do nothing (found by a new-user trial).
 #[test]

@@ -35,6 +35,17 @@ pub enum RunInput {
     Cancel,
     /// The caller's terminal has a new size (a run on a terminal only; others ignore it).
     Resize(bkg_schema::terminal::TerminalSize),
+    /// The caller's own stdout is closed: the code's is closed too (`FrameKind::StdoutClosed`).
+    StdoutClosed,
+}
+
+/// What the caller asks of the code while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallerAsks {
+    /// To end (Ctrl-C, or the caller went away).
+    End,
+    /// To have its stdout closed.
+    CloseStdout,
 }
 
 /// What a run reports while it goes on.
@@ -181,7 +192,7 @@ impl Engine {
             None
         };
 
-        let (cancel_tx, cancel_rx) = mpsc::channel::<()>(1);
+        let (cancel_tx, cancel_rx) = mpsc::channel::<CallerAsks>(2);
         let sink = match &terminal {
             Some(master) => StdinSink::Terminal(master.clone()),
             None => StdinSink::Pipe(sandbox.stdin.take()),
@@ -524,7 +535,7 @@ async fn feed_stdin(
     preset: Option<Vec<u8>>,
     early: Vec<RunInput>,
     mut input: mpsc::Receiver<RunInput>,
-    cancel: mpsc::Sender<()>,
+    cancel: mpsc::Sender<CallerAsks>,
 ) {
     if let Some(bytes) = preset {
         sink.write(&bytes).await;
@@ -546,8 +557,11 @@ async fn feed_stdin(
             RunInput::StdinEnd => sink.end(),
             RunInput::Resize(size) => sink.resize(size),
             RunInput::Cancel => {
-                let _ = cancel.send(()).await;
+                let _ = cancel.send(CallerAsks::End).await;
                 return;
+            }
+            RunInput::StdoutClosed => {
+                let _ = cancel.send(CallerAsks::CloseStdout).await;
             }
         }
     }
@@ -673,7 +687,7 @@ struct Watch<'a> {
     timeout: Duration,
     pids_hits_before: u64,
     stop: &'a RunTracker,
-    cancel: mpsc::Receiver<()>,
+    cancel: mpsc::Receiver<CallerAsks>,
     /// Turns true when the agent shuts down and its grace for runs is over.
     must_end: tokio::sync::watch::Receiver<bool>,
     /// Turns true when the agent begins to stop: the code is asked to end (SIGTERM).
@@ -835,7 +849,14 @@ impl Watch<'_> {
                     false => kill_for = Some(KilledBy::Cancelled),
                 },
                 // The caller's Ctrl-C (or its going away) asks, as `bkg stop` does.
-                Some(()) = self.cancel.recv(), if phase == Phase::Running => self.ask_to_end(&mut watched, grace.as_mut()),
+                Some(asks) = self.cancel.recv(), if phase == Phase::Running => match asks {
+                    CallerAsks::End => self.ask_to_end(&mut watched, grace.as_mut()),
+                    CallerAsks::CloseStdout if stdout_open => match self.sandbox.close_stdout() {
+                        Ok(()) => stdout_open = false,
+                        Err(error) => tracing::warn!(%error, "could not close a run's stdout"),
+                    },
+                    CallerAsks::CloseStdout => {}
+                },
                 () = &mut grace, if phase == Phase::Running && watched.killed_by == Some(KilledBy::Cancelled) => {
                     kill_for = Some(KilledBy::Cancelled);
                 }

@@ -324,6 +324,16 @@ impl PreparedSandbox {
         }
     }
 
+    /// Closes the agent's end of the code's stdout, the only reader it has: the code's next write
+    /// to it fails (EPIPE, SIGPIPE), as in a pipeline whose reader went away. What is read from
+    /// `stdout` after is an end of file.
+    pub fn close_stdout(&mut self) -> Result<(), EngineError> {
+        let (ended, writer) = nonblocking_pipe()?;
+        drop(writer);
+        self.stdout = pipe::Receiver::from_owned_fd(set_nonblocking(ended)?).map_err(EngineError::io("stdout pipe"))?;
+        Ok(())
+    }
+
     /// What the sandbox's disk holds now, seen from the agent through pid 1's root: the code may
     /// free space again before it exits, so the end report alone can miss a full disk, and a run
     /// the agent ends itself gets no end report.

@@ -229,6 +229,7 @@ where
                 FrameKind::Stdin => RunInput::Stdin(payload),
                 FrameKind::StdinEnd => RunInput::StdinEnd,
                 FrameKind::Cancel => RunInput::Cancel,
+                FrameKind::StdoutClosed => RunInput::StdoutClosed,
                 other => {
                     let _ = input_tx.send(RunInput::Cancel).await;
                     return Some(format!(
