@@ -335,7 +335,10 @@ pub fn describe(info: &AgentInfo) -> String {
                     0 => String::new(),
                     limit => format!(" of {}", format_size(limit)),
                 };
-                format!("generation {generation} · pid {pid} · memory {}{limit}", format_size(zygote.memory_bytes))
+                format!(
+                    "serving: generation {generation} · pid {pid} · memory {}{limit}",
+                    format_size(zygote.memory_bytes)
+                )
             }
             (state, ..) => {
                 let state = serde_json::to_value(state).ok().and_then(|value| value.as_str().map(str::to_owned));

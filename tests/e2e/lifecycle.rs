@@ -337,7 +337,7 @@ fn warm_python_runs_are_forks_of_the_zygote_which_a_new_generation_replaces() {
     let command = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the zygote's command line");
     assert!(command.starts_with(b"/usr/bin/python3\0-c\0"), "{}", String::from_utf8_lossy(&command));
     let text = stdout(&agent.bkg().args(["agent", "status"]).output().expect("bkg agent status"));
-    assert!(text.contains("zygote     generation 1 · pid "), "{text}");
+    assert!(text.contains("zygote     serving: generation 1 · pid "), "{text}");
     // In a cgroup of its own beneath the agent's, which bounds its memory (`--zygote-memory`).
     assert_eq!(zygote["memory_limit_bytes"].as_u64(), Some(64 << 20), "{info}");
     assert!(text.contains(" of 64MiB · "), "{text}");
