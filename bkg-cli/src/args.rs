@@ -1040,6 +1040,9 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) =>
         {
+            if let Some(said) = code_after_exec_name(&error) {
+                return Err(said);
+            }
             return Err(match without_environment(unbuilt).try_get_matches_from(&given) {
                 Err(plain) if plain.kind() == error.kind() => plain,
                 _ => error,
@@ -1052,6 +1055,24 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
         Err(error) => return Err(error),
     };
     T::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
+}
+
+/// `bkg exec NAME 'print(1)'`, code after the name as `docker exec` takes its command: one line
+/// with the two ways to give it, instead of clap's "unexpected argument" and usage block (found by
+/// a new-user trial).
+fn code_after_exec_name(error: &clap::Error) -> Option<clap::Error> {
+    use clap::error::{ContextKind, ContextValue};
+    let in_exec = matches!(error.get(ContextKind::Usage), Some(ContextValue::StyledStr(usage))
+        if usage.to_string().contains("bkg exec "));
+    let positional =
+        matches!(error.get(ContextKind::InvalidArg), Some(ContextValue::String(arg)) if !arg.starts_with('-'));
+    (error.kind() == ErrorKind::UnknownArgument && in_exec && positional).then(|| {
+        clap::Error::raw(
+            ErrorKind::UnknownArgument,
+            "the code goes after -c (`bkg exec NAME -c 'print(1)'`) or on stdin (`bkg exec NAME < cell.py`), \
+             not after the sandbox's name\n",
+        )
+    })
 }
 
 /// `bkg exe tool.py --help` asks the script for its help, as `python3 tool.py --help` does (found

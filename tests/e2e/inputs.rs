@@ -82,6 +82,21 @@ fn a_negative_count_is_one_line_that_says_what_the_flag_takes() {
     }
 }
 
+/// Code after a session's sandbox name, as `docker exec` takes its command, is one line with the
+/// two ways to give it (found by a new-user trial: clap's "unexpected argument" and usage).
+#[test]
+fn code_after_the_name_of_bkg_exec_says_where_code_goes() {
+    for args in [&["exec", "box", "print(1)"][..], &["exec", "box", "-c", "x = 1", "extra"]] {
+        let output = std::process::Command::new(bkg_tests::bkg_bin())
+            .args(args)
+            .env("BKG_SOCKET", "/nonexistent/agent.sock")
+            .env("BKG_NO_AUTOSTART", "1")
+            .output()
+            .expect("bkg");
+        assert_one_line_error(&output, 125, "the code goes after -c (`bkg exec NAME -c 'print(1)'`) or on stdin");
+    }
+}
+
 /// A secret's name is checked before its value is asked for: typed in (on a terminal, unshown)
 /// only to hear the name was wrong, or refused as empty when the name was what was wrong
 /// (found by a new-user trial: `bkg secrets set bad-name </dev/null` said the value was empty).
