@@ -192,19 +192,19 @@ impl Engine {
             None
         };
 
-        let (cancel_tx, cancel_rx) = mpsc::channel::<CallerAsks>(2);
+        let (asks_tx, asks_rx) = mpsc::channel::<CallerAsks>(2);
         let sink = match &terminal {
             Some(master) => StdinSink::Terminal(master.clone()),
             None => StdinSink::Pipe(sandbox.stdin.take()),
         };
-        let stdin_task = tokio::spawn(feed_stdin(sink, run.stdin, early_input, input, cancel_tx));
+        let stdin_task = tokio::spawn(feed_stdin(sink, run.stdin, early_input, input, asks_tx));
         let mut watched = Watch {
             sandbox: &mut sandbox,
             started,
             timeout: timeout_of(&run.limits),
             pids_hits_before: before.pids_limit_hits,
             stop: &tracker,
-            cancel: cancel_rx,
+            caller_asks: asks_rx,
             must_end,
             closing,
             output: &output,
@@ -529,13 +529,13 @@ impl StdinSink {
 }
 
 /// Writes stdin for the code in its own task (a script that never reads must not stall the run)
-/// and turns the caller's cancellation into a signal for the run.
+/// and passes on what the caller asks of the run (its end, its stdout closed).
 async fn feed_stdin(
     mut sink: StdinSink,
     preset: Option<Vec<u8>>,
     early: Vec<RunInput>,
     mut input: mpsc::Receiver<RunInput>,
-    cancel: mpsc::Sender<CallerAsks>,
+    caller_asks: mpsc::Sender<CallerAsks>,
 ) {
     if let Some(bytes) = preset {
         sink.write(&bytes).await;
@@ -557,11 +557,11 @@ async fn feed_stdin(
             RunInput::StdinEnd => sink.end(),
             RunInput::Resize(size) => sink.resize(size),
             RunInput::Cancel => {
-                let _ = cancel.send(CallerAsks::End).await;
+                let _ = caller_asks.send(CallerAsks::End).await;
                 return;
             }
             RunInput::StdoutClosed => {
-                let _ = cancel.send(CallerAsks::CloseStdout).await;
+                let _ = caller_asks.send(CallerAsks::CloseStdout).await;
             }
         }
     }
@@ -687,7 +687,7 @@ struct Watch<'a> {
     timeout: Duration,
     pids_hits_before: u64,
     stop: &'a RunTracker,
-    cancel: mpsc::Receiver<CallerAsks>,
+    caller_asks: mpsc::Receiver<CallerAsks>,
     /// Turns true when the agent shuts down and its grace for runs is over.
     must_end: tokio::sync::watch::Receiver<bool>,
     /// Turns true when the agent begins to stop: the code is asked to end (SIGTERM).
@@ -849,7 +849,7 @@ impl Watch<'_> {
                     false => kill_for = Some(KilledBy::Cancelled),
                 },
                 // The caller's Ctrl-C (or its going away) asks, as `bkg stop` does.
-                Some(asks) = self.cancel.recv(), if phase == Phase::Running => match asks {
+                Some(asks) = self.caller_asks.recv(), if phase == Phase::Running => match asks {
                     CallerAsks::End => self.ask_to_end(&mut watched, grace.as_mut()),
                     CallerAsks::CloseStdout if stdout_open => match self.sandbox.close_stdout() {
                         Ok(()) => stdout_open = false,
