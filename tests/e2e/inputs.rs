@@ -11,6 +11,17 @@ fn assert_one_line_error(output: &std::process::Output, expected_code: i32, need
     assert!(!err.contains("panicked"), "got: {err}");
 }
 
+/// `bkg ARGS` with no agent to reach and an empty stdin: for what bkg refuses before it asks one.
+fn bkg_without_an_agent(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bkg_tests::bkg_bin())
+        .args(args)
+        .env("BKG_SOCKET", "/nonexistent/agent.sock")
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bkg")
+}
+
 /// Files too big to travel in one request are refused before anything is sent, with the way
 /// that has no such limit.
 #[test]
@@ -72,12 +83,7 @@ fn a_negative_count_is_one_line_that_says_what_the_flag_takes() {
         (&["watch", "--count", "-3"][..], "--count: `-3`"),
         (&["logs", "web", "-n", "ten"][..], "--tail: `ten`"),
     ] {
-        let output = std::process::Command::new(bkg_tests::bkg_bin())
-            .args(args)
-            .env("BKG_SOCKET", "/nonexistent/agent.sock")
-            .env("BKG_NO_AUTOSTART", "1")
-            .output()
-            .expect("bkg");
+        let output = bkg_without_an_agent(args);
         assert_one_line_error(&output, 125, &format!("{flag} is not a whole number of 0 or more"));
     }
 }
@@ -87,12 +93,7 @@ fn a_negative_count_is_one_line_that_says_what_the_flag_takes() {
 #[test]
 fn code_after_the_name_of_bkg_exec_says_where_code_goes() {
     for args in [&["exec", "box", "print(1)"][..], &["exec", "box", "-c", "x = 1", "extra"]] {
-        let output = std::process::Command::new(bkg_tests::bkg_bin())
-            .args(args)
-            .env("BKG_SOCKET", "/nonexistent/agent.sock")
-            .env("BKG_NO_AUTOSTART", "1")
-            .output()
-            .expect("bkg");
+        let output = bkg_without_an_agent(args);
         assert_one_line_error(&output, 125, "the code goes after -c (`bkg exec NAME -c 'print(1)'`) or on stdin");
     }
 }
@@ -102,13 +103,7 @@ fn code_after_the_name_of_bkg_exec_says_where_code_goes() {
 /// (found by a new-user trial: `bkg secrets set bad-name </dev/null` said the value was empty).
 #[test]
 fn a_bad_secret_name_is_said_before_the_value_is_read() {
-    let output = std::process::Command::new(bkg_tests::bkg_bin())
-        .args(["secrets", "set", "bad-name"])
-        .env("BKG_SOCKET", "/nonexistent/agent.sock")
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("bkg");
+    let output = bkg_without_an_agent(&["secrets", "set", "bad-name"]);
     assert_one_line_error(&output, 125, "secret name `bad-name` must be an environment variable name");
 }
 
