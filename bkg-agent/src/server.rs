@@ -55,6 +55,12 @@ const OPEN_ROUTES: [&str; 2] = ["/api/v1/auth/login", "/api/v1/auth/keys/rotated
 /// A route a TCP client may read without a key: health probes of load balancers and kubelets.
 const PROBE_ROUTE: &str = "/healthz";
 
+/// Output queued for a streaming caller is written together, up to about this many bytes: a run's
+/// frames (server/runs.rs) and a session's event lines (server/sessions.rs). Code that prints line
+/// by line (`PYTHONUNBUFFERED`) would otherwise cost the agent a write, and its caller a read, per
+/// line.
+const GATHERED_BYTES: usize = 256 << 10;
+
 /// The `Retry-After` of a request refused because the body budget is spent: bodies in flight
 /// drain within seconds.
 const BODY_RETRY_AFTER_SECONDS: u64 = 1;

@@ -90,7 +90,7 @@ pub async fn run_keeping_out_dir(
         })
         .await?;
     let (reader, writer) = tokio::io::split(upgraded);
-    // The agent writes the frames it has queued at once (bkg-agent/src/server/runs.rs,
+    // The agent writes the frames it has queued at once (bkg-agent/src/server.rs,
     // `GATHERED_BYTES`): read so, a script's output printed line by line costs one read for
     // many frames, not two per frame.
     let mut reader = tokio::io::BufReader::with_capacity(256 << 10, reader);

@@ -168,11 +168,6 @@ pub async fn cancel_run(
 /// long has stopped reading: its connection is closed (the run itself never waits on it).
 const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Frames queued together are written together, up to about this many bytes: a script that
-/// prints line by line (`PYTHONUNBUFFERED`) would otherwise cost the agent two writes, and its
-/// caller two reads, per line.
-const GATHERED_BYTES: usize = 256 << 10;
-
 /// `payload` as one frame at the end of `frames`.
 fn push_frame(frames: &mut Vec<u8>, kind: FrameKind, payload: &[u8]) -> std::io::Result<()> {
     frames.extend_from_slice(&frame::encode_header(kind, payload.len()).map_err(std::io::Error::other)?);
@@ -254,7 +249,7 @@ where
         let mut frames = Vec::new();
         let mut gathered = push_output(&mut frames, event);
         while gathered.is_ok()
-            && frames.len() < GATHERED_BYTES
+            && frames.len() < super::GATHERED_BYTES
             && let Ok(next) = output_rx.try_recv()
         {
             gathered = push_output(&mut frames, next);

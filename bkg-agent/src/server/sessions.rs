@@ -111,16 +111,14 @@ pub async fn execute(
 ) -> ApiResult<Response> {
     let ExecuteRequest { code } = input::json(request.into_body(), MAX_BODY_BYTES).await?;
     let events = state.service.execute_in_session(&principal, &id, &name, code).await?;
-    // The events queued together go out as one piece of the body, up to about this many bytes:
-    // a piece each costs a write, and its caller a read, per event.
-    const GATHERED_BYTES: usize = 256 << 10;
+    // The events queued together go out as one piece of the body.
     let lines = futures_util::stream::unfold(events, |mut events| async move {
         let mut lines = Vec::new();
         let mut next = Some(events.recv().await?);
         while let Some(event) = next {
             lines.extend(serde_json::to_vec(&event).unwrap_or_default());
             lines.push(b'\n');
-            next = match lines.len() < GATHERED_BYTES {
+            next = match lines.len() < super::GATHERED_BYTES {
                 true => events.try_recv(),
                 false => None,
             };
