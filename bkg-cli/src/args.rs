@@ -1063,7 +1063,7 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
 fn code_after_exec_name(error: &clap::Error) -> Option<clap::Error> {
     use clap::error::{ContextKind, ContextValue};
     let in_exec = matches!(error.get(ContextKind::Usage), Some(ContextValue::StyledStr(usage))
-        if usage.to_string().contains("bkg exec "));
+        if usage.to_string().contains(" exec "));
     let positional =
         matches!(error.get(ContextKind::InvalidArg), Some(ContextValue::String(arg)) if !arg.starts_with('-'));
     (error.kind() == ErrorKind::UnknownArgument && in_exec && positional).then(|| {

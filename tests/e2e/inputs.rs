@@ -96,6 +96,18 @@ fn code_after_the_name_of_bkg_exec_says_where_code_goes() {
         let output = bkg_without_an_agent(args);
         assert_one_line_error(&output, 125, "the code goes after -c (`bkg exec NAME -c 'print(1)'`) or on stdin");
     }
+    // Installed under another name: clap's usage names the binary as it was called.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let renamed = dir.path().join("bkg-renamed");
+    std::os::unix::fs::symlink(bkg_tests::bkg_bin(), &renamed).expect("symlink");
+    let output = std::process::Command::new(&renamed)
+        .args(["exec", "box", "print(1)"])
+        .env("BKG_SOCKET", "/nonexistent/agent.sock")
+        .env("BKG_NO_AUTOSTART", "1")
+        .output()
+        .expect("bkg-renamed");
+    assert_eq!(code(&output), 125, "{}", stderr(&output));
+    assert!(stderr(&output).contains("the code goes after -c"), "{}", stderr(&output));
 }
 
 /// A secret's name is checked before its value is asked for: typed in (on a terminal, unshown)
