@@ -90,6 +90,30 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     assert_eq!(stdout(&rerun), "7\n", "stderr: {}", stderr(&rerun));
 }
 
+/// A temporary sandbox's disk is mounted without write barriers (its files never need to
+/// survive a crash, and its code's `fsync` must not flush the host's disk); a persistent
+/// sandbox's keeps them. Read from the mount table the code itself sees.
+#[test]
+fn only_a_persistent_sandbox_s_disk_flushes_the_host_s_disk() {
+    const WORKSPACE_MOUNT: &str = "print([line.split(' - ')[1].strip() for line in open('/proc/self/mountinfo') if line.split()[4] == '/workspace'])";
+    let agent = Agent::start();
+    let temporary = agent.exe(&["-t", "python", "-c", WORKSPACE_MOUNT]);
+    assert_eq!(code(&temporary), 0, "{}", stderr(&temporary));
+    let options = stdout(&temporary);
+    assert!(options.contains("ext4") && options.contains("nobarrier"), "bkg exe's /workspace: {options}");
+
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
+    write(&dir.join("mounts.py"), &format!("{WORKSPACE_MOUNT}\n"));
+    let add = agent.bkg_in(dir, &["add", "api", "--type", "python", "--script", "start=python /project/mounts.py"]);
+    assert_eq!(code(&add), 0, "add: {}", stderr(&add));
+    let persistent = agent.bkgr(dir, &["api"]);
+    assert_eq!(code(&persistent), 0, "{}", stderr(&persistent));
+    let options = stdout(&persistent);
+    assert!(options.contains("ext4") && !options.contains("nobarrier"), "a project sandbox's /workspace: {options}");
+}
+
 /// Polls `check` until it holds, for up to 30 s, and fails with what it last saw otherwise.
 fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

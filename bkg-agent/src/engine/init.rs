@@ -382,7 +382,10 @@ fn build_root(plan: &SandboxPlan, idmaps: &IdmapNamespaces) -> Result<PathBuf, S
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
         // The image's inode tables were left unwritten by mkfs (lazy_itable_init); without
         // this the kernel would start zeroing them in the background, megabytes per sandbox.
-        Some("noinit_itable"),
+        Some(match plan.disk_barriers {
+            true => "noinit_itable",
+            false => "noinit_itable,nobarrier",
+        }),
     )
     .stage("mount disk image")?;
     let disk_device = device.path.clone();

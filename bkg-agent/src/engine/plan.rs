@@ -267,6 +267,14 @@ pub struct SandboxPlan {
     pub disk_image: PathBuf,
     /// Host path where the disk image is mounted before its directories are bound in.
     pub disk_mount_dir: PathBuf,
+    /// Whether the disk's filesystem sends write barriers (cache flushes) down to the host's
+    /// disk: only a persistent sandbox's, whose files must survive a crash of the host. A
+    /// temporary sandbox's disk is emptied after its run whatever happens, so each flush it
+    /// sent (two as it is mounted and unmounted, one per `fsync` of its code) made the run
+    /// wait for the host's disk for nothing (docs/testing.md, "Temporary disks without write
+    /// barriers"), and let code flush the host's disk as often as it liked.
+    #[serde(default = "barriers_by_default")]
+    pub disk_barriers: bool,
     pub hostname: String,
     pub ids: HostIds,
     pub cgroup_joins: Vec<PathBuf>,
@@ -284,6 +292,11 @@ pub struct SandboxPlan {
     /// The zygote's socket (engine/zygote.rs), whose fork becomes the prestarted interpreter.
     #[serde(default)]
     pub zygote: Option<PathBuf>,
+}
+
+/// A plan that does not say keeps the filesystem's safe default.
+fn barriers_by_default() -> bool {
+    true
 }
 
 /// What the host offers, discovered once; kept apart so the plan is a pure function of it.
@@ -421,6 +434,7 @@ impl SandboxPlan {
             root_tmpfs_bytes: ROOT_TMPFS_BYTES,
             disk_image: inputs.disk_image,
             disk_mount_dir: inputs.run_dir.join(RUN_DIR_DISK),
+            disk_barriers: inputs.project.is_some(),
             hostname: inputs.hostname,
             ids: inputs.ids,
             cgroup_joins: inputs.cgroup_joins,
@@ -662,6 +676,28 @@ mod tests {
             plan.steps.iter().position(|step| matches!(step, MountStep::DiskDir { name, .. } if name == "workspace"));
         assert!(project.is_some() && mask > project && volume > workspace && workspace.is_some(), "{:#?}", plan.steps);
         assert_eq!(plan.disk_image, PathBuf::from("/srv/app/.bkg/sandboxes/api/disk.img"));
+    }
+
+    #[test]
+    fn only_a_persistent_sandbox_s_disk_sends_write_barriers_to_the_host() {
+        assert!(!plan().disk_barriers, "a temporary disk is emptied after its run whatever happens");
+        let mut inputs = plan_inputs();
+        inputs.project = Some(ProjectMounts {
+            dir: "/srv/app".into(),
+            owner: ALICE,
+            state_dir: "/srv/app/.bkg".into(),
+            volumes: Vec::new(),
+        });
+        assert!(
+            SandboxPlan::new(&debian_host(), inputs).disk_barriers,
+            "a persistent disk's files must survive a crash"
+        );
+        let mut sent = serde_json::to_value(plan()).expect("plan as JSON");
+        if let Some(fields) = sent.as_object_mut() {
+            fields.remove("disk_barriers");
+        }
+        let read: SandboxPlan = serde_json::from_value(sent).expect("a plan that does not say");
+        assert!(read.disk_barriers, "a plan that does not say keeps the barriers");
     }
 
     const ALICE: Owner = Owner { uid: 1234, gid: 1235 };
