@@ -331,3 +331,68 @@ fn a_disk_the_host_has_no_room_for_is_refused_when_made() {
     assert_eq!(code(&fits), 0, "{}", stderr(&fits));
     assert_eq!(stdout(&fits), "wrote\n");
 }
+
+/// The bytes free on the filesystem holding `path` (`stat -f`: free blocks for an unprivileged
+/// writer times their size).
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let output = Command::new("stat").args(["-f", "--format=%a %S"]).arg(path).output().expect("stat -f");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut numbers = text.split_whitespace().map(|word| word.parse::<u64>().expect("a number from stat -f"));
+    numbers.next().expect("free blocks") * numbers.next().expect("block size")
+}
+
+/// An emptied image kept for the next sandbox of its size holds its reserved blocks: a disk
+/// the host has no room for beside it is made once more after the kept images are deleted
+/// (`DiskTemplates::with_host_room`), not refused. The state directory is a 64 MiB ext4 of the
+/// agent's own mount namespace (a tmpfs cannot empty an image, so none would be kept), seen
+/// from here through the agent's /proc root.
+#[test]
+fn a_disk_that_fits_only_without_the_kept_images_is_made_after_they_go() {
+    const MIB: u64 = 1024 * 1024;
+    let mut agent = Agent::unstarted();
+    let image = agent.dir.path().join("state.ext4");
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^has_journal", "-m", "0"])
+        .arg(&image)
+        .arg("64M")
+        .output()
+        .expect("mkfs.ext4");
+    assert!(made.status.success(), "{}", stderr(&made));
+    let state = agent.state_dir.display();
+    let script = format!("mount -o loop {} {state} && chmod 0700 {state} && exec \"$0\" \"$@\"", image.display());
+    agent.spawn(&AgentOptions {
+        warm_pool: 0,
+        extra_args: ["--disk-budget", "1GiB"].map(String::from).to_vec(),
+        wrapper: ["unshare", "--mount", "--propagation", "private", "sh", "-c", &script].map(String::from).to_vec(),
+        ..AgentOptions::default()
+    });
+    let state = std::path::PathBuf::from(format!("/proc/{}/root", agent.pid()))
+        .join(agent.state_dir.strip_prefix("/").expect("an absolute state directory"));
+    let first = agent.exe(&["--disk", "20MiB", "--type", "python", "-c", "print('first')"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    // Its image is emptied and kept (for 10 s) once its sandbox is disposed of, after the result.
+    let templates = state.join("disk-templates");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let kept = loop {
+        let spares: Vec<_> = std::fs::read_dir(&templates)
+            .map(|entries| entries.flatten().map(|entry| entry.path()))
+            .into_iter()
+            .flatten()
+            .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("spare-")))
+            .collect();
+        if let [kept] = spares.as_slice() {
+            break kept.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no kept image in {}: {spares:?}", templates.display());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let free = free_bytes(&state);
+    assert!(
+        free < 48 * MIB,
+        "{free} bytes free: a 48MiB disk would fit beside the kept image, the test proves nothing"
+    );
+    let second = agent.exe(&["--disk", "48MiB", "--type", "python", "-c", "print('second')"]);
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert_eq!(stdout(&second), "second\n");
+    assert!(!kept.exists(), "the kept image was deleted to make room: {}", kept.display());
+}
