@@ -175,6 +175,7 @@ pub struct Engine {
     /// whose start costs a sandbox less than the agent's own 25 MB (docs/testing.md). Without
     /// it each init is the agent's binary again.
     sandbox_init: Option<std::path::PathBuf>,
+    init_spawner: sandbox::InitSpawner,
     host: HostLayout,
     cgroups: Box<dyn CgroupDriver>,
     disks: Arc<disk::DiskTemplates>,
@@ -290,8 +291,10 @@ impl Engine {
                  agent's own binary again, which costs every sandbox more"
             );
         }
+        let init_spawner = sandbox::InitSpawner::start()?;
         let engine = Arc::new(Self {
             sandbox_init,
+            init_spawner,
             host: HostLayout::discover(),
             cgroups,
             disks,

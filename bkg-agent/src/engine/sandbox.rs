@@ -207,7 +207,7 @@ impl PreparedSandbox {
         }
         let started_ahead = plan.prestart.as_ref().map(|prestart| prestart.language);
         let zygote = plan.zygote.clone();
-        let spawned = spawn_init(plan, engine.sandbox_init.as_deref()).await;
+        let spawned = spawn_init(plan, engine.sandbox_init.as_deref(), &engine.init_spawner).await;
         if let Some(language) = language {
             engine.prepared(language);
         }
@@ -447,7 +447,11 @@ struct Spawned {
 
 /// Starts a sandbox's init (engine/init.rs) as `init_program` (`Engine::sandbox_init`), or as
 /// the agent's own binary again (`bkg-agent __sandbox-init`) without one.
-async fn spawn_init(plan: SandboxPlan, init_program: Option<&Path>) -> Result<Spawned, EngineError> {
+async fn spawn_init(
+    plan: SandboxPlan,
+    init_program: Option<&Path>,
+    spawner: &InitSpawner,
+) -> Result<Spawned, EngineError> {
     let (stdin_read, stdin_write) = nonblocking_pipe()?;
     let (stdout_read, stdout_write) = nonblocking_pipe()?;
     let (stderr_read, stderr_write) = nonblocking_pipe()?;
@@ -477,13 +481,7 @@ async fn spawn_init(plan: SandboxPlan, init_program: Option<&Path>) -> Result<Sp
         .stdin(Stdio::from(OwnedFd::from(init_end)))
         .stdout(Stdio::from(stdout_write))
         .stderr(Stdio::from(stderr_write));
-    // Spawned from a runtime worker, which lives as long as the agent: the init's parent-death
-    // signal follows the thread that started it, so a blocking-pool thread (gone after 10 s
-    // idle) would take the sandbox with it.
-    let mut init = tokio::process::Command::from(command)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(EngineError::io("start the sandbox init"))?;
+    let mut init = spawner.spawn(command).await.map_err(EngineError::io("start the sandbox init"))?;
     // A few KiB into an empty socket buffer: this does not block.
     let sent =
         control::write_with_fd_blocking(&mut agent_end, &ToInit::Prepare(Box::new(plan)), stdin_read.as_raw_fd());
@@ -534,6 +532,46 @@ async fn spawn_init(plan: SandboxPlan, init_program: Option<&Path>) -> Result<Sp
     let stderr =
         pipe::Receiver::from_owned_fd(set_nonblocking(stderr_read)?).map_err(EngineError::io("stderr pipe"))?;
     Ok(Spawned { pid_one, disk_device, control, stdin, stdout, stderr })
+}
+
+/// Starts sandbox inits on a thread of its own. The standard library starts one by
+/// posix_spawn, whose caller waits (uninterruptibly, as for vfork) until the child has exec'd,
+/// about a millisecond: on a runtime worker that was a millisecond of one of the agent's few
+/// workers taken from runs going on for every sandbox prepared (docs/testing.md, "Sandbox inits
+/// started off the runtime's workers"). The thread lives as long as the agent, as the init's
+/// parent-death signal follows the thread that started it: a blocking-pool thread (gone after
+/// 10 s idle) would take its sandboxes with it.
+pub(super) struct InitSpawner {
+    requests: std::sync::mpsc::Sender<SpawnRequest>,
+}
+
+type SpawnRequest = (std::process::Command, tokio::sync::oneshot::Sender<std::io::Result<tokio::process::Child>>);
+
+impl InitSpawner {
+    /// Starts the thread; the runtime it enters (the caller's) reaps what it starts.
+    pub(super) fn start() -> Result<Self, EngineError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|error| EngineError::io("start the sandbox spawner thread")(std::io::Error::other(error)))?;
+        let (requests, received) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("sandbox-spawner".into())
+            .spawn(move || {
+                let _entered = runtime.enter();
+                // Ends when the engine, and with it the sender, is gone.
+                while let Ok((command, reply)) = received.recv() {
+                    let _ = reply.send(tokio::process::Command::from(command).kill_on_drop(true).spawn());
+                }
+            })
+            .map_err(EngineError::io("start the sandbox spawner thread"))?;
+        Ok(Self { requests })
+    }
+
+    async fn spawn(&self, command: std::process::Command) -> std::io::Result<tokio::process::Child> {
+        let (reply, spawned) = tokio::sync::oneshot::channel();
+        let gone = || std::io::Error::other("the sandbox spawner thread has ended");
+        self.requests.send((command, reply)).map_err(|_| gone())?;
+        spawned.await.map_err(|_| gone())?
+    }
 }
 
 fn set_nonblocking(fd: OwnedFd) -> Result<OwnedFd, EngineError> {
