@@ -688,3 +688,15 @@ pub fn spawn_with_stdout_unread(
     std::thread::sleep(Duration::from_secs(1));
     (child, unread)
 }
+
+/// Polls `check` until it holds, for up to 30 s, and fails with what it last saw otherwise.
+pub fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(seen) if Instant::now() > deadline => panic!("{what}: last saw {seen}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

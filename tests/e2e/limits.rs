@@ -1,7 +1,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bkg_tests::{Agent, AgentOptions, code, stderr, stdout};
+use bkg_tests::{Agent, AgentOptions, code, eventually, stderr, stdout};
 
 #[test]
 fn timeout_ends_the_run_with_124() {
@@ -306,15 +306,7 @@ fn maxima_below_the_defaults_lower_them_and_a_disk_beyond_the_budget_is_refused_
 /// the loop device while the run reported success.
 #[test]
 fn a_disk_the_host_has_no_room_for_is_refused_when_made() {
-    let mut agent = Agent::unstarted();
-    let script =
-        format!("mount -t tmpfs -o size=64M,mode=0700 tmpfs {} && exec \"$0\" \"$@\"", agent.state_dir.display());
-    agent.spawn(&AgentOptions {
-        warm_pool: 0,
-        extra_args: ["--disk-budget", "1GiB"].map(String::from).to_vec(),
-        wrapper: ["unshare", "--mount", "--propagation", "private", "sh", "-c", &script].map(String::from).to_vec(),
-        ..AgentOptions::default()
-    });
+    let agent = agent_with_a_small_state_dir(|state| format!("mount -t tmpfs -o size=64M,mode=0700 tmpfs {state}"));
     let write = "open('/workspace/f', 'wb').write(b'x' * 80_000_000); print('wrote')";
     let refused = agent.exe(&["--disk", "100MiB", "--type", "python", "-c", write]);
     assert_eq!(code(&refused), 125, "{}", stderr(&refused));
@@ -330,6 +322,21 @@ fn a_disk_the_host_has_no_room_for_is_refused_when_made() {
     ]);
     assert_eq!(code(&fits), 0, "{}", stderr(&fits));
     assert_eq!(stdout(&fits), "wrote\n");
+}
+
+/// An agent without a pool whose state directory is a small filesystem of its own mount
+/// namespace, mounted by the shell command `mount` gives for the directory (a budget of 1 GiB
+/// lets it ask for more than the filesystem holds).
+fn agent_with_a_small_state_dir(mount: impl FnOnce(&str) -> String) -> Agent {
+    let mut agent = Agent::unstarted();
+    let script = format!("{} && exec \"$0\" \"$@\"", mount(&agent.state_dir.display().to_string()));
+    agent.spawn(&AgentOptions {
+        warm_pool: 0,
+        extra_args: ["--disk-budget", "1GiB"].map(String::from).to_vec(),
+        wrapper: ["unshare", "--mount", "--propagation", "private", "sh", "-c", &script].map(String::from).to_vec(),
+        ..AgentOptions::default()
+    });
+    agent
 }
 
 /// The bytes free on the filesystem holding `path` (`stat -f`: free blocks for an unprivileged
@@ -349,22 +356,16 @@ fn free_bytes(path: &std::path::Path) -> u64 {
 #[test]
 fn a_disk_that_fits_only_without_the_kept_images_is_made_after_they_go() {
     const MIB: u64 = 1024 * 1024;
-    let mut agent = Agent::unstarted();
-    let image = agent.dir.path().join("state.ext4");
+    let image = tempfile::NamedTempFile::new().expect("an image file");
     let made = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-O", "^has_journal", "-m", "0"])
-        .arg(&image)
+        .arg(image.path())
         .arg("64M")
         .output()
         .expect("mkfs.ext4");
     assert!(made.status.success(), "{}", stderr(&made));
-    let state = agent.state_dir.display();
-    let script = format!("mount -o loop {} {state} && chmod 0700 {state} && exec \"$0\" \"$@\"", image.display());
-    agent.spawn(&AgentOptions {
-        warm_pool: 0,
-        extra_args: ["--disk-budget", "1GiB"].map(String::from).to_vec(),
-        wrapper: ["unshare", "--mount", "--propagation", "private", "sh", "-c", &script].map(String::from).to_vec(),
-        ..AgentOptions::default()
+    let agent = agent_with_a_small_state_dir(|state| {
+        format!("mount -o loop {} {state} && chmod 0700 {state}", image.path().display())
     });
     let state = std::path::PathBuf::from(format!("/proc/{}/root", agent.pid()))
         .join(agent.state_dir.strip_prefix("/").expect("an absolute state directory"));
@@ -372,20 +373,18 @@ fn a_disk_that_fits_only_without_the_kept_images_is_made_after_they_go() {
     assert_eq!(code(&first), 0, "{}", stderr(&first));
     // Its image is emptied and kept (for 10 s) once its sandbox is disposed of, after the result.
     let templates = state.join("disk-templates");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let kept = loop {
+    let kept = eventually("one image kept", || {
         let spares: Vec<_> = std::fs::read_dir(&templates)
             .map(|entries| entries.flatten().map(|entry| entry.path()))
             .into_iter()
             .flatten()
             .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("spare-")))
             .collect();
-        if let [kept] = spares.as_slice() {
-            break kept.clone();
+        match spares.as_slice() {
+            [kept] => Ok(kept.clone()),
+            _ => Err(format!("{spares:?} in {}", templates.display())),
         }
-        assert!(std::time::Instant::now() < deadline, "no kept image in {}: {spares:?}", templates.display());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     let free = free_bytes(&state);
     assert!(
         free < 48 * MIB,

@@ -5,7 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use bkg_tests::{Agent, code, stderr, stdout};
+use bkg_tests::{Agent, code, eventually, stderr, stdout};
 
 fn write(path: &Path, text: &str) {
     if let Some(parent) = path.parent() {
@@ -112,18 +112,6 @@ fn only_a_persistent_sandbox_s_disk_flushes_the_host_s_disk() {
     assert_eq!(code(&persistent), 0, "{}", stderr(&persistent));
     let options = stdout(&persistent);
     assert!(options.contains("ext4") && !options.contains("nobarrier"), "a project sandbox's /workspace: {options}");
-}
-
-/// Polls `check` until it holds, for up to 30 s, and fails with what it last saw otherwise.
-fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(seen) if std::time::Instant::now() > deadline => panic!("{what}: last saw {seen}"),
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
-        }
-    }
 }
 
 /// cave.yaml kept as a link to a file elsewhere (a dotfiles repository), with a group of its
