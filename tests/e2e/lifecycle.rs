@@ -3,7 +3,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bkg_tests::{
-    Agent, AgentOptions, cgroup_dirs_named, code, examples_dir, run_cgroups_in, stat_fields, stderr, stdout,
+    Agent, AgentOptions, cgroup_dirs_named, code, eventually, examples_dir, run_cgroups_in, stat_fields, stderr, stdout,
 };
 
 #[test]
@@ -624,6 +624,61 @@ fn without_a_warm_pool_a_stopped_zygote_does_not_fail_the_run() {
     run();
     let after = &agent.status_json()["zygote"];
     assert_ne!(after["generation"].as_u64(), generation, "the stopped zygote was not replaced: {after}");
+}
+
+/// Pid 1 asks the zygote for its fork before it builds the sandbox's root, and the fork waits
+/// for the root (engine/init.rs, `AskedZygote`): a root that cannot be built fails the run at
+/// its step, ends the waiting fork with the sandbox (no cgroup of the run stays), and leaves
+/// the zygote serving the next run, the same generation. The root fails here on its disk: the
+/// emptied image kept for the next sandbox of its size (engine/disk.rs, `recycle`) is
+/// overwritten with zeros, so the next run's disk has no file system to mount.
+#[test]
+fn a_root_that_cannot_be_built_ends_the_zygote_s_waiting_fork_and_the_zygote_serves_on() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let run = || agent.exe(&["-t", "python", "-c", "print('ran')"]);
+    let ran = |output: &std::process::Output| {
+        assert_eq!((code(output), stdout(output).as_str()), (0, "ran\n"), "{}", stderr(output));
+    };
+    ran(&run());
+    let generation = eventually("a zygote serving", || {
+        let zygote = &agent.status_json()["zygote"];
+        zygote["generation"].as_u64().filter(|_| zygote["state"] == "serving").ok_or_else(|| zygote.to_string())
+    });
+    ran(&run());
+    let templates = agent.state_dir.join("disk-templates");
+    let kept = eventually("an emptied image kept", || {
+        let spares: Vec<_> = std::fs::read_dir(&templates)
+            .map(|entries| entries.flatten().map(|entry| entry.path()))
+            .into_iter()
+            .flatten()
+            .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("spare-")))
+            .collect();
+        match spares.as_slice() {
+            [kept] => Ok(kept.clone()),
+            _ => Err(format!("{spares:?} in {}", templates.display())),
+        }
+    });
+    let image = std::fs::OpenOptions::new().write(true).open(kept.join("disk.img")).expect("open the kept image");
+    std::os::unix::fs::FileExt::write_all_at(&image, &[0u8; 64 * 1024], 0).expect("zero the image's first blocks");
+    drop(image);
+
+    let runs_before = agent.status_json()["zygote_runs"].as_u64();
+    let failed = run();
+    assert_ne!(code(&failed), 0, "a run on a disk without a file system ran: {}", stdout(&failed));
+    assert!(stderr(&failed).contains("mount disk image"), "{}", stderr(&failed));
+    eventually("no cgroup of the failed run", || {
+        let left: Vec<_> = cgroup_dirs_named(&agent.cgroup_dir)
+            .iter()
+            .flat_map(|dir| run_cgroups_in(dir))
+            .filter(|dir| !dir.file_name().is_some_and(|name| name.to_string_lossy().starts_with("zygote-")))
+            .collect();
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+
+    ran(&run());
+    let status = agent.status_json();
+    assert_eq!(status["zygote_runs"].as_u64(), runs_before.map(|runs| runs + 1), "{status}");
+    assert_eq!(status["zygote"]["generation"].as_u64(), Some(generation), "the zygote was replaced: {status}");
 }
 
 /// Runs of both languages, one after another: the pool's sandboxes start the interpreters the

@@ -212,6 +212,12 @@ fn pid_one(
     control: &mut UnixStream,
 ) -> Result<(), StageError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).stage("set parent-death signal")?;
+    // Asked before the root is built, which the zygote's fork waits for (`AskedZygote`); a
+    // zygote that cannot be asked leaves pid 1 to start the interpreter itself.
+    let asked = match (&plan.prestart, zygote) {
+        (Some(_), Some(connection)) => AskedZygote::ask(plan, connection).ok(),
+        _ => None,
+    };
     let disk_device = build_root(plan, &idmaps)?;
     drop(idmaps);
     nix::unistd::sethostname(&plan.hostname).stage("set hostname")?;
@@ -219,7 +225,7 @@ fn pid_one(
     // Compiled while the sandbox waits in the pool, not once the caller is waiting.
     let seccomp = seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
     let prestarted = match &plan.prestart {
-        Some(prestart) => match prestart_code(plan, prestart, seccomp.clone(), zygote) {
+        Some(prestart) => match prestart_code(plan, prestart, seccomp.clone(), asked) {
             Ok(prestarted) => Some(prestarted),
             Err(error) if error.stage == ZYGOTE_SILENT => return Err(error),
             // A sandbox whose interpreter cannot be started ahead still serves: its run starts cold.
@@ -800,7 +806,7 @@ fn run_code(plan: &SandboxPlan, launch: Launch, control: &mut UnixStream) -> Res
         Some(size) => Some(open_terminal(plan, size, control)?),
         None => None,
     };
-    match start_code(plan, &launch, terminal, Origin::Fork)? {
+    match start_code(plan, &launch, terminal)? {
         Started::Running { pid, listener } => {
             // The code holds the stdio pipes now; ours would keep them open past its end.
             redirect_stdio_to_null();
@@ -824,132 +830,99 @@ enum Started {
     ExecFailed(i32),
 }
 
-/// How long pid 1 waits for the zygote's fork to say its pid (it takes about a millisecond).
-const ZYGOTE_ANSWER_MS: libc::c_int = 5000;
-/// The stage of a preparation that failed because the zygote did not answer in time; the agent
-/// replaces that zygote (engine/zygote.rs, `keep`).
-pub const ZYGOTE_SILENT: &str = "wait for the zygote";
-
-/// Where the code's process comes from: a fork of pid 1 that execs the program, or a fork of
-/// the zygote (engine/zygote.rs) that is the prestarted interpreter already, over this connection.
-#[derive(Clone, Copy)]
-enum Origin<'a> {
-    Fork,
-    Zygote(&'a OwnedFd),
+/// Pid 1's ends of the pipes over which a code process being made reports until it runs; the
+/// code's ends are an `IdMapHandshake` and the write end of `exec_error`.
+struct StartingCode {
+    exec_error: OwnedFd,
+    unshared: OwnedFd,
+    mapped: OwnedFd,
+    listener: UnixStream,
 }
 
-/// Makes the code's process, which locks itself down and execs `launch` (or, made by the
-/// zygote, returns into its loader); returns once it has.
-fn start_code(
-    plan: &SandboxPlan,
-    launch: &Launch,
-    terminal: Option<OwnedFd>,
-    origin: Origin,
-) -> Result<Started, StageError> {
-    let (exec_error_read, exec_error_write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create exec-error pipe")?;
-    let (unshared_read, unshared_write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
-    let (mapped_read, mapped_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
-    // The code hands pid 1 its seccomp listener over this pair (std's are close-on-exec).
-    let (listener_read, listener_write) = UnixStream::pair().stage("create the seccomp listener's socket pair")?;
+impl StartingCode {
+    fn pipes() -> Result<(Self, IdMapHandshake, OwnedFd), StageError> {
+        let (exec_error_read, exec_error_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create exec-error pipe")?;
+        let (unshared_read, unshared_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
+        let (mapped_read, mapped_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage("create id-map pipe")?;
+        // The code hands pid 1 its seccomp listener over this pair (std's are close-on-exec).
+        let (listener_read, listener_write) = UnixStream::pair().stage("create the seccomp listener's socket pair")?;
+        let ours = Self {
+            exec_error: exec_error_read,
+            unshared: unshared_read,
+            mapped: mapped_write,
+            listener: listener_read,
+        };
+        let code = IdMapHandshake { unshared: unshared_write, mapped: mapped_read, listener: listener_write };
+        Ok((ours, code, exec_error_write))
+    }
 
-    let forked = match origin {
-        Origin::Zygote(connection) => {
-            // Pid 1's own, for the zygote's fork to enter its namespaces.
-            let pidfd = super::pidfd_open(1).stage("ask the zygote")?;
-            let [order, ready] = launch.inherit[..] else {
-                return Err(StageError::new("ask the zygote", "no order and report pipes"));
-            };
-            let request = super::zygote::ForkRequest {
-                cgroup_joins: plan.cgroup_joins.clone(),
-                background: plan.background,
-                confinement: Confinement::of(plan),
-            };
-            let fds = super::zygote::RequestFds {
-                pid_one: pidfd.as_raw_fd(),
-                stdio: [0, 1, 2],
-                order,
-                ready,
-                unshared: unshared_write.as_raw_fd(),
-                mapped: mapped_read.as_raw_fd(),
-                listener: listener_write.as_raw_fd(),
-                setup_error: exec_error_write.as_raw_fd(),
-            };
-            super::zygote::ask(connection, &request, &fds).stage("ask the zygote")?;
-            // Ours go at once: a zygote that ends without forking (its generation over, or
-            // killed) is then an end of file here, and pid 1 starts the interpreter itself.
-            drop((exec_error_write, unshared_write, mapped_read, listener_write));
-            let mut waiting = [libc::pollfd { fd: unshared_read.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-            // SAFETY: `waiting` is a valid array of one pollfd for the call.
-            if unsafe { libc::poll(waiting.as_mut_ptr(), 1, ZYGOTE_ANSWER_MS) } <= 0 {
-                // Silent (stopped, or overwhelmed): its fork may still come, so this sandbox is
-                // given up whole rather than given a second code process (`ZYGOTE_SILENT`).
-                return Err(StageError::new(ZYGOTE_SILENT, format!("no answer within {} s", ZYGOTE_ANSWER_MS / 1000)));
+    /// Maps the code's ids when it asks and waits until it has exec'd (or, a fork of the zygote,
+    /// is locked down) or failed. `forked` is the code's pid if pid 1 made it; the zygote's fork
+    /// says its own.
+    fn started(self, plan: &SandboxPlan, forked: Option<Pid>) -> Result<Started, StageError> {
+        let mapped = map_code_ids(plan, self.unshared, self.mapped);
+        let mut report = Vec::new();
+        let _ = File::from(self.exec_error).read_to_end(&mut report);
+        let code = forked.or_else(|| mapped.as_ref().ok().copied().flatten());
+        let end = |code: Option<Pid>| {
+            if let Some(code) = code {
+                reap(code);
             }
-            None
+        };
+        if let Err(error) = mapped {
+            end(code);
+            return Err(error);
         }
-        // SAFETY: pid 1 is single-threaded, so the child may run arbitrary code after fork.
-        Origin::Fork => match unsafe { fork() }.stage("fork code")? {
-            ForkResult::Child => {
-                drop(exec_error_read);
-                drop(unshared_read);
-                drop(mapped_write);
-                drop(listener_read);
-                let handshake =
-                    IdMapHandshake { unshared: unshared_write, mapped: mapped_read, listener: listener_write };
-                let error = become_code(plan, launch, &handshake, terminal.as_ref());
-                let errno = match &error {
-                    CodeError::Exec(errno) => *errno,
-                    CodeError::Setup(..) => -1,
-                };
-                let message = match error {
-                    CodeError::Exec(_) => String::new(),
-                    CodeError::Setup(stage, message) => format!("{stage}: {message}"),
-                };
-                report_start_failure(&exec_error_write, errno, &message);
-                // SAFETY: _exit ends this forked child without running the parent's atexit handlers.
-                unsafe { libc::_exit(127) }
+        if report.len() >= 4 {
+            let errno = i32::from_be_bytes([report[0], report[1], report[2], report[3]]);
+            end(code);
+            if errno >= 0 {
+                return Ok(Started::ExecFailed(errno));
             }
-            ForkResult::Parent { child } => {
-                drop((exec_error_write, unshared_write, mapped_read, listener_write));
-                Some(child)
-            }
-        },
+            let message = String::from_utf8_lossy(&report[4..]).into_owned();
+            return Err(StageError::new("start code", message));
+        }
+        let Some(pid) = code else {
+            return Err(StageError::new("start code", "the zygote's fork ended before it made the code"));
+        };
+        // The code has exec'd (or is locked down): the listener it sent, if its kernel has them, is waiting.
+        Ok(Started::Running { pid, listener: receive_listener(&self.listener) })
+    }
+}
+
+/// Forks the code's process, which locks itself down and execs `launch`; returns once it has.
+fn start_code(plan: &SandboxPlan, launch: &Launch, terminal: Option<OwnedFd>) -> Result<Started, StageError> {
+    let (ours, handshake, exec_error) = StartingCode::pipes()?;
+    // SAFETY: pid 1 is single-threaded, so the child may run arbitrary code after fork.
+    let child = match unsafe { fork() }.stage("fork code")? {
+        ForkResult::Child => {
+            drop(ours);
+            let error = become_code(plan, launch, &handshake, terminal.as_ref());
+            let errno = match &error {
+                CodeError::Exec(errno) => *errno,
+                CodeError::Setup(..) => -1,
+            };
+            let message = match error {
+                CodeError::Exec(_) => String::new(),
+                CodeError::Setup(stage, message) => format!("{stage}: {message}"),
+            };
+            report_start_failure(&exec_error, errno, &message);
+            // SAFETY: _exit ends this forked child without running the parent's atexit handlers.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => child,
     };
+    drop((handshake, exec_error));
     // The code holds the terminal now: ours would keep the agent's master from its end.
     drop(terminal);
-    let mapped = map_code_ids(plan, unshared_read, mapped_write);
-    let mut report = Vec::new();
-    let _ = File::from(exec_error_read).read_to_end(&mut report);
-    let code = forked.or_else(|| mapped.as_ref().ok().copied().flatten());
-    let end = |code: Option<Pid>| {
-        if let Some(code) = code {
-            reap(code);
-        }
-    };
-    if let Err(error) = mapped {
-        end(code);
-        return Err(error);
-    }
-    if report.len() >= 4 {
-        let errno = i32::from_be_bytes([report[0], report[1], report[2], report[3]]);
-        end(code);
-        if errno >= 0 {
-            return Ok(Started::ExecFailed(errno));
-        }
-        let message = String::from_utf8_lossy(&report[4..]).into_owned();
-        return Err(StageError::new("start code", message));
-    }
-    let Some(pid) = code else {
-        return Err(StageError::new("start code", "the zygote's fork ended before it made the code"));
-    };
-    // The code has exec'd (or is locked down): the listener it sent, if its kernel has them, is waiting.
-    Ok(Started::Running { pid, listener: receive_listener(&listener_read) })
+    ours.started(plan, Some(child))
 }
 
 /// How the code's process says on its exec-error pipe that it could not start: the errno of its
-/// exec (-1 for a step before it), then what failed; `start_code` reads it.
+/// exec (-1 for a step before it), then what failed; `StartingCode::started` reads it.
 pub(super) fn report_start_failure(pipe: &OwnedFd, errno: i32, message: &str) {
     let mut report = errno.to_be_bytes().to_vec();
     report.extend_from_slice(message.as_bytes());
@@ -1004,40 +977,28 @@ struct Given {
     from_zygote: bool,
 }
 
-/// Starts the interpreter of `prestart` as the code's process, as `run_code` would start the
-/// code, and waits until its loader says it waits for the order: a fork of the zygote if pid 1
-/// has a connection to one and it serves, else a process of its own.
+/// Starts the interpreter of `prestart` as the code's process and waits until its loader says
+/// it waits for the order: the zygote's fork pid 1 asked for, if it comes, else a process of
+/// pid 1's own, started as `run_code` starts the code.
 fn prestart_code(
     plan: &SandboxPlan,
     prestart: &super::prestart::PrestartPlan,
     seccomp: Vec<seccompiler::BpfProgram>,
-    zygote: Option<OwnedFd>,
+    asked: Option<AskedZygote>,
 ) -> Result<Prestarted, StageError> {
-    if let Some(connection) = zygote {
-        match prestart_from(plan, prestart, seccomp.clone(), Origin::Zygote(&connection)) {
+    if let Some(asked) = asked {
+        match asked.answer(plan, &seccomp) {
             Ok(prestarted) => return Ok(prestarted),
             Err(error) if error.stage == ZYGOTE_SILENT => return Err(error),
             // It said no, or ended: no fork of it can come any more.
             Err(_) => {}
         }
     }
-    prestart_from(plan, prestart, seccomp, Origin::Fork)
-}
-
-fn prestart_from(
-    plan: &SandboxPlan,
-    prestart: &super::prestart::PrestartPlan,
-    seccomp: Vec<seccompiler::BpfProgram>,
-    origin: Origin,
-) -> Result<Prestarted, StageError> {
-    let stage = "start the interpreter ahead";
+    let stage = PRESTART_STAGE;
     let (order_read, order_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
     let (order_fd, ready_fd) = (order_read.as_raw_fd(), ready_write.as_raw_fd());
-    let loader = match origin {
-        Origin::Fork => prestart.loader_file(order_fd, ready_fd),
-        Origin::Zygote(_) => None,
-    };
+    let loader = prestart.loader_file(order_fd, ready_fd);
     if let Some((path, contents)) = &loader {
         fs::write(path, contents).stage(stage)?;
     }
@@ -1045,36 +1006,119 @@ fn prestart_from(
     let mut launch = Launch::of(&argv, &prestart.start_env(), "/", None, seccomp)?;
     launch.inherit = vec![order_fd, ready_fd];
     let loader = loader.map(|(path, _)| path);
-    let started = start_code(plan, &launch, None, origin);
+    let started = start_code(plan, &launch, None);
     drop((order_read, ready_write));
-    let (pid, listener) = match started {
-        Ok(Started::Running { pid, listener }) => (pid, listener),
-        Err(error) if error.stage == ZYGOTE_SILENT => return Err(error),
-        _ => {
-            remove_loader(loader);
-            return Err(StageError::new(stage, "the interpreter could not be started"));
-        }
+    let Ok(Started::Running { pid, listener }) = started else {
+        remove_loader(loader);
+        return Err(StageError::new(stage, "the interpreter could not be started"));
     };
-    let from_zygote = matches!(origin, Origin::Zygote(_));
     let prestarted = Prestarted {
         pid,
         order: File::from(order_write),
         listener,
         policy: launch.setup.counted_seccomp,
         loader,
-        from_zygote,
+        from_zygote: false,
     };
-    let mut ready = [0u8; 1];
-    match File::from(ready_read).read(&mut ready) {
-        Ok(1) => Ok(prestarted),
-        _ => {
-            prestarted.discard();
-            Err(StageError::new(stage, "the interpreter ended before it was ready"))
+    prestarted.when_ready(ready_read)
+}
+
+const PRESTART_STAGE: &str = "start the interpreter ahead";
+
+/// How long pid 1 waits, once its root is built, for the zygote's fork to say its pid (it
+/// takes about a millisecond from there).
+const ZYGOTE_ANSWER_MS: libc::c_int = 5000;
+/// The stage of a preparation that failed because the zygote did not answer in time; the agent
+/// replaces that zygote (engine/zygote.rs, `keep`).
+pub const ZYGOTE_SILENT: &str = "wait for the zygote";
+
+/// A fork of the zygote (engine/zygote.rs) that pid 1 asked for as its prestarted code process
+/// before it built the root, so that the fork, its cgroup join and its page copies overlap the
+/// root's building. The fork waits, before it enters the sandbox's mount namespace and locks
+/// down, until `root_built` says the root is done.
+struct AskedZygote {
+    /// Held until the fork answers, so that the request is read from an open connection.
+    connection: OwnedFd,
+    ours: StartingCode,
+    order: OwnedFd,
+    ready: OwnedFd,
+    root_built: OwnedFd,
+}
+
+impl AskedZygote {
+    fn ask(plan: &SandboxPlan, connection: OwnedFd) -> Result<Self, StageError> {
+        let stage = "ask the zygote";
+        let (order_read, order_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
+        let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
+        let (root_built_read, root_built_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).stage(stage)?;
+        let (ours, handshake, exec_error) = StartingCode::pipes()?;
+        // Pid 1's own, for the zygote's fork to enter its namespaces.
+        let pidfd = super::pidfd_open(1).stage(stage)?;
+        let request = super::zygote::ForkRequest {
+            cgroup_joins: plan.cgroup_joins.clone(),
+            background: plan.background,
+            confinement: Confinement::of(plan),
+        };
+        let fds = super::zygote::RequestFds {
+            pid_one: pidfd.as_raw_fd(),
+            root_built: root_built_read.as_raw_fd(),
+            stdio: [0, 1, 2],
+            order: order_read.as_raw_fd(),
+            ready: ready_write.as_raw_fd(),
+            unshared: handshake.unshared.as_raw_fd(),
+            mapped: handshake.mapped.as_raw_fd(),
+            listener: handshake.listener.as_raw_fd(),
+            setup_error: exec_error.as_raw_fd(),
+        };
+        super::zygote::ask(&connection, &request, &fds).stage(stage)?;
+        // The fork's ends go from here at once: a zygote that ends without forking (its
+        // generation over, or killed) is then an end of file on ours.
+        Ok(Self { connection, ours, order: order_write, ready: ready_read, root_built: root_built_write })
+    }
+
+    /// Waits, the root built, until the fork is locked down and its loader waits for the order.
+    fn answer(self, plan: &SandboxPlan, seccomp: &[seccompiler::BpfProgram]) -> Result<Prestarted, StageError> {
+        let Self { connection, ours, order, ready, root_built } = self;
+        // A write to a fork that is gone fails, and its end of file below says so.
+        let _ = nix::unistd::write(&root_built, &[1]);
+        drop(root_built);
+        let mut waiting = [libc::pollfd { fd: ours.unshared.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        // SAFETY: `waiting` is a valid array of one pollfd for the call.
+        if unsafe { libc::poll(waiting.as_mut_ptr(), 1, ZYGOTE_ANSWER_MS) } <= 0 {
+            // Silent (stopped, or overwhelmed): its fork may still come, so this sandbox is
+            // given up whole rather than given a second code process (`ZYGOTE_SILENT`).
+            return Err(StageError::new(ZYGOTE_SILENT, format!("no answer within {} s", ZYGOTE_ANSWER_MS / 1000)));
         }
+        let started = ours.started(plan, None);
+        drop(connection);
+        let Ok(Started::Running { pid, listener }) = started else {
+            return Err(StageError::new(PRESTART_STAGE, "the zygote's fork could not be started"));
+        };
+        let prestarted = Prestarted {
+            pid,
+            order: File::from(order),
+            listener,
+            policy: seccomp_notify::counted(seccomp),
+            loader: None,
+            from_zygote: true,
+        };
+        prestarted.when_ready(ready)
     }
 }
 
 impl Prestarted {
+    /// Waits until the loader says on `ready` that it waits for the order; a process that ends
+    /// first is discarded.
+    fn when_ready(self, ready: OwnedFd) -> Result<Self, StageError> {
+        match File::from(ready).read(&mut [0u8; 1]) {
+            Ok(1) => Ok(self),
+            _ => {
+                self.discard();
+                Err(StageError::new(PRESTART_STAGE, "the interpreter ended before it was ready"))
+            }
+        }
+    }
+
     /// Gives the process `order` (pid 1 has placed its files and pinned its own CPUs); on
     /// failure the process is handed back, to be discarded.
     fn give(mut self, plan: &SandboxPlan, order: &GoOrder) -> Result<Given, Self> {

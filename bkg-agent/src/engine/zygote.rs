@@ -5,10 +5,13 @@
 //! what its forks share is in docs/security.md ("The zygote").
 //!
 //! A pool sandbox's pid 1 asks for its code process over a connection that its outer init made
-//! to the zygote's socket (engine/init.rs, `start_code`). The zygote forks (A); A joins the
-//! run's cgroups and pid 1's namespaces and forks (B, inside the sandbox's pid namespace, at a
-//! pid out of turn); B forks the code (C, pid 2 there, as a cold run's code is) and exits, so C is orphaned inside
-//! the sandbox and adopted by pid 1, its parent as in a cold run. C locks itself down exactly
+//! to the zygote's socket (engine/init.rs, `AskedZygote`), as it starts, before it builds the
+//! sandbox's root. The zygote forks (A); A joins the run's cgroups and pid 1's namespaces but
+//! the mount one and forks (B, inside the sandbox's pid namespace, at a pid out of turn); B
+//! forks the code (C, pid 2 there, as a cold run's code is) and exits, so C is orphaned inside
+//! the sandbox and adopted by pid 1, its parent as in a cold run. C copies the pages it shares
+//! with the zygote, waits until pid 1 says the root is built, enters the mount namespace,
+//! whose root is then the sandbox's, and locks itself down exactly
 //! as a code process forked by pid 1 does (`init::lock_down`), moves its order and report pipes
 //! to [`ORDER_FD`] and [`READY_FD`], and returns into the loader (prestart.py), which reports
 //! and waits for its order. The zygote itself reads no order: only what a sandbox's lock-down
@@ -21,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bkg_schema::units::format_size;
+use nix::sched::CloneFlags;
 use nix::sys::socket::{self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
@@ -62,6 +66,9 @@ pub(super) struct ForkRequest {
 pub(super) struct RequestFds {
     /// A pidfd of pid 1, whose namespaces the code joins.
     pub pid_one: RawFd,
+    /// Pid 1 writes a byte here once the sandbox's root is built (it asks before it builds it,
+    /// engine/init.rs `AskedZygote`); its end of file without one means it never will be.
+    pub root_built: RawFd,
     pub stdio: [RawFd; 3],
     pub order: RawFd,
     pub ready: RawFd,
@@ -74,13 +81,14 @@ pub(super) struct RequestFds {
     pub setup_error: RawFd,
 }
 
-const FD_COUNT: usize = 10;
+const FD_COUNT: usize = 11;
 
 impl RequestFds {
     fn all(&self) -> [RawFd; FD_COUNT] {
         let [stdin, stdout, stderr] = self.stdio;
         [
             self.pid_one,
+            self.root_built,
             stdin,
             stdout,
             stderr,
@@ -97,6 +105,7 @@ impl RequestFds {
 /// The received descriptors, in [`RequestFds`]'s order.
 struct Received {
     pid_one: OwnedFd,
+    root_built: OwnedFd,
     stdio: [OwnedFd; 3],
     order: OwnedFd,
     ready: OwnedFd,
@@ -106,10 +115,11 @@ struct Received {
 
 impl Received {
     fn of(fds: Vec<OwnedFd>) -> Option<Self> {
-        let [pid_one, stdin, stdout, stderr, order, ready, unshared, mapped, listener, setup_error]: [OwnedFd;
+        let [pid_one, root_built, stdin, stdout, stderr, order, ready, unshared, mapped, listener, setup_error]: [OwnedFd;
             FD_COUNT] = fds.try_into().ok()?;
         Some(Self {
             pid_one,
+            root_built,
             stdio: [stdin, stdout, stderr],
             order,
             ready,
@@ -317,11 +327,9 @@ fn become_code(request: &[u8], received: Received, setup: &CodeSetup) -> ForkedC
     {
         fail(&received.setup_error, "lower priority", error.to_string());
     }
-    let namespaces = SANDBOX_NAMESPACES | nix::sched::CloneFlags::CLONE_NEWPID;
-    // SAFETY: setns takes a descriptor and flags, no pointer.
-    if unsafe { libc::setns(received.pid_one.as_raw_fd(), namespaces.bits()) } != 0 {
-        fail(&received.setup_error, "enter the sandbox", std::io::Error::last_os_error().to_string());
-    }
+    // All but the mount namespace, which the code enters once the root is built (below).
+    let namespaces = SANDBOX_NAMESPACES.difference(CloneFlags::CLONE_NEWNS) | CloneFlags::CLONE_NEWPID;
+    enter(&received, namespaces, "enter the sandbox");
     // The pid namespace holds for children only: B is the first process made inside.
     match fork_as(BRIDGE_PID) {
         Err(error) => fail(&received.setup_error, "fork into the sandbox", error.to_string()),
@@ -349,15 +357,32 @@ fn become_code(request: &[u8], received: Received, setup: &CodeSetup) -> ForkedC
             fail(&received.setup_error, "take the sandbox's stdio", std::io::Error::last_os_error().to_string());
         }
     }
-    let Received { pid_one, stdio, order, ready, handshake, setup_error } = received;
-    drop((pid_one, stdio));
+    // Done while pid 1 may still be building the root.
     own_writable_pages();
+    match nix::unistd::read(&received.root_built, &mut [0u8; 1]) {
+        Ok(1) => {}
+        _ => fail(&received.setup_error, "wait for the sandbox's root", "pid 1 did not build it".into()),
+    }
+    // Only now: entered while pid 1 was between its `pivot_root` and the old root's detach, this
+    // process would keep the host's root as its own (the kernel moves the roots of processes at
+    // the old root when it pivots, and this one would have come after).
+    enter(&received, CloneFlags::CLONE_NEWNS, "enter the sandbox's root");
+    let Received { pid_one, root_built, stdio, order, ready, handshake, setup_error } = received;
+    drop((pid_one, root_built, stdio));
     if let Err((stage, message)) = lock_down(&request.confinement, setup, &handshake, None) {
         fail(&setup_error, stage, message);
     }
     // The end of this pipe with nothing in it tells pid 1 the code is locked down.
     drop((handshake, setup_error));
     ForkedCode { order, ready }
+}
+
+/// Enters pid 1's `namespaces` (its pidfd's), or reports `stage` failed and ends the process.
+fn enter(received: &Received, namespaces: CloneFlags, stage: &str) {
+    // SAFETY: setns takes a descriptor and flags, no pointer.
+    if unsafe { libc::setns(received.pid_one.as_raw_fd(), namespaces.bits()) } != 0 {
+        fail(&received.setup_error, stage, std::io::Error::last_os_error().to_string());
+    }
 }
 
 /// Copies now, while the sandbox waits in the pool (and into its cgroup), every page this fork
