@@ -689,6 +689,24 @@ pub fn spawn_with_stdout_unread(
     (child, unread)
 }
 
+/// The one emptied disk kept for the next sandbox of its size in `templates` (the state
+/// directory's `disk-templates`, engine/disk.rs `recycle`), once it is there: a temporary
+/// sandbox's disk is kept only after its result, as it is disposed of.
+pub fn the_kept_disk(templates: &Path) -> PathBuf {
+    eventually("one emptied disk kept", || {
+        let spares: Vec<_> = std::fs::read_dir(templates)
+            .map(|entries| entries.flatten().map(|entry| entry.path()))
+            .into_iter()
+            .flatten()
+            .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("spare-")))
+            .collect();
+        match spares.as_slice() {
+            [kept] => Ok(kept.clone()),
+            _ => Err(format!("{spares:?} in {}", templates.display())),
+        }
+    })
+}
+
 /// Polls `check` until it holds, for up to 30 s, and fails with what it last saw otherwise.
 pub fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -3,7 +3,8 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bkg_tests::{
-    Agent, AgentOptions, cgroup_dirs_named, code, eventually, examples_dir, run_cgroups_in, stat_fields, stderr, stdout,
+    Agent, AgentOptions, cgroup_dirs_named, code, eventually, examples_dir, run_cgroups_in, stat_fields, stderr,
+    stdout, the_kept_disk,
 };
 
 #[test]
@@ -646,18 +647,7 @@ fn a_root_that_cannot_be_built_ends_the_zygote_s_waiting_fork_and_the_zygote_ser
     });
     ran(&run());
     let templates = agent.state_dir.join("disk-templates");
-    let kept = eventually("an emptied image kept", || {
-        let spares: Vec<_> = std::fs::read_dir(&templates)
-            .map(|entries| entries.flatten().map(|entry| entry.path()))
-            .into_iter()
-            .flatten()
-            .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("spare-")))
-            .collect();
-        match spares.as_slice() {
-            [kept] => Ok(kept.clone()),
-            _ => Err(format!("{spares:?} in {}", templates.display())),
-        }
-    });
+    let kept = the_kept_disk(&templates);
     let image = std::fs::OpenOptions::new().write(true).open(kept.join("disk.img")).expect("open the kept image");
     std::os::unix::fs::FileExt::write_all_at(&image, &[0u8; 64 * 1024], 0).expect("zero the image's first blocks");
     drop(image);

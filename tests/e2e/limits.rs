@@ -1,7 +1,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bkg_tests::{Agent, AgentOptions, code, eventually, stderr, stdout};
+use bkg_tests::{Agent, AgentOptions, code, stderr, stdout, the_kept_disk};
 
 #[test]
 fn timeout_ends_the_run_with_124() {
@@ -373,18 +373,7 @@ fn a_disk_that_fits_only_without_the_kept_images_is_made_after_they_go() {
     assert_eq!(code(&first), 0, "{}", stderr(&first));
     // Its image is emptied and kept (for 10 s) once its sandbox is disposed of, after the result.
     let templates = state.join("disk-templates");
-    let kept = eventually("one image kept", || {
-        let spares: Vec<_> = std::fs::read_dir(&templates)
-            .map(|entries| entries.flatten().map(|entry| entry.path()))
-            .into_iter()
-            .flatten()
-            .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("spare-")))
-            .collect();
-        match spares.as_slice() {
-            [kept] => Ok(kept.clone()),
-            _ => Err(format!("{spares:?} in {}", templates.display())),
-        }
-    });
+    let kept = the_kept_disk(&templates);
     let free = free_bytes(&state);
     assert!(
         free < 48 * MIB,
