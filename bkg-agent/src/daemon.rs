@@ -895,11 +895,19 @@ async fn serve(
     });
     if let Some(group) = &api.local.socket_group {
         tracing::info!(group = %group.name, "members of the socket's group use the agent as themselves");
+        use std::os::unix::fs::MetadataExt;
+        // Members pass through a directory open to others, or through one of their group's that
+        // lets its group through (found by a new-user trial: 0710 root:GROUP was warned about).
+        let passes = |meta: &std::fs::Metadata| {
+            meta.mode() & 0o001 != 0 || (meta.gid() == group.gid && meta.mode() & 0o010 != 0)
+        };
         let parent = socket.parent().and_then(|parent| std::fs::metadata(parent).ok());
-        if parent.is_some_and(|meta| std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o001 == 0) {
+        if parent.is_some_and(|meta| !passes(&meta)) {
             tracing::warn!(
                 socket = %socket.display(),
-                "the socket's directory is closed to others: the group's members cannot reach the socket (chmod 755 it)"
+                "the socket's directory is closed to the group's members: they cannot reach the socket (chmod 755 \
+                 it, or chgrp {} it and chmod 710 it)",
+                group.name
             );
         }
     }

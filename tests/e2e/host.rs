@@ -101,6 +101,7 @@ fn start_with_socket_group(
     socket: &std::path::Path,
     group: &str,
     uids: &bkg_tests::UidRange,
+    log: std::process::Stdio,
 ) -> std::process::Child {
     let mut agent = Command::new(bin_dir().join("bkg-agent"))
         .arg("--foreground")
@@ -112,7 +113,7 @@ fn start_with_socket_group(
         .arg(format!("bkg-test-socket-group-{group}-{}", std::process::id()))
         .args(["--warm-pool", "0", "--socket-group", group, "--uid-base", &uids.base.to_string()])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start bkg-agent");
     until_it_answers(&mut agent, socket);
@@ -127,13 +128,54 @@ fn the_directories_made_for_a_group_socket_let_the_group_through() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("pub/sub/agent.sock");
     let uids = bkg_tests::UidRange::reserve();
-    let agent = start_with_socket_group(dir.path(), &socket, "daemon", &uids);
+    let agent = start_with_socket_group(dir.path(), &socket, "daemon", &uids, std::process::Stdio::null());
     use std::os::unix::fs::PermissionsExt;
     let mode = |path: &std::path::Path| std::fs::metadata(path).expect("made").permissions().mode() & 0o777;
     let modes = (mode(&dir.path().join("pub")), mode(&dir.path().join("pub/sub")), mode(&socket));
     let stopped = stop(agent);
     assert_eq!(modes, (0o755, 0o755, 0o660));
     assert!(stopped.success(), "{stopped}");
+}
+
+/// The agent warns that the socket's group cannot reach the socket only when its directory keeps
+/// them out: one of their group that lets its group through (0710 root:GROUP) does not, and a
+/// member's run goes through it (found by a new-user trial: it was warned about all the same);
+/// one closed to all but root (0700) does.
+#[test]
+fn the_socket_directory_is_said_to_keep_the_group_out_only_when_it_does() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOGROUP: u32 = 65534;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    for (mode, kept_out) in [(0o710, false), (0o700, true)] {
+        let socket_dir = dir.path().join(format!("run-{mode:o}"));
+        std::fs::create_dir(&socket_dir).expect("mkdir");
+        std::os::unix::fs::chown(&socket_dir, None, Some(NOGROUP)).expect("chgrp nogroup");
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let socket = socket_dir.join("agent.sock");
+        let log_path = dir.path().join(format!("agent-{mode:o}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let uids = bkg_tests::UidRange::reserve();
+        let agent = start_with_socket_group(dir.path(), &socket, "nogroup", &uids, log.into());
+        // nobody, whose group is nogroup.
+        let run = Command::new(bin_dir().join("bkg"))
+            .args(["exe", "--type", "python", "-c", "print('ran')"])
+            .env("BKG_SOCKET", &socket)
+            .env("BKG_NO_AUTOSTART", "1")
+            .current_dir(dir.path())
+            .uid(65534)
+            .gid(NOGROUP)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("bkg exe");
+        let stopped = stop(agent);
+        assert!(stopped.success(), "{stopped}");
+        let said = std::fs::read_to_string(&log_path).expect("the agent's log");
+        let warned = said.contains("the socket's directory is closed to");
+        assert_eq!(warned, kept_out, "mode {mode:o}: {said}");
+        assert_eq!(code(&run) == 0, !kept_out, "mode {mode:o}: {}", stderr(&run));
+    }
 }
 
 /// A project directory the user cannot look into is said to be that, not a directory without a
@@ -150,7 +192,7 @@ fn a_project_directory_the_user_cannot_enter_is_named_as_such() {
     std::fs::write(project.join("cave.yaml"), "version: 1\nsandboxes:\n  api:\n    type: python\n").expect("cave.yaml");
     let socket = dir.path().join("run/agent.sock");
     let uids = bkg_tests::UidRange::reserve();
-    let agent = start_with_socket_group(dir.path(), &socket, "nogroup", &uids);
+    let agent = start_with_socket_group(dir.path(), &socket, "nogroup", &uids, std::process::Stdio::null());
     // nobody, whose group is nogroup: a local user of this agent.
     let status = Command::new(bin_dir().join("bkg"))
         .args(["status", "api", "-C"])
