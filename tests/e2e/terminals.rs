@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bkg_tests::{Agent, code, stderr};
+use bkg_tests::{Agent, AgentOptions, code, eventually, stderr, stdout};
 
 /// How long any one expected piece of output may take before the test gives up (it fails
 /// rather than hangs; nothing is measured against it).
@@ -179,6 +179,35 @@ fn bkg_exe_tty_runs_a_script_on_a_terminal() {
     terminal.type_in("ada\r");
     terminal.expect("hello ADA");
     assert_eq!(terminal.exit_code(), 3, "bkg exits with the script's code");
+}
+
+/// Without a pool, a terminal run's sandbox starts no interpreter ahead: it could not take one
+/// (its code needs the terminal from its start), so a fork of the zygote would only be thrown
+/// away, and the code would start as pid 3 instead of 2 (found by a new-user trial).
+#[test]
+fn without_a_pool_a_terminal_run_takes_no_fork_of_the_zygote_and_its_code_is_pid_2() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let dir = tempfile::tempdir().expect("dir");
+    let first = agent.exe(&["-t", "python", "-c", "pass"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    eventually("a zygote serving", || {
+        let zygote = &agent.status_json()["zygote"];
+        if zygote["state"] == "serving" { Ok(()) } else { Err(zygote.to_string()) }
+    });
+    let forked = || agent.status_json()["zygote_runs"].as_u64();
+    let before = forked();
+    let mut terminal = OnTerminal::spawn(in_project(
+        &agent,
+        dir.path(),
+        &["exe", "--tty", "-t", "python", "-c", "import os, sys; print('pid', os.getpid(), sys.stdout.isatty())"],
+    ));
+    terminal.expect("pid 2 True");
+    assert_eq!(terminal.exit_code(), 0);
+    assert_eq!(forked(), before, "{}", agent.status_json());
+    // A run that can take the zygote's fork still does.
+    let piped = agent.exe(&["-t", "python", "-c", "import os; print('pid', os.getpid())"]);
+    assert_eq!((code(&piped), stdout(&piped).as_str()), (0, "pid 2\n"), "{}", stderr(&piped));
+    assert_eq!(forked(), before.map(|runs| runs + 1), "{}", agent.status_json());
 }
 
 /// `bkg shell NAME -- PROGRAM ARGS…`: each word reaches the program as it was given (spaces,

@@ -575,13 +575,15 @@ impl Engine {
     }
 
     /// A prepared sandbox with room for `disk_bytes`: from the warm pool when it fits and the run
-    /// adds nothing to the common root, else new.
+    /// adds nothing to the common root, else new. `order` is the run's, which a sandbox prepared
+    /// for it starts an interpreter ahead for only if it can take it (`PrestartPlan::fits`).
     pub async fn claim(
         self: &Arc<Self>,
         language: bkg_schema::Language,
         disk_bytes: u64,
         persistent: Option<&sandbox::PersistentDisk>,
         additions: &plan::Additions,
+        order: &control::GoOrder,
     ) -> Result<PreparedSandbox, EngineError> {
         if persistent.is_some() || !additions.is_empty() {
             return PreparedSandbox::prepare(self, disk_bytes, persistent, additions).await;
@@ -602,10 +604,13 @@ impl Engine {
                 return self.first_prepared(self.pool.wait_for_next(), language, disk_bytes).await;
             }
             // No pool: the run's sandbox is prepared now, and a Python run's interpreter is a
-            // fork of the zygote once one serves (the first runs start their own meanwhile).
+            // fork of the zygote once one serves (the first runs start their own meanwhile),
+            // unless the run could not take it (a terminal's, say), which would only throw the
+            // fork away and start its code as pid 3 (found by a new-user trial).
             if language == bkg_schema::Language::Python {
                 self.start_zygote_keeper();
-                if self.zygote_socket().is_some() {
+                let takes_it = self.prestart_plan(language).is_ok_and(|prestart| prestart.fits(order));
+                if takes_it && self.zygote_socket().is_some() {
                     return self.prepare_for_waiting_run(disk_bytes, language).await;
                 }
             }

@@ -116,7 +116,8 @@ impl Engine {
             Some(disk) => Some(self.hold_disk(&disk.image).await?),
             None => None,
         };
-        let mut sandbox = self.claim(run.language, run.limits.disk_bytes, persistent, &run.additions).await?;
+        let mut sandbox =
+            self.claim(run.language, run.limits.disk_bytes, persistent, &run.additions, &run.order).await?;
         sandbox.keep_disk_hold(disk_hold);
         tracker.set_holds_sandbox(true);
         // Held until the run ends: the install sandbox's way to its package index.
