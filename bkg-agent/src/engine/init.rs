@@ -214,7 +214,7 @@ fn pid_one(
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).stage("set parent-death signal")?;
     // Asked before the root is built, which the zygote's fork waits for (`AskedZygote`); a
     // zygote that cannot be asked leaves pid 1 to start the interpreter itself.
-    let asked = match (&plan.prestart, zygote) {
+    let mut asked = match (&plan.prestart, zygote) {
         (Some(_), Some(connection)) => AskedZygote::ask(plan, connection).ok(),
         _ => None,
     };
@@ -222,6 +222,10 @@ fn pid_one(
     drop(idmaps);
     nix::unistd::sethostname(&plan.hostname).stage("set hostname")?;
     bring_up_loopback().stage("bring up loopback")?;
+    // The fork locks down while the filter is compiled.
+    if let Some(asked) = asked.as_mut() {
+        asked.root_is_built();
+    }
     // Compiled while the sandbox waits in the pool, not once the caller is waiting.
     let seccomp = seccomp::compile(&seccomp::sandbox_policy()).stage("compile seccomp filter")?;
     let prestarted = match &plan.prestart {
@@ -1042,7 +1046,8 @@ struct AskedZygote {
     ours: StartingCode,
     order: OwnedFd,
     ready: OwnedFd,
-    root_built: OwnedFd,
+    /// Until `root_is_built`.
+    root_built: Option<OwnedFd>,
 }
 
 impl AskedZygote {
@@ -1073,15 +1078,21 @@ impl AskedZygote {
         super::zygote::ask(&connection, &request, &fds).stage(stage)?;
         // The fork's ends go from here at once: a zygote that ends without forking (its
         // generation over, or killed) is then an end of file on ours.
-        Ok(Self { connection, ours, order: order_write, ready: ready_read, root_built: root_built_write })
+        Ok(Self { connection, ours, order: order_write, ready: ready_read, root_built: Some(root_built_write) })
+    }
+
+    /// Tells the fork that the root is built.
+    fn root_is_built(&mut self) {
+        if let Some(root_built) = self.root_built.take() {
+            // A write to a fork that is gone fails, and its end of file in `answer` says so.
+            let _ = nix::unistd::write(&root_built, &[1]);
+        }
     }
 
     /// Waits, the root built, until the fork is locked down and its loader waits for the order.
-    fn answer(self, plan: &SandboxPlan, seccomp: &[seccompiler::BpfProgram]) -> Result<Prestarted, StageError> {
-        let Self { connection, ours, order, ready, root_built } = self;
-        // A write to a fork that is gone fails, and its end of file below says so.
-        let _ = nix::unistd::write(&root_built, &[1]);
-        drop(root_built);
+    fn answer(mut self, plan: &SandboxPlan, seccomp: &[seccompiler::BpfProgram]) -> Result<Prestarted, StageError> {
+        self.root_is_built();
+        let Self { connection, ours, order, ready, root_built: _ } = self;
         let mut waiting = [libc::pollfd { fd: ours.unshared.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
         // SAFETY: `waiting` is a valid array of one pollfd for the call.
         if unsafe { libc::poll(waiting.as_mut_ptr(), 1, ZYGOTE_ANSWER_MS) } <= 0 {
