@@ -62,7 +62,7 @@ pub enum Command {
     Cp(CpArgs),
     /// Run code in a session of a persistent sandbox: its variables, imports and cwd stay from one execution to the next.
     #[command(after_help = "Exit codes: 0 the code ran; 1 it raised (the traceback is on stderr) or its interpreter \
-ended; 130 interrupted; 137 its interpreter was killed at the memory or process limit, 124 at the time limit; 125 bkg \
+ended; 130 interrupted (143, 129 on SIGTERM, SIGHUP); 137 its interpreter was killed at the memory or process limit, 124 at the time limit; 125 bkg \
 failed.")]
     Exec(ExecArgs),
     /// An interactive Python or Node prompt in a session of a persistent sandbox, with history.

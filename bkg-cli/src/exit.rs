@@ -68,7 +68,10 @@ pub fn of_runs(codes: &[i32]) -> i32 {
 pub fn of_execution(status: ExecutionStatus, killed_by: Option<KilledBy>) -> i32 {
     match (status, killed_by) {
         (ExecutionStatus::Ok, _) => SUCCESS,
-        (ExecutionStatus::Interrupted, _) => CANCELLED,
+        // Interrupted on the SIGTERM or SIGHUP bkg got: 143 or 129, as `bkg exe` cancelled on one.
+        (ExecutionStatus::Interrupted, _) => {
+            crate::stream::cancelled_by_signal().map_or(CANCELLED, |signal| SIGNALLED + signal)
+        }
         (ExecutionStatus::Died, Some(killed_by)) if killed_by != KilledBy::Disk => {
             of_run_end(Some(killed_by), None, None)
         }

@@ -13,6 +13,7 @@ use crate::client::{AgentClient, api_error};
 use crate::exit::{CliError, SUCCESS};
 use crate::out::{Printer, WriterThread};
 use crate::settings::Settings;
+use crate::stream::StopSignals;
 
 /// The session `name` of sandbox `id`, made if it does not exist yet (then `true`). An existing
 /// session of another language than `language` is refused: its interpreter would run the code
@@ -95,7 +96,10 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
             info.language.as_str()
         ));
     }
-    let Some((ended, _)) = execute(&client, &id, session, &code, settings.out).await? else {
+    // One registration for the whole execution: a `ctrl_c()` made anew each turn of the loop
+    // misses a Ctrl-C that comes while output is being printed.
+    let signals = StopSignals::listen()?;
+    let Some((ended, _)) = execute(&client, &id, session, &code, signals, settings.out).await? else {
         return Err(CliError::usage(format!(
             "session {session} of {} ended before the code reached it (`bkg stop`, or the agent restarted): run it again, in a fresh session",
             args.name
@@ -133,13 +137,14 @@ async fn restart(settings: &Settings, args: &ExecArgs, client: AgentClient, id: 
 /// How an execution ended: its status and, when its interpreter died, what killed it.
 type Ended = (ExecutionStatus, Option<bkg_schema::KilledBy>);
 
-/// Runs `code` in the session and prints its events as they come; Ctrl-C interrupts it. Says
-/// too whether its printed output ended mid-line.
+/// Runs `code` in the session and prints its events as they come; Ctrl-C (each of `interrupts`)
+/// interrupts it. Says too whether its printed output ended mid-line.
 async fn execute(
     client: &AgentClient,
     id: &str,
     session: &str,
     code: &str,
+    mut interrupts: StopSignals,
     out: Printer,
 ) -> Result<Option<(Ended, bool)>, CliError> {
     let path = format!("/api/v1/sandboxes/{id}/sessions/{session}/execute");
@@ -156,10 +161,10 @@ async fn execute(
     let mut stream = response.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
     let mut mid_line = false;
-    // One registration for the whole execution: a `ctrl_c()` made anew each turn of the loop
-    // misses a Ctrl-C that comes while output is being printed.
-    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|error| CliError::internal(format!("cannot watch for Ctrl-C: {error}")))?;
+    // SIGTERM or SIGHUP, when heard (`timeout`, a service manager, a closed terminal), interrupts
+    // the execution as Ctrl-C does, but bkg then waits for its end only as long as a Ctrl-C's
+    // note waits (was: bkg died at once and the execution went on, holding the session).
+    let mut terminated_by: Option<i32> = None;
     use futures_util::StreamExt as _;
     // The events are shown on a thread of their own (out::WriterThread): Ctrl-C is heard while
     // the output waits for a reader that takes none (`| less`).
@@ -197,7 +202,10 @@ async fn execute(
         // one gets the next.
         let chunk = tokio::select! {
             chunk = stream.next() => chunk,
-            _ = interrupts.recv() => {
+            Some(signal) = interrupts.next() => {
+                if signal != libc::SIGINT {
+                    stop_on(signal, &mut terminated_by, out);
+                }
                 let room = shown.takes_more();
                 interrupt(still_going.as_mut(), &mut said_unread, room).await;
                 continue;
@@ -214,6 +222,9 @@ async fn execute(
                     "the execution goes on after the interrupt (its code may catch or ignore SIGINT): `{restart}` ends \
                      the session's interpreter, and its variables with it"
                 ));
+                if let Some(signal) = terminated_by {
+                    std::process::exit(crate::exit::SIGNALLED + signal);
+                }
                 continue;
             }
         };
@@ -267,7 +278,12 @@ async fn execute(
                 let room = loop {
                     tokio::select! {
                         room = shown.room(&event) => break room,
-                        _ = interrupts.recv() => interrupt(still_going.as_mut(), &mut said_unread, false).await,
+                        Some(signal) = interrupts.next() => {
+                            if signal != libc::SIGINT {
+                                stop_on(signal, &mut terminated_by, out);
+                            }
+                            interrupt(still_going.as_mut(), &mut said_unread, false).await
+                        }
                     }
                 };
                 if let Some(room) = room {
@@ -290,16 +306,29 @@ async fn execute(
 /// without waiting.
 async fn shown_to_the_end(
     shown: &mut WriterThread<SessionEvent, Result<Ended, CliError>>,
-    interrupts: &mut tokio::signal::unix::Signal,
+    interrupts: &mut StopSignals,
     out: Printer,
 ) -> Result<Option<Ended>, CliError> {
     tokio::select! {
         last = shown.finish() => last.transpose(),
-        _ = interrupts.recv() => {
+        Some(signal) = interrupts.next() => {
             out.note(format_args!("stopped with the execution's output unwritten"));
-            std::process::exit(crate::exit::CANCELLED)
+            std::process::exit(match signal {
+                libc::SIGINT => crate::exit::CANCELLED,
+                signal => crate::exit::SIGNALLED + signal,
+            })
         }
     }
+}
+
+/// SIGTERM or SIGHUP heard during an execution: the first is an interrupt whose end bkg waits
+/// for briefly, with the signal's exit code; a second ends bkg at once.
+fn stop_on(signal: i32, terminated_by: &mut Option<i32>, out: Printer) {
+    if terminated_by.replace(signal).is_some() {
+        out.note(format_args!("stopped without waiting for the execution's end"));
+        std::process::exit(crate::exit::SIGNALLED + signal);
+    }
+    crate::stream::cancelled_on(signal);
 }
 
 /// How long after a Ctrl-C an execution still going is said to go on.
@@ -389,7 +418,7 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
         if code.trim().is_empty() {
             continue;
         }
-        let executed = match execute(&client, &id, &args.session, &code, out).await? {
+        let executed = match execute(&client, &id, &args.session, &code, StopSignals::interrupt_only()?, out).await? {
             Some(executed) => executed,
             // The session was ended meanwhile (found by a new-user trial: the repl left with the
             // API's "no session" and the cell was lost): a fresh one takes the cell.
@@ -401,9 +430,9 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
                     args.name,
                     info.language.as_str()
                 ));
-                execute(&client, &id, &args.session, &code, out).await?.ok_or_else(|| {
-                    CliError::usage(format!("session {} of {} ended again at once", args.session, args.name))
-                })?
+                execute(&client, &id, &args.session, &code, StopSignals::interrupt_only()?, out).await?.ok_or_else(
+                    || CliError::usage(format!("session {} of {} ended again at once", args.session, args.name)),
+                )?
             }
         };
         let ((status, killed_by), mid_line) = executed;

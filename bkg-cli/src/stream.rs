@@ -10,6 +10,7 @@ use bkg_schema::units::{format_duration_ms, format_size};
 use bkg_schema::{ApiError, KilledBy, RunRecord, RunResult};
 use reqwest::header::{CONNECTION, UPGRADE};
 use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::SignalKind;
 use tokio::sync::Mutex;
 
 use crate::client::{AgentClient, api_error, from_api_error};
@@ -140,7 +141,7 @@ pub async fn run_keeping_out_dir(
             ));
             stop_signals.next().await
         } else {
-            CANCELLED_BY.store(signal, Relaxed);
+            cancelled_on(signal);
             // On the stream, the cancel waits behind the stdin frames sent before it, which wait
             // for code that may never read them (`yes | bkg exe x.py`): the agent is also asked on
             // a call of its own. Neither send holds up a second signal.
@@ -372,28 +373,48 @@ pub fn cancelled_by_signal() -> Option<i32> {
     Some(CANCELLED_BY.load(std::sync::atomic::Ordering::Relaxed)).filter(|signal| *signal != 0)
 }
 
+/// Records that this process cancelled what it ran on `signal`: its exit code says the signal.
+pub fn cancelled_on(signal: i32) {
+    CANCELLED_BY.store(signal, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The signals that stop a run: Ctrl-C, and the ones a service manager, `timeout` or a closed
 /// terminal send. Listening replaces their default action (ending bkg at once) for the process.
-struct StopSignals([tokio::signal::unix::Signal; 3]);
+pub struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    /// SIGTERM's and SIGHUP's, unless only Ctrl-C is heard.
+    terminate_and_hangup: Option<[tokio::signal::unix::Signal; 2]>,
+}
 
 impl StopSignals {
-    fn listen() -> Result<Self, CliError> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let listen = |kind: SignalKind| {
-            signal(kind).map_err(|error| CliError::new(BKG_FAILED, format!("cannot listen for signals: {error}")))
-        };
-        Ok(Self([listen(SignalKind::interrupt())?, listen(SignalKind::terminate())?, listen(SignalKind::hangup())?]))
+    pub fn listen() -> Result<Self, CliError> {
+        let mut signals = Self::interrupt_only()?;
+        signals.terminate_and_hangup = Some([listen(SignalKind::terminate())?, listen(SignalKind::hangup())?]);
+        Ok(signals)
+    }
+
+    /// Ctrl-C alone, for a process that must still end at once on SIGTERM once nothing of its
+    /// runs is going on (`bkg repl` at its prompt): a signal listened for stays caught.
+    pub fn interrupt_only() -> Result<Self, CliError> {
+        Ok(Self { interrupt: listen(SignalKind::interrupt())?, terminate_and_hangup: None })
     }
 
     /// The next of them to arrive, as its number.
-    async fn next(&mut self) -> Option<i32> {
-        let [interrupt, terminate, hangup] = &mut self.0;
+    pub async fn next(&mut self) -> Option<i32> {
+        let Some([terminate, hangup]) = &mut self.terminate_and_hangup else {
+            return self.interrupt.recv().await.map(|()| libc::SIGINT);
+        };
         tokio::select! {
-            got = interrupt.recv() => got.map(|()| libc::SIGINT),
+            got = self.interrupt.recv() => got.map(|()| libc::SIGINT),
             got = terminate.recv() => got.map(|()| libc::SIGTERM),
             got = hangup.recv() => got.map(|()| libc::SIGHUP),
         }
     }
+}
+
+fn listen(kind: SignalKind) -> Result<tokio::signal::unix::Signal, CliError> {
+    tokio::signal::unix::signal(kind)
+        .map_err(|error| CliError::new(BKG_FAILED, format!("cannot listen for signals: {error}")))
 }
 
 /// Why the run ended, when it was not the script's own doing; the limit it met says where it is

@@ -229,6 +229,49 @@ fn ctrl_c_on_an_execution_that_ignores_it_says_what_ends_it() {
     );
 }
 
+/// SIGTERM to `bkg exec` (as `timeout` sends) interrupts the execution as Ctrl-C does and exits
+/// 143; the session and its variables stay (was: bkg died at once, and the execution went on
+/// holding the session).
+#[test]
+fn sigterm_interrupts_the_execution_and_exits_143() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let mut child = spawn_exec(&agent, project.path(), "x = 41\nimport time\nprint('up', flush=True)\ntime.sleep(300)");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")), &mut first)
+        .expect("the cell's output");
+    assert_eq!(first, "up\n");
+    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let output = child.wait_with_output().expect("bkg exec");
+    assert_eq!(code(&output), 143, "{}", stderr(&output));
+    assert!(stderr(&output).contains("KeyboardInterrupt"), "{}", stderr(&output));
+    let next = agent.bkg_in(project.path(), &["exec", "box", "-c", "print(x + 1)"]);
+    assert_eq!((code(&next), stdout(&next).as_str()), (0, "42\n"), "{}", stderr(&next));
+}
+
+/// SIGHUP to `bkg exec` whose code ignores the interrupt: bkg does not wait for the execution's
+/// end, says what ends it, and exits 129.
+#[test]
+fn sighup_on_an_execution_that_ignores_the_interrupt_says_what_ends_it_and_exits_129() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let cell = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('up', flush=True)\n\
+                time.sleep(300)\nprint('slept')";
+    let mut child = spawn_exec(&agent, project.path(), cell);
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")), &mut first)
+        .expect("the cell's output");
+    assert_eq!(first, "up\n");
+    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    let output = child.wait_with_output().expect("bkg exec");
+    assert_eq!((code(&output), stdout(&output).as_str()), (129, ""), "{}", stderr(&output));
+    let said = "bkg: the execution goes on after the interrupt (its code may catch or ignore SIGINT): `bkg exec box \
+                --restart` ends the session's interpreter, and its variables with it\n";
+    assert!(stderr(&output).ends_with(said), "{}", stderr(&output));
+}
+
 /// `bkg runs cancel` does not end a session's interpreter, which holds its variables: it says
 /// what does (found by a new-user trial: the session's state was gone, and `bkg exec` blamed
 /// `bkg stop`).
