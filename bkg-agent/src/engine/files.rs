@@ -58,6 +58,9 @@ fn bad_archive(error: &std::io::Error) -> FilesError {
     FilesError::BadArchive(said)
 }
 
+/// `unlinkat` of a file or link, never of a directory.
+const NO_REMOVE_DIR: nix::unistd::UnlinkatFlags = nix::unistd::UnlinkatFlags::NoRemoveDir;
+
 /// How much of the tar reader's complaint an error repeats.
 const MAX_ARCHIVE_COMPLAINT: usize = 160;
 
@@ -78,12 +81,47 @@ pub struct Unpacked {
     pub links: u64,
 }
 
-/// A file or link of an upload written under a name of its own beside its place, renamed into
-/// place once the whole upload has been taken.
+/// A file or link of an upload written under a name of its own in the upload's staging
+/// directory, renamed into place once the whole upload has been taken.
 struct Staged {
     parent: PathBuf,
     staging_name: std::ffi::OsString,
     name: std::ffi::OsString,
+}
+
+/// What the name of an upload's staging directory starts with, at the top of /workspace (an
+/// id follows). The directory is the agent's own (its user's, mode 0700).
+const STAGING_PREFIX: &str = ".bkg-upload";
+
+/// The staging directories of the uploads this agent is taking now. Any other at the top of a
+/// workspace was left by an agent killed during an upload, and the next upload removes it.
+static TAKING: std::sync::Mutex<std::collections::BTreeSet<std::ffi::OsString>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// An upload's staging directory, opened.
+struct Staging {
+    name: TakenName,
+    dir: OwnedFd,
+}
+
+/// The name of a staging directory, among those taken now (`TAKING`) while this lives.
+struct TakenName(std::ffi::OsString);
+
+impl TakenName {
+    fn new(name: std::ffi::OsString) -> Self {
+        if let Ok(mut taking) = TAKING.lock() {
+            taking.insert(name.clone());
+        }
+        Self(name)
+    }
+}
+
+impl Drop for TakenName {
+    fn drop(&mut self) {
+        if let Ok(mut taking) = TAKING.lock() {
+            taking.remove(&self.0);
+        }
+    }
 }
 
 /// What an upload staged at a path, and what it counted for it.
@@ -232,25 +270,29 @@ impl Workspace {
 
     /// Writes the tar stream `archive` into `dest` (made if missing). Entries are files,
     /// directories and symbolic links; each entry's path is checked like the caller's.
-    /// All or nothing for files and links: each is written beside its place under a name of its
-    /// own, and only once the whole stream has been taken are they renamed into place. A refused
-    /// or broken upload takes its own files away again, and the directories it made that are then
-    /// empty, so it leaves nothing behind and replaces nothing.
+    /// All or nothing for files and links: each is written into the upload's staging directory
+    /// (at the top of /workspace, the agent's alone), and only once the whole stream has been
+    /// taken are they renamed into place. A refused or broken upload takes its own files away
+    /// again, and the directories it made that are then empty, so it leaves nothing behind and
+    /// replaces nothing; what an agent killed meanwhile staged, the next upload removes.
     pub fn unpack(&self, dest: &Path, archive: impl Read) -> Result<Unpacked, FilesError> {
+        self.remove_abandoned_stagings();
+        let staging = self.make_staging()?;
         let mut made = Vec::new();
         let mut staged = Vec::new();
         let mut placed = 0;
-        let unpacked = self.unpack_making(dest, archive, &mut made, &mut staged).and_then(|unpacked| {
+        let unpacked = self.unpack_making(dest, archive, &staging, &mut made, &mut staged).and_then(|unpacked| {
             for file in &staged {
-                self.place_staged(file)?;
+                self.place_staged(&staging, file)?;
                 placed += 1;
             }
             Ok(unpacked)
         });
+        for file in &staged[placed..] {
+            let _ = nix::unistd::unlinkat(staging.dir.as_fd(), file.staging_name.as_os_str(), NO_REMOVE_DIR);
+        }
+        self.take_away(Path::new(""), &staging.name.0, nix::unistd::UnlinkatFlags::RemoveDir);
         if unpacked.is_err() {
-            for file in &staged[placed..] {
-                self.take_away(&file.parent, &file.staging_name, nix::unistd::UnlinkatFlags::NoRemoveDir);
-            }
             for dir in made.iter().rev() {
                 let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else { continue };
                 // Only an empty one goes (rmdir): what the code put there meanwhile stays.
@@ -274,10 +316,71 @@ impl Workspace {
     }
 
     /// Renames a staged file or link over its place.
-    fn place_staged(&self, file: &Staged) -> Result<(), FilesError> {
+    fn place_staged(&self, staging: &Staging, file: &Staged) -> Result<(), FilesError> {
         let parent_fd = self.open_dir(&file.parent).map_err(|errno| failed("open", &file.parent, errno))?;
-        nix::fcntl::renameat(parent_fd.as_fd(), file.staging_name.as_os_str(), parent_fd.as_fd(), file.name.as_os_str())
-            .map_err(|errno| failed("replace", &file.parent.join(&file.name), errno))
+        nix::fcntl::renameat(
+            staging.dir.as_fd(),
+            file.staging_name.as_os_str(),
+            parent_fd.as_fd(),
+            file.name.as_os_str(),
+        )
+        .map_err(|errno| failed("replace", &file.parent.join(&file.name), errno))
+    }
+
+    /// Makes this upload's staging directory at the top of /workspace, where whatever the
+    /// upload's destination, it is on the same filesystem (no path here crosses a mount).
+    fn make_staging(&self) -> Result<Staging, FilesError> {
+        // Named among those taken before it exists: another upload's sweep must not take it.
+        let name = TakenName::new(crate::ids::new_id(STAGING_PREFIX).into());
+        let top = self.open_dir(Path::new("")).map_err(|errno| failed("open", Path::new(""), errno))?;
+        let staging_failed = |errno| failed("create", Path::new(&name.0), errno);
+        nix::sys::stat::mkdirat(top.as_fd(), name.0.as_os_str(), Mode::S_IRWXU).map_err(staging_failed)?;
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let dir = nix::fcntl::openat(top.as_fd(), name.0.as_os_str(), flags, Mode::empty()).map_err(|errno| {
+            let _ = nix::unistd::unlinkat(top.as_fd(), name.0.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir);
+            staging_failed(errno)
+        })?;
+        Ok(Staging { name, dir })
+    }
+
+    /// Removes the staging directories at the top of /workspace that no upload of this agent
+    /// is taking: an agent killed during an upload left them, with its files (found by a
+    /// new-user trial: `.bkg-upload_*` files stayed in the workspace for good). Only the
+    /// agent's own are touched (owned by its user, where the sandbox's code owns what it makes),
+    /// and in them only files and links, the only things an upload stages.
+    fn remove_abandoned_stagings(&self) {
+        let Ok(top) = self.open_dir(Path::new("")) else { return };
+        let Ok(mut listing) = nix::dir::Dir::from_fd(top) else { return };
+        let agent = nix::unistd::geteuid().as_raw();
+        let taking = TAKING.lock().map(|taking| taking.clone()).unwrap_or_default();
+        let abandoned: Vec<std::ffi::OsString> = listing
+            .iter()
+            .filter_map(Result::ok)
+            .map(|entry| OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string())
+            .filter(|name| {
+                name.as_bytes().starts_with(format!("{STAGING_PREFIX}_").as_bytes()) && !taking.contains(name)
+            })
+            .collect();
+        for name in abandoned {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let Ok(dir) = nix::fcntl::openat(listing.as_fd(), name.as_os_str(), flags, Mode::empty()) else {
+                continue;
+            };
+            if nix::sys::stat::fstat(&dir).map_or(true, |stat| stat.st_uid != agent) {
+                continue;
+            }
+            let Ok(mut staged) = nix::dir::Dir::from_fd(dir) else { continue };
+            let names: Vec<std::ffi::OsString> = staged
+                .iter()
+                .filter_map(Result::ok)
+                .map(|entry| OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string())
+                .filter(|name| name != "." && name != "..")
+                .collect();
+            for staged_name in names {
+                let _ = nix::unistd::unlinkat(staged.as_fd(), staged_name.as_os_str(), NO_REMOVE_DIR);
+            }
+            let _ = nix::unistd::unlinkat(listing.as_fd(), name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir);
+        }
     }
 
     /// Refuses to stage `file_name` in `parent_fd` when a directory holds its place: a file
@@ -294,6 +397,7 @@ impl Workspace {
         &self,
         dest: &Path,
         archive: impl Read,
+        staging: &Staging,
         made: &mut Vec<PathBuf>,
         staged: &mut Vec<Staged>,
     ) -> Result<Unpacked, FilesError> {
@@ -306,6 +410,7 @@ impl Workspace {
         // beneath one (it would go into a directory of that name, which they could not replace),
         // and one named twice is the later one, as tar extracts it.
         let mut placed_last: HashMap<PathBuf, StagedKind> = HashMap::new();
+        let mut staged_count: u64 = 0;
         for entry in entries {
             let mut entry = entry.map_err(|error| bad_archive(&error))?;
             let name_bytes = entry.path_bytes().into_owned();
@@ -341,7 +446,7 @@ impl Workspace {
                 }
                 if let Some(index) = staged.iter().position(|file| file.parent.join(&file.name) == path) {
                     let file = staged.remove(index);
-                    self.take_away(&file.parent, &file.staging_name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+                    let _ = nix::unistd::unlinkat(staging.dir.as_fd(), file.staging_name.as_os_str(), NO_REMOVE_DIR);
                 }
             }
             if kind.is_dir() {
@@ -357,15 +462,15 @@ impl Workspace {
             };
             let parent_fd = self.make_dirs(parent, made)?;
             Self::refuse_directory_in_place(&parent_fd, file_name, &path)?;
-            // A name of its own beside its place, short so that a file's own name may take all
-            // 255 bytes, and new (O_EXCL), so that no file of the sandbox's is written over.
-            let staging_name = std::ffi::OsString::from(format!(".{}", crate::ids::new_id("bkg-upload")));
+            // Its place in the staging directory: the count of entries staged so far.
+            let staging_name = std::ffi::OsString::from(format!("{}", staged_count));
+            staged_count += 1;
             if kind.is_symlink() {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| FilesError::BadArchive(format!("symbolic link {name} has no target")))?
                     .into_owned();
-                nix::unistd::symlinkat(OsStr::from_bytes(&target), parent_fd.as_fd(), staging_name.as_os_str())
+                nix::unistd::symlinkat(OsStr::from_bytes(&target), staging.dir.as_fd(), staging_name.as_os_str())
                     .map_err(|errno| failed("create", &path, errno))?;
                 placed_last.insert(path.clone(), StagedKind::Link);
                 unpacked.links += 1;
@@ -376,7 +481,7 @@ impl Workspace {
                     name: file_name.to_os_string(),
                 });
                 nix::unistd::fchownat(
-                    parent_fd.as_fd(),
+                    staging.dir.as_fd(),
                     staging_name.as_os_str(),
                     Some(Uid::from_raw(self.owner)),
                     Some(Gid::from_raw(self.owner)),
@@ -390,13 +495,13 @@ impl Workspace {
                     "tar entry {name} is a {kind:?}: only files, directories and symbolic links are taken"
                 )));
             }
-            let file = self
-                .open_beneath(
-                    &parent.join(&staging_name),
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
-                    mode,
-                )
-                .map_err(|errno| failed("create", &path, errno))?;
+            let file = nix::fcntl::openat(
+                staging.dir.as_fd(),
+                staging_name.as_os_str(),
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                mode,
+            )
+            .map_err(|errno| failed("create", &path, errno))?;
             staged.push(Staged { parent: parent.to_path_buf(), staging_name, name: file_name.to_os_string() });
             let mut file = std::fs::File::from(file);
             let size = entry.size();
@@ -723,6 +828,103 @@ mod tests {
             "{:?}",
             refused.err()
         );
+    }
+
+    /// A reader of `bytes` that, once `after` of them are read, ends the process there and
+    /// then, as a killed agent ends: nothing is unwound or cleaned up.
+    struct DiesAfter<'a> {
+        bytes: &'a [u8],
+        after: usize,
+    }
+
+    impl Read for DiesAfter<'_> {
+        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+            if self.after == 0 {
+                // SAFETY: ends this forked child at once, as SIGKILL would end an agent.
+                unsafe { libc::_exit(7) }
+            }
+            let n = buffer.len().min(self.after).min(self.bytes.len());
+            buffer[..n].copy_from_slice(&self.bytes[..n]);
+            (self.bytes, self.after) = (&self.bytes[n..], self.after - n);
+            Ok(n)
+        }
+    }
+
+    /// What an agent killed during an upload staged is removed by the next upload, and only
+    /// that: a directory of the same pattern that the sandbox's user made stays (was: the
+    /// staged files stayed in the workspace for good).
+    #[test]
+    fn the_next_upload_removes_what_an_upload_cut_off_by_the_agents_death_staged() {
+        let (dir, workspace) = temp_workspace();
+        let entries: [(&str, Option<&[u8]>); 3] =
+            [("a.txt", Some(b"one")), ("link", None), ("b.txt", Some(&[b'x'; 8192]))];
+        let archive = tar_of(&entries, false);
+        let died = crate::engine::test_support::in_child(|| {
+            let _ = workspace.unpack(Path::new("up"), DiesAfter { bytes: &archive, after: 4096 });
+            Err("the upload went on past the agent's death".into())
+        });
+        assert_eq!(died, nix::sys::wait::WaitStatus::Exited(died.pid().expect("pid"), 7));
+        let left: Vec<String> =
+            names_in(dir.path()).into_iter().filter(|name| name.starts_with(".bkg-upload_")).collect();
+        assert_eq!(left.len(), 1, "{:?}", names_in(dir.path()));
+        assert_eq!(
+            names_in(&dir.path().join(&left[0])),
+            ["0", "1", "2"],
+            "staged before the death: a file, the link, and the last file cut short"
+        );
+        // The sandbox's user's own, of the same pattern.
+        let users = dir.path().join(".bkg-upload_mine");
+        std::fs::create_dir(&users).expect("mkdir");
+        std::fs::write(users.join("0"), "kept").expect("write");
+        std::os::unix::fs::chown(&users, Some(65534), Some(65534)).expect("chown");
+
+        let unpacked = workspace.unpack(Path::new("up"), archive.as_slice()).expect("the next upload");
+        assert_eq!((unpacked.files, unpacked.links), (2, 1));
+        assert_eq!(names_in(dir.path()), [".bkg-upload_mine", "up"], "the abandoned staging is gone");
+        assert_eq!(std::fs::read_to_string(users.join("0")).ok().as_deref(), Some("kept"));
+        assert_eq!(names_in(&dir.path().join("up")), ["a.txt", "b.txt", "link"]);
+    }
+
+    /// An upload does not take the staging directory of another going on in the same sandbox.
+    #[test]
+    fn an_upload_leaves_the_staging_of_one_going_on() {
+        let (dir, workspace) = temp_workspace();
+        let workspace = std::sync::Arc::new(workspace);
+        let entries: [(&str, Option<&[u8]>); 1] = [("slow.txt", Some(&[b's'; 8192]))];
+        let slow = tar_of(&entries, false);
+        let (staged_some, read_some) = std::sync::mpsc::channel::<()>();
+        let (go_on, may_go_on) = std::sync::mpsc::channel::<()>();
+        /// Gives its first 2 KiB, then waits to be told to go on.
+        struct Paused {
+            bytes: Vec<u8>,
+            at: usize,
+            staged_some: std::sync::mpsc::Sender<()>,
+            may_go_on: std::sync::mpsc::Receiver<()>,
+        }
+        impl Read for Paused {
+            fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+                if self.at == 2048 {
+                    let _ = self.staged_some.send(());
+                    let _ = self.may_go_on.recv();
+                }
+                let end = if self.at < 2048 { 2048 } else { self.bytes.len() };
+                let n = buffer.len().min(end - self.at);
+                buffer[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+                self.at += n;
+                Ok(n)
+            }
+        }
+        let taking = std::sync::Arc::clone(&workspace);
+        let going_on = std::thread::spawn(move || {
+            taking.unpack(Path::new("a"), Paused { bytes: slow, at: 0, staged_some, may_go_on }).map(|done| done.files)
+        });
+        read_some.recv().expect("the slow upload started");
+        let quick = tar_of(&[("quick.txt", Some(b"q"))], false);
+        assert_eq!(workspace.unpack(Path::new("b"), quick.as_slice()).map(|done| done.files).ok(), Some(1));
+        go_on.send(()).expect("go on");
+        assert_eq!(going_on.join().expect("the slow upload").ok(), Some(1));
+        assert_eq!(std::fs::read(dir.path().join("a/slow.txt")).map(|bytes| bytes.len()).ok(), Some(8192));
+        assert_eq!(names_in(dir.path()), ["a", "b"]);
     }
 
     /// An archive that names a file twice leaves the later one, as tar does, and counts it once
