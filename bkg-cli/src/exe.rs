@@ -31,7 +31,7 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     if args.tty {
         crate::terminal::require_terminal("bkg exe --tty")?;
     }
-    let (request, stdin_is_code) = build_request(&args)?;
+    let (request, stdin_is_code) = build_request(&args, settings.out.is_json())?;
     if args.tty {
         let open = bkg_schema::terminal::TerminalOpen {
             size: crate::terminal::own_size(),
@@ -114,7 +114,7 @@ fn checked_ports(ports: &[String]) -> Result<Vec<String>, CliError> {
 
 /// Turns the command line into a request, reading the script and uploads. The flag says whether
 /// stdin was consumed as the code.
-fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
+fn build_request(args: &ExeArgs, json: bool) -> Result<(RunRequest, bool), CliError> {
     // With -c there is no script file: every positional argument is the script's.
     let script_args: Vec<String> = match (&args.code, &args.script) {
         (Some(_), Some(first)) => std::iter::once(first.clone()).chain(args.args.iter().cloned()).collect(),
@@ -255,6 +255,9 @@ fn build_request(args: &ExeArgs) -> Result<(RunRequest, bool), CliError> {
             node_packages,
             secrets: args.secrets.clone(),
             return_out_dir: args.output.is_some(),
+            // In the order the code wrote them, where they end up together; `--json` gives
+            // the two apart.
+            stderr_to_stdout: !args.tty && !json && crate::out::stdout_and_stderr_are_one(),
         },
         stdin_is_code,
     ))

@@ -55,6 +55,18 @@ pub async fn stdout_closed() {
     }
 }
 
+/// Whether this process's stdout and stderr are one file whose reader sees what both take in
+/// order (`2>&1` into a file, a pipe or a socket; one terminal): a run's two streams are then
+/// best written as one (`RunRequest::stderr_to_stdout`). A device that is not a terminal
+/// (`/dev/null`) keeps nothing to order.
+pub fn stdout_and_stderr_are_one() -> bool {
+    use nix::sys::stat::{SFlag, fstat};
+    use std::io::IsTerminal;
+    let (Ok(out), Ok(err)) = (fstat(std::io::stdout()), fstat(std::io::stderr())) else { return false };
+    let is_device = SFlag::from_bits_truncate(out.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
+    (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino) && (!is_device || std::io::stdout().is_terminal())
+}
+
 /// Writes to stderr, dropping what a closed or failing stderr cannot take.
 /// bkg's own lines start where the run's output left off on a line of its own
 /// (`stream::start_own_line`), and only when a line of ours follows: the output itself is

@@ -337,6 +337,12 @@ pub struct RunRequest {
     /// a tar stream in `Archive` frames before the result (streamed runs only; `bkg exe -o`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub return_out_dir: bool,
+    /// Give the code one pipe for its stdout and its stderr, so that what it writes to both
+    /// comes in the order it wrote it, all as stdout (its stderr stays empty): for a caller that
+    /// shows or keeps the two as one stream (`bkg exe` whose stdout and stderr are one file, as
+    /// after `2>&1`). Node started ahead cannot take it: such a run starts its own interpreter.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_to_stdout: bool,
 }
 
 /// Which limit ended a run.

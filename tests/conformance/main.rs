@@ -56,17 +56,47 @@ impl Seen {
     }
 }
 
-fn feed(mut command: Command) -> Output {
-    let mut child =
-        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the run");
+/// How the run's stdout and stderr are given to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Streams {
+    /// A pipe each.
+    Apart,
+    /// One pipe for both, as after `2>&1`: what is read of it is `Seen::stdout`.
+    Joined,
+}
+
+fn feed(mut command: Command, streams: Streams) -> Output {
+    command.stdin(Stdio::piped());
+    let joined = match streams {
+        Streams::Apart => {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            None
+        }
+        Streams::Joined => {
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            command.stdout(writer.try_clone().expect("dup the pipe")).stderr(writer);
+            Some(reader)
+        }
+    };
+    let mut child = command.spawn().expect("start the run");
+    // Our copies of the joined pipe's writing end are in `command`: closed, so that reading
+    // it ends with the run.
+    drop(command);
     child.stdin.take().expect("stdin").write_all(STDIN.as_bytes()).expect("write stdin");
-    child.wait_with_output().expect("wait for the run")
+    match joined {
+        Some(mut reader) => {
+            let mut both = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut both).expect("read the joined output");
+            Output { status: child.wait().expect("wait for the run"), stdout: both, stderr: Vec::new() }
+        }
+        None => child.wait_with_output().expect("wait for the run"),
+    }
 }
 
 /// `interpreter script args` as nobody in a directory of its own, with the sandbox's environment.
 /// The directory is directly beneath `/`, as /workspace is: Node's module search path (and
 /// Python's nothing) lists every parent.
-fn bare(interpreter: &str, script: &str, args: &[&str]) -> Seen {
+fn bare(interpreter: &str, script: &str, args: &[&str], streams: Streams) -> Seen {
     let dir = tempfile::Builder::new().prefix("bkg-conformance-").tempdir_in("/").expect("temp dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let copy = dir.path().join(script);
@@ -89,14 +119,18 @@ fn bare(interpreter: &str, script: &str, args: &[&str]) -> Seen {
             Ok(())
         });
     }
-    Seen::of(&feed(command), &dir.path().display().to_string())
+    Seen::of(&feed(command, streams), &dir.path().display().to_string())
 }
 
 /// `bkg exe script -- args` against `agent`.
 fn sandboxed(agent: &Agent, script: &str, args: &[&str]) -> Seen {
+    sandboxed_with(agent, script, args, Streams::Apart)
+}
+
+fn sandboxed_with(agent: &Agent, script: &str, args: &[&str], streams: Streams) -> Seen {
     let mut command = agent.bkg();
     command.arg("exe").arg(script_path(script)).arg("--").args(args);
-    let mut seen = Seen::of(&feed(command), WORKSPACE);
+    let mut seen = Seen::of(&feed(command, streams), WORKSPACE);
     // The CLI's own note on a run that a signal ended (bkg-cli/src/stream.rs), not the code's.
     if let Some(signal) = seen.status.checked_sub(128).filter(|signal| *signal > 0) {
         seen.stderr = seen.stderr.replace(&format!("bkg: the script was killed by signal {signal}\n"), "");
@@ -135,7 +169,14 @@ impl Agents {
 
     /// The same script bare, cold and warm: all three must have seen the same.
     fn compare(&self, interpreter: &str, script: &str, args: &[&str]) -> Seen {
-        let bare = bare(interpreter, script, args);
+        self.compare_with(interpreter, script, args, Streams::Apart)
+    }
+
+    /// As `compare`, the runs' stdout and stderr given as `streams`. Joined, Node's warm run
+    /// starts an interpreter of its own: the one started ahead has its stderr apart.
+    fn compare_with(&self, interpreter: &str, script: &str, args: &[&str], streams: Streams) -> Seen {
+        let sandboxed = |agent: &Agent, script: &str, args: &[&str]| sandboxed_with(agent, script, args, streams);
+        let bare = bare(interpreter, script, args, streams);
         let cold = sandboxed(&self.cold, script, args);
         // A pool sandbox starts ahead the interpreter of the run before (engine/prestart.rs):
         // after one run of this interpreter, the next takes a prepared sandbox whose interpreter
@@ -148,7 +189,8 @@ impl Agents {
         let (prestarted_before, forked_before) = (prestarted_runs(&self.warm), zygote_runs(&self.warm));
         let warm = sandboxed(&self.warm, script, args);
         let prestarted = prestarted_runs(&self.warm) - prestarted_before;
-        assert_eq!(prestarted, 1, "{script}: the warm run was not given the interpreter started ahead");
+        let takes_it = interpreter == PYTHON || streams == Streams::Apart;
+        assert_eq!(prestarted, u64::from(takes_it), "{script} {streams:?}: runs given the interpreter started ahead");
         // Python's is a fork of the zygote (engine/zygote.rs); Node has none.
         let forked = zygote_runs(&self.warm) - forked_before;
         assert_eq!(forked, u64::from(interpreter == PYTHON), "{script}: runs forked by the zygote");
@@ -246,5 +288,26 @@ fn node_sees_the_same_start_bare_cold_and_warm() {
     assert_eq!(traceback.status, 1);
     for line in ["RangeError: no zero", "at inner (<dir>/traceback.js:4:", "at outer (<dir>/traceback.js:8:"] {
         assert!(traceback.stderr.contains(line), "no `{line}` in:\n{}", traceback.stderr);
+    }
+}
+
+/// Output to stdout and stderr in turn, both on one pipe (`bkg exe x.py 2>&1 | …`): bare, cold
+/// and warm, it comes in the order the code wrote it (was: in pieces of each stream, a
+/// traceback at times before the lines printed ahead of it, and lines glued together).
+#[test]
+fn stdout_and_stderr_on_one_pipe_keep_the_order_they_were_written_in() {
+    let agents = Agents::start();
+    for (interpreter, script, last) in
+        [(PYTHON, "streams.py", "failed at the end\n"), (NODE, "streams.js", "Node.js v")]
+    {
+        let seen = agents.compare_with(interpreter, script, &[], Streams::Joined);
+        assert_eq!((seen.status, seen.stderr.as_str()), (1, ""), "{seen:?}");
+        let expected: String = (0..200).map(|i| format!("out {i}\nerr {i}\n")).collect();
+        let expected = format!(
+            "{expected}no newline, then stderr's line\none file: {}\n",
+            ["True", "true"][usize::from(interpreter == NODE)]
+        );
+        assert!(seen.stdout.starts_with(&expected), "{script}:\n{}", seen.stdout);
+        assert!(seen.stdout.contains(last), "{script}:\n{}", seen.stdout);
     }
 }

@@ -47,6 +47,9 @@ pub struct GoOrder {
     /// sandbox's own devpts and hands the agent its master (`FromInit::Terminal`).
     #[serde(default)]
     pub terminal: Option<bkg_schema::terminal::TerminalSize>,
+    /// The code's stderr is its stdout's pipe (`RunRequest::stderr_to_stdout`).
+    #[serde(default)]
+    pub stderr_to_stdout: bool,
 }
 
 /// A file the init writes into the sandbox before the code starts. Paths were validated by the

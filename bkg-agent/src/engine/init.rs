@@ -745,6 +745,8 @@ struct Launch {
     terminal: Option<bkg_schema::terminal::TerminalSize>,
     /// Descriptors the program keeps across exec (a prestarted interpreter's order and report).
     inherit: Vec<i32>,
+    /// Its stderr is its stdout's pipe (`GoOrder::stderr_to_stdout`).
+    stderr_to_stdout: bool,
 }
 
 /// What the code's process applies to itself as it locks down, besides its `Confinement`.
@@ -787,7 +789,8 @@ impl Confinement {
 
 impl Launch {
     fn new(order: &GoOrder, seccomp: Vec<seccompiler::BpfProgram>) -> Result<Self, StageError> {
-        Self::of(&order.argv, &order.env, &order.cwd, order.terminal, seccomp)
+        let launch = Self::of(&order.argv, &order.env, &order.cwd, order.terminal, seccomp)?;
+        Ok(Self { stderr_to_stdout: order.stderr_to_stdout, ..launch })
     }
 
     fn of(
@@ -801,7 +804,8 @@ impl Launch {
         let argv = argv.iter().map(|arg| cstring(arg)).collect::<Result<Vec<_>, _>>()?;
         let program = argv.first().cloned().ok_or_else(|| StageError::new("start code", "empty command"))?;
         let env = env.iter().map(|(key, value)| cstring(&format!("{key}={value}"))).collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { program, argv, env, setup: CodeSetup::new(cwd, seccomp)?, terminal, inherit: Vec::new() })
+        let setup = CodeSetup::new(cwd, seccomp)?;
+        Ok(Self { program, argv, env, setup, terminal, inherit: Vec::new(), stderr_to_stdout: false })
     }
 }
 
@@ -1352,6 +1356,10 @@ fn become_code(
     match lock_down(&Confinement::of(plan), &launch.setup, handshake, terminal) {
         Ok(()) => {}
         Err((stage, error)) => return CodeError::Setup(stage, error),
+    }
+    // SAFETY: dup2 of one standard descriptor onto another; no pointer is involved.
+    if launch.stderr_to_stdout && unsafe { libc::dup2(libc::STDOUT_FILENO, libc::STDERR_FILENO) } < 0 {
+        return CodeError::Setup("join stderr to stdout", std::io::Error::last_os_error().to_string());
     }
     for fd in &launch.inherit {
         // SAFETY: F_SETFD with 0 only clears this descriptor's close-on-exec flag.

@@ -181,6 +181,7 @@ impl Engine {
                 terminal: None,
                 dirs: Vec::new(),
                 hold_after_exit: false,
+                stderr_to_stdout: false,
             },
             stdin: None,
             persistent: Some(PersistentRun {

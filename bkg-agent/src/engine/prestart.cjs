@@ -42,16 +42,17 @@ if (require('worker_threads').isMainThread) {
     chunks.push(Buffer.from(buffer.subarray(0, read)));
   }
   fs.closeSync(ORDER_FD);
-  // Every field ends with a NUL: the working directory, the count of arguments, the arguments
-  // (the interpreter's path first), then the environment as KEY=VALUE.
+  // Every field ends with a NUL: "1" when stderr is to be stdout's pipe (never given to Node,
+  // which cannot do it: PrestartPlan::fits), the working directory, the count of arguments, the
+  // arguments (the interpreter's path first), then the environment as KEY=VALUE.
   const fields = Buffer.concat(chunks).toString('utf8').split('\0').slice(0, -1);
-  const count = Number(fields[1]);
-  const argv = fields.slice(2, 2 + count);
-  process.chdir(fields[0]);
+  const count = Number(fields[2]);
+  const argv = fields.slice(3, 3 + count);
+  process.chdir(fields[1]);
   for (const key of Object.keys(process.env)) {
     delete process.env[key];
   }
-  for (const item of fields.slice(2 + count)) {
+  for (const item of fields.slice(3 + count)) {
     const equals = item.indexOf('=');
     process.env[item.slice(0, equals)] = item.slice(equals + 1);
   }

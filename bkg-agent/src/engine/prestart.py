@@ -79,12 +79,15 @@ def _bkg_start():
     while chunk := os.read(ORDER_FD, 65536):
         order += chunk
     os.close(ORDER_FD)
-    # Every field ends with a NUL: the working directory, the count of arguments, the
-    # arguments (the interpreter's path first), then the environment as KEY=VALUE.
+    # Every field ends with a NUL: "1" when stderr is to be stdout's pipe, the working
+    # directory, the count of arguments, the arguments (the interpreter's path first), then
+    # the environment as KEY=VALUE.
     fields = os.fsdecode(bytes(order)).split("\0")[:-1]
-    count = int(fields[1])
-    argv, environ = fields[2 : 2 + count], fields[2 + count :]
-    os.chdir(fields[0])
+    if fields[0]:
+        os.dup2(1, 2)
+    count = int(fields[2])
+    argv, environ = fields[3 : 3 + count], fields[3 + count :]
+    os.chdir(fields[1])
     os.environ.clear()
     for item in environ:
         key, _, value = item.partition("=")

@@ -108,7 +108,10 @@ impl PrestartPlan {
             .map(|file| &file.path)
             .chain(&order.dirs)
             .any(|path| path == &user_site || path.starts_with(&format!("{user_site}/")));
+        // Node's stderr cannot be made its stdout's pipe once it runs (Python's loader does it).
+        let streams_fit = !(order.stderr_to_stdout && language == Language::Node);
         runs_a_script
+            && streams_fit
             && order.terminal.is_none()
             && order.reown.is_empty()
             && start_env(&order.env) == start_env(&self.env)
@@ -131,13 +134,15 @@ fn with_descriptors(loader: &str, order_fd: i32, ready_fd: i32) -> String {
     loader.replace("ORDER_FD", &order_fd.to_string()).replace("READY_FD", &ready_fd.to_string())
 }
 
-/// The order as the loader reads it: every field ends with a NUL; the working directory, the
-/// count of arguments, the arguments, then the environment as `KEY=VALUE`. Arguments and values
-/// hold no NUL (the agent refuses them).
+/// The order as the loader reads it: every field ends with a NUL; `1` when the code's stderr is
+/// to be its stdout's pipe (else empty), the working directory, the count of arguments, the
+/// arguments, then the environment as `KEY=VALUE`. Arguments and values hold no NUL (the agent
+/// refuses them).
 pub fn encode(order: &GoOrder) -> Vec<u8> {
     let mut bytes = Vec::new();
     let count = order.argv.len().to_string();
-    let fields = [order.cwd.as_str(), count.as_str()].into_iter().chain(order.argv.iter().map(String::as_str));
+    let joined = if order.stderr_to_stdout { "1" } else { "" };
+    let fields = [joined, order.cwd.as_str(), count.as_str()].into_iter().chain(order.argv.iter().map(String::as_str));
     for field in fields {
         bytes.extend_from_slice(field.as_bytes());
         bytes.push(0);
@@ -178,6 +183,7 @@ mod tests {
             hold_after_exit: false,
             cpus: 1,
             terminal: None,
+            stderr_to_stdout: false,
         }
     }
 
@@ -221,8 +227,23 @@ mod tests {
 
     #[test]
     fn the_order_is_nul_terminated_fields_with_an_argument_count() {
-        let order = order(&["/usr/bin/python3", "/workspace/a.py", ""], &[("A", "1=2")]);
-        assert_eq!(encode(&order), b"/workspace\x003\x00/usr/bin/python3\x00/workspace/a.py\x00\x00A=1=2\x00");
+        let mut order = order(&["/usr/bin/python3", "/workspace/a.py", ""], &[("A", "1=2")]);
+        assert_eq!(encode(&order), b"\x00/workspace\x003\x00/usr/bin/python3\x00/workspace/a.py\x00\x00A=1=2\x00");
+        order.stderr_to_stdout = true;
+        assert!(encode(&order).starts_with(b"1\x00/workspace\x00"));
+    }
+
+    /// Python's loader joins stderr to stdout itself; Node, once running, cannot.
+    #[test]
+    fn a_run_whose_stderr_is_its_stdout_fits_python_but_not_node() {
+        let mut python = order(&["/usr/bin/python3", "/workspace/main.py"], &START_ENV);
+        python.stderr_to_stdout = true;
+        assert!(plan().fits(&python));
+        let node = PrestartPlan { language: Language::Node, interpreter: "/usr/bin/node".into(), ..plan() };
+        let mut script = order(&["/usr/bin/node", "/workspace/main.js"], &START_ENV);
+        assert!(node.fits(&script));
+        script.stderr_to_stdout = true;
+        assert!(!node.fits(&script));
     }
 
     #[test]

@@ -436,6 +436,7 @@ impl Engine {
                 hold_after_exit: request.return_out_dir,
                 cpus: cpu_count(limits.cpu_millis),
                 terminal: None,
+                stderr_to_stdout: request.stderr_to_stdout,
             },
             stdin: decode_stdin(request.stdin_base64.as_deref())?,
             persistent: None,
@@ -569,6 +570,7 @@ impl Engine {
                 hold_after_exit: false,
                 cpus: cpu_count(limits.cpu_millis),
                 terminal: None,
+                stderr_to_stdout: false,
             },
             stdin: decode_stdin(exec.stdin_base64.as_deref())?,
             persistent: Some(PersistentRun {

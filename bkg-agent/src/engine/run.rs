@@ -307,6 +307,7 @@ impl Engine {
             node_packages: None,
             secrets: Vec::new(),
             return_out_dir: false,
+            stderr_to_stdout: false,
         };
         let validated = self.validate(request).map_err(|error| error.to_string())?;
         let (_input, input_rx) = mpsc::channel(1);
