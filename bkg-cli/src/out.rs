@@ -5,7 +5,9 @@
 //! Rust ignores SIGPIPE, so a write to a closed pipe fails with EPIPE, and std's `println!` and
 //! `eprintln!` panic on any failed write; with the release profile's `panic = "abort"` that ended
 //! `bkg exe x.py 2>&1 | head -1` with 134. bkg's rule instead (docs/cli.md): output that cannot
-//! be written is dropped, and the command ends with the exit code it would have had anyway. A
+//! be written is dropped, and the command ends with the exit code it would have had anyway,
+//! unless stdout failed for another reason than a closed pipe (a full disk): then it says so
+//! and exits 125 (when it would have exited 0), as what it wrote is incomplete. A
 //! run's code has its own stdout closed when bkg's closes (bkg-cli/src/stream.rs, `receive`),
 //! and decides itself how to end, as in a pipeline. The crate denies std's print macros
 //! (`lib.rs`), so every write but a run's output comes through here (that one goes through
@@ -22,8 +24,31 @@ use crate::exit::CliError;
 
 /// Writes to stdout, dropping what a closed or failing stdout cannot take.
 fn stdout(args: fmt::Arguments<'_>) {
+    if stdout_failure().is_some() {
+        return;
+    }
     let mut out = std::io::stdout().lock();
-    let _ = out.write_fmt(args).and_then(|()| out.flush());
+    note_stdout_write(&out.write_fmt(args).and_then(|()| out.flush()));
+}
+
+/// Why a write to stdout failed other than by its reader's going (a full disk, an I/O error):
+/// what stdout holds is then incomplete, and the command says so and fails
+/// (`shared::run_to_exit`), where a closed pipe is no failure. Nothing more is written after it,
+/// so that what stdout holds has no hole.
+static STDOUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Takes note of how a write to stdout went.
+pub fn note_stdout_write(written: &std::io::Result<()>) {
+    if let Err(error) = written
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        let _ = STDOUT_FAILED.set(error.to_string());
+    }
+}
+
+/// Why stdout could not take what was written to it, if it could not (`note_stdout_write`).
+pub fn stdout_failure() -> Option<&'static str> {
+    STDOUT_FAILED.get().map(String::as_str)
 }
 
 /// Resolves once stdout's reader has gone (the reading end of its pipe or socket closed), so

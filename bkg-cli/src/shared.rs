@@ -31,9 +31,17 @@ pub fn run_to_exit(tool: &'static str, work: impl Future<Output = Result<i32, Cl
     // A read of our stdin may still be pending on a blocking thread (stdin is a terminal or a
     // pipe that stays open); it must not keep the process alive after the run.
     runtime.shutdown_background();
+    let printer = Printer::new(tool, false);
+    if let Some(failure) = crate::out::stdout_failure() {
+        printer.note(format_args!("cannot write to stdout ({failure}): what it holds is incomplete"));
+    }
     match outcome {
+        // A command that did its work but could not write all of its answer has failed.
+        Ok(crate::exit::SUCCESS) if crate::out::stdout_failure().is_some() => {
+            crate::exit::code(crate::exit::BKG_FAILED)
+        }
         Ok(code) => crate::exit::code(code),
-        Err(error) => Printer::new(tool, false).error(&error),
+        Err(error) => printer.error(&error),
     }
 }
 

@@ -289,7 +289,13 @@ fn write_ours(to_stderr: bool, bytes: &[u8]) -> std::io::Result<()> {
     let Some(last) = bytes.last() else { return Ok(()) };
     let written = match to_stderr {
         true => write_through(&mut std::io::stderr().lock(), bytes),
-        false => write_through(&mut std::io::stdout().lock(), bytes),
+        // Once stdout has failed (out.rs): nothing more, not what might fit after a hole.
+        false if crate::out::stdout_failure().is_some() => return Ok(()),
+        false => {
+            let written = write_through(&mut std::io::stdout().lock(), bytes);
+            crate::out::note_stdout_write(&written);
+            written
+        }
     };
     MID_LINE[usize::from(to_stderr)].store(*last != b'\n', std::sync::atomic::Ordering::Relaxed);
     written

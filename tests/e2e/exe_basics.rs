@@ -194,6 +194,30 @@ fn a_reader_that_goes_away_closes_the_codes_stdout_as_a_pipeline_does() {
     assert!(matches!(output.status.code(), Some(1 | 120)), "the code's exit, not a timeout: {:?} {err}", output.status);
 }
 
+/// A stdout that cannot take the output for another reason than its reader's going (a full
+/// disk: /dev/full) is said, and a run or command that would have exited 0 exits 125, as what
+/// stdout holds is incomplete (was: exit 0 and nothing said: `bkg exe job.py > results.csv` on
+/// a full disk looked like a success). A run's own failure keeps its exit code.
+#[test]
+fn a_stdout_that_cannot_be_written_is_said_and_fails_the_command() {
+    let agent = Agent::start();
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let said = "bkg: cannot write to stdout (No space left on device (os error 28)): what it holds is incomplete\n";
+    for (code_, expected) in [("print('result')", 125), ("import sys\nprint('x' * 100000)\nsys.exit(3)", 3)] {
+        let output = agent
+            .bkg()
+            .args(["exe", "--type", "python", "-c", code_])
+            .stdout(full())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("bkg exe");
+        assert_eq!((code(&output), stderr(&output).as_str()), (expected, said), "{code_}");
+    }
+    let listed =
+        agent.bkg().args(["runs", "ls", "--json"]).stdout(full()).stderr(Stdio::piped()).output().expect("bkg");
+    assert_eq!((code(&listed), stderr(&listed).as_str()), (125, said));
+}
+
 #[test]
 fn arguments_env_and_files_reach_the_script() {
     let agent = Agent::start();
