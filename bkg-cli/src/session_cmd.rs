@@ -203,8 +203,9 @@ async fn execute(
         let chunk = tokio::select! {
             chunk = stream.next() => chunk,
             Some(signal) = interrupts.next() => {
-                if signal != libc::SIGINT {
-                    stop_on(signal, &mut terminated_by, out);
+                match signal {
+                    libc::SIGINT => crate::stream::cancelled_on(signal),
+                    signal => stop_on(signal, &mut terminated_by, out),
                 }
                 let room = shown.takes_more();
                 interrupt(still_going.as_mut(), &mut said_unread, room).await;
@@ -279,8 +280,9 @@ async fn execute(
                     tokio::select! {
                         room = shown.room(&event) => break room,
                         Some(signal) = interrupts.next() => {
-                            if signal != libc::SIGINT {
-                                stop_on(signal, &mut terminated_by, out);
+                            match signal {
+                                libc::SIGINT => crate::stream::cancelled_on(signal),
+                                signal => stop_on(signal, &mut terminated_by, out),
                             }
                             interrupt(still_going.as_mut(), &mut said_unread, false).await
                         }
@@ -436,6 +438,12 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
             }
         };
         let ((status, killed_by), mid_line) = executed;
+        // Ctrl-C on cells from a pipe stops them all, as on `python3 < cells.py` (was: the
+        // cell was interrupted and the rest ran on).
+        if piped && crate::stream::cancelled_by_signal().is_some() {
+            out.note(format_args!("stopped at Ctrl-C: the cells after this one were not run"));
+            return Ok(crate::exit::CANCELLED);
+        }
         if piped && worst == SUCCESS {
             worst = crate::exit::of_execution(status, killed_by);
         }

@@ -602,6 +602,34 @@ fn a_repl_whose_session_was_stopped_goes_on_in_a_fresh_one() {
 
 /// `bkg repl` reading a pipe runs every cell and says with its exit code whether one failed,
 /// without the banner meant for a person at a terminal.
+/// Ctrl-C on a repl fed from a pipe interrupts its cell and runs none after it, as on
+/// `python3 < cells.py` (was: the rest ran on, found by a new-user trial).
+#[test]
+fn ctrl_c_on_a_piped_repl_stops_its_cells() {
+    use std::io::Write as _;
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let mut repl = piped_repl(&agent, project.path());
+    repl.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"import time\nprint('started', flush=True); time.sleep(300)\nprint('after')\n")
+        .expect("write the cells");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(repl.stdout.as_mut().expect("stdout")), &mut first)
+        .expect("the cell's output");
+    assert_eq!(first, "started\n");
+    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
+    assert_eq!(unsafe { libc::kill(repl.id() as i32, libc::SIGINT) }, 0);
+    let done = repl.wait_with_output().expect("bkg repl");
+    assert_eq!((code(&done), stdout(&done).as_str()), (130, ""), "{}", stderr(&done));
+    assert!(
+        stderr(&done).ends_with("bkg: stopped at Ctrl-C: the cells after this one were not run\n"),
+        "{}",
+        stderr(&done)
+    );
+}
+
 #[test]
 fn a_piped_repl_runs_every_cell_and_exits_1_when_one_failed() {
     use std::io::Write as _;
