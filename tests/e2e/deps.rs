@@ -503,6 +503,15 @@ fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
     let missing = agent.bkgr(dir, &["api"]);
     assert_eq!(code(&missing), 125, "{}", stderr(&missing));
     assert!(stderr(&missing).contains("no secret `MISSING`"), "{}", stderr(&missing));
+    // A sandbox not made yet is not made for it (was: it stayed, never run).
+    let fresh = api.replace("  api:", "  fresh:");
+    std::fs::write(dir.join("cave.yaml"), &fresh).expect("cave.yaml");
+    let refused = agent.bkgr(dir, &["fresh"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("no secret `MISSING` in namespace `default`"), "{}", stderr(&refused));
+    let status = agent.bkg().args(["status", "fresh"]).current_dir(dir).output().expect("bkg status");
+    assert_eq!(code(&status), 125, "{}", stderr(&status));
+    std::fs::write(dir.join("cave.yaml"), api).expect("cave.yaml");
     let web = "  web:\n    type: node\n    python:\n      requirements: requirements.txt\n    scripts:\n      start: 'true'\n";
     std::fs::write(dir.join("cave.yaml"), format!("{api}{web}")).expect("cave.yaml");
     let node = agent.bkgr(dir, &["web"]);

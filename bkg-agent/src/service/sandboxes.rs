@@ -294,6 +294,11 @@ impl Service {
         self.refuse_shrinking_disk(principal, id, &definition)?;
         self.environment_of(definition.language, &definition.requirements, definition.node_packages.as_ref())?;
         check_secret_names(&definition.secrets)?;
+        // No sandbox is made whose runs could not start (was: a `bkgr` refused for a secret not
+        // set left one that never ran; found by a new-user trial).
+        if existing.is_none() {
+            self.refuse_missing_secrets(&definition.namespace, &definition.secrets)?;
+        }
         // bkgr gives the definition before every run, bkg exec and bkg shell before they start:
         // an unchanged one is neither stored again nor audited again.
         let replaces = existing.is_some();

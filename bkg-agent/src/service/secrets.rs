@@ -88,10 +88,22 @@ impl Service {
         check_secret_names(names)?;
         match self.secrets.open(&run.namespace, names)? {
             Ok(values) => Ok(run.add_env(values)?),
-            Err(missing) => Err(OpError::Invalid(format!(
-                "no secret `{missing}` in namespace `{}`: set it with `bkg secrets set {missing}`",
-                run.namespace
-            ))),
+            Err(missing) => Err(no_secret(&missing, &run.namespace)),
         }
     }
+
+    /// Refuses names of which `namespace` has no secret (without opening any).
+    pub(super) fn refuse_missing_secrets(&self, namespace: &str, names: &[String]) -> OpResult<()> {
+        let set = self.secrets.list(namespace)?;
+        match names.iter().find(|name| !set.iter().any(|entry| entry.name == **name)) {
+            Some(missing) => Err(no_secret(missing, namespace)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn no_secret(missing: &str, namespace: &str) -> OpError {
+    OpError::Invalid(format!(
+        "no secret `{missing}` in namespace `{namespace}`: set it with `bkg secrets set {missing}`"
+    ))
 }
