@@ -175,6 +175,8 @@ fn build_request(args: &ExeArgs, json: bool) -> Result<(RunRequest, bool), CliEr
     let language = match (args.language, script_name.as_deref()) {
         (Some(language), _) => language,
         (None, Some(name)) => Language::from_file_name(name).or_else(|| Language::from_shebang(&code)).ok_or_else(|| {
+            // As given: `<(…)`'s file name alone is a bare number (found by a new-user trial).
+            let name = args.script.as_deref().filter(|given| *given != "-").unwrap_or(name);
             CliError::usage(match bkg_schema::shebang_program(&code) {
                 Some(program) => format!(
                     "`{name}`'s #! line names {program}, which bkg does not run: bkg runs python and node \

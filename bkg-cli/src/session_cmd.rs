@@ -67,7 +67,7 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
         if settings.out.is_json() {
             settings.out.json(&info)?;
         } else if !info.busy {
-            settings.out.note(format_args!("session {session} of {} was running nothing to interrupt", args.name));
+            settings.out.note(format_args!("session {session} of {} is idle: nothing to interrupt", args.name));
         } else {
             settings.out.note(format_args!("interrupted session {session} of {}", args.name));
         }

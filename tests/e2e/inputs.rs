@@ -196,11 +196,8 @@ fn a_file_without_a_known_extension_needs_a_type() {
     let dir = tempfile::tempdir().expect("tempdir");
     let script = dir.path().join("job.rb");
     std::fs::write(&script, "print(1)").expect("write");
-    assert_one_line_error(
-        &agent.exe(&[script.to_str().unwrap_or_default()]),
-        125,
-        "cannot tell the language of `job.rb`",
-    );
+    let given = script.to_str().unwrap_or_default();
+    assert_one_line_error(&agent.exe(&[given]), 125, &format!("cannot tell the language of `{given}`"));
     let output = agent.exe(&["--type", "python", script.to_str().unwrap_or_default()]);
     assert_eq!(code(&output), 0, "stderr: {}", stderr(&output));
     // A `#!` line tells it, as it would tell the kernel.
@@ -212,10 +209,11 @@ fn a_file_without_a_known_extension_needs_a_type() {
     // add --type, as if the language were unknown).
     let ruby = dir.path().join("gem-tool");
     std::fs::write(&ruby, "#!/usr/bin/env ruby\nputs 1").expect("write");
+    let given = ruby.to_str().unwrap_or_default();
     assert_one_line_error(
-        &agent.exe(&[ruby.to_str().unwrap_or_default()]),
+        &agent.exe(&[given]),
         125,
-        "`gem-tool`'s #! line names ruby, which bkg does not run: bkg runs python and node",
+        &format!("`{given}`'s #! line names ruby, which bkg does not run: bkg runs python and node"),
     );
 }
 

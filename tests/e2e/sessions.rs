@@ -359,7 +359,7 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     assert_eq!(stdout(&after), "41\n", "the session kept its state: {}", stderr(&after));
     let idle = agent.bkg_in(dir, &["exec", "box", "--interrupt"]);
     assert_eq!(code(&idle), 0, "{}", stderr(&idle));
-    assert!(stderr(&idle).contains("was running nothing to interrupt"), "{}", stderr(&idle));
+    assert!(stderr(&idle).contains("is idle: nothing to interrupt"), "{}", stderr(&idle));
 
     let restarted = agent.bkg_in(dir, &["exec", "box", "--restart"]);
     assert_eq!(code(&restarted), 0, "{}", stderr(&restarted));
