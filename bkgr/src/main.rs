@@ -112,7 +112,9 @@ async fn run(args: Args) -> Result<i32, CliError> {
     // One named sandbox runs in the foreground with our stdin; without a name every sandbox
     // runs at once, like a Procfile runner, each line after its sandbox's name.
     if let (Some(_), [(definition, command)]) = (&args.name, runs.as_slice()) {
-        let result = exec(&client, (definition, one_off), command, Output::Raw, Stdin::Relay).await?;
+        // In the order the command wrote them, where they end up together (bkg exe's rule).
+        let joined = bkg_cli::out::stdout_and_stderr_are_one();
+        let result = exec(&client, (definition, one_off, joined), command, Output::Raw, Stdin::Relay).await?;
         if let Some(reason) = reason_line(&result, limits_from) {
             out.note(format_args!("{}: {reason}", definition.name));
         }
@@ -128,7 +130,8 @@ async fn run(args: Args) -> Result<i32, CliError> {
         let client = AgentClient::new(&endpoint)?;
         let prefix = format!("{:<width$}", definition.name);
         tasks.spawn(async move {
-            let outcome = exec(&client, (&definition, one_off), &command, Output::Prefixed(prefix), Stdin::Empty).await;
+            let outcome =
+                exec(&client, (&definition, one_off, false), &command, Output::Prefixed(prefix), Stdin::Empty).await;
             (definition.name, outcome)
         });
     }
@@ -158,13 +161,13 @@ async fn run(args: Args) -> Result<i32, CliError> {
 
 async fn exec(
     client: &AgentClient,
-    (definition, limits): (&SandboxDefinition, LimitOverrides),
+    (definition, limits, stderr_to_stdout): (&SandboxDefinition, LimitOverrides, bool),
     command: &str,
     output: Output,
     stdin: Stdin,
 ) -> Result<bkg_schema::RunResult, CliError> {
     let id = sandbox_id(&definition.project_dir, &definition.name);
-    let request = ExecRequest { limits, ..ExecRequest::command(command) };
+    let request = ExecRequest { limits, stderr_to_stdout, ..ExecRequest::command(command) };
     run_streamed(
         client,
         &format!("/api/v1/sandboxes/{id}/exec"),

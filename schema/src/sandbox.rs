@@ -211,6 +211,10 @@ pub struct ExecRequest {
     /// own stay as its definition says. A service started again after a failure keeps them.
     #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
     pub limits: LimitOverrides,
+    /// Give the command one pipe for its stdout and its stderr, as `RunRequest`'s does
+    /// (`bkgr NAME` whose stdout and stderr are one file); its log then keeps the order too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_to_stdout: bool,
 }
 
 impl ExecRequest {
@@ -223,6 +227,7 @@ impl ExecRequest {
             stdin_base64: None,
             language: None,
             limits: LimitOverrides::default(),
+            stderr_to_stdout: false,
         }
     }
 }

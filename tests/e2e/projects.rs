@@ -1157,3 +1157,36 @@ fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
          rotated, deleted or expired)\n"
     );
 }
+
+/// `bkgr NAME 2>&1`: the command's stdout and stderr on one pipe come in the order it wrote
+/// them, and its log keeps that order (was: in pieces of each stream; found by a new-user trial).
+#[test]
+fn bkgr_with_stdout_and_stderr_on_one_pipe_keeps_their_order_and_so_does_the_log() {
+    let agent = Agent::start();
+    let project =
+        project_with("version: 1\nsandboxes:\n  mix:\n    type: python\n    scripts:\n      start: python mix.py\n");
+    let dir = project.path();
+    write(
+        &dir.join("mix.py"),
+        "import sys\nfor i in range(200):\n    print('out', i)\n    print('err', i, file=sys.stderr)\n",
+    );
+    let (mut reader, writer) = std::io::pipe().expect("pipe");
+    let mut bkgr = Command::new(bkg_tests::bin_dir().join("bkgr"));
+    bkgr.arg("mix")
+        .current_dir(dir)
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone().expect("dup the pipe"))
+        .stderr(writer);
+    let mut child = bkgr.spawn().expect("bkgr");
+    // Our copies of the pipe's writing end are in `bkgr`: closed, so that reading ends with it.
+    drop(bkgr);
+    let mut both = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut both).expect("bkgr's output");
+    assert!(child.wait().expect("bkgr").success(), "{both}");
+    let expected: String = (0..200).map(|i| format!("out {i}\nerr {i}\n")).collect();
+    assert_eq!(both, expected);
+    let logs = agent.bkg_in(dir, &["logs", "mix"]);
+    assert_eq!((code(&logs), stdout(&logs)), (0, expected), "{}", stderr(&logs));
+}

@@ -570,7 +570,7 @@ impl Engine {
                 hold_after_exit: false,
                 cpus: cpu_count(limits.cpu_millis),
                 terminal: None,
-                stderr_to_stdout: false,
+                stderr_to_stdout: exec.stderr_to_stdout,
             },
             stdin: decode_stdin(exec.stdin_base64.as_deref())?,
             persistent: Some(PersistentRun {
