@@ -5,8 +5,7 @@
 use std::collections::BTreeSet;
 
 use bkg_schema::cave::{
-    self, CaveLimits, CpuCount, ENV_KEY_RULE, FILE_NAME, SCRIPT_NAME_RULE, Volume, is_command, is_env_key,
-    is_script_name, yaml_scalar,
+    self, ENV_KEY_RULE, FILE_NAME, SCRIPT_NAME_RULE, Volume, is_command, is_env_key, is_script_name, yaml_scalar,
 };
 
 use crate::args::AddArgs;
@@ -108,30 +107,20 @@ fn volume_folder(project: &std::path::Path, volume: &str) -> Result<Option<Strin
     Ok(Some(format!("made the volume's folder {}", volume.host.display())))
 }
 
-/// A limit flag: its key in cave.yaml, its value, and how to check it as that limit.
-type LimitFlag<'a> = (&'static str, Option<&'a String>, fn(String) -> CaveLimits);
-
 /// Checks every flag before the file is touched: one line for the first bad one.
 fn new_sandbox(args: &AddArgs) -> Result<NewSandbox, CliError> {
     let language = args.language;
-    let limit_flags: [LimitFlag<'_>; 4] = [
-        ("cpus", args.limits.cpus.as_ref(), |value| CaveLimits {
-            cpus: Some(CpuCount::Text(value)),
-            ..CaveLimits::default()
-        }),
-        ("memory", args.limits.memory.as_ref(), |value| CaveLimits { memory: Some(value), ..CaveLimits::default() }),
-        ("timeout", args.limits.timeout.as_ref(), |value| CaveLimits { timeout: Some(value), ..CaveLimits::default() }),
-        ("disk", args.limits.disk.as_ref(), |value| CaveLimits { disk: Some(value), ..CaveLimits::default() }),
-    ];
-    let mut limits = Vec::new();
-    for (key, value, as_limits) in limit_flags {
-        if let Some(value) = value {
-            as_limits(value.clone()).to_overrides().map_err(|error| CliError::usage(format!("--{key}: {error}")))?;
-            // A checked CPU count is digits and a dot: written bare it is a YAML number.
-            let yaml = if key == "cpus" { value.clone() } else { yaml_scalar(value) };
-            limits.push((key, yaml));
-        }
-    }
+    // As `bkg exe` checks them, the least with its hint included (was: the least was said of a
+    // line of the cave.yaml that would have been written; found by a new-user trial).
+    crate::shared::limit_overrides(&args.limits)?;
+    let flags = &args.limits;
+    let given = [("cpus", &flags.cpus), ("memory", &flags.memory), ("timeout", &flags.timeout), ("disk", &flags.disk)];
+    let limits = given
+        .into_iter()
+        .filter_map(|(key, value)| value.as_ref().map(|value| (key, value)))
+        // A checked CPU count is digits and a dot: written bare it is a YAML number.
+        .map(|(key, value)| (key, if key == "cpus" { value.clone() } else { yaml_scalar(value) }))
+        .collect();
 
     let mut scripts = Vec::new();
     for script in &args.scripts {

@@ -367,3 +367,29 @@ fn a_file_given_a_directory_lands_in_it_under_its_name() {
     let ran = agent.exe(&["--file", &spec, "--type", "python", "-c", "print(open('sub/data.txt').read(), end='')"]);
     assert_eq!((code(&ran), stdout(&ran)), (0, "in sub\n".to_owned()), "{}", stderr(&ran));
 }
+
+/// `bkg add`'s limit flags are checked as `bkg exe`'s are, each named with its least and hint
+/// (was: the least was said of a line of a cave.yaml that was never written), and cave.yaml is
+/// left as it was.
+#[test]
+fn bkg_add_names_a_limit_flag_below_its_least() {
+    let project = tempfile::tempdir().expect("project");
+    let bkg = |args: &[&str]| {
+        std::process::Command::new(bkg_tests::bkg_bin())
+            .args(args)
+            .current_dir(project.path())
+            .env("BKG_SOCKET", "/nonexistent/agent.sock")
+            .env("BKG_NO_AUTOSTART", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("bkg")
+    };
+    assert_eq!(code(&bkg(&["init", "--yes"])), 0);
+    let before = std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml");
+    assert_one_line_error(
+        &bkg(&["add", "z", "--type", "python", "--memory", "12"]),
+        125,
+        "--memory: `12` is too small: the least is 16MiB (a number without a unit is bytes: `12MiB`?)",
+    );
+    assert_eq!(std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml"), before);
+}
