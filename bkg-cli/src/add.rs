@@ -145,7 +145,15 @@ fn new_sandbox(args: &AddArgs) -> Result<NewSandbox, CliError> {
     let mut env = Vec::new();
     for pair in &args.env {
         let Some((key, value)) = pair.split_once('=') else {
-            return Err(CliError::usage(format!("--env `{pair}` is not KEY=VALUE")));
+            if !is_env_key(pair) {
+                return Err(CliError::usage(format!("--env `{pair}` is not KEY=VALUE")));
+            }
+            // Unlike `bkg exe -e NAME`, not taken from this shell: cave.yaml would keep the
+            // value, and a secret's belongs in `bkg secrets` (found by a new-user trial).
+            return Err(CliError::usage(format!(
+                "--env `{pair}` is not KEY=VALUE: cave.yaml keeps the value, so give it (`-e {pair}=\"${pair}\"` \
+                 copies this shell's; a secret goes in `bkg secrets set {pair}` and cave.yaml's `secrets:`)"
+            )));
         };
         if !is_env_key(key) {
             return Err(CliError::usage(format!("--env: `{key}` is not a valid variable name: use {ENV_KEY_RULE}")));
