@@ -391,5 +391,11 @@ fn bkg_add_names_a_limit_flag_below_its_least() {
         125,
         "--memory: `12` is too small: the least is 16MiB (a number without a unit is bytes: `12MiB`?)",
     );
+    // A variable without a value is not taken from this shell, as cave.yaml would keep it.
+    assert_one_line_error(
+        &bkg(&["add", "z", "--type", "python", "-e", "TOKEN"]),
+        125,
+        "--env `TOKEN` is not KEY=VALUE: cave.yaml keeps the value, so give it (`-e TOKEN=\"$TOKEN\"` copies",
+    );
     assert_eq!(std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml"), before);
 }
