@@ -70,6 +70,19 @@ fn spawn_exec(agent: &Agent, dir: &std::path::Path, cell: &str) -> std::process:
         .expect("bkg exec")
 }
 
+/// `bkg exec box -c CELL` in the project at `dir`, sent `signal` once the cell has printed its
+/// first line, `up`: how it ended.
+fn signalled_once_up(agent: &Agent, dir: &std::path::Path, cell: &str, signal: i32) -> std::process::Output {
+    let mut child = spawn_exec(agent, dir, cell);
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")), &mut first)
+        .expect("the cell's output");
+    assert_eq!(first, "up\n");
+    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    child.wait_with_output().expect("bkg exec")
+}
+
 /// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`).
 fn vm_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
@@ -197,9 +210,14 @@ fn an_execution_whose_reader_goes_away_is_interrupted() {
     assert_eq!(first, "0\n");
     drop(reader);
     let output = child.wait_with_output().expect("bkg exec");
-    assert_eq!(code(&output), 130, "{}", stderr(&output));
-    assert!(stderr(&output).contains("KeyboardInterrupt"), "{}", stderr(&output));
-    let next = agent.bkg_in(project.path(), &["exec", "box", "-c", "print(x + 1)"]);
+    interrupted_keeping_x(&agent, project.path(), &output, 130);
+}
+
+/// The execution that set `x = 41` ended with `code`, interrupted, and the session kept `x`.
+fn interrupted_keeping_x(agent: &Agent, dir: &std::path::Path, output: &std::process::Output, expected: i32) {
+    assert_eq!(code(output), expected, "{}", stderr(output));
+    assert!(stderr(output).contains("KeyboardInterrupt"), "{}", stderr(output));
+    let next = agent.bkg_in(dir, &["exec", "box", "-c", "print(x + 1)"]);
     assert_eq!((code(&next), stdout(&next).as_str()), (0, "42\n"), "{}", stderr(&next));
 }
 
@@ -213,14 +231,7 @@ fn ctrl_c_on_an_execution_that_ignores_it_says_what_ends_it() {
     assert_eq!(code(&started), 0, "{}", stderr(&started));
     let cell = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('up', flush=True)\n\
                 time.sleep(4)\nprint(x + 1)";
-    let mut child = spawn_exec(&agent, project.path(), cell);
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")), &mut first)
-        .expect("the cell's output");
-    assert_eq!(first, "up\n");
-    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let output = child.wait_with_output().expect("bkg exec");
+    let output = signalled_once_up(&agent, project.path(), cell, libc::SIGINT);
     assert_eq!((code(&output), stdout(&output).as_str()), (0, "42\n"), "{}", stderr(&output));
     assert_eq!(
         stderr(&output),
@@ -236,18 +247,9 @@ fn ctrl_c_on_an_execution_that_ignores_it_says_what_ends_it() {
 fn sigterm_interrupts_the_execution_and_exits_143() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
-    let mut child = spawn_exec(&agent, project.path(), "x = 41\nimport time\nprint('up', flush=True)\ntime.sleep(300)");
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")), &mut first)
-        .expect("the cell's output");
-    assert_eq!(first, "up\n");
-    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let output = child.wait_with_output().expect("bkg exec");
-    assert_eq!(code(&output), 143, "{}", stderr(&output));
-    assert!(stderr(&output).contains("KeyboardInterrupt"), "{}", stderr(&output));
-    let next = agent.bkg_in(project.path(), &["exec", "box", "-c", "print(x + 1)"]);
-    assert_eq!((code(&next), stdout(&next).as_str()), (0, "42\n"), "{}", stderr(&next));
+    let cell = "x = 41\nimport time\nprint('up', flush=True)\ntime.sleep(300)";
+    let output = signalled_once_up(&agent, project.path(), cell, libc::SIGTERM);
+    interrupted_keeping_x(&agent, project.path(), &output, 143);
 }
 
 /// SIGHUP to `bkg exec` whose code ignores the interrupt: bkg does not wait for the execution's
@@ -258,14 +260,7 @@ fn sighup_on_an_execution_that_ignores_the_interrupt_says_what_ends_it_and_exits
     let project = project(&agent);
     let cell = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('up', flush=True)\n\
                 time.sleep(300)\nprint('slept')";
-    let mut child = spawn_exec(&agent, project.path(), cell);
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")), &mut first)
-        .expect("the cell's output");
-    assert_eq!(first, "up\n");
-    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
-    let output = child.wait_with_output().expect("bkg exec");
+    let output = signalled_once_up(&agent, project.path(), cell, libc::SIGHUP);
     assert_eq!((code(&output), stdout(&output).as_str()), (129, ""), "{}", stderr(&output));
     let said = "bkg: the execution goes on after the interrupt (its code may catch or ignore SIGINT): `bkg exec box \
                 --restart` ends the session's interpreter, and its variables with it\n";
