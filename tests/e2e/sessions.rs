@@ -595,21 +595,22 @@ fn a_repl_whose_session_was_stopped_goes_on_in_a_fresh_one() {
     );
 }
 
-/// `bkg repl` reading a pipe runs every cell and says with its exit code whether one failed,
-/// without the banner meant for a person at a terminal.
+/// `bkg repl box` in the project at `dir` fed `cells` on a pipe that then ends.
+fn piped_repl_of(agent: &Agent, dir: &std::path::Path, cells: &[u8]) -> std::process::Child {
+    use std::io::Write as _;
+    let mut repl = piped_repl(agent, dir);
+    repl.stdin.take().expect("stdin").write_all(cells).expect("write the cells");
+    repl
+}
+
 /// Ctrl-C on a repl fed from a pipe interrupts its cell and runs none after it, as on
 /// `python3 < cells.py` (was: the rest ran on, found by a new-user trial).
 #[test]
 fn ctrl_c_on_a_piped_repl_stops_its_cells() {
-    use std::io::Write as _;
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
-    let mut repl = piped_repl(&agent, project.path());
-    repl.stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"import time\nprint('started', flush=True); time.sleep(300)\nprint('after')\n")
-        .expect("write the cells");
+    let cells = b"import time\nprint('started', flush=True); time.sleep(300)\nprint('after')\n";
+    let mut repl = piped_repl_of(&agent, project.path(), cells);
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(repl.stdout.as_mut().expect("stdout")), &mut first)
         .expect("the cell's output");
@@ -625,17 +626,13 @@ fn ctrl_c_on_a_piped_repl_stops_its_cells() {
     );
 }
 
+/// `bkg repl` reading a pipe runs every cell and says with its exit code whether one failed,
+/// without the banner meant for a person at a terminal.
 #[test]
 fn a_piped_repl_runs_every_cell_and_exits_1_when_one_failed() {
-    use std::io::Write as _;
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
-    let mut repl = piped_repl(&agent, project.path());
-    repl.stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"x = 1\nraise ValueError('piped')\nprint('after', x)\n")
-        .expect("write the cells");
+    let repl = piped_repl_of(&agent, project.path(), b"x = 1\nraise ValueError('piped')\nprint('after', x)\n");
     let done = repl.wait_with_output().expect("bkg repl");
     assert_eq!(code(&done), 1, "{}", stderr(&done));
     assert_eq!(stdout(&done), "after 1\n");
