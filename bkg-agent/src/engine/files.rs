@@ -98,6 +98,19 @@ const STAGING_PREFIX: &str = ".bkg-upload";
 static TAKING: std::sync::Mutex<std::collections::BTreeSet<std::ffi::OsString>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
+/// Whether `name` is one `make_staging` gives: the prefix, `_`, then the 23 lowercase hex
+/// digits of an id (`ids::new_id`). Such a name at the top of /workspace is bkg's.
+fn is_staging_name(name: &[u8]) -> bool {
+    name.strip_prefix(STAGING_PREFIX.as_bytes())
+        .and_then(|rest| rest.strip_prefix(b"_"))
+        .is_some_and(|id| id.len() == 23 && id.iter().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// Whether `name` is one an upload stages an entry under: its count.
+fn is_staged_entry_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(u8::is_ascii_digit)
+}
+
 /// An upload's staging directory, opened.
 struct Staging {
     name: TakenName,
@@ -345,38 +358,28 @@ impl Workspace {
 
     /// Removes the staging directories at the top of /workspace that no upload of this agent
     /// is taking: an agent killed during an upload left them, with its files (found by a
-    /// new-user trial: `.bkg-upload_*` files stayed in the workspace for good). Only the
-    /// agent's own are touched (owned by its user, where the sandbox's code owns what it makes),
-    /// and in them only files and links, the only things an upload stages.
+    /// new-user trial: `.bkg-upload_*` files stayed in the workspace for good). They are known
+    /// by their name alone (`is_staging_name`), since a persistent sandbox's runs hand the whole
+    /// workspace to the sandbox's user, and in them only the entries an upload stages go.
     fn remove_abandoned_stagings(&self) {
         let Ok(top) = self.open_dir(Path::new("")) else { return };
         let Ok(mut listing) = nix::dir::Dir::from_fd(top) else { return };
-        let agent = nix::unistd::geteuid().as_raw();
         let taking = TAKING.lock().map(|taking| taking.clone()).unwrap_or_default();
-        let abandoned: Vec<std::ffi::OsString> = listing
-            .iter()
-            .filter_map(Result::ok)
-            .map(|entry| OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string())
-            .filter(|name| {
-                name.as_bytes().starts_with(format!("{STAGING_PREFIX}_").as_bytes()) && !taking.contains(name)
-            })
-            .collect();
-        for name in abandoned {
+        let names_in = |dir: &mut nix::dir::Dir| -> Vec<std::ffi::OsString> {
+            let names = dir.iter().filter_map(Result::ok);
+            names.map(|entry| OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string()).collect()
+        };
+        let abandoned = names_in(&mut listing)
+            .into_iter()
+            .filter(|name| is_staging_name(name.as_bytes()) && !taking.contains(name));
+        for name in abandoned.collect::<Vec<_>>() {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             let Ok(dir) = nix::fcntl::openat(listing.as_fd(), name.as_os_str(), flags, Mode::empty()) else {
                 continue;
             };
-            if nix::sys::stat::fstat(&dir).map_or(true, |stat| stat.st_uid != agent) {
-                continue;
-            }
             let Ok(mut staged) = nix::dir::Dir::from_fd(dir) else { continue };
-            let names: Vec<std::ffi::OsString> = staged
-                .iter()
-                .filter_map(Result::ok)
-                .map(|entry| OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string())
-                .filter(|name| name != "." && name != "..")
-                .collect();
-            for staged_name in names {
+            let staged_names = names_in(&mut staged).into_iter().filter(|name| is_staged_entry_name(name.as_bytes()));
+            for staged_name in staged_names.collect::<Vec<_>>() {
                 let _ = nix::unistd::unlinkat(staged.as_fd(), staged_name.as_os_str(), NO_REMOVE_DIR);
             }
             let _ = nix::unistd::unlinkat(listing.as_fd(), name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir);
@@ -850,9 +853,9 @@ mod tests {
         }
     }
 
-    /// What an agent killed during an upload staged is removed by the next upload, and only
-    /// that: a directory of the same pattern that the sandbox's user made stays (was: the
-    /// staged files stayed in the workspace for good).
+    /// What an agent killed during an upload staged is removed by the next upload, also once a
+    /// run handed it to the sandbox's user, and only that: a directory the user named alike
+    /// stays (was: the staged files stayed in the workspace for good).
     #[test]
     fn the_next_upload_removes_what_an_upload_cut_off_by_the_agents_death_staged() {
         let (dir, workspace) = temp_workspace();
@@ -872,17 +875,39 @@ mod tests {
             ["0", "1", "2"],
             "staged before the death: a file, the link, and the last file cut short"
         );
-        // The sandbox's user's own, of the same pattern.
+        // A persistent sandbox's run hands its whole workspace to the sandbox's user.
+        let abandoned = dir.path().join(&left[0]);
+        for entry in
+            std::iter::once(abandoned.clone()).chain(names_in(&abandoned).iter().map(|name| abandoned.join(name)))
+        {
+            std::os::unix::fs::lchown(&entry, Some(65534), Some(65534)).expect("chown");
+        }
+        // The sandbox's user's own, named alike.
         let users = dir.path().join(".bkg-upload_mine");
         std::fs::create_dir(&users).expect("mkdir");
         std::fs::write(users.join("0"), "kept").expect("write");
-        std::os::unix::fs::chown(&users, Some(65534), Some(65534)).expect("chown");
 
         let unpacked = workspace.unpack(Path::new("up"), archive.as_slice()).expect("the next upload");
         assert_eq!((unpacked.files, unpacked.links), (2, 1));
         assert_eq!(names_in(dir.path()), [".bkg-upload_mine", "up"], "the abandoned staging is gone");
         assert_eq!(std::fs::read_to_string(users.join("0")).ok().as_deref(), Some("kept"));
         assert_eq!(names_in(&dir.path().join("up")), ["a.txt", "b.txt", "link"]);
+    }
+
+    #[test]
+    fn a_staging_directory_is_known_by_the_names_ids_make() {
+        let made = crate::ids::new_id(STAGING_PREFIX);
+        assert!(is_staging_name(made.as_bytes()), "{made}");
+        let others = [
+            ".bkg-upload_mine",
+            ".bkg-upload",
+            ".bkg-upload_0123456789abcdef012345",
+            ".bkg-upload_0123456789ABCDEF0123456",
+            ".bkg-upload_0123456789abcdef01234567",
+        ];
+        for other in others {
+            assert!(!is_staging_name(other.as_bytes()), "{other}");
+        }
     }
 
     /// An upload does not take the staging directory of another going on in the same sandbox.
