@@ -247,7 +247,7 @@ fn list_log(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CliError> {
 fn emit(out: &mut dyn Write, text: &str) -> Result<(), CliError> {
     writeln!(out, "{text}").map_err(|error| {
         crate::exit::reader_gone(&error)
-            .unwrap_or_else(|| CliError::internal(format!("cannot write the output: {error}")))
+            .unwrap_or_else(|| CliError::usage(crate::out::incomplete_stdout(&error.to_string())))
     })
 }
 

@@ -1,7 +1,7 @@
 //! `bkg ls`, `bkg status`, `bkg logs`, `bkg stop`, `bkg rm`: the persistent sandboxes of the
 //! project around the current directory.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 
 use bkg_schema::Language;
@@ -349,9 +349,7 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
             return Err(crate::client::api_error(response).await);
         }
         let all = response.bytes().await.map_err(|error| client.unreachable(error))?;
-        let mut out = std::io::stdout().lock();
-        let _ =
-            out.write_all(&LogLines::new(args.tail, args.timestamps).backlog(&all, true)).and_then(|()| out.flush());
+        let _ = crate::out::stdout_bytes(&LogLines::new(args.tail, args.timestamps).backlog(&all, true));
         return Ok(SUCCESS);
     }
     let open = |follow: bool| {
@@ -371,11 +369,10 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
     };
     // The log is the output of the sandbox's script, byte for byte: written as it comes, not
     // through the printer's lines.
-    let mut out = std::io::stdout().lock();
     let mut lines = LogLines::new(args.tail, args.timestamps);
     if !args.follow {
         let all = open(false).await?.bytes().await.map_err(|error| client.unreachable(error))?;
-        let _ = out.write_all(&lines.backlog(&all, true)).and_then(|()| out.flush());
+        let _ = crate::out::stdout_bytes(&lines.backlog(&all, true));
         if let Some(why) = last_run_failure(&client, &id).await {
             settings.out.note(format_args!("{why}"));
         }
@@ -386,7 +383,7 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
     let mut skip = 0;
     if args.tail.is_some() {
         let backlog = open(false).await?.bytes().await.map_err(|error| client.unreachable(error))?;
-        if out.write_all(&lines.backlog(&backlog, false)).and_then(|()| out.flush()).is_err() {
+        if crate::out::stdout_bytes(&lines.backlog(&backlog, false)).is_err() {
             return Ok(SUCCESS);
         }
         skip = backlog.len();
@@ -420,11 +417,11 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
         };
         let skipped = skip.min(chunk.len());
         skip -= skipped;
-        if out.write_all(&lines.live(&chunk[skipped..])).and_then(|()| out.flush()).is_err() {
+        if crate::out::stdout_bytes(&lines.live(&chunk[skipped..])).is_err() {
             return Ok(SUCCESS);
         }
     }
-    let _ = out.write_all(&lines.finish()).and_then(|()| out.flush());
+    let _ = crate::out::stdout_bytes(&lines.finish());
     // The log ended: its run did, or the agent stopped (and ended it), which says nothing on a
     // raw log. A stopped agent no longer takes connections.
     if gone().await {

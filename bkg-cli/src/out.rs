@@ -31,6 +31,18 @@ fn stdout(args: fmt::Arguments<'_>) {
     note_stdout_write(&out.write_fmt(args).and_then(|()| out.flush()));
 }
 
+/// Writes `bytes` to stdout as they are (a run's output, a log), as `stdout` writes text: the
+/// error is the caller's to act on (a closed pipe ends a follow), a failure is noted too.
+pub fn stdout_bytes(bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(failure) = stdout_failure() {
+        return Err(std::io::Error::other(failure));
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out.write_all(bytes).and_then(|()| out.flush());
+    note_stdout_write(&written);
+    written
+}
+
 /// Why a write to stdout failed other than by its reader's going (a full disk, an I/O error):
 /// what stdout holds is then incomplete, and the command says so and fails
 /// (`shared::run_to_exit`), where a closed pipe is no failure. Nothing more is written after it,
@@ -44,6 +56,11 @@ pub fn note_stdout_write(written: &std::io::Result<()>) {
     {
         let _ = STDOUT_FAILED.set(error.to_string());
     }
+}
+
+/// What bkg says when stdout failed so (`note_stdout_write`).
+pub fn incomplete_stdout(failure: &str) -> String {
+    format!("cannot write to stdout ({failure}): what it holds is incomplete")
 }
 
 /// Why stdout could not take what was written to it, if it could not (`note_stdout_write`).

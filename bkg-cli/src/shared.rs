@@ -33,7 +33,7 @@ pub fn run_to_exit(tool: &'static str, work: impl Future<Output = Result<i32, Cl
     runtime.shutdown_background();
     let printer = Printer::new(tool, false);
     if let Some(failure) = crate::out::stdout_failure() {
-        printer.note(format_args!("cannot write to stdout ({failure}): what it holds is incomplete"));
+        printer.note(format_args!("{}", crate::out::incomplete_stdout(failure)));
     }
     match outcome {
         // A command that did its work but could not write all of its answer has failed.

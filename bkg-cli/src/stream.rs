@@ -289,13 +289,7 @@ fn write_ours(to_stderr: bool, bytes: &[u8]) -> std::io::Result<()> {
     let Some(last) = bytes.last() else { return Ok(()) };
     let written = match to_stderr {
         true => write_through(&mut std::io::stderr().lock(), bytes),
-        // Once stdout has failed (out.rs): nothing more, not what might fit after a hole.
-        false if crate::out::stdout_failure().is_some() => return Ok(()),
-        false => {
-            let written = write_through(&mut std::io::stdout().lock(), bytes);
-            crate::out::note_stdout_write(&written);
-            written
-        }
+        false => crate::out::stdout_bytes(bytes),
     };
     MID_LINE[usize::from(to_stderr)].store(*last != b'\n', std::sync::atomic::Ordering::Relaxed);
     written
@@ -541,8 +535,7 @@ impl LineBuffer {
     }
 }
 
-/// A failed write drops the bytes: a closed stdout (`bkg exe x.py | head`) is the caller's to
-/// act on (the run's code has its own closed, `receive`), not an end of bkg.
+/// Writes to stderr; a failed write drops the bytes (stdout's go through `out::stdout_bytes`).
 fn write_through(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     out.write_all(bytes).and_then(|()| out.flush())
 }

@@ -109,11 +109,11 @@ async fn run(args: Args) -> Result<i32, CliError> {
         return Ok(SUCCESS);
     }
 
+    // In the order each command wrote them, where they end up together (bkg exe's rule).
+    let joined = bkg_cli::out::stdout_and_stderr_are_one();
     // One named sandbox runs in the foreground with our stdin; without a name every sandbox
     // runs at once, like a Procfile runner, each line after its sandbox's name.
     if let (Some(_), [(definition, command)]) = (&args.name, runs.as_slice()) {
-        // In the order the command wrote them, where they end up together (bkg exe's rule).
-        let joined = bkg_cli::out::stdout_and_stderr_are_one();
         let result = exec(&client, (definition, one_off, joined), command, Output::Raw, Stdin::Relay).await?;
         if let Some(reason) = reason_line(&result, limits_from) {
             out.note(format_args!("{}: {reason}", definition.name));
@@ -131,7 +131,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
         let prefix = format!("{:<width$}", definition.name);
         tasks.spawn(async move {
             let outcome =
-                exec(&client, (&definition, one_off, false), &command, Output::Prefixed(prefix), Stdin::Empty).await;
+                exec(&client, (&definition, one_off, joined), &command, Output::Prefixed(prefix), Stdin::Empty).await;
             (definition.name, outcome)
         });
     }

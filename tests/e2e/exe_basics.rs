@@ -216,6 +216,16 @@ fn a_stdout_that_cannot_be_written_is_said_and_fails_the_command() {
     let listed =
         agent.bkg().args(["runs", "ls", "--json"]).stdout(full()).stderr(Stdio::piped()).output().expect("bkg");
     assert_eq!((code(&listed), stderr(&listed).as_str()), (125, said));
+    // A raw log too (found by a second new-user trial).
+    let project = tempfile::tempdir().expect("project");
+    let cave = "version: 1\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: echo logged\n";
+    std::fs::write(project.path().join("cave.yaml"), cave).expect("cave.yaml");
+    let ran = agent.bkgr(project.path(), &["box"]);
+    assert_eq!(code(&ran), 0, "{}", stderr(&ran));
+    let mut logs = agent.bkg();
+    logs.args(["logs", "box"]).current_dir(project.path()).stdout(full()).stderr(Stdio::piped());
+    let logs = logs.output().expect("bkg logs");
+    assert_eq!((code(&logs), stderr(&logs).as_str()), (125, said));
 }
 
 #[test]

@@ -1188,5 +1188,22 @@ fn bkgr_with_stdout_and_stderr_on_one_pipe_keeps_their_order_and_so_does_the_log
     let expected: String = (0..200).map(|i| format!("out {i}\nerr {i}\n")).collect();
     assert_eq!(both, expected);
     let logs = agent.bkg_in(dir, &["logs", "mix"]);
-    assert_eq!((code(&logs), stdout(&logs)), (0, expected), "{}", stderr(&logs));
+    assert_eq!((code(&logs), stdout(&logs)), (0, expected.clone()), "{}", stderr(&logs));
+
+    // Every sandbox at once, each line after its name (found by a second new-user trial).
+    let (mut reader, writer) = std::io::pipe().expect("pipe");
+    let mut bkgr = Command::new(bkg_tests::bin_dir().join("bkgr"));
+    bkgr.current_dir(dir)
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone().expect("dup the pipe"))
+        .stderr(writer);
+    let mut child = bkgr.spawn().expect("bkgr");
+    drop(bkgr);
+    let mut both = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut both).expect("bkgr's output");
+    assert!(child.wait().expect("bkgr").success(), "{both}");
+    let prefixed: String = expected.lines().map(|line| format!("mix | {line}\n")).collect();
+    assert_eq!(both, prefixed);
 }
