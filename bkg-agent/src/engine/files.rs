@@ -295,6 +295,10 @@ impl Workspace {
         let mut staged = Vec::new();
         let mut placed = 0;
         let unpacked = self.unpack_making(dest, archive, &staging, &mut made, &mut staged).and_then(|unpacked| {
+            // The disk may be full only now, when the kernel writes the pages back: asked once
+            // for the whole upload before anything is placed (a sync per file made 10,000 small
+            // files take half a minute; found by a new-user trial).
+            nix::unistd::syncfs(staging.dir.as_fd()).map_err(|errno| failed("write", dest, errno))?;
             for file in &staged {
                 self.place_staged(&staging, file)?;
                 placed += 1;
@@ -525,8 +529,6 @@ impl Workspace {
                 return Err(FilesError::BadArchive(format!("the stream ended inside {name}")));
             }
             unpacked.bytes += copied;
-            // The disk may be full only now, when the kernel writes the pages back.
-            file.sync_data().map_err(|error| io_failed("write", &path, &error))?;
             unpacked.files += 1;
             placed_last.insert(path, StagedKind::File { bytes: copied });
         }
