@@ -14,6 +14,7 @@ use crate::exit::{CliError, SUCCESS};
 use crate::out::{Printer, WriterThread};
 use crate::settings::Settings;
 use crate::stream::StopSignals;
+use futures_util::FutureExt as _;
 
 /// The session `name` of sandbox `id`, made if it does not exist yet (then `true`). An existing
 /// session of another language than `language` is refused: its interpreter would run the code
@@ -98,8 +99,8 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
     }
     // One registration for the whole execution: a `ctrl_c()` made anew each turn of the loop
     // misses a Ctrl-C that comes while output is being printed.
-    let signals = StopSignals::listen()?;
-    let Some((ended, _)) = execute(&client, &id, session, &code, signals, settings.out).await? else {
+    let mut signals = StopSignals::listen()?;
+    let Some((ended, _)) = execute(&client, &id, session, &code, &mut signals, settings.out).await? else {
         return Err(CliError::usage(format!(
             "session {session} of {} ended before the code reached it (`bkg stop`, or the agent restarted): run it again, in a fresh session",
             args.name
@@ -144,7 +145,7 @@ async fn execute(
     id: &str,
     session: &str,
     code: &str,
-    mut interrupts: StopSignals,
+    interrupts: &mut StopSignals,
     out: Printer,
 ) -> Result<Option<(Ended, bool)>, CliError> {
     let path = format!("/api/v1/sandboxes/{id}/sessions/{session}/execute");
@@ -230,7 +231,7 @@ async fn execute(
             }
         };
         let Some(chunk) = chunk else {
-            shown_to_the_end(&mut shown, &mut interrupts, out).await?;
+            shown_to_the_end(&mut shown, interrupts, out).await?;
             return Err(CliError::usage("the agent ended the execution without its end"));
         };
         // The stream broke off: the agent stopped or crashed (found by a new-user trial: the
@@ -293,7 +294,7 @@ async fn execute(
                 }
             }
             if is_end {
-                let ended = shown_to_the_end(&mut shown, &mut interrupts, out).await?;
+                let ended = shown_to_the_end(&mut shown, interrupts, out).await?;
                 return match ended {
                     Some(ended) => Ok(Some((ended, mid_line && !out.is_json()))),
                     None => Err(CliError::internal("the execution's end was not shown")),
@@ -413,14 +414,35 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
     // Cells read from a pipe all run; the exit code says whether one failed, as a script's would.
     // At a terminal the person saw each outcome: Ctrl-D leaves with 0.
     let mut worst = SUCCESS;
+    // From a pipe, one listener for the whole feed: SIGTERM and SIGHUP too, heard between cells
+    // as well (was: bkg died of them and the cell went on; found by a new-user trial). At a
+    // terminal, Ctrl-C only, heard anew for each cell (at the prompt it is the line editor's
+    // key), and SIGTERM ends bkg at once as by default, its cell going on as a notebook
+    // kernel's does when its client goes.
+    let mut fed_signals = if piped { Some(StopSignals::listen()?) } else { None };
     loop {
         let Some(code) = prompt.read_cell(info.language)? else {
             return Ok(worst);
         };
+        // One heard while the cell was read stops the feed before it runs.
+        if let Some(Some(signal)) = fed_signals.as_mut().and_then(|signals| signals.next().now_or_never()) {
+            crate::stream::cancelled_on(signal);
+        }
+        if let (true, Some(signal)) = (piped, crate::stream::cancelled_by_signal()) {
+            return Ok(stopped_feed(signal, out));
+        }
         if code.trim().is_empty() {
             continue;
         }
-        let executed = match execute(&client, &id, &args.session, &code, StopSignals::interrupt_only()?, out).await? {
+        let mut for_this_cell;
+        let signals = match fed_signals.as_mut() {
+            Some(signals) => signals,
+            None => {
+                for_this_cell = StopSignals::interrupt_only()?;
+                &mut for_this_cell
+            }
+        };
+        let executed = match execute(&client, &id, &args.session, &code, signals, out).await? {
             Some(executed) => executed,
             // The session was ended meanwhile (found by a new-user trial: the repl left with the
             // API's "no session" and the cell was lost): a fresh one takes the cell.
@@ -432,17 +454,16 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
                     args.name,
                     info.language.as_str()
                 ));
-                execute(&client, &id, &args.session, &code, StopSignals::interrupt_only()?, out).await?.ok_or_else(
-                    || CliError::usage(format!("session {} of {} ended again at once", args.session, args.name)),
-                )?
+                execute(&client, &id, &args.session, &code, signals, out).await?.ok_or_else(|| {
+                    CliError::usage(format!("session {} of {} ended again at once", args.session, args.name))
+                })?
             }
         };
         let ((status, killed_by), mid_line) = executed;
-        // Ctrl-C on cells from a pipe stops them all, as on `python3 < cells.py` (was: the
-        // cell was interrupted and the rest ran on).
-        if piped && crate::stream::cancelled_by_signal().is_some() {
-            out.note(format_args!("stopped at Ctrl-C: the cells after this one were not run"));
-            return Ok(crate::exit::CANCELLED);
+        // Ctrl-C (or SIGTERM, SIGHUP) on cells from a pipe stops them all, as on
+        // `python3 < cells.py` (was: the cell was interrupted and the rest ran on).
+        if let (true, Some(signal)) = (piped, crate::stream::cancelled_by_signal()) {
+            return Ok(stopped_feed(signal, out));
         }
         if piped && worst == SUCCESS {
             worst = crate::exit::of_execution(status, killed_by);
@@ -456,6 +477,18 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
             out.note(format_args!("a fresh {} interpreter is ready", info.language.as_str()));
         }
     }
+}
+
+/// A piped repl stopped by `signal`: said, and its exit code (130 for Ctrl-C, 128+N).
+fn stopped_feed(signal: i32, out: Printer) -> i32 {
+    let what = match signal {
+        libc::SIGINT => "Ctrl-C".to_owned(),
+        libc::SIGTERM => "SIGTERM".to_owned(),
+        libc::SIGHUP => "SIGHUP".to_owned(),
+        other => format!("signal {other}"),
+    };
+    out.note(format_args!("stopped at {what}: no more cells are run"));
+    crate::exit::SIGNALLED + signal
 }
 
 /// Where `bkg repl` reads its cells: a line editor with history on a terminal, else stdin's lines.

@@ -604,26 +604,29 @@ fn piped_repl_of(agent: &Agent, dir: &std::path::Path, cells: &[u8]) -> std::pro
 }
 
 /// Ctrl-C on a repl fed from a pipe interrupts its cell and runs none after it, as on
-/// `python3 < cells.py` (was: the rest ran on, found by a new-user trial).
+/// `python3 < cells.py`, and so do SIGTERM and SIGHUP (was: after Ctrl-C the rest ran on, and
+/// SIGTERM ended bkg with its cell going on; found by new-user trials). The session is free
+/// for the next execution at once.
 #[test]
-fn ctrl_c_on_a_piped_repl_stops_its_cells() {
+fn a_signal_on_a_piped_repl_stops_its_cells() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
-    let cells = b"import time\nprint('started', flush=True); time.sleep(300)\nprint('after')\n";
-    let mut repl = piped_repl_of(&agent, project.path(), cells);
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(repl.stdout.as_mut().expect("stdout")), &mut first)
-        .expect("the cell's output");
-    assert_eq!(first, "started\n");
-    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
-    assert_eq!(unsafe { libc::kill(repl.id() as i32, libc::SIGINT) }, 0);
-    let done = repl.wait_with_output().expect("bkg repl");
-    assert_eq!((code(&done), stdout(&done).as_str()), (130, ""), "{}", stderr(&done));
-    assert!(
-        stderr(&done).ends_with("bkg: stopped at Ctrl-C: the cells after this one were not run\n"),
-        "{}",
-        stderr(&done)
-    );
+    for (signal, expected, said) in [(libc::SIGINT, 130, "Ctrl-C"), (libc::SIGTERM, 143, "SIGTERM")] {
+        let cells = b"import time\nprint('started', flush=True); time.sleep(300)\nprint('after')\n";
+        let mut repl = piped_repl_of(&agent, project.path(), cells);
+        let mut first = String::new();
+        let mut reader = std::io::BufReader::new(repl.stdout.as_mut().expect("stdout"));
+        std::io::BufRead::read_line(&mut reader, &mut first).expect("the cell's output");
+        assert_eq!(first, "started\n");
+        // SAFETY: kill(2) on a child this test spawned; no memory is involved.
+        assert_eq!(unsafe { libc::kill(repl.id() as i32, signal) }, 0);
+        let done = repl.wait_with_output().expect("bkg repl");
+        assert_eq!((code(&done), stdout(&done).as_str()), (expected, ""), "{said}: {}", stderr(&done));
+        let note = format!("bkg: stopped at {said}: no more cells are run\n");
+        assert!(stderr(&done).ends_with(&note), "{}", stderr(&done));
+        let next = agent.bkg_in(project.path(), &["exec", "box", "-c", "print('free')"]);
+        assert_eq!((code(&next), stdout(&next).as_str()), (0, "free\n"), "{said}: {}", stderr(&next));
+    }
 }
 
 /// `bkg repl` reading a pipe runs every cell and says with its exit code whether one failed,
