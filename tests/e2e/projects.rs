@@ -1206,4 +1206,17 @@ fn bkgr_with_stdout_and_stderr_on_one_pipe_keeps_their_order_and_so_does_the_log
     assert!(child.wait().expect("bkgr").success(), "{both}");
     let prefixed: String = expected.lines().map(|line| format!("mix | {line}\n")).collect();
     assert_eq!(both, prefixed);
+
+    // Detached, its output is the log alone: one stream, in the order written.
+    let detached = agent.bkgr(dir, &["-d", "mix"]);
+    assert_eq!(code(&detached), 0, "{}", stderr(&detached));
+    eventually("the detached run's end", || {
+        let status = status_of(&agent, dir, "mix");
+        match status["current_run"].is_null() {
+            true => Ok(()),
+            false => Err(status.to_string()),
+        }
+    });
+    let logs = agent.bkg_in(dir, &["logs", "mix"]);
+    assert_eq!((code(&logs), stdout(&logs)), (0, expected), "{}", stderr(&logs));
 }

@@ -570,7 +570,8 @@ impl Engine {
                 hold_after_exit: false,
                 cpus: cpu_count(limits.cpu_millis),
                 terminal: None,
-                stderr_to_stdout: exec.stderr_to_stdout,
+                // A detached run's output is its log alone, one stream: in the order written.
+                stderr_to_stdout: exec.stderr_to_stdout || exec.detach,
             },
             stdin: decode_stdin(exec.stdin_base64.as_deref())?,
             persistent: Some(PersistentRun {
