@@ -212,7 +212,8 @@ pub struct ExecRequest {
     #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
     pub limits: LimitOverrides,
     /// Give the command one pipe for its stdout and its stderr, as `RunRequest`'s does
-    /// (`bkgr NAME` whose stdout and stderr are one file); its log then keeps the order too.
+    /// (`bkgr NAME` whose stdout and stderr are one file); its log then keeps the order too. A
+    /// detached run always has one: its log is all of its output.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stderr_to_stdout: bool,
 }
