@@ -498,9 +498,16 @@ fn bkg_into_a_closed_pipe(agent: &Agent, args: &[&str]) -> Option<i32> {
 #[test]
 fn bkg_into_a_closed_pipe_exits_with_its_documented_code() {
     let agent = Agent::start();
-    // A closed stderr changes nothing for the code: its exit code is bkg's.
+    // A closed stderr alone changes nothing for the code: its exit code is bkg's.
     let chatty = "import sys\nfor i in range(2000):\n    print('line', i, file=sys.stderr)\nsys.exit(3)";
-    assert_eq!(bkg_into_a_closed_pipe(&agent, &["exe", "--type", "python", "-c", chatty]), Some(3));
+    let (read, write) = std::io::pipe().expect("pipe");
+    drop(read);
+    let mut alone = agent.bkg();
+    alone.args(["exe", "--type", "python", "-c", chatty]).stdin(Stdio::null()).stdout(Stdio::null());
+    assert_eq!(alone.stderr(Stdio::from(write)).status().expect("bkg exe").code(), Some(3));
+    // Closed with stdout, as one pipe (`2>&1 | head -0`), it is the code's stderr too (its
+    // stdout's pipe, closed): it ends as bare python3 does there, with 1.
+    assert_eq!(bkg_into_a_closed_pipe(&agent, &["exe", "--type", "python", "-c", chatty]), Some(1));
     // A closed stdout closes the code's: its next print raises BrokenPipeError, and the code
     // ends as it would in `python3 x.py | head -0` (1), long before its timeout (124).
     let endless = "while True:\n    print('x' * 100)";
