@@ -314,7 +314,11 @@ pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
     use clap::error::ErrorKind;
     match error.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = error.print();
+            note_stdout_write(&error.print());
+            if let Some(failure) = stdout_failure() {
+                stderr(format_args!("{tool}: {}\n", incomplete_stdout(failure)));
+                return crate::exit::code(crate::exit::BKG_FAILED);
+            }
         }
         // Ours too (args.rs `parse`), made raw, which clap renders after `error: `.
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {

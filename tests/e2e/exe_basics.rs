@@ -216,6 +216,11 @@ fn a_stdout_that_cannot_be_written_is_said_and_fails_the_command() {
     let listed =
         agent.bkg().args(["runs", "ls", "--json"]).stdout(full()).stderr(Stdio::piped()).output().expect("bkg");
     assert_eq!((code(&listed), stderr(&listed).as_str()), (125, said));
+    // Help and version too, which clap writes.
+    for args in [&["--version"][..], &["exe", "--help"]] {
+        let shown = agent.bkg().args(args).stdout(full()).stderr(Stdio::piped()).output().expect("bkg");
+        assert_eq!((code(&shown), stderr(&shown).as_str()), (125, said), "{args:?}");
+    }
     // A raw log too (found by a second new-user trial).
     let project = tempfile::tempdir().expect("project");
     let cave = "version: 1\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: echo logged\n";
