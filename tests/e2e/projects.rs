@@ -1158,21 +1158,12 @@ fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
     );
 }
 
-/// `bkgr NAME 2>&1`: the command's stdout and stderr on one pipe come in the order it wrote
-/// them, and its log keeps that order (was: in pieces of each stream; found by a new-user trial).
-#[test]
-fn bkgr_with_stdout_and_stderr_on_one_pipe_keeps_their_order_and_so_does_the_log() {
-    let agent = Agent::start();
-    let project =
-        project_with("version: 1\nsandboxes:\n  mix:\n    type: python\n    scripts:\n      start: python mix.py\n");
-    let dir = project.path();
-    write(
-        &dir.join("mix.py"),
-        "import sys\nfor i in range(200):\n    print('out', i)\n    print('err', i, file=sys.stderr)\n",
-    );
+/// `bkgr ARGS` in the project at `dir` with its stdout and stderr on one pipe: what it wrote
+/// there, once it has succeeded.
+fn bkgr_on_one_pipe(agent: &Agent, dir: &Path, args: &[&str]) -> String {
     let (mut reader, writer) = std::io::pipe().expect("pipe");
     let mut bkgr = Command::new(bkg_tests::bin_dir().join("bkgr"));
-    bkgr.arg("mix")
+    bkgr.args(args)
         .current_dir(dir)
         .env("BKG_SOCKET", &agent.socket)
         .env("BKG_NO_AUTOSTART", "1")
@@ -1185,25 +1176,29 @@ fn bkgr_with_stdout_and_stderr_on_one_pipe_keeps_their_order_and_so_does_the_log
     let mut both = String::new();
     std::io::Read::read_to_string(&mut reader, &mut both).expect("bkgr's output");
     assert!(child.wait().expect("bkgr").success(), "{both}");
+    both
+}
+
+/// `bkgr NAME 2>&1`: the command's stdout and stderr on one pipe come in the order it wrote
+/// them, and its log keeps that order (was: in pieces of each stream; found by a new-user trial).
+#[test]
+fn bkgr_with_stdout_and_stderr_on_one_pipe_keeps_their_order_and_so_does_the_log() {
+    let agent = Agent::start();
+    let project =
+        project_with("version: 1\nsandboxes:\n  mix:\n    type: python\n    scripts:\n      start: python mix.py\n");
+    let dir = project.path();
+    write(
+        &dir.join("mix.py"),
+        "import sys\nfor i in range(200):\n    print('out', i)\n    print('err', i, file=sys.stderr)\n",
+    );
+    let both = bkgr_on_one_pipe(&agent, dir, &["mix"]);
     let expected: String = (0..200).map(|i| format!("out {i}\nerr {i}\n")).collect();
     assert_eq!(both, expected);
     let logs = agent.bkg_in(dir, &["logs", "mix"]);
     assert_eq!((code(&logs), stdout(&logs)), (0, expected.clone()), "{}", stderr(&logs));
 
     // Every sandbox at once, each line after its name (found by a second new-user trial).
-    let (mut reader, writer) = std::io::pipe().expect("pipe");
-    let mut bkgr = Command::new(bkg_tests::bin_dir().join("bkgr"));
-    bkgr.current_dir(dir)
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .stdout(writer.try_clone().expect("dup the pipe"))
-        .stderr(writer);
-    let mut child = bkgr.spawn().expect("bkgr");
-    drop(bkgr);
-    let mut both = String::new();
-    std::io::Read::read_to_string(&mut reader, &mut both).expect("bkgr's output");
-    assert!(child.wait().expect("bkgr").success(), "{both}");
+    let both = bkgr_on_one_pipe(&agent, dir, &[]);
     let prefixed: String = expected.lines().map(|line| format!("mix | {line}\n")).collect();
     assert_eq!(both, prefixed);
 
