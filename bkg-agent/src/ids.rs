@@ -12,13 +12,24 @@ pub fn fill_random(buffer: &mut [u8]) -> std::io::Result<()> {
     getrandom::fill(buffer).map_err(std::io::Error::from)
 }
 
+/// The random bytes of a `new_id`, after the 11 hex digits of its time in milliseconds.
+const ID_RANDOM_BYTES: usize = 6;
+
 pub fn new_id(prefix: &str) -> String {
-    let mut random = [0u8; 6];
+    let mut random = [0u8; ID_RANDOM_BYTES];
     if fill_random(&mut random).is_err() {
         // The kernel's pool cannot run dry after boot; the pid and clock still keep ids apart.
         random[..4].copy_from_slice(&std::process::id().to_be_bytes());
     }
     format!("{prefix}_{:011x}{}", now_ms(), hex::encode(random))
+}
+
+/// Whether `text` is an id `new_id(prefix)` makes: the prefix, `_`, then lowercase hex digits,
+/// 11 of the time and 2 per random byte.
+pub fn is_new_id(text: &[u8], prefix: &str) -> bool {
+    text.strip_prefix(prefix.as_bytes()).and_then(|rest| rest.strip_prefix(b"_")).is_some_and(|digits| {
+        digits.len() == 11 + 2 * ID_RANDOM_BYTES && digits.iter().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 #[cfg(test)]

@@ -38,9 +38,7 @@ fn of_run_end(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Optio
     match killed_by {
         Some(KilledBy::Timeout) => TIMEOUT,
         Some(KilledBy::Memory | KilledBy::Pids) => LIMIT_KILLED,
-        Some(KilledBy::Cancelled) => {
-            crate::stream::cancelled_by_signal().map_or(CANCELLED, |signal| SIGNALLED + signal)
-        }
+        Some(KilledBy::Cancelled) => cancelled(),
         // A script that ended by itself when the agent's stop asked it to has its own code.
         Some(KilledBy::Shutdown) => exit_code.unwrap_or(AGENT_STOPPED),
         Some(KilledBy::Interrupted) => AGENT_STOPPED,
@@ -50,6 +48,12 @@ fn of_run_end(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Optio
             (None, None) => BKG_FAILED,
         },
     }
+}
+
+/// The exit code of what was cancelled: 128 + the signal on which this process cancelled it
+/// (130 for Ctrl-C, 143, 129), else 130 (the agent, an API call, `bkg runs cancel`).
+fn cancelled() -> i32 {
+    crate::stream::cancelled_by_signal().map_or(CANCELLED, |signal| SIGNALLED + signal)
 }
 
 /// The exit code of `bkgr` running several sandboxes at once, from their codes in the order they
@@ -69,9 +73,7 @@ pub fn of_execution(status: ExecutionStatus, killed_by: Option<KilledBy>) -> i32
     match (status, killed_by) {
         (ExecutionStatus::Ok, _) => SUCCESS,
         // Interrupted on the SIGTERM or SIGHUP bkg got: 143 or 129, as `bkg exe` cancelled on one.
-        (ExecutionStatus::Interrupted, _) => {
-            crate::stream::cancelled_by_signal().map_or(CANCELLED, |signal| SIGNALLED + signal)
-        }
+        (ExecutionStatus::Interrupted, _) => cancelled(),
         (ExecutionStatus::Died, Some(killed_by)) if killed_by != KilledBy::Disk => {
             of_run_end(Some(killed_by), None, None)
         }

@@ -24,21 +24,22 @@ use crate::exit::CliError;
 
 /// Writes to stdout, dropping what a closed or failing stdout cannot take.
 fn stdout(args: fmt::Arguments<'_>) {
-    if stdout_failure().is_some() {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    note_stdout_write(&out.write_fmt(args).and_then(|()| out.flush()));
+    let _ = write_stdout(|out| out.write_fmt(args));
 }
 
 /// Writes `bytes` to stdout as they are (a run's output, a log), as `stdout` writes text: the
 /// error is the caller's to act on (a closed pipe ends a follow), a failure is noted too.
 pub fn stdout_bytes(bytes: &[u8]) -> std::io::Result<()> {
+    write_stdout(|out| out.write_all(bytes))
+}
+
+/// Every write to stdout but clap's: none once it has failed, each flushed and its failure noted.
+fn write_stdout(write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) -> std::io::Result<()> {
     if let Some(failure) = stdout_failure() {
         return Err(std::io::Error::other(failure));
     }
     let mut out = std::io::stdout().lock();
-    let written = out.write_all(bytes).and_then(|()| out.flush());
+    let written = write(&mut out).and_then(|()| out.flush());
     note_stdout_write(&written);
     written
 }

@@ -204,10 +204,7 @@ async fn execute(
         let chunk = tokio::select! {
             chunk = stream.next() => chunk,
             Some(signal) = interrupts.next() => {
-                match signal {
-                    libc::SIGINT => crate::stream::cancelled_on(signal),
-                    signal => stop_on(signal, &mut terminated_by, out),
-                }
+                heard(signal, &mut terminated_by, out);
                 let room = shown.takes_more();
                 interrupt(still_going.as_mut(), &mut said_unread, room).await;
                 continue;
@@ -281,10 +278,7 @@ async fn execute(
                     tokio::select! {
                         room = shown.room(&event) => break room,
                         Some(signal) = interrupts.next() => {
-                            match signal {
-                                libc::SIGINT => crate::stream::cancelled_on(signal),
-                                signal => stop_on(signal, &mut terminated_by, out),
-                            }
+                            heard(signal, &mut terminated_by, out);
                             interrupt(still_going.as_mut(), &mut said_unread, false).await
                         }
                     }
@@ -316,18 +310,16 @@ async fn shown_to_the_end(
         last = shown.finish() => last.transpose(),
         Some(signal) = interrupts.next() => {
             out.note(format_args!("stopped with the execution's output unwritten"));
-            std::process::exit(match signal {
-                libc::SIGINT => crate::exit::CANCELLED,
-                signal => crate::exit::SIGNALLED + signal,
-            })
+            std::process::exit(crate::exit::SIGNALLED + signal)
         }
     }
 }
 
-/// SIGTERM or SIGHUP heard during an execution: the first is an interrupt whose end bkg waits
-/// for briefly, with the signal's exit code; a second ends bkg at once.
-fn stop_on(signal: i32, terminated_by: &mut Option<i32>, out: Printer) {
-    if terminated_by.replace(signal).is_some() {
+/// A signal heard during an execution, which interrupts it and gives bkg's exit code. SIGTERM
+/// or SIGHUP, unlike Ctrl-C, is heard once: bkg waits for the interrupted end briefly, and a
+/// second ends it at once.
+fn heard(signal: i32, terminated_by: &mut Option<i32>, out: Printer) {
+    if signal != libc::SIGINT && terminated_by.replace(signal).is_some() {
         out.note(format_args!("stopped without waiting for the execution's end"));
         std::process::exit(crate::exit::SIGNALLED + signal);
     }

@@ -98,12 +98,16 @@ const STAGING_PREFIX: &str = ".bkg-upload";
 static TAKING: std::sync::Mutex<std::collections::BTreeSet<std::ffi::OsString>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
-/// Whether `name` is one `make_staging` gives: the prefix, `_`, then the 23 lowercase hex
-/// digits of an id (`ids::new_id`). Such a name at the top of /workspace is bkg's.
+/// Whether `name` is one `make_staging` gives (an id, `ids::new_id`). Such a name at the top of
+/// /workspace is bkg's.
 fn is_staging_name(name: &[u8]) -> bool {
-    name.strip_prefix(STAGING_PREFIX.as_bytes())
-        .and_then(|rest| rest.strip_prefix(b"_"))
-        .is_some_and(|id| id.len() == 23 && id.iter().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')))
+    crate::ids::is_new_id(name, STAGING_PREFIX)
+}
+
+/// Opens directory `name` of `parent` for listing, not following a link.
+fn open_dir_at(parent: impl AsFd, name: &OsStr) -> Result<OwnedFd, Errno> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    nix::fcntl::openat(parent, name, flags, Mode::empty())
 }
 
 /// Whether `name` is one an upload stages an entry under: its count.
@@ -115,6 +119,13 @@ fn is_staged_entry_name(name: &[u8]) -> bool {
 struct Staging {
     name: TakenName,
     dir: OwnedFd,
+}
+
+impl Staging {
+    /// Removes what was staged under `name`, on the way out or given way to.
+    fn discard(&self, name: &OsStr) {
+        let _ = nix::unistd::unlinkat(self.dir.as_fd(), name, NO_REMOVE_DIR);
+    }
 }
 
 /// The name of a staging directory, among those taken now (`TAKING`) while this lives.
@@ -306,7 +317,7 @@ impl Workspace {
             Ok(unpacked)
         });
         for file in &staged[placed..] {
-            let _ = nix::unistd::unlinkat(staging.dir.as_fd(), file.staging_name.as_os_str(), NO_REMOVE_DIR);
+            staging.discard(&file.staging_name);
         }
         self.take_away(Path::new(""), &staging.name.0, nix::unistd::UnlinkatFlags::RemoveDir);
         if unpacked.is_err() {
@@ -352,8 +363,7 @@ impl Workspace {
         let top = self.open_dir(Path::new("")).map_err(|errno| failed("open", Path::new(""), errno))?;
         let staging_failed = |errno| failed("create", Path::new(&name.0), errno);
         nix::sys::stat::mkdirat(top.as_fd(), name.0.as_os_str(), Mode::S_IRWXU).map_err(staging_failed)?;
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let dir = nix::fcntl::openat(top.as_fd(), name.0.as_os_str(), flags, Mode::empty()).map_err(|errno| {
+        let dir = open_dir_at(top.as_fd(), &name.0).map_err(|errno| {
             let _ = nix::unistd::unlinkat(top.as_fd(), name.0.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir);
             staging_failed(errno)
         })?;
@@ -377,10 +387,7 @@ impl Workspace {
             .into_iter()
             .filter(|name| is_staging_name(name.as_bytes()) && !taking.contains(name));
         for name in abandoned.collect::<Vec<_>>() {
-            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-            let Ok(dir) = nix::fcntl::openat(listing.as_fd(), name.as_os_str(), flags, Mode::empty()) else {
-                continue;
-            };
+            let Ok(dir) = open_dir_at(listing.as_fd(), &name) else { continue };
             let Ok(mut staged) = nix::dir::Dir::from_fd(dir) else { continue };
             let staged_names = names_in(&mut staged).into_iter().filter(|name| is_staged_entry_name(name.as_bytes()));
             for staged_name in staged_names.collect::<Vec<_>>() {
@@ -453,7 +460,7 @@ impl Workspace {
                 }
                 if let Some(index) = staged.iter().position(|file| file.parent.join(&file.name) == path) {
                     let file = staged.remove(index);
-                    let _ = nix::unistd::unlinkat(staging.dir.as_fd(), file.staging_name.as_os_str(), NO_REMOVE_DIR);
+                    staging.discard(&file.staging_name);
                 }
             }
             if kind.is_dir() {
@@ -470,7 +477,7 @@ impl Workspace {
             let parent_fd = self.make_dirs(parent, made)?;
             Self::refuse_directory_in_place(&parent_fd, file_name, &path)?;
             // Its place in the staging directory: the count of entries staged so far.
-            let staging_name = std::ffi::OsString::from(format!("{}", staged_count));
+            let staging_name = std::ffi::OsString::from(staged_count.to_string());
             staged_count += 1;
             if kind.is_symlink() {
                 let target = entry
