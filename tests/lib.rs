@@ -215,14 +215,20 @@ impl Agent {
 
     /// Runs `bkgr ARGS` in the project directory `dir` against this agent, with an empty stdin.
     pub fn bkgr(&self, dir: &Path, args: &[&str]) -> Output {
-        Command::new(bin_dir().join("bkgr"))
+        self.bkgr_command(dir, args).output().expect("run bkgr")
+    }
+
+    /// `bkgr ARGS` in the project directory `dir` against this agent, with an empty stdin, to
+    /// be given its stdout and stderr.
+    pub fn bkgr_command(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(bin_dir().join("bkgr"));
+        command
             .args(args)
             .current_dir(dir)
             .env("BKG_SOCKET", &self.socket)
             .env("BKG_NO_AUTOSTART", "1")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run bkgr")
+            .stdin(Stdio::null());
+        command
     }
 
     /// Runs `bkg ARGS` in directory `dir` against this agent, with an empty stdin.

@@ -1162,14 +1162,8 @@ fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
 /// there, once it has succeeded.
 fn bkgr_on_one_pipe(agent: &Agent, dir: &Path, args: &[&str]) -> String {
     let (mut reader, writer) = std::io::pipe().expect("pipe");
-    let mut bkgr = Command::new(bkg_tests::bin_dir().join("bkgr"));
-    bkgr.args(args)
-        .current_dir(dir)
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .stdin(Stdio::null())
-        .stdout(writer.try_clone().expect("dup the pipe"))
-        .stderr(writer);
+    let mut bkgr = agent.bkgr_command(dir, args);
+    bkgr.stdout(writer.try_clone().expect("dup the pipe")).stderr(writer);
     let mut child = bkgr.spawn().expect("bkgr");
     // Our copies of the pipe's writing end are in `bkgr`: closed, so that reading ends with it.
     drop(bkgr);
