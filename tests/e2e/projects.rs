@@ -1209,3 +1209,104 @@ fn bkgr_with_stdout_and_stderr_on_one_pipe_keeps_their_order_and_so_does_the_log
     let logs = agent.bkg_in(dir, &["logs", "mix"]);
     assert_eq!((code(&logs), stdout(&logs)), (0, expected), "{}", stderr(&logs));
 }
+
+/// A persistent sandbox's disk image mounted on the host for one test (the agent done with it:
+/// its loop device gone), unmounted when dropped.
+struct MountedImage {
+    dir: tempfile::TempDir,
+}
+
+impl MountedImage {
+    fn mount(image: &Path) -> Self {
+        eventually("the agent releases the disk", || {
+            let found = Command::new("losetup").arg("-j").arg(image).output().map_err(|error| error.to_string())?;
+            match found.stdout.is_empty() {
+                true => Ok(()),
+                false => Err(String::from_utf8_lossy(&found.stdout).into_owned()),
+            }
+        });
+        let dir = private_dir();
+        let status = Command::new("mount").args(["-o", "loop"]).arg(image).arg(dir.path()).status().expect("mount");
+        assert!(status.success(), "mount {}", image.display());
+        Self { dir }
+    }
+
+    /// uid and gid on the disk of `path` (relative to the disk's root).
+    fn owner_of(&self, path: &str) -> (u32, u32) {
+        let meta = std::fs::symlink_metadata(self.dir.path().join(path)).expect("stat on the disk");
+        (meta.uid(), meta.gid())
+    }
+}
+
+impl Drop for MountedImage {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// A project with one python sandbox `keep` whose `write` script writes its argument's file in
+/// /workspace and lists every file there with its owner as the code sees it.
+fn keeping_project(agent: &Agent) -> (tempfile::TempDir, std::path::PathBuf) {
+    let project = private_dir();
+    let dir = project.path();
+    let init = agent.bkg_in(dir, &["init", "--yes", "--sandbox", "keep", "--type", "python"]);
+    assert_eq!(code(&init), 0, "init: {}", stderr(&init));
+    write(
+        &dir.join("write.py"),
+        "import os, sys\nos.makedirs('/workspace/d', exist_ok=True)\nopen(f'/workspace/d/{sys.argv[1]}', 'a').write('x')\n\
+         for name in sorted(os.listdir('/workspace/d')):\n    st = os.stat(f'/workspace/d/{name}')\n    print(name, st.st_uid, st.st_gid, open(f'/workspace/d/{name}').read())\n",
+    );
+    let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    write(&dir.join("cave.yaml"), &cave.replace("      start: python main.py", "      write: python write.py"));
+    let id = bkg_schema::sandbox::sandbox_id(&dir.to_string_lossy(), "keep");
+    let image = agent.state_dir.join("workspaces/default").join(id).join("disk.img");
+    (project, image)
+}
+
+/// Each run of a persistent sandbox has its own host uid, yet its files are kept on the disk as
+/// the sandbox user's (1000) whoever wrote them, and shown to every run as its own through an
+/// idmapped mount: no run walks the workspace to hand the files over (docs/architecture.md).
+#[test]
+fn a_persistent_sandbox_s_files_stay_the_sandbox_user_s_on_its_disk_across_runs() {
+    let agent = Agent::start();
+    let (project, image) = keeping_project(&agent);
+    let first = agent.bkgr(project.path(), &["keep", "write", "--", "a"]);
+    assert_eq!((code(&first), stdout(&first).as_str()), (0, "a 1000 1000 x\n"), "{}", stderr(&first));
+    let second = agent.bkgr(project.path(), &["keep", "write", "--", "a"]);
+    assert_eq!(stdout(&second), "a 1000 1000 xx\n", "the second run writes the first's file: {}", stderr(&second));
+    let upload = tempfile::tempdir().expect("upload dir");
+    write(&upload.path().join("b"), "y");
+    let cp = agent.bkg_in(project.path(), &["cp", &upload.path().join("b").to_string_lossy(), "keep:d"]);
+    assert_eq!(code(&cp), 0, "cp: {}", stderr(&cp));
+    let third = agent.bkgr(project.path(), &["keep", "write", "--", "c"]);
+    assert_eq!(stdout(&third), "a 1000 1000 xx\nb 1000 1000 y\nc 1000 1000 x\n", "{}", stderr(&third));
+
+    let disk = MountedImage::mount(&image);
+    for path in ["workspace", "workspace/d", "workspace/d/a", "workspace/d/b", "workspace/d/c"] {
+        assert_eq!(disk.owner_of(path), (1000, 1000), "{path} on the disk");
+    }
+}
+
+/// An earlier agent handed a persistent workspace to each run's own uid, so its disk holds the
+/// files of its last run's uid: the next sandbox gives them to the sandbox user once, and its
+/// code can write them.
+#[test]
+fn a_workspace_an_earlier_agent_left_to_its_last_run_s_uid_is_handed_over_once() {
+    let agent = Agent::start();
+    let (project, image) = keeping_project(&agent);
+    let first = agent.bkgr(project.path(), &["keep", "write", "--", "a"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    {
+        let disk = MountedImage::mount(&image);
+        let old_run = 4_000_123;
+        for path in ["workspace", "workspace/d", "workspace/d/a"] {
+            lchown(disk.dir.path().join(path), Some(old_run), Some(old_run)).expect("chown as an earlier agent did");
+        }
+    }
+    let second = agent.bkgr(project.path(), &["keep", "write", "--", "a"]);
+    assert_eq!((code(&second), stdout(&second).as_str()), (0, "a 1000 1000 xx\n"), "{}", stderr(&second));
+    let disk = MountedImage::mount(&image);
+    for path in ["workspace", "workspace/d", "workspace/d/a"] {
+        assert_eq!(disk.owner_of(path), (1000, 1000), "{path} on the disk");
+    }
+}

@@ -31,8 +31,6 @@ pub struct GoOrder {
     pub files: Vec<PlacedFile>,
     /// Directories to empty before the code starts.
     pub clear: Vec<String>,
-    /// Directories whose files are handed to this run's sandbox uid first (persistent state).
-    pub reown: Vec<String>,
     /// Directories to make (the sandbox user's) before the code starts; paths as for `files`.
     #[serde(default)]
     pub dirs: Vec<String>,

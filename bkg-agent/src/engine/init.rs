@@ -15,7 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{PermissionsExt, chown, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
 use std::os::unix::net::UnixStream;
 use std::path::{Component, Path, PathBuf};
 
@@ -28,7 +28,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
 use serde::{Deserialize, Serialize};
 
 use super::control::{self, CONTROL_FD, FromInit, GoOrder, ToInit};
-use super::plan::{CPU_DIR, IdMap, MountStep, SandboxPlan, id_map_text};
+use super::plan::{CPU_DIR, IdMap, MountStep, Owner, SandboxPlan, id_map_text};
 use super::seccomp_notify::{self, Supervisor};
 use super::{landlock, loopdev, seccomp};
 
@@ -194,8 +194,8 @@ fn idmap_user_namespace(idmap: IdMap) -> Result<OwnedFd, StageError> {
                     return Err(std::io::Error::other("the kernel refused a new user namespace"));
                 }
                 let proc_dir = PathBuf::from(format!("/proc/{child}"));
-                fs::write(proc_dir.join("uid_map"), format!("{} {} 1\n", idmap.owner.uid, idmap.shown_as))?;
-                fs::write(proc_dir.join("gid_map"), format!("{} {} 1\n", idmap.owner.gid, idmap.shown_as))?;
+                fs::write(proc_dir.join("uid_map"), id_map_text(&idmap.uid_ranges()))?;
+                fs::write(proc_dir.join("gid_map"), id_map_text(&idmap.gid_ranges()))?;
                 File::open(proc_dir.join("ns/user")).map(OwnedFd::from)
             })();
             drop(hold_write);
@@ -253,9 +253,6 @@ fn pid_one(
     }
     for dir in &order.clear {
         empty_dir(Path::new(dir)).stage(&format!("empty {dir}"))?;
-    }
-    for dir in &order.reown {
-        reown_tree(Path::new(dir), plan.ids.sandbox).stage(&format!("hand {dir} to the sandbox user"))?;
     }
     place_files(&order, plan.ids.sandbox)?;
     pin_cpus(order.cpus)?;
@@ -483,6 +480,25 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep, idmaps: &IdmapNamespaces) ->
             fs::create_dir_all(&target).stage(&format!("create {}", target.display()))?;
             bind(&source, &target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
         }
+        MountStep::KeptDiskDir { name, target, mode, idmap } => {
+            let source = plan.disk_mount_dir.join(name);
+            let stage = format!("hand disk directory {name} to its owner");
+            match fs::symlink_metadata(&source) {
+                Ok(meta) if (meta.uid(), meta.gid()) == (idmap.owner.uid, idmap.owner.gid) => {}
+                Ok(_) => hand_tree_to(&source, idmap.owner).stage(&stage)?,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    fs::create_dir(&source).stage(&format!("create disk directory {name}"))?;
+                    chown(&source, Some(idmap.owner.uid), Some(idmap.owner.gid)).stage(&stage)?;
+                }
+                Err(error) => return Err(StageError::new(stage, error.to_string())),
+            }
+            fs::set_permissions(&source, fs::Permissions::from_mode(*mode)).stage("set disk directory mode")?;
+            let stage = format!("show disk directory {name} at {}", target.display());
+            let target = inside(root, target);
+            fs::create_dir_all(&target).stage(&format!("create {}", target.display()))?;
+            let userns = idmaps.get(idmap).ok_or_else(|| StageError::new(&stage, "its idmap was not made"))?;
+            bind_as_owner(&source, &target, false, userns).map_err(|message| StageError::new(stage, message))
+        }
         MountStep::Symlink { link, points_to } => {
             let link = inside(root, link);
             if let Some(parent) = link.parent() {
@@ -674,24 +690,23 @@ fn empty_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Gives every file of a persistent workspace to this run's sandbox uid (each run has its own).
-/// It never follows a symlink nor crosses into another filesystem, so volumes bound inside the
-/// workspace keep their host owners.
-fn reown_tree(dir: &Path, owner: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let device = fs::symlink_metadata(dir)?.dev();
+/// Gives `dir` and everything in it to `owner`, never following a symlink: a kept directory of
+/// a disk an earlier agent left owned by the uid of its last run (each run has its own). `dir`
+/// itself goes last, so a walk cut short is done again whole by the next sandbox.
+fn hand_tree_to(dir: &Path, owner: Owner) -> std::io::Result<()> {
+    let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(path) = pending.pop() {
-        let meta = fs::symlink_metadata(&path)?;
-        if meta.dev() != device {
-            continue;
-        }
-        std::os::unix::fs::lchown(&path, Some(owner), Some(owner))?;
-        if meta.is_dir() {
+        if fs::symlink_metadata(&path)?.is_dir() {
             for entry in fs::read_dir(&path)? {
                 pending.push(entry?.path());
             }
         }
+        found.push(path);
+    }
+    // Every path was found after its directory: backwards, each comes before its directory.
+    for path in found.iter().rev() {
+        std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))?;
     }
     Ok(())
 }

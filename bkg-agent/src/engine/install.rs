@@ -176,7 +176,6 @@ impl Engine {
                 cwd: WORKSPACE.into(),
                 files: Vec::new(),
                 clear: Vec::new(),
-                reown: Vec::new(),
                 cpus: cpu_count(limits.cpu_millis),
                 terminal: None,
                 dirs: Vec::new(),

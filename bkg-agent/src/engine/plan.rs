@@ -97,6 +97,17 @@ pub enum MountStep {
         target: PathBuf,
         mode: u32,
     },
+    /// Bind a directory of a persistent sandbox's disk, whose files outlive the run, writable at
+    /// `target` through an idmapped mount: on the disk its files are `idmap.owner`'s
+    /// (`KEPT_FILES_OWNER`) whichever run wrote them, and each run sees them as its own user's,
+    /// so no run has to walk them to hand them over. Made on the first run; a directory an
+    /// earlier agent left with its files owned by an older run's uid is handed over once.
+    KeptDiskDir {
+        name: String,
+        target: PathBuf,
+        mode: u32,
+        idmap: IdMap,
+    },
     Symlink {
         link: PathBuf,
         points_to: PathBuf,
@@ -176,13 +187,42 @@ pub struct Owner {
     pub gid: u32,
 }
 
-/// The one mapping of an idmapped mount: files of `owner` on disk are shown as `shown_as` (uid
-/// and gid), and what the mount's user writes lands on disk as `owner`'s.
+/// The mapping of an idmapped mount: files of `owner` on disk are shown as `shown_as` (uid and
+/// gid), and what the mount's user writes lands on disk as `owner`'s. Every other id is shown
+/// as nobody, and a process whose id is not mapped cannot create files there (`EOVERFLOW`);
+/// with `root_too`, root keeps id 0 through the mount, so that the init and the agent can make
+/// files there before they give them to the sandbox user (uploads, volumes' mount points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct IdMap {
     pub owner: Owner,
     pub shown_as: u32,
+    pub root_too: bool,
 }
+
+impl IdMap {
+    /// The `uid_map` of the mount's user namespace (ids inside it are the ids on disk).
+    pub fn uid_ranges(&self) -> Vec<IdRange> {
+        self.ranges(self.owner.uid)
+    }
+
+    /// The `gid_map`, as `uid_ranges`.
+    pub fn gid_ranges(&self) -> Vec<IdRange> {
+        self.ranges(self.owner.gid)
+    }
+
+    fn ranges(&self, owner: u32) -> Vec<IdRange> {
+        let root = IdRange { inside: 0, host: 0, count: 1 };
+        let shown = IdRange { inside: owner, host: self.shown_as, count: 1 };
+        match self.root_too {
+            true => vec![root, shown],
+            false => vec![shown],
+        }
+    }
+}
+
+/// Who owns a persistent sandbox's kept files on its disk: the sandbox user's ids inside, the
+/// same for every run, whose own host uid the idmapped mount shows them as (`KeptDiskDir`).
+pub const KEPT_FILES_OWNER: Owner = Owner { uid: INNER_ID, gid: INNER_ID };
 
 /// The interpreters a sandbox offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,7 +418,16 @@ impl SandboxPlan {
         }
         steps.push(MountStep::DiskDir { name: "shm".into(), target: "/dev/shm".into(), mode: 0o1777 });
         steps.push(MountStep::DiskDir { name: "tmp".into(), target: TMP.into(), mode: 0o1777 });
-        steps.push(MountStep::DiskDir { name: "workspace".into(), target: WORKSPACE.into(), mode: 0o755 });
+        let (name, target, mode) = ("workspace".into(), WORKSPACE.into(), 0o755);
+        steps.push(match inputs.project {
+            None => MountStep::DiskDir { name, target, mode },
+            Some(_) => MountStep::KeptDiskDir {
+                name,
+                target,
+                mode,
+                idmap: IdMap { owner: KEPT_FILES_OWNER, shown_as: inputs.ids.sandbox, root_too: true },
+            },
+        });
 
         steps.push(MountStep::Dir { path: SHIM_DIR.into(), mode: 0o755 });
         for (name, runtime) in [
@@ -399,7 +448,7 @@ impl SandboxPlan {
 
         if let Some(project) = &inputs.project {
             // The code's host uid and gid are both `ids.sandbox` (see init's lock_down).
-            let as_sandbox = |owner: Owner| IdMap { owner, shown_as: inputs.ids.sandbox };
+            let as_sandbox = |owner: Owner| IdMap { owner, shown_as: inputs.ids.sandbox, root_too: false };
             steps.push(MountStep::BindAsOwner {
                 source: project.dir.clone(),
                 target: PROJECT.into(),
@@ -455,7 +504,7 @@ impl SandboxPlan {
         self.steps
             .iter()
             .filter_map(|step| match step {
-                MountStep::BindAsOwner { idmap, .. } => Some(*idmap),
+                MountStep::BindAsOwner { idmap, .. } | MountStep::KeptDiskDir { idmap, .. } => Some(*idmap),
                 _ => None,
             })
             .collect()
@@ -593,6 +642,16 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_directory_s_mount_shows_its_owner_as_the_run_s_user_and_root_as_root() {
+        let kept = IdMap { owner: KEPT_FILES_OWNER, shown_as: 200_000, root_too: true };
+        assert_eq!(id_map_text(&kept.uid_ranges()), "0 0 1\n1000 200000 1\n");
+        assert_eq!(id_map_text(&kept.gid_ranges()), "0 0 1\n1000 200000 1\n");
+        let project = IdMap { owner: Owner { uid: 1001, gid: 1002 }, shown_as: 200_000, root_too: false };
+        assert_eq!(id_map_text(&project.uid_ranges()), "1001 200000 1\n");
+        assert_eq!(id_map_text(&project.gid_ranges()), "1002 200000 1\n");
+    }
+
+    #[test]
     fn writable_places_are_on_the_disk_image() {
         let plan = plan();
         for target in ["/workspace", "/tmp", "/dev/shm"] {
@@ -658,7 +717,7 @@ mod tests {
         });
         let plan = SandboxPlan::new(&debian_host(), inputs);
         let position = |wanted: &MountStep| plan.steps.iter().position(|step| step == wanted);
-        let as_sandbox = IdMap { owner: ALICE, shown_as: 200_000 };
+        let as_sandbox = IdMap { owner: ALICE, shown_as: 200_000, root_too: false };
         let project = position(&MountStep::BindAsOwner {
             source: "/srv/app".into(),
             target: "/project".into(),
@@ -672,9 +731,14 @@ mod tests {
             read_only: true,
             idmap: as_sandbox,
         });
-        let workspace =
-            plan.steps.iter().position(|step| matches!(step, MountStep::DiskDir { name, .. } if name == "workspace"));
+        let workspace = position(&MountStep::KeptDiskDir {
+            name: "workspace".into(),
+            target: "/workspace".into(),
+            mode: 0o755,
+            idmap: IdMap { owner: KEPT_FILES_OWNER, shown_as: 200_000, root_too: true },
+        });
         assert!(project.is_some() && mask > project && volume > workspace && workspace.is_some(), "{:#?}", plan.steps);
+        assert_eq!(plan.idmaps().len(), 2, "the project's and volume's owner, and the kept files' owner");
         assert_eq!(plan.disk_image, PathBuf::from("/srv/app/.bkg/sandboxes/api/disk.img"));
     }
 
@@ -745,8 +809,9 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let alice = IdMap { owner: ALICE, shown_as: 200_004 };
-        let root_files = IdMap { owner: root, shown_as: 200_004 };
+        let alice = IdMap { owner: ALICE, shown_as: 200_004, root_too: false };
+        let root_files = IdMap { owner: root, shown_as: 200_004, root_too: false };
+        let kept = IdMap { owner: KEPT_FILES_OWNER, shown_as: 200_004, root_too: true };
         assert_eq!(
             bound,
             [
@@ -755,7 +820,7 @@ mod tests {
                 (Some("/home/alice/in"), true, alice)
             ]
         );
-        assert_eq!(plan.idmaps().into_iter().collect::<Vec<_>>(), [root_files, alice], "one user namespace each");
+        assert_eq!(plan.idmaps().into_iter().collect::<Vec<_>>(), [root_files, kept, alice], "one user namespace each");
         assert!(
             !plan
                 .steps

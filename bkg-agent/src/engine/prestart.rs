@@ -113,7 +113,6 @@ impl PrestartPlan {
         runs_a_script
             && streams_fit
             && order.terminal.is_none()
-            && order.reown.is_empty()
             && start_env(&order.env) == start_env(&self.env)
             && !touches_user_site
     }
@@ -178,7 +177,6 @@ mod tests {
             cwd: WORKSPACE.into(),
             files: Vec::new(),
             clear: Vec::new(),
-            reown: Vec::new(),
             dirs: Vec::new(),
             hold_after_exit: false,
             cpus: 1,

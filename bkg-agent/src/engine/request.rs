@@ -427,7 +427,6 @@ impl Engine {
                 cwd: WORKSPACE.into(),
                 files,
                 clear: Vec::new(),
-                reown: Vec::new(),
                 dirs: if request.return_out_dir {
                     vec![format!("{WORKSPACE}/{}", super::run::OUT_DIR)]
                 } else {
@@ -565,7 +564,6 @@ impl Engine {
                 },
                 files: Vec::new(),
                 clear: vec![TMP.into(), "/dev/shm".into()],
-                reown: vec![WORKSPACE.into()],
                 dirs: Vec::new(),
                 hold_after_exit: false,
                 cpus: cpu_count(limits.cpu_millis),
