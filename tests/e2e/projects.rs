@@ -1310,3 +1310,76 @@ fn a_workspace_an_earlier_agent_left_to_its_last_run_s_uid_is_handed_over_once()
         assert_eq!(disk.owner_of(path), (1000, 1000), "{path} on the disk");
     }
 }
+
+/// A cave.yaml of one python sandbox `v` with a `sh` script and `volumes`.
+fn volume_cave(volumes: &[&str]) -> String {
+    let volumes = volumes.iter().map(|volume| format!("\"{volume}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "version: 1\nnamespace: default\nsandboxes:\n  v:\n    type: python\n    volumes: [ {volumes} ]\n    scripts:\n      sh: sh -c\n"
+    )
+}
+
+/// A persistent /workspace holds what earlier runs' code made, links among them, and pid 1
+/// makes a volume's mount point there as root before the root is pivoted: a link on the way,
+/// absolute or relative, is refused in one line and nothing is made where it points (was: the
+/// host's folder it named got the missing folders, as root, and the volume was not mounted).
+#[test]
+fn a_link_the_code_left_on_a_volume_s_path_is_refused_and_nothing_is_made_through_it() {
+    let agent = Agent::start();
+    let project = private_dir();
+    let dir = project.path();
+    let host = tempfile::tempdir().expect("a host folder");
+    std::fs::create_dir(dir.join("data")).expect("the volume's folder");
+    write(&dir.join("cave.yaml"), &volume_cave(&[]));
+    let relative = format!("../../../../../../../../../..{}", host.path().display());
+    let links = agent.bkgr(
+        dir,
+        &[
+            "v",
+            "sh",
+            "--",
+            &format!("ln -s {} /workspace/abs && ln -s {relative} /workspace/rel", host.path().display()),
+        ],
+    );
+    assert_eq!(code(&links), 0, "{}", stderr(&links));
+    for link in ["abs", "rel"] {
+        write(&dir.join("cave.yaml"), &volume_cave(&[&format!("./data:/workspace/{link}/made/deeper:ro")]));
+        let refused = agent.bkgr(dir, &["v", "sh", "--", "true"]);
+        assert_eq!(code(&refused), 125, "{link}: {}", stderr(&refused));
+        let said = stderr(&refused);
+        assert!(
+            said.contains(&format!("/workspace/{link} is a symbolic link")) && said.lines().count() == 1,
+            "{link}: {said}"
+        );
+        assert!(!said.contains(&agent.state_dir.display().to_string()), "no path of the agent's: {said}");
+        let made: Vec<_> = std::fs::read_dir(host.path()).expect("read the host folder").collect();
+        assert!(made.is_empty(), "{link}: made on the host: {made:?}");
+    }
+}
+
+/// The folders the init makes on the way to a volume inside /workspace are the sandbox user's,
+/// as the code's own are: it may write in them, and remove them once the volume is gone.
+/// `cp -a` of a file the code does not own works there as in /tmp: giving a file to another
+/// id is refused with EPERM, which `cp` forgives, not with the EOVERFLOW of an id the
+/// workspace's idmapped mount would not map.
+#[test]
+fn the_workspace_s_folders_above_a_volume_and_its_chowns_are_as_on_a_disk_of_the_code_s_own() {
+    let agent = Agent::start();
+    let project = private_dir();
+    let dir = project.path();
+    std::fs::create_dir(dir.join("other")).expect("the volume's folder");
+    write(&dir.join("cave.yaml"), &volume_cave(&["./other:/workspace/a/b/c"]));
+    let script = "ls -lnd /workspace/a /workspace/a/b | cut -d' ' -f3,4; touch /workspace/a/file && mkdir /workspace/a/new && echo wrote; \
+                  cp -a /etc/passwd /workspace/pw && echo copied; chown 0 /workspace/pw 2>&1 | sed 's/.*: //'; \
+                  chgrp 65534 /workspace/pw 2>&1 | sed 's/.*: //'";
+    let run = agent.bkgr(dir, &["v", "sh", "--", script]);
+    assert_eq!(
+        (code(&run), stdout(&run).as_str()),
+        (0, "1000 1000\n1000 1000\nwrote\ncopied\nOperation not permitted\nOperation not permitted\n"),
+        "{}",
+        stderr(&run)
+    );
+    write(&dir.join("cave.yaml"), &volume_cave(&[]));
+    let removed = agent.bkgr(dir, &["v", "sh", "--", "rm -r /workspace/a && echo removed"]);
+    assert_eq!((code(&removed), stdout(&removed).as_str()), (0, "removed\n"), "{}", stderr(&removed));
+}

@@ -28,7 +28,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
 use serde::{Deserialize, Serialize};
 
 use super::control::{self, CONTROL_FD, FromInit, GoOrder, ToInit};
-use super::plan::{CPU_DIR, IdMap, MountStep, Owner, SandboxPlan, id_map_text};
+use super::plan::{CPU_DIR, IdMap, KEPT_FILES_OWNER, MountStep, Owner, SandboxPlan, id_map_text};
 use super::seccomp_notify::{self, Supervisor};
 use super::{landlock, loopdev, seccomp};
 
@@ -484,20 +484,20 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep, idmaps: &IdmapNamespaces) ->
             let source = plan.disk_mount_dir.join(name);
             let stage = format!("hand disk directory {name} to its owner");
             match fs::symlink_metadata(&source) {
-                Ok(meta) if (meta.uid(), meta.gid()) == (idmap.owner.uid, idmap.owner.gid) => {}
-                Ok(_) => hand_tree_to(&source, idmap.owner).stage(&stage)?,
+                Ok(meta) if (meta.uid(), meta.gid()) == (KEPT_FILES_OWNER.uid, KEPT_FILES_OWNER.gid) => {}
+                Ok(_) => hand_tree_to(&source, KEPT_FILES_OWNER).stage(&stage)?,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     fs::create_dir(&source).stage(&format!("create disk directory {name}"))?;
-                    chown(&source, Some(idmap.owner.uid), Some(idmap.owner.gid)).stage(&stage)?;
+                    chown(&source, Some(KEPT_FILES_OWNER.uid), Some(KEPT_FILES_OWNER.gid)).stage(&stage)?;
                 }
                 Err(error) => return Err(StageError::new(stage, error.to_string())),
             }
             fs::set_permissions(&source, fs::Permissions::from_mode(*mode)).stage("set disk directory mode")?;
             let stage = format!("show disk directory {name} at {}", target.display());
-            let target = inside(root, target);
-            fs::create_dir_all(&target).stage(&format!("create {}", target.display()))?;
             let userns = idmaps.get(idmap).ok_or_else(|| StageError::new(&stage, "its idmap was not made"))?;
-            bind_as_owner(&source, &target, false, userns).map_err(|message| StageError::new(stage, message))
+            let mount_point =
+                open_mount_point(root, target, true, None).map_err(|message| StageError::new(&stage, message))?;
+            bind_as_owner(&source, &mount_point, false, userns).map_err(|message| StageError::new(stage, message))
         }
         MountStep::Symlink { link, points_to } => {
             let link = inside(root, link);
@@ -518,10 +518,11 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep, idmaps: &IdmapNamespaces) ->
         }
         MountStep::BindAsOwner { source, target, read_only, idmap } => {
             let stage = format!("show {} at {}", source.display(), target.display());
-            let target = inside(root, target);
-            make_mount_point(source, &target)?;
             let userns = idmaps.get(idmap).ok_or_else(|| StageError::new(&stage, "its idmap was not made"))?;
-            bind_as_owner(source, &target, *read_only, userns).map_err(|message| StageError::new(stage, message))
+            let is_dir = fs::metadata(source).stage(&format!("inspect {}", source.display()))?.is_dir();
+            let mount_point = open_mount_point(root, target, is_dir, plan.mount_point_owner(target))
+                .map_err(|message| StageError::new(&stage, message))?;
+            bind_as_owner(source, &mount_point, *read_only, userns).map_err(|message| StageError::new(stage, message))
         }
         MountStep::Mask { target } => {
             let target = inside(root, target);
@@ -610,11 +611,74 @@ fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<(), StageError> 
         .stage(&stage)
 }
 
-/// Binds `source` on `target` through an idmapped mount: a detached copy of the tree
-/// (`open_tree`), its ids mapped by `userns` (`mount_setattr`), then attached (`move_mount`).
-fn bind_as_owner(source: &Path, target: &Path, read_only: bool, userns: &OwnedFd) -> Result<(), String> {
+/// Opens the mount point `target` (a path inside the root being built at `root`), making what is
+/// missing of it: directories, given to `owner` when it has one, and for a file's mount point
+/// (`is_dir` false) an empty file. No symbolic link is followed on the way: a volume may be
+/// mounted inside a persistent /workspace, which holds what earlier runs' code made, and pid 1
+/// builds the root as root before `pivot_root`, where a link would lead into the host's files.
+fn open_mount_point(root: &Path, target: &Path, is_dir: bool, owner: Option<u32>) -> Result<OwnedFd, String> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsFd;
+    // Mounts may be crossed (/workspace is one), links and `..` never.
+    let no_links = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS;
+    let path_only = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    let refused = |errno: nix::errno::Errno, seen: &Path| match errno {
+        nix::errno::Errno::ELOOP => {
+            format!("{} is a symbolic link, which a mount point may not go through", seen.display())
+        }
+        nix::errno::Errno::ENOTDIR => format!("{} is not a directory", seen.display()),
+        other => format!("{}: {}", seen.display(), other.desc()),
+    };
+    let mut dir: OwnedFd = nix::fcntl::open(root, OFlag::O_DIRECTORY | path_only, Mode::empty())
+        .map_err(|errno| refused(errno, Path::new("/")))?;
+    let mut seen = PathBuf::from("/");
+    let names = target
+        .components()
+        .filter_map(|part| match part {
+            Component::RootDir => None,
+            Component::Normal(name) => Some(Ok(name)),
+            _ => Some(Err(format!("{} is not a plain absolute path", target.display()))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (index, name) in names.iter().enumerate() {
+        seen.push(name);
+        let open = |flags: OFlag| {
+            // openat2 takes a mode only with O_CREAT.
+            let mode = Mode::from_bits_truncate(if flags.contains(OFlag::O_CREAT) { 0o644 } else { 0 });
+            openat2(dir.as_fd(), *name, OpenHow::new().flags(flags).mode(mode).resolve(no_links))
+        };
+        let found = if index + 1 == names.len() && !is_dir {
+            // A file's mount point: made empty if missing, never truncated.
+            open(OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC)
+                .map_err(|errno| refused(errno, &seen))?
+        } else {
+            match open(path_only | OFlag::O_DIRECTORY) {
+                Ok(found) => found,
+                Err(nix::errno::Errno::ENOENT) => {
+                    nix::sys::stat::mkdirat(dir.as_fd(), *name, Mode::from_bits_truncate(0o755))
+                        .map_err(|errno| refused(errno, &seen))?;
+                    let made = open(path_only | OFlag::O_DIRECTORY).map_err(|errno| refused(errno, &seen))?;
+                    if let Some(owner) = owner {
+                        let (uid, gid) = (Some(Uid::from_raw(owner)), Some(Gid::from_raw(owner)));
+                        nix::unistd::fchownat(made.as_fd(), "", uid, gid, nix::fcntl::AtFlags::AT_EMPTY_PATH)
+                            .map_err(|errno| refused(errno, &seen))?;
+                    }
+                    made
+                }
+                Err(errno) => return Err(refused(errno, &seen)),
+            }
+        };
+        dir = found;
+    }
+    Ok(dir)
+}
+
+/// Binds `source` on the mount point `target` (a descriptor) through an idmapped mount: a
+/// detached copy of the tree (`open_tree`), its ids mapped by `userns` (`mount_setattr`), then
+/// attached (`move_mount`).
+fn bind_as_owner(source: &Path, target: &OwnedFd, read_only: bool, userns: &OwnedFd) -> Result<(), String> {
     let source_path = CString::new(source.as_os_str().as_bytes()).map_err(|error| error.to_string())?;
-    let target_path = CString::new(target.as_os_str().as_bytes()).map_err(|error| error.to_string())?;
     let clone_flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint;
     // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor or -1.
     let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, source_path.as_ptr(), clone_flags) };
@@ -644,15 +708,16 @@ fn bind_as_owner(source: &Path, target: &Path, read_only: bool, userns: &OwnedFd
     if set < 0 {
         return Err(idmap_refused(source, std::io::Error::last_os_error()));
     }
-    // SAFETY: move_mount reads two NUL-terminated paths; the source is the detached tree itself.
+    // SAFETY: move_mount reads two empty NUL-terminated paths: the source is the detached tree
+    // itself, the target the mount point's descriptor.
     let moved = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_FDCWD,
-            target_path.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
         )
     };
     if moved < 0 {

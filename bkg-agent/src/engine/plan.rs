@@ -98,8 +98,8 @@ pub enum MountStep {
         mode: u32,
     },
     /// Bind a directory of a persistent sandbox's disk, whose files outlive the run, writable at
-    /// `target` through an idmapped mount: on the disk its files are `idmap.owner`'s
-    /// (`KEPT_FILES_OWNER`) whichever run wrote them, and each run sees them as its own user's,
+    /// `target` through an idmapped mount (`IdMap::Kept`): on the disk its files are
+    /// `KEPT_FILES_OWNER`'s whichever run wrote them, and each run sees them as its own user's,
     /// so no run has to walk them to hand them over. Made on the first run; a directory an
     /// earlier agent left with its files owned by an older run's uid is handed over once.
     KeptDiskDir {
@@ -187,35 +187,41 @@ pub struct Owner {
     pub gid: u32,
 }
 
-/// The mapping of an idmapped mount: files of `owner` on disk are shown as `shown_as` (uid and
-/// gid), and what the mount's user writes lands on disk as `owner`'s. Every other id is shown
-/// as nobody, and a process whose id is not mapped cannot create files there (`EOVERFLOW`);
-/// with `root_too`, root keeps id 0 through the mount, so that the init and the agent can make
-/// files there before they give them to the sandbox user (uploads, volumes' mount points).
+/// The mapping of an idmapped mount (ids inside its user namespace are the ids on disk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct IdMap {
-    pub owner: Owner,
-    pub shown_as: u32,
-    pub root_too: bool,
+pub enum IdMap {
+    /// A host directory's files: `owner`'s are shown as the sandbox user's (`shown_as`, uid and
+    /// gid), and what the sandbox writes lands on disk as `owner`'s; every other id is nobody.
+    Owner { owner: Owner, shown_as: u32 },
+    /// A kept disk directory's files (`KeptDiskDir`), on disk under the ids the code has inside
+    /// and shown as the code's host ids (`HostIds::code_id_map`): the sandbox user's as its
+    /// own, and what the code may do there is what it may do on a disk of its own (a `chown` to
+    /// its root or nobody fails with `EPERM`, where an id the mount does not map would fail
+    /// with `EOVERFLOW`, which `cp -a` does not forgive). The code's root is its own host id on
+    /// disk too (no file can be given it), as root is root: the init and the agent make
+    /// files there as root before they give them to the sandbox user (uploads, volumes' mount
+    /// points).
+    Kept { ids: HostIds },
 }
 
 impl IdMap {
-    /// The `uid_map` of the mount's user namespace (ids inside it are the ids on disk).
+    /// The `uid_map` of the mount's user namespace.
     pub fn uid_ranges(&self) -> Vec<IdRange> {
-        self.ranges(self.owner.uid)
+        self.ranges(|owner| owner.uid)
     }
 
     /// The `gid_map`, as `uid_ranges`.
     pub fn gid_ranges(&self) -> Vec<IdRange> {
-        self.ranges(self.owner.gid)
+        self.ranges(|owner| owner.gid)
     }
 
-    fn ranges(&self, owner: u32) -> Vec<IdRange> {
-        let root = IdRange { inside: 0, host: 0, count: 1 };
-        let shown = IdRange { inside: owner, host: self.shown_as, count: 1 };
-        match self.root_too {
-            true => vec![root, shown],
-            false => vec![shown],
+    fn ranges(&self, id_of: impl Fn(Owner) -> u32) -> Vec<IdRange> {
+        let one = |inside, host| IdRange { inside, host, count: 1 };
+        match *self {
+            IdMap::Owner { owner, shown_as } => vec![one(id_of(owner), shown_as)],
+            IdMap::Kept { ids } => {
+                vec![one(0, 0), one(INNER_ID, ids.sandbox), one(NOBODY_ID, ids.nobody), one(ids.root, ids.root)]
+            }
         }
     }
 }
@@ -250,7 +256,7 @@ pub struct Volume {
 }
 
 /// Host ids the sandbox runs under; unique per live sandbox so sandboxes cannot signal each other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct HostIds {
     /// The code's uid and gid on the host (mapped to `INNER_ID` inside).
     pub sandbox: u32,
@@ -421,12 +427,7 @@ impl SandboxPlan {
         let (name, target, mode) = ("workspace".into(), WORKSPACE.into(), 0o755);
         steps.push(match inputs.project {
             None => MountStep::DiskDir { name, target, mode },
-            Some(_) => MountStep::KeptDiskDir {
-                name,
-                target,
-                mode,
-                idmap: IdMap { owner: KEPT_FILES_OWNER, shown_as: inputs.ids.sandbox, root_too: true },
-            },
+            Some(_) => MountStep::KeptDiskDir { name, target, mode, idmap: IdMap::Kept { ids: inputs.ids } },
         });
 
         steps.push(MountStep::Dir { path: SHIM_DIR.into(), mode: 0o755 });
@@ -448,7 +449,7 @@ impl SandboxPlan {
 
         if let Some(project) = &inputs.project {
             // The code's host uid and gid are both `ids.sandbox` (see init's lock_down).
-            let as_sandbox = |owner: Owner| IdMap { owner, shown_as: inputs.ids.sandbox, root_too: false };
+            let as_sandbox = |owner: Owner| IdMap::Owner { owner, shown_as: inputs.ids.sandbox };
             steps.push(MountStep::BindAsOwner {
                 source: project.dir.clone(),
                 target: PROJECT.into(),
@@ -499,6 +500,19 @@ impl SandboxPlan {
 }
 
 impl SandboxPlan {
+    /// Who is given the directories the init makes for the mount point `target`: the sandbox
+    /// user, beneath a writable directory of the disk (a volume inside /workspace: the code may
+    /// write there, and remove them once the volume is gone); root, in the root's own tmpfs.
+    pub fn mount_point_owner(&self, target: &Path) -> Option<u32> {
+        let on_disk = self.steps.iter().any(|step| match step {
+            MountStep::DiskDir { target: dir, .. } | MountStep::KeptDiskDir { target: dir, .. } => {
+                target.starts_with(dir) && target != dir
+            }
+            _ => false,
+        });
+        on_disk.then_some(self.ids.sandbox)
+    }
+
     /// Every distinct id mapping the steps need, each made once as a user namespace.
     pub fn idmaps(&self) -> BTreeSet<IdMap> {
         self.steps
@@ -642,11 +656,17 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_directory_s_mount_shows_its_owner_as_the_run_s_user_and_root_as_root() {
-        let kept = IdMap { owner: KEPT_FILES_OWNER, shown_as: 200_000, root_too: true };
-        assert_eq!(id_map_text(&kept.uid_ranges()), "0 0 1\n1000 200000 1\n");
-        assert_eq!(id_map_text(&kept.gid_ranges()), "0 0 1\n1000 200000 1\n");
-        let project = IdMap { owner: Owner { uid: 1001, gid: 1002 }, shown_as: 200_000, root_too: false };
+    fn a_kept_directory_s_mount_shows_the_code_s_ids_as_its_host_ids_and_root_as_root() {
+        let ids = HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 };
+        let kept = IdMap::Kept { ids };
+        let text = "0 0 1\n1000 200000 1\n65534 200002 1\n200003 200003 1\n";
+        assert_eq!((id_map_text(&kept.uid_ranges()), id_map_text(&kept.gid_ranges())), (text.into(), text.into()));
+        // Every id the code has inside is mapped, so that a chown to any is refused as on its own disk.
+        for IdRange { host, .. } in ids.code_id_map() {
+            assert!(kept.uid_ranges().iter().any(|range| range.host == host), "{host}");
+        }
+        assert!(kept.uid_ranges().iter().all(|range| range.host != ids.init), "pid 1's id is never mapped");
+        let project = IdMap::Owner { owner: Owner { uid: 1001, gid: 1002 }, shown_as: 200_000 };
         assert_eq!(id_map_text(&project.uid_ranges()), "1001 200000 1\n");
         assert_eq!(id_map_text(&project.gid_ranges()), "1002 200000 1\n");
     }
@@ -717,7 +737,7 @@ mod tests {
         });
         let plan = SandboxPlan::new(&debian_host(), inputs);
         let position = |wanted: &MountStep| plan.steps.iter().position(|step| step == wanted);
-        let as_sandbox = IdMap { owner: ALICE, shown_as: 200_000, root_too: false };
+        let as_sandbox = IdMap::Owner { owner: ALICE, shown_as: 200_000 };
         let project = position(&MountStep::BindAsOwner {
             source: "/srv/app".into(),
             target: "/project".into(),
@@ -735,9 +755,13 @@ mod tests {
             name: "workspace".into(),
             target: "/workspace".into(),
             mode: 0o755,
-            idmap: IdMap { owner: KEPT_FILES_OWNER, shown_as: 200_000, root_too: true },
+            idmap: IdMap::Kept { ids: HostIds { sandbox: 200_000, init: 200_001, nobody: 200_002, root: 200_003 } },
         });
         assert!(project.is_some() && mask > project && volume > workspace && workspace.is_some(), "{:#?}", plan.steps);
+        assert_eq!(plan.mount_point_owner(Path::new("/workspace/src")), Some(200_000), "the code's to remove");
+        assert_eq!(plan.mount_point_owner(Path::new("/workspace")), None);
+        assert_eq!(plan.mount_point_owner(Path::new("/project")), None, "in the root's tmpfs");
+        assert_eq!(plan.mount_point_owner(Path::new("/workspaces/x")), None);
         assert_eq!(plan.idmaps().len(), 2, "the project's and volume's owner, and the kept files' owner");
         assert_eq!(plan.disk_image, PathBuf::from("/srv/app/.bkg/sandboxes/api/disk.img"));
     }
@@ -809,9 +833,9 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let alice = IdMap { owner: ALICE, shown_as: 200_004, root_too: false };
-        let root_files = IdMap { owner: root, shown_as: 200_004, root_too: false };
-        let kept = IdMap { owner: KEPT_FILES_OWNER, shown_as: 200_004, root_too: true };
+        let alice = IdMap::Owner { owner: ALICE, shown_as: 200_004 };
+        let root_files = IdMap::Owner { owner: root, shown_as: 200_004 };
+        let kept = IdMap::Kept { ids: HostIds { sandbox: 200_004, init: 200_005, nobody: 200_006, root: 200_007 } };
         assert_eq!(
             bound,
             [
@@ -820,7 +844,7 @@ mod tests {
                 (Some("/home/alice/in"), true, alice)
             ]
         );
-        assert_eq!(plan.idmaps().into_iter().collect::<Vec<_>>(), [root_files, kept, alice], "one user namespace each");
+        assert_eq!(plan.idmaps().into_iter().collect::<Vec<_>>(), [root_files, alice, kept], "one user namespace each");
         assert!(
             !plan
                 .steps
