@@ -19,6 +19,8 @@ const NODE: &str = "/usr/bin/node";
 const STDIN: &str = "first line\nsecond line\n";
 /// Where the sandbox puts the script (engine/request.rs).
 const WORKSPACE: &str = "/workspace";
+/// Who runs the bare interpreter.
+const NOBODY: u32 = 65534;
 
 /// The environment the agent gives every sandbox (engine/request.rs `sandbox_env`), given to the
 /// bare run too: the code must not be able to tell them apart by it.
@@ -65,37 +67,48 @@ enum Streams {
     Joined,
 }
 
+/// A pipe as a user's shell makes it: the user's own, here the bare run's (nobody), so that the
+/// code may open its standard streams again by name (`/dev/stdout`), which needs the pipe's
+/// owner. A sandboxed run's pipes are the agent's (engine/sandbox.rs, `code_pipe`).
+fn users_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    std::os::unix::fs::fchown(&writer, Some(NOBODY), Some(NOBODY)).expect("give the pipe to nobody");
+    (reader, writer)
+}
+
 fn feed(mut command: Command, streams: Streams) -> Output {
-    command.stdin(Stdio::piped());
-    let joined = match streams {
+    let (stdin, mut feeder) = users_pipe();
+    command.stdin(stdin);
+    let (out_reader, out_writer) = users_pipe();
+    let err_reader = match streams {
         Streams::Apart => {
-            command.stdout(Stdio::piped()).stderr(Stdio::piped());
-            None
+            let (err_reader, err_writer) = users_pipe();
+            command.stdout(out_writer).stderr(err_writer);
+            Some(err_reader)
         }
         Streams::Joined => {
-            let (reader, writer) = std::io::pipe().expect("pipe");
-            command.stdout(writer.try_clone().expect("dup the pipe")).stderr(writer);
-            Some(reader)
+            command.stdout(out_writer.try_clone().expect("dup the pipe")).stderr(out_writer);
+            None
         }
     };
     let mut child = command.spawn().expect("start the run");
-    // Our copies of the joined pipe's writing end are in `command`: closed, so that reading
-    // it ends with the run.
     drop(command);
-    child.stdin.take().expect("stdin").write_all(STDIN.as_bytes()).expect("write stdin");
-    match joined {
-        Some(mut reader) => {
-            let mut both = Vec::new();
-            std::io::Read::read_to_end(&mut reader, &mut both).expect("read the joined output");
-            Output { status: child.wait().expect("wait for the run"), stdout: both, stderr: Vec::new() }
-        }
-        None => child.wait_with_output().expect("wait for the run"),
-    }
+    let read_all = |mut reader: std::io::PipeReader| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut bytes).expect("read the run's output");
+            bytes
+        })
+    };
+    let (stdout, stderr) = (read_all(out_reader), err_reader.map(read_all));
+    feeder.write_all(STDIN.as_bytes()).expect("write stdin");
+    drop(feeder);
+    let status = child.wait().expect("wait for the run");
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.map(|reader| reader.join().expect("stderr reader")).unwrap_or_default();
+    Output { status, stdout, stderr }
 }
 
-/// `interpreter script args` as nobody in a directory of its own, with the sandbox's environment.
-/// The directory is directly beneath `/`, as /workspace is: Node's module search path (and
-/// Python's nothing) lists every parent.
 fn bare(interpreter: &str, script: &str, args: &[&str], streams: Streams) -> Seen {
     let dir = tempfile::Builder::new().prefix("bkg-conformance-").tempdir_in("/").expect("temp dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
@@ -104,7 +117,13 @@ fn bare(interpreter: &str, script: &str, args: &[&str], streams: Streams) -> See
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let mut command = Command::new("setpriv");
     command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env", "-i"])
+        .args([
+            format!("--reuid={NOBODY}"),
+            format!("--regid={NOBODY}"),
+            "--clear-groups".into(),
+            "env".into(),
+            "-i".into(),
+        ])
         .args(sandbox_env(dir.path()).iter().map(|(key, value)| format!("{key}={value}")))
         .arg(interpreter)
         .arg(&copy)
@@ -310,4 +329,25 @@ fn stdout_and_stderr_on_one_pipe_keep_the_order_they_were_written_in() {
         assert!(seen.stdout.starts_with(&expected), "{script}:\n{}", seen.stdout);
         assert!(seen.stdout.contains(last), "{script}:\n{}", seen.stdout);
     }
+}
+
+/// `/dev/stdout`, `/dev/stderr`, `/dev/stdin` and `/proc/self/fd/N` open as they do bare (was:
+/// `EACCES`: the code's pipes were the agent's, and a pipe opens by name only for its owner).
+#[test]
+fn the_standard_streams_open_by_name_as_they_do_bare() {
+    let agents = Agents::start();
+    let python = agents.compare(PYTHON, "std_by_name.py", &[]);
+    assert_eq!(
+        (python.status, python.stdout.as_str(), python.stderr.as_str()),
+        (
+            0,
+            "to /dev/stdout\nto /proc/self/fd/1\nstdin: ['first line', 'second line']\nsh said 0\n",
+            "to /dev/stderr\nfrom sh\n"
+        )
+    );
+    let node = agents.compare(NODE, "std_by_name.js", &[]);
+    assert_eq!(
+        (node.status, node.stdout.as_str(), node.stderr.as_str()),
+        (0, "to /dev/stdout\nto /proc/self/fd/1\nstdin: [ 'first line', 'second line', '' ]\n", "to /dev/stderr\n")
+    );
 }

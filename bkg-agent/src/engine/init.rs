@@ -650,8 +650,7 @@ fn open_mount_point(root: &Path, target: &Path, is_dir: bool, owner: Option<u32>
         };
         let found = if index + 1 == names.len() && !is_dir {
             // A file's mount point: made empty if missing, never truncated.
-            open(OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC)
-                .map_err(|errno| refused(errno, &seen))?
+            open(OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC).map_err(|errno| refused(errno, &seen))?
         } else {
             match open(path_only | OFlag::O_DIRECTORY) {
                 Ok(found) => found,

@@ -71,6 +71,16 @@ fn nonblocking_pipe() -> Result<(OwnedFd, OwnedFd), EngineError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|errno| EngineError::io("create pipe")(errno.into()))
 }
 
+/// A pipe for one of the code's standard streams, given to the code's host uid: a process may
+/// open its stdin, stdout or stderr again by name (`/dev/stdout`, `> /dev/stderr` in a shell
+/// script, `/proc/self/fd/1`) only when it owns the pipe, as it does one its shell made.
+fn code_pipe(owner: u32) -> Result<(OwnedFd, OwnedFd), EngineError> {
+    let (read, write) = nonblocking_pipe()?;
+    nix::unistd::fchown(&read, Some(nix::unistd::Uid::from_raw(owner)), Some(nix::unistd::Gid::from_raw(owner)))
+        .map_err(|errno| EngineError::io("give a pipe to the sandbox user")(errno.into()))?;
+    Ok((read, write))
+}
+
 /// How a default sandbox (no persistent disk, nothing added) is prepared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preparation {
@@ -452,9 +462,9 @@ async fn spawn_init(
     init_program: Option<&Path>,
     spawner: &InitSpawner,
 ) -> Result<Spawned, EngineError> {
-    let (stdin_read, stdin_write) = nonblocking_pipe()?;
-    let (stdout_read, stdout_write) = nonblocking_pipe()?;
-    let (stderr_read, stderr_write) = nonblocking_pipe()?;
+    let (stdin_read, stdin_write) = code_pipe(plan.ids.sandbox)?;
+    let (stdout_read, stdout_write) = code_pipe(plan.ids.sandbox)?;
+    let (stderr_read, stderr_write) = code_pipe(plan.ids.sandbox)?;
     let (mut agent_end, init_end) =
         std::os::unix::net::UnixStream::pair().map_err(EngineError::io("create control socket"))?;
 
