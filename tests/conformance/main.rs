@@ -208,8 +208,7 @@ impl Agents {
         let (prestarted_before, forked_before) = (prestarted_runs(&self.warm), zygote_runs(&self.warm));
         let warm = sandboxed(&self.warm, script, args);
         let prestarted = prestarted_runs(&self.warm) - prestarted_before;
-        let takes_it = interpreter == PYTHON || streams == Streams::Apart;
-        assert_eq!(prestarted, u64::from(takes_it), "{script} {streams:?}: runs given the interpreter started ahead");
+        assert_eq!(prestarted, 1, "{script} {streams:?}: runs given the interpreter started ahead");
         // Python's is a fork of the zygote (engine/zygote.rs); Node has none.
         let forked = zygote_runs(&self.warm) - forked_before;
         assert_eq!(forked, u64::from(interpreter == PYTHON), "{script}: runs forked by the zygote");

@@ -42,10 +42,20 @@ if (require('worker_threads').isMainThread) {
     chunks.push(Buffer.from(buffer.subarray(0, read)));
   }
   fs.closeSync(ORDER_FD);
-  // Every field ends with a NUL: "1" when stderr is to be stdout's pipe (never given to Node,
-  // which cannot do it: PrestartPlan::fits), the working directory, the count of arguments, the
-  // arguments (the interpreter's path first), then the environment as KEY=VALUE.
+  // Every field ends with a NUL: "1" when stderr is to be stdout's pipe, the working directory,
+  // the count of arguments, the arguments (the interpreter's path first), then the environment
+  // as KEY=VALUE.
   const fields = Buffer.concat(chunks).toString('utf8').split('\0').slice(0, -1);
+  if (fields[0] === '1') {
+    // Node has no dup2: descriptor 2 is closed and stdout's pipe opened again, by name, in its
+    // place, the lowest free descriptor (a pipe opens by name for its owner, the code:
+    // engine/sandbox.rs, `code_pipe`). process.stderr, not made yet, is made on it.
+    fs.closeSync(2);
+    if (fs.openSync('/proc/self/fd/1', fs.constants.O_WRONLY) !== 2) {
+      fs.writeSync(1, 'bkg: the interpreter started ahead could not give stderr to stdout\n');
+      process.reallyExit(125);
+    }
+  }
   const count = Number(fields[2]);
   const argv = fields.slice(3, 3 + count);
   process.chdir(fields[1]);

@@ -108,10 +108,7 @@ impl PrestartPlan {
             .map(|file| &file.path)
             .chain(&order.dirs)
             .any(|path| path == &user_site || path.starts_with(&format!("{user_site}/")));
-        // Node's stderr cannot be made its stdout's pipe once it runs (Python's loader does it).
-        let streams_fit = !(order.stderr_to_stdout && language == Language::Node);
         runs_a_script
-            && streams_fit
             && order.terminal.is_none()
             && start_env(&order.env) == start_env(&self.env)
             && !touches_user_site
@@ -231,17 +228,16 @@ mod tests {
         assert!(encode(&order).starts_with(b"1\x00/workspace\x00"));
     }
 
-    /// Python's loader joins stderr to stdout itself; Node, once running, cannot.
+    /// Both loaders give stderr to stdout's pipe themselves (prestart.py, prestart.cjs).
     #[test]
-    fn a_run_whose_stderr_is_its_stdout_fits_python_but_not_node() {
+    fn a_run_whose_stderr_is_its_stdout_fits_python_and_node() {
         let mut python = order(&["/usr/bin/python3", "/workspace/main.py"], &START_ENV);
         python.stderr_to_stdout = true;
         assert!(plan().fits(&python));
         let node = PrestartPlan { language: Language::Node, interpreter: "/usr/bin/node".into(), ..plan() };
         let mut script = order(&["/usr/bin/node", "/workspace/main.js"], &START_ENV);
-        assert!(node.fits(&script));
         script.stderr_to_stdout = true;
-        assert!(!node.fits(&script));
+        assert!(node.fits(&script));
     }
 
     #[test]
