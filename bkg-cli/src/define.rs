@@ -186,8 +186,8 @@ fn outside<'a>(definition: &'a SandboxDefinition, project: &Path) -> Option<&'a 
 /// the agent has it already. One it does not have yet is made here, as bkgr would make it, unless
 /// a volume reaches outside the project (that takes `bkgr --allow-outside` once). For one it has,
 /// a definition whose volumes reach outside the project is left as the agent has it, and one that
-/// cannot be made (a package file gone, say) or that the agent refuses (a disk limit below the
-/// disk's size) is said, and the sandbox goes on as the agent has it: its files stay reachable.
+/// cannot be made (a package file gone, say) or that the agent refuses (a disk limit above its
+/// maximum) is said, and the sandbox goes on as the agent has it: its files stay reachable.
 pub async fn ensure(
     client: &AgentClient,
     project: &Path,

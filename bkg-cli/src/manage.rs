@@ -232,7 +232,8 @@ fn changed_since_last_run(info: &SandboxInfo, spec: &SandboxSpec) -> Vec<String>
     compare("cpus", wanted.cpu_millis, had.cpu_millis, bkg_schema::units::format_cpus);
     compare("memory", wanted.memory_bytes, had.memory_bytes, format_size);
     compare("timeout", wanted.timeout_ms, had.timeout_ms, bkg_schema::units::format_duration_ms);
-    compare("disk", wanted.disk_bytes, had.disk_bytes, format_size);
+    // A disk only grows: one larger than cave.yaml asks (grown by `bkgr --disk`) stays so.
+    compare("disk", wanted.disk_bytes.filter(|wanted| *wanted > had.disk_bytes), had.disk_bytes, format_size);
     compare("pids", wanted.pids, had.pids, |pids| pids.to_string());
     changed
 }

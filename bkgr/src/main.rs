@@ -45,8 +45,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
     };
 
     // The flags hold for these runs only: the sandboxes keep cave.yaml's limits. But for
-    // `--disk`: a disk grows for good, so the sandbox's definition says the size it now has
-    // (a disk limit below it could not run).
+    // `--disk`: a disk grows for good, so the sandbox's definition says the size it now has.
     let flags = limit_overrides(&args.limits)?;
     let one_off = LimitOverrides { disk_bytes: None, ..flags };
     let mut runs = Vec::new();

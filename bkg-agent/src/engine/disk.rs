@@ -555,8 +555,8 @@ async fn format(path: &Path, bytes: u64, owner: u32) -> Result<(), DiskError> {
 }
 
 /// Refuses a disk limit of `bytes` for a persistent disk image of `current` bytes: shrinking
-/// could lose the user's files.
-pub fn refuse_shrinking(current: u64, bytes: u64) -> Result<(), DiskError> {
+/// could lose the user's files (the operations give a disk at least its size: service/sandboxes.rs).
+fn refuse_shrinking(current: u64, bytes: u64) -> Result<(), DiskError> {
     if bytes < current {
         return Err(DiskError::WouldShrink {
             asked: bkg_schema::units::format_size(bytes),

@@ -108,10 +108,7 @@ impl PrestartPlan {
             .map(|file| &file.path)
             .chain(&order.dirs)
             .any(|path| path == &user_site || path.starts_with(&format!("{user_site}/")));
-        runs_a_script
-            && order.terminal.is_none()
-            && start_env(&order.env) == start_env(&self.env)
-            && !touches_user_site
+        runs_a_script && order.terminal.is_none() && start_env(&order.env) == start_env(&self.env) && !touches_user_site
     }
 }
 

@@ -291,7 +291,6 @@ impl Service {
             self.check_user_policy(principal, id, &definition).await?;
         }
         self.engine.check_definition(&definition)?;
-        self.refuse_shrinking_disk(principal, id, &definition)?;
         self.environment_of(definition.language, &definition.requirements, definition.node_packages.as_ref())?;
         check_secret_names(&definition.secrets)?;
         // No sandbox is made whose runs could not start (was: a `bkgr` refused for a secret not
@@ -327,22 +326,6 @@ impl Service {
         )))
     }
 
-    /// A definition whose disk limit is below what the sandbox's disk already has is refused
-    /// before it is stored: its runs could not start (engine/disk.rs `refuse_shrinking`).
-    /// Only a disk limit the definition names counts: one that names none runs on the disk as it
-    /// is (`validate_sandbox_exec`).
-    fn refuse_shrinking_disk(&self, principal: &Principal, id: &str, definition: &SandboxDefinition) -> OpResult<()> {
-        let Some(current) = self.disk_image_size(&definition.namespace, id) else {
-            return Ok(());
-        };
-        if definition.limits.disk_bytes.is_none() {
-            return Ok(());
-        }
-        let limits = self.limits_of(principal, definition);
-        crate::engine::disk::refuse_shrinking(current, limits.disk_bytes)
-            .map_err(|error| OpError::Invalid(error.to_string()))
-    }
-
     /// The size of sandbox `id`'s disk image, once it has one. An image of no bytes is one being
     /// made (engine/disk.rs sizes it just after creating it): no disk yet, not a disk of none,
     /// which a run beside it was refused for ("disk limit must be greater than zero").
@@ -353,19 +336,20 @@ impl Service {
 
     /// The limits the runs of `definition` get for `principal`: the agent's defaults, under a
     /// local user's policy defaults, under the definition's own.
-    /// A definition that names no disk limit gets the sandbox's disk as it is (`grown_disk`).
+    /// A sandbox whose disk is larger than the definition's disk limit, or than the default when
+    /// it names none, gets its disk as it is (`grown_disk`).
     fn limits_of(&self, principal: &Principal, definition: &SandboxDefinition) -> bkg_schema::Limits {
         let defaults = &self.engine.config.default_limits;
         let mut named = definition.limits;
-        if named.disk_bytes.is_none() {
-            named.disk_bytes = self.grown_disk(definition);
-        }
+        // None is below any size: the larger of the two, or whichever there is.
+        named.disk_bytes = named.disk_bytes.max(self.grown_disk(definition));
         defaults.with(&user_limit_defaults(principal, &self.auth.policy.user, &named, defaults))
     }
 
-    /// The size of the disk `definition`'s sandbox has, if it has one: a disk grown once (`bkgr
-    /// --disk 1GiB`) keeps its size, so a definition that names no disk limit runs on the disk
-    /// as it is, is not refused for being smaller than it, and is shown with it.
+    /// The size of the disk `definition`'s sandbox has, if it has one: a disk only grows (`bkgr
+    /// --disk 1GiB` for good), so a definition that names a smaller disk limit, or none, runs on
+    /// the disk as it is and is shown with it (a smaller one was refused, and then so was every
+    /// plain `bkgr` after `bkgr --disk` had grown cave.yaml's disk: found by a new-user trial).
     fn grown_disk(&self, definition: &SandboxDefinition) -> Option<u64> {
         self.disk_image_size(&definition.namespace, &sandbox_id(&definition.project_dir, &definition.name))
     }
@@ -472,8 +456,9 @@ impl Service {
         if timeout_ms.is_some() {
             opened.limits.timeout_ms = timeout_ms;
         }
-        if opened.limits.disk_bytes.is_none() {
-            opened.limits.disk_bytes = self.grown_disk(&stored.definition);
+        if exec.limits.disk_bytes.is_none() {
+            // Unless this run's own flag asks for a disk, the disk as it is (`limits_of`).
+            opened.limits.disk_bytes = opened.limits.disk_bytes.max(self.grown_disk(&stored.definition));
         }
         let defaults = &self.engine.config.default_limits;
         opened.limits = user_limit_defaults(principal, &self.auth.policy.user, &opened.limits, defaults);
