@@ -166,6 +166,15 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
             let path = dest.display().to_string();
             // The trailing slash says what DEST is: the directory the copy went into.
             let into = dest.join("").display().to_string();
+            if let Some(first) = copied.left_out.first() {
+                // As an upload of one is refused (`upload`).
+                settings.out.note(format_args!(
+                    "left out {} ({}{}): a pipe has no content to copy",
+                    crate::out::count(copied.left_out.len(), "named pipe", "named pipes"),
+                    first.display(),
+                    if copied.left_out.len() > 1 { ", …" } else { "" }
+                ));
+            }
             let copied = UploadResult { path, files: copied.files, bytes: copied.bytes, links: copied.links };
             report(settings.out, &copied, &into)?;
         }
@@ -317,11 +326,13 @@ pub struct Unpacker {
 }
 
 /// What an `Unpacker` wrote: regular files and their bytes.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Unpacked {
     pub files: u64,
     pub bytes: u64,
     pub links: u64,
+    /// Entries that are neither files, directories nor links (named pipes), not made here.
+    pub left_out: Vec<PathBuf>,
 }
 
 /// What a download brings back of the symbolic links in it.
@@ -351,6 +362,10 @@ fn unpack_counting<R: std::io::Read>(
             continue;
         }
         if links == Links::LeftOut && matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+            continue;
+        }
+        if !(kind.is_file() || kind.is_symlink() || kind.is_hard_link()) {
+            unpacked.left_out.push(entry.path().map(|path| path.into_owned()).unwrap_or_default());
             continue;
         }
         let size = entry.size();

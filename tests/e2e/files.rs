@@ -833,3 +833,29 @@ fn outside_a_project_the_commands_find_the_agents_sandbox_by_name() {
         stderr(&unknown)
     );
 }
+
+/// A named pipe has no content to copy: `bkg cp` out of a sandbox leaves it out and says so,
+/// alone or in a directory beside files (was: "0 files, 0B" and exit 0, nothing said), as an
+/// upload of one is refused.
+#[test]
+fn a_download_says_it_left_out_the_named_pipes() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let made = agent.bkg_in(dir, &["exec", "box", "-c", "import os\nos.makedirs('/workspace/d')\nos.mkfifo('/workspace/d/pipe')\nopen('/workspace/d/file', 'w').write('x')"]);
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let alone = agent.bkg_in(dir, &["cp", "box:d/pipe", "alone"]);
+    assert_eq!(code(&alone), 0, "{}", stderr(&alone));
+    assert!(
+        stderr(&alone).contains("left out 1 named pipe (pipe): a pipe has no content to copy"),
+        "{}",
+        stderr(&alone)
+    );
+    assert!(!dir.join("alone/pipe").exists(), "no pipe made on the host");
+    let tree = agent.bkg_in(dir, &["cp", "box:d", "tree"]);
+    assert_eq!(code(&tree), 0, "{}", stderr(&tree));
+    assert!(stderr(&tree).contains("left out 1 named pipe (d/pipe)"), "{}", stderr(&tree));
+    assert!(stderr(&tree).contains("1 file, 1B"), "{}", stderr(&tree));
+    assert_eq!(std::fs::read_to_string(dir.join("tree/d/file")).expect("the file"), "x");
+    assert!(std::fs::symlink_metadata(dir.join("tree/d/pipe")).is_err(), "no pipe made on the host");
+}

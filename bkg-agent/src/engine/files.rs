@@ -623,7 +623,13 @@ impl Workspace {
                     self.append(builder, &path.join(&child), &name.join(&child), &child_stat)?;
                 }
             }
-            // Sockets, pipes and devices have no content to send.
+            // A named pipe has no content, but is sent as what it is, so that the copy can say it
+            // was left out (`bkg cp`); a socket has no kind in a tar stream, and is not sent.
+            FileKind::Other if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO => {
+                header.set_entry_type(tar::EntryType::Fifo);
+                header.set_size(0);
+                builder.append_data(&mut header, name, std::io::empty()).map_err(write_failed)?;
+            }
             FileKind::Other => {}
         }
         Ok(())
