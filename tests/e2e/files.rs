@@ -859,3 +859,21 @@ fn a_download_says_it_left_out_the_named_pipes() {
     assert_eq!(std::fs::read_to_string(dir.join("tree/d/file")).expect("the file"), "x");
     assert!(std::fs::symlink_metadata(dir.join("tree/d/pipe")).is_err(), "no pipe made on the host");
 }
+
+/// `NAME:link/` is the directory the link leads to, as `cp -r link/ DEST` reads it: copied as a
+/// directory under the link's name (was: the link itself); `NAME:link` is still the link.
+#[test]
+fn a_link_to_a_directory_named_with_a_trailing_slash_is_copied_as_the_directory() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let made = agent.bkg_in(dir, &["exec", "box", "-c", "import os\nos.makedirs('/workspace/inner')\nopen('/workspace/inner/a.txt', 'w').write('a')\nos.symlink('inner', '/workspace/link')"]);
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let followed = agent.bkg_in(dir, &["cp", "box:link/", "followed"]);
+    assert_eq!(code(&followed), 0, "{}", stderr(&followed));
+    assert!(std::fs::symlink_metadata(dir.join("followed/link")).expect("link/").is_dir(), "a directory");
+    assert_eq!(std::fs::read_to_string(dir.join("followed/link/a.txt")).expect("its file"), "a");
+    let kept = agent.bkg_in(dir, &["cp", "box:link", "kept"]);
+    assert_eq!(code(&kept), 0, "{}", stderr(&kept));
+    assert_eq!(std::fs::read_link(dir.join("kept/link")).expect("a link"), Path::new("inner"));
+}

@@ -543,11 +543,19 @@ impl Workspace {
     }
 
     /// Writes `source` (a file, directory or symbolic link) as a tar stream to `out`, named by
-    /// its last component; /workspace itself is written as its contents.
-    pub fn pack(&self, source: &Path, out: impl Write) -> Result<(), FilesError> {
+    /// its last component; /workspace itself is written as its contents. With `follow`
+    /// (`link/`, as `cp -r link/` reads it), a link to a directory inside /workspace is written
+    /// as that directory, under the link's name.
+    pub fn pack(&self, source: &Path, follow: bool, out: impl Write) -> Result<(), FilesError> {
         let mut builder = tar::Builder::new(out);
         builder.follow_symlinks(false);
-        let stat = self.stat(source)?;
+        let stat = match follow {
+            true => self
+                .open_dir(source)
+                .and_then(|dir| nix::sys::stat::fstat(&dir))
+                .map_err(|errno| failed("open", source, errno))?,
+            false => self.stat(source)?,
+        };
         let name = source.file_name().map(PathBuf::from).unwrap_or_default();
         self.append(&mut builder, source, &name, &stat)?;
         builder.into_inner().map_err(|error| FilesError::Io(format!("finish the tar stream: {error}")))?;

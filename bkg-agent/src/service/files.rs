@@ -185,8 +185,9 @@ impl Service {
         let held = self.hold_workspace(principal, id).await?;
         let Held { workspace, release } = held;
         // A missing or escaping path is an answer of its own, not a broken stream; so is a file
-        // named as a directory (`a.txt/`).
-        let checked = match path.ends_with('/') {
+        // named as a directory (`a.txt/`). `link/` is the directory the link leads to.
+        let follow = path.ends_with('/');
+        let checked = match follow {
             true => workspace.require_directory(&source),
             false => Ok(()),
         };
@@ -201,7 +202,7 @@ impl Service {
         let packing = tokio::task::spawn_blocking(move || {
             let mut writer = ChunkWriter::new(sender.clone(), "the download's reader hung up");
             let packed = workspace
-                .pack(&source, &mut writer)
+                .pack(&source, follow, &mut writer)
                 .and_then(|()| writer.flush().map_err(|error| FilesError::Io(error.to_string())));
             if let Err(error) = &packed {
                 tracing::warn!(%error, "a download ended early");
