@@ -1383,3 +1383,87 @@ fn the_workspace_s_folders_above_a_volume_and_its_chowns_are_as_on_a_disk_of_the
     let removed = agent.bkgr(dir, &["v", "sh", "--", "rm -r /workspace/a && echo removed"]);
     assert_eq!((code(&removed), stdout(&removed).as_str()), (0, "removed\n"), "{}", stderr(&removed));
 }
+
+/// A `:rw` volume lets the code change the project: a link it makes where another volume's
+/// source was would lead that volume out of the project at the next run that does not define
+/// the sandbox again (`bkg exec`, a service's restart, `bkg cp`). A volume's source reached
+/// through a link is refused then, and nothing of where it leads is shown (was: the host folder
+/// it named, mounted read-write, its files shown as the sandbox user's; found by a new-user
+/// trial).
+#[test]
+fn a_link_the_code_makes_in_the_project_does_not_lead_a_volume_out_of_it() {
+    let agent = Agent::start();
+    let project = private_dir();
+    let dir = project.path();
+    let outside = tempfile::tempdir().expect("a host folder");
+    write(&outside.path().join("secret"), "not the sandbox's\n");
+    std::fs::create_dir_all(dir.join("data/sub")).expect("the volumes' folders");
+    write(&dir.join("cave.yaml"), &volume_cave(&["./data:/workspace/data:rw", "./data/sub:/workspace/sub:rw"]));
+    let planted = agent.bkgr(
+        dir,
+        &[
+            "v",
+            "sh",
+            "--",
+            &format!("rm -r /workspace/data/sub && ln -s {} /workspace/data/sub", outside.path().display()),
+        ],
+    );
+    assert_eq!(code(&planted), 0, "{}", stderr(&planted));
+    assert!(dir.join("data/sub").is_symlink(), "the code made the link in the project");
+    let exec = agent.bkg_in(dir, &["exec", "v", "-c", "print(open('/workspace/sub/secret').read())"]);
+    assert_eq!(code(&exec), 125, "{}", stderr(&exec));
+    assert!(!stdout(&exec).contains("not the sandbox's"), "{}", stdout(&exec));
+    assert!(stderr(&exec).contains("is reached through a symbolic link now"), "{}", stderr(&exec));
+    let cp = agent.bkg_in(dir, &["cp", "v:sub/secret", "copied"]);
+    assert_eq!(code(&cp), 125, "{}", stderr(&cp));
+    assert!(!dir.join("copied").exists());
+    assert_eq!(std::fs::read_dir(outside.path()).expect("the host folder").count(), 1, "nothing made there");
+}
+
+/// A file volume's mount point: a named pipe the code left there is refused in one line (was:
+/// pid 1 waited on it for a reader until the sandbox's preparation timed out), and the empty
+/// file pid 1 makes for one is the sandbox user's, as the folders on its way are.
+#[test]
+fn a_file_volume_s_mount_point_is_a_file_of_the_sandbox_user_s_and_never_a_pipe() {
+    let agent = Agent::start();
+    let project = private_dir();
+    let dir = project.path();
+    write(&dir.join("host.txt"), "from the host\n");
+    write(&dir.join("cave.yaml"), &volume_cave(&[]));
+    let piped = agent.bkgr(dir, &["v", "sh", "--", "mkfifo /workspace/pipe"]);
+    assert_eq!(code(&piped), 0, "{}", stderr(&piped));
+    write(&dir.join("cave.yaml"), &volume_cave(&["./host.txt:/workspace/pipe:ro"]));
+    let refused = agent.bkgr(dir, &["v", "sh", "--", "true"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("/workspace/pipe is not a file"), "{}", stderr(&refused));
+    write(&dir.join("cave.yaml"), &volume_cave(&["./host.txt:/workspace/deep/made.txt:ro"]));
+    let shown = agent.bkgr(dir, &["v", "sh", "--", "cat /workspace/deep/made.txt"]);
+    assert_eq!((code(&shown), stdout(&shown).as_str()), (0, "from the host\n"), "{}", stderr(&shown));
+    write(&dir.join("cave.yaml"), &volume_cave(&[]));
+    let left = agent.bkgr(
+        dir,
+        &["v", "sh", "--", "stat -c '%u %g %s' /workspace/deep/made.txt && echo mine > /workspace/deep/made.txt"],
+    );
+    assert_eq!((code(&left), stdout(&left).as_str()), (0, "1000 1000 0\n"), "{}", stderr(&left));
+}
+
+/// A volume mounted where an upload stages its files (`.bkg-upload_` and 23 hex digits) is the
+/// host's folder: the next upload's removal of abandoned stagings leaves it alone (was: its
+/// files named by digits were deleted on the host; found by a new-user trial).
+#[test]
+fn an_upload_never_removes_a_volume_s_files_as_an_abandoned_staging() {
+    let agent = Agent::start();
+    let project = private_dir();
+    let dir = project.path();
+    for name in ["1", "22", "keep"] {
+        write(&dir.join("updir").join(name), name);
+    }
+    write(&dir.join("cave.yaml"), &volume_cave(&["./updir:/workspace/.bkg-upload_0123456789abcdef0123456:rw"]));
+    let first = agent.bkgr(dir, &["v", "sh", "--", "true"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let cp = agent.bkg_in(dir, &["cp", "cave.yaml", "v:in"]);
+    assert_eq!(code(&cp), 0, "{}", stderr(&cp));
+    for name in ["1", "22", "keep"] {
+        assert!(dir.join("updir").join(name).exists(), "{name} is still on the host");
+    }
+}

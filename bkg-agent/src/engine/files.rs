@@ -386,8 +386,13 @@ impl Workspace {
         let abandoned = names_in(&mut listing)
             .into_iter()
             .filter(|name| is_staging_name(name.as_bytes()) && !taking.contains(name));
+        let Ok(workspace) = nix::sys::stat::fstat(listing.as_fd()) else { return };
         for name in abandoned.collect::<Vec<_>>() {
             let Ok(dir) = open_dir_at(listing.as_fd(), &name) else { continue };
+            // A volume mounted at such a name is the host's folder, never a staging.
+            if nix::sys::stat::fstat(&dir).map_or(true, |stat| stat.st_dev != workspace.st_dev) {
+                continue;
+            }
             let Ok(mut staged) = nix::dir::Dir::from_fd(dir) else { continue };
             let staged_names = names_in(&mut staged).into_iter().filter(|name| is_staged_entry_name(name.as_bytes()));
             for staged_name in staged_names.collect::<Vec<_>>() {

@@ -14,7 +14,6 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
 use std::os::unix::net::UnixStream;
 use std::path::{Component, Path, PathBuf};
@@ -497,7 +496,9 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep, idmaps: &IdmapNamespaces) ->
             let userns = idmaps.get(idmap).ok_or_else(|| StageError::new(&stage, "its idmap was not made"))?;
             let mount_point =
                 open_mount_point(root, target, true, None).map_err(|message| StageError::new(&stage, message))?;
-            bind_as_owner(&source, &mount_point, false, userns).map_err(|message| StageError::new(stage, message))
+            let opened = open_source(&source, false).map_err(|message| StageError::new(&stage, message))?;
+            bind_as_owner((&opened, &source), &mount_point, false, userns)
+                .map_err(|message| StageError::new(stage, message))
         }
         MountStep::Symlink { link, points_to } => {
             let link = inside(root, link);
@@ -516,13 +517,15 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep, idmaps: &IdmapNamespaces) ->
             fs::write(&path, contents).stage(&format!("write {}", path.display()))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).stage("set file mode")
         }
-        MountStep::BindAsOwner { source, target, read_only, idmap } => {
+        MountStep::BindAsOwner { source, target, read_only, idmap, no_links } => {
             let stage = format!("show {} at {}", source.display(), target.display());
             let userns = idmaps.get(idmap).ok_or_else(|| StageError::new(&stage, "its idmap was not made"))?;
-            let is_dir = fs::metadata(source).stage(&format!("inspect {}", source.display()))?.is_dir();
+            let opened = open_source(source, *no_links).map_err(|message| StageError::new(&stage, message))?;
+            let is_dir = nix::sys::stat::fstat(&opened).stage(&stage)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
             let mount_point = open_mount_point(root, target, is_dir, plan.mount_point_owner(target))
                 .map_err(|message| StageError::new(&stage, message))?;
-            bind_as_owner(source, &mount_point, *read_only, userns).map_err(|message| StageError::new(stage, message))
+            bind_as_owner((&opened, source), &mount_point, *read_only, userns)
+                .map_err(|message| StageError::new(stage, message))
         }
         MountStep::Mask { target } => {
             let target = inside(root, target);
@@ -643,14 +646,36 @@ fn open_mount_point(root: &Path, target: &Path, is_dir: bool, owner: Option<u32>
         .collect::<Result<Vec<_>, _>>()?;
     for (index, name) in names.iter().enumerate() {
         seen.push(name);
+        // What is made here is `owner`'s, when it has one.
+        let give = |made: &OwnedFd| match owner {
+            Some(owner) => {
+                let (uid, gid) = (Some(Uid::from_raw(owner)), Some(Gid::from_raw(owner)));
+                nix::unistd::fchownat(made.as_fd(), "", uid, gid, nix::fcntl::AtFlags::AT_EMPTY_PATH)
+                    .map_err(|errno| refused(errno, &seen))
+            }
+            None => Ok(()),
+        };
         let open = |flags: OFlag| {
             // openat2 takes a mode only with O_CREAT.
             let mode = Mode::from_bits_truncate(if flags.contains(OFlag::O_CREAT) { 0o644 } else { 0 });
             openat2(dir.as_fd(), *name, OpenHow::new().flags(flags).mode(mode).resolve(no_links))
         };
         let found = if index + 1 == names.len() && !is_dir {
-            // A file's mount point: made empty if missing, never truncated.
-            open(OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC).map_err(|errno| refused(errno, &seen))?
+            // A file's mount point: made empty if missing, never opened for writing (a named
+            // pipe there would wait for a reader), and only a file.
+            let file = match open(path_only) {
+                Err(nix::errno::Errno::ENOENT) => {
+                    let made = open(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC)
+                        .map_err(|errno| refused(errno, &seen))?;
+                    give(&made)?;
+                    made
+                }
+                other => other.map_err(|errno| refused(errno, &seen))?,
+            };
+            match nix::sys::stat::fstat(&file).map_err(|errno| refused(errno, &seen))?.st_mode & libc::S_IFMT {
+                libc::S_IFREG => file,
+                _ => return Err(format!("{} is not a file", seen.display())),
+            }
         } else {
             match open(path_only | OFlag::O_DIRECTORY) {
                 Ok(found) => found,
@@ -658,11 +683,7 @@ fn open_mount_point(root: &Path, target: &Path, is_dir: bool, owner: Option<u32>
                     nix::sys::stat::mkdirat(dir.as_fd(), *name, Mode::from_bits_truncate(0o755))
                         .map_err(|errno| refused(errno, &seen))?;
                     let made = open(path_only | OFlag::O_DIRECTORY).map_err(|errno| refused(errno, &seen))?;
-                    if let Some(owner) = owner {
-                        let (uid, gid) = (Some(Uid::from_raw(owner)), Some(Gid::from_raw(owner)));
-                        nix::unistd::fchownat(made.as_fd(), "", uid, gid, nix::fcntl::AtFlags::AT_EMPTY_PATH)
-                            .map_err(|errno| refused(errno, &seen))?;
-                    }
+                    give(&made)?;
                     made
                 }
                 Err(errno) => return Err(refused(errno, &seen)),
@@ -673,14 +694,40 @@ fn open_mount_point(root: &Path, target: &Path, is_dir: bool, owner: Option<u32>
     Ok(dir)
 }
 
-/// Binds `source` on the mount point `target` (a descriptor) through an idmapped mount: a
-/// detached copy of the tree (`open_tree`), its ids mapped by `userns` (`mount_setattr`), then
-/// attached (`move_mount`).
-fn bind_as_owner(source: &Path, target: &OwnedFd, read_only: bool, userns: &OwnedFd) -> Result<(), String> {
-    let source_path = CString::new(source.as_os_str().as_bytes()).map_err(|error| error.to_string())?;
-    let clone_flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint;
-    // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor or -1.
-    let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, source_path.as_ptr(), clone_flags) };
+/// Opens the host path `source` of a mount (`O_PATH`); with `no_links`, none of its components
+/// may be a symbolic link (`RESOLVE_NO_SYMLINKS`): what the mount shows is what was opened.
+fn open_source(source: &Path, no_links: bool) -> Result<OwnedFd, String> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    let resolve = if no_links { ResolveFlag::RESOLVE_NO_SYMLINKS } else { ResolveFlag::empty() };
+    let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(resolve);
+    openat2(nix::fcntl::AT_FDCWD, source, how).map_err(|errno| match errno {
+        nix::errno::Errno::ELOOP => format!(
+            "{} is reached through a symbolic link now, which a volume's source may not be (the sandbox's \
+             code could make one in the project through a :rw volume): give the volume the path it leads to, \
+             or remove the link",
+            source.display()
+        ),
+        other => format!("{}: {}", source.display(), other.desc()),
+    })
+}
+
+/// Binds `source` (a descriptor) on the mount point `target` (a descriptor) through an
+/// idmapped mount: a detached copy of the tree (`open_tree`), its ids mapped by `userns`
+/// (`mount_setattr`), then attached (`move_mount`).
+/// `shown` names the source in an error.
+fn bind_as_owner(
+    (source, shown): (&OwnedFd, &Path),
+    target: &OwnedFd,
+    read_only: bool,
+    userns: &OwnedFd,
+) -> Result<(), String> {
+    let clone_flags = libc::OPEN_TREE_CLONE
+        | libc::OPEN_TREE_CLOEXEC
+        | libc::AT_RECURSIVE as libc::c_uint
+        | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: open_tree reads an empty NUL-terminated path relative to the source's descriptor
+    // and returns a new descriptor or -1.
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, source.as_raw_fd(), c"".as_ptr(), clone_flags) };
     if tree < 0 {
         return Err(std::io::Error::last_os_error().to_string());
     }
@@ -705,7 +752,7 @@ fn bind_as_owner(source: &Path, target: &OwnedFd, read_only: bool, userns: &Owne
         )
     };
     if set < 0 {
-        return Err(idmap_refused(source, std::io::Error::last_os_error()));
+        return Err(idmap_refused(shown, std::io::Error::last_os_error()));
     }
     // SAFETY: move_mount reads two empty NUL-terminated paths: the source is the detached tree
     // itself, the target the mount point's descriptor.

@@ -130,6 +130,10 @@ pub enum MountStep {
         target: PathBuf,
         read_only: bool,
         idmap: IdMap,
+        /// A volume's source, resolved when its sandbox was defined: one reached through a
+        /// symbolic link now is refused, as a sandbox's code may make one in the project
+        /// through a `:rw` volume and so redirect another volume out of it.
+        no_links: bool,
     },
     /// An empty read-only tmpfs over `target`, hiding what is beneath.
     Mask {
@@ -455,6 +459,7 @@ impl SandboxPlan {
                 target: PROJECT.into(),
                 read_only: true,
                 idmap: as_sandbox(project.owner),
+                no_links: false,
             });
             if let Ok(hidden) = project.state_dir.strip_prefix(&project.dir) {
                 steps.push(MountStep::Mask { target: Path::new(PROJECT).join(hidden) });
@@ -465,6 +470,7 @@ impl SandboxPlan {
                     target: volume.guest.clone(),
                     read_only: volume.read_only,
                     idmap: as_sandbox(volume.owner),
+                    no_links: true,
                 });
             }
         }
@@ -743,6 +749,7 @@ mod tests {
             target: "/project".into(),
             read_only: true,
             idmap: as_sandbox,
+            no_links: false,
         });
         let mask = position(&MountStep::Mask { target: "/project/.bkg".into() });
         let volume = position(&MountStep::BindAsOwner {
@@ -750,6 +757,7 @@ mod tests {
             target: "/workspace/src".into(),
             read_only: true,
             idmap: as_sandbox,
+            no_links: true,
         });
         let workspace = position(&MountStep::KeptDiskDir {
             name: "workspace".into(),

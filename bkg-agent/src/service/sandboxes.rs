@@ -399,8 +399,9 @@ impl Service {
     }
 
     /// Opens the definition's project directory and volume sources with the rights the caller
-    /// acts with (service/access.rs decides whose): for a local user, as that user, each volume
-    /// then named by where it led; the ids to show as the sandbox user's, if not each path's owner.
+    /// acts with (service/access.rs decides whose): for a local user, as that user, none of the
+    /// volumes reached through a link; the ids to show as the sandbox user's, if not each path's
+    /// owner.
     fn open_host_paths(
         &self,
         principal: &Principal,
@@ -412,16 +413,25 @@ impl Service {
             return Ok((definition.clone(), None));
         };
         let refused = |error: crate::caller_fs::CallerFsError| OpError::Invalid(error.to_string());
-        let mut opened = definition.clone();
+        let opened = definition.clone();
         if project != own_dir {
             let dir = crate::caller_fs::open_as(user, project, "project directory").map_err(refused)?;
             if !dir.is_dir {
                 return Err(OpError::Invalid(format!("project directory {} is not a directory", project.display())));
             }
         }
-        for volume in &mut opened.volumes {
+        for volume in &opened.volumes {
             let source = crate::caller_fs::open_as(user, Path::new(&volume.host), "volume source").map_err(refused)?;
-            volume.host = source.resolved.to_string_lossy().into_owned();
+            // As pid 1 refuses it for every caller (engine/init.rs, `open_source`): the
+            // sandbox's code could make the link in the project through a :rw volume.
+            if source.resolved != Path::new(&volume.host) {
+                return Err(OpError::Invalid(format!(
+                    "volume source {} is reached through a symbolic link now (it leads to {}), which a volume's \
+                     source may not be: give the volume the path it leads to, or remove the link",
+                    volume.host,
+                    source.resolved.display()
+                )));
+            }
         }
         Ok((opened, Some(crate::engine::plan::Owner { uid: user.uid, gid: user.gid })))
     }
