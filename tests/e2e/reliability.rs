@@ -204,6 +204,11 @@ fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
     let table = stdout(&agent.bkg().args(["runs", "ls"]).output().expect("bkg runs ls"));
     assert_eq!((table.matches(" queued ").count(), table.matches(" running ").count()), (2, 1), "{table}");
 
+    // Every place taken and the queue full, no run has succeeded yet: /healthz runs its probe
+    // beside the queue and answers (was: refused as the queue was full, or, with room in it,
+    // waited for a place as long as the runs held them; found by a new-user trial).
+    let health = api(&agent, "GET", "/healthz", None);
+    assert_eq!((health.status, health.json()["status"].clone()), (200, json!("ok")), "{}", health.text());
     let refused = api(&agent, "POST", "/api/v1/runs", Some(&json!({ "language": "python", "code": "print(1)" })));
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert_eq!(refused.error_code(), "unavailable");

@@ -278,6 +278,14 @@ impl Capacity {
         Ok(Turn { capacity: self, namespace: namespace.to_owned() })
     }
 
+    /// A place for a run of `namespace` now, over the bound if need be: the health probe's
+    /// (`ValidatedRun::beside_the_queue`). It counts among the runs going on while it lasts, so a
+    /// waiting run gets the next place only once the probe's has been given back too.
+    pub fn turn_beside_the_queue(&self, namespace: &str) -> Turn<'_> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).start(namespace);
+        Turn { capacity: self, namespace: namespace.to_owned() }
+    }
+
     /// Gives free places to waiting runs.
     fn hand_on(&self, queue: &mut Queue) {
         while queue.running < self.config.max_running {
@@ -372,6 +380,23 @@ mod tests {
         let b_going = futures_poll(&mut b1);
         assert!(matches!(b_going, Some(Ok(_))));
         assert!(futures_poll(&mut a3).is_none());
+    }
+
+    /// The health probe's run takes a place at once when every place is taken and the queue is
+    /// full, and a waiting run goes next only once both places ahead of it are given back.
+    #[tokio::test]
+    async fn a_turn_beside_the_queue_never_waits_and_holds_its_place_while_it_lasts() {
+        let capacity = capacity(1, 1);
+        let first = capacity.wait_turn("a").await;
+        assert!(first.is_ok());
+        let waiting = capacity.wait_turn("b");
+        tokio::pin!(waiting);
+        assert!(futures_poll(&mut waiting).is_none());
+        let probe = capacity.turn_beside_the_queue("default");
+        drop(first);
+        assert!(futures_poll(&mut waiting).is_none(), "the probe's run still holds a place");
+        drop(probe);
+        assert!(matches!(futures_poll(&mut waiting), Some(Ok(_))));
     }
 
     /// A caller that gives up while waiting leaves the queue at once: it no longer counts

@@ -204,6 +204,7 @@ impl Engine {
             keep: Vec::new(),
             network: None,
             return_out_dir: false,
+            takes_a_place: true,
         })
     }
 

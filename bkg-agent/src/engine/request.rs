@@ -98,6 +98,9 @@ pub struct ValidatedRun {
     pub(super) relay: Vec<RelayTarget>,
     /// Send /workspace/out/ back when the code has ended (`RunRequest::return_out_dir`).
     pub(super) return_out_dir: bool,
+    /// Whether the run waits for one of the `--max-running-runs` places (`Engine::probe`'s
+    /// does not).
+    pub(super) takes_a_place: bool,
 }
 
 /// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and where its
@@ -131,6 +134,14 @@ impl ValidatedRun {
         if let Some(persistent) = &mut self.persistent {
             persistent.log_dir = None;
         }
+    }
+
+    /// Makes this a run that never waits for a place: the health probe's, which must answer
+    /// while runs fill every place (found by a new-user trial: idle sessions held all of them
+    /// and `/healthz` hung for as long). It is one tiny run at a time (`HealthProbe`), counted
+    /// among those going on while it runs.
+    pub(super) fn beside_the_queue(&mut self) {
+        self.takes_a_place = false;
     }
 
     pub fn is_for_transfer(&self) -> bool {
@@ -444,6 +455,7 @@ impl Engine {
             additions: Additions::default(),
             relay: Vec::new(),
             return_out_dir: request.return_out_dir,
+            takes_a_place: true,
         })
     }
 
@@ -591,6 +603,7 @@ impl Engine {
             additions: Additions::default(),
             relay: Vec::new(),
             return_out_dir: false,
+            takes_a_place: true,
         })
     }
 }

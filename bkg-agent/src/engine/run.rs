@@ -97,7 +97,12 @@ impl Engine {
         let _active = ActiveRun(Arc::clone(self));
         let run_id = ticket.run_id().to_owned();
         let tracker = ticket.tracker();
-        let waiting = self.capacity.wait_turn(&run.namespace);
+        let waiting = async {
+            match run.takes_a_place {
+                true => self.capacity.wait_turn(&run.namespace).await,
+                false => Ok(self.capacity.turn_beside_the_queue(&run.namespace)),
+            }
+        };
         let notice = output.as_ref().map(|output| (output, &*self.capacity));
         tracker.set_waiting_for_place(true);
         let queued = wait_in_queue(waiting, &tracker, &mut input, notice).await;
@@ -309,7 +314,8 @@ impl Engine {
             return_out_dir: false,
             stderr_to_stdout: false,
         };
-        let validated = self.validate(request).map_err(|error| error.to_string())?;
+        let mut validated = self.validate(request).map_err(|error| error.to_string())?;
+        validated.beside_the_queue();
         let (_input, input_rx) = mpsc::channel(1);
         let ticket = self.accept(new_id("probe"), &validated).map_err(|error| error.to_string())?;
         let (result, _kept) = self.run(ticket, validated, input_rx, None).await.map_err(|error| error.to_string())?;
