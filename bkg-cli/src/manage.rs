@@ -706,9 +706,10 @@ async fn removal_of(
     // Refused before anything is removed: the sandbox's data would go and cave.yaml keep it.
     if edited.is_none() && cave.sandboxes.contains_key(name) {
         return Err(CliError::usage(format!(
-            "cave.yaml declares `{name}` in a form bkg rm cannot edit (`sandboxes:` written inline): nothing was \
-             removed; write `sandboxes:` as a block, one entry per line (as bkg add writes it), or take `{name}` out \
-             of cave.yaml yourself and run `bkg rm {name}` again"
+            "cave.yaml declares `{name}` in a form bkg rm cannot edit (`sandboxes:` written inline, or a layout \
+             where taking its lines out would change more than `{name}`): nothing was removed; write `sandboxes:` \
+             as a block, one entry per line (as bkg add writes it), or take `{name}` out of cave.yaml yourself \
+             and run `bkg rm {name}` again"
         )));
     }
     let known = fetch(client, &id_of(project, name)).await?;
@@ -776,19 +777,38 @@ async fn rm(
     Ok(Some(Removed { name, id: None, removed: true }))
 }
 
-/// cave.yaml without the block of sandbox `name` (its key line and every more-indented line
-/// after it), keeping everything else byte for byte. None when the file has no such block.
+/// cave.yaml without the block of sandbox `name`, keeping everything else byte for byte. None
+/// when the file has no such block, or when the text without it would not read as the same
+/// file less that one sandbox: nothing is written then.
 fn remove_sandbox_block(text: &str, name: &str) -> Option<String> {
+    let edited = cut_sandbox_block(text, name)?;
+    let before = bkg_schema::cave::parse(text, "cave.yaml").ok()?;
+    let after = bkg_schema::cave::parse(&edited, "cave.yaml").ok()?;
+    let mut expected = before.sandboxes;
+    expected.remove(name)?;
+    let same = after.version == before.version && after.namespace == before.namespace && after.sandboxes == expected;
+    same.then_some(edited)
+}
+
+/// The text cut: the block's key line, every more-indented line after it and the comments right
+/// above it at its indentation. A comment is never where a block ends: YAML reads past one
+/// anywhere, at the first column too (found by a new-user trial: `# b is important` at the
+/// first column between two entries made the edit write `sandboxes: {}` above `b`).
+fn cut_sandbox_block(text: &str, name: &str) -> Option<String> {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let indent_of = |line: &str| line.len() - line.trim_start().len();
+    let is_comment = |line: &str| line.trim_start().starts_with('#');
+    let is_blank = |line: &str| line.trim().is_empty();
     // `sandboxes:`, maybe with a comment after it; a value there is an inline mapping.
     let is_key_line = |line: &str| line.split('#').next().is_some_and(|key| key.trim_end() == "sandboxes:");
     let sandboxes = lines.iter().position(|line| is_key_line(line) && indent_of(line) == 0)?;
     let block_end = (sandboxes + 1..lines.len())
-        .find(|&index| !lines[index].trim().is_empty() && indent_of(lines[index]) == 0)
+        .find(|&index| !is_blank(lines[index]) && !is_comment(lines[index]) && indent_of(lines[index]) == 0)
         .unwrap_or(lines.len());
-    let is_content = |line: &&&str| !line.trim().is_empty() && !line.trim_start().starts_with('#');
-    let level = lines[sandboxes + 1..block_end].iter().find(is_content).map(|line| indent_of(line))?;
+    let level = lines[sandboxes + 1..block_end]
+        .iter()
+        .find(|line| !is_blank(line) && !is_comment(line))
+        .map(|line| indent_of(line))?;
     let start = (sandboxes + 1..block_end).find(|&index| {
         let line = lines[index];
         let key = line.trim();
@@ -799,23 +819,34 @@ fn remove_sandbox_block(text: &str, name: &str) -> Option<String> {
     let key = start;
     let start = (sandboxes + 1..key)
         .rev()
-        .take_while(|&index| indent_of(lines[index]) == indent && lines[index].trim_start().starts_with('#'))
+        .take_while(|&index| indent_of(lines[index]) == indent && is_comment(lines[index]))
         .last()
         .unwrap_or(key);
-    let end = (key + 1..lines.len())
+    let next = (key + 1..lines.len())
         .find(|&index| {
             let line = lines[index];
-            !line.trim().is_empty() && indent_of(line) <= indent
+            !is_blank(line) && !is_comment(line) && indent_of(line) <= indent
         })
         .unwrap_or(lines.len());
+    // Comments no deeper than the entry just above what comes next are that's own; the blank
+    // lines before them go with the entry.
+    let mut end = next;
+    while end > key + 1
+        && (is_blank(lines[end - 1]) || (is_comment(lines[end - 1]) && indent_of(lines[end - 1]) <= indent))
+    {
+        end -= 1;
+    }
+    while end < next && is_blank(lines[end]) {
+        end += 1;
+    }
     let mut kept: Vec<String> = lines[..start].iter().map(|line| (*line).to_owned()).collect();
     kept.extend(lines[end..].iter().map(|line| (*line).to_owned()));
     // Without entries the key alone would read as null, which no command accepts: the last
     // sandbox leaves an empty mapping behind.
     let entries_left = kept[sandboxes + 1..]
         .iter()
-        .take_while(|line| line.trim().is_empty() || indent_of(line) > 0)
-        .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'));
+        .take_while(|line| is_blank(line) || is_comment(line) || indent_of(line) > 0)
+        .any(|line| !is_blank(line) && !is_comment(line));
     if !entries_left {
         let key = &lines[sandboxes];
         let ending = &key[key.trim_end().len()..];
@@ -880,6 +911,38 @@ mod tests {
         assert_eq!(remove_sandbox_block(commented, "api").as_deref(), Some("version: 1\nsandboxes: {} # the boxes\n"));
         let inline = "version: 1\nsandboxes: { api: { type: python } }\n";
         assert_eq!(remove_sandbox_block(inline, "api"), None, "an inline mapping is not edited");
+    }
+
+    /// A comment at the first column inside the block: the entries around it are edited as if
+    /// it were not there, and it stays (found by a new-user trial: `sandboxes: {}` was written
+    /// above `b`, and `bkg rm b` was refused as inline).
+    #[test]
+    fn a_comment_at_the_first_column_between_entries_is_kept_and_read_past() {
+        let cave = "version: 1\nsandboxes:\n  a:\n    type: python\n\n# b is our important worker, keep it\n  b:\n    type: python\n";
+        assert_eq!(
+            remove_sandbox_block(cave, "a").as_deref(),
+            Some("version: 1\nsandboxes:\n# b is our important worker, keep it\n  b:\n    type: python\n")
+        );
+        assert_eq!(
+            remove_sandbox_block(cave, "b").as_deref(),
+            Some("version: 1\nsandboxes:\n  a:\n    type: python\n\n# b is our important worker, keep it\n"),
+            "a comment at another indentation than b's is not b's own: it stays"
+        );
+        let inside = "version: 1\nsandboxes:\n  a:\n    type: python\n# its limits\n    limits:\n      memory: 1GiB\n  b:\n    type: node\n";
+        assert_eq!(
+            remove_sandbox_block(inside, "a").as_deref(),
+            Some("version: 1\nsandboxes:\n  b:\n    type: node\n")
+        );
+    }
+
+    /// An edit whose text would not read as the file less that sandbox is never written: here
+    /// the lines cut hold an anchor another sandbox names.
+    #[test]
+    fn an_edit_that_would_change_more_than_the_sandbox_is_refused() {
+        let broken = "version: 1\nsandboxes:\n  a:\n    type: python\n  b: &x\n    type: node\n  c: *x\n";
+        assert!(bkg_schema::cave::parse(broken, "cave.yaml").is_ok(), "the file itself is valid");
+        assert!(cut_sandbox_block(broken, "b").is_some(), "its lines are found");
+        assert_eq!(remove_sandbox_block(broken, "b"), None, "c names b's anchor");
     }
 
     #[test]

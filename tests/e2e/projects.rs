@@ -154,6 +154,34 @@ fn a_linked_cave_yaml_stays_a_link_and_keeps_its_group() {
     assert!(!["two:", "three:", "four:"].iter().any(|name| text.contains(name)), "{text}");
 }
 
+/// A comment at the first column between two entries is valid YAML, and `bkg rm` edits around
+/// it: the other sandbox and the comment stay, and the file still reads (was: `sandboxes: {}`
+/// was written above `b`, and every later command refused the file; found by a new-user trial).
+#[test]
+fn bkg_rm_keeps_a_comment_at_the_first_column_and_the_entries_after_it() {
+    let agent = Agent::start();
+    let project = private_dir();
+    let dir = project.path();
+    write(
+        &dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  a:\n    type: python\n# b is our important worker, keep it\n  b:\n    type: python\n",
+    );
+    let removed = agent.bkg_in(dir, &["rm", "a", "--force"]);
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml"),
+        "version: 1\nsandboxes:\n# b is our important worker, keep it\n  b:\n    type: python\n"
+    );
+    let listed = agent.bkg_in(dir, &["validate"]);
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    let removed = agent.bkg_in(dir, &["rm", "b", "--force"]);
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml"),
+        "version: 1\nsandboxes: {}\n# b is our important worker, keep it\n"
+    );
+}
+
 fn piped(command: &mut Command) -> &mut Command {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped())
 }
