@@ -124,7 +124,10 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     // A load balancer that probes with HEAD (found by a new-user trial: 401).
     assert_eq!(request(&api.address, "HEAD", "/healthz", &[], b"").status, 200);
     for path in ["/metrics", "/api/v1/runs", "/api/v1/sandboxes", "/mcp", "/no/such/path"] {
-        expect(&anonymous.get(path), 401, path);
+        let refused = anonymous.get(path);
+        expect(&refused, 401, path);
+        // Each names the scheme it takes, as RFC 9110 asks (found by a new-user trial: none).
+        assert_eq!(refused.header("www-authenticate"), Some("Bearer realm=\"bkg\""), "{path}");
     }
     let basic = request(&api.address, "GET", "/healthz", &[("Authorization", "Basic YTpi")], b"");
     expect(&basic, 401, "basic auth");

@@ -7,6 +7,9 @@ use bkg_schema::{ApiError, ErrorCode};
 
 use crate::service::{OpError, Refusal};
 
+/// What a 401 asks for: an API key, sent as `Authorization: Bearer KEY`.
+const BEARER_CHALLENGE: &str = "Bearer realm=\"bkg\"";
+
 /// An API error ready to be sent.
 #[derive(Debug)]
 pub struct Failure {
@@ -121,6 +124,11 @@ impl IntoResponse for Failure {
         let mut response = (self.status, Json(ApiError::new(self.code, self.message))).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        // RFC 9110 asks a 401 to name the scheme that would be taken: an API key as a bearer
+        // token (docs/api.md). Clients that go by it (the MCP SDKs) learn why they were refused.
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE));
         }
         response
     }
