@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::request::Parts;
 use base64::Engine as _;
@@ -165,6 +166,53 @@ pub struct RunFileArgs {
 /// The most `run_read_file` returns in one call: a result's own output cap, so that a caller
 /// pages through output longer than a result holds as it read the result.
 const MCP_READ_BYTES: u64 = bkg_schema::OUTPUT_CAP_BYTES as u64;
+
+/// How long a session's execution interrupted at its timeout has to end before its interpreter
+/// is ended (as `bkg stop` gives a run 5 s after SIGTERM).
+const SESSION_INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+
+/// What a session's execution printed and displayed, each kept up to `OUTPUT_CAP_BYTES`: one
+/// tool result is held whole in memory and read whole by a model (found by a new-user trial:
+/// 40 MB printed came back in one result).
+#[derive(Default)]
+struct CappedOutput {
+    stdout: String,
+    stderr: String,
+    displays: Vec<serde_json::Map<String, serde_json::Value>>,
+    display_bytes: usize,
+    truncated: bool,
+}
+
+impl CappedOutput {
+    fn stdout(&mut self, text: &str) {
+        self.truncated |= keep_within(&mut self.stdout, text);
+    }
+
+    fn stderr(&mut self, text: &str) {
+        self.truncated |= keep_within(&mut self.stderr, text);
+    }
+
+    fn display(&mut self, data: serde_json::Map<String, serde_json::Value>, size: usize) {
+        if self.display_bytes + size > bkg_schema::OUTPUT_CAP_BYTES {
+            self.truncated = true;
+            return;
+        }
+        self.display_bytes += size;
+        self.displays.push(data);
+    }
+}
+
+/// Appends what of `text` fits under the cap, cut at a character; true when some was left out.
+fn keep_within(kept: &mut String, text: &str) -> bool {
+    let room = bkg_schema::OUTPUT_CAP_BYTES.saturating_sub(kept.len());
+    if text.len() <= room {
+        kept.push_str(text);
+        return false;
+    }
+    let cut = (0..=room).rev().find(|&at| text.is_char_boundary(at)).unwrap_or(0);
+    kept.push_str(&text[..cut]);
+    true
+}
 
 /// The largest file `sandbox_download` returns (base64 in a JSON answer); bigger ones go by the
 /// HTTP API's tar stream.
@@ -382,7 +430,9 @@ impl SandboxTools {
 
     #[tool(description = "Run code in the sandbox's session (session_create first); state is kept. Returns \
         stdout, stderr, the last expression's value, display data (images as base64 PNG, HTML, JSON) and any error \
-        with a traceback of the cells.")]
+        with a traceback of the cells. An execution longer than the sandbox's timeout is interrupted (`timed_out`; \
+        one that goes on 5 s after the interrupt ends with its interpreter, and the session starts afresh); \
+        stdout, stderr and the displays are each cut at 1 MiB (`truncated`).")]
     async fn session_execute(
         &self,
         Extension(parts): Extension<Parts>,
@@ -390,18 +440,46 @@ impl SandboxTools {
     ) -> Result<CallToolResult, ErrorData> {
         use bkg_schema::files::{SessionEvent, StreamName};
         let principal = principal_of(&parts)?;
+        let limit = match self.operations.get_sandbox(&principal, &args.sandbox_id).await {
+            Ok(sandbox) if sandbox.limits.timeout_ms != bkg_schema::NO_TIMEOUT_MS => {
+                Some(Duration::from_millis(sandbox.limits.timeout_ms))
+            }
+            Ok(_) => None,
+            Err(error) => return Ok(self.session_refusal(&principal, &args.sandbox_id, error).await),
+        };
         let started = self.operations.execute_in_session(&principal, &args.sandbox_id, MCP_SESSION, args.code).await;
         let mut events = match started {
             Ok(events) => events,
             Err(error) => return Ok(self.session_refusal(&principal, &args.sandbox_id, error).await),
         };
-        let (mut stdout, mut stderr) = (String::new(), String::new());
-        let (mut result, mut error, mut displays, mut status) = (None, None, Vec::new(), None);
-        while let Some(event) = events.recv().await {
+        let mut kept = CappedOutput::default();
+        let (mut result, mut error, mut status) = (None, None, None);
+        // No limit: a deadline that never comes.
+        let deadline = tokio::time::sleep(limit.unwrap_or(Duration::from_secs(u32::MAX.into())));
+        tokio::pin!(deadline);
+        let (mut timed_out, mut restarted) = (false, false);
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = &mut deadline => {
+                    if timed_out {
+                        // The code went on after the interrupt: its interpreter goes, so the
+                        // session takes code again (an MCP client has no other way out).
+                        restarted = self.operations.restart_session(&principal, &args.sandbox_id, MCP_SESSION).await.is_ok();
+                        break;
+                    }
+                    timed_out = true;
+                    let _ = self.operations.interrupt_session(&principal, &args.sandbox_id, MCP_SESSION).await;
+                    deadline.as_mut().reset(tokio::time::Instant::now() + SESSION_INTERRUPT_GRACE);
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
+            let size = event.footprint();
             match event {
-                SessionEvent::Stream { name: StreamName::Stdout, text } => stdout.push_str(&text),
-                SessionEvent::Stream { name: StreamName::Stderr, text } => stderr.push_str(&text),
-                SessionEvent::Display { data } => displays.push(data),
+                SessionEvent::Stream { name: StreamName::Stdout, text } => kept.stdout(&text),
+                SessionEvent::Stream { name: StreamName::Stderr, text } => kept.stderr(&text),
+                SessionEvent::Display { data } => kept.display(data, size),
                 SessionEvent::Result { data } => result = Some(data),
                 SessionEvent::Error { name, message, traceback } => {
                     error =
@@ -417,9 +495,22 @@ impl SandboxTools {
                 }
             }
         }
-        structured(&serde_json::json!({
+        let status = match (status, restarted) {
+            (Some(status), _) => serde_json::json!(status),
+            (None, true) => serde_json::json!(bkg_schema::files::ExecutionStatus::Died),
+            (None, false) => serde_json::Value::Null,
+        };
+        let CappedOutput { stdout, stderr, displays, truncated, .. } = kept;
+        let mut answer = serde_json::json!({
             "status": status, "stdout": stdout, "stderr": stderr, "result": result, "displays": displays, "error": error,
-        }))
+            "truncated": truncated, "timed_out": timed_out,
+        });
+        if restarted {
+            answer["note"] = serde_json::json!(
+                "the code went on after the interrupt: its interpreter was ended and the session started afresh (its variables are gone)"
+            );
+        }
+        structured(&answer)
     }
 
     #[tool(description = "Restart the sandbox's session with a fresh interpreter (its variables are gone).")]

@@ -1166,6 +1166,18 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
     assert_eq!(code(&output), 0, "client.mjs failed: {}\n{}", stderr(&output), api.agent.log());
     let summary: Value = serde_json::from_str(stdout(&output).trim()).expect("client.mjs JSON");
     assert_eq!(summary["refused_bad_key"], true, "{summary}");
+    assert_eq!(
+        summary["limited"],
+        json!({
+            "set": ["ok", false, false],
+            "spun": ["interrupted", true, "KeyboardInterrupt"],
+            "after_spin": "42",
+            "ignored": ["died", true, "string"],
+            "after_ignored": "False",
+            "flood": ["ok", true, 1048576, "end\n"],
+        }),
+        "a session's execution is held to the sandbox's timeout, its output to 1 MiB a stream"
+    );
     assert_eq!(summary["unknown_argument"]["is_error"], true, "{summary}");
     assert!(summary["unknown_argument"]["text"].as_str().is_some_and(|text| text.contains("bogus")), "{summary}");
     let mut tools: Vec<&str> =

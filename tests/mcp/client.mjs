@@ -141,6 +141,23 @@ const stopped = structured(
 const gone = await client.callTool({ name: "sandbox_get_metrics", arguments: { sandbox_id: started.sandbox_id } });
 // An argument the tool does not take is refused, as the REST API refuses an unknown field.
 const unknownArgument = await client.callTool({ name: "sandbox_start", arguments: { language: "python", bogus: 1 } });
+// A session's execution is held to the sandbox's timeout and its output to 1 MiB a stream
+// (found by a new-user trial: `while True: pass` held the call until the client gave up and the
+// session stayed busy; 40 MB printed came back whole).
+const limited = structured(
+  await client.callTool({ name: "sandbox_start", arguments: { language: "python", timeout: "2s" } }),
+  "sandbox_start",
+);
+structured(await client.callTool({ name: "session_create", arguments: { sandbox_id: limited.sandbox_id } }), "session_create");
+const execute = async (code) =>
+  structured(await client.callTool({ name: "session_execute", arguments: { sandbox_id: limited.sandbox_id, code } }), "session_execute");
+const set = await execute("kept = 41");
+const spun = await execute("while True: pass");
+const afterSpin = await execute("kept + 1");
+const ignored = await execute("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass");
+const afterIgnored = await execute("'kept' in globals()");
+const flood = await execute("import sys\nfor _ in range(3): sys.stdout.write('z' * 1000000)\nprint('end', file=sys.stderr)");
+structured(await client.callTool({ name: "sandbox_stop", arguments: { sandbox_id: limited.sandbox_id } }), "sandbox_stop");
 await client.close();
 
 console.log(
@@ -181,5 +198,13 @@ console.log(
     beside: { is_error: beside.isError === true, text: beside.content?.[0]?.text ?? "" },
     too_big: { is_error: tooBig.isError === true, text: tooBig.content?.[0]?.text ?? "" },
     unknown_argument: { is_error: unknownArgument.isError === true, text: unknownArgument.content?.[0]?.text ?? "" },
+    limited: {
+      set: [set.status, set.timed_out, set.truncated],
+      spun: [spun.status, spun.timed_out, spun.error?.name ?? null],
+      after_spin: afterSpin.result && afterSpin.result["text/plain"],
+      ignored: [ignored.status, ignored.timed_out, typeof ignored.note],
+      after_ignored: afterIgnored.result && afterIgnored.result["text/plain"],
+      flood: [flood.status, flood.truncated, flood.stdout.length, flood.stderr],
+    },
   }),
 );
