@@ -97,6 +97,7 @@ fn read_value(name: &str) -> Result<String, CliError> {
     // Typed on a terminal it is not shown (nor left in its scrollback): one line, as a password
     // is asked; a value of several lines comes from a pipe or a file.
     if stdin.is_terminal() {
+        let _asking = crate::prompt::Asking::begin();
         let value = dialoguer::Password::new()
             .with_prompt(format!("value of {name} (not shown; several lines: pipe it in)"))
             .allow_empty_password(true)

@@ -137,6 +137,7 @@ fn from_flags(args: &InitArgs) -> Result<Answers, CliError> {
 
 /// Asks for what the flags left open; a flag's value is not asked again.
 fn ask(args: &InitArgs) -> Result<Answers, CliError> {
+    let _asking = crate::prompt::Asking::begin();
     let theme = ColorfulTheme::default();
     let asked = |error: dialoguer::Error| CliError::usage(format!("cannot ask: {error}"));
     let namespace = match &args.namespace {

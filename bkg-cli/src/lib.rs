@@ -23,6 +23,7 @@ pub mod manage;
 pub mod out;
 mod progress;
 mod project;
+mod prompt;
 pub mod runs_cmd;
 mod session_cmd;
 pub mod settings;

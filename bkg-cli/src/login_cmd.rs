@@ -33,6 +33,7 @@ pub async fn run(settings: &Settings, args: LoginArgs) -> Result<i32, CliError> 
     let key = match (&args.user, args.key_stdin) {
         (Some(user), _) => {
             let password = if std::io::stdin().is_terminal() {
+                let _asking = crate::prompt::Asking::begin();
                 dialoguer::Password::new()
                     .with_prompt(format!("password of {user}"))
                     .interact()

@@ -1,0 +1,66 @@
+//! Questions asked on the terminal (dialoguer's prompts): Ctrl-C while one waits ends bkg with
+//! 130 and leaves the terminal as it found it. A prompt turns echo off (a password) or hides the
+//! cursor (a list), and the default SIGINT ends the process before the prompt can undo either
+//! (found by a new-user trial: after Ctrl-C at `bkg secrets set`, the shell showed nothing typed;
+//! after one at `bkg init`'s list, the cursor stayed hidden).
+
+use std::mem::MaybeUninit;
+use std::sync::OnceLock;
+
+use crate::exit::CANCELLED;
+
+/// The terminal's settings before the first prompt, which the handler puts back.
+static BEFORE_PROMPTS: OnceLock<libc::termios> = OnceLock::new();
+
+/// What the handler writes to stderr: the cursor shown again, and the line the prompt was on
+/// ended, as a shell's Ctrl-C does.
+const SHOW_CURSOR: &[u8] = b"\x1b[?25h\n";
+
+extern "C" fn restore_and_exit(_signal: libc::c_int) {
+    if let Some(before) = BEFORE_PROMPTS.get() {
+        // SAFETY: tcsetattr is async-signal-safe; `before` is a termios tcgetattr filled, never
+        // changed after it was set.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, before) };
+    }
+    // SAFETY: write and _exit are async-signal-safe; the buffer is a static.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, SHOW_CURSOR.as_ptr().cast(), SHOW_CURSOR.len());
+        libc::_exit(CANCELLED);
+    }
+}
+
+/// Held while a prompt waits: Ctrl-C ends bkg with the terminal restored. Dropped, SIGINT is
+/// handled as before.
+pub struct Asking {
+    previous: libc::sigaction,
+}
+
+impl Asking {
+    pub fn begin() -> Self {
+        let mut settings = MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: tcgetattr fills the termios it is given when it returns 0.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, settings.as_mut_ptr()) } == 0 {
+            // SAFETY: filled by the successful tcgetattr above.
+            let _ = BEFORE_PROMPTS.set(unsafe { settings.assume_init() });
+        }
+        // SAFETY: a zeroed sigaction is a valid value to fill; sigemptyset initialises its mask.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = restore_and_exit as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: as above, for the previous action sigaction writes.
+        let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are valid for the calls; the handler only makes async-signal-safe
+        // calls.
+        unsafe {
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGINT, &action, &mut previous);
+        }
+        Self { previous }
+    }
+}
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        // SAFETY: `previous` is what sigaction returned for SIGINT when the prompt began.
+        unsafe { libc::sigaction(libc::SIGINT, &self.previous, std::ptr::null_mut()) };
+    }
+}
