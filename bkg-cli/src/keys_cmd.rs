@@ -23,24 +23,23 @@ fn remaining(expires_at_ms: u64) -> String {
     match expires_at_ms.checked_sub(now_ms()) {
         // Two units at most, rounded up in the smaller: a key made for 10m expires in 10m, not
         // 9m59s, the moment it is made, and one made for 90s in 1m30s, not 2m.
-        Some(left) if left > 0 => match left {
-            0..60_000 => format!("{}s", left.div_ceil(1000)),
-            60_000..3_600_000 => {
-                let seconds = left.div_ceil(1000);
+        // Each unit is chosen by the time rounded up in the unit below it: a key made for 1h
+        // shows 1h00m at once, not 60m (found by a new-user trial).
+        Some(left) if left > 0 => {
+            let (seconds, minutes, hours) = (left.div_ceil(1000), left.div_ceil(60_000), left.div_ceil(3_600_000));
+            if seconds < 60 {
+                format!("{seconds}s")
+            } else if seconds < 3600 {
                 match seconds % 60 {
                     0 => format!("{}m", seconds / 60),
                     rest => format!("{}m{rest:02}s", seconds / 60),
                 }
-            }
-            3_600_000..86_400_000 => {
-                let minutes = left.div_ceil(60_000);
+            } else if minutes < 24 * 60 {
                 format!("{}h{:02}m", minutes / 60, minutes % 60)
-            }
-            _ => {
-                let hours = left.div_ceil(3_600_000);
+            } else {
                 format!("{}d{:02}h", hours / 24, hours % 24)
             }
-        },
+        }
         _ => "0s (expired)".into(),
     }
 }
@@ -191,6 +190,8 @@ mod tests {
         assert_eq!(remaining(now_ms() + 10 * 60_000 - 50), "10m");
         assert_eq!(remaining(now_ms() + 5 * 60_000 + 30_000 - 50), "5m30s", "a --ttl of 90s was shown as 2m");
         assert_eq!(remaining(now_ms() + 3 * 3_600_000 + 7 * 60_000 + 30_000), "3h08m");
+        assert_eq!(remaining(now_ms() + 3_600_000 - 50), "1h00m", "a --ttl of 1h was shown as 60m");
+        assert_eq!(remaining(now_ms() + 86_400_000 - 50), "1d00h", "a --ttl of 1d was shown as 24h00m");
         // Rounded up in the smaller unit shown, days as minutes are (29d23h59m was shown 29d23h).
         assert_eq!(remaining(now_ms() + 2 * 86_400_000 + 3_600_000 + 30_000), "2d02h");
         assert_eq!(remaining(now_ms() + 30 * 86_400_000 - 60_000 - 50), "30d00h");
