@@ -38,6 +38,9 @@ pub struct AgentClient {
     http: reqwest::Client,
     /// How long a call waits for the agent's answer.
     patience: Duration,
+    /// Whether a key refused says how to get another (`bkg login`): not when the key refused is
+    /// the one being logged in with or out of.
+    login_hint: bool,
 }
 
 impl AgentClient {
@@ -76,7 +79,14 @@ impl AgentClient {
         };
         let http =
             builder.build().map_err(|error| CliError::internal(format!("cannot build the HTTP client: {error}")))?;
-        Ok(Self { place: endpoint.place.clone(), http, patience })
+        Ok(Self { place: endpoint.place.clone(), http, patience, login_hint: true })
+    }
+
+    /// A client whose key refused is said as the agent says it, without `log in again`: the one
+    /// `bkg login` checks and `bkg logout` revokes (found by a new-user trial: `bkg login` with a
+    /// wrong key said to run `bkg login`).
+    pub(crate) fn checking_its_key(self) -> Self {
+        Self { login_hint: false, ..self }
     }
 
     /// Whether the agent is reached over TCP (`--remote`) rather than the local socket.
@@ -329,6 +339,7 @@ impl AgentClient {
         let response = self.bounded(async { request.send().await.map_err(|error| self.unreachable(error)) }).await?;
         // A key the agent no longer takes (revoked, expired, rotated away): say how to get one.
         if response.status() == StatusCode::UNAUTHORIZED
+            && self.login_hint
             && let Place::Remote { url, key: Some(_), .. } = &self.place
         {
             let refused = api_error(response).await;

@@ -52,7 +52,8 @@ pub async fn run(settings: &Settings, args: LoginArgs) -> Result<i32, CliError> 
             return Err(CliError::usage("give --user NAME (password login) or --key-stdin (an existing key)"));
         }
     };
-    let client = AgentClient::new(&Endpoint::remote(remote.clone(), Some(key.clone()), settings.cacert.clone())?)?;
+    let client = AgentClient::new(&Endpoint::remote(remote.clone(), Some(key.clone()), settings.cacert.clone())?)?
+        .checking_its_key();
     let principal: Principal = client.get("/api/v1/auth/whoami").await?;
     let kept = credentials::keep(&remote, &key)?;
     let place = match kept {
@@ -81,8 +82,11 @@ pub async fn logout(settings: &Settings) -> Result<i32, CliError> {
     let origin = remote.origin().ascii_serialization();
     if let Some(key) = credentials::kept_key(&remote)? {
         match revoke_if_a_logins(settings, &remote, key).await {
-            Ok(Some(id)) => out.note(format_args!("revoked {id}, the session key the login made")),
-            Ok(None) => {}
+            Ok(Revoked::Login(id)) => out.note(format_args!("revoked {id}, the session key the login made")),
+            Ok(Revoked::Shared) => {}
+            Ok(Revoked::NotTaken(why)) => {
+                out.note(format_args!("the kept key was no longer taken by the agent ({why}): nothing to revoke"))
+            }
             Err(error) => out.note(format_args!(
                 "could not revoke the login's session key ({}); it ends at its expiry",
                 error.message
@@ -100,19 +104,38 @@ pub async fn logout(settings: &Settings) -> Result<i32, CliError> {
     Ok(SUCCESS)
 }
 
-/// Revokes `key` if a password login made it (its `user` is set); its id when it did.
-async fn revoke_if_a_logins(
-    settings: &Settings,
-    remote: &reqwest::Url,
-    key: String,
-) -> Result<Option<String>, CliError> {
-    let client = AgentClient::new(&Endpoint::remote(remote.clone(), Some(key), settings.cacert.clone())?)?;
-    let principal: Principal = client.get("/api/v1/auth/whoami").await?;
-    let Some(id) = principal.key_id else { return Ok(None) };
+/// What `bkg logout` did to the key kept for the agent.
+enum Revoked {
+    /// A password login made it: revoked, this id.
+    Login(String),
+    /// Given with `--key-stdin`: it may be shared, so it stays.
+    Shared,
+    /// The agent no longer takes it (revoked, expired): why, as it says.
+    NotTaken(String),
+}
+
+/// Revokes `key` if a password login made it (its `user` is set).
+async fn revoke_if_a_logins(settings: &Settings, remote: &reqwest::Url, key: String) -> Result<Revoked, CliError> {
+    let client =
+        AgentClient::new(&Endpoint::remote(remote.clone(), Some(key), settings.cacert.clone())?)?.checking_its_key();
+    // Found by a new-user trial: a key revoked already was said to be one that could not be
+    // revoked and would end at its expiry, with `log in again` in the middle of a logout.
+    let response = client.send(client.http().get(client.url("/api/v1/auth/whoami"))).await?;
+    if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+        return Ok(Revoked::NotTaken(crate::client::api_error(response).await.message));
+    }
+    if !response.status().is_success() {
+        return Err(crate::client::api_error(response).await);
+    }
+    let principal: Principal = response
+        .json()
+        .await
+        .map_err(|error| CliError::new(crate::exit::BKG_FAILED, format!("the agent's answer to whoami: {error}")))?;
+    let Some(id) = principal.key_id else { return Ok(Revoked::Shared) };
     let info: KeyInfo = client.get(&format!("/api/v1/auth/keys/{id}")).await?;
     if info.user.is_none() {
-        return Ok(None);
+        return Ok(Revoked::Shared);
     }
     let _: KeyInfo = client.post(&format!("/api/v1/auth/keys/{id}/revoke")).await?;
-    Ok(Some(id))
+    Ok(Revoked::Login(id))
 }

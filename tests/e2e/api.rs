@@ -1499,6 +1499,48 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     assert_eq!(code(&after), 125);
     assert!(stderr(&after).contains("no API key for"), "{}", stderr(&after));
 
+    // A key refused at login or at logout is said as the agent says it, not with `log in again`
+    // (found by a new-user trial: `bkg login` with a wrong key said to run `bkg login`, and a
+    // logout of a key revoked already said it could not be revoked).
+    let mut garbage = bkg_at(&api, user_home.path())
+        .args(["--remote", &remote, "login", "--key-stdin"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg login");
+    std::io::Write::write_all(&mut garbage.stdin.take().expect("stdin"), b"bkg_sess_not-a-key\n").expect("key");
+    let garbage = garbage.wait_with_output().expect("bkg login");
+    assert_eq!(code(&garbage), 125);
+    assert_eq!(stderr(&garbage).lines().count(), 1, "{}", stderr(&garbage));
+    assert!(!stderr(&garbage).contains("log in again"), "{}", stderr(&garbage));
+    let mut again = bkg_at(&api, user_home.path())
+        .args(["--remote", &remote, "login", "--user", "cli-user"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg login");
+    std::io::Write::write_all(&mut again.stdin.take().expect("stdin"), b"a password for the cli\n").expect("password");
+    assert_eq!(code(&again.wait_with_output().expect("bkg login")), 0);
+    let kept = std::fs::read_to_string(user_home.path().join(".config/bkg/credentials")).expect("credentials");
+    let kept: Value = serde_json::from_str(&kept).expect("credentials JSON");
+    let kept_id =
+        api.client(kept[remote.as_str()].as_str().expect("the key")).get("/api/v1/auth/whoami").json()["key_id"]
+            .as_str()
+            .expect("its id")
+            .to_owned();
+    expect(&api.admin().post(&format!("/api/v1/auth/keys/{kept_id}/revoke"), &json!({})), 200, "revoke");
+    let stale = bkg_at(&api, user_home.path())
+        .args(["--remote", &remote, "logout"])
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .output()
+        .expect("bkg logout");
+    assert_eq!(code(&stale), 0, "{}", stderr(&stale));
+    assert!(stderr(&stale).contains("no longer taken by the agent"), "{}", stderr(&stale));
+    assert!(!stderr(&stale).contains("log in again"), "{}", stderr(&stale));
+    assert!(stderr(&stale).contains("bkg: logged out of "), "{}", stderr(&stale));
+
     // BKG_API_KEY wins over what is kept.
     let (_, session) = api.key("session", Some("elsewhere"));
     let whoami = bkg_at(&api, home.path())
