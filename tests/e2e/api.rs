@@ -251,6 +251,18 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     // Host paths and volumes are for admins only.
     let outside = json!({ "name": "host", "namespace": "team", "project_dir": "/tmp", "language": "python" });
     expect(&team.send("PUT", "/api/v1/sandboxes/host-0", Some(&outside), &[]), 403, "a host project dir");
+    // A namespace's own directory on the agent may be named before any sandbox of it was made
+    // with a POST (found by a new-user trial: 422, the directory not there yet); a wrong id says
+    // the right one.
+    let own = api.agent.state_dir.join("namespaces/other").display().to_string();
+    let defined = json!({ "name": "svc", "namespace": "other", "project_dir": own, "language": "python" });
+    let own_id = bkg_schema::sandbox::sandbox_id(&own, "svc");
+    let wrong = other.send("PUT", "/api/v1/sandboxes/bogus-id", Some(&defined), &[]);
+    expect(&wrong, 422, "a wrong id");
+    assert!(wrong.text().contains(&format!("its id is {own_id}")), "{}", wrong.text());
+    let put = other.send("PUT", &format!("/api/v1/sandboxes/{own_id}"), Some(&defined), &[]);
+    assert!(matches!(put.status, 200 | 201), "PUT in a fresh namespace: {} {}", put.status, put.text());
+    expect(&other.send("DELETE", &format!("/api/v1/sandboxes/{own_id}"), None, &[]), 200, "its sandbox removed");
 
     // Keys: a namespace key makes session and model-access keys of its namespace only.
     let session = team.post("/api/v1/auth/keys", &json!({ "role": "session" }));

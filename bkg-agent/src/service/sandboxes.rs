@@ -251,6 +251,15 @@ impl Service {
                 definition.project_dir
             )));
         }
+        // The namespace's own project directory on the agent, the one a key without host paths
+        // may name, is made at its first sandbox, whichever way that comes (found by a new-user
+        // trial: a PUT before any POST was refused, its directory not there yet).
+        let own_dir = self.scratch_project_dir(&definition.namespace);
+        if project == own_dir && is_dns_label(&definition.namespace) {
+            tokio::fs::create_dir_all(&own_dir)
+                .await
+                .map_err(|error| OpError::Internal(format!("create {}: {error}", own_dir.display())))?;
+        }
         // What the caller could not open is refused here already, with the reason.
         self.open_host_paths(principal, &definition)?;
         may_forward_ports(principal, &definition.ports)?;
@@ -260,9 +269,10 @@ impl Service {
                 definition.project_dir
             )));
         }
-        if id != sandbox_id(&definition.project_dir, &definition.name) {
+        let own_id = sandbox_id(&definition.project_dir, &definition.name);
+        if id != own_id {
             return Err(OpError::Invalid(format!(
-                "sandbox id {id} does not belong to {} in {}",
+                "sandbox id {id} does not belong to {} in {}: its id is {own_id}",
                 definition.name, definition.project_dir
             )));
         }
