@@ -234,6 +234,15 @@ fn refused(error: OpError) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(error.to_string())])
 }
 
+/// Sandbox `sandbox_id` is running something that is not this caller's session: said with what
+/// MCP can do about it (the operation's own words name `bkg stop`; found by a new-user trial).
+fn busy_with_a_run(sandbox_id: &str) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(format!(
+        "sandbox {sandbox_id} is running another run (a service or a command started through the API or the CLI, \
+         or an earlier call of yours still ending): try again once it has ended, or use another sandbox (sandbox_start)"
+    ))])
+}
+
 /// An operation's answer as the tool's result: structured content, or a refusal.
 fn answer<T: serde::Serialize>(outcome: Result<T, OpError>) -> Result<CallToolResult, ErrorData> {
     match outcome {
@@ -291,7 +300,7 @@ impl SandboxTools {
                         session.language.as_str()
                     ))]));
                 }
-                None => Err(error),
+                None => return Ok(busy_with_a_run(sandbox_id)),
             },
             Err(error) => Err(error),
         };
@@ -424,6 +433,7 @@ impl SandboxTools {
                 ))])),
                 None => Ok(refused(OpError::Conflict(message))),
             },
+            Err(error) if error.is_busy() => Ok(busy_with_a_run(&args.sandbox_id)),
             outcome => answer(outcome),
         }
     }

@@ -1178,6 +1178,10 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
     assert_eq!(code(&output), 0, "client.mjs failed: {}\n{}", stderr(&output), api.agent.log());
     let summary: Value = serde_json::from_str(stdout(&output).trim()).expect("client.mjs JSON");
     assert_eq!(summary["refused_bad_key"], true, "{summary}");
+    for busy in [&summary["busy"], &summary["busy_create"]["text"]] {
+        let text = busy.as_str().unwrap_or_default();
+        assert!(text.contains("is running another run") && !text.contains("bkg stop"), "{summary}");
+    }
     assert_eq!(
         summary["limited"],
         json!({

@@ -112,6 +112,20 @@ structured(
 const link = await client.callTool({ name: "sandbox_download", arguments: { sandbox_id: started.sandbox_id, path: "data/link" } });
 // No path is /workspace itself, a directory, whatever its first file is.
 const whole = await client.callTool({ name: "sandbox_download", arguments: { sandbox_id: started.sandbox_id } });
+// A sandbox busy with another run: said with what MCP can do, not the CLI's `bkg stop`. The
+// slow run is sent first; a call sent after it that still got in first is tried again.
+let busy = null;
+let busyCreate = null;
+for (let attempt = 0; attempt < 5 && busy === null; attempt++) {
+  const slow = client.callTool({ name: "sandbox_run_code", arguments: { sandbox_id: started.sandbox_id, code: "import time\ntime.sleep(3)" } });
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const tried = await client.callTool({ name: "sandbox_run_command", arguments: { sandbox_id: started.sandbox_id, command: "true" } });
+  if (tried.isError) {
+    busy = tried.content?.[0]?.text ?? "";
+    busyCreate = await client.callTool({ name: "session_create", arguments: { sandbox_id: started.sandbox_id } });
+  }
+  await slow;
+}
 // Before session_create, the session tools say to call it.
 const noSession = await client.callTool({ name: "session_execute", arguments: { sandbox_id: started.sandbox_id, code: "1" } });
 const session = structured(
@@ -198,6 +212,8 @@ console.log(
     beside: { is_error: beside.isError === true, text: beside.content?.[0]?.text ?? "" },
     too_big: { is_error: tooBig.isError === true, text: tooBig.content?.[0]?.text ?? "" },
     unknown_argument: { is_error: unknownArgument.isError === true, text: unknownArgument.content?.[0]?.text ?? "" },
+    busy,
+    busy_create: { is_error: busyCreate?.isError === true, text: busyCreate?.content?.[0]?.text ?? "" },
     limited: {
       set: [set.status, set.timed_out, set.truncated],
       spun: [spun.status, spun.timed_out, spun.error?.name ?? null],
