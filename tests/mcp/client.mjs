@@ -117,7 +117,7 @@ const whole = await client.callTool({ name: "sandbox_download", arguments: { san
 let busy = null;
 let busyCreate = null;
 for (let attempt = 0; attempt < 5 && busy === null; attempt++) {
-  const slow = client.callTool({ name: "sandbox_run_code", arguments: { sandbox_id: started.sandbox_id, code: "import time\ntime.sleep(3)" } });
+  const slow = client.callTool({ name: "sandbox_run_code", arguments: { sandbox_id: started.sandbox_id, code: "import time\ntime.sleep(6)" } });
   await new Promise((resolve) => setTimeout(resolve, 500));
   const tried = await client.callTool({ name: "sandbox_run_command", arguments: { sandbox_id: started.sandbox_id, command: "true" } });
   if (tried.isError) {
