@@ -101,8 +101,14 @@ pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
     out.answer(&sandboxes, |sandboxes| sandbox_table(sandboxes, &declared, crate::table::width()))?;
     if let Some(cave) = &cave {
         for info in &sandboxes {
-            if let Some(spec) = cave.sandboxes.get(&info.name) {
-                note_changed_definition(out, info, spec);
+            match cave.sandboxes.get(&info.name) {
+                Some(spec) => note_changed_definition(out, info, spec),
+                // Found by a new-user trial: after `bkg init --force`, the sandboxes of the old
+                // cave.yaml were listed as if it still declared them.
+                None => out.note(format_args!(
+                    "{} is not in cave.yaml (any more): the agent keeps its workspace and logs until `bkg rm {}`",
+                    info.name, info.name
+                )),
             }
         }
     }

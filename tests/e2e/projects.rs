@@ -58,6 +58,18 @@ fn init_add_and_run_keeps_the_workspace_between_runs_and_rm_removes_it() {
     let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).expect("ls json");
     assert_eq!(listed[0]["name"], "api");
     assert_eq!(listed[0]["last_run"]["exit_code"], 0);
+    // A sandbox cave.yaml no longer declares (`bkg init --force` wrote a new one) is said to be
+    // so, with how it goes (found by a new-user trial: listed as if declared).
+    let declared = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    write(&dir.join("cave.yaml"), "version: 1\nsandboxes: {}\n");
+    let stale = agent.bkg_in(dir, &["ls"]);
+    assert_eq!(code(&stale), 0, "{}", stderr(&stale));
+    assert!(stdout(&stale).contains("api"), "{}", stdout(&stale));
+    assert_eq!(
+        stderr(&stale),
+        "bkg: api is not in cave.yaml (any more): the agent keeps its workspace and logs until `bkg rm api`\n"
+    );
+    write(&dir.join("cave.yaml"), &declared);
 
     let typo = agent.bkg_in(dir, &["rm", "api", "apj", "--force"]);
     assert_eq!(code(&typo), 125, "{}", stderr(&typo));
