@@ -35,10 +35,9 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
     };
     let project = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let made = crate::project::edit_locked(&path, unreadable, |text| {
-        let before = cave::parse(text, &file).map_err(|errors| {
-            out.human(format_args!("{errors}"));
-            CliError::usage(format!("{file} is not valid: fix the problems above first"))
-        })?;
+        // Its problems as `bkg validate` and `bkg rm` say them: one `bkg:` line each.
+        let before =
+            cave::parse(text, &file).map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))?;
         if before.sandboxes.contains_key(&name) {
             return Err(CliError::usage(format!(
                 "sandbox `{name}` already exists in {file}: pick another name, or change its entry there"

@@ -398,4 +398,12 @@ fn bkg_add_names_a_limit_flag_below_its_least() {
         "--env `TOKEN` is not KEY=VALUE: cave.yaml keeps the value, so give it (`-e TOKEN=\"$TOKEN\"` copies",
     );
     assert_eq!(std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml"), before);
+    // An invalid cave.yaml is said in one line, as `bkg validate` and `bkg rm` say it (was: the
+    // problem without `bkg:`, then a second line; found by a new-user trial).
+    std::fs::write(project.path().join("cave.yaml"), "version: 1\nsandboxes:\n  a:\n    type: ruby\n").expect("write");
+    assert_one_line_error(
+        &bkg(&["add", "z", "--type", "python"]),
+        125,
+        "cave.yaml:4: /sandboxes/a/type: \"ruby\" is not one of [\"python\",\"node\"]",
+    );
 }
