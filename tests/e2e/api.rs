@@ -285,6 +285,9 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     // Model-access keys reach no sandbox and no code.
     expect(&model.post("/api/v1/runs", &python_run(None)), 403, "model-access runs code");
     expect(&model.get("/api/v1/sandboxes"), 403, "model-access lists sandboxes");
+    let secrets = model.get("/api/v1/secrets");
+    expect(&secrets, 403, "model-access lists secrets");
+    assert!(secrets.text().contains("runs and secrets"), "the refusal names what was asked: {}", secrets.text());
     // A run on a terminal is refused before the WebSocket upgrade, in the API's error shape.
     let upgrade = [
         ("Connection", "Upgrade"),

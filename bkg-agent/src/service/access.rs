@@ -263,7 +263,7 @@ pub fn require_socket_peer(principal: &Principal) -> Result<u32, OpError> {
 pub fn require_code_runner(principal: &Principal) -> Result<(), OpError> {
     if principal.role() == Role::ModelAccess {
         return Err(OpError::Forbidden(
-            "a model-access key cannot run code, nor see or manage sandboxes and runs: it reaches model endpoints only"
+            "a model-access key cannot run code, nor see or manage sandboxes, runs and secrets: it reaches model endpoints only"
                 .into(),
         ));
     }
