@@ -346,3 +346,26 @@ fn ctrl_c_at_a_prompt_ends_bkg_with_130_and_the_terminal_as_it_was() {
     );
     assert!(!project.path().join("cave.yaml").exists(), "nothing is written");
 }
+
+/// A shell whose client is gone is hung up (SIGHUP to its group, as a closed terminal does), not
+/// asked with SIGTERM, which an interactive shell ignores until the grace's SIGKILL (found by a
+/// new-user trial: a killed `bkg shell` held its sandbox for the whole grace).
+#[test]
+fn a_shell_whose_client_is_gone_is_hung_up() {
+    let agent = Agent::start();
+    let project = project_with_a_sandbox(&agent);
+    let mut terminal = OnTerminal::spawn(in_project(&agent, project.path(), &["shell", "box", "--timeout", "5m"]));
+    terminal.type_in("echo up-$((20+1))\r");
+    terminal.expect("up-21");
+    terminal.child.kill().expect("kill bkg");
+    let _ = terminal.exit_code();
+    let record = eventually("the shell's run recorded as ended", || {
+        let listed = agent.bkg_in(project.path(), &["runs", "ls", "--json", "-n", "1"]);
+        let runs: serde_json::Value = serde_json::from_slice(&listed.stdout).map_err(|error| error.to_string())?;
+        match runs.get(0) {
+            Some(run) if !run["finished_at_ms"].is_null() => Ok(run.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!((record["killed_by"].as_str(), record["signal"].as_i64()), (Some("cancelled"), Some(1)), "{record}");
+}

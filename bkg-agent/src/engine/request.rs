@@ -563,7 +563,7 @@ impl Engine {
             namespace: definition.namespace.clone(),
             order: GoOrder {
                 // The shell catches SIGTERM (a trap that does nothing), so that when a stop asks
-                // the command's process group to end (`terminate_code`) it waits for the command
+                // the command's process group to end (`ask_code_to_end`) it waits for the command
                 // to end as it chooses (a service saving its work) instead of dying first and
                 // taking the sandbox with it. On the command's own line: its errors keep their
                 // line numbers.

@@ -326,11 +326,18 @@ impl PreparedSandbox {
     /// container's): the agent is stopping, or a caller stopped the run, and the code may end
     /// cleanly within the grace. The group, not the process alone: a script's command runs under
     /// a shell (engine/request.rs), and the code's process leads its own group (engine/init.rs
-    /// makes it a session leader).
-    pub fn terminate_code(&self) {
+    /// makes it a session leader). Code on a terminal is hung up instead (SIGHUP, as when a
+    /// terminal closes): an interactive shell ignores SIGTERM but ends on SIGHUP, handing it on
+    /// to its jobs (found by a new-user trial: a `bkg shell` whose client was killed, or stopped
+    /// with the agent, held its sandbox for the whole grace).
+    pub fn ask_code_to_end(&self, on_terminal: bool) {
         let Some(code) = code_pid(self.pid_one()) else { return };
-        if let Err(errno) = nix::sys::signal::killpg(Pid::from_raw(code), nix::sys::signal::Signal::SIGTERM) {
-            tracing::debug!(sandbox = %self.id, %errno, "could not send SIGTERM to the code");
+        let signal = match on_terminal {
+            true => nix::sys::signal::Signal::SIGHUP,
+            false => nix::sys::signal::Signal::SIGTERM,
+        };
+        if let Err(errno) = nix::sys::signal::killpg(Pid::from_raw(code), signal) {
+            tracing::debug!(sandbox = %self.id, %errno, %signal, "could not ask the code to end");
         }
     }
 
