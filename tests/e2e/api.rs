@@ -1374,6 +1374,23 @@ fn bkg_at(api: &ApiAgent, home: &Path) -> Command {
     command
 }
 
+/// `bkg --remote REMOTE ARGS` at `home`, keeping keys in its credentials file, with `input` on
+/// stdin (a key or a password, as a pipe gives it).
+fn bkg_fed(api: &ApiAgent, home: &Path, remote: &str, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = bkg_at(api, home)
+        .arg("--remote")
+        .arg(remote)
+        .args(args)
+        .env("BKG_CREDENTIAL_STORE", "file")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input).expect("bkg's stdin");
+    child.wait_with_output().expect("bkg")
+}
+
 #[test]
 fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     let api = ApiAgent::start(&[]);
@@ -1427,15 +1444,7 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
 
     // `login --key-stdin` falls back to the 0600 credentials file when told to (or when no kernel
     // keyring can be had), and every later `--remote` command uses the key.
-    let mut login = bkg_at(&api, home.path())
-        .args(["--remote", &remote, "login", "--key-stdin"])
-        .env("BKG_CREDENTIAL_STORE", "file")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg login");
-    std::io::Write::write_all(&mut login.stdin.take().expect("stdin"), format!("{key}\n").as_bytes()).expect("key");
-    let login = login.wait_with_output().expect("bkg login");
+    let login = bkg_fed(&api, home.path(), &remote, &["login", "--key-stdin"], format!("{key}\n").as_bytes());
     assert_eq!(code(&login), 0, "{}", stderr(&login));
     let file = home.path().join(".config/bkg/credentials");
     let mode =
@@ -1469,28 +1478,17 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     let signup = json!({ "username": "cli-user", "password": "a password for the cli", "namespace": "cli" });
     expect(&api.admin().post("/api/v1/auth/signup", &signup), 201, "signup");
     let user_home = tempfile::tempdir().expect("home");
-    let mut login = bkg_at(&api, user_home.path())
-        .args(["--remote", &remote, "login", "--user", "cli-user", "--json"])
-        .env("BKG_CREDENTIAL_STORE", "file")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg login");
-    std::io::Write::write_all(&mut login.stdin.take().expect("stdin"), b"a password for the cli\n").expect("password");
-    let login = login.wait_with_output().expect("bkg login");
+    let login = bkg_fed(
+        &api,
+        user_home.path(),
+        &remote,
+        &["login", "--user", "cli-user", "--json"],
+        b"a password for the cli\n",
+    );
     assert_eq!(code(&login), 0, "{}", stderr(&login));
     let principal: Value = serde_json::from_slice(&login.stdout).expect("whoami JSON");
     assert_eq!((principal["role"].as_str(), principal["namespace"].as_str()), (Some("session"), Some("cli")));
-    let mut wrong = bkg_at(&api, user_home.path())
-        .args(["--remote", &remote, "login", "--user", "cli-user"])
-        .env("BKG_CREDENTIAL_STORE", "file")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg login");
-    std::io::Write::write_all(&mut wrong.stdin.take().expect("stdin"), b"not the password\n").expect("password");
-    let wrong = wrong.wait_with_output().expect("bkg login");
+    let wrong = bkg_fed(&api, user_home.path(), &remote, &["login", "--user", "cli-user"], b"not the password\n");
     assert_eq!(code(&wrong), 125);
     assert_eq!(stderr(&wrong).trim(), "bkg: wrong username or password");
 
@@ -1521,27 +1519,19 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     // A key refused at login or at logout is said as the agent says it, not with `log in again`
     // (found by a new-user trial: `bkg login` with a wrong key said to run `bkg login`, and a
     // logout of a key revoked already said it could not be revoked).
-    let mut garbage = bkg_at(&api, user_home.path())
-        .args(["--remote", &remote, "login", "--key-stdin"])
-        .env("BKG_CREDENTIAL_STORE", "file")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg login");
-    std::io::Write::write_all(&mut garbage.stdin.take().expect("stdin"), b"bkg_sess_not-a-key\n").expect("key");
-    let garbage = garbage.wait_with_output().expect("bkg login");
+    let garbage = bkg_fed(&api, user_home.path(), &remote, &["login", "--key-stdin"], b"bkg_sess_not-a-key\n");
     assert_eq!(code(&garbage), 125);
     assert_eq!(stderr(&garbage).lines().count(), 1, "{}", stderr(&garbage));
     assert!(!stderr(&garbage).contains("log in again"), "{}", stderr(&garbage));
-    let mut again = bkg_at(&api, user_home.path())
-        .args(["--remote", &remote, "login", "--user", "cli-user"])
-        .env("BKG_CREDENTIAL_STORE", "file")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg login");
-    std::io::Write::write_all(&mut again.stdin.take().expect("stdin"), b"a password for the cli\n").expect("password");
-    assert_eq!(code(&again.wait_with_output().expect("bkg login")), 0);
+    let again = bkg_fed(
+        &api,
+        user_home.path(),
+        &remote,
+        &["login", "--user", "cli-user"],
+        b"a password for the cli
+",
+    );
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
     let kept = std::fs::read_to_string(user_home.path().join(".config/bkg/credentials")).expect("credentials");
     let kept: Value = serde_json::from_str(&kept).expect("credentials JSON");
     let kept_id =
