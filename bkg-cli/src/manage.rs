@@ -834,17 +834,13 @@ fn cut_sandbox_block(text: &str, name: &str) -> Option<String> {
             !is_blank(line) && !is_comment(line) && indent_of(line) <= indent
         })
         .unwrap_or(lines.len());
-    // Comments no deeper than the entry just above what comes next are that's own; the blank
-    // lines before them go with the entry.
-    let mut end = next;
-    while end > key + 1
-        && (is_blank(lines[end - 1]) || (is_comment(lines[end - 1]) && indent_of(lines[end - 1]) <= indent))
-    {
-        end -= 1;
-    }
-    while end < next && is_blank(lines[end]) {
-        end += 1;
-    }
+    // After the entry's last line of content, comments deeper than its key are its own; from
+    // the first one no deeper, they are what follows' (a trial found `# TODO` at the first
+    // column cut too, when a deeper comment came after it). Blank lines before that go with it.
+    let body_end = (key + 1..next).rev().find(|&index| !is_blank(lines[index]) && !is_comment(lines[index]));
+    let end = (body_end.map_or(key + 1, |last| last + 1)..next)
+        .find(|&index| is_comment(lines[index]) && indent_of(lines[index]) <= indent)
+        .unwrap_or(next);
     let mut kept: Vec<String> = lines[..start].iter().map(|line| (*line).to_owned()).collect();
     kept.extend(lines[end..].iter().map(|line| (*line).to_owned()));
     // Without entries the key alone would read as null, which no command accepts: the last
@@ -938,6 +934,26 @@ mod tests {
         assert_eq!(
             remove_sandbox_block(inside, "a").as_deref(),
             Some("version: 1\nsandboxes:\n  b:\n    type: node\n")
+        );
+    }
+
+    /// Comments after an entry: its own are deeper than its key and come before any that is no
+    /// deeper; from that one on they stay, whatever follows them (found by a new-user trial).
+    #[test]
+    fn comments_after_an_entry_stay_from_the_first_one_no_deeper_than_its_key() {
+        let cave = "version: 1\nsandboxes:\n  a:\n    type: python\n  b:\n    type: node\n# TODO: move c\n    # c needs the big box\n  c:\n    type: node\n";
+        assert_eq!(
+            remove_sandbox_block(cave, "b").as_deref(),
+            Some(
+                "version: 1\nsandboxes:\n  a:\n    type: python\n# TODO: move c\n    # c needs the big box\n  c:\n    type: node\n"
+            )
+        );
+        let last = "version: 1\nsandboxes:\n  a:\n    type: python\n  c:\n    type: python\n    # inside c\n  # after c at 2\n# after c at 0\n    # after c at 4\n\nnamespace: x\n";
+        assert_eq!(
+            remove_sandbox_block(last, "c").as_deref(),
+            Some(
+                "version: 1\nsandboxes:\n  a:\n    type: python\n  # after c at 2\n# after c at 0\n    # after c at 4\n\nnamespace: x\n"
+            )
         );
     }
 
