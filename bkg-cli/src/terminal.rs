@@ -65,7 +65,11 @@ pub async fn shell(settings: &Settings, args: ShellArgs) -> Result<i32, CliError
         args.name
     );
     let result = run(&client, &path, &open, Some(missing)).await?;
-    finish(settings, &result)
+    // A sandbox's run: its limits are cave.yaml's but the timeout given, and it is ended by
+    // `bkg stop` or `bkg rm` as bkgr's runs are (found by a new-user trial: `bkg stop` of a shell
+    // was said to be `bkg runs cancel` or the API).
+    let given = bkg_schema::LimitOverrides { timeout_ms, ..Default::default() };
+    finish(settings, &result, crate::stream::LimitsFrom::CaveOrFlags(given))
 }
 
 /// `bkg exe --tty`: `open` is the run's first message.
@@ -73,12 +77,12 @@ pub async fn exe(settings: &Settings, open: &bkg_schema::terminal::RunTerminalOp
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
     let result = run(&client, "/api/v1/runs/terminal", open, None).await?;
-    finish(settings, &result)
+    finish(settings, &result, crate::stream::LimitsFrom::Flags)
 }
 
 /// What ended the run, when it was not its own doing, and its exit code.
-fn finish(settings: &Settings, result: &RunResult) -> Result<i32, CliError> {
-    if let Some(reason) = crate::stream::reason_line(result, crate::stream::LimitsFrom::Flags) {
+fn finish(settings: &Settings, result: &RunResult, limits: crate::stream::LimitsFrom) -> Result<i32, CliError> {
+    if let Some(reason) = crate::stream::reason_line(result, limits) {
         settings.out.note(format_args!("{reason}"));
     }
     Ok(crate::exit::of_run(result))

@@ -369,3 +369,19 @@ fn a_shell_whose_client_is_gone_is_hung_up() {
     });
     assert_eq!((record["killed_by"].as_str(), record["signal"].as_i64()), (Some("cancelled"), Some(1)), "{record}");
 }
+
+/// `bkg stop` of a sandbox whose shell is open ends the shell, and its `bkg shell` says it was
+/// stopped as bkgr says it, not cancelled by `bkg runs cancel` or the API (found by a new-user
+/// trial).
+#[test]
+fn a_shell_stopped_by_bkg_stop_says_it_was_stopped() {
+    let agent = Agent::start();
+    let project = project_with_a_sandbox(&agent);
+    let mut terminal = OnTerminal::spawn(in_project(&agent, project.path(), &["shell", "box", "--timeout", "5m"]));
+    terminal.type_in("echo up-$((30+3))\r");
+    terminal.expect("up-33");
+    let stopped = agent.bkg_in(project.path(), &["stop", "box"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+    terminal.expect("bkg: stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`");
+    assert_eq!(terminal.exit_code(), 130);
+}
