@@ -52,9 +52,7 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
             ))
         })?;
         // The edit must add this one sandbox and change nothing else the file says.
-        let mut others = after.sandboxes.clone();
-        let added = others.remove(&name);
-        if added.is_none() || others != before.sandboxes || after.namespace != before.namespace {
+        if !after.sandboxes.contains_key(&name) || !crate::project::same_but_for(&before, &after, &name) {
             return Err(CliError::internal(format!(
                 "cannot add to {file} without changing its other entries; add the sandbox by hand"
             )));

@@ -790,10 +790,8 @@ fn remove_sandbox_block(text: &str, name: &str) -> Option<String> {
     let edited = cut_sandbox_block(text, name)?;
     let before = bkg_schema::cave::parse(text, "cave.yaml").ok()?;
     let after = bkg_schema::cave::parse(&edited, "cave.yaml").ok()?;
-    let mut expected = before.sandboxes;
-    expected.remove(name)?;
-    let same = after.version == before.version && after.namespace == before.namespace && after.sandboxes == expected;
-    same.then_some(edited)
+    let removed = before.sandboxes.contains_key(name) && !after.sandboxes.contains_key(name);
+    (removed && crate::project::same_but_for(&before, &after, name)).then_some(edited)
 }
 
 /// The text cut: the block's key line, every more-indented line after it and the comments right

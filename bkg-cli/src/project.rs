@@ -122,6 +122,19 @@ pub fn load_cave(project: &Path) -> Result<CaveFile, CliError> {
         .map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))
 }
 
+/// Whether `after` says all that `before` says but for sandbox `name`: what an edit of one entry
+/// (`bkg add`, `bkg rm`) must leave alone before it is written.
+pub fn same_but_for(before: &CaveFile, after: &CaveFile, name: &str) -> bool {
+    before.version == after.version
+        && before.namespace == after.namespace
+        && sandboxes_but(before, name) == sandboxes_but(after, name)
+}
+
+/// The sandboxes of `file` but `name`, in order.
+fn sandboxes_but<'a>(file: &'a CaveFile, name: &str) -> Vec<(&'a String, &'a bkg_schema::cave::SandboxSpec)> {
+    file.sandboxes.iter().filter(|(key, _)| *key != name).collect()
+}
+
 /// A sandbox about to be written, its entries in the order the user gave them.
 #[derive(Debug)]
 pub struct NewSandbox {

@@ -920,8 +920,9 @@ impl Watch<'_> {
         watched
     }
 
-    /// A stop or a cancel: the code is sent SIGTERM and has `bkg_schema::STOP_GRACE` to end (a
-    /// service saves its work), then it is killed; asked again meanwhile, nothing more happens.
+    /// A stop or a cancel: the code is sent SIGTERM (SIGHUP `on_terminal`: `ask_code_to_end`) and
+    /// has `bkg_schema::STOP_GRACE` to end (a service saves its work), then it is killed; asked
+    /// again meanwhile, nothing more happens.
     fn ask_to_end(&mut self, watched: &mut Watched, grace: std::pin::Pin<&mut tokio::time::Sleep>, on_terminal: bool) {
         if watched.killed_by.is_some() {
             return;

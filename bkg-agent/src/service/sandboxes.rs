@@ -410,27 +410,26 @@ impl Service {
 
     /// Opens the definition's project directory and volume sources with the rights the caller
     /// acts with (service/access.rs decides whose): for a local user, as that user, none of the
-    /// volumes reached through a link; the ids to show as the sandbox user's, if not each path's
-    /// owner.
+    /// volumes reached through a link. Returns the ids to show as the sandbox user's, if not each
+    /// path's owner.
     fn open_host_paths(
         &self,
         principal: &Principal,
         definition: &SandboxDefinition,
-    ) -> OpResult<(SandboxDefinition, Option<crate::engine::plan::Owner>)> {
+    ) -> OpResult<Option<crate::engine::plan::Owner>> {
         let own_dir = self.scratch_project_dir(&definition.namespace);
         let project = Path::new(&definition.project_dir);
         let HostPaths::User(user) = host_paths(principal, project, !definition.volumes.is_empty(), &own_dir)? else {
-            return Ok((definition.clone(), None));
+            return Ok(None);
         };
         let refused = |error: crate::caller_fs::CallerFsError| OpError::Invalid(error.to_string());
-        let opened = definition.clone();
         if project != own_dir {
             let dir = crate::caller_fs::open_as(user, project, "project directory").map_err(refused)?;
             if !dir.is_dir {
                 return Err(OpError::Invalid(format!("project directory {} is not a directory", project.display())));
             }
         }
-        for volume in &opened.volumes {
+        for volume in &definition.volumes {
             let source = crate::caller_fs::open_as(user, Path::new(&volume.host), "volume source").map_err(refused)?;
             // As pid 1 refuses it for every caller (engine/init.rs, `open_source`): the
             // sandbox's code could make the link in the project through a :rw volume.
@@ -443,7 +442,7 @@ impl Service {
                 )));
             }
         }
-        Ok((opened, Some(crate::engine::plan::Owner { uid: user.uid, gid: user.gid })))
+        Ok(Some(crate::engine::plan::Owner { uid: user.uid, gid: user.gid }))
     }
 
     /// Checks a command for sandbox `id` and takes it on; the sandbox is the run's until it ends.
@@ -470,7 +469,8 @@ impl Service {
     ) -> OpResult<(SandboxDefinition, ValidatedRun)> {
         let stored = self.visible_sandbox(principal, id).await?;
         // The paths are opened again for every run: they may have changed since the definition.
-        let (mut opened, mapped_owner) = self.open_host_paths(principal, &stored.definition)?;
+        let mapped_owner = self.open_host_paths(principal, &stored.definition)?;
+        let mut opened = stored.definition.clone();
         may_forward_ports(principal, &stored.definition.ports)?;
         opened.limits = exec.limits.over(opened.limits);
         if timeout_ms.is_some() {
