@@ -383,7 +383,7 @@ impl Store {
 
     /// The events `seqs` are in bkg_db. Only those: an event retried meanwhile, between two
     /// of them, was not shipped with them.
-    pub async fn outbox_mark_synced(&self, seqs: Vec<u64>) -> Result<(), StoreError> {
+    pub async fn outbox_mark_synced(&self, seqs: Vec<u64>, at_ms: u64) -> Result<(), StoreError> {
         self.with(move |db| {
             let transaction = db.transaction()?;
             {
@@ -397,7 +397,7 @@ impl Store {
                 transaction.execute(
                     "INSERT INTO sync_state (id, last_success_ms) VALUES (1, ?1)
                      ON CONFLICT (id) DO UPDATE SET last_success_ms = excluded.last_success_ms",
-                    params![crate::ids::now_ms() as i64],
+                    params![at_ms as i64],
                 )?;
             }
             transaction.commit()?;
@@ -924,8 +924,8 @@ impl crate::sync::Outbox for Store {
         Ok(rows.into_iter().map(outbox_event).collect())
     }
 
-    async fn mark_synced(&self, seqs: Vec<u64>) -> Result<(), crate::sync::SyncError> {
-        self.outbox_mark_synced(seqs).await.map_err(outbox_error)
+    async fn mark_synced(&self, seqs: Vec<u64>, at_ms: u64) -> Result<(), crate::sync::SyncError> {
+        self.outbox_mark_synced(seqs, at_ms).await.map_err(outbox_error)
     }
 
     async fn backlog(&self) -> Result<crate::sync::Backlog, crate::sync::SyncError> {
@@ -1255,7 +1255,7 @@ mod tests {
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap, no duplicate");
         assert!(pending.iter().any(|row| row.action == "run.started"));
         assert!(pending.iter().any(|row| row.action == "config.changed"), "the crash's line was recovered");
-        store.outbox_mark_synced(vec![1, 2]).await?;
+        store.outbox_mark_synced(vec![1, 2], crate::ids::now_ms()).await?;
         assert_eq!(store.outbox_backlog().await?.events, seqs.len() as u64 - 2);
         Ok(())
     }

@@ -202,7 +202,7 @@ impl Outbox for MemOutbox {
         Ok(self.state().waiting().take(limit).cloned().collect())
     }
 
-    async fn mark_synced(&self, seqs: Vec<u64>) -> Result<(), SyncError> {
+    async fn mark_synced(&self, seqs: Vec<u64>, _at_ms: u64) -> Result<(), SyncError> {
         let mut state = self.state();
         if state.failing_marks > 0 {
             state.failing_marks -= 1;

@@ -61,8 +61,10 @@ pub trait Outbox: Send + Sync + 'static {
     /// The oldest `limit` events neither synced nor parked, in seq order. Events already handed
     /// out come again until `mark_synced` covers them.
     fn pending(&self, limit: usize) -> impl Future<Output = Result<Vec<OutboxEvent>, SyncError>> + Send;
-    /// The events `seqs` (one shipped batch) are in PostgreSQL.
-    fn mark_synced(&self, seqs: Vec<u64>) -> impl Future<Output = Result<(), SyncError>> + Send;
+    /// The events `seqs` (one shipped batch) are in PostgreSQL, as of `at_ms`: kept as the last
+    /// success, the same time the worker shows (`last_synced_ms` after a restart is never
+    /// earlier than what was shown before it).
+    fn mark_synced(&self, seqs: Vec<u64>, at_ms: u64) -> impl Future<Output = Result<(), SyncError>> + Send;
     fn backlog(&self) -> impl Future<Output = Result<Backlog, SyncError>> + Send;
     /// When `mark_synced` last marked a batch, kept across agent restarts.
     fn last_synced_ms(&self) -> impl Future<Output = Result<Option<u64>, SyncError>> + Send;

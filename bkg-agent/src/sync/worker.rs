@@ -134,9 +134,6 @@ impl<O: Outbox> SyncWorker<O> {
                     }
                     progress.failures = 0;
                     self.shared.failing.send_if_modified(|failing| std::mem::replace(failing, false));
-                    if shipped > 0 {
-                        progress.last_success_ms = Some(now_ms());
-                    }
                     // A full batch means more is probably waiting: go on at once. An idle
                     // wait ends early when new events come.
                     if shipped == self.config.batch { None } else { Some((self.config.idle_poll, Wait::Idle)) }
@@ -245,7 +242,9 @@ impl<O: Outbox> SyncWorker<O> {
                 return Err(SyncError::Timeout(limit));
             }
         }
-        self.outbox.mark_synced(events.iter().map(|event| event.seq).collect()).await?;
+        let at = now_ms();
+        self.outbox.mark_synced(events.iter().map(|event| event.seq).collect(), at).await?;
+        self.shared.progress().last_success_ms = Some(at);
         Ok(events.len())
     }
 }
