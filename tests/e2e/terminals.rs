@@ -122,7 +122,8 @@ impl OnTerminal {
 
 fn in_project(agent: &Agent, dir: &Path, args: &[&str]) -> Command {
     let mut command = agent.bkg();
-    command.args(args).current_dir(dir).env("TERM", "xterm-256color");
+    // A user's shell at a terminal: CI's `CI=true` would keep `bkg init` from asking anything.
+    command.args(args).current_dir(dir).env("TERM", "xterm-256color").env_remove("CI");
     command
 }
 
