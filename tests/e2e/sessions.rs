@@ -730,12 +730,15 @@ fn the_output_of_an_execution_whose_caller_went_away_opens_the_next() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn bkg exec");
+    // The reader is kept until the caller is gone: bkg interrupts an execution whose stdout's
+    // reader went away (`| head`), and closing it first raced the kill.
+    let mut reader = std::io::BufReader::new(abandoned.stdout.take().expect("stdout"));
     let mut first = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(abandoned.stdout.take().expect("stdout")), &mut first)
-        .expect("read");
+    std::io::BufRead::read_line(&mut reader, &mut first).expect("read");
     assert_eq!(first, "started\n");
     abandoned.kill().expect("kill the caller");
     abandoned.wait().expect("reap");
+    drop(reader);
     // Busy (125) until the abandoned execution has ended.
     let deadline = Instant::now() + Duration::from_secs(60);
     let next = loop {
