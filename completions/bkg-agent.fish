@@ -46,7 +46,7 @@ complete -c bkg-agent -l admin-rate-limit -d 'Requests per minute of each admin 
 complete -c bkg-agent -l namespace-rate-limit -d 'Requests per minute of each namespace key on TCP' -r
 complete -c bkg-agent -l session-rate-limit -d 'Requests per minute of each session key on TCP' -r
 complete -c bkg-agent -l model-access-rate-limit -d 'Requests per minute of each model-access key on TCP' -r
-complete -c bkg-agent -l max-running-runs -d 'Runs going on at once; more wait in the queue, a freed place going to the namespace with the fewest runs going' -r
+complete -c bkg-agent -l max-running-runs -d 'Runs going on at once; more wait in the queue, a freed place going to the namespace with the fewest runs going. Sessions, services and terminals together take at most all but a quarter of them (one kept at least); one more is refused' -r
 complete -c bkg-agent -l max-queued-runs -d 'Runs that may wait for a place; more are refused with 503 and Retry-After' -r
 complete -c bkg-agent -l disk-budget -d 'Disk all live sandboxes together (warm ones too) may be given, their disk limits summed; a run that would go over it is refused with 503 and Retry-After. The default is read at each sandbox: 80% of the state directory\'s free space and of what this agent\'s sandboxes hold, so other agents and writers on that filesystem shrink it' -r
 complete -c bkg-agent -l health-interval -d 'How recent a successful run must be for /healthz to answer ok without running a tiny sandbox of its own to find out' -r

@@ -213,7 +213,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub model_access_rate_limit: u32,
     /// Runs going on at once; more wait in the queue, a freed place going to the namespace
-    /// with the fewest runs going.
+    /// with the fewest runs going. Sessions, services and terminals together take at most all
+    /// but a quarter of them (one kept at least); one more is refused.
     #[arg(long, value_name = "N", default_value = "4 per CPU", env = "BKG_MAX_RUNNING_RUNS")]
     pub max_running_runs: String,
     /// Runs that may wait for a place; more are refused with 503 and Retry-After.

@@ -752,3 +752,33 @@ fn the_output_of_an_execution_whose_caller_went_away_opens_the_next() {
     };
     assert_eq!(stdout(&next), "after the caller left\nr is 7\n", "{}", stderr(&next));
 }
+
+/// Sessions, services and terminals hold at most three quarters of `--max-running-runs` (at
+/// least one place kept): one more is refused at once, with what to do, while a run that ends by
+/// itself still finds a place (was: idle sessions took every place and every other run waited
+/// for their hour; found by a new-user trial).
+#[test]
+fn long_lived_runs_leave_places_for_runs_that_end_by_themselves() {
+    let agent = Agent::start_with(AgentOptions {
+        warm_pool: 0,
+        extra_args: ["--max-running-runs", "2"].map(String::from).to_vec(),
+        ..AgentOptions::default()
+    });
+    let project = project(&agent);
+    let dir = project.path();
+    let first = agent.bkg_in(dir, &["exec", "box", "-c", "x = 1"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let second = agent.bkg_in(dir, &["exec", "js", "-c", "let y = 1"]);
+    assert_eq!(code(&second), 125, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("sessions, services and terminals already hold 1 of this agent's 2 places"),
+        "{}",
+        stderr(&second)
+    );
+    let one_shot = agent.exe(&["--type", "python", "-c", "print('ran')"]);
+    assert_eq!((code(&one_shot), stdout(&one_shot).as_str()), (0, "ran\n"), "{}", stderr(&one_shot));
+    // The session's end gives its place back.
+    assert_eq!(code(&agent.bkg_in(dir, &["stop", "box"])), 0);
+    let again = agent.bkg_in(dir, &["exec", "js", "-c", "let y = 1"]);
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+}

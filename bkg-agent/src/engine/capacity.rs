@@ -2,6 +2,11 @@
 //! budget shared by every live sandbox (warm ones too), and when a run last succeeded (for the
 //! health probe). Over a bound a run is refused at once with the reason, never left to pile up.
 //!
+//! Runs that last as long as someone keeps them (sessions, services, terminals) may hold at most
+//! `CapacityConfig::long_lived_max` places: the rest stay for runs that end by themselves, so
+//! idle sessions cannot keep every other run waiting for their hour (found by a new-user trial).
+//! One over that bound is refused at once, with what holds the places, rather than queued.
+//!
 //! The default disk budget is a share of the free space read at each grant, not once at start:
 //! every sandbox's image has its blocks reserved on the host (engine/disk.rs), so another agent
 //! on the same filesystem, or anything else writing there, shrinks what this one may give, and
@@ -23,6 +28,18 @@ pub struct CapacityConfig {
     pub max_queued: usize,
     /// Disk all live sandboxes together may be given (their disk limits summed).
     pub disk_budget: DiskBudget,
+}
+
+impl CapacityConfig {
+    /// How many places sessions, services and terminals may hold together: all but a quarter of
+    /// them (at least one kept for runs that end by themselves, when there are two or more).
+    pub fn long_lived_max(&self) -> usize {
+        let kept = match self.max_running {
+            0 | 1 => 0,
+            many => (many / 4).max(1),
+        };
+        self.max_running - kept
+    }
 }
 
 /// How much disk the live sandboxes together may be given.
@@ -53,6 +70,10 @@ pub enum CapacityError {
         "the agent's disk budget is spent: {asked} asked, {in_use} of {budget} given to live sandboxes ({bound}); try again when runs end"
     )]
     DiskBudget { asked: String, in_use: String, budget: String, bound: &'static str },
+    #[error(
+        "sessions, services and terminals already hold {held} of this agent's {max_running} places (--max-running-runs), all they may: the others are kept for runs that end by themselves; end one (`bkg stop NAME`) or try again later"
+    )]
+    LongLivedFull { held: usize, max_running: usize },
     #[error("cannot read the free space of {dir}: {error}")]
     FreeSpace { dir: String, error: nix::errno::Errno },
 }
@@ -62,6 +83,7 @@ impl CapacityError {
     pub fn retry_after_secs(&self) -> u32 {
         match self {
             Self::QueueFull { .. } => 1,
+            Self::LongLivedFull { .. } => 10,
             Self::DiskBudget { .. } | Self::FreeSpace { .. } => 5,
         }
     }
@@ -72,6 +94,8 @@ pub struct Capacity {
     queue: Mutex<Queue>,
     disk_in_use: Mutex<u64>,
     last_runs: Mutex<LastRuns>,
+    /// Long-lived runs accepted and not yet ended, queued or going on.
+    long_lived: Mutex<usize>,
 }
 
 #[derive(Default)]
@@ -171,6 +195,19 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// One of the `long_lived_max` places a session, service or terminal may hold, from its
+/// acceptance to its end (`RunTicket`), given back when dropped.
+pub struct LongLivedHold {
+    capacity: Arc<Capacity>,
+}
+
+impl Drop for LongLivedHold {
+    fn drop(&mut self) {
+        let mut held = self.capacity.long_lived.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *held = held.saturating_sub(1);
+    }
+}
+
 /// Disk given to one live sandbox, returned to the budget when the sandbox is gone.
 pub struct DiskGrant {
     capacity: Arc<Capacity>,
@@ -191,6 +228,7 @@ impl Capacity {
             queue: Mutex::new(Queue::default()),
             disk_in_use: Mutex::new(0),
             last_runs: Mutex::new(LastRuns::default()),
+            long_lived: Mutex::new(0),
         }
     }
 
@@ -297,6 +335,18 @@ impl Capacity {
         }
     }
 
+    /// A place for a long-lived run, refused at once when they hold all they may: such a run
+    /// would otherwise wait for one of them to end, which may be in an hour.
+    pub fn hold_long_lived(self: &Arc<Self>) -> Result<LongLivedHold, CapacityError> {
+        let mut held = self.long_lived.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *held >= self.config.long_lived_max() {
+            tracing::warn!(held = *held, "long-lived run refused: they hold every place they may");
+            return Err(CapacityError::LongLivedFull { held: *held, max_running: self.config.max_running });
+        }
+        *held += 1;
+        Ok(LongLivedHold { capacity: Arc::clone(self) })
+    }
+
     /// Takes `bytes` of the disk budget for a sandbox about to be made.
     pub fn grant_disk(self: &Arc<Self>, bytes: u64) -> Result<DiskGrant, CapacityError> {
         let mut in_use = self.disk_in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -362,6 +412,19 @@ mod tests {
         assert!(futures_poll(&mut quiet).is_none());
         drop(second);
         assert!(matches!(futures_poll(&mut quiet), Some(Ok(_))));
+    }
+
+    #[test]
+    fn long_lived_runs_leave_a_quarter_of_the_places_and_one_at_least() {
+        let max = |max_running| capacity(max_running, 1).config().long_lived_max();
+        assert_eq!([1, 2, 3, 4, 8, 16].map(max), [1, 1, 2, 3, 6, 12]);
+        let capacity = capacity(4, 1);
+        let held: Vec<_> = (0..3).map(|_| capacity.hold_long_lived()).collect();
+        assert!(held.iter().all(Result::is_ok));
+        let refused = capacity.hold_long_lived();
+        assert!(matches!(refused, Err(CapacityError::LongLivedFull { held: 3, max_running: 4 })));
+        drop(held);
+        assert!(capacity.hold_long_lived().is_ok(), "the places were given back");
     }
 
     #[tokio::test]

@@ -10,8 +10,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::Engine;
+use super::capacity::LongLivedHold;
 use super::disk::DiskUse;
-use super::request::{RunError, ValidatedRun};
+use super::request::{Place, RunError, ValidatedRun};
 
 /// How far a run has come. Each step comes after the one before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -172,6 +173,8 @@ pub async fn wait_until(
 pub struct RunTicket {
     pub(super) tracker: Arc<RunTracker>,
     registered: Option<Registered>,
+    /// A session's, service's or terminal's place among those they may hold, until its end.
+    long_lived: Option<LongLivedHold>,
 }
 
 impl RunTicket {
@@ -187,8 +190,10 @@ impl RunTicket {
 impl Drop for RunTicket {
     fn drop(&mut self) {
         // However the run went (ended, failed, never started), it is over once its ticket goes.
-        // The sandbox is free before the end is told: who waits for it finds it free.
+        // The sandbox and its long-lived place are free before the end is told: who waits for
+        // it (`bkg exec --restart`) finds them free.
         drop(self.registered.take());
+        drop(self.long_lived.take());
         self.tracker.advance(RunPhase::Ended);
     }
 }
@@ -235,6 +240,10 @@ impl Engine {
     pub fn accept(self: &Arc<Self>, run_id: String, run: &ValidatedRun) -> Result<RunTicket, RunError> {
         let tracker = RunTracker::new(run_id.clone(), run.is_for_transfer());
         let sandbox_id = run.sandbox_id().map(str::to_owned);
+        let long_lived = match run.place {
+            Place::LongLived => Some(self.capacity.hold_long_lived()?),
+            Place::OneShot | Place::BesideTheQueue => None,
+        };
         let mut maps = self.registry.lock();
         if let Some(sandbox_id) = &sandbox_id {
             if let Some(running) = maps.sandboxes.get(sandbox_id) {
@@ -247,7 +256,7 @@ impl Engine {
         }
         maps.runs.insert(run_id.clone(), Arc::clone(&tracker));
         let registered = Registered { engine: Arc::clone(self), run_id, sandbox_id };
-        Ok(RunTicket { tracker, registered: Some(registered) })
+        Ok(RunTicket { tracker, registered: Some(registered), long_lived })
     }
 
     /// The run going on in persistent sandbox `sandbox_id`, if any.

@@ -15,7 +15,7 @@ use bkg_schema::{Language, Limits, MIB};
 use super::control::GoOrder;
 use super::plan::{Additions, Owner, ProjectMounts, Volume, WORKSPACE};
 use super::relay::RelayTarget;
-use super::request::{PersistentRun, RunError, ValidatedRun, cpu_count, sandbox_env};
+use super::request::{PersistentRun, Place, RunError, ValidatedRun, cpu_count, sandbox_env};
 use super::sandbox::PersistentDisk;
 use super::{Engine, EngineError};
 
@@ -204,7 +204,7 @@ impl Engine {
             keep: Vec::new(),
             network: None,
             return_out_dir: false,
-            takes_a_place: true,
+            place: Place::OneShot,
         })
     }
 

@@ -98,9 +98,20 @@ pub struct ValidatedRun {
     pub(super) relay: Vec<RelayTarget>,
     /// Send /workspace/out/ back when the code has ended (`RunRequest::return_out_dir`).
     pub(super) return_out_dir: bool,
-    /// Whether the run waits for one of the `--max-running-runs` places (`Engine::probe`'s
-    /// does not).
-    pub(super) takes_a_place: bool,
+    /// How the run takes one of the `--max-running-runs` places (capacity.rs).
+    pub(super) place: Place,
+}
+
+/// How a run takes one of the `--max-running-runs` places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// It waits for one, and ends by itself.
+    OneShot,
+    /// It waits for one and holds it as long as someone keeps it (a session, a service, a
+    /// terminal): one of the `CapacityConfig::long_lived_max` places such runs may hold.
+    LongLived,
+    /// It never waits: the health probe's (`ValidatedRun::beside_the_queue`).
+    BesideTheQueue,
 }
 
 /// What a run in a persistent sandbox adds: the sandbox it belongs to, its disk and where its
@@ -141,7 +152,7 @@ impl ValidatedRun {
     /// and `/healthz` hung for as long). It is one tiny run at a time (`HealthProbe`), counted
     /// among those going on while it runs.
     pub(super) fn beside_the_queue(&mut self) {
-        self.takes_a_place = false;
+        self.place = Place::BesideTheQueue;
     }
 
     pub fn is_for_transfer(&self) -> bool {
@@ -215,6 +226,8 @@ impl ValidatedRun {
         self.order.env.retain(|(key, _)| key != "TERM");
         self.order.env.push(("TERM".into(), term));
         self.order.terminal = Some(size);
+        // It lasts as long as someone types into it.
+        self.place = Place::LongLived;
         Ok(())
     }
 
@@ -455,7 +468,7 @@ impl Engine {
             additions: Additions::default(),
             relay: Vec::new(),
             return_out_dir: request.return_out_dir,
-            takes_a_place: true,
+            place: Place::OneShot,
         })
     }
 
@@ -479,6 +492,7 @@ impl Engine {
         // Its stdout is the runner's events, not anyone's output (each execution's goes to its
         // caller).
         validated.without_log();
+        validated.place = Place::LongLived;
         Ok(validated)
     }
 
@@ -603,7 +617,8 @@ impl Engine {
             additions: Additions::default(),
             relay: Vec::new(),
             return_out_dir: false,
-            takes_a_place: true,
+            // A detached run is a service: it runs until stopped.
+            place: if exec.detach { Place::LongLived } else { Place::OneShot },
         })
     }
 }

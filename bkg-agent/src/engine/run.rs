@@ -18,6 +18,7 @@ use super::cgroup::CgroupUsage as Usage;
 use super::control::{FromInit, ToInit};
 use super::egress::{EgressError, NetworkSession};
 use super::handle::{RunPhase, RunTicket, RunTracker};
+use super::request::Place;
 use super::sandbox::{PreparedSandbox, cgroup_limits};
 use super::terminal::TerminalMaster;
 use super::{Engine, EngineError};
@@ -98,9 +99,9 @@ impl Engine {
         let run_id = ticket.run_id().to_owned();
         let tracker = ticket.tracker();
         let waiting = async {
-            match run.takes_a_place {
-                true => self.capacity.wait_turn(&run.namespace).await,
-                false => Ok(self.capacity.turn_beside_the_queue(&run.namespace)),
+            match run.place {
+                Place::OneShot | Place::LongLived => self.capacity.wait_turn(&run.namespace).await,
+                Place::BesideTheQueue => Ok(self.capacity.turn_beside_the_queue(&run.namespace)),
             }
         };
         let notice = output.as_ref().map(|output| (output, &*self.capacity));
