@@ -287,10 +287,15 @@ pub fn describe(info: &AgentInfo) -> String {
     if let Some(level) = info.security_level {
         line("security", format!("{level} (`bkg doctor` says why)"));
     }
+    // An agent older than the bound sends none.
+    let long_lived = match info.max_long_lived_runs {
+        0 => String::new(),
+        max => format!(" · sessions, services and terminals {} of {max}", info.long_lived_runs),
+    };
     line(
         "runs",
         format!(
-            "{} active of {} at once · {} waiting of {} · {} cleanups pending",
+            "{} active of {} at once{long_lived} · {} waiting of {} · {} cleanups pending",
             info.active_runs, info.max_running_runs, info.queued_runs, info.max_queued_runs, info.pending_cleanups
         ),
     );

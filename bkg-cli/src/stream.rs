@@ -123,7 +123,7 @@ pub async fn run_keeping_out_dir(
         // (found by a new-user trial: bkg said it was cancelling a run that had exited 0). Its
         // result may still be queued behind that output: the agent says.
         let ended = result_came_in_task.load(Relaxed)
-            || (WAITING_FOR_READER.load(Relaxed)
+            || (waiting_for_reader()
                 && match &run_path {
                     // Asked briefly: a second Ctrl-C must not wait for an agent that is slow to answer.
                     Some(path) => tokio::time::timeout(ASKED_IF_ENDED_FOR, canceller.get::<RunRecord>(path))
@@ -154,16 +154,21 @@ pub async fn run_keeping_out_dir(
                     let _ = canceller.post::<RunRecord>(&format!("{path}/cancel")).await;
                 });
             }
-            if WAITING_FOR_READER.load(Relaxed) {
-                printer.note(format_args!(
-                    "cancelling the run; its output waits for a reader that takes none (Ctrl-C again to quit without it)"
-                ));
+            let stuck =
+                "cancelling the run; its output waits for a reader that takes none (Ctrl-C again to quit without it)";
+            if waiting_for_reader() {
+                printer.note(format_args!("{stuck}"));
                 stop_signals.next().await
             } else {
                 // Code that takes its time to end, or ignores SIGTERM, keeps the caller waiting up
                 // to the grace: said once the run is not over soon (this task ends with the run).
+                // Output that comes meanwhile may fill a reader that takes none: said when it does.
                 tokio::select! {
                     second = stop_signals.next() => second,
+                    () = output_stuck() => {
+                        printer.note(format_args!("{stuck}"));
+                        stop_signals.next().await
+                    }
                     () = tokio::time::sleep(GRACE_NOTE_AFTER) => {
                         printer.note(format_args!(
                             "cancelling the run: its code has SIGTERM, and SIGKILL if still going {} s after it (Ctrl-C again to stop waiting)",
@@ -178,7 +183,7 @@ pub async fn run_keeping_out_dir(
         if let Some(signal) = second {
             // Output waiting for its reader holds up the result behind it too (an ended run's
             // is all that is left of it).
-            match ended || WAITING_FOR_READER.load(Relaxed) {
+            match ended || waiting_for_reader() {
                 false => printer.note(format_args!("stopped without waiting for the run's end")),
                 true => printer.note(format_args!(
                     "stopped with the run's output unwritten: `bkg runs ls` shows how the run ended"
@@ -366,7 +371,34 @@ static CANCELLED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32
 /// Whether the run's output now waits for a reader that takes none (`| less`): the writer's
 /// queue is full, or the result has come and what is queued is not written yet. A Ctrl-C's
 /// cancel cannot show at once then.
-static WAITING_FOR_READER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static WAITING_FOR_READER: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(false).0);
+
+fn waiting_for_reader() -> bool {
+    *WAITING_FOR_READER.borrow()
+}
+
+fn set_waiting_for_reader(waiting: bool) {
+    WAITING_FOR_READER.send_replace(waiting);
+}
+
+/// How long the output must have waited for its reader before a cancel that came meanwhile
+/// says so: a live reader that is only slow makes the writer wait for moments too.
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Once the output waits for its reader, and still does `STUCK_AFTER` later.
+async fn output_stuck() {
+    let mut waiting = WAITING_FOR_READER.subscribe();
+    loop {
+        if waiting.wait_for(|waiting| *waiting).await.is_err() {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(STUCK_AFTER).await;
+        if waiting_for_reader() {
+            return;
+        }
+    }
+}
 
 /// The signal on which this process cancelled its runs, if it did.
 pub fn cancelled_by_signal() -> Option<i32> {
@@ -570,15 +602,15 @@ impl Watched {
             room.send(item);
             return;
         }
-        WAITING_FOR_READER.store(true, std::sync::atomic::Ordering::Relaxed);
+        set_waiting_for_reader(true);
         self.0.write(item).await;
-        WAITING_FOR_READER.store(false, std::sync::atomic::Ordering::Relaxed);
+        set_waiting_for_reader(false);
     }
 
     async fn finish(&mut self) {
-        WAITING_FOR_READER.store(true, std::sync::atomic::Ordering::Relaxed);
+        set_waiting_for_reader(true);
         self.0.finish().await;
-        WAITING_FOR_READER.store(false, std::sync::atomic::Ordering::Relaxed);
+        set_waiting_for_reader(false);
     }
 }
 

@@ -273,6 +273,7 @@ fn agent_status() {
             {"id": "sbx_1a2b3c4d5e6f7a8b9c0e", "memory_bytes": 3_145_728u64}
         ],
         "warm_memory_limit_bytes": 268_435_456u64, "queued_runs": 3, "max_running_runs": 8, "max_queued_runs": 256,
+        "long_lived_runs": 1, "max_long_lived_runs": 6,
         "disk_in_use_bytes": 1_572_864_000u64, "disk_budget_bytes": 42_949_672_960u64,
         "prestarted_runs": 17, "zygote_runs": 12, "zygote": {"state": "serving", "generation": 3, "pid": 4250, "memory_bytes": 11_812_864u64},
         "active_runs": 1, "pending_cleanups": 0,

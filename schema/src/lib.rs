@@ -666,6 +666,12 @@ pub struct AgentInfo {
     pub max_running_runs: usize,
     #[serde(default)]
     pub max_queued_runs: usize,
+    /// Sessions, services and terminals accepted and not ended (queued or going on), and how
+    /// many places of `max_running_runs` they may hold together (more are refused).
+    #[serde(default)]
+    pub long_lived_runs: usize,
+    #[serde(default)]
+    pub max_long_lived_runs: usize,
     /// The disk limits of the live sandboxes (warm ones too), summed, and `--disk-budget`.
     #[serde(default)]
     pub disk_in_use_bytes: u64,

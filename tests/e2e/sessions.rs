@@ -775,6 +775,9 @@ fn long_lived_runs_leave_places_for_runs_that_end_by_themselves() {
         "{}",
         stderr(&second)
     );
+    let status = agent.bkg().args(["agent", "status", "--json"]).output().expect("bkg agent status");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!((&status["long_lived_runs"], &status["max_long_lived_runs"]), (&1.into(), &1.into()), "{status}");
     let one_shot = agent.exe(&["--type", "python", "-c", "print('ran')"]);
     assert_eq!((code(&one_shot), stdout(&one_shot).as_str()), (0, "ran\n"), "{}", stderr(&one_shot));
     // The session's end gives its place back.

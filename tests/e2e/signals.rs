@@ -199,12 +199,38 @@ fn a_second_ctrl_c_ends_bkg_without_waiting_for_the_run() {
 /// cancelled while bkg waits for its output to be read, and a second Ctrl-C ends bkg.
 #[test]
 fn ctrl_c_cancels_a_run_whose_output_nobody_reads() {
+    cancelled_with_its_output_unread(true);
+}
+
+/// The same, with the Ctrl-C before the output has filled the reader: bkg says so once it has
+/// (was: only if it had at the Ctrl-C, so a loaded machine made bkg wait silently).
+#[test]
+fn ctrl_c_before_the_output_fills_its_reader_says_so_once_it_has() {
+    cancelled_with_its_output_unread(false);
+}
+
+fn cancelled_with_its_output_unread(filled_first: bool) {
     let agent = Agent::start();
     let mut command = agent.bkg();
+    // Code that goes on writing through the cancel's grace (it ignores SIGTERM): whenever the
+    // Ctrl-C comes, output enough to fill the reader follows.
+    let ignore_sigterm =
+        if filled_first { "" } else { "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" };
     command
         .args(["exe", "--timeout", "60s", "--type", "python", "-c"])
-        .arg("import sys\nprint('up', flush=True)\nwhile True: sys.stdout.write('x' * 65536)");
-    let (mut child, unread) = bkg_tests::spawn_with_stdout_unread(command, "up\n");
+        .arg(format!("import sys\n{ignore_sigterm}print('up', flush=True)\nwhile True: sys.stdout.write('x' * 65536)"));
+    let (mut child, unread) = match filled_first {
+        true => bkg_tests::spawn_with_stdout_unread(command, "up\n"),
+        false => {
+            let mut child =
+                command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("bkg");
+            let mut unread = BufReader::new(child.stdout.take().expect("stdout"));
+            let mut first = String::new();
+            unread.read_line(&mut first).expect("its first line");
+            assert_eq!(first, "up\n");
+            (child, unread)
+        }
+    };
     interrupt(&child);
     // Recorded once the agent has given up on the output nobody took (2 s after the run ended).
     let deadline = Instant::now() + Duration::from_secs(30);

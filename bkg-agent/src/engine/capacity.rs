@@ -347,6 +347,11 @@ impl Capacity {
         Ok(LongLivedHold { capacity: Arc::clone(self) })
     }
 
+    /// Long-lived runs accepted and not ended now.
+    pub fn long_lived_held(&self) -> usize {
+        *self.long_lived.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Takes `bytes` of the disk budget for a sandbox about to be made.
     pub fn grant_disk(self: &Arc<Self>, bytes: u64) -> Result<DiskGrant, CapacityError> {
         let mut in_use = self.disk_in_use.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -195,6 +195,8 @@ impl Service {
             queued_runs,
             max_running_runs: bounds.max_running,
             max_queued_runs: bounds.max_queued,
+            long_lived_runs: engine.capacity.long_lived_held(),
+            max_long_lived_runs: bounds.long_lived_max(),
             disk_in_use_bytes,
             disk_budget_bytes: engine.capacity.disk_budget().unwrap_or(0),
             prestarted_runs: engine.prestarted_runs(),
