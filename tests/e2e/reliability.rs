@@ -188,8 +188,9 @@ fn runs_over_the_queue_bound_are_refused_at_once_with_retry_after() {
             let _ = told.send(line);
         });
         let notice = notice.recv_timeout(Duration::from_secs(30)).expect("a line on the queued run's stderr");
+        let wait = if waiting == 1 { "waits" } else { "wait" };
         let expected = format!(
-            "bkg: waiting for a place: this agent runs 1 at once (--max-running-runs) and {waiting} wait for one\n"
+            "bkg: waiting for a place: this agent runs 1 at once (--max-running-runs) and {waiting} {wait} for one\n"
         );
         assert_eq!(notice, expected, "--json: {json}");
         queued.push(child);

@@ -691,3 +691,89 @@ fn a_services_restarts_and_last_failure_outlive_an_agent_restart() {
     let stop = agent.bkg_in(dir, &["stop", "flaky"]);
     assert_eq!(code(&stop), 0, "{}", stderr(&stop));
 }
+
+/// A project of `restart: on-failure` services named `names`, each running `start`, and a
+/// sandbox `box` whose first run has defined it with the agent.
+fn services_project(agent: &Agent, names: &[&str], start: &str) -> tempfile::TempDir {
+    let project = tempfile::tempdir().expect("project dir");
+    let mut cave = "version: 1\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: \"true\"\n".to_owned();
+    for name in names {
+        cave.push_str(&format!(
+            "  {name}:\n    type: python\n    restart: on-failure\n    scripts:\n      start: {start}\n"
+        ));
+    }
+    std::fs::write(project.path().join("cave.yaml"), cave).expect("cave.yaml");
+    let first = agent.bkgr(project.path(), &["box"]);
+    assert_eq!(code(&first), 0, "bkgr box: {}", stderr(&first));
+    project
+}
+
+fn with_places(places: &str) -> AgentOptions {
+    AgentOptions { extra_args: vec!["--max-running-runs".into(), places.into()], ..Default::default() }
+}
+
+/// A failed service whose place a session took during its pause waits for room and starts
+/// again once the session ends (was: it was switched off for good; found by a new-user trial).
+#[test]
+fn a_service_whose_place_was_taken_during_its_pause_starts_once_it_is_free() {
+    // Two places: one for sessions, services and terminals.
+    let agent = Agent::start_with(with_places("2"));
+    let project = services_project(&agent, &["flaky"], "python -c \"raise SystemExit(4)\"");
+    let dir = project.path();
+    let started = agent.bkgr(dir, &["-d", "flaky"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    // Its pauses double from a second: after its second restart it pauses for four.
+    poll("the service's pause after its second restart", || {
+        let info = status_of(&agent, dir, "flaky");
+        (info["service"]["restarts"] == 2 && info["service"]["state"] == "restarting").then_some(())
+    });
+    let session = agent.bkg_in(dir, &["exec", "box", "-c", "1"]);
+    assert_eq!(code(&session), 0, "{}", stderr(&session));
+    let waiting = poll("the service to wait for room", || {
+        let info = status_of(&agent, dir, "flaky");
+        let why = info["service"]["not_restarted"].as_str().unwrap_or_default();
+        why.contains("it starts again once the agent has room").then_some(info)
+    });
+    assert_eq!(waiting["service"]["state"], "restarting", "{waiting}");
+    assert_eq!(code(&agent.bkg_in(dir, &["stop", "box"])), 0);
+    poll("the service to start again", || {
+        let info = status_of(&agent, dir, "flaky");
+        (info["service"]["restarts"].as_u64() > Some(2)).then_some(())
+    });
+    assert_eq!(code(&agent.bkg_in(dir, &["stop", "flaky"])), 0);
+}
+
+/// Services the last agent left that this one has no room for wait, and start once a place
+/// frees (was: refused once, and never started again, by later agents either).
+#[test]
+fn services_an_agent_has_no_room_for_start_once_a_place_frees() {
+    let mut agent = Agent::start_with(with_places("4"));
+    let project = services_project(&agent, &["one", "two"], "sleep 1000");
+    let dir = project.path();
+    for name in ["one", "two"] {
+        let started = agent.bkgr(dir, &["-d", name]);
+        assert_eq!(code(&started), 0, "{name}: {}", stderr(&started));
+    }
+    agent.stop();
+    agent.spawn(&with_places("2"));
+    let (waiting, running) = poll("one service to wait for room", || {
+        let [one, two] = ["one", "two"].map(|name| status_of(&agent, dir, name));
+        let waits = |info: &serde_json::Value| {
+            info["service"]["not_restarted"]
+                .as_str()
+                .is_some_and(|why| why.contains("it starts again once the agent has room"))
+        };
+        match (waits(&one), waits(&two)) {
+            (true, false) if two["service"]["state"] == "running" => Some(("one", "two")),
+            (false, true) if one["service"]["state"] == "running" => Some(("two", "one")),
+            _ => None,
+        }
+    });
+    assert_eq!(status_of(&agent, dir, waiting)["service"]["state"], "restarting");
+    assert_eq!(code(&agent.bkg_in(dir, &["stop", running])), 0);
+    poll("the waiting service to start", || {
+        let info = status_of(&agent, dir, waiting);
+        (info["service"]["state"] == "running" && !info["current_run"].is_null()).then_some(())
+    });
+    assert_eq!(code(&agent.bkg_in(dir, &["stop", waiting])), 0);
+}

@@ -34,11 +34,29 @@ impl CapacityConfig {
     /// How many places sessions, services and terminals may hold together: all but a quarter of
     /// them (at least one kept for runs that end by themselves, when there are two or more).
     pub fn long_lived_max(&self) -> usize {
-        let kept = match self.max_running {
-            0 | 1 => 0,
-            many => (many / 4).max(1),
-        };
-        self.max_running - kept
+        self.max_running - kept_for_one_shot_runs(self.max_running)
+    }
+}
+
+/// Of `max_running` places, those sessions, services and terminals may not take. An agent of
+/// one place keeps none: its sessions would otherwise never start.
+fn kept_for_one_shot_runs(max_running: usize) -> usize {
+    match max_running {
+        0 | 1 => 0,
+        many => (many / 4).max(1),
+    }
+}
+
+/// The refusal of one more session, service or terminal, with what ends one.
+fn long_lived_full(held: usize, max_running: usize) -> String {
+    let end_one = "`bkg stop NAME`, or `bkg runs cancel ID` for a terminal";
+    match kept_for_one_shot_runs(max_running) {
+        0 => format!(
+            "a session, service or terminal already holds this agent's only place (--max-running-runs {max_running}): end it ({end_one}) or try again later"
+        ),
+        kept => format!(
+            "sessions, services and terminals already hold {held} of this agent's {max_running} places (--max-running-runs), all they may: {kept} kept for runs that end by themselves; end one ({end_one}) or try again later"
+        ),
     }
 }
 
@@ -70,9 +88,7 @@ pub enum CapacityError {
         "the agent's disk budget is spent: {asked} asked, {in_use} of {budget} given to live sandboxes ({bound}); try again when runs end"
     )]
     DiskBudget { asked: String, in_use: String, budget: String, bound: &'static str },
-    #[error(
-        "sessions, services and terminals already hold {held} of this agent's {max_running} places (--max-running-runs), all they may: the others are kept for runs that end by themselves; end one (`bkg stop NAME`) or try again later"
-    )]
+    #[error("{}", long_lived_full(*held, *max_running))]
     LongLivedFull { held: usize, max_running: usize },
     #[error("cannot read the free space of {dir}: {error}")]
     FreeSpace { dir: String, error: nix::errno::Errno },
@@ -245,9 +261,10 @@ impl Capacity {
     /// What a run waiting for its place is told.
     pub fn queue_notice(&self) -> String {
         let queued = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).queued;
+        let wait = if queued == 1 { "waits" } else { "wait" };
         format!(
-            "waiting for a place: this agent runs {} at once (--max-running-runs) and {} wait for one",
-            self.config.max_running, queued
+            "waiting for a place: this agent runs {} at once (--max-running-runs) and {queued} {wait} for one",
+            self.config.max_running
         )
     }
 

@@ -240,18 +240,21 @@ impl Engine {
     pub fn accept(self: &Arc<Self>, run_id: String, run: &ValidatedRun) -> Result<RunTicket, RunError> {
         let tracker = RunTracker::new(run_id.clone(), run.is_for_transfer());
         let sandbox_id = run.sandbox_id().map(str::to_owned);
+        let mut maps = self.registry.lock();
+        // A busy sandbox is said first: what holds it is what to end.
+        if let Some(sandbox_id) = &sandbox_id
+            && let Some(running) = maps.sandboxes.get(sandbox_id)
+        {
+            return Err(RunError::Busy(format!(
+                "sandbox {sandbox_id} is already running ({}); stop it first",
+                running.run_id
+            )));
+        }
         let long_lived = match run.place {
             Place::LongLived => Some(self.capacity.hold_long_lived()?),
             Place::OneShot | Place::BesideTheQueue => None,
         };
-        let mut maps = self.registry.lock();
         if let Some(sandbox_id) = &sandbox_id {
-            if let Some(running) = maps.sandboxes.get(sandbox_id) {
-                return Err(RunError::Busy(format!(
-                    "sandbox {sandbox_id} is already running ({}); stop it first",
-                    running.run_id
-                )));
-            }
             maps.sandboxes.insert(sandbox_id.clone(), Arc::clone(&tracker));
         }
         maps.runs.insert(run_id.clone(), Arc::clone(&tracker));

@@ -277,6 +277,15 @@ impl Service {
                         self.services.update(&id, |health| health.not_restarted = Some(waits_for));
                         self.keep_service_health(&id).await;
                     }
+                    // A bound of the agent's (its places, its queue, its disk budget) frees as
+                    // runs end: tried again, pause after pause (found by a new-user trial: a
+                    // `bkg exec` that took the last place during the pause switched it off).
+                    Err(OpError::Run(RunError::Overloaded { reason, .. })) => {
+                        let waits_for = format!("it starts again once the agent has room: {reason}");
+                        tracing::info!(sandbox = %id, %waits_for, "the service waits for room to start again");
+                        self.services.update(&id, |health| health.not_restarted = Some(waits_for));
+                        self.keep_service_health(&id).await;
+                    }
                     Err(error) => {
                         tracing::warn!(sandbox = %id, %error, "the service could not be started again");
                         self.services.update(&id, |health| {
@@ -350,8 +359,16 @@ impl Service {
                 (false, _) => Err("its sandbox no longer says `restart: on-failure`".to_owned()),
                 (true, None) => Err(format!("{} may no longer start it", service.actor)),
                 (true, Some(principal)) => {
-                    match self.accept_exec(&principal, &service.sandbox_id, service.exec).await {
+                    match self.accept_exec(&principal, &service.sandbox_id, service.exec.clone()).await {
                         Ok(accepted) => Ok(self.detach_resumed(&service.sandbox_id, accepted, earlier.as_ref()).await),
+                        // This agent may have fewer places than the last (found by a new-user
+                        // trial: such services stayed off for good, through later agents too).
+                        Err(OpError::Run(RunError::Overloaded { reason, .. })) => {
+                            let waits = format!("it starts again once the agent has room: {reason}");
+                            tracing::info!(sandbox = %service.sandbox_id, %waits, "a service waits for room to start again");
+                            tokio::spawn(Arc::clone(self).resume_with_room(service, principal, earlier, waits));
+                            continue;
+                        }
                         Err(error) => Err(error.to_string()),
                     }
                 }
@@ -369,6 +386,58 @@ impl Service {
                         }
                     }
                     self.forget_service(&service.sandbox_id).await;
+                }
+            }
+        }
+    }
+
+    /// Starts a service the last agent left once this one has room for it, tried pause after
+    /// pause. It is this agent's meanwhile, shown as restarting with what it waits for; a stop
+    /// calls it off, and an agent's stop leaves it to the next agent.
+    async fn resume_with_room(
+        self: Arc<Self>,
+        service: crate::store::LeftService,
+        principal: Principal,
+        earlier: Option<ServiceHealth>,
+        waits: String,
+    ) {
+        let id = service.sandbox_id.clone();
+        let mut stopped = self.services.begin(&id, RestartPolicy::OnFailure, earlier.as_ref());
+        self.services.update(&id, |health| {
+            health.state = ServiceState::Restarting;
+            health.not_restarted = Some(waits);
+        });
+        self.keep_service_health(&id).await;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                // Stopped (its record is forgotten by the stop), or started anew by its user.
+                _ = stopped.wait_for(|stopped| *stopped) => return,
+            }
+            pause = (pause * 2).min(LONGEST_PAUSE);
+            if self.engine.is_closing() {
+                self.services.update(&id, |health| health.state = ServiceState::Stopped);
+                return;
+            }
+            match self.accept_exec(&principal, &id, service.exec.clone()).await {
+                Ok(accepted) => {
+                    let resumed = self.services.health(&id);
+                    let run = self.detach_resumed(&id, accepted, resumed.as_ref()).await;
+                    tracing::info!(sandbox = %id, run = %run.run_id, "service started again");
+                    return;
+                }
+                // Still no room, or its sandbox held meanwhile (`bkg exec`): tried again.
+                Err(OpError::Run(RunError::Overloaded { .. } | RunError::Busy(_))) => {}
+                Err(error) => {
+                    tracing::warn!(sandbox = %id, %error, "the service could not be started again");
+                    self.services.update(&id, |health| {
+                        health.state = ServiceState::Stopped;
+                        health.not_restarted = Some(error.to_string());
+                    });
+                    self.keep_service_health(&id).await;
+                    self.forget_service(&id).await;
+                    return;
                 }
             }
         }
