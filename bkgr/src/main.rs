@@ -87,10 +87,24 @@ async fn run(args: Args) -> Result<i32, CliError> {
     let limits_from = LimitsFrom::CaveOrFlags(flags);
 
     if args.detach {
+        let named = args.name.is_some();
+        let mut codes = Vec::new();
         for (definition, command) in runs {
             let id = sandbox_id(&definition.project_dir, &definition.name);
             let request = ExecRequest { detach: true, limits: one_off, ..ExecRequest::command(command) };
-            let detached: DetachedRun = client.post_json(&format!("/api/v1/sandboxes/{id}/exec"), &request).await?;
+            let detached: DetachedRun = match client.post_json(&format!("/api/v1/sandboxes/{id}/exec"), &request).await {
+                Ok(detached) => detached,
+                Err(error) if named => return Err(error),
+                // One sandbox refused (busy, no room) leaves the others to start, each failure
+                // said with its sandbox's name (found by a new-user trial: the first refusal
+                // ended bkgr unnamed, and the sandboxes after it were not tried).
+                Err(error) => {
+                    out.note(format_args!("{}: {}", definition.name, error.message));
+                    codes.push(error.code);
+                    continue;
+                }
+            };
+            codes.push(SUCCESS);
             out.line(format_args!("{}\t{}", definition.name, detached.run_id));
             // A detached run reads as "keeps running": its timeout is said, as it ends it (found
             // by a new-user trial: a server went away after the default minute, without a word).
@@ -105,7 +119,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
                 ));
             }
         }
-        return Ok(SUCCESS);
+        return Ok(exit_code_of_runs(&codes));
     }
 
     // In the order each command wrote them, where they end up together (bkg exe's rule).

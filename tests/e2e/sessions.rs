@@ -780,6 +780,13 @@ fn long_lived_runs_leave_places_for_runs_that_end_by_themselves() {
     assert_eq!((&status["long_lived_runs"], &status["max_long_lived_runs"]), (&1.into(), &1.into()), "{status}");
     let one_shot = agent.exe(&["--type", "python", "-c", "print('ran')"]);
     assert_eq!((code(&one_shot), stdout(&one_shot).as_str()), (0, "ran\n"), "{}", stderr(&one_shot));
+    // Every sandbox's service at once: each refusal named, the busy sandbox's as busy.
+    let services = agent.bkgr(dir, &["-d"]);
+    assert_eq!(code(&services), 125, "{}", stderr(&services));
+    let said = stderr(&services);
+    let named: Vec<&str> = said.lines().filter_map(|line| line.strip_prefix("bkgr: ")?.split(':').next()).collect();
+    assert_eq!(named, ["box", "js"], "{said}");
+    assert!(said.contains("held by session `default`"), "{said}");
     // The session's end gives its place back.
     assert_eq!(code(&agent.bkg_in(dir, &["stop", "box"])), 0);
     let again = agent.bkg_in(dir, &["exec", "js", "-c", "let y = 1"]);
