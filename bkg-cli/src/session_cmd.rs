@@ -839,7 +839,9 @@ fn died_of(killed_by: Option<bkg_schema::KilledBy>) -> &'static str {
         Some(KilledBy::Pids) => "was killed at its process limit",
         Some(KilledBy::Disk) => "failed with its disk full (limits.disk in cave.yaml)",
         // Any of them ends its run alike (found by a new-user trial: `bkg rm` was named `bkg stop`).
-        Some(KilledBy::Cancelled) => "was stopped (`bkg stop`, `bkg rm` or `bkg exec --restart`)",
+        Some(KilledBy::Cancelled) => {
+            "was stopped (`bkg stop`, `bkg rm`, `bkg exec --restart`, or a Ctrl-C while it waited for a place)"
+        }
         Some(KilledBy::Shutdown | KilledBy::Interrupted) => "ended with the agent",
         None => "ended",
     }

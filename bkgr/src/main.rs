@@ -92,7 +92,8 @@ async fn run(args: Args) -> Result<i32, CliError> {
         for (definition, command) in runs {
             let id = sandbox_id(&definition.project_dir, &definition.name);
             let request = ExecRequest { detach: true, limits: one_off, ..ExecRequest::command(command) };
-            let detached: DetachedRun = match client.post_json(&format!("/api/v1/sandboxes/{id}/exec"), &request).await {
+            let detached: DetachedRun = match client.post_json(&format!("/api/v1/sandboxes/{id}/exec"), &request).await
+            {
                 Ok(detached) => detached,
                 Err(error) if named => return Err(error),
                 // One sandbox refused (busy, no room) leaves the others to start, each failure

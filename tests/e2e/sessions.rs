@@ -792,3 +792,41 @@ fn long_lived_runs_leave_places_for_runs_that_end_by_themselves() {
     let again = agent.bkg_in(dir, &["exec", "js", "-c", "let y = 1"]);
     assert_eq!(code(&again), 0, "{}", stderr(&again));
 }
+
+/// Ctrl-C on a `bkg exec` whose session waits for a place withdraws it: 130, and the session's
+/// run is cancelled in the queue (was: the code ran once a place freed, and bkg exited 0).
+#[test]
+fn ctrl_c_on_an_execution_whose_session_waits_for_a_place_withdraws_it() {
+    let agent = Agent::start_with(AgentOptions {
+        warm_pool: 0,
+        extra_args: ["--max-running-runs", "2"].map(String::from).to_vec(),
+        ..AgentOptions::default()
+    });
+    let project = project(&agent);
+    let mut holders = [agent.start_long_run(), agent.start_long_run()];
+    let waiting = agent
+        .bkg()
+        .args(["exec", "box", "-c", "print('ran')"])
+        .current_dir(project.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exec");
+    bkg_tests::eventually("the session's run queued", || {
+        let listed = agent.bkg().args(["runs", "ls", "--json"]).output().map_err(|error| error.to_string())?;
+        let runs: serde_json::Value = serde_json::from_slice(&listed.stdout).map_err(|error| error.to_string())?;
+        let queued = runs.as_array().into_iter().flatten().any(|run| run["queued"] == true);
+        if queued { Ok(()) } else { Err(runs.to_string()) }
+    });
+    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
+    unsafe { libc::kill(waiting.id() as i32, libc::SIGINT) };
+    let output = waiting.wait_with_output().expect("bkg exec ends");
+    assert_eq!(code(&output), 130, "{}", stderr(&output));
+    assert_eq!(stdout(&output), "", "the code never ran");
+    assert!(stderr(&output).contains("a Ctrl-C while it waited for a place"), "{}", stderr(&output));
+    for holder in &mut holders {
+        holder.kill().expect("end a long run");
+        holder.wait().expect("reap");
+    }
+}

@@ -558,6 +558,13 @@ impl Service {
             // Nothing is running: there is nothing to interrupt.
             return Ok(session.info());
         }
+        // Its interpreter waits for a place still: the interrupt withdraws it, as a cancel does a
+        // queued run's, and the session ends (found by a new-user trial: the execution ran once a
+        // place freed, after its caller's Ctrl-C, and the session then held the place).
+        if session.tracker.is_waiting_for_place() {
+            session.tracker.stop();
+            return Ok(session.info());
+        }
         interrupt(&session).map_err(|error| match error {
             None => OpError::NotFound(format!("session `{name}` has no interpreter running")),
             Some(errno) => OpError::Internal(format!("interrupt the session: {errno}")),
