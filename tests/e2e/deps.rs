@@ -607,3 +607,38 @@ fn a_node_scripts_packages_are_installed_from_its_lockfile_once_and_reused() {
     assert!(!stderr(&persistent).contains("installing"), "{}", stderr(&persistent));
     assert_eq!(registry.tarball_downloads(), 1);
 }
+
+/// Ctrl-C while the run's packages install cancels the run at once (130, recorded cancelled);
+/// the install goes on for the next run (was: bkg waited for the whole install, saying its code
+/// had SIGTERM; found by a new-user trial). The index accepts connections and never answers,
+/// so pip waits as long as the test needs.
+#[test]
+fn ctrl_c_during_an_install_cancels_the_run_at_once() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a silent index");
+    let url = format!("http://127.0.0.1:{}/", silent.local_addr().expect("address").port());
+    let agent =
+        Agent::start_with(AgentOptions { extra_args: vec!["--package-index".into(), url], ..AgentOptions::default() });
+    let mut run = agent
+        .bkg()
+        .args(["exe", "--with", "six==1.17.0", "--type", "python", "-c", "print('ran')"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exe");
+    let mut said = BufReader::new(run.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    said.read_line(&mut first).expect("the install's first line");
+    assert!(first.starts_with("bkg: installing 1 Python package"), "{first}");
+    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
+    unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    said.read_to_string(&mut rest).expect("the rest of stderr");
+    let status = run.wait().expect("bkg exe");
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(!rest.contains("SIGTERM"), "nothing of the code's signals: it never ran: {rest}");
+    let listed = agent.bkg().args(["runs", "ls", "--json", "-n", "1"]).output().expect("bkg runs ls");
+    let runs: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("runs JSON");
+    assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
+    assert!(!runs[0]["finished_at_ms"].is_null(), "{runs}");
+}

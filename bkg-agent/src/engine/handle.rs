@@ -151,6 +151,13 @@ impl RunTracker {
         self.stop.notify_one();
     }
 
+    /// Once a stop or a cancel has been asked for (it is not taken: the run sees it too).
+    pub async fn stop_asked(&self) {
+        self.stop.notified().await;
+        // Given back for the run's own wait (`stopped`), which has not begun.
+        self.stop.notify_one();
+    }
+
     /// Waits for a stop; whether it may be graceful (no stop at once was asked for).
     pub(super) async fn stopped(&self) -> bool {
         self.stop.notified().await;

@@ -82,6 +82,12 @@ impl Engine {
         result
     }
 
+    /// The result of a run cancelled before it had a sandbox (while its packages were being
+    /// installed), whose ticket ends here.
+    pub fn cancelled_before_its_sandbox(&self, ticket: RunTicket, run: &ValidatedRun) -> RunResult {
+        cancelled_in_queue(ticket.run_id().to_owned(), run)
+    }
+
     async fn run_to_end(
         self: &Arc<Self>,
         ticket: RunTicket,

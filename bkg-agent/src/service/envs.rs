@@ -28,6 +28,24 @@ impl From<EnvError> for OpError {
     }
 }
 
+/// A run's environment, ready: where it is, held from removal until the run ends.
+pub(super) struct ProvidedEnv {
+    language: Language,
+    site: std::path::PathBuf,
+    held: InUse,
+}
+
+impl ProvidedEnv {
+    /// Gives `run` the environment; what is returned holds it until the run ends.
+    pub(super) fn give_to(self, run: &mut ValidatedRun) -> InUse {
+        match self.language {
+            Language::Python => run.use_python_env(self.site),
+            Language::Node => run.use_node_env(self.site),
+        }
+        self.held
+    }
+}
+
 impl Service {
     /// The Python requirement set a run asks for, checked: what `provide_env` will install.
     pub(super) fn requirement_set(&self, lines: &[String]) -> OpResult<Vec<String>> {
@@ -61,16 +79,16 @@ impl Service {
         }
     }
 
-    /// Gives a run its environment: the built one for what it asks, else one built now, its
-    /// installer's output sent to `output` as progress. The guard keeps the environment from
-    /// being pruned while the run uses it.
+    /// The environment `request` names: the built one, else one built now (one build of it at a
+    /// time), its installer's output sent to `output` as progress. What it returns keeps the
+    /// environment from being pruned while the run uses it.
     pub(super) async fn provide_env(
         &self,
-        run: &mut ValidatedRun,
         request: &EnvRequest,
+        namespace: &str,
         actor: &str,
-        output: &Option<mpsc::Sender<RunOutput>>,
-    ) -> Result<InUse, RunError> {
+        output: &Option<mpsc::WeakSender<RunOutput>>,
+    ) -> Result<ProvidedEnv, RunError> {
         let envs = self.envs_of(request.language);
         let id = envs.id_of(&request.set);
         let mut held = envs.hold(&id);
@@ -82,7 +100,7 @@ impl Service {
                 match envs.ready(&id) {
                     Some(site) => site,
                     None => {
-                        let site = self.install(&id, request, &run.namespace, actor, output).await?;
+                        let site = self.install(&id, request, namespace, actor, output).await?;
                         // Marked used now that it exists: the first mark found no directory.
                         held = envs.hold(&id);
                         site
@@ -90,11 +108,7 @@ impl Service {
                 }
             }
         };
-        match request.language {
-            Language::Python => run.use_python_env(site),
-            Language::Node => run.use_node_env(site),
-        }
-        Ok(held)
+        Ok(ProvidedEnv { language: request.language, site, held })
     }
 
     async fn install(
@@ -103,12 +117,14 @@ impl Service {
         request: &EnvRequest,
         namespace: &str,
         actor: &str,
-        output: &Option<mpsc::Sender<RunOutput>>,
+        output: &Option<mpsc::WeakSender<RunOutput>>,
     ) -> Result<std::path::PathBuf, RunError> {
         let envs = self.envs_of(request.language);
         let failed = |message: String| RunError::InstallFailed(message);
         let progress = |line: String| {
-            if let Some(output) = output {
+            // Weak: an install whose run was cancelled goes on for the next run, without
+            // keeping the cancelled run's output, and so its caller's stream, open.
+            if let Some(output) = output.as_ref().and_then(mpsc::WeakSender::upgrade) {
                 // Progress is for people watching: a caller slower than the installer misses lines.
                 let _ = output.try_send(RunOutput::Progress(line));
             }

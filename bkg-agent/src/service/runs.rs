@@ -183,13 +183,30 @@ impl Service {
         if let Err(error) = started {
             tracing::error!(%error, run = %run_id, "could not record the run's start");
         }
-        let environment = match &environment {
-            None => Ok(None),
-            Some(request) => self.provide_env(&mut validated, request, &principal.actor(), &output).await.map(Some),
+        // A cancel while its packages install ends the run at once; the install goes on, for
+        // the next run that needs them (found by a new-user trial: a Ctrl-C waited for all of
+        // it, 17 s, under a note that the code had SIGTERM).
+        let environment = match environment {
+            None => Some(Ok(None)),
+            Some(request) => {
+                let service = Arc::clone(&self);
+                let progress = output.as_ref().map(mpsc::Sender::downgrade);
+                let (namespace, actor) = (validated.namespace.clone(), principal.actor());
+                let mut provided =
+                    tokio::spawn(async move { service.provide_env(&request, &namespace, &actor, &progress).await });
+                tokio::select! {
+                    provided = &mut provided => Some(match provided {
+                        Ok(provided) => provided.map(|env| Some(env.give_to(&mut validated))),
+                        Err(_) => Err(crate::service::RunError::InstallFailed("the install's task failed".into())),
+                    }),
+                    () = tracker.stop_asked() => None,
+                }
+            }
         };
         let outcome = match environment {
-            Ok(_held_until_the_run_ends) => self.engine.run(ticket, validated, input, output).await,
-            Err(error) => Err(error),
+            Some(Ok(_held_until_the_run_ends)) => self.engine.run(ticket, validated, input, output).await,
+            Some(Err(error)) => Err(error),
+            None => Ok((self.engine.cancelled_before_its_sandbox(ticket, &validated), Default::default())),
         };
         // What the run kept is stored and recorded under one guard: the quota counts what the
         // store records, and another run's files must not slip in between.
