@@ -92,11 +92,18 @@ const SITE: &str = "/workspace/site";
 pub const REQUIREMENTS_FILE: &str = "/project/requirements.txt";
 
 /// An install may take longer than a run's default minute; the agent's maximum still bounds it.
-/// Its disk is the agent's default (`INSTALL_LIMITS.disk_bytes` is replaced): pip stages the
-/// whole environment in the sandbox's /tmp before moving it to the target, so that bounds an
-/// environment's size, with a disk every agent's budget allows.
+/// Its disk is the agent's default, or the run's own when that is larger (`INSTALL_LIMITS
+/// .disk_bytes` is replaced): pip stages the whole environment in the sandbox's /tmp before
+/// moving it to the target, so that bounds an environment's size, and a run given a larger
+/// disk (`--disk`) may install larger packages.
 const INSTALL_LIMITS: Limits =
     Limits { cpu_millis: 1000, memory_bytes: 1024 * MIB, timeout_ms: 600_000, disk_bytes: 0, pids: 256 };
+
+/// The install sandbox's disk: the agent's default, or the run's when larger, within the
+/// agent's maximum.
+fn install_disk(default: u64, run: u64, max: u64) -> u64 {
+    default.max(run).min(max)
+}
 
 impl Engine {
     /// The run that installs `dirs`' packages into its `site/` from `index`.
@@ -107,6 +114,7 @@ impl Engine {
         index: &PackageIndex,
         namespace: &str,
         id: &str,
+        run_disk_bytes: u64,
     ) -> Result<ValidatedRun, RunError> {
         let interpreter = self.interpreter(language)?.to_string_lossy().into_owned();
         let max = self.config.max_limits;
@@ -114,7 +122,7 @@ impl Engine {
             cpu_millis: INSTALL_LIMITS.cpu_millis.min(max.cpu_millis),
             memory_bytes: INSTALL_LIMITS.memory_bytes.min(max.memory_bytes),
             timeout_ms: INSTALL_LIMITS.timeout_ms.min(max.timeout_ms),
-            disk_bytes: self.config.default_limits.disk_bytes,
+            disk_bytes: install_disk(self.config.default_limits.disk_bytes, run_disk_bytes, max.disk_bytes),
             pids: INSTALL_LIMITS.pids.min(max.pids),
         };
         let root = Owner { uid: 0, gid: 0 };
@@ -238,6 +246,14 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_install_has_the_default_disk_or_the_runs_larger_one_within_the_maximum() {
+        let mib = |n: u64| n * MIB;
+        assert_eq!(install_disk(mib(500), mib(64), mib(10_240)), mib(500));
+        assert_eq!(install_disk(mib(500), mib(3072), mib(10_240)), mib(3072));
+        assert_eq!(install_disk(mib(500), mib(20_480), mib(10_240)), mib(10_240));
+    }
 
     #[test]
     fn pip_reads_the_requirements_file_the_project_directory_is_given() {

@@ -85,7 +85,7 @@ impl Service {
     pub(super) async fn provide_env(
         &self,
         request: &EnvRequest,
-        namespace: &str,
+        (namespace, disk_bytes): (&str, u64),
         actor: &str,
         output: &Option<mpsc::WeakSender<RunOutput>>,
     ) -> Result<ProvidedEnv, RunError> {
@@ -100,7 +100,7 @@ impl Service {
                 match envs.ready(&id) {
                     Some(site) => site,
                     None => {
-                        let site = self.install(&id, request, namespace, actor, output).await?;
+                        let site = self.install(&id, request, (namespace, disk_bytes), actor, output).await?;
                         // Marked used now that it exists: the first mark found no directory.
                         held = envs.hold(&id);
                         site
@@ -115,7 +115,7 @@ impl Service {
         &self,
         id: &str,
         request: &EnvRequest,
-        namespace: &str,
+        (namespace, disk_bytes): (&str, u64),
         actor: &str,
         output: &Option<mpsc::WeakSender<RunOutput>>,
     ) -> Result<std::path::PathBuf, RunError> {
@@ -136,8 +136,14 @@ impl Service {
         };
         progress(format!("installing {packages} into environment {id} from {}", envs.index.url));
         let dirs = envs.begin_build(id, &request.files).map_err(|error| failed(error.to_string()))?;
-        let install =
-            self.engine.install_run(request.language, &dirs, &envs.index, namespace, &format!("install-{id}"))?;
+        let install = self.engine.install_run(
+            request.language,
+            &dirs,
+            &envs.index,
+            namespace,
+            &format!("install-{id}"),
+            disk_bytes,
+        )?;
         let ticket = self.engine.accept(new_id("install"), &install)?;
         let (_no_input, input) = mpsc::channel(1);
         let (lines_tx, mut lines_rx) = mpsc::channel::<RunOutput>(64);
@@ -194,6 +200,10 @@ impl Service {
             }
             Ok((result, _nothing_kept)) => Some(match (result.killed_by, result.exit_code) {
                 (Some(KilledBy::Cancelled), _) => "it was cancelled".to_owned(),
+                (Some(KilledBy::Disk), _) => format!(
+                    "it was stopped by its disk limit, {}: a run given a larger disk (`--disk`, `limits: {{disk: …}}` in cave.yaml) installs with it",
+                    bkg_schema::units::format_size(result.limits.disk_bytes)
+                ),
                 (Some(limit), _) => format!("it was stopped by its {} limit", limit.as_str()),
                 (None, Some(code)) => format!("{installer} exited with code {code}"),
                 (None, None) => format!("{installer} was ended by signal {}", result.signal.unwrap_or_default()),

@@ -192,8 +192,11 @@ impl Service {
                 let service = Arc::clone(&self);
                 let progress = output.as_ref().map(mpsc::Sender::downgrade);
                 let (namespace, actor) = (validated.namespace.clone(), principal.actor());
-                let mut provided =
-                    tokio::spawn(async move { service.provide_env(&request, &namespace, &actor, &progress).await });
+                // The install's disk is at least the run's (`Engine::install_run`).
+                let disk_bytes = validated.limits.disk_bytes;
+                let mut provided = tokio::spawn(async move {
+                    service.provide_env(&request, (&namespace, disk_bytes), &actor, &progress).await
+                });
                 tokio::select! {
                     provided = &mut provided => Some(match provided {
                         Ok(provided) => provided.map(|env| Some(env.give_to(&mut validated))),
