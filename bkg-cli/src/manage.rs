@@ -361,9 +361,17 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> Result<i32, CliError> 
     }
     let open = |follow: bool| {
         let path = format!("/api/v1/sandboxes/{id}/logs?follow={follow}");
-        let (client, name, project) = (&client, &args.name, &project);
+        let (client, name, project, id) = (&client, &args.name, &project, &id);
         async move {
-            client.open_found(&path).await?.ok_or_else(|| match project {
+            if let Some(response) = client.open_found(&path).await? {
+                return Ok(response);
+            }
+            // A sandbox whose only run failed before its script started (its packages did not
+            // install) has no log: why is said (found by a new-user trial: "no output yet").
+            if let Some(why) = last_run_failure(client, id).await {
+                return Err(CliError::usage(format!("sandbox `{name}` has no output: {why}")));
+            }
+            Err(match project {
                 Some(project) => {
                     let otherwise = |run: &str| {
                         format!("sandbox `{name}` has no output yet in {}: {run} runs it", project.display())

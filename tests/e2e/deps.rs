@@ -642,3 +642,26 @@ fn ctrl_c_during_an_install_cancels_the_run_at_once() {
     assert_eq!(runs[0]["killed_by"], "cancelled", "{runs}");
     assert!(!runs[0]["finished_at_ms"].is_null(), "{runs}");
 }
+
+/// `bkg logs` of a sandbox whose only run failed at its install says why it has no output (was:
+/// "no output yet", as if it had never run; found by a new-user trial).
+#[test]
+fn the_log_of_a_sandbox_whose_install_failed_says_why_it_is_empty() {
+    let index = LocalIndex::start();
+    let agent = agent_with_index(&index);
+    let project = tempfile::tempdir().expect("project");
+    std::fs::write(project.path().join("requirements.txt"), "no-such-package-bkg==1.0\n").expect("requirements");
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        "version: 1\nsandboxes:\n  pk:\n    type: python\n    python:\n      requirements: requirements.txt\n    \
+         scripts:\n      start: python -c 'print(1)'\n",
+    )
+    .expect("cave.yaml");
+    let run = agent.bkgr(project.path(), &["pk"]);
+    assert_eq!(code(&run), 125, "{}", stderr(&run));
+    let logs = agent.bkg_in(project.path(), &["logs", "pk"]);
+    assert_eq!(code(&logs), 125, "{}", stderr(&logs));
+    let said = stderr(&logs);
+    assert!(said.starts_with("bkg: sandbox `pk` has no output: pk's last run (run_"), "{said}");
+    assert!(said.contains("failed: installing 1 Python package failed"), "{said}");
+}
