@@ -275,8 +275,14 @@ fn requirements(args: &ExeArgs, script: Option<&str>, language: Language) -> Res
     let file = args.requirements.clone().or(beside_script);
     let mut lines = Vec::new();
     if let Some(file) = &file {
-        let text = std::fs::read_to_string(file)
-            .map_err(|error| CliError::usage(format!("requirements {}: {error}", file.display())))?;
+        let text = std::fs::read_to_string(file).map_err(|error| {
+            let why = match error.kind() {
+                std::io::ErrorKind::InvalidData => "it is not UTF-8 text, as pip reads requirements".to_owned(),
+                std::io::ErrorKind::NotFound => "there is no such file".to_owned(),
+                _ => error.to_string(),
+            };
+            CliError::usage(format!("cannot read the requirements file {}: {why}", file.display()))
+        })?;
         lines.extend(text.lines().map(str::to_owned));
     }
     // An empty one is most likely a variable that was not set (`--with "$PACKAGE"`).

@@ -85,6 +85,7 @@ fn common_errors() {
         &["ls", "--bogus"],
         &["runs", "ls", "--limit", "0"],
         &["exe", "--with", "", "-t", "python", "-c", "print(1)"],
+        &["exe", "-r", "missing-requirements.txt", "-t", "python", "-c", "print(1)"],
         &["runs", "files", "run_1", "--output", "/etc/hostname"],
         &["logout"],
         &["completions", "tcsh"],
