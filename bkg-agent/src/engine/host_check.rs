@@ -146,6 +146,28 @@ pub struct StateDirFacts {
     pub path: PathBuf,
     /// The name of the filesystem when it keeps its files in memory (`tmpfs`, `ramfs`).
     pub memory_backed: Option<&'static str>,
+    /// The name of the filesystem when it is the kernel's view of itself (`proc`, `sysfs`), where
+    /// no directory can be made.
+    pub holds_no_files: Option<&'static str>,
+}
+
+/// Which of the kernel's own filesystems, where nothing can be stored, holds `dir` (or, before
+/// it is made, its nearest ancestor).
+fn kernel_filesystem(dir: &Path) -> Option<&'static str> {
+    use nix::sys::statfs::{
+        CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC, PROC_SUPER_MAGIC, SECURITYFS_MAGIC, SYSFS_MAGIC, statfs,
+    };
+    let stats = dir.ancestors().find_map(|dir| statfs(dir).ok())?;
+    [
+        (PROC_SUPER_MAGIC, "proc"),
+        (SYSFS_MAGIC, "sysfs"),
+        (CGROUP_SUPER_MAGIC, "cgroup"),
+        (CGROUP2_SUPER_MAGIC, "cgroup2"),
+        (DEBUGFS_MAGIC, "debugfs"),
+        (SECURITYFS_MAGIC, "securityfs"),
+    ]
+    .into_iter()
+    .find_map(|(magic, name)| (stats.filesystem_type() == magic).then_some(name))
 }
 
 /// Which memory-backed filesystem holds `dir` (or, before it is made, its nearest ancestor).
@@ -193,7 +215,11 @@ pub fn probe(python: &Path, node: &Path, state_dir: &Path) -> HostFacts {
             mkfs_ext4: MKFS_EXT4_PATHS.into_iter().map(PathBuf::from).find(|path| path.exists()),
         },
         runtimes: vec![probe_runtime(Language::Python, python), probe_runtime(Language::Node, node)],
-        state_dir: StateDirFacts { path: state_dir.to_path_buf(), memory_backed: memory_backed(state_dir) },
+        state_dir: StateDirFacts {
+            path: state_dir.to_path_buf(),
+            memory_backed: memory_backed(state_dir),
+            holds_no_files: kernel_filesystem(state_dir),
+        },
     }
 }
 
@@ -489,6 +515,13 @@ fn disk_check(facts: &DiskFacts) -> Check {
 fn state_dir_check(facts: &StateDirFacts) -> Check {
     let name = bkg_schema::host::STATE_DIR_FS_CHECK;
     let dir = facts.path.display();
+    if let Some(filesystem) = facts.holds_no_files {
+        return Check::fail(
+            name,
+            format!("{dir} is on {filesystem}, the kernel's own filesystem, where the agent can keep nothing"),
+            "start the agent with --state-dir (BKG_STATE_DIR) on a filesystem on disk, such as the default /var/lib/bkg",
+        );
+    }
     match facts.memory_backed {
         None => Check::pass(name, format!("{dir} is on a filesystem on disk")),
         Some(filesystem) => Check::warn(
@@ -615,7 +648,7 @@ mod tests {
                 },
                 RuntimeFacts { language: Language::Node, path: "/usr/bin/node".into(), version: Ok("v20.20.2".into()) },
             ],
-            state_dir: StateDirFacts { path: "/var/lib/bkg".into(), memory_backed: None },
+            state_dir: StateDirFacts { path: "/var/lib/bkg".into(), memory_backed: None, holds_no_files: None },
         }
     }
 
@@ -625,6 +658,17 @@ mod tests {
         facts.state_dir.memory_backed = Some("tmpfs");
         assert_eq!(status_of(&facts, bkg_schema::host::STATE_DIR_FS_CHECK), CheckStatus::Warn);
         assert_eq!(admit(&report(&facts), SecurityLevel::Strict).ok(), Some(SecurityLevel::Strict));
+    }
+
+    /// Found by a new-user trial: `bkg doctor --state-dir /proc/nope` passed the check.
+    #[test]
+    fn a_state_directory_on_the_kernels_filesystems_fails_before_it_exists() {
+        assert_eq!(kernel_filesystem(Path::new("/proc/bkg-not-made/state")), Some("proc"));
+        assert_eq!(kernel_filesystem(Path::new("/sys/kernel/bkg-not-made")), Some("sysfs"));
+        assert_eq!(kernel_filesystem(&Path::new(env!("CARGO_MANIFEST_DIR")).join("not-made/state")), None);
+        let mut facts = healthy();
+        facts.state_dir.holds_no_files = Some("proc");
+        assert_eq!(status_of(&facts, bkg_schema::host::STATE_DIR_FS_CHECK), CheckStatus::Fail);
     }
 
     #[test]
