@@ -830,3 +830,39 @@ fn ctrl_c_on_an_execution_whose_session_waits_for_a_place_withdraws_it() {
         holder.wait().expect("reap");
     }
 }
+
+/// One namespace's sessions, services and terminals hold all their places but one, which is
+/// another namespace's (was: one namespace's could take them all; found by a new-user trial).
+#[test]
+fn one_namespace_leaves_a_long_lived_place_to_the_others() {
+    // Four places: three for sessions, services and terminals, two of them one namespace's.
+    let agent = Agent::start_with(AgentOptions {
+        warm_pool: 0,
+        extra_args: ["--max-running-runs", "4"].map(String::from).to_vec(),
+        ..AgentOptions::default()
+    });
+    let project_of = |namespace: &str, names: &[&str]| {
+        let project = tempfile::tempdir().expect("project dir");
+        let mut cave = format!("version: 1\nnamespace: {namespace}\nsandboxes:\n");
+        for name in names {
+            cave.push_str(&format!("  {name}:\n    type: python\n    limits: {{disk: 64MiB}}\n"));
+        }
+        std::fs::write(project.path().join("cave.yaml"), cave).expect("cave.yaml");
+        project
+    };
+    let ours = project_of("default", &["a", "b", "c"]);
+    let theirs = project_of("team", &["t"]);
+    for name in ["a", "b"] {
+        let session = agent.bkg_in(ours.path(), &["exec", name, "-c", "1"]);
+        assert_eq!(code(&session), 0, "{name}: {}", stderr(&session));
+    }
+    let third = agent.bkg_in(ours.path(), &["exec", "c", "-c", "1"]);
+    assert_eq!(code(&third), 125, "{}", stderr(&third));
+    assert!(
+        stderr(&third).contains("of namespace `default` already hold 2 places, all one namespace may"),
+        "{}",
+        stderr(&third)
+    );
+    let other = agent.bkg_in(theirs.path(), &["exec", "t", "-c", "1"]);
+    assert_eq!(code(&other), 0, "{}", stderr(&other));
+}

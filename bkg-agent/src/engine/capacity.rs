@@ -5,7 +5,8 @@
 //! Runs that last as long as someone keeps them (sessions, services, terminals) may hold at most
 //! `CapacityConfig::long_lived_max` places: the rest stay for runs that end by themselves, so
 //! idle sessions cannot keep every other run waiting for their hour (found by a new-user trial).
-//! One over that bound is refused at once, with what holds the places, rather than queued.
+//! One over that bound is refused at once, with what holds the places, rather than queued. One
+//! namespace may hold all of them but one, which stays for the others' (when there are two).
 //!
 //! The default disk budget is a share of the free space read at each grant, not once at start:
 //! every sandbox's image has its blocks reserved on the host (engine/disk.rs), so another agent
@@ -90,6 +91,10 @@ pub enum CapacityError {
     DiskBudget { asked: String, in_use: String, budget: String, bound: &'static str },
     #[error("{}", long_lived_full(*held, *max_running))]
     LongLivedFull { held: usize, max_running: usize },
+    #[error(
+        "sessions, services and terminals of namespace `{namespace}` already hold {held} places, all one namespace may: one more is kept for other namespaces'; end one (`bkg stop NAME`, or `bkg runs cancel ID` for a terminal) or try again later"
+    )]
+    LongLivedOfNamespace { namespace: String, held: usize },
     #[error("cannot read the free space of {dir}: {error}")]
     FreeSpace { dir: String, error: nix::errno::Errno },
 }
@@ -99,7 +104,7 @@ impl CapacityError {
     pub fn retry_after_secs(&self) -> u32 {
         match self {
             Self::QueueFull { .. } => 1,
-            Self::LongLivedFull { .. } => 10,
+            Self::LongLivedFull { .. } | Self::LongLivedOfNamespace { .. } => 10,
             Self::DiskBudget { .. } | Self::FreeSpace { .. } => 5,
         }
     }
@@ -110,8 +115,8 @@ pub struct Capacity {
     queue: Mutex<Queue>,
     disk_in_use: Mutex<u64>,
     last_runs: Mutex<LastRuns>,
-    /// Long-lived runs accepted and not yet ended, queued or going on.
-    long_lived: Mutex<usize>,
+    /// Long-lived runs accepted and not yet ended, queued or going on, by namespace.
+    long_lived: Mutex<HashMap<String, usize>>,
 }
 
 #[derive(Default)]
@@ -215,12 +220,18 @@ impl Drop for Waiting<'_> {
 /// acceptance to its end (`RunTicket`), given back when dropped.
 pub struct LongLivedHold {
     capacity: Arc<Capacity>,
+    namespace: String,
 }
 
 impl Drop for LongLivedHold {
     fn drop(&mut self) {
         let mut held = self.capacity.long_lived.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *held = held.saturating_sub(1);
+        if let Some(count) = held.get_mut(&self.namespace) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.namespace);
+            }
+        }
     }
 }
 
@@ -244,7 +255,7 @@ impl Capacity {
             queue: Mutex::new(Queue::default()),
             disk_in_use: Mutex::new(0),
             last_runs: Mutex::new(LastRuns::default()),
-            long_lived: Mutex::new(0),
+            long_lived: Mutex::new(HashMap::new()),
         }
     }
 
@@ -354,19 +365,26 @@ impl Capacity {
 
     /// A place for a long-lived run, refused at once when they hold all they may: such a run
     /// would otherwise wait for one of them to end, which may be in an hour.
-    pub fn hold_long_lived(self: &Arc<Self>) -> Result<LongLivedHold, CapacityError> {
+    pub fn hold_long_lived(self: &Arc<Self>, namespace: &str) -> Result<LongLivedHold, CapacityError> {
         let mut held = self.long_lived.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if *held >= self.config.long_lived_max() {
-            tracing::warn!(held = *held, "long-lived run refused: they hold every place they may");
-            return Err(CapacityError::LongLivedFull { held: *held, max_running: self.config.max_running });
+        let all: usize = held.values().sum();
+        let max = self.config.long_lived_max();
+        if all >= max {
+            tracing::warn!(held = all, namespace, "long-lived run refused: they hold every place they may");
+            return Err(CapacityError::LongLivedFull { held: all, max_running: self.config.max_running });
         }
-        *held += 1;
-        Ok(LongLivedHold { capacity: Arc::clone(self) })
+        let of_namespace = held.get(namespace).copied().unwrap_or(0);
+        if max >= 2 && of_namespace >= max - 1 {
+            tracing::warn!(held = of_namespace, namespace, "long-lived run refused: its namespace holds all it may");
+            return Err(CapacityError::LongLivedOfNamespace { namespace: namespace.to_owned(), held: of_namespace });
+        }
+        *held.entry(namespace.to_owned()).or_default() += 1;
+        Ok(LongLivedHold { capacity: Arc::clone(self), namespace: namespace.to_owned() })
     }
 
     /// Long-lived runs accepted and not ended now.
     pub fn long_lived_held(&self) -> usize {
-        *self.long_lived.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.long_lived.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).values().sum()
     }
 
     /// Takes `bytes` of the disk budget for a sandbox about to be made.
@@ -441,12 +459,20 @@ mod tests {
         let max = |max_running| capacity(max_running, 1).config().long_lived_max();
         assert_eq!([1, 2, 3, 4, 8, 16].map(max), [1, 1, 2, 3, 6, 12]);
         let capacity = capacity(4, 1);
-        let held: Vec<_> = (0..3).map(|_| capacity.hold_long_lived()).collect();
+        let mut held: Vec<_> = (0..2).map(|_| capacity.hold_long_lived("a")).collect();
         assert!(held.iter().all(Result::is_ok));
-        let refused = capacity.hold_long_lived();
+        // One namespace holds all but one: the last is another namespace's.
+        let refused = capacity.hold_long_lived("a");
+        assert!(matches!(refused, Err(CapacityError::LongLivedOfNamespace { held: 2, .. })));
+        held.push(capacity.hold_long_lived("b"));
+        assert!(held.iter().all(Result::is_ok));
+        let refused = capacity.hold_long_lived("c");
         assert!(matches!(refused, Err(CapacityError::LongLivedFull { held: 3, max_running: 4 })));
         drop(held);
-        assert!(capacity.hold_long_lived().is_ok(), "the places were given back");
+        assert!(capacity.hold_long_lived("c").is_ok(), "the places were given back");
+        // With one place for them, one namespace may take it.
+        let two = super::tests::capacity(2, 1);
+        assert!(two.hold_long_lived("a").is_ok());
     }
 
     #[tokio::test]

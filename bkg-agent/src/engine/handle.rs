@@ -258,7 +258,7 @@ impl Engine {
             )));
         }
         let long_lived = match run.place {
-            Place::LongLived => Some(self.capacity.hold_long_lived()?),
+            Place::LongLived => Some(self.capacity.hold_long_lived(&run.namespace)?),
             Place::OneShot | Place::BesideTheQueue => None,
         };
         if let Some(sandbox_id) = &sandbox_id {
