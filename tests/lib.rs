@@ -98,6 +98,14 @@ impl Default for AgentOptions {
     }
 }
 
+impl AgentOptions {
+    /// These options with `--max-running-runs places`.
+    pub fn with_places(mut self, places: usize) -> Self {
+        self.extra_args.extend(["--max-running-runs".to_owned(), places.to_string()]);
+        self
+    }
+}
+
 impl Agent {
     pub fn start() -> Self {
         Self::start_with(AgentOptions::default())

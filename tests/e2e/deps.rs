@@ -312,9 +312,23 @@ fn an_index_the_agent_cannot_reach_is_named_as_the_cause() {
 /// pip waits) is the agent's stop, not a failed install of the run's packages.
 #[test]
 fn an_install_cut_short_by_the_agents_stop_is_not_a_failed_install() {
+    let (mut agent, _silent, mut run, mut said) = installing_from_a_silent_index();
+    agent.stop();
+    let mut rest = String::new();
+    said.read_to_string(&mut rest).expect("the rest of stderr");
+    let status = run.wait().expect("bkg exe");
+    assert_eq!(status.code(), Some(125), "{rest}");
+    assert!(rest.contains("the agent is shutting down"), "{rest}");
+    assert!(!rest.contains("failed"), "{rest}");
+}
+
+/// An agent whose package index accepts connections and never answers (pip waits), the index,
+/// and a `bkg exe` of code that needs a package, with its stderr, once it has said the install
+/// began.
+fn installing_from_a_silent_index() -> (Agent, std::net::TcpListener, Child, BufReader<std::process::ChildStderr>) {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a silent index");
     let url = format!("http://127.0.0.1:{}/", silent.local_addr().expect("address").port());
-    let mut agent =
+    let agent =
         Agent::start_with(AgentOptions { extra_args: vec!["--package-index".into(), url], ..AgentOptions::default() });
     let mut run = agent
         .bkg()
@@ -328,13 +342,7 @@ fn an_install_cut_short_by_the_agents_stop_is_not_a_failed_install() {
     let mut first = String::new();
     said.read_line(&mut first).expect("the install's first line");
     assert!(first.starts_with("bkg: installing 1 Python package"), "{first}");
-    agent.stop();
-    let mut rest = String::new();
-    said.read_to_string(&mut rest).expect("the rest of stderr");
-    let status = run.wait().expect("bkg exe");
-    assert_eq!(status.code(), Some(125), "{rest}");
-    assert!(rest.contains("the agent is shutting down"), "{rest}");
-    assert!(!rest.contains("failed"), "{rest}");
+    (agent, silent, run, said)
 }
 
 /// Every file under `dir` (the agent's state, its log) that contains `needle`. Sandbox disk
@@ -614,22 +622,7 @@ fn a_node_scripts_packages_are_installed_from_its_lockfile_once_and_reused() {
 /// so pip waits as long as the test needs.
 #[test]
 fn ctrl_c_during_an_install_cancels_the_run_at_once() {
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a silent index");
-    let url = format!("http://127.0.0.1:{}/", silent.local_addr().expect("address").port());
-    let agent =
-        Agent::start_with(AgentOptions { extra_args: vec!["--package-index".into(), url], ..AgentOptions::default() });
-    let mut run = agent
-        .bkg()
-        .args(["exe", "--with", "six==1.17.0", "--type", "python", "-c", "print('ran')"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg exe");
-    let mut said = BufReader::new(run.stderr.take().expect("stderr"));
-    let mut first = String::new();
-    said.read_line(&mut first).expect("the install's first line");
-    assert!(first.starts_with("bkg: installing 1 Python package"), "{first}");
+    let (agent, _silent, mut run, mut said) = installing_from_a_silent_index();
     // SAFETY: kill(2) on a child this test spawned; no memory is involved.
     unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
     let mut rest = String::new();

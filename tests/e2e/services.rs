@@ -708,16 +708,12 @@ fn services_project(agent: &Agent, names: &[&str], start: &str) -> tempfile::Tem
     project
 }
 
-fn with_places(places: &str) -> AgentOptions {
-    AgentOptions { extra_args: vec!["--max-running-runs".into(), places.into()], ..Default::default() }
-}
-
 /// A failed service whose place a session took during its pause waits for room and starts
 /// again once the session ends (was: it was switched off for good; found by a new-user trial).
 #[test]
 fn a_service_whose_place_was_taken_during_its_pause_starts_once_it_is_free() {
     // Two places: one for sessions, services and terminals.
-    let agent = Agent::start_with(with_places("2"));
+    let agent = Agent::start_with(AgentOptions::default().with_places(2));
     let project = services_project(&agent, &["flaky"], "python -c \"raise SystemExit(4)\"");
     let dir = project.path();
     let started = agent.bkgr(dir, &["-d", "flaky"]);
@@ -747,7 +743,7 @@ fn a_service_whose_place_was_taken_during_its_pause_starts_once_it_is_free() {
 /// frees (was: refused once, and never started again, by later agents either).
 #[test]
 fn services_an_agent_has_no_room_for_start_once_a_place_frees() {
-    let mut agent = Agent::start_with(with_places("4"));
+    let mut agent = Agent::start_with(AgentOptions::default().with_places(4));
     let project = services_project(&agent, &["one", "two"], "sleep 1000");
     let dir = project.path();
     for name in ["one", "two"] {
@@ -755,7 +751,7 @@ fn services_an_agent_has_no_room_for_start_once_a_place_frees() {
         assert_eq!(code(&started), 0, "{name}: {}", stderr(&started));
     }
     agent.stop();
-    agent.spawn(&with_places("2"));
+    agent.spawn(&AgentOptions::default().with_places(2));
     let (waiting, running) = poll("one service to wait for room", || {
         let [one, two] = ["one", "two"].map(|name| status_of(&agent, dir, name));
         let waits = |info: &serde_json::Value| {

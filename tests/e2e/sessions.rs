@@ -759,11 +759,7 @@ fn the_output_of_an_execution_whose_caller_went_away_opens_the_next() {
 /// for their hour; found by a new-user trial).
 #[test]
 fn long_lived_runs_leave_places_for_runs_that_end_by_themselves() {
-    let agent = Agent::start_with(AgentOptions {
-        warm_pool: 0,
-        extra_args: ["--max-running-runs", "2"].map(String::from).to_vec(),
-        ..AgentOptions::default()
-    });
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() }.with_places(2));
     let project = project(&agent);
     let dir = project.path();
     let first = agent.bkg_in(dir, &["exec", "box", "-c", "x = 1"]);
@@ -797,11 +793,7 @@ fn long_lived_runs_leave_places_for_runs_that_end_by_themselves() {
 /// run is cancelled in the queue (was: the code ran once a place freed, and bkg exited 0).
 #[test]
 fn ctrl_c_on_an_execution_whose_session_waits_for_a_place_withdraws_it() {
-    let agent = Agent::start_with(AgentOptions {
-        warm_pool: 0,
-        extra_args: ["--max-running-runs", "2"].map(String::from).to_vec(),
-        ..AgentOptions::default()
-    });
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() }.with_places(2));
     let project = project(&agent);
     let mut holders = [agent.start_long_run(), agent.start_long_run()];
     let waiting = agent
@@ -836,11 +828,7 @@ fn ctrl_c_on_an_execution_whose_session_waits_for_a_place_withdraws_it() {
 #[test]
 fn one_namespace_leaves_a_long_lived_place_to_the_others() {
     // Four places: three for sessions, services and terminals, two of them one namespace's.
-    let agent = Agent::start_with(AgentOptions {
-        warm_pool: 0,
-        extra_args: ["--max-running-runs", "4"].map(String::from).to_vec(),
-        ..AgentOptions::default()
-    });
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() }.with_places(4));
     let project_of = |namespace: &str, names: &[&str]| {
         let project = tempfile::tempdir().expect("project dir");
         let mut cave = format!("version: 1\nnamespace: {namespace}\nsandboxes:\n");

@@ -273,27 +273,17 @@ impl Service {
                                 "its sandbox is busy (a file transfer); it starts again once that is done".to_owned()
                             }
                         };
-                        tracing::info!(sandbox = %id, %waits_for, "the service waits for its sandbox to start again");
-                        self.services.update(&id, |health| health.not_restarted = Some(waits_for));
-                        self.keep_service_health(&id).await;
+                        self.waits_to_start_again(&id, waits_for).await;
                     }
                     // A bound of the agent's (its places, its queue, its disk budget) frees as
                     // runs end: tried again, pause after pause (found by a new-user trial: a
                     // `bkg exec` that took the last place during the pause switched it off).
                     Err(OpError::Run(RunError::Overloaded { reason, .. })) => {
-                        let waits_for = format!("it starts again once the agent has room: {reason}");
-                        tracing::info!(sandbox = %id, %waits_for, "the service waits for room to start again");
-                        self.services.update(&id, |health| health.not_restarted = Some(waits_for));
-                        self.keep_service_health(&id).await;
+                        self.waits_to_start_again(&id, format!("it starts again once the agent has room: {reason}"))
+                            .await;
                     }
                     Err(error) => {
-                        tracing::warn!(sandbox = %id, %error, "the service could not be started again");
-                        self.services.update(&id, |health| {
-                            health.state = ServiceState::Exited;
-                            health.not_restarted = Some(error.to_string());
-                        });
-                        self.keep_service_health(&id).await;
-                        self.forget_service(&id).await;
+                        self.gives_up_on(&id, ServiceState::Exited, &error).await;
                         return;
                     }
                 }
@@ -326,6 +316,24 @@ impl Service {
         if let Err(error) = recorded {
             tracing::warn!(sandbox = %id, %error, "could not record the service for the next agent");
         }
+    }
+
+    /// Says why sandbox `id`'s service waits to start again (`bkg status`).
+    async fn waits_to_start_again(&self, id: &str, waits_for: String) {
+        tracing::info!(sandbox = %id, %waits_for, "the service waits to start again");
+        self.services.update(id, |health| health.not_restarted = Some(waits_for));
+        self.keep_service_health(id).await;
+    }
+
+    /// Ends sandbox `id`'s service for good, as `state`, since `error` keeps it from starting.
+    async fn gives_up_on(&self, id: &str, state: ServiceState, error: &OpError) {
+        tracing::warn!(sandbox = %id, %error, "the service could not be started again");
+        self.services.update(id, |health| {
+            health.state = state;
+            health.not_restarted = Some(error.to_string());
+        });
+        self.keep_service_health(id).await;
+        self.forget_service(id).await;
     }
 
     pub(super) async fn forget_service(&self, id: &str) {
@@ -430,13 +438,7 @@ impl Service {
                 // Still no room, or its sandbox held meanwhile (`bkg exec`): tried again.
                 Err(OpError::Run(RunError::Overloaded { .. } | RunError::Busy(_))) => {}
                 Err(error) => {
-                    tracing::warn!(sandbox = %id, %error, "the service could not be started again");
-                    self.services.update(&id, |health| {
-                        health.state = ServiceState::Stopped;
-                        health.not_restarted = Some(error.to_string());
-                    });
-                    self.keep_service_health(&id).await;
-                    self.forget_service(&id).await;
+                    self.gives_up_on(&id, ServiceState::Stopped, &error).await;
                     return;
                 }
             }
