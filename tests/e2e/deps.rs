@@ -211,6 +211,20 @@ fn a_requirements_file_beside_the_script_is_installed_once_and_reused() {
     assert_eq!(stdout(&listed).trim(), "[]");
 }
 
+/// A project whose sandbox `pk` requires a package no index has, with `more` of its definition.
+fn needing_a_missing_package(more: &str) -> tempfile::TempDir {
+    let project = tempfile::tempdir().expect("project");
+    std::fs::write(project.path().join("requirements.txt"), "no-such-package-bkg==1.0\n").expect("requirements");
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        format!(
+            "version: 1\nsandboxes:\n  pk:\n    type: python\n    python:\n      requirements: requirements.txt\n{more}"
+        ),
+    )
+    .expect("cave.yaml");
+    project
+}
+
 /// Found by a new-user trial: `bkg exec` and `bkg repl` in a sandbox whose packages cannot be
 /// installed said only that the interpreter had ended (the repl even that a fresh one was
 /// ready). They give the installer's error and exit 125, as bkgr does.
@@ -218,13 +232,7 @@ fn a_requirements_file_beside_the_script_is_installed_once_and_reused() {
 fn a_session_whose_packages_fail_to_install_says_so() {
     let index = LocalIndex::start();
     let agent = agent_with_index(&index);
-    let project = tempfile::tempdir().expect("project");
-    std::fs::write(project.path().join("requirements.txt"), "no-such-package-bkg==1.0\n").expect("requirements");
-    std::fs::write(
-        project.path().join("cave.yaml"),
-        "version: 1\nsandboxes:\n  pk:\n    type: python\n    python:\n      requirements: requirements.txt\n",
-    )
-    .expect("cave.yaml");
+    let project = needing_a_missing_package("");
     let exec = agent.bkg_in(project.path(), &["exec", "pk", "-c", "print('ran')"]);
     assert_eq!((code(&exec), stdout(&exec)), (125, String::new()), "{}", stderr(&exec));
     assert!(
@@ -642,14 +650,7 @@ fn ctrl_c_during_an_install_cancels_the_run_at_once() {
 fn the_log_of_a_sandbox_whose_install_failed_says_why_it_is_empty() {
     let index = LocalIndex::start();
     let agent = agent_with_index(&index);
-    let project = tempfile::tempdir().expect("project");
-    std::fs::write(project.path().join("requirements.txt"), "no-such-package-bkg==1.0\n").expect("requirements");
-    std::fs::write(
-        project.path().join("cave.yaml"),
-        "version: 1\nsandboxes:\n  pk:\n    type: python\n    python:\n      requirements: requirements.txt\n    \
-         scripts:\n      start: python -c 'print(1)'\n",
-    )
-    .expect("cave.yaml");
+    let project = needing_a_missing_package("    scripts:\n      start: python -c 'print(1)'\n");
     let run = agent.bkgr(project.path(), &["pk"]);
     assert_eq!(code(&run), 125, "{}", stderr(&run));
     let logs = agent.bkg_in(project.path(), &["logs", "pk"]);
