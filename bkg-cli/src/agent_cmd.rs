@@ -257,6 +257,10 @@ pub fn sync_state(sync: &bkg_schema::sync::SyncStatus) -> String {
         (Some(error), failures) if failures > 0 => {
             format!("failing ({failures} attempts): {error} · {waiting} (`bkg sync status`)")
         }
+        _ if sync.is_behind() => format!(
+            "behind: the oldest event has waited {}, no attempt failed yet · {waiting} (`bkg sync status`)",
+            bkg_schema::units::format_duration_ms(sync.lag_ms.unwrap_or_default())
+        ),
         _ if sync.parked > 0 => format!("in sync but for parked events · {waiting} (`bkg sync retry`)"),
         _ => format!("in sync · {waiting}"),
     }

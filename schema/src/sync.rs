@@ -48,10 +48,24 @@ pub struct SyncView {
     pub parked_events: Vec<ParkedEvent>,
 }
 
+/// How long the oldest event may wait before the sync counts as behind though no attempt has
+/// failed yet: a healthy agent ships within a second or two, and an attempt bkg_db hangs up
+/// fails only at the worker's timeout (30 s).
+pub const BEHIND_AFTER_MS: u64 = 10_000;
+
+impl SyncStatus {
+    /// Whether events have waited longer than `BEHIND_AFTER_MS` with no failed attempt yet
+    /// (found by a new-user trial: with PostgreSQL hung, status said "in sync" for 30 s).
+    pub fn is_behind(&self) -> bool {
+        self.failures == 0 && self.lag_ms.is_some_and(|lag| lag >= BEHIND_AFTER_MS)
+    }
+}
+
 impl SyncView {
-    /// Whether an operator should look: the last attempt failed or events are parked.
+    /// Whether an operator should look: the last attempt failed, events are parked, or they wait
+    /// too long.
     pub fn needs_attention(&self) -> bool {
-        self.status.failures > 0 || self.status.parked > 0
+        self.status.failures > 0 || self.status.parked > 0 || (self.configured && self.status.is_behind())
     }
 }
 
@@ -83,4 +97,31 @@ pub struct Migrated {
     /// The version bkg_db is at now: above `latest` when a newer agent migrated it (migrations
     /// only add, so this agent keeps working).
     pub version: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_waiting_ten_seconds_with_no_failure_yet_are_behind_and_need_attention() {
+        let view = |lag_ms: Option<u64>, failures: u32, configured: bool| SyncView {
+            configured,
+            status: SyncStatus {
+                backlog: 2,
+                parked: 0,
+                lag_ms,
+                last_success_ms: None,
+                last_error: None,
+                last_error_ms: None,
+                failures,
+            },
+            parked_events: Vec::new(),
+        };
+        assert!(!view(Some(BEHIND_AFTER_MS - 1), 0, true).needs_attention(), "shipping as usual");
+        assert!(view(Some(BEHIND_AFTER_MS), 0, true).status.is_behind());
+        assert!(view(Some(BEHIND_AFTER_MS), 0, true).needs_attention());
+        assert!(!view(Some(BEHIND_AFTER_MS), 1, true).status.is_behind(), "failing, not behind");
+        assert!(!view(Some(60_000), 0, false).needs_attention(), "kept for a bkg_db not configured");
+    }
 }
