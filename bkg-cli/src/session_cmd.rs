@@ -840,7 +840,8 @@ fn died_of(killed_by: Option<bkg_schema::KilledBy>) -> &'static str {
         Some(KilledBy::Disk) => "failed with its disk full (limits.disk in cave.yaml)",
         // Any of them ends its run alike (found by a new-user trial: `bkg rm` was named `bkg stop`).
         Some(KilledBy::Cancelled) => {
-            "was stopped (`bkg stop`, `bkg rm`, `bkg exec --restart`, or a Ctrl-C while it waited for a place)"
+            "was stopped (`bkg stop`, `bkg rm`, `bkg exec --restart`, a Ctrl-C while it waited for a place, or \
+             the API key it was started with was revoked, rotated, deleted or expired)"
         }
         Some(KilledBy::Shutdown | KilledBy::Interrupted) => "ended with the agent",
         None => "ended",

@@ -769,7 +769,6 @@ fn a_quiet_followed_log_ends_at_once_with_the_reason_when_its_key_is_revoked() {
 /// the key's stream ends, saying so; the session stays for the keys that still speak for it.
 #[test]
 fn a_cell_sent_with_a_key_is_cut_off_when_the_key_is_revoked() {
-    use std::io::{Read, Write};
     let api = ApiAgent::start(&[]);
     let (_, key) = api.key("namespace", Some("web"));
     let (session_id, session) = api.key("session", Some("web"));
@@ -779,29 +778,7 @@ fn a_cell_sent_with_a_key_is_cut_off_when_the_key_is_revoked() {
     let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
     expect(&team.post(&format!("/api/v1/sandboxes/{id}/sessions"), &json!({})), 201, "the team's session");
 
-    let mut cell = std::net::TcpStream::connect(&api.address).expect("connect");
-    cell.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
-    let body = json!({ "code": "import time\nprint('first', flush=True)\nfor i in range(60):\n    time.sleep(1)\n    print('tick', i, flush=True)" })
-        .to_string();
-    let head = format!(
-        "POST /api/v1/sandboxes/{id}/sessions/default/execute HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {session}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        api.address,
-        body.len()
-    );
-    cell.write_all(head.as_bytes()).expect("send");
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !String::from_utf8_lossy(&received).contains("first") {
-        let read = cell.read(&mut buffer).expect("read the cell's events");
-        assert!(read > 0, "the cell ended before its first line: {}", String::from_utf8_lossy(&received));
-        received.extend_from_slice(&buffer[..read]);
-    }
-    expect(&api.admin().post(&format!("/api/v1/auth/keys/{session_id}/revoke"), &json!({})), 200, "revoke");
-    cell.read_to_end(&mut received).expect("the stream ends before the read timeout");
-    let text = String::from_utf8_lossy(&received);
-    let last = text.lines().rfind(|line| line.starts_with('{')).unwrap_or_default();
-    let last: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
+    let (text, last) = a_long_cell_cut_off_by_its_keys_revocation(&api, &id, (&session_id, &session));
     assert_eq!((last["type"].as_str(), last["status"].as_str()), (Some("end"), Some("interrupted")), "{text}");
     assert_eq!(last["killed_by"], "cancelled", "{text}");
     assert!(text.matches("tick").count() < 5, "the cell ran on for its revoked key: {text}");
@@ -814,6 +791,56 @@ fn a_cell_sent_with_a_key_is_cut_off_when_the_key_is_revoked() {
     let next = team.post(&format!("/api/v1/sandboxes/{id}/sessions/default/execute"), &json!({ "code": "6 * 7" }));
     expect(&next, 200, "the team's next cell");
     assert!(next.text().contains("42"), "{}", next.text());
+}
+
+/// A long cell sent with `key` (its id and secret) to sandbox `id`'s default session, and the
+/// key revoked once the cell has printed: the stream's text and its last event.
+fn a_long_cell_cut_off_by_its_keys_revocation(
+    api: &ApiAgent,
+    id: &str,
+    (key_id, key): (&str, &str),
+) -> (String, Value) {
+    use std::io::{Read, Write};
+    let mut cell = std::net::TcpStream::connect(&api.address).expect("connect");
+    cell.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
+    let body = json!({ "code": "import time\nprint('first', flush=True)\nfor i in range(60):\n    time.sleep(1)\n    print('tick', i, flush=True)" })
+        .to_string();
+    let head = format!(
+        "POST /api/v1/sandboxes/{id}/sessions/default/execute HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        api.address,
+        body.len()
+    );
+    cell.write_all(head.as_bytes()).expect("send");
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("first") {
+        let read = cell.read(&mut buffer).expect("read the cell's events");
+        assert!(read > 0, "the cell ended before its first line: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buffer[..read]);
+    }
+    expect(&api.admin().post(&format!("/api/v1/auth/keys/{key_id}/revoke"), &json!({})), 200, "revoke");
+    cell.read_to_end(&mut received).expect("the stream ends before the read timeout");
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let last = text.lines().rfind(|line| line.starts_with('{')).unwrap_or_default();
+    let last = serde_json::from_str(last).unwrap_or_default();
+    (text, last)
+}
+
+/// A session started with a key ends with it: a cell sent with that key then ends `died`, not
+/// `interrupted`, as the interpreter and its variables are gone (found by a new-user trial).
+#[test]
+fn a_cell_in_a_session_its_key_started_dies_with_the_key() {
+    let api = ApiAgent::start(&[]);
+    let (_, key) = api.key("namespace", Some("web"));
+    let (session_id, session) = api.key("session", Some("web"));
+    let created = api.client(&key).post("/api/v1/sandboxes", &json!({ "name": "own", "language": "python" }));
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    expect(&api.client(&session).post(&format!("/api/v1/sandboxes/{id}/sessions"), &json!({})), 201, "its session");
+    let (text, last) = a_long_cell_cut_off_by_its_keys_revocation(&api, &id, (&session_id, &session));
+    assert_eq!((last["type"].as_str(), last["status"].as_str()), (Some("end"), Some("died")), "{text}");
+    assert_eq!(last["killed_by"], "cancelled", "{text}");
 }
 
 #[test]

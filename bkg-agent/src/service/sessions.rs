@@ -43,7 +43,9 @@ fn interrupt(session: &Session) -> Result<(), Option<nix::errno::Errno>> {
 /// once it is revoked, rotated, deleted or expired the execution is interrupted and the caller's
 /// stream ends with `interrupted`, `killed_by: cancelled`; no event reaches it after. What the
 /// interrupted code still writes is kept for the session's next execution, as for a caller that
-/// hung up.
+/// hung up. When the session was started with that key too, its interpreter ends with it, and
+/// the stream ends with `died` (found by a new-user trial: `interrupted` let the caller believe
+/// its variables were still there).
 fn held_by_key(
     hold: KeyHold,
     session: Arc<Session>,
@@ -51,6 +53,10 @@ fn held_by_key(
     events: mpsc::Receiver<MeteredEvent>,
 ) -> mpsc::Receiver<MeteredEvent> {
     let (sender, held) = mpsc::channel(64);
+    let status = match session.started_with_key.as_deref() == Some(hold.key().id.as_str()) {
+        true => ExecutionStatus::Died,
+        false => ExecutionStatus::Interrupted,
+    };
     let is_end = |metered: &MeteredEvent| matches!(metered.event, SessionEvent::End { .. });
     hold.forward(events, sender, is_end, move |_| {
         // Only while the execution goes on: the idle runner must not take a SIGINT.
@@ -60,7 +66,7 @@ fn held_by_key(
             tracing::warn!(%errno, "could not interrupt a session's execution whose key was revoked");
         }
         Some(MeteredEvent::unmetered(SessionEvent::End {
-            status: ExecutionStatus::Interrupted,
+            status,
             execution,
             killed_by: Some(bkg_schema::KilledBy::Cancelled),
             error: None,
@@ -211,6 +217,8 @@ struct Session {
     delivery: Mutex<Delivery>,
     /// `EVENTS_ON_THEIR_WAY_BYTES`, shared by the events on their way.
     events_room: Arc<Semaphore>,
+    /// The key the session was started with: its interpreter's run ends with it.
+    started_with_key: Option<String>,
 }
 
 impl Session {
@@ -482,6 +490,10 @@ impl Service {
             one_at_a_time: Arc::new(Semaphore::new(1)),
             delivery: Mutex::new(Delivery::default()),
             events_room: Arc::new(Semaphore::new(EVENTS_ON_THEIR_WAY_BYTES)),
+            started_with_key: match principal {
+                Principal::Key(key) => Some(key.id.clone()),
+                Principal::Local { .. } | Principal::User(_) => None,
+            },
         });
         tokio::spawn(read_output(Arc::clone(self), Arc::clone(&session), output));
         self.sessions.lock().insert(id.to_owned(), Arc::clone(&session));
