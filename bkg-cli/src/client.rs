@@ -174,8 +174,15 @@ impl AgentClient {
         // Only root starts an agent: everyone else's comes from the service manager (the unit
         // packaging/bkg-agent.socket).
         let is_root = nix::unistd::geteuid().is_root();
+        // Another socket than the default is named in the command (sudo leaves BKG_SOCKET behind),
+        // and only root's `bkg agent start` serves it: the service manager serves the default.
+        let on_socket = match *socket == bkg_schema::paths::default_socket() {
+            true => String::new(),
+            false => format!(" --socket {}", socket.display()),
+        };
+        let start =
+            if is_root { format!("bkg{on_socket} agent start") } else { format!("sudo bkg{on_socket} agent start") };
         if std::env::var("BKG_NO_AUTOSTART").is_ok_and(|value| !value.is_empty() && value != "0") {
-            let start = if is_root { "bkg agent start" } else { "sudo bkg agent start" };
             return Err(CliError::new(
                 BKG_FAILED,
                 format!(
@@ -185,14 +192,15 @@ impl AgentClient {
             ));
         }
         if !is_root {
-            return Err(CliError::new(
-                BKG_FAILED,
-                format!(
+            let message = match on_socket.is_empty() {
+                true => format!(
                     "no agent is running at {}: the service manager starts it (`sudo systemctl start bkg-agent.socket`), \
-                     or root does (`sudo bkg agent start`)",
+                     or root does (`{start}`)",
                     socket.display()
                 ),
-            ));
+                false => format!("no agent is running at {}: root starts one on it (`{start}`)", socket.display()),
+            };
+            return Err(CliError::new(BKG_FAILED, message));
         }
         let state_dir = std::env::var_os(bkg_schema::paths::STATE_DIR_ENV)
             .map(PathBuf::from)

@@ -401,3 +401,20 @@ fn the_usage_error_docs_cli_md_shows_is_the_real_one() {
     assert_eq!(Some(String::from_utf8_lossy(&output.stderr).as_ref()), shown);
     assert_eq!(output.status.code(), Some(125), "a usage error's, as the docs say");
 }
+
+/// With no agent on a socket of its own, the fix names that socket: sudo leaves BKG_SOCKET
+/// behind, and the service manager serves the default one only (found by a new-user trial).
+#[test]
+fn no_agent_on_another_socket_is_told_how_to_start_one_there() {
+    let output = Command::new(BKG)
+        .args(["--socket", "/nonexistent/bkg-test.sock", "exe", "-t", "python", "-c", "print(1)"])
+        .env("NO_COLOR", "1")
+        .env("BKG_NO_AUTOSTART", "1")
+        .env_remove("BKG_REMOTE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(125));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("start one with `bkg --socket /nonexistent/bkg-test.sock agent start`"), "{said}");
+}

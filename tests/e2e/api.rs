@@ -691,7 +691,8 @@ fn a_service_a_key_started_is_resumed_as_that_key_until_the_key_is_revoked() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        api.agent.log()[earlier_log..].contains(&format!("key:{key_id} may no longer start it")),
+        api.agent.log()[earlier_log..]
+            .contains(&format!("the key it was started with, {key_id}, was revoked, rotated, deleted or has expired")),
         "{}",
         api.agent.log()
     );

@@ -365,7 +365,7 @@ impl Service {
             let earlier = self.store.kept_service_health(&service.sandbox_id).await.ok().flatten();
             let started = match (restarts, self.principal_of(access, &service.actor).await) {
                 (false, _) => Err("its sandbox no longer says `restart: on-failure`".to_owned()),
-                (true, None) => Err(format!("{} may no longer start it", service.actor)),
+                (true, None) => Err(no_longer_theirs(&service.actor, &service.sandbox_id)),
                 (true, Some(principal)) => {
                     match self.accept_exec(&principal, &service.sandbox_id, service.exec.clone()).await {
                         Ok(accepted) => Ok(self.detach_resumed(&service.sandbox_id, accepted, earlier.as_ref()).await),
@@ -478,6 +478,27 @@ impl Service {
             health.ports.push(PortHealth { mapping: mapping.to_string(), accepting });
         }
         Some(health)
+    }
+}
+
+/// Why a service the last agent left is not started again when `actor`, who started it, may no
+/// longer: who that is and what to do (found by a new-user trial: "uid:1001 may no longer
+/// start it").
+fn no_longer_theirs(actor: &str, sandbox_id: &str) -> String {
+    let again = format!("`bkgr {} -d` starts it again", bkg_schema::sandbox::sandbox_name_of(sandbox_id));
+    if let Some(uid) = actor.strip_prefix("uid:") {
+        let user = uid
+            .parse()
+            .ok()
+            .and_then(|uid| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten())
+            .map_or_else(|| format!("uid {uid}, no longer a user here"), |user| format!("{} (uid {uid})", user.name));
+        return format!("its user, {user}, may no longer use the agent (not in its socket's group); {again}");
+    }
+    match actor.strip_prefix("key:") {
+        Some(key) => {
+            format!("the key it was started with, {key}, was revoked, rotated, deleted or has expired; {again}")
+        }
+        None => format!("{actor} may no longer start it; {again}"),
     }
 }
 
