@@ -270,6 +270,23 @@ fn forms_issue_a_key_once_give_refused_input_back_and_the_audit_names_keys() {
     let reloaded = browser.get("/ui/keys");
     assert!(!reloaded.text().contains("bkg_ns_"), "a reload shows the secret again: {}", reloaded.text());
     assert_eq!(count_keys(), before + 1, "one key issued, however often the page is loaded");
+    // An expired key is offered for neither rotating (409) nor revoking (found by a new-user trial).
+    let brief = agent
+        .bkg()
+        .args(["keys", "create", "--role", "session", "--namespace", "team-a", "--ttl", "1s", "--json"])
+        .output()
+        .expect("bkg keys create");
+    let brief: Value = serde_json::from_slice(&brief.stdout).expect("key JSON");
+    let brief = brief["id"].as_str().unwrap_or_default().to_owned();
+    bkg_tests::eventually("the brief key to expire", || {
+        let page = browser.get("/ui/keys").text();
+        match page.contains(&format!("/ui/keys/{brief}/rotate")) {
+            true => Err("still offered for rotating".to_owned()),
+            false => Ok(()),
+        }
+    });
+    let page = browser.get("/ui/keys").text();
+    assert!(page.contains(&brief) && !page.contains(&format!("/ui/keys/{brief}/revoke")), "{page}");
 
     // A refused form comes back as it was sent (found by a new-user trial: it came back empty).
     let csrf = csrf_of(&reloaded);
