@@ -9,7 +9,6 @@ use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
 
 use bkg_schema::RunResult;
-use bkg_schema::sandbox::sandbox_id;
 use bkg_schema::terminal::{ShellRequest, ShellTerminalOpen, TerminalControl, TerminalEvent, TerminalSize};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::header::{CONNECTION, UPGRADE};
@@ -22,13 +21,11 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use crate::args::ShellArgs;
 use crate::client::{AgentClient, api_error, from_api_error};
 use crate::exit::{BKG_FAILED, CliError};
-use crate::project::project_dir;
 use crate::settings::Settings;
 
 /// `bkg shell NAME`.
 pub async fn shell(settings: &Settings, args: ShellArgs) -> Result<i32, CliError> {
     require_terminal("bkg shell")?;
-    let project = project_dir(args.project.dir.as_deref())?;
     let mut env = BTreeMap::new();
     for pair in &args.env {
         if let Some((key, value)) = crate::exe::env_entry(pair, "--env")? {
@@ -50,20 +47,13 @@ pub async fn shell(settings: &Settings, args: ShellArgs) -> Result<i32, CliError
     };
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let cave = crate::project::load_cave(&project)?;
-    let id = sandbox_id(&project.to_string_lossy(), &args.name);
-    let known =
-        client.get_found::<bkg_schema::sandbox::SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?.is_some();
-    crate::define::ensure(&client, &project, &cave, &args.name, known, settings.out).await?;
+    // Found as `bkg exec` finds it: the project's, else one the agent shows this caller from
+    // elsewhere (made through the API: found by a new-user trial, `--remote` had no project).
+    let id = crate::files_cmd::find_sandbox(&client, &args.project, &args.name, settings.out).await?;
     let open =
         ShellTerminalOpen { size: own_size(), term: own_term(), request: ShellRequest { command, env, timeout_ms } };
     let path = format!("/api/v1/sandboxes/{id}/terminal");
-    let missing = format!(
-        "the agent does not know sandbox `{}` of {} yet: run it once with `bkgr {}`",
-        args.name,
-        project.display(),
-        args.name
-    );
+    let missing = format!("the agent does not know sandbox `{}` yet: run it once with `bkgr {}`", args.name, args.name);
     let result = run(&client, &path, &open, Some(missing)).await?;
     // A sandbox's run: its limits are cave.yaml's but the timeout given, and it is ended by
     // `bkg stop` or `bkg rm` as bkgr's runs are (found by a new-user trial: `bkg stop` of a shell

@@ -386,3 +386,17 @@ fn a_shell_stopped_by_bkg_stop_says_it_was_stopped() {
     terminal.expect("bkg: stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`");
     assert_eq!(terminal.exit_code(), 130);
 }
+
+/// `bkg shell NAME` outside any project finds the sandbox as `bkg exec` does, by name among
+/// those the agent shows (was: "no cave.yaml", so a remote user, who has no project, could not
+/// open one; found by a new-user trial).
+#[test]
+fn bkg_shell_outside_a_project_finds_the_sandbox_by_name() {
+    let agent = Agent::start();
+    let _project = project_with_a_sandbox(&agent);
+    let elsewhere = tempfile::tempdir().expect("a directory without a cave.yaml");
+    let mut terminal =
+        OnTerminal::spawn(in_project(&agent, elsewhere.path(), &["shell", "box", "-c", "echo hi-$((1+1))"]));
+    terminal.expect("hi-2");
+    assert_eq!(terminal.exit_code(), 0);
+}
