@@ -499,18 +499,23 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
         }),
         Some(KilledBy::Interrupted) => Some("interrupted: the agent stopped before the run ended".into()),
         None => result.signal.map(|signal| format!("the script was killed by signal {signal}")).or_else(|| {
+            let limit = |what: &str| {
+                result.denials.iter().find(|denial| denial.kind == bkg_schema::DenialKind::Limit && denial.what == what)
+            };
             // A child the kernel killed for the memory limit, in a run that went on.
-            let killed = result
-                .denials
-                .iter()
-                .find(|denial| denial.kind == bkg_schema::DenialKind::Limit && denial.what == "memory")?;
-            let processes =
-                if killed.count == 1 { "a process".to_owned() } else { format!("{} processes", killed.count) };
-            Some(format!(
-                "{processes} of the run killed: memory limit of {} reached ({})",
-                format_size(limits.memory_bytes),
-                from.hint("memory")
-            ))
+            if let Some(killed) = limit("memory") {
+                let processes =
+                    if killed.count == 1 { "a process".to_owned() } else { format!("{} processes", killed.count) };
+                return Some(format!(
+                    "{processes} of the run killed: memory limit of {} reached ({})",
+                    format_size(limits.memory_bytes),
+                    from.hint("memory")
+                ));
+            }
+            // Forks refused at the process limit, in a run that ended before the agent ended it.
+            let refused = limit("pids")?;
+            let forks = if refused.count == 1 { "a fork".to_owned() } else { format!("{} forks", refused.count) };
+            Some(format!("{forks} of the run refused: process limit of {} reached", limits.pids))
         }),
     }
 }

@@ -384,3 +384,20 @@ fn a_disk_that_fits_only_without_the_kept_images_is_made_after_they_go() {
     assert_eq!(stdout(&second), "second\n");
     assert!(!kept.exists(), "the kept image was deleted to make room: {}", kept.display());
 }
+
+/// A script that meets the process limit and ends at once says so whether or not the agent ended
+/// it first (was: killed at the limit in some runs, and nothing of it in the others; found by a
+/// new-user trial).
+#[test]
+fn forks_refused_at_the_process_limit_are_said_whoever_ended_the_run() {
+    let agent = Agent::start();
+    let script = "import os, sys\nfor _ in range(400):\n    try:\n        if os.fork() == 0:\n            import time; time.sleep(3); os._exit(0)\n    except OSError:\n        print('refused', flush=True); sys.exit(0)";
+    for _ in 0..3 {
+        let (result, output) = agent.exe_json(&["--type", "python", "-c", script]);
+        let limit = result["denials"].as_array().into_iter().flatten().find(|denial| denial["what"] == "pids");
+        assert!(limit.is_some_and(|denial| denial["count"].as_u64() >= Some(1)), "{result}");
+        if result["killed_by"].is_null() {
+            assert!(stderr(&output).contains("of the run refused: process limit of"), "{}", stderr(&output));
+        }
+    }
+}

@@ -1058,7 +1058,11 @@ impl Watched {
             stderr: self.stderr.text(),
             limits,
             security_level: None,
-            denials: super::denials::of_run(&self.denied_syscalls, killed_by, oom_kills),
+            denials: super::denials::of_run(
+                &self.denied_syscalls,
+                killed_by,
+                (oom_kills, usage.pids_limit_hits.saturating_sub(before.pids_limit_hits)),
+            ),
             files: Vec::new(),
             files_not_kept: None,
             network_denials: Vec::new(),
