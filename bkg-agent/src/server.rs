@@ -233,6 +233,17 @@ async fn not_found() -> Failure {
     Failure::not_found("no such endpoint")
 }
 
+/// A caller refused its key (401) or slowed for refused keys (429) learns nothing of which
+/// routes exist: axum's method routing adds `Allow` around the gatekeeper's answer, for a path
+/// that exists with another method (found by a new-user trial: `PATCH /api/v1/runs` without a
+/// key named `POST,GET,HEAD`).
+fn telling_nothing_of_routes_when_refused(mut response: Response) -> Response {
+    if matches!(response.status(), axum::http::StatusCode::UNAUTHORIZED | axum::http::StatusCode::TOO_MANY_REQUESTS) {
+        response.headers_mut().remove(header::ALLOW);
+    }
+    response
+}
+
 async fn method_not_allowed() -> Failure {
     Failure::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,

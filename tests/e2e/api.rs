@@ -318,6 +318,16 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     let get = team.get("/mcp");
     expect(&get, 405, "MCP by GET");
     assert_eq!((get.error_code().as_str(), get.header("allow")), ("method_not_allowed", Some("POST")));
+    // Without a key, nothing says which methods a path takes (found by a new-user trial: the
+    // 401 carried `Allow`); with one, the 405 does.
+    for path in ["/api/v1/runs", "/mcp"] {
+        let refused = api.anonymous().send("PATCH", path, None, &[]);
+        expect(&refused, 401, "a wrong method without a key");
+        assert_eq!(refused.header("allow"), None, "{path}");
+    }
+    let wrong = team.send("PATCH", "/api/v1/runs", None, &[]);
+    expect(&wrong, 405, "a wrong method with a key");
+    assert!(wrong.header("allow").is_some_and(|allow| allow.contains("POST")), "{:?}", wrong.header("allow"));
     let team_key = team.key.clone().unwrap_or_default();
     let not_json = request(
         &api.address,

@@ -63,7 +63,8 @@ pub async fn serve<L, A>(
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(info.clone());
-            tower_service::Service::call(&mut app.clone(), request)
+            let answered = tower_service::Service::call(&mut app.clone(), request);
+            async move { answered.await.map(super::telling_nothing_of_routes_when_refused) }
         });
         let (tls, header_timeout, stopping, alive) =
             (config.tls.clone(), config.header_timeout, stopping.clone(), alive.clone());
