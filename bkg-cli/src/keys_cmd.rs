@@ -47,7 +47,7 @@ fn remaining(expires_at_ms: u64) -> String {
 fn state(key: &KeyInfo) -> &'static str {
     if key.revoked_at_ms.is_some() {
         "revoked"
-    } else if key.expires_at_ms <= now_ms() {
+    } else if !key.is_active(now_ms()) {
         "expired"
     } else {
         "active"

@@ -67,14 +67,13 @@ fn describe(view: &SyncView) -> String {
     }
     let mut line = |key: &str, value: String| text.push_str(&format!("{key:<14}{value}\n"));
     match status.lag_ms {
-        Some(lag) if status.is_behind() => line(
-            "oldest",
-            format!(
-                "{:.1}s waiting: behind, though no attempt has failed yet (bkg_db slow or hung?)",
-                lag as f64 / 1000.0
-            ),
-        ),
-        Some(lag) => line("oldest", format!("{:.1}s waiting", lag as f64 / 1000.0)),
+        Some(lag) => {
+            let behind = match status.is_behind() {
+                true => ": behind, though no attempt has failed yet (bkg_db slow or hung?)",
+                false => "",
+            };
+            line("oldest", format!("{:.1}s waiting{behind}", lag as f64 / 1000.0));
+        }
         None => line("oldest", "none waiting".to_owned()),
     }
     line("last success", age(now_ms, status.last_success_ms));

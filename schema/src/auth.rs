@@ -73,6 +73,13 @@ pub struct KeyInfo {
     pub created_by_key: Option<String>,
 }
 
+impl KeyInfo {
+    /// Neither revoked nor expired at `now_ms`: the key still speaks for its holder.
+    pub fn is_active(&self, now_ms: u64) -> bool {
+        self.revoked_at_ms.is_none() && self.expires_at_ms > now_ms
+    }
+}
+
 /// `POST /api/v1/auth/keys`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -48,15 +48,17 @@ fn kept_for_one_shot_runs(max_running: usize) -> usize {
     }
 }
 
+/// What ends a session, service or terminal, for the refusals of one more.
+const END_ONE: &str = "`bkg stop NAME`, or `bkg runs cancel ID` for a terminal";
+
 /// The refusal of one more session, service or terminal, with what ends one.
 fn long_lived_full(held: usize, max_running: usize) -> String {
-    let end_one = "`bkg stop NAME`, or `bkg runs cancel ID` for a terminal";
     match kept_for_one_shot_runs(max_running) {
         0 => format!(
-            "a session, service or terminal already holds this agent's only place (--max-running-runs {max_running}): end it ({end_one}) or try again later"
+            "a session, service or terminal already holds this agent's only place (--max-running-runs {max_running}): end it ({END_ONE}) or try again later"
         ),
         kept => format!(
-            "sessions, services and terminals already hold {held} of this agent's {max_running} places (--max-running-runs), all they may: {kept} kept for runs that end by themselves; end one ({end_one}) or try again later"
+            "sessions, services and terminals already hold {held} of this agent's {max_running} places (--max-running-runs), all they may: {kept} kept for runs that end by themselves; end one ({END_ONE}) or try again later"
         ),
     }
 }
@@ -92,7 +94,7 @@ pub enum CapacityError {
     #[error("{}", long_lived_full(*held, *max_running))]
     LongLivedFull { held: usize, max_running: usize },
     #[error(
-        "sessions, services and terminals of namespace `{namespace}` already hold {held} places, all one namespace may: one more is kept for other namespaces'; end one (`bkg stop NAME`, or `bkg runs cancel ID` for a terminal) or try again later"
+        "sessions, services and terminals of namespace `{namespace}` already hold {held} places, all one namespace may: one more is kept for other namespaces'; end one ({END_ONE}) or try again later"
     )]
     LongLivedOfNamespace { namespace: String, held: usize },
     #[error("cannot read the free space of {dir}: {error}")]
@@ -471,8 +473,8 @@ mod tests {
         drop(held);
         assert!(capacity.hold_long_lived("c").is_ok(), "the places were given back");
         // With one place for them, one namespace may take it.
-        let two = super::tests::capacity(2, 1);
-        assert!(two.hold_long_lived("a").is_ok());
+        let two_places = self::capacity(2, 1);
+        assert!(two_places.hold_long_lived("a").is_ok());
     }
 
     #[tokio::test]

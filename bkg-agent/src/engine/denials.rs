@@ -74,14 +74,14 @@ mod tests {
         assert!(of_run(&[], Some(KilledBy::Cancelled), (0, 0)).is_empty());
     }
 
+    /// The denials of a run that was refused no system call, as (kind, what, count).
+    fn limits_of(killed_by: Option<KilledBy>, counts: (u64, u64)) -> Vec<(DenialKind, String, u64)> {
+        of_run(&[], killed_by, counts).into_iter().map(|denial| (denial.kind, denial.what, denial.count)).collect()
+    }
+
     #[test]
     fn processes_the_memory_limit_killed_are_counted_whether_or_not_the_run_ended_of_it() {
-        let limits = |killed_by, oom_kills| {
-            of_run(&[], killed_by, (oom_kills, 0))
-                .into_iter()
-                .map(|denial| (denial.kind, denial.what, denial.count))
-                .collect::<Vec<_>>()
-        };
+        let limits = |killed_by, oom_kills| limits_of(killed_by, (oom_kills, 0));
         assert_eq!(limits(None, 2), [(DenialKind::Limit, "memory".to_owned(), 2)]);
         assert_eq!(limits(Some(KilledBy::Memory), 3), [(DenialKind::Limit, "memory".to_owned(), 3)]);
         assert_eq!(limits(Some(KilledBy::Memory), 0), [(DenialKind::Limit, "memory".to_owned(), 1)]);
@@ -93,12 +93,7 @@ mod tests {
 
     #[test]
     fn forks_the_process_limit_refused_are_counted_whether_or_not_the_run_ended_of_it() {
-        let limits = |killed_by, pids_refused| {
-            of_run(&[], killed_by, (0, pids_refused))
-                .into_iter()
-                .map(|denial| (denial.kind, denial.what, denial.count))
-                .collect::<Vec<_>>()
-        };
+        let limits = |killed_by, pids_refused| limits_of(killed_by, (0, pids_refused));
         assert_eq!(limits(None, 7), [(DenialKind::Limit, "pids".to_owned(), 7)]);
         assert_eq!(limits(Some(KilledBy::Pids), 3), [(DenialKind::Limit, "pids".to_owned(), 3)]);
         assert_eq!(limits(Some(KilledBy::Pids), 0), [(DenialKind::Limit, "pids".to_owned(), 1)]);

@@ -151,13 +151,23 @@ pub struct StateDirFacts {
     pub holds_no_files: Option<&'static str>,
 }
 
-/// Which of the kernel's own filesystems, where nothing can be stored, holds `dir` (or, before
-/// it is made, its nearest ancestor).
-fn kernel_filesystem(dir: &Path) -> Option<&'static str> {
+/// The state directory's facts, from the filesystem that holds it (or, before it is made, its
+/// nearest ancestor), read once.
+fn state_dir_facts(dir: &Path) -> StateDirFacts {
+    let filesystem =
+        dir.ancestors().find_map(|dir| nix::sys::statfs::statfs(dir).ok()).map(|stats| stats.filesystem_type());
+    StateDirFacts {
+        path: dir.to_path_buf(),
+        memory_backed: filesystem.and_then(memory_backed),
+        holds_no_files: filesystem.and_then(kernel_filesystem),
+    }
+}
+
+/// The name of `filesystem` when it is one of the kernel's own, where nothing can be stored.
+fn kernel_filesystem(filesystem: nix::sys::statfs::FsType) -> Option<&'static str> {
     use nix::sys::statfs::{
-        CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC, PROC_SUPER_MAGIC, SECURITYFS_MAGIC, SYSFS_MAGIC, statfs,
+        CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC, PROC_SUPER_MAGIC, SECURITYFS_MAGIC, SYSFS_MAGIC,
     };
-    let stats = dir.ancestors().find_map(|dir| statfs(dir).ok())?;
     [
         (PROC_SUPER_MAGIC, "proc"),
         (SYSFS_MAGIC, "sysfs"),
@@ -167,16 +177,15 @@ fn kernel_filesystem(dir: &Path) -> Option<&'static str> {
         (SECURITYFS_MAGIC, "securityfs"),
     ]
     .into_iter()
-    .find_map(|(magic, name)| (stats.filesystem_type() == magic).then_some(name))
+    .find_map(|(magic, name)| (filesystem == magic).then_some(name))
 }
 
-/// Which memory-backed filesystem holds `dir` (or, before it is made, its nearest ancestor).
-fn memory_backed(dir: &Path) -> Option<&'static str> {
-    use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
+/// The name of `filesystem` when it keeps its files in memory.
+fn memory_backed(filesystem: nix::sys::statfs::FsType) -> Option<&'static str> {
+    use nix::sys::statfs::{FsType, TMPFS_MAGIC};
     // Neither nix nor libc names ramfs's magic number; statfs(2) lists it.
     const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
-    let stats = dir.ancestors().find_map(|dir| statfs(dir).ok())?;
-    match stats.filesystem_type() {
+    match filesystem {
         TMPFS_MAGIC => Some("tmpfs"),
         RAMFS_MAGIC => Some("ramfs"),
         _ => None,
@@ -215,11 +224,7 @@ pub fn probe(python: &Path, node: &Path, state_dir: &Path) -> HostFacts {
             mkfs_ext4: MKFS_EXT4_PATHS.into_iter().map(PathBuf::from).find(|path| path.exists()),
         },
         runtimes: vec![probe_runtime(Language::Python, python), probe_runtime(Language::Node, node)],
-        state_dir: StateDirFacts {
-            path: state_dir.to_path_buf(),
-            memory_backed: memory_backed(state_dir),
-            holds_no_files: kernel_filesystem(state_dir),
-        },
+        state_dir: state_dir_facts(state_dir),
     }
 }
 
@@ -663,9 +668,10 @@ mod tests {
     /// Found by a new-user trial: `bkg doctor --state-dir /proc/nope` passed the check.
     #[test]
     fn a_state_directory_on_the_kernels_filesystems_fails_before_it_exists() {
-        assert_eq!(kernel_filesystem(Path::new("/proc/bkg-not-made/state")), Some("proc"));
-        assert_eq!(kernel_filesystem(Path::new("/sys/kernel/bkg-not-made")), Some("sysfs"));
-        assert_eq!(kernel_filesystem(&Path::new(env!("CARGO_MANIFEST_DIR")).join("not-made/state")), None);
+        let on = |dir: &Path| state_dir_facts(dir).holds_no_files;
+        assert_eq!(on(Path::new("/proc/bkg-not-made/state")), Some("proc"));
+        assert_eq!(on(Path::new("/sys/kernel/bkg-not-made")), Some("sysfs"));
+        assert_eq!(on(&Path::new(env!("CARGO_MANIFEST_DIR")).join("not-made/state")), None);
         let mut facts = healthy();
         facts.state_dir.holds_no_files = Some("proc");
         assert_eq!(status_of(&facts, bkg_schema::host::STATE_DIR_FS_CHECK), CheckStatus::Fail);
@@ -674,8 +680,9 @@ mod tests {
     #[test]
     fn a_memory_backed_filesystem_is_recognised_before_the_directory_exists() {
         // Under /dev/shm (tmpfs on Debian) and under the source tree (on disk), neither made yet.
-        assert_eq!(memory_backed(Path::new("/dev/shm/bkg-not-made/state")), Some("tmpfs"));
-        assert_eq!(memory_backed(&Path::new(env!("CARGO_MANIFEST_DIR")).join("not-made/state")), None);
+        let on = |dir: &Path| state_dir_facts(dir).memory_backed;
+        assert_eq!(on(Path::new("/dev/shm/bkg-not-made/state")), Some("tmpfs"));
+        assert_eq!(on(&Path::new(env!("CARGO_MANIFEST_DIR")).join("not-made/state")), None);
     }
 
     fn status_of(facts: &HostFacts, name: &str) -> CheckStatus {

@@ -204,10 +204,7 @@ impl Service {
         // A login's session slides: its holder could log in again.
         let until_ms = match &current.created_by_key {
             Some(maker) => match self.store.get_key(maker).await? {
-                Some(maker)
-                    if maker.role == Role::Admin
-                        || (maker.revoked_at_ms.is_none() && maker.expires_at_ms > now_ms()) =>
-                {
+                Some(maker) if maker.role == Role::Admin || maker.is_active(now_ms()) => {
                     let given = current.expires_at_ms;
                     Some(lifetime_cap(&Principal::Key(maker)).map_or(given, |cap| cap.min(given)))
                 }

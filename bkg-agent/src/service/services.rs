@@ -279,8 +279,7 @@ impl Service {
                     // runs end: tried again, pause after pause (found by a new-user trial: a
                     // `bkg exec` that took the last place during the pause switched it off).
                     Err(OpError::Run(RunError::Overloaded { reason, .. })) => {
-                        self.waits_to_start_again(&id, format!("it starts again once the agent has room: {reason}"))
-                            .await;
+                        self.waits_to_start_again(&id, waits_for_room(&reason)).await;
                     }
                     Err(error) => {
                         self.gives_up_on(&id, ServiceState::Exited, &error).await;
@@ -372,8 +371,7 @@ impl Service {
                         // This agent may have fewer places than the last (found by a new-user
                         // trial: such services stayed off for good, through later agents too).
                         Err(OpError::Run(RunError::Overloaded { reason, .. })) => {
-                            let waits = format!("it starts again once the agent has room: {reason}");
-                            tracing::info!(sandbox = %service.sandbox_id, %waits, "a service waits for room to start again");
+                            let waits = waits_for_room(&reason);
                             tokio::spawn(Arc::clone(self).resume_with_room(service, principal, earlier, waits));
                             continue;
                         }
@@ -411,11 +409,8 @@ impl Service {
     ) {
         let id = service.sandbox_id.clone();
         let mut stopped = self.services.begin(&id, RestartPolicy::OnFailure, earlier.as_ref());
-        self.services.update(&id, |health| {
-            health.state = ServiceState::Restarting;
-            health.not_restarted = Some(waits);
-        });
-        self.keep_service_health(&id).await;
+        self.services.update(&id, |health| health.state = ServiceState::Restarting);
+        self.waits_to_start_again(&id, waits).await;
         let mut pause = FIRST_PAUSE;
         loop {
             tokio::select! {
@@ -481,6 +476,11 @@ impl Service {
     }
 }
 
+/// What a service that finds no room to start in waits for: the agent's bound, `reason`.
+fn waits_for_room(reason: &str) -> String {
+    format!("it starts again once the agent has room: {reason}")
+}
+
 /// Why a service the last agent left is not started again when `actor`, who started it, may no
 /// longer: who that is and what to do (found by a new-user trial: "uid:1001 may no longer
 /// start it").
@@ -490,7 +490,7 @@ fn no_longer_theirs(actor: &str, sandbox_id: &str) -> String {
         let user = uid
             .parse()
             .ok()
-            .and_then(|uid| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten())
+            .and_then(crate::auth::local::Account::of)
             .map_or_else(|| format!("uid {uid}, no longer a user here"), |user| format!("{} (uid {uid})", user.name));
         return format!("its user, {user}, may no longer use the agent (not in its socket's group); {again}");
     }

@@ -650,16 +650,11 @@ pub async fn cancel_run(State(state): State<AppState>, viewer: Viewer, Path(id):
 fn key_status(key: &KeyInfo) -> Markup {
     if key.revoked_at_ms.is_some() {
         html! { span.badge.killed { "revoked" } }
-    } else if !is_active(key) {
+    } else if !key.is_active(crate::ids::now_ms()) {
         html! { span.badge.failed { "expired" } }
     } else {
         html! { span.badge.ok { "active" } }
     }
-}
-
-/// Neither revoked nor expired: what may still be rotated or revoked.
-fn is_active(key: &KeyInfo) -> bool {
-    key.revoked_at_ms.is_none() && key.expires_at_ms > crate::ids::now_ms()
 }
 
 /// A key's new secret, shown once.
@@ -711,7 +706,7 @@ fn keys_page(
                                 td.actions {
                                     // An expired key cannot be rotated (409), and revoking it changes
                                     // nothing (found by a new-user trial).
-                                    @if is_active(key) {
+                                    @if key.is_active(crate::ids::now_ms()) {
                                         @let own = viewer.principal.key_id() == Some(key.id.as_str());
                                         @let warning = if own { " It is the key you are signed in with: this session ends, and you sign in again with the new secret." } else { "" };
                                         form method="post" action={ "/ui/keys/" (key.id) "/rotate" } data-confirm={ "Rotate " (key.id) "? Its old secret stops working at once." (warning) } {
