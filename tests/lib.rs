@@ -704,9 +704,13 @@ pub fn spawn_with_stdout_unread(
 }
 
 /// The one emptied disk kept for the next sandbox of its size in `templates` (the state
-/// directory's `disk-templates`, engine/disk.rs `recycle`), once it is there: a temporary
-/// sandbox's disk is kept only after its result, as it is disposed of.
-pub fn the_kept_disk(templates: &Path) -> PathBuf {
+/// directory's `disk-templates`, or its path through the agent's root), once it is there:
+/// a temporary sandbox's disk is kept only after its result, as it is disposed of. Waits for
+/// the agent to be idle first: a disk being kept is renamed `spare-N` before its image is
+/// emptied (engine/disk.rs, `DiskTemplates::recycle`), so a spare seen during a disposal may
+/// still be rewritten, or be an earlier run's while the last run's is still to come.
+pub fn the_kept_disk(agent: &Agent, templates: &Path) -> PathBuf {
+    agent.wait_idle();
     eventually("one emptied disk kept", || {
         let spares: Vec<_> = std::fs::read_dir(templates)
             .map(|entries| entries.flatten().map(|entry| entry.path()))

@@ -647,7 +647,7 @@ fn a_root_that_cannot_be_built_ends_the_zygote_s_waiting_fork_and_the_zygote_ser
     });
     ran(&run());
     let templates = agent.state_dir.join("disk-templates");
-    let kept = the_kept_disk(&templates);
+    let kept = the_kept_disk(&agent, &templates);
     let image = std::fs::OpenOptions::new().write(true).open(kept.join("disk.img")).expect("open the kept image");
     std::os::unix::fs::FileExt::write_all_at(&image, &[0u8; 64 * 1024], 0).expect("zero the image's first blocks");
     drop(image);

@@ -373,7 +373,7 @@ fn a_disk_that_fits_only_without_the_kept_images_is_made_after_they_go() {
     assert_eq!(code(&first), 0, "{}", stderr(&first));
     // Its image is emptied and kept (for 10 s) once its sandbox is disposed of, after the result.
     let templates = state.join("disk-templates");
-    let kept = the_kept_disk(&templates);
+    let kept = the_kept_disk(&agent, &templates);
     let free = free_bytes(&state);
     assert!(
         free < 48 * MIB,
