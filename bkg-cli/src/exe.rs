@@ -45,7 +45,7 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
 
     let out = settings.out;
     let output = if out.is_json() { Output::Quiet } else { Output::Raw };
-    let stdin = if stdin_is_code { Stdin::Empty } else { Stdin::Relay };
+    let stdin = if stdin_is_code { Stdin::Empty } else { Stdin::ours() };
     let (result, not_written) =
         stream::run_keeping_out_dir(&client, "/api/v1/runs", &request, (output, out), stdin, args.output.as_deref())
             .await?;

@@ -36,6 +36,20 @@ pub enum Stdin {
     Empty,
 }
 
+impl Stdin {
+    /// Our own stdin, or `Empty` when it is `/dev/null` or closed: the script reads end-of-file
+    /// at once either way, and nothing needs relaying (reading it takes a thread of its own).
+    pub fn ours() -> Self {
+        match nix::sys::stat::fstat(std::io::stdin()) {
+            Ok(stat) if stat.st_mode & libc::S_IFMT == libc::S_IFCHR && stat.st_rdev == libc::makedev(1, 3) => {
+                Stdin::Empty
+            }
+            Ok(_) => Stdin::Relay,
+            Err(_) => Stdin::Empty,
+        }
+    }
+}
+
 /// How long a Ctrl-C waits for the agent to say whether the run has ended already.
 const ASKED_IF_ENDED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
