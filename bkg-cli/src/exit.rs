@@ -37,7 +37,9 @@ pub fn of_run(result: &RunResult) -> i32 {
 fn of_run_end(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Option<i32>) -> i32 {
     match killed_by {
         Some(KilledBy::Timeout) => TIMEOUT,
-        Some(KilledBy::Memory | KilledBy::Pids) => LIMIT_KILLED,
+        // A script that ended by itself after the limit killed one of its processes (the OOM
+        // killer picks the biggest, maybe a child) has its own code, as with a full disk.
+        Some(KilledBy::Memory | KilledBy::Pids) => exit_code.unwrap_or(LIMIT_KILLED),
         Some(KilledBy::Cancelled) => cancelled(),
         // A script that ended by itself when the agent's stop asked it to has its own code.
         Some(KilledBy::Shutdown) => exit_code.unwrap_or(AGENT_STOPPED),
@@ -133,6 +135,8 @@ mod tests {
             (Some(KilledBy::Timeout), None, Some(9), 124),
             (Some(KilledBy::Memory), None, Some(9), 137),
             (Some(KilledBy::Pids), None, Some(9), 137),
+            (Some(KilledBy::Memory), Some(3), None, 3),
+            (Some(KilledBy::Memory), Some(137), None, 137),
             (Some(KilledBy::Cancelled), None, Some(9), 130),
             (Some(KilledBy::Shutdown), None, Some(9), 143),
             (Some(KilledBy::Shutdown), None, Some(15), 143),

@@ -471,11 +471,18 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
         Some(KilledBy::Timeout) => {
             Some(format!("timed out after {} ({})", format_duration_ms(limits.timeout_ms), from.hint("timeout")))
         }
-        Some(KilledBy::Memory) => Some(format!(
-            "killed: memory limit of {} reached ({})",
-            format_size(limits.memory_bytes),
-            from.hint("memory")
-        )),
+        Some(KilledBy::Memory) => Some(match result.exit_code {
+            Some(code) => format!(
+                "the script exited with {code} after a process of it was killed at the memory limit of {} ({})",
+                format_size(limits.memory_bytes),
+                from.hint("memory")
+            ),
+            None => format!(
+                "killed: memory limit of {} reached ({})",
+                format_size(limits.memory_bytes),
+                from.hint("memory")
+            ),
+        }),
         Some(KilledBy::Pids) => Some(format!("killed: process limit of {} reached", limits.pids)),
         Some(KilledBy::Disk) => Some(format!(
             "the script failed with its disk full ({} limit, {})",

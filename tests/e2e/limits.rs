@@ -160,6 +160,25 @@ fn a_child_killed_at_the_memory_limit_is_reported_as_memory() {
     assert!(stderr(&output).contains("memory limit of 64MiB"), "stderr: {}", stderr(&output));
 }
 
+/// A script that fails with a code of its own after the limit killed its child keeps that code
+/// (found by a new-user trial: bkg exited 137 while the result said 3), as a script that fails
+/// with its disk full does; the run is still the memory limit's.
+#[test]
+fn a_script_that_exits_with_its_own_code_after_its_child_met_the_memory_limit_keeps_it() {
+    let (result, output) = with_a_child_over_64mib("sys.exit(3)");
+    assert_eq!(
+        (code(&output), &result["exit_code"], &result["killed_by"]),
+        (3, &serde_json::json!(3), &serde_json::json!("memory")),
+        "result: {result}"
+    );
+    assert_eq!(
+        stderr(&output).trim_end(),
+        "bkg: the script exited with 3 after a process of it was killed at the memory limit of 64MiB (--memory)",
+        "stderr: {}",
+        stderr(&output)
+    );
+}
+
 /// A child the memory limit killed in a run that went on and succeeded: the run was not ended by
 /// the limit, but the result counts the kill among its denials and bkg says it (found by a
 /// new-user trial: the child's -9 was all there was to see).
