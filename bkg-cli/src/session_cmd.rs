@@ -183,10 +183,11 @@ async fn execute(
     let reader_gone = crate::out::stdout_closed();
     tokio::pin!(reader_gone);
     let mut heard_reader_gone = false;
-    let restart = match session {
-        "default" => format!("bkg exec {} --restart", bkg_schema::sandbox::sandbox_name_of(id)),
-        named => format!("bkg exec {} --session {named} --restart", bkg_schema::sandbox::sandbox_name_of(id)),
-    };
+    let restart = format!(
+        "bkg exec {}{} --restart",
+        bkg_schema::sandbox::sandbox_name_of(id),
+        bkg_schema::files::session_flag(session)
+    );
     let interrupt = async |still_going: std::pin::Pin<&mut tokio::time::Sleep>, said_unread: &mut bool, room: bool| {
         let _: Result<SessionInfo, CliError> =
             client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;

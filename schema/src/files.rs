@@ -44,6 +44,17 @@ pub struct UploadResult {
 }
 
 /// `POST /api/v1/sandboxes/{id}/sessions`.
+/// The name of a session that is given none.
+pub const DEFAULT_SESSION: &str = "default";
+
+/// What `bkg exec NAME` needs after it to reach session `session`: nothing for the default one.
+pub fn session_flag(session: &str) -> String {
+    match session {
+        DEFAULT_SESSION => String::new(),
+        named => format!(" --session {named}"),
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]

@@ -669,7 +669,11 @@ fn a_run_refused_for_a_session_names_the_session() {
     assert_eq!(code(&shown), 0, "{}", stderr(&shown));
     let refused = agent.bkgr(dir, &["box"]);
     assert_eq!(code(&refused), 125, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("held by session `default` (`bkg exec`)"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("held by session `default` (`bkg exec`): run code in it with `bkg exec box`,"),
+        "{}",
+        stderr(&refused)
+    );
     assert!(stderr(&refused).contains("bkg stop box"), "{}", stderr(&refused));
     // What holds it shows where its state is asked.
     let status = agent.bkg_in(dir, &["status", "box"]);
@@ -684,6 +688,27 @@ fn a_run_refused_for_a_session_names_the_session() {
     let status = agent.bkg_in(dir, &["status", "box", "--json"]);
     let info: serde_json::Value = serde_json::from_str(&stdout(&status)).expect("JSON");
     assert!(info.get("session").is_none(), "{info}");
+}
+
+/// The hint of a run refused for a named session reaches that session (found by a new-user
+/// trial: it said `bkg exec box`, which is refused while another session holds the sandbox).
+#[test]
+fn a_run_refused_for_a_named_session_tells_how_to_reach_it() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let dir = project.path();
+    let shown = agent.bkg_in(dir, &["exec", "box", "--session", "s2", "-c", "x = 1"]);
+    assert_eq!(code(&shown), 0, "{}", stderr(&shown));
+    let refused = agent.bkgr(dir, &["box"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused)
+            .contains("held by session `s2` (`bkg exec`): run code in it with `bkg exec box --session s2`,"),
+        "{}",
+        stderr(&refused)
+    );
+    let reached = agent.bkg_in(dir, &["exec", "box", "--session", "s2", "-c", "print(x)"]);
+    assert_eq!((code(&reached), stdout(&reached).as_str()), (0, "1\n"), "{}", stderr(&reached));
 }
 
 /// A session whose interpreter is killed at its memory limit says so, and the next execution

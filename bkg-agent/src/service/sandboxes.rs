@@ -131,7 +131,8 @@ fn busy(name: &str, holder: Holder) -> OpError {
             format!("sandbox {name} is busy with a file transfer (`bkg cp`); run it again once that is done")
         }
         Holder::Session(session) => format!(
-            "sandbox {name} is held by session `{session}` (`bkg exec`): run code in it with `bkg exec {name}`, or end it with `bkg stop {name}`"
+            "sandbox {name} is held by session `{session}` (`bkg exec`): run code in it with `bkg exec {name}{}`, or end it with `bkg stop {name}`",
+            bkg_schema::files::session_flag(&session)
         ),
         Holder::Run => format!("sandbox `{name}` is already running: stop it first (`bkg stop {name}`)"),
     }))

@@ -454,7 +454,7 @@ impl Service {
         new: NewSession,
     ) -> OpResult<SessionInfo> {
         let stored = self.visible_sandbox(principal, id).await?;
-        let name = new.name.unwrap_or_else(|| "default".to_owned());
+        let name = new.name.unwrap_or_else(|| bkg_schema::files::DEFAULT_SESSION.to_owned());
         if !is_dns_label(&name) {
             return Err(OpError::Invalid(format!("session name `{name}` must be a DNS label (a-z, 0-9, -)")));
         }
