@@ -87,7 +87,6 @@ async fn run(args: Args) -> Result<i32, CliError> {
     let limits_from = LimitsFrom::CaveOrFlags(flags);
 
     if args.detach {
-        let named = args.name.is_some();
         let mut codes = Vec::new();
         for (definition, command) in runs {
             let id = sandbox_id(&definition.project_dir, &definition.name);
@@ -95,10 +94,9 @@ async fn run(args: Args) -> Result<i32, CliError> {
             let detached: DetachedRun = match client.post_json(&format!("/api/v1/sandboxes/{id}/exec"), &request).await
             {
                 Ok(detached) => detached,
-                Err(error) if named => return Err(error),
                 // One sandbox refused (busy, no room) leaves the others to start, each failure
-                // said with its sandbox's name (found by a new-user trial: the first refusal
-                // ended bkgr unnamed, and the sandboxes after it were not tried).
+                // said with its sandbox's name, the one named too (found by new-user trials: the
+                // first refusal ended bkgr unnamed, and the sandboxes after it were not tried).
                 Err(error) => {
                     out.note(format_args!("{}: {}", definition.name, error.message));
                     codes.push(error.code);

@@ -734,6 +734,13 @@ fn detach_logs_and_stop() {
     let busy = agent.bkgr(dir, &["ticker"]);
     assert_eq!(code(&busy), 125, "a second run of a running sandbox is refused");
     assert_eq!(stderr(&busy), "bkgr: sandbox `ticker` is already running: stop it first (`bkg stop ticker`)\n");
+    // Detached, a refusal is said after the sandbox's name, as for `bkgr -d` of every sandbox.
+    let busy = agent.bkgr(dir, &["-d", "ticker"]);
+    assert_eq!(code(&busy), 125, "a second run of a running sandbox is refused");
+    assert_eq!(
+        (stdout(&busy).as_str(), stderr(&busy).as_str()),
+        ("", "bkgr: ticker: sandbox `ticker` is already running: stop it first (`bkg stop ticker`)\n")
+    );
 
     let stop = agent.bkg_in(dir, &["stop", "ticker"]);
     assert_eq!(code(&stop), 0);
