@@ -57,11 +57,7 @@ pub async fn find_sandbox(
         }
         return elsewhere(client, (&cave, &dir), name, out).await;
     }
-    agent_wide(client, name).await?.ok_or_else(|| {
-        CliError::usage(format!(
-            "no sandbox `{name}` on the agent: run it once with `bkgr {name}`, or create it with the API"
-        ))
-    })
+    outside_a_project(client, name).await
 }
 
 /// The id of sandbox `name`, which the project's cave.yaml (`cave`) does not declare: the one
@@ -90,13 +86,18 @@ pub async fn elsewhere(
     Ok(id)
 }
 
-/// The id of sandbox `name` where no project is around: the one sandbox of that name the agent
-/// shows this caller (made with the API, MCP, or in a project elsewhere); else `no_project`, why
-/// there is no project to look in.
-pub async fn outside_a_project(client: &AgentClient, name: &str, no_project: &CliError) -> Result<String, CliError> {
-    agent_wide(client, name)
-        .await?
-        .ok_or_else(|| CliError::usage(format!("no sandbox `{name}` on the agent ({})", no_project.message)))
+/// The id of sandbox `name` where no project is around (no cave.yaml in the current directory
+/// or above): the one sandbox of that name the agent shows this caller (made with the API, MCP,
+/// or in a project elsewhere). The hint for none is the project, where `bkgr NAME` makes it:
+/// `bkgr` here would only say that there is no cave.yaml (found by a new-user trial).
+pub async fn outside_a_project(client: &AgentClient, name: &str) -> Result<String, CliError> {
+    agent_wide(client, name).await?.ok_or_else(|| {
+        let here = std::env::current_dir().map(|dir| dir.display().to_string()).unwrap_or_else(|_| ".".into());
+        CliError::usage(format!(
+            "no sandbox `{name}` on the agent, and no cave.yaml in {here} or above: run this in the project that \
+             declares it (or give `-C DIR`), or create the sandbox with the API"
+        ))
+    })
 }
 
 /// The one sandbox named `name` the agent shows this caller (or whose id `name` is, as `bkg ls

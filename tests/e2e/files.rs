@@ -828,7 +828,17 @@ fn outside_a_project_the_commands_find_the_agents_sandbox_by_name() {
     let unknown = agent.bkg_in(away, &["stop", "nobox"]);
     assert_eq!(code(&unknown), 125);
     assert!(
-        stderr(&unknown).starts_with("bkg: no sandbox `nobox` on the agent (no cave.yaml in "),
+        stderr(&unknown).starts_with("bkg: no sandbox `nobox` on the agent, and no cave.yaml in "),
+        "{}",
+        stderr(&unknown)
+    );
+    // Nor does `bkgr` there, which finds no cave.yaml: the hint is the project (was: `bkgr nobox`).
+    let unknown = agent.bkg_in(away, &["exec", "nobox", "-c", "1"]);
+    assert_eq!(code(&unknown), 125);
+    assert!(
+        stderr(&unknown).trim_end().ends_with(
+            "or above: run this in the project that declares it (or give `-C DIR`), or create the sandbox with the API"
+        ),
         "{}",
         stderr(&unknown)
     );
