@@ -409,7 +409,7 @@ impl AgentClient {
             return self.not_answering();
         }
         let mut causes = vec![error.to_string()];
-        let mut certificate = false;
+        let (mut certificate, mut refused) = (false, false);
         let mut source = std::error::Error::source(&error);
         while let Some(cause) = source {
             let text = cause.to_string();
@@ -417,7 +417,21 @@ impl AgentClient {
                 causes.push(text);
             }
             certificate |= is_certificate_error(cause);
+            refused |= cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
             source = cause.source();
+        }
+        // hyper's chain for it (client error (Connect): tcp connect error: …) says no more.
+        if refused {
+            return CliError::new(
+                BKG_FAILED,
+                format!(
+                    "cannot reach the agent at {}: connection refused (nothing listens there: check the address and \
+                     port, and that the agent serves them, `bkg-agent --listen ADDRESS:PORT`)",
+                    self.location()
+                ),
+            );
         }
         // reqwest's own line repeats the URL: what went wrong is in the causes, when there are any.
         if causes.len() > 1 {

@@ -118,6 +118,31 @@ fn an_unknown_credential_store_is_refused_before_a_key_is_looked_for() {
     assert_eq!(String::from_utf8_lossy(&output.stderr), "bkg: BKG_CREDENTIAL_STORE=flie: use `file` or `keyring`\n");
 }
 
+/// A remote address nothing listens on is said in one line with what to check (found by a
+/// new-user trial: it was hyper's error chain, `client error (Connect): tcp connect error: …`).
+#[test]
+fn a_remote_agent_nothing_listens_for_is_one_line_with_a_hint() {
+    // A loopback port just freed: nothing listens on it.
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("a port").port();
+    let remote = format!("http://127.0.0.1:{port}");
+    let output = Command::new(BKG)
+        .args(["--remote", &remote, "runs", "ls"])
+        .env("BKG_API_KEY", "bkg_not_a_key")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(125));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "bkg: cannot reach the agent at {remote}: connection refused (nothing listens there: check the address \
+             and port, and that the agent serves them, `bkg-agent --listen ADDRESS:PORT`)\n"
+        )
+    );
+}
+
 /// `bkg ARGS` in `dir` with BKG_SOCKET set (to no agent), as a user's shell may have it: its
 /// exit code and stderr.
 fn with_socket_set(args: &[&str], dir: &std::path::Path) -> (Option<i32>, String) {
