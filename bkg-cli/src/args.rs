@@ -1020,9 +1020,14 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
     let given: Vec<_> = std::env::args_os().collect();
     // clap's own error names no argument and adds a usage line (found by a new-user trial).
     if let Some(bytes) = given.iter().skip(1).find(|arg| arg.to_str().is_none()) {
-        let message = format!(
-            "{bytes:?} is not valid UTF-8: names, arguments and values go to the agent as text; rename the file, or give the value another way (a file, stdin)\n"
-        );
+        // Renaming is the way out for a file's name only (found by a new-user trial: an argument
+        // was told to rename a file).
+        let way_out = match std::path::Path::new(bytes).symlink_metadata() {
+            Ok(_) => "rename the file",
+            Err(_) => "give the value another way (in a file, or on stdin)",
+        };
+        let message =
+            format!("{bytes:?} is not valid UTF-8: names, arguments and values go to the agent as text; {way_out}\n");
         return Err(clap::Error::raw(ErrorKind::InvalidUtf8, message));
     }
     let unbuilt = command.clone();

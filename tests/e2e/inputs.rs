@@ -51,14 +51,18 @@ fn an_argument_that_is_not_utf8_is_named_in_one_line() {
     let dir = tempfile::tempdir().expect("dir");
     let script = dir.path().join(std::ffi::OsStr::from_bytes(b"n\xffame.py"));
     std::fs::write(&script, "print(1)\n").expect("script");
-    for args in [
-        vec![script.as_os_str()],
-        vec![
-            std::ffi::OsStr::new("-tpython"),
-            std::ffi::OsStr::new("-c"),
-            std::ffi::OsStr::new("pass"),
-            std::ffi::OsStr::from_bytes(b"\xfe"),
-        ],
+    // A file's name is to be renamed; any other value given another way.
+    for (args, way_out) in [
+        (vec![script.as_os_str()], "; rename the file\n"),
+        (
+            vec![
+                std::ffi::OsStr::new("-tpython"),
+                std::ffi::OsStr::new("-c"),
+                std::ffi::OsStr::new("pass"),
+                std::ffi::OsStr::from_bytes(b"\xfe"),
+            ],
+            "; give the value another way (in a file, or on stdin)\n",
+        ),
     ] {
         let output = std::process::Command::new(bkg_tests::bkg_bin())
             .arg("exe")
@@ -69,6 +73,7 @@ fn an_argument_that_is_not_utf8_is_named_in_one_line() {
             .expect("bkg exe");
         assert_one_line_error(&output, 125, "is not valid UTF-8: names, arguments and values go to the agent as text");
         assert!(stderr(&output).contains("\\xFF") || stderr(&output).contains("\\xFE"), "{}", stderr(&output));
+        assert!(stderr(&output).ends_with(way_out), "{}", stderr(&output));
     }
 }
 
