@@ -393,7 +393,7 @@ pub enum RunsAction {
             long,
             value_name = "N",
             default_value_t = 20,
-            value_parser = whole_number::<u32>,
+            value_parser = runs_to_list,
             allow_negative_numbers = true
         )]
         limit: u32,
@@ -1006,6 +1006,13 @@ pub fn bkgr_command() -> clap::Command {
 /// clap alone took `-1` for a flag and suggested `-- -1` (found by a new-user trial).
 fn whole_number<T: std::str::FromStr>(given: &str) -> Result<T, String> {
     given.parse().map_err(|_| format!("`{given}` is not a whole number of 0 or more"))
+}
+
+/// How many runs `bkg runs ls` lists: 1 to the agent's most (found by a new-user trial: `-1` was
+/// told "a whole number of 0 or more", and then 0 "give 1 to 1000").
+fn runs_to_list(given: &str) -> Result<u32, String> {
+    let most = bkg_schema::MAX_LISTED_RUNS;
+    given.parse().ok().filter(|count| (1..=most).contains(count)).ok_or_else(|| format!("`{given}`: give 1 to {most}"))
 }
 
 /// Parses our own command line into `T` by `command`.

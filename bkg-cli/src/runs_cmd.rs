@@ -20,9 +20,6 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
     let out = settings.out;
     match args.action {
         RunsAction::Ls { limit, sandbox, before, project, .. } => {
-            if !(1..=1000).contains(&limit) {
-                return Err(CliError::usage(format!("--limit {limit}: give 1 to 1000")));
-            }
             let mut query = format!("?limit={limit}");
             if let Some(before) = &before {
                 check_run_id(before)?;

@@ -549,6 +549,9 @@ impl ApiError {
     }
 }
 
+/// The most runs one listing returns (`GET /api/v1/runs?limit=`, `bkg runs ls -n`).
+pub const MAX_LISTED_RUNS: u32 = 1000;
+
 /// One run as the agent's store keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

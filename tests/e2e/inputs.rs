@@ -81,15 +81,17 @@ fn an_argument_that_is_not_utf8_is_named_in_one_line() {
 /// argument" with advice to write `-- -1` (found by a new-user trial).
 #[test]
 fn a_negative_count_is_one_line_that_says_what_the_flag_takes() {
-    for (args, flag) in [
-        (&["logs", "web", "-n", "-1"][..], "--tail: `-1`"),
-        (&["audit", "tail", "-n", "-1"][..], "--lines: `-1`"),
-        (&["runs", "ls", "--limit", "-1"][..], "--limit: `-1`"),
-        (&["watch", "--count", "-3"][..], "--count: `-3`"),
-        (&["logs", "web", "-n", "ten"][..], "--tail: `ten`"),
+    for (args, said) in [
+        (&["logs", "web", "-n", "-1"][..], "--tail: `-1` is not a whole number of 0 or more"),
+        (&["audit", "tail", "-n", "-1"][..], "--lines: `-1` is not a whole number of 0 or more"),
+        (&["watch", "--count", "-3"][..], "--count: `-3` is not a whole number of 0 or more"),
+        (&["logs", "web", "-n", "ten"][..], "--tail: `ten` is not a whole number of 0 or more"),
+        // Its range, for any value outside it (was: `-1` a whole number of 0 or more, then 0 refused).
+        (&["runs", "ls", "--limit", "-1"][..], "--limit: `-1`: give 1 to 1000"),
+        (&["runs", "ls", "--limit", "0"][..], "--limit: `0`: give 1 to 1000"),
     ] {
         let output = bkg_without_an_agent(args);
-        assert_one_line_error(&output, 125, &format!("{flag} is not a whole number of 0 or more"));
+        assert_one_line_error(&output, 125, said);
     }
 }
 

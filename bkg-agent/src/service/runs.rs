@@ -83,8 +83,7 @@ const CANCEL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(bkg_
 /// A run going on in a task of its own; its result when awaited.
 pub type RunTask = JoinHandle<OpResult<RunResult>>;
 
-/// The most runs one listing returns.
-pub const MAX_LISTED_RUNS: u32 = 1000;
+pub use bkg_schema::MAX_LISTED_RUNS;
 
 impl Service {
     /// Checks a run in a temporary sandbox and takes it on.
