@@ -43,7 +43,6 @@ pub struct UploadResult {
     pub links: u64,
 }
 
-/// `POST /api/v1/sandboxes/{id}/sessions`.
 /// The name of a session that is given none.
 pub const DEFAULT_SESSION: &str = "default";
 
@@ -55,6 +54,7 @@ pub fn session_flag(session: &str) -> String {
     }
 }
 
+/// `POST /api/v1/sandboxes/{id}/sessions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
