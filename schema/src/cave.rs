@@ -768,9 +768,10 @@ fn describe_in_full(schema: &Value, error: &jsonschema::ValidationError<'_>) -> 
                 (false, None) => ("size", "\"512MiB\"".to_owned()),
             };
             match (as_written, least) {
+                // Said as a number first (found by a new-user trial: "512 is too small" read as
+                // if a larger bare number would do).
                 (Some(value), Some((_, floor, shown))) if value < floor => format!(
-                    "{instance} is too small: the least is {}, written as a string with its unit (\"{}\")",
-                    shown(floor),
+                    "{instance} is a number: write the {what} with its unit, as a string of at least \"{}\"",
                     shown(floor)
                 ),
                 _ => format!("{instance} is a number: write the {what} with its unit, as a string like {example}"),
@@ -1418,7 +1419,7 @@ sandboxes:
             let value = number.split_once(": ").unwrap_or_default().1;
             assert_eq!(
                 messages,
-                [format!("{value} is too small: the least is 16MiB, written as a string with its unit (\"16MiB\")")]
+                [format!("{value} is a number: write the size with its unit, as a string of at least \"16MiB\"")]
             );
         }
         // Zero in a size's or a duration's own form is too small too, not malformed.
