@@ -69,7 +69,9 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
         "d" => 86_400_000.0,
         _ => {
             let duration = humantime::parse_duration(trimmed).map_err(|_| UnitError::Duration(text.to_owned()))?;
-            let millis = u64::try_from(duration.as_millis()).map_err(|_| UnitError::TooLarge(text.to_owned()))?;
+            // Rounded up: a part of a millisecond (`1500us`) is not cut off below what was asked.
+            let millis =
+                u64::try_from(duration.as_nanos().div_ceil(1_000_000)).map_err(|_| UnitError::TooLarge(text.to_owned()))?;
             return if millis == 0 { Err(UnitError::Zero { text: text.to_owned(), least: "1ms" }) } else { Ok(millis) };
         }
     };
@@ -202,6 +204,7 @@ mod tests {
     #[test]
     fn compound_durations() {
         assert_eq!(parse_duration_ms("1m30s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("1500us"), Ok(2));
         assert_eq!(parse_duration_ms("1h 15m"), Ok(4_500_000));
         assert_eq!(parse_duration_ms("2s500ms"), Ok(2_500));
         assert_eq!(parse_duration_ms("0m0s"), Err(UnitError::Zero { text: "0m0s".into(), least: "1ms" }));
