@@ -28,7 +28,16 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
     let file = path.display().to_string();
     let unreadable = |error: std::io::Error| {
         if error.kind() == std::io::ErrorKind::NotFound {
-            CliError::usage(format!("{file} does not exist: create it with `bkg init`"))
+            // `bkg init` writes a cave.yaml where it runs: a file of another name is not its to
+            // make (found by a new-user trial).
+            let fix = match (path.file_name(), path.parent().filter(|dir| !dir.as_os_str().is_empty())) {
+                (Some(name), Some(dir)) if name == FILE_NAME => {
+                    format!("create it with `bkg init` in {}", dir.display())
+                }
+                (Some(name), None) if name == FILE_NAME => "create it with `bkg init`".to_owned(),
+                _ => format!("give --cave a file that exists (`bkg init` writes a {FILE_NAME})"),
+            };
+            CliError::usage(format!("{file} does not exist: {fix}"))
         } else {
             CliError::usage(format!("cannot read {file}: {error}"))
         }

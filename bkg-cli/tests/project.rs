@@ -384,7 +384,13 @@ fn add_refuses_duplicates_and_bad_input_and_leaves_the_file_alone() {
     assert_eq!(fs::read_to_string(dir.path().join("cave.yaml")).expect("cave.yaml"), EXISTING);
     let output = bkg(dir.path(), &["add", "x", "--type", "node", "--cave", "other.yaml"]);
     assert_eq!(output.status.code(), Some(125));
-    assert!(stderr(&output).contains("does not exist: create it with `bkg init`"));
+    assert_eq!(
+        stderr(&output),
+        "bkg: other.yaml does not exist: give --cave a file that exists (`bkg init` writes a cave.yaml)\n"
+    );
+    let output = bkg(dir.path(), &["add", "x", "--type", "node", "--cave", "sub/cave.yaml"]);
+    assert_eq!(output.status.code(), Some(125));
+    assert_eq!(stderr(&output), "bkg: sub/cave.yaml does not exist: create it with `bkg init` in sub\n");
     // The old name still works, with a line saying so.
     let output = bkg(dir.path(), &["add", "x", "--type", "node", "--file", "other.yaml"]);
     assert_eq!(output.status.code(), Some(125));

@@ -70,8 +70,8 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
         _ => {
             let duration = humantime::parse_duration(trimmed).map_err(|_| UnitError::Duration(text.to_owned()))?;
             // Rounded up: a part of a millisecond (`1500us`) is not cut off below what was asked.
-            let millis =
-                u64::try_from(duration.as_nanos().div_ceil(1_000_000)).map_err(|_| UnitError::TooLarge(text.to_owned()))?;
+            let millis = u64::try_from(duration.as_nanos().div_ceil(1_000_000))
+                .map_err(|_| UnitError::TooLarge(text.to_owned()))?;
             return if millis == 0 { Err(UnitError::Zero { text: text.to_owned(), least: "1ms" }) } else { Ok(millis) };
         }
     };
