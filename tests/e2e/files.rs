@@ -887,3 +887,36 @@ fn a_link_to_a_directory_named_with_a_trailing_slash_is_copied_as_the_directory(
     assert_eq!(code(&kept), 0, "{}", stderr(&kept));
     assert_eq!(std::fs::read_link(dir.join("kept/link")).expect("a link"), Path::new("inner"));
 }
+
+/// A sandbox whose project was moved away keeps its workspace: a copy out of it (by its id, as
+/// `bkg ls --all` shows it) says the project is gone and how to reach the files again, and
+/// works once the project is back (found by a new-user trial: `project directory … does not
+/// exist`, with `bkg rm`, which deletes the files, the only command that still worked).
+#[test]
+fn a_sandbox_whose_project_moved_away_says_how_to_reach_its_files() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let made = agent.bkg_in(dir, &["exec", "box", "-c", "open('/workspace/keep.txt', 'w').write('data')"]);
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let stopped = agent.bkg_in(dir, &["stop", "box"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+    let id = bkg_schema::sandbox::sandbox_id(&dir.to_string_lossy(), "box");
+    let moved = dir.with_extension("moved");
+    std::fs::rename(dir, &moved).expect("move the project away");
+    let away = tempfile::tempdir().expect("a directory without cave.yaml");
+    let refused = agent.bkg_in(away.path(), &["cp", &format!("{id}:keep.txt"), "out"]);
+    std::fs::rename(&moved, dir).expect("move the project back");
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert_eq!(
+        stderr(&refused),
+        format!(
+            "bkg: sandbox `box`'s project directory {} is gone (moved or deleted): put the project back there to \
+             run the sandbox or copy its files; its workspace is kept until `bkg rm box`\n",
+            dir.display()
+        )
+    );
+    let copied = agent.bkg_in(away.path(), &["cp", &format!("{id}:keep.txt"), "out"]);
+    assert_eq!(code(&copied), 0, "{}", stderr(&copied));
+    assert_eq!(std::fs::read_to_string(away.path().join("out/keep.txt")).expect("the copy"), "data");
+}
