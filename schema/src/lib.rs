@@ -185,11 +185,17 @@ impl Limits {
     }
 
     fn first_where(&self, bound: &Limits, beyond: fn(u64, u64) -> bool) -> Option<(&'static str, String, String)> {
-        self.named()
-            .into_iter()
-            .zip(bound.named())
-            .find(|((_, asked, _), (_, bound, _))| beyond(*asked, *bound))
-            .map(|((name, asked, format), (_, bound, _))| (name, format(asked), format(bound)))
+        self.named().into_iter().zip(bound.named()).find(|((_, asked, _), (_, bound, _))| beyond(*asked, *bound)).map(
+            |((name, asked, format), (_, bound, _))| {
+                // A size shown to one decimal may read as its bound (8.0GiB against 8GiB): then
+                // it is said in bytes, as it was asked (found by a new-user trial).
+                let shown = match format(asked) {
+                    same if same == format(bound) && asked != bound => format!("{asked}B"),
+                    shown => shown,
+                };
+                (name, shown, format(bound))
+            },
+        )
     }
 
     /// Each limit by its name (as cave.yaml's `limits` and the refusals call it), with how it
@@ -769,6 +775,16 @@ pub struct TcpListenerInfo {
 #[cfg(test)]
 mod tests {
     use super::{Language, Limits, NO_TIMEOUT_MS};
+
+    #[test]
+    fn a_limit_above_its_bound_never_reads_as_the_bound() {
+        const GIB: u64 = 1 << 30;
+        let bound = Limits { memory_bytes: 8 * GIB, ..Limits::DEFAULT };
+        let just_over = Limits { memory_bytes: 8 * GIB + 1, ..Limits::DEFAULT };
+        assert_eq!(just_over.first_above(&bound), Some(("memory", "8589934593B".into(), "8GiB".into())));
+        let clearly_over = Limits { memory_bytes: 9 * GIB + GIB / 2, ..Limits::DEFAULT };
+        assert_eq!(clearly_over.first_above(&bound), Some(("memory", "9.5GiB".into(), "8GiB".into())));
+    }
 
     #[test]
     fn no_timeout_is_null_in_json_and_the_old_number_still_reads() -> Result<(), serde_json::Error> {
