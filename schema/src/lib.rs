@@ -189,10 +189,9 @@ impl Limits {
             |((name, asked, format), (_, bound, _))| {
                 // A size shown to one decimal may read as its bound (8.0GiB against 8GiB): then
                 // it is said in bytes, as it was asked (found by a new-user trial).
-                let shown = match format(asked) {
-                    same if same == format(bound) && asked != bound => format!("{asked}B"),
-                    shown => shown,
-                };
+                let shown = format(asked);
+                let reads_as_bound = matches!(name, "memory" | "disk") && units::parse_size(&shown).ok() == Some(bound);
+                let shown = if reads_as_bound && asked != bound { format!("{asked}B") } else { shown };
                 (name, shown, format(bound))
             },
         )
@@ -782,8 +781,8 @@ mod tests {
         let bound = Limits { memory_bytes: 8 * GIB, ..Limits::DEFAULT };
         let just_over = Limits { memory_bytes: 8 * GIB + 1, ..Limits::DEFAULT };
         assert_eq!(just_over.first_above(&bound), Some(("memory", "8589934593B".into(), "8GiB".into())));
-        let clearly_over = Limits { memory_bytes: 9 * GIB + GIB / 2, ..Limits::DEFAULT };
-        assert_eq!(clearly_over.first_above(&bound), Some(("memory", "9.5GiB".into(), "8GiB".into())));
+        let clearly_over = Limits { memory_bytes: 8 * GIB + GIB / 10, ..Limits::DEFAULT };
+        assert_eq!(clearly_over.first_above(&bound), Some(("memory", "8.1GiB".into(), "8GiB".into())));
     }
 
     #[test]
