@@ -338,7 +338,7 @@ pub fn describe(run: &RunRecord) -> String {
     line("outcome", outcome(run));
     line("wall", or_dash(run.wall_ms, format_duration_ms));
     line("cpu", or_dash(run.cpu_ms, format_duration_ms));
-    line("memory", format!("{} peak", or_dash(run.peak_memory_bytes, format_size)));
+    line("memory", run.peak_memory_bytes.map_or_else(|| "-".into(), |bytes| format!("{} peak", format_size(bytes))));
     line(
         "output",
         format!(

@@ -52,10 +52,13 @@ pub fn limit_overrides(flags: &LimitArgs) -> Result<LimitOverrides, CliError> {
     let checked = |value: &Option<String>, (limit, least, shown): bkg_schema::NamedLimit, parse: Parse| {
         let too_small = |text: &str| {
             // A bare number is bytes (or seconds), which is seldom what was meant by `512`.
-            let unit = match limit {
-                "memory" | "disk" if text.bytes().all(|byte| byte.is_ascii_digit()) => {
+            // The number with MiB is suggested only where it would do: `0MiB` is refused in turn
+            // (found by a new-user trial).
+            let unit = match (limit, text.parse::<u64>()) {
+                ("memory" | "disk", Ok(number)) if number.saturating_mul(1 << 20) >= least => {
                     format!(" (a number without a unit is bytes: `{text}MiB`?)")
                 }
+                ("memory" | "disk", Ok(_)) => " (a number without a unit is bytes)".to_owned(),
                 _ => String::new(),
             };
             CliError::usage(format!("--{limit}: `{text}` is too small: the least is {}{unit}", shown(least)))

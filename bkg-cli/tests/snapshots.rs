@@ -258,6 +258,11 @@ fn tables() {
             .into(),
     );
     text.push_str(&bkg_cli::runs_cmd::describe(&failed));
+    text.push_str("--- bkg runs show, a run refused before it started (nothing measured)\n");
+    let mut refused = failed.clone();
+    (refused.wall_ms, refused.cpu_ms, refused.peak_memory_bytes) = (None, None, None);
+    refused.error = Some("port 18777 on 127.0.0.1 is taken".into());
+    text.push_str(&bkg_cli::runs_cmd::describe(&refused));
     text.push_str("--- bkg status, a run that failed before its script\n");
     let mut idle = sandboxes[1].clone();
     let mut prepared_not = runs[2].clone();

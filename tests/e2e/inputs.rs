@@ -394,10 +394,16 @@ fn bkg_add_names_a_limit_flag_below_its_least() {
     assert_eq!(code(&bkg(&["init", "--yes"])), 0);
     let before = std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml");
     assert_one_line_error(
-        &bkg(&["add", "z", "--type", "python", "--memory", "12"]),
+        &bkg(&["add", "z", "--type", "python", "--memory", "64"]),
         125,
-        "--memory: `12` is too small: the least is 16MiB (a number without a unit is bytes: `12MiB`?)",
+        "--memory: `64` is too small: the least is 16MiB (a number without a unit is bytes: `64MiB`?)",
     );
+    // Not told to become a value refused in turn (was: `0MiB`?, `12MiB`?).
+    for number in ["0", "12"] {
+        let output = bkg(&["add", "z", "--type", "python", "--memory", number]);
+        assert_one_line_error(&output, 125, &format!("--memory: `{number}` is too small: the least is 16MiB"));
+        assert!(stderr(&output).ends_with(" (a number without a unit is bytes)\n"), "{}", stderr(&output));
+    }
     // A variable without a value is not taken from this shell, as cave.yaml would keep it.
     assert_one_line_error(
         &bkg(&["add", "z", "--type", "python", "-e", "TOKEN"]),
