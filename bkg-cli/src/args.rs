@@ -1052,7 +1052,7 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) =>
         {
-            if let Some(said) = code_after_exec_name(&error) {
+            if let Some(said) = code_after_exec_name(&error).or_else(|| exe_without_a_script(&error)) {
                 return Err(said);
             }
             return Err(match without_environment(unbuilt).try_get_matches_from(&given) {
@@ -1083,6 +1083,23 @@ fn code_after_exec_name(error: &clap::Error) -> Option<clap::Error> {
             ErrorKind::UnknownArgument,
             "the code goes after -c (`bkg exec NAME -c 'print(1)'`) or on stdin (`bkg exec NAME < cell.py`), \
              not after the sandbox's name\n",
+        )
+    })
+}
+
+/// `bkg exe` with neither a script nor `-c`: one line with the three ways to give the code,
+/// instead of clap's usage block, which names the script alone (found by a new-user trial).
+fn exe_without_a_script(error: &clap::Error) -> Option<clap::Error> {
+    use clap::error::{ContextKind, ContextValue};
+    let in_exe = matches!(error.get(ContextKind::Usage), Some(ContextValue::StyledStr(usage))
+        if usage.to_string().contains("bkg exe "));
+    let script_missing = matches!(error.get(ContextKind::InvalidArg), Some(ContextValue::Strings(args))
+        if args.iter().any(|arg| arg == "<SCRIPT>"));
+    (error.kind() == ErrorKind::MissingRequiredArgument && in_exe && script_missing).then(|| {
+        clap::Error::raw(
+            ErrorKind::MissingRequiredArgument,
+            "no code to run: give a script (`bkg exe hello.py`), or `-c CODE` or `-` (stdin) with `--type python` or \
+             `--type node`\n",
         )
     })
 }

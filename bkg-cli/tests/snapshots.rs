@@ -160,9 +160,13 @@ fn with_socket_set(args: &[&str], dir: &std::path::Path) -> (Option<i32>, String
 
 #[test]
 fn a_usage_line_shows_what_was_typed_not_what_the_environment_gave() {
+    let (code, stderr) = with_socket_set(&["exe", "--bogus", "x.py"], &std::env::temp_dir());
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(stderr.contains("\nUsage: bkg exe [OPTIONS] [SCRIPT] [ARGS]...\n"), "{stderr}");
+    // Without a script, one line that names no flag of the environment's either.
     let (code, stderr) = with_socket_set(&["exe"], &std::env::temp_dir());
     assert_eq!(code, Some(125), "{stderr}");
-    assert!(stderr.contains("\nUsage: bkg exe <SCRIPT> [ARGS]...\n"), "{stderr}");
+    assert!(stderr.starts_with("bkg: no code to run: give a script") && !stderr.contains("--socket"), "{stderr}");
     let (_, stderr) = with_socket_set(&["stop", "--all", "web"], &std::env::temp_dir());
     assert!(stderr.contains("\nUsage: bkg stop --all [NAME]...\n"), "{stderr}");
 }
