@@ -219,6 +219,17 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
         expect(&refused, 422, "paging from a run the key cannot see, or none");
         assert!(refused.text().contains(&format!("no run {before}")), "{}", refused.text());
     }
+    // An empty filter is refused alike, whichever it is.
+    for filter in ["namespace", "sandbox", "before"] {
+        let refused = admin.get(&format!("/api/v1/runs?{filter}="));
+        expect(&refused, 422, filter);
+        assert_eq!(
+            refused.json()["error"]["message"],
+            format!("{filter} is empty: give a value, or leave it out"),
+            "{}",
+            refused.text()
+        );
+    }
 
     // Sandboxes: the team's are invisible to the other namespace.
     let created = team.post("/api/v1/sandboxes", &json!({ "name": "box", "language": "python" }));

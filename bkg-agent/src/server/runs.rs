@@ -115,7 +115,7 @@ pub struct RunListQuery {
     params(RunListQuery),
     responses(
         (status = 200, description = "Runs, newest first", body = Vec<RunRecord>),
-        (status = 422, description = "A limit out of range, or a `before` that names no run the key may see", body = ApiError),
+        (status = 422, description = "A limit out of range, an empty filter, or a `before` that names no run the key may see", body = ApiError),
     ),
 )]
 pub async fn list_runs(

@@ -258,6 +258,13 @@ impl Service {
         if !(1..=MAX_LISTED_RUNS).contains(&limit) {
             return Err(OpError::Invalid(format!("limit must be from 1 to {MAX_LISTED_RUNS}, not {limit}")));
         }
+        // An empty filter is a mistake, said as one for each of them alike (found by a new-user
+        // trial: `sandbox=` listed nothing, `namespace=` was no DNS label, `before=` no run).
+        for (name, value) in [("namespace", &namespace), ("sandbox", &sandbox), ("before", &before)] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                return Err(OpError::Invalid(format!("{name} is empty: give a value, or leave it out")));
+            }
+        }
         let namespace = listing_namespace(principal, namespace)?;
         if let Some(before) = &before {
             // A run the caller may not see is no place to page from, as if it did not exist.
