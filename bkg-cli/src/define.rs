@@ -121,6 +121,14 @@ fn node_packages(
             manifest.display()
         ))
     })?;
+    // One that names no packages has nothing to install, and needs no lockfile, as for `bkg exe`
+    // (found by a new-user trial).
+    let names_dependencies = crate::exe::names_dependencies(&package_json).map_err(|error| {
+        CliError::usage(format!("sandbox `{name}`: node.package {} is not JSON ({error}): fix it", manifest.display()))
+    })?;
+    if !names_dependencies {
+        return Ok(None);
+    }
     inside_project(project, name, "node.package's lockfile", &lockfile, allow_outside)?;
     // As `bkg exe` says it (exe.rs): the lockfile is what `npm ci` installs.
     let package_lock = std::fs::read_to_string(&lockfile).map_err(|error| {

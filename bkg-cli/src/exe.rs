@@ -310,16 +310,13 @@ fn node_packages(script: Option<&str>, language: Language) -> Result<Option<Node
     };
     let manifest = Path::new(script).with_file_name("package.json");
     let Ok(package_json) = std::fs::read_to_string(&manifest) else { return Ok(None) };
-    let parsed: serde_json::Value = serde_json::from_str(&package_json).map_err(|error| {
+    let names_dependencies = names_dependencies(&package_json).map_err(|error| {
         CliError::usage(format!(
             "{} beside the script is not JSON ({error}): fix it, or move it away if the script needs no packages",
             manifest.display()
         ))
     })?;
-    let has_dependencies = ["dependencies", "devDependencies", "optionalDependencies"]
-        .iter()
-        .any(|field| parsed.get(field).and_then(serde_json::Value::as_object).is_some_and(|deps| !deps.is_empty()));
-    if !has_dependencies {
+    if !names_dependencies {
         return Ok(None);
     }
     let lockfile = manifest.with_file_name("package-lock.json");
@@ -331,6 +328,15 @@ fn node_packages(script: Option<&str>, language: Language) -> Result<Option<Node
         ))
     })?;
     Ok(Some(NodePackages { package_json, package_lock }))
+}
+
+/// Whether the package.json `text` names packages to install: only then is there an environment
+/// to build, and a package-lock.json needed for it.
+pub(crate) fn names_dependencies(text: &str) -> Result<bool, serde_json::Error> {
+    let parsed: serde_json::Value = serde_json::from_str(text)?;
+    Ok(["dependencies", "devDependencies", "optionalDependencies"]
+        .iter()
+        .any(|field| parsed.get(field).and_then(serde_json::Value::as_object).is_some_and(|deps| !deps.is_empty())))
 }
 
 /// `KEY=VALUE`, or a bare `KEY` that takes the host's value (skipped when the host has none, as

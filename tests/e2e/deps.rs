@@ -556,6 +556,11 @@ fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
         assert!(err.contains(said) && !err.contains("/./"), "{sandbox}: {err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
+    // A package.json that names no packages needs no lockfile: nothing is installed, as for
+    // `bkg exe` (found by a new-user trial).
+    std::fs::write(dir.join("package.json"), r#"{"name":"x","version":"1.0.0"}"#).expect("package.json");
+    let ran = agent.bkgr(dir, &["npm"]);
+    assert_eq!(code(&ran), 0, "{}", stderr(&ran));
 }
 
 #[test]
