@@ -448,6 +448,18 @@ fn unpack_file_whole<R: std::io::Read>(
             ),
         ));
     }
+    // And the other way round (was: the rename's "Is a directory (os error 21)"; found by a
+    // new-user trial).
+    if target.symlink_metadata().is_ok_and(|meta| meta.is_dir()) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            format!(
+                "{} is a directory here and a file in the download, so it cannot be written: move the directory, \
+                 or download into another directory",
+                target.display()
+            ),
+        ));
+    }
     inside(dest, parent)?;
     let staging = parent.join(format!(".bkg-download-{}", std::process::id()));
     let written = entry.unpack(&staging).and_then(|_| std::fs::rename(&staging, &target));
@@ -570,6 +582,29 @@ mod tests {
         assert!(said.contains("in/dir is a file here and a directory in the download, so in/dir/c.txt"), "{said}");
         assert_eq!(std::fs::read_to_string(dest.path().join("in/dir"))?, "mine");
         assert_eq!(std::fs::read_to_string(dest.path().join("in/a.txt"))?, "x");
+        Ok(())
+    }
+
+    /// A directory where the download has a file is named as that, and is left as it was.
+    #[test]
+    fn a_directory_where_the_download_has_a_file_is_named() -> std::io::Result<()> {
+        let dest = tempfile::tempdir()?;
+        std::fs::create_dir_all(dest.path().join("in/main.py"))?;
+        std::fs::write(dest.path().join("in/main.py/kept.txt"), "mine")?;
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, "in/main.py", &b"x"[..])?;
+        let bytes = builder.into_inner()?;
+        let dest_path = dest.path().canonicalize()?;
+        let refused = unpack_counting(&mut tar::Archive::new(&bytes[..]), &dest_path, Links::Copied);
+        let said = refused.err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(
+            said.contains("in/main.py is a directory here and a file in the download, so it cannot be written"),
+            "{said}"
+        );
+        assert_eq!(std::fs::read_to_string(dest.path().join("in/main.py/kept.txt"))?, "mine");
         Ok(())
     }
 
