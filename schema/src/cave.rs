@@ -549,6 +549,20 @@ fn rules_of_the_sandboxes_the_schema_accepts(mut value: Value, schema_faults: &[
             untyped.map(|(name, _)| name.clone()).collect()
         })
         .unwrap_or_default();
+    // The faulted items of arrays (a volume, a port), each array's from its last back, so that
+    // the rules still compare the others (two overlapping volumes beside an invalid one; found by
+    // a new-user trial); the rules' pointers are put back onto the file's indices below.
+    let mut removed_items: Vec<(String, usize)> =
+        schema_faults.iter().filter_map(|fault| array_item(&value, &fault.pointer)).collect();
+    removed_items.sort_by(|a, b| b.cmp(a));
+    removed_items.dedup();
+    for (array, index) in &removed_items {
+        if let Some(items) = value.pointer_mut(array).and_then(Value::as_array_mut)
+            && *index < items.len()
+        {
+            items.remove(*index);
+        }
+    }
     for fault in schema_faults {
         remove_key_at(&mut value, &fault.pointer);
     }
@@ -580,7 +594,38 @@ fn rules_of_the_sandboxes_the_schema_accepts(mut value: Value, schema_faults: &[
     if let Some(sandboxes) = value.get_mut("sandboxes").and_then(Value::as_object_mut) {
         sandboxes.retain(|name, _| !still_faulted.contains(name));
     }
-    serde_json::from_value::<CaveFile>(value).map(|cave| cave.check()).unwrap_or_default()
+    let mut errors = serde_json::from_value::<CaveFile>(value).map(|cave| cave.check()).unwrap_or_default();
+    for error in &mut errors {
+        error.pointer = with_the_files_index(&error.pointer, &removed_items);
+    }
+    errors
+}
+
+/// The array (`/sandboxes/NAME/volumes`) and index of the item `pointer` names inside a sandbox,
+/// if it names one of an array's items.
+fn array_item(value: &Value, pointer: &str) -> Option<(String, usize)> {
+    let (array, index) = pointer.rsplit_once('/')?;
+    let index: usize = index.parse().ok()?;
+    (array.starts_with("/sandboxes/") && array.matches('/').count() >= 3 && value.pointer(array)?.is_array())
+        .then(|| (array.to_owned(), index))
+}
+
+/// `pointer` of an item of an array some of whose items were `removed` (array, index in the
+/// file), with the index the item has in the file.
+fn with_the_files_index(pointer: &str, removed: &[(String, usize)]) -> String {
+    let Some((array, Ok(index))) = pointer.rsplit_once('/').map(|(array, index)| (array, index.parse::<usize>()))
+    else {
+        return pointer.to_owned();
+    };
+    let mut gone: Vec<usize> = removed.iter().filter(|(at, _)| at == array).map(|(_, index)| *index).collect();
+    gone.sort_unstable();
+    let mut original = index;
+    for skipped in gone {
+        if skipped <= original {
+            original += 1;
+        }
+    }
+    format!("{array}/{original}")
 }
 
 /// Removes the key `pointer` names inside a sandbox (`/sandboxes/NAME/KEY...`), if it is an
@@ -931,23 +976,25 @@ impl CaveFile {
                     fail(&["sandboxes", name, "env", key], why);
                 }
             }
+            // Each well-formed one with its index.
             let mut volumes = Vec::new();
             for (index, volume) in sandbox.volumes.iter().enumerate() {
                 match Volume::parse(volume) {
-                    Ok(parsed) => volumes.push(parsed),
+                    Ok(parsed) => volumes.push((index, parsed)),
                     Err(error) => fail(&["sandboxes", name, "volumes", &index.to_string()], error.to_string()),
                 }
             }
-            // Their places are compared once each volume is well formed.
-            let overlapping = match volumes.len() == sandbox.volumes.len() {
-                true => crate::sandbox::overlapping_volumes(volumes.iter().map(|volume| volume.guest.as_str())),
-                false => Vec::new(),
-            };
+            // Their places are compared among the well-formed ones: an invalid volume must not hide
+            // two that overlap (found by a new-user trial).
+            let overlapping =
+                crate::sandbox::overlapping_volumes(volumes.iter().map(|(_, volume)| volume.guest.as_str()))
+                    .into_iter()
+                    .map(|(earlier, later)| (volumes[earlier].0, volumes[later].0));
             for (earlier, later) in overlapping {
                 fail(
                     &["sandboxes", name, "volumes", &later.to_string()],
                     format!(
-                        "`{}` is at or inside `{}`, the place of volume {earlier}: give each volume a place of its own",
+                        "`{}` is at or inside `{}`: give each volume a place of its own",
                         sandbox.volumes[later], sandbox.volumes[earlier]
                     ),
                 );
@@ -1579,14 +1626,33 @@ sandboxes:
             [
                 (
                     "/sandboxes/api/volumes/1",
-                    "`./d2:/workspace/m/sub` is at or inside `./data:/workspace/m`, the place of volume 0: give each volume a place of its own"
+                    "`./d2:/workspace/m/sub` is at or inside `./data:/workspace/m`: give each volume a place of its own"
                 ),
                 (
                     "/sandboxes/api/volumes/2",
-                    "`./d3:/workspace/m` is at or inside `./data:/workspace/m`, the place of volume 0: give each volume a place of its own"
+                    "`./d3:/workspace/m` is at or inside `./data:/workspace/m`: give each volume a place of its own"
                 )
             ]
         );
+    }
+
+    /// An item the schema refuses (a volume outside /workspace, a port that is no port) does
+    /// not hide what the rules find among the others, said at each item's index in the file
+    /// (found by a new-user trial: the one refused item was all `bkg validate` said).
+    #[test]
+    fn an_invalid_item_does_not_hide_the_others_problems() {
+        let text = "version: 1\nsandboxes:\n  a:\n    type: python\n    volumes: [\"./q:/etc\", \"./x:/workspace/m\", \"./y:/workspace/m/sub\"]\n    ports: [\"8080:80\"]\n  b:\n    type: python\n    ports: [bad, \"8080:81\"]\n";
+        let pointers: Vec<String> = errors_of(text).into_iter().map(|error| error.pointer).collect();
+        assert_eq!(
+            pointers,
+            ["/sandboxes/a/volumes/0", "/sandboxes/a/volumes/2", "/sandboxes/b/ports/0", "/sandboxes/b/ports/1"]
+        );
+        let messages: Vec<String> = errors_of(text).into_iter().map(|error| error.message).collect();
+        assert_eq!(
+            messages[1],
+            "`./y:/workspace/m/sub` is at or inside `./x:/workspace/m`: give each volume a place of its own"
+        );
+        assert!(messages[3].starts_with("host port 8080 is forwarded by sandbox `a` too"), "{messages:?}");
     }
 
     #[test]
