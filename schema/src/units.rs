@@ -13,7 +13,7 @@ pub enum UnitError {
     #[error("`{0}` is more CPUs than a limit can name: the most is {MAX_CPUS}")]
     TooManyCpus(String),
     /// More than any limit can be (it does not fit in 64 bits of bytes or milliseconds).
-    #[error("`{0}` is too large")]
+    #[error("`{0}` is too large for any limit (an agent's own maximum is in `bkg agent status`)")]
     TooLarge(String),
     /// Zero, or so small that it rounds to zero in the unit the limit is kept in.
     #[error("`{text}` is too small: the least is {least}")]
@@ -195,6 +195,11 @@ mod tests {
         assert_eq!(parse_size("99999999999TiB"), Err(UnitError::TooLarge("99999999999TiB".into())));
         assert_eq!(parse_size("18446744073709551616"), Err(UnitError::TooLarge("18446744073709551616".into())));
         assert_eq!(parse_size("16777216TiB"), Err(UnitError::TooLarge("16777216TiB".into())));
+        // Said with where an agent's own maximum is (found by a new-user trial: no bound at all).
+        assert_eq!(
+            UnitError::TooLarge("1e30".into()).to_string(),
+            "`1e30` is too large for any limit (an agent's own maximum is in `bkg agent status`)"
+        );
         assert_eq!(
             parse_duration_ms("99999999999999999999h"),
             Err(UnitError::TooLarge("99999999999999999999h".into()))
