@@ -43,21 +43,19 @@ pub async fn find_sandbox(
 ) -> Result<String, CliError> {
     // An invalid cave.yaml is refused with its problems, as bkgr and bkg ls do: it cannot say
     // whether it declares the name.
-    let project = match crate::project::project_if_any(project.dir.as_deref())? {
-        Ok(dir) => Some((crate::project::load_cave(&dir)?, dir)),
-        Err(_) => None,
+    let dir = match crate::project::project_if_any(project.dir.as_deref())? {
+        Ok(dir) => dir,
+        Err(no_project) => return outside_a_project(client, name, &no_project).await,
     };
-    if let Some((cave, dir)) = project {
-        let id = sandbox_id(&dir.to_string_lossy(), name);
-        let known = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?.is_some();
-        // The project's own sandbox of that name, made now if need be: never another project's.
-        if known || cave.sandboxes.contains_key(name) {
-            crate::define::ensure(client, &dir, &cave, name, known, out).await?;
-            return Ok(id);
-        }
-        return elsewhere(client, (&cave, &dir), name, out).await;
+    let cave = crate::project::load_cave(&dir)?;
+    let id = sandbox_id(&dir.to_string_lossy(), name);
+    let known = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?.is_some();
+    // The project's own sandbox of that name, made now if need be: never another project's.
+    if known || cave.sandboxes.contains_key(name) {
+        crate::define::ensure(client, &dir, &cave, name, known, out).await?;
+        return Ok(id);
     }
-    outside_a_project(client, name).await
+    elsewhere(client, (&cave, &dir), name, out).await
 }
 
 /// The id of sandbox `name`, which the project's cave.yaml (`cave`) does not declare: the one
@@ -86,17 +84,23 @@ pub async fn elsewhere(
     Ok(id)
 }
 
-/// The id of sandbox `name` where no project is around (no cave.yaml in the current directory
-/// or above): the one sandbox of that name the agent shows this caller (made with the API, MCP,
-/// or in a project elsewhere). The hint for none is the project, where `bkgr NAME` makes it:
+/// The id of sandbox `name` where no project is around (`no_project` says why): the one sandbox
+/// of that name the agent shows this caller (made with the API, MCP, or in a project elsewhere).
+/// With no cave.yaml around, the hint for none is the project, where `bkgr NAME` makes it:
 /// `bkgr` here would only say that there is no cave.yaml (found by a new-user trial).
-pub async fn outside_a_project(client: &AgentClient, name: &str) -> Result<String, CliError> {
-    agent_wide(client, name).await?.ok_or_else(|| {
-        let here = std::env::current_dir().map(|dir| dir.display().to_string()).unwrap_or_else(|_| ".".into());
-        CliError::usage(format!(
-            "no sandbox `{name}` on the agent, and no cave.yaml in {here} or above: run this in the project that \
-             declares it (or give `-C DIR`), or create the sandbox with the API"
-        ))
+pub async fn outside_a_project(
+    client: &AgentClient,
+    name: &str,
+    no_project: &crate::project::NoProject,
+) -> Result<String, CliError> {
+    use crate::project::NoProject;
+    agent_wide(client, name).await?.ok_or_else(|| match no_project {
+        NoProject::NoCaveFile { searched_from } => CliError::usage(format!(
+            "no sandbox `{name}` on the agent, and no cave.yaml in {} or above: run this in the project that \
+             declares it (or give `-C DIR`), or create the sandbox with the API",
+            searched_from.display()
+        )),
+        NoProject::Unusable(why) => CliError::usage(format!("no sandbox `{name}` on the agent ({})", why.message)),
     })
 }
 

@@ -176,7 +176,7 @@ pub(crate) async fn locate(
 ) -> Result<(String, Option<std::path::PathBuf>), CliError> {
     let project = match crate::project::project_if_any(dir)? {
         Ok(project) => project,
-        Err(_) => return Ok((crate::files_cmd::outside_a_project(client, name).await?, None)),
+        Err(no_project) => return Ok((crate::files_cmd::outside_a_project(client, name, &no_project).await?, None)),
     };
     let id = id_of(&project, name);
     // One the project neither declares nor has made is looked for elsewhere, as `bkg exec` and
@@ -661,9 +661,9 @@ pub async fn rm_many(settings: &Settings, args: RmArgs) -> Result<i32, CliError>
         }
         // A sandbox whose project was moved or deleted is still the agent's: found by its name
         // (or id) among this caller's sandboxes, as `bkg stop` and `bkg logs` find one.
-        Err(_) => {
+        Err(no_project) => {
             for name in &args.names {
-                let id = crate::files_cmd::outside_a_project(&client, name).await?;
+                let id = crate::files_cmd::outside_a_project(&client, name, &no_project).await?;
                 // Given by its id (`bkg ls --all`), it is still called by its name.
                 let name = bkg_schema::sandbox::sandbox_name_of(&id).to_owned();
                 removals.push(Removal { name, id, known: true, edit: None });

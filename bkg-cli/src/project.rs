@@ -50,10 +50,41 @@ pub fn nearest_cave_file() -> PathBuf {
 
 /// The project around the current directory (or `--dir`): its absolute directory.
 pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
+    find_project(dir)?.map_err(NoProject::into_error)
+}
+
+/// Why a command found no project around it.
+#[derive(Debug)]
+pub enum NoProject {
+    /// No cave.yaml in this directory or any above it.
+    NoCaveFile { searched_from: PathBuf },
+    /// The search itself failed (the directory cannot be read, a cave.yaml that is no file).
+    Unusable(CliError),
+}
+
+impl NoProject {
+    pub fn into_error(self) -> CliError {
+        match self {
+            NoProject::NoCaveFile { searched_from } => {
+                CliError::usage(format!("no cave.yaml in {} or above: run `bkg init` first", searched_from.display()))
+            }
+            NoProject::Unusable(error) => error,
+        }
+    }
+}
+
+/// The project around `dir` (or the current directory), or why there is none; `Err` only where
+/// `dir` itself cannot be read.
+fn find_project(dir: Option<&Path>) -> Result<Result<PathBuf, NoProject>, CliError> {
     let start = match dir {
         Some(dir) => dir.to_path_buf(),
-        None => std::env::current_dir()
-            .map_err(|error| CliError::usage(format!("cannot read the current directory: {error}")))?,
+        None => match std::env::current_dir() {
+            Ok(start) => start,
+            Err(error) => {
+                let error = CliError::usage(format!("cannot read the current directory: {error}"));
+                return Ok(Err(NoProject::Unusable(error)));
+            }
+        },
     };
     let start = start.canonicalize().map_err(|error| {
         let given = if dir.is_some() { format!("-C {}", start.display()) } else { start.display().to_string() };
@@ -61,19 +92,25 @@ pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
             std::io::ErrorKind::NotFound => CliError::usage(format!("{given}: no such directory")),
             _ => CliError::usage(format!("{given}: {error}")),
         }
-    })?;
-    let cave = find_cave_file(&start)?.ok_or_else(|| {
-        CliError::usage(format!("no cave.yaml in {} or above: run `bkg init` first", start.display()))
-    })?;
-    Ok(cave.parent().map(Path::to_path_buf).unwrap_or(start))
+    });
+    let start = match start {
+        Ok(start) => start,
+        Err(error) if dir.is_some() => return Err(error),
+        Err(error) => return Ok(Err(NoProject::Unusable(error))),
+    };
+    Ok(match find_cave_file(&start) {
+        Ok(Some(cave)) => Ok(cave.parent().map(Path::to_path_buf).unwrap_or(start)),
+        Ok(None) => Err(NoProject::NoCaveFile { searched_from: start }),
+        Err(error) => Err(NoProject::Unusable(error)),
+    })
 }
 
 /// The project a command acts in when it can act outside one too: `Ok(Err(why))` when no
 /// cave.yaml is around the current directory (the command then looks agent-wide), but a
 /// `-C DIR` that names no project is an error, never a silent look elsewhere.
-pub fn project_if_any(dir: Option<&Path>) -> Result<Result<PathBuf, CliError>, CliError> {
-    match project_dir(dir) {
-        Err(error) if dir.is_some() => Err(error),
+pub fn project_if_any(dir: Option<&Path>) -> Result<Result<PathBuf, NoProject>, CliError> {
+    match find_project(dir)? {
+        Err(why) if dir.is_some() => Err(why.into_error()),
         found => Ok(found),
     }
 }

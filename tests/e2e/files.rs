@@ -832,6 +832,19 @@ fn outside_a_project_the_commands_find_the_agents_sandbox_by_name() {
         "{}",
         stderr(&unknown)
     );
+    // A cave.yaml that cannot be read is named as the reason, not taken for none.
+    let unreadable = tempfile::tempdir().expect("a directory");
+    assert!(Command::new("mkfifo").arg(unreadable.path().join("cave.yaml")).status().expect("mkfifo").success());
+    for command in [&["stop", "nobox"][..], &["exec", "nobox", "-c", "1"]] {
+        let refused = agent.bkg_in(unreadable.path(), command);
+        assert_eq!(code(&refused), 125, "{command:?}");
+        assert!(
+            stderr(&refused).starts_with("bkg: no sandbox `nobox` on the agent (cannot read ")
+                && stderr(&refused).contains("cave.yaml: it is not a regular file"),
+            "{command:?}: {}",
+            stderr(&refused)
+        );
+    }
     // Nor does `bkgr` there, which finds no cave.yaml: the hint is the project (was: `bkgr nobox`).
     let unknown = agent.bkg_in(away, &["exec", "nobox", "-c", "1"]);
     assert_eq!(code(&unknown), 125);
