@@ -197,8 +197,8 @@ mod tests {
         assert_eq!(parse_size("16777216TiB"), Err(UnitError::TooLarge("16777216TiB".into())));
         // Said with where an agent's own maximum is (found by a new-user trial: no bound at all).
         assert_eq!(
-            UnitError::TooLarge("1e30".into()).to_string(),
-            "`1e30` is too large for any limit (an agent's own maximum is in `bkg agent status`)"
+            parse_size("99999999999TiB").map_err(|error| error.to_string()),
+            Err("`99999999999TiB` is too large for any limit (an agent's own maximum is in `bkg agent status`)".into())
         );
         assert_eq!(
             parse_duration_ms("99999999999999999999h"),
