@@ -41,13 +41,13 @@ pub async fn find_sandbox(
     name: &str,
     out: crate::out::Printer,
 ) -> Result<String, CliError> {
-    // An invalid cave.yaml is refused with its problems, as bkgr and bkg ls do: it cannot say
-    // whether it declares the name.
+    // An invalid cave.yaml is refused with its problems, as bkgr is: it cannot say whether it
+    // declares the name. Problems of other sandboxes only are said and left aside.
     let dir = match crate::project::project_if_any(project.dir.as_deref())? {
         Ok(dir) => dir,
         Err(no_project) => return outside_a_project(client, name, &no_project).await,
     };
-    let cave = crate::project::load_cave(&dir)?;
+    let cave = crate::project::load_cave_for(&dir, name, out)?;
     let id = sandbox_id(&dir.to_string_lossy(), name);
     let known = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?.is_some();
     // The project's own sandbox of that name, made now if need be: never another project's.

@@ -76,7 +76,11 @@ pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
     let project = if args.all { None } else { Some(project_dir(args.project.dir.as_deref())?) };
-    let cave = project.as_deref().map(load_cave).transpose()?;
+    let part = project.as_deref().map(crate::project::load_cave_in_part).transpose()?;
+    if let Some(part) = &part {
+        crate::project::note_left_out(out, part);
+    }
+    let cave = part.map(|part| part.cave);
     let sandboxes = list(&client, project.as_deref()).await?;
     let declared: Vec<Declared> = match (&project, &cave) {
         (Some(dir), Some(cave)) => cave
@@ -615,7 +619,7 @@ async fn stop(
         (Some(Stopped { stopped }), _) => stopped,
         // Declared in cave.yaml and never made: there is nothing to stop, which is what was asked.
         // A cave.yaml that does not load cannot say whether it declares the name: its problems.
-        (None, Some(project)) => match load_cave(project) {
+        (None, Some(project)) => match crate::project::load_cave_for(project, &name, out) {
             Ok(cave) if cave.sandboxes.contains_key(&name) => false,
             Ok(cave) => return Err(crate::project::unknown_sandbox(&cave, &name)),
             Err(problems) => return Err(problems),
@@ -711,14 +715,15 @@ async fn removal_of(
     name: &str,
 ) -> Result<(Option<String>, Option<SandboxInfo>), CliError> {
     let cave_path = project.join("cave.yaml");
-    // An invalid cave.yaml is refused with its problems, as `bkg add` refuses it: an edit
-    // could only make it worse, and it cannot say whether it declares `name`.
-    let cave = load_cave(project)?;
+    // A cave.yaml invalid outside its sandboxes is refused with its problems, as `bkg add`
+    // refuses it: it cannot say whether it declares `name`. Problems inside sandboxes do not
+    // keep one from going, the invalid one itself included.
+    let part = crate::project::load_cave_in_part(project)?;
     let cave_text = std::fs::read_to_string(&cave_path)
         .map_err(|error| CliError::usage(format!("{}: {error}", cave_path.display())))?;
     let edited = remove_sandbox_block(&cave_text, name);
     // Refused before anything is removed: the sandbox's data would go and cave.yaml keep it.
-    if edited.is_none() && cave.sandboxes.contains_key(name) {
+    if edited.is_none() && part.declares(name) {
         return Err(CliError::usage(format!(
             "cave.yaml declares `{name}` in a form bkg rm cannot edit (`sandboxes:` written inline, or a layout \
              where taking its lines out would change more than `{name}`): nothing was removed; write `sandboxes:` \
@@ -728,7 +733,7 @@ async fn removal_of(
     }
     let known = fetch(client, &id_of(project, name)).await?;
     if edited.is_none() && known.is_none() {
-        return Err(crate::project::unknown_sandbox(&cave, name));
+        return Err(crate::project::unknown_sandbox(&part.cave, name));
     }
     Ok((edited, known))
 }
@@ -796,10 +801,16 @@ async fn rm(
 /// file less that one sandbox: nothing is written then.
 fn remove_sandbox_block(text: &str, name: &str) -> Option<String> {
     let edited = cut_sandbox_block(text, name)?;
-    let before = bkg_schema::cave::parse(text, "cave.yaml").ok()?;
-    let after = bkg_schema::cave::parse(&edited, "cave.yaml").ok()?;
-    let removed = before.sandboxes.contains_key(name) && !after.sandboxes.contains_key(name);
-    (removed && crate::project::same_but_for(&before, &after, name)).then_some(edited)
+    let before = bkg_schema::cave::parse_in_part(text, "cave.yaml").ok()?;
+    let after = bkg_schema::cave::parse_in_part(&edited, "cave.yaml").ok()?;
+    let removed = before.declares(name) && !after.declares(name);
+    let others_left_out = |part: &bkg_schema::cave::InPart| {
+        part.left_out.iter().filter(|left_out| *left_out != name).cloned().collect::<Vec<_>>()
+    };
+    (removed
+        && others_left_out(&before) == others_left_out(&after)
+        && crate::project::same_but_for(&before.cave, &after.cave, name))
+    .then_some(edited)
 }
 
 /// The text cut: the block's key line, every more-indented line after it and the comments right

@@ -7,10 +7,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bkg_schema::Language;
-use bkg_schema::cave::{CaveFile, FILE_NAME, NAME_RULE, yaml_scalar as scalar};
+use bkg_schema::cave::{CaveErrors, CaveFile, FILE_NAME, InPart, NAME_RULE, yaml_scalar as scalar};
 use bkg_schema::sandbox::is_dns_label;
 
 use crate::exit::CliError;
+use crate::out::Printer;
 
 /// The cave.yaml in `start` or the nearest directory above it. A directory that cannot be
 /// looked into ends the search with its error: going past it could find another project's file.
@@ -155,8 +156,43 @@ fn run_command(name: &str, spec: &bkg_schema::cave::SandboxSpec) -> String {
 
 /// The cave.yaml of `project`, checked: an invalid one is refused with its problems.
 pub fn load_cave(project: &Path) -> Result<CaveFile, CliError> {
-    bkg_schema::cave::load(&project.join("cave.yaml"))
-        .map_err(|errors| CliError::usage(errors.to_string().trim_end().to_owned()))
+    bkg_schema::cave::load(&project.join("cave.yaml")).map_err(|errors| cave_problems(&errors))
+}
+
+/// The cave.yaml of `project` as far as it is valid: its sandboxes with problems left out, when
+/// only sandboxes have any; refused with its problems otherwise.
+pub fn load_cave_in_part(project: &Path) -> Result<InPart, CliError> {
+    bkg_schema::cave::load_in_part(&project.join("cave.yaml")).map_err(|errors| cave_problems(&errors))
+}
+
+/// The cave.yaml of `project` for work on sandbox `name` alone: one whose problems all lie in
+/// other sandboxes is used without them, said in a note (found by a new-user trial: one invalid
+/// sandbox kept `bkg cp`, `bkg exec` and `bkgr` from every other); refused with its problems
+/// when `name` is among them or the file has others.
+pub fn load_cave_for(project: &Path, name: &str, out: Printer) -> Result<CaveFile, CliError> {
+    let part = load_cave_in_part(project)?;
+    if let Some(problems) = part.problems.as_ref().filter(|_| part.left_out.contains(name)) {
+        return Err(cave_problems(problems));
+    }
+    note_left_out(out, &part);
+    Ok(part.cave)
+}
+
+/// Says which sandboxes of cave.yaml were left out for their problems, if any were.
+pub fn note_left_out(out: Printer, part: &InPart) {
+    if part.left_out.is_empty() {
+        return;
+    }
+    let names: Vec<String> = part.left_out.iter().map(|name| format!("`{name}`")).collect();
+    let (them, are) = if names.len() == 1 { ("sandbox", "is") } else { ("sandboxes", "are") };
+    out.note(format_args!(
+        "cave.yaml's {them} {} {are} invalid and left out (`bkg validate` says why)",
+        names.join(", ")
+    ));
+}
+
+fn cave_problems(errors: &CaveErrors) -> CliError {
+    CliError::usage(errors.to_string().trim_end().to_owned())
 }
 
 /// Whether `after` says all that `before` says but for sandbox `name`: what an edit of one entry

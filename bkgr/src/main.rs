@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use bkg_cli::shared::{
     AgentClient, Bkgr as Args, CliError, Endpoint, LimitsFrom, Output, Outside, Printer, SUCCESS, Stdin, bkgr_command,
-    define, definition, denial_lines, exit_code_of_run, exit_code_of_runs, limit_overrides, load_cave, project_dir,
-    reason_line, run_streamed, unknown_sandbox,
+    define, definition, denial_lines, exit_code_of_run, exit_code_of_runs, limit_overrides, load_cave, load_cave_for,
+    project_dir, reason_line, run_streamed, unknown_sandbox,
 };
 use bkg_schema::LimitOverrides;
 use bkg_schema::cave::SandboxSpec;
@@ -32,7 +32,11 @@ async fn run(args: Args) -> Result<i32, CliError> {
         )));
     }
     let project = project_dir(args.dir.as_deref())?;
-    let cave = load_cave(&project)?;
+    // One sandbox runs whatever problems others have; all of them, only from a valid file.
+    let cave = match &args.name {
+        Some(name) => load_cave_for(&project, name, out)?,
+        None => load_cave(&project)?,
+    };
     let selected: Vec<(&String, &SandboxSpec)> = match &args.name {
         Some(name) => {
             let spec = cave.sandboxes.get(name).ok_or_else(|| unknown_sandbox(&cave, name))?;

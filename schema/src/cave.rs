@@ -4,7 +4,7 @@
 //! it, and [`CaveFile::check`] repeats every rule the types cannot carry, so a file that passes
 //! one side passes the other (a test in bkg-cli holds the examples to that).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -450,9 +450,15 @@ impl std::error::Error for CaveErrors {}
 
 /// Reads and checks a cave.yaml.
 pub fn load(path: &Path) -> Result<CaveFile, CaveErrors> {
+    let (text, file) = text_and_name(path)?;
+    parse(&text, &file)
+}
+
+/// The text of the cave.yaml at `path` and the name its problems give it.
+fn text_and_name(path: &Path) -> Result<(String, String), CaveErrors> {
     let file = path.display().to_string();
     match read_text(path) {
-        Ok(text) => parse(&text, &file),
+        Ok(text) => Ok((text, file)),
         Err(error) => {
             Err(CaveErrors { file, errors: vec![CaveError::new(String::new(), format!("cannot be read: {error}"))] })
         }
@@ -533,6 +539,58 @@ pub fn parse(text: &str, file: &str) -> Result<CaveFile, CaveErrors> {
     errors.sort_by(|a, b| (a.line, &a.pointer).cmp(&(b.line, &b.pointer)));
     errors.dedup();
     Err(fail(errors))
+}
+
+/// A cave.yaml read as far as it is valid: when every problem lies inside a sandbox, the file
+/// without those sandboxes, so that work on the others goes on.
+#[derive(Debug, Clone)]
+pub struct InPart {
+    pub cave: CaveFile,
+    /// The sandboxes left out, each for a problem of its own.
+    pub left_out: BTreeSet<String>,
+    /// Every problem of the file, when one was left out.
+    pub problems: Option<CaveErrors>,
+}
+
+impl InPart {
+    /// Whether the file names sandbox `name`, valid or not.
+    pub fn declares(&self, name: &str) -> bool {
+        self.cave.sandboxes.contains_key(name) || self.left_out.contains(name)
+    }
+}
+
+/// Reads and checks a cave.yaml as `parse_in_part` does.
+pub fn load_in_part(path: &Path) -> Result<InPart, CaveErrors> {
+    let (text, file) = text_and_name(path)?;
+    parse_in_part(&text, &file)
+}
+
+/// `parse`, but a file whose problems all lie inside some sandboxes is taken without them; one
+/// with a problem elsewhere (its form, `version`, `namespace`) is refused as `parse` refuses it.
+pub fn parse_in_part(text: &str, file: &str) -> Result<InPart, CaveErrors> {
+    let problems = match parse(text, file) {
+        Ok(cave) => return Ok(InPart { cave, left_out: BTreeSet::new(), problems: None }),
+        Err(problems) => problems,
+    };
+    let faulted: Option<BTreeSet<String>> = problems.errors.iter().map(|error| sandbox_of(&error.pointer)).collect();
+    let Some(left_out) = faulted else { return Err(problems) };
+    let Ok(mut value) = to_json(text.strip_prefix('\u{feff}').unwrap_or(text)) else { return Err(problems) };
+    if let Some(sandboxes) = value.get_mut("sandboxes").and_then(Value::as_object_mut) {
+        sandboxes.retain(|name, _| !left_out.contains(name));
+    }
+    if !schema_errors(&value).is_empty() {
+        return Err(problems);
+    }
+    match serde_json::from_value::<CaveFile>(value) {
+        Ok(cave) if cave.check().is_empty() => Ok(InPart { cave, left_out, problems: Some(problems) }),
+        _ => Err(problems),
+    }
+}
+
+/// The name of the sandbox a problem's pointer lies in (`/sandboxes/NAME/...`), if it lies in one.
+fn sandbox_of(pointer: &str) -> Option<String> {
+    let escaped = pointer.strip_prefix("/sandboxes/")?.split('/').next()?;
+    (!escaped.is_empty()).then(|| unescaped(escaped))
 }
 
 /// The type rules' problems of what the schema accepts, so that one pass of `bkg validate` shows
@@ -1348,6 +1406,32 @@ sandboxes:
             Ok(cave) => panic!("accepted: {cave:?}"),
             Err(errors) => errors.errors,
         }
+    }
+
+    /// Found by a new-user trial: one sandbox with a bad limit kept `bkg cp`, `bkg exec` and
+    /// `bkg rm` from every other sandbox of the project.
+    #[test]
+    fn a_file_whose_problems_lie_in_some_sandboxes_is_read_without_them() {
+        let text = "version: 1\nsandboxes:\n  good:\n    type: python\n  bad:\n    type: python\n    limits: { memory: lots }\n  \
+                    worse:\n    type: nodejs\n";
+        let part = parse_in_part(text, "cave.yaml").expect("the good sandbox is valid");
+        assert_eq!(part.cave.sandboxes.keys().collect::<Vec<_>>(), ["good"]);
+        assert_eq!(part.left_out.iter().collect::<Vec<_>>(), ["bad", "worse"]);
+        assert!(part.declares("bad") && part.declares("good") && !part.declares("other"));
+        let problems = part.problems.expect("the problems are kept");
+        assert_eq!(problems.errors, errors_of(text));
+
+        let whole = parse_in_part(GOOD, "cave.yaml").expect("valid");
+        assert!(whole.left_out.is_empty() && whole.problems.is_none() && whole.cave.sandboxes.len() == 2);
+
+        // A problem outside the sandboxes leaves nothing to go on with.
+        let bad_version = "version: 2\nsandboxes:\n  good:\n    type: python\n";
+        assert_eq!(
+            parse_in_part(bad_version, "cave.yaml").map(|part| part.cave).err(),
+            parse(bad_version, "cave.yaml").err()
+        );
+        let duplicate = "version: 1\nsandboxes:\n  good:\n    type: python\n  bad:\n    type: python\n    type: node\n";
+        assert!(parse_in_part(duplicate, "cave.yaml").is_err());
     }
 
     /// Found by a new-user trial: the disk below its least was said only once `type` was back.

@@ -814,11 +814,9 @@ fn a_missing_sandbox_or_script_is_one_clear_line() {
         &cave.replace("    type: python\n", "    type: python\n    colour: red\n"),
     );
     let broken_cave = std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml");
-    // Every command says so, `bkg rm` edits nothing (found by a new-user trial: `status` and
-    // `logs` advised `bkgr`, `rm` cut the entry out of the broken file).
-    for command in
-        [&["stop", "api"][..], &["status", "api"], &["logs", "api"], &["rm", "api", "--force"], &["status", "typo"]]
-    {
+    // Every command says so (found by a new-user trial: `status` and `logs` advised `bkgr`);
+    // `bkg rm api` takes the invalid entry out (an_invalid_sandbox_keeps_neither_the_others_…).
+    for command in [&["stop", "api"][..], &["status", "api"], &["logs", "api"], &["status", "typo"]] {
         let broken = agent.bkg_in(project.path(), command);
         assert_eq!(code(&broken), 125, "{command:?}: {}", stderr(&broken));
         assert!(
@@ -1513,4 +1511,48 @@ fn an_upload_never_removes_a_volume_s_files_as_an_abandoned_staging() {
     for name in ["1", "22", "keep"] {
         assert!(dir.join("updir").join(name).exists(), "{name} is still on the host");
     }
+}
+
+/// Found by a new-user trial: one sandbox with a bad limit in cave.yaml kept `bkgr`, `bkg exec`,
+/// `bkg cp`, `bkg ls` and `bkg rm` from every other sandbox of the project, and from removing the
+/// invalid one itself; each now goes on without it and says so.
+#[test]
+fn an_invalid_sandbox_keeps_neither_the_others_nor_its_own_removal_from_working() {
+    let agent = Agent::start();
+    let project = project_with(
+        "version: 1\nnamespace: default\nsandboxes:\n  good:\n    type: python\n    scripts:\n      start: python -c 'print(6 * 7)'\n  bad:\n    type: python\n    limits: { memory: lots }\n",
+    );
+    let dir = project.path();
+    let left_out = "bkg: cave.yaml's sandbox `bad` is invalid and left out (`bkg validate` says why)\n";
+    let ran = agent.bkgr(dir, &["good"]);
+    assert_eq!((code(&ran), stdout(&ran)), (0, "42\n".to_owned()), "{}", stderr(&ran));
+    assert!(stderr(&ran).contains("cave.yaml's sandbox `bad` is invalid and left out"), "{}", stderr(&ran));
+    let exec = agent.bkg_in(dir, &["exec", "good", "-c", "open('/workspace/made.txt', 'w').write('kept')"]);
+    assert_eq!(code(&exec), 0, "{}", stderr(&exec));
+    assert!(stderr(&exec).starts_with(left_out), "{}", stderr(&exec));
+    let cp = agent.bkg_in(dir, &["cp", "good:made.txt", "copied"]);
+    assert_eq!(code(&cp), 0, "{}", stderr(&cp));
+    assert_eq!(std::fs::read_to_string(dir.join("copied/made.txt")).expect("copied"), "kept");
+    let ls = agent.bkg_in(dir, &["ls"]);
+    assert_eq!(code(&ls), 0, "{}", stderr(&ls));
+    assert!(stdout(&ls).contains("good") && stderr(&ls) == left_out, "{}{}", stdout(&ls), stderr(&ls));
+
+    // The invalid one itself is refused with its problems, and all of them when asked for.
+    for refused in [agent.bkgr(dir, &["bad"]), agent.bkgr(dir, &[]), agent.bkg_in(dir, &["exec", "bad", "-c", "pass"])]
+    {
+        assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+        assert!(
+            stderr(&refused).contains("/sandboxes/bad/limits/memory: \"lots\" is not a valid size"),
+            "{}",
+            stderr(&refused)
+        );
+    }
+
+    // Removing it edits cave.yaml, and what is left is valid again.
+    let rm = agent.bkg_in(dir, &["rm", "--force", "bad"]);
+    assert_eq!(code(&rm), 0, "{}", stderr(&rm));
+    let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    assert!(!cave.contains("bad") && cave.contains("good:"), "{cave}");
+    let validate = agent.bkg_in(dir, &["validate"]);
+    assert_eq!(code(&validate), 0, "{}", stderr(&validate));
 }
