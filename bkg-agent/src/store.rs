@@ -647,12 +647,21 @@ impl Store {
 
     /// The newest run of a persistent sandbox, not counting the runs file transfers held it with.
     pub async fn last_run_of(&self, sandbox_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.newest_run_of(sandbox_id, "").await
+    }
+
+    /// The newest run of a persistent sandbox that has ended, as `last_run_of` counts them.
+    pub async fn last_ended_run_of(&self, sandbox_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.newest_run_of(sandbox_id, "AND finished_at_ms IS NOT NULL").await
+    }
+
+    async fn newest_run_of(&self, sandbox_id: &str, and: &'static str) -> Result<Option<RunRecord>, StoreError> {
         let sandbox_id = sandbox_id.to_owned();
         self.with(move |db| {
             let row = db
                 .query_row(
                     &format!(
-                        "SELECT {RUN_COLUMNS} FROM runs WHERE sandbox_id = ?1 AND for_transfer = 0 \
+                        "SELECT {RUN_COLUMNS} FROM runs WHERE sandbox_id = ?1 AND for_transfer = 0 {and} \
                          ORDER BY started_at_ms DESC, id DESC LIMIT 1"
                     ),
                     params![sandbox_id],

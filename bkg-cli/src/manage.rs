@@ -42,10 +42,16 @@ async fn fetch(client: &AgentClient, id: &str) -> Result<Option<SandboxInfo>, Cl
     client.get_found(&format!("/api/v1/sandboxes/{id}")).await
 }
 
+/// The sandbox's newest run that has ended: while one goes on, the one before it (found by a
+/// new-user trial: LAST EXIT said `running` for as long as a session held the sandbox).
+fn last_ended_run(info: &SandboxInfo) -> Option<&bkg_schema::RunRecord> {
+    let ended = info.last_run.as_ref().filter(|run| run.finished_at_ms.is_some());
+    ended.or(info.previous_run.as_ref())
+}
+
 fn last_exit(info: &SandboxInfo) -> String {
-    match &info.last_run {
+    match last_ended_run(info) {
         None => "-".into(),
-        Some(run) if run.finished_at_ms.is_none() => "running".into(),
         Some(run) => match (run.killed_by, run.exit_code, run.signal) {
             (Some(killed), _, _) => killed.as_str().into(),
             (None, Some(code), _) => code.to_string(),
@@ -290,7 +296,7 @@ pub fn describe(info: &SandboxInfo) -> String {
     }
     line("last exit", last_exit(info));
     // What ended a run that failed before (or instead of) its script: the log cannot say it.
-    if let Some(error) = info.last_run.as_ref().and_then(|run| run.error.as_deref()) {
+    if let Some(error) = last_ended_run(info).and_then(|run| run.error.as_deref()) {
         line("last error", error.replace('\n', " "));
     }
     line(

@@ -172,6 +172,10 @@ pub struct SandboxInfo {
     /// The most recent run, finished or not; not a run that only held the sandbox for a file
     /// transfer (those are listed with the runs).
     pub last_run: Option<RunRecord>,
+    /// While `last_run` goes on (a session holds the sandbox, a service runs), the newest run
+    /// that ended before it: what `bkg ls` and `bkg status` show as the last exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_run: Option<RunRecord>,
     pub created_at_ms: u64,
     /// What the sandbox's disk holds: the blocks its filesystem has written (its metadata and
     /// every block its files have used); deleting files in the sandbox does not lower it. The

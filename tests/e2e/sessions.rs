@@ -879,3 +879,37 @@ fn one_namespace_leaves_a_long_lived_place_to_the_others() {
     let other = agent.bkg_in(theirs.path(), &["exec", "t", "-c", "1"]);
     assert_eq!(code(&other), 0, "{}", stderr(&other));
 }
+
+/// Found by a new-user trial: while a session held a sandbox, `bkg ls` showed `running` as its
+/// LAST EXIT, hiding how its last run had ended; the agent now gives that run beside the one
+/// going on (`previous_run`).
+#[test]
+fn a_session_holding_the_sandbox_leaves_its_last_exit_shown() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
+    let added = agent.bkg_in(dir, &["add", "box", "--type", "python", "--script", "start=exit 3", "--disk", "64MiB"]);
+    assert_eq!(code(&added), 0, "add: {}", stderr(&added));
+    assert_eq!(code(&agent.bkgr(dir, &["box"])), 3);
+    let exec = agent.bkg_in(dir, &["exec", "box", "-c", "x = 1"]);
+    assert_eq!(code(&exec), 0, "{}", stderr(&exec));
+
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["last_run"]["finished_at_ms"], serde_json::Value::Null, "{status}");
+    assert_eq!(status["previous_run"]["exit_code"], 3, "{status}");
+    let text = stdout(&agent.bkg_in(dir, &["status", "box"]));
+    assert!(text.contains("last exit    3\n"), "{text}");
+    let ls = stdout(&agent.bkg_in(dir, &["ls"]));
+    let row = ls.lines().find(|line| line.starts_with("box ")).expect("box's row");
+    assert_eq!(row.split_whitespace().take(4).collect::<Vec<_>>(), ["box", "python", "running", "3"], "{ls}");
+
+    // Once the session ends, its own run is the last, and nothing else is given.
+    let stop = agent.bkg_in(dir, &["stop", "box"]);
+    assert_eq!(code(&stop), 0, "{}", stderr(&stop));
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert!(status.get("previous_run").is_none() && status["state"] == "idle", "{status}");
+}

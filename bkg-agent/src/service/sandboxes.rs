@@ -168,6 +168,10 @@ impl Service {
         let id = sandbox_id(&definition.project_dir, &definition.name);
         let service = self.service_health(&id, &definition).await;
         let last_run = self.store.last_run_of(&id).await?;
+        let previous_run = match &last_run {
+            Some(run) if run.finished_at_ms.is_none() => self.store.last_ended_run_of(&id).await?,
+            _ => None,
+        };
         let current_run = self.engine.current_run(&id).map(|run| run.run_id.clone());
         let session = self.sessions.info_of(&id);
         let limits = self.limits_of(principal, &definition);
@@ -186,6 +190,7 @@ impl Service {
             limits,
             current_run,
             last_run,
+            previous_run,
             created_at_ms: stored.created_at_ms,
             disk_bytes_allocated,
             session,
