@@ -299,6 +299,25 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     assert_eq!(files_containing(&agent.state_dir, password.as_bytes()), Vec::<PathBuf>::new());
 }
 
+/// The agent's own index URL may hold a password (`--package-index https://user:token@…`):
+/// what a run is told of an install shows it as `***`, and no file of the agent's keeps it
+/// (found by a new-user trial: every run that installed was told it).
+#[test]
+fn the_password_of_the_agents_index_is_never_shown() {
+    let index = LocalIndex::start();
+    let password = "IDXPW-bkg-5e21";
+    let url = index.url.replacen("://", &format!("://idxuser:{password}@"), 1);
+    let agent =
+        Agent::start_with(AgentOptions { extra_args: vec!["--package-index".into(), url], ..AgentOptions::default() });
+    let run = agent.exe(&["--with", "six==1.17.0", "-c", "import six; print(six.__version__)", "--type", "python"]);
+    assert_eq!((code(&run), stdout(&run).as_str()), (0, "1.17.0\n"), "{}", stderr(&run));
+    assert!(stderr(&run).contains(" from http://***@127.0.0.1:"), "{}", stderr(&run));
+    assert!(!stderr(&run).contains(password), "{}", stderr(&run));
+    assert!(!agent.log().contains(password), "{}", agent.log());
+    agent.wait_idle();
+    assert_eq!(files_containing(&agent.state_dir, password.as_bytes()), Vec::<PathBuf>::new());
+}
+
 /// An index the agent cannot reach is said as that, not as what the installer makes of a closed
 /// connection (TLS, a proxy) (found by a new-user trial).
 #[test]

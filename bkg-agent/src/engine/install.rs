@@ -32,6 +32,12 @@ pub struct PackageIndex {
 const PYPI_FILES: &str = "files.pythonhosted.org";
 
 impl PackageIndex {
+    /// The URL as anyone may see it: its user part (a password the index takes) as `***`
+    /// (found by a new-user trial: every installing run was told the agent's index password).
+    pub fn shown(&self) -> String {
+        crate::envs::without_credentials(&self.url)
+    }
+
     /// Checks an index URL: http or https, with a host that is a name or a loopback address
     /// (the sandbox's relay listens on its own loopback).
     pub fn parse(text: &str) -> Result<Self, String> {

@@ -134,7 +134,7 @@ impl Service {
             Language::Python => "pip",
             Language::Node => "npm",
         };
-        progress(format!("installing {packages} into environment {id} from {}", envs.index.url));
+        progress(format!("installing {packages} into environment {id} from {}", envs.index.shown()));
         let dirs = envs.begin_build(id, &request.files).map_err(|error| failed(error.to_string()))?;
         let install = self.engine.install_run(
             request.language,
