@@ -21,12 +21,12 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
     if !args.from_db {
         refuse_remote(settings, "bkg audit verify", " (--from-db --key HEX verifies bkg_db's copy through it)")?;
         if args.files.is_empty() {
-            args.state_dir = running_agents_state_dir(settings, args.state_dir).await?;
+            args.state_dir = Some(audit_state_dir(settings, args.state_dir).await?);
         }
         return verify_to(&args, &mut io::stdout().lock(), &mut io::stderr().lock());
     }
     if args.key.is_none() {
-        args.state_dir = running_agents_state_dir(settings, args.state_dir).await?;
+        args.state_dir = Some(audit_state_dir(settings, args.state_dir).await?);
     }
     // bkg_db holds the agent's lines in seq order: verify them as one file, with the agent's key.
     let state_dir = state_dir(args.state_dir.as_deref());
@@ -61,43 +61,45 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
     print_report(&report, Some(&from), args.json, &mut io::stdout().lock(), &mut io::stderr().lock())
 }
 
-/// `--state-dir` (or `BKG_STATE_DIR`) when given, else the state directory of the agent on the
-/// socket when one answers (as `bkg doctor` finds it), else none: the default. An agent that
-/// answers but keeps its configuration from this caller (a member of its socket's group) keeps
-/// its audit log from them too: that is the error, not this user's own missing directory.
-async fn running_agents_state_dir(settings: &Settings, given: Option<PathBuf>) -> Result<Option<PathBuf>, CliError> {
-    if given.is_some() || settings.remote.is_some() {
+/// The state directory whose audit log is meant: `--state-dir` when given, else that of the
+/// agent on the socket when it answers (as `bkg doctor` finds it), else, only when the socket
+/// is the machine's, the default (`BKG_STATE_DIR`, then the user's), said since it is a guess:
+/// another socket's agent keeps its log elsewhere (found by a new-user trial: with a stopped
+/// agent on a socket of its own, the machine agent's log was verified in its stead). An agent
+/// that answers but keeps its configuration from this caller (a member of its socket's group)
+/// keeps its audit log from them too: that is the error, not this user's own missing directory.
+async fn audit_state_dir(settings: &Settings, given: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    if let Some(given) = given {
         return Ok(given);
     }
-    let Some(client) = settings.endpoint().ok().and_then(|endpoint| crate::client::AgentClient::new(&endpoint).ok())
-    else {
-        return Ok(None);
+    let default = bkg_schema::paths::default_state_dir();
+    let client = match settings.endpoint().and_then(|endpoint| crate::client::AgentClient::new(&endpoint)) {
+        Ok(client) if settings.remote.is_none() => client,
+        _ => return Ok(default),
+    };
+    let guess = |why: String| match client.location() == bkg_schema::paths::MACHINE_SOCKET {
+        true => {
+            settings.out.note(format_args!("{why}: reading the log of {}", default.display()));
+            Ok(default.clone())
+        }
+        false => Err(CliError::usage(format!(
+            "{why} to say where its audit log is: give --state-dir DIR (its state directory)"
+        ))),
     };
     if !client.is_up().unwrap_or(false) {
-        // The default state directory is the default socket's agent's: said, since it is a guess.
-        let out = settings.out;
-        return match client.location() == bkg_schema::paths::MACHINE_SOCKET {
-            true => {
-                out.note(format_args!(
-                    "no agent answers on {}: reading the log of {}",
-                    client.location(),
-                    bkg_schema::paths::default_state_dir().display()
-                ));
-                Ok(None)
-            }
-            false => Err(CliError::usage(format!(
-                "no agent answers on {} to say where its audit log is: give --state-dir DIR (its state directory)",
-                client.location()
-            ))),
-        };
+        return guess(format!("no agent answers on {}", client.location()));
     }
     match client.get::<bkg_schema::AgentInfo>("/api/v1/agent").await {
-        Ok(info) => Ok(Some(PathBuf::from(info.state_dir))),
+        Ok(info) => Ok(PathBuf::from(info.state_dir)),
         Err(_) if !nix::unistd::geteuid().is_root() => Err(CliError::new(
             crate::exit::BKG_FAILED,
             "the agent's audit log is its admins' to read: run `sudo bkg audit …`, or give --state-dir DIR of a log you may read",
         )),
-        Err(_) => Ok(None),
+        Err(error) => guess(format!(
+            "the agent on {} did not answer ({})",
+            client.location(),
+            error.message.lines().next().unwrap_or_default()
+        )),
     }
 }
 
@@ -254,8 +256,7 @@ fn emit(out: &mut dyn Write, text: &str) -> Result<(), CliError> {
 /// `bkg audit tail`: the last records, then (with `-f`) new ones as they come, until interrupted.
 pub async fn tail(settings: &Settings, args: AuditTailArgs) -> Result<i32, CliError> {
     refuse_remote(settings, "bkg audit tail", "")?;
-    let state_dir = running_agents_state_dir(settings, args.state_dir).await?;
-    let dir = self::state_dir(state_dir.as_deref()).join("audit");
+    let dir = audit_state_dir(settings, args.state_dir).await?.join("audit");
     let mut tail = Tail::start(&dir, args.lines, args.json, &mut io::stdout().lock())?;
     if !args.follow {
         return Ok(SUCCESS);

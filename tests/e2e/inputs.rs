@@ -324,6 +324,29 @@ fn audit_commands_find_the_running_agents_log() {
     assert!(stderr(&verify).contains("chain intact"), "{}", stderr(&verify));
 }
 
+/// An agent that accepts connections and does not answer (stopped, hung) cannot say where its log
+/// is: another log is not read in its stead (found by a new-user trial: `bkg audit verify`
+/// vouched for the machine agent's log, 3 records, for a stopped agent's with 9).
+#[test]
+fn audit_commands_refuse_to_guess_the_log_of_an_agent_that_does_not_answer() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let pid = i32::try_from(agent.pid()).expect("pid");
+    // SAFETY: kill(2) of the agent this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "stop the test's own agent");
+    let outputs: Vec<_> = [["audit", "verify"], ["audit", "tail"]]
+        .iter()
+        .map(|command| {
+            agent.bkg().args(command).env("BKG_CLIENT_TIMEOUT", "1s").env_remove("BKG_STATE_DIR").output().expect("bkg")
+        })
+        .collect();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "let it go on");
+    for output in &outputs {
+        assert_one_line_error(output, 125, "did not answer");
+        assert!(stderr(output).contains("to say where its audit log is: give --state-dir DIR"), "{}", stderr(output));
+    }
+}
+
 /// `bkg audit tail` tells a key deleted from one revoked (found by a new-user trial: a deletion
 /// read as a revocation; the record is `key.revoked` with `deleted: true`).
 #[test]
