@@ -86,7 +86,7 @@ async fn audit_state_dir(settings: &Settings, given: Option<PathBuf>) -> Result<
             "{why} to say where its audit log is: give --state-dir DIR (its state directory)"
         ))),
     };
-    if !client.is_up().unwrap_or(false) {
+    if !client.is_up()? {
         return guess(format!("no agent answers on {}", client.location()));
     }
     match client.get::<bkg_schema::AgentInfo>("/api/v1/agent").await {

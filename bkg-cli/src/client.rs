@@ -408,8 +408,15 @@ impl AgentClient {
         if error.is_timeout() {
             return self.not_answering();
         }
+        // The URL could not be made: hyper takes none over 64 KiB (found by a new-user trial: a
+        // 100,000-character id was said to keep the agent out of reach).
+        if error.is_builder() {
+            return CliError::usage(
+                "a name or id given is too long to send to the agent (a URL of at most 64KiB): check what was given",
+            );
+        }
         let mut causes = vec![error.to_string()];
-        let (mut certificate, mut refused) = (false, false);
+        let (mut certificate, mut refused, mut denied) = (false, false, false);
         let mut source = std::error::Error::source(&error);
         while let Some(cause) = source {
             let text = cause.to_string();
@@ -417,10 +424,15 @@ impl AgentClient {
                 causes.push(text);
             }
             certificate |= is_certificate_error(cause);
-            refused |= cause
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+            let kind = cause.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+            refused |= kind == Some(std::io::ErrorKind::ConnectionRefused);
+            denied |= kind == Some(std::io::ErrorKind::PermissionDenied);
             source = cause.source();
+        }
+        // A socket this user may not use, reached without `ensure_running` first (found by a
+        // new-user trial: `bkg keys ls` said hyper's "client error (Connect): Permission denied").
+        if let (true, Place::Socket(socket)) = (denied, &self.place) {
+            return CliError::new(BKG_FAILED, access_hint(socket));
         }
         // hyper's chain for it (client error (Connect): tcp connect error: …) says no more.
         if refused {

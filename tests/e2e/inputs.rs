@@ -1,6 +1,7 @@
 //! Bad input gets one clear line on stderr and a documented exit code, never a panic.
 
 use bkg_tests::{Agent, AgentOptions, code, examples_dir, stderr, stdout};
+use std::os::unix::process::CommandExt as _;
 
 fn assert_one_line_error(output: &std::process::Output, expected_code: i32, needle: &str) {
     let err = stderr(output);
@@ -344,6 +345,42 @@ fn audit_commands_refuse_to_guess_the_log_of_an_agent_that_does_not_answer() {
     for output in &outputs {
         assert_one_line_error(output, 125, "did not answer");
         assert!(stderr(output).contains("to say where its audit log is: give --state-dir DIR"), "{}", stderr(output));
+    }
+}
+
+/// A user who may not use the agent's socket is told so, and who can change it, by every
+/// command (found by a new-user trial: `bkg keys ls` and `bkg secrets ls` said hyper's
+/// "client error (Connect): Permission denied", `bkg audit tail` that no agent answered).
+#[test]
+fn every_command_tells_a_user_who_may_not_use_the_socket_why() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    // The agent's socket is root's, mode 0600, in a directory only root may enter.
+    for command in [&["keys", "ls"][..], &["secrets", "ls"], &["envs", "ls"], &["audit", "tail"], &["runs", "ls"]] {
+        let output = std::process::Command::new(bkg_tests::bkg_bin())
+            .args(command)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", "/nonexistent")
+            .env("BKG_SOCKET", &agent.socket)
+            .env("BKG_NO_AUTOSTART", "1")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("bkg as nobody");
+        assert_one_line_error(&output, 125, "you may not ");
+        assert!(!stderr(&output).contains("os error"), "{command:?}: {}", stderr(&output));
+    }
+}
+
+/// An id or name too long for a URL is said to be that, not an agent out of reach (found by a
+/// new-user trial: "cannot reach the agent at …: Parsed Url is not a valid Uri").
+#[test]
+fn an_id_too_long_for_a_url_is_said_to_be_too_long() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let long = format!("run_{}", "a".repeat(100_000));
+    for command in [["runs", "show", long.as_str()], ["secrets", "rm", &long[4..]]] {
+        let output = agent.bkg().args(command).output().expect("bkg");
+        assert_one_line_error(&output, 125, "a name or id given is too long to send to the agent");
     }
 }
 
