@@ -68,9 +68,16 @@ fn ttl_seconds(text: &str) -> Result<u64, CliError> {
     Ok(ms / 1000)
 }
 
-/// Prints a key's secret on stdout (the data) and what it is on stderr (for people).
+/// Prints a key's secret on stdout (the data) and what it is on stderr (for people); an error
+/// when stdout did not take it (a full disk, a reader gone): the secret is then nobody's.
 fn print_issued(out: Printer, issued: &IssuedKey, what: &str) -> Result<(), CliError> {
-    out.answer(issued, |issued| format!("{}\n", issued.key))?;
+    let text = match out.is_json() {
+        true => serde_json::to_string(issued).map_err(|error| CliError::internal(error.to_string()))? + "\n",
+        false => format!("{}\n", issued.key),
+    };
+    if let Err(error) = crate::out::stdout_bytes(text.as_bytes()) {
+        return Err(CliError::usage(format!("the key's secret could not be written to stdout ({error})")));
+    }
     out.note(format_args!("{what} {}; the key is shown only this once", describe(&issued.info)));
     Ok(())
 }
@@ -86,7 +93,19 @@ pub async fn run(settings: &Settings, args: KeysArgs) -> Result<i32, CliError> {
             let ttl_seconds = ttl.map(|text| ttl_seconds(&text)).transpose()?;
             let request = CreateKeyRequest { role, namespace, name, ttl_seconds };
             let issued: IssuedKey = client.post_json("/api/v1/auth/keys", &request).await?;
-            print_issued(out, &issued, "created")?;
+            // A key whose secret nobody got is deleted again, not left active (found by a
+            // new-user trial: `bkg keys create > /dev/full` left an admin key for 90 days).
+            if let Err(error) = print_issued(out, &issued, "created") {
+                let id = &issued.info.id;
+                let undone = client.delete::<bkg_schema::sandbox::Deleted>(&format!("/api/v1/auth/keys/{id}")).await;
+                let outcome = match undone {
+                    Ok(_) => format!("key {id} was deleted again: run the command again"),
+                    Err(_) => {
+                        format!("key {id} is active without anyone holding it: delete it with `bkg keys rm {id}`")
+                    }
+                };
+                return Err(CliError::new(error.code, format!("{}; {outcome}", error.message)));
+            }
         }
         KeysAction::Ls { .. } => {
             let keys: Vec<KeyInfo> = client.get("/api/v1/auth/keys").await?;
@@ -102,18 +121,33 @@ pub async fn run(settings: &Settings, args: KeysArgs) -> Result<i32, CliError> {
                 None => None,
             };
             let issued: IssuedKey = client.post(&format!("/api/v1/auth/keys/{id}/rotate")).await?;
-            print_issued(out, &issued, "rotated")?;
-            if let (Some(remote), Some(speaking)) = (&remote, speaking)
-                && speaking.key_id.as_deref() == Some(issued.info.id.as_str())
-            {
-                if crate::credentials::key_from_env().is_some() {
-                    out.note(format_args!(
+            // Kept before it is printed: a secret that cannot be printed is then not lost.
+            let own = remote.as_ref().filter(|_| {
+                speaking.as_ref().and_then(|speaking| speaking.key_id.as_deref()) == Some(issued.info.id.as_str())
+            });
+            let kept = match own {
+                Some(remote) if crate::credentials::key_from_env().is_none() => {
+                    crate::credentials::keep(remote, &issued.key)?;
+                    true
+                }
+                _ => false,
+            };
+            if let Err(error) = print_issued(out, &issued, "rotated") {
+                // The old secret stopped working as the new one was made (found by a new-user
+                // trial: `bkg keys rotate ID > /dev/full` left the key usable by nobody).
+                let outcome = match kept {
+                    true => "the new secret is kept in the credentials file".to_owned(),
+                    false => format!("its old secret no longer works: `bkg keys rotate {id}` again gives another"),
+                };
+                return Err(CliError::new(error.code, format!("{}; {outcome}", error.message)));
+            }
+            if let Some(remote) = own {
+                match kept {
+                    true => out.note(format_args!("the key kept for {remote} is the new one")),
+                    false => out.note(format_args!(
                         "{} still holds the old secret, which no longer works: set it to the new one",
                         crate::credentials::API_KEY_ENV
-                    ));
-                } else {
-                    crate::credentials::keep(remote, &issued.key)?;
-                    out.note(format_args!("the key kept for {remote} is the new one"));
+                    )),
                 }
             }
         }
@@ -159,6 +193,14 @@ fn table(keys: &[KeyInfo]) -> String {
 fn check_key_id(id: &str) -> Result<(), CliError> {
     if bkg_schema::auth::is_key_id(id) {
         return Ok(());
+    }
+    // A key's secret given for its id is not repeated where a terminal's scrollback or a CI log
+    // would keep it (found by a new-user trial).
+    if let Some(role) = Role::ALL.into_iter().find(|role| id.starts_with(role.key_prefix())) {
+        return Err(CliError::usage(format!(
+            "that is a key's secret ({}…), not its id: give the id `bkg keys ls` lists (key_ and hex)",
+            role.key_prefix()
+        )));
     }
     Err(CliError::usage(format!(
         "`{}` is not a key id: give one as `bkg keys ls` lists it (key_ and hex)",

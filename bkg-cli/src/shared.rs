@@ -32,7 +32,8 @@ pub fn run_to_exit(tool: &'static str, work: impl Future<Output = Result<i32, Cl
     // pipe that stays open); it must not keep the process alive after the run.
     runtime.shutdown_background();
     let printer = Printer::new(tool, false);
-    if let Some(failure) = crate::out::stdout_failure() {
+    // A command that failed says why in its own one line, stdout's failure included.
+    if let (Some(failure), Ok(_)) = (crate::out::stdout_failure(), &outcome) {
         printer.note(format_args!("{}", crate::out::incomplete_stdout(failure)));
     }
     match outcome {

@@ -384,6 +384,33 @@ fn an_id_too_long_for_a_url_is_said_to_be_too_long() {
     }
 }
 
+/// A key whose secret stdout does not take is deleted again, not left active with nobody
+/// holding it; a key's secret given for its id is not repeated (found by a new-user trial).
+#[test]
+fn a_key_whose_secret_cannot_be_printed_is_not_left_active() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let create = agent
+        .bkg()
+        .args(["keys", "create", "--role", "admin", "--name", "lost"])
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("bkg keys create");
+    assert_one_line_error(&create, 125, "the key's secret could not be written to stdout (No space left on device");
+    assert!(stderr(&create).contains("was deleted again: run the command again"), "{}", stderr(&create));
+    let listed = agent.bkg().args(["keys", "ls", "--json"]).output().expect("bkg keys ls");
+    assert_eq!(stdout(&listed).trim(), "[]", "{}", stderr(&listed));
+
+    let made =
+        agent.bkg().args(["keys", "create", "--role", "namespace", "--namespace", "t"]).output().expect("create");
+    let secret = stdout(&made).trim().to_owned();
+    assert!(secret.starts_with("bkg_ns_"), "{secret}");
+    let revoke = agent.bkg().args(["keys", "revoke", &secret]).output().expect("bkg keys revoke");
+    assert_one_line_error(&revoke, 125, "that is a key's secret (bkg_ns_…), not its id");
+    assert!(!stderr(&revoke).contains(&secret), "{}", stderr(&revoke));
+}
+
 /// `bkg audit tail` tells a key deleted from one revoked (found by a new-user trial: a deletion
 /// read as a revocation; the record is `key.revoked` with `deleted: true`).
 #[test]
