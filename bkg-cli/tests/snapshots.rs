@@ -213,7 +213,8 @@ fn tables() {
         serde_json::from_value(serde_json::json!({
             "id": "a-rather-long-sandbox-name-6f1c2d3e4f5a6b7c", "name": "a-rather-long-sandbox-name", "namespace": "default",
             "project_dir": "/srv/projects/an-app-with-a-long-path/and-deeper", "language": "python", "limits": runs[0].limits,
-            "state": "running", "current_run": "run_19bc0a1f2e3d4c5b", "last_run": runs[0], "created_at_ms": 1_795_829_000_000u64,
+            "state": "running", "current_run": "run_19bc0a1f2e3d4c5b", "last_run": runs[0], "previous_run": runs[1],
+            "created_at_ms": 1_795_829_000_000u64,
             "disk_bytes_allocated": 155_648
         }))
         .expect("a sandbox"),
