@@ -362,8 +362,18 @@ pub fn main() -> ExitCode {
             // The values a flag takes, which clap puts on a line of their own.
             let values = rendered.lines().map(str::trim).find(|line| line.starts_with("[possible values:"));
             let values = values.map(|values| format!(" {values}")).unwrap_or_default();
+            // The flags a message ending in `:` names, indented on the lines after it (found by
+            // a new-user trial: "the following required arguments were not provided:" alone).
+            let named: Vec<&str> = rendered
+                .lines()
+                .skip(1)
+                .take_while(|line| line.starts_with("  "))
+                .map(str::trim)
+                .filter(|_| first.ends_with(':'))
+                .collect();
+            let named = if named.is_empty() { String::new() } else { format!(" {}", named.join(", ")) };
             eprintln!(
-                "bkg-agent: {}{values} (`bkg-agent --help` lists the flags)",
+                "bkg-agent: {}{named}{values} (`bkg-agent --help` lists the flags)",
                 first.trim_start_matches("error: ")
             );
             return ExitCode::from(USAGE_EXIT);

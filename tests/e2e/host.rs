@@ -350,6 +350,18 @@ fn agent_start_refused_for_a_flag_says_why_in_one_line() {
         "{}",
         stderr(&values)
     );
+    // A flag that needs another names the one missing (found by a new-user trial: the message
+    // ended at "were not provided:").
+    let missing = Command::new(bkg_tests::bin_dir().join("bkg-agent"))
+        .args(["--tls-cert", "/nonexistent.pem", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("bkg-agent");
+    assert_eq!((code(&missing), stderr(&missing).lines().count()), (2, 1), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("were not provided: --tls-key <PEM> (`bkg-agent --help`"),
+        "{}",
+        stderr(&missing)
+    );
 }
 
 /// A `--cgroup-dir` that is not one plain name is a usage error, found before anything is written.
