@@ -23,8 +23,6 @@ const KEY_FILE: &str = "secrets.key";
 const SEALED_FILE: &str = "secrets.json";
 const KEY_BYTES: usize = 32;
 const NONCE_BYTES: usize = 24;
-/// The largest value a secret may have: it goes into an environment, which the kernel bounds.
-pub const MAX_SECRET_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {

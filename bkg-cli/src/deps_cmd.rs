@@ -84,6 +84,9 @@ pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliE
             out.answer(&secrets, |secrets| secrets.iter().map(|secret| format!("{}\n", secret.name)).collect())?;
         }
         SecretsAction::Rm { name, namespace } => {
+            if let Some(error) = bkg_schema::envs::secret_name_error(&name) {
+                return Err(CliError::usage(error));
+            }
             let _: Deleted = client.delete(&format!("/api/v1/secrets/{name}{}", query(&namespace))).await?;
             out.note(format_args!("secret {name} removed"));
         }
@@ -108,9 +111,14 @@ fn read_value(name: &str) -> Result<String, CliError> {
         }
         return Ok(value);
     }
+    // Read up to just past the most a value may be (and its line's end): a larger one is refused
+    // here, in the words the agent would use, not sent whole (found by a new-user trial: 50 MB
+    // were sent and refused as a request body over 64KiB).
     let mut value = String::new();
+    let most = bkg_schema::envs::MAX_SECRET_BYTES as u64 + 3;
     stdin
         .lock()
+        .take(most)
         .read_to_string(&mut value)
         .map_err(|error| CliError::usage(format!("cannot read the secret from stdin: {error}")))?;
     if let Some(stripped) = value.strip_suffix('\n') {
@@ -118,6 +126,9 @@ fn read_value(name: &str) -> Result<String, CliError> {
     }
     if value.is_empty() {
         return Err(CliError::usage("the secret's value (read from stdin) is empty"));
+    }
+    if let Some(error) = bkg_schema::envs::secret_value_error(&value) {
+        return Err(CliError::usage(error));
     }
     Ok(value)
 }

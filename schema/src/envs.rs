@@ -71,6 +71,15 @@ pub struct SecretValue {
 /// Why `name` cannot name a secret, if it cannot: it becomes an environment variable of the
 /// runs that open it, so it must be one's name. The agent's rule, checked by bkg too before it
 /// asks for the value.
+/// The largest value a secret may have: it goes into an environment, which the kernel bounds.
+pub const MAX_SECRET_BYTES: usize = 32 * 1024;
+
+/// Why a secret's value is refused, if it is.
+pub fn secret_value_error(value: &str) -> Option<String> {
+    (value.len() > MAX_SECRET_BYTES || value.contains('\0'))
+        .then(|| format!("a secret's value must be at most {MAX_SECRET_BYTES} bytes, without NUL bytes"))
+}
+
 pub fn secret_name_error(name: &str) -> Option<String> {
     let is_variable_name = !name.is_empty()
         && name.len() <= 255
@@ -78,7 +87,7 @@ pub fn secret_name_error(name: &str) -> Option<String> {
         && !name.starts_with(|c: char| c.is_ascii_digit());
     (!is_variable_name).then(|| {
         format!(
-            "secret name `{}` must be an environment variable name (letters, digits and '_', not starting with a digit)",
+            "secret name `{}` must be an environment variable name (letters, digits and '_', not starting with a digit; at most 255)",
             name.escape_debug()
         )
     })

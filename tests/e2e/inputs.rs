@@ -127,6 +127,31 @@ fn a_bad_secret_name_is_said_before_the_value_is_read() {
     assert_one_line_error(&output, 125, "secret name `bad-name` must be an environment variable name");
 }
 
+/// A value over a secret's bound is refused with that bound, at any size (found by a new-user
+/// trial: 50 MB were refused as a request body over 64KiB, 32,769 bytes with the bound), and a
+/// name no secret can have is said to be that by `rm` too (was: "no secret `bad name`").
+#[test]
+fn a_secrets_value_over_its_bound_is_refused_with_the_bound_at_any_size() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    for bytes in [32 * 1024 + 1, 50_000_000] {
+        let mut set = agent
+            .bkg()
+            .args(["secrets", "set", "BIG"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bkg secrets set");
+        let mut stdin = set.stdin.take().expect("stdin");
+        // bkg stops reading past the bound: the rest of the pipe is refused (EPIPE).
+        let _ = std::io::Write::write_all(&mut stdin, &vec![b'x'; bytes]);
+        drop(stdin);
+        let set = set.wait_with_output().expect("bkg secrets set");
+        assert_one_line_error(&set, 125, "a secret's value must be at most 32768 bytes, without NUL bytes");
+    }
+    let rm = agent.bkg().args(["secrets", "rm", "bad name"]).output().expect("bkg secrets rm");
+    assert_one_line_error(&rm, 125, "secret name `bad name` must be an environment variable name");
+}
+
 #[test]
 fn a_missing_script_is_127() {
     let agent = Agent::start();

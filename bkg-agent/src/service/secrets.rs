@@ -10,7 +10,7 @@ use super::{OpError, OpResult, Service};
 use crate::auth::Principal;
 use crate::engine::run::ValidatedRun;
 use crate::ids::now_ms;
-use crate::secrets::{MAX_SECRET_BYTES, SecretError};
+use crate::secrets::SecretError;
 
 impl From<SecretError> for OpError {
     fn from(error: SecretError) -> Self {
@@ -31,10 +31,8 @@ impl Service {
         require_code_runner(principal)?;
         let namespace = namespace_for(principal, secret.namespace.as_deref())?;
         check_name(name)?;
-        if secret.value.len() > MAX_SECRET_BYTES || secret.value.contains('\0') {
-            return Err(OpError::Invalid(format!(
-                "a secret's value must be at most {MAX_SECRET_BYTES} bytes, without NUL bytes"
-            )));
+        if let Some(error) = bkg_schema::envs::secret_value_error(&secret.value) {
+            return Err(OpError::Invalid(error));
         }
         let now = now_ms();
         self.secrets.set(&namespace, name, secret.value.as_bytes(), now)?;
