@@ -55,6 +55,9 @@ pub async fn run(settings: &Settings, args: LoginArgs) -> Result<i32, CliError> 
     let client = AgentClient::new(&Endpoint::remote(remote.clone(), Some(key.clone()), settings.cacert.clone())?)?
         .checking_its_key();
     let principal: Principal = client.get("/api/v1/auth/whoami").await?;
+    // The key kept before is said, not dropped unsaid: shown once when it was made, it may be
+    // nowhere else (found by a new-user trial).
+    let replaced = credentials::kept_key(&remote).ok().flatten().filter(|previous| *previous != key);
     let kept = credentials::keep(&remote, &key)?;
     let place = match kept {
         Kept::Keyring => "the kernel keyring".to_owned(),
@@ -69,6 +72,15 @@ pub async fn run(settings: &Settings, args: LoginArgs) -> Result<i32, CliError> 
         (role, None) => format!("a {role} key"),
     };
     out.note(format_args!("logged in to {} with {key_kind}; the key is kept in {place}", client.location()));
+    if let Some(previous) = replaced {
+        let role = bkg_schema::auth::Role::ALL.into_iter().find(|role| previous.starts_with(role.key_prefix()));
+        let which = role.map(|role| format!(" ({}…)", role.key_prefix())).unwrap_or_default();
+        out.note(format_args!(
+            "it replaces the key kept for {} before{which}, which stays valid on the agent: keep it elsewhere if you \
+             still need it, or `bkg keys revoke ID`",
+            client.location()
+        ));
+    }
     Ok(SUCCESS)
 }
 

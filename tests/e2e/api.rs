@@ -1540,6 +1540,20 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     let wrong = bkg_fed(&api, user_home.path(), &remote, &["login", "--user", "cli-user"], b"not the password\n");
     assert_eq!(code(&wrong), 125);
     assert_eq!(stderr(&wrong).trim(), "bkg: wrong username or password");
+    // A login over a kept key says that it replaces it (found by a new-user trial: an admin key,
+    // shown once, was dropped without a word).
+    let swap_home = tempfile::tempdir().expect("home");
+    let first = bkg_fed(&api, swap_home.path(), &remote, &["login", "--key-stdin"], format!("{key}\n").as_bytes());
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    assert!(!stderr(&first).contains("replaces"), "{}", stderr(&first));
+    let over = bkg_fed(&api, swap_home.path(), &remote, &["login", "--user", "cli-user"], b"a password for the cli\n");
+    assert_eq!(code(&over), 0, "{}", stderr(&over));
+    assert!(
+        stderr(&over)
+            .contains(&format!("bkg: it replaces the key kept for {} before (bkg_ns_…)", remote.trim_end_matches('/'))),
+        "{}",
+        stderr(&over)
+    );
 
     // `logout` revokes the session key the password login made, as the Web UI's logout does
     // (found by a new-user trial: it stayed usable for its hour), and forgets it: the next
