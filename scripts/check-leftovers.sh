@@ -20,7 +20,7 @@ for backing in /sys/block/loop*/loop/backing_file; do
   esac
 done
 
-for lock in /run/bkg/locks/cgroup-*.lock; do
+for lock in /run/bkg/locks/cgroup-*.lock /run/bkg/locks/socket-*.lock; do
   [[ -r $lock ]] || continue
   case $(<"$lock") in
     *"state directory /tmp/bkg-e2e-"*|*"state directory /tmp/bkg-sec-"*) left+=("lock file $lock: $(<"$lock")") ;;

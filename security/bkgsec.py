@@ -380,7 +380,8 @@ class Agent:
                 pass
         # A SIGKILLed agent that left no cgroup behind was not restarted: its lock files remain.
         owner = "state directory %s" % self.state_dir
-        for lock in Path("/run/bkg/locks").glob("cgroup-*.lock"):
+        locks = Path("/run/bkg/locks")
+        for lock in [*locks.glob("cgroup-*.lock"), *locks.glob("socket-*.lock")]:
             try:
                 if lock.read_text().endswith(owner):
                     lock.unlink()

@@ -422,8 +422,8 @@ impl Agent {
         }
     }
 
-    /// The agent's cgroup directory lock files (bkg-agent/src/engine/lock.rs), found by the
-    /// state directory each names.
+    /// The agent's cgroup directory and socket lock files (bkg-agent/src/engine/lock.rs), found
+    /// by the state directory each names.
     fn lock_files(&self) -> Vec<PathBuf> {
         let owner = format!("state directory {}", self.state_dir.display());
         std::fs::read_dir("/run/bkg/locks")
@@ -431,7 +431,12 @@ impl Agent {
                 entries
                     .flatten()
                     .map(|entry| entry.path())
-                    .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("cgroup-")))
+                    .filter(|path| {
+                        path.file_name().is_some_and(|name| {
+                            let name = name.to_string_lossy();
+                            name.starts_with("cgroup-") || name.starts_with("socket-")
+                        })
+                    })
                     .filter(|path| std::fs::read_to_string(path).is_ok_and(|text| text.ends_with(&owner)))
                     .collect()
             })

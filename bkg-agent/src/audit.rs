@@ -489,7 +489,7 @@ fn load_or_create_key(path: &Path) -> Result<(Flock<File>, Zeroizing<[u8; 32]>),
     let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(file, errno)| match errno {
         nix::errno::Errno::EWOULDBLOCK => AuditError::Locked {
             path: path.parent().unwrap_or(path).to_owned(),
-            holder: crate::engine::lock::flock_holder(&file),
+            holder: file.metadata().ok().and_then(|metadata| bkg_schema::paths::flock_holder(&metadata)),
         },
         errno => io_error("lock", path)(errno.into()),
     })?;

@@ -841,6 +841,9 @@ async fn serve(
     if owns_socket_file && socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         return Err(crate::local_socket::already_listening(&socket));
     }
+    let owner = bkg_schema::paths::lock_holder_record(std::process::id(), &state_dir);
+    let socket_lock =
+        crate::engine::lock::lock_socket(std::path::Path::new(crate::engine::lock::LOCK_DIR), &socket, &owner)?;
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
     let agent_id = audit.public_key().agent_id();
     let store_path = state_dir.join("state.db");
@@ -1154,6 +1157,8 @@ async fn serve(
         handle.stop().await;
     }
     drop(socket_file);
+    // Released last: until here `bkg agent stop` waits for this agent (engine/lock.rs, `lock_socket`).
+    drop(socket_lock);
     Ok(())
 }
 

@@ -90,7 +90,20 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> Result<i32, CliError> 
         }
         AgentAction::Stop => {
             if !client.is_up()? {
-                out.note(format_args!("{}", client.not_running()));
+                // One stopping already (asked by another `bkg agent stop`, a SIGTERM) is waited
+                // for, as a stop asked here would be (found by a new-user trial: the second stop
+                // returned at once, and an agent started then was refused the state directory).
+                let Some((pid, process)) =
+                    client.stopping_agent().and_then(|pid| AgentProcess::watch(pid).map(|process| (pid, process)))
+                else {
+                    out.note(format_args!("{}", client.not_running()));
+                    return Ok(SUCCESS);
+                };
+                out.note(format_args!("the agent (pid {pid}) is stopping already: waiting for it to end"));
+                if !process.exited_by(std::time::Instant::now() + STOP_PATIENCE).await {
+                    return Err(CliError::new(BKG_FAILED, "the agent did not stop within 30 s"));
+                }
+                out.note(format_args!("agent stopped"));
                 return Ok(SUCCESS);
             }
             // The agent stops listening first, then gives runs their grace and disposes of its

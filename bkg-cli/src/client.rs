@@ -132,6 +132,16 @@ impl AgentClient {
         }
     }
 
+    /// The pid of the agent that holds this socket's path while nothing answers on it: one that
+    /// stopped listening and disposes of its sandboxes, known by the lock it holds for its whole
+    /// life (bkg-agent/src/engine/lock.rs, `lock_socket`). None for a remote agent, an agent that
+    /// has ended, or a lock this user may not see.
+    pub(crate) fn stopping_agent(&self) -> Option<u32> {
+        let Place::Socket(socket) = &self.place else { return None };
+        let lock = bkg_schema::paths::socket_lock_file(std::path::Path::new(bkg_schema::paths::LOCK_DIR), socket);
+        bkg_schema::paths::flock_holder(&std::fs::metadata(lock).ok()?)
+    }
+
     /// Whether the local agent's socket file is there: an agent that made it removes it as its
     /// stop ends, so one left without an agent answering is a stop going on or an agent that
     /// ended otherwise (killed, crashed).
@@ -142,13 +152,25 @@ impl AgentClient {
     /// That no agent answers, for messages: none runs, or, when its socket file is still there,
     /// one is stopping or ended without removing it.
     pub(crate) fn not_running(&self) -> String {
-        match self.socket_file_remains() {
-            true => format!(
-                "no agent answers on {}, though its socket file is there: one is stopping (it disposes of its \
-                 sandboxes first), or one ended without removing it (the next agent does)",
+        if let Some(pid) = self.stopping_agent() {
+            return format!(
+                "the agent on {} (pid {pid}) is stopping: it disposes of its sandboxes first",
+                self.location()
+            );
+        }
+        let kind = match &self.place {
+            Place::Socket(socket) => std::fs::symlink_metadata(socket).ok().map(|meta| meta.file_type()),
+            Place::Remote { .. } => None,
+        };
+        match kind {
+            Some(kind) if std::os::unix::fs::FileTypeExt::is_socket(&kind) => format!(
+                "no agent is running on {}: its socket file is left by one that ended without removing it (the \
+                 next agent replaces it)",
                 self.location()
             ),
-            false => format!("no agent is running on {}", self.location()),
+            // Found by a new-user trial: a BKG_SOCKET naming a file was said to be an agent stopping.
+            Some(_) => format!("{} is not a socket: BKG_SOCKET (or --socket) names something else", self.location()),
+            None => format!("no agent is running on {}", self.location()),
         }
     }
 
@@ -170,6 +192,18 @@ impl AgentClient {
                     format!("cannot reach the agent at {}: {error}", socket.display()),
                 ));
             }
+        }
+        // One that is stopping holds the socket's path until it has ended: none can start there
+        // meanwhile (found by a new-user trial: told to start one, which was then refused).
+        if let Some(pid) = self.stopping_agent() {
+            return Err(CliError::new(
+                BKG_FAILED,
+                format!(
+                    "the agent on {} (pid {pid}) is stopping: run this again once it has ended (`bkg agent stop` \
+                     waits for that)",
+                    socket.display()
+                ),
+            ));
         }
         // Only root starts an agent: everyone else's comes from the service manager (the unit
         // packaging/bkg-agent.socket).

@@ -1,7 +1,9 @@
 //! Where the agent's socket and state live unless told otherwise, shared so the CLI finds the
 //! agent it would start.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 pub const SOCKET_ENV: &str = "BKG_SOCKET";
 /// The socket of the machine's one agent, when `BKG_SOCKET` names no other.
@@ -19,6 +21,50 @@ fn is_root() -> bool {
                 .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
         })
         .unwrap_or(false)
+}
+
+/// Where agents keep their locks: per boot (a tmpfs), like the cgroups and sockets they guard,
+/// and shared by every agent of the host whatever its state directory.
+pub const LOCK_DIR: &str = "/run/bkg/locks";
+
+/// The lock file in `lock_dir` of the `what` (`cgroup`, `socket`) at `path`: named by a hash of
+/// the path, which may be long. An agent holds it for its whole life, with `pid N, state
+/// directory DIR` in it, so that another (or `bkg agent stop`) can tell who holds the path.
+pub fn lock_file(lock_dir: &Path, what: &str, path: &Path) -> PathBuf {
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    lock_dir.join(format!("{what}-{}.lock", hex::encode(&digest[..12])))
+}
+
+/// The lock file of the agent socket `socket`, as the agent (by its `--socket`) and the CLI (by
+/// its `BKG_SOCKET`) both name it, relative or not.
+pub fn socket_lock_file(lock_dir: &Path, socket: &Path) -> PathBuf {
+    lock_file(lock_dir, "socket", &std::path::absolute(socket).unwrap_or_else(|_| socket.to_owned()))
+}
+
+/// What an agent writes into the lock files it holds: `pid N, state directory DIR`.
+pub fn lock_holder_record(pid: u32, state_dir: &Path) -> String {
+    format!("pid {pid}, state directory {}", state_dir.display())
+}
+
+/// The pid of another process that holds a `flock` on the file of `metadata`, from /proc/locks
+/// (which names the inode locked and the process that locked it), if one does.
+pub fn flock_holder(metadata: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let device = metadata.dev();
+    // /proc/locks writes the device as MAJOR:MINOR in hex, then the inode in decimal; the
+    // numbers are split out of dev_t as glibc's major() and minor() do.
+    let major = ((device >> 8) & 0xfff) | ((device >> 32) & !0xfff);
+    let minor = (device & 0xff) | ((device >> 12) & !0xff);
+    let wanted = format!("{major:02x}:{minor:02x}:{}", metadata.ino());
+    let own = std::process::id();
+    std::fs::read_to_string("/proc/locks").ok()?.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`; a blocked waiter's line has `->`.
+        match fields.as_slice() {
+            [_, "FLOCK", _, _, pid, inode, ..] if *inode == wanted => pid.parse().ok().filter(|pid| *pid != own),
+            _ => None,
+        }
+    })
 }
 
 /// `$BKG_SOCKET`, else `/run/bkg/agent.sock`: the one agent of the machine, which runs as root

@@ -204,10 +204,57 @@ fn an_agent_killed_while_it_stops_is_not_reported_stopped() {
     // Its socket file is left: status says so rather than that no agent runs.
     let status = agent.bkg().args(["agent", "status"]).output().expect("bkg agent status");
     assert_eq!(code(&status), 1, "{}", stderr(&status));
-    assert!(stderr(&status).contains("though its socket file is there: one is stopping"), "{}", stderr(&status));
+    assert!(
+        stderr(&status).contains("its socket file is left by one that ended without removing it"),
+        "{}",
+        stderr(&status)
+    );
 
     agent.spawn(&AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     assert!(agent.leftovers().is_clean(), "the next agent cleaned up");
+}
+
+/// While an agent stops (it no longer listens, and gives its runs their grace), a second `bkg
+/// agent stop` waits for it to end as the first does, and other commands say it is stopping
+/// (found by a new-user trial: the second stop returned 0 at once, the agent still running, and
+/// `bkg exe` was told to start an agent, which would have been refused).
+#[test]
+fn a_second_stop_waits_for_the_agent_a_first_one_stops() {
+    use std::io::BufRead;
+    let mut agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let code_text = "import signal, time\n\
+        signal.signal(signal.SIGTERM, lambda *_: print('asked to end', flush=True))\n\
+        print('up', flush=True)\nwhile True: time.sleep(1)\n";
+    let mut run = agent
+        .bkg()
+        .args(["exe", "--type", "python", "-c", code_text])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exe");
+    let mut lines = std::io::BufReader::new(run.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("up"));
+    let first = agent.bkg().args(["agent", "stop"]).stderr(Stdio::piped()).spawn().expect("bkg agent stop");
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("asked to end"), "the stop reached the run");
+
+    let stopping = format!("(pid {}) is stopping", agent.pid());
+    let status = agent.bkg().args(["agent", "status"]).output().expect("bkg agent status");
+    assert_eq!(code(&status), 1, "{}", stderr(&status));
+    assert!(stderr(&status).contains(&stopping), "{}", stderr(&status));
+    let exe = agent.exe(&["--type", "python", "-c", "pass"]);
+    assert_eq!(code(&exe), 125, "{}", stderr(&exe));
+    assert!(stderr(&exe).contains(&format!("{stopping}: run this again once it has ended")), "{}", stderr(&exe));
+
+    let second = agent.bkg().args(["agent", "stop"]).output().expect("bkg agent stop");
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert!(stderr(&second).contains("is stopping already: waiting for it to end"), "{}", stderr(&second));
+    assert!(stderr(&second).ends_with("bkg: agent stopped\n"), "{}", stderr(&second));
+    let state = stat_fields(agent.pid()).and_then(|fields| fields.first().cloned());
+    assert_eq!(state.as_deref(), Some("Z"), "the agent was still running when the second stop returned");
+    assert_eq!(code(&first.wait_with_output().expect("the first stop")), 0);
+    assert_eq!(run.wait().expect("bkg exe").code(), Some(143));
+    assert!(agent.wait_for_exit().success(), "{}", agent.log());
 }
 
 #[test]

@@ -17,11 +17,8 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, Flock, FlockArg, fcntl};
-use sha2::{Digest, Sha256};
 
-/// Where the locks live: per boot (a tmpfs), like the cgroups they guard, and shared by every
-/// agent of the host whatever its state directory.
-pub const LOCK_DIR: &str = "/run/bkg/locks";
+pub use bkg_schema::paths::LOCK_DIR;
 
 /// How often a lock file replaced under us (its holder removed it while stopping) is retried.
 const ATTEMPTS: usize = 8;
@@ -34,6 +31,7 @@ pub enum LockError {
         lock.display()
     )]
     Held { dir: PathBuf, lock: PathBuf, holder: String },
+
     #[error(
         "uids {first}-{last} overlap those of {} ({}; lock {}): give this agent a range of its own with --uid-base UID (or BKG_UID_BASE){}",
         if holders.len() > 1 { "other agents" } else { "another agent" },
@@ -189,28 +187,9 @@ fn holder_at(file: &File, offset: u64) -> String {
     }
 }
 
-/// The pid that holds a `flock` on `file`, from /proc/locks (which names the inode locked and
-/// the process that locked it), when another process holds one.
-pub fn flock_holder(file: &File) -> Option<u32> {
-    let metadata = file.metadata().ok()?;
-    let device = metadata.dev();
-    // /proc/locks writes the device as MAJOR:MINOR in hex, then the inode in decimal.
-    let wanted = format!("{:02x}:{:02x}:{}", libc::major(device), libc::minor(device), metadata.ino());
-    let own = std::process::id();
-    std::fs::read_to_string("/proc/locks").ok()?.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`; a blocked waiter's line has `->`.
-        match fields.as_slice() {
-            [_, "FLOCK", _, _, pid, inode, ..] if *inode == wanted => pid.parse().ok().filter(|pid| *pid != own),
-            _ => None,
-        }
-    })
-}
-
-/// The lock file of the cgroup directory `dir`: named by a hash of its path, which may be long.
+/// The lock file of the cgroup directory `dir`.
 pub fn lock_path_for(lock_dir: &Path, dir: &Path) -> PathBuf {
-    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    lock_dir.join(format!("cgroup-{}.lock", hex::encode(&digest[..12])))
+    bkg_schema::paths::lock_file(lock_dir, "cgroup", dir)
 }
 
 /// Locks the cgroup directory `dir` for this agent, recording `owner` (pid, state directory) in
@@ -232,16 +211,8 @@ pub fn lock_cgroup_dir(lock_dir: &Path, dir: &Path, owner: &str) -> Result<DirLo
             }
             Err((_, errno)) => return Err(io("lock", &path)(errno.into())),
         };
-        // The holder removes the file as it stops: what we locked may be that removed file, while
-        // the path now names a new one that a third agent may lock too. Only the file still at
-        // the path counts.
-        let locked = lock.metadata().map_err(io("inspect", &path))?;
-        let current = match std::fs::symlink_metadata(&path) {
-            Ok(current) => Some(current),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(LockError::Io { action: "inspect", path, source }),
-        };
-        if current.is_none_or(|current| (current.dev(), current.ino()) != (locked.dev(), locked.ino())) {
+        // A third agent may lock the new file at the path: only the file still there counts.
+        if !still_at(&lock, &path)? {
             continue;
         }
         lock.set_len(0).map_err(io("truncate", &path))?;
@@ -249,6 +220,61 @@ pub fn lock_cgroup_dir(lock_dir: &Path, dir: &Path, owner: &str) -> Result<DirLo
         return Ok(DirLock { path, _lock: lock });
     }
     Err(LockError::Io { action: "lock", path, source: std::io::Error::other("the lock file kept being replaced") })
+}
+
+/// Holds the socket path `socket` for this agent's whole life, its stop included: the socket
+/// file outlives its listening while the agent disposes of its sandboxes, and `bkg agent stop`
+/// (bkg-cli/src/client.rs, `stopping_agent`) tells such an agent from one that ended without
+/// removing it by this lock. It is shared: an agent may bind a path whose file another lost
+/// (engine's local_socket.rs), so two may hold it at once.
+pub fn lock_socket(lock_dir: &Path, socket: &Path, owner: &str) -> Result<SocketLock, LockError> {
+    let path = bkg_schema::paths::socket_lock_file(lock_dir, socket);
+    for _ in 0..ATTEMPTS {
+        let file = open_lock_file(lock_dir, &path)?;
+        let mut lock = match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            Ok(lock) => lock,
+            // Its last holder has it exclusively while it removes it: a new file comes.
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => continue,
+            Err((_, errno)) => return Err(io("lock", &path)(errno.into())),
+        };
+        if !still_at(&lock, &path)? {
+            continue;
+        }
+        lock.set_len(0).map_err(io("truncate", &path))?;
+        lock.write_all(owner.as_bytes()).map_err(io("write", &path))?;
+        return Ok(SocketLock { path, lock: Some(lock) });
+    }
+    Err(LockError::Io { action: "lock", path, source: std::io::Error::other("the lock file kept being replaced") })
+}
+
+/// A held socket path; its lock file goes with its last holder.
+#[derive(Debug)]
+pub struct SocketLock {
+    path: PathBuf,
+    lock: Option<Flock<File>>,
+}
+
+impl Drop for SocketLock {
+    fn drop(&mut self) {
+        // Exclusive only when no other agent holds it: then the file is removed, still locked,
+        // so that a newcomer that opened it notices (`lock_socket` checks the path).
+        if let Some(lock) = self.lock.take()
+            && lock.relock(FlockArg::LockExclusiveNonblock).is_ok()
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether `path` still names the file `lock` holds: its holder removes it as it stops, and what
+/// was locked may be that removed file while the path names a new one.
+fn still_at(lock: &File, path: &Path) -> Result<bool, LockError> {
+    let locked = lock.metadata().map_err(io("inspect", path))?;
+    match std::fs::symlink_metadata(path) {
+        Ok(current) => Ok((current.dev(), current.ino()) == (locked.dev(), locked.ino())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(LockError::Io { action: "inspect", path: path.to_owned(), source }),
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +300,25 @@ mod tests {
         drop(first);
         assert!(!lock_path_for(locks.path(), dir).exists());
         lock_cgroup_dir(locks.path(), dir, "pid 2, state directory /b")?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_socket_path_is_held_by_each_agent_on_it_and_its_file_goes_with_the_last() -> TestResult {
+        let locks = tempfile::tempdir()?;
+        let socket = Path::new("/run/bkg-test/agent.sock");
+        let lock_file = bkg_schema::paths::socket_lock_file(locks.path(), socket);
+        let first = lock_socket(locks.path(), socket, "pid 1, state directory /a")?;
+        // One that bound the path after the first lost its file holds it too.
+        let second = lock_socket(locks.path(), socket, "pid 2, state directory /b")?;
+        // /proc/locks names the holder; flock_holder leaves out this process's own locks.
+        assert!(std::fs::read_to_string("/proc/locks")?.contains(&format!(" {} ", std::process::id())));
+        assert_eq!(bkg_schema::paths::flock_holder(&std::fs::metadata(&lock_file)?), None);
+        drop(first);
+        assert!(lock_file.exists(), "the second holder's lock file went with the first");
+        drop(second);
+        assert!(!lock_file.exists(), "the last holder left its lock file");
+        lock_socket(locks.path(), socket, "pid 3")?;
         Ok(())
     }
 

@@ -271,7 +271,7 @@ impl Engine {
     /// Sets the engine up, locks its cgroup directories and removes whatever a previous holder of
     /// them (with the same state directory) left behind. Returns whether all of it is gone.
     pub fn new(config: EngineConfig) -> Result<(Arc<Self>, bool), EngineError> {
-        let owner = format!("pid {}, state directory {}", std::process::id(), config.state_dir.display());
+        let owner = bkg_schema::paths::lock_holder_record(std::process::id(), &config.state_dir);
         // First: a refused agent must not have made cgroup directories.
         let uid_lock = lock::lock_uid_range(std::path::Path::new(lock::LOCK_DIR), config.uid_base, &owner)?;
         let cgroups = cgroup::detect(&config.cgroup_dir)?;
