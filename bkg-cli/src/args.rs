@@ -640,6 +640,7 @@ pub enum SyncAction {
     /// bkg_db refused is fixed.
     Retry {
         /// The parked event's sequence number, as `bkg sync status` lists it.
+        #[arg(value_parser = whole_number::<u64>, allow_negative_numbers = true)]
         seq: Option<u64>,
         /// Print JSON.
         #[arg(long)]

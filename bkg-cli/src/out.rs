@@ -329,7 +329,10 @@ pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
         // A flag's bad value is one line, as the values bkg checks itself say it (`--memory: ...`).
         ErrorKind::ValueValidation if let Some(reason) = std::error::Error::source(&error) => {
             let flag = match error.get(clap::error::ContextKind::InvalidArg) {
-                Some(clap::error::ContextValue::String(arg)) => arg.split(' ').next().unwrap_or(arg).to_owned(),
+                // A positional argument is named as clap shows it in usage (`[SEQ]`), bare here.
+                Some(clap::error::ContextValue::String(arg)) => {
+                    arg.split(' ').next().unwrap_or(arg).trim_matches(['[', ']', '<', '>']).to_owned()
+                }
                 _ => "a flag".to_owned(),
             };
             stderr(format_args!("{tool}: {flag}: {reason}\n"));

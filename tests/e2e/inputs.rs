@@ -152,6 +152,14 @@ fn a_secrets_value_over_its_bound_is_refused_with_the_bound_at_any_size() {
     assert_one_line_error(&rm, 125, "secret name `bad name` must be an environment variable name");
 }
 
+/// A positional number given as something else is one line naming it (found by a new-user
+/// trial: `bkg sync retry abc` said `[SEQ]: invalid digit found in string`).
+#[test]
+fn a_positional_number_that_is_none_is_named_in_one_line() {
+    let output = bkg_without_an_agent(&["sync", "retry", "abc"]);
+    assert_one_line_error(&output, 125, "bkg: SEQ: `abc` is not a whole number of 0 or more");
+}
+
 #[test]
 fn a_missing_script_is_127() {
     let agent = Agent::start();
