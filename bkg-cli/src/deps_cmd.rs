@@ -29,8 +29,13 @@ pub async fn envs(settings: &Settings, args: EnvsArgs) -> Result<i32, CliError> 
         EnvsAction::Prune { unused_for, .. } => {
             let unused_for_ms = unused_for
                 .map(|text| {
-                    bkg_schema::parse_duration_ms(&text)
-                        .map_err(|error| CliError::usage(format!("--unused-for: {error}")))
+                    bkg_schema::parse_duration_ms(&text).map_err(|error| match error {
+                        // No agent's maximum bounds an age (found by a new-user trial).
+                        bkg_schema::UnitError::TooLarge(text) => CliError::usage(format!(
+                            "--unused-for: `{text}` is longer than any environment has been kept"
+                        )),
+                        error => CliError::usage(format!("--unused-for: {error}")),
+                    })
                 })
                 .transpose()?;
             let pruned: PruneResult = client.post_json("/api/v1/envs/prune", &PruneRequest { unused_for_ms }).await?;

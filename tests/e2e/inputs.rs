@@ -158,6 +158,13 @@ fn a_secrets_value_over_its_bound_is_refused_with_the_bound_at_any_size() {
 fn a_positional_number_that_is_none_is_named_in_one_line() {
     let output = bkg_without_an_agent(&["sync", "retry", "abc"]);
     assert_one_line_error(&output, 125, "bkg: SEQ: `abc` is not a whole number of 0 or more");
+    // An age past any is not told of an agent's maximum, which bounds limits, not ages.
+    let output = bkg_without_an_agent(&["envs", "prune", "--unused-for", "99999999999999999h"]);
+    assert_one_line_error(
+        &output,
+        125,
+        "--unused-for: `99999999999999999h` is longer than any environment has been kept",
+    );
 }
 
 #[test]
