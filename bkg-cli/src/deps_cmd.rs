@@ -80,9 +80,15 @@ pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliE
                 return Err(CliError::usage(error));
             }
             let value = read_value(&name)?;
+            // A value set before is replaced: said, since it cannot be read back (found by a
+            // new-user trial).
+            let listed: Option<Vec<SecretInfo>> =
+                client.get(&format!("/api/v1/secrets{}", query(&namespace))).await.ok();
+            let replaced = listed.is_some_and(|secrets| secrets.iter().any(|secret| secret.name == name));
             let set: SecretInfo =
                 client.put_json(&format!("/api/v1/secrets/{name}"), &SecretValue { value, namespace }).await?;
-            out.note(format_args!("secret {} set in namespace {}", set.name, set.namespace));
+            let replacing = if replaced { " (in place of the value it had)" } else { "" };
+            out.note(format_args!("secret {} set in namespace {}{replacing}", set.name, set.namespace));
         }
         SecretsAction::Ls { namespace, .. } => {
             let secrets: Vec<SecretInfo> = client.get(&format!("/api/v1/secrets{}", query(&namespace))).await?;

@@ -106,6 +106,15 @@ pub async fn run(settings: &Settings, args: KeysArgs) -> Result<i32, CliError> {
                 };
                 return Err(CliError::new(error.code, format!("{}; {outcome}", error.message)));
             }
+            // A key made with a key lives no longer than that one: said when that cut the --ttl
+            // asked for (found by a new-user trial).
+            let lifetime_s = issued.info.expires_at_ms.saturating_sub(issued.info.created_at_ms) / 1000;
+            if let Some(asked) = ttl_seconds.filter(|asked| lifetime_s + 1 < *asked) {
+                out.note(format_args!(
+                    "its lifetime is {lifetime_s}s, not the {asked}s asked for: a key made with a key expires no \
+                     later than that one"
+                ));
+            }
         }
         KeysAction::Ls { .. } => {
             let keys: Vec<KeyInfo> = client.get("/api/v1/auth/keys").await?;
@@ -153,19 +162,23 @@ pub async fn run(settings: &Settings, args: KeysArgs) -> Result<i32, CliError> {
         }
         KeysAction::Revoke { id, .. } => {
             check_key_id(&id)?;
+            let made_with_it = made_with(&client, &id).await;
             let key: KeyInfo = client.post(&format!("/api/v1/auth/keys/{id}/revoke")).await?;
             if out.is_json() {
                 out.json(&key)?;
             }
-            out.note(format_args!("revoked {}", key.id));
+            out.note(format_args!("revoked {}{}", key.id, and_those_made_with_it(&key, made_with_it)));
         }
         KeysAction::Rm { id, .. } => {
             check_key_id(&id)?;
+            let made_with_it = made_with(&client, &id).await;
+            let known = made_with_it.as_ref().map(|(key, _)| key.clone());
             let deleted: bkg_schema::sandbox::Deleted = client.delete(&format!("/api/v1/auth/keys/{id}")).await?;
             if out.is_json() {
                 out.json(&deleted)?;
             }
-            out.note(format_args!("deleted {}", deleted.deleted));
+            let also = known.map(|key| and_those_made_with_it(&key, made_with_it)).unwrap_or_default();
+            out.note(format_args!("deleted {}{also}", deleted.deleted));
         }
     }
     Ok(SUCCESS)
@@ -190,6 +203,28 @@ fn table(keys: &[KeyInfo]) -> String {
 /// An id as `bkg keys ls` lists it, before it goes into a request's path (found by a new-user
 /// trial: `keys revoke 'key_x?role=admin'` reached another endpoint and said "this endpoint does
 /// not take that method").
+/// Key `id` as listed, and how many active keys were made with it: a key that is not an admin's
+/// takes those with it when it is revoked or deleted. None when the listing cannot say.
+async fn made_with(client: &AgentClient, id: &str) -> Option<(KeyInfo, usize)> {
+    let keys: Vec<KeyInfo> = client.get("/api/v1/auth/keys").await.ok()?;
+    let key = keys.iter().find(|key| key.id == id)?.clone();
+    let now = now_ms();
+    let made = keys.iter().filter(|made| made.created_by_key.as_deref() == Some(id) && made.is_active(now)).count();
+    Some((key, made))
+}
+
+/// What a revocation or deletion of `key` took with it, said after its own (found by a
+/// new-user trial: `revoked key_…` alone, though the keys made with it were revoked too).
+fn and_those_made_with_it(key: &KeyInfo, made_with_it: Option<(KeyInfo, usize)>) -> String {
+    match made_with_it {
+        Some((_, made)) if made > 0 && key.role != Role::Admin => {
+            let keys = if made == 1 { "key" } else { "keys" };
+            format!(" and the {made} active {keys} made with it")
+        }
+        _ => String::new(),
+    }
+}
+
 fn check_key_id(id: &str) -> Result<(), CliError> {
     if bkg_schema::auth::is_key_id(id) {
         return Ok(());

@@ -1719,6 +1719,38 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     assert_eq!(stderr(&bad_role).lines().count(), 1, "{}", stderr(&bad_role));
 }
 
+/// What a key's creation or revocation did beyond what was asked is said (found by a new-user
+/// trial): a lifetime cut to the making key's, and the keys a revocation took with it.
+#[test]
+fn a_keys_cut_lifetime_and_the_keys_its_revocation_takes_are_said() {
+    let api = ApiAgent::start(&[]);
+    let home = tempfile::tempdir().expect("home");
+    let remote = format!("http://{}", api.address);
+    let maker = bkg_at(&api, home.path())
+        .args(["keys", "create", "--role", "namespace", "--namespace", "t", "--ttl", "30m", "--json"])
+        .output()
+        .expect("bkg keys create");
+    assert_eq!(code(&maker), 0, "{}", stderr(&maker));
+    let maker: Value = serde_json::from_slice(&maker.stdout).expect("issued JSON");
+    let (maker_id, maker_key) = (maker["id"].as_str().unwrap_or_default(), maker["key"].as_str().unwrap_or_default());
+    let made = bkg_at(&api, home.path())
+        .args(["--remote", &remote, "keys", "create", "--role", "model-access", "--namespace", "t", "--ttl", "1h"])
+        .env("BKG_API_KEY", maker_key)
+        .output()
+        .expect("bkg keys create");
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    assert!(
+        stderr(&made).contains("s, not the 3600s asked for: a key made with a key expires no later than that one"),
+        "{}",
+        stderr(&made)
+    );
+    let revoked = bkg_at(&api, home.path()).args(["keys", "revoke", maker_id]).output().expect("bkg keys revoke");
+    assert_eq!(
+        (code(&revoked), stderr(&revoked)),
+        (0, format!("bkg: revoked {maker_id} and the 1 active key made with it\n"))
+    );
+}
+
 #[test]
 fn the_curl_examples_of_docs_api_md_run_against_a_real_agent() {
     let api = ApiAgent::start(&[]);

@@ -150,6 +150,25 @@ fn a_secrets_value_over_its_bound_is_refused_with_the_bound_at_any_size() {
     }
     let rm = agent.bkg().args(["secrets", "rm", "bad name"]).output().expect("bkg secrets rm");
     assert_one_line_error(&rm, 125, "secret name `bad name` must be an environment variable name");
+    // A value set over another says so: the one before cannot be read back.
+    let set = |value: &str| {
+        let mut set = agent
+            .bkg()
+            .args(["secrets", "set", "TOKEN"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bkg secrets set");
+        std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), value.as_bytes()).expect("the value");
+        set.wait_with_output().expect("bkg secrets set")
+    };
+    let first = set("one");
+    assert_eq!((code(&first), stderr(&first)), (0, "bkg: secret TOKEN set in namespace default\n".to_owned()));
+    let second = set("two");
+    assert_eq!(
+        (code(&second), stderr(&second)),
+        (0, "bkg: secret TOKEN set in namespace default (in place of the value it had)\n".to_owned())
+    );
 }
 
 /// A positional number given as something else is one line naming it (found by a new-user
