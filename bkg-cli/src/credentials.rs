@@ -103,8 +103,14 @@ pub fn credentials_file() -> PathBuf {
 fn read_file() -> Result<BTreeMap<String, String>, CliError> {
     let path = credentials_file();
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|error| CliError::usage(format!("{} is not a bkg credentials file: {error}", path.display()))),
+        // With the way out: the file holds only keys, which `bkg login` keeps again (found by a
+        // new-user trial: the parser's error alone).
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
+            CliError::usage(format!(
+                "{} is not a bkg credentials file ({error}): move it aside and `bkg --remote URL login` again",
+                path.display()
+            ))
+        }),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(error) => Err(CliError::usage(format!("cannot read {}: {error}", path.display()))),
     }
@@ -118,6 +124,13 @@ pub fn key_from_env() -> Option<String> {
 /// The key for `remote`: `BKG_API_KEY`, else the one `bkg login` kept.
 pub fn key_for(remote: &reqwest::Url) -> Result<String, CliError> {
     if let Some(key) = key_from_env() {
+        // Keys are printable ASCII: anything else is a mistake, said here rather than as the
+        // agent's "the Authorization header is not text" (found by a new-user trial).
+        if !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(CliError::usage(format!(
+                "{API_KEY_ENV} holds characters no API key has (keys are printable ASCII, like bkg_ns_…): check its value"
+            )));
+        }
         return Ok(key);
     }
     kept_key(remote)?.ok_or_else(|| {

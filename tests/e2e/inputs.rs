@@ -186,6 +186,31 @@ fn a_positional_number_that_is_none_is_named_in_one_line() {
     );
 }
 
+/// A key that cannot be one and a credentials file that is none are said with what to do (found
+/// by a new-user trial: the agent's "the Authorization header is not text", the parser's error).
+#[test]
+fn a_bad_key_or_credentials_file_is_said_with_the_fix() {
+    let home = tempfile::tempdir().expect("home");
+    let remote = |key: Option<&str>| {
+        let mut command = std::process::Command::new(bkg_tests::bkg_bin());
+        command
+            .args(["--remote", "http://127.0.0.1:1", "runs", "ls"])
+            .env("HOME", home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env("BKG_CREDENTIAL_STORE", "file");
+        match key {
+            Some(key) => command.env("BKG_API_KEY", key),
+            None => command.env_remove("BKG_API_KEY"),
+        };
+        command.output().expect("bkg")
+    };
+    assert_one_line_error(&remote(Some("bkg_ns_é")), 125, "BKG_API_KEY holds characters no API key has");
+    let file = home.path().join(".config/bkg/credentials");
+    std::fs::create_dir_all(file.parent().expect("its directory")).expect("mkdir");
+    std::fs::write(&file, "not JSON").expect("write");
+    assert_one_line_error(&remote(None), 125, "move it aside and `bkg --remote URL login` again");
+}
+
 #[test]
 fn a_missing_script_is_127() {
     let agent = Agent::start();
