@@ -606,13 +606,33 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     let state_dir = args.state_dir.clone().unwrap_or_else(bkg_schema::paths::default_state_dir);
     let state_dir = std::path::absolute(&state_dir)
         .with_context(|| format!("make the state directory {} absolute", state_dir.display()))?;
+    // Disk images, logs and the store hold callers' code and output: nothing the agent makes
+    // is for other local users.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // A start refused before it wrote anything there (another agent's cgroup directory or uids,
+    // a flag's value) leaves no empty state directory of its own behind (found by a new-user
+    // trial); one that holds anything, the log of a refused background start say, stays.
+    let made_state_dir = !state_dir.exists();
+    let started = start_in(args, api, ready, activated, socket, state_dir.clone());
+    if started.is_err() && made_state_dir {
+        let _ = std::fs::remove_dir(&state_dir);
+    }
+    started
+}
+
+/// `start` once its state directory is known: made, checked and used.
+fn start_in(
+    args: AgentArgs,
+    api: ApiOptions,
+    ready: Option<OwnedFd>,
+    activated: Option<crate::activation::Activated>,
+    socket: PathBuf,
+    state_dir: PathBuf,
+) -> anyhow::Result<()> {
     let max = max_limits(&args)?;
     // A maximum below a default lowers the default with it: `--max-memory 256MiB` is how an
     // operator gives every run less.
     let defaults = Limits::DEFAULT.at_most(&max);
-    // Disk images, logs and the store hold callers' code and output: nothing the agent makes
-    // is for other local users.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(&state_dir).with_context(|| format!("create state directory {}", state_dir.display()))?;
     std::fs::set_permissions(&state_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("make {} private", state_dir.display()))?;
@@ -844,6 +864,8 @@ async fn serve(
     let owner = bkg_schema::paths::lock_holder_record(std::process::id(), &state_dir);
     let socket_lock =
         crate::engine::lock::lock_socket(std::path::Path::new(crate::engine::lock::LOCK_DIR), &socket, &owner)?;
+    // Before any file of the state directory is written: a refused agent leaves none.
+    let claim = Engine::claim_host(&config).context("start the sandbox engine")?;
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
     let agent_id = audit.public_key().agent_id();
     let store_path = state_dir.join("state.db");
@@ -853,7 +875,7 @@ async fn serve(
         crate::artefacts::Artefacts::open(api.object_store.as_deref(), &state_dir, api.artefact_quota.clone())
             .context("open the object store of runs' files")?,
     );
-    let (engine, leftovers_removed) = Engine::new(config).context("start the sandbox engine")?;
+    let (engine, leftovers_removed) = Engine::new(config, claim).context("start the sandbox engine")?;
     // Runs a crash or kill left open are closed before this agent starts any of its own.
     let interrupted = store
         .close_interrupted_runs(leftovers_removed, crate::ids::now_ms())

@@ -296,6 +296,30 @@ fn a_state_dir_another_user_owns_is_refused_and_the_store_made_private() {
     assert_eq!(mode, 0o600);
 }
 
+/// An agent refused another's cgroup directory has written nothing: the state directory it
+/// was given, new, is not left behind (found by a new-user trial: its audit log and store were).
+#[test]
+fn an_agent_refused_anothers_cgroup_directory_leaves_no_state_directory() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let uids = bkg_tests::UidRange::reserve();
+    let refused = Command::new(bin_dir().join("bkg-agent"))
+        .args(["--foreground", "--warm-pool", "0", "--uid-base", &uids.base.to_string()])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .args(["--cgroup-dir", &agent.cgroup_dir])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bkg-agent");
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("is in use by another agent"), "{said}");
+    assert!(!state.exists(), "{:?}", std::fs::read_dir(&state).map(|entries| entries.count()));
+}
+
 /// `bkg agent start --state-dir DIR` where an agent with another state directory already serves
 /// the socket says so (exit 125) rather than "already running" with DIR ignored (found by a
 /// new-user trial); the same directory is the agent asked for.

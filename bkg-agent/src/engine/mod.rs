@@ -267,12 +267,19 @@ pub fn installed_beside_agent(name: &str) -> Option<std::path::PathBuf> {
     std::iter::once(dir.join(name)).chain(installed).find(|path| path.is_file())
 }
 
+/// The host's share an agent makes its own before anything of it is written (its state
+/// directory's files, cgroup directories): its uid range and cgroup directories, locked. A
+/// refused agent has then left nothing behind.
+pub struct HostClaim {
+    cgroups: Box<dyn cgroup::CgroupDriver>,
+    cgroup_locks: Vec<lock::DirLock>,
+    uid_lock: lock::UidRangeLock,
+}
+
 impl Engine {
-    /// Sets the engine up, locks its cgroup directories and removes whatever a previous holder of
-    /// them (with the same state directory) left behind. Returns whether all of it is gone.
-    pub fn new(config: EngineConfig) -> Result<(Arc<Self>, bool), EngineError> {
+    /// Locks the uid range and cgroup directories `config` names for this agent.
+    pub fn claim_host(config: &EngineConfig) -> Result<HostClaim, EngineError> {
         let owner = bkg_schema::paths::lock_holder_record(std::process::id(), &config.state_dir);
-        // First: a refused agent must not have made cgroup directories.
         let uid_lock = lock::lock_uid_range(std::path::Path::new(lock::LOCK_DIR), config.uid_base, &owner)?;
         let cgroups = cgroup::detect(&config.cgroup_dir)?;
         let cgroup_locks = cgroups
@@ -280,6 +287,13 @@ impl Engine {
             .iter()
             .map(|dir| lock::lock_cgroup_dir(std::path::Path::new(lock::LOCK_DIR), dir, &owner))
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(HostClaim { cgroups, cgroup_locks, uid_lock })
+    }
+
+    /// Sets the engine up on what `claim_host` locked and removes whatever a previous holder of it
+    /// (with the same state directory) left behind. Returns whether all of it is gone.
+    pub fn new(config: EngineConfig, claim: HostClaim) -> Result<(Arc<Self>, bool), EngineError> {
+        let HostClaim { cgroups, cgroup_locks, uid_lock } = claim;
         let disks = Arc::new(disk::DiskTemplates::new(config.state_dir.join("disk-templates"))?);
         let capacity = Arc::new(capacity::Capacity::new(config.capacity.clone()));
         // Read once: the pool's bound by disk need not follow the free space as grants do.
