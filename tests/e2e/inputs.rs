@@ -133,35 +133,27 @@ fn a_bad_secret_name_is_said_before_the_value_is_read() {
 #[test]
 fn a_secrets_value_over_its_bound_is_refused_with_the_bound_at_any_size() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
-    for bytes in [32 * 1024 + 1, 50_000_000] {
+    // `bkg secrets set NAME` with `value` on stdin; bkg stops reading past the bound, and the
+    // rest of the pipe is then refused (EPIPE).
+    let set_to = |name: &str, value: &[u8]| {
         let mut set = agent
             .bkg()
-            .args(["secrets", "set", "BIG"])
+            .args(["secrets", "set", name])
             .stdin(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("bkg secrets set");
-        let mut stdin = set.stdin.take().expect("stdin");
-        // bkg stops reading past the bound: the rest of the pipe is refused (EPIPE).
-        let _ = std::io::Write::write_all(&mut stdin, &vec![b'x'; bytes]);
-        drop(stdin);
-        let set = set.wait_with_output().expect("bkg secrets set");
+        let _ = std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), value);
+        set.wait_with_output().expect("bkg secrets set")
+    };
+    for bytes in [32 * 1024 + 1, 50_000_000] {
+        let set = set_to("BIG", &vec![b'x'; bytes]);
         assert_one_line_error(&set, 125, "a secret's value must be at most 32768 bytes, without NUL bytes");
     }
     let rm = agent.bkg().args(["secrets", "rm", "bad name"]).output().expect("bkg secrets rm");
     assert_one_line_error(&rm, 125, "secret name `bad name` must be an environment variable name");
     // A value set over another says so: the one before cannot be read back.
-    let set = |value: &str| {
-        let mut set = agent
-            .bkg()
-            .args(["secrets", "set", "TOKEN"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("bkg secrets set");
-        std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), value.as_bytes()).expect("the value");
-        set.wait_with_output().expect("bkg secrets set")
-    };
+    let set = |value: &str| set_to("TOKEN", value.as_bytes());
     let first = set("one");
     assert_eq!((code(&first), stderr(&first)), (0, "bkg: secret TOKEN set in namespace default\n".to_owned()));
     let second = set("two");

@@ -174,13 +174,12 @@ fn a_run_with_a_start_up_variable_of_its_own_gets_a_fresh_interpreter() {
     assert_eq!(prestarted(), Some(1), "the run was given a fresh interpreter");
 }
 
-/// `bkg agent stop` tells an agent killed during its stop from one that stopped: it fails and
-/// says so (was: "agent stopped", found by a new-user trial). The next agent cleans up after it.
-#[test]
-fn an_agent_killed_while_it_stops_is_not_reported_stopped() {
+/// `bkg exe` of a run that outlives a stop's SIGTERM (it prints `asked to end` and goes on),
+/// once it has printed `up`; its later lines are read from the iterator.
+fn run_that_outlives_sigterm(
+    agent: &Agent,
+) -> (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) {
     use std::io::BufRead;
-    let mut agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
-    // A run that outlives the stop's first signal holds the agent in its grace.
     let code_text = "import signal, time\n\
         signal.signal(signal.SIGTERM, lambda *_: print('asked to end', flush=True))\n\
         print('up', flush=True)\nwhile True: time.sleep(1)\n";
@@ -194,6 +193,16 @@ fn an_agent_killed_while_it_stops_is_not_reported_stopped() {
         .expect("bkg exe");
     let mut lines = std::io::BufReader::new(run.stdout.take().expect("stdout")).lines();
     assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("up"));
+    (run, lines)
+}
+
+/// `bkg agent stop` tells an agent killed during its stop from one that stopped: it fails and
+/// says so (was: "agent stopped", found by a new-user trial). The next agent cleans up after it.
+#[test]
+fn an_agent_killed_while_it_stops_is_not_reported_stopped() {
+    let mut agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    // A run that outlives the stop's first signal holds the agent in its grace.
+    let (mut run, mut lines) = run_that_outlives_sigterm(&agent);
     let stop = agent.bkg().args(["agent", "stop"]).stderr(Stdio::piped()).spawn().expect("bkg agent stop");
     assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("asked to end"), "the stop reached the run");
     agent.crash();
@@ -220,21 +229,8 @@ fn an_agent_killed_while_it_stops_is_not_reported_stopped() {
 /// `bkg exe` was told to start an agent, which would have been refused).
 #[test]
 fn a_second_stop_waits_for_the_agent_a_first_one_stops() {
-    use std::io::BufRead;
     let mut agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
-    let code_text = "import signal, time\n\
-        signal.signal(signal.SIGTERM, lambda *_: print('asked to end', flush=True))\n\
-        print('up', flush=True)\nwhile True: time.sleep(1)\n";
-    let mut run = agent
-        .bkg()
-        .args(["exe", "--type", "python", "-c", code_text])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg exe");
-    let mut lines = std::io::BufReader::new(run.stdout.take().expect("stdout")).lines();
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("up"));
+    let (mut run, mut lines) = run_that_outlives_sigterm(&agent);
     let first = agent.bkg().args(["agent", "stop"]).stderr(Stdio::piped()).spawn().expect("bkg agent stop");
     assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("asked to end"), "the stop reached the run");
 
