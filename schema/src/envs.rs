@@ -88,7 +88,7 @@ pub fn secret_name_error(name: &str) -> Option<String> {
     (!is_variable_name).then(|| {
         format!(
             "secret name `{}` must be an environment variable name (letters, digits and '_', not starting with a digit; at most 255)",
-            name.escape_debug()
+            crate::shown_briefly(name)
         )
     })
 }

@@ -214,6 +214,16 @@ impl Limits {
 pub const ENV_KEY_RULE: &str = "letters, digits and '_', not starting with a digit";
 
 /// Whether `name` may name an environment variable a run is given (`ENV_KEY_RULE`).
+/// `text` as a refusal repeats it: escaped, and cut after its first 64 characters, so that a
+/// pasted file or a runaway variable refused for its form is not echoed whole.
+pub fn shown_briefly(text: &str) -> String {
+    const SHOWN: usize = 64;
+    match text.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", text[..cut].escape_debug()),
+        None => text.escape_debug().to_string(),
+    }
+}
+
 pub fn is_env_key(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -773,7 +783,14 @@ pub struct TcpListenerInfo {
 
 #[cfg(test)]
 mod tests {
-    use super::{Language, Limits, NO_TIMEOUT_MS};
+    use super::{Language, Limits, NO_TIMEOUT_MS, shown_briefly};
+
+    #[test]
+    fn a_long_value_is_shown_cut_and_a_short_one_whole() {
+        assert_eq!(shown_briefly("bad name\n"), "bad name\\n");
+        let long = "é".repeat(100);
+        assert_eq!(shown_briefly(&long), format!("{}…", "é".repeat(64)));
+    }
 
     #[test]
     fn a_limit_above_its_bound_never_reads_as_the_bound() {

@@ -192,11 +192,16 @@ fn a_project_s_runs_logs_stop_and_bkgr_flags() {
     }
     assert_eq!(code(&agent.bkg_in(elsewhere.path(), &["status", "b"])), 0, "without -C it is found by name");
 
-    // An invalid cave.yaml: ls says why instead of listing.
-    std::fs::write(dir.join("cave.yaml"), "version: 1\nsandboxes:\n  BAD:\n    type: ruby\n").expect("cave.yaml");
+    // A cave.yaml invalid as a whole: ls says why instead of listing; one whose problems are a
+    // sandbox's lists the rest and says which was left out.
+    std::fs::write(dir.join("cave.yaml"), "version: 2\nsandboxes:\n  b:\n    type: python\n").expect("cave.yaml");
     let ls = agent.bkg_in(dir, &["ls"]);
     assert_eq!(code(&ls), 125);
-    assert!(stderr(&ls).contains("cave.yaml"), "{}", stderr(&ls));
+    assert!(stderr(&ls).contains("cave.yaml:1: /version"), "{}", stderr(&ls));
+    std::fs::write(dir.join("cave.yaml"), "version: 1\nsandboxes:\n  BAD:\n    type: ruby\n").expect("cave.yaml");
+    let ls = agent.bkg_in(dir, &["ls"]);
+    assert_eq!(code(&ls), 0, "{}", stderr(&ls));
+    assert!(stderr(&ls).contains("cave.yaml's sandbox `BAD` is invalid and left out"), "{}", stderr(&ls));
 }
 
 #[test]
