@@ -331,6 +331,10 @@ fn exe_publishes_a_port_for_the_run_and_refuses_timeout_none() {
         "{}",
         stderr(&busy)
     );
+    // An address this host does not have is no port to free (found by a new-user trial).
+    let elsewhere = agent.exe(&["-p", "192.0.2.7:47842:8000", "--type", "python", "-c", "print(1)"]);
+    assert_eq!(code(&elsewhere), 125, "{}", stderr(&elsewhere));
+    assert!(stderr(&elsewhere).contains("the address is not one of this host's"), "{}", stderr(&elsewhere));
 }
 
 /// `bkg logs -f` of a service follows it into each restart's run, and ends when it is stopped.
@@ -506,6 +510,53 @@ fn a_failing_service_waits_for_a_session_that_holds_its_sandbox() {
         (info["service"]["restarts"].as_u64().unwrap_or_default() > restarts).then_some(())
     });
     let stopped = agent.bkg_in(dir, &["stop", "flaky"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+}
+
+/// What keeps a failing service from starting again is said as it is (found by a new-user trial:
+/// a foreground run of its own, and a host port another process took during the pause, were both
+/// said to be "a file transfer"), and both are waited out.
+#[test]
+fn a_failing_service_says_what_keeps_it_from_starting_again() {
+    let agent = Agent::start();
+    let port = free_port();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    let fails = "python -c \"raise SystemExit(4)\"";
+    std::fs::write(
+        dir.join("cave.yaml"),
+        format!(
+            "version: 1\nsandboxes:\n  flaky:\n    type: python\n    restart: on-failure\n    scripts:\n      \
+             start: {fails}\n      hold: sleep 20\n  ported:\n    type: python\n    restart: on-failure\n    \
+             ports: [\"127.0.0.1:{port}:8000\"]\n    scripts:\n      start: {fails}\n"
+        ),
+    )
+    .expect("cave.yaml");
+    start_until_it_waits_to_restart(&agent, dir);
+    let mut hold = agent
+        .bkgr_command(dir, &["flaky", "hold"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bkgr flaky hold");
+    poll("the service to wait for the run that holds its sandbox", || {
+        let why = status_of(&agent, dir, "flaky")["service"]["not_restarted"].as_str().map(str::to_owned);
+        why.filter(|why| why.contains("a run of its own holds its sandbox"))
+    });
+    let _ = hold.kill();
+    let _ = hold.wait();
+
+    let started = agent.bkgr(dir, &["-d", "ported"]);
+    assert_eq!(code(&started), 0, "bkgr -d: {}", stderr(&started));
+    // Taken as soon as the failed run lets it go, in the pause before its restart.
+    let taken = poll("the service's host port to be free", || std::net::TcpListener::bind(("127.0.0.1", port)).ok());
+    let why = poll("the service to wait for its host port", || {
+        let why = status_of(&agent, dir, "ported")["service"]["not_restarted"].as_str().map(str::to_owned);
+        why.filter(|why| why.contains(&format!("host port 127.0.0.1:{port} cannot be used")))
+    });
+    assert!(why.ends_with("; it is tried again after each pause"), "{why}");
+    drop(taken);
+    let stopped = agent.bkg_in(dir, &["stop", "--all"]);
     assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
 }
 

@@ -26,13 +26,22 @@ use super::netns::{NetnsError, NetnsWorker, make_link};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
-    #[error(
-        "host port {host} cannot be used: {source}: free it, or forward another host port (`ports:` in \
-         cave.yaml, `bkg exe -p`)"
-    )]
+    #[error("host port {host} cannot be used: {source}: {}", port_fix(source))]
     PortTaken { host: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Netns(#[from] NetnsError),
+}
+
+/// What to do about a host port that cannot be bound: an address this host does not have is no
+/// port to free (found by a new-user trial: `1.2.3.4:8000` was told "free it").
+fn port_fix(source: &std::io::Error) -> &'static str {
+    match source.kind() {
+        std::io::ErrorKind::AddrNotAvailable => {
+            "the address is not one of this host's: forward a port of one it has (127.0.0.1, 0.0.0.0 for all) \
+             (`ports:` in cave.yaml, `bkg exe -p`)"
+        }
+        _ => "free it, or forward another host port (`ports:` in cave.yaml, `bkg exe -p`)",
+    }
 }
 
 /// What a run may reach and which host ports lead into it, checked against the policy.

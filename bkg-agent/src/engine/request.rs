@@ -29,6 +29,9 @@ pub enum RunError {
     RuntimeNotExecutable(String),
     #[error("{0}")]
     Busy(String),
+    /// A host port the run is to forward cannot be bound (another process holds it).
+    #[error("{0}")]
+    PortUnusable(String),
     /// A network rule outside the agent's `--egress-allow`: only its admin can widen that.
     #[error("{0}")]
     EgressNotAllowed(String),
@@ -69,7 +72,7 @@ impl RunError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::LimitAboveMaximum { .. } => ErrorCode::LimitAboveMaximum,
             Self::RuntimeNotExecutable(_) => ErrorCode::RuntimeNotExecutable,
-            Self::Busy(_) => ErrorCode::Conflict,
+            Self::Busy(_) | Self::PortUnusable(_) => ErrorCode::Conflict,
             Self::EgressNotAllowed(_) => ErrorCode::Forbidden,
             Self::InstallFailed(_) => ErrorCode::InstallFailed,
             Self::Overloaded { .. } => ErrorCode::Unavailable,
@@ -193,7 +196,7 @@ impl ValidatedRun {
             let host = std::net::SocketAddr::new(mapping.address, mapping.host_port);
             if let Err(source) = std::net::TcpListener::bind(host) {
                 let taken = super::egress::EgressError::PortTaken { host, source };
-                return Err(RunError::Busy(taken.to_string()));
+                return Err(RunError::PortUnusable(taken.to_string()));
             }
         }
         Ok(())

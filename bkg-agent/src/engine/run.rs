@@ -172,7 +172,7 @@ impl Engine {
                 Err(error) => {
                     self.dispose_later(&tracker, sandbox);
                     return Err(match error {
-                        EgressError::PortTaken { .. } => RunError::Busy(error.to_string()),
+                        EgressError::PortTaken { .. } => RunError::PortUnusable(error.to_string()),
                         EgressError::Netns(_) => {
                             EngineError::Prepare { stage: "network".into(), message: error.to_string() }.into()
                         }

@@ -140,7 +140,7 @@ impl OpError {
                 | RunError::LimitAboveMaximum { .. }
                 | RunError::RuntimeNotExecutable(_)
                 | RunError::InstallFailed(_) => Refusal::Invalid,
-                RunError::Busy(_) => Refusal::Conflict,
+                RunError::Busy(_) | RunError::PortUnusable(_) => Refusal::Conflict,
                 RunError::EgressNotAllowed(_) => Refusal::Forbidden,
                 RunError::Overloaded { .. } | RunError::Engine(_) => Refusal::Unavailable,
             },

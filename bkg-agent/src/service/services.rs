@@ -264,16 +264,26 @@ impl Service {
                     }
                     Err(OpError::Run(RunError::Busy(_))) => {
                         // Said without the refusal's hint to `bkg stop`, which would stop the
-                        // service too (found by a trial of this stop).
-                        let waits_for = match self.session_holding(&id) {
-                            Some(session) => {
+                        // service too (found by a trial of this stop); by what holds it (found by
+                        // a new-user trial: a run of its own was said to be a file transfer).
+                        let transfer = self.engine.current_run(&id).is_some_and(|run| run.is_for_transfer());
+                        let waits_for = match (self.session_holding(&id), transfer) {
+                            (Some(session), _) => {
                                 format!("session `{session}` holds its sandbox; it starts again once the session ends")
                             }
-                            None => {
+                            (None, true) => {
                                 "its sandbox is busy (a file transfer); it starts again once that is done".to_owned()
                             }
+                            (None, false) => "a run of its own holds its sandbox (`bkgr`, `bkg shell`); it starts \
+                                              again once that ends"
+                                .to_owned(),
                         };
                         self.waits_to_start_again(&id, waits_for).await;
+                    }
+                    // Another process took a host port it forwards during the pause: tried again,
+                    // pause after pause, since that process may let it go.
+                    Err(OpError::Run(RunError::PortUnusable(why))) => {
+                        self.waits_to_start_again(&id, format!("{why}; it is tried again after each pause")).await;
                     }
                     // A bound of the agent's (its places, its queue, its disk budget) frees as
                     // runs end: tried again, pause after pause (found by a new-user trial: a
@@ -431,7 +441,7 @@ impl Service {
                     return;
                 }
                 // Still no room, or its sandbox held meanwhile (`bkg exec`): tried again.
-                Err(OpError::Run(RunError::Overloaded { .. } | RunError::Busy(_))) => {}
+                Err(OpError::Run(RunError::Overloaded { .. } | RunError::Busy(_) | RunError::PortUnusable(_))) => {}
                 Err(error) => {
                     self.gives_up_on(&id, ServiceState::Stopped, &error).await;
                     return;
