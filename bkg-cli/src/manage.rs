@@ -478,15 +478,27 @@ async fn why_following_ended(client: &AgentClient, id: &str, name: &str) -> Opti
     let Some(info) = found else {
         return Some(format!("{name} was removed"));
     };
-    let service = info.service?;
+    let service = info.service.as_ref()?;
+    // The run followed is the newest that ended: the service's own, or another (a foreground
+    // `bkgr`), of whose end the service says nothing (found by a new-user trial: it was said to
+    // end with the service's earlier failure).
+    let followed = last_ended_run(&info);
+    if service.run_id.is_some() && followed.map(|run| &run.id) != service.run_id.as_ref() {
+        return None;
+    }
     match service.state {
         ServiceState::Stopped => Some(format!("{name}'s service was stopped")),
         ServiceState::Exited => {
-            let how = match (&service.not_restarted, service.last_killed_by, service.last_exit_code) {
-                (Some(why), _, _) => format!("was not started again: {why}"),
-                (None, Some(limit), _) => format!("ended at its {} limit", limit.as_str()),
-                (None, None, Some(code)) => format!("ended with exit {code}"),
-                (None, None, None) => "ended".to_owned(),
+            // How its last run ended, not its last failure's code: a service that failed once
+            // and then succeeded ended with 0 (found by a new-user trial).
+            let how = match (&service.not_restarted, followed) {
+                (Some(why), _) => format!("was not started again: {why}"),
+                (None, Some(run)) => match (run.killed_by, run.exit_code) {
+                    (Some(limit), _) => format!("ended at its {} limit", limit.as_str()),
+                    (None, Some(code)) => format!("ended with exit {code}"),
+                    (None, None) => "ended".to_owned(),
+                },
+                (None, None) => "ended".to_owned(),
             };
             Some(format!("{name}'s service {how}"))
         }

@@ -283,6 +283,7 @@ fn tables() {
         serving.service = Some(ServiceHealth {
             state: ServiceState::Running,
             restart,
+            run_id: None,
             restarts: 2,
             last_exit_code: Some(3),
             last_killed_by: None,

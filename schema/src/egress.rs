@@ -357,6 +357,9 @@ pub struct PortHealth {
 pub struct ServiceHealth {
     pub state: ServiceState,
     pub restart: RestartPolicy,
+    /// Its newest run: the one going on, or the last one that ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     /// Times it was started again after a failure.
     pub restarts: u32,
     /// The exit code of its last failed run, if it exited.

@@ -388,6 +388,41 @@ fn logs_follow_a_service_across_its_restarts() {
 
 /// `bkg logs -f` of a service ended by `bkg rm` says the sandbox was removed (was: "was
 /// stopped" when the follower asked before the removal ended; found by a new-user trial).
+/// A follow says how the service's last run ended, not its last failure's code, and nothing of
+/// the service after another run's log (found by a new-user trial: "ended with exit 9" after a
+/// last run that exited 0, and after a foreground run of the sandbox).
+#[test]
+fn a_follow_ends_with_how_the_run_it_followed_ended() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    // Fails the first time, succeeds the second.
+    std::fs::write(
+        dir.join("twice.py"),
+        "import os\nfirst = not os.path.exists('/workspace/ran')\nopen('/workspace/ran', 'w').close()\n\
+        print('attempt', flush=True)\nraise SystemExit(9 if first else 0)\n",
+    )
+    .expect("twice.py");
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  twice:\n    type: python\n    restart: on-failure\n    scripts:\n      \
+         start: python /project/twice.py\n      ok: echo ok\n",
+    )
+    .expect("cave.yaml");
+    let started = agent.bkgr(dir, &["-d", "twice"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    let followed = follow_log(&agent, dir, "twice").wait_with_output().expect("bkg logs -f");
+    assert_eq!(code(&followed), 0, "{}", stderr(&followed));
+    assert_eq!(stdout(&followed), "attempt\nattempt\n");
+    assert_eq!(stderr(&followed), "bkg: twice's service ended with exit 0; following ended\n");
+
+    // A foreground run after the service ended: its log is followed, and its end is its own.
+    let ran = agent.bkgr(dir, &["twice", "ok"]);
+    assert_eq!(code(&ran), 0, "{}", stderr(&ran));
+    let followed = follow_log(&agent, dir, "twice").wait_with_output().expect("bkg logs -f");
+    assert_eq!((code(&followed), stdout(&followed), stderr(&followed)), (0, "ok\n".to_owned(), String::new()));
+}
+
 #[test]
 fn a_follow_ended_by_rm_says_the_sandbox_was_removed() {
     let agent = Agent::start();

@@ -44,11 +44,18 @@ struct Supervised {
 impl Services {
     /// A new service in sandbox `id`, replacing what an earlier one left; one the last agent left
     /// (`resumed`) goes on with its restarts and last failure.
-    fn begin(&self, id: &str, restart: RestartPolicy, resumed: Option<&ServiceHealth>) -> watch::Receiver<bool> {
+    fn begin(
+        &self,
+        id: &str,
+        run_id: Option<&str>,
+        restart: RestartPolicy,
+        resumed: Option<&ServiceHealth>,
+    ) -> watch::Receiver<bool> {
         let (stopped, receiver) = watch::channel(false);
         let health = ServiceHealth {
             state: ServiceState::Running,
             restart,
+            run_id: run_id.map(str::to_owned).or_else(|| resumed.and_then(|earlier| earlier.run_id.clone())),
             restarts: resumed.map_or(0, |earlier| earlier.restarts),
             last_exit_code: resumed.and_then(|earlier| earlier.last_exit_code),
             last_killed_by: resumed.and_then(|earlier| earlier.last_killed_by),
@@ -152,7 +159,7 @@ impl Service {
         // Before it can be stopped, so a stop's forgetting comes after.
         self.remember_service(sandbox_id, &principal, exec.as_ref().filter(|_| restart == RestartPolicy::OnFailure))
             .await;
-        let stopped = self.services.begin(sandbox_id, restart, resumed);
+        let stopped = self.services.begin(sandbox_id, Some(&run_id), restart, resumed);
         self.keep_service_health(sandbox_id).await;
         let task = self.start(accepted, mpsc::channel(1).1, None);
         let service = Arc::clone(self);
@@ -297,9 +304,11 @@ impl Service {
                     }
                 }
             };
+            let run_id = accepted.run_id().to_owned();
             task = self.start(accepted, mpsc::channel(1).1, None);
             started = tokio::time::Instant::now();
             self.services.update(&id, |health| {
+                health.run_id = Some(run_id);
                 health.state = ServiceState::Running;
                 health.restarts += 1;
                 health.not_restarted = None;
@@ -418,7 +427,7 @@ impl Service {
         waits: String,
     ) {
         let id = service.sandbox_id.clone();
-        let mut stopped = self.services.begin(&id, RestartPolicy::OnFailure, earlier.as_ref());
+        let mut stopped = self.services.begin(&id, None, RestartPolicy::OnFailure, earlier.as_ref());
         self.services.update(&id, |health| health.state = ServiceState::Restarting);
         self.waits_to_start_again(&id, waits).await;
         let mut pause = FIRST_PAUSE;
