@@ -71,8 +71,21 @@ pub async fn run(settings: &Settings, args: WatchArgs) -> Result<i32, CliError> 
                 CHANGE_EVENT => {
                     let change: Change = serde_json::from_str(&event.data)
                         .map_err(|error| CliError::internal(format!("the agent sent an unreadable change: {error}")))?;
+                    // A change stdout did not take ends the watch, resuming from the last one it
+                    // took (found by a new-user trial: `bkg watch > /dev/full` went on silently,
+                    // and a later resume position skipped what was never written).
+                    let written = crate::out::stdout_bytes(format!("{}\n", line(&change, args.json)?).as_bytes());
+                    match written {
+                        Ok(()) => {}
+                        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+                        Err(error) => {
+                            return Err(CliError::new(
+                                BKG_FAILED,
+                                format!("cannot write to stdout ({error}); resume with --since {last}"),
+                            ));
+                        }
+                    }
                     last = change.position;
-                    settings.out.line(format_args!("{}", line(&change, args.json)?));
                     delivered += 1;
                     if args.count.is_some_and(|count| delivered >= count) {
                         return Ok(0);

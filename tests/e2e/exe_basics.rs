@@ -231,6 +231,25 @@ fn a_stdout_that_cannot_be_written_is_said_and_fails_the_command() {
     logs.args(["logs", "box"]).current_dir(project.path()).stdout(full()).stderr(Stdio::piped());
     let logs = logs.output().expect("bkg logs");
     assert_eq!((code(&logs), stderr(&logs).as_str()), (125, said));
+    // The change feed too, which ends at once with where to resume: from before what it could
+    // not write (found by a new-user trial: it went on silently, and a later resume position
+    // skipped what had never been written).
+    for follow in [false, true] {
+        let mut watch = agent.bkg();
+        watch.arg("watch").stdout(full()).stderr(Stdio::piped());
+        if !follow {
+            watch.arg("--no-follow");
+        }
+        let watch = watch.output().expect("bkg watch");
+        assert_eq!(
+            (code(&watch), stderr(&watch)),
+            (
+                125,
+                "bkg: cannot write to stdout (No space left on device (os error 28)); resume with --since 0\n"
+                    .to_owned()
+            )
+        );
+    }
 }
 
 #[test]
