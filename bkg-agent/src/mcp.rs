@@ -793,6 +793,11 @@ fn tool_names() -> &'static [String] {
 /// answers "tool not found", a bare method name for a method it does not know, and -32601 with
 /// the method's name for params that do not fit the method, which are owed -32602). None for
 /// anything else, which rmcp answers itself.
+/// Whether `id` is one an MCP request may have: a string or an integer.
+fn is_request_id(id: &serde_json::Value) -> bool {
+    id.is_string() || id.is_i64() || id.is_u64()
+}
+
 pub fn refused_request(message: &serde_json::Value) -> Option<(serde_json::Value, i64, String)> {
     use serde_json::Value;
     // Not a request rmcp could answer in JSON-RPC's terms: it said HTTP 400 "not JSON-RPC" (found
@@ -806,12 +811,13 @@ pub fn refused_request(message: &serde_json::Value) -> Option<(serde_json::Value
         if request.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
             return Some((Value::Null, INVALID_REQUEST, "a request's jsonrpc must be \"2.0\"".to_owned()));
         }
-        if request.get("id").is_some_and(|id| !(id.is_string() || id.is_number())) {
-            let why = "a request's id must be a string or a number (a notification has none)";
+        // MCP takes a string or an integer (found by a new-user trial: `1.5` had HTTP 400).
+        if request.get("id").is_some_and(|id| !is_request_id(id)) {
+            let why = "a request's id must be a string or an integer (a notification has none)";
             return Some((Value::Null, INVALID_REQUEST, why.to_owned()));
         }
     }
-    let id = request.get("id").filter(|id| id.is_string() || id.is_number())?.clone();
+    let id = request.get("id").filter(|id| is_request_id(id))?.clone();
     let method = request.get("method")?.as_str()?;
     if !SPECIFIED_METHODS.contains(&method) {
         return Some((

@@ -381,7 +381,8 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
     // new-user trial): a batch, an id of another type, another jsonrpc.
     for (request, said) in [
         (json!([{ "jsonrpc": "2.0", "id": 1, "method": "ping" }]), "a batch of requests is not taken"),
-        (json!({ "jsonrpc": "2.0", "id": { "a": 1 }, "method": "ping" }), "id must be a string or a number"),
+        (json!({ "jsonrpc": "2.0", "id": { "a": 1 }, "method": "ping" }), "id must be a string or an integer"),
+        (json!({ "jsonrpc": "2.0", "id": 1.5, "method": "ping" }), "id must be a string or an integer"),
         (json!({ "jsonrpc": "1.0", "id": 1, "method": "ping" }), "jsonrpc must be \"2.0\""),
     ] {
         let answer = team.send("POST", "/mcp", Some(&request), &mcp_accept);
