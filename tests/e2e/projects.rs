@@ -1556,3 +1556,25 @@ fn an_invalid_sandbox_keeps_neither_the_others_nor_its_own_removal_from_working(
     let validate = agent.bkg_in(dir, &["validate"]);
     assert_eq!(code(&validate), 0, "{}", stderr(&validate));
 }
+
+/// `bkg logs NAME --run RUN` with a run of another sandbox says whose it is, not that its log
+/// is no longer kept (found by a new-user trial).
+#[test]
+fn a_run_of_another_sandbox_is_said_to_be_that_sandboxs() {
+    let agent = Agent::start();
+    let project = project_with(
+        "version: 1\nsandboxes:\n  a:\n    type: python\n    scripts:\n      start: echo a\n  b:\n    type: python\n    scripts:\n      start: echo b\n",
+    );
+    let dir = project.path();
+    for name in ["a", "b"] {
+        let ran = agent.bkgr(dir, &[name]);
+        assert_eq!(code(&ran), 0, "{}", stderr(&ran));
+    }
+    let run = status_of(&agent, dir, "a")["last_run"]["id"].as_str().expect("a's run").to_owned();
+    let logs = agent.bkg_in(dir, &["logs", "b", "--run", &run]);
+    assert_eq!(code(&logs), 125, "{}", stderr(&logs));
+    assert_eq!(
+        stderr(&logs),
+        format!("bkg: run {run} is one of sandbox a's, not b's: `bkg logs a --run {run}` shows it\n")
+    );
+}

@@ -688,11 +688,32 @@ impl Service {
         }
         let path = self.engine.sandbox_home(&definition.namespace, id).logs_dir().join(format!("{run}.log"));
         if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            return Err(OpError::NotFound(format!(
-                "no log of run {run} in sandbox {}: the logs of its last 20 runs are kept (bkg runs ls --sandbox {} \
-                 lists its runs)",
-                definition.name, definition.name
-            )));
+            // A run of another sandbox (or none of a sandbox) is said to be that, not a log
+            // no longer kept (found by a new-user trial). Only what this caller may see is named.
+            let elsewhere = match self.store.get_run(run).await? {
+                Some(record) if record.sandbox_id.as_deref() != Some(id) && reaches(principal, &record.namespace) => {
+                    Some(match record.sandbox_id.as_deref() {
+                        Some(other) => format!(
+                            "run {run} is one of sandbox {}'s, not {}'s: `bkg logs {} --run {run}` shows it",
+                            bkg_schema::sandbox::sandbox_name_of(other),
+                            definition.name,
+                            bkg_schema::sandbox::sandbox_name_of(other)
+                        ),
+                        None => format!(
+                            "run {run} was a `bkg exe` run, not one of sandbox {}'s: `bkg runs show {run}` shows it",
+                            definition.name
+                        ),
+                    })
+                }
+                _ => None,
+            };
+            return Err(OpError::NotFound(elsewhere.unwrap_or_else(|| {
+                format!(
+                    "no log of run {run} in sandbox {}: the logs of its last 20 runs are kept (bkg runs ls --sandbox {} \
+                     lists its runs)",
+                    definition.name, definition.name
+                )
+            })));
         }
         let (sender, chunks) = mpsc::channel(16);
         tokio::spawn(async move { read_log(path, None, &sender).await });
