@@ -1006,7 +1006,12 @@ pub fn bkgr_command() -> clap::Command {
 /// A count or a position given to a flag: a whole number, 0 or more. Said so when it is not:
 /// clap alone took `-1` for a flag and suggested `-- -1` (found by a new-user trial).
 fn whole_number<T: std::str::FromStr>(given: &str) -> Result<T, String> {
-    given.parse().map_err(|_| format!("`{given}` is not a whole number of 0 or more"))
+    given.parse().map_err(|_| match !given.is_empty() && given.bytes().all(|byte| byte.is_ascii_digit()) {
+        // Digits only: a number past the most this takes (found by a new-user trial: it was told
+        // it was no whole number).
+        true => format!("`{given}` is too large"),
+        false => format!("`{given}` is not a whole number of 0 or more"),
+    })
 }
 
 /// How many runs `bkg runs ls` lists: 1 to the agent's most (found by a new-user trial: `-1` was

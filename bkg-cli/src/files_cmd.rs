@@ -94,7 +94,11 @@ pub async fn outside_a_project(
     no_project: &crate::project::NoProject,
 ) -> Result<String, CliError> {
     use crate::project::NoProject;
-    agent_wide(client, name).await?.ok_or_else(|| match no_project {
+    let found = agent_wide(client, name).await?;
+    // Repeated escaped and cut: a name with a newline would break the one line (found by a
+    // new-user trial).
+    let name = bkg_schema::shown_briefly(name);
+    found.ok_or_else(|| match no_project {
         NoProject::NoCaveFile { searched_from } => CliError::usage(format!(
             "no sandbox `{name}` on the agent, and no cave.yaml in {} or above: run this in the project that \
              declares it (or give `-C DIR`), or create the sandbox with the API",

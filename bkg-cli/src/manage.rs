@@ -642,7 +642,9 @@ async fn stop(
             Ok(cave) => return Err(crate::project::unknown_sandbox(&cave, &name)),
             Err(problems) => return Err(problems),
         },
-        (None, None) => return Err(CliError::usage(format!("no sandbox `{name}` on the agent"))),
+        (None, None) => {
+            return Err(CliError::usage(format!("no sandbox `{}` on the agent", bkg_schema::shown_briefly(&name))));
+        }
     };
     if !out.is_json() {
         if stopped {

@@ -31,6 +31,10 @@ pub async fn run(settings: &Settings, args: WatchArgs) -> Result<i32, CliError> 
         if let Some(kinds) = &args.kinds {
             // `runs, keys` as people type it; the agent takes `runs,keys`.
             let tidy: Vec<&str> = kinds.split(',').map(str::trim).filter(|kind| !kind.is_empty()).collect();
+            // None given is not every kind (found by a new-user trial: `--kinds ''` followed all).
+            if tidy.is_empty() {
+                return Err(CliError::usage("--kinds: give one or more of runs, sandboxes, keys, audit"));
+            }
             query.append_pair("kinds", &tidy.join(","));
         }
         if let Some(namespace) = &args.namespace {

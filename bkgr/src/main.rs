@@ -114,9 +114,14 @@ async fn run(args: Args) -> Result<i32, CliError> {
             let info: Option<SandboxInfo> = client.get_found(&format!("/api/v1/sandboxes/{id}")).await?;
             let timeout_ms = one_off.timeout_ms.or(info.map(|info| info.limits.timeout_ms));
             if let Some(timeout_ms) = timeout_ms.filter(|ms| *ms != bkg_schema::NO_TIMEOUT_MS) {
+                // Where the timeout came from (found by a new-user trial: `--timeout 1s` was said
+                // to be cave.yaml's).
+                let from = match one_off.timeout_ms {
+                    Some(_) => "--timeout, for this run",
+                    None => "`limits: {timeout: …}` in cave.yaml; `none` where the agent allows it",
+                };
                 out.note(format_args!(
-                    "{}: its run ends at its timeout, {} (`limits: {{timeout: …}}` in cave.yaml; `none` where the \
-                     agent allows it)",
+                    "{}: its run ends at its timeout, {} ({from})",
                     definition.name,
                     bkg_schema::units::format_duration_ms(timeout_ms)
                 ));

@@ -203,6 +203,33 @@ fn a_bad_key_or_credentials_file_is_said_with_the_fix() {
     assert_one_line_error(&remote(None), 125, "move it aside and `bkg --remote URL login` again");
 }
 
+/// Found by a new-user trial: `--kinds ''` followed every kind, a number past the most a flag
+/// takes was "not a whole number", a name with a newline broke the refusal's one line, and a
+/// detached run's `--timeout` was said to be cave.yaml's.
+#[test]
+fn odd_values_are_refused_or_said_as_they_are() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let kinds = agent.bkg().args(["watch", "--kinds", " , "]).output().expect("bkg watch");
+    assert_one_line_error(&kinds, 125, "--kinds: give one or more of runs, sandboxes, keys, audit");
+    let since = agent.bkg().args(["watch", "--since", "18446744073709551616"]).output().expect("bkg watch");
+    assert_one_line_error(&since, 125, "--since: `18446744073709551616` is too large");
+    let nowhere = tempfile::tempdir().expect("a directory of no project");
+    let newline = agent.bkg_in(nowhere.path(), &["status", "a\nb"]);
+    assert_one_line_error(&newline, 125, "no sandbox `a\\nb` on the agent");
+
+    let project = tempfile::tempdir().expect("project");
+    std::fs::write(
+        project.path().join("cave.yaml"),
+        "version: 1\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: sleep 30\n",
+    )
+    .expect("cave.yaml");
+    let detached = agent.bkgr(project.path(), &["-d", "box", "--timeout", "5s"]);
+    assert_eq!(code(&detached), 0, "{}", stderr(&detached));
+    assert_eq!(stderr(&detached), "bkgr: box: its run ends at its timeout, 5s (--timeout, for this run)\n");
+    let stopped = agent.bkg_in(project.path(), &["stop", "box"]);
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+}
+
 #[test]
 fn a_missing_script_is_127() {
     let agent = Agent::start();
