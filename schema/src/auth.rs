@@ -69,7 +69,7 @@ pub struct KeyInfo {
     pub last_used_at_ms: Option<u64>,
     /// The key that made this one, if a key did (not a login, nor the agent's socket); a key
     /// that is not an admin's takes the keys it made with it when it is revoked or deleted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub created_by_key: Option<String>,
 }
 

@@ -597,18 +597,18 @@ pub struct RunRecord {
     pub cleaned_up: bool,
     pub error: Option<String>,
     /// What the sandbox refused the run (as in its result).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub denials: Vec<Denial>,
     /// Connections its network refused (as in its result).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub network_denials: Vec<egress::NetworkDenial>,
     /// The run only held its idle sandbox for a file transfer (`bkg cp`, the files API): no
     /// code of the user's ran, and it is never the sandbox's last run.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub file_transfer: bool,
     /// It waits for a place among the runs going on (`--max-running-runs`): queued, not
     /// started. Said by the agent that has it, while it waits; never stored.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub queued: bool,
 }
 

@@ -230,6 +230,31 @@ fn odd_values_are_refused_or_said_as_they_are() {
     assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
 }
 
+/// One shape per array: a run record and a key have every field, set or not (found by two
+/// new-user trials: `queued`, `file_transfer`, `denials` and `created_by_key` came and went).
+#[test]
+fn json_records_have_every_field_set_or_not() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let ran = agent.exe(&["--type", "python", "-c", "pass"]);
+    assert_eq!(code(&ran), 0, "{}", stderr(&ran));
+    let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
+    let run = &runs[0];
+    for (field, unset) in [
+        ("queued", serde_json::json!(false)),
+        ("file_transfer", serde_json::json!(false)),
+        ("denials", serde_json::json!([])),
+        ("network_denials", serde_json::json!([])),
+    ] {
+        assert_eq!(run.get(field), Some(&unset), "{field}: {run}");
+    }
+    let made = agent.bkg().args(["keys", "create", "--role", "session", "--namespace", "t"]).output().expect("create");
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let keys = agent.bkg().args(["keys", "ls", "--json"]).output().expect("bkg keys ls");
+    let keys: serde_json::Value = serde_json::from_slice(&keys.stdout).expect("keys JSON");
+    assert_eq!(keys[0].get("created_by_key"), Some(&serde_json::Value::Null), "{keys}");
+}
+
 #[test]
 fn a_missing_script_is_127() {
     let agent = Agent::start();
