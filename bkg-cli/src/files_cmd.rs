@@ -500,7 +500,15 @@ pub fn refuse_file_as_directory(dest: &Path) -> Result<(), CliError> {
 impl Unpacker {
     pub fn start(dest: &Path, links: Links) -> Result<Self, CliError> {
         refuse_file_as_directory(dest)?;
-        std::fs::create_dir_all(dest).map_err(|error| CliError::usage(format!("{}: {error}", dest.display())))?;
+        std::fs::create_dir_all(dest).map_err(|error| {
+            // What to do, beside what went wrong (found by a new-user trial).
+            let fix = match error.kind() {
+                std::io::ErrorKind::NotADirectory => ": a file is where a directory of its path would go",
+                std::io::ErrorKind::PermissionDenied => ": give a directory you may write in",
+                _ => ": give a directory that exists, or one bkg may make",
+            };
+            CliError::usage(format!("{}: cannot make it a directory ({error}){fix}", dest.display()))
+        })?;
         let (sender, chunks) = chunks::channel();
         let dest = dest.canonicalize().map_err(|error| CliError::usage(format!("{}: {error}", dest.display())))?;
         let unpacking = tokio::task::spawn_blocking(move || {

@@ -223,6 +223,10 @@ fn odd_values_are_refused_or_said_as_they_are() {
         "version: 1\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: sleep 30\n",
     )
     .expect("cave.yaml");
+    // An --output that cannot be a directory says what to do too.
+    let output = agent.exe(&["-o", "/proc/nowhere", "--type", "python", "-c", "pass"]);
+    assert_one_line_error(&output, 125, "--output /proc/nowhere: cannot make it a directory (");
+    assert!(stderr(&output).ends_with(": give a directory that exists, or one bkg may make\n"), "{}", stderr(&output));
     let detached = agent.bkgr(project.path(), &["-d", "box", "--timeout", "5s"]);
     assert_eq!(code(&detached), 0, "{}", stderr(&detached));
     assert_eq!(stderr(&detached), "bkgr: box: its run ends at its timeout, 5s (--timeout, for this run)\n");
