@@ -20,6 +20,15 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
     let out = settings.out;
     match args.action {
         RunsAction::Ls { limit, sandbox, before, project, .. } => {
+            // -C only says where --sandbox's project is: alone it would be ignored (found by a
+            // new-user trial).
+            if let (Some(dir), None) = (&project.dir, &sandbox) {
+                return Err(CliError::usage(format!(
+                    "-C {} says where --sandbox NAME's project is: give --sandbox NAME too (the runs of every \
+                     sandbox are listed without either)",
+                    dir.display()
+                )));
+            }
             let mut query = format!("?limit={limit}");
             if let Some(before) = &before {
                 check_run_id(before)?;

@@ -211,6 +211,8 @@ fn odd_values_are_refused_or_said_as_they_are() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let kinds = agent.bkg().args(["watch", "--kinds", " , "]).output().expect("bkg watch");
     assert_one_line_error(&kinds, 125, "--kinds: give one or more of runs, sandboxes, keys, audit");
+    let alone = agent.bkg().args(["runs", "ls", "-C", "/tmp"]).output().expect("bkg runs ls");
+    assert_one_line_error(&alone, 125, "-C /tmp says where --sandbox NAME's project is: give --sandbox NAME too");
     let since = agent.bkg().args(["watch", "--since", "18446744073709551616"]).output().expect("bkg watch");
     assert_one_line_error(&since, 125, "--since: `18446744073709551616` is too large");
     let nowhere = tempfile::tempdir().expect("a directory of no project");
