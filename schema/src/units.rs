@@ -118,13 +118,21 @@ fn split_number(text: &str) -> (&str, &str) {
     (number, unit.trim())
 }
 
-/// Formats bytes the way users write them back: exact binary units where they fit. From 1 MiB
-/// on, KiB are not: a measured size (always whole pages) reads better as `14.5MiB` than
-/// `14852KiB`.
+/// Formats bytes the way users write them back: exact binary units where they fit, else exact
+/// decimal ones (`1TB`). From 1 MiB on, KiB are not: a measured size (always whole pages) reads
+/// better as `14.5MiB` than `14852KiB`.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (size, name) in UNITS {
         if bytes >= size && bytes.is_multiple_of(size) && (size > 1 << 10 || bytes < 1 << 20) {
+            return format!("{}{name}", bytes / size);
+        }
+    }
+    // A whole number of a decimal unit is said in it, as it was most likely written (found by a
+    // new-user trial: `--disk 1TB` was refused as "disk 931.3GiB").
+    const DECIMAL: [(u64, &str); 3] = [(1_000_000_000_000, "TB"), (1_000_000_000, "GB"), (1_000_000, "MB")];
+    for (size, name) in DECIMAL {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{name}", bytes / size);
         }
     }
@@ -261,7 +269,9 @@ mod tests {
         assert_eq!(format_duration_ms(0), "0ms", "a run that took no measurable time");
         assert_eq!(format_size(15_208_448), "14.5MiB", "a measurement in whole pages");
         assert_eq!(format_size(1536 * 1024 * 1024), "1536MiB");
-        assert_eq!(format_size(10_000_000_000_000), "9.1TiB", "10TB, not millions of MiB");
+        assert_eq!(format_size(10_000_000_000_000), "10TB", "as it was written, not millions of MiB");
+        assert_eq!(format_size(1_500_000_000), "1500MB");
+        assert_eq!(format_size(10_000_000_000_001), "9.1TiB");
         assert_eq!(format_size(1_288_490_189), "1.2GiB");
         assert_eq!(format_cpus(500), "0.5");
         assert_eq!(format_cpus(2000), "2");

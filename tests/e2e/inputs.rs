@@ -315,7 +315,7 @@ fn bad_flags_and_limits_are_125() {
             "timeout 2h is above this agent's maximum of 1h; ask for less, or start the agent with a higher --max-timeout",
         ),
         (&["--timeout", "none", hello], "timeout none is only for persistent sandboxes (cave.yaml, bkgr)"),
-        (&["--memory", "10TB", hello], "memory 9.1TiB is above this agent's maximum of 8GiB"),
+        (&["--memory", "10TB", hello], "memory 10TB is above this agent's maximum of 8GiB"),
         (&["--env", "1X=y", hello], "--env: `1X` is not a variable name"),
         (&["--env-file", "/nonexistent/.env", hello], "--env-file /nonexistent/.env"),
         (&["--file", "/nonexistent/data", hello], "--file /nonexistent/data"),
