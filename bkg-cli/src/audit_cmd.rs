@@ -314,13 +314,18 @@ impl Tail {
         // that is not a record (a damaged log) is shown as it is, in its place.
         let rows: Vec<Option<Vec<String>>> =
             last.iter().map(|line| record_of(line).map(|record| cells(&record))).collect();
-        let table = crate::table::render(&AUDIT_COLUMNS, &[0], &[], rows.iter().flatten().cloned(), None);
-        tail.widths = crate::table::widths(&AUDIT_COLUMNS, rows.iter().flatten());
-        let mut table_lines = table.lines();
-        emit(out, table_lines.next().unwrap_or_default())?;
-        for (line, row) in last.iter().zip(&rows) {
+        // At least as wide as the columns' usual cells: the rows that follow, written later, line
+        // up under it too (found by a new-user trial: a run id after a backlog without one did not).
+        tail.widths = crate::table::widths(&AUDIT_COLUMNS, rows.iter().flatten())
+            .into_iter()
+            .zip(AUDIT_WIDTHS)
+            .map(|(widest, least)| widest.max(least))
+            .collect();
+        let header = AUDIT_COLUMNS.map(str::to_owned).to_vec();
+        emit(out, &crate::table::row(&tail.widths, &[0], header))?;
+        for (line, row) in last.iter().zip(rows) {
             match row {
-                Some(_) => emit(out, table_lines.next().unwrap_or_default())?,
+                Some(cells) => emit(out, &crate::table::row(&tail.widths, &[0], cells))?,
                 None => emit(out, &String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line)))?,
             }
         }
@@ -359,6 +364,9 @@ impl Tail {
 }
 
 const AUDIT_COLUMNS: [&str; 7] = ["SEQ", "TIME", "ACTION", "NAMESPACE", "SANDBOX", "RUN", "OUTCOME"];
+/// The least width of each column: a run id (`run_` and 23 hex digits), the longer actions and
+/// a sandbox name of some length fit.
+const AUDIT_WIDTHS: [u16; 7] = [4, 19, 16, 9, 24, 27, 0];
 
 fn record_of(line: &[u8]) -> Option<SignedRecord> {
     serde_json::from_slice(line.strip_suffix(b"\n").unwrap_or(line)).ok()

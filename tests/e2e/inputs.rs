@@ -585,6 +585,30 @@ fn audit_tail_tells_a_deleted_key_from_a_revoked_one() {
     );
 }
 
+/// A followed audit log's rows line up under its header, also those with a run after a backlog
+/// without one (found by a new-user trial: the columns were as wide as the first rows' cells).
+#[test]
+fn audit_tail_follow_keeps_its_columns_for_later_rows() {
+    use std::io::BufRead;
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let mut follow = agent
+        .bkg()
+        .args(["audit", "tail", "-n", "1", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("bkg audit tail -f");
+    let mut lines = std::io::BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    let header = lines.next().and_then(Result::ok).expect("the header");
+    let ran = agent.exe(&["--type", "python", "-c", "pass"]);
+    assert_eq!(code(&ran), 0, "{}", stderr(&ran));
+    let finished = lines.map_while(Result::ok).find(|line| line.contains(" exit 0 in ")).expect("the run's end");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(header.find("RUN"), finished.find("run_"), "{header}\n{finished}");
+    assert_eq!(header.find("OUTCOME"), finished.find("exit 0 in "), "{header}\n{finished}");
+}
+
 /// `--file SRC:DIR/` puts the file in that directory under its own name, as `cp` would (was: a
 /// sandbox that failed at 'start' writing /workspace/DIR/).
 #[test]
