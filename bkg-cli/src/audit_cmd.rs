@@ -366,7 +366,7 @@ impl Tail {
 const AUDIT_COLUMNS: [&str; 7] = ["SEQ", "TIME", "ACTION", "NAMESPACE", "SANDBOX", "RUN", "OUTCOME"];
 /// The least width of each column: a run id (`run_` and 23 hex digits), the longer actions and
 /// a sandbox name of some length fit.
-const AUDIT_WIDTHS: [u16; 7] = [4, 19, 16, 9, 24, 27, 0];
+const AUDIT_WIDTHS: [u16; 7] = [3, 19, 16, 9, 24, 27, 0];
 
 fn record_of(line: &[u8]) -> Option<SignedRecord> {
     serde_json::from_slice(line.strip_suffix(b"\n").unwrap_or(line)).ok()
