@@ -865,7 +865,7 @@ async fn serve(
     let socket_lock =
         crate::engine::lock::lock_socket(std::path::Path::new(crate::engine::lock::LOCK_DIR), &socket, &owner)?;
     // Before any file of the state directory is written: a refused agent leaves none.
-    let claim = Engine::claim_host(&config).context("start the sandbox engine")?;
+    let claim = Engine::claim_host(&config, &owner).context("start the sandbox engine")?;
     let audit = crate::audit::AuditLog::open(&state_dir).context("open the audit log")?;
     let agent_id = audit.public_key().agent_id();
     let store_path = state_dir.join("state.db");

@@ -788,16 +788,16 @@ fn tool_names() -> &'static [String] {
     })
 }
 
-/// Why the JSON-RPC request `message` is refused before rmcp reads it, with the request's id
-/// and the error's code, so that the client learns what is wrong (found by new-user trials: rmcp
-/// answers "tool not found", a bare method name for a method it does not know, and -32601 with
-/// the method's name for params that do not fit the method, which are owed -32602). None for
-/// anything else, which rmcp answers itself.
 /// Whether `id` is one an MCP request may have: a string or an integer.
 fn is_request_id(id: &serde_json::Value) -> bool {
     id.is_string() || id.is_i64() || id.is_u64()
 }
 
+/// Why the JSON-RPC request `message` is refused before rmcp reads it, with the request's id
+/// and the error's code, so that the client learns what is wrong (found by new-user trials: rmcp
+/// answers "tool not found", a bare method name for a method it does not know, and -32601 with
+/// the method's name for params that do not fit the method, which are owed -32602). None for
+/// anything else, which rmcp answers itself.
 pub fn refused_request(message: &serde_json::Value) -> Option<(serde_json::Value, i64, String)> {
     use serde_json::Value;
     // Not a request rmcp could answer in JSON-RPC's terms: it said HTTP 400 "not JSON-RPC" (found

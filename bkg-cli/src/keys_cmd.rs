@@ -167,18 +167,16 @@ pub async fn run(settings: &Settings, args: KeysArgs) -> Result<i32, CliError> {
             if out.is_json() {
                 out.json(&key)?;
             }
-            out.note(format_args!("revoked {}{}", key.id, and_those_made_with_it(&key, made_with_it)));
+            out.note(format_args!("revoked {}{}", key.id, and_those_made_with_it(made_with_it)));
         }
         KeysAction::Rm { id, .. } => {
             check_key_id(&id)?;
             let made_with_it = made_with(&client, &id).await;
-            let known = made_with_it.as_ref().map(|(key, _)| key.clone());
             let deleted: bkg_schema::sandbox::Deleted = client.delete(&format!("/api/v1/auth/keys/{id}")).await?;
             if out.is_json() {
                 out.json(&deleted)?;
             }
-            let also = known.map(|key| and_those_made_with_it(&key, made_with_it)).unwrap_or_default();
-            out.note(format_args!("deleted {}{also}", deleted.deleted));
+            out.note(format_args!("deleted {}{}", deleted.deleted, and_those_made_with_it(made_with_it)));
         }
     }
     Ok(SUCCESS)
@@ -200,24 +198,22 @@ fn table(keys: &[KeyInfo]) -> String {
     crate::table::render(&headers, &[], &[2, 5], rows, crate::table::width())
 }
 
-/// An id as `bkg keys ls` lists it, before it goes into a request's path (found by a new-user
-/// trial: `keys revoke 'key_x?role=admin'` reached another endpoint and said "this endpoint does
-/// not take that method").
-/// Key `id` as listed, and how many active keys were made with it: a key that is not an admin's
-/// takes those with it when it is revoked or deleted. None when the listing cannot say.
-async fn made_with(client: &AgentClient, id: &str) -> Option<(KeyInfo, usize)> {
+/// The role of key `id` and how many active keys were made with it, as listed: a key that is
+/// not an admin's takes those with it when it is revoked or deleted. None when the listing
+/// cannot say.
+async fn made_with(client: &AgentClient, id: &str) -> Option<(Role, usize)> {
     let keys: Vec<KeyInfo> = client.get("/api/v1/auth/keys").await.ok()?;
-    let key = keys.iter().find(|key| key.id == id)?.clone();
+    let role = keys.iter().find(|key| key.id == id)?.role;
     let now = now_ms();
     let made = keys.iter().filter(|made| made.created_by_key.as_deref() == Some(id) && made.is_active(now)).count();
-    Some((key, made))
+    Some((role, made))
 }
 
-/// What a revocation or deletion of `key` took with it, said after its own (found by a
+/// What a revocation or deletion took with it (`made_with`), said after its own (found by a
 /// new-user trial: `revoked key_…` alone, though the keys made with it were revoked too).
-fn and_those_made_with_it(key: &KeyInfo, made_with_it: Option<(KeyInfo, usize)>) -> String {
+fn and_those_made_with_it(made_with_it: Option<(Role, usize)>) -> String {
     match made_with_it {
-        Some((_, made)) if made > 0 && key.role != Role::Admin => {
+        Some((role, made)) if made > 0 && role != Role::Admin => {
             let keys = if made == 1 { "key" } else { "keys" };
             format!(" and the {made} active {keys} made with it")
         }
@@ -225,6 +221,9 @@ fn and_those_made_with_it(key: &KeyInfo, made_with_it: Option<(KeyInfo, usize)>)
     }
 }
 
+/// An id as `bkg keys ls` lists it, before it goes into a request's path (found by a new-user
+/// trial: `keys revoke 'key_x?role=admin'` reached another endpoint and said "this endpoint does
+/// not take that method").
 fn check_key_id(id: &str) -> Result<(), CliError> {
     if bkg_schema::auth::is_key_id(id) {
         return Ok(());

@@ -507,9 +507,7 @@ pub fn read_text(path: &Path) -> std::io::Result<String> {
 /// in errors. Every problem is reported, each with its line where the text has one.
 pub fn parse(text: &str, file: &str) -> Result<CaveFile, CaveErrors> {
     let fail = |errors| CaveErrors { file: file.to_owned(), errors };
-    // Editors on some systems start UTF-8 files with a byte-order mark; YAML allows one there,
-    // but the parser takes one before a key for the start of a second document.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = without_bom(text);
     let value = to_json(text).map_err(|error| fail(vec![error]))?;
     if value.is_null() {
         let empty = "the file is empty: it needs at least `version: 1` and `sandboxes: {}`";
@@ -574,7 +572,7 @@ pub fn parse_in_part(text: &str, file: &str) -> Result<InPart, CaveErrors> {
     };
     let faulted: Option<BTreeSet<String>> = problems.errors.iter().map(|error| sandbox_of(&error.pointer)).collect();
     let Some(left_out) = faulted else { return Err(problems) };
-    let Ok(mut value) = to_json(text.strip_prefix('\u{feff}').unwrap_or(text)) else { return Err(problems) };
+    let Ok(mut value) = to_json(without_bom(text)) else { return Err(problems) };
     if let Some(sandboxes) = value.get_mut("sandboxes").and_then(Value::as_object_mut) {
         sandboxes.retain(|name, _| !left_out.contains(name));
     }
@@ -587,10 +585,15 @@ pub fn parse_in_part(text: &str, file: &str) -> Result<InPart, CaveErrors> {
     }
 }
 
+/// `text` without the byte-order mark editors on some systems start UTF-8 files with: YAML
+/// allows one there, but the parser takes one before a key for the start of a second document.
+fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 /// The name of the sandbox a problem's pointer lies in (`/sandboxes/NAME/...`), if it lies in one.
 fn sandbox_of(pointer: &str) -> Option<String> {
-    let escaped = pointer.strip_prefix("/sandboxes/")?.split('/').next()?;
-    (!escaped.is_empty()).then(|| unescaped(escaped))
+    pointer.strip_prefix("/sandboxes/")?.split('/').next().map(unescaped)
 }
 
 /// The type rules' problems of what the schema accepts, so that one pass of `bkg validate` shows
@@ -643,9 +646,8 @@ fn rules_of_the_sandboxes_the_schema_accepts(mut value: Value, schema_faults: &[
     }
     let mut still_faulted = Vec::new();
     for fault in schema_errors(&value) {
-        let sandbox = fault.pointer.strip_prefix("/sandboxes/").and_then(|rest| rest.split('/').next());
-        match sandbox {
-            Some(escaped) => still_faulted.push(unescaped(escaped)),
+        match sandbox_of(&fault.pointer) {
+            Some(sandbox) => still_faulted.push(sandbox),
             None => return Vec::new(),
         }
     }

@@ -31,7 +31,6 @@ pub enum LockError {
         lock.display()
     )]
     Held { dir: PathBuf, lock: PathBuf, holder: String },
-
     #[error(
         "uids {first}-{last} overlap those of {} ({}; lock {}): give this agent a range of its own with --uid-base UID (or BKG_UID_BASE){}",
         if holders.len() > 1 { "other agents" } else { "another agent" },

@@ -277,15 +277,15 @@ pub struct HostClaim {
 }
 
 impl Engine {
-    /// Locks the uid range and cgroup directories `config` names for this agent.
-    pub fn claim_host(config: &EngineConfig) -> Result<HostClaim, EngineError> {
-        let owner = bkg_schema::paths::lock_holder_record(std::process::id(), &config.state_dir);
-        let uid_lock = lock::lock_uid_range(std::path::Path::new(lock::LOCK_DIR), config.uid_base, &owner)?;
+    /// Locks the uid range and cgroup directories `config` names for this agent, recording
+    /// `owner` (`paths::lock_holder_record`) in them.
+    pub fn claim_host(config: &EngineConfig, owner: &str) -> Result<HostClaim, EngineError> {
+        let uid_lock = lock::lock_uid_range(std::path::Path::new(lock::LOCK_DIR), config.uid_base, owner)?;
         let cgroups = cgroup::detect(&config.cgroup_dir)?;
         let cgroup_locks = cgroups
             .agent_dirs()
             .iter()
-            .map(|dir| lock::lock_cgroup_dir(std::path::Path::new(lock::LOCK_DIR), dir, &owner))
+            .map(|dir| lock::lock_cgroup_dir(std::path::Path::new(lock::LOCK_DIR), dir, owner))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(HostClaim { cgroups, cgroup_locks, uid_lock })
     }

@@ -131,7 +131,7 @@ enum Stopping {
 }
 
 /// What holds a sandbox when a run of it is refused.
-enum Holder {
+pub(super) enum Holder {
     /// A run that only holds it for a file transfer.
     Transfer,
     /// A session (`bkg exec`), by its name.
@@ -514,6 +514,15 @@ impl Service {
         Ok((stored.definition, validated))
     }
 
+    /// What holds sandbox `id` now that a run of it was refused as busy.
+    pub(super) fn holder_of(&self, id: &str) -> Holder {
+        match (self.engine.current_run(id), self.session_holding(id)) {
+            (Some(run), _) if run.is_for_transfer() => Holder::Transfer,
+            (_, Some(session)) => Holder::Session(session),
+            _ => Holder::Run,
+        }
+    }
+
     /// Takes on a run in the persistent sandbox of `definition`, with its Python packages; the
     /// sandbox is the run's until it ends.
     pub(super) fn accept_in_sandbox(
@@ -526,13 +535,7 @@ impl Service {
             self.environment_of(definition.language, &definition.requirements, definition.node_packages.as_ref())?;
         let mut accepted = self.accept(principal, validated).map_err(|error| match error {
             OpError::Run(RunError::Busy(_)) => {
-                let id = sandbox_id(&definition.project_dir, &definition.name);
-                let holder = match (self.engine.current_run(&id), self.session_holding(&id)) {
-                    (Some(run), _) if run.is_for_transfer() => Holder::Transfer,
-                    (_, Some(session)) => Holder::Session(session),
-                    _ => Holder::Run,
-                };
-                busy(&definition.name, holder)
+                busy(&definition.name, self.holder_of(&sandbox_id(&definition.project_dir, &definition.name)))
             }
             other => other,
         })?;

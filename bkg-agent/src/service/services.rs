@@ -14,6 +14,7 @@ use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition};
 use tokio::sync::{mpsc, watch};
 
 use super::runs::{Accepted, RunTask};
+use super::sandboxes::Holder;
 use super::{OpError, OpResult, Service};
 use crate::auth::Principal;
 use crate::engine::run::RunError;
@@ -273,16 +274,15 @@ impl Service {
                         // Said without the refusal's hint to `bkg stop`, which would stop the
                         // service too (found by a trial of this stop); by what holds it (found by
                         // a new-user trial: a run of its own was said to be a file transfer).
-                        let transfer = self.engine.current_run(&id).is_some_and(|run| run.is_for_transfer());
-                        let waits_for = match (self.session_holding(&id), transfer) {
-                            (Some(session), _) => {
+                        let waits_for = match self.holder_of(&id) {
+                            Holder::Session(session) => {
                                 format!("session `{session}` holds its sandbox; it starts again once the session ends")
                             }
-                            (None, true) => {
+                            Holder::Transfer => {
                                 "its sandbox is busy (a file transfer); it starts again once that is done".to_owned()
                             }
-                            (None, false) => "a run of its own holds its sandbox (`bkgr`, `bkg shell`); it starts \
-                                              again once that ends"
+                            Holder::Run => "a run of its own holds its sandbox (`bkgr`, `bkg shell`); it starts \
+                                            again once that ends"
                                 .to_owned(),
                         };
                         self.waits_to_start_again(&id, waits_for).await;
