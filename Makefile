@@ -21,6 +21,7 @@ build-release: ## Optimised build for this machine: target/release/{bkg,bkgr,bkg
 LONG_TEST := services::a_service_keeps_answering_for_ten_minutes_and_stops_cleanly
 
 test: setup build ## Every test: unit, integration, end-to-end, schema and API checks, the security suite (as root)
+	bash scripts/check-leftovers.sh --snapshot target/leftovers-before
 ifeq ($(NEXTEST),yes)
 	bash scripts/background-test.sh start service-ten-minutes 'test(=$(LONG_TEST))'
 	$(CARGO) nextest run --workspace --locked --no-fail-fast || { bash scripts/background-test.sh stop service-ten-minutes; exit 1; }
@@ -36,7 +37,7 @@ endif
 ifeq ($(NEXTEST),yes)
 	bash scripts/background-test.sh wait service-ten-minutes
 endif
-	bash scripts/check-leftovers.sh
+	bash scripts/check-leftovers.sh --before target/leftovers-before
 
 schema-validate: ## Validate examples/ against schema/cave.schema.json with ajv (independent of the CLI)
 	cd schema && npm ci --no-audit --no-fund --loglevel=error
