@@ -1058,7 +1058,9 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) =>
         {
-            if let Some(said) = code_after_exec_name(&error).or_else(|| exe_without_a_script(&error)) {
+            if let Some(said) =
+                code_after_exec_name(&error).or_else(|| exe_without_a_script(&error)).or_else(|| empty_value(&error))
+            {
                 return Err(said);
             }
             return Err(match without_environment(unbuilt).try_get_matches_from(&given) {
@@ -1090,6 +1092,17 @@ fn code_after_exec_name(error: &clap::Error) -> Option<clap::Error> {
             "the code goes after -c (`bkg exec NAME -c 'print(1)'`) or on stdin (`bkg exec NAME < cell.py`), \
              not after the sandbox's name\n",
         )
+    })
+}
+
+/// A flag given an empty value (`-o ''`) or none (`-o` last): one line that names the flag, instead
+/// of clap's "none was supplied" (not what `''` is) and its second line (found by a new-user trial).
+fn empty_value(error: &clap::Error) -> Option<clap::Error> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) else { return None };
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else { return None };
+    (error.kind() == ErrorKind::InvalidValue && value.is_empty()).then(|| {
+        clap::Error::raw(ErrorKind::InvalidValue, format!("{arg} needs a value, and it was empty or missing\n"))
     })
 }
 

@@ -138,6 +138,10 @@ fn build_request(args: &ExeArgs, json: bool) -> Result<(RunRequest, bool), CliEr
             })?;
             (code, None, true)
         }
+        // `bkg exe ''` said "script not found: " and nothing after it (found by a new-user trial).
+        (None, Some("")) => {
+            return Err(CliError::usage("the script's path is empty: give a file, like `bkg exe hello.py`"));
+        }
         (None, Some(path)) => {
             let code = match std::fs::read(path) {
                 Ok(bytes) => {

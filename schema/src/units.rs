@@ -8,6 +8,13 @@ pub enum UnitError {
     Size(String),
     #[error("`{0}` is not a duration: use a number with an optional unit, like 500ms, 10s, 1m30s or 1h")]
     Duration(String),
+    /// `M` alone, which humantime reads as a month: a user writing `--timeout 1M` means a minute
+    /// as often (found by a trial: it asked for 2,630,016 s).
+    #[error("`{0}` is ambiguous: write `m` or `min` for minutes, `d` for days")]
+    AmbiguousMonth(String),
+    /// A unit of one number in capitals (`10S`): the units are lowercase, as in cave.yaml's schema.
+    #[error("`{text}` is not a duration: write its unit in lowercase, `{lowercase}`")]
+    UppercaseUnit { text: String, lowercase: String },
     #[error("`{0}` is not a CPU count: use a positive number like 0.5, 1 or 2")]
     Cpus(String),
     #[error("`{0}` is more CPUs than a limit can name: the most is {MAX_CPUS}")]
@@ -54,19 +61,29 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
 }
 
 /// Parses a duration into milliseconds: one number with a unit (`1.5h`; a bare number is
-/// seconds), or several as humantime reads them (`1m30s`, `1h 15m`).
+/// seconds; `M` alone, humantime's month, is refused as ambiguous), or several as humantime reads
+/// them (`1m30s`, `1h 15m`).
 pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
     let trimmed = text.trim();
     if trimmed == "none" {
         return Ok(crate::NO_TIMEOUT_MS);
     }
     let (number, unit) = split_number(trimmed);
+    if trimmed.split(|c: char| !c.is_ascii_alphabetic()).any(|unit| unit == "M") {
+        return Err(UnitError::AmbiguousMonth(text.to_owned()));
+    }
     let multiplier: f64 = match unit {
         "ms" => 1.0,
         "" | "s" | "sec" => 1_000.0,
         "m" | "min" => 60_000.0,
         "h" => 3_600_000.0,
         "d" => 86_400_000.0,
+        _ if matches!(unit.to_ascii_lowercase().as_str(), "ms" | "s" | "sec" | "min" | "h" | "d") => {
+            return Err(UnitError::UppercaseUnit {
+                text: text.to_owned(),
+                lowercase: format!("{number}{}", unit.to_ascii_lowercase()),
+            });
+        }
         _ => {
             let duration = humantime::parse_duration(trimmed).map_err(|_| UnitError::Duration(text.to_owned()))?;
             // Rounded up: a part of a millisecond (`1500us`) is not cut off below what was asked.
@@ -236,6 +253,23 @@ mod tests {
         assert!(matches!(parse_duration_ms("-1"), Err(UnitError::Duration(_))));
         assert!(matches!(parse_duration_ms("0s"), Err(UnitError::Zero { .. })));
         assert!(matches!(parse_duration_ms("soon"), Err(UnitError::Duration(_))));
+        for (text, lowercase) in [("10S", "10s"), ("2MIN", "2min"), ("500Ms", "500ms"), ("1H", "1h"), ("1D", "1d")] {
+            assert_eq!(
+                parse_duration_ms(text),
+                Err(UnitError::UppercaseUnit { text: text.into(), lowercase: lowercase.into() })
+            );
+        }
+        assert_eq!(
+            parse_duration_ms("10S").map_err(|error| error.to_string()),
+            Err("`10S` is not a duration: write its unit in lowercase, `10s`".to_owned())
+        );
+        assert_eq!(parse_duration_ms("1M"), Err(UnitError::AmbiguousMonth("1M".into())));
+        assert_eq!(parse_duration_ms("1M30s"), Err(UnitError::AmbiguousMonth("1M30s".into())));
+        assert_eq!(parse_duration_ms("1 month"), Ok(2_630_016_000));
+        assert_eq!(
+            UnitError::AmbiguousMonth("1M".into()).to_string(),
+            "`1M` is ambiguous: write `m` or `min` for minutes, `d` for days"
+        );
     }
 
     #[test]

@@ -300,11 +300,16 @@ fn bad_flags_and_limits_are_125() {
             "is not a language: use python or node (-t is the language; the script comes after it, and a terminal is -T)",
         ),
         (&["-c", "print(1)"], "need --type"),
+        (&[""], "the script's path is empty: give a file, like `bkg exe hello.py`"),
+        (&["-o", "", hello], "--output <DIR> needs a value, and it was empty or missing"),
         (&["--memory", "0", hello], "--memory: `0` is too small: the least is 16MiB"),
         (&["--memory", "8MiB", hello], "--memory: `8MiB` is too small: the least is 16MiB"),
         (&["--cpus", "0.005", hello], "--cpus: `0.005` is too small: the least is 0.01"),
         (&["--memory", "lots", hello], "--memory: `lots` is not a size"),
         (&["--timeout", "-1", hello], "--timeout: `-1` is not a duration"),
+        // Found by a trial: `1M` asked for a month (humantime's), `10S` said only "not a duration".
+        (&["--timeout", "1M", hello], "--timeout: `1M` is ambiguous: write `m` or `min` for minutes, `d` for days"),
+        (&["--timeout", "10S", hello], "--timeout: `10S` is not a duration: write its unit in lowercase, `10s`"),
         (&["--cpus", "0", hello], "--cpus"),
         (
             &["--memory", "1TiB", hello],
