@@ -722,6 +722,58 @@ fn a_service_a_key_started_is_resumed_as_that_key_until_the_key_is_revoked() {
     assert!(info["current_run"].is_null(), "{info}");
 }
 
+/// The revocation can come before the transfer's own run has started (found by CI on a loaded
+/// machine, where the upload was told its sandbox "did not start"): here that run waits for the
+/// agent's one place, taken by another run, when the key is revoked; the upload is told why.
+#[test]
+fn an_upload_whose_key_is_revoked_before_its_transfer_started_says_the_key_was_revoked() {
+    use std::io::{BufRead, BufReader};
+    let api = ApiAgent::start(&["--max-running-runs", "1"]);
+    let (_, key) = api.key("namespace", Some("web"));
+    let (session_id, session) = api.key("session", Some("web"));
+    let team = api.client(&key);
+    let created = team.post("/api/v1/sandboxes", &json!({ "name": "box", "language": "python" }));
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    let mut sleeper = api
+        .agent
+        .bkg()
+        .args(["exe", "--type", "python", "-c", "print('up', flush=True); import time; time.sleep(60)"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bkg exe");
+    let mut line = String::new();
+    BufReader::new(sleeper.stdout.take().expect("stdout")).read_line(&mut line).expect("the sleeper's first line");
+    assert_eq!(line, "up\n");
+
+    let upload = {
+        let address = api.address.clone();
+        let session = session.clone();
+        let id = id.clone();
+        let payload = tempfile::tempdir().expect("payload dir");
+        std::fs::write(payload.path().join("a.txt"), "uploaded\n").expect("write");
+        let archive =
+            Command::new("tar").args(["-cf", "-", "a.txt"]).current_dir(payload.path()).output().expect("tar");
+        std::thread::spawn(move || {
+            let bearer = format!("Bearer {session}");
+            let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/x-tar")];
+            request(&address, "PUT", &format!("/api/v1/sandboxes/{id}/files?path=in"), &headers, &archive.stdout)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while team.get(&format!("/api/v1/sandboxes/{id}")).json()["current_run"].is_null() {
+        assert!(Instant::now() < deadline, "the upload's run never came");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    expect(&api.admin().post(&format!("/api/v1/auth/keys/{session_id}/revoke"), &json!({})), 200, "revoke");
+    let answer = upload.join().expect("the upload's thread");
+    assert_eq!((answer.status, answer.error_code()), (401, "unauthorized".to_owned()), "{}", answer.text());
+    assert!(answer.text().contains("the key was revoked"), "{}", answer.text());
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
 #[test]
 fn an_upload_made_with_a_key_fails_when_the_key_is_revoked_and_keeps_nothing() {
     use std::io::{Read, Write};

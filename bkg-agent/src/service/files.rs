@@ -104,6 +104,12 @@ impl Service {
             match self.start_holder(principal, id).await {
                 Ok(Some(held)) => return Ok(held),
                 Ok(None) => {
+                    // A key's revocation ends the runs made with it, the transfer's own among them:
+                    // one revoked before that run had started is the answer, not the sandbox (found
+                    // by a test on a loaded machine).
+                    if let Some(reason) = self.key_no_longer_speaks(principal).await {
+                        return Err(OpError::Unauthorized(reason.to_owned()));
+                    }
                     return Err(OpError::Unavailable(format!("sandbox {name} did not start for the transfer")));
                 }
                 Err(OpError::Run(RunError::Busy(_))) if tokio::time::Instant::now() < deadline => {}
@@ -116,6 +122,12 @@ impl Service {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Why the key `principal` came with no longer speaks for it (revoked, rotated, deleted,
+    /// expired), if it was a key's and it does not.
+    async fn key_no_longer_speaks(&self, principal: &Principal) -> Option<&'static str> {
+        KeyHold::of(&self.store, principal)?.check().await
     }
 
     /// Starts a run in idle sandbox `id` whose code waits on its stdin, holding the sandbox
