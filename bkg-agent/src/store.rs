@@ -368,6 +368,19 @@ impl Store {
         .await
     }
 
+    /// The agent id and seq of the newest event marked synced.
+    pub async fn outbox_newest_synced(&self) -> Result<Option<(String, u64)>, StoreError> {
+        self.with(|db| {
+            let newest: Option<(String, i64)> = db
+                .query_row("SELECT agent_id, seq FROM outbox WHERE synced = 1 ORDER BY seq DESC LIMIT 1", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            Ok(newest.map(|(agent_id, seq)| (agent_id, seq.max(0) as u64)))
+        })
+        .await
+    }
+
     /// The oldest events neither synced nor parked, in order.
     pub async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         self.with(move |db| {
@@ -947,6 +960,10 @@ impl crate::sync::Outbox for Store {
 
     async fn requeue_after(&self, seq: u64) -> Result<u64, crate::sync::SyncError> {
         self.outbox_requeue_after(seq).await.map_err(outbox_error)
+    }
+
+    async fn newest_synced(&self) -> Result<Option<(String, u64)>, crate::sync::SyncError> {
+        self.outbox_newest_synced().await.map_err(outbox_error)
     }
 
     async fn attempt_failed(&self, seq: u64, reason: &str, max_attempts: u32) -> Result<bool, crate::sync::SyncError> {

@@ -220,6 +220,14 @@ impl Outbox for MemOutbox {
         Ok((before - state.synced.len()) as u64)
     }
 
+    async fn newest_synced(&self) -> Result<Option<(String, u64)>, SyncError> {
+        let state = self.state();
+        let newest = state.synced.iter().copied().max();
+        Ok(newest.and_then(|seq| {
+            state.events.iter().find(|event| event.seq == seq).map(|event| (event.agent_id.clone(), seq))
+        }))
+    }
+
     async fn backlog(&self) -> Result<Backlog, SyncError> {
         let state = self.state();
         let waiting: Vec<_> = state.waiting().collect();

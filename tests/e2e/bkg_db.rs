@@ -826,6 +826,36 @@ fn an_agent_moved_to_a_new_bkg_db_sends_its_history_again_without_a_failure() {
     assert_eq!(stdout(&held).trim(), "t", "the whole history, without a hole: {}", stderr(&held));
 }
 
+/// Found by a new-user trial: a bkg_db that lost an agent's newest events (restored from an
+/// older backup, rows deleted) was noticed only at the agent's next event; an idle agent said it
+/// was in sync. It looks while idle (`SyncConfig::head_check`) and sends them again.
+#[test]
+fn an_idle_agent_sends_again_the_events_bkg_db_lost() {
+    let postgres = Postgres::start();
+    let agent = agent_with_db(&postgres.url());
+    assert_eq!(runs(&agent, 2, 1), 2);
+    wait_synced(&agent);
+    let id = agent_id(&agent);
+    let newest: u64 = postgres
+        .query(&format!("SELECT max(seq) FROM audit_events WHERE agent_id = '{id}'"))
+        .parse()
+        .expect("the newest seq in bkg_db");
+    postgres.query(&format!("DELETE FROM audit_events WHERE agent_id = '{id}' AND seq > {}", newest - 3));
+    let whole = format!("SELECT count(*) = {newest} AND max(seq) = {newest} FROM audit_events WHERE agent_id = '{id}'");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while postgres.query(&whole) != "t" {
+        assert!(Instant::now() < deadline, "bkg_db never got its lost events again:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(agent.log().contains("sending them again"), "{}", agent.log());
+    let status = wait_synced(&agent);
+    assert_eq!(
+        (&status["failures"], &status["last_error"]),
+        (&serde_json::json!(0), &serde_json::Value::Null),
+        "{status}"
+    );
+}
+
 /// Found by a new-user trial: a bkg_db whose schema went (made anew, restored from before its
 /// migrations) gave `relation "…" does not exist`, with no word of the fix.
 #[test]

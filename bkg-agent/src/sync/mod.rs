@@ -73,6 +73,9 @@ pub trait Outbox: Send + Sync + 'static {
     /// calls it when the next pending event does not follow what bkg_db holds. Returns how many
     /// it handed out again: none when the outbox itself lacks them.
     fn requeue_after(&self, seq: u64) -> impl Future<Output = Result<u64, SyncError>> + Send;
+    /// The agent id and seq of the newest event marked synced, if the outbox still has one: what
+    /// bkg_db must hold at least, checked while there is nothing to ship.
+    fn newest_synced(&self) -> impl Future<Output = Result<Option<(String, u64)>, SyncError>> + Send;
     /// bkg_db refused event `seq` for `reason`: count the attempt, and park the event when it has
     /// had `max_attempts`. Returns whether it was parked now.
     fn attempt_failed(

@@ -183,6 +183,12 @@ async fn claim(transaction: &tokio_postgres::Transaction<'_>, agent_id: &str) ->
 /// Writes `events` (in seq order) in one transaction. Every statement is an idempotent upsert,
 /// so shipping a batch twice leaves bkg_db as shipping it once. `parked` are the seqs of parked
 /// events: the only holes the batch may leave in what bkg_db holds.
+/// The newest seq bkg_db holds of agent `agent_id` (0 for none).
+pub(crate) async fn held_up_to(client: &Client, agent_id: &str) -> Result<u64, SyncError> {
+    let row = client.query_one("SELECT max(seq) FROM audit_events WHERE agent_id = $1", &[&agent_id]).await?;
+    Ok(row.try_get::<_, Option<i64>>(0)?.map_or(0, |last| last.max(0) as u64))
+}
+
 pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent], parked: &BTreeSet<u64>) -> Result<(), SyncError> {
     let reads = events.iter().map(read).collect::<Result<Vec<_>, _>>()?;
     let transaction = client.transaction().await?;

@@ -33,6 +33,11 @@ pub struct SyncConfig {
     pub timeout: Duration,
     /// Attempts bkg_db may refuse one event (`SyncError::Event`) before it is parked.
     pub max_attempts: u32,
+    /// How often, while there is nothing to ship, bkg_db is asked whether it still holds the
+    /// newest event shipped: one restored from an older backup (or rows deleted) would otherwise
+    /// be noticed only at the agent's next event, and an idle agent would say it is in sync
+    /// (found by a new-user trial).
+    pub head_check: Duration,
 }
 
 impl SyncConfig {
@@ -45,6 +50,7 @@ impl SyncConfig {
             backoff_max: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
             max_attempts: 5,
+            head_check: Duration::from_secs(10),
         }
     }
 }
@@ -88,6 +94,8 @@ pub struct SyncWorker<O> {
     stop: watch::Receiver<bool>,
     client: Option<Client>,
     migrated: bool,
+    /// When bkg_db's head was last checked against the newest event shipped.
+    head_checked: Option<tokio::time::Instant>,
 }
 
 impl<O: Outbox> SyncWorker<O> {
@@ -112,6 +120,7 @@ impl<O: Outbox> SyncWorker<O> {
             stop: stop_rx,
             client: None,
             migrated: false,
+            head_checked: None,
         };
         let task = tokio::spawn(worker.run());
         SyncHandle { outbox, shared, stop: stop_tx, task }
@@ -230,6 +239,20 @@ impl<O: Outbox> SyncWorker<O> {
 
         let events = self.outbox.pending(self.config.batch).await?;
         if events.is_empty() {
+            let due = self.head_checked.is_none_or(|at| at.elapsed() >= self.config.head_check);
+            if due && let Some((agent_id, newest)) = self.outbox.newest_synced().await? {
+                let held = match tokio::time::timeout(limit, ship::held_up_to(client, &agent_id)).await {
+                    Ok(held) => held?,
+                    Err(_) => {
+                        self.client = None;
+                        return Err(SyncError::Timeout(limit));
+                    }
+                };
+                self.head_checked = Some(tokio::time::Instant::now());
+                if held < newest {
+                    return Err(SyncError::Gap { agent_id, after: held, found: newest });
+                }
+            }
             return Ok(0);
         }
         let parked = self.outbox.parked().await?.into_iter().map(|event| event.seq).collect();
