@@ -25,6 +25,13 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
         }
         return verify_to(&args, &mut io::stdout().lock(), &mut io::stderr().lock());
     }
+    // This host's key is not a remote agent's (found by a new-user trial: the machine agent's
+    // audit.pub was used, for an agent bkg_db holds nothing of, and said "ok").
+    if args.key.is_none() && settings.remote.is_some() {
+        return Err(CliError::usage(
+            "with --remote, give --key HEX: the remote agent's public key (its STATE_DIR/audit.pub, or `bkg agent status` on its host)",
+        ));
+    }
     if args.key.is_none() {
         args.state_dir = Some(audit_state_dir(settings, args.state_dir).await?);
     }
@@ -55,6 +62,17 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
         settings.out.note(format_args!(
             "{} not in bkg_db yet: the copy checked ends before them (`bkg sync status`)",
             crate::out::count(view.status.backlog as usize, "of this agent's events is", "of this agent's events are")
+        ));
+    }
+    // Nothing to check is no "ok" (found by a new-user trial: a wrong --key named an agent bkg_db
+    // holds nothing of).
+    if report.records == 0 && report.first_bad.is_none() {
+        return Err(CliError::new(
+            NEGATIVE,
+            format!(
+                "bkg_db holds no records of agent {}: is the key this agent's, and has it synced (`bkg sync status`)?",
+                key.agent_id()
+            ),
         ));
     }
     let from = format!("bkg_db's copy of agent {}", key.agent_id());

@@ -676,6 +676,24 @@ fn audit_verify_from_db_names_what_was_tampered_with_in_bkg_db() {
     let started = seq_of("run.started");
     postgres.query(&format!("DELETE FROM audit_events WHERE agent_id = '{id}' AND seq = {started} RETURNING seq"));
     verify_fails("removed", &started);
+
+    // Found by a new-user trial: another agent's key (RFC 8032's first test key here), which
+    // names an agent bkg_db holds nothing of, was "ok, 0 records"; with --remote and no key, this
+    // host's key was taken for the remote agent's.
+    let other_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+    let wrong =
+        agent.bkg().args(["audit", "verify", "--from-db", "--key", other_key]).output().expect("bkg audit verify");
+    assert_eq!(code(&wrong), 1, "{}", stderr(&wrong));
+    assert!(stderr(&wrong).contains("bkg_db holds no records of agent "), "{}", stderr(&wrong));
+    assert!(stdout(&wrong).is_empty(), "{}", stdout(&wrong));
+    let remote = agent
+        .bkg()
+        .args(["--remote", "http://127.0.0.1:9", "audit", "verify", "--from-db"])
+        .env("BKG_API_KEY", "bkg_admin_unused")
+        .output()
+        .expect("bkg audit verify");
+    assert_eq!(code(&remote), 125, "{}", stderr(&remote));
+    assert!(stderr(&remote).contains("with --remote, give --key HEX"), "{}", stderr(&remote));
 }
 
 /// Found by a new-user trial: an agent whose login row-level security shows only some rows (a
