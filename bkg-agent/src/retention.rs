@@ -21,7 +21,7 @@ const EVERY: Duration = Duration::from_secs(3600);
 pub enum RetentionError {
     #[error("--retention-for wants NAMESPACE=DURATION, not {0:?}")]
     Shape(String),
-    #[error("--retention-for {0:?}: `{1}` is no namespace's name (a DNS label: a-z, 0-9, -)")]
+    #[error("--retention-for {0:?}: `{1}` is no namespace's name (a DNS label: a-z, 0-9, -, at most 56 characters)")]
     Namespace(String, String),
     #[error("--retention-for names namespace `{0}` twice: give each namespace one duration")]
     Twice(String),
@@ -64,7 +64,7 @@ impl RetentionPolicy {
                 .filter(|(namespace, _)| !namespace.is_empty())
                 .ok_or_else(|| RetentionError::Shape(entry.clone()))?;
             // A typo would hold for no namespace, without a word (found by a new-user trial).
-            if !bkg_schema::sandbox::is_dns_label(namespace) {
+            if !bkg_schema::sandbox::is_namespace_name(namespace) {
                 return Err(RetentionError::Namespace(entry.clone(), namespace.to_owned()));
             }
             if policy.per_namespace.insert(namespace.to_owned(), duration(text)?).is_some() {
@@ -235,7 +235,9 @@ mod tests {
         let typo = RetentionPolicy::parse("30d", &["Team=1d".into()]).err().map(|error| error.to_string());
         assert_eq!(
             typo.as_deref(),
-            Some("--retention-for \"Team=1d\": `Team` is no namespace's name (a DNS label: a-z, 0-9, -)")
+            Some(
+                "--retention-for \"Team=1d\": `Team` is no namespace's name (a DNS label: a-z, 0-9, -, at most 56 characters)"
+            )
         );
         let twice = RetentionPolicy::parse("30d", &["ci=1h".into(), "ci=2h".into()]);
         assert!(matches!(twice, Err(RetentionError::Twice(namespace)) if namespace == "ci"));

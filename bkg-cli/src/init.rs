@@ -145,7 +145,10 @@ fn ask(args: &InitArgs) -> Result<Answers, CliError> {
         None => Input::<String>::with_theme(&theme)
             .with_prompt("Namespace")
             .default(DEFAULT_NAMESPACE.to_owned())
-            .validate_with(|text: &String| if is_dns_label(text) { Ok(()) } else { Err(format!("use {NAME_RULE}")) })
+            .validate_with(|text: &String| match bkg_schema::sandbox::is_namespace_name(text) {
+                true => Ok(()),
+                false => Err(format!("use {}", bkg_schema::sandbox::NAMESPACE_RULE)),
+            })
             .interact_text()
             .map_err(asked)?,
     };
@@ -206,10 +209,13 @@ fn render(answers: &Answers) -> String {
 }
 
 fn checked_namespace(namespace: &str) -> Result<String, CliError> {
-    if is_dns_label(namespace) {
+    if bkg_schema::sandbox::is_namespace_name(namespace) {
         Ok(namespace.to_owned())
     } else {
-        Err(CliError::usage(format!("`{namespace}` is not a valid namespace: use {NAME_RULE}")))
+        Err(CliError::usage(format!(
+            "`{namespace}` is not a valid namespace: use {}",
+            bkg_schema::sandbox::NAMESPACE_RULE
+        )))
     }
 }
 

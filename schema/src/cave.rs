@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::sandbox::is_dns_label;
+use crate::sandbox::{is_dns_label, is_namespace_name};
 use crate::units::{UnitError, parse_cpus, parse_duration_ms, parse_size};
 use crate::{Language, LimitOverrides};
 
@@ -30,6 +30,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// What a namespace or sandbox name may be, for messages.
 pub const NAME_RULE: &str =
     "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
+pub use crate::sandbox::NAMESPACE_RULE;
 pub const SCRIPT_NAME_RULE: &str =
     "lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters";
 pub use crate::{ENV_KEY_RULE, is_env_key};
@@ -976,8 +977,8 @@ impl CaveFile {
         let mut fail = |segments: &[&str], message: String| {
             errors.push(CaveError::new(pointer_to(segments), message));
         };
-        if !is_dns_label(&self.namespace) {
-            fail(&["namespace"], format!("`{}` is not a valid namespace ({NAME_RULE})", self.namespace));
+        if !is_namespace_name(&self.namespace) {
+            fail(&["namespace"], format!("`{}` is not a valid namespace ({NAMESPACE_RULE})", self.namespace));
         }
         // Each sandbox's host ports, to find one two sandboxes forward.
         let mut forwarded: Vec<(String, crate::egress::PortMapping, String)> = Vec::new();

@@ -17,6 +17,20 @@ pub fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// The longest name a namespace may have: its bkg_db role, `bkg_ns_NAME`, must fit PostgreSQL's
+/// 63 bytes (found by a new-user trial: a namespace of 57 to 63 characters broke its change feed,
+/// and two sharing their first 56 would have shared one role).
+pub const MAX_NAMESPACE_LEN: usize = 63 - "bkg_ns_".len();
+
+/// What a namespace's name may be, for messages.
+pub const NAMESPACE_RULE: &str =
+    "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 56 characters";
+
+/// Whether `name` may name a namespace: a DNS label of at most [`MAX_NAMESPACE_LEN`] characters.
+pub fn is_namespace_name(name: &str) -> bool {
+    is_dns_label(name) && name.len() <= MAX_NAMESPACE_LEN
+}
+
 /// The id of sandbox `name` of the project in `project_dir`: stable, so every client computes
 /// the same one. `NAME-<16 hex digits of FNV-1a over the directory>`.
 pub fn sandbox_id(project_dir: &str, name: &str) -> String {
@@ -342,6 +356,14 @@ mod tests {
         for bad in ["", "Api", "-api", "api-", "a_b", "a.b", "x".repeat(64).as_str(), "é"] {
             assert!(!is_dns_label(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn namespace_names_fit_a_postgresql_role() {
+        assert!(is_namespace_name(&"n".repeat(56)));
+        assert_eq!(format!("bkg_ns_{}", "n".repeat(MAX_NAMESPACE_LEN)).len(), 63);
+        assert!(!is_namespace_name(&"n".repeat(57)));
+        assert!(!is_namespace_name("Team_A"));
     }
 
     #[test]

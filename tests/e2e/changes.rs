@@ -125,7 +125,21 @@ fn an_agent_without_bkg_db_serves_its_own_feed_and_resumes_after_a_cursor() {
     assert_eq!(refused.status, 422, "{}", refused.text());
     let misnamed = agent.bkg().args(["watch", "--namespace", "Team_A"]).output().expect("bkg watch");
     assert_eq!(code(&misnamed), 125, "{}", stderr(&misnamed));
-    assert!(stderr(&misnamed).contains("namespace `Team_A` must be a DNS label"), "{}", stderr(&misnamed));
+    assert!(
+        stderr(&misnamed).contains("namespace `Team_A` must be lowercase letters, digits and '-'"),
+        "{}",
+        stderr(&misnamed)
+    );
+    // Found by a new-user trial: a name of 57 to 63 characters, its bkg_db role's name too long for
+    // PostgreSQL, ended the feed with "identifier too long".
+    let long = "n".repeat(57);
+    let too_long = agent.bkg().args(["watch", "--no-follow", "--namespace", &long]).output().expect("bkg watch");
+    assert_eq!(code(&too_long), 125, "{}", stderr(&too_long));
+    assert!(stderr(&too_long).contains("at most 56 characters"), "{}", stderr(&too_long));
+    let key =
+        agent.bkg().args(["keys", "create", "--role", "namespace", "--namespace", &long]).output().expect("bkg keys");
+    assert_eq!(code(&key), 125, "{}", stderr(&key));
+    assert!(stderr(&key).contains("at most 56 characters"), "{}", stderr(&key));
     // A cursor past the newest change would skip the changes up to it when they came.
     let ahead = agent.bkg().args(["watch", "--since", "1000000"]).output().expect("bkg watch");
     assert_eq!(code(&ahead), 125, "{}", stderr(&ahead));

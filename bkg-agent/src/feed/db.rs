@@ -154,6 +154,11 @@ impl Reader {
 /// by namespace in the query alone, which is also done with the role.
 async fn namespace_role(client: &Client, namespace: &str) -> Result<Option<String>, FeedError> {
     let role = format!("bkg_ns_{namespace}");
+    // No role has a longer name (`ensure_namespace_role` refuses one), and PostgreSQL refuses to
+    // look one up (found by a new-user trial: "identifier too long" ended the feed).
+    if role.len() > 63 {
+        return Ok(None);
+    }
     let row = client
         .query_one(
             "SELECT CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = $1)

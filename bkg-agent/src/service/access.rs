@@ -303,12 +303,13 @@ pub fn reaches(principal: &Principal, namespace: &str) -> bool {
     principal.is_admin() || principal.namespace() == Some(namespace)
 }
 
-/// A namespace's name is a DNS label: it becomes a PostgreSQL role's and a directory's name.
+/// A namespace's name is a DNS label short enough to be a PostgreSQL role's name as well
+/// (`bkg_ns_NAME`) and a directory's.
 pub fn check_namespace_name(name: &str) -> Result<(), OpError> {
-    if bkg_schema::sandbox::is_dns_label(name) {
+    if bkg_schema::sandbox::is_namespace_name(name) {
         Ok(())
     } else {
-        Err(OpError::Invalid(format!("namespace `{name}` must be a DNS label (a-z, 0-9, -)")))
+        Err(OpError::Invalid(format!("namespace `{name}` must be {}", bkg_schema::sandbox::NAMESPACE_RULE)))
     }
 }
 
