@@ -117,6 +117,13 @@ fn an_agent_without_bkg_db_serves_its_own_feed_and_resumes_after_a_cursor() {
         .unwrap_or_else(|| panic!("{hint}"));
     assert!(resume_from >= finished["position"].as_u64().expect("a position"), "{hint}");
 
+    // Found by a new-user trial: an admin's cursor, a position of the whole feed, was refused for
+    // the feed of a namespace whose own changes end before it.
+    let since = resume_from.to_string();
+    let one_namespace = agent.bkg().args(["watch", "--no-follow", "--namespace", "other", "--since", &since]).output();
+    let one_namespace = one_namespace.expect("bkg watch --namespace");
+    assert_eq!((code(&one_namespace), stdout(&one_namespace)), (0, String::new()), "{}", stderr(&one_namespace));
+
     let bad = agent.bkg().args(["watch", "--kinds", "runs,logs"]).output().expect("bkg watch");
     assert_eq!(code(&bad), 125);
     assert!(stderr(&bad).contains("unknown kind \"logs\""), "{}", stderr(&bad));

@@ -115,6 +115,15 @@ impl Reader {
         Ok(position.max(0) as u64)
     }
 
+    /// The newest position of the whole feed, whatever the reader's namespace: for a reader who
+    /// sees every namespace (an admin), whose cursors count every namespace's changes.
+    pub(super) async fn newest_of_all(&mut self) -> Result<u64, FeedError> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT position FROM bkg_change_head", &[]).await?;
+        let position: i64 = row.map(|row| row.try_get(0)).transpose()?.unwrap_or(0);
+        Ok(position.max(0) as u64)
+    }
+
     /// The next `limit` changes after `after`, as the namespace's role sees them.
     pub(super) async fn read(
         &mut self,

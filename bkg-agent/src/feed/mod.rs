@@ -145,11 +145,12 @@ impl Feed {
     ///
     /// A `since` past the newest change is refused: the changes up to it would be skipped
     /// when they came (a cursor of another feed, or of a state directory since reset). The
-    /// newest of `namespace`'s changes for a reader of one namespace, whose positions never go
-    /// past it: against every namespace's, probing `since` would count the others' changes.
-    ///
-    /// `sees_every_namespace`: whether the refusal may name the newest position, which counts
-    /// every namespace's changes.
+    /// newest of `namespace`'s changes for a reader confined to one namespace, whose positions
+    /// never go past it: against every namespace's, probing `since` would count the others'
+    /// changes. A reader who sees every namespace (`sees_every_namespace`, an admin) is held to
+    /// the newest of all, even when it asks for one namespace: its cursors come from the whole
+    /// feed (found by a new-user trial: an admin's position was refused for one namespace's
+    /// feed), and the refusal may name that position.
     pub async fn subscribe(
         &self,
         namespace: Option<String>,
@@ -163,9 +164,11 @@ impl Feed {
             None => Source::Local(self.store.clone()),
         };
         if since > 0 {
-            let newest = match &mut source {
-                Source::Local(store) => store.outbox_newest(namespace.clone()).await?,
-                Source::Db(reader) => reader.newest().await?,
+            let newest = match (&mut source, sees_every_namespace) {
+                (Source::Local(store), true) => store.outbox_newest(None).await?,
+                (Source::Local(store), false) => store.outbox_newest(namespace.clone()).await?,
+                (Source::Db(reader), true) => reader.newest_of_all().await?,
+                (Source::Db(reader), false) => reader.newest().await?,
             };
             if since > newest {
                 let shown = if sees_every_namespace { format!(" ({newest})") } else { String::new() };
