@@ -203,10 +203,25 @@ impl Environments {
     /// index and the install's flags are the agent's.
     pub fn requirement_set(lines: &[String]) -> Result<Vec<String>, EnvError> {
         let mut set: Vec<String> = Vec::new();
-        for line in lines {
+        let mut continued = String::new();
+        for (index, line) in lines.iter().enumerate() {
             // A byte-order mark (Windows editors) is not part of the first requirement.
             let line = line.trim_start_matches('\u{feff}');
             let line = line.split_once(" #").map_or(line, |(before, _)| before).trim();
+            // A line ending in `\` goes on on the next, as pip reads it (pip-compile writes them).
+            if let Some(first_part) = line.strip_suffix('\\') {
+                continued.push_str(first_part);
+                continued.push(' ');
+                continue;
+            }
+            let joined;
+            let line = if continued.is_empty() {
+                line
+            } else {
+                continued.push_str(line);
+                joined = std::mem::take(&mut continued);
+                joined.trim()
+            };
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
@@ -227,8 +242,11 @@ impl Environments {
                     line.escape_debug()
                 )));
             }
-            check_form(line)?;
+            check_form(line, index + 1)?;
             set.push(normal_requirement(line));
+        }
+        if !continued.trim().is_empty() {
+            return Err(EnvError::Invalid("the last requirement ends in `\\`, with no line to go on".into()));
         }
         set.sort();
         set.dedup();
@@ -400,12 +418,43 @@ fn project_name(line: &str) -> Option<(&str, &str)> {
 
 /// After a project name (PEP 508) comes nothing, its extras, a version, a marker or a URL: a
 /// line like `bad name!!` is refused here, in one line, rather than by the installer's log
-/// after a wait (found by a new-user trial).
-fn check_form(line: &str) -> Result<(), EnvError> {
-    let Some((name, rest)) = project_name(line) else { return Ok(()) };
+/// after a wait (found by a new-user trial). A line that is neither that nor a URL or a path
+/// (`API_KEY=…`, `root:x:0:0:…`: a file given as requirements that is not one) is refused
+/// without its text, which may be a secret, and before the installer could print it into the
+/// run's record (found by a new-user trial). `line_number` counts the request's lines: a
+/// requirements file's come first.
+fn check_form(line: &str, line_number: usize) -> Result<(), EnvError> {
+    let not_a_requirement = |what: &str| {
+        EnvError::Invalid(format!(
+            "line {line_number} of the requirements is not a requirement ({what}; its text is not shown):              is the file a requirements file?"
+        ))
+    };
+    if let Some(option) = line.split_whitespace().find(|word| word.starts_with("--")) {
+        let option = option.split('=').next().unwrap_or(option);
+        return Err(EnvError::Invalid(format!(
+            "line {line_number} of the requirements has the option `{option}`: options are not taken, the agent \
+             chooses the installer's; drop it (`uv export --no-hashes`, or pip-compile without --generate-hashes)"
+        )));
+    }
+    let Some((name, rest)) = project_name(line) else {
+        let url_or_path = line.contains("://")
+            || line.starts_with(['.', '/', '~'])
+            || ["git+", "hg+", "svn+", "bzr+", "file:"].iter().any(|scheme| line.starts_with(scheme));
+        return if url_or_path { Ok(()) } else { Err(not_a_requirement("neither a name nor a URL or a path")) };
+    };
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(not_a_requirement("a package's name starts with a letter or a digit"));
+    }
     let rest = rest.trim_start();
-    if rest.is_empty() || rest.starts_with(['[', '(', ';', '@', '=', '<', '>', '!', '~']) {
+    let operator = ["==", "!=", "~=", "<", ">"].iter().any(|operator| rest.starts_with(operator));
+    if rest.is_empty() || operator || rest.starts_with(['[', '(', ';', '@']) {
         return Ok(());
+    }
+    if rest.starts_with(['=', '!', '~']) {
+        return Err(not_a_requirement(&format!(
+            "after the name `{name}` comes `{}`, no version operator (`==`, `>=`, `~=`)",
+            &rest[..1]
+        )));
     }
     Err(EnvError::Invalid(format!(
         "requirement `{line}`: after the package name `{name}` comes `{rest}`, which is not a version (`{name}==1.2`), \
@@ -534,5 +583,34 @@ mod tests {
         {
             assert!(set(&[good]).is_ok(), "{good}");
         }
+        // Found by a new-user trial: a file that is not a requirements file (a .env, /etc/shadow)
+        // went to the installer, whose error put its lines into the run's record. Refused, and
+        // its text is not repeated.
+        for (line, what) in [
+            ("API_KEY=sk-live-SECRET123", "after the name `API_KEY` comes `=`, no version operator"),
+            ("_apt:*:20228:0:99999:7:::", "neither a name nor a URL or a path"),
+            ("root:x:0:0:root:/root:/bin/bash", "neither a name nor a URL or a path"),
+            ("TOKEN: abc-SECRET", "neither a name nor a URL or a path"),
+            ("_private==1", "a package's name starts with a letter or a digit"),
+        ] {
+            let error = said(line);
+            assert!(error.starts_with("line 1 of the requirements is not a requirement ("), "{error}");
+            assert!(error.contains(what), "{line}: {error}");
+            assert!(!error.contains("SECRET") && !error.contains("20228") && !error.contains("abc"), "{error}");
+        }
+        // pip-compile's lines: continued with `\`, pinned with hashes (options, refused by name).
+        assert_eq!(set(&["six \\", "  ==1.17.0"]).ok(), Some(vec!["six==1.17.0".to_owned()]));
+        let hashed = set(&[
+            "six==1.17.0 \\",
+            "    --hash=sha256:4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274",
+        ]);
+        let hashed = hashed.err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(
+            hashed.starts_with("line 2 of the requirements has the option `--hash`: options are not taken"),
+            "{hashed}"
+        );
+        assert!(!hashed.contains("4721f3"), "{hashed}");
+        assert!(said("six==1.17.0 --hash=sha256:ab").contains("`uv export --no-hashes`"));
+        assert!(matches!(set(&["six \\"]), Err(EnvError::Invalid(_))));
     }
 }

@@ -297,6 +297,20 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     assert!(!stderr(&leaked).contains(password), "{}", stderr(&leaked));
     agent.wait_idle();
     assert_eq!(files_containing(&agent.state_dir, password.as_bytes()), Vec::<PathBuf>::new());
+
+    // Found by a new-user trial: a file given as requirements that is not one (a .env here) went
+    // to the installer, whose error put its secret into the audit log and the run's record.
+    let secret = "sk-live-bkg-7d1e";
+    let dotenv = tempfile::NamedTempFile::new().expect("a .env");
+    std::fs::write(dotenv.path(), format!("# settings\nAPI_KEY={secret}\n")).expect("write the .env");
+    let dotenv_path = dotenv.path().to_str().unwrap_or_default();
+    let refused = agent.exe(&["-r", dotenv_path, "-c", "1", "--type", "python"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    let said = "line 2 of the requirements is not a requirement (after the name `API_KEY` comes `=`";
+    assert!(stderr(&refused).contains(said), "{}", stderr(&refused));
+    assert!(!stderr(&refused).contains(secret), "{}", stderr(&refused));
+    agent.wait_idle();
+    assert_eq!(files_containing(&agent.state_dir, secret.as_bytes()), Vec::<PathBuf>::new());
 }
 
 /// The agent's own index URL may hold a password (`--package-index https://user:token@…`):
