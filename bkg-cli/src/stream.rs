@@ -39,9 +39,16 @@ pub enum Stdin {
 impl Stdin {
     /// Our own stdin, or `Empty` when it is `/dev/null` or closed: the script reads end-of-file
     /// at once either way, and nothing needs relaying (reading it takes a thread of its own).
+    /// `Empty` too for a terminal of which we are not the foreground job (`bkg exe job.py &`, or
+    /// under `timeout`): reading it would stop bkg (SIGTTIN) whether or not the script reads
+    /// anything, where `python3 job.py &` runs to its end (found by a new-user trial).
     pub fn ours() -> Self {
-        match nix::sys::stat::fstat(std::io::stdin()) {
+        let stdin = std::io::stdin();
+        match nix::sys::stat::fstat(&stdin) {
             Ok(stat) if stat.st_mode & libc::S_IFMT == libc::S_IFCHR && stat.st_rdev == libc::makedev(1, 3) => {
+                Stdin::Empty
+            }
+            Ok(_) if nix::unistd::tcgetpgrp(&stdin).is_ok_and(|foreground| foreground != nix::unistd::getpgrp()) => {
                 Stdin::Empty
             }
             Ok(_) => Stdin::Relay,

@@ -400,3 +400,25 @@ fn bkg_shell_outside_a_project_finds_the_sandbox_by_name() {
     terminal.expect("hi-2");
     assert_eq!(terminal.exit_code(), 0);
 }
+
+/// Found by a new-user trial: `bkg exe` out of its terminal's foreground (under `timeout`, or
+/// `bkg exe job.py &`) read the terminal for the run's stdin and was stopped there (SIGTTIN)
+/// though the script read nothing; `timeout` then could not end it. `script` gives the commands
+/// a terminal, of which `timeout` takes its command out of the foreground.
+#[test]
+fn a_run_out_of_its_terminals_foreground_does_not_stop_to_read_it() {
+    let agent = Agent::start();
+    let command = format!(
+        "timeout 30 {} exe --type python -c 'print(6 * 7)' 2>/dev/null; echo rc=$?",
+        bkg_tests::bkg_bin().display()
+    );
+    let output = Command::new("timeout")
+        .args(["60", "script", "-qec", &command, "/dev/null"])
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let said = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    assert_eq!((output.status.code(), said.as_str()), (Some(0), "42\nrc=0\n"), "{}", stderr(&output));
+}
