@@ -97,6 +97,18 @@ fn options_after_script(argv: &[String], script: &str, script_args: &[String]) -
 
 /// `--net`'s rules, each checked here for a one-line error before the agent sees them.
 fn checked_net(rules: &[String]) -> Result<Vec<String>, CliError> {
+    // Found by a new-user trial: `--net none` was a host named `none`, `--net ''` (a variable not
+    // set) and `a,,b` were taken without a word.
+    if rules.iter().any(|rule| rule.trim().is_empty()) {
+        return Err(CliError::usage(
+            "--net: a host is empty (`--net ''`, or `a,,b`): give hosts, or leave --net out for no network",
+        ));
+    }
+    if rules.iter().any(|rule| rule.trim() == "none") {
+        return Err(CliError::usage(
+            "--net none: no network is the default, leave --net out (`none` would be a host of that name)",
+        ));
+    }
     let parsed = NetRule::parse_list(rules).map_err(|error| CliError::usage(format!("--net: {error}")))?;
     Ok(parsed.iter().map(ToString::to_string).collect())
 }
