@@ -235,15 +235,15 @@ pub struct PortMapping {
 
 impl PortMapping {
     /// Each of `texts` parsed, refused when one is not a mapping or two take the same host port
-    /// (`8080:80` is `127.0.0.1:8080:80`).
+    /// (`8080:80` is `127.0.0.1:8080:80`; `0.0.0.0:8080:81` takes it too).
     pub fn parse_all(texts: &[String]) -> Result<Vec<Self>, EgressError> {
         let mut mappings: Vec<(Self, &String)> = Vec::new();
         for text in texts {
             let mapping = Self::parse(text)?;
-            if let Some((seen, first)) =
-                mappings.iter().find(|(seen, _)| seen.address == mapping.address && seen.host_port == mapping.host_port)
-            {
-                let host = match seen.address {
+            if let Some((seen, first)) = mappings.iter().find(|(seen, _)| seen.takes_the_port_of(&mapping)) {
+                // The wider of the two is the one named.
+                let address = if mapping.address.is_unspecified() { mapping.address } else { seen.address };
+                let host = match address {
                     IpAddr::V6(address) => format!("[{address}]:{}", seen.host_port),
                     IpAddr::V4(address) => format!("{address}:{}", seen.host_port),
                 };
@@ -252,6 +252,14 @@ impl PortMapping {
             mappings.push((mapping, text));
         }
         Ok(mappings.into_iter().map(|(mapping, _)| mapping).collect())
+    }
+
+    /// Whether this and `other` cannot both be listened on: the same host port, on the same
+    /// address or one of them every address (found by a new-user trial: `-p 8080:80 -p
+    /// 0.0.0.0:8080:80` failed at the second bind, told to free the port of the first).
+    fn takes_the_port_of(&self, other: &Self) -> bool {
+        self.host_port == other.host_port
+            && (self.address == other.address || self.address.is_unspecified() || other.address.is_unspecified())
     }
 
     pub fn parse(text: &str) -> Result<Self, EgressError> {
@@ -456,6 +464,17 @@ mod tests {
         for bad in ["", "0", "a:1", "1:2:3:4", "x:1:2", "70000:1"] {
             assert!(PortMapping::parse(bad).is_err(), "{bad}");
         }
+        let all = |texts: &[&str]| {
+            PortMapping::parse_all(&texts.iter().map(|text| text.to_string()).collect::<Vec<_>>())
+                .map(|mappings| mappings.len())
+                .map_err(|error| error.to_string())
+        };
+        assert_eq!(
+            all(&["18704:8000", "0.0.0.0:18704:8000"]),
+            Err("host port 0.0.0.0:18704 is forwarded twice: `18704:8000` and `0.0.0.0:18704:8000`".into())
+        );
+        assert!(all(&["[::]:9000:1", "127.0.0.2:9000:2"]).is_err());
+        assert_eq!(all(&["127.0.0.1:9000:1", "127.0.0.2:9000:2", "127.0.0.1:9001:1"]), Ok(3));
         // The form right, the address not one: the address is named, not the form.
         let said = PortMapping::parse("999.0.0.1:8080:80").err().map(|error| error.to_string()).unwrap_or_default();
         assert_eq!(

@@ -303,6 +303,10 @@ fn bad_flags_and_limits_are_125() {
         (&[""], "the script's path is empty: give a file, like `bkg exe hello.py`"),
         (&["-o", "", hello], "--output <DIR> needs a value, and it was empty or missing"),
         (&["--net", "none", hello], "--net none: no network is the default, leave --net out"),
+        (
+            &["-p", "18704:8000", "-p", "0.0.0.0:18704:8000", hello],
+            "host port 0.0.0.0:18704 is forwarded twice: `127.0.0.1:18704:8000` and `0.0.0.0:18704:8000`",
+        ),
         (&["--net", "", hello], "--net: a host is empty"),
         (&["--net", "pypi.org,,example.org", hello], "--net: a host is empty"),
         (&["--memory", "0", hello], "--memory: `0` is too small: the least is 16MiB"),
