@@ -208,9 +208,15 @@ impl AgentClient {
         // Only root starts an agent: everyone else's comes from the service manager (the unit
         // packaging/bkg-agent.socket).
         let is_root = nix::unistd::geteuid().is_root();
-        // Another socket than the default is named in the command (sudo leaves BKG_SOCKET behind),
-        // and only root's `bkg agent start` serves it: the service manager serves the default.
-        let on_socket = match *socket == bkg_schema::paths::default_socket() {
+        // Another socket than the default is named in the command, and only root's `bkg agent
+        // start` serves it: the service manager serves the default. Root's own command keeps
+        // BKG_SOCKET; `sudo` leaves it behind, so for others only the machine's socket goes
+        // unnamed (found by a new-user trial: `sudo bkg agent start` was given for a BKG_SOCKET).
+        let unnamed = match is_root {
+            true => bkg_schema::paths::default_socket(),
+            false => PathBuf::from(bkg_schema::paths::MACHINE_SOCKET),
+        };
+        let on_socket = match *socket == unnamed {
             true => String::new(),
             false => format!(" --socket {}", socket.display()),
         };

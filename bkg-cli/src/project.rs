@@ -120,9 +120,9 @@ pub fn project_if_any(dir: Option<&Path>) -> Result<Result<PathBuf, NoProject>, 
 pub fn unknown_sandbox(cave: &CaveFile, name: &str) -> CliError {
     let known: Vec<&str> = cave.sandboxes.keys().map(String::as_str).collect();
     match known.is_empty() {
-        true => {
-            CliError::usage(format!("no sandbox `{name}` in cave.yaml (it declares none: `bkg add {name}` adds one)"))
-        }
+        true => CliError::usage(format!(
+            "no sandbox `{name}` in cave.yaml (it declares none: `bkg add {name} --type python` adds one, or `--type node`)"
+        )),
         false => CliError::usage(format!("no sandbox `{name}` in cave.yaml (it has: {})", known.join(", "))),
     }
 }

@@ -382,6 +382,21 @@ fn no_agent_is_125_with_what_to_do() {
         .expect("run bkg");
     assert_one_line_error(&output, 125, "no agent is running at");
     assert!(stderr(&output).contains("bkg agent start"));
+    // Found by a new-user trial: a user other than root was told `sudo bkg agent start`, which
+    // leaves BKG_SOCKET behind and starts the machine's agent instead.
+    let socket = dir.path().join("nobody.sock");
+    let as_nobody = std::process::Command::new(bkg_tests::bkg_bin())
+        .args(["runs", "ls"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/nonexistent")
+        .env("BKG_SOCKET", &socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .uid(65534)
+        .output()
+        .expect("run bkg");
+    let start = format!("`sudo bkg --socket {} agent start`", socket.display());
+    assert!(stderr(&as_nobody).contains(&start), "{}", stderr(&as_nobody));
 }
 
 /// The agent checks its runtimes at start (tests/e2e/host.rs); one that goes away later is 126.

@@ -142,7 +142,7 @@ fn a_linked_cave_yaml_stays_a_link_and_keeps_its_group() {
     let absent = agent.bkg_in(dir, &["rm", "nothing", "--force"]);
     assert_eq!(
         stderr(&absent),
-        "bkg: no sandbox `nothing` in cave.yaml (it declares none: `bkg add nothing` adds one)\n"
+        "bkg: no sandbox `nothing` in cave.yaml (it declares none: `bkg add nothing --type python` adds one, or `--type node`)\n"
     );
     for args in [&["add", "one", "--type", "python"][..], &["add", "two", "--type", "node"], &["rm", "one", "--force"]]
     {
