@@ -1058,8 +1058,10 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) =>
         {
-            if let Some(said) =
-                code_after_exec_name(&error).or_else(|| exe_without_a_script(&error)).or_else(|| empty_value(&error))
+            if let Some(said) = code_after_exec_name(&error)
+                .or_else(|| exe_without_a_script(&error))
+                .or_else(|| empty_value(&error))
+                .or_else(|| unknown_argument(&error))
             {
                 return Err(said);
             }
@@ -1093,6 +1095,35 @@ fn code_after_exec_name(error: &clap::Error) -> Option<clap::Error> {
              not after the sandbox's name\n",
         )
     })
+}
+
+/// An argument the command does not take: one line that names it, a similar one when there is,
+/// and the help that lists the command's, instead of clap's usage block and its tip to put `--`
+/// before it, which turns an option into the script's name or a value (found by a new-user
+/// trial: `bkg add web --with six` was told to write `-- --with`).
+fn unknown_argument(error: &clap::Error) -> Option<clap::Error> {
+    use clap::error::{ContextKind, ContextValue};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else { return None };
+    let Some(ContextValue::StyledStr(usage)) = error.get(ContextKind::Usage) else { return None };
+    let usage = usage.to_string();
+    let command: Vec<&str> = usage
+        .trim_start()
+        .trim_start_matches("Usage:")
+        .split_whitespace()
+        .take_while(|word| !word.starts_with(['[', '<', '-']))
+        .collect();
+    let similar = match error.get(ContextKind::SuggestedArg) {
+        Some(ContextValue::String(similar)) => format!(" (did you mean `{similar}`?)"),
+        _ => String::new(),
+    };
+    let command = command.join(" ");
+    Some(clap::Error::raw(
+        ErrorKind::UnknownArgument,
+        format!("unexpected argument `{arg}`{similar}: `{command} --help` lists what it takes\n"),
+    ))
 }
 
 /// A flag given an empty value (`-o ''`) or none (`-o` last): one line that names the flag, instead
