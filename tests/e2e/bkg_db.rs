@@ -808,9 +808,26 @@ fn bkg_db_over_tls_is_verified_and_an_untrusted_certificate_says_what_to_do() {
         let said = stderr(&migrate);
         assert_eq!(said.lines().count(), 1, "{said}");
         assert!(
-            said.contains("not signed by a CA this host trusts: give the CA's certificate as `sslrootcert=PATH`"),
+            said.contains(
+                "not signed by a CA trusted here (the URL's `sslrootcert=PATH`, else the host's trust store)"
+            ),
             "{query}: {said}"
         );
+    }
+
+    // Found by a new-user trial: an sslrootcert with no certificate in it (empty, or another
+    // file's text) was taken at start, and every handshake then failed as if none had been given.
+    let empty = tempfile::NamedTempFile::new().expect("an empty file");
+    for file in [empty.path(), std::path::Path::new("/etc/passwd")] {
+        let url = over_tls(&format!("sslmode=verify-full&sslrootcert={}", file.display()));
+        let output = Command::new(bkg_tests::bin_dir().join("bkg-agent"))
+            .arg("--migrate-db")
+            .env("BKG_DB_URL", &url)
+            .output()
+            .expect("bkg-agent --migrate-db");
+        let said = stderr(&output);
+        assert_eq!((output.status.code(), said.lines().count()), (Some(2), 1), "{said}");
+        assert!(said.contains(&format!("{}: no certificate in it", file.display())), "{said}");
     }
 }
 

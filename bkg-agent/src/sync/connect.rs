@@ -152,6 +152,13 @@ fn tls_connector(mode: SslMode, root_cert: Option<&str>) -> Result<MakeRustlsCon
                     let cert = cert.map_err(|error| SyncError::Tls(format!("{path}: {error}")))?;
                     roots.add(cert).map_err(|error| SyncError::Tls(format!("{path}: {error}")))?;
                 }
+                // An empty file, or one of other text (found by a new-user trial: the agent
+                // started, then every handshake failed as if no CA had been given).
+                if roots.is_empty() {
+                    return Err(SyncError::Tls(format!(
+                        "{path}: no certificate in it: give a PEM file of the CA's certificates as sslrootcert"
+                    )));
+                }
             }
             None => {
                 let native = rustls_native_certs::load_native_certs();

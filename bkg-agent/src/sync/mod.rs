@@ -186,9 +186,10 @@ fn tls_fix(error: &tokio_postgres::Error) -> Option<&'static str> {
         if let Some(Tls::InvalidCertificate(certificate)) = tls {
             return Some(match certificate {
                 CertificateError::UnknownIssuer => {
-                    "the server's certificate is not signed by a CA this host trusts: give the CA's certificate as \
-                     `sslrootcert=PATH` in the URL (or add it to the host's trust store); `sslmode=disable` only for \
-                     a server on loopback"
+                    "the server's certificate is not signed by a CA trusted here (the URL's `sslrootcert=PATH`, \
+                     else the host's trust store): give the certificate of the CA that signed it as \
+                     `sslrootcert=PATH` (or add it to the host's trust store); `sslmode=disable` only for a server \
+                     on loopback"
                 }
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                     "the server's certificate is not for the host the URL names: use a name (or address) its \
