@@ -404,7 +404,10 @@ async fn bkg_db(client: &AgentClient) -> Option<Check> {
                 status.failures,
                 status.last_error.as_deref().unwrap_or("unknown error")
             ),
-            "check the agent's --db-url and that bkg_db answers; `bkg db migrate` brings its schema up to date",
+            // The agent's error names the fix of the usual causes (a migration, the login, the
+            // server down, TLS): `bkg db migrate` for all of them was wrong for most (found by a
+            // new-user trial: it fails the same way for an agent's login refused the schema).
+            "do what the error says; else check the agent's --db-url and that bkg_db answers (`bkg sync status`)",
         )
     } else if status.parked > 0 {
         Check::warn(

@@ -911,6 +911,15 @@ fn a_bkg_db_without_its_schema_names_the_migration_as_the_fix() {
     };
     assert!(error.contains("does not exist"), "{error}");
     assert!(error.contains("bkg-agent --migrate-db"), "{error}");
+    // Found by a new-user trial: doctor's fix told every failure to `bkg db migrate`, which an
+    // agent's login refused the schema cannot; it points to the error's own fix.
+    let doctor = agent.bkg().args(["doctor", "--json"]).output().expect("bkg doctor");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("doctor's JSON");
+    let check = report["checks"].as_array().into_iter().flatten().find(|check| check["name"] == "bkg_db");
+    let check = check.cloned().unwrap_or_default();
+    assert_eq!(check["status"], "fail", "{report}");
+    assert!(check["found"].as_str().unwrap_or_default().contains("bkg-agent --migrate-db"), "{check}");
+    assert!(check["fix"].as_str().unwrap_or_default().starts_with("do what the error says"), "{check}");
 }
 
 /// Found by a new-user trial: right after a restart `bkg sync status` said "last success:
