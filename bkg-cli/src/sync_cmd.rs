@@ -78,7 +78,13 @@ fn describe(view: &SyncView) -> String {
     }
     line("last success", age(now_ms, status.last_success_ms));
     if let Some(error) = &status.last_error {
-        line("last error", format!("{error} ({})", age(now_ms, status.last_error_ms)));
+        // Kept after recovery: said whether it still holds (found by a new-user trial: an error
+        // long resolved read as the state of the sync).
+        let state = match status.failures {
+            0 => "; resolved since".to_owned(),
+            failures => format!("; failing now, {}", count(failures as usize, "attempt", "attempts")),
+        };
+        line("last error", format!("{error} ({}{state})", age(now_ms, status.last_error_ms)));
     }
     text
 }

@@ -187,6 +187,10 @@ fn runs_made_while_bkg_db_is_down_and_across_an_agent_crash_all_arrive_once() {
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
     assert_eq!(shown["bkg_db"]["backlog"], 0, "{shown}");
     assert_eq!(shown["bkg_db"]["failures"], 0, "{shown}");
+    // Found by a new-user trial: the outage's error, kept, read as the state of the sync.
+    let human = agent.bkg().args(["sync", "status"]).output().expect("sync status");
+    let last_error = stdout(&human).lines().find(|line| line.starts_with("last error")).map(str::to_owned);
+    assert!(last_error.as_deref().is_some_and(|line| line.ends_with("; resolved since)")), "{}", stdout(&human));
     let id = agent_id(&agent);
     assert_eq!(postgres.query(&format!("SELECT count(*) FROM runs WHERE agent_id = '{id}'")), "200");
     assert_eq!(
