@@ -74,7 +74,9 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
         .state_dir
         .clone()
         .or_else(|| info.as_ref().map(|info| PathBuf::from(&info.state_dir)))
-        .or_else(|| (!agent_hidden).then(bkg_schema::paths::default_state_dir));
+        // Only root starts an agent: another user's own default is no agent's (found by a new-user
+        // trial: it was said the agent would create it).
+        .or_else(|| (!agent_hidden && nix::unistd::geteuid().is_root()).then(bkg_schema::paths::default_state_dir));
     let (mut checks, host_level) = match &local_socket {
         Some(_) => {
             let host = host_report(args, state_dir.as_deref()).await?;
@@ -268,7 +270,15 @@ fn socket(path: &Path) -> Check {
         Ok(metadata) => {
             let mode = metadata.permissions().mode() & 0o7777;
             let found = format!("{} has mode {mode:04o}, owner uid {}", path.display(), metadata.uid());
-            if mode & 0o007 != 0 {
+            // Found by a new-user trial: "pass" beside the agent's check failing for that mode.
+            let usable = nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok();
+            if !usable {
+                Check::fail(
+                    name,
+                    format!("{found}: uid {} may not use it", nix::unistd::geteuid()),
+                    "the agent check's fix",
+                )
+            } else if mode & 0o007 != 0 {
                 Check::fail(
                     name,
                     format!("{found}: every local user can reach it"),

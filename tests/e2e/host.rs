@@ -541,6 +541,32 @@ fn doctor_passes_here_with_an_agent_running() {
     assert!(state_dir.starts_with(&agent.state_dir.display().to_string()), "{state_dir}");
 }
 
+/// Found by a new-user trial: for a user the socket refuses, doctor passed the socket (beside the
+/// agent's check failing for its mode) and said the agent would make the user's own state
+/// directory, which no agent of root's uses.
+#[test]
+fn doctor_as_a_user_the_socket_refuses_says_so_of_the_socket_and_guesses_no_state_dir() {
+    use std::os::unix::process::CommandExt as _;
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let output = Command::new(bkg_tests::bkg_bin())
+        .args(["doctor", "--json"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/nonexistent")
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .uid(65534)
+        .output()
+        .expect("bkg doctor");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("doctor's JSON");
+    assert_eq!(code(&output), 1, "{report:#}");
+    let socket = check(&report, "socket");
+    assert_eq!(socket["status"], "fail", "{report:#}");
+    assert!(socket["found"].as_str().is_some_and(|found| found.ends_with("uid 65534 may not use it")), "{socket}");
+    let state_dir = check(&report, "state_dir");
+    assert_eq!(state_dir["found"], "the agent's state directory is shown to its admins only", "{state_dir}");
+}
+
 /// The agent's flags a user exported for `bkg agent start` (BKG_LISTEN, BKG_WARM_POOL, …) are not
 /// `--check-host`'s: doctor's probe runs without them. Every check has its `fix` key, null when
 /// it passes.

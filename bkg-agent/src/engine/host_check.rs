@@ -149,6 +149,8 @@ pub struct StateDirFacts {
     /// The name of the filesystem when it is the kernel's view of itself (`proc`, `sysfs`), where
     /// no directory can be made.
     pub holds_no_files: Option<&'static str>,
+    /// Whether the directory exists: the facts of one not made yet are its nearest ancestor's.
+    pub exists: bool,
 }
 
 /// The state directory's facts, from the filesystem that holds it (or, before it is made, its
@@ -160,6 +162,7 @@ fn state_dir_facts(dir: &Path) -> StateDirFacts {
         path: dir.to_path_buf(),
         memory_backed: filesystem.and_then(memory_backed),
         holds_no_files: filesystem.and_then(kernel_filesystem),
+        exists: dir.is_dir(),
     }
 }
 
@@ -528,6 +531,10 @@ fn state_dir_check(facts: &StateDirFacts) -> Check {
         );
     }
     match facts.memory_backed {
+        // Found by a new-user trial: a directory not made yet "is on" nothing.
+        None if !facts.exists => {
+            Check::pass(name, format!("{dir} does not exist yet; it would be on a filesystem on disk"))
+        }
         None => Check::pass(name, format!("{dir} is on a filesystem on disk")),
         Some(filesystem) => Check::warn(
             name,
@@ -653,7 +660,12 @@ mod tests {
                 },
                 RuntimeFacts { language: Language::Node, path: "/usr/bin/node".into(), version: Ok("v20.20.2".into()) },
             ],
-            state_dir: StateDirFacts { path: "/var/lib/bkg".into(), memory_backed: None, holds_no_files: None },
+            state_dir: StateDirFacts {
+                path: "/var/lib/bkg".into(),
+                memory_backed: None,
+                holds_no_files: None,
+                exists: true,
+            },
         }
     }
 
