@@ -273,13 +273,17 @@ impl Environments {
         dir.join(META_FILE).is_file().then(|| dir.join("site"))
     }
 
-    /// Waits for any other build of `id`; the guard keeps others waiting until dropped.
-    pub async fn build_turn(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    /// The turn to build `id`: at once when no other build of it goes on (`Ok`), else the wait
+    /// for it (`Err`, to be awaited); the guard keeps others waiting until dropped.
+    pub fn build_turn(
+        &self,
+        id: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, impl Future<Output = tokio::sync::OwnedMutexGuard<()>> + use<>> {
         let lock = {
             let mut builds = self.builds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             Arc::clone(builds.entry(id.to_owned()).or_default())
         };
-        lock.lock_owned().await
+        Arc::clone(&lock).try_lock_owned().map_err(|_| lock.lock_owned())
     }
 
     /// A fresh build directory for `id`, with the installer's files written into it.

@@ -648,8 +648,9 @@ impl Watched {
 }
 
 /// How the agent's own progress lines begin (a run waiting for its place, installing its
-/// packages, making its environment); the others are the installer's.
-const AGENT_PROGRESS: [&str; 3] = ["waiting for a place", "installing ", "environment "];
+/// packages or waiting for another run's install of them, making its environment); the others
+/// are the installer's.
+const AGENT_PROGRESS: [&str; 4] = ["waiting for a place", "waiting for environment ", "installing ", "environment "];
 
 /// Output frames of `kind` buffered right behind one just read, their payloads added to
 /// `payload` (up to `MERGED_BYTES`): output printed line by line reaches our stdout in one

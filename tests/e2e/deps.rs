@@ -363,6 +363,29 @@ fn an_install_cut_short_by_the_agents_stop_is_not_a_failed_install() {
     assert!(!rest.contains("failed"), "{rest}");
 }
 
+/// Found by a new-user trial: a run whose packages another run was installing waited without a
+/// word for as long as that took.
+#[test]
+fn a_run_waiting_for_another_runs_install_says_so() {
+    let (mut agent, _silent, mut first, _first_said) = installing_from_a_silent_index();
+    let mut second = agent
+        .bkg()
+        .args(["exe", "--with", "six==1.17.0", "--type", "python", "-c", "print('ran')"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg exe");
+    let mut said = BufReader::new(second.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    said.read_line(&mut line).expect("the second run's first line");
+    assert!(line.starts_with("bkg: waiting for environment "), "{line}");
+    assert!(line.trim_end().ends_with(", which another run is installing"), "{line}");
+    agent.stop();
+    let _ = first.wait();
+    let _ = second.wait();
+}
+
 /// An agent whose package index accepts connections and never answers (pip waits), the index,
 /// and a `bkg exe` of code that needs a package, with its stderr, once it has said the install
 /// began.

@@ -95,7 +95,15 @@ impl Service {
         let site = match envs.ready(&id) {
             Some(site) => site,
             None => {
-                let _turn = envs.build_turn(&id).await;
+                let _turn = match envs.build_turn(&id) {
+                    Ok(turn) => turn,
+                    // Found by a new-user trial: a run waiting for another's install said nothing
+                    // for as long as it took.
+                    Err(wait) => {
+                        send_progress(output, format!("waiting for environment {id}, which another run is installing"));
+                        wait.await
+                    }
+                };
                 // Another run may have built it while this one waited.
                 match envs.ready(&id) {
                     Some(site) => site,
@@ -121,14 +129,7 @@ impl Service {
     ) -> Result<std::path::PathBuf, RunError> {
         let envs = self.envs_of(request.language);
         let failed = |message: String| RunError::InstallFailed(message);
-        let progress = |line: String| {
-            // Weak: an install whose run was cancelled goes on for the next run, without
-            // keeping the cancelled run's output, and so its caller's stream, open.
-            if let Some(output) = output.as_ref().and_then(mpsc::WeakSender::upgrade) {
-                // Progress is for people watching: a caller slower than the installer misses lines.
-                let _ = output.try_send(RunOutput::Progress(line));
-            }
-        };
+        let progress = |line: String| send_progress(output, line);
         let packages = request.described();
         let installer = match request.language {
             Language::Python => "pip",
@@ -305,6 +306,16 @@ impl InstallerNoise {
         }
         self.in_traceback = false;
         true
+    }
+}
+
+/// A line of an install's progress for the run's caller. Weak: an install whose run was
+/// cancelled goes on for the next run, without keeping the cancelled run's output, and so its
+/// caller's stream, open.
+fn send_progress(output: &Option<mpsc::WeakSender<RunOutput>>, line: String) {
+    if let Some(output) = output.as_ref().and_then(mpsc::WeakSender::upgrade) {
+        // Progress is for people watching: a caller slower than the installer misses lines.
+        let _ = output.try_send(RunOutput::Progress(line));
     }
 }
 
