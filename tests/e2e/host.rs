@@ -169,8 +169,23 @@ fn the_socket_directory_is_said_to_keep_the_group_out_only_when_it_does() {
             .stdin(std::process::Stdio::null())
             .output()
             .expect("bkg exe");
+        // Found by a new-user trial: a local user's `bkg ui` was told to log in with a key, not
+        // how to get one.
+        let ui = Command::new(bin_dir().join("bkg"))
+            .args(["ui"])
+            .env("BKG_SOCKET", &socket)
+            .env("BKG_NO_AUTOSTART", "1")
+            .current_dir(dir.path())
+            .uid(65534)
+            .gid(NOGROUP)
+            .output()
+            .expect("bkg ui");
         let stopped = stop(agent);
         assert!(stopped.success(), "{stopped}");
+        if !kept_out {
+            assert_ne!(code(&ui), 0, "{}", stderr(&ui));
+            assert!(stderr(&ui).contains("make a key (`bkg keys create --role session`)"), "{}", stderr(&ui));
+        }
         let said = std::fs::read_to_string(&log_path).expect("the agent's log");
         let warned = said.contains("the socket's directory is closed to");
         assert_eq!(warned, kept_out, "mode {mode:o}: {said}");

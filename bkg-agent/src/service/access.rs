@@ -251,7 +251,9 @@ pub fn require_socket_peer(principal: &Principal) -> Result<u32, OpError> {
     match principal {
         Principal::Local { uid } => Ok(*uid),
         Principal::User(_) => Err(OpError::Forbidden(
-            "a login URL of the Web UI logs in as an admin; local users log in with a key".into(),
+            "a login URL of the Web UI logs in as an admin; as a local user, make a key (`bkg keys create --role \
+             session`) and sign in with it at the Web UI's /ui/login (on the agent's --listen address)"
+                .into(),
         )),
         Principal::Key(_) => {
             Err(OpError::Forbidden("only a peer on the agent's unix socket may ask for a login URL".into()))
