@@ -21,9 +21,36 @@ pub fn width() -> Option<u16> {
 /// How narrow a wrapping column may get before the table grows wider than the terminal instead.
 const NARROWEST: u16 = 12;
 
-/// The least a wrapping column takes: its widest cell up to `NARROWEST`, its header whole.
-fn narrowest(widest: usize, header: &str) -> usize {
-    widest.min(usize::from(NARROWEST)).max(header.chars().count())
+/// The least a wrapping column takes: its widest cell up to `NARROWEST`, but never less than the
+/// longest word of a cell of several (a list of requirements wraps between them, none cut in two;
+/// found by a new-user trial; a cell of one long word, a path, may still be cut) nor its header.
+fn narrowest(size: Size, header: &str) -> usize {
+    size.widest.min(usize::from(NARROWEST)).max(size.longest_word).max(header.chars().count())
+}
+
+/// How wide a column's cells are: the widest, and the longest word in any cell of several.
+#[derive(Clone, Copy, Default)]
+struct Size {
+    widest: usize,
+    longest_word: usize,
+}
+
+/// The `Size` of each of the columns of `headers` over `rows`.
+fn sizes<'a>(headers: &[&str], rows: impl IntoIterator<Item = &'a Vec<String>>) -> Vec<Size> {
+    let mut sizes: Vec<Size> =
+        headers.iter().map(|header| Size { widest: header.chars().count(), longest_word: 0 }).collect();
+    for row in rows {
+        for (index, cell) in row.iter().enumerate() {
+            if let Some(size) = sizes.get_mut(index) {
+                size.widest = size.widest.max(cell.chars().count());
+                if cell.split_whitespace().nth(1).is_some() {
+                    let longest = cell.split_whitespace().map(|word| word.chars().count()).max().unwrap_or(0);
+                    size.longest_word = size.longest_word.max(longest);
+                }
+            }
+        }
+    }
+    sizes
 }
 
 /// Renders `rows` under `headers`, the columns at `right` aligned right, each line ending in a
@@ -38,13 +65,9 @@ pub fn render(
 ) -> String {
     let mut table = Table::new();
     table.load_style(presets::NOTHING).set_header(headers.iter().copied());
-    let mut widest: Vec<usize> = headers.iter().map(|header| header.chars().count()).collect();
+    let rows: Vec<Vec<String>> = rows.into_iter().collect();
+    let sizes = sizes(headers, &rows);
     for row in rows {
-        for (index, cell) in row.iter().enumerate() {
-            if let Some(wide) = widest.get_mut(index) {
-                *wide = (*wide).max(cell.chars().count());
-            }
-        }
         table.add_row(row);
     }
     match width {
@@ -64,7 +87,7 @@ pub fn render(
         }
         // The boundary counts the padding too; a header is never cut.
         let header = headers.get(index).copied().unwrap_or_default();
-        let narrowest = narrowest(widest.get(index).copied().unwrap_or(0), header);
+        let narrowest = narrowest(sizes.get(index).copied().unwrap_or_default(), header);
         let narrowest = u16::try_from(narrowest).unwrap_or(u16::MAX).saturating_add(padding);
         column.set_constraint(if wrap.contains(&index) {
             ColumnConstraint::LowerBoundary(Width::Fixed(narrowest))
@@ -93,12 +116,12 @@ pub fn render_fitting(
 ) -> String {
     let mut kept: Vec<usize> = (0..headers.len()).collect();
     if let Some(width) = width {
-        let widths = widths(headers, rows.iter());
+        let sizes = sizes(headers, &rows);
         // A wrapping column can give up all but its narrowest, as `render` lets it.
         let least = |index: usize| {
-            let widest = usize::from(widths.get(index).copied().unwrap_or(0));
+            let size = sizes.get(index).copied().unwrap_or_default();
             let header = headers.get(index).copied().unwrap_or_default();
-            if wrap.contains(&index) { narrowest(widest, header) } else { widest }
+            if wrap.contains(&index) { narrowest(size, header) } else { size.widest }
         };
         let natural = |kept: &[usize]| kept.iter().map(|&index| least(index) + 2).sum::<usize>().saturating_sub(2);
         for column in optional {
@@ -119,15 +142,7 @@ pub fn render_fitting(
 
 /// The width of each column of `render(headers, .., rows, None)`: its widest cell.
 pub fn widths<'a>(headers: &[&str], rows: impl IntoIterator<Item = &'a Vec<String>>) -> Vec<u16> {
-    let mut widest: Vec<usize> = headers.iter().map(|header| header.chars().count()).collect();
-    for row in rows {
-        for (index, cell) in row.iter().enumerate() {
-            if let Some(wide) = widest.get_mut(index) {
-                *wide = (*wide).max(cell.chars().count());
-            }
-        }
-    }
-    widest.into_iter().map(|wide| u16::try_from(wide).unwrap_or(u16::MAX)).collect()
+    sizes(headers, rows).into_iter().map(|size| u16::try_from(size.widest).unwrap_or(u16::MAX)).collect()
 }
 
 /// One more row of a table already printed with columns `widths` wide (a followed log): it
@@ -177,6 +192,16 @@ mod tests {
         let short = vec![vec!["a".to_owned(), "p1".to_owned(), "/srv/a/much/longer/project/path".to_owned()]];
         let text = render(&["NAME", "SANDBOX", "PROJECT"], &[], &[1, 2], short, Some(20));
         assert!(text.lines().next().is_some_and(|header| header.contains("SANDBOX")), "{text}");
+    }
+
+    #[test]
+    fn a_list_wraps_between_its_words_and_never_inside_one() {
+        let id = "4d7394c08c9e65737b15cbefc1d0c0ba".to_owned();
+        let rows = vec![vec![id, "attrs==24.2.0 zope-interface==7.0 six==1.17.0".to_owned()]];
+        let text = render(&["ID", "PACKAGES"], &[], &[1], rows, Some(50));
+        let words: Vec<&str> =
+            text.lines().skip(1).flat_map(str::split_whitespace).filter(|word| !word.starts_with("4d73")).collect();
+        assert_eq!(words, ["attrs==24.2.0", "zope-interface==7.0", "six==1.17.0"], "{text}");
     }
 
     #[test]
