@@ -23,7 +23,7 @@ _bkg__agent() {
 
     case "${cmd}" in
         bkg__agent)
-            opts="-h -V --socket --socket-group --admin-group --user-namespace --user-limit --state-dir --foreground --warm-pool --warm-pool-memory --zygote --zygote-memory --max-cpus --max-memory --max-timeout --egress-allow --max-disk --python --node --package-index --npm --npm-registry --cgroup-dir --uid-base --listen --tls-cert --tls-key --plain-http-behind-proxy --header-timeout --body-timeout --body-budget --max-connections --max-unix-connections --db-url --migrate-db --retention --retention-for --object-store --artefact-quota --artefact-quota-for --listen-address-file --webhook --webhook-secret-file --admin-key-ttl --namespace-key-ttl --session-key-ttl --model-access-key-ttl --admin-rate-limit --namespace-rate-limit --session-rate-limit --model-access-rate-limit --max-running-runs --max-queued-runs --disk-budget --health-interval --allow-degraded --check-host --print-openapi --ready-fd --help --version"
+            opts="-h -V --socket --socket-group --admin-group --user-namespace --user-limit --state-dir --foreground --warm-pool --warm-pool-memory --zygote --zygote-memory --max-cpus --max-memory --max-timeout --egress-allow --max-disk --python --node --package-index --npm --npm-registry --cgroup-dir --uid-base --listen --tls-cert --tls-key --plain-http-behind-proxy --header-timeout --body-timeout --body-budget --max-connections --max-unix-connections --db-url --migrate-db --namespace-role --retention --retention-for --object-store --artefact-quota --artefact-quota-for --listen-address-file --webhook --webhook-secret-file --admin-key-ttl --namespace-key-ttl --session-key-ttl --model-access-key-ttl --admin-rate-limit --namespace-rate-limit --session-rate-limit --model-access-rate-limit --max-running-runs --max-queued-runs --disk-budget --health-interval --allow-degraded --check-host --print-openapi --ready-fd --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -150,6 +150,10 @@ _bkg__agent() {
                     return 0
                     ;;
                 --db-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace-role)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -30,6 +30,7 @@ complete -c bkg-agent -l body-budget -d 'Request bodies held in memory at once, 
 complete -c bkg-agent -l max-connections -d 'Open connections on the TCP listener; more are closed on arrival' -r
 complete -c bkg-agent -l max-unix-connections -d 'Open connections on the unix socket, counted apart from TCP so the network can never take the local clients\' room' -r
 complete -c bkg-agent -l db-url -d 'The shared bkg_db (PostgreSQL URL, `sslmode=` for TLS): every event is synced there' -r
+complete -c bkg-agent -l namespace-role -d 'Make (or give a new password to) the bkg_db login role of namespace NAMESPACE, `bkg_ns_NAMESPACE`, with the password read from stdin, using --db-url (the schema\'s owner\'s), and exit, serving nothing: the role sees only its namespace\'s rows' -r
 complete -c bkg-agent -l retention -d 'How long finished runs (and their logs) are kept, here and in bkg_db; the audit log is kept for ever' -r
 complete -c bkg-agent -l retention-for -d 'Another retention for one namespace (repeatable), e.g. `ci=7d`' -r
 complete -c bkg-agent -l object-store -d 'Where runs\' kept files go: `s3://BUCKET[/PREFIX]` (an S3-compatible service, configured by the usual AWS_* variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP) or a directory. Default: <state-dir>/objects' -r

@@ -160,6 +160,11 @@ pub struct AgentArgs {
     /// root).
     #[arg(long)]
     pub migrate_db: bool,
+    /// Make (or give a new password to) the bkg_db login role of namespace NAMESPACE,
+    /// `bkg_ns_NAMESPACE`, with the password read from stdin, using --db-url (the schema's
+    /// owner's), and exit, serving nothing: the role sees only its namespace's rows.
+    #[arg(long, value_name = "NAMESPACE", conflicts_with = "migrate_db")]
+    pub namespace_role: Option<String>,
     /// How long finished runs (and their logs) are kept, here and in bkg_db; the audit log is kept
     /// for ever.
     #[arg(long, value_name = "DURATION", default_value = "30d", env = "BKG_RETENTION")]
@@ -334,6 +339,54 @@ fn migrate_db(url: &str) -> ExitCode {
     }
 }
 
+/// `--namespace-role NAMESPACE`: the password from stdin (its first line), one connection, the
+/// role made or its password changed (sent as a SCRAM verifier only), a line saying so. Exit 2
+/// for what could never work (the URL, the name, no password), 1 for what the server says.
+fn namespace_role(url: &str, namespace: &str) -> ExitCode {
+    if !bkg_schema::sandbox::is_namespace_name(namespace) {
+        eprintln!("bkg-agent: --namespace-role: `{namespace}` must be {}", bkg_schema::sandbox::NAMESPACE_RULE);
+        return ExitCode::from(USAGE_EXIT);
+    }
+    if let Err(error) = crate::sync::check_url(url) {
+        eprintln!("bkg-agent: --db-url: {error}");
+        return ExitCode::from(USAGE_EXIT);
+    }
+    let mut password = String::new();
+    if let Err(error) = std::io::stdin().read_line(&mut password) {
+        eprintln!("bkg-agent: --namespace-role: cannot read the password from stdin: {error}");
+        return ExitCode::from(USAGE_EXIT);
+    }
+    let password = password.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!(
+            "bkg-agent: --namespace-role: give the role's password on stdin (`bkg-agent --namespace-role {namespace} < FILE`)"
+        );
+        return ExitCode::from(USAGE_EXIT);
+    }
+    let target = crate::sync::describe_target(url);
+    let made =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| error.to_string()).and_then(
+            |runtime| {
+                runtime.block_on(async {
+                    let mut client = crate::sync::connect(url).await.map_err(|error| error.to_string())?;
+                    crate::sync::ensure_namespace_role(&mut client, namespace, password)
+                        .await
+                        .map_err(|error| error.to_string())
+                })
+            },
+        );
+    match made {
+        Ok(role) => {
+            println!("bkg_db ({target}): role {role} logs in with that password and sees namespace {namespace} only");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("bkg-agent: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Refusing to start beside an agent that serves `socket` already, with the two ways on.
 /// The lowest `--uid-base`: below it sandboxes would get the ids of the host's own users.
 const UID_BASE_MIN: u32 = 65_536;
@@ -392,6 +445,17 @@ pub fn main() -> ExitCode {
     }
     if args.check_host {
         return print_host_report(&args);
+    }
+    if let Some(namespace) = &args.namespace_role {
+        return match args.db_url.as_deref().filter(|url| !url.is_empty()) {
+            Some(url) => namespace_role(url, namespace),
+            None => {
+                eprintln!(
+                    "bkg-agent: --namespace-role needs the bkg_db URL of the schema's owner in BKG_DB_URL (or --db-url)"
+                );
+                ExitCode::from(USAGE_EXIT)
+            }
+        };
     }
     if args.migrate_db {
         return match args.db_url.as_deref().filter(|url| !url.is_empty()) {

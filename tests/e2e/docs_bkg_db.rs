@@ -48,11 +48,17 @@ fn the_commands_of_docs_bkg_db_md_work() {
     let port = url.rsplit(':').next().and_then(|rest| rest.split('/').next()).expect("a port in the URL");
     let namespace_url = format!("postgres://bkg_ns_research:research-password@127.0.0.1:{port}/postgres");
     let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+    // The backup block's URLs: the superuser makes the database to restore into, owned by the
+    // owner of docs/operations.md, whose role this cluster has too.
+    postgres.query("CREATE ROLE bkg_owner NOLOGIN");
+    let restored_url = url.replace("/postgres?", "/bkg_db_restored?");
     for block in blocks {
         let output = Command::new("bash")
             .args(["-euo", "pipefail", "-c", &block])
             .env("BKG_DB_URL", &url)
             .env("BKG_NS_URL", &namespace_url)
+            .env("SUPERUSER_URL", &url)
+            .env("RESTORED_URL", &restored_url)
             .env("BKG_SOCKET", &agent.socket)
             .env("BKG_NO_AUTOSTART", "1")
             .env("TMPDIR", files.path())
