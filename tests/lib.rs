@@ -31,6 +31,22 @@ pub fn bkg_bin() -> PathBuf {
     bin_dir().join("bkg")
 }
 
+/// `bkg ARGS` as the user nobody (uid 65534), with a bare environment but for `socket` as its
+/// BKG_SOCKET and no autostart: a local user who is not root.
+pub fn bkg_as_nobody(socket: &Path, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(bkg_bin());
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/nonexistent")
+        .env("BKG_SOCKET", socket)
+        .env("BKG_NO_AUTOSTART", "1")
+        .uid(65534);
+    command
+}
+
 pub fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").join("examples")
 }

@@ -306,15 +306,7 @@ fn migrate_db(url: &str) -> ExitCode {
         return ExitCode::from(USAGE_EXIT);
     }
     let target = crate::sync::describe_target(url);
-    let migrated =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| error.to_string()).and_then(
-            |runtime| {
-                runtime.block_on(async {
-                    let mut client = crate::sync::connect(url).await.map_err(|error| error.to_string())?;
-                    crate::sync::migrate(&mut client).await.map_err(|error| error.to_string())
-                })
-            },
-        );
+    let migrated = on_bkg_db(url, async |client| crate::sync::migrate(client).await);
     match migrated {
         Ok(migrated) if migrated.version > migrated.latest => {
             println!(
@@ -337,6 +329,20 @@ fn migrate_db(url: &str) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// One connection to bkg_db at `url` and `task` on it, on a runtime of its own (the flags that
+/// do one thing with bkg_db and exit); an error as the sync says it, its fix included.
+fn on_bkg_db<T>(
+    url: &str,
+    task: impl AsyncFnOnce(&mut tokio_postgres::Client) -> Result<T, crate::sync::SyncError>,
+) -> Result<T, String> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| error.to_string())?;
+    runtime.block_on(async {
+        let mut client = crate::sync::connect(url).await.map_err(|error| error.to_string())?;
+        task(&mut client).await.map_err(|error| error.to_string())
+    })
 }
 
 /// `--namespace-role NAMESPACE`: the password from stdin (its first line), one connection, the
@@ -364,17 +370,7 @@ fn namespace_role(url: &str, namespace: &str) -> ExitCode {
         return ExitCode::from(USAGE_EXIT);
     }
     let target = crate::sync::describe_target(url);
-    let made =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| error.to_string()).and_then(
-            |runtime| {
-                runtime.block_on(async {
-                    let mut client = crate::sync::connect(url).await.map_err(|error| error.to_string())?;
-                    crate::sync::ensure_namespace_role(&mut client, namespace, password)
-                        .await
-                        .map_err(|error| error.to_string())
-                })
-            },
-        );
+    let made = on_bkg_db(url, async |client| crate::sync::ensure_namespace_role(client, namespace, password).await);
     match made {
         Ok(role) => {
             println!("bkg_db ({target}): role {role} logs in with that password and sees namespace {namespace} only");

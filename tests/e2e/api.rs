@@ -722,6 +722,18 @@ fn a_service_a_key_started_is_resumed_as_that_key_until_the_key_is_revoked() {
     assert!(info["current_run"].is_null(), "{info}");
 }
 
+/// Sandbox `box` of namespace `web`, made with a namespace key: that key's client, a session key
+/// of `web` (id and secret), and the sandbox's id.
+fn web_box_and_its_session_key(api: &ApiAgent) -> (Client, (String, String), String) {
+    let (_, key) = api.key("namespace", Some("web"));
+    let session = api.key("session", Some("web"));
+    let team = api.client(&key);
+    let created = team.post("/api/v1/sandboxes", &json!({ "name": "box", "language": "python" }));
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    (team, session, id)
+}
+
 /// The revocation can come before the transfer's own run has started (found by CI on a loaded
 /// machine, where the upload was told its sandbox "did not start"): here that run waits for the
 /// agent's one place, taken by another run, when the key is revoked; the upload is told why.
@@ -729,12 +741,7 @@ fn a_service_a_key_started_is_resumed_as_that_key_until_the_key_is_revoked() {
 fn an_upload_whose_key_is_revoked_before_its_transfer_started_says_the_key_was_revoked() {
     use std::io::{BufRead, BufReader};
     let api = ApiAgent::start(&["--max-running-runs", "1"]);
-    let (_, key) = api.key("namespace", Some("web"));
-    let (session_id, session) = api.key("session", Some("web"));
-    let team = api.client(&key);
-    let created = team.post("/api/v1/sandboxes", &json!({ "name": "box", "language": "python" }));
-    expect(&created, 201, "create");
-    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    let (team, (session_id, session), id) = web_box_and_its_session_key(&api);
     let mut sleeper = api
         .agent
         .bkg()
@@ -778,12 +785,7 @@ fn an_upload_whose_key_is_revoked_before_its_transfer_started_says_the_key_was_r
 fn an_upload_made_with_a_key_fails_when_the_key_is_revoked_and_keeps_nothing() {
     use std::io::{Read, Write};
     let api = ApiAgent::start(&[]);
-    let (_, key) = api.key("namespace", Some("web"));
-    let (session_id, session) = api.key("session", Some("web"));
-    let team = api.client(&key);
-    let created = team.post("/api/v1/sandboxes", &json!({ "name": "box", "language": "python" }));
-    expect(&created, 201, "create");
-    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    let (team, (session_id, session), id) = web_box_and_its_session_key(&api);
     let payload = tempfile::tempdir().expect("payload dir");
     std::fs::write(payload.path().join("a.txt"), "uploaded\n").expect("write");
     let archive = Command::new("tar").args(["-cf", "-", "a.txt"]).current_dir(payload.path()).output().expect("tar");

@@ -368,15 +368,7 @@ fn an_install_cut_short_by_the_agents_stop_is_not_a_failed_install() {
 #[test]
 fn a_run_waiting_for_another_runs_install_says_so() {
     let (mut agent, _silent, mut first, _first_said) = installing_from_a_silent_index();
-    let mut second = agent
-        .bkg()
-        .args(["exe", "--with", "six==1.17.0", "--type", "python", "-c", "print('ran')"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg exe");
-    let mut said = BufReader::new(second.stderr.take().expect("stderr"));
+    let (mut second, mut said) = run_needing_six(&agent);
     let mut line = String::new();
     said.read_line(&mut line).expect("the second run's first line");
     assert!(line.starts_with("bkg: waiting for environment "), "{line}");
@@ -394,6 +386,15 @@ fn installing_from_a_silent_index() -> (Agent, std::net::TcpListener, Child, Buf
     let url = format!("http://127.0.0.1:{}/", silent.local_addr().expect("address").port());
     let agent =
         Agent::start_with(AgentOptions { extra_args: vec!["--package-index".into(), url], ..AgentOptions::default() });
+    let (run, mut said) = run_needing_six(&agent);
+    let mut first = String::new();
+    said.read_line(&mut first).expect("the install's first line");
+    assert!(first.starts_with("bkg: installing 1 Python package"), "{first}");
+    (agent, silent, run, said)
+}
+
+/// A `bkg exe` of code that needs six, started, with its stderr.
+fn run_needing_six(agent: &Agent) -> (Child, BufReader<std::process::ChildStderr>) {
     let mut run = agent
         .bkg()
         .args(["exe", "--with", "six==1.17.0", "--type", "python", "-c", "print('ran')"])
@@ -402,11 +403,8 @@ fn installing_from_a_silent_index() -> (Agent, std::net::TcpListener, Child, Buf
         .stderr(Stdio::piped())
         .spawn()
         .expect("bkg exe");
-    let mut said = BufReader::new(run.stderr.take().expect("stderr"));
-    let mut first = String::new();
-    said.read_line(&mut first).expect("the install's first line");
-    assert!(first.starts_with("bkg: installing 1 Python package"), "{first}");
-    (agent, silent, run, said)
+    let said = BufReader::new(run.stderr.take().expect("stderr"));
+    (run, said)
 }
 
 /// Every file under `dir` (the agent's state, its log) that contains `needle`. Sandbox disk

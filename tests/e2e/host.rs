@@ -561,18 +561,8 @@ fn doctor_passes_here_with_an_agent_running() {
 /// directory, which no agent of root's uses.
 #[test]
 fn doctor_as_a_user_the_socket_refuses_says_so_of_the_socket_and_guesses_no_state_dir() {
-    use std::os::unix::process::CommandExt as _;
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
-    let output = Command::new(bkg_tests::bkg_bin())
-        .args(["doctor", "--json"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", "/nonexistent")
-        .env("BKG_SOCKET", &agent.socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .uid(65534)
-        .output()
-        .expect("bkg doctor");
+    let output = bkg_tests::bkg_as_nobody(&agent.socket, &["doctor", "--json"]).output().expect("bkg doctor");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("doctor's JSON");
     assert_eq!(code(&output), 1, "{report:#}");
     let socket = check(&report, "socket");

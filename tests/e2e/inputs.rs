@@ -385,16 +385,7 @@ fn no_agent_is_125_with_what_to_do() {
     // Found by a new-user trial: a user other than root was told `sudo bkg agent start`, which
     // leaves BKG_SOCKET behind and starts the machine's agent instead.
     let socket = dir.path().join("nobody.sock");
-    let as_nobody = std::process::Command::new(bkg_tests::bkg_bin())
-        .args(["runs", "ls"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", "/nonexistent")
-        .env("BKG_SOCKET", &socket)
-        .env("BKG_NO_AUTOSTART", "1")
-        .uid(65534)
-        .output()
-        .expect("run bkg");
+    let as_nobody = bkg_tests::bkg_as_nobody(&socket, &["runs", "ls"]).output().expect("run bkg");
     let start = format!("`sudo bkg --socket {} agent start`", socket.display());
     assert!(stderr(&as_nobody).contains(&start), "{}", stderr(&as_nobody));
 }
@@ -517,17 +508,7 @@ fn every_command_tells_a_user_who_may_not_use_the_socket_why() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     // The agent's socket is root's, mode 0600, in a directory only root may enter.
     for command in [&["keys", "ls"][..], &["secrets", "ls"], &["envs", "ls"], &["audit", "tail"], &["runs", "ls"]] {
-        let output = std::process::Command::new(bkg_tests::bkg_bin())
-            .args(command)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", "/nonexistent")
-            .env("BKG_SOCKET", &agent.socket)
-            .env("BKG_NO_AUTOSTART", "1")
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .expect("bkg as nobody");
+        let output = bkg_tests::bkg_as_nobody(&agent.socket, command).gid(65534).output().expect("bkg as nobody");
         assert_one_line_error(&output, 125, "you may not ");
         assert!(!stderr(&output).contains("os error"), "{command:?}: {}", stderr(&output));
     }
