@@ -430,7 +430,8 @@ fn project_name(line: &str) -> Option<(&str, &str)> {
 fn check_form(line: &str, line_number: usize) -> Result<(), EnvError> {
     let not_a_requirement = |what: &str| {
         EnvError::Invalid(format!(
-            "line {line_number} of the requirements is not a requirement ({what}; its text is not shown):              is the file a requirements file?"
+            "line {line_number} of the requirements is not a requirement ({what}; its text is not shown): \
+             is the file a requirements file?"
         ))
     };
     if let Some(option) = line.split_whitespace().find(|word| word.starts_with("--")) {
@@ -602,6 +603,11 @@ mod tests {
             assert!(error.contains(what), "{line}: {error}");
             assert!(!error.contains("SECRET") && !error.contains("20228") && !error.contains("abc"), "{error}");
         }
+        assert_eq!(
+            said("API_KEY=x"),
+            "line 1 of the requirements is not a requirement (after the name `API_KEY` comes `=`, no version operator \
+             (`==`, `>=`, `~=`); its text is not shown): is the file a requirements file?"
+        );
         // pip-compile's lines: continued with `\`, pinned with hashes (options, refused by name).
         assert_eq!(set(&["six \\", "  ==1.17.0"]).ok(), Some(vec!["six==1.17.0".to_owned()]));
         let hashed = set(&[
