@@ -53,15 +53,23 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
     if let Some(bad) = &mut report.first_bad {
         bad.file = PathBuf::from(format!("bkg_db (agent {}, line in seq order)", key.agent_id()));
     }
-    // What the agent has not shipped yet is not in the copy: said, so that "intact" is not read
-    // as "complete" (found by a new-user trial). Only this agent's own backlog is known here.
+    // What is not in the copy is said, so that "intact" is not read as "complete" (found by a
+    // new-user trial): what the agent has not shipped yet, and what bkg_db lost (a restore from
+    // an older backup, which the agent sends again). Counted from this agent's own log, the
+    // copy's records being its seqs from the first.
     if args.key.is_none()
-        && let Ok(view) = client.get::<bkg_schema::sync::SyncView>("/api/v1/sync").await
-        && view.status.backlog > 0
+        && report.first_bad.is_none()
+        && let Some(newest) = newest_local_seq(&state_dir)
+        && newest > report.records
     {
         settings.out.note(format_args!(
-            "{} not in bkg_db yet: the copy checked ends before them (`bkg sync status`)",
-            crate::out::count(view.status.backlog as usize, "of this agent's events is", "of this agent's events are")
+            "{} not in bkg_db yet: the copy checked ends at seq {}, the agent's log at {newest} (`bkg sync status`)",
+            crate::out::count(
+                (newest - report.records) as usize,
+                "of this agent's events is",
+                "of this agent's events are"
+            ),
+            report.records
         ));
     }
     // Nothing to check is no "ok" (found by a new-user trial: a wrong --key named an agent bkg_db
@@ -423,6 +431,16 @@ fn outcome(record: &SignedRecord) -> String {
         Ok(Details::KeyRevoked(change)) => format!("revoked key {}", change.key_id),
         _ => "-".to_owned(),
     }
+}
+
+/// The seq of the newest record of the audit log in `state_dir`, when it can be read.
+fn newest_local_seq(state_dir: &Path) -> Option<u64> {
+    let (_, newest) = list_log(&state_dir.join("audit")).ok()?.pop()?;
+    let length = std::fs::metadata(&newest).ok()?.len();
+    // A record is a line of a few hundred bytes: the last one is in the file's tail.
+    let tail = read_from(&newest, length.saturating_sub(64 * 1024)).ok()?;
+    let last = whole_lines(&tail).strip_suffix(b"\n")?.rsplit(|byte| *byte == b'\n').next()?;
+    record_of(last).map(|record| record.seq)
 }
 
 /// The bytes of `path` from `offset` on.
