@@ -788,6 +788,13 @@ fn a_bkg_db_behind_is_migrated_by_its_owner_and_one_ahead_is_said_to_be() {
     assert_eq!((exit, said.lines().count()), (Some(1), 1), "{said}");
     assert_eq!(said.matches("password authentication failed").count(), 1, "{said}");
     assert!(said.contains("check the user and password in the bkg_db URL (BKG_DB_URL or --db-url)"), "{said}");
+    // Found by a new-user trial: a URL without the password said "password missing" alone.
+    let (exit, said) = refused(&url_as(&postgres, "agent_host", "").replacen(":@", "@", 1));
+    assert_eq!((exit, said.lines().count()), (Some(1), 1), "{said}");
+    assert!(
+        said.contains("password missing: the server wants the login's password: give it in the bkg_db URL"),
+        "{said}"
+    );
 }
 
 /// bkg_db over TLS, verified against the CA given in the URL; a certificate this host does not

@@ -166,6 +166,12 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
         {
             format!("{error}: {source}: is PostgreSQL up, at the host and port the bkg_db URL names?")
         }
+        // The server asked for a password the URL does not hold (found by a new-user trial: the
+        // error alone did not say where it goes).
+        Some(source) if source.to_string() == "password missing" => format!(
+            "{error}: {source}: the server wants the login's password: give it in the bkg_db URL \
+             (postgres://USER:PASSWORD@HOST/DB, in BKG_DB_URL rather than --db-url, which every local user can read)"
+        ),
         Some(source) => format!("{error}: {source}"),
         None => error.to_string(),
     }
