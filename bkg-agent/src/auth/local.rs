@@ -128,7 +128,7 @@ impl LocalAccess {
             .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' })
             .collect();
         let full = self.namespace_template.replace("{name}", &label);
-        let cut: String = full.chars().take(63).collect();
+        let cut: String = full.chars().take(bkg_schema::sandbox::MAX_NAMESPACE_LEN).collect();
         cut.trim_matches('-').to_owned()
     }
 }
@@ -182,7 +182,7 @@ mod tests {
         let access = LocalAccess::owner_only();
         assert_eq!(access.namespace_of("alice"), "user-alice");
         assert_eq!(access.namespace_of("Bob_Smith.2"), "user-bob-smith-2");
-        assert_eq!(access.namespace_of(&"x".repeat(80)).len(), 63);
+        assert_eq!(access.namespace_of(&"x".repeat(80)).len(), bkg_schema::sandbox::MAX_NAMESPACE_LEN);
         let team = LocalAccess::new(None, None, "dev-{name}").map(|access| access.namespace_of("carol")).ok();
         assert_eq!(team.as_deref(), Some("dev-carol"));
         assert!(LocalAccess::new(None, None, "fixed").is_err(), "a template must name the user");
