@@ -273,17 +273,19 @@ impl Environments {
         dir.join(META_FILE).is_file().then(|| dir.join("site"))
     }
 
-    /// The turn to build `id`: at once when no other build of it goes on (`Ok`), else the wait
-    /// for it (`Err`, to be awaited); the guard keeps others waiting until dropped.
-    pub fn build_turn(
-        &self,
-        id: &str,
-    ) -> Result<tokio::sync::OwnedMutexGuard<()>, impl Future<Output = tokio::sync::OwnedMutexGuard<()>> + use<>> {
-        let lock = {
-            let mut builds = self.builds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            Arc::clone(builds.entry(id.to_owned()).or_default())
-        };
-        Arc::clone(&lock).try_lock_owned().map_err(|_| lock.lock_owned())
+    /// Waits for any other build of `id`; the guard keeps others waiting until dropped.
+    pub async fn build_turn(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        self.build_lock(id).lock_owned().await
+    }
+
+    /// The turn to build `id` at once, when no other build of it goes on.
+    pub fn try_build_turn(&self, id: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.build_lock(id).try_lock_owned().ok()
+    }
+
+    fn build_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut builds = self.builds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(builds.entry(id.to_owned()).or_default())
     }
 
     /// A fresh build directory for `id`, with the installer's files written into it.

@@ -53,6 +53,17 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
     if let Some(bad) = &mut report.first_bad {
         bad.file = PathBuf::from(format!("bkg_db (agent {}, line in seq order)", key.agent_id()));
     }
+    // Nothing to check is no "ok" (found by a new-user trial: a wrong --key named an agent bkg_db
+    // holds nothing of).
+    if report.records == 0 && report.first_bad.is_none() {
+        return Err(CliError::new(
+            NEGATIVE,
+            format!(
+                "bkg_db holds no records of agent {}: is the key this agent's, and has it synced (`bkg sync status`)?",
+                key.agent_id()
+            ),
+        ));
+    }
     // What is not in the copy is said, so that "intact" is not read as "complete" (found by a
     // new-user trial): what the agent has not shipped yet, and what bkg_db lost (a restore from
     // an older backup, which the agent sends again). Counted from this agent's own log, the
@@ -70,17 +81,6 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
                 "of this agent's events are"
             ),
             report.records
-        ));
-    }
-    // Nothing to check is no "ok" (found by a new-user trial: a wrong --key named an agent bkg_db
-    // holds nothing of).
-    if report.records == 0 && report.first_bad.is_none() {
-        return Err(CliError::new(
-            NEGATIVE,
-            format!(
-                "bkg_db holds no records of agent {}: is the key this agent's, and has it synced (`bkg sync status`)?",
-                key.agent_id()
-            ),
         ));
     }
     let from = format!("bkg_db's copy of agent {}", key.agent_id());

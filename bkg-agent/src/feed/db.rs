@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::FeedError;
-use crate::sync::{CHANGES_CHANNEL, SyncError, connect, connect_notified};
+use crate::sync::{CHANGES_CHANNEL, SyncError, connect, connect_notified, namespace_role_name};
 
 /// Longest pause between two attempts to (re)connect the LISTEN connection: as the sync's, so
 /// that a feed does not stay blind to the other agents' changes long after bkg_db is back.
@@ -104,13 +104,10 @@ impl Reader {
     /// The newest position of the feed, or of the reader's namespace when it has one: a
     /// namespace's reader must not learn how far the others' changes go.
     pub(super) async fn newest(&mut self) -> Result<u64, FeedError> {
-        let rows = match self.namespace.clone() {
-            None => self.query_as_role("SELECT position FROM bkg_change_head", &[]).await?,
-            Some(namespace) => {
-                self.query_as_role("SELECT coalesce(max(position), 0) FROM changes WHERE namespace = $1", &[&namespace])
-                    .await?
-            }
-        };
+        let Some(namespace) = self.namespace.clone() else { return self.newest_of_all().await };
+        let rows = self
+            .query_as_role("SELECT coalesce(max(position), 0) FROM changes WHERE namespace = $1", &[&namespace])
+            .await?;
         let position: i64 = rows.first().map(|row| row.try_get(0)).transpose()?.unwrap_or(0);
         Ok(position.max(0) as u64)
     }
@@ -162,12 +159,9 @@ impl Reader {
 /// this agent's login is a member of it (through `bkg_agent`). Without one the reads are filtered
 /// by namespace in the query alone, which is also done with the role.
 async fn namespace_role(client: &Client, namespace: &str) -> Result<Option<String>, FeedError> {
-    let role = format!("bkg_ns_{namespace}");
-    // No role has a longer name (`ensure_namespace_role` refuses one), and PostgreSQL refuses to
-    // look one up (found by a new-user trial: "identifier too long" ended the feed).
-    if role.len() > 63 {
-        return Ok(None);
-    }
+    // No role has a name too long for PostgreSQL (`ensure_namespace_role` refuses one), which
+    // refuses to look one up (found by a new-user trial: "identifier too long" ended the feed).
+    let Some(role) = namespace_role_name(namespace) else { return Ok(None) };
     let row = client
         .query_one(
             "SELECT CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = $1)

@@ -95,13 +95,13 @@ impl Service {
         let site = match envs.ready(&id) {
             Some(site) => site,
             None => {
-                let _turn = match envs.build_turn(&id) {
-                    Ok(turn) => turn,
+                let _turn = match envs.try_build_turn(&id) {
+                    Some(turn) => turn,
                     // Found by a new-user trial: a run waiting for another's install said nothing
                     // for as long as it took.
-                    Err(wait) => {
+                    None => {
                         send_progress(output, format!("waiting for environment {id}, which another run is installing"));
-                        wait.await
+                        envs.build_turn(&id).await
                     }
                 };
                 // Another run may have built it while this one waited.

@@ -23,7 +23,7 @@ use std::future::Future;
 
 pub use bkg_schema::sync::{ParkedEvent, SyncStatus};
 pub use connect::{check_url, connect, connect_notified, describe_target, has_password};
-pub use schema::{ensure_namespace_role, latest_version, migrate};
+pub use schema::{ensure_namespace_role, latest_version, migrate, namespace_role_name};
 pub(crate) use ship::CHANGES_CHANNEL;
 pub use worker::{SyncConfig, SyncHandle, SyncWorker, jitter};
 

@@ -66,6 +66,14 @@ pub async fn migrate(client: &mut Client) -> Result<Migrated, SyncError> {
     Ok(Migrated { applied, latest, version: current.max(latest) })
 }
 
+/// The login role of `namespace` in bkg_db, `bkg_ns_NAMESPACE`; none when the name would be
+/// longer than PostgreSQL's 63 bytes, which it would cut silently (two namespaces could then
+/// share a role).
+pub fn namespace_role_name(namespace: &str) -> Option<String> {
+    let role = format!("bkg_ns_{namespace}");
+    (role.len() <= 63).then_some(role)
+}
+
 /// Creates (or updates) the login role of `namespace`, `bkg_ns_<namespace>`, with `password`, and
 /// maps it to the namespace; returns the role's name. Calling it again with another password
 /// rotates the password. Needs CREATEROLE and `bkg_admin` (the migrating role has both).
@@ -76,11 +84,11 @@ pub async fn ensure_namespace_role(client: &mut Client, namespace: &str, passwor
     if namespace.is_empty() || namespace.chars().any(char::is_control) {
         return Err(SyncError::Namespace(format!("{namespace:?} is not a namespace name")));
     }
-    let role = format!("bkg_ns_{namespace}");
-    // PostgreSQL would silently cut a longer name, and two namespaces could share a role.
-    if role.len() > 63 {
-        return Err(SyncError::Namespace(format!("role {role:?} would be longer than PostgreSQL's 63 bytes")));
-    }
+    let Some(role) = namespace_role_name(namespace) else {
+        return Err(SyncError::Namespace(format!(
+            "role \"bkg_ns_{namespace}\" would be longer than PostgreSQL's 63 bytes"
+        )));
+    };
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
 
     let transaction = client.transaction().await?;

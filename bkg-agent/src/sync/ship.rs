@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bkg_schema::audit::{Details, Parts, RunOutcome, SignedRecord};
 use serde_json::{Map, Value};
-use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient};
 
 use super::{OutboxEvent, SyncError};
 
@@ -180,15 +180,16 @@ async fn claim(transaction: &tokio_postgres::Transaction<'_>, agent_id: &str) ->
     }
 }
 
-/// Writes `events` (in seq order) in one transaction. Every statement is an idempotent upsert,
-/// so shipping a batch twice leaves bkg_db as shipping it once. `parked` are the seqs of parked
-/// events: the only holes the batch may leave in what bkg_db holds.
-/// The newest seq bkg_db holds of agent `agent_id` (0 for none).
-pub(crate) async fn held_up_to(client: &Client, agent_id: &str) -> Result<u64, SyncError> {
+/// The newest seq bkg_db holds of agent `agent_id` (0 for none): what a batch must continue,
+/// and what an idle worker checks is still there.
+pub(crate) async fn held_up_to(client: &impl GenericClient, agent_id: &str) -> Result<u64, SyncError> {
     let row = client.query_one("SELECT max(seq) FROM audit_events WHERE agent_id = $1", &[&agent_id]).await?;
     Ok(row.try_get::<_, Option<i64>>(0)?.map_or(0, |last| last.max(0) as u64))
 }
 
+/// Writes `events` (in seq order) in one transaction. Every statement is an idempotent upsert,
+/// so shipping a batch twice leaves bkg_db as shipping it once. `parked` are the seqs of parked
+/// events: the only holes the batch may leave in what bkg_db holds.
 pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent], parked: &BTreeSet<u64>) -> Result<(), SyncError> {
     let reads = events.iter().map(read).collect::<Result<Vec<_>, _>>()?;
     let transaction = client.transaction().await?;
@@ -201,9 +202,7 @@ pub(crate) async fn ship(client: &mut Client, events: &[OutboxEvent], parked: &B
             continue;
         }
         claim(&transaction, &event.agent_id).await?;
-        let row =
-            transaction.query_one("SELECT max(seq) FROM audit_events WHERE agent_id = $1", &[&event.agent_id]).await?;
-        held.insert(&event.agent_id, row.try_get::<_, Option<i64>>(0)?.map_or(0, |last| last.max(0) as u64));
+        held.insert(&event.agent_id, held_up_to(&transaction, &event.agent_id).await?);
     }
     check_holes(events, held, parked)?;
 
