@@ -15,6 +15,13 @@ function portable(value) {
 }
 
 const stdin = fs.readFileSync(0, "utf8");
+// Scheduling policy (stat field 41) and CPUs, per thread: all alike bare and cold; a warm run's
+// interpreter had its threads before it took the run's.
+function scheduling(thread) {
+  const stat = fs.readFileSync(`/proc/self/task/${thread}/stat`, "utf8");
+  const status = fs.readFileSync(`/proc/self/task/${thread}/status`, "utf8");
+  return `${stat.slice(stat.lastIndexOf(")") + 2).split(" ")[38]} ${status.match(/Cpus_allowed_list:\s*(\S+)/)[1]}`;
+}
 const facts = {
   argv: process.argv,
   execArgv: process.execArgv,
@@ -32,6 +39,7 @@ const facts = {
   loadedBuiltins: require("module").builtinModules.length,
   requireCacheKeys: Object.keys(require.cache),
   globals: Object.getOwnPropertyNames(globalThis).sort(),
+  threadsScheduledAlike: new Set(fs.readdirSync("/proc/self/task").map(scheduling)).size === 1,
   openFds: fs.readdirSync("/proc/self/fd").map(Number).sort((a, b) => a - b),
   listeners: ["SIGINT", "SIGTERM", "SIGUSR2", "exit", "uncaughtException"].map((name) => process.listenerCount(name)),
   versions: process.versions.node,

@@ -1264,9 +1264,8 @@ impl Prestarted {
     /// failure the process is handed back, to be discarded.
     fn give(mut self, plan: &SandboxPlan, order: &GoOrder) -> Result<Given, Self> {
         // It was forked before pid 1 took the run's CPUs and priority: they are made its own.
-        let affinity = nix::sched::sched_getaffinity(Pid::from_raw(0));
-        let adjusted = affinity.is_ok_and(|cpus| nix::sched::sched_setaffinity(self.pid, &cpus).is_ok())
-            && (!plan.background || set_scheduling_of(self.pid, libc::SCHED_OTHER).is_ok());
+        let adjusted = nix::sched::sched_getaffinity(Pid::from_raw(0))
+            .is_ok_and(|cpus| schedule_every_thread_as_the_run(self.pid, &cpus, plan.background).is_ok());
         if !adjusted || self.order.write_all(&super::prestart::encode(order)).is_err() {
             return Err(self);
         }
@@ -1286,6 +1285,38 @@ impl Prestarted {
         reap(self.pid);
         remove_loader(self.loader);
     }
+}
+
+/// Gives every thread of `pid` the run's CPUs and, for a sandbox prepared in the background,
+/// normal priority. Both are kept per thread, and an interpreter started ahead already has
+/// threads of its own (Node's V8 workers: left as they were, they ran at `SCHED_IDLE` on every
+/// CPU through the run, and its exit waited for them). A thread started meanwhile inherits
+/// from its creator, perhaps before that one was set, so passes go on until one finds no
+/// thread it had not seen; the process waits for its order, so the first pass normally does.
+fn schedule_every_thread_as_the_run(pid: Pid, cpus: &nix::sched::CpuSet, background: bool) -> std::io::Result<()> {
+    const MAX_PASSES: usize = 8;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..MAX_PASSES {
+        let threads: Vec<Pid> = fs::read_dir(format!("/proc/{pid}/task"))?
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|tid| seen.insert(*tid))
+            .map(Pid::from_raw)
+            .collect();
+        if threads.is_empty() {
+            return Ok(());
+        }
+        for thread in threads {
+            let set = nix::sched::sched_setaffinity(thread, cpus).map_err(std::io::Error::from).and_then(|()| {
+                if background { set_scheduling_of(thread, libc::SCHED_OTHER) } else { Ok(()) }
+            });
+            match set {
+                // The thread ended since it was listed.
+                Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
+                other => other?,
+            }
+        }
+    }
+    Err(std::io::Error::other("its threads kept multiplying"))
 }
 
 /// Opens a pseudo-terminal of `size` in the sandbox's own devpts, gives its slave to the
