@@ -72,7 +72,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand exe" -l keep -d 'Keep this file 
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l net -d 'Let the script reach these hosts through its proxy (comma-separated, repeatable); host.bkg.internal:PORT is this machine\'s loopback [default: no network at all]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -s p -l publish -d 'Forward a host port into the sandbox while the script runs (repeatable; loopback unless ADDRESS is given)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l with -d 'A Python package the script needs, as a requirement (`numpy`, `requests>=2`); installed once per distinct set and reused (repeatable)' -r
-complete -c bkg -n "__fish_bkg_using_subcommand exe" -s r -l requirements -d 'The requirements file to install from [default: requirements.txt beside the script, if any]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -s r -l requirements -d 'The requirements file to install from, besides the script\'s `# /// script` block [default: requirements.txt beside the script, if any and the script has no such block]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l secret -d 'Give the script a secret (`bkg secrets set NAME`) as the variable NAME (repeatable)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -s o -l output -d 'Bring back what the run wrote to /workspace/out/ into this host directory (made if missing)' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F

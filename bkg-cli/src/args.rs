@@ -228,7 +228,7 @@ pub struct ExeArgs {
     /// once per distinct set and reused (repeatable).
     #[arg(long = "with", value_name = "REQUIREMENT")]
     pub with: Vec<String>,
-    /// The requirements file to install from [default: requirements.txt beside the script, if any]
+    /// The requirements file to install from, besides the script's `# /// script` block [default: requirements.txt beside the script, if any and the script has no such block]
     #[arg(short = 'r', long = "requirements", value_name = "FILE")]
     pub requirements: Option<PathBuf>,
     /// Give the script a secret (`bkg secrets set NAME`) as the variable NAME (repeatable).

@@ -11,6 +11,7 @@ use bkg_schema::{FileUpload, Language, RunRequest};
 use crate::args::ExeArgs;
 use crate::client::AgentClient;
 use crate::exit::{CliError, SCRIPT_NOT_FOUND};
+use crate::out::Printer;
 use crate::settings::Settings;
 use crate::stream::{self, Output, Stdin};
 use bkg_schema::egress::{NetRule, PortMapping};
@@ -31,7 +32,7 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     if args.tty {
         crate::terminal::require_terminal("bkg exe --tty")?;
     }
-    let (request, stdin_is_code) = build_request(&args, settings.out.is_json())?;
+    let (request, stdin_is_code) = build_request(&args, settings.out)?;
     if args.tty {
         let open = bkg_schema::terminal::TerminalOpen {
             size: crate::terminal::own_size(),
@@ -126,7 +127,8 @@ fn checked_ports(ports: &[String]) -> Result<Vec<String>, CliError> {
 
 /// Turns the command line into a request, reading the script and uploads. The flag says whether
 /// stdin was consumed as the code.
-fn build_request(args: &ExeArgs, json: bool) -> Result<(RunRequest, bool), CliError> {
+fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), CliError> {
+    let json = out.is_json();
     // With -c there is no script file: every positional argument is the script's.
     let script_args: Vec<String> = match (&args.code, &args.script) {
         (Some(_), Some(first)) => std::iter::once(first.clone()).chain(args.args.iter().cloned()).collect(),
@@ -252,7 +254,7 @@ fn build_request(args: &ExeArgs, json: bool) -> Result<(RunRequest, bool), CliEr
             bkg_schema::units::format_size(bkg_schema::MAX_REQUEST_BODY_BYTES as u64)
         )));
     }
-    let requirements = requirements(args, script, language)?;
+    let requirements = requirements(args, script, &code, language, out)?;
     let node_packages = node_packages(script, language)?;
 
     Ok((
@@ -281,25 +283,46 @@ fn build_request(args: &ExeArgs, json: bool) -> Result<(RunRequest, bool), CliEr
     ))
 }
 
-/// The Python requirements of the run: the lines of `--requirements FILE` (else of a
-/// requirements.txt beside the script, when there is one), then each `--with`.
-fn requirements(args: &ExeArgs, script: Option<&str>, language: Language) -> Result<Vec<String>, CliError> {
+/// The Python requirements of the run: the script's own list (its `# /// script` block,
+/// crate::inline_metadata), else the lines of a requirements.txt beside it; then those of
+/// `--requirements FILE` and each `--with`.
+fn requirements(
+    args: &ExeArgs,
+    script: Option<&str>,
+    code: &str,
+    language: Language,
+    out: Printer,
+) -> Result<Vec<String>, CliError> {
+    let mut lines = Vec::new();
+    let declared = match language {
+        Language::Python => crate::inline_metadata::script_dependencies(code).map_err(|error| {
+            let name = script.filter(|script| *script != "-").unwrap_or("the code");
+            CliError::usage(format!("{name}: {error}"))
+        })?,
+        Language::Node => None,
+    };
     let beside_script = script
         .filter(|script| *script != "-" && language == Language::Python)
         .map(|script| Path::new(script).with_file_name(REQUIREMENTS_FILE))
-        .filter(|path| path.is_file());
-    let file = args.requirements.clone().or(beside_script);
-    let mut lines = Vec::new();
-    if let Some(file) = &file {
-        let text = std::fs::read_to_string(file).map_err(|error| {
-            let why = match error.kind() {
-                std::io::ErrorKind::InvalidData => "it is not UTF-8 text, as pip reads requirements".to_owned(),
-                std::io::ErrorKind::NotFound => "there is no such file".to_owned(),
-                _ => error.to_string(),
-            };
-            CliError::usage(format!("cannot read the requirements file {}: {why}", file.display()))
-        })?;
-        lines.extend(text.lines().map(str::to_owned));
+        .filter(|path| path.exists());
+    match (declared, beside_script) {
+        (Some(declared), beside) => {
+            if let Some(beside) = beside.filter(|_| args.requirements.is_none()) {
+                out.note(format_args!(
+                    "the script lists its own dependencies (`# /// script`): {} beside it is not read \
+                     (give it with -r to install it too)",
+                    beside.display()
+                ));
+            }
+            lines.extend(declared);
+        }
+        (None, Some(beside)) if args.requirements.is_none() => {
+            lines.extend(requirement_lines(&beside)?);
+        }
+        (None, _) => {}
+    }
+    if let Some(file) = &args.requirements {
+        lines.extend(requirement_lines(file)?);
     }
     // An empty one is most likely a variable that was not set (`--with "$PACKAGE"`).
     if args.with.iter().any(|requirement| requirement.trim().is_empty()) {
@@ -313,6 +336,20 @@ fn requirements(args: &ExeArgs, script: Option<&str>, language: Language) -> Res
         ));
     }
     Ok(lines)
+}
+
+/// The lines of the requirements file `file`.
+fn requirement_lines(file: &Path) -> Result<Vec<String>, CliError> {
+    let text = std::fs::read_to_string(file).map_err(|error| {
+        let why = match error.kind() {
+            std::io::ErrorKind::InvalidData => "it is not UTF-8 text, as pip reads requirements".to_owned(),
+            std::io::ErrorKind::NotFound => "there is no such file".to_owned(),
+            std::io::ErrorKind::IsADirectory => "it is a directory".to_owned(),
+            _ => error.to_string(),
+        };
+        CliError::usage(format!("cannot read the requirements file {}: {why}", file.display()))
+    })?;
+    Ok(text.lines().map(str::to_owned).collect())
 }
 
 /// The file of a script's Python requirements, looked for beside it.

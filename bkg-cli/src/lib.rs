@@ -17,6 +17,7 @@ mod exe;
 pub mod exit;
 mod files_cmd;
 mod init;
+mod inline_metadata;
 mod keys_cmd;
 mod login_cmd;
 pub mod manage;

@@ -212,6 +212,41 @@ fn a_requirements_file_beside_the_script_is_installed_once_and_reused() {
 }
 
 /// A project whose sandbox `pk` requires a package no index has, with `more` of its definition.
+/// A script that lists its own dependencies (PEP 723's `# /// script` block, as `uv run`
+/// reads it) gets them; a requirements.txt beside it is then not read, and the note says so; a
+/// broken block is refused before anything runs.
+#[test]
+fn a_script_that_lists_its_own_dependencies_gets_them() {
+    let index = LocalIndex::start();
+    let agent = agent_with_index(&index);
+    let declares = "# /// script\n# requires-python = \">=3.8\"\n# dependencies = [\n#   \"six==1.17.0\",\n# ]\n# ///\n\
+                    import six\nprint(six.__version__)\n";
+    let (_dir, script) = project(&[("main.py", declares), ("requirements.txt", "no-such-package-bkg==1.0\n")]);
+    let run = agent.exe(&[script.to_str().expect("utf-8 path")]);
+    assert_eq!((code(&run), stdout(&run).as_str()), (0, "1.17.0\n"), "{}", stderr(&run));
+    let note = "the script lists its own dependencies (`# /// script`): ";
+    assert!(stderr(&run).lines().any(|line| line.starts_with(&format!("bkg: {note}"))), "{}", stderr(&run));
+    assert_eq!(index.wheel_downloads(), 1);
+    let listed = agent.bkg().args(["envs", "ls", "--json"]).output().expect("bkg envs ls");
+    let envs: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(envs[0]["requirements"], serde_json::json!(["six==1.17.0"]), "{envs}");
+
+    // The same code on stdin is read the same way.
+    let mut command = agent.bkg();
+    command.args(["exe", "--type", "python", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("bkg exe -");
+    child.stdin.take().expect("stdin").write_all(declares.as_bytes()).expect("write the code");
+    let piped = child.wait_with_output().expect("bkg exe -");
+    assert_eq!((code(&piped), stdout(&piped).as_str()), (0, "1.17.0\n"), "{}", stderr(&piped));
+
+    let (_dir, broken) = project(&[("main.py", "# /// script\n# dependencies = \"six\"\n# ///\nprint('ran')\n")]);
+    let refused = agent.exe(&[broken.to_str().expect("utf-8 path")]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert_eq!(stdout(&refused), "", "the script must not run");
+    let said = format!("bkg: {}: its `# /// script` block is not valid on line 2: ", broken.display());
+    assert!(stderr(&refused).starts_with(&said) && stderr(&refused).lines().count() == 1, "{}", stderr(&refused));
+}
+
 fn needing_a_missing_package(more: &str) -> tempfile::TempDir {
     let project = tempfile::tempdir().expect("project");
     std::fs::write(project.path().join("requirements.txt"), "no-such-package-bkg==1.0\n").expect("requirements");

@@ -1306,9 +1306,9 @@ fn schedule_every_thread_as_the_run(pid: Pid, cpus: &nix::sched::CpuSet, backgro
             return Ok(());
         }
         for thread in threads {
-            let set = nix::sched::sched_setaffinity(thread, cpus).map_err(std::io::Error::from).and_then(|()| {
-                if background { set_scheduling_of(thread, libc::SCHED_OTHER) } else { Ok(()) }
-            });
+            let set = nix::sched::sched_setaffinity(thread, cpus)
+                .map_err(std::io::Error::from)
+                .and_then(|()| if background { set_scheduling_of(thread, libc::SCHED_OTHER) } else { Ok(()) });
             match set {
                 // The thread ended since it was listed.
                 Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
