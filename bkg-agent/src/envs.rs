@@ -256,6 +256,42 @@ impl Environments {
         Ok(set)
     }
 
+    /// Refuses what an install could not fetch: the install sandbox reaches the package index
+    /// alone (engine/install.rs), so a URL on another host, a version-control line or a local
+    /// path otherwise failed only at pip's network error, after its retries.
+    pub fn check_reachable(&self, set: &[String]) -> Result<(), EnvError> {
+        let index = self.index.shown();
+        for line in set {
+            let Some(target) = direct_reference(line) else { continue };
+            let shown = without_credentials(line);
+            if ["git+", "hg+", "svn+", "bzr+"].iter().any(|scheme| target.starts_with(scheme)) {
+                return Err(EnvError::Invalid(format!(
+                    "requirement `{shown}`: installs from version control are not taken: the install sandbox has no \
+                     git and reaches only the package index ({index}); publish the package there"
+                )));
+            }
+            let Ok(url) = url::Url::parse(target).map_err(|_| ()).and_then(|url| match url.scheme() {
+                "http" | "https" => Ok(url),
+                _ => Err(()),
+            }) else {
+                return Err(EnvError::Invalid(format!(
+                    "requirement `{shown}`: a path or file URL names a file of this machine, which the install \
+                     sandbox does not have; publish the package on the package index ({index})"
+                )));
+            };
+            let host = url.host_str().unwrap_or_default();
+            let port = url.port_or_known_default();
+            if !self.index.relays.iter().any(|relay| relay.host == host && Some(relay.port) == port) {
+                let place = url.port().map_or_else(|| host.to_owned(), |port| format!("{host}:{port}"));
+                return Err(EnvError::Invalid(format!(
+                    "requirement `{shown}`: its URL is on {place}, which the install sandbox cannot reach: it \
+                     reaches only the package index ({index}); put the file there, or name the package and version"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The id of an environment: what it is built from, hashed.
     pub fn id_of(&self, set: &[String]) -> String {
         let mut hash = Sha256::new();
@@ -422,6 +458,24 @@ fn project_name(line: &str) -> Option<(&str, &str)> {
     (!name.is_empty() && !rest.starts_with([':', '/', '+'])).then_some((name, rest))
 }
 
+/// Where a requirement says to fetch it from, when it says: the URL of `name @ URL` (PEP 508),
+/// or the whole of a line that is a URL or a path (pip's form), up to a marker.
+fn direct_reference(line: &str) -> Option<&str> {
+    let reference = match project_name(line) {
+        Some((_, rest)) => {
+            let rest = rest.trim_start();
+            // Extras come before the `@`.
+            let rest = match rest.strip_prefix('[') {
+                Some(extras) => extras.split_once(']')?.1.trim_start(),
+                None => rest,
+            };
+            rest.strip_prefix('@')?.trim_start()
+        }
+        None => line,
+    };
+    reference.split([' ', ';']).next().filter(|target| !target.is_empty())
+}
+
 /// After a project name (PEP 508) comes nothing, its extras, a version, a marker or a URL: a
 /// line like `bad name!!` is refused here, in one line, rather than by the installer's log
 /// after a wait (found by a new-user trial). A line that is neither that nor a URL or a path
@@ -538,6 +592,43 @@ mod tests {
             ]
         );
         assert!(request.set[0].contains("s3cret"), "the installer still gets the real line");
+    }
+
+    #[test]
+    fn a_requirement_the_install_sandbox_cannot_fetch_is_refused() {
+        assert_eq!(direct_reference("six==1.17.0"), None);
+        assert_eq!(direct_reference("six ; python_version > '3'"), None);
+        assert_eq!(direct_reference("six @ https://h/six.whl ; python_version > '3'"), Some("https://h/six.whl"));
+        assert_eq!(direct_reference("six[extra]@https://h/six.whl"), Some("https://h/six.whl"));
+        assert_eq!(direct_reference("git+https://github.com/a/b.git@v1"), Some("git+https://github.com/a/b.git@v1"));
+        assert_eq!(direct_reference("./local/pkg"), Some("./local/pkg"));
+        let envs = |index: &str| Environments {
+            root: PathBuf::from("/nonexistent"),
+            language: Language::Python,
+            index: PackageIndex::parse(index).expect("an index"),
+            interpreter: PathBuf::from("/usr/bin/python3"),
+            builds: Mutex::new(HashMap::new()),
+            in_use: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let refused = |envs: &Environments, line: &str| {
+            envs.check_reachable(&[line.to_owned()]).err().map(|error| error.to_string()).unwrap_or_default()
+        };
+        let pypi = envs("https://pypi.org/simple");
+        assert!(pypi.check_reachable(&["six==1.17.0".into(), "requests[socks]>=2".into()]).is_ok());
+        assert!(pypi.check_reachable(&["six @ https://files.pythonhosted.org/p/six.whl".into()]).is_ok());
+        let elsewhere = refused(&pypi, "six @ https://user:s3cret@example.org/six.whl");
+        assert!(elsewhere.contains("its URL is on example.org, which the install sandbox cannot reach"), "{elsewhere}");
+        assert!(!elsewhere.contains("s3cret"), "{elsewhere}");
+        assert!(
+            refused(&pypi, "git+https://github.com/a/b.git").contains("installs from version control are not taken")
+        );
+        for path in ["./pkg", "/srv/pkg.whl", "file:///srv/pkg.whl", "six @ file:///srv/six.whl"] {
+            assert!(refused(&pypi, path).contains("names a file of this machine"), "{path}");
+        }
+        // A loopback index: its own address and port, not another port.
+        let local = envs("http://127.0.0.1:8080/simple");
+        assert!(local.check_reachable(&["six @ http://127.0.0.1:8080/six/six.whl".into()]).is_ok());
+        assert!(refused(&local, "six @ http://127.0.0.1:9090/six.whl").contains("on 127.0.0.1:9090, which"));
     }
 
     #[test]

@@ -317,6 +317,21 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     let options = agent.exe(&["--with=--index-url=http://elsewhere/simple", "-c", "1", "--type", "python"]);
     assert_eq!(code(&options), 125);
     assert!(stderr(&options).contains("options are not taken"), "{}", stderr(&options));
+    // What the install sandbox could not fetch, as it reaches the index alone, is refused before
+    // an install starts (it failed at pip's network error, after its retries).
+    for (requirement, said) in [
+        (
+            "six @ https://example.org/six-1.17.0-py2.py3-none-any.whl",
+            "its URL is on example.org, which the install sandbox cannot reach",
+        ),
+        ("git+https://github.com/benjaminp/six.git", "installs from version control are not taken"),
+        ("./six", "names a file of this machine"),
+    ] {
+        let refused = agent.exe(&["--with", requirement, "-c", "1", "--type", "python"]);
+        assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+        assert!(stderr(&refused).contains(said), "{}", stderr(&refused));
+        assert!(!stderr(&refused).contains("installing"), "{}", stderr(&refused));
+    }
     let listed = agent.bkg().args(["envs", "ls", "--json"]).output().expect("bkg envs ls");
     assert_eq!(stdout(&listed).trim(), "[]", "a failed install leaves no environment");
 

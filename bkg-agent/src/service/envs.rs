@@ -49,7 +49,9 @@ impl ProvidedEnv {
 impl Service {
     /// The Python requirement set a run asks for, checked: what `provide_env` will install.
     pub(super) fn requirement_set(&self, lines: &[String]) -> OpResult<Vec<String>> {
-        Ok(Environments::requirement_set(lines)?)
+        let set = Environments::requirement_set(lines)?;
+        self.envs.check_reachable(&set)?;
+        Ok(set)
     }
 
     /// The environment a run asks for, checked: its Python requirements, or its Node packages;
