@@ -421,6 +421,16 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
         b"{not json",
     );
     expect(&broken, 400, "broken JSON");
+    // The last of two would run where whatever read the first (a proxy, a log) saw the other.
+    let twice = request(
+        &api.address,
+        "POST",
+        "/api/v1/runs",
+        &[("Authorization", &format!("Bearer {}", api.admin_key)), ("Content-Type", "application/json")],
+        br#"{"language":"python","code":"print('checked')","code":"print('ran')"}"#,
+    );
+    expect(&twice, 400, "a key twice");
+    assert!(twice.text().contains("the key `code` comes twice"), "{}", twice.text());
     expect(&admin.post("/api/v1/runs", &json!({ "language": "cobol", "code": "" })), 422, "unknown language");
     expect(&admin.post("/api/v1/runs", &json!(["python", "print(1)"])), 422, "an array body");
     expect(

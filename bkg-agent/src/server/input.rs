@@ -37,14 +37,82 @@ pub async fn bytes(body: Body, limit: usize) -> Result<axum::body::Bytes, Failur
     axum::body::to_bytes(body, limit).await.map_err(|_| Failure::too_large(limit))
 }
 
-/// Every body of the API is a JSON object.
+/// Every body of the API is a JSON object, with each key once in each of its objects.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
+    let UniqueKeys(value) = serde_json::from_slice(bytes)
         .map_err(|error| Failure::bad_request(format!("invalid request body: {error}")))?;
     if !value.is_object() {
         return Err(Failure::invalid("the request body must be a JSON object"));
     }
     serde_json::from_value(value).map_err(|error| Failure::invalid(format!("invalid request body: {error}")))
+}
+
+/// A JSON value whose objects name each key once. serde_json keeps the last of two, so
+/// `{"code": A, "code": B}` would run B where a proxy or a log that read the first saw A.
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+        let mut array = Vec::new();
+        while let Some(UniqueKeys(item)) = items.next_element()? {
+            array.push(item);
+        }
+        Ok(array.into())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut entries: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = entries.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!("the key `{key}` comes twice")));
+            }
+            let UniqueKeys(value) = entries.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(object.into())
+    }
 }
 
 /// A path parameter, refused as a 400 in the API's error shape when it cannot be read.
@@ -113,5 +181,21 @@ where
                 Failure::bad_request(format!("the query string: {detail}"))
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_twice_in_any_object_is_refused_and_the_rest_reads_as_json() {
+        let refused = |body: &str| parse::<serde_json::Value>(body.as_bytes()).err().map(|failure| failure.message);
+        let twice = refused(r#"{"language":"python","code":"print(1)","code":"print(2)"}"#).unwrap_or_default();
+        assert!(twice.contains("the key `code` comes twice"), "{twice}");
+        let nested = refused(r#"{"env":{"A":"1","B":[{"x":1,"x":2}]}}"#).unwrap_or_default();
+        assert!(nested.contains("the key `x` comes twice"), "{nested}");
+        let body = r#"{"a":[1,-2,3.5,"s",null,true,{"b":{}}],"c":{"a":1},"u":18446744073709551615}"#;
+        assert_eq!(parse::<serde_json::Value>(body.as_bytes()).ok(), serde_json::from_str(body).ok());
     }
 }
