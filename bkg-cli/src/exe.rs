@@ -285,7 +285,8 @@ fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), Cli
 
 /// The Python requirements of the run: the script's own list (its `# /// script` block,
 /// crate::inline_metadata), else the lines of a requirements.txt beside it; then those of
-/// `--requirements FILE` and each `--with`.
+/// `--requirements FILE` and each `--with`. Each source is checked on its own first
+/// (bkg_schema::requirements, the agent's rule), so that a refusal names its file, line or flag.
 fn requirements(
     args: &ExeArgs,
     script: Option<&str>,
@@ -293,12 +294,11 @@ fn requirements(
     language: Language,
     out: Printer,
 ) -> Result<Vec<String>, CliError> {
+    let shown_script = script.filter(|script| *script != "-").unwrap_or("the code");
     let mut lines = Vec::new();
     let declared = match language {
-        Language::Python => crate::inline_metadata::script_dependencies(code).map_err(|error| {
-            let name = script.filter(|script| *script != "-").unwrap_or("the code");
-            CliError::usage(format!("{name}: {error}"))
-        })?,
+        Language::Python => crate::inline_metadata::script_dependencies(code)
+            .map_err(|error| CliError::usage(format!("{shown_script}: {error}")))?,
         Language::Node => None,
     };
     let beside_script = script
@@ -314,11 +314,12 @@ fn requirements(
                     beside.display()
                 ));
             }
-            lines.extend(declared);
+            for dependency in declared {
+                let place = format!("{shown_script} line {} (its `# /// script` block)", dependency.line);
+                lines.push(checked(vec![dependency.requirement], |_| place.clone())?.remove(0));
+            }
         }
-        (None, Some(beside)) if args.requirements.is_none() => {
-            lines.extend(requirement_lines(&beside)?);
-        }
+        (None, Some(beside)) if args.requirements.is_none() => lines.extend(requirement_lines(&beside)?),
         (None, _) => {}
     }
     if let Some(file) = &args.requirements {
@@ -328,7 +329,9 @@ fn requirements(
     if args.with.iter().any(|requirement| requirement.trim().is_empty()) {
         return Err(CliError::usage("--with: a requirement is empty: give a package (`--with numpy`) or leave it out"));
     }
-    lines.extend(args.with.iter().cloned());
+    for with in &args.with {
+        lines.extend(checked(vec![with.clone()], |_| "--with".to_owned())?);
+    }
     if !lines.is_empty() && language != Language::Python {
         return Err(CliError::usage(
             "--with and requirements files are for Python scripts: a Node script's packages come from a package.json \
@@ -338,7 +341,18 @@ fn requirements(
     Ok(lines)
 }
 
-/// The lines of the requirements file `file`.
+/// `lines` of one source, refused as the agent would refuse them but at the place `place` names
+/// for the line's number in them.
+fn checked(lines: Vec<String>, place: impl Fn(usize) -> String) -> Result<Vec<String>, CliError> {
+    use bkg_schema::requirements::{RequirementError, requirement_set};
+    match requirement_set(&lines) {
+        Ok(_) => Ok(lines),
+        Err(RequirementError::Line { line, problem }) => Err(CliError::usage(format!("{} {problem}", place(line)))),
+        Err(error) => Err(CliError::usage(error.to_string())),
+    }
+}
+
+/// The lines of the requirements file `file`, checked.
 fn requirement_lines(file: &Path) -> Result<Vec<String>, CliError> {
     let text = std::fs::read_to_string(file).map_err(|error| {
         let why = match error.kind() {
@@ -349,7 +363,7 @@ fn requirement_lines(file: &Path) -> Result<Vec<String>, CliError> {
         };
         CliError::usage(format!("cannot read the requirements file {}: {why}", file.display()))
     })?;
-    Ok(text.lines().map(str::to_owned).collect())
+    checked(text.lines().map(str::to_owned).collect(), |line| format!("{} line {line}", file.display()))
 }
 
 /// The file of a script's Python requirements, looked for beside it.

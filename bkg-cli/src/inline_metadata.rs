@@ -19,7 +19,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 struct ScriptMetadata {
     #[serde(default)]
-    dependencies: Vec<String>,
+    dependencies: Vec<toml::Spanned<String>>,
     #[serde(rename = "requires-python")]
     _requires_python: Option<String>,
 }
@@ -30,15 +30,29 @@ pub enum InlineMetadataError {
     TwoBlocks { first: usize, second: usize },
     #[error("its `# /// script` block on line {line} has no closing `# ///` line")]
     Unclosed { line: usize },
+    #[error(
+        "line {line} ends its `# /// script` block before a `# ///`: each of the block's lines is `#` alone or `# ` and text"
+    )]
+    NotBlockLine { line: usize },
     #[error("its `# /// script` block is not valid on line {line}: {why}")]
     Invalid { line: usize, why: String },
-    #[error("its `# /// script` block (line {line}) lists an empty dependency; remove it or name a package")]
+    #[error("its `# /// script` block lists an empty dependency on line {line}; remove it or name a package")]
     EmptyDependency { line: usize },
+}
+
+/// One dependency the block lists, with the script's line it is on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Dependency {
+    pub line: usize,
+    pub requirement: String,
 }
 
 /// The dependencies of `code`'s `script` block: `None` when it has none (then the
 /// requirements.txt beside it is the script's list), else the block's list, perhaps empty.
-pub fn script_dependencies(code: &str) -> Result<Option<Vec<String>>, InlineMetadataError> {
+pub fn script_dependencies(code: &str) -> Result<Option<Vec<Dependency>>, InlineMetadataError> {
+    // A byte-order mark before the first line is the file's encoding, not part of the line:
+    // Python skips it too.
+    let code = code.strip_prefix('\u{feff}').unwrap_or(code);
     let lines: Vec<&str> = code.lines().collect();
     let mut found: Option<(usize, String)> = None;
     let mut index = 0;
@@ -52,7 +66,13 @@ pub fn script_dependencies(code: &str) -> Result<Option<Vec<String>>, InlineMeta
         let closing = lines[index + 1..index + 1 + comments].iter().rposition(|line| *line == "# ///");
         let Some(closing) = closing else {
             if kind == "script" {
-                return Err(InlineMetadataError::Unclosed { line: opening });
+                // The line that ended the block's comments, when it is a comment of another
+                // form (`#dependencies`, no blank after the `#`), is what to fix.
+                let ended_by = index + 1 + comments;
+                return Err(match lines.get(ended_by) {
+                    Some(line) if line.starts_with('#') => InlineMetadataError::NotBlockLine { line: ended_by + 1 },
+                    _ => InlineMetadataError::Unclosed { line: opening },
+                });
             }
             index += 1;
             continue;
@@ -68,16 +88,22 @@ pub fn script_dependencies(code: &str) -> Result<Option<Vec<String>>, InlineMeta
         }
         index += closing + 2;
     }
-    let Some((line, toml)) = found else { return Ok(None) };
-    let metadata: ScriptMetadata = toml::from_str(&toml).map_err(|error| {
-        // The parser counts in the TOML, the block's second line its first.
-        let in_toml = error.span().map_or(0, |span| toml[..span.start.min(toml.len())].matches('\n').count());
-        InlineMetadataError::Invalid { line: line + 1 + in_toml, why: one_line(error.message()) }
+    let Some((opening, toml)) = found else { return Ok(None) };
+    // The parser counts in the TOML, whose first line is the script's line after the opening.
+    let line_at = |offset: usize| opening + 1 + toml[..offset.min(toml.len())].matches('\n').count();
+    let metadata: ScriptMetadata = toml::from_str(&toml).map_err(|error| InlineMetadataError::Invalid {
+        line: line_at(error.span().map_or(0, |span| span.start)),
+        why: one_line(error.message()),
     })?;
-    if metadata.dependencies.iter().any(|dependency| dependency.trim().is_empty()) {
-        return Err(InlineMetadataError::EmptyDependency { line });
+    let dependencies: Vec<Dependency> = metadata
+        .dependencies
+        .into_iter()
+        .map(|dependency| Dependency { line: line_at(dependency.span().start), requirement: dependency.into_inner() })
+        .collect();
+    if let Some(empty) = dependencies.iter().find(|dependency| dependency.requirement.trim().is_empty()) {
+        return Err(InlineMetadataError::EmptyDependency { line: empty.line });
     }
-    Ok(Some(metadata.dependencies))
+    Ok(Some(dependencies))
 }
 
 /// A block's type: letters, digits and `-`.
@@ -97,7 +123,14 @@ mod tests {
     #[test]
     fn a_script_block_gives_its_dependencies() {
         let code = "#!/usr/bin/env python3\n# /// script\n# requires-python = \">=3.11\"\n# dependencies = [\n#   \"six==1.17.0\",\n#   \"requests>=2\",\n# ]\n# ///\nimport six\n";
-        assert_eq!(script_dependencies(code), Ok(Some(vec!["six==1.17.0".to_owned(), "requests>=2".to_owned()])));
+        let listed = script_dependencies(code).map(|found| {
+            found.map(|list| {
+                list.into_iter().map(|dependency| (dependency.line, dependency.requirement)).collect::<Vec<_>>()
+            })
+        });
+        assert_eq!(listed, Ok(Some(vec![(5, "six==1.17.0".to_owned()), (6, "requests>=2".to_owned())])));
+        // A byte-order mark before the block is the file's, as Python reads it.
+        assert!(matches!(script_dependencies(&format!("\u{feff}{code}")), Ok(Some(list)) if list.len() == 2));
     }
 
     #[test]
@@ -110,7 +143,9 @@ mod tests {
     #[test]
     fn other_block_types_and_blocks_in_strings_are_left_alone() {
         let code = "# /// pyproject\n# [run]\n# ///\n\n# /// script\n# dependencies = [\"six\"]\n# ///\n";
-        assert_eq!(script_dependencies(code), Ok(Some(vec!["six".to_owned()])));
+        assert!(
+            matches!(script_dependencies(code), Ok(Some(list)) if list == [Dependency { line: 6, requirement: "six".into() }])
+        );
         // Indented: not a comment line at the start of a line.
         assert_eq!(script_dependencies("x = '''\n  # /// script\n  # ///\n'''\n"), Ok(None));
     }
@@ -120,7 +155,9 @@ mod tests {
         // PEP 723: a `# ///` inside the TOML (in a string) does not end it early.
         let code =
             "# /// script\n# dependencies = [\"six\"]\n# [tool.x]\n# note = \"\"\"\n# ///\n# \"\"\"\n# ///\nprint(1)\n";
-        assert_eq!(script_dependencies(code), Ok(Some(vec!["six".to_owned()])));
+        assert!(
+            matches!(script_dependencies(code), Ok(Some(list)) if list == [Dependency { line: 2, requirement: "six".into() }])
+        );
     }
 
     #[test]
@@ -134,8 +171,13 @@ mod tests {
             Err(InlineMetadataError::TwoBlocks { first: 1, second: 4 })
         );
         assert_eq!(
-            script_dependencies("# /// script\n# dependencies = [\"\"]\n# ///\n"),
-            Err(InlineMetadataError::EmptyDependency { line: 1 })
+            script_dependencies("# /// script\n# dependencies = [\n#  \"six\",\n#  \"\",\n# ]\n# ///\n"),
+            Err(InlineMetadataError::EmptyDependency { line: 4 })
+        );
+        // Found by a new-user trial: a line without the blank after `#` was called an unclosed block.
+        assert_eq!(
+            script_dependencies("# /// script\n#dependencies = [\"six\"]\n# ///\n"),
+            Err(InlineMetadataError::NotBlockLine { line: 2 })
         );
         let invalid = script_dependencies("# /// script\n# dependencies = \"six\"\n# ///\n");
         assert!(

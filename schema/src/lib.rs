@@ -18,6 +18,7 @@ pub mod frame;
 pub mod health;
 pub mod host;
 pub mod paths;
+pub mod requirements;
 pub mod sandbox;
 pub mod shape;
 pub mod sync;

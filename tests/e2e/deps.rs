@@ -245,6 +245,15 @@ fn a_script_that_lists_its_own_dependencies_gets_them() {
     assert_eq!(stdout(&refused), "", "the script must not run");
     let said = format!("bkg: {}: its `# /// script` block is not valid on line 2: ", broken.display());
     assert!(stderr(&refused).starts_with(&said) && stderr(&refused).lines().count() == 1, "{}", stderr(&refused));
+    // A listed dependency that is not a requirement is named by the script's line, its text not
+    // shown (found by a new-user trial: "line 1 of the requirements … is the file a requirements file?").
+    let secret = "# /// script\n# dependencies = [\n#   \"six==1.17.0\",\n#   \"API_KEY=hunter2\",\n# ]\n# ///\n";
+    let (_dir, leaky) = project(&[("main.py", secret)]);
+    let refused = agent.exe(&[leaky.to_str().expect("utf-8 path")]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    let said = format!("bkg: {} line 4 (its `# /// script` block) is not a requirement (", leaky.display());
+    assert!(stderr(&refused).starts_with(&said), "{}", stderr(&refused));
+    assert!(!stderr(&refused).contains("hunter2"), "{}", stderr(&refused));
 }
 
 fn needing_a_missing_package(more: &str) -> tempfile::TempDir {
@@ -356,7 +365,8 @@ fn an_install_failure_is_one_line_with_the_installers_error_below() {
     let dotenv_path = dotenv.path().to_str().unwrap_or_default();
     let refused = agent.exe(&["-r", dotenv_path, "-c", "1", "--type", "python"]);
     assert_eq!(code(&refused), 125, "{}", stderr(&refused));
-    let said = "line 2 of the requirements is not a requirement (after the name `API_KEY` comes `=`";
+    let said = format!("{dotenv_path} line 2 is not a requirement (after the name `API_KEY` comes `=`");
+    let said = said.as_str();
     assert!(stderr(&refused).contains(said), "{}", stderr(&refused));
     assert!(!stderr(&refused).contains(secret), "{}", stderr(&refused));
     agent.wait_idle();

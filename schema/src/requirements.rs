@@ -1,0 +1,294 @@
+//! Python requirement lines as bkg takes them: the one rule for what a line may be and how it
+//! is spelled in a set, applied by the agent to what a run sends (bkg-agent/src/envs.rs) and by
+//! `bkg exe` to each of its sources first, so that a refusal names the file, the flag or the
+//! script's line it came from.
+
+/// How many requirement lines one run may name, and how long one may be.
+pub const MAX_REQUIREMENTS: usize = 500;
+pub const MAX_REQUIREMENT_BYTES: usize = 1000;
+
+/// What is wrong with one requirement line. None of these repeats the line's text: a file given
+/// by mistake (a `.env`) may hold a secret there, and a URL a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequirementProblem {
+    #[error("has the option `{option}`: options are not taken, {instead}")]
+    Option { option: String, instead: &'static str },
+    #[error("is too long or has control characters")]
+    Unreadable,
+    #[error("is not a requirement ({0}; its text is not shown)")]
+    NotARequirement(String),
+    #[error("ends in `\\`, with no line to go on")]
+    Unfinished,
+}
+
+/// A refused requirement: its line, counted from 1 in the lines given, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequirementError {
+    #[error("line {line} of the requirements {problem}")]
+    Line { line: usize, problem: RequirementProblem },
+    #[error("at most {MAX_REQUIREMENTS} requirements, not {0}")]
+    TooMany(usize),
+}
+
+/// The requirement set of `lines` as it is keyed: trimmed, without blanks and comments, each
+/// in its normal spelling (`normal_requirement`), sorted, each once. Options are refused: the
+/// index and the install's flags are the agent's.
+pub fn requirement_set(lines: &[String]) -> Result<Vec<String>, RequirementError> {
+    let mut set: Vec<String> = Vec::new();
+    let mut continued = String::new();
+    for (index, line) in lines.iter().enumerate() {
+        let refused = |problem| RequirementError::Line { line: index + 1, problem };
+        // A byte-order mark (Windows editors) is not part of the first requirement.
+        let line = line.trim_start_matches('\u{feff}');
+        let line = line.split_once(" #").map_or(line, |(before, _)| before).trim();
+        // A line ending in `\` goes on on the next, as pip reads it (pip-compile writes them).
+        if let Some(first_part) = line.strip_suffix('\\') {
+            continued.push_str(first_part);
+            continued.push(' ');
+            continue;
+        }
+        let joined;
+        let line = if continued.is_empty() {
+            line
+        } else {
+            continued.push_str(line);
+            joined = std::mem::take(&mut continued);
+            joined.trim()
+        };
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.len() > MAX_REQUIREMENT_BYTES || line.chars().any(char::is_control) {
+            return Err(refused(RequirementProblem::Unreadable));
+        }
+        check_form(line).map_err(refused)?;
+        set.push(normal_requirement(line));
+    }
+    if !continued.trim().is_empty() {
+        return Err(RequirementError::Line { line: lines.len(), problem: RequirementProblem::Unfinished });
+    }
+    set.sort();
+    set.dedup();
+    if set.len() > MAX_REQUIREMENTS {
+        return Err(RequirementError::TooMany(set.len()));
+    }
+    Ok(set)
+}
+
+/// A requirement line's project name and what follows it; none for a URL or a path
+/// (`https://…`, `git+…`, `./dir`), which name no project first.
+pub fn project_name(line: &str) -> Option<(&str, &str)> {
+    let name_end =
+        line.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))).unwrap_or(line.len());
+    let (name, rest) = line.split_at(name_end);
+    (!name.is_empty() && !rest.starts_with([':', '/', '+'])).then_some((name, rest))
+}
+
+/// Where a requirement says to fetch it from, when it says: the URL of `name @ URL` (PEP 508),
+/// or the whole of a line that is a URL or a path (pip's form), up to a marker.
+pub fn direct_reference(line: &str) -> Option<&str> {
+    let reference = match project_name(line) {
+        Some((_, rest)) => {
+            let rest = rest.trim_start();
+            // Extras come before the `@`.
+            let rest = match rest.strip_prefix('[') {
+                Some(extras) => extras.split_once(']')?.1.trim_start(),
+                None => rest,
+            };
+            rest.strip_prefix('@')?.trim_start()
+        }
+        None => line,
+    };
+    reference.split([' ', ';']).next().filter(|target| !target.is_empty())
+}
+
+/// An option line (`-r other.txt`, `--index-url …`, `-e …`) or a requirement with an option
+/// after it (`--hash=…`, as pip-compile writes them), and after a project name (PEP 508)
+/// nothing, its extras, a version, a marker or a URL: a line like `bad name!!` is refused here,
+/// in one line, rather than by the installer's log after a wait; a line that is neither that
+/// nor a URL or a path (`API_KEY=…`, `root:x:0:0:…`: a file given as requirements that is not
+/// one) is refused before the installer could print it into the run's record (both found by
+/// new-user trials). The option is named, the rest of the line is not.
+fn check_form(line: &str) -> Result<(), RequirementProblem> {
+    let first = line.split_whitespace().next().unwrap_or_default();
+    let option =
+        if first.starts_with('-') { Some(first) } else { line.split_whitespace().find(|word| word.starts_with("--")) };
+    if let Some(option) = option {
+        let option = option.split('=').next().unwrap_or(option);
+        let option = if option.starts_with("--") { option } else { option.get(..2).unwrap_or(option) };
+        // What to do instead depends on the option.
+        let instead = match option {
+            "-r" | "--requirement" | "-c" | "--constraint" => {
+                "give the requirements of the file it names instead, each on its own (a line, or --with)"
+            }
+            "-e" | "--editable" => "name the package as a requirement (a URL or a name and version)",
+            "--hash" => {
+                "the agent chooses the installer's; drop it (`uv export --no-hashes`, or pip-compile without --generate-hashes)"
+            }
+            _ => "the agent chooses the index and the installer's options (--package-index)",
+        };
+        return Err(RequirementProblem::Option { option: option.to_owned(), instead });
+    }
+    let not_a_requirement = |what: String| RequirementProblem::NotARequirement(what);
+    let Some((name, rest)) = project_name(line) else {
+        let url_or_path = line.contains("://")
+            || line.starts_with(['.', '/', '~'])
+            || ["git+", "hg+", "svn+", "bzr+", "file:"].iter().any(|scheme| line.starts_with(scheme));
+        return if url_or_path { Ok(()) } else { Err(not_a_requirement("neither a name nor a URL or a path".into())) };
+    };
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(not_a_requirement("a package's name starts with a letter or a digit".into()));
+    }
+    let rest = rest.trim_start();
+    let operator = ["==", "!=", "~=", "<", ">"].iter().any(|operator| rest.starts_with(operator));
+    if rest.is_empty() || operator || rest.starts_with(['[', '(', ';', '@']) {
+        return Ok(());
+    }
+    let what = match rest.get(..1) {
+        Some(first @ ("=" | "!" | "~")) => {
+            format!("after the name `{name}` comes `{first}`, no version operator (`==`, `>=`, `~=`)")
+        }
+        _ => format!(
+            "after the name `{name}` comes what is not a version (`{name}==1.2`), extras (`{name}[extra]`), \
+             a marker (`; python_version >= \"3.9\"`) or a URL (`{name} @ https://…`)"
+        ),
+    };
+    Err(not_a_requirement(what))
+}
+
+/// A requirement line as pip reads it, spelled one way, so that `Six`, `six` and `SIX` or
+/// `six == 1.16` and `six==1.16` key one environment: the project name as PEP 503 normalizes it
+/// (lowercase, each run of `-`, `_` and `.` one `-`), and the blanks of a version specifier
+/// dropped. A line that names a URL (`name @ URL`, `git+…`) or has environment markers (`;`) keeps
+/// everything after its name as written: blanks separate words there.
+fn normal_requirement(line: &str) -> String {
+    let Some((name, rest)) = project_name(line) else {
+        return line.to_owned();
+    };
+    let mut normal = String::with_capacity(line.len());
+    let mut in_separators = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !in_separators {
+                normal.push('-');
+            }
+            in_separators = true;
+        } else {
+            normal.push(c.to_ascii_lowercase());
+            in_separators = false;
+        }
+    }
+    if rest.contains([';', '@']) {
+        normal.push_str(rest);
+    } else {
+        normal.extend(rest.chars().filter(|c| !c.is_whitespace()));
+    }
+    normal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_a_requirement_says_to_fetch_it_from() {
+        assert_eq!(direct_reference("six==1.17.0"), None);
+        assert_eq!(direct_reference("six ; python_version > '3'"), None);
+        assert_eq!(direct_reference("six @ https://h/six.whl ; python_version > '3'"), Some("https://h/six.whl"));
+        assert_eq!(direct_reference("six[extra]@https://h/six.whl"), Some("https://h/six.whl"));
+        assert_eq!(direct_reference("git+https://github.com/a/b.git@v1"), Some("git+https://github.com/a/b.git@v1"));
+        assert_eq!(direct_reference("./local/pkg"), Some("./local/pkg"));
+    }
+
+    #[test]
+    fn a_set_is_keyed_whatever_its_order_blanks_and_comments_and_options_are_refused() {
+        let set = |lines: &[&str]| requirement_set(&lines.iter().map(|line| line.to_string()).collect::<Vec<_>>());
+        let first = set(&["numpy==2.1.3", "", "# tools", "requests>=2 # http", "numpy==2.1.3"]);
+        let second = set(&["requests>=2", "numpy==2.1.3"]);
+        assert_eq!(first.ok(), second.ok());
+        // A file saved with a byte-order mark is the same set.
+        assert_eq!(set(&["\u{feff}requests>=2\r", "numpy==2.1.3"]).ok(), set(&["requests>=2", "numpy==2.1.3"]).ok());
+        // One package spelled several ways is one set (found by a new-user trial: each built an
+        // environment of its own).
+        assert_eq!(
+            set(&["Six == 1.16", "Zope.Interface>=5, <6"]).ok(),
+            set(&["six==1.16", "zope-interface>=5,<6"]).ok()
+        );
+        assert_eq!(set(&["typing__extensions"]).ok(), Some(vec!["typing-extensions".to_owned()]));
+        // Blanks stay where they separate words: markers, URLs and VCS lines are kept as written.
+        for kept in
+            ["pkg @ https://example.org/pkg-1.0.whl", "git+https://github.com/a/b.git@v1", "https://example.org/x.whl"]
+        {
+            assert_eq!(set(&[kept]).ok(), Some(vec![kept.to_owned()]));
+        }
+        assert_eq!(
+            set(&["Attrs ; python_version >= '3.8'"]).ok(),
+            Some(vec!["attrs ; python_version >= '3.8'".to_owned()])
+        );
+        assert!(matches!(set(&["--index-url http://evil/simple"]), Err(RequirementError::Line { .. })));
+        assert!(matches!(set(&["-e ."]), Err(RequirementError::Line { .. })));
+        // Each refusal says what to do instead of that option (found by a new-user trial: `-r`
+        // was told about the index).
+        let said = |line: &str| set(&[line]).err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(
+            said("-r other.txt").contains("give the requirements of the file it names instead"),
+            "{}",
+            said("-r x")
+        );
+        assert!(said("--index-url http://evil/simple").contains("--package-index"));
+        // A line that is not a requirement is refused before anything is installed, its text not
+        // repeated (`export API_KEY=…`, found by a new-user trial, printed the key).
+        assert_eq!(
+            said("bad name!!"),
+            "line 1 of the requirements is not a requirement (after the name `bad` comes what is not a version \
+             (`bad==1.2`), extras (`bad[extra]`), a marker (`; python_version >= \"3.9\"`) or a URL \
+             (`bad @ https://…`); its text is not shown)"
+        );
+        assert!(!said("export API_KEY=hunter2").contains("hunter2"));
+        // Nor is an option's value: an index URL may hold a password.
+        for line in
+            ["--index-url https://user:hunter2@evil.example/simple", "-e git+https://u:hunter2@h/x/y", "-ehunter2"]
+        {
+            assert!(!said(line).contains("hunter2") && said(line).contains("has the option `-"), "{}", said(line));
+        }
+        for good in
+            ["six", "six [x]", "six ( >=1 )", "six;python_version>'3'", "six ~= 1.0", "six!=1", "six<2", "./dir"]
+        {
+            assert!(set(&[good]).is_ok(), "{good}");
+        }
+        // Found by a new-user trial: a file that is not a requirements file (a .env, /etc/shadow)
+        // went to the installer, whose error put its lines into the run's record. Refused, and
+        // its text is not repeated.
+        for (line, what) in [
+            ("API_KEY=sk-live-SECRET123", "after the name `API_KEY` comes `=`, no version operator"),
+            ("_apt:*:20228:0:99999:7:::", "neither a name nor a URL or a path"),
+            ("root:x:0:0:root:/root:/bin/bash", "neither a name nor a URL or a path"),
+            ("TOKEN: abc-SECRET", "neither a name nor a URL or a path"),
+            ("_private==1", "a package's name starts with a letter or a digit"),
+        ] {
+            let error = said(line);
+            assert!(error.starts_with("line 1 of the requirements is not a requirement ("), "{error}");
+            assert!(error.contains(what), "{line}: {error}");
+            assert!(!error.contains("SECRET") && !error.contains("20228") && !error.contains("abc"), "{error}");
+        }
+        assert_eq!(
+            said("API_KEY=x"),
+            "line 1 of the requirements is not a requirement (after the name `API_KEY` comes `=`, no version operator \
+             (`==`, `>=`, `~=`); its text is not shown)"
+        );
+        // pip-compile's lines: continued with `\`, pinned with hashes (options, refused by name).
+        assert_eq!(set(&["six \\", "  ==1.17.0"]).ok(), Some(vec!["six==1.17.0".to_owned()]));
+        let hashed = set(&[
+            "six==1.17.0 \\",
+            "    --hash=sha256:4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274",
+        ]);
+        let hashed = hashed.err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(
+            hashed.starts_with("line 2 of the requirements has the option `--hash`: options are not taken"),
+            "{hashed}"
+        );
+        assert!(!hashed.contains("4721f3"), "{hashed}");
+        assert!(said("six==1.17.0 --hash=sha256:ab").contains("`uv export --no-hashes`"));
+        assert!(matches!(set(&["six \\"]), Err(RequirementError::Line { .. })));
+    }
+}
