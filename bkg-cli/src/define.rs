@@ -154,7 +154,8 @@ fn requirements(project: &Path, name: &str, spec: &SandboxSpec, allow_outside: b
             path.display()
         ))
     })?;
-    Ok(text.lines().map(str::to_owned).collect())
+    let lines = text.lines().map(str::to_owned).collect();
+    crate::exe::checked(lines, |line| format!("sandbox `{name}`: python.requirements {} line {line}", path.display()))
 }
 
 /// Gives the agent `definition`; one it has already is left as it is.

@@ -343,7 +343,7 @@ fn requirements(
 
 /// `lines` of one source, refused as the agent would refuse them but at the place `place` names
 /// for the line's number in them.
-fn checked(lines: Vec<String>, place: impl Fn(usize) -> String) -> Result<Vec<String>, CliError> {
+pub(crate) fn checked(lines: Vec<String>, place: impl Fn(usize) -> String) -> Result<Vec<String>, CliError> {
     use bkg_schema::requirements::{RequirementError, requirement_set};
     match requirement_set(&lines) {
         Ok(_) => Ok(lines),
