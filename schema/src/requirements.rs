@@ -357,7 +357,16 @@ fn normal_requirement(line: &str) -> String {
             in_separators = false;
         }
     }
-    if rest.contains([';', '@']) {
+    // `six@URL` and `six @ URL` are one requirement: the `@` is spelled with a blank each side.
+    let direct = rest.split_once('@').filter(|(before, _)| {
+        let before = before.trim();
+        before.is_empty() || (before.starts_with('[') && before.ends_with(']'))
+    });
+    if let Some((extras, reference)) = direct {
+        normal.extend(extras.chars().filter(|c| !c.is_whitespace()));
+        normal.push_str(" @ ");
+        normal.push_str(reference.trim());
+    } else if rest.contains(';') {
         normal.push_str(rest);
     } else {
         normal.extend(rest.chars().filter(|c| !c.is_whitespace()));
@@ -432,6 +441,15 @@ mod tests {
             set(&["six==1.16", "zope-interface>=5,<6"]).ok()
         );
         assert_eq!(set(&["typing__extensions"]).ok(), Some(vec!["typing-extensions".to_owned()]));
+        // A URL's `@` with or without blanks (found by a new-user trial: two environments).
+        assert_eq!(
+            set(&["Six@https://h/six.whl", "six @ https://h/six.whl"]).ok(),
+            Some(vec!["six @ https://h/six.whl".to_owned()])
+        );
+        assert_eq!(
+            set(&["six[A] @https://h/six.whl ; python_version > '3'"]).ok(),
+            Some(vec!["six[A] @ https://h/six.whl ; python_version > '3'".to_owned()])
+        );
         // Blanks stay where they separate words: markers, URLs and VCS lines are kept as written.
         for kept in
             ["pkg @ https://example.org/pkg-1.0.whl", "git+https://github.com/a/b.git@v1", "https://example.org/x.whl"]
