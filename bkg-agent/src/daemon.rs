@@ -1122,6 +1122,7 @@ async fn serve(
         tracer: Tracer::from_env(api.sampling_rate),
         bodies: Arc::new(BodyBudget::new(api.connections.body_budget, api.connections.body_timeout)),
         ui: Arc::new(crate::ui::UiState::default()),
+        mcp_calls: Arc::default(),
     };
     tracing::info!(
         socket = %socket.display(),

@@ -21,6 +21,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
 use crate::ids::new_id;
@@ -229,6 +230,84 @@ fn principal_of(parts: &Parts) -> Result<Principal, ErrorData> {
         .ok_or_else(|| ErrorData::internal_error("the request reached MCP without an authenticated caller", None))
 }
 
+/// The tool calls under way, by caller and JSON-RPC id: each POST is a protocol session of its
+/// own here (`NeverSessionManager`), so rmcp cannot match a client's `notifications/cancelled`,
+/// which comes in another POST, with the call it names; the gate (server.rs, `mcp_gate`) does,
+/// and cancels the call's token, as it does when the call's client goes away.
+#[derive(Default)]
+pub struct InFlightCalls {
+    calls: std::sync::Mutex<std::collections::HashMap<(String, String), (u64, CancellationToken)>>,
+    serial: std::sync::atomic::AtomicU64,
+}
+
+impl InFlightCalls {
+    /// Notes `caller`'s call `id` until the returned guard goes; its token is cancelled by
+    /// [`Self::cancel`] or by the guard dropped before [`CallGuard::finished`].
+    pub fn begin(self: &Arc<Self>, caller: String, id: &serde_json::Value) -> CallGuard {
+        let token = CancellationToken::new();
+        let key = (caller, id.to_string());
+        let serial = self.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(key.clone(), (serial, token.clone()));
+        CallGuard { calls: Arc::clone(self), key, serial, token, finished: false }
+    }
+
+    /// Cancels `caller`'s call `id`, if it is under way (another caller's is not theirs to end).
+    pub fn cancel(&self, caller: String, id: &serde_json::Value) {
+        if let Some((_, token)) = self.lock().get(&(caller, id.to_string())) {
+            token.cancel();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), (u64, CancellationToken)>> {
+        self.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A call under way (`InFlightCalls::begin`).
+pub struct CallGuard {
+    calls: Arc<InFlightCalls>,
+    key: (String, String),
+    serial: u64,
+    token: CancellationToken,
+    finished: bool,
+}
+
+impl CallGuard {
+    /// What the call's tool waits on beside its work.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// The call was answered: its end cancels nothing.
+    pub fn finished(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        // Dropped unanswered: the HTTP request went away with its client.
+        if !self.finished {
+            self.token.cancel();
+        }
+        let mut calls = self.calls.lock();
+        // A second call of the caller's with the same id may have replaced this one.
+        if calls.get(&self.key).is_some_and(|(serial, _)| *serial == self.serial) {
+            calls.remove(&self.key);
+        }
+    }
+}
+
+/// The token of the call `parts` carry (the gate put it there); one never cancelled otherwise.
+fn cancellation_of(parts: &Parts) -> CancellationToken {
+    parts.extensions.get::<CancellationToken>().cloned().unwrap_or_default()
+}
+
+/// The answer to a call its client cancelled: it is not read, but a call has one.
+fn cancelled_call() -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text("the call was cancelled, and its code ended")])
+}
+
 /// A refusal the model should read and act on, as a tool error rather than a protocol error.
 fn refused(error: OpError) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(error.to_string())])
@@ -289,9 +368,16 @@ impl SandboxTools {
         principal: &Principal,
         sandbox_id: &str,
         exec: ExecRequest,
+        call: &CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
         let ran = match self.operations.accept_exec(principal, sandbox_id, exec).await {
-            Ok(accepted) => self.operations.run_to_end(accepted).await,
+            Ok(accepted) => tokio::select! {
+                ran = self.operations.run_to_end(accepted) => ran,
+                // The client cancelled the call (`notifications/cancelled`) or went away: the
+                // run's future is dropped, which cancels the run, as a REST caller's hang-up does
+                // (found by a new-user trial: the run went on to its timeout, the sandbox busy).
+                () = call.cancelled() => return Ok(cancelled_call()),
+            },
             Err(error) if error.is_busy() => match self.session_of(principal, sandbox_id).await {
                 Some(session) => {
                     return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
@@ -382,7 +468,7 @@ impl SandboxTools {
             language: Some(language),
             ..ExecRequest::command(interpreter)
         };
-        self.exec(&principal, &args.sandbox_id, exec).await
+        self.exec(&principal, &args.sandbox_id, exec, &cancellation_of(&parts)).await
     }
 
     #[tool(
@@ -396,7 +482,7 @@ impl SandboxTools {
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&parts)?;
         let exec = ExecRequest::command(args.command);
-        self.exec(&principal, &args.sandbox_id, exec).await
+        self.exec(&principal, &args.sandbox_id, exec, &cancellation_of(&parts)).await
     }
 
     #[tool(description = "Stop a sandbox and delete it with its workspace.")]
@@ -450,6 +536,7 @@ impl SandboxTools {
     ) -> Result<CallToolResult, ErrorData> {
         use bkg_schema::files::{SessionEvent, StreamName};
         let principal = principal_of(&parts)?;
+        let call = cancellation_of(&parts);
         let limit = match self.operations.get_sandbox(&principal, &args.sandbox_id).await {
             Ok(sandbox) if sandbox.limits.timeout_ms != bkg_schema::NO_TIMEOUT_MS => {
                 Some(Duration::from_millis(sandbox.limits.timeout_ms))
@@ -471,6 +558,12 @@ impl SandboxTools {
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
+                // Cancelled, or the client went away: the cell is interrupted, as Ctrl-C in
+                // `bkg repl` does, and nobody waits for the rest.
+                () = call.cancelled() => {
+                    let _ = self.operations.interrupt_session(&principal, &args.sandbox_id, MCP_SESSION).await;
+                    return Ok(cancelled_call());
+                }
                 () = &mut deadline => {
                     if timed_out {
                         // The code went on after the interrupt: its interpreter goes, so the

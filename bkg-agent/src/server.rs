@@ -100,6 +100,8 @@ pub struct AppState {
     pub bodies: Arc<BodyBudget>,
     /// The Web UI's sessions and one-time login tokens.
     pub ui: Arc<crate::ui::UiState>,
+    /// MCP tool calls under way, to cancel when their client asks or goes away.
+    pub mcp_calls: Arc<crate::mcp::InFlightCalls>,
 }
 
 /// The API's routes, with the gatekeeper in front of every one of them.
@@ -174,11 +176,29 @@ async fn mcp_gate(State(state): State<AppState>, request: Request, next: Next) -
     {
         return Failure::from(refusal).into_response();
     }
-    let request = match params_checked(request).await {
-        Ok(request) => request,
+    let (mut request, message) = match params_checked(request).await {
+        Ok(checked) => checked,
         Err(answer) => return answer,
     };
+    let caller = request.extensions().get::<Principal>().map(Principal::actor).unwrap_or_default();
+    let call = match message.as_ref().and_then(|message| Some((message.get("method")?.as_str()?, message))) {
+        Some(("tools/call", message)) => message.get("id").map(|id| state.mcp_calls.begin(caller, id)),
+        Some(("notifications/cancelled", message)) => {
+            if let Some(id) = message.get("params").and_then(|params| params.get("requestId")) {
+                state.mcp_calls.cancel(caller, id);
+            }
+            None
+        }
+        _ => None,
+    };
+    if let Some(call) = &call {
+        request.extensions_mut().insert(call.token());
+    }
+    // Dropped with this future before it ends (the client went away), `call` cancels the call.
     let response = next.run(request).await;
+    if let Some(call) = call {
+        call.finished();
+    }
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -213,20 +233,20 @@ async fn mcp_gate(State(state): State<AppState>, request: Request, next: Next) -
 /// A POSTed MCP request whose params its method cannot take, answered as JSON-RPC's invalid
 /// params (-32602) with its id (`mcp::invalid_params`); any other request goes on to rmcp with
 /// its body as it came.
-async fn params_checked(request: Request) -> Result<Request, Response> {
+async fn params_checked(request: Request) -> Result<(Request, Option<serde_json::Value>), Response> {
     if request.method() != Method::POST {
-        return Ok(request);
+        return Ok((request, None));
     }
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| Failure::too_large(MAX_BODY_BYTES).into_response())?;
-    let refused = serde_json::from_slice(&bytes).ok().and_then(|message| crate::mcp::refused_request(&message));
-    if let Some((id, code, why)) = refused {
+    let message: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    if let Some((id, code, why)) = message.as_ref().and_then(crate::mcp::refused_request) {
         let error = serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": why } });
         return Err(axum::Json(error).into_response());
     }
-    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+    Ok((Request::from_parts(parts, axum::body::Body::from(bytes)), message))
 }
 
 async fn not_found() -> Failure {

@@ -1311,6 +1311,43 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
         }),
         "a session's execution is held to the sandbox's timeout, its output to 1 MiB a stream"
     );
+    // The cancelled call's run ended when the client cancelled it, not at its 50 s sleep's end,
+    // and the sandbox took the next call.
+    let cancel = &summary["cancel"];
+    assert!(cancel["aborted"].as_str().is_some_and(|error| error.contains("gave up")), "{summary}");
+    assert_eq!(cancel["after"], "free\n", "{summary}");
+    let sandbox = cancel["sandbox_id"].as_str().unwrap_or_default();
+    let runs =
+        bkg_tests::http::unix_request(&api.agent.socket, "GET", &format!("/api/v1/runs?sandbox={sandbox}"), None)
+            .json();
+    let sleeper =
+        runs.as_array().into_iter().flatten().find(|run| run["exit_code"] != 0 || run["killed_by"] != Value::Null);
+    assert_eq!(sleeper.map(|run| run["killed_by"].clone()), Some(json!("cancelled")), "{runs}");
+    // A client that goes away mid-call ends the call's run too, as a REST caller's does.
+    let call = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": "sandbox_run_code",
+        "arguments": { "sandbox_id": sandbox, "code": "import time\ntime.sleep(50)" } } })
+    .to_string();
+    let mut hanging_up = std::net::TcpStream::connect(&api.address).expect("connect");
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+        call.len()
+    );
+    std::io::Write::write_all(&mut hanging_up, format!("{head}{call}").as_bytes()).expect("send the call");
+    let sandbox_path = format!("/api/v1/sandboxes/{sandbox}");
+    bkg_tests::eventually("the call's run to start", || {
+        let info = bkg_tests::http::unix_request(&api.agent.socket, "GET", &sandbox_path, None).json();
+        if info["current_run"].is_null() { Err(info.to_string()) } else { Ok(()) }
+    });
+    drop(hanging_up);
+    let runs_path = format!("/api/v1/runs?sandbox={sandbox}");
+    bkg_tests::eventually("the run of the call whose client went away to be cancelled", || {
+        let runs = bkg_tests::http::unix_request(&api.agent.socket, "GET", &runs_path, None).json();
+        let cancelled = runs.as_array().into_iter().flatten().filter(|run| run["killed_by"] == "cancelled").count();
+        if cancelled == 2 { Ok(()) } else { Err(runs.to_string()) }
+    });
+    let deleted = bkg_tests::http::unix_request(&api.agent.socket, "DELETE", &sandbox_path, None);
+    assert!(deleted.status < 300, "{}", deleted.text());
     assert_eq!(summary["unknown_argument"]["is_error"], true, "{summary}");
     assert!(summary["unknown_argument"]["text"].as_str().is_some_and(|text| text.contains("bogus")), "{summary}");
     let mut tools: Vec<&str> =

@@ -172,6 +172,28 @@ const ignored = await execute("import signal\nsignal.signal(signal.SIGINT, signa
 const afterIgnored = await execute("'kept' in globals()");
 const flood = await execute("import sys\nfor _ in range(3): sys.stdout.write('z' * 1000000)\nprint('end', file=sys.stderr)");
 structured(await client.callTool({ name: "sandbox_stop", arguments: { sandbox_id: limited.sandbox_id } }), "sandbox_stop");
+// A call the client cancels ends its code, and the sandbox takes the next call (found by a
+// new-user trial: the run went on to its timeout, the sandbox busy meanwhile). The run's record
+// is read by the test over the API.
+const cancelled = structured(
+  await client.callTool({ name: "sandbox_start", arguments: { language: "python", timeout: "60s" } }),
+  "sandbox_start",
+);
+const abort = new AbortController();
+const longCall = client.callTool(
+  { name: "sandbox_run_code", arguments: { sandbox_id: cancelled.sandbox_id, code: "import time\nprint('up', flush=True)\ntime.sleep(50)" } },
+  undefined,
+  { signal: abort.signal },
+);
+await new Promise((resolve) => setTimeout(resolve, 1500));
+abort.abort("the user gave up");
+const abortedCall = await longCall.then(() => "answered", (error) => String(error));
+let afterCancel = null;
+for (let attempt = 0; attempt < 40 && (afterCancel === null || afterCancel.isError); attempt++) {
+  if (afterCancel !== null) await new Promise((resolve) => setTimeout(resolve, 250));
+  afterCancel = await client.callTool({ name: "sandbox_run_command", arguments: { sandbox_id: cancelled.sandbox_id, command: "echo free" } });
+}
+// The sandbox is left for the test, which calls into it and hangs up.
 await client.close();
 
 console.log(
@@ -214,6 +236,11 @@ console.log(
     unknown_argument: { is_error: unknownArgument.isError === true, text: unknownArgument.content?.[0]?.text ?? "" },
     busy,
     busy_create: { is_error: busyCreate?.isError === true, text: busyCreate?.content?.[0]?.text ?? "" },
+    cancel: {
+      sandbox_id: cancelled.sandbox_id,
+      aborted: abortedCall,
+      after: afterCancel.isError ? afterCancel.content?.[0]?.text ?? "" : structured(afterCancel, "sandbox_run_command").stdout,
+    },
     limited: {
       set: [set.status, set.timed_out, set.truncated],
       spun: [spun.status, spun.timed_out, spun.error?.name ?? null],
