@@ -86,6 +86,8 @@ pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
     if let Some(part) = &part {
         crate::project::note_left_out(out, part);
     }
+    // Left out for its problems, a sandbox is still cave.yaml's: not one it no longer declares.
+    let left_out = part.as_ref().map(|part| part.left_out.clone()).unwrap_or_default();
     let cave = part.map(|part| part.cave);
     let sandboxes = list(&client, project.as_deref()).await?;
     let declared: Vec<Declared> = match (&project, &cave) {
@@ -113,6 +115,8 @@ pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
         for info in &sandboxes {
             match cave.sandboxes.get(&info.name) {
                 Some(spec) => note_changed_definition(out, info, spec),
+                // Found by a new-user trial: an invalid one was said to be gone, to `bkg rm`.
+                None if left_out.contains(&info.name) => {}
                 // Found by a new-user trial: after `bkg init --force`, the sandboxes of the old
                 // cave.yaml were listed as if it still declared them.
                 None => out.note(format_args!(

@@ -1536,6 +1536,15 @@ fn an_invalid_sandbox_keeps_neither_the_others_nor_its_own_removal_from_working(
     let ls = agent.bkg_in(dir, &["ls"]);
     assert_eq!(code(&ls), 0, "{}", stderr(&ls));
     assert!(stdout(&ls).contains("good") && stderr(&ls) == left_out, "{}{}", stdout(&ls), stderr(&ls));
+    // One the agent has, made invalid, is left out too, not said to be gone (found by a new-user
+    // trial: `bkg ls` told to `bkg rm` it, its workspace and all, over a typo).
+    let valid = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    std::fs::write(dir.join("cave.yaml"), valid.replace("  good:\n", "  good:\n    colour: blue\n")).expect("write");
+    let ls = agent.bkg_in(dir, &["ls"]);
+    assert_eq!(code(&ls), 0, "{}", stderr(&ls));
+    assert!(stderr(&ls).contains("`good` are invalid and left out"), "{}", stderr(&ls));
+    assert!(!stderr(&ls).contains("not in cave.yaml"), "{}", stderr(&ls));
+    std::fs::write(dir.join("cave.yaml"), valid).expect("write");
 
     // The invalid one itself is refused with its problems, and all of them when asked for.
     for refused in [agent.bkgr(dir, &["bad"]), agent.bkgr(dir, &[]), agent.bkg_in(dir, &["exec", "bad", "-c", "pass"])]
