@@ -270,6 +270,11 @@ fn bkg_repl_keeps_going_on_ctrl_c_and_leaves_on_ctrl_d() {
     let project = project_with_a_sandbox(&agent);
     let mut terminal = OnTerminal::spawn(in_project(&agent, project.path(), &["repl", "box"]));
     terminal.expect(">>> ");
+    // Lines that come at once (typed ahead, or sent by a program without bracketed paste) each
+    // run, in order (found by a new-user trial: all but the first were lost).
+    terminal.type_in("p = 1\rq = 2\rr = 3\rprint('sum', p + q + r)\r");
+    terminal.expect("sum 6");
+    terminal.expect(">>> ");
     terminal.type_in("x = 40");
     terminal.type_in("\x03");
     terminal.expect(">>> ");
