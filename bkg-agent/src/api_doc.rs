@@ -241,6 +241,32 @@ mod tests {
         Ok(())
     }
 
+    /// Every `namespace` the document describes has the agent's own rule (it allowed 63
+    /// characters where the agent takes 56; found by a new-user trial).
+    #[test]
+    fn every_namespace_in_the_document_has_the_agents_rule() -> Result<(), YamlError> {
+        fn patterns(value: &serde_json::Value, found: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(fields) => {
+                    if let Some(pattern) = fields.get("namespace").and_then(|field| field.get("pattern")) {
+                        found.push(pattern.as_str().unwrap_or_default().to_owned());
+                    }
+                    fields.values().for_each(|child| patterns(child, found));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|child| patterns(child, found)),
+                _ => {}
+            }
+        }
+        let document = serde_json::to_value(ApiDoc::openapi()).map_err(|error| YamlError(error.to_string()))?;
+        let mut found = Vec::new();
+        patterns(&document, &mut found);
+        assert!(found.len() >= 5, "{found:?}");
+        assert!(found.iter().all(|pattern| pattern == bkg_schema::sandbox::NAMESPACE_PATTERN), "{found:?}");
+        let longest = format!("^[a-z0-9]([a-z0-9-]{{0,{}}}[a-z0-9])?$", bkg_schema::sandbox::MAX_NAMESPACE_LEN - 2);
+        assert_eq!(bkg_schema::sandbox::NAMESPACE_PATTERN, longest);
+        Ok(())
+    }
+
     #[test]
     fn words_yaml_1_1_reads_as_booleans_are_quoted_and_nothing_else_changes() -> Result<(), YamlError> {
         assert_eq!(quote_yaml_1_1_word("      - no"), "      - 'no'");

@@ -88,7 +88,7 @@ pub struct CreateKeyRequest {
     pub role: Role,
     /// Required for every role but admin; a namespace key may only name its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,54}[a-z0-9])?$"))]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
@@ -121,7 +121,7 @@ pub struct SignupRequest {
     /// At least 12 characters.
     #[cfg_attr(feature = "openapi", schema(min_length = 12))]
     pub password: String,
-    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,54}[a-z0-9])?$"))]
     pub namespace: String,
 }
 

@@ -321,7 +321,7 @@ pub struct RunRequest {
     /// The namespace the run belongs to. Only an admin may name one; a namespace or session
     /// key's runs are always in its own namespace. Default: the key's namespace, or `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,54}[a-z0-9])?$"))]
     pub namespace: Option<String>,
     /// Files or directories under /workspace to keep as the run's files, besides
     /// `/workspace/out`, which is always kept (`bkg exe --keep`, cave.yaml's `keep:`).

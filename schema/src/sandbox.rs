@@ -26,6 +26,9 @@ pub const MAX_NAMESPACE_LEN: usize = 63 - "bkg_ns_".len();
 pub const NAMESPACE_RULE: &str =
     "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 56 characters";
 
+/// The same rule as a JSON Schema pattern, for the API's document (`schema(pattern = …)`).
+pub const NAMESPACE_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,54}[a-z0-9])?$";
+
 /// Whether `name` may name a namespace: a DNS label of at most [`MAX_NAMESPACE_LEN`] characters.
 pub fn is_namespace_name(name: &str) -> bool {
     is_dns_label(name) && name.len() <= MAX_NAMESPACE_LEN
@@ -84,7 +87,7 @@ pub fn overlapping_volumes<'a>(guests: impl IntoIterator<Item = &'a str>) -> Vec
 pub struct SandboxDefinition {
     #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
     pub name: String,
-    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,54}[a-z0-9])?$"))]
     pub namespace: String,
     /// Absolute host path of the project; mounted read-only at /project. The sandbox's state
     /// lives in its `.bkg/` folder.
@@ -262,7 +265,7 @@ pub struct NewSandbox {
     pub name: String,
     /// Default: the key's namespace (`default` for admins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9]([a-z0-9-]{0,54}[a-z0-9])?$"))]
     pub namespace: Option<String>,
     pub language: Language,
     #[serde(default, deserialize_with = "crate::shape::object")]

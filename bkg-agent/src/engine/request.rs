@@ -55,6 +55,11 @@ impl From<EngineError> for RunError {
             EngineError::Disk(full @ super::disk::DiskError::HostFull { .. }) => {
                 Self::Overloaded { retry_after_secs: 5, reason: full.to_string() }
             }
+            // The caller's limit, refused whenever it is asked: not a failure to try again (it was
+            // a 503, found by a new-user trial).
+            EngineError::Disk(smaller @ super::disk::DiskError::WouldShrink { .. }) => {
+                Self::BadRequest(smaller.to_string())
+            }
             other => Self::Engine(other),
         }
     }
