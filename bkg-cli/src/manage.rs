@@ -483,13 +483,15 @@ async fn why_following_ended(client: &AgentClient, id: &str, name: &str) -> Opti
         return Some(format!("{name} was removed"));
     };
     let service = info.service.as_ref()?;
-    // The run followed is the newest that ended: the service's own, or another (a foreground
-    // `bkgr`), of whose end the service says nothing (found by a new-user trial: it was said to
-    // end with the service's earlier failure).
-    let followed = last_ended_run(&info);
-    if service.run_id.is_some() && followed.map(|run| &run.id) != service.run_id.as_ref() {
+    // The run followed is the newest: the service's own, or another (a foreground `bkgr`), of
+    // whose end the service says nothing (found by a new-user trial: it was said to end with the
+    // service's earlier failure). Its end may not be recorded yet when its log ends (found by a
+    // new-user trial: `bkg stop` ended a follow without a word).
+    let newest = info.last_run.as_ref();
+    if service.run_id.is_some() && newest.map(|run| &run.id) != service.run_id.as_ref() {
         return None;
     }
+    let followed = newest.filter(|run| run.finished_at_ms.is_some());
     match service.state {
         ServiceState::Stopped => Some(format!("{name}'s service was stopped")),
         ServiceState::Exited => {
@@ -502,7 +504,10 @@ async fn why_following_ended(client: &AgentClient, id: &str, name: &str) -> Opti
                     (None, Some(code)) => format!("ended with exit {code}"),
                     (None, None) => "ended".to_owned(),
                 },
-                (None, None) => "ended".to_owned(),
+                (None, None) => match service.last_exit_code {
+                    Some(code) => format!("ended with exit {code}"),
+                    None => "ended".to_owned(),
+                },
             };
             Some(format!("{name}'s service {how}"))
         }

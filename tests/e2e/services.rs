@@ -337,6 +337,40 @@ fn exe_publishes_a_port_for_the_run_and_refuses_timeout_none() {
     assert!(stderr(&elsewhere).contains("the address is not one of this host's"), "{}", stderr(&elsewhere));
 }
 
+/// `bkg logs -f` of a service without restarts that `bkg stop` ends says it was stopped (was:
+/// silent, as the run's end was not recorded yet when its log ended; found by a new-user trial).
+#[test]
+fn following_a_service_that_bkg_stop_ends_says_it_was_stopped() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    std::fs::write(
+        dir.join("tick.py"),
+        "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.2)\n",
+    )
+    .expect("tick.py");
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  ticker:\n    type: python\n    scripts:\n      start: python /project/tick.py\n",
+    )
+    .expect("cave.yaml");
+    let started = agent.bkgr(dir, &["-d", "ticker"]);
+    assert_eq!(code(&started), 0, "{}", stderr(&started));
+    let mut follow = follow_log(&agent, dir, "ticker");
+    let mut stdout = BufReader::new(follow.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("a line");
+    assert_eq!(first, "tick\n");
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let stop = agent.bkg_in(dir, &["stop", "ticker"]);
+    assert_eq!(code(&stop), 0, "{}", stderr(&stop));
+    let status = poll("the follow to end with the service", || follow.try_wait().ok().flatten());
+    assert!(status.success(), "{status:?}");
+    let mut said = String::new();
+    follow.stderr.take().expect("stderr").read_to_string(&mut said).expect("the follow's stderr");
+    assert_eq!(said, "bkg: ticker's service was stopped; following ended\n");
+}
+
 /// `bkg logs -f` of a service follows it into each restart's run, and ends when it is stopped.
 #[test]
 fn logs_follow_a_service_across_its_restarts() {
