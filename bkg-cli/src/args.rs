@@ -1120,10 +1120,16 @@ fn unknown_argument(error: &clap::Error) -> Option<clap::Error> {
         _ => String::new(),
     };
     let command = command.join(" ");
-    Some(clap::Error::raw(
-        ErrorKind::UnknownArgument,
-        format!("unexpected argument `{arg}`{similar}: `{command} --help` lists what it takes\n"),
-    ))
+    // Before any command: a command's flag given where git and make take theirs (`bkg -C DIR
+    // ls`; found by a new-user trial).
+    let message = match command.as_str() {
+        "bkg" if similar.is_empty() => format!(
+            "unexpected argument `{arg}`: it is not one of {command}'s own flags; a command's come after the \
+             command (`{command} COMMAND {arg} …`), and `{command} --help` lists {command}'s own"
+        ),
+        _ => format!("unexpected argument `{arg}`{similar}: `{command} --help` lists what it takes"),
+    };
+    Some(clap::Error::raw(ErrorKind::UnknownArgument, format!("{message}\n")))
 }
 
 /// A flag given an empty value (`-o ''`) or none (`-o` last): one line that names the flag, instead

@@ -163,6 +163,15 @@ fn a_usage_line_shows_what_was_typed_not_what_the_environment_gave() {
     let (code, stderr) = with_socket_set(&["exe", "--bogus", "x.py"], &std::env::temp_dir());
     assert_eq!(code, Some(125), "{stderr}");
     assert_eq!(stderr, "bkg: unexpected argument `--bogus`: `bkg exe --help` lists what it takes\n");
+    // A command's flag before the command, where git and make take theirs (found by a new-user
+    // trial: it said only that `bkg --help` lists what bkg takes).
+    let (code, stderr) = with_socket_set(&["-C", "/tmp", "ls"], &std::env::temp_dir());
+    assert_eq!(code, Some(125), "{stderr}");
+    assert_eq!(
+        stderr,
+        "bkg: unexpected argument `-C`: it is not one of bkg's own flags; a command's come after the command \
+         (`bkg COMMAND -C …`), and `bkg --help` lists bkg's own\n"
+    );
     // Without a script, one line that names no flag of the environment's either.
     let (code, stderr) = with_socket_set(&["exe"], &std::env::temp_dir());
     assert_eq!(code, Some(125), "{stderr}");
