@@ -184,6 +184,13 @@ pub async fn cp(settings: &Settings, args: CpArgs) -> Result<i32, CliError> {
                     if copied.left_out.len() > 1 { ", …" } else { "" }
                 ));
             }
+            for volume in &copied.volumes {
+                settings.out.note(format_args!(
+                    "left out {}: a volume mounted into the sandbox; its files are this host's already, in the \
+                     folder cave.yaml's volumes name",
+                    dest.join(volume).display()
+                ));
+            }
             let copied = UploadResult { path, files: copied.files, bytes: copied.bytes, links: copied.links };
             report(settings.out, &copied, &into)?;
         }
@@ -342,6 +349,8 @@ pub struct Unpacked {
     pub links: u64,
     /// Entries that are neither files, directories nor links (named pipes), not made here.
     pub left_out: Vec<PathBuf>,
+    /// Volumes mounted in the sandbox's /workspace: their files are the host's, not sent.
+    pub volumes: Vec<PathBuf>,
 }
 
 /// What a download brings back of the symbolic links in it.
@@ -367,7 +376,13 @@ fn unpack_counting<R: std::io::Read>(
         let mut entry = entry?;
         let kind = entry.header().entry_type();
         if kind == tar::EntryType::Directory {
-            directories.push(entry);
+            let marked = entry.pax_extensions().ok().flatten().is_some_and(|mut extensions| {
+                extensions.any(|extension| extension.is_ok_and(|pax| pax.key() == Ok(bkg_schema::files::MOUNT_MARK)))
+            });
+            match marked {
+                true => unpacked.volumes.push(entry.path().map(|path| path.into_owned()).unwrap_or_default()),
+                false => directories.push(entry),
+            }
             continue;
         }
         if links == Links::LeftOut && matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {

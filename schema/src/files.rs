@@ -29,6 +29,11 @@ pub struct FileEntry {
     pub modified_ms: u64,
 }
 
+/// The PAX key of an empty directory entry in a download's tar stream that stands for a mount
+/// in the sandbox's /workspace (a cave.yaml volume), whose files are not sent: they are the
+/// host's.
+pub const MOUNT_MARK: &str = "BKG.mount";
+
 /// The answer of an upload (`PUT /api/v1/sandboxes/{id}/files`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -1364,6 +1364,37 @@ fn volume_cave(volumes: &[&str]) -> String {
     )
 }
 
+/// `bkg cp NAME:. DIR` of a sandbox with a volume copies the rest and names the volume left out
+/// (its files are the host's already); a copy into the volume is refused with where its files
+/// are (was: the whole download refused, "leads out of /workspace"; found by a new-user trial).
+#[test]
+fn a_download_of_a_workspace_with_a_volume_leaves_the_volume_out_and_says_so() {
+    let agent = Agent::start();
+    let project = private_dir();
+    let dir = project.path();
+    write(&dir.join("shared").join("host.txt"), "the host's");
+    write(&dir.join("cave.yaml"), &volume_cave(&["./shared:/workspace/shared:rw"]));
+    let made = agent.bkgr(dir, &["v", "sh", "--", "echo made > /workspace/own.txt"]);
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let copied = agent.bkg_in(dir, &["cp", "v:.", "all"]);
+    assert_eq!(code(&copied), 0, "{}", stderr(&copied));
+    assert_eq!(std::fs::read_to_string(dir.join("all/own.txt")).expect("own.txt"), "made\n");
+    assert!(!dir.join("all/shared").exists(), "the volume is not copied");
+    assert!(
+        stderr(&copied)
+            .contains("bkg: left out all/shared: a volume mounted into the sandbox; its files are this host's"),
+        "{}",
+        stderr(&copied)
+    );
+    let into = agent.bkg_in(dir, &["cp", "cave.yaml", "v:shared"]);
+    assert_eq!(code(&into), 125, "{}", stderr(&into));
+    assert!(
+        stderr(&into).contains("/workspace/shared leads out of /workspace: through a volume mounted into the sandbox"),
+        "{}",
+        stderr(&into)
+    );
+}
+
 /// A persistent /workspace holds what earlier runs' code made, links among them, and pid 1
 /// makes a volume's mount point there as root before the root is pivoted: a link on the way,
 /// absolute or relative, is refused in one line and nothing is made where it points (was: the

@@ -191,9 +191,12 @@ fn shown(path: &Path) -> String {
 fn failed(action: &str, path: &Path, errno: Errno) -> FilesError {
     match errno {
         Errno::ENOENT => FilesError::NotFound(format!("{} does not exist", shown(path))),
+        // Out of /workspace through a mount (resolution beneath it does not cross one) or
+        // through a link: both are EXDEV; ELOOP is a link not followed.
         Errno::EXDEV | Errno::ELOOP => FilesError::Refused(format!(
-            "{} leads out of /workspace (through a mount, or a symbolic link that is absolute or points \
-             outside: only relative links inside /workspace are followed): refused",
+            "{} leads out of /workspace: through a volume mounted into the sandbox (its files are the host's, in \
+             the folder cave.yaml's volumes name: copy them there), or a symbolic link that is absolute or points \
+             outside (only relative links inside /workspace are followed): refused",
             shown(path)
         )),
         Errno::ENOSPC | Errno::EDQUOT => FilesError::DiskFull(format!("{action} {}", shown(path))),
@@ -219,6 +222,13 @@ fn io_failed(action: &str, path: &Path, error: &std::io::Error) -> FilesError {
         Some(code) => failed(action, path, Errno::from_raw(code)),
         None => FilesError::Io(format!("{action} {}: {error}", shown(path))),
     }
+}
+
+/// What a directory holds under one name: an entry of its filesystem, or another filesystem
+/// mounted there (a cave.yaml volume), which resolution beneath /workspace does not enter.
+enum Child {
+    Entry(FileStat),
+    Mount,
 }
 
 fn beneath() -> ResolveFlag {
@@ -632,8 +642,26 @@ impl Workspace {
                     header.set_size(0);
                     builder.append_data(&mut header, name, std::io::empty()).map_err(write_failed)?;
                 }
-                for (child, child_stat) in self.children(path)? {
-                    self.append(builder, &path.join(&child), &name.join(&child), &child_stat)?;
+                for (child, kind) in self.children(path)? {
+                    match kind {
+                        Child::Entry(child_stat) => {
+                            self.append(builder, &path.join(&child), &name.join(&child), &child_stat)?;
+                        }
+                        // Said as what it is, without its files (the host's): an empty
+                        // directory marked `BKG.mount`, which `bkg cp` leaves out and names.
+                        Child::Mount => {
+                            builder
+                                .append_pax_extensions([(bkg_schema::files::MOUNT_MARK, &b"1"[..])])
+                                .map_err(write_failed)?;
+                            let mut header = tar::Header::new_gnu();
+                            header.set_entry_type(tar::EntryType::Directory);
+                            header.set_mode(0o755);
+                            header.set_size(0);
+                            builder
+                                .append_data(&mut header, name.join(&child), std::io::empty())
+                                .map_err(write_failed)?;
+                        }
+                    }
                 }
             }
             // A named pipe has no content, but is sent as what it is, so that the copy can say it
@@ -649,7 +677,7 @@ impl Workspace {
     }
 
     /// The entries of directory `dir`, by name, with what they are (symbolic links not followed).
-    fn children(&self, dir: &Path) -> Result<Vec<(PathBuf, FileStat)>, FilesError> {
+    fn children(&self, dir: &Path) -> Result<Vec<(PathBuf, Child)>, FilesError> {
         let fd = self.open_dir(dir).map_err(|errno| failed("open", dir, errno))?;
         let mut listing = nix::dir::Dir::from_fd(fd).map_err(|errno| failed("read", dir, errno))?;
         let mut names = Vec::new();
@@ -663,8 +691,14 @@ impl Workspace {
         names.sort();
         let mut children = Vec::with_capacity(names.len());
         for name in names {
-            let stat = self.stat(&dir.join(&name))?;
-            children.push((name, stat));
+            let path = dir.join(&name);
+            let child = match self.open_beneath(&path, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty()) {
+                Ok(fd) => Child::Entry(nix::sys::stat::fstat(&fd).map_err(|errno| failed("inspect", &path, errno))?),
+                // Another filesystem mounted here (a cave.yaml volume): not entered.
+                Err(Errno::EXDEV) => Child::Mount,
+                Err(errno) => return Err(failed("open", &path, errno)),
+            };
+            children.push((name, child));
         }
         Ok(children)
     }
@@ -688,7 +722,20 @@ impl Workspace {
     pub fn list(&self, dir: &Path, follow: bool) -> Result<Vec<FileEntry>, FilesError> {
         let stat = self.stat(dir)?;
         let entries = if kind_of(&stat) == FileKind::Directory || (follow && kind_of(&stat) == FileKind::Symlink) {
-            self.children(dir)?
+            let mut entries = Vec::new();
+            for (name, child) in self.children(dir)? {
+                let stat = match child {
+                    Child::Entry(stat) => stat,
+                    // A volume's own directory, as the sandbox sees it: listed, not entered.
+                    Child::Mount => {
+                        let parent = self.open_dir(dir).map_err(|errno| failed("open", dir, errno))?;
+                        nix::sys::stat::fstatat(&parent, name.as_path(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                            .map_err(|errno| failed("inspect", &dir.join(&name), errno))?
+                    }
+                };
+                entries.push((name, stat));
+            }
+            entries
         } else {
             vec![(dir.file_name().map(PathBuf::from).unwrap_or_default(), stat)]
         };
