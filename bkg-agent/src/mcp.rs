@@ -676,6 +676,10 @@ impl SandboxTools {
         Parameters(args): Parameters<PathArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&parts)?;
+        // A sandbox there is not is said first (found by a new-user trial: "/workspace is a directory").
+        if let Err(error) = self.operations.get_sandbox(&principal, &args.sandbox_id).await {
+            return Ok(refused(error));
+        }
         // /workspace itself comes as its contents, whose first entry may be any of its files.
         if std::path::Path::new(&args.path).components().all(|part| part == std::path::Component::CurDir) {
             return Ok(refused(OpError::Invalid("/workspace is a directory: sandbox_list_files lists it".into())));

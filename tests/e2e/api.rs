@@ -1311,6 +1311,10 @@ fn the_official_mcp_sdk_client_starts_a_sandbox_runs_python_and_stops_it() {
         }),
         "a session's execution is held to the sandbox's timeout, its output to 1 MiB a stream"
     );
+    // A sandbox there is not is said to be missing, whatever the path (was: "/workspace is a directory").
+    assert_eq!(summary["no_such"]["is_error"], true, "{summary}");
+    assert!(summary["no_such"]["text"].as_str().is_some_and(|text| text.contains("doesnotexist-1234")), "{summary}");
+    assert!(!summary["no_such"]["text"].as_str().unwrap_or_default().contains("is a directory"), "{summary}");
     // The cancelled call's run ended when the client cancelled it, not at its 50 s sleep's end,
     // and the sandbox took the next call.
     let cancel = &summary["cancel"];

@@ -112,6 +112,7 @@ structured(
 const link = await client.callTool({ name: "sandbox_download", arguments: { sandbox_id: started.sandbox_id, path: "data/link" } });
 // No path is /workspace itself, a directory, whatever its first file is.
 const whole = await client.callTool({ name: "sandbox_download", arguments: { sandbox_id: started.sandbox_id } });
+const noSuch = await client.callTool({ name: "sandbox_download", arguments: { sandbox_id: "doesnotexist-1234" } });
 // A sandbox busy with another run: said with what MCP can do, not the CLI's `bkg stop`. The
 // slow run is sent first; a call sent after it that still got in first is tried again.
 let busy = null;
@@ -222,6 +223,7 @@ console.log(
     outside: { is_error: outside.isError === true, text: outside.content?.[0]?.text ?? "" },
     link: { is_error: link.isError === true, text: link.content?.[0]?.text ?? "" },
     whole: { is_error: whole.isError === true, text: whole.content?.[0]?.text ?? "" },
+    no_such: { is_error: noSuch.isError === true, text: noSuch.content?.[0]?.text ?? "" },
     no_session: { is_error: noSession.isError === true, text: noSession.content?.[0]?.text ?? "" },
     listed: listed.entries.map((entry) => entry.name),
     downloaded: Buffer.from(downloaded.content_base64, "base64").toString(),
