@@ -404,7 +404,7 @@ impl KilledBy {
 pub struct RunResult {
     pub id: String,
     pub language: Language,
-    /// The script's exit code; absent when a signal ended it.
+    /// The script's exit code; null when a signal ended it.
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub killed_by: Option<KilledBy>,
