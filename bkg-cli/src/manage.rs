@@ -261,6 +261,20 @@ fn changed_since_last_run(info: &SandboxInfo, spec: &SandboxSpec) -> Vec<String>
 /// Says when cave.yaml has changed `info`'s sandbox since the agent was last given it, and when
 /// the change takes effect: `bkg ls` and `bkg status` show the agent's definition.
 fn note_changed_definition(out: crate::out::Printer, info: &SandboxInfo, spec: &SandboxSpec) {
+    // A disk below the sandbox's is not a change to come: it never shrinks (found by a new-user
+    // trial: `disk 500MiB` shown against cave.yaml's 300MiB without a word).
+    let asked_disk =
+        spec.limits.as_ref().and_then(|limits| limits.to_overrides().ok()).and_then(|wanted| wanted.disk_bytes);
+    if let Some(asked) = asked_disk.filter(|asked| *asked < info.limits.disk_bytes) {
+        out.note(format_args!(
+            "{}: its disk is {}, above cave.yaml's {}: a disk only grows; `bkg rm {}` starts over with a smaller one \
+             (its files go with it)",
+            info.name,
+            format_size(info.limits.disk_bytes),
+            format_size(asked),
+            info.name
+        ));
+    }
     let changed = changed_since_last_run(info, spec);
     if changed.is_empty() {
         return;
