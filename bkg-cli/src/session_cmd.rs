@@ -427,6 +427,11 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
         if code.trim().is_empty() {
             continue;
         }
+        // At a terminal, the interpreter's own ways out leave the REPL, as Ctrl-D does, the
+        // session kept (found by a new-user trial: `exit()` printed a SystemExit traceback).
+        if !piped && leaves_the_repl(info.language, &code) {
+            return Ok(worst);
+        }
         let mut for_this_cell;
         let signals = match fed_signals.as_mut() {
             Some(signals) => signals,
@@ -563,6 +568,15 @@ impl Prompt {
                 return Ok(Some(cell));
             }
         }
+    }
+}
+
+/// Whether `cell` is what leaves the interpreter's own prompt: `exit()`, `quit()` (and, as
+/// Python 3.13 takes them, `exit`, `quit`), Node's `.exit`.
+fn leaves_the_repl(language: Language, cell: &str) -> bool {
+    match language {
+        Language::Python => ["exit()", "quit()", "exit", "quit"].contains(&cell.trim()),
+        Language::Node => cell.trim() == ".exit",
     }
 }
 

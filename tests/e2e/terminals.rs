@@ -325,6 +325,27 @@ fn bkg_repl_keeps_going_on_ctrl_c_and_leaves_on_ctrl_d() {
     assert_eq!(terminal.exit_code(), 0, "Ctrl-D leaves the REPL");
 }
 
+/// `exit()` at `bkg repl`'s prompt leaves it as Python's own prompt does, the session kept (was:
+/// a SystemExit traceback; found by a new-user trial).
+#[test]
+fn exit_at_the_repl_prompt_leaves_it() {
+    let agent = Agent::start();
+    let project = project_with_a_sandbox(&agent);
+    let mut terminal = OnTerminal::spawn(in_project(&agent, project.path(), &["repl", "box"]));
+    terminal.expect(">>> ");
+    terminal.type_in("kept = 7\r");
+    terminal.expect(">>> ");
+    terminal.type_in("exit()\r");
+    assert_eq!(terminal.exit_code(), 0, "exit() leaves the REPL");
+    assert!(!terminal.rest_of_screen().contains("SystemExit"));
+    let mut again = OnTerminal::spawn(in_project(&agent, project.path(), &["repl", "box"]));
+    again.expect(">>> ");
+    again.type_in("print('kept', kept)\r");
+    again.expect("kept 7");
+    again.type_in("\x04");
+    assert_eq!(again.exit_code(), 0);
+}
+
 /// Ctrl-C at a question bkg asks ends it with 130 and leaves the terminal as it was: echo on
 /// after a password's prompt, the cursor shown after a list's (found by a new-user trial: the
 /// shell showed nothing typed after `bkg secrets set`, and no cursor after `bkg init`).
