@@ -291,7 +291,10 @@ fn bad_flags_and_limits_are_125() {
              files, or ask for a larger disk limit",
         ),
         // Found by a new-user trial: it was refused by the installer's log, after a wait.
-        (&["--with", "bad name!!", hello], "requirement `bad name!!`: after the package name `bad` comes `name!!`"),
+        (
+            &["--with", "bad name!!", hello],
+            "--with is not a requirement (after the name `bad` comes what is not a version",
+        ),
         // Found by a new-user trial: for `/tmp` it suggested sending all of /tmp.
         (&["--type", "python", examples], "is a directory: give a script file"),
         (&["--type", "ruby", "-c", "puts 1"], "--type: `ruby` is not a language: use python or node"),
