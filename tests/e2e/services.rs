@@ -342,33 +342,10 @@ fn exe_publishes_a_port_for_the_run_and_refuses_timeout_none() {
 #[test]
 fn following_a_service_that_bkg_stop_ends_says_it_was_stopped() {
     let agent = Agent::start();
-    let project = tempfile::tempdir().expect("project dir");
-    let dir = project.path();
-    std::fs::write(
-        dir.join("tick.py"),
-        "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.2)\n",
-    )
-    .expect("tick.py");
-    std::fs::write(
-        dir.join("cave.yaml"),
-        "version: 1\nsandboxes:\n  ticker:\n    type: python\n    scripts:\n      start: python /project/tick.py\n",
-    )
-    .expect("cave.yaml");
-    let started = agent.bkgr(dir, &["-d", "ticker"]);
-    assert_eq!(code(&started), 0, "{}", stderr(&started));
-    let mut follow = follow_log(&agent, dir, "ticker");
-    let mut stdout = BufReader::new(follow.stdout.take().expect("stdout"));
-    let mut first = String::new();
-    stdout.read_line(&mut first).expect("a line");
-    assert_eq!(first, "tick\n");
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let stop = agent.bkg_in(dir, &["stop", "ticker"]);
+    let (project, follow) = a_followed_ticker(&agent);
+    let stop = agent.bkg_in(project.path(), &["stop", "ticker"]);
     assert_eq!(code(&stop), 0, "{}", stderr(&stop));
-    let status = poll("the follow to end with the service", || follow.try_wait().ok().flatten());
-    assert!(status.success(), "{status:?}");
-    let mut said = String::new();
-    follow.stderr.take().expect("stderr").read_to_string(&mut said).expect("the follow's stderr");
-    assert_eq!(said, "bkg: ticker's service was stopped; following ended\n");
+    assert_eq!(why_the_follow_ended(follow), "bkg: ticker's service was stopped; following ended\n");
 }
 
 /// `bkg logs -f` of a service follows it into each restart's run, and ends when it is stopped.
@@ -460,10 +437,22 @@ fn a_follow_ends_with_how_the_run_it_followed_ended() {
 #[test]
 fn a_follow_ended_by_rm_says_the_sandbox_was_removed() {
     let agent = Agent::start();
+    let (project, follow) = a_followed_ticker(&agent);
+    let removed = agent.bkg_in(project.path(), &["rm", "ticker", "--force"]);
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    assert_eq!(why_the_follow_ended(follow), "bkg: ticker was removed; following ended\n");
+}
+
+/// A project whose sandbox `ticker` prints a line every 0.2 s, started with `bkgr -d`, and a
+/// `bkg logs -f` of it that has printed its first line (the rest is read and dropped).
+fn a_followed_ticker(agent: &Agent) -> (tempfile::TempDir, std::process::Child) {
     let project = tempfile::tempdir().expect("project dir");
     let dir = project.path();
-    std::fs::write(dir.join("tick.py"), "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(1)\n")
-        .expect("tick.py");
+    std::fs::write(
+        dir.join("tick.py"),
+        "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.2)\n",
+    )
+    .expect("tick.py");
     std::fs::write(
         dir.join("cave.yaml"),
         "version: 1\nsandboxes:\n  ticker:\n    type: python\n    scripts:\n      start: python /project/tick.py\n",
@@ -471,18 +460,22 @@ fn a_follow_ended_by_rm_says_the_sandbox_was_removed() {
     .expect("cave.yaml");
     let started = agent.bkgr(dir, &["-d", "ticker"]);
     assert_eq!(code(&started), 0, "{}", stderr(&started));
-    let mut follow = follow_log(&agent, dir, "ticker");
+    let mut follow = follow_log(agent, dir, "ticker");
     let mut stdout = BufReader::new(follow.stdout.take().expect("stdout"));
     let mut first = String::new();
     stdout.read_line(&mut first).expect("the follow's first line");
     assert_eq!(first, "tick\n");
-    let removed = agent.bkg_in(dir, &["rm", "ticker", "--force"]);
-    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
-    let status = poll("the follow to end with the sandbox", || follow.try_wait().ok().flatten());
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    (project, follow)
+}
+
+/// What a follow says on stderr once it has ended by itself, with 0.
+fn why_the_follow_ended(mut follow: std::process::Child) -> String {
+    let status = poll("the follow to end", || follow.try_wait().ok().flatten());
     assert!(status.success(), "{status:?}");
     let mut said = String::new();
     follow.stderr.take().expect("stderr").read_to_string(&mut said).expect("the follow's stderr");
-    assert_eq!(said, "bkg: ticker was removed; following ended\n");
+    said
 }
 
 /// A service ended by its time limit is shown failed by that limit, where an exit code names
