@@ -391,6 +391,21 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
         assert_eq!((&answer["id"], &answer["error"]["code"]), (&json!(null), &json!(-32600)), "{answer}");
         assert!(answer["error"]["message"].as_str().is_some_and(|text| text.contains(said)), "{answer}");
     }
+    // A key twice, as the API refuses it (found by a new-user trial: "unrecognized JSON-RPC message").
+    let twice = request(
+        &api.address,
+        "POST",
+        "/mcp",
+        &[("Authorization", &format!("Bearer {team_key}")), ("Content-Type", "application/json"), mcp_accept[0]],
+        br#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
+    );
+    expect(&twice, 200, "a JSON-RPC request with a key twice");
+    let twice = twice.json();
+    assert_eq!((&twice["id"], &twice["error"]["code"]), (&json!(null), &json!(-32600)), "{twice}");
+    assert!(
+        twice["error"]["message"].as_str().is_some_and(|text| text.contains("the key `id` comes twice")),
+        "{twice}"
+    );
 
     // Admin-only endpoints.
     for client in [&team, &session, &model] {

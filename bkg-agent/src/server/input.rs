@@ -47,6 +47,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
     serde_json::from_value(value).map_err(|error| Failure::invalid(format!("invalid request body: {error}")))
 }
 
+/// Why `bytes`, which read as JSON, may not be taken: one of its objects names a key twice
+/// (`the key `id` comes twice at line 1 column 14`). None for anything else.
+pub fn key_twice(bytes: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(bytes).ok()?;
+    serde_json::from_slice::<UniqueKeys>(bytes).err().map(|error| error.to_string())
+}
+
 /// A JSON value whose objects name each key once. serde_json keeps the last of two, so
 /// `{"code": A, "code": B}` would run B where a proxy or a log that read the first saw A.
 struct UniqueKeys(serde_json::Value);
@@ -195,6 +202,9 @@ mod tests {
         assert!(twice.contains("the key `code` comes twice"), "{twice}");
         let nested = refused(r#"{"env":{"A":"1","B":[{"x":1,"x":2}]}}"#).unwrap_or_default();
         assert!(nested.contains("the key `x` comes twice"), "{nested}");
+        assert!(key_twice(br#"{"id":1,"id":2}"#).is_some_and(|why| why.starts_with("the key `id` comes twice")));
+        assert_eq!(key_twice(br#"{"id":1}"#), None);
+        assert_eq!(key_twice(b"{not json"), None);
         let body = r#"{"a":[1,-2,3.5,"s",null,true,{"b":{}}],"c":{"a":1},"u":18446744073709551615}"#;
         assert_eq!(parse::<serde_json::Value>(body.as_bytes()).ok(), serde_json::from_str(body).ok());
     }
