@@ -586,6 +586,26 @@ fn set_secret(agent: &Agent, name: &str, value: &str) {
     assert_eq!(code(&set), 0, "{}", stderr(&set));
 }
 
+/// A cave.yaml sandbox's requirements file is checked as `bkg exe` checks its own: the refusal
+/// names the file and line, not the joined list's, and does not repeat the line.
+#[test]
+fn a_cave_yaml_requirement_that_is_not_one_is_named_by_its_file_and_line() {
+    let agent = Agent::start();
+    let (dir, _) = project(&[
+        ("requirements.txt", "six==1.17.0\nexport API_KEY=hunter2\n"),
+        (
+            "cave.yaml",
+            "version: 1\nsandboxes:\n  api:\n    type: python\n    python: { requirements: requirements.txt }\n    scripts:\n      start: \"true\"\n",
+        ),
+    ]);
+    let refused = agent.bkgr(dir.path(), &["api"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    let file = dir.path().join("requirements.txt");
+    let said = format!("bkgr: sandbox `api`: python.requirements {} line 2 is not a requirement (", file.display());
+    assert!(stderr(&refused).starts_with(&said), "{}", stderr(&refused));
+    assert!(!stderr(&refused).contains("hunter2"), "{}", stderr(&refused));
+}
+
 #[test]
 fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
     let index = LocalIndex::start();
