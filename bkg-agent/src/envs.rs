@@ -209,7 +209,7 @@ impl Environments {
         for line in set {
             let Some(target) = requirements::direct_reference(line) else { continue };
             let shown = without_credentials(line);
-            if ["git+", "hg+", "svn+", "bzr+"].iter().any(|scheme| target.starts_with(scheme)) {
+            if requirements::VCS_SCHEMES.iter().any(|scheme| target.starts_with(scheme)) {
                 return Err(EnvError::Invalid(format!(
                     "requirement `{shown}`: installs from version control are not taken: the install sandbox has no \
                      git and reaches only the package index ({index}); publish the package there"

@@ -241,10 +241,16 @@ async fn params_checked(request: Request) -> Result<(Request, Option<serde_json:
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| Failure::too_large(MAX_BODY_BYTES).into_response())?;
-    let message: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
-    // As the API refuses it (found by a new-user trial: rmcp said "unrecognized JSON-RPC message").
-    let twice = input::key_twice(&bytes).map(|why| (serde_json::Value::Null, crate::mcp::INVALID_REQUEST, why));
-    if let Some((id, code, why)) = twice.or_else(|| message.as_ref().and_then(crate::mcp::refused_request)) {
+    // A key twice is refused as the API refuses it (found by a new-user trial: rmcp said
+    // "unrecognized JSON-RPC message"); what is no JSON goes on to rmcp, which says so.
+    let (message, refused) = match input::json_with_keys_once(&bytes) {
+        Ok(message) => {
+            let refused = message.as_ref().and_then(crate::mcp::refused_request);
+            (message, refused)
+        }
+        Err(why) => (None, Some((serde_json::Value::Null, crate::mcp::INVALID_REQUEST, why))),
+    };
+    if let Some((id, code, why)) = refused {
         let error = serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": why } });
         return Err(axum::Json(error).into_response());
     }

@@ -154,8 +154,9 @@ fn requirements(project: &Path, name: &str, spec: &SandboxSpec, allow_outside: b
             path.display()
         ))
     })?;
-    let lines = text.lines().map(str::to_owned).collect();
-    crate::exe::checked(lines, |line| format!("sandbox `{name}`: python.requirements {} line {line}", path.display()))
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    crate::exe::check(&lines, |line| format!("sandbox `{name}`: python.requirements {} line {line}", path.display()))?;
+    Ok(lines)
 }
 
 /// Gives the agent `definition`; one it has already is left as it is.

@@ -315,8 +315,9 @@ fn requirements(
                 ));
             }
             for dependency in declared {
-                let place = format!("{shown_script} line {} (its `# /// script` block)", dependency.line);
-                lines.push(checked(vec![dependency.requirement], |_| place.clone())?.remove(0));
+                let place = |_| format!("{shown_script} line {} (its `# /// script` block)", dependency.line);
+                check(std::slice::from_ref(&dependency.requirement), place)?;
+                lines.push(dependency.requirement);
             }
         }
         (None, Some(beside)) if args.requirements.is_none() => lines.extend(requirement_lines(&beside)?),
@@ -330,8 +331,9 @@ fn requirements(
         return Err(CliError::usage("--with: a requirement is empty: give a package (`--with numpy`) or leave it out"));
     }
     for with in &args.with {
-        lines.extend(checked(vec![with.clone()], |_| "--with".to_owned())?);
+        check(std::slice::from_ref(with), |_| "--with".to_owned())?;
     }
+    lines.extend(args.with.iter().cloned());
     if !lines.is_empty() && language != Language::Python {
         return Err(CliError::usage(
             "--with and requirements files are for Python scripts: a Node script's packages come from a package.json \
@@ -341,12 +343,12 @@ fn requirements(
     Ok(lines)
 }
 
-/// `lines` of one source, refused as the agent would refuse them but at the place `place` names
-/// for the line's number in them.
-pub(crate) fn checked(lines: Vec<String>, place: impl Fn(usize) -> String) -> Result<Vec<String>, CliError> {
+/// Refuses the `lines` of one source as the agent would refuse them, but at the place `place`
+/// names for the line's number in them.
+pub(crate) fn check(lines: &[String], place: impl Fn(usize) -> String) -> Result<(), CliError> {
     use bkg_schema::requirements::{RequirementError, requirement_set};
-    match requirement_set(&lines) {
-        Ok(_) => Ok(lines),
+    match requirement_set(lines) {
+        Ok(_) => Ok(()),
         Err(RequirementError::Line { line, problem }) => Err(CliError::usage(format!("{} {problem}", place(line)))),
         Err(error) => Err(CliError::usage(error.to_string())),
     }
@@ -363,7 +365,9 @@ fn requirement_lines(file: &Path) -> Result<Vec<String>, CliError> {
         };
         CliError::usage(format!("cannot read the requirements file {}: {why}", file.display()))
     })?;
-    checked(text.lines().map(str::to_owned).collect(), |line| format!("{} line {line}", file.display()))
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    check(&lines, |line| format!("{} line {line}", file.display()))?;
+    Ok(lines)
 }
 
 /// The file of a script's Python requirements, looked for beside it.

@@ -4,11 +4,11 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use bkg_schema::Language;
 use bkg_schema::cave::SandboxSpec;
 use bkg_schema::egress::{RestartPolicy, ServiceState};
 use bkg_schema::sandbox::{Deleted, SandboxInfo, SandboxState, Stopped, sandbox_id};
 use bkg_schema::units::format_size;
+use bkg_schema::{Language, LimitOverrides};
 use serde::Serialize;
 
 use crate::args::{LogsArgs, LsArgs, NameArgs, RmArgs, StopArgs};
@@ -235,12 +235,12 @@ pub async fn status(settings: &Settings, args: NameArgs) -> Result<i32, CliError
 
 /// What cave.yaml now says of `spec`'s type and limits that differs from what the agent has
 /// (`info`): the definition the sandbox's last run gave, until the next one.
-fn changed_since_last_run(info: &SandboxInfo, spec: &SandboxSpec) -> Vec<String> {
+fn changed_since_last_run(info: &SandboxInfo, spec: &SandboxSpec, wanted: Option<&LimitOverrides>) -> Vec<String> {
     let mut changed = Vec::new();
     if spec.r#type != info.language {
         changed.push(format!("type {} → {}", info.language.as_str(), spec.r#type.as_str()));
     }
-    let Some(Ok(wanted)) = spec.limits.as_ref().map(|limits| limits.to_overrides()) else {
+    let Some(wanted) = wanted else {
         return changed;
     };
     let had = &info.limits;
@@ -263,9 +263,10 @@ fn changed_since_last_run(info: &SandboxInfo, spec: &SandboxSpec) -> Vec<String>
 fn note_changed_definition(out: crate::out::Printer, info: &SandboxInfo, spec: &SandboxSpec) {
     // A disk below the sandbox's is not a change to come: it never shrinks (found by a new-user
     // trial: `disk 500MiB` shown against cave.yaml's 300MiB without a word).
-    let asked_disk =
-        spec.limits.as_ref().and_then(|limits| limits.to_overrides().ok()).and_then(|wanted| wanted.disk_bytes);
-    if let Some(asked) = asked_disk.filter(|asked| *asked < info.limits.disk_bytes) {
+    let wanted = spec.limits.as_ref().and_then(|limits| limits.to_overrides().ok());
+    if let Some(asked) =
+        wanted.as_ref().and_then(|wanted| wanted.disk_bytes).filter(|asked| *asked < info.limits.disk_bytes)
+    {
         out.note(format_args!(
             "{}: its disk is {}, above cave.yaml's {}: a disk only grows; `bkg rm {}` starts over with a smaller one \
              (its files go with it)",
@@ -275,7 +276,7 @@ fn note_changed_definition(out: crate::out::Printer, info: &SandboxInfo, spec: &
             info.name
         ));
     }
-    let changed = changed_since_last_run(info, spec);
+    let changed = changed_since_last_run(info, spec, wanted.as_ref());
     if changed.is_empty() {
         return;
     }

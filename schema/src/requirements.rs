@@ -84,6 +84,9 @@ pub fn project_name(line: &str) -> Option<(&str, &str)> {
     (!name.is_empty() && !rest.starts_with([':', '/', '+'])).then_some((name, rest))
 }
 
+/// The prefixes of a requirement fetched from version control, as pip writes them.
+pub const VCS_SCHEMES: [&str; 4] = ["git+", "hg+", "svn+", "bzr+"];
+
 /// Where a requirement says to fetch it from, when it says: the URL of `name @ URL` (PEP 508),
 /// or the whole of a line that is a URL or a path (pip's form), up to a marker.
 pub fn direct_reference(line: &str) -> Option<&str> {
@@ -133,7 +136,7 @@ fn check_form(line: &str) -> Result<(), RequirementProblem> {
     let Some((name, rest)) = project_name(line) else {
         let url_or_path = line.contains("://")
             || line.starts_with(['.', '/', '~'])
-            || ["git+", "hg+", "svn+", "bzr+", "file:"].iter().any(|scheme| line.starts_with(scheme));
+            || VCS_SCHEMES.iter().chain(&["file:"]).any(|scheme| line.starts_with(scheme));
         return if url_or_path { Ok(()) } else { Err(not_a_requirement("neither a name nor a URL or a path".into())) };
     };
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {

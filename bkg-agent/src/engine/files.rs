@@ -225,10 +225,11 @@ fn io_failed(action: &str, path: &Path, error: &std::io::Error) -> FilesError {
 }
 
 /// What a directory holds under one name: an entry of its filesystem, or another filesystem
-/// mounted there (a cave.yaml volume), which resolution beneath /workspace does not enter.
+/// mounted there (a cave.yaml volume), which resolution beneath /workspace does not enter; its
+/// stat is that of the mounted directory as the sandbox sees it, for a listing.
 enum Child {
     Entry(FileStat),
-    Mount,
+    Mount(FileStat),
 }
 
 fn beneath() -> ResolveFlag {
@@ -649,7 +650,7 @@ impl Workspace {
                         }
                         // Said as what it is, without its files (the host's): an empty
                         // directory marked `BKG.mount`, which `bkg cp` leaves out and names.
-                        Child::Mount => {
+                        Child::Mount(_) => {
                             builder
                                 .append_pax_extensions([(bkg_schema::files::MOUNT_MARK, &b"1"[..])])
                                 .map_err(write_failed)?;
@@ -695,7 +696,10 @@ impl Workspace {
             let child = match self.open_beneath(&path, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty()) {
                 Ok(fd) => Child::Entry(nix::sys::stat::fstat(&fd).map_err(|errno| failed("inspect", &path, errno))?),
                 // Another filesystem mounted here (a cave.yaml volume): not entered.
-                Err(Errno::EXDEV) => Child::Mount,
+                Err(Errno::EXDEV) => Child::Mount(
+                    nix::sys::stat::fstatat(&listing, name.as_path(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(|errno| failed("inspect", &path, errno))?,
+                ),
                 Err(errno) => return Err(failed("open", &path, errno)),
             };
             children.push((name, child));
@@ -722,20 +726,9 @@ impl Workspace {
     pub fn list(&self, dir: &Path, follow: bool) -> Result<Vec<FileEntry>, FilesError> {
         let stat = self.stat(dir)?;
         let entries = if kind_of(&stat) == FileKind::Directory || (follow && kind_of(&stat) == FileKind::Symlink) {
-            let mut entries = Vec::new();
-            for (name, child) in self.children(dir)? {
-                let stat = match child {
-                    Child::Entry(stat) => stat,
-                    // A volume's own directory, as the sandbox sees it: listed, not entered.
-                    Child::Mount => {
-                        let parent = self.open_dir(dir).map_err(|errno| failed("open", dir, errno))?;
-                        nix::sys::stat::fstatat(&parent, name.as_path(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-                            .map_err(|errno| failed("inspect", &dir.join(&name), errno))?
-                    }
-                };
-                entries.push((name, stat));
-            }
-            entries
+            // A volume's own directory is listed, not entered.
+            let children = self.children(dir)?.into_iter();
+            children.map(|(name, Child::Entry(stat) | Child::Mount(stat))| (name, stat)).collect()
         } else {
             vec![(dir.file_name().map(PathBuf::from).unwrap_or_default(), stat)]
         };

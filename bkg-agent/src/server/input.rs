@@ -47,11 +47,15 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
     serde_json::from_value(value).map_err(|error| Failure::invalid(format!("invalid request body: {error}")))
 }
 
-/// Why `bytes`, which read as JSON, may not be taken: one of its objects names a key twice
-/// (`the key `id` comes twice at line 1 column 14`). None for anything else.
-pub fn key_twice(bytes: &[u8]) -> Option<String> {
-    serde_json::from_slice::<serde_json::Value>(bytes).ok()?;
-    serde_json::from_slice::<UniqueKeys>(bytes).err().map(|error| error.to_string())
+/// `bytes` read as JSON, once: `Ok(None)` when they are no JSON at all, an error when one of its
+/// objects names a key twice (`the key `id` comes twice at line 1 column 14`).
+pub fn json_with_keys_once(bytes: &[u8]) -> Result<Option<serde_json::Value>, String> {
+    match serde_json::from_slice::<UniqueKeys>(bytes) {
+        Ok(UniqueKeys(value)) => Ok(Some(value)),
+        // Syntax is `Syntax` or `Eof`; `Data` is the visitor's own refusal, the only one it has.
+        Err(error) if error.classify() == serde_json::error::Category::Data => Err(error.to_string()),
+        Err(_) => Ok(None),
+    }
 }
 
 /// A JSON value whose objects name each key once. serde_json keeps the last of two, so
@@ -202,9 +206,10 @@ mod tests {
         assert!(twice.contains("the key `code` comes twice"), "{twice}");
         let nested = refused(r#"{"env":{"A":"1","B":[{"x":1,"x":2}]}}"#).unwrap_or_default();
         assert!(nested.contains("the key `x` comes twice"), "{nested}");
-        assert!(key_twice(br#"{"id":1,"id":2}"#).is_some_and(|why| why.starts_with("the key `id` comes twice")));
-        assert_eq!(key_twice(br#"{"id":1}"#), None);
-        assert_eq!(key_twice(b"{not json"), None);
+        let read = json_with_keys_once(br#"{"id":1,"id":2}"#);
+        assert!(read.as_ref().is_err_and(|why| why.starts_with("the key `id` comes twice")), "{read:?}");
+        assert_eq!(json_with_keys_once(br#"{"id":1}"#), Ok(Some(serde_json::json!({ "id": 1 }))));
+        assert_eq!(json_with_keys_once(b"{not json"), Ok(None));
         let body = r#"{"a":[1,-2,3.5,"s",null,true,{"b":{}}],"c":{"a":1},"u":18446744073709551615}"#;
         assert_eq!(parse::<serde_json::Value>(body.as_bytes()).ok(), serde_json::from_str(body).ok());
     }
