@@ -267,6 +267,16 @@ mod tests {
         Ok(())
     }
 
+    /// The document's bound on `requires_python` is the one the agent applies (an attribute
+    /// takes a literal only).
+    #[test]
+    fn requires_python_has_the_agents_bound() -> Result<(), YamlError> {
+        let document = serde_json::to_value(ApiDoc::openapi()).map_err(|error| YamlError(error.to_string()))?;
+        let bound = &document["components"]["schemas"]["RunRequest"]["properties"]["requires_python"]["maxLength"];
+        assert_eq!(bound.as_u64(), Some(bkg_schema::requirements::MAX_REQUIRES_PYTHON_BYTES as u64), "{bound}");
+        Ok(())
+    }
+
     #[test]
     fn words_yaml_1_1_reads_as_booleans_are_quoted_and_nothing_else_changes() -> Result<(), YamlError> {
         assert_eq!(quote_yaml_1_1_word("      - no"), "      - 'no'");

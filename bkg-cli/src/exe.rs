@@ -254,7 +254,15 @@ fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), Cli
             bkg_schema::units::format_size(bkg_schema::MAX_REQUEST_BODY_BYTES as u64)
         )));
     }
-    let requirements = requirements(args, script, &code, language, out)?;
+    let shown_script = script.filter(|script| *script != "-").unwrap_or("the code");
+    let block = match language {
+        Language::Python => crate::inline_metadata::script_block(&code)
+            .map_err(|error| CliError::usage(format!("{shown_script}: {error}")))?,
+        Language::Node => None,
+    };
+    let requires_python = block.as_ref().and_then(|block| block.requires_python.clone());
+    let requirements =
+        requirements(args, (script, shown_script), block.map(|block| block.dependencies), language, out)?;
     let node_packages = node_packages(script, language)?;
 
     Ok((
@@ -272,6 +280,7 @@ fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), Cli
             network: checked_net(&args.net)?,
             ports: checked_ports(&args.ports)?,
             requirements,
+            requires_python,
             node_packages,
             secrets: args.secrets.clone(),
             return_out_dir: args.output.is_some(),
@@ -289,18 +298,12 @@ fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), Cli
 /// (bkg_schema::requirements, the agent's rule), so that a refusal names its file, line or flag.
 fn requirements(
     args: &ExeArgs,
-    script: Option<&str>,
-    code: &str,
+    (script, shown_script): (Option<&str>, &str),
+    declared: Option<Vec<crate::inline_metadata::Dependency>>,
     language: Language,
     out: Printer,
 ) -> Result<Vec<String>, CliError> {
-    let shown_script = script.filter(|script| *script != "-").unwrap_or("the code");
     let mut lines = Vec::new();
-    let declared = match language {
-        Language::Python => crate::inline_metadata::script_dependencies(code)
-            .map_err(|error| CliError::usage(format!("{shown_script}: {error}")))?,
-        Language::Node => None,
-    };
     let beside_script = script
         .filter(|script| *script != "-" && language == Language::Python)
         .map(|script| Path::new(script).with_file_name(REQUIREMENTS_FILE))

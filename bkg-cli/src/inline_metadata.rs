@@ -13,15 +13,21 @@
 
 use serde::Deserialize;
 
-/// What a script's `script` block says that bkg acts on. `requires-python` is read so that a
-/// wrong type there is an error as in other tools, but not checked: the sandbox's Python is the
-/// host's (`bkg agent status` names it).
+/// What a script's `script` block says that bkg acts on.
 #[derive(Debug, Default, Deserialize)]
 struct ScriptMetadata {
     #[serde(default)]
     dependencies: Vec<toml::Spanned<String>>,
     #[serde(rename = "requires-python")]
-    _requires_python: Option<String>,
+    requires_python: Option<toml::Spanned<String>>,
+}
+
+/// A script's `script` block: the packages it needs and the Python versions it runs on, whose
+/// form is checked here (the agent checks them against its Python).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ScriptBlock {
+    pub dependencies: Vec<Dependency>,
+    pub requires_python: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +44,8 @@ pub enum InlineMetadataError {
     Invalid { line: usize, why: String },
     #[error("its `# /// script` block lists an empty dependency on line {line}; remove it or name a package")]
     EmptyDependency { line: usize },
+    #[error("its `# /// script` block's requires-python on line {line}: {why}")]
+    RequiresPython { line: usize, why: bkg_schema::requirements::PythonVersionError },
 }
 
 /// One dependency the block lists, with the script's line it is on.
@@ -47,9 +55,9 @@ pub struct Dependency {
     pub requirement: String,
 }
 
-/// The dependencies of `code`'s `script` block: `None` when it has none (then the
-/// requirements.txt beside it is the script's list), else the block's list, perhaps empty.
-pub fn script_dependencies(code: &str) -> Result<Option<Vec<Dependency>>, InlineMetadataError> {
+/// `code`'s `script` block: `None` when it has none (then the requirements.txt beside it is
+/// the script's list), else what it says, its dependencies perhaps none.
+pub fn script_block(code: &str) -> Result<Option<ScriptBlock>, InlineMetadataError> {
     // A byte-order mark before the first line is the file's encoding, not part of the line:
     // Python skips it too.
     let code = code.strip_prefix('\u{feff}').unwrap_or(code);
@@ -103,7 +111,17 @@ pub fn script_dependencies(code: &str) -> Result<Option<Vec<Dependency>>, Inline
     if let Some(empty) = dependencies.iter().find(|dependency| dependency.requirement.trim().is_empty()) {
         return Err(InlineMetadataError::EmptyDependency { line: empty.line });
     }
-    Ok(Some(dependencies))
+    let requires_python = match metadata.requires_python {
+        Some(wanted) => {
+            let line = line_at(wanted.span().start);
+            let wanted = wanted.into_inner();
+            bkg_schema::requirements::python_versions(&wanted)
+                .map_err(|why| InlineMetadataError::RequiresPython { line, why })?;
+            Some(wanted.trim().to_owned())
+        }
+        None => None,
+    };
+    Ok(Some(ScriptBlock { dependencies, requires_python }))
 }
 
 /// A block's type: letters, digits and `-`.
@@ -119,6 +137,35 @@ fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn script_dependencies(code: &str) -> Result<Option<Vec<Dependency>>, InlineMetadataError> {
+        script_block(code).map(|block| block.map(|block| block.dependencies))
+    }
+
+    #[test]
+    fn requires_python_is_given_on_once_its_form_is_checked() {
+        let block = |code: &str| script_block(code).map(|block| block.and_then(|block| block.requires_python));
+        assert_eq!(block("# /// script\n# requires-python = \" >=3.11 \"\n# ///\n"), Ok(Some(">=3.11".into())));
+        assert_eq!(block("# /// script\n# dependencies = []\n# ///\n"), Ok(None));
+        let broken = block("import os\n# /// script\n# dependencies = []\n# requires-python = \"3.11\"\n# ///\n");
+        assert!(
+            matches!(
+                &broken,
+                Err(InlineMetadataError::RequiresPython {
+                    line: 4,
+                    why: bkg_schema::requirements::PythonVersionError::NotASpecifier { .. }
+                })
+            ),
+            "{broken:?}"
+        );
+        let said = broken.err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(said.contains("line 4") && said.contains("`3.11` is not a version specifier"), "{said}");
+        // TOML's number, not a string: as other tools, an error.
+        assert!(matches!(
+            block("# /// script\n# requires-python = 3.11\n# ///\n"),
+            Err(InlineMetadataError::Invalid { line: 2, .. })
+        ));
+    }
 
     #[test]
     fn a_script_block_gives_its_dependencies() {

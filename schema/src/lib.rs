@@ -340,6 +340,12 @@ pub struct RunRequest {
     /// is the agent's to choose.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requirements: Vec<String>,
+    /// The Python versions the code runs on, a PEP 440 specifier set (`>=3.11`; a script's
+    /// `requires-python`, PEP 723): code asking for versions the agent's Python is not is
+    /// refused before it runs. Python runs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 200))]
+    pub requires_python: Option<String>,
     /// Node.js packages the run needs: installed with `npm ci` once per distinct package.json
     /// and lockfile into an environment mounted read-only, on `NODE_PATH` (docs/cli.md,
     /// "Dependencies").

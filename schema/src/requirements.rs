@@ -30,6 +30,58 @@ pub enum RequirementError {
     TooMany(usize),
 }
 
+/// How long a `requires-python` may be.
+pub const MAX_REQUIRES_PYTHON_BYTES: usize = 200;
+
+/// What keeps code whose `requires-python` (PEP 723; a run request's `requires_python`) names
+/// the Python versions it runs on from running on an agent's Python.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PythonVersionError {
+    #[error("requires-python is {0} bytes long; at most {MAX_REQUIRES_PYTHON_BYTES}")]
+    TooLong(usize),
+    #[error("`{given}` is not a version specifier (`>=3.11`, `~=3.10`, `>=3.9,<4`): {why}")]
+    NotASpecifier { given: String, why: String },
+    #[error(
+        "the code asks for Python {wanted} (requires-python) and this agent's is Python {have}: \
+         change requires-python, or run it on an agent with such a Python"
+    )]
+    NotThisPython { wanted: String, have: String },
+    #[error("the code asks for Python {wanted} (requires-python) and this agent cannot tell its Python's version")]
+    UnknownPython { wanted: String },
+}
+
+/// The versions `text` names, a PEP 440 specifier set (`>=3.9,<4`; blanks around it ignored).
+pub fn python_versions(text: &str) -> Result<pep440_rs::VersionSpecifiers, PythonVersionError> {
+    if text.len() > MAX_REQUIRES_PYTHON_BYTES {
+        return Err(PythonVersionError::TooLong(text.len()));
+    }
+    text.trim().parse().map_err(|error: pep440_rs::VersionSpecifiersParseError| {
+        // Its message is the reason, then the text with a caret line under the fault.
+        let shown = error.to_string();
+        let why = shown.lines().next().unwrap_or_default();
+        let why = why.strip_prefix("Failed to parse version: ").unwrap_or(why).trim_end_matches(':');
+        let mut letters = why.chars();
+        let why = letters.next().map(|first| first.to_lowercase().chain(letters).collect()).unwrap_or_default();
+        PythonVersionError::NotASpecifier { given: text.trim().to_owned(), why }
+    })
+}
+
+/// Whether code asking for `wanted` runs on the Python whose `--version` printed `runtime`
+/// (`Python 3.11.2`; `None` when the agent found none).
+pub fn check_python_version(wanted: &str, runtime: Option<&str>) -> Result<(), PythonVersionError> {
+    let specifiers = python_versions(wanted)?;
+    let wanted = wanted.trim().to_owned();
+    let have = runtime.and_then(|printed| printed.trim().strip_prefix("Python ")).map(str::trim);
+    let Some((have, version)) = have.and_then(|have| Some((have, have.parse::<pep440_rs::Version>().ok()?))) else {
+        return Err(PythonVersionError::UnknownPython { wanted });
+    };
+    if specifiers.contains(&version) {
+        Ok(())
+    } else {
+        Err(PythonVersionError::NotThisPython { wanted, have: have.to_owned() })
+    }
+}
+
 /// The requirement set of `lines` as it is keyed: trimmed, without blanks and comments, each
 /// in its normal spelling (`normal_requirement`), sorted, each once. Options are refused: the
 /// index and the install's flags are the agent's.
@@ -380,6 +432,37 @@ fn normal_requirement(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requires_python_is_checked_against_the_agent_s_python() {
+        let python = Some("Python 3.11.2");
+        for fits in [">=3.8", "  >=3.11 ", "~=3.11", "==3.11.*", ">=3.9,<4", "!=3.10.*", "", "==3.11.2"] {
+            assert_eq!(check_python_version(fits, python), Ok(()), "{fits}");
+        }
+        for (wanted, have) in [(">=3.12", "3.11.2"), ("<3.11", "3.11.2"), ("==3.10.*", "3.11.2")] {
+            let refused = check_python_version(wanted, python);
+            assert_eq!(refused, Err(PythonVersionError::NotThisPython { wanted: wanted.into(), have: have.into() }));
+        }
+        let said = check_python_version(">=3.12", python).err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(said.contains("Python >=3.12") && said.contains("Python 3.11.2"), "{said}");
+        for broken in [">=3.x", "3.11", ">=", ">=3.9;<4"] {
+            let refused = check_python_version(broken, python);
+            assert!(
+                matches!(&refused, Err(PythonVersionError::NotASpecifier { why, .. }) if !why.is_empty() && !why.contains('\n')),
+                "{broken}: {refused:?}"
+            );
+        }
+        let long = format!(">={}", "9".repeat(MAX_REQUIRES_PYTHON_BYTES));
+        assert_eq!(check_python_version(&long, python), Err(PythonVersionError::TooLong(long.len())));
+        assert_eq!(
+            check_python_version(">=3.8", None),
+            Err(PythonVersionError::UnknownPython { wanted: ">=3.8".into() })
+        );
+        assert_eq!(
+            check_python_version(">=3.8", Some("not python")),
+            Err(PythonVersionError::UnknownPython { wanted: ">=3.8".into() })
+        );
+    }
 
     #[test]
     fn versions_extras_and_markers_are_read_as_pep_508_writes_them() {

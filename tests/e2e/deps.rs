@@ -211,7 +211,6 @@ fn a_requirements_file_beside_the_script_is_installed_once_and_reused() {
     assert_eq!(stdout(&listed).trim(), "[]");
 }
 
-/// A project whose sandbox `pk` requires a package no index has, with `more` of its definition.
 /// A script that lists its own dependencies (PEP 723's `# /// script` block, as `uv run`
 /// reads it) gets them; a requirements.txt beside it is then not read, and the note says so; a
 /// broken block is refused before anything runs.
@@ -256,6 +255,49 @@ fn a_script_that_lists_its_own_dependencies_gets_them() {
     assert!(!stderr(&refused).contains("hunter2"), "{}", stderr(&refused));
 }
 
+/// A script's `requires-python` (PEP 723) is checked against the agent's Python before it runs,
+/// as `uv run` checks it: versions it is not are refused with both named; a specifier that is
+/// not one is refused naming the script's line; versions it is run the script.
+#[test]
+fn a_script_s_requires_python_is_checked_against_the_agent_s_python() {
+    let agent = Agent::start();
+    let status = agent.bkg().args(["agent", "status", "--json"]).output().expect("bkg agent status");
+    let info: serde_json::Value = serde_json::from_slice(&status.stdout).expect("agent status json");
+    let python = info["runtimes"]
+        .as_array()
+        .and_then(|runtimes| runtimes.iter().find(|runtime| runtime["language"] == "python"))
+        .and_then(|runtime| runtime["version"].as_str())
+        .and_then(|version| version.strip_prefix("Python "))
+        .expect("the agent names its Python")
+        .to_owned();
+    let block = |wanted: &str| {
+        format!("# /// script\n# dependencies = []\n# requires-python = \"{wanted}\"\n# ///\nprint('ran')\n")
+    };
+
+    let (_dir, fits) = project(&[("main.py", &block(&format!("=={python}")))]);
+    let run = agent.exe(&[fits.to_str().expect("utf-8 path")]);
+    assert_eq!((code(&run), stdout(&run).as_str()), (0, "ran\n"), "{}", stderr(&run));
+
+    let (_dir, too_new) = project(&[("main.py", &block(">=99"))]);
+    let refused = agent.exe(&[too_new.to_str().expect("utf-8 path")]);
+    assert_eq!((code(&refused), stdout(&refused).as_str()), (125, ""), "{}", stderr(&refused));
+    let said = format!(
+        "bkg: the code asks for Python >=99 (requires-python) and this agent's is Python {python}: change \
+         requires-python, or run it on an agent with such a Python\n"
+    );
+    assert_eq!(stderr(&refused), said);
+
+    let (_dir, broken) = project(&[("main.py", &block("3.11"))]);
+    let refused = agent.exe(&[broken.to_str().expect("utf-8 path")]);
+    assert_eq!((code(&refused), stdout(&refused).as_str()), (125, ""), "{}", stderr(&refused));
+    let said = format!(
+        "bkg: {}: its `# /// script` block's requires-python on line 3: `3.11` is not a version specifier",
+        broken.display()
+    );
+    assert!(stderr(&refused).starts_with(&said) && stderr(&refused).lines().count() == 1, "{}", stderr(&refused));
+}
+
+/// A project whose sandbox `pk` requires a package no index has, with `more` of its definition.
 fn needing_a_missing_package(more: &str) -> tempfile::TempDir {
     let project = tempfile::tempdir().expect("project");
     std::fs::write(project.path().join("requirements.txt"), "no-such-package-bkg==1.0\n").expect("requirements");

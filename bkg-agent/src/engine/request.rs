@@ -358,6 +358,19 @@ impl Engine {
         Ok(interpreter)
     }
 
+    /// Whether code asking for the Python versions `wanted` (`requires_python`) may run here.
+    fn check_python_version(&self, language: bkg_schema::Language, wanted: &str) -> Result<(), RunError> {
+        if language != bkg_schema::Language::Python {
+            return Err(RunError::BadRequest(format!(
+                "requires_python is for Python code, and this run is {}",
+                language.as_str()
+            )));
+        }
+        let python = self.config.runtimes.iter().find(|runtime| runtime.language == language);
+        bkg_schema::requirements::check_python_version(wanted, python.map(|runtime| runtime.version.as_str()))
+            .map_err(|error| RunError::BadRequest(error.to_string()))
+    }
+
     /// The run's network rules and forwarded ports, each rule within the agent's policy.
     pub fn network_plan(&self, allow: &[String], ports: &[String]) -> Result<Option<NetworkPlan>, RunError> {
         let allow = NetRule::parse_list(allow).map_err(|error| RunError::BadRequest(error.to_string()))?;
@@ -387,6 +400,9 @@ impl Engine {
         let limits = self.resolve_limits(&request.limits)?;
         let network = self.network_plan(&request.network, &request.ports)?;
         let interpreter = self.interpreter(request.language)?;
+        if let Some(wanted) = &request.requires_python {
+            self.check_python_version(request.language, wanted)?;
+        }
 
         let script_name =
             request.script_name.clone().unwrap_or_else(|| request.language.default_script_name().to_owned());

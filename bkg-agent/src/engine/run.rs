@@ -316,6 +316,7 @@ impl Engine {
             network: Vec::new(),
             ports: Vec::new(),
             requirements: Vec::new(),
+            requires_python: None,
             node_packages: None,
             secrets: Vec::new(),
             return_out_dir: false,
