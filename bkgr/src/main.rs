@@ -10,6 +10,7 @@ use bkg_cli::shared::{
 use bkg_schema::LimitOverrides;
 use bkg_schema::cave::SandboxSpec;
 use bkg_schema::sandbox::{DetachedRun, ExecRequest, SandboxDefinition, SandboxInfo, sandbox_id};
+use bkg_schema::units::format_size;
 
 fn main() -> ExitCode {
     bkg_schema::environment::forget_empty_variables();
@@ -49,7 +50,10 @@ async fn run(args: Args) -> Result<i32, CliError> {
     };
 
     // The flags hold for these runs only: the sandboxes keep cave.yaml's limits. But for
-    // `--disk`: a disk grows for good, so the sandbox's definition says the size it now has.
+    // `--disk`: a disk grows for good, so the sandbox's definition says the size it now has;
+    // and as a disk only grows, cave.yaml's larger one wins over a smaller flag (it is then what
+    // the agent checks against its maximum, found by a new-user trial: `limits.disk: 50GiB`
+    // above the maximum was let through by `--disk 1GiB`, and `bkg ls` promised it next time).
     let flags = limit_overrides(&args.limits)?;
     let one_off = LimitOverrides { disk_bytes: None, ..flags };
     let mut runs = Vec::new();
@@ -71,7 +75,17 @@ async fn run(args: Args) -> Result<i32, CliError> {
             continue;
         };
         let mut definition = definition(&cave, &project, name, spec, Outside::allowed(args.allow_outside))?;
-        definition.limits.disk_bytes = flags.disk_bytes.or(definition.limits.disk_bytes);
+        definition.limits.disk_bytes = match (flags.disk_bytes, definition.limits.disk_bytes) {
+            (Some(flag), Some(cave)) if cave > flag => {
+                out.note(format_args!(
+                    "{name}: --disk {} is below cave.yaml's limits.disk, {}, which it gets: a disk only grows",
+                    format_size(flag),
+                    format_size(cave)
+                ));
+                Some(cave)
+            }
+            (flag, cave) => flag.or(cave),
+        };
         runs.push((definition, with_args(command, &args.args)));
     }
 
@@ -86,7 +100,8 @@ async fn run(args: Args) -> Result<i32, CliError> {
     let client = AgentClient::new(&endpoint)?;
     client.ensure_running().await?;
     for (definition, _) in &runs {
-        define(&client, definition).await.map_err(|error| disk_flag_above_maximum(error, flags.disk_bytes))?;
+        let disk_flag = flags.disk_bytes.filter(|flag| definition.limits.disk_bytes == Some(*flag));
+        define(&client, definition).await.map_err(|error| disk_flag_above_maximum(error, disk_flag))?;
     }
     let limits_from = LimitsFrom::CaveOrFlags(flags);
 

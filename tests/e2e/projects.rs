@@ -487,6 +487,33 @@ fn a_definition_above_the_maximum_names_cave_yamls_limit_as_the_fix() {
     assert!(stderr(&refused).contains("disk 20TiB is above this agent's maximum"), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("ask for less with --disk"), "{}", stderr(&refused));
     assert!(!stderr(&refused).contains("cave.yaml"), "{}", stderr(&refused));
+    // cave.yaml's own disk above the maximum is refused whatever `--disk` says, as the other
+    // limits are (found by a new-user trial: `--disk 1GiB` ran, and `bkg ls` then said cave.yaml's
+    // 50GiB would apply at the next run, which the agent refuses).
+    let cave_too_big = project_with(
+        "version: 1\nnamespace: default\nsandboxes:\n  d:\n    type: python\n    limits: { disk: 20TiB }\n    scripts:\n      start: 'true'\n",
+    );
+    let refused = agent.bkgr(cave_too_big.path(), &["d", "--disk", "64MiB"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("disk 20TiB is above this agent's maximum"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("give the sandbox's limits.disk (cave.yaml's) at most that"),
+        "{}",
+        stderr(&refused)
+    );
+    // A flag below cave.yaml's disk gets cave.yaml's (a disk only grows), and says so.
+    let cave_disk = project_with(
+        "version: 1\nnamespace: default\nsandboxes:\n  d:\n    type: python\n    limits: { disk: 64MiB }\n    scripts:\n      start: 'true'\n",
+    );
+    let ran = agent.bkgr(cave_disk.path(), &["d", "--disk", "32MiB"]);
+    assert_eq!(code(&ran), 0, "{}", stderr(&ran));
+    assert_eq!(
+        stderr(&ran),
+        "bkgr: d: --disk 32MiB is below cave.yaml's limits.disk, 64MiB, which it gets: a disk only grows\n"
+    );
+    let status = agent.bkg_in(cave_disk.path(), &["status", "d", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["limits"]["disk_bytes"], 64 << 20, "{status}");
 }
 
 /// A package file cave.yaml names is read only inside the project, as a volume is, unless
