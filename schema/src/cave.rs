@@ -814,8 +814,9 @@ fn describe_in_full(schema: &Value, error: &jsonschema::ValidationError<'_>) -> 
         Kind::Pattern { .. } => match rule_of(schema_path) {
             // `0s`, `0MiB`: the form is right; the value is below the limit's least.
             Some(("duration" | "size", _)) if let Some(least) = zero_limit(at, instance) => least,
-            Some(("name", how)) if at == "/namespace" => {
-                format!("{instance} is not a valid namespace ({})", rule_text(how, error))
+            // A namespace is a name with a shorter bound (its bkg_db role must fit PostgreSQL's).
+            Some(("name", _)) if at == "/namespace" => {
+                format!("{instance} is not a valid namespace ({NAMESPACE_RULE})")
             }
             Some((what, how)) => {
                 format!("{instance} is not a valid {what} ({})", rule_text(how, error))
@@ -1777,6 +1778,16 @@ sandboxes:
                 "/sandboxes/api/network/allow/1",
             ]
         );
+    }
+
+    /// Found by a new-user trial: a namespace that is not a name was told the rule of sandbox
+    /// names, at most 63 characters, where a namespace may have 56.
+    #[test]
+    fn a_bad_namespace_is_told_the_namespace_rule() {
+        let errors = errors_of("version: 1\nnamespace: Default\nsandboxes: {}\n");
+        let messages: Vec<&str> = errors.iter().map(|error| error.message.as_str()).collect();
+        assert_eq!(messages, [format!("\"Default\" is not a valid namespace ({NAMESPACE_RULE})")]);
+        assert!(NAMESPACE_RULE.ends_with(&format!("at most {} characters", crate::sandbox::MAX_NAMESPACE_LEN)));
     }
 
     #[test]
