@@ -134,22 +134,22 @@ complete -c bkg -n "__fish_bkg_using_subcommand add" -l timeout -d 'Wall-clock l
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l disk -d 'Disk limit for /workspace and /tmp together, e.g. 1GiB [default: 500MiB]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand add" -s e -l env -d 'Set an environment variable in the sandbox (repeatable)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l volume -d 'Mount a project folder, read-only unless :rw (repeatable)' -r
-complete -c bkg -n "__fish_bkg_using_subcommand add" -l cave -d 'The cave.yaml to edit [default: DIR/cave.yaml]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand add" -l cave -d 'The cave.yaml to edit [default: the project\'s]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l file -d 'The old name of --cave (`bkg exe --file` copies a file in); warns' -r -F
-complete -c bkg -n "__fish_bkg_using_subcommand add" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand add" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand add" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand add" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand add" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand validate" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand validate" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -l json -d 'Print only one JSON object: {"file", "valid", "errors": [{"line", "pointer", "message"}]}'
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand validate" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand ls" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand ls" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
@@ -157,14 +157,14 @@ complete -c bkg -n "__fish_bkg_using_subcommand ls" -l all -d 'Every sandbox the
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -l json -d 'Print JSON: an array of sandboxes'
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand ls" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand status" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand status" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand status" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand status" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand status" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand status" -l json -d 'Print JSON'
 complete -c bkg -n "__fish_bkg_using_subcommand status" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand status" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand logs" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand logs" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s n -l tail -d 'Start with the last N lines of the output' -r
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -l run -d 'Print the output of this earlier run (one of the last 20; `bkg runs ls --sandbox NAME` lists them), not the newest\'s' -r
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
@@ -175,7 +175,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand logs" -s t -l timestamps -d 'Lea
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -l policy -d 'List what the sandbox refused its recent runs (system calls, limits) instead of the output'
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand logs" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand shell" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand shell" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand shell" -s c -l command -d 'Run this command line (with /bin/sh -c) on the terminal instead of an interactive shell' -r
 complete -c bkg -n "__fish_bkg_using_subcommand shell" -s e -l env -d 'Set a variable in the sandbox; a bare NAME passes the host\'s value (repeatable)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand shell" -l timeout -d 'How long the shell may last, e.g. 30m [default: the sandbox\'s timeout]' -r
@@ -184,7 +184,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand shell" -l remote -d 'Talk to the
 complete -c bkg -n "__fish_bkg_using_subcommand shell" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand shell" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand shell" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand cp" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand cp" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand cp" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
@@ -195,7 +195,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand exec" -s s -l session -d 'The se
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s c -l code -d 'The code to run [default: read from stdin]' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -s t -l type -d 'The session\'s language when it is made: python or node [default: the sandbox\'s]' -r -f -a "python\t''
 node\t''"
-complete -c bkg -n "__fish_bkg_using_subcommand exec" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand exec" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exec" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
@@ -207,13 +207,13 @@ complete -c bkg -n "__fish_bkg_using_subcommand exec" -s V -l version -d 'Print 
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s s -l session -d 'The session to use; made on first use' -r
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s t -l type -d 'The session\'s language when it is made: python or node [default: the sandbox\'s]' -r -f -a "python\t''
 node\t''"
-complete -c bkg -n "__fish_bkg_using_subcommand repl" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand repl" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand repl" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand stop" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand stop" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
@@ -221,7 +221,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand stop" -l all -d 'Stop every sand
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -l json -d 'Print JSON: one object per sandbox, in an array'
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -s h -l help -d 'Print help'
 complete -c bkg -n "__fish_bkg_using_subcommand stop" -s V -l version -d 'Print version'
-complete -c bkg -n "__fish_bkg_using_subcommand rm" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand rm" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand rm" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F
@@ -242,7 +242,7 @@ complete -c bkg -n "__fish_bkg_using_subcommand runs; and not __fish_seen_subcom
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s n -l limit -d 'How many runs to list, 1 to 1000' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l sandbox -d 'Only the runs of this persistent sandbox: its name (this project\'s first) or its id' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l before -d 'The runs older than this one: the next page after a listing\'s last run' -r
-complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l socket -d 'The agent\'s unix socket [default: /run/bkg/agent.sock]' -r -F
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l remote -d 'Talk to the agent at this URL over TCP (https://HOST:PORT, or http:// on loopback) with an API key instead of the socket' -r
 complete -c bkg -n "__fish_bkg_using_subcommand runs; and __fish_seen_subcommand_from ls" -l cacert -d 'Verify an https --remote agent against the CA certificates in this PEM file instead of the system\'s roots' -r -F

@@ -1,4 +1,4 @@
-complete -c bkgr -s C -l dir -d 'The project directory [default: the nearest with a cave.yaml, from the current one up]' -r -F
+complete -c bkgr -s C -l dir -d 'Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]' -r -F
 complete -c bkgr -l socket -d 'The agent\'s unix socket' -r -F
 complete -c bkgr -l cpus -d 'CPU limit in CPUs, e.g. 0.5 [default: cave.yaml\'s limits.cpus, else 1]' -r
 complete -c bkgr -l memory -d 'Memory limit, swap included, e.g. 1.5GiB [default: cave.yaml\'s limits.memory, else 512MiB]' -r

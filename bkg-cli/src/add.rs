@@ -20,10 +20,9 @@ pub fn run(settings: &Settings, args: AddArgs) -> Result<i32, CliError> {
     if args.file.is_some() {
         out.note(format_args!("`bkg add --file` is deprecated: use --cave (as `bkg exe --file` copies a file in)"));
     }
-    let path = match (args.cave.or(args.file), args.dir) {
-        (Some(path), _) => path,
-        (None, Some(dir)) => dir.join(FILE_NAME),
-        (None, None) => crate::project::nearest_cave_file(),
+    let path = match args.cave.or(args.file) {
+        Some(path) => path,
+        None => crate::project::nearest_cave_file(args.dir.as_deref())?,
     };
     let file = path.display().to_string();
     let unreadable = |error: std::io::Error| {

@@ -502,23 +502,23 @@ pub struct AddArgs {
     /// Mount a project folder, read-only unless :rw (repeatable).
     #[arg(long = "volume", value_name = "HOST:GUEST[:ro|:rw]")]
     pub volumes: Vec<String>,
-    /// The cave.yaml to edit [default: DIR/cave.yaml]
+    /// The cave.yaml to edit [default: the project's]
     #[arg(long, value_name = "PATH", conflicts_with = "dir")]
     pub cave: Option<PathBuf>,
     /// The old name of --cave (`bkg exe --file` copies a file in); warns.
     #[arg(long, value_name = "PATH", hide = true, conflicts_with_all = ["cave", "dir"])]
     pub file: Option<PathBuf>,
-    /// The project directory [default: the nearest with a cave.yaml, from the current one up]
+    /// Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]
     #[arg(short = 'C', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// The file to check [default: DIR/cave.yaml]
+    /// The file to check [default: the project's cave.yaml]
     #[arg(value_name = "FILE", conflicts_with = "dir")]
     pub file: Option<PathBuf>,
-    /// The project directory [default: the nearest with a cave.yaml, from the current one up]
+    /// Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]
     #[arg(short = 'C', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Print only one JSON object: {"file", "valid", "errors": [{"line", "pointer", "message"}]}.
@@ -528,7 +528,7 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ProjectArgs {
-    /// The project directory [default: the nearest with a cave.yaml, from the current one up]
+    /// Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]
     #[arg(short = 'C', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
@@ -812,7 +812,7 @@ pub struct Bkgr {
     /// Leave the run(s) going under the agent and return at once (`bkg logs NAME -f` follows).
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// The project directory [default: the nearest with a cave.yaml, from the current one up]
+    /// Where to look for the project: the nearest cave.yaml from DIR up [default: the current directory]
     #[arg(short = 'C', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Allow volumes whose host path is outside the project.

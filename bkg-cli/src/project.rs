@@ -38,15 +38,36 @@ pub(crate) fn find_cave_file(start: &Path) -> Result<Option<PathBuf>, CliError> 
 }
 
 /// The cave.yaml a command that reads or edits the file itself (`bkg validate`, `bkg add`)
-/// takes when given no path: the project's around the current directory, as every other
-/// command finds it (`./cave.yaml` when it is here, or when there is none to find, so the
-/// error names the file `bkg init` would write).
-pub fn nearest_cave_file() -> PathBuf {
-    let here = PathBuf::from(FILE_NAME);
-    if here.is_file() {
-        return here;
+/// takes when given no path: the project's around `-C DIR` or the current directory, as every
+/// other command finds it (`DIR/cave.yaml` or `./cave.yaml` when it is there, or when there is
+/// none to find, so the error names the file `bkg init` would write).
+pub fn nearest_cave_file(dir: Option<&Path>) -> Result<PathBuf, CliError> {
+    let Some(dir) = dir else {
+        let here = PathBuf::from(FILE_NAME);
+        if here.is_file() {
+            return Ok(here);
+        }
+        return Ok(std::env::current_dir().ok().and_then(|dir| find_cave_file(&dir).ok().flatten()).unwrap_or(here));
+    };
+    let given = dir.join(FILE_NAME);
+    if given.is_file() {
+        return Ok(given);
     }
-    std::env::current_dir().ok().and_then(|dir| find_cave_file(&dir).ok().flatten()).unwrap_or(here)
+    Ok(find_cave_file(&given_dir(dir)?)?.unwrap_or(given))
+}
+
+/// `-C DIR` made absolute: a directory that exists, else one line (found by a new-user trial: a
+/// file given as DIR was taken as the directory it is in by some commands and not by others).
+fn given_dir(dir: &Path) -> Result<PathBuf, CliError> {
+    let shown = dir.display();
+    match dir.canonicalize() {
+        Ok(found) if found.is_dir() => Ok(found),
+        Ok(_) => Err(CliError::usage(format!("-C {shown}: not a directory"))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(CliError::usage(format!("-C {shown}: no such directory")))
+        }
+        Err(error) => Err(CliError::usage(format!("-C {shown}: {error}"))),
+    }
 }
 
 /// The project around the current directory (or `--dir`): its absolute directory.
@@ -78,26 +99,14 @@ impl NoProject {
 /// `dir` itself cannot be read.
 fn find_project(dir: Option<&Path>) -> Result<Result<PathBuf, NoProject>, CliError> {
     let start = match dir {
-        Some(dir) => dir.to_path_buf(),
-        None => match std::env::current_dir() {
+        Some(dir) => given_dir(dir)?,
+        None => match std::env::current_dir().and_then(|start| start.canonicalize()) {
             Ok(start) => start,
             Err(error) => {
                 let error = CliError::usage(format!("cannot read the current directory: {error}"));
                 return Ok(Err(NoProject::Unusable(error)));
             }
         },
-    };
-    let start = start.canonicalize().map_err(|error| {
-        let given = if dir.is_some() { format!("-C {}", start.display()) } else { start.display().to_string() };
-        match error.kind() {
-            std::io::ErrorKind::NotFound => CliError::usage(format!("{given}: no such directory")),
-            _ => CliError::usage(format!("{given}: {error}")),
-        }
-    });
-    let start = match start {
-        Ok(start) => start,
-        Err(error) if dir.is_some() => return Err(error),
-        Err(error) => return Ok(Err(NoProject::Unusable(error))),
     };
     Ok(match find_cave_file(&start) {
         Ok(Some(cave)) => Ok(cave.parent().map(Path::to_path_buf).unwrap_or(start)),

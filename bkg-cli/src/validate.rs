@@ -1,6 +1,6 @@
 //! `bkg validate`: checks a cave.yaml and lists every problem in it.
 
-use bkg_schema::cave::{self, CaveError, FILE_NAME};
+use bkg_schema::cave::{self, CaveError};
 use serde::Serialize;
 
 use crate::args::ValidateArgs;
@@ -10,10 +10,9 @@ use crate::settings::Settings;
 
 pub fn run(settings: &Settings, args: ValidateArgs) -> Result<i32, CliError> {
     let out = settings.out;
-    let path = match (args.file, args.dir) {
-        (Some(file), _) => file,
-        (None, Some(dir)) => dir.join(FILE_NAME),
-        (None, None) => crate::project::nearest_cave_file(),
+    let path = match args.file {
+        Some(file) => file,
+        None => crate::project::nearest_cave_file(args.dir.as_deref())?,
     };
     let name = path.display().to_string();
     let text = match cave::read_text(&path) {

@@ -1645,3 +1645,46 @@ fn a_run_of_another_sandbox_is_said_to_be_that_sandboxs() {
         format!("bkg: run {run} is one of sandbox a's, not b's: `bkg logs a --run {run}` shows it\n")
     );
 }
+
+/// `-C DIR` is the project around DIR for every command, as `git -C` is: a subdirectory's
+/// project for `bkg add` and `bkg validate` too, and a DIR that is a file or missing is one line
+/// and 125 for all (found by a new-user trial: `bkgr`, `ls` and `status` took a file's directory,
+/// `add` and `validate` would not look above DIR).
+#[test]
+fn dash_c_is_the_project_around_a_directory_for_every_command() {
+    let agent = Agent::start();
+    let project = project_with("version: 1\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: 'true'\n");
+    let sub = project.path().join("sub/deep");
+    std::fs::create_dir_all(&sub).expect("subdirectory");
+    let file = project.path().join("main.py");
+    write(&file, "print(1)\n");
+    let elsewhere = tempfile::tempdir().expect("elsewhere");
+    let (sub, file) = (sub.to_str().expect("utf-8"), file.to_str().expect("utf-8"));
+
+    let added = agent.bkg_in(elsewhere.path(), &["add", "more", "--type", "python", "-C", sub]);
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    let cave = std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml");
+    assert!(cave.contains("  more:\n"), "{cave}");
+    assert!(!Path::new(sub).join("cave.yaml").exists());
+    let valid = agent.bkg_in(elsewhere.path(), &["validate", "-C", sub]);
+    assert_eq!(code(&valid), 0, "{}", stderr(&valid));
+    assert!(stderr(&valid).contains("cave.yaml: valid (2 sandboxes)"), "{}", stderr(&valid));
+
+    for command in [
+        vec!["ls", "-C", file],
+        vec!["status", "box", "-C", file],
+        vec!["validate", "-C", file],
+        vec!["add", "other", "--type", "python", "-C", file],
+    ] {
+        let refused = agent.bkg_in(elsewhere.path(), &command);
+        assert_eq!(code(&refused), 125, "{command:?}: {}", stderr(&refused));
+        assert_eq!(stderr(&refused), format!("bkg: -C {file}: not a directory\n"), "{command:?}");
+    }
+    let refused = agent.bkgr(elsewhere.path(), &["-C", file, "box"]);
+    assert_eq!((code(&refused), stderr(&refused)), (125, format!("bkgr: -C {file}: not a directory\n")));
+    let missing = format!("{sub}/gone");
+    let refused = agent.bkg_in(elsewhere.path(), &["add", "other", "--type", "python", "-C", &missing]);
+    assert_eq!((code(&refused), stderr(&refused)), (125, format!("bkg: -C {missing}: no such directory\n")));
+    let cave_after = std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml");
+    assert_eq!(cave_after, cave, "a refused command changed cave.yaml");
+}
