@@ -176,12 +176,13 @@ pub fn load_cave_in_part(project: &Path) -> Result<InPart, CliError> {
 
 /// The cave.yaml of `project` for work on sandbox `name` alone: one whose problems all lie in
 /// other sandboxes is used without them, said in a note (found by a new-user trial: one invalid
-/// sandbox kept `bkg cp`, `bkg exec` and `bkgr` from every other); refused with its problems
-/// when `name` is among them or the file has others.
+/// sandbox kept `bkg cp`, `bkg exec` and `bkgr` from every other); refused with `name`'s own
+/// problems when it has some (not the others': found by a new-user trial), with all of them when
+/// the file has others.
 pub fn load_cave_for(project: &Path, name: &str, out: Printer) -> Result<CaveFile, CliError> {
     let part = load_cave_in_part(project)?;
     if let Some(problems) = part.problems.as_ref().filter(|_| part.left_out.contains(name)) {
-        return Err(cave_problems(problems));
+        return Err(cave_problems(&problems.of_sandbox(name)));
     }
     note_left_out(out, &part);
     Ok(part.cave)

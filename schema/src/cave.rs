@@ -449,6 +449,14 @@ impl fmt::Display for CaveErrors {
 
 impl std::error::Error for CaveErrors {}
 
+impl CaveErrors {
+    /// The problems that lie in sandbox `name`.
+    pub fn of_sandbox(&self, name: &str) -> CaveErrors {
+        let errors = self.errors.iter().filter(|error| sandbox_of(&error.pointer).as_deref() == Some(name)).cloned();
+        CaveErrors { file: self.file.clone(), errors: errors.collect() }
+    }
+}
+
 /// Reads and checks a cave.yaml.
 pub fn load(path: &Path) -> Result<CaveFile, CaveErrors> {
     let (text, file) = text_and_name(path)?;

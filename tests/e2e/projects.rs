@@ -1622,6 +1622,18 @@ fn an_invalid_sandbox_keeps_neither_the_others_nor_its_own_removal_from_working(
     assert!(!cave.contains("bad") && cave.contains("good:"), "{cave}");
     let validate = agent.bkg_in(dir, &["validate"]);
     assert_eq!(code(&validate), 0, "{}", stderr(&validate));
+
+    // Of two invalid sandboxes, the one named is refused with its own problems only (found by a
+    // new-user trial: `bkgr a` printed every invalid sandbox's).
+    std::fs::write(
+        dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  a:\n    type: python\n    limits: { memory: lots }\n  b:\n    type: ruby\n",
+    )
+    .expect("write");
+    let refused = agent.bkgr(dir, &["a"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert_eq!(stderr(&refused).lines().count(), 1, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("/sandboxes/a/limits/memory"), "{}", stderr(&refused));
 }
 
 /// `bkg logs NAME --run RUN` with a run of another sandbox says whose it is, not that its log
