@@ -100,16 +100,23 @@ fn volume_folder(project: &std::path::Path, volume: &str) -> Result<Option<Strin
         .all(|part| matches!(part, std::path::Component::Normal(_) | std::path::Component::CurDir));
     let inside = lexically_inside
         && matches!((&existing, &project_dir), (Some(existing), Some(project)) if existing.starts_with(project));
+    // Said in full: a volume's path is taken from the project's directory, which is not the
+    // current one in a subdirectory (found by a new-user trial: `./vol` typed in `sub/` made
+    // the project's `vol`, and the note named only `./vol`).
+    let full: std::path::PathBuf = project_dir.as_deref().unwrap_or(project).join(&volume.host).components().collect();
+    let shown = match volume.host.is_absolute() {
+        true => full.display().to_string(),
+        false => format!("{} ({}, from the project's directory)", volume.host.display(), full.display()),
+    };
     if !inside {
         return Ok(Some(format!(
-            "{} does not exist, and is not the project's to make: `bkgr` refuses the volume until it does (one outside \
-             the project needs `bkgr --allow-outside`)",
-            volume.host.display()
+            "{shown} does not exist, and is not the project's to make: `bkgr` refuses the volume until it does (one \
+             outside the project needs `bkgr --allow-outside`)"
         )));
     }
     std::fs::create_dir_all(&host)
-        .map_err(|error| CliError::usage(format!("cannot make the volume's folder {}: {error}", host.display())))?;
-    Ok(Some(format!("made the volume's folder {}", volume.host.display())))
+        .map_err(|error| CliError::usage(format!("cannot make the volume's folder {shown}: {error}")))?;
+    Ok(Some(format!("made the volume's folder {shown}")))
 }
 
 /// Checks every flag before the file is touched: one line for the first bad one.

@@ -302,9 +302,14 @@ fn add_appends_a_block_keeping_comments_order_and_spacing() {
         ],
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let project = dir.path().canonicalize().expect("canonical");
     assert_eq!(
         stderr(&output),
-        "bkg: added sandbox `worker` (python) to cave.yaml\nbkg: made the volume's folder ./jobs\n"
+        format!(
+            "bkg: added sandbox `worker` (python) to cave.yaml\nbkg: made the volume's folder ./jobs ({}/jobs, from the \
+             project's directory)\n",
+            project.display()
+        )
     );
     let expected = EXISTING.replace(
         "    limits: { memory: 1GiB }\n",

@@ -371,7 +371,8 @@ fn add_makes_a_missing_volume_folder_of_the_project_and_the_sandbox_runs() {
         ],
     );
     assert_eq!(code(&added), 0, "{}", stderr(&added));
-    assert!(stderr(&added).contains("bkg: made the volume's folder data\n"), "{}", stderr(&added));
+    let made = format!("bkg: made the volume's folder data ({}/data, from the project's directory)\n", dir.display());
+    assert!(stderr(&added).contains(&made), "{}", stderr(&added));
     assert!(dir.join("data").is_dir());
     let ran = agent.bkgr(dir, &["api"]);
     assert_eq!((code(&ran), stdout(&ran)), (0, "/workspace/data\n".to_owned()), "{}", stderr(&ran));
@@ -389,7 +390,9 @@ fn add_makes_a_missing_volume_folder_of_the_project_and_the_sandbox_runs() {
     let linked = agent.bkg_in(dir, &["add", "linked", "--type", "python", "--volume", "link/new:/workspace/new"]);
     assert_eq!(code(&linked), 0, "{}", stderr(&linked));
     assert!(
-        stderr(&linked).contains("link/new does not exist, and is not the project's to make"),
+        stderr(&linked).contains("link/new (")
+            && stderr(&linked)
+                .contains(", from the project's directory) does not exist, and is not the project's to make"),
         "{}",
         stderr(&linked)
     );
