@@ -7,7 +7,7 @@ use bkg_schema::Language;
 use bkg_schema::cave::{self, DEFAULT_NAMESPACE, FILE_NAME, NAME_RULE, is_command, yaml_scalar};
 use bkg_schema::sandbox::is_dns_label;
 use dialoguer::theme::ColorfulTheme;
-use dialoguer::{Input, Select};
+use dialoguer::{FuzzySelect, Input};
 
 use crate::args::InitArgs;
 use crate::exit::{CliError, SUCCESS};
@@ -169,8 +169,14 @@ fn ask(args: &InitArgs) -> Result<Answers, CliError> {
         None => {
             let choices = [Language::Python, Language::Node];
             let names = choices.map(Language::as_str);
-            let index =
-                Select::with_theme(&theme).with_prompt("Type").items(names).default(0).interact().map_err(asked)?;
+            // Typed or chosen with the arrows (found by a new-user trial: `node` typed at a plain
+            // list was ignored, and Enter took `python`).
+            let index = FuzzySelect::with_theme(&theme)
+                .with_prompt("Type")
+                .items(names)
+                .default(0)
+                .interact()
+                .map_err(asked)?;
             choices.get(index).copied().unwrap_or(Language::Python)
         }
     };

@@ -497,6 +497,25 @@ fn interactive_init_asks_on_a_real_terminal() {
     assert!(project.join(".bkg/.gitignore").exists());
 }
 
+/// The type is typed as well as chosen with the arrows (found by a new-user trial: `node` typed
+/// and Enter gave `python`).
+#[test]
+fn interactive_init_takes_a_typed_type() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let project = dir.path().join("p");
+    let (mut terminal, mut child) =
+        spawn_on_terminal(&["init", project.to_str().expect("utf-8"), "--namespace", "given", "--sandbox", "web"]);
+    terminal.expect("Type");
+    terminal.type_keys("node");
+    terminal.type_keys("\r");
+    terminal.expect("Start script");
+    terminal.type_keys("\r");
+    let status = wait(&mut child);
+    assert!(status.success(), "{status}");
+    let written = fs::read_to_string(project.join("cave.yaml")).expect("cave.yaml");
+    assert!(written.contains("  web:\n    type: node\n"), "{written}");
+}
+
 #[test]
 fn interactive_init_takes_the_defaults_and_skips_what_flags_gave() {
     let dir = tempfile::tempdir().expect("temp dir");
