@@ -176,7 +176,13 @@ impl Limits {
 
     /// Names the first limit of `self` that is above `max`, for a refusal message.
     pub fn first_above(&self, max: &Limits) -> Option<(&'static str, String, String)> {
-        self.first_where(max, |asked, bound| asked > bound)
+        self.all_above(max).into_iter().next()
+    }
+
+    /// Names every limit of `self` that is above `max`, in the order of `named`, so that one
+    /// refusal says them all (found by a new-user trial: fixed one at a time, run after run).
+    pub fn all_above(&self, max: &Limits) -> Vec<(&'static str, String, String)> {
+        self.all_where(max, |asked, bound| asked > bound)
     }
 
     /// Names the first limit of `self` that is below `least` (`Limits::LEAST`), for a refusal
@@ -186,16 +192,23 @@ impl Limits {
     }
 
     fn first_where(&self, bound: &Limits, beyond: fn(u64, u64) -> bool) -> Option<(&'static str, String, String)> {
-        self.named().into_iter().zip(bound.named()).find(|((_, asked, _), (_, bound, _))| beyond(*asked, *bound)).map(
-            |((name, asked, format), (_, bound, _))| {
+        self.all_where(bound, beyond).into_iter().next()
+    }
+
+    fn all_where(&self, bound: &Limits, beyond: fn(u64, u64) -> bool) -> Vec<(&'static str, String, String)> {
+        self.named()
+            .into_iter()
+            .zip(bound.named())
+            .filter(|((_, asked, _), (_, bound, _))| beyond(*asked, *bound))
+            .map(|((name, asked, format), (_, bound, _))| {
                 // A size shown to one decimal may read as its bound (8.0GiB against 8GiB): then
                 // it is said in bytes, as it was asked (found by a new-user trial).
                 let shown = format(asked);
                 let reads_as_bound = matches!(name, "memory" | "disk") && units::parse_size(&shown).ok() == Some(bound);
                 let shown = if reads_as_bound && asked != bound { format!("{asked}B") } else { shown };
                 (name, shown, format(bound))
-            },
-        )
+            })
+            .collect()
     }
 
     /// Each limit by its name (as cave.yaml's `limits` and the refusals call it), with how it
@@ -807,6 +820,15 @@ mod tests {
         assert_eq!(just_over.first_above(&bound), Some(("memory", "8589934593B".into(), "8GiB".into())));
         let clearly_over = Limits { memory_bytes: 8 * GIB + GIB / 10, ..Limits::DEFAULT };
         assert_eq!(clearly_over.first_above(&bound), Some(("memory", "8.1GiB".into(), "8GiB".into())));
+    }
+
+    #[test]
+    fn every_limit_above_its_bound_is_named_in_order() {
+        let bound = Limits::DEFAULT;
+        let over = Limits { memory_bytes: bound.memory_bytes * 2, pids: bound.pids + 1, ..Limits::DEFAULT };
+        let names: Vec<&str> = over.all_above(&bound).into_iter().map(|(name, _, _)| name).collect();
+        assert_eq!(names, ["memory", "pids"]);
+        assert!(Limits::DEFAULT.all_above(&bound).is_empty());
     }
 
     #[test]

@@ -490,6 +490,25 @@ fn a_definition_above_the_maximum_names_cave_yamls_limit_as_the_fix() {
     assert!(stderr(&refused).contains("disk 20TiB is above this agent's maximum"), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("ask for less with --disk"), "{}", stderr(&refused));
     assert!(!stderr(&refused).contains("cave.yaml"), "{}", stderr(&refused));
+    // Every limit above its maximum is said at once (found by a new-user trial: one per run).
+    let several = project_with(
+        "version: 1\nnamespace: default\nsandboxes:\n  m:\n    type: python\n    limits: { memory: 100GiB, timeout: 2h }\n    scripts:\n      start: 'true'\n",
+    );
+    let refused = agent.bkgr(several.path(), &["m"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert_eq!(
+        stderr(&refused),
+        "bkgr: sandbox `m`: memory 100GiB is above this agent's maximum of 8GiB, and so is timeout 2h (at most 1h); give the \
+         sandbox's limits.memory and limits.timeout (cave.yaml's) at most those, or start the agent with a higher \
+         --max-memory and --max-timeout\n"
+    );
+    let refused = agent.exe(&["--memory", "100GiB", "--timeout", "2h", "--type", "python", "-c", "pass"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert_eq!(
+        stderr(&refused),
+        "bkg: memory 100GiB is above this agent's maximum of 8GiB, and so is timeout 2h (at most 1h); ask for less, \
+         or start the agent with a higher --max-memory and --max-timeout\n"
+    );
     // cave.yaml's own disk above the maximum is refused whatever `--disk` says, as the other
     // limits are (found by a new-user trial: `--disk 1GiB` ran, and `bkg ls` then said cave.yaml's
     // 50GiB would apply at the next run, which the agent refuses).

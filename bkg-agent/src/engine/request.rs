@@ -23,8 +23,15 @@ use super::{Engine, EngineError};
 pub enum RunError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("{name} {asked} is above this agent's maximum of {allowed}; {fix}")]
-    LimitAboveMaximum { name: &'static str, asked: String, allowed: String, fix: String },
+    /// `others`: the limits after the first also above their maximum, each `(name, asked, allowed)`.
+    #[error("{name} {asked} is above this agent's maximum of {allowed}{}; {fix}", also_above(.others))]
+    LimitAboveMaximum {
+        name: &'static str,
+        asked: String,
+        allowed: String,
+        others: Vec<(&'static str, String, String)>,
+        fix: String,
+    },
     #[error("{0}")]
     RuntimeNotExecutable(String),
     #[error("{0}")]
@@ -248,6 +255,33 @@ impl ValidatedRun {
 /// `TERM` of a terminal run whose client does not say.
 const DEFAULT_TERM: &str = "xterm-256color";
 
+/// The limits after the first one above the maximum, as a refusal adds them to it.
+pub(crate) fn also_above(others: &[(&'static str, String, String)]) -> String {
+    let said: Vec<String> =
+        others.iter().map(|(name, asked, allowed)| format!("{name} {asked} (at most {allowed})")).collect();
+    match said.len() {
+        0 => String::new(),
+        1 => format!(", and so is {}", said[0]),
+        _ => format!(", and so are {}", words(&said)),
+    }
+}
+
+/// The agent's flags that raise the maximum of the limits `names` (`--max-cpus and
+/// --max-memory`); none for the number of processes, which no flag raises.
+fn raised_by_flags(names: &[&str]) -> Option<String> {
+    let flags: Vec<String> = names.iter().filter(|name| **name != "pids").map(|name| format!("--max-{name}")).collect();
+    (!flags.is_empty()).then(|| words(&flags))
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn words(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
 /// Total size of files a request may place in the sandbox (they must also fit its disk).
 const MAX_UPLOAD_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -274,15 +308,20 @@ impl Engine {
                 return Err(RunError::BadRequest(format!("{name} limit must be greater than zero")));
             }
         }
-        if let Some((name, asked, mut allowed)) = limits.first_above(&self.config.max_limits) {
-            if limits.timeout_ms == bkg_schema::NO_TIMEOUT_MS && name == "timeout" {
+        let mut above = limits.all_above(&self.config.max_limits);
+        for (name, _, allowed) in &mut above {
+            if limits.timeout_ms == bkg_schema::NO_TIMEOUT_MS && *name == "timeout" {
                 allowed.push_str(" (it takes none only when started with --max-timeout none)");
             }
-            let fix = match name {
-                "pids" => "ask for fewer".to_owned(),
-                _ => format!("ask for less, or start the agent with a higher --max-{name}"),
+        }
+        if !above.is_empty() {
+            let names: Vec<&str> = above.iter().map(|(name, _, _)| *name).collect();
+            let fix = match raised_by_flags(&names) {
+                Some(flags) => format!("ask for less, or start the agent with a higher {flags}"),
+                None => "ask for fewer".to_owned(),
             };
-            return Err(RunError::LimitAboveMaximum { name, asked, allowed, fix });
+            let (name, asked, allowed) = above.remove(0);
+            return Err(RunError::LimitAboveMaximum { name, asked, allowed, others: above, fix });
         }
         // A disk larger than every sandbox's together could have is refused now, not queued for
         // a budget that can never hold it.
@@ -293,6 +332,7 @@ impl Engine {
                 name: "disk",
                 asked: size(limits.disk_bytes),
                 allowed: format!("{} (the agent's whole disk budget: {})", size(budget), self.capacity.budget_source()),
+                others: Vec::new(),
                 fix: format!("ask for less, or {}", self.capacity.budget_fix()),
             });
         }
@@ -308,15 +348,18 @@ impl Engine {
         // The definition's own limits (cave.yaml's): a run's flags (`bkgr --timeout`) hold for
         // that run only and cannot make a definition above the maximum fit.
         self.resolve_limits(&definition.limits).map_err(|error| match error {
-            RunError::LimitAboveMaximum { name, asked, allowed, .. } => RunError::LimitAboveMaximum {
-                fix: format!(
-                    "give the sandbox's limits.{name} (cave.yaml's) at most that, or start the agent with a higher \
-                     --max-{name}"
-                ),
-                name,
-                asked,
-                allowed,
-            },
+            RunError::LimitAboveMaximum { name, asked, allowed, others, .. } => {
+                let names: Vec<&str> = std::iter::once(name).chain(others.iter().map(|(name, _, _)| *name)).collect();
+                let keys = words(&names.iter().map(|name| format!("limits.{name}")).collect::<Vec<_>>());
+                let that = if names.len() == 1 { "that" } else { "those" };
+                let fix = match raised_by_flags(&names) {
+                    Some(flags) => format!(
+                        "give the sandbox's {keys} (cave.yaml's) at most {that}, or start the agent with a higher {flags}"
+                    ),
+                    None => format!("give the sandbox's {keys} (cave.yaml's) at most {that}"),
+                };
+                RunError::LimitAboveMaximum { name, asked, allowed, others, fix }
+            }
             other => other,
         })?;
         sandbox_env(&definition.env)?;

@@ -114,9 +114,12 @@ impl OpError {
     /// for the limit's name (the service's names cave.yaml and the agent's flags), or keeps the
     /// service's with None. Any other error is kept.
     pub fn with_limit_fix(self, fix: impl Fn(&str) -> Option<String>) -> Self {
-        let Self::Run(RunError::LimitAboveMaximum { name, asked, allowed, .. }) = &self else { return self };
+        let Self::Run(RunError::LimitAboveMaximum { name, asked, allowed, others, .. }) = &self else { return self };
         match fix(name) {
-            Some(fix) => Self::Invalid(format!("{name} {asked} is above this agent's maximum, {allowed}: {fix}")),
+            Some(fix) => {
+                let also = crate::engine::request::also_above(others);
+                Self::Invalid(format!("{name} {asked} is above this agent's maximum, {allowed}{also}: {fix}"))
+            }
             None => self,
         }
     }
