@@ -473,24 +473,37 @@ fn wait(child: &mut std::process::Child) -> std::process::ExitStatus {
     }
 }
 
+/// `bkg init` with `args` on a real terminal, given `answers` (each a prompt's text, then the
+/// keys typed at it), once it has ended successfully: the cave.yaml it wrote in `project`.
+fn init_answering(project: &Path, args: &[&str], answers: &[(&str, &str)]) -> String {
+    let mut all = vec!["init", project.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    let (mut terminal, mut child) = spawn_on_terminal(&all);
+    for (prompt, keys) in answers {
+        terminal.expect(prompt);
+        terminal.type_keys(keys);
+    }
+    let status = wait(&mut child);
+    assert!(status.success(), "{status}");
+    fs::read_to_string(project.join("cave.yaml")).expect("cave.yaml")
+}
+
 #[test]
 fn interactive_init_asks_on_a_real_terminal() {
     let dir = tempfile::tempdir().expect("temp dir");
     let project = dir.path().join("p");
-    let (mut terminal, mut child) = spawn_on_terminal(&["init", project.to_str().expect("utf-8")]);
-    terminal.expect("Namespace");
-    terminal.type_keys("team-a\r");
-    terminal.expect("First sandbox");
-    terminal.type_keys("web\r");
-    terminal.expect("Type");
-    // Down to `node`, then Enter.
-    terminal.type_keys("\x1b[B");
-    terminal.type_keys("\r");
-    terminal.expect("Start script");
-    terminal.type_keys("node /project/server.js\r");
-    let status = wait(&mut child);
-    assert!(status.success(), "{status}");
-    let written = fs::read_to_string(project.join("cave.yaml")).expect("cave.yaml");
+    // Down to `node` at the type, then Enter.
+    let written = init_answering(
+        &project,
+        &[],
+        &[
+            ("Namespace", "team-a\r"),
+            ("First sandbox", "web\r"),
+            ("Type", "\x1b[B"),
+            ("node", "\r"),
+            ("Start script", "node /project/server.js\r"),
+        ],
+    );
     assert!(written.ends_with(
         "version: 1\nnamespace: team-a\nsandboxes:\n  web:\n    type: node\n    scripts:\n      start: node /project/server.js\n"
     ), "{written}");
@@ -503,16 +516,8 @@ fn interactive_init_asks_on_a_real_terminal() {
 fn interactive_init_takes_a_typed_type() {
     let dir = tempfile::tempdir().expect("temp dir");
     let project = dir.path().join("p");
-    let (mut terminal, mut child) =
-        spawn_on_terminal(&["init", project.to_str().expect("utf-8"), "--namespace", "given", "--sandbox", "web"]);
-    terminal.expect("Type");
-    terminal.type_keys("node");
-    terminal.type_keys("\r");
-    terminal.expect("Start script");
-    terminal.type_keys("\r");
-    let status = wait(&mut child);
-    assert!(status.success(), "{status}");
-    let written = fs::read_to_string(project.join("cave.yaml")).expect("cave.yaml");
+    let answers = [("Type", "node"), ("node", "\r"), ("Start script", "\r")];
+    let written = init_answering(&project, &["--namespace", "given", "--sandbox", "web"], &answers);
     assert!(written.contains("  web:\n    type: node\n"), "{written}");
 }
 
@@ -520,30 +525,14 @@ fn interactive_init_takes_a_typed_type() {
 fn interactive_init_takes_the_defaults_and_skips_what_flags_gave() {
     let dir = tempfile::tempdir().expect("temp dir");
     let project = dir.path().join("p");
-    let (mut terminal, mut child) =
-        spawn_on_terminal(&["init", project.to_str().expect("utf-8"), "--namespace", "given"]);
-    terminal.expect("First sandbox");
-    terminal.type_keys("\r");
-    terminal.expect("Type");
-    terminal.type_keys("\r");
-    terminal.expect("Start script");
-    terminal.type_keys("\r");
-    let status = wait(&mut child);
-    assert!(status.success(), "{status}");
-    let written = fs::read_to_string(project.join("cave.yaml")).expect("cave.yaml");
+    let answers = [("First sandbox", "\r"), ("Type", "\r"), ("Start script", "\r")];
+    let written = init_answering(&project, &["--namespace", "given"], &answers);
     assert!(written.ends_with(
         "version: 1\nnamespace: given\nsandboxes:\n  app:\n    type: python\n    scripts:\n      start: python main.py\n"
     ), "{written}");
 
     // `none` at the sandbox prompt starts with no sandbox.
-    let (mut terminal, mut child) = spawn_on_terminal(&["init", project.to_str().expect("utf-8"), "--force"]);
-    terminal.expect("Namespace");
-    terminal.type_keys("\r");
-    terminal.expect("First sandbox");
-    terminal.type_keys("none\r");
-    let status = wait(&mut child);
-    assert!(status.success(), "{status}");
-    let written = fs::read_to_string(project.join("cave.yaml")).expect("cave.yaml");
+    let written = init_answering(&project, &["--force"], &[("Namespace", "\r"), ("First sandbox", "none\r")]);
     assert!(written.ends_with("namespace: default\nsandboxes: {}\n"), "{written}");
 }
 
