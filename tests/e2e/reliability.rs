@@ -92,6 +92,34 @@ fn a_reader_that_pauses_after_the_run_still_gets_the_whole_output() {
     }
 }
 
+/// A reader that takes nothing for longer than the agent's 30 s of patience while the run goes
+/// on (`bkg exe job.py | less`, read later) makes the code wait on its writes, as a paused
+/// terminal does, and then gets every byte, with the run's own exit code (found by a new-user
+/// trial: the agent closed the connection after 30 s, the rest was lost, and bkg exited 125).
+#[test]
+fn a_reader_that_pauses_longer_than_the_agent_s_patience_during_the_run_gets_every_byte() {
+    let agent = Agent::start();
+    let script = "for i in range(300000): print(i)\nprint('end')\n";
+    let expected: String = (0..300_000).map(|i| format!("{i}\n")).chain(["end\n".to_owned()]).collect();
+    let mut client = agent
+        .bkg()
+        .args(["exe", "--type", "python", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bkg exe");
+    // Nothing read for longer than the 30 s after which a caller that takes nothing of a run that
+    // has ended is let go (server/runs.rs, STREAM_WRITE_TIMEOUT); the run has not ended meanwhile.
+    std::thread::sleep(Duration::from_secs(35));
+    assert_eq!(finished_runs(&agent), 0, "the run ended though its output was not taken");
+    let mut stdout = Vec::new();
+    std::io::Read::read_to_end(&mut client.stdout.take().expect("stdout"), &mut stdout).expect("read stdout");
+    let output = client.wait_with_output().expect("bkg exits");
+    assert_eq!((code(&output), stderr(&output).as_str()), (0, ""));
+    assert!(stdout == expected.as_bytes(), "{} bytes of {}", stdout.len(), expected.len());
+}
+
 /// How many runs the agent has recorded as finished.
 fn finished_runs(agent: &Agent) -> usize {
     let runs = api(agent, "GET", "/api/v1/runs?limit=50", None).json();

@@ -14,7 +14,7 @@ use bkg_schema::{ApiError, ErrorCode, RunRecord, RunRequest, RunResult};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::failure::{ApiResult, Failure};
 use super::input::{self, PathParam, QueryParams};
@@ -164,8 +164,11 @@ pub async fn cancel_run(
     Ok(Json(state.service.cancel_run(&principal, &id).await?))
 }
 
-/// How long one frame may take to reach a streaming caller. One that takes no bytes for this
-/// long has stopped reading: its connection is closed (the run itself never waits on it).
+/// How long, once the run has ended, a streaming caller may take nothing of what is still to
+/// reach it: then it has stopped reading, and its connection is closed. While the run goes on,
+/// a caller that takes nothing only makes the code wait on its writes, as a paused terminal
+/// does, within its timeout (found by a new-user trial: `bkg exe job.py | less` paused for 30 s
+/// lost the rest of the output and exited 125, though the run ended well).
 const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `payload` as one frame at the end of `frames`.
@@ -185,10 +188,22 @@ fn push_output(frames: &mut Vec<u8>, event: RunOutput) -> std::io::Result<()> {
     }
 }
 
-async fn write_frames(writer: &mut (impl AsyncWriteExt + Unpin), frames: &[u8]) -> std::io::Result<()> {
-    tokio::time::timeout(STREAM_WRITE_TIMEOUT, writer.write_all(frames))
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the caller stopped reading")))
+/// Writes `frames`, unless `STREAM_WRITE_TIMEOUT` passes after the run has ended (`ended`)
+/// before they are taken.
+async fn write_frames(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    frames: &[u8],
+    mut ended: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let patience = async {
+        // A run task gone without saying so has ended too.
+        let _ = ended.wait_for(|ended| *ended).await;
+        tokio::time::sleep(STREAM_WRITE_TIMEOUT).await;
+    };
+    tokio::select! {
+        written = writer.write_all(frames) => written,
+        () = patience => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the caller stopped reading")),
+    }
 }
 
 async fn stream_run<S>(service: Arc<Service>, accepted: Accepted, connection: S)
@@ -240,7 +255,13 @@ where
         }
     });
 
-    let run = service.start(accepted, input_rx, Some(output_tx));
+    let started = service.start(accepted, input_rx, Some(output_tx));
+    let (ended_tx, ended) = watch::channel(false);
+    let run = tokio::spawn(async move {
+        let outcome = started.await;
+        let _ = ended_tx.send(true);
+        outcome
+    });
     let mut caller_gone = false;
     while let Some(event) = output_rx.recv().await {
         if caller_gone {
@@ -255,7 +276,7 @@ where
             gathered = push_output(&mut frames, next);
         }
         let written = match gathered {
-            Ok(()) => write_frames(&mut writer, &frames).await,
+            Ok(()) => write_frames(&mut writer, &frames, ended.clone()).await,
             Err(error) => Err(error),
         };
         // Keep draining, so the run's output buffer empties, but write nothing more.
@@ -267,7 +288,7 @@ where
         reader_task.abort();
         return;
     }
-    let outcome = run.await;
+    let outcome = run.await.and_then(|outcome| outcome);
     // A broken stream has cancelled the run: its reader has ended with what was wrong.
     let broken = match reader_task.is_finished() {
         true => (&mut reader_task).await.ok().flatten(),
@@ -285,7 +306,7 @@ where
     if let Ok(payload) = payload
         && push_frame(&mut frames, kind, &payload).is_ok()
     {
-        let _ = write_frames(&mut writer, &frames).await;
+        let _ = write_frames(&mut writer, &frames, ended).await;
     }
     let _ = writer.shutdown().await;
     reader_task.abort();
