@@ -172,6 +172,13 @@ fn a_run_with_a_start_up_variable_of_its_own_gets_a_fresh_interpreter() {
     let output = agent.exe(&["-t", "python", "-e", "PYTHONDONTWRITEBYTECODE=1", "-c", flag]);
     assert_eq!((code(&output), stdout(&output).as_str()), (0, "1\n"), "{}", stderr(&output));
     assert_eq!(prestarted(), Some(1), "the run was given a fresh interpreter");
+    // The C library reads TZ once, at the first local time (found by a new-user trial: a fork of
+    // the zygote told a run with `-e TZ=Asia/Tokyo` UTC's time).
+    agent.wait_warm(1);
+    let zone = "import time\nprint(time.timezone, time.localtime().tm_zone)";
+    let output = agent.exe(&["-t", "python", "-e", "TZ=Asia/Tokyo", "-c", zone]);
+    assert_eq!((code(&output), stdout(&output).as_str()), (0, "-32400 JST\n"), "{}", stderr(&output));
+    assert_eq!(prestarted(), Some(1), "the run was given a fresh interpreter");
 }
 
 /// `bkg exe` of a run that outlives a stop's SIGTERM (it prints `asked to end` and goes on),

@@ -85,14 +85,15 @@ impl PrestartPlan {
             _ => false,
         };
         let language = self.language;
+        // `TZ` too for Python: the C library reads it once, at the interpreter's first local time
+        // (found by a new-user trial: `-e TZ=Asia/Tokyo` gave a zygote's fork UTC).
         let read_at_start = |key: &str| {
-            let common = key.starts_with("LC_") || key == "LANG" || key == "HOME";
+            let common = key.starts_with("LC_") || key == "LANG" || key == "HOME" || key == "TZ";
             common
                 || match language {
                     Language::Python => key.starts_with("PYTHON"),
                     Language::Node => {
                         ["NODE_", "UV_", "OPENSSL_", "SSL_CERT_"].iter().any(|prefix| key.starts_with(prefix))
-                            || key == "TZ"
                     }
                 }
         };
@@ -194,6 +195,7 @@ mod tests {
         let script = ["/usr/bin/python3", "/workspace/main.py"];
         assert!(!plan.fits(&order(&script, &[START_ENV[0]])), "HOME missing");
         assert!(!plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], ("PYTHONPATH", "/opt")])));
+        assert!(!plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], ("TZ", "Asia/Tokyo")])));
         assert!(!plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], ("LC_ALL", "C")])));
         assert!(!plan.fits(&order(&script, &[("PYTHONUNBUFFERED", "0"), START_ENV[1]])));
     }
