@@ -181,6 +181,31 @@ fn a_run_with_a_start_up_variable_of_its_own_gets_a_fresh_interpreter() {
     assert_eq!(prestarted(), Some(1), "the run was given a fresh interpreter");
 }
 
+/// The code gets every signal's default, whatever the agent was started with (`nohup` ignores
+/// SIGHUP, a shell without job control SIGQUIT) and however its interpreter was started: a fork
+/// of the zygote, one started by pid 1, Node (found by a new-user trial: under `nohup`, SIGHUP
+/// could not end code, and glibc's internal signals 32 and 33 were ignored in every sandbox).
+#[test]
+fn code_gets_default_signals_whatever_the_agent_ignores() {
+    let wrapper = ["sh", "-c", "trap '' HUP QUIT; exec \"$0\" \"$@\""].map(str::to_owned).to_vec();
+    let agent = Agent::start_with(AgentOptions { wrapper, ..AgentOptions::default() });
+    let child_sees = "import subprocess\n\
+        subprocess.run(['sh', '-c', 'grep -E \"^Sig(Ign|Blk)\" /proc/self/status'], check=True)\n";
+    let defaults = "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n";
+    for extra in [&[][..], &["-e", "PYTHONNOUSERSITE=1"][..]] {
+        agent.wait_warm(1);
+        let output = agent.exe(&[extra, &["-t", "python", "-c", child_sees]].concat());
+        assert_eq!((code(&output), stdout(&output).as_str()), (0, defaults), "{extra:?}: {}", stderr(&output));
+        let hung_up = agent
+            .exe(&[extra, &["-t", "python", "-c", "import os, signal\nos.kill(os.getpid(), signal.SIGHUP)"]].concat());
+        assert_eq!(code(&hung_up), 128 + 1, "{extra:?}: {}", stderr(&hung_up));
+    }
+    let node = "require('child_process').execFileSync('sh', ['-c', 'grep -E \"^Sig(Ign|Blk)\" /proc/self/status'], { stdio: 'inherit' })";
+    let output = agent.exe(&["-t", "node", "-c", node]);
+    assert_eq!((code(&output), stdout(&output).as_str()), (0, defaults), "{}", stderr(&output));
+    assert_eq!(agent.status_json()["prestarted_runs"].as_u64().map(|runs| runs >= 2), Some(true));
+}
+
 /// `bkg exe` of a run that outlives a stop's SIGTERM (it prints `asked to end` and goes on),
 /// once it has printed `up`; its later lines are read from the iterator.
 fn run_that_outlives_sigterm(

@@ -1502,6 +1502,62 @@ enum CodeError {
     Setup(&'static str, String),
 }
 
+/// The kernel's `struct sigaction` for rt_sigaction(2) on x86_64 and aarch64.
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Every signal's disposition back to the default, none blocked, as a shell starts a program:
+/// what the agent was started with (`nohup` ignores SIGHUP, a shell without job control
+/// SIGQUIT) and what posix_spawn sets (glibc's internal signals 32 and 33 ignored) must not reach
+/// the code (found by a new-user trial: under `nohup`, code could not be ended by SIGHUP).
+/// Only system calls, so it may run between fork and exec; glibc's sigaction refuses its
+/// internal signals, so the system call is made directly.
+pub(super) fn default_signal_dispositions() -> std::io::Result<()> {
+    let default = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    for signal in 1..=SIGNALS {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction with a valid struct of the kernel's layout and its mask's size,
+        // and no old action asked for.
+        let set = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        if set != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let none: u64 = 0;
+    // SAFETY: rt_sigprocmask with a valid mask of the kernel's size, and no old mask asked for.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none as *const u64,
+            std::ptr::null::<u64>(),
+            std::mem::size_of::<u64>(),
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's signals, 1 to 64 on x86_64 and aarch64.
+const SIGNALS: libc::c_int = 64;
+
 /// In the forked child: become the unprivileged sandbox user in a fresh user namespace, lock
 /// everything down, and exec the code. Returns only on failure.
 fn become_code(
@@ -1510,6 +1566,9 @@ fn become_code(
     handshake: &IdMapHandshake,
     terminal: Option<&OwnedFd>,
 ) -> CodeError {
+    if let Err(error) = default_signal_dispositions() {
+        return CodeError::Setup("give the signals their defaults", error.to_string());
+    }
     match lock_down(&Confinement::of(plan), &launch.setup, handshake, terminal) {
         Ok(()) => {}
         Err((stage, error)) => return CodeError::Setup(stage, error),

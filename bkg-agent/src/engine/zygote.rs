@@ -708,15 +708,6 @@ async fn remove_cgroup(cgroup: std::sync::Arc<dyn RunCgroup>) {
     }
 }
 
-/// The kernel's `struct sigaction` for rt_sigaction(2) on x86_64 and aarch64.
-#[repr(C)]
-struct KernelSigaction {
-    handler: libc::sighandler_t,
-    flags: libc::c_ulong,
-    restorer: usize,
-    mask: u64,
-}
-
 async fn log_lines(output: impl tokio::io::AsyncRead + Unpin, generation: u64) {
     use tokio::io::AsyncBufReadExt as _;
     let mut lines = tokio::io::BufReader::new(output).lines();
@@ -797,23 +788,9 @@ fn spawn(
             }
             // Its forks have the umask a sandbox's code has, not the agent's private one.
             libc::umask(super::init::SANDBOX_UMASK);
-            // And the signal dispositions: the init is started by posix_spawn, whose child
-            // ignores glibc's two internal signals (SIGCANCEL 32, SIGSETXID 33), and so does the
-            // code it starts.
-            // glibc's own sigaction refuses them: the system call is made directly.
-            for signal in [libc::SIGRTMIN() - 2, libc::SIGRTMIN() - 1] {
-                let ignore = KernelSigaction { handler: libc::SIG_IGN, flags: 0, restorer: 0, mask: 0 };
-                let set = libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    signal,
-                    &ignore as *const KernelSigaction,
-                    std::ptr::null::<KernelSigaction>(),
-                    std::mem::size_of::<u64>(),
-                );
-                if set != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
+            // And the signal dispositions a code started by pid 1 gets (its forks keep those
+            // Python itself does not set).
+            super::init::default_signal_dispositions()?;
             // Python's start reads the user site-packages under HOME (/workspace) and runs their
             // .pth files: as root on the host, a /workspace another user can write to would run
             // their code. The zygote gets a mount namespace of its own with an empty, read-only
