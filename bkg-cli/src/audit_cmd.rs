@@ -219,7 +219,7 @@ fn report_json(report: &VerifyReport) -> Result<String, CliError> {
         detail: &bad.detail,
     });
     let json = JsonReport { ok: first_bad.is_none(), records: report.records, files: report.files, first_bad };
-    serde_json::to_string(&json).map_err(|error| CliError::internal(format!("cannot print the report: {error}")))
+    crate::out::json_text(&json)
 }
 
 /// Where `audit.pub` is for a log given as files: its directory sits in the state directory.

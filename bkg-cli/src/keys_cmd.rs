@@ -72,7 +72,7 @@ fn ttl_seconds(text: &str) -> Result<u64, CliError> {
 /// when stdout did not take it (a full disk, a reader gone): the secret is then nobody's.
 fn print_issued(out: Printer, issued: &IssuedKey, what: &str) -> Result<(), CliError> {
     let text = match out.is_json() {
-        true => serde_json::to_string(issued).map_err(|error| CliError::internal(error.to_string()))? + "\n",
+        true => crate::out::json_text(issued)? + "\n",
         false => format!("{}\n", issued.key),
     };
     if let Err(error) = crate::out::stdout_bytes(text.as_bytes()) {

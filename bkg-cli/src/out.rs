@@ -155,7 +155,7 @@ impl Printer {
 
     /// `value` as one line of JSON on stdout.
     pub fn json(&self, value: &impl serde::Serialize) -> Result<(), CliError> {
-        let json = serde_json::to_string(value).map_err(|error| CliError::internal(error.to_string()))?;
+        let json = json_text(value)?;
         self.line(format_args!("{json}"));
         Ok(())
     }
@@ -346,6 +346,29 @@ pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
     crate::exit::code(crate::exit::of_clap(&error))
 }
 
+/// `value` as one line of JSON, with the characters a terminal acts on but JSON lets through
+/// as they are (DEL and the C1 controls, U+0080 to U+009F: `\u{9b}` starts an escape sequence
+/// on terminals that read UTF-8) written as escapes, as JSON writes the C0 ones: what the code
+/// printed cannot drive the terminal of whoever reads the JSON (found by a new-user trial).
+pub fn json_text(value: &impl serde::Serialize) -> Result<String, CliError> {
+    let json = serde_json::to_string(value).map_err(|error| CliError::internal(error.to_string()))?;
+    if !json.chars().any(is_raw_control) {
+        return Ok(json);
+    }
+    // Only inside strings can they be: every other character of JSON is ASCII and printable.
+    Ok(json.chars().fold(String::with_capacity(json.len() + 16), |mut escaped, c| {
+        match is_raw_control(c) {
+            true => escaped.push_str(&format!("\\u{:04x}", u32::from(c))),
+            false => escaped.push(c),
+        }
+        escaped
+    }))
+}
+
+fn is_raw_control(c: char) -> bool {
+    c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -353,5 +376,14 @@ mod tests {
         let said: Vec<String> =
             [0, 999, 1_000, 59_999, 60_000, 3_599_999, 3_600_000, 86_400_000 * 3].map(super::ago).into();
         assert_eq!(said, ["just now", "just now", "1s ago", "59s ago", "1m ago", "59m ago", "1h ago", "3d ago"]);
+    }
+
+    #[test]
+    fn json_escapes_what_a_terminal_acts_on() -> Result<(), crate::exit::CliError> {
+        let printed = "\u{9b}6n \u{1b}[2J \u{7f} é \u{a0}";
+        let json = super::json_text(&printed)?;
+        assert_eq!(json, "\"\\u009b6n \\u001b[2J \\u007f é \u{a0}\"");
+        assert_eq!(serde_json::from_str::<String>(&json).ok().as_deref(), Some(printed));
+        Ok(())
     }
 }

@@ -141,7 +141,7 @@ fn take_event(pending: &mut Vec<u8>) -> Option<Event> {
 
 fn line(change: &Change, json: bool) -> Result<String, CliError> {
     if json {
-        return serde_json::to_string(change).map_err(|error| CliError::internal(error.to_string()));
+        return crate::out::json_text(change);
     }
     let at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(change.ts_ms));
     Ok(format!(
