@@ -130,7 +130,7 @@ pub fn note_kept_files(out: crate::out::Printer, result: &RunResult, out_fetched
         ));
     }
     if let Some(reason) = &result.files_not_kept {
-        out.note(format_args!("{reason}"));
+        out.note(format_args!("{}", bkg_schema::without_controls(reason)));
     }
 }
 

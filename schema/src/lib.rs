@@ -227,7 +227,6 @@ impl Limits {
 /// What an environment variable's name may be, for messages.
 pub const ENV_KEY_RULE: &str = "letters, digits and '_', not starting with a digit";
 
-/// Whether `name` may name an environment variable a run is given (`ENV_KEY_RULE`).
 /// `text` as a refusal repeats it: escaped, and cut after its first 64 characters, so that a
 /// pasted file or a runaway variable refused for its form is not echoed whole.
 pub fn shown_briefly(text: &str) -> String {
@@ -238,6 +237,19 @@ pub fn shown_briefly(text: &str) -> String {
     }
 }
 
+/// `text` with its control characters (C0, DEL, C1) escaped as Rust writes them (`\n`,
+/// `\u{1b}`): for a name the code chose (a file it wrote) shown on one line of a terminal, where
+/// a newline would fake a line of bkg's own and an escape sequence drive the terminal.
+pub fn without_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.chars().any(char::is_control) {
+        false => std::borrow::Cow::Borrowed(text),
+        true => std::borrow::Cow::Owned(
+            text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect(),
+        ),
+    }
+}
+
+/// Whether `name` may name an environment variable a run is given (`ENV_KEY_RULE`).
 pub fn is_env_key(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -227,6 +227,27 @@ fn the_same_content_is_stored_once_and_a_run_with_nothing_to_keep_keeps_nothing(
     assert!(stderr(&refused).contains("keep path `../etc`"), "{}", stderr(&refused));
 }
 
+/// A file the run cannot keep is named with its control characters escaped: its name is the
+/// code's to choose (found by a new-user trial: a link named `a\nbkg: killed: …` printed a fake
+/// line of bkg's own, and escape sequences reached the terminal).
+#[test]
+fn a_name_the_code_chose_cannot_fake_a_line_of_bkg_s_own() {
+    let agent = Agent::start();
+    let code_text = "import os\nos.makedirs('out')\n\
+        os.symlink('/x', 'out/a\\nbkg: killed: memory limit of 512MiB reached (--memory)\\x1b[2J\\x9b6n')\n";
+    let output = agent.exe(&["--type", "python", "-c", code_text]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let said = stderr(&output);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(!said.contains(['\u{1b}', '\u{9b}']), "{said:?}");
+    assert!(
+        said.starts_with(
+            r"bkg: not kept: out/a\nbkg: killed: memory limit of 512MiB reached (--memory)\u{1b}[2J\u{9b}6n: "
+        ),
+        "{said}"
+    );
+}
+
 #[test]
 fn a_namespace_over_its_quota_keeps_nothing_more_and_says_so() {
     let agent = Agent::start_with(AgentOptions {

@@ -59,8 +59,15 @@ impl Service {
 const NOT_KEPT_NAMED: usize = 10;
 
 /// Why paths were not kept, each named up to `NOT_KEPT_NAMED`, in one line.
+/// Each entry names a path the code chose: its control characters are escaped (found by a
+/// new-user trial: a file named `a\nbkg: killed: …` printed a fake line of bkg's own).
 fn not_kept_line(not_kept: &[String]) -> String {
-    let named = not_kept.iter().take(NOT_KEPT_NAMED).map(String::as_str).collect::<Vec<_>>().join("; ");
+    let named = not_kept
+        .iter()
+        .take(NOT_KEPT_NAMED)
+        .map(|entry| bkg_schema::without_controls(entry))
+        .collect::<Vec<_>>()
+        .join("; ");
     match not_kept.len().saturating_sub(NOT_KEPT_NAMED) {
         0 => format!("not kept: {named}"),
         more => format!("not kept: {named} (and {more} more)"),
@@ -77,5 +84,7 @@ mod tests {
         assert_eq!(not_kept_line(&reasons(2)), "not kept: p0: gone; p1: gone");
         let line = not_kept_line(&reasons(12));
         assert!(line.starts_with("not kept: p0: gone; ") && line.ends_with("p9: gone (and 2 more)"), "{line}");
+        let named = not_kept_line(&["out/a\nbkg: killed\u{1b}[2J\u{9b}: a symbolic link".to_owned()]);
+        assert_eq!(named, "not kept: out/a\\nbkg: killed\\u{1b}[2J\\u{9b}: a symbolic link");
     }
 }
