@@ -143,12 +143,13 @@ fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), Cli
                     "`bkg exe -` reads the code from stdin, but stdin is a terminal: pipe the code in",
                 ));
             }
-            let mut code = String::new();
-            std::io::stdin().read_to_string(&mut code).map_err(|error| match error.kind() {
-                std::io::ErrorKind::InvalidData => CliError::usage(
+            let bytes = read_at_most_a_request(std::io::stdin().lock())
+                .map_err(|error| CliError::usage(format!("cannot read the code from stdin: {error}")))?
+                .ok_or_else(|| over_a_request("the code on stdin"))?;
+            let code = String::from_utf8(bytes).map_err(|_| {
+                CliError::usage(
                     "the code on stdin is not UTF-8 text: bkg sends code as text; convert it from its encoding (`iconv -f LATIN1 -t UTF-8`, say)",
-                ),
-                _ => CliError::usage(format!("cannot read the code from stdin: {error}")),
+                )
             })?;
             (code, None, true)
         }
@@ -157,8 +158,9 @@ fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), Cli
             return Err(CliError::usage("the script's path is empty: give a file, like `bkg exe hello.py`"));
         }
         (None, Some(path)) => {
-            let code = match std::fs::read(path) {
-                Ok(bytes) => {
+            let code = match std::fs::File::open(path).and_then(read_at_most_a_request) {
+                Ok(None) => return Err(over_a_request(path)),
+                Ok(Some(bytes)) => {
                     String::from_utf8(bytes).map_err(|_| {
                         CliError::usage(format!(
                             "{path} is not UTF-8 text: bkg sends code as text; convert it from its encoding (`iconv -f LATIN1 -t UTF-8 {path}`, say) and drop a `coding:` line"
@@ -212,7 +214,7 @@ fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), Cli
 
     let mut env = BTreeMap::new();
     for path in &args.env_files {
-        let text = std::fs::read_to_string(path).map_err(|error| {
+        let text = read_text_at_most_a_request(path).map_err(|error| {
             let fix = match error.kind() {
                 std::io::ErrorKind::InvalidData => {
                     ": it is not UTF-8 text; convert it from its encoding (`iconv -f LATIN1 -t UTF-8`, say)"
@@ -249,7 +251,7 @@ fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), Cli
     let sent: usize = code.len() + files.iter().map(|file| file.content_base64.len()).sum::<usize>();
     if sent > bkg_schema::MAX_REQUEST_BODY_BYTES {
         return Err(CliError::usage(format!(
-            "the code and its --file uploads come to {} in base64, over the {} one run may send: copy big files into a persistent sandbox with `bkg cp` (streamed, no such limit)",
+            "the code and its --file uploads come to {} as sent (the files in base64), over the {} one run may send: copy big files into a persistent sandbox with `bkg cp` (streamed, no such limit)",
             bkg_schema::units::format_size(sent as u64),
             bkg_schema::units::format_size(bkg_schema::MAX_REQUEST_BODY_BYTES as u64)
         )));
@@ -359,7 +361,7 @@ pub(crate) fn check(lines: &[String], place: impl Fn(usize) -> String) -> Result
 
 /// The lines of the requirements file `file`, checked.
 fn requirement_lines(file: &Path) -> Result<Vec<String>, CliError> {
-    let text = std::fs::read_to_string(file).map_err(|error| {
+    let text = read_text_at_most_a_request(file).map_err(|error| {
         let why = match error.kind() {
             std::io::ErrorKind::InvalidData => "it is not UTF-8 text, as pip reads requirements".to_owned(),
             std::io::ErrorKind::NotFound => "there is no such file".to_owned(),
@@ -505,11 +507,47 @@ fn read_uploads(spec: &str, script: Option<&Path>) -> Result<Vec<FileUpload>, Cl
     Ok(uploads)
 }
 
+/// All of `source`, or `None` once it holds more than one run may send
+/// (`MAX_REQUEST_BODY_BYTES`), having read no more than that (found by a new-user trial: `bkg exe
+/// -t python /dev/zero`, and `--env-file` or `-r` of it, took gigabytes before any check).
+fn read_at_most_a_request(source: impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    let limit = bkg_schema::MAX_REQUEST_BODY_BYTES as u64;
+    let mut bytes = Vec::new();
+    source.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+/// The UTF-8 text of file `path`, as `read_at_most_a_request` bounds it (`InvalidData` past the
+/// bound too, or for text that is not UTF-8).
+fn read_text_at_most_a_request(path: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::File::open(path).and_then(read_at_most_a_request)?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "it holds more than the {} one run may send",
+                bkg_schema::units::format_size(bkg_schema::MAX_REQUEST_BODY_BYTES as u64)
+            ),
+        )
+    })?;
+    String::from_utf8(bytes).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+}
+
+fn over_a_request(what: &str) -> CliError {
+    CliError::usage(format!(
+        "{what} holds more than the {} one run may send: copy big files into a persistent sandbox with `bkg cp` \
+         (streamed, no such limit)",
+        bkg_schema::units::format_size(bkg_schema::MAX_REQUEST_BODY_BYTES as u64)
+    ))
+}
+
 fn read_upload(source: &str, destination: Option<&str>) -> Result<FileUpload, CliError> {
     let path = Path::new(source);
     let metadata = std::fs::metadata(path).map_err(|error| CliError::usage(format!("--file {source}: {error}")))?;
     if !metadata.is_file() {
         return Err(CliError::usage(format!("--file {source}: not a regular file or directory")));
+    }
+    if metadata.len() > bkg_schema::MAX_REQUEST_BODY_BYTES as u64 {
+        return Err(over_a_request(&format!("--file {source}")));
     }
     let content = std::fs::read(path).map_err(|error| CliError::usage(format!("--file {source}: {error}")))?;
     let destination = match destination {

@@ -44,6 +44,29 @@ fn files_over_the_request_limit_are_refused_with_bkg_cp_as_the_way() {
     );
 }
 
+/// Code, an env file or a requirements file without end (`/dev/zero`) is refused once it holds
+/// more than a run may send, having read no more (found by a new-user trial: bkg took gigabytes
+/// before any check). Run under a 1 GiB address-space limit, so that reading it all fails.
+#[test]
+fn endless_inputs_are_refused_at_the_request_bound_not_read_whole() {
+    for (args, said) in [
+        (&["exe", "-t", "python", "/dev/zero"][..], "bkg: /dev/zero holds more than the 64MiB one run may send"),
+        (&["exe", "-t", "python", "--env-file", "/dev/zero", "-c", "pass"][..], "it holds more than the 64MiB"),
+        (&["exe", "-t", "python", "-r", "/dev/zero", "-c", "pass"][..], "it holds more than the 64MiB"),
+    ] {
+        let output = std::process::Command::new("sh")
+            .args(["-c", "ulimit -v 1048576; exec \"$0\" \"$@\""])
+            .arg(bkg_tests::bkg_bin())
+            .args(args)
+            .env("BKG_SOCKET", "/nonexistent/agent.sock")
+            .env("BKG_NO_AUTOSTART", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("bkg");
+        assert_one_line_error(&output, 125, said);
+    }
+}
+
 /// A script name or an argument that is not UTF-8 cannot travel to the agent as text: one line
 /// that shows its bytes, not clap's generic error and usage block (found by a new-user trial).
 #[test]
