@@ -270,9 +270,12 @@ pub fn outcome(run: &RunRecord) -> String {
 }
 
 /// A run's end in a word or two, as run lists and the audit log show it: the limit that killed
-/// it, its exit code, or the signal; none when its record has neither.
+/// it (with the exit code the script still gave, as after a full disk or a child killed for its
+/// memory: found by a new-user trial), its exit code, or the signal; none when its record has
+/// neither.
 pub fn ending(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Option<i32>) -> Option<String> {
     match (killed_by, exit_code, signal) {
+        (Some(killed), Some(code), _) => Some(format!("{}, exit {code}", killed.as_str())),
         (Some(killed), _, _) => Some(killed.as_str().into()),
         (None, Some(code), _) => Some(format!("exit {code}")),
         (None, None, Some(signal)) => Some(format!("signal {signal}")),
@@ -373,4 +376,18 @@ pub fn describe(run: &RunRecord) -> String {
     }
     line("cleaned up", if run.cleaned_up { "yes" } else { "not yet" }.to_owned());
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ending_says_the_limit_and_the_exit_code_the_script_still_gave() {
+        assert_eq!(ending(Some(KilledBy::Disk), Some(1), None).as_deref(), Some("disk, exit 1"));
+        assert_eq!(ending(Some(KilledBy::Memory), None, Some(9)).as_deref(), Some("memory"));
+        assert_eq!(ending(None, Some(3), None).as_deref(), Some("exit 3"));
+        assert_eq!(ending(None, None, Some(15)).as_deref(), Some("signal 15"));
+        assert_eq!(ending(None, None, None), None);
+    }
 }

@@ -138,6 +138,9 @@ fn a_script_that_dies_of_a_full_disk_reports_killed_by_disk_with_its_own_exit_co
     assert_eq!(result["killed_by"], "disk", "{result}");
     assert_eq!(result["exit_code"], 1, "{result}");
     assert_eq!(code(&output), 1);
+    // The run list says both (found by a new-user trial: it said `disk` alone).
+    let listed = agent.bkg().args(["runs", "ls"]).output().expect("bkg runs ls");
+    assert!(stdout(&listed).contains(" disk, exit 1 "), "{}", stdout(&listed));
 }
 
 #[test]
