@@ -432,7 +432,14 @@ pub(crate) fn env_entry(entry: &str, place: &str) -> Result<Option<(String, Stri
         Some(value) => value,
         None => match std::env::var(key) {
             Ok(value) => value,
-            Err(_) => return Ok(None),
+            Err(std::env::VarError::NotPresent) => return Ok(None),
+            // Not dropped unsaid (found by a new-user trial: the code saw no such variable).
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(CliError::usage(format!(
+                    "{place}: `{key}`'s value here is not UTF-8 text, and a run's environment is text: give it as \
+                     {key}=VALUE"
+                )));
+            }
         },
     };
     Ok(Some((key.to_owned(), value)))

@@ -67,6 +67,21 @@ fn endless_inputs_are_refused_at_the_request_bound_not_read_whole() {
     }
 }
 
+/// `-e NAME` of a variable whose value here is not UTF-8 is refused in one line, not dropped
+/// unsaid (found by a new-user trial: the code saw no such variable, and the run went on).
+#[test]
+fn a_variable_passed_on_whose_value_is_not_utf8_is_refused() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let output = std::process::Command::new(bkg_tests::bkg_bin())
+        .args(["exe", "-e", "WEIRD", "-t", "python", "-c", "pass"])
+        .env("WEIRD", std::ffi::OsStr::from_bytes(b"caf\xe9"))
+        .env("BKG_SOCKET", "/nonexistent/agent.sock")
+        .env("BKG_NO_AUTOSTART", "1")
+        .output()
+        .expect("bkg");
+    assert_one_line_error(&output, 125, "--env: `WEIRD`'s value here is not UTF-8 text");
+}
+
 /// A script name or an argument that is not UTF-8 cannot travel to the agent as text: one line
 /// that shows its bytes, not clap's generic error and usage block (found by a new-user trial).
 #[test]
