@@ -99,9 +99,10 @@ pub fn own_size() -> TerminalSize {
     TerminalSize { cols: size.ws_col, rows: size.ws_row }
 }
 
-/// `TERM` for the sandbox: ours, when we have one.
+/// `TERM` for the sandbox: ours, when we have one, `dumb` too (found by a new-user trial: it
+/// was replaced by the agent's default, whose colours a dumb terminal cannot show).
 pub fn own_term() -> Option<String> {
-    std::env::var("TERM").ok().filter(|term| !term.is_empty() && term != "dumb")
+    std::env::var("TERM").ok().filter(|term| !term.is_empty())
 }
 
 /// Opens the terminal WebSocket at `path`, sends `open`, and relays until the run's result.

@@ -198,6 +198,17 @@ fn bkg_exe_tty_runs_a_script_on_a_terminal() {
     terminal.type_in("ada\r");
     terminal.expect("hello ADA");
     assert_eq!(terminal.exit_code(), 3, "bkg exits with the script's code");
+
+    // A dumb terminal's TERM is the code's too.
+    let mut dumb = in_project(
+        &agent,
+        dir.path(),
+        &["exe", "--tty", "-t", "python", "-c", "import os; print('term', os.environ['TERM'])"],
+    );
+    dumb.env("TERM", "dumb");
+    let mut terminal = OnTerminal::spawn(dumb);
+    terminal.expect("term dumb");
+    assert_eq!(terminal.exit_code(), 0);
 }
 
 /// Without a pool, a terminal run's sandbox starts no interpreter ahead: it could not take one
