@@ -17,16 +17,25 @@ use crate::stream::{self, Output, Stdin};
 use bkg_schema::egress::{NetRule, PortMapping};
 
 pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
+    let argv: Vec<String> = std::env::args_os().map(|arg| arg.to_string_lossy().into_owned()).collect();
+    if let (Some(_), Some(script)) = (&args.code, &args.script) {
+        refuse_code_after_a_script(&argv, script)?;
+    }
     // Said once the run has come back (a refusal stays one line).
-    let taken_after_script = args.script.as_deref().filter(|_| args.code.is_none()).and_then(|script| {
-        let argv: Vec<String> = std::env::args_os().map(|arg| arg.to_string_lossy().into_owned()).collect();
-        options_after_script(&argv, script, &args.args).map(|taken| {
-            // The script's name quoted, so that the command can be pasted (spaces in it, say).
-            let quoted = shlex::try_quote(script).map_or_else(|_| script.to_owned(), |word| word.into_owned());
-            format!(
-                "`{taken}` after {script} was taken as bkg's own; to give it to the script, put `--` before it: \
-                 bkg exe {quoted} -- {taken} …"
-            )
+    let taken_after_script = args.script.as_deref().and_then(|script| {
+        options_after_script(&argv, script, &args.args).map(|taken| match args.code {
+            Some(_) => format!(
+                "`{taken}` after {script} was taken as bkg's own; to give it to the code, put `--` before it: \
+                 … -c CODE {script} -- {taken} …"
+            ),
+            None => {
+                // The script's name quoted, so that the command can be pasted (spaces in it, say).
+                let quoted = shlex::try_quote(script).map_or_else(|_| script.to_owned(), |word| word.into_owned());
+                format!(
+                    "`{taken}` after {script} was taken as bkg's own; to give it to the script, put `--` before \
+                     it: bkg exe {quoted} -- {taken} …"
+                )
+            }
         })
     });
     if args.tty {
@@ -94,6 +103,34 @@ fn options_after_script(argv: &[String], script: &str, script_args: &[String]) -
     let between = &argv[at + 1..argv.len() - script_args.len()];
     let between = between.strip_suffix(&["--".to_owned()]).unwrap_or(between);
     (!between.is_empty()).then(|| between.join(" "))
+}
+
+/// `-c CODE` that comes after a script (`bkg exe tool.py -c conf.yaml`) is refused: python3
+/// would give it to the script, and bkg would run CODE with the script's name as its argument
+/// (found by a new-user trial: the conf file ran as Python).
+fn refuse_code_after_a_script(argv: &[String], script: &str) -> Result<(), CliError> {
+    let words = argv.iter().skip_while(|word| *word != "exe").skip(1);
+    let is_code_flag = |word: &str| {
+        word == "--code" || word.starts_with("--code=") || (word.starts_with("-c") && !word.starts_with("--"))
+    };
+    let mut script_seen = false;
+    for word in words {
+        if word == "--" {
+            return Ok(());
+        }
+        if is_code_flag(word) {
+            if !script_seen {
+                return Ok(());
+            }
+            let quoted = shlex::try_quote(script).map_or_else(|_| script.to_owned(), |word| word.into_owned());
+            return Err(CliError::usage(format!(
+                "-c comes after the script {script}: give a script or -c CODE, not both; to give `-c …` to the \
+                 script, put `--` before it: bkg exe {quoted} -- -c …"
+            )));
+        }
+        script_seen |= word == script;
+    }
+    Ok(())
 }
 
 /// `--net`'s rules, each checked here for a one-line error before the agent sees them.

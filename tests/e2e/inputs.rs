@@ -82,6 +82,24 @@ fn a_variable_passed_on_whose_value_is_not_utf8_is_refused() {
     assert_one_line_error(&output, 125, "--env: `WEIRD`'s value here is not UTF-8 text");
 }
 
+/// `-c CODE` after a script is refused, as python3 would give it to the script (found by a
+/// new-user trial: `bkg exe tool.py -c conf.yaml` ran the conf file as Python); after `--` it is
+/// the script's. Options after `-c CODE`'s first argument are said to be bkg's.
+#[test]
+fn code_after_a_script_is_refused_and_options_after_code_arguments_are_said() {
+    let refused = bkg_without_an_agent(&["exe", "-t", "python", "tool.py", "-c", "print(1)"]);
+    assert_one_line_error(&refused, 125, "-c comes after the script tool.py: give a script or -c CODE, not both");
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let tool = dir.path().join("tool.py");
+    std::fs::write(&tool, "import sys\nprint(sys.argv[1:])\n").expect("tool.py");
+    let given = agent.exe(&[tool.to_str().expect("utf-8"), "--", "-c", "conf.yaml"]);
+    assert_eq!((code(&given), stdout(&given).as_str()), (0, "['-c', 'conf.yaml']\n"), "{}", stderr(&given));
+    let taken = agent.exe(&["-t", "python", "-c", "import sys; print(sys.argv[1:])", "a", "--timeout", "30s"]);
+    assert_eq!((code(&taken), stdout(&taken).as_str()), (0, "['a']\n"), "{}", stderr(&taken));
+    assert!(stderr(&taken).contains("`--timeout 30s` after a was taken as bkg's own"), "{}", stderr(&taken));
+}
+
 /// A script name or an argument that is not UTF-8 cannot travel to the agent as text: one line
 /// that shows its bytes, not clap's generic error and usage block (found by a new-user trial).
 #[test]
