@@ -342,11 +342,41 @@ impl AuditLog {
             // The header moved the chain on: sign again at the new head.
             (first_line, rest_lines) = self.sign_all(first, rest, ts_ms)?;
         }
+        if let Some(change) = self.changed_by_another() {
+            // Not written into a file someone removed (the records would be lost with it) or
+            // changed (they would be joined to a cut line): the chain goes on in a new file,
+            // and `bkg audit verify` shows what was done to the old one (found by a new-user
+            // trial: records went into a deleted file unsaid).
+            tracing::error!(
+                file = %self.dir.join(file_name(self.index)).display(),
+                "audit: the log's file was {change} while the agent wrote it; the log goes on in a new file"
+            );
+            self.rotate()?;
+            (first_line, rest_lines) = self.sign_all(first, rest, ts_ms)?;
+        }
         let before = LastWrite { len: self.len, head: self.head, only_header: self.only_header, lines: 1 + rest.len() };
         self.write(&first_line, &rest_lines)?;
         self.only_header = false;
         self.last_write = Some(before);
         Ok((first_line.record, rest_lines.into_iter().map(|line| line.record).collect()))
+    }
+
+    /// How the current file differs from what this log wrote to it, if it does: removed,
+    /// replaced by another file at its path, or cut or grown by another writer.
+    fn changed_by_another(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt as _;
+        let ours = self.file.metadata().ok()?;
+        if ours.nlink() == 0 {
+            return Some("removed".into());
+        }
+        match std::fs::symlink_metadata(self.dir.join(file_name(self.index))) {
+            Ok(at_path) if at_path.ino() != ours.ino() || at_path.dev() != ours.dev() => {
+                return Some("replaced by another file".into());
+            }
+            Ok(_) => {}
+            Err(_) => return Some("removed".into()),
+        }
+        (ours.len() != self.len).then(|| format!("changed to {} bytes, where it had {}", ours.len(), self.len))
     }
 
     fn sign_all(
@@ -718,6 +748,36 @@ mod tests {
         lines.remove(2);
         write_lines(&files[1], &lines)?;
         assert_eq!(first_bad(&files, &key)?, Some((files[1].clone(), 3, BadReason::Removed)));
+        Ok(())
+    }
+
+    /// Found by a new-user trial: a file removed or cut while the agent ran was written on
+    /// (records lost with the removed file, or joined to the cut line); the log goes on in a new
+    /// file instead, whole, and verification finds what was done to the old one.
+    #[test]
+    fn a_file_removed_or_cut_by_another_is_not_written_on() -> TestResult {
+        let state = tempfile::tempdir()?;
+        let mut log = AuditLog::open(state.path())?;
+        log.append(&event(1))?;
+        let first = files_of(state.path())?;
+        std::fs::remove_file(&first[0])?;
+        log.append(&event(2))?;
+        let after_removal = files_of(state.path())?;
+        assert_eq!(after_removal.len(), 1, "{after_removal:?}");
+        assert_ne!(after_removal[0], first[0]);
+        assert_eq!(lines_of(&after_removal[0])?.len(), 2, "its header and the new record");
+
+        let len = std::fs::metadata(&after_removal[0])?.len();
+        OpenOptions::new().write(true).open(&after_removal[0])?.set_len(len - 30)?;
+        log.append(&event(3))?;
+        log.sync()?;
+        let files = files_of(state.path())?;
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(std::fs::metadata(&files[0])?.len(), len - 30, "the cut file is left as it was");
+        assert_eq!(lines_of(&files[1])?.len(), 2, "a header and the record, whole");
+        // The first fault is the removed file's records, missing before the next file's first.
+        assert_eq!(first_bad(&files, log.public_key())?, Some((files[0].clone(), 1, BadReason::Removed)));
+        assert_eq!(first_bad(&files[1..], log.public_key())?.map(|(_, _, reason)| reason), Some(BadReason::Removed));
         Ok(())
     }
 
