@@ -440,6 +440,29 @@ fn sigterm_ends_runs_after_the_grace_with_killed_by_shutdown_and_leaves_no_cgrou
     assert!(runs.iter().any(|run| run["id"] == detached_run.as_str()), "{runs:?}");
 }
 
+/// A run still waiting for its place when the agent stops ends `killed_by: shutdown` without a
+/// sandbox, though the stop frees the place it waited for (found by a new-user trial: it was
+/// started after the stop began, and killed 7 ms later).
+#[test]
+fn a_run_queued_when_the_agent_stops_never_gets_a_sandbox() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() }.with_places(1));
+    let mut running = long_run(&agent, "import time\ntime.sleep(300)");
+    wait_for_active_runs(&agent, 1);
+    let mut queued = long_run(&agent, "print('started')");
+    wait_until("the second run to wait for its place", Duration::from_secs(30), || {
+        agent.status_json()["queued_runs"] == 1
+    });
+    let stopped = agent.bkg().args(["agent", "stop"]).output().expect("bkg agent stop");
+    assert_eq!(code(&stopped), 0, "{}", stderr(&stopped));
+    let mut result = String::new();
+    queued.stdout.take().expect("stdout").read_to_string(&mut result).expect("read the result");
+    assert_eq!(queued.wait().expect("bkg exe ends").code(), Some(143));
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap_or_else(|error| panic!("{error}: {result}"));
+    assert_eq!(result["killed_by"], "shutdown", "{result}");
+    assert_eq!((result["stdout"].as_str(), result["peak_memory_bytes"].as_u64()), (Some(""), Some(0)), "{result}");
+    assert_eq!(running.wait().expect("the first bkg exe ends").code(), Some(143));
+}
+
 /// A stopping agent asks each run's script to end (SIGTERM) before its grace is over: a script
 /// that handles it ends cleanly, with its own exit code, and its caller is told the agent's stop
 /// ended it.

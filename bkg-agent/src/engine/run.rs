@@ -85,7 +85,7 @@ impl Engine {
     /// The result of a run cancelled before it had a sandbox (while its packages were being
     /// installed), whose ticket ends here.
     pub fn cancelled_before_its_sandbox(&self, ticket: RunTicket, run: &ValidatedRun) -> RunResult {
-        cancelled_in_queue(ticket.run_id().to_owned(), run)
+        ended_in_queue(ticket.run_id().to_owned(), run, KilledBy::Cancelled)
     }
 
     async fn run_to_end(
@@ -116,8 +116,14 @@ impl Engine {
         tracker.set_waiting_for_place(false);
         let (turn, early_input) = match queued? {
             Queued::Turn(turn, early_input) => (turn, early_input),
-            Queued::Cancelled => return Ok((cancelled_in_queue(run_id, &run), Kept::default())),
+            Queued::Cancelled => return Ok((ended_in_queue(run_id, &run, KilledBy::Cancelled), Kept::default())),
         };
+        // A place freed by the stop's own ending of runs is no start for one that waited (found
+        // by a new-user trial: it got a sandbox after the stop began, killed 7 ms later).
+        if self.is_closing() {
+            drop(turn);
+            return Ok((ended_in_queue(run_id, &run, KilledBy::Shutdown), Kept::default()));
+        }
         let mut log = match run.persistent.as_ref().and_then(|persistent| persistent.log_dir.as_deref()) {
             Some(log_dir) => Some(open_run_log(log_dir, &run_id).await?),
             None => None,
@@ -468,14 +474,14 @@ async fn wait_in_queue<'a>(
     }
 }
 
-/// The result of a run cancelled before it had a sandbox.
-fn cancelled_in_queue(id: String, run: &ValidatedRun) -> RunResult {
+/// The result of a run ended before it had a sandbox: cancelled, or by the agent's stop.
+fn ended_in_queue(id: String, run: &ValidatedRun, killed_by: KilledBy) -> RunResult {
     RunResult {
         id,
         language: run.language,
         exit_code: None,
         signal: None,
-        killed_by: Some(KilledBy::Cancelled),
+        killed_by: Some(killed_by),
         wall_ms: 0,
         cpu_ms: 0,
         peak_memory_bytes: 0,
