@@ -39,6 +39,7 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
     let state_dir = state_dir(args.state_dir.as_deref());
     let key = load_key(args.key.as_deref(), &state_dir.join("audit.pub"))?;
     let client = crate::client::AgentClient::new(&settings.endpoint()?)?;
+    client.ensure_running().await?;
     let lines: String = client.get_text(&format!("/api/v1/sync/audit/{}", key.agent_id())).await?;
     let copy = tempfile::Builder::new()
         .prefix("bkg-audit-from-db-")

@@ -21,6 +21,7 @@ fn now_ms() -> u64 {
 pub async fn envs(settings: &Settings, args: EnvsArgs) -> Result<i32, CliError> {
     let out = settings.out;
     let client = AgentClient::new(&settings.endpoint()?)?;
+    client.ensure_running().await?;
     match args.action {
         EnvsAction::Ls { .. } => {
             let envs: Vec<EnvInfo> = client.get("/api/v1/envs").await?;
@@ -71,6 +72,7 @@ fn envs_table(envs: &[EnvInfo]) -> String {
 pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliError> {
     let out = settings.out;
     let client = AgentClient::new(&settings.endpoint()?)?;
+    client.ensure_running().await?;
     let query =
         |namespace: &Option<String>| namespace.as_ref().map(|ns| format!("?namespace={ns}")).unwrap_or_default();
     match args.action {

@@ -85,6 +85,7 @@ fn print_issued(out: Printer, issued: &IssuedKey, what: &str) -> Result<(), CliE
 pub async fn run(settings: &Settings, args: KeysArgs) -> Result<i32, CliError> {
     let out = settings.out;
     let client = AgentClient::new(&settings.endpoint()?)?;
+    client.ensure_running().await?;
     match args.action {
         KeysAction::Create { role, namespace, name, ttl, .. } => {
             let role = Role::parse(&role).ok_or_else(|| {

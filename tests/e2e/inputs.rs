@@ -441,6 +441,17 @@ fn no_agent_is_125_with_what_to_do() {
         .expect("run bkg");
     assert_one_line_error(&output, 125, "no agent is running at");
     assert!(stderr(&output).contains("bkg agent start"));
+    // Found by a new-user trial: these said hyper's "client error (Connect): No such file or
+    // directory (os error 2)".
+    for command in [&["keys", "ls"][..], &["secrets", "ls"], &["envs", "ls"]] {
+        let output = std::process::Command::new(bkg_tests::bkg_bin())
+            .args(command)
+            .env("BKG_SOCKET", dir.path().join("nobody.sock"))
+            .env("BKG_NO_AUTOSTART", "1")
+            .output()
+            .expect("run bkg");
+        assert_one_line_error(&output, 125, "no agent is running at");
+    }
     // Found by a new-user trial: a user other than root was told `sudo bkg agent start`, which
     // leaves BKG_SOCKET behind and starts the machine's agent instead.
     let socket = dir.path().join("nobody.sock");
