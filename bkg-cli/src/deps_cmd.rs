@@ -72,7 +72,6 @@ fn envs_table(envs: &[EnvInfo]) -> String {
 pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliError> {
     let out = settings.out;
     let client = AgentClient::new(&settings.endpoint()?)?;
-    client.ensure_running().await?;
     let query =
         |namespace: &Option<String>| namespace.as_ref().map(|ns| format!("?namespace={ns}")).unwrap_or_default();
     match args.action {
@@ -82,6 +81,7 @@ pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliE
                 return Err(CliError::usage(error));
             }
             let value = read_value(&name)?;
+            client.ensure_running().await?;
             // A value set before is replaced: said, since it cannot be read back (found by a
             // new-user trial).
             let listed: Option<Vec<SecretInfo>> =
@@ -93,6 +93,7 @@ pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliE
             out.note(format_args!("secret {} set in namespace {}{replacing}", set.name, set.namespace));
         }
         SecretsAction::Ls { namespace, .. } => {
+            client.ensure_running().await?;
             let secrets: Vec<SecretInfo> = client.get(&format!("/api/v1/secrets{}", query(&namespace))).await?;
             out.answer(&secrets, |secrets| secrets.iter().map(|secret| format!("{}\n", secret.name)).collect())?;
         }
@@ -100,6 +101,7 @@ pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliE
             if let Some(error) = bkg_schema::envs::secret_name_error(&name) {
                 return Err(CliError::usage(error));
             }
+            client.ensure_running().await?;
             let _: Deleted = client.delete(&format!("/api/v1/secrets/{name}{}", query(&namespace))).await?;
             out.note(format_args!("secret {name} removed"));
         }

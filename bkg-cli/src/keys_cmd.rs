@@ -231,15 +231,9 @@ fn check_key_id(id: &str) -> Result<(), CliError> {
     }
     // A key's secret given for its id is not repeated where a terminal's scrollback or a CI log
     // would keep it (found by a new-user trial).
-    if let Some(role) = Role::ALL.into_iter().find(|role| id.starts_with(role.key_prefix())) {
-        return Err(CliError::usage(format!(
-            "that is a key's secret ({}…), not its id: give the id `bkg keys ls` lists (key_ and hex)",
-            role.key_prefix()
-        )));
-    }
     Err(CliError::usage(format!(
         "`{}` is not a key id: give one as `bkg keys ls` lists it (key_ and hex)",
-        id.escape_debug()
+        bkg_schema::auth::shown_as_id(id)
     )))
 }
 

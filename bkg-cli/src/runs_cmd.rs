@@ -100,12 +100,14 @@ pub async fn run(settings: &Settings, args: RunsArgs) -> Result<i32, CliError> {
 
 /// What the agent's 404 for run `id` means here.
 fn unknown_run(id: &str) -> CliError {
-    CliError::usage(format!("no run `{id}` here: `bkg runs ls` lists the runs you may see"))
+    CliError::usage(format!("no run `{}` here: `bkg runs ls` lists the runs you may see", shown_as_id(id)))
 }
+
+use bkg_schema::auth::shown_as_id;
 
 pub(crate) fn check_run_id(id: &str) -> Result<(), CliError> {
     if !bkg_schema::sandbox::is_run_id(id) {
-        return Err(CliError::usage(format!("`{id}` is not a run id: `bkg runs ls` lists them")));
+        return Err(CliError::usage(format!("`{}` is not a run id: `bkg runs ls` lists them", shown_as_id(id))));
     }
     Ok(())
 }

@@ -195,9 +195,26 @@ pub fn is_key_id(text: &str) -> bool {
     })
 }
 
+/// `text`, given where an id was asked for, as an answer may repeat it: escaped and cut
+/// (`shown_briefly`), or only its prefix when it is a key's secret, which a terminal's
+/// scrollback or a log would otherwise keep (found by a new-user trial: `bkg runs show
+/// bkg_ns_…` and `GET /api/v1/auth/keys/bkg_ns_…` said the secret back).
+pub fn shown_as_id(text: &str) -> String {
+    match Role::ALL.into_iter().find(|role| text.starts_with(role.key_prefix())) {
+        Some(role) => format!("{}… (a key's secret, not shown)", role.key_prefix()),
+        None => crate::shown_briefly(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_given_as_an_id_is_not_repeated() {
+        assert_eq!(shown_as_id("bkg_ns_0123456789abcdef"), "bkg_ns_… (a key's secret, not shown)");
+        assert_eq!(shown_as_id("run_1\n"), "run_1\\n");
+    }
 
     #[test]
     fn roles_round_trip_by_name_and_json() {

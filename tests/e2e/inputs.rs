@@ -621,8 +621,12 @@ fn a_key_whose_secret_cannot_be_printed_is_not_left_active() {
     let secret = stdout(&made).trim().to_owned();
     assert!(secret.starts_with("bkg_ns_"), "{secret}");
     let revoke = agent.bkg().args(["keys", "revoke", &secret]).output().expect("bkg keys revoke");
-    assert_one_line_error(&revoke, 125, "that is a key's secret (bkg_ns_…), not its id");
+    assert_one_line_error(&revoke, 125, "`bkg_ns_… (a key's secret, not shown)` is not a key id");
+    // Nor where a run id is asked for (found by a new-user trial).
     assert!(!stderr(&revoke).contains(&secret), "{}", stderr(&revoke));
+    let shown = agent.bkg().args(["runs", "show", &secret]).output().expect("bkg runs show");
+    assert_one_line_error(&shown, 125, "`bkg_ns_… (a key's secret, not shown)`");
+    assert!(!stderr(&shown).contains(&secret), "{}", stderr(&shown));
 }
 
 /// `bkg audit tail` tells a key deleted from one revoked (found by a new-user trial: a deletion

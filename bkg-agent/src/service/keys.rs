@@ -134,7 +134,7 @@ impl Service {
     async fn managed_key(&self, principal: &Principal, id: &str) -> OpResult<KeyInfo> {
         match self.store.get_key(id).await? {
             Some(key) if manages(principal, &key) => Ok(key),
-            _ => Err(OpError::NotFound(format!("no key {id}"))),
+            _ => Err(OpError::NotFound(format!("no key {}", bkg_schema::auth::shown_as_id(id)))),
         }
     }
 
@@ -382,7 +382,7 @@ impl Service {
             .store
             .revoke_key(&caller, id, now_ms())
             .await?
-            .ok_or_else(|| OpError::NotFound(format!("no key {id}")))?;
+            .ok_or_else(|| OpError::NotFound(format!("no key {}", bkg_schema::auth::shown_as_id(id))))?;
         self.revoke_made_keys(&caller, &key).await?;
         Ok(revoked)
     }
@@ -392,7 +392,7 @@ impl Service {
         let key = self.managed_key(principal, id).await?;
         let caller = principal.audit_caller(key.namespace.as_deref().unwrap_or(bkg_schema::DEFAULT_NAMESPACE));
         if !self.store.delete_key(&caller, id).await? {
-            return Err(OpError::NotFound(format!("no key {id}")));
+            return Err(OpError::NotFound(format!("no key {}", bkg_schema::auth::shown_as_id(id))));
         }
         self.revoke_made_keys(&caller, &key).await
     }

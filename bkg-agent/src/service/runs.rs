@@ -272,7 +272,8 @@ impl Service {
                 Some(run) if reaches(principal, &run.namespace) => {}
                 _ => {
                     return Err(OpError::Invalid(format!(
-                        "before: there is no run {before} here to list older runs from"
+                        "before: there is no run {} here to list older runs from",
+                        bkg_schema::auth::shown_as_id(before)
                     )));
                 }
             }
@@ -295,7 +296,7 @@ impl Service {
         match self.store.get_run(id).await? {
             Some(run) if reaches(principal, &run.namespace) => Ok(self.with_queue_state(run)),
             // Another namespace's run is answered as missing: its existence is not ours to tell.
-            _ => Err(OpError::NotFound(format!("no run {id}"))),
+            _ => Err(OpError::NotFound(format!("no run {}", bkg_schema::auth::shown_as_id(id)))),
         }
     }
 
