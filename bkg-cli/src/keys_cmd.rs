@@ -163,6 +163,17 @@ pub async fn run(settings: &Settings, args: KeysArgs) -> Result<i32, CliError> {
         }
         KeysAction::Revoke { id, .. } => {
             check_key_id(&id)?;
+            // A key revoked before is said to be, not revoked again (found by a new-user trial:
+            // `revoked key_…` each time, with one audit record).
+            let before: Option<KeyInfo> = client.get_found(&format!("/api/v1/auth/keys/{id}")).await?;
+            if let Some(revoked_at) = before.as_ref().and_then(|key| key.revoked_at_ms) {
+                if out.is_json() {
+                    out.json(&before)?;
+                }
+                let ago = crate::out::ago(now_ms().saturating_sub(revoked_at));
+                out.note(format_args!("{id} was already revoked ({ago}): nothing to do"));
+                return Ok(SUCCESS);
+            }
             let made_with_it = made_with(&client, &id).await;
             let key: KeyInfo = client.post(&format!("/api/v1/auth/keys/{id}/revoke")).await?;
             if out.is_json() {

@@ -1814,6 +1814,10 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     let revoked = bkg_at(&api, home.path()).args(["keys", "revoke", &id]).output().expect("bkg");
     assert_eq!(code(&revoked), 0, "{}", stderr(&revoked));
     expect(&api.client(&new_key).get("/api/v1/auth/whoami"), 401, "the revoked key");
+    // Again: said to be revoked already, not revoked again (found by a new-user trial).
+    let again = bkg_at(&api, home.path()).args(["keys", "revoke", &id]).output().expect("bkg");
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert!(stderr(&again).starts_with(&format!("bkg: {id} was already revoked (")), "{}", stderr(&again));
     // The key kept for the agent is that revoked one now: the refusal says how to get another
     // (found by a new-user trial: it said only that the key was revoked).
     let refused = bkg_at(&api, home.path())
