@@ -285,6 +285,10 @@ fn a_disk_beyond_the_budget_refuses_a_run_with_one_line() {
     let (result, output) = agent.exe_json(&["--disk", "64MiB", "--type", "python", "-c", "print('fits')"]);
     assert_eq!(code(&output), 0, "{result}");
     assert_eq!(result["stdout"], "fits\n");
+    // A run that asked for no disk is told the default was too much (found by a new-user trial).
+    let plain = agent.exe(&["--type", "python", "-c", "print(1)"]);
+    assert_eq!(code(&plain), 125, "{}", stderr(&plain));
+    assert!(stderr(&plain).starts_with("bkg: disk 500MiB (the default) is above"), "{}", stderr(&plain));
 }
 
 /// Two agents whose state directories share a filesystem: the sandboxes of one take their

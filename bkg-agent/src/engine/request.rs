@@ -328,9 +328,15 @@ impl Engine {
         let budget = self.capacity.disk_budget()?;
         if limits.disk_bytes > budget {
             let size = bkg_schema::units::format_size;
+            // Said so when nobody asked for it (found by a new-user trial: on a host short of
+            // space, a plain run was refused a "500MiB" it never named).
+            let asked = match overrides.disk_bytes {
+                Some(_) => size(limits.disk_bytes),
+                None => format!("{} (the default)", size(limits.disk_bytes)),
+            };
             return Err(RunError::LimitAboveMaximum {
                 name: "disk",
-                asked: size(limits.disk_bytes),
+                asked,
                 allowed: format!("{} (the agent's whole disk budget: {})", size(budget), self.capacity.budget_source()),
                 others: Vec::new(),
                 fix: format!("ask for less, or {}", self.capacity.budget_fix()),
