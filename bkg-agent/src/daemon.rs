@@ -693,6 +693,10 @@ fn start_in(
     // A maximum below a default lowers the default with it: `--max-memory 256MiB` is how an
     // operator gives every run less.
     let defaults = Limits::DEFAULT.at_most(&max);
+    // A file in its place is said as such (found by a new-user trial: "File exists (os error 17)").
+    if state_dir.exists() && !state_dir.is_dir() {
+        anyhow::bail!("--state-dir {} is a file, not a directory: give a directory", state_dir.display());
+    }
     std::fs::create_dir_all(&state_dir).with_context(|| format!("create state directory {}", state_dir.display()))?;
     std::fs::set_permissions(&state_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("make {} private", state_dir.display()))?;

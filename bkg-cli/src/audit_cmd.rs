@@ -249,7 +249,17 @@ fn load_key(given: Option<&str>, default: &Path) -> Result<PublicKey, CliError> 
             (text, path.display().to_string())
         }
     };
-    PublicKey::from_hex(text.trim()).map_err(|error| CliError::usage(format!("bad audit key in {source}: {error}")))
+    PublicKey::from_hex(text.trim()).map_err(|error| {
+        // A path that is not there reads as the hex itself: say it is neither (found by a
+        // new-user trial: `--key /nonexistent` was told about hex digits only).
+        let neither = match given {
+            Some(given) if source == "--key" && given.contains('/') => {
+                format!(" ({given} is no file either)")
+            }
+            _ => String::new(),
+        };
+        CliError::usage(format!("bad audit key in {source}: {error}{neither}"))
+    })
 }
 
 fn state_dir(given: Option<&Path>) -> PathBuf {

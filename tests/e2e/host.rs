@@ -463,6 +463,29 @@ fn a_flag_value_the_agent_cannot_parse_is_a_usage_error() {
     }
 }
 
+/// A state directory that is a file is said to be one (found by a new-user trial: "create state
+/// directory …: File exists (os error 17)").
+#[test]
+fn a_state_dir_that_is_a_file_is_said_to_be_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("state");
+    std::fs::write(&file, "").expect("a file");
+    let output = Command::new(bin_dir().join("bkg-agent"))
+        .args(["--foreground", "--socket"])
+        .arg(dir.path().join("agent.sock"))
+        .arg("--state-dir")
+        .arg(&file)
+        .arg("--cgroup-dir")
+        .arg(format!("bkg-test-refused-{}", std::process::id()))
+        .output()
+        .expect("run bkg-agent");
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        format!("bkg-agent: --state-dir {} is a file, not a directory: give a directory\n", file.display())
+    );
+}
+
 #[test]
 fn an_unknown_security_level_is_a_usage_error() {
     let (output, _dir) = refused_start(&["--allow-degraded", "paranoid"]);

@@ -491,6 +491,16 @@ fn audit_commands_name_a_missing_file_and_refuse_remote() {
         125,
         "cannot read /nonexistent/audit-1.jsonl",
     );
+    // A --key path that is not there is said to be no file (found by a new-user trial).
+    let state = tempfile::tempdir().expect("state");
+    std::fs::create_dir(state.path().join("audit")).expect("audit dir");
+    std::fs::write(state.path().join("audit/audit-000001.jsonl"), "").expect("a log file");
+    let state = state.path().to_str().expect("utf-8");
+    assert_one_line_error(
+        &bkg(&["audit", "verify", "--key", "/nonexistent/audit.pub", "--state-dir", state]),
+        125,
+        "an audit public key is 64 hex digits (/nonexistent/audit.pub is no file either)",
+    );
     let remote = ["--remote", "http://127.0.0.1:9"];
     assert_one_line_error(&bkg(&[&remote[..], &["audit", "tail"]].concat()), 125, "run it on the remote agent's host");
     assert_one_line_error(&bkg(&[&remote[..], &["audit", "verify"]].concat()), 125, "--from-db --key HEX");
