@@ -363,7 +363,7 @@ impl Tail {
         for (line, row) in last.iter().zip(rows) {
             match row {
                 Some(cells) => emit(out, &crate::table::row(&tail.widths, &[0], cells))?,
-                None => emit(out, &String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line)))?,
+                None => emit(out, &not_a_record(line))?,
             }
         }
         Ok(tail)
@@ -394,8 +394,7 @@ impl Tail {
         }
         match record_of(line) {
             Some(record) => emit(out, crate::table::row(&self.widths, &[0], cells(&record)).trim_end()),
-            // Not a record (the log is damaged): show it as it is, `bkg audit verify` says why.
-            None => emit(out, &text),
+            None => emit(out, &not_a_record(line)),
         }
     }
 }
@@ -404,6 +403,14 @@ const AUDIT_COLUMNS: [&str; 7] = ["SEQ", "TIME", "ACTION", "NAMESPACE", "SANDBOX
 /// The least width of each column: a run id (`run_` and 23 hex digits), the longer actions and
 /// a sandbox name of some length fit.
 const AUDIT_WIDTHS: [u16; 7] = [3, 19, 16, 9, 24, 27, 0];
+
+/// A line of a damaged log in the table: marked as no record, with `bkg audit verify` for why,
+/// its control characters escaped (found by a new-user trial: a cut line joined to the next one
+/// read as a row like the others).
+fn not_a_record(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line));
+    format!("(not a record; `bkg audit verify` says why) {}", bkg_schema::without_controls(&text))
+}
 
 fn record_of(line: &[u8]) -> Option<SignedRecord> {
     serde_json::from_slice(line.strip_suffix(b"\n").unwrap_or(line)).ok()

@@ -264,6 +264,22 @@ fn tail_prints_the_last_records_then_follows_across_rotation() -> TestResult {
     Ok(())
 }
 
+/// A line that is no record (a damaged log) is marked as such in the table, its control
+/// characters escaped (found by a new-user trial: a cut line joined to the next read as a row).
+#[test]
+fn tail_marks_a_line_that_is_no_record() -> TestResult {
+    let mut log = TestLog::new()?;
+    log.event(1)?;
+    File::options().append(true).open(log.path(1))?.write_all(b"{\"seq\":3,\"cut\x1b[2J\n")?;
+    let mut out = Vec::new();
+    Tail::start(&log.dir(), 2, false, &mut out).map_err(message)?;
+    let text = String::from_utf8(out)?;
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert_eq!(rows[2], "(not a record; `bkg audit verify` says why) {\"seq\":3,\"cut\\u{1b}[2J", "{text}");
+    Ok(())
+}
+
 #[test]
 fn tail_shows_each_record_on_one_row_though_an_install_error_has_several_lines() -> TestResult {
     let mut log = TestLog::new()?;
