@@ -124,8 +124,15 @@ pub async fn run_keeping_out_dir(
     let stdout_closed = Arc::new(tokio::sync::Notify::new());
     let close_writer = Arc::clone(&writer);
     let closing = Arc::clone(&stdout_closed);
+    // As soon as the reader has gone, not only at our next write: the code's next write fails
+    // then, as in the pipeline (found by a new-user trial: a script that printed once more after
+    // `| head -1` had read its first line exited 0, where bare it dies of the broken pipe).
+    let watch_reader = !matches!(output, Output::Quiet);
     let close_task = tokio::spawn(async move {
-        closing.notified().await;
+        tokio::select! {
+            () = closing.notified() => {}
+            () = crate::out::stdout_closed(), if watch_reader => {}
+        }
         let _ = send_frame(&mut *close_writer.lock().await, FrameKind::StdoutClosed, &[]).await;
     });
     let cancel_writer = Arc::clone(&writer);

@@ -120,6 +120,33 @@ fn a_reader_that_pauses_longer_than_the_agent_s_patience_during_the_run_gets_eve
     assert!(stdout == expected.as_bytes(), "{} bytes of {}", stdout.len(), expected.len());
 }
 
+/// Once bkg's stdout's reader has gone (`| head -1`), the code's next write fails as it would in
+/// the pipeline bare, though bkg itself writes nothing more (found by a new-user trial: the
+/// script wrote once more, was not told, and exited 0).
+#[test]
+fn the_code_s_next_write_after_our_reader_went_fails_as_bare() {
+    use std::io::BufRead;
+    let agent = Agent::start();
+    let script = "import sys, time\nprint('a', flush=True)\ntime.sleep(2)\nprint('b', flush=True)\n\
+                  print('not reached', file=sys.stderr)\n";
+    let mut client = agent
+        .bkg()
+        .args(["exe", "--type", "python", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bkg exe");
+    let mut first = String::new();
+    std::io::BufReader::new(client.stdout.take().expect("stdout")).read_line(&mut first).expect("the first line");
+    assert_eq!(first, "a\n");
+    // The reader is dropped with the BufReader: the pipe's reading end is closed now.
+    let output = client.wait_with_output().expect("bkg exits");
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    assert!(stderr(&output).contains("BrokenPipeError"), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("not reached"), "{}", stderr(&output));
+}
+
 /// How many runs the agent has recorded as finished.
 fn finished_runs(agent: &Agent) -> usize {
     let runs = api(agent, "GET", "/api/v1/runs?limit=50", None).json();
