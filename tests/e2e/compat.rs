@@ -56,6 +56,16 @@ print(socket.getaddrinfo("localhost", "http", socket.AF_INET, socket.SOCK_STREAM
     assert_eq!(python(&agent, script), "80 https 6\n('127.0.0.1', 80)\n");
 }
 
+/// The system says what it is, as outside (found by a new-user trial: `/etc/os-release` was
+/// missing, and `platform.freedesktop_os_release()` failed).
+#[test]
+fn the_os_release_is_the_hosts() {
+    let agent = Agent::start();
+    let script = "import platform\nprint(platform.freedesktop_os_release()['ID'])\n";
+    let outside = std::process::Command::new("python3").args(["-c", script]).output().expect("python3");
+    assert_eq!(python(&agent, script), String::from_utf8_lossy(&outside.stdout));
+}
+
 #[test]
 fn switching_to_nobody_or_root_fails_with_eperm_as_it_does_outside() {
     let agent = Agent::start();

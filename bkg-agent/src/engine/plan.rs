@@ -64,6 +64,9 @@ const ETC_ENTRIES: &[&str] = &[
     "/etc/protocols",
     // Debian's matplotlib reads its defaults here (sessions draw figures, docs/api.md).
     "/etc/matplotlibrc",
+    // What the system is, as `platform.freedesktop_os_release()` and `/etc/os-release` readers
+    // ask (found by a new-user trial: it was missing, though /usr/lib/os-release was there).
+    "/etc/os-release",
 ];
 
 /// The only host device nodes a sandbox gets. `tty` is the caller's own controlling terminal,
