@@ -285,6 +285,11 @@ fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), Cli
     for spec in &args.files {
         files.extend(read_uploads(spec, script_file.as_deref())?);
     }
+    if language == Language::Node
+        && let Some(script) = script_file.as_deref()
+    {
+        files.extend(module_type_of(script, &files));
+    }
     let sent: usize = code.len() + files.iter().map(|file| file.content_base64.len()).sum::<usize>();
     if sent > bkg_schema::MAX_REQUEST_BODY_BYTES {
         return Err(CliError::usage(format!(
@@ -417,6 +422,24 @@ const REQUIREMENTS_FILE: &str = "requirements.txt";
 
 /// A Node script's packages: the package.json beside it, when it names dependencies, with its
 /// package-lock.json (what `npm ci` installs, so the same lockfile is the same environment).
+/// A `.js` script is an ES module when the nearest package.json above it says `"type":
+/// "module"`, as Node decides: that word goes with it, as /workspace/package.json, unless a
+/// package.json is uploaded already (found by a new-user trial: such a script ran as CommonJS in
+/// the sandbox, `require` defined, where bare it is not).
+fn module_type_of(script: &Path, files: &[FileUpload]) -> Option<FileUpload> {
+    let uploaded = files.iter().any(|file| matches!(file.path.as_str(), "package.json" | "/workspace/package.json"));
+    if script.extension() != Some("js".as_ref()) || uploaded {
+        return None;
+    }
+    let manifest = script.ancestors().skip(1).map(|dir| dir.join("package.json")).find(|path| path.is_file())?;
+    let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(manifest).ok()?).ok()?;
+    (value.get("type")?.as_str()? == "module").then(|| FileUpload {
+        path: "package.json".into(),
+        content_base64: base64::engine::general_purpose::STANDARD.encode(br#"{"type":"module"}"#),
+        executable: false,
+    })
+}
+
 fn node_packages(script: Option<&str>, language: Language) -> Result<Option<NodePackages>, CliError> {
     let Some(script) = script.filter(|script| *script != "-" && language == Language::Node) else {
         return Ok(None);

@@ -56,6 +56,25 @@ print(socket.getaddrinfo("localhost", "http", socket.AF_INET, socket.SOCK_STREAM
     assert_eq!(python(&agent, script), "80 https 6\n('127.0.0.1', 80)\n");
 }
 
+/// A `.js` script under a package.json of `"type": "module"` is an ES module, as Node takes it
+/// outside (found by a new-user trial: it ran as CommonJS, `require` defined).
+#[test]
+fn a_js_script_under_a_module_package_is_an_es_module() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project");
+    std::fs::write(project.path().join("package.json"), r#"{"name": "x", "type": "module"}"#).expect("package.json");
+    std::fs::create_dir(project.path().join("src")).expect("src");
+    let script = project.path().join("src/main.js");
+    std::fs::write(&script, "console.log(typeof require, import.meta.url)\n").expect("main.js");
+    let output = agent.exe(&[script.to_str().expect("utf-8")]);
+    assert_eq!(
+        (code(&output), stdout(&output).as_str()),
+        (0, "undefined file:///workspace/main.js\n"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 /// The system says what it is, as outside (found by a new-user trial: `/etc/os-release` was
 /// missing, and `platform.freedesktop_os_release()` failed).
 #[test]
