@@ -271,18 +271,22 @@ impl Agent {
         self.start_long_run_with(&[])
     }
 
-    /// `start_long_run` with `flags` of `bkg exe` besides its own (`--disk 8GiB`).
-    pub fn start_long_run_with(&self, flags: &[&str]) -> Child {
-        let mut child = self
-            .bkg()
-            .args(["exe", "--timeout", "60s"])
-            .args(flags)
-            .args(["--type", "python", "-c", "import time\nprint('up', flush=True)\ntime.sleep(60)"])
+    /// `bkg exe ARGS` started with no stdin, its stdout and stderr piped to the test.
+    pub fn spawn_exe(&self, args: &[&str]) -> Child {
+        self.bkg()
+            .arg("exe")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start bkg exe");
+            .expect("start bkg exe")
+    }
+
+    /// `start_long_run` with `flags` of `bkg exe` besides its own (`--disk 8GiB`).
+    pub fn start_long_run_with(&self, flags: &[&str]) -> Child {
+        let code = ["--type", "python", "-c", "import time\nprint('up', flush=True)\ntime.sleep(60)"];
+        let mut child = self.spawn_exe(&[&["--timeout", "60s"], flags, &code].concat());
         let mut first_line = String::new();
         std::io::BufRead::read_line(
             &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),

@@ -101,14 +101,7 @@ fn a_reader_that_pauses_longer_than_the_agent_s_patience_during_the_run_gets_eve
     let agent = Agent::start();
     let script = "for i in range(300000): print(i)\nprint('end')\n";
     let expected: String = (0..300_000).map(|i| format!("{i}\n")).chain(["end\n".to_owned()]).collect();
-    let mut client = agent
-        .bkg()
-        .args(["exe", "--type", "python", "-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bkg exe");
+    let mut client = agent.spawn_exe(&["--type", "python", "-c", script]);
     // Nothing read for longer than the 30 s after which a caller that takes nothing of a run that
     // has ended is let go (server/runs.rs, STREAM_WRITE_TIMEOUT); the run has not ended meanwhile.
     std::thread::sleep(Duration::from_secs(35));
@@ -129,14 +122,7 @@ fn the_code_s_next_write_after_our_reader_went_fails_as_bare() {
     let agent = Agent::start();
     let script = "import sys, time\nprint('a', flush=True)\ntime.sleep(2)\nprint('b', flush=True)\n\
                   print('not reached', file=sys.stderr)\n";
-    let mut client = agent
-        .bkg()
-        .args(["exe", "--type", "python", "-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bkg exe");
+    let mut client = agent.spawn_exe(&["--type", "python", "-c", script]);
     let mut first = String::new();
     std::io::BufReader::new(client.stdout.take().expect("stdout")).read_line(&mut first).expect("the first line");
     assert_eq!(first, "a\n");
