@@ -98,6 +98,16 @@ pub async fn stdout_closed() {
     }
 }
 
+/// Whether stdout is a pipe or a socket, whose reader can go away before we write again
+/// (`stdout_closed` waits for that; a terminal, a file or `/dev/null` has no such reader).
+pub fn stdout_has_a_reader() -> bool {
+    use nix::sys::stat::{SFlag, fstat};
+    fstat(std::io::stdout()).is_ok_and(|stat| {
+        let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+        kind == SFlag::S_IFIFO || kind == SFlag::S_IFSOCK
+    })
+}
+
 /// Whether this process's stdout and stderr are one file whose reader sees what both take in
 /// order (`2>&1` into a file, a pipe or a socket; one terminal): a run's two streams are then
 /// best written as one (`RunRequest::stderr_to_stdout`). A device that is not a terminal

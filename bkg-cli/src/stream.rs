@@ -127,7 +127,7 @@ pub async fn run_keeping_out_dir(
     // As soon as the reader has gone, not only at our next write: the code's next write fails
     // then, as in the pipeline (found by a new-user trial: a script that printed once more after
     // `| head -1` had read its first line exited 0, where bare it dies of the broken pipe).
-    let watch_reader = !matches!(output, Output::Quiet);
+    let watch_reader = !matches!(output, Output::Quiet) && crate::out::stdout_has_a_reader();
     let close_task = tokio::spawn(async move {
         tokio::select! {
             () = closing.notified() => {}
