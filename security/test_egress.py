@@ -142,6 +142,21 @@ report(body=fetch("http://host.bkg.internal:%s/" % sys.argv[1]))
     assert denied.accepted == before
 
 
+def test_a_domain_wildcard_does_not_name_the_host(egress_sandbox, listeners):
+    """EGR-03b: `*.internal` and `*.bkg.internal` (which the agent's `*` lets a run ask for) do
+    not reach host.bkg.internal, on a port the run did not name (found by a new-user trial: they
+    reached every port of the host's loopback); DENIED accepts nothing."""
+    _, denied = listeners
+    before = denied.accepted
+    r = egress_sandbox.attack(FETCH + """
+report(body=fetch("http://host.bkg.internal:%s/" % sys.argv[1]))
+""", "--net", "*.internal,*.bkg.internal", args=[str(denied.port)])
+    assert r.rc == 0, r
+    assert r.report == {"body": "HTTP 403"}, r
+    assert ("proxy", "host.bkg.internal:%d" % denied.port) in denials(r), r
+    assert denied.accepted == before
+
+
 def test_direct_addresses_are_refused_and_reported(egress_sandbox, listeners):
     """EGR-04: TCP to addresses past the proxy: a public one, metadata, the host's gateway side."""
     r = egress_sandbox.attack("""

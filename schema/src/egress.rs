@@ -47,7 +47,7 @@ pub enum EgressError {
 pub enum HostPattern {
     /// `*`: every host by name, but never `host.bkg.internal` nor an address.
     AnyName,
-    /// `*.example.com`: every name below example.com.
+    /// `*.example.com`: every name below example.com, but never `host.bkg.internal`.
     Below(String),
     /// One name, `host.bkg.internal` included.
     Name(String),
@@ -120,7 +120,7 @@ impl NetRule {
             (HostPattern::AnyName, HostPattern::Name(name)) => name != HOST_ALIAS,
             (HostPattern::AnyName, HostPattern::AnyName | HostPattern::Below(_)) => true,
             (HostPattern::Below(mine), HostPattern::Below(theirs)) => is_below_or_at(theirs, mine),
-            (HostPattern::Below(mine), HostPattern::Name(name)) => is_below(name, mine),
+            (HostPattern::Below(mine), HostPattern::Name(name)) => name != HOST_ALIAS && is_below(name, mine),
             (HostPattern::Name(mine), HostPattern::Name(theirs)) => mine == theirs,
             (HostPattern::Address(mine), HostPattern::Address(theirs)) => mine == theirs,
             _ => false,
@@ -137,7 +137,9 @@ impl NetRule {
         let address = host.parse::<IpAddr>().ok();
         match &self.host {
             HostPattern::AnyName => address.is_none() && host != HOST_ALIAS,
-            HostPattern::Below(domain) => address.is_none() && is_below(host, domain),
+            // Nor by a domain's wildcard (found by a new-user trial: `*.internal` reached every
+            // port of the host's loopback): only a rule that names it does.
+            HostPattern::Below(domain) => address.is_none() && host != HOST_ALIAS && is_below(host, domain),
             HostPattern::Name(name) => name == host,
             HostPattern::Address(mine) => address == Some(*mine),
         }
@@ -426,6 +428,11 @@ mod tests {
         assert!(!rule("example.com:443").matches("example.com", 80));
         assert!(!rule("*").matches("93.184.216.34", 80));
         assert!(!rule("*").matches(HOST_ALIAS, 80));
+        for wildcard in ["*.internal", "*.bkg.internal", "*.bkg.internal:80"] {
+            assert!(!rule(wildcard).matches(HOST_ALIAS, 80), "{wildcard}");
+            assert!(!rule(wildcard).covers(&rule("host.bkg.internal:80")), "{wildcard}");
+        }
+        assert!(rule("*.internal").matches("db.internal", 80));
         assert!(rule("*.example.com").matches("a.example.com", 1));
         assert!(!rule("*.example.com").matches("aexample.com", 1));
         assert!(rule("10.0.0.5").matches("10.0.0.5", 22));
