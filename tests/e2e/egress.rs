@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
-use bkg_tests::{Agent, AgentOptions, code, stderr};
+use bkg_tests::{Agent, AgentOptions, code, stderr, stdout};
 
 /// A one-line HTTP server on the host's loopback; answers every request with `body`.
 fn serve_on_loopback(body: &'static str) -> u16 {
@@ -174,4 +174,35 @@ fn without_net_the_sandbox_still_has_no_network_and_no_proxy() {
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert_eq!(result["stdout"], "None\n101\n", "ENETUNREACH as before: {result}");
     assert!(result.get("network_denials").is_none(), "{result}");
+}
+
+/// One run's proxy serves a bounded number of connections at once; those past it are closed as
+/// they come, and other callers of the agent are served meanwhile (found by a new-user trial: a
+/// run that held thousands took every descriptor of the agent, which then accepted nobody).
+#[test]
+fn a_run_holding_many_proxy_connections_is_bounded_and_others_are_served() {
+    let allowed_port = serve_on_loopback("hello from the host");
+    let agent = Agent::start_with(AgentOptions {
+        extra_args: vec!["--egress-allow".into(), format!("*,host.bkg.internal:{allowed_port}")],
+        ..Default::default()
+    });
+    let holder = "import socket, sys, time\n\
+        held = []\n\
+        for _ in range(300):\n    held.append(socket.create_connection(('127.0.0.1', 3128)))\n\
+        for connection in held:\n    connection.setblocking(False)\n\
+        def closed():\n    count = 0\n    for connection in held:\n        try:\n            count += connection.recv(1) == b''\n        except BlockingIOError:\n            pass\n        except ConnectionError:\n            count += 1\n    return count\n\
+        deadline = time.monotonic() + 5\n\
+        while (count := closed()) < 172 and time.monotonic() < deadline:\n    time.sleep(0.1)\n\
+        print(count, flush=True)\n\
+        time.sleep(30)\n";
+    let net = format!("host.bkg.internal:{allowed_port}");
+    let mut run = agent.spawn_exe(&["--net", &net, "--type", "python", "-c", holder]);
+    let mut closed = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(run.stdout.take().expect("stdout")), &mut closed)
+        .expect("the count of closed connections");
+    assert_eq!(closed.trim(), "172", "300 connections, 128 served: {closed}");
+    let other = agent.exe(&["--type", "python", "-c", "print('served')"]);
+    assert_eq!((code(&other), stdout(&other).as_str()), (0, "served\n"), "{}", stderr(&other));
+    let _ = run.kill();
+    let _ = run.wait();
 }

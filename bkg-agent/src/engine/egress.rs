@@ -241,12 +241,21 @@ impl ProxyContext {
     }
 }
 
+/// How many connections one run's proxy serves at once; one more is closed as it comes. Each
+/// holds two of the agent's descriptors (found by a new-user trial: a run that opened thousands
+/// took all of them, and the agent could accept no other caller until it ended).
+const PROXY_CONNECTIONS: usize = 128;
+
 async fn serve_proxy(listener: TcpListener, context: Arc<ProxyContext>) {
     let mut clients = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
+                if clients.len() >= PROXY_CONNECTIONS {
+                    drop(client);
+                    continue;
+                }
                 clients.spawn(proxy_one(client, Arc::clone(&context)));
             }
             Some(_) = clients.join_next() => {}
