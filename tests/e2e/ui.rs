@@ -429,6 +429,17 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
         "{}",
         missing.text()
     );
+    // Whatever the method, and under the assets too (found by a new-user trial: a POST was told
+    // it was a form's action, and an unknown asset was an empty 404).
+    let csrf = csrf_of(&browser.get("/ui/sandboxes"));
+    for path in ["/ui/no-such-page", "/ui/admin/nope"] {
+        let answer = browser.post(path, &[("csrf", &csrf)]);
+        assert_eq!(answer.status, 404, "POST {path}: {}", answer.text());
+        assert!(answer.text().contains("There is no such page."), "POST {path}: {}", answer.text());
+    }
+    let asset = browser.get("/ui/assets/nope.css");
+    assert_eq!(asset.status, 404);
+    assert!(asset.text().contains("There is no such page."), "{}", asset.text());
     // Every page names its icon, which comes without a session (found by a new-user trial: the
     // browser asked for /favicon.ico, which the API answers 401).
     let mut stranger = Browser::new(&address);

@@ -13,7 +13,8 @@ pub async fn asset(Path(name): Path<String>) -> Response {
         "app.css" => (APP_CSS, "text/css; charset=utf-8"),
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "favicon.svg" => (FAVICON_SVG, "image/svg+xml"),
-        _ => return StatusCode::NOT_FOUND.into_response(),
+        // The UI's page, as for any address it does not have (was: an empty 404).
+        _ => return super::view::error_page(None, StatusCode::NOT_FOUND, "There is no such page."),
     };
     let mut response = body.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

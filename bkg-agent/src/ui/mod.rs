@@ -25,7 +25,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 pub use session::UiState;
 
@@ -93,7 +93,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/sync", get(admin::sync))
         .route("/admin/sync/retry", post(admin::sync_retry))
         // A route, not a fallback: the gatekeeper lets only matched UI routes through keyless.
-        .route("/{*unknown}", get(no_such_page))
+        // Whatever the method (found by a new-user trial: a POST was told it was a form's action).
+        .route("/{*unknown}", any(no_such_page))
         // A visit to a form's address (a bookmarked or reloaded POST) gets a page, not the API's JSON.
         .method_not_allowed_fallback(not_a_page)
         .layer(axum::middleware::from_fn_with_state(state, guard))
