@@ -225,6 +225,11 @@ fn a_session_ended_by_its_keys_revocation_says_so_on_the_login_page() {
     assert_eq!((answer.status, answer.header("location")), (303, Some("/ui/login?ended=key")));
     let login = browser.get("/ui/login?ended=key");
     assert!(login.text().contains("Your session ended: the key it was signed in with was revoked"), "{}", login.text());
+    // Its cookie went with it: the next page is the plain login, not a session "not known"
+    // (found by a new-user trial: every page after the first said the agent had restarted).
+    assert!(!browser.cookies.contains_key("bkg_session"), "{:?}", browser.cookies);
+    let again = browser.get("/ui/runs");
+    assert_eq!((again.status, again.header("location")), (303, Some("/ui/login")));
 
     // A session cookie this agent does not know (it restarted: sessions live in its memory) is
     // said too (found by a new-user trial: the login page gave no reason).

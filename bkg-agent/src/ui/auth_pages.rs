@@ -16,7 +16,7 @@ use crate::server::AppState;
 
 /// A cookie for `/ui`: never readable by scripts, never sent by another site, over TLS only
 /// when the agent serves TLS.
-fn cookie_header(state: &AppState, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+pub(super) fn cookie_header(state: &AppState, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
     let secure = state.ui.listening.get().and_then(|listening| listening.tcp).is_some_and(|(_, tls)| tls);
     let mut cookie = format!("{name}={value}; Path=/ui; HttpOnly; SameSite=Strict");
     if let Some(seconds) = max_age {

@@ -236,7 +236,12 @@ impl FromRequestParts<AppState> for Viewer {
             // The key behind it was revoked or expired: the session ends with it, and the login
             // page says so rather than only asking again.
             state.ui.close(&session_id);
-            return Err(Redirect::to(&format!("/ui/login?{KEY_ENDED_QUERY}")).into_response());
+            // Its cookie goes too: the next page would say the session was not known (found by
+            // a new-user trial: every page after the first said the agent had restarted).
+            let mut response = Redirect::to(&format!("/ui/login?{KEY_ENDED_QUERY}")).into_response();
+            let cleared = auth_pages::cookie_header(state, session::SESSION_COOKIE, "", Some(0));
+            response.headers_mut().append(header::SET_COOKIE, cleared);
+            return Err(response);
         };
         Ok(Viewer { principal, session_id, csrf: session.csrf })
     }
