@@ -15,14 +15,32 @@ struct Style {
 
 impl Style {
     fn apply(&mut self, parameters: &str) {
-        for code in parameters.split(';') {
-            match code.parse::<u8>().unwrap_or(0) {
+        let mut codes = parameters.split(';').map(|code| code.parse::<u16>().unwrap_or(0));
+        while let Some(code) = codes.next() {
+            match code {
                 0 => *self = Style::default(),
                 1 => self.bold = true,
                 22 => self.bold = false,
-                code @ 30..=37 => self.foreground = Some(code - 30),
+                30..=37 => self.foreground = Some((code - 30) as u8),
                 39 => self.foreground = None,
-                code @ 90..=97 => self.foreground = Some(code - 90 + 8),
+                90..=97 => self.foreground = Some((code - 90 + 8) as u8),
+                // 256 colours (`38;5;N`, of which the first 16 are the classes') and true colour
+                // (`38;2;R;G;B`), and the same for the background (48), which is not shown: their
+                // numbers are not codes of their own (found by a new-user trial: `38;5;1` was
+                // bold, `48;5;32` green).
+                38 | 48 => {
+                    let colour = match codes.next() {
+                        Some(5) => codes.next().filter(|colour| *colour < 16),
+                        Some(2) => {
+                            codes.by_ref().take(3).for_each(drop);
+                            None
+                        }
+                        _ => None,
+                    };
+                    if code == 38 {
+                        self.foreground = colour.map(|colour| colour as u8);
+                    }
+                }
                 _ => {}
             }
         }
@@ -123,6 +141,10 @@ mod tests {
     #[test]
     fn colours_become_spans_and_other_sequences_are_shown() {
         assert_eq!(html_of(b"\x1b[1;31mred\x1b[0m plain"), "<span class=\"ansi-1 ansi-bold\">red</span> plain");
+        assert_eq!(html_of(b"\x1b[38;5;1mred\x1b[0m"), "<span class=\"ansi-1\">red</span>");
+        assert_eq!(html_of(b"\x1b[48;5;32mon blue\x1b[0m"), "on blue");
+        assert_eq!(html_of(b"\x1b[38;2;1;2;3mtrue\x1b[0m"), "true");
+        assert_eq!(html_of(b"\x1b[38;5;200;1mbold\x1b[0m"), "<span class=\"ansi-bold\">bold</span>");
         assert_eq!(html_of(b"\x1b[2Jx"), "\u{241b}[2Jx");
         assert_eq!(html_of(b"a\r\nb"), "a\u{240d}\nb");
     }

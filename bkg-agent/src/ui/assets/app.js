@@ -65,8 +65,19 @@ function visible(text) {
 }
 // SGR parameters (`ESC[…m`) applied to a style: colour and bold, the rest ignored.
 function sgr(style, params) {
-  for (const part of (params === "" ? "0" : params).split(";")) {
-    const code = Number(part || "0");
+  const codes = (params === "" ? "0" : params).split(";").map((part) => Number(part || "0"));
+  for (let at = 0; at < codes.length; at++) {
+    const code = codes[at];
+    // 256 colours (38;5;N, the first 16 being the classes') and true colour (38;2;R;G;B), the
+    // background's (48) not shown: their numbers are no codes of their own (ui/ansi.rs).
+    if (code === 38 || code === 48) {
+      let colour = null;
+      if (codes[at + 1] === 5) { colour = codes[at + 2] < 16 ? codes[at + 2] : null; at += 2; }
+      else if (codes[at + 1] === 2) { at += 4; }
+      else { at += 1; }
+      if (code === 38) style.fg = colour;
+      continue;
+    }
     if (code === 0) { style.fg = null; style.bold = false; }
     else if (code === 1) style.bold = true;
     else if (code === 22) style.bold = false;
