@@ -21,9 +21,9 @@ fn now_ms() -> u64 {
 pub async fn envs(settings: &Settings, args: EnvsArgs) -> Result<i32, CliError> {
     let out = settings.out;
     let client = AgentClient::new(&settings.endpoint()?)?;
-    client.ensure_running().await?;
     match args.action {
         EnvsAction::Ls { .. } => {
+            client.ensure_running().await?;
             let envs: Vec<EnvInfo> = client.get("/api/v1/envs").await?;
             out.answer(&envs, |envs| envs_table(envs))?;
         }
@@ -39,6 +39,7 @@ pub async fn envs(settings: &Settings, args: EnvsArgs) -> Result<i32, CliError> 
                     })
                 })
                 .transpose()?;
+            client.ensure_running().await?;
             let pruned: PruneResult = client.post_json("/api/v1/envs/prune", &PruneRequest { unused_for_ms }).await?;
             if out.is_json() {
                 out.json(&pruned)?;
