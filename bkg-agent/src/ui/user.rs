@@ -285,7 +285,6 @@ struct Ended<'a> {
     wall: String,
     cpu: String,
     peak_memory: String,
-    truncated: bool,
 }
 
 fn ended(result: &RunResult) -> Ended<'_> {
@@ -297,7 +296,6 @@ fn ended(result: &RunResult) -> Ended<'_> {
         wall: millis(result.wall_ms),
         cpu: millis(result.cpu_ms),
         peak_memory: bytes(result.peak_memory_bytes),
-        truncated: result.truncated,
     }
 }
 

@@ -264,8 +264,9 @@ function showResult(summary, result) {
   strong.id = "run-exit";
   summary.appendChild(strong);
   summary.appendChild(document.createTextNode(
-    " · wall " + result.wall + " · CPU " + result.cpu + " · peak memory " + result.peak_memory +
-    (result.truncated ? " · output truncated" : "") + " · "));
+    // Nothing of the stream is cut: the result's `truncated` is of the copy it keeps, which the
+    // run's page says (found by a new-user trial: "output truncated" under all of it).
+    " · wall " + result.wall + " · CPU " + result.cpu + " · peak memory " + result.peak_memory + " · "));
   const link = document.createElement("a");
   link.href = "/ui/runs/" + encodeURIComponent(result.id);
   link.textContent = "run " + result.id;
