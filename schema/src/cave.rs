@@ -1070,8 +1070,16 @@ impl CaveFile {
                 );
             }
             for (index, rule) in sandbox.network.iter().flat_map(|network| network.allow.iter()).enumerate() {
-                if let Err(error) = crate::egress::NetRule::parse(rule) {
-                    fail(&["sandboxes", name, "network", "allow", &index.to_string()], error.to_string());
+                let at = ["sandboxes", name, "network", "allow", &index.to_string()];
+                // As `bkg exe --net none` is refused (found by a new-user trial: it was taken as a
+                // host of that name).
+                if rule.trim().eq_ignore_ascii_case("none") {
+                    fail(
+                        &at,
+                        "`none` would be a host of that name: no network is the default, leave network out".into(),
+                    );
+                } else if let Err(error) = crate::egress::NetRule::parse(rule) {
+                    fail(&at, error.to_string());
                 }
             }
             for (index, port) in sandbox.ports.iter().enumerate() {
@@ -1796,6 +1804,13 @@ sandboxes:
         let messages: Vec<&str> = errors.iter().map(|error| error.message.as_str()).collect();
         assert_eq!(messages, [format!("\"Default\" is not a valid namespace ({NAMESPACE_RULE})")]);
         assert!(NAMESPACE_RULE.ends_with(&format!("at most {} characters", crate::sandbox::MAX_NAMESPACE_LEN)));
+    }
+
+    #[test]
+    fn none_is_no_host_of_network_allow() {
+        let errors = errors_of("version: 1\nsandboxes:\n  a:\n    type: python\n    network: { allow: [none] }\n");
+        let messages: Vec<&str> = errors.iter().map(|error| error.message.as_str()).collect();
+        assert_eq!(messages, ["`none` would be a host of that name: no network is the default, leave network out"]);
     }
 
     #[test]
