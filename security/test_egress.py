@@ -143,7 +143,7 @@ report(body=fetch("http://host.bkg.internal:%s/" % sys.argv[1]))
 
 
 def test_a_domain_wildcard_does_not_name_the_host(egress_sandbox, listeners):
-    """EGR-03b: `*.internal` and `*.bkg.internal` (which the agent's `*` lets a run ask for) do
+    """EGR-10: `*.internal` and `*.bkg.internal` (which the agent's `*` lets a run ask for) do
     not reach host.bkg.internal, on a port the run did not name (found by a new-user trial: they
     reached every port of the host's loopback); DENIED accepts nothing."""
     _, denied = listeners
