@@ -767,10 +767,22 @@ fn take_ready_fd(fd: i32) -> anyhow::Result<OwnedFd> {
 }
 
 fn egress_policy(rules: &[String]) -> anyhow::Result<Vec<bkg_schema::egress::NetRule>> {
+    // Said as the usage errors they are (found by a new-user trial: an empty value, a variable
+    // not set, was taken as `none`, and `none,*` exited 1).
+    if rules.iter().any(|rule| rule.trim().is_empty()) {
+        return Err(FlagValue(
+            "--egress-allow: a rule is empty (`''`, or `a,,b`): give rules, or `none` for no network at all".into(),
+        )
+        .into());
+    }
     let none = rules.iter().any(|rule| rule.trim() == "none");
     let rules: Vec<String> = rules.iter().filter(|rule| rule.trim() != "none").cloned().collect();
     if none && !rules.is_empty() {
-        bail!("--egress-allow none allows nothing: give it alone, not beside {}", rules.join(","));
+        return Err(FlagValue(format!(
+            "--egress-allow none allows nothing: give it alone, not beside {}",
+            rules.join(",")
+        ))
+        .into());
     }
     bkg_schema::egress::NetRule::parse_list(&rules).context(FlagValue("--egress-allow".into()))
 }

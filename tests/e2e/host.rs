@@ -432,6 +432,9 @@ fn a_flag_value_the_agent_cannot_parse_is_a_usage_error() {
         ("--zygote-memory", "lots", "--zygote-memory: `lots` is not a size"),
         ("--zygote-memory", "0", "--zygote-memory: `0` is too small: the least is 1 byte"),
         ("--egress-allow", "bad host!", "--egress-allow: `bad host!` is not a network rule"),
+        // Found by a new-user trial: taken as `none`, and exit 1.
+        ("--egress-allow", "", "--egress-allow: a rule is empty"),
+        ("--egress-allow", "none,*", "--egress-allow none allows nothing: give it alone, not beside *"),
         ("--retention", "x", "retention \"x\": `x` is not a duration"),
         ("--retention-for", "x", "--retention-for wants NAMESPACE=DURATION"),
         ("--user-limit", "memory=lots", "--user-limit \"memory=lots\": `lots` is not a size"),
