@@ -129,32 +129,30 @@ report(http=fetch("http://not-listed.invalid/"), connect=connect)
     assert {("proxy", "not-listed.invalid:80"), ("proxy", "elsewhere.invalid:443")} <= denials(r), r
 
 
-def test_another_port_of_the_host_is_refused(egress_sandbox, listeners):
-    """EGR-03: host.bkg.internal on a port the run did not name; DENIED accepts nothing."""
+def assert_the_denied_port_is_refused(egress_sandbox, listeners, *flags):
+    """A run given `flags` asks for host.bkg.internal:DENIED: 403, a denial, and DENIED accepts
+    nothing."""
     _, denied = listeners
     before = denied.accepted
     r = egress_sandbox.attack(FETCH + """
 report(body=fetch("http://host.bkg.internal:%s/" % sys.argv[1]))
-""", *net(listeners), args=[str(denied.port)])
+""", *flags, args=[str(denied.port)])
     assert r.rc == 0, r
     assert r.report == {"body": "HTTP 403"}, r
     assert ("proxy", "host.bkg.internal:%d" % denied.port) in denials(r), r
     assert denied.accepted == before
+
+
+def test_another_port_of_the_host_is_refused(egress_sandbox, listeners):
+    """EGR-03: host.bkg.internal on a port the run did not name; DENIED accepts nothing."""
+    assert_the_denied_port_is_refused(egress_sandbox, listeners, *net(listeners))
 
 
 def test_a_domain_wildcard_does_not_name_the_host(egress_sandbox, listeners):
     """EGR-10: `*.internal` and `*.bkg.internal` (which the agent's `*` lets a run ask for) do
     not reach host.bkg.internal, on a port the run did not name (found by a new-user trial: they
     reached every port of the host's loopback); DENIED accepts nothing."""
-    _, denied = listeners
-    before = denied.accepted
-    r = egress_sandbox.attack(FETCH + """
-report(body=fetch("http://host.bkg.internal:%s/" % sys.argv[1]))
-""", "--net", "*.internal,*.bkg.internal", args=[str(denied.port)])
-    assert r.rc == 0, r
-    assert r.report == {"body": "HTTP 403"}, r
-    assert ("proxy", "host.bkg.internal:%d" % denied.port) in denials(r), r
-    assert denied.accepted == before
+    assert_the_denied_port_is_refused(egress_sandbox, listeners, "--net", "*.internal,*.bkg.internal")
 
 
 def test_direct_addresses_are_refused_and_reported(egress_sandbox, listeners):

@@ -420,8 +420,6 @@ fn requirement_lines(file: &Path) -> Result<Vec<String>, CliError> {
 /// The file of a script's Python requirements, looked for beside it.
 const REQUIREMENTS_FILE: &str = "requirements.txt";
 
-/// A Node script's packages: the package.json beside it, when it names dependencies, with its
-/// package-lock.json (what `npm ci` installs, so the same lockfile is the same environment).
 /// A `.js` script is an ES module when the nearest package.json above it says `"type":
 /// "module"`, as Node decides: that word goes with it, as /workspace/package.json, unless a
 /// package.json is uploaded already (found by a new-user trial: such a script ran as CommonJS in
@@ -440,6 +438,8 @@ fn module_type_of(script: &Path, files: &[FileUpload]) -> Option<FileUpload> {
     })
 }
 
+/// A Node script's packages: the package.json beside it, when it names dependencies, with its
+/// package-lock.json (what `npm ci` installs, so the same lockfile is the same environment).
 fn node_packages(script: Option<&str>, language: Language) -> Result<Option<NodePackages>, CliError> {
     let Some(script) = script.filter(|script| *script != "-" && language == Language::Node) else {
         return Ok(None);
@@ -588,23 +588,24 @@ fn read_at_most_a_request(source: impl Read) -> std::io::Result<Option<Vec<u8>>>
 /// bound too, or for text that is not UTF-8).
 fn read_text_at_most_a_request(path: &Path) -> std::io::Result<String> {
     let bytes = std::fs::File::open(path).and_then(read_at_most_a_request)?.ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::FileTooLarge,
-            format!(
-                "it holds more than the {} one run may send",
-                bkg_schema::units::format_size(bkg_schema::MAX_REQUEST_BODY_BYTES as u64)
-            ),
-        )
+        std::io::Error::new(std::io::ErrorKind::FileTooLarge, format!("it {}", more_than_a_request()))
     })?;
     String::from_utf8(bytes).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
 }
 
 fn over_a_request(what: &str) -> CliError {
     CliError::usage(format!(
-        "{what} holds more than the {} one run may send: copy big files into a persistent sandbox with `bkg cp` \
-         (streamed, no such limit)",
-        bkg_schema::units::format_size(bkg_schema::MAX_REQUEST_BODY_BYTES as u64)
+        "{what} {}: copy big files into a persistent sandbox with `bkg cp` (streamed, no such limit)",
+        more_than_a_request()
     ))
+}
+
+/// What `read_at_most_a_request` refuses, in words.
+fn more_than_a_request() -> String {
+    format!(
+        "holds more than the {} one run may send",
+        bkg_schema::units::format_size(bkg_schema::MAX_REQUEST_BODY_BYTES as u64)
+    )
 }
 
 fn read_upload(source: &str, destination: Option<&str>) -> Result<FileUpload, CliError> {

@@ -1,6 +1,7 @@
 //! What the host gives: the agent's checks at start, its security level in status, run results
 //! and the audit log, and `bkg doctor` (docs/compatibility.md, "Hosts").
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use bkg_tests::{Agent, AgentOptions, bin_dir, code, examples_dir, stderr, stdout};
@@ -8,19 +9,24 @@ use bkg_tests::{Agent, AgentOptions, bin_dir, code, examples_dir, stderr, stdout
 /// Starts `bkg-agent --foreground` with `args` where it must refuse to start.
 fn refused_start(args: &[&str]) -> (Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
+    (refused_start_in(dir.path(), args), dir)
+}
+
+/// `refused_start` in `dir`, whose `state` (the state directory) may be there already.
+fn refused_start_in(dir: &Path, args: &[&str]) -> Output {
     let output = Command::new(bin_dir().join("bkg-agent"))
         .arg("--foreground")
         .arg("--socket")
-        .arg(dir.path().join("agent.sock"))
+        .arg(dir.join("agent.sock"))
         .arg("--state-dir")
-        .arg(dir.path().join("state"))
+        .arg(dir.join("state"))
         .arg("--cgroup-dir")
         .arg(format!("bkg-test-refused-{}", std::process::id()))
         .args(args)
         .output()
         .expect("run bkg-agent");
-    assert!(!dir.path().join("agent.sock").exists(), "a refused agent must not serve");
-    (output, dir)
+    assert!(!dir.join("agent.sock").exists(), "a refused agent must not serve");
+    output
 }
 
 #[test]
@@ -473,15 +479,7 @@ fn a_state_dir_that_is_a_file_is_said_to_be_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("state");
     std::fs::write(&file, "").expect("a file");
-    let output = Command::new(bin_dir().join("bkg-agent"))
-        .args(["--foreground", "--socket"])
-        .arg(dir.path().join("agent.sock"))
-        .arg("--state-dir")
-        .arg(&file)
-        .arg("--cgroup-dir")
-        .arg(format!("bkg-test-refused-{}", std::process::id()))
-        .output()
-        .expect("run bkg-agent");
+    let output = refused_start_in(dir.path(), &[]);
     assert_eq!(code(&output), 1, "{}", stderr(&output));
     assert_eq!(
         stderr(&output),

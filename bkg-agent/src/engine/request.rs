@@ -266,11 +266,25 @@ pub(crate) fn also_above(others: &[(&'static str, String, String)]) -> String {
     }
 }
 
-/// The agent's flags that raise the maximum of the limits `names` (`--max-cpus and
-/// --max-memory`); none for the number of processes, which no flag raises.
-fn raised_by_flags(names: &[&str]) -> Option<String> {
+/// What to do about the limits `names` above their maximum: ask for less (a run's, `in_cave_yaml`
+/// false) or give less in cave.yaml's `limits` (a sandbox's definition), or start the agent with
+/// higher maxima (`--max-cpus and --max-memory`; none for the number of processes, which no flag
+/// raises).
+fn limit_fix(names: &[&str], in_cave_yaml: bool) -> String {
     let flags: Vec<String> = names.iter().filter(|name| **name != "pids").map(|name| format!("--max-{name}")).collect();
-    (!flags.is_empty()).then(|| words(&flags))
+    let less = match in_cave_yaml {
+        true => {
+            let keys = words(&names.iter().map(|name| format!("limits.{name}")).collect::<Vec<_>>());
+            let that = if names.len() == 1 { "that" } else { "those" };
+            format!("give the sandbox's {keys} (cave.yaml's) at most {that}")
+        }
+        false if flags.is_empty() => "ask for fewer".to_owned(),
+        false => "ask for less".to_owned(),
+    };
+    match flags.is_empty() {
+        true => less,
+        false => format!("{less}, or start the agent with a higher {}", words(&flags)),
+    }
 }
 
 /// `a`, `a and b`, `a, b and c`.
@@ -316,10 +330,7 @@ impl Engine {
         }
         if !above.is_empty() {
             let names: Vec<&str> = above.iter().map(|(name, _, _)| *name).collect();
-            let fix = match raised_by_flags(&names) {
-                Some(flags) => format!("ask for less, or start the agent with a higher {flags}"),
-                None => "ask for fewer".to_owned(),
-            };
+            let fix = limit_fix(&names, false);
             let (name, asked, allowed) = above.remove(0);
             return Err(RunError::LimitAboveMaximum { name, asked, allowed, others: above, fix });
         }
@@ -356,14 +367,7 @@ impl Engine {
         self.resolve_limits(&definition.limits).map_err(|error| match error {
             RunError::LimitAboveMaximum { name, asked, allowed, others, .. } => {
                 let names: Vec<&str> = std::iter::once(name).chain(others.iter().map(|(name, _, _)| *name)).collect();
-                let keys = words(&names.iter().map(|name| format!("limits.{name}")).collect::<Vec<_>>());
-                let that = if names.len() == 1 { "that" } else { "those" };
-                let fix = match raised_by_flags(&names) {
-                    Some(flags) => format!(
-                        "give the sandbox's {keys} (cave.yaml's) at most {that}, or start the agent with a higher {flags}"
-                    ),
-                    None => format!("give the sandbox's {keys} (cave.yaml's) at most {that}"),
-                };
+                let fix = limit_fix(&names, true);
                 RunError::LimitAboveMaximum { name, asked, allowed, others, fix }
             }
             other => other,
@@ -862,6 +866,21 @@ mod tests {
 
     fn upload(path: &str) -> FileUpload {
         FileUpload { path: path.into(), content_base64: "aGk=".into(), executable: false }
+    }
+
+    #[test]
+    fn the_fix_for_limits_above_the_maximum_names_each_and_its_flag() {
+        assert_eq!(limit_fix(&["pids"], false), "ask for fewer");
+        assert_eq!(
+            limit_fix(&["memory", "timeout"], false),
+            "ask for less, or start the agent with a higher --max-memory and --max-timeout"
+        );
+        assert_eq!(limit_fix(&["pids"], true), "give the sandbox's limits.pids (cave.yaml's) at most that");
+        assert_eq!(
+            limit_fix(&["cpus", "memory", "pids"], true),
+            "give the sandbox's limits.cpus, limits.memory and limits.pids (cave.yaml's) at most those, or start \
+             the agent with a higher --max-cpus and --max-memory"
+        );
     }
 
     #[test]
