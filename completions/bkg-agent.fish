@@ -1,7 +1,7 @@
 complete -c bkg-agent -l socket -d 'Unix socket to serve the API on (mode 0660, group --socket-group; 0600 without one)' -r -F
 complete -c bkg-agent -l socket-group -d 'The socket\'s group: its members use bkg as themselves, each in a namespace of their own (--user-namespace). Default: `bkg` when that group exists, else none (root only)' -r
 complete -c bkg-agent -l admin-group -d 'Members of this group are admins on the socket, like root' -r
-complete -c bkg-agent -l user-namespace -d 'The namespace of a member of the socket\'s group; `{name}` is their login name' -r
+complete -c bkg-agent -l user-namespace -d 'The namespace of a member of the socket\'s group; `{name}` is their login name (made a DNS label and given `-u<uid>` when it is not one as it stands)' -r
 complete -c bkg-agent -l user-limit -d 'What one local user may ask for (repeatable): `cpus=`, `memory=`, `timeout=`, `disk=` cap each run; `sandboxes=N` the persistent sandboxes they keep; `disk-budget=SIZE` those sandboxes\' disk limits summed' -r
 complete -c bkg-agent -l state-dir -d 'Directory for the run store and sandbox disk images' -r -F
 complete -c bkg-agent -l warm-pool -d 'Prepared sandboxes kept warm for default-sized runs when idle; the pool grows while runs find it empty and shrinks back when they stop (0 turns the pool off: each run\'s sandbox is prepared when it starts, its Python still forked from the zygote unless --zygote false)' -r

@@ -97,9 +97,10 @@ def users():
     os.chmod(homes, 0o755)
     try:
         people = {}
+        # The twins' login names differ only in `_` and `-`, which a DNS label cannot tell apart.
         for role, groups in (("alice", [GROUP]), ("bob", [GROUP]), ("carol", [GROUP]), ("dave", [GROUP]),
-                             ("eve", [])):
-            name = "bks%s%s" % (role[:3], TAG)
+                             ("eve", []), ("twin_", [GROUP]), ("twin-", [GROUP])):
+            name = "bks%s%s" % (role[:3], TAG) if not role.startswith("twin") else "bkstw%s%s" % (role[-1], TAG)
             home = homes / name
             argv = ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh",
                     "--user-group"]
@@ -516,3 +517,31 @@ def test_a_shared_project_keeps_each_sandbox_in_its_namespace(users):
     rc, out, err = dave.run("bkgr", "api", cwd=shared)
     assert (rc, out.strip()) == (0, "ran 2"), (out, err)
 
+
+
+def test_members_whose_names_differ_only_in_punctuation_share_nothing(users):
+    """USR-16: `bkstw_TAG` and `bkstw-TAG` are two users; each sees only their own runs, secrets
+    and files."""
+    twin, other = users["twin_"], users["twin-"]
+    twin.write("keep.py", "import os\nos.makedirs('/workspace/out')\nopen('/workspace/out/note.txt', 'w').write(%r)\n" % SECRET)
+    rc, out, err = twin.run("bkg", "exe", "keep.py")
+    assert rc == 0, err
+    rc, out, err = twin.run("bkg", "secrets", "set", "TWIN_SECRET", stdin=SECRET.encode())
+    assert rc == 0, err
+    rc, out, err = twin.run("bkg", "runs", "ls", "--json")
+    assert rc == 0, err
+    runs = json.loads(out)
+    assert len(runs) == 1, runs
+    namespace, run_id = runs[0]["namespace"], runs[0]["id"]
+    rc, out, err = other.run("bkg", "runs", "ls", "--json")
+    assert rc == 0 and json.loads(out) == [], (out, err)
+    rc, out, err = other.run("bkg", "secrets", "ls")
+    assert rc == 0 and "TWIN_SECRET" not in out + err, (out, err)
+    rc, out, err = other.run("bkg", "exe", "--secret", "TWIN_SECRET", "--type", "python", "-c", "print(1)")
+    assert rc != 0 and SECRET not in out + err, (rc, out, err)
+    rc, out, err = other.run("bkg", "runs", "files", run_id, "--output", "fetched")
+    assert rc != 0 and not (other.home / "fetched").exists(), (rc, out, err)
+    rc, out, err = other.run("bkg", "exe", "--type", "python", "-c", "print(1)")
+    assert rc == 0, err
+    rc, out, err = other.run("bkg", "runs", "ls", "--json")
+    assert rc == 0 and {run["namespace"] for run in json.loads(out)} - {namespace}, (namespace, out)

@@ -45,7 +45,8 @@ pub struct AgentArgs {
     /// Members of this group are admins on the socket, like root.
     #[arg(long, value_name = "GROUP", env = "BKG_ADMIN_GROUP")]
     pub admin_group: Option<String>,
-    /// The namespace of a member of the socket's group; `{name}` is their login name.
+    /// The namespace of a member of the socket's group; `{name}` is their login name (made a DNS
+    /// label and given `-u<uid>` when it is not one as it stands).
     #[arg(long, value_name = "TEMPLATE", default_value = crate::auth::local::DEFAULT_NAMESPACE_TEMPLATE)]
     pub user_namespace: String,
     /// What one local user may ask for (repeatable): `cpus=`, `memory=`, `timeout=`, `disk=` cap

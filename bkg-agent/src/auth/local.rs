@@ -119,17 +119,49 @@ impl LocalAccess {
         }
     }
 
-    /// The namespace of the user called `name`: the template with the name made a DNS label
-    /// (lowercase; anything but a-z, 0-9 and `-` becomes `-`; at most 63 characters).
-    pub fn namespace_of(&self, name: &str) -> String {
-        let label: String = name
-            .chars()
-            .map(|c| c.to_ascii_lowercase())
-            .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' })
-            .collect();
-        let full = self.namespace_template.replace("{name}", &label);
+    /// The namespace of the user called `name` with uid `uid`: the template with the name in it.
+    /// A name that is not a DNS label as it stands (capitals, `_`, `.`, too long) is made one
+    /// (lowercase; anything but a-z, 0-9 and `-` becomes `-`) and given `-u<uid>`, so two users
+    /// never share a namespace: `tc_x`, `tc.x` and `tc-x` had shared `user-tc-x` (found by a
+    /// new-user trial). A name that already ends like that suffix gets one too.
+    pub fn namespace_of(&self, name: &str, uid: u32) -> String {
+        let fixed_part =
+            self.namespace_template.len() - "{name}".len() * self.namespace_template.matches("{name}").count();
+        let room = bkg_schema::sandbox::MAX_NAMESPACE_LEN.saturating_sub(fixed_part);
+        let full = self.namespace_template.replace("{name}", &user_label(name, uid, room));
         let cut: String = full.chars().take(bkg_schema::sandbox::MAX_NAMESPACE_LEN).collect();
         cut.trim_matches('-').to_owned()
+    }
+}
+
+/// `name` as a DNS label of at most `room` characters, the same for one user only (see
+/// [`LocalAccess::namespace_of`]): kept as it is when it is one and is neither `u<digits>` nor
+/// ends in `-u<digits>`, otherwise made one and suffixed `-u<uid>` (`u<uid>` when nothing of it is
+/// left). A suffixed label's digits after its last `-u` are its uid, so it cannot equal another
+/// uid's, nor a name kept as it is.
+fn user_label(name: &str, uid: u32, room: usize) -> String {
+    let is_label_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    let ends_like_a_suffix = name
+        .rsplit_once("-u")
+        .map(|(_, digits)| digits)
+        .or_else(|| name.strip_prefix('u'))
+        .is_some_and(|digits| !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()));
+    let kept_as_it_is = !name.is_empty()
+        && name.len() <= room
+        && name.chars().all(is_label_char)
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !ends_like_a_suffix;
+    if kept_as_it_is {
+        return name.to_owned();
+    }
+    let suffix = format!("u{uid}");
+    let made: String =
+        name.chars().map(|c| c.to_ascii_lowercase()).map(|c| if is_label_char(c) { c } else { '-' }).collect();
+    let made: String = made.trim_matches('-').chars().take(room.saturating_sub(suffix.len() + 1)).collect();
+    match made.trim_end_matches('-') {
+        "" => suffix,
+        made => format!("{made}-{suffix}"),
     }
 }
 
@@ -180,12 +212,33 @@ mod tests {
     #[test]
     fn a_user_namespace_is_a_dns_label_from_the_template() {
         let access = LocalAccess::owner_only();
-        assert_eq!(access.namespace_of("alice"), "user-alice");
-        assert_eq!(access.namespace_of("Bob_Smith.2"), "user-bob-smith-2");
-        assert_eq!(access.namespace_of(&"x".repeat(80)).len(), bkg_schema::sandbox::MAX_NAMESPACE_LEN);
-        let team = LocalAccess::new(None, None, "dev-{name}").map(|access| access.namespace_of("carol")).ok();
+        assert_eq!(access.namespace_of("alice", 1001), "user-alice");
+        assert_eq!(access.namespace_of("bob-smith-2", 1002), "user-bob-smith-2");
+        assert_eq!(access.namespace_of("Bob_Smith.2", 1003), "user-bob-smith-2-u1003");
+        let long = access.namespace_of(&"x".repeat(80), 4_000_000_000);
+        assert_eq!(long.len(), bkg_schema::sandbox::MAX_NAMESPACE_LEN);
+        assert!(long.ends_with("-u4000000000"), "{long}");
+        assert_eq!(access.namespace_of("_", 7), "user-u7");
+        let team = LocalAccess::new(None, None, "dev-{name}").map(|access| access.namespace_of("carol", 1004)).ok();
         assert_eq!(team.as_deref(), Some("dev-carol"));
         assert!(LocalAccess::new(None, None, "fixed").is_err(), "a template must name the user");
+    }
+
+    #[test]
+    fn no_two_users_share_a_namespace() {
+        let access = LocalAccess::owner_only();
+        // Names useradd accepts that one rule of characters would make alike, and names shaped
+        // like the suffix that tells them apart.
+        let names = ["tc_x", "tc-x", "tc.x", "TC-x", "tc-x-u1001", "tc-x-u1006", "tc-x-u", "u1009", "_"];
+        let long = ["x".repeat(51), "x".repeat(52), "x".repeat(80)];
+        let mut seen = std::collections::HashMap::new();
+        for (name, uid) in names.into_iter().chain(long.iter().map(String::as_str)).zip(1001..) {
+            let namespace = access.namespace_of(name, uid);
+            assert!(bkg_schema::sandbox::is_namespace_name(&namespace), "{name}: {namespace}");
+            if let Some(other) = seen.insert(namespace.clone(), name) {
+                panic!("{name} and {other} share {namespace}");
+            }
+        }
     }
 
     #[test]

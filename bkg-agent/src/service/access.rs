@@ -82,7 +82,7 @@ pub fn socket_principal(access: &LocalAccess, uid: u32) -> Option<Principal> {
         return Some(Principal::Local { uid });
     }
     if account.is_in(access.socket_group.as_ref()) {
-        let namespace = access.namespace_of(&account.name);
+        let namespace = access.namespace_of(&account.name, uid);
         return Some(Principal::User(LocalUser {
             uid,
             gid: account.gid,
