@@ -22,8 +22,9 @@ pub(crate) mod system;
 pub(crate) mod terminal;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use axum::Router;
@@ -67,28 +68,113 @@ const BODY_RETRY_AFTER_SECONDS: u64 = 1;
 
 /// Request bodies are read whole before a handler sees them, within a timeout and out of one
 /// budget of bytes shared by all requests in flight, so slow or many big bodies cannot hold the
-/// agent's memory.
+/// agent's memory. Callers other than admins hold at most three quarters of it together, and one
+/// namespace (or all callers without a key) at most a quarter, so bodies a key declares and never
+/// sends starve neither the admins nor other namespaces (found by a new-user trial: four 64 MiB
+/// declarations of a model-access key held the whole default budget, root's socket included).
 pub struct BodyBudget {
     bytes: Arc<Semaphore>,
+    tenants_bytes: Arc<Semaphore>,
+    by_namespace: HeldByNamespace,
     capacity: usize,
     pub timeout: std::time::Duration,
+}
+
+/// The bytes each namespace's bodies hold.
+type HeldByNamespace = Arc<Mutex<HashMap<String, usize>>>;
+
+/// Whom a body's bytes count against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyOwner {
+    Admin,
+    /// A namespace's caller; the empty name stands for the callers without a key.
+    Namespace(String),
+}
+
+impl BodyOwner {
+    fn of(principal: Option<&Principal>) -> Self {
+        match principal {
+            Some(principal) => {
+                principal.namespace().map_or(Self::Admin, |namespace| Self::Namespace(namespace.to_owned()))
+            }
+            None => Self::Namespace(String::new()),
+        }
+    }
+}
+
+/// A body's share of the budget, given back when it is dropped.
+pub struct HeldBytes {
+    permits: Vec<OwnedSemaphorePermit>,
+    namespace: Option<(HeldByNamespace, String)>,
+    bytes: usize,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        if let Some((by_namespace, namespace)) = &self.namespace {
+            let mut held = by_namespace.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(bytes) = held.get_mut(namespace) {
+                *bytes = bytes.saturating_sub(self.bytes);
+                if *bytes == 0 {
+                    held.remove(namespace);
+                }
+            }
+        }
+    }
 }
 
 impl BodyBudget {
     pub fn new(bytes: usize, timeout: std::time::Duration) -> Self {
         let capacity = bytes.min(Semaphore::MAX_PERMITS);
-        Self { bytes: Arc::new(Semaphore::new(capacity)), capacity, timeout }
+        Self {
+            bytes: Arc::new(Semaphore::new(capacity)),
+            tenants_bytes: Arc::new(Semaphore::new(capacity / 4 * 3)),
+            by_namespace: Arc::default(),
+            capacity,
+            timeout,
+        }
     }
 
-    fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Failure> {
-        // A body the whole budget cannot hold would never fit: that is not worth a retry.
-        if bytes > self.capacity {
-            return Err(Failure::too_large(self.capacity));
+    /// What one namespace's bodies may hold together.
+    fn namespace_share(&self) -> usize {
+        self.capacity / 4
+    }
+
+    fn take(&self, owner: &BodyOwner, bytes: usize) -> Result<HeldBytes, Failure> {
+        let namespace = match owner {
+            BodyOwner::Admin => None,
+            BodyOwner::Namespace(name) => Some((Arc::clone(&self.by_namespace), name.clone())),
+        };
+        let mut held = HeldBytes { permits: Vec::new(), namespace, bytes: 0 };
+        self.take_more(&mut held, bytes)?;
+        Ok(held)
+    }
+
+    fn take_more(&self, held: &mut HeldBytes, more: usize) -> Result<(), Failure> {
+        let wanted = held.bytes.saturating_add(more);
+        // A body its caller's share cannot hold would never fit: that is not worth a retry.
+        let most = if held.namespace.is_some() { self.namespace_share() } else { self.capacity };
+        if wanted > most {
+            return Err(Failure::too_large(most));
         }
-        let bytes = u32::try_from(bytes).map_err(|_| Failure::too_large(self.capacity))?;
-        Arc::clone(&self.bytes)
-            .try_acquire_many_owned(bytes)
-            .map_err(|_| Failure::bodies_busy(BODY_RETRY_AFTER_SECONDS))
+        let permits = u32::try_from(more).map_err(|_| Failure::too_large(most))?;
+        let busy = || Failure::bodies_busy(BODY_RETRY_AFTER_SECONDS);
+        let Some((by_namespace, namespace)) = &held.namespace else {
+            held.permits.push(Arc::clone(&self.bytes).try_acquire_many_owned(permits).map_err(|_| busy())?);
+            held.bytes = wanted;
+            return Ok(());
+        };
+        let mut by_namespace = by_namespace.lock().unwrap_or_else(PoisonError::into_inner);
+        let of_namespace = by_namespace.get(namespace).copied().unwrap_or(0);
+        if of_namespace.saturating_add(more) > self.namespace_share() {
+            return Err(busy());
+        }
+        let of_tenants = Arc::clone(&self.tenants_bytes).try_acquire_many_owned(permits).map_err(|_| busy())?;
+        let of_all = Arc::clone(&self.bytes).try_acquire_many_owned(permits).map_err(|_| busy())?;
+        held.permits.extend([of_tenants, of_all]);
+        held.bytes = wanted;
+        by_namespace.insert(namespace.clone(), of_namespace + more);
+        Ok(())
     }
 }
 
@@ -419,7 +505,8 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
             } else if streamed && principal_known {
                 Ok((request, None))
             } else {
-                read_body(&state.bodies, request, limit).await
+                let owner = BodyOwner::of(request.extensions().get::<Principal>());
+                read_body(&state.bodies, &owner, request, limit).await
             };
             match body {
                 // The body's share of the budget is held until the handler has answered.
@@ -474,9 +561,10 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
 /// breaks the framing (bad chunked encoding, a connection that ends early) is a 400.
 async fn read_body(
     budget: &BodyBudget,
+    owner: &BodyOwner,
     request: Request,
     limit: usize,
-) -> Result<(Request, Option<OwnedSemaphorePermit>), Failure> {
+) -> Result<(Request, Option<HeldBytes>), Failure> {
     if request.body().is_end_stream() {
         return Ok((request, None));
     }
@@ -485,7 +573,7 @@ async fn read_body(
     if declared > limit {
         return Err(Failure::too_large(limit));
     }
-    let mut held = budget.take(declared)?;
+    let mut held = budget.take(owner, declared)?;
     let read = async {
         let mut bytes = Vec::with_capacity(declared);
         while let Some(frame) = body.frame().await {
@@ -496,8 +584,9 @@ async fn read_body(
             if total > limit {
                 return Err(Failure::too_large(limit));
             }
-            if total > held.num_permits() {
-                held.merge(budget.take(total - held.num_permits())?);
+            let more = total.saturating_sub(held.bytes);
+            if more > 0 {
+                budget.take_more(&mut held, more)?;
             }
             bytes.extend_from_slice(&data);
         }
@@ -584,12 +673,35 @@ mod tests {
     #[test]
     fn the_body_budget_is_shared_refuses_when_spent_and_is_given_back() {
         let budget = BodyBudget::new(8, std::time::Duration::from_secs(1));
-        let Ok(first) = budget.take(5) else { panic!("5 of 8 bytes are free") };
-        let busy = budget.take(4).err().map(|failure| (failure.status.as_u16(), failure.retry_after));
+        let Ok(first) = budget.take(&BodyOwner::Admin, 5) else { panic!("5 of 8 bytes are free") };
+        let busy =
+            budget.take(&BodyOwner::Admin, 4).err().map(|failure| (failure.status.as_u16(), failure.retry_after));
         assert_eq!(busy, Some((503, Some(BODY_RETRY_AFTER_SECONDS))));
-        let never = budget.take(9).err().map(|failure| failure.status.as_u16());
+        let never = budget.take(&BodyOwner::Admin, 9).err().map(|failure| failure.status.as_u16());
         assert_eq!(never, Some(413), "more than the whole budget is too large, not busy");
         drop(first);
-        assert!(budget.take(8).is_ok(), "a body's share comes back when it is dropped");
+        assert!(budget.take(&BodyOwner::Admin, 8).is_ok(), "a body's share comes back when it is dropped");
+    }
+
+    #[test]
+    fn a_namespace_holds_a_quarter_of_the_body_budget_and_callers_but_admins_three_quarters() {
+        let budget = BodyBudget::new(16, std::time::Duration::from_secs(1));
+        let status = |taken: Result<HeldBytes, Failure>| taken.err().map(|failure| failure.status.as_u16());
+        let team = BodyOwner::Namespace("team".into());
+        let Ok(mut held) = budget.take(&team, 3) else { panic!("3 of team's 4 bytes are free") };
+        assert_eq!(status(budget.take(&team, 2)), Some(503), "team's quarter is spent");
+        assert_eq!(status(budget.take(&team, 5)), Some(413), "a body over a quarter never fits");
+        assert!(budget.take_more(&mut held, 1).is_ok(), "a body grows within its namespace's share");
+        let others: Vec<_> = ["a", "b"]
+            .map(|name| budget.take(&BodyOwner::Namespace(name.into()), 4))
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|_| panic!("other namespaces have their own quarters"));
+        assert_eq!(status(budget.take(&BodyOwner::Namespace(String::new()), 1)), Some(503), "three quarters are spent");
+        let Ok(admin) = budget.take(&BodyOwner::Admin, 4) else { panic!("the admins' quarter is left") };
+        drop((held, others, admin));
+        assert!(budget.by_namespace.lock().unwrap_or_else(PoisonError::into_inner).is_empty());
+        assert!(budget.take(&team, 4).is_ok());
+        assert!(budget.take(&BodyOwner::Admin, 16).is_ok());
     }
 }

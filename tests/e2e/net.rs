@@ -379,6 +379,39 @@ fn bodies_share_one_budget_time_out_and_bad_chunking_is_a_400() {
     assert_eq!(bad.error_code(), "bad_request");
 }
 
+#[test]
+fn a_namespace_key_holds_a_quarter_of_the_body_budget_and_never_the_admins_share() {
+    const MIB: usize = 1024 * 1024;
+    let api = NetAgent::start(&["--body-budget".into(), "8MiB".into(), "--body-timeout".into(), "20s".into()]);
+    let created = api.agent.bkg().args(["keys", "create", "--role", "model-access", "--namespace", "team"]).output();
+    let created = created.expect("bkg keys create");
+    assert_eq!(code(&created), 0, "{}", stderr(&created));
+    let team_key = stdout(&created).trim().to_owned();
+
+    // The team declares 2 and 1 MiB and sends nothing: whichever comes first is held, and the
+    // other would pass the team's quarter (2 MiB), so it gets 503 at once.
+    let (answers, answered) = std::sync::mpsc::channel();
+    for length in [2 * MIB, MIB] {
+        let mut stream = TcpStream::connect(&api.address).expect("connect");
+        stream.write_all(post_head(&api.address, &team_key, length).as_bytes()).expect("head");
+        let answers = answers.clone();
+        std::thread::spawn(move || answers.send(read_answer(&mut stream)));
+    }
+    let busy = answered.recv_timeout(Duration::from_secs(15)).expect("an answer before the body timeout");
+    assert_eq!((busy.status, busy.header("retry-after")), (503, Some("1")), "{}", busy.text());
+    let mut over = TcpStream::connect(&api.address).expect("connect");
+    over.write_all(post_head(&api.address, &team_key, 3 * MIB).as_bytes()).expect("head");
+    let too_large = read_answer(&mut over);
+    assert_eq!(too_large.status, 413, "{}", too_large.text());
+
+    // An admin's body of 6 MiB still fits while the team's declaration is held.
+    let mut whole = post_head(&api.address, &api.admin_key, 6 * MIB).into_bytes();
+    whole.extend(std::iter::repeat_n(b' ', 6 * MIB - 2));
+    whole.extend(b"{}");
+    let accepted = exchange(&api.address, &whole);
+    assert_eq!(accepted.status, 422, "{}", accepted.text());
+}
+
 /// Waits for `child` for at most two minutes; one that is still running then is killed and fails
 /// the test.
 fn finish(mut child: Child, what: &str) -> Output {
