@@ -2067,6 +2067,30 @@ fn the_keys_a_namespace_key_made_end_with_it_and_an_expired_key_cannot_be_rotate
     assert!(rotated.text().contains("has expired"), "{}", rotated.text());
 }
 
+/// A session key made on the socket (`bkg keys create --role session`, as a member of the
+/// socket's group makes one) keeps its expiry when refreshed: refreshed each hour it had lived on
+/// for ever, after its maker had left the group (found by a new-user trial). A login's slides.
+#[test]
+fn a_session_key_made_on_the_socket_keeps_its_expiry_when_refreshed() {
+    let api = ApiAgent::start(&[]);
+    let made = api
+        .agent
+        .bkg()
+        .args(["keys", "create", "--role", "session", "--namespace", "team", "--ttl", "10m", "--json"])
+        .output();
+    let made = made.expect("bkg keys create");
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let made: Value = serde_json::from_slice(&made.stdout).expect("json");
+    let expiry = made["expires_at_ms"].as_u64().expect("an expiry");
+    let mut secret = made["key"].as_str().unwrap_or_default().to_owned();
+    for _ in 0..2 {
+        let refreshed = api.client(&secret).send("POST", "/api/v1/auth/refresh", None, &[]);
+        expect(&refreshed, 201, "refresh");
+        assert_eq!(refreshed.json()["expires_at_ms"].as_u64(), Some(expiry), "{}", refreshed.text());
+        secret = refreshed.json()["key"].as_str().unwrap_or_default().to_owned();
+    }
+}
+
 /// A key's lifetime bounds what it makes and renews (found by a new-user trial: a namespace key
 /// given 4 s minted a session key that, refreshed, ran code an hour later, and a key rotating
 /// itself every 3 s never expired). An admin key's keys get their own lifetimes.

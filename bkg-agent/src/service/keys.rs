@@ -201,7 +201,9 @@ impl Service {
         // A session a key made ends with that key, and within the lifetime that key gave it:
         // refreshed, it gets a new secret, not a longer life (was: --session-key-ttl again at each
         // refresh, so an admin's 20-minute session key lived for ever; found by a new-user trial).
-        // A login's session slides: its holder could log in again.
+        // A login's session slides: its holder could log in again. One a member of the socket's
+        // group made does not either (found by a new-user trial: refreshed each hour, it outlived
+        // its maker's membership for ever).
         let until_ms = match &current.created_by_key {
             Some(maker) => match self.store.get_key(maker).await? {
                 Some(maker) if maker.role == Role::Admin || maker.is_active(now_ms()) => {
@@ -215,7 +217,9 @@ impl Service {
                     ));
                 }
             },
-            None => None,
+            // A login's session (it names its user) slides; one a socket peer made keeps its end.
+            None if current.user.is_some() => None,
+            None => Some(current.expires_at_ms),
         };
         let wanted = Wanted {
             role: Role::Session,
