@@ -2,7 +2,7 @@
 //! ways (`PUT`/`GET /api/v1/sandboxes/{id}/files`), never whole in memory; and what `bkg exe`,
 //! `bkg exec` and `bkg repl` share to name a sandbox.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bkg_schema::chunks::{self, Chunk, ChunkReader, ChunkWriter};
@@ -280,17 +280,17 @@ pub async fn upload(client: &AgentClient, id: &str, source: &Path, dest: &str) -
     readable(source)?;
     let (sender, chunks) = chunks::channel();
     let source = source.to_path_buf();
+    let breaking = sender.clone();
     let packing = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let mut builder = tar::Builder::new(ChunkWriter::new(sender, "the agent stopped reading"));
         builder.follow_symlinks(false);
-        // Every reader takes plain entries; the agent writes each file whole anyway.
-        builder.sparse(false);
-        if metadata.is_dir() {
-            builder.append_dir_all(&name, &source)?;
-        } else {
-            builder.append_path_with_name(&source, &name)?;
+        let packed = pack(&mut builder, &source, &name).and_then(|()| builder.into_inner()?.flush());
+        // A stream that only ended would be taken as whole by the agent if it ended between
+        // entries: broken off, the upload places none of its files.
+        if let Err(error) = &packed {
+            let _ = breaking.blocking_send(Err(std::io::Error::new(error.kind(), "the upload was broken off")));
         }
-        builder.into_inner()?.flush()
+        packed
     });
     let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(chunks, |mut chunks| async move {
         chunks.recv().await.map(|chunk| (chunk, chunks))
@@ -298,13 +298,126 @@ pub async fn upload(client: &AgentClient, id: &str, source: &Path, dest: &str) -
     let url = client.url(&format!("/api/v1/sandboxes/{id}/files?path={}", percent_encode(dest)));
     let request = client.http().put(url).header(reqwest::header::CONTENT_TYPE, "application/x-tar").body(body);
     // The answer comes once the whole stream is in: no patience bound on it.
-    let response = request.send().await.map_err(|error| client.unreachable(error))?;
+    let sent = request.send().await;
     let packed = packing.await.map_err(|_| CliError::internal("the upload's reader failed"))?;
+    // A file that changed while it was read broke the stream off: that, not the broken request
+    // or the agent's word on it, is what happened.
+    if let Err(error) = &packed
+        && let Some(changed) = error.get_ref().and_then(|inner| inner.downcast_ref::<FilesError>())
+    {
+        return Err(CliError::usage(changed.to_string()));
+    }
+    let response = sent.map_err(|error| client.unreachable(error))?;
     if !response.status().is_success() {
         return Err(api_error(response).await);
     }
     packed.map_err(|error| CliError::usage(format!("cannot read what to upload: {error}")))?;
     response.json().await.map_err(|error| client.unreachable(error))
+}
+
+/// What an upload refuses of a file while it reads it: sent wrong, the agent would take its bytes
+/// for the next entry's header.
+#[derive(Debug, thiserror::Error)]
+enum FilesError {
+    #[error(
+        "{} changed while it was copied (it {how}): copy it again once nothing writes to it; the sandbox got none of \
+         this copy",
+        path.display()
+    )]
+    Changed { path: PathBuf, how: &'static str },
+    #[error(
+        "{} is a file of the kernel's ({kind}) that holds more than {}: copy what you need of it into a file first",
+        path.display(),
+        bkg_schema::units::format_size(KERNEL_FILE_MAX)
+    )]
+    KernelFileTooBig { path: PathBuf, kind: &'static str },
+}
+
+/// The most of a procfs or sysfs file an upload reads (it holds all of it in memory, since the
+/// size such a file reports says nothing of its content).
+const KERNEL_FILE_MAX: u64 = 4 * 1024 * 1024;
+
+/// Appends `source` to `builder` as `name`, a directory with all it holds, as tar's
+/// `append_dir_all` does, but each file with exactly the size its header declares.
+fn pack<W: Write>(builder: &mut tar::Builder<W>, source: &Path, name: &Path) -> std::io::Result<()> {
+    let mut pending = vec![(source.to_path_buf(), name.to_path_buf())];
+    while let Some((path, name)) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path)?;
+        if metadata.is_dir() {
+            builder.append_dir(&name, &path)?;
+            for entry in std::fs::read_dir(&path)? {
+                let entry = entry?;
+                pending.push((entry.path(), name.join(entry.file_name())));
+            }
+        } else if metadata.is_file() {
+            append_file(builder, &path, &name)?;
+        } else {
+            // A link, as a link (`follow_symlinks(false)`); `readable` refused anything else.
+            builder.append_path_with_name(&path, &name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends file `path` as `name`: the size it reports, and exactly that many bytes, or an error if
+/// it holds more or fewer by the time they are read. A procfs or sysfs file reports a size that
+/// says nothing of its content (0, or 4096): it is read whole first, and its header says what
+/// was read.
+fn append_file<W: Write>(builder: &mut tar::Builder<W>, path: &Path, name: &Path) -> std::io::Result<()> {
+    let mut file = std::fs::File::open(path)?;
+    let metadata = file.metadata()?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&metadata, tar::HeaderMode::Complete);
+    if let Some(kind) = kernel_file(&file) {
+        let mut content = Vec::new();
+        std::io::Read::by_ref(&mut file).take(KERNEL_FILE_MAX + 1).read_to_end(&mut content)?;
+        if content.len() as u64 > KERNEL_FILE_MAX {
+            return Err(std::io::Error::other(FilesError::KernelFileTooBig { path: path.to_path_buf(), kind }));
+        }
+        header.set_size(content.len() as u64);
+        return builder.append_data(&mut header, name, &content[..]);
+    }
+    builder.append_data(&mut header, name, Declared { file, left: metadata.len(), path })
+}
+
+/// The kind of filesystem of `file` if it is one of the kernel's whose sizes say nothing of the
+/// content.
+fn kernel_file(file: &std::fs::File) -> Option<&'static str> {
+    use nix::sys::statfs::{PROC_SUPER_MAGIC, SYSFS_MAGIC, fstatfs};
+    match fstatfs(file).ok()?.filesystem_type() {
+        kind if kind == PROC_SUPER_MAGIC => Some("procfs"),
+        kind if kind == SYSFS_MAGIC => Some("sysfs"),
+        _ => None,
+    }
+}
+
+/// A file's content as its header declared it: `left` more bytes, then the end; a file that ends
+/// before, or still has more after, changed while it was read.
+struct Declared<'a> {
+    file: std::fs::File,
+    left: u64,
+    path: &'a Path,
+}
+
+impl std::io::Read for Declared<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let changed = |how| std::io::Error::other(FilesError::Changed { path: self.path.to_path_buf(), how });
+        if self.left == 0 {
+            // One byte past the declared size is a file that grew.
+            let mut probe = [0u8; 1];
+            return match self.file.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(changed("grew")),
+            };
+        }
+        let most = buffer.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let read = self.file.read(&mut buffer[..most])?;
+        if read == 0 {
+            return Err(changed("shrank"));
+        }
+        self.left -= read as u64;
+        Ok(read)
+    }
 }
 
 /// Writes sandbox path `path` (relative to /workspace) into host directory `dest`.
@@ -564,6 +677,27 @@ mod tests {
         assert_eq!(place("box:"), Place::Sandbox { name: "box".into(), path: String::new() });
         assert_eq!(place("./a:b"), Place::Host(PathBuf::from("./a:b")));
         assert_eq!(place("data.csv"), Place::Host(PathBuf::from("data.csv")));
+    }
+
+    /// A file read as its header declared it: more or fewer bytes than that are refused by name,
+    /// never sent (found by a new-user trial: a file that grew while it was read was sent with
+    /// more than its header said).
+    #[test]
+    fn a_file_that_is_not_its_declared_size_is_refused() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("log.txt");
+        std::fs::write(&path, "12345")?;
+        let read = |declared| {
+            let mut content = Vec::new();
+            let file = std::fs::File::open(&path)?;
+            Declared { file, left: declared, path: &path }.read_to_end(&mut content).map(|_| content)
+        };
+        assert_eq!(read(5)?, b"12345");
+        for (declared, how) in [(3, "grew"), (8, "shrank")] {
+            let said = read(declared).err().map(|error| error.to_string()).unwrap_or_default();
+            assert!(said.contains(&format!("log.txt changed while it was copied (it {how})")), "{said}");
+        }
+        Ok(())
     }
 
     /// A download that breaks off inside a file leaves the file it was to replace as it was, and

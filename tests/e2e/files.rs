@@ -936,3 +936,53 @@ fn a_sandbox_whose_project_moved_away_says_how_to_reach_its_files() {
     assert_eq!(code(&copied), 0, "{}", stderr(&copied));
     assert_eq!(std::fs::read_to_string(away.path().join("out/keep.txt")).expect("the copy"), "data");
 }
+
+/// A file that grows while `bkg cp` reads it is refused with one line naming it, and the sandbox
+/// gets none of the copy (found by a new-user trial: the client sent more than the file's header
+/// said, and the agent's error quoted the file's lines as a header it could not read).
+#[test]
+fn an_upload_of_a_file_that_grows_while_it_is_read_is_refused_by_name() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let log = dir.join("grow/log.txt");
+    write(&log, &"line that was there first\n".repeat(2 * 1024 * 1024));
+    let writing = Arc::new(AtomicBool::new(true));
+    let appender = {
+        let (writing, log) = (writing.clone(), log.clone());
+        std::thread::spawn(move || {
+            let mut file = std::fs::OpenOptions::new().append(true).open(&log).expect("open the log");
+            let mut line = 0u64;
+            while writing.load(Ordering::Relaxed) {
+                line += 1;
+                file.write_all(format!("line {line} appended while copying\n").as_bytes()).expect("append");
+            }
+        })
+    };
+    let copied = agent.bkg_in(dir, &["cp", "grow", "box:in"]);
+    writing.store(false, Ordering::Relaxed);
+    appender.join().expect("the appender");
+    assert_eq!(code(&copied), 125, "{}", stderr(&copied));
+    assert_eq!(
+        stderr(&copied),
+        "bkg: grow/log.txt changed while it was copied (it grew): copy it again once nothing writes to it; the \
+         sandbox got none of this copy\n"
+    );
+    let listed = agent.bkgr(dir, &["box", "show", "--", "/workspace/in/grow/log.txt"]);
+    assert_eq!(code(&listed), 1, "nothing of the copy is in the sandbox: {}", stderr(&listed));
+}
+
+/// A procfs file reports a size of 0 whatever it holds: it is read whole and copied as read
+/// (was: the tar stream broken, the agent quoting the file's content).
+#[test]
+fn a_procfs_file_is_copied_whole() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let copied = agent.bkg_in(dir, &["cp", "/proc/self/status", "box:in"]);
+    assert_eq!(code(&copied), 0, "{}", stderr(&copied));
+    let shown = agent.bkgr(dir, &["box", "show", "--", "/workspace/in/status"]);
+    assert_eq!(code(&shown), 0, "{}", stderr(&shown));
+    assert!(stdout(&shown).starts_with("Name:"), "{}", stdout(&shown));
+    assert!(stdout(&shown).contains("\nPid:"), "{}", stdout(&shown));
+}

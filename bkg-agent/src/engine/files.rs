@@ -41,11 +41,16 @@ pub enum FilesError {
     Io(String),
 }
 
-/// The tar reader's complaint as one printable line: it quotes the header bytes it could not
-/// read, which in a body that is not a tar stream at all are binary.
-fn bad_archive(error: &std::io::Error) -> FilesError {
+/// The tar reader's complaint as one printable line that repeats none of the stream's bytes: the
+/// reader quotes the header field it could not read, and where a client sent more of a file than
+/// its header said (one that grew while it was read) that field is the file's content (found by
+/// a new-user trial: a log's lines in the error). Only the words before the quote are kept, and
+/// the entry it followed is named.
+fn bad_archive(error: &std::io::Error, after: Option<&str>) -> FilesError {
+    let message = error.to_string();
+    let words = message.split(':').next().unwrap_or_default();
     let mut said = String::new();
-    for c in error.to_string().chars() {
+    for c in words.chars() {
         let c = if c.is_ascii_graphic() || c == ' ' { c } else { '?' };
         if !(c == '?' && said.ends_with('?')) {
             said.push(c);
@@ -55,7 +60,15 @@ fn bad_archive(error: &std::io::Error) -> FilesError {
         said.truncate(MAX_ARCHIVE_COMPLAINT);
         said.push_str("...");
     }
-    FilesError::BadArchive(said)
+    let place = match after {
+        Some(name) => format!(
+            ", in or after entry `{}` (an entry whose data is longer or shorter than its header says breaks the \
+             stream there)",
+            bkg_schema::shown_briefly(name)
+        ),
+        None => " at its first entry".to_owned(),
+    };
+    FilesError::BadArchive(format!("{said}{place}"))
 }
 
 /// `unlinkat` of a file or link, never of a directory.
@@ -434,17 +447,20 @@ impl Workspace {
         self.make_dirs(dest, made)?;
         let mut archive = tar::Archive::new(archive);
         let mut unpacked = Unpacked::default();
-        let entries = archive.entries().map_err(|error| bad_archive(&error))?;
+        let entries = archive.entries().map_err(|error| bad_archive(&error, None))?;
         let mut buffer = vec![0u8; COPY_BUFFER];
         // The files and links this archive makes, staged to be placed last: nothing of it can go
         // beneath one (it would go into a directory of that name, which they could not replace),
         // and one named twice is the later one, as tar extracts it.
         let mut placed_last: HashMap<PathBuf, StagedKind> = HashMap::new();
         let mut staged_count: u64 = 0;
+        // The last entry begun, which a stream broken later is named by.
+        let mut last: Option<String> = None;
         for entry in entries {
-            let mut entry = entry.map_err(|error| bad_archive(&error))?;
+            let mut entry = entry.map_err(|error| bad_archive(&error, last.as_deref()))?;
             let name_bytes = entry.path_bytes().into_owned();
             let name = String::from_utf8_lossy(&name_bytes).into_owned();
+            last = Some(name.clone());
             // The entry's own bytes: a name that is not UTF-8 is kept as it is, not mangled.
             let inner = relative(OsStr::from_bytes(&name_bytes))
                 .map_err(|error| FilesError::Refused(format!("tar entry: {error}")))?;
@@ -540,7 +556,7 @@ impl Workspace {
             set_mode(&file, mode, &path)?;
             let mut copied = 0u64;
             loop {
-                let read = entry.read(&mut buffer).map_err(|error| bad_archive(&error))?;
+                let read = entry.read(&mut buffer).map_err(|error| bad_archive(&error, Some(&name)))?;
                 if read == 0 {
                     break;
                 }
@@ -771,10 +787,35 @@ mod tests {
             Ok(Some(Err(error))) | Err(error) => error,
             Ok(_) => panic!("the tar reader took binary bytes for a header"),
         };
-        let FilesError::BadArchive(said) = bad_archive(&error) else { panic!("not a bad archive") };
+        let FilesError::BadArchive(said) = bad_archive(&error, None) else { panic!("not a bad archive") };
         assert!(said.chars().all(|c| c.is_ascii_graphic() || c == ' '), "{said:?}");
-        assert!(!said.contains("??") && said.len() <= MAX_ARCHIVE_COMPLAINT + 3, "{said:?}");
+        assert!(!said.contains('?'), "none of the bytes repeated: {said:?}");
         assert!(!error.to_string().is_ascii(), "the reader quotes the bytes: {error}");
+    }
+
+    /// A file that grew while a client sent it: its header says less than the data that follows,
+    /// which the reader then takes for the next header. The error names the entry and repeats
+    /// none of the file's content (found by a new-user trial: a log's lines in the error).
+    #[test]
+    fn a_file_longer_than_its_header_is_named_without_its_content() {
+        let mut header = tar::Header::new_gnu();
+        header.set_path("grow/log.txt").expect("path");
+        header.set_size(5);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut stream = header.as_bytes().to_vec();
+        let content: String = (0..100).map(|line| format!("line {line} appended while copying\n")).collect();
+        stream.extend_from_slice(content.as_bytes());
+        let mut archive = tar::Archive::new(&stream[..]);
+        let mut entries = archive.entries().expect("entries");
+        assert!(entries.next().is_some_and(|first| first.is_ok()), "the first header is whole");
+        let Some(Err(error)) = entries.next() else { panic!("the content taken for a header") };
+        assert!(error.to_string().contains("appended"), "the reader quotes the content: {error}");
+        let FilesError::BadArchive(said) = bad_archive(&error, Some("grow/log.txt")) else {
+            panic!("not a bad archive")
+        };
+        assert!(!said.contains("appended") && !said.contains("line"), "{said}");
+        assert!(said.contains("in or after entry `grow/log.txt`"), "{said}");
     }
 
     #[test]
