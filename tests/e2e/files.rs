@@ -928,13 +928,25 @@ fn a_sandbox_whose_project_moved_away_says_how_to_reach_its_files() {
         stderr(&refused),
         format!(
             "bkg: sandbox `box`'s project directory {} is gone (moved or deleted): put the project back there to \
-             run the sandbox or copy its files; its workspace is kept until `bkg rm box`\n",
+             run the sandbox or copy its files; its workspace is kept until `bkg rm {id}`\n",
             dir.display()
         )
     );
     let copied = agent.bkg_in(away.path(), &["cp", &format!("{id}:keep.txt"), "out"]);
     assert_eq!(code(&copied), 0, "{}", stderr(&copied));
     assert_eq!(std::fs::read_to_string(away.path().join("out/keep.txt")).expect("the copy"), "data");
+    // The hint names the id: run in another project with a `box` of its own, it removes this
+    // sandbox and leaves that project's (was: `bkg rm box`, which removed that one and its
+    // cave.yaml entry; found by a new-user trial).
+    let other = project_with_box(&agent, &[]);
+    let other_id = bkg_schema::sandbox::sandbox_id(&other.path().to_string_lossy(), "box");
+    let removed = agent.bkg_in(other.path(), &["rm", "--force", &id]);
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    let sandboxes = unix_request(&agent.socket, "GET", "/api/v1/sandboxes", None).json();
+    let ids: Vec<&str> = sandboxes.as_array().into_iter().flatten().filter_map(|info| info["id"].as_str()).collect();
+    assert_eq!(ids, [other_id.as_str()], "only the other project's box is left");
+    let cave = std::fs::read_to_string(other.path().join("cave.yaml")).expect("the other cave.yaml");
+    assert!(cave.contains("box:"), "the other project's entry stays: {cave}");
 }
 
 /// A file that grows while `bkg cp` reads it is refused with one line naming it, and the sandbox

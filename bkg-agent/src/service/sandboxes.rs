@@ -63,15 +63,17 @@ fn shares_project(principal: &Principal, definition: &SandboxDefinition) -> bool
 
 /// Refuses a run (or a file transfer) in a sandbox whose project directory is gone, moved or
 /// deleted, with the way back to its files (found by a new-user trial: `project directory … does
-/// not exist`, and the only command that still worked, `bkg rm`, deletes them).
-fn project_still_there(definition: &SandboxDefinition) -> OpResult<()> {
+/// not exist`, and the only command that still worked, `bkg rm`, deletes them). `bkg rm` is
+/// given the sandbox's id, not its name: in another project the name is that project's sandbox
+/// (found by a new-user trial).
+fn project_still_there(id: &str, definition: &SandboxDefinition) -> OpResult<()> {
     let project = Path::new(&definition.project_dir);
     match std::fs::symlink_metadata(project) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(OpError::Invalid(format!(
-            "sandbox `{name}`'s project directory {} is gone (moved or deleted): put the project back there to \
-             run the sandbox or copy its files; its workspace is kept until `bkg rm {name}`",
+            "sandbox `{}`'s project directory {} is gone (moved or deleted): put the project back there to run \
+             the sandbox or copy its files; its workspace is kept until `bkg rm {id}`",
+            definition.name,
             project.display(),
-            name = definition.name
         ))),
         _ => Ok(()),
     }
@@ -491,7 +493,7 @@ impl Service {
     ) -> OpResult<(SandboxDefinition, ValidatedRun)> {
         let stored = self.visible_sandbox(principal, id).await?;
         if Path::new(&stored.definition.project_dir) != self.scratch_project_dir(&stored.definition.namespace) {
-            project_still_there(&stored.definition)?;
+            project_still_there(id, &stored.definition)?;
         }
         // The paths are opened again for every run: they may have changed since the definition.
         let mapped_owner = self.open_host_paths(principal, &stored.definition)?;
