@@ -430,17 +430,38 @@ pub async fn download(client: &AgentClient, id: &str, path: &str, dest: &Path) -
     unpack_stream(response, dest).await
 }
 
-/// Unpacks the tar stream of `response` into `dest` as it arrives.
+/// Unpacks the tar stream of `response` into `dest` as it arrives. Ctrl-C, SIGTERM or SIGHUP
+/// stop it once the file being written is taken away, with 128 + the signal (found by a new-user
+/// trial: killed by the signal, bkg left that file's staging, hundreds of MB, and said nothing).
 async fn unpack_stream(response: reqwest::Response, dest: &Path) -> Result<Unpacked, CliError> {
     let unpacker = Unpacker::start(dest, Links::Copied)?;
+    // Heard from here on, where there is a staging to take away; before, the signals end bkg.
+    let mut signals = crate::stream::StopSignals::listen()?;
     let mut stream = response.bytes_stream();
     use futures_util::StreamExt as _;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(bytes) => unpacker.push(bytes.to_vec()).await,
-            Err(error) => {
-                unpacker.fail(std::io::Error::other(error)).await;
-                break;
+    loop {
+        tokio::select! {
+            chunk = stream.next() => match chunk {
+                Some(Ok(bytes)) => unpacker.push(bytes.to_vec()).await,
+                Some(Err(error)) => {
+                    unpacker.fail(std::io::Error::other(error)).await;
+                    break;
+                }
+                None => break,
+            },
+            signal = signals.next() => {
+                let signal = signal.unwrap_or(libc::SIGINT);
+                // The writer removes the file it was writing when its stream fails: waited for.
+                unpacker.fail(std::io::Error::other("interrupted")).await;
+                let _ = unpacker.finish().await;
+                return Err(CliError::new(
+                    crate::exit::SIGNALLED + signal,
+                    format!(
+                        "the download was interrupted: the files of it already in {} are kept, the one being \
+                         written was removed",
+                        dest.display()
+                    ),
+                ));
             }
         }
     }
@@ -485,6 +506,7 @@ fn unpack_counting<R: std::io::Read>(
 ) -> std::io::Result<Unpacked> {
     let mut unpacked = Unpacked::default();
     let mut directories = Vec::new();
+    let mut cleaned = std::collections::HashSet::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
         let kind = entry.header().entry_type();
@@ -510,7 +532,11 @@ fn unpack_counting<R: std::io::Read>(
         // `false`: an entry that would land outside `dest`, skipped. tar refuses to write
         // through a symbolic link that is already in `dest` (one copied out before) with an
         // error that names neither the entry nor the link.
-        let written = if kind.is_file() { unpack_file_whole(&mut entry, &path, dest) } else { entry.unpack_in(dest) };
+        let written = if kind.is_file() {
+            unpack_file_whole(&mut entry, &path, dest, &mut cleaned)
+        } else {
+            entry.unpack_in(dest)
+        };
         let unpacked_in = written.map_err(|error| match error.to_string() {
             refusal if refusal.starts_with("trying to unpack outside of destination path") => {
                 std::io::Error::other(format!(
@@ -539,10 +565,12 @@ fn unpack_counting<R: std::io::Read>(
 /// Unpacks a file entry as `Entry::unpack_in` does (parts that climb out skipped, each directory
 /// made only inside `dest`), but under a name of its own beside its place, renamed over it once
 /// whole: a download that breaks off, or is killed, leaves the file it was to replace as it was.
+/// The stale stagings of each directory it writes into are removed first, once (`cleaned`).
 fn unpack_file_whole<R: std::io::Read>(
     entry: &mut tar::Entry<'_, R>,
     path: &Path,
     dest: &Path,
+    cleaned: &mut std::collections::HashSet<PathBuf>,
 ) -> std::io::Result<bool> {
     let mut target = dest.to_path_buf();
     for part in path.components() {
@@ -597,12 +625,39 @@ fn unpack_file_whole<R: std::io::Read>(
         ));
     }
     inside(dest, parent)?;
-    let staging = parent.join(format!(".bkg-download-{}", std::process::id()));
+    if cleaned.insert(parent.to_path_buf()) {
+        remove_stale_stagings(parent);
+    }
+    let staging = parent.join(format!("{STAGING_PREFIX}{}", std::process::id()));
     let written = entry.unpack(&staging).and_then(|_| std::fs::rename(&staging, &target));
     if written.is_err() {
         let _ = std::fs::remove_file(&staging);
     }
     written.map(|()| true).map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", target.display())))
+}
+
+/// What the name of a file being downloaded starts with, beside its place; the pid of the bkg
+/// writing it follows.
+const STAGING_PREFIX: &str = ".bkg-download-";
+
+/// Removes from `dir` the staging files of downloads whose bkg is gone (killed with SIGKILL, which
+/// leaves them; found by a new-user trial): only files named exactly `.bkg-download-PID` whose
+/// process is not alive, so that no file of the user's is touched.
+fn remove_stale_stagings(dir: &Path) {
+    let Ok(listing) = std::fs::read_dir(dir) else { return };
+    for entry in listing.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(digits) = name.to_str().and_then(|name| name.strip_prefix(STAGING_PREFIX)) else { continue };
+        // A pid as bkg writes it (`parse` would take a sign or leading zeros), of no process
+        // (ESRCH; EPERM is one alive).
+        let Some(pid) = digits.parse::<i32>().ok().filter(|pid| *pid > 0 && pid.to_string() == digits) else {
+            continue;
+        };
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
+        if gone && entry.file_type().is_ok_and(|kind| kind.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Refuses `dir` when, links followed, it is not inside `dest` (tar's own words, which

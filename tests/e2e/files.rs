@@ -998,3 +998,88 @@ fn a_procfs_file_is_copied_whole() {
     assert!(stdout(&shown).starts_with("Name:"), "{}", stdout(&shown));
     assert!(stdout(&shown).contains("\nPid:"), "{}", stdout(&shown));
 }
+
+/// The `.bkg-download-PID` files in `dir`.
+fn download_stagings(dir: &Path) -> Vec<String> {
+    let names = std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok);
+    names
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".bkg-download-"))
+        .collect()
+}
+
+/// SIGTERM (or Ctrl-C) during a download takes away the file being written and ends bkg with
+/// 143 (130) and one line (found by a new-user trial: bkg died of the signal, saying nothing, and
+/// left the file's staging, hundreds of MB, in the directory).
+#[test]
+fn an_interrupted_download_takes_its_staging_away_and_says_so() {
+    let agent = Agent::start();
+    let project = project_with_box(
+        &agent,
+        &["--disk", "1GiB", "--script", "fill=head -c 512M /dev/urandom > /workspace/big.bin"],
+    );
+    let dir = project.path();
+    let filled = agent.bkgr(dir, &["box", "fill"]);
+    assert_eq!(code(&filled), 0, "{}", stderr(&filled));
+    let back = dir.join("back");
+    let mut download = agent
+        .bkg()
+        .args(["cp", "box:big.bin", back.to_str().expect("utf-8")])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg cp");
+    // Once the file is being written beside its place.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while download_stagings(&back).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the download never began writing");
+        assert!(download.try_wait().expect("try_wait").is_none(), "the download ended before it was interrupted");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on a child this test spawned; no memory is involved.
+    unsafe { libc::kill(download.id() as i32, libc::SIGTERM) };
+    let mut said = String::new();
+    download.stderr.take().expect("stderr").read_to_string(&mut said).expect("stderr");
+    let status = download.wait().expect("bkg cp");
+    assert_eq!(status.code(), Some(143), "{said}");
+    assert_eq!(
+        said,
+        format!(
+            "bkg: the download was interrupted: the files of it already in {} are kept, the one being written was \
+             removed\n",
+            back.display()
+        )
+    );
+    assert_eq!(download_stagings(&back), Vec::<String>::new(), "no staging left");
+    assert!(!back.join("big.bin").exists(), "no half file in its place");
+}
+
+/// A download removes the stagings that a bkg killed with SIGKILL left in the directories it
+/// writes into: only `.bkg-download-PID` files of processes that are gone, never a file of
+/// another name or of a bkg still downloading.
+#[test]
+fn a_download_removes_the_stagings_dead_downloads_left() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let made = agent.bkg_in(dir, &["exec", "box", "-c", "open('/workspace/kept.txt', 'w').write('new')"]);
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let back = dir.join("back");
+    let mut ended = Command::new("true").spawn().expect("true");
+    let gone = ended.id();
+    ended.wait().expect("true");
+    let alive = std::process::id();
+    let stale = format!(".bkg-download-{gone}");
+    let kept = [format!(".bkg-download-{alive}"), ".bkg-download-notes".to_owned(), format!(".bkg-download-0{gone}")];
+    for name in kept.iter().chain([&stale]) {
+        write(&back.join(name), "left");
+    }
+    let copied = agent.bkg_in(dir, &["cp", "box:kept.txt", back.to_str().expect("utf-8")]);
+    assert_eq!(code(&copied), 0, "{}", stderr(&copied));
+    assert_eq!(std::fs::read_to_string(back.join("kept.txt")).expect("the copy"), "new");
+    assert!(!back.join(&stale).exists(), "the dead download's staging is removed");
+    for name in &kept {
+        assert!(back.join(name).exists(), "{name} is not a dead download's: kept");
+    }
+}
