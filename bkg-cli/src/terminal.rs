@@ -117,8 +117,11 @@ async fn run(
     let first = serde_json::to_string(open).map_err(|error| CliError::internal(error.to_string()))?;
     socket.send(Message::text(first)).await.map_err(lost)?;
 
-    let raw = RawMode::enter()?;
+    let (raw, typed_ahead) = RawMode::enter()?;
     let (mut sender, mut receiver) = socket.split();
+    if !typed_ahead.is_empty() {
+        sender.send(Message::binary(typed_ahead)).await.map_err(lost)?;
+    }
     let (keys_tx, mut keys_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     let keys_task = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
@@ -218,17 +221,47 @@ struct RawMode {
 }
 
 impl RawMode {
-    fn enter() -> Result<Self, CliError> {
+    /// Puts the terminal in raw mode; with it, what was typed before (see [`typed_before_raw`]).
+    fn enter() -> Result<(Self, Vec<u8>), CliError> {
         use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
         let stdin = std::io::stdin();
         let saved = tcgetattr(stdin.as_fd())
             .map_err(|error| CliError::new(BKG_FAILED, format!("cannot read the terminal's mode: {error}")))?;
+        let typed = typed_before_raw(stdin.as_fd());
         let mut raw = saved.clone();
         cfmakeraw(&mut raw);
         tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
             .map_err(|error| CliError::new(BKG_FAILED, format!("cannot put the terminal in raw mode: {error}")))?;
-        Ok(Self { saved })
+        Ok((Self { saved }, typed))
     }
+}
+
+/// The end-of-file character of a terminal as the sandbox's is set up (Ctrl-D).
+const END_OF_FILE: u8 = 0x04;
+
+/// What the line discipline holds complete before the terminal goes raw: whole lines, and each
+/// end of file (Ctrl-D) as the end-of-file character. Left there, an end of file becomes a NUL
+/// byte once the terminal is raw, and the code read `\0` (found by a new-user trial: Ctrl-D typed
+/// as a session started, or `script` with stdin /dev/null, reached the program as NUL).
+fn typed_before_raw(stdin: std::os::fd::BorrowedFd<'_>) -> Vec<u8> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut typed = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // Bounded: a terminal that hung up reads as end of file for ever.
+    for _ in 0..64 {
+        let mut ready = [PollFd::new(stdin, PollFlags::POLLIN)];
+        let readable = matches!(poll(&mut ready, PollTimeout::ZERO), Ok(1))
+            && ready[0].revents().is_some_and(|events| events == PollFlags::POLLIN);
+        if !readable {
+            break;
+        }
+        match nix::unistd::read(stdin, &mut buffer) {
+            Ok(0) => typed.push(END_OF_FILE),
+            Ok(read) => typed.extend_from_slice(&buffer[..read]),
+            Err(_) => break,
+        }
+    }
+    typed
 }
 
 impl Drop for RawMode {

@@ -211,6 +211,24 @@ fn bkg_exe_tty_runs_a_script_on_a_terminal() {
     assert_eq!(terminal.exit_code(), 0);
 }
 
+/// Ctrl-D typed before bkg has put the terminal in raw mode is an end of file to the code, as on
+/// its own terminal (found by a new-user trial: the line discipline kept it, and once raw it
+/// reached the code as a NUL byte).
+#[test]
+fn ctrl_d_typed_as_a_terminal_run_starts_is_an_end_of_file() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let code = "import sys\nprint('ready', flush=True)\nprint('got', repr(sys.stdin.readline()), flush=True)\n";
+    std::fs::write(dir.path().join("eof.py"), code).expect("script");
+    let mut terminal = OnTerminal::spawn(in_project(&agent, dir.path(), &["exe", "--tty", "eof.py"]));
+    terminal.type_in("\u{4}");
+    terminal.expect("ready");
+    terminal.type_in("after\r");
+    // Before, `got '\\x00after\\n'`.
+    terminal.expect("got ''");
+    assert_eq!(terminal.exit_code(), 0);
+}
+
 /// Without a pool, a terminal run's sandbox starts no interpreter ahead: it could not take one
 /// (its code needs the terminal from its start), so a fork of the zygote would only be thrown
 /// away, and the code would start as pid 3 instead of 2 (found by a new-user trial).
