@@ -40,6 +40,12 @@ pub enum EgressError {
     PortAddress { address: String, mapping: String },
     #[error("host port {host} is forwarded twice: `{first}` and `{second}`")]
     PortTwice { host: String, first: String, second: String },
+    #[error(
+        "`{address}` in `{mapping}` is not an address to listen on: give one of this host's, such as 127.0.0.1, 0.0.0.0 or [::1]"
+    )]
+    PortAddressNotOwn { address: String, mapping: String },
+    #[error("`{0}` forwards to port {PROXY_PORT}, the sandbox's own egress proxy: give its code another port")]
+    PortIsTheProxy(String),
 }
 
 /// Which hosts a rule names.
@@ -281,6 +287,17 @@ impl PortMapping {
             }
             _ => return Err(refuse()),
         };
+        // Found by a new-user trial: a multicast address was listened on, and a forward to the
+        // proxy let the host's callers use the run's network allowance.
+        if address.is_multicast() || address == IpAddr::V4(Ipv4Addr::BROADCAST) {
+            return Err(EgressError::PortAddressNotOwn {
+                address: address.to_string(),
+                mapping: text.trim().to_owned(),
+            });
+        }
+        if sandbox_port == PROXY_PORT {
+            return Err(EgressError::PortIsTheProxy(text.trim().to_owned()));
+        }
         Ok(Self { address, host_port, sandbox_port })
     }
 }
@@ -468,7 +485,19 @@ mod tests {
         assert_eq!(parse("8080:8000"), Ok("127.0.0.1:8080:8000".into()));
         assert_eq!(parse("8000"), Ok("127.0.0.1:8000:8000".into()));
         assert_eq!(parse("[::1]:8080:80"), Ok("[::1]:8080:80".into()));
-        for bad in ["", "0", "a:1", "1:2:3:4", "x:1:2", "70000:1"] {
+        for bad in [
+            "",
+            "0",
+            "a:1",
+            "1:2:3:4",
+            "x:1:2",
+            "70000:1",
+            "224.0.0.1:8080:80",
+            "255.255.255.255:8080:80",
+            "[ff02::1]:8080:80",
+            "8080:3128",
+            "3128",
+        ] {
             assert!(PortMapping::parse(bad).is_err(), "{bad}");
         }
         let all = |texts: &[&str]| {
