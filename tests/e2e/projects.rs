@@ -1,6 +1,7 @@
 //! Persistent projects: `bkg init`, `bkg add`, `bkgr`, and managing the sandboxes.
 
 use std::fs::Permissions;
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -1057,6 +1058,38 @@ fn a_project_whose_filesystem_cannot_be_idmapped_is_refused_in_one_line() {
 
 /// `bkg exec` sees cave.yaml as it is now, not as the last `bkgr` gave it; and giving the agent
 /// a definition it has already (every bkgr does) is not stored or audited again.
+/// What a sandbox opens is in its signed record: the hosts its runs may reach, the host ports it
+/// listens on and the names of its secrets, never their values (found by a new-user trial: a
+/// namespace key opened a host port and the record did not say so).
+#[test]
+fn a_sandbox_s_record_names_its_network_ports_and_secrets() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let dir = dir.path();
+    let mut set = agent.bkg().args(["secrets", "set", "DB_PASSWORD"]).stdin(Stdio::piped()).spawn().expect("set");
+    set.stdin.take().expect("stdin").write_all(b"hunter2-value\n").expect("write the value");
+    let set = set.wait_with_output().expect("bkg secrets set");
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
+    assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
+    let added = agent.bkg_in(dir, &["add", "box", "--type", "python", "--script", "start=true"]);
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    let cave = std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml");
+    let opened =
+        "    network:\n      allow: [example.com]\n    ports: [\"127.0.0.1:18765:8000\"]\n    secrets: [DB_PASSWORD]\n";
+    write(&dir.join("cave.yaml"), &cave.replace("    scripts:\n", &format!("{opened}    scripts:\n")));
+    let run = agent.bkgr(dir, &["box"]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    let tail = agent.bkg().args(["audit", "tail", "-n", "100", "--json", "--state-dir"]).arg(&agent.state_dir).output();
+    let tail = String::from_utf8_lossy(&tail.expect("bkg audit tail").stdout).into_owned();
+    let created = tail.lines().find(|line| line.contains("\"sandbox.created\"")).expect("a sandbox.created record");
+    let record: serde_json::Value = serde_json::from_str(created).expect("a JSON record");
+    let details = &record["details"];
+    assert_eq!(details["network"], serde_json::json!(["example.com"]), "{record}");
+    assert_eq!(details["ports"], serde_json::json!(["127.0.0.1:18765:8000"]), "{record}");
+    assert_eq!(details["secrets"], serde_json::json!(["DB_PASSWORD"]), "{record}");
+    assert!(!tail.contains("hunter2-value"), "a secret's value in the audit log");
+}
+
 #[test]
 fn exec_sees_an_edited_cave_yaml_and_an_unchanged_definition_is_not_audited_again() {
     let agent = Agent::start();

@@ -262,6 +262,15 @@ pub struct SandboxCreated {
     pub volumes: Vec<VolumeSpec>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scripts: BTreeMap<String, String>,
+    /// The hosts its runs may reach, the host ports it listens on and the names of the secrets
+    /// it is given: what it opens, for the record (found by a new-user trial: a namespace key
+    /// opened a host port and the signed record did not say so).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 impl From<&SandboxDefinition> for SandboxCreated {
@@ -275,6 +284,9 @@ impl From<&SandboxDefinition> for SandboxCreated {
             env: definition.env.keys().cloned().collect(),
             volumes: definition.volumes.clone(),
             scripts: definition.scripts.clone(),
+            network: definition.network.clone(),
+            ports: definition.ports.clone(),
+            secrets: definition.secrets.clone(),
         }
     }
 }
