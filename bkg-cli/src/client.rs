@@ -474,6 +474,16 @@ impl AgentClient {
         if let (true, Place::Socket(socket)) = (denied, &self.place) {
             return CliError::new(BKG_FAILED, access_hint(socket));
         }
+        // A socket's file with nobody behind it: the agent stopped (or died) after it was found.
+        if let (true, Place::Socket(socket)) = (refused, &self.place) {
+            return CliError::new(
+                BKG_FAILED,
+                format!(
+                    "no agent answers at {} any more (connection refused: it stopped, or left the file behind); `bkg agent status` says which",
+                    socket.display()
+                ),
+            );
+        }
         // hyper's chain for it (client error (Connect): tcp connect error: …) says no more.
         if refused {
             return CliError::new(

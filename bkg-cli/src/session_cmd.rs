@@ -466,6 +466,12 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
         if piped && worst == SUCCESS {
             worst = crate::exit::of_execution(status, killed_by);
         }
+        // The agent stopping ended the session: the cells after it would find no agent (found
+        // by a new-user trial: exit 125 and advice for a TCP port, where `bkg exec` says 143).
+        if piped && killed_by == Some(bkg_schema::KilledBy::Shutdown) {
+            out.note(format_args!("the agent stopped: no more cells are run"));
+            return Ok(worst);
+        }
         if mid_line {
             // The prompt redraws its line: output left without a newline would be wiped.
             out.text("\n");

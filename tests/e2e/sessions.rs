@@ -629,6 +629,25 @@ fn a_signal_on_a_piped_repl_stops_its_cells() {
     }
 }
 
+/// A piped repl whose agent stops mid-cell exits 143, as `bkg exec` does, and runs no cell after
+/// it (found by a new-user trial: the next cell found no agent, exit 125, with advice for a TCP
+/// port on a unix socket).
+#[test]
+fn a_piped_repl_whose_agent_stops_exits_143_and_runs_no_more_cells() {
+    let mut agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let cells = b"import time\nprint('started', flush=True); time.sleep(300)\nprint('after')\n";
+    let mut repl = piped_repl_of(&agent, project.path(), cells);
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(repl.stdout.as_mut().expect("stdout"));
+    std::io::BufRead::read_line(&mut reader, &mut first).expect("the cell's output");
+    assert_eq!(first, "started\n");
+    agent.stop();
+    let done = repl.wait_with_output().expect("bkg repl");
+    assert_eq!((code(&done), stdout(&done).as_str()), (143, ""), "{}", stderr(&done));
+    assert!(stderr(&done).ends_with("bkg: the agent stopped: no more cells are run\n"), "{}", stderr(&done));
+}
+
 /// `bkg repl` reading a pipe runs every cell and says with its exit code whether one failed,
 /// without the banner meant for a person at a terminal.
 #[test]
