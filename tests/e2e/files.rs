@@ -186,6 +186,25 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
 /// An upload whose client stops sending (suspended, stalled) ends after `--body-timeout` of
 /// silence with 408, keeps nothing half-written, and gives the sandbox back (it held it for
 /// ever, `bkg stop` included).
+/// `bkg logs --run` of a file transfer says it keeps no log (found by a new-user trial: it was
+/// told the logs of the last 20 runs are kept, of the newest run).
+#[test]
+fn the_log_of_a_file_transfer_is_said_to_be_none() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    write(&dir.join("note.txt"), "n\n");
+    let copied = agent.bkg_in(dir, &["cp", "note.txt", "box:"]);
+    assert_eq!(code(&copied), 0, "{}", stderr(&copied));
+    let transfer = newest_run(&agent, &the_sandbox_id(&agent));
+    assert_eq!(transfer["file_transfer"], true, "{transfer}");
+    let run = transfer["id"].as_str().expect("an id");
+    let logs = agent.bkg_in(dir, &["logs", "box", "--run", run]);
+    let said =
+        format!("bkg: run {run} was a file transfer (`bkg cp`), which keeps no log: `bkg runs show {run}` shows it\n");
+    assert_eq!((code(&logs), stderr(&logs)), (125, said));
+}
+
 #[test]
 fn a_stalled_upload_ends_at_the_body_timeout_and_frees_its_sandbox() {
     let agent = Agent::start_with(bkg_tests::AgentOptions {

@@ -696,6 +696,9 @@ impl Service {
             // A run of another sandbox (or none of a sandbox) is said to be that, not a log
             // no longer kept (found by a new-user trial). Only what this caller may see is named.
             let elsewhere = match self.store.get_run(run).await? {
+                Some(record) if record.file_transfer && reaches(principal, &record.namespace) => Some(format!(
+                    "run {run} was a file transfer (`bkg cp`), which keeps no log: `bkg runs show {run}` shows it"
+                )),
                 Some(record) if record.sandbox_id.as_deref() != Some(id) && reaches(principal, &record.namespace) => {
                     Some(match record.sandbox_id.as_deref() {
                         Some(other) => format!(
@@ -714,8 +717,8 @@ impl Service {
             };
             return Err(OpError::NotFound(elsewhere.unwrap_or_else(|| {
                 format!(
-                    "no log of run {run} in sandbox {}: the logs of its last 20 runs are kept (bkg runs ls --sandbox {} \
-                     lists its runs)",
+                    "no log of run {run} in sandbox {}: the logs of its last 20 runs are kept, and a session's \
+                     interpreter (`bkg exec`, `bkg repl`) keeps none (bkg runs ls --sandbox {} lists its runs)",
                     definition.name, definition.name
                 )
             })));
