@@ -6,7 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bkg_schema::audit::{self, Details, PublicKey, RunFinished, RunOutcome, SignedRecord, VerifyReport};
+use bkg_schema::audit::{self, ConfigChanged, Details, PublicKey, RunFinished, RunOutcome, SignedRecord, VerifyReport};
 use serde::Serialize;
 
 use crate::args::{AuditTailArgs, AuditVerifyArgs};
@@ -399,10 +399,10 @@ impl Tail {
     }
 }
 
-const AUDIT_COLUMNS: [&str; 7] = ["SEQ", "TIME", "ACTION", "NAMESPACE", "SANDBOX", "RUN", "OUTCOME"];
+const AUDIT_COLUMNS: [&str; 8] = ["SEQ", "TIME", "ACTION", "ACTOR", "NAMESPACE", "SANDBOX", "RUN", "OUTCOME"];
 /// The least width of each column: a run id (`run_` and 23 hex digits), the longer actions and
 /// a sandbox name of some length fit.
-const AUDIT_WIDTHS: [u16; 7] = [3, 19, 16, 9, 24, 27, 0];
+const AUDIT_WIDTHS: [u16; 8] = [3, 19, 16, 8, 9, 24, 27, 0];
 
 /// A line of a damaged log in the table: marked as no record, with `bkg audit verify` for why,
 /// its control characters escaped (found by a new-user trial: a cut line joined to the next one
@@ -422,6 +422,7 @@ fn cells(record: &SignedRecord) -> Vec<String> {
         record.seq.to_string(),
         format_time(record.ts_ms),
         record.action.clone(),
+        bkg_schema::without_controls(&record.actor).into_owned(),
         text(&record.namespace),
         text(&record.sandbox),
         text(&record.run),
@@ -447,6 +448,18 @@ fn outcome(record: &SignedRecord) -> String {
         // A key removed for good is recorded as revoked (it is, and more): the row says which.
         Ok(Details::KeyRevoked(change)) if change.deleted => format!("deleted key {}", change.key_id),
         Ok(Details::KeyRevoked(change)) => format!("revoked key {}", change.key_id),
+        // Which change (found by a new-user trial: a member's package install read as a change
+        // of the agent's configuration).
+        Ok(Details::ConfigChanged(change)) => bkg_schema::without_controls(&match change {
+            ConfigChanged::AgentStarted(_) => "agent started".to_owned(),
+            ConfigChanged::AgentStopped { agent_stopped } => format!("agent stopped: {agent_stopped}"),
+            ConfigChanged::UserCreated { user_created } => format!("user created: {user_created}"),
+            ConfigChanged::SecretSet { secret_set } => format!("secret set: {secret_set}"),
+            ConfigChanged::SecretRemoved { secret_removed } => format!("secret removed: {secret_removed}"),
+            ConfigChanged::EnvBuilt { requirements, .. } => format!("environment built: {}", requirements.join(" ")),
+            ConfigChanged::EnvsPruned { envs_pruned } => format!("environments pruned: {}", envs_pruned.len()),
+        })
+        .into_owned(),
         _ => "-".to_owned(),
     }
 }

@@ -544,6 +544,14 @@ fn a_secret_reaches_the_script_and_no_record() {
 
     let listed = agent.bkg().args(["secrets", "ls"]).output().expect("bkg secrets ls");
     assert_eq!(stdout(&listed), "API_TOKEN\n");
+    // The audit table says which change and who made it (found by a new-user trial: every
+    // config.changed row read alike, with no actor).
+    let tail = agent.bkg().args(["audit", "tail", "-n", "1"]).output().expect("bkg audit tail");
+    let row = stdout(&tail).lines().nth(1).unwrap_or_default().to_owned();
+    assert!(
+        row.contains(" config.changed ") && row.contains(" uid:0 ") && row.ends_with("secret set: API_TOKEN"),
+        "{row}"
+    );
 
     let run = agent.exe(&[
         "--secret",
