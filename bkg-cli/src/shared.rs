@@ -14,6 +14,7 @@ pub use crate::define::{Outside, define, definition};
 pub use crate::exit::{CliError, SUCCESS, of_run as exit_code_of_run, of_runs as exit_code_of_runs};
 pub use crate::out::{Printer, clap_error};
 pub use crate::project::{load_cave, load_cave_for, project_dir, unknown_sandbox};
+pub use crate::runs_cmd::note_kept_files;
 pub use crate::settings::Endpoint;
 pub use crate::stream::{LimitsFrom, Output, Stdin, denial_lines, reason_line, run as run_streamed};
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use bkg_cli::shared::{
     AgentClient, Bkgr as Args, CliError, Endpoint, LimitsFrom, Output, Outside, Printer, SUCCESS, Stdin, bkgr_command,
     define, definition, denial_lines, exit_code_of_run, exit_code_of_runs, limit_overrides, load_cave, load_cave_for,
-    project_dir, reason_line, run_streamed, unknown_sandbox,
+    note_kept_files, project_dir, reason_line, run_streamed, unknown_sandbox,
 };
 use bkg_schema::LimitOverrides;
 use bkg_schema::cave::SandboxSpec;
@@ -157,6 +157,9 @@ async fn run(args: Args) -> Result<i32, CliError> {
         for denial in denial_lines(&result) {
             out.note(format_args!("{}: {denial}", definition.name));
         }
+        // What cave.yaml's `keep` kept, and how to fetch it, as `bkg exe` says (found by a
+        // new-user trial: silent, not even the run's id).
+        note_kept_files(out, &result, false);
         return Ok(exit_code_of_run(&result));
     }
 

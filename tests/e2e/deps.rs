@@ -686,10 +686,13 @@ fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
     assert!(!stderr(&second).contains("installing"), "the second run installed again: {}", stderr(&second));
     assert_eq!(index.wheel_downloads(), 1);
 
-    // The run's kept file, fetched as any run's.
+    // The run's kept file, named by bkgr as by `bkg exe` (found by a new-user trial: bkgr was
+    // silent), and fetched as any run's.
     let runs = agent.bkg().args(["runs", "ls", "--json"]).output().expect("bkg runs ls");
     let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
     let run_id = runs[0]["id"].as_str().expect("the newest run").to_owned();
+    let said = format!("bkgr: kept 1 file (5B): bkg runs files {run_id} --output DIR\n");
+    assert!(stderr(&second).ends_with(&said), "{}", stderr(&second));
     let fetched = tempfile::tempdir().expect("temp dir");
     let into = fetched.path().join("files");
     let fetch = agent.bkg().args(["runs", "files", &run_id, "--output"]).arg(&into).output().expect("fetch");
