@@ -206,10 +206,14 @@ fn failed(action: &str, path: &Path, errno: Errno) -> FilesError {
         Errno::ENOENT => FilesError::NotFound(format!("{} does not exist", shown(path))),
         // Out of /workspace through a mount (resolution beneath it does not cross one) or
         // through a link: both are EXDEV; ELOOP is a link not followed.
-        Errno::EXDEV | Errno::ELOOP => FilesError::Refused(format!(
-            "{} leads out of /workspace: through a volume mounted into the sandbox (its files are the host's, in \
-             the folder cave.yaml's volumes name: copy them there), or a symbolic link that is absolute or points \
-             outside (only relative links inside /workspace are followed): refused",
+        Errno::EXDEV => FilesError::Refused(format!(
+            "{} leads out of /workspace into a volume mounted into the sandbox: its files are the host's, in the \
+             folder cave.yaml's volumes name: copy them there",
+            shown(path)
+        )),
+        Errno::ELOOP => FilesError::Refused(format!(
+            "{} leads out of /workspace through a symbolic link that is absolute or points outside (only relative \
+             links inside /workspace are followed): refused",
             shown(path)
         )),
         Errno::ENOSPC | Errno::EDQUOT => FilesError::DiskFull(format!("{action} {}", shown(path))),

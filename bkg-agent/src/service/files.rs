@@ -4,7 +4,7 @@
 //! ends with it. Neither direction holds more than a few buffers of the stream in memory.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,6 +180,18 @@ impl Service {
         body: Chunks,
     ) -> OpResult<UploadResult> {
         let dest = relative(dest)?;
+        // Into a volume: the host's folder is named, which the sandbox cannot say (found by a
+        // new-user trial: the refusal was the same for a volume and for a link).
+        let definition = self.visible_sandbox(principal, id).await?.definition;
+        let into = Path::new("/workspace").join(&dest);
+        if let Some(volume) = definition.volumes.iter().find(|volume| into.starts_with(&volume.guest)) {
+            return Err(OpError::Invalid(format!(
+                "{} is in volume {}, this host's folder {}: copy into that folder instead",
+                into.display(),
+                volume.guest,
+                volume.host
+            )));
+        }
         let body = KeyHold::hold_chunks(KeyHold::of(&self.store, principal), body);
         let held = self.hold_workspace(principal, id).await?;
         let Held { workspace, release } = held;
