@@ -25,6 +25,9 @@ const META_FILE: &str = "env.json";
 const USED_FILE: &str = "used";
 const BUILD_PREFIX: &str = ".build-";
 
+/// The public npm registry's host, whose URLs in a lock file npm rewrites to the registry given.
+const NPM_PUBLIC_REGISTRY: &str = "registry.npmjs.org";
+
 /// The largest package.json or package-lock.json a run may send.
 const MAX_NODE_FILE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -224,10 +227,7 @@ impl Environments {
                      sandbox does not have; publish the package on the package index ({index})"
                 )));
             };
-            let host = url.host_str().unwrap_or_default();
-            let port = url.port_or_known_default();
-            if !self.index.relays.iter().any(|relay| relay.host == host && Some(relay.port) == port) {
-                let place = url.port().map_or_else(|| host.to_owned(), |port| format!("{host}:{port}"));
+            if let Some(place) = self.unreachable_place(&url) {
                 return Err(EnvError::Invalid(format!(
                     "requirement `{shown}`: its URL is on {place}, which the install sandbox cannot reach: it \
                      reaches only the package index ({index}); put the file there, or name the package and version"
@@ -235,6 +235,51 @@ impl Environments {
             }
         }
         Ok(())
+    }
+
+    /// Refuses a package-lock.json whose packages `npm ci` would fetch from a host other than the
+    /// registry's, which the install sandbox cannot reach, before the install: it failed only at
+    /// npm's retries, in ten lines of them (found by a new-user trial).
+    pub fn check_lock_reachable(&self, package_lock: &str) -> Result<(), EnvError> {
+        let Ok(lock) = serde_json::from_str::<serde_json::Value>(package_lock) else { return Ok(()) };
+        // lockfileVersion 2 and 3 list `packages`; 1 nests `dependencies`.
+        let mut pending: Vec<(&str, &serde_json::Value)> = ["packages", "dependencies"]
+            .iter()
+            .filter_map(|field| lock.get(*field).and_then(serde_json::Value::as_object))
+            .flat_map(|entries| entries.iter().map(|(name, entry)| (name.as_str(), entry)))
+            .collect();
+        while let Some((name, entry)) = pending.pop() {
+            if let Some(nested) = entry.get("dependencies").and_then(serde_json::Value::as_object) {
+                pending.extend(nested.iter().map(|(name, entry)| (name.as_str(), entry)));
+            }
+            let Some(resolved) = entry.get("resolved").and_then(serde_json::Value::as_str) else { continue };
+            let Ok(url) = url::Url::parse(resolved) else { continue };
+            // npm fetches the public registry's files from the registry it is given instead
+            // (its `replace-registry-host`, `npmjs` by default).
+            if !matches!(url.scheme(), "http" | "https") || url.host_str() == Some(NPM_PUBLIC_REGISTRY) {
+                continue;
+            }
+            if let Some(place) = self.unreachable_place(&url) {
+                let name = name.rsplit("node_modules/").next().unwrap_or(name);
+                return Err(EnvError::Invalid(format!(
+                    "package-lock.json: `{name}` is fetched from {place}, which the install sandbox cannot reach: it \
+                     reaches only the npm registry ({}); run `npm install` against that registry to write the lock file \
+                     again",
+                    self.index.shown()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `url`'s host (and port, when not the scheme's) when the install sandbox cannot reach it.
+    fn unreachable_place(&self, url: &url::Url) -> Option<String> {
+        let host = url.host_str().unwrap_or_default();
+        let port = url.port_or_known_default();
+        if self.index.relays.iter().any(|relay| relay.host == host && Some(relay.port) == port) {
+            return None;
+        }
+        Some(url.port().map_or_else(|| host.to_owned(), |port| format!("{host}:{port}")))
     }
 
     /// The id of an environment: what it is built from, hashed.
@@ -464,5 +509,24 @@ mod tests {
         let local = envs("http://127.0.0.1:8080/simple");
         assert!(local.check_reachable(&["six @ http://127.0.0.1:8080/six/six.whl".into()]).is_ok());
         assert!(refused(&local, "six @ http://127.0.0.1:9090/six.whl").contains("on 127.0.0.1:9090, which"));
+        // A lock file's packages: the public registry's URLs are rewritten by npm to the
+        // registry given, others must be on it.
+        let lock = |resolved: &str| {
+            serde_json::json!({"lockfileVersion": 3, "packages": {"": {}, "node_modules/left-pad": {"resolved": resolved}}})
+                .to_string()
+        };
+        let said = |envs: &Environments, text: String| {
+            envs.check_lock_reachable(&text).err().map(|error| error.to_string()).unwrap_or_default()
+        };
+        assert!(local.check_lock_reachable(&lock("https://registry.npmjs.org/left-pad/-/left-pad-1.3.0.tgz")).is_ok());
+        assert!(local.check_lock_reachable(&lock("http://127.0.0.1:8080/left-pad/-/left-pad-1.3.0.tgz")).is_ok());
+        let elsewhere = said(&local, lock("https://example.org/left-pad-1.3.0.tgz"));
+        assert!(
+            elsewhere.starts_with("package-lock.json: `left-pad` is fetched from example.org, which"),
+            "{elsewhere}"
+        );
+        let nested = serde_json::json!({"lockfileVersion": 1, "dependencies": {"a": {"dependencies":
+            {"b": {"resolved": "https://example.org:8443/b.tgz"}}}}});
+        assert!(said(&local, nested.to_string()).contains("`b` is fetched from example.org:8443"));
     }
 }

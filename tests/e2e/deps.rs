@@ -450,7 +450,7 @@ fn an_index_the_agent_cannot_reach_is_named_as_the_cause() {
         Agent::start_with(AgentOptions { extra_args: vec!["--package-index".into(), url], ..AgentOptions::default() });
     let failed = agent.exe(&["--with", "six==1.17.0", "--type", "python", "-c", "print('ran')"]);
     assert_eq!(code(&failed), 125, "{}", stderr(&failed));
-    let said = format!("the agent cannot reach its package index at 127.0.0.1:{port}: ");
+    let said = format!("the agent cannot reach 127.0.0.1:{port}, where its packages come from: ");
     let first = stderr(&failed).lines().find(|line| line.contains(" failed ")).unwrap_or_default().to_owned();
     assert!(first.contains(&said), "{}", stderr(&failed));
 }

@@ -95,7 +95,8 @@ async fn serve(
                     if let Some(told) = told
                         && !said.swap(true, std::sync::atomic::Ordering::Relaxed)
                     {
-                        let line = format!("the agent cannot reach its package index at {host}:{port}: {error}");
+                        let line =
+                            format!("the agent cannot reach {host}:{port}, where its packages come from: {error}");
                         let _ = told.try_send(super::run::RunOutput::Progress(line));
                     }
                 }

@@ -66,7 +66,11 @@ impl Service {
         match (language, node_packages) {
             (Language::Python, None) if python.is_empty() => Ok(None),
             (Language::Python, None) => Ok(Some(EnvRequest::python(python))),
-            (Language::Node, Some(packages)) if python.is_empty() => Ok(Some(EnvRequest::node(packages)?)),
+            (Language::Node, Some(packages)) if python.is_empty() => {
+                let request = EnvRequest::node(packages)?;
+                self.node_envs.check_lock_reachable(&packages.package_lock)?;
+                Ok(Some(request))
+            }
             (Language::Node, None) if python.is_empty() => Ok(None),
             (Language::Node, _) => Err(OpError::Invalid("Python requirements are for python runs".into())),
             (Language::Python, Some(_)) => Err(OpError::Invalid("Node packages are for node runs".into())),
