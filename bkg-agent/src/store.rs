@@ -659,25 +659,33 @@ impl Store {
     }
 
     /// The newest run of a persistent sandbox, not counting the runs file transfers held it with.
-    pub async fn last_run_of(&self, sandbox_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        self.newest_run_of(sandbox_id, "").await
+    pub async fn last_run_of(&self, sandbox_id: &str, since_ms: u64) -> Result<Option<RunRecord>, StoreError> {
+        self.newest_run_of(sandbox_id, since_ms, "").await
     }
 
     /// The newest run of a persistent sandbox that has ended, as `last_run_of` counts them.
-    pub async fn last_ended_run_of(&self, sandbox_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        self.newest_run_of(sandbox_id, "AND finished_at_ms IS NOT NULL").await
+    pub async fn last_ended_run_of(&self, sandbox_id: &str, since_ms: u64) -> Result<Option<RunRecord>, StoreError> {
+        self.newest_run_of(sandbox_id, since_ms, "AND finished_at_ms IS NOT NULL").await
     }
 
-    async fn newest_run_of(&self, sandbox_id: &str, and: &'static str) -> Result<Option<RunRecord>, StoreError> {
+    /// `since_ms`: the sandbox's creation; a sandbox of the same name and project removed before
+    /// it had the same id, and its runs are not this one's.
+    async fn newest_run_of(
+        &self,
+        sandbox_id: &str,
+        since_ms: u64,
+        and: &'static str,
+    ) -> Result<Option<RunRecord>, StoreError> {
         let sandbox_id = sandbox_id.to_owned();
+        let since_ms = i64::try_from(since_ms).unwrap_or(i64::MAX);
         self.with(move |db| {
             let row = db
                 .query_row(
                     &format!(
-                        "SELECT {RUN_COLUMNS} FROM runs WHERE sandbox_id = ?1 AND for_transfer = 0 {and} \
-                         ORDER BY started_at_ms DESC, id DESC LIMIT 1"
+                        "SELECT {RUN_COLUMNS} FROM runs WHERE sandbox_id = ?1 AND for_transfer = 0 \
+                         AND started_at_ms >= ?2 {and} ORDER BY started_at_ms DESC, id DESC LIMIT 1"
                     ),
-                    params![sandbox_id],
+                    params![sandbox_id, since_ms],
                     raw_record,
                 )
                 .optional()?;
@@ -875,20 +883,27 @@ impl Store {
 
     /// The newest runs, of every namespace or of one, of every sandbox or of one; with `before`
     /// (a run's id) those that come after it in this order, the next page.
+    /// Runs, newest first; of one sandbox, those since `since_ms` (its creation, see
+    /// `newest_run_of`).
     pub async fn list_runs(
         &self,
         namespace: Option<String>,
-        sandbox_id: Option<String>,
+        sandbox: Option<(String, u64)>,
         before: Option<String>,
         limit: u32,
     ) -> Result<Vec<RunRecord>, StoreError> {
+        let (sandbox_id, since_ms) = match sandbox {
+            Some((id, since_ms)) => (Some(id), i64::try_from(since_ms).unwrap_or(i64::MAX)),
+            None => (None, 0),
+        };
         self.with(move |db| {
             let mut statement = db.prepare(&format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE (?2 IS NULL OR namespace = ?2) AND (?3 IS NULL OR sandbox_id = ?3) \
+                 AND started_at_ms >= ?5 \
                  AND (?4 IS NULL OR (started_at_ms, id) < (SELECT started_at_ms, id FROM runs WHERE id = ?4)) \
                  ORDER BY started_at_ms DESC, id DESC LIMIT ?1"
             ))?;
-            let rows = statement.query_map(params![limit, namespace, sandbox_id, before], raw_record)?;
+            let rows = statement.query_map(params![limit, namespace, sandbox_id, before, since_ms], raw_record)?;
             rows.map(|row| row.map_err(StoreError::from).and_then(RawRecord::into_record)).collect()
         })
         .await
@@ -1135,10 +1150,10 @@ mod tests {
         store.run_started(&caller(), started("run_code", Some("sbx_1"), 10)).await?;
         let transfer = RunStart { for_transfer: true, ..started("run_transfer", Some("sbx_1"), 20) };
         store.run_started(&caller(), transfer).await?;
-        let last = store.last_run_of("sbx_1").await?;
+        let last = store.last_run_of("sbx_1", 0).await?;
         assert_eq!(last.map(|run| run.id), Some("run_code".to_owned()));
         let listed: Vec<(String, bool)> = store
-            .list_runs(None, Some("sbx_1".into()), None, 10)
+            .list_runs(None, Some(("sbx_1".into(), 0)), None, 10)
             .await?
             .into_iter()
             .map(|run| (run.id, run.file_transfer))

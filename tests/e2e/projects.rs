@@ -1058,6 +1058,46 @@ fn a_project_whose_filesystem_cannot_be_idmapped_is_refused_in_one_line() {
 
 /// `bkg exec` sees cave.yaml as it is now, not as the last `bkgr` gave it; and giving the agent
 /// a definition it has already (every bkgr does) is not stored or audited again.
+/// A sandbox removed and made again under its name lists only its own runs, though it has the
+/// same id (found by a new-user trial: the removed one's runs were listed as its, and its last
+/// run was theirs).
+#[test]
+fn a_sandbox_made_again_lists_only_its_own_runs() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let dir = dir.path();
+    assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
+    let added = agent.bkg_in(dir, &["add", "box", "--type", "python", "--script", "start=true"]);
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    let runs_of_box = || {
+        let listed = agent.bkg_in(dir, &["runs", "ls", "--sandbox", "box", "--json"]);
+        assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("runs JSON");
+        listed
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|run| run["id"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..2 {
+        let run = agent.bkgr(dir, &["box"]);
+        assert_eq!(code(&run), 0, "{}", stderr(&run));
+    }
+    assert_eq!(runs_of_box().len(), 2);
+    let removed = agent.bkg_in(dir, &["rm", "box", "--force"]);
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    let added = agent.bkg_in(dir, &["add", "box", "--type", "python", "--script", "start=true"]);
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    let run = agent.bkgr(dir, &["box"]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    let listed = runs_of_box();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let status = agent.bkg_in(dir, &["status", "box", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["last_run"]["id"].as_str(), Some(listed[0].as_str()), "{status}");
+}
+
 /// What a sandbox opens is in its signed record: the hosts its runs may reach, the host ports it
 /// listens on and the names of its secrets, never their values (found by a new-user trial: a
 /// namespace key opened a host port and the record did not say so).

@@ -278,6 +278,16 @@ impl Service {
                 }
             }
         }
+        // A sandbox's runs since it was made: one of the same name and project removed before
+        // had the same id (found by a new-user trial: a sandbox made again listed the removed
+        // one's runs). A removed sandbox's id lists all its runs, its history.
+        let sandbox = match sandbox {
+            Some(id) => {
+                let since_ms = self.store.get_sandbox(&id).await?.map_or(0, |stored| stored.created_at_ms);
+                Some((id, since_ms))
+            }
+            None => None,
+        };
         let runs = self.store.list_runs(namespace, sandbox, before, limit).await?;
         Ok(runs.into_iter().map(|run| self.with_queue_state(run)).collect())
     }

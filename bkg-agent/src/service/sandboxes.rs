@@ -166,12 +166,12 @@ impl Service {
     /// What `principal` is shown of a sandbox: its limits as the caller's runs of it get them
     /// (a local user's under their policy's caps).
     async fn sandbox_info(&self, principal: &Principal, stored: StoredSandbox) -> OpResult<SandboxInfo> {
-        let definition = stored.definition;
+        let (definition, since_ms) = (stored.definition, stored.created_at_ms);
         let id = sandbox_id(&definition.project_dir, &definition.name);
         let service = self.service_health(&id, &definition).await;
-        let last_run = self.store.last_run_of(&id).await?;
+        let last_run = self.store.last_run_of(&id, since_ms).await?;
         let previous_run = match &last_run {
-            Some(run) if run.finished_at_ms.is_none() => self.store.last_ended_run_of(&id).await?,
+            Some(run) if run.finished_at_ms.is_none() => self.store.last_ended_run_of(&id, since_ms).await?,
             _ => None,
         };
         let current_run = self.engine.current_run(&id).map(|run| run.run_id.clone());
@@ -620,8 +620,8 @@ impl Service {
 
     /// The sandbox's newest run as recorded, if it has run.
     pub async fn last_run_of(&self, principal: &Principal, id: &str) -> OpResult<Option<RunRecord>> {
-        self.visible_sandbox(principal, id).await?;
-        Ok(self.store.last_run_of(id).await?)
+        let stored = self.visible_sandbox(principal, id).await?;
+        Ok(self.store.last_run_of(id, stored.created_at_ms).await?)
     }
 
     /// The newest run's log, read from its start; with `follow`, until that run ends, or, for
