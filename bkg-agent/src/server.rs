@@ -447,9 +447,6 @@ async fn authenticate(
                 charge_anonymous(state, *peer)?;
                 return Ok(None);
             }
-            // Keyless requests share their address's allowance like wrong keys (found by a
-            // new-user trial: they were never slowed, and each wrote a WARN line).
-            charge_anonymous(state, *peer)?;
             return Err(Failure::unauthorized("this endpoint needs `Authorization: Bearer <key>`"));
         }
     };
@@ -487,11 +484,9 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
         Origin::Tcp(peer) => peer,
         Origin::Unix(_) => None,
     };
-    let checked = match (bearer(&request), origin(&request)) {
-        (Ok(key), origin) => authenticate(&state, origin, key, &method, &route).await,
-        // A header that is no key counts against its address as a wrong key does.
-        (Err(failure), Origin::Tcp(peer)) => charge_anonymous(&state, peer).and(Err(failure)),
-        (Err(failure), Origin::Unix(_)) => Err(failure),
+    let checked = match bearer(&request) {
+        Ok(key) => authenticate(&state, origin(&request), key, &method, &route).await,
+        Err(failure) => Err(failure),
     };
     let (response, role) = match checked {
         Ok(principal) if too_large => {
