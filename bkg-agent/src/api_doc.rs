@@ -8,6 +8,7 @@ use axum::http::Method;
 use utoipa::Modify;
 use utoipa::OpenApi;
 use utoipa::openapi::path::ParameterIn;
+use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder};
 
@@ -19,7 +20,8 @@ use crate::server::{auth_api, changes, deps_api, files, run_files, runs, sandbox
         title = "bkg agent API",
         description = "Runs untrusted Python and Node.js code in sandboxes. On TCP every request needs \
             `Authorization: Bearer <key>` except login (a password) and rotation notices (an HMAC signature); \
-            on the unix socket, root and the agent's user are admins. Errors are `{\"error\":{\"code\",\"message\"}}`.",
+            on the unix socket, root and the agent's user are admins. Errors are `{\"error\":{\"code\",\"message\"}}`. \
+            A method a path does not take is 405 `method_not_allowed`, with `Allow` naming those it does.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
@@ -178,9 +180,27 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Bytes as they come, a tar stream or a kept file: `type: string, format: binary`, where
+/// utoipa writes a `Vec<u8>` body as an array of integers, which no client reads as a file
+/// (found by a new-user trial).
+pub enum Binary {}
+
+impl utoipa::PartialSchema for Binary {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Binary {}
+
 /// The answers any operation may give besides its own: the gatekeeper's (401 no or bad key,
-/// 413 body too large, 429 over the rate) and the input checks' (400 unreadable, 422 invalid,
-/// 403 not allowed for this key, 404 not found or not visible to this key).
+/// 408 a body too slow, 413 body too large, 429 over the rate, 503 the body budget spent) and
+/// the input checks' (400 unreadable, 422 invalid, 403 not allowed for this key, 404 not found
+/// or not visible to this key). Every request passes the gatekeeper, so each of its answers is
+/// documented on every operation (found by a new-user trial: 408 and 503 were missing).
 struct CommonErrors;
 
 impl Modify for CommonErrors {
@@ -190,36 +210,53 @@ impl Modify for CommonErrors {
             ("401", "No key, or a key that is unknown, expired or revoked"),
             ("403", "This key's role or namespace does not allow it"),
             ("404", "No such thing, or not in the key's namespace"),
+            ("408", "The request body did not arrive within the agent's --body-timeout"),
             ("413", "The body is over the size limit"),
             ("422", "The request is well-formed but its values are refused"),
             ("429", "Over the key's request rate; see Retry-After"),
+            ("503", BODY_BUDGET_SPENT),
         ];
         for item in openapi.paths.paths.values_mut() {
             let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete];
             for operation in operations.into_iter().flatten() {
                 for (status, description) in common {
-                    if operation.responses.responses.contains_key(status) {
+                    if let Some(RefOr::T(own)) = operation.responses.responses.get_mut(status) {
+                        // An operation's own 503 (a full queue, a sandbox that failed) is still
+                        // also the gatekeeper's.
+                        if status == "503" {
+                            own.description = format!("{}; or {}", own.description, lowercase_first(BODY_BUDGET_SPENT));
+                            own.headers.entry("Retry-After".to_owned()).or_insert_with(|| retry_after().into());
+                        }
                         continue;
                     }
                     let mut response = ResponseBuilder::new().description(description).content(
                         "application/json",
                         ContentBuilder::new().schema(Some(Ref::from_schema_name("ApiError"))).build(),
                     );
-                    if status == "429" {
-                        let seconds = utoipa::openapi::ObjectBuilder::new()
-                            .schema_type(utoipa::openapi::schema::Type::Integer)
-                            .minimum(Some(0))
-                            .build();
-                        response = response.header(
-                            "Retry-After",
-                            HeaderBuilder::new().schema(Some(seconds)).description(Some("Seconds to wait")).build(),
-                        );
+                    if status == "429" || status == "503" {
+                        response = response.header("Retry-After", retry_after());
                     }
                     operation.responses.responses.insert(status.to_owned(), response.build().into());
                 }
             }
         }
     }
+}
+
+/// What the gatekeeper's 503 says.
+const BODY_BUDGET_SPENT: &str = "The agent holds as many request bodies as it will at once; see Retry-After";
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map(|first| first.to_lowercase().chain(chars).collect()).unwrap_or_default()
+}
+
+fn retry_after() -> utoipa::openapi::header::Header {
+    let seconds = utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(0))
+        .build();
+    HeaderBuilder::new().schema(Some(seconds)).description(Some("Seconds to wait")).build()
 }
 
 #[cfg(test)]
@@ -232,7 +269,7 @@ mod tests {
         assert!(document.paths.paths.len() >= 20);
         for item in document.paths.paths.values() {
             for operation in [&item.get, &item.put, &item.post, &item.delete].into_iter().flatten() {
-                for status in ["401", "413", "429"] {
+                for status in ["401", "408", "413", "429", "503"] {
                     assert!(operation.responses.responses.contains_key(status), "{:?}", operation.operation_id);
                 }
             }

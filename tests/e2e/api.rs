@@ -2187,3 +2187,32 @@ fn a_broken_stream_is_answered_with_an_error_frame_naming_the_bad_frame() {
         assert!(last.1.contains(said) && last.1.contains("bad_request"), "{}", last.1);
     }
 }
+
+/// The OpenAPI document the agent serves says what its answers are: tar streams and kept files as
+/// binary strings with their content types (they were arrays of integers), the run file's
+/// `X-Bkg-Sha256`, and the gatekeeper's 408 and 503 on every operation, login and key creation
+/// among them (found by a new-user trial).
+#[test]
+fn the_openapi_document_gives_binary_bodies_their_headers_and_the_gatekeepers_answers() {
+    let api = ApiAgent::start(&[]);
+    let answer = api.admin().get("/api/v1/openapi.json");
+    expect(&answer, 200, "openapi.json");
+    let document = answer.json();
+    let paths = &document["paths"];
+    let binary = json!({ "type": "string", "format": "binary" });
+    let files = &paths["/api/v1/sandboxes/{id}/files"];
+    assert_eq!(files["put"]["requestBody"]["content"]["application/x-tar"]["schema"], binary, "{files}");
+    assert_eq!(files["get"]["responses"]["200"]["content"]["application/x-tar"]["schema"], binary, "{files}");
+    let kept = &paths["/api/v1/runs/{id}/files/{path}"]["get"]["responses"]["200"];
+    assert_eq!(kept["content"]["application/octet-stream"]["schema"], binary, "{kept}");
+    assert!(kept["headers"]["X-Bkg-Sha256"].is_object(), "{kept}");
+    for (path, method) in [("/api/v1/auth/login", "post"), ("/api/v1/auth/keys", "post"), ("/api/v1/runs", "post")] {
+        let responses = &paths[path][method]["responses"];
+        for status in ["408", "503"] {
+            assert!(responses[status].is_object(), "{method} {path} leaves out {status}: {responses}");
+        }
+        assert!(responses["503"]["headers"]["Retry-After"].is_object(), "{method} {path}: {responses}");
+    }
+    let described = document["info"]["description"].as_str().unwrap_or_default();
+    assert!(described.contains("405"), "{described}");
+}

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::AppState;
 use super::failure::{ApiResult, Failure};
 use super::input::{PathParam, QueryParams};
+use crate::api_doc::Binary;
 use crate::auth::Principal;
 
 /// How much of an upload's body is read and dropped once the upload has ended (refused, disk
@@ -44,7 +45,7 @@ pub struct FilesQuery {
     path = "/api/v1/sandboxes/{id}/files",
     tag = "files",
     params(("id" = String, Path, description = "The sandbox's id"), FilesQuery),
-    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "A tar stream"),
+    request_body(content = inline(Binary), content_type = "application/x-tar", description = "A tar stream"),
     responses(
         (status = 200, description = "What was written", body = UploadResult),
         (status = 409, description = "The sandbox stayed busy: its runs kept taking it for 30 s, or the run going on did not start", body = ApiError),
@@ -122,7 +123,7 @@ struct Stalled(bool);
     tag = "files",
     params(("id" = String, Path, description = "The sandbox's id"), FilesQuery),
     responses(
-        (status = 200, description = "A tar stream", content((Vec<u8> = "application/x-tar"))),
+        (status = 200, description = "A tar stream", content((inline(Binary) = "application/x-tar"))),
         (status = 409, description = "The sandbox stayed busy: its runs kept taking it for 30 s, or the run going on did not start", body = ApiError),
         (status = 503, description = "The sandbox could not be started for the transfer (the agent is full, or its sandbox failed)", body = ApiError),
     ),

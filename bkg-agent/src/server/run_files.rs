@@ -11,6 +11,7 @@ use bkg_schema::artefacts::RunFiles;
 use super::AppState;
 use super::failure::ApiResult;
 use super::input::PathParam;
+use crate::api_doc::Binary;
 use crate::auth::Principal;
 
 /// The files a run kept.
@@ -38,7 +39,16 @@ pub async fn list_run_files(
         ("id" = String, Path, description = "The run's id"),
         ("path" = String, Path, description = "The file's path as listed (`out/report.csv`, `stdout`)"),
     ),
-    responses((status = 200, description = "The file's content", content_type = "application/octet-stream", body = Vec<u8>)),
+    responses((
+        status = 200,
+        description = "The file's content",
+        content_type = "application/octet-stream",
+        body = inline(Binary),
+        headers(
+            ("X-Bkg-Sha256" = String, description = "The content's SHA-256, lowercase hex"),
+            ("ETag" = String, description = "The content's SHA-256, quoted"),
+        ),
+    )),
 )]
 pub async fn get_run_file(
     State(state): State<AppState>,
