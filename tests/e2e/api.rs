@@ -2216,3 +2216,22 @@ fn the_openapi_document_gives_binary_bodies_their_headers_and_the_gatekeepers_an
     let described = document["info"]["description"].as_str().unwrap_or_default();
     assert!(described.contains("405"), "{described}");
 }
+
+/// `Upgrade: bkg-stream/1` switches protocols only with `Connection: upgrade`, as RFC 9110 and
+/// docs/api.md have it (found by a new-user trial: `curl -H 'Upgrade: bkg-stream/1'` got a 101,
+/// and a client that had not asked for frames got them). Without it the run is a plain one.
+#[test]
+fn an_upgrade_header_without_the_connection_option_is_a_plain_run() {
+    let api = ApiAgent::start(&[]);
+    let body = json!({ "language": "python", "code": "print(6 * 7)" });
+    for extra in ["Upgrade: bkg-stream/1\r\n", "Connection: keep-alive\r\nUpgrade: bkg-stream/1\r\n"] {
+        let mut caller = api.raw_run(&body, extra);
+        let answer = bkg_tests::http::read_answer(&mut caller);
+        assert_eq!(answer.status, 200, "{extra:?}: {:?}", answer.headers);
+        assert!(answer.header("bkg-run-id").is_none(), "{extra:?}: {:?}", answer.headers);
+    }
+    // The option among others, in any case, still asks for the stream.
+    let mut caller = api.raw_run(&body, "Connection: keep-alive, Upgrade\r\nUpgrade: bkg-stream/1\r\n");
+    let answer = bkg_tests::http::read_answer(&mut caller);
+    assert_eq!(answer.status, 101, "{:?}", answer.headers);
+}

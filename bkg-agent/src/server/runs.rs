@@ -22,8 +22,17 @@ use super::{AppState, MAX_BODY_BYTES};
 use crate::auth::Principal;
 use crate::service::{Accepted, RunInput, RunOutput, Service};
 
+/// Whether the caller asked for the stream: `Upgrade: bkg-stream/1` counts only with the
+/// `upgrade` option of `Connection`, as RFC 9110 (7.8) has a server ignore it otherwise (found by
+/// a new-user trial: `Upgrade` alone switched protocols). Without it the request is a plain one.
 fn wants_stream(headers: &HeaderMap) -> bool {
-    headers.get(header::UPGRADE).and_then(|value| value.to_str().ok()) == Some(STREAM_PROTOCOL)
+    let upgrade_option = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|option| option.trim().eq_ignore_ascii_case("upgrade"));
+    upgrade_option && headers.get(header::UPGRADE).and_then(|value| value.to_str().ok()) == Some(STREAM_PROTOCOL)
 }
 
 /// Start a run in a temporary sandbox.
