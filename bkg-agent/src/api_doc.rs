@@ -117,10 +117,18 @@ pub fn json() -> Result<serde_json::Value, serde_json::Error> {
     serde_json::to_value(ApiDoc::openapi())
 }
 
-/// The query parameters each operation takes, by method and path as the document writes it
+/// What one operation takes besides its path: the names of its query parameters, and whether
+/// it has a request body at all.
+pub struct Inputs {
+    pub query: Vec<String>,
+    pub body: bool,
+}
+
+/// What each operation takes, by method and path as the document writes it
 /// (`/api/v1/runs/{id}`): the document is the one place that says what a route takes, and the
-/// gatekeeper refuses any other name (server.rs).
-pub fn query_parameters() -> HashMap<(Method, String), Vec<String>> {
+/// gatekeeper refuses any other query parameter, and a body where the operation has none
+/// (server.rs).
+pub fn inputs() -> HashMap<(Method, String), Inputs> {
     let document = ApiDoc::openapi();
     let mut taken = HashMap::new();
     for (path, item) in &document.paths.paths {
@@ -133,7 +141,7 @@ pub fn query_parameters() -> HashMap<(Method, String), Vec<String>> {
         ];
         for (method, operation) in operations {
             let Some(operation) = operation else { continue };
-            let names = shared
+            let query = shared
                 .clone()
                 .chain(operation.parameters.iter().flatten())
                 .filter_map(|parameter| match parameter {
@@ -141,7 +149,7 @@ pub fn query_parameters() -> HashMap<(Method, String), Vec<String>> {
                     _ => None,
                 })
                 .collect();
-            taken.insert((method, path.clone()), names);
+            taken.insert((method, path.clone()), Inputs { query, body: operation.request_body.is_some() });
         }
     }
     taken

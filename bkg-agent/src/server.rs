@@ -506,7 +506,8 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
                 Ok((request, None))
             } else {
                 let owner = BodyOwner::of(request.extensions().get::<Principal>());
-                read_body(&state.bodies, &owner, request, limit).await
+                let takes_body = !input::takes_no_body(&method, &route);
+                read_body(&state.bodies, &owner, request, limit, takes_body).await
             };
             match body {
                 // The body's share of the budget is held until the handler has answered.
@@ -558,12 +559,14 @@ async fn gatekeeper(State(state): State<AppState>, mut request: Request, next: N
 
 /// Reads the request's body whole, up to `limit` bytes, within the body timeout and out of the
 /// shared budget (a declared length is taken at once, a chunked body as it arrives). A body that
-/// breaks the framing (bad chunked encoding, a connection that ends early) is a 400.
+/// breaks the framing (bad chunked encoding, a connection that ends early) is a 400, and so is
+/// one sent to a route that takes none (`takes_body` false).
 async fn read_body(
     budget: &BodyBudget,
     owner: &BodyOwner,
     request: Request,
     limit: usize,
+    takes_body: bool,
 ) -> Result<(Request, Option<HeldBytes>), Failure> {
     if request.body().is_end_stream() {
         return Ok((request, None));
@@ -594,6 +597,9 @@ async fn read_body(
     };
     let bytes =
         tokio::time::timeout(budget.timeout, read).await.map_err(|_| Failure::body_timeout(budget.timeout))??;
+    if !takes_body {
+        input::no_body(&bytes)?;
+    }
     Ok((Request::from_parts(parts, axum::body::Body::from(bytes)), Some(held)))
 }
 

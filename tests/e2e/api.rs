@@ -2235,3 +2235,55 @@ fn an_upgrade_header_without_the_connection_option_is_a_plain_run() {
     let answer = bkg_tests::http::read_answer(&mut caller);
     assert_eq!(answer.status, 101, "{:?}", answer.headers);
 }
+
+/// A route that takes no body refuses one rather than drop it unread (found by a new-user trial:
+/// `POST …/refresh` with `zzz not json` issued a key, `…/revoke` and `…/stop` with `garbage`
+/// did their work, while `…/start` refused it); none, or `{}`, is taken.
+#[test]
+fn routes_that_take_no_body_refuse_one_and_do_nothing() {
+    let api = ApiAgent::start(&[]);
+    let (_, team_key) = api.key("namespace", Some("team"));
+    let team = api.client(&team_key);
+    let session = team.post("/api/v1/auth/keys", &json!({ "role": "session", "ttl_seconds": 600 }));
+    expect(&session, 201, "session key");
+    let session_key = session.json()["key"].as_str().unwrap_or_default().to_owned();
+    let session_id = session.json()["id"].as_str().unwrap_or_default().to_owned();
+    let created = team.post("/api/v1/sandboxes", &json!({ "name": "quiet", "language": "python" }));
+    expect(&created, 201, "create");
+    let sandbox = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    let refused = |key: &str, path: &str, body: &[u8]| {
+        let bearer = format!("Bearer {key}");
+        let answer = request(&api.address, "POST", path, &[("Authorization", &bearer)], body);
+        expect(&answer, 400, path);
+        let message = answer.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains("takes no body"), "{path}: {message}");
+    };
+    refused(&session_key, "/api/v1/auth/refresh", b"zzz not json");
+    refused(&team_key, &format!("/api/v1/auth/keys/{session_id}/revoke"), b"garbage");
+    refused(&team_key, &format!("/api/v1/auth/keys/{session_id}/rotate"), br#"{"ttl":5}"#);
+    refused(&team_key, &format!("/api/v1/sandboxes/{sandbox}/stop"), b"garbage");
+    refused(&team_key, "/api/v1/runs/run_0123/cancel", b"garbage");
+    let whoami = api.client(&session_key).get("/api/v1/auth/whoami");
+    expect(&whoami, 200, "the session key was neither refreshed nor revoked nor rotated");
+    // No body, whitespace or `{}` are none.
+    let bearer = format!("Bearer {team_key}");
+    let stopped = request(
+        &api.address,
+        "POST",
+        &format!("/api/v1/sandboxes/{sandbox}/stop"),
+        &[("Authorization", &bearer)],
+        b" \n",
+    );
+    expect(&stopped, 200, "stop with whitespace");
+    let revoked = team.post(&format!("/api/v1/auth/keys/{session_id}/revoke"), &json!({}));
+    expect(&revoked, 200, "revoke with {}");
+    // A route that takes a body still says when it is no JSON.
+    let started = request(
+        &api.address,
+        "POST",
+        &format!("/api/v1/sandboxes/{sandbox}/start"),
+        &[("Authorization", &bearer)],
+        b"garbage",
+    );
+    expect(&started, 400, "start with garbage");
+}

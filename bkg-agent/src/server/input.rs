@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::failure::Failure;
+use crate::api_doc::Inputs;
 
 /// Bodies of the auth endpoints and the like: a few names, a password.
 pub const SMALL_BODY_BYTES: usize = bkg_schema::MAX_SMALL_BODY_BYTES;
@@ -144,9 +145,34 @@ where
     }
 }
 
-/// The query parameters of each documented route, read once from the OpenAPI document.
-static QUERY_PARAMETERS: LazyLock<HashMap<(Method, String), Vec<String>>> =
-    LazyLock::new(crate::api_doc::query_parameters);
+/// What each documented route takes, read once from the OpenAPI document.
+static INPUTS: LazyLock<HashMap<(Method, String), Inputs>> = LazyLock::new(crate::api_doc::inputs);
+
+/// The inputs of `route` (axum's: `{*path}` for the rest of a path, `{path}` in the document).
+fn inputs_of(method: &Method, route: &str) -> Option<&'static Inputs> {
+    INPUTS.get(&(method.clone(), route.replace("{*", "{")))
+}
+
+/// Whether the document gives `route` no request body (`POST …/stop`, `…/revoke`): routes it
+/// does not describe (`/mcp`, `/ui`) read their bodies themselves.
+pub fn takes_no_body(method: &Method, route: &str) -> bool {
+    inputs_of(method, route).is_some_and(|inputs| !inputs.body)
+}
+
+/// The body sent to a route that takes none, which must be empty: whatever it said would be
+/// dropped unread (found by a new-user trial: `POST …/revoke` with `garbage` revoked the key,
+/// while `POST …/start` with it was a 400). `{}` is taken as no body, as clients that always send
+/// a JSON object send it.
+pub fn no_body(bytes: &[u8]) -> Result<(), Failure> {
+    let text = bytes.trim_ascii();
+    if text.is_empty()
+        || serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(text)
+            .is_ok_and(|object| object.is_empty())
+    {
+        return Ok(());
+    }
+    Err(Failure::bad_request("this endpoint takes no body (send none, or `{}`)"))
+}
 
 /// Refuses a query string that names a parameter the route does not take, on every documented
 /// route, those that read no query at all too (docs/api.md, "Errors"). `route` is axum's
@@ -156,7 +182,7 @@ pub fn check_query_names(method: &Method, route: &str, query: Option<&str>) -> R
     let Some(query) = query.filter(|query| !query.is_empty()) else {
         return Ok(());
     };
-    let Some(taken) = QUERY_PARAMETERS.get(&(method.clone(), route.replace("{*", "{"))) else {
+    let Some(Inputs { query: taken, .. }) = inputs_of(method, route) else {
         return Ok(());
     };
     let given: Vec<(String, String)> = serde_urlencoded::from_str(query)
