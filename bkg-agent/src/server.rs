@@ -223,8 +223,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/secrets", get(deps_api::list_secrets))
         .route("/api/v1/secrets/{name}", axum::routing::put(deps_api::put_secret).delete(deps_api::delete_secret))
         .route("/api/v1/sandboxes/{id}/terminal", get(terminal::sandbox_terminal))
-        .route(files::FILES_ROUTE, get(files::download).put(files::upload))
-        .route("/api/v1/sandboxes/{id}/files/list", get(files::list))
+        .route(
+            files::FILES_ROUTE,
+            get(files::download).put(files::upload).head(|| async { files::head_refused("GET, PUT") }),
+        )
+        .route("/api/v1/sandboxes/{id}/files/list", get(files::list).head(|| async { files::head_refused("GET") }))
         .route("/api/v1/sandboxes/{id}/sessions", get(sessions::list_sessions).post(sessions::create_session))
         .route("/api/v1/sandboxes/{id}/sessions/{name}", get(sessions::get_session).delete(sessions::delete_session))
         .route("/api/v1/sandboxes/{id}/sessions/{name}/execute", post(sessions::execute))

@@ -2287,3 +2287,29 @@ fn routes_that_take_no_body_refuse_one_and_do_nothing() {
     );
     expect(&started, 400, "start with garbage");
 }
+
+/// `HEAD` of a sandbox's files is refused with 405 and `Allow`: answered as `GET` it started the
+/// sandbox for a transfer, with its run's records, to send nothing (found by a new-user trial:
+/// `curl -sI …/files/list?path=.`). Other `GET` routes still answer `HEAD`.
+#[test]
+fn head_of_a_sandboxs_files_is_refused_and_starts_nothing() {
+    let api = ApiAgent::start(&[]);
+    let admin = api.admin();
+    let created = admin.post("/api/v1/sandboxes", &json!({ "name": "heads", "language": "python" }));
+    expect(&created, 201, "create");
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    for (path, allow) in [
+        (format!("/api/v1/sandboxes/{id}/files?path="), "GET, PUT"),
+        (format!("/api/v1/sandboxes/{id}/files/list?path=."), "GET"),
+    ] {
+        let answer = admin.send("HEAD", &path, None, &[]);
+        assert_eq!(answer.status, 405, "HEAD {path}: {:?}", answer.headers);
+        assert_eq!(answer.header("allow"), Some(allow), "HEAD {path}: {:?}", answer.headers);
+    }
+    assert_eq!(admin.send("HEAD", &format!("/api/v1/sandboxes/{id}"), None, &[]).status, 200);
+    let runs = api.agent.bkg().args(["watch", "--json", "--kinds", "runs", "--no-follow"]).output().expect("bkg watch");
+    assert_eq!(code(&runs), 0, "{}", stderr(&runs));
+    assert_eq!(stdout(&runs), "", "HEAD started a run");
+    // GET still transfers.
+    expect(&admin.get(&format!("/api/v1/sandboxes/{id}/files/list?path=.")), 200, "list");
+}

@@ -5,8 +5,8 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Request, State};
-use axum::http::{HeaderValue, header};
-use axum::response::Response;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use bkg_schema::ApiError;
 use bkg_schema::files::{FileEntry, UploadResult};
 use futures_util::StreamExt;
@@ -143,6 +143,21 @@ pub async fn download(
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
     Ok(response)
+}
+
+/// `HEAD` of a download or a listing: answering it as `GET` would start the sandbox for a
+/// transfer (its run and audit records) only to drop what it read (found by a new-user trial:
+/// `curl -I` ran the sandbox), and what the answer's head says (found, refused, busy) is only known
+/// by doing so. `allow`: the route's methods.
+pub fn head_refused(allow: &'static str) -> Response {
+    let mut response = Failure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        bkg_schema::ErrorCode::MethodNotAllowed,
+        "HEAD is not answered here: it would start the sandbox for a transfer; use GET",
+    )
+    .into_response();
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 /// Lists the directory `path` of /workspace (or the file itself); symbolic links are shown,
