@@ -2313,3 +2313,25 @@ fn head_of_a_sandboxs_files_is_refused_and_starts_nothing() {
     // GET still transfers.
     expect(&admin.get(&format!("/api/v1/sandboxes/{id}/files/list?path=.")), 200, "list");
 }
+
+/// A path parameter whose `%` starts no escape is a 400, as a parameter that cannot be read is
+/// (found by a new-user trial: `GET /api/v1/runs/run_%ZZ` was 404 "no run run_%ZZ"). Under
+/// `/ui/`, the Web UI's own, an unknown page without a key is its 404, as docs/api.md says.
+#[test]
+fn a_broken_percent_escape_in_a_path_is_400_and_unknown_ui_pages_are_404() {
+    let api = ApiAgent::start(&[]);
+    let admin = api.admin();
+    for path in [
+        "/api/v1/runs/run_%ZZ",
+        "/api/v1/runs/run_%4",
+        "/api/v1/sandboxes/sb%/files/list",
+        "/api/v1/runs/run_1/files/out%zz",
+    ] {
+        let answer = admin.get(path);
+        expect(&answer, 400, path);
+        assert!(answer.text().contains("percent-escape"), "{path}: {}", answer.text());
+    }
+    expect(&admin.get("/api/v1/runs/run_%41"), 404, "a well-formed escape is read");
+    assert_eq!(api.anonymous().get("/ui/no-such-page").status, 404);
+    expect(&api.anonymous().get("/api/v1/no-such-endpoint"), 401, "unknown API path without a key");
+}

@@ -173,7 +173,7 @@ pub async fn sync_migrate(
 pub async fn sync_audit_lines(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    axum::extract::Path(agent_id): axum::extract::Path<String>,
+    super::input::PathParam(agent_id): super::input::PathParam<String>,
 ) -> ApiResult<Response> {
     let text = state.service.db_audit_lines(&principal, &agent_id).await?;
     let mut response = text.into_response();
