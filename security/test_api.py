@@ -232,6 +232,7 @@ try:
 except OSError as e:
     print("IO", errno.errorcode.get(e.errno, e.errno))
 print("RESPONSE", len(data), data[:15])
+print(data.decode(errors="replace").split("\r\n\r\n", 1)[-1])
 """
 
 
@@ -253,8 +254,9 @@ def test_another_user_cannot_connect(agent):
 
 
 def test_peer_credential_check_refuses_another_user(agent):
-    """Even with the socket opened to all (mode 0666), the agent drops a caller that is neither
-    root, nor its own user, nor in the socket's group, before any HTTP is spoken."""
+    """Even with the socket opened to all (mode 0666), the agent serves no caller that is neither
+    root, nor its own user, nor in the socket's group: it answers the request with its fixed 403
+    saying so, and closes, whatever was asked."""
     os.chmod(agent.socket, 0o666)
     try:
         done = as_nobody(bkgsec.DEBIAN_PYTHON, "-c", NOBODY_CLIENT, str(agent.socket))
@@ -262,8 +264,11 @@ def test_peer_credential_check_refuses_another_user(agent):
         os.chmod(agent.socket, 0o600)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.split("\n")
-    assert lines[0].startswith(("RESPONSE 0 ", "IO ECONNRESET", "IO EPIPE")), done.stdout
-    assert "HTTP/1.1" not in done.stdout, done.stdout
+    assert lines[0].startswith("RESPONSE ") and "HTTP/1.1 403" in lines[0], done.stdout
+    body = json.loads(lines[1])
+    assert body["error"]["code"] == "forbidden", body
+    assert body["error"]["message"].startswith("you may not use the agent: uid 65534"), body
+    assert "version" not in lines[1] and "state_dir" not in lines[1], done.stdout
     assert "refused a connection from another user" in agent.log_path.read_text(errors="replace")
     assert agent.request("GET", "/healthz").status == 200
 

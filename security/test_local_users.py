@@ -79,6 +79,18 @@ def one_line(stderr):
     return len(lines) == 1 and lines[0].startswith(("bkg:", "bkgr:"))
 
 
+def run_with_ids(agent, uid, gid, groups, *args):
+    """`bkg ARGS` as `uid` and `gid` with exactly the supplementary `groups` (setpriv): a login
+    session's ids, whatever /etc/group says now."""
+    env = ["HOME=/nonexistent", "PATH=/usr/bin:/bin", "BKG_SOCKET=%s" % agent.socket, "BKG_NO_AUTOSTART=1",
+           "LANG=C.UTF-8", "CI=1"]
+    ids = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
+    argv = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % gid, *ids, "--", "env", "-i", *env,
+            str(agent.bin_dir / "bkg"), *args]
+    done = subprocess.run(argv, capture_output=True, timeout=60, cwd="/")
+    return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+
+
 @pytest.fixture(scope="module")
 def users():
     if os.geteuid() != 0:
@@ -185,6 +197,23 @@ def test_doctor_tells_a_member_and_an_outsider_only_what_is_true(users):
     # The problem as found, the fix as the fix (the commands' own line joins them).
     assert agent["status"] == "fail" and "only members of group" in agent["found"], agent
     assert "usermod -aG" in agent["fix"], agent
+
+
+def test_a_process_holding_the_group_of_a_user_not_in_it_is_told_so_in_one_line(users):
+    """USR-17: the filesystem lets a process holding the socket's group connect; the agent serves
+    only members as the user database has them. Eve (removed from the group, her session still
+    holding it) and a uid without an account get the agent's refusal, not a reset connection."""
+    import grp
+    eve = users["eve"]
+    gid = grp.getgrnam(GROUP).gr_gid
+    for uid, user_gid, said in ((eve.uid, eve.gid, "uid %d (%s) is not a member of group `%s`" % (eve.uid, eve.name, GROUP)),
+                                (3999123, gid, "uid 3999123 has no account")):
+        for command in (("exe", "--type", "python", "-c", "print(1)"), ("agent", "status")):
+            rc, out, err = run_with_ids(eve.agent, uid, user_gid, [gid], *command)
+            assert (rc, out) == (125, ""), (uid, command, rc, out, err)
+            assert one_line(err) and said in err, (uid, command, err)
+            assert "reset" not in err and "does not count" in err, err
+    assert eve.agent.alive()
 
 
 def test_a_user_of_an_agent_without_a_socket_group_is_told_how_to_get_one(users):

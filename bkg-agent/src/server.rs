@@ -613,7 +613,18 @@ pub struct PeerCheckedListener {
     listener: UnixListener,
     access: crate::auth::local::LocalAccess,
     watch: Option<crate::local_socket::SocketWatch>,
+    /// Refused peers being answered: bounded, so that refused peers hold few descriptors.
+    refusing: Arc<Semaphore>,
 }
+
+/// Refused peers answered at once; one over this is closed unanswered.
+const REFUSALS_AT_ONCE: usize = 16;
+/// How long a refused peer's connection is kept: to read its request's head, write the refusal
+/// and read what else the client sent, whose unread bytes would make closing reset the
+/// connection before the client reads the answer (unix sockets, as TCP).
+const REFUSAL_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+/// What of a refused peer's request is read (and dropped) at most.
+const REFUSAL_READ: usize = 64 * 1024;
 
 impl PeerCheckedListener {
     pub fn new(
@@ -621,7 +632,22 @@ impl PeerCheckedListener {
         access: crate::auth::local::LocalAccess,
         watch: Option<crate::local_socket::SocketWatch>,
     ) -> Self {
-        Self { listener, access, watch }
+        Self { listener, access, watch, refusing: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)) }
+    }
+
+    /// Answers a peer the agent does not serve with the one-line refusal (403), then closes,
+    /// within `REFUSAL_TIME` (found by a new-user trial: a dropped connection read as
+    /// "connection reset by peer" to someone whom the filesystem let connect).
+    fn refuse(&self, stream: UnixStream, uid: u32) {
+        tracing::warn!(uid, "refused a connection from another user, outside the socket's group");
+        let Ok(slot) = Arc::clone(&self.refusing).try_acquire_owned() else {
+            return;
+        };
+        let answer = Failure::from(crate::service::access::socket_refusal(&self.access, uid)).http1_closing();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = tokio::time::timeout(REFUSAL_TIME, answer_and_close(stream, answer)).await;
+        });
     }
 
     /// The next connection, on the socket as it is now.
@@ -652,10 +678,7 @@ impl axum::serve::Listener for PeerCheckedListener {
                     Ok(credentials) => {
                         match crate::service::access::socket_principal(&self.access, credentials.uid()) {
                             Some(principal) => return (stream, principal),
-                            None => tracing::warn!(
-                                uid = credentials.uid(),
-                                "refused a connection from another user, outside the socket's group"
-                            ),
+                            None => self.refuse(stream, credentials.uid()),
                         }
                     }
                     Err(error) => {
@@ -673,6 +696,38 @@ impl axum::serve::Listener for PeerCheckedListener {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(Principal::Local { uid: self.access.agent_uid })
     }
+}
+
+/// Reads the request's head (an HTTP client takes an answer only to a request it has sent),
+/// writes `answer`, then reads what the peer sends until it closes; `REFUSAL_READ` bytes at most
+/// in all.
+async fn answer_and_close(mut stream: UnixStream, answer: Vec<u8>) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = [0u8; 4096];
+    let mut read = 0;
+    // The head's last bytes so far, for an end split between reads.
+    let mut tail: Vec<u8> = Vec::with_capacity(buffer.len() + 3);
+    while read < REFUSAL_READ {
+        let more = stream.read(&mut buffer).await?;
+        if more == 0 {
+            return Ok(());
+        }
+        read += more;
+        tail.extend_from_slice(&buffer[..more]);
+        if tail.windows(4).any(|window| window == b"\r\n\r\n") {
+            break;
+        }
+        tail.drain(..tail.len().saturating_sub(3));
+    }
+    stream.write_all(&answer).await?;
+    stream.shutdown().await?;
+    while read < REFUSAL_READ {
+        match stream.read(&mut buffer).await? {
+            0 => break,
+            more => read += more,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -119,6 +119,22 @@ impl From<OpError> for Failure {
     }
 }
 
+impl Failure {
+    /// The whole HTTP/1.1 answer, for a connection no router serves (a socket peer the agent
+    /// refuses): it asks the client to close, the connection serving nothing more.
+    pub fn http1_closing(&self) -> Vec<u8> {
+        let body = serde_json::to_string(&ApiError::new(self.code, self.message.clone()))
+            .unwrap_or_else(|_| String::from("{}"));
+        let reason = self.status.canonical_reason().unwrap_or("");
+        format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.status.as_u16(),
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(ApiError::new(self.code, self.message))).into_response();

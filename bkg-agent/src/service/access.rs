@@ -94,6 +94,30 @@ pub fn socket_principal(access: &LocalAccess, uid: u32) -> Option<Principal> {
     None
 }
 
+/// What a peer `socket_principal` does not serve is told. The filesystem let it connect: it
+/// holds the socket's group, yet its account is not in that group as the user database has it
+/// (a session started before an administrator removed it, a uid without an account).
+pub fn socket_refusal(access: &LocalAccess, uid: u32) -> OpError {
+    let Some(group) = access.socket_group.as_ref() else {
+        return OpError::Forbidden(format!(
+            "you may not use the agent: uid {uid} is not root, and only root may, the agent having no --socket-group"
+        ));
+    };
+    let message = match Account::of(uid) {
+        Some(account) => format!(
+            "you may not use the agent: uid {uid} ({}) is not a member of group `{}` as the user database has it (a \
+             login session that still has the group, after an administrator removed you, does not count)",
+            account.name, group.name
+        ),
+        None => format!(
+            "you may not use the agent: uid {uid} has no account in the user database, so it is a member of no group \
+             (a process holding group `{}`'s id does not count)",
+            group.name
+        ),
+    };
+    OpError::Forbidden(message)
+}
+
 /// A run's limits against what the policy lets one local user ask for; others are bound by the
 /// agent's maxima only.
 pub fn within_user_limits(
@@ -513,5 +537,17 @@ mod tests {
         // uid 65534 (nobody) is in no group the agent names.
         assert_eq!(socket_principal(&access, 65534), None);
         assert_eq!(socket_principal(&access, 4_000_000_000), None, "an unknown uid is nobody the agent serves");
+    }
+
+    #[test]
+    fn a_peer_not_served_is_told_why_in_one_line() {
+        let group = crate::auth::local::NamedGroup { name: "bkgtc".into(), gid: 4_000_000_001 };
+        let Ok(access) = LocalAccess::new(Some(group), None, "user-{name}") else { panic!("a valid template") };
+        let told = |uid| socket_refusal(&access, uid).to_string();
+        assert!(told(0).contains("uid 0 (root) is not a member of group `bkgtc`"), "{}", told(0));
+        assert!(told(4_000_000_000).contains("uid 4000000000 has no account"), "{}", told(4_000_000_000));
+        assert!(!told(0).contains('\n'));
+        let owner_only = socket_refusal(&LocalAccess::owner_only(), 65534).to_string();
+        assert!(owner_only.contains("only root may"), "{owner_only}");
     }
 }
