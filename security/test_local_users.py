@@ -216,6 +216,19 @@ def test_a_process_holding_the_group_of_a_user_not_in_it_is_told_so_in_one_line(
     assert eve.agent.alive()
 
 
+def test_a_member_whose_login_session_predates_it_is_told_to_log_in_again(users):
+    """USR-18: alice is in the group in /etc/group, but a session begun before she was added
+    lacks it: she is told to log in again, not to have an administrator add her."""
+    alice = users["alice"]
+    for command in (("exe", "--type", "python", "-c", "print(1)"), ("doctor", "--json")):
+        rc, out, err = run_with_ids(alice.agent, alice.uid, alice.gid, [], *command)
+        told = err if command[0] == "exe" else out
+        assert rc != 0 and "usermod" not in told, (command, rc, out, err)
+        assert "you are in group `%s`, but this login session is not" % GROUP in told, (command, out, err)
+        assert "newgrp %s" % GROUP in told, (command, out, err)
+    assert one_line(run_with_ids(alice.agent, alice.uid, alice.gid, [], "agent", "status")[2])
+
+
 def test_a_user_of_an_agent_without_a_socket_group_is_told_how_to_get_one(users):
     """A socket 0600 root: no group to name (the hint once named a `bkg` that need not exist)."""
     agent = bkgsec.Agent("rootonly", warm_pool=0)

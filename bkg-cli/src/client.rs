@@ -656,10 +656,22 @@ pub(crate) fn access_refusal(socket: &std::path::Path) -> (String, String) {
         .map(|meta| meta.gid())
         .filter(|gid| *gid != 0)
         .and_then(|gid| nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten());
-    let name = nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map_or_else(|| nix::unistd::getuid().to_string(), |user| user.name);
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten();
+    let name = user.as_ref().map_or_else(|| nix::unistd::getuid().to_string(), |user| user.name.clone());
+    // Listed in the group, yet refused: this login session began before the listing (found by
+    // a new-user trial: a member was told to have an administrator add them).
+    if let (Some(group), Some(user)) = (&group, &user)
+        && (group.mem.contains(&user.name) || group.gid == user.gid)
+    {
+        return (
+            format!(
+                "you may not use the agent at {} yet: you are in group `{}`, but this login session is not",
+                socket.display(),
+                group.name
+            ),
+            format!("log in again (or run `newgrp {}`)", group.name),
+        );
+    }
     let Some(group) = group.map(|group| group.name) else {
         // Root's group (or none readable): the agent was started without --socket-group.
         return (
