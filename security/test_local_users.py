@@ -197,6 +197,9 @@ def test_doctor_tells_a_member_and_an_outsider_only_what_is_true(users):
     # The problem as found, the fix as the fix (the commands' own line joins them).
     assert agent["status"] == "fail" and "only members of group" in agent["found"], agent
     assert "usermod -aG" in agent["fix"], agent
+    # Nothing was learnt of the agent: no claim of what it shows.
+    state_dir = [check for check in json.loads(out)["checks"] if check["name"] == "state_dir"][0]
+    assert "could not be asked" in state_dir["found"] and "admins" not in state_dir["found"], state_dir
 
 
 def test_a_process_holding_the_group_of_a_user_not_in_it_is_told_so_in_one_line(users):

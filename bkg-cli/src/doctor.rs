@@ -58,18 +58,22 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
         Err(error) if remote.is_some() => (Err(error.message), None),
         Err(error) => return Err(error),
     };
-    let (agent_check, info) = match &client {
+    let (agent_check, seen) = match &client {
         Ok(client) => agent(client, local_socket.as_deref()).await,
         Err(no_key) => (
             Check::fail("agent", no_key, "bkg login --remote URL (--user NAME, or --key-stdin), or set BKG_API_KEY"),
-            None,
+            Seen::Not,
         ),
+    };
+    let agent_hidden = matches!(seen, Seen::AdminsOnly);
+    let info = match seen {
+        Seen::Shown(info) => Some(*info),
+        Seen::AdminsOnly | Seen::Not => None,
     };
     // With --remote the agent is on another host: this host's kernel and state directory say
     // nothing about it, and the agent's own level is in its check.
     // An agent that answers but does not show its configuration (to a member of its socket's
     // group) keeps its state directory to itself: this user's default is not it.
-    let agent_hidden = info.is_none() && client.as_ref().is_ok_and(|client| client.is_up().unwrap_or(false));
     let state_dir = args
         .state_dir
         .clone()
@@ -95,10 +99,17 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
                 "the agent did not say its state directory",
                 "give --state-dir DIR to check it",
             ),
-            None => Check::warn(
+            None if agent_hidden => Check::warn(
                 "state_dir",
                 "the agent's state directory is shown to its admins only",
                 "run `sudo bkg doctor` (or give --state-dir DIR)",
+            ),
+            // Nothing answered, or the agent refused this user: what it shows was never learnt
+            // (found by a new-user trial: it was said to be shown to admins only).
+            None => Check::warn(
+                "state_dir",
+                "the agent could not be asked for its state directory (see the agent check)",
+                "give --state-dir DIR to check it",
             ),
         });
     }
@@ -167,7 +178,16 @@ fn start_command(socket: &Path) -> String {
     }
 }
 
-async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<AgentInfo>) {
+/// What the agent check saw of the agent's configuration.
+enum Seen {
+    Shown(Box<AgentInfo>),
+    /// The agent answers this caller but shows its configuration to its admins only.
+    AdminsOnly,
+    /// Nothing answered, or the agent refused this caller.
+    Not,
+}
+
+async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Seen) {
     let name = "agent";
     let up = match client.is_up() {
         Ok(up) => up,
@@ -180,7 +200,7 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
                 }
                 None => Check::fail(name, error.message, "check --remote and the agent's host"),
             };
-            return (check, None);
+            return (check, Seen::Not);
         }
     };
     if !up {
@@ -190,7 +210,7 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
             Some(socket) => Check::warn(name, found, start_command(socket)),
             None => Check::fail(name, found, "check --remote and the agent's host"),
         };
-        return (check, None);
+        return (check, Seen::Not);
     }
     match client.agent_view().await {
         Ok(AgentView::Shown(info)) => {
@@ -205,7 +225,7 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
                     "restart the agent from the same release as bkg (`sudo bkg agent stop; sudo bkg agent start`)",
                 )
             };
-            (check, Some(*info))
+            (check, Seen::Shown(info))
         }
         // Its version and level are an admin's to read: a member of the socket's group, who
         // brought no key.
@@ -219,7 +239,7 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
                 ),
                 "run `sudo bkg doctor` for the agent's view",
             ),
-            None,
+            Seen::AdminsOnly,
         ),
         Ok(AgentView::AdminsOnly(caller)) => (
             Check::warn(
@@ -231,7 +251,7 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
                 ),
                 "use an admin key for the agent's view",
             ),
-            None,
+            Seen::AdminsOnly,
         ),
         // Its socket takes connections, but nothing comes back within the wait.
         Err(error) if client.is_not_answering(&error) => (
@@ -241,7 +261,7 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
                 "the agent's process may be stopped (SIGSTOP, a debugger) or overloaded: look at it with `ps`, \
                  or restart it (`sudo bkg agent stop; sudo bkg agent start`)",
             ),
-            None,
+            Seen::Not,
         ),
         // Whether the key works at all is whoami's to say: it did not.
         Err(error) => (
@@ -253,7 +273,7 @@ async fn agent(client: &AgentClient, socket: Option<&Path>) -> (Check, Option<Ag
                     None => "bkg login --remote URL (--user NAME, or --key-stdin), or set BKG_API_KEY",
                 },
             ),
-            None,
+            Seen::Not,
         ),
     }
 }
