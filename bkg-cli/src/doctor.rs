@@ -3,7 +3,7 @@
 //! agent, its socket, its state directory and bkg_db are checked from here. Each check passes,
 //! warns or fails, with what was found and the narrowest fix (docs/compatibility.md, "Hosts").
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bkg_schema::AgentInfo;
@@ -287,24 +287,39 @@ fn socket(path: &Path) -> Check {
             Check::warn(name, format!("no socket at {}", path.display()), start_command(path))
         }
         Err(error) => Check::warn(name, format!("cannot inspect {}: {error}", path.display()), "run `sudo bkg doctor`"),
+        // Found by a new-user trial: a regular file was judged by its mode as a socket.
+        Ok(metadata) if !metadata.file_type().is_socket() => Check::fail(
+            name,
+            format!("{} is not a socket", path.display()),
+            "name the agent's socket with BKG_SOCKET (or --socket)",
+        ),
         Ok(metadata) => {
             let mode = metadata.permissions().mode() & 0o7777;
             let found = format!("{} has mode {mode:04o}, owner uid {}", path.display(), metadata.uid());
             // Found by a new-user trial: "pass" beside the agent's check failing for that mode.
             let usable = nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok();
+            let stale = std::os::unix::net::UnixStream::connect(path)
+                .is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionRefused);
             if !usable {
                 Check::fail(
                     name,
                     format!("{found}: uid {} may not use it", nix::unistd::geteuid()),
                     "the agent check's fix",
                 )
-            } else if mode & 0o007 != 0 {
+            } else if stale {
+                Check::warn(
+                    name,
+                    format!("{} is stale: nothing listens on it", path.display()),
+                    format!("start the agent (it replaces the file): `{}`", start_command(path)),
+                )
+            // Connecting to a unix socket takes write permission: only that lets others in.
+            } else if mode & 0o002 != 0 {
                 Check::fail(
                     name,
                     format!("{found}: every local user can reach it"),
                     "stop the agent and start it again: it binds its socket with mode 0600 (0660 for --socket-group)",
                 )
-            } else if mode & 0o070 != 0 {
+            } else if mode & 0o020 != 0 {
                 let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(metadata.gid()))
                     .ok()
                     .flatten()

@@ -601,6 +601,47 @@ fn doctor_as_a_user_the_socket_refuses_says_so_of_the_socket_and_guesses_no_stat
     );
 }
 
+/// Found by a new-user trial: a regular file named by BKG_SOCKET, and a socket file nothing
+/// listens on (mode 0755), were each said to let every local user reach the agent.
+#[test]
+fn doctor_tells_a_file_and_a_stale_socket_from_a_socket_others_may_use() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("notasock");
+    std::fs::write(&file, "").expect("a regular file");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (report, _) = doctor_with_env(None, &[], &[], &[("BKG_SOCKET", &file.display().to_string())]);
+    let socket = check(&report, "socket");
+    assert_eq!(socket["status"], "fail", "{socket}");
+    assert_eq!(socket["found"], format!("{} is not a socket", file.display()), "{socket}");
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind a socket"));
+    std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (report, _) = doctor_with_env(None, &[], &[], &[("BKG_SOCKET", &stale.display().to_string())]);
+    let socket = check(&report, "socket");
+    assert_eq!(socket["status"], "warn", "{socket}");
+    assert_eq!(socket["found"], format!("{} is stale: nothing listens on it", stale.display()), "{socket}");
+    assert!(socket["fix"].as_str().is_some_and(|fix| fix.contains("agent start")), "{socket}");
+}
+
+/// A live socket's mode: others' write permission alone lets every local user connect.
+#[test]
+fn doctor_says_every_user_reaches_a_socket_only_when_others_may_write_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let socket_check = |mode: u32| {
+        std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(mode)).expect("chmod the socket");
+        let (report, _) = doctor(Some(&agent), &[], &[]);
+        check(&report, "socket").clone()
+    };
+    let readable = socket_check(0o755);
+    assert_eq!(readable["status"], "pass", "{readable}");
+    let writable = socket_check(0o666);
+    assert_eq!(writable["status"], "fail", "{writable}");
+    assert!(writable["found"].as_str().is_some_and(|found| found.ends_with("every local user can reach it")));
+    socket_check(0o600);
+}
+
 /// The agent's flags a user exported for `bkg agent start` (BKG_LISTEN, BKG_WARM_POOL, …) are not
 /// `--check-host`'s: doctor's probe runs without them. Every check has its `fix` key, null when
 /// it passes.
