@@ -232,6 +232,24 @@ def test_a_member_whose_login_session_predates_it_is_told_to_log_in_again(users)
     assert one_line(run_with_ids(alice.agent, alice.uid, alice.gid, [], "agent", "status")[2])
 
 
+def test_a_member_is_told_where_to_sign_in_to_the_web_ui(users):
+    """USR-19: `bkg ui` gives a member no admin login URL, and tells them where the Web UI is
+    (the agent's TCP listener, no secret), or that it has none yet."""
+    alice = users["alice"]
+    agent = alice.agent
+    rc, out, err = alice.run("bkg", "ui")
+    assert (rc, out) == (125, ""), (rc, out, err)
+    assert one_line(err) and "none does yet" in err and "token" not in err, err
+    root = subprocess.run([str(agent.bin_dir / "bkg"), "ui", "--json"], capture_output=True,
+                          env=agent.cli_env(), timeout=60)
+    assert root.returncode == 0, root.stderr.decode()
+    base = json.loads(root.stdout)["url"].split("/ui/login")[0]
+    rc, out, err = alice.run("bkg", "ui")
+    assert (rc, out) == (125, ""), (rc, out, err)
+    assert one_line(err) and "sign in with it at %s/ui/login" % base in err, err
+    assert "token" not in err, err
+
+
 def test_a_user_of_an_agent_without_a_socket_group_is_told_how_to_get_one(users):
     """A socket 0600 root: no group to name (the hint once named a `bkg` that need not exist)."""
     agent = bkgsec.Agent("rootonly", warm_pool=0)

@@ -271,18 +271,39 @@ pub fn administers(principal: &Principal) -> bool {
 
 /// The uid of a peer on the agent's unix socket: only such a peer may have a one-time login URL
 /// of the Web UI, which logs in as the machine's administrator (an admin key over TCP may not).
-pub fn require_socket_peer(principal: &Principal) -> Result<u32, OpError> {
+/// A local user is told where to sign in with a key instead: the URLs of the agent's TCP
+/// listeners (`listeners`), which are no secret.
+pub fn require_socket_peer(principal: &Principal, listeners: &[bkg_schema::TcpListenerInfo]) -> Result<u32, OpError> {
     match principal {
         Principal::Local { uid } => Ok(*uid),
-        Principal::User(_) => Err(OpError::Forbidden(
-            "a login URL of the Web UI logs in as an admin; as a local user, make a key (`bkg keys create --role \
-             session`) and sign in with it at the Web UI's /ui/login (on the agent's --listen address)"
-                .into(),
-        )),
+        Principal::User(_) => {
+            // Found by a new-user trial: a member was sent to "the agent's --listen address",
+            // which nothing shows them.
+            let sign_in = match listeners {
+                [] => "at the Web UI's /ui/login once the agent listens on TCP (none does yet: an admin starts the \
+                       agent with --listen ADDRESS:PORT, or runs `bkg ui`)"
+                    .to_owned(),
+                listeners => {
+                    let urls: Vec<String> =
+                        listeners.iter().map(|listener| format!("{}/ui/login", reachable(&listener.url))).collect();
+                    format!("at {}", urls.join(" or "))
+                }
+            };
+            Err(OpError::Forbidden(format!(
+                "a login URL of the Web UI logs in as an admin; as a local user, make a key (`bkg keys create --role \
+                 session`) and sign in with it {sign_in}"
+            )))
+        }
         Principal::Key(_) => {
             Err(OpError::Forbidden("only a peer on the agent's unix socket may ask for a login URL".into()))
         }
     }
+}
+
+/// A listener's URL as a browser on this machine opens it: one on every address is reached on
+/// loopback.
+fn reachable(url: &str) -> String {
+    url.replacen("://0.0.0.0:", "://127.0.0.1:", 1).replacen("://[::]:", "://[::1]:", 1)
 }
 
 /// Model-access keys reach model endpoints only; everything that runs code is refused to them.
@@ -463,10 +484,10 @@ mod tests {
         assert!(require_admin(&team, AdminTask::ReadAudit).is_err());
         assert!(require_admin(&team, AdminTask::ListEnvs).is_err(), "environments are every namespace's");
         assert!(!administers(&team));
-        assert_eq!(require_socket_peer(&Principal::Local { uid: 7 }).ok(), Some(7));
+        assert_eq!(require_socket_peer(&Principal::Local { uid: 7 }, &[]).ok(), Some(7));
         let admin_key = Principal::Key(key("key_5", Role::Admin, None));
         assert!(administers(&admin_key));
-        assert!(require_socket_peer(&admin_key).is_err(), "an admin key over TCP gets no login URL");
+        assert!(require_socket_peer(&admin_key, &[]).is_err(), "an admin key over TCP gets no login URL");
     }
 
     fn alice() -> Principal {
@@ -491,7 +512,11 @@ mod tests {
         assert!(may_create_key(&alice, Role::Namespace).is_err());
         assert!(require_admin(&alice, AdminTask::StopAgent).is_err());
         assert!(require_admin(&alice, AdminTask::ReadAudit).is_err());
-        assert!(require_socket_peer(&alice).is_err(), "a login URL would log a local user in as admin");
+        assert!(require_socket_peer(&alice, &[]).is_err(), "a login URL would log a local user in as admin");
+        let listening =
+            [bkg_schema::TcpListenerInfo { url: "http://0.0.0.0:8080".into(), started_by: "--listen".into() }];
+        let told = require_socket_peer(&alice, &listening).err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(told.contains("sign in with it at http://127.0.0.1:8080/ui/login"), "{told}");
         assert_eq!(alice.actor(), "uid:1234");
         assert_eq!(definition_namespace(&alice, "default"), "user-alice", "a project's `default` is the user's own");
         assert_eq!(definition_namespace(&alice, "team"), "team", "another is kept, and refused by `reaches`");

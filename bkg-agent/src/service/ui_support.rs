@@ -177,6 +177,7 @@ impl Service {
 
     /// The uid a one-time login URL of the Web UI is issued for: the socket peer's.
     pub fn ui_login_grant(&self, principal: &Principal) -> OpResult<u32> {
-        require_socket_peer(principal)
+        let listeners = self.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        require_socket_peer(principal, &listeners)
     }
 }
