@@ -570,6 +570,9 @@ def test_a_shared_project_keeps_each_sandbox_in_its_namespace(users):
         rc, out, err = bob.run(*argv, cwd=shared)
         assert rc == 125 and one_line(err) and "belongs to another namespace" in err, (argv, rc, out, err)
     assert (shared / "cave.yaml").read_text() == cave
+    # His `bkg ls` says whose it is, not that it was never made.
+    rc, out, err = bob.run("bkg", "ls", cwd=shared)
+    assert rc == 0 and "another namespace's" in out and "not created" not in out, (rc, out, err)
     # Root (an admin) does not take it over into its own namespace, with a disk of its own.
     root = subprocess.run([str(agent.bin_dir / "bkgr"), "api"], cwd=str(shared), capture_output=True,
                           env=agent.cli_env(), timeout=90)

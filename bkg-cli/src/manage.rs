@@ -70,11 +70,22 @@ async fn list(client: &AgentClient, project: Option<&Path>) -> Result<Vec<Sandbo
     client.get(&format!("/api/v1/sandboxes{query}")).await
 }
 
-/// A sandbox cave.yaml declares that the agent does not have yet: nothing has run in it.
+/// A sandbox cave.yaml declares that the agent does not list to this caller: nothing has run in
+/// it, or it is another namespace's (a project shared with another user, who ran it).
 pub struct Declared {
     pub name: String,
     pub language: Language,
     pub project_dir: String,
+    /// Another namespace's: the agent refuses it to this caller.
+    pub others: bool,
+}
+
+/// Whether sandbox `id`, which the agent does not list to this caller, is another namespace's:
+/// the agent says so (403) to a user who shares its project, where one never made is not found.
+async fn is_others(client: &AgentClient, id: &str) -> Result<bool, CliError> {
+    let path = format!("/api/v1/sandboxes/{id}");
+    let response = client.send(client.http().get(client.url(&path))).await?;
+    Ok(response.status() == reqwest::StatusCode::FORBIDDEN)
 }
 
 pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
@@ -90,19 +101,21 @@ pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
     let left_out = part.as_ref().map(|part| part.left_out.clone()).unwrap_or_default();
     let cave = part.map(|part| part.cave);
     let sandboxes = list(&client, project.as_deref()).await?;
-    let declared: Vec<Declared> = match (&project, &cave) {
-        (Some(dir), Some(cave)) => cave
-            .sandboxes
-            .iter()
-            .filter(|(name, _)| !sandboxes.iter().any(|info| &info.name == *name))
-            .map(|(name, spec)| Declared {
+    let mut declared = Vec::new();
+    if let (Some(dir), Some(cave)) = (&project, &cave) {
+        for (name, spec) in cave.sandboxes.iter().filter(|(name, _)| !sandboxes.iter().any(|info| &info.name == *name))
+        {
+            // Found by a new-user trial: another user's sandbox of a shared project was listed
+            // as "not created", which `bkg status` then said belongs to another namespace.
+            let others = is_others(&client, &id_of(dir, name)).await?;
+            declared.push(Declared {
                 name: name.clone(),
                 language: spec.r#type,
                 project_dir: dir.to_string_lossy().into_owned(),
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+                others,
+            });
+        }
+    }
     if sandboxes.is_empty() && declared.is_empty() && !out.is_json() {
         match project {
             Some(_) => out.note(format_args!("cave.yaml declares no sandbox: `bkg add NAME --type python` adds one")),
@@ -155,7 +168,7 @@ pub fn sandbox_table(sandboxes: &[SandboxInfo], declared: &[Declared], width: Op
         vec![
             sandbox.name.clone(),
             sandbox.language.as_str().to_owned(),
-            "not created".to_owned(),
+            if sandbox.others { "another namespace's" } else { "not created" }.to_owned(),
             "-".to_owned(),
             "-".to_owned(),
             sandbox.project_dir.clone(),

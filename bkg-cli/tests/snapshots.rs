@@ -234,11 +234,21 @@ fn tables() {
         }))
         .expect("a sandbox"),
     ];
-    let declared = [bkg_cli::manage::Declared {
-        name: "api".into(),
-        language: bkg_schema::Language::Python,
-        project_dir: "/srv/app".into(),
-    }];
+    let declared = [
+        bkg_cli::manage::Declared {
+            name: "api".into(),
+            language: bkg_schema::Language::Python,
+            project_dir: "/srv/app".into(),
+            others: false,
+        },
+        // A shared project's sandbox that another user ran.
+        bkg_cli::manage::Declared {
+            name: "cron".into(),
+            language: bkg_schema::Language::Python,
+            project_dir: "/srv/app".into(),
+            others: true,
+        },
+    ];
     let mut text = String::new();
     for width in [None, Some(100), Some(80), Some(60)] {
         text.push_str(&format!("--- bkg ls, width {width:?}\n"));
