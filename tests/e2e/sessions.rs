@@ -603,6 +603,18 @@ fn piped_repl_of(agent: &Agent, dir: &std::path::Path, cells: &[u8]) -> std::pro
     repl
 }
 
+/// A piped repl in the project at `dir` whose second cell has started and sleeps; a third
+/// cell follows it.
+fn repl_in_a_long_cell(agent: &Agent, dir: &std::path::Path) -> std::process::Child {
+    let cells = b"import time\nprint('started', flush=True); time.sleep(300)\nprint('after')\n";
+    let mut repl = piped_repl_of(agent, dir, cells);
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(repl.stdout.as_mut().expect("stdout"));
+    std::io::BufRead::read_line(&mut reader, &mut first).expect("the cell's output");
+    assert_eq!(first, "started\n");
+    repl
+}
+
 /// Ctrl-C on a repl fed from a pipe interrupts its cell and runs none after it, as on
 /// `python3 < cells.py`, and so do SIGTERM and SIGHUP (was: after Ctrl-C the rest ran on, and
 /// SIGTERM ended bkg with its cell going on; found by new-user trials). The session is free
@@ -612,12 +624,7 @@ fn a_signal_on_a_piped_repl_stops_its_cells() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
     for (signal, expected, said) in [(libc::SIGINT, 130, "Ctrl-C"), (libc::SIGTERM, 143, "SIGTERM")] {
-        let cells = b"import time\nprint('started', flush=True); time.sleep(300)\nprint('after')\n";
-        let mut repl = piped_repl_of(&agent, project.path(), cells);
-        let mut first = String::new();
-        let mut reader = std::io::BufReader::new(repl.stdout.as_mut().expect("stdout"));
-        std::io::BufRead::read_line(&mut reader, &mut first).expect("the cell's output");
-        assert_eq!(first, "started\n");
+        let repl = repl_in_a_long_cell(&agent, project.path());
         // SAFETY: kill(2) on a child this test spawned; no memory is involved.
         assert_eq!(unsafe { libc::kill(repl.id() as i32, signal) }, 0);
         let done = repl.wait_with_output().expect("bkg repl");
@@ -636,12 +643,7 @@ fn a_signal_on_a_piped_repl_stops_its_cells() {
 fn a_piped_repl_whose_agent_stops_exits_143_and_runs_no_more_cells() {
     let mut agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
     let project = project(&agent);
-    let cells = b"import time\nprint('started', flush=True); time.sleep(300)\nprint('after')\n";
-    let mut repl = piped_repl_of(&agent, project.path(), cells);
-    let mut first = String::new();
-    let mut reader = std::io::BufReader::new(repl.stdout.as_mut().expect("stdout"));
-    std::io::BufRead::read_line(&mut reader, &mut first).expect("the cell's output");
-    assert_eq!(first, "started\n");
+    let repl = repl_in_a_long_cell(&agent, project.path());
     agent.stop();
     let done = repl.wait_with_output().expect("bkg repl");
     assert_eq!((code(&done), stdout(&done).as_str()), (143, ""), "{}", stderr(&done));
