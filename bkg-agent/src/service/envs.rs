@@ -187,6 +187,12 @@ impl Service {
                 let line = crate::envs::without_credentials(
                     &line.replace(&pip_option, file).replace(file, "the requirements"),
                 );
+                // Once the agent has said it cannot reach where packages come from, the
+                // installer's retries and their TLS errors say nothing more (found by a new-user
+                // trial: ten lines of them sent the user after certificates).
+                if unreachable.is_some() {
+                    continue;
+                }
                 progress(line.clone());
                 tail.push_back(line);
                 if tail.len() > ERROR_LINES {
@@ -232,14 +238,12 @@ impl Service {
             Some(reason) => {
                 envs.abandon_build(dirs);
                 let said: Vec<String> = tail.into_iter().collect();
-                let reason = match unreachable {
-                    Some(unreachable) => format!("{reason}; {unreachable}"),
-                    None => reason,
-                };
-                Err(failed(format!(
-                    "installing {packages} failed ({reason}); the installer said:\n{}",
-                    said.join("\n")
-                )))
+                Err(failed(match unreachable {
+                    Some(unreachable) => format!("installing {packages} failed ({reason}): {unreachable}"),
+                    None => {
+                        format!("installing {packages} failed ({reason}); the installer said:\n{}", said.join("\n"))
+                    }
+                }))
             }
         }
     }
