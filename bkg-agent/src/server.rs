@@ -293,8 +293,11 @@ async fn mcp_gate(State(state): State<AppState>, request: Request, next: Next) -
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("application/json"));
-    if !response.status().is_client_error() || is_json {
+    if !response.status().is_client_error() {
         return response;
+    }
+    if is_json {
+        return with_a_null_id(response).await;
     }
     let (parts, body) = response.into_parts();
     let said = match http_body_util::Limited::new(body, 4096).collect().await {
@@ -317,6 +320,29 @@ async fn mcp_gate(State(state): State<AppState>, request: Request, next: Next) -
         answer.headers_mut().insert(header::ALLOW, allow.clone());
     }
     answer
+}
+
+/// rmcp's JSON-RPC error for a message it does not take (a posted response) names no id, where
+/// JSON-RPC 2.0 has `"id": null` for an error whose request's id is unknown (found by a new-user
+/// trial). Any other answer goes out as it came.
+async fn with_a_null_id(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return Failure::new(parts.status, bkg_schema::ErrorCode::BadRequest, "the MCP request was refused")
+            .into_response();
+    };
+    let fixed = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut message)) if message.contains_key("error") && !message.contains_key("id") => {
+            message.insert("id".into(), serde_json::Value::Null);
+            serde_json::to_vec(&message).ok()
+        }
+        _ => None,
+    };
+    let mut parts = parts;
+    if fixed.is_some() {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    Response::from_parts(parts, axum::body::Body::from(fixed.unwrap_or_else(|| bytes.to_vec())))
 }
 
 /// A POSTed MCP request whose params its method cannot take, answered as JSON-RPC's invalid

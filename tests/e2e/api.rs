@@ -391,6 +391,11 @@ fn tcp_needs_a_valid_key_and_keys_are_confined_to_their_role_and_namespace() {
         assert_eq!((&answer["id"], &answer["error"]["code"]), (&json!(null), &json!(-32600)), "{answer}");
         assert!(answer["error"]["message"].as_str().is_some_and(|text| text.contains(said)), "{answer}");
     }
+    // A response posted to the server is refused as JSON-RPC has it, with a null id (found by a
+    // new-user trial: no id at all).
+    let response = json!({ "jsonrpc": "2.0", "id": 1, "result": {} });
+    let refused = team.send("POST", "/mcp", Some(&response), &mcp_accept).json();
+    assert_eq!((refused.get("id"), &refused["error"]["code"]), (Some(&json!(null)), &json!(-32600)), "{refused}");
     // A key twice, as the API refuses it (found by a new-user trial: "unrecognized JSON-RPC message").
     let twice = request(
         &api.address,
