@@ -337,7 +337,12 @@ impl PreparedSandbox {
             false => nix::sys::signal::Signal::SIGTERM,
         };
         if let Err(errno) = nix::sys::signal::killpg(Pid::from_raw(code), signal) {
-            tracing::debug!(sandbox = %self.id, %errno, %signal, "could not ask the code to end");
+            tracing::warn!(sandbox = %self.id, %errno, %signal, code, "could not ask the code to end");
+        }
+        // A closing terminal's hangup continues the group too (the kernel's `tty_vhangup`): a
+        // shell stopped by job control would otherwise keep the hangup pending through the grace.
+        if on_terminal {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(code), nix::sys::signal::Signal::SIGCONT);
         }
     }
 
