@@ -83,9 +83,9 @@ impl Service {
     /// by a run starting meanwhile (a service restarting, say): either way the transfer looks
     /// again, for up to `HOLDER_PATIENCE`, instead of failing a caller who only met the gap
     /// between two runs. Past that the sandbox is busy: a conflict, not the agent's failure.
-    async fn hold_workspace(self: &Arc<Self>, principal: &Principal, id: &str) -> OpResult<Held> {
-        let stored = self.visible_sandbox(principal, id).await?;
-        let name = &stored.definition.name;
+    /// `name` is the sandbox's as `visible_sandbox` gave it: the caller may see it (a run found
+    /// going on is not asked again).
+    async fn hold_workspace(self: &Arc<Self>, principal: &Principal, id: &str, name: &str) -> OpResult<Held> {
         let deadline = tokio::time::Instant::now() + HOLDER_PATIENCE;
         loop {
             if let Some(run) = self.engine.current_run(id) {
@@ -183,7 +183,7 @@ impl Service {
         // Into a volume: the host's folder is named, which the sandbox cannot say (found by a
         // new-user trial: the refusal was the same for a volume and for a link).
         let definition = self.visible_sandbox(principal, id).await?.definition;
-        let into = Path::new("/workspace").join(&dest);
+        let into = in_workspace(&dest);
         if let Some(volume) = definition.volumes.iter().find(|volume| into.starts_with(&volume.guest)) {
             return Err(OpError::Invalid(format!(
                 "{} is in volume {}, this host's folder {}: copy into that folder instead",
@@ -193,7 +193,7 @@ impl Service {
             )));
         }
         let body = KeyHold::hold_chunks(KeyHold::of(&self.store, principal), body);
-        let held = self.hold_workspace(principal, id).await?;
+        let held = self.hold_workspace(principal, id, &definition.name).await?;
         let Held { workspace, release } = held;
         let target = dest.clone();
         let unpacked = tokio::task::spawn_blocking(move || workspace.unpack(&target, ChunkReader::new(body))).await;
@@ -206,7 +206,8 @@ impl Service {
     pub async fn download_files(self: &Arc<Self>, principal: &Principal, id: &str, path: &str) -> OpResult<Chunks> {
         let source = relative(path)?;
         let hold = KeyHold::of(&self.store, principal);
-        let held = self.hold_workspace(principal, id).await?;
+        let name = self.visible_sandbox(principal, id).await?.definition.name;
+        let held = self.hold_workspace(principal, id, &name).await?;
         let Held { workspace, release } = held;
         // A missing or escaping path is an answer of its own, not a broken stream; so is a file
         // named as a directory (`a.txt/`). `link/` is the directory the link leads to.
@@ -249,7 +250,8 @@ impl Service {
         let dir = relative(path)?;
         // `link/` asks for the directory the link leads to, as `ls link/` does.
         let follow = path.ends_with('/');
-        let held = self.hold_workspace(principal, id).await?;
+        let name = self.visible_sandbox(principal, id).await?.definition.name;
+        let held = self.hold_workspace(principal, id, &name).await?;
         let Held { workspace, release } = held;
         let listed = tokio::task::spawn_blocking(move || workspace.list(&dir, follow)).await;
         release.release(matches!(listed, Ok(Ok(_)))).await;
@@ -257,6 +259,11 @@ impl Service {
     }
 }
 
-fn shown(path: &std::path::Path) -> String {
-    PathBuf::from(crate::engine::plan::WORKSPACE).join(path).to_string_lossy().into_owned()
+/// `path`, relative to /workspace, as the sandbox names it.
+fn in_workspace(path: &Path) -> PathBuf {
+    PathBuf::from(crate::engine::plan::WORKSPACE).join(path)
+}
+
+fn shown(path: &Path) -> String {
+    in_workspace(path).to_string_lossy().into_owned()
 }

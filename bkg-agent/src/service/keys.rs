@@ -201,9 +201,7 @@ impl Service {
         // A session a key made ends with that key, and within the lifetime that key gave it:
         // refreshed, it gets a new secret, not a longer life (was: --session-key-ttl again at each
         // refresh, so an admin's 20-minute session key lived for ever; found by a new-user trial).
-        // A login's session slides: its holder could log in again. One a member of the socket's
-        // group made does not either (found by a new-user trial: refreshed each hour, it outlived
-        // its maker's membership for ever).
+        // A login's session slides: its holder could log in again.
         let until_ms = match &current.created_by_key {
             Some(maker) => match self.store.get_key(maker).await? {
                 Some(maker) if maker.role == Role::Admin || maker.is_active(now_ms()) => {
@@ -217,7 +215,9 @@ impl Service {
                     ));
                 }
             },
-            // A login's session (it names its user) slides; one a socket peer made keeps its end.
+            // A login's session names its user. One a socket peer made keeps its end (found by a
+            // new-user trial: refreshed each hour, it outlived its maker's membership of the
+            // socket's group for ever).
             None if current.user.is_some() => None,
             None => Some(current.expires_at_ms),
         };
