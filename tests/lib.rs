@@ -237,6 +237,16 @@ impl Agent {
         command
     }
 
+    /// Sets secret `name` of the default namespace to `value` with `bkg secrets set`, as a user
+    /// types it (a line on stdin).
+    pub fn set_secret(&self, name: &str, value: &str) {
+        let mut set = self.bkg().args(["secrets", "set", name]).stdin(Stdio::piped()).spawn().expect("set");
+        std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), format!("{value}\n").as_bytes())
+            .expect("write the value");
+        let set = set.wait_with_output().expect("bkg secrets set");
+        assert_eq!(code(&set), 0, "{}", stderr(&set));
+    }
+
     /// Runs `bkgr ARGS` in the project directory `dir` against this agent, with an empty stdin.
     pub fn bkgr(&self, dir: &Path, args: &[&str]) -> Output {
         self.bkgr_command(dir, args).output().expect("run bkgr")

@@ -2265,9 +2265,11 @@ fn routes_that_take_no_body_refuse_one_and_do_nothing() {
     let created = team.post("/api/v1/sandboxes", &json!({ "name": "quiet", "language": "python" }));
     expect(&created, 201, "create");
     let sandbox = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    let post_raw = |key: &str, path: &str, body: &[u8]| {
+        request(&api.address, "POST", path, &[("Authorization", &format!("Bearer {key}"))], body)
+    };
     let refused = |key: &str, path: &str, body: &[u8]| {
-        let bearer = format!("Bearer {key}");
-        let answer = request(&api.address, "POST", path, &[("Authorization", &bearer)], body);
+        let answer = post_raw(key, path, body);
         expect(&answer, 400, path);
         let message = answer.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
         assert!(message.contains("takes no body"), "{path}: {message}");
@@ -2280,25 +2282,12 @@ fn routes_that_take_no_body_refuse_one_and_do_nothing() {
     let whoami = api.client(&session_key).get("/api/v1/auth/whoami");
     expect(&whoami, 200, "the session key was neither refreshed nor revoked nor rotated");
     // No body, whitespace or `{}` are none.
-    let bearer = format!("Bearer {team_key}");
-    let stopped = request(
-        &api.address,
-        "POST",
-        &format!("/api/v1/sandboxes/{sandbox}/stop"),
-        &[("Authorization", &bearer)],
-        b" \n",
-    );
+    let stopped = post_raw(&team_key, &format!("/api/v1/sandboxes/{sandbox}/stop"), b" \n");
     expect(&stopped, 200, "stop with whitespace");
     let revoked = team.post(&format!("/api/v1/auth/keys/{session_id}/revoke"), &json!({}));
     expect(&revoked, 200, "revoke with {}");
     // A route that takes a body still says when it is no JSON.
-    let started = request(
-        &api.address,
-        "POST",
-        &format!("/api/v1/sandboxes/{sandbox}/start"),
-        &[("Authorization", &bearer)],
-        b"garbage",
-    );
+    let started = post_raw(&team_key, &format!("/api/v1/sandboxes/{sandbox}/start"), b"garbage");
     expect(&started, 400, "start with garbage");
 }
 

@@ -541,10 +541,7 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 fn a_secret_reaches_the_script_and_no_record() {
     let agent = Agent::start();
     let value = "s3cr3t-bkg-7f1c9e";
-    let mut set = agent.bkg().args(["secrets", "set", "API_TOKEN"]).stdin(Stdio::piped()).spawn().expect("set");
-    set.stdin.take().expect("stdin").write_all(format!("{value}\n").as_bytes()).expect("write the value");
-    let set = set.wait_with_output().expect("bkg secrets set");
-    assert_eq!(code(&set), 0, "{}", stderr(&set));
+    agent.set_secret("API_TOKEN", value);
 
     let listed = agent.bkg().args(["secrets", "ls"]).output().expect("bkg secrets ls");
     assert_eq!(stdout(&listed), "API_TOKEN\n");
@@ -615,7 +612,7 @@ fn a_proxy_variable_of_the_callers_is_refused_in_a_run_given_network() {
     let plain = agent.exe(&["-e", "HTTP_PROXY=http://10.9.9.9:1", "--net", "pypi.org:443", "-t", "python", "-c", "1"]);
     assert_eq!(code(&plain), 125, "{}", stderr(&plain));
     assert!(stderr(&plain).contains(&format!("env: `HTTP_PROXY` {refused}")), "{}", stderr(&plain));
-    set_secret(&agent, "http_proxy", "http://10.9.9.9:1");
+    agent.set_secret("http_proxy", "http://10.9.9.9:1");
     let secret = agent.exe(&["--secret", "http_proxy", "--net", "pypi.org:443", "-t", "python", "-c", "1"]);
     assert_eq!(code(&secret), 125, "{}", stderr(&secret));
     assert!(stderr(&secret).contains(&format!("secret: `http_proxy` {refused}")), "{}", stderr(&secret));
@@ -633,13 +630,6 @@ fn a_proxy_variable_of_the_callers_is_refused_in_a_run_given_network() {
 }
 
 /// `bkg secrets set NAME` with `value` on stdin.
-fn set_secret(agent: &Agent, name: &str, value: &str) {
-    let mut set = agent.bkg().args(["secrets", "set", name]).stdin(Stdio::piped()).spawn().expect("set");
-    set.stdin.take().expect("stdin").write_all(format!("{value}\n").as_bytes()).expect("write the value");
-    let set = set.wait_with_output().expect("bkg secrets set");
-    assert_eq!(code(&set), 0, "{}", stderr(&set));
-}
-
 /// A cave.yaml sandbox's requirements file is checked as `bkg exe` checks its own: the refusal
 /// names the file and line, not the joined list's, and does not repeat the line.
 #[test]
@@ -665,7 +655,7 @@ fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
     let index = LocalIndex::start();
     let agent = agent_with_index(&index);
     let value = "cave-s3cr3t-41d2";
-    set_secret(&agent, "API_TOKEN", value);
+    agent.set_secret("API_TOKEN", value);
     let (project, _) = project(&[
         (
             "cave.yaml",

@@ -1,7 +1,6 @@
 //! Persistent projects: `bkg init`, `bkg add`, `bkgr`, and managing the sandboxes.
 
 use std::fs::Permissions;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -1106,10 +1105,7 @@ fn a_sandbox_s_record_names_its_network_ports_and_secrets() {
     let agent = Agent::start();
     let dir = tempfile::tempdir().expect("dir");
     let dir = dir.path();
-    let mut set = agent.bkg().args(["secrets", "set", "DB_PASSWORD"]).stdin(Stdio::piped()).spawn().expect("set");
-    set.stdin.take().expect("stdin").write_all(b"hunter2-value\n").expect("write the value");
-    let set = set.wait_with_output().expect("bkg secrets set");
-    assert_eq!(code(&set), 0, "{}", stderr(&set));
+    agent.set_secret("DB_PASSWORD", "hunter2-value");
     assert_eq!(code(&agent.bkg_in(dir, &["init", "--yes"])), 0);
     let added = agent.bkg_in(dir, &["add", "box", "--type", "python", "--script", "start=true"]);
     assert_eq!(code(&added), 0, "{}", stderr(&added));
