@@ -443,9 +443,19 @@ async fn unpack_stream(response: reqwest::Response, dest: &Path) -> Result<Unpac
         tokio::select! {
             chunk = stream.next() => match chunk {
                 Some(Ok(bytes)) => unpacker.push(bytes.to_vec()).await,
-                Some(Err(error)) => {
-                    unpacker.fail(std::io::Error::other(error)).await;
-                    break;
+                Some(Err(_)) => {
+                    // The agent ends the stream without its end when it cannot send an entry
+                    // (its log says which and why); what reqwest says of it names neither.
+                    unpacker.fail(std::io::Error::other("the stream broke off")).await;
+                    let _ = unpacker.finish().await;
+                    return Err(CliError::new(
+                        crate::exit::BKG_FAILED,
+                        format!(
+                            "the agent stopped sending the download before its end: the files of it already in {} \
+                             are kept, the one being written was removed (the agent's log says why)",
+                            dest.display()
+                        ),
+                    ));
                 }
                 None => break,
             },
@@ -546,6 +556,11 @@ fn unpack_counting<R: std::io::Read>(
                     dest.display()
                 ))
             }
+            // tar's message names no entry, and this one is thousands of bytes long.
+            _ if error.raw_os_error() == Some(libc::ENAMETOOLONG) => std::io::Error::other(format!(
+                "a path in it is {} bytes long, more than this host takes: copy a directory further down",
+                dest.join(&path).as_os_str().len()
+            )),
             _ => error,
         })?;
         if unpacked_in && kind.is_file() {

@@ -1102,3 +1102,51 @@ fn a_download_removes_the_stagings_dead_downloads_left() {
         assert!(back.join(name).exists(), "{name} is not a dead download's: kept");
     }
 }
+
+/// Found by a trial: a download opened each entry by its path from /workspace, so a tree whose
+/// paths are longer than the kernel takes (4096 bytes) broke off on the agent's side, and one
+/// two thousand directories deep overflowed the stack of the agent's thread and ended the agent.
+/// Entries are now opened from their directory's descriptor, up to 256 directories deep.
+#[test]
+fn a_download_sends_paths_longer_than_the_kernel_takes_and_refuses_a_tree_too_deep() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let made = agent.bkg_in(
+        dir,
+        &[
+            "exec",
+            "box",
+            "-c",
+            "import os\nfor top, levels, width in (('long', 45, 100), ('deep', 2000, 1)):\n    os.chdir('/workspace')\n    \
+             os.mkdir(top); os.chdir(top)\n    for level in range(levels):\n        name = str(level % 10) * width\n        \
+             os.mkdir(name); os.chdir(name)\n    open('f', 'w').write(top)\n\
+             open('/workspace/small.txt', 'w').write('small')",
+        ],
+    );
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let id = the_sandbox_id(&agent);
+
+    let long = unix_request(&agent.socket, "GET", &format!("/api/v1/sandboxes/{id}/files?path=long"), None);
+    assert_eq!(long.status, 200, "{}", long.text());
+    std::fs::write(dir.join("long.tar"), &long.body).expect("keep the stream");
+    let listed = Command::new("tar").args(["-tf", "long.tar"]).current_dir(dir).output().expect("tar");
+    assert!(listed.status.success(), "a whole tar stream: {}", String::from_utf8_lossy(&listed.stderr));
+    let deepest = String::from_utf8_lossy(&listed.stdout).lines().map(str::len).max().unwrap_or(0);
+    assert!(deepest > 4500, "the file 45 levels of 100 bytes down is in the stream (longest path {deepest} bytes)");
+    let copied = agent.bkg_in(dir, &["cp", "box:long", "long-back"]);
+    assert_eq!(code(&copied), 125, "{}", stderr(&copied));
+    assert!(
+        stderr(&copied).contains("more than this host takes: copy a directory further down"),
+        "{}",
+        stderr(&copied)
+    );
+
+    let deep = agent.bkg_in(dir, &["cp", "box:deep", "deep-back"]);
+    assert_eq!(code(&deep), 125, "{}", stderr(&deep));
+    assert!(stderr(&deep).contains("the agent stopped sending the download before its end"), "{}", stderr(&deep));
+    assert!(agent.log().contains("is more than 256 directories deep"), "the agent's log says why");
+    let small = agent.bkg_in(dir, &["cp", "box:small.txt", "small"]);
+    assert_eq!(code(&small), 0, "the agent still serves: {}", stderr(&small));
+    assert_eq!(std::fs::read_to_string(dir.join("small/small.txt")).expect("the small file"), "small");
+}

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -249,8 +249,65 @@ enum Child {
     Mount(FileStat),
 }
 
+/// An entry to open: `entry` beneath directory `dir`; `path` is its path from /workspace, for
+/// messages.
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    dir: BorrowedFd<'a>,
+    entry: &'a Path,
+    path: &'a Path,
+}
+
+/// How many directories deep a download goes. Each level holds a descriptor and a frame of the
+/// agent's stack while its entries are sent: a tree the sandbox made thousands of levels deep
+/// overflowed the stack of the agent's thread and ended the agent (found by a trial).
+const MAX_DEPTH: usize = 256;
+
+/// The entries of the open directory `dir` (`path` from /workspace), by name, with what they are
+/// (symbolic links not followed), and the directory's listing, from which they can be opened.
+fn children_of(dir: OwnedFd, path: &Path) -> Result<(nix::dir::Dir, Vec<(PathBuf, Child)>), FilesError> {
+    let mut listing = nix::dir::Dir::from_fd(dir).map_err(|errno| failed("read", path, errno))?;
+    let mut names = Vec::new();
+    for entry in listing.iter() {
+        let entry = entry.map_err(|errno| failed("read", path, errno))?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(PathBuf::from(OsStr::from_bytes(name)));
+        }
+    }
+    names.sort();
+    let mut children = Vec::with_capacity(names.len());
+    for name in names {
+        let child = match open_beneath_of(listing.as_fd(), &name, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty()) {
+            Ok(fd) => {
+                Child::Entry(nix::sys::stat::fstat(&fd).map_err(|errno| failed("inspect", &path.join(&name), errno))?)
+            }
+            // Another filesystem mounted here (a cave.yaml volume): not entered.
+            Err(Errno::EXDEV) => Child::Mount(
+                nix::sys::stat::fstatat(&listing, name.as_path(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|errno| failed("inspect", &path.join(&name), errno))?,
+            ),
+            Err(errno) => return Err(failed("open", &path.join(&name), errno)),
+        };
+        children.push((name, child));
+    }
+    Ok((listing, children))
+}
+
 fn beneath() -> ResolveFlag {
     ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_MAGICLINKS
+}
+
+/// Opens `path` beneath directory `dir`, resolved as every path here is (`beneath`).
+fn open_beneath_of(dir: BorrowedFd<'_>, path: &Path, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
+    let path: &Path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+    let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).mode(mode).resolve(beneath());
+    loop {
+        match openat2(dir, path, how) {
+            Err(Errno::EAGAIN | Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
 }
 
 fn kind_of(stat: &FileStat) -> FileKind {
@@ -279,14 +336,7 @@ impl Workspace {
     }
 
     fn open_beneath(&self, path: &Path, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
-        let path: &Path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
-        let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).mode(mode).resolve(beneath());
-        loop {
-            match openat2(self.root.as_fd(), path, how) {
-                Err(Errno::EAGAIN | Errno::EINTR) => continue,
-                other => return other,
-            }
-        }
+        open_beneath_of(self.root.as_fd(), path, flags, mode)
     }
 
     fn chown(&self, fd: impl AsFd, path: &Path) -> Result<(), FilesError> {
@@ -593,7 +643,8 @@ impl Workspace {
             false => self.stat(source)?,
         };
         let name = source.file_name().map(PathBuf::from).unwrap_or_default();
-        self.append(&mut builder, source, &name, &stat)?;
+        let at = Entry { dir: self.root.as_fd(), entry: source, path: source };
+        self.append(&mut builder, at, &name, &stat, 0)?;
         builder.into_inner().map_err(|error| FilesError::Io(format!("finish the tar stream: {error}")))?;
         Ok(())
     }
@@ -605,7 +656,8 @@ impl Workspace {
         builder.follow_symlinks(false);
         match self.stat(dir) {
             Ok(stat) if kind_of(&stat) == FileKind::Directory => {
-                self.append(&mut builder, dir, Path::new(""), &stat)?;
+                let at = Entry { dir: self.root.as_fd(), entry: dir, path: dir };
+                self.append(&mut builder, at, Path::new(""), &stat, 0)?;
             }
             Ok(_) | Err(FilesError::NotFound(_)) => {}
             Err(error) => return Err(error),
@@ -621,14 +673,24 @@ impl Workspace {
         nix::sys::stat::fstat(&fd).map_err(|errno| failed("inspect", path, errno))
     }
 
+    /// Writes `at` to `builder` under `name`, a directory with what it holds: each entry is
+    /// opened from its directory's descriptor, not by its path from /workspace, so a tree whose
+    /// paths are longer than the kernel takes (`PATH_MAX`) is sent whole; `depth` counts the
+    /// directories above it, which [`MAX_DEPTH`] bounds.
     fn append<W: Write>(
         &self,
         builder: &mut tar::Builder<W>,
-        path: &Path,
+        at: Entry<'_>,
         name: &Path,
         stat: &FileStat,
+        depth: usize,
     ) -> Result<(), FilesError> {
+        let path = at.path;
         let write_failed = |error: std::io::Error| FilesError::Io(format!("send {}: {error}", shown(path)));
+        let open = |flags: OFlag| {
+            open_beneath_of(at.dir, at.entry, flags | OFlag::O_NOFOLLOW, Mode::empty())
+                .map_err(|errno| failed("open", path, errno))
+        };
         let mut header = tar::Header::new_gnu();
         header.set_mode(stat.st_mode & 0o7777);
         header.set_mtime(u64::try_from(stat.st_mtime).unwrap_or(0));
@@ -636,10 +698,7 @@ impl Workspace {
         header.set_gid(1000);
         match kind_of(stat) {
             FileKind::File => {
-                let file = self
-                    .open_beneath(path, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, Mode::empty())
-                    .map_err(|errno| failed("open", path, errno))?;
-                let file = std::fs::File::from(file);
+                let file = std::fs::File::from(open(OFlag::O_RDONLY)?);
                 let size = file.metadata().map_err(|error| io_failed("inspect", path, &error))?.len();
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(size);
@@ -649,24 +708,38 @@ impl Workspace {
                     .map_err(write_failed)?;
             }
             FileKind::Symlink => {
-                let fd = self
-                    .open_beneath(path, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty())
-                    .map_err(|errno| failed("open", path, errno))?;
+                let fd = open(OFlag::O_PATH)?;
                 let target = nix::fcntl::readlinkat(fd.as_fd(), "").map_err(|errno| failed("read", path, errno))?;
                 header.set_entry_type(tar::EntryType::Symlink);
                 header.set_size(0);
                 builder.append_link(&mut header, name, Path::new(&target)).map_err(write_failed)?;
             }
             FileKind::Directory => {
+                if depth > MAX_DEPTH {
+                    return Err(FilesError::Refused(format!(
+                        "{} is more than {MAX_DEPTH} directories deep: copy a directory further down",
+                        shown(path)
+                    )));
+                }
                 if !name.as_os_str().is_empty() {
                     header.set_entry_type(tar::EntryType::Directory);
                     header.set_size(0);
                     builder.append_data(&mut header, name, std::io::empty()).map_err(write_failed)?;
                 }
-                for (child, kind) in self.children(path)? {
+                // `pack` of `link/` opens the directory the link leads to (inside /workspace).
+                let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+                let dir = match depth {
+                    0 => open_beneath_of(at.dir, at.entry, flags, Mode::empty()),
+                    _ => open_beneath_of(at.dir, at.entry, flags | OFlag::O_NOFOLLOW, Mode::empty()),
+                }
+                .map_err(|errno| failed("open", path, errno))?;
+                let (listing, children) = children_of(dir, path)?;
+                for (child, kind) in children {
+                    let child_path = path.join(&child);
                     match kind {
                         Child::Entry(child_stat) => {
-                            self.append(builder, &path.join(&child), &name.join(&child), &child_stat)?;
+                            let at = Entry { dir: listing.as_fd(), entry: &child, path: &child_path };
+                            self.append(builder, at, &name.join(&child), &child_stat, depth + 1)?;
                         }
                         // Said as what it is, without its files (the host's): an empty
                         // directory marked `BKG.mount`, which `bkg cp` leaves out and names.
@@ -700,31 +773,7 @@ impl Workspace {
     /// The entries of directory `dir`, by name, with what they are (symbolic links not followed).
     fn children(&self, dir: &Path) -> Result<Vec<(PathBuf, Child)>, FilesError> {
         let fd = self.open_dir(dir).map_err(|errno| failed("open", dir, errno))?;
-        let mut listing = nix::dir::Dir::from_fd(fd).map_err(|errno| failed("read", dir, errno))?;
-        let mut names = Vec::new();
-        for entry in listing.iter() {
-            let entry = entry.map_err(|errno| failed("read", dir, errno))?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                names.push(PathBuf::from(OsStr::from_bytes(name)));
-            }
-        }
-        names.sort();
-        let mut children = Vec::with_capacity(names.len());
-        for name in names {
-            let path = dir.join(&name);
-            let child = match self.open_beneath(&path, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty()) {
-                Ok(fd) => Child::Entry(nix::sys::stat::fstat(&fd).map_err(|errno| failed("inspect", &path, errno))?),
-                // Another filesystem mounted here (a cave.yaml volume): not entered.
-                Err(Errno::EXDEV) => Child::Mount(
-                    nix::sys::stat::fstatat(&listing, name.as_path(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-                        .map_err(|errno| failed("inspect", &path, errno))?,
-                ),
-                Err(errno) => return Err(failed("open", &path, errno)),
-            };
-            children.push((name, child));
-        }
-        Ok(children)
+        children_of(fd, dir).map(|(_, children)| children)
     }
 
     /// Refuses `dir` unless it is a directory (or a link inside /workspace to one): a path given

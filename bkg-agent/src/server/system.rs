@@ -58,7 +58,7 @@ pub async fn healthz(State(state): State<AppState>, principal: Option<Extension<
 )]
 pub async fn openapi() -> ApiResult<Response> {
     let document = crate::api_doc::json().map_err(|error| Failure::internal(error.to_string()))?;
-    Ok(Json(document).into_response())
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document).into_response())
 }
 
 /// Prometheus metrics, OpenMetrics text (admins only).
