@@ -823,14 +823,25 @@ async fn rm(
         }
     }
 
+    // The file as it is now, once the sandboxes before this one are out of it: an edit made
+    // from the text read at the start would put them back. It is written before the sandbox is
+    // deleted and put in place after: a cave.yaml bkg cannot write stops the removal while the
+    // workspace is still there (found by a new-user trial: deleted, then "cannot write").
+    let prepared = match &edit {
+        Some(cave_path) => {
+            let unreadable = |error| CliError::usage(format!("{}: {error}", cave_path.display()));
+            let edit = |text: &str| Ok((remove_sandbox_block(text, &name), ()));
+            let prepared = crate::project::prepare_edit_locked(cave_path, unreadable, edit)
+                .map_err(|error| CliError::new(error.code, format!("{}: nothing was removed", error.message)))?;
+            prepared.0
+        }
+        None => None,
+    };
     if known {
         let _: Deleted = client.delete(&format!("/api/v1/sandboxes/{id}")).await?;
     }
-    // The file as it is now, once the sandboxes before this one are out of it: an edit made
-    // from the text read at the start would put them back.
-    if let Some(cave_path) = &edit {
-        let unreadable = |error| CliError::usage(format!("{}: {error}", cave_path.display()));
-        crate::project::edit_locked(cave_path, unreadable, |text| Ok((remove_sandbox_block(text, &name), ())))?;
+    if let Some(prepared) = prepared {
+        prepared.finish()?;
     }
     if known {
         if !out.is_json() {

@@ -278,16 +278,44 @@ pub fn edit_locked<T>(
     read: impl FnOnce(std::io::Error) -> CliError,
     edit: impl FnOnce(&str) -> Result<(Option<String>, T), CliError>,
 ) -> Result<T, CliError> {
+    let (prepared, outcome) = prepare_edit_locked(path, read, edit)?;
+    if let Some(prepared) = prepared {
+        prepared.finish()?;
+    }
+    Ok(outcome)
+}
+
+/// `edit_locked` up to the moment the file is replaced: the new text is written beside it and
+/// the lock held until [`PreparedEdit::finish`] puts it in place. `bkg rm` deletes a sandbox
+/// in between, so that a cave.yaml it cannot write stops it before the sandbox's data goes.
+pub fn prepare_edit_locked<T>(
+    path: &Path,
+    read: impl FnOnce(std::io::Error) -> CliError,
+    edit: impl FnOnce(&str) -> Result<(Option<String>, T), CliError>,
+) -> Result<(Option<PreparedEdit>, T), CliError> {
     let (_, dir) = resolved(path);
-    let _lock = std::fs::File::open(&dir)
+    let lock = std::fs::File::open(&dir)
         .ok()
         .and_then(|dir| nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).ok());
     let text = bkg_schema::cave::read_text(path).map_err(read)?;
     let (edited, outcome) = edit(&text)?;
-    if let Some(edited) = edited {
-        write_atomically(path, &edited)?;
+    let prepared = match edited {
+        Some(edited) => Some(PreparedEdit { write: PreparedWrite::new(path, &edited)?, _lock: lock }),
+        None => None,
+    };
+    Ok((prepared, outcome))
+}
+
+/// An edit of cave.yaml ready to be put in place, its directory still locked.
+pub struct PreparedEdit {
+    write: PreparedWrite,
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl PreparedEdit {
+    pub fn finish(self) -> Result<(), CliError> {
+        self.write.finish()
     }
-    Ok(outcome)
 }
 
 /// The file `path` names, links followed, and the directory that holds it: where an edit locks
@@ -306,30 +334,65 @@ fn resolved(path: &Path) -> (PathBuf, PathBuf) {
 /// one, and the file it leads to is replaced. Where this user cannot give the new file the old
 /// one's owner and group, the file is rewritten in place instead (not all at once).
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), CliError> {
-    let failed = |error: std::io::Error| CliError::usage(format!("cannot write {}: {error}", path.display()));
-    let (target, dir) = resolved(path);
-    let existing = std::fs::metadata(&target).ok();
-    let mut file = tempfile::Builder::new()
-        .prefix(".cave.yaml.")
-        .suffix(".tmp")
-        .permissions(Permissions::from_mode(0o666))
-        .tempfile_in(dir)
-        .map_err(failed)?;
-    if let Some(existing) = &existing {
-        use std::os::unix::fs::MetadataExt;
-        let made = file.as_file().metadata().map_err(failed)?;
-        let owned = (made.uid(), made.gid()) == (existing.uid(), existing.gid())
-            || std::os::unix::fs::fchown(file.as_file(), Some(existing.uid()), Some(existing.gid())).is_ok();
-        if !owned {
-            drop(file);
-            return std::fs::write(&target, text).map_err(failed);
+    PreparedWrite::new(path, text)?.finish()
+}
+
+/// `write_atomically` in two steps: everything that can fail before the file is replaced is
+/// done by [`PreparedWrite::new`], the new text written and synced beside it (or, to be
+/// rewritten in place, the file opened for writing).
+struct PreparedWrite {
+    path: PathBuf,
+    target: PathBuf,
+    how: Replacement,
+}
+
+enum Replacement {
+    Renamed(tempfile::NamedTempFile),
+    InPlace(std::fs::File, String),
+}
+
+impl PreparedWrite {
+    fn new(path: &Path, text: &str) -> Result<Self, CliError> {
+        let failed = |error: std::io::Error| write_failed(path, error);
+        let (target, dir) = resolved(path);
+        let existing = std::fs::metadata(&target).ok();
+        let mut file = tempfile::Builder::new()
+            .prefix(".cave.yaml.")
+            .suffix(".tmp")
+            .permissions(Permissions::from_mode(0o666))
+            .tempfile_in(dir)
+            .map_err(failed)?;
+        let prepared = |how| Ok(Self { path: path.to_path_buf(), target: target.clone(), how });
+        if let Some(existing) = &existing {
+            use std::os::unix::fs::MetadataExt;
+            let made = file.as_file().metadata().map_err(failed)?;
+            let owned = (made.uid(), made.gid()) == (existing.uid(), existing.gid())
+                || std::os::unix::fs::fchown(file.as_file(), Some(existing.uid()), Some(existing.gid())).is_ok();
+            if !owned {
+                drop(file);
+                let opened = std::fs::OpenOptions::new().write(true).open(&target).map_err(failed)?;
+                return prepared(Replacement::InPlace(opened, text.to_owned()));
+            }
+            file.as_file().set_permissions(existing.permissions()).map_err(failed)?;
         }
-        file.as_file().set_permissions(existing.permissions()).map_err(failed)?;
+        file.write_all(text.as_bytes()).map_err(failed)?;
+        file.as_file().sync_all().map_err(failed)?;
+        prepared(Replacement::Renamed(file))
     }
-    file.write_all(text.as_bytes()).map_err(failed)?;
-    file.as_file().sync_all().map_err(failed)?;
-    file.persist(&target).map_err(|error| failed(error.error))?;
-    Ok(())
+
+    fn finish(self) -> Result<(), CliError> {
+        let failed = |error: std::io::Error| write_failed(&self.path, error);
+        match self.how {
+            Replacement::Renamed(file) => file.persist(&self.target).map(drop).map_err(|error| failed(error.error)),
+            Replacement::InPlace(mut file, text) => {
+                file.set_len(0).and_then(|()| file.write_all(text.as_bytes())).map_err(failed)
+            }
+        }
+    }
+}
+
+fn write_failed(path: &Path, error: std::io::Error) -> CliError {
+    CliError::usage(format!("cannot write {}: {error}", path.display()))
 }
 
 pub fn checked_name(name: &str) -> Result<String, CliError> {

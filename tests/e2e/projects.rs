@@ -613,6 +613,39 @@ fn rm_refuses_an_inline_sandboxes_mapping_before_removing_anything() {
     assert_eq!(status_of(&agent, dir, "a")["name"], "a", "the sandbox that ran is still there");
 }
 
+/// A cave.yaml that cannot be written (its directory immutable, `chattr +i`, which stops root
+/// too) stops `bkg rm` before the sandbox goes (found by a new-user trial: the workspace was
+/// deleted first, then rm failed with "cannot write", exit 125, and `--json` said `[]`).
+#[test]
+fn rm_that_cannot_write_cave_yaml_removes_nothing() {
+    let agent = Agent::start();
+    let project = project_with(
+        "version: 1\nnamespace: default\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: echo kept > /workspace/precious\n",
+    );
+    let dir = project.path();
+    let run = agent.bkgr(dir, &["box"]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    struct Immutable<'a>(&'a Path);
+    impl Drop for Immutable<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("chattr").arg("-i").arg(self.0).status();
+        }
+    }
+    let frozen = Command::new("chattr").arg("+i").arg(dir).status().expect("chattr");
+    assert!(frozen.success(), "chattr +i");
+    let immutable = Immutable(dir);
+    let refused = agent.bkg_in(dir, &["rm", "box", "--force", "--json"]);
+    drop(immutable);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("nothing was removed"), "{}", stderr(&refused));
+    let back = agent.bkg_in(dir, &["cp", "box:precious", "back"]);
+    assert_eq!(code(&back), 0, "the workspace is still there: {}", stderr(&back));
+    assert_eq!(std::fs::read_to_string(dir.join("back/precious")).expect("precious"), "kept\n");
+    assert!(std::fs::read_to_string(dir.join("cave.yaml")).expect("cave.yaml").contains("box:"));
+    let removed = agent.bkg_in(dir, &["rm", "box", "--force"]);
+    assert_eq!(code(&removed), 0, "once it can be written: {}", stderr(&removed));
+}
+
 /// A deleted project leaves its sandbox (and its reserved disk) on the agent: from where no
 /// cave.yaml is around, `bkg rm` finds it by name as `bkg stop` does, and by id.
 #[test]
