@@ -514,6 +514,33 @@ fn a_run_the_agent_ended_says_how_in_words() {
     assert!(terminal.text().contains("&quot;cancelled&quot;:&quot;cancelled&quot;"), "{}", terminal.text());
 }
 
+/// Found by a new-user trial: the runs pages said "failed" of a run a signal ended, and only the
+/// limit of one whose script still gave its exit code (a child killed for its memory), where
+/// `bkg runs` says "signal 11" and "memory, exit 3".
+#[test]
+fn a_run_s_outcome_names_its_signal_and_the_exit_code_after_a_limit() {
+    let (agent, address, _files) = agent_on_tcp();
+    let run = |args: &[&str]| {
+        let output = agent.bkg().args(["exe", "--json", "--type", "python"]).args(args).output().expect("bkg exe");
+        let result: Value = serde_json::from_slice(&output.stdout).expect("bkg exe --json");
+        result["id"].as_str().expect("the run's id").to_owned()
+    };
+    let signalled = run(&["-c", "import os\nos.kill(os.getpid(), 11)"]);
+    let child_killed = run(&[
+        "--memory",
+        "64MiB",
+        "-c",
+        "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'x = bytearray(256 << 20)'])\nsys.exit(3)",
+    ]);
+    let mut browser = Browser::new(&address);
+    assert_eq!(browser.log_in_with_url(launch(&agent)["url"].as_str().unwrap_or_default()).status, 303);
+    let list = browser.get("/ui/runs").text();
+    for (id, words) in [(&signalled, "signal 11"), (&child_killed, "killed at its memory limit, exit 3")] {
+        assert!(browser.get(&format!("/ui/runs/{id}")).text().contains(words), "{id}: {words}");
+        assert!(list.contains(words), "the list says {words}: {list}");
+    }
+}
+
 /// Found by a new-user trial: the runs page filtered by sandbox id only and showed the newest
 /// 100 runs with no way to older ones, ignoring `before=` where the API answers 422.
 #[test]
