@@ -58,7 +58,7 @@ complete -c bkg -n "__fish_bkg_needs_command" -f -a "version" -d 'The versions o
 complete -c bkg -n "__fish_bkg_needs_command" -f -a "doctor" -d 'Check this host and its agent: each piece passes, warns or fails, with the fix'
 complete -c bkg -n "__fish_bkg_needs_command" -f -a "completions" -d 'Print the shell completion script for bash, zsh, fish, elvish or powershell'
 complete -c bkg -n "__fish_bkg_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c bkg -n "__fish_bkg_using_subcommand exe" -s c -l code -d 'Run this code instead of a file (needs --type); then every other argument is the script\'s' -r
+complete -c bkg -n "__fish_bkg_using_subcommand exe" -s c -l code -d 'Run this code instead of a file (needs --type); the arguments after it are the code\'s (after `--` when they look like bkg\'s flags)' -r
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -s t -l type -d 'The language: python or node [default: from the file extension]' -r -f -a "python\t''
 node\t''"
 complete -c bkg -n "__fish_bkg_using_subcommand exe" -l cpus -d 'CPU limit in CPUs, e.g. 0.5 [default: 1]' -r

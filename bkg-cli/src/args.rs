@@ -195,7 +195,7 @@ pub struct ExeArgs {
     /// Arguments passed to the script; after the script, or after `--` when they look like bkg's flags.
     #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
-    /// Run this code instead of a file (needs --type); then every other argument is the script's.
+    /// Run this code instead of a file (needs --type); the arguments after it are the code's (after `--` when they look like bkg's flags).
     #[arg(short = 'c', long = "code", value_name = "CODE")]
     pub code: Option<String>,
     /// The language: python or node [default: from the file extension]

@@ -41,7 +41,13 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     if args.tty {
         crate::terminal::require_terminal("bkg exe --tty")?;
     }
-    let (request, stdin_is_code) = build_request(&args, settings.out)?;
+    // A refusal of an option bkg took after the script carries the way out too (found by a
+    // trial: `bkg exe job.py --file x.txt` said only that x.txt does not exist).
+    let with_way_out = |error: CliError| match &taken_after_script {
+        Some(taken) => CliError::new(error.code, format!("{}; {taken}", error.message)),
+        None => error,
+    };
+    let (request, stdin_is_code) = build_request(&args, settings.out).map_err(with_way_out)?;
     if args.tty {
         let open = bkg_schema::terminal::TerminalOpen {
             size: crate::terminal::own_size(),

@@ -311,6 +311,16 @@ fn an_option_taken_after_the_script_is_named_with_the_way_to_pass_it_on() {
         (code(&passed), stdout(&passed), stderr(&passed)),
         (0, "['--timeout', '30s', 'in.csv']\n".to_owned(), String::new())
     );
+    // Refused, it still says so (found by a trial: only "No such file or directory").
+    let refused = agent.bkg_in(dir.path(), &["exe", "conv.py", "--file", "in.csv"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).ends_with(
+            "; `--file in.csv` after conv.py was taken as bkg's own; to give it to the script, put `--` before it: bkg exe conv.py -- --file in.csv …\n"
+        ),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 /// bkg's reason starts a line of its own after output that left one unfinished (found by a
