@@ -764,6 +764,16 @@ const RULES: [(&str, &str, &str); 8] = [
     ("volume", "volume", VOLUME_RULE),
 ];
 
+/// What the flags' parser says of a duration written with a unit in capitals or as `M`.
+fn duration_fix(text: &str) -> Option<String> {
+    match crate::units::parse_duration_ms(text) {
+        Err(error @ (crate::units::UnitError::UppercaseUnit { .. } | crate::units::UnitError::AmbiguousMonth(_))) => {
+            Some(error.to_string())
+        }
+        _ => None,
+    }
+}
+
 fn rule_of(schema_path: &str) -> Option<(&'static str, &'static str)> {
     let def = schema_path.strip_prefix("/$defs/")?.split('/').next()?;
     RULES.iter().find(|(name, _, _)| *name == def).map(|(_, what, how)| (*what, *how))
@@ -822,6 +832,9 @@ fn describe_in_full(schema: &Value, error: &jsonschema::ValidationError<'_>) -> 
         Kind::Pattern { .. } => match rule_of(schema_path) {
             // `0s`, `0MiB`: the form is right; the value is below the limit's least.
             Some(("duration" | "size", _)) if let Some(least) = zero_limit(at, instance) => least,
+            // `10S`, `1M`: the fix the flags' parser gives (found by a trial: cave.yaml said only
+            // "not a valid duration" where `--timeout 10S` says to write `10s`).
+            Some(("duration", _)) if let Some(fix) = instance.as_str().and_then(duration_fix) => fix,
             // A namespace is a name with a shorter bound (its bkg_db role must fit PostgreSQL's).
             Some(("name", _)) if at == "/namespace" => {
                 format!("{instance} is not a valid namespace ({NAMESPACE_RULE})")
@@ -1804,6 +1817,23 @@ sandboxes:
         let messages: Vec<&str> = errors.iter().map(|error| error.message.as_str()).collect();
         assert_eq!(messages, [format!("\"Default\" is not a valid namespace ({NAMESPACE_RULE})")]);
         assert!(NAMESPACE_RULE.ends_with(&format!("at most {} characters", crate::sandbox::MAX_NAMESPACE_LEN)));
+    }
+
+    /// Found by a trial: `timeout: 10S` was only "not a valid duration", where `--timeout 10S`
+    /// is told to write `10s`.
+    #[test]
+    fn a_duration_in_capitals_or_as_m_gets_the_fix_the_flags_get() {
+        for (written, said) in [
+            ("10S", "`10S` is not a duration: write its unit in lowercase, `10s`"),
+            ("1M", "`1M` is ambiguous: write `m` or `min` for minutes, `d` for days"),
+            ("soon", "\"soon\" is not a valid duration (a number with an optional unit, like 500ms, 60s, 1m30s or 1h)"),
+        ] {
+            let errors = errors_of(&format!(
+                "version: 1\nsandboxes:\n  a:\n    type: python\n    limits: {{ timeout: {written} }}\n"
+            ));
+            let messages: Vec<&str> = errors.iter().map(|error| error.message.as_str()).collect();
+            assert_eq!(messages, [said]);
+        }
     }
 
     #[test]
