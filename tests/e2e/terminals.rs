@@ -218,7 +218,9 @@ fn bkg_exe_tty_runs_a_script_on_a_terminal() {
 fn ctrl_d_typed_as_a_terminal_run_starts_is_an_end_of_file() {
     let agent = Agent::start();
     let dir = tempfile::tempdir().expect("dir");
-    let code = "import sys\nprint('ready', flush=True)\nprint('got', repr(sys.stdin.readline()), flush=True)\n";
+    // One write for the answer: the echo of `after` may come while it is written, and a `print`
+    // of two values writes them apart (sandboxes run Python unbuffered).
+    let code = "import sys\nprint('ready', flush=True)\nsys.stdout.write('got %r\\n' % sys.stdin.readline())\n";
     std::fs::write(dir.path().join("eof.py"), code).expect("script");
     let mut terminal = OnTerminal::spawn(in_project(&agent, dir.path(), &["exe", "--tty", "eof.py"]));
     terminal.type_in("\u{4}");

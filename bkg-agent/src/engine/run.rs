@@ -796,7 +796,6 @@ impl Watch<'_> {
         let mut ended_at = None;
         let (mut stdout_open, mut stderr_open) = (true, true);
         let mut terminal_open = self.terminal.is_some();
-        let on_terminal = terminal_open;
         let terminal = self.terminal.take();
         let mut stdout_buf = vec![0u8; 64 * 1024];
         let mut stderr_buf = vec![0u8; 64 * 1024];
@@ -821,7 +820,7 @@ impl Watch<'_> {
                             watched.code_running = true;
                             // Asked to end before the code ran: the signal goes now, to it.
                             if watched.killed_by == Some(KilledBy::Cancelled) || asked_to_end {
-                                self.sandbox.ask_code_to_end(on_terminal);
+                                self.ask_code_to_end(terminal.as_ref());
                             }
                             continue;
                         }
@@ -868,12 +867,12 @@ impl Watch<'_> {
                     kill_for = Some(KilledBy::Timeout);
                 }
                 graceful = self.stop.stopped(), if phase == Phase::Running => match graceful {
-                    true => self.ask_to_end(&mut watched, grace.as_mut(), on_terminal),
+                    true => self.ask_to_end(&mut watched, grace.as_mut(), terminal.as_ref()),
                     false => kill_for = Some(KilledBy::Cancelled),
                 },
                 // The caller's Ctrl-C (or its going away) asks, as `bkg stop` does.
                 Some(asks) = self.caller_asks.recv(), if phase == Phase::Running => match asks {
-                    CallerAsks::End => self.ask_to_end(&mut watched, grace.as_mut(), on_terminal),
+                    CallerAsks::End => self.ask_to_end(&mut watched, grace.as_mut(), terminal.as_ref()),
                     CallerAsks::CloseStdout if stdout_open => match self.sandbox.close_stdout() {
                         Ok(()) => stdout_open = false,
                         Err(error) => tracing::warn!(%error, "could not close a run's stdout"),
@@ -889,7 +888,7 @@ impl Watch<'_> {
                     if stopping {
                         asked_to_end = true;
                         if watched.code_running {
-                            self.sandbox.ask_code_to_end(on_terminal);
+                            self.ask_code_to_end(terminal.as_ref());
                         }
                     }
                 }
@@ -934,10 +933,15 @@ impl Watch<'_> {
         watched
     }
 
-    /// A stop or a cancel: the code is sent SIGTERM (SIGHUP `on_terminal`: `ask_code_to_end`) and
+    /// A stop or a cancel: the code is sent SIGTERM (on a terminal, hung up: `ask_code_to_end`) and
     /// has `bkg_schema::STOP_GRACE` to end (a service saves its work), then it is killed; asked
     /// again meanwhile, nothing more happens.
-    fn ask_to_end(&mut self, watched: &mut Watched, grace: std::pin::Pin<&mut tokio::time::Sleep>, on_terminal: bool) {
+    fn ask_to_end(
+        &mut self,
+        watched: &mut Watched,
+        grace: std::pin::Pin<&mut tokio::time::Sleep>,
+        terminal: Option<&TerminalMaster>,
+    ) {
         if watched.killed_by.is_some() {
             return;
         }
@@ -947,9 +951,20 @@ impl Watch<'_> {
         // afresh: the signal waits for the report (found by a new-user trial: a Ctrl-C in a run's
         // first few tens of milliseconds was lost, and the script ran to its end).
         if watched.code_running {
-            self.sandbox.ask_code_to_end(on_terminal);
+            self.ask_code_to_end(terminal);
         }
         grace.reset(tokio::time::Instant::now() + bkg_schema::STOP_GRACE);
+    }
+
+    /// Signals the code's group (`PreparedSandbox::ask_code_to_end`) and hangs its terminal up,
+    /// if it has one (`TerminalMaster::hang_up`).
+    fn ask_code_to_end(&self, terminal: Option<&TerminalMaster>) {
+        self.sandbox.ask_code_to_end(terminal.is_some());
+        if let Some(terminal) = terminal
+            && let Err(error) = terminal.hang_up()
+        {
+            tracing::warn!(%error, "could not hang up a run's terminal");
+        }
     }
 
     /// Output read from the sandbox: kept (up to the cap, and whole in a spool past it), logged,

@@ -4,7 +4,7 @@
 //! discipline inside turns Ctrl-C into SIGINT and a new size into SIGWINCH.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use bkg_schema::terminal::TerminalSize;
@@ -47,6 +47,29 @@ impl TerminalMaster {
                 Ok(Err(error)) => return Err(error),
                 Err(_would_block) => continue,
             }
+        }
+        Ok(())
+    }
+
+    /// Hangs the terminal up as one that closes is hung up (`TIOCVHANGUP` on its other end): the
+    /// kernel sends its session SIGHUP and SIGCONT, and a read of it ends, which wakes a shell
+    /// waiting for a key. A SIGHUP alone that came while bash was between two commands only set
+    /// its flag, and bash then waited for input through the whole grace (found as a flaky test,
+    /// `terminals::a_shell_whose_client_is_gone_is_hung_up`: bash 5.2 in `pselect` of its
+    /// terminal, killed 5 s later).
+    pub fn hang_up(&self) -> io::Result<()> {
+        let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK;
+        // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor of the terminal's
+        // other end (opened through the master's own devpts, no path), or -1.
+        let peer = unsafe { libc::ioctl(self.0.get_ref().as_raw_fd(), libc::TIOCGPTPEER, flags) };
+        if peer < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor was just returned to us and is owned by nothing else.
+        let peer = unsafe { OwnedFd::from_raw_fd(peer) };
+        // SAFETY: TIOCVHANGUP takes no argument.
+        if unsafe { libc::ioctl(peer.as_raw_fd(), libc::TIOCVHANGUP) } < 0 {
+            return Err(io::Error::last_os_error());
         }
         Ok(())
     }
