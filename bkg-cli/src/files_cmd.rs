@@ -99,6 +99,11 @@ pub async fn outside_a_project(
     // new-user trial).
     let name = bkg_schema::shown_briefly(name);
     found.ok_or_else(|| match no_project {
+        // A run's id where a sandbox was asked for (`bkg logs run_…`, found by a trial).
+        _ if name.starts_with("run_") && bkg_schema::sandbox::is_run_id(&name) => CliError::usage(format!(
+            "`{name}` is a run's id, not a sandbox's: `bkg runs show {name}` shows that run, and `bkg logs NAME \
+             --run {name}` the log of a persistent sandbox's (a temporary run keeps none)"
+        )),
         NoProject::NoCaveFile { searched_from } => CliError::usage(format!(
             "no sandbox `{name}` on the agent, and no cave.yaml in {} or above: run this in the project that \
              declares it (or give `-C DIR`), or create the sandbox with the API",

@@ -92,7 +92,17 @@ pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
     let out = settings.out;
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let project = if args.all { None } else { Some(project_dir(args.project.dir.as_deref())?) };
+    let project = match args.all {
+        true => None,
+        // Outside any project the way to every project's sandboxes is said (found by a trial).
+        false => Some(project_dir(args.project.dir.as_deref()).map_err(|error| match args.project.dir {
+            Some(_) => error,
+            None => CliError::new(
+                error.code,
+                format!("{}, or `bkg ls --all` lists every project's sandboxes", error.message),
+            ),
+        })?),
+    };
     let part = project.as_deref().map(crate::project::load_cave_in_part).transpose()?;
     if let Some(part) = &part {
         crate::project::note_left_out(out, part);

@@ -391,8 +391,22 @@ impl PreparedWrite {
     }
 }
 
+/// Says the error without the name of the temporary file it happened to (`… at path
+/// ".cave.yaml.W4uijw.tmp"`), and what to do where the directory is not this user's to write
+/// (found by a trial).
 fn write_failed(path: &Path, error: std::io::Error) -> CliError {
-    CliError::usage(format!("cannot write {}: {error}", path.display()))
+    // tempfile's error wraps the system's with the path, and keeps only its kind.
+    let error = match error.raw_os_error() {
+        None if error.get_ref().is_some() => std::io::Error::from(error.kind()),
+        _ => error,
+    };
+    let fix = match error.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            ": its directory must be one you may write in"
+        }
+        _ => "",
+    };
+    CliError::usage(format!("cannot write {}: {error}{fix}", path.display()))
 }
 
 pub fn checked_name(name: &str) -> Result<String, CliError> {

@@ -235,3 +235,23 @@ fn version_names_both_sides() {
     assert_eq!(code(&alone), 0);
     assert!(json(&alone)["agent"].is_null());
 }
+
+/// Found by a trial: outside a project `bkg ls` said only to run `bkg init`, and `bkg logs` of a
+/// run's id looked for a sandbox of that name.
+#[test]
+fn outside_a_project_ls_names_all_and_logs_of_a_run_id_names_runs_show() {
+    let agent = Agent::start();
+    let elsewhere = tempfile::tempdir().expect("a directory without a cave.yaml");
+    let listed = agent.bkg_in(elsewhere.path(), &["ls"]);
+    assert_eq!(code(&listed), 125, "{}", stderr(&listed));
+    assert!(stderr(&listed).contains("or `bkg ls --all` lists every project's sandboxes"), "{}", stderr(&listed));
+    let (result, _) = agent.exe_json(&["--type", "python", "-c", "print(1)"]);
+    let id = result["id"].as_str().expect("the run's id");
+    let logs = agent.bkg_in(elsewhere.path(), &["logs", id]);
+    assert_eq!(code(&logs), 125, "{}", stderr(&logs));
+    assert!(
+        stderr(&logs).contains(&format!("`{id}` is a run's id, not a sandbox's: `bkg runs show {id}` shows that run")),
+        "{}",
+        stderr(&logs)
+    );
+}

@@ -638,6 +638,9 @@ fn rm_that_cannot_write_cave_yaml_removes_nothing() {
     drop(immutable);
     assert_eq!(code(&refused), 125, "{}", stderr(&refused));
     assert!(stderr(&refused).contains("nothing was removed"), "{}", stderr(&refused));
+    // Without the name of the temporary file it failed on, with what to do.
+    assert!(stderr(&refused).contains("its directory must be one you may write in"), "{}", stderr(&refused));
+    assert!(!stderr(&refused).contains(".cave.yaml."), "{}", stderr(&refused));
     let back = agent.bkg_in(dir, &["cp", "box:precious", "back"]);
     assert_eq!(code(&back), 0, "the workspace is still there: {}", stderr(&back));
     assert_eq!(std::fs::read_to_string(dir.join("back/precious")).expect("precious"), "kept\n");
