@@ -78,7 +78,10 @@ async fn run(args: Args) -> Result<i32, CliError> {
         definition.limits.disk_bytes = match (flags.disk_bytes, definition.limits.disk_bytes) {
             (Some(flag), Some(cave)) if cave > flag => {
                 out.note(format_args!(
-                    "{name}: --disk {} is below cave.yaml's limits.disk, {}, which it gets: a disk only grows",
+                    // Its disk may have grown past cave.yaml's by an earlier `--disk` (found by a
+                    // trial: "which it gets" was said of a 300MiB disk).
+                    "{name}: --disk {} is below cave.yaml's limits.disk, {}: a disk only grows, so it keeps the size \
+                     it has, at least that (`bkg status {name}` shows it)",
                     format_size(flag),
                     format_size(cave)
                 ));

@@ -531,7 +531,7 @@ fn a_definition_above_the_maximum_names_cave_yamls_limit_as_the_fix() {
     assert_eq!(code(&ran), 0, "{}", stderr(&ran));
     assert_eq!(
         stderr(&ran),
-        "bkgr: d: --disk 32MiB is below cave.yaml's limits.disk, 64MiB, which it gets: a disk only grows\n"
+        "bkgr: d: --disk 32MiB is below cave.yaml's limits.disk, 64MiB: a disk only grows, so it keeps the size it has, at least that (`bkg status d` shows it)\n"
     );
     let status = agent.bkg_in(cave_disk.path(), &["status", "d", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
