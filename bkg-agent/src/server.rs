@@ -250,6 +250,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/ui", crate::ui::router(state.clone()))
         .route("/ui/", crate::ui::slash_root(state.clone()))
         .route(crate::ui::FAVICON_ROUTE, get(crate::ui::favicon))
+        .route(crate::ui::SITE_ROOT, get(crate::ui::site_root))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), gatekeeper))

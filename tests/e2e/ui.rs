@@ -458,6 +458,9 @@ fn every_page_carries_the_strict_csp_and_refuses_framing() {
     assert_eq!((icon.status, icon.header("content-type")), (200, Some("image/svg+xml")));
     let asked = stranger.get("/favicon.ico");
     assert_eq!((asked.status, asked.header("location")), (308, Some("/ui/assets/favicon.svg")));
+    // The agent's own address, typed into a browser, leads to the UI (was: the API's 401 JSON).
+    let root = stranger.get("/");
+    assert_eq!((root.status, root.header("location")), (303, Some("/ui/")));
     // The UI's root, with or without its slash, as a person types it.
     for root in ["/ui", "/ui/"] {
         let answer = browser.get(root);

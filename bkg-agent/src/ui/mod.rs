@@ -43,7 +43,15 @@ pub const CSRF_FIELD: &str = "csrf";
 
 /// Whether the gatekeeper's route (a matched path) belongs to the UI.
 pub fn is_ui_route(route: &str) -> bool {
-    route == "/ui" || route.starts_with("/ui/") || route == FAVICON_ROUTE
+    route == "/ui" || route.starts_with("/ui/") || route == FAVICON_ROUTE || route == SITE_ROOT
+}
+
+/// The agent's address as a person types it into a browser: sent to the UI (found by a trial:
+/// the API's 401 JSON, "needs Authorization: Bearer"). The API has nothing there.
+pub const SITE_ROOT: &str = "/";
+
+pub async fn site_root() -> Redirect {
+    Redirect::to("/ui/")
 }
 
 /// Where browsers look for a site's icon when a page names none (a bookmark, a tab opened on
