@@ -349,3 +349,27 @@ fn the_reason_line_starts_a_line_of_its_own() {
         assert_eq!((code(&unfinished), stderr(&unfinished)), (exit, "abc".to_owned()));
     }
 }
+
+/// Found by a trial: `--file main.py` beside `-c` was refused as replacing "the script", which
+/// the user never gave: `-c` code runs from /workspace/main.py.
+#[test]
+fn a_file_where_c_code_runs_from_is_refused_naming_the_code() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("main.py"), "data = 1\n").expect("main.py");
+    let refused = agent.bkg_in(dir.path(), &["exe", "--file", "main.py", "--type", "python", "-c", "print(1)"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(
+            "file /workspace/main.py would replace the code, which runs from there as it has no file name of its own: \
+             give the file another place (`--file SRC:data/main.py`)"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    let placed = agent.bkg_in(
+        dir.path(),
+        &["exe", "--file", "main.py:data/main.py", "--type", "python", "-c", "print(open('data/main.py').read())"],
+    );
+    assert_eq!((code(&placed), stdout(&placed)), (0, "data = 1\n\n".to_owned()), "{}", stderr(&placed));
+}

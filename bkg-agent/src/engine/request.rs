@@ -483,7 +483,17 @@ impl Engine {
         for upload in &request.files {
             let (file, size) = place_upload(upload)?;
             if file.path == script_path {
-                return Err(RunError::BadRequest(format!("file {} would replace the script", file.path)));
+                // Code without a file name of its own is placed there (found by a trial: `bkg exe
+                // --file main.py -c …` was told of a script it never gave).
+                let whose = match request.script_name {
+                    Some(_) => "the script",
+                    None => "the code, which runs from there as it has no file name of its own",
+                };
+                let name = file.path.rsplit('/').next().unwrap_or_default();
+                return Err(RunError::BadRequest(format!(
+                    "file {} would replace {whose}: give the file another place (`--file SRC:data/{name}`)",
+                    file.path
+                )));
             }
             if files.iter().any(|placed| placed.path == file.path) {
                 return Err(RunError::BadRequest(format!(
