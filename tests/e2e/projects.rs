@@ -1829,3 +1829,33 @@ fn dash_c_is_the_project_around_a_directory_for_every_command() {
     let cave_after = std::fs::read_to_string(project.path().join("cave.yaml")).expect("cave.yaml");
     assert_eq!(cave_after, cave, "a refused command changed cave.yaml");
 }
+
+/// Found by a trial: a volume's folder on the host made a file met the directory its earlier
+/// runs had in the sandbox, and `bkgr` said "/workspace/m is not a file" while `bkg cp` said only
+/// that the sandbox did not start for the transfer.
+#[test]
+fn a_volume_whose_folder_became_a_file_is_named_by_bkgr_and_by_cp() {
+    let agent = Agent::start();
+    let project = project_with(
+        "version: 1\nnamespace: default\nsandboxes:\n  m:\n    type: python\n    volumes: [\"./shared:/workspace/m\"]\n    scripts:\n      start: 'true'\n",
+    );
+    let dir = project.path();
+    std::fs::create_dir(dir.join("shared")).expect("the volume's folder");
+    let first = agent.bkgr(dir, &["m"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    std::fs::remove_dir(dir.join("shared")).expect("remove the folder");
+    std::fs::write(dir.join("shared"), "now a file\n").expect("a file in its place");
+    let said =
+        "/workspace/m is a directory in the sandbox where a file is to be shown (its source was a directory before)";
+    let ran = agent.bkgr(dir, &["m"]);
+    assert_eq!(code(&ran), 125, "{}", stderr(&ran));
+    assert!(stderr(&ran).contains(said), "{}", stderr(&ran));
+    let copied = agent.bkg_in(dir, &["cp", "cave.yaml", "m:in"]);
+    assert_eq!(code(&copied), 125, "{}", stderr(&copied));
+    assert!(
+        stderr(&copied).contains("did not start for the transfer: preparing the sandbox failed at"),
+        "{}",
+        stderr(&copied)
+    );
+    assert!(stderr(&copied).contains(said), "{}", stderr(&copied));
+}

@@ -674,6 +674,16 @@ fn open_mount_point(root: &Path, target: &Path, is_dir: bool, owner: Option<u32>
             };
             match nix::sys::stat::fstat(&file).map_err(|errno| refused(errno, &seen))?.st_mode & libc::S_IFMT {
                 libc::S_IFREG => file,
+                // A volume whose folder on the host was made a file meets the directory its
+                // earlier runs had here (found by a trial: "/workspace/m is not a file").
+                libc::S_IFDIR => {
+                    return Err(format!(
+                        "{} is a directory in the sandbox where a file is to be shown (its source was a \
+                         directory before): make the source a directory again, or give the volume another \
+                         path in the sandbox",
+                        seen.display()
+                    ));
+                }
                 _ => return Err(format!("{} is not a file", seen.display())),
             }
         } else {

@@ -77,6 +77,11 @@ impl Release {
     }
 }
 
+/// A transfer's own run that ended before it held the sandbox, with its record's error.
+struct NotHeld {
+    error: Option<String>,
+}
+
 impl Service {
     /// Sandbox `id`'s /workspace, live: in its current run, or in a run started for this. A run
     /// found going on may end before its sandbox is held, and a sandbox found idle may be taken
@@ -102,15 +107,18 @@ impl Service {
                 wait_until(run.watch(), HOLDER_PATIENCE, |progress| progress.phase >= RunPhase::Ended).await;
             }
             match self.start_holder(principal, id).await {
-                Ok(Some(held)) => return Ok(held),
-                Ok(None) => {
+                Ok(Ok(held)) => return Ok(held),
+                Ok(Err(NotHeld { error })) => {
                     // A key's revocation ends the runs made with it, the transfer's own among them:
                     // one revoked before that run had started is the answer, not the sandbox (found
                     // by a test on a loaded machine).
                     if let Some(reason) = self.key_no_longer_speaks(principal).await {
                         return Err(OpError::Unauthorized(reason.to_owned()));
                     }
-                    return Err(OpError::Unavailable(format!("sandbox {name} did not start for the transfer")));
+                    // Its run's error says why (found by a trial: a volume's folder made a file,
+                    // and the copy said only that the sandbox did not start).
+                    let why = error.map(|error| format!(": {error}")).unwrap_or_default();
+                    return Err(OpError::Unavailable(format!("sandbox {name} did not start for the transfer{why}")));
                 }
                 Err(OpError::Run(RunError::Busy(_))) if tokio::time::Instant::now() < deadline => {}
                 Err(OpError::Run(RunError::Busy(_))) => {
@@ -132,7 +140,7 @@ impl Service {
 
     /// Starts a run in idle sandbox `id` whose code waits on its stdin, holding the sandbox
     /// until the transfer is done; `None` if it ended before it could be held.
-    async fn start_holder(self: &Arc<Self>, principal: &Principal, id: &str) -> OpResult<Option<Held>> {
+    async fn start_holder(self: &Arc<Self>, principal: &Principal, id: &str) -> OpResult<Result<Held, NotHeld>> {
         let exec = ExecRequest::command(HOLDER_COMMAND);
         let (definition, mut validated) = self.validate_sandbox_exec(principal, id, exec, None).await?;
         // A big transfer may take longer than the sandbox's code may run.
@@ -144,7 +152,15 @@ impl Service {
         let (stdin, input) = mpsc::channel(1);
         let tracker = accepted.tracker();
         drop(self.start(accepted, input, None));
-        self.workspace_of(&tracker, Some(stdin)).await
+        match self.workspace_of(&tracker, Some(stdin)).await? {
+            Some(held) => Ok(Ok(held)),
+            None => {
+                // Why it ended is in its record, once it is made.
+                wait_until(tracker.watch(), HOLDER_PATIENCE, |progress| progress.phase >= RunPhase::Recorded).await;
+                let record = self.store.get_run(&tracker.run_id).await.ok().flatten();
+                Ok(Err(NotHeld { error: record.and_then(|record| record.error) }))
+            }
+        }
     }
 
     /// The sandbox of `run` held for a transfer, once the run has started; `None` if the run
