@@ -469,7 +469,8 @@ pub struct RunResult {
     /// /workspace/out or a `keep` path, and stdout/stderr when longer than the cap.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<artefacts::RunFile>,
-    /// Why some of them were not kept (the namespace's quota, the store failing), when so.
+    /// Why some of them were not kept with the run (the namespace's quota, the store failing, a
+    /// name that is not UTF-8), when so: `not kept with the run: …`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_not_kept: Option<String>,
     /// Connections the sandbox tried and was refused (only for runs given network).

@@ -242,7 +242,7 @@ fn a_name_the_code_chose_cannot_fake_a_line_of_bkg_s_own() {
     assert!(!said.contains(['\u{1b}', '\u{9b}']), "{said:?}");
     assert!(
         said.starts_with(
-            r"bkg: not kept: out/a\nbkg: killed: memory limit of 512MiB reached (--memory)\u{1b}[2J\u{9b}6n: "
+            r"bkg: not kept with the run: out/a\nbkg: killed: memory limit of 512MiB reached (--memory)\u{1b}[2J\u{9b}6n: "
         ),
         "{said}"
     );

@@ -1150,3 +1150,20 @@ fn a_download_sends_paths_longer_than_the_kernel_takes_and_refuses_a_tree_too_de
     assert_eq!(code(&small), 0, "the agent still serves: {}", stderr(&small));
     assert_eq!(std::fs::read_to_string(dir.join("small/small.txt")).expect("the small file"), "small");
 }
+
+/// Found by a trial: `-o` brought a file with a name that is not UTF-8 and bkg then said it was
+/// "not kept", of the run's own store; it now says so of the run.
+#[test]
+fn output_brings_a_name_that_is_not_utf8_and_says_the_run_did_not_keep_it() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let ran = agent.bkg_in(
+        dir.path(),
+        &["exe", "-o", "back", "--type", "python", "-c", "open(b'/workspace/out/bad\\xffname', 'wb').write(b'x')"],
+    );
+    assert_eq!(code(&ran), 0, "{}", stderr(&ran));
+    use std::os::unix::ffi::OsStrExt;
+    let brought = dir.path().join("back").join(std::ffi::OsStr::from_bytes(b"bad\xffname"));
+    assert_eq!(std::fs::read(&brought).expect("the file -o brought"), b"x");
+    assert!(stderr(&ran).contains("bkg: not kept with the run: out/bad"), "{}", stderr(&ran));
+}

@@ -69,8 +69,8 @@ fn not_kept_line(not_kept: &[String]) -> String {
         .collect::<Vec<_>>()
         .join("; ");
     match not_kept.len().saturating_sub(NOT_KEPT_NAMED) {
-        0 => format!("not kept: {named}"),
-        more => format!("not kept: {named} (and {more} more)"),
+        0 => format!("not kept with the run: {named}"),
+        more => format!("not kept with the run: {named} (and {more} more)"),
     }
 }
 
@@ -81,10 +81,13 @@ mod tests {
     #[test]
     fn every_path_not_kept_is_named_up_to_ten() {
         let reasons = |count: usize| (0..count).map(|index| format!("p{index}: gone")).collect::<Vec<_>>();
-        assert_eq!(not_kept_line(&reasons(2)), "not kept: p0: gone; p1: gone");
+        assert_eq!(not_kept_line(&reasons(2)), "not kept with the run: p0: gone; p1: gone");
         let line = not_kept_line(&reasons(12));
-        assert!(line.starts_with("not kept: p0: gone; ") && line.ends_with("p9: gone (and 2 more)"), "{line}");
+        assert!(
+            line.starts_with("not kept with the run: p0: gone; ") && line.ends_with("p9: gone (and 2 more)"),
+            "{line}"
+        );
         let named = not_kept_line(&["out/a\nbkg: killed\u{1b}[2J\u{9b}: a symbolic link".to_owned()]);
-        assert_eq!(named, "not kept: out/a\\nbkg: killed\\u{1b}[2J\\u{9b}: a symbolic link");
+        assert_eq!(named, "not kept with the run: out/a\\nbkg: killed\\u{1b}[2J\\u{9b}: a symbolic link");
     }
 }
