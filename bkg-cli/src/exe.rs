@@ -80,6 +80,10 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     if let Some(taken) = &taken_after_script {
         out.note(format_args!("{taken}"));
     }
+    let script = args.script.as_deref().filter(|script| args.code.is_none() && *script != "-");
+    if let Some(hint) = script.and_then(|script| not_sent_hint(&result, Path::new(script))) {
+        out.note(format_args!("{hint}"));
+    }
     let code = crate::exit::of_run(&result);
     if let Some(error) = not_written {
         out.note(format_args!(
@@ -90,6 +94,74 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
         return Ok(if code == crate::exit::SUCCESS { crate::exit::BKG_FAILED } else { code });
     }
     Ok(code)
+}
+
+/// The way on when the code failed for want of a file of the script's folder (or of the current
+/// directory) that was not sent: only the script goes into the sandbox, where `python3 job.py`
+/// would have found it beside (found by a trial: `import helper` of a sibling module, a data
+/// file opened by a relative name, Node's `require('./helper')`).
+fn not_sent_hint(result: &bkg_schema::RunResult, script: &Path) -> Option<String> {
+    if result.exit_code == Some(0) {
+        return None;
+    }
+    let folder = script.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let quoted = |text: &str, after: &str| {
+        let start = text.find(after)? + after.len();
+        let rest = &text[start..];
+        let quote = rest.chars().next().filter(|quote| *quote == '\'' || *quote == '"')?;
+        rest[1..].split(quote).next().map(str::to_owned)
+    };
+    let streamed = stream::output_tail();
+    let output = if streamed.is_empty() { &result.stderr } else { &streamed };
+    for line in output.lines().rev() {
+        // (where on this host, how it is named in `--file`)
+        let found: Option<(std::path::PathBuf, String)> =
+            if let Some(module) = quoted(line, "ModuleNotFoundError: No module named ") {
+                let top = module.split('.').next().unwrap_or_default().to_owned();
+                let file = folder.join(format!("{top}.py"));
+                let package = folder.join(&top);
+                if file.is_file() {
+                    Some((file, String::new()))
+                } else if package.is_dir() {
+                    Some((package, format!(":{top}")))
+                } else {
+                    None
+                }
+            } else if let Some(wanted) = quoted(line, "No such file or directory: ")
+                .filter(|_| line.starts_with("FileNotFoundError"))
+                .filter(|wanted| !wanted.starts_with('/'))
+            {
+                [Path::new(".").join(&wanted), folder.join(&wanted)]
+                    .into_iter()
+                    .find(|path| path.is_file())
+                    .map(|path| (path, format!(":{wanted}")))
+            } else if let Some(wanted) = quoted(line, "Cannot find module ").filter(|wanted| wanted.starts_with("./")) {
+                let base = folder.join(wanted.trim_start_matches("./"));
+                ["", ".js", ".cjs", ".mjs", ".json"]
+                    .iter()
+                    .map(|extension| std::path::PathBuf::from(format!("{}{extension}", base.display())))
+                    .find(|path| path.is_file())
+                    .map(|path| {
+                        let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+                        (path, format!(":{name}"))
+                    })
+            } else {
+                None
+            };
+        if let Some((path, place)) = found {
+            let shown = path.strip_prefix(".").unwrap_or(&path).display().to_string();
+            // Where `--file` puts a file by itself: /workspace under its own name (a folder's
+            // files go into /workspace itself).
+            let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+            let place = if path.is_file() && place == format!(":{name}") { String::new() } else { place };
+            return Some(format!(
+                "{shown} is on this host, but only the script goes into the sandbox: `bkg exe --file {shown}{place} {}` \
+                 sends it too",
+                script.display()
+            ));
+        }
+    }
+    None
 }
 
 /// The words of `argv` after the script that bkg took as its own options rather than the

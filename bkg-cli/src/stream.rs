@@ -325,7 +325,23 @@ fn write_ours(to_stderr: bool, bytes: &[u8]) -> std::io::Result<()> {
         false => crate::out::stdout_bytes(bytes),
     };
     MID_LINE[usize::from(to_stderr)].store(*last != b'\n', std::sync::atomic::Ordering::Relaxed);
+    let mut tail = OUTPUT_TAIL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tail.extend_from_slice(bytes);
+    let over = tail.len().saturating_sub(OUTPUT_TAIL_BYTES);
+    tail.drain(..over);
     written
+}
+
+/// The end of what the run wrote to us, both streams (one pipe, with `2>&1`), for what bkg says
+/// after it (`bkg exe`'s hint for a file that was not sent): a streamed run's result does not
+/// repeat its output.
+static OUTPUT_TAIL: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+const OUTPUT_TAIL_BYTES: usize = 4096;
+
+/// The last lines the run wrote to us (up to `OUTPUT_TAIL_BYTES`).
+pub fn output_tail() -> String {
+    let tail = OUTPUT_TAIL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    String::from_utf8_lossy(&tail).into_owned()
 }
 
 /// Whether the run's output last left our stdout, and our stderr, in the middle of a line.

@@ -373,3 +373,35 @@ fn a_file_where_c_code_runs_from_is_refused_naming_the_code() {
     );
     assert_eq!((code(&placed), stdout(&placed)), (0, "data = 1\n\n".to_owned()), "{}", stderr(&placed));
 }
+
+/// Found by a trial: a script that imports a module beside it, or opens a data file by a
+/// relative name, failed inside with nothing said of `--file`, where `python3 job.py` finds them.
+/// bkg now names the file and the command that sends it, which then works.
+#[test]
+fn a_file_beside_the_script_that_was_not_sent_is_named_with_the_file_flag() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir_all(dir.path().join("src/pkg")).expect("src/pkg");
+    std::fs::write(dir.path().join("src/helper.py"), "X = 41\n").expect("helper.py");
+    std::fs::write(dir.path().join("src/pkg/__init__.py"), "Y = 1\n").expect("pkg");
+    std::fs::write(dir.path().join("src/main.py"), "import helper\nprint(helper.X + 1)\n").expect("main.py");
+    std::fs::write(dir.path().join("src/usepkg.py"), "import pkg\nprint(pkg.Y)\n").expect("usepkg.py");
+    std::fs::write(dir.path().join("data.txt"), "data\n").expect("data.txt");
+    std::fs::write(dir.path().join("read.py"), "print(open('data.txt').read(), end='')\n").expect("read.py");
+    for (script, suggested, printed) in [
+        ("src/main.py", "bkg exe --file src/helper.py src/main.py", "42\n"),
+        ("src/usepkg.py", "bkg exe --file src/pkg:pkg src/usepkg.py", "1\n"),
+        ("read.py", "bkg exe --file data.txt read.py", "data\n"),
+    ] {
+        let failed = agent.bkg_in(dir.path(), &["exe", script]);
+        assert_eq!(code(&failed), 1, "{script}: {}", stderr(&failed));
+        assert!(
+            stderr(&failed).contains(&format!("only the script goes into the sandbox: `{suggested}` sends it too")),
+            "{script}: {}",
+            stderr(&failed)
+        );
+        let words: Vec<&str> = suggested.split(' ').skip(1).collect();
+        let sent = agent.bkg_in(dir.path(), &words);
+        assert_eq!((code(&sent), stdout(&sent)), (0, printed.to_owned()), "{suggested}: {}", stderr(&sent));
+    }
+}
