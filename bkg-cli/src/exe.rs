@@ -148,7 +148,13 @@ fn not_sent_hint(result: &bkg_schema::RunResult, script: &Path) -> Option<String
             } else {
                 None
             };
-        if let Some((path, place)) = found {
+        // The names come from the code's output: one that climbs out, or would print controls
+        // on the user's terminal, is no hint.
+        let plain = |path: &Path| {
+            path.components().all(|part| !matches!(part, std::path::Component::ParentDir))
+                && !path.to_string_lossy().chars().any(char::is_control)
+        };
+        if let Some((path, place)) = found.filter(|(path, place)| plain(path) && plain(Path::new(place))) {
             let shown = path.strip_prefix(".").unwrap_or(&path).display().to_string();
             // Where `--file` puts a file by itself: /workspace under its own name (a folder's
             // files go into /workspace itself).
