@@ -326,7 +326,7 @@ fn write_ours(to_stderr: bool, bytes: &[u8]) -> std::io::Result<()> {
     };
     MID_LINE[usize::from(to_stderr)].store(*last != b'\n', std::sync::atomic::Ordering::Relaxed);
     let mut tail = OUTPUT_TAIL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    tail.extend_from_slice(bytes);
+    tail.extend_from_slice(&bytes[bytes.len().saturating_sub(OUTPUT_TAIL_BYTES)..]);
     let over = tail.len().saturating_sub(OUTPUT_TAIL_BYTES);
     tail.drain(..over);
     written
