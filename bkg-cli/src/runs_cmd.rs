@@ -271,18 +271,9 @@ pub fn outcome(run: &RunRecord) -> String {
     }
 }
 
-/// A run's end in a word or two, as run lists and the audit log show it: the limit that killed
-/// it (with the exit code the script still gave, as after a full disk or a child killed for its
-/// memory: found by a new-user trial), its exit code, or the signal; none when its record has
-/// neither.
+/// A run's end in a word or two (`bkg_schema::run_ending`), its limit by its JSON name.
 pub fn ending(killed_by: Option<KilledBy>, exit_code: Option<i32>, signal: Option<i32>) -> Option<String> {
-    match (killed_by, exit_code, signal) {
-        (Some(killed), Some(code), _) => Some(format!("{}, exit {code}", killed.as_str())),
-        (Some(killed), _, _) => Some(killed.as_str().into()),
-        (None, Some(code), _) => Some(format!("exit {code}")),
-        (None, None, Some(signal)) => Some(format!("signal {signal}")),
-        (None, None, None) => None,
-    }
+    bkg_schema::run_ending(killed_by, exit_code, signal, KilledBy::as_str)
 }
 
 /// The sandbox's name from its id (`NAME-HASH`), `-` for a temporary run.

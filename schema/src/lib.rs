@@ -429,6 +429,25 @@ impl KilledBy {
     }
 }
 
+/// A run's end in a word or two, as run lists, the audit log and the Web UI show it: the limit
+/// that killed it, named by `limit` (with the exit code the script still gave, as after a full
+/// disk or a child killed for its memory: found by a new-user trial), its exit code, or the
+/// signal; none when its record has neither.
+pub fn run_ending(
+    killed_by: Option<KilledBy>,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    limit: fn(KilledBy) -> &'static str,
+) -> Option<String> {
+    match (killed_by, exit_code, signal) {
+        (Some(killed), Some(code), _) => Some(format!("{}, exit {code}", limit(killed))),
+        (Some(killed), _, _) => Some(limit(killed).into()),
+        (None, Some(code), _) => Some(format!("exit {code}")),
+        (None, None, Some(signal)) => Some(format!("signal {signal}")),
+        (None, None, None) => None,
+    }
+}
+
 /// The outcome and accounting of one run. Stable: `bkg exe --json` prints it as is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

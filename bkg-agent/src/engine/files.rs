@@ -727,12 +727,10 @@ impl Workspace {
                     builder.append_data(&mut header, name, std::io::empty()).map_err(write_failed)?;
                 }
                 // `pack` of `link/` opens the directory the link leads to (inside /workspace).
-                let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
-                let dir = match depth {
-                    0 => open_beneath_of(at.dir, at.entry, flags, Mode::empty()),
-                    _ => open_beneath_of(at.dir, at.entry, flags | OFlag::O_NOFOLLOW, Mode::empty()),
-                }
-                .map_err(|errno| failed("open", path, errno))?;
+                let links = if depth == 0 { OFlag::empty() } else { OFlag::O_NOFOLLOW };
+                let dir =
+                    open_beneath_of(at.dir, at.entry, OFlag::O_RDONLY | OFlag::O_DIRECTORY | links, Mode::empty())
+                        .map_err(|errno| failed("open", path, errno))?;
                 let (listing, children) = children_of(dir, path)?;
                 for (child, kind) in children {
                     let child_path = path.join(&child);

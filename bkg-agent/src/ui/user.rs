@@ -410,17 +410,13 @@ fn outcome(run: &RunRecord) -> &'static str {
 
 fn outcome_badge(run: &RunRecord) -> Markup {
     let outcome = outcome(run);
-    // As `bkg runs` says it: the limit and the exit code the script still gave (a child killed
-    // for its memory), or the signal that ended it (found by a new-user trial: "failed" for a
+    // As `bkg runs` says it, the limit in words (found by a new-user trial: "failed" for a
     // segfault, and "killed at its memory limit" for a script that exited 3).
-    let label = match (run.killed_by, run.exit_code, run.signal) {
+    let label = match outcome {
         _ if run.queued => "queued".to_owned(),
-        _ if outcome == "running" => outcome.to_owned(),
-        (Some(killed_by), Some(code), _) => format!("{}, exit {code}", crate::ui::view::killed_words(killed_by)),
-        (Some(killed_by), None, _) => crate::ui::view::killed_words(killed_by).to_owned(),
-        (None, Some(code), _) => format!("exit {code}"),
-        (None, None, Some(signal)) => format!("signal {signal}"),
-        (None, None, None) => outcome.to_owned(),
+        "running" => outcome.to_owned(),
+        _ => bkg_schema::run_ending(run.killed_by, run.exit_code, run.signal, crate::ui::view::killed_words)
+            .unwrap_or_else(|| outcome.to_owned()),
     };
     html! { span class={ "badge " (outcome) } { (label) } }
 }
