@@ -141,10 +141,7 @@ fn not_sent_hint(result: &bkg_schema::RunResult, script: &Path) -> Option<String
                     .iter()
                     .map(|extension| std::path::PathBuf::from(format!("{}{extension}", base.display())))
                     .find(|path| path.is_file())
-                    .map(|path| {
-                        let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-                        (path, format!(":{name}"))
-                    })
+                    .map(|path| (path, String::new()))
             } else {
                 None
             };

@@ -841,9 +841,9 @@ async fn rm(
         Some(cave_path) => {
             let unreadable = |error| CliError::usage(format!("{}: {error}", cave_path.display()));
             let edit = |text: &str| Ok((remove_sandbox_block(text, &name), ()));
-            let prepared = crate::project::prepare_edit_locked(cave_path, unreadable, edit)
-                .map_err(|error| CliError::new(error.code, format!("{}: nothing was removed", error.message)))?;
-            prepared.0
+            crate::project::prepare_edit_locked(cave_path, unreadable, edit)
+                .map(|(prepared, ())| prepared)
+                .map_err(|error| CliError::new(error.code, format!("{}: nothing was removed", error.message)))?
         }
         None => None,
     };
