@@ -1058,17 +1058,18 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) =>
         {
-            if let Some(said) = code_after_exec_name(&error)
+            let said = code_after_exec_name(&error)
                 .or_else(|| exe_without_a_script(&error))
                 .or_else(|| empty_value(&error))
-                .or_else(|| unknown_argument(&error))
-            {
-                return Err(said);
-            }
-            return Err(match without_environment(unbuilt).try_get_matches_from(&given) {
-                Err(plain) if plain.kind() == error.kind() => plain,
-                _ => error,
-            });
+                .or_else(|| unknown_argument(&error));
+            let said = match said {
+                Some(said) => said,
+                None => match without_environment(unbuilt.clone()).try_get_matches_from(&given) {
+                    Err(plain) if plain.kind() == error.kind() => plain,
+                    _ => error,
+                },
+            };
+            return Err(refused_after_script(said, &unbuilt, &given));
         }
         Err(error) if error.kind() == ErrorKind::DisplayHelp => match help_after_script(&unbuilt, &given) {
             Some(rewritten) => command.try_get_matches_from_mut(&rewritten)?,
@@ -1077,6 +1078,37 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
         Err(error) => return Err(error),
     };
     T::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
+}
+
+/// A flag of bkg's that clap refused after `bkg exe`'s script (`bkg exe conv.py --type csv`, where
+/// `python3 conv.py --type csv` gives it to the script): the refusal in one line, with the way to
+/// give what follows the script to it, as bkg's own refusals of such flags say it (exe.rs; found
+/// by a new-user trial). `error` as it is when nothing follows a script.
+fn refused_after_script(error: clap::Error, command: &clap::Command, given: &[std::ffi::OsString]) -> clap::Error {
+    let Some(exe) = given.iter().position(|word| word == "exe") else { return error };
+    // The script is the word at which what was given so far parses, as the script.
+    let script_of = |at: usize| {
+        let matches = command.clone().try_get_matches_from(&given[..=at]).ok()?;
+        let exe_matches = matches.subcommand_matches("exe")?;
+        let script = exe_matches.get_one::<String>("script").filter(|script| given[at] == script.as_str())?;
+        Some((script.clone(), exe_matches.contains_id("code")))
+    };
+    let Some((at, (script, code))) = (exe + 1..given.len()).find_map(|at| Some((at, script_of(at)?))) else {
+        return error;
+    };
+    let after: Vec<String> = given[at + 1..]
+        .iter()
+        .map(|word| word.to_string_lossy().into_owned())
+        .take_while(|word| word != "--")
+        .collect();
+    // Code read from stdin (`-`) takes bkg's options after it, as documented (exe.rs).
+    if script == "-" || after.is_empty() {
+        return error;
+    }
+    let text = crate::out::clap_error_text(&error);
+    let refusal = text.lines().next().unwrap_or_default();
+    let way_out = crate::exe::taken_as_bkgs(&script, &after.join(" "), code);
+    clap::Error::raw(error.kind(), format!("{refusal}; {way_out}\n"))
 }
 
 /// `bkg exec NAME 'print(1)'`, code after the name as `docker exec` takes its command: one line

@@ -23,20 +23,7 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     }
     // Said once the run has come back (a refusal stays one line).
     let taken_after_script = args.script.as_deref().and_then(|script| {
-        options_after_script(&argv, script, &args.args).map(|taken| match args.code {
-            Some(_) => format!(
-                "`{taken}` after {script} was taken as bkg's own; to give it to the code, put `--` before it: \
-                 … -c CODE {script} -- {taken} …"
-            ),
-            None => {
-                // The script's name quoted, so that the command can be pasted (spaces in it, say).
-                let quoted = shlex::try_quote(script).map_or_else(|_| script.to_owned(), |word| word.into_owned());
-                format!(
-                    "`{taken}` after {script} was taken as bkg's own; to give it to the script, put `--` before \
-                     it: bkg exe {quoted} -- {taken} …"
-                )
-            }
-        })
+        options_after_script(&argv, script, &args.args).map(|taken| taken_as_bkgs(script, &taken, args.code.is_some()))
     });
     if args.tty {
         crate::terminal::require_terminal("bkg exe --tty")?;
@@ -165,6 +152,24 @@ fn not_sent_hint(result: &bkg_schema::RunResult, script: &Path) -> Option<String
         }
     }
     None
+}
+
+/// What bkg says of `taken`, words after the script (or, with `-c`, after the code's first
+/// argument) that it took as its own options: that it did, and the command that gives them to the
+/// script instead.
+pub fn taken_as_bkgs(script: &str, taken: &str, code: bool) -> String {
+    if code {
+        return format!(
+            "`{taken}` after {script} was taken as bkg's own; to give it to the code, put `--` before it: \
+             … -c CODE {script} -- {taken} …"
+        );
+    }
+    // The script's name quoted, so that the command can be pasted (spaces in it, say).
+    let quoted = shlex::try_quote(script).map_or_else(|_| script.to_owned(), |word| word.into_owned());
+    format!(
+        "`{taken}` after {script} was taken as bkg's own; to give it to the script, put `--` before it: \
+         bkg exe {quoted} -- {taken} …"
+    )
 }
 
 /// The words of `argv` after the script that bkg took as its own options rather than the

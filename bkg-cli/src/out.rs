@@ -336,24 +336,27 @@ pub fn clap_error(error: clap::Error, tool: &str) -> ExitCode {
             let rendered = error.render().to_string();
             stderr(format_args!("{}", rendered.strip_prefix("error: ").unwrap_or(&rendered)));
         }
-        // A flag's bad value is one line, as the values bkg checks itself say it (`--memory: ...`).
-        ErrorKind::ValueValidation if let Some(reason) = std::error::Error::source(&error) => {
-            let flag = match error.get(clap::error::ContextKind::InvalidArg) {
-                // A positional argument is named as clap shows it in usage (`[SEQ]`), bare here.
-                Some(clap::error::ContextValue::String(arg)) => {
-                    arg.split(' ').next().unwrap_or(arg).trim_matches(['[', ']', '<', '>']).to_owned()
-                }
-                _ => "a flag".to_owned(),
-            };
-            stderr(format_args!("{tool}: {flag}: {reason}\n"));
-        }
-        _ => {
-            let rendered = error.render().to_string();
-            let body = rendered.strip_prefix("error: ").unwrap_or(&rendered);
-            stderr(format_args!("{tool}: {body}"));
-        }
+        _ => stderr(format_args!("{tool}: {}", clap_error_text(&error))),
     }
     crate::exit::code(crate::exit::of_clap(&error))
+}
+
+/// What a usage error of clap's says after `TOOL: `, ending in a newline: clap's whole message,
+/// with its tips and the usage line, but a flag's bad value in one line, as the values bkg checks
+/// itself say it (`--memory: ...`).
+pub fn clap_error_text(error: &clap::Error) -> String {
+    if let (clap::error::ErrorKind::ValueValidation, Some(reason)) = (error.kind(), std::error::Error::source(error)) {
+        let flag = match error.get(clap::error::ContextKind::InvalidArg) {
+            // A positional argument is named as clap shows it in usage (`[SEQ]`), bare here.
+            Some(clap::error::ContextValue::String(arg)) => {
+                arg.split(' ').next().unwrap_or(arg).trim_matches(['[', ']', '<', '>']).to_owned()
+            }
+            _ => "a flag".to_owned(),
+        };
+        return format!("{flag}: {reason}\n");
+    }
+    let rendered = error.render().to_string();
+    rendered.strip_prefix("error: ").unwrap_or(&rendered).to_owned()
 }
 
 /// `value` as one line of JSON, with the characters a terminal acts on but JSON lets through

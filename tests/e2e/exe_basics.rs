@@ -321,6 +321,20 @@ fn an_option_taken_after_the_script_is_named_with_the_way_to_pass_it_on() {
         "{}",
         stderr(&refused)
     );
+    // And when clap refuses it before bkg sees it (found by a trial: only "not a language").
+    let refused = agent.bkg_in(dir.path(), &["exe", "conv.py", "--type", "csv", "in.csv"]);
+    assert_eq!(
+        (code(&refused), stderr(&refused)),
+        (
+            125,
+            "bkg: --type: `csv` is not a language: use python or node; `--type csv in.csv` after conv.py was taken as \
+             bkg's own; to give it to the script, put `--` before it: bkg exe conv.py -- --type csv in.csv …\n"
+                .to_owned()
+        )
+    );
+    // Before the script, the flag is bkg's own and nothing more is said.
+    let refused = agent.bkg_in(dir.path(), &["exe", "--type", "csv", "conv.py"]);
+    assert_eq!(stderr(&refused), "bkg: --type: `csv` is not a language: use python or node\n");
 }
 
 /// bkg's reason starts a line of its own after output that left one unfinished (found by a
