@@ -223,10 +223,14 @@ fn report_json(report: &VerifyReport) -> Result<String, CliError> {
     crate::out::json_text(&json)
 }
 
-/// Where `audit.pub` is for a log given as files: its directory sits in the state directory.
+/// Where `audit.pub` is for a log given as files: its directory sits in the state directory,
+/// named without `..` (found by a new-user trial: `cannot read the audit key ./../audit.pub`).
 fn key_beside(file: &Path) -> PathBuf {
-    let dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    dir.join("..").join("audit.pub")
+    let dir = match std::fs::canonicalize(file) {
+        Ok(file) => file.parent().and_then(Path::parent).map(Path::to_path_buf),
+        Err(_) => None,
+    };
+    dir.unwrap_or_else(|| file.parent().unwrap_or(Path::new(".")).join("..")).join("audit.pub")
 }
 
 /// `--key` as a file holding the key's hex, else as the hex itself; without it, `default`.
@@ -448,6 +452,11 @@ fn outcome(record: &SignedRecord) -> String {
         // A key removed for good is recorded as revoked (it is, and more): the row says which.
         Ok(Details::KeyRevoked(change)) if change.deleted => format!("deleted key {}", change.key_id),
         Ok(Details::KeyRevoked(change)) => format!("revoked key {}", change.key_id),
+        // Which key (found by a new-user trial: a refresh read as an anonymous `key.created`
+        // beside a named `key.revoked`).
+        Ok(Details::KeyCreated(change)) => format!("created {} key {}", change.role.as_str(), change.key_id),
+        Ok(Details::KeyRotated(change)) => format!("rotated key {}", change.key_id),
+        Ok(Details::Login(change)) => format!("session key {}", change.key_id),
         // Which change (found by a new-user trial: a member's package install read as a change
         // of the agent's configuration).
         Ok(Details::ConfigChanged(change)) => bkg_schema::without_controls(&match change {

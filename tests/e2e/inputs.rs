@@ -379,11 +379,11 @@ fn bad_flags_and_limits_are_125() {
         (&["--cpus", "0", hello], "--cpus"),
         (
             &["--memory", "1TiB", hello],
-            "memory 1TiB is above this agent's maximum of 8GiB; ask for less, or start the agent with a higher --max-memory",
+            "memory 1TiB is above this agent's maximum of 8GiB; ask for less, or have the agent started with a higher --max-memory",
         ),
         (
             &["--timeout", "2h", hello],
-            "timeout 2h is above this agent's maximum of 1h; ask for less, or start the agent with a higher --max-timeout",
+            "timeout 2h is above this agent's maximum of 1h; ask for less, or have the agent started with a higher --max-timeout",
         ),
         (&["--timeout", "none", hello], "timeout none is only for persistent sandboxes (cave.yaml, bkgr)"),
         (&["--memory", "10TB", hello], "memory 10TB is above this agent's maximum of 8GiB"),
@@ -495,6 +495,12 @@ fn audit_commands_name_a_missing_file_and_refuse_remote() {
     let state = tempfile::tempdir().expect("state");
     std::fs::create_dir(state.path().join("audit")).expect("audit dir");
     std::fs::write(state.path().join("audit/audit-000001.jsonl"), "").expect("a log file");
+    // The key looked for beside a log given as a file is named as a path without `..` (found by
+    // a new-user trial: `./../audit.pub`).
+    let log = state.path().join("audit/audit-000001.jsonl");
+    let no_key = bkg(&["audit", "verify", log.to_str().expect("utf-8")]);
+    let canonical = std::fs::canonicalize(state.path()).expect("canonical");
+    assert_one_line_error(&no_key, 125, &format!("cannot read the audit key {}/audit.pub:", canonical.display()));
     let state = state.path().to_str().expect("utf-8");
     assert_one_line_error(
         &bkg(&["audit", "verify", "--key", "/nonexistent/audit.pub", "--state-dir", state]),
@@ -535,7 +541,8 @@ fn a_keys_ttl_is_refused_with_the_flag_and_the_roles_lifetime() {
     assert_one_line_error(
         &create("2h"),
         125,
-        "a lifetime of 2h (ttl_seconds, bkg keys create --ttl) is above the session role's 1h",
+        "a lifetime of 2h (ttl_seconds, bkg keys create --ttl) is above the session role's 1h (the agent's \
+         --session-key-ttl): ask for 1h or less",
     );
     let made = create("30s");
     assert_eq!(code(&made), 0, "{}", stderr(&made));
@@ -668,11 +675,17 @@ fn audit_tail_tells_a_deleted_key_from_a_revoked_one() {
     );
     let again = agent.bkg().args(["keys", "rm", &deleted]).output().expect("bkg keys rm");
     assert_eq!(code(&again), 125, "{}", stderr(&again));
-    let tail = agent.bkg().args(["audit", "tail", "-n", "2"]).output().expect("bkg audit tail");
+    let tail = agent.bkg().args(["audit", "tail", "-n", "4"]).output().expect("bkg audit tail");
     assert_eq!(code(&tail), 0, "{}", stderr(&tail));
     let shown = stdout(&tail);
     assert!(
         shown.contains(&format!("revoked key {revoked}")) && shown.contains(&format!("deleted key {deleted}")),
+        "{shown}"
+    );
+    // And which key each creation made (found by a new-user trial: `-`).
+    assert!(
+        shown.contains(&format!("created namespace key {revoked}"))
+            && shown.contains(&format!("created namespace key {deleted}")),
         "{shown}"
     );
 }

@@ -499,7 +499,7 @@ fn a_definition_above_the_maximum_names_cave_yamls_limit_as_the_fix() {
     assert_eq!(
         stderr(&refused),
         "bkgr: sandbox `m`: memory 100GiB is above this agent's maximum of 8GiB, and so is timeout 2h (at most 1h); give the \
-         sandbox's limits.memory and limits.timeout (cave.yaml's) at most those, or start the agent with a higher \
+         sandbox's limits.memory and limits.timeout (cave.yaml's) at most those, or have the agent started with a higher \
          --max-memory and --max-timeout\n"
     );
     let refused = agent.exe(&["--memory", "100GiB", "--timeout", "2h", "--type", "python", "-c", "pass"]);
@@ -507,7 +507,7 @@ fn a_definition_above_the_maximum_names_cave_yamls_limit_as_the_fix() {
     assert_eq!(
         stderr(&refused),
         "bkg: memory 100GiB is above this agent's maximum of 8GiB, and so is timeout 2h (at most 1h); ask for less, \
-         or start the agent with a higher --max-memory and --max-timeout\n"
+         or have the agent started with a higher --max-memory and --max-timeout\n"
     );
     // cave.yaml's own disk above the maximum is refused whatever `--disk` says, as the other
     // limits are (found by a new-user trial: `--disk 1GiB` ran, and `bkg ls` then said cave.yaml's

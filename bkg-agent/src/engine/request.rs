@@ -283,7 +283,7 @@ fn limit_fix(names: &[&str], in_cave_yaml: bool) -> String {
     };
     match flags.is_empty() {
         true => less,
-        false => format!("{less}, or start the agent with a higher {}", words(&flags)),
+        false => format!("{less}, or have the agent started with a higher {}", words(&flags)),
     }
 }
 
@@ -883,7 +883,7 @@ mod tests {
         assert_eq!(limit_fix(&["pids"], false), "ask for fewer");
         assert_eq!(
             limit_fix(&["memory", "timeout"], false),
-            "ask for less, or start the agent with a higher --max-memory and --max-timeout"
+            "ask for less, or have the agent started with a higher --max-memory and --max-timeout"
         );
         assert_eq!(limit_fix(&["pids"], true), "give the sandbox's limits.pids (cave.yaml's) at most that");
         assert_eq!(

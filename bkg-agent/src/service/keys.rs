@@ -263,10 +263,10 @@ impl Service {
             Some(seconds) if seconds.saturating_mul(1000) > role_ttl => {
                 let role = request.role.as_str();
                 return Err(OpError::Invalid(format!(
-                    "a lifetime of {} (ttl_seconds, bkg keys create --ttl) is above the {role} role's {} (the agent's \
-                     --{role}-key-ttl)",
+                    "a lifetime of {} (ttl_seconds, bkg keys create --ttl) is above the {role} role's {allowed} (the \
+                     agent's --{role}-key-ttl): ask for {allowed} or less",
                     format_duration_ms(seconds.saturating_mul(1000)),
-                    format_duration_ms(role_ttl),
+                    allowed = format_duration_ms(role_ttl),
                 )));
             }
             Some(seconds) => seconds * 1000,
