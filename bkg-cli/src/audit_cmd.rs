@@ -457,6 +457,12 @@ fn outcome(record: &SignedRecord) -> String {
         Ok(Details::KeyCreated(change)) => format!("created {} key {}", change.role.as_str(), change.key_id),
         Ok(Details::KeyRotated(change)) => format!("rotated key {}", change.key_id),
         Ok(Details::Login(change)) => format!("session key {}", change.key_id),
+        Ok(Details::LoginRefused(refused)) => {
+            let who =
+                refused.username.as_deref().map_or_else(|| "no such user".to_owned(), |name| format!("user {name}"));
+            let from = refused.address.as_deref().map(|address| format!(" from {address}")).unwrap_or_default();
+            bkg_schema::without_controls(&format!("login refused: {who}{from}")).into_owned()
+        }
         // Which change (found by a new-user trial: a member's package install read as a change
         // of the agent's configuration).
         Ok(Details::ConfigChanged(change)) => bkg_schema::without_controls(&match change {

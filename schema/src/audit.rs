@@ -64,6 +64,10 @@ pub use details::*;
 
 /// The actor of the records the log writes about itself.
 pub const AGENT_ACTOR: &str = "agent";
+
+/// The actor of a record of a caller who proved no identity (a refused login).
+pub const ANONYMOUS_ACTOR: &str = "anonymous";
+
 const LOG_OPENED: &str = "log.opened";
 /// The text between a record's signed body and its signature.
 const SIG_FIELD: &[u8] = b",\"sig\":\"";

@@ -396,10 +396,12 @@ fn every_kind_of_record_reaches_bkg_db_and_a_bad_one_is_parked_then_retried() {
     ok(&agent.bkg().args(["keys", "rotate", &key_id]).output().expect("bkg"), "rotate");
     ok(&agent.bkg().args(["keys", "revoke", &key_id]).output().expect("bkg"), "revoke");
 
-    // A user (config.changed) who logs in (login).
+    // A user (config.changed) who gets the password wrong (auth.login_refused), then logs in (login).
     let admin = Client::new(&address, Some(&admin_key));
     let signup = serde_json::json!({"username": "walker", "namespace": "walk", "password": "a long enough password"});
     assert_eq!(admin.post("/api/v1/auth/signup", &signup).status, 201);
+    let wrong = serde_json::json!({"username": "walker", "password": "not the password"});
+    assert_eq!(Client::new(&address, None).post("/api/v1/auth/login", &wrong).status, 401);
     let login = Client::new(&address, None)
         .post("/api/v1/auth/login", &serde_json::json!({"username": "walker", "password": "a long enough password"}));
     assert_eq!(login.status, 201, "{}", login.text());

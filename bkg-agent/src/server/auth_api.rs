@@ -2,8 +2,11 @@
 //! list, get, rotate, revoke, delete) and signed rotation notices from peers. The operations and
 //! who may do them are in service/keys.rs and service/access.rs.
 
+use std::net::SocketAddr;
+
 use axum::Json;
 use axum::body::Body;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use bkg_schema::ApiError;
@@ -49,9 +52,13 @@ pub async fn signup(
     security(()),
     responses((status = 201, description = "A session key, shown only this once", body = IssuedKey)),
 )]
-pub async fn login(State(state): State<AppState>, body: Body) -> ApiResult<(StatusCode, Json<IssuedKey>)> {
+pub async fn login(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<IssuedKey>)> {
     let request: LoginRequest = input::json(body, SMALL_BODY_BYTES).await?;
-    let issued = state.service.log_in(request).await?;
+    let issued = state.service.log_in(request, peer.map(|Extension(ConnectInfo(address))| address)).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 

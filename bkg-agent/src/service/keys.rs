@@ -2,9 +2,10 @@
 //! login with a password), API keys (create, list, get, rotate, revoke, delete), session refresh
 //! and signed rotation notices from peers.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use bkg_schema::audit::Details;
+use bkg_schema::audit::{ANONYMOUS_ACTOR, AuditEvent, Details, LoginRefused};
 use bkg_schema::auth::{
     CreateKeyRequest, IssuedKey, KEY_ROTATED_EVENT, KeyInfo, LoginRequest, NoticeAccepted, Role, RotationNotice,
     SignupRequest, UserInfo,
@@ -165,16 +166,32 @@ impl Service {
         Ok(user)
     }
 
-    /// Exchanges a user's password for a session key of their namespace.
-    pub async fn log_in(&self, request: LoginRequest) -> OpResult<IssuedKey> {
+    /// Exchanges a user's password for a session key of their namespace. A refusal is recorded
+    /// in the audit log with the client's `address` (found by a new-user trial: guessing a
+    /// user's password left no record to investigate); the rate limit on logins per address
+    /// (server.rs) bounds how many.
+    pub async fn log_in(&self, request: LoginRequest, address: Option<SocketAddr>) -> OpResult<IssuedKey> {
         let user = self.store.user(&request.username).await?;
         let stored_hash = user.as_ref().map(|(_, hash)| hash.clone());
         let secret = request.password;
         let matches = tokio::task::spawn_blocking(move || password::verify(&secret, stored_hash.as_deref()))
             .await
             .map_err(hashing_failed)?;
-        let Some((user, _)) = user.filter(|_| matches) else {
-            return Err(OpError::Unauthorized("wrong username or password".into()));
+        let user = match user {
+            Some((user, _)) if matches => user,
+            refused => {
+                let user = refused.map(|(user, _)| user);
+                let details = LoginRefused {
+                    username: user.as_ref().map(|user| user.username.clone()),
+                    address: address.map(|address| address.to_string()),
+                };
+                let event = AuditEvent {
+                    namespace: user.map(|user| user.namespace),
+                    ..AuditEvent::new(ANONYMOUS_ACTOR, Details::LoginRefused(details))
+                };
+                self.store.note(event).await?;
+                return Err(OpError::Unauthorized("wrong username or password".into()));
+            }
         };
         let caller = Caller { actor: format!("user:{}", user.username), namespace: user.namespace.clone() };
         let wanted = Wanted {

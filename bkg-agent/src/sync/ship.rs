@@ -506,6 +506,7 @@ fn state_upsert(event: &OutboxEvent, read: &Read) -> Result<Option<(Kind, Vec<Pa
             )
         }
         Details::ConfigChanged(_)
+        | Details::LoginRefused(_)
         | Details::SyncError(_)
         | Details::SyncParked(_)
         | Details::SyncRetried(_)

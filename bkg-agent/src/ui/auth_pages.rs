@@ -103,7 +103,8 @@ pub async fn login_password(
     if let Some(refused) = over_allowance(&state, &headers, peer.as_ref()) {
         return refused;
     }
-    match ops::login(&state, form.username, form.password).await {
+    let address = peer.map(|Extension(ConnectInfo(address))| address);
+    match ops::login(&state, form.username, form.password, address).await {
         Ok(issued) => signed_in(&state, Identity::Key { hash: keys::hash(&issued.key), own: true }),
         Err(failure) => login_form(&state, &headers, failure.status, Some(&failure.message)),
     }

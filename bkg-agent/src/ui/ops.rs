@@ -47,8 +47,13 @@ pub fn admit(state: &AppState, principal: &Principal) -> OpResult<()> {
 }
 
 /// A user's password exchanged for a session key of their namespace, as `POST /api/v1/auth/login`.
-pub async fn login(state: &AppState, username: String, password: String) -> OpResult<IssuedKey> {
-    Ok(state.service.log_in(LoginRequest { username, password }).await?)
+pub async fn login(
+    state: &AppState,
+    username: String,
+    password: String,
+    address: Option<std::net::SocketAddr>,
+) -> OpResult<IssuedKey> {
+    Ok(state.service.log_in(LoginRequest { username, password }, address).await?)
 }
 
 /// Ends a session key when its browser session ends.

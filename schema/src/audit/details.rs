@@ -123,6 +123,8 @@ kinds! {
     KeyRevoked(KeyChange) = "key.revoked",
     /// A user traded their password for a session key: the key is the one issued.
     Login(KeyChange) = "login",
+    /// A login refused: a wrong password, or a name no user has (the caller is told neither).
+    LoginRefused(LoginRefused) = "auth.login_refused",
     ConfigChanged(ConfigChanged) = "config.changed",
     SyncError(SyncFailed) = "sync.error",
     /// An outbox event bkg_db could not take, tried the allowed number of times, was set aside
@@ -381,6 +383,16 @@ pub struct SyncParked {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginRefused {
+    /// The user whose password was wrong; `None` when no user has the name given. A name that is
+    /// no user's is not kept: it may be a password typed into the wrong field.
+    pub username: Option<String>,
+    /// The client's address, for a login over TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncRetried {
     pub seqs: Vec<u64>,
 }
@@ -403,6 +415,7 @@ in_details!(
     RunInterrupted,
     SandboxCreated,
     KeyChange,
+    LoginRefused,
     ConfigChanged,
     SyncFailed,
     SyncParked,
