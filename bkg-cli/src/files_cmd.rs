@@ -653,7 +653,25 @@ fn unpack_file_whole<R: std::io::Read>(
     if written.is_err() {
         let _ = std::fs::remove_file(&staging);
     }
-    written.map(|()| true).map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", target.display())))
+    written
+        .map(|()| true)
+        .map_err(|error| std::io::Error::new(error.kind(), format!("{}: {}", target.display(), with_causes(&error))))
+}
+
+/// `error` with what caused it, each said once: tar names the entry, and what went wrong with it
+/// is down the error's sources (found by a new-user trial: a full disk was only "failed to
+/// unpack").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut said = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            said = format!("{said}: {text}");
+        }
+        source = cause.source();
+    }
+    said
 }
 
 /// What the name of a file being downloaded starts with, beside its place; the pid of the bkg
@@ -735,9 +753,7 @@ impl Unpacker {
     pub async fn finish(self) -> Result<Unpacked, CliError> {
         drop(self.sender);
         self.unpacking.await.map_err(|_| CliError::internal("the download's writer failed"))?.map_err(|error| {
-            // tar names the entry; what went wrong with it is the error's source.
-            let cause = std::error::Error::source(&error).map(|source| format!(": {source}")).unwrap_or_default();
-            CliError::usage(format!("cannot write what was downloaded: {error}{cause}"))
+            CliError::usage(format!("cannot write what was downloaded: {}", with_causes(&error)))
         })
     }
 }

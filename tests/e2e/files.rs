@@ -271,7 +271,7 @@ fn paths_that_leave_the_workspace_are_refused() {
         ("box:../up", "has `..`"),
         ("box:in/../../up", "has `..`"),
         ("box:/etc", "is absolute"),
-        ("box:trap/escape", "leads out of /workspace"),
+        ("box:trap/escape", "leads out of /workspace, through a symbolic link pointing outside it or into a volume"),
         ("box:trap/escape/cron.d", "leads out of /workspace"),
     ] {
         let refused = agent.bkg_in(dir, &["cp", "file.txt", dest]);
@@ -1166,4 +1166,29 @@ fn output_brings_a_name_that_is_not_utf8_and_says_the_run_did_not_keep_it() {
     let brought = dir.path().join("back").join(std::ffi::OsStr::from_bytes(b"bad\xffname"));
     assert_eq!(std::fs::read(&brought).expect("the file -o brought"), b"x");
     assert!(stderr(&ran).contains("bkg: not kept with the run: out/bad"), "{}", stderr(&ran));
+}
+
+/// A download onto a full host disk says the disk is full, not only that tar failed to unpack
+/// (found by a new-user trial), and keeps nothing half-written.
+#[test]
+fn a_download_onto_a_full_disk_says_so() {
+    struct Mounted(std::path::PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let tiny = dir.path().join("tiny");
+    std::fs::create_dir(&tiny).expect("mkdir");
+    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1M", "bkg-test"]).arg(&tiny).status();
+    assert!(status.is_ok_and(|status| status.success()), "mount a 1 MiB tmpfs");
+    let _mounted = Mounted(tiny.clone());
+    let code_text = "open('/workspace/out/big.bin', 'wb').write(b'x' * (4 << 20))";
+    let full = agent.exe(&["-o", tiny.to_str().expect("utf-8"), "--type", "python", "-c", code_text]);
+    assert_eq!(code(&full), 125, "{}", stderr(&full));
+    assert!(stderr(&full).contains("No space left on device"), "{}", stderr(&full));
+    let left: Vec<_> = std::fs::read_dir(&tiny).expect("tiny").collect();
+    assert!(left.is_empty(), "{left:?}");
 }

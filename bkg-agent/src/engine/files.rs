@@ -205,10 +205,12 @@ fn failed(action: &str, path: &Path, errno: Errno) -> FilesError {
     match errno {
         Errno::ENOENT => FilesError::NotFound(format!("{} does not exist", shown(path))),
         // Out of /workspace through a mount (resolution beneath it does not cross one) or
-        // through a link: both are EXDEV; ELOOP is a link not followed.
+        // through a link: both are EXDEV, so the refusal names both (found by a new-user trial:
+        // a sandbox without volumes was sent looking for one); ELOOP is a link not followed.
         Errno::EXDEV => FilesError::Refused(format!(
-            "{} leads out of /workspace into a volume mounted into the sandbox: its files are the host's, in the \
-             folder cave.yaml's volumes name: copy them there",
+            "{} leads out of /workspace, through a symbolic link pointing outside it or into a volume mounted into \
+             the sandbox: refused (a volume's files are the host's, in the folder cave.yaml's volumes name: copy \
+             them there)",
             shown(path)
         )),
         Errno::ELOOP => FilesError::Refused(format!(
