@@ -302,8 +302,20 @@ pub async fn upload(client: &AgentClient, id: &str, source: &Path, dest: &str) -
     }));
     let url = client.url(&format!("/api/v1/sandboxes/{id}/files?path={}", percent_encode(dest)));
     let request = client.http().put(url).header(reqwest::header::CONTENT_TYPE, "application/x-tar").body(body);
-    // The answer comes once the whole stream is in: no patience bound on it.
-    let sent = request.send().await;
+    // The answer comes once the whole stream is in: no patience bound on it. Ctrl-C or a stop
+    // signal ends it with a word, as a download's does (found by a new-user trial: bkg died of the
+    // signal without one); dropping the request breaks the stream off.
+    let mut signals = crate::stream::StopSignals::listen()?;
+    let sent = tokio::select! {
+        sent = request.send() => sent,
+        signal = signals.next() => {
+            return Err(CliError::new(
+                crate::exit::SIGNALLED + signal.unwrap_or(libc::SIGINT),
+                "the upload was interrupted: the agent places an upload only once all of it has arrived, so the \
+                 sandbox has all of it or none",
+            ));
+        }
+    };
     let packed = packing.await.map_err(|_| CliError::internal("the upload's reader failed"))?;
     // A file that changed while it was read broke the stream off: that, not the broken request
     // or the agent's word on it, is what happened.
@@ -752,9 +764,10 @@ impl Unpacker {
 
     pub async fn finish(self) -> Result<Unpacked, CliError> {
         drop(self.sender);
-        self.unpacking.await.map_err(|_| CliError::internal("the download's writer failed"))?.map_err(|error| {
-            CliError::usage(format!("cannot write what was downloaded: {}", with_causes(&error)))
-        })
+        self.unpacking
+            .await
+            .map_err(|_| CliError::internal("the download's writer failed"))?
+            .map_err(|error| CliError::usage(format!("cannot write what was downloaded: {}", with_causes(&error))))
     }
 }
 

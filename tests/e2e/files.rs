@@ -1192,3 +1192,47 @@ fn a_download_onto_a_full_disk_says_so() {
     let left: Vec<_> = std::fs::read_dir(&tiny).expect("tiny").collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Ctrl-C during an upload ends bkg with a word and the signal's exit code, as during a download
+/// (found by a new-user trial: bkg died of the signal, silent), and the sandbox gets none of it.
+#[test]
+fn an_interrupted_upload_says_so_and_places_nothing() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let big = std::fs::File::create(dir.join("big.bin")).expect("create");
+    big.set_len(400 * 1024 * 1024).expect("size");
+    let mut copy = agent.bkg();
+    let copy = copy.args(["cp", "big.bin", "box:in"]).current_dir(dir).stderr(Stdio::piped()).spawn().expect("bkg cp");
+    // Once bkg has read more of the file than its chunks in flight hold, the agent is taking the
+    // upload: stopped there, it holds bkg in the middle of sending.
+    let read_bytes = |pid: u32| {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        io.lines().find_map(|line| line.strip_prefix("rchar: ")?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while read_bytes(copy.id()) < 16 << 20 {
+        assert!(std::time::Instant::now() < deadline, "bkg cp never started sending");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let agent_pid = i32::try_from(agent.pid()).expect("pid");
+    let copy_pid = i32::try_from(copy.id()).expect("pid");
+    // SAFETY: kill(2) of the agent and the bkg this test started.
+    assert_eq!(unsafe { libc::kill(agent_pid, libc::SIGSTOP) }, 0, "stop the test's own agent");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(copy_pid, libc::SIGINT) }, 0, "Ctrl-C");
+    let output = copy.wait_with_output().expect("bkg cp");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(agent_pid, libc::SIGCONT) }, 0, "let it go on");
+    assert_eq!(
+        (code(&output), stderr(&output)),
+        (
+            130,
+            "bkg: the upload was interrupted: the agent places an upload only once all of it has arrived, so the \
+             sandbox has all of it or none\n"
+                .to_owned()
+        )
+    );
+    let listed = agent.bkgr(dir, &["box", "show", "--", "/workspace/in/big.bin"]);
+    assert_eq!(code(&listed), 1, "nothing of the file is there: {}", stderr(&listed));
+}
