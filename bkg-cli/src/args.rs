@@ -1059,6 +1059,7 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
             ) =>
         {
             let said = code_after_exec_name(&error)
+                .or_else(|| script_arguments_without_dashes(&error, &given))
                 .or_else(|| exe_without_a_script(&error))
                 .or_else(|| empty_value(&error))
                 .or_else(|| unknown_argument(&error));
@@ -1127,6 +1128,35 @@ fn code_after_exec_name(error: &clap::Error) -> Option<clap::Error> {
              not after the sandbox's name\n",
         )
     })
+}
+
+/// `bkgr NAME SCRIPT ARG`: a script's arguments go after `--`, as its usage says: one line with
+/// the command as given and `--` in its place (found by a new-user trial: only "unexpected
+/// argument", where `bkg exe` shows the way).
+fn script_arguments_without_dashes(error: &clap::Error, given: &[std::ffi::OsString]) -> Option<clap::Error> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else { return None };
+    let Some(ContextValue::StyledStr(usage)) = error.get(ContextKind::Usage) else { return None };
+    let usage = usage.to_string();
+    if error.kind() != ErrorKind::UnknownArgument
+        || arg.starts_with('-')
+        || !usage.contains(" [OPTIONS] [NAME] [SCRIPT]")
+    {
+        return None;
+    }
+    // As it was called (installed under another name, say).
+    let program = usage.trim_start().trim_start_matches("Usage:").split_whitespace().next()?;
+    // After the program, a name and a script.
+    let at = given.iter().enumerate().skip(3).find_map(|(at, word)| (word == arg.as_str()).then_some(at))?;
+    let quoted = |words: &[std::ffi::OsString]| {
+        let words = words.iter().map(|word| word.to_string_lossy().into_owned());
+        shlex::try_join(words.collect::<Vec<_>>().iter().map(String::as_str)).ok()
+    };
+    let (before, after) = (quoted(&given[1..at])?, quoted(&given[at..])?);
+    Some(clap::Error::raw(
+        ErrorKind::UnknownArgument,
+        format!("unexpected argument `{arg}`: a script's arguments go after `--`: {program} {before} -- {after}\n"),
+    ))
 }
 
 /// An argument the command does not take: one line that names it, a similar one when there is,

@@ -152,6 +152,25 @@ fn a_negative_count_is_one_line_that_says_what_the_flag_takes() {
     }
 }
 
+/// A script's arguments given to bkgr without `--` are one line with the command that gives them
+/// (found by a new-user trial: only "unexpected argument").
+#[test]
+fn bkgr_names_the_dashes_a_script_s_arguments_go_after() {
+    let output = std::process::Command::new(bkg_tests::bin_dir().join("bkgr"))
+        .args(["api", "argv", "x", "y z"])
+        .env("BKG_SOCKET", "/nonexistent/agent.sock")
+        .env("BKG_NO_AUTOSTART", "1")
+        .output()
+        .expect("bkgr");
+    assert_eq!(
+        (code(&output), stderr(&output)),
+        (
+            125,
+            "bkgr: unexpected argument `x`: a script's arguments go after `--`: bkgr api argv -- x 'y z'\n".to_owned()
+        )
+    );
+}
+
 /// Code after a session's sandbox name, as `docker exec` takes its command, is one line with the
 /// two ways to give it (found by a new-user trial: clap's "unexpected argument" and usage).
 #[test]
