@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use bkg_schema::Language;
 use bkg_schema::cave::{self, DEFAULT_NAMESPACE, FILE_NAME, NAME_RULE, is_command, yaml_scalar};
 use bkg_schema::sandbox::is_dns_label;
-use dialoguer::theme::ColorfulTheme;
-use dialoguer::{FuzzySelect, Input};
 
 use crate::args::InitArgs;
 use crate::exit::{CliError, SUCCESS};
 use crate::project::{NewSandbox, checked_name, write_atomically};
+use crate::prompt::ask_line;
 use crate::settings::Settings;
 
 /// What the new cave.yaml holds.
@@ -138,56 +137,40 @@ fn from_flags(args: &InitArgs) -> Result<Answers, CliError> {
 /// Asks for what the flags left open; a flag's value is not asked again.
 fn ask(args: &InitArgs) -> Result<Answers, CliError> {
     let _asking = crate::prompt::Asking::begin();
-    let theme = ColorfulTheme::default();
-    let asked = |error: dialoguer::Error| CliError::usage(format!("cannot ask: {error}"));
     let namespace = match &args.namespace {
         Some(namespace) => checked_namespace(namespace)?,
-        None => Input::<String>::with_theme(&theme)
-            .with_prompt("Namespace")
-            .default(DEFAULT_NAMESPACE.to_owned())
-            .validate_with(|text: &String| match bkg_schema::sandbox::is_namespace_name(text) {
-                true => Ok(()),
-                false => Err(format!("use {}", bkg_schema::sandbox::NAMESPACE_RULE)),
-            })
-            .interact_text()
-            .map_err(asked)?,
+        None => ask_line("Namespace", DEFAULT_NAMESPACE, |text| match bkg_schema::sandbox::is_namespace_name(text) {
+            true => Ok(()),
+            false => Err(format!("use {}", bkg_schema::sandbox::NAMESPACE_RULE)),
+        })?,
     };
     let name = match &args.sandbox {
         Some(name) => checked_name(name)?,
-        None => Input::<String>::with_theme(&theme)
-            .with_prompt(format!("First sandbox (a name, or `{NO_SANDBOX}`)"))
-            .default("app".to_owned())
-            .validate_with(|text: &String| if is_dns_label(text) { Ok(()) } else { Err(format!("use {NAME_RULE}")) })
-            .interact_text()
-            .map_err(asked)?,
+        None => ask_line(&format!("First sandbox (a name, or `{NO_SANDBOX}`)"), "app", |text| {
+            if is_dns_label(text) { Ok(()) } else { Err(format!("use {NAME_RULE}")) }
+        })?,
     };
     if name == NO_SANDBOX && args.sandbox.is_none() {
         return Ok(Answers { namespace, first: None });
     }
     let language = match args.language {
         Some(language) => language,
+        // Typed (found by a new-user trial: `node` typed at a list was ignored, and Enter took
+        // `python`).
         None => {
-            let choices = [Language::Python, Language::Node];
-            let names = choices.map(Language::as_str);
-            // Typed or chosen with the arrows (found by a new-user trial: `node` typed at a plain
-            // list was ignored, and Enter took `python`).
-            let index = FuzzySelect::with_theme(&theme)
-                .with_prompt("Type")
-                .items(names)
-                .default(0)
-                .interact()
-                .map_err(asked)?;
-            choices.get(index).copied().unwrap_or(Language::Python)
+            let typed =
+                ask_line("Type (python or node)", Language::Python.as_str(), |text| match Language::parse(text) {
+                    Some(_) => Ok(()),
+                    None => Err("use python or node".to_owned()),
+                })?;
+            Language::parse(&typed).unwrap_or(Language::Python)
         }
     };
     let start = match &args.start {
         Some(command) => checked_start(command)?,
-        None => Input::<String>::with_theme(&theme)
-            .with_prompt("Start script")
-            .default(NewSandbox::default_start(language))
-            .validate_with(|text: &String| if is_command(text) { Ok(()) } else { Err("the command must not be empty") })
-            .interact_text()
-            .map_err(asked)?,
+        None => ask_line("Start script", &NewSandbox::default_start(language), |text| {
+            if is_command(text) { Ok(()) } else { Err("the command must not be empty".to_owned()) }
+        })?,
     };
     Ok(Answers { namespace, first: Some((name, sandbox(language, start))) })
 }

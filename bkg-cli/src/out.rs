@@ -124,7 +124,7 @@ pub fn stdout_and_stderr_are_one() -> bool {
 /// bkg's own lines start where the run's output left off on a line of its own
 /// (`stream::start_own_line`), and only when a line of ours follows: the output itself is
 /// passed on as the code wrote it, byte for byte.
-fn stderr(args: fmt::Arguments<'_>) {
+pub fn stderr(args: fmt::Arguments<'_>) {
     crate::stream::start_own_line();
     let _ = std::io::stderr().lock().write_fmt(args);
 }

@@ -64,3 +64,30 @@ impl Drop for Asking {
         unsafe { libc::sigaction(libc::SIGINT, &self.previous, std::ptr::null_mut()) };
     }
 }
+
+/// Asks `question` on stderr and reads the answer as a line of the terminal in its own line
+/// mode, so that Ctrl-D ends bkg as a shell's prompt ends (dialoguer's prompts read keys in raw
+/// mode and ignored it: found by a new-user trial, `bkg init` waited on). An empty answer is
+/// `default`; one that `check` refuses is asked again with its reason.
+pub fn ask_line(
+    question: &str,
+    default: &str,
+    check: impl Fn(&str) -> Result<(), String>,
+) -> Result<String, crate::exit::CliError> {
+    use std::io::BufRead;
+    loop {
+        crate::out::stderr(format_args!("? {question} ({default}) › "));
+        let mut line = String::new();
+        if matches!(std::io::stdin().lock().read_line(&mut line), Ok(0) | Err(_)) {
+            crate::out::stderr(format_args!("\n"));
+            return Err(crate::exit::CliError::new(CANCELLED, "cancelled (end of input): nothing was written"));
+        }
+        // Ctrl-D after some text hands that text over without a newline; the next one is the end.
+        let answer = line.trim();
+        let answer = if answer.is_empty() { default } else { answer };
+        match check(answer) {
+            Ok(()) => return Ok(answer.to_owned()),
+            Err(reason) => crate::out::stderr(format_args!("  ✘ {reason}\n")),
+        }
+    }
+}

@@ -492,15 +492,13 @@ fn init_answering(project: &Path, args: &[&str], answers: &[(&str, &str)]) -> St
 fn interactive_init_asks_on_a_real_terminal() {
     let dir = tempfile::tempdir().expect("temp dir");
     let project = dir.path().join("p");
-    // Down to `node` at the type, then Enter.
     let written = init_answering(
         &project,
         &[],
         &[
             ("Namespace", "team-a\r"),
             ("First sandbox", "web\r"),
-            ("Type", "\x1b[B"),
-            ("node", "\r"),
+            ("Type", "node\r"),
             ("Start script", "node /project/server.js\r"),
         ],
     );
@@ -510,13 +508,13 @@ fn interactive_init_asks_on_a_real_terminal() {
     assert!(project.join(".bkg/.gitignore").exists());
 }
 
-/// The type is typed as well as chosen with the arrows (found by a new-user trial: `node` typed
-/// and Enter gave `python`).
+/// The type is typed (found by a new-user trial: `node` typed at a list and Enter gave `python`);
+/// one bkg does not know is asked again.
 #[test]
 fn interactive_init_takes_a_typed_type() {
     let dir = tempfile::tempdir().expect("temp dir");
     let project = dir.path().join("p");
-    let answers = [("Type", "node"), ("node", "\r"), ("Start script", "\r")];
+    let answers = [("Type", "ruby\r"), ("use python or node", ""), ("Type", "node\r"), ("Start script", "\r")];
     let written = init_answering(&project, &["--namespace", "given", "--sandbox", "web"], &answers);
     assert!(written.contains("  web:\n    type: node\n"), "{written}");
 }
@@ -534,6 +532,20 @@ fn interactive_init_takes_the_defaults_and_skips_what_flags_gave() {
     // `none` at the sandbox prompt starts with no sandbox.
     let written = init_answering(&project, &["--force"], &[("Namespace", "\r"), ("First sandbox", "none\r")]);
     assert!(written.ends_with("namespace: default\nsandboxes: {}\n"), "{written}");
+}
+
+/// Ctrl-D at a question ends `bkg init` with 130 and a word, writing nothing (found by a new-user
+/// trial: it was ignored and bkg waited on).
+#[test]
+fn interactive_init_ends_at_ctrl_d() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let project = dir.path().join("p");
+    let (mut terminal, mut child) = spawn_on_terminal(&["init", project.to_str().expect("utf-8")]);
+    terminal.expect("Namespace (default)");
+    terminal.type_keys("\x04");
+    assert_eq!(wait(&mut child).code(), Some(130));
+    terminal.expect("bkg: cancelled (end of input): nothing was written");
+    assert!(!project.join("cave.yaml").exists(), "nothing is written");
 }
 
 #[test]

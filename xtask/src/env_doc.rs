@@ -101,7 +101,7 @@ const READ_IN_CODE: &[Described] = &[
     Described {
         name: "NO_COLOR",
         default: "unset",
-        meaning: "set: the agent's log has no colour (bkg's help, errors and prompts drop theirs through their libraries)",
+        meaning: "set: the agent's log has no colour (bkg's help and errors drop theirs through their library)",
     },
     Described {
         name: "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -154,7 +154,11 @@ pub const READ_BY_LIBRARIES: &[(&str, &str, &str)] = &[
         "anstyle-query",
         "colour of clap's help and errors in bkg, bkgr and bkg-agent",
     ),
-    ("NO_COLOR, CLICOLOR, CLICOLOR_FORCE", "console", "colour of `bkg init`'s prompts (dialoguer)"),
+    (
+        "NO_COLOR, CLICOLOR, CLICOLOR_FORCE",
+        "console",
+        "nothing bkg shows: its password prompts (dialoguer) have no colour",
+    ),
     (
         "SSL_CERT_FILE, SSL_CERT_DIR",
         "rustls-native-certs",
