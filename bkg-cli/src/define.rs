@@ -159,14 +159,26 @@ fn requirements(project: &Path, name: &str, spec: &SandboxSpec, allow_outside: b
     Ok(lines)
 }
 
-/// Gives the agent `definition`; one it has already is left as it is.
-pub async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Result<(), CliError> {
+/// Gives the agent `definition`; one it has already is left as it is. A sandbox made now is
+/// said to be new beside one of the same name the agent keeps for a project directory that is
+/// gone, whose files the user may be looking for (`left_behind`).
+pub async fn define(
+    client: &AgentClient,
+    definition: &SandboxDefinition,
+    out: crate::out::Printer,
+) -> Result<(), CliError> {
     let id = sandbox_id(&definition.project_dir, &definition.name);
     // A running sandbox keeps the definition it started with until it stops (the agent refuses
     // another, service/sandboxes.rs): not asking spares bkgr -d, bkg exec and cp that refusal.
-    let running = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?;
-    if running.is_some_and(|info| info.current_run.is_some()) {
+    let known = client.get_found::<SandboxInfo>(&format!("/api/v1/sandboxes/{id}")).await?;
+    if known.as_ref().is_some_and(|info| info.current_run.is_some()) {
         return Ok(());
+    }
+    if known.is_none() {
+        let all: Vec<SandboxInfo> = client.get("/api/v1/sandboxes").await?;
+        for info in left_behind(&all, &definition.name) {
+            out.note(format_args!("sandbox `{}` is new here; {}", definition.name, left_behind_note(info)));
+        }
     }
     // Said here with what makes it big: the agent can only say its body is.
     let size = serde_json::to_vec(definition).map_or(0, |body| body.len());
@@ -183,6 +195,24 @@ pub async fn define(client: &AgentClient, definition: &SandboxDefinition) -> Res
     defined
         .map(drop)
         .map_err(|error| CliError::new(error.code, format!("sandbox `{}`: {}", definition.name, error.message)))
+}
+
+/// The sandboxes of `all` named `name` whose project directory is gone from this host (moved or
+/// deleted): the agent keeps their files under that path, which a project run from its new place
+/// does not find (found by a new-user trial: a renamed project got a fresh sandbox, and its files
+/// looked lost, without a word).
+pub fn left_behind<'a>(all: &'a [SandboxInfo], name: &str) -> impl Iterator<Item = &'a SandboxInfo> {
+    let gone = |dir: &Path| dir.symlink_metadata().is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound);
+    all.iter().filter(move |info| info.name == name && info.has_project && gone(Path::new(&info.project_dir)))
+}
+
+/// What bkg says of a sandbox `left_behind` finds.
+pub fn left_behind_note(info: &SandboxInfo) -> String {
+    format!(
+        "the agent keeps a sandbox `{}` ({}) of {}, which is gone (moved or deleted): its files stay there until \
+         `bkg rm {}`, and the project put back at {} finds them",
+        info.name, info.id, info.project_dir, info.id, info.project_dir
+    )
 }
 
 /// The first volume of `definition` that reaches outside `project`: only `bkgr --allow-outside`
@@ -228,10 +258,10 @@ pub async fn ensure(
                 volume.host
             )));
         }
-        return define(client, &definition).await;
+        return define(client, &definition, out).await;
     }
     let given = match made {
-        Ok(definition) if outside(&definition, project).is_none() => define(client, &definition).await,
+        Ok(definition) if outside(&definition, project).is_none() => define(client, &definition, out).await,
         Ok(_) => Ok(()),
         Err(error) => Err(error),
     };

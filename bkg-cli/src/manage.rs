@@ -134,6 +134,18 @@ pub async fn ls(settings: &Settings, args: LsArgs) -> Result<i32, CliError> {
         return Ok(SUCCESS);
     }
     out.answer(&sandboxes, |sandboxes| sandbox_table(sandboxes, &declared, crate::table::width()))?;
+    if project.is_some() && declared.iter().any(|sandbox| !sandbox.others) && !out.is_json() {
+        let all = list(&client, None).await?;
+        for sandbox in declared.iter().filter(|sandbox| !sandbox.others) {
+            for info in crate::define::left_behind(&all, &sandbox.name) {
+                out.note(format_args!(
+                    "`{}` is not created here; {}",
+                    sandbox.name,
+                    crate::define::left_behind_note(info)
+                ));
+            }
+        }
+    }
     if let Some(cave) = &cave {
         for info in &sandboxes {
             match cave.sandboxes.get(&info.name) {
@@ -865,7 +877,7 @@ async fn rm(
     // A project moved or renamed leaves its sandboxes under the old directory: say so, with what
     // removes them, rather than let the user think they went.
     let all: Vec<SandboxInfo> = client.get("/api/v1/sandboxes").await?;
-    for left in all.iter().filter(|info| info.name == name && !Path::new(&info.project_dir).exists()) {
+    for left in crate::define::left_behind(&all, &name) {
         out.note(format_args!(
             "`{name}` of {}, a directory that is gone, is still on the agent with its workspace: `bkg rm {}` removes it",
             left.project_dir, left.id

@@ -104,7 +104,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
     client.ensure_running().await?;
     for (definition, _) in &runs {
         let disk_flag = flags.disk_bytes.filter(|flag| definition.limits.disk_bytes == Some(*flag));
-        define(&client, definition).await.map_err(|error| disk_flag_above_maximum(error, disk_flag))?;
+        define(&client, definition, out).await.map_err(|error| disk_flag_above_maximum(error, disk_flag))?;
     }
     let limits_from = LimitsFrom::CaveOrFlags(flags);
 

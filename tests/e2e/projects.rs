@@ -1859,3 +1859,37 @@ fn a_volume_whose_folder_became_a_file_is_named_by_bkgr_and_by_cp() {
     );
     assert!(stderr(&copied).contains(said), "{}", stderr(&copied));
 }
+
+/// A project moved elsewhere gets a new sandbox of each name, and bkg says where the old one's
+/// files are, which it keeps under the old path (found by a new-user trial: the files looked lost
+/// without a word); the old one is removed by its id.
+#[test]
+fn a_moved_project_is_told_where_its_sandbox_s_files_stayed() {
+    let agent = Agent::start();
+    let parent = tempfile::tempdir().expect("dir");
+    let (old, new) = (parent.path().join("before"), parent.path().join("after"));
+    write(
+        &old.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  box:\n    type: python\n    scripts:\n      start: 'true'\n",
+    );
+    let first = agent.bkgr(&old, &["box"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let old_id = status_of(&agent, &old, "box")["id"].as_str().expect("an id").to_owned();
+    std::fs::rename(&old, &new).expect("move the project");
+    let said = format!(
+        "the agent keeps a sandbox `box` ({old_id}) of {}, which is gone (moved or deleted): its files stay there until \
+         `bkg rm {old_id}`, and the project put back at {} finds them\n",
+        old.display(),
+        old.display()
+    );
+    let listed = agent.bkg_in(&new, &["ls"]);
+    assert_eq!((code(&listed), stderr(&listed)), (0, format!("bkg: `box` is not created here; {said}")));
+    let made = agent.bkgr(&new, &["box"]);
+    assert_eq!((code(&made), stderr(&made)), (0, format!("bkgr: sandbox `box` is new here; {said}")));
+    let again = agent.bkgr(&new, &["box"]);
+    assert_eq!((code(&again), stderr(&again)), (0, String::new()), "said once, when the new one is made");
+    let removed = agent.bkg_in(&new, &["rm", &old_id, "--force"]);
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    let listed = agent.bkg_in(&new, &["ls"]);
+    assert_eq!(stderr(&listed), "");
+}
