@@ -97,6 +97,15 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
         std::fs::set_permissions(dir.join(path), std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
     std::os::unix::fs::symlink("helper.py", dir.join("src/link.py")).expect("symlink");
+    // A file's time goes in and comes back as it was (found by a new-user trial: uploads were
+    // dated now).
+    let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join("src/helper.py"))
+        .expect("open")
+        .set_modified(long_ago)
+        .expect("date");
 
     let uploaded = agent.bkg_in(dir, &["cp", "--json", "src", "box:in"]);
     assert_eq!(code(&uploaded), 0, "cp in: {}", stderr(&uploaded));
@@ -120,6 +129,8 @@ fn cp_copies_a_directory_in_and_back_out_and_the_sandbox_sees_it() {
     );
     assert_eq!(std::fs::read_to_string(back.join("src/deep/er/data.txt")).expect("read"), "deep data\n");
     assert_eq!(std::fs::read_link(back.join("src/link.py")).expect("link"), Path::new("helper.py"));
+    let modified = std::fs::metadata(back.join("src/helper.py")).and_then(|meta| meta.modified()).expect("mtime");
+    assert_eq!(modified, long_ago, "the file's time made the round trip");
     // Modes make the round trip unchanged (the agent's own umask is 077).
     for (path, mode) in [("src/run.sh", 0o755), ("src/helper.py", 0o644), ("src/deep", 0o750)] {
         let got = std::fs::metadata(back.join(path)).expect("stat").permissions().mode() & 0o777;
@@ -1235,4 +1246,25 @@ fn an_interrupted_upload_says_so_and_places_nothing() {
     );
     let listed = agent.bkgr(dir, &["box", "show", "--", "/workspace/in/big.bin"]);
     assert_eq!(code(&listed), 1, "nothing of the file is there: {}", stderr(&listed));
+}
+
+/// A sparse file goes into the sandbox sparse, its zeros left holes, and reads back the same
+/// (found by a new-user trial: a 200 MiB sparse file took 200 MiB of the sandbox's disk).
+#[test]
+fn a_sparse_upload_stays_sparse() {
+    let agent = Agent::start();
+    let project = project_with_box(&agent, &[]);
+    let dir = project.path();
+    let mut sparse = std::fs::File::create(dir.join("sparse.bin")).expect("create");
+    sparse.write_all(b"head").expect("write");
+    sparse.set_len(64 << 20).expect("size");
+    drop(sparse);
+    let uploaded = agent.bkg_in(dir, &["cp", "sparse.bin", "box:"]);
+    assert_eq!(code(&uploaded), 0, "{}", stderr(&uploaded));
+    let code_text = "import os\nst = os.stat('/workspace/sparse.bin')\n\
+                     data = open('/workspace/sparse.bin', 'rb').read()\n\
+                     print(st.st_size, st.st_blocks * 512 < (1 << 20), data == b'head' + bytes(len(data) - 4))";
+    let shown = agent.bkg_in(dir, &["exec", "box", "-c", code_text]);
+    assert_eq!(code(&shown), 0, "{}", stderr(&shown));
+    assert_eq!(stdout(&shown), format!("{} True True\n", 64 << 20));
 }
