@@ -611,3 +611,27 @@ def test_members_whose_names_differ_only_in_punctuation_share_nothing(users):
     assert rc == 0, err
     rc, out, err = other.run("bkg", "runs", "ls", "--json")
     assert rc == 0 and {run["namespace"] for run in json.loads(out)} - {namespace}, (namespace, out)
+
+
+def test_a_member_taken_out_of_the_group_loses_the_runs_going_on(users):
+    """USR-20: an administrator takes carol out of the socket's group while her run goes on: the
+    agent ends it at once (`killed_by: cancelled`, as a revoked key's run), where it used to run
+    on to its end; her next command is refused."""
+    carol = users["carol"]
+    env = ["%s=%s" % item for item in carol.env().items()]
+    argv = ["runuser", "-u", carol.name, "--", "env", "-i", *env, str(carol.agent.bin_dir / "bkg"), "exe",
+            "--type", "python", "-c", "import time\nprint('started', flush=True)\ntime.sleep(120)"]
+    running = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(carol.home))
+    try:
+        assert running.stdout.readline() == b"started\n"
+        run_root("gpasswd", "--delete", carol.name, GROUP)
+        out, err = running.communicate(timeout=60)
+        assert running.returncode == 130, (running.returncode, out, err)
+        assert b"its user was taken out of the agent's group" in err, err
+        rc, out, err = carol.run("bkg", "exe", "--type", "python", "-c", "print(1)")
+        assert (rc, out) == (125, "") and "only members of group" in err, (rc, out, err)
+    finally:
+        running.kill()
+        run_root("gpasswd", "--add", carol.name, GROUP)
+    rc, out, err = carol.run("bkg", "runs", "ls", "--json")
+    assert rc == 0 and [run["killed_by"] for run in json.loads(out)][:1] == ["cancelled"], (out, err)

@@ -1102,7 +1102,7 @@ async fn serve(
         store,
         artefacts: Arc::clone(&artefacts),
         metrics: Arc::new(metrics),
-        auth: AuthState::new(api.policy, notifier),
+        auth: AuthState::new(api.policy, notifier, api.local.clone()),
         health: HealthProbe::new(health_interval),
         sync: sync.clone(),
         shutdown: Arc::clone(&shutdown),

@@ -77,8 +77,17 @@ pub struct SocketWatch {
     inotify: AsyncFd<WatchedDir>,
 }
 
-/// The inotify instance as tokio polls it.
-struct WatchedDir(Inotify);
+/// An inotify instance as tokio polls it; `.0.add_watch` adds what it watches.
+pub(crate) struct WatchedDir(pub(crate) Inotify);
+
+impl WatchedDir {
+    pub(crate) fn new() -> std::io::Result<AsyncFd<Self>> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        // SAFETY: the Inotify owns its descriptor, which stays open and the same until the
+        // AsyncFd (which owns the Inotify) is dropped.
+        unsafe { AsyncFd::register(WatchedDir(inotify)) }.map_err(std::io::Error::from)
+    }
+}
 
 impl AsRawFd for WatchedDir {
     fn as_raw_fd(&self) -> RawFd {
@@ -97,11 +106,7 @@ const WATCHED: AddWatchFlags = AddWatchFlags::IN_DELETE
 
 impl SocketWatch {
     pub fn new(socket: Arc<SocketFile>) -> std::io::Result<Self> {
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        // SAFETY: the Inotify owns its descriptor, which stays open and the same until the
-        // AsyncFd (which owns the Inotify) is dropped.
-        let inotify = unsafe { AsyncFd::register(WatchedDir(inotify)) }.map_err(std::io::Error::from)?;
-        let watch = Self { socket, inotify };
+        let watch = Self { socket, inotify: WatchedDir::new()? };
         watch.watch_dir()?;
         Ok(watch)
     }

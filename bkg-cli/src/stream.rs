@@ -523,12 +523,13 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
         // when its key stops working (docs/governance.md).
         Some(KilledBy::Cancelled) if cancelled_by_signal().is_none() => Some(match from {
             LimitsFrom::Flags => {
-                "cancelled (by `bkg runs cancel`, the API or the Web UI, or as the API key it ran with was revoked, \
-                 rotated, deleted or expired)"
+                "cancelled (by `bkg runs cancel`, the API or the Web UI, as the API key it ran with was revoked, \
+                 rotated, deleted or expired, or as its user was taken out of the agent's group)"
                     .into()
             }
-            LimitsFrom::CaveOrFlags(_) => "stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`, or its API key was \
-                                           revoked, rotated, deleted or expired)"
+            LimitsFrom::CaveOrFlags(_) => "stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`, its API key was \
+                                           revoked, rotated, deleted or expired, or its user was taken out of the \
+                                           agent's group)"
                 .into(),
         }),
         Some(KilledBy::Cancelled) => Some(match from {

@@ -675,8 +675,8 @@ fn bkg_runs_cancel_ends_a_run_of_the_keys_own_namespace_only() {
     assert_eq!(code(&ended), 130, "{}", stderr(&ended));
     assert_eq!(
         stderr(&ended),
-        "bkg: cancelled (by `bkg runs cancel`, the API or the Web UI, or as the API key it ran with was revoked, \
-         rotated, deleted or expired)\n"
+        "bkg: cancelled (by `bkg runs cancel`, the API or the Web UI, as the API key it ran with was revoked, \
+         rotated, deleted or expired, or as its user was taken out of the agent's group)\n"
     );
 
     let again = team.post(&cancel, &json!({}));

@@ -1352,8 +1352,8 @@ fn a_bkgr_stopped_from_elsewhere_says_what_can_stop_it() {
     // on a terminal); bkgr's own word is one line.
     assert_eq!(
         stderr(&running),
-        "Terminated\nbkgr: box: stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`, or its API key was revoked, \
-         rotated, deleted or expired)\n"
+        "Terminated\nbkgr: box: stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`, its API key was revoked, \
+         rotated, deleted or expired, or its user was taken out of the agent's group)\n"
     );
 }
 

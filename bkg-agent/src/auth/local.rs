@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 
+use nix::sys::inotify::AddWatchFlags;
 use nix::unistd::{Gid, Group, Uid, User};
 
 /// The default of `--user-namespace`: `{name}` is the user's login name, made a DNS label.
@@ -203,6 +204,59 @@ pub struct LocalUser {
     pub groups: Vec<u32>,
     pub name: String,
     pub namespace: String,
+}
+
+/// The files of the user database that say who is in which group.
+const USER_DATABASE_FILES: [&str; 2] = ["group", "passwd"];
+
+/// A receiver that moves each time `/etc/group` or `/etc/passwd` is written or replaced (as
+/// `gpasswd`, `usermod` and `userdel` do), for what must follow a local user's membership while
+/// it lasts: a run of a member whom an administrator takes out of the socket's group ends (found
+/// by a new-user trial: it ran on to its end). A user database served from elsewhere (LDAP, sssd)
+/// changes no file here: its members are judged at each connection only. When the directory
+/// cannot be watched the agent says so and the receiver never moves.
+pub fn watch_user_database() -> tokio::sync::watch::Receiver<u64> {
+    let (moved, receiver) = tokio::sync::watch::channel(0);
+    let flags = AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE;
+    let watched = crate::local_socket::WatchedDir::new().and_then(|watched| {
+        watched.get_ref().0.add_watch("/etc", flags)?;
+        Ok(watched)
+    });
+    let watched = match watched {
+        Ok(watched) => watched,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch /etc: a member taken out of the socket's group keeps the runs going");
+            return receiver;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut ready) = watched.readable().await else { return };
+            match ready.get_inner().0.read_events() {
+                Ok(events) => {
+                    let of_the_database = events.iter().any(|event| {
+                        event
+                            .name
+                            .as_deref()
+                            .and_then(|name| name.to_str())
+                            .is_some_and(|name| USER_DATABASE_FILES.contains(&name))
+                    });
+                    if of_the_database {
+                        moved.send_modify(|count| *count = count.wrapping_add(1));
+                    }
+                    if moved.is_closed() {
+                        return;
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch /etc any more: a member taken out of the socket's group keeps the runs going");
+                    return;
+                }
+            }
+        }
+    });
+    receiver
 }
 
 #[cfg(test)]

@@ -267,7 +267,7 @@ pub(crate) fn also_above(others: &[(&'static str, String, String)]) -> String {
 }
 
 /// What to do about the limits `names` above their maximum: ask for less (a run's, `in_cave_yaml`
-/// false) or give less in cave.yaml's `limits` (a sandbox's definition), or start the agent with
+/// false) or give less in cave.yaml's `limits` (a sandbox's definition), or have the agent started with
 /// higher maxima (`--max-cpus and --max-memory`; none for the number of processes, which no flag
 /// raises).
 fn limit_fix(names: &[&str], in_cave_yaml: bool) -> String {
@@ -888,8 +888,8 @@ mod tests {
         assert_eq!(limit_fix(&["pids"], true), "give the sandbox's limits.pids (cave.yaml's) at most that");
         assert_eq!(
             limit_fix(&["cpus", "memory", "pids"], true),
-            "give the sandbox's limits.cpus, limits.memory and limits.pids (cave.yaml's) at most those, or start \
-             the agent with a higher --max-cpus and --max-memory"
+            "give the sandbox's limits.cpus, limits.memory and limits.pids (cave.yaml's) at most those, or have \
+             the agent started with a higher --max-cpus and --max-memory"
         );
     }
 

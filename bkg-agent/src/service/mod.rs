@@ -182,11 +182,19 @@ pub struct AuthState {
     pub notifier: Notifier,
     /// When each key's use was last written to the store.
     last_used_written: Mutex<HashMap<String, u64>>,
+    /// Who may use the socket, and when the user database changed (`watch_user_database`).
+    local: (crate::auth::local::LocalAccess, tokio::sync::watch::Receiver<u64>),
 }
 
 impl AuthState {
-    pub fn new(policy: AuthPolicy, notifier: Notifier) -> Self {
-        Self { policy, limiter: RateLimiter::default(), notifier, last_used_written: Mutex::new(HashMap::new()) }
+    pub fn new(policy: AuthPolicy, notifier: Notifier, local: crate::auth::local::LocalAccess) -> Self {
+        Self {
+            policy,
+            limiter: RateLimiter::default(),
+            notifier,
+            last_used_written: Mutex::new(HashMap::new()),
+            local: (local, crate::auth::local::watch_user_database()),
+        }
     }
 }
 

@@ -164,6 +164,13 @@ impl Service {
         if let Some(hold) = KeyHold::of(&self.store, &principal).filter(|_| !service) {
             tokio::spawn(end_with_key(hold, Arc::clone(&tracker)));
         }
+        // And one of a local user with their membership of the socket's group.
+        if let Principal::User(user) = &principal
+            && !service
+        {
+            let (access, changes) = self.auth.local.clone();
+            tokio::spawn(end_with_membership(access, changes, user.uid, Arc::clone(&tracker)));
+        }
         let run_id = tracker.run_id.clone();
         let sandbox_id = validated.sandbox_id().map(str::to_owned);
         let namespace = validated.namespace.clone();
@@ -341,6 +348,37 @@ impl Service {
             tracing::warn!(run = %id, "the cancelled run was not recorded in time");
         }
         self.get_run(principal, id).await
+    }
+}
+
+/// Cancels the run (`killed_by: cancelled`) of local user `uid` once the user database no longer
+/// lets them use the socket (an administrator took them out of its group, or removed them), as
+/// a revoked key's runs end. Ends with the run.
+async fn end_with_membership(
+    access: crate::auth::local::LocalAccess,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    uid: u32,
+    run: Arc<RunTracker>,
+) {
+    let mut progress = run.watch();
+    let ended = async move { progress.wait_for(|progress| progress.phase >= RunPhase::Ended).await.map(drop) };
+    tokio::pin!(ended);
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                // A watch that ended: the run ends as it will.
+                if changed.is_err() {
+                    let _ = ended.await;
+                    return;
+                }
+                if super::access::socket_principal(&access, uid).is_none() {
+                    tracing::info!(run = %run.run_id, uid, "cancelling a run: its user may no longer use the agent");
+                    run.stop();
+                    return;
+                }
+            }
+            _ = &mut ended => return,
+        }
     }
 }
 
