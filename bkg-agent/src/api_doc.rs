@@ -63,6 +63,8 @@ use crate::server::{auth_api, changes, deps_api, files, run_files, runs, sandbox
         sessions::interrupt,
         sessions::restart,
         auth_api::signup,
+        auth_api::list_users,
+        auth_api::remove_user,
         auth_api::login,
         auth_api::refresh,
         auth_api::whoami,

@@ -234,6 +234,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sandboxes/{id}/sessions/{name}/interrupt", post(sessions::interrupt))
         .route("/api/v1/sandboxes/{id}/sessions/{name}/restart", post(sessions::restart))
         .route("/api/v1/auth/signup", post(auth_api::signup))
+        .route("/api/v1/auth/users", get(auth_api::list_users))
+        .route("/api/v1/auth/users/{username}", axum::routing::delete(auth_api::remove_user))
         .route("/api/v1/auth/login", post(auth_api::login))
         .route("/api/v1/auth/refresh", post(auth_api::refresh))
         .route("/api/v1/auth/whoami", get(auth_api::whoami))

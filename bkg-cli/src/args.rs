@@ -85,6 +85,8 @@ failed.")]
     Logout,
     /// Create, list, rotate and revoke API keys.
     Keys(KeysArgs),
+    /// Add, list and remove the users who log in with a password (admins).
+    Users(UsersArgs),
     /// The Python environments the agent built for runs' packages: list, prune.
     Envs(EnvsArgs),
     /// Secrets runs get as environment variables (`bkg exe --secret NAME`): set, list, remove.
@@ -141,7 +143,8 @@ impl Command {
                     | KeysAction::Rotate { json, .. }
                     | KeysAction::Revoke { json, .. }
                     | KeysAction::Rm { json, .. },
-            }) => *json,
+            })
+            | Command::Users(UsersArgs { action: UsersAction::Ls { json } }) => *json,
             Command::Agent(_)
             | Command::Init(_)
             | Command::Add(_)
@@ -150,6 +153,7 @@ impl Command {
             | Command::Repl(_)
             | Command::Logout
             | Command::Secrets(_)
+            | Command::Users(_)
             | Command::Completions(_) => false,
         }
     }
@@ -792,6 +796,36 @@ pub enum KeysAction {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct UsersArgs {
+    #[command(subcommand)]
+    pub action: UsersAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersAction {
+    /// Add a user who logs in (`bkg login --user NAME`) to one namespace; the password is read
+    /// from stdin (one trailing newline is dropped).
+    Add {
+        /// A DNS label (a-z, 0-9, -).
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The namespace the user's session keys are confined to.
+        #[arg(long, value_name = "NS")]
+        namespace: String,
+    },
+    /// List the users (never their passwords).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user: their password goes, and every key of theirs still active is revoked.
+    Rm {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
 /// Run the sandboxes of a bkg project (cave.yaml): SCRIPT of sandbox NAME, or the `start`
 /// script of every sandbox at once.
 #[derive(Debug, Parser)]
@@ -902,6 +936,16 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("keys rotate", "bkg keys rotate key_19bc0a1f\n  bkg keys rotate key_19bc0a1f --json"),
     ("keys revoke", "bkg keys revoke key_19bc0a1f\n  bkg keys revoke key_19bc0a1f --json"),
     ("keys rm", "bkg keys rm key_19bc0a1f\n  bkg keys rm key_19bc0a1f --json"),
+    (
+        "users",
+        "printf %s \"$PASSWORD\" | sudo bkg users add alice --namespace team-a\n  sudo bkg users ls\n  sudo bkg users rm alice",
+    ),
+    (
+        "users add",
+        "printf %s \"$PASSWORD\" | sudo bkg users add alice --namespace team-a\n  sudo bkg users add bob --namespace team-b",
+    ),
+    ("users ls", "sudo bkg users ls\n  bkg --remote https://10.0.0.5:7070 users ls --json"),
+    ("users rm", "sudo bkg users rm alice\n  bkg --remote https://10.0.0.5:7070 users rm alice"),
     (
         "watch",
         "bkg watch\n  bkg watch --json --kinds runs --namespace team-a\n  bkg watch --since 1200 --count 50\n  bkg watch --no-follow --json",

@@ -469,6 +469,7 @@ fn outcome(record: &SignedRecord) -> String {
             ConfigChanged::AgentStarted(_) => "agent started".to_owned(),
             ConfigChanged::AgentStopped { agent_stopped } => format!("agent stopped: {agent_stopped}"),
             ConfigChanged::UserCreated { user_created } => format!("user created: {user_created}"),
+            ConfigChanged::UserRemoved { user_removed } => format!("user removed: {user_removed}"),
             ConfigChanged::SecretSet { secret_set } => format!("secret set: {secret_set}"),
             ConfigChanged::SecretRemoved { secret_removed } => format!("secret removed: {secret_removed}"),
             ConfigChanged::EnvBuilt { requirements, .. } => format!("environment built: {}", requirements.join(" ")),

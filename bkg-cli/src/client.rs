@@ -295,6 +295,18 @@ impl AgentClient {
         self.call(Method::DELETE, path, NO_BODY).await
     }
 
+    /// `DELETE path` of what the agent removes without an answer (204 No Content).
+    pub(crate) async fn delete_empty(&self, path: &str) -> Result<(), CliError> {
+        self.bounded(async {
+            let response = self.send(self.request(Method::DELETE, path, NO_BODY)).await?;
+            match response.status().is_success() {
+                true => Ok(()),
+                false => Err(api_error(response).await),
+            }
+        })
+        .await
+    }
+
     /// `PUT path` with `body` as JSON, its JSON answer decoded.
     pub async fn put_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, CliError> {
         self.call(Method::PUT, path, Some(body)).await

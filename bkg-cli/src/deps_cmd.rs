@@ -1,7 +1,5 @@
 //! `bkg envs ls|prune` (the agent's Python environments) and `bkg secrets set|ls|rm`.
 
-use std::io::{IsTerminal, Read};
-
 use bkg_schema::envs::{EnvInfo, PruneRequest, PruneResult, SecretInfo, SecretValue};
 use bkg_schema::sandbox::Deleted;
 use bkg_schema::units::format_size;
@@ -9,14 +7,8 @@ use bkg_schema::units::format_size;
 use crate::args::{EnvsAction, EnvsArgs, SecretsAction, SecretsArgs};
 use crate::client::AgentClient;
 use crate::exit::{CliError, SUCCESS};
+use crate::out::now_ms;
 use crate::settings::Settings;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 pub async fn envs(settings: &Settings, args: EnvsArgs) -> Result<i32, CliError> {
     let out = settings.out;
@@ -110,39 +102,16 @@ pub async fn secrets(settings: &Settings, args: SecretsArgs) -> Result<i32, CliE
     Ok(SUCCESS)
 }
 
-/// A secret's value from stdin: never from an argument, which `ps` and shell history would show.
+/// A secret's value from stdin (`prompt::hidden_value`).
 fn read_value(name: &str) -> Result<String, CliError> {
-    let stdin = std::io::stdin();
-    // Typed on a terminal it is not shown (nor left in its scrollback): one line, as a password
-    // is asked; a value of several lines comes from a pipe or a file.
-    if stdin.is_terminal() {
-        let _asking = crate::prompt::Asking::begin();
-        let value = dialoguer::Password::new()
-            .with_prompt(format!("value of {name} (not shown; several lines: pipe it in)"))
-            .allow_empty_password(true)
-            .interact()
-            .map_err(|error| CliError::usage(format!("cannot ask for the secret: {error}")))?;
-        if value.is_empty() {
-            return Err(CliError::usage("the secret's value is empty"));
-        }
-        return Ok(value);
-    }
     // Read up to just past the most a value may be (and its line's end): a larger one is refused
     // here, in the words the agent would use, not sent whole (found by a new-user trial: 50 MB
     // were sent and refused as a request body over 64KiB).
-    let mut value = String::new();
-    let most = bkg_schema::envs::MAX_SECRET_BYTES as u64 + 3;
-    stdin
-        .lock()
-        .take(most)
-        .read_to_string(&mut value)
-        .map_err(|error| CliError::usage(format!("cannot read the secret from stdin: {error}")))?;
-    if let Some(stripped) = value.strip_suffix('\n') {
-        value = stripped.strip_suffix('\r').unwrap_or(stripped).to_owned();
-    }
-    if value.is_empty() {
-        return Err(CliError::usage("the secret's value (read from stdin) is empty"));
-    }
+    let value = crate::prompt::hidden_value(
+        &format!("value of {name} (not shown; several lines: pipe it in)"),
+        "the secret's value",
+        bkg_schema::envs::MAX_SECRET_BYTES as u64 + 3,
+    )?;
     if let Some(error) = bkg_schema::envs::secret_value_error(&value) {
         return Err(CliError::usage(error));
     }

@@ -3,20 +3,13 @@
 use crate::args::{KeysAction, KeysArgs};
 use crate::client::AgentClient;
 use crate::exit::{CliError, SUCCESS};
-use crate::out::Printer;
+use crate::out::{Printer, now_ms};
 use crate::settings::Settings;
 use bkg_schema::auth::{CreateKeyRequest, IssuedKey, KeyInfo, Role};
 
 fn describe(key: &KeyInfo) -> String {
     let scope = key.namespace.as_deref().map(|namespace| format!(" for namespace {namespace}")).unwrap_or_default();
     format!("{} ({} key{scope}), expires in {}", key.id, key.role.as_str(), remaining(key.expires_at_ms))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn remaining(expires_at_ms: u64) -> String {

@@ -34,6 +34,7 @@ mod sync_cmd;
 mod table;
 mod terminal;
 mod ui_cmd;
+mod users_cmd;
 mod validate;
 pub mod version_cmd;
 mod watch_cmd;
@@ -82,6 +83,7 @@ async fn dispatch(settings: Settings, command: Command) -> Result<i32, CliError>
         Command::Login(args) => login_cmd::run(settings, args).await,
         Command::Logout => login_cmd::logout(settings).await,
         Command::Keys(args) => keys_cmd::run(settings, args).await,
+        Command::Users(args) => users_cmd::run(settings, args).await,
         Command::Envs(args) => deps_cmd::envs(settings, args).await,
         Command::Secrets(args) => deps_cmd::secrets(settings, args).await,
         Command::Watch(args) => watch_cmd::run(settings, args).await,

@@ -305,6 +305,14 @@ impl<T: Send + 'static, R: Send + 'static> WriterThread<T, R> {
     }
 }
 
+/// The time now in milliseconds since the epoch, as the agent's records give times (0 before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// How long ago something was, `elapsed_ms` ago, in its largest whole unit: "just now" under a
 /// second, then "42s ago", "5m ago", "3h ago", "2d ago".
 pub fn ago(elapsed_ms: u64) -> String {

@@ -7,7 +7,9 @@
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use crate::exit::CANCELLED;
+use std::io::{IsTerminal, Read};
+
+use crate::exit::{CANCELLED, CliError};
 
 /// The terminal's settings before the first prompt, which the handler puts back.
 static BEFORE_PROMPTS: OnceLock<libc::termios> = OnceLock::new();
@@ -90,4 +92,36 @@ pub fn ask_line(
             Err(reason) => crate::out::stderr(format_args!("  ✘ {reason}\n")),
         }
     }
+
+/// A value kept from `ps` and shell history (a secret's, a new user's password): from stdin,
+/// never from an argument. Typed on a terminal it is not shown (nor left in its scrollback): one
+/// line, asked with `prompt`; from a pipe or a file, its first `most` bytes, one trailing newline
+/// dropped. `what` names it in the refusals; an empty one is refused.
+pub fn hidden_value(prompt: &str, what: &str, most: u64) -> Result<String, CliError> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let _asking = Asking::begin();
+        let value = dialoguer::Password::new()
+            .with_prompt(prompt)
+            .allow_empty_password(true)
+            .interact()
+            .map_err(|error| CliError::usage(format!("cannot ask for {what}: {error}")))?;
+        if value.is_empty() {
+            return Err(CliError::usage(format!("{what} is empty")));
+        }
+        return Ok(value);
+    }
+    let mut value = String::new();
+    stdin
+        .lock()
+        .take(most)
+        .read_to_string(&mut value)
+        .map_err(|error| CliError::usage(format!("cannot read {what} from stdin: {error}")))?;
+    if let Some(stripped) = value.strip_suffix('\n') {
+        value = stripped.strip_suffix('\r').unwrap_or(stripped).to_owned();
+    }
+    if value.is_empty() {
+        return Err(CliError::usage(format!("{what} (read from stdin) is empty")));
+    }
+    Ok(value)
 }

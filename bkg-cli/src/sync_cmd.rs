@@ -40,10 +40,7 @@ pub async fn sync(settings: &Settings, args: SyncArgs) -> Result<i32, CliError> 
 
 /// `bkg sync status`: one field a line, the parked events under their count.
 fn describe(view: &SyncView) -> String {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = crate::out::now_ms();
     let status = &view.status;
     let parked = status.parked;
     let mut text = String::new();

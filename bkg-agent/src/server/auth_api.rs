@@ -1,6 +1,6 @@
-//! `/api/v1/auth` over HTTP: users (signup by an admin, login with a password), API keys (create,
-//! list, get, rotate, revoke, delete) and signed rotation notices from peers. The operations and
-//! who may do them are in service/keys.rs and service/access.rs.
+//! `/api/v1/auth` over HTTP: users (signup, listing and removal by an admin, login with a
+//! password), API keys (create, list, get, rotate, revoke, delete) and signed rotation notices
+//! from peers. The operations and who may do them are in service/keys.rs and service/access.rs.
 
 use std::net::SocketAddr;
 
@@ -41,6 +41,41 @@ pub async fn signup(
     let request: SignupRequest = input::json(body, SMALL_BODY_BYTES).await?;
     let user = state.service.sign_up(&principal, request).await?;
     Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// Every user, by name (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/users",
+    tag = "auth",
+    responses((status = 200, description = "The users (never their passwords)", body = Vec<UserInfo>)),
+)]
+pub async fn list_users(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<Json<Vec<UserInfo>>> {
+    Ok(Json(state.service.list_users(&principal).await?))
+}
+
+/// Remove a user (admins only): their password goes with them, and every key of theirs still
+/// active is revoked (their session keys, and the keys those made), ending the runs it holds.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/auth/users/{username}",
+    tag = "auth",
+    params(("username" = String, Path, description = "The user's name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such user", body = ApiError),
+    ),
+)]
+pub async fn remove_user(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathParam(username): PathParam<String>,
+) -> ApiResult<StatusCode> {
+    state.service.remove_user(&principal, &username).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Exchange a user's password for a session key of their namespace. Needs no key.

@@ -11,7 +11,7 @@
 //! | create keys | any | session and model-access keys of its namespace | session and model-access keys of its namespace | no | no |
 //! | see, rotate, revoke, delete a key | any | non-admin keys of its namespace | non-admin keys of its namespace | itself | itself |
 //! | refresh a key | — | — | — | itself | — |
-//! | sign users up; agent, metrics, shutdown, sync, bkg_db audit; prune environments | yes | no | no | no | no |
+//! | sign users up, list and remove them; agent, metrics, shutdown, sync, bkg_db audit; prune environments | yes | no | no | no | no |
 //! | list environments; set, list, remove secrets of a namespace | all namespaces | its namespace | its namespace | its namespace | no |
 //! | sign in to the Web UI | yes | yes | yes | yes | no |
 //! | the Web UI's admin pages: every namespace, the audit log, the key policy | yes | no | no | no | no |
@@ -42,6 +42,7 @@ pub enum AdminTask {
     MigrateDb,
     ReadDbAudit,
     SignUp,
+    ManageUsers,
     BindVolumes,
     ReadNamespaces,
     ReadAudit,
@@ -61,6 +62,7 @@ impl AdminTask {
             Self::MigrateDb => "only an admin may migrate bkg_db",
             Self::ReadDbAudit => "only an admin may read the audit lines in bkg_db",
             Self::SignUp => "only an admin may do this",
+            Self::ManageUsers => "only an admin may list or remove users",
             Self::BindVolumes => "only an admin may bind host volumes into a sandbox",
             Self::ReadNamespaces => "only an admin may list every namespace",
             Self::ReadAudit => "only an admin may read the audit log",
@@ -483,6 +485,8 @@ mod tests {
         assert!(require_admin(&Principal::Local { uid: 0 }, AdminTask::StopAgent).is_ok());
         assert!(require_admin(&team, AdminTask::ReadAudit).is_err());
         assert!(require_admin(&team, AdminTask::ListEnvs).is_err(), "environments are every namespace's");
+        assert!(require_admin(&session, AdminTask::ManageUsers).is_err(), "a user may not remove themselves or others");
+        assert!(require_admin(&Principal::Local { uid: 0 }, AdminTask::ManageUsers).is_ok());
         assert!(!administers(&team));
         assert_eq!(require_socket_peer(&Principal::Local { uid: 7 }, &[]).ok(), Some(7));
         let admin_key = Principal::Key(key("key_5", Role::Admin, None));

@@ -1,6 +1,6 @@
-//! Who is calling (an API key's principal) and the keys themselves: users (signup by an admin,
-//! login with a password), API keys (create, list, get, rotate, revoke, delete), session refresh
-//! and signed rotation notices from peers.
+//! Who is calling (an API key's principal) and the keys themselves: users (signup, listing and
+//! removal by an admin, login with a password), API keys (create, list, get, rotate, revoke,
+//! delete), session refresh and signed rotation notices from peers.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -203,7 +203,55 @@ impl Service {
             created_by_key: None,
             until_ms: None,
         };
-        self.issue(&caller, Details::Login, wanted).await
+        let issued = self.issue(&caller, Details::Login, wanted).await?;
+        if self.user_removed_meanwhile(&caller, &issued).await? {
+            return Err(OpError::Unauthorized("wrong username or password".into()));
+        }
+        Ok(issued)
+    }
+
+    /// Whether the user `issued` was made for was removed while it was being made, which
+    /// `remove_user`'s sweep of their keys may have missed: then it is revoked here. A login
+    /// checks the password, then issues its key tens of milliseconds later; a removal in between
+    /// must still shut the user out.
+    async fn user_removed_meanwhile(&self, caller: &Caller, issued: &IssuedKey) -> OpResult<bool> {
+        let Some(user) = &issued.info.user else { return Ok(false) };
+        if self.store.user(user).await?.is_some() {
+            return Ok(false);
+        }
+        self.store.revoke_key(caller, &issued.info.id, now_ms()).await?;
+        Ok(true)
+    }
+
+    /// Every user, by name (admins only).
+    pub async fn list_users(&self, principal: &Principal) -> OpResult<Vec<UserInfo>> {
+        require_admin(principal, AdminTask::ManageUsers)?;
+        Ok(self.store.users().await?)
+    }
+
+    /// Removes a user: their password goes with them, and every key of theirs still active (their
+    /// logins' session keys, and what those made) is revoked as `revoke_key` revokes it, so the
+    /// runs and streams those keys hold end as well. Revoking their session keys alone lasted
+    /// only until their next login (found by a new-user trial).
+    pub async fn remove_user(&self, principal: &Principal, username: &str) -> OpResult<()> {
+        require_admin(principal, AdminTask::ManageUsers)?;
+        if !is_dns_label(username) {
+            return Err(OpError::Invalid("a username is a DNS label (a-z, 0-9, -)".into()));
+        }
+        let unknown = || OpError::NotFound(format!("no user `{username}`"));
+        let Some((user, _)) = self.store.user(username).await? else {
+            return Err(unknown());
+        };
+        let caller = principal.audit_caller(&user.namespace);
+        if !self.store.delete_user(&caller, &user).await? {
+            return Err(unknown());
+        }
+        // Swept after the row is gone: no login succeeds from here on, and a key one was issuing
+        // meanwhile is revoked by that login itself (`user_removed_meanwhile`).
+        for key in self.store.live_keys_of_user(username).await? {
+            self.revoke_key(principal, &key.id).await?;
+        }
+        Ok(())
     }
 
     /// Trades the session key in use for a new one with a fresh lifetime; the old one is revoked.
@@ -251,6 +299,9 @@ impl Service {
         };
         let issued = self.issue(&caller, Details::KeyCreated, wanted).await?;
         self.store.revoke_key(&caller, &current.id, now_ms()).await?;
+        if self.user_removed_meanwhile(&caller, &issued).await? {
+            return Err(OpError::Unauthorized("the user this session was for has been removed".into()));
+        }
         Ok(issued)
     }
 

@@ -250,6 +250,41 @@ impl Store {
         .await
     }
 
+    /// Removes `user`, their password hash with them; false when there was none.
+    pub async fn delete_user(&self, caller: &Caller, user: &UserInfo) -> Result<bool, StoreError> {
+        let event = AuditEvent {
+            namespace: Some(user.namespace.clone()),
+            ..AuditEvent::new(
+                caller.actor.clone(),
+                Details::ConfigChanged(ConfigChanged::UserRemoved { user_removed: user.username.clone() }),
+            )
+        };
+        let username = user.username.clone();
+        self.record(event, move |db| Ok(db.execute("DELETE FROM users WHERE username = ?1", params![username])? > 0))
+            .await
+    }
+
+    /// Every user, by name.
+    pub async fn users(&self) -> Result<Vec<UserInfo>, StoreError> {
+        self.with(|db| {
+            let mut statement = db.prepare("SELECT username, namespace, created_at_ms FROM users ORDER BY username")?;
+            let rows = statement.query_map([], |row| {
+                Ok(UserInfo {
+                    username: row.get(0)?,
+                    namespace: row.get(1)?,
+                    created_at_ms: row.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The keys issued to user `username` (their logins' session keys) that are not revoked yet.
+    pub async fn live_keys_of_user(&self, username: &str) -> Result<Vec<KeyInfo>, StoreError> {
+        self.keys_where("user = ?1 AND revoked_at_ms IS NULL", Some(username.to_owned())).await
+    }
+
     /// A user and their password hash.
     pub async fn user(&self, username: &str) -> Result<Option<(UserInfo, String)>, StoreError> {
         let username = username.to_owned();

@@ -329,6 +329,9 @@ pub enum ConfigChanged {
     AgentStopped { agent_stopped: String },
     /// An admin added a user.
     UserCreated { user_created: String },
+    /// An admin removed a user: their password went with them, and each key of theirs still
+    /// active has its own `key.revoked` line.
+    UserRemoved { user_removed: String },
     /// A secret of the record's namespace was set (its name; never its value).
     SecretSet { secret_set: String },
     /// A secret of the record's namespace was removed.
