@@ -805,7 +805,7 @@ pub struct UsersArgs {
 #[derive(Debug, Subcommand)]
 pub enum UsersAction {
     /// Add a user who logs in (`bkg login --user NAME`) to one namespace; the password is read
-    /// from stdin (one trailing newline is dropped).
+    /// from stdin (one trailing newline is dropped), or asked for, not shown, on a terminal.
     Add {
         /// A DNS label (a-z, 0-9, -).
         #[arg(value_name = "NAME")]
@@ -816,11 +816,13 @@ pub enum UsersAction {
     },
     /// List the users (never their passwords).
     Ls {
+        /// Print the users as a JSON array.
         #[arg(long)]
         json: bool,
     },
     /// Remove a user: their password goes, and every key of theirs still active is revoked.
     Rm {
+        /// The user's name, as `bkg users ls` lists it.
         #[arg(value_name = "NAME")]
         name: String,
     },

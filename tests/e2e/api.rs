@@ -2357,3 +2357,102 @@ fn a_broken_percent_escape_in_a_path_is_400_and_unknown_ui_pages_are_404() {
     assert_eq!(api.anonymous().get("/ui/no-such-page").status, 404);
     expect(&api.anonymous().get("/api/v1/no-such-endpoint"), 401, "unknown API path without a key");
 }
+
+/// `bkg ARGS` at `home` with `input` on stdin (a password, as a pipe gives it).
+fn bkg_with_input(api: &ApiAgent, home: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = bkg_at(api, home)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bkg");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input).expect("bkg's stdin");
+    child.wait_with_output().expect("bkg")
+}
+
+/// The names `bkg users ls --json` lists, as `bkg` on `home` asks (on the socket, or with `env`).
+fn listed_users(api: &ApiAgent, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+    let listed = bkg_at(api, home).args(args).args(["users", "ls", "--json"]).envs(env.iter().copied()).output();
+    let listed = listed.expect("bkg users ls");
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    let users: Value = serde_json::from_str(&stdout(&listed)).expect("users as JSON");
+    users.as_array().into_iter().flatten().filter_map(|user| user["username"].as_str().map(str::to_owned)).collect()
+}
+
+/// A user an admin removes is shut out for good: their password and session key get 401 and the
+/// run their session key started is cancelled (found by a new-user trial: revoking a departed
+/// user's session key lasted only until their next login). Only an admin lists or removes users.
+#[test]
+fn a_removed_user_is_shut_out_their_keys_revoked_and_their_runs_cancelled() {
+    let api = ApiAgent::start(&[]);
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    let remote = format!("http://{}", api.address);
+    const PASSWORD: &str = "a long enough password";
+
+    // Added on the socket, where root is an admin; the password from stdin, its newline dropped.
+    let added = bkg_with_input(&api, home, &["users", "add", "ann", "--namespace", "lab"], b"a long enough password\n");
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    assert!(stderr(&added).contains("added user ann in namespace lab"), "{}", stderr(&added));
+    let empty = bkg_with_input(&api, home, &["users", "add", "bob", "--namespace", "lab"], b"\n");
+    assert_eq!(code(&empty), 125, "{}", stderr(&empty));
+    assert_eq!(stderr(&empty), "bkg: the password (read from stdin) is empty\n");
+    let login = json!({ "username": "ann", "password": PASSWORD });
+    let logged_in = api.anonymous().post("/api/v1/auth/login", &login);
+    expect(&logged_in, 201, "login");
+    let session_key = logged_in.json()["key"].as_str().unwrap_or_default().to_owned();
+    let session_id = logged_in.json()["info"]["id"].as_str().unwrap_or_default().to_owned();
+
+    // Listed by name, on the socket and with an admin key over TCP.
+    let table = bkg_at(&api, home).args(["users", "ls"]).output().expect("bkg users ls");
+    assert_eq!(code(&table), 0, "{}", stderr(&table));
+    let rows = stdout(&table);
+    let first_row = rows.lines().nth(1).map(|row| row.split_whitespace().take(2).collect::<Vec<_>>());
+    assert_eq!(first_row, Some(vec!["ann", "lab"]), "{rows}");
+    let admin_env = [("BKG_API_KEY", api.admin_key.as_str())];
+    assert_eq!(listed_users(&api, home, &["--remote", &remote], &admin_env), ["ann"]);
+
+    // Nobody but an admin lists or removes users: not a namespace key, nor the user themselves.
+    let (_, team_key) = api.key("namespace", Some("lab"));
+    for key in [&team_key, &session_key] {
+        expect(&api.client(key).get("/api/v1/auth/users"), 403, "list users");
+        expect(&api.client(key).delete("/api/v1/auth/users/ann"), 403, "remove a user");
+    }
+    let refused = bkg_at(&api, home)
+        .args(["--remote", &remote, "users", "rm", "ann"])
+        .env("BKG_API_KEY", &team_key)
+        .output()
+        .expect("bkg users rm");
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(stderr(&refused).starts_with("bkg: only an admin may list or remove users"), "{}", stderr(&refused));
+    assert_eq!(stderr(&refused).lines().count(), 1, "{}", stderr(&refused));
+
+    // Removed while a run their session key started goes on: the run is cancelled at once.
+    let run = remote_run_until_ready(&api, home, &session_key);
+    let removed = bkg_at(&api, home).args(["users", "rm", "ann"]).output().expect("bkg users rm");
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    assert!(stderr(&removed).contains("removed user ann"), "{}", stderr(&removed));
+    let ended = run.wait_with_output().expect("bkg exe ends");
+    assert_eq!(code(&ended), 130, "{}", stderr(&ended));
+    let runs = api.admin().get("/api/v1/runs?namespace=lab").json();
+    let cancelled = runs.as_array().into_iter().flatten().filter(|run| run["killed_by"] == "cancelled").count();
+    assert_eq!(cancelled, 1, "{runs}");
+
+    // Shut out: the session key, and the old password as any wrong login is.
+    expect(&api.client(&session_key).get("/api/v1/auth/whoami"), 401, "the removed user's session key");
+    let again = api.anonymous().post("/api/v1/auth/login", &login);
+    expect(&again, 401, "login with the old password");
+    let unknown = api.anonymous().post("/api/v1/auth/login", &json!({ "username": "nobody", "password": PASSWORD }));
+    assert_eq!(again.json(), unknown.json(), "a removed user's login is told what any wrong login is");
+    assert!(listed_users(&api, home, &[], &[]).is_empty());
+    let tail = bkg_at(&api, home).args(["audit", "tail", "-n", "20"]).output().expect("bkg audit tail");
+    assert!(stdout(&tail).contains("user removed: ann"), "{}", stdout(&tail));
+    assert!(stdout(&tail).contains(&format!("revoked key {session_id}")), "{}", stdout(&tail));
+
+    // An unknown user: 404, and one line from bkg.
+    expect(&api.admin().delete("/api/v1/auth/users/ann"), 404, "remove a removed user");
+    let unknown = bkg_at(&api, home).args(["users", "rm", "ann"]).output().expect("bkg users rm");
+    assert_eq!((code(&unknown), stderr(&unknown)), (125, "bkg: no user `ann`\n".to_owned()));
+    api.agent.wait_idle();
+}

@@ -791,3 +791,17 @@ fn bkg_add_names_a_limit_flag_below_its_least() {
         "cave.yaml:4: /sandboxes/a/type: \"ruby\" is not one of [\"python\",\"node\"]",
     );
 }
+
+/// `bkg users` refuses a name that is no username, a bad namespace and an empty password before
+/// it asks the agent anything (and before the password is typed in for nothing).
+#[test]
+fn bkg_users_refuses_bad_names_and_an_empty_password_in_one_line() {
+    for (args, said) in [
+        (&["users", "rm", "ann/keys"][..], "`ann/keys` is not a username: a username is a DNS label"),
+        (&["users", "add", "Ann", "--namespace", "lab"][..], "`Ann` is not a username"),
+        (&["users", "add", "ann", "--namespace", "Lab"][..], "--namespace `Lab` must be"),
+        (&["users", "add", "ann", "--namespace", "lab"][..], "the password (read from stdin) is empty"),
+    ] {
+        assert_one_line_error(&bkg_without_an_agent(args), 125, said);
+    }
+}
