@@ -1370,6 +1370,7 @@ mod tests {
             &["envs", "ls", "--json"],
             &["envs", "prune", "--json"],
             &["secrets", "ls", "--json"],
+            &["users", "ls", "--json"],
         ];
         for args in cases {
             let parse = |args: &[&str]| {
