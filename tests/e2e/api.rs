@@ -1571,16 +1571,14 @@ fn bkg_at(api: &ApiAgent, home: &Path) -> Command {
 /// `bkg --remote REMOTE ARGS` at `home`, keeping keys in its credentials file, with `input` on
 /// stdin (a key or a password, as a pipe gives it).
 fn bkg_fed(api: &ApiAgent, home: &Path, remote: &str, args: &[&str], input: &[u8]) -> std::process::Output {
-    let mut child = bkg_at(api, home)
-        .arg("--remote")
-        .arg(remote)
-        .args(args)
-        .env("BKG_CREDENTIAL_STORE", "file")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg");
+    let mut command = bkg_at(api, home);
+    command.arg("--remote").arg(remote).args(args).env("BKG_CREDENTIAL_STORE", "file");
+    fed(command, input)
+}
+
+/// `command`'s output with `input` on its stdin.
+fn fed(mut command: Command, input: &[u8]) -> std::process::Output {
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("bkg");
     std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input).expect("bkg's stdin");
     child.wait_with_output().expect("bkg")
 }
@@ -2358,17 +2356,11 @@ fn a_broken_percent_escape_in_a_path_is_400_and_unknown_ui_pages_are_404() {
     expect(&api.anonymous().get("/api/v1/no-such-endpoint"), 401, "unknown API path without a key");
 }
 
-/// `bkg ARGS` at `home` with `input` on stdin (a password, as a pipe gives it).
+/// `bkg ARGS` at `home` on the socket, with `input` on stdin (a password, as a pipe gives it).
 fn bkg_with_input(api: &ApiAgent, home: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
-    let mut child = bkg_at(api, home)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bkg");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input).expect("bkg's stdin");
-    child.wait_with_output().expect("bkg")
+    let mut command = bkg_at(api, home);
+    command.args(args);
+    fed(command, input)
 }
 
 /// The names `bkg users ls --json` lists, as `bkg` on `home` asks (on the socket, or with `env`).

@@ -249,7 +249,11 @@ impl Service {
         // Swept after the row is gone: no login succeeds from here on, and a key one was issuing
         // meanwhile is revoked by that login itself (`user_removed_meanwhile`).
         for key in self.store.live_keys_of_user(username).await? {
-            self.revoke_key(principal, &key.id).await?;
+            match self.revoke_key(principal, &key.id).await {
+                // Deleted since it was listed: it works no more than a revoked one.
+                Ok(_) | Err(OpError::NotFound(_)) => {}
+                Err(error) => return Err(error),
+            }
         }
         Ok(())
     }
