@@ -92,6 +92,7 @@ pub fn ask_line(
             Err(reason) => crate::out::stderr(format_args!("  ✘ {reason}\n")),
         }
     }
+}
 
 /// A value kept from `ps` and shell history (a secret's, a new user's password): from stdin,
 /// never from an argument. Typed on a terminal it is not shown (nor left in its scrollback): one
