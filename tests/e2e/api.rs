@@ -631,7 +631,7 @@ fn a_run_started_with_a_key_is_cancelled_when_the_key_is_revoked_but_a_service_g
     let ended = run.wait_with_output().expect("bkg exe ends");
     assert_eq!(code(&ended), 130, "{}", stderr(&ended));
     assert!(
-        stderr(&ended).contains("cancelled (by `bkg runs cancel`, the API or the Web UI, or as the API key"),
+        stderr(&ended).contains("cancelled (by `bkg runs cancel`, the API or the Web UI, as the API key"),
         "{}",
         stderr(&ended)
     );
