@@ -301,6 +301,27 @@ impl Store {
         event: AuditEvent,
         change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.record_kept(event, change, |_| true).await
+    }
+
+    /// As `record`, for a change that may find nothing to do (a row another caller removed or
+    /// added a moment before): then its record is taken back with it and the answer is false
+    /// (found by a new-user trial: four removals of one user at once wrote four `user removed`
+    /// records, three of them for requests that were told "no user").
+    async fn record_if_changed(
+        &self,
+        event: AuditEvent,
+        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<bool, StoreError> + Send + 'static,
+    ) -> Result<bool, StoreError> {
+        self.record_kept(event, change, |changed| *changed).await
+    }
+
+    async fn record_kept<T: Send + 'static>(
+        &self,
+        event: AuditEvent,
+        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        kept: fn(&T) -> bool,
+    ) -> Result<T, StoreError> {
         let connection = Arc::clone(&self.connection);
         let audit = Arc::clone(&self.audit);
         let value = tokio::task::spawn_blocking(move || {
@@ -310,18 +331,22 @@ impl Store {
             let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let committed = connection.transaction().map_err(StoreError::from).and_then(|transaction| {
                 let value = change(&transaction)?;
+                if !kept(&value) {
+                    // Dropped, the transaction rolls back.
+                    return Ok::<_, StoreError>((value, false));
+                }
                 insert_outbox(&transaction, &lines)?;
                 transaction.commit()?;
-                Ok::<_, StoreError>(value)
+                Ok((value, true))
             });
             // The change was not made: its line goes too (the log's lock is still held, so it is
             // the newest), or the chain would record it forever and the outbox miss it for good.
-            if committed.is_err()
+            if !matches!(committed, Ok((_, true)))
                 && let Err(error) = audit.retract_last_write(lines)
             {
                 tracing::error!(%error, "a record whose change failed could not be taken back");
             }
-            committed
+            committed.map(|(value, _)| value)
         })
         .await
         .map_err(|_| StoreError::Task)??;
@@ -655,7 +680,8 @@ impl Store {
             ..AuditEvent::new(caller.actor.clone(), Details::SandboxDeleted(Default::default()))
         };
         let id = id.to_owned();
-        self.record(event, move |db| Ok(db.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)).await
+        self.record_if_changed(event, move |db| Ok(db.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0))
+            .await
     }
 
     /// The newest run of a persistent sandbox, not counting the runs file transfers held it with.
@@ -1184,6 +1210,37 @@ mod tests {
     }
 
     /// A file that is not a database where state.db belongs is named, with what to do.
+    /// Two removals of one user at once: one removes it and is recorded; the other finds nothing
+    /// and leaves no record, in the log or the outbox (found by a new-user trial).
+    #[tokio::test]
+    async fn a_change_that_finds_nothing_to_do_leaves_no_record() -> TestResult {
+        use bkg_schema::auth::UserInfo;
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("state.db"), AuditLog::open(dir.path())?)?;
+        let user = UserInfo { username: "ada".into(), namespace: "lab".into(), created_at_ms: 1 };
+        assert!(store.insert_user(&caller(), &user, "hash".into()).await?);
+        let remover = caller();
+        let (first, second) = tokio::join!(store.delete_user(&remover, &user), store.delete_user(&remover, &user));
+        assert_eq!([first?, second?].iter().filter(|removed| **removed).count(), 1);
+        assert!(!store.delete_user(&caller(), &user).await?, "nothing left to remove");
+        store.durable().await;
+        let removals = |text: &str| text.matches("user_removed").count();
+        let logged: String = bkg_schema::audit::log_files(&dir.path().join("audit"))?
+            .iter()
+            .map(|(_, path)| std::fs::read_to_string(path).unwrap_or_default())
+            .collect();
+        assert_eq!(removals(&logged), 1, "{logged}");
+        let outbox: Vec<String> = store
+            .with(|db| {
+                let mut statement = db.prepare("SELECT line FROM outbox")?;
+                let lines = statement.query_map([], |row| row.get::<_, String>(0))?;
+                Ok(lines.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        assert_eq!(removals(&outbox.concat()), 1, "{outbox:?}");
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_damaged_store_is_named_with_what_to_do() -> TestResult {
         let dir = tempfile::tempdir()?;

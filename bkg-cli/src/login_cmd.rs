@@ -76,8 +76,8 @@ pub async fn run(settings: &Settings, args: LoginArgs) -> Result<i32, CliError> 
         let role = bkg_schema::auth::Role::ALL.into_iter().find(|role| previous.starts_with(role.key_prefix()));
         let which = role.map(|role| format!(" ({}…)", role.key_prefix())).unwrap_or_default();
         out.note(format_args!(
-            "it replaces the key kept for {} before{which}, which stays valid on the agent: keep it elsewhere if you \
-             still need it, or `bkg keys revoke ID`",
+            "it replaces the key kept for {} before{which}, which logging in does not revoke: keep it elsewhere if \
+             you still need it, or `bkg keys revoke ID`",
             client.location()
         ));
     }

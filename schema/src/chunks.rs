@@ -19,6 +19,17 @@ pub fn channel() -> (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>) {
     mpsc::channel(CHUNKS_IN_FLIGHT)
 }
 
+/// Writes `block` of a file a transfer is writing, or leaves it a hole when it is all zeros, as
+/// `cp --sparse=auto` does: a sparse file stays sparse, taking of a disk only what it holds. The
+/// file's length is set once it is whole (`set_len`), for one that ends in a hole.
+pub fn write_or_leave_hole(file: &mut std::fs::File, block: &[u8]) -> std::io::Result<()> {
+    use std::io::Seek;
+    match block.iter().all(|byte| *byte == 0) {
+        true => file.seek(std::io::SeekFrom::Current(i64::try_from(block.len()).unwrap_or(i64::MAX))).map(drop),
+        false => file.write_all(block),
+    }
+}
+
 /// Reads the chunks as they come, on a blocking thread; a chunk that is an error fails the read.
 pub struct ChunkReader {
     chunks: mpsc::Receiver<Chunk>,

@@ -1248,10 +1248,11 @@ fn an_interrupted_upload_says_so_and_places_nothing() {
     assert_eq!(code(&listed), 1, "nothing of the file is there: {}", stderr(&listed));
 }
 
-/// A sparse file goes into the sandbox sparse, its zeros left holes, and reads back the same
-/// (found by a new-user trial: a 200 MiB sparse file took 200 MiB of the sandbox's disk).
+/// A sparse file goes into the sandbox sparse, its zeros left holes, reads back the same, and
+/// comes out sparse (found by a new-user trial: a 200 MiB sparse file took 200 MiB of the
+/// sandbox's disk).
 #[test]
-fn a_sparse_upload_stays_sparse() {
+fn a_sparse_file_stays_sparse_both_ways() {
     let agent = Agent::start();
     let project = project_with_box(&agent, &[]);
     let dir = project.path();
@@ -1267,4 +1268,15 @@ fn a_sparse_upload_stays_sparse() {
     let shown = agent.bkg_in(dir, &["exec", "box", "-c", code_text]);
     assert_eq!(code(&shown), 0, "{}", stderr(&shown));
     assert_eq!(stdout(&shown), format!("{} True True\n", 64 << 20));
+    // And comes back sparse (found by a new-user trial: a download filled it in).
+    let back = dir.join("back");
+    let downloaded = agent.bkg_in(dir, &["cp", "box:sparse.bin", back.to_str().expect("utf-8")]);
+    assert_eq!(code(&downloaded), 0, "{}", stderr(&downloaded));
+    let meta = std::fs::metadata(back.join("sparse.bin")).expect("the download");
+    assert_eq!(meta.len(), 64 << 20);
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&meta);
+    assert!(blocks * 512 < 1 << 20, "{blocks} blocks");
+    let mut head = [0u8; 4];
+    std::fs::File::open(back.join("sparse.bin")).and_then(|mut file| file.read_exact(&mut head)).expect("read");
+    assert_eq!(&head, b"head");
 }

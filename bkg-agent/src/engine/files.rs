@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -616,14 +616,9 @@ impl Workspace {
                 if read == 0 {
                     break;
                 }
-                // Zeros are left a hole, as `cp --sparse=auto` leaves them: a sparse file stays
-                // sparse and takes of the sandbox's disk only what it holds (found by a new-user
-                // trial: a 200 MiB sparse file took 200 MiB of it).
-                let written = match buffer[..read].iter().all(|byte| *byte == 0) {
-                    true => file.seek(std::io::SeekFrom::Current(read as i64)).map(drop),
-                    false => file.write_all(&buffer[..read]),
-                };
-                written.map_err(|error| io_failed("write", &path, &error))?;
+                // Found by a new-user trial: a 200 MiB sparse file took 200 MiB of the sandbox's disk.
+                bkg_schema::chunks::write_or_leave_hole(&mut file, &buffer[..read])
+                    .map_err(|error| io_failed("write", &path, &error))?;
                 copied += read as u64;
             }
             // The tar reader ends an entry quietly where the stream broke off.

@@ -206,8 +206,9 @@ impl Store {
         };
         let event = key_event(caller, Details::KeyRevoked, &current, true);
         let id = id.to_owned();
-        let deleted =
-            self.record(event, move |db| Ok(db.execute("DELETE FROM api_keys WHERE id = ?1", params![id])? > 0)).await;
+        let deleted = self
+            .record_if_changed(event, move |db| Ok(db.execute("DELETE FROM api_keys WHERE id = ?1", params![id])? > 0))
+            .await;
         self.key_changed();
         deleted
     }
@@ -240,7 +241,7 @@ impl Store {
             )
         };
         let user = user.clone();
-        self.record(event, move |db| {
+        self.record_if_changed(event, move |db| {
             let inserted = db.execute(
                 "INSERT OR IGNORE INTO users (username, namespace, password_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![user.username, user.namespace, password_hash, user.created_at_ms as i64],
@@ -260,8 +261,10 @@ impl Store {
             )
         };
         let username = user.username.clone();
-        self.record(event, move |db| Ok(db.execute("DELETE FROM users WHERE username = ?1", params![username])? > 0))
-            .await
+        self.record_if_changed(event, move |db| {
+            Ok(db.execute("DELETE FROM users WHERE username = ?1", params![username])? > 0)
+        })
+        .await
     }
 
     /// Every user, by name.
