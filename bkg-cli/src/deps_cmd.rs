@@ -111,6 +111,7 @@ fn read_value(name: &str) -> Result<String, CliError> {
         &format!("value of {name} (not shown; several lines: pipe it in)"),
         "the secret's value",
         bkg_schema::envs::MAX_SECRET_BYTES as u64 + 3,
+        false,
     )?;
     if let Some(error) = bkg_schema::envs::secret_value_error(&value) {
         return Err(CliError::usage(error));

@@ -695,6 +695,10 @@ fn write_file_entry<R: std::io::Read>(entry: &mut tar::Entry<'_, R>, path: &Path
         bkg_schema::chunks::write_or_leave_hole(&mut file, &buffer[..read])?;
         copied += read as u64;
     }
+    // The tar reader ends an entry quietly where the stream broke off.
+    if copied != entry.size() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the stream ended inside this file"));
+    }
     file.set_len(copied)?;
     file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     if let Ok(seconds) = entry.header().mtime() {

@@ -97,16 +97,18 @@ pub fn ask_line(
 /// A value kept from `ps` and shell history (a secret's, a new user's password): from stdin,
 /// never from an argument. Typed on a terminal it is not shown (nor left in its scrollback): one
 /// line, asked with `prompt`; from a pipe or a file, its first `most` bytes, one trailing newline
-/// dropped. `what` names it in the refusals; an empty one is refused.
-pub fn hidden_value(prompt: &str, what: &str, most: u64) -> Result<String, CliError> {
+/// dropped. `what` names it in the refusals; an empty one is refused. `twice`: typed, it is asked
+/// again and must match (a new user's password: one mistyped unseen is one nobody knows; found
+/// by a new-user trial).
+pub fn hidden_value(prompt: &str, what: &str, most: u64, twice: bool) -> Result<String, CliError> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         let _asking = Asking::begin();
-        let value = dialoguer::Password::new()
-            .with_prompt(prompt)
-            .allow_empty_password(true)
-            .interact()
-            .map_err(|error| CliError::usage(format!("cannot ask for {what}: {error}")))?;
+        let mut asked = dialoguer::Password::new().with_prompt(prompt).allow_empty_password(true);
+        if twice {
+            asked = asked.with_confirmation("again, to be sure", "the two differ: type it again");
+        }
+        let value = asked.interact().map_err(|error| CliError::usage(format!("cannot ask for {what}: {error}")))?;
         if value.is_empty() {
             return Err(CliError::usage(format!("{what} is empty")));
         }

@@ -24,6 +24,7 @@ pub async fn run(settings: &Settings, args: UsersArgs) -> Result<i32, CliError> 
                 &format!("password of {name} (not shown)"),
                 "the password",
                 bkg_schema::MAX_SMALL_BODY_BYTES as u64 + 3,
+                true,
             )?;
             client.ensure_running().await?;
             let request = SignupRequest { username: name, password, namespace };
