@@ -1105,7 +1105,7 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
             ) =>
         {
             let said = code_after_exec_name(&error)
-                .or_else(|| script_arguments_without_dashes(&error, &given))
+                .or_else(|| script_arguments_without_dashes(&error, &unbuilt, &given))
                 .or_else(|| exe_without_a_script(&error))
                 .or_else(|| empty_value(&error))
                 .or_else(|| unknown_argument(&error));
@@ -1179,21 +1179,34 @@ fn code_after_exec_name(error: &clap::Error) -> Option<clap::Error> {
 /// `bkgr NAME SCRIPT ARG`: a script's arguments go after `--`, as its usage says: one line with
 /// the command as given and `--` in its place (found by a new-user trial: only "unexpected
 /// argument", where `bkg exe` shows the way).
-fn script_arguments_without_dashes(error: &clap::Error, given: &[std::ffi::OsString]) -> Option<clap::Error> {
+fn script_arguments_without_dashes(
+    error: &clap::Error,
+    command: &clap::Command,
+    given: &[std::ffi::OsString],
+) -> Option<clap::Error> {
     use clap::error::{ContextKind, ContextValue};
+    use clap::parser::ValueSource;
     let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else { return None };
     let Some(ContextValue::StyledStr(usage)) = error.get(ContextKind::Usage) else { return None };
     let usage = usage.to_string();
-    if error.kind() != ErrorKind::UnknownArgument
-        || arg.starts_with('-')
-        || !usage.contains(" [OPTIONS] [NAME] [SCRIPT]")
-    {
+    // bkgr's: a name and a script of its own (bkg's commands have theirs under subcommands).
+    let takes = |id: &str| command.get_arguments().any(|known| known.get_id() == id);
+    if error.kind() != ErrorKind::UnknownArgument || !(takes("name") && takes("script")) {
         return None;
     }
     // As it was called (installed under another name, say).
     let program = usage.trim_start().trim_start_matches("Usage:").split_whitespace().next()?;
-    // After the program, a name and a script.
-    let at = given.iter().enumerate().skip(3).find_map(|(at, word)| (word == arg.as_str()).then_some(at))?;
+    // The word refused, after which what came before parses with a name and a script given: a
+    // flag there (`bkgr app args --x`) is the script's as much as a word is.
+    let at = given.iter().enumerate().skip(1).find_map(|(at, word)| {
+        let word = word.to_str()?;
+        (word == arg || word.strip_prefix(arg.as_str()).is_some_and(|rest| rest.starts_with('='))).then_some(at)
+    })?;
+    let before = command.clone().try_get_matches_from(&given[..at]).ok()?;
+    let given_here = |id: &str| before.value_source(id) == Some(ValueSource::CommandLine);
+    if !(given_here("name") && given_here("script")) {
+        return None;
+    }
     let quoted = |words: &[std::ffi::OsString]| {
         let words = words.iter().map(|word| word.to_string_lossy().into_owned());
         shlex::try_join(words.collect::<Vec<_>>().iter().map(String::as_str)).ok()

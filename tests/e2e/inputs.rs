@@ -169,6 +169,21 @@ fn bkgr_names_the_dashes_a_script_s_arguments_go_after() {
             "bkgr: unexpected argument `x`: a script's arguments go after `--`: bkgr api argv -- x 'y z'\n".to_owned()
         )
     );
+    // A flag after the script is the script's too (found by a new-user trial); one before it is
+    // bkgr's, and unknown.
+    for (args, said) in [
+        (&["api", "argv", "--x"][..], "a script's arguments go after `--`: bkgr api argv -- --x\n"),
+        (&["api", "--x"][..], "`bkgr --help` lists what it takes\n"),
+    ] {
+        let output = std::process::Command::new(bkg_tests::bin_dir().join("bkgr"))
+            .args(args)
+            .env("BKG_SOCKET", "/nonexistent/agent.sock")
+            .env("BKG_NO_AUTOSTART", "1")
+            .output()
+            .expect("bkgr");
+        assert_eq!(code(&output), 125);
+        assert!(stderr(&output).ends_with(said), "{}", stderr(&output));
+    }
 }
 
 /// Code after a session's sandbox name, as `docker exec` takes its command, is one line with the
