@@ -675,7 +675,7 @@ fn unpack_file_whole<R: std::io::Read>(
 /// its time, and leaves its runs of zeros as holes, so a sparse file stays sparse (found by a
 /// new-user trial: a 100 MiB sparse file came back as 100 MiB of blocks).
 fn write_file_entry<R: std::io::Read>(entry: &mut tar::Entry<'_, R>, path: &Path) -> std::io::Result<()> {
-    use std::io::Read as _;
+    use bkg_schema::chunks::CopyFailure;
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let mode = entry.header().mode()? & 0o777;
     let mut file = std::fs::OpenOptions::new()
@@ -686,20 +686,13 @@ fn write_file_entry<R: std::io::Read>(entry: &mut tar::Entry<'_, R>, path: &Path
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     let mut buffer = vec![0; bkg_schema::chunks::CHUNK_BYTES];
-    let mut copied = 0u64;
-    loop {
-        let read = entry.read(&mut buffer)?;
-        if read == 0 {
-            break;
+    let size = entry.size();
+    bkg_schema::chunks::copy_leaving_holes(entry, &mut file, size, &mut buffer).map_err(|failure| match failure {
+        CopyFailure::Read(error) | CopyFailure::Write(error) => error,
+        CopyFailure::Short => {
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the stream ended inside this file")
         }
-        bkg_schema::chunks::write_or_leave_hole(&mut file, &buffer[..read])?;
-        copied += read as u64;
-    }
-    // The tar reader ends an entry quietly where the stream broke off.
-    if copied != entry.size() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the stream ended inside this file"));
-    }
-    file.set_len(copied)?;
+    })?;
     file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     if let Ok(seconds) = entry.header().mtime() {
         file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))?;

@@ -19,15 +19,48 @@ pub fn channel() -> (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>) {
     mpsc::channel(CHUNKS_IN_FLIGHT)
 }
 
-/// Writes `block` of a file a transfer is writing, or leaves it a hole when it is all zeros, as
-/// `cp --sparse=auto` does: a sparse file stays sparse, taking of a disk only what it holds. The
-/// file's length is set once it is whole (`set_len`), for one that ends in a hole.
-pub fn write_or_leave_hole(file: &mut std::fs::File, block: &[u8]) -> std::io::Result<()> {
+/// Why [`copy_leaving_holes`] stopped.
+#[derive(Debug)]
+pub enum CopyFailure {
+    /// Reading the entry failed.
+    Read(std::io::Error),
+    /// Writing the file failed.
+    Write(std::io::Error),
+    /// The entry ended before its `size`: a tar reader ends an entry quietly where its stream
+    /// broke off.
+    Short,
+}
+
+/// Copies a file entry of a transfer, `size` bytes from `from`, into `to`, leaving its runs of
+/// zeros (a `buffer` of them) as holes, as `cp --sparse=auto` does: a sparse file stays sparse,
+/// taking of a disk only what it holds. The agent's uploads and the CLI's downloads both write
+/// through it.
+pub fn copy_leaving_holes(
+    from: &mut impl Read,
+    to: &mut std::fs::File,
+    size: u64,
+    buffer: &mut [u8],
+) -> Result<(), CopyFailure> {
     use std::io::Seek;
-    match block.iter().all(|byte| *byte == 0) {
-        true => file.seek(std::io::SeekFrom::Current(i64::try_from(block.len()).unwrap_or(i64::MAX))).map(drop),
-        false => file.write_all(block),
+    let mut copied = 0u64;
+    loop {
+        let read = from.read(buffer).map_err(CopyFailure::Read)?;
+        if read == 0 {
+            break;
+        }
+        let block = &buffer[..read];
+        let written = match block.iter().all(|byte| *byte == 0) {
+            true => to.seek(std::io::SeekFrom::Current(i64::try_from(read).unwrap_or(i64::MAX))).map(drop),
+            false => to.write_all(block),
+        };
+        written.map_err(CopyFailure::Write)?;
+        copied += read as u64;
     }
+    if copied != size {
+        return Err(CopyFailure::Short);
+    }
+    // A file that ends in zeros ends in a hole, which only its length gives.
+    to.set_len(copied).map_err(CopyFailure::Write)
 }
 
 /// Reads the chunks as they come, on a blocking thread; a chunk that is an error fails the read.

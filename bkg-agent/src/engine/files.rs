@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use bkg_schema::chunks::CopyFailure;
 use bkg_schema::files::{FileEntry, FileKind};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
@@ -610,23 +611,14 @@ impl Workspace {
             // The mode the archive gives, not the one the agent's private umask leaves of it.
             self.chown(&file, &path)?;
             set_mode(&file, mode, &path)?;
-            let mut copied = 0u64;
-            loop {
-                let read = entry.read(&mut buffer).map_err(|error| bad_archive(&error, Some(&name)))?;
-                if read == 0 {
-                    break;
+            // Found by a new-user trial: a 200 MiB sparse file took 200 MiB of the sandbox's disk.
+            bkg_schema::chunks::copy_leaving_holes(&mut entry, &mut file, size, &mut buffer).map_err(|failure| {
+                match failure {
+                    CopyFailure::Read(error) => bad_archive(&error, Some(&name)),
+                    CopyFailure::Write(error) => io_failed("write", &path, &error),
+                    CopyFailure::Short => FilesError::BadArchive(format!("the stream ended inside {name}")),
                 }
-                // Found by a new-user trial: a 200 MiB sparse file took 200 MiB of the sandbox's disk.
-                bkg_schema::chunks::write_or_leave_hole(&mut file, &buffer[..read])
-                    .map_err(|error| io_failed("write", &path, &error))?;
-                copied += read as u64;
-            }
-            // The tar reader ends an entry quietly where the stream broke off.
-            if copied != size {
-                return Err(FilesError::BadArchive(format!("the stream ended inside {name}")));
-            }
-            // A file that ends in zeros ends in a hole, which only its length gives.
-            file.set_len(copied).map_err(|error| io_failed("write", &path, &error))?;
+            })?;
             // The time the file was last changed, as the archive has it, as `cp -p` and `docker
             // cp` keep it (found by a new-user trial: every upload was dated now, which misleads
             // `make` and anyone reading `ls -l`).
@@ -634,9 +626,9 @@ impl Workspace {
                 let modified = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
                 file.set_modified(modified).map_err(|error| io_failed("set the time of", &path, &error))?;
             }
-            unpacked.bytes += copied;
+            unpacked.bytes += size;
             unpacked.files += 1;
-            placed_last.insert(path, StagedKind::File { bytes: copied });
+            placed_last.insert(path, StagedKind::File { bytes: size });
         }
         Ok(unpacked)
     }
