@@ -2446,5 +2446,21 @@ fn a_removed_user_is_shut_out_their_keys_revoked_and_their_runs_cancelled() {
     expect(&api.admin().delete("/api/v1/auth/users/ann"), 404, "remove a removed user");
     let unknown = bkg_at(&api, home).args(["users", "rm", "ann"]).output().expect("bkg users rm");
     assert_eq!((code(&unknown), stderr(&unknown)), (125, "bkg: no user `ann`\n".to_owned()));
+
+    // A removal whose sweep of the keys broke off (a store error after the user's row went) is
+    // finished by asking again: the keys left are revoked, not answered with "no user".
+    let added = bkg_with_input(&api, home, &["users", "add", "cy", "--namespace", "lab"], b"a long enough password\n");
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    let logged_in = api.anonymous().post("/api/v1/auth/login", &json!({ "username": "cy", "password": PASSWORD }));
+    expect(&logged_in, 201, "login");
+    let cy_key = logged_in.json()["key"].as_str().unwrap_or_default().to_owned();
+    rusqlite::Connection::open(api.agent.state_dir.join("state.db"))
+        .expect("the agent's store")
+        .execute("DELETE FROM users WHERE username = 'cy'", [])
+        .expect("the user's row gone, their key not revoked");
+    expect(&api.client(&cy_key).get("/api/v1/auth/whoami"), 200, "the key a broken-off removal left");
+    let finished = bkg_at(&api, home).args(["users", "rm", "cy"]).output().expect("bkg users rm");
+    assert_eq!(code(&finished), 0, "{}", stderr(&finished));
+    expect(&api.client(&cy_key).get("/api/v1/auth/whoami"), 401, "the key after the removal was finished");
     api.agent.wait_idle();
 }

@@ -239,16 +239,19 @@ impl Service {
             return Err(OpError::Invalid("a username is a DNS label (a-z, 0-9, -)".into()));
         }
         let unknown = || OpError::NotFound(format!("no user `{username}`"));
-        let Some((user, _)) = self.store.user(username).await? else {
-            return Err(unknown());
+        let removed = match self.store.user(username).await? {
+            Some((user, _)) => self.store.delete_user(&principal.audit_caller(&user.namespace), &user).await?,
+            None => false,
         };
-        let caller = principal.audit_caller(&user.namespace);
-        if !self.store.delete_user(&caller, &user).await? {
+        // Swept after the row is gone: no login succeeds from here on, and a key one was issuing
+        // meanwhile is revoked by that login itself (`user_removed_meanwhile`). A removal whose
+        // sweep broke off (a store error) is finished by asking again: the user is gone, their
+        // keys are not.
+        let live = self.store.live_keys_of_user(username).await?;
+        if !removed && live.is_empty() {
             return Err(unknown());
         }
-        // Swept after the row is gone: no login succeeds from here on, and a key one was issuing
-        // meanwhile is revoked by that login itself (`user_removed_meanwhile`).
-        for key in self.store.live_keys_of_user(username).await? {
+        for key in live {
             match self.revoke_key(principal, &key.id).await {
                 // Deleted since it was listed: it works no more than a revoked one.
                 Ok(_) | Err(OpError::NotFound(_)) => {}
