@@ -147,3 +147,40 @@ fn a_child_still_running_when_the_script_exits_ends_with_the_sandbox() {
     let script = "import os, time\nif os.fork() == 0:\n    time.sleep(2)\n    print('child late', flush=True)\n    os._exit(0)\nprint('parent done')";
     assert_eq!(python(&agent, script), "parent done\n");
 }
+
+/// Node writes to a pipe as it can and drops the rest at `process.exit()`; bare node writing to
+/// a file keeps everything. A run's stdout is a pipe to the agent, whatever the client's is: with
+/// a pipe's default 64 KiB, `bkg exe gen.js > out.json` kept 64 KiB of the JSON (found by a
+/// new-user trial). What a script writes at once up to the pipe's size reaches the file.
+#[test]
+fn a_node_script_s_output_written_just_before_process_exit_reaches_the_file_whole() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let script = dir.path().join("gen.js");
+    std::fs::write(
+        &script,
+        "const rows = []; for (let i = 0; i < 20000; i++) rows.push({ i, s: 'x'.repeat(20) });\n\
+         console.log(JSON.stringify(rows)); process.exit(0);\n",
+    )
+    .expect("gen.js");
+    let bare_path = dir.path().join("bare.json");
+    let bare_file = std::fs::File::create(&bare_path).expect("bare.json");
+    let bare = std::process::Command::new("node")
+        .arg(&script)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdout(bare_file)
+        .status();
+    assert_eq!(bare.expect("node").code(), Some(0));
+    let bare = std::fs::read(&bare_path).expect("bare.json");
+    assert!(bare.len() > 700_000, "{}", bare.len());
+    for round in 0..3 {
+        let out_path = dir.path().join(format!("out{round}.json"));
+        let file = std::fs::File::create(&out_path).expect("out.json");
+        let status = agent.bkg().args(["exe", script.to_str().expect("utf-8")]).stdout(file).status().expect("bkg exe");
+        assert_eq!(status.code(), Some(0));
+        let written = std::fs::read(&out_path).expect("out.json");
+        assert_eq!(written.len(), bare.len(), "round {round}");
+        assert!(written == bare, "round {round}: the bytes differ");
+    }
+}
