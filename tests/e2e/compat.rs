@@ -184,3 +184,19 @@ fn a_node_script_s_output_written_just_before_process_exit_reaches_the_file_whol
         assert!(written == bare, "round {round}: the bytes differ");
     }
 }
+
+/// The dynamic loader reads `LD_PRELOAD` before any of the interpreter's code: a run that sets it
+/// gets an interpreter of its own, not the zygote's fork, which had loaded its libraries already
+/// (found by a new-user trial: the preload was silently not there).
+#[test]
+fn ld_preload_given_to_a_run_is_loaded_as_bare() {
+    let agent = Agent::start();
+    let library = "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0";
+    assert!(std::path::Path::new(library).exists(), "{library}: part of Debian 12's libc6");
+    let maps = "print('malloc_debug' in open('/proc/self/maps').read())";
+    for _ in 0..2 {
+        assert_eq!(python(&agent, maps), "False\n");
+        let preloaded = agent.exe(&["-e", &format!("LD_PRELOAD={library}"), "--type", "python", "-c", maps]);
+        assert_eq!((code(&preloaded), stdout(&preloaded).as_str()), (0, "True\n"), "{}", stderr(&preloaded));
+    }
+}

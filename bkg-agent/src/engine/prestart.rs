@@ -87,8 +87,12 @@ impl PrestartPlan {
         let language = self.language;
         // `TZ` too for Python: the C library reads it once, at the interpreter's first local time
         // (found by a new-user trial: `-e TZ=Asia/Tokyo` gave a zygote's fork UTC).
+        // The dynamic loader's and the C library's own (`LD_PRELOAD`, `GLIBC_TUNABLES`,
+        // `MALLOC_ARENA_MAX`) are read before any of the interpreter's code (found by a new-user
+        // trial: `-e LD_PRELOAD=…` did nothing in a zygote's fork).
         let read_at_start = |key: &str| {
-            let common = key.starts_with("LC_") || key == "LANG" || key == "HOME" || key == "TZ";
+            let common = ["LC_", "LD_", "MALLOC_"].iter().any(|prefix| key.starts_with(prefix))
+                || ["LANG", "HOME", "TZ", "GLIBC_TUNABLES"].contains(&key);
             common
                 || match language {
                     Language::Python => key.starts_with("PYTHON"),
@@ -198,6 +202,11 @@ mod tests {
         assert!(!plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], ("TZ", "Asia/Tokyo")])));
         assert!(!plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], ("LC_ALL", "C")])));
         assert!(!plan.fits(&order(&script, &[("PYTHONUNBUFFERED", "0"), START_ENV[1]])));
+        for loaders in
+            [("LD_PRELOAD", "/x.so"), ("GLIBC_TUNABLES", "glibc.malloc.perturb=170"), ("MALLOC_ARENA_MAX", "1")]
+        {
+            assert!(!plan.fits(&order(&script, &[START_ENV[0], START_ENV[1], loaders])), "{loaders:?}");
+        }
     }
 
     #[test]
