@@ -89,7 +89,13 @@ async fn run(args: Args) -> Result<i32, CliError> {
             }
             (flag, cave) => flag.or(cave),
         };
-        runs.push((definition, with_args(command, &args.args)));
+        runs.push((definition, with_args(command, &args.args).map_err(|why| {
+            CliError::usage(format!(
+                "the arguments after -- have no one command to go to in script `{}` of `{name}`: {why}; write \"$@\" in \
+                 it where they go",
+                args.script
+            ))
+        })?));
     }
 
     if runs.is_empty() {
@@ -220,16 +226,33 @@ async fn exec(
     .await
 }
 
-/// The script's command with the arguments after `--`, each quoted for `/bin/sh -c`.
-fn with_args(command: &str, args: &[String]) -> String {
-    let mut line = command.to_owned();
-    for arg in args {
-        line.push(' ');
-        line.push('\'');
-        line.push_str(&arg.replace('\'', "'\\''"));
-        line.push('\'');
+/// The script's command with the arguments after `--`, each quoted for `/bin/sh -c`: its
+/// positional parameters when it takes them (`"$@"`), else appended to it. Appended to a command
+/// that does not end on its one line they were run as a command of their own (after a newline,
+/// `;` or `&`, as a YAML `|` block always ends in one) or lost (after a comment): found by a
+/// new-user trial, so such a command is refused, with why.
+fn with_args(command: &str, args: &[String]) -> Result<String, &'static str> {
+    let quoted: String = args.iter().map(|arg| format!(" '{}'", arg.replace('\'', "'\\''"))).collect();
+    if args.is_empty() {
+        return Ok(command.to_owned());
     }
-    line
+    if command.contains("$@") || command.contains("${@") {
+        return Ok(format!("set --{quoted}\n{command}"));
+    }
+    let command = command.trim_end();
+    if command.contains('\n') {
+        return Err("it is several lines");
+    }
+    if command.ends_with([';', '&', '|']) {
+        return Err("it ends in an operator");
+    }
+    // A comment swallows what follows it on its line; the shell's words tell one.
+    const PROBE: &str = "bkgr-probe";
+    let words = shlex::split(&format!("{command} {PROBE}"));
+    if words.as_ref().and_then(|words| words.last()).is_none_or(|last| last != PROBE) {
+        return Err("it ends in a comment");
+    }
+    Ok(format!("{command}{quoted}"))
 }
 
 /// The agent's refusal of a disk above its maximum names cave.yaml's `limits.disk` as the fix
@@ -255,7 +278,24 @@ mod tests {
 
     #[test]
     fn arguments_are_quoted_for_the_shell() {
-        assert_eq!(with_args("pytest", &[]), "pytest");
-        assert_eq!(with_args("pytest", &["-k".into(), "it's $HOME".into()]), "pytest '-k' 'it'\\''s $HOME'");
+        assert_eq!(with_args("pytest", &[]), Ok("pytest".into()));
+        assert_eq!(with_args("pytest", &["-k".into(), "it's $HOME".into()]), Ok("pytest '-k' 'it'\\''s $HOME'".into()));
+    }
+
+    #[test]
+    fn arguments_go_to_the_one_command_or_to_the_positional_parameters() {
+        let args = ["a b".to_owned()];
+        assert_eq!(with_args("pytest -q\n", &args), Ok("pytest -q 'a b'".into()), "a YAML | block's newline");
+        assert_eq!(
+            with_args("echo first\nprintf %s \"$@\"\n", &args),
+            Ok("set -- 'a b'\necho first\nprintf %s \"$@\"\n".into())
+        );
+        assert_eq!(with_args("echo first\npytest\n", &args), Err("it is several lines"));
+        assert_eq!(with_args("python x.py # prints args", &args), Err("it ends in a comment"));
+        assert_eq!(with_args("serve &", &args), Err("it ends in an operator"));
+        assert_eq!(with_args("make; make test", &args), Ok("make; make test 'a b'".into()));
+        assert_eq!(with_args("echo '#' \"#\"", &args), Ok("echo '#' \"#\" 'a b'".into()));
+        // With nothing to append, any command runs as written.
+        assert_eq!(with_args("echo first\npytest # all\n", &[]), Ok("echo first\npytest # all\n".into()));
     }
 }

@@ -1893,3 +1893,39 @@ fn a_moved_project_is_told_where_its_sandbox_s_files_stayed() {
     let listed = agent.bkg_in(&new, &["ls"]);
     assert_eq!(stderr(&listed), "");
 }
+
+/// The arguments after `--` reach a script written as a YAML `|` block (which ends in a newline),
+/// go to a script of several lines through `"$@"`, and are refused in one line where they have
+/// no one command to go to. Appended after the newline they ran as a command of their own, after
+/// a comment they were lost (found by a new-user trial).
+#[test]
+fn bkgr_arguments_reach_block_scripts_and_are_refused_where_they_have_no_command() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project");
+    let dir = project.path();
+    write(
+        &dir.join("cave.yaml"),
+        "version: 1\nsandboxes:\n  m:\n    type: python\n    scripts:\n      block: |\n        python -c 'import sys; print(sys.argv[1:])'\n      \
+         lines: |\n        echo first\n        python -c 'import sys; print(sys.argv[1:])' \"$@\"\n      \
+         several: |\n        echo first\n        python -c 'import sys; print(sys.argv[1:])'\n      \
+         commented: \"python -c 'import sys; print(sys.argv[1:])' # prints args\"\n",
+    );
+    let block = agent.bkgr(dir, &["m", "block", "--", "a b", "--verbose"]);
+    assert_eq!((code(&block), stdout(&block).as_str()), (0, "['a b', '--verbose']\n"), "{}", stderr(&block));
+    let lines = agent.bkgr(dir, &["m", "lines", "--", "a", "it's"]);
+    assert_eq!((code(&lines), stdout(&lines).as_str()), (0, "first\n['a', \"it's\"]\n"), "{}", stderr(&lines));
+    for (script, why) in [("several", "it is several lines"), ("commented", "it ends in a comment")] {
+        let refused = agent.bkgr(dir, &["m", script, "--", "rm", "x"]);
+        assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+        assert_eq!(
+            stderr(&refused),
+            format!(
+                "bkgr: the arguments after -- have no one command to go to in script `{script}` of `m`: {why}; write \
+                 \"$@\" in it where they go\n"
+            )
+        );
+        assert_eq!(stdout(&refused), "");
+    }
+    let plain = agent.bkgr(dir, &["m", "several"]);
+    assert_eq!((code(&plain), stdout(&plain).as_str()), (0, "first\n[]\n"), "{}", stderr(&plain));
+}
