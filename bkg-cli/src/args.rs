@@ -842,7 +842,7 @@ pub struct Bkgr {
     /// The script of the sandbox to run.
     #[arg(default_value = "start")]
     pub script: String,
-    /// Extra arguments for the script (after `--`), appended to its command line.
+    /// Extra arguments for the script (after `--`): appended to its command line, or its "$@".
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
     /// Leave the run(s) going under the agent and return at once (`bkg logs NAME -f` follows).
