@@ -1106,7 +1106,7 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
         {
             let said = code_after_exec_name(&error)
                 .or_else(|| script_arguments_without_dashes(&error, &unbuilt, &given))
-                .or_else(|| exe_without_a_script(&error))
+                .or_else(|| exe_without_a_script(&error, &unbuilt, &given))
                 .or_else(|| empty_value(&error))
                 .or_else(|| unknown_argument(&error));
             let said = match said {
@@ -1265,19 +1265,48 @@ fn empty_value(error: &clap::Error) -> Option<clap::Error> {
 }
 
 /// `bkg exe` with neither a script nor `-c`: one line with the three ways to give the code,
-/// instead of clap's usage block, which names the script alone (found by a new-user trial).
-fn exe_without_a_script(error: &clap::Error) -> Option<clap::Error> {
+/// instead of clap's usage block, which names the script alone (found by a new-user trial). When
+/// a flag given no value of its own took the script as its value (`bkg exe --memory x.py`), that
+/// is the line (found by a new-user trial).
+fn exe_without_a_script(
+    error: &clap::Error,
+    command: &clap::Command,
+    given: &[std::ffi::OsString],
+) -> Option<clap::Error> {
     use clap::error::{ContextKind, ContextValue};
     let in_exe = matches!(error.get(ContextKind::Usage), Some(ContextValue::StyledStr(usage))
         if usage.to_string().contains("bkg exe "));
     let script_missing = matches!(error.get(ContextKind::InvalidArg), Some(ContextValue::Strings(args))
         if args.iter().any(|arg| arg == "<SCRIPT>"));
     (error.kind() == ErrorKind::MissingRequiredArgument && in_exe && script_missing).then(|| {
-        clap::Error::raw(
-            ErrorKind::MissingRequiredArgument,
-            "no code to run: give a script (`bkg exe hello.py`), or `-c CODE` or `-` (stdin) with `--type python` or \
-             `--type node`\n",
-        )
+        let message = match script_taken_as_a_value(command, given) {
+            Some((flag, script)) => format!(
+                "no code to run: {flag} took `{script}` as its value; give {flag} a value of its own before the script\n"
+            ),
+            None => "no code to run: give a script (`bkg exe hello.py`), or `-c CODE` or `-` (stdin) with `--type \
+                     python` or `--type node`\n"
+                .to_owned(),
+        };
+        clap::Error::raw(ErrorKind::MissingRequiredArgument, message)
+    })
+}
+
+/// The flag of `bkg exe` and the word after it that names a script (an existing file, a Python
+/// or JavaScript file name, `-`), which clap gave the flag as its value.
+fn script_taken_as_a_value(command: &clap::Command, given: &[std::ffi::OsString]) -> Option<(String, String)> {
+    let exe = command.find_subcommand("exe")?;
+    let after = given.iter().position(|word| word == "exe")? + 1;
+    given.get(after..)?.windows(2).find_map(|pair| {
+        let (flag, value) = (pair[0].to_str()?, pair[1].to_str()?);
+        let takes_it = exe.get_arguments().any(|arg| {
+            let named = arg.get_long().is_some_and(|long| flag.strip_prefix("--") == Some(long))
+                || arg.get_short().is_some_and(|short| flag.strip_prefix('-') == Some(short.encode_utf8(&mut [0; 4])));
+            named && arg.get_action().takes_values()
+        });
+        let a_script = value == "-"
+            || [".py", ".js", ".mjs", ".cjs"].iter().any(|extension| value.ends_with(extension))
+            || std::path::Path::new(value).is_file();
+        (takes_it && a_script).then(|| (flag.to_owned(), value.to_owned()))
     })
 }
 

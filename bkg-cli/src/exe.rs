@@ -6,7 +6,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 use bkg_schema::envs::NodePackages;
-use bkg_schema::{FileUpload, Language, RunRequest};
+use bkg_schema::{FileUpload, Language, LimitOverrides, RunRequest};
 
 use crate::args::ExeArgs;
 use crate::client::AgentClient;
@@ -17,6 +17,10 @@ use crate::stream::{self, Output, Stdin};
 use bkg_schema::egress::{NetRule, PortMapping};
 
 pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
+    // First: a limit flag given no value takes the next word as its value (the script, another
+    // flag), and the refusal naming that flag is the one that explains what follows (found by a
+    // new-user trial: `bkg exe --memory x.py` said "no code to run").
+    let limits = crate::shared::limit_overrides(&args.limits)?;
     let argv: Vec<String> = std::env::args_os().map(|arg| arg.to_string_lossy().into_owned()).collect();
     if let (Some(_), Some(script)) = (&args.code, &args.script) {
         refuse_code_after_a_script(&argv, script)?;
@@ -34,7 +38,7 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
         Some(taken) => CliError::new(error.code, format!("{}; {taken}", error.message)),
         None => error,
     };
-    let (request, stdin_is_code) = build_request(&args, settings.out).map_err(with_way_out)?;
+    let (request, stdin_is_code) = build_request(&args, limits, settings.out).map_err(with_way_out)?;
     if args.tty {
         let open = bkg_schema::terminal::TerminalOpen {
             size: crate::terminal::own_size(),
@@ -250,7 +254,7 @@ fn checked_ports(ports: &[String]) -> Result<Vec<String>, CliError> {
 
 /// Turns the command line into a request, reading the script and uploads. The flag says whether
 /// stdin was consumed as the code.
-fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), CliError> {
+fn build_request(args: &ExeArgs, limits: LimitOverrides, out: Printer) -> Result<(RunRequest, bool), CliError> {
     let json = out.is_json();
     // With -c there is no script file: every positional argument is the script's.
     let script_args: Vec<String> = match (&args.code, &args.script) {
@@ -332,8 +336,6 @@ fn build_request(args: &ExeArgs, out: Printer) -> Result<(RunRequest, bool), Cli
         })?,
         (None, None) => return Err(CliError::usage("-c and - need --type python or --type node")),
     };
-
-    let limits = crate::shared::limit_overrides(&args.limits)?;
 
     let mut env = BTreeMap::new();
     for path in &args.env_files {
