@@ -460,7 +460,15 @@ pub struct StopSignals {
     interrupt: tokio::signal::unix::Signal,
     /// SIGTERM's and SIGHUP's, unless only Ctrl-C is heard.
     terminate_and_hangup: Option<[tokio::signal::unix::Signal; 2]>,
+    /// Another signal that came while the echoes of one were taken, for the next call.
+    held: Option<i32>,
 }
+
+/// The same signal again this soon after one is that one sent twice, not a second stop: GNU
+/// `timeout` signals its child and then its own process group, bkg in it (found by a new-user
+/// trial: `timeout 1 bkgr s` quit without waiting for the run, which then held its sandbox, in
+/// two tries of five). A person's second Ctrl-C comes later.
+const ECHO_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl StopSignals {
     pub fn listen() -> Result<Self, CliError> {
@@ -472,11 +480,26 @@ impl StopSignals {
     /// Ctrl-C alone, for a process that must still end at once on SIGTERM once nothing of its
     /// runs is going on (`bkg repl` at its prompt): a signal listened for stays caught.
     pub fn interrupt_only() -> Result<Self, CliError> {
-        Ok(Self { interrupt: listen(SignalKind::interrupt())?, terminate_and_hangup: None })
+        Ok(Self { interrupt: listen(SignalKind::interrupt())?, terminate_and_hangup: None, held: None })
     }
 
-    /// The next of them to arrive, as its number.
+    /// The next of them to arrive, as its number, once its echoes (`ECHO_WITHIN`) are taken.
     pub async fn next(&mut self) -> Option<i32> {
+        let signal = match self.held.take() {
+            Some(held) => held,
+            None => self.next_delivered().await?,
+        };
+        let echoes_end = tokio::time::Instant::now() + ECHO_WITHIN;
+        while let Ok(Some(again)) = tokio::time::timeout_at(echoes_end, self.next_delivered()).await {
+            if again != signal {
+                self.held = Some(again);
+                break;
+            }
+        }
+        Some(signal)
+    }
+
+    async fn next_delivered(&mut self) -> Option<i32> {
         let Some([terminate, hangup]) = &mut self.terminate_and_hangup else {
             return self.interrupt.recv().await.map(|()| libc::SIGINT);
         };

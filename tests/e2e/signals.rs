@@ -134,6 +134,33 @@ fn sigterm_and_sighup_cancel_a_run_like_ctrl_c_with_128_plus_the_signal() {
     }
 }
 
+/// GNU `timeout` sends its signal twice: to bkg, then to its own process group, bkg in it. That
+/// is one stop, not a second one that ends bkg without waiting (found by a new-user trial: two
+/// tries of five quit at once, and the run went on without a client).
+#[test]
+fn the_signal_timeout_sends_twice_is_one_stop_and_bkg_waits_for_the_run() {
+    let agent = Agent::start();
+    let code_that_ends_late = "import signal, time\n\
+        signal.signal(signal.SIGTERM, lambda *_: print('asked to end', flush=True))\n\
+        print('started', flush=True)\ntime.sleep(1.5)\nprint('ended')\n";
+    for attempt in 0..8 {
+        let output = Command::new("timeout")
+            .env("BKG_SOCKET", &agent.socket)
+            .env("BKG_NO_AUTOSTART", "1")
+            .args(["--preserve-status", "-s", "TERM", "0.7"])
+            .arg(bkg_bin())
+            .args(["exe", "--type", "python", "-c", code_that_ends_late])
+            .output()
+            .expect("timeout bkg exe");
+        assert_eq!(
+            (code(&output), stdout(&output).as_str(), stderr(&output).as_str()),
+            (143, "started\nasked to end\nended\n", "bkg: cancelled\n"),
+            "attempt {attempt}"
+        );
+    }
+    agent.wait_idle();
+}
+
 /// Found by a new-user trial: a SIGTERM in the first few tens of milliseconds of a run was lost
 /// (no code to signal yet, or only the interpreter started ahead, which died of it and was
 /// replaced by a fresh one), so the script ran to its end and its record said both exit 0 and
