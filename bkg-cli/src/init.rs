@@ -33,7 +33,14 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let path = dir.join(FILE_NAME);
     if path.symlink_metadata().is_ok() && !args.force {
-        return Err(CliError::usage(format!("{} already exists: use --force to overwrite it", path.display())));
+        return Err(CliError::usage(match crate::project::dangling_link(&path) {
+            Some(target) => format!(
+                "{} links to {}, which does not exist: use --force to replace the link (it is kept beside it)",
+                path.display(),
+                target.display()
+            ),
+            None => format!("{} already exists: use --force to overwrite it", path.display()),
+        }));
     }
     let answers = if interactive(&args) { ask(&args)? } else { from_flags(&args)? };
     let text = render(&answers);
@@ -98,8 +105,14 @@ fn keep_beside(path: &Path) -> Result<PathBuf, CliError> {
         })
         .find(|candidate| candidate.symlink_metadata().is_err())
         .ok_or_else(|| CliError::usage(format!("{}.bak … .bak.999 are all taken: remove some", path.display())))?;
-    std::fs::copy(path, &backup)
-        .map_err(|error| CliError::usage(format!("cannot keep {} as {}: {error}", path.display(), backup.display())))?;
+    let cannot_keep = |error: std::io::Error| {
+        CliError::usage(format!("cannot keep {} as {}: {error}", path.display(), backup.display()))
+    };
+    // A link that leads nowhere has no text to copy: the link itself is what is kept.
+    match crate::project::dangling_link(path) {
+        Some(target) => std::os::unix::fs::symlink(target, &backup).map_err(cannot_keep)?,
+        None => _ = std::fs::copy(path, &backup).map_err(cannot_keep)?,
+    }
     Ok(backup)
 }
 

@@ -28,6 +28,10 @@ pub(crate) fn find_cave_file(start: &Path) -> Result<Option<PathBuf>, CliError> 
                     candidate.display()
                 )));
             }
+            // A link that leads nowhere is this directory's project file gone missing, not a
+            // sign to look further up (found by a new-user trial: the project above was used,
+            // and `bkg add` wrote into it).
+            Err(_) if let Some(error) = link_to_nothing(&candidate) => return Err(error),
             Err(error) if matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {}
             Err(error) => {
                 return Err(CliError::usage(format!("cannot look for cave.yaml in {}: {error}", dir.display())));
@@ -35,6 +39,23 @@ pub(crate) fn find_cave_file(start: &Path) -> Result<Option<PathBuf>, CliError> 
         }
     }
     Ok(None)
+}
+
+/// The refusal of a cave.yaml that is a link to nothing.
+fn link_to_nothing(cave: &Path) -> Option<CliError> {
+    dangling_link(cave).map(|target| {
+        CliError::usage(format!(
+            "{} links to {}, which does not exist: put the file back, or remove the link",
+            cave.display(),
+            target.display()
+        ))
+    })
+}
+
+/// Where `path` links to, when it is a symbolic link whose target does not exist.
+pub(crate) fn dangling_link(path: &Path) -> Option<PathBuf> {
+    let target = std::fs::read_link(path).ok()?;
+    (std::fs::metadata(path).is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound)).then_some(target)
 }
 
 /// The cave.yaml a command that reads or edits the file itself (`bkg validate`, `bkg add`)
@@ -47,11 +68,17 @@ pub fn nearest_cave_file(dir: Option<&Path>) -> Result<PathBuf, CliError> {
         if here.is_file() {
             return Ok(here);
         }
+        if let Some(error) = link_to_nothing(&here) {
+            return Err(error);
+        }
         return Ok(std::env::current_dir().ok().and_then(|dir| find_cave_file(&dir).ok().flatten()).unwrap_or(here));
     };
     let given = dir.join(FILE_NAME);
     if given.is_file() {
         return Ok(given);
+    }
+    if let Some(error) = link_to_nothing(&given) {
+        return Err(error);
     }
     Ok(find_cave_file(&given_dir(dir)?)?.unwrap_or(given))
 }

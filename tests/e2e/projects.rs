@@ -1929,3 +1929,45 @@ fn bkgr_arguments_reach_block_scripts_and_are_refused_where_they_have_no_command
     let plain = agent.bkgr(dir, &["m", "several"]);
     assert_eq!((code(&plain), stdout(&plain).as_str()), (0, "first\n[]\n"), "{}", stderr(&plain));
 }
+
+/// A cave.yaml that links to a file gone missing is this directory's project, not a sign to look
+/// further up: every command says so in one line, nothing is written to the project above, and
+/// `bkg init --force` replaces the link, keeping it beside the new file (found by a new-user
+/// trial: `bkg add` wrote into the project above, and init's `--force` failed on the link).
+#[test]
+fn a_cave_yaml_linking_to_nothing_is_named_and_the_project_above_is_left_alone() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project");
+    let outer = project.path();
+    let init = agent.bkg_in(outer, &["init", "--yes", "--sandbox", "x", "--type", "node"]);
+    assert_eq!(code(&init), 0, "{}", stderr(&init));
+    let outer_cave = std::fs::read_to_string(outer.join("cave.yaml")).expect("cave.yaml");
+    let inner = outer.join("sub");
+    std::fs::create_dir(&inner).expect("sub");
+    std::os::unix::fs::symlink("gone.yaml", inner.join("cave.yaml")).expect("link");
+    let said = format!("{}/cave.yaml links to gone.yaml, which does not exist", inner.display());
+    for args in [&["ls"][..], &["add", "newbox", "--type", "python"], &["validate"]] {
+        let refused = agent.bkg_in(&inner, args);
+        assert_eq!(code(&refused), 125, "{args:?}: {}", stderr(&refused));
+        assert_eq!(stderr(&refused).lines().count(), 1, "{args:?}: {}", stderr(&refused));
+        assert!(
+            stderr(&refused).contains("links to gone.yaml, which does not exist"),
+            "{args:?}: {}",
+            stderr(&refused)
+        );
+    }
+    let run = agent.bkgr(&inner, &["x"]);
+    assert_eq!(code(&run), 125, "{}", stderr(&run));
+    assert!(stderr(&run).contains(&said), "{}", stderr(&run));
+    assert_eq!(std::fs::read_to_string(outer.join("cave.yaml")).expect("cave.yaml"), outer_cave);
+
+    let init = agent.bkg_in(&inner, &["init", "--yes"]);
+    assert_eq!(
+        stderr(&init),
+        "bkg: ./cave.yaml links to gone.yaml, which does not exist: use --force to replace the link (it is kept beside it)\n"
+    );
+    let forced = agent.bkg_in(&inner, &["init", "--yes", "--force"]);
+    assert_eq!(code(&forced), 0, "{}", stderr(&forced));
+    assert_eq!(std::fs::read_link(inner.join("cave.yaml.bak")).expect("the link kept"), Path::new("gone.yaml"));
+    assert!(inner.join("cave.yaml").symlink_metadata().expect("cave.yaml").is_file());
+}
