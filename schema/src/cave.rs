@@ -504,12 +504,22 @@ pub fn read_text(path: &Path) -> std::io::Result<String> {
     if meta.len() > MAX_FILE_BYTES {
         return Err(too_big(meta.len()));
     }
-    let mut text = String::new();
-    std::fs::File::open(path)?.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_big(text.len() as u64));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(bytes.len() as u64));
     }
-    Ok(text)
+    // Where, as every other problem of the file is said (found by a new-user trial: "stream did
+    // not contain valid UTF-8" sent the user through the whole file).
+    String::from_utf8(bytes).map_err(|error| {
+        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|byte| **byte == b'\n').count() + 1;
+        let column = valid.iter().rev().take_while(|byte| **byte != b'\n').count() + 1;
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("line {line}, byte {column}: not UTF-8 text (save the file as UTF-8)"),
+        )
+    })
 }
 
 /// Checks the text of a cave.yaml against the schema and the rules of the types; `file` names it
@@ -875,12 +885,16 @@ fn describe_in_full(schema: &Value, error: &jsonschema::ValidationError<'_>) -> 
                 "{instance} is not a cave.yaml: the file reads as {read_as}, where a mapping of `version:`, `namespace:` and `sandboxes:` belongs"
             )
         }
-        // `sandboxes:` with nothing after it: YAML reads null, not an empty mapping.
+        // `sandboxes:` with nothing after it: YAML reads null, not an empty mapping (or list).
         Kind::Type { kind: jsonschema::error::TypeKind::Single(jsonschema::JsonType::Object) }
             if instance.is_null() =>
         {
             let key = at.rsplit('/').next().unwrap_or_default();
             format!("`{key}:` is empty (null): give its entries, or write `{key}: {{}}` for none")
+        }
+        Kind::Type { kind: jsonschema::error::TypeKind::Single(jsonschema::JsonType::Array) } if instance.is_null() => {
+            let key = at.rsplit('/').next().unwrap_or_default();
+            format!("`{key}:` is empty (null): give its entries, or write `{key}: []` for none")
         }
         // `timeout: 60`: YAML makes it a number, where a size or a duration is a string.
         Kind::Type { .. } if instance.is_number() && matches!(rule_of(schema_path), Some(("duration" | "size", _))) => {
@@ -1416,6 +1430,17 @@ impl<'de> Visitor<'de> for Key<'_> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_file_that_is_not_utf8_is_refused_naming_where() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, b"version: 1\nsandboxes:\n  a:\n    type: python # caf\xe9\n").expect("write");
+        let error = read_text(&path).expect_err("not UTF-8");
+        assert_eq!(error.to_string(), "line 4, byte 23: not UTF-8 text (save the file as UTF-8)");
+        std::fs::write(&path, "version: 1 # café\n").expect("write");
+        assert_eq!(read_text(&path).expect("UTF-8"), "version: 1 # café\n");
+    }
+
     const GOOD: &str = "\
 # a comment
 version: 1
@@ -1617,6 +1642,11 @@ sandboxes:
         let messages: Vec<String> =
             errors_of("version: 1\nsandboxes:\n").into_iter().map(|error| error.message).collect();
         assert_eq!(messages, ["`sandboxes:` is empty (null): give its entries, or write `sandboxes: {}` for none"]);
+        let messages: Vec<String> = errors_of("version: 1\nsandboxes:\n  a:\n    type: python\n    volumes:\n")
+            .into_iter()
+            .map(|error| error.message)
+            .collect();
+        assert_eq!(messages, ["`volumes:` is empty (null): give its entries, or write `volumes: []` for none"]);
     }
 
     #[test]
