@@ -214,7 +214,7 @@ pub struct ExeArgs {
     #[arg(long = "env-file", value_name = "FILE")]
     pub env_files: Vec<PathBuf>,
     /// Copy a host file into the sandbox, to /workspace/NAME or DEST; a directory's contents go to /workspace (or DEST), beside the script (repeatable).
-    #[arg(short = 'f', long = "file", value_name = "SRC[:DEST]")]
+    #[arg(short = 'f', long = "file", value_name = "SRC[:DEST]", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub files: Vec<String>,
     /// Keep this file or directory under /workspace as the run's files, besides
     /// /workspace/out, which is always kept (repeatable; `bkg runs files ID` fetches them).

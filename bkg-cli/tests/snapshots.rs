@@ -84,6 +84,7 @@ fn common_errors() {
         &["exe", "--memory", "x.py"],
         &["exe", "--timeout", "--cpus", "1", "x.py"],
         &["exe", "--memory", "--type", "python", "-c", "1"],
+        &["exe", "--file", "", "-t", "python", "-c", "1"],
         &["add", "web"],
         &["ls", "--bogus"],
         &["runs", "ls", "--limit", "0"],
