@@ -462,13 +462,18 @@ pub struct StopSignals {
     terminate_and_hangup: Option<[tokio::signal::unix::Signal; 2]>,
     /// Another signal that came while the echoes of one were taken, for the next call.
     held: Option<i32>,
+    /// The signal whose echoes are being taken, and until when: kept across a `next` dropped
+    /// midway (in a `select!`), so that the signal is not lost with it.
+    taking_echoes: Option<(i32, tokio::time::Instant)>,
 }
 
 /// The same signal again this soon after one is that one sent twice, not a second stop: GNU
 /// `timeout` signals its child and then its own process group, bkg in it (found by a new-user
 /// trial: `timeout 1 bkgr s` quit without waiting for the run, which then held its sandbox, in
-/// two tries of five). A person's second Ctrl-C comes later.
-const ECHO_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
+/// two tries of five). `timeout`'s two sends are microseconds apart, a person's second Ctrl-C a
+/// tenth of a second or more; short, as the first signal is acted on only after it (a download
+/// that ended meanwhile would not be interrupted).
+const ECHO_WITHIN: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl StopSignals {
     pub fn listen() -> Result<Self, CliError> {
@@ -480,22 +485,33 @@ impl StopSignals {
     /// Ctrl-C alone, for a process that must still end at once on SIGTERM once nothing of its
     /// runs is going on (`bkg repl` at its prompt): a signal listened for stays caught.
     pub fn interrupt_only() -> Result<Self, CliError> {
-        Ok(Self { interrupt: listen(SignalKind::interrupt())?, terminate_and_hangup: None, held: None })
+        Ok(Self {
+            interrupt: listen(SignalKind::interrupt())?,
+            terminate_and_hangup: None,
+            held: None,
+            taking_echoes: None,
+        })
     }
 
     /// The next of them to arrive, as its number, once its echoes (`ECHO_WITHIN`) are taken.
+    /// Cancel-safe, as `select!` needs.
     pub async fn next(&mut self) -> Option<i32> {
-        let signal = match self.held.take() {
-            Some(held) => held,
-            None => self.next_delivered().await?,
-        };
-        let echoes_end = tokio::time::Instant::now() + ECHO_WITHIN;
-        while let Ok(Some(again)) = tokio::time::timeout_at(echoes_end, self.next_delivered()).await {
-            if again != signal {
-                self.held = Some(again);
-                break;
+        if self.taking_echoes.is_none() {
+            let signal = match self.held.take() {
+                Some(held) => held,
+                None => self.next_delivered().await?,
+            };
+            self.taking_echoes = Some((signal, tokio::time::Instant::now() + ECHO_WITHIN));
+        }
+        let (signal, echoes_end) = self.taking_echoes?;
+        while self.held.is_none() {
+            match tokio::time::timeout_at(echoes_end, self.next_delivered()).await {
+                Ok(Some(again)) if again == signal => {}
+                Ok(Some(other)) => self.held = Some(other),
+                Ok(None) | Err(_) => break,
             }
         }
+        self.taking_echoes = None;
         Some(signal)
     }
 
