@@ -109,7 +109,9 @@ pub async fn outside_a_project(
              declares it (or give `-C DIR`), or create the sandbox with the API",
             searched_from.display()
         )),
-        NoProject::Unusable(why) => CliError::usage(format!("no sandbox `{name}` on the agent ({})", why.message)),
+        NoProject::NoCurrentDir(why) | NoProject::Unusable(why) => {
+            CliError::usage(format!("no sandbox `{name}` on the agent ({})", why.message))
+        }
     })
 }
 

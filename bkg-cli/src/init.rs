@@ -35,7 +35,7 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     if path.symlink_metadata().is_ok() && !args.force {
         return Err(CliError::usage(match crate::project::dangling_link(&path) {
             Some(target) => format!(
-                "{} links to {}, which does not exist: use --force to replace the link (it is kept beside it)",
+                "{} is a link to no file (it links to {}): use --force to replace the link (it is kept beside it)",
                 path.display(),
                 target.display()
             ),
@@ -59,11 +59,19 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     // wrote is lost (found by a new-user trial: it was gone without a word).
     // One the same as what is written needs no copy (found by a new-user trial: `.bak.1`s of
     // the default file).
+    // A link is replaced, never written through: the file it leads to may be another project's
+    // (found by a new-user trial), and one to nothing, a directory or itself has no text to keep.
+    let is_link = path.symlink_metadata().is_ok_and(|meta| meta.file_type().is_symlink());
     let kept = match path.symlink_metadata() {
+        Ok(_) if is_link => Some(keep_beside(&path)?),
         Ok(_) if bkg_schema::cave::read_text(&path).is_ok_and(|old| old == text) => None,
         Ok(_) => Some(keep_beside(&path)?),
         Err(_) => None,
     };
+    if is_link {
+        std::fs::remove_file(&path)
+            .map_err(|error| CliError::usage(format!("cannot replace the link {}: {error}", path.display())))?;
+    }
     write_atomically(&path, &text)?;
     if let Some(kept) = kept {
         settings.out.note(format_args!("the cave.yaml it replaces is kept as {}", kept.display()));
@@ -95,7 +103,8 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     Ok(SUCCESS)
 }
 
-/// Copies `path` to the first free name of `cave.yaml.bak`, `cave.yaml.bak.1`, … beside it.
+/// Copies `path` (a link: the link) to the first free name of `cave.yaml.bak`, `cave.yaml.bak.1`, …
+/// beside it.
 fn keep_beside(path: &Path) -> Result<PathBuf, CliError> {
     let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     let backup = (0..1000)
@@ -108,10 +117,10 @@ fn keep_beside(path: &Path) -> Result<PathBuf, CliError> {
     let cannot_keep = |error: std::io::Error| {
         CliError::usage(format!("cannot keep {} as {}: {error}", path.display(), backup.display()))
     };
-    // A link that leads nowhere has no text to copy: the link itself is what is kept.
-    match crate::project::dangling_link(path) {
-        Some(target) => std::os::unix::fs::symlink(target, &backup).map_err(cannot_keep)?,
-        None => _ = std::fs::copy(path, &backup).map_err(cannot_keep)?,
+    // A link is kept as the link it is.
+    match std::fs::read_link(path) {
+        Ok(target) => std::os::unix::fs::symlink(target, &backup).map_err(cannot_keep)?,
+        Err(_) => _ = std::fs::copy(path, &backup).map_err(cannot_keep)?,
     }
     Ok(backup)
 }

@@ -45,7 +45,7 @@ pub(crate) fn find_cave_file(start: &Path) -> Result<Option<PathBuf>, CliError> 
 fn link_to_nothing(cave: &Path) -> Option<CliError> {
     dangling_link(cave).map(|target| {
         CliError::usage(format!(
-            "{} links to {}, which does not exist: put the file back, or remove the link",
+            "{} is a link to no file (it links to {}): put the file back, or remove the link",
             cave.display(),
             target.display()
         ))
@@ -65,13 +65,15 @@ pub(crate) fn dangling_link(path: &Path) -> Option<PathBuf> {
 pub fn nearest_cave_file(dir: Option<&Path>) -> Result<PathBuf, CliError> {
     let Some(dir) = dir else {
         let here = PathBuf::from(FILE_NAME);
-        if here.is_file() {
-            return Ok(here);
-        }
         if let Some(error) = link_to_nothing(&here) {
             return Err(error);
         }
-        return Ok(std::env::current_dir().ok().and_then(|dir| find_cave_file(&dir).ok().flatten()).unwrap_or(here));
+        // One that is there, whatever it is, is this directory's: its reader says what is wrong.
+        if here.symlink_metadata().is_ok() {
+            return Ok(here);
+        }
+        let Ok(current) = std::env::current_dir() else { return Ok(here) };
+        return Ok(find_cave_file(&current)?.unwrap_or(here));
     };
     let given = dir.join(FILE_NAME);
     if given.is_file() {
@@ -107,7 +109,10 @@ pub fn project_dir(dir: Option<&Path>) -> Result<PathBuf, CliError> {
 pub enum NoProject {
     /// No cave.yaml in this directory or any above it.
     NoCaveFile { searched_from: PathBuf },
-    /// The search itself failed (the directory cannot be read, a cave.yaml that is no file).
+    /// The current directory cannot be read (removed under the shell, say).
+    NoCurrentDir(CliError),
+    /// The search found this directory's project file, or a directory on the way, unusable (a
+    /// cave.yaml that is no file, a link to nothing, a directory that cannot be looked into).
     Unusable(CliError),
 }
 
@@ -117,7 +122,7 @@ impl NoProject {
             NoProject::NoCaveFile { searched_from } => {
                 CliError::usage(format!("no cave.yaml in {} or above: run `bkg init` first", searched_from.display()))
             }
-            NoProject::Unusable(error) => error,
+            NoProject::NoCurrentDir(error) | NoProject::Unusable(error) => error,
         }
     }
 }
@@ -131,7 +136,7 @@ fn find_project(dir: Option<&Path>) -> Result<Result<PathBuf, NoProject>, CliErr
             Ok(start) => start,
             Err(error) => {
                 let error = CliError::usage(format!("cannot read the current directory: {error}"));
-                return Ok(Err(NoProject::Unusable(error)));
+                return Ok(Err(NoProject::NoCurrentDir(error)));
             }
         },
     };
@@ -144,10 +149,13 @@ fn find_project(dir: Option<&Path>) -> Result<Result<PathBuf, NoProject>, CliErr
 
 /// The project a command acts in when it can act outside one too: `Ok(Err(why))` when no
 /// cave.yaml is around the current directory (the command then looks agent-wide), but a
-/// `-C DIR` that names no project is an error, never a silent look elsewhere.
+/// `-C DIR` that names no project, or a project file that cannot be used, is an error, never a
+/// silent look elsewhere (found by a new-user trial: in a project whose cave.yaml linked to
+/// nothing, `bkg rm --force NAME` removed another project's sandbox of that name).
 pub fn project_if_any(dir: Option<&Path>) -> Result<Result<PathBuf, NoProject>, CliError> {
     match find_project(dir)? {
         Err(why) if dir.is_some() => Err(why.into_error()),
+        Err(NoProject::Unusable(error)) => Err(error),
         found => Ok(found),
     }
 }

@@ -493,7 +493,13 @@ pub fn read_text(path: &Path) -> std::io::Result<String> {
             ),
         )
     };
-    let meta = std::fs::metadata(path)?;
+    let meta = std::fs::metadata(path).map_err(|error| match std::fs::read_link(path) {
+        Ok(target) if error.kind() == std::io::ErrorKind::NotFound => std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("it is a link to no file (it links to {})", target.display()),
+        ),
+        _ => error,
+    })?;
     // A directory is left to the read below, whose error the callers explain.
     if !meta.is_file() && !meta.is_dir() {
         return Err(std::io::Error::new(

@@ -1945,13 +1945,18 @@ fn a_cave_yaml_linking_to_nothing_is_named_and_the_project_above_is_left_alone()
     let inner = outer.join("sub");
     std::fs::create_dir(&inner).expect("sub");
     std::os::unix::fs::symlink("gone.yaml", inner.join("cave.yaml")).expect("link");
-    let said = format!("{}/cave.yaml links to gone.yaml, which does not exist", inner.display());
-    for args in [&["ls"][..], &["add", "newbox", "--type", "python"], &["validate"]] {
-        let refused = agent.bkg_in(&inner, args);
+    let said = format!("{}/cave.yaml is a link to no file (it links to gone.yaml)", inner.display());
+    let deeper = inner.join("deeper");
+    std::fs::create_dir(&deeper).expect("deeper");
+    for (dir, args) in [&["ls"][..], &["add", "newbox", "--type", "python"], &["validate"]]
+        .into_iter()
+        .flat_map(|args| [(&inner, args), (&deeper, args)])
+    {
+        let refused = agent.bkg_in(dir, args);
         assert_eq!(code(&refused), 125, "{args:?}: {}", stderr(&refused));
         assert_eq!(stderr(&refused).lines().count(), 1, "{args:?}: {}", stderr(&refused));
         assert!(
-            stderr(&refused).contains("links to gone.yaml, which does not exist"),
+            stderr(&refused).contains("is a link to no file (it links to gone.yaml)"),
             "{args:?}: {}",
             stderr(&refused)
         );
@@ -1960,14 +1965,50 @@ fn a_cave_yaml_linking_to_nothing_is_named_and_the_project_above_is_left_alone()
     assert_eq!(code(&run), 125, "{}", stderr(&run));
     assert!(stderr(&run).contains(&said), "{}", stderr(&run));
     assert_eq!(std::fs::read_to_string(outer.join("cave.yaml")).expect("cave.yaml"), outer_cave);
+    // Nor does a command that takes a sandbox's name look for it agent-wide: another project's
+    // sandbox of that name is left alone (it was removed by `bkg rm --force`).
+    let elsewhere = tempfile::tempdir().expect("another project");
+    let made = agent.bkg_in(elsewhere.path(), &["init", "--yes", "--sandbox", "uniq", "--type", "python"]);
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let ran = agent.bkgr(elsewhere.path(), &["uniq"]);
+    assert_eq!(code(&ran), 0, "{}", stderr(&ran));
+    for args in [&["status", "uniq"][..], &["logs", "uniq"], &["stop", "uniq"], &["rm", "--force", "uniq"]] {
+        let refused = agent.bkg_in(&inner, args);
+        assert_eq!(
+            (code(&refused), stderr(&refused)),
+            (125, format!("bkg: {said}: put the file back, or remove the link\n")),
+            "{args:?}"
+        );
+    }
+    let still = agent.bkg_in(elsewhere.path(), &["status", "uniq"]);
+    assert_eq!(code(&still), 0, "{}", stderr(&still));
 
     let init = agent.bkg_in(&inner, &["init", "--yes"]);
     assert_eq!(
         stderr(&init),
-        "bkg: ./cave.yaml links to gone.yaml, which does not exist: use --force to replace the link (it is kept beside it)\n"
+        "bkg: ./cave.yaml is a link to no file (it links to gone.yaml): use --force to replace the link (it is kept beside it)\n"
     );
     let forced = agent.bkg_in(&inner, &["init", "--yes", "--force"]);
     assert_eq!(code(&forced), 0, "{}", stderr(&forced));
     assert_eq!(std::fs::read_link(inner.join("cave.yaml.bak")).expect("the link kept"), Path::new("gone.yaml"));
     assert!(inner.join("cave.yaml").symlink_metadata().expect("cave.yaml").is_file());
+
+    // A link to another project's file, to a directory, to itself: replaced, what it leads to
+    // untouched.
+    let linked = tempfile::tempdir().expect("linked");
+    let other_cave = elsewhere.path().join("cave.yaml");
+    let other_text = std::fs::read_to_string(&other_cave).expect("the other cave.yaml");
+    std::fs::create_dir(linked.path().join("dir")).expect("dir");
+    std::os::unix::fs::symlink("loop", linked.path().join("loop")).expect("loop");
+    for target in [other_cave.as_path(), Path::new("dir"), Path::new("loop")] {
+        let cave = linked.path().join("cave.yaml");
+        let _ = std::fs::remove_file(&cave);
+        std::os::unix::fs::symlink(target, &cave).expect("link");
+        let forced = agent.bkg_in(linked.path(), &["init", "--yes", "--force"]);
+        assert_eq!(code(&forced), 0, "{target:?}: {}", stderr(&forced));
+        assert!(cave.symlink_metadata().expect("cave.yaml").is_file(), "{target:?}");
+        assert_eq!(std::fs::read_link(linked.path().join("cave.yaml.bak")).expect("the link kept"), target);
+        std::fs::remove_file(linked.path().join("cave.yaml.bak")).expect("rm the kept link");
+    }
+    assert_eq!(std::fs::read_to_string(&other_cave).expect("the other cave.yaml"), other_text);
 }
