@@ -158,7 +158,7 @@ impl SecretStore {
         let path = self.dir.join(SEALED_FILE);
         let partial = self.dir.join(format!("{SEALED_FILE}.partial"));
         let bytes = serde_json::to_vec(all).map_err(|error| SecretError::Damaged(path.clone(), error.to_string()))?;
-        write_private(&partial, &bytes, true)?;
+        write_private(&partial, &bytes)?;
         std::fs::rename(&partial, &path).map_err(|source| SecretError::Io { action: "replace", path, source })
     }
 
@@ -167,11 +167,23 @@ impl SecretStore {
         let path = self.dir.join(KEY_FILE);
         let mut key = match std::fs::read(&path) {
             Ok(key) => key,
+            // Made whole beside its place, then linked in, which fails if one is there already: a
+            // write cut short (a full disk) left an empty key that every later secret was refused
+            // for as damaged (found by a new-user trial).
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = vec![0u8; KEY_BYTES];
                 getrandom::fill(&mut key).map_err(|error| SecretError::Random(error.to_string()))?;
-                write_private(&path, &key, false)?;
-                key
+                let partial = self.dir.join(format!("{KEY_FILE}.partial"));
+                write_private(&partial, &key)?;
+                let placed = std::fs::hard_link(&partial, &path);
+                let _ = std::fs::remove_file(&partial);
+                match placed {
+                    Ok(()) => key,
+                    // Made meanwhile by another: that one is the key.
+                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&path)
+                        .map_err(|source| SecretError::Io { action: "read", path: path.clone(), source })?,
+                    Err(source) => return Err(SecretError::Io { action: "create", path, source }),
+                }
             }
             Err(source) => return Err(SecretError::Io { action: "read", path, source }),
         };
@@ -186,17 +198,16 @@ fn associated_data(namespace: &str, name: &str) -> Vec<u8> {
     format!("bkg-secret/1\0{namespace}\0{name}").into_bytes()
 }
 
-/// Writes a file only root can read; `replace` truncates one that exists, else it must be new.
-fn write_private(path: &Path, bytes: &[u8], replace: bool) -> Result<(), SecretError> {
+/// Writes a file only root can read, in place of one that exists.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretError> {
     let io = |action: &'static str| move |source| SecretError::Io { action, path: path.to_path_buf(), source };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).mode(0o600);
-    if replace {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let mut file = options.open(path).map_err(io("create"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("create"))?;
     file.write_all(bytes).map_err(io("write"))?;
     file.sync_all().map_err(io("sync"))
 }

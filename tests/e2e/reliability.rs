@@ -459,3 +459,18 @@ fn the_agent_outlives_the_reader_of_its_log() {
     assert_eq!(code(&stop), 0, "{}", stderr(&stop));
     assert_eq!(agent.wait_for_exit().code(), Some(0));
 }
+
+/// A file left in the sandboxes' directory (the health check's probe, which a full disk or a
+/// crash can leave) is cleared at the next start like a directory is: it kept every later agent
+/// from starting, `Not a directory` (found by a new-user trial).
+#[test]
+fn a_file_left_among_the_sandboxes_does_not_keep_the_next_agent_from_starting() {
+    let mut agent = Agent::start();
+    agent.stop();
+    let probe = agent.state_dir.join("sandboxes/.healthz-99999");
+    std::fs::write(&probe, b"").expect("a probe left behind");
+    agent.spawn(&AgentOptions::default());
+    let ran = agent.exe(&["--type", "python", "-c", "print(1)"]);
+    assert_eq!((code(&ran), stdout(&ran).as_str()), (0, "1\n"), "{}", agent.log());
+    assert!(!probe.exists());
+}

@@ -571,8 +571,13 @@ impl Engine {
         let mut dirs = 0;
         if runs_dir.exists() {
             for entry in std::fs::read_dir(&runs_dir).map_err(EngineError::io("read sandboxes directory"))?.flatten() {
-                std::fs::remove_dir_all(entry.path())
-                    .map_err(EngineError::io(format!("remove {}", entry.path().display())))?;
+                // A file too (a health check's probe, which a crash can leave): found by a
+                // new-user trial, where one kept every later agent from starting.
+                let removed = match entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                    true => std::fs::remove_dir_all(entry.path()),
+                    false => std::fs::remove_file(entry.path()),
+                };
+                removed.map_err(EngineError::io(format!("remove {}", entry.path().display())))?;
                 dirs += 1;
             }
         }

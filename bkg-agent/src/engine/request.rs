@@ -336,7 +336,14 @@ impl Engine {
         }
         // A disk larger than every sandbox's together could have is refused now, not queued for
         // a budget that can never hold it.
-        let budget = self.capacity.disk_budget()?;
+        let mut budget = self.capacity.disk_budget()?;
+        // Emptied images kept for the next sandboxes hold host space, which a budget that follows
+        // the free space counts as taken: given up before a run is refused for it (found by a
+        // new-user trial: on a host with 1.1 GiB free, every default run after the first was
+        // refused for ten seconds).
+        if limits.disk_bytes > budget && self.capacity.budget_follows_free_space() && self.disks.remove_spares() > 0 {
+            budget = self.capacity.disk_budget()?;
+        }
         if limits.disk_bytes > budget {
             let size = bkg_schema::units::format_size;
             // Said so when nobody asked for it (found by a new-user trial: on a host short of

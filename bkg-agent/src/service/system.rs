@@ -37,12 +37,16 @@ impl HealthProbe {
         }
     }
 
-    /// Writes and removes a file where the sandboxes' state lives.
+    /// Writes and removes a file where the sandboxes' state lives. Removed also when the write
+    /// failed: a full disk fails the write after the file is made (found by a new-user trial: the
+    /// empty file stayed behind).
     fn check_sandbox_dir(&self, engine: &Engine) -> Result<(), String> {
         let _one = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let probe = engine.runs_dir().join(format!(".healthz-{}", std::process::id()));
-        std::fs::write(&probe, b"ok")
-            .and_then(|()| std::fs::remove_file(&probe))
+        let written = std::fs::write(&probe, b"ok");
+        let removed = std::fs::remove_file(&probe);
+        written
+            .and(removed)
             .map_err(|error| format!("cannot write the sandboxes' directory {}: {error}", engine.runs_dir().display()))
     }
 
