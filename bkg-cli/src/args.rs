@@ -1104,7 +1104,8 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) =>
         {
-            let said = code_after_exec_name(&error)
+            let said = flag_taken_as_a_value(&unbuilt, &given)
+                .or_else(|| code_after_exec_name(&error))
                 .or_else(|| script_arguments_without_dashes(&error, &unbuilt, &given))
                 .or_else(|| exe_without_a_script(&error, &unbuilt, &given))
                 .or_else(|| empty_value(&error))
@@ -1291,6 +1292,37 @@ fn exe_without_a_script(
     })
 }
 
+/// A flag given no value that took the next flag as its value (`bkg add web --memory --cpus 1`):
+/// clap then refuses what follows, where this names the flag (found by a new-user trial).
+fn flag_taken_as_a_value(command: &clap::Command, given: &[std::ffi::OsString]) -> Option<clap::Error> {
+    let mut current = command;
+    let mut start = 1;
+    for (index, word) in given.iter().enumerate().skip(1) {
+        if let Some(sub) = word.to_str().and_then(|word| current.find_subcommand(word)) {
+            current = sub;
+            start = index + 1;
+        }
+    }
+    let words: Vec<&str> =
+        given.get(start..)?.iter().map_while(|word| word.to_str()).take_while(|word| *word != "--").collect();
+    words.windows(2).find_map(|pair| {
+        let (flag, value) = (pair[0], pair[1]);
+        let known = |word: &str| current.get_arguments().find(|arg| names(arg, word));
+        (known(flag)?.get_action().takes_values() && known(value).is_some()).then(|| {
+            clap::Error::raw(
+                ErrorKind::InvalidValue,
+                format!("{flag} took `{value}` as its value: give {flag} a value of its own\n"),
+            )
+        })
+    })
+}
+
+/// Whether `word` is `arg`'s long or short flag.
+fn names(arg: &clap::Arg, word: &str) -> bool {
+    arg.get_long().is_some_and(|long| word.strip_prefix("--") == Some(long))
+        || arg.get_short().is_some_and(|short| word.strip_prefix('-') == Some(short.encode_utf8(&mut [0; 4])))
+}
+
 /// The flag of `bkg exe` and the word after it that names a script (an existing file, a Python
 /// or JavaScript file name, `-`), which clap gave the flag as its value.
 fn script_taken_as_a_value(command: &clap::Command, given: &[std::ffi::OsString]) -> Option<(String, String)> {
@@ -1298,11 +1330,7 @@ fn script_taken_as_a_value(command: &clap::Command, given: &[std::ffi::OsString]
     let after = given.iter().position(|word| word == "exe")? + 1;
     given.get(after..)?.windows(2).find_map(|pair| {
         let (flag, value) = (pair[0].to_str()?, pair[1].to_str()?);
-        let takes_it = exe.get_arguments().any(|arg| {
-            let named = arg.get_long().is_some_and(|long| flag.strip_prefix("--") == Some(long))
-                || arg.get_short().is_some_and(|short| flag.strip_prefix('-') == Some(short.encode_utf8(&mut [0; 4])));
-            named && arg.get_action().takes_values()
-        });
+        let takes_it = exe.get_arguments().any(|arg| names(arg, flag) && arg.get_action().takes_values());
         let a_script = value == "-"
             || [".py", ".js", ".mjs", ".cjs"].iter().any(|extension| value.ends_with(extension))
             || std::path::Path::new(value).is_file();

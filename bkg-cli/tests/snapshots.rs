@@ -85,6 +85,7 @@ fn common_errors() {
         &["exe", "--timeout", "--cpus", "1", "x.py"],
         &["exe", "--memory", "--type", "python", "-c", "1"],
         &["exe", "--file", "", "-t", "python", "-c", "1"],
+        &["add", "web", "--type", "python", "--memory", "--cpus", "1"],
         &["add", "web"],
         &["ls", "--bogus"],
         &["runs", "ls", "--limit", "0"],
@@ -101,6 +102,8 @@ fn common_errors() {
         text.push('\n');
     }
     text.push_str(&run(&bkgr(), &["--bogus"]));
+    text.push('\n');
+    text.push_str(&run(&bkgr(), &["--cpus", "web"]));
     text.push('\n');
     text.push_str(&run(&bkgr(), &["-C", "/nonexistent/project", "api"]));
     insta::assert_snapshot!("errors", text);

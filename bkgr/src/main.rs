@@ -32,6 +32,9 @@ async fn run(args: Args) -> Result<i32, CliError> {
             remote.to_string_lossy()
         )));
     }
+    // Before the names: a limit flag given no value took the next word (`bkgr --cpus web`), and
+    // the refusal naming the flag explains what follows (found by a new-user trial).
+    let flags = limit_overrides(&args.limits)?;
     let project = project_dir(args.dir.as_deref())?;
     // One sandbox runs whatever problems others have; all of them, only from a valid file.
     let cave = match &args.name {
@@ -54,7 +57,6 @@ async fn run(args: Args) -> Result<i32, CliError> {
     // and as a disk only grows, cave.yaml's larger one wins over a smaller flag (it is then what
     // the agent checks against its maximum, found by a new-user trial: `limits.disk: 50GiB`
     // above the maximum was let through by `--disk 1GiB`, and `bkg ls` promised it next time).
-    let flags = limit_overrides(&args.limits)?;
     let one_off = LimitOverrides { disk_bytes: None, ..flags };
     let mut runs = Vec::new();
     let mut left_out = Vec::new();
