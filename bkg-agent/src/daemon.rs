@@ -644,7 +644,9 @@ fn api_options(args: &AgentArgs) -> anyhow::Result<ApiOptions> {
             .map_err(|error| FlagValue(error.to_string()))?,
         local: local_access(args)?,
         object_store: args.object_store.clone().filter(|url| !url.is_empty()),
-        artefact_quota: crate::artefacts::QuotaPolicy::parse(&args.artefact_quota, &args.artefact_quota_for)?,
+        // A flag's value it cannot take: a usage error, exit 2, as for every other flag.
+        artefact_quota: crate::artefacts::QuotaPolicy::parse(&args.artefact_quota, &args.artefact_quota_for)
+            .map_err(|error| FlagValue(error.to_string()))?,
     })
 }
 

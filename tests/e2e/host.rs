@@ -442,6 +442,10 @@ fn a_flag_value_the_agent_cannot_parse_is_a_usage_error() {
         ("--egress-allow", "", "--egress-allow: a rule is empty"),
         ("--egress-allow", "none,*", "--egress-allow none allows nothing: give it alone, not beside *"),
         ("--retention", "x", "retention \"x\": `x` is not a duration"),
+        // Found by a new-user trial: exit 1, and named "artefact quota \"lots\"".
+        ("--artefact-quota", "lots", "--artefact-quota: `lots` is not a size"),
+        ("--artefact-quota-for", "ci=0", "--artefact-quota-for: `0` is too small: the least is 1 byte"),
+        ("--artefact-quota-for", "ci", "--artefact-quota-for wants NAMESPACE=SIZE"),
         ("--retention-for", "x", "--retention-for wants NAMESPACE=DURATION"),
         ("--user-limit", "memory=lots", "--user-limit \"memory=lots\": `lots` is not a size"),
         // A maximum no run could stay under would refuse every run.

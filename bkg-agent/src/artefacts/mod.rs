@@ -36,8 +36,8 @@ pub enum ArtefactError {
     Url(String),
     #[error("--artefact-quota-for wants NAMESPACE=SIZE, not {0:?}")]
     QuotaShape(String),
-    #[error("artefact quota {0:?}: {1}")]
-    QuotaSize(String, bkg_schema::UnitError),
+    #[error("{0}: {1}")]
+    QuotaSize(&'static str, bkg_schema::UnitError),
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
     #[error("{0}: {1}")]
@@ -61,15 +61,16 @@ pub struct QuotaPolicy {
 impl QuotaPolicy {
     /// From the agent's flags: `--artefact-quota SIZE` and `--artefact-quota-for NS=SIZE`.
     pub fn parse(default: &str, per_namespace: &[String]) -> Result<Self, ArtefactError> {
-        let size =
-            |text: &str| bkg_schema::parse_size(text).map_err(|error| ArtefactError::QuotaSize(text.to_owned(), error));
-        let mut policy = Self { default: size(default)?, per_namespace: BTreeMap::new() };
+        let size = |flag: &'static str, text: &str| {
+            bkg_schema::parse_size(text).map_err(|error| ArtefactError::QuotaSize(flag, error))
+        };
+        let mut policy = Self { default: size("--artefact-quota", default)?, per_namespace: BTreeMap::new() };
         for entry in per_namespace {
             let (namespace, text) = entry
                 .split_once('=')
                 .filter(|(namespace, _)| !namespace.is_empty())
                 .ok_or_else(|| ArtefactError::QuotaShape(entry.clone()))?;
-            policy.per_namespace.insert(namespace.to_owned(), size(text)?);
+            policy.per_namespace.insert(namespace.to_owned(), size("--artefact-quota-for", text)?);
         }
         Ok(policy)
     }
