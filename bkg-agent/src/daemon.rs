@@ -701,9 +701,11 @@ fn start_in(
         anyhow::bail!("--state-dir {} is a file, not a directory: give a directory", state_dir.display());
     }
     std::fs::create_dir_all(&state_dir).with_context(|| format!("create state directory {}", state_dir.display()))?;
+    // Refused before it is made private: another user's directory is left as it was (found by a
+    // new-user trial: it was made 0700, then refused).
+    refuse_foreign_state_dir(&state_dir)?;
     std::fs::set_permissions(&state_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("make {} private", state_dir.display()))?;
-    refuse_foreign_state_dir(&state_dir)?;
     // Before any thread exists (the probe forks) and before detaching, so a host that lacks a
     // piece is told on the terminal that started the agent.
     let host = host_check::report(&host_check::probe(&args.python, &args.node, &state_dir));

@@ -291,10 +291,14 @@ fn a_state_dir_another_user_owns_is_refused_and_the_store_made_private() {
             .expect("bkg-agent")
     };
     std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let refused = start();
     assert!(!refused.status.success());
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("belongs to uid 65534, not to the agent's uid 0"), "{said}");
+    // Refused as it was found (it was made 0700 first: found by a new-user trial).
+    let mode = std::fs::metadata(&state).expect("state").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "another user's directory was changed");
     // Its own: the agent starts, with the store made private.
     std::os::unix::fs::chown(&state, Some(0), Some(0)).expect("chown back");
     let uids = bkg_tests::UidRange::reserve();
