@@ -229,32 +229,105 @@ async fn exec(
 }
 
 /// The script's command with the arguments after `--`, each quoted for `/bin/sh -c`: its
-/// positional parameters when it takes them (`"$@"`), else appended to it. Appended to a command
-/// that does not end on its one line they were run as a command of their own (after a newline,
-/// `;` or `&`, as a YAML `|` block always ends in one) or lost (after a comment): found by a
-/// new-user trial, so such a command is refused, with why.
+/// positional parameters when it expands them (`"$@"`, `$*`), else appended to it. Appended to a
+/// command that does not end on its one line they were run as a command of their own (after a
+/// newline, `;` or `&`, as a YAML `|` block always ends in one) or lost (after a comment): found
+/// by a new-user trial, so such a command is refused, with why.
 fn with_args(command: &str, args: &[String]) -> Result<String, &'static str> {
     let quoted: String = args.iter().map(|arg| format!(" '{}'", arg.replace('\'', "'\\''"))).collect();
     if args.is_empty() {
         return Ok(command.to_owned());
     }
-    if command.contains("$@") || command.contains("${@") {
+    let command = command.trim_end();
+    let scan = ShellScan::of(command);
+    if scan.expands_arguments {
         return Ok(format!("set --{quoted}\n{command}"));
     }
-    let command = command.trim_end();
-    if command.contains('\n') {
-        return Err("it is several lines");
+    match scan.end {
+        _ if command.contains('\n') => Err("it is several lines"),
+        End::Open => Err("it ends inside a quote or after a \\"),
+        End::Comment => Err("it ends in a comment"),
+        End::Operator => Err("it ends in an operator"),
+        End::Word => Ok(format!("{command}{quoted}")),
     }
-    if command.ends_with([';', '&', '|']) {
-        return Err("it ends in an operator");
+}
+
+/// How a command line ends, for what is appended to it.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// A word, a closing quote or an escaped character: what follows is more words.
+    Word,
+    /// `;`, `&`, `|`, `<` or `>`: what follows is another command, or a file.
+    Operator,
+    /// A comment: what follows is part of it.
+    Comment,
+    /// Inside a quote, or after a `\`.
+    Open,
+}
+
+/// What the shell's quoting says of a command, read as `sh` reads it (here-documents aside, whose
+/// bodies are read as commands are).
+struct ShellScan {
+    /// `$@`, `${@…}`, `$*` or `${*…}` outside single quotes and comments.
+    expands_arguments: bool,
+    end: End,
+}
+
+impl ShellScan {
+    fn of(command: &str) -> Self {
+        #[derive(PartialEq)]
+        enum In {
+            Plain,
+            Single,
+            Double,
+            Comment,
+        }
+        let mut state = In::Plain;
+        let mut expands_arguments = false;
+        let mut end = End::Word;
+        let mut at_word_start = true;
+        let mut chars = command.chars().peekable();
+        while let Some(char) = chars.next() {
+            match state {
+                In::Comment if char == '\n' => (state, end) = (In::Plain, End::Operator),
+                In::Comment => {}
+                In::Single if char == '\'' => (state, end) = (In::Plain, End::Word),
+                In::Single => {}
+                In::Double | In::Plain if char == '\\' => {
+                    end = match chars.next() {
+                        Some(_) => End::Word,
+                        None => End::Open,
+                    };
+                    at_word_start = false;
+                    continue;
+                }
+                In::Double | In::Plain if char == '$' => {
+                    let _ = chars.next_if_eq(&'{');
+                    expands_arguments |= chars.peek().is_some_and(|next| matches!(next, '@' | '*'));
+                    if state == In::Plain {
+                        end = End::Word;
+                    }
+                }
+                In::Double if char == '"' => (state, end) = (In::Plain, End::Word),
+                In::Double => {}
+                In::Plain => match char {
+                    '#' if at_word_start => state = In::Comment,
+                    '\'' => (state, end) = (In::Single, End::Open),
+                    '"' => (state, end) = (In::Double, End::Open),
+                    ';' | '&' | '|' | '<' | '>' | '\n' => end = End::Operator,
+                    char if char.is_whitespace() => {}
+                    _ => end = End::Word,
+                },
+            }
+            at_word_start = state == In::Plain && (char.is_whitespace() || matches!(char, ';' | '&' | '|' | '(' | ')'));
+        }
+        let end = match state {
+            In::Comment => End::Comment,
+            In::Single | In::Double => End::Open,
+            In::Plain => end,
+        };
+        Self { expands_arguments, end }
     }
-    // A comment swallows what follows it on its line; the shell's words tell one.
-    const PROBE: &str = "bkgr-probe";
-    let words = shlex::split(&format!("{command} {PROBE}"));
-    if words.as_ref().and_then(|words| words.last()).is_none_or(|last| last != PROBE) {
-        return Err("it ends in a comment");
-    }
-    Ok(format!("{command}{quoted}"))
 }
 
 /// The agent's refusal of a disk above its maximum names cave.yaml's `limits.disk` as the fix
@@ -290,13 +363,27 @@ mod tests {
         assert_eq!(with_args("pytest -q\n", &args), Ok("pytest -q 'a b'".into()), "a YAML | block's newline");
         assert_eq!(
             with_args("echo first\nprintf %s \"$@\"\n", &args),
-            Ok("set -- 'a b'\necho first\nprintf %s \"$@\"\n".into())
+            Ok("set -- 'a b'\necho first\nprintf %s \"$@\"".into())
         );
         assert_eq!(with_args("echo first\npytest\n", &args), Err("it is several lines"));
         assert_eq!(with_args("python x.py # prints args", &args), Err("it ends in a comment"));
         assert_eq!(with_args("serve &", &args), Err("it ends in an operator"));
+        assert_eq!(with_args("echo a >", &args), Err("it ends in an operator"));
         assert_eq!(with_args("make; make test", &args), Ok("make; make test 'a b'".into()));
-        assert_eq!(with_args("echo '#' \"#\"", &args), Ok("echo '#' \"#\" 'a b'".into()));
+        assert_eq!(with_args("echo '#' \"#\" a#b", &args), Ok("echo '#' \"#\" a#b 'a b'".into()));
+        // Found by a new-user trial: quoted, escaped or in a comment, `$@` takes nothing.
+        assert_eq!(with_args("echo '\"$@\"'", &args), Ok("echo '\"$@\"' 'a b'".into()));
+        assert_eq!(with_args("echo \\$@", &args), Ok("echo \\$@ 'a b'".into()));
+        assert_eq!(with_args("echo hi # pass \"$@\" later", &args), Err("it ends in a comment"));
+        assert_eq!(with_args("printf '[%s]' \"$*\"", &args), Ok("set -- 'a b'\nprintf '[%s]' \"$*\"".into()));
+        assert_eq!(
+            with_args("for f in ${@}; do echo $f; done", &args),
+            Ok("set -- 'a b'\nfor f in ${@}; do echo $f; done".into())
+        );
+        // An escaped operator is a word; an open quote or a last `\` is no end at all.
+        assert_eq!(with_args("echo x\\;", &args), Ok("echo x\\; 'a b'".into()));
+        assert_eq!(with_args("echo 'abc", &args), Err("it ends inside a quote or after a \\"));
+        assert_eq!(with_args("echo abc \\", &args), Err("it ends inside a quote or after a \\"));
         // With nothing to append, any command runs as written.
         assert_eq!(with_args("echo first\npytest # all\n", &[]), Ok("echo first\npytest # all\n".into()));
     }

@@ -2012,3 +2012,24 @@ fn a_cave_yaml_linking_to_nothing_is_named_and_the_project_above_is_left_alone()
     }
     assert_eq!(std::fs::read_to_string(&other_cave).expect("the other cave.yaml"), other_text);
 }
+
+/// bkgr's arguments go to the agent in the script's one command line: over the 128 KiB the
+/// kernel takes in one argument, the run is refused as too long, not blamed on the runtime
+/// (found by a new-user trial).
+#[test]
+fn bkgr_arguments_longer_than_the_kernel_takes_are_named_as_too_long() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project");
+    write(
+        &project.path().join("cave.yaml"),
+        "version: 1\nsandboxes:\n  m:\n    type: python\n    scripts:\n      start: echo\n",
+    );
+    let half = "a".repeat(70 * 1024);
+    let output = agent.bkgr(project.path(), &["m", "--", &half, &half]);
+    assert_eq!(code(&output), 126, "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "bkgr: the run's command line and environment are too long to start (Argument list too long (os error 7)): \
+         the kernel takes at most 128KiB in one argument, and its stack's quarter in all\n"
+    );
+}

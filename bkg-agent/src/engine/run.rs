@@ -1027,6 +1027,15 @@ impl Watched {
             Ending::Exited { exit_code, signal, disk_used_bytes, disk_full } => {
                 (exit_code, signal, disk_used_bytes, disk_full)
             }
+            // Too long is the run's own command line or environment, whatever program it starts
+            // (found by a new-user trial: `bkgr` arguments over 128 KiB blamed the runtime).
+            Ending::ExecFailed(libc::E2BIG) => {
+                return Err(RunError::RuntimeNotExecutable(format!(
+                    "the run's command line and environment are too long to start ({}): the kernel takes at most \
+                     128KiB in one argument, and its stack's quarter in all",
+                    std::io::Error::from_raw_os_error(libc::E2BIG)
+                )));
+            }
             Ending::ExecFailed(errno) => {
                 return Err(RunError::RuntimeNotExecutable(format!(
                     "the {} runtime could not be executed: {}",
