@@ -51,6 +51,36 @@ pub struct SecretStore {
     dir: PathBuf,
     /// Held while the file is read and rewritten: one change at a time.
     lock: Mutex<()>,
+    /// Held from a change to its audit record (`changing`).
+    changing: tokio::sync::Mutex<()>,
+}
+
+/// The sealed file as it was before a change, put back if the change's audit record cannot be
+/// written (a full disk): a secret set or removed without its record was found by a new-user
+/// trial. Kept as a hard link, which takes no room.
+pub struct SecretsBefore {
+    path: PathBuf,
+    kept: Option<PathBuf>,
+}
+
+impl SecretsBefore {
+    /// The change stands: the old file goes.
+    pub fn forget(self) {
+        if let Some(kept) = &self.kept {
+            let _ = std::fs::remove_file(kept);
+        }
+    }
+
+    /// The change is undone: the old file is back, or none when there was none.
+    pub fn put_back(self) {
+        let undone = match &self.kept {
+            Some(kept) => std::fs::rename(kept, &self.path),
+            None => std::fs::remove_file(&self.path),
+        };
+        if let Err(error) = undone {
+            tracing::error!(%error, path = %self.path.display(), "a secrets change whose record failed could not be undone");
+        }
+    }
 }
 
 /// A secret's name and when it was set, never its value.
@@ -62,7 +92,22 @@ pub struct SecretEntry {
 
 impl SecretStore {
     pub fn new(state_dir: &Path) -> Self {
-        Self { dir: state_dir.to_path_buf(), lock: Mutex::new(()) }
+        Self { dir: state_dir.to_path_buf(), lock: Mutex::new(()), changing: tokio::sync::Mutex::new(()) }
+    }
+
+    /// One change and its record at a time: held, the file as it is now is kept for
+    /// `SecretsBefore::put_back`.
+    pub async fn changing(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, SecretsBefore), SecretError> {
+        let held = self.changing.lock().await;
+        let path = self.dir.join(SEALED_FILE);
+        let kept = self.dir.join(format!("{SEALED_FILE}.before"));
+        let _ = std::fs::remove_file(&kept);
+        let kept = match std::fs::hard_link(&path, &kept) {
+            Ok(()) => Some(kept),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(SecretError::Io { action: "keep", path, source }),
+        };
+        Ok((held, SecretsBefore { path, kept }))
     }
 
     pub fn set(&self, namespace: &str, name: &str, value: &[u8], now_ms: u64) -> Result<(), SecretError> {
@@ -215,6 +260,31 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_change_put_back_leaves_the_secrets_as_they_were() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SecretStore::new(dir.path());
+        // None before: put back, there is none again.
+        let (held, before) = store.changing().await?;
+        store.set("ns", "FIRST", b"1", 1)?;
+        before.put_back();
+        drop(held);
+        assert_eq!(store.list("ns")?, Vec::new());
+        let (held, before) = store.changing().await?;
+        store.set("ns", "FIRST", b"1", 1)?;
+        before.forget();
+        drop(held);
+        let (held, before) = store.changing().await?;
+        store.set("ns", "SECOND", b"2", 2)?;
+        assert!(store.remove("ns", "FIRST")?);
+        before.put_back();
+        drop(held);
+        assert_eq!(store.list("ns")?, vec![SecretEntry { name: "FIRST".into(), created_at_ms: 1 }]);
+        assert_eq!(store.open("ns", &["FIRST".into()])?, Ok(vec![("FIRST".into(), "1".into())]));
+        assert!(!dir.path().join(format!("{SEALED_FILE}.before")).exists());
+        Ok(())
+    }
 
     #[test]
     fn a_value_is_sealed_on_disk_and_opens_only_under_its_own_name() -> Result<(), Box<dyn std::error::Error>> {

@@ -1303,18 +1303,28 @@ fn flag_taken_as_a_value(command: &clap::Command, given: &[std::ffi::OsString]) 
             start = index + 1;
         }
     }
-    let words: Vec<&str> =
-        given.get(start..)?.iter().map_while(|word| word.to_str()).take_while(|word| *word != "--").collect();
-    words.windows(2).find_map(|pair| {
-        let (flag, value) = (pair[0], pair[1]);
-        let known = |word: &str| current.get_arguments().find(|arg| names(arg, word));
-        (known(flag)?.get_action().takes_values() && known(value).is_some()).then(|| {
-            clap::Error::raw(
-                ErrorKind::InvalidValue,
-                format!("{flag} took `{value}` as its value: give {flag} a value of its own\n"),
-            )
-        })
-    })
+    let known = |word: &str| current.get_arguments().find(|arg| names(arg, word));
+    // Everything after the first positional word of `bkg exe` is the script's (found by a trial:
+    // the script's own `--memory --cpus` were blamed for bkg's refusal of another flag).
+    let script_takes_the_rest = current.get_arguments().any(clap::Arg::is_trailing_var_arg_set);
+    let mut words = given.get(start..)?.iter().map_while(|word| word.to_str()).take_while(|word| *word != "--");
+    while let Some(word) = words.next() {
+        match known(word) {
+            Some(flag) if flag.get_action().takes_values() => {
+                let value = words.next()?;
+                if known(value).is_some() {
+                    return Some(clap::Error::raw(
+                        ErrorKind::InvalidValue,
+                        format!("{word} took `{value}` as its value: give {word} a value of its own\n"),
+                    ));
+                }
+            }
+            Some(_) => {}
+            None if script_takes_the_rest && !word.starts_with('-') => return None,
+            None => {}
+        }
+    }
+    None
 }
 
 /// Whether `word` is `arg`'s long or short flag.

@@ -17,27 +17,39 @@ use crate::stream::{self, Output, Stdin};
 use bkg_schema::egress::{NetRule, PortMapping};
 
 pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
-    // First: a limit flag given no value takes the next word as its value (the script, another
-    // flag), and the refusal naming that flag is the one that explains what follows (found by a
-    // new-user trial: `bkg exe --memory x.py` said "no code to run").
-    let limits = crate::shared::limit_overrides(&args.limits)?;
     let argv: Vec<String> = std::env::args_os().map(|arg| arg.to_string_lossy().into_owned()).collect();
-    if let (Some(_), Some(script)) = (&args.code, &args.script) {
-        refuse_code_after_a_script(&argv, script)?;
-    }
     // Said once the run has come back (a refusal stays one line).
-    let taken_after_script = args.script.as_deref().and_then(|script| {
-        options_after_script(&argv, script, &args.args).map(|taken| taken_as_bkgs(script, &taken, args.code.is_some()))
-    });
-    if args.tty {
-        crate::terminal::require_terminal("bkg exe --tty")?;
-    }
+    let taken = args.script.as_deref().and_then(|script| options_after_script(&argv, script, &args.args));
+    let taken_after_script = args
+        .script
+        .as_deref()
+        .zip(taken.as_deref())
+        .map(|(script, taken)| taken_as_bkgs(script, taken, args.code.is_some()));
     // A refusal of an option bkg took after the script carries the way out too (found by a
     // trial: `bkg exe job.py --file x.txt` said only that x.txt does not exist).
     let with_way_out = |error: CliError| match &taken_after_script {
         Some(taken) => CliError::new(error.code, format!("{}; {taken}", error.message)),
         None => error,
     };
+    // Before the script's checks: a limit flag given no value takes the next word as its value
+    // (the script, another flag), and the refusal naming that flag is the one that explains what
+    // follows (found by a new-user trial: `bkg exe --memory x.py` said "no code to run").
+    let limit_taken = |flag: &str| taken.as_deref().is_some_and(|taken| taken.split(' ').any(|word| word == flag));
+    let limits = crate::shared::limit_overrides(&args.limits).map_err(|error| {
+        match ["--cpus", "--memory", "--timeout", "--disk"]
+            .iter()
+            .any(|flag| error.message.starts_with(&format!("{flag}:")) && limit_taken(flag))
+        {
+            true => with_way_out(error),
+            false => error,
+        }
+    })?;
+    if let (Some(_), Some(script)) = (&args.code, &args.script) {
+        refuse_code_after_a_script(&argv, script)?;
+    }
+    if args.tty {
+        crate::terminal::require_terminal("bkg exe --tty")?;
+    }
     let (request, stdin_is_code) = build_request(&args, limits, settings.out).map_err(with_way_out)?;
     if args.tty {
         let open = bkg_schema::terminal::TerminalOpen {

@@ -63,7 +63,7 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     // (found by a new-user trial), and one to nothing, a directory or itself has no text to keep.
     let is_link = path.symlink_metadata().is_ok_and(|meta| meta.file_type().is_symlink());
     let kept = match path.symlink_metadata() {
-        Ok(_) if is_link => Some(keep_beside(&path)?),
+        Ok(meta) if is_link || !meta.is_file() => Some(keep_beside(&path)?),
         Ok(_) if bkg_schema::cave::read_text(&path).is_ok_and(|old| old == text) => None,
         Ok(_) => Some(keep_beside(&path)?),
         Err(_) => None,
@@ -117,9 +117,12 @@ fn keep_beside(path: &Path) -> Result<PathBuf, CliError> {
     let cannot_keep = |error: std::io::Error| {
         CliError::usage(format!("cannot keep {} as {}: {error}", path.display(), backup.display()))
     };
-    // A link is kept as the link it is.
+    // A link is kept as the link it is; what is no file (a pipe, whose copy waited for a writer
+    // for ever: found by a new-user trial) is moved aside.
+    let kind = path.symlink_metadata().map_err(cannot_keep)?.file_type();
     match std::fs::read_link(path) {
         Ok(target) => std::os::unix::fs::symlink(target, &backup).map_err(cannot_keep)?,
+        Err(_) if !kind.is_file() => std::fs::rename(path, &backup).map_err(cannot_keep)?,
         Err(_) => _ = std::fs::copy(path, &backup).map_err(cannot_keep)?,
     }
     Ok(backup)

@@ -86,6 +86,8 @@ fn common_errors() {
         &["exe", "--memory", "--type", "python", "-c", "1"],
         &["exe", "--file", "", "-t", "python", "-c", "1"],
         &["add", "web", "--type", "python", "--memory", "--cpus", "1"],
+        &["exe", "--bogus", "x.py", "a", "--memory", "--cpus"],
+        &["exe", "x.py", "--memory", "1"],
         &["add", "web"],
         &["ls", "--bogus"],
         &["runs", "ls", "--limit", "0"],

@@ -2011,6 +2011,14 @@ fn a_cave_yaml_linking_to_nothing_is_named_and_the_project_above_is_left_alone()
         std::fs::remove_file(linked.path().join("cave.yaml.bak")).expect("rm the kept link");
     }
     assert_eq!(std::fs::read_to_string(&other_cave).expect("the other cave.yaml"), other_text);
+    // A pipe is moved aside, not copied (its copy waited for a writer for ever).
+    let cave = linked.path().join("cave.yaml");
+    std::fs::remove_file(&cave).expect("rm");
+    assert!(Command::new("mkfifo").arg(&cave).status().expect("mkfifo").success());
+    let forced = agent.bkg_in(linked.path(), &["init", "--yes", "--force"]);
+    assert_eq!(code(&forced), 0, "{}", stderr(&forced));
+    let kept = linked.path().join("cave.yaml.bak").symlink_metadata().expect("the pipe kept");
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&kept.file_type()));
 }
 
 /// bkgr's arguments go to the agent in the script's one command line: over the 128 KiB the

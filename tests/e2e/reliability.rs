@@ -99,8 +99,9 @@ fn a_reader_that_pauses_after_the_run_still_gets_the_whole_output() {
 #[test]
 fn a_reader_that_pauses_longer_than_the_agent_s_patience_during_the_run_gets_every_byte() {
     let agent = Agent::start();
-    let script = "for i in range(300000): print(i)\nprint('end')\n";
-    let expected: String = (0..300_000).map(|i| format!("{i}\n")).chain(["end\n".to_owned()]).collect();
+    // Far more than the pipes and buffers on the way hold (the run's own pipe holds 1 MiB).
+    let script = "for i in range(1000000): print(i)\nprint('end')\n";
+    let expected: String = (0..1_000_000).map(|i| format!("{i}\n")).chain(["end\n".to_owned()]).collect();
     let mut client = agent.spawn_exe(&["--type", "python", "-c", script]);
     // Nothing read for longer than the 30 s after which a caller that takes nothing of a run that
     // has ended is let go (server/runs.rs, STREAM_WRITE_TIMEOUT); the run has not ended meanwhile.

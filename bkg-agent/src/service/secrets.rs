@@ -35,9 +35,13 @@ impl Service {
             return Err(OpError::Invalid(error));
         }
         let now = now_ms();
-        self.secrets.set(&namespace, name, secret.value.as_bytes(), now)?;
-        self.note_config(principal.actor(), Some(&namespace), ConfigChanged::SecretSet { secret_set: name.to_owned() })
-            .await?;
+        let (_one, before) = self.secrets.changing().await?;
+        if let Err(error) = self.secrets.set(&namespace, name, secret.value.as_bytes(), now) {
+            before.forget();
+            return Err(error.into());
+        }
+        let set = ConfigChanged::SecretSet { secret_set: name.to_owned() };
+        recorded_or_undone(before, self.note_config(principal.actor(), Some(&namespace), set).await)?;
         Ok(SecretInfo { name: name.to_owned(), namespace, created_at_ms: now })
     }
 
@@ -59,11 +63,20 @@ impl Service {
     pub async fn remove_secret(&self, principal: &Principal, name: &str, namespace: Option<&str>) -> OpResult<()> {
         require_code_runner(principal)?;
         let namespace = namespace_for(principal, namespace)?;
-        if self.secrets.remove(&namespace, name)? {
-            let removed = ConfigChanged::SecretRemoved { secret_removed: name.to_owned() };
-            self.note_config(principal.actor(), Some(&namespace), removed).await
-        } else {
-            Err(OpError::NotFound(format!("no secret `{name}` in namespace `{namespace}`")))
+        let (_one, before) = self.secrets.changing().await?;
+        match self.secrets.remove(&namespace, name) {
+            Ok(true) => {
+                let removed = ConfigChanged::SecretRemoved { secret_removed: name.to_owned() };
+                recorded_or_undone(before, self.note_config(principal.actor(), Some(&namespace), removed).await)
+            }
+            Ok(false) => {
+                before.forget();
+                Err(OpError::NotFound(format!("no secret `{name}` in namespace `{namespace}`")))
+            }
+            Err(error) => {
+                before.forget();
+                Err(error.into())
+            }
         }
     }
 
@@ -104,4 +117,13 @@ fn no_secret(missing: &str, namespace: &str) -> OpError {
     OpError::Invalid(format!(
         "no secret `{missing}` in namespace `{namespace}`: set it with `bkg secrets set {missing}`"
     ))
+}
+
+/// A secrets change stands with its audit record, or is undone without one.
+fn recorded_or_undone(before: crate::secrets::SecretsBefore, recorded: OpResult<()>) -> OpResult<()> {
+    match recorded {
+        Ok(()) => before.forget(),
+        Err(_) => before.put_back(),
+    }
+    recorded
 }

@@ -223,13 +223,15 @@ impl Service {
         // between the audit line and the stop (the log said the agent stopped when it did not).
         let (store, shutdown) = (self.store.clone(), Arc::clone(&self.shutdown));
         let event = stop_event(principal.actor(), "asked through the API");
+        // A stop that cannot be written (a full state disk) still stops, as SIGTERM's does: it
+        // was refused, and only a signal stopped the agent (found by a new-user trial).
         let stopping = tokio::spawn(async move {
-            store.note(event).await?;
+            if let Err(error) = store.note(event).await {
+                tracing::error!(%error, "the stop could not be written to the audit log: stopping without its line");
+            }
             shutdown.notify_one();
-            Ok::<(), crate::store::StoreError>(())
         });
-        stopping.await.map_err(|error| OpError::Internal(format!("the stop failed: {error}")))??;
-        Ok(())
+        stopping.await.map_err(|error| OpError::Internal(format!("the stop failed: {error}")))
     }
 
     /// The audit line of a stop beginning: by whom (`actor`) and why.
