@@ -1295,6 +1295,37 @@ fn exe_without_a_script(
 /// A flag given no value that took the next flag as its value (`bkg add web --memory --cpus 1`):
 /// clap then refuses what follows, where this names the flag (found by a new-user trial).
 fn flag_taken_as_a_value(command: &clap::Command, given: &[std::ffi::OsString]) -> Option<clap::Error> {
+    let (current, values) = flags_with_values(command, given)?;
+    let (flag, value) = values.into_iter().find(|(_, value)| current.get_arguments().any(|arg| names(arg, value)))?;
+    Some(clap::Error::raw(
+        ErrorKind::InvalidValue,
+        format!("{flag} took `{value}` as its value: give {flag} a value of its own\n"),
+    ))
+}
+
+/// The flag of `bkg exe` and the word after it that names a script (an existing file, a Python
+/// or JavaScript file name, `-`), which clap gave the flag as its value.
+fn script_taken_as_a_value(command: &clap::Command, given: &[std::ffi::OsString]) -> Option<(String, String)> {
+    let (current, values) = flags_with_values(command, given)?;
+    if current.get_name() != "exe" {
+        return None;
+    }
+    values.into_iter().find_map(|(flag, value)| {
+        let a_script = value == "-"
+            || [".py", ".js", ".mjs", ".cjs"].iter().any(|extension| value.ends_with(extension))
+            || std::path::Path::new(value).is_file();
+        a_script.then(|| (flag.to_owned(), value.to_owned()))
+    })
+}
+
+/// The deepest subcommand `given` names, and each of its flags given there that takes a value,
+/// with the word clap gives it as that value; up to `--`, and in `bkg exe` up to the script:
+/// everything after it is the script's (found by a trial: the script's own `--memory --cpus` were
+/// blamed for bkg's refusal of another flag).
+fn flags_with_values<'a>(
+    command: &'a clap::Command,
+    given: &'a [std::ffi::OsString],
+) -> Option<(&'a clap::Command, Vec<(&'a str, &'a str)>)> {
     let mut current = command;
     let mut start = 1;
     for (index, word) in given.iter().enumerate().skip(1) {
@@ -1304,48 +1335,27 @@ fn flag_taken_as_a_value(command: &clap::Command, given: &[std::ffi::OsString]) 
         }
     }
     let known = |word: &str| current.get_arguments().find(|arg| names(arg, word));
-    // Everything after the first positional word of `bkg exe` is the script's (found by a trial:
-    // the script's own `--memory --cpus` were blamed for bkg's refusal of another flag).
     let script_takes_the_rest = current.get_arguments().any(clap::Arg::is_trailing_var_arg_set);
     let mut words = given.get(start..)?.iter().map_while(|word| word.to_str()).take_while(|word| *word != "--");
+    let mut values = Vec::new();
     while let Some(word) = words.next() {
         match known(word) {
-            Some(flag) if flag.get_action().takes_values() => {
-                let value = words.next()?;
-                if known(value).is_some() {
-                    return Some(clap::Error::raw(
-                        ErrorKind::InvalidValue,
-                        format!("{word} took `{value}` as its value: give {word} a value of its own\n"),
-                    ));
-                }
-            }
+            Some(flag) if flag.get_action().takes_values() => match words.next() {
+                Some(value) => values.push((word, value)),
+                None => break,
+            },
             Some(_) => {}
-            None if script_takes_the_rest && !word.starts_with('-') => return None,
+            None if script_takes_the_rest && !word.starts_with('-') => break,
             None => {}
         }
     }
-    None
+    Some((current, values))
 }
 
 /// Whether `word` is `arg`'s long or short flag.
 fn names(arg: &clap::Arg, word: &str) -> bool {
     arg.get_long().is_some_and(|long| word.strip_prefix("--") == Some(long))
         || arg.get_short().is_some_and(|short| word.strip_prefix('-') == Some(short.encode_utf8(&mut [0; 4])))
-}
-
-/// The flag of `bkg exe` and the word after it that names a script (an existing file, a Python
-/// or JavaScript file name, `-`), which clap gave the flag as its value.
-fn script_taken_as_a_value(command: &clap::Command, given: &[std::ffi::OsString]) -> Option<(String, String)> {
-    let exe = command.find_subcommand("exe")?;
-    let after = given.iter().position(|word| word == "exe")? + 1;
-    given.get(after..)?.windows(2).find_map(|pair| {
-        let (flag, value) = (pair[0].to_str()?, pair[1].to_str()?);
-        let takes_it = exe.get_arguments().any(|arg| names(arg, flag) && arg.get_action().takes_values());
-        let a_script = value == "-"
-            || [".py", ".js", ".mjs", ".cjs"].iter().any(|extension| value.ends_with(extension))
-            || std::path::Path::new(value).is_file();
-        (takes_it && a_script).then(|| (flag.to_owned(), value.to_owned()))
-    })
 }
 
 /// `bkg exe tool.py --help` asks the script for its help, as `python3 tool.py --help` does (found

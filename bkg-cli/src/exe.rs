@@ -34,7 +34,10 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
     // Before the script's checks: a limit flag given no value takes the next word as its value
     // (the script, another flag), and the refusal naming that flag is the one that explains what
     // follows (found by a new-user trial: `bkg exe --memory x.py` said "no code to run").
-    let limit_taken = |flag: &str| taken.as_deref().is_some_and(|taken| taken.split(' ').any(|word| word == flag));
+    let limit_taken = |flag: &str| {
+        let given = |word: &str| word == flag || word.strip_prefix(flag).is_some_and(|rest| rest.starts_with('='));
+        taken.as_deref().is_some_and(|taken| taken.split(' ').any(given))
+    };
     let limits = crate::shared::limit_overrides(&args.limits).map_err(|error| {
         match ["--cpus", "--memory", "--timeout", "--disk"]
             .iter()

@@ -33,12 +33,8 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let path = dir.join(FILE_NAME);
     if path.symlink_metadata().is_ok() && !args.force {
-        return Err(CliError::usage(match crate::project::dangling_link(&path) {
-            Some(target) => format!(
-                "{} is a link to no file (it links to {}): use --force to replace the link (it is kept beside it)",
-                path.display(),
-                target.display()
-            ),
+        return Err(CliError::usage(match crate::project::link_to_no_file(&path) {
+            Some(said) => format!("{said}: use --force to replace the link (it is kept beside it)"),
             None => format!("{} already exists: use --force to overwrite it", path.display()),
         }));
     }
@@ -61,14 +57,15 @@ pub fn run(settings: &Settings, args: InitArgs) -> Result<i32, CliError> {
     // the default file).
     // A link is replaced, never written through: the file it leads to may be another project's
     // (found by a new-user trial), and one to nothing, a directory or itself has no text to keep.
-    let is_link = path.symlink_metadata().is_ok_and(|meta| meta.file_type().is_symlink());
-    let kept = match path.symlink_metadata() {
-        Ok(meta) if is_link || !meta.is_file() => Some(keep_beside(&path)?),
-        Ok(_) if bkg_schema::cave::read_text(&path).is_ok_and(|old| old == text) => None,
-        Ok(_) => Some(keep_beside(&path)?),
-        Err(_) => None,
+    let existing = path.symlink_metadata().ok();
+    let kept = match &existing {
+        // Not followed: a link is no file here.
+        Some(meta) if !meta.is_file() => Some(keep_beside(&path)?),
+        Some(_) if bkg_schema::cave::read_text(&path).is_ok_and(|old| old == text) => None,
+        Some(_) => Some(keep_beside(&path)?),
+        None => None,
     };
-    if is_link {
+    if existing.is_some_and(|meta| meta.file_type().is_symlink()) {
         std::fs::remove_file(&path)
             .map_err(|error| CliError::usage(format!("cannot replace the link {}: {error}", path.display())))?;
     }

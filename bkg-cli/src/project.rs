@@ -43,19 +43,15 @@ pub(crate) fn find_cave_file(start: &Path) -> Result<Option<PathBuf>, CliError> 
 
 /// The refusal of a cave.yaml that is a link to nothing.
 fn link_to_nothing(cave: &Path) -> Option<CliError> {
-    dangling_link(cave).map(|target| {
-        CliError::usage(format!(
-            "{} is a link to no file (it links to {}): put the file back, or remove the link",
-            cave.display(),
-            target.display()
-        ))
-    })
+    link_to_no_file(cave).map(|said| CliError::usage(format!("{said}: put the file back, or remove the link")))
 }
 
-/// Where `path` links to, when it is a symbolic link whose target does not exist.
-pub(crate) fn dangling_link(path: &Path) -> Option<PathBuf> {
+/// What `path` is, said, when it is a symbolic link whose target does not exist.
+pub(crate) fn link_to_no_file(path: &Path) -> Option<String> {
     let target = std::fs::read_link(path).ok()?;
-    (std::fs::metadata(path).is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound)).then_some(target)
+    std::fs::metadata(path)
+        .is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound)
+        .then(|| format!("{} is a link to no file (it links to {})", path.display(), target.display()))
 }
 
 /// The cave.yaml a command that reads or edits the file itself (`bkg validate`, `bkg add`)

@@ -88,6 +88,7 @@ fn common_errors() {
         &["add", "web", "--type", "python", "--memory", "--cpus", "1"],
         &["exe", "--bogus", "x.py", "a", "--memory", "--cpus"],
         &["exe", "x.py", "--memory", "1"],
+        &["exe", "x.py", "--memory=1"],
         &["add", "web"],
         &["ls", "--bogus"],
         &["runs", "ls", "--limit", "0"],
