@@ -38,13 +38,10 @@ pub async fn run(settings: &Settings, args: ExeArgs) -> Result<i32, CliError> {
         let given = |word: &str| word == flag || word.strip_prefix(flag).is_some_and(|rest| rest.starts_with('='));
         taken.as_deref().is_some_and(|taken| taken.split(' ').any(given))
     };
-    let limits = crate::shared::limit_overrides(&args.limits).map_err(|error| {
-        match ["--cpus", "--memory", "--timeout", "--disk"]
-            .iter()
-            .any(|flag| error.message.starts_with(&format!("{flag}:")) && limit_taken(flag))
-        {
-            true => with_way_out(error),
-            false => error,
+    let limits = crate::shared::limit_overrides(&args.limits).map_err(|refused| {
+        match limit_taken(&format!("--{}", refused.limit)) {
+            true => with_way_out(refused.error),
+            false => refused.error,
         }
     })?;
     if let (Some(_), Some(script)) = (&args.code, &args.script) {

@@ -47,8 +47,21 @@ pub fn run_to_exit(tool: &'static str, work: impl Future<Output = Result<i32, Cl
     }
 }
 
+/// A limit flag's value refused, with the limit it was given for (`memory` for `--memory`): `bkg
+/// exe` adds the `--` way out when that flag took a word meant for the script.
+pub struct LimitFlagError {
+    pub limit: &'static str,
+    pub error: CliError,
+}
+
+impl From<LimitFlagError> for CliError {
+    fn from(refused: LimitFlagError) -> Self {
+        refused.error
+    }
+}
+
 /// The limit flags that were given, checked: `--cpus`, `--memory`, `--timeout`, `--disk`.
-pub fn limit_overrides(flags: &LimitArgs) -> Result<LimitOverrides, CliError> {
+pub fn limit_overrides(flags: &LimitArgs) -> Result<LimitOverrides, LimitFlagError> {
     type Parse = fn(&str) -> Result<u64, bkg_schema::UnitError>;
     // Below the agent's least (`Limits::LEAST`) is refused here already, with that least.
     let checked = |value: &Option<String>, (limit, least, shown): bkg_schema::NamedLimit, parse: Parse| {
@@ -65,13 +78,14 @@ pub fn limit_overrides(flags: &LimitArgs) -> Result<LimitOverrides, CliError> {
             };
             CliError::usage(format!("--{limit}: `{text}` is too small: the least is {}{unit}", shown(least)))
         };
+        let refused = |error: CliError| LimitFlagError { limit, error };
         value
             .as_deref()
             .map(|text| match parse(text) {
-                Ok(value) if value < least => Err(too_small(text)),
+                Ok(value) if value < least => Err(refused(too_small(text))),
                 Ok(value) => Ok(value),
-                Err(bkg_schema::UnitError::Zero { .. }) => Err(too_small(text)),
-                Err(error) => Err(CliError::usage(format!("--{limit}: {error}"))),
+                Err(bkg_schema::UnitError::Zero { .. }) => Err(refused(too_small(text))),
+                Err(error) => Err(refused(CliError::usage(format!("--{limit}: {error}")))),
             })
             .transpose()
     };
