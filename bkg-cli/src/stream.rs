@@ -138,6 +138,12 @@ pub async fn run_keeping_out_dir(
     let cancel_writer = Arc::clone(&writer);
     let canceller = client.clone();
     let run_path = run_id.as_ref().map(|id| format!("/api/v1/runs/{id}"));
+    // Several sandboxes' runs at once each say what became of theirs, after its name.
+    // The second signal ends them all.
+    let (whose, runs, they) = match &output {
+        Output::Prefixed(name) => (format!("{}: ", name.trim_end()), "runs'", "they"),
+        Output::Raw | Output::Quiet => (String::new(), "run's", "the run"),
+    };
     let mut stop_signals = StopSignals::listen()?;
     let printer = out;
     // Whether this run's result has come: what is left is writing its output. Its own, not the
@@ -165,7 +171,7 @@ pub async fn run_keeping_out_dir(
                 });
         let second = if ended {
             printer.note(format_args!(
-                "the run has ended; its output waits for a reader that takes none (Ctrl-C again to quit without it)"
+                "{whose}the run has ended; its output waits for a reader that takes none (Ctrl-C again to quit without it)"
             ));
             stop_signals.next().await
         } else {
@@ -185,7 +191,7 @@ pub async fn run_keeping_out_dir(
             let stuck =
                 "cancelling the run; its output waits for a reader that takes none (Ctrl-C again to quit without it)";
             if waiting_for_reader() {
-                printer.note(format_args!("{stuck}"));
+                printer.note(format_args!("{whose}{stuck}"));
                 stop_signals.next().await
             } else {
                 // Code that takes its time to end, or ignores SIGTERM, keeps the caller waiting up
@@ -194,12 +200,12 @@ pub async fn run_keeping_out_dir(
                 tokio::select! {
                     second = stop_signals.next() => second,
                     () = output_stuck() => {
-                        printer.note(format_args!("{stuck}"));
+                        printer.note(format_args!("{whose}{stuck}"));
                         stop_signals.next().await
                     }
                     () = tokio::time::sleep(GRACE_NOTE_AFTER) => {
                         printer.note(format_args!(
-                            "cancelling the run: its code has SIGTERM, and SIGKILL if still going {} s after it (Ctrl-C again to stop waiting)",
+                            "{whose}cancelling the run: its code has SIGTERM, and SIGKILL if still going {} s after it (Ctrl-C again to stop waiting)",
                             bkg_schema::STOP_GRACE.as_secs()
                         ));
                         stop_signals.next().await
@@ -212,9 +218,9 @@ pub async fn run_keeping_out_dir(
             // Output waiting for its reader holds up the result behind it too (an ended run's
             // is all that is left of it).
             match ended || waiting_for_reader() {
-                false => printer.note(format_args!("stopped without waiting for the run's end")),
+                false => printer.note(format_args!("stopped without waiting for the {runs} end")),
                 true => printer.note(format_args!(
-                    "stopped with the run's output unwritten: `bkg runs ls` shows how the run ended"
+                    "stopped with the {runs} output unwritten: `bkg runs ls` shows how {they} ended"
                 )),
             }
             std::process::exit(crate::exit::SIGNALLED + signal);

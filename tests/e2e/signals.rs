@@ -390,6 +390,45 @@ fn ctrl_c_on_bkgr_stops_every_sandbox_of_the_project() {
     assert!(states.iter().all(|state| *state != "running"), "Ctrl-C stopped them all: {listed}");
 }
 
+/// Several sandboxes' runs cancelled at once each say what became of theirs after its name, and
+/// a second Ctrl-C, which ends bkgr, says it once for them all.
+#[test]
+fn ctrl_c_on_bkgr_with_several_sandboxes_names_each_one_waiting_for_its_grace() {
+    let agent = Agent::start();
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    let start = "python -c \"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)\"";
+    std::fs::write(
+        dir.join("cave.yaml"),
+        format!("version: 1\nnamespace: default\nsandboxes:\n  one:\n    type: python\n    scripts:\n      start: {start}\n  two:\n    type: python\n    scripts:\n      start: {start}\n"),
+    )
+    .expect("cave.yaml");
+    let mut bkgr = spawn_bkgr(&agent, dir, &[]);
+    let mut reader = BufReader::new(bkgr.stdout.take().expect("stdout"));
+    for _ in 0..2 {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).expect("read") > 0, "bkgr ended early");
+    }
+    interrupt(&bkgr);
+    let mut errors = BufReader::new(bkgr.stderr.take().expect("stderr"));
+    let mut notes = Vec::new();
+    while notes.len() < 2 {
+        let mut line = String::new();
+        assert!(errors.read_line(&mut line).expect("read") > 0, "bkgr ended early; said {notes:?}");
+        notes.push(line.trim_end().to_owned());
+    }
+    notes.sort();
+    let waiting = "cancelling the run: its code has SIGTERM, and SIGKILL if still going 5 s after it (Ctrl-C again to stop waiting)";
+    assert_eq!(notes, [format!("bkgr: one: {waiting}"), format!("bkgr: two: {waiting}")]);
+    interrupt(&bkgr);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut errors, &mut rest).expect("read stderr");
+    let status = bkgr.wait().expect("wait bkgr");
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert_eq!(rest, "bkgr: stopped without waiting for the runs' end\n");
+    agent.wait_idle();
+}
+
 /// `bkg exe` with no agent on its socket starts one (as root), runs the script, and the agent it
 /// started (shown by `ps` under its own name) stops on `bkg agent stop` leaving nothing behind.
 #[test]
