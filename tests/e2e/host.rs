@@ -40,6 +40,21 @@ fn an_agent_whose_runtime_does_not_exist_refuses_to_start_with_one_line_and_the_
     );
 }
 
+/// Anything answers `--version`; the agent wants its interpreter's own answer.
+#[test]
+fn an_agent_whose_python_is_another_program_refuses_to_start() {
+    let (output, _dir) = refused_start(&["--python", "/usr/bin/node"]);
+    assert_eq!(code(&output), 1, "stderr: {}", stderr(&output));
+    let said = stderr(&output);
+    assert!(
+        said.starts_with(
+            "bkg-agent: runtime.python: --python /usr/bin/node is not a python interpreter: its `--version` says `v"
+        ),
+        "{said}"
+    );
+    assert_eq!(said.lines().count(), 1, "{said}");
+}
+
 /// A start that fails once the store is open (here: the TCP port is taken) leaves no socket
 /// file behind for a client to find and wait on.
 #[test]

@@ -312,10 +312,25 @@ pub fn probe_runtime(language: Language, path: &Path) -> RuntimeFacts {
             .map(|bytes| String::from_utf8_lossy(bytes).trim().to_owned())
             .find(|text| !text.is_empty())
             .unwrap_or_default();
+        let line = text.lines().next().unwrap_or("");
         if !output.status.success() {
-            return Err(format!("`--version` failed ({}): {}", output.status, text.lines().next().unwrap_or("")));
+            return Err(format!("`--version` failed ({}): {line}", output.status));
         }
-        Ok(text.lines().next().unwrap_or("").to_owned())
+        // Anything answers `--version`: the answer must be the interpreter's own (found by a
+        // new-user trial: `--python /usr/bin/node` passed as "v20.20.2").
+        let (looks_right, like) = match language {
+            Language::Python => (line.starts_with("Python 3."), "`Python 3.…`"),
+            Language::Node => {
+                (line.strip_prefix('v').is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit())), "`v20.…`")
+            }
+        };
+        if !looks_right {
+            return Err(format!(
+                "is not a {} interpreter: its `--version` says `{line}`, not {like}",
+                language.as_str()
+            ));
+        }
+        Ok(line.to_owned())
     })();
     RuntimeFacts { language, path: path.to_owned(), version }
 }
@@ -836,6 +851,21 @@ mod tests {
         assert_eq!(broken.version, Err("`--version` failed (exit status: 3): broken".into()));
         let python = probe_runtime(Language::Python, Path::new("/usr/bin/python3"));
         assert!(python.version.as_deref().is_ok_and(|version| version.starts_with("Python 3")), "{python:?}");
+        let node_as_python = probe_runtime(Language::Python, Path::new("/usr/bin/node"));
+        assert!(
+            node_as_python
+                .version
+                .as_ref()
+                .is_err_and(|reason| reason.starts_with("is not a python interpreter: its `--version` says `v")),
+            "{node_as_python:?}"
+        );
+        let true_as_node = probe_runtime(Language::Node, Path::new("/bin/true"));
+        assert!(
+            true_as_node.version.as_ref().is_err_and(|reason| reason.starts_with("is not a node interpreter")),
+            "{true_as_node:?}"
+        );
+        let node = probe_runtime(Language::Node, Path::new("/usr/bin/node"));
+        assert!(node.version.as_deref().is_ok_and(|version| version.starts_with('v')), "{node:?}");
         Ok(())
     }
 }
