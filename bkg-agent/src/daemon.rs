@@ -710,6 +710,14 @@ fn start_in(
     // piece is told on the terminal that started the agent.
     let host = host_check::report(&host_check::probe(&args.python, &args.node, &state_dir));
     let security_level = host_check::admit(&host, args.allow_degraded.unwrap_or(SecurityLevel::Strict))?;
+    // Flags' values too, so that a bad one is a usage error (2) of the command that was given it,
+    // not of the agent it would start in the background (found by a new-user trial: 1).
+    let warm_pool_memory = parse_size(&args.warm_pool_memory).context(FlagValue("--warm-pool-memory".into()))?;
+    let zygote_memory = parse_size(&args.zygote_memory).context(FlagValue("--zygote-memory".into()))?;
+    let capacity = capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?;
+    let egress_policy = egress_policy(&args.egress_allow)?;
+    let health_interval =
+        Duration::from_millis(parse_duration_ms(&args.health_interval).context(FlagValue("--health-interval".into()))?);
 
     // systemd supervises an activated agent: it stays in the foreground, logging to the journal.
     if !args.foreground && activated.is_none() {
@@ -741,18 +749,16 @@ fn start_in(
         node: args.node,
         npm: args.npm,
         warm_pool: args.warm_pool,
-        warm_pool_memory: parse_size(&args.warm_pool_memory).context(FlagValue("--warm-pool-memory".into()))?,
+        warm_pool_memory,
         zygote: args.zygote,
-        zygote_memory: parse_size(&args.zygote_memory).context(FlagValue("--zygote-memory".into()))?,
+        zygote_memory,
         uid_base: args.uid_base,
         cgroup_dir: args.cgroup_dir,
-        capacity: capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?,
+        capacity,
         security_level,
         runtimes: host.runtimes,
-        egress_policy: std::sync::Arc::new(egress_policy(&args.egress_allow)?),
+        egress_policy: std::sync::Arc::new(egress_policy),
     };
-    let health_interval =
-        Duration::from_millis(parse_duration_ms(&args.health_interval).context(FlagValue("--health-interval".into()))?);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
     let activated = activated.map(|passed| passed.listener);

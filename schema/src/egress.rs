@@ -46,6 +46,12 @@ pub enum EgressError {
     PortAddressNotOwn { address: String, mapping: String },
     #[error("`{0}` forwards to port {PROXY_PORT}, the sandbox's own egress proxy: give its code another port")]
     PortIsTheProxy(String),
+    /// Clients reach `localhost` past the proxy (`NO_PROXY`), in the sandbox itself (found by a
+    /// new-user trial: `--net localhost:8000` was taken, and its connections refused unsaid).
+    #[error(
+        "`{rule}`: localhost in a sandbox is the sandbox's own loopback, open without --net; this host's is {HOST_ALIAS}{port}"
+    )]
+    Localhost { rule: String, port: String },
 }
 
 /// Which hosts a rule names.
@@ -93,6 +99,10 @@ impl NetRule {
         };
         let host = host.to_ascii_lowercase();
         let host = host.strip_suffix('.').unwrap_or(&host);
+        if host == "localhost" || host.ends_with(".localhost") {
+            let port = port.map(|port| format!(":{port}")).unwrap_or_default();
+            return Err(EgressError::Localhost { rule: text.to_owned(), port });
+        }
         let pattern = if host == "*" {
             HostPattern::AnyName
         } else if let Ok(address) = host.parse::<IpAddr>() {
@@ -422,6 +432,23 @@ mod tests {
             assert!(NetRule::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(NetRule::parse_list(&["a.com,b.com:443".into(), "c.com".into()]).expect("list").len(), 3);
+    }
+
+    #[test]
+    fn localhost_is_refused_with_the_hosts_name_for_it() {
+        for (text, alias) in [
+            ("localhost:8000", "host.bkg.internal:8000"),
+            ("LOCALHOST.", "host.bkg.internal"),
+            ("db.localhost:5432", "host.bkg.internal:5432"),
+        ] {
+            let error = NetRule::parse(text).expect_err(text).to_string();
+            assert!(
+                error.starts_with(&format!("`{text}`: localhost in a sandbox is the sandbox's own loopback")),
+                "{error}"
+            );
+            assert!(error.ends_with(&format!("this host's is {alias}")), "{error}");
+        }
+        assert!(NetRule::parse("notlocalhost.com").is_ok());
     }
 
     #[test]

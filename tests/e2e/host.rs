@@ -55,6 +55,31 @@ fn an_agent_whose_python_is_another_program_refuses_to_start() {
     assert_eq!(said.lines().count(), 1, "{said}");
 }
 
+/// A flag's bad value is the usage error (2) of the command given it, also when the agent would
+/// go on in the background (it was the background agent's failure, 1, with a state directory
+/// made for its log).
+#[test]
+fn a_bad_flag_value_is_exit_2_before_the_agent_goes_to_the_background() {
+    for flag in ["--egress-allow=a b", "--warm-pool-memory=x", "--health-interval=x", "--disk-budget=x"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let output = Command::new(bin_dir().join("bkg-agent"))
+            .arg(flag)
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--cgroup-dir")
+            .arg(format!("bkg-test-refused-{}", std::process::id()))
+            .output()
+            .expect("run bkg-agent");
+        assert_eq!(code(&output), 2, "{flag}: {}", stderr(&output));
+        let flag_name = flag.split('=').next().unwrap_or_default();
+        assert!(stderr(&output).starts_with(&format!("bkg-agent: {flag_name}")), "{flag}: {}", stderr(&output));
+        assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+        assert!(!dir.path().join("state").exists(), "{flag}: a state directory was made");
+    }
+}
+
 /// A start that fails once the store is open (here: the TCP port is taken) leaves no socket
 /// file behind for a client to find and wait on.
 #[test]
