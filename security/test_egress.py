@@ -186,15 +186,19 @@ report(metadata=fetch("http://169.254.169.254/latest/meta-data/"),
 
 
 def test_a_name_resolving_to_an_internal_address_is_refused(egress_sandbox, listeners):
-    """EGR-06: `--net localhost:PORT` is within `*`, but localhost is the host's loopback."""
+    """EGR-06: `--net 2130706433:PORT` is a name within `*` that the host's resolver turns into
+    127.0.0.1 without DNS; `localhost` itself is refused before the run (bkg_schema::egress)."""
     _, denied = listeners
     before = denied.accepted
+    disguised = "2130706433:%d" % denied.port
     r = egress_sandbox.attack(FETCH + """
-report(body=via_proxy("http://localhost:%s/" % sys.argv[1]))
-""", *net(listeners, "localhost:%d" % denied.port), args=[str(denied.port)])
+report(body=via_proxy("http://%s/" % sys.argv[1]))
+""", *net(listeners, disguised), args=[disguised])
     assert r.rc == 0, r
     assert r.report == {"body": "HTTP 403"}, r
-    assert ("proxy", "localhost:%d" % denied.port) in denials(r), r
+    assert ("proxy", disguised) in denials(r), r
+    refused = egress_sandbox.agent.exe("print(1)", *net(listeners, "localhost:%d" % denied.port))
+    assert refused.rc == 125 and "localhost in a sandbox is the sandbox's own loopback" in refused.err, refused.describe()
     assert denied.accepted == before
 
 
