@@ -495,6 +495,42 @@ fn stopped_feed(signal: i32, out: Printer) -> i32 {
     crate::exit::SIGNALLED + signal
 }
 
+/// The terminal's settings before the line editor made it raw.
+static COOKED_TERMINAL: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
+
+/// SIGTERM and SIGHUP end a repl at a terminal at once, as by default, but not with the terminal
+/// left raw by a prompt they came during (found by a new-user trial: echo and line editing off
+/// until `reset`). The loop blocks in the line editor then, so the handler is the kernel's call,
+/// not a task of the runtime's.
+fn put_the_terminal_back_on_a_stop_signal() {
+    // SAFETY: an all-zero termios is a valid value of this plain C struct; tcgetattr fills it.
+    let mut settings: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr writes one termios at the pointer, valid for the call.
+    if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut settings) } != 0 || COOKED_TERMINAL.set(settings).is_err() {
+        return;
+    }
+    extern "C" fn put_back_and_end(signal: libc::c_int) {
+        if let Some(settings) = COOKED_TERMINAL.get() {
+            // SAFETY: tcsetattr, signal and raise are async-signal-safe; `settings` is a value
+            // set once before this handler was installed and never changed.
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, settings) };
+        }
+        // The line editor's bracketed paste, ended as it ends it after each line.
+        const PASTE_OFF: &[u8] = b"\x1b[?2004l";
+        // SAFETY: write is async-signal-safe; the buffer is a static of PASTE_OFF's length.
+        unsafe { libc::write(libc::STDOUT_FILENO, PASTE_OFF.as_ptr().cast(), PASTE_OFF.len()) };
+        // SAFETY: as above; the default action then ends the process by this signal.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+    }
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs a handler that only calls async-signal-safe functions.
+        unsafe { libc::signal(signal, put_back_and_end as *const () as libc::sighandler_t) };
+    }
+}
+
 /// Where `bkg repl` reads its cells: a line editor with history on a terminal, else stdin's lines.
 enum Prompt {
     Terminal(Box<rustyline::DefaultEditor>),
@@ -525,6 +561,7 @@ impl Prompt {
             .map_err(|error| CliError::usage(format!("cannot set up the prompt: {error}")))?;
         let editor = rustyline::DefaultEditor::with_config(config)
             .map_err(|error| CliError::usage(format!("cannot set up the prompt: {error}")))?;
+        put_the_terminal_back_on_a_stop_signal();
         Ok(Self::Terminal(Box::new(editor)))
     }
 

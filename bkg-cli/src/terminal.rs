@@ -54,7 +54,7 @@ pub async fn shell(settings: &Settings, args: ShellArgs) -> Result<i32, CliError
         ShellTerminalOpen { size: own_size(), term: own_term(), request: ShellRequest { command, env, timeout_ms } };
     let path = format!("/api/v1/sandboxes/{id}/terminal");
     let missing = format!("the agent does not know sandbox `{}` yet: run it once with `bkgr {}`", args.name, args.name);
-    let result = run(&client, &path, &open, Some(missing)).await?;
+    let result = run(&client, &path, &open, Some(missing), settings.out).await?;
     // A sandbox's run: its limits are cave.yaml's but the timeout given, and it is ended by
     // `bkg stop` or `bkg rm` as bkgr's runs are (found by a new-user trial: `bkg stop` of a shell
     // was said to be `bkg runs cancel` or the API).
@@ -66,7 +66,7 @@ pub async fn shell(settings: &Settings, args: ShellArgs) -> Result<i32, CliError
 pub async fn exe(settings: &Settings, open: &bkg_schema::terminal::RunTerminalOpen) -> Result<i32, CliError> {
     let client = AgentClient::new(&settings.endpoint()?)?;
     client.ensure_running().await?;
-    let result = run(&client, "/api/v1/runs/terminal", open, None).await?;
+    let result = run(&client, "/api/v1/runs/terminal", open, None, settings.out).await?;
     finish(settings, &result, crate::stream::LimitsFrom::Flags)
 }
 
@@ -112,6 +112,7 @@ async fn run(
     path: &str,
     open: &impl serde::Serialize,
     missing: Option<String>,
+    out: crate::out::Printer,
 ) -> Result<RunResult, CliError> {
     let mut socket = connect(client, path, missing).await?;
     let first = serde_json::to_string(open).map_err(|error| CliError::internal(error.to_string()))?;
@@ -134,6 +135,11 @@ async fn run(
     });
     let mut resized = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
         .map_err(|error| CliError::internal(format!("cannot watch the terminal's size: {error}")))?;
+    // On a raw terminal Ctrl-C is a key; these come from elsewhere (`kill`, `timeout`, a closed
+    // terminal). The run is ended as `bkg exe`'s is, and our terminal put back before bkg exits
+    // (found by a new-user trial: bkg died of the signal and left it raw).
+    let mut stop_signals = crate::stream::StopSignals::listen()?;
+    let mut cancelled = false;
     let mut keys_open = true;
     let outcome = loop {
         tokio::select! {
@@ -160,6 +166,20 @@ async fn run(
                 }
                 None => keys_open = false,
             },
+            Some(signal) = stop_signals.next() => {
+                if cancelled {
+                    drop(raw);
+                    out.note(format_args!("stopped without waiting for the run's end"));
+                    std::process::exit(crate::exit::SIGNALLED + signal);
+                }
+                cancelled = true;
+                crate::stream::cancelled_on(signal);
+                if let Ok(text) = serde_json::to_string(&TerminalControl::Cancel)
+                    && let Err(error) = sender.send(Message::text(text)).await
+                {
+                    break Err(lost(error));
+                }
+            }
             Some(()) = resized.recv() => {
                 let TerminalSize { cols, rows } = own_size();
                 if let Ok(text) = serde_json::to_string(&TerminalControl::Resize { cols, rows })

@@ -482,3 +482,39 @@ fn a_run_out_of_its_terminals_foreground_does_not_stop_to_read_it() {
     let said = String::from_utf8_lossy(&output.stdout).replace('\r', "");
     assert_eq!((output.status.code(), said.as_str()), (Some(0), "42\nrc=0\n"), "{}", stderr(&output));
 }
+
+/// SIGTERM or SIGHUP from elsewhere (`kill`, `timeout`, a closed window) ends a run on a terminal
+/// as it ends `bkg exe`'s, and `bkg repl` at its prompt at once: each leaves the terminal as it
+/// was, echoing (found by a new-user trial: bkg died of the signal with its terminal raw).
+#[test]
+fn a_stop_signal_leaves_the_terminal_as_it_was() {
+    let agent = Agent::start();
+    let project = project_with_a_sandbox(&agent);
+    let signal = |terminal: &OnTerminal, signal: i32| {
+        // SAFETY: kill(2) on the bkg this test started; no memory is involved.
+        unsafe { libc::kill(terminal.child.id() as i32, signal) };
+    };
+    for (args, sent, code) in [
+        (&["shell", "box"][..], libc::SIGTERM, 143),
+        (&["shell", "box"][..], libc::SIGHUP, 129),
+        (
+            &["exe", "--tty", "--type", "python", "-c", "import time; print('up', flush=True); time.sleep(600)"][..],
+            libc::SIGTERM,
+            143,
+        ),
+    ] {
+        let mut terminal = OnTerminal::spawn(in_project(&agent, project.path(), args));
+        terminal.expect(if args[0] == "shell" { "$ " } else { "up" });
+        eventually("the terminal made raw", || if terminal.echoes() { Err("echo on".to_owned()) } else { Ok(()) });
+        signal(&terminal, sent);
+        assert_eq!(terminal.exit_code(), code, "{args:?}: {}", terminal.rest_of_screen());
+        assert!(terminal.echoes(), "{args:?}: echo is back on");
+    }
+    let mut terminal = OnTerminal::spawn(in_project(&agent, project.path(), &["repl", "box"]));
+    terminal.expect(">>> ");
+    eventually("the prompt made raw", || if terminal.echoes() { Err("echo on".to_owned()) } else { Ok(()) });
+    signal(&terminal, libc::SIGTERM);
+    let status = terminal.child.wait().expect("wait for bkg");
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGTERM), "{status}");
+    assert!(terminal.echoes(), "echo is back on after the repl");
+}
