@@ -79,6 +79,13 @@ fn file_only() -> Result<bool, CliError> {
 /// back (or to delete it) never holds a real one.
 fn keyring_round_trips() -> bool {
     const PROBE_ACCOUNT: &str = "bkg-probe";
+    // A process with no session keyring of its own (no `pam_keyinit`: containers, cron, `su`,
+    // CI) is given one by the store that lives only as long as it does, and the next command,
+    // searching the user's session keyring, finds nothing (found by a new-user trial: `bkg
+    // login` said it kept the key, `keys ls` had none, and `logout` revoked nothing).
+    if !has_a_session_keyring_of_its_own() {
+        return false;
+    }
     let Ok(store) = linux_keyutils_keyring_store::Store::new() else { return false };
     let store: Arc<keyring_core::CredentialStore> = store;
     let Ok(probe) = keyring_core::Entry::new_in_store(&store, KEYRING_SERVICE, PROBE_ACCOUNT) else { return false };
@@ -86,7 +93,27 @@ fn keyring_round_trips() -> bool {
     works && probe.delete_credential().is_ok()
 }
 
+/// Whether this process's session keyring is one of its own, which the commands after it share,
+/// and not the user's session keyring the kernel stands in with when it has none. Asked once,
+/// before any store is made: making one gives the process a session keyring of its own.
+fn has_a_session_keyring_of_its_own() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| {
+        use linux_keyutils::{KeyRing, KeyRingIdentifier};
+        match (
+            KeyRing::from_special_id(KeyRingIdentifier::Session, false),
+            KeyRing::from_special_id(KeyRingIdentifier::UserSession, false),
+        ) {
+            (Ok(session), Ok(user_session)) => session != user_session,
+            _ => false,
+        }
+    })
+}
+
 fn keyring_entry(remote: &reqwest::Url) -> Result<keyring_core::Entry, keyring_core::Error> {
+    if !has_a_session_keyring_of_its_own() {
+        return Err(keyring_core::Error::NoStorageAccess("no session keyring of this process's own".into()));
+    }
     let store: Arc<keyring_core::CredentialStore> = linux_keyutils_keyring_store::Store::new()?;
     keyring_core::Entry::new_in_store(&store, KEYRING_SERVICE, &account(remote))
 }

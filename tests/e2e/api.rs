@@ -1808,6 +1808,27 @@ fn the_cli_logs_in_keeps_the_key_and_manages_keys_locally_and_remotely() {
     });
     assert_eq!(left, None, "logout left the key in a keyring");
 
+    // In this test's own keyrings, whatever they are (CI's processes have no session keyring of
+    // their own: the kernel stands in with the user's), the key kept is the next command's
+    // (found by a new-user trial: login said it kept it in the keyring, and `keys ls` had none).
+    let plain_home = tempfile::tempdir().expect("home");
+    let mut login = bkg_at(&api, plain_home.path());
+    login.args(["--remote", &remote, "login", "--key-stdin"]).env_remove("BKG_CREDENTIAL_STORE");
+    let login = fed(login, format!("{key}\n").as_bytes());
+    assert_eq!(code(&login), 0, "{}", stderr(&login));
+    let listed = bkg_at(&api, plain_home.path())
+        .args(["--remote", &remote, "keys", "ls", "--json"])
+        .env_remove("BKG_CREDENTIAL_STORE")
+        .output()
+        .expect("bkg keys ls");
+    assert_eq!(code(&listed), 0, "the next command finds the kept key: {}", stderr(&listed));
+    let logout = bkg_at(&api, plain_home.path())
+        .args(["--remote", &remote, "logout"])
+        .env_remove("BKG_CREDENTIAL_STORE")
+        .output()
+        .expect("bkg logout");
+    assert_eq!(code(&logout), 0, "{}", stderr(&logout));
+
     // Rotating the very key kept for this agent keeps its new secret where the old one was
     // (here the file, though the keyring is not ruled out): the next command works, whatever
     // store it is told to read (found by a new-user trial: the new key went to a keyring the
