@@ -45,7 +45,7 @@ const READ_IN_CODE: &[Described] = &[
     Described {
         name: "BKG_CREDENTIAL_STORE",
         default: "the kernel keyring",
-        meaning: "`file`: keep `bkg login`'s keys only in `~/.config/bkg/credentials` (0600), never the keyring; `keyring` (or unset): the keyring when it gives back what it is given, else the file; any other value is refused",
+        meaning: "`file`: keep `bkg login`'s keys only in `~/.config/bkg/credentials` (0600), never the keyring; `keyring` (or unset): the keyring when the process has a session keyring of its own and it gives back what it is given, else the file; any other value is refused",
     },
     Described {
         name: "BKG_LOG",
