@@ -285,10 +285,10 @@ impl<T: Send + 'static, R: Send + 'static> WriterThread<T, R> {
         Some(Room { slot, bytes })
     }
 
-    /// Whether the thread is taking items: false while it waits for its reader with its queue
-    /// full (or has ended).
-    pub fn takes_more(&self) -> bool {
-        self.queue.as_ref().is_some_and(|queue| queue.capacity() > 0) && self.bytes.available_permits() > 0
+    /// Whether items wait in the queue: the thread has not written all it was given.
+    pub fn is_behind(&self) -> bool {
+        self.queue.as_ref().is_some_and(|queue| queue.capacity() < queue.max_capacity())
+            || self.bytes.available_permits() < Self::QUEUED_BYTES
     }
 
     /// `item`, once there is room for it.

@@ -188,16 +188,26 @@ async fn execute(
         bkg_schema::sandbox::sandbox_name_of(id),
         bkg_schema::files::session_flag(session)
     );
-    let interrupt = async |still_going: std::pin::Pin<&mut tokio::time::Sleep>, said_unread: &mut bool, room: bool| {
-        let _: Result<SessionInfo, CliError> =
-            client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;
-        still_going.reset(tokio::time::Instant::now() + STILL_GOING_NOTE_AFTER);
-        if !room && !std::mem::replace(said_unread, true) {
-            out.note(format_args!(
-                "interrupting the execution; its output waits for a reader that takes none (a Ctrl-C after its end \
-                 quits without it)"
-            ));
-        }
+    let interrupt =
+        async |still_going: std::pin::Pin<&mut tokio::time::Sleep>, said_unread: &mut bool, behind: bool| {
+            let _: Result<SessionInfo, CliError> =
+                client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;
+            still_going.reset(tokio::time::Instant::now() + STILL_GOING_NOTE_AFTER);
+            if behind && !std::mem::replace(said_unread, true) {
+                out.note(format_args!(
+                    "interrupting the execution; its output waits for a reader that takes none (Ctrl-C again to quit \
+                 without it)"
+                ));
+            }
+        };
+    // The interrupted code's end comes after the output the reader has not taken, so it cannot
+    // be waited for: a Ctrl-C after the interrupt, the output still behind, leaves, and the agent
+    // keeps what the code still writes for the session's next execution, as for a caller that
+    // went (found by a new-user trial: each Ctrl-C was one more interrupt, and bkg stayed until
+    // the reader went).
+    let quit_unwritten = |signal: i32| -> ! {
+        out.note(format_args!("stopped with the execution's output unwritten"));
+        std::process::exit(crate::exit::SIGNALLED + signal)
     };
     loop {
         // Every Ctrl-C is an interrupt, as at the interpreter's own prompt: code that catches
@@ -206,8 +216,11 @@ async fn execute(
             chunk = stream.next() => chunk,
             Some(signal) = interrupts.next() => {
                 heard(signal, &mut terminated_by, out);
-                let room = shown.takes_more();
-                interrupt(still_going.as_mut(), &mut said_unread, room).await;
+                let behind = shown.is_behind();
+                if behind && said_unread {
+                    quit_unwritten(signal);
+                }
+                interrupt(still_going.as_mut(), &mut said_unread, behind).await;
                 continue;
             }
             () = &mut reader_gone, if !heard_reader_gone => {
@@ -280,7 +293,10 @@ async fn execute(
                         room = shown.room(&event) => break room,
                         Some(signal) = interrupts.next() => {
                             heard(signal, &mut terminated_by, out);
-                            interrupt(still_going.as_mut(), &mut said_unread, false).await
+                            if said_unread {
+                                quit_unwritten(signal);
+                            }
+                            interrupt(still_going.as_mut(), &mut said_unread, true).await
                         }
                     }
                 };

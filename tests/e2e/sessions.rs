@@ -422,6 +422,53 @@ fn ctrl_c_interrupts_an_execution_whose_output_nobody_reads() {
     assert_eq!(status.code(), Some(130), "an interrupted execution ends with 130");
 }
 
+/// The interrupted cell's end waits behind the output nobody reads: a second Ctrl-C leaves, and
+/// the session is free for the next execution (found by a new-user trial: each Ctrl-C was one
+/// more interrupt, and bkg and the session stayed until the reader went).
+#[test]
+fn a_second_ctrl_c_leaves_an_interrupted_execution_whose_output_nobody_reads() {
+    let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
+    let project = project(&agent);
+    let dir = project.path();
+    let mut command = Command::new(bkg_tests::bkg_bin());
+    command
+        .args(["exec", "box", "-c", "i = 0\nwhile True:\n    print(i)\n    i += 1"])
+        .current_dir(dir)
+        .env("BKG_SOCKET", &agent.socket)
+        .env("BKG_NO_AUTOSTART", "1");
+    let (child, unread) = bkg_tests::spawn_with_stdout_unread(command, "0\n");
+    let pid = child.id() as i32;
+    // SAFETY: kill(2) on the bkg this test started; no memory is touched.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    // Bounded: the fault was a wait for the reader that never ends.
+    let mut child = child;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bkg exec did not leave at the second Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("bkg exec");
+    assert_eq!(code(&output), 130, "{}", stderr(&output));
+    assert!(
+        stderr(&output).ends_with(
+            "\nbkg: interrupting the execution; its output waits for a reader that takes none (Ctrl-C again to quit \
+             without it)\nbkg: stopped with the execution's output unwritten\n"
+        ),
+        "{}",
+        stderr(&output)
+    );
+    drop(unread);
+    let next = agent.bkg_in(dir, &["exec", "box", "-c", "print('next', i > 0)"]);
+    assert_eq!(code(&next), 0, "{}", stderr(&next));
+    assert!(stdout(&next).ends_with("next True\n"), "{}", stdout(&next));
+}
+
 #[test]
 fn a_matplotlib_figure_comes_back_as_a_png_and_node_keeps_its_state() {
     let agent = Agent::start_with(AgentOptions { warm_pool: 0, ..AgentOptions::default() });
