@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use bkg_schema::{Language, Limits, MIB};
+use bkg_schema::{Language, LimitOverrides, Limits, MIB};
 
 use super::control::GoOrder;
 use super::plan::{Additions, Owner, ProjectMounts, Volume, WORKSPACE};
@@ -105,10 +105,13 @@ pub const REQUIREMENTS_FILE: &str = "/project/requirements.txt";
 const INSTALL_LIMITS: Limits =
     Limits { cpu_millis: 1000, memory_bytes: 1024 * MIB, timeout_ms: 600_000, disk_bytes: 0, pids: 256 };
 
-/// The install sandbox's disk: the agent's default, or the run's when larger, within the
-/// agent's maximum.
-fn install_disk(default: u64, run: u64, max: u64) -> u64 {
-    default.max(run).min(max)
+/// The install sandbox's limits: [`INSTALL_LIMITS`], its disk the agent's default or the run's
+/// when larger, all within the agent's maximum and the caps of the caller whose run needs it
+/// (found by a new-user trial: a local user capped at 256 MiB and 10 s had installs of 1 GiB
+/// and 10 minutes go on after their Ctrl-C).
+fn install_limits(agent_max: &Limits, default_disk: u64, run_disk: u64, caller_caps: &LimitOverrides) -> Limits {
+    let max = agent_max.at_most(&agent_max.with(caller_caps));
+    Limits { disk_bytes: default_disk.max(run_disk), ..INSTALL_LIMITS }.at_most(&max)
 }
 
 impl Engine {
@@ -120,17 +123,11 @@ impl Engine {
         index: &PackageIndex,
         namespace: &str,
         id: &str,
-        run_disk_bytes: u64,
+        (run_disk_bytes, caller_caps): (u64, &LimitOverrides),
     ) -> Result<ValidatedRun, RunError> {
         let interpreter = self.interpreter(language)?.to_string_lossy().into_owned();
-        let max = self.config.max_limits;
-        let limits = Limits {
-            cpu_millis: INSTALL_LIMITS.cpu_millis.min(max.cpu_millis),
-            memory_bytes: INSTALL_LIMITS.memory_bytes.min(max.memory_bytes),
-            timeout_ms: INSTALL_LIMITS.timeout_ms.min(max.timeout_ms),
-            disk_bytes: install_disk(self.config.default_limits.disk_bytes, run_disk_bytes, max.disk_bytes),
-            pids: INSTALL_LIMITS.pids.min(max.pids),
-        };
+        let limits =
+            install_limits(&self.config.max_limits, self.config.default_limits.disk_bytes, run_disk_bytes, caller_caps);
         let root = Owner { uid: 0, gid: 0 };
         let npm = self.config.npm.to_string_lossy();
         let argv: Vec<String> = match language {
@@ -253,12 +250,45 @@ impl Engine {
 mod tests {
     use super::*;
 
+    /// The agent's maxima by default (`--max-*`).
+    const AGENT_MAX: Limits = Limits {
+        cpu_millis: 2000,
+        memory_bytes: 8192 * MIB,
+        timeout_ms: 3_600_000,
+        disk_bytes: 10_240 * MIB,
+        pids: 256,
+    };
+
     #[test]
     fn an_install_has_the_default_disk_or_the_runs_larger_one_within_the_maximum() {
         let mib = |n: u64| n * MIB;
-        assert_eq!(install_disk(mib(500), mib(64), mib(10_240)), mib(500));
-        assert_eq!(install_disk(mib(500), mib(3072), mib(10_240)), mib(3072));
-        assert_eq!(install_disk(mib(500), mib(20_480), mib(10_240)), mib(10_240));
+        let max = AGENT_MAX;
+        let disk = |run: u64| install_limits(&max, mib(500), run, &LimitOverrides::default()).disk_bytes;
+        assert_eq!(disk(mib(64)), mib(500));
+        assert_eq!(disk(mib(3072)), mib(3072));
+        assert_eq!(disk(mib(20_480)), mib(10_240));
+    }
+
+    #[test]
+    fn an_install_is_held_to_the_caps_of_the_caller_who_needs_it() {
+        let max = AGENT_MAX;
+        let uncapped = install_limits(&max, 500 * MIB, 500 * MIB, &LimitOverrides::default());
+        assert_eq!(uncapped, Limits { disk_bytes: 500 * MIB, ..INSTALL_LIMITS });
+        let caps = LimitOverrides {
+            cpu_millis: Some(500),
+            memory_bytes: Some(256 * MIB),
+            timeout_ms: Some(10_000),
+            disk_bytes: Some(300 * MIB),
+            pids: None,
+        };
+        let capped = install_limits(&max, 500 * MIB, 64 * MIB, &caps);
+        assert_eq!(
+            capped,
+            Limits { cpu_millis: 500, memory_bytes: 256 * MIB, timeout_ms: 10_000, disk_bytes: 300 * MIB, pids: 256 }
+        );
+        // A cap above the agent's own maximum is no way past it.
+        let low_max = Limits { memory_bytes: 128 * MIB, ..max };
+        assert_eq!(install_limits(&low_max, 500 * MIB, 0, &caps).memory_bytes, 128 * MIB);
     }
 
     #[test]

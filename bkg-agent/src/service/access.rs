@@ -139,6 +139,15 @@ pub fn within_user_limits(
     }
 }
 
+/// What the policy caps for this caller: a local user's caps, nothing for others (the agent's
+/// maxima bound them).
+pub fn user_caps(principal: &Principal, policy: &UserPolicy) -> bkg_schema::LimitOverrides {
+    match principal.local_user() {
+        Some(_) => policy.max,
+        None => bkg_schema::LimitOverrides::default(),
+    }
+}
+
 /// How long a local user's run may take at most, when their policy caps it: a session, which
 /// otherwise lives as long as the agent's longest run, ends there too.
 pub fn user_timeout_cap(principal: &Principal, policy: &UserPolicy) -> Option<u64> {

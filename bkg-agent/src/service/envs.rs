@@ -91,7 +91,7 @@ impl Service {
     pub(super) async fn provide_env(
         &self,
         request: &EnvRequest,
-        (namespace, disk_bytes): (&str, u64),
+        (namespace, disk_bytes, caps): (&str, u64, &bkg_schema::LimitOverrides),
         actor: &str,
         output: &Option<mpsc::WeakSender<RunOutput>>,
     ) -> Result<ProvidedEnv, RunError> {
@@ -114,7 +114,7 @@ impl Service {
                 match envs.ready(&id) {
                     Some(site) => site,
                     None => {
-                        let site = self.install(&id, request, (namespace, disk_bytes), actor, output).await?;
+                        let site = self.install(&id, request, (namespace, disk_bytes, caps), actor, output).await?;
                         // Marked used now that it exists: the first mark found no directory.
                         held = envs.hold(&id);
                         site
@@ -129,7 +129,7 @@ impl Service {
         &self,
         id: &str,
         request: &EnvRequest,
-        (namespace, disk_bytes): (&str, u64),
+        (namespace, disk_bytes, caps): (&str, u64, &bkg_schema::LimitOverrides),
         actor: &str,
         output: &Option<mpsc::WeakSender<RunOutput>>,
     ) -> Result<std::path::PathBuf, RunError> {
@@ -149,7 +149,7 @@ impl Service {
             &envs.index,
             namespace,
             &format!("install-{id}"),
-            disk_bytes,
+            (disk_bytes, caps),
         )?;
         let ticket = self.engine.accept(new_id("install"), &install)?;
         let (_no_input, input) = mpsc::channel(1);

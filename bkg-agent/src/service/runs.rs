@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::access::{
-    listing_namespace, may_forward_ports, namespace_for, reaches, require_code_runner, user_limit_defaults,
+    listing_namespace, may_forward_ports, namespace_for, reaches, require_code_runner, user_caps, user_limit_defaults,
     within_user_limits,
 };
 use super::keys::KeyHold;
@@ -198,10 +198,12 @@ impl Service {
                 let service = Arc::clone(&self);
                 let progress = output.as_ref().map(mpsc::Sender::downgrade);
                 let (namespace, actor) = (validated.namespace.clone(), principal.actor());
-                // The install's disk is at least the run's (`Engine::install_run`).
+                // The install's disk is at least the run's (`Engine::install_run`), its limits
+                // within the caller's caps.
                 let disk_bytes = validated.limits.disk_bytes;
+                let caps = user_caps(&principal, &self.auth.policy.user);
                 let mut provided = tokio::spawn(async move {
-                    service.provide_env(&request, (&namespace, disk_bytes), &actor, &progress).await
+                    service.provide_env(&request, (&namespace, disk_bytes, &caps), &actor, &progress).await
                 });
                 tokio::select! {
                     provided = &mut provided => Some(match provided {
