@@ -173,7 +173,32 @@ async fn namespace_role(client: &Client, namespace: &str) -> Result<Option<Strin
         .await?;
     let (set_role, exists): (Option<String>, bool) = (row.try_get(0)?, row.try_get(1)?);
     match (&set_role, exists) {
-        (Some(_), _) => {}
+        (Some(set_role), _) => {
+            // Row-level security shows the role the rows of the namespace its mapping names: a
+            // role without it (its INSERT forgotten, a database recreated or restored while the
+            // roles, which are the cluster's, stayed) sees none (found by a new-user trial: the
+            // feed was empty, and nothing said why).
+            let mapped = client
+                .simple_query(&format!(
+                    "BEGIN; {set_role}; SELECT namespace FROM bkg_namespace_roles WHERE role = current_user; COMMIT"
+                ))
+                .await?
+                .into_iter()
+                .find_map(|message| match message {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                    _ => None,
+                });
+            if mapped.as_deref() != Some(namespace) {
+                tracing::warn!(
+                    %namespace,
+                    "namespace role {role} is not mapped to namespace {namespace} in bkg_namespace_roles ({}): the \
+                     change feed filters by namespace itself; `bkg-agent --namespace-role {namespace}` (docs/operations.md) \
+                     maps it",
+                    mapped.map_or_else(|| "no row".to_owned(), |other| format!("it is mapped to {other}"))
+                );
+                return Ok(None);
+            }
+        }
         // Found by a new-user trial: a role made without the grant was passed over in silence.
         (None, true) => tracing::warn!(
             %namespace,
