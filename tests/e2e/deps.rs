@@ -710,6 +710,19 @@ fn a_cave_yaml_sandbox_gets_its_requirements_and_secrets_and_keeps_its_files() {
     let refused = agent.bkgr(dir, &["fresh"]);
     assert_eq!(code(&refused), 125, "{}", stderr(&refused));
     assert!(stderr(&refused).contains("no secret `MISSING` in namespace `default`"), "{}", stderr(&refused));
+    // In a namespace of the project's, the command that sets it names that namespace.
+    let research = fresh.replace("version: 1\n", "version: 1\nnamespace: research\n");
+    std::fs::write(dir.join("cave.yaml"), research).expect("cave.yaml");
+    let elsewhere = agent.bkgr(dir, &["fresh"]);
+    assert_eq!(code(&elsewhere), 125, "{}", stderr(&elsewhere));
+    assert!(
+        stderr(&elsewhere).contains(
+            "no secret `MISSING` in namespace `research`: set it with `bkg secrets set --namespace research MISSING`"
+        ),
+        "{}",
+        stderr(&elsewhere)
+    );
+    std::fs::write(dir.join("cave.yaml"), &fresh).expect("cave.yaml");
     let status = agent.bkg().args(["status", "fresh"]).current_dir(dir).output().expect("bkg status");
     assert_eq!(code(&status), 125, "{}", stderr(&status));
     std::fs::write(dir.join("cave.yaml"), api).expect("cave.yaml");

@@ -114,8 +114,14 @@ impl Service {
 }
 
 fn no_secret(missing: &str, namespace: &str) -> OpError {
+    // In the namespace it is missing from (found by a new-user trial: a project of namespace
+    // `research` was told the command that sets it in `default`).
+    let flag = match namespace {
+        "default" => String::new(),
+        other => format!(" --namespace {other}"),
+    };
     OpError::Invalid(format!(
-        "no secret `{missing}` in namespace `{namespace}`: set it with `bkg secrets set {missing}`"
+        "no secret `{missing}` in namespace `{namespace}`: set it with `bkg secrets set{flag} {missing}`"
     ))
 }
 
