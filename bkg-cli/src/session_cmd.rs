@@ -70,7 +70,15 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
         } else if !info.busy {
             settings.out.note(format_args!("session {session} of {} is idle: nothing to interrupt", args.name));
         } else {
-            settings.out.note(format_args!("interrupted session {session} of {}", args.name));
+            // Sent, not done: code that catches or ignores SIGINT goes on (found by a new-user
+            // trial: "interrupted" was said of an execution that went on).
+            settings.out.note(format_args!(
+                "sent an interrupt (SIGINT) to the execution in session {session} of {}; code that catches or ignores \
+                 it goes on: `bkg exec {}{} --restart` ends the session's interpreter",
+                args.name,
+                args.name,
+                bkg_schema::files::session_flag(&session)
+            ));
         }
         return Ok(SUCCESS);
     }

@@ -337,12 +337,30 @@ fn a_session_keeps_its_state_names_the_cell_in_tracebacks_and_survives_an_interr
     assert!(stderr(&own).contains("json/encoder.py"), "{}", stderr(&own));
 
     let mut looping = spawn_exec(&agent, dir, "while True: pass");
+    // A second execution meanwhile is refused, told how to end the first.
+    bkg_tests::eventually("the loop executing", || {
+        let status = agent.bkg_in(dir, &["status", "box"]);
+        if stdout(&status).contains("executing") { Ok(()) } else { Err(stdout(&status)) }
+    });
+    let busy = agent.bkg_in(dir, &["exec", "box", "-c", "1"]);
+    assert_eq!(code(&busy), 125, "{}", stderr(&busy));
+    assert!(stderr(&busy).contains("interrupt it (`bkg exec box --interrupt`) or wait"), "{}", stderr(&busy));
     // The interrupt is sent until the execution it meant has ended (one sent before it started
     // finds the session idle, where an interrupt does nothing).
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         let interrupt = agent.bkg_in(dir, &["exec", "box", "--interrupt"]);
         assert_eq!(code(&interrupt), 0, "{}", stderr(&interrupt));
+        // Sent, which is not done: the code may catch it.
+        assert!(
+            stderr(&interrupt).contains("is idle: nothing to interrupt")
+                || stderr(&interrupt).starts_with(
+                    "bkg: sent an interrupt (SIGINT) to the execution in session default of box; code that catches \
+                     or ignores it goes on: `bkg exec box --restart` ends the session's interpreter"
+                ),
+            "{}",
+            stderr(&interrupt)
+        );
         if let Some(status) = looping.try_wait().expect("wait") {
             break status;
         }

@@ -533,7 +533,11 @@ impl Service {
         self.visible_sandbox(principal, id).await?;
         let session = self.session_of(id, name)?;
         let permit = Arc::clone(&session.one_at_a_time).try_acquire_owned().map_err(|_| {
-            OpError::Conflict(format!("session `{name}` is running an execution: interrupt it or wait"))
+            OpError::Conflict(format!(
+                "session `{name}` is running an execution: interrupt it (`bkg exec {}{} --interrupt`) or wait for its end",
+                bkg_schema::sandbox::sandbox_name_of(id),
+                bkg_schema::files::session_flag(name)
+            ))
         })?;
         let execution = session.executions.fetch_add(1, Ordering::Relaxed) + 1;
         let mut request = serde_json::to_vec(&serde_json::json!({ "code": code, "execution": execution }))
