@@ -77,7 +77,7 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
                  it goes on: `bkg exec {}{} --restart` ends the session's interpreter",
                 args.name,
                 args.name,
-                bkg_schema::files::session_flag(&session)
+                bkg_schema::files::session_flag(session)
             ));
         }
         return Ok(SUCCESS);
