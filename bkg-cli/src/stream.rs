@@ -392,24 +392,30 @@ fn undelivered_line(result: &RunResult, missing: u64) -> Option<String> {
 pub enum LimitsFrom {
     /// `bkg exe`'s flags.
     Flags,
-    /// cave.yaml's `limits`, under bkgr's flags: those given (`Some`) were the flags'.
-    CaveOrFlags(bkg_schema::LimitOverrides),
+    /// cave.yaml's `limits`, under the flags the command offers (bkgr all four, `bkg shell`
+    /// `timeout`): those given (`Some`) were the flags'.
+    CaveOrFlags(bkg_schema::LimitOverrides, &'static [&'static str]),
 }
 
 impl LimitsFrom {
     fn hint(self, limit: &str) -> String {
-        let flagged = match self {
-            Self::Flags => true,
-            Self::CaveOrFlags(given) => match limit {
-                "timeout" => given.timeout_ms.is_some(),
-                "memory" => given.memory_bytes.is_some(),
-                "disk" => given.disk_bytes.is_some(),
-                _ => given.cpu_millis.is_some(),
-            },
+        let (flagged, offered) = match self {
+            Self::Flags => (true, true),
+            Self::CaveOrFlags(given, offered) => (
+                match limit {
+                    "timeout" => given.timeout_ms.is_some(),
+                    "memory" => given.memory_bytes.is_some(),
+                    "disk" => given.disk_bytes.is_some(),
+                    _ => given.cpu_millis.is_some(),
+                },
+                // Found by a new-user trial: `bkg shell` was pointed at a --memory it has not.
+                offered.contains(&limit),
+            ),
         };
-        match flagged {
-            true => format!("--{limit}"),
-            false => format!("limits.{limit} in cave.yaml, or --{limit}"),
+        match (flagged, offered) {
+            (true, _) => format!("--{limit}"),
+            (false, true) => format!("limits.{limit} in cave.yaml, or --{limit}"),
+            (false, false) => format!("limits.{limit} in cave.yaml"),
         }
     }
 }
@@ -572,7 +578,7 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
                  rotated, deleted or expired, or as its user was taken out of the agent's group)"
                     .into()
             }
-            LimitsFrom::CaveOrFlags(_) => "stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`, its API key was \
+            LimitsFrom::CaveOrFlags(..) => "stopped (`bkg stop`, `bkg rm` or `bkg runs cancel`, its API key was \
                                            revoked, rotated, deleted or expired, or its user was taken out of the \
                                            agent's group)"
                 .into(),
@@ -580,7 +586,7 @@ pub fn reason_line(result: &RunResult, from: LimitsFrom) -> Option<String> {
         Some(KilledBy::Cancelled) => Some(match from {
             LimitsFrom::Flags => "cancelled".into(),
             // Another terminal may have stopped or removed the sandbox.
-            LimitsFrom::CaveOrFlags(_) => {
+            LimitsFrom::CaveOrFlags(..) => {
                 let here = match cancelled_by_signal() {
                     Some(libc::SIGTERM) => "SIGTERM",
                     Some(libc::SIGHUP) => "SIGHUP",
@@ -902,6 +908,22 @@ mod tests {
         assert_eq!(next().await, (FrameKind::Stdout, "one\ntwo\n".to_owned()));
         assert_eq!(next().await, (FrameKind::Stderr, "oops\n".to_owned()));
         assert_eq!(next().await, (FrameKind::Stdout, "three\n".to_owned()));
+    }
+
+    #[test]
+    fn a_limits_hint_names_only_the_flags_the_command_has() {
+        let none = bkg_schema::LimitOverrides::default();
+        let timeout_given = bkg_schema::LimitOverrides { timeout_ms: Some(1000), ..none };
+        assert_eq!(LimitsFrom::Flags.hint("memory"), "--memory");
+        let bkgr = LimitsFrom::CaveOrFlags(none, &["cpus", "memory", "timeout", "disk"]);
+        assert_eq!(bkgr.hint("memory"), "limits.memory in cave.yaml, or --memory");
+        let shell = LimitsFrom::CaveOrFlags(timeout_given, &["timeout"]);
+        assert_eq!(shell.hint("memory"), "limits.memory in cave.yaml");
+        assert_eq!(shell.hint("timeout"), "--timeout");
+        assert_eq!(
+            LimitsFrom::CaveOrFlags(none, &["timeout"]).hint("timeout"),
+            "limits.timeout in cave.yaml, or --timeout"
+        );
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub async fn shell(settings: &Settings, args: ShellArgs) -> Result<i32, CliError
     // `bkg stop` or `bkg rm` as bkgr's runs are (found by a new-user trial: `bkg stop` of a shell
     // was said to be `bkg runs cancel` or the API).
     let given = bkg_schema::LimitOverrides { timeout_ms, ..Default::default() };
-    finish(settings, &result, crate::stream::LimitsFrom::CaveOrFlags(given))
+    finish(settings, &result, crate::stream::LimitsFrom::CaveOrFlags(given, &["timeout"]))
 }
 
 /// `bkg exe --tty`: `open` is the run's first message.

@@ -114,7 +114,7 @@ async fn run(args: Args) -> Result<i32, CliError> {
         let disk_flag = flags.disk_bytes.filter(|flag| definition.limits.disk_bytes == Some(*flag));
         define(&client, definition, out).await.map_err(|error| disk_flag_above_maximum(error, disk_flag))?;
     }
-    let limits_from = LimitsFrom::CaveOrFlags(flags);
+    let limits_from = LimitsFrom::CaveOrFlags(flags, &["cpus", "memory", "timeout", "disk"]);
 
     if args.detach {
         let mut codes = Vec::new();
