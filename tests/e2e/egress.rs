@@ -153,6 +153,8 @@ fn rules_outside_the_agents_policy_are_refused_before_the_run() {
         assert!(!String::from_utf8_lossy(&output.stdout).contains("ran"), "{rule}");
         assert!(stderr(&output).contains("outside this agent's egress policy"), "{rule}: {}", stderr(&output));
         assert_eq!(stderr(&output).trim().lines().count(), 1, "one line: {}", stderr(&output));
+        // The policy's addresses and ports are its admins' to know.
+        assert!(!stderr(&output).contains(&allowed_port.to_string()), "the policy was shown: {}", stderr(&output));
     }
     let allowed = agent.exe(&["--net", "pypi.org:443", "--type", "python", "-c", "print('ran')"]);
     assert_eq!(code(&allowed), 0, "{}", stderr(&allowed));

@@ -435,12 +435,12 @@ impl Engine {
     pub fn network_plan(&self, allow: &[String], ports: &[String]) -> Result<Option<NetworkPlan>, RunError> {
         let allow = NetRule::parse_list(allow).map_err(|error| RunError::BadRequest(error.to_string()))?;
         let policy = &self.config.egress_policy;
+        // The policy itself is not shown: it names internal addresses and the host's ports, which
+        // are its admins' to know (found by a new-user trial: a local user was shown them all).
         if let Some(outside) = allow.iter().find(|rule| !policy.iter().any(|allowed| allowed.covers(rule))) {
-            let shown: Vec<String> = policy.iter().map(ToString::to_string).collect();
             return Err(RunError::EgressNotAllowed(format!(
-                "network rule {outside} is outside this agent's egress policy ({}); only its admin can widen it \
-                 (bkg-agent --egress-allow)",
-                if shown.is_empty() { "none".to_owned() } else { shown.join(",") }
+                "network rule {outside} is outside this agent's egress policy; only its admin can widen it \
+                 (bkg-agent --egress-allow)"
             )));
         }
         let mappings = PortMapping::parse_all(ports).map_err(|error| RunError::BadRequest(error.to_string()))?;
