@@ -1108,7 +1108,7 @@ pub fn parse<T: FromArgMatches>(command: clap::Command) -> Result<T, clap::Error
                 .or_else(|| code_after_exec_name(&error))
                 .or_else(|| script_arguments_without_dashes(&error, &unbuilt, &given))
                 .or_else(|| exe_without_a_script(&error, &unbuilt, &given))
-                .or_else(|| empty_value(&error))
+                .or_else(|| empty_value(&error, &given))
                 .or_else(|| unknown_argument(&error));
             let said = match said {
                 Some(said) => said,
@@ -1256,13 +1256,26 @@ fn unknown_argument(error: &clap::Error) -> Option<clap::Error> {
 
 /// A flag given an empty value (`-o ''`) or none (`-o` last): one line that names the flag, instead
 /// of clap's "none was supplied" (not what `''` is) and its second line (found by a new-user trial).
-fn empty_value(error: &clap::Error) -> Option<clap::Error> {
+fn empty_value(error: &clap::Error, given: &[std::ffi::OsString]) -> Option<clap::Error> {
     use clap::error::{ContextKind, ContextValue};
     let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) else { return None };
     let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else { return None };
-    (error.kind() == ErrorKind::InvalidValue && value.is_empty()).then(|| {
-        clap::Error::raw(ErrorKind::InvalidValue, format!("{arg} needs a value, and it was empty or missing\n"))
-    })
+    if error.kind() != ErrorKind::InvalidValue || !value.is_empty() {
+        return None;
+    }
+    // A value that starts with `-` is read as a flag of its own (found by a new-user trial:
+    // `--with '-e .'` was said to be missing).
+    let flag = arg.split(' ').next().unwrap_or(arg);
+    let next = given.iter().skip_while(|word| *word != flag).nth(1).and_then(|word| word.to_str());
+    let message = match next {
+        Some(next) if next.starts_with('-') && next.len() > 1 => format!(
+            "{flag} needs a value: `{next}` after it starts with `-` and was read as a flag; to give it as the \
+             value, write {flag}={}\n",
+            shlex::try_quote(next).unwrap_or_else(|_| next.into())
+        ),
+        _ => format!("{arg} needs a value, and it was empty or missing\n"),
+    };
+    Some(clap::Error::raw(ErrorKind::InvalidValue, message))
 }
 
 /// `bkg exe` with neither a script nor `-c`: one line with the three ways to give the code,

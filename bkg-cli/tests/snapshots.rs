@@ -89,6 +89,7 @@ fn common_errors() {
         &["exe", "--bogus", "x.py", "a", "--memory", "--cpus"],
         &["exe", "x.py", "--memory", "1"],
         &["exe", "x.py", "--memory=1"],
+        &["exe", "--with", "-e .", "--type", "python", "-c", "1"],
         &["add", "web"],
         &["ls", "--bogus"],
         &["runs", "ls", "--limit", "0"],

@@ -190,8 +190,9 @@ pub fn may_keep_sandbox(
     if let Some(most) = policy.max_sandboxes
         && kept >= most
     {
+        let sandboxes = if most == 1 { "persistent sandbox" } else { "persistent sandboxes" };
         return Err(OpError::Forbidden(format!(
-            "a local user may keep {most} persistent sandboxes; remove one with `bkg rm NAME` first"
+            "a local user may keep {most} {sandboxes}; remove one with `bkg rm NAME` first"
         )));
     }
     if let Some(budget) = policy.disk_budget
