@@ -29,7 +29,9 @@ pub async fn verify(settings: &Settings, mut args: AuditVerifyArgs) -> Result<i3
     // audit.pub was used, for an agent bkg_db holds nothing of, and said "ok").
     if args.key.is_none() && settings.remote.is_some() {
         return Err(CliError::usage(
-            "with --remote, give --key HEX: the remote agent's public key (its STATE_DIR/audit.pub, or `bkg agent status` on its host)",
+            // Read on its host, not asked of the agent whose log is checked (found by a new-user
+            // trial: `bkg agent status` was named, which does not show it).
+            "with --remote, give --key HEX or FILE: the remote agent's public key, the file STATE_DIR/audit.pub on its host (`sudo cat /var/lib/bkg/audit.pub` for the default state directory)",
         ));
     }
     if args.key.is_none() {
