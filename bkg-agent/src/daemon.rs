@@ -370,6 +370,13 @@ fn namespace_role(url: &str, namespace: &str) -> ExitCode {
         );
         return ExitCode::from(USAGE_EXIT);
     }
+    // A login of the shared database: held to the rule of `bkg users add`'s passwords (found by
+    // a new-user trial: one character was taken).
+    let least = crate::auth::password::MIN_PASSWORD_CHARS;
+    if password.chars().count() < least {
+        eprintln!("bkg-agent: --namespace-role: the role's password must be at least {least} characters");
+        return ExitCode::from(USAGE_EXIT);
+    }
     let target = crate::sync::describe_target(url);
     let made = on_bkg_db(url, async |client| crate::sync::ensure_namespace_role(client, namespace, password).await);
     match made {

@@ -955,7 +955,7 @@ fn the_last_sync_is_remembered_across_an_agent_restart() {
 }
 
 /// The URL of `postgres` with login `role` (password `password`) in place of the owner.
-fn url_as(postgres: &Postgres, role: &str, password: &str) -> String {
+pub(crate) fn url_as(postgres: &Postgres, role: &str, password: &str) -> String {
     let url = postgres.url();
     let port = url.rsplit(':').next().and_then(|rest| rest.split('/').next()).expect("the cluster's port");
     format!("postgres://{role}:{password}@127.0.0.1:{port}/postgres?sslmode=disable")

@@ -317,6 +317,31 @@ fn a_namespace_keys_stream_and_psql_as_its_role_show_only_its_namespace() {
         assert_eq!((code(&refused), stderr(&refused).lines().count()), (2, 1), "{}", stderr(&refused));
         assert!(stderr(&refused).contains(said), "{}", stderr(&refused));
     }
+    // Too short a password (a login of the shared database), and a login that may not create
+    // roles: one line each that says what to do (found by a new-user trial: one character was
+    // taken, and the other was given advice about migrations).
+    postgres.query("CREATE ROLE plain_login LOGIN PASSWORD 'plain-password'");
+    for (url, password, said, exit) in [
+        (postgres.url(), "short\n", "the role's password must be at least 12 characters", 2),
+        (
+            super::bkg_db::url_as(&postgres, "plain_login", "plain-password"),
+            "gamma-password\n",
+            "login `plain_login` may not create roles: run it as the schema's owner",
+            1,
+        ),
+    ] {
+        let mut refused = Command::new(bkg_tests::bin_dir().join("bkg-agent"))
+            .args(["--namespace-role", "gamma"])
+            .env("BKG_DB_URL", url)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bkg-agent --namespace-role");
+        std::io::Write::write_all(&mut refused.stdin.take().expect("stdin"), password.as_bytes()).expect("password");
+        let refused = refused.wait_with_output().expect("bkg-agent --namespace-role");
+        assert_eq!((code(&refused), stderr(&refused).lines().count()), (exit, 1), "{}", stderr(&refused));
+        assert!(stderr(&refused).contains(said), "{}", stderr(&refused));
+    }
     let as_alpha =
         postgres.psql_as("bkg_ns_alpha", "alpha-password", "SELECT count(*) FROM runs WHERE namespace <> 'alpha'");
     assert_eq!((code(&as_alpha), stdout(&as_alpha).trim()), (0, "0"), "{}", stderr(&as_alpha));

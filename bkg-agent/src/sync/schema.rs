@@ -91,6 +91,23 @@ pub async fn ensure_namespace_role(client: &mut Client, namespace: &str, passwor
     };
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
 
+    // Said as what to do (found by a new-user trial: PostgreSQL's "permission denied to create
+    // role" came with advice about migrations and bkg_agent).
+    let (login, may_create): (String, bool) = {
+        let row = client
+            .query_one(
+                "SELECT current_user::text, rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await?;
+        (row.get(0), row.get(1))
+    };
+    if !may_create {
+        return Err(SyncError::Namespace(format!(
+            "login `{login}` may not create roles: run it as the schema's owner, which has CREATEROLE \
+             (`BKG_DB_URL=OWNER_URL bkg-agent --namespace-role {namespace}`, docs/operations.md)"
+        )));
+    }
     let transaction = client.transaction().await?;
     transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
     let existing = transaction
