@@ -797,6 +797,11 @@ fn a_bkg_db_behind_is_migrated_by_its_owner_and_one_ahead_is_said_to_be() {
         said.contains("password missing: the server wants the login's password: give it in the bkg_db URL"),
         "{said}"
     );
+    // A password holding `@` makes the rest of it the host, which does not resolve (the name is
+    // under .invalid, which never does: RFC 6761).
+    let (exit, said) = refused("postgres://agent_host:pa@ss@db.invalid:5432/bkg_db?sslmode=disable");
+    assert_eq!((exit, said.lines().count()), (Some(1), 1), "{said}");
+    assert!(said.contains("the host of the bkg_db URL does not resolve"), "{said}");
 }
 
 /// bkg_db over TLS, verified against the CA given in the URL; a certificate this host does not

@@ -172,6 +172,12 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
             "{error}: {source}: the server wants the login's password: give it in the bkg_db URL \
              (postgres://USER:PASSWORD@HOST/DB, in BKG_DB_URL rather than --db-url, which every local user can read)"
         ),
+        // The resolver's words alone (found by a new-user trial: a password with an `@` made the
+        // rest of it the host).
+        Some(source) if source.to_string().contains("failed to lookup address") => format!(
+            "{error}: the host of the bkg_db URL does not resolve: check its name (in a password, `@`, `:`, `/` \
+             and `%` must be percent-encoded, `@` as `%40`)"
+        ),
         Some(source) => format!("{error}: {source}"),
         None => error.to_string(),
     }
