@@ -92,7 +92,13 @@ async fn examine(settings: &Settings, args: &DoctorArgs) -> Result<DoctorReport,
     if let Some(socket_path) = &local_socket {
         checks.push(socket(socket_path));
         checks.push(match &state_dir {
-            Some(state_dir) => state_dir_check(state_dir),
+            Some(state_dir) => {
+                // The one given, when the agent running has another (found by a new-user trial:
+                // nothing said the two differed).
+                let running =
+                    info.as_ref().map(|info| PathBuf::from(&info.state_dir)).filter(|running| running != state_dir);
+                state_dir_check(state_dir, args.state_dir.is_some(), running.as_deref())
+            }
             // Root is an admin: the agent did not say (it did not answer).
             None if nix::unistd::geteuid().is_root() => Check::warn(
                 "state_dir",
@@ -332,15 +338,22 @@ fn socket(path: &Path) -> Check {
     }
 }
 
-fn state_dir_check(dir: &Path) -> Check {
+/// `dir`, `given` with --state-dir or else the agent's own; `running`, the running agent's when
+/// it is another.
+fn state_dir_check(dir: &Path, given: bool, running: Option<&Path>) -> Check {
     let name = "state_dir";
     let writable = tempfile::Builder::new().prefix(".bkg-doctor-").tempfile_in(dir).map(drop);
     let free = nix::sys::statvfs::statvfs(dir).map(|stats| stats.blocks_available() * stats.fragment_size());
+    let not_the_running_one =
+        running.map(|running| format!(" (the running agent's is {})", running.display())).unwrap_or_default();
     match writable {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Check::warn(
             name,
-            format!("{} does not exist yet", dir.display()),
-            "the agent creates it at start; pass --state-dir to check another",
+            format!("{} does not exist yet{not_the_running_one}", dir.display()),
+            match given {
+                true => "an agent started with it creates it at start",
+                false => "the agent creates it at start; pass --state-dir to check another",
+            },
         ),
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied && !nix::unistd::geteuid().is_root() => {
             Check::warn(

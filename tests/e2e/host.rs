@@ -626,6 +626,15 @@ fn doctor_passes_here_with_an_agent_running() {
     assert!(check(&report, "socket")["found"].as_str().is_some_and(|found| found.contains("mode 0600")), "{report:#}");
     let state_dir = check(&report, "state_dir")["found"].as_str().unwrap_or_default().to_owned();
     assert!(state_dir.starts_with(&agent.state_dir.display().to_string()), "{state_dir}");
+    // Another one given: said not to be the running agent's, and not told to give it again.
+    let (report, _) = doctor(Some(&agent), &[], &["--state-dir", "/nonexistent/bkg-state"]);
+    let other = check(&report, "state_dir");
+    assert_eq!(
+        other["found"].as_str().unwrap_or_default(),
+        format!("/nonexistent/bkg-state does not exist yet (the running agent's is {})", agent.state_dir.display()),
+        "{other:#}"
+    );
+    assert_eq!(other["fix"], "an agent started with it creates it at start", "{other:#}");
 }
 
 /// Found by a new-user trial: for a user the socket refuses, doctor passed the socket (beside the
