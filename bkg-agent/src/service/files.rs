@@ -246,7 +246,13 @@ impl Service {
                 .pack(&source, follow, &mut writer)
                 .and_then(|()| writer.flush().map_err(|error| FilesError::Io(error.to_string())));
             if let Err(error) = &packed {
-                tracing::warn!(%error, "a download ended early");
+                // A reader that stopped reading (a client gone, MCP's size bound) is its own doing,
+                // not a fault of the agent's (found by a new-user trial: a warning per refused
+                // download over MCP).
+                match sender.is_closed() {
+                    true => tracing::debug!(%error, "a download's reader stopped reading"),
+                    false => tracing::warn!(%error, "a download ended early"),
+                }
                 let _ = sender.blocking_send(Err(std::io::Error::other(error.to_string())));
             }
             packed.is_ok()
