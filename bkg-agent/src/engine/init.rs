@@ -469,11 +469,11 @@ fn apply_step(plan: &SandboxPlan, step: &MountStep, idmaps: &IdmapNamespaces) ->
             make_mount_point(source, &target)?;
             bind(source, &target, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
         }
-        MountStep::DiskDir { name, target, mode } => {
+        MountStep::DiskDir { name, target, mode, shared } => {
             let source = plan.disk_mount_dir.join(name);
             fs::create_dir_all(&source).stage(&format!("create disk directory {name}"))?;
-            chown(&source, Some(plan.ids.sandbox), Some(plan.ids.sandbox))
-                .stage("hand the disk directory to the sandbox")?;
+            let owner = if *shared { plan.ids.root } else { plan.ids.sandbox };
+            chown(&source, Some(owner), Some(owner)).stage("hand the disk directory to its owner")?;
             fs::set_permissions(&source, fs::Permissions::from_mode(*mode)).stage("set disk directory mode")?;
             let target = inside(root, target);
             fs::create_dir_all(&target).stage(&format!("create {}", target.display()))?;

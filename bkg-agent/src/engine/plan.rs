@@ -94,11 +94,16 @@ pub enum MountStep {
         source: PathBuf,
         target: PathBuf,
     },
-    /// Create a directory of the sandbox's disk image and bind it writable at `target`.
+    /// Create a directory of the sandbox's disk image and bind it writable at `target`, the
+    /// code's own, or root's inside when `shared` (/tmp and /dev/shm, sticky and open to all as on
+    /// the host: the code makes its files there but cannot take away those it did not make, such
+    /// as Node's loader, engine/prestart.rs).
     DiskDir {
         name: String,
         target: PathBuf,
         mode: u32,
+        #[serde(default)]
+        shared: bool,
     },
     /// Bind a directory of a persistent sandbox's disk, whose files outlive the run, writable at
     /// `target` through an idmapped mount (`IdMap::Kept`): on the disk its files are
@@ -429,11 +434,11 @@ impl SandboxPlan {
         ] {
             steps.push(MountStep::Symlink { link: Path::new("/dev").join(name), points_to: points_to.into() });
         }
-        steps.push(MountStep::DiskDir { name: "shm".into(), target: "/dev/shm".into(), mode: 0o1777 });
-        steps.push(MountStep::DiskDir { name: "tmp".into(), target: TMP.into(), mode: 0o1777 });
+        steps.push(MountStep::DiskDir { name: "shm".into(), target: "/dev/shm".into(), mode: 0o1777, shared: true });
+        steps.push(MountStep::DiskDir { name: "tmp".into(), target: TMP.into(), mode: 0o1777, shared: true });
         let (name, target, mode) = ("workspace".into(), WORKSPACE.into(), 0o755);
         steps.push(match inputs.project {
-            None => MountStep::DiskDir { name, target, mode },
+            None => MountStep::DiskDir { name, target, mode, shared: false },
             Some(_) => MountStep::KeptDiskDir { name, target, mode, idmap: IdMap::Kept { ids: inputs.ids } },
         });
 
@@ -691,6 +696,16 @@ mod tests {
                 "{target} must be on the disk image"
             );
         }
+        // /tmp and /dev/shm are root's inside, sticky, as on the host; /workspace is the code's.
+        let shared: Vec<(&str, bool)> = plan
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                MountStep::DiskDir { name, shared, .. } => Some((name.as_str(), *shared)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(shared, [("shm", true), ("tmp", true), ("workspace", false)]);
         assert_eq!(plan.disk_image, PathBuf::from("/var/lib/bkg/runs/r1/disk.img"));
         assert_eq!(plan.landlock_read_write, [PathBuf::from("/workspace"), "/tmp".into(), "/dev".into()]);
     }
