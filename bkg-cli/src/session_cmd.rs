@@ -201,7 +201,9 @@ async fn execute(
             let _: Result<SessionInfo, CliError> =
                 client.post(&format!("/api/v1/sandboxes/{id}/sessions/{session}/interrupt")).await;
             still_going.reset(tokio::time::Instant::now() + STILL_GOING_NOTE_AFTER);
-            if behind && !std::mem::replace(said_unread, true) {
+            // Said of Ctrl-C only: SIGTERM and SIGHUP leave at once then (below).
+            let by_ctrl_c = crate::stream::cancelled_by_signal().is_none_or(|signal| signal == libc::SIGINT);
+            if behind && by_ctrl_c && !std::mem::replace(said_unread, true) {
                 out.note(format_args!(
                     "interrupting the execution; its output waits for a reader that takes none (Ctrl-C again to quit \
                  without it)"
@@ -294,7 +296,8 @@ async fn execute(
         }
         for event in events {
             let is_end = matches!(event, SessionEvent::End { .. });
-            // Room in the queue is waited for with Ctrl-C heard meanwhile.
+            // Room in the queue is waited for with Ctrl-C heard meanwhile; after a SIGTERM or
+            // SIGHUP, only briefly: the end would wait behind output nobody takes.
             {
                 let room = loop {
                     tokio::select! {
@@ -304,7 +307,10 @@ async fn execute(
                             if said_unread {
                                 quit_unwritten(signal);
                             }
-                            interrupt(still_going.as_mut(), &mut said_unread, true).await
+                            interrupt(still_going.as_mut(), &mut said_unread, true).await;
+                        }
+                        () = tokio::time::sleep(OUTPUT_STUCK_AFTER), if terminated_by.is_some() => {
+                            quit_unwritten(terminated_by.unwrap_or(libc::SIGTERM));
                         }
                     }
                 };
@@ -331,11 +337,18 @@ async fn shown_to_the_end(
     interrupts: &mut StopSignals,
     out: Printer,
 ) -> Result<Option<Ended>, CliError> {
+    // After a SIGTERM or SIGHUP the rest of the output is waited for as long as a Ctrl-C's note
+    // waits, not for a reader that may never take it (found by a new-user trial: bkg stayed).
+    let terminated_by = crate::stream::cancelled_by_signal().filter(|signal| *signal != libc::SIGINT);
+    let unwritten = |signal: i32| -> ! {
+        out.note(format_args!("stopped with the execution's output unwritten"));
+        std::process::exit(crate::exit::SIGNALLED + signal)
+    };
     tokio::select! {
         last = shown.finish() => last.transpose(),
-        Some(signal) = interrupts.next() => {
-            out.note(format_args!("stopped with the execution's output unwritten"));
-            std::process::exit(crate::exit::SIGNALLED + signal)
+        Some(signal) = interrupts.next() => unwritten(signal),
+        () = tokio::time::sleep(STILL_GOING_NOTE_AFTER), if terminated_by.is_some() => {
+            unwritten(terminated_by.unwrap_or(libc::SIGTERM))
         }
     }
 }
@@ -350,6 +363,10 @@ fn heard(signal: i32, terminated_by: &mut Option<i32>, out: Printer) {
     }
     crate::stream::cancelled_on(signal);
 }
+
+/// How long output must wait for its reader, after a SIGTERM or SIGHUP, before bkg leaves
+/// without it: a live reader that is only slow makes the writer wait for moments too.
+const OUTPUT_STUCK_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How long after a Ctrl-C an execution still going is said to go on.
 const STILL_GOING_NOTE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
