@@ -683,23 +683,48 @@ fn start(args: AgentArgs) -> anyhow::Result<()> {
     // a flag's value) leaves no empty state directory of its own behind (found by a new-user
     // trial); one that holds anything, the log of a refused background start say, stays.
     let made_state_dir = !state_dir.exists();
-    let started = start_in(args, api, ready, activated, socket, state_dir.clone());
+    // Flags' values are checked before anything is made or changed, so that a bad one is a usage
+    // error (2) of the command that was given it, not of the agent it would start in the
+    // background, and leaves the directories given as they were (found by new-user trials: 1,
+    // then a state directory made 0700 and its parents left made).
+    let flags = FlagValues {
+        max: max_limits(&args)?,
+        warm_pool_memory: parse_size(&args.warm_pool_memory).context(FlagValue("--warm-pool-memory".into()))?,
+        zygote_memory: parse_size(&args.zygote_memory).context(FlagValue("--zygote-memory".into()))?,
+        capacity: capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?,
+        egress_policy: egress_policy(&args.egress_allow)?,
+        health_interval: Duration::from_millis(
+            parse_duration_ms(&args.health_interval).context(FlagValue("--health-interval".into()))?,
+        ),
+    };
+    let started = start_in(args, flags, api, ready, activated, socket, state_dir.clone());
     if started.is_err() && made_state_dir {
         let _ = std::fs::remove_dir(&state_dir);
     }
     started
 }
 
+/// The values of the agent's flags that are parsed beyond what clap does.
+struct FlagValues {
+    max: Limits,
+    warm_pool_memory: u64,
+    zygote_memory: u64,
+    capacity: CapacityConfig,
+    egress_policy: Vec<bkg_schema::egress::NetRule>,
+    health_interval: Duration,
+}
+
 /// `start` once its state directory is known: made, checked and used.
 fn start_in(
     args: AgentArgs,
+    flags: FlagValues,
     api: ApiOptions,
     ready: Option<OwnedFd>,
     activated: Option<crate::activation::Activated>,
     socket: PathBuf,
     state_dir: PathBuf,
 ) -> anyhow::Result<()> {
-    let max = max_limits(&args)?;
+    let FlagValues { max, warm_pool_memory, zygote_memory, capacity, egress_policy, health_interval } = flags;
     // A maximum below a default lowers the default with it: `--max-memory 256MiB` is how an
     // operator gives every run less.
     let defaults = Limits::DEFAULT.at_most(&max);
@@ -717,14 +742,6 @@ fn start_in(
     // piece is told on the terminal that started the agent.
     let host = host_check::report(&host_check::probe(&args.python, &args.node, &state_dir));
     let security_level = host_check::admit(&host, args.allow_degraded.unwrap_or(SecurityLevel::Strict))?;
-    // Flags' values too, so that a bad one is a usage error (2) of the command that was given it,
-    // not of the agent it would start in the background (found by a new-user trial: 1).
-    let warm_pool_memory = parse_size(&args.warm_pool_memory).context(FlagValue("--warm-pool-memory".into()))?;
-    let zygote_memory = parse_size(&args.zygote_memory).context(FlagValue("--zygote-memory".into()))?;
-    let capacity = capacity_config(&args.max_running_runs, args.max_queued_runs, &args.disk_budget, &state_dir)?;
-    let egress_policy = egress_policy(&args.egress_allow)?;
-    let health_interval =
-        Duration::from_millis(parse_duration_ms(&args.health_interval).context(FlagValue("--health-interval".into()))?);
 
     // systemd supervises an activated agent: it stays in the foreground, logging to the journal.
     if !args.foreground && activated.is_none() {

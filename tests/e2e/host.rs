@@ -78,6 +78,28 @@ fn a_bad_flag_value_is_exit_2_before_the_agent_goes_to_the_background() {
         assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
         assert!(!dir.path().join("state").exists(), "{flag}: a state directory was made");
     }
+    // Nor is a directory given changed, nor are parents made (found by a new-user trial: an
+    // existing one was made 0700, and the parents of a missing one were left).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    for state_dir in [shared.clone(), dir.path().join("a/deep/state")] {
+        let output = Command::new(bin_dir().join("bkg-agent"))
+            .arg("--warm-pool-memory=x")
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--cgroup-dir")
+            .arg(format!("bkg-test-refused-{}", std::process::id()))
+            .output()
+            .expect("run bkg-agent");
+        assert_eq!(code(&output), 2, "{}", stderr(&output));
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&shared).expect("stat").permissions());
+    assert_eq!(mode & 0o777, 0o755, "the directory given was changed");
+    assert!(!dir.path().join("a").exists(), "parents of a state directory were made");
 }
 
 /// A start that fails once the store is open (here: the TCP port is taken) leaves no socket

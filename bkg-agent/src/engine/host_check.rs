@@ -291,6 +291,9 @@ fn probe_loop_control(is_root: bool) -> Result<(), String> {
     opened.map_err(|error| format!("{LOOP_CONTROL}: {error}"))
 }
 
+/// How long an interpreter may take to say its version.
+const RUNTIME_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Checks that `path` is an executable file and asks it for its version.
 pub fn probe_runtime(language: Language, path: &Path) -> RuntimeFacts {
     let version = (|| {
@@ -301,20 +304,39 @@ pub fn probe_runtime(language: Language, path: &Path) -> RuntimeFacts {
         if !metadata.is_file() || nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_err() {
             return Err("is not an executable file".to_owned());
         }
-        let output = std::process::Command::new(path)
+        // One pipe for both streams (Python 2 says its version on stderr), read on a thread of
+        // its own; the answer is bounded: the agent's start and `bkg doctor` wait on it (found by
+        // a new-user trial: a `--python` that never answered held the start for good).
+        let (read_end, write_end) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|error| format!("cannot be started: {error}"))?;
+        let stderr_end = write_end.try_clone().map_err(|error| format!("cannot be started: {error}"))?;
+        let mut child = std::process::Command::new(path)
             .arg("--version")
             .stdin(std::process::Stdio::null())
+            .stdout(write_end)
+            .stderr(stderr_end)
             .env_clear()
-            .output()
+            .spawn()
             .map_err(|error| format!("cannot be started: {error}"))?;
-        let text = [&output.stdout, &output.stderr]
-            .into_iter()
-            .map(|bytes| String::from_utf8_lossy(bytes).trim().to_owned())
-            .find(|text| !text.is_empty())
-            .unwrap_or_default();
+        let (answered, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::fs::File::from(read_end), &mut text);
+            let _ = answered.send(text);
+        });
+        let status = match answer.recv_timeout(RUNTIME_ANSWER_WITHIN) {
+            Ok(text) => child.wait().map(|status| (status, text)),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("did not answer `--version` within {} s", RUNTIME_ANSWER_WITHIN.as_secs()));
+            }
+        };
+        let (status, text) = status.map_err(|error| format!("cannot be started: {error}"))?;
+        let text = String::from_utf8_lossy(&text).trim().to_owned();
         let line = text.lines().next().unwrap_or("");
-        if !output.status.success() {
-            return Err(format!("`--version` failed ({}): {line}", output.status));
+        if !status.success() {
+            return Err(format!("`--version` failed ({status}): {line}"));
         }
         // Anything answers `--version`: the answer must be the interpreter's own (found by a
         // new-user trial: `--python /usr/bin/node` passed as "v20.20.2").
@@ -570,7 +592,11 @@ fn runtime_check(runtime: &RuntimeFacts) -> Check {
         Err(reason) => Check::fail(
             name,
             format!("{flag} {} {reason}", runtime.path.display()),
-            format!("install {language} there, or start the agent with {flag} PATH to an interpreter"),
+            // Not "install it there" over another program (found by a new-user trial).
+            match reason.starts_with("is not a ") {
+                true => format!("start the agent with {flag} PATH to a {language} interpreter"),
+                false => format!("install {language} there, or start the agent with {flag} PATH to an interpreter"),
+            },
         ),
     }
 }
@@ -849,6 +875,12 @@ mod tests {
             .map_err(|error| error.to_string())?;
         let broken = probe_runtime(Language::Python, &failing);
         assert_eq!(broken.version, Err("`--version` failed (exit status: 3): broken".into()));
+        let silent = dir.path().join("silent-python3");
+        std::fs::write(&silent, "#!/bin/sh\nexec sleep 600\n").map_err(|error| error.to_string())?;
+        std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|error| error.to_string())?;
+        let hung = probe_runtime(Language::Python, &silent);
+        assert_eq!(hung.version, Err("did not answer `--version` within 10 s".into()));
         let python = probe_runtime(Language::Python, Path::new("/usr/bin/python3"));
         assert!(python.version.as_deref().is_ok_and(|version| version.starts_with("Python 3")), "{python:?}");
         let node_as_python = probe_runtime(Language::Python, Path::new("/usr/bin/node"));
