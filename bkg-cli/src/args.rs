@@ -1266,14 +1266,25 @@ fn empty_value(error: &clap::Error, given: &[std::ffi::OsString]) -> Option<clap
     // A value that starts with `-` is read as a flag of its own (found by a new-user trial:
     // `--with '-e .'` was said to be missing).
     let flag = arg.split(' ').next().unwrap_or(arg);
-    let next = given.iter().skip_while(|word| *word != flag).nth(1).and_then(|word| word.to_str());
+    // The flag's use whose next word starts with `-`, wherever it is (it may be given twice).
+    let next = given
+        .windows(2)
+        .filter(|pair| pair[0] == flag)
+        .filter_map(|pair| pair[1].to_str())
+        .find(|next| next.starts_with('-') && next.len() > 1);
     let message = match next {
-        Some(next) if next.starts_with('-') && next.len() > 1 => format!(
+        // A requirement is never an option of pip's, which `-e .` and `-r FILE` are: the way
+        // round clap would only lead to the agent's refusal of them (found by a new-user trial).
+        Some(next) if flag == "--with" => format!(
+            "--with takes a requirement (a name and version, or a URL): `{next}` starts with `-`, as an option of \
+             pip's does, and pip's options are not taken\n"
+        ),
+        Some(next) => format!(
             "{flag} needs a value: `{next}` after it starts with `-` and was read as a flag; to give it as the \
              value, write {flag}={}\n",
             shlex::try_quote(next).unwrap_or_else(|_| next.into())
         ),
-        _ => format!("{arg} needs a value, and it was empty or missing\n"),
+        None => format!("{arg} needs a value, and it was empty or missing\n"),
     };
     Some(clap::Error::raw(ErrorKind::InvalidValue, message))
 }
