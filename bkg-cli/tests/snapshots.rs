@@ -90,6 +90,7 @@ fn common_errors() {
         &["exe", "x.py", "--memory", "1"],
         &["exe", "x.py", "--memory=1"],
         &["exe", "--with", "-e .", "--type", "python", "-c", "1"],
+        &["exe", "--output", "-out", "--type", "python", "-c", "1"],
         &["add", "web"],
         &["ls", "--bogus"],
         &["runs", "ls", "--limit", "0"],
