@@ -58,6 +58,19 @@ pub async fn exec(settings: &Settings, args: ExecArgs) -> Result<i32, CliError> 
         let found: Option<SessionInfo> =
             client.post_found(&format!("/api/v1/sandboxes/{id}/sessions/{session}/{action}")).await?;
         let Some(info) = found else {
+            // The sandbox's one session under another name is the one meant, most likely: named,
+            // not passed over (found by a new-user trial: "nothing to interrupt" while it ran).
+            let sandbox: Option<bkg_schema::sandbox::SandboxInfo> =
+                client.get_found(&format!("/api/v1/sandboxes/{id}")).await?;
+            if let Some(other) = sandbox.and_then(|sandbox| sandbox.session).filter(|other| other.name != *session) {
+                return Err(CliError::usage(format!(
+                    "{} has no session {session}; its session is {}: `bkg exec {}{} --interrupt`",
+                    args.name,
+                    other.name,
+                    args.name,
+                    bkg_schema::files::session_flag(&other.name)
+                )));
+            }
             // Nothing runs in a session that is not there.
             settings.out.note(format_args!("{} has no session {session}: nothing to interrupt", args.name));
             if settings.out.is_json() {

@@ -812,6 +812,12 @@ fn a_run_refused_for_a_named_session_tells_how_to_reach_it() {
     );
     let reached = agent.bkg_in(dir, &["exec", "box", "--session", "s2", "-c", "print(x)"]);
     assert_eq!((code(&reached), stdout(&reached).as_str()), (0, "1\n"), "{}", stderr(&reached));
+    // `--interrupt` without `--session` names the one there is, rather than say nothing runs.
+    let interrupt = agent.bkg_in(dir, &["exec", "box", "--interrupt"]);
+    assert_eq!(
+        (code(&interrupt), stderr(&interrupt).as_str()),
+        (125, "bkg: box has no session default; its session is s2: `bkg exec box --session s2 --interrupt`\n")
+    );
 }
 
 /// A session whose interpreter is killed at its memory limit says so, and the next execution
