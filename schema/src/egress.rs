@@ -49,7 +49,7 @@ pub enum EgressError {
     /// Clients reach `localhost` past the proxy (`NO_PROXY`), in the sandbox itself (found by a
     /// new-user trial: `--net localhost:8000` was taken, and its connections refused unsaid).
     #[error(
-        "`{rule}`: localhost in a sandbox is the sandbox's own loopback, open without --net; this host's is {HOST_ALIAS}{port}"
+        "`{rule}`: localhost in a sandbox is the sandbox's own loopback, reached without any network rule; this host's is {HOST_ALIAS}{port}"
     )]
     Localhost { rule: String, port: String },
 }

@@ -156,6 +156,13 @@ fn rules_outside_the_agents_policy_are_refused_before_the_run() {
         // The policy's addresses and ports are its admins' to know.
         assert!(!stderr(&output).contains(&allowed_port.to_string()), "the policy was shown: {}", stderr(&output));
     }
+    // A loopback address is pointed at the host's loopback by name.
+    let loopback = agent.exe(&["--net", "127.0.0.1:8000", "--type", "python", "-c", "print('ran')"]);
+    assert!(
+        stderr(&loopback).trim_end().ends_with("; this host's loopback is host.bkg.internal:8000"),
+        "{}",
+        stderr(&loopback)
+    );
     let allowed = agent.exe(&["--net", "pypi.org:443", "--type", "python", "-c", "print('ran')"]);
     assert_eq!(code(&allowed), 0, "{}", stderr(&allowed));
 

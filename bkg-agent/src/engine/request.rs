@@ -438,9 +438,18 @@ impl Engine {
         // The policy itself is not shown: it names internal addresses and the host's ports, which
         // are its admins' to know (found by a new-user trial: a local user was shown them all).
         if let Some(outside) = allow.iter().find(|rule| !policy.iter().any(|allowed| allowed.covers(rule))) {
+            // A loopback address is most often the host's service meant (found by a new-user trial).
+            let loopback = match outside.host {
+                bkg_schema::egress::HostPattern::Address(address) if address.is_loopback() => format!(
+                    "; this host's loopback is {}{}",
+                    bkg_schema::egress::HOST_ALIAS,
+                    outside.port.map(|port| format!(":{port}")).unwrap_or_default()
+                ),
+                _ => String::new(),
+            };
             return Err(RunError::EgressNotAllowed(format!(
                 "network rule {outside} is outside this agent's egress policy; only its admin can widen it \
-                 (bkg-agent --egress-allow)"
+                 (bkg-agent --egress-allow){loopback}"
             )));
         }
         let mappings = PortMapping::parse_all(ports).map_err(|error| RunError::BadRequest(error.to_string()))?;

@@ -190,10 +190,12 @@ pub fn may_keep_sandbox(
     if let Some(most) = policy.max_sandboxes
         && kept >= most
     {
-        let sandboxes = if most == 1 { "persistent sandbox" } else { "persistent sandboxes" };
-        return Err(OpError::Forbidden(format!(
-            "a local user may keep {most} {sandboxes}; remove one with `bkg rm NAME` first"
-        )));
+        return Err(OpError::Forbidden(match most {
+            // Nothing to remove (found by a new-user trial: told to remove one).
+            0 => "local users may keep no persistent sandbox on this agent (--user-limit sandboxes=0)".to_owned(),
+            1 => "a local user may keep 1 persistent sandbox; remove it with `bkg rm NAME` first".to_owned(),
+            most => format!("a local user may keep {most} persistent sandboxes; remove one with `bkg rm NAME` first"),
+        }));
     }
     if let Some(budget) = policy.disk_budget
         && kept_disk.saturating_add(disk) > budget
