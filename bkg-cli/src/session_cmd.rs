@@ -486,6 +486,23 @@ pub async fn repl(settings: &Settings, args: ReplArgs) -> Result<i32, CliError> 
         if !piped && leaves_the_repl(info.language, &code) {
             return Ok(worst);
         }
+        // At a terminal, a session busy with an execution from elsewhere (another `bkg exec`, a
+        // repl left by a signal) is said and the prompt kept, the cell in its history (found by a
+        // new-user trial: the repl ended with 125).
+        if !piped {
+            let now: Option<SessionInfo> =
+                client.get_found(&format!("/api/v1/sandboxes/{id}/sessions/{}", args.session)).await?;
+            if now.is_some_and(|now| now.busy) {
+                out.note(format_args!(
+                    "session {} is running an execution from elsewhere; this cell was not run (↑ brings it back): \
+                     interrupt that one with `bkg exec {}{} --interrupt`, or wait for its end",
+                    args.session,
+                    args.name,
+                    bkg_schema::files::session_flag(&args.session)
+                ));
+                continue;
+            }
+        }
         let mut for_this_cell;
         let signals = match fed_signals.as_mut() {
             Some(signals) => signals,

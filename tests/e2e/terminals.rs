@@ -518,3 +518,35 @@ fn a_stop_signal_leaves_the_terminal_as_it_was() {
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGTERM), "{status}");
     assert!(terminal.echoes(), "echo is back on after the repl");
 }
+
+/// A repl whose session is busy with an execution from elsewhere says so and keeps its prompt
+/// (found by a new-user trial: it ended with 125, the cell lost).
+#[test]
+fn a_repl_whose_session_is_busy_elsewhere_keeps_its_prompt() {
+    let agent = Agent::start();
+    let project = project_with_a_sandbox(&agent);
+    let mut terminal = OnTerminal::spawn(in_project(&agent, project.path(), &["repl", "box"]));
+    terminal.expect(">>> ");
+    let mut elsewhere = in_project(&agent, project.path(), &["exec", "box", "-c", "import time; time.sleep(600)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bkg exec");
+    eventually("the other execution running", || {
+        let status = in_project(&agent, project.path(), &["status", "box"]).output().expect("bkg status");
+        if stdout(&status).contains("executing") { Ok(()) } else { Err(stdout(&status)) }
+    });
+    terminal.type_in("print(6 * 7)\r");
+    terminal.expect("is running an execution from elsewhere; this cell was not run");
+    terminal.expect(">>> ");
+    let _ = elsewhere.kill();
+    let _ = elsewhere.wait();
+    let interrupted = in_project(&agent, project.path(), &["exec", "box", "--interrupt"]).output().expect("interrupt");
+    assert_eq!(code(&interrupted), 0, "{}", stderr(&interrupted));
+    terminal.type_in("print(6 * 7)\r");
+    terminal.expect("42");
+    terminal.expect(">>> ");
+    terminal.type_in("\x04");
+    assert_eq!(terminal.exit_code(), 0);
+}
