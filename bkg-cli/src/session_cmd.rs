@@ -228,10 +228,7 @@ async fn execute(
     // keeps what the code still writes for the session's next execution, as for a caller that
     // went (found by a new-user trial: each Ctrl-C was one more interrupt, and bkg stayed until
     // the reader went).
-    let quit_unwritten = |signal: i32| -> ! {
-        out.note(format_args!("stopped with the execution's output unwritten"));
-        std::process::exit(crate::exit::SIGNALLED + signal)
-    };
+    let quit_unwritten = |signal: i32| quit_with_output_unwritten(signal, out);
     loop {
         // Every Ctrl-C is an interrupt, as at the interpreter's own prompt: code that catches
         // one gets the next.
@@ -353,17 +350,19 @@ async fn shown_to_the_end(
     // After a SIGTERM or SIGHUP the rest of the output is waited for as long as a Ctrl-C's note
     // waits, not for a reader that may never take it (found by a new-user trial: bkg stayed).
     let terminated_by = crate::stream::cancelled_by_signal().filter(|signal| *signal != libc::SIGINT);
-    let unwritten = |signal: i32| -> ! {
-        out.note(format_args!("stopped with the execution's output unwritten"));
-        std::process::exit(crate::exit::SIGNALLED + signal)
-    };
     tokio::select! {
         last = shown.finish() => last.transpose(),
-        Some(signal) = interrupts.next() => unwritten(signal),
+        Some(signal) = interrupts.next() => quit_with_output_unwritten(signal, out),
         () = tokio::time::sleep(STILL_GOING_NOTE_AFTER), if terminated_by.is_some() => {
-            unwritten(terminated_by.unwrap_or(libc::SIGTERM))
+            quit_with_output_unwritten(terminated_by.unwrap_or(libc::SIGTERM), out)
         }
     }
+}
+
+/// bkg leaves on `signal` with what the execution wrote still waiting for its reader.
+fn quit_with_output_unwritten(signal: i32, out: Printer) -> ! {
+    out.note(format_args!("stopped with the execution's output unwritten"));
+    std::process::exit(crate::exit::SIGNALLED + signal)
 }
 
 /// A signal heard during an execution, which interrupts it and gives bkg's exit code. SIGTERM

@@ -139,7 +139,6 @@ async fn run(
     // terminal). The run is ended as `bkg exe`'s is, and our terminal put back before bkg exits
     // (found by a new-user trial: bkg died of the signal and left it raw).
     let mut stop_signals = crate::stream::StopSignals::listen()?;
-    let mut cancelled = false;
     let mut keys_open = true;
     let outcome = loop {
         tokio::select! {
@@ -167,25 +166,21 @@ async fn run(
                 None => keys_open = false,
             },
             Some(signal) = stop_signals.next() => {
-                if cancelled {
+                // The second: the first cancelled the run.
+                if crate::stream::cancelled_by_signal().is_some() {
                     drop(raw);
                     out.note(format_args!("stopped without waiting for the run's end"));
                     std::process::exit(crate::exit::SIGNALLED + signal);
                 }
-                cancelled = true;
                 crate::stream::cancelled_on(signal);
-                if let Ok(text) = serde_json::to_string(&TerminalControl::Cancel)
-                    && let Err(error) = sender.send(Message::text(text)).await
-                {
-                    break Err(lost(error));
+                if let Err(error) = send_control(&mut sender, &TerminalControl::Cancel).await {
+                    break Err(error);
                 }
             }
             Some(()) = resized.recv() => {
                 let TerminalSize { cols, rows } = own_size();
-                if let Ok(text) = serde_json::to_string(&TerminalControl::Resize { cols, rows })
-                    && let Err(error) = sender.send(Message::text(text)).await
-                {
-                    break Err(lost(error));
+                if let Err(error) = send_control(&mut sender, &TerminalControl::Resize { cols, rows }).await {
+                    break Err(error);
                 }
             }
         }
@@ -193,6 +188,15 @@ async fn run(
     keys_task.abort();
     drop(raw);
     outcome
+}
+
+/// `control` to the agent as the text message it reads.
+async fn send_control(
+    sender: &mut (impl futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin),
+    control: &TerminalControl,
+) -> Result<(), CliError> {
+    let text = serde_json::to_string(control).map_err(|error| CliError::internal(error.to_string()))?;
+    sender.send(Message::text(text)).await.map_err(lost)
 }
 
 fn lost(error: impl std::fmt::Display) -> CliError {

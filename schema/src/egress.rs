@@ -49,9 +49,9 @@ pub enum EgressError {
     /// Clients reach `localhost` past the proxy (`NO_PROXY`), in the sandbox itself (found by a
     /// new-user trial: `--net localhost:8000` was taken, and its connections refused unsaid).
     #[error(
-        "`{rule}`: localhost in a sandbox is the sandbox's own loopback, reached without any network rule; this host's is {HOST_ALIAS}{port}"
+        "`{rule}`: localhost in a sandbox is the sandbox's own loopback, reached without any network rule; this host's is {instead}"
     )]
-    Localhost { rule: String, port: String },
+    Localhost { rule: String, instead: NetRule },
 }
 
 /// Which hosts a rule names.
@@ -100,8 +100,7 @@ impl NetRule {
         let host = host.to_ascii_lowercase();
         let host = host.strip_suffix('.').unwrap_or(&host);
         if host == "localhost" || host.ends_with(".localhost") {
-            let port = port.map(|port| format!(":{port}")).unwrap_or_default();
-            return Err(EgressError::Localhost { rule: text.to_owned(), port });
+            return Err(EgressError::Localhost { rule: text.to_owned(), instead: Self::on_the_hosts_loopback(port) });
         }
         let pattern = if host == "*" {
             HostPattern::AnyName
@@ -118,6 +117,12 @@ impl NetRule {
             return Err(refuse());
         };
         Ok(Self { host: pattern, port })
+    }
+
+    /// The rule for `port` (any when none) of the host's own loopback, [`HOST_ALIAS`]: what a
+    /// rule naming the sandbox's own loopback most often meant.
+    pub fn on_the_hosts_loopback(port: Option<u16>) -> Self {
+        Self { host: HostPattern::Name(HOST_ALIAS.to_owned()), port }
     }
 
     /// Parses a comma-separated list, as `--net a.com,b.com:443` gives it.

@@ -440,11 +440,9 @@ impl Engine {
         if let Some(outside) = allow.iter().find(|rule| !policy.iter().any(|allowed| allowed.covers(rule))) {
             // A loopback address is most often the host's service meant (found by a new-user trial).
             let loopback = match outside.host {
-                bkg_schema::egress::HostPattern::Address(address) if address.is_loopback() => format!(
-                    "; this host's loopback is {}{}",
-                    bkg_schema::egress::HOST_ALIAS,
-                    outside.port.map(|port| format!(":{port}")).unwrap_or_default()
-                ),
+                bkg_schema::egress::HostPattern::Address(address) if address.is_loopback() => {
+                    format!("; this host's loopback is {}", NetRule::on_the_hosts_loopback(outside.port))
+                }
                 _ => String::new(),
             };
             return Err(RunError::EgressNotAllowed(format!(

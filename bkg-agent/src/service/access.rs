@@ -127,10 +127,7 @@ pub fn within_user_limits(
     policy: &UserPolicy,
     limits: &bkg_schema::Limits,
 ) -> Result<(), OpError> {
-    if principal.local_user().is_none() {
-        return Ok(());
-    }
-    let cap = limits.with(&policy.max);
+    let cap = limits.with(&user_caps(principal, policy));
     match limits.first_above(&cap) {
         Some((name, asked, allowed)) => {
             Err(OpError::Forbidden(format!("{name} {asked} is above the {allowed} a local user may ask for")))
@@ -151,7 +148,7 @@ pub fn user_caps(principal: &Principal, policy: &UserPolicy) -> bkg_schema::Limi
 /// How long a local user's run may take at most, when their policy caps it: a session, which
 /// otherwise lives as long as the agent's longest run, ends there too.
 pub fn user_timeout_cap(principal: &Principal, policy: &UserPolicy) -> Option<u64> {
-    principal.local_user().and(policy.max.timeout_ms)
+    user_caps(principal, policy).timeout_ms
 }
 
 /// The limits a local user's run asks for: where it names none, the agent's default or the
